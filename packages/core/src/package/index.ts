@@ -1,0 +1,5 @@
+export * from './manifest.js';
+export * from './errors.js';
+export * from './archive.js';
+export * from './create.js';
+export * from './open.js';
