@@ -1,0 +1,126 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { pathToFileURL } from 'node:url';
+import {
+  assertValidBlobKey,
+  assertValidBlobPrefix,
+  BlobNotFoundError,
+  type BlobBody,
+  type BlobInfo,
+  type BlobStore,
+} from './blob-store.js';
+
+const TEMP_DIR = '.tmp';
+
+function isNotFound(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 'ENOENT';
+}
+
+/** Blobs as files under one folder. Writes go to a temporary file first and are renamed into place. */
+export class LocalBlobStore implements BlobStore {
+  readonly description: string;
+
+  constructor(private readonly root: string) {
+    this.root = path.resolve(root);
+    this.description = pathToFileURL(this.root).toString();
+  }
+
+  private pathOf(key: string): string {
+    assertValidBlobKey(key);
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  async put(key: string, body: BlobBody): Promise<BlobInfo> {
+    const target = this.pathOf(key);
+    await mkdir(path.dirname(target), { recursive: true });
+    await mkdir(path.join(this.root, TEMP_DIR), { recursive: true });
+    const temp = path.join(this.root, TEMP_DIR, `${randomBytes(8).toString('hex')}.part`);
+    try {
+      if (body instanceof Readable) {
+        await pipeline(body, createWriteStream(temp, { flags: 'wx' }));
+      } else {
+        await writeFile(temp, body, { flag: 'wx' });
+      }
+      await rename(temp, target);
+    } catch (error) {
+      await rm(temp, { force: true });
+      throw error;
+    }
+    const { size } = await stat(target);
+    return { key, size };
+  }
+
+  async get(key: string): Promise<Readable> {
+    const file = this.pathOf(key);
+    try {
+      const info = await stat(file);
+      if (!info.isFile()) throw new BlobNotFoundError(key);
+    } catch (error) {
+      if (isNotFound(error)) throw new BlobNotFoundError(key);
+      throw error;
+    }
+    return createReadStream(file);
+  }
+
+  async head(key: string): Promise<BlobInfo | undefined> {
+    try {
+      const info = await stat(this.pathOf(key));
+      return info.isFile() ? { key, size: info.size } : undefined;
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await rm(this.pathOf(key), { force: true });
+  }
+
+  async list(prefix: string): Promise<BlobInfo[]> {
+    assertValidBlobPrefix(prefix);
+    const found: BlobInfo[] = [];
+    // Walk only the folder the prefix points into, then filter by the full prefix.
+    const dirPart = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : '';
+    const walk = async (relDir: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(path.join(this.root, ...relDir.split('/').filter(Boolean)), {
+          withFileTypes: true,
+        });
+      } catch (error) {
+        if (isNotFound(error)) return;
+        throw error;
+      }
+      for (const entry of entries) {
+        const rel = relDir === '' ? entry.name : `${relDir}/${entry.name}`;
+        if (relDir === '' && entry.name === TEMP_DIR) continue;
+        if (entry.isDirectory()) {
+          if (rel.startsWith(prefix) || prefix.startsWith(`${rel}/`)) await walk(rel);
+        } else if (entry.isFile() && rel.startsWith(prefix)) {
+          const info = await stat(path.join(this.root, ...rel.split('/')));
+          found.push({ key: rel, size: info.size });
+        }
+      }
+    };
+    await walk(dirPart);
+    return found.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  locationOf(key: string): string {
+    return pathToFileURL(this.pathOf(key)).toString();
+  }
+
+  async check(): Promise<void> {
+    await mkdir(this.root, { recursive: true });
+    const info = await stat(this.root);
+    if (!info.isDirectory()) throw new Error(`blob folder ${this.root} is not a directory`);
+  }
+
+  async close(): Promise<void> {
+    // Nothing held open between calls.
+  }
+}

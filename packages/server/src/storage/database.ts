@@ -1,0 +1,103 @@
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
+import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
+import pg from 'pg';
+import type { DatabaseSchema } from './schema.js';
+
+export type DatabaseEngine = 'sqlite' | 'postgres';
+
+export type DatabaseLocation = { engine: 'sqlite'; file: string } | { engine: 'postgres'; url: string };
+
+/** An open connection (pool) to the control-plane state, on either engine. */
+export interface ServerDatabase {
+  readonly engine: DatabaseEngine;
+  readonly db: Kysely<DatabaseSchema>;
+  /** Where the state lives, with any password removed (for logs). */
+  readonly description: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Reads a `--database` value: `postgres://…` / `postgresql://…` selects PostgreSQL; `sqlite:<path>`,
+ * `file:<path>` or a plain path selects a SQLite file (relative paths resolve against `baseDir`).
+ */
+export function parseDatabaseLocation(value: string, baseDir: string): DatabaseLocation {
+  const trimmed = value.trim();
+  if (trimmed === '')
+    throw new Error('database location is empty; expected postgres://… or a SQLite file path');
+  if (/^postgres(ql)?:\/\//i.test(trimmed)) return { engine: 'postgres', url: trimmed };
+  const file = trimmed.replace(/^(sqlite|file):(\/\/)?/i, '');
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(file)) {
+    throw new Error(`unsupported database location "${value}"; expected postgres://… or a SQLite file path`);
+  }
+  return { engine: 'sqlite', file: path.resolve(baseDir, file) };
+}
+
+function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return 'postgres://(unparseable url)';
+  }
+}
+
+// bigint (int8, e.g. epoch milliseconds and COUNT(*)) arrives as a string from pg; our values fit in a double.
+const INT8_OID = 20;
+const pgTypes = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    oid === INT8_OID && format !== 'binary'
+      ? (value: string) => Number(value)
+      : pg.types.getTypeParser(oid, format ?? 'text')) as typeof pg.types.getTypeParser,
+};
+
+export interface OpenDatabaseOptions {
+  /** PostgreSQL pool size; default 10. */
+  maxConnections?: number;
+}
+
+export async function openDatabase(
+  location: DatabaseLocation,
+  options: OpenDatabaseOptions = {},
+): Promise<ServerDatabase> {
+  if (location.engine === 'sqlite') {
+    mkdirSync(path.dirname(location.file), { recursive: true });
+    const sqlite = new SqliteDatabase(location.file);
+    // WAL lets readers proceed during the heartbeat writes; NORMAL sync is durable across process crashes.
+    sqlite.pragma('journal_mode = WAL');
+    sqlite.pragma('synchronous = NORMAL');
+    sqlite.pragma('busy_timeout = 5000');
+    sqlite.pragma('foreign_keys = ON');
+    const db = new Kysely<DatabaseSchema>({ dialect: new SqliteDialect({ database: sqlite }) });
+    return {
+      engine: 'sqlite',
+      db,
+      description: `sqlite:${location.file}`,
+      close: () => db.destroy(),
+    };
+  }
+
+  const pool = new pg.Pool({
+    connectionString: location.url,
+    max: options.maxConnections ?? 10,
+    types: pgTypes,
+  });
+  const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
+  try {
+    await sql`select 1`.execute(db);
+  } catch (error) {
+    await db.destroy();
+    throw new Error(
+      `cannot connect to PostgreSQL at ${redactUrl(location.url)}: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  }
+  return { engine: 'postgres', db, description: redactUrl(location.url), close: () => db.destroy() };
+}
+
+/** True when the database answers a trivial query (readiness). */
+export async function pingDatabase(database: ServerDatabase): Promise<void> {
+  await sql`select 1`.execute(database.db);
+}

@@ -1,0 +1,12 @@
+export {
+  openDatabase,
+  parseDatabaseLocation,
+  pingDatabase,
+  type DatabaseEngine,
+  type DatabaseLocation,
+  type OpenDatabaseOptions,
+  type ServerDatabase,
+} from './database.js';
+export { appliedMigrations, migrateToLatest, migrationNames, MigrationError } from './migrations.js';
+export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
+export type * from './schema.js';

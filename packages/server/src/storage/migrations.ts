@@ -1,0 +1,229 @@
+import { Migrator, type Kysely, type Migration, type MigrationProvider, type MigrationResult } from 'kysely';
+
+/**
+ * Versioned schema migrations, held in code (not read from a folder) so that they run the same from `src`
+ * under Vitest and from `dist` in production. Each migration uses only types both engines understand:
+ * text, bigint (epoch milliseconds) and double precision. Never edit a released migration; add a new one.
+ */
+const migrations: Record<string, Migration> = {
+  '0001_fleets_devices_identity': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('server_settings')
+        .addColumn('key', 'text', (c) => c.primaryKey())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('api_tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('scope', 'text', (c) => c.notNull())
+        .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('revoked_at', 'bigint')
+        .execute();
+
+      await db.schema
+        .createTable('fleets')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('description', 'text')
+        .addColumn('output_s3_location', 'text', (c) => c.notNull())
+        .addColumn('output_kms_key_id', 'text')
+        .addColumn('role_arn', 'text')
+        .addColumn('tags', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('devices')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('fleet_name', 'text', (c) => c.notNull().references('fleets.name').onDelete('restrict'))
+        .addColumn('description', 'text')
+        .addColumn('iot_thing_name', 'text')
+        .addColumn('tags', 'text', (c) => c.notNull())
+        .addColumn('registered_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .addColumn('agent_version', 'text')
+        .addColumn('last_heartbeat_at', 'bigint')
+        .addColumn('deployment_result', 'text')
+        .execute();
+      await db.schema
+        .createIndex('devices_fleet_name')
+        .on('devices')
+        .columns(['fleet_name', 'name'])
+        .execute();
+
+      await db.schema
+        .createTable('device_tags')
+        .addColumn('device_name', 'text', (c) => c.notNull().references('devices.name').onDelete('cascade'))
+        .addColumn('key', 'text', (c) => c.notNull())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('device_tags_pk', ['device_name', 'key'])
+        .execute();
+      await db.schema
+        .createIndex('device_tags_key_value')
+        .on('device_tags')
+        .columns(['key', 'value'])
+        .execute();
+
+      await db.schema
+        .createTable('device_models')
+        .addColumn('device_name', 'text', (c) => c.notNull().references('devices.name').onDelete('cascade'))
+        .addColumn('model_name', 'text', (c) => c.notNull())
+        .addColumn('model_version', 'text', (c) => c.notNull())
+        .addColumn('latest_sample_time', 'bigint')
+        .addColumn('latest_inference_time', 'bigint')
+        .addPrimaryKeyConstraint('device_models_pk', ['device_name', 'model_name', 'model_version'])
+        .execute();
+
+      // No foreign key: metrics are appended at heartbeat rate and pruned by age.
+      await db.schema
+        .createTable('device_metrics')
+        .addColumn('device_name', 'text', (c) => c.notNull())
+        .addColumn('fleet_name', 'text', (c) => c.notNull())
+        .addColumn('model_name', 'text')
+        .addColumn('model_version', 'text')
+        .addColumn('dimension', 'text')
+        .addColumn('metric_name', 'text', (c) => c.notNull())
+        .addColumn('value', 'double precision', (c) => c.notNull())
+        .addColumn('timestamp', 'bigint', (c) => c.notNull())
+        .addColumn('received_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createIndex('device_metrics_device_time')
+        .on('device_metrics')
+        .columns(['device_name', 'timestamp'])
+        .execute();
+      await db.schema
+        .createIndex('device_metrics_received')
+        .on('device_metrics')
+        .column('received_at')
+        .execute();
+
+      // Kept after a device is deregistered (revoked), so an old certificate can never be honoured again.
+      await db.schema
+        .createTable('device_certificates')
+        .addColumn('serial', 'text', (c) => c.primaryKey())
+        .addColumn('device_name', 'text', (c) => c.notNull())
+        .addColumn('fleet_name', 'text', (c) => c.notNull())
+        .addColumn('fingerprint_sha256', 'text', (c) => c.notNull().unique())
+        .addColumn('subject', 'text', (c) => c.notNull())
+        .addColumn('not_before', 'bigint', (c) => c.notNull())
+        .addColumn('not_after', 'bigint', (c) => c.notNull())
+        .addColumn('issued_at', 'bigint', (c) => c.notNull())
+        .addColumn('revoked_at', 'bigint')
+        .addColumn('revocation_reason', 'text')
+        .execute();
+      await db.schema
+        .createIndex('device_certificates_device')
+        .on('device_certificates')
+        .column('device_name')
+        .execute();
+
+      await db.schema
+        .createTable('enrollment_tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('device_name', 'text', (c) => c.notNull().references('devices.name').onDelete('cascade'))
+        .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('used_at', 'bigint')
+        .execute();
+    },
+  },
+  '0002_models_packaging': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('models')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('description', 'text')
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+
+      await db.schema
+        .createTable('model_versions')
+        .addColumn('model_name', 'text', (c) => c.notNull().references('models.name').onDelete('cascade'))
+        .addColumn('version', 'text', (c) => c.notNull())
+        .addColumn('source_kind', 'text', (c) => c.notNull())
+        .addColumn('blob_key', 'text', (c) => c.notNull())
+        .addColumn('size_bytes', 'bigint', (c) => c.notNull())
+        .addColumn('sha256', 'text', (c) => c.notNull())
+        .addColumn('tensors', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('model_versions_pk', ['model_name', 'version'])
+        .execute();
+
+      await db.schema
+        .createTable('packaging_jobs')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('model_name', 'text', (c) => c.notNull())
+        .addColumn('model_version', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('status_message', 'text')
+        .addColumn('output_s3_location', 'text')
+        .addColumn('artifact_key', 'text')
+        .addColumn('artifact_location', 'text')
+        .addColumn('signature', 'text')
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('packaging_jobs_status').on('packaging_jobs').column('status').execute();
+    },
+  },
+};
+
+const provider: MigrationProvider = {
+  getMigrations: async () => migrations,
+};
+
+/** The names of every migration this build knows, in the order they apply. */
+export const migrationNames: readonly string[] = Object.keys(migrations).sort();
+
+export class MigrationError extends Error {
+  constructor(
+    message: string,
+    readonly results: readonly MigrationResult[],
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'MigrationError';
+  }
+}
+
+/**
+ * Brings the schema up to date. On PostgreSQL several replicas may call this at once: Kysely takes an
+ * advisory lock so exactly one applies each migration. A SQLite file belongs to one server process.
+ */
+export async function migrateToLatest(db: Kysely<unknown>): Promise<readonly MigrationResult[]> {
+  const migrator = new Migrator({
+    db,
+    provider,
+    migrationTableName: 'edgefleet_migrations',
+    migrationLockTableName: 'edgefleet_migrations_lock',
+  });
+  const { error, results = [] } = await migrator.migrateToLatest();
+  if (error) {
+    const failed = results.find((r) => r.status === 'Error')?.migrationName ?? 'unknown';
+    throw new MigrationError(
+      `database migration ${failed} failed: ${error instanceof Error ? error.message : String(error)}`,
+      results,
+      { cause: error },
+    );
+  }
+  return results;
+}
+
+/** Names of the migrations already applied to this database. */
+export async function appliedMigrations(db: Kysely<unknown>): Promise<string[]> {
+  const migrator = new Migrator({
+    db,
+    provider,
+    migrationTableName: 'edgefleet_migrations',
+    migrationLockTableName: 'edgefleet_migrations_lock',
+  });
+  const infos = await migrator.getMigrations();
+  return infos.filter((m) => m.executedAt !== undefined).map((m) => m.name);
+}

@@ -1,0 +1,137 @@
+/**
+ * Row types of every table, as Kysely sees them. Times are epoch milliseconds (bigint columns, parsed
+ * to numbers on both engines); JSON documents are stored as text.
+ */
+
+export interface ServerSettingsTable {
+  key: string;
+  value: string;
+}
+
+export interface ApiTokensTable {
+  id: string;
+  name: string;
+  scope: string;
+  token_hash: string;
+  created_at: number;
+  revoked_at: number | null;
+}
+
+export interface FleetsTable {
+  name: string;
+  description: string | null;
+  output_s3_location: string;
+  output_kms_key_id: string | null;
+  role_arn: string | null;
+  tags: string;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface DevicesTable {
+  name: string;
+  fleet_name: string;
+  description: string | null;
+  iot_thing_name: string | null;
+  tags: string;
+  registered_at: number;
+  updated_at: number;
+  agent_version: string | null;
+  last_heartbeat_at: number | null;
+  deployment_result: string | null;
+}
+
+export interface DeviceTagsTable {
+  device_name: string;
+  key: string;
+  value: string;
+}
+
+export interface DeviceModelsTable {
+  device_name: string;
+  model_name: string;
+  model_version: string;
+  latest_sample_time: number | null;
+  latest_inference_time: number | null;
+}
+
+export interface DeviceMetricsTable {
+  device_name: string;
+  fleet_name: string;
+  model_name: string | null;
+  model_version: string | null;
+  dimension: string | null;
+  metric_name: string;
+  value: number;
+  timestamp: number;
+  received_at: number;
+}
+
+export interface DeviceCertificatesTable {
+  serial: string;
+  device_name: string;
+  fleet_name: string;
+  fingerprint_sha256: string;
+  subject: string;
+  not_before: number;
+  not_after: number;
+  issued_at: number;
+  revoked_at: number | null;
+  revocation_reason: string | null;
+}
+
+export interface EnrollmentTokensTable {
+  id: string;
+  device_name: string;
+  token_hash: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+}
+
+export interface ModelsTable {
+  name: string;
+  description: string | null;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface ModelVersionsTable {
+  model_name: string;
+  version: string;
+  source_kind: string;
+  blob_key: string;
+  size_bytes: number;
+  sha256: string;
+  tensors: string;
+  created_at: number;
+}
+
+export interface PackagingJobsTable {
+  name: string;
+  model_name: string;
+  model_version: string;
+  status: string;
+  status_message: string | null;
+  output_s3_location: string | null;
+  artifact_key: string | null;
+  artifact_location: string | null;
+  signature: string | null;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface DatabaseSchema {
+  server_settings: ServerSettingsTable;
+  api_tokens: ApiTokensTable;
+  fleets: FleetsTable;
+  devices: DevicesTable;
+  device_tags: DeviceTagsTable;
+  device_models: DeviceModelsTable;
+  device_metrics: DeviceMetricsTable;
+  device_certificates: DeviceCertificatesTable;
+  enrollment_tokens: EnrollmentTokensTable;
+  models: ModelsTable;
+  model_versions: ModelVersionsTable;
+  packaging_jobs: PackagingJobsTable;
+}
