@@ -23,3 +23,22 @@ export {
   type OnnxTensorValues,
 } from './model-builder.js';
 export { ONNX_TENSOR_TYPES, onnxTensorTypeName, type OnnxTensorTypeName } from './onnx-data-types.js';
+export {
+  EXTERNAL_DATA_FILE,
+  SLOW_MODEL_DEFAULTS,
+  TEST_MODELS,
+  TEST_MODEL_NAMES,
+  buildSlowModel,
+  getTestModel,
+  slowModelFlops,
+  slowModelInput,
+  slowModelReference,
+  writeAllTestModels,
+  writeTestModel,
+  type SlowModelOptions,
+  type TestModel,
+  type TestModelName,
+  type TestModelTensor,
+  type TestModelTensorData,
+  type TestModelTensors,
+} from './test-models.js';
