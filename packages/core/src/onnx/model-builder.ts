@@ -38,6 +38,8 @@ export interface OnnxConstantTensor {
   type: OnnxElementType;
   dims: readonly number[];
   values: OnnxTensorValues;
+  /** Store the values in this file (relative to the model) instead of inside the model. */
+  externalLocation?: string;
 }
 
 export type OnnxAttributeValue =
@@ -81,13 +83,22 @@ type ProtoObject = Record<string, unknown>;
 /** External data files the model refers to, by location. */
 export type OnnxExternalDataFiles = Map<string, Uint8Array>;
 
+interface PendingNode {
+  opType: string;
+  input: string[];
+  output: string[];
+  name: string;
+  domain: string;
+  attributes: [string, OnnxAttributeValue][];
+}
+
 /** A graph: the model's main graph, or a subgraph for If/Loop/Scan attributes. */
 export class OnnxGraphBuilder {
   readonly #name: string;
   readonly #inputs: ProtoObject[] = [];
   readonly #outputs: ProtoObject[] = [];
-  readonly #initializers: { proto: ProtoObject; external?: { location: string; data: Uint8Array } }[] = [];
-  readonly #nodes: ProtoObject[] = [];
+  readonly #initializers: [string, OnnxConstantTensor][] = [];
+  readonly #nodes: PendingNode[] = [];
 
   constructor(name: string) {
     this.#name = name;
@@ -121,15 +132,10 @@ export class OnnxGraphBuilder {
     values: OnnxTensorValues,
     options: OnnxInitializerOptions = {},
   ): this {
-    const tensor = tensorProto(name, { type, dims, values });
-    if (options.externalLocation === undefined) {
-      this.#initializers.push({ proto: tensor });
-    } else {
-      const data = tensor.rawData as Uint8Array;
-      delete tensor.rawData;
-      tensor.dataLocation = DATA_LOCATION.EXTERNAL;
-      this.#initializers.push({ proto: tensor, external: { location: options.externalLocation, data } });
-    }
+    const tensor: OnnxConstantTensor = { type, dims, values };
+    if (options.externalLocation !== undefined) tensor.externalLocation = options.externalLocation;
+    checkTensor(name, tensor);
+    this.#initializers.push([name, tensor]);
     if (options.asGraphInput) this.#inputs.push(valueInfo(name, type, dims));
     return this;
   }
@@ -141,46 +147,55 @@ export class OnnxGraphBuilder {
     attributes: Record<string, OnnxAttributeValue> = {},
     options: OnnxNodeOptions = {},
   ): this {
+    for (const [attrName, value] of Object.entries(attributes)) {
+      if (value.kind === 'tensor') checkTensor(attrName, value.value);
+    }
     this.#nodes.push({
       opType,
       input: [...inputs],
       output: [...outputs],
       name: options.name ?? `${opType}_${this.#nodes.length}`,
       domain: options.domain ?? '',
-      attribute: Object.entries(attributes).map(([attrName, value]) => attributeProto(attrName, value)),
+      attributes: Object.entries(attributes),
     });
     return this;
   }
 
-  /**
-   * The GraphProto object, with external data laid out into `files` (each tensor's offset aligned to 4096 bytes,
-   * as ONNX recommends for memory mapping).
-   */
-  toProto(files: OnnxExternalDataFiles): ProtoObject {
-    const initializer = this.#initializers.map(({ proto, external }) => {
-      if (external === undefined) return proto;
-      const existing = files.get(external.location) ?? new Uint8Array(0);
-      const offset = Math.ceil(existing.length / 4096) * 4096;
-      const grown = new Uint8Array(offset + external.data.length);
-      grown.set(existing);
-      grown.set(external.data, offset);
-      files.set(external.location, grown);
-      return {
-        ...proto,
-        externalData: [
-          { key: 'location', value: external.location },
-          { key: 'offset', value: String(offset) },
-          { key: 'length', value: String(external.data.length) },
-        ],
-      };
-    });
-    const node = this.#nodes.map((item) => ({
-      ...item,
-      attribute: (item.attribute as ProtoObject[]).map((attribute) =>
-        attribute.g instanceof OnnxGraphBuilder ? { ...attribute, g: attribute.g.toProto(files) } : attribute,
-      ),
-    }));
-    return { name: this.#name, input: this.#inputs, output: this.#outputs, initializer, node };
+  /** The GraphProto object; tensor data stored externally is laid out into `files`. */
+  protected graphProto(files: OnnxExternalDataFiles): ProtoObject {
+    return {
+      name: this.#name,
+      input: this.#inputs,
+      output: this.#outputs,
+      initializer: this.#initializers.map(([name, tensor]) => tensorProto(name, tensor, files)),
+      node: this.#nodes.map(({ attributes, ...node }) => ({
+        ...node,
+        attribute: attributes.map(([name, value]) => this.#attributeProto(name, value, files)),
+      })),
+    };
+  }
+
+  #attributeProto(name: string, attribute: OnnxAttributeValue, files: OnnxExternalDataFiles): ProtoObject {
+    const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
+    switch (attribute.kind) {
+      case 'float':
+        return { name, type: ATTRIBUTE_TYPE.FLOAT, f: attribute.value };
+      case 'int':
+        // int64 as a decimal string: protobufjs converts it without losing bits beyond 2^53.
+        return { name, type: ATTRIBUTE_TYPE.INT, i: attribute.value.toString() };
+      case 'string':
+        return { name, type: ATTRIBUTE_TYPE.STRING, s: utf8(attribute.value) };
+      case 'floats':
+        return { name, type: ATTRIBUTE_TYPE.FLOATS, floats: [...attribute.value] };
+      case 'ints':
+        return { name, type: ATTRIBUTE_TYPE.INTS, ints: attribute.value.map((value) => value.toString()) };
+      case 'strings':
+        return { name, type: ATTRIBUTE_TYPE.STRINGS, strings: attribute.value.map(utf8) };
+      case 'tensor':
+        return { name, type: ATTRIBUTE_TYPE.TENSOR, t: tensorProto(name, attribute.value, files) };
+      case 'graph':
+        return { name, type: ATTRIBUTE_TYPE.GRAPH, g: attribute.value.graphProto(files) };
+    }
   }
 }
 
@@ -234,7 +249,7 @@ export class OnnxModelBuilder extends OnnxGraphBuilder {
       opsetImport: [{ domain: '', version: options.opset }, ...(options.extraOpsets ?? [])],
       producerName: options.producerName,
       producerVersion: options.producerVersion,
-      graph: this.toProto(externalData),
+      graph: this.graphProto(externalData),
       metadataProps: Object.entries(options.metadata ?? {}).map(([key, value]) => ({ key, value })),
     };
     const { ModelProto } = onnxProto;
@@ -289,7 +304,8 @@ const ONNX_NAME_OF: Partial<Record<OnnxElementType, OnnxTensorTypeName>> = {
   FLOAT64: 'DOUBLE',
 };
 
-function tensorProto(name: string, tensor: OnnxConstantTensor): ProtoObject {
+/** Throws, saying what is wrong, unless the values fit the element type and the dimensions. */
+function checkTensor(name: string, tensor: OnnxConstantTensor): void {
   const onnxName = ONNX_NAME_OF[tensor.type] ?? (tensor.type as OnnxTensorTypeName);
   const expected = VALUE_ARRAYS[onnxName];
   if (expected === undefined) {
@@ -306,11 +322,32 @@ function tensorProto(name: string, tensor: OnnxConstantTensor): ProtoObject {
       `tensor "${name}": shape [${tensor.dims.join(', ')}] holds ${count} elements, but ${tensor.values.length} values were given`,
     );
   }
+}
+
+/**
+ * The TensorProto object. External data is appended to its file in `files`, at an offset aligned to 4096 bytes
+ * as ONNX recommends for memory mapping.
+ */
+function tensorProto(name: string, tensor: OnnxConstantTensor, files: OnnxExternalDataFiles): ProtoObject {
+  const proto = { name, dataType: onnxTensorTypeNumber(tensor.type), dims: [...tensor.dims] };
+  const data = littleEndianBytes(tensor.values);
+  const location = tensor.externalLocation;
+  if (location === undefined) return { ...proto, rawData: data };
+
+  const existing = files.get(location) ?? new Uint8Array(0);
+  const offset = Math.ceil(existing.length / 4096) * 4096;
+  const grown = new Uint8Array(offset + data.length);
+  grown.set(existing);
+  grown.set(data, offset);
+  files.set(location, grown);
   return {
-    name,
-    dataType: onnxTensorTypeNumber(tensor.type),
-    dims: [...tensor.dims],
-    rawData: littleEndianBytes(tensor.values),
+    ...proto,
+    dataLocation: DATA_LOCATION.EXTERNAL,
+    externalData: [
+      { key: 'location', value: location },
+      { key: 'offset', value: String(offset) },
+      { key: 'length', value: String(data.length) },
+    ],
   };
 }
 
@@ -333,28 +370,4 @@ function littleEndianBytes(values: OnnxTensorValues): Uint8Array {
     else view.setUint32(offset, values[i]!, true);
   }
   return bytes;
-}
-
-function attributeProto(name: string, attribute: OnnxAttributeValue): ProtoObject {
-  const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
-  switch (attribute.kind) {
-    case 'float':
-      return { name, type: ATTRIBUTE_TYPE.FLOAT, f: attribute.value };
-    case 'int':
-      // int64 as a decimal string: protobufjs converts it without losing bits beyond 2^53.
-      return { name, type: ATTRIBUTE_TYPE.INT, i: attribute.value.toString() };
-    case 'string':
-      return { name, type: ATTRIBUTE_TYPE.STRING, s: utf8(attribute.value) };
-    case 'floats':
-      return { name, type: ATTRIBUTE_TYPE.FLOATS, floats: [...attribute.value] };
-    case 'ints':
-      return { name, type: ATTRIBUTE_TYPE.INTS, ints: attribute.value.map((value) => value.toString()) };
-    case 'strings':
-      return { name, type: ATTRIBUTE_TYPE.STRINGS, strings: attribute.value.map(utf8) };
-    case 'tensor':
-      return { name, type: ATTRIBUTE_TYPE.TENSOR, t: tensorProto(name, attribute.value) };
-    case 'graph':
-      // Turned into a GraphProto object by toProto, where external data files are laid out.
-      return { name, type: ATTRIBUTE_TYPE.GRAPH, g: attribute.value };
-  }
 }
