@@ -1,0 +1,76 @@
+import { z } from 'zod';
+import { OrtSessionConfigSchema } from '../inference/session-options.js';
+
+/** The agent's configuration once read: every setting resolved (defaults applied, paths absolute). */
+export const AgentConfigSchema = z.object({
+  device: z.object({
+    /** `sagemaker_edge_core_device_name` (or its older alias `…_device_uuid`). */
+    name: z.string().max(63).optional(),
+    fleetName: z.string().optional(),
+    region: z.string().optional(),
+    iotThingName: z.string().optional(),
+  }),
+  trust: z.object({
+    /** Folder of PEM root certificates package signatures must chain to. */
+    rootCertsPath: z.string().optional(),
+    /** Refuse packages whose signature does not verify. True when rootCertsPath is set, unless overridden. */
+    requireSignatures: z.boolean(),
+  }),
+  provider: z.object({
+    kind: z.enum(['Aws', 'Custom', 'None']),
+    /** Our control plane's URL (`sagemaker_edge_core_endpoint_override`). */
+    endpoint: z.string().optional(),
+    /** The original's plug-in library: accepted and ignored. */
+    pluginPath: z.string().optional(),
+    s3BucketName: z.string().optional(),
+    caCertFile: z.string().optional(),
+    certFile: z.string().optional(),
+    certKeyFile: z.string().optional(),
+    iotCredentialEndpoint: z.string().optional(),
+  }),
+  logging: z.object({
+    verbose: z.boolean(),
+    /** Accepted and ignored. */
+    libsystemdPath: z.string().optional(),
+  }),
+  capture: z.object({
+    destination: z.enum(['Disk', 'Cloud']),
+    diskPath: z.string(),
+    folderPrefix: z.string(),
+    bufferSize: z.number().int().positive(),
+    batchSize: z.number().int().positive(),
+    pushPeriodSeconds: z.number().int().positive(),
+    base64EmbedLimit: z.number().int().nonnegative(),
+    periodicUpload: z.boolean(),
+    periodicUploadPeriodSeconds: z.number().int().positive(),
+  }),
+  storage: z.object({
+    localDataRootPath: z.string(),
+    /** The original enabled its database by naming a plug-in; ours is built in, enabled the same way. */
+    dbEnabled: z.boolean(),
+  }),
+  deployments: z.object({
+    enabled: z.boolean(),
+    pollIntervalMinutes: z.number().int().positive(),
+  }),
+  inference: z.object({
+    workers: z.number().int().positive(),
+    instancesPerModel: z.number().int().positive(),
+    /** How long UnLoadModel waits for in-flight predictions before failing what is still queued. */
+    unloadTimeoutMs: z.number().int().nonnegative(),
+    /** Requests for one model waiting for a worker; more are refused with RESOURCE_EXHAUSTED. */
+    maxQueuedRequestsPerModel: z.number().int().positive(),
+    ort: OrtSessionConfigSchema,
+    /** `sagemaker_edge_dlr_backend_options` as given, for the record. */
+    backendOptions: z.array(z.object({ key: z.string(), value: z.string() })),
+  }),
+  rest: z.object({
+    /** Unix socket for the KServe v2 REST API; null = no Unix listener. */
+    socketPath: z.string().nullable(),
+    /** Optional TCP listener. */
+    tcp: z.object({ host: z.string(), port: z.number().int() }).nullable(),
+  }),
+  /** Permission bits given to the agent's socket files. */
+  socketMode: z.number().int().min(0).max(0o7777),
+});
+export type AgentConfig = z.infer<typeof AgentConfigSchema>;

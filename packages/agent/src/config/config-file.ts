@@ -1,0 +1,436 @@
+import { basename, dirname, extname, join, resolve } from 'node:path';
+import { z } from 'zod';
+import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
+import { AgentConfigSchema, type AgentConfig } from './agent-config.js';
+import { BACKEND_OPTIONS_KEY, mapBackendOptions, parseBackendOptions } from './backend-options.js';
+import { MAX_UNIX_SOCKET_PATH_BYTES } from './command-line.js';
+import { ConfigError, describeValue } from './errors.js';
+import {
+  choice,
+  endpoint,
+  executionProviders,
+  fileMode,
+  flag,
+  httpUrl,
+  integer,
+  listenAddress,
+  path,
+  text,
+  type FieldKind,
+} from './fields.js';
+
+/** Every key the config file may hold: those of the SageMaker Edge agent, then ours (`edgefleet_…`). */
+export const CONFIG_FIELDS = {
+  sagemaker_edge_core_device_name: text(63),
+  sagemaker_edge_core_device_uuid: text(63),
+  sagemaker_edge_core_device_fleet_name: text(),
+  sagemaker_edge_core_region: text(),
+  sagemaker_edge_core_root_certs_path: path(),
+  sagemaker_edge_core_endpoint_override: httpUrl(),
+  sagemaker_edge_core_iot_thing_name: text(),
+  sagemaker_edge_provider_provider: choice(['Aws', 'Custom', 'None']),
+  sagemaker_edge_provider_provider_path: path(),
+  sagemaker_edge_provider_s3_bucket_name: text(),
+  sagemaker_edge_provider_aws_ca_cert_file: path(),
+  sagemaker_edge_provider_aws_cert_file: path(),
+  sagemaker_edge_provider_aws_cert_pk_file: path(),
+  sagemaker_edge_provider_aws_iot_cred_endpoint: endpoint(),
+  sagemaker_edge_log_verbose: flag(),
+  sagemaker_edge_telemetry_libsystemd_path: path(),
+  sagemaker_edge_core_capture_data_destination: choice(['Disk', 'Cloud']),
+  sagemaker_edge_core_capture_data_disk_path: path(),
+  sagemaker_edge_core_folder_prefix: text(),
+  sagemaker_edge_core_capture_data_buffer_size: integer(2, 100_000, 30),
+  sagemaker_edge_core_capture_data_batch_size: integer(1, 100_000, 10),
+  sagemaker_edge_core_capture_data_push_period_seconds: integer(1, 86_400, 4),
+  sagemaker_edge_core_capture_data_base64_embed_limit: integer(0, 1_048_576, 3072),
+  sagemaker_edge_core_capture_data_periodic_upload: flag(),
+  sagemaker_edge_core_capture_data_periodic_upload_period_seconds: integer(1, 604_800, 8),
+  sagemaker_edge_db_module_path: path(),
+  sagemaker_edge_local_data_root_path: path(),
+  sagemaker_edge_deployment_lib_path: path(),
+  sagemaker_edge_model_deployment_poll_interval: integer(1, 525_600, 1440),
+  sagemaker_edge_dlr_backend_options: text(8192),
+
+  edgefleet_inference_workers: integer(1, 256, 4),
+  edgefleet_instances_per_model: integer(1, 64, 1),
+  edgefleet_ort_intra_op_threads: integer(0, 1024, 1),
+  edgefleet_ort_inter_op_threads: integer(0, 1024, 1),
+  edgefleet_ort_graph_optimization_level: choice(['disabled', 'basic', 'extended', 'layout', 'all']),
+  edgefleet_ort_execution_providers: executionProviders(),
+  edgefleet_unload_timeout_seconds: integer(0, 3600, 30),
+  edgefleet_max_queued_requests: integer(1, 1_000_000, 256),
+  edgefleet_rest_socket_path: path(),
+  edgefleet_rest_tcp: listenAddress(),
+  edgefleet_socket_mode: fileMode(),
+  edgefleet_require_signatures: flag(),
+} satisfies Record<string, FieldKind<unknown>>;
+
+export type ConfigKey = keyof typeof CONFIG_FIELDS;
+export const CONFIG_KEYS = Object.keys(CONFIG_FIELDS) as ConfigKey[];
+
+/** The file's keys once read leniently and checked; every key optional ("unset"). */
+type ConfigFile = { [K in ConfigKey]?: z.infer<(typeof CONFIG_FIELDS)[K]['schema']> };
+const ConfigFileSchema = z.object(
+  Object.fromEntries(CONFIG_KEYS.map((key) => [key, CONFIG_FIELDS[key].schema.optional()])),
+) as unknown as z.ZodType<ConfigFile>;
+
+export const DEFAULTS = {
+  captureDestination: 'Disk',
+  folderPrefix: 'sme-capture',
+  bufferSize: 30,
+  batchSize: 10,
+  pushPeriodSeconds: 4,
+  base64EmbedLimit: 3072,
+  periodicUploadPeriodSeconds: 8,
+  pollIntervalMinutes: 1440,
+  instancesPerModel: 1,
+  unloadTimeoutSeconds: 30,
+  maxQueuedRequests: 256,
+  socketMode: 0o660,
+  localDataFolder: '.edgefleet',
+  restTcpHost: '127.0.0.1',
+} as const;
+
+export interface ConfigContext {
+  /** The agent's working directory: relative paths in the file are relative to it. */
+  cwd: string;
+  /** Cores available to the agent (os.availableParallelism()). */
+  cpuCount: number;
+  /** The gRPC socket from `-a`; the REST socket defaults to a sibling of it. */
+  grpcSocketPath: string;
+}
+
+export interface ParsedConfig {
+  config: AgentConfig;
+  /** Things worth telling the operator that do not stop start-up (unknown keys, ignored settings). */
+  warnings: string[];
+}
+
+/**
+ * Reads the parsed JSON of a config file. Pure: touches no files (see loadAgentConfig for the checks that do).
+ * Throws ConfigError naming the key at fault.
+ */
+export function parseAgentConfig(json: unknown, context: ConfigContext): ParsedConfig {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new ConfigError(
+      null,
+      `the config file must hold a JSON object of "key": value pairs, got ${describeValue(json)}`,
+    );
+  }
+  const raw = json as Record<string, unknown>;
+  const warnings: string[] = [];
+  const normalized: Record<string, unknown> = {};
+  for (const key of Object.keys(raw)) {
+    if (!Object.hasOwn(CONFIG_FIELDS, key)) {
+      warnings.push(unknownKeyWarning(key));
+      continue;
+    }
+    const value = CONFIG_FIELDS[key as ConfigKey].read(raw[key]);
+    if (value !== undefined) normalized[key] = value;
+  }
+  const checked = ConfigFileSchema.safeParse(normalized);
+  if (!checked.success) {
+    const key = String(checked.error.issues[0]?.path[0] ?? '');
+    const field = CONFIG_FIELDS[key as ConfigKey];
+    throw new ConfigError(key, `${key}: expected ${field.expected}, got ${describeValue(raw[key])}`);
+  }
+  const config = buildConfig(checked.data, context, warnings);
+  return { config: AgentConfigSchema.parse(config), warnings };
+}
+
+function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[]): AgentConfig {
+  const abs = (p: string | undefined): string | undefined =>
+    p === undefined ? undefined : resolve(context.cwd, p);
+  const fail = (key: ConfigKey, message: string): never => {
+    throw new ConfigError(key, `${key}: ${message}`);
+  };
+
+  // Device identity; `…_device_uuid` is the older spelling of `…_device_name`.
+  let deviceName = file.sagemaker_edge_core_device_name;
+  const uuid = file.sagemaker_edge_core_device_uuid;
+  if (deviceName === undefined) deviceName = uuid;
+  else if (uuid !== undefined && uuid !== deviceName) {
+    warnings.push(
+      `sagemaker_edge_core_device_uuid (${JSON.stringify(uuid)}) is an older name for sagemaker_edge_core_device_name and differs from it; using sagemaker_edge_core_device_name (${JSON.stringify(deviceName)})`,
+    );
+  }
+
+  const providerKind = file.sagemaker_edge_provider_provider ?? 'None';
+  const endpointUrl = file.sagemaker_edge_core_endpoint_override;
+  if (providerKind !== 'None') {
+    if (deviceName === undefined)
+      fail(
+        'sagemaker_edge_core_device_name',
+        `is required when sagemaker_edge_provider_provider is ${providerKind}: the device's name as registered in its fleet`,
+      );
+    if (file.sagemaker_edge_core_device_fleet_name === undefined)
+      fail(
+        'sagemaker_edge_core_device_fleet_name',
+        `is required when sagemaker_edge_provider_provider is ${providerKind}: the fleet the device is registered in`,
+      );
+    if (endpointUrl === undefined)
+      warnings.push(
+        `sagemaker_edge_provider_provider is ${providerKind} but sagemaker_edge_core_endpoint_override is not set: there is no control plane to talk to (Edge Manager's cloud is retired), so the agent runs offline; set it to the EdgeFleet server's URL`,
+      );
+  }
+  for (const ignored of [
+    'sagemaker_edge_provider_provider_path',
+    'sagemaker_edge_telemetry_libsystemd_path',
+  ] as const) {
+    if (file[ignored] !== undefined)
+      warnings.push(`${ignored} names a plug-in of the original agent; it is accepted and ignored`);
+  }
+
+  // Capture.
+  const destination = file.sagemaker_edge_core_capture_data_destination ?? DEFAULTS.captureDestination;
+  const bucket = file.sagemaker_edge_provider_s3_bucket_name;
+  if (destination === 'Cloud') {
+    if (providerKind === 'None')
+      fail(
+        'sagemaker_edge_core_capture_data_destination',
+        'is Cloud but sagemaker_edge_provider_provider is None (offline); expected Disk, or a provider of Aws or Custom',
+      );
+    if (bucket === undefined)
+      fail(
+        'sagemaker_edge_provider_s3_bucket_name',
+        'is required when sagemaker_edge_core_capture_data_destination is Cloud',
+      );
+  }
+  const periodicUpload = file.sagemaker_edge_core_capture_data_periodic_upload ?? false;
+  if (periodicUpload) {
+    if (destination === 'Cloud')
+      warnings.push(
+        'sagemaker_edge_core_capture_data_periodic_upload applies to Disk captures only; ignored with Cloud',
+      );
+    else if (providerKind === 'None' || bucket === undefined)
+      fail(
+        'sagemaker_edge_core_capture_data_periodic_upload',
+        'is true, which uploads Disk captures to the bucket; it needs sagemaker_edge_provider_provider Aws or Custom and sagemaker_edge_provider_s3_bucket_name',
+      );
+  }
+  const bufferSize = file.sagemaker_edge_core_capture_data_buffer_size ?? DEFAULTS.bufferSize;
+  const batchSize =
+    file.sagemaker_edge_core_capture_data_batch_size ?? Math.min(DEFAULTS.batchSize, bufferSize - 1);
+  if (batchSize >= bufferSize)
+    fail(
+      file.sagemaker_edge_core_capture_data_batch_size !== undefined
+        ? 'sagemaker_edge_core_capture_data_batch_size'
+        : 'sagemaker_edge_core_capture_data_buffer_size',
+      `the batch size (${batchSize}) must be smaller than the buffer size (${bufferSize}), e.g. batch 10 with buffer 30`,
+    );
+  const base64EmbedLimit =
+    file.sagemaker_edge_core_capture_data_base64_embed_limit ?? DEFAULTS.base64EmbedLimit;
+  if (base64EmbedLimit > DEFAULTS.base64EmbedLimit)
+    warnings.push(
+      `sagemaker_edge_core_capture_data_base64_embed_limit is ${base64EmbedLimit}, above the original agent's maximum of ${DEFAULTS.base64EmbedLimit}; capture records will embed larger items`,
+    );
+
+  // Storage and deployments.
+  const localDataRootPath =
+    abs(file.sagemaker_edge_local_data_root_path) ?? resolve(context.cwd, DEFAULTS.localDataFolder);
+  let dbEnabled = file.sagemaker_edge_db_module_path !== undefined;
+  let deploymentsEnabled = file.sagemaker_edge_deployment_lib_path !== undefined;
+  if (deploymentsEnabled && providerKind === 'None') {
+    warnings.push(
+      'sagemaker_edge_deployment_lib_path enables deployments, but sagemaker_edge_provider_provider is None (offline); deployments stay off',
+    );
+    deploymentsEnabled = false;
+  }
+  if (deploymentsEnabled && !dbEnabled) {
+    warnings.push(
+      'deployments (sagemaker_edge_deployment_lib_path) need the local database; enabling it (as if sagemaker_edge_db_module_path were set)',
+    );
+    dbEnabled = true;
+  }
+
+  // Trust.
+  const rootCertsPath = abs(file.sagemaker_edge_core_root_certs_path);
+  const requireSignatures = file.edgefleet_require_signatures ?? rootCertsPath !== undefined;
+  if (requireSignatures && rootCertsPath === undefined)
+    fail(
+      'edgefleet_require_signatures',
+      'is true but sagemaker_edge_core_root_certs_path is not set; expected a folder of PEM root certificates to verify signatures against',
+    );
+  if (!requireSignatures && rootCertsPath !== undefined)
+    warnings.push(
+      'edgefleet_require_signatures is false: packages whose signatures do not verify are loaded anyway',
+    );
+
+  // Inference.
+  const workers = file.edgefleet_inference_workers ?? Math.max(1, context.cpuCount);
+  const ort = {
+    ...DEFAULT_ORT_SESSION_CONFIG,
+    intraOpNumThreads: Math.max(1, Math.floor(context.cpuCount / workers)),
+  };
+  const backendEntries =
+    file.sagemaker_edge_dlr_backend_options === undefined
+      ? []
+      : parseBackendOptions(file.sagemaker_edge_dlr_backend_options);
+  const { overlay, warnings: backendWarnings } = mapBackendOptions(backendEntries);
+  warnings.push(...backendWarnings);
+  const pick = <T>(explicit: T | undefined, fromBackend: T | undefined, fallback: T, key: ConfigKey): T => {
+    if (explicit !== undefined && fromBackend !== undefined && explicit !== fromBackend)
+      warnings.push(`${key} (${String(explicit)}) overrides ${BACKEND_OPTIONS_KEY} (${String(fromBackend)})`);
+    return explicit ?? fromBackend ?? fallback;
+  };
+  ort.intraOpNumThreads = pick(
+    file.edgefleet_ort_intra_op_threads,
+    overlay.intraOpNumThreads,
+    ort.intraOpNumThreads,
+    'edgefleet_ort_intra_op_threads',
+  );
+  ort.interOpNumThreads = pick(
+    file.edgefleet_ort_inter_op_threads,
+    overlay.interOpNumThreads,
+    ort.interOpNumThreads,
+    'edgefleet_ort_inter_op_threads',
+  );
+  ort.graphOptimizationLevel = pick(
+    file.edgefleet_ort_graph_optimization_level,
+    overlay.graphOptimizationLevel,
+    ort.graphOptimizationLevel,
+    'edgefleet_ort_graph_optimization_level',
+  );
+  const eps: ExecutionProviderConfig[] = (
+    file.edgefleet_ort_execution_providers ?? ort.executionProviders
+  ).map((ep) => ({
+    ...ep,
+    ...(ep.name !== 'cpu' &&
+      ep.deviceId === undefined &&
+      overlay.deviceId !== undefined && { deviceId: overlay.deviceId }),
+  }));
+  if (new Set(eps.map((ep) => ep.name)).size !== eps.length)
+    fail(
+      'edgefleet_ort_execution_providers',
+      'names an execution provider twice; expected each at most once',
+    );
+  if (Object.keys(overlay.tensorrt).length > 0) {
+    const trt = eps.find((ep) => ep.name === 'tensorrt');
+    if (trt) {
+      trt.tensorrt = overlay.tensorrt;
+      warnings.push(
+        `${BACKEND_OPTIONS_KEY}: TensorRT settings (${Object.keys(overlay.tensorrt).join(', ')}) are recorded, but onnxruntime-node 1.30 passes only the device id to TensorRT; see docs/config.md`,
+      );
+    } else {
+      warnings.push(
+        `${BACKEND_OPTIONS_KEY}: TensorRT settings are ignored because the TensorRT execution provider is not enabled (add "tensorrt" to edgefleet_ort_execution_providers)`,
+      );
+    }
+  }
+
+  // Listeners.
+  const restSocketPath =
+    abs(file.edgefleet_rest_socket_path) ?? defaultRestSocketPath(context.grpcSocketPath);
+  if (Buffer.byteLength(restSocketPath) > MAX_UNIX_SOCKET_PATH_BYTES)
+    fail(
+      'edgefleet_rest_socket_path',
+      `the REST socket path ${restSocketPath}${file.edgefleet_rest_socket_path === undefined ? ' (derived from -a)' : ''} is longer than the ${MAX_UNIX_SOCKET_PATH_BYTES} bytes a Unix socket path may have; set a shorter one`,
+    );
+  if (restSocketPath === context.grpcSocketPath)
+    fail('edgefleet_rest_socket_path', 'is the gRPC socket given with -a; expected a different path');
+
+  return {
+    device: {
+      ...(deviceName !== undefined && { name: deviceName }),
+      ...(file.sagemaker_edge_core_device_fleet_name !== undefined && {
+        fleetName: file.sagemaker_edge_core_device_fleet_name,
+      }),
+      ...(file.sagemaker_edge_core_region !== undefined && { region: file.sagemaker_edge_core_region }),
+      ...(file.sagemaker_edge_core_iot_thing_name !== undefined && {
+        iotThingName: file.sagemaker_edge_core_iot_thing_name,
+      }),
+    },
+    trust: { ...(rootCertsPath !== undefined && { rootCertsPath }), requireSignatures },
+    provider: dropUndefined({
+      kind: providerKind,
+      endpoint: endpointUrl,
+      pluginPath: abs(file.sagemaker_edge_provider_provider_path),
+      s3BucketName: bucket,
+      caCertFile: abs(file.sagemaker_edge_provider_aws_ca_cert_file),
+      certFile: abs(file.sagemaker_edge_provider_aws_cert_file),
+      certKeyFile: abs(file.sagemaker_edge_provider_aws_cert_pk_file),
+      iotCredentialEndpoint: file.sagemaker_edge_provider_aws_iot_cred_endpoint,
+    }),
+    logging: dropUndefined({
+      verbose: file.sagemaker_edge_log_verbose ?? false,
+      libsystemdPath: abs(file.sagemaker_edge_telemetry_libsystemd_path),
+    }),
+    capture: {
+      destination,
+      diskPath: abs(file.sagemaker_edge_core_capture_data_disk_path) ?? join(localDataRootPath, 'capture'),
+      folderPrefix: file.sagemaker_edge_core_folder_prefix ?? DEFAULTS.folderPrefix,
+      bufferSize,
+      batchSize,
+      pushPeriodSeconds:
+        file.sagemaker_edge_core_capture_data_push_period_seconds ?? DEFAULTS.pushPeriodSeconds,
+      base64EmbedLimit,
+      periodicUpload: periodicUpload && destination === 'Disk',
+      periodicUploadPeriodSeconds:
+        file.sagemaker_edge_core_capture_data_periodic_upload_period_seconds ??
+        DEFAULTS.periodicUploadPeriodSeconds,
+    },
+    storage: { localDataRootPath, dbEnabled },
+    deployments: {
+      enabled: deploymentsEnabled,
+      pollIntervalMinutes: file.sagemaker_edge_model_deployment_poll_interval ?? DEFAULTS.pollIntervalMinutes,
+    },
+    inference: {
+      workers,
+      instancesPerModel: file.edgefleet_instances_per_model ?? DEFAULTS.instancesPerModel,
+      unloadTimeoutMs: (file.edgefleet_unload_timeout_seconds ?? DEFAULTS.unloadTimeoutSeconds) * 1000,
+      maxQueuedRequestsPerModel: file.edgefleet_max_queued_requests ?? DEFAULTS.maxQueuedRequests,
+      ort: { ...ort, executionProviders: eps },
+      backendOptions: backendEntries,
+    },
+    rest: {
+      socketPath: restSocketPath,
+      tcp: file.edgefleet_rest_tcp ?? null,
+    },
+    socketMode: file.edgefleet_socket_mode ?? DEFAULTS.socketMode,
+  };
+}
+
+/** `/tmp/agent.sock` → `/tmp/agent.rest.sock`; a path without `.sock` gets `.rest.sock` appended. */
+export function defaultRestSocketPath(grpcSocketPath: string): string {
+  const ext = extname(grpcSocketPath);
+  const stem = ext === '.sock' ? basename(grpcSocketPath, ext) : basename(grpcSocketPath);
+  return join(dirname(grpcSocketPath), `${stem}.rest.sock`);
+}
+
+function dropUndefined<T extends Record<string, unknown>>(value: T): T {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as T;
+}
+
+function unknownKeyWarning(key: string): string {
+  const shown = JSON.stringify(key.length > 100 ? `${key.slice(0, 97)}...` : key);
+  const near = closestKey(key);
+  return `unknown config key ${shown} is ignored${near ? `; did you mean ${near}?` : ''}`;
+}
+
+/** The known key within a small edit distance, to catch typos. */
+function closestKey(key: string): string | undefined {
+  if (key.length > 120) return undefined;
+  let best: { key: string; distance: number } | undefined;
+  for (const candidate of CONFIG_KEYS) {
+    const distance = editDistance(key.toLowerCase(), candidate);
+    if (distance <= 3 && (!best || distance < best.distance)) best = { key: candidate, distance };
+  }
+  return best?.key;
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(
+        previous[j]! + 1,
+        current[j - 1]! + 1,
+        previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}

@@ -1,0 +1,190 @@
+import { z } from 'zod';
+import { EXECUTION_PROVIDER_NAMES, type ExecutionProviderConfig } from '../inference/session-options.js';
+
+/**
+ * The kinds of value a config key holds, each with its lenient reading (real configs write `"30"` for 30,
+ * `"true"` for true, `""` for "not set") and the zod schema the read value must then satisfy.
+ */
+export interface FieldKind<T = unknown> {
+  /** What the key takes, for error messages ("expected …"). */
+  expected: string;
+  /** Lenient reading; `undefined` means "unset". Values it does not understand are passed on for zod to refuse. */
+  read: (value: unknown) => unknown;
+  schema: z.ZodType<T>;
+}
+
+/** null, "" and whitespace-only strings mean "unset"; other strings are trimmed. */
+function unset(value: unknown): unknown {
+  if (value === null) return undefined;
+  if (typeof value === 'string') {
+    const trimmed = value.trim();
+    return trimmed === '' ? undefined : trimmed;
+  }
+  return value;
+}
+
+export function text(max = 1024): FieldKind<string> {
+  return {
+    expected: `a string of at most ${max} characters`,
+    read: (v) => {
+      const value = unset(v);
+      return typeof value === 'number' && Number.isFinite(value) ? String(value) : value;
+    },
+    schema: z.string().max(max),
+  };
+}
+
+export function path(): FieldKind<string> {
+  return {
+    expected: 'a file-system path (a string)',
+    read: unset,
+    schema: z
+      .string()
+      .max(4096)
+      .refine((p) => !p.includes('\0')),
+  };
+}
+
+export function integer(min: number, max: number, example: number): FieldKind<number> {
+  return {
+    expected: `a whole number from ${min} to ${max} (a JSON number or a string such as "${example}")`,
+    read: (v) => {
+      const value = unset(v);
+      return typeof value === 'string' && /^[+-]?\d{1,15}$/.test(value) ? Number(value) : value;
+    },
+    schema: z.number().int().min(min).max(max),
+  };
+}
+
+const TRUE_WORDS = new Set(['true', 'yes', 'on', '1']);
+const FALSE_WORDS = new Set(['false', 'no', 'off', '0']);
+
+export function flag(): FieldKind<boolean> {
+  return {
+    expected: 'true or false (a JSON boolean, or "true"/"false", "1"/"0", "yes"/"no")',
+    read: (v) => {
+      const value = unset(v);
+      if (typeof value === 'string') {
+        const word = value.toLowerCase();
+        if (TRUE_WORDS.has(word)) return true;
+        if (FALSE_WORDS.has(word)) return false;
+      }
+      if (value === 1) return true;
+      if (value === 0) return false;
+      return value;
+    },
+    schema: z.boolean(),
+  };
+}
+
+/** One of fixed words, matched case-insensitively and returned as spelled here. */
+export function choice<const T extends readonly [string, ...string[]]>(values: T): FieldKind<T[number]> {
+  return {
+    expected: `one of ${values.join(', ')}`,
+    read: (v) => {
+      const value = unset(v);
+      if (typeof value !== 'string') return value;
+      return values.find((c) => c.toLowerCase() === value.toLowerCase()) ?? value;
+    },
+    schema: z.enum(values) as unknown as z.ZodType<T[number]>,
+  };
+}
+
+export function httpUrl(): FieldKind<string> {
+  return {
+    expected: 'an http:// or https:// URL, e.g. "https://edgefleet.example.com"',
+    read: unset,
+    schema: z
+      .string()
+      .max(2048)
+      .refine((u) => {
+        if (!URL.canParse(u)) return false;
+        const protocol = new URL(u).protocol;
+        return protocol === 'https:' || protocol === 'http:';
+      }),
+  };
+}
+
+/** An AWS-style endpoint: a URL or a bare host name (AWS printed credential endpoints without a scheme). */
+export function endpoint(): FieldKind<string> {
+  return {
+    expected: 'a host name or an https:// URL',
+    read: unset,
+    schema: z
+      .string()
+      .max(2048)
+      .refine((e) => URL.canParse(e.includes('://') ? e : `https://${e}`)),
+  };
+}
+
+/** File permission bits written in octal like chmod: "0660", "660", "0o660", or the JSON number 660. */
+export function fileMode(): FieldKind<number> {
+  return {
+    expected: 'permission bits in octal, like chmod: "0660", "0o660" or 660',
+    read: (v) => {
+      const value = unset(v);
+      if (typeof value === 'string') {
+        const match = /^(?:0o|0)?([0-7]{3,4})$/i.exec(value);
+        return match ? Number.parseInt(match[1]!, 8) : value;
+      }
+      if (typeof value === 'number' && Number.isInteger(value) && /^[0-7]{3,4}$/.test(String(value))) {
+        return Number.parseInt(String(value), 8);
+      }
+      return value === undefined ? undefined : Number.NaN;
+    },
+    schema: z.number().int().min(0).max(0o7777),
+  };
+}
+
+const HostPortSchema = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) });
+
+/** A TCP listen address: "host:port", "[::1]:port", a bare port, or a JSON number; the host defaults to 127.0.0.1. */
+export function listenAddress(): FieldKind<{ host: string; port: number }> {
+  return {
+    expected: 'a TCP address "host:port" or a port number (the host defaults to 127.0.0.1)',
+    read: (v) => {
+      const value = unset(v);
+      if (typeof value === 'number') return { host: '127.0.0.1', port: value };
+      if (typeof value !== 'string') return value;
+      const portOnly = /^\d{1,5}$/.exec(value);
+      if (portOnly) return { host: '127.0.0.1', port: Number(value) };
+      const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s[\]]+)):(\d{1,5})$/.exec(value);
+      return match ? { host: match[1] ?? match[2], port: Number(match[3]) } : value;
+    },
+    schema: HostPortSchema,
+  };
+}
+
+/** Execution providers: an array of names, or one comma-separated string; `name:deviceId` picks a device. */
+export function executionProviders(): FieldKind<ExecutionProviderConfig[]> {
+  return {
+    expected: `a list of execution providers from ${EXECUTION_PROVIDER_NAMES.join(', ')} (an array, or "tensorrt,cuda,cpu"; "cuda:1" picks device 1)`,
+    read: (v) => {
+      const value = unset(v);
+      const items =
+        typeof value === 'string'
+          ? value.split(',')
+          : Array.isArray(value)
+            ? (value as unknown[])
+            : undefined;
+      if (!items) return value;
+      const eps: unknown[] = [];
+      for (const item of items) {
+        if (typeof item !== 'string') return value;
+        const match = /^\s*([a-zA-Z]+)\s*(?::\s*(\d{1,3}))?\s*$/.exec(item);
+        if (!match) return value;
+        eps.push({
+          name: match[1]!.toLowerCase(),
+          ...(match[2] !== undefined && { deviceId: Number(match[2]) }),
+        });
+      }
+      return eps;
+    },
+    schema: z
+      .array(
+        z.object({ name: z.enum(EXECUTION_PROVIDER_NAMES), deviceId: z.number().int().min(0).optional() }),
+      )
+      .min(1)
+      .max(EXECUTION_PROVIDER_NAMES.length),
+  };
+}

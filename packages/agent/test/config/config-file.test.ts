@@ -1,0 +1,524 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  CONFIG_DEFAULTS,
+  CONFIG_KEYS,
+  ConfigError,
+  defaultRestSocketPath,
+  parseAgentConfig,
+  type ConfigContext,
+} from '../../src/config/index.js';
+
+const context: ConfigContext = { cwd: '/srv/agent', cpuCount: 4, grpcSocketPath: '/tmp/edge.sock' };
+
+function errorOf(json: unknown, ctx: ConfigContext = context): ConfigError {
+  try {
+    parseAgentConfig(json, ctx);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return error as ConfigError;
+  }
+  throw new Error(`expected ${JSON.stringify(json)} to be refused`);
+}
+
+/** A config as the Greengrass component wrote it: every SageMaker key, every value a string. */
+const greengrassStyle = {
+  sagemaker_edge_core_device_name: 'device-1',
+  sagemaker_edge_core_device_fleet_name: 'fleet-a',
+  sagemaker_edge_core_region: 'eu-west-1',
+  sagemaker_edge_core_root_certs_path: 'certs',
+  sagemaker_edge_core_endpoint_override: 'https://edgefleet.example.com:8443',
+  sagemaker_edge_core_iot_thing_name: 'thing-1',
+  sagemaker_edge_provider_provider: 'Aws',
+  sagemaker_edge_provider_provider_path: '/opt/sme/lib/libprovider_aws.so',
+  sagemaker_edge_provider_s3_bucket_name: 'my-capture-bucket',
+  sagemaker_edge_provider_aws_ca_cert_file: '/greengrass/v2/AmazonRootCA1.pem',
+  sagemaker_edge_provider_aws_cert_file: '/greengrass/v2/thingCert.crt',
+  sagemaker_edge_provider_aws_cert_pk_file: '/greengrass/v2/privKey.key',
+  sagemaker_edge_provider_aws_iot_cred_endpoint: 'abc123.credentials.iot.eu-west-1.amazonaws.com',
+  sagemaker_edge_log_verbose: 'true',
+  sagemaker_edge_telemetry_libsystemd_path: '/lib/x86_64-linux-gnu/libsystemd.so.0',
+  sagemaker_edge_core_capture_data_destination: 'Disk',
+  sagemaker_edge_core_capture_data_disk_path: '/greengrass/v2/work/sme/capture',
+  sagemaker_edge_core_folder_prefix: 'sme-capture',
+  sagemaker_edge_core_capture_data_buffer_size: '30',
+  sagemaker_edge_core_capture_data_batch_size: '10',
+  sagemaker_edge_core_capture_data_push_period_seconds: '4',
+  sagemaker_edge_core_capture_data_base64_embed_limit: '3072',
+  sagemaker_edge_core_capture_data_periodic_upload: 'true',
+  sagemaker_edge_core_capture_data_periodic_upload_period_seconds: '8',
+  sagemaker_edge_db_module_path: '/opt/sme/lib/libdb.so',
+  sagemaker_edge_local_data_root_path: '/greengrass/v2/work/sme',
+  sagemaker_edge_deployment_lib_path: '/opt/sme/lib/libdeployment.so',
+  sagemaker_edge_model_deployment_poll_interval: '60',
+  sagemaker_edge_dlr_backend_options: 'TVM_NUM_THREADS=2; ORT_INTER_OP_NUM_THREADS=1',
+};
+
+describe('parseAgentConfig: every SageMaker Edge key', () => {
+  it('reads a full Greengrass-style config (all values strings) into typed settings', () => {
+    const { config, warnings } = parseAgentConfig(greengrassStyle, context);
+    expect(config).toEqual({
+      device: { name: 'device-1', fleetName: 'fleet-a', region: 'eu-west-1', iotThingName: 'thing-1' },
+      trust: { rootCertsPath: '/srv/agent/certs', requireSignatures: true },
+      provider: {
+        kind: 'Aws',
+        endpoint: 'https://edgefleet.example.com:8443',
+        pluginPath: '/opt/sme/lib/libprovider_aws.so',
+        s3BucketName: 'my-capture-bucket',
+        caCertFile: '/greengrass/v2/AmazonRootCA1.pem',
+        certFile: '/greengrass/v2/thingCert.crt',
+        certKeyFile: '/greengrass/v2/privKey.key',
+        iotCredentialEndpoint: 'abc123.credentials.iot.eu-west-1.amazonaws.com',
+      },
+      logging: { verbose: true, libsystemdPath: '/lib/x86_64-linux-gnu/libsystemd.so.0' },
+      capture: {
+        destination: 'Disk',
+        diskPath: '/greengrass/v2/work/sme/capture',
+        folderPrefix: 'sme-capture',
+        bufferSize: 30,
+        batchSize: 10,
+        pushPeriodSeconds: 4,
+        base64EmbedLimit: 3072,
+        periodicUpload: true,
+        periodicUploadPeriodSeconds: 8,
+      },
+      storage: { localDataRootPath: '/greengrass/v2/work/sme', dbEnabled: true },
+      deployments: { enabled: true, pollIntervalMinutes: 60 },
+      inference: {
+        workers: 4,
+        instancesPerModel: 1,
+        unloadTimeoutMs: 30_000,
+        maxQueuedRequestsPerModel: 256,
+        ort: {
+          intraOpNumThreads: 2,
+          interOpNumThreads: 1,
+          graphOptimizationLevel: 'all',
+          executionProviders: [{ name: 'cpu' }],
+        },
+        backendOptions: [
+          { key: 'TVM_NUM_THREADS', value: '2' },
+          { key: 'ORT_INTER_OP_NUM_THREADS', value: '1' },
+        ],
+      },
+      rest: { socketPath: '/tmp/edge.rest.sock', tcp: null },
+      socketMode: 0o660,
+    });
+    // The original's plug-in paths are accepted, and said to be ignored.
+    expect(warnings).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/sagemaker_edge_provider_provider_path .* ignored/),
+        expect.stringMatching(/sagemaker_edge_telemetry_libsystemd_path .* ignored/),
+      ]),
+    );
+  });
+
+  it('gives the spec defaults for an empty config', () => {
+    const { config, warnings } = parseAgentConfig({}, context);
+    expect(warnings).toEqual([]);
+    expect(config.provider).toEqual({ kind: 'None' });
+    expect(config.device).toEqual({});
+    expect(config.trust).toEqual({ requireSignatures: false });
+    expect(config.logging).toEqual({ verbose: false });
+    expect(config.capture).toEqual({
+      destination: 'Disk',
+      diskPath: '/srv/agent/.edgefleet/capture',
+      folderPrefix: CONFIG_DEFAULTS.folderPrefix,
+      bufferSize: 30,
+      batchSize: 10,
+      pushPeriodSeconds: 4,
+      base64EmbedLimit: 3072,
+      periodicUpload: false,
+      periodicUploadPeriodSeconds: 8,
+    });
+    expect(config.storage).toEqual({ localDataRootPath: '/srv/agent/.edgefleet', dbEnabled: false });
+    expect(config.deployments).toEqual({ enabled: false, pollIntervalMinutes: 1440 });
+    expect(config.inference.workers).toBe(4);
+    expect(config.inference.instancesPerModel).toBe(1);
+    expect(config.inference.ort.intraOpNumThreads).toBe(1);
+    expect(config.rest).toEqual({ socketPath: '/tmp/edge.rest.sock', tcp: null });
+    expect(config.socketMode).toBe(0o660);
+  });
+
+  it('reads numbers and booleans given as JSON values or as strings alike', () => {
+    const asValues = parseAgentConfig(
+      { sagemaker_edge_core_capture_data_buffer_size: 50, sagemaker_edge_log_verbose: true },
+      context,
+    ).config;
+    const asStrings = parseAgentConfig(
+      { sagemaker_edge_core_capture_data_buffer_size: ' 50 ', sagemaker_edge_log_verbose: 'TRUE' },
+      context,
+    ).config;
+    expect(asStrings).toEqual(asValues);
+    expect(asValues.capture.bufferSize).toBe(50);
+    expect(asValues.logging.verbose).toBe(true);
+    for (const [given, expected] of [
+      ['false', false],
+      ['0', false],
+      ['no', false],
+      [0, false],
+      ['1', true],
+      ['yes', true],
+      [1, true],
+    ] as const) {
+      expect(parseAgentConfig({ sagemaker_edge_log_verbose: given }, context).config.logging.verbose).toBe(
+        expected,
+      );
+    }
+  });
+
+  it('treats an empty string (or null) as unset, so the default applies', () => {
+    const { config } = parseAgentConfig(
+      {
+        sagemaker_edge_core_capture_data_buffer_size: '',
+        sagemaker_edge_core_capture_data_destination: '',
+        sagemaker_edge_core_root_certs_path: '  ',
+        sagemaker_edge_model_deployment_poll_interval: null,
+        sagemaker_edge_core_device_name: '',
+      },
+      context,
+    );
+    expect(config.capture.bufferSize).toBe(30);
+    expect(config.capture.destination).toBe('Disk');
+    expect(config.trust).toEqual({ requireSignatures: false });
+    expect(config.deployments.pollIntervalMinutes).toBe(1440);
+    expect(config.device.name).toBeUndefined();
+  });
+
+  it('matches provider and destination words case-insensitively', () => {
+    const { config } = parseAgentConfig(
+      {
+        sagemaker_edge_provider_provider: 'custom',
+        sagemaker_edge_core_device_name: 'd',
+        sagemaker_edge_core_device_fleet_name: 'f',
+        sagemaker_edge_core_endpoint_override: 'http://localhost:8080',
+        sagemaker_edge_provider_s3_bucket_name: 'b',
+        sagemaker_edge_core_capture_data_destination: 'CLOUD',
+      },
+      context,
+    );
+    expect(config.provider.kind).toBe('Custom');
+    expect(config.capture.destination).toBe('Cloud');
+  });
+
+  it('takes sagemaker_edge_core_device_uuid as the older name of sagemaker_edge_core_device_name', () => {
+    expect(parseAgentConfig({ sagemaker_edge_core_device_uuid: 'dev-7' }, context).config.device.name).toBe(
+      'dev-7',
+    );
+    const both = parseAgentConfig(
+      { sagemaker_edge_core_device_uuid: 'old', sagemaker_edge_core_device_name: 'new' },
+      context,
+    );
+    expect(both.config.device.name).toBe('new');
+    expect(both.warnings).toEqual([
+      expect.stringMatching(/device_uuid.*older name.*using sagemaker_edge_core_device_name/),
+    ]);
+    expect(errorOf({ sagemaker_edge_core_device_uuid: 'x'.repeat(64) }).key).toBe(
+      'sagemaker_edge_core_device_uuid',
+    );
+  });
+
+  it('warns about unknown keys (suggesting the key meant) without failing', () => {
+    const { config, warnings } = parseAgentConfig(
+      { sagemaker_edge_log_verbos: true, my_comment: 'hello', __proto__x: 1 },
+      context,
+    );
+    expect(config.logging.verbose).toBe(false);
+    expect(warnings).toEqual([
+      'unknown config key "sagemaker_edge_log_verbos" is ignored; did you mean sagemaker_edge_log_verbose?',
+      'unknown config key "my_comment" is ignored',
+      'unknown config key "__proto__x" is ignored',
+    ]);
+    const proto = parseAgentConfig(
+      JSON.parse('{"__proto__": {"sagemaker_edge_log_verbose": true}}'),
+      context,
+    );
+    expect(proto.config.logging.verbose).toBe(false);
+    expect(proto.warnings).toEqual(['unknown config key "__proto__" is ignored']);
+  });
+});
+
+describe('parseAgentConfig: fatal errors name their key', () => {
+  const badValues: Array<[string, unknown, RegExp]> = [
+    ['sagemaker_edge_core_capture_data_buffer_size', 'thirty', /expected a whole number from 2 to/],
+    ['sagemaker_edge_core_capture_data_buffer_size', 1, /expected a whole number from 2 to/],
+    ['sagemaker_edge_core_capture_data_batch_size', 2.5, /expected a whole number/],
+    ['sagemaker_edge_core_capture_data_push_period_seconds', -4, /expected a whole number from 1/],
+    ['sagemaker_edge_core_capture_data_base64_embed_limit', true, /expected a whole number/],
+    ['sagemaker_edge_core_capture_data_periodic_upload_period_seconds', '8s', /expected a whole number/],
+    ['sagemaker_edge_model_deployment_poll_interval', [], /expected a whole number/],
+    ['sagemaker_edge_log_verbose', 'maybe', /expected true or false/],
+    ['sagemaker_edge_core_capture_data_periodic_upload', 2, /expected true or false/],
+    ['sagemaker_edge_provider_provider', 'Azure', /expected one of Aws, Custom, None/],
+    ['sagemaker_edge_core_capture_data_destination', 'S3', /expected one of Disk, Cloud/],
+    [
+      'sagemaker_edge_core_endpoint_override',
+      'edgefleet.example.com',
+      /expected an http:\/\/ or https:\/\/ URL/,
+    ],
+    ['sagemaker_edge_core_endpoint_override', 'ftp://x', /expected an http/],
+    ['sagemaker_edge_core_device_name', 'd'.repeat(64), /at most 63 characters/],
+    ['sagemaker_edge_core_device_fleet_name', { name: 'x' }, /expected a string/],
+    ['sagemaker_edge_core_root_certs_path', 42, /expected a file-system path/],
+    ['sagemaker_edge_local_data_root_path', false, /expected a file-system path/],
+    ['sagemaker_edge_dlr_backend_options', ['a'], /expected a string/],
+    ['edgefleet_inference_workers', 0, /from 1 to 256/],
+    ['edgefleet_instances_per_model', '2.0', /whole number/],
+    ['edgefleet_ort_intra_op_threads', -1, /from 0 to 1024/],
+    ['edgefleet_ort_graph_optimization_level', 'max', /one of disabled, basic, extended, layout, all/],
+    ['edgefleet_ort_execution_providers', 'gpu', /execution providers from cpu, cuda, tensorrt/],
+    ['edgefleet_ort_execution_providers', [], /execution providers/],
+    ['edgefleet_rest_tcp', 'localhost', /host:port/],
+    ['edgefleet_rest_tcp', 70000, /host:port/],
+    ['edgefleet_socket_mode', '0999', /octal/],
+    ['edgefleet_socket_mode', 432.5, /octal/],
+    ['edgefleet_require_signatures', 'sure', /true or false/],
+    ['edgefleet_unload_timeout_seconds', 4000, /from 0 to 3600/],
+    ['edgefleet_max_queued_requests', 0, /from 1 to/],
+  ];
+  it.each(badValues)('%s = %j', (key, value, message) => {
+    const error = errorOf({ [key]: value });
+    expect(error.key).toBe(key);
+    expect(error.message.startsWith(`${key}: `)).toBe(true);
+    expect(error.message).toMatch(message);
+    expect(error.message).toMatch(/got /);
+  });
+
+  it('requires the device identity when a provider connects to a control plane', () => {
+    const aws = { sagemaker_edge_provider_provider: 'Aws' };
+    expect(errorOf(aws).key).toBe('sagemaker_edge_core_device_name');
+    expect(errorOf({ ...aws, sagemaker_edge_core_device_uuid: 'd' }).key).toBe(
+      'sagemaker_edge_core_device_fleet_name',
+    );
+    const ok = parseAgentConfig(
+      { ...aws, sagemaker_edge_core_device_name: 'd', sagemaker_edge_core_device_fleet_name: 'f' },
+      context,
+    );
+    expect(ok.warnings).toEqual([expect.stringMatching(/sagemaker_edge_core_endpoint_override is not set/)]);
+  });
+
+  it('refuses Cloud capture without a provider or a bucket, and a batch not smaller than the buffer', () => {
+    const cloud = errorOf({ sagemaker_edge_core_capture_data_destination: 'Cloud' });
+    expect(cloud.key).toBe('sagemaker_edge_core_capture_data_destination');
+    expect(cloud.message).toMatch(/expected Disk, or a provider of Aws or Custom/);
+    expect(
+      errorOf({
+        sagemaker_edge_core_capture_data_destination: 'Cloud',
+        sagemaker_edge_provider_provider: 'Custom',
+        sagemaker_edge_core_device_name: 'd',
+        sagemaker_edge_core_device_fleet_name: 'f',
+      }).key,
+    ).toBe('sagemaker_edge_provider_s3_bucket_name');
+    expect(errorOf({ sagemaker_edge_core_capture_data_periodic_upload: 'true' }).key).toBe(
+      'sagemaker_edge_core_capture_data_periodic_upload',
+    );
+    const batch = errorOf({
+      sagemaker_edge_core_capture_data_buffer_size: '10',
+      sagemaker_edge_core_capture_data_batch_size: '10',
+    });
+    expect(batch.key).toBe('sagemaker_edge_core_capture_data_batch_size');
+    expect(batch.message).toMatch(/must be smaller than the buffer size \(10\)/);
+    // An unset batch size fits itself under a small buffer.
+    expect(
+      parseAgentConfig({ sagemaker_edge_core_capture_data_buffer_size: 4 }, context).config.capture.batchSize,
+    ).toBe(3);
+  });
+
+  it('requires root certificates when signatures are required', () => {
+    const error = errorOf({ edgefleet_require_signatures: true });
+    expect(error.key).toBe('edgefleet_require_signatures');
+    expect(error.message).toMatch(/sagemaker_edge_core_root_certs_path is not set/);
+    const relaxed = parseAgentConfig(
+      { sagemaker_edge_core_root_certs_path: '/etc/certs', edgefleet_require_signatures: 'false' },
+      context,
+    );
+    expect(relaxed.config.trust).toEqual({ rootCertsPath: '/etc/certs', requireSignatures: false });
+    expect(relaxed.warnings).toEqual([expect.stringMatching(/do not verify are loaded anyway/)]);
+  });
+
+  it('refuses a file that is not a JSON object, naming no key', () => {
+    for (const json of [[], 'x', 3, null, true]) {
+      const error = errorOf(json);
+      expect(error.key).toBeNull();
+      expect(error.message).toMatch(/must hold a JSON object/);
+    }
+  });
+});
+
+describe('parseAgentConfig: EdgeFleet settings', () => {
+  it('reads worker, instance, ONNX Runtime and listener settings', () => {
+    const { config } = parseAgentConfig(
+      {
+        edgefleet_inference_workers: '2',
+        edgefleet_instances_per_model: 2,
+        edgefleet_ort_intra_op_threads: '3',
+        edgefleet_ort_inter_op_threads: 2,
+        edgefleet_ort_graph_optimization_level: 'Extended',
+        edgefleet_ort_execution_providers: 'cuda:1, CPU',
+        edgefleet_rest_socket_path: 'run/rest.sock',
+        edgefleet_rest_tcp: '0.0.0.0:8080',
+        edgefleet_socket_mode: '0600',
+        edgefleet_unload_timeout_seconds: '5',
+        edgefleet_max_queued_requests: 16,
+      },
+      context,
+    );
+    expect(config.inference).toEqual({
+      workers: 2,
+      instancesPerModel: 2,
+      unloadTimeoutMs: 5000,
+      maxQueuedRequestsPerModel: 16,
+      ort: {
+        intraOpNumThreads: 3,
+        interOpNumThreads: 2,
+        graphOptimizationLevel: 'extended',
+        executionProviders: [{ name: 'cuda', deviceId: 1 }, { name: 'cpu' }],
+      },
+      backendOptions: [],
+    });
+    expect(config.rest).toEqual({
+      socketPath: '/srv/agent/run/rest.sock',
+      tcp: { host: '0.0.0.0', port: 8080 },
+    });
+    expect(config.socketMode).toBe(0o600);
+  });
+
+  it('defaults intra-op threads so that workers × threads fits the cores', () => {
+    const one = parseAgentConfig({ edgefleet_inference_workers: 1 }, { ...context, cpuCount: 8 }).config;
+    expect(one.inference.ort.intraOpNumThreads).toBe(8);
+    const many = parseAgentConfig({}, { ...context, cpuCount: 8 }).config;
+    expect(many.inference.workers).toBe(8);
+    expect(many.inference.ort.intraOpNumThreads).toBe(1);
+  });
+
+  it('reads listener addresses and file modes in every accepted spelling', () => {
+    const tcp = (value: unknown) => parseAgentConfig({ edgefleet_rest_tcp: value }, context).config.rest.tcp;
+    expect(tcp(8080)).toEqual({ host: '127.0.0.1', port: 8080 });
+    expect(tcp('8080')).toEqual({ host: '127.0.0.1', port: 8080 });
+    expect(tcp('[::1]:9000')).toEqual({ host: '::1', port: 9000 });
+    const mode = (value: unknown) =>
+      parseAgentConfig({ edgefleet_socket_mode: value }, context).config.socketMode;
+    expect([mode('660'), mode('0o660'), mode(660), mode('0660')]).toEqual([0o660, 0o660, 0o660, 0o660]);
+  });
+
+  it('puts the REST socket next to the gRPC socket unless told otherwise', () => {
+    expect(defaultRestSocketPath('/tmp/aws.greengrass.SageMakerEdgeManager.sock')).toBe(
+      '/tmp/aws.greengrass.SageMakerEdgeManager.rest.sock',
+    );
+    expect(defaultRestSocketPath('/run/agent')).toBe('/run/agent.rest.sock');
+    const same = errorOf({ edgefleet_rest_socket_path: '/tmp/edge.sock' });
+    expect(same.key).toBe('edgefleet_rest_socket_path');
+    const long = errorOf({}, { ...context, grpcSocketPath: `/tmp/${'x'.repeat(98)}.sock` });
+    expect(long.key).toBe('edgefleet_rest_socket_path');
+    expect(long.message).toMatch(/derived from -a/);
+  });
+});
+
+describe('parseAgentConfig: sagemaker_edge_dlr_backend_options', () => {
+  const withOptions = (options: string, extra: Record<string, unknown> = {}) =>
+    parseAgentConfig({ sagemaker_edge_dlr_backend_options: options, ...extra }, context);
+
+  it('maps thread counts, optimisation level and device onto ONNX Runtime', () => {
+    const { config, warnings } = withOptions(
+      'OMP_NUM_THREADS=3;ORT_INTER_OP_NUM_THREADS=2; ORT_GRAPH_OPTIMIZATION_LEVEL=ORT_ENABLE_BASIC ; DLR_DEVICE_ID=1;',
+      { edgefleet_ort_execution_providers: ['cuda', 'cpu'] },
+    );
+    expect(warnings).toEqual([]);
+    expect(config.inference.ort).toEqual({
+      intraOpNumThreads: 3,
+      interOpNumThreads: 2,
+      graphOptimizationLevel: 'basic',
+      executionProviders: [{ name: 'cuda', deviceId: 1 }, { name: 'cpu' }],
+    });
+  });
+
+  it('lets explicit edgefleet_ort_* settings win, with a warning', () => {
+    const { config, warnings } = withOptions('TVM_NUM_THREADS=3', { edgefleet_ort_intra_op_threads: 2 });
+    expect(config.inference.ort.intraOpNumThreads).toBe(2);
+    expect(warnings).toEqual([
+      'edgefleet_ort_intra_op_threads (2) overrides sagemaker_edge_dlr_backend_options (3)',
+    ]);
+  });
+
+  it('attaches TensorRT engine-cache settings to the TensorRT provider when it is enabled', () => {
+    const { config, warnings } = withOptions(
+      'TVM_TENSORRT_CACHE_DIR=/var/cache/trt; TVM_TENSORRT_MAX_WORKSPACE_SIZE=1073741824; TVM_TENSORRT_USE_FP16=1; TVM_TENSORRT_CACHE_SIZE=10',
+      { edgefleet_ort_execution_providers: ['tensorrt', 'cuda', 'cpu'] },
+    );
+    expect(config.inference.ort.executionProviders[0]).toEqual({
+      name: 'tensorrt',
+      tensorrt: {
+        engineCachePath: '/var/cache/trt',
+        engineCacheEnable: true,
+        maxWorkspaceSize: 1073741824,
+        fp16Enable: true,
+      },
+    });
+    expect(warnings).toEqual([
+      expect.stringMatching(/TVM_TENSORRT_CACHE_SIZE is ignored: .*no engine-cache size limit/),
+      expect.stringMatching(/onnxruntime-node 1\.30 passes only the device id to TensorRT/),
+    ]);
+    const off = withOptions('TVM_TENSORRT_CACHE_DIR=/var/cache/trt');
+    expect(off.config.inference.ort.executionProviders).toEqual([{ name: 'cpu' }]);
+    expect(off.warnings).toEqual([expect.stringMatching(/TensorRT execution provider is not enabled/)]);
+  });
+
+  it('warns about keys with no ONNX Runtime meaning and refuses malformed entries or values', () => {
+    expect(withOptions('SOME_DLR_FLAG=1').warnings).toEqual([
+      'sagemaker_edge_dlr_backend_options: SOME_DLR_FLAG has no ONNX Runtime equivalent and is ignored',
+    ]);
+    for (const bad of ['TVM_NUM_THREADS', '=3', 'TVM_NUM_THREADS=many', 'TVM_TENSORRT_USE_FP16=perhaps']) {
+      const error = errorOf({ sagemaker_edge_dlr_backend_options: bad });
+      expect(error.key).toBe('sagemaker_edge_dlr_backend_options');
+      expect(error.message).toMatch(/expected/);
+    }
+  });
+});
+
+describe('parseAgentConfig: arbitrary input', () => {
+  const knownKey = fc.constantFrom(...CONFIG_KEYS);
+  const anyKey = fc.oneof(knownKey, fc.string({ maxLength: 40 }));
+  const leafValue = fc.oneof(
+    fc.constant(''),
+    fc.constant(null),
+    fc.boolean(),
+    fc.integer({ min: -5, max: 100_000 }),
+    fc.double(),
+    fc.constantFrom(
+      'true',
+      'false',
+      '30',
+      '10',
+      'Disk',
+      'Cloud',
+      'Aws',
+      'None',
+      'cpu',
+      '0660',
+      '127.0.0.1:80',
+    ),
+    fc.string({ maxLength: 30 }),
+  );
+  const value = fc.oneof(
+    leafValue,
+    fc.array(leafValue, { maxLength: 3 }),
+    fc.dictionary(fc.string(), leafValue),
+  );
+
+  it('never crashes: any JSON object gives a config or a ConfigError naming a key', () => {
+    fc.assert(
+      fc.property(fc.dictionary(anyKey, value, { maxKeys: 12 }), (json) => {
+        try {
+          const { config, warnings } = parseAgentConfig(json, context);
+          expect(config.capture.batchSize).toBeLessThan(config.capture.bufferSize);
+          expect(Array.isArray(warnings)).toBe(true);
+        } catch (error) {
+          expect(error).toBeInstanceOf(ConfigError);
+          const { key, message } = error as ConfigError;
+          expect(CONFIG_KEYS).toContain(key);
+          expect(message).toContain(key!);
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
