@@ -1,0 +1,494 @@
+/*
+ * The adversarial corpus: every way a package or its signature can be wrong, each rejected with the right
+ * reason and a message that names the culprit.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  SIGNATURE_FILE,
+  createIntermediateCa,
+  createRootCa,
+  generateKeyPair,
+  issueCertificate,
+  issueCodeSigningCertificate,
+  signPackage,
+  verifyPackage,
+  type CertificateAuthority,
+  type KeyPairPem,
+  type Signer,
+} from '../../src/signing/index.js';
+import {
+  editBundle,
+  expectRejected,
+  flipByte,
+  readBundle,
+  tempDirs,
+  writeSamplePackage,
+  type StatementJson,
+} from './helpers.js';
+
+const dirs = tempDirs();
+afterEach(() => dirs.cleanup());
+
+const DAY = 86_400_000;
+
+let keys: KeyPairPem;
+let root: CertificateAuthority;
+beforeAll(() => {
+  keys = generateKeyPair('ecdsa-p256');
+  root = createRootCa({ commonName: 'EdgeFleet Root', validityDays: 365, keyType: 'ecdsa-p256' });
+});
+
+/** A freshly signed sample package (key method unless a signer is given). */
+async function signedPackage(signer?: Signer): Promise<string> {
+  const dir = await dirs.make();
+  await writeSamplePackage(dir);
+  await signPackage(dir, signer ?? { method: 'key', privateKeyPem: keys.privateKeyPem });
+  return dir;
+}
+
+const keyTrust = () => ({ publicKeysPem: [keys.publicKeyPem] });
+const rootTrust = () => ({ rootCertificatesPem: [root.certificatePem] });
+
+describe('files of the package', () => {
+  it('one byte flipped in a file → file-modified, naming the file', async () => {
+    const dir = await signedPackage();
+    await flipByte(join(dir, 'model.onnx'), 5);
+    const e = await expectRejected(verifyPackage(dir, keyTrust()), 'file-modified', 'model.onnx');
+    expect(e.path).toBe('model.onnx');
+    expect(e.message).toMatch(/its SHA-256 is [0-9a-f]{64}, the signature expects [0-9a-f]{64}/);
+  });
+
+  it('a file in a subfolder changed → file-modified, naming its full path', async () => {
+    const dir = await signedPackage();
+    await flipByte(join(dir, 'weights', 'part-2.bin'), 123_456);
+    const e = await expectRejected(verifyPackage(dir, keyTrust()), 'file-modified', 'weights/part-2.bin');
+    expect(e.path).toBe('weights/part-2.bin');
+  });
+
+  it('manifest.json edited → file-modified', async () => {
+    const dir = await signedPackage();
+    await writeFile(
+      join(dir, 'manifest.json'),
+      JSON.stringify({ name: 'resnet', version: '6.6.6' }, null, 2),
+    );
+    await expectRejected(verifyPackage(dir, keyTrust()), 'file-modified', 'manifest.json');
+  });
+
+  it('a file of the same size and different content → file-modified (sizes are not trusted)', async () => {
+    const dir = await signedPackage();
+    const original = await readFile(join(dir, 'model.onnx'));
+    await writeFile(join(dir, 'model.onnx'), Buffer.from(original).reverse());
+    await expectRejected(verifyPackage(dir, keyTrust()), 'file-modified', 'model.onnx');
+  });
+
+  it('a file added → file-unlisted, naming it', async () => {
+    const dir = await signedPackage();
+    await writeFile(join(dir, 'weights', 'backdoor.bin'), 'extra');
+    const e = await expectRejected(verifyPackage(dir, keyTrust()), 'file-unlisted', 'weights/backdoor.bin');
+    expect(e.path).toBe('weights/backdoor.bin');
+  });
+
+  it('a file added under a name the signer might have ignored (.git) → still file-unlisted', async () => {
+    const dir = await signedPackage();
+    await mkdir(join(dir, '.git'));
+    await writeFile(join(dir, '.git', 'config'), '[core]');
+    await expectRejected(verifyPackage(dir, keyTrust()), 'file-unlisted', '.git/config');
+  });
+
+  it('a file removed → file-missing, naming it', async () => {
+    const dir = await signedPackage();
+    await rm(join(dir, 'sagemaker_edge_manifest'));
+    const e = await expectRejected(verifyPackage(dir, keyTrust()), 'file-missing', 'sagemaker_edge_manifest');
+    expect(e.path).toBe('sagemaker_edge_manifest');
+  });
+
+  it('a symlink in the package → file-unsupported, naming it (never followed)', async () => {
+    const dir = await signedPackage();
+    await symlink('/etc/passwd', join(dir, 'weights', 'part-3.bin'));
+    const e = await expectRejected(verifyPackage(dir, keyTrust()), 'file-unsupported', 'weights/part-3.bin');
+    expect(e.path).toBe('weights/part-3.bin');
+  });
+
+  it('a signed file replaced by a symlink to identical content → file-unsupported', async () => {
+    const dir = await signedPackage();
+    const elsewhere = await dirs.make();
+    await writeFile(join(elsewhere, 'model.onnx'), await readFile(join(dir, 'model.onnx')));
+    await rm(join(dir, 'model.onnx'));
+    await symlink(join(elsewhere, 'model.onnx'), join(dir, 'model.onnx'));
+    await expectRejected(verifyPackage(dir, keyTrust()), 'file-unsupported', 'model.onnx');
+  });
+
+  it('signing refuses a package holding a symlink, naming it', async () => {
+    const dir = await dirs.make();
+    await writeSamplePackage(dir);
+    await symlink('model.onnx', join(dir, 'alias.onnx'));
+    await expect(
+      signPackage(dir, { method: 'key', privateKeyPem: keys.privateKeyPem }),
+    ).rejects.toMatchObject({
+      name: 'UnsupportedFileError',
+      path: 'alias.onnx',
+      kind: 'symlink',
+    });
+  });
+});
+
+describe('the bundle itself', () => {
+  it('model.sig missing → bundle-missing', async () => {
+    const dir = await signedPackage();
+    await rm(join(dir, SIGNATURE_FILE));
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-missing', 'model.sig');
+  });
+
+  it('model.sig truncated → bundle-malformed', async () => {
+    const dir = await signedPackage();
+    await truncate(join(dir, SIGNATURE_FILE), 200);
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'model.sig is not JSON');
+  });
+
+  it('model.sig not JSON → bundle-malformed', async () => {
+    const dir = await signedPackage();
+    await writeFile(join(dir, SIGNATURE_FILE), '-----BEGIN PGP SIGNATURE-----\n');
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'not JSON');
+  });
+
+  it('model.sig is JSON but not a bundle → bundle-malformed, saying which field', async () => {
+    const dir = await signedPackage();
+    await writeFile(join(dir, SIGNATURE_FILE), '{"hello": "world"}');
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'mediaType');
+  });
+
+  it('wrong payloadType → bundle-malformed, naming the expected type', async () => {
+    const dir = await signedPackage();
+    await editBundle(dir, (b) => {
+      b.dsseEnvelope.payloadType = 'application/json';
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'dsseEnvelope.payloadType');
+  });
+
+  it('a statement edited to match a tampered file (signature left as is) → signature-invalid', async () => {
+    const dir = await signedPackage();
+    await writeFile(join(dir, 'manifest.json'), '{"evil":true}');
+    await editBundle(dir, (b) => {
+      const statement = JSON.parse(
+        Buffer.from(b.dsseEnvelope.payload, 'base64').toString('utf8'),
+      ) as StatementJson;
+      const resource = statement.predicate.resources.find((r) => r.name === 'manifest.json');
+      if (!resource || !statement.subject[0]) throw new Error('sample package lacks manifest.json');
+      resource.digest = createHash('sha256').update('{"evil":true}').digest('hex');
+      const all = Buffer.concat(statement.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
+      statement.subject[0].digest.sha256 = createHash('sha256').update(all).digest('hex');
+      b.dsseEnvelope.payload = Buffer.from(JSON.stringify(statement)).toString('base64');
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'signature-invalid', 'does not verify');
+  });
+
+  it('the signature swapped for one from another package by the same key → signature-invalid', async () => {
+    const dir = await signedPackage();
+    const other = await dirs.make();
+    await writeFile(join(other, 'x.bin'), 'x');
+    await signPackage(other, { method: 'key', privateKeyPem: keys.privateKeyPem });
+    const otherSig = (await readBundle(other)).dsseEnvelope.signatures[0]?.sig ?? '';
+    await editBundle(dir, (b) => {
+      b.dsseEnvelope.signatures = [{ sig: otherSig }];
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'signature-invalid');
+  });
+
+  it('a second, unverifiable signature appended → bundle-malformed (exactly one expected)', async () => {
+    const dir = await signedPackage();
+    await editBundle(dir, (b) => {
+      b.dsseEnvelope.signatures.push({ sig: b.dsseEnvelope.signatures[0]?.sig ?? '' });
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'exactly one signature');
+  });
+});
+
+describe('who signed', () => {
+  it('signature by an untrusted key → untrusted-key, listing the trusted fingerprints', async () => {
+    const dir = await signedPackage({
+      method: 'key',
+      privateKeyPem: generateKeyPair('ecdsa-p256').privateKeyPem,
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'untrusted-key', 'untrusted key');
+  });
+
+  it('an untrusted key whose bundle claims the trusted key hint → signature-invalid', async () => {
+    const trustedHint = (await readBundle(await signedPackage())).verificationMaterial.publicKey?.hint ?? '';
+    const dir = await signedPackage({
+      method: 'key',
+      privateKeyPem: generateKeyPair('ecdsa-p256').privateKeyPem,
+    });
+    await editBundle(dir, (b) => {
+      b.verificationMaterial.publicKey = { hint: trustedHint };
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'signature-invalid');
+  });
+
+  it('a key-signed package against a trust policy of roots only → untrusted-key', async () => {
+    const dir = await signedPackage();
+    await expectRejected(verifyPackage(dir, rootTrust()), 'untrusted-key', 'holds no public keys');
+  });
+
+  it('a certificate-signed package against a policy of keys only → untrusted-chain', async () => {
+    const leaf = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem],
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'untrusted-chain', 'holds no root certificates');
+  });
+
+  it('a chain to a different root (same name, different key) → untrusted-chain, naming the issuer', async () => {
+    const impostor = createRootCa({ commonName: 'EdgeFleet Root', validityDays: 365, keyType: 'ecdsa-p256' });
+    const leaf = issueCodeSigningCertificate({
+      issuer: impostor,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem, impostor.certificatePem],
+    });
+    const e = await expectRejected(
+      verifyPackage(dir, rootTrust()),
+      'untrusted-chain',
+      'does not lead to a trusted root',
+    );
+    expect(e.certificate).toBe('CN=EdgeFleet Root');
+  });
+
+  it('an intermediate missing from the bundle → untrusted-chain, naming the certificate whose issuer is missing', async () => {
+    const intermediate = createIntermediateCa({
+      issuer: root,
+      commonName: 'Int',
+      validityDays: 30,
+      keyType: 'ed25519',
+    });
+    const leaf = issueCodeSigningCertificate({
+      issuer: intermediate,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem],
+    });
+    const e = await expectRejected(
+      verifyPackage(dir, rootTrust()),
+      'untrusted-chain',
+      'CN=Pub was issued by CN=Int',
+    );
+    expect(e.certificate).toBe('CN=Pub');
+  });
+
+  it('an expired leaf → certificate-expired, naming it and when', async () => {
+    const leaf = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'Old Publisher',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+      notBefore: new Date(Date.now() - 10 * DAY),
+      notAfter: new Date(Date.now() - DAY),
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem],
+    });
+    const e = await expectRejected(
+      verifyPackage(dir, rootTrust()),
+      'certificate-expired',
+      'CN=Old Publisher expired at',
+    );
+    expect(e.certificate).toBe('CN=Old Publisher');
+  });
+
+  it('a not-yet-valid leaf → certificate-not-yet-valid; the same package verifies at a later `now`', async () => {
+    const leaf = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'Future Publisher',
+      validityDays: 5,
+      keyType: 'ed25519',
+      notBefore: new Date(Date.now() + 2 * DAY),
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem],
+    });
+    await expectRejected(
+      verifyPackage(dir, rootTrust()),
+      'certificate-not-yet-valid',
+      'CN=Future Publisher is not valid until',
+    );
+    await verifyPackage(dir, rootTrust(), { now: new Date(Date.now() + 3 * DAY) });
+  });
+
+  it('an expired intermediate → certificate-expired, naming the intermediate', async () => {
+    const intermediate = createIntermediateCa({
+      issuer: root,
+      commonName: 'Lapsed Int',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+      notBefore: new Date(Date.now() - 5 * DAY),
+    });
+    const leaf = issueCodeSigningCertificate({
+      issuer: intermediate,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem, intermediate.certificatePem],
+    });
+    const e = await expectRejected(
+      verifyPackage(dir, rootTrust()),
+      'certificate-expired',
+      'intermediate CN=Lapsed Int',
+    );
+    expect(e.certificate).toBe('CN=Lapsed Int');
+  });
+
+  it('a leaf without extendedKeyUsage codeSigning → certificate-not-code-signing', async () => {
+    const leaf = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'TLS Client',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+      codeSigning: false,
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem],
+    });
+    await expectRejected(
+      verifyPackage(dir, rootTrust()),
+      'certificate-not-code-signing',
+      'CN=TLS Client may not sign code: it lacks extendedKeyUsage codeSigning',
+    );
+  });
+
+  it('a leaf with codeSigning but no keyUsage digitalSignature → certificate-not-code-signing', async () => {
+    const pair = generateKeyPair('ecdsa-p256');
+    const certificatePem = issueCertificate(root, {
+      subject: { commonName: 'Encipher Only' },
+      publicKeyPem: pair.publicKeyPem,
+      validityDays: 7,
+      keyUsage: ['keyEncipherment'],
+      extendedKeyUsage: ['codeSigning'],
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: pair.privateKeyPem,
+      certificateChainPem: [certificatePem],
+    });
+    await expectRejected(
+      verifyPackage(dir, rootTrust()),
+      'certificate-not-code-signing',
+      'lacks keyUsage digitalSignature',
+    );
+  });
+
+  it('a leaf issued by a certificate that is not a CA → untrusted-chain', async () => {
+    // The "intermediate" may sign certificates by keyUsage but says cA=false.
+    const fakeCaKeys = generateKeyPair('ecdsa-p256');
+    const fakeCa: CertificateAuthority = {
+      ...fakeCaKeys,
+      certificatePem: issueCertificate(root, {
+        subject: { commonName: 'Not A CA' },
+        publicKeyPem: fakeCaKeys.publicKeyPem,
+        validityDays: 30,
+        basicConstraints: { ca: false },
+        keyUsage: ['digitalSignature', 'keyCertSign'],
+      }),
+    };
+    const leaf = issueCodeSigningCertificate({
+      issuer: fakeCa,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem, fakeCa.certificatePem],
+    });
+    await expectRejected(
+      verifyPackage(dir, rootTrust()),
+      'untrusted-chain',
+      'CN=Not A CA issued CN=Pub but is not a CA',
+    );
+  });
+
+  it('a chain longer than the root allows (pathLenConstraint 0) → untrusted-chain', async () => {
+    const strictRoot = createRootCa({
+      commonName: 'Strict Root',
+      validityDays: 30,
+      keyType: 'ecdsa-p256',
+      pathLength: 0,
+    });
+    const intermediate = createIntermediateCa({
+      issuer: strictRoot,
+      commonName: 'Int',
+      validityDays: 30,
+      keyType: 'ecdsa-p256',
+    });
+    const leaf = issueCodeSigningCertificate({
+      issuer: intermediate,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem, intermediate.certificatePem],
+    });
+    await expectRejected(
+      verifyPackage(dir, { rootCertificatesPem: [strictRoot.certificatePem] }),
+      'untrusted-chain',
+      'pathLenConstraint',
+    );
+  });
+
+  it('a leaf certificate swapped for another valid leaf of the same CA → signature-invalid', async () => {
+    const signerLeaf = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    const otherLeaf = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    const dir = await signedPackage({
+      method: 'certificate',
+      privateKeyPem: signerLeaf.privateKeyPem,
+      certificateChainPem: [signerLeaf.certificatePem],
+    });
+    const otherDer = otherLeaf.certificatePem.replace(/-----[A-Z ]+-----|\s/g, '');
+    await editBundle(dir, (b) => {
+      b.verificationMaterial.x509CertificateChain = { certificates: [{ rawBytes: otherDer }] };
+    });
+    await expectRejected(verifyPackage(dir, rootTrust()), 'signature-invalid');
+  });
+});
