@@ -1,3 +1,4 @@
+import type protobuf from 'protobufjs';
 import type { DataTypeName } from '../tensors/data-type.js';
 import { onnxTensorTypeNumber, type OnnxTensorTypeName } from './onnx-data-types.js';
 import { ATTRIBUTE_TYPE, DATA_LOCATION, onnxProto } from './onnx-proto.js';
@@ -253,7 +254,16 @@ export class OnnxModelBuilder extends OnnxGraphBuilder {
       metadataProps: Object.entries(options.metadata ?? {}).map(([key, value]) => ({ key, value })),
     };
     const { ModelProto } = onnxProto;
-    return { model: ModelProto.encode(ModelProto.fromObject(model)).finish(), externalData };
+    let message: protobuf.Message;
+    try {
+      message = ModelProto.fromObject(model);
+    } catch (error) {
+      // protobufjs refuses nesting deeper than protobuf's recursion limit (100 messages), as ONNX Runtime does.
+      throw new Error(`the model cannot be encoded as an ONNX ModelProto: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+    return { model: ModelProto.encode(message).finish(), externalData };
   }
 }
 

@@ -8,7 +8,6 @@ import {
   OnnxGraphBuilder,
   OnnxModelBuilder,
   OnnxModelError,
-  TEST_MODELS,
   onnxAttr,
   parseOnnxModelInfo,
   readOnnxModelInfo,
@@ -253,7 +252,7 @@ describe('external data', () => {
     const session = await openSession(modelPath);
     try {
       const run = async (x: number[]) =>
-        Array.from(
+        Array.from<number | bigint>(
           (await runSession(session, { x: { dataType: 'FLOAT32', shape: [2], data: new Float32Array(x) } }))
             .y!.data,
         );

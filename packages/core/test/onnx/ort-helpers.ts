@@ -48,7 +48,7 @@ export function expectTensorsMatch(
     expect(got.data.constructor).toBe(want.data.constructor);
     expect(got.data.length).toBe(want.data.length);
     if (tolerance === 0) {
-      expect(Array.from(got.data)).toEqual(Array.from(want.data));
+      expect(Array.from<number | bigint>(got.data)).toEqual(Array.from<number | bigint>(want.data));
     } else {
       const worst = Array.from(want.data as Float32Array).reduce(
         (max, value, i) => Math.max(max, Math.abs(value - (got.data as Float32Array)[i]!)),
