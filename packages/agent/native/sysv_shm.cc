@@ -1,0 +1,232 @@
+// System V shared memory for Node.js: the segments SageMaker Edge clients pass by shmid (SharedMemoryHandle).
+//
+// Safety design:
+// - An attachment is an external ArrayBuffer over the whole segment, its length the segment's size as the
+//   kernel reports it after shmat (a SysV segment never changes size), so no JS view of it can reach past the
+//   end: V8 bounds-checks every access against that length.
+// - detach() first detaches the ArrayBuffer (every Buffer/TypedArray over it becomes zero-length), then shmdt():
+//   JS can never touch an unmapped segment. If JS drops an attachment without detach(), its finalizer runs
+//   shmdt() after garbage collection.
+// - shmids are validated to be int-range integers before they reach the kernel (no silent truncation).
+// No global state: every attachment carries its own record, so the addon is safe in worker threads.
+
+#include <napi.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <sys/types.h>
+
+namespace {
+
+struct Attachment {
+  void* address;
+  size_t size;
+  bool attached;
+};
+
+const char* ErrnoName(int error) {
+  switch (error) {
+    case EACCES: return "EACCES";
+    case EEXIST: return "EEXIST";
+    case EFAULT: return "EFAULT";
+    case EIDRM: return "EIDRM";
+    case EINVAL: return "EINVAL";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENOENT: return "ENOENT";
+    case ENOMEM: return "ENOMEM";
+    case ENOSPC: return "ENOSPC";
+    case EOVERFLOW: return "EOVERFLOW";
+    case EPERM: return "EPERM";
+    default: return "EUNKNOWN";
+  }
+}
+
+/** An Error with `code` (errno name), `errno` and `syscall`, like Node's own system errors. */
+Napi::Error SystemError(Napi::Env env, int error, const std::string& call) {
+  Napi::Error exception = Napi::Error::New(
+      env, call + " failed: " + ErrnoName(error) + " (" + std::strerror(error) + ")");
+  exception.Value().Set("code", ErrnoName(error));
+  exception.Value().Set("errno", Napi::Number::New(env, error));
+  exception.Value().Set("syscall", call);
+  return exception;
+}
+
+/** Reads argument `index` as a shmid: an integer 0..INT_MAX, or throws EINVAL before any syscall. */
+int ShmidArgument(const Napi::CallbackInfo& info, size_t index) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= index || !info[index].IsNumber()) {
+    throw Napi::TypeError::New(env, "shmid must be a number (an integer 0.." +
+                                        std::to_string(std::numeric_limits<int>::max()) + ")");
+  }
+  double value = info[index].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(value) || value != std::floor(value) || value < 0 ||
+      value > static_cast<double>(std::numeric_limits<int>::max())) {
+    Napi::Error error = Napi::RangeError::New(
+        env, "shmid " + info[index].ToString().Utf8Value() + " is not a valid System V shmid; expected an integer 0.." +
+                 std::to_string(std::numeric_limits<int>::max()));
+    error.Value().Set("code", "EINVAL");
+    throw error;
+  }
+  return static_cast<int>(value);
+}
+
+struct shmid_ds StatSegment(Napi::Env env, int shmid) {
+  struct shmid_ds ds;
+  std::memset(&ds, 0, sizeof ds);
+  if (shmctl(shmid, IPC_STAT, &ds) != 0) {
+    throw SystemError(env, errno, "shmctl(" + std::to_string(shmid) + ", IPC_STAT)");
+  }
+  return ds;
+}
+
+void FinalizeAttachment(napi_env /*env*/, void* data, void* /*hint*/) {
+  Attachment* attachment = static_cast<Attachment*>(data);
+  if (attachment->attached) shmdt(attachment->address);
+  delete attachment;
+}
+
+Napi::Value Attach(const Napi::CallbackInfo& info, bool readOnly) {
+  Napi::Env env = info.Env();
+  int shmid = ShmidArgument(info, 0);
+  void* address = shmat(shmid, nullptr, readOnly ? SHM_RDONLY : 0);
+  if (address == reinterpret_cast<void*>(-1)) {
+    throw SystemError(env, errno, std::string("shmat(") + std::to_string(shmid) + (readOnly ? ", SHM_RDONLY)" : ")"));
+  }
+  // Size after attaching: while we are attached the id cannot be rebound to another segment, so this is the
+  // size of the very mapping we hold.
+  struct shmid_ds ds;
+  if (shmctl(shmid, IPC_STAT, &ds) != 0) {
+    int error = errno;
+    shmdt(address);
+    throw SystemError(env, error, "shmctl(" + std::to_string(shmid) + ", IPC_STAT)");
+  }
+  Attachment* attachment = new Attachment{address, static_cast<size_t>(ds.shm_segsz), true};
+
+  napi_value buffer;
+  napi_status status =
+      napi_create_external_arraybuffer(env, address, attachment->size, nullptr, nullptr, &buffer);
+  if (status == napi_ok) {
+    status = napi_wrap(env, buffer, attachment, FinalizeAttachment, nullptr, nullptr);
+  }
+  if (status != napi_ok) {
+    shmdt(address);
+    delete attachment;
+    throw Napi::Error::New(env, "cannot expose the attached segment to JavaScript (external ArrayBuffers not allowed?)");
+  }
+  return Napi::Value(env, buffer);
+}
+
+/** attachReadOnly(shmid): ArrayBuffer — the whole segment, mapped SHM_RDONLY (writing to it kills the process). */
+Napi::Value AttachReadOnly(const Napi::CallbackInfo& info) { return Attach(info, true); }
+
+/** attachReadWrite(shmid): ArrayBuffer — the whole segment, mapped read-write (tests, benchmarks, clients). */
+Napi::Value AttachReadWrite(const Napi::CallbackInfo& info) { return Attach(info, false); }
+
+/** detach(attachment): boolean — unmaps; false if it was detached already. Views over it become empty first. */
+Napi::Value Detach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) {
+    throw Napi::TypeError::New(env, "detach expects an ArrayBuffer returned by attachReadOnly/attachReadWrite");
+  }
+  void* data = nullptr;
+  if (napi_unwrap(env, info[0], &data) != napi_ok || data == nullptr) {
+    throw Napi::TypeError::New(env, "detach expects an ArrayBuffer returned by attachReadOnly/attachReadWrite");
+  }
+  Attachment* attachment = static_cast<Attachment*>(data);
+  if (!attachment->attached) return Napi::Boolean::New(env, false);
+  if (napi_detach_arraybuffer(env, info[0]) != napi_ok) {
+    throw Napi::Error::New(env, "cannot detach the ArrayBuffer over the segment; it stays mapped");
+  }
+  attachment->attached = false;
+  if (shmdt(attachment->address) != 0) throw SystemError(env, errno, "shmdt");
+  return Napi::Boolean::New(env, true);
+}
+
+/** stat(shmid): { size, mode, attachCount, changeTime, creatorPid, ownerUid, markedForRemoval } via IPC_STAT. */
+Napi::Value Stat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct shmid_ds ds = StatSegment(env, ShmidArgument(info, 0));
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("size", Napi::Number::New(env, static_cast<double>(ds.shm_segsz)));
+  result.Set("mode", Napi::Number::New(env, ds.shm_perm.mode & 0777));
+  result.Set("attachCount", Napi::Number::New(env, static_cast<double>(ds.shm_nattch)));
+  result.Set("changeTime", Napi::Number::New(env, static_cast<double>(ds.shm_ctime)));
+  result.Set("creatorPid", Napi::Number::New(env, ds.shm_cpid));
+  result.Set("ownerUid", Napi::Number::New(env, ds.shm_perm.uid));
+#ifdef SHM_DEST
+  result.Set("markedForRemoval", Napi::Boolean::New(env, (ds.shm_perm.mode & SHM_DEST) != 0));
+#else
+  result.Set("markedForRemoval", Napi::Boolean::New(env, false));
+#endif
+  return result;
+}
+
+/** segmentSize(shmid): number — the segment's size in bytes (IPC_STAT shm_segsz). */
+Napi::Value SegmentSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct shmid_ds ds = StatSegment(env, ShmidArgument(info, 0));
+  return Napi::Number::New(env, static_cast<double>(ds.shm_segsz));
+}
+
+/** create(size): { shmid } — a new IPC_PRIVATE segment, mode 0600. */
+Napi::Value Create(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  double size = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : NAN;
+  if (!std::isfinite(size) || size != std::floor(size) || size < 1 || size > 9007199254740991.0) {
+    throw Napi::RangeError::New(env, "create expects a size in bytes, an integer ≥ 1");
+  }
+  int shmid = shmget(IPC_PRIVATE, static_cast<size_t>(size), IPC_CREAT | IPC_EXCL | 0600);
+  if (shmid < 0) throw SystemError(env, errno, "shmget(IPC_PRIVATE, " + std::to_string(static_cast<size_t>(size)) + ")");
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("shmid", Napi::Number::New(env, shmid));
+  return result;
+}
+
+/** remove(shmid): marks the segment for removal (IPC_RMID); it goes when the last process detaches. */
+Napi::Value Remove(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int shmid = ShmidArgument(info, 0);
+  if (shmctl(shmid, IPC_RMID, nullptr) != 0) {
+    throw SystemError(env, errno, "shmctl(" + std::to_string(shmid) + ", IPC_RMID)");
+  }
+  return env.Undefined();
+}
+
+/** setMode(shmid, mode): sets the permission bits (IPC_SET), e.g. 0o400 as clients do before a call. */
+Napi::Value SetMode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int shmid = ShmidArgument(info, 0);
+  double mode = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : NAN;
+  if (!std::isfinite(mode) || mode != std::floor(mode) || mode < 0 || mode > 0777) {
+    throw Napi::RangeError::New(env, "setMode expects permission bits, an integer 0..0o777");
+  }
+  struct shmid_ds ds = StatSegment(env, shmid);
+  ds.shm_perm.mode = static_cast<unsigned short>(mode);
+  if (shmctl(shmid, IPC_SET, &ds) != 0) {
+    throw SystemError(env, errno, "shmctl(" + std::to_string(shmid) + ", IPC_SET)");
+  }
+  return env.Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("segmentSize", Napi::Function::New(env, SegmentSize, "segmentSize"));
+  exports.Set("stat", Napi::Function::New(env, Stat, "stat"));
+  exports.Set("attachReadOnly", Napi::Function::New(env, AttachReadOnly, "attachReadOnly"));
+  exports.Set("attachReadWrite", Napi::Function::New(env, AttachReadWrite, "attachReadWrite"));
+  exports.Set("detach", Napi::Function::New(env, Detach, "detach"));
+  exports.Set("create", Napi::Function::New(env, Create, "create"));
+  exports.Set("remove", Napi::Function::New(env, Remove, "remove"));
+  exports.Set("setMode", Napi::Function::New(env, SetMode, "setMode"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(sysv_shm, Init)

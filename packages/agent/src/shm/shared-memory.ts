@@ -1,0 +1,304 @@
+import { markAsUntransferable } from 'node:worker_threads';
+import { z } from 'zod';
+import { isSysvShmSystemError } from './sysv-shm-addon.js';
+import type { SegmentStat, SysvShmAddon } from './sysv-shm-addon.js';
+
+/** Largest System V shmid (an int). */
+const MAX_SHMID = 2 ** 31 - 1;
+
+/** A SharedMemoryHandle as decoded from a request (see @edgefleet/core's proto): where a tensor's bytes lie. */
+export const SegmentLocationSchema = z.object({
+  segmentId: z.number().refine((value) => Number.isInteger(value) && value >= 0 && value <= MAX_SHMID, {
+    error: (issue) =>
+      `segment_id ${String(issue.input)} is not a System V shmid (an integer 0..${MAX_SHMID})`,
+  }),
+  offset: z.number().refine((value) => Number.isSafeInteger(value) && value >= 0, {
+    error: (issue) => `offset ${String(issue.input)} is not a byte offset (an integer 0..2^53−1)`,
+  }),
+  /** 0 means "derive the length from the tensor's shape and type". */
+  size: z.number().refine((value) => Number.isSafeInteger(value) && value >= 0, {
+    error: (issue) =>
+      `size ${String(issue.input)} is not a byte length (an integer 0..2^53−1; 0 = derive it)`,
+  }),
+});
+export type SegmentLocation = z.infer<typeof SegmentLocationSchema>;
+
+export type SharedMemoryErrorCode =
+  /** The handle or expected length is not a valid number. */
+  | 'INVALID_HANDLE'
+  /** `size` is set and differs from the length the tensor's shape and type give. */
+  | 'SIZE_MISMATCH'
+  /** offset + length lies past the end of the segment. */
+  | 'OUT_OF_BOUNDS'
+  /** No segment has this id (never existed, or removed: EINVAL / EIDRM). */
+  | 'SEGMENT_NOT_FOUND'
+  /** The agent may not read the segment (EACCES / EPERM). */
+  | 'ACCESS_DENIED'
+  /** The segment exists but could not be attached (e.g. ENOMEM, EMFILE), or the reader is closed. */
+  | 'ATTACH_FAILED';
+
+/** The one error type SharedMemoryReader throws. Every code but ATTACH_FAILED is the client's mistake. */
+export class SharedMemoryError extends Error {
+  constructor(
+    readonly code: SharedMemoryErrorCode,
+    message: string,
+    readonly segmentId?: number,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = 'SharedMemoryError';
+  }
+}
+
+/**
+ * A tensor's bytes in a segment, held until `release()`. While held, the segment stays mapped (a reader never
+ * unmaps memory that may be in use). After release, `data` must not be used: it may become zero-length at any
+ * time. `data` is read-only memory: writing to it kills the process. As a safety net, a lease whose `data`
+ * is garbage-collected unreleased is released then.
+ */
+export interface SegmentLease {
+  readonly data: Buffer;
+  release(): void;
+}
+
+export interface SharedMemoryReaderOptions {
+  addon: SysvShmAddon;
+  /** Attachments kept mapped for reuse across requests (clients usually reuse a segment). Default 16. */
+  maxCachedSegments?: number;
+}
+
+/** One mapping of a segment, possibly shared by several leases. */
+interface Attachment {
+  readonly segmentId: number;
+  readonly buffer: ArrayBuffer;
+  /** Leases not yet released. An attachment out of the cache is unmapped when this drops to 0. */
+  leases: number;
+}
+
+/**
+ * Reads tensors out of System V segments named by SageMaker Edge SharedMemoryHandles, with bounds checks against
+ * the segment's real size and a small cache of read-only attachments.
+ *
+ * Cache validity: while we hold a segment attached, the kernel cannot give its id to another segment, so a
+ * cached shmid always maps the segment that id names. A cached attachment is dropped when IPC_STAT on its id
+ * fails or says the segment is marked for removal (we would otherwise keep a removed segment alive); each read
+ * re-checks the segment it uses and sweeps the idle ones.
+ */
+export class SharedMemoryReader {
+  private readonly addon: SysvShmAddon;
+  private readonly maxCachedSegments: number;
+  /** By shmid, least recently used first. */
+  private readonly cache = new Map<number, Attachment>();
+  private readonly unreleased = new FinalizationRegistry<() => void>((release) => release());
+  private closed = false;
+
+  constructor(options: SharedMemoryReaderOptions) {
+    this.addon = options.addon;
+    this.maxCachedSegments = options.maxCachedSegments ?? 16;
+    if (!Number.isInteger(this.maxCachedSegments) || this.maxCachedSegments < 0) {
+      throw new RangeError(`maxCachedSegments must be an integer ≥ 0, not ${this.maxCachedSegments}`);
+    }
+  }
+
+  /**
+   * The bytes of one tensor: `expectedByteLength` (shape × element size) bytes at `location.offset` in segment
+   * `location.segmentId`. `location.size` 0 means that length; any other size must equal it.
+   * @throws SharedMemoryError, and nothing else.
+   */
+  readTensorFromSegment(location: SegmentLocation, expectedByteLength: number): SegmentLease {
+    if (this.closed) throw new SharedMemoryError('ATTACH_FAILED', 'the shared memory reader is closed');
+    const { segmentId, offset, length } = validate(location, expectedByteLength);
+    const stat = this.statOrRetire(segmentId);
+    checkBounds(segmentId, offset, length, stat.size);
+
+    let attachment = this.cache.get(segmentId);
+    if (attachment !== undefined && (stat.markedForRemoval || attachment.buffer.byteLength !== stat.size)) {
+      this.retire(attachment);
+      attachment = undefined;
+    }
+    if (attachment === undefined) {
+      attachment = this.attach(segmentId);
+      // A segment marked for removal is still served (Linux lets clients remove it right after attaching it
+      // themselves), but not cached: it is unmapped when this lease ends.
+      if (!stat.markedForRemoval) this.cache.set(segmentId, attachment);
+    } else {
+      this.cache.delete(segmentId);
+      this.cache.set(segmentId, attachment);
+    }
+
+    // The authoritative check: against the mapping itself, whose length V8 enforces on every view.
+    try {
+      checkBounds(segmentId, offset, length, attachment.buffer.byteLength);
+    } catch (error) {
+      this.detachIfUnused(attachment);
+      throw error;
+    }
+    const lease = this.lease(attachment, offset, length);
+    this.sweepExcept(segmentId);
+    return lease;
+  }
+
+  /**
+   * Unmaps idle cached segments that were removed, marked for removal, or are beyond the cache size. Runs on
+   * every read; call it on a timer too if reads can stop while clients remove segments.
+   */
+  sweep(): void {
+    this.sweepExcept(undefined);
+  }
+
+  private sweepExcept(keep: number | undefined): void {
+    for (const attachment of [...this.cache.values()]) {
+      if (attachment.segmentId === keep || attachment.leases > 0) continue;
+      let stale: boolean;
+      try {
+        const stat = this.addon.stat(attachment.segmentId);
+        stale = stat.markedForRemoval || stat.size !== attachment.buffer.byteLength;
+      } catch {
+        stale = true;
+      }
+      if (stale) this.retire(attachment);
+    }
+    for (const attachment of this.cache.values()) {
+      if (this.cache.size <= this.maxCachedSegments) break;
+      if (attachment.leases === 0) this.retire(attachment);
+    }
+  }
+
+  /** Number of segments kept attached for reuse. */
+  get cachedSegmentCount(): number {
+    return this.cache.size;
+  }
+
+  /** Unmaps every idle segment now and every leased one on its release; later reads fail. */
+  close(): void {
+    this.closed = true;
+    for (const attachment of [...this.cache.values()]) this.retire(attachment);
+  }
+
+  private statOrRetire(segmentId: number): SegmentStat {
+    try {
+      return this.addon.stat(segmentId);
+    } catch (error) {
+      const cached = this.cache.get(segmentId);
+      if (cached !== undefined) this.retire(cached);
+      throw fromSystemError(error, segmentId, 'read the size of');
+    }
+  }
+
+  private attach(segmentId: number): Attachment {
+    let buffer: ArrayBuffer;
+    try {
+      buffer = this.addon.attachReadOnly(segmentId);
+    } catch (error) {
+      throw fromSystemError(error, segmentId, 'attach');
+    }
+    // Transferring it to a worker would hand over memory we are about to unmap; copying is fine.
+    markAsUntransferable(buffer);
+    return { segmentId, buffer, leases: 0 };
+  }
+
+  private lease(attachment: Attachment, offset: number, length: number): SegmentLease {
+    const data = Buffer.from(attachment.buffer, offset, length);
+    attachment.leases += 1;
+    let released = false;
+    const token = {};
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      this.unreleased.unregister(token);
+      attachment.leases -= 1;
+      this.detachIfUnused(attachment);
+    };
+    this.unreleased.register(data, release, token);
+    return { data, release };
+  }
+
+  private retire(attachment: Attachment): void {
+    if (this.cache.get(attachment.segmentId) === attachment) this.cache.delete(attachment.segmentId);
+    this.detachIfUnused(attachment);
+  }
+
+  private detachIfUnused(attachment: Attachment): void {
+    if (attachment.leases > 0 || this.cache.get(attachment.segmentId) === attachment) return;
+    try {
+      this.addon.detach(attachment.buffer);
+    } catch {
+      // Only a foreign ArrayBuffer makes detach throw; ours was already detached or will be at collection.
+    }
+  }
+}
+
+function validate(
+  location: SegmentLocation,
+  expectedByteLength: number,
+): { segmentId: number; offset: number; length: number } {
+  const parsed = SegmentLocationSchema.safeParse(location);
+  if (!parsed.success) {
+    throw new SharedMemoryError(
+      'INVALID_HANDLE',
+      `invalid shared memory handle: ${parsed.error.issues
+        .map((issue) =>
+          issue.code === 'custom' ? issue.message : `${issue.path.join('.')}: ${issue.message}`,
+        )
+        .join('; ')}`,
+    );
+  }
+  const { segmentId, offset, size } = parsed.data;
+  if (!Number.isSafeInteger(expectedByteLength) || expectedByteLength < 0) {
+    throw new SharedMemoryError(
+      'INVALID_HANDLE',
+      `the tensor's byte length ${expectedByteLength} is not an integer 0..2^53−1`,
+      segmentId,
+    );
+  }
+  if (size !== 0 && size !== expectedByteLength) {
+    throw new SharedMemoryError(
+      'SIZE_MISMATCH',
+      `shared memory handle size is ${size} bytes but the tensor's shape and type make ${expectedByteLength} ` +
+        `(set size to ${expectedByteLength}, or to 0 to let the agent derive it)`,
+      segmentId,
+    );
+  }
+  return { segmentId, offset, length: expectedByteLength };
+}
+
+function checkBounds(segmentId: number, offset: number, length: number, segmentSize: number): void {
+  if (offset > segmentSize || length > segmentSize - offset) {
+    throw new SharedMemoryError(
+      'OUT_OF_BOUNDS',
+      `tensor of ${length} bytes at offset ${offset} runs past the end of shared memory segment ${segmentId} ` +
+        `(${segmentSize} bytes); expected offset + length ≤ ${segmentSize}`,
+      segmentId,
+    );
+  }
+}
+
+function fromSystemError(error: unknown, segmentId: number, action: string): SharedMemoryError {
+  const code = isSysvShmSystemError(error) ? error.code : undefined;
+  const detail = error instanceof Error ? error.message : String(error);
+  if (code === 'EINVAL' || code === 'EIDRM') {
+    return new SharedMemoryError(
+      'SEGMENT_NOT_FOUND',
+      `shared memory segment ${segmentId} does not exist (removed, or never created): cannot ${action} it (${detail})`,
+      segmentId,
+      { cause: error },
+    );
+  }
+  if (code === 'EACCES' || code === 'EPERM') {
+    return new SharedMemoryError(
+      'ACCESS_DENIED',
+      `the agent may not read shared memory segment ${segmentId}: cannot ${action} it (${detail}); ` +
+        'expected a segment readable by the agent’s user (clients usually set mode 0400 as the same user)',
+      segmentId,
+      { cause: error },
+    );
+  }
+  return new SharedMemoryError(
+    'ATTACH_FAILED',
+    `cannot ${action} shared memory segment ${segmentId}: ${detail}`,
+    segmentId,
+    {
+      cause: error,
+    },
+  );
+}
