@@ -1,4 +1,4 @@
-import * as ort from 'onnxruntime-node';
+import type * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import {
   OnnxModelBuilder,

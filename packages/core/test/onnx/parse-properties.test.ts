@@ -9,7 +9,6 @@ import {
   OnnxModelError,
   OnnxModelInfoSchema,
   TEST_MODELS,
-  onnxAttr,
   parseOnnxModelInfo,
   type OnnxDim,
   type OnnxTensorTypeName,
