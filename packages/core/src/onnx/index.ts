@@ -24,7 +24,7 @@ export {
 } from './model-builder.js';
 export { ONNX_TENSOR_TYPES, onnxTensorTypeName, type OnnxTensorTypeName } from './onnx-data-types.js';
 export {
-  EXTERNAL_DATA_FILE,
+  TEST_MODEL_EXTERNAL_DATA_FILE,
   SLOW_MODEL_DEFAULTS,
   TEST_MODELS,
   TEST_MODEL_NAMES,

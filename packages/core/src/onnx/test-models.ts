@@ -331,14 +331,14 @@ const intTypes: TestModel = {
 // ---------------------------------------------------------------------------------------------------------------
 // external-data: a weight kept in a file beside the model, which must travel with it in a package.
 
-export const EXTERNAL_DATA_FILE = 'external-data.weights.bin';
-/** y = x · W, with W [4, 2] stored in EXTERNAL_DATA_FILE. */
+export const TEST_MODEL_EXTERNAL_DATA_FILE = 'external-data.weights.bin';
+/** y = x · W, with W [4, 2] stored in TEST_MODEL_EXTERNAL_DATA_FILE. */
 const EXTERNAL_W = new Float32Array([1, 0, 0, 1, 1, 1, -1, 0.5]);
 
 function buildExternalDataModel(): { model: Uint8Array; externalData: OnnxExternalDataFiles } {
   return new OnnxModelBuilder({ graphName: 'external_data' })
     .input('x', 'FLOAT32', [1, 4])
-    .initializer('W', 'FLOAT32', [4, 2], EXTERNAL_W, { externalLocation: EXTERNAL_DATA_FILE })
+    .initializer('W', 'FLOAT32', [4, 2], EXTERNAL_W, { externalLocation: TEST_MODEL_EXTERNAL_DATA_FILE })
     .node('MatMul', ['x', 'W'], ['y'])
     .output('y', 'FLOAT32', [1, 2])
     .buildWithExternalData();
@@ -346,7 +346,7 @@ function buildExternalDataModel(): { model: Uint8Array; externalData: OnnxExtern
 
 const externalData: TestModel = {
   name: 'external-data',
-  description: `y = x · W for x float32 [1, 4], with the weight W [4, 2] stored in the external file ${EXTERNAL_DATA_FILE}`,
+  description: `y = x · W for x float32 [1, 4], with the weight W [4, 2] stored in the external file ${TEST_MODEL_EXTERNAL_DATA_FILE}`,
   inputs: [{ name: 'x', dataType: 'FLOAT32', shape: [1, 4] }],
   outputs: [{ name: 'y', dataType: 'FLOAT32', shape: [1, 2] }],
   tolerance: 0,

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  EXTERNAL_DATA_FILE,
+  TEST_MODEL_EXTERNAL_DATA_FILE,
   ONNX_MODEL_BUILDER_DEFAULTS,
   SLOW_MODEL_DEFAULTS,
   TEST_MODELS,
@@ -36,7 +36,7 @@ describe('the test model catalogue', () => {
   it('writes one .onnx file per model, plus the external data file', async () => {
     expect(Object.keys(paths).sort()).toEqual([...TEST_MODEL_NAMES].sort());
     expect((await readdir(dir)).sort()).toEqual(
-      [...TEST_MODEL_NAMES.map((name) => `${name}.onnx`), EXTERNAL_DATA_FILE].sort(),
+      [...TEST_MODEL_NAMES.map((name) => `${name}.onnx`), TEST_MODEL_EXTERNAL_DATA_FILE].sort(),
     );
   });
 
@@ -63,7 +63,7 @@ describe('the test model catalogue', () => {
         opsetImports: [{ domain: '', version: ONNX_MODEL_BUILDER_DEFAULTS.opset }],
         producerName: ONNX_MODEL_BUILDER_DEFAULTS.producerName,
         producerVersion: ONNX_MODEL_BUILDER_DEFAULTS.producerVersion,
-        externalDataFiles: name === 'external-data' ? [EXTERNAL_DATA_FILE] : [],
+        externalDataFiles: name === 'external-data' ? [TEST_MODEL_EXTERNAL_DATA_FILE] : [],
       });
 
       const session = await openSession(paths[name]);
