@@ -1,0 +1,11 @@
+export {
+  API_TOKEN_PREFIX,
+  ApiTokenStore,
+  tokenScopeSchema,
+  type ApiTokenRecord,
+  type OperatorIdentity,
+  type TokenScope,
+} from './api-tokens.js';
+export { operatorAuthenticators, requireOperator } from './operator-auth.js';
+export { registerApiTokenRoutes } from './routes.js';
+export { bearerTokenOf, hashSecret, newId, newSecret } from './secrets.js';

@@ -1,0 +1,138 @@
+import { z } from 'zod';
+import type { BlobLocation } from '../blobs/index.js';
+import type { DatabaseLocation } from '../storage/index.js';
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+/** `host:port`, `[v6]:port` or `:port`; port 0 picks a free port (tests). */
+export const listenAddressSchema = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, 'expected host:port, e.g. 0.0.0.0:8080')
+  .transform((value, ctx) => {
+    const colon = value.lastIndexOf(':');
+    const host = value.slice(0, colon).replace(/^\[|\]$/g, '') || '0.0.0.0';
+    const port = Number(value.slice(colon + 1));
+    if (port > 65535) {
+      ctx.addIssue({ code: 'custom', message: `port ${port} is out of range 0-65535` });
+      return z.NEVER;
+    }
+    return { host, port };
+  });
+export type ListenAddress = z.output<typeof listenAddressSchema>;
+
+const filePair = z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) });
+
+/**
+ * Every server setting, with its default. The file is JSON with these keys; environment variables and
+ * command-line flags override single keys (see loadConfig). Relative paths resolve against the working
+ * directory; `dataDir`-relative defaults are filled in by loadConfig.
+ */
+export const serverConfigSchema = z.strictObject({
+  /** Holds the SQLite file, the blob folder and generated keys unless configured elsewhere. */
+  dataDir: z.string().min(1).default('./.edgefleet/server'),
+  /** Operator API (REST, OpenAPI, health). */
+  listen: listenAddressSchema.prefault('0.0.0.0:8080'),
+  /** Device API: HTTPS with mutual TLS. */
+  deviceListen: listenAddressSchema.prefault('0.0.0.0:8443'),
+  /** The device API's URL as devices reach it; handed to devices when they enroll. */
+  deviceEndpoint: z.url().optional(),
+  /** Host names and IP addresses put in the device API's generated TLS certificate. */
+  deviceServerNames: z.array(z.string().min(1)).min(1).default(['localhost', '127.0.0.1']),
+  /** `postgres://…` or a SQLite file path; default `<dataDir>/state.db`. */
+  database: z.string().min(1).optional(),
+  /** PostgreSQL pool size per server. */
+  databaseMaxConnections: z.int().min(1).max(1000).default(10),
+  /** `s3://bucket/prefix` or a folder; default `<dataDir>/blobs`. */
+  blob: z.string().min(1).optional(),
+  s3: z
+    .strictObject({
+      endpoint: z.url().optional(),
+      region: z.string().min(1).optional(),
+      forcePathStyle: z.boolean().optional(),
+      accessKeyId: z.string().min(1).optional(),
+      secretAccessKey: z.string().min(1).optional(),
+    })
+    .prefault({}),
+  logLevel: z.enum(LOG_LEVELS).default('info'),
+  /** Serve the operator API over HTTPS with this certificate (default: plain HTTP). */
+  tls: filePair.optional(),
+  /** The device CA; generated under `<dataDir>/ca/` when absent. Replicas must share it. */
+  deviceCa: filePair.optional(),
+  /** The device API's TLS certificate; generated from the device CA when absent. */
+  deviceTls: filePair.optional(),
+  /** The package-signing root and signing certificate; generated under `<dataDir>/signing/` when absent. */
+  signing: z
+    .strictObject({
+      rootCertFile: z.string().min(1),
+      certFile: z.string().min(1),
+      keyFile: z.string().min(1),
+    })
+    .optional(),
+  heartbeat: z
+    .strictObject({
+      /** How often agents are expected to send a heartbeat. */
+      intervalSeconds: z.int().min(1).max(86_400).default(30),
+      /** A device is offline once this many heartbeats are missed. */
+      offlineAfterMissed: z.int().min(1).max(1000).default(3),
+      /** Metrics older than this are pruned. */
+      metricsRetentionSeconds: z
+        .int()
+        .min(1)
+        .default(7 * 86_400),
+      /** How often the retention sweep runs. */
+      retentionSweepSeconds: z.int().min(1).default(60),
+      /** CacheTTL returned by GetDeviceRegistration. */
+      registrationCacheTtlSeconds: z.int().min(0).default(300),
+    })
+    .prefault({}),
+  enrollment: z
+    .strictObject({
+      /** Default and maximum lifetime of an enrollment token. */
+      tokenTtlSeconds: z.int().min(1).default(86_400),
+      maxTokenTtlSeconds: z
+        .int()
+        .min(1)
+        .default(30 * 86_400),
+    })
+    .prefault({}),
+  certificates: z
+    .strictObject({
+      /** Lifetime of device certificates. */
+      validityDays: z.int().min(1).max(3650).default(365),
+    })
+    .prefault({}),
+  uploads: z
+    .strictObject({
+      /** Largest accepted model or package upload. */
+      maxModelBytes: z
+        .int()
+        .min(1)
+        .default(512 * 1024 * 1024),
+    })
+    .prefault({}),
+  packaging: z
+    .strictObject({
+      /** How often a server looks for queued packaging jobs. */
+      pollIntervalMs: z.int().min(10).default(1000),
+    })
+    .prefault({}),
+});
+
+export type ServerConfigInput = z.input<typeof serverConfigSchema>;
+
+/** The configuration after defaults and path resolution: every location is absolute and present. */
+export interface ServerConfig extends Omit<
+  z.output<typeof serverConfigSchema>,
+  'database' | 'blob' | 'deviceCa' | 'deviceTls' | 'signing'
+> {
+  database: string;
+  databaseLocation: DatabaseLocation;
+  blob: string;
+  blobLocation: BlobLocation;
+  deviceCa: { certFile: string; keyFile: string };
+  /** Absent: generate (and keep) one under the data dir. */
+  deviceTls: { certFile: string; keyFile: string };
+  signing: { rootCertFile: string; rootKeyFile?: string; certFile: string; keyFile: string };
+  /** Whether each key-material location was given by the operator (then it is never generated). */
+  provided: { deviceCa: boolean; deviceTls: boolean; signing: boolean };
+}

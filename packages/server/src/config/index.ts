@@ -1,0 +1,14 @@
+export {
+  listenAddressSchema,
+  serverConfigSchema,
+  type ListenAddress,
+  type ServerConfig,
+  type ServerConfigInput,
+} from './config-schema.js';
+export {
+  ConfigError,
+  loadConfig,
+  overridableSettings,
+  type ConfigSources,
+  type OverridableSetting,
+} from './load-config.js';

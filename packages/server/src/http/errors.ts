@@ -1,0 +1,113 @@
+import type { FastifyError, FastifyInstance } from 'fastify';
+import { z } from 'zod';
+
+/** The body of every error answer, on every route. */
+export const errorBodySchema = z
+  .object({
+    code: z.string().describe('Stable machine-readable error code, e.g. NotFound, ValidationError'),
+    message: z.string().describe('What was wrong and what was expected'),
+    details: z.record(z.string(), z.unknown()).optional(),
+  })
+  .describe('Error');
+export type ErrorBody = z.infer<typeof errorBodySchema>;
+
+export type ErrorCode =
+  | 'ValidationError'
+  | 'Unauthenticated'
+  | 'Forbidden'
+  | 'NotFound'
+  | 'Conflict'
+  | 'ResourceInUse'
+  | 'LimitExceeded'
+  | 'PayloadTooLarge'
+  | 'UnsupportedMediaType'
+  | 'CertificateRequired'
+  | 'CertificateInvalid'
+  | 'CertificateExpired'
+  | 'CertificateRevoked'
+  | 'EnrollmentTokenInvalid'
+  | 'EnrollmentTokenExpired'
+  | 'EnrollmentTokenUsed'
+  | 'NotReady'
+  | 'InternalError';
+
+/** An error that becomes an HTTP answer with the consistent body. Thrown by handlers and hooks. */
+export class ApiError extends Error {
+  constructor(
+    readonly statusCode: number,
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: Record<string, unknown>,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+
+  toBody(): ErrorBody {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+export const notFound = (what: string, details?: Record<string, unknown>) =>
+  new ApiError(404, 'NotFound', `${what} does not exist`, details);
+export const conflict = (message: string, details?: Record<string, unknown>) =>
+  new ApiError(409, 'Conflict', message, details);
+
+/** Raised by the zod validator compiler; carries zod's issues. */
+export class RequestValidationError extends Error {
+  readonly statusCode = 400;
+  constructor(
+    readonly part: string,
+    readonly issues: readonly z.core.$ZodIssue[],
+  ) {
+    super(
+      `invalid request ${part}: ${issues
+        .map((i) => `${i.path.length > 0 ? i.path.join('.') : '(root)'}: ${i.message}`)
+        .join('; ')}`,
+    );
+    this.name = 'RequestValidationError';
+  }
+}
+
+/** Maps Fastify's own errors (body parsing, limits) onto our codes. */
+function fromFastifyError(error: FastifyError): ApiError | undefined {
+  const status = error.statusCode ?? 500;
+  if (status === 413) return new ApiError(413, 'PayloadTooLarge', error.message);
+  if (status === 415) return new ApiError(415, 'UnsupportedMediaType', error.message);
+  if (status >= 400 && status < 500) {
+    return new ApiError(status, 'ValidationError', error.message, { fastifyCode: error.code });
+  }
+  return undefined;
+}
+
+/** Installs the error and not-found handlers that give every failure the same body. */
+export function installErrorHandlers(app: FastifyInstance): void {
+  app.setErrorHandler((error: unknown, request, reply) => {
+    let apiError: ApiError | undefined;
+    if (error instanceof ApiError) apiError = error;
+    else if (error instanceof RequestValidationError) {
+      apiError = new ApiError(400, 'ValidationError', error.message, {
+        in: error.part,
+        issues: error.issues.map((i) => ({ path: i.path.map(String), message: i.message, code: i.code })),
+      });
+    } else if (error instanceof Error && 'statusCode' in error) {
+      apiError = fromFastifyError(error as FastifyError);
+    }
+    if (apiError === undefined) {
+      request.log.error({ err: error }, 'request failed');
+      apiError = new ApiError(500, 'InternalError', 'the server failed to handle the request; see its log');
+    } else if (apiError.statusCode >= 500) {
+      request.log.error({ err: error }, apiError.message);
+    }
+    return reply.status(apiError.statusCode).type('application/json').send(apiError.toBody());
+  });
+  app.setNotFoundHandler((request, reply) =>
+    reply
+      .status(404)
+      .send(
+        new ApiError(404, 'NotFound', `no route ${request.method} ${request.url.split('?')[0]}`).toBody(),
+      ),
+  );
+}

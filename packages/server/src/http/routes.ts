@@ -1,0 +1,134 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 'fastify';
+import { z } from 'zod';
+import { errorBodySchema, RequestValidationError } from './errors.js';
+
+/**
+ * Who may call a route. Every route must say; registering one without a requirement the app knows how to
+ * check fails at start-up, so no route can exist without auth by accident.
+ * - public: health probes and the API description only
+ * - read / admin: operator bearer API token of (at least) that scope
+ * - enrollment-token: `Authorization: Bearer <enrollment token>` (checked and consumed by the handler)
+ * - device: a client certificate issued by the device CA, current and not revoked (device API only)
+ */
+export type AuthRequirement = 'public' | 'read' | 'admin' | 'enrollment-token' | 'device';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    auth?: AuthRequirement;
+  }
+}
+
+// The validator compiler gets the JSON Schema Fastify was given; this finds the zod schema it came from.
+const zodByJsonSchema = new WeakMap<object, z.ZodType>();
+
+/** JSON Schema (OpenAPI 3.0 dialect) for a zod schema, remembered so requests are validated by zod itself. */
+export function toJsonSchema(schema: z.ZodType, io: 'input' | 'output' = 'input'): Record<string, unknown> {
+  const json = z.toJSONSchema(schema, { target: 'openapi-3.0', io, unrepresentable: 'any' }) as Record<
+    string,
+    unknown
+  >;
+  delete json.$schema;
+  zodByJsonSchema.set(json, schema);
+  return json;
+}
+
+/** Validation by zod (the schemas are the single source of truth); serialisation by JSON.stringify. */
+export function installZodCompilers(app: FastifyInstance): void {
+  app.setValidatorCompiler(({ schema, httpPart }) => {
+    const zodSchema = zodByJsonSchema.get(schema);
+    if (zodSchema === undefined) {
+      throw new Error(`route schema for ${httpPart ?? 'input'} was not built with toJsonSchema()`);
+    }
+    return (data: unknown) => {
+      const result = zodSchema.safeParse(data);
+      return result.success
+        ? { value: result.data }
+        : { error: new RequestValidationError(httpPart ?? 'input', result.error.issues) };
+    };
+  });
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+}
+
+export interface RouteContext<Body, Query, Params> {
+  body: Body;
+  query: Query;
+  params: Params;
+  request: FastifyRequest;
+  reply: FastifyReply;
+}
+
+export interface RouteDefinition<
+  Body extends z.ZodType,
+  Query extends z.ZodType,
+  Params extends z.ZodType,
+  Response extends z.ZodType,
+> {
+  method: Extract<HTTPMethods, 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE'>;
+  url: string;
+  auth: AuthRequirement;
+  /** OpenAPI grouping. */
+  tag: string;
+  summary: string;
+  description?: string;
+  body?: Body;
+  query?: Query;
+  params?: Params;
+  /** The success body; omit for 204. */
+  response?: Response;
+  status?: 200 | 201 | 202 | 204;
+  /** Largest accepted request body in bytes (Fastify's default: 1 MiB). */
+  bodyLimit?: number;
+  /** Content types the route consumes when it is not JSON (uploads); documented, parsed by the app. */
+  consumes?: string[];
+  handler(
+    context: RouteContext<z.output<Body>, z.output<Query>, z.output<Params>>,
+  ): Promise<Response extends z.ZodType ? z.input<Response> : undefined>;
+}
+
+const ERROR_STATUSES = [400, 401, 403, 404, 409, 413, 415] as const;
+
+/** Registers one route whose inputs are validated by zod and whose schemas drive the OpenAPI document. */
+export function defineRoute<
+  Body extends z.ZodType = z.ZodUnknown,
+  Query extends z.ZodType = z.ZodUnknown,
+  Params extends z.ZodType = z.ZodUnknown,
+  Response extends z.ZodType = z.ZodUnknown,
+>(app: FastifyInstance, definition: RouteDefinition<Body, Query, Params, Response>): void {
+  const status = definition.status ?? 200;
+  const response: Record<string, unknown> = {};
+  if (definition.response !== undefined) response[status] = toJsonSchema(definition.response, 'output');
+  else response[status] = { type: 'null', description: 'No content' };
+  const errorJson = toJsonSchema(errorBodySchema, 'output');
+  for (const code of ERROR_STATUSES) response[code] = errorJson;
+
+  app.route({
+    method: definition.method,
+    url: definition.url,
+    config: { auth: definition.auth },
+    ...(definition.bodyLimit !== undefined ? { bodyLimit: definition.bodyLimit } : {}),
+    schema: {
+      tags: [definition.tag],
+      summary: definition.summary,
+      ...(definition.description !== undefined ? { description: definition.description } : {}),
+      ...(definition.body !== undefined ? { body: toJsonSchema(definition.body) } : {}),
+      ...(definition.query !== undefined ? { querystring: toJsonSchema(definition.query) } : {}),
+      ...(definition.params !== undefined ? { params: toJsonSchema(definition.params) } : {}),
+      ...(definition.consumes !== undefined ? { consumes: definition.consumes } : {}),
+      ...(definition.auth === 'read' || definition.auth === 'admin' || definition.auth === 'enrollment-token'
+        ? { security: [{ bearerAuth: [] }] }
+        : {}),
+      response,
+    },
+    handler: async (request, reply) => {
+      const result = await definition.handler({
+        body: request.body as z.output<Body>,
+        query: request.query as z.output<Query>,
+        params: request.params as z.output<Params>,
+        request,
+        reply,
+      });
+      reply.status(status);
+      return status === 204 ? reply.send() : result;
+    },
+  });
+}

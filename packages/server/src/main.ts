@@ -1,0 +1,148 @@
+#!/usr/bin/env node
+/**
+ * edgefleet-server: the EdgeFleet control plane.
+ *   edgefleet-server [serve]          run the operator API and the device API
+ *   edgefleet-server init             prepare the data dir and database; print the first admin token
+ *   edgefleet-server token create|list|revoke
+ */
+import { Command, Option } from 'commander';
+import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
+import {
+  loadConfig,
+  overridableSettings,
+  type OverridableSetting,
+  type ServerConfig,
+} from './config/index.js';
+import { initServer, openStores, startServer } from './server/index.js';
+
+type CommonOptions = { config?: string } & Partial<Record<string, string>>;
+
+function addCommonOptions(command: Command): Command {
+  command.option('-c, --config <file>', 'JSON config file (env EDGEFLEET_CONFIG)');
+  const help: Record<OverridableSetting, string> = {
+    'data-dir': 'data folder: SQLite file, blobs, keys (default ./.edgefleet/server)',
+    listen: 'operator API address host:port (default 0.0.0.0:8080)',
+    'device-listen': 'device API (mTLS) address host:port (default 0.0.0.0:8443)',
+    'device-endpoint': 'device API URL as devices reach it (default https://<first server name>:<port>)',
+    database: 'postgres://… or a SQLite file (default <data-dir>/state.db)',
+    blob: 's3://bucket/prefix or a folder (default <data-dir>/blobs)',
+    'blob-endpoint': 'S3 endpoint URL for S3-compatible stores (MinIO, Ceph)',
+    'blob-region': 'S3 region (default us-east-1)',
+    'log-level': 'fatal|error|warn|info|debug|trace|silent (default info)',
+  };
+  for (const [flag, setting] of Object.entries(overridableSettings)) {
+    command.addOption(
+      new Option(`--${flag} <value>`, `${help[flag as OverridableSetting]} (env ${setting.env})`),
+    );
+  }
+  return command;
+}
+
+async function configFrom(options: CommonOptions): Promise<ServerConfig> {
+  const flags: Partial<Record<OverridableSetting, string>> = {};
+  for (const flag of Object.keys(overridableSettings) as OverridableSetting[]) {
+    // commander camel-cases flag names: data-dir → dataDir
+    const value = options[flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())];
+    if (value !== undefined) flags[flag] = value;
+  }
+  return loadConfig({ configFile: options.config, flags });
+}
+
+async function serve(options: CommonOptions): Promise<void> {
+  const server = await startServer(await configFrom(options));
+  let signals = 0;
+  const stop = (signal: NodeJS.Signals) => {
+    signals += 1;
+    if (signals > 1) {
+      server.logger.warn({ signal }, 'second signal: exiting without waiting');
+      process.exit(1);
+    }
+    server.logger.info({ signal }, 'shutting down: finishing in-flight requests');
+    server.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        server.logger.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+async function withTokens<T>(options: CommonOptions, use: (tokens: ApiTokenStore) => Promise<T>): Promise<T> {
+  const { database, blobs } = await openStores(await configFrom(options));
+  try {
+    return await use(new ApiTokenStore(database.db));
+  } finally {
+    await blobs.close();
+    await database.close();
+  }
+}
+
+const program = new Command('edgefleet-server')
+  .description('EdgeFleet control plane: fleets, devices and identities, model packaging, heartbeats')
+  .showHelpAfterError();
+
+addCommonOptions(program.command('serve', { isDefault: true }).description('run the server')).action(serve);
+
+addCommonOptions(
+  program
+    .command('init')
+    .description('prepare the data dir and database; print the first admin API token (once) on stdout'),
+).action(async (options: CommonOptions) => {
+  const result = await initServer(await configFrom(options));
+  process.stderr.write(`initialised ${result.dataDir} (state: ${result.database}, blobs: ${result.blobs})\n`);
+  if (result.adminToken) {
+    process.stderr.write('first admin API token (shown once; store it now):\n');
+    process.stdout.write(`${result.adminToken}\n`);
+  } else {
+    process.stderr.write(
+      'an active admin token already exists; create another with `edgefleet-server token create --scope admin`\n',
+    );
+  }
+});
+
+const token = program.command('token').description('operator API tokens (works on the database directly)');
+addCommonOptions(
+  token
+    .command('create')
+    .description('create a token and print it (once) on stdout')
+    .requiredOption('--name <name>', 'what the token is for')
+    .addOption(
+      new Option('--scope <scope>', 'admin or read-only')
+        .choices(tokenScopeSchema.options)
+        .default('read-only'),
+    ),
+).action(async (options: CommonOptions & { name: string; scope: string }) => {
+  const created = await withTokens(options, (tokens) =>
+    tokens.create({ name: options.name, scope: tokenScopeSchema.parse(options.scope) }),
+  );
+  process.stderr.write(
+    `created ${created.record.scope} token ${created.record.id} "${created.record.name}"\n`,
+  );
+  process.stdout.write(`${created.token}\n`);
+});
+addCommonOptions(token.command('list').description('list tokens (id, scope, name, state)')).action(
+  async (options: CommonOptions) => {
+    const records = await withTokens(options, (tokens) => tokens.list({ limit: 10_000 }));
+    for (const r of records) {
+      process.stdout.write(
+        `${r.id}\t${r.scope}\t${r.revokedAt === null ? 'active' : 'revoked'}\t${r.name}\n`,
+      );
+    }
+  },
+);
+addCommonOptions(token.command('revoke').description('revoke a token by id').argument('<id>')).action(
+  async (id: string, options: CommonOptions) => {
+    if (!(await withTokens(options, (tokens) => tokens.revoke(id)))) {
+      process.stderr.write(`no active token with id ${id}\n`);
+      process.exitCode = 1;
+    }
+  },
+);
+
+program.parseAsync(process.argv).catch((error: unknown) => {
+  process.stderr.write(`edgefleet-server: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});

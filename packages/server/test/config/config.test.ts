@@ -1,0 +1,109 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config/index.js';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-config-'));
+});
+afterAll(() => rm(dir, { recursive: true, force: true }));
+
+async function configFile(content: unknown): Promise<string> {
+  const file = path.join(dir, `config-${Math.random().toString(16).slice(2)}.json`);
+  await writeFile(file, typeof content === 'string' ? content : JSON.stringify(content));
+  return file;
+}
+
+describe('loadConfig', () => {
+  it('needs no set-up: everything defaults under ./.edgefleet/server', async () => {
+    const config = await loadConfig({ env: {}, cwd: dir });
+    expect(config.dataDir).toBe(path.join(dir, '.edgefleet/server'));
+    expect(config.listen).toEqual({ host: '0.0.0.0', port: 8080 });
+    expect(config.deviceListen).toEqual({ host: '0.0.0.0', port: 8443 });
+    expect(config.databaseLocation).toEqual({
+      engine: 'sqlite',
+      file: path.join(config.dataDir, 'state.db'),
+    });
+    expect(config.blobLocation).toEqual({ kind: 'local', root: path.join(config.dataDir, 'blobs') });
+    expect(config.deviceCa.keyFile).toBe(path.join(config.dataDir, 'ca', 'device-ca.key'));
+    expect(config.heartbeat).toEqual({
+      intervalSeconds: 30,
+      offlineAfterMissed: 3,
+      metricsRetentionSeconds: 604800,
+      retentionSweepSeconds: 60,
+      registrationCacheTtlSeconds: 300,
+    });
+    expect(config.provided).toEqual({ deviceCa: false, deviceTls: false, signing: false });
+  });
+
+  it('layers file, then environment, then flags', async () => {
+    const file = await configFile({
+      listen: '127.0.0.1:9000',
+      database: 'postgres://file/db',
+      blob: 's3://from-file/p',
+      logLevel: 'warn',
+      heartbeat: { intervalSeconds: 10 },
+    });
+    const config = await loadConfig({
+      configFile: file,
+      cwd: dir,
+      env: {
+        EDGEFLEET_DATABASE: 'postgres://env/db',
+        EDGEFLEET_BLOB: 's3://from-env/q',
+        EDGEFLEET_LOG_LEVEL: 'debug',
+      },
+      flags: { blob: 'blobs-here', 'blob-endpoint': 'http://127.0.0.1:9999' },
+    });
+    expect(config.listen).toEqual({ host: '127.0.0.1', port: 9000 });
+    expect(config.databaseLocation).toEqual({ engine: 'postgres', url: 'postgres://env/db' });
+    expect(config.blobLocation).toEqual({ kind: 'local', root: path.join(dir, 'blobs-here') });
+    expect(config.s3.endpoint).toBe('http://127.0.0.1:9999');
+    expect(config.logLevel).toBe('debug');
+    expect(config.heartbeat.intervalSeconds).toBe(10);
+    expect(config.heartbeat.offlineAfterMissed).toBe(3);
+  });
+
+  it('finds the file through EDGEFLEET_CONFIG', async () => {
+    const file = await configFile({ deviceListen: ':9443' });
+    const config = await loadConfig({ env: { EDGEFLEET_CONFIG: file }, cwd: dir });
+    expect(config.deviceListen).toEqual({ host: '0.0.0.0', port: 9443 });
+  });
+
+  it('names every invalid key', async () => {
+    const file = await configFile({ listen: 'nowhere', heartbeat: { intervalSeconds: 0 }, bogus: true });
+    const error = await loadConfig({ configFile: file, env: {}, cwd: dir }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as Error).message;
+    expect(message).toMatch(/listen/);
+    expect(message).toMatch(/host:port/);
+    expect(message).toMatch(/heartbeat\.intervalSeconds/);
+    expect(message).toMatch(/bogus/);
+  });
+
+  it('refuses out-of-range ports, unknown schemes, unreadable and non-JSON files', async () => {
+    await expect(loadConfig({ env: {}, cwd: dir, flags: { listen: '1.2.3.4:70000' } })).rejects.toThrow(
+      /out of range/,
+    );
+    await expect(loadConfig({ env: {}, cwd: dir, flags: { database: 'mysql://x/y' } })).rejects.toThrow(
+      /invalid database: unsupported database location/,
+    );
+    await expect(
+      loadConfig({ env: {}, cwd: dir, configFile: path.join(dir, 'absent.json') }),
+    ).rejects.toThrow(/cannot read config file/);
+    await expect(loadConfig({ env: {}, cwd: dir, configFile: await configFile('{nope') })).rejects.toThrow(
+      /not valid JSON/,
+    );
+    await expect(loadConfig({ env: {}, cwd: dir, configFile: await configFile([1]) })).rejects.toThrow(
+      /must hold a JSON object/,
+    );
+  });
+
+  it('uses operator-provided key material paths as given', async () => {
+    const file = await configFile({ deviceCa: { certFile: 'ca.crt', keyFile: '/keys/ca.key' } });
+    const config = await loadConfig({ configFile: file, env: {}, cwd: dir });
+    expect(config.deviceCa).toEqual({ certFile: path.join(dir, 'ca.crt'), keyFile: '/keys/ca.key' });
+    expect(config.provided.deviceCa).toBe(true);
+  });
+});

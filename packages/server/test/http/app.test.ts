@@ -1,0 +1,139 @@
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { buildApp } from '../../src/http/app.js';
+import { defineRoute } from '../../src/http/routes.js';
+import { startTestServer, type TestServer } from '../support/server.js';
+
+let t: TestServer;
+beforeAll(async () => {
+  t = await startTestServer();
+});
+afterAll(() => t.stop());
+
+describe('health and readiness', () => {
+  it('answers liveness and readiness without a token', async () => {
+    expect(await t.call('GET', '/healthz')).toMatchObject({ status: 200, body: { status: 'ok' } });
+    expect(await t.call('GET', '/readyz')).toMatchObject({
+      status: 200,
+      body: { status: 'ready', checks: { database: 'ok', blobStore: 'ok' } },
+    });
+  });
+
+  it('is not ready when the blob store cannot be used', async () => {
+    const blocked = path.join(t.dataDir, 'not-a-folder');
+    await writeFile(blocked, 'a file where the blob folder should be');
+    const broken = await startTestServer({ blob: blocked });
+    try {
+      const ready = await broken.call('GET', '/readyz');
+      expect(ready.status).toBe(503);
+      expect(ready.body).toMatchObject({
+        code: 'NotReady',
+        details: { failures: { blobStore: expect.any(String) } },
+      });
+      expect(await broken.call('GET', '/healthz')).toMatchObject({ status: 200 });
+    } finally {
+      await broken.stop();
+    }
+  });
+});
+
+describe('OpenAPI document', () => {
+  it('is served at /api/docs and documents every API route with bearer auth', async () => {
+    const docs = await t.call('GET', '/api/docs');
+    expect(docs.status).toBe(200);
+    expect(docs.body.openapi).toBe('3.0.3');
+    const paths = docs.body.paths as Record<
+      string,
+      Record<string, { security?: unknown[]; responses: object }>
+    >;
+    expect(Object.keys(paths)).toEqual(
+      expect.arrayContaining(['/api/v1/tokens', '/api/v1/tokens/{id}', '/healthz']),
+    );
+    for (const [route, operations] of Object.entries(paths)) {
+      if (!route.startsWith('/api/v1/')) continue;
+      for (const [method, operation] of Object.entries(operations)) {
+        expect(operation.security, `${method} ${route}`).toEqual([{ bearerAuth: [] }]);
+        expect(Object.keys(operation.responses), `${method} ${route}`).toEqual(
+          expect.arrayContaining(['400', '401']),
+        );
+      }
+    }
+    const createToken = paths['/api/v1/tokens']?.post as unknown as {
+      requestBody: { content: { 'application/json': { schema: { required: string[] } } } };
+    };
+    expect(createToken.requestBody.content['application/json'].schema.required).toEqual(['name', 'scope']);
+  });
+
+  it('every documented API route refuses a request without a token', async () => {
+    const docs = await t.call('GET', '/api/docs');
+    const paths = docs.body.paths as Record<string, Record<string, unknown>>;
+    let checked = 0;
+    for (const [route, operations] of Object.entries(paths)) {
+      if (!route.startsWith('/api/v1/')) continue;
+      for (const method of Object.keys(operations)) {
+        const concrete = route.replace(/\{[^}]+\}/g, '0123456789abcdef');
+        const response = await t.call(method.toUpperCase(), concrete, method === 'get' ? {} : { body: {} });
+        expect([response.status, response.body.code], `${method} ${route}`).toEqual([
+          401,
+          expect.any(String),
+        ]);
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThan(3);
+  });
+});
+
+describe('error bodies', () => {
+  it('are the same shape for unknown routes, bad JSON and unsupported media', async () => {
+    expect(await t.call('GET', '/api/v1/nothing-here', { token: t.adminToken })).toMatchObject({
+      status: 404,
+      body: { code: 'NotFound', message: expect.stringContaining('/api/v1/nothing-here') },
+    });
+    const media = await t.call('POST', '/api/v1/tokens', {
+      token: t.adminToken,
+      body: 'name=x',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    });
+    expect(media).toMatchObject({ status: 415, body: { code: 'UnsupportedMediaType' } });
+    const huge = await t.call('POST', '/api/v1/tokens', {
+      token: t.adminToken,
+      body: JSON.stringify({ name: 'x'.repeat(2 * 1024 * 1024), scope: 'admin' }),
+    });
+    expect(huge).toMatchObject({ status: 413, body: { code: 'PayloadTooLarge' } });
+  });
+});
+
+describe('route registration', () => {
+  const options = {
+    logger: pino({ level: 'silent' }),
+    authenticators: {},
+    readiness: [],
+    isShuttingDown: () => false,
+  };
+
+  it('refuses a route that declares no auth requirement', async () => {
+    const app = await buildApp(options);
+    expect(() => app.get('/api/v1/open', async () => 'x')).toThrow(/declares no auth requirement/);
+    await app.close();
+  });
+
+  it('refuses a route whose auth requirement the app cannot check', async () => {
+    const app = await buildApp(options);
+    expect(() =>
+      defineRoute(app, {
+        method: 'GET',
+        url: '/api/v1/needs-device',
+        auth: 'device',
+        tag: 't',
+        summary: 's',
+        response: z.object({}),
+        handler: async () => ({}),
+      }),
+    ).toThrow(/needs "device" auth/);
+    await app.close();
+  });
+});

@@ -1,0 +1,77 @@
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runServerCli, startServerProcess } from '../support/process.js';
+
+let cwd: string;
+beforeAll(async () => {
+  cwd = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-main-'));
+});
+afterAll(() => rm(cwd, { recursive: true, force: true }));
+
+const flags = ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0', '--log-level', 'info'];
+
+describe('edgefleet-server (real processes)', () => {
+  let adminToken: string;
+
+  it('init creates the data dir and prints the first admin token once', async () => {
+    const first = await runServerCli(['init'], cwd);
+    expect(first.code).toBe(0);
+    adminToken = first.stdout.trim();
+    expect(adminToken).toMatch(/^efo_[A-Za-z0-9_-]{43}$/);
+    expect(first.stderr).toMatch(/shown once/);
+    const dataDir = path.join(cwd, '.edgefleet', 'server');
+    expect((await stat(dataDir)).mode & 0o777).toBe(0o700);
+    expect((await stat(path.join(dataDir, 'state.db'))).isFile()).toBe(true);
+
+    const second = await runServerCli(['init'], cwd);
+    expect(second.code).toBe(0);
+    expect(second.stdout).toBe('');
+    expect(second.stderr).toMatch(/already exists/);
+  });
+
+  it('serves with that token, shuts down cleanly on SIGTERM and keeps its state across restarts', async () => {
+    const created = await runServerCli(['token', 'create', '--name', 'reader', '--scope', 'read-only'], cwd);
+    expect(created.code).toBe(0);
+    const readToken = created.stdout.trim();
+
+    const first = await startServerProcess(flags, cwd);
+    const who = await fetch(`${first.operatorUrl}/api/v1/whoami`, {
+      headers: { authorization: `Bearer ${adminToken}` },
+    });
+    expect(await who.json()).toMatchObject({ scope: 'admin', name: 'initial-admin' });
+    expect(await first.stop()).toBe(0);
+    expect(first.logs.map((l) => l.msg)).toEqual(expect.arrayContaining(['edgefleet-server stopped']));
+
+    const second = await startServerProcess(flags, cwd);
+    try {
+      const again = await fetch(`${second.operatorUrl}/api/v1/whoami`, {
+        headers: { authorization: `Bearer ${readToken}` },
+      });
+      expect(await again.json()).toMatchObject({ scope: 'read-only', name: 'reader' });
+    } finally {
+      expect(await second.stop('SIGINT')).toBe(0);
+    }
+  });
+
+  it('lists and revokes tokens from the command line', async () => {
+    const listed = await runServerCli(['token', 'list'], cwd);
+    const reader = listed.stdout.split('\n').find((line) => line.endsWith('\treader'));
+    expect(reader).toMatch(/^[0-9a-f]{16}\tread-only\tactive\treader$/);
+    const id = reader!.split('\t')[0]!;
+    expect((await runServerCli(['token', 'revoke', id], cwd)).code).toBe(0);
+    expect((await runServerCli(['token', 'list'], cwd)).stdout).toContain(
+      `${id}\tread-only\trevoked\treader`,
+    );
+    const missing = await runServerCli(['token', 'revoke', id], cwd);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/no active token/);
+  });
+
+  it('fails with a clear message on bad configuration', async () => {
+    const result = await runServerCli(['serve', '--listen', 'nowhere'], cwd);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/invalid server configuration[\s\S]*listen[\s\S]*host:port/);
+  });
+});
