@@ -1,4 +1,6 @@
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SYSV_SHM_ADDON_PATH, loadSysvShmAddon } from '../../src/shm/sysv-shm-addon.js';
 
@@ -22,14 +24,12 @@ afterEach(() => {
 });
 
 /** Runs a script in a separate Node process (optionally as another user) with the addon loaded as `addon`. */
-function runChild(script: string, options: { uid?: number; gid?: number } = {}) {
+function runChild(script: string, options: { uid?: number; gid?: number; nodeOptions?: string[] } = {}) {
+  const { nodeOptions = [], ...spawnOptions } = options;
   return spawnSync(
     process.execPath,
-    ['-e', `const addon = require(${JSON.stringify(SYSV_SHM_ADDON_PATH)});\n${script}`],
-    {
-      encoding: 'utf8',
-      ...options,
-    },
+    [...nodeOptions, '-e', `const addon = require(${JSON.stringify(SYSV_SHM_ADDON_PATH)});\n${script}`],
+    { encoding: 'utf8', ...spawnOptions },
   );
 }
 
@@ -115,5 +115,36 @@ describe('sysv_shm addon', () => {
       addon.setMode(locked, 0o000);
       expect(() => addon.attachReadOnly(locked)).toThrow(expect.objectContaining({ code: 'EACCES' }));
     }
+  });
+
+  it('unmaps an attachment dropped without detach once it is garbage-collected', () => {
+    const shmid = createSegment(4096);
+    const child = runChild(
+      `let attachment = addon.attachReadOnly(${shmid});
+       console.log(addon.stat(${shmid}).attachCount);
+       attachment = undefined;
+       gc();
+       setImmediate(() => { gc(); setImmediate(() => console.log(addon.stat(${shmid}).attachCount)); });`,
+      { nodeOptions: ['--expose-gc'] },
+    );
+    expect(child.stdout.trim().split('\n')).toEqual(['1', '0']);
+  });
+
+  it('works in a worker thread, and a worker that exits without detaching leaves nothing mapped', async () => {
+    const shmid = createSegment(4096);
+    const writable = addon.attachReadWrite(shmid);
+    new Uint8Array(writable).set([7, 8, 9]);
+    addon.detach(writable);
+    const worker = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const addon = require(workerData.path);
+       const attachment = addon.attachReadOnly(workerData.shmid);
+       parentPort.postMessage([...new Uint8Array(attachment, 0, 3)]);`,
+      { eval: true, workerData: { path: SYSV_SHM_ADDON_PATH, shmid } },
+    );
+    const [bytes] = (await once(worker, 'message')) as [number[]];
+    expect(bytes).toEqual([7, 8, 9]);
+    await once(worker, 'exit');
+    expect(addon.stat(shmid).attachCount).toBe(0);
   });
 });
