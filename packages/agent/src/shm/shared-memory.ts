@@ -120,7 +120,7 @@ export class SharedMemoryReader {
       attachment = this.attach(segmentId);
       // A segment marked for removal is still served (Linux lets clients remove it right after attaching it
       // themselves), but not cached: it is unmapped when this lease ends.
-      if (!stat.markedForRemoval) this.cache.set(segmentId, attachment);
+      if (!stat.markedForRemoval && this.maxCachedSegments > 0) this.cache.set(segmentId, attachment);
     } else {
       this.cache.delete(segmentId);
       this.cache.set(segmentId, attachment);

@@ -254,6 +254,13 @@ describe('SharedMemoryReader', () => {
       reader.readTensorFromSegment({ segmentId, offset: 0, size: 0 }, 4).release();
     expect(reader.cachedSegmentCount).toBe(2);
     expect(segments.map((shmid) => addon.stat(shmid).attachCount)).toEqual([0, 1, 1]);
+
+    const uncached = newReader(0);
+    const lease = uncached.readTensorFromSegment({ segmentId: segments[0]!, offset: 0, size: 0 }, 4);
+    expect(addon.stat(segments[0]!).attachCount).toBe(1);
+    lease.release();
+    expect(uncached.cachedSegmentCount).toBe(0);
+    expect(addon.stat(segments[0]!).attachCount).toBe(0);
   });
 
   it('never reads past the end of a segment and throws nothing but SharedMemoryError', () => {
