@@ -23,6 +23,7 @@ import {
   editBundle,
   expectRejected,
   flipByte,
+  handSignedBundle,
   readBundle,
   tempDirs,
   writeSamplePackage,
@@ -195,6 +196,15 @@ describe('the bundle itself', () => {
       b.dsseEnvelope.signatures = [{ sig: otherSig }];
     });
     await expectRejected(verifyPackage(dir, keyTrust()), 'signature-invalid');
+  });
+
+  it('base64 that decodes to the signed bytes but is not canonical (line breaks) → bundle-malformed', async () => {
+    const dir = await signedPackage();
+    await editBundle(dir, (b) => {
+      b.dsseEnvelope.payload = b.dsseEnvelope.payload.replace(/(.{76})/g, '$1\n');
+    });
+    expect((await readBundle(dir)).dsseEnvelope.payload).toContain('\n');
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'canonical base64');
   });
 
   it('a second, unverifiable signature appended → bundle-malformed (exactly one expected)', async () => {
@@ -490,5 +500,89 @@ describe('who signed', () => {
       b.verificationMaterial.x509CertificateChain = { certificates: [{ rawBytes: otherDer }] };
     });
     await expectRejected(verifyPackage(dir, rootTrust()), 'signature-invalid');
+  });
+});
+
+describe('statements signed by a trusted key but wrong in themselves', () => {
+  /** The statement signPackage would write for the sample package, for the test to spoil. */
+  async function statementOf(dir: string): Promise<StatementJson> {
+    const bundle = await readBundle(dir);
+    return JSON.parse(Buffer.from(bundle.dsseEnvelope.payload, 'base64').toString('utf8')) as StatementJson;
+  }
+
+  async function resign(dir: string, spoil: (s: StatementJson) => void): Promise<void> {
+    const statement = await statementOf(dir);
+    spoil(statement);
+    await writeFile(
+      join(dir, SIGNATURE_FILE),
+      JSON.stringify(handSignedBundle(statement, keys.privateKeyPem)),
+    );
+  }
+
+  it('the hand-built bundle verifies when nothing is spoiled (so the cases below test what they say)', async () => {
+    const dir = await signedPackage();
+    await resign(dir, () => undefined);
+    await verifyPackage(dir, keyTrust());
+  });
+
+  it('subject digest inconsistent with the resources → bundle-malformed', async () => {
+    const dir = await signedPackage();
+    await resign(dir, (s) => {
+      const subject = s.subject[0];
+      if (subject) subject.digest.sha256 = '0'.repeat(64);
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'inconsistent');
+  });
+
+  it('a resource name reaching outside the package → bundle-malformed, naming it', async () => {
+    const dir = await signedPackage();
+    await resign(dir, (s) => {
+      s.predicate.resources.push({ name: '../outside.bin', algorithm: 'sha256', digest: 'a'.repeat(64) });
+      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
+      const subject = s.subject[0];
+      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', '../outside.bin');
+  });
+
+  it('a file listed twice → bundle-malformed', async () => {
+    const dir = await signedPackage();
+    await resign(dir, (s) => {
+      const first = s.predicate.resources[0];
+      if (first) s.predicate.resources.push({ ...first });
+      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
+      const subject = s.subject[0];
+      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'twice');
+  });
+
+  it('the pre-1.0 predicate type (Digests/v0.1) → bundle-malformed, naming the field', async () => {
+    const dir = await signedPackage();
+    await resign(dir, (s) => {
+      s.predicateType = 'https://model_signing/Digests/v0.1';
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'predicateType');
+  });
+
+  it('shard serialization (not produced by EdgeFleet) → bundle-malformed', async () => {
+    const dir = await signedPackage();
+    await resign(dir, (s) => {
+      s.predicate.serialization.method = 'shards';
+    });
+    await expectRejected(
+      verifyPackage(dir, keyTrust()),
+      'bundle-malformed',
+      'predicate.serialization.method',
+    );
+  });
+
+  it('a signed ignore_paths does not exempt a file from the listing', async () => {
+    const dir = await signedPackage();
+    await writeFile(join(dir, 'notes.txt'), 'unsigned');
+    await resign(dir, (s) => {
+      s.predicate.serialization.ignore_paths = ['model.sig', 'notes.txt'];
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'file-unlisted', 'notes.txt');
   });
 });

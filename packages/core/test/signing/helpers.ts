@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, createPublicKey, sign } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -107,4 +107,27 @@ export async function editBundle(dir: string, edit: (bundle: BundleJson) => void
   const bundle = await readBundle(dir);
   edit(bundle);
   await writeFile(join(dir, SIGNATURE_FILE), JSON.stringify(bundle));
+}
+
+/**
+ * Signs any statement the way the format prescribes, built here by hand (not by signPackage): for tests of
+ * statements a trusted but buggy or malicious signer could produce. ECDSA P-256 keys only.
+ */
+export function handSignedBundle(statement: unknown, privateKeyPem: string): BundleJson {
+  const payloadType = 'application/vnd.in-toto+json';
+  const payload = Buffer.from(JSON.stringify(statement));
+  const pae = Buffer.concat([
+    Buffer.from(`DSSEv1 ${payloadType.length} ${payloadType} ${payload.length} `),
+    payload,
+  ]);
+  const publicPem = createPublicKey(privateKeyPem).export({ type: 'spki', format: 'pem' });
+  return {
+    mediaType: 'application/vnd.dev.sigstore.bundle.v0.3+json',
+    verificationMaterial: { publicKey: { hint: sha256Hex(Buffer.from(publicPem)) }, tlogEntries: [] },
+    dsseEnvelope: {
+      payload: payload.toString('base64'),
+      payloadType,
+      signatures: [{ sig: sign('sha256', pae, privateKeyPem).toString('base64') }],
+    },
+  };
 }
