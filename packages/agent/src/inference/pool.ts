@@ -1,0 +1,668 @@
+import { Worker } from 'node:worker_threads';
+import { DATA_TYPES, dataTypeFromOrt, type DataTypeName } from '@edgefleet/core';
+import { InferenceError, type InferenceFailureKind } from './errors.js';
+import {
+  preciseNow,
+  type FromWorker,
+  type ToWorker,
+  type WireTensor,
+  type WireTensorInfo,
+} from './protocol.js';
+import { toOrtSessionOptions, type OrtSessionConfig } from './session-options.js';
+
+/** A tensor handed to the pool: little-endian, row-major bytes. */
+export interface PoolTensor {
+  name: string;
+  dataType: DataTypeName;
+  shape: number[];
+  data: Uint8Array;
+}
+
+export interface RunOptions {
+  /**
+   * The caller gives up the input buffers: a tensor whose bytes fill its whole ArrayBuffer is transferred to the
+   * worker without a copy, and the caller's buffer is detached (byteLength 0) afterwards. Without this, or for
+   * a view into a larger buffer, the bytes are copied once. SharedArrayBuffer bytes are never copied.
+   */
+  transferInputs?: boolean;
+}
+
+export interface RunResult {
+  outputs: PoolTensor[];
+  /** Waiting for a worker: from submission until ONNX Runtime started. */
+  queueMs: number;
+  /** Inside ONNX Runtime's run. */
+  computeMs: number;
+  /** Index of the worker that ran it. */
+  worker: number;
+}
+
+export interface ModelSessionInfo {
+  /** The model's inputs and outputs as ONNX Runtime sees them. */
+  inputs: WireTensorInfo[];
+  outputs: WireTensorInfo[];
+  /** Worker indexes holding an instance. */
+  workers: number[];
+}
+
+export type PoolEvent =
+  | {
+      type: 'worker-exit';
+      worker: number;
+      exitCode: number;
+      reason: string;
+      /** Requests that were running or loading on it and have failed. */
+      failed: number;
+    }
+  | { type: 'worker-restarted'; worker: number; reloaded: string[] }
+  | { type: 'instance-lost'; worker: number; key: string; reason: string };
+
+export interface InferencePoolOptions {
+  workers: number;
+  session: OrtSessionConfig;
+  /** Requests for one model waiting for a worker; more fail with 'queue-full'. Default 256. */
+  maxQueuedPerModel?: number;
+  /** Delay before restarting a worker that died again soon after its last restart (doubles up to max). */
+  restartDelayMs?: { initial: number; max: number };
+  /** Told about worker crashes and restarts (for logs and metrics). */
+  onEvent?: (event: PoolEvent) => void;
+}
+
+export interface PoolStats {
+  workers: Array<{
+    index: number;
+    threadId: number | null;
+    ready: boolean;
+    busy: boolean;
+    sessions: string[];
+    restarts: number;
+  }>;
+  models: Array<{ key: string; workers: number[]; queued: number; running: number }>;
+  /** How input bytes reached the workers. */
+  inputBytes: { transferred: number; shared: number; copied: number; copies: number };
+}
+
+interface Job {
+  seq: number;
+  key: string;
+  inputs: WireTensor[];
+  transfer: ArrayBuffer[];
+  submittedAt: number;
+  /** Warm-up runs go to one given worker. */
+  pinned?: Slot;
+  resolve: (result: RunResult) => void;
+  reject: (error: InferenceError) => void;
+}
+
+interface Control {
+  message: ToWorker;
+  resolve: (reply: FromWorker) => void;
+  reject: (error: InferenceError) => void;
+}
+
+type SessionState = 'loading' | 'ready' | 'reloading';
+
+/** One worker thread and what it holds. */
+interface Slot {
+  index: number;
+  worker: Worker | null;
+  ready: boolean;
+  running: Job | null;
+  controls: Map<number, Control>;
+  /** Control messages waiting for the worker to (re)start. */
+  backlog: Control[];
+  sessions: Map<string, SessionState>;
+  restarts: number;
+  /** Deaths since the worker last completed something; drives the restart delay. */
+  recentDeaths: number;
+  lastError: Error | null;
+}
+
+interface ModelEntry {
+  key: string;
+  modelPath: string;
+  slots: Set<Slot>;
+  queue: Job[];
+  running: number;
+}
+
+const DEFAULT_MAX_QUEUED = 256;
+const DEFAULT_RESTART_DELAY = { initial: 100, max: 10_000 };
+
+/**
+ * A pool of inference worker threads. Each worker owns ONNX Runtime sessions for the models assigned to it;
+ * a model has one or more instances (sessions) on distinct workers. A worker runs one request at a time; a
+ * request starts at once on an idle worker holding its model, else waits in the model's queue and is taken,
+ * oldest first across models, by the first such worker to become free (so it never waits behind a busy
+ * instance while another is idle). A worker that dies fails what it was running with 'worker-died', is
+ * replaced, and its sessions are loaded again.
+ */
+export class InferencePool {
+  readonly #options: Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<InferencePoolOptions, 'onEvent'>;
+  readonly #slots: Slot[] = [];
+  readonly #models = new Map<string, ModelEntry>();
+  #nextId = 1;
+  #nextSeq = 1;
+  #closed = false;
+  readonly #inputBytes = { transferred: 0, shared: 0, copied: 0, copies: 0 };
+
+  private constructor(options: InferencePoolOptions) {
+    this.#options = {
+      maxQueuedPerModel: DEFAULT_MAX_QUEUED,
+      restartDelayMs: DEFAULT_RESTART_DELAY,
+      ...options,
+    };
+  }
+
+  /** Starts the workers; resolves once every one has loaded ONNX Runtime. */
+  static async start(options: InferencePoolOptions): Promise<InferencePool> {
+    if (!Number.isInteger(options.workers) || options.workers < 1) {
+      throw new RangeError(`workers must be a whole number ≥ 1, got ${options.workers}`);
+    }
+    const pool = new InferencePool(options);
+    try {
+      await Promise.all(
+        Array.from({ length: options.workers }, (_, index) => {
+          const slot: Slot = {
+            index,
+            worker: null,
+            ready: false,
+            running: null,
+            controls: new Map(),
+            backlog: [],
+            sessions: new Map(),
+            restarts: 0,
+            recentDeaths: 0,
+            lastError: null,
+          };
+          pool.#slots.push(slot);
+          return pool.#spawn(slot);
+        }),
+      );
+    } catch (error) {
+      await pool.close();
+      throw error;
+    }
+    return pool;
+  }
+
+  get workerCount(): number {
+    return this.#slots.length;
+  }
+
+  /**
+   * Creates `instances` sessions of the model (capped at the number of workers), on the workers holding the
+   * fewest sessions. All or nothing: if any instance fails, the others are released and the error thrown
+   * ('model-rejected' with ONNX Runtime's reason, 'out-of-memory', or 'worker-died').
+   */
+  async loadModel(key: string, modelPath: string, instances: number): Promise<ModelSessionInfo> {
+    this.#assertOpen();
+    if (this.#models.has(key)) throw new Error(`a session set named ${key} is already in the pool`);
+    const count = Math.max(1, Math.min(instances, this.#slots.length));
+    const chosen = [...this.#slots]
+      .sort((a, b) => a.sessions.size - b.sessions.size || a.index - b.index)
+      .slice(0, count);
+    const entry: ModelEntry = { key, modelPath, slots: new Set(chosen), queue: [], running: 0 };
+    this.#models.set(key, entry);
+    const results = await Promise.allSettled(chosen.map((slot) => this.#loadOn(slot, entry)));
+    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure || this.#models.get(key) !== entry) {
+      await this.unloadModel(key).catch(() => {});
+      throw (
+        failure?.reason ?? new InferenceError('unloaded', `model ${key} was unloaded while it was loading`)
+      );
+    }
+    const first = (results[0] as PromiseFulfilledResult<Extract<FromWorker, { op: 'loaded' }>>).value;
+    return { inputs: first.inputs, outputs: first.outputs, workers: chosen.map((s) => s.index) };
+  }
+
+  /** Runs one inference on the model's least-busy instance. */
+  run(key: string, inputs: readonly PoolTensor[], options: RunOptions = {}): Promise<RunResult> {
+    return this.#submit(key, inputs, options, undefined);
+  }
+
+  /** Runs the same inputs once on every instance of the model (e.g. a warm-up after load). */
+  async runOnEveryInstance(key: string, inputs: readonly PoolTensor[]): Promise<RunResult[]> {
+    const entry = this.#models.get(key);
+    if (!entry) throw new InferenceError('unknown-model', `no session set named ${key} is loaded`);
+    return Promise.all([...entry.slots].map((slot) => this.#submit(key, inputs, {}, slot)));
+  }
+
+  /**
+   * Releases the model's sessions. Requests still waiting for a worker fail with 'unloaded'; a request already
+   * running finishes first (the worker handles the release after it).
+   */
+  async unloadModel(key: string): Promise<void> {
+    const entry = this.#models.get(key);
+    if (!entry) return;
+    this.#models.delete(key);
+    for (const job of entry.queue.splice(0)) {
+      job.reject(new InferenceError('unloaded', `model ${key} was unloaded before this request ran`));
+    }
+    await Promise.all(
+      [...entry.slots].map(async (slot) => {
+        if (!slot.sessions.has(key)) return;
+        slot.sessions.delete(key);
+        if (!slot.worker) return; // a dead worker holds nothing; its restart will not reload this key
+        await this.#control(slot, { op: 'release', id: this.#id(), key }).catch(() => {});
+      }),
+    );
+  }
+
+  /**
+   * Terminates a worker as if it had crashed, and replaces it: what it was running fails with 'worker-died',
+   * its sessions are loaded into the new worker. For operators (a worker that grew too large) and for tests.
+   * Termination takes effect when ONNX Runtime returns control to JavaScript, so a running inference finishes
+   * computing first (its result is discarded).
+   */
+  async recycleWorker(index: number): Promise<void> {
+    const slot = this.#slots[index];
+    if (!slot) throw new RangeError(`no worker ${index}; the pool has ${this.#slots.length}`);
+    await slot.worker?.terminate();
+  }
+
+  stats(): PoolStats {
+    return {
+      workers: this.#slots.map((slot) => ({
+        index: slot.index,
+        threadId: slot.worker?.threadId ?? null,
+        ready: slot.ready,
+        busy: slot.running !== null,
+        sessions: [...slot.sessions.keys()],
+        restarts: slot.restarts,
+      })),
+      models: [...this.#models.values()].map((entry) => ({
+        key: entry.key,
+        workers: [...entry.slots].map((s) => s.index),
+        queued: entry.queue.length,
+        running: entry.running,
+      })),
+      inputBytes: { ...this.#inputBytes },
+    };
+  }
+
+  /** Fails everything pending with 'closed' and stops the workers. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const closed = () => new InferenceError('closed', 'the inference pool is shutting down');
+    for (const entry of this.#models.values()) for (const job of entry.queue.splice(0)) job.reject(closed());
+    this.#models.clear();
+    await Promise.all(
+      this.#slots.map(async (slot) => {
+        slot.running?.reject(closed());
+        slot.running = null;
+        for (const control of [...slot.controls.values(), ...slot.backlog]) control.reject(closed());
+        slot.controls.clear();
+        slot.backlog = [];
+        const worker = slot.worker;
+        slot.worker = null;
+        slot.ready = false;
+        await worker?.terminate();
+      }),
+    );
+  }
+
+  // --- workers -------------------------------------------------------------------------------------------------
+
+  #spawn(slot: Slot): Promise<void> {
+    const worker = createWorker();
+    slot.worker = worker;
+    slot.ready = false;
+    slot.lastError = null;
+    return new Promise<void>((resolve, reject) => {
+      let started = false;
+      worker.on('message', (message: FromWorker) => {
+        if (slot.worker !== worker) return;
+        if (message.op === 'ready') {
+          started = true;
+          slot.ready = true;
+          for (const control of slot.backlog.splice(0)) this.#post(slot, control);
+          resolve();
+          this.#pump(slot);
+          return;
+        }
+        this.#onReply(slot, message);
+      });
+      worker.on('error', (error) => {
+        if (slot.worker === worker) slot.lastError = error;
+      });
+      worker.on('exit', (exitCode) => {
+        if (slot.worker !== worker || this.#closed) return;
+        if (!started) {
+          const error = new Error(
+            `inference worker ${slot.index} stopped while starting (exit code ${exitCode})${slot.lastError ? `: ${slot.lastError.message}` : ''}`,
+          );
+          slot.worker = null;
+          reject(error);
+          // A restart that failed to start: try again later rather than give up on the slot.
+          if (slot.restarts > 0) this.#died(slot, exitCode);
+          return;
+        }
+        this.#died(slot, exitCode);
+      });
+    });
+  }
+
+  /** A worker stopped unexpectedly: fail what it was doing, then replace it and reload its sessions. */
+  #died(slot: Slot, exitCode: number): void {
+    const reason = slot.lastError
+      ? `${slot.lastError.message}`
+      : exitCode === 1
+        ? 'it was terminated'
+        : `it exited with code ${exitCode}`;
+    const outOfMemory = (slot.lastError as NodeJS.ErrnoException | null)?.code === 'ERR_WORKER_OUT_OF_MEMORY';
+    const kind: InferenceFailureKind = outOfMemory ? 'out-of-memory' : 'worker-died';
+    slot.worker = null;
+    slot.ready = false;
+    let failed = 0;
+    if (slot.running) {
+      const job = slot.running;
+      slot.running = null;
+      this.#finished(job);
+      job.reject(
+        new InferenceError(
+          kind,
+          `the inference worker running this request stopped (${reason}); the request did not complete and may be retried`,
+        ),
+      );
+      failed++;
+    }
+    for (const control of slot.controls.values()) {
+      control.reject(
+        new InferenceError(kind, `the inference worker stopped (${reason}) while loading the model`),
+      );
+      failed++;
+    }
+    slot.controls.clear();
+    // Sessions being loaded failed with their load; the ones that were ready are loaded again.
+    for (const [key, state] of slot.sessions) {
+      if (state === 'ready') slot.sessions.set(key, 'reloading');
+      else if (state === 'loading')
+        this.#dropInstance(slot, key, `the worker stopped while loading it (${reason})`);
+    }
+    // Warm-up runs pinned to this worker cannot run anywhere else.
+    for (const entry of this.#models.values()) {
+      entry.queue = entry.queue.filter((job) => {
+        if (job.pinned !== slot) return true;
+        job.reject(new InferenceError(kind, `the inference worker stopped (${reason})`));
+        return false;
+      });
+    }
+    this.#options.onEvent?.({ type: 'worker-exit', worker: slot.index, exitCode, reason, failed });
+    slot.recentDeaths++;
+    const { initial, max } = this.#options.restartDelayMs;
+    const delay = slot.recentDeaths <= 1 ? 0 : Math.min(max, initial * 2 ** (slot.recentDeaths - 2));
+    setTimeout(() => void this.#restart(slot), delay).unref();
+  }
+
+  async #restart(slot: Slot): Promise<void> {
+    if (this.#closed) return;
+    slot.restarts++;
+    try {
+      await this.#spawn(slot);
+    } catch {
+      return; // #spawn's exit handler scheduled another attempt
+    }
+    const reloaded: string[] = [];
+    for (const [key, state] of [...slot.sessions]) {
+      const entry = this.#models.get(key);
+      if (state !== 'reloading' || !entry) continue;
+      try {
+        await this.#loadOn(slot, entry);
+        reloaded.push(key);
+      } catch (error) {
+        if (slot.worker === null) return; // died again while reloading; #died has handled it
+        this.#dropInstance(slot, key, (error as Error).message);
+      }
+    }
+    this.#options.onEvent?.({ type: 'worker-restarted', worker: slot.index, reloaded });
+  }
+
+  /** Loads the model on one worker; the session is usable once this resolves. */
+  async #loadOn(slot: Slot, entry: ModelEntry): Promise<Extract<FromWorker, { op: 'loaded' }>> {
+    slot.sessions.set(entry.key, 'loading');
+    const reply = await this.#control(slot, {
+      op: 'load',
+      id: this.#id(),
+      key: entry.key,
+      modelPath: entry.modelPath,
+      options: toOrtSessionOptions(this.#options.session),
+    });
+    if (reply.op !== 'loaded') throw new Error(`unexpected reply ${reply.op} to load`);
+    if (slot.sessions.get(entry.key) === 'loading') slot.sessions.set(entry.key, 'ready');
+    this.#pump(slot);
+    return reply;
+  }
+
+  /** The model loses its instance on this worker; with none left, its waiting requests fail. */
+  #dropInstance(slot: Slot, key: string, reason: string): void {
+    slot.sessions.delete(key);
+    const entry = this.#models.get(key);
+    if (!entry || !entry.slots.delete(slot)) return;
+    this.#options.onEvent?.({ type: 'instance-lost', worker: slot.index, key, reason });
+    if (entry.slots.size === 0) {
+      for (const job of entry.queue.splice(0)) job.reject(noInstance(key, reason));
+    }
+  }
+
+  // --- messages ------------------------------------------------------------------------------------------------
+
+  #id(): number {
+    return this.#nextId++;
+  }
+
+  #control(slot: Slot, message: ToWorker): Promise<FromWorker> {
+    return new Promise((resolve, reject) => {
+      const control: Control = { message, resolve, reject };
+      if (slot.ready) this.#post(slot, control);
+      else slot.backlog.push(control);
+    });
+  }
+
+  #post(slot: Slot, control: Control): void {
+    slot.controls.set(control.message.id, control);
+    slot.worker!.postMessage(control.message);
+  }
+
+  #onReply(slot: Slot, message: FromWorker): void {
+    if (message.op === 'ready') return;
+    const job = slot.running;
+    if (job && message.id === job.seq && (message.op === 'done' || message.op === 'failed')) {
+      slot.running = null;
+      slot.recentDeaths = 0;
+      this.#finished(job);
+      if (message.op === 'done') {
+        try {
+          job.resolve({
+            outputs: message.outputs.map(fromWire),
+            queueMs: Math.max(0, message.startedAt - job.submittedAt),
+            computeMs: Math.max(0, message.finishedAt - message.startedAt),
+            worker: slot.index,
+          });
+        } catch (error) {
+          job.reject(error as InferenceError);
+        }
+      } else {
+        job.reject(
+          new InferenceError(
+            message.kind === 'no-session'
+              ? 'unloaded'
+              : message.kind === 'out-of-memory'
+                ? 'out-of-memory'
+                : 'run-failed',
+            message.message,
+          ),
+        );
+      }
+      this.#pump(slot);
+      return;
+    }
+    const control = slot.controls.get(message.id);
+    if (!control) return;
+    slot.controls.delete(message.id);
+    slot.recentDeaths = 0;
+    if (message.op === 'failed') {
+      control.reject(
+        new InferenceError(
+          message.kind === 'out-of-memory' ? 'out-of-memory' : 'model-rejected',
+          message.message,
+        ),
+      );
+    } else {
+      control.resolve(message);
+    }
+  }
+
+  // --- scheduling ----------------------------------------------------------------------------------------------
+
+  #submit(
+    key: string,
+    inputs: readonly PoolTensor[],
+    options: RunOptions,
+    pinned: Slot | undefined,
+  ): Promise<RunResult> {
+    if (this.#closed)
+      return Promise.reject(new InferenceError('closed', 'the inference pool is shutting down'));
+    const entry = this.#models.get(key);
+    if (!entry)
+      return Promise.reject(new InferenceError('unknown-model', `no session set named ${key} is loaded`));
+    if (entry.slots.size === 0) return Promise.reject(noInstance(key, 'its instances were lost'));
+    if (!pinned && entry.queue.length >= this.#options.maxQueuedPerModel) {
+      return Promise.reject(
+        new InferenceError(
+          'queue-full',
+          `${entry.queue.length} requests for model ${key} are already waiting for a worker (the limit is ${this.#options.maxQueuedPerModel}); retry later`,
+        ),
+      );
+    }
+    const { wire, transfer } = this.#prepareInputs(inputs, options.transferInputs === true);
+    return new Promise<RunResult>((resolve, reject) => {
+      const job: Job = {
+        seq: this.#id(),
+        key,
+        inputs: wire,
+        transfer,
+        submittedAt: preciseNow(),
+        resolve,
+        reject,
+      };
+      if (pinned) job.pinned = pinned;
+      const idle = pinned
+        ? slotCanRun(pinned, key)
+          ? pinned
+          : undefined
+        : [...entry.slots].find((slot) => slotCanRun(slot, key));
+      if (idle) this.#start(idle, job, entry);
+      else entry.queue.push(job);
+    });
+  }
+
+  #start(slot: Slot, job: Job, entry: ModelEntry): void {
+    slot.running = job;
+    entry.running++;
+    const message: ToWorker = { op: 'run', id: job.seq, key: job.key, inputs: job.inputs };
+    slot.worker!.postMessage(message, job.transfer);
+  }
+
+  #finished(job: Job): void {
+    const entry = this.#models.get(job.key);
+    if (entry) entry.running--;
+  }
+
+  /** A worker became free (or gained a session): give it the oldest waiting request it can run. */
+  #pump(slot: Slot): void {
+    if (!slot.ready || slot.running) return;
+    let best: { entry: ModelEntry; index: number } | undefined;
+    for (const [key, state] of slot.sessions) {
+      if (state !== 'ready') continue;
+      const entry = this.#models.get(key);
+      if (!entry) continue;
+      const index = entry.queue.findIndex((job) => job.pinned === undefined || job.pinned === slot);
+      if (index < 0) continue;
+      if (!best || entry.queue[index]!.seq < best.entry.queue[best.index]!.seq) best = { entry, index };
+    }
+    if (!best) return;
+    const [job] = best.entry.queue.splice(best.index, 1);
+    this.#start(slot, job!, best.entry);
+  }
+
+  #prepareInputs(
+    inputs: readonly PoolTensor[],
+    transferOwned: boolean,
+  ): { wire: WireTensor[]; transfer: ArrayBuffer[] } {
+    const transfer: ArrayBuffer[] = [];
+    const wire = inputs.map((input): WireTensor => {
+      const { data } = input;
+      const base = {
+        name: input.name,
+        type: DATA_TYPES[input.dataType].ort,
+        dims: [...input.shape],
+        byteLength: data.byteLength,
+      };
+      if (typeof SharedArrayBuffer !== 'undefined' && data.buffer instanceof SharedArrayBuffer) {
+        this.#inputBytes.shared += data.byteLength;
+        return { ...base, buffer: data.buffer, byteOffset: data.byteOffset };
+      }
+      const buffer = data.buffer as ArrayBuffer;
+      const whole = data.byteOffset === 0 && data.byteLength === buffer.byteLength;
+      if (transferOwned && whole && !transfer.includes(buffer) && buffer.byteLength > 0) {
+        transfer.push(buffer);
+        this.#inputBytes.transferred += data.byteLength;
+        return { ...base, buffer, byteOffset: 0 };
+      }
+      // A view into a buffer we do not own (a gRPC message, Node's Buffer pool): copy once, then transfer.
+      const copy = new Uint8Array(data.byteLength);
+      copy.set(data);
+      transfer.push(copy.buffer);
+      this.#inputBytes.copied += data.byteLength;
+      this.#inputBytes.copies++;
+      return { ...base, buffer: copy.buffer, byteOffset: 0 };
+    });
+    return { wire, transfer };
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new InferenceError('closed', 'the inference pool is shutting down');
+  }
+}
+
+function slotCanRun(slot: Slot, key: string): boolean {
+  return slot.ready && slot.running === null && slot.sessions.get(key) === 'ready';
+}
+
+function noInstance(key: string, reason: string): InferenceError {
+  return new InferenceError(
+    'no-instance',
+    `no worker holds a working session of model ${key} (${reason}); unload it and load it again`,
+  );
+}
+
+function fromWire(tensor: WireTensor): PoolTensor {
+  const dataType = dataTypeFromOrt(tensor.type);
+  if (!dataType)
+    throw new InferenceError(
+      'run-failed',
+      `the model returned a ${tensor.type} tensor, which SageMaker Edge cannot express`,
+    );
+  return {
+    name: tensor.name,
+    dataType,
+    shape: tensor.dims,
+    data: new Uint8Array(tensor.buffer, tensor.byteOffset, tensor.byteLength),
+  };
+}
+
+/**
+ * Starts an inference worker. From compiled dist the worker is `inference-worker.js` beside this file; from
+ * TypeScript sources (tests, development) it is `inference-worker.ts`, started with tsx's loader registered in
+ * the worker first (a worker's `--import` cannot register loader hooks on Node 20).
+ */
+function createWorker(): Worker {
+  const here = import.meta.url;
+  if (!here.endsWith('.ts')) return new Worker(new URL('./inference-worker.js', here));
+  const entry = new URL('./inference-worker.ts', here).href;
+  const tsx = import.meta.resolve('tsx/esm/api');
+  const boot = `import(${JSON.stringify(tsx)}).then(({ register }) => { register(); return import(${JSON.stringify(entry)}); });`;
+  return new Worker(boot, { eval: true });
+}

@@ -1,0 +1,162 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { PoolStats } from '../inference/index.js';
+
+/** Seconds; inference on an edge device spans sub-millisecond (tiny models) to seconds. */
+const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const LOAD_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+
+export interface RequestObservation {
+  model: string;
+  /** Whole request, from the API call to its answer (validation, queue, compute, transfers). */
+  requestMs: number;
+  /** Present when the request reached a worker. */
+  queueMs?: number;
+  computeMs?: number;
+  /** Absent on success; the AgentError code on failure. */
+  errorCode?: string;
+}
+
+/**
+ * The agent's Prometheus metrics, in a registry of its own (never prom-client's global one), so several agents
+ * or tests in one process do not collide. Names follow Triton's split of request / queue / compute time.
+ */
+export class AgentMetrics {
+  readonly registry: Registry;
+  readonly #requestSuccess: Counter<'model'>;
+  readonly #requestFailure: Counter<'model' | 'code'>;
+  readonly #inferenceCount: Counter<'model'>;
+  readonly #requestDuration: Histogram<'model'>;
+  readonly #queueDuration: Histogram<'model'>;
+  readonly #computeDuration: Histogram<'model'>;
+  readonly #loadDuration: Histogram<'model'>;
+  readonly #loadFailures: Counter<'model' | 'code'>;
+  readonly #modelsLoaded: Gauge;
+  readonly #workerExits: Counter;
+
+  constructor(options: { defaultMetrics?: boolean } = {}) {
+    const registry = new Registry();
+    this.registry = registry;
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+    const registers = [registry];
+    this.#requestSuccess = new Counter({
+      name: 'edgefleet_inference_request_success_total',
+      help: 'Predict requests answered successfully, per model',
+      labelNames: ['model'],
+      registers,
+    });
+    this.#requestFailure = new Counter({
+      name: 'edgefleet_inference_request_failure_total',
+      help: 'Predict requests that failed, per model and error code',
+      labelNames: ['model', 'code'],
+      registers,
+    });
+    this.#inferenceCount = new Counter({
+      name: 'edgefleet_inference_count_total',
+      help: 'Inferences ONNX Runtime completed, per model (warm-ups excluded)',
+      labelNames: ['model'],
+      registers,
+    });
+    this.#requestDuration = new Histogram({
+      name: 'edgefleet_inference_request_duration_seconds',
+      help: 'Predict request time, end to end inside the agent',
+      labelNames: ['model'],
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    this.#queueDuration = new Histogram({
+      name: 'edgefleet_inference_queue_duration_seconds',
+      help: 'Time a request waited for an inference worker',
+      labelNames: ['model'],
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    this.#computeDuration = new Histogram({
+      name: 'edgefleet_inference_compute_duration_seconds',
+      help: 'Time a request spent inside ONNX Runtime',
+      labelNames: ['model'],
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    this.#loadDuration = new Histogram({
+      name: 'edgefleet_model_load_duration_seconds',
+      help: 'Time to load a model (open and verify the package, create sessions, warm up)',
+      labelNames: ['model'],
+      buckets: LOAD_BUCKETS,
+      registers,
+    });
+    this.#loadFailures = new Counter({
+      name: 'edgefleet_model_load_failures_total',
+      help: 'Model loads that failed, per model name and error code',
+      labelNames: ['model', 'code'],
+      registers,
+    });
+    this.#modelsLoaded = new Gauge({
+      name: 'edgefleet_models_loaded',
+      help: 'Models currently loaded',
+      registers,
+    });
+    this.#workerExits = new Counter({
+      name: 'edgefleet_inference_worker_exits_total',
+      help: 'Inference worker threads that stopped unexpectedly (and were replaced)',
+      registers,
+    });
+  }
+
+  observeRequest(observation: RequestObservation): void {
+    const { model } = observation;
+    this.#requestDuration.observe({ model }, observation.requestMs / 1000);
+    if (observation.queueMs !== undefined) this.#queueDuration.observe({ model }, observation.queueMs / 1000);
+    if (observation.computeMs !== undefined) {
+      this.#computeDuration.observe({ model }, observation.computeMs / 1000);
+      this.#inferenceCount.inc({ model });
+    }
+    if (observation.errorCode === undefined) this.#requestSuccess.inc({ model });
+    else this.#requestFailure.inc({ model, code: observation.errorCode });
+  }
+
+  observeLoad(model: string, durationMs: number, errorCode?: string): void {
+    if (errorCode === undefined) this.#loadDuration.observe({ model }, durationMs / 1000);
+    else this.#loadFailures.inc({ model, code: errorCode });
+  }
+
+  setModelsLoaded(count: number): void {
+    this.#modelsLoaded.set(count);
+  }
+
+  workerExited(): void {
+    this.#workerExits.inc();
+  }
+
+  /** Reports the pool's workers and input-byte paths at each scrape. */
+  watchPool(stats: () => PoolStats): void {
+    new Gauge({
+      name: 'edgefleet_inference_workers',
+      help: 'Inference worker threads, by state',
+      labelNames: ['state'],
+      registers: [this.registry],
+      collect() {
+        const workers = stats().workers;
+        this.set({ state: 'ready' }, workers.filter((w) => w.ready).length);
+        this.set({ state: 'starting' }, workers.filter((w) => !w.ready).length);
+      },
+    });
+    new Counter({
+      name: 'edgefleet_inference_input_bytes_total',
+      help: 'Input tensor bytes handed to workers, by how: transferred (no copy), shared (no copy), copied',
+      labelNames: ['path'],
+      registers: [this.registry],
+      collect() {
+        const bytes = stats().inputBytes;
+        this.reset();
+        this.inc({ path: 'transferred' }, bytes.transferred);
+        this.inc({ path: 'shared' }, bytes.shared);
+        this.inc({ path: 'copied' }, bytes.copied);
+      },
+    });
+  }
+
+  /** The text exposition for a `/metrics` endpoint. */
+  async text(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}

@@ -1,0 +1,1 @@
+export { AgentMetrics, type RequestObservation } from './agent-metrics.js';

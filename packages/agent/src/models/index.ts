@@ -1,0 +1,22 @@
+export {
+  AGENT_ERROR_CODES,
+  AgentError,
+  GRPC_STATUS,
+  HTTP_STATUS,
+  isAgentError,
+  type AgentErrorCode,
+} from './agent-error.js';
+export {
+  ModelRegistry,
+  checkModelName,
+  type LoadRequest,
+  type ModelDescription,
+  type ModelRegistryOptions,
+  type PredictOptions,
+  type PredictOutput,
+  type PredictResult,
+  type RegistryLogger,
+  type SignatureStatus,
+} from './model-registry.js';
+export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
+export { showTensorName, tensorNameBytes } from './tensor-names.js';
