@@ -1,0 +1,107 @@
+/**
+ * What every command shares: how results are printed (human text or `--json`), progress on long work, and how
+ * failures become exit codes. Commands throw; `runCommand` decides what the user sees.
+ */
+
+/** Exit codes, documented in docs/cli.md. */
+export const EXIT = {
+  ok: 0,
+  /** The operation failed: bad model, unreachable agent, refused input. */
+  failed: 1,
+  /** The command line was wrong: unknown option, missing argument. */
+  usage: 2,
+  /** A package was checked and refused: signature, digest or certificate did not verify. */
+  refused: 3,
+  /** A bug in edgefleet itself; the stack trace is printed. */
+  internal: 70,
+} as const;
+
+/** An error whose message is already written for the user; `exitCode` says which kind of failure it is. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number = EXIT.failed,
+  ) {
+    super(message);
+  }
+}
+
+export interface Output {
+  json: boolean;
+  /** A line for people; suppressed under --json. */
+  say(line?: string): void;
+  /** The command's result: printed as JSON under --json, else as the given human text. */
+  result(value: unknown, human: () => string | string[]): void;
+  progress(label: string): Progress;
+}
+
+export interface Progress {
+  update(done: number, total: number, detail?: string): void;
+  done(): void;
+}
+
+export function createOutput(opts: {
+  json: boolean;
+  stdout?: NodeJS.WritableStream;
+  stderr?: NodeJS.WriteStream;
+}): Output {
+  const stdout = opts.stdout ?? process.stdout;
+  const stderr = opts.stderr ?? process.stderr;
+  return {
+    json: opts.json,
+    say(line = '') {
+      if (!opts.json) stdout.write(`${line}\n`);
+    },
+    result(value, human) {
+      if (opts.json) stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+      else {
+        const text = human();
+        stdout.write(`${Array.isArray(text) ? text.join('\n') : text}\n`);
+      }
+    },
+    progress(label) {
+      // A redrawn line only makes sense on a terminal; logs and pipes get nothing rather than hundreds of lines.
+      if (opts.json || !stderr.isTTY) return { update() {}, done() {} };
+      let last = 0;
+      let drawn = false;
+      return {
+        update(done, total, detail) {
+          const now = Date.now();
+          if (now - last < 100 && done < total) return;
+          last = now;
+          drawn = true;
+          const pct = total > 0 ? Math.floor((done / total) * 100) : 100;
+          stderr.write(
+            `\r\x1b[K${label} ${pct}% ${formatBytes(done)}/${formatBytes(total)}${detail ? ` ${detail}` : ''}`,
+          );
+        },
+        done() {
+          if (drawn) stderr.write('\r\x1b[K');
+        },
+      };
+    },
+  };
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let value = n / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/** Lays rows out in aligned columns under a header. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}

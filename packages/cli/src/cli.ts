@@ -1,0 +1,82 @@
+import { Command, CommanderError } from 'commander';
+import { CliError, EXIT, createOutput, type Output } from './cli-io.js';
+import { registerPkiCommands } from './pki/pki-command.js';
+import { registerPackageCommands } from './package/package-command.js';
+import { registerDemoCommand } from './demo/demo-command.js';
+
+/** Builds the `edgefleet` program. Exported so tests drive it in-process with their own streams. */
+export function buildProgram(
+  io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WriteStream } = {},
+): Command {
+  const program = new Command('edgefleet')
+    .description('EdgeFleet: package, sign and deploy ONNX models to edge devices; talk to a local agent')
+    .version('0.1.0')
+    .option('--json', 'print results as JSON, for scripts')
+    // Program options only before the command name, so `package create --version 1.0` is the model's version.
+    .enablePositionalOptions()
+    .showHelpAfterError()
+    .exitOverride();
+  if (io.stdout || io.stderr) {
+    program.configureOutput({
+      writeOut: (s) => (io.stdout ?? process.stdout).write(s),
+      writeErr: (s) => (io.stderr ?? process.stderr).write(s),
+    });
+  }
+  let json = false;
+  const output = (): Output => createOutput({ json, ...io });
+  registerPkiCommands(program, output);
+  registerPackageCommands(program, output);
+  registerDemoCommand(program, output);
+  // `--json` is accepted after the command name too: every leaf command gets it.
+  const leaves = (cmd: Command): Command[] =>
+    cmd.commands.length === 0 ? [cmd] : cmd.commands.flatMap(leaves);
+  for (const leaf of program.commands.flatMap(leaves))
+    leaf.option('--json', 'print results as JSON, for scripts');
+  program.hook('preAction', (_program, action) => {
+    json = Boolean(program.opts().json || action.opts().json);
+  });
+  return program;
+}
+
+/** Runs the CLI and returns its exit code; every failure becomes one clear line on stderr. */
+export async function runCli(
+  argv: string[],
+  io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WriteStream } = {},
+): Promise<number> {
+  const stderr = io.stderr ?? process.stderr;
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return EXIT.ok;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Commander has already printed its message (and help for usage errors).
+      return error.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    }
+    if (error instanceof CliError) {
+      stderr.write(`edgefleet: ${error.message}\n`);
+      return error.exitCode;
+    }
+    if (isKnownFailure(error)) {
+      stderr.write(`edgefleet: ${(error as Error).message}\n`);
+      return (error as Error).name === 'PackageVerificationError' ? EXIT.refused : EXIT.failed;
+    }
+    stderr.write(
+      `edgefleet: unexpected error (a bug; please report it):\n${(error as Error)?.stack ?? String(error)}\n`,
+    );
+    return EXIT.internal;
+  }
+}
+
+/** Errors from @edgefleet/core whose messages are written for people. */
+function isKnownFailure(error: unknown): boolean {
+  const known = [
+    'PackageVerificationError',
+    'PackageArchiveError',
+    'PackageInvalidError',
+    'PackageNotFoundError',
+    'OnnxModelError',
+    'SigningError',
+  ];
+  return error instanceof Error && (known.includes(error.name) || known.includes(error.constructor.name));
+}

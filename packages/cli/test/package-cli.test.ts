@@ -1,0 +1,161 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeTestModel } from '@edgefleet/core';
+import { edgefleet } from './run-cli.js';
+
+let work: string;
+let model: string;
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'ef-cli-'));
+  model = await writeTestModel('mlp', work);
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('edgefleet pki + package', () => {
+  it('creates a PKI, then a signed package and archive that verify against the trust folder', async () => {
+    const pki = await edgefleet('--json', 'pki', 'init', '--out', join(work, 'pki'));
+    expect(pki.code).toBe(0);
+    const files = JSON.parse(pki.stdout) as Record<string, string>;
+    expect((await stat(files.rootKey!)).mode & 0o777).toBe(0o600);
+    expect((await stat(files.signingKey!)).mode & 0o777).toBe(0o600);
+
+    const created = await edgefleet(
+      'package',
+      'create',
+      model,
+      '--name',
+      'demo',
+      '--version',
+      '1.0',
+      '--out',
+      join(work, 'demo-1.0'),
+      '--key',
+      files.signingKey!,
+      '--cert',
+      files.signingCertificate!,
+      '--tar',
+      '--label',
+      'team=vision',
+      '--json',
+    );
+    expect(created.stderr).toBe('');
+    expect(created.code).toBe(0);
+    const result = JSON.parse(created.stdout);
+    expect(result.manifest.inputs).toEqual([
+      { name: expect.any(String), dataType: 'FLOAT32', shape: [-1, 4] },
+    ]);
+    expect(result.manifest.labels).toEqual({ team: 'vision' });
+    expect(result.archive.path).toBe(join(work, 'demo-1.0.tar.gz'));
+
+    const verified = await edgefleet(
+      'package',
+      'verify',
+      join(work, 'demo-1.0.tar.gz'),
+      '--trust',
+      files.trustFolder!,
+    );
+    expect(verified.code).toBe(0);
+    expect(verified.stdout).toMatch(/^OK /);
+
+    const inspected = await edgefleet('package', 'inspect', join(work, 'demo-1.0.tar.gz'));
+    expect(inspected.code).toBe(0);
+    expect(inspected.stdout).toContain('demo 1.0');
+    expect(inspected.stdout).toContain('model.sig present');
+  });
+
+  it('refuses a tampered package with exit code 3 and names the file', async () => {
+    const pki = JSON.parse((await edgefleet('--json', 'pki', 'init', '--out', join(work, 'pki2'))).stdout);
+    const dir = join(work, 'tamper');
+    expect(
+      (
+        await edgefleet(
+          'package',
+          'create',
+          model,
+          '--name',
+          'm',
+          '--version',
+          '2',
+          '--out',
+          dir,
+          '--key',
+          pki.signingKey,
+          '--cert',
+          pki.signingCertificate,
+        )
+      ).code,
+    ).toBe(0);
+    const bytes = await readFile(join(dir, 'model.onnx'));
+    bytes[10] ^= 1;
+    await writeFile(join(dir, 'model.onnx'), bytes);
+    const verified = await edgefleet('package', 'verify', dir, '--trust', pki.trustFolder);
+    expect(verified.code).toBe(3);
+    expect(verified.stderr).toContain('REFUSED');
+    expect(verified.stderr).toContain('model.onnx');
+  });
+
+  it('says a missing model does not exist, without a stack trace', async () => {
+    const r = await edgefleet(
+      'package',
+      'create',
+      join(work, 'missing.onnx'),
+      '--name',
+      'x',
+      '--version',
+      '1',
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(
+      `edgefleet: ${join(work, 'missing.onnx')} does not exist; expected an .onnx model file\n`,
+    );
+  });
+
+  it('rejects a bad model name with the rule', async () => {
+    const r = await edgefleet(
+      'package',
+      'create',
+      model,
+      '--name',
+      'bad_name',
+      '--version',
+      '1',
+      '--out',
+      join(work, 'bad'),
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/name.*letters and digits/);
+  });
+
+  it('reports usage errors with exit code 2', async () => {
+    expect((await edgefleet('package', 'create', model)).code).toBe(2);
+    expect((await edgefleet('package', 'verify', join(work, 'x'))).code).toBe(2);
+    expect((await edgefleet('no-such-command')).code).toBe(2);
+  });
+
+  it('the installed binary prints clean errors too', async () => {
+    const bin = join(import.meta.dirname, '..', 'dist', 'main.js');
+    const run = promisify(execFile);
+    const error = await run(process.execPath, [bin, 'package', 'inspect', join(work, 'nope')]).catch(
+      (e: unknown) => e as { code: number; stderr: string },
+    );
+    expect(error).toMatchObject({ code: 1, stderr: expect.stringContaining('does not exist') });
+    expect((error as { stderr: string }).stderr).not.toContain('    at ');
+  });
+});
+
+describe('edgefleet demo', () => {
+  it('runs the whole life cycle and shows the tampered copy refused', async () => {
+    const r = await edgefleet('demo', '--dir', join(work, 'demo'));
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('verified it as a device would: OK');
+    expect(r.stdout).toMatch(/7\. .*refused: .*model\.onnx/);
+    expect(await stat(join(work, 'demo', 'demo-classifier-1.0.tar.gz'))).toBeTruthy();
+  });
+});
