@@ -92,7 +92,7 @@ describe('edgefleet pki + package', () => {
       ).code,
     ).toBe(0);
     const bytes = await readFile(join(dir, 'model.onnx'));
-    bytes[10] ^= 1;
+    bytes.writeUInt8(bytes.readUInt8(10) ^ 1, 10);
     await writeFile(join(dir, 'model.onnx'), bytes);
     const verified = await edgefleet('package', 'verify', dir, '--trust', pki.trustFolder);
     expect(verified.code).toBe(3);

@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { extractPackageArchive, packModelPackage, safeMemberPath } from '../../src/package/archive.js';
 import { PackageArchiveError } from '../../src/package/errors.js';
 
-type Member = tar.Headers & { body?: Buffer };
+type Member = Partial<tar.Header> & { name: string; body?: Buffer };
 
 /** Writes a .tar.gz with exactly these members, headers as given: the way an attacker would craft one. */
 async function craftArchive(path: string, members: Member[]): Promise<void> {
@@ -18,7 +18,7 @@ async function craftArchive(path: string, members: Member[]): Promise<void> {
   const done = pipeline(pack, createGzip(), createWriteStream(path));
   for (const { body, ...header } of members) {
     await new Promise<void>((resolve, reject) => {
-      pack.entry({ mode: 0o644, ...header }, body ?? Buffer.alloc(0), (err) =>
+      pack.entry({ ...header, mode: header.mode ?? 0o644 }, body ?? Buffer.alloc(0), (err) =>
         err ? reject(err) : resolve(),
       );
     });
@@ -205,7 +205,7 @@ describe('extractPackageArchive (property)', () => {
   const member = fc.record({
     name,
     type: fc.constantFrom('file', 'file', 'file', 'directory', 'symlink', 'link', 'fifo') as fc.Arbitrary<
-      tar.Headers['type']
+      tar.Header['type']
     >,
     body: fc.uint8Array({ maxLength: 64 }).map((a) => Buffer.from(a)),
   });
