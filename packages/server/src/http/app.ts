@@ -1,6 +1,6 @@
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { installAuth, type Authenticators } from './auth-hooks.js';
@@ -34,14 +34,15 @@ const readySchema = z.object({ status: z.literal('ready'), checks: z.record(z.st
  * routes to it before it listens.
  */
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
+  // Fastify's own request logging writes two lines per request; the onResponse hook below writes one.
+  const logController = new LogController({ disableRequestLogging: true });
   const app = (options.https
-    ? Fastify({ loggerInstance: options.logger, https: options.https, disableRequestLogging: true })
-    : Fastify({ loggerInstance: options.logger, disableRequestLogging: true })) as unknown as FastifyInstance;
+    ? Fastify({ loggerInstance: options.logger, https: options.https, logController })
+    : Fastify({ loggerInstance: options.logger, logController })) as unknown as FastifyInstance;
 
   installZodCompilers(app);
   installErrorHandlers(app);
   installAuth(app, options.authenticators);
-  // One line per request, after the answer (Fastify's default logs twice).
   app.addHook('onResponse', async (request, reply) => {
     request.log.info(
       {

@@ -4,6 +4,8 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { ApiTokenStore, operatorAuthenticators, registerApiTokenRoutes } from '../auth/index.js';
 import { createBlobStore, type BlobStore } from '../blobs/index.js';
+import { DeviceStore, registerDeviceRoutes } from '../devices/index.js';
+import { FleetStore, registerFleetRoutes } from '../fleets/index.js';
 import type { ServerConfig } from '../config/index.js';
 import { buildApp } from '../http/app.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
@@ -64,6 +66,10 @@ export async function startServer(
   const { database, blobs } = await openStores(config);
   let shuttingDown = false;
   const apiTokens = new ApiTokenStore(database.db);
+  const fleets = new FleetStore(database.db);
+  const devices = new DeviceStore(database.db, {
+    offlineAfterMs: config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000,
+  });
 
   const operatorApp = await buildApp({
     logger: logger.child({ api: 'operator' }),
@@ -82,6 +88,8 @@ export async function startServer(
     },
   });
   registerApiTokenRoutes(operatorApp, apiTokens);
+  registerFleetRoutes(operatorApp, fleets);
+  registerDeviceRoutes(operatorApp, devices);
 
   try {
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });

@@ -9,4 +9,5 @@ export {
 } from './database.js';
 export { appliedMigrations, migrateToLatest, migrationNames, MigrationError } from './migrations.js';
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
+export { containsIgnoringCase } from './filters.js';
 export type * from './schema.js';

@@ -12,7 +12,8 @@ afterAll(() => rm(cwd, { recursive: true, force: true }));
 
 const flags = ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0', '--log-level', 'info'];
 
-describe('edgefleet-server (real processes)', () => {
+// Each CLI run starts Node with tsx; on a busy two-core machine that takes seconds.
+describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
   let adminToken: string;
 
   it('init creates the data dir and prints the first admin token once', async () => {

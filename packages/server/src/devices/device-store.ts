@@ -1,0 +1,319 @@
+import type { Kysely, Transaction } from 'kysely';
+import { tagListSchema, type Tag } from '../fields/index.js';
+import { conflict, notFound } from '../http/errors.js';
+import {
+  containsIgnoringCase,
+  isForeignKeyViolation,
+  isUniqueViolation,
+  type DatabaseSchema,
+  type DeviceCertificatesTable,
+  type DevicesTable,
+} from '../storage/index.js';
+import type { DeviceInput, IdentityStatus, UpdateDeviceInput } from './device-schemas.js';
+
+export interface DeviceModelState {
+  name: string;
+  version: string;
+  latestSampleTime: number | null;
+  latestInferenceTime: number | null;
+}
+
+export interface DeviceCertificateRecord {
+  serial: string;
+  fingerprintSha256: string;
+  subject: string;
+  notBefore: number;
+  notAfter: number;
+  issuedAt: number;
+  revokedAt: number | null;
+}
+
+export interface DeviceRecord {
+  name: string;
+  fleetName: string;
+  description: string | null;
+  iotThingName: string | null;
+  tags: Tag[];
+  registeredAt: number;
+  updatedAt: number;
+  agentVersion: string | null;
+  lastHeartbeatAt: number | null;
+  online: boolean;
+  deploymentResult: unknown;
+  models: DeviceModelState[];
+}
+
+export interface DeviceIdentity {
+  status: IdentityStatus;
+  certificate?: DeviceCertificateRecord;
+}
+
+export interface DeviceListFilters {
+  limit: number;
+  after?: string;
+  fleet?: string;
+  tags?: { key: string; value?: string }[];
+  nameContains?: string;
+  status?: 'online' | 'offline';
+  modelName?: string;
+  latestHeartbeatAfter?: number;
+}
+
+export interface DeviceStoreOptions {
+  /** A device is online while its last heartbeat is younger than this. */
+  offlineAfterMs: number;
+  now?: () => number;
+}
+
+/** Registered devices: their registration, tags, and the latest state their heartbeats reported. */
+export class DeviceStore {
+  private readonly now: () => number;
+
+  constructor(
+    private readonly db: Kysely<DatabaseSchema>,
+    private readonly options: DeviceStoreOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /** Registers devices into a fleet, all or none; 404 for an unknown fleet, 409 naming existing devices. */
+  async register(fleetName: string, devices: DeviceInput[], tags: Tag[]): Promise<DeviceRecord[]> {
+    const at = this.now();
+    try {
+      await this.db.transaction().execute(async (trx) => {
+        const fleet = await trx
+          .selectFrom('fleets')
+          .select('name')
+          .where('name', '=', fleetName)
+          .executeTakeFirst();
+        if (fleet === undefined) throw notFound(`fleet ${fleetName}`, { fleet: fleetName });
+        const existing = await trx
+          .selectFrom('devices')
+          .select('name')
+          .where(
+            'name',
+            'in',
+            devices.map((d) => d.name),
+          )
+          .execute();
+        if (existing.length > 0) {
+          throw conflict(`device(s) already registered: ${existing.map((d) => d.name).join(', ')}`, {
+            devices: existing.map((d) => d.name),
+          });
+        }
+        await trx
+          .insertInto('devices')
+          .values(
+            devices.map((d) => ({
+              name: d.name,
+              fleet_name: fleetName,
+              description: d.description ?? null,
+              iot_thing_name: d.iotThingName ?? null,
+              tags: JSON.stringify(tags),
+              registered_at: at,
+              updated_at: at,
+              agent_version: null,
+              last_heartbeat_at: null,
+              deployment_result: null,
+            })),
+          )
+          .execute();
+        if (tags.length > 0) {
+          await trx
+            .insertInto('device_tags')
+            .values(
+              devices.flatMap((d) => tags.map((t) => ({ device_name: d.name, key: t.key, value: t.value }))),
+            )
+            .execute();
+        }
+      });
+    } catch (error) {
+      if (isUniqueViolation(error)) throw conflict('a device of this request was registered concurrently');
+      if (isForeignKeyViolation(error)) throw notFound(`fleet ${fleetName}`, { fleet: fleetName });
+      throw error;
+    }
+    return Promise.all(devices.map((d) => this.get(d.name)));
+  }
+
+  async find(name: string): Promise<DeviceRecord | undefined> {
+    const row = await this.db.selectFrom('devices').selectAll().where('name', '=', name).executeTakeFirst();
+    if (row === undefined) return undefined;
+    const models = await this.modelsOf([name]);
+    return this.toRecord(row, models.get(name) ?? []);
+  }
+
+  async get(name: string): Promise<DeviceRecord> {
+    const device = await this.find(name);
+    if (device === undefined) throw notFound(`device ${name}`, { device: name });
+    return device;
+  }
+
+  /** Devices in name order, filtered; keyset pagination by name. */
+  async list(filters: DeviceListFilters): Promise<DeviceRecord[]> {
+    const threshold = this.now() - this.options.offlineAfterMs;
+    let query = this.db.selectFrom('devices').selectAll().orderBy('name').limit(filters.limit);
+    if (filters.after !== undefined) query = query.where('name', '>', filters.after);
+    if (filters.fleet !== undefined) query = query.where('fleet_name', '=', filters.fleet);
+    if (filters.nameContains !== undefined)
+      query = query.where(containsIgnoringCase('name', filters.nameContains));
+    if (filters.status === 'online') query = query.where('last_heartbeat_at', '>=', threshold);
+    if (filters.status === 'offline') {
+      query = query.where((eb) =>
+        eb.or([eb('last_heartbeat_at', 'is', null), eb('last_heartbeat_at', '<', threshold)]),
+      );
+    }
+    if (filters.latestHeartbeatAfter !== undefined) {
+      query = query.where('last_heartbeat_at', '>', filters.latestHeartbeatAfter);
+    }
+    for (const tag of filters.tags ?? []) {
+      query = query.where((eb) =>
+        eb.exists(
+          eb
+            .selectFrom('device_tags')
+            .select('device_tags.key')
+            .whereRef('device_tags.device_name', '=', 'devices.name')
+            .where('device_tags.key', '=', tag.key)
+            .$if(tag.value !== undefined, (q) => q.where('device_tags.value', '=', tag.value as string)),
+        ),
+      );
+    }
+    if (filters.modelName !== undefined) {
+      const modelName = filters.modelName;
+      query = query.where((eb) =>
+        eb.exists(
+          eb
+            .selectFrom('device_models')
+            .select('device_models.model_name')
+            .whereRef('device_models.device_name', '=', 'devices.name')
+            .where('device_models.model_name', '=', modelName),
+        ),
+      );
+    }
+    const rows = await query.execute();
+    const models = await this.modelsOf(rows.map((r) => r.name));
+    return rows.map((row) => this.toRecord(row, models.get(row.name) ?? []));
+  }
+
+  async update(name: string, patch: UpdateDeviceInput): Promise<DeviceRecord> {
+    await this.db.transaction().execute(async (trx) => {
+      const changes: Partial<DevicesTable> = { updated_at: this.now() };
+      if (patch.description !== undefined) changes.description = patch.description;
+      if (patch.iotThingName !== undefined) changes.iot_thing_name = patch.iotThingName;
+      if (patch.tags !== undefined) changes.tags = JSON.stringify(patch.tags);
+      const result = await trx
+        .updateTable('devices')
+        .set(changes)
+        .where('name', '=', name)
+        .executeTakeFirst();
+      if (Number(result.numUpdatedRows) === 0) throw notFound(`device ${name}`, { device: name });
+      if (patch.tags !== undefined) await replaceTags(trx, name, patch.tags);
+    });
+    return this.get(name);
+  }
+
+  /**
+   * Removes the device and everything about it, and revokes every certificate it was issued: its identity
+   * is refused from now on, even if a device of the same name is registered again.
+   */
+  async deregister(name: string): Promise<void> {
+    const at = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      const device = await trx
+        .selectFrom('devices')
+        .select('name')
+        .where('name', '=', name)
+        .executeTakeFirst();
+      if (device === undefined) throw notFound(`device ${name}`, { device: name });
+      await trx
+        .updateTable('device_certificates')
+        .set({ revoked_at: at, revocation_reason: 'deregistered' })
+        .where('device_name', '=', name)
+        .where('revoked_at', 'is', null)
+        .execute();
+      await trx.deleteFrom('device_metrics').where('device_name', '=', name).execute();
+      // device_tags, device_models and enrollment_tokens go by ON DELETE CASCADE.
+      await trx.deleteFrom('devices').where('name', '=', name).execute();
+    });
+  }
+
+  /** The device's identity: its newest certificate issued since it was registered, and that one's state. */
+  async identity(device: Pick<DeviceRecord, 'name' | 'registeredAt'>): Promise<DeviceIdentity> {
+    const row = await this.db
+      .selectFrom('device_certificates')
+      .selectAll()
+      .where('device_name', '=', device.name)
+      .where('issued_at', '>=', device.registeredAt)
+      .orderBy('issued_at', 'desc')
+      .orderBy('serial', 'desc')
+      .executeTakeFirst();
+    if (row === undefined) return { status: 'NOT_ENROLLED' };
+    const certificate = toCertificate(row);
+    const status: IdentityStatus =
+      row.revoked_at !== null ? 'REVOKED' : row.not_after <= this.now() ? 'EXPIRED' : 'ENROLLED';
+    return { status, certificate };
+  }
+
+  private toRecord(row: DevicesTable, models: DeviceModelState[]): DeviceRecord {
+    const threshold = this.now() - this.options.offlineAfterMs;
+    return {
+      name: row.name,
+      fleetName: row.fleet_name,
+      description: row.description,
+      iotThingName: row.iot_thing_name,
+      tags: tagListSchema.parse(JSON.parse(row.tags)),
+      registeredAt: row.registered_at,
+      updatedAt: row.updated_at,
+      agentVersion: row.agent_version,
+      lastHeartbeatAt: row.last_heartbeat_at,
+      online: row.last_heartbeat_at !== null && row.last_heartbeat_at >= threshold,
+      deploymentResult: row.deployment_result === null ? null : JSON.parse(row.deployment_result),
+      models,
+    };
+  }
+
+  private async modelsOf(names: string[]): Promise<Map<string, DeviceModelState[]>> {
+    const byDevice = new Map<string, DeviceModelState[]>();
+    if (names.length === 0) return byDevice;
+    const rows = await this.db
+      .selectFrom('device_models')
+      .selectAll()
+      .where('device_name', 'in', names)
+      .orderBy('device_name')
+      .orderBy('model_name')
+      .orderBy('model_version')
+      .execute();
+    for (const row of rows) {
+      const list = byDevice.get(row.device_name) ?? [];
+      list.push({
+        name: row.model_name,
+        version: row.model_version,
+        latestSampleTime: row.latest_sample_time,
+        latestInferenceTime: row.latest_inference_time,
+      });
+      byDevice.set(row.device_name, list);
+    }
+    return byDevice;
+  }
+}
+
+async function replaceTags(trx: Transaction<DatabaseSchema>, device: string, tags: Tag[]): Promise<void> {
+  await trx.deleteFrom('device_tags').where('device_name', '=', device).execute();
+  if (tags.length > 0) {
+    await trx
+      .insertInto('device_tags')
+      .values(tags.map((t) => ({ device_name: device, key: t.key, value: t.value })))
+      .execute();
+  }
+}
+
+export function toCertificate(row: DeviceCertificatesTable): DeviceCertificateRecord {
+  return {
+    serial: row.serial,
+    fingerprintSha256: row.fingerprint_sha256,
+    subject: row.subject,
+    notBefore: row.not_before,
+    notAfter: row.not_after,
+    issuedAt: row.issued_at,
+    revokedAt: row.revoked_at,
+  };
+}

@@ -1,0 +1,25 @@
+export {
+  deviceInputSchema,
+  deviceListQuerySchema,
+  deviceSchema,
+  deviceSummarySchema,
+  MAX_DEVICES_PER_REGISTRATION,
+  registerDevicesSchema,
+  updateDeviceSchema,
+  type DeviceInput,
+  type DeviceView,
+  type IdentityStatus,
+  type RegisterDevicesInput,
+  type UpdateDeviceInput,
+} from './device-schemas.js';
+export {
+  DeviceStore,
+  toCertificate,
+  type DeviceCertificateRecord,
+  type DeviceIdentity,
+  type DeviceListFilters,
+  type DeviceModelState,
+  type DeviceRecord,
+  type DeviceStoreOptions,
+} from './device-store.js';
+export { deviceSummaryView, deviceView, registerDeviceRoutes } from './routes.js';

@@ -1,0 +1,158 @@
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
+import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
+import { defineRoute } from '../http/routes.js';
+import {
+  deviceListQuerySchema,
+  deviceSchema,
+  deviceSummarySchema,
+  registerDevicesSchema,
+  updateDeviceSchema,
+  type DeviceSummaryView,
+  type DeviceView,
+} from './device-schemas.js';
+import type { DeviceCertificateRecord, DeviceIdentity, DeviceRecord, DeviceStore } from './device-store.js';
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+export function deviceSummaryView(device: DeviceRecord): DeviceSummaryView {
+  return {
+    name: device.name,
+    fleetName: device.fleetName,
+    ...(device.description !== null ? { description: device.description } : {}),
+    ...(device.iotThingName !== null ? { iotThingName: device.iotThingName } : {}),
+    tags: device.tags,
+    registeredAt: iso(device.registeredAt),
+    ...(device.lastHeartbeatAt !== null ? { latestHeartbeat: iso(device.lastHeartbeatAt) } : {}),
+    ...(device.agentVersion !== null ? { agentVersion: device.agentVersion } : {}),
+    status: device.online ? 'online' : 'offline',
+    models: device.models.map((m) => ({ name: m.name, version: m.version })),
+  };
+}
+
+function certificateView(certificate: DeviceCertificateRecord) {
+  return {
+    serial: certificate.serial,
+    fingerprintSha256: certificate.fingerprintSha256,
+    subject: certificate.subject,
+    notBefore: iso(certificate.notBefore),
+    notAfter: iso(certificate.notAfter),
+    issuedAt: iso(certificate.issuedAt),
+    ...(certificate.revokedAt !== null ? { revokedAt: iso(certificate.revokedAt) } : {}),
+  };
+}
+
+export function deviceView(device: DeviceRecord, identity: DeviceIdentity): DeviceView {
+  return {
+    ...deviceSummaryView(device),
+    updatedAt: iso(device.updatedAt),
+    registrationStatus: 'REGISTERED',
+    models: device.models.map((m) => ({
+      name: m.name,
+      version: m.version,
+      ...(m.latestSampleTime !== null ? { latestSampleTime: iso(m.latestSampleTime) } : {}),
+      ...(m.latestInferenceTime !== null ? { latestInference: iso(m.latestInferenceTime) } : {}),
+    })),
+    identity: {
+      status: identity.status,
+      ...(identity.certificate ? { certificate: certificateView(identity.certificate) } : {}),
+    },
+    ...(device.deploymentResult !== null ? { deploymentResult: device.deploymentResult } : {}),
+  };
+}
+
+const deviceParams = z.object({ device: deviceNameSchema });
+
+export function registerDeviceRoutes(app: FastifyInstance, devices: DeviceStore): void {
+  const describe = async (name: string) => {
+    const device = await devices.get(name);
+    return deviceView(device, await devices.identity(device));
+  };
+
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/fleets/:fleet/devices',
+    auth: 'admin',
+    tag: 'devices',
+    summary: 'Register one or many devices in a fleet (all or none)',
+    params: z.object({ fleet: fleetNameSchema }),
+    body: registerDevicesSchema,
+    response: z.object({ devices: z.array(deviceSchema) }),
+    status: 201,
+    handler: async ({ params, body }) => {
+      const registered = await devices.register(params.fleet, body.devices, body.tags);
+      return { devices: registered.map((d) => deviceView(d, { status: 'NOT_ENROLLED' })) };
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/devices',
+    auth: 'read',
+    tag: 'devices',
+    summary: 'List devices in name order, filtered by fleet, tags, name, online status, model',
+    query: pageQuerySchema.extend(deviceListQuerySchema.shape),
+    response: z.object({ devices: z.array(deviceSummarySchema), nextToken: z.string().optional() }),
+    handler: async ({ query }) => {
+      const after = decodePageToken('devices', query.nextToken);
+      const rows = await devices.list({
+        limit: query.limit + 1,
+        ...(after !== undefined ? { after } : {}),
+        ...(query.fleet !== undefined ? { fleet: query.fleet } : {}),
+        tags: query.tag,
+        ...(query.nameContains !== undefined ? { nameContains: query.nameContains } : {}),
+        ...(query.status !== undefined ? { status: query.status } : {}),
+        ...(query.modelName !== undefined ? { modelName: query.modelName } : {}),
+        ...(query.latestHeartbeatAfter !== undefined
+          ? { latestHeartbeatAfter: Date.parse(query.latestHeartbeatAfter) }
+          : {}),
+      });
+      const page = toPage('devices', rows, query.limit, (d) => d.name);
+      return {
+        devices: page.items.map(deviceSummaryView),
+        ...(page.nextToken ? { nextToken: page.nextToken } : {}),
+      };
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/devices/:device',
+    auth: 'read',
+    tag: 'devices',
+    summary: 'Describe a device: registration, identity, agent, models, last heartbeat',
+    params: deviceParams,
+    response: deviceSchema,
+    handler: async ({ params }) => describe(params.device),
+  });
+
+  defineRoute(app, {
+    method: 'PATCH',
+    url: '/api/v1/devices/:device',
+    auth: 'admin',
+    tag: 'devices',
+    summary: 'Update a device (description, IoT thing name, tags); null clears an optional field',
+    params: deviceParams,
+    body: updateDeviceSchema,
+    response: deviceSchema,
+    handler: async ({ params, body }) => {
+      await devices.update(params.device, body);
+      return describe(params.device);
+    },
+  });
+
+  defineRoute(app, {
+    method: 'DELETE',
+    url: '/api/v1/devices/:device',
+    auth: 'admin',
+    tag: 'devices',
+    summary: 'Deregister a device: removes it and revokes every certificate it was issued',
+    params: deviceParams,
+    status: 204,
+    handler: async ({ params }) => {
+      await devices.deregister(params.device);
+      return undefined;
+    },
+  });
+}

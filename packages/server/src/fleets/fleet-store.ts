@@ -1,0 +1,142 @@
+import type { Kysely } from 'kysely';
+import { splitS3Uri, tagListSchema, type Tag } from '../fields/index.js';
+import { ApiError, conflict, notFound } from '../http/errors.js';
+import {
+  containsIgnoringCase,
+  isForeignKeyViolation,
+  isUniqueViolation,
+  type DatabaseSchema,
+  type FleetsTable,
+} from '../storage/index.js';
+import type { CreateFleetInput, UpdateFleetInput } from './fleet-schemas.js';
+
+export interface FleetRecord {
+  name: string;
+  description: string | null;
+  outputConfig: { s3OutputLocation: string; kmsKeyId: string | null; bucket: string; prefix: string };
+  roleArn: string | null;
+  tags: Tag[];
+  deviceCount: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+function toRecord(row: FleetsTable, deviceCount: number): FleetRecord {
+  return {
+    name: row.name,
+    description: row.description,
+    outputConfig: {
+      s3OutputLocation: row.output_s3_location,
+      kmsKeyId: row.output_kms_key_id,
+      ...splitS3Uri(row.output_s3_location),
+    },
+    roleArn: row.role_arn,
+    tags: tagListSchema.parse(JSON.parse(row.tags)),
+    deviceCount,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+/** Device fleets: a named group of devices with one capture output location. */
+export class FleetStore {
+  constructor(
+    private readonly db: Kysely<DatabaseSchema>,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async create(input: CreateFleetInput): Promise<FleetRecord> {
+    const at = this.now();
+    const row: FleetsTable = {
+      name: input.name,
+      description: input.description ?? null,
+      output_s3_location: input.outputConfig.s3OutputLocation,
+      output_kms_key_id: input.outputConfig.kmsKeyId ?? null,
+      role_arn: input.roleArn ?? null,
+      tags: JSON.stringify(input.tags ?? []),
+      created_at: at,
+      updated_at: at,
+    };
+    try {
+      await this.db.insertInto('fleets').values(row).execute();
+    } catch (error) {
+      if (isUniqueViolation(error))
+        throw conflict(`fleet ${input.name} already exists`, { fleet: input.name });
+      throw error;
+    }
+    return toRecord(row, 0);
+  }
+
+  async find(name: string): Promise<FleetRecord | undefined> {
+    const row = await this.db.selectFrom('fleets').selectAll().where('name', '=', name).executeTakeFirst();
+    if (row === undefined) return undefined;
+    return toRecord(row, (await this.deviceCounts([name])).get(name) ?? 0);
+  }
+
+  async get(name: string): Promise<FleetRecord> {
+    const fleet = await this.find(name);
+    if (fleet === undefined) throw notFound(`fleet ${name}`, { fleet: name });
+    return fleet;
+  }
+
+  /** Fleets in name order, after `after` (keyset pagination). */
+  async list(options: { limit: number; after?: string; nameContains?: string }): Promise<FleetRecord[]> {
+    let query = this.db.selectFrom('fleets').selectAll().orderBy('name').limit(options.limit);
+    if (options.after !== undefined) query = query.where('name', '>', options.after);
+    if (options.nameContains !== undefined) {
+      query = query.where(containsIgnoringCase('name', options.nameContains));
+    }
+    const rows = await query.execute();
+    const counts = await this.deviceCounts(rows.map((r) => r.name));
+    return rows.map((row) => toRecord(row, counts.get(row.name) ?? 0));
+  }
+
+  async update(name: string, patch: UpdateFleetInput): Promise<FleetRecord> {
+    const changes: Partial<FleetsTable> = { updated_at: this.now() };
+    if (patch.description !== undefined) changes.description = patch.description;
+    if (patch.roleArn !== undefined) changes.role_arn = patch.roleArn;
+    if (patch.tags !== undefined) changes.tags = JSON.stringify(patch.tags);
+    if (patch.outputConfig !== undefined) {
+      changes.output_s3_location = patch.outputConfig.s3OutputLocation;
+      changes.output_kms_key_id = patch.outputConfig.kmsKeyId ?? null;
+    }
+    const result = await this.db
+      .updateTable('fleets')
+      .set(changes)
+      .where('name', '=', name)
+      .executeTakeFirst();
+    if (Number(result.numUpdatedRows) === 0) throw notFound(`fleet ${name}`, { fleet: name });
+    return this.get(name);
+  }
+
+  /** Deletes an empty fleet; refuses (409 ResourceInUse) while devices remain registered in it. */
+  async delete(name: string): Promise<void> {
+    const count = (await this.deviceCounts([name])).get(name) ?? 0;
+    const inUse = () =>
+      new ApiError(
+        409,
+        'ResourceInUse',
+        `fleet ${name} still has ${count || 'some'} registered device(s); deregister them first`,
+        { fleet: name, deviceCount: count },
+      );
+    if (count > 0) throw inUse();
+    try {
+      const result = await this.db.deleteFrom('fleets').where('name', '=', name).executeTakeFirst();
+      if (Number(result.numDeletedRows) === 0) throw notFound(`fleet ${name}`, { fleet: name });
+    } catch (error) {
+      if (isForeignKeyViolation(error)) throw inUse();
+      throw error;
+    }
+  }
+
+  private async deviceCounts(names: string[]): Promise<Map<string, number>> {
+    if (names.length === 0) return new Map();
+    const rows = await this.db
+      .selectFrom('devices')
+      .select(['fleet_name', (eb) => eb.fn.countAll<number>().as('count')])
+      .where('fleet_name', 'in', names)
+      .groupBy('fleet_name')
+      .execute();
+    return new Map(rows.map((r) => [r.fleet_name, Number(r.count)]));
+  }
+}

@@ -1,0 +1,14 @@
+import { sql, type RawBuilder } from 'kysely';
+
+/** Escapes % _ and \ for a LIKE pattern used with ESCAPE '\'. */
+function escapeLike(value: string): string {
+  return value.replace(/[\\%_]/g, (c) => `\\${c}`);
+}
+
+/**
+ * `column` contains `value`, ignoring case, with the same meaning on SQLite and PostgreSQL (SQLite's LIKE
+ * ignores ASCII case and PostgreSQL's does not, so both sides are lowered; % and _ in `value` are literal).
+ */
+export function containsIgnoringCase(column: string, value: string): RawBuilder<boolean> {
+  return sql<boolean>`lower(${sql.ref(column)}) like ${`%${escapeLike(value.toLowerCase())}%`} escape '\\'`;
+}
