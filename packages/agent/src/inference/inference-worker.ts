@@ -3,10 +3,11 @@
  * runs on (onnxruntime-node runs inference synchronously on the JS thread), which is why it only ever runs
  * here and never on the agent's event loop. Messages are handled one at a time, in order.
  */
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import ort from 'onnxruntime-node';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import {
+  WORKER_CONTROL,
   preciseNow,
   type FromWorker,
   type OrtTensorType,
@@ -21,6 +22,31 @@ const port = parentPort;
 if (!port) throw new Error('inference-worker must run in a worker thread');
 
 const sessions = new Map<string, InferenceSession>();
+
+/**
+ * Shared with the pool (see WORKER_CONTROL in protocol.ts). Terminating a worker while ONNX Runtime's native
+ * code runs aborts the whole process (the binding throws a C++ exception into a dying environment), so the
+ * pool asks to stop, waits for IN_NATIVE to drop, and only then terminates; meanwhile this worker parks.
+ */
+const control = new Int32Array((workerData as { control: SharedArrayBuffer }).control);
+
+/** Runs native ONNX Runtime work with IN_NATIVE raised, refusing to start once a stop was asked for. */
+async function native<T>(work: () => Promise<T>): Promise<T> {
+  parkIfStopping();
+  Atomics.store(control, WORKER_CONTROL.IN_NATIVE, 1);
+  try {
+    return await work();
+  } finally {
+    Atomics.store(control, WORKER_CONTROL.IN_NATIVE, 0);
+    Atomics.notify(control, WORKER_CONTROL.IN_NATIVE);
+    parkIfStopping();
+  }
+}
+
+/** Once the pool asked to stop, do nothing more (no reply either) until it terminates this thread. */
+function parkIfStopping(): void {
+  while (Atomics.load(control, WORKER_CONTROL.STOP) === 1) Atomics.wait(control, WORKER_CONTROL.STOP, 1);
+}
 
 function send(message: FromWorker, transfer: ArrayBuffer[] = []): void {
   port!.postMessage(message, transfer);
@@ -49,7 +75,7 @@ function infoOf(metadata: readonly InferenceSession.ValueMetadata[]): WireTensor
 async function load(message: Extract<ToWorker, { op: 'load' }>): Promise<void> {
   const began = performance.now();
   try {
-    const session = await ort.InferenceSession.create(message.modelPath, message.options);
+    const session = await native(() => ort.InferenceSession.create(message.modelPath, message.options));
     sessions
       .get(message.key)
       ?.release()
@@ -125,7 +151,7 @@ async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
     const feeds: Record<string, Tensor> = {};
     for (const input of message.inputs) feeds[input.name] = toOrtTensor(input);
     startedAt = preciseNow();
-    const results = await session.run(feeds);
+    const results = await native(() => session.run(feeds));
     finishedAt = preciseNow();
     const transfer: ArrayBuffer[] = [];
     const outputs = session.outputNames.map((name) => toWire(name, results[name]!, transfer));
@@ -144,7 +170,7 @@ async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
 async function release(message: Extract<ToWorker, { op: 'release' }>): Promise<void> {
   const session = sessions.get(message.key);
   sessions.delete(message.key);
-  await session?.release().catch(() => {});
+  if (session) await native(() => session.release()).catch(() => {});
   send({ op: 'released', id: message.id });
 }
 

@@ -2,6 +2,7 @@ import { Worker } from 'node:worker_threads';
 import { DATA_TYPES, dataTypeFromOrt, type DataTypeName } from '@edgefleet/core';
 import { InferenceError, type InferenceFailureKind } from './errors.js';
 import {
+  WORKER_CONTROL,
   preciseNow,
   type FromWorker,
   type ToWorker,
@@ -106,6 +107,8 @@ type SessionState = 'loading' | 'ready' | 'reloading';
 interface Slot {
   index: number;
   worker: Worker | null;
+  /** Shared with the worker: WORKER_CONTROL slots. */
+  control: Int32Array;
   ready: boolean;
   running: Job | null;
   controls: Map<number, Control>;
@@ -166,6 +169,7 @@ export class InferencePool {
           const slot: Slot = {
             index,
             worker: null,
+            control: new Int32Array(0),
             ready: false,
             running: null,
             controls: new Map(),
@@ -252,13 +256,13 @@ export class InferencePool {
   /**
    * Terminates a worker as if it had crashed, and replaces it: what it was running fails with 'worker-died',
    * its sessions are loaded into the new worker. For operators (a worker that grew too large) and for tests.
-   * Termination takes effect when ONNX Runtime returns control to JavaScript, so a running inference finishes
-   * computing first (its result is discarded).
+   * A worker inside ONNX Runtime cannot be stopped safely, so a running inference finishes computing first;
+   * its result is discarded.
    */
   async recycleWorker(index: number): Promise<void> {
     const slot = this.#slots[index];
     if (!slot) throw new RangeError(`no worker ${index}; the pool has ${this.#slots.length}`);
-    await slot.worker?.terminate();
+    if (slot.worker) await stopWorker(slot.worker, slot.control);
   }
 
   stats(): PoolStats {
@@ -298,7 +302,7 @@ export class InferencePool {
         const worker = slot.worker;
         slot.worker = null;
         slot.ready = false;
-        await worker?.terminate();
+        if (worker) await stopWorker(worker, slot.control);
       }),
     );
   }
@@ -306,7 +310,8 @@ export class InferencePool {
   // --- workers -------------------------------------------------------------------------------------------------
 
   #spawn(slot: Slot): Promise<void> {
-    const worker = createWorker();
+    slot.control = new Int32Array(new SharedArrayBuffer(WORKER_CONTROL.SLOTS * 4));
+    const worker = createWorker(slot.control.buffer as SharedArrayBuffer);
     slot.worker = worker;
     slot.ready = false;
     slot.lastError = null;
@@ -658,11 +663,33 @@ function fromWire(tensor: WireTensor): PoolTensor {
  * TypeScript sources (tests, development) it is `inference-worker.ts`, started with tsx's loader registered in
  * the worker first (a worker's `--import` cannot register loader hooks on Node 20).
  */
-function createWorker(): Worker {
+function createWorker(control: SharedArrayBuffer): Worker {
   const here = import.meta.url;
-  if (!here.endsWith('.ts')) return new Worker(new URL('./inference-worker.js', here));
+  const workerData = { control };
+  if (!here.endsWith('.ts')) return new Worker(new URL('./inference-worker.js', here), { workerData });
   const entry = new URL('./inference-worker.ts', here).href;
   const tsx = import.meta.resolve('tsx/esm/api');
   const boot = `import(${JSON.stringify(tsx)}).then(({ register }) => { register(); return import(${JSON.stringify(entry)}); });`;
-  return new Worker(boot, { eval: true });
+  return new Worker(boot, { eval: true, workerData });
+}
+
+type WaitAsync = (
+  array: Int32Array,
+  index: number,
+  value: number,
+) => { async: false; value: string } | { async: true; value: Promise<string> };
+
+/**
+ * Terminates a worker safely: terminating one inside ONNX Runtime's native code aborts the process, so ask it
+ * to stop (it then starts nothing new), wait until it is out of native code, then terminate.
+ */
+async function stopWorker(worker: Worker, control: Int32Array): Promise<void> {
+  Atomics.store(control, WORKER_CONTROL.STOP, 1);
+  Atomics.notify(control, WORKER_CONTROL.STOP);
+  const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
+  while (Atomics.load(control, WORKER_CONTROL.IN_NATIVE) === 1) {
+    const wait = waitAsync(control, WORKER_CONTROL.IN_NATIVE, 1);
+    if (wait.async) await wait.value;
+  }
+  await worker.terminate();
 }

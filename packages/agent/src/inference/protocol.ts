@@ -71,3 +71,10 @@ export type FromWorker =
 export function preciseNow(): number {
   return performance.timeOrigin + performance.now();
 }
+
+/**
+ * Slots of the Int32Array over the SharedArrayBuffer each worker gets as `workerData.control`:
+ * IN_NATIVE is 1 while the worker is inside ONNX Runtime's native code; STOP is set to 1 by the pool when it
+ * wants the worker gone (the worker then starts nothing new and parks).
+ */
+export const WORKER_CONTROL = { IN_NATIVE: 0, STOP: 1, SLOTS: 2 } as const;

@@ -3,7 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TEST_MODELS, writeTestModel, type TestModelTensor } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_ORT_SESSION_CONFIG, InferenceError, InferencePool, type PoolTensor } from '../../src/inference/index.js';
+import {
+  DEFAULT_ORT_SESSION_CONFIG,
+  InferenceError,
+  InferencePool,
+  type PoolTensor,
+} from '../../src/inference/index.js';
 
 let dir: string;
 let pool: InferencePool;

@@ -1,0 +1,103 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  createRootCa,
+  issueCodeSigningCertificate,
+  loadTrustFolder,
+  signPackage,
+  type TrustPolicy,
+} from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { AgentError, ModelRegistry } from '../../src/models/index.js';
+import { predictTensors, recordingLogger, scratch } from './helpers.js';
+
+let pool: InferencePool;
+let files: Awaited<ReturnType<typeof scratch>>;
+let trust: TrustPolicy;
+let signer: { method: 'certificate'; privateKeyPem: string; certificateChainPem: string[] };
+
+beforeAll(async () => {
+  files = await scratch('agent-signatures-');
+  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+  const root = createRootCa({ commonName: 'EdgeFleet Test Root', validityDays: 2, keyType: 'ecdsa-p256' });
+  const leaf = issueCodeSigningCertificate({
+    issuer: root,
+    commonName: 'Model Publisher',
+    validityDays: 1,
+    keyType: 'ecdsa-p256',
+  });
+  signer = {
+    method: 'certificate',
+    privateKeyPem: leaf.privateKeyPem,
+    certificateChainPem: [leaf.certificatePem],
+  };
+  const certs = join(files.root, 'certs');
+  await mkdir(certs);
+  await writeFile(join(certs, 'root.pem'), root.certificatePem);
+  trust = await loadTrustFolder(certs);
+});
+afterAll(async () => {
+  await pool?.close();
+  await files?.cleanup();
+});
+
+async function loadError(models: ModelRegistry, url: string): Promise<AgentError> {
+  const error = await models.load({ url, name: 'm' }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(AgentError);
+  return error as AgentError;
+}
+
+describe('ModelRegistry with a trust policy', () => {
+  it('loads a package signed by a certificate chaining to a trusted root, and says who signed it', async () => {
+    const dir = await files.catalogue('tiny', 'signed');
+    await signPackage(dir, signer);
+    const models = new ModelRegistry({ pool, trust, cwd: files.root });
+    const description = await models.load({ url: dir, name: 'signed' });
+    expect(description.signature).toEqual({
+      verified: true,
+      method: 'certificate',
+      signer: expect.stringMatching(/Model Publisher.*issued by.*EdgeFleet Test Root/),
+      subjectDigest: expect.stringMatching(/^[0-9a-f]{64}$/),
+    });
+    expect((await models.predict('signed', predictTensors('tiny'))).outputs).toHaveLength(1);
+    await models.close();
+  });
+
+  it('refuses an unsigned package with FAILED_PRECONDITION', async () => {
+    const dir = await files.catalogue('tiny', 'unsigned');
+    const models = new ModelRegistry({ pool, trust, cwd: files.root });
+    const error = await loadError(models, dir);
+    expect(error.code).toBe('FAILED_PRECONDITION');
+    expect(error.message).toMatch(/failed signature verification \(bundle-missing\)/);
+    expect(models.list()).toEqual([]);
+  });
+
+  it('refuses a signed package whose model was changed after signing', async () => {
+    const dir = await files.catalogue('tiny', 'tampered');
+    await signPackage(dir, signer);
+    const other = await files.catalogue('mlp', 'other');
+    const { copyFile } = await import('node:fs/promises');
+    await copyFile(join(other, 'model.onnx'), join(dir, 'model.onnx'));
+    const models = new ModelRegistry({ pool, trust, cwd: files.root });
+    const error = await loadError(models, dir);
+    expect(error.code).toBe('FAILED_PRECONDITION');
+    expect(error.message).toMatch(/\(file-modified\).*model\.onnx/);
+  });
+
+  it('with requireSignatures false, loads a package that does not verify, with a warning', async () => {
+    const dir = await files.catalogue('tiny', 'lenient');
+    const { warnings, logger } = recordingLogger();
+    const models = new ModelRegistry({ pool, trust, requireSignatures: false, cwd: files.root, logger });
+    const description = await models.load({ url: dir, name: 'lenient' });
+    expect(description.signature).toEqual({
+      verified: false,
+      reason: expect.stringMatching(/^bundle-missing: /),
+    });
+    expect(warnings).toEqual([expect.stringMatching(/although its signature did not verify/)]);
+    await models.close();
+  });
+});
