@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { constants } from 'node:fs';
 import type { Dirent } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -44,6 +45,9 @@ export interface ListedFile {
  * 64 KiB chunks reach ~55%; 16 MiB buys nothing and costs memory on small devices.
  */
 const READ_SIZE = 1024 * 1024;
+
+/** Read-only, and never through a symlink swapped in after listing (where the platform can refuse one). */
+const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0);
 
 /**
  * SHA-256 of every regular file under `dir` (recursive), sorted as the OpenSSF Model Signing reference sorts
@@ -109,7 +113,7 @@ async function hashFile(
   report?: (bytesDone: number) => void,
 ): Promise<{ sha256: string; size: number }> {
   const hash = createHash('sha256');
-  const handle = await open(path, 'r');
+  const handle = await open(path, OPEN_FLAGS);
   let pending: Promise<{ bytesRead: number }> | undefined;
   try {
     let position = 0;

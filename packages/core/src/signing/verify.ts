@@ -1,6 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import { lstat, readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join, relative, resolve, sep } from 'node:path';
 import {
   parseCertificate,
   parseCertificatePem,
@@ -123,6 +123,8 @@ export async function verifyPackage(
         `file ${file.path} was modified: its SHA-256 is ${file.sha256}, the signature expects ${want}`,
         { path: file.path },
       );
+  }).catch((error: unknown) => {
+    throw changedWhileVerifying(absolute, error);
   });
 
   const subject = statement.subject[0] as ModelSignatureStatement['subject'][number];
@@ -133,6 +135,26 @@ export async function verifyPackage(
     subjectDigest: subject.digest.sha256,
     files,
   };
+}
+
+/** A file removed, or replaced by a symlink, between listing and hashing: still a verdict on the package. */
+function changedWhileVerifying(dir: string, error: unknown): unknown {
+  const e = error as NodeJS.ErrnoException;
+  if (!e?.path || (e.code !== 'ENOENT' && e.code !== 'ELOOP')) return error;
+  const path = relative(dir, e.path).split(sep).join('/');
+  return e.code === 'ENOENT'
+    ? new PackageVerificationError(
+        'file-missing',
+        `file ${path} disappeared while the package was being verified`,
+        {
+          path,
+        },
+      )
+    : new PackageVerificationError(
+        'file-unsupported',
+        `file ${path} became a symlink while the package was being verified; expected a regular file`,
+        { path },
+      );
 }
 
 async function readBundle(dir: string): Promise<SignatureBundle> {
@@ -299,6 +321,7 @@ function parseStatement(payload: Buffer): ModelSignatureStatement {
   const names = new Set<string>();
   for (const r of resources) {
     if (names.has(r.name)) throw malformed(`lists file ${r.name} twice`);
+    if (r.name === SIGNATURE_FILE) throw malformed(`lists ${SIGNATURE_FILE}, the signature's own file`);
     names.add(r.name);
   }
   const subject = statement.subject[0] as ModelSignatureStatement['subject'][number];

@@ -3,6 +3,7 @@
  * reason and a message that names the culprit.
  */
 import { createHash } from 'node:crypto';
+import { rmSync, symlinkSync } from 'node:fs';
 import { mkdir, readFile, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -120,6 +121,39 @@ describe('files of the package', () => {
     await rm(join(dir, 'model.onnx'));
     await symlink(join(elsewhere, 'model.onnx'), join(dir, 'model.onnx'));
     await expectRejected(verifyPackage(dir, keyTrust()), 'file-unsupported', 'model.onnx');
+  });
+
+  it('a file removed while it is being verified → file-missing', async () => {
+    const dir = await signedPackage();
+    let done = false;
+    const verifying = verifyPackage(dir, keyTrust(), {
+      onProgress: ({ file }) => {
+        // manifest.json is hashed first; take weights/part-2.bin away before its turn.
+        if (file === 'manifest.json' && !done) {
+          done = true;
+          rmSync(join(dir, 'weights', 'part-2.bin'));
+        }
+      },
+    });
+    await expectRejected(verifying, 'file-missing', 'weights/part-2.bin disappeared');
+  });
+
+  it('a file swapped for a symlink (to identical bytes) while being verified → file-unsupported', async () => {
+    const dir = await signedPackage();
+    const elsewhere = await dirs.make();
+    const original = await readFile(join(dir, 'weights', 'part-2.bin'));
+    await writeFile(join(elsewhere, 'copy.bin'), original);
+    let done = false;
+    const verifying = verifyPackage(dir, keyTrust(), {
+      onProgress: ({ file }) => {
+        if (file === 'manifest.json' && !done) {
+          done = true;
+          rmSync(join(dir, 'weights', 'part-2.bin'));
+          symlinkSync(join(elsewhere, 'copy.bin'), join(dir, 'weights', 'part-2.bin'));
+        }
+      },
+    });
+    await expectRejected(verifying, 'file-unsupported', 'weights/part-2.bin became a symlink');
   });
 
   it('signing refuses a package holding a symlink, naming it', async () => {
@@ -575,6 +609,17 @@ describe('statements signed by a trusted key but wrong in themselves', () => {
       'bundle-malformed',
       'predicate.serialization.method',
     );
+  });
+
+  it('a statement listing model.sig itself → bundle-malformed', async () => {
+    const dir = await signedPackage();
+    await resign(dir, (s) => {
+      s.predicate.resources.push({ name: 'model.sig', algorithm: 'sha256', digest: 'b'.repeat(64) });
+      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
+      const subject = s.subject[0];
+      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
+    });
+    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', "the signature's own file");
   });
 
   it('a signed ignore_paths does not exempt a file from the listing', async () => {

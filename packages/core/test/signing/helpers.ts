@@ -84,6 +84,7 @@ export interface BundleJson {
   verificationMaterial: {
     publicKey?: { hint: string };
     x509CertificateChain?: { certificates: { rawBytes: string }[] };
+    certificate?: { rawBytes: string };
     tlogEntries?: unknown[];
   };
   dsseEnvelope: { payload: string; payloadType: string; signatures: { sig: string; keyid?: string }[] };

@@ -21,7 +21,7 @@ import {
   verifyPackage,
   type KeyType,
 } from '../../src/signing/index.js';
-import { readJson, sha256Hex, tempDirs, writeSamplePackage, writeTree } from './helpers.js';
+import { editBundle, readJson, sha256Hex, tempDirs, writeSamplePackage, writeTree } from './helpers.js';
 
 const dirs = tempDirs();
 afterEach(() => dirs.cleanup());
@@ -154,6 +154,29 @@ describe('certificate method', () => {
     });
     const bundle = await readJson(join(dir, SIGNATURE_FILE));
     expect(bundle.verificationMaterial).toMatchObject({ x509CertificateChain: { certificates: [{}] } });
+  });
+
+  it('also accepts the bundle v0.3 single `certificate` form (leaf only, no chain)', async () => {
+    const dir = await dirs.make();
+    await writeSamplePackage(dir);
+    const root = createRootCa({ commonName: 'Root', validityDays: 30, keyType: 'ecdsa-p256' });
+    const leaf = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'Pub',
+      validityDays: 7,
+      keyType: 'ecdsa-p256',
+    });
+    await signPackage(dir, {
+      method: 'certificate',
+      privateKeyPem: leaf.privateKeyPem,
+      certificateChainPem: [leaf.certificatePem],
+    });
+    await editBundle(dir, (b) => {
+      const rawBytes = b.verificationMaterial.x509CertificateChain?.certificates[0]?.rawBytes ?? '';
+      b.verificationMaterial = { certificate: { rawBytes } };
+    });
+    const verified = await verifyPackage(dir, { rootCertificatesPem: [root.certificatePem] });
+    expect(verified.signer).toMatchObject({ subject: 'CN=Pub', issuer: 'CN=Root' });
   });
 
   it('root → intermediate → leaf, mixing Ed25519 and P-256, chain file including the root', async () => {
