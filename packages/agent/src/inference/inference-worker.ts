@@ -103,8 +103,9 @@ function toOrtTensor(wire: WireTensor): Tensor {
   const size = Typed.BYTES_PER_ELEMENT;
   let buffer = wire.buffer;
   let offset = wire.byteOffset;
-  // Typed arrays need aligned offsets, and a big-endian host needs its own byte order: both mean one copy.
-  if (offset % size !== 0 || !HOST_IS_LITTLE_ENDIAN) {
+  // One copy here when onnxruntime-node could not use the bytes where they are: it refuses tensors over a
+  // SharedArrayBuffer, typed arrays need aligned offsets, and a big-endian host needs its own byte order.
+  if (buffer instanceof SharedArrayBuffer || offset % size !== 0 || !HOST_IS_LITTLE_ENDIAN) {
     const copy = new Uint8Array(wire.byteLength);
     copy.set(new Uint8Array(buffer, offset, wire.byteLength));
     if (!HOST_IS_LITTLE_ENDIAN) swapBytesInPlace(copy, size);

@@ -23,7 +23,8 @@ export interface RunOptions {
   /**
    * The caller gives up the input buffers: a tensor whose bytes fill its whole ArrayBuffer is transferred to the
    * worker without a copy, and the caller's buffer is detached (byteLength 0) afterwards. Without this, or for
-   * a view into a larger buffer, the bytes are copied once. SharedArrayBuffer bytes are never copied.
+   * a view into a larger buffer, the bytes are copied once. SharedArrayBuffer bytes are not copied on this
+   * thread; the worker copies them once (onnxruntime-node refuses tensors over a SharedArrayBuffer).
    */
   transferInputs?: boolean;
 }
@@ -79,7 +80,10 @@ export interface PoolStats {
     restarts: number;
   }>;
   models: Array<{ key: string; workers: number[]; queued: number; running: number }>;
-  /** How input bytes reached the workers. */
+  /**
+   * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
+   * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors).
+   */
   inputBytes: { transferred: number; shared: number; copied: number; copies: number };
 }
 
@@ -145,7 +149,6 @@ export class InferencePool {
   readonly #slots: Slot[] = [];
   readonly #models = new Map<string, ModelEntry>();
   #nextId = 1;
-  #nextSeq = 1;
   #closed = false;
   readonly #inputBytes = { transferred: 0, shared: 0, copied: 0, copies: 0 };
 
@@ -367,7 +370,7 @@ export class InferencePool {
       this.#finished(job);
       job.reject(
         new InferenceError(
-          kind,
+          'worker-died',
           `the inference worker running this request stopped (${reason}); the request did not complete and may be retried`,
         ),
       );
@@ -567,7 +570,35 @@ export class InferencePool {
     slot.running = job;
     entry.running++;
     const message: ToWorker = { op: 'run', id: job.seq, key: job.key, inputs: job.inputs };
-    slot.worker!.postMessage(message, job.transfer);
+    try {
+      slot.worker!.postMessage(message, job.transfer);
+    } catch {
+      // A buffer that cannot be transferred (an external one, e.g. mapped memory): copy everything instead.
+      // A failed postMessage detaches nothing, so the original bytes are still there to copy.
+      try {
+        const copies = job.inputs.map((input) => {
+          const copy = new Uint8Array(input.byteLength);
+          copy.set(new Uint8Array(input.buffer, input.byteOffset, input.byteLength));
+          this.#inputBytes.copied += input.byteLength;
+          this.#inputBytes.copies++;
+          return { ...input, buffer: copy.buffer, byteOffset: 0 };
+        });
+        slot.worker!.postMessage(
+          { ...message, inputs: copies },
+          copies.map((c) => c.buffer),
+        );
+      } catch (error) {
+        slot.running = null;
+        this.#finished(job);
+        job.reject(
+          new InferenceError(
+            'run-failed',
+            `the input tensors could not be handed to a worker: ${(error as Error).message}`,
+          ),
+        );
+        queueMicrotask(() => this.#pump(slot));
+      }
+    }
   }
 
   #finished(job: Job): void {

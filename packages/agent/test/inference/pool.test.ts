@@ -1,17 +1,20 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TEST_MODELS, writeTestModel, type TestModelTensor } from '@edgefleet/core';
+import { TEST_MODELS, slowModelInput, writeTestModel, type TestModelTensor } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEFAULT_ORT_SESSION_CONFIG,
   InferenceError,
   InferencePool,
+  type PoolEvent,
   type PoolTensor,
 } from '../../src/inference/index.js';
 
 let dir: string;
 let pool: InferencePool;
+const events: PoolEvent[] = [];
+const paths: Record<string, string> = {};
 
 function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor {
   const { data } = tensor;
@@ -23,9 +26,33 @@ function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor {
   };
 }
 
+const slowInput = () => [asPoolTensor('x', slowModelInput())];
+const tinyInput = () => [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
+
+async function inferenceError(promise: Promise<unknown>): Promise<InferenceError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(InferenceError);
+  return error as InferenceError;
+}
+
+/** Resolves once some worker of the pool is running a request. */
+async function untilBusy(of: InferencePool): Promise<void> {
+  while (!of.stats().workers.some((w) => w.busy)) await new Promise((resolve) => setTimeout(resolve, 1));
+}
+
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'agent-pool-'));
-  pool = await InferencePool.start({ workers: 2, session: DEFAULT_ORT_SESSION_CONFIG });
+  for (const model of ['tiny', 'slow', 'image-identity'] as const)
+    paths[model] = await writeTestModel(model, dir);
+  pool = await InferencePool.start({
+    workers: 2,
+    session: DEFAULT_ORT_SESSION_CONFIG,
+    maxQueuedPerModel: 2,
+    onEvent: (event) => events.push(event),
+  });
 });
 afterAll(async () => {
   await pool?.close();
@@ -33,18 +60,164 @@ afterAll(async () => {
 });
 
 describe('InferencePool', () => {
-  it('loads a model in a worker and runs it with exact outputs', async () => {
-    const path = await writeTestModel('tiny', dir);
-    const info = await pool.loadModel('tiny#1', path, 1);
-    expect(info.inputs).toEqual([{ name: 'x', type: 'float32', shape: [1, 16] }]);
+  it('loads a model in a worker and runs it with exact outputs, as little-endian bytes with the real shape', async () => {
+    const info = await pool.loadModel('tiny#1', paths.tiny!, 1);
+    expect(info).toEqual({
+      inputs: [{ name: 'x', type: 'float32', shape: [1, 16] }],
+      outputs: [{ name: 'y', type: 'float32', shape: [1, 16] }],
+      workers: [0],
+    });
     const sample = TEST_MODELS.tiny.sampleInputs();
     const result = await pool.run('tiny#1', [asPoolTensor('x', sample.x!)]);
     const expected = TEST_MODELS.tiny.reference(sample).y!;
-    expect(result.outputs).toHaveLength(1);
-    expect(result.outputs[0]!.shape).toEqual([1, 16]);
-    expect(new Float32Array(result.outputs[0]!.data.slice().buffer)).toEqual(expected.data);
-    expect(result.computeMs).toBeGreaterThanOrEqual(0);
+    expect(result.outputs.map((o) => [o.name, o.dataType, o.shape])).toEqual([['y', 'FLOAT32', [1, 16]]]);
+    const bytes = Buffer.from(result.outputs[0]!.data);
+    expected.data.forEach((value, i) => expect(bytes.readFloatLE(i * 4)).toBe(value));
     await pool.unloadModel('tiny#1');
-    await expect(pool.run('tiny#1', [asPoolTensor('x', sample.x!)])).rejects.toBeInstanceOf(InferenceError);
+    expect((await inferenceError(pool.run('tiny#1', tinyInput()))).kind).toBe('unknown-model');
+  });
+
+  it('spreads instances over distinct workers and sends concurrent requests to an idle one', async () => {
+    const info = await pool.loadModel('slow#1', paths.slow!, 2);
+    expect(info.workers).toEqual([0, 1]);
+    const [a, b] = await Promise.all([pool.run('slow#1', slowInput()), pool.run('slow#1', slowInput())]);
+    expect(new Set([a!.worker, b!.worker])).toEqual(new Set([0, 1]));
+    // Both ran at once: neither waited for the other's compute.
+    expect(Math.max(a!.queueMs, b!.queueMs)).toBeLessThan(Math.min(a!.computeMs, b!.computeMs));
+    await pool.unloadModel('slow#1');
+  });
+
+  it('queues requests beyond the idle instances, and refuses more than the queue limit', async () => {
+    await pool.loadModel('slow#2', paths.slow!, 1);
+    const running = pool.run('slow#2', slowInput());
+    const queued = [pool.run('slow#2', slowInput()), pool.run('slow#2', slowInput())];
+    const refused = await inferenceError(pool.run('slow#2', slowInput()));
+    expect(refused.kind).toBe('queue-full');
+    expect(refused.message).toMatch(/2 requests for model slow#2 are already waiting .* limit is 2/);
+    const results = await Promise.all([running, ...queued]);
+    // The queued ones waited roughly one compute time each, the first none: queue time is told apart.
+    expect(results[2]!.queueMs).toBeGreaterThan(results[0]!.queueMs);
+    expect(results[2]!.queueMs).toBeGreaterThan(results[0]!.computeMs / 2);
+    await pool.unloadModel('slow#2');
+  });
+
+  it('copies a view into a larger buffer once, transfers a whole buffer given up, shares a SharedArrayBuffer', async () => {
+    await pool.loadModel('image#1', paths['image-identity']!, 1);
+    const image = TEST_MODELS['image-identity'].sampleInputs().image!;
+    const bytes = image.data.byteLength;
+    const run = async (data: Uint8Array, transferInputs: boolean) => {
+      const result = await pool.run(
+        'image#1',
+        [{ name: 'image', dataType: 'FLOAT32', shape: image.shape, data }],
+        {
+          transferInputs,
+        },
+      );
+      expect(Buffer.from(result.outputs[0]!.data).equals(Buffer.from(image.data.buffer))).toBe(true);
+    };
+    let before = pool.stats().inputBytes;
+
+    // A view into a bigger buffer the caller keeps: one copy; the caller's buffer is untouched.
+    const big = new Uint8Array(bytes + 64);
+    big.set(new Uint8Array(image.data.buffer), 32);
+    await run(big.subarray(32, 32 + bytes), true);
+    let after = pool.stats().inputBytes;
+    expect([
+      after.copies - before.copies,
+      after.copied - before.copied,
+      after.transferred - before.transferred,
+    ]).toEqual([1, bytes, 0]);
+    expect(big.byteLength).toBe(bytes + 64);
+
+    // A whole buffer, not given up: copied.
+    before = after;
+    const kept = new Uint8Array(image.data.buffer.slice(0));
+    await run(kept, false);
+    after = pool.stats().inputBytes;
+    expect(after.copied - before.copied).toBe(bytes);
+    expect(kept.byteLength).toBe(bytes);
+
+    // A whole buffer given up: transferred, no copy, detached here.
+    before = after;
+    const given = new Uint8Array(image.data.buffer.slice(0));
+    await run(given, true);
+    after = pool.stats().inputBytes;
+    expect([after.copies - before.copies, after.transferred - before.transferred]).toEqual([0, bytes]);
+    expect(given.byteLength).toBe(0);
+
+    // A SharedArrayBuffer: not copied on this thread (the worker copies it once).
+    before = after;
+    const shared = new Uint8Array(new SharedArrayBuffer(bytes + 8), 8, bytes);
+    shared.set(new Uint8Array(image.data.buffer));
+    await run(shared, true);
+    after = pool.stats().inputBytes;
+    expect([after.copies - before.copies, after.shared - before.shared]).toEqual([0, bytes]);
+    await pool.unloadModel('image#1');
+  });
+
+  it('reads unaligned input bytes correctly (they are realigned inside the worker)', async () => {
+    await pool.loadModel('tiny#2', paths.tiny!, 1);
+    const sample = TEST_MODELS.tiny.sampleInputs().x!;
+    const shared = new Uint8Array(new SharedArrayBuffer(64 + 3), 3, 64);
+    shared.set(new Uint8Array(sample.data.buffer));
+    const result = await pool.run('tiny#2', [
+      { name: 'x', dataType: 'FLOAT32', shape: [1, 16], data: shared },
+    ]);
+    const expected = TEST_MODELS.tiny.reference({ x: sample }).y!.data;
+    expect(new Float32Array(result.outputs[0]!.data.slice().buffer)).toEqual(expected);
+    await pool.unloadModel('tiny#2');
+  });
+
+  it('reports a model ONNX Runtime refuses as model-rejected, and keeps nothing of it', async () => {
+    const garbage = join(dir, 'garbage.onnx');
+    await writeFile(garbage, 'not a model');
+    const error = await inferenceError(pool.loadModel('bad#1', garbage, 2));
+    expect(error.kind).toBe('model-rejected');
+    expect(error.message).toMatch(/protobuf|parse|load model/i);
+    expect(pool.stats().models).toEqual([]);
+    expect(pool.stats().workers.flatMap((w) => w.sessions)).toEqual([]);
+  });
+
+  it('replaces a worker that stops, failing only what it was running, and reloads its sessions', async () => {
+    await pool.loadModel('slow#3', paths.slow!, 1);
+    await pool.loadModel('tiny#3', paths.tiny!, 2);
+    const victim = pool.stats().workers.find((w) => w.sessions.includes('slow#3'))!.index;
+    const doomed = pool.run('slow#3', slowInput());
+    await untilBusy(pool);
+    const restartsBefore = pool.stats().workers[victim]!.restarts;
+    await pool.recycleWorker(victim);
+    const error = await inferenceError(doomed);
+    expect(error.kind).toBe('worker-died');
+    // Queued meanwhile: runs once the replacement has reloaded the session.
+    const after = await pool.run('slow#3', slowInput());
+    expect(after.worker).toBe(victim);
+    while (!events.some((e) => e.type === 'worker-restarted' && e.worker === victim)) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    expect(pool.stats().workers[victim]).toMatchObject({
+      restarts: restartsBefore + 1,
+      ready: true,
+      sessions: expect.arrayContaining(['slow#3', 'tiny#3']),
+    });
+    expect(events).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ type: 'worker-exit', worker: victim, failed: 1 }),
+        expect.objectContaining({ type: 'worker-restarted', worker: victim, reloaded: ['slow#3', 'tiny#3'] }),
+      ]),
+    );
+    await pool.unloadModel('slow#3');
+    await pool.unloadModel('tiny#3');
+  });
+
+  it('fails what is pending with closed when it closes', async () => {
+    const own = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+    await own.loadModel('slow', paths.slow!, 1);
+    const running = inferenceError(own.run('slow', slowInput()));
+    const queued = inferenceError(own.run('slow', slowInput()));
+    await untilBusy(own);
+    await own.close();
+    expect((await running).kind).toBe('closed');
+    expect((await queued).kind).toBe('closed');
+    expect((await inferenceError(own.run('slow', slowInput()))).kind).toBe('closed');
   });
 });

@@ -1,0 +1,74 @@
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { AgentMetrics } from '../../src/metrics/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
+import { predictTensors, scratch } from './helpers.js';
+
+let pool: InferencePool;
+let files: Awaited<ReturnType<typeof scratch>>;
+let metrics: AgentMetrics;
+
+beforeAll(async () => {
+  files = await scratch('agent-metrics-');
+  metrics = new AgentMetrics();
+  pool = await InferencePool.start({
+    workers: 1,
+    session: DEFAULT_ORT_SESSION_CONFIG,
+    onEvent: (event) => event.type === 'worker-exit' && metrics.workerExited(),
+  });
+  metrics.watchPool(() => pool.stats());
+});
+afterAll(async () => {
+  await pool?.close();
+  await files?.cleanup();
+});
+
+/** The value of one sample line of the exposition, e.g. `name{labels}`. */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+describe('AgentMetrics fed by the registry and the pool', () => {
+  it('counts requests, failures, inferences, queue and compute time, loads and load failures per model', async () => {
+    const models = new ModelRegistry({ pool, trust: null, cwd: files.root, metrics });
+    await models.load({ url: await files.catalogue('tiny'), name: 'tiny' });
+    await models.load({ url: join(files.root, 'missing'), name: 'ghost' }).catch(() => {});
+    for (let i = 0; i < 3; i++) await models.predict('tiny', predictTensors('tiny'));
+    await models.predict('tiny', []).catch(() => {});
+
+    const { contentType, body } = await metrics.text();
+    expect(contentType).toMatch(/^text\/plain/);
+    expect(sample(body, 'edgefleet_inference_request_success_total{model="tiny"}')).toBe(3);
+    expect(
+      sample(body, 'edgefleet_inference_request_failure_total{model="tiny",code="INVALID_ARGUMENT"}'),
+    ).toBe(1);
+    expect(sample(body, 'edgefleet_inference_count_total{model="tiny"}')).toBe(3);
+    expect(sample(body, 'edgefleet_inference_request_duration_seconds_count{model="tiny"}')).toBe(4);
+    expect(sample(body, 'edgefleet_inference_queue_duration_seconds_count{model="tiny"}')).toBe(3);
+    expect(sample(body, 'edgefleet_inference_compute_duration_seconds_count{model="tiny"}')).toBe(3);
+    expect(sample(body, 'edgefleet_inference_compute_duration_seconds_sum{model="tiny"}')).toBeGreaterThan(0);
+    expect(sample(body, 'edgefleet_model_load_duration_seconds_count{model="tiny"}')).toBe(1);
+    expect(sample(body, 'edgefleet_model_load_failures_total{model="ghost",code="NOT_FOUND"}')).toBe(1);
+    expect(sample(body, 'edgefleet_models_loaded')).toBe(1);
+    expect(sample(body, 'edgefleet_inference_workers{state="ready"}')).toBe(1);
+    // The warm-up's 64 bytes and three requests' 64 bytes each, all views the registry does not own: copied.
+    expect(sample(body, 'edgefleet_inference_input_bytes_total{path="copied"}')).toBe(256);
+    expect(sample(body, 'edgefleet_inference_input_bytes_total{path="transferred"}')).toBe(0);
+    expect(body).toMatch(/^process_cpu_user_seconds_total /m);
+    await models.close();
+    expect(sample((await metrics.text()).body, 'edgefleet_models_loaded')).toBe(0);
+  });
+
+  it('keeps its registry to itself: two agents in one process do not collide', async () => {
+    const other = new AgentMetrics();
+    other.observeLoad('x', 10);
+    expect(
+      sample(await other.registry.metrics(), 'edgefleet_model_load_duration_seconds_count{model="x"}'),
+    ).toBe(1);
+    expect(
+      sample(await metrics.registry.metrics(), 'edgefleet_model_load_duration_seconds_count{model="x"}'),
+    ).toBe(undefined);
+  });
+});
