@@ -1,0 +1,187 @@
+import type { ServerUnaryCall, UntypedServiceImplementation, sendUnaryData } from '@grpc/grpc-js';
+import {
+  AGENT_METHOD_NAMES,
+  AgentMessageDecodeError,
+  createAgentServiceDefinition,
+  type AgentCodec,
+  type AgentMethodDefinition,
+  type AgentMethodName,
+  type AgentRequest,
+  type AgentResponse,
+  type MessageInit,
+} from '@edgefleet/core';
+import type { Logger } from 'pino';
+import { AgentError, type ModelRegistry } from '../models/index.js';
+import type { SegmentLease, SharedMemoryReader } from '../shm/index.js';
+import { INTERNAL_CODE, UNIMPLEMENTED_CODE, grpcFailure, toGrpcFailure } from './grpc-errors.js';
+import { fromWireTensor, toWireModel, toWireOutput } from './wire-tensors.js';
+
+export interface AgentServiceOptions {
+  registry: ModelRegistry;
+  /** Reads tensors clients put in System V shared memory; null when the native addon is not available. */
+  sharedMemory: SharedMemoryReader | null;
+  codec: AgentCodec;
+  logger: Logger;
+  /** `-m`: a Predict whose outputs alone exceed it is answered with a details string that says so. */
+  maxMessageBytes: number;
+}
+
+/**
+ * The service definition the server registers: the shared one, except that requests arrive as raw bytes and are
+ * decoded by the handler, so a malformed message is answered INVALID_ARGUMENT with the decoder's reason
+ * (grpc-js would answer INTERNAL "Error deserializing request" and hide why).
+ */
+export type RawRequestServiceDefinition = {
+  readonly [M in AgentMethodName]: Omit<
+    AgentMethodDefinition<AgentRequest<M>, AgentResponse<M>>,
+    'requestDeserialize'
+  > & { readonly requestDeserialize: (bytes: Buffer) => Buffer };
+};
+
+export function createRawRequestServiceDefinition(codec: AgentCodec): RawRequestServiceDefinition {
+  const shared = createAgentServiceDefinition(codec);
+  const raw = (bytes: Buffer): Buffer => bytes;
+  return Object.fromEntries(
+    AGENT_METHOD_NAMES.map((method) => [method, { ...shared[method], requestDeserialize: raw }]),
+  ) as RawRequestServiceDefinition;
+}
+
+type Handler<M extends AgentMethodName> = (
+  request: AgentRequest<M>,
+) => MessageInit<AgentResponse<M>> | Promise<MessageInit<AgentResponse<M>>>;
+
+/** Counts the calls being handled, for shutdown. */
+export interface CallTracker {
+  readonly inflight: number;
+}
+
+/**
+ * The `AWS.SageMaker.Edge.Agent` handlers: a thin adapter over ModelRegistry. Every call is independent (no
+ * call waits for another); every failure becomes a status with a details string; nothing a client sends can
+ * throw out of a handler.
+ */
+export function createAgentServiceHandlers(options: AgentServiceOptions): {
+  handlers: UntypedServiceImplementation;
+  tracker: CallTracker;
+} {
+  const { registry, sharedMemory, codec, logger, maxMessageBytes } = options;
+  let inflight = 0;
+  const tracker: CallTracker = {
+    get inflight() {
+      return inflight;
+    },
+  };
+
+  const unary = <M extends AgentMethodName>(method: M, handle: Handler<M>) => {
+    const requestName = `${method}Request` as const;
+    return (call: ServerUnaryCall<Buffer, unknown>, callback: sendUnaryData<unknown>): void => {
+      const began = performance.now();
+      inflight++;
+      const finish = (error: unknown, response?: unknown): void => {
+        inflight--;
+        if (error === null) callback(null, response);
+        else {
+          const failure = toGrpcFailure(error, method);
+          if (failure.code === INTERNAL_CODE)
+            logger.error({ err: error, method }, `${method} failed unexpectedly`);
+          callback(failure);
+        }
+        if (logger.isLevelEnabled('debug')) {
+          logger.debug(
+            {
+              method,
+              ms: Math.round((performance.now() - began) * 1000) / 1000,
+              ...(error !== null && { code: toGrpcFailure(error, method).code }),
+            },
+            `gRPC ${method}`,
+          );
+        }
+      };
+      let request: AgentRequest<M>;
+      try {
+        request = codec.decode(requestName, call.request) as AgentRequest<M>;
+      } catch (error) {
+        finish(
+          error instanceof AgentMessageDecodeError
+            ? new AgentError('INVALID_ARGUMENT', error.message)
+            : error,
+        );
+        return;
+      }
+      try {
+        const result = handle(request);
+        if (result instanceof Promise) result.then((response) => finish(null, response), finish);
+        else finish(null, result);
+      } catch (error) {
+        finish(error);
+      }
+    };
+  };
+
+  const captureUnavailable = (method: AgentMethodName) => {
+    return (_call: ServerUnaryCall<Buffer, unknown>, callback: sendUnaryData<unknown>): void => {
+      callback(
+        grpcFailure(
+          UNIMPLEMENTED_CODE,
+          `${method}: data capture is not enabled in this build of edgefleet-agent; nothing was captured. Expected: an agent built with the capture capability`,
+        ),
+      );
+    };
+  };
+
+  const handlers = {
+    Predict: unary('Predict', async (request) => {
+      const name = modelName(request.handle, request.name, 'Predict');
+      if (!registry.has(name)) registry.describe(name); // NOT_FOUND, before anything about the tensors
+      const leases: SegmentLease[] = [];
+      try {
+        const tensors = request.tensors.map((tensor, i) => fromWireTensor(tensor, i, sharedMemory, leases));
+        const result = await registry.predict(name, tensors);
+        const outputBytes = result.outputs.reduce((n, o) => n + o.data.byteLength, 0);
+        if (outputBytes > maxMessageBytes) {
+          throw new AgentError(
+            'RESOURCE_EXHAUSTED',
+            `the response of model ${JSON.stringify(name)} holds ${outputBytes} bytes of output tensors, more than the ${maxMessageBytes}-byte message limit (-m); expected smaller inputs, or an agent started with a larger -m`,
+          );
+        }
+        return { tensors: result.outputs.map(toWireOutput) };
+      } finally {
+        for (const lease of leases) lease.release();
+      }
+    }),
+    LoadModel: unary('LoadModel', async (request) => {
+      const name = modelName(request.handle, request.name, 'LoadModel');
+      if (request.url === '') {
+        throw new AgentError(
+          'INVALID_ARGUMENT',
+          `LoadModel for ${JSON.stringify(name)} has no url; expected the folder of an extracted model package (absolute, or relative to the agent's working directory)`,
+        );
+      }
+      const model = await registry.load({ url: request.url, name });
+      return { model: toWireModel(model) };
+    }),
+    UnLoadModel: unary('UnLoadModel', async (request) => {
+      await registry.unload(modelName(request.handle, request.name, 'UnLoadModel'));
+      return {};
+    }),
+    ListModels: unary('ListModels', () => ({ models: registry.list().map(toWireModel) })),
+    DescribeModel: unary('DescribeModel', (request) => ({
+      model: toWireModel(registry.describe(modelName(request.handle, request.name, 'DescribeModel'))),
+    })),
+    CaptureData: captureUnavailable('CaptureData'),
+    GetCaptureDataStatus: captureUnavailable('GetCaptureDataStatus'),
+  } satisfies Record<AgentMethodName, unknown>;
+  return { handlers, tracker };
+}
+
+/** `handle` wins over the deprecated `name` (spec §2); a request must carry one of them. */
+function modelName(handle: string, name: string, method: AgentMethodName): string {
+  const chosen = handle !== '' ? handle : name;
+  if (chosen === '') {
+    throw new AgentError(
+      'INVALID_ARGUMENT',
+      `${method} names no model; expected the model's name in handle (or in the deprecated name field)`,
+    );
+  }
+  return chosen;
+}

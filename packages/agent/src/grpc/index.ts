@@ -1,0 +1,16 @@
+// The SageMaker Edge agent gRPC API (`AWS.SageMaker.Edge.Agent` on a Unix socket): a thin adapter over ModelRegistry.
+export {
+  createAgentServiceHandlers,
+  createRawRequestServiceDefinition,
+  type AgentServiceOptions,
+  type CallTracker,
+  type RawRequestServiceDefinition,
+} from './agent-service.js';
+export {
+  grpcServerOptions,
+  startGrpcServer,
+  type GrpcServerOptions,
+  type RunningGrpcServer,
+} from './grpc-server.js';
+export { GrpcStatusError, grpcFailure, toGrpcFailure, type GrpcFailure } from './grpc-errors.js';
+export { fromWireTensor, toWireMetadata, toWireModel, toWireOutput } from './wire-tensors.js';
