@@ -1,0 +1,25 @@
+// The agent's local database (DbEnable / sagemaker_edge_local_data_root_path): SQLite in WAL mode, versioned
+// migrations, and small repositories over it.
+export {
+  AGENT_DATABASE_FILE,
+  AgentDatabase,
+  agentDatabasePath,
+  type OpenAgentDatabaseOptions,
+} from './agent-database.js';
+export { LATEST_SCHEMA_VERSION, MIGRATIONS, migrate, type Migration } from './migrations.js';
+export {
+  CaptureQueueRepository,
+  type BatchedCaptureRow,
+  type CaptureStatusRow,
+  type QueuedCaptureRow,
+  type StoredCaptureStatus,
+} from './capture-queue-repository.js';
+export { LoadedModelsRepository, type LoadedModelRow } from './loaded-models-repository.js';
+export { ModelCountersRepository, type ModelCounters } from './model-counters-repository.js';
+export {
+  MemoryUploadLedger,
+  UploadLedgerRepository,
+  type LedgerFile,
+  type UploadLedger,
+} from './upload-ledger-repository.js';
+export { ModelActivity, type ModelActivityOptions } from './model-activity.js';

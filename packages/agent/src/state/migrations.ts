@@ -1,0 +1,94 @@
+import type { Database } from 'better-sqlite3';
+
+/** One step of the schema. Never edit a released migration; add a new one with the next version. */
+export interface Migration {
+  version: number;
+  description: string;
+  sql: string;
+}
+
+/**
+ * The agent's local schema, version by version. The version applied is kept in `PRAGMA user_version`, and each
+ * migration runs in the same transaction as the version bump, so a crash mid-migration leaves the previous
+ * version intact. Times are epoch milliseconds.
+ */
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: 'capture queue and statuses, loaded models, model counters, upload ledger',
+    sql: `
+      -- Captures accepted by CaptureData (or automatic capture) and not yet written to a destination or the spool.
+      -- meta: the capture without its bytes (JSON); payload: its bytes, concatenated (see capture/capture-item.ts).
+      CREATE TABLE capture_queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        capture_id TEXT NOT NULL UNIQUE,
+        model TEXT NOT NULL,
+        meta TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        -- Set once the capture is put in a batch; a batch is re-written under the same id after a crash.
+        batch_id TEXT,
+        enqueued_at INTEGER NOT NULL
+      );
+      CREATE INDEX capture_queue_batch ON capture_queue (batch_id, seq);
+
+      -- What GetCaptureDataStatus answers; kept after delivery for a bounded time (see pruneStatuses).
+      CREATE TABLE capture_status (
+        capture_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('IN_PROGRESS', 'SUCCESS', 'FAILURE')),
+        model TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        detail TEXT
+      );
+      CREATE INDEX capture_status_finished ON capture_status (status, updated_at);
+
+      -- Models to load again after a restart, in the order they were loaded.
+      CREATE TABLE loaded_models (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        loaded_at INTEGER NOT NULL,
+        ordinal INTEGER NOT NULL
+      );
+
+      -- Per-model activity the heartbeat reports.
+      CREATE TABLE model_counters (
+        model TEXT PRIMARY KEY,
+        inferences INTEGER NOT NULL DEFAULT 0,
+        samples INTEGER NOT NULL DEFAULT 0,
+        last_inference_at INTEGER,
+        last_sample_at INTEGER
+      );
+
+      -- Disk capture files the periodic upload has put in the bucket (kept files only; removed ones need no mark).
+      CREATE TABLE uploaded_files (
+        path TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ms INTEGER NOT NULL,
+        uploaded_at INTEGER NOT NULL
+      );
+    `,
+  },
+];
+
+export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+
+/** Brings the database up to the latest version; returns the versions applied. */
+export function migrate(db: Database, migrations: readonly Migration[] = MIGRATIONS): number[] {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  const latest = migrations[migrations.length - 1]?.version ?? 0;
+  if (current > latest) {
+    throw new Error(
+      `the agent database ${db.name} has schema version ${current}, newer than this agent knows (${latest}); it was written by a newer agent: upgrade this agent, or move the database aside`,
+    );
+  }
+  const applied: number[] = [];
+  for (const migration of migrations) {
+    if (migration.version <= current) continue;
+    db.transaction(() => {
+      db.exec(migration.sql);
+      // PRAGMA takes no bound parameters; the version is an integer from our own list.
+      db.pragma(`user_version = ${Math.trunc(migration.version)}`);
+    }).immediate();
+    applied.push(migration.version);
+  }
+  return applied;
+}
