@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import type { Dirent } from 'node:fs';
-import { lstat, open, readdir } from 'node:fs/promises';
+import { lstat, open, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UnsupportedFileError, type UnsupportedFileKind } from './errors.js';
 
@@ -65,13 +65,19 @@ export async function listFiles(dir: string, ignore: readonly string[]): Promise
   const out: ListedFile[] = [];
   const walk = async (rel: string): Promise<void> => {
     const entries = await readdir(rel ? join(dir, rel) : dir, { withFileTypes: true });
+    const files: string[] = [];
+    const folders: string[] = [];
     for (const entry of entries) {
       const relPath = rel ? `${rel}/${entry.name}` : entry.name;
       if (ignored.has(relPath)) continue;
-      if (entry.isDirectory()) await walk(relPath);
-      else if (entry.isFile()) out.push({ path: relPath, size: (await lstat(join(dir, relPath))).size });
+      if (entry.isDirectory()) folders.push(relPath);
+      else if (entry.isFile()) files.push(relPath);
       else throw new UnsupportedFileError(relPath, kindOf(entry));
     }
+    // Sizes (for progress totals) of a folder's files in one go rather than one round trip each.
+    const sizes = await Promise.all(files.map(async (f) => (await lstat(join(dir, f))).size));
+    files.forEach((path, i) => out.push({ path, size: sizes[i] as number }));
+    for (const folder of folders) await walk(folder);
   };
   await walk('');
   return out.sort((a, b) => compareResourcePaths(a.path, b.path));
@@ -88,54 +94,100 @@ export async function hashListedFiles(
   const bytesTotal = files.reduce((sum, f) => sum + f.size, 0);
   let bytesBefore = 0;
   const out: FileDigest[] = [];
-  // Two buffers shared by all files of this run: one being read into while the other is hashed.
-  const buffers: [Buffer, Buffer] = [Buffer.allocUnsafe(READ_SIZE), Buffer.allocUnsafe(READ_SIZE)];
-  for (const file of files) {
-    const report = onProgress
-      ? (done: number) => onProgress({ file: file.path, bytesDone: bytesBefore + done, bytesTotal })
-      : undefined;
-    const { sha256, size } = await hashFile(join(dir, file.path), buffers, report);
-    const digest = { path: file.path, sha256, size };
-    onFile?.(digest);
-    out.push(digest);
-    bytesBefore += file.size;
+  const reader = new PipelinedReader(files.map((f) => join(dir, f.path)));
+  try {
+    for (const [i, file] of files.entries()) {
+      const report = onProgress
+        ? (done: number) => onProgress({ file: file.path, bytesDone: bytesBefore + done, bytesTotal })
+        : undefined;
+      const { sha256, size } = await reader.hash(i, report);
+      const digest = { path: file.path, sha256, size };
+      onFile?.(digest);
+      out.push(digest);
+      bytesBefore += file.size;
+    }
+  } finally {
+    await reader.dispose();
   }
   return out;
 }
 
+type ReadResult = { bytesRead: number };
+
+/** A file opened ahead of its turn, with its first read already in flight. */
+interface Prefetched {
+  handle: FileHandle;
+  first: Promise<ReadResult>;
+}
+
 /**
- * Streams one file through SHA-256 with double buffering: the next read is issued before the current piece
- * is hashed, so disk and hash overlap. Reads to end of file (not to the size seen when listing).
+ * Streams files through SHA-256 with two buffers: the next read is issued before the current piece is
+ * hashed, so reading and hashing overlap; while the last piece of one file is hashed, the next file is
+ * opened and its first piece read. Reads to end of file (not to the size seen when listing); a short read
+ * is the end, as POSIX guarantees for regular files.
  */
-async function hashFile(
-  path: string,
-  buffers: [Buffer, Buffer],
-  report?: (bytesDone: number) => void,
-): Promise<{ sha256: string; size: number }> {
-  const hash = createHash('sha256');
-  const handle = await open(path, OPEN_FLAGS);
-  let pending: Promise<{ bytesRead: number }> | undefined;
-  try {
+class PipelinedReader {
+  readonly #paths: readonly string[];
+  readonly #buffers: [Buffer, Buffer] = [Buffer.allocUnsafe(READ_SIZE), Buffer.allocUnsafe(READ_SIZE)];
+  /** Which buffer the next file's first read goes into. */
+  #nextBuffer = 0;
+  #prefetched: Promise<Prefetched> | undefined;
+
+  constructor(paths: readonly string[]) {
+    this.#paths = paths;
+  }
+
+  async hash(index: number, report?: (bytesDone: number) => void): Promise<{ sha256: string; size: number }> {
+    const opened = this.#prefetched ?? this.#prefetch(index);
+    this.#prefetched = undefined;
+    const { handle, first } = await opened;
+    const hash = createHash('sha256');
+    let pending: Promise<ReadResult> | undefined = first;
+    let which = this.#nextBuffer;
     let position = 0;
-    let which = 0;
-    pending = handle.read(buffers[0], 0, READ_SIZE, 0);
-    for (;;) {
-      const { bytesRead } = await pending;
-      pending = undefined;
-      if (bytesRead === 0) break;
-      const current = buffers[which as 0 | 1];
-      position += bytesRead;
-      which ^= 1;
-      pending = handle.read(buffers[which as 0 | 1], 0, READ_SIZE, position);
-      hash.update(current.subarray(0, bytesRead));
-      report?.(position);
+    try {
+      while (pending) {
+        const { bytesRead }: ReadResult = await pending;
+        pending = undefined;
+        const current = this.#buffers[which as 0 | 1];
+        which ^= 1;
+        position += bytesRead;
+        if (bytesRead === READ_SIZE)
+          pending = handle.read(this.#buffers[which as 0 | 1], 0, READ_SIZE, position);
+        else if (index + 1 < this.#paths.length) {
+          // Last piece of this file: the other buffer is free, so start on the next file now.
+          this.#nextBuffer = which;
+          this.#prefetched = this.#prefetch(index + 1);
+        }
+        hash.update(current.subarray(0, bytesRead));
+        report?.(position);
+      }
+      return { sha256: hash.digest('hex'), size: position };
+    } finally {
+      // A listener that throws leaves a read in flight; let it land before the descriptor goes away.
+      await pending?.catch(() => undefined);
+      await handle.close();
     }
-    if (position === 0) report?.(0);
-    return { sha256: hash.digest('hex'), size: position };
-  } finally {
-    // A listener that throws leaves a read in flight; let it land before the descriptor goes away.
-    await pending?.catch(() => undefined);
-    await handle.close();
+  }
+
+  /** Lets any prefetch land and closes its file. */
+  async dispose(): Promise<void> {
+    const prefetched = await this.#prefetched?.catch(() => undefined);
+    this.#prefetched = undefined;
+    if (!prefetched) return;
+    await prefetched.first.catch(() => undefined);
+    await prefetched.handle.close();
+  }
+
+  #prefetch(index: number): Promise<Prefetched> {
+    const buffer = this.#buffers[this.#nextBuffer as 0 | 1];
+    const prefetched = open(this.#paths[index] as string, OPEN_FLAGS).then((handle) => {
+      const first = handle.read(buffer, 0, READ_SIZE, 0);
+      first.catch(() => undefined); // handled when awaited; until then, not an unhandled rejection
+      return { handle, first };
+    });
+    prefetched.catch(() => undefined);
+    return prefetched;
   }
 }
 
