@@ -20,3 +20,4 @@ export {
 } from './model-registry.js';
 export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
 export { showTensorName, tensorNameBytes } from './tensor-names.js';
+export { startModelService, type ModelService } from './start.js';
