@@ -93,6 +93,7 @@ addCommonOptions(
 ).action(async (options: CommonOptions) => {
   const result = await initServer(await configFrom(options));
   process.stderr.write(`initialised ${result.dataDir} (state: ${result.database}, blobs: ${result.blobs})\n`);
+  process.stderr.write(`device CA ${result.deviceCaFile} (SHA-256 ${result.deviceCaSha256})\n`);
   if (result.adminToken) {
     process.stderr.write('first admin API token (shown once; store it now):\n');
     process.stdout.write(`${result.adminToken}\n`);

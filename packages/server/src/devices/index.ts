@@ -1,4 +1,5 @@
 export {
+  deviceCertificateSchema,
   deviceInputSchema,
   deviceListQuerySchema,
   deviceSchema,

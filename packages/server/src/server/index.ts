@@ -1,3 +1,10 @@
 export { initServer, type InitResult } from './init.js';
 export { createLogger } from './logger.js';
-export { openStores, startServer, type ServerHandle, type StartServerOptions } from './start-server.js';
+export {
+  openDeviceCa,
+  openStores,
+  startServer,
+  type ServerHandle,
+  type ServerServices,
+  type StartServerOptions,
+} from './start-server.js';

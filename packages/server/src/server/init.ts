@@ -1,6 +1,6 @@
 import { ApiTokenStore } from '../auth/index.js';
 import type { ServerConfig } from '../config/index.js';
-import { openStores } from './start-server.js';
+import { openDeviceCa, openStores } from './start-server.js';
 
 export interface InitResult {
   /** The first admin token, when this run created it (shown once). */
@@ -8,6 +8,9 @@ export interface InitResult {
   dataDir: string;
   database: string;
   blobs: string;
+  /** SHA-256 of the device CA certificate (devices trust it for the device API). */
+  deviceCaSha256: string;
+  deviceCaFile: string;
 }
 
 /**
@@ -18,11 +21,14 @@ export async function initServer(config: ServerConfig): Promise<InitResult> {
   const { database, blobs } = await openStores(config);
   try {
     await blobs.check();
+    const ca = await openDeviceCa(config, database);
     const tokens = new ApiTokenStore(database.db);
     const result: InitResult = {
       dataDir: config.dataDir,
       database: database.description,
       blobs: blobs.description,
+      deviceCaSha256: ca.fingerprintSha256,
+      deviceCaFile: config.deviceCa.certFile,
     };
     if (!(await tokens.hasActiveAdmin())) {
       result.adminToken = (await tokens.create({ name: 'initial-admin', scope: 'admin' })).token;

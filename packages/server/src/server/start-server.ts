@@ -1,23 +1,47 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { ApiTokenStore, operatorAuthenticators, registerApiTokenRoutes } from '../auth/index.js';
 import { createBlobStore, type BlobStore } from '../blobs/index.js';
+import type { ServerConfig } from '../config/index.js';
 import { DeviceStore, registerDeviceRoutes } from '../devices/index.js';
 import { FleetStore, registerFleetRoutes } from '../fleets/index.js';
-import type { ServerConfig } from '../config/index.js';
-import { buildApp } from '../http/app.js';
+import { buildApp, type ReadinessCheck } from '../http/app.js';
+import {
+  bindDeviceCa,
+  DeviceCa,
+  DeviceIdentityService,
+  deviceAuthenticator,
+  enrollmentTokenAuthenticator,
+  registerIdentityDeviceRoutes,
+  registerIdentityOperatorRoutes,
+  registerIdentityRoutes,
+} from '../identity/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
 import { createLogger } from './logger.js';
+
+/** The in-process API of a running server: what tests, the CLI and later facades build on. */
+export interface ServerServices {
+  apiTokens: ApiTokenStore;
+  fleets: FleetStore;
+  devices: DeviceStore;
+  identity: DeviceIdentityService;
+  deviceCa: DeviceCa;
+}
 
 export interface ServerHandle {
   /** Base URL of the operator API, e.g. http://127.0.0.1:8080 (the bound port when 0 was asked for). */
   readonly operatorUrl: string;
+  /** Base URL of the device API (HTTPS, mutual TLS), as bound. */
+  readonly deviceUrl: string;
+  /** What devices are told to use (config deviceEndpoint, or derived from the first server name). */
+  readonly deviceEndpoint: string;
   readonly config: ServerConfig;
   readonly database: ServerDatabase;
   readonly blobs: BlobStore;
   readonly logger: Logger;
+  readonly services: ServerServices;
   /** Stops accepting work, lets in-flight requests finish, then releases the database and blob store. */
   close(): Promise<void>;
 }
@@ -57,78 +81,148 @@ export async function openStores(
   return { database, blobs };
 }
 
-/** Starts the control plane: the operator API (and, from the identity step on, the device API). */
+/** Loads (or, unless the operator provided it, creates) the device CA and ties the database to it. */
+export async function openDeviceCa(
+  config: ServerConfig,
+  database: ServerDatabase,
+  logger?: Logger,
+): Promise<DeviceCa> {
+  const ca = await DeviceCa.open(config.deviceCa, {
+    generate: !config.provided.deviceCa,
+    ...(logger ? { warn: (message: string) => logger.warn(message) } : {}),
+  });
+  await bindDeviceCa(database.db, ca.fingerprintSha256);
+  return ca;
+}
+
+async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa) {
+  const pair = config.provided.deviceTls
+    ? {
+        certificatePem: await readFile(config.deviceTls.certFile, 'utf8'),
+        privateKeyPem: await readFile(config.deviceTls.keyFile, 'utf8'),
+      }
+    : // Generated at every start: devices trust the CA, not this certificate.
+      ca.issueServerCertificate(config.deviceServerNames);
+  return {
+    cert: pair.certificatePem,
+    key: pair.privateKeyPem,
+    ca: [ca.certificatePem],
+    // Ask every client for a certificate but let the request through, so that device routes can answer
+    // with a precise error (expired, unknown, revoked) and enrollment can work without one.
+    requestCert: true,
+    rejectUnauthorized: false,
+    minVersion: 'TLSv1.2' as const,
+  };
+}
+
+/** Starts the control plane: the operator API and the device API (mutual TLS). */
 export async function startServer(
   config: ServerConfig,
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const { database, blobs } = await openStores(config);
-  let shuttingDown = false;
-  const apiTokens = new ApiTokenStore(database.db);
-  const fleets = new FleetStore(database.db);
-  const devices = new DeviceStore(database.db, {
-    offlineAfterMs: config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000,
-  });
-
-  const operatorApp = await buildApp({
-    logger: logger.child({ api: 'operator' }),
-    authenticators: operatorAuthenticators(apiTokens),
-    readiness: [
-      { name: 'database', check: () => pingDatabase(database) },
-      { name: 'blobStore', check: () => blobs.check() },
-    ],
-    isShuttingDown: () => shuttingDown,
-    ...(config.tls ? { https: await readTlsPair(config.tls) } : {}),
-    openapi: {
-      title: 'EdgeFleet control plane',
-      description:
-        'Operator API of edgefleet-server: fleets, devices, identities, models, packaging, heartbeats.',
-      version: '1',
-    },
-  });
-  registerApiTokenRoutes(operatorApp, apiTokens);
-  registerFleetRoutes(operatorApp, fleets);
-  registerDeviceRoutes(operatorApp, devices);
-
-  try {
-    await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
-  } catch (error) {
-    await operatorApp.close();
+  const apps: FastifyInstance[] = [];
+  const releaseAll = async () => {
+    for (const app of apps) await app.close();
     await blobs.close();
     await database.close();
+  };
+
+  try {
+    let shuttingDown = false;
+    const deviceCa = await openDeviceCa(config, database, logger);
+    const services: ServerServices = {
+      apiTokens: new ApiTokenStore(database.db),
+      fleets: new FleetStore(database.db),
+      devices: new DeviceStore(database.db, {
+        offlineAfterMs: config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000,
+      }),
+      identity: new DeviceIdentityService(database.db, {
+        ca: deviceCa,
+        certificateValidityDays: config.certificates.validityDays,
+        enrollmentTokenTtlSeconds: config.enrollment.tokenTtlSeconds,
+        maxEnrollmentTokenTtlSeconds: config.enrollment.maxTokenTtlSeconds,
+      }),
+      deviceCa,
+    };
+    const readiness: ReadinessCheck[] = [
+      { name: 'database', check: () => pingDatabase(database) },
+      { name: 'blobStore', check: () => blobs.check() },
+    ];
+    let deviceEndpoint = config.deviceEndpoint ?? '';
+    const endpoint = () => deviceEndpoint;
+
+    const operatorApp = await buildApp({
+      logger: logger.child({ api: 'operator' }),
+      authenticators: {
+        ...operatorAuthenticators(services.apiTokens),
+        'enrollment-token': enrollmentTokenAuthenticator,
+      },
+      readiness,
+      isShuttingDown: () => shuttingDown,
+      ...(config.tls
+        ? { https: { cert: await readFile(config.tls.certFile), key: await readFile(config.tls.keyFile) } }
+        : {}),
+      openapi: {
+        title: 'EdgeFleet control plane',
+        description:
+          'Operator API of edgefleet-server: fleets, devices, identities, models, packaging, heartbeats. ' +
+          'Device routes (/api/v1/device/…) are served on the separate mutual-TLS port.',
+        version: '1',
+      },
+    });
+    apps.push(operatorApp);
+    registerApiTokenRoutes(operatorApp, services.apiTokens);
+    registerFleetRoutes(operatorApp, services.fleets);
+    registerDeviceRoutes(operatorApp, services.devices);
+    registerIdentityOperatorRoutes(operatorApp, services.identity, endpoint);
+    registerIdentityRoutes(operatorApp, services.identity, endpoint);
+
+    const deviceApp = await buildApp({
+      logger: logger.child({ api: 'device' }),
+      authenticators: {
+        device: deviceAuthenticator(services.identity),
+        'enrollment-token': enrollmentTokenAuthenticator,
+      },
+      readiness,
+      isShuttingDown: () => shuttingDown,
+      https: await deviceTlsOptions(config, deviceCa),
+    });
+    apps.push(deviceApp);
+    registerIdentityDeviceRoutes(deviceApp, services.identity, endpoint);
+
+    await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
+    await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
+    const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
+    const deviceUrl = urlOf(deviceApp, 'https');
+    deviceEndpoint ||= `https://${config.deviceServerNames[0]}:${(deviceApp.server.address() as AddressInfo).port}`;
+    logger.info(
+      { operatorUrl, deviceUrl, deviceEndpoint, database: database.description, blobs: blobs.description },
+      'edgefleet-server started',
+    );
+
+    let closing: Promise<void> | undefined;
+    return {
+      operatorUrl,
+      deviceUrl,
+      deviceEndpoint,
+      config,
+      database,
+      blobs,
+      logger,
+      services,
+      close: () => {
+        closing ??= (async () => {
+          shuttingDown = true;
+          await releaseAll();
+          logger.info('edgefleet-server stopped');
+        })();
+        return closing;
+      },
+    };
+  } catch (error) {
+    await releaseAll();
     throw error;
   }
-  const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
-  logger.info(
-    { operatorUrl, database: database.description, blobs: blobs.description },
-    'edgefleet-server started',
-  );
-
-  let closing: Promise<void> | undefined;
-  return {
-    operatorUrl,
-    config,
-    database,
-    blobs,
-    logger,
-    close: () => {
-      closing ??= (async () => {
-        shuttingDown = true;
-        await operatorApp.close();
-        await blobs.close();
-        await database.close();
-        logger.info('edgefleet-server stopped');
-      })();
-      return closing;
-    },
-  };
-}
-
-async function readTlsPair(pair: {
-  certFile: string;
-  keyFile: string;
-}): Promise<{ cert: Buffer; key: Buffer }> {
-  const { readFile } = await import('node:fs/promises');
-  return { cert: await readFile(pair.certFile), key: await readFile(pair.keyFile) };
 }

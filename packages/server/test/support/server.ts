@@ -90,3 +90,31 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     },
   };
 }
+
+/** Registers nothing; creates an enrollment token for an existing device and enrolls a fresh key with it. */
+export async function enrollDevice(t: TestServer, deviceName: string): Promise<EnrolledDevice> {
+  const { createCsr, deviceKey } = await import('./device.js');
+  const token = await t.call('POST', `/api/v1/devices/${deviceName}/enrollment-tokens`, {
+    token: t.adminToken,
+    body: {},
+  });
+  if (token.status !== 201)
+    throw new Error(`enrollment token for ${deviceName}: ${JSON.stringify(token.body)}`);
+  const key = deviceKey();
+  const enrolled = await t.call('POST', '/api/v1/enroll', {
+    token: token.body.token,
+    body: { csr: createCsr(key, deviceName) },
+  });
+  if (enrolled.status !== 201) throw new Error(`enroll ${deviceName}: ${JSON.stringify(enrolled.body)}`);
+  return {
+    deviceName,
+    tls: { ca: enrolled.body.caCertificatePem, cert: enrolled.body.certificatePem, key: key.privateKeyPem },
+    serial: enrolled.body.serial,
+  };
+}
+
+export interface EnrolledDevice {
+  deviceName: string;
+  tls: { ca: string; cert: string; key: string };
+  serial: string;
+}

@@ -1,0 +1,348 @@
+import type { Kysely } from 'kysely';
+import { hashSecret, newId, newSecret } from '../auth/index.js';
+import { toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
+import { ApiError, notFound } from '../http/errors.js';
+import type { DatabaseSchema } from '../storage/index.js';
+import { CsrError, parseCsr } from './csr.js';
+import type { DeviceCa, IssuedCertificate } from './device-ca.js';
+
+export const ENROLLMENT_TOKEN_PREFIX = 'efe_';
+
+/** Who is at the other end of a device-API connection, once its certificate checked out. */
+export interface AuthenticatedDevice {
+  deviceName: string;
+  fleetName: string;
+  serial: string;
+  notAfter: number;
+}
+
+export interface EnrollmentToken {
+  token: string;
+  deviceName: string;
+  fleetName: string;
+  expiresAt: number;
+}
+
+export interface IssuedDeviceCertificate extends IssuedCertificate {
+  deviceName: string;
+  fleetName: string;
+  caCertificatePem: string;
+}
+
+export interface IdentityServiceOptions {
+  ca: DeviceCa;
+  certificateValidityDays: number;
+  enrollmentTokenTtlSeconds: number;
+  maxEnrollmentTokenTtlSeconds: number;
+  now?: () => number;
+}
+
+/** What a client certificate presented on the device API looks like to us. */
+export interface PresentedCertificate {
+  /** From the TLS layer: chained to the device CA and within its validity. */
+  authorized: boolean;
+  /** The TLS layer's reason when not authorized (e.g. CERT_HAS_EXPIRED), absent when no certificate came. */
+  authorizationError?: string;
+  /** SHA-256 of the DER, lowercase hex; absent when the client sent no certificate. */
+  fingerprintSha256?: string;
+}
+
+function badCsr(error: unknown): never {
+  if (error instanceof CsrError)
+    throw new ApiError(400, 'ValidationError', error.message, { in: 'body', field: 'csr' });
+  throw error;
+}
+
+/**
+ * Device identities: single-use enrollment tokens, certificates issued from CSRs, renewal, revocation, and
+ * the check of every device-API request's client certificate. All state is in the database, so any replica
+ * can enroll, renew or authenticate any device.
+ */
+export class DeviceIdentityService {
+  private readonly now: () => number;
+
+  constructor(
+    private readonly db: Kysely<DatabaseSchema>,
+    private readonly options: IdentityServiceOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
+
+  get caCertificatePem(): string {
+    return this.options.ca.certificatePem;
+  }
+
+  /** A single-use token with which the device may enroll once, before it expires. */
+  async createEnrollmentToken(deviceName: string, ttlSeconds?: number): Promise<EnrollmentToken> {
+    const ttl = ttlSeconds ?? this.options.enrollmentTokenTtlSeconds;
+    if (ttl > this.options.maxEnrollmentTokenTtlSeconds) {
+      throw new ApiError(
+        400,
+        'ValidationError',
+        `ttlSeconds ${ttl} is above the configured maximum of ${this.options.maxEnrollmentTokenTtlSeconds}`,
+        { in: 'body', field: 'ttlSeconds' },
+      );
+    }
+    const device = await this.db
+      .selectFrom('devices')
+      .select(['name', 'fleet_name'])
+      .where('name', '=', deviceName)
+      .executeTakeFirst();
+    if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
+    const token = newSecret(ENROLLMENT_TOKEN_PREFIX);
+    const createdAt = this.now();
+    const expiresAt = createdAt + ttl * 1000;
+    await this.db
+      .insertInto('enrollment_tokens')
+      .values({
+        id: newId(),
+        device_name: deviceName,
+        token_hash: hashSecret(token),
+        created_at: createdAt,
+        expires_at: expiresAt,
+        used_at: null,
+      })
+      .execute();
+    return { token, deviceName, fleetName: device.fleet_name, expiresAt };
+  }
+
+  /**
+   * Exchanges an enrollment token and a CSR for a device certificate. The CSR is checked first so a bad one
+   * does not burn the token; the token is consumed and the certificate recorded in one transaction.
+   */
+  async enroll(token: string, csrPem: string): Promise<IssuedDeviceCertificate> {
+    let publicKeyPem: string;
+    try {
+      ({ publicKeyPem } = parseCsr(csrPem));
+    } catch (error) {
+      badCsr(error);
+    }
+    const at = this.now();
+    const tokenHash = hashSecret(token);
+    return this.db.transaction().execute(async (trx) => {
+      const consumed = await trx
+        .updateTable('enrollment_tokens')
+        .set({ used_at: at })
+        .where('token_hash', '=', tokenHash)
+        .where('used_at', 'is', null)
+        .where('expires_at', '>', at)
+        .returning(['device_name'])
+        .executeTakeFirst();
+      if (consumed === undefined) {
+        const row = await trx
+          .selectFrom('enrollment_tokens')
+          .select(['used_at', 'expires_at'])
+          .where('token_hash', '=', tokenHash)
+          .executeTakeFirst();
+        if (row === undefined) {
+          throw new ApiError(
+            401,
+            'EnrollmentTokenInvalid',
+            'the enrollment token is unknown (or its device was deregistered)',
+          );
+        }
+        if (row.used_at !== null) {
+          throw new ApiError(
+            401,
+            'EnrollmentTokenUsed',
+            'the enrollment token was already used; ask for a new one',
+          );
+        }
+        throw new ApiError(
+          401,
+          'EnrollmentTokenExpired',
+          'the enrollment token has expired; ask for a new one',
+          {
+            expiredAt: new Date(row.expires_at).toISOString(),
+          },
+        );
+      }
+      const device = await trx
+        .selectFrom('devices')
+        .select(['name', 'fleet_name'])
+        .where('name', '=', consumed.device_name)
+        .executeTakeFirstOrThrow();
+      const issued = this.options.ca.issueDeviceCertificate({
+        deviceName: device.name,
+        fleetName: device.fleet_name,
+        publicKeyPem,
+        validityDays: this.options.certificateValidityDays,
+      });
+      await this.record(trx, device.name, device.fleet_name, issued, at);
+      return {
+        ...issued,
+        deviceName: device.name,
+        fleetName: device.fleet_name,
+        caCertificatePem: this.caCertificatePem,
+      };
+    });
+  }
+
+  /** A fresh certificate for an authenticated device (before its current one expires). */
+  async renew(device: AuthenticatedDevice, csrPem: string): Promise<IssuedDeviceCertificate> {
+    let publicKeyPem: string;
+    try {
+      ({ publicKeyPem } = parseCsr(csrPem));
+    } catch (error) {
+      badCsr(error);
+    }
+    const issued = this.options.ca.issueDeviceCertificate({
+      deviceName: device.deviceName,
+      fleetName: device.fleetName,
+      publicKeyPem,
+      validityDays: this.options.certificateValidityDays,
+    });
+    await this.record(this.db, device.deviceName, device.fleetName, issued, this.now());
+    return {
+      ...issued,
+      deviceName: device.deviceName,
+      fleetName: device.fleetName,
+      caCertificatePem: this.caCertificatePem,
+    };
+  }
+
+  /** Issues and records a certificate directly (tests, and operators bringing their own key). */
+  async issue(
+    deviceName: string,
+    publicKeyPem: string,
+    window: { notBefore?: Date; notAfter?: Date } = {},
+  ): Promise<IssuedDeviceCertificate> {
+    const device = await this.db
+      .selectFrom('devices')
+      .select(['name', 'fleet_name'])
+      .where('name', '=', deviceName)
+      .executeTakeFirst();
+    if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
+    const issued = this.options.ca.issueDeviceCertificate({
+      deviceName,
+      fleetName: device.fleet_name,
+      publicKeyPem,
+      validityDays: this.options.certificateValidityDays,
+      ...window,
+    });
+    await this.record(this.db, deviceName, device.fleet_name, issued, this.now());
+    return { ...issued, deviceName, fleetName: device.fleet_name, caCertificatePem: this.caCertificatePem };
+  }
+
+  private async record(
+    db: Kysely<DatabaseSchema>,
+    deviceName: string,
+    fleetName: string,
+    issued: IssuedCertificate,
+    at: number,
+  ): Promise<void> {
+    await db
+      .insertInto('device_certificates')
+      .values({
+        serial: issued.serial,
+        device_name: deviceName,
+        fleet_name: fleetName,
+        fingerprint_sha256: issued.fingerprintSha256,
+        subject: issued.subject,
+        not_before: issued.notBefore,
+        not_after: issued.notAfter,
+        issued_at: at,
+        revoked_at: null,
+        revocation_reason: null,
+      })
+      .execute();
+  }
+
+  /** Revokes one certificate (by serial) or every active one of the device; returns how many. */
+  async revoke(deviceName: string, options: { serial?: string; reason?: string } = {}): Promise<number> {
+    const device = await this.db
+      .selectFrom('devices')
+      .select('name')
+      .where('name', '=', deviceName)
+      .executeTakeFirst();
+    if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
+    let query = this.db
+      .updateTable('device_certificates')
+      .set({ revoked_at: this.now(), revocation_reason: options.reason ?? 'revoked by operator' })
+      .where('device_name', '=', deviceName)
+      .where('revoked_at', 'is', null);
+    if (options.serial !== undefined) query = query.where('serial', '=', options.serial.toLowerCase());
+    const result = await query.executeTakeFirst();
+    const count = Number(result.numUpdatedRows);
+    if (options.serial !== undefined && count === 0) {
+      throw notFound(`active certificate ${options.serial} of device ${deviceName}`);
+    }
+    return count;
+  }
+
+  async certificates(deviceName: string): Promise<DeviceCertificateRecord[]> {
+    const rows = await this.db
+      .selectFrom('device_certificates')
+      .selectAll()
+      .where('device_name', '=', deviceName)
+      .orderBy('issued_at', 'desc')
+      .orderBy('serial')
+      .execute();
+    return rows.map(toCertificate);
+  }
+
+  /**
+   * Decides whether a device-API request may proceed, from the certificate its TLS connection presented:
+   * chained to our CA, issued by us (recorded), not revoked, not expired, and its device still registered.
+   */
+  async authenticate(presented: PresentedCertificate): Promise<AuthenticatedDevice> {
+    if (presented.fingerprintSha256 === undefined) {
+      throw new ApiError(
+        401,
+        'CertificateRequired',
+        'device routes need a client certificate issued at enrollment (mutual TLS)',
+      );
+    }
+    if (!presented.authorized) {
+      if (presented.authorizationError === 'CERT_HAS_EXPIRED') {
+        throw new ApiError(
+          401,
+          'CertificateExpired',
+          'the client certificate has expired; enroll again with a new token',
+        );
+      }
+      throw new ApiError(
+        401,
+        'CertificateInvalid',
+        "the client certificate was not issued by this server's device CA",
+        {
+          tlsError: presented.authorizationError ?? 'unknown',
+        },
+      );
+    }
+    const row = await this.db
+      .selectFrom('device_certificates')
+      .innerJoin('devices', 'devices.name', 'device_certificates.device_name')
+      .select([
+        'device_certificates.serial',
+        'device_certificates.device_name',
+        'device_certificates.not_after',
+        'device_certificates.revoked_at',
+        'devices.fleet_name',
+      ])
+      .where('device_certificates.fingerprint_sha256', '=', presented.fingerprintSha256)
+      .executeTakeFirst();
+    if (row === undefined) {
+      throw new ApiError(
+        401,
+        'CertificateRevoked',
+        'the client certificate is not (or no longer) valid for any registered device',
+      );
+    }
+    if (row.revoked_at !== null)
+      throw new ApiError(401, 'CertificateRevoked', 'the client certificate has been revoked');
+    if (row.not_after <= this.now()) {
+      throw new ApiError(
+        401,
+        'CertificateExpired',
+        'the client certificate has expired; enroll again with a new token',
+      );
+    }
+    return {
+      deviceName: row.device_name,
+      fleetName: row.fleet_name,
+      serial: row.serial,
+      notAfter: row.not_after,
+    };
+  }
+}

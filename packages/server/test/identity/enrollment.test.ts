@@ -1,0 +1,284 @@
+import { X509Certificate } from 'node:crypto';
+import { createRootCa, issueCertificate } from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DeviceIdentityService } from '../../src/identity/index.js';
+import { createCsr, deviceCall, deviceKey } from '../support/device.js';
+import { databaseEngines } from '../support/engines.js';
+import { enrollDevice, startTestServer, type TestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+
+describe.each(engines)('enrollment and device identity on $engine', (fixture) => {
+  let t: TestServer;
+  let ca: string;
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    t = await startTestServer({ database: await fixture.createLocation() });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'plant', outputConfig: { s3OutputLocation: 's3://captures/plant' } },
+    });
+    const registered = await t.call('POST', '/api/v1/fleets/plant/devices', {
+      token: t.adminToken,
+      body: { devices: ['dev-a', 'dev-b', 'dev-c', 'dev-d', 'dev-e', 'dev-f'].map((name) => ({ name })) },
+    });
+    expect(registered.status).toBe(201);
+    ca = (await t.call('GET', '/api/v1/device-ca', { token: t.readToken })).body.certificatePem;
+  });
+  afterAll(() => t?.stop());
+
+  const newToken = async (device: string, body: unknown = {}) =>
+    t.call('POST', `/api/v1/devices/${device}/enrollment-tokens`, { token: t.adminToken, body });
+
+  it.skipIf(!fixture.available)(
+    'enrolls with a single-use token: a certificate naming device and fleet',
+    async () => {
+      const token = await newToken('dev-a', { ttlSeconds: 600 });
+      expect(token.status).toBe(201);
+      expect(token.body).toMatchObject({
+        deviceName: 'dev-a',
+        fleetName: 'plant',
+        deviceEndpoint: t.server.deviceEndpoint,
+        token: expect.stringMatching(/^efe_/),
+      });
+      const key = deviceKey();
+      const enrolled = await t.call('POST', '/api/v1/enroll', {
+        token: token.body.token,
+        body: { csr: createCsr(key, 'ignored') },
+      });
+      expect(enrolled.status).toBe(201);
+      const cert = new X509Certificate(enrolled.body.certificatePem);
+      expect(cert.subject).toMatch(/CN=dev-a/);
+      expect(cert.subject).toMatch(/OU=plant/);
+      expect(cert.verify(new X509Certificate(enrolled.body.caCertificatePem).publicKey)).toBe(true);
+      expect(enrolled.body.caCertificatePem).toBe(ca);
+      expect(enrolled.body.agentConfig).toEqual({
+        sagemaker_edge_core_device_name: 'dev-a',
+        sagemaker_edge_core_device_fleet_name: 'plant',
+        sagemaker_edge_core_endpoint_override: t.server.deviceEndpoint,
+        sagemaker_edge_provider_provider: 'Aws',
+      });
+
+      const described = await t.call('GET', '/api/v1/devices/dev-a', { token: t.readToken });
+      expect(described.body.identity).toMatchObject({
+        status: 'ENROLLED',
+        certificate: { serial: enrolled.body.serial, fingerprintSha256: enrolled.body.fingerprintSha256 },
+      });
+      expect(Date.parse(described.body.identity.certificate.notAfter)).toBe(
+        Date.parse(enrolled.body.notAfter),
+      );
+
+      const reused = await t.call('POST', '/api/v1/enroll', {
+        token: token.body.token,
+        body: { csr: createCsr(key, 'x') },
+      });
+      expect(reused).toMatchObject({ status: 401, body: { code: 'EnrollmentTokenUsed' } });
+    },
+  );
+
+  it.skipIf(!fixture.available)('refuses expired, unknown and missing tokens', async () => {
+    const csr = createCsr(deviceKey(), 'dev-b');
+    // A token created two hours "ago" with a one-hour lifetime: really stored, really expired.
+    const past = new DeviceIdentityService(t.server.database.db, {
+      ca: t.server.services.deviceCa,
+      certificateValidityDays: 1,
+      enrollmentTokenTtlSeconds: 3600,
+      maxEnrollmentTokenTtlSeconds: 3600,
+      now: () => Date.now() - 2 * 3_600_000,
+    });
+    const expired = await past.createEnrollmentToken('dev-b');
+    expect(await t.call('POST', '/api/v1/enroll', { token: expired.token, body: { csr } })).toMatchObject({
+      status: 401,
+      body: { code: 'EnrollmentTokenExpired' },
+    });
+    expect(
+      await t.call('POST', '/api/v1/enroll', { token: 'efe_not-a-real-token', body: { csr } }),
+    ).toMatchObject({
+      status: 401,
+      body: { code: 'EnrollmentTokenInvalid' },
+    });
+    expect(await t.call('POST', '/api/v1/enroll', { body: { csr } })).toMatchObject({
+      status: 401,
+      body: { code: 'EnrollmentTokenInvalid' },
+    });
+    // An operator token is not an enrollment token.
+    expect(await t.call('POST', '/api/v1/enroll', { token: t.adminToken, body: { csr } })).toMatchObject({
+      status: 401,
+    });
+  });
+
+  it.skipIf(!fixture.available)('keeps the token when the CSR is bad', async () => {
+    const token = (await newToken('dev-b')).body.token;
+    const bad = await t.call('POST', '/api/v1/enroll', {
+      token,
+      body: { csr: createCsr(deviceKey(), 'x', { tamper: true }) },
+    });
+    expect(bad).toMatchObject({ status: 400, body: { code: 'ValidationError', details: { field: 'csr' } } });
+    expect(await t.call('POST', '/api/v1/enroll', { token, body: { csr: 'nonsense' } })).toMatchObject({
+      status: 400,
+    });
+    expect(await t.call('POST', '/api/v1/enroll', { token, body: {} })).toMatchObject({ status: 400 });
+    const good = await t.call('POST', '/api/v1/enroll', {
+      token,
+      body: { csr: createCsr(deviceKey(), 'x') },
+    });
+    expect(good.status).toBe(201);
+  });
+
+  it.skipIf(!fixture.available)('guards token creation', async () => {
+    expect(
+      await t.call('POST', '/api/v1/devices/dev-c/enrollment-tokens', { token: t.readToken, body: {} }),
+    ).toMatchObject({ status: 403 });
+    expect(await t.call('POST', '/api/v1/devices/dev-c/enrollment-tokens', { body: {} })).toMatchObject({
+      status: 401,
+    });
+    expect(await newToken('no-such-device')).toMatchObject({ status: 404 });
+    expect(await newToken('dev-c', { ttlSeconds: 10 })).toMatchObject({ status: 400 });
+    expect(await newToken('dev-c', { ttlSeconds: 10_000_000 })).toMatchObject({
+      status: 400,
+      body: { message: expect.stringMatching(/above the configured maximum/) },
+    });
+  });
+
+  it.skipIf(!fixture.available)('lets an enrolled device in over mutual TLS, as itself', async () => {
+    const device = await enrollDevice(t, 'dev-c');
+    const me = await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/identity');
+    expect(me).toMatchObject({
+      status: 200,
+      body: { deviceName: 'dev-c', fleetName: 'plant', serial: device.serial },
+    });
+    // Readiness is public on the device port too; operator routes are not served there.
+    expect((await deviceCall(t.server.deviceUrl, { ca }, 'GET', '/readyz')).status).toBe(200);
+    expect((await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/fleets')).status).toBe(404);
+  });
+
+  it.skipIf(!fixture.available)(
+    'refuses connections without a certificate or with a foreign one',
+    async () => {
+      expect(await deviceCall(t.server.deviceUrl, { ca }, 'GET', '/api/v1/device/identity')).toMatchObject({
+        status: 401,
+        body: { code: 'CertificateRequired' },
+      });
+      const rogue = createRootCa({ commonName: 'Rogue CA', validityDays: 10, keyType: 'ecdsa-p256' });
+      const key = deviceKey();
+      const forged = issueCertificate(rogue, {
+        subject: { commonName: 'dev-c', organizationalUnit: 'plant' },
+        publicKeyPem: key.publicKeyPem,
+        validityDays: 10,
+        basicConstraints: { ca: false },
+        keyUsage: ['digitalSignature'],
+        extendedKeyUsage: ['clientAuth'],
+      });
+      const response = await deviceCall(
+        t.server.deviceUrl,
+        { ca, cert: forged, key: key.privateKeyPem },
+        'GET',
+        '/api/v1/device/identity',
+      );
+      expect(response).toMatchObject({ status: 401, body: { code: 'CertificateInvalid' } });
+    },
+  );
+
+  it.skipIf(!fixture.available)('refuses an expired certificate', async () => {
+    const key = deviceKey();
+    const issued = await t.server.services.identity.issue('dev-d', key.publicKeyPem, {
+      notBefore: new Date(Date.now() - 3 * 86_400_000),
+      notAfter: new Date(Date.now() - 86_400_000),
+    });
+    const response = await deviceCall(
+      t.server.deviceUrl,
+      { ca, cert: issued.certificatePem, key: key.privateKeyPem },
+      'GET',
+      '/api/v1/device/identity',
+    );
+    expect(response).toMatchObject({ status: 401, body: { code: 'CertificateExpired' } });
+    expect((await t.call('GET', '/api/v1/devices/dev-d', { token: t.readToken })).body.identity.status).toBe(
+      'EXPIRED',
+    );
+  });
+
+  it.skipIf(!fixture.available)(
+    'refuses a revoked certificate, and the device can enroll again',
+    async () => {
+      const device = await enrollDevice(t, 'dev-e');
+      expect(
+        (await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/identity')).status,
+      ).toBe(200);
+      expect(
+        await t.call('POST', '/api/v1/devices/dev-e/certificates/revoke', { token: t.readToken, body: {} }),
+      ).toMatchObject({ status: 403 });
+      const revoked = await t.call('POST', '/api/v1/devices/dev-e/certificates/revoke', {
+        token: t.adminToken,
+        body: { serial: device.serial, reason: 'lost' },
+      });
+      expect(revoked).toMatchObject({ status: 200, body: { revoked: 1 } });
+      expect(
+        await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/identity'),
+      ).toMatchObject({
+        status: 401,
+        body: { code: 'CertificateRevoked' },
+      });
+      const listed = await t.call('GET', '/api/v1/devices/dev-e/certificates', { token: t.readToken });
+      expect(listed.body.certificates[0]).toMatchObject({
+        serial: device.serial,
+        revokedAt: expect.any(String),
+      });
+      expect(
+        (await t.call('GET', '/api/v1/devices/dev-e', { token: t.readToken })).body.identity.status,
+      ).toBe('REVOKED');
+
+      const again = await enrollDevice(t, 'dev-e');
+      expect((await deviceCall(t.server.deviceUrl, again.tls, 'GET', '/api/v1/device/identity')).status).toBe(
+        200,
+      );
+    },
+  );
+
+  it.skipIf(!fixture.available)('refuses every certificate of a deregistered device', async () => {
+    const device = await enrollDevice(t, 'dev-f');
+    expect((await t.call('DELETE', '/api/v1/devices/dev-f', { token: t.adminToken })).status).toBe(204);
+    expect(await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/identity')).toMatchObject({
+      status: 401,
+      body: { code: 'CertificateRevoked' },
+    });
+  });
+
+  it.skipIf(!fixture.available)(
+    'renews before expiry; both certificates work until the old one expires',
+    async () => {
+      const device = await enrollDevice(t, 'dev-a');
+      const key = deviceKey('ed25519');
+      const renewed = await deviceCall(t.server.deviceUrl, device.tls, 'POST', '/api/v1/device/certificate', {
+        body: { csr: createCsr(key, 'dev-a') },
+      });
+      expect(renewed).toMatchObject({ status: 201, body: { deviceName: 'dev-a', fleetName: 'plant' } });
+      expect(renewed.body.serial).not.toBe(device.serial);
+      const fresh = { ca, cert: renewed.body.certificatePem, key: key.privateKeyPem };
+      expect(
+        (await deviceCall(t.server.deviceUrl, fresh, 'GET', '/api/v1/device/identity')).body.serial,
+      ).toBe(renewed.body.serial);
+      expect(
+        (await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/identity')).status,
+      ).toBe(200);
+      expect(
+        await deviceCall(t.server.deviceUrl, device.tls, 'POST', '/api/v1/device/certificate', {
+          body: { csr: 'x' },
+        }),
+      ).toMatchObject({ status: 400 });
+      expect(
+        await deviceCall(t.server.deviceUrl, { ca }, 'POST', '/api/v1/device/certificate', {
+          body: { csr: createCsr(key, 'dev-a') },
+        }),
+      ).toMatchObject({ status: 401 });
+    },
+  );
+
+  it.skipIf(!fixture.available)('enrolls on the device port too, without a client certificate', async () => {
+    const token = (await newToken('dev-b')).body.token;
+    const enrolled = await deviceCall(t.server.deviceUrl, { ca }, 'POST', '/api/v1/enroll', {
+      body: { csr: createCsr(deviceKey(), 'dev-b') },
+      headers: { authorization: `Bearer ${token}` },
+    });
+    expect(enrolled).toMatchObject({ status: 201, body: { deviceName: 'dev-b' } });
+  });
+});
