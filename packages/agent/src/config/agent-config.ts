@@ -72,5 +72,7 @@ export const AgentConfigSchema = z.object({
   }),
   /** Permission bits given to the agent's socket files. */
   socketMode: z.number().int().min(0).max(0o7777),
+  /** `edgefleet_preload_models`: loaded at start-up, in order (absent: none). */
+  preloadModels: z.array(z.object({ url: z.string(), name: z.string() })).optional(),
 });
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;

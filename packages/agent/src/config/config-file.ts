@@ -14,7 +14,9 @@ import {
   httpUrl,
   integer,
   listenAddress,
+  modelList,
   path,
+  socketPathOrNone,
   text,
   type FieldKind,
 } from './fields.js';
@@ -60,10 +62,11 @@ export const CONFIG_FIELDS = {
   edgefleet_ort_execution_providers: executionProviders(),
   edgefleet_unload_timeout_seconds: integer(0, 3600, 30),
   edgefleet_max_queued_requests: integer(1, 1_000_000, 256),
-  edgefleet_rest_socket_path: path(),
+  edgefleet_rest_socket_path: socketPathOrNone(),
   edgefleet_rest_tcp: listenAddress(),
   edgefleet_socket_mode: fileMode(),
   edgefleet_require_signatures: flag(),
+  edgefleet_preload_models: modelList(),
 } satisfies Record<string, FieldKind<unknown>>;
 
 export type ConfigKey = keyof typeof CONFIG_FIELDS;
@@ -140,8 +143,8 @@ export function parseAgentConfig(json: unknown, context: ConfigContext): ParsedC
 }
 
 function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[]): AgentConfig {
-  const abs = (p: string | undefined): string | undefined =>
-    p === undefined ? undefined : resolve(context.cwd, p);
+  const abs = (p: string | null | undefined): string | undefined =>
+    p === undefined || p === null ? undefined : resolve(context.cwd, p);
   const fail = (key: ConfigKey, message: string): never => {
     throw new ConfigError(key, `${key}: ${message}`);
   };
@@ -320,12 +323,15 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
   }
 
   // Listeners.
+  const restSocketSetting = file.edgefleet_rest_socket_path;
   const restSocketPath =
-    abs(file.edgefleet_rest_socket_path) ?? defaultRestSocketPath(context.grpcSocketPath);
-  if (Buffer.byteLength(restSocketPath) > MAX_UNIX_SOCKET_PATH_BYTES)
+    restSocketSetting === null
+      ? null
+      : (abs(restSocketSetting) ?? defaultRestSocketPath(context.grpcSocketPath));
+  if (restSocketPath !== null && Buffer.byteLength(restSocketPath) > MAX_UNIX_SOCKET_PATH_BYTES)
     fail(
       'edgefleet_rest_socket_path',
-      `the REST socket path ${restSocketPath}${file.edgefleet_rest_socket_path === undefined ? ' (derived from -a)' : ''} is longer than the ${MAX_UNIX_SOCKET_PATH_BYTES} bytes a Unix socket path may have; set a shorter one`,
+      `the REST socket path ${restSocketPath}${restSocketSetting === undefined ? ' (derived from -a)' : ''} is longer than the ${MAX_UNIX_SOCKET_PATH_BYTES} bytes a Unix socket path may have; set a shorter one`,
     );
   if (restSocketPath === context.grpcSocketPath)
     fail('edgefleet_rest_socket_path', 'is the gRPC socket given with -a; expected a different path');
@@ -388,6 +394,7 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       tcp: file.edgefleet_rest_tcp ?? null,
     },
     socketMode: file.edgefleet_socket_mode ?? DEFAULTS.socketMode,
+    ...(file.edgefleet_preload_models !== undefined && { preloadModels: file.edgefleet_preload_models }),
   };
 }
 

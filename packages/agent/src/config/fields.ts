@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MODEL_NAME_PATTERN } from '@edgefleet/core';
 import { EXECUTION_PROVIDER_NAMES, type ExecutionProviderConfig } from '../inference/session-options.js';
 
 /**
@@ -42,6 +43,25 @@ export function path(): FieldKind<string> {
       .string()
       .max(4096)
       .refine((p) => !p.includes('\0')),
+  };
+}
+
+/** A socket path, or `false` / "none" / "off" for no listener (null). */
+export function socketPathOrNone(): FieldKind<string | null> {
+  return {
+    expected: 'a socket path, or false / "none" for no listener',
+    read: (v) => {
+      const value = unset(v);
+      if (value === false) return null;
+      if (typeof value === 'string' && ['none', 'off', 'false', 'disabled'].includes(value.toLowerCase()))
+        return null;
+      return value;
+    },
+    schema: z
+      .string()
+      .max(4096)
+      .refine((p) => !p.includes('\0'))
+      .nullable(),
   };
 }
 
@@ -186,5 +206,25 @@ export function executionProviders(): FieldKind<ExecutionProviderConfig[]> {
       )
       .min(1)
       .max(EXECUTION_PROVIDER_NAMES.length),
+  };
+}
+
+const PreloadModelSchema = z.strictObject({
+  /** The extracted package folder, as LoadModel's url: absolute, or relative to the agent's working directory. */
+  url: z.string().min(1).max(4096),
+  /** The name it is served under (LoadModel's handle). */
+  name: z.string().max(256).regex(MODEL_NAME_PATTERN),
+});
+
+/** Models to load at start-up: a list of {"url": "<package folder>", "name": "<model name>"}, names distinct. */
+export function modelList(): FieldKind<Array<z.infer<typeof PreloadModelSchema>>> {
+  return {
+    expected:
+      'a list of {"url": "<extracted package folder>", "name": "<model name: letters and digits joined by hyphens>"}, each name once',
+    read: unset,
+    schema: z
+      .array(PreloadModelSchema)
+      .max(1024)
+      .refine((models) => new Set(models.map((m) => m.name)).size === models.length),
   };
 }

@@ -282,6 +282,8 @@ export class ModelRegistry {
     const description = record.description!;
     let inputs: PoolTensor[];
     try {
+      if (!Array.isArray(tensors))
+        throw new AgentError('INVALID_ARGUMENT', 'expected a list of input tensors');
       inputs = matchPredictInputs(name, description.inputs, tensors);
     } catch (error) {
       this.#countRequest(record, name, began, { errorCode: (error as AgentError).code });
