@@ -160,7 +160,7 @@ class PipelinedReader {
           this.#prefetched = this.#prefetch(index + 1);
         }
         hash.update(current.subarray(0, bytesRead));
-        report?.(position);
+        if (bytesRead > 0 || position === 0) report?.(position);
       }
       return { sha256: hash.digest('hex'), size: position };
     } finally {

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { readFile, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -112,18 +113,31 @@ describe('digestFiles', () => {
     expect([...new Set(events.map((e) => e.file))]).toEqual(['a.bin', 'b.bin', 'c.bin']);
   });
 
-  it('a listener that throws stops the run with its error and leaves no read in flight', async () => {
-    const dir = await dirs.make();
-    await writeTree(dir, { 'a.bin': randomBytes(3 * MiB) });
-    const stop = new Error('stop');
-    await expect(
-      digestFiles(dir, {
-        onProgress: () => {
-          throw stop;
-        },
-      }),
-    ).rejects.toBe(stop);
-    // The folder is still usable afterwards (the file handle was closed).
-    expect((await digestFiles(dir))[0]?.sha256).toBe(sha256Hex(await readFile(join(dir, 'a.bin'))));
-  });
+  it.each([
+    ['mid-file, a read in flight', MiB],
+    ['at the end of a file, the next file being opened', 3 * MiB - 100],
+  ])(
+    'a listener that throws (%s) stops the run with its error and leaves nothing in flight',
+    async (_, at) => {
+      const dir = await dirs.make();
+      await writeTree(dir, { 'a.bin': randomBytes(3 * MiB - 100), 'b.bin': randomBytes(2 * MiB) });
+      const stop = new Error('stop');
+      const openFiles = () => readdirSync('/proc/self/fd').length;
+      const before = openFiles();
+      await expect(
+        digestFiles(dir, {
+          onProgress: ({ bytesDone }) => {
+            if (bytesDone === at) throw stop;
+          },
+        }),
+      ).rejects.toBe(stop);
+      expect(openFiles()).toBe(before); // no file left open
+      // Everything landed: the folder digests again, correctly.
+      const again = await digestFiles(dir);
+      expect(again.map((d) => d.sha256)).toEqual([
+        sha256Hex(await readFile(join(dir, 'a.bin'))),
+        sha256Hex(await readFile(join(dir, 'b.bin'))),
+      ]);
+    },
+  );
 });
