@@ -1,0 +1,231 @@
+import { z } from 'zod';
+import type { PredictTensor } from '../models/index.js';
+import { jsonTensorBytes, NeedsExactIntegers, parseJsonExactIntegers } from './json-tensors.js';
+import { dataTypeOfKserve } from './kserve-datatypes.js';
+import type { RequestBody } from './request-body.js';
+import { RestError } from './rest-errors.js';
+
+/** Header of the binary tensor data extension: the length of the JSON part that starts the body. */
+export const INFERENCE_HEADER_CONTENT_LENGTH = 'inference-header-content-length';
+
+const MAX_RANK = 32;
+
+const RequestInputSchema = z.object({
+  name: z.string().max(1024),
+  shape: z.array(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)).max(MAX_RANK),
+  datatype: z.string().max(64),
+  parameters: z
+    .looseObject({ binary_data_size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional() })
+    .optional(),
+  data: z.unknown().optional(),
+});
+
+const RequestOutputSchema = z.object({
+  name: z.string().min(1).max(1024),
+  parameters: z.looseObject({ binary_data: z.boolean().optional() }).optional(),
+});
+
+/** The inference request of the Open Inference Protocol (unknown members are ignored). */
+export const InferRequestSchema = z.object({
+  id: z.string().max(1024).optional(),
+  parameters: z.looseObject({ binary_data_output: z.boolean().optional() }).optional(),
+  inputs: z.array(RequestInputSchema).min(1).max(1024),
+  outputs: z.array(RequestOutputSchema).max(1024).optional(),
+});
+export type InferRequest = z.infer<typeof InferRequestSchema>;
+
+/** One output the client asked for, and whether it wants it as binary data. */
+export interface RequestedOutput {
+  name: string;
+  /** undefined: not said for this output; the request-level binary_data_output decides. */
+  binary: boolean | undefined;
+}
+
+/** An inference request decoded into what the registry takes. */
+export interface DecodedInferRequest {
+  id: string | undefined;
+  /** In request order, each in memory of its own (the caller may transfer them to a worker). */
+  inputs: PredictTensor[];
+  /** undefined: every output of the model, in its order. */
+  outputs: RequestedOutput[] | undefined;
+  /** The request-level `binary_data_output` parameter. */
+  binaryOutputs: boolean;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** `inputs[0].shape[1]` from a zod issue path. */
+function issuePath(path: readonly PropertyKey[]): string {
+  let text = '';
+  for (const key of path) text += typeof key === 'number' ? `[${key}]` : `${text ? '.' : ''}${String(key)}`;
+  return text || '(the request)';
+}
+
+export function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .slice(0, 5)
+    .map((issue) => `${issuePath(issue.path)}: ${issue.message}`)
+    .join('; ');
+}
+
+const REQUEST_FORM =
+  'expected {"id"?, "parameters"?, "inputs": [{"name", "shape", "datatype", "data" (or parameters.binary_data_size)}, …], "outputs"?: [{"name", "parameters"?: {"binary_data"?}}]}';
+
+/** The length of the JSON part from the Inference-Header-Content-Length header (undefined: the whole body). */
+function headerLengthOf(header: string | string[] | undefined, bodyLength: number): number {
+  if (header === undefined) return bodyLength;
+  const text = Array.isArray(header) ? header.join(',') : header.trim();
+  if (!/^\d{1,16}$/.test(text)) {
+    throw new RestError(
+      400,
+      `the Inference-Header-Content-Length header is ${JSON.stringify(text.slice(0, 40))}; expected the byte length of the JSON part of the body, a whole number`,
+    );
+  }
+  const length = Number(text);
+  if (length > bodyLength) {
+    throw new RestError(
+      400,
+      `the Inference-Header-Content-Length header says the JSON part is ${length} bytes, but the body has only ${bodyLength}; expected at most the body's length`,
+    );
+  }
+  return length;
+}
+
+/** Decodes the JSON text of a request; RestError 400 when it is not UTF-8 or not JSON. */
+function parseJsonPart(bytes: Uint8Array, binary: boolean): { text: string; value: unknown } {
+  const part = binary
+    ? 'the JSON part of the body (its first Inference-Header-Content-Length bytes)'
+    : 'the request body';
+  if (bytes.length === 0) throw new RestError(400, `${part} is empty; ${REQUEST_FORM}`);
+  let text: string;
+  try {
+    text = utf8.decode(bytes);
+  } catch {
+    throw new RestError(400, `${part} is not valid UTF-8; expected UTF-8 encoded JSON`);
+  }
+  try {
+    return { text, value: JSON.parse(text) };
+  } catch (error) {
+    throw new RestError(400, `${part} is not valid JSON (${(error as Error).message}); ${REQUEST_FORM}`);
+  }
+}
+
+function validate(value: unknown): InferRequest {
+  const parsed = InferRequestSchema.safeParse(value);
+  if (!parsed.success) {
+    throw new RestError(
+      400,
+      `the inference request is malformed: ${describeIssues(parsed.error)}; ${REQUEST_FORM}`,
+    );
+  }
+  return parsed.data;
+}
+
+/**
+ * Turns an inference request body (JSON, or JSON followed by binary tensor data) into the registry's inputs.
+ * Checks what the protocol itself defines: the JSON, the header length, datatypes, data against shape, and
+ * that the binary parts add up to the bytes after the JSON. Whether the tensors fit the model is the
+ * registry's call.
+ */
+export function decodeInferRequest(
+  body: RequestBody | undefined,
+  headerLengthHeader: string | string[] | undefined,
+): DecodedInferRequest {
+  const length = body?.length ?? 0;
+  const jsonLength = headerLengthOf(headerLengthHeader, length);
+  const jsonBytes = body ? body.view(0, jsonLength) : new Uint8Array(0);
+  const { text, value } = parseJsonPart(jsonBytes, headerLengthHeader !== undefined);
+  let request = validate(value);
+  let inputs: PredictTensor[];
+  try {
+    inputs = decodeInputs(request, body, jsonLength, false);
+  } catch (error) {
+    if (!(error instanceof NeedsExactIntegers)) throw error;
+    request = validate(parseJsonExactIntegers(text));
+    inputs = decodeInputs(request, body, jsonLength, true);
+  }
+  const outputs = request.outputs?.map((output) => ({
+    name: output.name,
+    binary: output.parameters?.binary_data,
+  }));
+  if (outputs) {
+    const seen = new Set<string>();
+    for (const output of outputs) {
+      if (seen.has(output.name)) {
+        throw new RestError(
+          400,
+          `output ${JSON.stringify(output.name)} is requested twice; expected each output at most once`,
+        );
+      }
+      seen.add(output.name);
+    }
+  }
+  for (const output of request.outputs ?? []) {
+    if (output.parameters?.classification !== undefined) {
+      throw new RestError(
+        400,
+        `output ${JSON.stringify(output.name)} asks for classification, an extension this agent does not implement; expected raw tensor outputs`,
+      );
+    }
+  }
+  return {
+    id: request.id,
+    inputs,
+    outputs,
+    binaryOutputs: request.parameters?.binary_data_output ?? false,
+  };
+}
+
+function decodeInputs(
+  request: InferRequest,
+  body: RequestBody | undefined,
+  jsonLength: number,
+  exact: boolean,
+): PredictTensor[] {
+  const bodyLength = body?.length ?? 0;
+  const binaryLength = bodyLength - jsonLength;
+  let offset = jsonLength;
+  const inputs = request.inputs.map((input, position): PredictTensor => {
+    const what = `input ${JSON.stringify(input.name)} (#${position + 1})`;
+    const dataType = dataTypeOfKserve(input.datatype, what);
+    const binarySize = input.parameters?.binary_data_size;
+    if (binarySize !== undefined) {
+      if (input.data !== undefined) {
+        throw new RestError(
+          400,
+          `${what} has both data and parameters.binary_data_size; expected one of them (JSON data, or binary data after the JSON part)`,
+        );
+      }
+      if (offset + binarySize > bodyLength) {
+        throw new RestError(
+          400,
+          `${what} has binary_data_size ${binarySize}, but only ${bodyLength - offset} bytes of binary data remain after the JSON part and the inputs before it (${binaryLength} binary bytes in all)`,
+        );
+      }
+      const data = body!.copy(offset, offset + binarySize);
+      offset += binarySize;
+      return { name: Buffer.from(input.name), dataType, shape: input.shape, data };
+    }
+    if (input.data === undefined) {
+      throw new RestError(
+        400,
+        `${what} has no data; expected "data" (JSON values) or parameters.binary_data_size (binary data after the JSON part)`,
+      );
+    }
+    return {
+      name: Buffer.from(input.name),
+      dataType,
+      shape: input.shape,
+      data: jsonTensorBytes(input.data, dataType, input.shape, what, exact),
+    };
+  });
+  if (offset !== bodyLength) {
+    throw new RestError(
+      400,
+      binaryLength > 0 && offset === jsonLength
+        ? `the body has ${binaryLength} bytes after the JSON part but no input has parameters.binary_data_size; expected the Inference-Header-Content-Length header to give the JSON part's length, and binary inputs to declare their sizes`
+        : `the inputs' binary_data_size add up to ${offset - jsonLength} bytes, but the body has ${binaryLength} bytes after the JSON part; expected them to be equal`,
+    );
+  }
+  return inputs;
+}
