@@ -7,6 +7,12 @@ import { createBlobStore, type BlobStore } from '../blobs/index.js';
 import type { ServerConfig } from '../config/index.js';
 import { DeviceStore, registerDeviceRoutes } from '../devices/index.js';
 import { FleetStore, registerFleetRoutes } from '../fleets/index.js';
+import {
+  HeartbeatService,
+  registerHeartbeatDeviceRoutes,
+  registerHeartbeatOperatorRoutes,
+  startRetentionSweeper,
+} from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
 import {
   bindDeviceCa,
@@ -28,6 +34,7 @@ export interface ServerServices {
   devices: DeviceStore;
   identity: DeviceIdentityService;
   deviceCa: DeviceCa;
+  heartbeats: HeartbeatService;
 }
 
 export interface ServerHandle {
@@ -123,8 +130,10 @@ export async function startServer(
   const logger = options.logger ?? createLogger(config.logLevel);
   const { database, blobs } = await openStores(config);
   const apps: FastifyInstance[] = [];
+  const background: { stop(): Promise<void> }[] = [];
   const releaseAll = async () => {
     for (const app of apps) await app.close();
+    for (const task of background) await task.stop();
     await blobs.close();
     await database.close();
   };
@@ -132,12 +141,11 @@ export async function startServer(
   try {
     let shuttingDown = false;
     const deviceCa = await openDeviceCa(config, database, logger);
+    const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
       fleets: new FleetStore(database.db),
-      devices: new DeviceStore(database.db, {
-        offlineAfterMs: config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000,
-      }),
+      devices: new DeviceStore(database.db, { offlineAfterMs }),
       identity: new DeviceIdentityService(database.db, {
         ca: deviceCa,
         certificateValidityDays: config.certificates.validityDays,
@@ -145,6 +153,9 @@ export async function startServer(
         maxEnrollmentTokenTtlSeconds: config.enrollment.maxTokenTtlSeconds,
       }),
       deviceCa,
+      heartbeats: new HeartbeatService(database.db, {
+        registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
+      }),
     };
     const readiness: ReadinessCheck[] = [
       { name: 'database', check: () => pingDatabase(database) },
@@ -178,6 +189,12 @@ export async function startServer(
     registerDeviceRoutes(operatorApp, services.devices);
     registerIdentityOperatorRoutes(operatorApp, services.identity, endpoint);
     registerIdentityRoutes(operatorApp, services.identity, endpoint);
+    registerHeartbeatOperatorRoutes(operatorApp, {
+      db: database.db,
+      fleets: services.fleets,
+      devices: services.devices,
+      offlineAfterMs,
+    });
 
     const deviceApp = await buildApp({
       logger: logger.child({ api: 'device' }),
@@ -191,9 +208,17 @@ export async function startServer(
     });
     apps.push(deviceApp);
     registerIdentityDeviceRoutes(deviceApp, services.identity, endpoint);
+    registerHeartbeatDeviceRoutes(deviceApp, services.heartbeats);
 
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
+    background.push(
+      startRetentionSweeper(database.db, {
+        metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
+        intervalMs: config.heartbeat.retentionSweepSeconds * 1000,
+        logger,
+      }),
+    );
     const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
     const deviceUrl = urlOf(deviceApp, 'https');
     deviceEndpoint ||= `https://${config.deviceServerNames[0]}:${(deviceApp.server.address() as AddressInfo).port}`;

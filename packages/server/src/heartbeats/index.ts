@@ -1,0 +1,23 @@
+export { fleetReport, type FleetReport } from './fleet-report.js';
+export {
+  deploymentResultSchema,
+  deviceRegistrationResultSchema,
+  edgeMetricSchema,
+  getDeviceRegistrationSchema,
+  MAX_METRICS_PER_LIST,
+  MAX_MODELS_PER_HEARTBEAT,
+  sendHeartbeatSchema,
+  type DeploymentResult,
+  type EdgeMetric,
+  type SendHeartbeatInput,
+  type SendHeartbeatRequest,
+} from './heartbeat-schemas.js';
+export { assertActsAsItself, HeartbeatService, type HeartbeatServiceOptions } from './heartbeat-service.js';
+export {
+  MAX_BUCKETS_PER_SERIES,
+  queryDeviceMetrics,
+  type MetricSeries,
+  type MetricsQuery,
+} from './metrics-query.js';
+export { pruneExpired, startRetentionSweeper } from './retention.js';
+export { registerHeartbeatDeviceRoutes, registerHeartbeatOperatorRoutes } from './routes.js';

@@ -1,0 +1,50 @@
+import type { Kysely } from 'kysely';
+import type { Logger } from 'pino';
+import type { DatabaseSchema } from '../storage/index.js';
+
+/** Old enrollment tokens are kept a while after expiry so a late attempt still hears "expired". */
+const EXPIRED_TOKEN_GRACE_MS = 7 * 86_400_000;
+
+/**
+ * Deletes metrics received before the retention window, and long-expired enrollment tokens. Idempotent, so
+ * every replica may run it on its own schedule.
+ */
+export async function pruneExpired(
+  db: Kysely<DatabaseSchema>,
+  options: { metricsRetentionMs: number; now?: number },
+): Promise<{ metrics: number; enrollmentTokens: number }> {
+  const now = options.now ?? Date.now();
+  const metrics = await db
+    .deleteFrom('device_metrics')
+    .where('received_at', '<', now - options.metricsRetentionMs)
+    .executeTakeFirst();
+  const tokens = await db
+    .deleteFrom('enrollment_tokens')
+    .where('expires_at', '<', now - EXPIRED_TOKEN_GRACE_MS)
+    .executeTakeFirst();
+  return { metrics: Number(metrics.numDeletedRows), enrollmentTokens: Number(tokens.numDeletedRows) };
+}
+
+/** Runs pruneExpired every `intervalMs` until stopped; failures are logged and retried next time. */
+export function startRetentionSweeper(
+  db: Kysely<DatabaseSchema>,
+  options: { metricsRetentionMs: number; intervalMs: number; logger: Logger },
+): { stop(): Promise<void> } {
+  let running: Promise<unknown> = Promise.resolve();
+  const timer = setInterval(() => {
+    running = pruneExpired(db, { metricsRetentionMs: options.metricsRetentionMs }).then(
+      (removed) => {
+        if (removed.metrics > 0 || removed.enrollmentTokens > 0)
+          options.logger.debug(removed, 'retention sweep');
+      },
+      (error: unknown) => options.logger.warn({ err: error }, 'retention sweep failed; will retry'),
+    );
+  }, options.intervalMs);
+  timer.unref();
+  return {
+    stop: async () => {
+      clearInterval(timer);
+      await running;
+    },
+  };
+}

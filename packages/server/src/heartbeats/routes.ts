@@ -1,0 +1,169 @@
+import type { FastifyInstance } from 'fastify';
+import type { Kysely } from 'kysely';
+import { z } from 'zod';
+import type { DeviceStore } from '../devices/index.js';
+import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
+import type { FleetStore } from '../fleets/index.js';
+import { defineRoute } from '../http/routes.js';
+import { requireDevice } from '../identity/index.js';
+import type { DatabaseSchema } from '../storage/index.js';
+import { fleetReport } from './fleet-report.js';
+import {
+  deviceRegistrationResultSchema,
+  getDeviceRegistrationSchema,
+  sendHeartbeatSchema,
+} from './heartbeat-schemas.js';
+import type { HeartbeatService } from './heartbeat-service.js';
+import { queryDeviceMetrics } from './metrics-query.js';
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/** Device API routes (mutual TLS): SendHeartbeat and GetDeviceRegistration, native paths and SageMaker names. */
+export function registerHeartbeatDeviceRoutes(app: FastifyInstance, heartbeats: HeartbeatService): void {
+  for (const url of ['/api/v1/device/heartbeat', '/SendHeartbeat']) {
+    defineRoute(app, {
+      method: 'POST',
+      url,
+      auth: 'device',
+      tag: 'device',
+      summary: 'SendHeartbeat: agent version and metrics, models on the device, last deployment result',
+      body: sendHeartbeatSchema,
+      response: z.object({}),
+      handler: async ({ body, request }) => {
+        await heartbeats.record(requireDevice(request), body);
+        return {};
+      },
+    });
+  }
+  for (const url of ['/api/v1/device/registration', '/GetDeviceRegistration']) {
+    defineRoute(app, {
+      method: 'POST',
+      url,
+      auth: 'device',
+      tag: 'device',
+      summary: 'GetDeviceRegistration: whether the device is registered, and how long to cache the answer',
+      body: getDeviceRegistrationSchema,
+      response: deviceRegistrationResultSchema,
+      handler: async ({ body, request }) => heartbeats.registration(requireDevice(request), body),
+    });
+  }
+}
+
+const fleetReportSchema = z.object({
+  fleetName: z.string(),
+  description: z.string().optional(),
+  outputConfig: z.object({ s3OutputLocation: z.string(), kmsKeyId: z.string().optional() }),
+  reportGenerated: z.iso.datetime(),
+  deviceStats: z.object({ connectedDeviceCount: z.int(), registeredDeviceCount: z.int() }),
+  agentVersions: z.array(z.object({ version: z.string(), agentCount: z.int() })),
+  modelStats: z.array(
+    z.object({
+      modelName: z.string(),
+      modelVersion: z.string(),
+      offlineDeviceCount: z.int(),
+      connectedDeviceCount: z.int(),
+      activeDeviceCount: z.int(),
+      samplingDeviceCount: z.int(),
+    }),
+  ),
+});
+
+const metricsQuerySchema = z.object({
+  since: z.iso.datetime().optional().describe('Start (inclusive); default one hour before until'),
+  until: z.iso.datetime().optional().describe('End (exclusive); default now'),
+  step: z.coerce.number().int().min(1).max(86_400).default(60).describe('Bucket width in seconds'),
+  metricName: z.string().min(1).max(100).optional(),
+  modelName: z.string().min(1).max(255).optional(),
+});
+
+/** Operator routes: the fleet report and device metric series. */
+export function registerHeartbeatOperatorRoutes(
+  app: FastifyInstance,
+  deps: { db: Kysely<DatabaseSchema>; fleets: FleetStore; devices: DeviceStore; offlineAfterMs: number },
+): void {
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/fleets/:fleet/report',
+    auth: 'read',
+    tag: 'fleets',
+    summary: 'Fleet report: connected/registered devices, agent versions, per-model device counts',
+    params: z.object({ fleet: fleetNameSchema }),
+    response: fleetReportSchema,
+    handler: async ({ params }) => {
+      const report = await fleetReport(deps.db, deps.fleets, params.fleet, {
+        offlineAfterMs: deps.offlineAfterMs,
+      });
+      return {
+        fleetName: report.fleetName,
+        ...(report.description !== null ? { description: report.description } : {}),
+        outputConfig: {
+          s3OutputLocation: report.outputConfig.s3OutputLocation,
+          ...(report.outputConfig.kmsKeyId !== null ? { kmsKeyId: report.outputConfig.kmsKeyId } : {}),
+        },
+        reportGenerated: iso(report.reportGenerated),
+        deviceStats: report.deviceStats,
+        agentVersions: report.agentVersions,
+        modelStats: report.modelStats,
+      };
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/devices/:device/metrics',
+    auth: 'read',
+    tag: 'devices',
+    summary: "A device's metric time series (agent and per-model), bucketed: min, max, avg, count",
+    params: z.object({ device: deviceNameSchema }),
+    query: metricsQuerySchema,
+    response: z.object({
+      deviceName: z.string(),
+      since: z.iso.datetime(),
+      until: z.iso.datetime(),
+      step: z.int(),
+      series: z.array(
+        z.object({
+          metricName: z.string(),
+          dimension: z.string().optional(),
+          modelName: z.string().optional(),
+          modelVersion: z.string().optional(),
+          points: z.array(
+            z.object({
+              timestamp: z.iso.datetime(),
+              min: z.number(),
+              max: z.number(),
+              avg: z.number(),
+              count: z.int(),
+            }),
+          ),
+        }),
+      ),
+    }),
+    handler: async ({ params, query }) => {
+      await deps.devices.get(params.device);
+      const until = query.until !== undefined ? Date.parse(query.until) : Date.now();
+      const since = query.since !== undefined ? Date.parse(query.since) : until - 3_600_000;
+      const series = await queryDeviceMetrics(deps.db, {
+        deviceName: params.device,
+        since,
+        until,
+        stepMs: query.step * 1000,
+        ...(query.metricName !== undefined ? { metricName: query.metricName } : {}),
+        ...(query.modelName !== undefined ? { modelName: query.modelName } : {}),
+      });
+      return {
+        deviceName: params.device,
+        since: iso(since),
+        until: iso(until),
+        step: query.step,
+        series: series.map((s) => ({
+          metricName: s.metricName,
+          ...(s.dimension !== null ? { dimension: s.dimension } : {}),
+          ...(s.modelName !== null ? { modelName: s.modelName } : {}),
+          ...(s.modelVersion !== null ? { modelVersion: s.modelVersion } : {}),
+          points: s.points.map((p) => ({ ...p, timestamp: iso(p.timestamp) })),
+        })),
+      };
+    },
+  });
+}

@@ -1,0 +1,99 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DeviceStore } from '../../src/devices/index.js';
+import { FleetStore } from '../../src/fleets/index.js';
+import { fleetReport, HeartbeatService, pruneExpired } from '../../src/heartbeats/index.js';
+import type { ServerDatabase } from '../../src/storage/index.js';
+import { databaseEngines, openFreshDatabase } from '../support/engines.js';
+
+const engines = await databaseEngines();
+
+describe.each(engines)('offline detection and retention on $engine', (fixture) => {
+  let database: ServerDatabase;
+  let clock = 1_700_000_000_000;
+  const now = () => clock;
+  const interval = 30_000;
+  const missed = 3;
+  let devices: DeviceStore;
+  let fleets: FleetStore;
+  let heartbeats: HeartbeatService;
+  const device = {
+    deviceName: 'dev-1',
+    fleetName: 'fleet-1',
+    serial: '01',
+    notAfter: Number.MAX_SAFE_INTEGER,
+  };
+
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    database = await openFreshDatabase(fixture);
+    fleets = new FleetStore(database.db, now);
+    devices = new DeviceStore(database.db, { offlineAfterMs: interval * missed, now });
+    heartbeats = new HeartbeatService(database.db, { registrationCacheTtlSeconds: 60, now });
+    await fleets.create({ name: 'fleet-1', outputConfig: { s3OutputLocation: 's3://b/p' } });
+    await devices.register('fleet-1', [{ name: 'dev-1' }, { name: 'dev-2' }], []);
+  });
+  afterAll(() => database?.close());
+
+  const beat = (metrics: number) =>
+    heartbeats.record(device, {
+      DeviceName: 'dev-1',
+      DeviceFleetName: 'fleet-1',
+      AgentVersion: '1',
+      AgentMetrics: Array.from({ length: metrics }, (_, i) => ({ MetricName: 'm', Value: i })),
+    });
+  const statusOf = async (name: string) => ((await devices.get(name)).online ? 'online' : 'offline');
+  const listed = async (status: 'online' | 'offline') =>
+    (await devices.list({ limit: 10, status })).map((d) => d.name);
+
+  it.skipIf(!fixture.available)(
+    'is offline until a heartbeat, then offline again after N missed ones',
+    async () => {
+      expect(await statusOf('dev-1')).toBe('offline');
+      await beat(2);
+      expect(await statusOf('dev-1')).toBe('online');
+      expect(await listed('online')).toEqual(['dev-1']);
+
+      clock += interval * missed - 1;
+      expect(await statusOf('dev-1')).toBe('online');
+      clock += 1;
+      expect(await statusOf('dev-1')).toBe('online');
+      clock += 1;
+      expect(await statusOf('dev-1')).toBe('offline');
+      expect(await listed('offline')).toEqual(['dev-1', 'dev-2']);
+      const report = await fleetReport(database.db, fleets, 'fleet-1', {
+        offlineAfterMs: interval * missed,
+        now: clock,
+      });
+      expect(report.deviceStats).toEqual({ registeredDeviceCount: 2, connectedDeviceCount: 0 });
+
+      await beat(0);
+      expect(await statusOf('dev-1')).toBe('online');
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'prunes metrics received before the retention window, and nothing newer',
+    async () => {
+      const start = clock;
+      await beat(3);
+      clock += 60_000;
+      await beat(4);
+      const count = async () =>
+        Number(
+          (
+            await database.db
+              .selectFrom('device_metrics')
+              .select((eb) => eb.fn.countAll<number>().as('n'))
+              .where('received_at', '>=', start)
+              .executeTakeFirstOrThrow()
+          ).n,
+        );
+      expect(await count()).toBe(7);
+      // Retention 30 s at clock = start + 60 s: the first heartbeat's three go, the second's four stay.
+      const removed = await pruneExpired(database.db, { metricsRetentionMs: 30_000, now: clock });
+      expect(removed.metrics).toBeGreaterThanOrEqual(3);
+      expect(await count()).toBe(4);
+      expect((await pruneExpired(database.db, { metricsRetentionMs: 30_000, now: clock })).metrics).toBe(0);
+    },
+  );
+});
