@@ -77,6 +77,8 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
     return (call: ServerUnaryCall<Buffer, unknown>, callback: sendUnaryData<unknown>): void => {
       const began = performance.now();
       inflight++;
+      if (logger.isLevelEnabled('debug'))
+        logger.debug({ method, event: 'call-received' }, `gRPC ${method} received`);
       const finish = (error: unknown, response?: unknown): void => {
         inflight--;
         if (error === null) callback(null, response);

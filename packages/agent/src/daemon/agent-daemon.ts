@@ -1,0 +1,254 @@
+import { TrustPolicyError, loadTrustFolder, type TrustPolicy } from '@edgefleet/core';
+import type { Logger } from 'pino';
+import { ConfigError, loadAgentConfig, type AgentConfig, type CommandLineOptions } from '../config/index.js';
+import { startGrpcServer, type RunningGrpcServer } from '../grpc/index.js';
+import { InferencePool, type PoolEvent } from '../inference/index.js';
+import { AgentMetrics } from '../metrics/index.js';
+import { ModelRegistry } from '../models/index.js';
+import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
+import { SharedMemoryReader, loadSysvShmAddon } from '../shm/index.js';
+import { EXIT_CODES, StartupError } from './exit-codes.js';
+import { registryLogger } from './logger.js';
+import {
+  prepareSocketPath,
+  removeOwnSocketFile,
+  restrictSocketFile,
+  withPrivateUmask,
+} from './socket-file.js';
+
+/** How long shutdown lets calls in flight finish before cancelling them. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
+/** Idle shared memory attachments of removed segments are released at least this often. */
+const SHM_SWEEP_INTERVAL_MS = 10_000;
+
+export interface AgentDaemonOptions {
+  commandLine: CommandLineOptions;
+  /** The agent's working directory: relative paths (config, LoadModel urls) are relative to it. */
+  cwd: string;
+  logger: Logger;
+  /** Cores available (default os.availableParallelism()). */
+  cpuCount: number;
+  /** The agent's version, for the start-up line. */
+  version: string;
+}
+
+export interface AgentDaemon {
+  readonly config: AgentConfig;
+  readonly registry: ModelRegistry;
+  readonly metrics: AgentMetrics;
+  /** `unix://<path>` of the SageMaker Edge gRPC API. */
+  readonly grpcAddress: string;
+  /** Where the KServe v2 REST API listens (`unix:<path>`, `http://host:port`). */
+  readonly restAddresses: string[];
+  /**
+   * Stops accepting requests, lets those in flight finish (up to graceMs, then cancels them), unloads every
+   * model, stops the workers and removes the socket files. Safe to call more than once (returns the same promise).
+   */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+/**
+ * Starts the agent: reads the config, checks the socket path, starts the inference workers, loads the preloaded
+ * models, then listens (gRPC on `-a`, REST per config), so that a client that sees the socket finds them ready.
+ * Throws ConfigError (a key or option at fault) or StartupError (with its exit status); nothing is left running.
+ */
+export async function startAgentDaemon(options: AgentDaemonOptions): Promise<AgentDaemon> {
+  const { commandLine, logger } = options;
+  const { config, warnings } = await loadAgentConfig(commandLine.configPath, {
+    cwd: options.cwd,
+    cpuCount: options.cpuCount,
+    grpcSocketPath: commandLine.socketPath,
+  });
+  if (config.logging.verbose) logger.level = 'debug';
+  for (const warning of warnings) logger.warn({ config: commandLine.configPath }, warning);
+  if ((config.socketMode & 0o002) !== 0) {
+    throw new ConfigError(
+      'edgefleet_socket_mode',
+      `edgefleet_socket_mode: ${config.socketMode.toString(8).padStart(4, '0')} lets every user connect to the agent and load or unload models; expected a mode without "others write", such as 0660 or 0600`,
+    );
+  }
+  const trust = await loadTrust(config, logger);
+  await prepareSocketPath(commandLine.socketPath, commandLine.removeStaleSocket).then(({ removedStale }) => {
+    if (removedStale) logger.warn({ socket: commandLine.socketPath }, 'removed a stale socket file (-f)');
+  });
+
+  // Everything started from here is stopped again if a later step fails.
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const unwind = async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve(cleanup()).catch(() => {});
+  };
+  try {
+    const metrics = new AgentMetrics();
+    const pool = await InferencePool.start({
+      workers: config.inference.workers,
+      session: config.inference.ort,
+      maxQueuedPerModel: config.inference.maxQueuedRequestsPerModel,
+      onEvent: (event) => onPoolEvent(event, logger, metrics),
+    });
+    cleanups.push(() => pool.close());
+    metrics.watchPool(() => pool.stats());
+    const registry = new ModelRegistry({
+      pool,
+      trust,
+      requireSignatures: config.trust.requireSignatures,
+      cwd: options.cwd,
+      instancesPerModel: config.inference.instancesPerModel,
+      unloadTimeoutMs: config.inference.unloadTimeoutMs,
+      metrics,
+      logger: registryLogger(logger),
+    });
+    cleanups.push(() => registry.close());
+    const sharedMemory = openSharedMemory(logger);
+    if (sharedMemory) {
+      const sweeper = setInterval(() => sharedMemory.sweep(), SHM_SWEEP_INTERVAL_MS).unref();
+      cleanups.push(() => {
+        clearInterval(sweeper);
+        sharedMemory.close();
+      });
+    }
+
+    await preloadModels(config, registry, logger);
+
+    const grpc: RunningGrpcServer = await withPrivateUmask(() =>
+      startGrpcServer({
+        registry,
+        sharedMemory,
+        logger,
+        socketPath: commandLine.socketPath,
+        maxMessageBytes: commandLine.maxMessageBytes,
+      }),
+    ).catch((error: Error) => {
+      throw new StartupError(EXIT_CODES.SOCKET_UNAVAILABLE, error.message, { cause: error });
+    });
+    cleanups.push(() => grpc.close(0).then(() => undefined));
+    const socketInode = await restrictSocketFile(commandLine.socketPath, config.socketMode);
+    cleanups.push(() => removeOwnSocketFile(commandLine.socketPath, socketInode));
+
+    let rest: RestServer | undefined;
+    if (config.rest.socketPath !== null || config.rest.tcp !== null) {
+      rest = await startRestServer({
+        registry,
+        metrics,
+        logger,
+        version: options.version,
+        maxBodyBytes: Math.max(DEFAULT_MAX_BODY_BYTES, commandLine.maxMessageBytes),
+        socketMode: config.socketMode,
+        closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
+        ...(config.rest.socketPath !== null && { unixSocketPath: config.rest.socketPath }),
+        ...(config.rest.tcp !== null && { tcp: config.rest.tcp }),
+      }).catch((error: Error) => {
+        throw new StartupError(EXIT_CODES.SOCKET_UNAVAILABLE, error.message, { cause: error });
+      });
+      cleanups.push(() => rest!.close());
+    }
+    const restAddresses = rest?.addresses ?? [];
+
+    logger.info(
+      {
+        event: 'listening',
+        version: options.version,
+        grpc: grpc.address,
+        rest: restAddresses,
+        models: registry.list().map((m) => m.name),
+        maxMessageBytes: commandLine.maxMessageBytes,
+        workers: config.inference.workers,
+        sharedMemory: sharedMemory !== null,
+      },
+      `edgefleet-agent ${options.version} listening: gRPC ${grpc.address}${restAddresses.length > 0 ? `, REST ${restAddresses.join(', ')}` : ''}`,
+    );
+
+    let stopping: Promise<void> | undefined;
+    return {
+      config,
+      registry,
+      metrics,
+      grpcAddress: grpc.address,
+      restAddresses,
+      shutdown(graceMs = DEFAULT_SHUTDOWN_GRACE_MS) {
+        stopping ??= (async () => {
+          const began = Date.now();
+          logger.info(
+            { event: 'stopping', inflight: grpc.inflight, graceMs },
+            'stopping: no new requests; finishing those in flight',
+          );
+          cleanups.length = 0; // this path stops everything itself, in order
+          const [{ forced }] = await Promise.all([grpc.close(graceMs), rest?.close()]);
+          if (forced)
+            logger.warn({ graceMs }, 'requests still running after the grace period were cancelled');
+          await removeOwnSocketFile(commandLine.socketPath, socketInode);
+          const left = Math.max(0, graceMs - (Date.now() - began));
+          await Promise.race([registry.close(), new Promise((resolve) => setTimeout(resolve, left).unref())]);
+          await pool.close();
+          if (sharedMemory) sharedMemory.close();
+          logger.info({ event: 'stopped', ms: Date.now() - began }, 'stopped');
+        })();
+        return stopping;
+      },
+    };
+  } catch (error) {
+    await unwind();
+    throw error;
+  }
+}
+
+async function loadTrust(config: AgentConfig, logger: Logger): Promise<TrustPolicy | null> {
+  const folder = config.trust.rootCertsPath;
+  if (folder === undefined) {
+    logger.warn(
+      'model package signatures are NOT verified: sagemaker_edge_core_root_certs_path is not set (fine for development; set it on devices)',
+    );
+    return null;
+  }
+  try {
+    return await loadTrustFolder(folder);
+  } catch (error) {
+    if (error instanceof TrustPolicyError) {
+      throw new ConfigError(
+        'sagemaker_edge_core_root_certs_path',
+        `sagemaker_edge_core_root_certs_path: ${error.message}`,
+      );
+    }
+    throw error;
+  }
+}
+
+function openSharedMemory(logger: Logger): SharedMemoryReader | null {
+  try {
+    return new SharedMemoryReader({ addon: loadSysvShmAddon() });
+  } catch (error) {
+    logger.warn(
+      { err: error },
+      'System V shared memory is not available: Predict requests with shared_memory_handle will be refused (FAILED_PRECONDITION)',
+    );
+    return null;
+  }
+}
+
+/** `edgefleet_preload_models`, in order. A model that fails to load is logged; the agent serves the others. */
+async function preloadModels(config: AgentConfig, registry: ModelRegistry, logger: Logger): Promise<void> {
+  for (const { url, name } of config.preloadModels ?? []) {
+    try {
+      await registry.load({ url, name });
+    } catch (error) {
+      logger.error(
+        { err: error, model: name, url, code: (error as { code?: string }).code },
+        `edgefleet_preload_models: could not load ${JSON.stringify(name)} from ${url}: ${(error as Error).message}`,
+      );
+    }
+  }
+}
+
+function onPoolEvent(event: PoolEvent, logger: Logger, metrics: AgentMetrics): void {
+  switch (event.type) {
+    case 'worker-exit':
+      metrics.workerExited();
+      logger.error(event, `inference worker ${event.worker} stopped (${event.reason}); replacing it`);
+      break;
+    case 'worker-restarted':
+      logger.warn(event, `inference worker ${event.worker} restarted`);
+      break;
+    case 'instance-lost':
+      logger.error(event, `model instance ${event.key} lost on worker ${event.worker}: ${event.reason}`);
+      break;
+  }
+}

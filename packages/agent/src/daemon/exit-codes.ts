@@ -1,0 +1,27 @@
+/**
+ * Exit statuses of `edgefleet-agent` (documented in packages/agent/README.md). systemd units and Greengrass
+ * restart on anything but 0; 2 and 3 need a person (the same start would fail the same way).
+ */
+export const EXIT_CODES = {
+  /** Stopped cleanly (SIGTERM/SIGINT), or printed --help / --version. */
+  OK: 0,
+  /** An unexpected failure while starting or running. */
+  FAILURE: 1,
+  /** The command line or the config file cannot be used; the message names the option or key. */
+  BAD_CONFIG: 2,
+  /** The socket path cannot be served: a file is there (no -f), a live process answers on it, or bind failed. */
+  SOCKET_UNAVAILABLE: 3,
+} as const;
+export type ExitCode = (typeof EXIT_CODES)[keyof typeof EXIT_CODES];
+
+/** A reason the agent cannot start, with the exit status it should end with. */
+export class StartupError extends Error {
+  override readonly name = 'StartupError';
+  constructor(
+    readonly exitCode: ExitCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}

@@ -1,0 +1,17 @@
+// The agent process: start-up (config, socket, workers, preloaded models, listeners), logging, graceful shutdown.
+export {
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  startAgentDaemon,
+  type AgentDaemon,
+  type AgentDaemonOptions,
+} from './agent-daemon.js';
+export { EXIT_CODES, StartupError, type ExitCode } from './exit-codes.js';
+export { createAgentLogger, registryLogger, type AgentLoggerOptions } from './logger.js';
+export { agentVersion, runAgent, type RunAgentOptions } from './run-agent.js';
+export {
+  prepareSocketPath,
+  removeOwnSocketFile,
+  restrictSocketFile,
+  socketAnswers,
+  withPrivateUmask,
+} from './socket-file.js';

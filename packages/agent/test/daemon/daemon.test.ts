@@ -1,0 +1,197 @@
+import { lstat, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { AgentDataType, slowModelInput } from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigError, parseAgentConfig } from '../../src/config/index.js';
+import {
+  StartupError,
+  prepareSocketPath,
+  removeOwnSocketFile,
+  restrictSocketFile,
+  startAgentDaemon,
+} from '../../src/daemon/index.js';
+import { bytesOf, callError, callMethod, newClient, scratch, silentLogger } from '../grpc/helpers.js';
+
+let files: Awaited<ReturnType<typeof scratch>>;
+beforeAll(async () => {
+  files = await scratch('agent-daemon-');
+});
+afterAll(async () => {
+  await files?.cleanup();
+});
+
+function listenOn(path: string): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = createServer((socket) => socket.destroy());
+    server.once('error', reject);
+    server.listen(path, () => resolve(server));
+  });
+}
+
+describe('edgefleet_preload_models', () => {
+  const context = { cwd: '/srv/agent', cpuCount: 2, grpcSocketPath: '/tmp/a.sock' };
+
+  it('is a list of {url, name}, kept as given (relative urls resolve like LoadModel, against the working directory)', () => {
+    const models = [
+      { url: '/opt/models/demo', name: 'demo' },
+      { url: 'models/other', name: 'other-2' },
+    ];
+    expect(parseAgentConfig({ edgefleet_preload_models: models }, context).config.preloadModels).toEqual(
+      models,
+    );
+    expect(parseAgentConfig({}, context).config.preloadModels).toBeUndefined();
+    expect(parseAgentConfig({ edgefleet_preload_models: '' }, context).config.preloadModels).toBeUndefined();
+  });
+
+  it('refuses bad entries with a ConfigError naming the key', () => {
+    for (const value of [
+      [{ url: '/m', name: 'has_underscore' }],
+      [{ url: '', name: 'm' }],
+      [{ url: '/m' }],
+      [{ url: '/m', name: 'm', extra: 1 }],
+      [
+        { url: '/a', name: 'same' },
+        { url: '/b', name: 'same' },
+      ],
+      'demo',
+      { url: '/m', name: 'm' },
+    ]) {
+      let thrown: unknown;
+      try {
+        parseAgentConfig({ edgefleet_preload_models: value }, context);
+      } catch (error) {
+        thrown = error;
+      }
+      expect(thrown, JSON.stringify(value)).toBeInstanceOf(ConfigError);
+      expect((thrown as ConfigError).key).toBe('edgefleet_preload_models');
+      expect((thrown as ConfigError).message).toMatch(/expected a list of \{"url".*each name once/);
+    }
+  });
+});
+
+describe('socket files', () => {
+  it('prepareSocketPath: nothing there is fine; a stale socket needs -f; a live one or another file is refused', async () => {
+    const path = join(files.root, 'p.sock');
+    expect(await prepareSocketPath(path, false)).toEqual({ removedStale: false });
+
+    const server = await listenOn(path);
+    for (const force of [false, true]) {
+      const error = await prepareSocketPath(path, force).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(StartupError);
+      expect((error as StartupError).exitCode).toBe(3);
+      expect((error as StartupError).message).toMatch(/a process is already serving on/);
+    }
+    // A socket whose server is gone without unlinking it: what SIGKILL leaves.
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    const stale = join(files.root, 'stale.sock');
+    const orphan = await listenOn(stale);
+    const { ino } = await lstat(stale);
+    await new Promise<void>((resolve) => {
+      // Node unlinks a Unix socket on close; keep a hard copy of the inode's name first.
+      void import('node:fs/promises').then(async ({ link }) => {
+        await link(stale, `${stale}.keep`);
+        orphan.close(() => resolve());
+      });
+    });
+    const { rename } = await import('node:fs/promises');
+    await rename(`${stale}.keep`, stale);
+    expect((await lstat(stale)).ino).toBe(ino);
+    const refused = await prepareSocketPath(stale, false).catch((e: unknown) => e);
+    expect((refused as StartupError).message).toMatch(
+      /already exists, and no process answers on it .*start with -f/,
+    );
+    expect(await prepareSocketPath(stale, true)).toEqual({ removedStale: true });
+    expect(await lstat(stale).catch(() => 'gone')).toBe('gone');
+
+    const file = join(files.root, 'file.sock');
+    await writeFile(file, 'x');
+    const notSocket = await prepareSocketPath(file, true).catch((e: unknown) => e);
+    expect((notSocket as StartupError).message).toMatch(
+      /is not a socket \(a regular file\); the agent will not remove it, even with -f/,
+    );
+    expect((await lstat(file)).isFile()).toBe(true);
+  });
+
+  it('restrictSocketFile sets the mode; removeOwnSocketFile removes only the socket it was given (same inode)', async () => {
+    const path = join(files.root, 'own.sock');
+    const first = await listenOn(path);
+    const ino = await restrictSocketFile(path, 0o600);
+    expect((await lstat(path)).mode & 0o777).toBe(0o600);
+    const { link, unlink } = await import('node:fs/promises');
+    await link(path, `${path}.old`);
+    await unlink(path);
+    const second = await listenOn(path); // another agent's socket at the same path now
+    await removeOwnSocketFile(path, ino);
+    expect((await lstat(path)).ino).not.toBe(ino);
+    await removeOwnSocketFile(`${path}.old`, ino);
+    expect(await lstat(`${path}.old`).catch(() => 'gone')).toBe('gone');
+    await Promise.all([first, second].map((s) => new Promise((resolve) => s.close(resolve))));
+  });
+});
+
+describe('startAgentDaemon', () => {
+  it('serves with the configured socket mode and, after the grace period, cancels what still runs and stops', async () => {
+    const socketPath = join(files.root, 'd.sock');
+    const configPath = join(files.root, 'd.json');
+    const slow = await files.catalogue('slow');
+    await writeFile(
+      configPath,
+      JSON.stringify({
+        edgefleet_inference_workers: 1,
+        edgefleet_socket_mode: '0600',
+        edgefleet_rest_socket_path: '',
+        edgefleet_preload_models: [{ url: slow, name: 'slow' }],
+      }),
+    );
+    const daemon = await startAgentDaemon({
+      commandLine: { socketPath, configPath, removeStaleSocket: false, maxMessageBytes: 4 << 20 },
+      cwd: files.root,
+      logger: silentLogger,
+      cpuCount: 2,
+      version: 'test',
+    });
+    expect(daemon.grpcAddress).toBe(`unix://${socketPath}`);
+    expect((await lstat(socketPath)).mode & 0o777).toBe(0o600);
+    expect(daemon.registry.list().map((m) => m.name)).toEqual(['slow']);
+
+    const client = newClient(daemon.grpcAddress);
+    const input = slowModelInput();
+    const request = {
+      handle: 'slow',
+      tensors: [
+        {
+          tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: input.shape },
+          byteData: bytesOf(input.data),
+        },
+      ],
+    };
+    // Queue several slow runs on the one worker: more than a 1 ms grace period can finish.
+    const calls = Array.from({ length: 4 }, () =>
+      callError(callMethod(client as never, 'Predict', request)).catch((e: unknown) => e),
+    );
+    while (daemon.registry.describe('slow').requests.succeeded === 0 && !(await settledAny(calls))) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    await daemon.shutdown(1);
+    const outcomes = await Promise.all(calls);
+    const cancelled = outcomes.filter(
+      (o) => o instanceof Error && (o as grpc.ServiceError).code !== undefined,
+    );
+    expect(cancelled.length).toBeGreaterThan(0);
+    for (const error of cancelled) {
+      expect([grpc.status.CANCELLED, grpc.status.UNAVAILABLE, grpc.status.INTERNAL]).toContain(
+        (error as grpc.ServiceError).code,
+      );
+    }
+    expect(await lstat(socketPath).catch(() => 'gone')).toBe('gone');
+    client.close();
+  });
+});
+
+async function settledAny(promises: Promise<unknown>[]): Promise<boolean> {
+  const marker = Symbol('pending');
+  const first = await Promise.race([...promises, Promise.resolve(marker)]);
+  return first !== marker;
+}
