@@ -1,11 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse, Server } from 'node:http';
-import Fastify, {
-  LogController,
-  type FastifyInstance,
-  type FastifyReply,
-  type FastifyRequest,
-} from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { AgentMetrics } from '../metrics/index.js';
@@ -112,12 +107,11 @@ function modelMetadata(model: ModelDescription) {
 }
 
 /** Writes JSON and binary parts straight to the socket, corked: no concatenation of the output bytes. */
-function sendBinaryResponse(reply: FastifyReply, response: EncodedInferResponse, count: () => void): void {
+function sendBinaryResponse(reply: FastifyReply, response: EncodedInferResponse): void {
   const json = Buffer.from(response.json, 'utf8');
   let length = json.length;
   for (const part of response.binary) length += part.byteLength;
   reply.hijack();
-  count(); // a hijacked reply skips onResponse
   const res = reply.raw;
   res.writeHead(200, {
     'content-type': 'application/octet-stream',
@@ -171,14 +165,13 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   });
 
   const requests = restRequestCounter(metrics.registry);
-  const countResponse = (request: FastifyRequest, status: number) =>
+  // onResponse runs on the response's 'finish', hijacked binary responses included.
+  app.addHook('onResponse', (request, reply, done) => {
     requests.inc({
       method: request.method,
       route: request.routeOptions.url ?? '(none)',
-      status: String(status),
+      status: String(reply.statusCode),
     });
-  app.addHook('onResponse', (request, reply, done) => {
-    countResponse(request, reply.statusCode);
     done();
   });
 
@@ -242,7 +235,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
       const result = await registry.predict(name, decoded.inputs, { transferInputs: true });
       const response = encodeInferResponse(result, decoded.id, decoded.outputs, decoded.binaryOutputs);
       if (response.binary.length === 0) return reply.type(JSON_TYPE).send(response.json);
-      sendBinaryResponse(reply, response, () => countResponse(request, 200));
+      sendBinaryResponse(reply, response);
       return reply;
     });
   }

@@ -177,7 +177,7 @@ export function valuesOf(tensor: TestModelTensor): Array<number | bigint> {
 
 /** The typed values of binary bytes, as the reference tensor's array type. */
 export function typedLike(bytes: Uint8Array, like: TestModelTensor): TestModelTensor['data'] {
-  const copy = bytes.slice();
+  const copy = new Uint8Array(bytes); // a copy (Buffer#slice would be a view), aligned at offset 0
   const Typed = like.data.constructor as new (buffer: ArrayBuffer) => TestModelTensor['data'];
   return new Typed(copy.buffer);
 }
@@ -247,4 +247,12 @@ export async function startAgent(
       await pool.close();
     },
   };
+}
+
+/** JSON text in which BigInt values are written as exact integer literals. */
+export function jsonText(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => (typeof v === 'bigint' ? `__bigint__${v}` : v)).replace(
+    /"__bigint__(-?\d+)"/g,
+    '$1',
+  );
 }
