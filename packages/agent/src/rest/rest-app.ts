@@ -41,6 +41,13 @@ export interface RestAppHooks {
 }
 
 const JSON_TYPE = 'application/json';
+/** Longest path parameter (model name or version) routed; the registry allows names of up to 256 characters. */
+const MAX_PARAM_LENGTH = 1024;
+
+/** A URL for messages: long ones cut, so an error never echoes a huge path back. */
+function shortUrl(url: string): string {
+  return url.length > 200 ? `${url.slice(0, 200)}…` : url;
+}
 
 function agentVersion(): string {
   try {
@@ -145,14 +152,17 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     // One log line per request would cost more than the fast path itself; failures are logged below.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: maxBodyBytes,
-    routerOptions: { maxParamLength: 1024, ignoreTrailingSlash: true },
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH, ignoreTrailingSlash: true },
     ...(hooks.serverFactory ? { serverFactory: hooks.serverFactory } : {}),
-    // The router's own client errors (a path with bad percent-encoding) answer in the protocol's error form.
-    frameworkErrors: (error, _request, reply) => {
-      void (reply as FastifyReply)
-        .code(400)
-        .type(JSON_TYPE)
-        .send(errorBody(`${error.message}; expected a valid URL path`));
+    // The router's own client errors answer in the protocol's error form (without echoing a huge path).
+    frameworkErrors: (error, request, reply) => {
+      const message =
+        error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? `a segment of the path ${shortUrl(request.url)} is longer than ${MAX_PARAM_LENGTH} characters; expected model names and versions of at most ${MAX_PARAM_LENGTH}`
+          : error.code === 'FST_ERR_BAD_URL'
+            ? `the path ${shortUrl(request.url)} is not a valid URL (bad percent-encoding); expected a valid URL path`
+            : error.message;
+      void (reply as FastifyReply).code(400).type(JSON_TYPE).send(errorBody(message));
     },
     // pino's Logger and Fastify's logger generics differ only in type detail; the instance is an ordinary one.
   }) as unknown as FastifyInstance;
@@ -187,7 +197,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   });
 
   app.setNotFoundHandler((request, reply) => {
-    const url = request.url.length > 200 ? `${request.url.slice(0, 200)}…` : request.url;
+    const url = shortUrl(request.url);
     void reply
       .code(404)
       .type(JSON_TYPE)
