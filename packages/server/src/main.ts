@@ -94,6 +94,9 @@ addCommonOptions(
   const result = await initServer(await configFrom(options));
   process.stderr.write(`initialised ${result.dataDir} (state: ${result.database}, blobs: ${result.blobs})\n`);
   process.stderr.write(`device CA ${result.deviceCaFile} (SHA-256 ${result.deviceCaSha256})\n`);
+  process.stderr.write(
+    `package-signing root ${result.signingRootFile} (SHA-256 ${result.signingRootSha256}): copy it into each device's root-certs folder\n`,
+  );
   if (result.adminToken) {
     process.stderr.write('first admin API token (shown once; store it now):\n');
     process.stdout.write(`${result.adminToken}\n`);

@@ -2,6 +2,7 @@ export { initServer, type InitResult } from './init.js';
 export { createLogger } from './logger.js';
 export {
   openDeviceCa,
+  openPackageSigning,
   openStores,
   startServer,
   type ServerHandle,

@@ -1,6 +1,6 @@
 import { ApiTokenStore } from '../auth/index.js';
 import type { ServerConfig } from '../config/index.js';
-import { openDeviceCa, openStores } from './start-server.js';
+import { openDeviceCa, openPackageSigning, openStores } from './start-server.js';
 
 export interface InitResult {
   /** The first admin token, when this run created it (shown once). */
@@ -11,6 +11,9 @@ export interface InitResult {
   /** SHA-256 of the device CA certificate (devices trust it for the device API). */
   deviceCaSha256: string;
   deviceCaFile: string;
+  /** The root certificate package signatures chain to: devices' root-certs folder needs it. */
+  signingRootFile: string;
+  signingRootSha256: string;
 }
 
 /**
@@ -22,6 +25,7 @@ export async function initServer(config: ServerConfig): Promise<InitResult> {
   try {
     await blobs.check();
     const ca = await openDeviceCa(config, database);
+    const signing = await openPackageSigning(config, database);
     const tokens = new ApiTokenStore(database.db);
     const result: InitResult = {
       dataDir: config.dataDir,
@@ -29,6 +33,8 @@ export async function initServer(config: ServerConfig): Promise<InitResult> {
       blobs: blobs.description,
       deviceCaSha256: ca.fingerprintSha256,
       deviceCaFile: config.deviceCa.certFile,
+      signingRootFile: config.signing.rootCertFile,
+      signingRootSha256: signing.rootFingerprintSha256,
     };
     if (!(await tokens.hasActiveAdmin())) {
       result.adminToken = (await tokens.create({ name: 'initial-admin', scope: 'admin' })).token;

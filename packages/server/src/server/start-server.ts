@@ -1,5 +1,6 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { ApiTokenStore, operatorAuthenticators, registerApiTokenRoutes } from '../auth/index.js';
@@ -24,6 +25,16 @@ import {
   registerIdentityOperatorRoutes,
   registerIdentityRoutes,
 } from '../identity/index.js';
+import { ModelStore, registerModelRoutes } from '../models/index.js';
+import {
+  bindSigningRoot,
+  openSigningIdentity,
+  PackagingJobStore,
+  PackagingWorker,
+  registerPackagingDeviceRoutes,
+  registerPackagingRoutes,
+  type PackageSigningIdentity,
+} from '../packaging/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
 import { createLogger } from './logger.js';
 
@@ -35,6 +46,10 @@ export interface ServerServices {
   identity: DeviceIdentityService;
   deviceCa: DeviceCa;
   heartbeats: HeartbeatService;
+  models: ModelStore;
+  packagingJobs: PackagingJobStore;
+  packagingWorker: PackagingWorker;
+  signing: PackageSigningIdentity;
 }
 
 export interface ServerHandle {
@@ -102,6 +117,20 @@ export async function openDeviceCa(
   return ca;
 }
 
+/** Loads (or, unless the operator provided it, creates) the package-signing identity and ties the database to it. */
+export async function openPackageSigning(
+  config: ServerConfig,
+  database: ServerDatabase,
+  logger?: Logger,
+): Promise<PackageSigningIdentity> {
+  const signing = await openSigningIdentity(config.signing, {
+    generate: !config.provided.signing,
+    ...(logger ? { warn: (message: string) => logger.warn(message) } : {}),
+  });
+  await bindSigningRoot(database.db, signing.rootFingerprintSha256);
+  return signing;
+}
+
 async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa) {
   const pair = config.provided.deviceTls
     ? {
@@ -141,6 +170,14 @@ export async function startServer(
   try {
     let shuttingDown = false;
     const deviceCa = await openDeviceCa(config, database, logger);
+    const signing = await openPackageSigning(config, database, logger);
+    const workDir = path.join(config.dataDir, 'tmp');
+    const models = new ModelStore(database.db, {
+      blobs,
+      workDir,
+      maxUploadBytes: config.uploads.maxModelBytes,
+    });
+    const packagingJobs = new PackagingJobStore(database.db, models);
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
@@ -156,6 +193,18 @@ export async function startServer(
       heartbeats: new HeartbeatService(database.db, {
         registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
       }),
+      models,
+      packagingJobs,
+      packagingWorker: new PackagingWorker({
+        jobs: packagingJobs,
+        models,
+        blobs,
+        signing,
+        workDir,
+        pollIntervalMs: config.packaging.pollIntervalMs,
+        logger: logger.child({ worker: 'packaging' }),
+      }),
+      signing,
     };
     const readiness: ReadinessCheck[] = [
       { name: 'database', check: () => pingDatabase(database) },
@@ -189,6 +238,13 @@ export async function startServer(
     registerDeviceRoutes(operatorApp, services.devices);
     registerIdentityOperatorRoutes(operatorApp, services.identity, endpoint);
     registerIdentityRoutes(operatorApp, services.identity, endpoint);
+    registerModelRoutes(operatorApp, services.models, config.uploads.maxModelBytes);
+    registerPackagingRoutes(operatorApp, {
+      jobs: services.packagingJobs,
+      blobs,
+      signing,
+      onCreated: () => services.packagingWorker.kick(),
+    });
     registerHeartbeatOperatorRoutes(operatorApp, {
       db: database.db,
       fleets: services.fleets,
@@ -209,9 +265,12 @@ export async function startServer(
     apps.push(deviceApp);
     registerIdentityDeviceRoutes(deviceApp, services.identity, endpoint);
     registerHeartbeatDeviceRoutes(deviceApp, services.heartbeats);
+    registerPackagingDeviceRoutes(deviceApp, { jobs: services.packagingJobs, blobs });
 
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
+    services.packagingWorker.start();
+    background.push(services.packagingWorker);
     background.push(
       startRetentionSweeper(database.db, {
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,

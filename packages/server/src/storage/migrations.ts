@@ -167,6 +167,8 @@ const migrations: Record<string, Migration> = {
         .addColumn('output_s3_location', 'text')
         .addColumn('artifact_key', 'text')
         .addColumn('artifact_location', 'text')
+        .addColumn('artifact_size_bytes', 'bigint')
+        .addColumn('artifact_sha256', 'text')
         .addColumn('signature', 'text')
         .addColumn('created_at', 'bigint', (c) => c.notNull())
         .addColumn('updated_at', 'bigint', (c) => c.notNull())

@@ -116,6 +116,8 @@ export interface PackagingJobsTable {
   output_s3_location: string | null;
   artifact_key: string | null;
   artifact_location: string | null;
+  artifact_size_bytes: number | null;
+  artifact_sha256: string | null;
   signature: string | null;
   created_at: number;
   updated_at: number;

@@ -1,0 +1,194 @@
+import type { Readable } from 'node:stream';
+import { ModelNameSchema, ModelVersionSchema, TensorMetadataSchema } from '@edgefleet/core';
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { ApiError } from '../http/errors.js';
+import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
+import { defineRoute } from '../http/routes.js';
+import type { ModelRecord, ModelSourceKind, ModelStore, ModelVersionRecord } from './model-store.js';
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/** Content types an upload may have, and what each means. */
+export const UPLOAD_CONTENT_TYPES: Record<string, ModelSourceKind> = {
+  'application/octet-stream': 'onnx',
+  'application/onnx': 'onnx',
+  'application/gzip': 'package',
+  'application/x-gzip': 'package',
+  'application/x-compressed-tar': 'package',
+};
+
+export const modelVersionSchema = z.object({
+  modelName: z.string(),
+  version: z.string(),
+  sourceKind: z.enum(['onnx', 'package']).describe('What was uploaded: an ONNX model or a ready package'),
+  sizeBytes: z.int(),
+  sha256: z.string(),
+  inputs: z.array(TensorMetadataSchema),
+  outputs: z.array(TensorMetadataSchema),
+  createdAt: z.iso.datetime(),
+});
+
+export const modelSchema = z.object({
+  name: z.string(),
+  description: z.string().optional(),
+  versionCount: z.int(),
+  latestVersion: z.string().optional().describe('The most recently uploaded version'),
+  createdAt: z.iso.datetime(),
+  updatedAt: z.iso.datetime(),
+});
+
+export function modelVersionView(v: ModelVersionRecord): z.input<typeof modelVersionSchema> {
+  return {
+    modelName: v.modelName,
+    version: v.version,
+    sourceKind: v.sourceKind,
+    sizeBytes: v.sizeBytes,
+    sha256: v.sha256,
+    inputs: v.tensors.inputs,
+    outputs: v.tensors.outputs,
+    createdAt: iso(v.createdAt),
+  };
+}
+
+function modelView(m: ModelRecord): z.input<typeof modelSchema> {
+  return {
+    name: m.name,
+    ...(m.description !== null ? { description: m.description } : {}),
+    versionCount: m.versionCount,
+    ...(m.latestVersion !== null ? { latestVersion: m.latestVersion } : {}),
+    createdAt: iso(m.createdAt),
+    updatedAt: iso(m.updatedAt),
+  };
+}
+
+const modelParams = z.object({ model: ModelNameSchema });
+const versionParams = z.object({ model: ModelNameSchema, version: ModelVersionSchema });
+
+export function registerModelRoutes(app: FastifyInstance, models: ModelStore, maxUploadBytes: number): void {
+  // Uploads reach the handler as a stream; the model store spools it with its own size limit.
+  app.addContentTypeParser(Object.keys(UPLOAD_CONTENT_TYPES), (_request, payload, done) =>
+    done(null, payload),
+  );
+
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/models/:model/versions/:version',
+    auth: 'admin',
+    tag: 'models',
+    summary:
+      'Upload a model version: an ONNX file (application/octet-stream) or a ready package (application/gzip)',
+    description: `Streamed; at most ${maxUploadBytes} bytes. The tensor metadata is read from the model or package manifest.`,
+    params: versionParams,
+    query: z.object({ description: z.string().max(800).optional() }),
+    consumes: Object.keys(UPLOAD_CONTENT_TYPES),
+    response: modelVersionSchema,
+    status: 201,
+    handler: async ({ params, query, request }) => {
+      const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
+      const kind = UPLOAD_CONTENT_TYPES[type];
+      if (kind === undefined) {
+        throw new ApiError(
+          415,
+          'UnsupportedMediaType',
+          `upload content type "${type}" is not accepted; expected ${Object.keys(UPLOAD_CONTENT_TYPES).join(', ')}`,
+        );
+      }
+      const declared = Number(request.headers['content-length'] ?? NaN);
+      if (declared > maxUploadBytes) {
+        throw new ApiError(
+          413,
+          'PayloadTooLarge',
+          `the upload is ${declared} bytes; the limit is ${maxUploadBytes}`,
+          {
+            maxBytes: maxUploadBytes,
+          },
+        );
+      }
+      const version = await models.upload({
+        name: params.model,
+        version: params.version,
+        kind,
+        body: request.body as Readable,
+        ...(query.description !== undefined ? { description: query.description } : {}),
+      });
+      return modelVersionView(version);
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/models',
+    auth: 'read',
+    tag: 'models',
+    summary: 'List models in name order',
+    query: pageQuerySchema,
+    response: z.object({ models: z.array(modelSchema), nextToken: z.string().optional() }),
+    handler: async ({ query }) => {
+      const after = decodePageToken('models', query.nextToken);
+      const rows = await models.list({ limit: query.limit + 1, ...(after !== undefined ? { after } : {}) });
+      const page = toPage('models', rows, query.limit, (m) => m.name);
+      return { models: page.items.map(modelView), ...(page.nextToken ? { nextToken: page.nextToken } : {}) };
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/models/:model',
+    auth: 'read',
+    tag: 'models',
+    summary: 'Describe a model',
+    params: modelParams,
+    response: modelSchema,
+    handler: async ({ params }) => modelView(await models.get(params.model)),
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/models/:model/versions',
+    auth: 'read',
+    tag: 'models',
+    summary: "List a model's versions with their tensor metadata",
+    params: modelParams,
+    query: pageQuerySchema,
+    response: z.object({ versions: z.array(modelVersionSchema), nextToken: z.string().optional() }),
+    handler: async ({ params, query }) => {
+      const list = `versions:${params.model}`;
+      const after = decodePageToken(list, query.nextToken);
+      const rows = await models.listVersions(params.model, {
+        limit: query.limit + 1,
+        ...(after !== undefined ? { after } : {}),
+      });
+      const page = toPage(list, rows, query.limit, (v) => v.version);
+      return {
+        versions: page.items.map(modelVersionView),
+        ...(page.nextToken ? { nextToken: page.nextToken } : {}),
+      };
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/models/:model/versions/:version',
+    auth: 'read',
+    tag: 'models',
+    summary: 'Describe a model version, with its tensor metadata',
+    params: versionParams,
+    response: modelVersionSchema,
+    handler: async ({ params }) => modelVersionView(await models.getVersion(params.model, params.version)),
+  });
+
+  defineRoute(app, {
+    method: 'DELETE',
+    url: '/api/v1/models/:model/versions/:version',
+    auth: 'admin',
+    tag: 'models',
+    summary: 'Delete a model version (packages already built from it stay)',
+    params: versionParams,
+    status: 204,
+    handler: async ({ params }) => {
+      await models.deleteVersion(params.model, params.version);
+      return undefined;
+    },
+  });
+}

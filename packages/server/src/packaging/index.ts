@@ -1,0 +1,14 @@
+export { PackagingJobStore, type PackagingJobRecord, type PackagingJobStatus } from './packaging-jobs.js';
+export { artifactKeyOf, PackagingWorker, type PackagingWorkerOptions } from './packaging-worker.js';
+export {
+  packagingJobSchema,
+  packagingJobView,
+  registerPackagingDeviceRoutes,
+  registerPackagingRoutes,
+} from './routes.js';
+export {
+  bindSigningRoot,
+  openSigningIdentity,
+  type PackageSigningIdentity,
+  type SigningKeyFiles,
+} from './signing-keys.js';

@@ -1,0 +1,192 @@
+import type { Kysely } from 'kysely';
+import { conflict, notFound } from '../http/errors.js';
+import type { ModelStore } from '../models/index.js';
+import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from '../storage/index.js';
+
+/** STARTING → INPROGRESS → COMPLETED | FAILED, as Edge Manager's packaging jobs. */
+export type PackagingJobStatus = 'STARTING' | 'INPROGRESS' | 'COMPLETED' | 'FAILED';
+
+export interface PackagingJobRecord {
+  name: string;
+  modelName: string;
+  modelVersion: string;
+  status: PackagingJobStatus;
+  statusMessage: string | null;
+  outputS3Location: string | null;
+  artifactKey: string | null;
+  /** Where the package is (`s3://…` or `file://…`). */
+  artifactLocation: string | null;
+  artifactSizeBytes: number | null;
+  artifactSha256: string | null;
+  /** The signature document (model.sig: a Sigstore bundle with a DSSE envelope), JSON text. */
+  signature: string | null;
+  createdAt: number;
+  updatedAt: number;
+}
+
+function toRecord(row: PackagingJobsTable): PackagingJobRecord {
+  return {
+    name: row.name,
+    modelName: row.model_name,
+    modelVersion: row.model_version,
+    status: row.status as PackagingJobStatus,
+    statusMessage: row.status_message,
+    outputS3Location: row.output_s3_location,
+    artifactKey: row.artifact_key,
+    artifactLocation: row.artifact_location,
+    artifactSizeBytes: row.artifact_size_bytes,
+    artifactSha256: row.artifact_sha256,
+    signature: row.signature,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+/** Packaging jobs as rows: any replica may create one, and exactly one replica claims and runs it. */
+export class PackagingJobStore {
+  private readonly now: () => number;
+
+  constructor(
+    private readonly db: Kysely<DatabaseSchema>,
+    private readonly models: ModelStore,
+    now?: () => number,
+  ) {
+    this.now = now ?? Date.now;
+  }
+
+  async create(input: {
+    name: string;
+    modelName: string;
+    modelVersion: string;
+    outputS3Location?: string;
+  }): Promise<PackagingJobRecord> {
+    await this.models.getVersion(input.modelName, input.modelVersion);
+    const at = this.now();
+    const row: PackagingJobsTable = {
+      name: input.name,
+      model_name: input.modelName,
+      model_version: input.modelVersion,
+      status: 'STARTING',
+      status_message: null,
+      output_s3_location: input.outputS3Location ?? null,
+      artifact_key: null,
+      artifact_location: null,
+      artifact_size_bytes: null,
+      artifact_sha256: null,
+      signature: null,
+      created_at: at,
+      updated_at: at,
+    };
+    try {
+      await this.db.insertInto('packaging_jobs').values(row).execute();
+    } catch (error) {
+      if (isUniqueViolation(error))
+        throw conflict(`packaging job ${input.name} already exists`, { job: input.name });
+      throw error;
+    }
+    return toRecord(row);
+  }
+
+  async get(name: string): Promise<PackagingJobRecord> {
+    const row = await this.db
+      .selectFrom('packaging_jobs')
+      .selectAll()
+      .where('name', '=', name)
+      .executeTakeFirst();
+    if (row === undefined) throw notFound(`packaging job ${name}`, { job: name });
+    return toRecord(row);
+  }
+
+  async list(options: {
+    limit: number;
+    after?: string;
+    status?: PackagingJobStatus;
+  }): Promise<PackagingJobRecord[]> {
+    let query = this.db.selectFrom('packaging_jobs').selectAll().orderBy('name').limit(options.limit);
+    if (options.after !== undefined) query = query.where('name', '>', options.after);
+    if (options.status !== undefined) query = query.where('status', '=', options.status);
+    return (await query.execute()).map(toRecord);
+  }
+
+  /** Takes the oldest STARTING job for this caller, or undefined; the conditional update makes it exclusive. */
+  async claimNext(): Promise<PackagingJobRecord | undefined> {
+    for (;;) {
+      const next = await this.db
+        .selectFrom('packaging_jobs')
+        .select('name')
+        .where('status', '=', 'STARTING')
+        .orderBy('created_at')
+        .orderBy('name')
+        .executeTakeFirst();
+      if (next === undefined) return undefined;
+      const result = await this.db
+        .updateTable('packaging_jobs')
+        .set({ status: 'INPROGRESS', status_message: 'packaging', updated_at: this.now() })
+        .where('name', '=', next.name)
+        .where('status', '=', 'STARTING')
+        .executeTakeFirst();
+      if (Number(result.numUpdatedRows) === 1) return this.get(next.name);
+      // Another replica claimed it first: look again.
+    }
+  }
+
+  /** Shows the job is still being worked on (see failAbandoned). */
+  async touch(name: string, message: string): Promise<void> {
+    await this.db
+      .updateTable('packaging_jobs')
+      .set({ status_message: message, updated_at: this.now() })
+      .where('name', '=', name)
+      .where('status', '=', 'INPROGRESS')
+      .execute();
+  }
+
+  async complete(
+    name: string,
+    result: {
+      artifactKey: string;
+      artifactLocation: string;
+      artifactSizeBytes: number;
+      artifactSha256: string;
+      signature: string;
+      message: string;
+    },
+  ): Promise<void> {
+    await this.db
+      .updateTable('packaging_jobs')
+      .set({
+        status: 'COMPLETED',
+        status_message: result.message,
+        artifact_key: result.artifactKey,
+        artifact_location: result.artifactLocation,
+        artifact_size_bytes: result.artifactSizeBytes,
+        artifact_sha256: result.artifactSha256,
+        signature: result.signature,
+        updated_at: this.now(),
+      })
+      .where('name', '=', name)
+      .execute();
+  }
+
+  async fail(name: string, message: string): Promise<void> {
+    await this.db
+      .updateTable('packaging_jobs')
+      .set({ status: 'FAILED', status_message: message, updated_at: this.now() })
+      .where('name', '=', name)
+      .execute();
+  }
+
+  /** Fails INPROGRESS jobs nobody has touched for `staleMs` (their server stopped mid-job). */
+  async failAbandoned(staleMs: number): Promise<number> {
+    const result = await this.db
+      .updateTable('packaging_jobs')
+      .set({
+        status: 'FAILED',
+        status_message: 'interrupted: the server packaging it stopped; create the job again under a new name',
+        updated_at: this.now(),
+      })
+      .where('status', '=', 'INPROGRESS')
+      .where('updated_at', '<', this.now() - staleMs)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows);
+  }
+}

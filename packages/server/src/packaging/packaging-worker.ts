@@ -1,0 +1,159 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import {
+  createModelPackage,
+  extractPackageArchive,
+  openModelPackage,
+  packModelPackage,
+  signPackage,
+  SIGNATURE_FILE,
+} from '@edgefleet/core';
+import type { Logger } from 'pino';
+import type { BlobStore } from '../blobs/index.js';
+import type { ModelStore } from '../models/index.js';
+import type { PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
+import type { PackageSigningIdentity } from './signing-keys.js';
+
+export interface PackagingWorkerOptions {
+  jobs: PackagingJobStore;
+  models: ModelStore;
+  blobs: BlobStore;
+  signing: PackageSigningIdentity;
+  workDir: string;
+  pollIntervalMs: number;
+  logger: Logger;
+  /** INPROGRESS jobs untouched this long are failed as abandoned. */
+  staleMs?: number;
+}
+
+const TOUCH_INTERVAL_MS = 20_000;
+const DEFAULT_STALE_MS = 120_000;
+
+/** The object key of a job's package: Edge Manager's `<name>-<version>.tar.gz`, under the job's name. */
+export function artifactKeyOf(job: Pick<PackagingJobRecord, 'name' | 'modelName' | 'modelVersion'>): string {
+  return `packages/${job.name}/${job.modelName}-${job.modelVersion.replace(/ /g, '_')}.tar.gz`;
+}
+
+/**
+ * Runs packaging jobs one at a time: builds the package from the uploaded model (or re-signs an uploaded
+ * package), signs it with the server's code-signing certificate, packs `<name>-<version>.tar.gz` and puts it
+ * in the blob store. Polls the database, so jobs created on any replica get run by some replica.
+ */
+export class PackagingWorker {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private stopped = false;
+  private again = false;
+
+  constructor(private readonly options: PackagingWorkerOptions) {}
+
+  start(): void {
+    this.timer = setInterval(() => this.kick(), this.options.pollIntervalMs);
+    this.timer.unref();
+    this.kick();
+  }
+
+  /** Look for work now (called when this replica creates a job). */
+  kick(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.drain().finally(() => {
+      this.running = undefined;
+      if (this.again) {
+        this.again = false;
+        this.kick();
+      }
+    });
+  }
+
+  /** Waits for the job in hand (if any) and stops looking for more. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    await this.running;
+  }
+
+  /** Runs jobs until none is waiting; resolves when idle (tests await it). */
+  async drain(): Promise<void> {
+    try {
+      await this.options.jobs.failAbandoned(this.options.staleMs ?? DEFAULT_STALE_MS);
+      for (
+        let job = await this.options.jobs.claimNext();
+        job && !this.stopped;
+        job = await this.options.jobs.claimNext()
+      ) {
+        await this.run(job);
+      }
+    } catch (error) {
+      this.options.logger.warn({ err: error }, 'packaging worker: could not look for jobs; will retry');
+    }
+  }
+
+  private async run(job: PackagingJobRecord): Promise<void> {
+    const log = this.options.logger.child({ packagingJob: job.name });
+    const touch = setInterval(() => {
+      this.options.jobs.touch(job.name, 'packaging').catch(() => undefined);
+    }, TOUCH_INTERVAL_MS);
+    await mkdir(this.options.workDir, { recursive: true, mode: 0o700 });
+    const dir = await mkdtemp(path.join(this.options.workDir, `job-${job.name}-`));
+    try {
+      const artifact = await this.build(job, dir);
+      await this.options.jobs.complete(job.name, artifact);
+      log.info({ artifact: artifact.artifactLocation }, 'packaging job completed');
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      log.warn({ err: error }, 'packaging job failed');
+      await this.options.jobs.fail(job.name, message.slice(0, 4000)).catch(() => undefined);
+    } finally {
+      clearInterval(touch);
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  private async build(job: PackagingJobRecord, dir: string) {
+    const version = await this.options.models.getVersion(job.modelName, job.modelVersion);
+    const source = path.join(dir, version.sourceKind === 'onnx' ? 'model.onnx' : 'upload.tar.gz');
+    await pipeline(await this.options.models.openSource(version), createWriteStream(source, { mode: 0o600 }));
+
+    const packageDir = path.join(dir, `${job.modelName}-${job.modelVersion.replace(/ /g, '_')}`);
+    if (version.sourceKind === 'onnx') {
+      await createModelPackage({
+        modelPath: source,
+        name: job.modelName,
+        version: job.modelVersion,
+        outDir: packageDir,
+      });
+    } else {
+      await extractPackageArchive(source, packageDir);
+      // Whoever signed the upload, devices trust this server's signature: replace it.
+      await rm(path.join(packageDir, SIGNATURE_FILE), { force: true });
+      await openModelPackage(packageDir, { trust: null });
+    }
+    await signPackage(packageDir, this.options.signing.signer, { modelName: job.modelName });
+    const archive = path.join(dir, 'package.tar.gz');
+    await packModelPackage(packageDir, archive);
+    const { size } = await stat(archive);
+    const sha256 = createHash('sha256');
+    for await (const chunk of createReadStream(archive)) sha256.update(chunk as Buffer);
+
+    const artifactKey = artifactKeyOf(job);
+    await this.options.blobs.put(artifactKey, createReadStream(archive), {
+      contentLength: size,
+      contentType: 'application/gzip',
+    });
+    return {
+      artifactKey,
+      artifactLocation: this.options.blobs.locationOf(artifactKey),
+      artifactSizeBytes: size,
+      artifactSha256: sha256.digest('hex'),
+      signature: await readFile(path.join(packageDir, SIGNATURE_FILE), 'utf8'),
+      message: 'packaged and signed',
+    };
+  }
+}

@@ -1,0 +1,197 @@
+import { ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import type { BlobStore } from '../blobs/index.js';
+import { entityNameSchema, s3UriSchema } from '../fields/index.js';
+import { ApiError } from '../http/errors.js';
+import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
+import { defineRoute } from '../http/routes.js';
+import type { PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
+import type { PackageSigningIdentity } from './signing-keys.js';
+
+const iso = (ms: number) => new Date(ms).toISOString();
+const statusSchema = z.enum(['STARTING', 'INPROGRESS', 'COMPLETED', 'FAILED']);
+
+export const packagingJobSchema = z.object({
+  name: z.string(),
+  modelName: z.string(),
+  modelVersion: z.string(),
+  status: statusSchema,
+  statusMessage: z.string().optional(),
+  outputS3Location: z.string().optional(),
+  artifact: z
+    .object({
+      key: z.string().describe('Key in the server blob store'),
+      location: z.string().describe('s3://… or file://… of <model>-<version>.tar.gz'),
+      sizeBytes: z.int(),
+      sha256: z.string(),
+    })
+    .optional()
+    .describe('Present once COMPLETED'),
+  modelSignature: z
+    .string()
+    .optional()
+    .describe(
+      'The signature document (model.sig: Sigstore bundle, DSSE envelope, in-toto statement), JSON text',
+    ),
+  createdAt: z.iso.datetime(),
+  updatedAt: z.iso.datetime(),
+});
+
+export function packagingJobView(job: PackagingJobRecord): z.input<typeof packagingJobSchema> {
+  return {
+    name: job.name,
+    modelName: job.modelName,
+    modelVersion: job.modelVersion,
+    status: job.status,
+    ...(job.statusMessage !== null ? { statusMessage: job.statusMessage } : {}),
+    ...(job.outputS3Location !== null ? { outputS3Location: job.outputS3Location } : {}),
+    ...(job.artifactKey !== null && job.artifactLocation !== null
+      ? {
+          artifact: {
+            key: job.artifactKey,
+            location: job.artifactLocation,
+            sizeBytes: job.artifactSizeBytes ?? 0,
+            sha256: job.artifactSha256 ?? '',
+          },
+        }
+      : {}),
+    ...(job.signature !== null ? { modelSignature: job.signature } : {}),
+    createdAt: iso(job.createdAt),
+    updatedAt: iso(job.updatedAt),
+  };
+}
+
+const jobParams = z.object({ job: entityNameSchema });
+
+async function artifactStream(jobs: PackagingJobStore, blobs: BlobStore, name: string) {
+  const job = await jobs.get(name);
+  if (job.status !== 'COMPLETED' || job.artifactKey === null) {
+    throw new ApiError(
+      409,
+      'Conflict',
+      `packaging job ${name} is ${job.status}; its package exists once COMPLETED`,
+      {
+        status: job.status,
+      },
+    );
+  }
+  return { job, stream: await blobs.get(job.artifactKey) };
+}
+
+export function registerPackagingRoutes(
+  app: FastifyInstance,
+  deps: { jobs: PackagingJobStore; blobs: BlobStore; signing: PackageSigningIdentity; onCreated: () => void },
+): void {
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/packaging-jobs',
+    auth: 'admin',
+    tag: 'packaging',
+    summary: 'Start a packaging job: package, sign and store an uploaded model version',
+    body: z.strictObject({
+      name: entityNameSchema.describe('Job name, unique'),
+      modelName: ModelNameSchema,
+      modelVersion: ModelVersionSchema,
+      outputS3Location: s3UriSchema
+        .optional()
+        .describe('Recorded for compatibility; the package goes to the blob store'),
+    }),
+    response: packagingJobSchema,
+    status: 201,
+    handler: async ({ body }) => {
+      const job = await deps.jobs.create(body);
+      deps.onCreated();
+      return packagingJobView(job);
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/packaging-jobs',
+    auth: 'read',
+    tag: 'packaging',
+    summary: 'List packaging jobs in name order',
+    query: pageQuerySchema.extend({ status: statusSchema.optional() }),
+    response: z.object({ jobs: z.array(packagingJobSchema), nextToken: z.string().optional() }),
+    handler: async ({ query }) => {
+      const after = decodePageToken('packaging-jobs', query.nextToken);
+      const rows = await deps.jobs.list({
+        limit: query.limit + 1,
+        ...(after !== undefined ? { after } : {}),
+        ...(query.status !== undefined ? { status: query.status } : {}),
+      });
+      const page = toPage('packaging-jobs', rows, query.limit, (j) => j.name);
+      return {
+        jobs: page.items.map(packagingJobView),
+        ...(page.nextToken ? { nextToken: page.nextToken } : {}),
+      };
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/packaging-jobs/:job',
+    auth: 'read',
+    tag: 'packaging',
+    summary: 'Describe a packaging job: status, artifact location, signature document',
+    params: jobParams,
+    response: packagingJobSchema,
+    handler: async ({ params }) => packagingJobView(await deps.jobs.get(params.job)),
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/packaging-jobs/:job/artifact',
+    auth: 'read',
+    tag: 'packaging',
+    summary: 'Download the signed package (<model>-<version>.tar.gz) of a completed job',
+    params: jobParams,
+    handler: async ({ params, reply }) => {
+      const { job, stream } = await artifactStream(deps.jobs, deps.blobs, params.job);
+      reply
+        .type('application/gzip')
+        .header(
+          'content-disposition',
+          `attachment; filename="${job.artifactKey?.split('/').pop() ?? 'package.tar.gz'}"`,
+        );
+      if (job.artifactSizeBytes !== null) reply.header('content-length', job.artifactSizeBytes);
+      return stream as never;
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/signing/root-certificate',
+    auth: 'read',
+    tag: 'packaging',
+    summary: "The root certificate packages are signed under: put it in devices' root-certs folder",
+    response: z.object({ certificatePem: z.string(), fingerprintSha256: z.string() }),
+    handler: async () => ({
+      certificatePem: deps.signing.rootCertificatePem,
+      fingerprintSha256: deps.signing.rootFingerprintSha256,
+    }),
+  });
+}
+
+/** Device route (mutual TLS): download a completed job's package. */
+export function registerPackagingDeviceRoutes(
+  app: FastifyInstance,
+  deps: { jobs: PackagingJobStore; blobs: BlobStore },
+): void {
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/device/packages/:job',
+    auth: 'device',
+    tag: 'device',
+    summary: "Download a completed packaging job's signed package",
+    params: jobParams,
+    handler: async ({ params, reply }) => {
+      const { job, stream } = await artifactStream(deps.jobs, deps.blobs, params.job);
+      reply.type('application/gzip');
+      if (job.artifactSizeBytes !== null) reply.header('content-length', job.artifactSizeBytes);
+      if (job.artifactSha256 !== null) reply.header('x-edgefleet-sha256', job.artifactSha256);
+      return stream as never;
+    },
+  });
+}

@@ -1,0 +1,110 @@
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { createRootCa, issueCodeSigningCertificate, type Signer } from '@edgefleet/core';
+import type { Kysely } from 'kysely';
+import { fileExists, readSecretFile, writePublicFile, writeSecretFile } from '../identity/key-files.js';
+import type { DatabaseSchema } from '../storage/index.js';
+
+export interface SigningKeyFiles {
+  rootCertFile: string;
+  /** Only needed to create the signing certificate; absent when the operator provides the certificate. */
+  rootKeyFile?: string;
+  certFile: string;
+  keyFile: string;
+}
+
+/** The server's package-signing identity: a code-signing certificate chained to a root devices trust. */
+export interface PackageSigningIdentity {
+  signer: Extract<Signer, { method: 'certificate' }>;
+  rootCertificatePem: string;
+  /** SHA-256 of the root certificate's DER, lowercase hex. */
+  rootFingerprintSha256: string;
+}
+
+const fingerprint = (pem: string) => new X509Certificate(pem).fingerprint256.replace(/:/g, '').toLowerCase();
+
+/**
+ * Loads the signing identity from its files, or (when `generate` is allowed and none exist) creates a root
+ * CA and a code-signing certificate under it and writes them (keys 0600). Operators distribute the root
+ * certificate to devices as (part of) their root-certs folder.
+ */
+export async function openSigningIdentity(
+  files: SigningKeyFiles,
+  options: { generate: boolean; warn?: (message: string) => void },
+): Promise<PackageSigningIdentity> {
+  const present = await Promise.all([files.rootCertFile, files.certFile, files.keyFile].map(fileExists));
+  if (present.every((p) => !p) && options.generate) {
+    const root = createRootCa({
+      commonName: 'EdgeFleet package signing root',
+      organization: 'EdgeFleet',
+      validityDays: 20 * 365,
+      keyType: 'ecdsa-p256',
+      pathLength: 0,
+    });
+    const leaf = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'EdgeFleet server package signing',
+      organization: 'EdgeFleet',
+      validityDays: 10 * 365,
+      keyType: 'ecdsa-p256',
+    });
+    if (files.rootKeyFile !== undefined) await writeSecretFile(files.rootKeyFile, root.privateKeyPem);
+    await writeSecretFile(files.keyFile, leaf.privateKeyPem);
+    await writePublicFile(files.certFile, leaf.certificatePem);
+    await writePublicFile(files.rootCertFile, root.certificatePem);
+  } else if (!present.every(Boolean)) {
+    const missing = [files.rootCertFile, files.certFile, files.keyFile].filter((_, i) => !present[i]);
+    throw new Error(
+      `package-signing key material incomplete: missing ${missing.join(', ')}; restore the files ` +
+        '(or remove all of them to generate new ones, after which devices need the new root certificate)',
+    );
+  }
+  const rootCertificatePem = await readFile(files.rootCertFile, 'utf8');
+  const certificatePem = await readFile(files.certFile, 'utf8');
+  const key = await readSecretFile(files.keyFile);
+  if (key.looseMode)
+    options.warn?.(`package-signing key ${files.keyFile} is readable by others; chmod 600 it`);
+  const leaf = new X509Certificate(certificatePem);
+  if (!leaf.checkPrivateKey(createPrivateKey(key.content))) {
+    throw new Error(`package-signing key ${files.keyFile} does not belong to certificate ${files.certFile}`);
+  }
+  if (!leaf.checkIssued(new X509Certificate(rootCertificatePem))) {
+    throw new Error(
+      `package-signing certificate ${files.certFile} was not issued by root ${files.rootCertFile}`,
+    );
+  }
+  return {
+    signer: {
+      method: 'certificate',
+      privateKeyPem: key.content,
+      certificateChainPem: [certificatePem, rootCertificatePem],
+    },
+    rootCertificatePem,
+    rootFingerprintSha256: fingerprint(rootCertificatePem),
+  };
+}
+
+const SETTING = 'signing_root_sha256';
+
+/** Every replica must sign with the same root, or devices would trust some packages and not others. */
+export async function bindSigningRoot(
+  db: Kysely<DatabaseSchema>,
+  rootFingerprintSha256: string,
+): Promise<void> {
+  await db
+    .insertInto('server_settings')
+    .values({ key: SETTING, value: rootFingerprintSha256 })
+    .onConflict((oc) => oc.column('key').doNothing())
+    .execute();
+  const row = await db
+    .selectFrom('server_settings')
+    .select('value')
+    .where('key', '=', SETTING)
+    .executeTakeFirstOrThrow();
+  if (row.value !== rootFingerprintSha256) {
+    throw new Error(
+      `this database belongs to a server whose package-signing root is SHA-256 ${row.value}, not ` +
+        `${rootFingerprintSha256}; give every replica the same signing files`,
+    );
+  }
+}
