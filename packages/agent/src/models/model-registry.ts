@@ -90,6 +90,29 @@ export interface PredictOptions {
   transferInputs?: boolean;
 }
 
+/** A successful prediction, as observers see it (automatic capture, activity counters). */
+export interface PredictEvent {
+  model: string;
+  version: string;
+  /** In the model's input order, named as the model names them. Belong to the caller: copy what you keep. */
+  inputs: readonly PoolTensor[];
+  outputs: readonly PredictOutput[];
+  /** Epoch milliseconds when the request arrived. */
+  at: number;
+}
+
+/** Told of predictions. `onPredict` runs as a request starts and returns a listener for it, or undefined. */
+export interface PredictObserver {
+  onPredict(model: string): PredictListener | undefined;
+}
+
+export interface PredictListener {
+  /** The listener reads the inputs: they are then copied to the worker rather than transferred (detached). */
+  readonly readsInputs: boolean;
+  /** After a successful run, synchronously. Errors it throws are ignored. */
+  predicted(event: PredictEvent): void;
+}
+
 export interface RegistryLogger {
   warn(message: string, details?: Record<string, unknown>): void;
   info?(message: string, details?: Record<string, unknown>): void;
@@ -140,6 +163,7 @@ export class ModelRegistry {
   readonly #logger: RegistryLogger | undefined;
   readonly #availableMemory: () => number;
   readonly #models = new Map<string, ModelRecord>();
+  readonly #observers = new Set<PredictObserver>();
   #generation = 0;
   #closed = false;
 
@@ -266,6 +290,12 @@ export class ModelRegistry {
     return this.#models.get(name)?.state === 'ready';
   }
 
+  /** Adds an observer of successful predictions; returns the function that removes it. */
+  observe(observer: PredictObserver): () => void {
+    this.#observers.add(observer);
+    return () => this.#observers.delete(observer);
+  }
+
   /**
    * Runs the model. Errors: NOT_FOUND (no such model, or it was unloaded before the request ran),
    * INVALID_ARGUMENT (tensor count, type, shape or byte length does not fit; see matchPredictInputs),
@@ -289,14 +319,31 @@ export class ModelRegistry {
       this.#countRequest(record, name, began, { errorCode: (error as AgentError).code });
       throw error;
     }
+    const listeners = this.#listeners(name);
     record.inflight++;
     try {
       const result = await this.#pool.run(record.key, inputs, {
-        transferInputs: options.transferInputs === true,
+        transferInputs: options.transferInputs === true && !listeners.some((l) => l.readsInputs),
       });
       const outputs = orderOutputs(description.outputs, result.outputs);
       const requestMs = performance.now() - began;
       this.#countRequest(record, name, began, { queueMs: result.queueMs, computeMs: result.computeMs });
+      if (listeners.length > 0) {
+        const event = {
+          model: name,
+          version: description.version,
+          inputs,
+          outputs,
+          at: Date.now() - requestMs,
+        };
+        for (const listener of listeners) {
+          try {
+            listener.predicted(event);
+          } catch {
+            // An observer never fails a prediction.
+          }
+        }
+      }
       return {
         outputs,
         model: { name, version: description.version },
@@ -320,6 +367,19 @@ export class ModelRegistry {
   }
 
   // -------------------------------------------------------------------------------------------------------------
+
+  #listeners(name: string): PredictListener[] {
+    const listeners: PredictListener[] = [];
+    for (const observer of this.#observers) {
+      try {
+        const listener = observer.onPredict(name);
+        if (listener) listeners.push(listener);
+      } catch {
+        // An observer never fails a prediction.
+      }
+    }
+    return listeners;
+  }
 
   #ready(name: string): ModelRecord {
     const record = typeof name === 'string' ? this.#models.get(name) : undefined;

@@ -145,6 +145,16 @@ export class CaptureQueueRepository {
       .immediate();
   }
 
+  /** Drops one capture from the queue (its stored form is unreadable) and marks it FAILURE. */
+  discard(captureId: string, at: number, detail: string): void {
+    this.#db
+      .transaction(() => {
+        this.#db.prepare('DELETE FROM capture_queue WHERE capture_id = ?').run(captureId);
+        this.#updateStatus.run('FAILURE', at, detail, captureId);
+      })
+      .immediate();
+  }
+
   /** Sets the statuses of captures no longer in the queue (delivered or dropped from the spool). */
   setStatuses(captureIds: readonly string[], status: StoredCaptureStatus, at: number, detail?: string): void {
     this.#db

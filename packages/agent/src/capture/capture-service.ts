@@ -1,0 +1,505 @@
+import { randomBytes } from 'node:crypto';
+import type { CaptureDataRequest } from '@edgefleet/core';
+import type { Registry } from 'prom-client';
+import { AgentError, isAgentError, type PredictObserver } from '../models/index.js';
+import type { SharedMemoryReader } from '../shm/index.js';
+import { MemoryUploadLedger, type ModelActivity, type UploadLedger } from '../state/index.js';
+import { AutoCapture } from './auto-capture.js';
+import { backoffDelay } from './backoff.js';
+import type { CaptureItem } from './capture-item.js';
+import { CaptureMetrics, type CaptureLogger } from './capture-metrics.js';
+import type { CaptureQueue, StatusRecord } from './capture-queue.js';
+import { captureItemFromRequest, checkCaptureId, type CaptureModelCatalog } from './capture-request.js';
+import type { CaptureDestination } from './destinations.js';
+import type { ObjectStore } from './object-store.js';
+import { PeriodicUpload } from './periodic-upload.js';
+import { renderBatch, type RenderContext, type RenderedBatch } from './records.js';
+import type { CaptureSettings } from './settings.js';
+import { CaptureSpool } from './spool.js';
+
+export interface CaptureServiceOptions {
+  settings: CaptureSettings;
+  /** The loaded models (ModelRegistry). */
+  models: CaptureModelCatalog;
+  queue: CaptureQueue;
+  destination: CaptureDestination;
+  /**
+   * The bucket. With a Cloud destination: where the offline spool uploads to (normally the destination's own
+   * store). With Disk and periodic upload: where Disk captures are copied to.
+   */
+  store?: ObjectStore;
+  /** Marks of kept files the periodic upload has uploaded; default in memory. */
+  ledger?: UploadLedger;
+  sharedMemory?: SharedMemoryReader;
+  /** The agent's Prometheus registry (AgentMetrics.registry). */
+  metricsRegistry?: Registry;
+  /** Counts captured samples per model for the heartbeat. */
+  activity?: ModelActivity;
+  logger?: CaptureLogger;
+  now?: () => number;
+  random?: () => number;
+}
+
+interface Batch {
+  batchId: string;
+  items: CaptureItem[];
+  attempts: number;
+}
+
+/**
+ * Capture, as the SageMaker Edge agent's CaptureData and GetCaptureDataStatus, plus automatic capture of Predict
+ * traffic. Every front door is a thin adapter over this class.
+ *
+ * A capture is checked, copied, and held in the queue (durably, with the local database) before `capture`
+ * resolves; at most `bufferSize` are held (RESOURCE_EXHAUSTED beyond). A batch is formed when `batchSize` are
+ * waiting, or `pushPeriodSeconds` after the first of them arrived, whichever comes first, and written to the
+ * destination: files named from the batch id, so a batch written again after a crash replaces itself. A Cloud
+ * batch the bucket will not take goes to the offline spool, which retries it with backoff until it is taken or
+ * the spool's quota pushes it out. Statuses: IN_PROGRESS until written (or uploaded from the spool), then
+ * SUCCESS; FAILURE when given up.
+ */
+export class CaptureService {
+  readonly settings: CaptureSettings;
+  /** Register with ModelRegistry.observe to capture Predict traffic by the settings' rules. */
+  readonly autoCapture: PredictObserver;
+  readonly metrics: CaptureMetrics | undefined;
+  readonly #models: CaptureModelCatalog;
+  readonly #queue: CaptureQueue;
+  readonly #destination: CaptureDestination;
+  readonly #spool: CaptureSpool | undefined;
+  readonly #periodic: PeriodicUpload | undefined;
+  readonly #sharedMemory: SharedMemoryReader | undefined;
+  readonly #activity: ModelActivity | undefined;
+  readonly #logger: CaptureLogger | undefined;
+  readonly #now: () => number;
+  readonly #random: () => number;
+  readonly #render: RenderContext;
+  /** Accepted and not yet written, spooled or given up (includes those being committed). */
+  #held = 0;
+  /** Committed and not yet in a batch. */
+  #pending = 0;
+  /** Ids being committed: not yet visible in the queue's statuses. */
+  readonly #reserved = new Set<string>();
+  #flushTimer: NodeJS.Timeout | undefined;
+  #pruneTimer: NodeJS.Timeout | undefined;
+  readonly #batches: Batch[] = [];
+  readonly #retryTimers = new Set<NodeJS.Timeout>();
+  #writing = 0;
+  #idleWaiters: (() => void)[] = [];
+  #started = false;
+  #closed = false;
+
+  constructor(options: CaptureServiceOptions) {
+    const { settings } = options;
+    this.settings = settings;
+    this.#models = options.models;
+    this.#queue = options.queue;
+    this.#destination = options.destination;
+    this.#sharedMemory = options.sharedMemory;
+    this.#activity = options.activity;
+    this.#logger = options.logger;
+    this.#now = options.now ?? Date.now;
+    this.#random = options.random ?? Math.random;
+    this.metrics =
+      options.metricsRegistry &&
+      new CaptureMetrics(options.metricsRegistry, {
+        queueDepth: () => this.#held,
+        spoolBytes: () => this.#spool?.bytes ?? 0,
+        spoolBatches: () => this.#spool?.batches ?? 0,
+      });
+    this.#render = {
+      folderPrefix: settings.folderPrefix,
+      fleetName: settings.fleetName,
+      deviceName: settings.deviceName,
+      base64EmbedLimit: settings.base64EmbedLimit,
+      modelMonitorFormat: settings.modelMonitorFormat,
+      urlFor: (key) => this.#destination.urlFor(key),
+    };
+    if (settings.destination === 'Cloud' && options.store) {
+      this.#spool = new CaptureSpool({
+        dir: settings.spool.dir,
+        quotaBytes: settings.spool.quotaBytes,
+        store: options.store,
+        retry: { initialMs: settings.spool.retryInitialMs, maxMs: settings.spool.retryMaxMs },
+        onDelivered: (ids) => this.#queue.setStatuses(ids, 'SUCCESS'),
+        onDropped: (ids, detail) => this.#queue.setStatuses(ids, 'FAILURE', detail),
+        ...(this.metrics && { metrics: this.metrics }),
+        ...(this.#logger && { logger: this.#logger }),
+        random: this.#random,
+        now: this.#now,
+      });
+    }
+    if (settings.destination === 'Disk' && settings.periodicUpload && options.store) {
+      this.#periodic = new PeriodicUpload({
+        root: settings.diskPath,
+        folderPrefix: settings.folderPrefix,
+        store: options.store,
+        periodMs: settings.periodicUploadPeriodSeconds * 1000,
+        keepFiles: settings.keepUploadedFiles,
+        ledger: options.ledger ?? new MemoryUploadLedger(),
+        ...(this.metrics && { metrics: this.metrics }),
+        ...(this.#logger && { logger: this.#logger }),
+        now: this.#now,
+      });
+    }
+    this.autoCapture = new AutoCapture({
+      rules: settings.autoCapture,
+      take: (item) => this.#takeAutomatic(item),
+      random: this.#random,
+      now: this.#now,
+    });
+  }
+
+  /** Captures held: accepted and not yet written or spooled (the buffer's fill). */
+  get held(): number {
+    return this.#held;
+  }
+
+  /** Resumes what an earlier run left (queued captures, interrupted batches, the spool) and starts the timers. */
+  async start(): Promise<void> {
+    if (this.#started) return;
+    this.#started = true;
+    await this.#spool?.open();
+    const recovered = this.#queue.recover();
+    this.#pending = recovered.pending;
+    this.#held = recovered.pending;
+    const spooled = this.#spool?.captureIds() ?? new Set<string>();
+    for (const batch of recovered.openBatches) {
+      if (batch.items.every((item) => spooled.has(item.captureId))) {
+        // Spooled just before a crash, not yet recorded: the spool has it.
+        this.#queue.completeBatch(batch.batchId, null);
+        continue;
+      }
+      this.#held += batch.items.length;
+      this.#batches.push({ batchId: batch.batchId, items: batch.items, attempts: 0 });
+    }
+    const lost = this.#queue.inProgressOutsideQueue().filter((id) => !spooled.has(id));
+    if (lost.length > 0) {
+      this.#queue.setStatuses(
+        lost,
+        'FAILURE',
+        'the spooled batch holding this capture is gone (removed from the spool folder)',
+      );
+      this.#logger?.warn(
+        { captures: lost.length },
+        'capture: captures handed to the spool are no longer there; marked FAILURE',
+      );
+    }
+    if (this.#held > 0) {
+      this.#logger?.info(
+        { waiting: this.#pending, interruptedBatches: this.#batches.length },
+        'capture: resuming captures queued before the restart',
+      );
+    }
+    this.#pruneTimer = setInterval(() => this.#prune(), 60_000);
+    this.#pruneTimer.unref();
+    this.#periodic?.start();
+    this.#schedule();
+    this.#drive();
+  }
+
+  /**
+   * CaptureData: checks the request, copies its data, and holds it for the next batch. Resolves once held
+   * (durably, with the local database): the capture is then acknowledged. Errors (AgentError): INVALID_ARGUMENT
+   * (bad capture_id, tensor or auxiliary data), ALREADY_EXISTS (capture_id in use), NOT_FOUND (model not loaded),
+   * OUT_OF_RANGE (inference_timestamp in the future), RESOURCE_EXHAUSTED (buffer full), FAILED_PRECONDITION
+   * (shared memory unavailable), UNAVAILABLE (shutting down), INTERNAL.
+   */
+  async capture(request: CaptureDataRequest): Promise<void> {
+    let item: CaptureItem;
+    try {
+      if (!this.#started || this.#closed) {
+        throw new AgentError(
+          'UNAVAILABLE',
+          this.#closed
+            ? 'the agent is shutting down; capture is closed'
+            : 'capture has not started yet; retry shortly',
+        );
+      }
+      const captureId = checkCaptureId(request.captureId);
+      if (this.#reserved.has(captureId) || this.#queue.status(captureId) !== undefined) {
+        throw new AgentError(
+          'ALREADY_EXISTS',
+          `capture_id ${JSON.stringify(captureId)} was used already; expected a new id for each capture`,
+        );
+      }
+      if (this.#held >= this.settings.bufferSize) {
+        throw new AgentError(
+          'RESOURCE_EXHAUSTED',
+          `the capture buffer is full (${this.#held} of ${this.settings.bufferSize} captures waiting to be written to ${this.#destination.description}); retry later, or raise sagemaker_edge_core_capture_data_buffer_size`,
+        );
+      }
+      item = captureItemFromRequest(request, {
+        models: this.#models,
+        ...(this.#sharedMemory && { sharedMemory: this.#sharedMemory }),
+        now: this.#now(),
+        futureToleranceMs: this.settings.futureToleranceMs,
+      });
+    } catch (error) {
+      this.metrics?.rejected.inc({ code: isAgentError(error) ? error.code : 'INTERNAL' });
+      throw error;
+    }
+    await this.#admit(item);
+  }
+
+  /** GetCaptureDataStatus. NOT_FOUND for an id never seen (or whose status has been forgotten). */
+  status(captureId: string): StatusRecord {
+    const id = checkCaptureId(captureId);
+    if (this.#reserved.has(id)) return { status: 'IN_PROGRESS', updatedAt: this.#now() };
+    const record = this.#queue.status(id);
+    if (!record) {
+      const { maxAgeMs, maxEntries } = this.settings.statusRetention;
+      throw new AgentError(
+        'NOT_FOUND',
+        `no capture with capture_id ${JSON.stringify(id)} is known; expected the id of a CaptureData call (statuses are kept ${Math.round(maxAgeMs / 3600_000)} h after they finish, at most ${maxEntries})`,
+      );
+    }
+    return record;
+  }
+
+  /** Forms batches of everything waiting now and resolves when every batch is written, spooled or given up. */
+  async flush(): Promise<void> {
+    this.#formBatches(true);
+    await this.whenIdle();
+  }
+
+  /** Resolves when no batch is being written or waiting to be (captures still short of a batch may wait). */
+  async whenIdle(): Promise<void> {
+    this.#drive();
+    if (this.#batches.length === 0 && this.#writing === 0 && this.#retryTimers.size === 0) return;
+    await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /**
+   * Writes what is buffered (a write that fails is not retried: with the database its captures stay queued for
+   * the next start), then stops. The spool keeps what it holds for the next start.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#flushTimer);
+    clearInterval(this.#pruneTimer);
+    for (const timer of this.#retryTimers) clearTimeout(timer);
+    this.#retryTimers.clear();
+    if (this.#started) await this.flush();
+    await this.#spool?.close();
+    await this.#periodic?.close();
+    this.#queue.close();
+  }
+
+  /** The periodic upload, for an immediate round (tests, shutdown hooks). */
+  async uploadNow(): Promise<number> {
+    return (await this.#periodic?.runOnce()) ?? 0;
+  }
+
+  /** Spool state, for tests and diagnostics. */
+  spoolState(): { batches: number; bytes: number; unreachable: boolean } | undefined {
+    return (
+      this.#spool && {
+        batches: this.#spool.batches,
+        bytes: this.#spool.bytes,
+        unreachable: this.#spool.unreachable,
+      }
+    );
+  }
+
+  // -----------------------------------------------------------------------------------------------------------
+
+  async #admit(item: CaptureItem): Promise<void> {
+    this.#reserved.add(item.captureId);
+    this.#held++;
+    try {
+      await this.#queue.enqueue(item);
+    } catch (error) {
+      this.#held--;
+      const full = (error as { code?: string }).code === 'SQLITE_FULL';
+      const failure = new AgentError(
+        full ? 'RESOURCE_EXHAUSTED' : 'INTERNAL',
+        `capture ${JSON.stringify(item.captureId)} could not be queued in the local database: ${(error as Error).message}`,
+        { cause: error },
+      );
+      this.metrics?.rejected.inc({ code: failure.code });
+      throw failure;
+    } finally {
+      this.#reserved.delete(item.captureId);
+    }
+    this.metrics?.accepted.inc({ model: item.model, source: item.source });
+    this.#activity?.sample(item.model, item.inferenceTime);
+    this.#pending++;
+    this.#schedule();
+  }
+
+  #takeAutomatic(item: CaptureItem): void {
+    if (!this.#started || this.#closed) return;
+    if (this.#held >= this.settings.bufferSize) {
+      this.metrics?.autoSkipped.inc({ model: item.model, reason: 'buffer-full' });
+      return;
+    }
+    this.#admit(item).catch((error: unknown) => {
+      this.metrics?.autoSkipped.inc({ model: item.model, reason: 'queue-failed' });
+      this.#logger?.warn(
+        { err: error, model: item.model },
+        'capture: an automatic capture could not be queued',
+      );
+    });
+  }
+
+  /** Batch now when batchSize are waiting; otherwise make sure the push-period timer runs while any wait. */
+  #schedule(): void {
+    if (this.#pending >= this.settings.batchSize) this.#formBatches(false);
+    if (this.#pending > 0 && this.#flushTimer === undefined && !this.#closed) {
+      this.#flushTimer = setTimeout(() => {
+        this.#flushTimer = undefined;
+        this.#formBatches(true);
+      }, this.settings.pushPeriodSeconds * 1000);
+    }
+    this.#drive();
+  }
+
+  #formBatches(all: boolean): void {
+    const size = this.settings.batchSize;
+    while (this.#pending >= size || (all && this.#pending > 0)) {
+      const batchId = randomBytes(16).toString('hex');
+      const { items, taken } = this.#queue.formBatch(batchId, size);
+      this.#pending = taken === 0 ? 0 : this.#pending - taken;
+      this.#held -= taken - items.length;
+      if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
+    }
+    if (this.#pending === 0 && this.#flushTimer !== undefined) {
+      clearTimeout(this.#flushTimer);
+      this.#flushTimer = undefined;
+    }
+    this.#drive();
+  }
+
+  #drive(): void {
+    while (this.#writing < this.settings.writeConcurrency && this.#batches.length > 0) {
+      const batch = this.#batches.shift()!;
+      this.#writing++;
+      void this.#write(batch).finally(() => {
+        this.#writing--;
+        this.#drive();
+        this.#notifyIdle();
+      });
+    }
+  }
+
+  #notifyIdle(): void {
+    if (this.#batches.length > 0 || this.#writing > 0 || this.#retryTimers.size > 0) return;
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  async #write(batch: Batch): Promise<void> {
+    let rendered: RenderedBatch;
+    try {
+      rendered = renderBatch(batch.batchId, batch.items, this.#render);
+    } catch (error) {
+      this.#giveUp(batch, `the capture could not be rendered as records: ${(error as Error).message}`, error);
+      return;
+    }
+    if (this.#spool?.unreachable) {
+      await this.#toSpool(batch, rendered);
+      return;
+    }
+    const began = performance.now();
+    try {
+      await this.#destination.write(rendered.files);
+    } catch (error) {
+      this.metrics?.writeFailures.inc({ destination: this.#destination.kind });
+      if (this.#spool) {
+        this.#logger?.warn(
+          { err: error, batchId: batch.batchId, captures: batch.items.length },
+          `capture: cannot write to ${this.#destination.description}; keeping the batch in the offline spool`,
+        );
+        await this.#toSpool(batch, rendered);
+      } else {
+        this.#retryOrGiveUp(batch, error, `cannot write to ${this.#destination.description}`);
+      }
+      return;
+    }
+    if (this.#destination.kind === 's3')
+      this.metrics?.uploadDuration.observe({ via: 'direct' }, (performance.now() - began) / 1000);
+    this.#complete(batch, 'SUCCESS');
+    this.metrics?.written.inc({ destination: this.#destination.kind }, batch.items.length);
+  }
+
+  async #toSpool(batch: Batch, rendered: RenderedBatch): Promise<void> {
+    try {
+      await this.#spool!.add(rendered);
+    } catch (error) {
+      this.#retryOrGiveUp(
+        batch,
+        error,
+        `cannot keep the batch in the offline spool ${this.settings.spool.dir}`,
+      );
+      return;
+    }
+    this.#complete(batch, null);
+  }
+
+  #retryOrGiveUp(batch: Batch, error: unknown, what: string): void {
+    batch.attempts++;
+    const detail = `${what}: ${(error as Error).message}`;
+    if (this.#closed) {
+      if (this.#queue.durable) {
+        // Stays queued in the database; the next start writes it again.
+        this.#held -= batch.items.length;
+        return;
+      }
+      this.#giveUp(batch, `${detail} (the agent was shutting down)`, error);
+      return;
+    }
+    if (batch.attempts >= this.settings.maxDiskWriteAttempts) {
+      this.#giveUp(batch, `${detail} (after ${batch.attempts} attempts)`, error);
+      return;
+    }
+    const delay = backoffDelay(
+      { initialMs: this.settings.spool.retryInitialMs, maxMs: this.settings.spool.retryMaxMs },
+      batch.attempts,
+      this.#random,
+    );
+    this.#logger?.warn(
+      { err: error, batchId: batch.batchId, attempt: batch.attempts, retryInMs: delay },
+      `capture: ${what}; retrying`,
+    );
+    const timer = setTimeout(() => {
+      this.#retryTimers.delete(timer);
+      this.#batches.push(batch);
+      this.#drive();
+      this.#notifyIdle();
+    }, delay);
+    this.#retryTimers.add(timer);
+  }
+
+  #giveUp(batch: Batch, detail: string, error: unknown): void {
+    this.#logger?.error(
+      { err: error, batchId: batch.batchId, captures: batch.items.length },
+      `capture: giving up a batch: ${detail}`,
+    );
+    this.metrics?.dropped.inc({ reason: 'write-failed' }, batch.items.length);
+    this.#complete(batch, 'FAILURE', detail);
+  }
+
+  #complete(batch: Batch, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {
+    try {
+      this.#queue.completeBatch(batch.batchId, status, detail);
+    } catch (error) {
+      // The records are out; with the database the batch is written again at the next start (same keys).
+      this.#logger?.error(
+        { err: error, batchId: batch.batchId },
+        'capture: cannot record a finished batch in the local database',
+      );
+    }
+    this.#held -= batch.items.length;
+  }
+
+  #prune(): void {
+    try {
+      this.#queue.pruneStatuses(this.settings.statusRetention);
+    } catch (error) {
+      this.#logger?.warn({ err: error }, 'capture: cannot prune old capture statuses');
+    }
+  }
+}

@@ -1,0 +1,95 @@
+import { join, sep } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { syncFolder, writeFileAtomic } from './atomic-files.js';
+import type { ObjectStore } from './object-store.js';
+import type { RenderedFile } from './records.js';
+
+/**
+ * Where batches go. Every destination writes the files in the order given (side files before the manifests
+ * that reference them), each one atomically, and is idempotent: writing the same keys again replaces them.
+ */
+export interface CaptureDestination {
+  readonly kind: 'disk' | 's3';
+  /** For logs: the folder or bucket. */
+  readonly description: string;
+  /** The URL a record's `data-ref` gives for a key. */
+  urlFor(key: string): string;
+  write(files: readonly RenderedFile[]): Promise<void>;
+}
+
+/** Disk: `<capture_data_disk_path>/<key>`, keys laid out as in the bucket. */
+export class DiskDestination implements CaptureDestination {
+  readonly kind = 'disk';
+  readonly root: string;
+  readonly description: string;
+
+  constructor(root: string) {
+    this.root = root;
+    this.description = root;
+  }
+
+  urlFor(key: string): string {
+    return pathToFileURL(this.pathOf(key)).href;
+  }
+
+  pathOf(key: string): string {
+    return join(this.root, ...key.split('/'));
+  }
+
+  async write(files: readonly RenderedFile[]): Promise<void> {
+    const folders = new Set<string>();
+    for (const file of files) {
+      const path = this.pathOf(file.key);
+      await writeFileAtomic(path, file.body);
+      folders.add(path.slice(0, path.lastIndexOf(sep)));
+    }
+    for (const folder of folders) await syncFolder(folder);
+  }
+}
+
+/** Any S3-compatible bucket. Side files are put a few at a time; manifests only after all of them. */
+export class ObjectStoreDestination implements CaptureDestination {
+  readonly kind = 's3';
+  readonly description: string;
+  readonly #store: ObjectStore;
+  readonly #concurrency: number;
+
+  constructor(store: ObjectStore, options: { concurrency?: number } = {}) {
+    this.#store = store;
+    this.description = store.description;
+    this.#concurrency = Math.max(1, options.concurrency ?? 4);
+  }
+
+  urlFor(key: string): string {
+    return this.#store.urlFor(key);
+  }
+
+  async write(files: readonly RenderedFile[]): Promise<void> {
+    const manifests = files.filter((f) => f.key.endsWith('.jsonl'));
+    const sideFiles = files.filter((f) => !f.key.endsWith('.jsonl'));
+    await putAll(this.#store, sideFiles, this.#concurrency);
+    await putAll(this.#store, manifests, this.#concurrency);
+  }
+}
+
+/** Puts files with at most `concurrency` requests in flight; fails with the first error once those in flight end. */
+export async function putAll(
+  store: ObjectStore,
+  files: readonly RenderedFile[],
+  concurrency: number,
+): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const lane = async () => {
+    while (failure === undefined && next < files.length) {
+      const file = files[next++]!;
+      try {
+        await store.put(file.key, file.body, file.contentType);
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
+  if (failure !== undefined) throw failure;
+}

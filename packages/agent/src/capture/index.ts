@@ -1,0 +1,72 @@
+// Capture: CaptureData / GetCaptureDataStatus as the SageMaker Edge agent, automatic capture of Predict traffic,
+// Edge Manager (and optionally Model Monitor) JSON-lines records, Disk and S3 destinations, the offline spool.
+export { CaptureService, type CaptureServiceOptions } from './capture-service.js';
+export { startCaptureService, type RunningCapture, type StartCaptureOptions } from './start-capture.js';
+export {
+  CaptureSettingsSchema,
+  AutoCaptureRuleSchema,
+  DEFAULT_SPOOL_QUOTA_BYTES,
+  captureSettingsFromConfig,
+  type AutoCaptureRule,
+  type CaptureExtras,
+  type CaptureSettings,
+  type CaptureSettingsInput,
+} from './settings.js';
+export {
+  AUXILIARY_ENCODINGS,
+  captureBytes,
+  decodeCaptureItem,
+  encodeCaptureItem,
+  type AuxiliaryEncoding,
+  type CaptureItem,
+  type CapturedAuxiliary,
+  type CapturedTensor,
+} from './capture-item.js';
+export {
+  MAX_CAPTURE_ID_LENGTH,
+  captureItemFromRequest,
+  checkCaptureId,
+  tensorNameText,
+  type CaptureModelCatalog,
+} from './capture-request.js';
+export {
+  MemoryCaptureQueue,
+  SqliteCaptureQueue,
+  type CaptureQueue,
+  type CaptureStatus,
+  type RecoveredQueue,
+  type StatusRecord,
+  type StatusRetention,
+} from './capture-queue.js';
+export { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
+export {
+  S3ObjectStore,
+  type ObjectStore,
+  type S3Credentials,
+  type S3ObjectStoreOptions,
+} from './object-store.js';
+export {
+  fetchIotCredentials,
+  iotCredentialProvider,
+  type AwsCredentials,
+  type IotCredentialsOptions,
+} from './iot-credentials.js';
+export {
+  MODEL_MONITOR_FOLDER,
+  edgeRecord,
+  formatInferenceTime,
+  hourlyPrefix,
+  modelMonitorRecord,
+  renderBatch,
+  safeFileStem,
+  tensorContentType,
+  tensorValues,
+  type RenderContext,
+  type RenderedBatch,
+  type RenderedFile,
+} from './records.js';
+export { CaptureSpool, type CaptureSpoolOptions } from './spool.js';
+export { PeriodicUpload, type PeriodicUploadOptions } from './periodic-upload.js';
+export { AutoCapture, modelActivityObserver, topScore } from './auto-capture.js';
+export { CaptureMetrics, type CaptureLogger } from './capture-metrics.js';
+export { backoffDelay, type BackoffPolicy } from './backoff.js';

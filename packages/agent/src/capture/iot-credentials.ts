@@ -1,0 +1,124 @@
+import { readFile } from 'node:fs/promises';
+import { request } from 'node:https';
+import { rootCertificates } from 'node:tls';
+import { z } from 'zod';
+
+export interface IotCredentialsOptions {
+  /** `sagemaker_edge_provider_aws_iot_cred_endpoint`: host name (as AWS prints it) or https URL. */
+  endpoint: string;
+  /** The role alias the device may assume; SageMaker Edge Manager created `SageMakerEdge-<fleet>`. */
+  roleAlias: string;
+  /** Sent as x-amzn-iot-thingname; the thing the certificate is attached to. */
+  thingName: string;
+  /** Device certificate and key (PEM): the mTLS identity. */
+  certFile: string;
+  keyFile: string;
+  /** CA certificate(s) the endpoint's certificate chains to, in addition to Node's built-in roots. */
+  caFile?: string;
+  /** Refresh this long before the credentials expire. Default 5 minutes. */
+  refreshBeforeMs?: number;
+  timeoutMs?: number;
+  now?: () => number;
+}
+
+export interface AwsCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+  expiration?: Date;
+}
+
+const ResponseSchema = z.object({
+  credentials: z.object({
+    accessKeyId: z.string().min(1),
+    secretAccessKey: z.string().min(1),
+    sessionToken: z.string().min(1),
+    expiration: z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'an ISO 8601 time'),
+  }),
+});
+
+/**
+ * The AWS IoT credentials provider, as SageMaker Edge devices used it: temporary AWS credentials for a role
+ * alias, obtained over mutual TLS with the device certificate
+ * (GET https://<endpoint>/role-aliases/<alias>/credentials). Returns an AWS SDK credential provider that caches
+ * the credentials until shortly before they expire; concurrent calls share one request.
+ */
+export function iotCredentialProvider(options: IotCredentialsOptions): () => Promise<AwsCredentials> {
+  const now = options.now ?? Date.now;
+  const refreshBefore = options.refreshBeforeMs ?? 5 * 60_000;
+  let cached: AwsCredentials | undefined;
+  let inflight: Promise<AwsCredentials> | undefined;
+  return async () => {
+    if (cached?.expiration && cached.expiration.getTime() - refreshBefore > now()) return cached;
+    inflight ??= fetchIotCredentials(options).finally(() => (inflight = undefined));
+    cached = await inflight;
+    return cached;
+  };
+}
+
+export async function fetchIotCredentials(options: IotCredentialsOptions): Promise<AwsCredentials> {
+  const [cert, key, ca] = await Promise.all([
+    readFile(options.certFile),
+    readFile(options.keyFile),
+    options.caFile === undefined ? undefined : readFile(options.caFile, 'utf8'),
+  ]);
+  const base = /^https:\/\//i.test(options.endpoint) ? options.endpoint : `https://${options.endpoint}`;
+  const url = new URL(
+    `role-aliases/${encodeURIComponent(options.roleAlias)}/credentials`,
+    base.endsWith('/') ? base : `${base}/`,
+  );
+  const body = await new Promise<string>((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        method: 'GET',
+        cert,
+        key,
+        ca: ca === undefined ? undefined : [...rootCertificates, ca],
+        headers: { 'x-amzn-iot-thingname': options.thingName },
+        timeout: options.timeoutMs ?? 10_000,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          if (res.statusCode !== 200) {
+            reject(
+              new Error(
+                `the IoT credentials provider ${url.origin} answered ${res.statusCode} for role alias ${options.roleAlias} (thing ${options.thingName}): ${text.slice(0, 300)}`,
+              ),
+            );
+          } else resolve(text);
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () =>
+      req.destroy(new Error(`the IoT credentials provider ${url.origin} did not answer in time`)),
+    );
+    req.on('error', (error) =>
+      reject(
+        new Error(`cannot reach the IoT credentials provider ${url.origin}: ${error.message}`, {
+          cause: error,
+        }),
+      ),
+    );
+    req.end();
+  });
+  let parsed;
+  try {
+    parsed = ResponseSchema.parse(JSON.parse(body));
+  } catch (error) {
+    throw new Error(
+      `the IoT credentials provider ${url.origin} answered with something other than {"credentials":{accessKeyId, secretAccessKey, sessionToken, expiration}}: ${(error as Error).message}`,
+    );
+  }
+  const c = parsed.credentials;
+  return {
+    accessKeyId: c.accessKeyId,
+    secretAccessKey: c.secretAccessKey,
+    sessionToken: c.sessionToken,
+    expiration: new Date(c.expiration),
+  };
+}

@@ -1,0 +1,180 @@
+import { readFile, readdir, rmdir, stat, unlink } from 'node:fs/promises';
+import { join, relative, sep } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { UploadLedger } from '../state/index.js';
+import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
+import type { ObjectStore } from './object-store.js';
+
+export interface PeriodicUploadOptions {
+  /** `capture_data_disk_path`: keys are paths relative to it. */
+  root: string;
+  /** `folder_prefix`: only files under `<root>/<prefix>` are uploaded. */
+  folderPrefix: string;
+  store: ObjectStore;
+  periodMs: number;
+  /** Keep files after uploading them (marked in the ledger) instead of removing them. */
+  keepFiles: boolean;
+  ledger: UploadLedger;
+  metrics?: CaptureMetrics;
+  logger?: CaptureLogger;
+  now?: () => number;
+}
+
+interface Candidate {
+  path: string;
+  key: string;
+  size: number;
+  mtimeMs: number;
+}
+
+/**
+ * Uploads Disk captures to the bucket every period, as plain copies under the same keys — except that `data-ref`
+ * URLs in manifests are rewritten from file:// to the object's s3:// URL, so records in the bucket point into it.
+ * Side files go before manifests, oldest first. A file is uploaded once: then removed, or (keepFiles) marked in
+ * the ledger by path, size and mtime. A round stops at the first failure and the next round resumes where it
+ * stopped; files are only ever seen complete (destinations write them under temporary names, skipped here).
+ */
+export class PeriodicUpload {
+  readonly #options: PeriodicUploadOptions;
+  readonly #now: () => number;
+  readonly #base: string;
+  readonly #rootUrl: string;
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(options: PeriodicUploadOptions) {
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+    const prefix = options.folderPrefix.replace(/^\/+|\/+$/g, '');
+    this.#base = prefix === '' ? options.root : join(options.root, ...prefix.split('/'));
+    const url = pathToFileURL(options.root).href;
+    this.#rootUrl = url.endsWith('/') ? url : `${url}/`;
+  }
+
+  start(): void {
+    if (this.#closed || this.#timer) return;
+    this.#timer = setInterval(() => void this.runOnce(), this.#options.periodMs);
+  }
+
+  /** One round (rounds never overlap: a call during a round waits for it). Returns files uploaded. */
+  async runOnce(): Promise<number> {
+    if (this.#running) {
+      await this.#running;
+      return 0;
+    }
+    let uploaded = 0;
+    this.#running = (async () => {
+      uploaded = await this.#round();
+    })().finally(() => (this.#running = undefined));
+    await this.#running;
+    return uploaded;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    await this.#running;
+  }
+
+  async #round(): Promise<number> {
+    const candidates = await this.#scan();
+    const { ledger, keepFiles } = this.#options;
+    if (keepFiles) ledger.retain(new Set(candidates.map((c) => c.key)));
+    const todo = candidates
+      .filter((c) => !(keepFiles && ledger.isUploaded({ path: c.key, size: c.size, mtimeMs: c.mtimeMs })))
+      .sort(
+        (a, b) =>
+          Number(a.key.endsWith('.jsonl')) - Number(b.key.endsWith('.jsonl')) || a.mtimeMs - b.mtimeMs,
+      );
+    let uploaded = 0;
+    for (const file of todo) {
+      if (this.#closed) break;
+      const began = performance.now();
+      try {
+        let body: Buffer = await readFile(file.path);
+        if (file.key.endsWith('.jsonl')) body = this.#rewriteRefs(body);
+        await this.#options.store.put(
+          file.key,
+          body,
+          file.key.endsWith('.jsonl') ? 'application/jsonl' : 'application/octet-stream',
+        );
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        this.#options.metrics?.writeFailures.inc({ destination: 'periodic-upload' });
+        this.#options.logger?.warn(
+          { err: error, key: file.key, remaining: todo.length - uploaded },
+          `capture periodic upload: cannot upload to ${this.#options.store.description}; retrying next period`,
+        );
+        break;
+      }
+      this.#options.metrics?.uploadDuration.observe({ via: 'periodic' }, (performance.now() - began) / 1000);
+      this.#options.metrics?.uploadedFiles.inc({ via: 'periodic' });
+      uploaded++;
+      if (keepFiles) ledger.mark({ path: file.key, size: file.size, mtimeMs: file.mtimeMs }, this.#now());
+      else {
+        await unlink(file.path).catch(() => {});
+        await this.#pruneEmptyFolders(file.path);
+      }
+    }
+    return uploaded;
+  }
+
+  async #scan(): Promise<Candidate[]> {
+    const found: Candidate[] = [];
+    const walk = async (folder: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(folder, { withFileTypes: true });
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+        throw error;
+      }
+      for (const entry of entries) {
+        if (entry.name.startsWith('.')) continue;
+        const path = join(folder, entry.name);
+        if (entry.isDirectory()) await walk(path);
+        else if (entry.isFile()) {
+          const info = await stat(path).catch(() => undefined);
+          if (!info) continue;
+          found.push({
+            path,
+            key: relative(this.#options.root, path).split(sep).join('/'),
+            size: info.size,
+            mtimeMs: info.mtimeMs,
+          });
+        }
+      }
+    };
+    await walk(this.#base);
+    return found;
+  }
+
+  /**
+   * Manifests on disk reference side files by file:// URL; in the bucket they reference the objects. A textual
+   * rewrite reaches the URLs in Edge records and those inside Model Monitor records' JSON strings alike (file
+   * URLs are percent-encoded, and keys hold no quote or backslash: the settings refuse them).
+   */
+  #rewriteRefs(body: Buffer): Buffer {
+    const text = body.toString('utf8');
+    if (!text.includes(this.#rootUrl)) return body;
+    const pattern = new RegExp(`${this.#rootUrl.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}([^"\\\\\\s]*)`, 'g');
+    return Buffer.from(
+      text.replace(pattern, (_match, rest: string) => this.#options.store.urlFor(decodeURIComponent(rest))),
+      'utf8',
+    );
+  }
+
+  /** Removes the folders a removed file leaves empty, up to (not including) the prefix folder. */
+  async #pruneEmptyFolders(file: string): Promise<void> {
+    let folder = file.slice(0, file.lastIndexOf(sep));
+    while (folder.length > this.#base.length && folder.startsWith(this.#base)) {
+      try {
+        await rmdir(folder);
+      } catch {
+        return;
+      }
+      folder = folder.slice(0, folder.lastIndexOf(sep));
+    }
+  }
+}

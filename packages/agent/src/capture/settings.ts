@@ -1,0 +1,179 @@
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { z } from 'zod';
+import type { AgentConfig } from '../config/index.js';
+
+/** Characters a key part may not hold: they would need escaping inside records and URLs. */
+// eslint-disable-next-line no-control-regex -- control characters are what it refuses
+const KEY_SAFE = /^[^"\\\u0000-\u001f]*$/;
+
+/**
+ * A rule of automatic capture: Predict traffic of the matching models is captured without the application
+ * calling CaptureData. A prediction is captured when any rule for its model selects it.
+ */
+export const AutoCaptureRuleSchema = z
+  .object({
+    /** A model name, or `*` for every model. */
+    model: z.string().min(1).default('*'),
+    /** Capture this fraction of predictions at random (0.01 = 1 %). */
+    sampleRate: z.number().min(0).max(1).optional(),
+    /** Capture when the largest value of the output is below this (a low top score: the model is unsure). */
+    topScoreBelow: z.number().optional(),
+    /** The output tensor topScoreBelow looks at; default the model's first output. */
+    output: z.string().min(1).optional(),
+  })
+  .refine((rule) => rule.sampleRate !== undefined || rule.topScoreBelow !== undefined, {
+    message: 'an automatic capture rule needs sampleRate, topScoreBelow, or both',
+  });
+export type AutoCaptureRule = z.infer<typeof AutoCaptureRuleSchema>;
+
+export const CloudCredentialsSchema = z.discriminatedUnion('source', [
+  z.object({ source: z.literal('default') }),
+  z.object({
+    source: z.literal('static'),
+    accessKeyId: z.string().min(1),
+    secretAccessKey: z.string().min(1),
+    sessionToken: z.string().min(1).optional(),
+  }),
+  z.object({
+    source: z.literal('iot'),
+    endpoint: z.string().min(1),
+    roleAlias: z.string().min(1),
+    thingName: z.string().min(1),
+    certFile: z.string().min(1),
+    keyFile: z.string().min(1),
+    caFile: z.string().min(1).optional(),
+  }),
+]);
+
+export const CaptureSettingsSchema = z
+  .object({
+    destination: z.enum(['Disk', 'Cloud']),
+    diskPath: z.string().min(1),
+    folderPrefix: z.string().regex(KEY_SAFE, 'no quotes, backslashes or control characters'),
+    bufferSize: z.number().int().positive(),
+    batchSize: z.number().int().positive(),
+    pushPeriodSeconds: z.number().positive(),
+    base64EmbedLimit: z.number().int().nonnegative(),
+    periodicUpload: z.boolean(),
+    periodicUploadPeriodSeconds: z.number().positive(),
+    fleetName: z.string().min(1).regex(KEY_SAFE, 'no quotes, backslashes or control characters'),
+    deviceName: z.string().min(1),
+    /** The bucket, for Cloud captures and the periodic upload of Disk captures. */
+    cloud: z
+      .object({
+        bucket: z.string().min(1),
+        region: z.string().min(1),
+        endpoint: z.string().url().optional(),
+        forcePathStyle: z.boolean().optional(),
+        caFile: z.string().min(1).optional(),
+        credentials: CloudCredentialsSchema,
+      })
+      .optional(),
+    /** Also write each batch in the SageMaker Model Monitor data-capture format. */
+    modelMonitorFormat: z.boolean().default(false),
+    /** Periodic upload: keep Disk captures after uploading them (marked) instead of removing them. */
+    keepUploadedFiles: z.boolean().default(false),
+    spool: z.object({
+      dir: z.string().min(1),
+      quotaBytes: z.number().int().positive(),
+      retryInitialMs: z.number().int().positive().default(1000),
+      retryMaxMs: z.number().int().positive().default(300_000),
+    }),
+    statusRetention: z
+      .object({ maxAgeMs: z.number().int().positive(), maxEntries: z.number().int().positive() })
+      .default({ maxAgeMs: 24 * 3600_000, maxEntries: 100_000 }),
+    /** How far in the future an inference_timestamp may lie (client and agent clocks) before OUT_OF_RANGE. */
+    futureToleranceMs: z.number().int().nonnegative().default(1000),
+    /** Batches written at the same time. */
+    writeConcurrency: z.number().int().min(1).max(16).default(2),
+    /** Attempts at writing a batch to disk before its captures are marked FAILURE. */
+    maxDiskWriteAttempts: z.number().int().min(1).default(5),
+    autoCapture: z.array(AutoCaptureRuleSchema).default([]),
+  })
+  .superRefine((settings, ctx) => {
+    if (settings.batchSize > settings.bufferSize) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['batchSize'],
+        message: `the batch size (${settings.batchSize}) exceeds the buffer size (${settings.bufferSize})`,
+      });
+    }
+    if ((settings.destination === 'Cloud' || settings.periodicUpload) && settings.cloud === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['cloud'],
+        message: 'Cloud captures and the periodic upload need a bucket',
+      });
+    }
+  });
+export type CaptureSettings = z.infer<typeof CaptureSettingsSchema>;
+export type CaptureSettingsInput = z.input<typeof CaptureSettingsSchema>;
+
+/** Settings the SageMaker config file has no key for; the agent's config may grow `edgefleet_capture_*` keys for them. */
+export interface CaptureExtras {
+  modelMonitorFormat?: boolean;
+  keepUploadedFiles?: boolean;
+  spoolQuotaBytes?: number;
+  /** S3-compatible endpoint for the bucket (MinIO, Ceph, …). Default: the environment's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS. */
+  s3Endpoint?: string;
+  s3ForcePathStyle?: boolean;
+  /** IoT role alias; default `SageMakerEdge-<fleet>` (what Edge Manager created). */
+  iotRoleAlias?: string;
+  autoCapture?: z.input<typeof AutoCaptureRuleSchema>[];
+}
+
+/** Default spool quota: 1 GiB. */
+export const DEFAULT_SPOOL_QUOTA_BYTES = 1024 ** 3;
+
+/**
+ * The capture settings of an agent config: the SageMaker keys, plus extras. Credentials: the IoT credentials
+ * provider when the config names its endpoint, certificate and key (as SageMaker Edge devices were set up);
+ * otherwise the AWS SDK's default chain.
+ */
+export function captureSettingsFromConfig(
+  config: AgentConfig,
+  extras: CaptureExtras = {},
+  env: Readonly<Record<string, string | undefined>> = {},
+): CaptureSettings {
+  const { capture, provider, device, storage } = config;
+  const fleetName = device.fleetName ?? 'default';
+  const deviceName = device.name ?? hostname();
+  const needsBucket = capture.destination === 'Cloud' || capture.periodicUpload;
+  const endpoint = extras.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
+  const { iotCredentialEndpoint, certFile, certKeyFile } = provider;
+  return CaptureSettingsSchema.parse({
+    ...capture,
+    fleetName,
+    deviceName,
+    ...(needsBucket &&
+      provider.s3BucketName !== undefined && {
+        cloud: {
+          bucket: provider.s3BucketName,
+          region: device.region ?? 'us-east-1',
+          ...(endpoint !== undefined && endpoint !== '' && { endpoint }),
+          ...(extras.s3ForcePathStyle !== undefined && { forcePathStyle: extras.s3ForcePathStyle }),
+          ...(provider.caCertFile !== undefined && { caFile: provider.caCertFile }),
+          credentials:
+            iotCredentialEndpoint !== undefined && certFile !== undefined && certKeyFile !== undefined
+              ? {
+                  source: 'iot',
+                  endpoint: iotCredentialEndpoint,
+                  roleAlias: extras.iotRoleAlias ?? `SageMakerEdge-${fleetName}`,
+                  thingName: device.iotThingName ?? deviceName,
+                  certFile,
+                  keyFile: certKeyFile,
+                  ...(provider.caCertFile !== undefined && { caFile: provider.caCertFile }),
+                }
+              : { source: 'default' },
+        },
+      }),
+    modelMonitorFormat: extras.modelMonitorFormat ?? false,
+    keepUploadedFiles: extras.keepUploadedFiles ?? false,
+    spool: {
+      dir: join(storage.localDataRootPath, 'capture-spool'),
+      quotaBytes: extras.spoolQuotaBytes ?? DEFAULT_SPOOL_QUOTA_BYTES,
+    },
+    autoCapture: extras.autoCapture ?? [],
+  } satisfies CaptureSettingsInput);
+}

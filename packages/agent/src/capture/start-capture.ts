@@ -1,0 +1,113 @@
+import type { Registry } from 'prom-client';
+import type { AgentConfig } from '../config/index.js';
+import type { PredictObserver } from '../models/index.js';
+import type { SharedMemoryReader } from '../shm/index.js';
+import type { AgentDatabase, ModelActivity } from '../state/index.js';
+import type { CaptureLogger } from './capture-metrics.js';
+import { MemoryCaptureQueue, SqliteCaptureQueue, type CaptureQueue } from './capture-queue.js';
+import type { CaptureModelCatalog } from './capture-request.js';
+import { CaptureService } from './capture-service.js';
+import { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
+import { S3ObjectStore } from './object-store.js';
+import { captureSettingsFromConfig, type CaptureExtras, type CaptureSettings } from './settings.js';
+
+export interface StartCaptureOptions {
+  /** The agent's config; or settings built already (tests, embedding). */
+  config?: AgentConfig;
+  settings?: CaptureSettings;
+  extras?: CaptureExtras;
+  /** The loaded models; with `observe` (ModelRegistry), automatic capture is attached to Predict. */
+  models: CaptureModelCatalog & { observe?(observer: PredictObserver): () => void };
+  /** The local database when enabled (config.storage.dbEnabled): the queue and the upload ledger live there. */
+  database?: AgentDatabase;
+  sharedMemory?: SharedMemoryReader;
+  metricsRegistry?: Registry;
+  activity?: ModelActivity;
+  logger?: CaptureLogger;
+  /** Environment for AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (default: none read). */
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
+export interface RunningCapture {
+  service: CaptureService;
+  /** Writes what is buffered, stops, detaches from Predict. */
+  close(): Promise<void>;
+}
+
+/**
+ * Wires capture from the agent's configuration: the queue (SQLite with the local database, else memory), the
+ * destination (Disk folder, or the bucket for Cloud), the bucket client for the spool and the periodic upload,
+ * and automatic capture on the registry's Predict path. Resumes what an earlier run left. What the daemon calls.
+ */
+export async function startCaptureService(options: StartCaptureOptions): Promise<RunningCapture> {
+  const settings =
+    options.settings ??
+    captureSettingsFromConfig(
+      options.config ??
+        (() => {
+          throw new Error('startCaptureService needs config or settings');
+        })(),
+      options.extras,
+      options.env,
+    );
+  const cloud = settings.cloud;
+  const store =
+    cloud &&
+    new S3ObjectStore({
+      bucket: cloud.bucket,
+      region: cloud.region,
+      ...(cloud.endpoint !== undefined && { endpoint: cloud.endpoint }),
+      ...(cloud.forcePathStyle !== undefined && { forcePathStyle: cloud.forcePathStyle }),
+      ...(cloud.caFile !== undefined && { caFile: cloud.caFile }),
+      credentials: cloud.credentials,
+    });
+  const destination: CaptureDestination =
+    settings.destination === 'Cloud' && store
+      ? new ObjectStoreDestination(store)
+      : new DiskDestination(settings.diskPath);
+  const { logger, database } = options;
+  const queue: CaptureQueue = database
+    ? new SqliteCaptureQueue({
+        repository: database.captureQueue,
+        onDamaged: (captureId, error) =>
+          logger?.error(
+            { err: error, captureId },
+            'capture: a queued capture could not be read back from the local database; marked FAILURE',
+          ),
+      })
+    : new MemoryCaptureQueue();
+  const service = new CaptureService({
+    settings,
+    models: options.models,
+    queue,
+    destination,
+    ...(store && { store }),
+    ...(database && { ledger: database.uploadLedger }),
+    ...(options.sharedMemory && { sharedMemory: options.sharedMemory }),
+    ...(options.metricsRegistry && { metricsRegistry: options.metricsRegistry }),
+    ...(options.activity && { activity: options.activity }),
+    ...(logger && { logger }),
+  });
+  await service.start();
+  const detach = settings.autoCapture.length > 0 ? options.models.observe?.(service.autoCapture) : undefined;
+  logger?.info(
+    {
+      destination: destination.description,
+      durable: queue.durable,
+      bufferSize: settings.bufferSize,
+      batchSize: settings.batchSize,
+      pushPeriodSeconds: settings.pushPeriodSeconds,
+      periodicUpload: settings.destination === 'Disk' && settings.periodicUpload,
+      automaticRules: settings.autoCapture.length,
+    },
+    'capture started',
+  );
+  return {
+    service,
+    async close() {
+      detach?.();
+      await service.close();
+      store?.close();
+    },
+  };
+}

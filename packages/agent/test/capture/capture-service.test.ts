@@ -1,0 +1,412 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AgentDataType, AgentEncoding } from '@edgefleet/core';
+import fc from 'fast-check';
+import { Registry } from 'prom-client';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import {
+  CaptureService,
+  DiskDestination,
+  MemoryCaptureQueue,
+  type CaptureSettings,
+} from '../../src/capture/index.js';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { AgentError, ModelRegistry } from '../../src/models/index.js';
+import {
+  captureRequest,
+  diskRecords,
+  floatTensor,
+  listFiles,
+  modelPackage,
+  readDataRef,
+  testSettings,
+} from './helpers.js';
+
+let root: string;
+let pool: InferencePool;
+let registry: ModelRegistry;
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'edgefleet-capture-'));
+  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+  registry = new ModelRegistry({ pool, trust: null, cwd: root });
+  await registry.load({ url: await modelPackage(root, 'tiny'), name: 'tiny' });
+});
+afterAll(async () => {
+  await registry?.close();
+  await pool?.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+let work: string;
+let services: CaptureService[] = [];
+beforeEach(async () => {
+  work = await mkdtemp(join(root, 'case-'));
+  vi.useFakeTimers({
+    toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'],
+    now: Date.UTC(2024, 0, 2, 3, 4, 5),
+  });
+});
+afterEach(async () => {
+  vi.useRealTimers();
+  for (const service of services) await service.close();
+  services = [];
+});
+
+async function start(
+  settings: CaptureSettings,
+  options: { registry?: Registry; destination?: DiskDestination } = {},
+) {
+  const service = new CaptureService({
+    settings,
+    models: registry,
+    queue: new MemoryCaptureQueue(),
+    destination: options.destination ?? new DiskDestination(settings.diskPath),
+    ...(options.registry && { metricsRegistry: options.registry }),
+  });
+  await service.start();
+  services.push(service);
+  return service;
+}
+
+async function failure(promise: Promise<unknown> | (() => unknown)): Promise<AgentError> {
+  try {
+    await (typeof promise === 'function' ? promise() : promise);
+  } catch (error) {
+    expect(error).toBeInstanceOf(AgentError);
+    return error as AgentError;
+  }
+  throw new Error('expected an AgentError');
+}
+
+describe('batching', () => {
+  it('writes a batch as soon as batch_size captures are buffered, without waiting for the period', async () => {
+    const settings = testSettings(work, { batchSize: 3 });
+    const service = await start(settings);
+    await service.capture(captureRequest('a'));
+    await service.capture(captureRequest('b'));
+    expect(service.status('a').status).toBe('IN_PROGRESS');
+    await service.capture(captureRequest('c'));
+    await service.whenIdle();
+    const records = await diskRecords(settings.diskPath);
+    expect(records.map((r) => r.record.eventMetadata.eventId)).toEqual(['a', 'b', 'c']);
+    expect(new Set(records.map((r) => r.file)).size).toBe(1);
+    expect(['a', 'b', 'c'].map((id) => service.status(id).status)).toEqual(['SUCCESS', 'SUCCESS', 'SUCCESS']);
+    expect(service.held).toBe(0);
+  });
+
+  it('writes what is buffered push_period_seconds after the first capture arrived, not a millisecond earlier', async () => {
+    const settings = testSettings(work, { batchSize: 5, pushPeriodSeconds: 4 });
+    const service = await start(settings);
+    await service.capture(captureRequest('first'));
+    vi.advanceTimersByTime(3000);
+    await service.capture(captureRequest('second'));
+    vi.advanceTimersByTime(999);
+    await service.whenIdle();
+    expect(await diskRecords(settings.diskPath)).toEqual([]);
+    expect(service.status('first').status).toBe('IN_PROGRESS');
+    vi.advanceTimersByTime(1);
+    await service.whenIdle();
+    expect((await diskRecords(settings.diskPath)).map((r) => r.record.eventMetadata.eventId)).toEqual([
+      'first',
+      'second',
+    ]);
+    expect(service.status('second').status).toBe('SUCCESS');
+  });
+
+  it('never lets a capture wait longer than the period, and writes each exactly once in batches of at most batch_size (property)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(
+          fc.record({
+            captures: fc.integer({ min: 0, max: 4 }),
+            advanceMs: fc.integer({ min: 0, max: 2500 }),
+          }),
+          { minLength: 1, maxLength: 12 },
+        ),
+        fc.integer({ min: 1, max: 4 }),
+        async (steps, batchSize) => {
+          const caseDir = await mkdtemp(join(work, 'p-'));
+          const settings = testSettings(caseDir, { batchSize, bufferSize: 100, pushPeriodSeconds: 2 });
+          const service = await start(settings);
+          const acceptedAt = new Map<string, number>();
+          let next = 0;
+          for (const step of steps) {
+            for (let i = 0; i < step.captures; i++) {
+              const id = `c${next++}`;
+              await service.capture(captureRequest(id));
+              acceptedAt.set(id, Date.now());
+            }
+            vi.advanceTimersByTime(step.advanceMs);
+            await service.whenIdle();
+            for (const [id, at] of acceptedAt) {
+              if (Date.now() - at >= 2000) expect(service.status(id).status).toBe('SUCCESS');
+            }
+          }
+          await service.flush();
+          const records = await diskRecords(settings.diskPath);
+          const ids = records.map((r) => r.record.eventMetadata.eventId);
+          expect(ids.sort()).toEqual([...acceptedAt.keys()].sort());
+          const perFile = new Map<string, number>();
+          for (const r of records) perFile.set(r.file, (perFile.get(r.file) ?? 0) + 1);
+          for (const count of perFile.values()) expect(count).toBeLessThanOrEqual(batchSize);
+          await service.close();
+        },
+      ),
+      { numRuns: 25 },
+    );
+  });
+});
+
+describe('CaptureData errors, as the spec names them', () => {
+  it('RESOURCE_EXHAUSTED once buffer_size captures are held, until a batch is written', async () => {
+    const settings = testSettings(work, { bufferSize: 5, batchSize: 4, pushPeriodSeconds: 60 });
+    const registry = new Registry();
+    const service = await start(settings, { registry });
+    const results = await Promise.allSettled(
+      Array.from({ length: 7 }, (_, i) => service.capture(captureRequest(`r${i}`))),
+    );
+    expect(results.map((r) => r.status)).toEqual([
+      'fulfilled',
+      'fulfilled',
+      'fulfilled',
+      'fulfilled',
+      'fulfilled',
+      'rejected',
+      'rejected',
+    ]);
+    const error = (results[5] as PromiseRejectedResult).reason as AgentError;
+    expect(error.code).toBe('RESOURCE_EXHAUSTED');
+    expect(error.message).toMatch(/capture buffer is full \(5 of 5 captures/);
+    await service.whenIdle();
+    // The batch of four went out; four places are free again.
+    await service.capture(captureRequest('after'));
+    const text = await registry.metrics();
+    expect(text).toMatch(/edgefleet_capture_rejected_total\{code="RESOURCE_EXHAUSTED"\} 2/);
+    expect(text).toMatch(/edgefleet_capture_accepted_total\{model="tiny",source="api"\} 6/);
+    expect(text).toMatch(/edgefleet_capture_written_total\{destination="disk"\} 4/);
+    expect(text).toMatch(/edgefleet_capture_queue_depth 2/);
+  });
+
+  it('ALREADY_EXISTS for a capture_id in use: while committing, queued, or written', async () => {
+    const service = await start(testSettings(work, { batchSize: 2 }));
+    const both = await Promise.allSettled([
+      service.capture(captureRequest('same')),
+      service.capture(captureRequest('same')),
+    ]);
+    expect(both[0].status).toBe('fulfilled');
+    expect(((both[1] as PromiseRejectedResult).reason as AgentError).code).toBe('ALREADY_EXISTS');
+    expect((await failure(service.capture(captureRequest('same')))).message).toMatch(
+      /capture_id "same" was used already/,
+    );
+    await service.flush();
+    expect(service.status('same').status).toBe('SUCCESS');
+    expect((await failure(service.capture(captureRequest('same')))).code).toBe('ALREADY_EXISTS');
+  });
+
+  it('OUT_OF_RANGE for an inference_timestamp in the future; the time of receipt when absent', async () => {
+    const settings = testSettings(work);
+    const service = await start(settings);
+    const now = Date.now();
+    const future = await failure(
+      service.capture(
+        captureRequest('f', { inferenceTimestamp: { seconds: Math.floor(now / 1000) + 60, nanos: 0 } }),
+      ),
+    );
+    expect(future.code).toBe('OUT_OF_RANGE');
+    expect(future.message).toMatch(/is in the future/);
+    await service.capture(
+      captureRequest('skew', { inferenceTimestamp: { seconds: Math.floor(now / 1000), nanos: 999_000_000 } }),
+    );
+    await service.capture(captureRequest('past', { inferenceTimestamp: { seconds: 1685563524, nanos: 5 } }));
+    await service.capture(captureRequest('absent'));
+    await service.flush();
+    const times = Object.fromEntries(
+      (await diskRecords(settings.diskPath)).map((r) => [
+        r.record.eventMetadata.eventId,
+        r.record.eventMetadata.inferenceTime,
+      ]),
+    );
+    expect(times).toEqual({
+      skew: '2024-01-02T03:04:05',
+      past: '2023-05-31T20:05:24',
+      absent: '2024-01-02T03:04:05',
+    });
+    expect(
+      (
+        await failure(
+          service.capture(captureRequest('n', { inferenceTimestamp: { seconds: 1, nanos: 1e9 } })),
+        )
+      ).code,
+    ).toBe('INVALID_ARGUMENT');
+  });
+
+  it('NOT_FOUND for a model not loaded; the handle wins over the deprecated name', async () => {
+    const service = await start(testSettings(work));
+    const missing = await failure(service.capture(captureRequest('m', { modelHandle: 'resnet' })));
+    expect(missing.code).toBe('NOT_FOUND');
+    expect(missing.message).toMatch(/no model named "resnet" is loaded \(loaded models: tiny\)/);
+    await service.capture(captureRequest('by-name', { modelHandle: '', modelName: 'tiny' }));
+    await service.capture(captureRequest('both', { modelHandle: 'tiny', modelName: 'resnet' }));
+    expect((await failure(service.capture(captureRequest('bad', { modelHandle: 'my_model' })))).code).toBe(
+      'INVALID_ARGUMENT',
+    );
+    expect((await failure(service.capture(captureRequest('none', { modelHandle: '' })))).message).toMatch(
+      /names no model/,
+    );
+  });
+
+  it('INVALID_ARGUMENT for bad ids and bad tensors, saying what was expected', async () => {
+    const service = await start(testSettings(work));
+    const cases: [string, Parameters<typeof captureRequest>[1] | undefined, RegExp, string?][] = [
+      ['', undefined, /capture_id is empty/],
+      ['x'.repeat(257), undefined, /257 characters long; expected at most 256/],
+      ['tab\there', undefined, /control characters/],
+      [
+        'dtype',
+        {
+          inputTensors: [
+            { ...floatTensor('x', [2]), tensorMetadata: { name: Buffer.from('x'), dataType: 9, shape: [2] } },
+          ],
+        },
+        /data_type 9; expected one of UINT8=0/,
+      ],
+      [
+        'shape',
+        {
+          inputTensors: [
+            {
+              ...floatTensor('x', [2]),
+              tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: [-1, 2] },
+            },
+          ],
+        },
+        /shape \[-1, 2\]/,
+      ],
+      [
+        'bytes',
+        { outputTensors: [{ ...floatTensor('y', [3]), byteData: Buffer.alloc(11) }] },
+        /output tensor #1 \("y"\) has 11 bytes of data; shape \[3\] of FLOAT32 needs 12/,
+      ],
+      [
+        'meta',
+        { inputTensors: [{ tensorMetadata: null, byteData: Buffer.alloc(4), data: 'byteData' }] },
+        /has no tensor_metadata/,
+      ],
+      [
+        'nodata',
+        {
+          inputTensors: [
+            { tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.UINT8, shape: [2] } },
+          ],
+        },
+        /carries no data/,
+      ],
+      [
+        'enc',
+        { outputs: [{ name: 'json', encoding: 7, byteData: Buffer.from('{}'), data: 'byteData' }] },
+        /auxiliary output #1 has encoding 7; expected one of CSV=0, JSON=1, NONE=2, BASE64=3/,
+      ],
+      [
+        'empty',
+        { inputTensors: [], outputTensors: [], inputs: [], outputs: [] },
+        /carries no data; expected at least one/,
+      ],
+      [
+        'shm-aux',
+        {
+          inputs: [
+            {
+              name: 'jpg',
+              encoding: AgentEncoding.NONE,
+              sharedMemoryHandle: { size: 0, offset: 0, segmentId: 1 },
+              data: 'sharedMemoryHandle',
+            },
+          ],
+        },
+        /size 0/,
+      ],
+    ];
+    for (const [id, overrides, message] of cases) {
+      const error = await failure(service.capture(captureRequest(id, overrides)));
+      expect([id, error.code]).toEqual([id, 'INVALID_ARGUMENT']);
+      expect(error.message).toMatch(message);
+    }
+    // Nothing was held by the refusals.
+    expect(service.held).toBe(0);
+  });
+
+  it('GetCaptureDataStatus: NOT_FOUND for an unknown id, INVALID_ARGUMENT for an empty one', async () => {
+    const service = await start(testSettings(work));
+    expect((await failure(() => service.status('never'))).code).toBe('NOT_FOUND');
+    expect((await failure(() => service.status(''))).code).toBe('INVALID_ARGUMENT');
+  });
+
+  it('UNAVAILABLE after close', async () => {
+    const service = await start(testSettings(work));
+    await service.close();
+    expect((await failure(service.capture(captureRequest('late')))).code).toBe('UNAVAILABLE');
+  });
+});
+
+describe('Disk destination', () => {
+  it('lays files out like the cloud keys, side files by file:// URL, nothing half-written or temporary left', async () => {
+    const settings = testSettings(work, { batchSize: 2, base64EmbedLimit: 32 });
+    const service = await start(settings);
+    await service.capture(
+      captureRequest('cap/1', {
+        inputTensors: [floatTensor('x', [1, 16], 1.5)],
+        inputs: [
+          { name: 'jpg', encoding: AgentEncoding.NONE, byteData: Buffer.alloc(100, 9), data: 'byteData' },
+        ],
+      }),
+    );
+    await service.capture(captureRequest('cap-2'));
+    await service.whenIdle();
+    const files = await listFiles(settings.diskPath);
+    const hour = 'sme-capture/fleet-a/tiny/2024/01/02/03';
+    expect(files.every((f) => f.startsWith(`${hour}/`))).toBe(true);
+    expect(files.filter((f) => f.endsWith('.jsonl'))).toEqual([
+      expect.stringMatching(new RegExp(`^${hour}/[0-9a-f]{32}\\.jsonl$`)),
+    ]);
+    expect(files.some((f) => f.split('/').at(-1)!.startsWith('.'))).toBe(false);
+    const [first, second] = await diskRecords(settings.diskPath);
+    const ref = first!.record.deviceFleetInputs[0]['data-ref'] as string;
+    expect(ref).toMatch(new RegExp(`^file:///.*/${hour}/raw-data/cap_1-[0-9a-f]{8}-input-1\\.bin$`));
+    expect((await readDataRef(ref)).equals(Buffer.from(new Float32Array(16).fill(1.5).buffer))).toBe(true);
+    expect(
+      (await readDataRef(first!.record.deviceFleetAuxiliaryInputs[0]['data-ref'])).equals(
+        Buffer.alloc(100, 9),
+      ),
+    ).toBe(true);
+    expect(second!.record.deviceFleetAuxiliaryOutputs[0]).toEqual({
+      name: 'Output-1',
+      observedContentType: 'json',
+      encoding: 'JSON',
+      mode: 'Output',
+      data: Buffer.from('{"ok":true}').toString('base64'),
+    });
+  });
+
+  it('retries a failing disk write with backoff, holding the captures, then marks them FAILURE', async () => {
+    const blocker = join(work, 'not-a-folder');
+    await writeFile(blocker, 'a file where the capture folder should be');
+    const settings = testSettings(work, { diskPath: blocker, batchSize: 1, maxDiskWriteAttempts: 3 });
+    const service = await start(settings);
+    await service.capture(captureRequest('doomed'));
+    // Each write fails on real I/O; let it, then move the fake clock past the backoff (at most retryMaxMs).
+    for (let i = 0; i < 200 && service.status('doomed').status === 'IN_PROGRESS'; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      // Held until given up.
+      expect(service.held + Number(service.status('doomed').status === 'FAILURE')).toBe(1);
+      vi.advanceTimersByTime(settings.spool.retryMaxMs);
+    }
+    await service.whenIdle();
+    expect(service.status('doomed')).toMatchObject({
+      status: 'FAILURE',
+      detail: expect.stringMatching(/cannot write to .*not-a-folder.*after 3 attempts/),
+    });
+    expect(service.held).toBe(0);
+  });
+});
