@@ -96,10 +96,19 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
   }
   let closing = false;
   const servers: Server[] = [];
+  // Responses not yet sent: when closing begins, each is marked to end its connection, so close() need not wait
+  // out keep-alive on connections that were busy at that moment.
+  const pending = new Set<ServerResponse>();
+  const endConnectionAfter = (res: ServerResponse) => {
+    if (!res.headersSent) res.shouldKeepAlive = false;
+  };
   const makeServer = (handler: (req: IncomingMessage, res: ServerResponse) => void): Server => {
     const server = createServer((req, res) => {
-      // Once closing, each response ends its connection, so close() need not wait out keep-alive.
-      if (closing) res.setHeader('connection', 'close');
+      if (closing) endConnectionAfter(res);
+      else {
+        pending.add(res);
+        res.once('close', () => pending.delete(res));
+      }
       handler(req, res);
     });
     server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
@@ -157,6 +166,7 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
     addresses,
     close() {
       closing = true;
+      pending.forEach(endConnectionAfter);
       closed ??= closeServers(options.closeTimeoutMs ?? 10_000);
       return closed;
     },

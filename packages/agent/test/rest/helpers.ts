@@ -51,6 +51,8 @@ export interface HttpResult {
   status: number;
   headers: IncomingHttpHeaders;
   body: Buffer;
+  /** Whether the request went over a kept-alive connection of an earlier one. */
+  reusedSocket: boolean;
   text(): string;
   json(): unknown;
 }
@@ -101,6 +103,7 @@ export class HttpClient {
               status: res.statusCode ?? 0,
               headers: res.headers,
               body,
+              reusedSocket: req.reusedSocket,
               text: () => body.toString('utf8'),
               json: () => JSON.parse(body.toString('utf8')) as unknown,
             });
