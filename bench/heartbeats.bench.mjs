@@ -1,0 +1,411 @@
+// Heartbeat ingestion of edgefleet-server: how many SendHeartbeat calls per second it takes from many
+// simulated devices over mutual TLS, and the latency of operator API reads (p50/p99) while it does.
+//
+//   npx tsc -b packages/server && node bench/heartbeats.bench.mjs [--devices 200] [--concurrency 64]
+//        [--seconds 15] [--warmup 3] [--engines sqlite,postgres]
+//
+// The server runs as its own process (`node packages/server/dist/main.js serve`, default settings, log level
+// warn) on a fresh data dir; this process is the load: every device enrolls for real (CSR → certificate) and
+// then keeps one TLS connection open, the way an agent does. Each heartbeat carries 4 agent metrics and 2
+// models with 3 metrics each (10 time-series rows). `concurrency` heartbeats are in flight at any time, spread
+// round-robin over the devices. Meanwhile one client reads the operator API (device list page, one device,
+// the fleet report) in a loop and records each call's latency.
+// PostgreSQL runs when initdb/pg_ctl exist (Debian: /usr/lib/postgresql/*/bin): a throwaway cluster with
+// default durability settings (fsync on, synchronous_commit on). SQLite runs in WAL with synchronous=NORMAL.
+// Results also go to bench-results/heartbeats.json.
+import { execFileSync, spawn } from 'node:child_process';
+import { createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
+import http from 'node:http';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CertificationRequest, CertificationRequestInfo } from '@peculiar/asn1-csr';
+import { AsnConvert } from '@peculiar/asn1-schema';
+import {
+  AlgorithmIdentifier,
+  AttributeTypeAndValue,
+  AttributeValue,
+  Name,
+  RelativeDistinguishedName,
+  SubjectPublicKeyInfo,
+} from '@peculiar/asn1-x509';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const MAIN = join(root, 'packages/server/dist/main.js');
+const argValue = (name, fallback) => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? process.argv[i + 1] : fallback;
+};
+const DEVICES = Number(argValue('--devices', 200));
+const CONCURRENCY = Number(argValue('--concurrency', 64));
+const SECONDS = Number(argValue('--seconds', 15));
+const WARMUP = Number(argValue('--warmup', 3));
+const ENGINES = argValue('--engines', 'sqlite,postgres').split(',');
+// e.g. --server-node-args "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the server.
+const SERVER_NODE_ARGS = argValue('--server-node-args', '').split(' ').filter(Boolean);
+
+if (!existsSync(MAIN)) {
+  console.error(`${MAIN} is missing: run \`npx tsc -b packages/server\` first`);
+  process.exit(2);
+}
+
+// ---------- device side: key, CSR ----------
+function csrFor(commonName) {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const spki = AsnConvert.parse(
+    createPublicKey(privateKey).export({ type: 'spki', format: 'der' }),
+    SubjectPublicKeyInfo,
+  );
+  const info = new CertificationRequestInfo({
+    subject: new Name([
+      new RelativeDistinguishedName([
+        new AttributeTypeAndValue({ type: '2.5.4.3', value: new AttributeValue({ utf8String: commonName }) }),
+      ]),
+    ]),
+    subjectPKInfo: spki,
+  });
+  const signature = sign('sha256', Buffer.from(AsnConvert.serialize(info)), {
+    key: privateKey,
+    dsaEncoding: 'der',
+  });
+  const der = Buffer.from(
+    AsnConvert.serialize(
+      new CertificationRequest({
+        certificationRequestInfo: info,
+        signatureAlgorithm: new AlgorithmIdentifier({ algorithm: '1.2.840.10045.4.3.2' }),
+        signature: new Uint8Array(signature).buffer,
+      }),
+    ),
+  );
+  const pem = `-----BEGIN CERTIFICATE REQUEST-----\n${der
+    .toString('base64')
+    .match(/.{1,64}/g)
+    .join('\n')}\n-----END CERTIFICATE REQUEST-----\n`;
+  return { csr: pem, key: privateKey.export({ type: 'pkcs8', format: 'pem' }) };
+}
+
+// ---------- HTTP helpers ----------
+function request(agentOrModule, url, { method = 'GET', headers = {}, body, tls } = {}) {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  const target = new URL(url);
+  const mod = target.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = mod.request(
+      target,
+      {
+        method,
+        agent: agentOrModule,
+        headers: { ...headers, ...(payload !== undefined ? { 'content-type': 'application/json' } : {}) },
+        ...(tls ?? {}),
+      },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString();
+          resolve({ status: res.statusCode, body: text ? JSON.parse(text) : undefined });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+async function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// ---------- PostgreSQL (throwaway cluster) ----------
+function postgresBinDir() {
+  const base = '/usr/lib/postgresql';
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    if (dir && existsSync(join(dir, 'initdb')) && existsSync(join(dir, 'pg_ctl'))) return dir;
+  }
+  if (!existsSync(base)) return undefined;
+  const versions = readdirSync(base).filter((v) => existsSync(join(base, v, 'bin', 'initdb')));
+  versions.sort((a, b) => Number(b) - Number(a));
+  return versions[0] ? join(base, versions[0], 'bin') : undefined;
+}
+
+async function startPostgres() {
+  const bin = postgresBinDir();
+  if (!bin) return undefined;
+  const asRoot = process.getuid?.() === 0;
+  const dir = mkdtempSync(join(tmpdir(), 'edgefleet-bench-pg-'));
+  if (asRoot) {
+    const uid = Number(execFileSync('id', ['-u', 'postgres']).toString());
+    const gid = Number(execFileSync('id', ['-g', 'postgres']).toString());
+    chownSync(dir, uid, gid);
+  }
+  const run = (tool, args) =>
+    asRoot
+      ? execFileSync('runuser', ['-u', 'postgres', '--', join(bin, tool), ...args], { stdio: 'ignore' })
+      : execFileSync(join(bin, tool), args, { stdio: 'ignore' });
+  run('initdb', ['-D', join(dir, 'data'), '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C']);
+  const port = await freePort();
+  run('pg_ctl', [
+    '-D',
+    join(dir, 'data'),
+    '-l',
+    join(dir, 'log'),
+    '-w',
+    'start',
+    '-o',
+    `-c listen_addresses=127.0.0.1 -p ${port} -k ${dir} -c max_connections=100`,
+  ]);
+  return {
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    stop: () => {
+      try {
+        run('pg_ctl', ['-D', join(dir, 'data'), '-m', 'fast', '-w', 'stop']);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+// ---------- server process ----------
+async function startServer(dataDir, database) {
+  const [operatorPort, devicePort] = [await freePort(), await freePort()];
+  const flags = [
+    '--data-dir',
+    dataDir,
+    '--listen',
+    `127.0.0.1:${operatorPort}`,
+    '--device-listen',
+    `127.0.0.1:${devicePort}`,
+  ];
+  if (database) flags.push('--database', database);
+  const token = execFileSync(process.execPath, [MAIN, 'init', ...flags], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  })
+    .toString()
+    .trim();
+  const child = spawn(
+    process.execPath,
+    [...SERVER_NODE_ARGS, MAIN, 'serve', ...flags, '--log-level', 'warn'],
+    {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    },
+  );
+  const operatorUrl = `http://127.0.0.1:${operatorPort}`;
+  for (let attempt = 0; ; attempt++) {
+    const ready = await request(undefined, `${operatorUrl}/readyz`).catch(() => ({ status: 0 }));
+    if (ready.status === 200) break;
+    if (attempt > 200 || child.exitCode !== null) throw new Error('edgefleet-server did not become ready');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return {
+    token,
+    operatorUrl,
+    deviceUrl: `https://127.0.0.1:${devicePort}`,
+    stop: () =>
+      new Promise((resolve) => {
+        child.once('exit', resolve);
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
+// ---------- measurement ----------
+const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+const ms = (ns) => Number(ns) / 1e6;
+
+function heartbeatBody(device, fleet, n) {
+  const now = Date.now() / 1000;
+  const metric = (MetricName, Value) => ({ MetricName, Value, Timestamp: now });
+  return {
+    DeviceName: device,
+    DeviceFleetName: fleet,
+    AgentVersion: '1.0.0',
+    AgentMetrics: [
+      metric('CpuUtilization', n % 100),
+      metric('MemoryUsedBytes', 1e8 + n),
+      metric('StartupCount', 1),
+      metric('CrashCount', 0),
+    ],
+    Models: ['resnet', 'yolo'].map((ModelName) => ({
+      ModelName,
+      ModelVersion: '1.0',
+      LatestInference: now,
+      LatestSampleTime: now - 10,
+      ModelMetrics: [
+        metric('InferenceCount', n),
+        metric('InferenceLatencyMs', 4.2),
+        metric('QueueTimeMs', 0.3),
+      ],
+    })),
+  };
+}
+
+async function benchEngine(engine) {
+  let postgres;
+  if (engine === 'postgres') {
+    postgres = await startPostgres();
+    if (!postgres) {
+      console.log('postgres: skipped (no initdb/pg_ctl found)');
+      return undefined;
+    }
+  }
+  const dataDir = mkdtempSync(join(tmpdir(), `edgefleet-bench-${engine}-`));
+  const server = await startServer(dataDir, postgres?.url);
+  try {
+    const admin = { authorization: `Bearer ${server.token}` };
+    const operator = new http.Agent({ keepAlive: true, maxSockets: 4 });
+    const fleet = 'bench';
+    await request(operator, `${server.operatorUrl}/api/v1/fleets`, {
+      method: 'POST',
+      headers: admin,
+      body: { name: fleet, outputConfig: { s3OutputLocation: 's3://bench/captures' } },
+    });
+    const names = Array.from({ length: DEVICES }, (_, i) => `dev-${String(i).padStart(5, '0')}`);
+    for (let i = 0; i < names.length; i += 100) {
+      const r = await request(operator, `${server.operatorUrl}/api/v1/fleets/${fleet}/devices`, {
+        method: 'POST',
+        headers: admin,
+        body: { devices: names.slice(i, i + 100).map((name) => ({ name })) },
+      });
+      if (r.status !== 201) throw new Error(`register: ${JSON.stringify(r.body)}`);
+    }
+    const devices = [];
+    for (const name of names) {
+      const token = await request(
+        operator,
+        `${server.operatorUrl}/api/v1/devices/${name}/enrollment-tokens`,
+        {
+          method: 'POST',
+          headers: admin,
+          body: {},
+        },
+      );
+      const { csr, key } = csrFor(name);
+      const enrolled = await request(operator, `${server.operatorUrl}/api/v1/enroll`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token.body.token}` },
+        body: { csr },
+      });
+      if (enrolled.status !== 201) throw new Error(`enroll: ${JSON.stringify(enrolled.body)}`);
+      devices.push({
+        name,
+        agent: new https.Agent({
+          keepAlive: true,
+          maxSockets: 1,
+          ca: enrolled.body.caCertificatePem,
+          cert: enrolled.body.certificatePem,
+          key,
+        }),
+      });
+    }
+
+    let phase = 'warmup';
+    let sent = 0;
+    let completed = 0;
+    let failures = 0;
+    const heartbeatLatencies = [];
+    const readLatencies = [];
+    let next = 0;
+    const worker = async () => {
+      while (phase !== 'done') {
+        const device = devices[next++ % devices.length];
+        const measuring = phase === 'measure';
+        const start = process.hrtime.bigint();
+        sent++;
+        const r = await request(device.agent, `${server.deviceUrl}/api/v1/device/heartbeat`, {
+          method: 'POST',
+          body: heartbeatBody(device.name, fleet, sent),
+        }).catch((error) => ({ status: 0, body: String(error) }));
+        if (r.status !== 200) {
+          failures++;
+          if (failures <= 3) console.error(`heartbeat failed: ${r.status} ${JSON.stringify(r.body)}`);
+        } else if (measuring && phase === 'measure') {
+          completed++;
+          heartbeatLatencies.push(ms(process.hrtime.bigint() - start));
+        }
+      }
+    };
+    const reader = async () => {
+      const urls = [
+        `/api/v1/devices?fleet=${fleet}&limit=50`,
+        `/api/v1/devices/${names[Math.floor(names.length / 2)]}`,
+        `/api/v1/fleets/${fleet}/report`,
+      ];
+      let i = 0;
+      while (phase !== 'done') {
+        const start = process.hrtime.bigint();
+        const r = await request(operator, `${server.operatorUrl}${urls[i++ % urls.length]}`, {
+          headers: admin,
+        });
+        if (r.status !== 200) throw new Error(`operator read failed: ${r.status}`);
+        if (phase === 'measure') readLatencies.push(ms(process.hrtime.bigint() - start));
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    };
+    const running = [...Array.from({ length: CONCURRENCY }, worker), reader()];
+    await new Promise((resolve) => setTimeout(resolve, WARMUP * 1000));
+    phase = 'measure';
+    const t0 = process.hrtime.bigint();
+    await new Promise((resolve) => setTimeout(resolve, SECONDS * 1000));
+    const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
+    phase = 'done';
+    await Promise.all(running);
+    for (const d of devices) d.agent.destroy();
+    operator.destroy();
+
+    heartbeatLatencies.sort((a, b) => a - b);
+    readLatencies.sort((a, b) => a - b);
+    const result = {
+      engine,
+      devices: DEVICES,
+      concurrency: CONCURRENCY,
+      seconds: Number(elapsed.toFixed(2)),
+      heartbeatsPerSecond: Math.round(completed / elapsed),
+      metricRowsPerSecond: Math.round((completed * 10) / elapsed),
+      failures,
+      heartbeatLatencyMs: {
+        p50: Number(percentile(heartbeatLatencies, 50).toFixed(2)),
+        p99: Number(percentile(heartbeatLatencies, 99).toFixed(2)),
+      },
+      operatorReadLatencyMs: {
+        samples: readLatencies.length,
+        p50: Number(percentile(readLatencies, 50).toFixed(2)),
+        p99: Number(percentile(readLatencies, 99).toFixed(2)),
+      },
+    };
+    console.log(
+      `${engine.padEnd(8)} ${String(result.heartbeatsPerSecond).padStart(6)} heartbeats/s ` +
+        `(${result.metricRowsPerSecond} metric rows/s, ${failures} failed) | heartbeat p50 ${result.heartbeatLatencyMs.p50} ms ` +
+        `p99 ${result.heartbeatLatencyMs.p99} ms | operator reads p50 ${result.operatorReadLatencyMs.p50} ms ` +
+        `p99 ${result.operatorReadLatencyMs.p99} ms (${readLatencies.length} reads)`,
+    );
+    return result;
+  } finally {
+    await server.stop();
+    postgres?.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+console.log(
+  `heartbeat ingestion: ${DEVICES} devices, ${CONCURRENCY} in flight, ${WARMUP} s warm-up + ${SECONDS} s measured, ` +
+    `server and load on one machine (${(await import('node:os')).cpus().length} cores)`,
+);
+const results = [];
+for (const engine of ENGINES) {
+  const result = await benchEngine(engine);
+  if (result) results.push(result);
+}
+mkdirSync(join(root, 'bench-results'), { recursive: true });
+writeFileSync(
+  join(root, 'bench-results', 'heartbeats.json'),
+  `${JSON.stringify({ at: new Date().toISOString(), results }, null, 2)}\n`,
+);
