@@ -21,7 +21,8 @@ import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath, URL } from 'node:url';
 import { CertificationRequest, CertificationRequestInfo } from '@peculiar/asn1-csr';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import {
@@ -203,7 +204,7 @@ async function startServer(dataDir, database) {
     const ready = await request(undefined, `${operatorUrl}/readyz`).catch(() => ({ status: 0 }));
     if (ready.status === 200) break;
     if (attempt > 200 || child.exitCode !== null) throw new Error('edgefleet-server did not become ready');
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await sleep(100);
   }
   return {
     token,
@@ -347,14 +348,14 @@ async function benchEngine(engine) {
         });
         if (r.status !== 200) throw new Error(`operator read failed: ${r.status}`);
         if (phase === 'measure') readLatencies.push(ms(process.hrtime.bigint() - start));
-        await new Promise((resolve) => setTimeout(resolve, 20));
+        await sleep(20);
       }
     };
     const running = [...Array.from({ length: CONCURRENCY }, worker), reader()];
-    await new Promise((resolve) => setTimeout(resolve, WARMUP * 1000));
+    await sleep(WARMUP * 1000);
     phase = 'measure';
     const t0 = process.hrtime.bigint();
-    await new Promise((resolve) => setTimeout(resolve, SECONDS * 1000));
+    await sleep(SECONDS * 1000);
     const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
     phase = 'done';
     await Promise.all(running);
