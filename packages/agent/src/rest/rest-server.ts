@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { chmod, lstat, unlink } from 'node:fs/promises';
+import { chmod, lstat, mkdtemp, rename, rm, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { connect, type AddressInfo, type ListenOptions } from 'node:net';
 import { buildRestApp, type RestAppOptions } from './rest-app.js';
 
@@ -55,33 +56,55 @@ function socketAnswers(path: string): Promise<boolean> {
   });
 }
 
+/** Longest Unix socket path the kernel takes (sun_path is 108 bytes with its terminating zero). */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/** Refuses a path holding a file that is not a socket, or a socket some process serves on. */
+async function checkSocketPathFree(path: string): Promise<void> {
+  const existing = await lstat(path).catch(() => undefined);
+  if (!existing) return;
+  if (!existing.isSocket()) {
+    throw new Error(
+      `cannot listen on Unix socket ${path}: a file that is not a socket is there; remove it or choose another path`,
+    );
+  }
+  if (await socketAnswers(path)) {
+    throw new Error(
+      `cannot listen on Unix socket ${path}: another process is serving on it; stop it or choose another path`,
+    );
+  }
+}
+
 /**
- * Listens on a Unix socket path. A socket file left by a process that is gone is replaced; a live one, or a
- * file that is not a socket, is an error that says so. Returns the socket file's inode, so that close removes
- * only the file it created.
+ * Listens on a Unix socket path with the given permission bits from the first moment: it binds inside a fresh
+ * private folder next to the path, sets the mode, then renames the socket into place (which also replaces a
+ * socket file left by a process that is gone). A live socket, or a file that is not a socket, is an error that
+ * says so. Where the private folder's path would be too long for a socket, it binds in place and sets the mode
+ * right after. Returns the socket file's inode, so that close removes only the file it created.
  */
 async function listenUnix(server: Server, path: string, mode: number): Promise<number> {
+  await checkSocketPathFree(path);
+  const failed = (error: unknown): Error =>
+    new Error(`cannot listen on Unix socket ${path}: ${(error as Error).message}`, { cause: error });
+  const privateDir = await mkdtemp(join(dirname(path), '.rest-')).catch((error: unknown) => {
+    throw failed(error);
+  });
+  const privatePath = join(privateDir, 's');
   try {
-    await listen(server, { path });
+    if (Buffer.byteLength(privatePath) <= MAX_SOCKET_PATH_BYTES) {
+      await listen(server, { path: privatePath });
+      await chmod(privatePath, mode);
+      await rename(privatePath, path);
+    } else {
+      await unlink(path).catch(() => {});
+      await listen(server, { path });
+      await chmod(path, mode);
+    }
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
-      throw new Error(`cannot listen on Unix socket ${path}: ${(error as Error).message}`, { cause: error });
-    }
-    const existing = await lstat(path).catch(() => undefined);
-    if (existing && !existing.isSocket()) {
-      throw new Error(
-        `cannot listen on Unix socket ${path}: a file that is not a socket is there; remove it or choose another path`,
-      );
-    }
-    if (await socketAnswers(path)) {
-      throw new Error(
-        `cannot listen on Unix socket ${path}: another process is serving on it; stop it or choose another path`,
-      );
-    }
-    await unlink(path).catch(() => {});
-    await listen(server, { path });
+    throw failed(error);
+  } finally {
+    await rm(privateDir, { recursive: true, force: true });
   }
-  await chmod(path, mode);
   return (await lstat(path)).ino;
 }
 

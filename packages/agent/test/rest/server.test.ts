@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { lstat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { slowModelInput, slowModelReference } from '@edgefleet/core';
@@ -57,6 +57,23 @@ describe('the Unix socket listener', () => {
     const private0600 = await start({ unixSocketPath: privatePath, socketMode: 0o600 });
     expect((await lstat(privatePath)).mode & 0o777).toBe(0o600);
     await private0600.close();
+    // The private folder it binds in before moving the socket into place is gone.
+    expect((await readdir(files.root)).filter((name) => name.startsWith('.rest-'))).toEqual([]);
+  });
+
+  it('binds in place, mode set, when a path near the length limit leaves no room for the private folder', async () => {
+    const dir = join(files.root, 'd'.repeat(98 - files.root.length - 1)); // 98 bytes: room for /r.sock, not for /.rest-XXXXXX/s
+    await mkdir(dir, { recursive: true });
+    const path = join(dir, 'r.sock');
+    expect(Buffer.byteLength(path)).toBeLessThanOrEqual(107);
+    expect(Buffer.byteLength(join(dir, '.rest-XXXXXX', 's'))).toBeGreaterThan(107);
+    const server = await start({ unixSocketPath: path, socketMode: 0o640 });
+    expect((await lstat(path)).mode & 0o777).toBe(0o640);
+    const client = new HttpClient(targetOf(server.addresses[0]!));
+    expect((await client.get('/v2/health/live')).status).toBe(200);
+    client.close();
+    await server.close();
+    expect(await readdir(dir)).toEqual([]);
   });
 
   it('replaces a socket file left by a process that is gone', async () => {
