@@ -3,6 +3,9 @@ import { CliError, EXIT, createOutput, type Output } from './cli-io.js';
 import { registerPkiCommands } from './pki/pki-command.js';
 import { registerPackageCommands } from './package/package-command.js';
 import { registerDemoCommand } from './demo/demo-command.js';
+import { registerFleetCommands } from './fleet/fleet-command.js';
+import { registerDeviceCommands } from './device/device-command.js';
+import { registerTokenCommands } from './token/token-command.js';
 
 /** Builds the `edgefleet` program. Exported so tests drive it in-process with their own streams. */
 export function buildProgram(
@@ -27,6 +30,9 @@ export function buildProgram(
   registerPkiCommands(program, output);
   registerPackageCommands(program, output);
   registerDemoCommand(program, output);
+  registerFleetCommands(program, output);
+  registerDeviceCommands(program, output);
+  registerTokenCommands(program, output);
   // `--json` is accepted after the command name too: every leaf command gets it.
   const leaves = (cmd: Command): Command[] =>
     cmd.commands.length === 0 ? [cmd] : cmd.commands.flatMap(leaves);

@@ -1,0 +1,422 @@
+import { dirname, join, resolve } from 'node:path';
+import { Option, type Command } from 'commander';
+import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import {
+  ServerClient,
+  addServerOptions,
+  cliErrorFrom,
+  collect,
+  fields,
+  formatTags,
+  formatTime,
+  intOption,
+  parseTags,
+  resolveConnection,
+  withServer,
+  type ConnectionFlags,
+  type Device,
+  type DeviceMetrics,
+  type UpdateDeviceInput,
+} from '../server-client/index.js';
+import { DEVICE_KEY_TYPES, type DeviceKeyType } from './csr.js';
+import { enrollDevice } from './enroll.js';
+
+function describeDevice(device: Device): string[] {
+  const cert = device.identity.certificate;
+  const lines = [
+    fields([
+      ['name', device.name],
+      ['fleet', device.fleetName],
+      ['description', device.description],
+      ['iot thing', device.iotThingName],
+      ['tags', formatTags(device.tags)],
+      ['status', device.status],
+      ['last heartbeat', formatTime(device.latestHeartbeat)],
+      ['agent version', device.agentVersion],
+      ['registered', formatTime(device.registeredAt)],
+      ['identity', device.identity.status],
+      ...(cert
+        ? ([
+            ['certificate', `serial ${cert.serial}, valid until ${cert.notAfter}`],
+            ['subject', cert.subject],
+          ] as Array<[string, string]>)
+        : []),
+    ]),
+    '',
+    device.models.length === 0
+      ? 'models: none reported'
+      : table(
+          ['model', 'version', 'latest inference', 'latest sample'],
+          device.models.map((m) => [
+            m.name,
+            m.version,
+            formatTime(m.latestInference),
+            formatTime(m.latestSampleTime),
+          ]),
+        ),
+  ];
+  if (device.deploymentResult !== undefined) {
+    const result = device.deploymentResult as { DeploymentName?: string; DeploymentStatus?: string };
+    lines.push(
+      '',
+      `last deployment: ${result.DeploymentName ?? '?'} ${result.DeploymentStatus ?? ''}`.trimEnd(),
+    );
+  }
+  return lines;
+}
+
+function describeMetrics(metrics: DeviceMetrics): string {
+  if (metrics.series.length === 0)
+    return `no metrics for ${metrics.deviceName} between ${metrics.since} and ${metrics.until}`;
+  return table(
+    ['metric', 'model', 'dimension', 'last', 'min', 'max', 'points', 'at'],
+    metrics.series.map((s) => {
+      const last = s.points[s.points.length - 1];
+      const min = Math.min(...s.points.map((p) => p.min));
+      const max = Math.max(...s.points.map((p) => p.max));
+      const count = s.points.reduce((sum, p) => sum + p.count, 0);
+      return [
+        s.metricName,
+        s.modelName ? `${s.modelName} ${s.modelVersion ?? ''}`.trimEnd() : '-',
+        s.dimension ?? '-',
+        last ? round(last.avg) : '-',
+        round(min),
+        round(max),
+        String(count),
+        last?.timestamp ?? '-',
+      ];
+    }),
+  );
+}
+
+const round = (n: number) => String(Math.round(n * 1000) / 1000);
+
+export function registerDeviceCommands(program: Command, output: () => Output): void {
+  const device = program
+    .command('device')
+    .description('devices on an EdgeFleet server, and enrolling this one');
+
+  addServerOptions(
+    device
+      .command('register')
+      .description('register devices in a fleet (all or none)')
+      .argument('<fleet>', 'the fleet')
+      .argument('<names...>', 'device names (unique across fleets)')
+      .option('--description <text>', 'description for each device')
+      .option('--iot-thing-name <name>', 'IoT thing name (one device only)')
+      .option('--tag <key=value>', 'a tag for each device (repeatable)', collect, []),
+  ).action(
+    async (
+      fleet: string,
+      names: string[],
+      opts: ConnectionFlags & { description?: string; iotThingName?: string; tag: string[] },
+    ) => {
+      const out = output();
+      if (opts.iotThingName !== undefined && names.length > 1)
+        throw new CliError(
+          '--iot-thing-name names one device’s thing; register one device with it',
+          EXIT.usage,
+        );
+      const devices = await withServer(opts, (client) =>
+        client.registerDevices(
+          fleet,
+          names.map((name) => ({
+            name,
+            ...(opts.description !== undefined && { description: opts.description }),
+            ...(opts.iotThingName !== undefined && { iotThingName: opts.iotThingName }),
+          })),
+          parseTags(opts.tag),
+        ),
+      );
+      out.result({ devices }, () => [
+        `Registered ${devices.length} device${devices.length === 1 ? '' : 's'} in fleet ${fleet}: ${devices.map((d) => d.name).join(', ')}`,
+        `Next, on each device: edgefleet device enroll --server <url> --token $(edgefleet device enrollment-token <name> …) --config <agent config>`,
+      ]);
+    },
+  );
+
+  addServerOptions(
+    device
+      .command('list')
+      .description('list devices, optionally filtered')
+      .option('--fleet <name>', 'only this fleet')
+      .option('--tag <key[=value]>', 'only devices with this tag (repeatable: all must match)', collect, [])
+      .option('--name-contains <text>', 'name contains (case-insensitive)')
+      .addOption(new Option('--status <status>', 'online or offline').choices(['online', 'offline']))
+      .option('--model <name>', 'only devices that reported this model')
+      .option('--heartbeat-after <iso time>', 'only devices heard from after this time')
+      .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),
+  ).action(
+    async (
+      opts: ConnectionFlags & {
+        fleet?: string;
+        tag: string[];
+        nameContains?: string;
+        status?: 'online' | 'offline';
+        model?: string;
+        heartbeatAfter?: string;
+        limit?: number;
+      },
+    ) => {
+      const out = output();
+      const devices = await withServer(opts, (client) =>
+        client.listDevices(
+          {
+            ...(opts.fleet && { fleet: opts.fleet }),
+            tags: opts.tag,
+            ...(opts.nameContains && { nameContains: opts.nameContains }),
+            ...(opts.status && { status: opts.status }),
+            ...(opts.model && { modelName: opts.model }),
+            ...(opts.heartbeatAfter && { latestHeartbeatAfter: opts.heartbeatAfter }),
+          },
+          opts.limit,
+        ),
+      );
+      out.result({ devices }, () =>
+        devices.length === 0
+          ? 'no devices'
+          : table(
+              ['name', 'fleet', 'status', 'last heartbeat', 'agent', 'models'],
+              devices.map((d) => [
+                d.name,
+                d.fleetName,
+                d.status,
+                formatTime(d.latestHeartbeat),
+                d.agentVersion ?? '-',
+                d.models.map((m) => `${m.name}@${m.version}`).join(',') || '-',
+              ]),
+            ),
+      );
+    },
+  );
+
+  addServerOptions(
+    device
+      .command('describe')
+      .description('a device: registration, identity, agent, models, last heartbeat')
+      .argument('<name>'),
+  ).action(async (name: string, opts: ConnectionFlags) => {
+    const out = output();
+    const found = await withServer(opts, (client) => client.getDevice(name));
+    out.result(found, () => describeDevice(found));
+  });
+
+  addServerOptions(
+    device
+      .command('update')
+      .description('change a device’s description, IoT thing name or tags')
+      .argument('<name>')
+      .option('--description <text>', 'new description ("" clears it)')
+      .option('--iot-thing-name <name>', 'new IoT thing name ("" clears it)')
+      .option('--tag <key=value>', 'replace all tags with these (repeatable)', collect, [])
+      .option('--clear-tags', 'remove every tag'),
+  ).action(
+    async (
+      name: string,
+      opts: ConnectionFlags & {
+        description?: string;
+        iotThingName?: string;
+        tag: string[];
+        clearTags?: boolean;
+      },
+    ) => {
+      const out = output();
+      if (opts.clearTags && opts.tag.length > 0)
+        throw new CliError('give --tag or --clear-tags, not both', EXIT.usage);
+      const patch: UpdateDeviceInput = {
+        ...(opts.description !== undefined && {
+          description: opts.description === '' ? null : opts.description,
+        }),
+        ...(opts.iotThingName !== undefined && {
+          iotThingName: opts.iotThingName === '' ? null : opts.iotThingName,
+        }),
+        ...((opts.tag.length > 0 || opts.clearTags) && { tags: parseTags(opts.tag) }),
+      };
+      if (Object.keys(patch).length === 0)
+        throw new CliError(
+          'nothing to change: give --description, --iot-thing-name, --tag or --clear-tags',
+          EXIT.usage,
+        );
+      const updated = await withServer(opts, (client) => client.updateDevice(name, patch));
+      out.result(updated, () => [`Updated device ${updated.name}`, ...describeDevice(updated)]);
+    },
+  );
+
+  addServerOptions(
+    device
+      .command('deregister')
+      .description('remove a device and revoke every certificate it was issued')
+      .argument('<name>'),
+  ).action(async (name: string, opts: ConnectionFlags) => {
+    const out = output();
+    await withServer(opts, (client) => client.deregisterDevice(name));
+    out.result({ deregistered: name }, () => `Deregistered device ${name}; its certificates are revoked`);
+  });
+
+  addServerOptions(
+    device
+      .command('enrollment-token')
+      .description('create a single-use, expiring token with which the device enrolls (printed once)')
+      .argument('<name>', 'the registered device')
+      .option(
+        '--ttl <seconds>',
+        'lifetime (default: the server’s)',
+        intOption('--ttl', 60, 10 * 365 * 86_400),
+      ),
+  ).action(async (name: string, opts: ConnectionFlags & { ttl?: number }) => {
+    const out = output();
+    const created = await withServer(opts, (client) => client.createEnrollmentToken(name, opts.ttl));
+    // The token alone, so that `$(edgefleet device enrollment-token …)` works; --json adds device, fleet, expiry.
+    out.result(created, () => created.token);
+  });
+
+  addServerOptions(
+    device
+      .command('certificates')
+      .description('every certificate issued to a device, newest first')
+      .argument('<name>'),
+  ).action(async (name: string, opts: ConnectionFlags) => {
+    const out = output();
+    const certificates = await withServer(opts, (client) => client.certificates(name));
+    out.result({ certificates }, () =>
+      certificates.length === 0
+        ? `no certificates issued to ${name}`
+        : table(
+            ['serial', 'issued', 'not after', 'state'],
+            certificates.map((c) => [
+              c.serial,
+              c.issuedAt,
+              c.notAfter,
+              c.revokedAt
+                ? `revoked ${c.revokedAt}`
+                : Date.parse(c.notAfter) < Date.now()
+                  ? 'expired'
+                  : 'active',
+            ]),
+          ),
+    );
+  });
+
+  addServerOptions(
+    device
+      .command('revoke')
+      .description('revoke one certificate of a device (--serial) or all its active ones')
+      .argument('<name>')
+      .option('--serial <hex>', 'only this certificate')
+      .option('--reason <text>', 'kept with the revocation'),
+  ).action(async (name: string, opts: ConnectionFlags & { serial?: string; reason?: string }) => {
+    const out = output();
+    const revoked = await withServer(opts, (client) =>
+      client.revokeCertificates(name, {
+        ...(opts.serial !== undefined && { serial: opts.serial }),
+        ...(opts.reason !== undefined && { reason: opts.reason }),
+      }),
+    );
+    out.result({ revoked }, () => `Revoked ${revoked} certificate${revoked === 1 ? '' : 's'} of ${name}`);
+  });
+
+  addServerOptions(
+    device
+      .command('metrics')
+      .description('a device’s metric series (agent and per model), bucketed')
+      .argument('<name>')
+      .option('--since <iso time>', 'start (default: an hour before --until)')
+      .option('--until <iso time>', 'end (default: now)')
+      .option('--step <seconds>', 'bucket width', intOption('--step', 1, 86_400))
+      .option('--metric <name>', 'only this metric')
+      .option('--model <name>', 'only this model'),
+  ).action(
+    async (
+      name: string,
+      opts: ConnectionFlags & {
+        since?: string;
+        until?: string;
+        step?: number;
+        metric?: string;
+        model?: string;
+      },
+    ) => {
+      const out = output();
+      const metrics = await withServer(opts, (client) =>
+        client.deviceMetrics(name, {
+          ...(opts.since && { since: opts.since }),
+          ...(opts.until && { until: opts.until }),
+          ...(opts.step !== undefined && { step: opts.step }),
+          ...(opts.metric && { metricName: opts.metric }),
+          ...(opts.model && { modelName: opts.model }),
+        }),
+      );
+      out.result(metrics, () => describeMetrics(metrics));
+    },
+  );
+
+  device
+    .command('enroll')
+    .description(
+      'on the device: make a key pair and CSR, get a certificate with an enrollment token, and write the agent config',
+    )
+    .option('--server <url>', 'the EdgeFleet server’s operator API (env EDGEFLEET_SERVER)')
+    .option('--token <efe_…>', 'the enrollment token (env EDGEFLEET_ENROLLMENT_TOKEN)')
+    .option('--profile <name>', 'take the server URL from this profile')
+    .requiredOption('--config <file>', 'the agent’s JSON config to create or merge into')
+    .option('--cert-dir <dir>', 'where the key and certificates go (default: <config folder>/certs)')
+    .addOption(
+      new Option('--key-type <type>', 'device key algorithm')
+        .choices([...DEVICE_KEY_TYPES])
+        .default('ecdsa-p256'),
+    )
+    .action(
+      async (opts: {
+        server?: string;
+        token?: string;
+        profile?: string;
+        config: string;
+        certDir?: string;
+        keyType: DeviceKeyType;
+      }) => {
+        const out = output();
+        const enrollmentToken = opts.token ?? (process.env.EDGEFLEET_ENROLLMENT_TOKEN || undefined);
+        if (enrollmentToken === undefined)
+          throw new CliError(
+            'no enrollment token: pass --token efe_… or set EDGEFLEET_ENROLLMENT_TOKEN (an operator creates one with "edgefleet device enrollment-token <device>")',
+            EXIT.usage,
+          );
+        const configFile = resolve(opts.config);
+        const result = await (async () => {
+          try {
+            // The enrollment token stands in for the API token: EDGEFLEET_TOKEN is never sent here.
+            const connection = await resolveConnection(
+              {
+                ...(opts.server && { server: opts.server }),
+                ...(opts.profile && { profile: opts.profile }),
+                token: enrollmentToken,
+              },
+              { env: process.env },
+            );
+            return await enrollDevice({
+              client: new ServerClient(connection),
+              enrollmentToken,
+              configFile,
+              certDir: opts.certDir ?? join(dirname(configFile), 'certs'),
+              keyType: opts.keyType,
+            });
+          } catch (error) {
+            throw cliErrorFrom(error);
+          }
+        })();
+        out.result(result, () => [
+          `Enrolled as device ${result.deviceName} of fleet ${result.fleetName} (certificate ${result.serial}, valid until ${result.notAfter})`,
+          fields([
+            ['private key', `${result.files.privateKey} (0600)`],
+            ['certificate', result.files.certificate],
+            ['CA', result.files.caCertificate],
+            ['device API', result.deviceEndpoint],
+            [
+              'agent config',
+              `${result.configFile} (${Object.keys(result.config).length} keys set, others kept)`,
+            ],
+          ]),
+        ]);
+      },
+    );
+}

@@ -1,0 +1,172 @@
+import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { CliError, EXIT } from '../cli-io.js';
+import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
+import { createCsr, generateDeviceKey, type DeviceKeyType } from './csr.js';
+
+export const ENROLLMENT_TOKEN_PREFIX = 'efe_';
+
+/** The agent config keys enrollment writes (besides those the server hands back: device, fleet, provider). */
+export const CERT_FILE_KEY = 'sagemaker_edge_provider_aws_cert_file';
+export const KEY_FILE_KEY = 'sagemaker_edge_provider_aws_cert_pk_file';
+export const CA_FILE_KEY = 'sagemaker_edge_provider_aws_ca_cert_file';
+export const ENDPOINT_KEY = 'sagemaker_edge_core_endpoint_override';
+
+export interface EnrollOptions {
+  client: ServerClient;
+  /** The single-use `efe_…` token an operator created for this device. */
+  enrollmentToken: string;
+  /** The agent's JSON config: created, or merged into (other keys kept). */
+  configFile: string;
+  /** Where the private key, certificate and CA certificate go (created 0700 when missing). */
+  certDir: string;
+  keyType?: DeviceKeyType;
+}
+
+export interface EnrollResult {
+  deviceName: string;
+  fleetName: string;
+  deviceEndpoint: string;
+  serial: string;
+  notAfter: string;
+  files: { privateKey: string; certificate: string; caCertificate: string };
+  configFile: string;
+  /** The config keys set, with their values. */
+  config: Record<string, string>;
+}
+
+async function readConfigObject(file: string): Promise<Record<string, unknown> | undefined> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new CliError(`cannot read the agent config ${file}: ${(error as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = text.trim() === '' ? {} : JSON.parse(text);
+  } catch (error) {
+    throw new CliError(
+      `the agent config ${file} is not valid JSON (${(error as Error).message}); fix it or name another file with --config`,
+    );
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json))
+    throw new CliError(`the agent config ${file} must hold a JSON object of "key": value pairs`);
+  return json as Record<string, unknown>;
+}
+
+/** Writes a file whole or not at all: a temporary sibling with the final mode, fsynced, renamed over it. */
+export async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
+  const temporary = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const handle = await open(temporary, 'wx', mode);
+  try {
+    await handle.writeFile(content);
+    await handle.chmod(mode); // the umask may have narrowed it; never widened
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await rm(temporary, { force: true });
+    throw error;
+  }
+  await handle.close();
+  try {
+    await rename(temporary, path);
+  } catch (error) {
+    await rm(temporary, { force: true });
+    throw error;
+  }
+}
+
+/** The issued certificate must be for our key, signed by the CA handed with it, and name the device and fleet. */
+function checkIssued(issued: IssuedCertificate, publicKeyPem: string): void {
+  let cert: X509Certificate;
+  let ca: X509Certificate;
+  try {
+    cert = new X509Certificate(issued.certificatePem);
+    ca = new X509Certificate(issued.caCertificatePem);
+  } catch (error) {
+    throw new CliError(`the server returned a certificate that cannot be read: ${(error as Error).message}`);
+  }
+  const ours = createPublicKey(publicKeyPem).export({ type: 'spki', format: 'der' });
+  const theirs = cert.publicKey.export({ type: 'spki', format: 'der' });
+  if (!ours.equals(theirs))
+    throw new CliError('the server returned a certificate for another key than the one this enrollment sent');
+  if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey))
+    throw new CliError(
+      'the returned device certificate is not signed by the CA certificate returned with it',
+    );
+  const subject = cert.subject.split('\n');
+  if (!subject.includes(`CN=${issued.deviceName}`) || !subject.includes(`OU=${issued.fleetName}`))
+    throw new CliError(
+      `the returned certificate's subject (${cert.subject.replace(/\n/g, ', ')}) does not name device ${issued.deviceName} of fleet ${issued.fleetName}`,
+    );
+  if (!/^https:\/\//.test(issued.deviceEndpoint))
+    throw new CliError(`the server's device endpoint ${issued.deviceEndpoint} is not an https:// URL`);
+}
+
+/**
+ * Enrolls this device: a new key pair and CSR → the server's `/api/v1/enroll` with the enrollment token → the
+ * private key (0600), certificate and CA certificate written into `certDir`, and the agent config keys for
+ * them, the endpoint, device, fleet and provider merged into `configFile`. Everything that can be checked
+ * locally is checked before the (single-use) token is spent; nothing is written unless the server's answer
+ * checks out.
+ */
+export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult> {
+  const token = options.enrollmentToken.trim();
+  if (!token.startsWith(ENROLLMENT_TOKEN_PREFIX))
+    throw new CliError(
+      `the enrollment token should start with ${ENROLLMENT_TOKEN_PREFIX} (an operator creates one with "edgefleet device enrollment-token <device>")`,
+      EXIT.usage,
+    );
+  const configFile = resolve(options.configFile);
+  const certDir = resolve(options.certDir);
+  await readConfigObject(configFile);
+  await mkdir(dirname(configFile), { recursive: true });
+  await mkdir(certDir, { recursive: true, mode: 0o700 });
+  const dirStat = await stat(certDir);
+  if (!dirStat.isDirectory())
+    throw new CliError(`${certDir} is not a folder; expected where to put the device key`);
+
+  const key = generateDeviceKey(options.keyType);
+  const csr = createCsr(key.privateKey, hostname().slice(0, 64) || 'edgefleet-device');
+  const issued = await options.client.enroll(token, csr);
+  checkIssued(issued, key.publicKeyPem);
+
+  const files = {
+    privateKey: join(certDir, 'device.key'),
+    certificate: join(certDir, 'device.pem'),
+    caCertificate: join(certDir, 'ca.pem'),
+  };
+  await writeFileAtomic(files.privateKey, key.privateKeyPem, 0o600);
+  await writeFileAtomic(files.certificate, issued.certificatePem, 0o644);
+  await writeFileAtomic(files.caCertificate, issued.caCertificatePem, 0o644);
+
+  const config: Record<string, string> = {
+    ...issued.agentConfig,
+    [ENDPOINT_KEY]: issued.deviceEndpoint,
+    [CERT_FILE_KEY]: files.certificate,
+    [KEY_FILE_KEY]: files.privateKey,
+    [CA_FILE_KEY]: files.caCertificate,
+  };
+  // Read again just before writing, so edits made while the server answered are kept.
+  const existing = (await readConfigObject(configFile)) ?? {};
+  const mode = await stat(configFile).then(
+    (s) => s.mode & 0o777,
+    () => 0o644,
+  );
+  await writeFileAtomic(configFile, `${JSON.stringify({ ...existing, ...config }, null, 2)}\n`, mode);
+
+  return {
+    deviceName: issued.deviceName,
+    fleetName: issued.fleetName,
+    deviceEndpoint: issued.deviceEndpoint,
+    serial: issued.serial,
+    notAfter: issued.notAfter,
+    files,
+    configFile,
+    config,
+  };
+}

@@ -1,0 +1,202 @@
+import type { Command } from 'commander';
+import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import {
+  addServerOptions,
+  collect,
+  fields,
+  formatTags,
+  formatTime,
+  intOption,
+  parseTags,
+  withServer,
+  type ConnectionFlags,
+  type Fleet,
+  type FleetReport,
+  type UpdateFleetInput,
+} from '../server-client/index.js';
+
+function describeFleet(fleet: Fleet): string {
+  return fields([
+    ['name', fleet.name],
+    ['description', fleet.description],
+    ['output', fleet.outputConfig.s3OutputLocation],
+    ['kms key', fleet.outputConfig.kmsKeyId],
+    ['role', fleet.roleArn],
+    ['tags', formatTags(fleet.tags)],
+    ['devices', fleet.deviceCount],
+    ['created', formatTime(fleet.createdAt)],
+    ['updated', formatTime(fleet.updatedAt)],
+  ]);
+}
+
+export function describeReport(report: FleetReport): string[] {
+  const { connectedDeviceCount, registeredDeviceCount } = report.deviceStats;
+  return [
+    fields([
+      ['fleet', report.fleetName],
+      ['generated', formatTime(report.reportGenerated)],
+      ['devices', `${connectedDeviceCount} connected of ${registeredDeviceCount} registered`],
+    ]),
+    '',
+    report.agentVersions.length === 0
+      ? 'agents: none has reported yet'
+      : table(
+          ['agent version', 'devices'],
+          report.agentVersions.map((v) => [v.version, String(v.agentCount)]),
+        ),
+    '',
+    report.modelStats.length === 0
+      ? 'models: none reported'
+      : table(
+          ['model', 'version', 'connected', 'offline', 'active', 'sampling'],
+          report.modelStats.map((m) => [
+            m.modelName,
+            m.modelVersion,
+            String(m.connectedDeviceCount),
+            String(m.offlineDeviceCount),
+            String(m.activeDeviceCount),
+            String(m.samplingDeviceCount),
+          ]),
+        ),
+  ];
+}
+
+export function registerFleetCommands(program: Command, output: () => Output): void {
+  const fleet = program.command('fleet').description('device fleets on an EdgeFleet server');
+
+  addServerOptions(
+    fleet
+      .command('create')
+      .description('create a fleet')
+      .argument('<name>', 'fleet name (letters, digits, inner hyphens)')
+      .requiredOption('--output <s3uri>', 'where devices upload captured data, e.g. s3://bucket/prefix')
+      .option('--kms-key <id>', 'KMS key for captured data')
+      .option('--description <text>', 'free text')
+      .option('--role-arn <arn>', 'IAM role (kept for SageMaker compatibility)')
+      .option('--tag <key=value>', 'a tag (repeatable)', collect, []),
+  ).action(
+    async (
+      name: string,
+      opts: ConnectionFlags & {
+        output: string;
+        kmsKey?: string;
+        description?: string;
+        roleArn?: string;
+        tag: string[];
+      },
+    ) => {
+      const out = output();
+      const created = await withServer(opts, (client) =>
+        client.createFleet({
+          name,
+          outputConfig: { s3OutputLocation: opts.output, ...(opts.kmsKey && { kmsKeyId: opts.kmsKey }) },
+          ...(opts.description !== undefined && { description: opts.description }),
+          ...(opts.roleArn !== undefined && { roleArn: opts.roleArn }),
+          tags: parseTags(opts.tag),
+        }),
+      );
+      out.result(created, () => [`Created fleet ${created.name}`, describeFleet(created)]);
+    },
+  );
+
+  addServerOptions(
+    fleet
+      .command('list')
+      .description('list fleets')
+      .option('--name-contains <text>', 'only fleets whose name contains this')
+      .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),
+  ).action(async (opts: ConnectionFlags & { nameContains?: string; limit?: number }) => {
+    const out = output();
+    const fleets = await withServer(opts, (client) =>
+      client.listFleets({ ...(opts.nameContains && { nameContains: opts.nameContains }) }, opts.limit),
+    );
+    out.result({ fleets }, () =>
+      fleets.length === 0
+        ? 'no fleets'
+        : table(
+            ['name', 'devices', 'output', 'description'],
+            fleets.map((f) => [
+              f.name,
+              String(f.deviceCount),
+              f.outputConfig.s3OutputLocation,
+              f.description ?? '',
+            ]),
+          ),
+    );
+  });
+
+  addServerOptions(fleet.command('describe').description('show a fleet').argument('<name>')).action(
+    async (name: string, opts: ConnectionFlags) => {
+      const out = output();
+      const found = await withServer(opts, (client) => client.getFleet(name));
+      out.result(found, () => describeFleet(found));
+    },
+  );
+
+  addServerOptions(
+    fleet
+      .command('update')
+      .description('change a fleet’s description, output, role or tags')
+      .argument('<name>')
+      .option('--description <text>', 'new description ("" clears it)')
+      .option('--output <s3uri>', 'new output location')
+      .option('--kms-key <id>', 'with --output: KMS key')
+      .option('--role-arn <arn>', 'new role ("" clears it)')
+      .option('--tag <key=value>', 'replace all tags with these (repeatable)', collect, [])
+      .option('--clear-tags', 'remove every tag'),
+  ).action(
+    async (
+      name: string,
+      opts: ConnectionFlags & {
+        description?: string;
+        output?: string;
+        kmsKey?: string;
+        roleArn?: string;
+        tag: string[];
+        clearTags?: boolean;
+      },
+    ) => {
+      const out = output();
+      if (opts.kmsKey !== undefined && opts.output === undefined)
+        throw new CliError('--kms-key goes with --output (the output location it encrypts)', EXIT.usage);
+      if (opts.clearTags && opts.tag.length > 0)
+        throw new CliError('give --tag or --clear-tags, not both', EXIT.usage);
+      const patch: UpdateFleetInput = {
+        ...(opts.description !== undefined && {
+          description: opts.description === '' ? null : opts.description,
+        }),
+        ...(opts.output !== undefined && {
+          outputConfig: { s3OutputLocation: opts.output, ...(opts.kmsKey && { kmsKeyId: opts.kmsKey }) },
+        }),
+        ...(opts.roleArn !== undefined && { roleArn: opts.roleArn === '' ? null : opts.roleArn }),
+        ...((opts.tag.length > 0 || opts.clearTags) && { tags: parseTags(opts.tag) }),
+      };
+      if (Object.keys(patch).length === 0)
+        throw new CliError(
+          'nothing to change: give --description, --output, --role-arn, --tag or --clear-tags',
+          EXIT.usage,
+        );
+      const updated = await withServer(opts, (client) => client.updateFleet(name, patch));
+      out.result(updated, () => [`Updated fleet ${updated.name}`, describeFleet(updated)]);
+    },
+  );
+
+  addServerOptions(
+    fleet.command('delete').description('delete a fleet (refused while it has devices)').argument('<name>'),
+  ).action(async (name: string, opts: ConnectionFlags) => {
+    const out = output();
+    await withServer(opts, (client) => client.deleteFleet(name));
+    out.result({ deleted: name }, () => `Deleted fleet ${name}`);
+  });
+
+  addServerOptions(
+    fleet
+      .command('report')
+      .description('connected and registered devices, agent versions, and per-model device counts')
+      .argument('<name>'),
+  ).action(async (name: string, opts: ConnectionFlags) => {
+    const out = output();
+    const report = await withServer(opts, (client) => client.fleetReport(name));
+    out.result(report, () => describeReport(report));
+  });
+}

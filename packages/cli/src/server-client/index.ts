@@ -1,0 +1,36 @@
+// A typed client of the EdgeFleet server's operator API, and how CLI commands connect to it.
+export {
+  ConnectionConfigError,
+  defaultProfilesFile,
+  profilesFileSchema,
+  resolveConnection,
+  type ConnectionFlags,
+  type ProfilesFile,
+  type ResolveContext,
+  type ServerConnection,
+} from './connection.js';
+export {
+  ServerApiError,
+  ServerClient,
+  ServerResponseError,
+  ServerUnreachableError,
+  type CreateFleetInput,
+  type DeviceInput,
+  type DeviceListFilter,
+  type MetricsFilter,
+  type UpdateDeviceInput,
+  type UpdateFleetInput,
+} from './server-client.js';
+export type * from './schemas.js';
+export {
+  addServerOptions,
+  cliErrorFrom,
+  collect,
+  fields,
+  formatAgo,
+  formatTags,
+  formatTime,
+  intOption,
+  parseTags,
+  withServer,
+} from './cli-support.js';

@@ -1,0 +1,168 @@
+/**
+ * What the server's operator API answers, as the CLI relies on it. Objects are loose: fields a newer server
+ * adds pass through to `--json` output untouched; fields the CLI reads are checked.
+ */
+import { z } from 'zod';
+
+const isoTime = z.string().min(1);
+
+export const tagSchema = z.object({ key: z.string(), value: z.string() });
+export type Tag = z.infer<typeof tagSchema>;
+
+export const errorBodySchema = z.looseObject({
+  code: z.string(),
+  message: z.string(),
+  details: z.record(z.string(), z.unknown()).optional(),
+});
+
+export const fleetSchema = z.looseObject({
+  name: z.string(),
+  description: z.string().optional(),
+  outputConfig: z.looseObject({ s3OutputLocation: z.string(), kmsKeyId: z.string().optional() }),
+  roleArn: z.string().optional(),
+  tags: z.array(tagSchema),
+  deviceCount: z.number(),
+  createdAt: isoTime,
+  updatedAt: isoTime,
+});
+export type Fleet = z.infer<typeof fleetSchema>;
+
+export const fleetListSchema = z.looseObject({
+  fleets: z.array(fleetSchema),
+  nextToken: z.string().optional(),
+});
+
+export const deviceSummarySchema = z.looseObject({
+  name: z.string(),
+  fleetName: z.string(),
+  description: z.string().optional(),
+  iotThingName: z.string().optional(),
+  tags: z.array(tagSchema),
+  registeredAt: isoTime,
+  latestHeartbeat: isoTime.optional(),
+  agentVersion: z.string().optional(),
+  status: z.enum(['online', 'offline']),
+  models: z.array(z.looseObject({ name: z.string(), version: z.string() })),
+});
+export type DeviceSummary = z.infer<typeof deviceSummarySchema>;
+
+export const certificateSchema = z.looseObject({
+  serial: z.string(),
+  fingerprintSha256: z.string(),
+  subject: z.string(),
+  notBefore: isoTime,
+  notAfter: isoTime,
+  issuedAt: isoTime,
+  revokedAt: isoTime.optional(),
+});
+export type Certificate = z.infer<typeof certificateSchema>;
+
+export const deviceSchema = deviceSummarySchema.extend({
+  updatedAt: isoTime,
+  models: z.array(
+    z.looseObject({
+      name: z.string(),
+      version: z.string(),
+      latestSampleTime: isoTime.optional(),
+      latestInference: isoTime.optional(),
+    }),
+  ),
+  identity: z.looseObject({ status: z.string(), certificate: certificateSchema.optional() }),
+  deploymentResult: z.unknown().optional(),
+});
+export type Device = z.infer<typeof deviceSchema>;
+
+export const deviceListSchema = z.looseObject({
+  devices: z.array(deviceSummarySchema),
+  nextToken: z.string().optional(),
+});
+
+export const registeredDevicesSchema = z.looseObject({ devices: z.array(deviceSchema) });
+
+export const enrollmentTokenSchema = z.looseObject({
+  token: z.string(),
+  deviceName: z.string(),
+  fleetName: z.string(),
+  expiresAt: isoTime,
+  deviceEndpoint: z.string(),
+});
+export type EnrollmentToken = z.infer<typeof enrollmentTokenSchema>;
+
+export const issuedCertificateSchema = z.looseObject({
+  deviceName: z.string(),
+  fleetName: z.string(),
+  certificatePem: z.string(),
+  caCertificatePem: z.string(),
+  serial: z.string(),
+  fingerprintSha256: z.string(),
+  notBefore: isoTime,
+  notAfter: isoTime,
+  deviceEndpoint: z.string(),
+  agentConfig: z.record(z.string(), z.string()),
+});
+export type IssuedCertificate = z.infer<typeof issuedCertificateSchema>;
+
+export const certificateListSchema = z.looseObject({ certificates: z.array(certificateSchema) });
+export const revokedSchema = z.looseObject({ revoked: z.number() });
+export const deviceCaSchema = z.looseObject({ certificatePem: z.string(), deviceEndpoint: z.string() });
+
+export const fleetReportSchema = z.looseObject({
+  fleetName: z.string(),
+  description: z.string().optional(),
+  outputConfig: z.looseObject({ s3OutputLocation: z.string() }),
+  reportGenerated: isoTime,
+  deviceStats: z.looseObject({ connectedDeviceCount: z.number(), registeredDeviceCount: z.number() }),
+  agentVersions: z.array(z.looseObject({ version: z.string(), agentCount: z.number() })),
+  modelStats: z.array(
+    z.looseObject({
+      modelName: z.string(),
+      modelVersion: z.string(),
+      offlineDeviceCount: z.number(),
+      connectedDeviceCount: z.number(),
+      activeDeviceCount: z.number(),
+      samplingDeviceCount: z.number(),
+    }),
+  ),
+});
+export type FleetReport = z.infer<typeof fleetReportSchema>;
+
+export const metricSeriesSchema = z.looseObject({
+  metricName: z.string(),
+  dimension: z.string().optional(),
+  modelName: z.string().optional(),
+  modelVersion: z.string().optional(),
+  points: z.array(
+    z.looseObject({
+      timestamp: isoTime,
+      min: z.number(),
+      max: z.number(),
+      avg: z.number(),
+      count: z.number(),
+    }),
+  ),
+});
+export type MetricSeries = z.infer<typeof metricSeriesSchema>;
+
+export const deviceMetricsSchema = z.looseObject({
+  deviceName: z.string(),
+  since: isoTime,
+  until: isoTime,
+  step: z.number(),
+  series: z.array(metricSeriesSchema),
+});
+export type DeviceMetrics = z.infer<typeof deviceMetricsSchema>;
+
+export const apiTokenSchema = z.looseObject({
+  id: z.string(),
+  name: z.string(),
+  scope: z.string(),
+  createdAt: isoTime,
+  revokedAt: isoTime.optional(),
+});
+export type ApiToken = z.infer<typeof apiTokenSchema>;
+export const createdApiTokenSchema = apiTokenSchema.extend({ token: z.string() });
+export const apiTokenListSchema = z.looseObject({
+  tokens: z.array(apiTokenSchema),
+  nextToken: z.string().optional(),
+});
+export const whoamiSchema = z.looseObject({ tokenId: z.string(), name: z.string(), scope: z.string() });

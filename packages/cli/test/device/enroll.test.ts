@@ -1,0 +1,254 @@
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { request } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { edgefleet } from '../run-cli.js';
+import { startControlPlane, type ControlPlane } from '../support/control-plane.js';
+
+let plane: ControlPlane;
+let work: string;
+const admin = (...args: string[]) =>
+  edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
+
+async function enrollmentToken(device: string): Promise<string> {
+  const created = await admin('device', 'enrollment-token', device);
+  expect(created.code).toBe(0);
+  return created.stdout.trim();
+}
+
+/** GetDeviceRegistration over mutual TLS with the files enrollment wrote. */
+function registration(config: Record<string, string>): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      `${config.sagemaker_edge_core_endpoint_override}/GetDeviceRegistration`,
+      {
+        method: 'POST',
+        cert: readFileSync(config.sagemaker_edge_provider_aws_cert_file!, 'utf8'),
+        key: readFileSync(config.sagemaker_edge_provider_aws_cert_pk_file!, 'utf8'),
+        ca: readFileSync(config.sagemaker_edge_provider_aws_ca_cert_file!, 'utf8'),
+        headers: { 'content-type': 'application/json' },
+        agent: false,
+      },
+      (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+      },
+    );
+    req.on('error', reject);
+    req.end(
+      JSON.stringify({
+        DeviceName: config.sagemaker_edge_core_device_name,
+        DeviceFleetName: config.sagemaker_edge_core_device_fleet_name,
+      }),
+    );
+  });
+}
+
+beforeAll(async () => {
+  plane = await startControlPlane();
+  work = await mkdtemp(join(tmpdir(), 'ef-enroll-'));
+  expect((await admin('fleet', 'create', 'yard', '--output', 's3://b/yard')).code).toBe(0);
+  expect((await admin('device', 'register', 'yard', 'crane-1', 'crane-2')).code).toBe(0);
+});
+afterAll(async () => {
+  await plane?.stop();
+  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe('edgefleet device enroll', () => {
+  it('writes a 0600 key, the certificate and CA, and merges the agent config keeping other keys', async () => {
+    const configFile = join(work, 'crane-1', 'agent.json');
+    await mkdir(join(work, 'crane-1'));
+    await writeFile(
+      configFile,
+      JSON.stringify({
+        sagemaker_edge_core_capture_data_destination: 'Disk',
+        edgefleet_inference_workers: 2,
+      }),
+    );
+    const token = await enrollmentToken('crane-1');
+    const enrolled = await edgefleet(
+      'device',
+      'enroll',
+      '--server',
+      plane.operatorUrl,
+      '--token',
+      token,
+      '--config',
+      configFile,
+      '--json',
+    );
+    expect(enrolled.stderr).toBe('');
+    expect(enrolled.code).toBe(0);
+    const result = JSON.parse(enrolled.stdout);
+    const certDir = join(work, 'crane-1', 'certs');
+    expect(result).toMatchObject({
+      deviceName: 'crane-1',
+      fleetName: 'yard',
+      deviceEndpoint: plane.deviceEndpoint,
+      files: {
+        privateKey: join(certDir, 'device.key'),
+        certificate: join(certDir, 'device.pem'),
+        caCertificate: join(certDir, 'ca.pem'),
+      },
+    });
+    expect((await stat(result.files.privateKey)).mode & 0o777).toBe(0o600);
+    expect((await stat(certDir)).mode & 0o777).toBe(0o700);
+
+    const config = JSON.parse(await readFile(configFile, 'utf8'));
+    expect(config).toEqual({
+      sagemaker_edge_core_capture_data_destination: 'Disk',
+      edgefleet_inference_workers: 2,
+      sagemaker_edge_core_device_name: 'crane-1',
+      sagemaker_edge_core_device_fleet_name: 'yard',
+      sagemaker_edge_provider_provider: 'Aws',
+      sagemaker_edge_core_endpoint_override: plane.deviceEndpoint,
+      sagemaker_edge_provider_aws_cert_file: result.files.certificate,
+      sagemaker_edge_provider_aws_cert_pk_file: result.files.privateKey,
+      sagemaker_edge_provider_aws_ca_cert_file: result.files.caCertificate,
+    });
+    const cert = new X509Certificate(await readFile(result.files.certificate));
+    expect(cert.subject.split('\n')).toEqual(expect.arrayContaining(['CN=crane-1', 'OU=yard']));
+    expect(cert.verify(new X509Certificate(await readFile(result.files.caCertificate)).publicKey)).toBe(true);
+
+    // The files work: the device API accepts them over mutual TLS.
+    expect(await registration(config)).toEqual({
+      status: 200,
+      body: { DeviceRegistration: 'REGISTERED', CacheTTL: expect.any(String) },
+    });
+    expect((await admin('device', 'describe', 'crane-1')).stdout).toMatch(/identity\s+ENROLLED/);
+
+    // The token was single use: a second enrollment fails and changes nothing.
+    const before = await readFile(configFile, 'utf8');
+    const keyBefore = await readFile(result.files.privateKey, 'utf8');
+    const again = await edgefleet(
+      'device',
+      'enroll',
+      '--server',
+      plane.operatorUrl,
+      '--token',
+      token,
+      '--config',
+      configFile,
+    );
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/EnrollmentTokenUsed/);
+    expect(again.stderr).not.toContain(token);
+    expect(await readFile(configFile, 'utf8')).toBe(before);
+    expect(await readFile(result.files.privateKey, 'utf8')).toBe(keyBefore);
+
+    // Re-enrolling with a new token replaces the key and certificate and keeps the rest of the config.
+    const renewed = JSON.parse(
+      (
+        await edgefleet(
+          'device',
+          'enroll',
+          '--server',
+          plane.operatorUrl,
+          '--token',
+          await enrollmentToken('crane-1'),
+          '--config',
+          configFile,
+          '--key-type',
+          'ed25519',
+          '--json',
+        )
+      ).stdout,
+    );
+    expect(renewed.serial).not.toBe(result.serial);
+    expect(await readFile(result.files.privateKey, 'utf8')).not.toBe(keyBefore);
+    expect(JSON.parse(await readFile(configFile, 'utf8')).edgefleet_inference_workers).toBe(2);
+    expect((await admin('device', 'certificates', 'crane-1', '--json')).stdout).toContain(result.serial);
+  });
+
+  it('refuses a config that is not a JSON object before spending the token', async () => {
+    const configFile = join(work, 'broken.json');
+    await writeFile(configFile, '{"sagemaker_edge_core_device_name": ');
+    const token = await enrollmentToken('crane-2');
+    const refused = await edgefleet(
+      'device',
+      'enroll',
+      '--server',
+      plane.operatorUrl,
+      '--token',
+      token,
+      '--config',
+      configFile,
+      '--cert-dir',
+      join(work, 'c2'),
+    );
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/is not valid JSON/);
+    await writeFile(configFile, '[]');
+    expect(
+      (
+        await edgefleet(
+          'device',
+          'enroll',
+          '--server',
+          plane.operatorUrl,
+          '--token',
+          token,
+          '--config',
+          configFile,
+        )
+      ).stderr,
+    ).toMatch(/must hold a JSON object/);
+    // The token is still good.
+    const fresh = join(work, 'fresh', 'agent.json');
+    const ok = await edgefleet(
+      'device',
+      'enroll',
+      '--server',
+      plane.operatorUrl,
+      '--token',
+      token,
+      '--config',
+      fresh,
+      '--cert-dir',
+      join(work, 'c2'),
+    );
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/^Enrolled as device crane-2 of fleet yard/);
+    expect(JSON.parse(await readFile(fresh, 'utf8')).sagemaker_edge_provider_aws_cert_pk_file).toBe(
+      join(work, 'c2', 'device.key'),
+    );
+  });
+
+  it('asks for a token of the right kind', async () => {
+    const config = join(work, 'x.json');
+    const missing = await edgefleet('device', 'enroll', '--server', plane.operatorUrl, '--config', config);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/no enrollment token/);
+    const operator = await edgefleet(
+      'device',
+      'enroll',
+      '--server',
+      plane.operatorUrl,
+      '--token',
+      plane.adminToken,
+      '--config',
+      config,
+    );
+    expect(operator.code).toBe(2);
+    expect(operator.stderr).toMatch(/should start with efe_/);
+    expect(operator.stderr).not.toContain(plane.adminToken);
+    const unknown = await edgefleet(
+      'device',
+      'enroll',
+      '--server',
+      plane.operatorUrl,
+      '--token',
+      'efe_not-a-real-token',
+      '--config',
+      config,
+    );
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/EnrollmentTokenInvalid/);
+  });
+});

@@ -1,0 +1,121 @@
+/**
+ * The real control plane for CLI tests: `edgefleet-server` run from its build (packages/server/dist) as a child
+ * process, on fixed loopback ports so that a restarted server is found where devices were told it is.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
+export const SERVER_MAIN = join(REPO_ROOT, 'packages/server/dist/main.js');
+export const AGENT_MAIN = join(REPO_ROOT, 'packages/agent/dist/main.js');
+export const CLI_MAIN = join(REPO_ROOT, 'packages/cli/dist/main.js');
+
+export function requireBuilt(...files: string[]): void {
+  for (const file of files)
+    if (!existsSync(file))
+      throw new Error(
+        `${file} is missing: build first (npx tsc -b packages/server packages/agent packages/cli)`,
+      );
+}
+
+/** A port free right now on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [SERVER_MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+export interface ControlPlane {
+  dataDir: string;
+  operatorUrl: string;
+  deviceEndpoint: string;
+  adminToken: string;
+  /** Starts the server process (again); resolves once it listens. */
+  start(): Promise<void>;
+  /** SIGTERM, then waits for the exit; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  readonly running: boolean;
+}
+
+/** Initialises a data dir (first admin token) and starts `edgefleet-server serve` on it. */
+export async function startControlPlane(
+  options: { heartbeatIntervalSeconds?: number } = {},
+): Promise<ControlPlane> {
+  requireBuilt(SERVER_MAIN);
+  const dataDir = await mkdtemp(join(tmpdir(), 'ef-cp-'));
+  const [operatorPort, devicePort] = [await freePort(), await freePort()];
+  const operatorUrl = `http://127.0.0.1:${operatorPort}`;
+  const deviceEndpoint = `https://127.0.0.1:${devicePort}`;
+  const configFile = join(dataDir, 'server.json');
+  await writeFile(
+    configFile,
+    JSON.stringify({
+      dataDir,
+      listen: `127.0.0.1:${operatorPort}`,
+      deviceListen: `127.0.0.1:${devicePort}`,
+      deviceEndpoint,
+      logLevel: 'info',
+      heartbeat: { intervalSeconds: options.heartbeatIntervalSeconds ?? 30 },
+    }),
+  );
+  const init = await run(['init', '--config', configFile]);
+  if (init.code !== 0) throw new Error(`edgefleet-server init failed: ${init.stderr}`);
+  const adminToken = init.stdout.trim();
+
+  let child: ChildProcess | undefined;
+  let exited: Promise<number | null> = Promise.resolve(null);
+  const plane: ControlPlane = {
+    dataDir,
+    operatorUrl,
+    deviceEndpoint,
+    adminToken,
+    get running() {
+      return child !== undefined && child.exitCode === null && child.signalCode === null;
+    },
+    start: () =>
+      new Promise<void>((resolve, reject) => {
+        const proc = spawn(process.execPath, [SERVER_MAIN, 'serve', '--config', configFile], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        child = proc;
+        exited = new Promise((done) => proc.once('exit', (code) => done(code)));
+        let buffered = '';
+        let stderr = '';
+        proc.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+        proc.stdout.on('data', (chunk: Buffer) => {
+          buffered += chunk.toString();
+          const lines = buffered.split('\n');
+          buffered = lines.pop() ?? '';
+          if (lines.some((line) => line.includes('"edgefleet-server started"'))) resolve();
+        });
+        proc.once('exit', (code) =>
+          reject(new Error(`edgefleet-server exited (${code}) before listening: ${stderr}`)),
+        );
+      }),
+    stop: async () => {
+      if (plane.running) child?.kill('SIGTERM');
+      return exited;
+    },
+  };
+  await plane.start();
+  return plane;
+}
