@@ -1,7 +1,7 @@
 import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createRootCa, generateKeyPair, issueCertificate, type CertificateAuthority } from '@edgefleet/core';
-import { fileExists, readSecretFile, writePublicFile, writeSecretFile } from './key-files.js';
+import { createOnce, fileExists, readSecretFile, writePublicFile, writeSecretFile } from './key-files.js';
 
 export interface IssuedCertificate {
   certificatePem: string;
@@ -68,19 +68,22 @@ export class DeviceCa {
     options: { generate: boolean; now?: () => number; warn?: (message: string) => void },
   ): Promise<DeviceCa> {
     const now = options.now ?? Date.now;
-    const [haveCert, haveKey] = await Promise.all([fileExists(files.certFile), fileExists(files.keyFile)]);
-    if (!haveCert && !haveKey && options.generate) {
-      const authority = createRootCa({
-        commonName: 'EdgeFleet device CA',
-        organization: 'EdgeFleet',
-        validityDays: 20 * 365,
-        keyType: 'ecdsa-p256',
-        pathLength: 0,
+    const both = async () => (await fileExists(files.certFile)) && (await fileExists(files.keyFile));
+    const neither = async () => !(await fileExists(files.certFile)) && !(await fileExists(files.keyFile));
+    if (options.generate && (await neither())) {
+      await createOnce(`${files.keyFile}.lock`, both, async () => {
+        const authority = createRootCa({
+          commonName: 'EdgeFleet device CA',
+          organization: 'EdgeFleet',
+          validityDays: 20 * 365,
+          keyType: 'ecdsa-p256',
+          pathLength: 0,
+        });
+        await writeSecretFile(files.keyFile, authority.privateKeyPem);
+        await writePublicFile(files.certFile, authority.certificatePem);
       });
-      await writeSecretFile(files.keyFile, authority.privateKeyPem);
-      await writePublicFile(files.certFile, authority.certificatePem);
-      return new DeviceCa(authority, now);
     }
+    const [haveCert, haveKey] = await Promise.all([fileExists(files.certFile), fileExists(files.keyFile)]);
     if (!haveCert || !haveKey) {
       throw new Error(
         `device CA incomplete: ${haveCert ? '' : `certificate ${files.certFile} missing`}${!haveCert && !haveKey ? ', ' : ''}${haveKey ? '' : `key ${files.keyFile} missing`}; ` +

@@ -2,7 +2,13 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createRootCa, issueCodeSigningCertificate, type Signer } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
-import { fileExists, readSecretFile, writePublicFile, writeSecretFile } from '../identity/key-files.js';
+import {
+  createOnce,
+  fileExists,
+  readSecretFile,
+  writePublicFile,
+  writeSecretFile,
+} from '../identity/key-files.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 export interface SigningKeyFiles {
@@ -32,28 +38,37 @@ export async function openSigningIdentity(
   files: SigningKeyFiles,
   options: { generate: boolean; warn?: (message: string) => void },
 ): Promise<PackageSigningIdentity> {
-  const present = await Promise.all([files.rootCertFile, files.certFile, files.keyFile].map(fileExists));
-  if (present.every((p) => !p) && options.generate) {
-    const root = createRootCa({
-      commonName: 'EdgeFleet package signing root',
-      organization: 'EdgeFleet',
-      validityDays: 20 * 365,
-      keyType: 'ecdsa-p256',
-      pathLength: 0,
-    });
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'EdgeFleet server package signing',
-      organization: 'EdgeFleet',
-      validityDays: 10 * 365,
-      keyType: 'ecdsa-p256',
-    });
-    if (files.rootKeyFile !== undefined) await writeSecretFile(files.rootKeyFile, root.privateKeyPem);
-    await writeSecretFile(files.keyFile, leaf.privateKeyPem);
-    await writePublicFile(files.certFile, leaf.certificatePem);
-    await writePublicFile(files.rootCertFile, root.certificatePem);
-  } else if (!present.every(Boolean)) {
-    const missing = [files.rootCertFile, files.certFile, files.keyFile].filter((_, i) => !present[i]);
+  const required = [files.rootCertFile, files.certFile, files.keyFile];
+  const presence = () => Promise.all(required.map(fileExists));
+  if (options.generate && (await presence()).every((p) => !p)) {
+    await createOnce(
+      `${files.keyFile}.lock`,
+      async () => (await presence()).every(Boolean),
+      async () => {
+        const root = createRootCa({
+          commonName: 'EdgeFleet package signing root',
+          organization: 'EdgeFleet',
+          validityDays: 20 * 365,
+          keyType: 'ecdsa-p256',
+          pathLength: 0,
+        });
+        const leaf = issueCodeSigningCertificate({
+          issuer: root,
+          commonName: 'EdgeFleet server package signing',
+          organization: 'EdgeFleet',
+          validityDays: 10 * 365,
+          keyType: 'ecdsa-p256',
+        });
+        if (files.rootKeyFile !== undefined) await writeSecretFile(files.rootKeyFile, root.privateKeyPem);
+        await writeSecretFile(files.keyFile, leaf.privateKeyPem);
+        await writePublicFile(files.certFile, leaf.certificatePem);
+        await writePublicFile(files.rootCertFile, root.certificatePem);
+      },
+    );
+  }
+  const present = await presence();
+  if (!present.every(Boolean)) {
+    const missing = required.filter((_, i) => !present[i]);
     throw new Error(
       `package-signing key material incomplete: missing ${missing.join(', ')}; restore the files ` +
         '(or remove all of them to generate new ones, after which devices need the new root certificate)',

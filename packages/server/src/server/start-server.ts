@@ -81,10 +81,12 @@ function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
 /** Opens the state and blob stores the configuration names, migrating the schema to this build's. */
 export async function openStores(
   config: ServerConfig,
+  logger?: Logger,
 ): Promise<{ database: ServerDatabase; blobs: BlobStore }> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const database = await openDatabase(config.databaseLocation, {
     maxConnections: config.databaseMaxConnections,
+    onConnectionError: (error) => logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
   });
   try {
     await migrateToLatest(database.db);
@@ -157,7 +159,7 @@ export async function startServer(
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
   const logger = options.logger ?? createLogger(config.logLevel);
-  const { database, blobs } = await openStores(config);
+  const { database, blobs } = await openStores(config, logger);
   const apps: FastifyInstance[] = [];
   const background: { stop(): Promise<void> }[] = [];
   const releaseAll = async () => {

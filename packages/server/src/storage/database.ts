@@ -87,6 +87,11 @@ function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqliteDataba
 export interface OpenDatabaseOptions {
   /** PostgreSQL pool size; default 10. */
   maxConnections?: number;
+  /**
+   * Hears errors of idle PostgreSQL connections (server restarted, network cut). Without a listener pg
+   * would crash the process; the pool replaces the connection and the next query reports any real outage.
+   */
+  onConnectionError?: (error: Error) => void;
 }
 
 export async function openDatabase(
@@ -117,6 +122,7 @@ export async function openDatabase(
     max: options.maxConnections ?? 10,
     types: pgTypes,
   });
+  pool.on('error', (error) => options.onConnectionError?.(error));
   const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
   try {
     await sql`select 1`.execute(db);

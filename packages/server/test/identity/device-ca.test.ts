@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bindDeviceCa, DeviceCa } from '../../src/identity/index.js';
+import { createOnce } from '../../src/identity/key-files.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 import { deviceKey } from '../support/device.js';
 
@@ -81,6 +82,25 @@ describe('DeviceCa', () => {
     await DeviceCa.open(other, { generate: true });
     const mixed = { certFile: filesIn('gen').certFile, keyFile: other.keyFile };
     await expect(DeviceCa.open(mixed, { generate: false })).rejects.toThrow(/does not belong to certificate/);
+  });
+
+  it('creates the CA once when several servers start together on one folder', async () => {
+    const files = filesIn('together');
+    const cas = await Promise.all([1, 2, 3].map(() => DeviceCa.open(files, { generate: true })));
+    expect(new Set(cas.map((ca) => ca.fingerprintSha256)).size).toBe(1);
+  });
+
+  it('names a lock left behind by a crashed server', async () => {
+    const lock = path.join(dir, 'stale.lock');
+    await writeFile(lock, '');
+    await expect(
+      createOnce(
+        lock,
+        async () => false,
+        async () => undefined,
+        300,
+      ),
+    ).rejects.toThrow(/stale\.lock exists: another server is creating key material/);
   });
 
   it('warns about a key file others can read', async () => {

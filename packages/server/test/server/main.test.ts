@@ -2,6 +2,7 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createCsr, deviceCall, deviceKey } from '../support/device.js';
 import { runServerCli, startServerProcess } from '../support/process.js';
 
 let cwd: string;
@@ -53,6 +54,74 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
       expect(await again.json()).toMatchObject({ scope: 'read-only', name: 'reader' });
     } finally {
       expect(await second.stop('SIGINT')).toBe(0);
+    }
+  });
+
+  it('end to end: an enrolled device heartbeats, and everything survives a restart', async () => {
+    const admin = { authorization: `Bearer ${adminToken}`, 'content-type': 'application/json' };
+    const first = await startServerProcess(flags, cwd);
+    const api = (base: string, method: string, url: string, body?: unknown) =>
+      fetch(`${base}${url}`, {
+        method,
+        headers: admin,
+        ...(body ? { body: JSON.stringify(body) } : {}),
+      }).then(async (r) => ({ status: r.status, body: await r.json() }));
+    let tls: { ca: string; cert: string; key: string };
+    try {
+      expect(
+        (
+          await api(first.operatorUrl, 'POST', '/api/v1/fleets', {
+            name: 'e2e',
+            outputConfig: { s3OutputLocation: 's3://b/e2e' },
+          })
+        ).status,
+      ).toBe(201);
+      await api(first.operatorUrl, 'POST', '/api/v1/fleets/e2e/devices', { devices: [{ name: 'edge-1' }] });
+      const token = await api(first.operatorUrl, 'POST', '/api/v1/devices/edge-1/enrollment-tokens', {});
+      const key = deviceKey();
+      const enrolled = await fetch(`${first.operatorUrl}/api/v1/enroll`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token.body.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ csr: createCsr(key, 'edge-1') }),
+      }).then((r) => r.json());
+      tls = { ca: enrolled.caCertificatePem, cert: enrolled.certificatePem, key: key.privateKeyPem };
+      const beat = await deviceCall(first.deviceUrl!, tls, 'POST', '/api/v1/device/heartbeat', {
+        body: {
+          DeviceName: 'edge-1',
+          DeviceFleetName: 'e2e',
+          AgentVersion: '0.9.0',
+          Models: [{ ModelName: 'resnet', ModelVersion: '1', LatestInference: Date.now() / 1000 }],
+        },
+      });
+      expect(beat.status).toBe(200);
+      const report = await api(first.operatorUrl, 'GET', '/api/v1/fleets/e2e/report');
+      expect(report.body).toMatchObject({
+        deviceStats: { registeredDeviceCount: 1, connectedDeviceCount: 1 },
+        agentVersions: [{ version: '0.9.0', agentCount: 1 }],
+        modelStats: [{ modelName: 'resnet', modelVersion: '1', activeDeviceCount: 1 }],
+      });
+    } finally {
+      expect(await first.stop()).toBe(0);
+    }
+
+    const second = await startServerProcess(flags, cwd);
+    try {
+      const described = await api(second.operatorUrl, 'GET', '/api/v1/devices/edge-1');
+      expect(described.body).toMatchObject({
+        agentVersion: '0.9.0',
+        identity: { status: 'ENROLLED' },
+        models: [{ name: 'resnet', version: '1' }],
+      });
+      // Same CA after the restart: the device's certificate still works.
+      const again = await deviceCall(second.deviceUrl!, tls, 'POST', '/api/v1/device/heartbeat', {
+        body: { DeviceName: 'edge-1', DeviceFleetName: 'e2e', AgentVersion: '1.0.0' },
+      });
+      expect(again.status).toBe(200);
+      expect((await api(second.operatorUrl, 'GET', '/api/v1/devices/edge-1')).body.agentVersion).toBe(
+        '1.0.0',
+      );
+    } finally {
+      expect(await second.stop()).toBe(0);
     }
   });
 
