@@ -187,6 +187,11 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
 
   app.setErrorHandler((error, request, reply) => {
     const failure = httpFailureOf(error);
+    if ((error as { code?: unknown }).code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      // Fastify refuses a Content-Type header it cannot parse before any route sees the request.
+      const given = String(request.headers['content-type']).slice(0, 100);
+      failure.message = `the Content-Type header ${JSON.stringify(given)} is not a valid media type; expected for example application/json or application/octet-stream (the API reads bodies whatever their type), or no Content-Type`;
+    }
     if (failure.internal) request.log.error({ err: error, url: request.url }, failure.message);
     else request.log.debug({ url: request.url, status: failure.statusCode }, failure.message);
     void reply

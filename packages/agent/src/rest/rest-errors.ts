@@ -18,6 +18,7 @@ export class RestError extends Error {
 
 export interface HttpFailure {
   statusCode: number;
+  /** Writable: an adapter may say more about a framework error than the framework does. */
   message: string;
   headers: Readonly<Record<string, string>>;
   /** True for failures of the agent itself (5xx), which are logged as errors. */

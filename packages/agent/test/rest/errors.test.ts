@@ -388,6 +388,14 @@ describe('every bad request to the other endpoints gets a precise 4xx', () => {
     );
   });
 
+  it('a Content-Type header that is not a media type → 415 saying so', async () => {
+    expectError(
+      await client.request(infer(JSON.stringify({ inputs: [tinyInput] }), { 'content-type': 'json;;; ===' })),
+      415,
+      /^the Content-Type header "json;;; ===" is not a valid media type; expected for example application\/json/,
+    );
+  });
+
   it('a path with bad percent-encoding → 400', async () => {
     expectError(
       await client.get('/v2/models/%E0%A4%A'),
