@@ -126,7 +126,6 @@ export class CaptureService {
         ...(this.metrics && { metrics: this.metrics }),
         ...(this.#logger && { logger: this.#logger }),
         random: this.#random,
-        now: this.#now,
       });
     }
     if (settings.destination === 'Disk' && settings.periodicUpload && options.store) {

@@ -14,6 +14,8 @@ export interface RenderedBatch {
   batchId: string;
   files: RenderedFile[];
   captureIds: string[];
+  /** When its oldest capture was received (epoch ms): the spool drops the oldest data first. */
+  oldestReceivedAt: number;
 }
 
 export interface RenderContext {
@@ -116,6 +118,7 @@ export function renderBatch(
     batchId,
     files: [...sideFiles, ...manifests, ...monitor],
     captureIds: items.map((i) => i.captureId),
+    oldestReceivedAt: items.reduce((oldest, i) => Math.min(oldest, i.receivedAt), Infinity),
   };
 }
 

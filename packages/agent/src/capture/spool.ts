@@ -14,6 +14,7 @@ const BATCH_FILE = 'batch.json';
 const SpooledBatchSchema = z.object({
   v: z.literal(1),
   batchId: z.string().regex(/^[0-9a-f]{32}$/),
+  /** When the batch's oldest capture was received. */
   createdAt: z.number(),
   captureIds: z.array(z.string()),
   files: z.array(
@@ -25,7 +26,11 @@ const SpooledBatchSchema = z.object({
     }),
   ),
 });
-type SpooledBatch = z.infer<typeof SpooledBatchSchema> & { bytes: number };
+type SpooledBatch = z.infer<typeof SpooledBatchSchema> & {
+  bytes: number;
+  /** Dropped for the quota while an upload of it was under way: its folder goes when that attempt ends. */
+  evicted?: boolean;
+};
 
 export interface CaptureSpoolOptions {
   /** The spool folder (under the local data root). */
@@ -43,7 +48,6 @@ export interface CaptureSpoolOptions {
   metrics?: CaptureMetrics;
   logger?: CaptureLogger;
   random?: () => number;
-  now?: () => number;
 }
 
 /**
@@ -56,7 +60,6 @@ export interface CaptureSpoolOptions {
 export class CaptureSpool {
   readonly #options: CaptureSpoolOptions;
   readonly #random: () => number;
-  readonly #now: () => number;
   /** Oldest first. */
   #batches: SpooledBatch[] = [];
   #bytes = 0;
@@ -69,7 +72,6 @@ export class CaptureSpool {
   constructor(options: CaptureSpoolOptions) {
     this.#options = options;
     this.#random = options.random ?? Math.random;
-    this.#now = options.now ?? Date.now;
   }
 
   /** Batches waiting. */
@@ -132,7 +134,7 @@ export class CaptureSpool {
     const record: SpooledBatch = {
       v: 1,
       batchId: batch.batchId,
-      createdAt: this.#now(),
+      createdAt: batch.oldestReceivedAt,
       captureIds: batch.captureIds,
       files: batch.files.map((f, i) => ({
         key: f.key,
@@ -158,7 +160,9 @@ export class CaptureSpool {
       await rm(temp, { recursive: true, force: true }).catch(() => {});
       throw error;
     }
-    this.#batches.push(record);
+    // Ordered by the age of their data, so that the oldest captures are the first dropped (and sent).
+    const at = this.#batches.findIndex((b) => b.createdAt > record.createdAt);
+    this.#batches.splice(at < 0 ? this.#batches.length : at, 0, record);
     this.#bytes += record.bytes;
     await this.#enforceQuota();
     this.#kick();
@@ -199,6 +203,7 @@ export class CaptureSpool {
       );
       await putAll(this.#options.store, manifests, this.#options.uploadConcurrency ?? 4);
     } catch (error) {
+      if (batch.evicted) await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
       this.#failures++;
       const delay = backoffDelay(this.#options.retry, this.#failures, this.#random);
       this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
@@ -231,7 +236,8 @@ export class CaptureSpool {
     this.#options.metrics?.uploadDuration.observe({ via: 'spool' }, (performance.now() - began) / 1000);
     this.#options.metrics?.uploadedFiles.inc({ via: 'spool' }, batch.files.length);
     this.#options.metrics?.uploaded.inc({ via: 'spool' }, batch.captureIds.length);
-    // Statuses first: a crash before the folder is gone uploads it again (same keys), never loses it.
+    // Statuses first: a crash before the folder is gone uploads it again (same keys), never loses it. A batch
+    // dropped for the quota while this attempt ran did arrive after all: SUCCESS is the truth.
     this.#options.onDelivered(batch.captureIds);
     const index = this.#batches.indexOf(batch);
     if (index >= 0) this.#forget(index);
@@ -240,10 +246,9 @@ export class CaptureSpool {
 
   async #enforceQuota(): Promise<void> {
     while (this.#bytes > this.#options.quotaBytes) {
-      const index = this.#batches.findIndex((b) => b !== this.#uploading);
-      if (index < 0) return;
-      const batch = this.#batches[index]!;
-      this.#forget(index);
+      const batch = this.#batches[0];
+      if (!batch) return;
+      this.#forget(0);
       const detail = `dropped from the offline spool: ${this.#options.dir} was over its quota of ${this.#options.quotaBytes} bytes while ${this.#options.store.description} was unreachable`;
       this.#options.onDropped(batch.captureIds, detail);
       this.#options.metrics?.dropped.inc({ reason: 'spool-quota' }, batch.captureIds.length);
@@ -256,7 +261,9 @@ export class CaptureSpool {
         },
         `capture spool: over quota; dropped the oldest batch (${batch.captureIds.length} captures)`,
       );
-      await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
+      // The batch being uploaded keeps its folder until that attempt ends.
+      if (batch === this.#uploading) batch.evicted = true;
+      else await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
     }
   }
 

@@ -1,6 +1,7 @@
 import { readFile, readdir } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import {
   AgentDataType,
   AgentEncoding,
@@ -119,3 +120,68 @@ export async function modelPackage(
   });
   return dir;
 }
+
+/** A real S3 wire protocol: s3rver on 127.0.0.1, stoppable and restartable on the same port and folder. */
+export async function startS3(directory: string, bucket = 'capture-bucket') {
+  const { default: S3rver } = await import('s3rver');
+  let server: InstanceType<typeof S3rver> | undefined;
+  let port = 0;
+  const run = async () => {
+    server = new S3rver({
+      address: '127.0.0.1',
+      port,
+      silent: true,
+      directory,
+      configureBuckets: [{ name: bucket }],
+    });
+    port = (await server.run()).port;
+  };
+  await run();
+  const client = new S3Client({
+    region: 'us-east-1',
+    endpoint: `http://127.0.0.1:${port}`,
+    forcePathStyle: true,
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+  });
+  return {
+    bucket,
+    endpoint: `http://127.0.0.1:${port}`,
+    credentials: { source: 'static' as const, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    async stop() {
+      await server?.close();
+      server = undefined;
+    },
+    restart: run,
+    async keys(prefix = ''): Promise<string[]> {
+      const keys: string[] = [];
+      let token: string | undefined;
+      do {
+        const page = await client.send(
+          new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }),
+        );
+        keys.push(...(page.Contents ?? []).map((o) => o.Key!));
+        token = page.NextContinuationToken;
+      } while (token);
+      return keys.sort();
+    },
+    async get(key: string): Promise<Buffer> {
+      const object = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      return Buffer.from(await object.Body!.transformToByteArray());
+    },
+    /** Every record of every Edge manifest in the bucket. */
+    async records(): Promise<FoundRecord[]> {
+      const found: FoundRecord[] = [];
+      for (const key of await this.keys()) {
+        if (!key.endsWith('.jsonl') || key.includes('_model-monitor')) continue;
+        for (const line of (await this.get(key)).toString('utf8').split('\n'))
+          if (line !== '') found.push({ file: key, record: JSON.parse(line) });
+      }
+      return found;
+    },
+    async close() {
+      client.destroy();
+      await server?.close();
+    },
+  };
+}
+export type TestS3 = Awaited<ReturnType<typeof startS3>>;

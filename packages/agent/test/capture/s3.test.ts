@@ -1,0 +1,339 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AgentDataType, AgentEncoding } from '@edgefleet/core';
+import { Registry } from 'prom-client';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startCaptureService, type RunningCapture } from '../../src/capture/index.js';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
+import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
+import {
+  captureRequest,
+  floatTensor,
+  listFiles,
+  modelPackage,
+  startS3,
+  testSettings,
+  type TestS3,
+} from './helpers.js';
+
+let root: string;
+let pool: InferencePool;
+let registry: ModelRegistry;
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'edgefleet-capture-s3-'));
+  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+  registry = new ModelRegistry({ pool, trust: null, cwd: root });
+  await registry.load({ url: await modelPackage(root, 'image-identity'), name: 'resnet' });
+});
+afterAll(async () => {
+  await registry?.close();
+  await pool?.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+let work: string;
+let s3: TestS3;
+let running: RunningCapture[] = [];
+beforeEach(async () => {
+  work = await mkdtemp(join(root, 'case-'));
+  s3 = await startS3(join(work, 's3'));
+});
+afterEach(async () => {
+  for (const r of running) await r.close();
+  running = [];
+  await s3.close();
+});
+
+function cloudSettings(overrides: Parameters<typeof testSettings>[1] = {}) {
+  return testSettings(work, {
+    destination: 'Cloud',
+    cloud: { bucket: s3.bucket, region: 'us-east-1', endpoint: s3.endpoint, credentials: s3.credentials },
+    ...overrides,
+  });
+}
+
+async function start(
+  settings: ReturnType<typeof testSettings>,
+  extra: Partial<Parameters<typeof startCaptureService>[0]> = {},
+) {
+  const capture = await startCaptureService({ settings, models: registry, ...extra });
+  running.push(capture);
+  return capture;
+}
+
+/** Polls (real time) until the check passes. */
+async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+const image = () => floatTensor('input', [1, 3, 224, 224], 0.25);
+
+describe('Cloud destination (s3rver over real HTTP)', () => {
+  it('puts records under <prefix>/<fleet>/<model>/YYYY/MM/DD/HH/<32 hex>.jsonl with raw-data side files, checked field by field', async () => {
+    const settings = cloudSettings({ batchSize: 2, modelMonitorFormat: true });
+    const { service } = await start(settings);
+    const ts = { seconds: 1685563524, nanos: 0 };
+    await service.capture(
+      captureRequest('abc-1685563523430', {
+        modelHandle: 'resnet',
+        inferenceTimestamp: ts,
+        inputTensors: [image()],
+        outputTensors: [
+          {
+            tensorMetadata: { name: Buffer.from('score'), dataType: AgentDataType.FLOAT32, shape: [1, 2] },
+            byteData: Buffer.from(new Float32Array([0.1, 0.9]).buffer),
+            data: 'byteData',
+          },
+        ],
+        inputs: [
+          { name: 'jpg', encoding: AgentEncoding.NONE, byteData: Buffer.alloc(4000, 0xff), data: 'byteData' },
+        ],
+        outputs: [
+          {
+            name: 'json',
+            encoding: AgentEncoding.BASE64,
+            byteData: Buffer.from('{"label":"cat"}'),
+            data: 'byteData',
+          },
+        ],
+      }),
+    );
+    await service.capture(
+      captureRequest('capture1685563525', { modelHandle: 'resnet', inferenceTimestamp: ts }),
+    );
+    await service.whenIdle();
+    expect(service.status('abc-1685563523430').status).toBe('SUCCESS');
+
+    const hour = 'sme-capture/fleet-a/resnet/2023/05/31/20';
+    const keys = await s3.keys();
+    // Sorted as the store lists them: '_' sorts before letters, hex names before "raw-data".
+    expect(keys).toEqual([
+      expect.stringMatching(
+        /^sme-capture\/_model-monitor\/resnet\/fleet-a\/2023\/05\/31\/20\/[0-9a-f]{32}\.jsonl$/,
+      ),
+      expect.stringMatching(new RegExp(`^${hour}/[0-9a-f]{32}\\.jsonl$`)),
+      `${hour}/raw-data/abc-1685563523430-aux-input-1.jpg`,
+      `${hour}/raw-data/abc-1685563523430-input-1.bin`,
+    ]);
+    const [first, second] = await s3.records();
+    expect(first!.record).toEqual({
+      eventVersion: '0',
+      eventMetadata: {
+        deviceFleetName: 'fleet-a',
+        deviceId: 'device-1',
+        eventId: 'abc-1685563523430',
+        inferenceTime: '2023-05-31T20:05:24',
+        modelName: 'resnet',
+        modelVersion: '1.0',
+      },
+      deviceFleetInputs: [
+        {
+          name: 'input',
+          observedContentType: 'Tensor[FLOAT32; 1, 3, 224, 224]',
+          encoding: 'BASE64',
+          mode: 'Input',
+          'data-ref': `s3://capture-bucket/${hour}/raw-data/abc-1685563523430-input-1.bin`,
+        },
+      ],
+      deviceFleetOutputs: [
+        {
+          name: 'score',
+          observedContentType: 'Tensor[FLOAT32; 1, 2]',
+          encoding: 'BASE64',
+          mode: 'Output',
+          data: Buffer.from(new Float32Array([0.1, 0.9]).buffer).toString('base64'),
+        },
+      ],
+      deviceFleetAuxiliaryInputs: [
+        {
+          name: 'Input-1',
+          observedContentType: 'jpg',
+          encoding: 'NONE',
+          mode: 'Input',
+          'data-ref': `s3://capture-bucket/${hour}/raw-data/abc-1685563523430-aux-input-1.jpg`,
+        },
+      ],
+      deviceFleetAuxiliaryOutputs: [
+        {
+          name: 'Output-1',
+          observedContentType: 'json',
+          encoding: 'BASE64',
+          mode: 'Output',
+          data: 'eyJsYWJlbCI6ImNhdCJ9',
+        },
+      ],
+    });
+    expect(second!.record.eventMetadata.eventId).toBe('capture1685563525');
+    const raw = await s3.get(`${hour}/raw-data/abc-1685563523430-input-1.bin`);
+    expect(raw.equals(Buffer.from(new Float32Array(3 * 224 * 224).fill(0.25).buffer))).toBe(true);
+    const monitorKey = keys.find((k) => k.includes('_model-monitor'))!;
+    const monitor = JSON.parse((await s3.get(monitorKey)).toString().split('\n')[1]!);
+    expect(monitor.eventMetadata).toEqual({
+      eventId: 'capture1685563525',
+      inferenceId: 'capture1685563525',
+      inferenceTime: '2023-05-31T20:05:24Z',
+    });
+    expect(JSON.parse(monitor.captureData.endpointInput.data).inputs[0]).toMatchObject({
+      name: 'x',
+      datatype: 'FP32',
+      shape: [1, 16],
+    });
+  });
+
+  it('spools while the store is down, keeps accepting captures, and delivers every one once it is back', async () => {
+    const metrics = new Registry();
+    const settings = cloudSettings({ batchSize: 3, bufferSize: 6 });
+    const { service } = await start(settings, { metricsRegistry: metrics });
+    await s3.stop();
+    const ids = Array.from({ length: 30 }, (_, i) => `offline-${i}`);
+    for (const id of ids) {
+      // The buffer holds 6; the spool takes batches off it, so captures keep flowing.
+      await eventually(() => service.held < settings.bufferSize);
+      await service.capture(captureRequest(id, { modelHandle: 'resnet' }));
+    }
+    await service.flush();
+    expect(service.spoolState()).toMatchObject({ batches: 10, unreachable: true });
+    expect(ids.every((id) => service.status(id).status === 'IN_PROGRESS')).toBe(true);
+    expect(await listFiles(settings.spool.dir)).toHaveLength(10 * 2); // a manifest and batch.json each
+
+    await s3.restart();
+    await eventually(() => ids.every((id) => service.status(id).status === 'SUCCESS'), 30_000);
+    const delivered = (await s3.records()).map((r) => r.record.eventMetadata.eventId);
+    expect(delivered.sort()).toEqual([...ids].sort());
+    expect(service.spoolState()).toEqual({ batches: 0, bytes: 0, unreachable: false });
+    expect(await listFiles(settings.spool.dir)).toEqual([]);
+    const text = await metrics.metrics();
+    expect(text).toMatch(/edgefleet_capture_uploaded_total\{via="spool"\} 30/);
+    expect(text).toMatch(/edgefleet_capture_spool_bytes 0/);
+  });
+
+  it('drops the oldest spooled batches past the quota when the store never returns, counted and marked FAILURE', async () => {
+    const metrics = new Registry();
+    // Each batch of two small captures is about 2.5 KB; the quota holds three or four.
+    // One batch written at a time: batches received within the same millisecond are equally old, and
+    // this makes their order the order they were formed in.
+    const settings = cloudSettings({
+      batchSize: 2,
+      writeConcurrency: 1,
+      spool: { dir: join(work, 'spool'), quotaBytes: 10_000, retryInitialMs: 50, retryMaxMs: 200 },
+    });
+    const { service } = await start(settings, { metricsRegistry: metrics });
+    await s3.stop();
+    const ids = Array.from({ length: 20 }, (_, i) => `q-${String(i).padStart(2, '0')}`);
+    for (const id of ids) {
+      await eventually(() => service.held < settings.bufferSize);
+      await service.capture(captureRequest(id, { modelHandle: 'resnet' }));
+    }
+    await service.flush();
+    const state = service.spoolState()!;
+    expect(state.bytes).toBeLessThanOrEqual(10_000);
+    expect(state.batches).toBeGreaterThan(0);
+    const statuses = ids.map((id) => service.status(id));
+    const failed = ids.filter((_, i) => statuses[i]!.status === 'FAILURE');
+    const waiting = ids.filter((_, i) => statuses[i]!.status === 'IN_PROGRESS');
+    expect(failed.length + waiting.length).toBe(ids.length);
+    expect(waiting).toHaveLength(state.batches * 2);
+    // The oldest went first.
+    expect(failed).toEqual(ids.slice(0, failed.length));
+    expect(service.status(failed[0]!).detail).toMatch(
+      /dropped from the offline spool: .* over its quota of 10000 bytes/,
+    );
+    expect(await metrics.metrics()).toMatch(
+      new RegExp(`edgefleet_capture_dropped_total\\{reason="spool-quota"\\} ${failed.length}`),
+    );
+  });
+
+  it('with the local database, spooled captures and their statuses survive a restart and are delivered after it', async () => {
+    const settings = cloudSettings({ batchSize: 2 });
+    let database = AgentDatabase.open({ path: agentDatabasePath(join(work, 'data')), synchronous: 'NORMAL' });
+    const first = await startCaptureService({ settings, models: registry, database });
+    await s3.stop();
+    for (const id of ['r1', 'r2', 'r3'])
+      await first.service.capture(captureRequest(id, { modelHandle: 'resnet' }));
+    await first.close();
+    database.close();
+
+    database = AgentDatabase.open({ path: agentDatabasePath(join(work, 'data')), synchronous: 'NORMAL' });
+    const second = await start(settings, { database });
+    expect(['r1', 'r2', 'r3'].map((id) => second.service.status(id).status)).toEqual([
+      'IN_PROGRESS',
+      'IN_PROGRESS',
+      'IN_PROGRESS',
+    ]);
+    await s3.restart();
+    await eventually(
+      () => ['r1', 'r2', 'r3'].every((id) => second.service.status(id).status === 'SUCCESS'),
+      30_000,
+    );
+    expect((await s3.records()).map((r) => r.record.eventMetadata.eventId).sort()).toEqual([
+      'r1',
+      'r2',
+      'r3',
+    ]);
+    await second.close();
+    running = running.filter((r) => r !== second);
+    database.close();
+  });
+});
+
+describe('periodic upload of Disk captures', () => {
+  it('copies the disk tree to the bucket under the same keys, data-refs rewritten to s3://, then removes the files', async () => {
+    const settings = testSettings(work, {
+      batchSize: 1,
+      base64EmbedLimit: 16,
+      periodicUpload: true,
+      periodicUploadPeriodSeconds: 3600,
+      cloud: { bucket: s3.bucket, region: 'us-east-1', endpoint: s3.endpoint, credentials: s3.credentials },
+    });
+    const { service } = await start(settings);
+    await service.capture(captureRequest('p1', { modelHandle: 'resnet' }));
+    await service.whenIdle();
+    const onDisk = await listFiles(settings.diskPath);
+    expect(onDisk).toHaveLength(3); // manifest, input and output side files
+
+    await s3.stop();
+    expect(await service.uploadNow()).toBe(0);
+    expect(await listFiles(settings.diskPath)).toEqual(onDisk);
+    await s3.restart();
+    expect(await service.uploadNow()).toBe(3);
+    expect(await s3.keys()).toEqual(onDisk);
+    expect(await listFiles(settings.diskPath)).toEqual([]);
+    const { record } = (await s3.records())[0]!;
+    const ref = record.deviceFleetInputs[0]['data-ref'];
+    expect(ref).toBe(`s3://capture-bucket/${onDisk.find((k) => k.endsWith('input-1.bin'))}`);
+    expect(await service.uploadNow()).toBe(0);
+  });
+
+  it('keeps files when asked, and uploads each only once (ledger in the local database)', async () => {
+    const settings = testSettings(work, {
+      batchSize: 1,
+      periodicUpload: true,
+      periodicUploadPeriodSeconds: 3600,
+      keepUploadedFiles: true,
+      cloud: { bucket: s3.bucket, region: 'us-east-1', endpoint: s3.endpoint, credentials: s3.credentials },
+    });
+    const database = AgentDatabase.open({
+      path: agentDatabasePath(join(work, 'data')),
+      synchronous: 'NORMAL',
+    });
+    const capture = await startCaptureService({ settings, models: registry, database });
+    await capture.service.capture(captureRequest('k1', { modelHandle: 'resnet' }));
+    await capture.service.whenIdle();
+    expect(await capture.service.uploadNow()).toBe(1);
+    expect(await capture.service.uploadNow()).toBe(0);
+    await capture.service.capture(captureRequest('k2', { modelHandle: 'resnet' }));
+    await capture.service.whenIdle();
+    expect(await capture.service.uploadNow()).toBe(1);
+    expect(await listFiles(settings.diskPath)).toHaveLength(2);
+    expect(await s3.keys()).toEqual(await listFiles(settings.diskPath));
+    await capture.close();
+    database.close();
+  });
+});
