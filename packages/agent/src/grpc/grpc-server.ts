@@ -28,11 +28,15 @@ export interface RunningGrpcServer {
   close(graceMs: number): Promise<{ forced: boolean }>;
 }
 
-/** grpc-js settings: `-m` both ways; no other limit a large tensor could trip over. */
+/**
+ * grpc-js settings: `-m` both ways (no other limit a large tensor could trip over), and no channelz (per-call
+ * bookkeeping for a debugging service the agent does not expose).
+ */
 export function grpcServerOptions(maxMessageBytes: number): ChannelOptions {
   return {
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
+    'grpc.enable_channelz': 0,
   };
 }
 
