@@ -2,10 +2,10 @@ export {
   buildRestApp,
   DEFAULT_MAX_BODY_BYTES,
   REST_EXTENSIONS,
-  REST_MODEL_PLATFORM,
   REST_SERVER_NAME,
   type RestAppOptions,
 } from './rest-app.js';
+export { REST_MODEL_PLATFORM } from './model-routes.js';
 export { startRestServer, type RestServer, type RestServerOptions } from './rest-server.js';
 export { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
 export { KSERVE_DATATYPES, SUPPORTED_KSERVE_DATATYPES, kserveDatatype } from './kserve-datatypes.js';

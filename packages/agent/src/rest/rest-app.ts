@@ -4,19 +4,16 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { AgentMetrics } from '../metrics/index.js';
-import { AgentError, type ModelDescription, type ModelRegistry } from '../models/index.js';
-import { decodeInferRequest, describeIssues, INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
-import { checkRequestedOutputs, encodeInferResponse, type EncodedInferResponse } from './infer-response.js';
-import { kserveDatatype } from './kserve-datatypes.js';
-import { readRequestBody, type RequestBody } from './request-body.js';
+import type { ModelRegistry } from '../models/index.js';
+import { registerModelRoutes } from './model-routes.js';
+import { registerRepositoryRoutes } from './repository-routes.js';
+import { readRequestBody } from './request-body.js';
 import { restRequestCounter } from './rest-metrics.js';
-import { errorBody, httpFailureOf, RestError } from './rest-errors.js';
+import { errorBody, httpFailureOf, JSON_TYPE, RestError } from './rest-errors.js';
 
 /** What GET /v2 reports. */
 export const REST_SERVER_NAME = 'edgefleet-agent';
 export const REST_EXTENSIONS = ['binary_tensor_data', 'model_repository'] as const;
-/** Reported as each model's platform, as Triton names ONNX Runtime models. */
-export const REST_MODEL_PLATFORM = 'onnxruntime_onnx';
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
 
 export interface RestAppOptions {
@@ -40,7 +37,6 @@ export interface RestAppHooks {
   closing?: () => boolean;
 }
 
-const JSON_TYPE = 'application/json';
 /** Longest path parameter (model name or version) routed; the registry allows names of up to 256 characters. */
 const MAX_PARAM_LENGTH = 1024;
 
@@ -58,86 +54,11 @@ function agentVersion(): string {
   }
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
-/** A small JSON request body (repository calls), validated; undefined when the body is empty. */
-function parseJsonBody<T>(body: RequestBody | undefined, schema: z.ZodType<T>, form: string): T | undefined {
-  if (!body || body.length === 0) return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(utf8.decode(body.view(0, body.length)));
-  } catch (error) {
-    const reason = error instanceof SyntaxError ? `not valid JSON (${error.message})` : 'not valid UTF-8';
-    throw new RestError(400, `the request body is ${reason}; expected ${form}`);
-  }
-  const parsed = schema.safeParse(value);
-  if (!parsed.success)
-    throw new RestError(
-      400,
-      `the request body is malformed: ${describeIssues(parsed.error)}; expected ${form}`,
-    );
-  return parsed.data;
-}
-
-const LoadBodySchema = z.object({
-  parameters: z.strictObject({ url: z.string().min(1).max(4096) }),
-});
-const LOAD_FORM = '{"parameters": {"url": "<model package folder>"}}';
-const IndexBodySchema = z.object({ ready: z.boolean().optional() });
-const INDEX_FORM = '{"ready"?: true|false} or no body';
-
-/** The model, checked to be at the version asked for (when the path names one). */
-function describeAt(registry: ModelRegistry, name: string, version: string | undefined): ModelDescription {
-  const model = registry.describe(name);
-  if (version !== undefined && version !== model.version) {
-    throw new AgentError(
-      'NOT_FOUND',
-      `model ${JSON.stringify(name)} is loaded at version ${JSON.stringify(model.version)}, not ${JSON.stringify(version)}; expected that version, or no version in the path`,
-    );
-  }
-  return model;
-}
-
-function modelMetadata(model: ModelDescription) {
-  const tensor = (t: ModelDescription['inputs'][number]) => ({
-    name: t.name,
-    datatype: kserveDatatype(t.dataType),
-    shape: t.shape,
-  });
-  return {
-    name: model.name,
-    versions: [model.version],
-    platform: REST_MODEL_PLATFORM,
-    inputs: model.inputs.map(tensor),
-    outputs: model.outputs.map(tensor),
-  };
-}
-
-/** Writes JSON and binary parts straight to the socket, corked: no concatenation of the output bytes. */
-function sendBinaryResponse(reply: FastifyReply, response: EncodedInferResponse): void {
-  const json = Buffer.from(response.json, 'utf8');
-  let length = json.length;
-  for (const part of response.binary) length += part.byteLength;
-  reply.hijack();
-  const res = reply.raw;
-  res.writeHead(200, {
-    'content-type': 'application/octet-stream',
-    'content-length': length,
-    'inference-header-content-length': json.length,
-  });
-  res.cork();
-  res.write(json);
-  for (const part of response.binary) res.write(part);
-  res.end();
-  res.uncork();
-}
-
-type NameParams = { name: string; version?: string };
-
 /**
  * The KServe v2 (Open Inference Protocol) REST API over a ModelRegistry, as a Fastify instance that is not
- * listening: health, server and model metadata, inference (JSON and the binary tensor data extension), the
- * model repository extension, and the agent's Prometheus metrics. Test it with `app.inject`, or let
+ * listening: health and server metadata (here), model metadata and inference with JSON and the binary tensor
+ * data extension (model-routes), the model repository extension (repository-routes), and the agent's
+ * Prometheus metrics. All bodies reach the routes raw; errors answer in the protocol's form. Test it with `app.inject`, or let
  * startRestServer serve it.
  */
 export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}): FastifyInstance {
@@ -226,54 +147,8 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   const serverMetadata = JSON.stringify({ name: REST_SERVER_NAME, version, extensions: REST_EXTENSIONS });
   app.get('/v2', async (_request, reply) => reply.type(JSON_TYPE).send(serverMetadata));
 
-  // --- models ------------------------------------------------------------------------------------------------
-
-  for (const base of ['/v2/models/:name', '/v2/models/:name/versions/:version']) {
-    app.get<{ Params: NameParams }>(base, async (request) =>
-      modelMetadata(describeAt(registry, request.params.name, request.params.version)),
-    );
-
-    app.get<{ Params: NameParams }>(`${base}/ready`, async (request) => {
-      const model = describeAt(registry, request.params.name, request.params.version);
-      return { name: model.name, ready: true };
-    });
-
-    app.post<{ Params: NameParams }>(`${base}/infer`, async (request, reply) => {
-      const { name, version } = request.params;
-      const model = describeAt(registry, name, version);
-      const decoded = decodeInferRequest(
-        request.body as RequestBody | undefined,
-        request.headers[INFERENCE_HEADER_CONTENT_LENGTH],
-      );
-      checkRequestedOutputs(model, decoded.outputs);
-      // The inputs were built for this request alone: hand them to the worker without a copy.
-      const result = await registry.predict(name, decoded.inputs, { transferInputs: true });
-      const response = encodeInferResponse(result, decoded.id, decoded.outputs, decoded.binaryOutputs);
-      if (response.binary.length === 0) return reply.type(JSON_TYPE).send(response.json);
-      sendBinaryResponse(reply, response);
-      return reply;
-    });
-  }
-
-  // --- model repository extension ----------------------------------------------------------------------------
-
-  app.post('/v2/repository/index', async (request) => {
-    parseJsonBody(request.body as RequestBody | undefined, IndexBodySchema, INDEX_FORM);
-    // Only loaded models exist for the agent (packages live wherever load is pointed), so all are READY.
-    return registry.list().map((model) => ({ name: model.name, version: model.version, state: 'READY' }));
-  });
-
-  app.post<{ Params: NameParams }>('/v2/repository/models/:name/load', async (request, reply) => {
-    const body = parseJsonBody(request.body as RequestBody | undefined, LoadBodySchema, LOAD_FORM);
-    if (!body) throw new RestError(400, `loading needs the package folder; expected the body ${LOAD_FORM}`);
-    await registry.load({ name: request.params.name, url: body.parameters.url });
-    return reply.code(200).send();
-  });
-
-  app.post<{ Params: NameParams }>('/v2/repository/models/:name/unload', async (request, reply) => {
-    await registry.unload(request.params.name);
-    return reply.code(200).send();
-  });
+  registerModelRoutes(app, registry);
+  registerRepositoryRoutes(app, registry);
 
   // --- Prometheus ----------------------------------------------------------------------------------------------
 

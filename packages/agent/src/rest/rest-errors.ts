@@ -56,6 +56,8 @@ export function httpFailureOf(error: unknown): HttpFailure {
   };
 }
 
+export const JSON_TYPE = 'application/json';
+
 /** The protocol's error body. */
 export function errorBody(message: string): string {
   return JSON.stringify({ error: message });
