@@ -27,6 +27,8 @@ export const AgentConfigSchema = z.object({
     certFile: z.string().optional(),
     certKeyFile: z.string().optional(),
     iotCredentialEndpoint: z.string().optional(),
+    /** `edgefleet_heartbeat_interval_seconds`; absent: the fleet client's default (30 s). */
+    heartbeatIntervalSeconds: z.number().int().positive().optional(),
   }),
   logging: z.object({
     verbose: z.boolean(),

@@ -67,6 +67,7 @@ export const CONFIG_FIELDS = {
   edgefleet_socket_mode: fileMode(),
   edgefleet_require_signatures: flag(),
   edgefleet_preload_models: modelList(),
+  edgefleet_heartbeat_interval_seconds: integer(1, 86_400, 30),
 } satisfies Record<string, FieldKind<unknown>>;
 
 export type ConfigKey = keyof typeof CONFIG_FIELDS;
@@ -357,6 +358,7 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       certFile: abs(file.sagemaker_edge_provider_aws_cert_file),
       certKeyFile: abs(file.sagemaker_edge_provider_aws_cert_pk_file),
       iotCredentialEndpoint: file.sagemaker_edge_provider_aws_iot_cred_endpoint,
+      heartbeatIntervalSeconds: file.edgefleet_heartbeat_interval_seconds,
     }),
     logging: dropUndefined({
       verbose: file.sagemaker_edge_log_verbose ?? false,

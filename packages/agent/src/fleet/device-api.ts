@@ -1,0 +1,162 @@
+import { Agent, request } from 'node:https';
+import type { z } from 'zod';
+import { deviceApiErrorSchema } from './heartbeat-schema.js';
+
+/** The device's TLS identity: its certificate and key, and the CA the server's certificate must chain to. */
+export interface DeviceTlsIdentity {
+  certPem: string;
+  keyPem: string;
+  /** Absent: the system's CAs (a server with a publicly trusted certificate). */
+  caPem?: string;
+}
+
+/**
+ * Why a call failed, which decides what the client does next:
+ * - unreachable: no answer (refused, reset, DNS, timeout, TLS handshake) — retry with backoff;
+ * - refused: 401/403 — the server does not accept this device's certificate (revoked, expired, unknown);
+ * - rejected: another 4xx — the request itself is wrong (a bug or a version mismatch);
+ * - server: 5xx or an answer that is not the expected JSON — retry with backoff.
+ */
+export type DeviceApiFailure = 'unreachable' | 'refused' | 'rejected' | 'server';
+
+export class DeviceApiError extends Error {
+  constructor(
+    readonly failure: DeviceApiFailure,
+    message: string,
+    readonly status?: number,
+    readonly code?: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'DeviceApiError';
+  }
+}
+
+/** Largest answer body read; the device API's answers are tiny. */
+const MAX_RESPONSE_BYTES = 1024 * 1024;
+
+/**
+ * A mutual-TLS JSON client of the server's device API: `POST <endpoint>/<Operation>` with a JSON body. One
+ * kept-alive connection at most; every call bounded by `timeoutMs` and abortable.
+ */
+export class DeviceApiClient {
+  readonly #endpoint: URL;
+  readonly #agent: Agent;
+  readonly #timeoutMs: number;
+
+  constructor(endpoint: string, tls: DeviceTlsIdentity, options: { timeoutMs: number }) {
+    this.#endpoint = new URL(endpoint.endsWith('/') ? endpoint : `${endpoint}/`);
+    if (this.#endpoint.protocol !== 'https:')
+      throw new Error(`the device API endpoint ${endpoint} is not https://; the device API needs mutual TLS`);
+    this.#agent = new Agent({
+      cert: tls.certPem,
+      key: tls.keyPem,
+      ...(tls.caPem !== undefined ? { ca: tls.caPem } : {}),
+      keepAlive: true,
+      maxSockets: 1,
+      minVersion: 'TLSv1.2',
+    });
+    this.#timeoutMs = options.timeoutMs;
+  }
+
+  async post<S extends z.ZodType>(
+    operation: string,
+    body: unknown,
+    schema: S,
+    signal?: AbortSignal,
+  ): Promise<z.output<S>> {
+    const url = new URL(operation.replace(/^\/+/, ''), this.#endpoint);
+    const payload = Buffer.from(JSON.stringify(body));
+    const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const fail = (error: unknown) =>
+        reject(
+          error instanceof DeviceApiError
+            ? error
+            : new DeviceApiError('unreachable', describeNetworkError(error), undefined, undefined, {
+                cause: error,
+              }),
+        );
+      if (signal?.aborted) return fail(new Error('stopped'));
+      const req = request(
+        url,
+        {
+          method: 'POST',
+          agent: this.#agent,
+          headers: { 'content-type': 'application/json', 'content-length': payload.length },
+          timeout: this.#timeoutMs,
+          ...(signal ? { signal } : {}),
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on('data', (chunk: Buffer) => {
+            size += chunk.length;
+            if (size > MAX_RESPONSE_BYTES) {
+              res.destroy(
+                new DeviceApiError(
+                  'server',
+                  `the answer to ${operation} is larger than ${MAX_RESPONSE_BYTES} bytes`,
+                ),
+              );
+              return;
+            }
+            chunks.push(chunk);
+          });
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }),
+          );
+          res.on('error', fail);
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${this.#timeoutMs} ms`)));
+      req.on('error', fail);
+      req.end(payload);
+    });
+
+    let json: unknown;
+    try {
+      json = text === '' ? {} : JSON.parse(text);
+    } catch {
+      throw new DeviceApiError(
+        'server',
+        `${operation} answered HTTP ${status} with a body that is not JSON`,
+        status,
+      );
+    }
+    if (status < 200 || status >= 300) {
+      const error = deviceApiErrorSchema.safeParse(json);
+      const code = error.success ? error.data.code : undefined;
+      const message = error.success ? (error.data.message ?? error.data.Message) : undefined;
+      const failure: DeviceApiFailure =
+        status === 401 || status === 403 ? 'refused' : status >= 400 && status < 500 ? 'rejected' : 'server';
+      throw new DeviceApiError(
+        failure,
+        `${operation} failed with HTTP ${status}${code ? ` ${code}` : ''}${message ? `: ${message}` : ''}`,
+        status,
+        code,
+      );
+    }
+    const parsed = schema.safeParse(json);
+    if (!parsed.success)
+      throw new DeviceApiError(
+        'server',
+        `${operation} answered with an unexpected body: ${parsed.error.message}`,
+        status,
+      );
+    return parsed.data;
+  }
+
+  /** Closes the kept-alive connection. */
+  close(): void {
+    this.#agent.destroy();
+  }
+}
+
+function describeNetworkError(error: unknown): string {
+  const e = error as NodeJS.ErrnoException & { reason?: string };
+  if (e?.name === 'AbortError') return 'stopped';
+  const parts = [e?.code, e?.reason ?? e?.message].filter(
+    (p): p is string => typeof p === 'string' && p !== '',
+  );
+  return parts.length > 0 ? [...new Set(parts)].join(': ') : String(error);
+}

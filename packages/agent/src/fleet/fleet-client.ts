@@ -1,0 +1,350 @@
+/**
+ * The agent's link to its control plane: checks that the device is registered (at start, then whenever the
+ * server's CacheTTL runs out) and sends a heartbeat every interval. One loop, one request at a time:
+ *
+ *        start ──► check registration ──ok──► heartbeat ──ok──► wait interval (±10%) ──┐
+ *                      ▲   │ fails                 │ fails                              │
+ *                      │   ▼                       ▼                                    │
+ *                      └── wait backoff ◄──────────┘  (refused: re-check registration)  │
+ *                      ▲                                                                │
+ *                      └───────────── registration older than CacheTTL ◄────────────────┘
+ *
+ * While the server is away nothing piles up: each attempt sends the state of that moment, with counts since
+ * the last heartbeat the server accepted. Backoff is exponential with jitter, capped, so a fleet that lost its
+ * server does not return to it in lockstep. `stop()` cancels the wait and the request in flight.
+ */
+import { readFile } from 'node:fs/promises';
+import type { AgentConfig } from '../config/index.js';
+import type { AgentMetrics } from '../metrics/index.js';
+import { AgentRunsLedger } from './agent-runs.js';
+import { DeviceApiClient, DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
+import {
+  deviceRegistrationResultSchema,
+  heartbeatResultSchema,
+  sendHeartbeatRequestSchema,
+} from './heartbeat-schema.js';
+import { HeartbeatComposer, type ActivitySource, type ModelSource, type ProcessProbe } from './telemetry.js';
+
+/** The logging the client needs (pino's signature: fields first). */
+export interface FleetLogger {
+  debug(fields: object, message: string): void;
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+}
+
+export interface FleetClientOptions {
+  config: AgentConfig;
+  registry: ModelSource;
+  logger: FleetLogger;
+  agentVersion: string;
+  metrics?: AgentMetrics;
+  /** Latest inference and sample times per model (e.g. the local database's ModelActivity). */
+  activity?: ActivitySource;
+  /** Test seams; the defaults derive from the config. */
+  timing?: Partial<FleetTiming>;
+  probe?: ProcessProbe;
+  random?: () => number;
+}
+
+export interface FleetTiming {
+  heartbeatIntervalMs: number;
+  /** First retry delay after a failure, doubled per consecutive failure up to maxBackoffMs. */
+  initialBackoffMs: number;
+  maxBackoffMs: number;
+  requestTimeoutMs: number;
+  /** Registration is re-checked after this long when the server sends no usable CacheTTL. */
+  defaultRegistrationTtlMs: number;
+}
+
+export type FleetClientState =
+  'disabled' | 'starting' | 'registered' | 'unregistered' | 'unreachable' | 'stopped';
+
+export interface FleetClientStatus {
+  state: FleetClientState;
+  /** Why the client is disabled, or the last failure. */
+  reason?: string;
+  heartbeatsSent: number;
+  consecutiveFailures: number;
+  lastHeartbeatAt?: Date;
+}
+
+export interface FleetClient {
+  status(): FleetClientStatus;
+  /** Cancels any wait and the request in flight, then records a clean stop. Safe to call more than once. */
+  stop(): Promise<void>;
+}
+
+export const DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 30;
+
+/** Backoff tops out at four intervals (at most 5 minutes): a returning server hears from devices soon. */
+export function defaultTiming(heartbeatIntervalSeconds: number): FleetTiming {
+  const interval = heartbeatIntervalSeconds * 1000;
+  return {
+    heartbeatIntervalMs: interval,
+    initialBackoffMs: Math.min(1000, interval),
+    maxBackoffMs: Math.min(4 * interval, 300_000),
+    requestTimeoutMs: Math.min(30_000, Math.max(5000, interval)),
+    defaultRegistrationTtlMs: 300_000,
+  };
+}
+
+/** After the n-th consecutive failure: uniform in [d/2, d], d = min(max, initial · 2^(n−1)). */
+export function backoffDelay(
+  timing: Pick<FleetTiming, 'initialBackoffMs' | 'maxBackoffMs'>,
+  failures: number,
+  random: () => number,
+): number {
+  const ceiling = Math.min(
+    timing.maxBackoffMs,
+    timing.initialBackoffMs * 2 ** Math.min(Math.max(failures - 1, 0), 30),
+  );
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+const DATA_PLANE_NAME = /^[a-zA-Z0-9](-*_*[a-zA-Z0-9])*$/;
+
+function disabled(reason: string): FleetClient {
+  return {
+    status: () => ({ state: 'disabled', reason, heartbeatsSent: 0, consecutiveFailures: 0 }),
+    stop: async () => {},
+  };
+}
+
+/** Why the config does not allow a fleet client, or undefined when it does. */
+function whyDisabled(config: AgentConfig): string | undefined {
+  const { provider, device } = config;
+  if (provider.kind === 'None') return 'sagemaker_edge_provider_provider is None (offline)';
+  if (provider.endpoint === undefined) return 'sagemaker_edge_core_endpoint_override is not set';
+  if (!provider.endpoint.startsWith('https://'))
+    return `sagemaker_edge_core_endpoint_override ${provider.endpoint} is not https://; the device API needs mutual TLS`;
+  if (provider.certFile === undefined || provider.certKeyFile === undefined)
+    return 'sagemaker_edge_provider_aws_cert_file and sagemaker_edge_provider_aws_cert_pk_file are not both set (enroll the device: edgefleet device enroll)';
+  for (const [key, value] of [
+    ['sagemaker_edge_core_device_name', device.name],
+    ['sagemaker_edge_core_device_fleet_name', device.fleetName],
+  ] as const) {
+    if (value === undefined || value.length > 63 || !DATA_PLANE_NAME.test(value))
+      return `${key} ${JSON.stringify(value)} is not a device/fleet name the device API accepts (letters and digits joined by - or _)`;
+  }
+  return undefined;
+}
+
+async function readTls(config: AgentConfig): Promise<DeviceTlsIdentity> {
+  const { certFile, certKeyFile, caCertFile } = config.provider;
+  const read = (file: string, key: string) =>
+    readFile(file, 'utf8').catch((error: unknown) => {
+      throw new Error(`${key} ${file}: ${(error as Error).message}`);
+    });
+  return {
+    certPem: await read(certFile!, 'sagemaker_edge_provider_aws_cert_file'),
+    keyPem: await read(certKeyFile!, 'sagemaker_edge_provider_aws_cert_pk_file'),
+    ...(caCertFile !== undefined && {
+      caPem: await read(caCertFile, 'sagemaker_edge_provider_aws_ca_cert_file'),
+    }),
+  };
+}
+
+/**
+ * Starts the fleet client when the config names an endpoint and a provider other than None (and the device's
+ * certificate files); otherwise logs why not and returns a handle whose stop() does nothing.
+ */
+export async function startFleetClient(options: FleetClientOptions): Promise<FleetClient> {
+  const { config, logger } = options;
+  const reason = whyDisabled(config);
+  if (reason !== undefined) {
+    if (config.provider.kind !== 'None')
+      logger.warn({ event: 'fleet-disabled' }, `fleet client off: ${reason}`);
+    return disabled(reason);
+  }
+  const endpoint = config.provider.endpoint!;
+  const deviceName = config.device.name!;
+  const fleetName = config.device.fleetName!;
+  const timing: FleetTiming = {
+    ...defaultTiming(config.provider.heartbeatIntervalSeconds ?? DEFAULT_HEARTBEAT_INTERVAL_SECONDS),
+    ...options.timing,
+  };
+  const random = options.random ?? Math.random;
+
+  const ledger = new AgentRunsLedger(config.storage.localDataRootPath);
+  await ledger
+    .recordStart()
+    .catch((error: unknown) =>
+      logger.warn(
+        { event: 'fleet-runs-unwritable', file: ledger.file, err: error },
+        'cannot record agent starts; start and crash counts are this run only',
+      ),
+    );
+
+  const composer = new HeartbeatComposer({
+    deviceName,
+    fleetName,
+    agentVersion: options.agentVersion,
+    registry: options.registry,
+    ...(options.metrics && { metrics: options.metrics }),
+    ...(options.activity && { activity: options.activity }),
+    // This run counts even when the ledger could not be written.
+    runs: () => ({ starts: Math.max(1, ledger.runs.starts), crashes: ledger.runs.crashes }),
+    ...(options.probe && { probe: options.probe }),
+  });
+
+  const status: FleetClientStatus = { state: 'starting', heartbeatsSent: 0, consecutiveFailures: 0 };
+  const abort = new AbortController();
+  let api: { client: DeviceApiClient; tls: DeviceTlsIdentity } | undefined;
+  let registeredUntil = 0;
+  let wake: (() => void) | undefined;
+
+  const sleep = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        wake = undefined;
+        resolve();
+      }
+      wake = done;
+    });
+
+  /** The TLS files are re-read at each registration check, so a renewed or re-enrolled certificate is used. */
+  const connect = async (): Promise<DeviceApiClient> => {
+    const tls = await readTls(config);
+    if (
+      api &&
+      api.tls.certPem === tls.certPem &&
+      api.tls.keyPem === tls.keyPem &&
+      api.tls.caPem === tls.caPem
+    )
+      return api.client;
+    api?.client.close();
+    api = { client: new DeviceApiClient(endpoint, tls, { timeoutMs: timing.requestTimeoutMs }), tls };
+    return api.client;
+  };
+
+  const ids = { DeviceName: deviceName, DeviceFleetName: fleetName };
+  /** The kind of the last failure logged as a warning; '' after a success. */
+  let lastFailure = '';
+
+  const failed = (error: unknown, step: 'registration' | 'heartbeat'): number => {
+    status.consecutiveFailures++;
+    const message = (error as Error).message;
+    const failure = error instanceof DeviceApiError ? error.failure : 'local';
+    status.state = failure === 'refused' ? 'unregistered' : 'unreachable';
+    status.reason = message;
+    if (failure === 'refused') registeredUntil = 0;
+    const delay = backoffDelay(timing, status.consecutiveFailures, random);
+    // One warning per kind of failure, not one per retry: an outage of an hour is a few lines, not thousands.
+    const fields = {
+      event: `fleet-${step}-failed`,
+      failure,
+      failures: status.consecutiveFailures,
+      retryInMs: delay,
+    };
+    if (failure !== lastFailure) {
+      (failure === 'rejected' ? logger.error : logger.warn).call(
+        logger,
+        fields,
+        `${step} failed: ${message}; retrying with backoff`,
+      );
+      lastFailure = failure;
+    } else logger.debug(fields, `${step} failed again: ${message}`);
+    return delay;
+  };
+
+  const loop = async (): Promise<void> => {
+    while (!abort.signal.aborted) {
+      let delay: number;
+      try {
+        if (Date.now() >= registeredUntil) {
+          const client = await connect();
+          const result = await client.post(
+            'GetDeviceRegistration',
+            ids,
+            deviceRegistrationResultSchema,
+            abort.signal,
+          );
+          if (result.DeviceRegistration !== 'REGISTERED') {
+            throw new DeviceApiError(
+              'refused',
+              `the server says device ${deviceName} is ${result.DeviceRegistration}`,
+            );
+          }
+          const ttl = Number(result.CacheTTL);
+          registeredUntil =
+            Date.now() + (Number.isFinite(ttl) && ttl >= 0 ? ttl * 1000 : timing.defaultRegistrationTtlMs);
+          if (status.state !== 'registered')
+            logger.info(
+              { event: 'fleet-registered', device: deviceName, fleet: fleetName, endpoint },
+              `registered with ${endpoint} as ${deviceName} of fleet ${fleetName}`,
+            );
+          status.state = 'registered';
+        }
+        const client = await connect();
+        const { heartbeat, reading, skipped } = await composer.compose();
+        if (skipped.length > 0)
+          logger.debug(
+            { event: 'fleet-models-skipped', models: skipped },
+            'models left out of the heartbeat: name or version outside the heartbeat patterns, or too many',
+          );
+        await client.post(
+          'SendHeartbeat',
+          sendHeartbeatRequestSchema.parse(heartbeat),
+          heartbeatResultSchema,
+          abort.signal,
+        );
+        composer.commit(reading);
+        if (status.consecutiveFailures > 0)
+          logger.info(
+            { event: 'fleet-resumed', failures: status.consecutiveFailures },
+            `heartbeats resumed after ${status.consecutiveFailures} failed attempts`,
+          );
+        status.heartbeatsSent++;
+        status.consecutiveFailures = 0;
+        status.lastHeartbeatAt = new Date();
+        status.state = 'registered';
+        delete status.reason;
+        lastFailure = '';
+        delay = Math.round(timing.heartbeatIntervalMs * (0.9 + 0.2 * random()));
+      } catch (error) {
+        if (abort.signal.aborted) break;
+        if (!(error instanceof DeviceApiError) || error.failure !== 'refused') composer.attemptFailed();
+        delay = failed(error, Date.now() >= registeredUntil ? 'registration' : 'heartbeat');
+      }
+      if (!abort.signal.aborted) await sleep(delay);
+    }
+  };
+
+  logger.info(
+    {
+      event: 'fleet-starting',
+      endpoint,
+      device: deviceName,
+      fleet: fleetName,
+      intervalMs: timing.heartbeatIntervalMs,
+      starts: ledger.runs.starts,
+      crashes: ledger.runs.crashes,
+    },
+    `fleet client: heartbeats to ${endpoint} every ${timing.heartbeatIntervalMs / 1000} s`,
+  );
+  const running = loop().catch((error: unknown) => {
+    logger.error(
+      { event: 'fleet-client-failed', err: error },
+      `fleet client stopped unexpectedly: ${(error as Error).message}`,
+    );
+  });
+
+  let stopping: Promise<void> | undefined;
+  return {
+    status: () => ({ ...status }),
+    stop() {
+      stopping ??= (async () => {
+        abort.abort();
+        wake?.();
+        await running;
+        api?.client.close();
+        status.state = 'stopped';
+        await ledger.recordCleanStop().catch(() => {});
+      })();
+      return stopping;
+    },
+  };
+}

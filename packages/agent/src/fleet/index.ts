@@ -1,0 +1,44 @@
+// The fleet client: registration checks and heartbeats to the control plane over mutual TLS (docs/fleet.md).
+export {
+  DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+  backoffDelay,
+  defaultTiming,
+  startFleetClient,
+  type FleetClient,
+  type FleetClientOptions,
+  type FleetClientState,
+  type FleetClientStatus,
+  type FleetLogger,
+  type FleetTiming,
+} from './fleet-client.js';
+export { AGENT_RUNS_FILE, AgentRunsLedger, type AgentRuns } from './agent-runs.js';
+export {
+  DeviceApiClient,
+  DeviceApiError,
+  type DeviceApiFailure,
+  type DeviceTlsIdentity,
+} from './device-api.js';
+export {
+  HeartbeatComposer,
+  nodeProcessProbe,
+  type ActivitySource,
+  type ComposedHeartbeat,
+  type HeartbeatComposerOptions,
+  type ModelSource,
+  type ProcessProbe,
+  type TelemetryReading,
+} from './telemetry.js';
+export {
+  REQUEST_DURATION_METRIC,
+  histogramDelta,
+  histogramQuantile,
+  readLatencyHistograms,
+  type HistogramReading,
+} from './latency.js';
+export {
+  MAX_MODELS_PER_HEARTBEAT,
+  sendHeartbeatRequestSchema,
+  type EdgeMetric,
+  type HeartbeatModel,
+  type SendHeartbeatRequest,
+} from './heartbeat-schema.js';
