@@ -1,6 +1,7 @@
 import { Server, ServerCredentials, type ChannelOptions } from '@grpc/grpc-js';
 import { createAgentCodec, type AgentCodec } from '@edgefleet/core';
 import type { Logger } from 'pino';
+import type { CaptureService } from '../capture/index.js';
 import type { ModelRegistry } from '../models/index.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { createAgentServiceHandlers, createRawRequestServiceDefinition } from './agent-service.js';
@@ -14,6 +15,8 @@ export interface GrpcServerOptions {
   /** `-m`: the largest message received or sent, in bytes. */
   maxMessageBytes: number;
   codec?: AgentCodec;
+  /** Serves CaptureData / GetCaptureDataStatus; absent: UNIMPLEMENTED. */
+  capture?: Pick<CaptureService, 'capture' | 'status'>;
 }
 
 export interface RunningGrpcServer {
@@ -29,14 +32,14 @@ export interface RunningGrpcServer {
 }
 
 /**
- * grpc-js settings: `-m` both ways (no other limit a large tensor could trip over), and no channelz (per-call
- * bookkeeping for a debugging service the agent does not expose).
+ * grpc-js settings: `-m` both ways, and no other limit a large tensor could trip over. Channelz stays on although
+ * the agent serves no channelz: grpc-js 1.14's forceShutdown finds the connections to cut only through its
+ * channelz records, so with `grpc.enable_channelz: 0` a shutdown would wait for every call in flight, unbounded.
  */
 export function grpcServerOptions(maxMessageBytes: number): ChannelOptions {
   return {
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
-    'grpc.enable_channelz': 0,
   };
 }
 
@@ -50,6 +53,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     codec,
     logger: options.logger,
     maxMessageBytes: options.maxMessageBytes,
+    ...(options.capture && { capture: options.capture }),
   });
   server.addService(createRawRequestServiceDefinition(codec), handlers);
   const address = `unix://${options.socketPath}`;
