@@ -1,6 +1,7 @@
 import type { ServerUnaryCall, UntypedServiceImplementation, sendUnaryData } from '@grpc/grpc-js';
 import {
   AGENT_METHOD_NAMES,
+  AgentCaptureDataStatus,
   AgentMessageDecodeError,
   createAgentServiceDefinition,
   type AgentCodec,
@@ -11,6 +12,7 @@ import {
   type MessageInit,
 } from '@edgefleet/core';
 import type { Logger } from 'pino';
+import type { CaptureService } from '../capture/index.js';
 import { AgentError, type ModelRegistry } from '../models/index.js';
 import type { SegmentLease, SharedMemoryReader } from '../shm/index.js';
 import { INTERNAL_CODE, UNIMPLEMENTED_CODE, grpcFailure, toGrpcFailure } from './grpc-errors.js';
@@ -24,6 +26,8 @@ export interface AgentServiceOptions {
   logger: Logger;
   /** `-m`: a Predict whose outputs alone exceed it is answered with a details string that says so. */
   maxMessageBytes: number;
+  /** CaptureData and GetCaptureDataStatus; absent: both are answered UNIMPLEMENTED. */
+  capture?: Pick<CaptureService, 'capture' | 'status'>;
 }
 
 /**
@@ -64,7 +68,7 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
   handlers: UntypedServiceImplementation;
   tracker: CallTracker;
 } {
-  const { registry, sharedMemory, codec, logger, maxMessageBytes } = options;
+  const { registry, sharedMemory, codec, logger, maxMessageBytes, capture } = options;
   let inflight = 0;
   const tracker: CallTracker = {
     get inflight() {
@@ -170,8 +174,17 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
     DescribeModel: unary('DescribeModel', (request) => ({
       model: toWireModel(registry.describe(modelName(request.handle, request.name, 'DescribeModel'))),
     })),
-    CaptureData: captureUnavailable('CaptureData'),
-    GetCaptureDataStatus: captureUnavailable('GetCaptureDataStatus'),
+    CaptureData: capture
+      ? unary('CaptureData', async (request) => {
+          await capture.capture(request);
+          return {};
+        })
+      : captureUnavailable('CaptureData'),
+    GetCaptureDataStatus: capture
+      ? unary('GetCaptureDataStatus', (request) => ({
+          status: AgentCaptureDataStatus[capture.status(request.captureId).status],
+        }))
+      : captureUnavailable('GetCaptureDataStatus'),
   } satisfies Record<AgentMethodName, unknown>;
   return { handlers, tracker };
 }

@@ -15,6 +15,7 @@ export {
   type PredictEvent,
   type PredictListener,
   type PredictObserver,
+  type RegistryObserver,
   type PredictOptions,
   type PredictOutput,
   type PredictResult,

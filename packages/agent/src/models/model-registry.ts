@@ -101,10 +101,19 @@ export interface PredictEvent {
   at: number;
 }
 
-/** Told of predictions. `onPredict` runs as a request starts and returns a listener for it, or undefined. */
-export interface PredictObserver {
-  onPredict(model: string): PredictListener | undefined;
+/**
+ * Told of what happens to models: loads and unloads (e.g. to restore them after a restart) and predictions
+ * (`onPredict` runs as a request starts and returns a listener for it, or undefined). Every method is optional;
+ * errors they throw are ignored.
+ */
+export interface RegistryObserver {
+  onPredict?(model: string): PredictListener | undefined;
+  onLoaded?(model: ModelDescription): void;
+  onUnloaded?(name: string): void;
 }
+
+/** An observer of predictions (automatic capture, activity counters). */
+export type PredictObserver = RegistryObserver;
 
 export interface PredictListener {
   /** The listener reads the inputs: they are then copied to the worker rather than transferred (detached). */
@@ -163,7 +172,7 @@ export class ModelRegistry {
   readonly #logger: RegistryLogger | undefined;
   readonly #availableMemory: () => number;
   readonly #models = new Map<string, ModelRecord>();
-  readonly #observers = new Set<PredictObserver>();
+  readonly #observers = new Set<RegistryObserver>();
   #generation = 0;
   #closed = false;
 
@@ -241,6 +250,7 @@ export class ModelRegistry {
         path: opened.dir,
         version: opened.manifest.version,
       });
+      this.#notify((observer) => observer.onLoaded?.(snapshot(record.description!)));
       return { ...record.description };
     } catch (error) {
       if (this.#models.get(name) === record) this.#models.delete(name);
@@ -270,6 +280,7 @@ export class ModelRegistry {
     await this.#pool.unloadModel(record.key);
     this.#metrics?.setModelsLoaded(this.list().length);
     this.#logger?.info?.(`unloaded model ${name}`);
+    if (!this.#closed) this.#notify((observer) => observer.onUnloaded?.(name));
   }
 
   /** Loaded models, in the order they were loaded (models still loading are not listed). */
@@ -290,8 +301,8 @@ export class ModelRegistry {
     return this.#models.get(name)?.state === 'ready';
   }
 
-  /** Adds an observer of successful predictions; returns the function that removes it. */
-  observe(observer: PredictObserver): () => void {
+  /** Adds an observer of loads, unloads and successful predictions; returns the function that removes it. */
+  observe(observer: RegistryObserver): () => void {
     this.#observers.add(observer);
     return () => this.#observers.delete(observer);
   }
@@ -368,11 +379,21 @@ export class ModelRegistry {
 
   // -------------------------------------------------------------------------------------------------------------
 
+  #notify(tell: (observer: RegistryObserver) => void): void {
+    for (const observer of this.#observers) {
+      try {
+        tell(observer);
+      } catch {
+        // An observer never fails a load or an unload.
+      }
+    }
+  }
+
   #listeners(name: string): PredictListener[] {
     const listeners: PredictListener[] = [];
     for (const observer of this.#observers) {
       try {
-        const listener = observer.onPredict(name);
+        const listener = observer.onPredict?.(name);
         if (listener) listeners.push(listener);
       } catch {
         // An observer never fails a prediction.

@@ -23,3 +23,9 @@ export {
   type UploadLedger,
 } from './upload-ledger-repository.js';
 export { ModelActivity, type ModelActivityOptions } from './model-activity.js';
+export {
+  recordLoadedModels,
+  restoreLoadedModels,
+  type RestorableRegistry,
+  type RestoreLogger,
+} from './loaded-models.js';

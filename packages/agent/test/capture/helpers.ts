@@ -2,12 +2,20 @@ import { readFile, readdir } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import * as grpc from '@grpc/grpc-js';
 import {
+  AGENT_SERVICE_NAME,
   AgentDataType,
   AgentEncoding,
+  createAgentServiceDefinition,
   createModelPackage,
   writeTestModel,
+  type AgentClient,
+  type AgentMethodName,
+  type AgentRequest,
+  type AgentResponse,
   type CaptureDataRequest,
+  type MessageInit,
   type Tensor,
   type TestModelName,
 } from '@edgefleet/core';
@@ -185,3 +193,23 @@ export async function startS3(directory: string, bucket = 'capture-bucket') {
   };
 }
 export type TestS3 = Awaited<ReturnType<typeof startS3>>;
+
+/** A gRPC client of the SageMaker Edge agent service; `call` resolves with the response or rejects with the ServiceError. */
+export function agentClient(target: string) {
+  const Client = grpc.makeGenericClientConstructor(createAgentServiceDefinition(), AGENT_SERVICE_NAME);
+  const client = new Client(target, grpc.credentials.createInsecure()) as unknown as AgentClient;
+  return {
+    call<M extends AgentMethodName>(
+      method: M,
+      request: MessageInit<AgentRequest<M>>,
+    ): Promise<AgentResponse<M>> {
+      return new Promise((resolve, reject) => {
+        (client[method] as (r: unknown, cb: grpc.requestCallback<AgentResponse<M>>) => void)(
+          request,
+          (error, response) => (error ? reject(error) : resolve(response!)),
+        );
+      });
+    },
+    close: () => client.close(),
+  };
+}
