@@ -1,12 +1,20 @@
 import { TrustPolicyError, loadTrustFolder, type TrustPolicy } from '@edgefleet/core';
 import type { Logger } from 'pino';
 import { ConfigError, loadAgentConfig, type AgentConfig, type CommandLineOptions } from '../config/index.js';
+import { modelActivityObserver, startCaptureService, type RunningCapture } from '../capture/index.js';
 import { startGrpcServer, type RunningGrpcServer } from '../grpc/index.js';
 import { InferencePool, type PoolEvent } from '../inference/index.js';
 import { AgentMetrics } from '../metrics/index.js';
 import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../shm/index.js';
+import {
+  AgentDatabase,
+  ModelActivity,
+  agentDatabasePath,
+  recordLoadedModels,
+  restoreLoadedModels,
+} from '../state/index.js';
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { registryLogger } from './logger.js';
 import {
@@ -109,6 +117,30 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
 
     await preloadModels(config, registry, logger);
 
+    // The local database (DbEnable): the capture queue, the models to load again after a restart, counters.
+    const database = config.storage.dbEnabled
+      ? AgentDatabase.open({ path: agentDatabasePath(config.storage.localDataRootPath) })
+      : undefined;
+    if (database) {
+      cleanups.push(() => database.close());
+      await restoreLoadedModels(registry, database.loadedModels, logger);
+      registry.observe(recordLoadedModels(database.loadedModels));
+    }
+    const activity = new ModelActivity({ ...(database && { repository: database.modelCounters }) });
+    cleanups.push(() => activity.close());
+    registry.observe(modelActivityObserver(activity));
+    const capture: RunningCapture = await startCaptureService({
+      config,
+      models: registry,
+      ...(database && { database }),
+      ...(sharedMemory && { sharedMemory }),
+      metricsRegistry: metrics.registry,
+      activity,
+      logger,
+      env: process.env,
+    });
+    cleanups.push(() => capture.close());
+
     const grpc: RunningGrpcServer = await withPrivateUmask(() =>
       startGrpcServer({
         registry,
@@ -116,6 +148,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         logger,
         socketPath: commandLine.socketPath,
         maxMessageBytes: commandLine.maxMessageBytes,
+        capture: capture.service,
       }),
     ).catch((error: Error) => {
       throw new StartupError(EXIT_CODES.SOCKET_UNAVAILABLE, error.message, { cause: error });
@@ -176,10 +209,18 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
           if (forced)
             logger.warn({ graceMs }, 'requests still running after the grace period were cancelled');
           await removeOwnSocketFile(commandLine.socketPath, socketInode);
+          // Write what capture holds (with the database, what does not make it stays queued for the next start).
+          const captureLeft = Math.max(0, graceMs - (Date.now() - began));
+          await Promise.race([
+            capture.close(),
+            new Promise((resolve) => setTimeout(resolve, captureLeft).unref()),
+          ]);
           const left = Math.max(0, graceMs - (Date.now() - began));
           await Promise.race([registry.close(), new Promise((resolve) => setTimeout(resolve, left).unref())]);
           await pool.close();
           if (sharedMemory) sharedMemory.close();
+          activity.close();
+          database?.close();
           logger.info({ event: 'stopped', ms: Date.now() - began }, 'stopped');
         })();
         return stopping;
