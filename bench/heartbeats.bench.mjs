@@ -15,11 +15,20 @@
 // Results also go to bench-results/heartbeats.json.
 import { execFileSync, spawn } from 'node:child_process';
 import { createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import https from 'node:https';
 import http from 'node:http';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, URL } from 'node:url';
@@ -209,6 +218,7 @@ async function startServer(dataDir, database) {
   return {
     token,
     operatorUrl,
+    pid: child.pid,
     deviceUrl: `https://127.0.0.1:${devicePort}`,
     stop: () =>
       new Promise((resolve) => {
@@ -219,6 +229,19 @@ async function startServer(dataDir, database) {
 }
 
 // ---------- measurement ----------
+/** CPU seconds (user + system) a process has used so far, from /proc (Linux); undefined elsewhere. */
+function cpuSecondsOf(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+  } catch {
+    return undefined;
+  }
+}
+const ownCpuSeconds = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+};
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 const ms = (ns) => Number(ns) / 1e6;
 
@@ -355,8 +378,10 @@ async function benchEngine(engine) {
     await sleep(WARMUP * 1000);
     phase = 'measure';
     const t0 = process.hrtime.bigint();
+    const [serverCpu0, clientCpu0] = [cpuSecondsOf(server.pid), ownCpuSeconds()];
     await sleep(SECONDS * 1000);
     const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
+    const [serverCpu1, clientCpu1] = [cpuSecondsOf(server.pid), ownCpuSeconds()];
     phase = 'done';
     await Promise.all(running);
     for (const d of devices) d.agent.destroy();
@@ -372,6 +397,12 @@ async function benchEngine(engine) {
       heartbeatsPerSecond: Math.round(completed / elapsed),
       metricRowsPerSecond: Math.round((completed * 10) / elapsed),
       failures,
+      // CPU time per heartbeat, from the processes' own counters: meaningful even on a busy machine.
+      serverCpuMicrosPerHeartbeat:
+        serverCpu0 === undefined ? undefined : Math.round(((serverCpu1 - serverCpu0) / completed) * 1e6),
+      serverCpuUtilisation:
+        serverCpu0 === undefined ? undefined : Number(((serverCpu1 - serverCpu0) / elapsed).toFixed(2)),
+      loadCpuMicrosPerHeartbeat: Math.round(((clientCpu1 - clientCpu0) / completed) * 1e6),
       heartbeatLatencyMs: {
         p50: Number(percentile(heartbeatLatencies, 50).toFixed(2)),
         p99: Number(percentile(heartbeatLatencies, 99).toFixed(2)),
@@ -388,6 +419,13 @@ async function benchEngine(engine) {
         `p99 ${result.heartbeatLatencyMs.p99} ms | operator reads p50 ${result.operatorReadLatencyMs.p50} ms ` +
         `p99 ${result.operatorReadLatencyMs.p99} ms (${readLatencies.length} reads)`,
     );
+    if (result.serverCpuMicrosPerHeartbeat !== undefined) {
+      console.log(
+        `${''.padEnd(8)} server CPU ${result.serverCpuMicrosPerHeartbeat} µs/heartbeat (busy ${result.serverCpuUtilisation} cores ` +
+          `→ ${Math.round(1e6 / result.serverCpuMicrosPerHeartbeat)} heartbeats/s per server core); ` +
+          `load generator ${result.loadCpuMicrosPerHeartbeat} µs/heartbeat; load average ${loadavg()[0].toFixed(1)}`,
+      );
+    }
     return result;
   } finally {
     await server.stop();

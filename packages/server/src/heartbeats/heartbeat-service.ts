@@ -1,11 +1,13 @@
-import type { Kysely } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import { ApiError } from '../http/errors.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
-import type { DatabaseSchema, DeviceMetricsTable } from '../storage/index.js';
+import type { DatabaseSchema, DeviceMetricsTable, DeviceModelsTable } from '../storage/index.js';
 import type { EdgeMetric, SendHeartbeatRequest } from './heartbeat-schemas.js';
 
 export interface HeartbeatServiceOptions {
   registrationCacheTtlSeconds: number;
+  /** Most heartbeats written in one transaction. */
+  maxBatch?: number;
   now?: () => number;
 }
 
@@ -25,83 +27,73 @@ export function assertActsAsItself(
   }
 }
 
+interface PendingHeartbeat {
+  device: AuthenticatedDevice;
+  heartbeat: SendHeartbeatRequest;
+  receivedAt: number;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+// Rows per multi-row INSERT: 9 columns × 500 stays far below both engines' bound-parameter limits.
+const ROWS_PER_INSERT = 500;
+
 /**
  * Ingests heartbeats: the device's latest state (agent version, models, deployment result, time of the
- * heartbeat by the server's clock) and its metrics as a time series, in one transaction per heartbeat.
+ * heartbeat by the server's clock) and its metrics as a time series.
+ *
+ * Heartbeats that arrive while a write is under way are written together in the next transaction (group
+ * commit): a commit costs about the same for one heartbeat as for a hundred, so this is what lets one server
+ * take thousands a second. Each caller is answered only once its heartbeat is committed. Nothing is kept
+ * in memory beyond the write in progress.
  */
 export class HeartbeatService {
   private readonly now: () => number;
+  private readonly maxBatch: number;
+  private queue: PendingHeartbeat[] = [];
+  private writing = false;
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly options: HeartbeatServiceOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.maxBatch = options.maxBatch ?? 256;
   }
 
-  async record(device: AuthenticatedDevice, heartbeat: SendHeartbeatRequest): Promise<void> {
+  record(device: AuthenticatedDevice, heartbeat: SendHeartbeatRequest): Promise<void> {
     assertActsAsItself(device, heartbeat);
-    const receivedAt = this.now();
-    const metrics: DeviceMetricsTable[] = [];
-    const addMetrics = (list: EdgeMetric[] | undefined, model?: { name: string; version: string }) => {
-      for (const metric of list ?? []) {
-        metrics.push({
-          device_name: device.deviceName,
-          fleet_name: device.fleetName,
-          model_name: model?.name ?? null,
-          model_version: model?.version ?? null,
-          dimension: metric.Dimension ?? null,
-          metric_name: metric.MetricName,
-          value: metric.Value,
-          timestamp: metric.Timestamp ?? receivedAt,
-          received_at: receivedAt,
-        });
-      }
-    };
-    addMetrics(heartbeat.AgentMetrics);
-    for (const model of heartbeat.Models ?? []) {
-      addMetrics(model.ModelMetrics, { name: model.ModelName, version: model.ModelVersion });
-    }
-    // One row per model name and version; a repeated entry's later values win.
-    const models = new Map((heartbeat.Models ?? []).map((m) => [`${m.ModelName}\u0000${m.ModelVersion}`, m]));
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ device, heartbeat, receivedAt: this.now(), resolve, reject });
+      if (!this.writing) void this.writeQueued();
+    });
+  }
 
-    await this.db.transaction().execute(async (trx) => {
-      await trx
-        .updateTable('devices')
-        .set({
-          agent_version: heartbeat.AgentVersion,
-          last_heartbeat_at: receivedAt,
-          ...(heartbeat.DeploymentResult !== undefined
-            ? { deployment_result: JSON.stringify(heartbeat.DeploymentResult) }
-            : {}),
-        })
-        .where('name', '=', device.deviceName)
-        .execute();
-      if (heartbeat.Models !== undefined) {
-        await trx.deleteFrom('device_models').where('device_name', '=', device.deviceName).execute();
-        if (models.size > 0) {
-          await trx
-            .insertInto('device_models')
-            .values(
-              [...models.values()].map((m) => ({
-                device_name: device.deviceName,
-                model_name: m.ModelName,
-                model_version: m.ModelVersion,
-                latest_sample_time: m.LatestSampleTime ?? null,
-                latest_inference_time: m.LatestInference ?? null,
-              })),
-            )
-            .execute();
+  private async writeQueued(): Promise<void> {
+    this.writing = true;
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, this.maxBatch);
+        try {
+          await this.db.transaction().execute((trx) => writeBatch(trx, batch));
+          for (const item of batch) item.resolve();
+        } catch (error) {
+          if (batch.length === 1) {
+            batch[0]?.reject(error);
+            continue;
+          }
+          // One bad heartbeat must not fail its neighbours: write them one by one.
+          for (const item of batch) {
+            await this.db
+              .transaction()
+              .execute((trx) => writeBatch(trx, [item]))
+              .then(item.resolve, item.reject);
+          }
         }
       }
-      // Chunks keep each statement under SQLite's bound-parameter limit.
-      for (let i = 0; i < metrics.length; i += 100) {
-        await trx
-          .insertInto('device_metrics')
-          .values(metrics.slice(i, i + 100))
-          .execute();
-      }
-    });
+    } finally {
+      this.writing = false;
+    }
   }
 
   /** GetDeviceRegistration: a device that passed certificate checks is registered, by construction. */
@@ -111,5 +103,84 @@ export class HeartbeatService {
   ): { DeviceRegistration: 'REGISTERED'; CacheTTL: string } {
     assertActsAsItself(device, request);
     return { DeviceRegistration: 'REGISTERED', CacheTTL: String(this.options.registrationCacheTtlSeconds) };
+  }
+}
+
+function metricRows(item: PendingHeartbeat): DeviceMetricsTable[] {
+  const { device, heartbeat, receivedAt } = item;
+  const rows: DeviceMetricsTable[] = [];
+  const add = (list: EdgeMetric[] | undefined, model?: { name: string; version: string }) => {
+    for (const metric of list ?? []) {
+      rows.push({
+        device_name: device.deviceName,
+        fleet_name: device.fleetName,
+        model_name: model?.name ?? null,
+        model_version: model?.version ?? null,
+        dimension: metric.Dimension ?? null,
+        metric_name: metric.MetricName,
+        value: metric.Value,
+        timestamp: metric.Timestamp ?? receivedAt,
+        received_at: receivedAt,
+      });
+    }
+  };
+  add(heartbeat.AgentMetrics);
+  for (const model of heartbeat.Models ?? [])
+    add(model.ModelMetrics, { name: model.ModelName, version: model.ModelVersion });
+  return rows;
+}
+
+async function writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartbeat[]): Promise<void> {
+  // Latest state, in arrival order (a device's later heartbeat wins).
+  for (const { device, heartbeat, receivedAt } of batch) {
+    await trx
+      .updateTable('devices')
+      .set({
+        agent_version: heartbeat.AgentVersion,
+        last_heartbeat_at: receivedAt,
+        ...(heartbeat.DeploymentResult !== undefined
+          ? { deployment_result: JSON.stringify(heartbeat.DeploymentResult) }
+          : {}),
+      })
+      .where('name', '=', device.deviceName)
+      .execute();
+  }
+
+  // Model lists: each device's last list in the batch replaces what it had; one row per name and version.
+  const models = new Map<string, Map<string, DeviceModelsTable>>();
+  for (const { device, heartbeat } of batch) {
+    if (heartbeat.Models === undefined) continue;
+    const rows = new Map<string, DeviceModelsTable>();
+    for (const m of heartbeat.Models) {
+      rows.set(`${m.ModelName}\u0000${m.ModelVersion}`, {
+        device_name: device.deviceName,
+        model_name: m.ModelName,
+        model_version: m.ModelVersion,
+        latest_sample_time: m.LatestSampleTime ?? null,
+        latest_inference_time: m.LatestInference ?? null,
+      });
+    }
+    models.set(device.deviceName, rows);
+  }
+  if (models.size > 0) {
+    await trx
+      .deleteFrom('device_models')
+      .where('device_name', 'in', [...models.keys()])
+      .execute();
+    const rows = [...models.values()].flatMap((m) => [...m.values()]);
+    for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
+      await trx
+        .insertInto('device_models')
+        .values(rows.slice(i, i + ROWS_PER_INSERT))
+        .execute();
+    }
+  }
+
+  const metrics = batch.flatMap(metricRows);
+  for (let i = 0; i < metrics.length; i += ROWS_PER_INSERT) {
+    await trx
+      .insertInto('device_metrics')
+      .values(metrics.slice(i, i + ROWS_PER_INSERT))
+      .execute();
   }
 }

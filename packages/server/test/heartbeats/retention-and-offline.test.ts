@@ -41,6 +41,15 @@ describe.each(engines)('offline detection and retention on $engine', (fixture) =
       AgentVersion: '1',
       AgentMetrics: Array.from({ length: metrics }, (_, i) => ({ MetricName: 'm', Value: i })),
     });
+  const metricCount = async () =>
+    Number(
+      (
+        await database.db
+          .selectFrom('device_metrics')
+          .select((eb) => eb.fn.countAll<number>().as('n'))
+          .executeTakeFirstOrThrow()
+      ).n,
+    );
   const statusOf = async (name: string) => ((await devices.get(name)).online ? 'online' : 'offline');
   const listed = async (status: 'online' | 'offline') =>
     (await devices.list({ limit: 10, status })).map((d) => d.name);
@@ -71,6 +80,42 @@ describe.each(engines)('offline detection and retention on $engine', (fixture) =
     },
   );
 
+  it.skipIf(!fixture.available)('writes many concurrent heartbeats together, losing none', async () => {
+    await devices.register('fleet-1', [{ name: 'burst-1' }, { name: 'burst-2' }], []);
+    const before = await metricCount();
+    const writes = Array.from({ length: 200 }, (_, i) => {
+      const name = `burst-${(i % 2) + 1}`;
+      return heartbeats.record(
+        { deviceName: name, fleetName: 'fleet-1', serial: 'x', notAfter: Number.MAX_SAFE_INTEGER },
+        {
+          DeviceName: name,
+          DeviceFleetName: 'fleet-1',
+          AgentVersion: `v${i}`,
+          AgentMetrics: [
+            { MetricName: 'a', Value: i },
+            { MetricName: 'b', Value: i },
+          ],
+          Models: [{ ModelName: 'm', ModelVersion: String(i) }],
+        },
+      );
+    });
+    await Promise.all(writes);
+    expect((await metricCount()) - before).toBe(400);
+    for (const name of ['burst-1', 'burst-2']) {
+      const state = await devices.get(name);
+      // The state is the one of the device's last heartbeat: version and model list agree.
+      expect(state.models).toEqual([
+        {
+          name: 'm',
+          version: state.agentVersion?.slice(1),
+          latestSampleTime: null,
+          latestInferenceTime: null,
+        },
+      ]);
+    }
+    expect((await devices.get('burst-2')).agentVersion).toBe('v199');
+  });
+
   it.skipIf(!fixture.available)(
     'prunes metrics received before the retention window, and nothing newer',
     async () => {
@@ -85,6 +130,7 @@ describe.each(engines)('offline detection and retention on $engine', (fixture) =
               .selectFrom('device_metrics')
               .select((eb) => eb.fn.countAll<number>().as('n'))
               .where('received_at', '>=', start)
+            .where('device_name', '=', 'dev-1')
               .executeTakeFirstOrThrow()
           ).n,
         );
