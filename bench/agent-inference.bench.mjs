@@ -490,7 +490,7 @@ async function main() {
         for (let round = 0; round < ROUNDS; round++) {
           for (const [i, [, runner]] of candidates.entries()) {
             const { latencies, elapsed } = await runner.run(SECONDS / ROUNDS);
-            measured[i].latencies.push(...latencies);
+            for (const latency of latencies) measured[i].latencies.push(latency);
             measured[i].elapsed += elapsed;
           }
         }
