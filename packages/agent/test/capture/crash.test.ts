@@ -1,0 +1,134 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AgentCaptureDataStatus, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
+import { agentClient, captureRequest, diskRecords, modelPackage } from './helpers.js';
+
+// The durability promise of the local database, tested on the real agent process (dist/main.js): captures
+// acknowledged by CaptureData survive SIGKILL at random moments and are delivered exactly once after restarts.
+
+let root: string;
+let tiny: string;
+const running: AgentProcess[] = [];
+
+beforeAll(async () => {
+  buildAgent();
+  root = await mkdtemp(join(tmpdir(), 'edgefleet-capture-crash-'));
+  tiny = await modelPackage(root, 'tiny');
+}, 180_000);
+afterAll(async () => {
+  for (const agent of running) agent.child.kill('SIGKILL');
+  await rm(root, { recursive: true, force: true });
+});
+
+/** mulberry32: a seeded generator, so a failing run can be replayed (the seed is in the failure message). */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('crash safety with the local database (real agent process, SIGKILL)', () => {
+  it('delivers every acknowledged capture exactly once across kills at random moments and restarts', async () => {
+    const seed = Number(process.env.CAPTURE_CRASH_SEED ?? Date.now() % 2 ** 31);
+    const random = seeded(seed);
+    const socket = join(root, 'agent.sock');
+    const diskPath = join(root, 'capture');
+    const config = join(root, 'agent.json');
+    await writeFile(
+      config,
+      JSON.stringify({
+        sagemaker_edge_core_device_name: 'device-1',
+        sagemaker_edge_core_device_fleet_name: 'fleet-a',
+        sagemaker_edge_core_capture_data_destination: 'Disk',
+        sagemaker_edge_core_capture_data_disk_path: diskPath,
+        sagemaker_edge_core_folder_prefix: 'sme-capture',
+        sagemaker_edge_core_capture_data_buffer_size: '200',
+        sagemaker_edge_core_capture_data_batch_size: '7',
+        sagemaker_edge_core_capture_data_push_period_seconds: '1',
+        // Its presence enables the database, as it did for the original agent.
+        sagemaker_edge_db_module_path: '/opt/sagemaker/lib/libdb.so',
+        sagemaker_edge_local_data_root_path: join(root, 'data'),
+        edgefleet_inference_workers: 1,
+        edgefleet_rest_socket_path: 'none',
+      }),
+    );
+    const start = async (): Promise<AgentProcess> => {
+      const agent = spawnAgent(['-a', socket, '-c', config, '-f'], root);
+      running.push(agent);
+      await agent.waitFor(listening, 'listening');
+      return agent;
+    };
+
+    const acknowledged = new Set<string>();
+    let next = 0;
+    const kills = 4;
+    let agent = await start();
+    let client = agentClient(`unix://${socket}`);
+    await client.call('LoadModel', { url: tiny, handle: 'tiny' });
+
+    for (let round = 0; round <= kills; round++) {
+      if (round > 0) {
+        agent = await start();
+        client = agentClient(`unix://${socket}`);
+        // The database brought the model back.
+        expect((await client.call('ListModels', {})).models.map((m) => m.handle)).toEqual(['tiny']);
+      }
+      if (round === kills) break;
+      // Four clients send captures back to back; the agent is killed after a random delay.
+      let dead = false;
+      const sender = async () => {
+        while (!dead) {
+          const id = `crash-${next++}`;
+          try {
+            await client.call('CaptureData', captureRequest(id) as MessageInit<CaptureDataRequest>);
+            if (!dead) acknowledged.add(id);
+          } catch {
+            if (!dead) await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+        }
+      };
+      const senders = Array.from({ length: 4 }, sender);
+      await new Promise((resolve) => setTimeout(resolve, 150 + random() * 1200));
+      // Acknowledgements that arrive after the kill was decided are not counted: the client cannot know.
+      dead = true;
+      agent.child.kill('SIGKILL');
+      await agent.exited;
+      await Promise.all(senders);
+      client.close();
+    }
+
+    // Everything acknowledged is reported, and reaches SUCCESS, after the last restart.
+    const until = Date.now() + 30_000;
+    const pending = new Set(acknowledged);
+    while (pending.size > 0 && Date.now() < until) {
+      for (const id of [...pending]) {
+        const { status } = await client.call('GetCaptureDataStatus', { captureId: id });
+        expect([id, status]).not.toEqual([id, AgentCaptureDataStatus.FAILURE]);
+        if (status === AgentCaptureDataStatus.SUCCESS) pending.delete(id);
+      }
+      if (pending.size > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect([...pending], `seed ${seed}: acknowledged but never delivered`).toEqual([]);
+    client.close();
+    agent.child.kill('SIGTERM');
+    await agent.exited;
+
+    const counts = new Map<string, number>();
+    for (const { record } of await diskRecords(diskPath)) {
+      const id = record.eventMetadata.eventId as string;
+      counts.set(id, (counts.get(id) ?? 0) + 1);
+    }
+    expect(acknowledged.size, `seed ${seed}`).toBeGreaterThan(20);
+    const missing = [...acknowledged].filter((id) => !counts.has(id));
+    const twice = [...counts].filter(([, n]) => n > 1).map(([id]) => id);
+    expect({ missing, twice }, `seed ${seed}`).toEqual({ missing: [], twice: [] });
+  }, 180_000);
+});
