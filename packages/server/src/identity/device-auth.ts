@@ -39,8 +39,16 @@ export function presentedCertificateOf(request: FastifyRequest): PresentedCertif
 export function deviceAuthenticator(
   identity: DeviceIdentityService,
 ): (request: FastifyRequest) => Promise<void> {
+  // A TLS connection's client certificate cannot change (the server never renegotiates), so it is read once
+  // per connection; revocation and expiry are still checked against the database on every request.
+  const presentedBySocket = new WeakMap<object, PresentedCertificate>();
   return async (request) => {
-    request.device = await identity.authenticate(presentedCertificateOf(request));
+    let presented = presentedBySocket.get(request.raw.socket);
+    if (presented === undefined) {
+      presented = presentedCertificateOf(request);
+      presentedBySocket.set(request.raw.socket, presented);
+    }
+    request.device = await identity.authenticate(presented);
   };
 }
 
