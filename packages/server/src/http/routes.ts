@@ -80,6 +80,8 @@ export interface RouteDefinition<
   bodyLimit?: number;
   /** Content types the route consumes when it is not JSON (uploads); documented, parsed by the app. */
   consumes?: string[];
+  /** The success body is a file of this content type (the handler returns a stream), not JSON. */
+  binaryResponse?: string;
   handler(
     context: RouteContext<z.output<Body>, z.output<Query>, z.output<Params>>,
   ): Promise<Response extends z.ZodType ? z.input<Response> : undefined>;
@@ -96,8 +98,16 @@ export function defineRoute<
 >(app: FastifyInstance, definition: RouteDefinition<Body, Query, Params, Response>): void {
   const status = definition.status ?? 200;
   const response: Record<string, unknown> = {};
-  if (definition.response !== undefined) response[status] = toJsonSchema(definition.response, 'output');
-  else response[status] = { type: 'null', description: 'No content' };
+  if (definition.binaryResponse !== undefined) {
+    response[status] = {
+      description: 'The file',
+      content: { [definition.binaryResponse]: { schema: { type: 'string', format: 'binary' } } },
+    };
+  } else if (definition.response !== undefined) {
+    response[status] = toJsonSchema(definition.response, 'output');
+  } else {
+    response[status] = { type: 'null', description: 'No content' };
+  }
   const errorJson = toJsonSchema(errorBodySchema, 'output');
   for (const code of ERROR_STATUSES) response[code] = errorJson;
 

@@ -147,6 +147,7 @@ export function registerPackagingRoutes(
     tag: 'packaging',
     summary: 'Download the signed package (<model>-<version>.tar.gz) of a completed job',
     params: jobParams,
+    binaryResponse: 'application/gzip',
     handler: async ({ params, reply }) => {
       const { job, stream } = await artifactStream(deps.jobs, deps.blobs, params.job);
       reply
@@ -186,6 +187,7 @@ export function registerPackagingDeviceRoutes(
     tag: 'device',
     summary: "Download a completed packaging job's signed package",
     params: jobParams,
+    binaryResponse: 'application/gzip',
     handler: async ({ params, reply }) => {
       const { job, stream } = await artifactStream(deps.jobs, deps.blobs, params.job);
       reply.type('application/gzip');

@@ -86,7 +86,8 @@ export async function openStores(
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const database = await openDatabase(config.databaseLocation, {
     maxConnections: config.databaseMaxConnections,
-    onConnectionError: (error) => logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
+    onConnectionError: (error) =>
+      logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
   });
   try {
     await migrateToLatest(database.db);
