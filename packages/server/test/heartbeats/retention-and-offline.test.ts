@@ -130,7 +130,7 @@ describe.each(engines)('offline detection and retention on $engine', (fixture) =
               .selectFrom('device_metrics')
               .select((eb) => eb.fn.countAll<number>().as('n'))
               .where('received_at', '>=', start)
-            .where('device_name', '=', 'dev-1')
+              .where('device_name', '=', 'dev-1')
               .executeTakeFirstOrThrow()
           ).n,
         );

@@ -1,6 +1,7 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeviceCa } from '../../src/identity/index.js';
 import { createCsr, deviceCall, deviceKey } from '../support/device.js';
@@ -89,6 +90,36 @@ describe.skipIf(!postgres.available)('two replicas on one PostgreSQL', () => {
         status: 401,
         body: { code: 'CertificateRevoked' },
       });
+    }
+  });
+
+  it('share packaging: jobs created on one are run once by some replica, visible on both', async () => {
+    const model = await writeTestModel('tiny', path.join(shared, 'model'));
+    const uploaded = await fetch(`${a.url}/api/v1/models/tiny/versions/1`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${a.adminToken}`, 'content-type': 'application/octet-stream' },
+      body: await readFile(model),
+    });
+    expect(uploaded.status).toBe(201);
+    const names = ['job-1', 'job-2', 'job-3', 'job-4'];
+    for (const name of names) {
+      const created = await b.call('POST', '/api/v1/packaging-jobs', {
+        token: b.adminToken,
+        body: { name, modelName: 'tiny', modelVersion: '1' },
+      });
+      expect(created.status).toBe(201);
+    }
+    for (const name of names) {
+      let status = '';
+      for (let attempt = 0; attempt < 400 && status !== 'COMPLETED' && status !== 'FAILED'; attempt++) {
+        status = (await a.call('GET', `/api/v1/packaging-jobs/${name}`, { token: a.readToken })).body.status;
+        if (status !== 'COMPLETED') await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(status, name).toBe('COMPLETED');
+      const download = await fetch(`${b.url}/api/v1/packaging-jobs/${name}/artifact`, {
+        headers: { authorization: `Bearer ${b.readToken}` },
+      });
+      expect(download.status).toBe(200);
     }
   });
 
