@@ -5,6 +5,7 @@ import { modelActivityObserver, startCaptureService, type RunningCapture } from 
 import { startGrpcServer, type RunningGrpcServer } from '../grpc/index.js';
 import { InferencePool, type PoolEvent } from '../inference/index.js';
 import { AgentMetrics } from '../metrics/index.js';
+import { startFleetClient } from '../fleet/index.js';
 import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../shm/index.js';
@@ -175,6 +176,16 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       cleanups.push(() => rest!.close());
     }
     const restAddresses = rest?.addresses ?? [];
+    // Heartbeats to the control plane (a no-op handle when the config names none).
+    const fleet = await startFleetClient({
+      config,
+      registry,
+      metrics,
+      activity,
+      logger,
+      agentVersion: options.version,
+    });
+    cleanups.push(() => fleet.stop());
 
     logger.info(
       {
@@ -205,7 +216,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
             'stopping: no new requests; finishing those in flight',
           );
           cleanups.length = 0; // this path stops everything itself, in order
-          const [{ forced }] = await Promise.all([grpc.close(graceMs), rest?.close()]);
+          const [{ forced }] = await Promise.all([grpc.close(graceMs), rest?.close(), fleet.stop()]);
           if (forced)
             logger.warn({ graceMs }, 'requests still running after the grace period were cancelled');
           await removeOwnSocketFile(commandLine.socketPath, socketInode);
