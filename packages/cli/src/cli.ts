@@ -6,6 +6,8 @@ import { registerDemoCommand } from './demo/demo-command.js';
 import { registerFleetCommands } from './fleet/fleet-command.js';
 import { registerDeviceCommands } from './device/device-command.js';
 import { registerTokenCommands } from './token/token-command.js';
+import { registerModelCommands } from './model/model-command.js';
+import { registerPackagingCommands } from './packaging/packaging-command.js';
 
 /** Builds the `edgefleet` program. Exported so tests drive it in-process with their own streams. */
 export function buildProgram(
@@ -33,6 +35,8 @@ export function buildProgram(
   registerFleetCommands(program, output);
   registerDeviceCommands(program, output);
   registerTokenCommands(program, output);
+  registerModelCommands(program, output);
+  registerPackagingCommands(program, output);
   // `--json` is accepted after the command name too: every leaf command gets it.
   const leaves = (cmd: Command): Command[] =>
     cmd.commands.length === 0 ? [cmd] : cmd.commands.flatMap(leaves);

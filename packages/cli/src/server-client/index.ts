@@ -14,10 +14,12 @@ export {
   ServerClient,
   ServerResponseError,
   ServerUnreachableError,
+  uploadContentType,
   type CreateFleetInput,
   type DeviceInput,
   type DeviceListFilter,
   type MetricsFilter,
+  type TransferProgress,
   type UpdateDeviceInput,
   type UpdateFleetInput,
 } from './server-client.js';

@@ -166,3 +166,57 @@ export const apiTokenListSchema = z.looseObject({
   nextToken: z.string().optional(),
 });
 export const whoamiSchema = z.looseObject({ tokenId: z.string(), name: z.string(), scope: z.string() });
+
+const tensorSchema = z.looseObject({ name: z.string(), dataType: z.string(), shape: z.array(z.number()) });
+
+export const modelSchema = z.looseObject({
+  name: z.string(),
+  description: z.string().optional(),
+  versionCount: z.number(),
+  latestVersion: z.string().optional(),
+  createdAt: isoTime,
+  updatedAt: isoTime,
+});
+export type Model = z.infer<typeof modelSchema>;
+export const modelListSchema = z.looseObject({
+  models: z.array(modelSchema),
+  nextToken: z.string().optional(),
+});
+
+export const modelVersionSchema = z.looseObject({
+  modelName: z.string(),
+  version: z.string(),
+  sourceKind: z.string(),
+  sizeBytes: z.number(),
+  sha256: z.string(),
+  inputs: z.array(tensorSchema),
+  outputs: z.array(tensorSchema),
+  createdAt: isoTime,
+});
+export type ModelVersion = z.infer<typeof modelVersionSchema>;
+export const modelVersionListSchema = z.looseObject({
+  versions: z.array(modelVersionSchema),
+  nextToken: z.string().optional(),
+});
+
+export const packagingJobSchema = z.looseObject({
+  name: z.string(),
+  modelName: z.string(),
+  modelVersion: z.string(),
+  status: z.string(),
+  statusMessage: z.string().optional(),
+  outputS3Location: z.string().optional(),
+  artifact: z
+    .looseObject({ key: z.string(), location: z.string(), sizeBytes: z.number(), sha256: z.string() })
+    .optional(),
+  modelSignature: z.string().optional(),
+  createdAt: isoTime,
+  updatedAt: isoTime,
+});
+export type PackagingJob = z.infer<typeof packagingJobSchema>;
+export const packagingJobListSchema = z.looseObject({
+  jobs: z.array(packagingJobSchema),
+  nextToken: z.string().optional(),
+});
+
+export const signingRootSchema = z.looseObject({ certificatePem: z.string(), fingerprintSha256: z.string() });

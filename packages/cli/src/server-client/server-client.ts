@@ -1,3 +1,9 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { z } from 'zod';
 import type { ServerConnection } from './connection.js';
 import {
@@ -14,12 +20,22 @@ import {
   fleetReportSchema,
   fleetSchema,
   issuedCertificateSchema,
+  modelListSchema,
+  modelSchema,
+  modelVersionListSchema,
+  modelVersionSchema,
+  packagingJobListSchema,
+  packagingJobSchema,
   registeredDevicesSchema,
   revokedSchema,
+  signingRootSchema,
   whoamiSchema,
   type ApiToken,
   type DeviceSummary,
   type Fleet,
+  type Model,
+  type ModelVersion,
+  type PackagingJob,
   type Tag,
 } from './schemas.js';
 
@@ -104,6 +120,14 @@ interface CallOptions {
   body?: unknown;
   /** Bearer token for this call instead of the connection's (enrollment tokens). */
   bearer?: string;
+}
+
+/** Bytes moved so far of an upload or download, and how many there are in all (0 when unknown). */
+export type TransferProgress = (done: number, total: number) => void;
+
+/** A file upload's content type: what the server's model upload route takes for each kind of file. */
+export function uploadContentType(file: string): 'application/octet-stream' | 'application/gzip' {
+  return /\.(tar\.gz|tgz)$/i.test(file) ? 'application/gzip' : 'application/octet-stream';
 }
 
 /** Largest page the server hands out; listing more follows nextToken. */
@@ -257,6 +281,132 @@ export class ServerClient {
     return this.#call('GET', '/api/v1/whoami', whoamiSchema);
   }
 
+  // ---- models ------------------------------------------------------------------------------------------------
+
+  /** Streams an ONNX file or a package archive to the server as a new model version. */
+  async uploadModelVersion(
+    name: string,
+    version: string,
+    file: string,
+    options: { description?: string; onProgress?: TransferProgress } = {},
+  ): Promise<ModelVersion> {
+    const size = (await stat(file)).size;
+    let sent = 0;
+    const counter = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        sent += chunk.length;
+        options.onProgress?.(sent, size);
+        done(null, chunk);
+      },
+    });
+    const source = createReadStream(file).pipe(counter);
+    const url = this.#url(`/api/v1/models/${seg(name)}/versions/${seg(version)}`, {
+      description: options.description,
+    });
+    const response = await this.#send('POST', url, {
+      body: Readable.toWeb(source) as ReadableStream,
+      headers: { 'content-type': uploadContentType(file), 'content-length': String(size) },
+      timeout: false,
+    }).finally(() => source.destroy());
+    return this.#read(response, `POST ${url.pathname}`, modelVersionSchema);
+  }
+
+  listModels(max?: number): Promise<Model[]> {
+    return this.#listAll('/api/v1/models', modelListSchema, 'models', {}, max);
+  }
+
+  getModel(name: string) {
+    return this.#call('GET', `/api/v1/models/${seg(name)}`, modelSchema);
+  }
+
+  listModelVersions(name: string, max?: number): Promise<ModelVersion[]> {
+    return this.#listAll(`/api/v1/models/${seg(name)}/versions`, modelVersionListSchema, 'versions', {}, max);
+  }
+
+  getModelVersion(name: string, version: string) {
+    return this.#call('GET', `/api/v1/models/${seg(name)}/versions/${seg(version)}`, modelVersionSchema);
+  }
+
+  async deleteModelVersion(name: string, version: string): Promise<void> {
+    await this.#call('DELETE', `/api/v1/models/${seg(name)}/versions/${seg(version)}`, null);
+  }
+
+  // ---- packaging ---------------------------------------------------------------------------------------------
+
+  createPackagingJob(input: {
+    name: string;
+    modelName: string;
+    modelVersion: string;
+    outputS3Location?: string;
+  }) {
+    return this.#call('POST', '/api/v1/packaging-jobs', packagingJobSchema, { body: input });
+  }
+
+  listPackagingJobs(filter: { status?: string } = {}, max?: number): Promise<PackagingJob[]> {
+    return this.#listAll(
+      '/api/v1/packaging-jobs',
+      packagingJobListSchema,
+      'jobs',
+      { status: filter.status },
+      max,
+    );
+  }
+
+  getPackagingJob(name: string) {
+    return this.#call('GET', `/api/v1/packaging-jobs/${seg(name)}`, packagingJobSchema);
+  }
+
+  signingRoot() {
+    return this.#call('GET', '/api/v1/signing/root-certificate', signingRootSchema);
+  }
+
+  /**
+   * Downloads a completed job's package to `file` (via a temporary sibling, renamed when whole) and checks
+   * its SHA-256 against `expectedSha256` when given. Returns the bytes written and their digest.
+   */
+  async downloadPackage(
+    job: string,
+    file: string,
+    options: { expectedSha256?: string; onProgress?: TransferProgress } = {},
+  ): Promise<{ bytes: number; sha256: string }> {
+    const url = this.#url(`/api/v1/packaging-jobs/${seg(job)}/artifact`);
+    const response = await this.#send('GET', url, { timeout: false });
+    if (!response.ok || response.body === null) {
+      await this.#read(response, `GET ${url.pathname}`, null);
+      throw new ServerResponseError(`GET ${url.pathname} answered HTTP ${response.status} without a body`);
+    }
+    const total = Number(response.headers.get('content-length') ?? 0);
+    const hash = createHash('sha256');
+    let bytes = 0;
+    const temporary = `${file}.part-${randomBytes(4).toString('hex')}`;
+    try {
+      await pipeline(
+        Readable.fromWeb(response.body as WebReadableStream),
+        new Transform({
+          transform(chunk: Buffer, _encoding, done) {
+            bytes += chunk.length;
+            hash.update(chunk);
+            options.onProgress?.(bytes, total);
+            done(null, chunk);
+          },
+        }),
+        createWriteStream(temporary, { flags: 'wx' }),
+      );
+    } catch (error) {
+      await rm(temporary, { force: true });
+      throw error instanceof ServerResponseError ? error : unreachable(this.#connection.server, error);
+    }
+    const sha256 = hash.digest('hex');
+    if (options.expectedSha256 !== undefined && sha256 !== options.expectedSha256) {
+      await rm(temporary, { force: true });
+      throw new ServerResponseError(
+        `the downloaded package's SHA-256 is ${sha256}, but the job says ${options.expectedSha256}; nothing was written`,
+      );
+    }
+    await rename(temporary, file);
+    return { bytes, sha256 };
+  }
+
   // ---- plumbing ----------------------------------------------------------------------------------------------
 
   async #listAll<S extends z.ZodType, K extends string>(
@@ -285,31 +435,64 @@ export class ServerClient {
     schema: S | null,
     options: CallOptions = {},
   ): Promise<z.output<S>> {
-    const url = new URL(`${this.#connection.server}${path}`);
-    for (const [name, value] of Object.entries(options.query ?? {})) {
-      if (value === undefined) continue;
-      for (const v of Array.isArray(value) ? value : [value]) url.searchParams.append(name, String(v));
-    }
-    const headers: Record<string, string> = { accept: 'application/json' };
-    const bearer = options.bearer ?? this.#connection.token;
-    if (bearer !== undefined) headers.authorization = `Bearer ${bearer}`;
+    const url = this.#url(path, options.query);
+    const headers: Record<string, string> = {};
     let body: string | undefined;
     if (options.body !== undefined) {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(options.body);
     }
-    const where = `${method} ${url.origin}${url.pathname}`;
-    let response: Response;
+    const response = await this.#send(method, url, {
+      headers,
+      ...(body !== undefined ? { body } : {}),
+      ...(options.bearer !== undefined ? { bearer: options.bearer } : {}),
+    });
+    return this.#read(response, `${method} ${url.origin}${url.pathname}`, schema);
+  }
+
+  #url(path: string, query: Query = {}): URL {
+    const url = new URL(`${this.#connection.server}${path}`);
+    for (const [name, value] of Object.entries(query)) {
+      if (value === undefined) continue;
+      for (const v of Array.isArray(value) ? value : [value]) url.searchParams.append(name, String(v));
+    }
+    return url;
+  }
+
+  /** One request; a failure to get any answer becomes ServerUnreachableError. */
+  async #send(
+    method: string,
+    url: URL,
+    options: {
+      headers?: Record<string, string>;
+      body?: string | ReadableStream;
+      bearer?: string;
+      /** false: no time limit (uploads and downloads of any size). */
+      timeout?: false;
+    },
+  ): Promise<Response> {
+    const headers: Record<string, string> = { accept: 'application/json', ...options.headers };
+    const bearer = options.bearer ?? this.#connection.token;
+    if (bearer !== undefined) headers.authorization = `Bearer ${bearer}`;
     try {
-      response = await this.#fetch(url, {
+      return await this.#fetch(url, {
         method,
         headers,
-        ...(body !== undefined ? { body } : {}),
-        signal: AbortSignal.timeout(this.#timeoutMs),
-      });
+        ...(options.body !== undefined ? { body: options.body } : {}),
+        ...(typeof options.body === 'object' ? { duplex: 'half' } : {}),
+        ...(options.timeout === false ? {} : { signal: AbortSignal.timeout(this.#timeoutMs) }),
+      } as RequestInit);
     } catch (error) {
       throw unreachable(this.#connection.server, error);
     }
+  }
+
+  /** The answer's JSON checked against `schema`; an error answer becomes ServerApiError. */
+  async #read<S extends z.ZodType>(
+    response: Response,
+    where: string,
+    schema: S | null,
+  ): Promise<z.output<S>> {
     const text = await response.text().catch((error: unknown) => {
       throw unreachable(this.#connection.server, error);
     });

@@ -1,0 +1,161 @@
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { writeTestModel } from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../../src/cli.js';
+import { edgefleet } from '../run-cli.js';
+import { startControlPlane, type ControlPlane } from '../support/control-plane.js';
+
+let plane: ControlPlane;
+let work: string;
+let onnx: string;
+const ef = (...args: string[]) =>
+  edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read answers field by field
+async function json(...args: string[]): Promise<any> {
+  const result = await ef(...args, '--json');
+  if (result.code !== 0) throw new Error(`edgefleet ${args.join(' ')} → ${result.code}: ${result.stderr}`);
+  return JSON.parse(result.stdout);
+}
+
+beforeAll(async () => {
+  plane = await startControlPlane();
+  work = await mkdtemp(join(tmpdir(), 'ef-models-'));
+  onnx = await writeTestModel('mlp', join(work, 'src'));
+});
+afterAll(async () => {
+  await plane?.stop();
+  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe('edgefleet model + packaging', () => {
+  it('uploads an ONNX model, packages and signs it on the server, and the download verifies locally', async () => {
+    const uploaded = await json(
+      'model',
+      'upload',
+      onnx,
+      '--name',
+      'iris',
+      '--version',
+      '1.0',
+      '--description',
+      'flowers',
+    );
+    expect(uploaded).toMatchObject({
+      modelName: 'iris',
+      version: '1.0',
+      sourceKind: 'onnx',
+      sha256: createHash('sha256')
+        .update(await readFile(onnx))
+        .digest('hex'),
+      inputs: [{ name: 'features', dataType: 'FLOAT32', shape: [-1, 4] }],
+    });
+    expect((await ef('model', 'list')).stdout).toMatch(/^iris\s+1\s+1\.0\s+flowers$/m);
+    expect((await ef('model', 'describe', 'iris', '--version', '1.0')).stdout).toMatch(
+      /input\s+features\s+FLOAT32\s+\[-1, 4\]/,
+    );
+    expect((await json('model', 'describe', 'iris')).versions).toHaveLength(1);
+
+    const job = await json('packaging', 'create', 'iris-1', '--model', 'iris', '--version', '1.0', '--wait');
+    expect(job).toMatchObject({
+      name: 'iris-1',
+      status: 'COMPLETED',
+      artifact: { sha256: expect.stringMatching(/^[0-9a-f]{64}$/) },
+    });
+    expect(JSON.parse(job.modelSignature)).toHaveProperty('dsseEnvelope');
+    expect((await ef('packaging', 'list', '--status', 'COMPLETED')).stdout).toMatch(
+      /^iris-1\s+iris\s+1\.0\s+COMPLETED/m,
+    );
+
+    const file = join(work, 'iris-1.0.tar.gz');
+    const downloaded = await json('packaging', 'download', 'iris-1', '--out', file);
+    expect(downloaded).toMatchObject({ file, bytes: job.artifact.sizeBytes, sha256: job.artifact.sha256 });
+    const again = await ef('packaging', 'download', 'iris-1', '--out', file);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/already exists; pass --force/);
+
+    // The device's view: the server's signing root in a trust folder verifies the package.
+    await mkdir(join(work, 'trust'));
+    expect((await ef('packaging', 'root-certificate', '--out', join(work, 'trust', 'root.pem'))).code).toBe(
+      0,
+    );
+    const verified = await edgefleet('package', 'verify', file, '--trust', join(work, 'trust'));
+    expect(verified.stderr).toBe('');
+    expect(verified.stdout).toMatch(/^OK /);
+  });
+
+  it('uploads a package archive made by "package create --tar", with a progress bar on a terminal', async () => {
+    const made = await edgefleet(
+      'package',
+      'create',
+      onnx,
+      '--name',
+      'iris',
+      '--version',
+      '2.0',
+      '--out',
+      join(work, 'iris-2.0'),
+      '--tar',
+      '--json',
+    );
+    expect(made.code).toBe(0);
+    const archive = JSON.parse(made.stdout).archive.path as string;
+
+    const stdout = new Capture(false);
+    const stderr = new Capture(true);
+    const code = await runCli(
+      [
+        'model',
+        'upload',
+        archive,
+        '--name',
+        'iris',
+        '--version',
+        '2.0',
+        '--server',
+        plane.operatorUrl,
+        '--token',
+        plane.adminToken,
+      ],
+      { stdout, stderr: stderr as unknown as NodeJS.WriteStream },
+    );
+    expect(code).toBe(0);
+    expect(stdout.text).toMatch(/^Uploaded iris 2\.0\n[\s\S]*uploaded as\s+package archive/);
+    expect(stderr.text).toContain('\r\x1b[Kuploading 100% ');
+
+    expect(
+      (await json('model', 'describe', 'iris')).versions.map((v: { version: string }) => v.version),
+    ).toEqual(['1.0', '2.0']);
+    expect((await ef('model', 'delete', 'iris', '--version', '2.0')).stdout).toBe('Deleted iris 2.0\n');
+    expect((await json('model', 'describe', 'iris')).versionCount).toBe(1);
+  });
+
+  it('reports what went wrong: a file that is no model, a job for a missing version, an unfinished download', async () => {
+    const junk = join(work, 'junk.onnx');
+    await writeFile(junk, 'this is not ONNX');
+    const refused = await ef('model', 'upload', junk, '--name', 'junk', '--version', '1');
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/^edgefleet: .*\[HTTP 4\d\d \w+\]\n$/);
+    const missing = await ef('model', 'upload', join(work, 'nope.onnx'), '--name', 'x', '--version', '1');
+    expect(missing.stderr).toMatch(/is not a file/);
+
+    const failed = await ef('packaging', 'create', 'ghost-1', '--model', 'ghost', '--version', '9', '--wait');
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toMatch(/ghost/);
+  });
+});
+
+class Capture extends Writable {
+  text = '';
+  constructor(readonly isTTY: boolean) {
+    super();
+  }
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: () => void): void {
+    this.text += chunk.toString();
+    done();
+  }
+}
