@@ -3,6 +3,7 @@ import { CliError, EXIT, createOutput, type Output } from './cli-io.js';
 import { registerPkiCommands } from './pki/pki-command.js';
 import { registerPackageCommands } from './package/package-command.js';
 import { registerDemoCommand } from './demo/demo-command.js';
+import { registerAgentCommands } from './agent/agent-command.js';
 import { registerFleetCommands } from './fleet/fleet-command.js';
 import { registerDeviceCommands } from './device/device-command.js';
 import { registerTokenCommands } from './token/token-command.js';
@@ -32,6 +33,7 @@ export function buildProgram(
   registerPkiCommands(program, output);
   registerPackageCommands(program, output);
   registerDemoCommand(program, output);
+  registerAgentCommands(program, output);
   registerFleetCommands(program, output);
   registerDeviceCommands(program, output);
   registerTokenCommands(program, output);

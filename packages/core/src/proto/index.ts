@@ -14,3 +14,5 @@ export type {
   AgentServiceHandlers,
   AgentUnaryClientMethod,
 } from './agent-service.js';
+export { connectAgent } from './agent-client.js';
+export type { AgentConnection } from './agent-client.js';

@@ -1,0 +1,133 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { edgefleet } from './run-cli.js';
+
+const agentBin = join(import.meta.dirname, '..', '..', 'agent', 'dist', 'main.js');
+let work: string;
+let socket: string;
+let agent: ChildProcess;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'ef-agent-cli-'));
+  expect((await edgefleet('demo', '--dir', join(work, 'demo'))).code).toBe(0);
+  socket = join(work, 'agent.sock');
+  const config = join(work, 'agent.json');
+  await writeFile(
+    config,
+    JSON.stringify({
+      sagemaker_edge_core_device_name: 'cli-test',
+      sagemaker_edge_core_root_certs_path: join(work, 'demo', 'pki', 'trust'),
+      edgefleet_rest_socket_path: 'none',
+      edgefleet_preload_models: [
+        { url: join(work, 'demo', 'device', 'models', 'demo-classifier'), name: 'demo' },
+      ],
+    }),
+  );
+  agent = spawn(process.execPath, [agentBin, '-a', socket, '-c', config], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    agent.once('exit', (code) => reject(new Error(`agent exited with ${code}`)));
+    createInterface({ input: agent.stdout! }).on('line', (line) => {
+      if (line.includes('"event":"listening"')) resolve();
+    });
+  });
+}, 60_000);
+
+afterAll(async () => {
+  agent?.kill('SIGTERM');
+  await new Promise((resolve) => agent?.once('exit', resolve));
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('edgefleet agent', () => {
+  it('lists and describes the loaded model with its tensors', async () => {
+    const list = await edgefleet('agent', 'list', '--socket', socket, '--json');
+    expect(list.code).toBe(0);
+    expect(JSON.parse(list.stdout)).toEqual([
+      expect.objectContaining({
+        name: 'demo',
+        inputs: [{ name: 'features', dataType: 'FLOAT32', shape: [-1, 4] }],
+        outputs: [{ name: 'probabilities', dataType: 'FLOAT32', shape: [-1, 3] }],
+      }),
+    ]);
+    const described = await edgefleet('agent', 'describe', 'demo', '--socket', socket);
+    expect(described.stdout).toContain('input  features FLOAT32 [-1, 4]');
+  });
+
+  it('predicts: a virginica-like flower scores highest on the third class', async () => {
+    const r = await edgefleet(
+      'agent',
+      'predict',
+      'demo',
+      '--socket',
+      socket,
+      '--json',
+      '--input',
+      '{"features": {"shape": [1, 4], "data": [6.7, 3.0, 5.2, 2.3]}}',
+    );
+    expect(r.stderr).toBe('');
+    const [probabilities] = (
+      JSON.parse(r.stdout) as { outputs: { name: string; shape: number[]; data: number[] }[] }
+    ).outputs;
+    expect(probabilities).toMatchObject({ name: 'probabilities', shape: [1, 3] });
+    expect(probabilities!.data.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
+    expect(Math.max(...probabilities!.data)).toBe(probabilities!.data[2]);
+  });
+
+  it('unloads and loads again; errors name the gRPC status and the reason', async () => {
+    expect((await edgefleet('agent', 'unload', 'demo', '--socket', socket)).code).toBe(0);
+    const missing = await edgefleet('agent', 'describe', 'demo', '--socket', socket);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/NOT_FOUND/);
+    const loaded = await edgefleet(
+      'agent',
+      'load',
+      'demo',
+      join(work, 'demo', 'device', 'models', 'demo-classifier'),
+      '--socket',
+      socket,
+    );
+    expect(loaded.code).toBe(0);
+    const again = await edgefleet(
+      'agent',
+      'load',
+      'demo',
+      join(work, 'demo', 'device', 'models', 'demo-classifier'),
+      '--socket',
+      socket,
+    );
+    expect(again.stderr).toMatch(/ALREADY_EXISTS/);
+    // The tampered copy the demo made is refused: the agent verifies signatures.
+    const tampered = await edgefleet(
+      'agent',
+      'load',
+      'evil',
+      join(work, 'demo', 'device', 'tampered'),
+      '--socket',
+      socket,
+    );
+    expect(tampered.stderr).toMatch(/FAILED_PRECONDITION.*model\.onnx/);
+  });
+
+  it('says clearly when no agent answers, or the input is wrong', async () => {
+    const none = await edgefleet('agent', 'list', '--socket', join(work, 'nothing.sock'));
+    expect(none.code).toBe(1);
+    expect(none.stderr).toContain('no agent answers');
+    const bad = await edgefleet(
+      'agent',
+      'predict',
+      'demo',
+      '--socket',
+      socket,
+      '--input',
+      '{"features": [1, 2]}',
+    );
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('2 values for shape [1, 4]');
+  });
+});
