@@ -395,7 +395,7 @@ async function benchEngine(engine) {
       concurrency: CONCURRENCY,
       seconds: Number(elapsed.toFixed(2)),
       heartbeatsPerSecond: Math.round(completed / elapsed),
-      metricRowsPerSecond: Math.round((completed * 10) / elapsed),
+      metricsPerSecond: Math.round((completed * 10) / elapsed),
       failures,
       // CPU time per heartbeat, from the processes' own counters: meaningful even on a busy machine.
       serverCpuMicrosPerHeartbeat:
@@ -415,7 +415,7 @@ async function benchEngine(engine) {
     };
     console.log(
       `${engine.padEnd(8)} ${String(result.heartbeatsPerSecond).padStart(6)} heartbeats/s ` +
-        `(${result.metricRowsPerSecond} metric rows/s, ${failures} failed) | heartbeat p50 ${result.heartbeatLatencyMs.p50} ms ` +
+        `(${result.metricsPerSecond} metrics/s, ${failures} failed) | heartbeat p50 ${result.heartbeatLatencyMs.p50} ms ` +
         `p99 ${result.heartbeatLatencyMs.p99} ms | operator reads p50 ${result.operatorReadLatencyMs.p50} ms ` +
         `p99 ${result.operatorReadLatencyMs.p99} ms (${readLatencies.length} reads)`,
     );

@@ -230,7 +230,7 @@ export class DeviceStore {
         .where('device_name', '=', name)
         .where('revoked_at', 'is', null)
         .execute();
-      await trx.deleteFrom('device_metrics').where('device_name', '=', name).execute();
+      await trx.deleteFrom('device_metric_batches').where('device_name', '=', name).execute();
       // device_tags, device_models and enrollment_tokens go by ON DELETE CASCADE.
       await trx.deleteFrom('devices').where('name', '=', name).execute();
     });

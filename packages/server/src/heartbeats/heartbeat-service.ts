@@ -1,7 +1,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import { ApiError } from '../http/errors.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
-import type { DatabaseSchema, DeviceMetricsTable, DeviceModelsTable } from '../storage/index.js';
+import type { DatabaseSchema, DeviceMetricBatchesTable, DeviceModelsTable } from '../storage/index.js';
 import type { EdgeMetric, SendHeartbeatRequest } from './heartbeat-schemas.js';
 
 export interface HeartbeatServiceOptions {
@@ -106,28 +106,45 @@ export class HeartbeatService {
   }
 }
 
-function metricRows(item: PendingHeartbeat): DeviceMetricsTable[] {
+/** A stored metric: [metricName, dimension, modelName, modelVersion, value, timestamp]. */
+export type StoredMetric = [string, string | null, string | null, string | null, number, number];
+
+/** The heartbeat's metrics as one row, or undefined when it carried none. */
+function metricBatch(item: PendingHeartbeat): DeviceMetricBatchesTable | undefined {
   const { device, heartbeat, receivedAt } = item;
-  const rows: DeviceMetricsTable[] = [];
+  const metrics: StoredMetric[] = [];
   const add = (list: EdgeMetric[] | undefined, model?: { name: string; version: string }) => {
     for (const metric of list ?? []) {
-      rows.push({
-        device_name: device.deviceName,
-        fleet_name: device.fleetName,
-        model_name: model?.name ?? null,
-        model_version: model?.version ?? null,
-        dimension: metric.Dimension ?? null,
-        metric_name: metric.MetricName,
-        value: metric.Value,
-        timestamp: metric.Timestamp ?? receivedAt,
-        received_at: receivedAt,
-      });
+      metrics.push([
+        metric.MetricName,
+        metric.Dimension ?? null,
+        model?.name ?? null,
+        model?.version ?? null,
+        metric.Value,
+        metric.Timestamp ?? receivedAt,
+      ]);
     }
   };
   add(heartbeat.AgentMetrics);
-  for (const model of heartbeat.Models ?? [])
+  for (const model of heartbeat.Models ?? []) {
     add(model.ModelMetrics, { name: model.ModelName, version: model.ModelVersion });
-  return rows;
+  }
+  if (metrics.length === 0) return undefined;
+  let first = Number.POSITIVE_INFINITY;
+  let last = Number.NEGATIVE_INFINITY;
+  for (const m of metrics) {
+    first = Math.min(first, m[5]);
+    last = Math.max(last, m[5]);
+  }
+  return {
+    device_name: device.deviceName,
+    fleet_name: device.fleetName,
+    received_at: receivedAt,
+    first_timestamp: first,
+    last_timestamp: last,
+    metric_count: metrics.length,
+    metrics: JSON.stringify(metrics),
+  };
 }
 
 async function writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartbeat[]): Promise<void> {
@@ -176,11 +193,11 @@ async function writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartb
     }
   }
 
-  const metrics = batch.flatMap(metricRows);
-  for (let i = 0; i < metrics.length; i += ROWS_PER_INSERT) {
+  const batches = batch.map(metricBatch).filter((b): b is DeviceMetricBatchesTable => b !== undefined);
+  for (let i = 0; i < batches.length; i += ROWS_PER_INSERT) {
     await trx
-      .insertInto('device_metrics')
-      .values(metrics.slice(i, i + ROWS_PER_INSERT))
+      .insertInto('device_metric_batches')
+      .values(batches.slice(i, i + ROWS_PER_INSERT))
       .execute();
   }
 }

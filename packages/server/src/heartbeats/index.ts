@@ -12,7 +12,12 @@ export {
   type SendHeartbeatInput,
   type SendHeartbeatRequest,
 } from './heartbeat-schemas.js';
-export { assertActsAsItself, HeartbeatService, type HeartbeatServiceOptions } from './heartbeat-service.js';
+export {
+  assertActsAsItself,
+  HeartbeatService,
+  type HeartbeatServiceOptions,
+  type StoredMetric,
+} from './heartbeat-service.js';
 export {
   MAX_BUCKETS_PER_SERIES,
   queryDeviceMetrics,

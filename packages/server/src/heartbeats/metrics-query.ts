@@ -1,8 +1,11 @@
-import { sql, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import { ApiError } from '../http/errors.js';
 import type { DatabaseSchema } from '../storage/index.js';
+import type { StoredMetric } from './heartbeat-service.js';
 
 export const MAX_BUCKETS_PER_SERIES = 10_000;
+/** Most heartbeats' worth of metrics one query reads (a week of 30 s heartbeats is about 20 000). */
+export const MAX_BATCHES_PER_QUERY = 100_000;
 
 export interface MetricsQuery {
   deviceName: string;
@@ -21,9 +24,18 @@ export interface MetricSeries {
   points: { timestamp: number; min: number; max: number; avg: number; count: number }[];
 }
 
+/** Nulls first, then by text: the same order whatever the database engine. */
+function compareNullable(a: string | null, b: string | null): number {
+  if (a === b) return 0;
+  if (a === null) return -1;
+  if (b === null) return 1;
+  return a < b ? -1 : 1;
+}
+
 /**
- * A device's metrics between two times, bucketed by `stepMs` (aligned to the epoch), one series per metric,
- * dimension and model: what a dashboard plots. Buckets without data are absent.
+ * A device's metrics between two times (by the metrics' own timestamps), bucketed by `stepMs` (aligned to
+ * the epoch), one series per metric, dimension and model: what a dashboard plots. Buckets without data are
+ * absent. Reads the heartbeats whose metric time range overlaps the window and aggregates here.
  */
 export async function queryDeviceMetrics(
   db: Kysely<DatabaseSchema>,
@@ -41,57 +53,67 @@ export async function queryDeviceMetrics(
       { in: 'querystring' },
     );
   }
-  // Integer division on both engines. The step is a literal, not a parameter: PostgreSQL only matches the
-  // GROUP BY expression to the selected one when they are textually the same.
-  const step = sql.lit(Math.trunc(query.stepMs));
-  const bucket = sql<number>`(${sql.ref('timestamp')} / ${step}) * ${step}`;
-  let select = db
-    .selectFrom('device_metrics')
-    .select([
-      'metric_name',
-      'dimension',
-      'model_name',
-      'model_version',
-      bucket.as('bucket'),
-      (eb) => eb.fn.min<number>('value').as('min'),
-      (eb) => eb.fn.max<number>('value').as('max'),
-      (eb) => eb.fn.avg<number>('value').as('avg'),
-      (eb) => eb.fn.countAll<number>().as('count'),
-    ])
+  const rows = await db
+    .selectFrom('device_metric_batches')
+    .select('metrics')
     .where('device_name', '=', query.deviceName)
-    .where('timestamp', '>=', query.since)
-    .where('timestamp', '<', query.until)
-    .groupBy(['metric_name', 'dimension', 'model_name', 'model_version', bucket])
-    .orderBy('metric_name')
-    .orderBy('dimension')
-    .orderBy('model_name')
-    .orderBy('model_version')
-    .orderBy(bucket);
-  if (query.metricName !== undefined) select = select.where('metric_name', '=', query.metricName);
-  if (query.modelName !== undefined) select = select.where('model_name', '=', query.modelName);
-  const rows = await select.execute();
-
-  const series = new Map<string, MetricSeries>();
-  for (const row of rows) {
-    const key = JSON.stringify([row.metric_name, row.dimension, row.model_name, row.model_version]);
-    let entry = series.get(key);
-    if (entry === undefined) {
-      entry = {
-        metricName: row.metric_name,
-        dimension: row.dimension,
-        modelName: row.model_name,
-        modelVersion: row.model_version,
-        points: [],
-      };
-      series.set(key, entry);
-    }
-    entry.points.push({
-      timestamp: Number(row.bucket),
-      min: Number(row.min),
-      max: Number(row.max),
-      avg: Number(row.avg),
-      count: Number(row.count),
-    });
+    .where('last_timestamp', '>=', query.since)
+    .where('first_timestamp', '<', query.until)
+    .limit(MAX_BATCHES_PER_QUERY + 1)
+    .execute();
+  if (rows.length > MAX_BATCHES_PER_QUERY) {
+    throw new ApiError(
+      400,
+      'ValidationError',
+      `the window holds more than ${MAX_BATCHES_PER_QUERY} heartbeats' metrics; narrow it`,
+      { in: 'querystring' },
+    );
   }
-  return [...series.values()];
+
+  type Bucket = { min: number; max: number; sum: number; count: number };
+  const series = new Map<string, { head: Omit<MetricSeries, 'points'>; buckets: Map<number, Bucket> }>();
+  for (const row of rows) {
+    for (const [metricName, dimension, modelName, modelVersion, value, timestamp] of JSON.parse(
+      row.metrics,
+    ) as StoredMetric[]) {
+      if (timestamp < query.since || timestamp >= query.until) continue;
+      if (query.metricName !== undefined && metricName !== query.metricName) continue;
+      if (query.modelName !== undefined && modelName !== query.modelName) continue;
+      const key = JSON.stringify([metricName, dimension, modelName, modelVersion]);
+      let entry = series.get(key);
+      if (entry === undefined) {
+        entry = { head: { metricName, dimension, modelName, modelVersion }, buckets: new Map() };
+        series.set(key, entry);
+      }
+      const at = Math.floor(timestamp / query.stepMs) * query.stepMs;
+      const bucket = entry.buckets.get(at);
+      if (bucket === undefined) entry.buckets.set(at, { min: value, max: value, sum: value, count: 1 });
+      else {
+        bucket.min = Math.min(bucket.min, value);
+        bucket.max = Math.max(bucket.max, value);
+        bucket.sum += value;
+        bucket.count += 1;
+      }
+    }
+  }
+  return [...series.values()]
+    .sort(
+      (a, b) =>
+        compareNullable(a.head.metricName, b.head.metricName) ||
+        compareNullable(a.head.dimension, b.head.dimension) ||
+        compareNullable(a.head.modelName, b.head.modelName) ||
+        compareNullable(a.head.modelVersion, b.head.modelVersion),
+    )
+    .map(({ head, buckets: points }) => ({
+      ...head,
+      points: [...points.entries()]
+        .sort(([a], [b]) => a - b)
+        .map(([timestamp, b]) => ({
+          timestamp,
+          min: b.min,
+          max: b.max,
+          avg: b.sum / b.count,
+          count: b.count,
+        })),
+    }));
 }

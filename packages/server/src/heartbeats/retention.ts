@@ -6,23 +6,23 @@ import type { DatabaseSchema } from '../storage/index.js';
 const EXPIRED_TOKEN_GRACE_MS = 7 * 86_400_000;
 
 /**
- * Deletes metrics received before the retention window, and long-expired enrollment tokens. Idempotent, so
+ * Deletes metrics (whole heartbeats' worth) received before the retention window, and long-expired enrollment tokens. Idempotent, so
  * every replica may run it on its own schedule.
  */
 export async function pruneExpired(
   db: Kysely<DatabaseSchema>,
   options: { metricsRetentionMs: number; now?: number },
-): Promise<{ metrics: number; enrollmentTokens: number }> {
+): Promise<{ metricBatches: number; enrollmentTokens: number }> {
   const now = options.now ?? Date.now();
   const metrics = await db
-    .deleteFrom('device_metrics')
+    .deleteFrom('device_metric_batches')
     .where('received_at', '<', now - options.metricsRetentionMs)
     .executeTakeFirst();
   const tokens = await db
     .deleteFrom('enrollment_tokens')
     .where('expires_at', '<', now - EXPIRED_TOKEN_GRACE_MS)
     .executeTakeFirst();
-  return { metrics: Number(metrics.numDeletedRows), enrollmentTokens: Number(tokens.numDeletedRows) };
+  return { metricBatches: Number(metrics.numDeletedRows), enrollmentTokens: Number(tokens.numDeletedRows) };
 }
 
 /** Runs pruneExpired every `intervalMs` until stopped; failures are logged and retried next time. */
@@ -34,7 +34,7 @@ export function startRetentionSweeper(
   const timer = setInterval(() => {
     running = pruneExpired(db, { metricsRetentionMs: options.metricsRetentionMs }).then(
       (removed) => {
-        if (removed.metrics > 0 || removed.enrollmentTokens > 0)
+        if (removed.metricBatches > 0 || removed.enrollmentTokens > 0)
           options.logger.debug(removed, 'retention sweep');
       },
       (error: unknown) => options.logger.warn({ err: error }, 'retention sweep failed; will retry'),

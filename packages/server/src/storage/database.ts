@@ -106,6 +106,8 @@ export async function openDatabase(
     sqlite.pragma('synchronous = NORMAL');
     sqlite.pragma('busy_timeout = 5000');
     sqlite.pragma('foreign_keys = ON');
+    // 64 MiB of page cache: the metric indexes grow quickly and are written at heartbeat rate.
+    sqlite.pragma('cache_size = -65536');
     const db = new Kysely<DatabaseSchema>({
       dialect: new SqliteDialect({ database: withStatementCache(sqlite) }),
     });

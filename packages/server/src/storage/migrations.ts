@@ -79,27 +79,25 @@ const migrations: Record<string, Migration> = {
         .addPrimaryKeyConstraint('device_models_pk', ['device_name', 'model_name', 'model_version'])
         .execute();
 
-      // No foreign key: metrics are appended at heartbeat rate and pruned by age.
+      // No foreign key: appended at heartbeat rate (one row per heartbeat) and pruned by age.
       await db.schema
-        .createTable('device_metrics')
+        .createTable('device_metric_batches')
         .addColumn('device_name', 'text', (c) => c.notNull())
         .addColumn('fleet_name', 'text', (c) => c.notNull())
-        .addColumn('model_name', 'text')
-        .addColumn('model_version', 'text')
-        .addColumn('dimension', 'text')
-        .addColumn('metric_name', 'text', (c) => c.notNull())
-        .addColumn('value', 'double precision', (c) => c.notNull())
-        .addColumn('timestamp', 'bigint', (c) => c.notNull())
         .addColumn('received_at', 'bigint', (c) => c.notNull())
+        .addColumn('first_timestamp', 'bigint', (c) => c.notNull())
+        .addColumn('last_timestamp', 'bigint', (c) => c.notNull())
+        .addColumn('metric_count', 'integer', (c) => c.notNull())
+        .addColumn('metrics', 'text', (c) => c.notNull())
         .execute();
       await db.schema
-        .createIndex('device_metrics_device_time')
-        .on('device_metrics')
-        .columns(['device_name', 'timestamp'])
+        .createIndex('device_metric_batches_device_time')
+        .on('device_metric_batches')
+        .columns(['device_name', 'last_timestamp'])
         .execute();
       await db.schema
-        .createIndex('device_metrics_received')
-        .on('device_metrics')
+        .createIndex('device_metric_batches_received')
+        .on('device_metric_batches')
         .column('received_at')
         .execute();
 

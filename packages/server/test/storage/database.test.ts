@@ -66,29 +66,28 @@ describe.each(engines)('state database on $engine', (fixture) => {
     },
   );
 
-  it.skipIf(!fixture.available)('round-trips epoch milliseconds and doubles as numbers', async () => {
+  it.skipIf(!fixture.available)('round-trips epoch milliseconds and counts as numbers', async () => {
     const database = await open();
     await migrateToLatest(database.db);
     const at = 1_900_000_000_123;
     await database.db
-      .insertInto('device_metrics')
+      .insertInto('device_metric_batches')
       .values({
         device_name: 'd',
         fleet_name: 'f',
-        model_name: null,
-        model_version: null,
-        dimension: null,
-        metric_name: 'm',
-        value: 0.125,
-        timestamp: at,
         received_at: at,
+        first_timestamp: at,
+        last_timestamp: at,
+        metric_count: 1,
+        metrics: JSON.stringify([['m', null, null, null, 0.125, at]]),
       })
       .execute();
-    const row = await database.db.selectFrom('device_metrics').selectAll().executeTakeFirstOrThrow();
-    expect(row.timestamp).toBe(at);
-    expect(row.value).toBe(0.125);
+    const row = await database.db.selectFrom('device_metric_batches').selectAll().executeTakeFirstOrThrow();
+    expect(row.received_at).toBe(at);
+    expect(row.metric_count).toBe(1);
+    expect(JSON.parse(row.metrics)).toEqual([['m', null, null, null, 0.125, at]]);
     const { count } = await database.db
-      .selectFrom('device_metrics')
+      .selectFrom('device_metric_batches')
       .select((eb) => eb.fn.countAll<number>().as('count'))
       .executeTakeFirstOrThrow();
     expect(count).toBe(1);
