@@ -32,8 +32,11 @@ export interface RecoveredQueue {
 export interface CaptureQueue {
   readonly durable: boolean;
   recover(): RecoveredQueue;
-  /** Resolves once the captures are held (for sqlite: committed). Ids must be new (the caller checks). */
-  enqueue(item: CaptureItem): Promise<void>;
+  /**
+   * Resolves once the capture is held (for sqlite: committed). Ids must be new (the caller checks). With
+   * `trackStatus` false no status is kept (automatic captures: nobody knows their ids to ask).
+   */
+  enqueue(item: CaptureItem, trackStatus?: boolean): Promise<void>;
   /**
    * Puts up to `limit` of the oldest waiting captures in a batch. `taken` counts the waiting captures used up,
    * which exceeds `items.length` when stored ones could not be read back (those are marked FAILURE).
@@ -70,9 +73,9 @@ export class MemoryCaptureQueue implements CaptureQueue {
     };
   }
 
-  enqueue(item: CaptureItem): Promise<void> {
+  enqueue(item: CaptureItem, trackStatus = true): Promise<void> {
     this.#pending.push(item);
-    this.#set(item.captureId, { status: 'IN_PROGRESS', updatedAt: this.#now() });
+    if (trackStatus) this.#set(item.captureId, { status: 'IN_PROGRESS', updatedAt: this.#now() });
     return Promise.resolve();
   }
 
@@ -143,7 +146,12 @@ export class SqliteCaptureQueue implements CaptureQueue {
   readonly #repository: CaptureQueueRepository;
   readonly #now: () => number;
   readonly #onDamaged: ((captureId: string, error: Error) => void) | undefined;
-  #waiting: { item: CaptureItem; resolve: () => void; reject: (error: unknown) => void }[] = [];
+  #waiting: {
+    item: CaptureItem;
+    trackStatus: boolean;
+    resolve: () => void;
+    reject: (error: unknown) => void;
+  }[] = [];
   #scheduled = false;
 
   constructor(options: {
@@ -168,9 +176,9 @@ export class SqliteCaptureQueue implements CaptureQueue {
     };
   }
 
-  enqueue(item: CaptureItem): Promise<void> {
+  enqueue(item: CaptureItem, trackStatus = true): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.#waiting.push({ item, resolve, reject });
+      this.#waiting.push({ item, trackStatus, resolve, reject });
       if (!this.#scheduled) {
         this.#scheduled = true;
         setImmediate(() => this.#commit());
@@ -184,10 +192,11 @@ export class SqliteCaptureQueue implements CaptureQueue {
     this.#waiting = [];
     try {
       this.#repository.enqueue(
-        waiting.map(({ item }) => ({
+        waiting.map(({ item, trackStatus }) => ({
           captureId: item.captureId,
           model: item.model,
           enqueuedAt: item.receivedAt,
+          trackStatus,
           ...encodeCaptureItem(item),
         })),
       );

@@ -308,7 +308,7 @@ export class CaptureService {
     this.#reserved.add(item.captureId);
     this.#held++;
     try {
-      await this.#queue.enqueue(item);
+      await this.#queue.enqueue(item, item.source === 'api');
     } catch (error) {
       this.#held--;
       const full = (error as { code?: string }).code === 'SQLITE_FULL';

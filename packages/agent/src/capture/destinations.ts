@@ -1,6 +1,10 @@
-import { join, sep } from 'node:path';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { syncFolder, writeFileAtomic } from './atomic-files.js';
+import { eachLimit, stageFile, syncFolder, type StagedFile } from './atomic-files.js';
+
+/** Files written (and fsynced) at the same time by the Disk destination. */
+const DISK_WRITE_CONCURRENCY = 8;
 import type { ObjectStore } from './object-store.js';
 import type { RenderedFile } from './records.js';
 
@@ -36,14 +40,35 @@ export class DiskDestination implements CaptureDestination {
     return join(this.root, ...key.split('/'));
   }
 
+  /**
+   * Every file is written and fsynced under a temporary name first (several at a time: fsyncs are slow alone,
+   * cheap together), then side files are renamed into place and their folders fsynced, and only then the
+   * manifests: a manifest is never visible before the side files it references.
+   */
   async write(files: readonly RenderedFile[]): Promise<void> {
-    const folders = new Set<string>();
-    for (const file of files) {
-      const path = this.pathOf(file.key);
-      await writeFileAtomic(path, file.body);
-      folders.add(path.slice(0, path.lastIndexOf(sep)));
+    const folders = new Set(files.map((f) => dirname(this.pathOf(f.key))));
+    for (const folder of folders) await mkdir(folder, { recursive: true });
+    const staged: StagedFile[] = new Array(files.length);
+    try {
+      await eachLimit([...files.keys()], DISK_WRITE_CONCURRENCY, async (i) => {
+        staged[i] = await stageFile(this.pathOf(files[i]!.key), files[i]!.body);
+      });
+      const isManifest = (i: number) => files[i]!.key.endsWith('.jsonl');
+      for (const manifests of [false, true]) {
+        const these = [...staged.keys()].filter((i) => isManifest(i) === manifests);
+        await eachLimit(these, DISK_WRITE_CONCURRENCY, async (i) => {
+          await rename(staged[i]!.temp, staged[i]!.path);
+          staged[i] = { temp: '', path: staged[i]!.path };
+        });
+        await eachLimit(
+          [...new Set(these.map((i) => dirname(staged[i]!.path)))],
+          DISK_WRITE_CONCURRENCY,
+          syncFolder,
+        );
+      }
+    } finally {
+      await Promise.all(staged.filter((f) => f?.temp).map((f) => rm(f.temp, { force: true })));
     }
-    for (const folder of folders) await syncFolder(folder);
   }
 }
 

@@ -65,7 +65,7 @@ export function renderBatch(
 ): RenderedBatch {
   const groups = new Map<string, CaptureItem[]>();
   for (const item of items) {
-    const group = `${item.model}\0${hourPath(item.inferenceTime)}`;
+    const group = `${item.model}\0${Math.floor(item.inferenceTime / 3_600_000)}`;
     const list = groups.get(group);
     if (list) list.push(item);
     else groups.set(group, [item]);
@@ -74,14 +74,15 @@ export function renderBatch(
   const manifests: RenderedFile[] = [];
   const monitor: RenderedFile[] = [];
   const prefix = normalizePrefix(context.folderPrefix);
-  for (const [group, members] of groups) {
-    const [model, hour] = group.split('\0') as [string, string];
+  for (const members of groups.values()) {
+    const model = members[0]!.model;
+    const hour = hourPath(members[0]!.inferenceTime);
     const base = joinKey(prefix, context.fleetName, model, hour);
-    const name = createHash('sha256').update(`${batchId}\0${group}`).digest('hex').slice(0, 32);
+    const name = createHash('sha256').update(`${batchId}\0${model}\0${hour}`).digest('hex').slice(0, 32);
     const edgeLines: string[] = [];
     const monitorLines: string[] = [];
     for (const item of members) {
-      const refs = new Map<object, string>();
+      const refs = new Map<object, string>(); // empty for most captures: everything embedded
       const place = (
         entry: CapturedTensor | CapturedAuxiliary,
         tag: string,
@@ -128,35 +129,34 @@ export function edgeRecord(
   context: RenderContext,
   refs: ReadonlyMap<object, string>,
 ): string {
-  const tensor = (t: CapturedTensor, mode: 'Input' | 'Output') => ({
-    name: t.name,
-    observedContentType: tensorContentType(t.dataType, t.shape),
-    encoding: 'BASE64',
-    mode,
-    ...dataOrRef(t, refs),
-  });
-  const auxiliary = (a: CapturedAuxiliary, mode: 'Input' | 'Output', k: number) => ({
-    name: `${mode}-${k}`,
-    observedContentType: a.contentType,
-    encoding: a.encoding,
-    mode,
-    ...dataOrRef(a, refs),
-  });
-  return JSON.stringify({
-    eventVersion: '0',
-    eventMetadata: {
-      deviceFleetName: context.fleetName,
-      deviceId: context.deviceName,
-      eventId: item.captureId,
-      inferenceTime: formatInferenceTime(item.inferenceTime),
-      modelName: item.model,
-      modelVersion: item.modelVersion,
-    },
-    deviceFleetInputs: item.inputTensors.map((t) => tensor(t, 'Input')),
-    deviceFleetOutputs: item.outputTensors.map((t) => tensor(t, 'Output')),
-    deviceFleetAuxiliaryInputs: item.inputs.map((a, i) => auxiliary(a, 'Input', i + 1)),
-    deviceFleetAuxiliaryOutputs: item.outputs.map((a, i) => auxiliary(a, 'Output', i + 1)),
-  });
+  // Built as text rather than through JSON.stringify of objects: this runs for every capture, and the field
+  // order must be exactly the spec's. Every value that is not base64 or a constant goes through JSON.stringify.
+  const entry = (
+    name: string,
+    contentType: string,
+    encoding: string,
+    mode: 'Input' | 'Output',
+    value: CapturedTensor | CapturedAuxiliary,
+  ): string => {
+    const ref = refs.get(value);
+    const data =
+      ref !== undefined ? `"data-ref":${JSON.stringify(ref)}` : `"data":"${value.data.toString('base64')}"`;
+    return `{"name":${JSON.stringify(name)},"observedContentType":${JSON.stringify(contentType)},"encoding":"${encoding}","mode":"${mode}",${data}}`;
+  };
+  const tensors = (list: CapturedTensor[], mode: 'Input' | 'Output') =>
+    list.map((t) => entry(t.name, tensorContentType(t.dataType, t.shape), 'BASE64', mode, t)).join(',');
+  const auxiliary = (list: CapturedAuxiliary[], mode: 'Input' | 'Output') =>
+    list.map((a, i) => entry(`${mode}-${i + 1}`, a.contentType, a.encoding, mode, a)).join(',');
+  return (
+    `{"eventVersion":"0","eventMetadata":{"deviceFleetName":${JSON.stringify(context.fleetName)},` +
+    `"deviceId":${JSON.stringify(context.deviceName)},"eventId":${JSON.stringify(item.captureId)},` +
+    `"inferenceTime":"${formatInferenceTime(item.inferenceTime)}","modelName":${JSON.stringify(item.model)},` +
+    `"modelVersion":${JSON.stringify(item.modelVersion)}},` +
+    `"deviceFleetInputs":[${tensors(item.inputTensors, 'Input')}],` +
+    `"deviceFleetOutputs":[${tensors(item.outputTensors, 'Output')}],` +
+    `"deviceFleetAuxiliaryInputs":[${auxiliary(item.inputs, 'Input')}],` +
+    `"deviceFleetAuxiliaryOutputs":[${auxiliary(item.outputs, 'Output')}]}`
+  );
 }
 
 /**
@@ -264,11 +264,6 @@ function halfToNumber(bits: number): number {
   if (exponent === 0) return sign * 2 ** -14 * (fraction / 1024);
   if (exponent === 0x1f) return fraction === 0 ? sign * Infinity : NaN;
   return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
-}
-
-function dataOrRef(entry: CapturedTensor | CapturedAuxiliary, refs: ReadonlyMap<object, string>) {
-  const ref = refs.get(entry);
-  return ref !== undefined ? { 'data-ref': ref } : { data: entry.data.toString('base64') };
 }
 
 function jsonl(key: string, lines: readonly string[]): RenderedFile {

@@ -9,6 +9,8 @@ export interface QueuedCaptureRow {
   meta: string;
   payload: Buffer;
   enqueuedAt: number;
+  /** Keep a status for GetCaptureDataStatus (default true; automatic captures have no one to ask). */
+  trackStatus?: boolean;
 }
 
 export interface BatchedCaptureRow extends QueuedCaptureRow {
@@ -67,13 +69,13 @@ export class CaptureQueueRepository {
     );
   }
 
-  /** Adds captures and their IN_PROGRESS statuses, all or none. Throws SQLITE_CONSTRAINT_UNIQUE on an id queued twice. */
+  /** Adds captures and (unless trackStatus is false) their IN_PROGRESS statuses, all or none. Throws SQLITE_CONSTRAINT_UNIQUE on an id queued twice. */
   enqueue(rows: readonly QueuedCaptureRow[]): void {
     this.#db
       .transaction(() => {
         for (const row of rows) {
           this.#insertCapture.run(row.captureId, row.model, row.meta, row.payload, row.enqueuedAt);
-          this.#insertStatus.run(row.captureId, row.model, row.enqueuedAt);
+          if (row.trackStatus !== false) this.#insertStatus.run(row.captureId, row.model, row.enqueuedAt);
         }
       })
       .immediate();

@@ -203,6 +203,59 @@ describe('Edge Manager records', () => {
     expect(other.files[0]!.key).not.toBe(batch.files[0]!.key);
   });
 
+  it('writes valid JSON that reads back every string exactly, whatever characters they hold (property)', () => {
+    const text = fc.string({ maxLength: 40, unit: 'binary' });
+    fc.assert(
+      fc.property(
+        text,
+        text,
+        text,
+        text,
+        text,
+        text,
+        (captureId, tensorName, contentType, version, fleet, device) => {
+          const item = imageCapture({
+            captureId,
+            modelVersion: version,
+            inputTensors: [{ name: tensorName, dataType: 'UINT8', shape: [2], data: Buffer.from([1, 2]) }],
+            outputTensors: [],
+            inputs: [{ contentType, encoding: 'CSV', data: Buffer.from('a,b') }],
+            outputs: [],
+          });
+          const line = renderBatch('9'.repeat(32), [item], {
+            ...context,
+            fleetName: fleet || 'f',
+            deviceName: device,
+          })
+            .files.at(-1)!
+            .body.toString('utf8');
+          expect(line.endsWith('\n')).toBe(true);
+          expect(line.slice(0, -1)).not.toContain('\n');
+          const record = JSON.parse(line);
+          expect(record.eventMetadata).toEqual({
+            deviceFleetName: fleet || 'f',
+            deviceId: device,
+            eventId: captureId,
+            inferenceTime: '2023-05-31T20:05:24',
+            modelName: 'resnet',
+            modelVersion: version,
+          });
+          expect(record.deviceFleetInputs).toEqual([
+            {
+              name: tensorName,
+              observedContentType: 'Tensor[UINT8; 2]',
+              encoding: 'BASE64',
+              mode: 'Input',
+              data: 'AQI=',
+            },
+          ]);
+          expect(record.deviceFleetAuxiliaryInputs[0].observedContentType).toBe(contentType);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
   it('makes any capture id a safe, distinct file name stem (property)', () => {
     fc.assert(
       fc.property(

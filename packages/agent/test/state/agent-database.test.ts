@@ -31,11 +31,13 @@ const row = (captureId: string, model = 'resnet', at = 1000) => ({
 });
 
 describe('opening the agent database', () => {
-  it('creates the file and its folder, in WAL mode with synchronous FULL, at the latest schema version', () => {
+  it('creates the file and its folder, in WAL mode with synchronous NORMAL, at the latest schema version', async () => {
     const path = agentDatabasePath(join(root, 'nested', 'data'));
     const db = AgentDatabase.open({ path });
     expect(db.schemaVersion).toBe(LATEST_SCHEMA_VERSION);
-    expect(db.synchronous).toBe(2);
+    expect(db.synchronous).toBe(1);
+    db.loadedModels.record({ name: 'a', url: '/a', loadedAt: 1 });
+    await db.syncWal();
     db.close();
     const raw = new SqliteDatabase(path, { readonly: true });
     expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
@@ -47,8 +49,8 @@ describe('opening the agent database', () => {
     const first = AgentDatabase.open({ path });
     first.loadedModels.record({ name: 'resnet', url: '/models/resnet', loadedAt: 5 });
     first.close();
-    const second = AgentDatabase.open({ path, synchronous: 'NORMAL' });
-    expect(second.synchronous).toBe(1);
+    const second = AgentDatabase.open({ path, synchronous: 'FULL' });
+    expect(second.synchronous).toBe(2);
     expect(second.loadedModels.list()).toEqual([{ name: 'resnet', url: '/models/resnet', loadedAt: 5 }]);
     second.close();
   });
