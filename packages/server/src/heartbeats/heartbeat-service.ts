@@ -1,4 +1,4 @@
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import { ApiError } from '../http/errors.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import type { DatabaseSchema, DeviceMetricBatchesTable, DeviceModelsTable } from '../storage/index.js';
@@ -148,20 +148,26 @@ function metricBatch(item: PendingHeartbeat): DeviceMetricBatchesTable | undefin
 }
 
 async function writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartbeat[]): Promise<void> {
-  // Latest state, in arrival order (a device's later heartbeat wins).
-  for (const { device, heartbeat, receivedAt } of batch) {
-    await trx
-      .updateTable('devices')
-      .set({
-        agent_version: heartbeat.AgentVersion,
-        last_heartbeat_at: receivedAt,
-        ...(heartbeat.DeploymentResult !== undefined
-          ? { deployment_result: JSON.stringify(heartbeat.DeploymentResult) }
-          : {}),
-      })
-      .where('name', '=', device.deviceName)
-      .execute();
-  }
+  // Latest state: one UPDATE … FROM (VALUES …) for the whole batch, a device's last heartbeat in it winning.
+  // (A statement per device would cost a round trip each on PostgreSQL.)
+  const latest = new Map<string, PendingHeartbeat>();
+  for (const item of batch) latest.set(item.device.deviceName, item);
+  const values = [...latest.values()].map(
+    ({ device, heartbeat, receivedAt }) =>
+      sql`(${device.deviceName}, ${heartbeat.AgentVersion}, ${receivedAt}, ${
+        heartbeat.DeploymentResult !== undefined ? JSON.stringify(heartbeat.DeploymentResult) : null
+      })`,
+  );
+  await sql`update devices set
+      agent_version = v.agent_version,
+      last_heartbeat_at = v.last_heartbeat_at,
+      deployment_result = coalesce(v.deployment_result, devices.deployment_result)
+    from (
+      select column1 as name, column2 as agent_version, cast(column3 as bigint) as last_heartbeat_at,
+             column4 as deployment_result
+      from (values ${sql.join(values)}) as t
+    ) as v
+    where devices.name = v.name`.execute(trx);
 
   // Model lists: each device's last list in the batch replaces what it had; one row per name and version.
   const models = new Map<string, Map<string, DeviceModelsTable>>();
