@@ -384,6 +384,24 @@ async function benchEngine(engine) {
     const [serverCpu1, clientCpu1] = [cpuSecondsOf(server.pid), ownCpuSeconds()];
     phase = 'done';
     await Promise.all(running);
+    // The heartbeats really landed: every device connected, and one device's metrics add up.
+    const report = await request(operator, `${server.operatorUrl}/api/v1/fleets/${fleet}/report`, {
+      headers: admin,
+    });
+    if (report.body.deviceStats.connectedDeviceCount !== DEVICES) {
+      throw new Error(
+        `only ${report.body.deviceStats.connectedDeviceCount} of ${DEVICES} devices are connected`,
+      );
+    }
+    const series = await request(
+      operator,
+      `${server.operatorUrl}/api/v1/devices/${names[0]}/metrics?metricName=CrashCount&step=3600&since=${new Date(Date.now() - 3_600_000).toISOString()}`,
+      { headers: admin },
+    );
+    const stored = series.body.series.reduce((n, s) => n + s.points.reduce((m, p) => m + p.count, 0), 0);
+    const expectedAtLeast = Math.floor(completed / DEVICES) - 2;
+    if (stored < expectedAtLeast)
+      throw new Error(`device ${names[0]} has ${stored} CrashCount metrics, expected ≥ ${expectedAtLeast}`);
     for (const d of devices) d.agent.destroy();
     operator.destroy();
 

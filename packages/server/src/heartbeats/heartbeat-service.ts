@@ -65,12 +65,15 @@ export class HeartbeatService {
     assertActsAsItself(device, heartbeat);
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ device, heartbeat, receivedAt: this.now(), resolve, reject });
-      if (!this.writing) void this.writeQueued();
+      if (!this.writing) {
+        // Start on the next turn of the event loop, so heartbeats that arrive in this one join the batch.
+        this.writing = true;
+        setImmediate(() => void this.writeQueued());
+      }
     });
   }
 
   private async writeQueued(): Promise<void> {
-    this.writing = true;
     try {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);

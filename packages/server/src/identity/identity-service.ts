@@ -16,6 +16,15 @@ export interface AuthenticatedDevice {
   notAfter: number;
 }
 
+interface CertificateRow {
+  fingerprint_sha256: string;
+  serial: string;
+  device_name: string;
+  not_after: number;
+  revoked_at: number | null;
+  fleet_name: string;
+}
+
 export interface EnrollmentToken {
   token: string;
   deviceName: string;
@@ -60,6 +69,12 @@ function badCsr(error: unknown): never {
  */
 export class DeviceIdentityService {
   private readonly now: () => number;
+  // Certificate lookups asked for in the same turn of the event loop go to the database as one query.
+  private pendingLookups = new Map<
+    string,
+    { resolve: (row: CertificateRow | undefined) => void; reject: (e: unknown) => void }[]
+  >();
+  private lookupScheduled = false;
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
@@ -281,6 +296,49 @@ export class DeviceIdentityService {
     return rows.map(toCertificate);
   }
 
+  private lookupCertificate(fingerprintSha256: string): Promise<CertificateRow | undefined> {
+    return new Promise((resolve, reject) => {
+      const waiting = this.pendingLookups.get(fingerprintSha256) ?? [];
+      waiting.push({ resolve, reject });
+      this.pendingLookups.set(fingerprintSha256, waiting);
+      if (!this.lookupScheduled) {
+        this.lookupScheduled = true;
+        setImmediate(() => void this.flushLookups());
+      }
+    });
+  }
+
+  private async flushLookups(): Promise<void> {
+    const pending = this.pendingLookups;
+    this.pendingLookups = new Map();
+    this.lookupScheduled = false;
+    const fingerprints = [...pending.keys()];
+    try {
+      const found = new Map<string, CertificateRow>();
+      for (let i = 0; i < fingerprints.length; i += 500) {
+        const rows = await this.db
+          .selectFrom('device_certificates')
+          .innerJoin('devices', 'devices.name', 'device_certificates.device_name')
+          .select([
+            'device_certificates.fingerprint_sha256',
+            'device_certificates.serial',
+            'device_certificates.device_name',
+            'device_certificates.not_after',
+            'device_certificates.revoked_at',
+            'devices.fleet_name',
+          ])
+          .where('device_certificates.fingerprint_sha256', 'in', fingerprints.slice(i, i + 500))
+          .execute();
+        for (const row of rows) found.set(row.fingerprint_sha256, row);
+      }
+      for (const [fingerprint, waiting] of pending) {
+        for (const waiter of waiting) waiter.resolve(found.get(fingerprint));
+      }
+    } catch (error) {
+      for (const waiting of pending.values()) for (const waiter of waiting) waiter.reject(error);
+    }
+  }
+
   /**
    * Decides whether a device-API request may proceed, from the certificate its TLS connection presented:
    * chained to our CA, issued by us (recorded), not revoked, not expired, and its device still registered.
@@ -310,18 +368,7 @@ export class DeviceIdentityService {
         },
       );
     }
-    const row = await this.db
-      .selectFrom('device_certificates')
-      .innerJoin('devices', 'devices.name', 'device_certificates.device_name')
-      .select([
-        'device_certificates.serial',
-        'device_certificates.device_name',
-        'device_certificates.not_after',
-        'device_certificates.revoked_at',
-        'devices.fleet_name',
-      ])
-      .where('device_certificates.fingerprint_sha256', '=', presented.fingerprintSha256)
-      .executeTakeFirst();
+    const row = await this.lookupCertificate(presented.fingerprintSha256);
     if (row === undefined) {
       throw new ApiError(
         401,
