@@ -110,7 +110,10 @@ export const CaptureSettingsSchema = z
 export type CaptureSettings = z.infer<typeof CaptureSettingsSchema>;
 export type CaptureSettingsInput = z.input<typeof CaptureSettingsSchema>;
 
-/** Settings the SageMaker config file has no key for; the agent's config may grow `edgefleet_capture_*` keys for them. */
+/**
+ * Settings the SageMaker config file has no key for. The agent's config carries them (`edgefleet_capture_*` keys,
+ * see docs/config.md); extras given here win over the config's, for code that embeds the capture service.
+ */
 export interface CaptureExtras {
   modelMonitorFormat?: boolean;
   keepUploadedFiles?: boolean;
@@ -127,7 +130,8 @@ export interface CaptureExtras {
 export const DEFAULT_SPOOL_QUOTA_BYTES = 1024 ** 3;
 
 /**
- * The capture settings of an agent config: the SageMaker keys, plus extras. Credentials: the IoT credentials
+ * The capture settings of an agent config: the SageMaker keys and the `edgefleet_capture_*` keys, each of the
+ * latter overridden by the same setting in extras. Credentials: the IoT credentials
  * provider when the config names its endpoint, certificate and key (as SageMaker Edge devices were set up);
  * otherwise the AWS SDK's default chain.
  */
@@ -136,11 +140,22 @@ export function captureSettingsFromConfig(
   extras: CaptureExtras = {},
   env: Readonly<Record<string, string | undefined>> = {},
 ): CaptureSettings {
-  const { capture, provider, device, storage } = config;
+  const {
+    modelMonitorFormat,
+    keepUploadedFiles,
+    spoolQuotaBytes,
+    s3Endpoint,
+    s3ForcePathStyle,
+    iotRoleAlias,
+    autoCapture,
+    ...capture
+  } = config.capture;
+  const { provider, device, storage } = config;
   const fleetName = device.fleetName ?? 'default';
   const deviceName = device.name ?? hostname();
   const needsBucket = capture.destination === 'Cloud' || capture.periodicUpload;
-  const endpoint = extras.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
+  const endpoint = extras.s3Endpoint ?? s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
+  const forcePathStyle = extras.s3ForcePathStyle ?? s3ForcePathStyle;
   const { iotCredentialEndpoint, certFile, certKeyFile } = provider;
   return CaptureSettingsSchema.parse({
     ...capture,
@@ -152,14 +167,14 @@ export function captureSettingsFromConfig(
           bucket: provider.s3BucketName,
           region: device.region ?? 'us-east-1',
           ...(endpoint !== undefined && endpoint !== '' && { endpoint }),
-          ...(extras.s3ForcePathStyle !== undefined && { forcePathStyle: extras.s3ForcePathStyle }),
+          ...(forcePathStyle !== undefined && { forcePathStyle }),
           ...(provider.caCertFile !== undefined && { caFile: provider.caCertFile }),
           credentials:
             iotCredentialEndpoint !== undefined && certFile !== undefined && certKeyFile !== undefined
               ? {
                   source: 'iot',
                   endpoint: iotCredentialEndpoint,
-                  roleAlias: extras.iotRoleAlias ?? `SageMakerEdge-${fleetName}`,
+                  roleAlias: extras.iotRoleAlias ?? iotRoleAlias ?? `SageMakerEdge-${fleetName}`,
                   thingName: device.iotThingName ?? deviceName,
                   certFile,
                   keyFile: certKeyFile,
@@ -168,12 +183,12 @@ export function captureSettingsFromConfig(
               : { source: 'default' },
         },
       }),
-    modelMonitorFormat: extras.modelMonitorFormat ?? false,
-    keepUploadedFiles: extras.keepUploadedFiles ?? false,
+    modelMonitorFormat: extras.modelMonitorFormat ?? modelMonitorFormat,
+    keepUploadedFiles: extras.keepUploadedFiles ?? keepUploadedFiles,
     spool: {
       dir: join(storage.localDataRootPath, 'capture-spool'),
-      quotaBytes: extras.spoolQuotaBytes ?? DEFAULT_SPOOL_QUOTA_BYTES,
+      quotaBytes: extras.spoolQuotaBytes ?? spoolQuotaBytes,
     },
-    autoCapture: extras.autoCapture ?? [],
+    autoCapture: extras.autoCapture ?? autoCapture,
   } satisfies CaptureSettingsInput);
 }

@@ -12,9 +12,10 @@ import { S3ObjectStore } from './object-store.js';
 import { captureSettingsFromConfig, type CaptureExtras, type CaptureSettings } from './settings.js';
 
 export interface StartCaptureOptions {
-  /** The agent's config; or settings built already (tests, embedding). */
+  /** The agent's config (its `edgefleet_capture_*` settings included); or settings built already (tests, embedding). */
   config?: AgentConfig;
   settings?: CaptureSettings;
+  /** Overrides of the config's `edgefleet_capture_*` settings (embedding). */
   extras?: CaptureExtras;
   /** The loaded models; with `observe` (ModelRegistry), automatic capture is attached to Predict. */
   models: CaptureModelCatalog & { observe?(observer: PredictObserver): () => void };
@@ -98,6 +99,7 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
       batchSize: settings.batchSize,
       pushPeriodSeconds: settings.pushPeriodSeconds,
       periodicUpload: settings.destination === 'Disk' && settings.periodicUpload,
+      modelMonitorFormat: settings.modelMonitorFormat,
       automaticRules: settings.autoCapture.length,
     },
     'capture started',

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { AutoCaptureRuleSchema } from '../capture/settings.js';
 import { OrtSessionConfigSchema } from '../inference/session-options.js';
 
 /** The agent's configuration once read: every setting resolved (defaults applied, paths absolute). */
@@ -45,11 +46,28 @@ export const AgentConfigSchema = z.object({
     base64EmbedLimit: z.number().int().nonnegative(),
     periodicUpload: z.boolean(),
     periodicUploadPeriodSeconds: z.number().int().positive(),
+    // EdgeFleet's own capture settings (`edgefleet_capture_*`); the SageMaker config has no keys for them.
+    /** Also write each batch in the SageMaker Model Monitor data-capture format. */
+    modelMonitorFormat: z.boolean(),
+    /** Periodic upload: keep uploaded Disk files (marked) instead of removing them. */
+    keepUploadedFiles: z.boolean(),
+    /** Disk space the offline spool of Cloud batches may use before it drops the oldest. */
+    spoolQuotaBytes: z.number().int().positive(),
+    /** S3-compatible endpoint of the bucket; absent: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS. */
+    s3Endpoint: z.string().optional(),
+    /** Path-style bucket addressing; absent: on when an endpoint is set. */
+    s3ForcePathStyle: z.boolean().optional(),
+    /** AWS IoT role alias for credentials; absent: `SageMakerEdge-<fleet>`. */
+    iotRoleAlias: z.string().optional(),
+    /** Automatic capture of Predict traffic. */
+    autoCapture: z.array(AutoCaptureRuleSchema),
   }),
   storage: z.object({
     localDataRootPath: z.string(),
     /** The original enabled its database by naming a plug-in; ours is built in, enabled the same way. */
     dbEnabled: z.boolean(),
+    /** SQLite `synchronous`: NORMAL (WAL fsynced every second in the background) or FULL (fsync per commit). */
+    dbSynchronous: z.enum(['NORMAL', 'FULL']),
   }),
   deployments: z.object({
     enabled: z.boolean(),

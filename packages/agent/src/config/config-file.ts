@@ -1,11 +1,14 @@
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { z } from 'zod';
+import { DEFAULT_SPOOL_QUOTA_BYTES } from '../capture/settings.js';
 import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
 import { AgentConfigSchema, type AgentConfig } from './agent-config.js';
 import { BACKEND_OPTIONS_KEY, mapBackendOptions, parseBackendOptions } from './backend-options.js';
 import { MAX_UNIX_SOCKET_PATH_BYTES } from './command-line.js';
 import { ConfigError, describeValue } from './errors.js';
 import {
+  autoCaptureRules,
+  byteSize,
   choice,
   endpoint,
   executionProviders,
@@ -14,6 +17,7 @@ import {
   httpUrl,
   integer,
   listenAddress,
+  matching,
   modelList,
   path,
   socketPathOrNone,
@@ -68,6 +72,17 @@ export const CONFIG_FIELDS = {
   edgefleet_require_signatures: flag(),
   edgefleet_preload_models: modelList(),
   edgefleet_heartbeat_interval_seconds: integer(1, 86_400, 30),
+  edgefleet_capture_model_monitor_format: flag(),
+  edgefleet_capture_keep_uploaded_files: flag(),
+  edgefleet_capture_spool_quota_bytes: byteSize(1024 ** 2, 1024 ** 5, '512MiB'),
+  edgefleet_capture_s3_endpoint: httpUrl(),
+  edgefleet_capture_s3_force_path_style: flag(),
+  edgefleet_capture_iot_role_alias: matching(
+    /^[\w=,@-]{1,128}$/,
+    'an AWS IoT role alias: 1 to 128 letters, digits and = , @ - _ (e.g. "SageMakerEdge-line-1")',
+  ),
+  edgefleet_capture_auto: autoCaptureRules(),
+  edgefleet_db_synchronous: choice(['NORMAL', 'FULL']),
 } satisfies Record<string, FieldKind<unknown>>;
 
 export type ConfigKey = keyof typeof CONFIG_FIELDS;
@@ -94,6 +109,8 @@ export const DEFAULTS = {
   socketMode: 0o660,
   localDataFolder: '.edgefleet',
   restTcpHost: '127.0.0.1',
+  /** SQLite synchronous=NORMAL plus a background WAL fsync every second: FULL stalls the event loop per commit. */
+  dbSynchronous: 'NORMAL',
 } as const;
 
 export interface ConfigContext {
@@ -135,9 +152,13 @@ export function parseAgentConfig(json: unknown, context: ConfigContext): ParsedC
   }
   const checked = ConfigFileSchema.safeParse(normalized);
   if (!checked.success) {
-    const key = String(checked.error.issues[0]?.path[0] ?? '');
+    const issue = checked.error.issues[0];
+    const key = String(issue?.path[0] ?? '');
     const field = CONFIG_FIELDS[key as ConfigKey];
-    throw new ConfigError(key, `${key}: expected ${field.expected}, got ${describeValue(raw[key])}`);
+    // Inside a list or object value, also say where and what: "item 2, sampleRate: Too big: …".
+    const detail =
+      issue && issue.path.length > 1 ? ` (${describeIssuePath(issue.path.slice(1))}: ${issue.message})` : '';
+    throw new ConfigError(key, `${key}: expected ${field.expected}, got ${describeValue(raw[key])}${detail}`);
   }
   const config = buildConfig(checked.data, context, warnings);
   return { config: AgentConfigSchema.parse(config), warnings };
@@ -230,6 +251,33 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       `sagemaker_edge_core_capture_data_base64_embed_limit is ${base64EmbedLimit}, above the original agent's maximum of ${DEFAULTS.base64EmbedLimit}; capture records will embed larger items`,
     );
 
+  // EdgeFleet's capture settings: each is warned about where it cannot take effect, so a setting that does
+  // nothing is not mistaken for one that works.
+  const effectivePeriodicUpload = periodicUpload && destination === 'Disk';
+  if (file.edgefleet_capture_keep_uploaded_files !== undefined && !effectivePeriodicUpload)
+    warnings.push(
+      'edgefleet_capture_keep_uploaded_files applies to the periodic upload of Disk captures (sagemaker_edge_core_capture_data_periodic_upload); ignored',
+    );
+  if (file.edgefleet_capture_spool_quota_bytes !== undefined && destination !== 'Cloud')
+    warnings.push(
+      'edgefleet_capture_spool_quota_bytes limits the offline spool of Cloud captures; ignored with sagemaker_edge_core_capture_data_destination Disk',
+    );
+  if (destination !== 'Cloud' && !effectivePeriodicUpload) {
+    for (const key of ['edgefleet_capture_s3_endpoint', 'edgefleet_capture_s3_force_path_style'] as const)
+      if (file[key] !== undefined)
+        warnings.push(
+          `${key} applies to the bucket of Cloud captures or of the periodic upload, and neither is on; ignored`,
+        );
+  }
+  const iotCredentials =
+    file.sagemaker_edge_provider_aws_iot_cred_endpoint !== undefined &&
+    file.sagemaker_edge_provider_aws_cert_file !== undefined &&
+    file.sagemaker_edge_provider_aws_cert_pk_file !== undefined;
+  if (file.edgefleet_capture_iot_role_alias !== undefined && !iotCredentials)
+    warnings.push(
+      'edgefleet_capture_iot_role_alias is used with the AWS IoT credentials provider, which needs sagemaker_edge_provider_aws_iot_cred_endpoint, sagemaker_edge_provider_aws_cert_file and sagemaker_edge_provider_aws_cert_pk_file; ignored',
+    );
+
   // Storage and deployments.
   const localDataRootPath =
     abs(file.sagemaker_edge_local_data_root_path) ?? resolve(context.cwd, DEFAULTS.localDataFolder);
@@ -247,6 +295,10 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     );
     dbEnabled = true;
   }
+  if (file.edgefleet_db_synchronous !== undefined && !dbEnabled)
+    warnings.push(
+      'edgefleet_db_synchronous applies to the local database, which is off (set sagemaker_edge_db_module_path to enable it); ignored',
+    );
 
   // Trust.
   const rootCertsPath = abs(file.sagemaker_edge_core_root_certs_path);
@@ -373,12 +425,25 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       pushPeriodSeconds:
         file.sagemaker_edge_core_capture_data_push_period_seconds ?? DEFAULTS.pushPeriodSeconds,
       base64EmbedLimit,
-      periodicUpload: periodicUpload && destination === 'Disk',
+      periodicUpload: effectivePeriodicUpload,
       periodicUploadPeriodSeconds:
         file.sagemaker_edge_core_capture_data_periodic_upload_period_seconds ??
         DEFAULTS.periodicUploadPeriodSeconds,
+      modelMonitorFormat: file.edgefleet_capture_model_monitor_format ?? false,
+      keepUploadedFiles: file.edgefleet_capture_keep_uploaded_files ?? false,
+      spoolQuotaBytes: file.edgefleet_capture_spool_quota_bytes ?? DEFAULT_SPOOL_QUOTA_BYTES,
+      ...dropUndefined({
+        s3Endpoint: file.edgefleet_capture_s3_endpoint,
+        s3ForcePathStyle: file.edgefleet_capture_s3_force_path_style,
+        iotRoleAlias: file.edgefleet_capture_iot_role_alias,
+      }),
+      autoCapture: file.edgefleet_capture_auto ?? [],
     },
-    storage: { localDataRootPath, dbEnabled },
+    storage: {
+      localDataRootPath,
+      dbEnabled,
+      dbSynchronous: file.edgefleet_db_synchronous ?? DEFAULTS.dbSynchronous,
+    },
     deployments: {
       enabled: deploymentsEnabled,
       pollIntervalMinutes: file.sagemaker_edge_model_deployment_poll_interval ?? DEFAULTS.pollIntervalMinutes,
@@ -409,6 +474,11 @@ export function defaultRestSocketPath(grpcSocketPath: string): string {
 
 function dropUndefined<T extends Record<string, unknown>>(value: T): T {
   return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as T;
+}
+
+/** `[1, 'sampleRate']` → "item 2, sampleRate" (items counted from 1, as people count them). */
+function describeIssuePath(path: readonly PropertyKey[]): string {
+  return path.map((part) => (typeof part === 'number' ? `item ${part + 1}` : String(part))).join(', ');
 }
 
 function unknownKeyWarning(key: string): string {

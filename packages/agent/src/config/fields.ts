@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { MODEL_NAME_PATTERN } from '@edgefleet/core';
+import { AutoCaptureRuleSchema, type AutoCaptureRule } from '../capture/settings.js';
 import { EXECUTION_PROVIDER_NAMES, type ExecutionProviderConfig } from '../inference/session-options.js';
 
 /**
@@ -32,6 +33,15 @@ export function text(max = 1024): FieldKind<string> {
       return typeof value === 'number' && Number.isFinite(value) ? String(value) : value;
     },
     schema: z.string().max(max),
+  };
+}
+
+/** A string that must match a pattern (described in `expected`). */
+export function matching(pattern: RegExp, expected: string): FieldKind<string> {
+  return {
+    expected,
+    read: unset,
+    schema: z.string().regex(pattern),
   };
 }
 
@@ -71,6 +81,52 @@ export function integer(min: number, max: number, example: number): FieldKind<nu
     read: (v) => {
       const value = unset(v);
       return typeof value === 'string' && /^[+-]?\d{1,15}$/.test(value) ? Number(value) : value;
+    },
+    schema: z.number().int().min(min).max(max),
+  };
+}
+
+/** Units of byteSize: SI (kB = 1000) and IEC (KiB = 1024); a bare K, M, G, T is binary, as `ls -h` and systemd read it. */
+const BYTE_UNITS = new Map<string, number>([
+  ['b', 1],
+  ['k', 1024],
+  ['kb', 1000],
+  ['kib', 1024],
+  ['m', 1024 ** 2],
+  ['mb', 1000 ** 2],
+  ['mib', 1024 ** 2],
+  ['g', 1024 ** 3],
+  ['gb', 1000 ** 3],
+  ['gib', 1024 ** 3],
+  ['t', 1024 ** 4],
+  ['tb', 1000 ** 4],
+  ['tib', 1024 ** 4],
+  ['p', 1024 ** 5],
+  ['pb', 1000 ** 5],
+  ['pib', 1024 ** 5],
+]);
+
+/** 1048576 → "1 MiB": the largest binary unit that divides the size, for messages. */
+function binarySize(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let unit = 0;
+  while (unit < units.length - 1 && bytes % 1024 ** (unit + 1) === 0) unit++;
+  return `${bytes / 1024 ** unit} ${units[unit]}`;
+}
+
+/** A size in bytes: a whole number, or a string such as "512MiB", "1.5 GB", "2G" (whole bytes once scaled). */
+export function byteSize(min: number, max: number, example: string): FieldKind<number> {
+  return {
+    expected: `a size in bytes from ${binarySize(min)} to ${binarySize(max)}: a whole number, or a string with a unit such as "${example}" (kB, MB, GB = powers of 1000; KiB, MiB, GiB or K, M, G = powers of 1024)`,
+    read: (v) => {
+      const value = unset(v);
+      if (typeof value !== 'string') return value;
+      const match = /^(\d{1,16}(?:\.\d{1,6})?)\s*([a-z]{0,3})$/i.exec(value);
+      const scale = match ? (match[2] === '' ? 1 : BYTE_UNITS.get(match[2]!.toLowerCase())) : undefined;
+      if (!match || scale === undefined) return value; // passed on as given, for zod to refuse
+      const bytes = Number(match[1]) * scale;
+      // "0.3kB" is 300 bytes, not 300.00000000000006; a true fraction of a byte stays one (and is refused).
+      return Math.abs(bytes - Math.round(bytes)) < 1e-6 ? Math.round(bytes) : bytes;
     },
     schema: z.number().int().min(min).max(max),
   };
@@ -226,5 +282,56 @@ export function modelList(): FieldKind<Array<z.infer<typeof PreloadModelSchema>>
       .array(PreloadModelSchema)
       .max(1024)
       .refine((models) => new Set(models.map((m) => m.name)).size === models.length),
+  };
+}
+
+const RULE_NUMBERS = ['sampleRate', 'topScoreBelow'] as const;
+
+/** Reads numbers written as strings inside a rule ("0.01"), as the config's own numbers are read. */
+function readRule(rule: unknown): unknown {
+  if (typeof rule !== 'object' || rule === null || Array.isArray(rule)) return rule;
+  const copy: Record<string, unknown> = { ...(rule as Record<string, unknown>) };
+  for (const key of RULE_NUMBERS) {
+    const value = copy[key];
+    if (typeof value === 'string' && /^\s*[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*$/i.test(value))
+      copy[key] = Number(value);
+  }
+  for (const key of ['model', 'output'] as const)
+    if (typeof copy[key] === 'string') copy[key] = (copy[key] as string).trim();
+  return copy;
+}
+
+/**
+ * Automatic capture rules (AutoCaptureRuleSchema): a list of rule objects, one object for a single rule, or either
+ * as a JSON string (configs written by tools that quote every value). Unknown rule keys are refused, so a
+ * misspelt `samplerate` is not silently dropped; `model` must be `*` or a valid model name.
+ */
+export function autoCaptureRules(): FieldKind<AutoCaptureRule[]> {
+  return {
+    expected:
+      'a list of automatic capture rules such as [{"model": "resnet", "sampleRate": 0.01}, {"model": "*", "topScoreBelow": 0.6, "output": "probabilities"}]: model is "*" or a model name, each rule has sampleRate (0 to 1), topScoreBelow (a number), or both',
+    read: (v) => {
+      let value = unset(v);
+      if (typeof value === 'string' && /^[[{]/.test(value)) {
+        try {
+          value = JSON.parse(value) as unknown;
+        } catch {
+          return value;
+        }
+      }
+      if (typeof value === 'object' && value !== null && !Array.isArray(value)) value = [value];
+      return Array.isArray(value) ? value.map(readRule) : value;
+    },
+    schema: z
+      .array(
+        AutoCaptureRuleSchema.strict().refine(
+          (rule) => rule.model === '*' || MODEL_NAME_PATTERN.test(rule.model),
+          {
+            message: 'expected "*" or a model name (letters and digits joined by hyphens)',
+            path: ['model'],
+          },
+        ),
+      )
+      .max(1024),
   };
 }

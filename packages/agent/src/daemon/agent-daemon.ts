@@ -120,7 +120,10 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
 
     // The local database (DbEnable): the capture queue, the models to load again after a restart, counters.
     const database = config.storage.dbEnabled
-      ? AgentDatabase.open({ path: agentDatabasePath(config.storage.localDataRootPath) })
+      ? AgentDatabase.open({
+          path: agentDatabasePath(config.storage.localDataRootPath),
+          synchronous: config.storage.dbSynchronous,
+        })
       : undefined;
     if (database) {
       cleanups.push(() => database.close());
@@ -130,6 +133,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const activity = new ModelActivity({ ...(database && { repository: database.modelCounters }) });
     cleanups.push(() => activity.close());
     registry.observe(modelActivityObserver(activity));
+    // The config carries the capture settings, the `edgefleet_capture_*` ones included (captureSettingsFromConfig).
     const capture: RunningCapture = await startCaptureService({
       config,
       models: registry,

@@ -81,8 +81,12 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         base64EmbedLimit: 3072,
         periodicUpload: true,
         periodicUploadPeriodSeconds: 8,
+        modelMonitorFormat: false,
+        keepUploadedFiles: false,
+        spoolQuotaBytes: 1024 ** 3,
+        autoCapture: [],
       },
-      storage: { localDataRootPath: '/greengrass/v2/work/sme', dbEnabled: true },
+      storage: { localDataRootPath: '/greengrass/v2/work/sme', dbEnabled: true, dbSynchronous: 'NORMAL' },
       deployments: { enabled: true, pollIntervalMinutes: 60 },
       inference: {
         workers: 4,
@@ -129,8 +133,16 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       base64EmbedLimit: 3072,
       periodicUpload: false,
       periodicUploadPeriodSeconds: 8,
+      modelMonitorFormat: false,
+      keepUploadedFiles: false,
+      spoolQuotaBytes: 1024 ** 3,
+      autoCapture: [],
     });
-    expect(config.storage).toEqual({ localDataRootPath: '/srv/agent/.edgefleet', dbEnabled: false });
+    expect(config.storage).toEqual({
+      localDataRootPath: '/srv/agent/.edgefleet',
+      dbEnabled: false,
+      dbSynchronous: 'NORMAL',
+    });
     expect(config.deployments).toEqual({ enabled: false, pollIntervalMinutes: 1440 });
     expect(config.inference.workers).toBe(4);
     expect(config.inference.instancesPerModel).toBe(1);
@@ -274,6 +286,29 @@ describe('parseAgentConfig: fatal errors name their key', () => {
     ['edgefleet_require_signatures', 'sure', /true or false/],
     ['edgefleet_unload_timeout_seconds', 4000, /from 0 to 3600/],
     ['edgefleet_max_queued_requests', 0, /from 1 to/],
+    ['edgefleet_capture_model_monitor_format', 'sometimes', /expected true or false/],
+    ['edgefleet_capture_keep_uploaded_files', 2, /expected true or false/],
+    ['edgefleet_capture_spool_quota_bytes', '1 GiBs', /expected a size in bytes from 1 MiB to 1 PiB/],
+    ['edgefleet_capture_spool_quota_bytes', 1000, /from 1 MiB/],
+    ['edgefleet_capture_spool_quota_bytes', '2 PiB', /to 1 PiB/],
+    ['edgefleet_capture_spool_quota_bytes', '1.0000001 KiB', /a size in bytes/],
+    ['edgefleet_capture_spool_quota_bytes', true, /a size in bytes/],
+    ['edgefleet_capture_s3_endpoint', 'minio.local:9000', /expected an http:\/\/ or https:\/\/ URL/],
+    ['edgefleet_capture_s3_force_path_style', 'virtual', /expected true or false/],
+    ['edgefleet_capture_iot_role_alias', 'has space', /expected an AWS IoT role alias/],
+    ['edgefleet_capture_iot_role_alias', 'a'.repeat(129), /1 to 128/],
+    ['edgefleet_capture_auto', 'sample everything', /expected a list of automatic capture rules/],
+    ['edgefleet_capture_auto', [{ model: 'resnet' }], /needs sampleRate, topScoreBelow, or both/],
+    ['edgefleet_capture_auto', [{ sampleRate: 1.5 }], /item 1, sampleRate: Too big/],
+    ['edgefleet_capture_auto', [{ sampleRate: 0.1 }, { samplerate: 0.1 }], /item 2: .*"samplerate"/],
+    [
+      'edgefleet_capture_auto',
+      [{ model: 'has_underscore', sampleRate: 1 }],
+      /item 1, model: expected "\*" or a model name/,
+    ],
+    ['edgefleet_capture_auto', [{ topScoreBelow: 'low' }], /item 1, topScoreBelow/],
+    ['edgefleet_capture_auto', '[{"sampleRate": 0.1', /expected a list of automatic capture rules/],
+    ['edgefleet_db_synchronous', 'OFF', /expected one of NORMAL, FULL/],
   ];
   it.each(badValues)('%s = %j', (key, value, message) => {
     const error = errorOf({ [key]: value });
@@ -415,6 +450,175 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
     const long = errorOf({}, { ...context, grpcSocketPath: `/tmp/${'x'.repeat(98)}.sock` });
     expect(long.key).toBe('edgefleet_rest_socket_path');
     expect(long.message).toMatch(/derived from -a/);
+  });
+});
+
+describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', () => {
+  /** Disk captures with periodic upload to a bucket, credentials from the AWS IoT credentials provider. */
+  const uploading = {
+    sagemaker_edge_provider_provider: 'Custom',
+    sagemaker_edge_core_device_name: 'device-1',
+    sagemaker_edge_core_device_fleet_name: 'fleet-a',
+    sagemaker_edge_core_endpoint_override: 'https://edgefleet.example.com',
+    sagemaker_edge_provider_s3_bucket_name: 'bucket',
+    sagemaker_edge_core_capture_data_periodic_upload: true,
+    sagemaker_edge_provider_aws_iot_cred_endpoint: 'creds.example.com',
+    sagemaker_edge_provider_aws_cert_file: '/etc/edge/cert.pem',
+    sagemaker_edge_provider_aws_cert_pk_file: '/etc/edge/key.pem',
+    sagemaker_edge_db_module_path: 'builtin',
+  };
+  const rules = [
+    { model: 'resnet', sampleRate: 0.01 },
+    { model: '*', topScoreBelow: 0.6, output: 'probabilities' },
+  ];
+
+  it('reads every key into the capture and storage settings', () => {
+    const { config, warnings } = parseAgentConfig(
+      {
+        ...uploading,
+        edgefleet_capture_model_monitor_format: true,
+        edgefleet_capture_keep_uploaded_files: true,
+        edgefleet_capture_s3_endpoint: 'http://minio.local:9000',
+        edgefleet_capture_s3_force_path_style: false,
+        edgefleet_capture_iot_role_alias: 'EdgeFleet-line-1',
+        edgefleet_capture_auto: rules,
+        edgefleet_db_synchronous: 'FULL',
+      },
+      context,
+    );
+    expect(warnings).toEqual([]);
+    expect(config.capture).toMatchObject({
+      modelMonitorFormat: true,
+      keepUploadedFiles: true,
+      spoolQuotaBytes: 1024 ** 3,
+      s3Endpoint: 'http://minio.local:9000',
+      s3ForcePathStyle: false,
+      iotRoleAlias: 'EdgeFleet-line-1',
+      autoCapture: rules,
+    });
+    expect(config.storage.dbSynchronous).toBe('FULL');
+    // The spool quota applies to Cloud captures.
+    const cloud = parseAgentConfig(
+      {
+        ...uploading,
+        sagemaker_edge_core_capture_data_periodic_upload: false,
+        sagemaker_edge_core_capture_data_destination: 'Cloud',
+        edgefleet_capture_spool_quota_bytes: 268_435_456,
+      },
+      context,
+    );
+    expect(cloud.warnings).toEqual([]);
+    expect(cloud.config.capture.spoolQuotaBytes).toBe(256 * 1024 ** 2);
+  });
+
+  it('reads them leniently: strings for booleans, numbers and words, rules as a JSON string or one object', () => {
+    const asValues = parseAgentConfig(
+      {
+        edgefleet_capture_model_monitor_format: true,
+        edgefleet_capture_keep_uploaded_files: false,
+        edgefleet_capture_spool_quota_bytes: 536_870_912,
+        edgefleet_capture_s3_force_path_style: true,
+        edgefleet_capture_auto: rules,
+        edgefleet_db_synchronous: 'NORMAL',
+      },
+      context,
+    ).config;
+    const asStrings = parseAgentConfig(
+      {
+        edgefleet_capture_model_monitor_format: 'yes',
+        edgefleet_capture_keep_uploaded_files: '0',
+        edgefleet_capture_spool_quota_bytes: ' 512MiB ',
+        edgefleet_capture_s3_force_path_style: 'TRUE',
+        edgefleet_capture_auto:
+          '[{"model": " resnet ", "sampleRate": "0.01"}, {"model": "*", "topScoreBelow": "6e-1", "output": "probabilities"}]',
+        edgefleet_db_synchronous: 'normal',
+      },
+      context,
+    ).config;
+    expect(asStrings).toEqual(asValues);
+    expect(asValues.capture.autoCapture).toEqual(rules);
+    const one = { model: 'resnet', sampleRate: 1 };
+    for (const given of [one, JSON.stringify(one)])
+      expect(parseAgentConfig({ edgefleet_capture_auto: given }, context).config.capture.autoCapture).toEqual(
+        [one],
+      );
+    // A rule without a model applies to every model.
+    expect(
+      parseAgentConfig({ edgefleet_capture_auto: [{ sampleRate: 0.5 }] }, context).config.capture.autoCapture,
+    ).toEqual([{ model: '*', sampleRate: 0.5 }]);
+    expect(parseAgentConfig({ edgefleet_db_synchronous: 'full' }, context).config.storage.dbSynchronous).toBe(
+      'FULL',
+    );
+  });
+
+  it('reads spool quotas in bytes or with SI and binary units', () => {
+    const quota = (value: unknown) =>
+      parseAgentConfig(
+        {
+          ...uploading,
+          sagemaker_edge_core_capture_data_periodic_upload: false,
+          sagemaker_edge_core_capture_data_destination: 'Cloud',
+          edgefleet_capture_spool_quota_bytes: value,
+        },
+        context,
+      ).config.capture.spoolQuotaBytes;
+    expect(quota(2_000_000)).toBe(2_000_000);
+    expect(quota('2000000')).toBe(2_000_000);
+    expect(quota('2MB')).toBe(2_000_000);
+    expect(quota('2 mib')).toBe(2 * 1024 ** 2);
+    expect(quota('2M')).toBe(2 * 1024 ** 2);
+    expect(quota('1.5GiB')).toBe(1.5 * 1024 ** 3);
+    expect(quota('0.3 GB')).toBe(300_000_000);
+    expect(quota('1 PiB')).toBe(1024 ** 5);
+    expect(quota('1T')).toBe(1024 ** 4);
+  });
+
+  it('treats an empty string (or null) as unset, so the default applies', () => {
+    const { config, warnings } = parseAgentConfig(
+      {
+        edgefleet_capture_model_monitor_format: '',
+        edgefleet_capture_keep_uploaded_files: null,
+        edgefleet_capture_spool_quota_bytes: ' ',
+        edgefleet_capture_s3_endpoint: '',
+        edgefleet_capture_s3_force_path_style: '',
+        edgefleet_capture_iot_role_alias: '',
+        edgefleet_capture_auto: '',
+        edgefleet_db_synchronous: '',
+      },
+      context,
+    );
+    expect(warnings).toEqual([]);
+    expect(config).toEqual(parseAgentConfig({}, context).config);
+  });
+
+  it('warns about each setting that cannot take effect, and keeps it', () => {
+    const { config, warnings } = parseAgentConfig(
+      {
+        edgefleet_capture_keep_uploaded_files: true,
+        edgefleet_capture_spool_quota_bytes: '64MiB',
+        edgefleet_capture_s3_endpoint: 'http://minio.local:9000',
+        edgefleet_capture_s3_force_path_style: true,
+        edgefleet_capture_iot_role_alias: 'EdgeFleet-line-1',
+        edgefleet_db_synchronous: 'FULL',
+      },
+      context,
+    );
+    expect(warnings).toEqual([
+      expect.stringMatching(
+        /^edgefleet_capture_keep_uploaded_files applies to the periodic upload .*; ignored$/,
+      ),
+      expect.stringMatching(
+        /^edgefleet_capture_spool_quota_bytes limits the offline spool of Cloud captures/,
+      ),
+      expect.stringMatching(/^edgefleet_capture_s3_endpoint applies to the bucket .*; ignored$/),
+      expect.stringMatching(/^edgefleet_capture_s3_force_path_style applies to the bucket .*; ignored$/),
+      expect.stringMatching(
+        /^edgefleet_capture_iot_role_alias .*needs sagemaker_edge_provider_aws_iot_cred_endpoint/,
+      ),
+      expect.stringMatching(/^edgefleet_db_synchronous applies to the local database, which is off/),
+    ]);
+    expect(config.capture.spoolQuotaBytes).toBe(64 * 1024 ** 2);
+    expect(config.storage.dbSynchronous).toBe('FULL');
   });
 });
 

@@ -1,4 +1,4 @@
-import { lstat, writeFile } from 'node:fs/promises';
+import { lstat, readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -12,7 +12,16 @@ import {
   restrictSocketFile,
   startAgentDaemon,
 } from '../../src/daemon/index.js';
-import { bytesOf, callError, callMethod, newClient, scratch, silentLogger } from '../grpc/helpers.js';
+import { captureRequest, listFiles } from '../capture/helpers.js';
+import {
+  bytesOf,
+  callError,
+  callMethod,
+  newClient,
+  scratch,
+  silentLogger,
+  wireInputs,
+} from '../grpc/helpers.js';
 
 let files: Awaited<ReturnType<typeof scratch>>;
 beforeAll(async () => {
@@ -187,6 +196,59 @@ describe('startAgentDaemon', () => {
     }
     expect(await lstat(socketPath).catch(() => 'gone')).toBe('gone');
     client.close();
+  });
+});
+
+describe('startAgentDaemon: edgefleet_capture_* keys reach the capture service', () => {
+  it('with model monitor format and an automatic capture rule set in the file, writes both formats for CaptureData and for Predict', async () => {
+    const socketPath = join(files.root, 'c.sock');
+    const configPath = join(files.root, 'c.json');
+    const dataRoot = join(files.root, 'capture-data');
+    await writeFile(
+      configPath,
+      JSON.stringify({
+        edgefleet_inference_workers: 1,
+        edgefleet_rest_socket_path: 'none',
+        edgefleet_preload_models: [{ url: await files.catalogue('tiny'), name: 'tiny' }],
+        sagemaker_edge_local_data_root_path: dataRoot,
+        sagemaker_edge_core_capture_data_batch_size: '1',
+        sagemaker_edge_db_module_path: 'builtin',
+        edgefleet_db_synchronous: 'FULL',
+        edgefleet_capture_model_monitor_format: 'true',
+        edgefleet_capture_auto: [{ model: 'tiny', sampleRate: '1' }],
+      }),
+    );
+    const daemon = await startAgentDaemon({
+      commandLine: { socketPath, configPath, removeStaleSocket: false, maxMessageBytes: 4 << 20 },
+      cwd: files.root,
+      logger: silentLogger,
+      cpuCount: 2,
+      version: 'test',
+    });
+    const client = newClient(daemon.grpcAddress);
+    try {
+      await callMethod(client as never, 'Predict', { handle: 'tiny', tensors: wireInputs('tiny') });
+      expect(await callMethod(client as never, 'CaptureData', captureRequest('cap-1'))).toEqual({});
+    } finally {
+      client.close();
+      // Shutdown writes what capture holds.
+      await daemon.shutdown();
+    }
+    const captureRoot = join(dataRoot, 'capture', 'sme-capture');
+    const manifests = (await listFiles(captureRoot)).filter((f) => f.endsWith('.jsonl'));
+    const edge = manifests.filter((f) => f.startsWith('default/tiny/'));
+    const monitor = manifests.filter((f) => f.startsWith('_model-monitor/tiny/default/'));
+    const eventIds = async (paths: string[]) => {
+      const ids: string[] = [];
+      for (const path of paths)
+        for (const line of (await readFile(join(captureRoot, path), 'utf8')).split('\n'))
+          if (line !== '')
+            ids.push((JSON.parse(line) as { eventMetadata: { eventId: string } }).eventMetadata.eventId);
+      return ids.sort();
+    };
+    const expected = [expect.stringMatching(/^auto-/), 'cap-1']; // sorted: "auto-…" < "cap-1"
+    expect(await eventIds(edge)).toEqual(expected);
+    expect(await eventIds(monitor)).toEqual(expected);
   });
 });
 
