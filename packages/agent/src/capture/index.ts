@@ -69,4 +69,3 @@ export { CaptureSpool, type CaptureSpoolOptions } from './spool.js';
 export { PeriodicUpload, type PeriodicUploadOptions } from './periodic-upload.js';
 export { AutoCapture, modelActivityObserver, topScore } from './auto-capture.js';
 export { CaptureMetrics, type CaptureLogger } from './capture-metrics.js';
-export { backoffDelay, type BackoffPolicy } from './backoff.js';

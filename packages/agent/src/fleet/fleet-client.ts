@@ -16,6 +16,7 @@
 import { readFile } from 'node:fs/promises';
 import type { AgentConfig } from '../config/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
+import { backoffDelay } from '../retry/index.js';
 import { AgentRunsLedger } from './agent-runs.js';
 import { DeviceApiClient, DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
 import {
@@ -49,7 +50,7 @@ export interface FleetClientOptions {
 
 export interface FleetTiming {
   heartbeatIntervalMs: number;
-  /** First retry delay after a failure, doubled per consecutive failure up to maxBackoffMs. */
+  /** First retry delay after a failure, doubled per failure up to maxBackoffMs, with jitter (retry/backoff.ts). */
   initialBackoffMs: number;
   maxBackoffMs: number;
   requestTimeoutMs: number;
@@ -87,19 +88,6 @@ export function defaultTiming(heartbeatIntervalSeconds: number): FleetTiming {
     requestTimeoutMs: Math.min(30_000, Math.max(5000, interval)),
     defaultRegistrationTtlMs: 300_000,
   };
-}
-
-/** After the n-th consecutive failure: uniform in [d/2, d], d = min(max, initial · 2^(n−1)). */
-export function backoffDelay(
-  timing: Pick<FleetTiming, 'initialBackoffMs' | 'maxBackoffMs'>,
-  failures: number,
-  random: () => number,
-): number {
-  const ceiling = Math.min(
-    timing.maxBackoffMs,
-    timing.initialBackoffMs * 2 ** Math.min(Math.max(failures - 1, 0), 30),
-  );
-  return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }
 
 const DATA_PLANE_NAME = /^[a-zA-Z0-9](-*_*[a-zA-Z0-9])*$/;
@@ -231,7 +219,11 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
     status.state = failure === 'refused' ? 'unregistered' : 'unreachable';
     status.reason = message;
     if (failure === 'refused') registeredUntil = 0;
-    const delay = backoffDelay(timing, status.consecutiveFailures, random);
+    const delay = backoffDelay(
+      { initialMs: timing.initialBackoffMs, maxMs: timing.maxBackoffMs },
+      status.consecutiveFailures,
+      random,
+    );
     // One warning per kind of failure, not one per retry: an outage of an hour is a few lines, not thousands.
     const fields = {
       event: `fleet-${step}-failed`,

@@ -1,7 +1,6 @@
 // The fleet client: registration checks and heartbeats to the control plane over mutual TLS (docs/fleet.md).
 export {
   DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
-  backoffDelay,
   defaultTiming,
   startFleetClient,
   type FleetClient,

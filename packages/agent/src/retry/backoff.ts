@@ -8,7 +8,8 @@ export interface BackoffPolicy {
 /**
  * Exponential backoff with jitter: after the n-th consecutive failure (n ≥ 1), a delay drawn uniformly from
  * [d/2, d] where d = min(maxMs, initialMs · 2^(n−1)). The jitter keeps a fleet that lost its network together
- * from retrying in lockstep; the lower half-bound keeps the delay growing.
+ * from retrying in lockstep; the lower half-bound keeps the delay growing. The one backoff of the agent: capture's
+ * spool and disk-write retries and the fleet client's heartbeat retries use it.
  */
 export function backoffDelay(
   policy: BackoffPolicy,

@@ -1,0 +1,2 @@
+// Retry timing shared by the agent's capabilities (capture's spool and disk writes, the fleet client).
+export { backoffDelay, type BackoffPolicy } from './backoff.js';
