@@ -19,7 +19,7 @@
 // 2-core machine, client, agent event loop and ONNX Runtime share the 2 cores).
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -338,22 +338,8 @@ async function prepareModels(core, dir) {
       version: '4.0',
       outDir: join(dir, 'pkg-silero'),
     });
-    // The model declares every size dynamic ([-1, -1] samples, [2, -1, 64] state). The agent's load-time warm-up
-    // runs zeros with -1 taken as 1, which Silero rejects (its reflect padding needs ≥ 2 samples); pinning the
-    // shapes in the manifest (the model itself unchanged) makes the warm-up use real sizes.
-    const manifestPath = join(packageDir, 'manifest.json');
-    const manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
-    const pinned = {
-      input: [1, 512],
-      sr: [],
-      h: [2, 1, 64],
-      c: [2, 1, 64],
-      output: [1, 1],
-      hn: [2, 1, 64],
-      cn: [2, 1, 64],
-    };
-    for (const t of [...manifest.inputs, ...manifest.outputs]) t.shape = pinned[t.name];
-    await writeFile(manifestPath, JSON.stringify(manifest, null, 2));
+    // As published: every size declared dynamic ([-1, -1] samples, [2, -1, 64] state). The agent's load-time
+    // warm-up with placeholder inputs fails on it (one sample, sample rate 0), which the agent logs as a warning.
     const samples = Float32Array.from(
       { length: 512 },
       (_, i) => 0.3 * Math.sin(i / 3) + 0.05 * Math.sin(i * 1.7),

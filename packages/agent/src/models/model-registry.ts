@@ -21,6 +21,7 @@ import {
   InferenceError,
   type InferencePool,
   type PoolTensor,
+  type RunResult,
   type WireTensorInfo,
 } from '../inference/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
@@ -192,10 +193,11 @@ export class ModelRegistry {
 
   /**
    * Loads the package at `url` under `name`: opens (and, with a trust policy, verifies) the package, creates
-   * the sessions, and runs a warm-up inference on each. Errors: INVALID_ARGUMENT (name or url malformed),
-   * ALREADY_EXISTS, NOT_FOUND (no package there), FAILED_PRECONDITION (bad manifest, signature not valid,
-   * model ONNX Runtime refuses or that fails its warm-up), RESOURCE_EXHAUSTED (not enough memory),
-   * UNAVAILABLE (shutting down), INTERNAL.
+   * the sessions, and runs a warm-up inference on each (see #warmUp: one that fails with its placeholder inputs
+   * is a warning). Errors: INVALID_ARGUMENT (name or url malformed), ALREADY_EXISTS, NOT_FOUND (no package
+   * there), FAILED_PRECONDITION (bad manifest, signature not valid, a model ONNX Runtime refuses to create a
+   * session from, or whose warm-up outputs have other data types or ranks than its manifest declares),
+   * RESOURCE_EXHAUSTED (not enough memory), UNAVAILABLE (shutting down), INTERNAL.
    */
   async load(request: LoadRequest): Promise<ModelDescription> {
     const began = performance.now();
@@ -511,46 +513,68 @@ export class ModelRegistry {
     }
   }
 
-  /** Zeros of each declared input shape (-1 as 1), once per instance: a model that cannot run fails its load. */
+  /**
+   * One inference per instance before the model serves, so that its first request does not pay for ONNX
+   * Runtime's first-run set-up. The inputs are placeholders (zeros of each declared shape, -1 taken as 1), and
+   * made-up inputs cannot prove a model wrong: a model may need real values or sizes (Silero VAD takes only its
+   * own sample rates and enough samples to pad). So a run that fails is a warning and the model loads; running
+   * out of memory still refuses the load (real inputs are no smaller than placeholders). When the run does
+   * complete, its outputs must have the manifest's data types and ranks.
+   */
   async #warmUp(key: string, name: string, opened: OpenedModelPackage): Promise<void> {
-    const results = await this.#pool
-      .runOnEveryInstance(key, warmUpInputs(opened.manifest.inputs))
-      .catch((error: unknown) => {
-        if (error instanceof InferenceError) {
-          if (error.kind === 'out-of-memory') {
-            throw new AgentError(
-              'RESOURCE_EXHAUSTED',
-              `not enough memory to run model ${JSON.stringify(name)}: ${error.message}`,
-              { cause: error },
-            );
-          }
-          if (error.kind === 'run-failed') {
-            throw new AgentError(
-              'FAILED_PRECONDITION',
-              `model ${JSON.stringify(name)} failed its warm-up inference (zeros of its declared input shapes, -1 taken as 1), so it cannot serve requests: ${error.message}`,
-              { cause: error },
-            );
-          }
-        }
-        throw error;
-      });
-    for (const result of results) {
+    let results: RunResult[];
+    try {
+      results = await this.#pool.runOnEveryInstance(key, warmUpInputs(opened.manifest.inputs));
+    } catch (error) {
+      if (error instanceof InferenceError && error.kind === 'out-of-memory') {
+        throw new AgentError(
+          'RESOURCE_EXHAUSTED',
+          `not enough memory to run model ${JSON.stringify(name)}: ${error.message}`,
+          { cause: error },
+        );
+      }
+      if (error instanceof InferenceError && error.kind === 'run-failed') {
+        this.#logger?.warn(
+          `model ${JSON.stringify(name)} loads without a warm-up: its warm-up inference with placeholder inputs (zeros of the declared input shapes, -1 taken as 1) failed: ${error.message}. Placeholders cannot show that the model is wrong; its first request will set ONNX Runtime up instead`,
+          { model: name, reason: error.message },
+        );
+        return;
+      }
+      throw error;
+    }
+    const refuse = (problem: string): never => {
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `model ${JSON.stringify(name)}'s warm-up output does not match its manifest (${problem}); expected a package whose manifest was generated from this model`,
+      );
+    };
+    results.forEach((result, instance) => {
       result.outputs.forEach((output, i) => {
         const declared =
           opened.manifest.outputs.find((o) => o.name === output.name) ?? opened.manifest.outputs[i];
-        const problem = !declared
-          ? `it returned an output ${JSON.stringify(output.name)} the manifest does not declare`
-          : declared.dataType !== output.dataType
-            ? `output ${JSON.stringify(declared.name)} is ${output.dataType} where the manifest declares ${declared.dataType}`
-            : shapeMismatch(declared.shape, output.shape);
-        if (problem) {
-          throw new AgentError(
-            'FAILED_PRECONDITION',
-            `model ${JSON.stringify(name)}'s warm-up output does not match its manifest (${problem}); expected a package whose manifest was generated from this model`,
+        if (!declared)
+          return refuse(`it returned an output ${JSON.stringify(output.name)} the manifest does not declare`);
+        if (declared.dataType !== output.dataType) {
+          refuse(
+            `output ${JSON.stringify(declared.name)} is ${output.dataType} where the manifest declares ${declared.dataType}`,
+          );
+        }
+        if (declared.shape.length !== output.shape.length) {
+          refuse(
+            `output ${JSON.stringify(declared.name)} has rank ${output.shape.length} (shape [${output.shape.join(', ')}]) where the manifest declares rank ${declared.shape.length} ([${declared.shape.join(', ')}])`,
+          );
+        }
+        // A size may follow the placeholder inputs (even a dimension the manifest fixes can depend on input sizes
+        // or values), so one that differs is worth a warning only.
+        const sizes = shapeMismatch(declared.shape, output.shape);
+        if (sizes && instance === 0) {
+          this.#logger?.warn(
+            `model ${JSON.stringify(name)}: with placeholder inputs, its warm-up output ${JSON.stringify(declared.name)} has a size the manifest does not declare: ${sizes}`,
+            { model: name },
           );
         }
       });
-    }
+    });
   }
 }
 

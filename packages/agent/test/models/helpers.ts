@@ -59,6 +59,20 @@ export function reshapeNeedsEvenModel(): Uint8Array {
     .build();
 }
 
+/**
+ * Declares its output rank 2, but returns the rank of its shape input `s`, whose length is dynamic: with the
+ * warm-up's placeholders (`s` of one zero, -1 taken as 1) it returns rank 1. A model whose outputs contradict its
+ * own declaration.
+ */
+export function rankLyingModel(): Uint8Array {
+  return new OnnxModelBuilder({ graphName: 'rank_liar' })
+    .input('x', 'FLOAT32', ['n'])
+    .input('s', 'INT64', ['k'])
+    .node('Reshape', ['x', 's'], ['y'])
+    .output('y', 'FLOAT32', [null, null])
+    .build();
+}
+
 /** Loads, but its first run allocates 1 TiB (ConstantOfShape [2^38] float32): ONNX Runtime runs out of memory. */
 export function hugeAllocationModel(): Uint8Array {
   return new OnnxModelBuilder({ graphName: 'huge' })
@@ -97,8 +111,18 @@ export function outputValues(output: PredictOutput, like: TestModelTensor): Test
   return new Typed(copy.buffer);
 }
 
-/** A recording logger for warnings the registry emits. */
+/** A recording logger for warnings the registry emits (messages, and the details given with them). */
 export function recordingLogger() {
   const warnings: string[] = [];
-  return { warnings, logger: { warn: (message: string) => void warnings.push(message) } };
+  const details: Array<Record<string, unknown> | undefined> = [];
+  return {
+    warnings,
+    details,
+    logger: {
+      warn: (message: string, detail?: Record<string, unknown>) => {
+        warnings.push(message);
+        details.push(detail);
+      },
+    },
+  };
 }

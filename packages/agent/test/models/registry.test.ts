@@ -1,4 +1,4 @@
-import { rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +13,7 @@ import {
   hugeAllocationModel,
   outputValues,
   predictTensors,
+  rankLyingModel,
   recordingLogger,
   reshapeNeedsEvenModel,
   scratch,
@@ -307,13 +308,13 @@ describe('ModelRegistry: error codes and messages', () => {
     expect(pool.stats().models).toEqual([]);
   });
 
-  it('FAILED_PRECONDITION, with ONNX Runtime’s reason, when the warm-up inference fails', async () => {
+  it('FAILED_PRECONDITION when the warm-up outputs have another rank than the manifest declares', async () => {
     const models = registry();
-    const dir = await files.custom(reshapeNeedsEvenModel(), 'evenonly');
+    const dir = await files.custom(rankLyingModel(), 'rankliar');
     await expectCode(
-      models.load({ url: dir, name: 'even' }),
+      models.load({ url: dir, name: 'liar' }),
       'FAILED_PRECONDITION',
-      /failed its warm-up inference .*: .*cannot be reshaped to the requested shape/,
+      /warm-up output does not match its manifest \(output "y" has rank 1 \(shape \[1\]\) where the manifest declares rank 2/,
     );
     expect(models.list()).toEqual([]);
     expect(pool.stats().models).toEqual([]);
@@ -349,6 +350,57 @@ describe('ModelRegistry: error codes and messages', () => {
   });
 });
 
+describe('ModelRegistry: warm-up with placeholder inputs', () => {
+  it('loads a model whose warm-up fails on placeholders, warning with ONNX Runtime’s reason; real inputs run', async () => {
+    const { warnings, details, logger } = recordingLogger();
+    const models = registry({ logger });
+    const dir = await files.custom(reshapeNeedsEvenModel(), 'evenonly');
+    const description = await models.load({ url: dir, name: 'even' });
+    expect(description.inputs).toEqual([{ name: 'x', dataType: 'FLOAT32', shape: [-1] }]);
+    const warning = warnings.findIndex((w) => /warm-up/.test(w));
+    expect(warnings[warning]).toMatch(
+      /model "even" loads without a warm-up: its warm-up inference with placeholder inputs \(zeros of the declared input shapes, -1 taken as 1\) failed: .*cannot be reshaped to the requested shape/,
+    );
+    expect(details[warning]).toEqual({ model: 'even', reason: expect.stringMatching(/cannot be reshaped/) });
+
+    const x = new Float32Array([1, 2, 3, 4, 5, 6]);
+    const result = await models.predict('even', [
+      { name: Buffer.from('x'), dataType: 'FLOAT32', shape: [6], data: new Uint8Array(x.buffer) },
+    ]);
+    expect(result.outputs[0]!.shape).toEqual([2, 3]);
+    expect(new Float32Array(result.outputs[0]!.data.slice().buffer)).toEqual(x);
+    // An input the model cannot take still fails that request, not the model.
+    await expectCode(
+      models.predict('even', [
+        { name: Buffer.from('x'), dataType: 'FLOAT32', shape: [3], data: new Uint8Array(12) },
+      ]),
+      'INTERNAL',
+      /ONNX Runtime failed to run model "even": .*cannot be reshaped/,
+    );
+    expect(models.describe('even').requests).toEqual({ succeeded: 1, failed: 1 });
+    await models.close();
+  });
+
+  it('warns without refusing when a warm-up output has another size than the manifest fixes', async () => {
+    const { warnings, logger } = recordingLogger();
+    const models = registry({ logger });
+    const dir = await files.catalogue('mlp', 'mlpsizes');
+    const manifestPath = join(dir, 'manifest.json');
+    const manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
+    // The model's batch dimension is dynamic: a manifest fixing its output batch at 4 disagrees with a warm-up
+    // that runs a batch of 1, which says nothing about batches of 4.
+    manifest.outputs[0].shape = [4, manifest.outputs[0].shape[1]];
+    await writeFile(manifestPath, JSON.stringify(manifest));
+    await models.load({ url: dir, name: 'mlpsizes' });
+    expect(warnings).toContainEqual(
+      expect.stringMatching(
+        /model "mlpsizes": with placeholder inputs, its warm-up output ".*" has a size the manifest does not declare: dimension 0 is 1 where the model expects 4/,
+      ),
+    );
+    await models.close();
+  });
+});
+
 describe('ModelRegistry: package signatures', () => {
   it('loads an unsigned package without a trust policy, with a warning', async () => {
     const { warnings, logger } = recordingLogger();
@@ -366,8 +418,13 @@ describe('ModelRegistry: package signatures', () => {
 describe('ModelRegistry: failed loads leave no trace', () => {
   it('a name whose load failed can be loaded again, and nothing stays in the pool', async () => {
     const models = registry();
-    const bad = await files.custom(reshapeNeedsEvenModel(), 'again');
-    await expectCode(models.load({ url: bad, name: 'again' }), 'FAILED_PRECONDITION', /warm-up/);
+    const bad = await files.catalogue('tiny', 'again');
+    await writeFile(join(bad, 'model.onnx'), 'this is not a protobuf');
+    await expectCode(
+      models.load({ url: bad, name: 'again' }),
+      'FAILED_PRECONDITION',
+      /ONNX Runtime cannot load the model/,
+    );
     expect(models.has('again')).toBe(false);
     expect(pool.stats().workers.flatMap((w) => w.sessions)).toEqual([]);
     await models.load({ url: packages.tiny!, name: 'again' });
