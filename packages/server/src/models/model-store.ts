@@ -64,13 +64,18 @@ function toVersion(row: ModelVersionsTable): ModelVersionRecord {
   };
 }
 
-/** Turns the core library's model and package errors (reason-coded) into 400 answers. */
-function asValidationError(error: unknown): never {
+/**
+ * Turns the core library's model and package errors (reason-coded) into 400 answers. Their messages name files
+ * by path; the server's own scratch paths (`scratchDir`) are replaced by "the upload" so they never reach clients.
+ */
+function asValidationError(error: unknown, scratchDir: string): never {
   const name = (error as Error | undefined)?.name ?? '';
   if (
     ['OnnxModelError', 'PackageInvalidError', 'PackageArchiveError', 'PackageNotFoundError'].includes(name)
   ) {
-    throw new ApiError(400, 'ValidationError', (error as Error).message, {
+    const scratchPath = new RegExp(`${scratchDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}[^\\s:,;'"]*`, 'g');
+    const message = (error as Error).message.replace(scratchPath, 'the upload');
+    throw new ApiError(400, 'ValidationError', message, {
       reason: (error as { reason?: string }).reason ?? name,
     });
   }
@@ -111,7 +116,9 @@ export class ModelStore {
       maxBytes: this.options.maxUploadBytes,
     });
     try {
-      const tensors = await this.inspect(spooled.file, input).catch(asValidationError);
+      const tensors = await this.inspect(spooled.file, input).catch((error: unknown) =>
+        asValidationError(error, this.options.workDir),
+      );
       const blobKey = `models/${input.name}/${input.version.replace(/ /g, '_')}/${randomBytes(4).toString('hex')}-${
         input.kind === 'onnx' ? 'model.onnx' : 'package.tar.gz'
       }`;
