@@ -129,8 +129,9 @@ describe.each(setups)('models and packaging on $name', ({ fixture, blob }) => {
       const junk = await upload('junk', '1', Buffer.from('not a model'));
       expect(junk).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
       // The message is about the upload, never the server's scratch file.
-      expect(junk.body.message).toMatch(/^the upload /);
-      expect(junk.body.message).not.toMatch(/upload-[0-9a-f]+|\//);
+      const { message } = junk.body as { message: string };
+      expect(message).toMatch(/^the upload /);
+      expect(message).not.toMatch(/upload-[0-9a-f]+|\//);
       expect(await upload('ext', '1', await readFile(onnx.external))).toMatchObject({
         status: 400,
         body: { message: expect.stringMatching(/external/i) },

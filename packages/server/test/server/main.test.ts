@@ -81,9 +81,12 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
       const key = deviceKey();
       const enrolled = await fetch(`${first.operatorUrl}/api/v1/enroll`, {
         method: 'POST',
-        headers: { authorization: `Bearer ${token.body.token}`, 'content-type': 'application/json' },
+        headers: {
+          authorization: `Bearer ${(token.body as { token: string }).token}`,
+          'content-type': 'application/json',
+        },
         body: JSON.stringify({ csr: createCsr(key, 'edge-1') }),
-      }).then((r) => r.json());
+      }).then((r) => r.json() as Promise<{ caCertificatePem: string; certificatePem: string }>);
       tls = { ca: enrolled.caCertificatePem, cert: enrolled.certificatePem, key: key.privateKeyPem };
       const beat = await deviceCall(first.deviceUrl!, tls, 'POST', '/api/v1/device/heartbeat', {
         body: {
@@ -117,9 +120,10 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
         body: { DeviceName: 'edge-1', DeviceFleetName: 'e2e', AgentVersion: '1.0.0' },
       });
       expect(again.status).toBe(200);
-      expect((await api(second.operatorUrl, 'GET', '/api/v1/devices/edge-1')).body.agentVersion).toBe(
-        '1.0.0',
-      );
+      expect(
+        ((await api(second.operatorUrl, 'GET', '/api/v1/devices/edge-1')).body as { agentVersion: string })
+          .agentVersion,
+      ).toBe('1.0.0');
     } finally {
       expect(await second.stop()).toBe(0);
     }
