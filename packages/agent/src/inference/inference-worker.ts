@@ -1,15 +1,17 @@
 /**
  * An inference worker thread: owns ONNX Runtime sessions and runs them. `session.run()` blocks the thread it
  * runs on (onnxruntime-node runs inference synchronously on the JS thread), which is why it only ever runs
- * here and never on the agent's event loop. Messages are handled one at a time, in order.
+ * here and never on the agent's event loop. Messages are handled one at a time, in order; after a run the worker
+ * may stay hot for its next message for a bounded time (hotWait).
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import ort from 'onnxruntime-node';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import {
   WORKER_CONTROL,
   preciseNow,
   type FromWorker,
+  type InferenceWorkerData,
   type OrtTensorType,
   type ToWorker,
   type WireTensor,
@@ -23,12 +25,16 @@ if (!port) throw new Error('inference-worker must run in a worker thread');
 
 const sessions = new Map<string, InferenceSession>();
 
+const data = workerData as InferenceWorkerData;
+const { index, hotWaitMicros, hotWaitCores } = data;
 /**
  * Shared with the pool (see WORKER_CONTROL in protocol.ts). Terminating a worker while ONNX Runtime's native
  * code runs aborts the whole process (the binding throws a C++ exception into a dying environment), so the
  * pool asks to stop, waits for IN_NATIVE to drop, and only then terminates; meanwhile this worker parks.
  */
-const control = new Int32Array((workerData as { control: SharedArrayBuffer }).control);
+const control = new Int32Array(data.control);
+/** The pool's workers, 1 each while running a model or hot-waiting (see InferenceWorkerData.activity). */
+const activity = new Int32Array(data.activity);
 
 /** Runs native ONNX Runtime work with IN_NATIVE raised, refusing to start once a stop was asked for. */
 async function native<T>(work: () => Promise<T>): Promise<T> {
@@ -152,7 +158,8 @@ async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
     const feeds: Record<string, Tensor> = {};
     for (const input of message.inputs) feeds[input.name] = toOrtTensor(input);
     startedAt = preciseNow();
-    const results = await native(() => session.run(feeds));
+    Atomics.store(activity, index, 1);
+    const results = await native(() => session.run(feeds)).finally(() => Atomics.store(activity, index, 0));
     finishedAt = preciseNow();
     const transfer: ArrayBuffer[] = [];
     const outputs = session.outputNames.map((name) => toWire(name, results[name]!, transfer));
@@ -175,18 +182,99 @@ async function release(message: Extract<ToWorker, { op: 'release' }>): Promise<v
   send({ op: 'released', id: message.id });
 }
 
-// One message at a time: session.run's promise resolves on a later tick, so chain the handlers explicitly.
-let queue: Promise<void> = Promise.resolve();
-port.on('message', (message: ToWorker) => {
-  queue = queue.then(() => {
-    switch (message.op) {
-      case 'load':
-        return load(message);
-      case 'run':
-        return run(message);
-      case 'release':
-        return release(message);
+/**
+ * A gap this long between two polls of the hot wait means the thread was preempted: another thread wants this
+ * CPU, and spinning on would only take time from it (the thread the worker is waiting for, often).
+ */
+const PREEMPTED_MS = 0.05;
+
+/**
+ * The next message to handle: first those the event loop delivered while the last one was handled, then one
+ * already waiting in the port (taken at once, without a turn of the event loop: the pool may have posted a request
+ * ahead, see InferencePool), then, after a run, whatever the hot wait finds.
+ */
+function next(afterRun: boolean): ToWorker | undefined {
+  const delivered = arrived.shift();
+  if (delivered) return delivered;
+  // Read the doorbell before looking at the port: a message posted after the look rings a bell hotWait sees.
+  const rung = Atomics.load(control, WORKER_CONTROL.DOORBELL);
+  const waiting = receiveMessageOnPort(port!);
+  if (waiting) return waiting.message as ToWorker;
+  return afterRun ? hotWait(rung) : undefined;
+}
+
+/**
+ * Keeps polling for the next message for up to hotWaitMicros rather than going to sleep in the event loop at
+ * once. A message that comes meanwhile is taken straight from the port: the pool does not have to wake this
+ * thread (on a VM whose idle vCPUs halt, that wake-up costs tens of microseconds each way), and ONNX Runtime's
+ * working set is still in the caches. The pool rings the doorbell after every message it posts, so the loop reads
+ * a shared counter rather than the port. Entered only after a run (an idle worker costs no CPU) and while a core
+ * is to spare (hotWaitCores: other workers' runs and the main thread come first); it gives up early when the
+ * thread is preempted, and parks for good once the pool asks the worker to stop.
+ */
+function hotWait(seen: number): ToWorker | undefined {
+  if (hotWaitMicros <= 0 || activeWorkers() >= hotWaitCores) return undefined;
+  Atomics.store(activity, index, 1);
+  Atomics.store(control, WORKER_CONTROL.HOT, 1);
+  try {
+    const deadline = performance.now() + hotWaitMicros / 1000;
+    for (let last = performance.now(); ;) {
+      const now = performance.now();
+      if (now >= deadline || now - last > PREEMPTED_MS) return undefined;
+      last = now;
+      parkIfStopping();
+      const rung = Atomics.load(control, WORKER_CONTROL.DOORBELL);
+      if (rung !== seen) {
+        seen = rung;
+        const received = receiveMessageOnPort(port!);
+        if (received) return received.message as ToWorker;
+      }
     }
-  });
+  } finally {
+    Atomics.store(control, WORKER_CONTROL.HOT, 0);
+    Atomics.store(activity, index, 0);
+  }
+}
+
+/** Workers of the pool running a model or hot-waiting (this one is neither when it asks). */
+function activeWorkers(): number {
+  let active = 0;
+  for (let i = 0; i < activity.length; i++) active += Atomics.load(activity, i);
+  return active;
+}
+
+function handle(message: ToWorker): Promise<void> {
+  switch (message.op) {
+    case 'load':
+      return load(message);
+    case 'run':
+      return run(message);
+    case 'release':
+      return release(message);
+  }
+}
+
+// One message at a time, in order: session.run's promise resolves on a later tick, and messages the event loop
+// delivers meanwhile wait in `arrived` (next() takes later ones from the port itself, after those).
+const arrived: ToWorker[] = [];
+let handling = false;
+
+async function handleArrived(): Promise<void> {
+  handling = true;
+  try {
+    let message = arrived.shift();
+    while (message) {
+      // The handlers answer every failure themselves; a throw here is a bug, and must not stop the worker.
+      await handle(message).catch(() => {});
+      message = next(message.op === 'run');
+    }
+  } finally {
+    handling = false;
+  }
+}
+
+port.on('message', (message: ToWorker) => {
+  arrived.push(message);
+  if (!handling) void handleArrived();
 });
 send({ op: 'ready' });

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { DATA_TYPES, dataTypeFromOrt, type DataTypeName } from '@edgefleet/core';
 import { InferenceError, type InferenceFailureKind } from './errors.js';
@@ -5,6 +6,7 @@ import {
   WORKER_CONTROL,
   preciseNow,
   type FromWorker,
+  type InferenceWorkerData,
   type ToWorker,
   type WireTensor,
   type WireTensorInfo,
@@ -66,6 +68,15 @@ export interface InferencePoolOptions {
   maxQueuedPerModel?: number;
   /** Delay before restarting a worker that died again soon after its last restart (doubles up to max). */
   restartDelayMs?: { initial: number; max: number };
+  /**
+   * After each inference, a worker keeps polling for its next request for up to this many microseconds (0 to
+   * 10000) before it goes to sleep. A request that arrives meanwhile skips waking the thread and finds ONNX
+   * Runtime's caches warm; each inference may then cost up to this much extra CPU, and none while no requests
+   * come. Only while a core is to spare: fewer workers than cores − 1 running or polling (the main thread keeps
+   * a core); the polling also stops early when the thread is preempted. Default 0 (off): it shortens requests
+   * that come one at a time, at the cost of CPU (see docs/benchmarks.md).
+   */
+  hotWaitMicros?: number;
   /** Told about worker crashes and restarts (for logs and metrics). */
   onEvent?: (event: PoolEvent) => void;
 }
@@ -76,6 +87,8 @@ export interface PoolStats {
     threadId: number | null;
     ready: boolean;
     busy: boolean;
+    /** Polling for its next request (hotWaitMicros) rather than asleep. */
+    hot: boolean;
     sessions: string[];
     restarts: number;
   }>;
@@ -115,6 +128,8 @@ interface Slot {
   control: Int32Array;
   ready: boolean;
   running: Job | null;
+  /** A request already posted to the worker, to run right after `running` (see #handAhead). */
+  ahead: Job | null;
   controls: Map<number, Control>;
   /** Control messages waiting for the worker to (re)start. */
   backlog: Control[];
@@ -130,24 +145,38 @@ interface ModelEntry {
   modelPath: string;
   slots: Set<Slot>;
   queue: Job[];
+  /** Requests running or handed ahead on a worker. */
   running: number;
+  /** A moving average of ONNX Runtime's time per run, once one has completed. */
+  computeMs?: number;
 }
 
 const DEFAULT_MAX_QUEUED = 256;
 const DEFAULT_RESTART_DELAY = { initial: 100, max: 10_000 };
+const MAX_HOT_WAIT_MICROS = 10_000;
+/**
+ * Requests are handed ahead to a busy worker (see #handAhead) only when both the running request's model and
+ * theirs take at most this long per run, on average: a request handed ahead waits for the run before it even if
+ * another instance becomes free first.
+ */
+const HAND_AHEAD_MAX_COMPUTE_MS = 2;
 
 /**
  * A pool of inference worker threads. Each worker owns ONNX Runtime sessions for the models assigned to it;
  * a model has one or more instances (sessions) on distinct workers. A worker runs one request at a time; a
  * request starts at once on an idle worker holding its model, else waits in the model's queue and is taken,
  * oldest first across models, by the first such worker to become free (so it never waits behind a busy
- * instance while another is idle). A worker that dies fails what it was running with 'worker-died', is
+ * instance while another is idle). For fast models (see #handAhead) one waiting request per busy worker is
+ * posted to it ahead of time, so that the worker goes from one run to the next without sleeping in between. A
+ * worker that dies fails what it was running (and the request handed ahead to it) with 'worker-died', is
  * replaced, and its sessions are loaded again.
  */
 export class InferencePool {
   readonly #options: Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<InferencePoolOptions, 'onEvent'>;
   readonly #slots: Slot[] = [];
   readonly #models = new Map<string, ModelEntry>();
+  /** InferenceWorkerData.activity, an Int32 per worker. */
+  #activity = new Int32Array(new SharedArrayBuffer(0));
   #nextId = 1;
   #closed = false;
   readonly #inputBytes = { transferred: 0, shared: 0, copied: 0, copies: 0 };
@@ -156,6 +185,7 @@ export class InferencePool {
     this.#options = {
       maxQueuedPerModel: DEFAULT_MAX_QUEUED,
       restartDelayMs: DEFAULT_RESTART_DELAY,
+      hotWaitMicros: 0,
       ...options,
     };
   }
@@ -165,7 +195,14 @@ export class InferencePool {
     if (!Number.isInteger(options.workers) || options.workers < 1) {
       throw new RangeError(`workers must be a whole number ≥ 1, got ${options.workers}`);
     }
+    const hot = options.hotWaitMicros ?? 0;
+    if (!Number.isInteger(hot) || hot < 0 || hot > MAX_HOT_WAIT_MICROS) {
+      throw new RangeError(
+        `hotWaitMicros must be a whole number of microseconds from 0 to ${MAX_HOT_WAIT_MICROS}, got ${hot}`,
+      );
+    }
     const pool = new InferencePool(options);
+    pool.#activity = new Int32Array(new SharedArrayBuffer(options.workers * 4));
     try {
       await Promise.all(
         Array.from({ length: options.workers }, (_, index) => {
@@ -175,6 +212,7 @@ export class InferencePool {
             control: new Int32Array(0),
             ready: false,
             running: null,
+            ahead: null,
             controls: new Map(),
             backlog: [],
             sessions: new Map(),
@@ -275,6 +313,7 @@ export class InferencePool {
         threadId: slot.worker?.threadId ?? null,
         ready: slot.ready,
         busy: slot.running !== null,
+        hot: slot.worker !== null && Atomics.load(slot.control, WORKER_CONTROL.HOT) === 1,
         sessions: [...slot.sessions.keys()],
         restarts: slot.restarts,
       })),
@@ -298,7 +337,9 @@ export class InferencePool {
     await Promise.all(
       this.#slots.map(async (slot) => {
         slot.running?.reject(closed());
+        slot.ahead?.reject(closed());
         slot.running = null;
+        slot.ahead = null;
         for (const control of [...slot.controls.values(), ...slot.backlog]) control.reject(closed());
         slot.controls.clear();
         slot.backlog = [];
@@ -314,7 +355,15 @@ export class InferencePool {
 
   #spawn(slot: Slot): Promise<void> {
     slot.control = new Int32Array(new SharedArrayBuffer(WORKER_CONTROL.SLOTS * 4));
-    const worker = createWorker(slot.control.buffer as SharedArrayBuffer);
+    // A worker that died while active left its flag set.
+    Atomics.store(this.#activity, slot.index, 0);
+    const worker = createWorker({
+      control: slot.control.buffer as SharedArrayBuffer,
+      index: slot.index,
+      activity: this.#activity.buffer,
+      hotWaitMicros: this.#options.hotWaitMicros,
+      hotWaitCores: Math.max(0, availableParallelism() - 1),
+    });
     slot.worker = worker;
     slot.ready = false;
     slot.lastError = null;
@@ -372,6 +421,18 @@ export class InferencePool {
         new InferenceError(
           'worker-died',
           `the inference worker running this request stopped (${reason}); the request did not complete and may be retried`,
+        ),
+      );
+      failed++;
+    }
+    if (slot.ahead) {
+      const job = slot.ahead;
+      slot.ahead = null;
+      this.#finished(job);
+      job.reject(
+        new InferenceError(
+          'worker-died',
+          `the inference worker this request was handed to stopped (${reason}) before running it; it may be retried`,
         ),
       );
       failed++;
@@ -471,16 +532,24 @@ export class InferencePool {
   #post(slot: Slot, control: Control): void {
     slot.controls.set(control.message.id, control);
     slot.worker!.postMessage(control.message);
+    ringDoorbell(slot);
   }
 
   #onReply(slot: Slot, message: FromWorker): void {
     if (message.op === 'ready') return;
     const job = slot.running;
     if (job && message.id === job.seq && (message.op === 'done' || message.op === 'failed')) {
-      slot.running = null;
+      // The worker runs what was handed ahead to it as soon as it is done with this one.
+      slot.running = slot.ahead;
+      slot.ahead = null;
       slot.recentDeaths = 0;
       this.#finished(job);
       if (message.op === 'done') {
+        const entry = this.#models.get(job.key);
+        const computeMs = message.finishedAt - message.startedAt;
+        if (entry)
+          entry.computeMs =
+            entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
         try {
           job.resolve({
             outputs: message.outputs.map(fromWire),
@@ -556,22 +625,25 @@ export class InferencePool {
         reject,
       };
       if (pinned) job.pinned = pinned;
-      const idle = pinned
-        ? slotCanRun(pinned, key)
-          ? pinned
-          : undefined
-        : [...entry.slots].find((slot) => slotCanRun(slot, key));
-      if (idle) this.#start(idle, job, entry);
+      const idle = pinned ? (slotCanRun(pinned, key) ? pinned : undefined) : idleSlot(entry);
+      if (idle) {
+        this.#start(idle, job, entry, 'running');
+        return;
+      }
+      const busy = pinned ? undefined : this.#handAhead(entry);
+      if (busy) this.#start(busy, job, entry, 'ahead');
       else entry.queue.push(job);
     });
   }
 
-  #start(slot: Slot, job: Job, entry: ModelEntry): void {
-    slot.running = job;
+  /** Posts the job to the worker, to run now (`running`) or right after its current run (`ahead`). */
+  #start(slot: Slot, job: Job, entry: ModelEntry, as: 'running' | 'ahead'): void {
+    slot[as] = job;
     entry.running++;
     const message: ToWorker = { op: 'run', id: job.seq, key: job.key, inputs: job.inputs };
     try {
       slot.worker!.postMessage(message, job.transfer);
+      ringDoorbell(slot);
     } catch {
       // A buffer that cannot be transferred (an external one, e.g. mapped memory): copy everything instead.
       // A failed postMessage detaches nothing, so the original bytes are still there to copy.
@@ -587,8 +659,9 @@ export class InferencePool {
           { ...message, inputs: copies },
           copies.map((c) => c.buffer),
         );
+        ringDoorbell(slot);
       } catch (error) {
-        slot.running = null;
+        slot[as] = null;
         this.#finished(job);
         job.reject(
           new InferenceError(
@@ -606,21 +679,60 @@ export class InferencePool {
     if (entry) entry.running--;
   }
 
-  /** A worker became free (or gained a session): give it the oldest waiting request it can run. */
+  /**
+   * A worker became free (or gained a session): give it the oldest waiting request it can run, and, for fast
+   * models, the next one to run after it.
+   */
   #pump(slot: Slot): void {
-    if (!slot.ready || slot.running) return;
+    if (!slot.ready) return;
+    if (!slot.running) {
+      const oldest = this.#oldestWaiting(slot, false);
+      if (!oldest) return;
+      this.#start(slot, oldest.job, oldest.entry, 'running');
+    }
+    if (this.#takesAhead(slot)) {
+      const next = this.#oldestWaiting(slot, true);
+      if (next) this.#start(slot, next.job, next.entry, 'ahead');
+    }
+  }
+
+  /** Takes the oldest request, across the worker's ready sessions, that it may run (next, when `ahead`). */
+  #oldestWaiting(slot: Slot, ahead: boolean): { job: Job; entry: ModelEntry } | undefined {
     let best: { entry: ModelEntry; index: number } | undefined;
     for (const [key, state] of slot.sessions) {
       if (state !== 'ready') continue;
       const entry = this.#models.get(key);
-      if (!entry) continue;
-      const index = entry.queue.findIndex((job) => job.pinned === undefined || job.pinned === slot);
+      if (!entry || (ahead && !handsAhead(entry))) continue;
+      const index = entry.queue.findIndex((job) =>
+        ahead ? job.pinned === undefined : job.pinned === undefined || job.pinned === slot,
+      );
       if (index < 0) continue;
       if (!best || entry.queue[index]!.seq < best.entry.queue[best.index]!.seq) best = { entry, index };
     }
-    if (!best) return;
+    if (!best) return undefined;
     const [job] = best.entry.queue.splice(best.index, 1);
-    this.#start(slot, job!, best.entry);
+    return { job: job!, entry: best.entry };
+  }
+
+  /**
+   * A busy worker to post a request to ahead of time, when every instance of the model is busy: the worker then
+   * starts it straight after its current run, without going to sleep and being woken again (each costs tens of
+   * microseconds, and the run after a sleep finds cold caches). Only between fast runs (#takesAhead): a request
+   * handed ahead no longer moves to an instance that becomes free first, so it may wait for one short run more.
+   */
+  #handAhead(entry: ModelEntry): Slot | undefined {
+    if (!handsAhead(entry)) return undefined;
+    for (const slot of entry.slots) {
+      if (slot.sessions.get(entry.key) === 'ready' && this.#takesAhead(slot)) return slot;
+    }
+    return undefined;
+  }
+
+  /** The worker is running a model whose runs are short, and has no request handed ahead yet. */
+  #takesAhead(slot: Slot): boolean {
+    if (!slot.ready || !slot.running || slot.ahead) return false;
+    const running = this.#models.get(slot.running.key);
+    return running !== undefined && handsAhead(running);
   }
 
   #prepareInputs(
@@ -663,6 +775,20 @@ export class InferencePool {
   }
 }
 
+/** Tells a worker in its hot wait that a message was posted to it (a plain counter: nothing to wake). */
+function ringDoorbell(slot: Slot): void {
+  Atomics.add(slot.control, WORKER_CONTROL.DOORBELL, 1);
+}
+
+function idleSlot(entry: ModelEntry): Slot | undefined {
+  for (const slot of entry.slots) if (slotCanRun(slot, entry.key)) return slot;
+  return undefined;
+}
+
+function handsAhead(entry: ModelEntry): boolean {
+  return entry.computeMs !== undefined && entry.computeMs <= HAND_AHEAD_MAX_COMPUTE_MS;
+}
+
 function slotCanRun(slot: Slot, key: string): boolean {
   return slot.ready && slot.running === null && slot.sessions.get(key) === 'ready';
 }
@@ -694,9 +820,8 @@ function fromWire(tensor: WireTensor): PoolTensor {
  * TypeScript sources (tests, development) it is `inference-worker.ts`, started with tsx's loader registered in
  * the worker first (a worker's `--import` cannot register loader hooks on Node 20).
  */
-function createWorker(control: SharedArrayBuffer): Worker {
+function createWorker(workerData: InferenceWorkerData): Worker {
   const here = import.meta.url;
-  const workerData = { control };
   if (!here.endsWith('.ts')) return new Worker(new URL('./inference-worker.js', here), { workerData });
   const entry = new URL('./inference-worker.ts', here).href;
   const tsx = import.meta.resolve('tsx/esm/api');

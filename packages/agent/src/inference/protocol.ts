@@ -75,6 +75,26 @@ export function preciseNow(): number {
 /**
  * Slots of the Int32Array over the SharedArrayBuffer each worker gets as `workerData.control`:
  * IN_NATIVE is 1 while the worker is inside ONNX Runtime's native code; STOP is set to 1 by the pool when it
- * wants the worker gone (the worker then starts nothing new and parks).
+ * wants the worker gone (the worker then starts nothing new and parks); DOORBELL is incremented by the pool after
+ * every message it posts to the worker (a worker in its hot wait polls it, see InferencePoolOptions.hotWaitMicros);
+ * HOT is 1 while the worker is in its hot wait.
  */
-export const WORKER_CONTROL = { IN_NATIVE: 0, STOP: 1, SLOTS: 2 } as const;
+export const WORKER_CONTROL = { IN_NATIVE: 0, STOP: 1, DOORBELL: 2, HOT: 3, SLOTS: 4 } as const;
+
+/** What a worker is started with (`workerData`). */
+export interface InferenceWorkerData {
+  /** WORKER_CONTROL slots. */
+  control: SharedArrayBuffer;
+  /** The worker's index in the pool, i.e. its slot in `activity`. */
+  index: number;
+  /**
+   * Shared by all workers of the pool, an Int32 per worker: 1 while it runs a model or hot-waits, else 0. A worker
+   * hot-waits only while fewer than `hotWaitCores` workers are active, so that spinning never takes a core that
+   * a run (or the agent's main thread) needs.
+   */
+  activity: SharedArrayBuffer;
+  /** How long the worker polls for its next message after a run before it sleeps; 0 = not at all. */
+  hotWaitMicros: number;
+  /** At most this many workers may be active, the one about to hot-wait included (the cores but one). */
+  hotWaitCores: number;
+}

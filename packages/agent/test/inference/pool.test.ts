@@ -1,7 +1,14 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TEST_MODELS, slowModelInput, writeTestModel, type TestModelTensor } from '@edgefleet/core';
+import {
+  OnnxModelBuilder,
+  TEST_MODELS,
+  slowModelInput,
+  slowModelReference,
+  writeTestModel,
+  type TestModelTensor,
+} from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEFAULT_ORT_SESSION_CONFIG,
@@ -9,6 +16,7 @@ import {
   InferencePool,
   type PoolEvent,
   type PoolTensor,
+  type RunResult,
 } from '../../src/inference/index.js';
 
 let dir: string;
@@ -29,6 +37,35 @@ function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor {
 const slowInput = () => [asPoolTensor('x', slowModelInput())];
 const tinyInput = () => [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
 
+/**
+ * The slow model's computation (y = x · P + 1, 32 times, P a cyclic shift) on a dynamic number of rows: its run
+ * time grows with the rows, from microseconds for one row to tens of milliseconds for a thousand.
+ */
+const SCALABLE = { size: 128, repeats: 32 };
+function scalableModel(): Uint8Array {
+  const { size, repeats } = SCALABLE;
+  const shift = new Float32Array(size * size);
+  for (let i = 0; i < size; i++) shift[i * size + ((i + 1) % size)] = 1;
+  const builder = new OnnxModelBuilder({ graphName: 'scalable' })
+    .input('x', 'FLOAT32', ['rows', size])
+    .initializer('shift', 'FLOAT32', [size, size], shift)
+    .initializer('one', 'FLOAT32', [], new Float32Array([1]));
+  let previous = 'x';
+  for (let step = 1; step <= repeats; step++) {
+    const next = step === repeats ? 'y' : `step_${step}`;
+    builder
+      .node('MatMul', [previous, 'shift'], [`shifted_${step}`])
+      .node('Add', [`shifted_${step}`, 'one'], [next]);
+    previous = next;
+  }
+  return builder.output('y', 'FLOAT32', ['rows', size]).build();
+}
+const scalableInput = (rows: number) => slowModelInput({ ...SCALABLE, rows });
+const scalableReference = (rows: number) =>
+  slowModelReference(scalableInput(rows), { ...SCALABLE, rows }).data as Float32Array;
+const scalable = (rows: number) => [asPoolTensor('x', scalableInput(rows))];
+const outputFloats = (result: RunResult) => new Float32Array(result.outputs[0]!.data.slice().buffer);
+
 async function inferenceError(promise: Promise<unknown>): Promise<InferenceError> {
   const error = await promise.then(
     () => undefined,
@@ -47,6 +84,8 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'agent-pool-'));
   for (const model of ['tiny', 'slow', 'image-identity'] as const)
     paths[model] = await writeTestModel(model, dir);
+  paths.scalable = join(dir, 'scalable.onnx');
+  await writeFile(paths.scalable, scalableModel());
   pool = await InferencePool.start({
     workers: 2,
     session: DEFAULT_ORT_SESSION_CONFIG,
@@ -219,5 +258,124 @@ describe('InferencePool', () => {
     expect((await running).kind).toBe('closed');
     expect((await queued).kind).toBe('closed');
     expect((await inferenceError(own.run('slow', slowInput()))).kind).toBe('closed');
+  });
+});
+
+describe('InferencePool: requests handed ahead to a busy worker', () => {
+  it('posts the next request of a fast model to its busy worker at once; the queue limit counts only the rest', async () => {
+    const own = await InferencePool.start({
+      workers: 1,
+      session: DEFAULT_ORT_SESSION_CONFIG,
+      maxQueuedPerModel: 1,
+    });
+    try {
+      await own.loadModel('fast', paths.scalable!, 1);
+      // Nothing is handed ahead before a run has shown the model to be fast.
+      const first = [own.run('fast', scalable(1)), own.run('fast', scalable(1))];
+      expect(own.stats().models).toEqual([expect.objectContaining({ running: 1, queued: 1 })]);
+      await Promise.all(first);
+
+      const runs = [own.run('fast', scalable(1)), own.run('fast', scalable(2)), own.run('fast', scalable(3))];
+      expect(own.stats().models).toEqual([expect.objectContaining({ running: 2, queued: 1 })]);
+      expect((await inferenceError(own.run('fast', scalable(1)))).kind).toBe('queue-full');
+      const results = await Promise.all(runs);
+      results.forEach((result, i) => expect(outputFloats(result)).toEqual(scalableReference(i + 1)));
+    } finally {
+      await own.close();
+    }
+  });
+
+  it('hands nothing ahead to a worker running a model whose runs are long', async () => {
+    const own = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+    try {
+      await own.loadModel('long', paths.scalable!, 1);
+      await own.loadModel('fast', paths.tiny!, 1);
+      await own.run('long', scalable(1000));
+      await own.run('fast', tinyInput());
+      const long = own.run('long', scalable(1000));
+      const fast = own.run('fast', tinyInput());
+      expect(own.stats().models).toEqual([
+        expect.objectContaining({ key: 'long', running: 1, queued: 0 }),
+        expect.objectContaining({ key: 'fast', running: 0, queued: 1 }),
+      ]);
+      await Promise.all([long, fast]);
+    } finally {
+      await own.close();
+    }
+  });
+
+  it('fails the request handed ahead, unrun, when its worker stops; the replacement serves the next', async () => {
+    const seen: PoolEvent[] = [];
+    const own = await InferencePool.start({
+      workers: 1,
+      session: DEFAULT_ORT_SESSION_CONFIG,
+      onEvent: (event) => seen.push(event),
+    });
+    try {
+      await own.loadModel('fast', paths.scalable!, 1);
+      await own.run('fast', scalable(1));
+      // A run of a model known to be fast takes long this once; the request behind it was already handed over.
+      const running = inferenceError(own.run('fast', scalable(2000)));
+      const ahead = inferenceError(own.run('fast', scalable(1)));
+      expect(own.stats().models[0]).toMatchObject({ running: 2, queued: 0 });
+      await untilBusy(own);
+      await own.recycleWorker(0);
+      expect(await running).toMatchObject({
+        kind: 'worker-died',
+        message: expect.stringMatching(/running this request stopped/),
+      });
+      expect(await ahead).toMatchObject({
+        kind: 'worker-died',
+        message: expect.stringMatching(/before running it; it may be retried/),
+      });
+      expect(seen).toContainEqual(expect.objectContaining({ type: 'worker-exit', worker: 0, failed: 2 }));
+      expect(outputFloats(await own.run('fast', scalable(4)))).toEqual(scalableReference(4));
+    } finally {
+      await own.close();
+    }
+  });
+});
+
+describe('InferencePool: hot wait', () => {
+  it('refuses a hot wait outside 0 to 10000 microseconds', async () => {
+    for (const hotWaitMicros of [-1, 0.5, 10_001]) {
+      await expect(
+        InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG, hotWaitMicros }),
+      ).rejects.toThrow(/hotWaitMicros must be a whole number of microseconds from 0 to 10000/);
+    }
+  });
+
+  it('serves requests exactly while workers poll for them, goes back to sleep, and stops cleanly', async () => {
+    const own = await InferencePool.start({
+      workers: 2,
+      session: DEFAULT_ORT_SESSION_CONFIG,
+      hotWaitMicros: 5000,
+    });
+    try {
+      await own.loadModel('fast', paths.scalable!, 2);
+      await own.loadModel('tiny', paths.tiny!, 1);
+      // Back to back, and concurrently, so that requests meet workers in their hot wait, and control messages too.
+      for (let i = 0; i < 20; i++) {
+        const rows = 1 + (i % 3);
+        expect(outputFloats(await own.run('fast', scalable(rows)))).toEqual(scalableReference(rows));
+      }
+      const batch = await Promise.all(
+        Array.from({ length: 12 }, (_, i) => own.run('fast', scalable(1 + (i % 4)))),
+      );
+      batch.forEach((result, i) => expect(outputFloats(result)).toEqual(scalableReference(1 + (i % 4))));
+      await own.unloadModel('tiny');
+      await own.loadModel('tiny', paths.tiny!, 2);
+      expect(outputFloats(await own.run('tiny', tinyInput()))).toEqual(
+        TEST_MODELS.tiny.reference(TEST_MODELS.tiny.sampleInputs()).y!.data,
+      );
+      // The polling is bounded: once requests stop, every worker goes back to sleep.
+      while (own.stats().workers.some((w) => w.hot)) await new Promise((resolve) => setTimeout(resolve, 1));
+      // A worker stopped right after a run (in its hot wait, if a core was to spare) is replaced and serves.
+      await own.run('fast', scalable(1));
+      await own.recycleWorker(own.stats().workers.findIndex((w) => w.sessions.includes('fast')));
+      expect(outputFloats(await own.run('fast', scalable(2)))).toEqual(scalableReference(2));
+    } finally {
+      await own.close();
+    }
   });
 });
