@@ -303,12 +303,18 @@ export class ServerClient {
     const url = this.#url(`/api/v1/models/${seg(name)}/versions/${seg(version)}`, {
       description: options.description,
     });
-    const response = await this.#send('POST', url, {
-      body: Readable.toWeb(source) as ReadableStream,
-      headers: { 'content-type': uploadContentType(file), 'content-length': String(size) },
-      timeout: false,
-    }).finally(() => source.destroy());
-    return this.#read(response, `POST ${url.pathname}`, modelVersionSchema);
+    try {
+      const response = await this.#send('POST', url, {
+        body: Readable.toWeb(source) as ReadableStream,
+        headers: { 'content-type': uploadContentType(file), 'content-length': String(size) },
+        timeout: false,
+      });
+      // The answer is read before the file stream is closed: a server may refuse (409, 413) before it has
+      // read the whole body, and destroying the request body first would abort that answer unread.
+      return await this.#read(response, `POST ${url.pathname}`, modelVersionSchema);
+    } finally {
+      source.destroy();
+    }
   }
 
   listModels(max?: number): Promise<Model[]> {

@@ -140,6 +140,12 @@ describe('edgefleet model + packaging', () => {
     const refused = await ef('model', 'upload', junk, '--name', 'junk', '--version', '1');
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toMatch(/^edgefleet: .*\[HTTP 4\d\d \w+\]\n$/);
+    // The server answers 409 before it has read the body; that answer is what the user sees (issue 13.1).
+    const big = join(work, 'big.onnx');
+    await writeFile(big, Buffer.alloc(16 * 1024 * 1024, 1));
+    const again = await ef('model', 'upload', big, '--name', 'iris', '--version', '1.0');
+    expect(again).toMatchObject({ code: 1, stdout: '' });
+    expect(again.stderr).toMatch(/^edgefleet: model iris version 1\.0 already exists.*\[HTTP 409 Conflict\]\n$/);
     const missing = await ef('model', 'upload', join(work, 'nope.onnx'), '--name', 'x', '--version', '1');
     expect(missing.stderr).toMatch(/is not a file/);
 
