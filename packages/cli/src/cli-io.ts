@@ -1,3 +1,6 @@
+import { mkdir } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+
 /**
  * What every command shares: how results are printed (human text or `--json`), progress on long work, and how
  * failures become exit codes. Commands throw; `runCommand` decides what the user sees.
@@ -104,4 +107,55 @@ export function table(header: string[], rows: string[][]): string {
       .join('  ')
       .trimEnd();
   return [line(header), ...rows.map(line)].join('\n');
+}
+
+/**
+ * Creates the folder an `--out` file goes into (and its parents, 0755), so `--out /etc/edgefleet/trust/root.pem`
+ * works on a fresh host. Returns the file's absolute path. A folder that cannot be made is a clear error.
+ */
+export async function prepareOutFile(file: string): Promise<string> {
+  const path = resolve(file);
+  await makeFolder(dirname(path), `--out ${file}`);
+  return path;
+}
+
+/** Creates `dir` and its parents (0755); a failure names the folder, what it was for, and why. */
+export async function makeFolder(dir: string, purpose: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o755 });
+  } catch (error) {
+    const reason =
+      (error as NodeJS.ErrnoException).code === 'EEXIST'
+        ? 'a file is in the way (expected a folder there)'
+        : describeFsError(error);
+    throw new CliError(`cannot create the folder ${dir} for ${purpose}: ${reason}`);
+  }
+}
+
+const FS_REASONS: Record<string, string> = {
+  ENOENT: 'no such file or folder',
+  EACCES: 'permission denied (run as a user who may write there, or choose another path)',
+  EPERM: 'operation not permitted',
+  EEXIST: 'it already exists',
+  ENOTDIR: 'a part of the path is a file, not a folder',
+  EISDIR: 'it is a folder, expected a file',
+  EROFS: 'the file system is read-only',
+  ENOSPC: 'no space left on the device',
+};
+
+/** A file-system error (ENOENT, EACCES, …) as words, without Node's prefix. */
+export function describeFsError(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  return (code !== undefined && FS_REASONS[code]) || (error as Error).message;
+}
+
+/** A Node file-system error (it has an errno code, a syscall and a path): the user's path, not a bug. */
+export function isFsError(error: unknown): error is NodeJS.ErrnoException & { path: string } {
+  const e = error as NodeJS.ErrnoException;
+  return (
+    error instanceof Error &&
+    typeof e.code === 'string' &&
+    typeof e.syscall === 'string' &&
+    typeof e.path === 'string'
+  );
 }

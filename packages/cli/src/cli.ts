@@ -1,5 +1,5 @@
 import { Command, CommanderError } from 'commander';
-import { CliError, EXIT, createOutput, type Output } from './cli-io.js';
+import { CliError, EXIT, createOutput, describeFsError, isFsError, type Output } from './cli-io.js';
 import { registerPkiCommands } from './pki/pki-command.js';
 import { registerPackageCommands } from './package/package-command.js';
 import { registerDemoCommand } from './demo/demo-command.js';
@@ -72,6 +72,11 @@ export async function runCli(
     if (isKnownFailure(error)) {
       stderr.write(`edgefleet: ${(error as Error).message}\n`);
       return (error as Error).name === 'PackageVerificationError' ? EXIT.refused : EXIT.failed;
+    }
+    if (isFsError(error)) {
+      // A path the user gave that cannot be read or written is their input, not a bug in edgefleet.
+      stderr.write(`edgefleet: ${error.path}: ${describeFsError(error)} (${error.syscall} ${error.code})\n`);
+      return EXIT.failed;
     }
     stderr.write(
       `edgefleet: unexpected error (a bug; please report it):\n${(error as Error)?.stack ?? String(error)}\n`,

@@ -19,7 +19,7 @@ import {
   type TrustPolicy,
   type VerifiedSignature,
 } from '@edgefleet/core';
-import { CliError, EXIT, formatBytes, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, formatBytes, makeFolder, prepareOutFile, table, type Output } from '../cli-io.js';
 
 const isArchive = (path: string) => path.endsWith('.tar.gz') || path.endsWith('.tgz');
 
@@ -133,6 +133,7 @@ export function registerPackageCommands(program: Command, output: () => Output):
         if (raw.cert && !raw.key)
           throw new CliError('--cert needs --key (the certificate’s private key)', EXIT.usage);
         const outDir = resolve(raw.out ?? `${raw.name}-${raw.version}`);
+        await makeFolder(dirname(outDir), `--out ${outDir}`);
         const labels = parseLabels(raw.label);
         const created = await createModelPackage({
           modelPath: model,
@@ -157,7 +158,9 @@ export function registerPackageCommands(program: Command, output: () => Output):
             typeof raw.tar === 'string'
               ? resolve(raw.tar)
               : join(dirname(outDir), archiveFileName(raw.name, raw.version));
+          await prepareOutFile(file);
           const progress = out.progress('packing');
+          await prepareOutFile(file);
           archive = await packModelPackage(outDir, file, {
             onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.file),
           });
@@ -286,6 +289,7 @@ export function registerPackageCommands(program: Command, output: () => Output):
       const file = resolve(
         raw.out ?? join(dirname(resolve(dir)), archiveFileName(manifest.name, manifest.version)),
       );
+      await prepareOutFile(file);
       const progress = out.progress('packing');
       const result = await packModelPackage(dir, file, {
         onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, p.file),
@@ -303,6 +307,7 @@ export function registerPackageCommands(program: Command, output: () => Output):
       const dest = resolve(
         raw.out ?? join(dirname(resolve(archive)), basename(archive).replace(/\.(tar\.gz|tgz)$/, '')),
       );
+      await makeFolder(dirname(dest), `--out ${dest}`);
       const result = await extractPackageArchive(archive, dest);
       output().result(
         result,

@@ -1,7 +1,7 @@
 import { stat, writeFile } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { CliError, EXIT, formatBytes, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, formatBytes, prepareOutFile, table, type Output } from '../cli-io.js';
 import {
   addServerOptions,
   fields,
@@ -153,6 +153,7 @@ export function registerPackagingCommands(program: Command, output: () => Output
       const file = resolve(opts.out ?? basename(job.artifact.key));
       if (!opts.force && (await stat(file).catch(() => undefined)))
         throw new CliError(`${file} already exists; pass --force to replace it`, EXIT.usage);
+      await prepareOutFile(file);
       const progress = out.progress('downloading');
       const written = await client
         .downloadPackage(name, file, {
@@ -177,11 +178,9 @@ export function registerPackagingCommands(program: Command, output: () => Output
     const out = output();
     const root = await withServer(opts, (client) => client.signingRoot());
     if (opts.out !== undefined) {
-      await writeFile(opts.out, root.certificatePem);
-      out.result(
-        { ...root, file: resolve(opts.out) },
-        () => `Wrote ${resolve(opts.out!)} (SHA-256 ${root.fingerprintSha256})`,
-      );
+      const file = await prepareOutFile(opts.out);
+      await writeFile(file, root.certificatePem, { mode: 0o644 });
+      out.result({ ...root, file }, () => `Wrote ${file} (SHA-256 ${root.fingerprintSha256})`);
     } else out.result(root, () => root.certificatePem.trimEnd());
   });
 }

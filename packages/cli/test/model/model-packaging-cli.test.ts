@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -79,11 +79,11 @@ describe('edgefleet model + packaging', () => {
     expect(again.stderr).toMatch(/already exists; pass --force/);
 
     // The device's view: the server's signing root in a trust folder verifies the package.
-    await mkdir(join(work, 'trust'));
-    expect((await ef('packaging', 'root-certificate', '--out', join(work, 'trust', 'root.pem'))).code).toBe(
-      0,
-    );
-    const verified = await edgefleet('package', 'verify', file, '--trust', join(work, 'trust'));
+    // As the docs write it: --out into a folder that does not exist yet (issue 13.2) is created, 0755.
+    const trust = join(work, 'etc', 'edgefleet', 'trust');
+    expect((await ef('packaging', 'root-certificate', '--out', join(trust, 'root.pem'))).code).toBe(0);
+    expect((await stat(trust)).mode & 0o777).toBe(0o755);
+    const verified = await edgefleet('package', 'verify', file, '--trust', trust);
     expect(verified.stderr).toBe('');
     expect(verified.stdout).toMatch(/^OK /);
   });
@@ -145,7 +145,18 @@ describe('edgefleet model + packaging', () => {
     await writeFile(big, Buffer.alloc(16 * 1024 * 1024, 1));
     const again = await ef('model', 'upload', big, '--name', 'iris', '--version', '1.0');
     expect(again).toMatchObject({ code: 1, stdout: '' });
-    expect(again.stderr).toMatch(/^edgefleet: model iris version 1\.0 already exists.*\[HTTP 409 Conflict\]\n$/);
+    expect(again.stderr).toMatch(
+      /^edgefleet: model iris version 1\.0 already exists.*\[HTTP 409 Conflict\]\n$/,
+    );
+    // A path that cannot be written is the user's to fix, never "a bug; please report it" (exit 70).
+    const blocked = await ef('packaging', 'root-certificate', '--out', join(junk, 'root.pem'));
+    expect(blocked.code).toBe(1);
+    expect(blocked.stderr).toMatch(
+      /^edgefleet: cannot create the folder .*junk\.onnx for --out .*: a file is in the way/,
+    );
+    const isFolder = await ef('packaging', 'root-certificate', '--out', work);
+    expect(isFolder.code).toBe(1);
+    expect(isFolder.stderr).toBe(`edgefleet: ${work}: it is a folder, expected a file (open EISDIR)\n`);
     const missing = await ef('model', 'upload', join(work, 'nope.onnx'), '--name', 'x', '--version', '1');
     expect(missing.stderr).toMatch(/is not a file/);
 
