@@ -3,6 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet } from './run-cli.js';
 
@@ -79,6 +80,57 @@ describe('edgefleet agent', () => {
     expect(Math.max(...probabilities!.data)).toBe(probabilities!.data[2]);
   });
 
+  it('predicts from nested lists (shape from the nesting) and bare numbers for one-value inputs', async () => {
+    const batch = await edgefleet(
+      'agent',
+      'predict',
+      'demo',
+      '--socket',
+      socket,
+      '--json',
+      '--input',
+      '{"features": [[6.7, 3.0, 5.2, 2.3], [5.1, 3.5, 1.4, 0.2]]}',
+    );
+    expect(batch.stderr).toBe('');
+    expect(JSON.parse(batch.stdout).outputs[0]).toMatchObject({ name: 'probabilities', shape: [2, 3] });
+
+    // A model with an INT64 [-1] input, signed with the demo's PKI: a bare number is a one-value tensor.
+    const onnx = await writeTestModel('int-types', join(work, 'int-types'));
+    const pkg = join(work, 'ints-1');
+    const created = await edgefleet(
+      'package',
+      'create',
+      onnx,
+      '--name',
+      'ints',
+      '--version',
+      '1',
+      '--out',
+      pkg,
+      '--key',
+      join(work, 'demo', 'pki', 'signing.key'),
+      '--cert',
+      join(work, 'demo', 'pki', 'signing.pem'),
+    );
+    expect(created.stderr).toBe('');
+    expect((await edgefleet('agent', 'load', 'ints', pkg, '--socket', socket)).code).toBe(0);
+    const scalar = await edgefleet(
+      'agent',
+      'predict',
+      'ints',
+      '--socket',
+      socket,
+      '--json',
+      '--input',
+      '{"counts": 41, "bytes": [1, 2, 3, 4]}',
+    );
+    expect(scalar.stderr).toBe('');
+    expect(JSON.parse(scalar.stdout).outputs).toContainEqual(
+      expect.objectContaining({ name: 'counts_plus_one', shape: [1], data: [42] }),
+    );
+    await edgefleet('agent', 'unload', 'ints', '--socket', socket);
+  });
+
   it('unloads and loads again; errors name the gRPC status and the reason', async () => {
     expect((await edgefleet('agent', 'unload', 'demo', '--socket', socket)).code).toBe(0);
     const missing = await edgefleet('agent', 'describe', 'demo', '--socket', socket);
@@ -128,6 +180,9 @@ describe('edgefleet agent', () => {
       '{"features": [1, 2]}',
     );
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toContain('2 values for shape [1, 4]');
+    expect(bad.stderr).toBe(
+      'edgefleet: input features: given 2 values of shape [2], but the model expects [-1, 4] (-1: any size); ' +
+        'nest the list to the shape, or give {"shape": […], "data": […]}\n',
+    );
   });
 });

@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { connectAgent, dataTypeFromWire, type AgentConnection, type Model } from '@edgefleet/core';
 import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import { resolveInput } from './input-shape.js';
 import { decodeTensor, encodeTensor } from './tensor-values.js';
 
 const GRPC_CODE_NAMES: Record<number, string> = {
@@ -162,18 +163,15 @@ export function registerAgentCommands(program: Command, output: () => Output): v
               `--input has no "${inputName}"; the model takes ${model.inputTensorMetadatas.map((t) => t.name.toString()).join(', ')}`,
               EXIT.usage,
             );
-          const spec = Array.isArray(value)
-            ? { data: value }
-            : (value as { shape?: number[]; data?: unknown });
           const dataType = dataTypeFromWire(meta.dataType);
           if (!dataType)
             throw new CliError(
               `input ${inputName} has data type ${meta.dataType}, which this CLI cannot write`,
             );
-          const shape = spec.shape ?? meta.shape.map((d) => (d === -1 ? 1 : d));
+          const { shape, values } = resolveInput(inputName, meta.shape, value);
           return {
             tensorMetadata: { name: meta.name, dataType: meta.dataType, shape },
-            byteData: encodeTensor(inputName, dataType, shape, spec.data),
+            byteData: encodeTensor(inputName, dataType, shape, values),
           };
         });
         return (await a.call('Predict', { name, handle: name, tensors })).tensors;

@@ -26,8 +26,7 @@ function arrayFor(dataType: DataTypeName, length: number): TypedArray {
 }
 
 /** Numbers (flat, row-major) → the little-endian bytes the agent expects for this type and shape. */
-export function encodeTensor(name: string, dataType: DataTypeName, shape: number[], values: unknown): Buffer {
-  const flat = Array.isArray(values) ? (values.flat(Infinity) as unknown[]) : [values];
+export function encodeTensor(name: string, dataType: DataTypeName, shape: number[], flat: unknown[]): Buffer {
   const count = elementCount(shape);
   if (flat.length !== count) {
     throw new CliError(
