@@ -15,11 +15,11 @@ import {
   withServer,
   type ConnectionFlags,
   type Device,
-  type DeviceMetrics,
   type UpdateDeviceInput,
 } from '../server-client/index.js';
 import { DEVICE_KEY_TYPES, type DeviceKeyType } from './csr.js';
 import { enrollDevice } from './enroll.js';
+import { describeMetrics } from './metrics-table.js';
 
 function describeDevice(device: Device): string[] {
   const cert = device.identity.certificate;
@@ -64,32 +64,6 @@ function describeDevice(device: Device): string[] {
   }
   return lines;
 }
-
-function describeMetrics(metrics: DeviceMetrics): string {
-  if (metrics.series.length === 0)
-    return `no metrics for ${metrics.deviceName} between ${metrics.since} and ${metrics.until}`;
-  return table(
-    ['metric', 'model', 'dimension', 'last', 'min', 'max', 'points', 'at'],
-    metrics.series.map((s) => {
-      const last = s.points[s.points.length - 1];
-      const min = Math.min(...s.points.map((p) => p.min));
-      const max = Math.max(...s.points.map((p) => p.max));
-      const count = s.points.reduce((sum, p) => sum + p.count, 0);
-      return [
-        s.metricName,
-        s.modelName ? `${s.modelName} ${s.modelVersion ?? ''}`.trimEnd() : '-',
-        s.dimension ?? '-',
-        last ? round(last.avg) : '-',
-        round(min),
-        round(max),
-        String(count),
-        last?.timestamp ?? '-',
-      ];
-    }),
-  );
-}
-
-const round = (n: number) => String(Math.round(n * 1000) / 1000);
 
 export function registerDeviceCommands(program: Command, output: () => Output): void {
   const device = program
