@@ -375,7 +375,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
               keyType: opts.keyType,
             });
           } catch (error) {
-            throw cliErrorFrom(error);
+            throw cliErrorFrom(error, 'enrollment-token');
           }
         })();
         out.result(result, () => [

@@ -18,15 +18,23 @@ export function addServerOptions(command: Command): Command {
     .option('--profile <name>', 'profile in ~/.config/edgefleet/profiles.json (env EDGEFLEET_PROFILE)');
 }
 
-/** A failure of the server client, as the one line and exit code the user sees. */
-export function cliErrorFrom(error: unknown): unknown {
+/**
+ * A failure of the server client, as the one line and exit code the user sees. `credential` says which
+ * credential a 401 is about: the operator's API token (default), or a device's single-use enrollment token.
+ */
+export function cliErrorFrom(
+  error: unknown,
+  credential: 'api-token' | 'enrollment-token' = 'api-token',
+): unknown {
   if (error instanceof ConnectionConfigError) return new CliError(error.message, EXIT.usage);
   if (error instanceof ServerUnreachableError || error instanceof ServerResponseError)
     return new CliError(error.message);
   if (error instanceof ServerApiError) {
     const hint =
       error.status === 401
-        ? ' (check --token, EDGEFLEET_TOKEN or the profile)'
+        ? credential === 'enrollment-token'
+          ? ' (enrollment tokens are single-use and expire: an operator makes a new one with "edgefleet device enrollment-token <device>"; pass it with --token or EDGEFLEET_ENROLLMENT_TOKEN)'
+          : ' (check --token, EDGEFLEET_TOKEN or the profile)'
         : error.status === 403 && error.code === 'Forbidden'
           ? ' (use an admin token)'
           : '';

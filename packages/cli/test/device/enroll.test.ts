@@ -138,6 +138,11 @@ describe('edgefleet device enroll', () => {
     );
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/EnrollmentTokenUsed/);
+    // The hint names what enrollment reads, not the operator's EDGEFLEET_TOKEN.
+    expect(again.stderr).toMatch(
+      /single-use .*edgefleet device enrollment-token <device>.*EDGEFLEET_ENROLLMENT_TOKEN/,
+    );
+    expect(again.stderr).not.toContain('EDGEFLEET_TOKEN,');
     expect(again.stderr).not.toContain(token);
     expect(await readFile(configFile, 'utf8')).toBe(before);
     expect(await readFile(result.files.privateKey, 'utf8')).toBe(keyBefore);
