@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -23,6 +23,9 @@ beforeAll(async () => {
       sagemaker_edge_core_device_name: 'cli-test',
       sagemaker_edge_core_root_certs_path: join(work, 'demo', 'pki', 'trust'),
       edgefleet_rest_socket_path: 'none',
+      sagemaker_edge_core_capture_data_destination: 'Disk',
+      sagemaker_edge_core_capture_data_disk_path: join(work, 'captures'),
+      sagemaker_edge_core_capture_data_push_period_seconds: 1,
       edgefleet_preload_models: [
         { url: join(work, 'demo', 'device', 'models', 'demo-classifier'), name: 'demo' },
       ],
@@ -129,6 +132,93 @@ describe('edgefleet agent', () => {
       expect.objectContaining({ name: 'counts_plus_one', shape: [1], data: [42] }),
     );
     await edgefleet('agent', 'unload', 'ints', '--socket', socket);
+  });
+
+  it('captures: agent capture send/status, and predict --capture', async () => {
+    const frame = join(work, 'frame.jpg');
+    await writeFile(frame, Buffer.from([0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]));
+    const sent = await edgefleet(
+      'agent',
+      'capture',
+      'send',
+      'demo',
+      '--socket',
+      socket,
+      '--id',
+      'cli-capture-1',
+      '--input',
+      '{"features": [6.7, 3.0, 5.2, 2.3]}',
+      '--output',
+      '{"probabilities": [0.1, 0.2, 0.7]}',
+      '--aux-input',
+      `frame=@${frame}`,
+      '--wait',
+      '30',
+    );
+    expect(sent.stderr).toBe('');
+    expect(sent.stdout).toBe('capture cli-capture-1: SUCCESS\n');
+    const status = await edgefleet(
+      'agent',
+      'capture',
+      'status',
+      'cli-capture-1',
+      '--socket',
+      socket,
+      '--json',
+    );
+    expect(JSON.parse(status.stdout)).toEqual({ captureId: 'cli-capture-1', status: 'SUCCESS' });
+    const again = await edgefleet(
+      'agent',
+      'capture',
+      'send',
+      'demo',
+      '--socket',
+      socket,
+      '--id',
+      'cli-capture-1',
+      '--input',
+      '{"features": [6.7, 3.0, 5.2, 2.3]}',
+    );
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/ALREADY_EXISTS/);
+    const unknown = await edgefleet('agent', 'capture', 'status', 'never-sent', '--socket', socket);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/NOT_FOUND: no capture with capture_id "never-sent"/);
+
+    const predicted = await edgefleet(
+      'agent',
+      'predict',
+      'demo',
+      '--socket',
+      socket,
+      '--json',
+      '--capture',
+      '--input',
+      '{"features": [[6.7, 3.0, 5.2, 2.3]]}',
+    );
+    expect(predicted.stderr).toBe('');
+    const { capture } = JSON.parse(predicted.stdout);
+    expect(capture.captureId).toMatch(/^cli-[0-9a-f-]{36}$/);
+    const written = await edgefleet(
+      'agent',
+      'capture',
+      'status',
+      capture.captureId,
+      '--wait',
+      '30',
+      '--socket',
+      socket,
+    );
+    expect(written.stdout).toBe(`capture ${capture.captureId}: SUCCESS\n`);
+    // On disk, in Edge Manager's record format: the capture ids are in the written files.
+    const files = (await readdir(join(work, 'captures'), { recursive: true })).map(String);
+    const text = (
+      await Promise.all(
+        files.filter((f) => f.endsWith('.jsonl')).map((f) => readFile(join(work, 'captures', f), 'utf8')),
+      )
+    ).join('');
+    expect(text).toContain('cli-capture-1');
+    expect(text).toContain(capture.captureId);
   });
 
   it('unloads and loads again; errors name the gRPC status and the reason', async () => {

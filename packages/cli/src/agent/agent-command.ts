@@ -1,7 +1,17 @@
+import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { extname, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { connectAgent, dataTypeFromWire, type AgentConnection, type Model } from '@edgefleet/core';
+import {
+  AgentCaptureDataStatus,
+  AgentEncoding,
+  connectAgent,
+  dataTypeFromWire,
+  type AgentConnection,
+  type AuxiliaryData,
+  type Model,
+  type Tensor,
+} from '@edgefleet/core';
 import { CliError, EXIT, table, type Output } from '../cli-io.js';
 import { resolveInput } from './input-shape.js';
 import { decodeTensor, encodeTensor } from './tensor-values.js';
@@ -141,49 +151,229 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     )
     .argument('<model>', 'the model’s name (handle)')
     .requiredOption('--input <json|@file>', 'the inputs, as JSON text or @path/to/file.json')
+    .option('--capture', 'also capture the inputs and outputs (CaptureData) and print the capture id')
+    .option('--capture-id <id>', 'with --capture: the capture id (default: a new cli-<uuid>)')
     .option(...socketOption)
-    .action(async (name: string, raw: { input: string; socket?: string }) => {
-      const text = raw.input.startsWith('@') ? await readFile(raw.input.slice(1), 'utf8') : raw.input;
-      let given: Record<string, unknown>;
-      try {
-        given = JSON.parse(text) as Record<string, unknown>;
-      } catch (error) {
-        throw new CliError(`--input is not JSON: ${(error as Error).message}`, EXIT.usage);
-      }
-      if (typeof given !== 'object' || given === null || Array.isArray(given)) {
-        throw new CliError('--input must be a JSON object keyed by input name', EXIT.usage);
-      }
-      const outputs = await withAgent(raw.socket, async (a) => {
-        const model = await describeModel(a, name);
-        const tensors = model.inputTensorMetadatas.map((meta) => {
-          const inputName = meta.name.toString();
-          const value = given[inputName];
-          if (value === undefined)
-            throw new CliError(
-              `--input has no "${inputName}"; the model takes ${model.inputTensorMetadatas.map((t) => t.name.toString()).join(', ')}`,
-              EXIT.usage,
-            );
-          const dataType = dataTypeFromWire(meta.dataType);
-          if (!dataType)
-            throw new CliError(
-              `input ${inputName} has data type ${meta.dataType}, which this CLI cannot write`,
-            );
-          const { shape, values } = resolveInput(inputName, meta.shape, value);
-          return {
-            tensorMetadata: { name: meta.name, dataType: meta.dataType, shape },
-            byteData: encodeTensor(inputName, dataType, shape, values),
-          };
+    .action(
+      async (
+        name: string,
+        raw: { input: string; capture?: boolean; captureId?: string; socket?: string },
+      ) => {
+        if (raw.captureId !== undefined && !raw.capture)
+          throw new CliError('--capture-id goes with --capture', EXIT.usage);
+        const given = await readTensorJson('--input', raw.input);
+        const result = await withAgent(raw.socket, async (a) => {
+          const model = await describeModel(a, name);
+          const tensors = buildTensors('--input', model.inputTensorMetadatas, given);
+          const outputs = (await a.call('Predict', { name, handle: name, tensors })).tensors;
+          if (!raw.capture) return { outputs };
+          const captureId = raw.captureId ?? `cli-${randomUUID()}`;
+          await a.call('CaptureData', captureRequest(name, captureId, tensors, outputs));
+          return { outputs, capture: await captureStatus(a, captureId) };
         });
-        return (await a.call('Predict', { name, handle: name, tensors })).tensors;
-      });
-      const decoded = outputs.map((t) => ({
-        name: t.tensorMetadata?.name.toString() ?? '',
-        dataType: dataTypeFromWire(t.tensorMetadata?.dataType ?? -1) ?? t.tensorMetadata?.dataType,
-        shape: t.tensorMetadata?.shape ?? [],
-        data: decodeTensor(t.tensorMetadata?.dataType ?? -1, t.byteData ?? Buffer.alloc(0)),
-      }));
-      output().result({ outputs: decoded }, () =>
-        decoded.map((t) => `${t.name} ${t.dataType} [${t.shape.join(', ')}]: ${JSON.stringify(t.data)}`),
-      );
+        const decoded = result.outputs.map((t) => ({
+          name: t.tensorMetadata?.name.toString() ?? '',
+          dataType: dataTypeFromWire(t.tensorMetadata?.dataType ?? -1) ?? t.tensorMetadata?.dataType,
+          shape: t.tensorMetadata?.shape ?? [],
+          data: decodeTensor(t.tensorMetadata?.dataType ?? -1, t.byteData ?? Buffer.alloc(0)),
+        }));
+        output().result({ outputs: decoded, ...(result.capture && { capture: result.capture }) }, () => [
+          ...decoded.map((t) => `${t.name} ${t.dataType} [${t.shape.join(', ')}]: ${JSON.stringify(t.data)}`),
+          ...(result.capture ? [captureLine(result.capture)] : []),
+        ]);
+      },
+    );
+
+  const capture = agent
+    .command('capture')
+    .description('capture inference data on the agent (CaptureData) and ask how a capture is doing');
+
+  capture
+    .command('send')
+    .description(
+      'send a CaptureData: tensors as JSON like predict’s --input, auxiliary data (e.g. the image) from files',
+    )
+    .argument('<model>', 'the model’s name (handle); its tensor types come from DescribeModel')
+    .option('--input <json|@file>', 'input tensors, keyed by the model’s input names')
+    .option('--output <json|@file>', 'output tensors, keyed by the model’s output names')
+    .option(
+      '--aux-input <name=@file>',
+      'auxiliary input data from a file, e.g. frame=@frame.jpg (repeatable; .json/.csv are sent as JSON/CSV)',
+      (value: string, previous: string[]) => [...previous, value],
+      [],
+    )
+    .option(
+      '--aux-output <name=@file>',
+      'auxiliary output data from a file (repeatable)',
+      (value: string, previous: string[]) => [...previous, value],
+      [],
+    )
+    .option('--id <capture-id>', 'the capture id (default: a new cli-<uuid>)')
+    .option(
+      '--wait <seconds>',
+      'wait until the capture is written (SUCCESS) or given up (FAILURE)',
+      parseWait,
+    )
+    .option(...socketOption)
+    .action(
+      async (
+        name: string,
+        raw: {
+          input?: string;
+          output?: string;
+          auxInput: string[];
+          auxOutput: string[];
+          id?: string;
+          wait?: number;
+          socket?: string;
+        },
+      ) => {
+        if (!raw.input && !raw.output && raw.auxInput.length === 0 && raw.auxOutput.length === 0)
+          throw new CliError(
+            'nothing to capture: give --input, --output, --aux-input or --aux-output',
+            EXIT.usage,
+          );
+        const inputs = raw.input ? await readTensorJson('--input', raw.input) : undefined;
+        const outputs = raw.output ? await readTensorJson('--output', raw.output) : undefined;
+        const auxInputs = await Promise.all(raw.auxInput.map((v) => readAux('--aux-input', v)));
+        const auxOutputs = await Promise.all(raw.auxOutput.map((v) => readAux('--aux-output', v)));
+        const captureId = raw.id ?? `cli-${randomUUID()}`;
+        const status = await withAgent(raw.socket, async (a) => {
+          const model = await describeModel(a, name);
+          await a.call('CaptureData', {
+            ...captureRequest(
+              name,
+              captureId,
+              inputs ? buildTensors('--input', model.inputTensorMetadatas, inputs) : [],
+              outputs ? buildTensors('--output', model.outputTensorMetadatas, outputs) : [],
+            ),
+            inputs: auxInputs,
+            outputs: auxOutputs,
+          });
+          return captureStatus(a, captureId, raw.wait);
+        });
+        output().result(status, () => captureLine(status));
+        if (status.status === 'FAILURE')
+          throw new CliError(`capture ${captureId} failed: the agent gave up writing it (see its log)`);
+      },
+    );
+
+  capture
+    .command('status')
+    .description('how a capture is doing: IN_PROGRESS, SUCCESS (written), FAILURE, or NOT_FOUND')
+    .argument('<capture-id>')
+    .option('--wait <seconds>', 'wait until it is SUCCESS or FAILURE', parseWait)
+    .option(...socketOption)
+    .action(async (captureId: string, raw: { wait?: number; socket?: string }) => {
+      const status = await withAgent(raw.socket, (a) => captureStatus(a, captureId, raw.wait));
+      output().result(status, () => captureLine(status));
+      if (status.status === 'NOT_FOUND')
+        throw new CliError(
+          `the agent knows no capture ${captureId} (never sent, or its status was forgotten)`,
+        );
+      if (status.status === 'FAILURE')
+        throw new CliError(`capture ${captureId} failed (see the agent's log)`);
     });
+}
+
+async function readTensorJson(flag: string, value: string): Promise<Record<string, unknown>> {
+  const text = value.startsWith('@') ? await readFile(value.slice(1), 'utf8') : value;
+  let given: unknown;
+  try {
+    given = JSON.parse(text);
+  } catch (error) {
+    throw new CliError(`${flag} is not JSON: ${(error as Error).message}`, EXIT.usage);
+  }
+  if (typeof given !== 'object' || given === null || Array.isArray(given))
+    throw new CliError(`${flag} must be a JSON object keyed by tensor name`, EXIT.usage);
+  return given as Record<string, unknown>;
+}
+
+/** One tensor per declared input (or output) of the model, from the JSON given for it. */
+function buildTensors(
+  flag: string,
+  metas: Model['inputTensorMetadatas'],
+  given: Record<string, unknown>,
+): Tensor[] {
+  const names = metas.map((t) => t.name.toString());
+  const unknown = Object.keys(given).filter((k) => !names.includes(k));
+  if (unknown.length > 0)
+    throw new CliError(
+      `${flag} names ${unknown.join(', ')}, which the model does not have; it has ${names.join(', ')}`,
+      EXIT.usage,
+    );
+  return metas.map((meta) => {
+    const tensorName = meta.name.toString();
+    const value = given[tensorName];
+    if (value === undefined)
+      throw new CliError(`${flag} has no "${tensorName}"; the model takes ${names.join(', ')}`, EXIT.usage);
+    const dataType = dataTypeFromWire(meta.dataType);
+    if (!dataType)
+      throw new CliError(`${tensorName} has data type ${meta.dataType}, which this CLI cannot write`);
+    const { shape, values } = resolveInput(tensorName, meta.shape, value);
+    return {
+      tensorMetadata: { name: meta.name, dataType: meta.dataType, shape },
+      byteData: encodeTensor(tensorName, dataType, shape, values),
+    };
+  });
+}
+
+const AUX_ENCODINGS: Record<string, number> = { '.json': AgentEncoding.JSON, '.csv': AgentEncoding.CSV };
+
+/** `name=@file` → auxiliary data with the file's bytes (JSON/CSV by extension, else NONE: raw bytes). */
+async function readAux(flag: string, value: string): Promise<AuxiliaryData> {
+  const match = /^([^=]+)=@(.+)$/.exec(value);
+  if (!match)
+    throw new CliError(
+      `${flag} ${JSON.stringify(value)}: expected NAME=@FILE, e.g. frame=@frame.jpg`,
+      EXIT.usage,
+    );
+  const [, name, file] = match as unknown as [string, string, string];
+  const encoding = AUX_ENCODINGS[extname(file).toLowerCase()] ?? AgentEncoding.NONE;
+  return { name, encoding, byteData: await readFile(file), data: 'byteData' };
+}
+
+function captureRequest(model: string, captureId: string, inputs: Tensor[], outputs: Tensor[]) {
+  return {
+    modelName: model,
+    modelHandle: model,
+    captureId,
+    inferenceTimestamp: null,
+    inputTensors: inputs,
+    outputTensors: outputs,
+    inputs: [],
+    outputs: [],
+  };
+}
+
+const STATUS_NAMES = Object.fromEntries(Object.entries(AgentCaptureDataStatus).map(([k, v]) => [v, k]));
+
+interface CaptureStatus {
+  captureId: string;
+  status: string;
+}
+
+/** GetCaptureDataStatus; with `waitSeconds`, asked again until the capture is no longer IN_PROGRESS. */
+async function captureStatus(
+  agent: AgentConnection,
+  captureId: string,
+  waitSeconds = 0,
+): Promise<CaptureStatus> {
+  const deadline = Date.now() + waitSeconds * 1000;
+  for (;;) {
+    const { status } = await agent.call('GetCaptureDataStatus', { captureId });
+    const name = STATUS_NAMES[status] ?? `status ${status}`;
+    if (name !== 'IN_PROGRESS' || Date.now() >= deadline) return { captureId, status: name };
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+const captureLine = (c: CaptureStatus) =>
+  `capture ${c.captureId}: ${c.status}${c.status === 'IN_PROGRESS' ? ' (ask again: edgefleet agent capture status <id>)' : ''}`;
+
+function parseWait(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 3600)
+    throw new CliError(`--wait ${JSON.stringify(value)}: expected whole seconds from 0 to 3600`, EXIT.usage);
+  return n;
 }
