@@ -110,6 +110,20 @@ export const serverConfigSchema = z.strictObject({
         .default(512 * 1024 * 1024),
     })
     .prefault({}),
+  captures: z
+    .strictObject({
+      /** Largest capture file (a manifest or a side file) a device may upload through the control plane. */
+      maxFileBytes: z
+        .int()
+        .min(1024)
+        .default(16 * 1024 * 1024),
+      /** Capture bytes one device may upload per UTC day; past it uploads answer 429 until the next day. */
+      dailyQuotaBytesPerDevice: z
+        .int()
+        .min(1024)
+        .default(1024 * 1024 * 1024),
+    })
+    .prefault({}),
   packaging: z
     .strictObject({
       /** How often a server looks for queued packaging jobs. */

@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { ApiTokenStore, operatorAuthenticators, registerApiTokenRoutes } from '../auth/index.js';
 import { createBlobStore, type BlobStore } from '../blobs/index.js';
+import { registerCaptureDeviceRoutes } from '../captures/index.js';
 import type { ServerConfig } from '../config/index.js';
 import { DeviceStore, registerDeviceRoutes } from '../devices/index.js';
 import { FleetStore, registerFleetRoutes } from '../fleets/index.js';
@@ -269,6 +270,7 @@ export async function startServer(
     registerIdentityDeviceRoutes(deviceApp, services.identity, endpoint);
     registerHeartbeatDeviceRoutes(deviceApp, services.heartbeats);
     registerPackagingDeviceRoutes(deviceApp, { jobs: services.packagingJobs, blobs });
+    registerCaptureDeviceRoutes(deviceApp, { db: database.db, blobs, config, signing });
 
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });

@@ -174,6 +174,29 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('packaging_jobs_status').on('packaging_jobs').column('status').execute();
     },
   },
+  // Captures devices upload through the control plane (captures/): one row per capture record written, so a
+  // record sent again (an agent's at-least-once retry, a batch re-made after a crash) is written once; and
+  // bytes per device and UTC day, for the per-device quota. No foreign key: deregistering keeps the history.
+  '0003_device_captures': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('device_captures')
+        .addColumn('device_name', 'text', (c) => c.notNull())
+        .addColumn('capture_id', 'text', (c) => c.notNull())
+        .addColumn('record_format', 'text', (c) => c.notNull())
+        .addColumn('object_key', 'text', (c) => c.notNull())
+        .addColumn('stored_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('device_captures_pk', ['device_name', 'capture_id', 'record_format'])
+        .execute();
+      await db.schema
+        .createTable('device_capture_usage')
+        .addColumn('device_name', 'text', (c) => c.notNull())
+        .addColumn('day', 'text', (c) => c.notNull())
+        .addColumn('bytes', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('device_capture_usage_pk', ['device_name', 'day'])
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

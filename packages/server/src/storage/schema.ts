@@ -127,6 +127,23 @@ export interface PackagingJobsTable {
   updated_at: number;
 }
 
+/** A capture record a device uploaded through the control plane (captures/): written once per record format. */
+export interface DeviceCapturesTable {
+  device_name: string;
+  capture_id: string;
+  /** `edge` (Edge Manager records) or `model-monitor`. */
+  record_format: string;
+  object_key: string;
+  stored_at: number;
+}
+
+/** Capture bytes a device uploaded on one UTC day (`YYYY-MM-DD`), for its quota. */
+export interface DeviceCaptureUsageTable {
+  device_name: string;
+  day: string;
+  bytes: number;
+}
+
 export interface DatabaseSchema {
   server_settings: ServerSettingsTable;
   api_tokens: ApiTokensTable;
@@ -140,4 +157,6 @@ export interface DatabaseSchema {
   models: ModelsTable;
   model_versions: ModelVersionsTable;
   packaging_jobs: PackagingJobsTable;
+  device_captures: DeviceCapturesTable;
+  device_capture_usage: DeviceCaptureUsageTable;
 }

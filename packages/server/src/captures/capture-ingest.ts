@@ -1,0 +1,232 @@
+import type { Kysely } from 'kysely';
+import { assertValidBlobKey } from '../blobs/index.js';
+import { ApiError } from '../http/errors.js';
+import type { DatabaseSchema } from '../storage/schema.js';
+import type { FleetOutputs } from './fleet-output.js';
+
+export interface CaptureLimits {
+  /** Largest file accepted. */
+  maxFileBytes: number;
+  /** Bytes one device may upload per UTC day. */
+  dailyQuotaBytesPerDevice: number;
+}
+
+export interface CaptureFile {
+  /** The agent's key: `<prefix>/<fleet>/<model>/YYYY/MM/DD/HH/…` (see packages/agent/docs/capture.md). */
+  key: string;
+  contentType: string;
+  body: Buffer;
+}
+
+export interface StoredCaptureFile {
+  /** Where the file is now (`s3://…` or `file://…`). */
+  location: string;
+  /** Capture records written for the first time. */
+  records: number;
+  /** Records left out because the same capture was stored before (from another file). */
+  duplicates: number;
+  /** Bytes written (0 when every record was a duplicate). */
+  bytes: number;
+}
+
+const isManifest = (key: string) => key.endsWith('.jsonl');
+const recordFormatOf = (key: string) =>
+  key.split('/').includes('_model-monitor') ? 'model-monitor' : 'edge';
+const utcDay = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+/** Rows per IN (…) list: well under SQLite's and PostgreSQL's bind-parameter limits. */
+const CHUNK = 500;
+
+/**
+ * Capture files devices upload through the control plane, written to their fleet's output location.
+ *
+ * Idempotent by capture id: a manifest's records (one JSON line each, `eventMetadata.eventId` = capture id) are
+ * recorded per device and record format; a record already stored from another manifest is left out, and a
+ * manifest sent again under the same key (the agent's at-least-once retry) is written again whole, which
+ * changes nothing. Side files are named after their capture id, so writing one again replaces it with itself.
+ */
+export class CaptureIngest {
+  readonly #db: Kysely<DatabaseSchema>;
+  readonly #outputs: FleetOutputs;
+  readonly #limits: CaptureLimits;
+  readonly #now: () => number;
+
+  constructor(options: {
+    db: Kysely<DatabaseSchema>;
+    outputs: FleetOutputs;
+    limits: CaptureLimits;
+    now?: () => number;
+  }) {
+    this.#db = options.db;
+    this.#outputs = options.outputs;
+    this.#limits = options.limits;
+    this.#now = options.now ?? Date.now;
+  }
+
+  async store(
+    device: { deviceName: string; fleetName: string },
+    file: CaptureFile,
+  ): Promise<StoredCaptureFile> {
+    if (file.body.length > this.#limits.maxFileBytes)
+      throw new ApiError(
+        413,
+        'PayloadTooLarge',
+        `the capture file ${file.key} is ${file.body.length} bytes; the server accepts at most ${this.#limits.maxFileBytes} per file (captures.maxFileBytes)`,
+      );
+    try {
+      assertValidBlobKey(file.key);
+    } catch (error) {
+      throw new ApiError(400, 'ValidationError', (error as Error).message);
+    }
+    const fleet = await this.#db
+      .selectFrom('fleets')
+      .select('output_s3_location')
+      .where('name', '=', device.fleetName)
+      .executeTakeFirst();
+    if (fleet === undefined) throw new ApiError(404, 'NotFound', `fleet ${device.fleetName} does not exist`);
+    const target = this.#outputs.targetFor(fleet.output_s3_location);
+    if (target === undefined)
+      throw new ApiError(
+        409,
+        'Conflict',
+        `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} is not an s3://bucket/prefix URI; update it with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
+      );
+    // A device writes only its own fleet's captures, under the fleet's output prefix.
+    const expected = [...(target.prefix === '' ? [] : [target.prefix]), device.fleetName];
+    const segments = file.key.split('/');
+    const underPrefix = target.prefix === '' || file.key.startsWith(`${target.prefix}/`);
+    const fleetAt = target.prefix === '' ? undefined : target.prefix.split('/').length;
+    if (!underPrefix || (fleetAt !== undefined && segments[fleetAt] !== device.fleetName))
+      throw new ApiError(
+        403,
+        'Forbidden',
+        `capture key ${file.key} is outside fleet ${device.fleetName}'s output; expected keys under ${expected.join('/')}/ (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
+      );
+
+    let body = file.body;
+    let records: string[] = [];
+    let duplicates = 0;
+    const format = recordFormatOf(file.key);
+    if (isManifest(file.key)) {
+      const lines = file.body
+        .toString('utf8')
+        .split('\n')
+        .filter((l) => l.trim() !== '');
+      const ids = lines.map((line, i) => captureIdOf(line, file.key, i + 1));
+      const { storedElsewhere, storedHere } = await this.#stored(device.deviceName, format, file.key, ids);
+      const kept = lines.filter((_, i) => !storedElsewhere.has(ids[i]!));
+      duplicates = lines.length - kept.length;
+      if (kept.length === 0)
+        return {
+          location: target.store.locationOf(target.keyFor(file.key)),
+          records: 0,
+          duplicates,
+          bytes: 0,
+        };
+      records = [...new Set(ids)].filter((id) => !storedElsewhere.has(id) && !storedHere.has(id));
+      if (duplicates > 0) body = Buffer.from(`${kept.join('\n')}\n`);
+    }
+
+    await this.#charge(device.deviceName, body.length);
+    const key = target.keyFor(file.key);
+    await target.store.put(key, body, { contentType: file.contentType, contentLength: body.length });
+    if (records.length > 0) {
+      const at = this.#now();
+      for (let i = 0; i < records.length; i += CHUNK)
+        await this.#db
+          .insertInto('device_captures')
+          .values(
+            records.slice(i, i + CHUNK).map((captureId) => ({
+              device_name: device.deviceName,
+              capture_id: captureId,
+              record_format: format,
+              object_key: file.key,
+              stored_at: at,
+            })),
+          )
+          .onConflict((oc) => oc.columns(['device_name', 'capture_id', 'record_format']).doNothing())
+          .execute();
+    }
+    return {
+      location: target.store.locationOf(key),
+      records: records.length,
+      duplicates,
+      bytes: body.length,
+    };
+  }
+
+  /** Which of `ids` are stored for this device and format already: from another manifest than `key`, or from it. */
+  async #stored(
+    device: string,
+    format: string,
+    key: string,
+    ids: string[],
+  ): Promise<{ storedElsewhere: Set<string>; storedHere: Set<string> }> {
+    const storedElsewhere = new Set<string>();
+    const storedHere = new Set<string>();
+    const unique = [...new Set(ids)];
+    for (let i = 0; i < unique.length; i += CHUNK) {
+      const rows = await this.#db
+        .selectFrom('device_captures')
+        .select(['capture_id', 'object_key'])
+        .where('device_name', '=', device)
+        .where('record_format', '=', format)
+        .where('capture_id', 'in', unique.slice(i, i + CHUNK))
+        .execute();
+      for (const row of rows) (row.object_key === key ? storedHere : storedElsewhere).add(row.capture_id);
+    }
+    return { storedElsewhere, storedHere };
+  }
+
+  /** Adds `bytes` to the device's usage today, refusing (429) what would go over the daily quota. */
+  async #charge(device: string, bytes: number): Promise<void> {
+    const day = utcDay(this.#now());
+    const quota = this.#limits.dailyQuotaBytesPerDevice;
+    await this.#db.transaction().execute(async (trx) => {
+      const row = await trx
+        .selectFrom('device_capture_usage')
+        .select('bytes')
+        .where('device_name', '=', device)
+        .where('day', '=', day)
+        .executeTakeFirst();
+      const used = Number(row?.bytes ?? 0);
+      if (used + bytes > quota)
+        throw new ApiError(
+          429,
+          'LimitExceeded',
+          `device ${device} has uploaded ${used} capture bytes today (UTC); ${bytes} more would pass its daily quota of ${quota} (captures.dailyQuotaBytesPerDevice); the agent keeps the batch and retries`,
+          { usedBytes: used, quotaBytes: quota },
+        );
+      await trx
+        .insertInto('device_capture_usage')
+        .values({ device_name: device, day, bytes })
+        .onConflict((oc) =>
+          oc
+            .columns(['device_name', 'day'])
+            .doUpdateSet({ bytes: (eb) => eb('device_capture_usage.bytes', '+', bytes) }),
+        )
+        .execute();
+    });
+  }
+}
+
+/** The capture id of one manifest line: its `eventMetadata.eventId` (Edge Manager and Model Monitor records). */
+function captureIdOf(line: string, key: string, lineNumber: number): string {
+  let record: unknown;
+  try {
+    record = JSON.parse(line);
+  } catch {
+    throw new ApiError(
+      400,
+      'ValidationError',
+      `${key} line ${lineNumber} is not JSON; expected one capture record per line`,
+    );
+  }
+  const id = (record as { eventMetadata?: { eventId?: unknown } } | null)?.eventMetadata?.eventId;
+  if (typeof id !== 'string' || id === '' || id.length > 256)
+    throw new ApiError(
+      400,
+      'ValidationError',
+      `${key} line ${lineNumber} has no eventMetadata.eventId (the capture id, 1-256 characters); expected a capture record`,
+    );
+  return id;
+}

@@ -1,0 +1,61 @@
+import type { BlobStore, S3ConnectionOptions } from '../blobs/index.js';
+import { S3BlobStore } from '../blobs/index.js';
+
+/** Where a fleet's captures are written: a store and the key a device's capture key maps to in it. */
+export interface FleetOutputTarget {
+  store: BlobStore;
+  keyFor(captureKey: string): string;
+  /** The fleet's output location as its owner wrote it (`s3://bucket/prefix`). */
+  location: string;
+  /** The prefix inside the bucket; a device's capture keys must lie under it (empty: anywhere). */
+  prefix: string;
+}
+
+/** `s3://bucket/prefix` → its parts; undefined when the fleet's output is not an S3 URI. */
+export function parseOutputLocation(location: string): { bucket: string; prefix: string } | undefined {
+  const match = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(location.trim());
+  if (!match) return undefined;
+  return { bucket: match[1]!, prefix: (match[2] ?? '').replace(/^\/+|\/+$/g, '') };
+}
+
+/**
+ * Maps a fleet's output location onto storage the server can write:
+ * - with S3 blobs (`--blob s3://…`), the fleet's own bucket through the same S3 connection (endpoint,
+ *   credentials), so a capture lands exactly at `s3://<bucket>/<key>`, where its records' `data-ref`s point;
+ * - with a local blob folder, `fleet-output/<bucket>/<key>` inside it (there is no bucket to write to).
+ * S3 clients are made once per bucket and closed with close().
+ */
+export class FleetOutputs {
+  readonly #blobs: BlobStore;
+  readonly #s3: S3ConnectionOptions | undefined;
+  readonly #buckets = new Map<string, S3BlobStore>();
+
+  constructor(blobs: BlobStore, s3: S3ConnectionOptions | undefined) {
+    this.#blobs = blobs;
+    this.#s3 = s3;
+  }
+
+  targetFor(location: string): FleetOutputTarget | undefined {
+    const parsed = parseOutputLocation(location);
+    if (parsed === undefined) return undefined;
+    const { bucket, prefix } = parsed;
+    if (this.#s3 === undefined)
+      return {
+        store: this.#blobs,
+        keyFor: (key) => `fleet-output/${bucket}/${key}`,
+        location,
+        prefix,
+      };
+    let store = this.#buckets.get(bucket);
+    if (store === undefined) {
+      store = new S3BlobStore({ ...this.#s3, bucket, prefix: '' });
+      this.#buckets.set(bucket, store);
+    }
+    return { store, keyFor: (key) => key, location, prefix };
+  }
+
+  async close(): Promise<void> {
+    for (const store of this.#buckets.values()) await store.close();
+    this.#buckets.clear();
+  }
+}

@@ -1,0 +1,13 @@
+export {
+  CaptureIngest,
+  type CaptureFile,
+  type CaptureLimits,
+  type StoredCaptureFile,
+} from './capture-ingest.js';
+export { FleetOutputs, parseOutputLocation, type FleetOutputTarget } from './fleet-output.js';
+export {
+  agentSettingsSchema,
+  captureFileBodySchema,
+  registerCaptureDeviceRoutes,
+  storedCaptureFileSchema,
+} from './routes.js';

@@ -1,0 +1,131 @@
+import type { FastifyInstance } from 'fastify';
+import type { Kysely } from 'kysely';
+import { z } from 'zod';
+import type { BlobStore, S3ConnectionOptions } from '../blobs/index.js';
+import { defineRoute } from '../http/routes.js';
+import { requireDevice } from '../identity/index.js';
+import type { ServerConfig } from '../config/index.js';
+import type { PackageSigningIdentity } from '../packaging/index.js';
+import type { DatabaseSchema } from '../storage/schema.js';
+import { CaptureIngest, type CaptureLimits } from './capture-ingest.js';
+import { FleetOutputs, parseOutputLocation } from './fleet-output.js';
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+export const captureFileBodySchema = z.strictObject({
+  key: z
+    .string()
+    .min(1)
+    .max(1024)
+    .describe(
+      'The capture key: <prefix>/<fleet>/<model>/YYYY/MM/DD/HH/<file> (packages/agent/docs/capture.md)',
+    ),
+  contentType: z.string().min(1).max(200),
+  data: z.string().regex(BASE64, 'expected base64').describe('The file, base64'),
+});
+
+export const storedCaptureFileSchema = z.object({
+  location: z.string().describe('Where the file was written (s3://… or file://…)'),
+  records: z.int().describe('Capture records stored for the first time'),
+  duplicates: z.int().describe('Records left out: that capture was stored before'),
+  bytes: z.int(),
+});
+
+export const agentSettingsSchema = z.object({
+  deviceName: z.string(),
+  fleetName: z.string(),
+  packageSigningRoot: z.object({ certificatePem: z.string(), fingerprintSha256: z.string() }),
+  captureOutputLocation: z.string().optional().describe("The fleet's output location, s3://bucket/prefix"),
+  captureBucket: z.string().optional().describe('sagemaker_edge_provider_s3_bucket_name'),
+  captureFolderPrefix: z.string().optional().describe('sagemaker_edge_core_folder_prefix'),
+});
+
+/**
+ * Device routes (mutual TLS): `POST /api/v1/device/captures/files` takes one capture file (a manifest of
+ * records or a side file) and writes it under the device's fleet's output location. What EdgeFleet's agent
+ * destination `EdgeFleet` calls; registered with one line on the device app.
+ */
+export function registerCaptureDeviceRoutes(
+  app: FastifyInstance,
+  deps: {
+    db: Kysely<DatabaseSchema>;
+    blobs: BlobStore;
+    config: Pick<ServerConfig, 'blobLocation' | 's3' | 'captures'>;
+    /** The package-signing root, handed to devices at set-up (their trust folder). */
+    signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
+  },
+): void {
+  const outputs = new FleetOutputs(deps.blobs, s3ConnectionOf(deps.config));
+  const limits: CaptureLimits = deps.config.captures;
+  const ingest = new CaptureIngest({ db: deps.db, outputs, limits });
+  app.addHook('onClose', async () => outputs.close());
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/device/captures/files',
+    auth: 'device',
+    tag: 'device',
+    summary: "Upload a capture file to the device's fleet output location (idempotent by capture id)",
+    description:
+      'Body: {"key", "contentType", "data" (base64)}. A manifest (.jsonl) holds one record per line; records ' +
+      'whose capture id was stored before from another manifest are left out. 413 over captures.maxFileBytes, ' +
+      "429 over the per-device daily quota, 403 for a key outside the fleet's output prefix.",
+    body: captureFileBodySchema,
+    response: storedCaptureFileSchema,
+    // base64 is 4/3 of the bytes; the JSON around it is small.
+    bodyLimit: Math.ceil((limits.maxFileBytes * 4) / 3) + 64 * 1024,
+    handler: async ({ body, request }) =>
+      ingest.store(requireDevice(request), {
+        key: body.key,
+        contentType: body.contentType,
+        body: Buffer.from(body.data, 'base64'),
+      }),
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/device/agent-settings',
+    auth: 'device',
+    tag: 'device',
+    summary:
+      "What an enrolled agent needs besides its certificate: the package-signing root, and its fleet's capture output",
+    description:
+      '"edgefleet device enroll" calls it with the new certificate (which also proves the certificate works) and ' +
+      'writes the answer into the agent config and the trust folder.',
+    response: agentSettingsSchema,
+    handler: async ({ request }) => {
+      const device = requireDevice(request);
+      const fleet = await deps.db
+        .selectFrom('fleets')
+        .select('output_s3_location')
+        .where('name', '=', device.fleetName)
+        .executeTakeFirst();
+      const output = fleet && parseOutputLocation(fleet.output_s3_location);
+      return {
+        deviceName: device.deviceName,
+        fleetName: device.fleetName,
+        packageSigningRoot: {
+          certificatePem: deps.signing.rootCertificatePem,
+          fingerprintSha256: deps.signing.rootFingerprintSha256,
+        },
+        ...(fleet && { captureOutputLocation: fleet.output_s3_location }),
+        ...(output && {
+          captureBucket: output.bucket,
+          ...(output.prefix !== '' && { captureFolderPrefix: output.prefix }),
+        }),
+      };
+    },
+  });
+}
+
+/** The server's S3 connection when its blobs are in S3 (fleet buckets are reached the same way); else none. */
+function s3ConnectionOf(config: Pick<ServerConfig, 'blobLocation' | 's3'>): S3ConnectionOptions | undefined {
+  if (config.blobLocation.kind !== 's3') return undefined;
+  const { endpoint, region, forcePathStyle, accessKeyId, secretAccessKey } = config.s3;
+  return {
+    ...(endpoint !== undefined && { endpoint }),
+    ...(region !== undefined && { region }),
+    ...(forcePathStyle !== undefined && { forcePathStyle }),
+    ...(accessKeyId !== undefined &&
+      secretAccessKey !== undefined && { credentials: { accessKeyId, secretAccessKey } }),
+  };
+}

@@ -1,0 +1,182 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deviceCall } from '../support/device.js';
+import { databaseEngines } from '../support/engines.js';
+import { startTestS3, type TestS3 } from '../support/s3.js';
+import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+
+/** One Edge Manager capture record line for `captureId`. */
+const record = (captureId: string) =>
+  JSON.stringify({
+    eventVersion: '0',
+    eventMetadata: { deviceFleetName: 'plant', deviceId: 'cam-1', eventId: captureId, modelName: 'mlp' },
+    deviceFleetInputs: [],
+    deviceFleetOutputs: [],
+  });
+const manifest = (...ids: string[]) => Buffer.from(`${ids.map(record).join('\n')}\n`);
+const HOUR = 'mlp/2026/12/06/05';
+
+async function setUp(t: TestServer, output: string): Promise<{ cam1: EnrolledDevice; door: EnrolledDevice }> {
+  for (const [fleet, device, location] of [
+    ['plant', 'cam-1', output],
+    ['doors', 'door-1', 's3://other-bucket/doors'],
+  ] as const) {
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: fleet, outputConfig: { s3OutputLocation: location } },
+    });
+    await t.call('POST', `/api/v1/fleets/${fleet}/devices`, {
+      token: t.adminToken,
+      body: { devices: [{ name: device }] },
+    });
+  }
+  return { cam1: await enrollDevice(t, 'cam-1'), door: await enrollDevice(t, 'door-1') };
+}
+
+describe.each(engines)('captures through the control plane on $engine', (fixture) => {
+  let t: TestServer;
+  let cam1: EnrolledDevice;
+  let door: EnrolledDevice;
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    t = await startTestServer({
+      database: await fixture.createLocation(),
+      config: { captures: { maxFileBytes: 4096, dailyQuotaBytesPerDevice: 20_000 } },
+    });
+    ({ cam1, door } = await setUp(t, 's3://captures/edge'));
+  });
+  afterAll(() => t?.stop());
+
+  const upload = (device: EnrolledDevice, key: string, body: Buffer, contentType = 'application/jsonl') =>
+    deviceCall(t.server.deviceUrl, device.tls, 'POST', '/api/v1/device/captures/files', {
+      body: { key, contentType, data: body.toString('base64') },
+    });
+  const stored = (key: string) =>
+    readFile(path.join(t.dataDir, 'blobs', 'fleet-output', 'captures', key), 'utf8');
+
+  it.skipIf(!fixture.available)(
+    'hands an enrolled device its signing root and its fleet output (the enrollment set-up)',
+    async () => {
+      const settings = await deviceCall(t.server.deviceUrl, cam1.tls, 'GET', '/api/v1/device/agent-settings');
+      expect(settings.status).toBe(200);
+      const root = await t.call('GET', '/api/v1/signing/root-certificate', { token: t.readToken });
+      expect(settings.body).toEqual({
+        deviceName: 'cam-1',
+        fleetName: 'plant',
+        packageSigningRoot: root.body,
+        captureOutputLocation: 's3://captures/edge',
+        captureBucket: 'captures',
+        captureFolderPrefix: 'edge',
+      });
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'writes a manifest under the fleet output once per capture id, whatever the retries',
+    async () => {
+      const first = `edge/plant/${HOUR}/aaaa.jsonl`;
+      const answer = await upload(cam1, first, manifest('c-1', 'c-2'));
+      expect(answer).toMatchObject({ status: 200, body: { records: 2, duplicates: 0 } });
+      expect(answer.body.location).toMatch(/fleet-output\/captures\/edge\/plant\/mlp\/.*\/aaaa\.jsonl$/);
+      expect(await stored(first)).toBe(manifest('c-1', 'c-2').toString());
+
+      // The agent's retry of the same file (at-least-once): written again whole, nothing new recorded.
+      expect((await upload(cam1, first, manifest('c-1', 'c-2'))).body).toMatchObject({
+        records: 0,
+        duplicates: 0,
+      });
+      expect(await stored(first)).toBe(manifest('c-1', 'c-2').toString());
+
+      // The same captures in another manifest (a batch made again after a crash): only c-3 is new.
+      const second = `edge/plant/${HOUR}/bbbb.jsonl`;
+      expect((await upload(cam1, second, manifest('c-1', 'c-3'))).body).toMatchObject({
+        records: 1,
+        duplicates: 1,
+      });
+      expect(await stored(second)).toBe(manifest('c-3').toString());
+      // All duplicates: nothing written.
+      const third = `edge/plant/${HOUR}/cccc.jsonl`;
+      expect((await upload(cam1, third, manifest('c-2', 'c-3'))).body).toEqual(
+        expect.objectContaining({ records: 0, duplicates: 2, bytes: 0 }),
+      );
+      await expect(stored(third)).rejects.toThrow(/ENOENT/);
+
+      // Side files are stored as they come (named after their capture id: a retry replaces them with themselves).
+      const side = `edge/plant/${HOUR}/raw-data/c-1-input-1.bin`;
+      expect((await upload(cam1, side, Buffer.from([1, 2, 3]), 'application/octet-stream')).status).toBe(200);
+      expect(await stored(side)).toBe('\x01\x02\x03');
+      // Another device's capture ids are its own.
+      const doorKey = `doors/doors/${HOUR}/dddd.jsonl`;
+      expect((await upload(door, doorKey, manifest('c-1'))).body).toMatchObject({ records: 1 });
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    "refuses keys outside the device's fleet output, oversized files, bad records, and past the quota",
+    async () => {
+      const outside = await upload(cam1, `edge/doors/${HOUR}/x.jsonl`, manifest('x-1'));
+      expect(outside).toMatchObject({ status: 403, body: { code: 'Forbidden' } });
+      expect(outside.body.message).toMatch(/expected keys under edge\/plant\//);
+      expect((await upload(cam1, `other/plant/${HOUR}/x.jsonl`, manifest('x-1'))).status).toBe(403);
+      expect((await upload(cam1, `edge/plant/../doors/x.jsonl`, manifest('x-1'))).status).toBe(400);
+
+      const big = await upload(cam1, `edge/plant/${HOUR}/raw-data/big.bin`, Buffer.alloc(5000));
+      expect(big).toMatchObject({ status: 413, body: { code: 'PayloadTooLarge' } });
+      expect(big.body.message).toMatch(/at most 4096 per file/);
+
+      const junk = await upload(cam1, `edge/plant/${HOUR}/junk.jsonl`, Buffer.from('{"no":"id"}\n'));
+      expect(junk).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
+      expect(junk.body.message).toMatch(/line 1 has no eventMetadata\.eventId/);
+
+      // 20 000 bytes a day: 4 000-byte side files fill it; the next is refused with what was used.
+      let refused;
+      for (let i = 0; i < 10 && refused === undefined; i++) {
+        const answer = await upload(cam1, `edge/plant/${HOUR}/raw-data/q-${i}.bin`, Buffer.alloc(4000));
+        if (answer.status !== 200) refused = answer;
+      }
+      expect(refused).toMatchObject({ status: 429, body: { code: 'LimitExceeded' } });
+      expect(refused!.body.message).toMatch(/daily quota of 20000/);
+      // The quota is per device.
+      expect((await upload(door, `doors/doors/${HOUR}/raw-data/d.bin`, Buffer.alloc(4000))).status).toBe(200);
+    },
+  );
+});
+
+describe('captures through the control plane, with S3 blobs', () => {
+  let s3: TestS3;
+  let t: TestServer;
+  let cam1: EnrolledDevice;
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    t = await startTestServer({
+      blob: `s3://${s3.bucket}/server`,
+      config: { s3: { endpoint: s3.endpoint, ...s3.credentials } },
+    });
+    ({ cam1 } = await setUp(t, `s3://${s3.bucket}/plant-captures`));
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await s3?.stop();
+  });
+
+  it("writes into the fleet's own bucket at the capture key, where the records' data-refs point", async () => {
+    const key = `plant-captures/plant/${HOUR}/eeee.jsonl`;
+    const answer = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
+      body: { key, contentType: 'application/jsonl', data: manifest('s-1').toString('base64') },
+    });
+    expect(answer).toMatchObject({ status: 200, body: { location: `s3://${s3.bucket}/${key}`, records: 1 } });
+    const client = new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: s3.credentials,
+    });
+    const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+    expect(await object.Body!.transformToString()).toBe(manifest('s-1').toString());
+    client.destroy();
+  });
+});
