@@ -115,7 +115,7 @@ export class CaptureService {
       modelMonitorFormat: settings.modelMonitorFormat,
       urlFor: (key) => this.#destination.urlFor(key),
     };
-    if (settings.destination === 'Cloud' && options.store) {
+    if ((settings.destination === 'Cloud' || settings.destination === 'EdgeFleet') && options.store) {
       this.#spool = new CaptureSpool({
         dir: settings.spool.dir,
         quotaBytes: settings.spool.quotaBytes,

@@ -48,7 +48,7 @@ export const CloudCredentialsSchema = z.discriminatedUnion('source', [
 
 export const CaptureSettingsSchema = z
   .object({
-    destination: z.enum(['Disk', 'Cloud']),
+    destination: z.enum(['Disk', 'Cloud', 'EdgeFleet']),
     diskPath: z.string().min(1),
     folderPrefix: z.string().regex(KEY_SAFE, 'no quotes, backslashes or control characters'),
     bufferSize: z.number().int().positive(),
@@ -68,6 +68,17 @@ export const CaptureSettingsSchema = z
         forcePathStyle: z.boolean().optional(),
         caFile: z.string().min(1).optional(),
         credentials: CloudCredentialsSchema,
+      })
+      .optional(),
+    /** The control plane, for EdgeFleet captures: its device API and the device's enrolled identity. */
+    edgefleet: z
+      .object({
+        endpoint: z.string().url(),
+        certFile: z.string().min(1),
+        keyFile: z.string().min(1),
+        caFile: z.string().min(1).optional(),
+        /** The fleet's output bucket, for data-ref URLs. */
+        bucket: z.string().min(1).optional(),
       })
       .optional(),
     /** Also write each batch in the SageMaker Model Monitor data-capture format. */
@@ -97,6 +108,13 @@ export const CaptureSettingsSchema = z
         code: 'custom',
         path: ['batchSize'],
         message: `the batch size (${settings.batchSize}) exceeds the buffer size (${settings.bufferSize})`,
+      });
+    }
+    if (settings.destination === 'EdgeFleet' && settings.edgefleet === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['edgefleet'],
+        message: 'EdgeFleet captures need the device API endpoint and the device certificate',
       });
     }
     if ((settings.destination === 'Cloud' || settings.periodicUpload) && settings.cloud === undefined) {
@@ -181,6 +199,18 @@ export function captureSettingsFromConfig(
                   ...(provider.caCertFile !== undefined && { caFile: provider.caCertFile }),
                 }
               : { source: 'default' },
+        },
+      }),
+    ...(capture.destination === 'EdgeFleet' &&
+      provider.endpoint !== undefined &&
+      certFile !== undefined &&
+      certKeyFile !== undefined && {
+        edgefleet: {
+          endpoint: provider.endpoint,
+          certFile,
+          keyFile: certKeyFile,
+          ...(provider.caCertFile !== undefined && { caFile: provider.caCertFile }),
+          ...(provider.s3BucketName !== undefined && { bucket: provider.s3BucketName }),
         },
       }),
     modelMonitorFormat: extras.modelMonitorFormat ?? modelMonitorFormat,

@@ -8,7 +8,8 @@ import { MemoryCaptureQueue, SqliteCaptureQueue, type CaptureQueue } from './cap
 import type { CaptureModelCatalog } from './capture-request.js';
 import { CaptureService } from './capture-service.js';
 import { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
-import { S3ObjectStore } from './object-store.js';
+import { EdgeFleetObjectStore } from './edgefleet-store.js';
+import { S3ObjectStore, type ObjectStore } from './object-store.js';
 import { captureSettingsFromConfig, type CaptureExtras, type CaptureSettings } from './settings.js';
 
 export interface StartCaptureOptions {
@@ -52,18 +53,19 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
       options.env,
     );
   const cloud = settings.cloud;
-  const store =
-    cloud &&
-    new S3ObjectStore({
-      bucket: cloud.bucket,
-      region: cloud.region,
-      ...(cloud.endpoint !== undefined && { endpoint: cloud.endpoint }),
-      ...(cloud.forcePathStyle !== undefined && { forcePathStyle: cloud.forcePathStyle }),
-      ...(cloud.caFile !== undefined && { caFile: cloud.caFile }),
-      credentials: cloud.credentials,
-    });
+  const store: (ObjectStore & { close(): void }) | undefined = settings.edgefleet
+    ? new EdgeFleetObjectStore(settings.edgefleet)
+    : cloud &&
+      new S3ObjectStore({
+        bucket: cloud.bucket,
+        region: cloud.region,
+        ...(cloud.endpoint !== undefined && { endpoint: cloud.endpoint }),
+        ...(cloud.forcePathStyle !== undefined && { forcePathStyle: cloud.forcePathStyle }),
+        ...(cloud.caFile !== undefined && { caFile: cloud.caFile }),
+        credentials: cloud.credentials,
+      });
   const destination: CaptureDestination =
-    settings.destination === 'Cloud' && store
+    (settings.destination === 'Cloud' || settings.destination === 'EdgeFleet') && store
       ? new ObjectStoreDestination(store)
       : new DiskDestination(settings.diskPath);
   const { logger, database } = options;

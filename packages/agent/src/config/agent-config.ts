@@ -37,7 +37,7 @@ export const AgentConfigSchema = z.object({
     libsystemdPath: z.string().optional(),
   }),
   capture: z.object({
-    destination: z.enum(['Disk', 'Cloud']),
+    destination: z.enum(['Disk', 'Cloud', 'EdgeFleet']),
     diskPath: z.string(),
     folderPrefix: z.string(),
     bufferSize: z.number().int().positive(),

@@ -43,7 +43,7 @@ export const CONFIG_FIELDS = {
   sagemaker_edge_provider_aws_iot_cred_endpoint: endpoint(),
   sagemaker_edge_log_verbose: flag(),
   sagemaker_edge_telemetry_libsystemd_path: path(),
-  sagemaker_edge_core_capture_data_destination: choice(['Disk', 'Cloud']),
+  sagemaker_edge_core_capture_data_destination: choice(['Disk', 'Cloud', 'EdgeFleet']),
   sagemaker_edge_core_capture_data_disk_path: path(),
   sagemaker_edge_core_folder_prefix: text(),
   sagemaker_edge_core_capture_data_buffer_size: integer(2, 100_000, 30),
@@ -222,11 +222,32 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
         'is required when sagemaker_edge_core_capture_data_destination is Cloud',
       );
   }
+  if (destination === 'EdgeFleet') {
+    // Captures go to the control plane over the device's enrolled identity (what the fleet client uses).
+    if (providerKind === 'None')
+      fail(
+        'sagemaker_edge_core_capture_data_destination',
+        'is EdgeFleet but sagemaker_edge_provider_provider is None (offline); expected Disk, or a provider of Aws',
+      );
+    if (!file.sagemaker_edge_core_endpoint_override?.startsWith('https://'))
+      fail(
+        'sagemaker_edge_core_capture_data_destination',
+        'is EdgeFleet, which uploads to the control plane; it needs sagemaker_edge_core_endpoint_override (https://) — "edgefleet device enroll" sets it',
+      );
+    if (
+      file.sagemaker_edge_provider_aws_cert_file === undefined ||
+      file.sagemaker_edge_provider_aws_cert_pk_file === undefined
+    )
+      fail(
+        'sagemaker_edge_core_capture_data_destination',
+        'is EdgeFleet, which uploads with the device certificate; it needs sagemaker_edge_provider_aws_cert_file and sagemaker_edge_provider_aws_cert_pk_file — "edgefleet device enroll" sets them',
+      );
+  }
   const periodicUpload = file.sagemaker_edge_core_capture_data_periodic_upload ?? false;
   if (periodicUpload) {
-    if (destination === 'Cloud')
+    if (destination !== 'Disk')
       warnings.push(
-        'sagemaker_edge_core_capture_data_periodic_upload applies to Disk captures only; ignored with Cloud',
+        `sagemaker_edge_core_capture_data_periodic_upload applies to Disk captures only; ignored with ${destination}`,
       );
     else if (providerKind === 'None' || bucket === undefined)
       fail(
@@ -258,9 +279,9 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     warnings.push(
       'edgefleet_capture_keep_uploaded_files applies to the periodic upload of Disk captures (sagemaker_edge_core_capture_data_periodic_upload); ignored',
     );
-  if (file.edgefleet_capture_spool_quota_bytes !== undefined && destination !== 'Cloud')
+  if (file.edgefleet_capture_spool_quota_bytes !== undefined && destination === 'Disk')
     warnings.push(
-      'edgefleet_capture_spool_quota_bytes limits the offline spool of Cloud captures; ignored with sagemaker_edge_core_capture_data_destination Disk',
+      'edgefleet_capture_spool_quota_bytes limits the offline spool of Cloud and EdgeFleet captures; ignored with sagemaker_edge_core_capture_data_destination Disk',
     );
   if (destination !== 'Cloud' && !effectivePeriodicUpload) {
     for (const key of ['edgefleet_capture_s3_endpoint', 'edgefleet_capture_s3_force_path_style'] as const)

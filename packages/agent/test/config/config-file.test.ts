@@ -331,6 +331,27 @@ describe('parseAgentConfig: fatal errors name their key', () => {
     expect(ok.warnings).toEqual([expect.stringMatching(/sagemaker_edge_core_endpoint_override is not set/)]);
   });
 
+  it('takes EdgeFleet capture (to the control plane) only with the endpoint and the device certificate', () => {
+    const enrolled = {
+      sagemaker_edge_core_device_name: 'd',
+      sagemaker_edge_core_device_fleet_name: 'f',
+      sagemaker_edge_provider_provider: 'Aws',
+      sagemaker_edge_core_endpoint_override: 'https://fleet.example:8443',
+      sagemaker_edge_provider_aws_cert_file: '/certs/device.pem',
+      sagemaker_edge_provider_aws_cert_pk_file: '/certs/device.key',
+      sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+    };
+    expect(parseAgentConfig(enrolled, context).config.capture.destination).toBe('EdgeFleet');
+    const offline = errorOf({ ...enrolled, sagemaker_edge_provider_provider: 'None' });
+    expect(offline.message).toMatch(/is EdgeFleet but sagemaker_edge_provider_provider is None/);
+    const noEndpoint = errorOf({ ...enrolled, sagemaker_edge_core_endpoint_override: undefined });
+    expect(noEndpoint.message).toMatch(
+      /needs sagemaker_edge_core_endpoint_override .*edgefleet device enroll/,
+    );
+    const noCert = errorOf({ ...enrolled, sagemaker_edge_provider_aws_cert_pk_file: undefined });
+    expect(noCert.message).toMatch(/needs sagemaker_edge_provider_aws_cert_file and/);
+  });
+
   it('refuses Cloud capture without a provider or a bucket, and a batch not smaller than the buffer', () => {
     const cloud = errorOf({ sagemaker_edge_core_capture_data_destination: 'Cloud' });
     expect(cloud.key).toBe('sagemaker_edge_core_capture_data_destination');
@@ -608,7 +629,7 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
         /^edgefleet_capture_keep_uploaded_files applies to the periodic upload .*; ignored$/,
       ),
       expect.stringMatching(
-        /^edgefleet_capture_spool_quota_bytes limits the offline spool of Cloud captures/,
+        /^edgefleet_capture_spool_quota_bytes limits the offline spool of Cloud and EdgeFleet captures/,
       ),
       expect.stringMatching(/^edgefleet_capture_s3_endpoint applies to the bucket .*; ignored$/),
       expect.stringMatching(/^edgefleet_capture_s3_force_path_style applies to the bucket .*; ignored$/),

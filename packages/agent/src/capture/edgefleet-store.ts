@@ -1,0 +1,72 @@
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { DeviceApiClient, DeviceApiError } from '../fleet/index.js';
+import type { ObjectStore } from './object-store.js';
+
+/** The control plane's answer to a capture file (packages/server/src/captures/routes.ts). */
+const storedCaptureFileSchema = z.looseObject({
+  location: z.string(),
+  records: z.number(),
+  duplicates: z.number(),
+});
+
+export interface EdgeFleetStoreOptions {
+  /** The device API (`sagemaker_edge_core_endpoint_override`), https://. */
+  endpoint: string;
+  /** The device's enrolled identity, as the fleet client uses it. */
+  certFile: string;
+  keyFile: string;
+  caFile?: string;
+  /** The fleet's output bucket (`sagemaker_edge_provider_s3_bucket_name`), for the records' `data-ref` URLs. */
+  bucket?: string;
+  /** Per upload. Default 60 s. */
+  timeoutMs?: number;
+}
+
+/**
+ * Destination `EdgeFleet`: capture files go to the control plane over the device's mutual-TLS identity
+ * (`POST /api/v1/device/captures/files`), which writes them to the fleet's output location. No cloud
+ * credentials on the device. Failures throw, so the capture service keeps the batch in its offline spool and
+ * retries (at least once; the server stores each capture id once).
+ */
+export class EdgeFleetObjectStore implements ObjectStore {
+  readonly description: string;
+  readonly #client: DeviceApiClient;
+  readonly #bucket: string | undefined;
+
+  constructor(options: EdgeFleetStoreOptions) {
+    this.description = `the EdgeFleet control plane at ${options.endpoint}`;
+    this.#bucket = options.bucket;
+    this.#client = new DeviceApiClient(
+      options.endpoint,
+      {
+        certPem: readFileSync(options.certFile, 'utf8'),
+        keyPem: readFileSync(options.keyFile, 'utf8'),
+        ...(options.caFile !== undefined && { caPem: readFileSync(options.caFile, 'utf8') }),
+      },
+      { timeoutMs: options.timeoutMs ?? 60_000 },
+    );
+  }
+
+  /** Where the server puts the key: the fleet's bucket (its output location). */
+  urlFor(key: string): string {
+    return this.#bucket === undefined ? `edgefleet:///${key}` : `s3://${this.#bucket}/${key}`;
+  }
+
+  async put(key: string, body: Buffer, contentType: string): Promise<void> {
+    try {
+      await this.#client.post(
+        'api/v1/device/captures/files',
+        { key, contentType, data: body.toString('base64') },
+        storedCaptureFileSchema,
+      );
+    } catch (error) {
+      if (error instanceof DeviceApiError) throw new Error(`${key}: ${error.message}`, { cause: error });
+      throw error;
+    }
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+}
