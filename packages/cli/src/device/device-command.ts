@@ -18,7 +18,14 @@ import {
   type UpdateDeviceInput,
 } from '../server-client/index.js';
 import { DEVICE_KEY_TYPES, type DeviceKeyType } from './csr.js';
-import { enrollDevice } from './enroll.js';
+import {
+  CAPTURE_CHOICES,
+  CAPTURE_DESTINATION_KEY,
+  DATA_ROOT_KEY,
+  REST_TCP_KEY,
+  enrollDevice,
+  type CaptureChoice,
+} from './enroll.js';
 import { describeMetrics } from './metrics-table.js';
 
 function describeDevice(device: Device): string[] {
@@ -333,7 +340,24 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
     .option('--token <efe_…>', 'the enrollment token (env EDGEFLEET_ENROLLMENT_TOKEN)')
     .option('--profile <name>', 'take the server URL from this profile')
     .requiredOption('--config <file>', 'the agent’s JSON config to create or merge into')
-    .option('--cert-dir <dir>', 'where the key and certificates go (default: <config folder>/certs)')
+    .option(
+      '--cert-dir <dir>',
+      'where the key, certificates and the trust folder go (default: <config folder>/certs)',
+    )
+    .option('--data-dir <dir>', 'the agent’s data folder (default: the config’s, else <config folder>/data)')
+    .addOption(
+      new Option(
+        '--capture <where>',
+        'captures go to: edgefleet (the control plane writes them to the fleet output), cloud (the fleet bucket, with the device’s own credentials), disk',
+      )
+        .choices([...CAPTURE_CHOICES])
+        .default('edgefleet'),
+    )
+    .option(
+      '--rest-port <port>',
+      'serve KServe REST on 127.0.0.1:<port> (give each agent on a host its own)',
+      intOption('--rest-port', 1, 65_535),
+    )
     .addOption(
       new Option('--key-type <type>', 'device key algorithm')
         .choices([...DEVICE_KEY_TYPES])
@@ -346,6 +370,9 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
         profile?: string;
         config: string;
         certDir?: string;
+        dataDir?: string;
+        capture: CaptureChoice;
+        restPort?: number;
         keyType: DeviceKeyType;
       }) => {
         const out = output();
@@ -372,6 +399,10 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
               enrollmentToken,
               configFile,
               certDir: opts.certDir ?? join(dirname(configFile), 'certs'),
+              ...(opts.dataDir !== undefined && { dataDir: opts.dataDir }),
+              defaultDataDir: join(dirname(configFile), 'data'),
+              capture: opts.capture,
+              ...(opts.restPort !== undefined && { restPort: opts.restPort }),
               keyType: opts.keyType,
             });
           } catch (error) {
@@ -384,12 +415,18 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
             ['private key', `${result.files.privateKey} (0600)`],
             ['certificate', result.files.certificate],
             ['CA', result.files.caCertificate],
+            ['trust folder', result.files.trustFolder ?? '-'],
+            ['data folder', result.config[DATA_ROOT_KEY]],
+            ['captures', result.config[CAPTURE_DESTINATION_KEY]],
+            ['REST', result.config[REST_TCP_KEY]],
             ['device API', result.deviceEndpoint],
             [
               'agent config',
               `${result.configFile} (${Object.keys(result.config).length} keys set, others kept)`,
             ],
           ]),
+          ...result.warnings.map((w) => `warning: ${w}`),
+          `Start the agent: edgefleet-agent -a <socket> -c ${result.configFile}`,
         ]);
       },
     );

@@ -1,7 +1,9 @@
 import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
+import { request as httpsRequest } from 'node:https';
 import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { z } from 'zod';
 import { CliError, EXIT } from '../cli-io.js';
 import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
 import { createCsr, generateDeviceKey, type DeviceKeyType } from './csr.js';
@@ -13,6 +15,20 @@ export const CERT_FILE_KEY = 'sagemaker_edge_provider_aws_cert_file';
 export const KEY_FILE_KEY = 'sagemaker_edge_provider_aws_cert_pk_file';
 export const CA_FILE_KEY = 'sagemaker_edge_provider_aws_ca_cert_file';
 export const ENDPOINT_KEY = 'sagemaker_edge_core_endpoint_override';
+export const ROOT_CERTS_KEY = 'sagemaker_edge_core_root_certs_path';
+export const DATA_ROOT_KEY = 'sagemaker_edge_local_data_root_path';
+export const CAPTURE_DESTINATION_KEY = 'sagemaker_edge_core_capture_data_destination';
+export const BUCKET_KEY = 'sagemaker_edge_provider_s3_bucket_name';
+export const FOLDER_PREFIX_KEY = 'sagemaker_edge_core_folder_prefix';
+export const REST_TCP_KEY = 'edgefleet_rest_tcp';
+
+/**
+ * Where the agent sends captures, as `device enroll --capture` names it: `edgefleet` (to the control plane over
+ * the device's certificate, which writes them to the fleet's output), `cloud` (straight to the fleet's bucket
+ * with the device's own cloud credentials), or `disk` (the data folder only).
+ */
+export const CAPTURE_CHOICES = ['edgefleet', 'cloud', 'disk'] as const;
+export type CaptureChoice = (typeof CAPTURE_CHOICES)[number];
 
 export interface EnrollOptions {
   client: ServerClient;
@@ -23,6 +39,13 @@ export interface EnrollOptions {
   /** Where the private key, certificate and CA certificate go (created 0700 when missing). */
   certDir: string;
   keyType?: DeviceKeyType;
+  /** The agent's data folder (`sagemaker_edge_local_data_root_path`); absent: the config's, else `defaultDataDir`. */
+  dataDir?: string;
+  defaultDataDir: string;
+  /** Where captures go; default `edgefleet`. */
+  capture?: CaptureChoice;
+  /** A loopback TCP port for the agent's KServe REST API (`edgefleet_rest_tcp`); absent: none set. */
+  restPort?: number;
 }
 
 export interface EnrollResult {
@@ -31,10 +54,12 @@ export interface EnrollResult {
   deviceEndpoint: string;
   serial: string;
   notAfter: string;
-  files: { privateKey: string; certificate: string; caCertificate: string };
+  files: { privateKey: string; certificate: string; caCertificate: string; trustFolder?: string };
   configFile: string;
   /** The config keys set, with their values. */
   config: Record<string, string>;
+  /** What could not be set up, for the user to do by hand (the certificate and config were written). */
+  warnings: string[];
 }
 
 async function readConfigObject(file: string): Promise<Record<string, unknown> | undefined> {
@@ -123,7 +148,12 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     );
   const configFile = resolve(options.configFile);
   const certDir = resolve(options.certDir);
-  await readConfigObject(configFile);
+  const before = await readConfigObject(configFile);
+  const configured = before?.[DATA_ROOT_KEY];
+  const dataDir = resolve(
+    options.dataDir ??
+      (typeof configured === 'string' && configured !== '' ? configured : options.defaultDataDir),
+  );
   await mkdir(dirname(configFile), { recursive: true });
   await mkdir(certDir, { recursive: true, mode: 0o700 });
   const dirStat = await stat(certDir);
@@ -135,7 +165,7 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
   const issued = await options.client.enroll(token, csr);
   checkIssued(issued, key.publicKeyPem);
 
-  const files = {
+  const files: EnrollResult['files'] = {
     privateKey: join(certDir, 'device.key'),
     certificate: join(certDir, 'device.pem'),
     caCertificate: join(certDir, 'ca.pem'),
@@ -150,7 +180,50 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     [CERT_FILE_KEY]: files.certificate,
     [KEY_FILE_KEY]: files.privateKey,
     [CA_FILE_KEY]: files.caCertificate,
+    [DATA_ROOT_KEY]: dataDir,
+    ...(options.restPort !== undefined && { [REST_TCP_KEY]: `127.0.0.1:${options.restPort}` }),
   };
+  await mkdir(dataDir, { recursive: true, mode: 0o750 });
+
+  // The rest comes from the device API, asked with the new certificate (which shows that it works): the
+  // package-signing root for the trust folder, and the fleet's output location for captures.
+  const warnings: string[] = [];
+  const capture = options.capture ?? 'edgefleet';
+  let settings: AgentSettings | undefined;
+  try {
+    settings = await fetchAgentSettings(issued.deviceEndpoint, {
+      certPem: issued.certificatePem,
+      keyPem: key.privateKeyPem,
+      caPem: issued.caCertificatePem,
+    });
+  } catch (error) {
+    warnings.push(
+      `could not read the agent settings from ${issued.deviceEndpoint} (${(error as Error).message}): set ${ROOT_CERTS_KEY} and the capture keys by hand`,
+    );
+  }
+  if (settings !== undefined) {
+    const trustFolder = join(certDir, 'trust');
+    await mkdir(trustFolder, { recursive: true, mode: 0o755 });
+    await writeFileAtomic(
+      join(trustFolder, 'package-signing-root.pem'),
+      settings.packageSigningRoot.certificatePem,
+      0o644,
+    );
+    files.trustFolder = trustFolder;
+    config[ROOT_CERTS_KEY] = trustFolder;
+    if (capture !== 'disk' && settings.captureBucket === undefined)
+      warnings.push(
+        `fleet ${issued.fleetName}'s output location ${settings.captureOutputLocation ?? '(none)'} is not s3://bucket/prefix; captures stay on disk`,
+      );
+    else if (capture !== 'disk') {
+      config[CAPTURE_DESTINATION_KEY] = capture === 'edgefleet' ? 'EdgeFleet' : 'Cloud';
+      config[BUCKET_KEY] = settings.captureBucket!;
+      if (settings.captureFolderPrefix !== undefined)
+        config[FOLDER_PREFIX_KEY] = settings.captureFolderPrefix;
+    }
+  }
+  if (capture === 'disk' || config[CAPTURE_DESTINATION_KEY] === undefined)
+    config[CAPTURE_DESTINATION_KEY] = 'Disk';
   // Read again just before writing, so edits made while the server answered are kept.
   const existing = (await readConfigObject(configFile)) ?? {};
   const mode = await stat(configFile).then(
@@ -168,5 +241,52 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     files,
     configFile,
     config,
+    warnings,
   };
+}
+
+const agentSettingsSchema = z.looseObject({
+  packageSigningRoot: z.looseObject({ certificatePem: z.string().min(1), fingerprintSha256: z.string() }),
+  captureOutputLocation: z.string().optional(),
+  captureBucket: z.string().optional(),
+  captureFolderPrefix: z.string().optional(),
+});
+type AgentSettings = z.infer<typeof agentSettingsSchema>;
+
+/** `GET <device API>/api/v1/device/agent-settings` over mutual TLS with the device's new identity. */
+function fetchAgentSettings(
+  endpoint: string,
+  tls: { certPem: string; keyPem: string; caPem: string },
+): Promise<AgentSettings> {
+  return new Promise((resolvePromise, reject) => {
+    const req = httpsRequest(
+      new URL('api/v1/device/agent-settings', endpoint.endsWith('/') ? endpoint : `${endpoint}/`),
+      { method: 'GET', cert: tls.certPem, key: tls.keyPem, ca: tls.caPem, agent: false, timeout: 15_000 },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          text += chunk;
+          if (text.length > 1024 * 1024) res.destroy(new Error('the answer is larger than 1 MiB'));
+        });
+        res.on('error', reject);
+        res.on('end', () => {
+          if (res.statusCode !== 200)
+            return reject(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 300)}`));
+          let json: unknown;
+          try {
+            json = JSON.parse(text);
+          } catch {
+            return reject(new Error('the answer is not JSON'));
+          }
+          const parsed = agentSettingsSchema.safeParse(json);
+          if (parsed.success) resolvePromise(parsed.data);
+          else reject(new Error(`unexpected answer: ${parsed.error.issues[0]?.message}`));
+        });
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('no answer in 15 s')));
+    req.on('error', reject);
+    req.end();
+  });
 }

@@ -51,7 +51,7 @@ function registration(config: Record<string, string>): Promise<{ status: number;
 beforeAll(async () => {
   plane = await startControlPlane();
   work = await mkdtemp(join(tmpdir(), 'ef-enroll-'));
-  expect((await admin('fleet', 'create', 'yard', '--output', 's3://b/yard')).code).toBe(0);
+  expect((await admin('fleet', 'create', 'yard', '--output', 's3://captures/yard')).code).toBe(0);
   expect((await admin('device', 'register', 'yard', 'crane-1', 'crane-2')).code).toBe(0);
 });
 afterAll(async () => {
@@ -102,7 +102,13 @@ describe('edgefleet device enroll', () => {
 
     const config = JSON.parse(await readFile(configFile, 'utf8'));
     expect(config).toEqual({
-      sagemaker_edge_core_capture_data_destination: 'Disk',
+      // The fleet's output (s3://captures/yard) reaches the device: captures go through the control plane into it.
+      sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+      sagemaker_edge_provider_s3_bucket_name: 'captures',
+      sagemaker_edge_core_folder_prefix: 'yard',
+      // The package-signing root, fetched into the cert dir with the new certificate, is what the agent trusts.
+      sagemaker_edge_core_root_certs_path: join(certDir, 'trust'),
+      sagemaker_edge_local_data_root_path: join(work, 'crane-1', 'data'),
       edgefleet_inference_workers: 2,
       sagemaker_edge_core_device_name: 'crane-1',
       sagemaker_edge_core_device_fleet_name: 'yard',
@@ -112,6 +118,9 @@ describe('edgefleet device enroll', () => {
       sagemaker_edge_provider_aws_cert_pk_file: result.files.privateKey,
       sagemaker_edge_provider_aws_ca_cert_file: result.files.caCertificate,
     });
+    const root = await admin('packaging', 'root-certificate');
+    expect(await readFile(join(certDir, 'trust', 'package-signing-root.pem'), 'utf8')).toBe(`${root.stdout}`);
+    expect((await stat(join(work, 'crane-1', 'data'))).isDirectory()).toBe(true);
     const cert = new X509Certificate(await readFile(result.files.certificate));
     expect(cert.subject.split('\n')).toEqual(expect.arrayContaining(['CN=crane-1', 'OU=yard']));
     expect(cert.verify(new X509Certificate(await readFile(result.files.caCertificate)).publicKey)).toBe(true);

@@ -122,6 +122,9 @@ describe('server + enrolled agent + CLI (real processes)', { timeout: 120_000 },
         edgefleet_rest_socket_path: false,
         edgefleet_rest_tcp: `127.0.0.1:${restPort}`,
         edgefleet_preload_models: [{ url: pkg.dir, name: 'mlp' }],
+        // Enrollment makes the server's signing root the trust folder; this package is unsigned (the
+        // walkthrough test loads a server-signed one).
+        edgefleet_require_signatures: false,
         sagemaker_edge_local_data_root_path: join(work, 'data'),
       }),
     );
