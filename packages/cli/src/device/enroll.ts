@@ -21,6 +21,7 @@ export const CAPTURE_DESTINATION_KEY = 'sagemaker_edge_core_capture_data_destina
 export const BUCKET_KEY = 'sagemaker_edge_provider_s3_bucket_name';
 export const FOLDER_PREFIX_KEY = 'sagemaker_edge_core_folder_prefix';
 export const REST_TCP_KEY = 'edgefleet_rest_tcp';
+export const HEARTBEAT_INTERVAL_KEY = 'edgefleet_heartbeat_interval_seconds';
 
 /**
  * Where the agent sends captures, as `device enroll --capture` names it: `edgefleet` (to the control plane over
@@ -211,6 +212,9 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     );
     files.trustFolder = trustFolder;
     config[ROOT_CERTS_KEY] = trustFolder;
+    // The server judges a device offline after a few missed heartbeats of its own interval.
+    if (settings.heartbeatIntervalSeconds !== undefined)
+      config[HEARTBEAT_INTERVAL_KEY] = String(settings.heartbeatIntervalSeconds);
     if (capture !== 'disk' && settings.captureBucket === undefined)
       warnings.push(
         `fleet ${issued.fleetName}'s output location ${settings.captureOutputLocation ?? '(none)'} is not s3://bucket/prefix; captures stay on disk`,
@@ -250,6 +254,7 @@ const agentSettingsSchema = z.looseObject({
   captureOutputLocation: z.string().optional(),
   captureBucket: z.string().optional(),
   captureFolderPrefix: z.string().optional(),
+  heartbeatIntervalSeconds: z.int().positive().optional(),
 });
 type AgentSettings = z.infer<typeof agentSettingsSchema>;
 

@@ -109,6 +109,7 @@ describe('edgefleet device enroll', () => {
       // The package-signing root, fetched into the cert dir with the new certificate, is what the agent trusts.
       sagemaker_edge_core_root_certs_path: join(certDir, 'trust'),
       sagemaker_edge_local_data_root_path: join(work, 'crane-1', 'data'),
+      edgefleet_heartbeat_interval_seconds: '30',
       edgefleet_inference_workers: 2,
       sagemaker_edge_core_device_name: 'crane-1',
       sagemaker_edge_core_device_fleet_name: 'yard',

@@ -38,6 +38,11 @@ export const agentSettingsSchema = z.object({
   captureOutputLocation: z.string().optional().describe("The fleet's output location, s3://bucket/prefix"),
   captureBucket: z.string().optional().describe('sagemaker_edge_provider_s3_bucket_name'),
   captureFolderPrefix: z.string().optional().describe('sagemaker_edge_core_folder_prefix'),
+  heartbeatIntervalSeconds: z
+    .int()
+    .describe(
+      "The server's heartbeat interval (edgefleet_heartbeat_interval_seconds): devices are offline after a few missed",
+    ),
 });
 
 /**
@@ -50,7 +55,7 @@ export function registerCaptureDeviceRoutes(
   deps: {
     db: Kysely<DatabaseSchema>;
     blobs: BlobStore;
-    config: Pick<ServerConfig, 'blobLocation' | 's3' | 'captures'>;
+    config: Pick<ServerConfig, 'blobLocation' | 's3' | 'captures' | 'heartbeat'>;
     /** The package-signing root, handed to devices at set-up (their trust folder). */
     signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
   },
@@ -107,6 +112,7 @@ export function registerCaptureDeviceRoutes(
           certificatePem: deps.signing.rootCertificatePem,
           fingerprintSha256: deps.signing.rootFingerprintSha256,
         },
+        heartbeatIntervalSeconds: deps.config.heartbeat.intervalSeconds,
         ...(fleet && { captureOutputLocation: fleet.output_s3_location }),
         ...(output && {
           captureBucket: output.bucket,

@@ -71,6 +71,7 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
         captureOutputLocation: 's3://captures/edge',
         captureBucket: 'captures',
         captureFolderPrefix: 'edge',
+        heartbeatIntervalSeconds: 30,
       });
     },
   );

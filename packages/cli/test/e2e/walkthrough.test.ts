@@ -1,0 +1,207 @@
+/**
+ * The path a new user walks, with the commands as the README and docs/cli.md write them, run as a user runs
+ * them (`node packages/cli/bin/edgefleet.js …`, a child process, EDGEFLEET_SERVER/EDGEFLEET_TOKEN in the
+ * environment): a control plane, a fleet with an output location, a model uploaded and packaged (signed) on
+ * the server, two devices enrolled on one host (own config, socket and REST port each) running real agents
+ * that verify the package against the trust folder enrollment wrote, a prediction with capture, and the
+ * capture arriving in the fleet's output through the control plane (no cloud credentials on the devices).
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { writeTestModel } from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  AGENT_MAIN,
+  CLI_MAIN,
+  REPO_ROOT,
+  freePort,
+  requireBuilt,
+  startAgentProcess,
+  startControlPlane,
+  type AgentProcess,
+  type ControlPlane,
+} from '../support/control-plane.js';
+
+const run = promisify(execFile);
+const EDGEFLEET_BIN = join(REPO_ROOT, 'packages/cli/bin/edgefleet.js');
+
+let plane: ControlPlane;
+let work: string;
+const agents: AgentProcess[] = [];
+
+/** `edgefleet <args>` as a user types it; resolves with its output, rejects with its stderr on failure. */
+async function edgefleet(...args: string[]): Promise<string> {
+  try {
+    const { stdout } = await run(process.execPath, [EDGEFLEET_BIN, ...args], {
+      cwd: work,
+      env: { ...process.env, EDGEFLEET_SERVER: plane.operatorUrl, EDGEFLEET_TOKEN: plane.adminToken },
+      timeout: 60_000,
+    });
+    return stdout;
+  } catch (error) {
+    const { stderr, code } = error as { stderr?: string; code?: number };
+    throw new Error(`edgefleet ${args.join(' ')} exited ${code}: ${stderr}`);
+  }
+}
+
+async function until<T>(check: () => Promise<T | undefined>, what: string, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+/** Every file under `dir`, relative, or [] when it does not exist. */
+async function filesUnder(dir: string): Promise<string[]> {
+  return (await readdir(dir, { recursive: true }).catch(() => [])).map(String);
+}
+
+beforeAll(async () => {
+  requireBuilt(AGENT_MAIN, CLI_MAIN);
+  plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
+  work = await mkdtemp(join(tmpdir(), 'ef-walk-'));
+});
+afterAll(async () => {
+  for (const agent of agents) {
+    if (agent.child.exitCode === null && agent.child.signalCode === null) {
+      agent.child.kill('SIGTERM');
+      await agent.exited;
+    }
+  }
+  await plane?.stop();
+  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe(
+  'the README walkthrough: a control plane and two enrolled agents with capture',
+  { timeout: 180_000 },
+  () => {
+    it('works as the docs say, end to end', async () => {
+      // Operator (README "A fleet", docs/cli.md).
+      await edgefleet('fleet', 'create', 'plant-a', '--output', 's3://captures/plant-a');
+      expect(await edgefleet('device', 'register', 'plant-a', 'cam-01', 'cam-02')).toMatch(
+        /^Registered 2 devices in fleet plant-a: cam-01, cam-02/,
+      );
+      const onnx = await writeTestModel('mlp', join(work, 'src'));
+      await edgefleet('model', 'upload', onnx, '--name', 'mlp', '--version', '1.0');
+      // Uploading it again is a clear conflict, not "cannot reach the server".
+      await expect(edgefleet('model', 'upload', onnx, '--name', 'mlp', '--version', '1.0')).rejects.toThrow(
+        /exited 1: edgefleet: model mlp version 1\.0 already exists .*\[HTTP 409 Conflict\]/,
+      );
+      await edgefleet('packaging', 'create', 'mlp-1', '--model', 'mlp', '--version', '1.0', '--wait');
+
+      // Two devices on this host: each its own config, socket and REST port; enrollment writes the rest.
+      const devices = await Promise.all(
+        ['cam-01', 'cam-02'].map(async (name) => ({
+          name,
+          dir: join(work, name),
+          restPort: await freePort(),
+        })),
+      );
+      for (const device of devices) {
+        const token = (await edgefleet('device', 'enrollment-token', device.name)).trim();
+        const config = join(device.dir, 'agent.json');
+        const enrolled = await edgefleet(
+          'device',
+          'enroll',
+          '--token',
+          token,
+          '--config',
+          config,
+          '--rest-port',
+          String(device.restPort),
+        );
+        expect(enrolled).toMatch(new RegExp(`^Enrolled as device ${device.name} of fleet plant-a`));
+        expect(enrolled).toMatch(/captures\s+EdgeFleet/);
+        expect(enrolled).not.toMatch(/warning/);
+        // The signed package from the server, as a device fetches it.
+        const archive = join(device.dir, 'packages', 'mlp-1.0.tar.gz');
+        await edgefleet('packaging', 'download', 'mlp-1', '--out', archive);
+        await edgefleet('package', 'extract', archive, '--out', join(device.dir, 'models', 'mlp'));
+
+        const agent = startAgentProcess(join(device.dir, 'agent.sock'), config, device.dir);
+        agents.push(agent);
+        await agent.waitFor((l) => l.event === 'listening', `${device.name} listening`);
+      }
+
+      for (const device of devices) {
+        const socket = join(device.dir, 'agent.sock');
+        // Verified against the trust folder enrollment filled with the server's signing root.
+        await edgefleet('agent', 'load', 'mlp', join(device.dir, 'models', 'mlp'), '--socket', socket);
+        const predicted = JSON.parse(
+          await edgefleet(
+            'agent',
+            'predict',
+            'mlp',
+            '--socket',
+            socket,
+            '--capture',
+            '--json',
+            '--input',
+            '{"features": [[6.7, 3.0, 5.2, 2.3]]}',
+          ),
+        );
+        expect(predicted.outputs[0]).toMatchObject({ name: 'probabilities', shape: [1, 3] });
+        const captureId: string = predicted.capture.captureId;
+        expect(
+          await edgefleet('agent', 'capture', 'status', captureId, '--wait', '60', '--socket', socket),
+        ).toBe(`capture ${captureId}: SUCCESS\n`);
+
+        // The capture is in the fleet's output (a local blob store: fleet-output/<bucket>/<key>), sent by the
+        // control plane from the device's upload over mutual TLS.
+        const output = join(plane.dataDir, 'blobs', 'fleet-output', 'captures', 'plant-a', 'plant-a', 'mlp');
+        const manifests = (await filesUnder(output)).filter((f) => f.endsWith('.jsonl'));
+        const records = (await Promise.all(manifests.map((f) => readFile(join(output, f), 'utf8'))))
+          .join('')
+          .split('\n')
+          .filter(Boolean)
+          .map((line) => JSON.parse(line));
+        expect(records).toContainEqual(
+          expect.objectContaining({
+            eventMetadata: expect.objectContaining({
+              eventId: captureId,
+              deviceId: device.name,
+              deviceFleetName: 'plant-a',
+              modelName: 'mlp',
+            }),
+          }),
+        );
+
+        // KServe REST on the port enrollment set.
+        const rest = await fetch(`http://127.0.0.1:${device.restPort}/v2/models/mlp/infer`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            inputs: [{ name: 'features', shape: [1, 4], datatype: 'FP32', data: [5.1, 3.5, 1.4, 0.2] }],
+          }),
+        });
+        expect(rest.status).toBe(200);
+      }
+
+      // Heartbeats: both devices report the model; metrics name counts as counts.
+      const report = await until(async () => {
+        const body = JSON.parse(await edgefleet('fleet', 'report', 'plant-a', '--json'));
+        return body.modelStats[0]?.connectedDeviceCount === 2 ? body : undefined;
+      }, 'both devices reporting mlp 1.0');
+      expect(report).toMatchObject({ deviceStats: { connectedDeviceCount: 2, registeredDeviceCount: 2 } });
+      const metrics = await until(async () => {
+        const text = await edgefleet('device', 'metrics', 'cam-01', '--step', '3600');
+        return /^InferenceCount +mlp 1\.0 +2 +sum over the window/m.test(text) ? text : undefined;
+      }, 'cam-01 counting its 2 inferences');
+      expect(metrics).toMatch(/^Gauges/m);
+    });
+  },
+);
