@@ -191,6 +191,50 @@ describe(
         expect(rest.status).toBe(200);
       }
 
+      // At least once: a capture made while the control plane is down waits in the agent's spool and arrives,
+      // once, when it is back.
+      const cam1 = devices[0]!;
+      const cam1Socket = join(cam1.dir, 'agent.sock');
+      expect(await plane.stop()).toBe(0);
+      const offline = JSON.parse(
+        await edgefleet(
+          'agent',
+          'predict',
+          'mlp',
+          '--socket',
+          cam1Socket,
+          '--capture',
+          '--capture-id',
+          'while-offline',
+          '--json',
+          '--input',
+          '{"features": [5.9, 3.0, 5.1, 1.8]}',
+        ),
+      );
+      expect(offline.capture).toEqual({ captureId: 'while-offline', status: 'IN_PROGRESS' });
+      await plane.start();
+      expect(
+        await edgefleet(
+          'agent',
+          'capture',
+          'status',
+          'while-offline',
+          '--wait',
+          '90',
+          '--socket',
+          cam1Socket,
+        ),
+      ).toBe('capture while-offline: SUCCESS\n');
+      const output = join(plane.dataDir, 'blobs', 'fleet-output', 'captures', 'plant-a', 'plant-a', 'mlp');
+      const all = (
+        await Promise.all(
+          (await filesUnder(output))
+            .filter((f) => f.endsWith('.jsonl'))
+            .map((f) => readFile(join(output, f), 'utf8')),
+        )
+      ).join('');
+      expect(all.split('"eventId":"while-offline"').length - 1).toBe(1);
+
       // Heartbeats: both devices report the model; metrics name counts as counts.
       const report = await until(async () => {
         const body = JSON.parse(await edgefleet('fleet', 'report', 'plant-a', '--json'));
@@ -199,8 +243,8 @@ describe(
       expect(report).toMatchObject({ deviceStats: { connectedDeviceCount: 2, registeredDeviceCount: 2 } });
       const metrics = await until(async () => {
         const text = await edgefleet('device', 'metrics', 'cam-01', '--step', '3600');
-        return /^InferenceCount +mlp 1\.0 +2 +sum over the window/m.test(text) ? text : undefined;
-      }, 'cam-01 counting its 2 inferences');
+        return /^InferenceCount +mlp 1\.0 +3 +sum over the window/m.test(text) ? text : undefined;
+      }, 'cam-01 counting its 3 inferences');
       expect(metrics).toMatch(/^Gauges/m);
     });
   },
