@@ -15,7 +15,9 @@ export function buildProgram(
   io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WriteStream } = {},
 ): Command {
   const program = new Command('edgefleet')
-    .description('EdgeFleet: package and sign ONNX models, manage fleets and devices on a control plane, talk to a local agent')
+    .description(
+      'EdgeFleet: package and sign ONNX models, manage fleets and devices on a control plane, talk to a local agent',
+    )
     .version('0.1.0')
     .option('--json', 'print results as JSON, for scripts')
     // Program options only before the command name, so `package create --version 1.0` is the model's version.
