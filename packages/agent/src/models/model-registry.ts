@@ -10,6 +10,7 @@ import {
   UnsupportedFileError,
   dataTypeFromOrt,
   openModelPackage,
+  readPackageModel,
   shapeMismatch,
   type DataTypeName,
   type OpenedModelPackage,
@@ -221,11 +222,14 @@ export class ModelRegistry {
     try {
       const { opened, signature } = await this.#openPackage(dir);
       await this.#checkMemory(opened, name);
-      const info = await this.#pool
-        .loadModel(record.key, opened.modelPath, this.#instances)
-        .catch((error: unknown) => {
-          throw loadFailure(error, name, opened.dir);
-        });
+      // ONNX Runtime gets the bytes that were verified, never the path: a file swapped after verification is
+      // refused here rather than run.
+      const bytes = await readPackageModel(opened).catch((error: unknown) => {
+        throw packageFailure(error, opened.dir);
+      });
+      const info = await this.#pool.loadModel(record.key, bytes, this.#instances).catch((error: unknown) => {
+        throw loadFailure(error, name, opened.dir);
+      });
       sessionsCreated = true;
       checkSessionAgainstManifest(name, opened, info.inputs, info.outputs);
       await this.#warmUp(record.key, name, opened);
@@ -503,12 +507,13 @@ export class ModelRegistry {
       bytes += (await stat(join(dirname(opened.modelPath), file)).catch(() => ({ size: 0 }))).size;
     }
     const instances = Math.min(this.#instances, this.#pool.workerCount);
-    const needed = bytes * instances;
+    // One copy per session, plus the verified bytes the agent keeps in memory while the model is loaded.
+    const needed = bytes * (instances + 1);
     const available = this.#availableMemory();
     if (needed > available) {
       throw new AgentError(
         'RESOURCE_EXHAUSTED',
-        `not enough memory to load model ${JSON.stringify(name)}: its weights take ${formatBytes(bytes)}${instances > 1 ? ` × ${instances} instances` : ''} and ${formatBytes(available)} is available; unload other models or free memory`,
+        `not enough memory to load model ${JSON.stringify(name)}: its weights take ${formatBytes(bytes)} × ${instances + 1} (${instances} session${instances > 1 ? 's' : ''} and the verified copy the agent keeps) and ${formatBytes(available)} is available; unload other models or free memory`,
       );
     }
   }
