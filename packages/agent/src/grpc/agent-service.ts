@@ -16,7 +16,7 @@ import type { CaptureService } from '../capture/index.js';
 import { AgentError, type ModelRegistry } from '../models/index.js';
 import type { SegmentLease, SharedMemoryReader } from '../shm/index.js';
 import { INTERNAL_CODE, UNIMPLEMENTED_CODE, grpcFailure, toGrpcFailure } from './grpc-errors.js';
-import { fromWireTensor, toWireModel, toWireOutput } from './wire-tensors.js';
+import { fromWireCaptureRequest, fromWireTensor, toWireModel, toWireOutput } from './wire-tensors.js';
 
 export interface AgentServiceOptions {
   registry: ModelRegistry;
@@ -141,7 +141,9 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
       if (!registry.has(name)) registry.describe(name); // NOT_FOUND, before anything about the tensors
       const leases: SegmentLease[] = [];
       try {
-        const tensors = request.tensors.map((tensor, i) => fromWireTensor(tensor, i, sharedMemory, leases));
+        const tensors = request.tensors.map((tensor, i) =>
+          fromWireTensor(tensor, `input tensor #${i + 1}`, sharedMemory, leases),
+        );
         const result = await registry.predict(name, tensors);
         const outputBytes = result.outputs.reduce((n, o) => n + o.data.byteLength, 0);
         if (outputBytes > maxMessageBytes) {
@@ -176,8 +178,13 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
     })),
     CaptureData: capture
       ? unary('CaptureData', async (request) => {
-          await capture.capture(request);
-          return {};
+          const leases: SegmentLease[] = [];
+          try {
+            await capture.capture(fromWireCaptureRequest(request, sharedMemory, leases));
+            return {};
+          } finally {
+            for (const lease of leases) lease.release();
+          }
         })
       : captureUnavailable('CaptureData'),
     GetCaptureDataStatus: capture

@@ -13,4 +13,11 @@ export {
   type RunningGrpcServer,
 } from './grpc-server.js';
 export { GrpcStatusError, grpcFailure, toGrpcFailure, type GrpcFailure } from './grpc-errors.js';
-export { fromWireTensor, toWireMetadata, toWireModel, toWireOutput } from './wire-tensors.js';
+export {
+  fromWireAuxiliary,
+  fromWireCaptureRequest,
+  fromWireTensor,
+  toWireMetadata,
+  toWireModel,
+  toWireOutput,
+} from './wire-tensors.js';
