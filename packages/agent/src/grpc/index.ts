@@ -20,4 +20,6 @@ export {
   toWireMetadata,
   toWireModel,
   toWireOutput,
+  type SegmentSource,
 } from './wire-tensors.js';
+export { SocketPeers, type CallPeer, type PeerCredentialsReader } from './socket-peers.js';

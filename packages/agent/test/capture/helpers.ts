@@ -60,7 +60,11 @@ export function floatTensor(name: string, shape: number[], fill = 0.5): Tensor {
  * shared memory reader). Throws what the decoder throws for a request it refuses.
  */
 export function captureInput(captureId: string, overrides: Partial<CaptureDataRequest> = {}): CaptureRequest {
-  return fromWireCaptureRequest(captureRequest(captureId, overrides), null, []);
+  return fromWireCaptureRequest(captureRequest(captureId, overrides), {
+    reader: null,
+    caller: null,
+    leases: [],
+  });
 }
 
 /** A CaptureDataRequest as the gRPC codec decodes one: every field present, proto3 defaults. */
