@@ -26,4 +26,3 @@ export {
 export { MODEL_VERSION_STATES, type ModelVersionState } from './model-version.js';
 export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
 export { showTensorName, tensorNameBytes } from './tensor-names.js';
-export { startModelService, type ModelService } from './start.js';
