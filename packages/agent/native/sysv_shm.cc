@@ -20,7 +20,9 @@
 
 #include <sys/ipc.h>
 #include <sys/shm.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <vector>
 
 namespace {
 
@@ -44,6 +46,10 @@ const char* ErrnoName(int error) {
     case ENOSPC: return "ENOSPC";
     case EOVERFLOW: return "EOVERFLOW";
     case EPERM: return "EPERM";
+    case EBADF: return "EBADF";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENOSYS: return "ENOSYS";
+    case ERANGE: return "ERANGE";
     default: return "EUNKNOWN";
   }
 }
@@ -149,7 +155,10 @@ Napi::Value Detach(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
-/** stat(shmid): { size, mode, attachCount, changeTime, creatorPid, ownerUid, markedForRemoval } via IPC_STAT. */
+/**
+ * stat(shmid): { size, mode, attachCount, changeTime, creatorPid, ownerUid, ownerGid, creatorUid, creatorGid,
+ * markedForRemoval } via IPC_STAT.
+ */
 Napi::Value Stat(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   struct shmid_ds ds = StatSegment(env, ShmidArgument(info, 0));
@@ -160,6 +169,9 @@ Napi::Value Stat(const Napi::CallbackInfo& info) {
   result.Set("changeTime", Napi::Number::New(env, static_cast<double>(ds.shm_ctime)));
   result.Set("creatorPid", Napi::Number::New(env, ds.shm_cpid));
   result.Set("ownerUid", Napi::Number::New(env, ds.shm_perm.uid));
+  result.Set("ownerGid", Napi::Number::New(env, ds.shm_perm.gid));
+  result.Set("creatorUid", Napi::Number::New(env, ds.shm_perm.cuid));
+  result.Set("creatorGid", Napi::Number::New(env, ds.shm_perm.cgid));
 #ifdef SHM_DEST
   result.Set("markedForRemoval", Napi::Boolean::New(env, (ds.shm_perm.mode & SHM_DEST) != 0));
 #else
@@ -215,6 +227,46 @@ Napi::Value SetMode(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+/**
+ * peerCredentials(fd): { pid, uid, gid, groups } of the process at the other end of a connected Unix socket, as
+ * the kernel recorded them when it connected (SO_PEERCRED; supplementary groups by SO_PEERGROUPS, Linux 4.13+,
+ * else an empty list). Throws a system error (ENOTSOCK, EBADF, ENOSYS where the platform has no SO_PEERCRED).
+ */
+Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "fd must be a number");
+  int fd = info[0].As<Napi::Number>().Int32Value();
+#ifdef SO_PEERCRED
+  struct ucred credentials;
+  socklen_t length = sizeof(credentials);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) {
+    throw SystemError(env, errno, "getsockopt(SO_PEERCRED)");
+  }
+  Napi::Array groups = Napi::Array::New(env);
+#ifdef SO_PEERGROUPS
+  std::vector<gid_t> list(64);
+  socklen_t size = static_cast<socklen_t>(list.size() * sizeof(gid_t));
+  int result = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, list.data(), &size);
+  if (result != 0 && errno == ERANGE) {
+    list.resize(size / sizeof(gid_t) + 1);
+    size = static_cast<socklen_t>(list.size() * sizeof(gid_t));
+    result = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, list.data(), &size);
+  }
+  if (result != 0) throw SystemError(env, errno, "getsockopt(SO_PEERGROUPS)");
+  for (size_t i = 0; i < size / sizeof(gid_t); i++) groups.Set(static_cast<uint32_t>(i), Napi::Number::New(env, list[i]));
+#endif
+  Napi::Object peer = Napi::Object::New(env);
+  peer.Set("pid", Napi::Number::New(env, credentials.pid));
+  peer.Set("uid", Napi::Number::New(env, credentials.uid));
+  peer.Set("gid", Napi::Number::New(env, credentials.gid));
+  peer.Set("groups", groups);
+  return peer;
+#else
+  (void)fd;
+  throw SystemError(env, ENOSYS, "getsockopt(SO_PEERCRED)");
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("segmentSize", Napi::Function::New(env, SegmentSize, "segmentSize"));
   exports.Set("stat", Napi::Function::New(env, Stat, "stat"));
@@ -224,6 +276,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("create", Napi::Function::New(env, Create, "create"));
   exports.Set("remove", Napi::Function::New(env, Remove, "remove"));
   exports.Set("setMode", Napi::Function::New(env, SetMode, "setMode"));
+  exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
   return exports;
 }
 

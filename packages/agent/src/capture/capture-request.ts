@@ -1,13 +1,5 @@
-import {
-  DATA_TYPES,
-  dataTypeFromWire,
-  elementSize,
-  type AuxiliaryData,
-  type CaptureDataRequest,
-  type Tensor,
-} from '@edgefleet/core';
-import { AgentError, checkModelName, showTensorName } from '../models/index.js';
-import { SharedMemoryError, type SharedMemoryReader } from '../shm/index.js';
+import { elementSize, type CaptureDataRequest } from '@edgefleet/core';
+import { AgentError, checkModelName, showTensorName, type PredictTensor } from '../models/index.js';
 import {
   AUXILIARY_ENCODINGS,
   type CaptureItem,
@@ -27,10 +19,32 @@ export interface CaptureModelCatalog {
   describe(name: string): { name: string; version: string };
 }
 
+/** An auxiliary data item with its bytes found (inline or in shared memory) by the front door. */
+export interface CaptureAuxiliaryInput {
+  /** What the data is ("jpg", "json", …). */
+  name: string;
+  /** The wire's Encoding value (CSV=0, JSON=1, NONE=2, BASE64=3); others are refused here. */
+  encoding: number;
+  /** A view the capture copies: it may lie in the request or a shared memory segment. */
+  data: Uint8Array;
+}
+
+/**
+ * A CaptureDataRequest as the front door decodes it (grpc/wire-tensors.ts, the same decoder as Predict's):
+ * tensors have a known data type and their bytes, read from byte_data or from shared memory.
+ */
+export type CaptureRequest = Omit<
+  CaptureDataRequest,
+  'inputTensors' | 'outputTensors' | 'inputs' | 'outputs'
+> & {
+  inputTensors: PredictTensor[];
+  outputTensors: PredictTensor[];
+  inputs: CaptureAuxiliaryInput[];
+  outputs: CaptureAuxiliaryInput[];
+};
+
 export interface CaptureRequestContext {
   models: CaptureModelCatalog;
-  /** Absent: requests naming shared memory are refused with FAILED_PRECONDITION. */
-  sharedMemory?: SharedMemoryReader;
   now: number;
   futureToleranceMs: number;
 }
@@ -38,15 +52,11 @@ export interface CaptureRequestContext {
 /**
  * Checks a CaptureDataRequest and turns it into a capture: the model (model_handle, or the deprecated
  * model_name; the handle wins) must be loaded; the id non-empty, at most 256 characters, no control characters;
- * the timestamp valid and not in the future; every tensor's type known, shape whole and non-negative, and data
- * exactly shape × element size bytes (inline or in a System V segment); every auxiliary item's encoding known.
- * Bytes are copied: the capture owns them. Throws AgentError (INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE,
- * FAILED_PRECONDITION, INTERNAL).
+ * the timestamp valid and not in the future; every tensor's shape whole and non-negative, and data exactly
+ * shape × element size bytes; every auxiliary item's encoding known. Bytes are copied: the capture owns them.
+ * Throws AgentError (INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE).
  */
-export function captureItemFromRequest(
-  request: CaptureDataRequest,
-  context: CaptureRequestContext,
-): CaptureItem {
+export function captureItemFromRequest(request: CaptureRequest, context: CaptureRequestContext): CaptureItem {
   const captureId = checkCaptureId(request.captureId);
   const name = request.modelHandle !== '' ? request.modelHandle : request.modelName;
   if (name === '' || name === undefined) {
@@ -67,16 +77,14 @@ export function captureItemFromRequest(
     receivedAt: context.now,
     source: 'api',
     inputTensors: (request.inputTensors ?? []).map((t, i) =>
-      capturedTensor(t, `${label}: input tensor #${i + 1}`, context),
+      capturedTensor(t, `${label}: input tensor #${i + 1}`),
     ),
     outputTensors: (request.outputTensors ?? []).map((t, i) =>
-      capturedTensor(t, `${label}: output tensor #${i + 1}`, context),
+      capturedTensor(t, `${label}: output tensor #${i + 1}`),
     ),
-    inputs: (request.inputs ?? []).map((a, i) =>
-      capturedAuxiliary(a, `${label}: auxiliary input #${i + 1}`, context),
-    ),
+    inputs: (request.inputs ?? []).map((a, i) => capturedAuxiliary(a, `${label}: auxiliary input #${i + 1}`)),
     outputs: (request.outputs ?? []).map((a, i) =>
-      capturedAuxiliary(a, `${label}: auxiliary output #${i + 1}`, context),
+      capturedAuxiliary(a, `${label}: auxiliary output #${i + 1}`),
     ),
   };
   if (item.inputTensors.length + item.outputTensors.length + item.inputs.length + item.outputs.length === 0) {
@@ -111,7 +119,7 @@ export function checkCaptureId(id: unknown): string {
   return id;
 }
 
-function inferenceTimeOf(request: CaptureDataRequest, context: CaptureRequestContext): number {
+function inferenceTimeOf(request: CaptureRequest, context: CaptureRequestContext): number {
   const ts = request.inferenceTimestamp;
   if (ts === null || ts === undefined) return context.now;
   if (
@@ -141,24 +149,9 @@ function inferenceTimeOf(request: CaptureDataRequest, context: CaptureRequestCon
   return ms;
 }
 
-function capturedTensor(tensor: Tensor, label: string, context: CaptureRequestContext): CapturedTensor {
-  const metadata = tensor.tensorMetadata;
-  if (!metadata)
-    throw new AgentError(
-      'INVALID_ARGUMENT',
-      `${label} has no tensor_metadata; expected its name, data_type and shape`,
-    );
-  const where = `${label} (${showTensorName(metadata.name)})`;
-  const dataType = dataTypeFromWire(metadata.dataType);
-  if (dataType === undefined) {
-    throw new AgentError(
-      'INVALID_ARGUMENT',
-      `${where} has data_type ${metadata.dataType}; expected one of ${Object.entries(DATA_TYPES)
-        .map(([n, d]) => `${n}=${d.wire}`)
-        .join(', ')}`,
-    );
-  }
-  const shape = metadata.shape;
+function capturedTensor(tensor: PredictTensor, label: string): CapturedTensor {
+  const where = `${label} (${showTensorName(tensor.name)})`;
+  const { dataType, shape } = tensor;
   if (shape.length > MAX_RANK || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
     throw new AgentError(
       'INVALID_ARGUMENT',
@@ -173,38 +166,16 @@ function capturedTensor(tensor: Tensor, label: string, context: CaptureRequestCo
     );
   }
   const expected = elements * elementSize(dataType);
-  const data = tensorBytes(tensor, expected, where, context);
-  if (data.byteLength !== expected) {
+  if (tensor.data.byteLength !== expected) {
     throw new AgentError(
       'INVALID_ARGUMENT',
-      `${where} has ${data.byteLength} bytes of data; shape [${shape.join(', ')}] of ${dataType} needs ${expected} (${elements} elements × ${elementSize(dataType)} bytes)`,
+      `${where} has ${tensor.data.byteLength} bytes of data; shape [${shape.join(', ')}] of ${dataType} needs ${expected} (${elements} elements × ${elementSize(dataType)} bytes)`,
     );
   }
-  return { name: tensorNameText(metadata.name), dataType, shape: [...shape], data };
+  return { name: tensorNameText(tensor.name), dataType, shape: [...shape], data: Buffer.from(tensor.data) };
 }
 
-function tensorBytes(
-  tensor: Tensor,
-  expected: number,
-  where: string,
-  context: CaptureRequestContext,
-): Buffer {
-  if (tensor.data === 'sharedMemoryHandle' && tensor.sharedMemoryHandle) {
-    return readSegment(tensor.sharedMemoryHandle, expected, where, context);
-  }
-  if (tensor.byteData !== undefined) return Buffer.from(tensor.byteData);
-  if (expected === 0) return Buffer.alloc(0);
-  throw new AgentError(
-    'INVALID_ARGUMENT',
-    `${where} carries no data; expected byte_data or a shared_memory_handle`,
-  );
-}
-
-function capturedAuxiliary(
-  item: AuxiliaryData,
-  label: string,
-  context: CaptureRequestContext,
-): CapturedAuxiliary {
+function capturedAuxiliary(item: CaptureAuxiliaryInput, label: string): CapturedAuxiliary {
   const encoding = AUXILIARY_ENCODINGS[item.encoding];
   if (encoding === undefined) {
     throw new AgentError(
@@ -218,52 +189,7 @@ function capturedAuxiliary(
       `${label} has a name of ${item.name.length} characters; expected at most ${MAX_CONTENT_TYPE_LENGTH} (what the data is: "jpg", "json", …)`,
     );
   }
-  let data: Buffer;
-  if (item.data === 'sharedMemoryHandle' && item.sharedMemoryHandle) {
-    const size = item.sharedMemoryHandle.size;
-    if (size === 0) {
-      throw new AgentError(
-        'INVALID_ARGUMENT',
-        `${label} names shared memory with size 0; auxiliary data has no shape to derive its length from, so expected its size in bytes`,
-      );
-    }
-    data = readSegment(item.sharedMemoryHandle, size, label, context);
-  } else {
-    data = Buffer.from(item.byteData ?? Buffer.alloc(0));
-  }
-  return { contentType: item.name, encoding, data };
-}
-
-function readSegment(
-  handle: { segmentId: number; offset: number; size: number },
-  expected: number,
-  where: string,
-  context: CaptureRequestContext,
-): Buffer {
-  if (!context.sharedMemory) {
-    throw new AgentError(
-      'FAILED_PRECONDITION',
-      `${where} is in shared memory, which this agent cannot read (its System V addon is not available); send byte_data instead`,
-    );
-  }
-  let lease;
-  try {
-    lease = context.sharedMemory.readTensorFromSegment(handle, expected);
-  } catch (error) {
-    if (error instanceof SharedMemoryError) {
-      throw new AgentError(
-        error.code === 'ATTACH_FAILED' ? 'INTERNAL' : 'INVALID_ARGUMENT',
-        `${where}: ${error.message}`,
-        { cause: error },
-      );
-    }
-    throw error;
-  }
-  try {
-    return Buffer.from(lease.data);
-  } finally {
-    lease.release();
-  }
+  return { contentType: item.name, encoding, data: Buffer.from(item.data) };
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });

@@ -1,15 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import type { CaptureDataRequest } from '@edgefleet/core';
 import type { Registry } from 'prom-client';
 import { AgentError, isAgentError, type PredictObserver } from '../models/index.js';
-import type { SharedMemoryReader } from '../shm/index.js';
 import { MemoryUploadLedger, type ModelActivity, type UploadLedger } from '../state/index.js';
 import { backoffDelay } from '../retry/index.js';
 import { AutoCapture } from './auto-capture.js';
 import type { CaptureItem } from './capture-item.js';
 import { CaptureMetrics, type CaptureLogger } from './capture-metrics.js';
 import type { CaptureQueue, StatusRecord } from './capture-queue.js';
-import { captureItemFromRequest, checkCaptureId, type CaptureModelCatalog } from './capture-request.js';
+import {
+  captureItemFromRequest,
+  checkCaptureId,
+  type CaptureModelCatalog,
+  type CaptureRequest,
+} from './capture-request.js';
 import type { CaptureDestination } from './destinations.js';
 import type { ObjectStore } from './object-store.js';
 import { PeriodicUpload } from './periodic-upload.js';
@@ -30,7 +33,6 @@ export interface CaptureServiceOptions {
   store?: ObjectStore;
   /** Marks of kept files the periodic upload has uploaded; default in memory. */
   ledger?: UploadLedger;
-  sharedMemory?: SharedMemoryReader;
   /** The agent's Prometheus registry (AgentMetrics.registry). */
   metricsRegistry?: Registry;
   /** Counts captured samples per model for the heartbeat. */
@@ -68,7 +70,6 @@ export class CaptureService {
   readonly #destination: CaptureDestination;
   readonly #spool: CaptureSpool | undefined;
   readonly #periodic: PeriodicUpload | undefined;
-  readonly #sharedMemory: SharedMemoryReader | undefined;
   readonly #activity: ModelActivity | undefined;
   readonly #logger: CaptureLogger | undefined;
   readonly #now: () => number;
@@ -95,7 +96,6 @@ export class CaptureService {
     this.#models = options.models;
     this.#queue = options.queue;
     this.#destination = options.destination;
-    this.#sharedMemory = options.sharedMemory;
     this.#activity = options.activity;
     this.#logger = options.logger;
     this.#now = options.now ?? Date.now;
@@ -198,13 +198,13 @@ export class CaptureService {
   }
 
   /**
-   * CaptureData: checks the request, copies its data, and holds it for the next batch. Resolves once held
-   * (durably, with the local database): the capture is then acknowledged. Errors (AgentError): INVALID_ARGUMENT
-   * (bad capture_id, tensor or auxiliary data), ALREADY_EXISTS (capture_id in use), NOT_FOUND (model not loaded),
-   * OUT_OF_RANGE (inference_timestamp in the future), RESOURCE_EXHAUSTED (buffer full), FAILED_PRECONDITION
-   * (shared memory unavailable), UNAVAILABLE (shutting down), INTERNAL.
+   * CaptureData, as the front door decoded it: checks the request, copies its data, and holds it for the next
+   * batch. Resolves once held (durably, with the local database): the capture is then acknowledged. Errors
+   * (AgentError): INVALID_ARGUMENT (bad capture_id, tensor or auxiliary data), ALREADY_EXISTS (capture_id in
+   * use), NOT_FOUND (model not loaded), OUT_OF_RANGE (inference_timestamp in the future), RESOURCE_EXHAUSTED
+   * (buffer full), UNAVAILABLE (shutting down), INTERNAL.
    */
-  async capture(request: CaptureDataRequest): Promise<void> {
+  async capture(request: CaptureRequest): Promise<void> {
     let item: CaptureItem;
     try {
       if (!this.#started || this.#closed) {
@@ -230,7 +230,6 @@ export class CaptureService {
       }
       item = captureItemFromRequest(request, {
         models: this.#models,
-        ...(this.#sharedMemory && { sharedMemory: this.#sharedMemory }),
         now: this.#now(),
         futureToleranceMs: this.settings.futureToleranceMs,
       });

@@ -27,7 +27,9 @@ export {
   captureItemFromRequest,
   checkCaptureId,
   tensorNameText,
+  type CaptureAuxiliaryInput,
   type CaptureModelCatalog,
+  type CaptureRequest,
 } from './capture-request.js';
 export {
   MemoryCaptureQueue,

@@ -1,7 +1,6 @@
 import type { Registry } from 'prom-client';
 import type { AgentConfig } from '../config/index.js';
 import type { PredictObserver } from '../models/index.js';
-import type { SharedMemoryReader } from '../shm/index.js';
 import type { AgentDatabase, ModelActivity } from '../state/index.js';
 import type { CaptureLogger } from './capture-metrics.js';
 import { MemoryCaptureQueue, SqliteCaptureQueue, type CaptureQueue } from './capture-queue.js';
@@ -22,7 +21,6 @@ export interface StartCaptureOptions {
   models: CaptureModelCatalog & { observe?(observer: PredictObserver): () => void };
   /** The local database when enabled (config.storage.dbEnabled): the queue and the upload ledger live there. */
   database?: AgentDatabase;
-  sharedMemory?: SharedMemoryReader;
   metricsRegistry?: Registry;
   activity?: ModelActivity;
   logger?: CaptureLogger;
@@ -86,7 +84,6 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
     destination,
     ...(store && { store }),
     ...(database && { ledger: database.uploadLedger }),
-    ...(options.sharedMemory && { sharedMemory: options.sharedMemory }),
     ...(options.metricsRegistry && { metricsRegistry: options.metricsRegistry }),
     ...(options.activity && { activity: options.activity }),
     ...(logger && { logger }),

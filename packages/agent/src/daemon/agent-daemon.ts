@@ -138,7 +138,6 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       config,
       models: registry,
       ...(database && { database }),
-      ...(sharedMemory && { sharedMemory }),
       metricsRegistry: metrics.registry,
       activity,
       logger,

@@ -14,14 +14,23 @@ import {
 import type { Logger } from 'pino';
 import type { CaptureService } from '../capture/index.js';
 import { AgentError, type ModelRegistry } from '../models/index.js';
-import type { SegmentLease, SharedMemoryReader } from '../shm/index.js';
+import type { SharedMemoryReader } from '../shm/index.js';
 import { INTERNAL_CODE, UNIMPLEMENTED_CODE, grpcFailure, toGrpcFailure } from './grpc-errors.js';
-import { fromWireTensor, toWireModel, toWireOutput } from './wire-tensors.js';
+import type { SocketPeers } from './socket-peers.js';
+import {
+  fromWireCaptureRequest,
+  fromWireTensor,
+  toWireModel,
+  toWireOutput,
+  type SegmentSource,
+} from './wire-tensors.js';
 
 export interface AgentServiceOptions {
   registry: ModelRegistry;
   /** Reads tensors clients put in System V shared memory; null when the native addon is not available. */
   sharedMemory: SharedMemoryReader | null;
+  /** Each call's caller, for the shared memory permission check; absent: no caller is known (no shared memory). */
+  peers?: Pick<SocketPeers, 'of'>;
   codec: AgentCodec;
   logger: Logger;
   /** `-m`: a Predict whose outputs alone exceed it is answered with a details string that says so. */
@@ -52,6 +61,7 @@ export function createRawRequestServiceDefinition(codec: AgentCodec): RawRequest
 
 type Handler<M extends AgentMethodName> = (
   request: AgentRequest<M>,
+  call: ServerUnaryCall<Buffer, unknown>,
 ) => MessageInit<AgentResponse<M>> | Promise<MessageInit<AgentResponse<M>>>;
 
 /** Counts the calls being handled, for shutdown. */
@@ -68,7 +78,7 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
   handlers: UntypedServiceImplementation;
   tracker: CallTracker;
 } {
-  const { registry, sharedMemory, codec, logger, maxMessageBytes, capture } = options;
+  const { registry, sharedMemory, peers, codec, logger, maxMessageBytes, capture } = options;
   let inflight = 0;
   const tracker: CallTracker = {
     get inflight() {
@@ -115,7 +125,7 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
         return;
       }
       try {
-        const result = handle(request);
+        const result = handle(request, call);
         if (result instanceof Promise) result.then((response) => finish(null, response), finish);
         else finish(null, result);
       } catch (error) {
@@ -123,6 +133,12 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
       }
     };
   };
+
+  const segmentSource = (call: ServerUnaryCall<Buffer, unknown>): SegmentSource => ({
+    reader: sharedMemory,
+    caller: peers?.of(call) ?? null,
+    leases: [],
+  });
 
   const captureUnavailable = (method: AgentMethodName) => {
     return (_call: ServerUnaryCall<Buffer, unknown>, callback: sendUnaryData<unknown>): void => {
@@ -136,12 +152,14 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
   };
 
   const handlers = {
-    Predict: unary('Predict', async (request) => {
+    Predict: unary('Predict', async (request, call) => {
       const name = modelName(request.handle, request.name, 'Predict');
       if (!registry.has(name)) registry.describe(name); // NOT_FOUND, before anything about the tensors
-      const leases: SegmentLease[] = [];
+      const segments = segmentSource(call);
       try {
-        const tensors = request.tensors.map((tensor, i) => fromWireTensor(tensor, i, sharedMemory, leases));
+        const tensors = request.tensors.map((tensor, i) =>
+          fromWireTensor(tensor, `input tensor #${i + 1}`, segments),
+        );
         const result = await registry.predict(name, tensors);
         const outputBytes = result.outputs.reduce((n, o) => n + o.data.byteLength, 0);
         if (outputBytes > maxMessageBytes) {
@@ -152,7 +170,7 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
         }
         return { tensors: result.outputs.map(toWireOutput) };
       } finally {
-        for (const lease of leases) lease.release();
+        for (const lease of segments.leases) lease.release();
       }
     }),
     LoadModel: unary('LoadModel', async (request) => {
@@ -175,9 +193,14 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
       model: toWireModel(registry.describe(modelName(request.handle, request.name, 'DescribeModel'))),
     })),
     CaptureData: capture
-      ? unary('CaptureData', async (request) => {
-          await capture.capture(request);
-          return {};
+      ? unary('CaptureData', async (request, call) => {
+          const segments = segmentSource(call);
+          try {
+            await capture.capture(fromWireCaptureRequest(request, segments));
+            return {};
+          } finally {
+            for (const lease of segments.leases) lease.release();
+          }
         })
       : captureUnavailable('CaptureData'),
     GetCaptureDataStatus: capture

@@ -1,3 +1,4 @@
+import { createServer, type Server as NetServer } from 'node:net';
 import { Server, ServerCredentials, type ChannelOptions } from '@grpc/grpc-js';
 import { createAgentCodec, type AgentCodec } from '@edgefleet/core';
 import type { Logger } from 'pino';
@@ -5,6 +6,7 @@ import type { CaptureService } from '../capture/index.js';
 import type { ModelRegistry } from '../models/index.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { createAgentServiceHandlers, createRawRequestServiceDefinition } from './agent-service.js';
+import { SocketPeers } from './socket-peers.js';
 
 export interface GrpcServerOptions {
   registry: ModelRegistry;
@@ -43,24 +45,40 @@ export function grpcServerOptions(maxMessageBytes: number): ChannelOptions {
   };
 }
 
-/** Serves `AWS.SageMaker.Edge.Agent` on `unix://<socketPath>`. */
+/**
+ * Serves `AWS.SageMaker.Edge.Agent` on `unix://<socketPath>`. The agent accepts the connections itself and hands
+ * them to grpc-js (its connection injector), so that it knows each caller's credentials (SO_PEERCRED): shared
+ * memory is read for a caller only where the caller could read the segment itself.
+ */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
   const codec = options.codec ?? createAgentCodec();
   const server = new Server(grpcServerOptions(options.maxMessageBytes));
+  const reader = options.sharedMemory;
+  const peers = new SocketPeers(reader ? (fd) => reader.peerCredentials(fd) : null);
   const { handlers, tracker } = createAgentServiceHandlers({
     registry: options.registry,
     sharedMemory: options.sharedMemory,
+    peers,
     codec,
     logger: options.logger,
     maxMessageBytes: options.maxMessageBytes,
     ...(options.capture && { capture: options.capture }),
   });
   server.addService(createRawRequestServiceDefinition(codec), handlers);
+  const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
   const address = `unix://${options.socketPath}`;
+  const listener: NetServer = createServer((socket) => {
+    peers.accepted(socket);
+    injector.injectConnection(socket);
+  });
   await new Promise<void>((resolve, reject) => {
-    server.bindAsync(address, ServerCredentials.createInsecure(), (error) => {
-      if (error) reject(new Error(`cannot listen on ${address}: ${error.message}`, { cause: error }));
-      else resolve();
+    listener.once('error', (error) => {
+      reject(new Error(`cannot listen on ${address}: ${error.message}`, { cause: error }));
+    });
+    listener.listen(options.socketPath, () => {
+      listener.removeAllListeners('error');
+      listener.on('error', (error) => options.logger.error({ err: error }, 'gRPC listener failed'));
+      resolve();
     });
   });
 
@@ -73,6 +91,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     close(graceMs) {
       closing ??= new Promise((resolve) => {
         let forced = false;
+        listener.close();
         const timer = setTimeout(() => {
           forced = true;
           server.forceShutdown();

@@ -13,4 +13,13 @@ export {
   type RunningGrpcServer,
 } from './grpc-server.js';
 export { GrpcStatusError, grpcFailure, toGrpcFailure, type GrpcFailure } from './grpc-errors.js';
-export { fromWireTensor, toWireMetadata, toWireModel, toWireOutput } from './wire-tensors.js';
+export {
+  fromWireAuxiliary,
+  fromWireCaptureRequest,
+  fromWireTensor,
+  toWireMetadata,
+  toWireModel,
+  toWireOutput,
+  type SegmentSource,
+} from './wire-tensors.js';
+export { SocketPeers, type CallPeer, type PeerCredentialsReader } from './socket-peers.js';

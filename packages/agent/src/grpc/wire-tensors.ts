@@ -4,13 +4,17 @@ import {
   DATA_TYPE_NAMES,
   dataTypeFromWire,
   elementSize,
+  type AuxiliaryData,
+  type CaptureDataRequest,
   type DataTypeName,
+  type SharedMemoryHandle,
   type TensorMetadata,
   type WireTensorMetadata,
   type MessageInit,
   type Model,
   type Tensor,
 } from '@edgefleet/core';
+import type { CaptureAuxiliaryInput, CaptureRequest } from '../capture/index.js';
 import {
   AgentError,
   showTensorName,
@@ -19,7 +23,12 @@ import {
   type PredictOutput,
   type PredictTensor,
 } from '../models/index.js';
-import { SharedMemoryError, type SegmentLease, type SharedMemoryReader } from '../shm/index.js';
+import {
+  SharedMemoryError,
+  type PeerCredentials,
+  type SegmentLease,
+  type SharedMemoryReader,
+} from '../shm/index.js';
 import { GrpcStatusError } from './grpc-errors.js';
 
 /** Beyond these a request is malformed, not just large (the registry applies the same limits). */
@@ -58,21 +67,28 @@ export function toWireOutput(output: PredictOutput): MessageInit<Tensor> {
   };
 }
 
+/** Where a request's shared memory segments are read (null: no addon), for whom, and the leases taken. */
+export interface SegmentSource {
+  reader: SharedMemoryReader | null;
+  /** The caller's credentials (null: unknown, so no segment is read). */
+  caller: PeerCredentials | null;
+  /** Each segment read adds its lease; the caller releases them once done with the bytes. */
+  leases: SegmentLease[];
+}
+
 /**
- * The i-th tensor of a Predict request as the registry takes it. Bytes stay views into the request (or into
- * the shared memory segment); a segment read adds its lease to `leases`, which the caller releases once the
- * prediction is over. Checks only what is needed to find the bytes; the registry checks the rest against the
- * model. Throws AgentError INVALID_ARGUMENT, or GrpcStatusError for a segment the agent may not read.
+ * The one decoder of the wire's tensors, for Predict and CaptureData alike: the metadata must be there and its
+ * data type known; the bytes are byte_data, or read from the System V segment a shared_memory_handle names
+ * (whose tensor then needs a whole shape, to know how many bytes to read). Bytes stay views into the request or
+ * the segment; a segment read adds its lease to `segments.leases`.
+ * Checks only what is needed to find the bytes; the in-process APIs check the rest. `label` says which tensor
+ * ("input tensor #2"). Throws AgentError INVALID_ARGUMENT, FAILED_PRECONDITION (no shared memory reader),
+ * INTERNAL, or GrpcStatusError PERMISSION_DENIED for a segment the caller may not read (or any segment, when
+ * the caller is not known).
  */
-export function fromWireTensor(
-  tensor: Tensor,
-  position: number,
-  sharedMemory: SharedMemoryReader | null,
-  leases: SegmentLease[],
-): PredictTensor {
+export function fromWireTensor(tensor: Tensor, label: string, segments: SegmentSource): PredictTensor {
   const metadata = tensor.tensorMetadata;
-  const label = `input tensor #${position + 1}`;
-  if (metadata === null) {
+  if (metadata === null || metadata === undefined) {
     throw new AgentError(
       'INVALID_ARGUMENT',
       `${label} has no tensor_metadata; expected its name, data_type and shape (copy them from DescribeModel)`,
@@ -87,28 +103,64 @@ export function fromWireTensor(
     );
   }
   const data =
-    tensor.data === 'sharedMemoryHandle'
-      ? readSegment(tensor, named, dataType, metadata.shape, sharedMemory, leases)
+    tensor.data === 'sharedMemoryHandle' && tensor.sharedMemoryHandle
+      ? readTensorSegment(tensor.sharedMemoryHandle, named, dataType, metadata.shape, segments)
       : (tensor.byteData ?? EMPTY);
   return { name: metadata.name, dataType, shape: metadata.shape, data };
 }
 
-function readSegment(
-  tensor: Tensor,
+/**
+ * An auxiliary data item of CaptureData: its bytes from byte_data or shared memory (whose handle must then give
+ * the size: auxiliary data has no shape). Errors as fromWireTensor.
+ */
+export function fromWireAuxiliary(
+  item: AuxiliaryData,
+  label: string,
+  segments: SegmentSource,
+): CaptureAuxiliaryInput {
+  let data: Uint8Array = item.byteData ?? EMPTY;
+  if (item.data === 'sharedMemoryHandle' && item.sharedMemoryHandle) {
+    const size = item.sharedMemoryHandle.size;
+    if (size === 0) {
+      throw new AgentError(
+        'INVALID_ARGUMENT',
+        `${label} names shared memory with size 0; auxiliary data has no shape to derive its length from, so expected its size in bytes`,
+      );
+    }
+    data = readSegment(item.sharedMemoryHandle, size, label, segments);
+  }
+  return { name: item.name, encoding: item.encoding, data };
+}
+
+/** CaptureData's tensors and auxiliary items decoded (see fromWireTensor); the capture service checks the rest. */
+export function fromWireCaptureRequest(request: CaptureDataRequest, segments: SegmentSource): CaptureRequest {
+  const id = request.captureId;
+  const label = `capture ${JSON.stringify(id.length > 80 ? `${id.slice(0, 77)}...` : id)}`;
+  return {
+    ...request,
+    inputTensors: (request.inputTensors ?? []).map((t, i) =>
+      fromWireTensor(t, `${label}: input tensor #${i + 1}`, segments),
+    ),
+    outputTensors: (request.outputTensors ?? []).map((t, i) =>
+      fromWireTensor(t, `${label}: output tensor #${i + 1}`, segments),
+    ),
+    inputs: (request.inputs ?? []).map((a, i) =>
+      fromWireAuxiliary(a, `${label}: auxiliary input #${i + 1}`, segments),
+    ),
+    outputs: (request.outputs ?? []).map((a, i) =>
+      fromWireAuxiliary(a, `${label}: auxiliary output #${i + 1}`, segments),
+    ),
+  };
+}
+
+function readTensorSegment(
+  handle: SharedMemoryHandle,
   named: string,
   dataType: DataTypeName,
   shape: readonly number[],
-  sharedMemory: SharedMemoryReader | null,
-  leases: SegmentLease[],
+  segments: SegmentSource,
 ): Buffer {
-  const handle = tensor.sharedMemoryHandle!;
-  if (sharedMemory === null) {
-    throw new AgentError(
-      'FAILED_PRECONDITION',
-      `${named} is in shared memory, but this agent cannot read System V shared memory (its native addon is not built: run \`npm run build:native -w @edgefleet/agent\`); send the tensor as byte_data instead`,
-    );
-  }
-  if (shape.length > MAX_RANK || shape.some((d) => d < 0)) {
+  if (shape.length > MAX_RANK || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
     throw new AgentError(
       'INVALID_ARGUMENT',
       `${named} has shape [${shape.join(', ')}]; a tensor in shared memory needs its real shape (every dimension ≥ 0, at most ${MAX_RANK} of them) to know how many bytes to read`,
@@ -121,9 +173,24 @@ function readSegment(
       `${named} has shape [${shape.join(', ')}], ${elements} elements; at most ${MAX_ELEMENTS} are accepted`,
     );
   }
+  return readSegment(handle, elements * elementSize(dataType), named, segments);
+}
+
+function readSegment(
+  handle: SharedMemoryHandle,
+  length: number,
+  named: string,
+  { reader, caller, leases }: SegmentSource,
+): Buffer {
+  if (reader === null) {
+    throw new AgentError(
+      'FAILED_PRECONDITION',
+      `${named} is in shared memory, but this agent cannot read System V shared memory (its native addon is not built: run \`npm run build:native -w @edgefleet/agent\`); send the tensor as byte_data instead`,
+    );
+  }
   const location = { segmentId: handle.segmentId, offset: handle.offset, size: handle.size };
   try {
-    const lease = sharedMemory.readTensorFromSegment(location, elements * elementSize(dataType));
+    const lease = reader.readTensorFromSegment(location, length, caller);
     leases.push(lease);
     return lease.data;
   } catch (error) {

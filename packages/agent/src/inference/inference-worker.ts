@@ -81,7 +81,12 @@ function infoOf(metadata: readonly InferenceSession.ValueMetadata[]): WireTensor
 async function load(message: Extract<ToWorker, { op: 'load' }>): Promise<void> {
   const began = performance.now();
   try {
-    const session = await native(() => ort.InferenceSession.create(message.modelPath, message.options));
+    const { model, options } = message;
+    const session = await native(() =>
+      typeof model === 'string'
+        ? ort.InferenceSession.create(model, options)
+        : ort.InferenceSession.create(model.model, { ...options, externalData: [...model.externalData] }),
+    );
     sessions
       .get(message.key)
       ?.release()

@@ -7,6 +7,7 @@ import {
   preciseNow,
   type FromWorker,
   type InferenceWorkerData,
+  type ModelBytes,
   type ToWorker,
   type WireTensor,
   type WireTensorInfo,
@@ -142,7 +143,8 @@ interface Slot {
 
 interface ModelEntry {
   key: string;
-  modelPath: string;
+  /** Kept for as long as the model is loaded: a restarted worker creates its sessions again from it. */
+  model: string | ModelBytes;
   slots: Set<Slot>;
   queue: Job[];
   /** Requests running or handed ahead on a worker. */
@@ -238,16 +240,17 @@ export class InferencePool {
   /**
    * Creates `instances` sessions of the model (capped at the number of workers), on the workers holding the
    * fewest sessions. All or nothing: if any instance fails, the others are released and the error thrown
-   * ('model-rejected' with ONNX Runtime's reason, 'out-of-memory', or 'worker-died').
+   * ('model-rejected' with ONNX Runtime's reason, 'out-of-memory', or 'worker-died'). `model` is a path or the
+   * model's bytes; bytes are kept while the model is loaded, so a restarted worker runs the same ones.
    */
-  async loadModel(key: string, modelPath: string, instances: number): Promise<ModelSessionInfo> {
+  async loadModel(key: string, model: string | ModelBytes, instances: number): Promise<ModelSessionInfo> {
     this.#assertOpen();
     if (this.#models.has(key)) throw new Error(`a session set named ${key} is already in the pool`);
     const count = Math.max(1, Math.min(instances, this.#slots.length));
     const chosen = [...this.#slots]
       .sort((a, b) => a.sessions.size - b.sessions.size || a.index - b.index)
       .slice(0, count);
-    const entry: ModelEntry = { key, modelPath, slots: new Set(chosen), queue: [], running: 0 };
+    const entry: ModelEntry = { key, model, slots: new Set(chosen), queue: [], running: 0 };
     this.#models.set(key, entry);
     const results = await Promise.allSettled(chosen.map((slot) => this.#loadOn(slot, entry)));
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -495,7 +498,7 @@ export class InferencePool {
       op: 'load',
       id: this.#id(),
       key: entry.key,
-      modelPath: entry.modelPath,
+      model: entry.model,
       options: toOrtSessionOptions(this.#options.session),
     });
     if (reply.op !== 'loaded') throw new Error(`unexpected reply ${reply.op} to load`);

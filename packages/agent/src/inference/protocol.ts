@@ -19,6 +19,12 @@ export interface WireTensor {
   byteLength: number;
 }
 
+/** A model in memory, with the external data files it refers to (named as the model names them). */
+export interface ModelBytes {
+  model: Uint8Array;
+  externalData: ReadonlyArray<{ path: string; data: Uint8Array }>;
+}
+
 export interface WireTensorInfo {
   name: string;
   /** The type string ONNX Runtime reports; may be one SageMaker Edge cannot express (e.g. 'bool'). */
@@ -32,7 +38,8 @@ export type ToWorker =
       op: 'load';
       id: number;
       key: string;
-      modelPath: string;
+      /** A path ONNX Runtime reads, or the model in memory (what a package load gives: the verified bytes). */
+      model: string | ModelBytes;
       options: InferenceSession.SessionOptions;
     }
   | {

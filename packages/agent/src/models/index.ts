@@ -21,7 +21,8 @@ export {
   type PredictResult,
   type RegistryLogger,
   type SignatureStatus,
+  type StagedVersionDescription,
 } from './model-registry.js';
+export { MODEL_VERSION_STATES, type ModelVersionState } from './model-version.js';
 export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
 export { showTensorName, tensorNameBytes } from './tensor-names.js';
-export { startModelService, type ModelService } from './start.js';

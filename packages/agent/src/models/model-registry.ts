@@ -1,37 +1,15 @@
-import { stat } from 'node:fs/promises';
-import { freemem } from 'node:os';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import {
-  MODEL_NAME_PATTERN,
-  PackageInvalidError,
-  PackageNotFoundError,
-  PackageVerificationError,
-  UnsupportedFileError,
-  dataTypeFromOrt,
-  openModelPackage,
-  shapeMismatch,
-  type DataTypeName,
-  type OpenedModelPackage,
-  type SignerDescription,
-  type TensorMetadata,
-  type TrustPolicy,
-} from '@edgefleet/core';
-import {
-  InferenceError,
-  type InferencePool,
-  type PoolTensor,
-  type RunResult,
-  type WireTensorInfo,
-} from '../inference/index.js';
+import { MODEL_NAME_PATTERN, type DataTypeName, type TensorMetadata } from '@edgefleet/core';
+import type { InferencePool, PoolTensor } from '../inference/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { AgentError, type AgentErrorCode } from './agent-error.js';
-import { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
+import { asAgentError, predictFailure } from './model-errors.js';
+import { ModelLoader, type ModelLoaderOptions } from './model-loader.js';
+import { ModelVersion, type ModelVersionState } from './model-version.js';
+import { matchPredictInputs, type PredictTensor } from './predict-inputs.js';
 import { tensorNameBytes } from './tensor-names.js';
 
 /** Longest model name we take; SageMaker's own are at most 63 characters. */
 const MAX_MODEL_NAME_LENGTH = 256;
-const MAX_URL_LENGTH = 4096;
 
 export interface LoadRequest {
   /** The extracted package folder: absolute, relative to the agent's working directory, or a file:// URL. */
@@ -62,6 +40,21 @@ export interface ModelDescription {
   signature: SignatureStatus;
   /** Requests since it was loaded. */
   requests: { succeeded: number; failed: number };
+  /** From describe only: a version staged beside this one (see ModelRegistry.stage), until promoted or aborted. */
+  staged?: StagedVersionDescription;
+}
+
+/** A version loading or loaded beside the serving one, taking no requests until it is promoted. */
+export interface StagedVersionDescription {
+  name: string;
+  /** The url as given to stage. */
+  url: string;
+  /** verifying, creating-sessions or warming-up while it loads; ready once it can be promoted. */
+  state: ModelVersionState;
+  /** The pool key of this load (each load has its own). */
+  key: string;
+  /** Once ready: the package's version, path, signature and so on, as for a loaded model. */
+  model?: ModelDescription;
 }
 
 /** One output tensor of a prediction. */
@@ -128,135 +121,92 @@ export interface RegistryLogger {
   info?(message: string, details?: Record<string, unknown>): void;
 }
 
-export interface ModelRegistryOptions {
-  pool: InferencePool;
-  /** Roots/keys package signatures must verify against; null = signatures are not checked (a warning per load). */
-  trust: TrustPolicy | null;
-  /** With a trust policy: refuse packages that do not verify (default true); false loads them with a warning. */
-  requireSignatures?: boolean;
-  /** Relative load urls are resolved against this (the agent's working directory). */
-  cwd: string;
-  /** Sessions per model, on distinct workers (capped at the worker count). Default 1. */
-  instancesPerModel?: number;
-  /** How long unload waits for in-flight predictions before failing those still queued. Default 30 s. */
+export interface ModelRegistryOptions extends ModelLoaderOptions {
+  /** How long unload (and promote, for the version it replaces) waits for in-flight predictions before failing those still queued. Default 30 s. */
   unloadTimeoutMs?: number;
   metrics?: AgentMetrics;
-  logger?: RegistryLogger;
-  /** Bytes of memory available for new sessions. Default: process.availableMemory() (cgroup-aware). */
-  availableMemory?: () => number;
 }
 
-interface ModelRecord {
-  state: 'loading' | 'ready' | 'unloading';
-  /** Unique per load, so a reload of the same name never meets the old sessions. */
-  key: string;
-  description?: ModelDescription;
-  inflight: number;
-  drained?: () => void;
+/** A name's versions: the one serving (or, before its first load completes, being loaded) and any staged. */
+interface NameEntry {
+  current: ModelVersion;
+  staged?: ModelVersion;
+  /** Settles when the staged version's load has finished, whichever way. */
+  stagedLoad?: Promise<unknown>;
 }
 
 /**
- * The agent's models: load, unload, list, describe, predict. Every front door (gRPC, REST, CLI) is a thin
- * adapter over this class; all behaviour, checks and error messages live here. Safe under any mix of
- * concurrent calls: a name is reserved synchronously when its load starts (a second load of it gets
+ * The agent's models: load, unload, list, describe, predict, and stage/promote/abortStaged to replace a model
+ * in place. Every front door (gRPC, REST, CLI) is a thin adapter over this class; all behaviour, checks and
+ * error messages live here (loading itself in ModelLoader, each load's state in ModelVersion). Safe under any
+ * mix of concurrent calls: a name is reserved synchronously when its load starts (a second load of it gets
  * ALREADY_EXISTS); a failed load leaves nothing behind; unload stops admitting predictions at once and waits,
- * bounded, for those in flight.
+ * bounded, for those in flight. A prediction runs entirely on the version serving when it started.
  */
 export class ModelRegistry {
   readonly #pool: InferencePool;
-  readonly #trust: TrustPolicy | null;
-  readonly #requireSignatures: boolean;
-  readonly #cwd: string;
-  readonly #instances: number;
+  readonly #loader: ModelLoader;
   readonly #unloadTimeoutMs: number;
   readonly #metrics: AgentMetrics | undefined;
   readonly #logger: RegistryLogger | undefined;
-  readonly #availableMemory: () => number;
-  readonly #models = new Map<string, ModelRecord>();
+  readonly #models = new Map<string, NameEntry>();
   readonly #observers = new Set<RegistryObserver>();
+  /** Versions replaced by promote, still draining. */
+  readonly #retiring = new Set<Promise<void>>();
   #generation = 0;
   #closed = false;
 
   constructor(options: ModelRegistryOptions) {
     this.#pool = options.pool;
-    this.#trust = options.trust;
-    this.#requireSignatures = options.requireSignatures ?? true;
-    this.#cwd = options.cwd;
-    this.#instances = Math.max(1, options.instancesPerModel ?? 1);
+    this.#loader = new ModelLoader(options);
     this.#unloadTimeoutMs = options.unloadTimeoutMs ?? 30_000;
     this.#metrics = options.metrics;
     this.#logger = options.logger;
-    this.#availableMemory =
-      options.availableMemory ??
-      (() => (typeof process.availableMemory === 'function' ? process.availableMemory() : freemem()));
   }
 
   /**
    * Loads the package at `url` under `name`: opens (and, with a trust policy, verifies) the package, creates
-   * the sessions, and runs a warm-up inference on each (see #warmUp: one that fails with its placeholder inputs
-   * is a warning). Errors: INVALID_ARGUMENT (name or url malformed), ALREADY_EXISTS, NOT_FOUND (no package
-   * there), FAILED_PRECONDITION (bad manifest, signature not valid, a model ONNX Runtime refuses to create a
-   * session from, or whose warm-up outputs have other data types or ranks than its manifest declares),
+   * the sessions, and runs a warm-up inference on each (see ModelLoader: one that fails with its placeholder
+   * inputs is a warning). Errors: INVALID_ARGUMENT (name or url malformed), ALREADY_EXISTS, NOT_FOUND (no
+   * package there), FAILED_PRECONDITION (bad manifest, signature not valid, a model ONNX Runtime refuses to
+   * create a session from, or whose warm-up outputs have other data types or ranks than its manifest declares),
    * RESOURCE_EXHAUSTED (not enough memory), UNAVAILABLE (shutting down), INTERNAL.
    */
   async load(request: LoadRequest): Promise<ModelDescription> {
     const began = performance.now();
     const name = request.name;
     checkModelName(name);
-    const dir = this.#packageDir(request.url);
+    const dir = this.#loader.packageDir(request.url);
     if (this.#closed)
       throw new AgentError('UNAVAILABLE', 'the agent is shutting down; no models can be loaded');
     const existing = this.#models.get(name);
     if (existing) {
       throw new AgentError(
         'ALREADY_EXISTS',
-        existing.state === 'loading'
-          ? `a model named ${JSON.stringify(name)} is already being loaded; unload it first to load another under that name`
-          : `a model named ${JSON.stringify(name)} is already loaded (from ${existing.description?.url ?? 'elsewhere'}); unload it first, or load under another name`,
+        existing.current.state === 'ready'
+          ? `a model named ${JSON.stringify(name)} is already loaded (from ${existing.current.url}); unload it first, or load under another name`
+          : `a model named ${JSON.stringify(name)} is already being loaded; unload it first to load another under that name`,
       );
     }
-    const record: ModelRecord = { state: 'loading', key: `${name}#${++this.#generation}`, inflight: 0 };
-    this.#models.set(name, record);
-    let sessionsCreated = false;
+    const version = new ModelVersion(this.#nextKey(name), request.url);
+    const entry: NameEntry = { current: version };
+    this.#models.set(name, entry);
     try {
-      const { opened, signature } = await this.#openPackage(dir);
-      await this.#checkMemory(opened, name);
-      const info = await this.#pool
-        .loadModel(record.key, opened.modelPath, this.#instances)
-        .catch((error: unknown) => {
-          throw loadFailure(error, name, opened.dir);
-        });
-      sessionsCreated = true;
-      checkSessionAgainstManifest(name, opened, info.inputs, info.outputs);
-      await this.#warmUp(record.key, name, opened);
-      if (this.#closed)
-        throw new AgentError('UNAVAILABLE', 'the agent is shutting down; the load was abandoned');
-      record.description = {
-        name,
-        url: request.url,
-        path: opened.dir,
-        packageName: opened.manifest.name,
-        version: opened.manifest.version,
-        inputs: opened.manifest.inputs,
-        outputs: opened.manifest.outputs,
-        loadedAt: new Date(),
-        instances: info.workers.length,
-        signature,
-        requests: { succeeded: 0, failed: 0 },
-      };
-      record.state = 'ready';
+      version.description = await this.#loader.load(version, { name, url: request.url, dir }, () =>
+        this.#closed ? shuttingDown() : undefined,
+      );
+      version.state = 'ready';
       this.#metrics?.observeLoad(name, performance.now() - began);
       this.#metrics?.setModelsLoaded(this.list().length);
       this.#logger?.info?.(`loaded model ${name}`, {
         url: request.url,
-        path: opened.dir,
-        version: opened.manifest.version,
+        path: version.description.path,
+        version: version.description.version,
       });
-      this.#notify((observer) => observer.onLoaded?.(snapshot(record.description!)));
-      return { ...record.description };
+      this.#notify((observer) => observer.onLoaded?.(snapshot(version.description!)));
+      return snapshot(version.description);
     } catch (error) {
-      if (this.#models.get(name) === record) this.#models.delete(name);
-      if (sessionsCreated) await this.#pool.unloadModel(record.key).catch(() => {});
+      if (this.#models.get(name) === entry) this.#models.delete(name);
       const failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
       this.#metrics?.observeLoad(name, performance.now() - began, failure.code);
       throw failure;
@@ -264,22 +214,125 @@ export class ModelRegistry {
   }
 
   /**
-   * Unloads a model: predictions for it are refused (NOT_FOUND) from now on; those in flight are waited for,
-   * up to the unload timeout, after which those still queued fail. NOT_FOUND when no such model is loaded.
+   * Loads another version of a loaded model beside the one serving, from the package at `url`, with the same
+   * checks as load. It takes no requests until promote(name). Resolves once it is ready to be promoted. Errors:
+   * as load, and NOT_FOUND (no model of that name is loaded), ALREADY_EXISTS (a version is already staged),
+   * FAILED_PRECONDITION (abortStaged or unload was called before the load completed).
+   */
+  async stage(name: string, url: string): Promise<StagedVersionDescription> {
+    checkModelName(name);
+    const dir = this.#loader.packageDir(url);
+    if (this.#closed)
+      throw new AgentError('UNAVAILABLE', 'the agent is shutting down; no models can be loaded');
+    const entry = this.#ready(name);
+    if (entry.staged) {
+      throw new AgentError(
+        'ALREADY_EXISTS',
+        `a version of model ${JSON.stringify(name)} is already staged (from ${entry.staged.url}, ${entry.staged.state}); promote it or abort it first`,
+      );
+    }
+    const version = new ModelVersion(this.#nextKey(name), url);
+    entry.staged = version;
+    const abandoned = (): AgentError | undefined =>
+      this.#closed
+        ? shuttingDown()
+        : entry.staged !== version
+          ? new AgentError(
+              'FAILED_PRECONDITION',
+              `the staged version of model ${JSON.stringify(name)} was aborted (or the model unloaded) before its load completed`,
+            )
+          : undefined;
+    const loading = this.#loader.load(version, { name, url, dir }, abandoned);
+    entry.stagedLoad = loading.catch(() => {});
+    try {
+      const description = await loading;
+      const reason = abandoned(); // an abort may have come between the loader's last check and now
+      if (reason) {
+        version.state = 'unloaded';
+        await this.#pool.unloadModel(version.key).catch(() => {});
+        throw reason;
+      }
+      version.description = description;
+      version.state = 'ready';
+      this.#logger?.info?.(`staged model ${name}`, { url, version: description.version, key: version.key });
+      return stagedDescription(name, version);
+    } catch (error) {
+      if (entry.staged === version) entry.staged = undefined;
+      throw asAgentError(error, `staging model ${JSON.stringify(name)}`);
+    }
+  }
+
+  /**
+   * Makes the staged version the one serving `name`, at once: every prediction that starts after this call runs
+   * on it, those in flight finish on the version they started on, which is then unloaded (waiting for them at
+   * most the unload timeout). Resolves with the new version's description once the old one is unloaded. Errors:
+   * NOT_FOUND (no such model), FAILED_PRECONDITION (nothing staged, or the staged version is still loading).
+   */
+  async promote(name: string): Promise<ModelDescription> {
+    const entry = this.#ready(name);
+    const staged = entry.staged;
+    if (!staged) {
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `model ${JSON.stringify(name)} has no staged version to promote; stage one first`,
+      );
+    }
+    if (staged.state !== 'ready') {
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `the staged version of model ${JSON.stringify(name)} is still loading (${staged.state}); promote it once stage has returned`,
+      );
+    }
+    const previous = entry.current;
+    entry.current = staged;
+    delete entry.staged;
+    delete entry.stagedLoad;
+    const description = staged.description!;
+    this.#logger?.info?.(`promoted model ${name}`, {
+      url: staged.url,
+      version: description.version,
+      replaced: previous.description?.version,
+    });
+    this.#notify((observer) => observer.onLoaded?.(snapshot(description)));
+    const retiring = this.#retire(previous);
+    this.#retiring.add(retiring);
+    await retiring.finally(() => this.#retiring.delete(retiring));
+    return snapshot(description);
+  }
+
+  /**
+   * Drops the staged version of `name`: a ready one is unloaded; one still loading stops at its next step (its
+   * stage call fails) and this waits until it has released what it created. Errors: NOT_FOUND (no such model),
+   * FAILED_PRECONDITION (nothing is staged).
+   */
+  async abortStaged(name: string): Promise<void> {
+    const entry = this.#ready(name);
+    const staged = entry.staged;
+    if (!staged) {
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `model ${JSON.stringify(name)} has no staged version to abort`,
+      );
+    }
+    const loading = entry.stagedLoad;
+    delete entry.staged;
+    delete entry.stagedLoad;
+    await this.#discardStaged(staged, loading);
+    this.#logger?.info?.(`aborted the staged version of model ${name}`, { url: staged.url });
+  }
+
+  /**
+   * Unloads a model (and any version staged for it): predictions for it are refused (NOT_FOUND) from now on;
+   * those in flight are waited for, up to the unload timeout, after which those still queued fail. NOT_FOUND
+   * when no such model is loaded.
    */
   async unload(name: string): Promise<void> {
-    const record = this.#ready(name);
+    const entry = this.#ready(name);
     this.#models.delete(name);
-    record.state = 'unloading';
-    if (record.inflight > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        new Promise<void>((resolve) => (record.drained = resolve)),
-        new Promise<void>((resolve) => (timer = setTimeout(resolve, this.#unloadTimeoutMs))),
-      ]);
-      clearTimeout(timer);
-    }
-    await this.#pool.unloadModel(record.key);
+    const { current, staged, stagedLoad } = entry;
+    delete entry.staged;
+    delete entry.stagedLoad;
+    await Promise.all([this.#retire(current), staged && this.#discardStaged(staged, stagedLoad)]);
     this.#metrics?.setModelsLoaded(this.list().length);
     this.#logger?.info?.(`unloaded model ${name}`);
     if (!this.#closed) this.#notify((observer) => observer.onUnloaded?.(name));
@@ -288,19 +341,22 @@ export class ModelRegistry {
   /** Loaded models, in the order they were loaded (models still loading are not listed). */
   list(): ModelDescription[] {
     const models: ModelDescription[] = [];
-    for (const record of this.#models.values()) {
-      if (record.state === 'ready' && record.description) models.push(snapshot(record.description));
+    for (const { current } of this.#models.values()) {
+      if (current.state === 'ready' && current.description) models.push(snapshot(current.description));
     }
     return models;
   }
 
-  /** NOT_FOUND when no such model is loaded. */
+  /** The model serving `name`, and the version staged beside it if any. NOT_FOUND when no such model is loaded. */
   describe(name: string): ModelDescription {
-    return snapshot(this.#ready(name).description!);
+    const entry = this.#ready(name);
+    const description = snapshot(entry.current.description!);
+    if (entry.staged) description.staged = stagedDescription(name, entry.staged);
+    return description;
   }
 
   has(name: string): boolean {
-    return this.#models.get(name)?.state === 'ready';
+    return this.#models.get(name)?.current.state === 'ready';
   }
 
   /** Adds an observer of loads, unloads and successful predictions; returns the function that removes it. */
@@ -321,26 +377,26 @@ export class ModelRegistry {
     options: PredictOptions = {},
   ): Promise<PredictResult> {
     const began = performance.now();
-    const record = this.#ready(name);
-    const description = record.description!;
+    const version = this.#ready(name).current;
+    const description = version.description!;
     let inputs: PoolTensor[];
     try {
       if (!Array.isArray(tensors))
         throw new AgentError('INVALID_ARGUMENT', 'expected a list of input tensors');
       inputs = matchPredictInputs(name, description.inputs, tensors);
     } catch (error) {
-      this.#countRequest(record, name, began, { errorCode: (error as AgentError).code });
+      this.#countRequest(description, name, began, { errorCode: (error as AgentError).code });
       throw error;
     }
     const listeners = this.#listeners(name);
-    record.inflight++;
+    version.enter();
     try {
-      const result = await this.#pool.run(record.key, inputs, {
+      const result = await this.#pool.run(version.key, inputs, {
         transferInputs: options.transferInputs === true && !listeners.some((l) => l.readsInputs),
       });
       const outputs = orderOutputs(description.outputs, result.outputs);
       const requestMs = performance.now() - began;
-      this.#countRequest(record, name, began, { queueMs: result.queueMs, computeMs: result.computeMs });
+      this.#countRequest(description, name, began, { queueMs: result.queueMs, computeMs: result.computeMs });
       if (listeners.length > 0) {
         const event = {
           model: name,
@@ -364,22 +420,42 @@ export class ModelRegistry {
       };
     } catch (error) {
       const failure = predictFailure(error, name);
-      this.#countRequest(record, name, began, { errorCode: failure.code });
+      this.#countRequest(description, name, began, { errorCode: failure.code });
       throw failure;
     } finally {
-      record.inflight--;
-      if (record.inflight === 0) record.drained?.();
+      version.leave();
     }
   }
 
   /** Refuses new loads, unloads every model (each bounded by the unload timeout). The pool is the caller's. */
   async close(): Promise<void> {
     this.#closed = true;
-    const names = [...this.#models].filter(([, r]) => r.state === 'ready').map(([name]) => name);
-    await Promise.all(names.map((name) => this.unload(name).catch(() => {})));
+    const names = [...this.#models].filter(([, e]) => e.current.state === 'ready').map(([name]) => name);
+    await Promise.all([
+      ...names.map((name) => this.unload(name).catch(() => {})),
+      ...[...this.#retiring].map((retiring) => retiring.catch(() => {})),
+    ]);
   }
 
   // -------------------------------------------------------------------------------------------------------------
+
+  #nextKey(name: string): string {
+    return `${name}#${++this.#generation}`;
+  }
+
+  /** A version that took requests: drain it (bounded), then release its sessions. */
+  async #retire(version: ModelVersion): Promise<void> {
+    await version.drain(this.#unloadTimeoutMs);
+    version.state = 'unloaded';
+    await this.#pool.unloadModel(version.key);
+  }
+
+  /** A staged version (it never took requests): wait for its load to stop, then release its sessions. */
+  async #discardStaged(version: ModelVersion, loading: Promise<unknown> | undefined): Promise<void> {
+    await loading;
+    version.state = 'unloaded';
+    await this.#pool.unloadModel(version.key).catch(() => {});
+  }
 
   #notify(tell: (observer: RegistryObserver) => void): void {
     for (const observer of this.#observers) {
@@ -404,178 +480,47 @@ export class ModelRegistry {
     return listeners;
   }
 
-  #ready(name: string): ModelRecord {
-    const record = typeof name === 'string' ? this.#models.get(name) : undefined;
-    if (!record || record.state !== 'ready') {
+  #ready(name: string): NameEntry {
+    const entry = typeof name === 'string' ? this.#models.get(name) : undefined;
+    if (!entry || entry.current.state !== 'ready') {
       const loaded = this.list().map((m) => m.name);
       const shown =
         loaded.length === 0 ? 'none' : loaded.slice(0, 10).join(', ') + (loaded.length > 10 ? ', …' : '');
       throw new AgentError(
         'NOT_FOUND',
-        record?.state === 'loading'
+        entry
           ? `model ${JSON.stringify(name)} is still loading; retry once its load has returned`
           : `no model named ${JSON.stringify(name)} is loaded (loaded models: ${shown})`,
       );
     }
-    return record;
+    return entry;
   }
 
   #countRequest(
-    record: ModelRecord,
+    description: ModelDescription,
     name: string,
     began: number,
     outcome: { errorCode?: AgentErrorCode; queueMs?: number; computeMs?: number },
   ): void {
-    const counts = record.description!.requests;
+    const counts = description.requests;
     if (outcome.errorCode === undefined) counts.succeeded++;
     else counts.failed++;
     this.#metrics?.observeRequest({ model: name, requestMs: performance.now() - began, ...outcome });
   }
+}
 
-  #packageDir(url: unknown): string {
-    if (typeof url !== 'string' || url.trim() === '') {
-      throw new AgentError(
-        'INVALID_ARGUMENT',
-        'the model url is empty; expected the folder of an extracted model package',
-      );
-    }
-    if (url.length > MAX_URL_LENGTH || url.includes('\0')) {
-      throw new AgentError(
-        'INVALID_ARGUMENT',
-        `the model url is not a usable path (${url.length > MAX_URL_LENGTH ? `${url.length} characters, at most ${MAX_URL_LENGTH}` : 'it contains a NUL byte'}); expected the folder of an extracted model package`,
-      );
-    }
-    if (url.startsWith('file:')) {
-      try {
-        return fileURLToPath(url);
-      } catch (error) {
-        throw new AgentError(
-          'INVALID_ARGUMENT',
-          `the model url ${url} is not a valid file:// URL (${(error as Error).message})`,
-        );
-      }
-    }
-    return isAbsolute(url) ? resolve(url) : resolve(this.#cwd, url);
-  }
+function shuttingDown(): AgentError {
+  return new AgentError('UNAVAILABLE', 'the agent is shutting down; the load was abandoned');
+}
 
-  async #openPackage(dir: string): Promise<{ opened: OpenedModelPackage; signature: SignatureStatus }> {
-    if (!this.#trust) {
-      const opened = await openModelPackage(dir, { trust: null }).catch((error: unknown) => {
-        throw packageFailure(error, dir);
-      });
-      const reason = 'the agent has no trust policy (sagemaker_edge_core_root_certs_path is not set)';
-      this.#logger?.warn(`loading model package ${opened.dir} without checking its signature: ${reason}`);
-      return { opened, signature: { verified: false, reason } };
-    }
-    try {
-      const opened = await openModelPackage(dir, { trust: this.#trust });
-      const signature = opened.signature!;
-      return {
-        opened,
-        signature: {
-          verified: true,
-          method: signature.method,
-          signer: describeSigner(signature.signer),
-          subjectDigest: signature.subjectDigest,
-        },
-      };
-    } catch (error) {
-      if (error instanceof PackageVerificationError && !this.#requireSignatures) {
-        const opened = await openModelPackage(dir, { trust: null }).catch((e: unknown) => {
-          throw packageFailure(e, dir);
-        });
-        this.#logger?.warn(
-          `loading model package ${opened.dir} although its signature did not verify: ${error.message}`,
-          {
-            reason: error.reason,
-          },
-        );
-        return { opened, signature: { verified: false, reason: `${error.reason}: ${error.message}` } };
-      }
-      throw packageFailure(error, dir);
-    }
-  }
-
-  /** A session needs at least its weights in memory; refuse early rather than let ONNX Runtime fail midway. */
-  async #checkMemory(opened: OpenedModelPackage, name: string): Promise<void> {
-    let bytes = (await stat(opened.modelPath)).size;
-    for (const file of opened.manifest.model.externalData) {
-      bytes += (await stat(join(dirname(opened.modelPath), file)).catch(() => ({ size: 0 }))).size;
-    }
-    const instances = Math.min(this.#instances, this.#pool.workerCount);
-    const needed = bytes * instances;
-    const available = this.#availableMemory();
-    if (needed > available) {
-      throw new AgentError(
-        'RESOURCE_EXHAUSTED',
-        `not enough memory to load model ${JSON.stringify(name)}: its weights take ${formatBytes(bytes)}${instances > 1 ? ` × ${instances} instances` : ''} and ${formatBytes(available)} is available; unload other models or free memory`,
-      );
-    }
-  }
-
-  /**
-   * One inference per instance before the model serves, so that its first request does not pay for ONNX
-   * Runtime's first-run set-up. The inputs are placeholders (zeros of each declared shape, -1 taken as 1), and
-   * made-up inputs cannot prove a model wrong: a model may need real values or sizes (Silero VAD takes only its
-   * own sample rates and enough samples to pad). So a run that fails is a warning and the model loads; running
-   * out of memory still refuses the load (real inputs are no smaller than placeholders). When the run does
-   * complete, its outputs must have the manifest's data types and ranks.
-   */
-  async #warmUp(key: string, name: string, opened: OpenedModelPackage): Promise<void> {
-    let results: RunResult[];
-    try {
-      results = await this.#pool.runOnEveryInstance(key, warmUpInputs(opened.manifest.inputs));
-    } catch (error) {
-      if (error instanceof InferenceError && error.kind === 'out-of-memory') {
-        throw new AgentError(
-          'RESOURCE_EXHAUSTED',
-          `not enough memory to run model ${JSON.stringify(name)}: ${error.message}`,
-          { cause: error },
-        );
-      }
-      if (error instanceof InferenceError && error.kind === 'run-failed') {
-        this.#logger?.warn(
-          `model ${JSON.stringify(name)} loads without a warm-up: its warm-up inference with placeholder inputs (zeros of the declared input shapes, -1 taken as 1) failed: ${error.message}. Placeholders cannot show that the model is wrong; its first request will set ONNX Runtime up instead`,
-          { model: name, reason: error.message },
-        );
-        return;
-      }
-      throw error;
-    }
-    const refuse = (problem: string): never => {
-      throw new AgentError(
-        'FAILED_PRECONDITION',
-        `model ${JSON.stringify(name)}'s warm-up output does not match its manifest (${problem}); expected a package whose manifest was generated from this model`,
-      );
-    };
-    results.forEach((result, instance) => {
-      result.outputs.forEach((output, i) => {
-        const declared =
-          opened.manifest.outputs.find((o) => o.name === output.name) ?? opened.manifest.outputs[i];
-        if (!declared)
-          return refuse(`it returned an output ${JSON.stringify(output.name)} the manifest does not declare`);
-        if (declared.dataType !== output.dataType) {
-          refuse(
-            `output ${JSON.stringify(declared.name)} is ${output.dataType} where the manifest declares ${declared.dataType}`,
-          );
-        }
-        if (declared.shape.length !== output.shape.length) {
-          refuse(
-            `output ${JSON.stringify(declared.name)} has rank ${output.shape.length} (shape [${output.shape.join(', ')}]) where the manifest declares rank ${declared.shape.length} ([${declared.shape.join(', ')}])`,
-          );
-        }
-        // A size may follow the placeholder inputs (even a dimension the manifest fixes can depend on input sizes
-        // or values), so one that differs is worth a warning only.
-        const sizes = shapeMismatch(declared.shape, output.shape);
-        if (sizes && instance === 0) {
-          this.#logger?.warn(
-            `model ${JSON.stringify(name)}: with placeholder inputs, its warm-up output ${JSON.stringify(declared.name)} has a size the manifest does not declare: ${sizes}`,
-            { model: name },
-          );
-        }
-      });
-    });
-  }
+function stagedDescription(name: string, version: ModelVersion): StagedVersionDescription {
+  return {
+    name,
+    url: version.url,
+    state: version.state,
+    key: version.key,
+    ...(version.state === 'ready' && version.description && { model: snapshot(version.description) }),
+  };
 }
 
 /** The model name rule (spec section 3.2). */
@@ -598,12 +543,6 @@ function snapshot(description: ModelDescription): ModelDescription {
   return { ...description, requests: { ...description.requests } };
 }
 
-function describeSigner(signer: SignerDescription): string {
-  return signer.method === 'certificate'
-    ? `${signer.subject} (issued by ${signer.issuer})`
-    : `${signer.keyType} key sha256:${signer.fingerprint}`;
-}
-
 /** Puts the pool's outputs in the manifest's order, names as bytes. */
 function orderOutputs(declared: readonly TensorMetadata[], outputs: readonly PoolTensor[]): PredictOutput[] {
   const byName = new Map(outputs.map((o) => [o.name, o]));
@@ -615,139 +554,4 @@ function orderOutputs(declared: readonly TensorMetadata[], outputs: readonly Poo
     shape: o.shape,
     data: o.data,
   }));
-}
-
-/** The sessions ONNX Runtime created must have the manifest's inputs and outputs (names, types, fixed sizes). */
-function checkSessionAgainstManifest(
-  name: string,
-  opened: OpenedModelPackage,
-  inputs: readonly WireTensorInfo[],
-  outputs: readonly WireTensorInfo[],
-): void {
-  const compare = (
-    kind: 'input' | 'output',
-    declared: readonly TensorMetadata[],
-    actual: readonly WireTensorInfo[],
-  ) => {
-    const fail = (problem: string): never => {
-      throw new AgentError(
-        'FAILED_PRECONDITION',
-        `model package ${opened.dir} for ${JSON.stringify(name)}: its manifest does not match the model (${problem}); expected a manifest generated from this model`,
-      );
-    };
-    if (declared.length !== actual.length) {
-      fail(`the manifest declares ${declared.length} ${kind}s, the model has ${actual.length}`);
-    }
-    declared.forEach((d, i) => {
-      const a = actual[i]!;
-      if (a.name !== d.name)
-        fail(
-          `${kind} ${i + 1} is ${JSON.stringify(a.name)} in the model, ${JSON.stringify(d.name)} in the manifest`,
-        );
-      const type = dataTypeFromOrt(a.type);
-      if (type !== d.dataType)
-        fail(`${kind} ${JSON.stringify(d.name)} is ${a.type} in the model, ${d.dataType} in the manifest`);
-      const fixed = a.shape.map((dim) => (typeof dim === 'number' && dim >= 0 ? dim : -1));
-      const compatible =
-        fixed.length === d.shape.length &&
-        fixed.every((dim, k) => dim === -1 || d.shape[k] === -1 || d.shape[k] === dim);
-      if (!compatible) {
-        fail(
-          `${kind} ${JSON.stringify(d.name)} has shape [${a.shape.join(', ')}] in the model, [${d.shape.join(', ')}] in the manifest`,
-        );
-      }
-    });
-  };
-  compare('input', opened.manifest.inputs, inputs);
-  compare('output', opened.manifest.outputs, outputs);
-}
-
-function packageFailure(error: unknown, dir: string): AgentError {
-  if (error instanceof AgentError) return error;
-  if (error instanceof PackageNotFoundError) {
-    return new AgentError(
-      'NOT_FOUND',
-      `${error.message}; expected the folder of an extracted model package`,
-      { cause: error },
-    );
-  }
-  if (error instanceof PackageVerificationError) {
-    return new AgentError(
-      'FAILED_PRECONDITION',
-      `model package ${dir} failed signature verification (${error.reason}): ${error.message}`,
-      { cause: error },
-    );
-  }
-  if (error instanceof PackageInvalidError || error instanceof UnsupportedFileError) {
-    return new AgentError('FAILED_PRECONDITION', error.message, { cause: error });
-  }
-  return asAgentError(error, `opening model package ${dir}`);
-}
-
-function loadFailure(error: unknown, name: string, dir: string): AgentError {
-  if (error instanceof InferenceError) {
-    switch (error.kind) {
-      case 'model-rejected':
-        return new AgentError(
-          'FAILED_PRECONDITION',
-          `ONNX Runtime cannot load the model in package ${dir} (for ${JSON.stringify(name)}): ${error.message}`,
-          { cause: error },
-        );
-      case 'out-of-memory':
-        return new AgentError(
-          'RESOURCE_EXHAUSTED',
-          `not enough memory to load model ${JSON.stringify(name)}: ${error.message}`,
-          {
-            cause: error,
-          },
-        );
-      case 'closed':
-        return new AgentError('UNAVAILABLE', 'the agent is shutting down; the load was abandoned', {
-          cause: error,
-        });
-      default:
-        return new AgentError('INTERNAL', `loading model ${JSON.stringify(name)} failed: ${error.message}`, {
-          cause: error,
-        });
-    }
-  }
-  return asAgentError(error, `loading model ${JSON.stringify(name)}`);
-}
-
-function predictFailure(error: unknown, name: string): AgentError {
-  if (error instanceof AgentError) return error;
-  if (error instanceof InferenceError) {
-    const code: Record<typeof error.kind, AgentErrorCode> = {
-      'unknown-model': 'NOT_FOUND',
-      unloaded: 'NOT_FOUND',
-      'queue-full': 'RESOURCE_EXHAUSTED',
-      'out-of-memory': 'RESOURCE_EXHAUSTED',
-      closed: 'UNAVAILABLE',
-      'worker-died': 'INTERNAL',
-      'run-failed': 'INTERNAL',
-      'no-instance': 'INTERNAL',
-      'model-rejected': 'INTERNAL',
-    };
-    const prefix =
-      error.kind === 'run-failed'
-        ? `ONNX Runtime failed to run model ${JSON.stringify(name)}: `
-        : error.kind === 'unloaded' || error.kind === 'unknown-model'
-          ? `model ${JSON.stringify(name)} was unloaded before this request ran: `
-          : '';
-    return new AgentError(code[error.kind], `${prefix}${error.message}`, { cause: error });
-  }
-  return asAgentError(error, `predicting with model ${JSON.stringify(name)}`);
-}
-
-function asAgentError(error: unknown, doing: string): AgentError {
-  if (error instanceof AgentError) return error;
-  const message = error instanceof Error ? error.message : String(error);
-  return new AgentError('INTERNAL', `unexpected failure ${doing}: ${message}`, { cause: error });
-}
-
-function formatBytes(bytes: number): string {
-  if (bytes >= 1024 ** 3) return `${(bytes / 1024 ** 3).toFixed(1)} GiB`;
-  if (bytes >= 1024 ** 2) return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
-  if (bytes >= 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
-  return `${bytes} bytes`;
 }

@@ -1,5 +1,6 @@
 import { markAsUntransferable } from 'node:worker_threads';
 import { z } from 'zod';
+import { peerMayRead, type PeerCredentials } from './segment-access.js';
 import { isSysvShmSystemError } from './sysv-shm-addon.js';
 import type { SegmentStat, SysvShmAddon } from './sysv-shm-addon.js';
 
@@ -102,13 +103,33 @@ export class SharedMemoryReader {
 
   /**
    * The bytes of one tensor: `expectedByteLength` (shape × element size) bytes at `location.offset` in segment
-   * `location.segmentId`. `location.size` 0 means that length; any other size must equal it.
+   * `location.segmentId`. `location.size` 0 means that length; any other size must equal it. `caller` is the
+   * process asking (its socket's peer credentials): a segment it could not attach itself is ACCESS_DENIED, as
+   * is any segment when the caller is unknown (null: not on the agent's Unix socket).
    * @throws SharedMemoryError, and nothing else.
    */
-  readTensorFromSegment(location: SegmentLocation, expectedByteLength: number): SegmentLease {
+  readTensorFromSegment(
+    location: SegmentLocation,
+    expectedByteLength: number,
+    caller: PeerCredentials | null,
+  ): SegmentLease {
     if (this.closed) throw new SharedMemoryError('ATTACH_FAILED', 'the shared memory reader is closed');
     const { segmentId, offset, length } = validate(location, expectedByteLength);
+    if (caller === null) {
+      throw new SharedMemoryError(
+        'ACCESS_DENIED',
+        `shared memory segment ${segmentId} is refused: the agent reads shared memory only for callers on its Unix socket, whose credentials it knows; send byte_data instead`,
+        segmentId,
+      );
+    }
     const stat = this.statOrRetire(segmentId);
+    if (!peerMayRead(stat, caller)) {
+      throw new SharedMemoryError(
+        'ACCESS_DENIED',
+        `the caller (uid ${caller.uid}, gid ${caller.gid}) may not read shared memory segment ${segmentId} (owner uid ${stat.ownerUid}, gid ${stat.ownerGid}, mode ${stat.mode.toString(8).padStart(4, '0')}); expected a segment the calling process could attach read-only itself`,
+        segmentId,
+      );
+    }
     checkBounds(segmentId, offset, length, stat.size);
 
     let attachment = this.cache.get(segmentId);
@@ -162,6 +183,12 @@ export class SharedMemoryReader {
       if (this.cache.size <= this.maxCachedSegments) break;
       if (attachment.leases === 0) this.retire(attachment);
     }
+  }
+
+  /** The credentials of the process at the other end of a connected Unix socket (its file descriptor). */
+  peerCredentials(fd: number): PeerCredentials {
+    const { pid, uid, gid, groups } = this.addon.peerCredentials(fd);
+    return { pid, uid, gid, groups };
   }
 
   /** Number of segments kept attached for reuse. */

@@ -13,6 +13,10 @@ export interface SegmentStat {
   changeTime: number;
   creatorPid: number;
   ownerUid: number;
+  ownerGid: number;
+  /** The creator's uid and gid (cuid, cgid), which the kernel treats like the owner's. */
+  creatorUid: number;
+  creatorGid: number;
   /** IPC_RMID was called: the segment goes when its last process detaches (Linux still lets it be attached). */
   markedForRemoval: boolean;
 }
@@ -43,6 +47,11 @@ export interface SysvShmAddon {
   remove(shmid: number): void;
   /** IPC_SET of the permission bits. */
   setMode(shmid: number, mode: number): void;
+  /**
+   * The credentials of the process at the other end of a connected Unix socket's file descriptor (SO_PEERCRED,
+   * supplementary groups by SO_PEERGROUPS). Throws a system error (ENOTSOCK, EBADF; ENOSYS off Linux).
+   */
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number; groups: number[] };
 }
 
 /** An Error thrown by the addon for a failed system call. */
@@ -66,6 +75,7 @@ const ADDON_FUNCTIONS = [
   'create',
   'remove',
   'setMode',
+  'peerCredentials',
 ] as const satisfies readonly (keyof SysvShmAddon)[];
 
 /** Loads the addon (Node caches it per thread; loading it in a worker thread is fine). */

@@ -13,8 +13,9 @@ import {
 } from '../../src/capture/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { AgentError, ModelRegistry } from '../../src/models/index.js';
+import type { captureRequest } from './helpers.js';
 import {
-  captureRequest,
+  captureInput,
   diskRecords,
   floatTensor,
   listFiles,
@@ -84,10 +85,10 @@ describe('batching', () => {
   it('writes a batch as soon as batch_size captures are buffered, without waiting for the period', async () => {
     const settings = testSettings(work, { batchSize: 3 });
     const service = await start(settings);
-    await service.capture(captureRequest('a'));
-    await service.capture(captureRequest('b'));
+    await service.capture(captureInput('a'));
+    await service.capture(captureInput('b'));
     expect(service.status('a').status).toBe('IN_PROGRESS');
-    await service.capture(captureRequest('c'));
+    await service.capture(captureInput('c'));
     await service.whenIdle();
     const records = await diskRecords(settings.diskPath);
     expect(records.map((r) => r.record.eventMetadata.eventId)).toEqual(['a', 'b', 'c']);
@@ -99,9 +100,9 @@ describe('batching', () => {
   it('writes what is buffered push_period_seconds after the first capture arrived, not a millisecond earlier', async () => {
     const settings = testSettings(work, { batchSize: 5, pushPeriodSeconds: 4 });
     const service = await start(settings);
-    await service.capture(captureRequest('first'));
+    await service.capture(captureInput('first'));
     vi.advanceTimersByTime(3000);
-    await service.capture(captureRequest('second'));
+    await service.capture(captureInput('second'));
     vi.advanceTimersByTime(999);
     await service.whenIdle();
     expect(await diskRecords(settings.diskPath)).toEqual([]);
@@ -135,7 +136,7 @@ describe('batching', () => {
           for (const step of steps) {
             for (let i = 0; i < step.captures; i++) {
               const id = `c${next++}`;
-              await service.capture(captureRequest(id));
+              await service.capture(captureInput(id));
               acceptedAt.set(id, Date.now());
             }
             vi.advanceTimersByTime(step.advanceMs);
@@ -165,7 +166,7 @@ describe('CaptureData errors, as the spec names them', () => {
     const registry = new Registry();
     const service = await start(settings, { registry });
     const results = await Promise.allSettled(
-      Array.from({ length: 7 }, (_, i) => service.capture(captureRequest(`r${i}`))),
+      Array.from({ length: 7 }, (_, i) => service.capture(captureInput(`r${i}`))),
     );
     expect(results.map((r) => r.status)).toEqual([
       'fulfilled',
@@ -181,7 +182,7 @@ describe('CaptureData errors, as the spec names them', () => {
     expect(error.message).toMatch(/capture buffer is full \(5 of 5 captures/);
     await service.whenIdle();
     // The batch of four went out; four places are free again.
-    await service.capture(captureRequest('after'));
+    await service.capture(captureInput('after'));
     const text = await registry.metrics();
     expect(text).toMatch(/edgefleet_capture_rejected_total\{code="RESOURCE_EXHAUSTED"\} 2/);
     expect(text).toMatch(/edgefleet_capture_accepted_total\{model="tiny",source="api"\} 6/);
@@ -192,17 +193,17 @@ describe('CaptureData errors, as the spec names them', () => {
   it('ALREADY_EXISTS for a capture_id in use: while committing, queued, or written', async () => {
     const service = await start(testSettings(work, { batchSize: 2 }));
     const both = await Promise.allSettled([
-      service.capture(captureRequest('same')),
-      service.capture(captureRequest('same')),
+      service.capture(captureInput('same')),
+      service.capture(captureInput('same')),
     ]);
     expect(both[0].status).toBe('fulfilled');
     expect(((both[1] as PromiseRejectedResult).reason as AgentError).code).toBe('ALREADY_EXISTS');
-    expect((await failure(service.capture(captureRequest('same')))).message).toMatch(
+    expect((await failure(service.capture(captureInput('same')))).message).toMatch(
       /capture_id "same" was used already/,
     );
     await service.flush();
     expect(service.status('same').status).toBe('SUCCESS');
-    expect((await failure(service.capture(captureRequest('same')))).code).toBe('ALREADY_EXISTS');
+    expect((await failure(service.capture(captureInput('same')))).code).toBe('ALREADY_EXISTS');
   });
 
   it('OUT_OF_RANGE for an inference_timestamp in the future; the time of receipt when absent', async () => {
@@ -211,16 +212,16 @@ describe('CaptureData errors, as the spec names them', () => {
     const now = Date.now();
     const future = await failure(
       service.capture(
-        captureRequest('f', { inferenceTimestamp: { seconds: Math.floor(now / 1000) + 60, nanos: 0 } }),
+        captureInput('f', { inferenceTimestamp: { seconds: Math.floor(now / 1000) + 60, nanos: 0 } }),
       ),
     );
     expect(future.code).toBe('OUT_OF_RANGE');
     expect(future.message).toMatch(/is in the future/);
     await service.capture(
-      captureRequest('skew', { inferenceTimestamp: { seconds: Math.floor(now / 1000), nanos: 999_000_000 } }),
+      captureInput('skew', { inferenceTimestamp: { seconds: Math.floor(now / 1000), nanos: 999_000_000 } }),
     );
-    await service.capture(captureRequest('past', { inferenceTimestamp: { seconds: 1685563524, nanos: 5 } }));
-    await service.capture(captureRequest('absent'));
+    await service.capture(captureInput('past', { inferenceTimestamp: { seconds: 1685563524, nanos: 5 } }));
+    await service.capture(captureInput('absent'));
     await service.flush();
     const times = Object.fromEntries(
       (await diskRecords(settings.diskPath)).map((r) => [
@@ -234,25 +235,22 @@ describe('CaptureData errors, as the spec names them', () => {
       absent: '2024-01-02T03:04:05',
     });
     expect(
-      (
-        await failure(
-          service.capture(captureRequest('n', { inferenceTimestamp: { seconds: 1, nanos: 1e9 } })),
-        )
-      ).code,
+      (await failure(service.capture(captureInput('n', { inferenceTimestamp: { seconds: 1, nanos: 1e9 } }))))
+        .code,
     ).toBe('INVALID_ARGUMENT');
   });
 
   it('NOT_FOUND for a model not loaded; the handle wins over the deprecated name', async () => {
     const service = await start(testSettings(work));
-    const missing = await failure(service.capture(captureRequest('m', { modelHandle: 'resnet' })));
+    const missing = await failure(service.capture(captureInput('m', { modelHandle: 'resnet' })));
     expect(missing.code).toBe('NOT_FOUND');
     expect(missing.message).toMatch(/no model named "resnet" is loaded \(loaded models: tiny\)/);
-    await service.capture(captureRequest('by-name', { modelHandle: '', modelName: 'tiny' }));
-    await service.capture(captureRequest('both', { modelHandle: 'tiny', modelName: 'resnet' }));
-    expect((await failure(service.capture(captureRequest('bad', { modelHandle: 'my_model' })))).code).toBe(
+    await service.capture(captureInput('by-name', { modelHandle: '', modelName: 'tiny' }));
+    await service.capture(captureInput('both', { modelHandle: 'tiny', modelName: 'resnet' }));
+    expect((await failure(service.capture(captureInput('bad', { modelHandle: 'my_model' })))).code).toBe(
       'INVALID_ARGUMENT',
     );
-    expect((await failure(service.capture(captureRequest('none', { modelHandle: '' })))).message).toMatch(
+    expect((await failure(service.capture(captureInput('none', { modelHandle: '' })))).message).toMatch(
       /names no model/,
     );
   });
@@ -270,7 +268,7 @@ describe('CaptureData errors, as the spec names them', () => {
             { ...floatTensor('x', [2]), tensorMetadata: { name: Buffer.from('x'), dataType: 9, shape: [2] } },
           ],
         },
-        /data_type 9; expected one of UINT8=0/,
+        /data_type 9, which is not a DataType; expected one of 0 \(UINT8\)/,
       ],
       [
         'shape',
@@ -301,7 +299,7 @@ describe('CaptureData errors, as the spec names them', () => {
             { tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.UINT8, shape: [2] } },
           ],
         },
-        /carries no data/,
+        /has 0 bytes of data; shape \[2\] of UINT8 needs 2/,
       ],
       [
         'enc',
@@ -328,8 +326,9 @@ describe('CaptureData errors, as the spec names them', () => {
         /size 0/,
       ],
     ];
+    // Some are refused by the gRPC door's decoder (data type, metadata, shared memory), the rest by the service.
     for (const [id, overrides, message] of cases) {
-      const error = await failure(service.capture(captureRequest(id, overrides)));
+      const error = await failure(Promise.resolve().then(() => service.capture(captureInput(id, overrides))));
       expect([id, error.code]).toEqual([id, 'INVALID_ARGUMENT']);
       expect(error.message).toMatch(message);
     }
@@ -346,7 +345,7 @@ describe('CaptureData errors, as the spec names them', () => {
   it('UNAVAILABLE after close', async () => {
     const service = await start(testSettings(work));
     await service.close();
-    expect((await failure(service.capture(captureRequest('late')))).code).toBe('UNAVAILABLE');
+    expect((await failure(service.capture(captureInput('late')))).code).toBe('UNAVAILABLE');
   });
 });
 
@@ -355,14 +354,14 @@ describe('Disk destination', () => {
     const settings = testSettings(work, { batchSize: 2, base64EmbedLimit: 32 });
     const service = await start(settings);
     await service.capture(
-      captureRequest('cap/1', {
+      captureInput('cap/1', {
         inputTensors: [floatTensor('x', [1, 16], 1.5)],
         inputs: [
           { name: 'jpg', encoding: AgentEncoding.NONE, byteData: Buffer.alloc(100, 9), data: 'byteData' },
         ],
       }),
     );
-    await service.capture(captureRequest('cap-2'));
+    await service.capture(captureInput('cap-2'));
     await service.whenIdle();
     const files = await listFiles(settings.diskPath);
     const hour = 'sme-capture/fleet-a/tiny/2024/01/02/03';
@@ -394,7 +393,7 @@ describe('Disk destination', () => {
     await writeFile(blocker, 'a file where the capture folder should be');
     const settings = testSettings(work, { diskPath: blocker, batchSize: 1, maxDiskWriteAttempts: 3 });
     const service = await start(settings);
-    await service.capture(captureRequest('doomed'));
+    await service.capture(captureInput('doomed'));
     // Each write fails on real I/O; let it, then move the fake clock past the backoff (at most retryMaxMs).
     const deadline = performance.now() + 15_000; // real time: performance is not faked
     while (service.status('doomed').status === 'IN_PROGRESS' && performance.now() < deadline) {

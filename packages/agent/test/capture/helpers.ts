@@ -21,9 +21,11 @@ import {
 } from '@edgefleet/core';
 import {
   CaptureSettingsSchema,
+  type CaptureRequest,
   type CaptureSettings,
   type CaptureSettingsInput,
 } from '../../src/capture/index.js';
+import { fromWireCaptureRequest } from '../../src/grpc/index.js';
 
 /** Settings for tests: a Disk destination under `root`, small numbers, overridable. */
 export function testSettings(root: string, overrides: Partial<CaptureSettingsInput> = {}): CaptureSettings {
@@ -51,6 +53,18 @@ export function floatTensor(name: string, shape: number[], fill = 0.5): Tensor {
     byteData: Buffer.from(new Float32Array(count).fill(fill).buffer),
     data: 'byteData',
   };
+}
+
+/**
+ * A capture as the capture service takes it: captureRequest's wire message through the gRPC door's decoder (no
+ * shared memory reader). Throws what the decoder throws for a request it refuses.
+ */
+export function captureInput(captureId: string, overrides: Partial<CaptureDataRequest> = {}): CaptureRequest {
+  return fromWireCaptureRequest(captureRequest(captureId, overrides), {
+    reader: null,
+    caller: null,
+    leases: [],
+  });
 }
 
 /** A CaptureDataRequest as the gRPC codec decodes one: every field present, proto3 defaults. */

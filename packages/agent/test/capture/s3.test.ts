@@ -9,7 +9,7 @@ import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/i
 import { ModelRegistry } from '../../src/models/index.js';
 import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
 import {
-  captureRequest,
+  captureInput,
   floatTensor,
   listFiles,
   modelPackage,
@@ -81,7 +81,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
     const { service } = await start(settings);
     const ts = { seconds: 1685563524, nanos: 0 };
     await service.capture(
-      captureRequest('abc-1685563523430', {
+      captureInput('abc-1685563523430', {
         modelHandle: 'resnet',
         inferenceTimestamp: ts,
         inputTensors: [image()],
@@ -106,7 +106,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
       }),
     );
     await service.capture(
-      captureRequest('capture1685563525', { modelHandle: 'resnet', inferenceTimestamp: ts }),
+      captureInput('capture1685563525', { modelHandle: 'resnet', inferenceTimestamp: ts }),
     );
     await service.whenIdle();
     expect(service.status('abc-1685563523430').status).toBe('SUCCESS');
@@ -196,7 +196,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
     for (const id of ids) {
       // The buffer holds 6; the spool takes batches off it, so captures keep flowing.
       await eventually(() => service.held < settings.bufferSize);
-      await service.capture(captureRequest(id, { modelHandle: 'resnet' }));
+      await service.capture(captureInput(id, { modelHandle: 'resnet' }));
     }
     await service.flush();
     expect(service.spoolState()).toMatchObject({ batches: 10, unreachable: true });
@@ -229,7 +229,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
     const ids = Array.from({ length: 20 }, (_, i) => `q-${String(i).padStart(2, '0')}`);
     for (const id of ids) {
       await eventually(() => service.held < settings.bufferSize);
-      await service.capture(captureRequest(id, { modelHandle: 'resnet' }));
+      await service.capture(captureInput(id, { modelHandle: 'resnet' }));
     }
     await service.flush();
     const state = service.spoolState()!;
@@ -256,7 +256,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
     const first = await startCaptureService({ settings, models: registry, database });
     await s3.stop();
     for (const id of ['r1', 'r2', 'r3'])
-      await first.service.capture(captureRequest(id, { modelHandle: 'resnet' }));
+      await first.service.capture(captureInput(id, { modelHandle: 'resnet' }));
     await first.close();
     database.close();
 
@@ -293,7 +293,7 @@ describe('periodic upload of Disk captures', () => {
       cloud: { bucket: s3.bucket, region: 'us-east-1', endpoint: s3.endpoint, credentials: s3.credentials },
     });
     const { service } = await start(settings);
-    await service.capture(captureRequest('p1', { modelHandle: 'resnet' }));
+    await service.capture(captureInput('p1', { modelHandle: 'resnet' }));
     await service.whenIdle();
     const onDisk = await listFiles(settings.diskPath);
     expect(onDisk).toHaveLength(3); // manifest, input and output side files
@@ -324,11 +324,11 @@ describe('periodic upload of Disk captures', () => {
       synchronous: 'NORMAL',
     });
     const capture = await startCaptureService({ settings, models: registry, database });
-    await capture.service.capture(captureRequest('k1', { modelHandle: 'resnet' }));
+    await capture.service.capture(captureInput('k1', { modelHandle: 'resnet' }));
     await capture.service.whenIdle();
     expect(await capture.service.uploadNow()).toBe(1);
     expect(await capture.service.uploadNow()).toBe(0);
-    await capture.service.capture(captureRequest('k2', { modelHandle: 'resnet' }));
+    await capture.service.capture(captureInput('k2', { modelHandle: 'resnet' }));
     await capture.service.whenIdle();
     expect(await capture.service.uploadNow()).toBe(1);
     expect(await listFiles(settings.diskPath)).toHaveLength(2);

@@ -1,22 +1,78 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AgentDataType, AgentEncoding } from '@edgefleet/core';
+import { AgentDataType, AgentEncoding, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
+import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CaptureService, DiskDestination, MemoryCaptureQueue } from '../../src/capture/index.js';
-import type { AgentError } from '../../src/models/index.js';
+import { startCaptureService, type RunningCapture } from '../../src/capture/index.js';
+import { startGrpcServer, type RunningGrpcServer } from '../../src/grpc/index.js';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
-import { captureRequest, diskRecords, readDataRef, testSettings } from './helpers.js';
+import {
+  agentClient,
+  captureRequest,
+  diskRecords,
+  modelPackage,
+  readDataRef,
+  testSettings,
+} from './helpers.js';
 
+// CaptureData with data in shared memory, through the gRPC door (whose decoder, the one Predict uses, reads the
+// segments) over a real Unix socket.
 const addon = loadSysvShmAddon();
 const segments: number[] = [];
 let root: string;
+let pool: InferencePool;
+let registry: ModelRegistry;
+
+/** A capture service behind a gRPC server; `sharedMemory` null: an agent without the addon. */
+async function startAgent(name: string, sharedMemory: SharedMemoryReader | null, batchSize = 1) {
+  const settings = testSettings(join(root, name), { batchSize, base64EmbedLimit: 16 });
+  const capture: RunningCapture = await startCaptureService({ settings, models: registry });
+  const server: RunningGrpcServer = await startGrpcServer({
+    registry,
+    sharedMemory,
+    logger: pino({ level: 'silent' }),
+    socketPath: join(root, `${name}.sock`),
+    maxMessageBytes: 16 * 1024 * 1024,
+    capture: capture.service,
+  });
+  const client = agentClient(server.address);
+  return {
+    settings,
+    capture: capture.service,
+    send: (request: CaptureDataRequest) =>
+      client.call('CaptureData', request as MessageInit<CaptureDataRequest>),
+    async close() {
+      client.close();
+      await server.close(1000);
+      await capture.close();
+      sharedMemory?.close();
+    },
+  };
+}
+
+async function failure(promise: Promise<unknown>): Promise<ServiceError> {
+  const outcome = await promise.then(
+    () => undefined,
+    (error: unknown) => error as ServiceError,
+  );
+  if (!outcome) throw new Error('expected the call to fail');
+  return outcome;
+}
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'edgefleet-capture-shm-'));
+  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+  registry = new ModelRegistry({ pool, trust: null, cwd: root });
+  await registry.load({ url: await modelPackage(root, 'tiny'), name: 'camera' });
 });
 afterAll(async () => {
   for (const shmid of segments) addon.remove(shmid);
+  await registry?.close();
+  await pool?.close();
   await rm(root, { recursive: true, force: true });
 });
 
@@ -31,25 +87,14 @@ function clientSegment(bytes: Uint8Array, offset = 0): number {
   return shmid;
 }
 
-const models = { describe: (name: string) => ({ name, version: '3' }) };
-
 describe('capture from System V shared memory', () => {
   it('reads tensors (size derived from the shape) and auxiliary data (size given) out of segments, copying them', async () => {
-    const settings = testSettings(root, { batchSize: 1, base64EmbedLimit: 16 });
-    const reader = new SharedMemoryReader({ addon });
-    const service = new CaptureService({
-      settings,
-      models,
-      queue: new MemoryCaptureQueue(),
-      destination: new DiskDestination(settings.diskPath),
-      sharedMemory: reader,
-    });
-    await service.start();
+    const agent = await startAgent('read', new SharedMemoryReader({ addon }));
     const tensor = new Float32Array(64).map((_, i) => i / 2);
     const tensorSegment = clientSegment(new Uint8Array(tensor.buffer), 128);
     const jpeg = Buffer.alloc(3000, 0xd8);
     const auxSegment = clientSegment(jpeg);
-    await service.capture(
+    await agent.send(
       captureRequest('from-shm', {
         modelHandle: 'camera',
         inputTensors: [
@@ -73,37 +118,22 @@ describe('capture from System V shared memory', () => {
     addon.remove(tensorSegment);
     addon.remove(auxSegment);
     segments.length = 0;
-    await service.flush();
-    const { record } = (await diskRecords(settings.diskPath))[0]!;
+    await agent.capture.flush();
+    const { record } = (await diskRecords(agent.settings.diskPath))[0]!;
     expect(
       (await readDataRef(record.deviceFleetInputs[0]['data-ref'])).equals(Buffer.from(tensor.buffer)),
     ).toBe(true);
     expect((await readDataRef(record.deviceFleetAuxiliaryInputs[0]['data-ref'])).equals(jpeg)).toBe(true);
     expect(record.deviceFleetInputs[0].observedContentType).toBe('Tensor[FLOAT32; 1, 64]');
-    await service.close();
-    reader.close();
+    await agent.close();
   });
 
-  it('refuses a handle past the segment end (INVALID_ARGUMENT), and shared memory when the agent has no reader (FAILED_PRECONDITION)', async () => {
-    const settings = testSettings(root);
-    const reader = new SharedMemoryReader({ addon });
-    const withReader = new CaptureService({
-      settings,
-      models,
-      queue: new MemoryCaptureQueue(),
-      destination: new DiskDestination(settings.diskPath),
-      sharedMemory: reader,
-    });
-    const withoutReader = new CaptureService({
-      settings,
-      models,
-      queue: new MemoryCaptureQueue(),
-      destination: new DiskDestination(settings.diskPath),
-    });
-    await withReader.start();
-    await withoutReader.start();
+  it('refuses a handle past the segment end (INVALID_ARGUMENT), and shared memory when the agent has no reader (FAILED_PRECONDITION), holding nothing', async () => {
+    const withReader = await startAgent('past-end', new SharedMemoryReader({ addon }));
+    const withoutReader = await startAgent('no-reader', null);
     const small = clientSegment(new Uint8Array(16));
     const request = captureRequest('past-end', {
+      modelHandle: 'camera',
       inputTensors: [
         {
           tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: [8] },
@@ -112,18 +142,16 @@ describe('capture from System V shared memory', () => {
         },
       ],
     });
-    const refused = await withReader.capture(request).catch((e: unknown) => e as AgentError);
-    expect(refused).toMatchObject({
-      code: 'INVALID_ARGUMENT',
-      message: expect.stringMatching(/runs past the end of shared memory segment/),
-    });
-    const unavailable = await withoutReader.capture(request).catch((e: unknown) => e as AgentError);
-    expect(unavailable).toMatchObject({
-      code: 'FAILED_PRECONDITION',
-      message: expect.stringMatching(/send byte_data instead/),
-    });
+    const refused = await failure(withReader.send(request));
+    expect(refused.code).toBe(grpcStatus.INVALID_ARGUMENT);
+    expect(refused.details).toMatch(
+      /capture "past-end": input tensor #1 "x": .*runs past the end of shared memory segment/,
+    );
+    const unavailable = await failure(withoutReader.send(request));
+    expect(unavailable.code).toBe(grpcStatus.FAILED_PRECONDITION);
+    expect(unavailable.details).toMatch(/send the tensor as byte_data instead/);
+    expect(withReader.capture.held + withoutReader.capture.held).toBe(0);
     await withReader.close();
     await withoutReader.close();
-    reader.close();
   });
 });

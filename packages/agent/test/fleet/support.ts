@@ -12,7 +12,7 @@ import {
   requireBuilt,
   startControlPlane,
   type ControlPlane,
-} from '../../../cli/test/support/control-plane.js';
+} from '../../../../test/support/control-plane.js';
 
 export { startControlPlane, type ControlPlane };
 const execFileAsync = promisify(execFile);

@@ -1,5 +1,3 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import {
@@ -7,8 +5,6 @@ import {
   DATA_TYPES,
   TEST_MODELS,
   createAgentServiceDefinition,
-  createModelPackage,
-  writeTestModel,
   type AgentClient,
   type AgentMethodName,
   type AgentRequest,
@@ -24,45 +20,11 @@ import { startGrpcServer, type RunningGrpcServer } from '../../src/grpc/index.js
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry, type ModelRegistryOptions } from '../../src/models/index.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
+import { bytesOf, scratch } from '../support/model-packages.js';
+
+export { bytesOf, scratch };
 
 export const silentLogger = pino({ level: 'silent' });
-
-/** A scratch folder with helpers that build real model packages in it. */
-export async function scratch(prefix: string) {
-  const root = await mkdtemp(join(tmpdir(), prefix));
-  let counter = 0;
-  return {
-    root,
-    /** A package folder of a catalogue model; returns its absolute path. */
-    async catalogue(model: TestModelName, packageName: string = model): Promise<string> {
-      const work = join(root, `src-${++counter}`);
-      const modelPath = await writeTestModel(model, work);
-      const { dir } = await createModelPackage({
-        modelPath,
-        name: packageName,
-        version: '1.0',
-        outDir: join(root, `pkg-${counter}-${packageName}`),
-      });
-      return dir;
-    },
-    /** A package folder of a model given as ONNX bytes. */
-    async custom(onnx: Uint8Array, packageName: string): Promise<string> {
-      const work = join(root, `src-${++counter}`);
-      await mkdir(work, { recursive: true });
-      await writeFile(join(work, 'model.onnx'), onnx);
-      const { dir } = await createModelPackage({
-        modelPath: join(work, 'model.onnx'),
-        name: packageName,
-        version: '2.0',
-        outDir: join(root, `pkg-${counter}-${packageName}`),
-      });
-      return dir;
-    },
-    async cleanup(): Promise<void> {
-      await rm(root, { recursive: true, force: true });
-    },
-  };
-}
 
 export interface TestAgent {
   server: RunningGrpcServer;
@@ -174,10 +136,6 @@ export function callRaw(
 
 export function startPool(workers = 2): Promise<InferencePool> {
   return InferencePool.start({ workers, session: DEFAULT_ORT_SESSION_CONFIG });
-}
-
-export function bytesOf(data: ArrayBufferView): Buffer {
-  return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }
 
 /** Catalogue inputs as wire Tensors (byte_data), in the model's input order. */

@@ -1,53 +1,14 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import {
   OnnxModelBuilder,
   TEST_MODELS,
-  createModelPackage,
-  writeTestModel,
   type TestModelName,
   type TestModelTensor,
   type TestModelTensors,
 } from '@edgefleet/core';
 import type { PredictOutput, PredictTensor } from '../../src/models/index.js';
+import { bytesOf, scratch } from '../support/model-packages.js';
 
-/** A scratch folder with helpers to build real model packages in it. */
-export async function scratch(prefix: string) {
-  const root = await mkdtemp(join(tmpdir(), prefix));
-  let counter = 0;
-  return {
-    root,
-    /** A package folder of a catalogue model; returns its absolute path. */
-    async catalogue(model: TestModelName, packageName: string = model): Promise<string> {
-      const work = join(root, `src-${++counter}`);
-      const modelPath = await writeTestModel(model, work);
-      const { dir } = await createModelPackage({
-        modelPath,
-        name: packageName,
-        version: '1.0',
-        outDir: join(root, `pkg-${counter}-${packageName}`),
-      });
-      return dir;
-    },
-    /** A package folder of a model given as ONNX bytes. */
-    async custom(onnx: Uint8Array, packageName: string): Promise<string> {
-      const work = join(root, `src-${++counter}`);
-      await mkdir(work, { recursive: true });
-      await writeFile(join(work, 'model.onnx'), onnx);
-      const { dir } = await createModelPackage({
-        modelPath: join(work, 'model.onnx'),
-        name: packageName,
-        version: '2.0',
-        outDir: join(root, `pkg-${counter}-${packageName}`),
-      });
-      return dir;
-    },
-    async cleanup(): Promise<void> {
-      await rm(root, { recursive: true, force: true });
-    },
-  };
-}
+export { bytesOf, scratch };
 
 /** Loads but fails every run with zeros: Reshape of [n] to [2, -1] needs an even n, and the warm-up uses n = 1. */
 export function reshapeNeedsEvenModel(): Uint8Array {
@@ -82,10 +43,6 @@ export function hugeAllocationModel(): Uint8Array {
     .node('Add', ['x', 'big'], ['y'])
     .output('y', 'FLOAT32', [2 ** 38])
     .build();
-}
-
-export function bytesOf(data: ArrayBufferView): Uint8Array {
-  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
 
 /** Catalogue sample inputs as Predict tensors, in the model's input order. */

@@ -1,6 +1,9 @@
+import { renameSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
+  OnnxModelBuilder,
+  TEST_MODEL_EXTERNAL_DATA_FILE,
   createRootCa,
   issueCodeSigningCertificate,
   loadTrustFolder,
@@ -87,6 +90,47 @@ describe('ModelRegistry with a trust policy', () => {
     expect(error.code).toBe('FAILED_PRECONDITION');
     expect(error.message).toMatch(/\(file-modified\).*model\.onnx/);
   });
+
+  // Issue 15 item 1: a process that can write the package folder swaps a file after the verifier has read it
+  // and before ONNX Runtime does (an inotify watcher in the attack). The registry's memory check runs in that
+  // gap, so the swap happens there, every time. ONNX Runtime must never run the swapped bytes.
+  it.each([
+    { model: 'tiny', file: 'model.onnx' },
+    { model: 'external-data', file: TEST_MODEL_EXTERNAL_DATA_FILE },
+  ] as const)(
+    'never runs a $file swapped in between verification and session creation',
+    async ({ model, file }) => {
+      const dir = await files.catalogue(model, `swapped-${model}`);
+      await signPackage(dir, signer);
+      const impostor = join(files.root, `impostor-${model}`);
+      await writeFile(
+        impostor,
+        file === 'model.onnx'
+          ? new OnnxModelBuilder({ graphName: 'impostor' }) // same input and output as tiny: y = -x
+              .input('x', 'FLOAT32', [1, 16])
+              .node('Neg', ['x'], ['y'])
+              .output('y', 'FLOAT32', [1, 16])
+              .build()
+          : new Uint8Array(new Float32Array(8).fill(100).buffer), // W of the same size, other values
+      );
+      const models = new ModelRegistry({
+        pool,
+        trust,
+        cwd: files.root,
+        availableMemory: () => {
+          renameSync(impostor, join(dir, file));
+          return Number.MAX_SAFE_INTEGER;
+        },
+      });
+      const error = await loadError(models, dir);
+      expect(error.code).toBe('FAILED_PRECONDITION');
+      expect(error.message).toMatch(
+        new RegExp(`file-modified.*${file}.*changed after the package was verified`),
+      );
+      expect(models.list()).toEqual([]);
+      await models.close();
+    },
+  );
 
   it('with requireSignatures false, loads a package that does not verify, with a warning', async () => {
     const dir = await files.catalogue('tiny', 'lenient');

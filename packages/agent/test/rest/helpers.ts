@@ -1,42 +1,12 @@
-import { mkdtemp, rm } from 'node:fs/promises';
 import { Agent, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import {
-  TEST_MODELS,
-  createModelPackage,
-  writeTestModel,
-  type TestModelName,
-  type TestModelTensor,
-} from '@edgefleet/core';
+import { TEST_MODELS, type TestModelName, type TestModelTensor } from '@edgefleet/core';
 import { pino } from 'pino';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { AgentMetrics } from '../../src/metrics/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { startRestServer, type RestServer, type RestServerOptions } from '../../src/rest/index.js';
 
-/** A scratch folder with real model packages of catalogue models. */
-export async function scratch(prefix: string) {
-  const root = await mkdtemp(join(tmpdir(), prefix));
-  let counter = 0;
-  return {
-    root,
-    async catalogue(model: TestModelName, packageName: string = model, version = '1.0'): Promise<string> {
-      const work = join(root, `src-${++counter}`);
-      const modelPath = await writeTestModel(model, work);
-      const { dir } = await createModelPackage({
-        modelPath,
-        name: packageName,
-        version,
-        outDir: join(root, `pkg-${counter}-${packageName}`),
-      });
-      return dir;
-    },
-    async cleanup(): Promise<void> {
-      await rm(root, { recursive: true, force: true });
-    },
-  };
-}
+export { scratch } from '../support/model-packages.js';
 
 /** Where a client connects: a Unix socket path, or a TCP base URL. */
 export type Target = { kind: 'unix'; socketPath: string } | { kind: 'tcp'; host: string; port: number };

@@ -7,6 +7,12 @@ import { loadSysvShmAddon } from '../../src/shm/sysv-shm-addon.js';
 const addon = loadSysvShmAddon();
 const created: number[] = [];
 const readers: SharedMemoryReader[] = [];
+const self = {
+  pid: process.pid,
+  uid: process.getuid!(),
+  gid: process.getgid!(),
+  groups: process.getgroups!(),
+};
 
 function newReader(maxCachedSegments?: number): SharedMemoryReader {
   const reader = new SharedMemoryReader({
@@ -70,6 +76,7 @@ describe('SharedMemoryReader', () => {
     const derived = reader.readTensorFromSegment(
       { segmentId: shmid, offset: 64, size: 0 },
       tensor.byteLength,
+      self,
     );
     expect(derived.data.length).toBe(tensor.byteLength);
     expect(new Float32Array(derived.data.buffer, derived.data.byteOffset, tensor.length)).toEqual(tensor);
@@ -77,6 +84,7 @@ describe('SharedMemoryReader', () => {
     const explicit = reader.readTensorFromSegment(
       { segmentId: shmid, offset: 64, size: tensor.byteLength },
       tensor.byteLength,
+      self,
     );
     expect(explicit.data.equals(derived.data)).toBe(true);
     // Both views come from one cached read-only mapping.
@@ -89,9 +97,9 @@ describe('SharedMemoryReader', () => {
   it('reads a tensor that ends exactly at the end of the segment, and an empty tensor at the very end', () => {
     const shmid = clientSegment(100, (bytes) => bytes.fill(9, 76));
     const reader = newReader();
-    const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 76, size: 0 }, 24);
+    const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 76, size: 0 }, 24, self);
     expect([...lease.data]).toEqual(new Array(24).fill(9));
-    const empty = reader.readTensorFromSegment({ segmentId: shmid, offset: 100, size: 0 }, 0);
+    const empty = reader.readTensorFromSegment({ segmentId: shmid, offset: 100, size: 0 }, 0, self);
     expect(empty.data.length).toBe(0);
     lease.release();
     empty.release();
@@ -101,20 +109,21 @@ describe('SharedMemoryReader', () => {
     const shmid = clientSegment(1000);
     const reader = newReader();
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 1001),
+      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 1001, self),
       'OUT_OF_BOUNDS',
       /1001 bytes at offset 0 runs past the end of shared memory segment \d+ \(1000 bytes\)/,
     );
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 997, size: 4 }, 4),
+      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 997, size: 4 }, 4, self),
       'OUT_OF_BOUNDS',
     );
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 1001, size: 0 }, 0),
+      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 1001, size: 0 }, 0, self),
       'OUT_OF_BOUNDS',
     );
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: shmid, offset: Number.MAX_SAFE_INTEGER, size: 0 }, 8),
+      () =>
+        reader.readTensorFromSegment({ segmentId: shmid, offset: Number.MAX_SAFE_INTEGER, size: 0 }, 8, self),
       'OUT_OF_BOUNDS',
     );
   });
@@ -122,7 +131,7 @@ describe('SharedMemoryReader', () => {
   it('rejects a size that disagrees with the tensor’s shape and type', () => {
     const shmid = clientSegment(1000);
     expectError(
-      () => newReader().readTensorFromSegment({ segmentId: shmid, offset: 0, size: 16 }, 24),
+      () => newReader().readTensorFromSegment({ segmentId: shmid, offset: 0, size: 16 }, 24, self),
       'SIZE_MISMATCH',
       /size is 16 bytes but the tensor's shape and type make 24/,
     );
@@ -131,26 +140,26 @@ describe('SharedMemoryReader', () => {
   it('rejects handles that are not valid numbers', () => {
     const reader = newReader();
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: 2 ** 40, offset: 0, size: 0 }, 4),
+      () => reader.readTensorFromSegment({ segmentId: 2 ** 40, offset: 0, size: 0 }, 4, self),
       'INVALID_HANDLE',
       /shmid/,
     );
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: -1, offset: 0, size: 0 }, 4),
+      () => reader.readTensorFromSegment({ segmentId: -1, offset: 0, size: 0 }, 4, self),
       'INVALID_HANDLE',
     );
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: 1, offset: 2 ** 64, size: 0 }, 4),
+      () => reader.readTensorFromSegment({ segmentId: 1, offset: 2 ** 64, size: 0 }, 4, self),
       'INVALID_HANDLE',
       /offset/,
     );
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: 1, offset: 0, size: 0.5 }, 4),
+      () => reader.readTensorFromSegment({ segmentId: 1, offset: 0, size: 0.5 }, 4, self),
       'INVALID_HANDLE',
       /size/,
     );
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: 1, offset: 0, size: 0 }, -4),
+      () => reader.readTensorFromSegment({ segmentId: 1, offset: 0, size: 0 }, -4, self),
       'INVALID_HANDLE',
     );
     expectError(
@@ -158,6 +167,7 @@ describe('SharedMemoryReader', () => {
         reader.readTensorFromSegment(
           { offset: 0, size: 0 } as unknown as { segmentId: number; offset: number; size: number },
           4,
+          self,
         ),
       'INVALID_HANDLE',
       /segmentId/,
@@ -168,7 +178,7 @@ describe('SharedMemoryReader', () => {
     const shmid = clientSegment(64);
     addon.remove(shmid);
     expectError(
-      () => newReader().readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 4),
+      () => newReader().readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 4, self),
       'SEGMENT_NOT_FOUND',
       new RegExp(`segment ${shmid} does not exist`),
     );
@@ -177,13 +187,13 @@ describe('SharedMemoryReader', () => {
   it('lets go of a cached segment the client removed, instead of keeping it alive', () => {
     const shmid = clientSegment(4096);
     const reader = newReader();
-    reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 16).release();
+    reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 16, self).release();
     expect(reader.cachedSegmentCount).toBe(1);
 
     addon.remove(shmid); // only our cached mapping keeps it now
     expect(addon.stat(shmid).markedForRemoval).toBe(true);
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 16),
+      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 16, self),
       'SEGMENT_NOT_FOUND',
     );
     expect(exists(shmid)).toBe(false);
@@ -194,15 +204,15 @@ describe('SharedMemoryReader', () => {
     const first = clientSegment(4096);
     const second = clientSegment(4096);
     const reader = newReader();
-    reader.readTensorFromSegment({ segmentId: first, offset: 0, size: 0 }, 4).release();
+    reader.readTensorFromSegment({ segmentId: first, offset: 0, size: 0 }, 4, self).release();
     addon.remove(first);
     expect(exists(first)).toBe(true); // held by the reader's cache
 
-    reader.readTensorFromSegment({ segmentId: second, offset: 0, size: 0 }, 4).release();
+    reader.readTensorFromSegment({ segmentId: second, offset: 0, size: 0 }, 4, self).release();
     expect(exists(first)).toBe(false);
     expect(reader.cachedSegmentCount).toBe(1);
 
-    reader.readTensorFromSegment({ segmentId: second, offset: 0, size: 0 }, 4).release();
+    reader.readTensorFromSegment({ segmentId: second, offset: 0, size: 0 }, 4, self).release();
     addon.remove(second);
     reader.sweep();
     expect(exists(second)).toBe(false);
@@ -216,7 +226,7 @@ describe('SharedMemoryReader', () => {
     addon.remove(shmid); // the create-attach-remove pattern: the segment lives while someone is attached
 
     const reader = newReader();
-    const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 8 }, 8);
+    const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 8 }, 8, self);
     expect([...lease.data]).toEqual(new Array(8).fill(7));
     expect(reader.cachedSegmentCount).toBe(0);
     lease.release();
@@ -229,7 +239,7 @@ describe('SharedMemoryReader', () => {
   it('keeps a leased segment mapped until release, then unmaps it and empties the view', () => {
     const shmid = clientSegment(4096, (bytes) => bytes.fill(5, 0, 4));
     const reader = newReader();
-    const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 4);
+    const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 4, self);
     addon.remove(shmid);
     reader.sweep();
     reader.close();
@@ -241,7 +251,7 @@ describe('SharedMemoryReader', () => {
     expect(lease.data.length).toBe(0);
     expect(exists(shmid)).toBe(false);
     expectError(
-      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 4),
+      () => reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 4, self),
       'ATTACH_FAILED',
       /closed/,
     );
@@ -251,12 +261,12 @@ describe('SharedMemoryReader', () => {
     const segments = [clientSegment(64), clientSegment(64), clientSegment(64)];
     const reader = newReader(2);
     for (const segmentId of segments)
-      reader.readTensorFromSegment({ segmentId, offset: 0, size: 0 }, 4).release();
+      reader.readTensorFromSegment({ segmentId, offset: 0, size: 0 }, 4, self).release();
     expect(reader.cachedSegmentCount).toBe(2);
     expect(segments.map((shmid) => addon.stat(shmid).attachCount)).toEqual([0, 1, 1]);
 
     const uncached = newReader(0);
-    const lease = uncached.readTensorFromSegment({ segmentId: segments[0]!, offset: 0, size: 0 }, 4);
+    const lease = uncached.readTensorFromSegment({ segmentId: segments[0]!, offset: 0, size: 0 }, 4, self);
     expect(addon.stat(segments[0]!).attachCount).toBe(1);
     lease.release();
     expect(uncached.cachedSegmentCount).toBe(0);
@@ -278,7 +288,7 @@ describe('SharedMemoryReader', () => {
         (segmentSize, offset, size, expected) => {
           const segmentId = clientSegment(segmentSize, (bytes) => bytes.fill(0xab));
           try {
-            const lease = reader.readTensorFromSegment({ segmentId, offset, size }, expected);
+            const lease = reader.readTensorFromSegment({ segmentId, offset, size }, expected, self);
             expect(offset + lease.data.length).toBeLessThanOrEqual(segmentSize);
             expect(lease.data.length).toBe(expected);
             expect(size === 0 || size === expected).toBe(true);

@@ -17,7 +17,7 @@ import {
   startControlPlane,
   type AgentProcess,
   type ControlPlane,
-} from '../support/control-plane.js';
+} from '../../../../test/support/control-plane.js';
 
 let plane: ControlPlane;
 let work: string;

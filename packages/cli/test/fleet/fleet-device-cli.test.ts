@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ServerClient } from '../../src/server-client/index.js';
 import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../support/control-plane.js';
+import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
 
 let plane: ControlPlane;
 let ef: (...args: string[]) => ReturnType<typeof edgefleet>;

@@ -7,7 +7,7 @@ import { writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli.js';
 import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../support/control-plane.js';
+import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
 
 let plane: ControlPlane;
 let work: string;

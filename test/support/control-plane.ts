@@ -1,5 +1,5 @@
 /**
- * The real control plane for CLI tests: `edgefleet-server` run from its build (packages/server/dist) as a child
+ * The real control plane for the CLI's and the agent's tests: `edgefleet-server` run from its build (packages/server/dist) as a child
  * process, on fixed loopback ports so that a restarted server is found where devices were told it is.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const REPO_ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SERVER_MAIN = join(REPO_ROOT, 'packages/server/dist/main.js');
 export const AGENT_MAIN = join(REPO_ROOT, 'packages/agent/dist/main.js');
 export const CLI_MAIN = join(REPO_ROOT, 'packages/cli/dist/main.js');

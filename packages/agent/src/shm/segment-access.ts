@@ -1,0 +1,24 @@
+import type { SegmentStat } from './sysv-shm-addon.js';
+
+/** Who is asking, as the kernel saw the process at the other end of the agent's Unix socket (SO_PEERCRED). */
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+  /** Supplementary groups (SO_PEERGROUPS); empty where the kernel cannot tell them. */
+  groups: readonly number[];
+}
+
+/**
+ * Whether `peer` could attach the segment read-only itself (shmat with SHM_RDONLY): the kernel's ipcperms rule.
+ * The owner or creator uses the owner bits, a member of the owner's or creator's group the group bits, anyone
+ * else the other bits; root (uid 0, which holds CAP_IPC_OWNER) may attach anything. The agent reads segments
+ * with its own rights, so without this check a caller could read any segment the agent can.
+ */
+export function peerMayRead(stat: SegmentStat, peer: PeerCredentials): boolean {
+  if (peer.uid === 0) return true;
+  if (peer.uid === stat.ownerUid || peer.uid === stat.creatorUid) return (stat.mode & 0o400) !== 0;
+  const inGroup = (gid: number) => peer.gid === gid || peer.groups.includes(gid);
+  if (inGroup(stat.ownerGid) || inGroup(stat.creatorGid)) return (stat.mode & 0o040) !== 0;
+  return (stat.mode & 0o004) !== 0;
+}
