@@ -8,7 +8,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { buildProgram } from '../../src/cli.js';
-import { REPO_ROOT } from '../support/control-plane.js';
+import { REPO_ROOT } from '../../../../test/support/control-plane.js';
 
 const markdownFiles = [
   'README.md',

@@ -23,7 +23,7 @@ import {
   startControlPlane,
   type AgentProcess,
   type ControlPlane,
-} from '../support/control-plane.js';
+} from '../../../../test/support/control-plane.js';
 
 const run = promisify(execFile);
 const EDGEFLEET_BIN = join(REPO_ROOT, 'packages/cli/bin/edgefleet.js');
