@@ -1,12 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DATA_TYPE_NAMES } from '../../src/tensors/data-type.js';
-import {
-  MODEL_NAME_PATTERN,
-  ModelNameSchema,
-  PackageManifestSchema,
-  type PackageManifest,
-} from '../../src/package/manifest.js';
+import { MODEL_NAME_PATTERN } from '../../src/contract/field-rules.js';
+import { ModelNameSchema, PackageManifestSchema, type PackageManifest } from '../../src/package/manifest.js';
 
 const tensor = fc.record({
   name: fc.string({ minLength: 1, maxLength: 20 }),

@@ -1,8 +1,8 @@
+import type { EdgeMetric, ReceivedHeartbeat } from '@edgefleet/core';
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { ApiError } from '../http/errors.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import type { DatabaseSchema, DeviceMetricBatchesTable, DeviceModelsTable } from '../storage/index.js';
-import type { EdgeMetric, SendHeartbeatRequest } from './heartbeat-schemas.js';
 
 export interface HeartbeatServiceOptions {
   registrationCacheTtlSeconds: number;
@@ -29,7 +29,7 @@ export function assertActsAsItself(
 
 interface PendingHeartbeat {
   device: AuthenticatedDevice;
-  heartbeat: SendHeartbeatRequest;
+  heartbeat: ReceivedHeartbeat;
   receivedAt: number;
   resolve: () => void;
   reject: (error: unknown) => void;
@@ -61,7 +61,7 @@ export class HeartbeatService {
     this.maxBatch = options.maxBatch ?? 256;
   }
 
-  record(device: AuthenticatedDevice, heartbeat: SendHeartbeatRequest): Promise<void> {
+  record(device: AuthenticatedDevice, heartbeat: ReceivedHeartbeat): Promise<void> {
     assertActsAsItself(device, heartbeat);
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ device, heartbeat, receivedAt: this.now(), resolve, reject });

@@ -1,18 +1,5 @@
 export { fleetReport, type FleetReport } from './fleet-report.js';
 export {
-  deploymentResultSchema,
-  deviceRegistrationResultSchema,
-  edgeMetricSchema,
-  getDeviceRegistrationSchema,
-  MAX_METRICS_PER_LIST,
-  MAX_MODELS_PER_HEARTBEAT,
-  sendHeartbeatSchema,
-  type DeploymentResult,
-  type EdgeMetric,
-  type SendHeartbeatInput,
-  type SendHeartbeatRequest,
-} from './heartbeat-schemas.js';
-export {
   assertActsAsItself,
   HeartbeatService,
   type HeartbeatServiceOptions,

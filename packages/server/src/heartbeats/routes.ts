@@ -1,3 +1,9 @@
+import {
+  deviceRegistrationResultSchema,
+  getDeviceRegistrationRequestSchema,
+  sendHeartbeatRequestSchema,
+  sendHeartbeatResultSchema,
+} from '@edgefleet/core';
 import type { FastifyInstance } from 'fastify';
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
@@ -8,11 +14,6 @@ import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import { fleetReport } from './fleet-report.js';
-import {
-  deviceRegistrationResultSchema,
-  getDeviceRegistrationSchema,
-  sendHeartbeatSchema,
-} from './heartbeat-schemas.js';
 import type { HeartbeatService } from './heartbeat-service.js';
 import { queryDeviceMetrics } from './metrics-query.js';
 
@@ -27,8 +28,8 @@ export function registerHeartbeatDeviceRoutes(app: FastifyInstance, heartbeats: 
       auth: 'device',
       tag: 'device',
       summary: 'SendHeartbeat: agent version and metrics, models on the device, last deployment result',
-      body: sendHeartbeatSchema,
-      response: z.object({}),
+      body: sendHeartbeatRequestSchema,
+      response: sendHeartbeatResultSchema,
       handler: async ({ body, request }) => {
         await heartbeats.record(requireDevice(request), body);
         return {};
@@ -42,7 +43,7 @@ export function registerHeartbeatDeviceRoutes(app: FastifyInstance, heartbeats: 
       auth: 'device',
       tag: 'device',
       summary: 'GetDeviceRegistration: whether the device is registered, and how long to cache the answer',
-      body: getDeviceRegistrationSchema,
+      body: getDeviceRegistrationRequestSchema,
       response: deviceRegistrationResultSchema,
       handler: async ({ body, request }) => heartbeats.registration(requireDevice(request), body),
     });

@@ -1,15 +1,9 @@
+import type { ErrorBody } from '@edgefleet/core';
 import type { FastifyError, FastifyInstance } from 'fastify';
-import { z } from 'zod';
+import type { z } from 'zod';
 
-/** The body of every error answer, on every route. */
-export const errorBodySchema = z
-  .object({
-    code: z.string().describe('Stable machine-readable error code, e.g. NotFound, ValidationError'),
-    message: z.string().describe('What was wrong and what was expected'),
-    details: z.record(z.string(), z.unknown()).optional(),
-  })
-  .describe('Error');
-export type ErrorBody = z.infer<typeof errorBodySchema>;
+// The body of every error answer, on every route: part of the device contract, so defined in core.
+export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
 
 export type ErrorCode =
   | 'ValidationError'
