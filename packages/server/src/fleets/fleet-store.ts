@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import { splitS3Uri, tagListSchema, type Tag } from '../fields/index.js';
-import { ApiError, conflict, notFound } from '../http/errors.js';
+import { conflict, DomainError, notFound } from '../errors/index.js';
 import {
   containsIgnoringCase,
   isForeignKeyViolation,
@@ -113,8 +113,7 @@ export class FleetStore {
   async delete(name: string): Promise<void> {
     const count = (await this.deviceCounts([name])).get(name) ?? 0;
     const inUse = () =>
-      new ApiError(
-        409,
+      new DomainError(
         'ResourceInUse',
         `fleet ${name} still has ${count || 'some'} registered device(s); deregister them first`,
         { fleet: name, deviceCount: count },

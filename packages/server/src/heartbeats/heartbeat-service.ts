@@ -1,6 +1,6 @@
 import type { EdgeMetric, ReceivedHeartbeat } from '@edgefleet/core';
 import { sql, type Kysely, type Transaction } from 'kysely';
-import { ApiError } from '../http/errors.js';
+import { DomainError } from '../errors/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import type { DatabaseSchema, DeviceMetricBatchesTable, DeviceModelsTable } from '../storage/index.js';
 
@@ -17,8 +17,7 @@ export function assertActsAsItself(
   claimed: { DeviceName: string; DeviceFleetName: string },
 ): void {
   if (claimed.DeviceName !== device.deviceName || claimed.DeviceFleetName !== device.fleetName) {
-    throw new ApiError(
-      403,
+    throw new DomainError(
       'Forbidden',
       `this certificate belongs to device ${device.deviceName} of fleet ${device.fleetName}; it cannot act as ` +
         `${claimed.DeviceName} of fleet ${claimed.DeviceFleetName}`,

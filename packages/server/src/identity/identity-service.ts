@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely';
 import { hashSecret, newId, newSecret } from '../auth/index.js';
 import { toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
-import { ApiError, notFound } from '../http/errors.js';
+import { DomainError, notFound } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import { CsrError, parseCsr } from './csr.js';
 import type { DeviceCa, IssuedCertificate } from './device-ca.js';
@@ -58,7 +58,7 @@ export interface PresentedCertificate {
 
 function badCsr(error: unknown): never {
   if (error instanceof CsrError)
-    throw new ApiError(400, 'ValidationError', error.message, { in: 'body', field: 'csr' });
+    throw new DomainError('ValidationError', error.message, { in: 'body', field: 'csr' });
   throw error;
 }
 
@@ -91,8 +91,7 @@ export class DeviceIdentityService {
   async createEnrollmentToken(deviceName: string, ttlSeconds?: number): Promise<EnrollmentToken> {
     const ttl = ttlSeconds ?? this.options.enrollmentTokenTtlSeconds;
     if (ttl > this.options.maxEnrollmentTokenTtlSeconds) {
-      throw new ApiError(
-        400,
+      throw new DomainError(
         'ValidationError',
         `ttlSeconds ${ttl} is above the configured maximum of ${this.options.maxEnrollmentTokenTtlSeconds}`,
         { in: 'body', field: 'ttlSeconds' },
@@ -150,21 +149,18 @@ export class DeviceIdentityService {
           .where('token_hash', '=', tokenHash)
           .executeTakeFirst();
         if (row === undefined) {
-          throw new ApiError(
-            401,
+          throw new DomainError(
             'EnrollmentTokenInvalid',
             'the enrollment token is unknown (or its device was deregistered)',
           );
         }
         if (row.used_at !== null) {
-          throw new ApiError(
-            401,
+          throw new DomainError(
             'EnrollmentTokenUsed',
             'the enrollment token was already used; ask for a new one',
           );
         }
-        throw new ApiError(
-          401,
+        throw new DomainError(
           'EnrollmentTokenExpired',
           'the enrollment token has expired; ask for a new one',
           {
@@ -345,22 +341,19 @@ export class DeviceIdentityService {
    */
   async authenticate(presented: PresentedCertificate): Promise<AuthenticatedDevice> {
     if (presented.fingerprintSha256 === undefined) {
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'CertificateRequired',
         'device routes need a client certificate issued at enrollment (mutual TLS)',
       );
     }
     if (!presented.authorized) {
       if (presented.authorizationError === 'CERT_HAS_EXPIRED') {
-        throw new ApiError(
-          401,
+        throw new DomainError(
           'CertificateExpired',
           'the client certificate has expired; enroll again with a new token',
         );
       }
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'CertificateInvalid',
         "the client certificate was not issued by this server's device CA",
         {
@@ -370,17 +363,15 @@ export class DeviceIdentityService {
     }
     const row = await this.lookupCertificate(presented.fingerprintSha256);
     if (row === undefined) {
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'CertificateRevoked',
         'the client certificate is not (or no longer) valid for any registered device',
       );
     }
     if (row.revoked_at !== null)
-      throw new ApiError(401, 'CertificateRevoked', 'the client certificate has been revoked');
+      throw new DomainError('CertificateRevoked', 'the client certificate has been revoked');
     if (row.not_after <= this.now()) {
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'CertificateExpired',
         'the client certificate has expired; enroll again with a new token',
       );

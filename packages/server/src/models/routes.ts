@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import { ModelNameSchema, ModelVersionSchema, TensorMetadataSchema } from '@edgefleet/core';
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
+import { DomainError } from '../errors/index.js';
 import { ApiError } from '../http/errors.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
@@ -96,8 +97,7 @@ export function registerModelRoutes(app: FastifyInstance, models: ModelStore, ma
       }
       const declared = Number(request.headers['content-length'] ?? NaN);
       if (declared > maxUploadBytes) {
-        throw new ApiError(
-          413,
+        throw new DomainError(
           'PayloadTooLarge',
           `the upload is ${declared} bytes; the limit is ${maxUploadBytes}`,
           {

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import type { BlobStore } from '../blobs/index.js';
 import { entityNameSchema, s3UriSchema } from '../fields/index.js';
-import { ApiError } from '../http/errors.js';
+import { DomainError } from '../errors/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
 import type { PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
@@ -67,8 +67,7 @@ const jobParams = z.object({ job: entityNameSchema });
 async function artifactStream(jobs: PackagingJobStore, blobs: BlobStore, name: string) {
   const job = await jobs.get(name);
   if (job.status !== 'COMPLETED' || job.artifactKey === null) {
-    throw new ApiError(
-      409,
+    throw new DomainError(
       'Conflict',
       `packaging job ${name} is ${job.status}; its package exists once COMPLETED`,
       {
