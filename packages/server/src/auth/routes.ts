@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import { DomainError, notFound } from '../errors/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
@@ -28,7 +28,7 @@ function toApi(record: ApiTokenRecord): z.input<typeof apiTokenSchema> {
   };
 }
 
-export function registerApiTokenRoutes(app: FastifyInstance, tokens: ApiTokenStore): void {
+export const apiTokenRoutes: FastifyPluginAsync<{ tokens: ApiTokenStore }> = async (app, { tokens }) => {
   defineRoute(app, {
     method: 'POST',
     url: '/api/v1/tokens',
@@ -86,4 +86,4 @@ export function registerApiTokenRoutes(app: FastifyInstance, tokens: ApiTokenSto
     response: z.object({ tokenId: z.string(), name: z.string(), scope: tokenScopeSchema }),
     handler: async ({ request }) => requireOperator(request),
   });
-}
+};

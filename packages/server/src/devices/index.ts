@@ -23,4 +23,4 @@ export {
   type DeviceRecord,
   type DeviceStoreOptions,
 } from './device-store.js';
-export { deviceSummaryView, deviceView, registerDeviceRoutes } from './routes.js';
+export { deviceSummaryView, deviceView, deviceRoutes } from './routes.js';

@@ -12,4 +12,4 @@ export {
   type MetricsQuery,
 } from './metrics-query.js';
 export { pruneExpired, startRetentionSweeper } from './retention.js';
-export { registerHeartbeatDeviceRoutes, registerHeartbeatOperatorRoutes } from './routes.js';
+export { heartbeatDeviceRoutes, heartbeatOperatorRoutes } from './routes.js';

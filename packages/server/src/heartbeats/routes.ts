@@ -4,7 +4,7 @@ import {
   sendHeartbeatRequestSchema,
   sendHeartbeatResultSchema,
 } from '@edgefleet/core';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import type { DeviceStore } from '../devices/index.js';
@@ -20,7 +20,10 @@ import { queryDeviceMetrics } from './metrics-query.js';
 const iso = (ms: number) => new Date(ms).toISOString();
 
 /** Device API routes (mutual TLS): SendHeartbeat and GetDeviceRegistration, native paths and SageMaker names. */
-export function registerHeartbeatDeviceRoutes(app: FastifyInstance, heartbeats: HeartbeatService): void {
+export const heartbeatDeviceRoutes: FastifyPluginAsync<{ heartbeats: HeartbeatService }> = async (
+  app,
+  { heartbeats },
+) => {
   for (const url of ['/api/v1/device/heartbeat', '/SendHeartbeat']) {
     defineRoute(app, {
       method: 'POST',
@@ -48,7 +51,7 @@ export function registerHeartbeatDeviceRoutes(app: FastifyInstance, heartbeats: 
       handler: async ({ body, request }) => heartbeats.registration(requireDevice(request), body),
     });
   }
-}
+};
 
 const fleetReportSchema = z.object({
   fleetName: z.string(),
@@ -78,10 +81,12 @@ const metricsQuerySchema = z.object({
 });
 
 /** Operator routes: the fleet report and device metric series. */
-export function registerHeartbeatOperatorRoutes(
-  app: FastifyInstance,
-  deps: { db: Kysely<DatabaseSchema>; fleets: FleetStore; devices: DeviceStore; offlineAfterMs: number },
-): void {
+export const heartbeatOperatorRoutes: FastifyPluginAsync<{
+  db: Kysely<DatabaseSchema>;
+  fleets: FleetStore;
+  devices: DeviceStore;
+  offlineAfterMs: number;
+}> = async (app, deps) => {
   defineRoute(app, {
     method: 'GET',
     url: '/api/v1/fleets/:fleet/report',
@@ -167,4 +172,4 @@ export function registerHeartbeatOperatorRoutes(
       };
     },
   });
-}
+};

@@ -1,11 +1,6 @@
 export { PackagingJobStore, type PackagingJobRecord, type PackagingJobStatus } from './packaging-jobs.js';
 export { artifactKeyOf, PackagingWorker, type PackagingWorkerOptions } from './packaging-worker.js';
-export {
-  packagingJobSchema,
-  packagingJobView,
-  registerPackagingDeviceRoutes,
-  registerPackagingRoutes,
-} from './routes.js';
+export { packagingJobSchema, packagingJobView, packagingDeviceRoutes, packagingRoutes } from './routes.js';
 export {
   bindSigningRoot,
   openSigningIdentity,

@@ -1,5 +1,5 @@
 import { ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import type { BlobStore } from '../blobs/index.js';
 import { entityNameSchema, s3UriSchema } from '../fields/index.js';
@@ -78,10 +78,12 @@ async function artifactStream(jobs: PackagingJobStore, blobs: BlobStore, name: s
   return { job, stream: await blobs.get(job.artifactKey) };
 }
 
-export function registerPackagingRoutes(
-  app: FastifyInstance,
-  deps: { jobs: PackagingJobStore; blobs: BlobStore; signing: PackageSigningIdentity; onCreated: () => void },
-): void {
+export const packagingRoutes: FastifyPluginAsync<{
+  jobs: PackagingJobStore;
+  blobs: BlobStore;
+  signing: PackageSigningIdentity;
+  onCreated: () => void;
+}> = async (app, deps) => {
   defineRoute(app, {
     method: 'POST',
     url: '/api/v1/packaging-jobs',
@@ -172,13 +174,13 @@ export function registerPackagingRoutes(
       fingerprintSha256: deps.signing.rootFingerprintSha256,
     }),
   });
-}
+};
 
 /** Device route (mutual TLS): download a completed job's package. */
-export function registerPackagingDeviceRoutes(
-  app: FastifyInstance,
-  deps: { jobs: PackagingJobStore; blobs: BlobStore },
-): void {
+export const packagingDeviceRoutes: FastifyPluginAsync<{
+  jobs: PackagingJobStore;
+  blobs: BlobStore;
+}> = async (app, deps) => {
   defineRoute(app, {
     method: 'GET',
     url: '/api/v1/device/packages/:job',
@@ -195,4 +197,4 @@ export function registerPackagingDeviceRoutes(
       return stream as never;
     },
   });
-}
+};

@@ -3,15 +3,15 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { ApiTokenStore, operatorAuthenticators, registerApiTokenRoutes } from '../auth/index.js';
+import { ApiTokenStore, apiTokenRoutes, operatorAuthenticators } from '../auth/index.js';
 import { createBlobStore, type BlobStore } from '../blobs/index.js';
 import type { ServerConfig } from '../config/index.js';
-import { DeviceStore, registerDeviceRoutes } from '../devices/index.js';
-import { FleetStore, registerFleetRoutes } from '../fleets/index.js';
+import { DeviceStore, deviceRoutes } from '../devices/index.js';
+import { FleetStore, fleetRoutes } from '../fleets/index.js';
 import {
+  heartbeatDeviceRoutes,
+  heartbeatOperatorRoutes,
   HeartbeatService,
-  registerHeartbeatDeviceRoutes,
-  registerHeartbeatOperatorRoutes,
   startRetentionSweeper,
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
@@ -20,19 +20,19 @@ import {
   DeviceCa,
   DeviceIdentityService,
   deviceAuthenticator,
+  enrollmentRoutes,
   enrollmentTokenAuthenticator,
-  registerIdentityDeviceRoutes,
-  registerIdentityOperatorRoutes,
-  registerIdentityRoutes,
+  identityDeviceRoutes,
+  identityOperatorRoutes,
 } from '../identity/index.js';
-import { ModelStore, registerModelRoutes } from '../models/index.js';
+import { ModelStore, modelRoutes } from '../models/index.js';
 import {
   bindSigningRoot,
   openSigningIdentity,
   PackagingJobStore,
+  packagingDeviceRoutes,
+  packagingRoutes,
   PackagingWorker,
-  registerPackagingDeviceRoutes,
-  registerPackagingRoutes,
   type PackageSigningIdentity,
 } from '../packaging/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
@@ -236,19 +236,25 @@ export async function startServer(
       },
     });
     apps.push(operatorApp);
-    registerApiTokenRoutes(operatorApp, services.apiTokens);
-    registerFleetRoutes(operatorApp, services.fleets);
-    registerDeviceRoutes(operatorApp, services.devices);
-    registerIdentityOperatorRoutes(operatorApp, services.identity, endpoint);
-    registerIdentityRoutes(operatorApp, services.identity, endpoint);
-    registerModelRoutes(operatorApp, services.models, config.uploads.maxModelBytes);
-    registerPackagingRoutes(operatorApp, {
+    // One registration per capability: each is a Fastify plugin, so what it adds (e.g. the model upload
+    // content-type parser) stays inside it.
+    const identityOptions = { identity: services.identity, deviceEndpoint: endpoint };
+    await operatorApp.register(apiTokenRoutes, { tokens: services.apiTokens });
+    await operatorApp.register(fleetRoutes, { fleets: services.fleets });
+    await operatorApp.register(deviceRoutes, { devices: services.devices });
+    await operatorApp.register(identityOperatorRoutes, identityOptions);
+    await operatorApp.register(enrollmentRoutes, identityOptions);
+    await operatorApp.register(modelRoutes, {
+      models: services.models,
+      maxUploadBytes: config.uploads.maxModelBytes,
+    });
+    await operatorApp.register(packagingRoutes, {
       jobs: services.packagingJobs,
       blobs,
       signing,
       onCreated: () => services.packagingWorker.kick(),
     });
-    registerHeartbeatOperatorRoutes(operatorApp, {
+    await operatorApp.register(heartbeatOperatorRoutes, {
       db: database.db,
       fleets: services.fleets,
       devices: services.devices,
@@ -266,9 +272,9 @@ export async function startServer(
       https: await deviceTlsOptions(config, deviceCa),
     });
     apps.push(deviceApp);
-    registerIdentityDeviceRoutes(deviceApp, services.identity, endpoint);
-    registerHeartbeatDeviceRoutes(deviceApp, services.heartbeats);
-    registerPackagingDeviceRoutes(deviceApp, { jobs: services.packagingJobs, blobs });
+    await deviceApp.register(identityDeviceRoutes, identityOptions);
+    await deviceApp.register(heartbeatDeviceRoutes, { heartbeats: services.heartbeats });
+    await deviceApp.register(packagingDeviceRoutes, { jobs: services.packagingJobs, blobs });
 
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
