@@ -40,6 +40,11 @@ export const serverConfigSchema = z.strictObject({
   deviceServerNames: z.array(z.string().min(1)).min(1).default(['localhost', '127.0.0.1']),
   /** `postgres://…` or a SQLite file path; default `<dataDir>/state.db`. */
   database: z.string().min(1).optional(),
+  /**
+   * Start even though the database is empty while the data dir holds generated keys or blobs (a deliberate
+   * fresh start). Off: such a start is refused, since it would forget every fleet, device and token.
+   */
+  allowEmptyDatabase: z.union([z.boolean(), z.stringbool()]).default(false),
   /** PostgreSQL pool size per server. */
   databaseMaxConnections: z.int().min(1).max(1000).default(10),
   /** `s3://bucket/prefix` or a folder; default `<dataDir>/blobs`. */

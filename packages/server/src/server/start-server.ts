@@ -36,6 +36,7 @@ import {
   type PackageSigningIdentity,
 } from '../packaging/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
+import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
 import { createLogger } from './logger.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
@@ -90,10 +91,16 @@ export async function openStores(
       logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
   });
   try {
+    await refuseSilentFreshInstall(config, database);
     await migrateToLatest(database.db);
   } catch (error) {
     await database.close();
-    throw error;
+    if (error instanceof EmptyDatabaseError) throw error;
+    // Name the database in every error about it: the operator may run several.
+    throw new Error(
+      `database ${database.description}: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
   }
   const blobs = createBlobStore(config.blobLocation, {
     ...(config.s3.endpoint !== undefined ? { endpoint: config.s3.endpoint } : {}),
