@@ -38,6 +38,7 @@ import {
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
 import { createLogger } from './logger.js';
+import { sweepStaleTempFiles } from './temp-sweep.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
 export interface ServerServices {
@@ -182,6 +183,13 @@ export async function startServer(
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
     const workDir = path.join(config.dataDir, 'tmp');
+    const swept = await sweepStaleTempFiles(workDir);
+    if (swept.removed.length > 0) {
+      logger.info(
+        { workDir, removed: swept.removed.length, bytes: swept.bytes },
+        'removed temporary files left by an earlier run',
+      );
+    }
     const models = new ModelStore(database.db, {
       blobs,
       workDir,
