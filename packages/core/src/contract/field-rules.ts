@@ -18,6 +18,10 @@ export const MAX_VERSION_LENGTH = 64;
 /** Model versions the control plane stores and packages (EdgeVersion, max 30). */
 export const MAX_PACKAGED_MODEL_VERSION_LENGTH = 30;
 
+/** A version also names a file and a path segment (`<name>-<version>.tar.gz`, `…/versions/<version>`). */
+export const isPathSafeVersion = (version: string): boolean => version !== '.' && version !== '..';
+export const PATH_SAFE_VERSION_MESSAGE = 'a model version cannot be "." or ".."';
+
 /** Data-plane DeviceName / DeviceFleetName (which, unlike the control plane's, allow `_`). */
 export const DATA_PLANE_NAME_PATTERN = /^[a-zA-Z0-9](-*_*[a-zA-Z0-9])*$/;
 /** EntityName: deployments, model handles, fleets, devices and jobs in the control plane. */

@@ -1,8 +1,10 @@
 import { z } from 'zod';
 import {
+  isPathSafeVersion,
   MAX_PACKAGED_MODEL_NAME_LENGTH,
   MAX_PACKAGED_MODEL_VERSION_LENGTH,
   MODEL_NAME_PATTERN,
+  PATH_SAFE_VERSION_MESSAGE,
   VERSION_PATTERN,
 } from '../contract/field-rules.js';
 import { TensorMetadataSchema } from '../tensors/tensor-metadata.js';
@@ -21,7 +23,8 @@ export const ModelVersionSchema = z
     MAX_PACKAGED_MODEL_VERSION_LENGTH,
     `a model version is at most ${MAX_PACKAGED_MODEL_VERSION_LENGTH} characters`,
   )
-  .regex(MODEL_VERSION_PATTERN, 'a model version is letters, digits, spaces, underscores and dots');
+  .regex(MODEL_VERSION_PATTERN, 'a model version is letters, digits, spaces, underscores and dots')
+  .refine(isPathSafeVersion, PATH_SAFE_VERSION_MESSAGE);
 
 /** A path inside a package: relative, forward slashes, no `.`/`..` segments. */
 export const PackagePathSchema = z
