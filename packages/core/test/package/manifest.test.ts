@@ -12,7 +12,7 @@ const tensor = fc.record({
 const validManifest: fc.Arbitrary<PackageManifest> = fc.record({
   schemaVersion: fc.constant(1 as const),
   name: fc.stringMatching(/^[a-zA-Z0-9](-?[a-zA-Z0-9]){0,20}$/),
-  version: fc.stringMatching(/^[a-zA-Z0-9 _.]{1,30}$/),
+  version: fc.stringMatching(/^[a-zA-Z0-9 _.]{1,30}$/).filter((v) => v !== '.' && v !== '..'),
   framework: fc.constant('onnx' as const),
   model: fc.record({
     file: fc.constant('model.onnx'),
@@ -52,6 +52,7 @@ describe('PackageManifestSchema', () => {
     const breakers: [string, (m: Record<string, unknown>) => void][] = [
       ['name', (m) => (m.name = 'has_underscore')],
       ['version', (m) => (m.version = 'v/1')],
+      ['version', (m) => (m.version = '..')],
       ['framework', (m) => (m.framework = 'tensorflow')],
       ['model', (m) => ((m.model as Record<string, unknown>).file = '../escape.onnx')],
       ['inputs', (m) => (m.inputs = [])],
