@@ -88,6 +88,11 @@ export const serverConfigSchema = z.strictObject({
       retentionSweepSeconds: z.int().min(1).default(60),
       /** CacheTTL returned by GetDeviceRegistration. */
       registrationCacheTtlSeconds: z.int().min(0).default(300),
+      /**
+       * How far a device's clock may run ahead of the server's: a heartbeat with a later timestamp is refused
+       * (400), and metrics must also be newer than the retention window.
+       */
+      maxClockSkewSeconds: z.int().min(1).max(86_400).default(3600),
     })
     .prefault({}),
   enrollment: z

@@ -6,6 +6,10 @@ import type { DatabaseSchema, DeviceMetricBatchesTable, DeviceModelsTable } from
 
 export interface HeartbeatServiceOptions {
   registrationCacheTtlSeconds: number;
+  /** How far ahead of the server's clock a timestamp may be; default one hour. */
+  maxClockSkewMs?: number;
+  /** Metrics older than this are refused (they would be pruned at once); default: no lower bound. */
+  metricsRetentionMs?: number;
   /** Most heartbeats written in one transaction. */
   maxBatch?: number;
   now?: () => number;
@@ -62,6 +66,7 @@ export class HeartbeatService {
 
   record(device: AuthenticatedDevice, heartbeat: ReceivedHeartbeat): Promise<void> {
     assertActsAsItself(device, heartbeat);
+    this.assertTimestampsInWindow(heartbeat);
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ device, heartbeat, receivedAt: this.now(), resolve, reject });
       if (!this.writing) {
@@ -96,6 +101,45 @@ export class HeartbeatService {
     } finally {
       this.writing = false;
     }
+  }
+
+  /**
+   * Every timestamp must lie within a window around the server's clock: none ahead of it by more than the
+   * allowed skew (a far-future time would make a device look active forever and dodge every time query),
+   * and metrics no older than the retention window. Model activity times may be old (a model idle for weeks).
+   */
+  private assertTimestampsInWindow(heartbeat: ReceivedHeartbeat): void {
+    const now = this.now();
+    const latest = now + (this.options.maxClockSkewMs ?? 3_600_000);
+    const earliestMetric =
+      this.options.metricsRetentionMs !== undefined ? now - this.options.metricsRetentionMs : -Infinity;
+    const check = (field: string, at: number | undefined, earliest = -Infinity) => {
+      if (at === undefined || (at <= latest && at >= earliest)) return;
+      const ahead = at > latest;
+      throw new DomainError(
+        'ValidationError',
+        `${field} is ${new Date(at).toISOString()}, ${
+          ahead
+            ? 'ahead of the server clock by more than the allowed skew'
+            : 'older than the metrics retention'
+        } (accepted: ${Number.isFinite(earliest) ? new Date(earliest).toISOString() : 'any time'} to ${new Date(
+          latest,
+        ).toISOString()}); check the device clock (NTP)`,
+        { in: 'body', field, serverTime: new Date(now).toISOString() },
+      );
+    };
+    heartbeat.AgentMetrics?.forEach((m, i) =>
+      check(`AgentMetrics.${i}.Timestamp`, m.Timestamp, earliestMetric),
+    );
+    heartbeat.Models?.forEach((model, i) => {
+      check(`Models.${i}.LatestSampleTime`, model.LatestSampleTime);
+      check(`Models.${i}.LatestInference`, model.LatestInference);
+      model.ModelMetrics?.forEach((m, j) =>
+        check(`Models.${i}.ModelMetrics.${j}.Timestamp`, m.Timestamp, earliestMetric),
+      );
+    });
+    check('DeploymentResult.DeploymentStartTime', heartbeat.DeploymentResult?.DeploymentStartTime);
+    check('DeploymentResult.DeploymentEndTime', heartbeat.DeploymentResult?.DeploymentEndTime);
   }
 
   /** GetDeviceRegistration: a device that passed certificate checks is registered, by construction. */

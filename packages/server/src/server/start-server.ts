@@ -210,6 +210,8 @@ export async function startServer(
       deviceCa,
       heartbeats: new HeartbeatService(database.db, {
         registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
+        maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
+        metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
       }),
       models,
       packagingJobs,
