@@ -6,6 +6,8 @@ import { entityNameSchema, s3UriSchema } from '../fields/index.js';
 import { DomainError } from '../errors/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
+import { requireDevice } from '../identity/index.js';
+import type { DevicePackageAccess } from './device-access.js';
 import type { PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
 import type { PackageSigningIdentity } from './signing-keys.js';
 
@@ -176,20 +178,31 @@ export const packagingRoutes: FastifyPluginAsync<{
   });
 };
 
-/** Device route (mutual TLS): download a completed job's package. */
+/** Device route (mutual TLS): download a completed job's package, if it is deployed to the device's fleet. */
 export const packagingDeviceRoutes: FastifyPluginAsync<{
   jobs: PackagingJobStore;
   blobs: BlobStore;
+  access: DevicePackageAccess;
 }> = async (app, deps) => {
   defineRoute(app, {
     method: 'GET',
     url: '/api/v1/device/packages/:job',
     auth: 'device',
     tag: 'device',
-    summary: "Download a completed packaging job's signed package",
+    summary: "Download a completed packaging job's signed package (one deployed to the device's fleet)",
     params: jobParams,
     binaryResponse: 'application/gzip',
-    handler: async ({ params, reply }) => {
+    handler: async ({ params, request, reply }) => {
+      const device = requireDevice(request);
+      // Checked before the job is looked up, so a device cannot learn which job names exist elsewhere.
+      if (!(await deps.access.isDeployable(params.job, device.fleetName))) {
+        throw new DomainError(
+          'Forbidden',
+          `package ${params.job} is not deployed to fleet ${device.fleetName}; a device may download only ` +
+            'packages deployed to its own fleet',
+          { job: params.job, fleet: device.fleetName },
+        );
+      }
       const { job, stream } = await artifactStream(deps.jobs, deps.blobs, params.job);
       reply.type('application/gzip');
       if (job.artifactSizeBytes !== null) reply.header('content-length', job.artifactSizeBytes);

@@ -28,6 +28,7 @@ import {
 import { ModelStore, modelRoutes } from '../models/index.js';
 import {
   bindSigningRoot,
+  noDeploymentPlans,
   openSigningIdentity,
   PackagingJobStore,
   packagingDeviceRoutes,
@@ -291,7 +292,11 @@ export async function startServer(
     apps.push(deviceApp);
     await deviceApp.register(identityDeviceRoutes, identityOptions);
     await deviceApp.register(heartbeatDeviceRoutes, { heartbeats: services.heartbeats });
-    await deviceApp.register(packagingDeviceRoutes, { jobs: services.packagingJobs, blobs });
+    await deviceApp.register(packagingDeviceRoutes, {
+      jobs: services.packagingJobs,
+      blobs,
+      access: noDeploymentPlans,
+    });
 
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
