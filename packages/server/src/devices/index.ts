@@ -24,3 +24,11 @@ export {
   type DeviceStoreOptions,
 } from './device-store.js';
 export { deviceSummaryView, deviceView, deviceRoutes } from './routes.js';
+export {
+  deviceCountsByFleet,
+  deviceFleet,
+  fleetDeviceStats,
+  recordHeartbeatStates,
+  type DeviceHeartbeatState,
+  type FleetDeviceStats,
+} from './device-table.js';

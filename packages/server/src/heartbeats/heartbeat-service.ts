@@ -1,8 +1,9 @@
 import type { EdgeMetric, ReceivedHeartbeat } from '@edgefleet/core';
-import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
+import { recordHeartbeatStates } from '../devices/index.js';
 import { DomainError } from '../errors/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
-import type { DatabaseSchema, DeviceMetricBatchesTable, DeviceModelsTable } from '../storage/index.js';
+import type { DatabaseSchema, DeviceMetricBatchesTable } from '../storage/index.js';
 
 export interface HeartbeatServiceOptions {
   registrationCacheTtlSeconds: number;
@@ -194,56 +195,24 @@ function metricBatch(item: PendingHeartbeat): DeviceMetricBatchesTable | undefin
 }
 
 async function writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartbeat[]): Promise<void> {
-  // Latest state: one UPDATE … FROM (VALUES …) for the whole batch, a device's last heartbeat in it winning.
-  // (A statement per device would cost a round trip each on PostgreSQL.)
-  const latest = new Map<string, PendingHeartbeat>();
-  for (const item of batch) latest.set(item.device.deviceName, item);
-  const values = [...latest.values()].map(
-    ({ device, heartbeat, receivedAt }) =>
-      sql`(${device.deviceName}, ${heartbeat.AgentVersion}, ${receivedAt}, ${
-        heartbeat.DeploymentResult !== undefined ? JSON.stringify(heartbeat.DeploymentResult) : null
-      })`,
+  // The devices' state is the devices capability's to write; the metric series is ours.
+  await recordHeartbeatStates(
+    trx,
+    batch.map(({ device, heartbeat, receivedAt }) => ({
+      deviceName: device.deviceName,
+      agentVersion: heartbeat.AgentVersion,
+      heartbeatAt: receivedAt,
+      ...(heartbeat.DeploymentResult !== undefined && { deploymentResult: heartbeat.DeploymentResult }),
+      ...(heartbeat.Models !== undefined && {
+        models: heartbeat.Models.map((m) => ({
+          name: m.ModelName,
+          version: m.ModelVersion,
+          ...(m.LatestSampleTime !== undefined && { latestSampleTime: m.LatestSampleTime }),
+          ...(m.LatestInference !== undefined && { latestInferenceTime: m.LatestInference }),
+        })),
+      }),
+    })),
   );
-  await sql`update devices set
-      agent_version = v.agent_version,
-      last_heartbeat_at = v.last_heartbeat_at,
-      deployment_result = coalesce(v.deployment_result, devices.deployment_result)
-    from (
-      select column1 as name, column2 as agent_version, cast(column3 as bigint) as last_heartbeat_at,
-             column4 as deployment_result
-      from (values ${sql.join(values)}) as t
-    ) as v
-    where devices.name = v.name`.execute(trx);
-
-  // Model lists: each device's last list in the batch replaces what it had; one row per name and version.
-  const models = new Map<string, Map<string, DeviceModelsTable>>();
-  for (const { device, heartbeat } of batch) {
-    if (heartbeat.Models === undefined) continue;
-    const rows = new Map<string, DeviceModelsTable>();
-    for (const m of heartbeat.Models) {
-      rows.set(`${m.ModelName}\u0000${m.ModelVersion}`, {
-        device_name: device.deviceName,
-        model_name: m.ModelName,
-        model_version: m.ModelVersion,
-        latest_sample_time: m.LatestSampleTime ?? null,
-        latest_inference_time: m.LatestInference ?? null,
-      });
-    }
-    models.set(device.deviceName, rows);
-  }
-  if (models.size > 0) {
-    await trx
-      .deleteFrom('device_models')
-      .where('device_name', 'in', [...models.keys()])
-      .execute();
-    const rows = [...models.values()].flatMap((m) => [...m.values()]);
-    for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
-      await trx
-        .insertInto('device_models')
-        .values(rows.slice(i, i + ROWS_PER_INSERT))
-        .execute();
-    }
-  }
 
   const batches = batch.map(metricBatch).filter((b): b is DeviceMetricBatchesTable => b !== undefined);
   for (let i = 0; i < batches.length; i += ROWS_PER_INSERT) {

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import { hashSecret, newId, newSecret } from '../auth/index.js';
-import { toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
+import { deviceFleet, toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
 import { DomainError, notFound } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import { CsrError, parseCsr } from './csr.js';
@@ -97,11 +97,7 @@ export class DeviceIdentityService {
         { in: 'body', field: 'ttlSeconds' },
       );
     }
-    const device = await this.db
-      .selectFrom('devices')
-      .select(['name', 'fleet_name'])
-      .where('name', '=', deviceName)
-      .executeTakeFirst();
+    const device = await deviceFleet(this.db, deviceName);
     if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
     const token = newSecret(ENROLLMENT_TOKEN_PREFIX);
     const createdAt = this.now();
@@ -117,7 +113,7 @@ export class DeviceIdentityService {
         used_at: null,
       })
       .execute();
-    return { token, deviceName, fleetName: device.fleet_name, expiresAt };
+    return { token, deviceName, fleetName: device.fleetName, expiresAt };
   }
 
   /**
@@ -168,22 +164,20 @@ export class DeviceIdentityService {
           },
         );
       }
-      const device = await trx
-        .selectFrom('devices')
-        .select(['name', 'fleet_name'])
-        .where('name', '=', consumed.device_name)
-        .executeTakeFirstOrThrow();
+      const device = await deviceFleet(trx, consumed.device_name);
+      if (device === undefined)
+        throw notFound(`device ${consumed.device_name}`, { device: consumed.device_name });
       const issued = this.options.ca.issueDeviceCertificate({
         deviceName: device.name,
-        fleetName: device.fleet_name,
+        fleetName: device.fleetName,
         publicKeyPem,
         validityDays: this.options.certificateValidityDays,
       });
-      await this.record(trx, device.name, device.fleet_name, issued, at);
+      await this.record(trx, device.name, device.fleetName, issued, at);
       return {
         ...issued,
         deviceName: device.name,
-        fleetName: device.fleet_name,
+        fleetName: device.fleetName,
         caCertificatePem: this.caCertificatePem,
       };
     });
@@ -218,21 +212,17 @@ export class DeviceIdentityService {
     publicKeyPem: string,
     window: { notBefore?: Date; notAfter?: Date } = {},
   ): Promise<IssuedDeviceCertificate> {
-    const device = await this.db
-      .selectFrom('devices')
-      .select(['name', 'fleet_name'])
-      .where('name', '=', deviceName)
-      .executeTakeFirst();
+    const device = await deviceFleet(this.db, deviceName);
     if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
     const issued = this.options.ca.issueDeviceCertificate({
       deviceName,
-      fleetName: device.fleet_name,
+      fleetName: device.fleetName,
       publicKeyPem,
       validityDays: this.options.certificateValidityDays,
       ...window,
     });
-    await this.record(this.db, deviceName, device.fleet_name, issued, this.now());
-    return { ...issued, deviceName, fleetName: device.fleet_name, caCertificatePem: this.caCertificatePem };
+    await this.record(this.db, deviceName, device.fleetName, issued, this.now());
+    return { ...issued, deviceName, fleetName: device.fleetName, caCertificatePem: this.caCertificatePem };
   }
 
   private async record(
@@ -261,11 +251,7 @@ export class DeviceIdentityService {
 
   /** Revokes one certificate (by serial) or every active one of the device; returns how many. */
   async revoke(deviceName: string, options: { serial?: string; reason?: string } = {}): Promise<number> {
-    const device = await this.db
-      .selectFrom('devices')
-      .select('name')
-      .where('name', '=', deviceName)
-      .executeTakeFirst();
+    const device = await deviceFleet(this.db, deviceName);
     if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
     let query = this.db
       .updateTable('device_certificates')
