@@ -124,6 +124,11 @@ export const serverConfigSchema = z.strictObject({
     .strictObject({
       /** How often a server looks for queued packaging jobs. */
       pollIntervalMs: z.int().min(10).default(1000),
+      /**
+       * A running job's lease: its server renews it while packaging; a job whose lease ran out (its server
+       * crashed) is claimed again and resumed by any replica.
+       */
+      leaseSeconds: z.int().min(1).max(3600).default(120),
     })
     .prefault({}),
 });

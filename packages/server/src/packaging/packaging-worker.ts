@@ -29,7 +29,6 @@ export interface PackagingWorkerOptions {
   leaseMs?: number;
 }
 
-const TOUCH_INTERVAL_MS = 20_000;
 const DEFAULT_LEASE_MS = 120_000;
 
 /** The object key of a job's package: Edge Manager's `<name>-<version>.tar.gz`, under the job's name. */
@@ -103,9 +102,14 @@ export class PackagingWorker {
 
   private async run(job: PackagingJobRecord): Promise<void> {
     const log = this.options.logger.child({ packagingJob: job.name });
-    const touch = setInterval(() => {
-      this.options.jobs.touch(job.name, 'packaging').catch(() => undefined);
-    }, TOUCH_INTERVAL_MS);
+    // Renewed well within the lease, so a slow database round trip never lets another replica take the job.
+    const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
+    const touch = setInterval(
+      () => {
+        this.options.jobs.touch(job.name, 'packaging').catch(() => undefined);
+      },
+      Math.min(20_000, leaseMs / 4),
+    );
     await mkdir(this.options.workDir, { recursive: true, mode: 0o700 });
     const dir = await mkdtemp(path.join(this.options.workDir, `job-${job.name}-`));
     try {

@@ -223,6 +223,7 @@ export async function startServer(
         signing,
         workDir,
         pollIntervalMs: config.packaging.pollIntervalMs,
+        leaseMs: config.packaging.leaseSeconds * 1000,
         logger: logger.child({ worker: 'packaging' }),
       }),
       signing,

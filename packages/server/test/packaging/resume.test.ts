@@ -1,6 +1,8 @@
+import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PackagingJobStore } from '../../src/packaging/index.js';
@@ -12,6 +14,21 @@ const work = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-resume-'));
 afterAll(() => rm(work, { recursive: true, force: true }));
 const LEASE_MS = 120_000;
 
+const CLAIMER = fileURLToPath(new URL('../support/claim-packaging-job.ts', import.meta.url));
+const TSX_LOADER = pathToFileURL(
+  path.resolve(path.dirname(CLAIMER), '../../../../node_modules/tsx/dist/loader.mjs'),
+).toString();
+
+const uploadTiny = async (url: string, token: string, dir: string) => {
+  const onnx = await writeTestModel('tiny', dir);
+  const uploaded = await fetch(`${url}/api/v1/models/tiny/versions/1`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream' },
+    body: await readFile(onnx),
+  });
+  expect(uploaded.status).toBe(201);
+};
+
 describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 9)', (fixture) => {
   it.skipIf(!fixture.available)(
     'is claimed again once its lease ran out and completes; a live runner’s job is left alone',
@@ -22,13 +39,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
       try {
-        const onnx = await writeTestModel('tiny', path.join(work, fixture.engine));
-        const uploaded = await fetch(`${t.url}/api/v1/models/tiny/versions/1`, {
-          method: 'POST',
-          headers: { authorization: `Bearer ${t.adminToken}`, 'content-type': 'application/octet-stream' },
-          body: await readFile(onnx),
-        });
-        expect(uploaded.status).toBe(201);
+        await uploadTiny(t.url, t.adminToken, path.join(work, fixture.engine));
         const { db } = t.server.database;
         const { models, packagingWorker } = t.server.services;
 
@@ -51,5 +62,69 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         await t.stop();
       }
     },
+  );
+
+  it.skipIf(!fixture.available)(
+    'is resumed after the process running it is killed with SIGKILL',
+    async () => {
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: { packaging: { pollIntervalMs: 3_600_000, leaseSeconds: 1 } },
+      });
+      let claimer: ReturnType<typeof spawn> | undefined;
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-kill`));
+        const { config, database, services } = t.server;
+        await new PackagingJobStore(database.db, services.models).create({
+          name: 'job-crashed',
+          modelName: 'tiny',
+          modelVersion: '1',
+        });
+        const blobRoot = config.blobLocation.kind === 'local' ? config.blobLocation.root : '';
+        claimer = spawn(
+          process.execPath,
+          [
+            '--import',
+            TSX_LOADER,
+            CLAIMER,
+            JSON.stringify(config.databaseLocation),
+            blobRoot,
+            path.join(config.dataDir, 'tmp'),
+            '1000',
+          ],
+          { stdio: ['ignore', 'pipe', 'inherit'] },
+        );
+        const child = claimer;
+        const exited = new Promise((done) => child.once('exit', done));
+        const said = await new Promise<string>((resolve, reject) => {
+          let out = '';
+          child.stdout?.on('data', (chunk: Buffer) => {
+            out += chunk.toString();
+            if (out.includes('\n')) resolve(out.trim());
+          });
+          child.once('exit', (code) => reject(new Error(`claimer exited (${code}) before claiming`)));
+        });
+        expect(said).toBe('claimed job-crashed');
+        child.kill('SIGKILL');
+        await exited;
+        const job = async () =>
+          (await t.call('GET', '/api/v1/packaging-jobs/job-crashed', { token: t.readToken })).body as {
+            status: string;
+          };
+        expect((await job()).status).toBe('INPROGRESS');
+
+        // Once the dead process's lease runs out, this server's worker claims the job and finishes it.
+        for (let attempt = 0; attempt < 300 && (await job()).status === 'INPROGRESS'; attempt++) {
+          await services.packagingWorker.drain();
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        expect(await job()).toMatchObject({ status: 'COMPLETED' });
+      } finally {
+        // Never leave the claimer behind, whatever failed.
+        if (claimer?.exitCode === null && claimer.signalCode === null) claimer.kill('SIGKILL');
+        await t.stop();
+      }
+    },
+    60_000,
   );
 });
