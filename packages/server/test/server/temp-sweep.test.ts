@@ -1,8 +1,10 @@
+import { request } from 'node:http';
 import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { STALE_TEMP_AFTER_MS } from '../../src/server/temp-sweep.js';
+import { runServerCli, startServerProcess } from '../support/process.js';
 import { startTestServer } from '../support/server.js';
 
 const dirs: string[] = [];
@@ -46,4 +48,55 @@ describe('temporary files a killed server left behind (issue 15, item 8)', () =>
       await t.stop();
     }
   });
+
+  it('reproduced: an upload cut short by SIGKILL leaves its spool file, which the next start removes', async () => {
+    const cwd = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-sweep-kill-'));
+    dirs.push(cwd);
+    const init = await runServerCli(['init'], cwd);
+    expect(init.code).toBe(0);
+    const token = init.stdout.trim();
+    const server = await startServerProcess(
+      ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0'],
+      cwd,
+    );
+    const tmp = path.join(cwd, '.edgefleet', 'server', 'tmp');
+    let spooled: string[] = [];
+    try {
+      // An upload whose body never ends: the server spools what arrived to tmp/upload-*.
+      const upload = request(`${server.operatorUrl}/api/v1/models/tiny/versions/1`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${token}`,
+          'content-type': 'application/octet-stream',
+          'content-length': String(1024 * 1024),
+        },
+      });
+      upload.on('error', () => undefined);
+      upload.write(Buffer.alloc(64 * 1024));
+      for (let attempt = 0; attempt < 200 && spooled.length === 0; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        spooled = (await readdir(tmp).catch(() => [] as string[])).filter((n) => n.startsWith('upload-'));
+      }
+      expect(spooled).toHaveLength(1);
+    } finally {
+      await server.stop('SIGKILL');
+    }
+    const leftover = path.join(tmp, spooled[0]!);
+    expect((await readdir(tmp)).includes(spooled[0]!)).toBe(true);
+
+    // Nothing touches it again; an hour later the next start finds it stale.
+    await age(leftover, STALE_TEMP_AFTER_MS + 60_000);
+    const restarted = await startServerProcess(
+      ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0'],
+      cwd,
+    );
+    try {
+      expect((await readdir(tmp)).filter((n) => n.startsWith('upload-'))).toEqual([]);
+      expect(restarted.logs.some((l) => l.msg === 'removed temporary files left by an earlier run')).toBe(
+        true,
+      );
+    } finally {
+      await restarted.stop();
+    }
+  }, 60_000);
 });
