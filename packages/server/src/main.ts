@@ -25,6 +25,7 @@ function addCommonOptions(command: Command): Command {
     'device-listen': 'device API (mTLS) address host:port (default 0.0.0.0:8443)',
     'device-endpoint': 'device API URL as devices reach it (default https://<first server name>:<port>)',
     database: 'postgres://… or a SQLite file (default <data-dir>/state.db)',
+    'allow-empty-database': 'true: start on an empty database although the data dir has keys or blobs',
     blob: 's3://bucket/prefix or a folder (default <data-dir>/blobs)',
     'blob-endpoint': 'S3 endpoint URL for S3-compatible stores (MinIO, Ceph)',
     'blob-region': 'S3 region (default us-east-1)',

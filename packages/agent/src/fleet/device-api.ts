@@ -1,6 +1,6 @@
 import { Agent, request } from 'node:https';
 import type { z } from 'zod';
-import { deviceApiErrorSchema } from './heartbeat-schema.js';
+import { deviceApiErrorSchema } from '@edgefleet/core';
 
 /** The device's TLS identity: its certificate and key, and the CA the server's certificate must chain to. */
 export interface DeviceTlsIdentity {

@@ -14,16 +14,16 @@
  * server does not return to it in lockstep. `stop()` cancels the wait and the request in flight.
  */
 import { readFile } from 'node:fs/promises';
+import {
+  deviceRegistrationResultSchema,
+  sendHeartbeatRequestSchema,
+  sendHeartbeatResultSchema,
+} from '@edgefleet/core';
 import type { AgentConfig } from '../config/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { backoffDelay } from '../retry/index.js';
 import { AgentRunsLedger } from './agent-runs.js';
 import { DeviceApiClient, DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
-import {
-  deviceRegistrationResultSchema,
-  heartbeatResultSchema,
-  sendHeartbeatRequestSchema,
-} from './heartbeat-schema.js';
 import { HeartbeatComposer, type ActivitySource, type ModelSource, type ProcessProbe } from './telemetry.js';
 
 /** The logging the client needs (pino's signature: fields first). */
@@ -277,12 +277,9 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
             { event: 'fleet-models-skipped', models: skipped },
             'models left out of the heartbeat: name or version outside the heartbeat patterns, or too many',
           );
-        await client.post(
-          'SendHeartbeat',
-          sendHeartbeatRequestSchema.parse(heartbeat),
-          heartbeatResultSchema,
-          abort.signal,
-        );
+        // Checked against the contract, sent as composed (parsing would turn its seconds into the server's ms).
+        sendHeartbeatRequestSchema.parse(heartbeat);
+        await client.post('SendHeartbeat', heartbeat, sendHeartbeatResultSchema, abort.signal);
         composer.commit(reading);
         if (status.consecutiveFailures > 0)
           logger.info(

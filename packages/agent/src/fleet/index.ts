@@ -21,7 +21,10 @@ export {
   HeartbeatComposer,
   nodeProcessProbe,
   type ActivitySource,
+  type AgentHeartbeat,
   type ComposedHeartbeat,
+  type EdgeMetric,
+  type HeartbeatModel,
   type HeartbeatComposerOptions,
   type ModelSource,
   type ProcessProbe,
@@ -34,10 +37,9 @@ export {
   readLatencyHistograms,
   type HistogramReading,
 } from './latency.js';
+// The heartbeat's contract is core's, shared with the server.
 export {
   MAX_MODELS_PER_HEARTBEAT,
   sendHeartbeatRequestSchema,
-  type EdgeMetric,
-  type HeartbeatModel,
   type SendHeartbeatRequest,
-} from './heartbeat-schema.js';
+} from '@edgefleet/core';

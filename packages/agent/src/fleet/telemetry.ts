@@ -8,19 +8,31 @@
 import type { AgentMetrics } from '../metrics/index.js';
 import type { ModelDescription } from '../models/index.js';
 import {
+  MAX_MODEL_NAME_LENGTH,
   MAX_MODELS_PER_HEARTBEAT,
+  MAX_VERSION_LENGTH,
   MODEL_NAME_PATTERN,
   VERSION_PATTERN,
-  type EdgeMetric,
-  type HeartbeatModel,
+  type EdgeMetricInput,
+  type HeartbeatModelInput,
   type SendHeartbeatRequest,
-} from './heartbeat-schema.js';
+} from '@edgefleet/core';
 import {
   histogramDelta,
   histogramQuantile,
   readLatencyHistograms,
   type HistogramReading,
 } from './latency.js';
+
+/** A metric as this agent sends it: always timestamped, in epoch seconds. */
+export type EdgeMetric = EdgeMetricInput & { Timestamp: number };
+export type HeartbeatModel = HeartbeatModelInput & {
+  ModelMetrics: EdgeMetric[];
+  LatestSampleTime?: number;
+  LatestInference?: number;
+};
+/** A heartbeat as this agent sends it: both lists always present (the contract lets a sender omit them). */
+export type AgentHeartbeat = SendHeartbeatRequest & { AgentMetrics: EdgeMetric[]; Models: HeartbeatModel[] };
 
 /** The registry as the heartbeat reads it. */
 export interface ModelSource {
@@ -68,7 +80,7 @@ export interface TelemetryReading {
 }
 
 export interface ComposedHeartbeat {
-  heartbeat: SendHeartbeatRequest;
+  heartbeat: AgentHeartbeat;
   reading: TelemetryReading;
   /** Models left out because their name or version does not fit the heartbeat's patterns. */
   skipped: string[];
@@ -152,7 +164,11 @@ export class HeartbeatComposer {
         at,
         activity.get(model.name)?.lastInferenceAt,
       );
-      if (!MODEL_NAME_PATTERN.test(model.name) || model.name.length > 255 || !fitsVersion(model.version)) {
+      if (
+        !MODEL_NAME_PATTERN.test(model.name) ||
+        model.name.length > MAX_MODEL_NAME_LENGTH ||
+        !fitsVersion(model.version)
+      ) {
         skipped.push(`${model.name} ${model.version}`);
         continue;
       }
@@ -216,7 +232,7 @@ export class HeartbeatComposer {
 }
 
 function fitsVersion(version: string): boolean {
-  return version.length > 0 && version.length <= 64 && VERSION_PATTERN.test(version);
+  return version.length > 0 && version.length <= MAX_VERSION_LENGTH && VERSION_PATTERN.test(version);
 }
 
 const round2 = (n: number) => Math.round(n * 100) / 100;

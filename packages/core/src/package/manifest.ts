@@ -1,19 +1,30 @@
 import { z } from 'zod';
+import {
+  isPathSafeVersion,
+  MAX_PACKAGED_MODEL_NAME_LENGTH,
+  MAX_PACKAGED_MODEL_VERSION_LENGTH,
+  MODEL_NAME_PATTERN,
+  PATH_SAFE_VERSION_MESSAGE,
+  VERSION_PATTERN,
+} from '../contract/field-rules.js';
 import { TensorMetadataSchema } from '../tensors/tensor-metadata.js';
 
-/** Model names: the SageMaker Edge agent's rule (no underscore, no dot), at most 63 characters. */
-export const MODEL_NAME_PATTERN = /^[a-zA-Z0-9](-*[a-zA-Z0-9])*$/;
 /** Model versions: SageMaker's EdgeVersion pattern (letters, digits, space, underscore, dot), at most 30. */
-export const MODEL_VERSION_PATTERN = /^[a-zA-Z0-9 _.]+$/;
+export const MODEL_VERSION_PATTERN = VERSION_PATTERN;
 
+/** A packaged model's name: the agent's model-name rule, at most 63 characters (an EntityName). */
 export const ModelNameSchema = z
   .string()
-  .max(63, 'a model name is at most 63 characters')
+  .max(MAX_PACKAGED_MODEL_NAME_LENGTH, `a model name is at most ${MAX_PACKAGED_MODEL_NAME_LENGTH} characters`)
   .regex(MODEL_NAME_PATTERN, 'a model name is letters and digits, optionally joined by hyphens (no _ or .)');
 export const ModelVersionSchema = z
   .string()
-  .max(30, 'a model version is at most 30 characters')
-  .regex(MODEL_VERSION_PATTERN, 'a model version is letters, digits, spaces, underscores and dots');
+  .max(
+    MAX_PACKAGED_MODEL_VERSION_LENGTH,
+    `a model version is at most ${MAX_PACKAGED_MODEL_VERSION_LENGTH} characters`,
+  )
+  .regex(MODEL_VERSION_PATTERN, 'a model version is letters, digits, spaces, underscores and dots')
+  .refine(isPathSafeVersion, PATH_SAFE_VERSION_MESSAGE);
 
 /** A path inside a package: relative, forward slashes, no `.`/`..` segments. */
 export const PackagePathSchema = z

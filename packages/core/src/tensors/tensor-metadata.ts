@@ -1,11 +1,12 @@
 import { z } from 'zod';
+import { MAX_TENSOR_RANK } from '../contract/field-rules.js';
 import { DataTypeNameSchema, elementSize } from './data-type.js';
 
 /** One model input or output as a package manifest records it. `-1` marks a dimension fixed only at run time. */
 export const TensorMetadataSchema = z.object({
   name: z.string().min(1).max(1024),
   dataType: DataTypeNameSchema,
-  shape: z.array(z.number().int().min(-1)).max(32),
+  shape: z.array(z.number().int().min(-1)).max(MAX_TENSOR_RANK),
 });
 export type TensorMetadata = z.infer<typeof TensorMetadataSchema>;
 

@@ -1,12 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DATA_TYPE_NAMES } from '../../src/tensors/data-type.js';
-import {
-  MODEL_NAME_PATTERN,
-  ModelNameSchema,
-  PackageManifestSchema,
-  type PackageManifest,
-} from '../../src/package/manifest.js';
+import { MODEL_NAME_PATTERN } from '../../src/contract/field-rules.js';
+import { ModelNameSchema, PackageManifestSchema, type PackageManifest } from '../../src/package/manifest.js';
 
 const tensor = fc.record({
   name: fc.string({ minLength: 1, maxLength: 20 }),
@@ -16,7 +12,7 @@ const tensor = fc.record({
 const validManifest: fc.Arbitrary<PackageManifest> = fc.record({
   schemaVersion: fc.constant(1 as const),
   name: fc.stringMatching(/^[a-zA-Z0-9](-?[a-zA-Z0-9]){0,20}$/),
-  version: fc.stringMatching(/^[a-zA-Z0-9 _.]{1,30}$/),
+  version: fc.stringMatching(/^[a-zA-Z0-9 _.]{1,30}$/).filter((v) => v !== '.' && v !== '..'),
   framework: fc.constant('onnx' as const),
   model: fc.record({
     file: fc.constant('model.onnx'),
@@ -56,6 +52,7 @@ describe('PackageManifestSchema', () => {
     const breakers: [string, (m: Record<string, unknown>) => void][] = [
       ['name', (m) => (m.name = 'has_underscore')],
       ['version', (m) => (m.version = 'v/1')],
+      ['version', (m) => (m.version = '..')],
       ['framework', (m) => (m.framework = 'tensorflow')],
       ['model', (m) => ((m.model as Record<string, unknown>).file = '../escape.onnx')],
       ['inputs', (m) => (m.inputs = [])],

@@ -7,5 +7,5 @@ export {
   type TokenScope,
 } from './api-tokens.js';
 export { operatorAuthenticators, requireOperator } from './operator-auth.js';
-export { registerApiTokenRoutes } from './routes.js';
+export { apiTokenRoutes } from './routes.js';
 export { bearerTokenOf, hashSecret, newId, newSecret } from './secrets.js';

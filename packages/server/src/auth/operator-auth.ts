@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify';
-import { ApiError } from '../http/errors.js';
+import { DomainError } from '../errors/index.js';
 import type { ApiTokenStore, OperatorIdentity } from './api-tokens.js';
 import { bearerTokenOf } from './secrets.js';
 
@@ -18,15 +18,14 @@ export function operatorAuthenticators(tokens: ApiTokenStore): {
   const authenticate = async (request: FastifyRequest): Promise<OperatorIdentity> => {
     const token = bearerTokenOf(request.headers.authorization);
     if (token === undefined) {
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'Unauthenticated',
         'this route needs an API token: send "Authorization: Bearer <token>"',
       );
     }
     const identity = await tokens.verify(token);
     if (identity === undefined) {
-      throw new ApiError(401, 'Unauthenticated', 'the API token is unknown or revoked');
+      throw new DomainError('Unauthenticated', 'the API token is unknown or revoked');
     }
     request.operator = identity;
     return identity;
@@ -38,8 +37,7 @@ export function operatorAuthenticators(tokens: ApiTokenStore): {
     admin: async (request) => {
       const identity = await authenticate(request);
       if (identity.scope !== 'admin') {
-        throw new ApiError(
-          403,
+        throw new DomainError(
           'Forbidden',
           `this route needs an admin token; token "${identity.name}" is ${identity.scope}`,
         );

@@ -1,6 +1,6 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
-import { ApiError, notFound } from '../http/errors.js';
+import { DomainError, notFound } from '../errors/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
 import { tokenScopeSchema, type ApiTokenRecord, type ApiTokenStore } from './api-tokens.js';
@@ -28,7 +28,7 @@ function toApi(record: ApiTokenRecord): z.input<typeof apiTokenSchema> {
   };
 }
 
-export function registerApiTokenRoutes(app: FastifyInstance, tokens: ApiTokenStore): void {
+export const apiTokenRoutes: FastifyPluginAsync<{ tokens: ApiTokenStore }> = async (app, { tokens }) => {
   defineRoute(app, {
     method: 'POST',
     url: '/api/v1/tokens',
@@ -70,7 +70,7 @@ export function registerApiTokenRoutes(app: FastifyInstance, tokens: ApiTokenSto
     status: 204,
     handler: async ({ params, request }) => {
       if (requireOperator(request).tokenId === params.id) {
-        throw new ApiError(409, 'Conflict', 'a token cannot revoke itself; use another admin token');
+        throw new DomainError('Conflict', 'a token cannot revoke itself; use another admin token');
       }
       if (!(await tokens.revoke(params.id))) throw notFound(`active API token ${params.id}`);
       return undefined;
@@ -86,4 +86,4 @@ export function registerApiTokenRoutes(app: FastifyInstance, tokens: ApiTokenSto
     response: z.object({ tokenId: z.string(), name: z.string(), scope: tokenScopeSchema }),
     handler: async ({ request }) => requireOperator(request),
   });
-}
+};

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import { assertValidBlobKey } from '../blobs/index.js';
-import { ApiError } from '../http/errors.js';
+import { DomainError } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import type { FleetOutputs } from './fleet-output.js';
 
@@ -67,26 +67,24 @@ export class CaptureIngest {
     file: CaptureFile,
   ): Promise<StoredCaptureFile> {
     if (file.body.length > this.#limits.maxFileBytes)
-      throw new ApiError(
-        413,
+      throw new DomainError(
         'PayloadTooLarge',
         `the capture file ${file.key} is ${file.body.length} bytes; the server accepts at most ${this.#limits.maxFileBytes} per file (captures.maxFileBytes)`,
       );
     try {
       assertValidBlobKey(file.key);
     } catch (error) {
-      throw new ApiError(400, 'ValidationError', (error as Error).message);
+      throw new DomainError('ValidationError', (error as Error).message);
     }
     const fleet = await this.#db
       .selectFrom('fleets')
       .select('output_s3_location')
       .where('name', '=', device.fleetName)
       .executeTakeFirst();
-    if (fleet === undefined) throw new ApiError(404, 'NotFound', `fleet ${device.fleetName} does not exist`);
+    if (fleet === undefined) throw new DomainError('NotFound', `fleet ${device.fleetName} does not exist`);
     const target = this.#outputs.targetFor(fleet.output_s3_location);
     if (target === undefined)
-      throw new ApiError(
-        409,
+      throw new DomainError(
         'Conflict',
         `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} is not an s3://bucket/prefix URI; update it with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
       );
@@ -96,8 +94,7 @@ export class CaptureIngest {
     const underPrefix = target.prefix === '' || file.key.startsWith(`${target.prefix}/`);
     const fleetAt = target.prefix === '' ? undefined : target.prefix.split('/').length;
     if (!underPrefix || (fleetAt !== undefined && segments[fleetAt] !== device.fleetName))
-      throw new ApiError(
-        403,
+      throw new DomainError(
         'Forbidden',
         `capture key ${file.key} is outside fleet ${device.fleetName}'s output; expected keys under ${expected.join('/')}/ (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
       );
@@ -190,8 +187,7 @@ export class CaptureIngest {
         .executeTakeFirst();
       const used = Number(row?.bytes ?? 0);
       if (used + bytes > quota)
-        throw new ApiError(
-          429,
+        throw new DomainError(
           'LimitExceeded',
           `device ${device} has uploaded ${used} capture bytes today (UTC); ${bytes} more would pass its daily quota of ${quota} (captures.dailyQuotaBytesPerDevice); the agent keeps the batch and retries`,
           { usedBytes: used, quotaBytes: quota },
@@ -215,16 +211,14 @@ function captureIdOf(line: string, key: string, lineNumber: number): string {
   try {
     record = JSON.parse(line);
   } catch {
-    throw new ApiError(
-      400,
+    throw new DomainError(
       'ValidationError',
       `${key} line ${lineNumber} is not JSON; expected one capture record per line`,
     );
   }
   const id = (record as { eventMetadata?: { eventId?: unknown } } | null)?.eventMetadata?.eventId;
   if (typeof id !== 'string' || id === '' || id.length > 256)
-    throw new ApiError(
-      400,
+    throw new DomainError(
       'ValidationError',
       `${key} line ${lineNumber} has no eventMetadata.eventId (the capture id, 1-256 characters); expected a capture record`,
     );

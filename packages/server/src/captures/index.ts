@@ -8,6 +8,6 @@ export { FleetOutputs, parseOutputLocation, type FleetOutputTarget } from './fle
 export {
   agentSettingsSchema,
   captureFileBodySchema,
-  registerCaptureDeviceRoutes,
+  captureDeviceRoutes,
   storedCaptureFileSchema,
 } from './routes.js';

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import type { BlobStore, S3ConnectionOptions } from '../blobs/index.js';
@@ -50,16 +50,13 @@ export const agentSettingsSchema = z.object({
  * records or a side file) and writes it under the device's fleet's output location. What EdgeFleet's agent
  * destination `EdgeFleet` calls; registered with one line on the device app.
  */
-export function registerCaptureDeviceRoutes(
-  app: FastifyInstance,
-  deps: {
-    db: Kysely<DatabaseSchema>;
-    blobs: BlobStore;
-    config: Pick<ServerConfig, 'blobLocation' | 's3' | 'captures' | 'heartbeat'>;
-    /** The package-signing root, handed to devices at set-up (their trust folder). */
-    signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
-  },
-): void {
+export const captureDeviceRoutes: FastifyPluginAsync<{
+  db: Kysely<DatabaseSchema>;
+  blobs: BlobStore;
+  config: Pick<ServerConfig, 'blobLocation' | 's3' | 'captures' | 'heartbeat'>;
+  /** The package-signing root, handed to devices at set-up (their trust folder). */
+  signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
+}> = async (app, deps) => {
   const outputs = new FleetOutputs(deps.blobs, s3ConnectionOf(deps.config));
   const limits: CaptureLimits = deps.config.captures;
   const ingest = new CaptureIngest({ db: deps.db, outputs, limits });
@@ -121,7 +118,7 @@ export function registerCaptureDeviceRoutes(
       };
     },
   });
-}
+};
 
 /** The server's S3 connection when its blobs are in S3 (fleet buckets are reached the same way); else none. */
 function s3ConnectionOf(config: Pick<ServerConfig, 'blobLocation' | 's3'>): S3ConnectionOptions | undefined {

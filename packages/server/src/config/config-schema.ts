@@ -40,6 +40,11 @@ export const serverConfigSchema = z.strictObject({
   deviceServerNames: z.array(z.string().min(1)).min(1).default(['localhost', '127.0.0.1']),
   /** `postgres://…` or a SQLite file path; default `<dataDir>/state.db`. */
   database: z.string().min(1).optional(),
+  /**
+   * Start even though the database is empty while the data dir holds generated keys or blobs (a deliberate
+   * fresh start). Off: such a start is refused, since it would forget every fleet, device and token.
+   */
+  allowEmptyDatabase: z.union([z.boolean(), z.stringbool()]).default(false),
   /** PostgreSQL pool size per server. */
   databaseMaxConnections: z.int().min(1).max(1000).default(10),
   /** `s3://bucket/prefix` or a folder; default `<dataDir>/blobs`. */
@@ -83,6 +88,11 @@ export const serverConfigSchema = z.strictObject({
       retentionSweepSeconds: z.int().min(1).default(60),
       /** CacheTTL returned by GetDeviceRegistration. */
       registrationCacheTtlSeconds: z.int().min(0).default(300),
+      /**
+       * How far a device's clock may run ahead of the server's: a heartbeat with a later timestamp is refused
+       * (400), and metrics must also be newer than the retention window.
+       */
+      maxClockSkewSeconds: z.int().min(1).max(86_400).default(3600),
     })
     .prefault({}),
   enrollment: z
@@ -128,6 +138,11 @@ export const serverConfigSchema = z.strictObject({
     .strictObject({
       /** How often a server looks for queued packaging jobs. */
       pollIntervalMs: z.int().min(10).default(1000),
+      /**
+       * A running job's lease: its server renews it while packaging; a job whose lease ran out (its server
+       * crashed) is claimed again and resumed by any replica.
+       */
+      leaseSeconds: z.int().min(1).max(3600).default(120),
     })
     .prefault({}),
 });

@@ -11,6 +11,7 @@ export const overridableSettings = {
   'device-listen': { env: 'EDGEFLEET_DEVICE_LISTEN', path: ['deviceListen'] },
   'device-endpoint': { env: 'EDGEFLEET_DEVICE_ENDPOINT', path: ['deviceEndpoint'] },
   database: { env: 'EDGEFLEET_DATABASE', path: ['database'] },
+  'allow-empty-database': { env: 'EDGEFLEET_ALLOW_EMPTY_DATABASE', path: ['allowEmptyDatabase'] },
   blob: { env: 'EDGEFLEET_BLOB', path: ['blob'] },
   'blob-endpoint': { env: 'EDGEFLEET_BLOB_ENDPOINT', path: ['s3', 'endpoint'] },
   'blob-region': { env: 'EDGEFLEET_BLOB_REGION', path: ['s3', 'region'] },

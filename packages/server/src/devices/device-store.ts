@@ -1,6 +1,6 @@
 import type { Kysely, Transaction } from 'kysely';
 import { tagListSchema, type Tag } from '../fields/index.js';
-import { conflict, notFound } from '../http/errors.js';
+import { conflict, notFound } from '../errors/index.js';
 import {
   containsIgnoringCase,
   isForeignKeyViolation,

@@ -23,4 +23,12 @@ export {
   type DeviceRecord,
   type DeviceStoreOptions,
 } from './device-store.js';
-export { deviceSummaryView, deviceView, registerDeviceRoutes } from './routes.js';
+export { deviceSummaryView, deviceView, deviceRoutes } from './routes.js';
+export {
+  deviceCountsByFleet,
+  deviceFleet,
+  fleetDeviceStats,
+  recordHeartbeatStates,
+  type DeviceHeartbeatState,
+  type FleetDeviceStats,
+} from './device-table.js';

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
@@ -64,7 +64,7 @@ export function deviceView(device: DeviceRecord, identity: DeviceIdentity): Devi
 
 const deviceParams = z.object({ device: deviceNameSchema });
 
-export function registerDeviceRoutes(app: FastifyInstance, devices: DeviceStore): void {
+export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async (app, { devices }) => {
   const describe = async (name: string) => {
     const device = await devices.get(name);
     return deviceView(device, await devices.identity(device));
@@ -155,4 +155,4 @@ export function registerDeviceRoutes(app: FastifyInstance, devices: DeviceStore)
       return undefined;
     },
   });
-}
+};

@@ -43,19 +43,11 @@ export const roleArnSchema = z
   .max(2048)
   .regex(/^arn:aws[a-z-]*:iam::\d{12}:role\/?[a-zA-Z_0-9+=,.@\-_/]+$/, 'expected an IAM role ARN');
 
-/** Version: what agents and models report (`[a-zA-Z0-9 _.]+`, 64). */
-export const versionSchema = z
-  .string()
-  .min(1)
-  .max(64)
-  .regex(/^[a-zA-Z0-9 _.]+$/, 'expected letters, digits, spaces, _ and .');
+/** Version: what agents and models report (`[a-zA-Z0-9 _.]+`, 64), the device contract's rule. */
+export { versionSchema } from '@edgefleet/core';
 
-/** EdgeVersion: model versions the control plane stores (30). */
-export const modelVersionSchema = z
-  .string()
-  .min(1)
-  .max(30)
-  .regex(/^[a-zA-Z0-9 _.]+$/, 'expected 1-30 letters, digits, spaces, _ and .');
+/** EdgeVersion: model versions the control plane stores and packages (30, not "." or ".."): core's rule. */
+export { ModelVersionSchema as modelVersionSchema } from '@edgefleet/core';
 
 const TAG_PATTERN = /^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$/u;
 export const MAX_TAGS = 50;

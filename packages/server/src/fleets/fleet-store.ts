@@ -1,6 +1,7 @@
 import type { Kysely } from 'kysely';
+import { deviceCountsByFleet } from '../devices/index.js';
 import { splitS3Uri, tagListSchema, type Tag } from '../fields/index.js';
-import { ApiError, conflict, notFound } from '../http/errors.js';
+import { conflict, DomainError, notFound } from '../errors/index.js';
 import {
   containsIgnoringCase,
   isForeignKeyViolation,
@@ -113,8 +114,7 @@ export class FleetStore {
   async delete(name: string): Promise<void> {
     const count = (await this.deviceCounts([name])).get(name) ?? 0;
     const inUse = () =>
-      new ApiError(
-        409,
+      new DomainError(
         'ResourceInUse',
         `fleet ${name} still has ${count || 'some'} registered device(s); deregister them first`,
         { fleet: name, deviceCount: count },
@@ -129,14 +129,7 @@ export class FleetStore {
     }
   }
 
-  private async deviceCounts(names: string[]): Promise<Map<string, number>> {
-    if (names.length === 0) return new Map();
-    const rows = await this.db
-      .selectFrom('devices')
-      .select(['fleet_name', (eb) => eb.fn.countAll<number>().as('count')])
-      .where('fleet_name', 'in', names)
-      .groupBy('fleet_name')
-      .execute();
-    return new Map(rows.map((r) => [r.fleet_name, Number(r.count)]));
+  private deviceCounts(names: string[]): Promise<Map<string, number>> {
+    return deviceCountsByFleet(this.db, names);
   }
 }

@@ -8,4 +8,4 @@ export {
   type UpdateFleetInput,
 } from './fleet-schemas.js';
 export { FleetStore, type FleetRecord } from './fleet-store.js';
-export { fleetView, registerFleetRoutes } from './routes.js';
+export { fleetView, fleetRoutes } from './routes.js';

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import { fleetNameSchema } from '../fields/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
@@ -34,7 +34,7 @@ export function fleetView(fleet: FleetRecord): FleetView {
 
 const fleetParams = z.object({ fleet: fleetNameSchema });
 
-export function registerFleetRoutes(app: FastifyInstance, fleets: FleetStore): void {
+export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetStore }> = async (app, { fleets }) => {
   defineRoute(app, {
     method: 'POST',
     url: '/api/v1/fleets',
@@ -103,4 +103,4 @@ export function registerFleetRoutes(app: FastifyInstance, fleets: FleetStore): v
       return undefined;
     },
   });
-}
+};

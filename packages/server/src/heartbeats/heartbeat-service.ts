@@ -1,11 +1,16 @@
-import { sql, type Kysely, type Transaction } from 'kysely';
-import { ApiError } from '../http/errors.js';
+import type { EdgeMetric, ReceivedHeartbeat } from '@edgefleet/core';
+import type { Kysely, Transaction } from 'kysely';
+import { recordHeartbeatStates } from '../devices/index.js';
+import { DomainError } from '../errors/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
-import type { DatabaseSchema, DeviceMetricBatchesTable, DeviceModelsTable } from '../storage/index.js';
-import type { EdgeMetric, SendHeartbeatRequest } from './heartbeat-schemas.js';
+import type { DatabaseSchema, DeviceMetricBatchesTable } from '../storage/index.js';
 
 export interface HeartbeatServiceOptions {
   registrationCacheTtlSeconds: number;
+  /** How far ahead of the server's clock a timestamp may be; default one hour. */
+  maxClockSkewMs?: number;
+  /** Metrics older than this are refused (they would be pruned at once); default: no lower bound. */
+  metricsRetentionMs?: number;
   /** Most heartbeats written in one transaction. */
   maxBatch?: number;
   now?: () => number;
@@ -17,8 +22,7 @@ export function assertActsAsItself(
   claimed: { DeviceName: string; DeviceFleetName: string },
 ): void {
   if (claimed.DeviceName !== device.deviceName || claimed.DeviceFleetName !== device.fleetName) {
-    throw new ApiError(
-      403,
+    throw new DomainError(
       'Forbidden',
       `this certificate belongs to device ${device.deviceName} of fleet ${device.fleetName}; it cannot act as ` +
         `${claimed.DeviceName} of fleet ${claimed.DeviceFleetName}`,
@@ -29,7 +33,7 @@ export function assertActsAsItself(
 
 interface PendingHeartbeat {
   device: AuthenticatedDevice;
-  heartbeat: SendHeartbeatRequest;
+  heartbeat: ReceivedHeartbeat;
   receivedAt: number;
   resolve: () => void;
   reject: (error: unknown) => void;
@@ -61,8 +65,9 @@ export class HeartbeatService {
     this.maxBatch = options.maxBatch ?? 256;
   }
 
-  record(device: AuthenticatedDevice, heartbeat: SendHeartbeatRequest): Promise<void> {
+  record(device: AuthenticatedDevice, heartbeat: ReceivedHeartbeat): Promise<void> {
     assertActsAsItself(device, heartbeat);
+    this.assertTimestampsInWindow(heartbeat);
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ device, heartbeat, receivedAt: this.now(), resolve, reject });
       if (!this.writing) {
@@ -97,6 +102,45 @@ export class HeartbeatService {
     } finally {
       this.writing = false;
     }
+  }
+
+  /**
+   * Every timestamp must lie within a window around the server's clock: none ahead of it by more than the
+   * allowed skew (a far-future time would make a device look active forever and dodge every time query),
+   * and metrics no older than the retention window. Model activity times may be old (a model idle for weeks).
+   */
+  private assertTimestampsInWindow(heartbeat: ReceivedHeartbeat): void {
+    const now = this.now();
+    const latest = now + (this.options.maxClockSkewMs ?? 3_600_000);
+    const earliestMetric =
+      this.options.metricsRetentionMs !== undefined ? now - this.options.metricsRetentionMs : -Infinity;
+    const check = (field: string, at: number | undefined, earliest = -Infinity) => {
+      if (at === undefined || (at <= latest && at >= earliest)) return;
+      const ahead = at > latest;
+      throw new DomainError(
+        'ValidationError',
+        `${field} is ${new Date(at).toISOString()}, ${
+          ahead
+            ? 'ahead of the server clock by more than the allowed skew'
+            : 'older than the metrics retention'
+        } (accepted: ${Number.isFinite(earliest) ? new Date(earliest).toISOString() : 'any time'} to ${new Date(
+          latest,
+        ).toISOString()}); check the device clock (NTP)`,
+        { in: 'body', field, serverTime: new Date(now).toISOString() },
+      );
+    };
+    heartbeat.AgentMetrics?.forEach((m, i) =>
+      check(`AgentMetrics.${i}.Timestamp`, m.Timestamp, earliestMetric),
+    );
+    heartbeat.Models?.forEach((model, i) => {
+      check(`Models.${i}.LatestSampleTime`, model.LatestSampleTime);
+      check(`Models.${i}.LatestInference`, model.LatestInference);
+      model.ModelMetrics?.forEach((m, j) =>
+        check(`Models.${i}.ModelMetrics.${j}.Timestamp`, m.Timestamp, earliestMetric),
+      );
+    });
+    check('DeploymentResult.DeploymentStartTime', heartbeat.DeploymentResult?.DeploymentStartTime);
+    check('DeploymentResult.DeploymentEndTime', heartbeat.DeploymentResult?.DeploymentEndTime);
   }
 
   /** GetDeviceRegistration: a device that passed certificate checks is registered, by construction. */
@@ -151,56 +195,24 @@ function metricBatch(item: PendingHeartbeat): DeviceMetricBatchesTable | undefin
 }
 
 async function writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartbeat[]): Promise<void> {
-  // Latest state: one UPDATE … FROM (VALUES …) for the whole batch, a device's last heartbeat in it winning.
-  // (A statement per device would cost a round trip each on PostgreSQL.)
-  const latest = new Map<string, PendingHeartbeat>();
-  for (const item of batch) latest.set(item.device.deviceName, item);
-  const values = [...latest.values()].map(
-    ({ device, heartbeat, receivedAt }) =>
-      sql`(${device.deviceName}, ${heartbeat.AgentVersion}, ${receivedAt}, ${
-        heartbeat.DeploymentResult !== undefined ? JSON.stringify(heartbeat.DeploymentResult) : null
-      })`,
+  // The devices' state is the devices capability's to write; the metric series is ours.
+  await recordHeartbeatStates(
+    trx,
+    batch.map(({ device, heartbeat, receivedAt }) => ({
+      deviceName: device.deviceName,
+      agentVersion: heartbeat.AgentVersion,
+      heartbeatAt: receivedAt,
+      ...(heartbeat.DeploymentResult !== undefined && { deploymentResult: heartbeat.DeploymentResult }),
+      ...(heartbeat.Models !== undefined && {
+        models: heartbeat.Models.map((m) => ({
+          name: m.ModelName,
+          version: m.ModelVersion,
+          ...(m.LatestSampleTime !== undefined && { latestSampleTime: m.LatestSampleTime }),
+          ...(m.LatestInference !== undefined && { latestInferenceTime: m.LatestInference }),
+        })),
+      }),
+    })),
   );
-  await sql`update devices set
-      agent_version = v.agent_version,
-      last_heartbeat_at = v.last_heartbeat_at,
-      deployment_result = coalesce(v.deployment_result, devices.deployment_result)
-    from (
-      select column1 as name, column2 as agent_version, cast(column3 as bigint) as last_heartbeat_at,
-             column4 as deployment_result
-      from (values ${sql.join(values)}) as t
-    ) as v
-    where devices.name = v.name`.execute(trx);
-
-  // Model lists: each device's last list in the batch replaces what it had; one row per name and version.
-  const models = new Map<string, Map<string, DeviceModelsTable>>();
-  for (const { device, heartbeat } of batch) {
-    if (heartbeat.Models === undefined) continue;
-    const rows = new Map<string, DeviceModelsTable>();
-    for (const m of heartbeat.Models) {
-      rows.set(`${m.ModelName}\u0000${m.ModelVersion}`, {
-        device_name: device.deviceName,
-        model_name: m.ModelName,
-        model_version: m.ModelVersion,
-        latest_sample_time: m.LatestSampleTime ?? null,
-        latest_inference_time: m.LatestInference ?? null,
-      });
-    }
-    models.set(device.deviceName, rows);
-  }
-  if (models.size > 0) {
-    await trx
-      .deleteFrom('device_models')
-      .where('device_name', 'in', [...models.keys()])
-      .execute();
-    const rows = [...models.values()].flatMap((m) => [...m.values()]);
-    for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
-      await trx
-        .insertInto('device_models')
-        .values(rows.slice(i, i + ROWS_PER_INSERT))
-        .execute();
-    }
-  }
 
   const batches = batch.map(metricBatch).filter((b): b is DeviceMetricBatchesTable => b !== undefined);
   for (let i = 0; i < batches.length; i += ROWS_PER_INSERT) {

@@ -1,18 +1,5 @@
 export { fleetReport, type FleetReport } from './fleet-report.js';
 export {
-  deploymentResultSchema,
-  deviceRegistrationResultSchema,
-  edgeMetricSchema,
-  getDeviceRegistrationSchema,
-  MAX_METRICS_PER_LIST,
-  MAX_MODELS_PER_HEARTBEAT,
-  sendHeartbeatSchema,
-  type DeploymentResult,
-  type EdgeMetric,
-  type SendHeartbeatInput,
-  type SendHeartbeatRequest,
-} from './heartbeat-schemas.js';
-export {
   assertActsAsItself,
   HeartbeatService,
   type HeartbeatServiceOptions,
@@ -25,4 +12,4 @@ export {
   type MetricsQuery,
 } from './metrics-query.js';
 export { pruneExpired, startRetentionSweeper } from './retention.js';
-export { registerHeartbeatDeviceRoutes, registerHeartbeatOperatorRoutes } from './routes.js';
+export { heartbeatDeviceRoutes, heartbeatOperatorRoutes } from './routes.js';

@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import { ApiError } from '../http/errors.js';
+import { DomainError } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import type { StoredMetric } from './heartbeat-service.js';
 
@@ -42,12 +42,11 @@ export async function queryDeviceMetrics(
   query: MetricsQuery,
 ): Promise<MetricSeries[]> {
   if (query.until <= query.since) {
-    throw new ApiError(400, 'ValidationError', 'until must be after since', { in: 'querystring' });
+    throw new DomainError('ValidationError', 'until must be after since', { in: 'querystring' });
   }
   const buckets = Math.ceil((query.until - query.since) / query.stepMs);
   if (buckets > MAX_BUCKETS_PER_SERIES) {
-    throw new ApiError(
-      400,
+    throw new DomainError(
       'ValidationError',
       `${buckets} buckets per series asked for; at most ${MAX_BUCKETS_PER_SERIES}: widen step or narrow the window`,
       { in: 'querystring' },
@@ -62,8 +61,7 @@ export async function queryDeviceMetrics(
     .limit(MAX_BATCHES_PER_QUERY + 1)
     .execute();
   if (rows.length > MAX_BATCHES_PER_QUERY) {
-    throw new ApiError(
-      400,
+    throw new DomainError(
       'ValidationError',
       `the window holds more than ${MAX_BATCHES_PER_QUERY} heartbeats' metrics; narrow it`,
       { in: 'querystring' },

@@ -1,4 +1,10 @@
-import type { FastifyInstance } from 'fastify';
+import {
+  deviceRegistrationResultSchema,
+  getDeviceRegistrationRequestSchema,
+  sendHeartbeatRequestSchema,
+  sendHeartbeatResultSchema,
+} from '@edgefleet/core';
+import type { FastifyPluginAsync } from 'fastify';
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import type { DeviceStore } from '../devices/index.js';
@@ -8,18 +14,16 @@ import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import { fleetReport } from './fleet-report.js';
-import {
-  deviceRegistrationResultSchema,
-  getDeviceRegistrationSchema,
-  sendHeartbeatSchema,
-} from './heartbeat-schemas.js';
 import type { HeartbeatService } from './heartbeat-service.js';
 import { queryDeviceMetrics } from './metrics-query.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
 /** Device API routes (mutual TLS): SendHeartbeat and GetDeviceRegistration, native paths and SageMaker names. */
-export function registerHeartbeatDeviceRoutes(app: FastifyInstance, heartbeats: HeartbeatService): void {
+export const heartbeatDeviceRoutes: FastifyPluginAsync<{ heartbeats: HeartbeatService }> = async (
+  app,
+  { heartbeats },
+) => {
   for (const url of ['/api/v1/device/heartbeat', '/SendHeartbeat']) {
     defineRoute(app, {
       method: 'POST',
@@ -27,8 +31,8 @@ export function registerHeartbeatDeviceRoutes(app: FastifyInstance, heartbeats: 
       auth: 'device',
       tag: 'device',
       summary: 'SendHeartbeat: agent version and metrics, models on the device, last deployment result',
-      body: sendHeartbeatSchema,
-      response: z.object({}),
+      body: sendHeartbeatRequestSchema,
+      response: sendHeartbeatResultSchema,
       handler: async ({ body, request }) => {
         await heartbeats.record(requireDevice(request), body);
         return {};
@@ -42,12 +46,12 @@ export function registerHeartbeatDeviceRoutes(app: FastifyInstance, heartbeats: 
       auth: 'device',
       tag: 'device',
       summary: 'GetDeviceRegistration: whether the device is registered, and how long to cache the answer',
-      body: getDeviceRegistrationSchema,
+      body: getDeviceRegistrationRequestSchema,
       response: deviceRegistrationResultSchema,
       handler: async ({ body, request }) => heartbeats.registration(requireDevice(request), body),
     });
   }
-}
+};
 
 const fleetReportSchema = z.object({
   fleetName: z.string(),
@@ -77,10 +81,12 @@ const metricsQuerySchema = z.object({
 });
 
 /** Operator routes: the fleet report and device metric series. */
-export function registerHeartbeatOperatorRoutes(
-  app: FastifyInstance,
-  deps: { db: Kysely<DatabaseSchema>; fleets: FleetStore; devices: DeviceStore; offlineAfterMs: number },
-): void {
+export const heartbeatOperatorRoutes: FastifyPluginAsync<{
+  db: Kysely<DatabaseSchema>;
+  fleets: FleetStore;
+  devices: DeviceStore;
+  offlineAfterMs: number;
+}> = async (app, deps) => {
   defineRoute(app, {
     method: 'GET',
     url: '/api/v1/fleets/:fleet/report',
@@ -166,4 +172,4 @@ export function registerHeartbeatOperatorRoutes(
       };
     },
   });
-}
+};

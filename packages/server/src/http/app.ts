@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { installAuth, type Authenticators } from './auth-hooks.js';
 import { ApiError, installErrorHandlers } from './errors.js';
+import { redactRequestUrl } from './log-redaction.js';
 import { defineRoute, installZodCompilers } from './routes.js';
 
 export interface ReadinessCheck {
@@ -49,7 +50,12 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     const status = reply.statusCode;
     const level = status >= 500 ? 'warn' : status >= 400 ? 'info' : 'debug';
     request.log[level](
-      { method: request.method, url: request.url, status, ms: Math.round(reply.elapsedTime) },
+      {
+        method: request.method,
+        url: redactRequestUrl(request.url),
+        status,
+        ms: Math.round(reply.elapsedTime),
+      },
       'request',
     );
   });

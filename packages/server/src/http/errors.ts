@@ -1,35 +1,32 @@
+import type { ErrorBody } from '@edgefleet/core';
 import type { FastifyError, FastifyInstance } from 'fastify';
-import { z } from 'zod';
+import type { z } from 'zod';
+import { DomainError, type DomainErrorCode } from '../errors/index.js';
 
-/** The body of every error answer, on every route. */
-export const errorBodySchema = z
-  .object({
-    code: z.string().describe('Stable machine-readable error code, e.g. NotFound, ValidationError'),
-    message: z.string().describe('What was wrong and what was expected'),
-    details: z.record(z.string(), z.unknown()).optional(),
-  })
-  .describe('Error');
-export type ErrorBody = z.infer<typeof errorBodySchema>;
+// The body of every error answer, on every route: part of the device contract, so defined in core.
+export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
 
-export type ErrorCode =
-  | 'ValidationError'
-  | 'Unauthenticated'
-  | 'Forbidden'
-  | 'NotFound'
-  | 'Conflict'
-  | 'ResourceInUse'
-  | 'LimitExceeded'
-  | 'PayloadTooLarge'
-  | 'UnsupportedMediaType'
-  | 'CertificateRequired'
-  | 'CertificateInvalid'
-  | 'CertificateExpired'
-  | 'CertificateRevoked'
-  | 'EnrollmentTokenInvalid'
-  | 'EnrollmentTokenExpired'
-  | 'EnrollmentTokenUsed'
-  | 'NotReady'
-  | 'InternalError';
+/** Every code an answer may carry: the domain's, plus those only the HTTP layer raises. */
+export type ErrorCode = DomainErrorCode | 'UnsupportedMediaType' | 'NotReady' | 'InternalError';
+
+/** The HTTP status of each domain error: the one place the domain meets HTTP. */
+const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
+  ValidationError: 400,
+  Unauthenticated: 401,
+  CertificateRequired: 401,
+  CertificateInvalid: 401,
+  CertificateExpired: 401,
+  CertificateRevoked: 401,
+  EnrollmentTokenInvalid: 401,
+  EnrollmentTokenExpired: 401,
+  EnrollmentTokenUsed: 401,
+  Forbidden: 403,
+  NotFound: 404,
+  Conflict: 409,
+  ResourceInUse: 409,
+  PayloadTooLarge: 413,
+  LimitExceeded: 429,
+};
 
 /** An error that becomes an HTTP answer with the consistent body. Thrown by handlers and hooks. */
 export class ApiError extends Error {
@@ -50,10 +47,10 @@ export class ApiError extends Error {
   }
 }
 
-export const notFound = (what: string, details?: Record<string, unknown>) =>
-  new ApiError(404, 'NotFound', `${what} does not exist`, details);
-export const conflict = (message: string, details?: Record<string, unknown>) =>
-  new ApiError(409, 'Conflict', message, details);
+/** The answer a domain error becomes. */
+export function fromDomainError(error: DomainError): ApiError {
+  return new ApiError(STATUS_BY_DOMAIN_CODE[error.code], error.code, error.message, error.details);
+}
 
 /** Raised by the zod validator compiler; carries zod's issues. */
 export class RequestValidationError extends Error {
@@ -87,6 +84,7 @@ export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((error: unknown, request, reply) => {
     let apiError: ApiError | undefined;
     if (error instanceof ApiError) apiError = error;
+    else if (error instanceof DomainError) apiError = fromDomainError(error);
     else if (error instanceof RequestValidationError) {
       apiError = new ApiError(400, 'ValidationError', error.message, {
         in: error.part,

@@ -1,3 +1,4 @@
+import { hasNoNul, NO_NUL_MESSAGE } from '@edgefleet/core';
 import type { FastifyInstance, FastifyReply, FastifyRequest, HTTPMethods } from 'fastify';
 import { z } from 'zod';
 import { errorBodySchema, RequestValidationError } from './errors.js';
@@ -32,7 +33,25 @@ export function toJsonSchema(schema: z.ZodType, io: 'input' | 'output' = 'input'
   return json;
 }
 
-/** Validation by zod (the schemas are the single source of truth); serialisation by JSON.stringify. */
+/**
+ * Where the first NUL (U+0000) is in a request part: in a string value or a key, at any depth. PostgreSQL
+ * cannot store NUL in text (SQLite can), so no field of any route may carry one.
+ */
+function pathToNul(value: unknown, at: PropertyKey[] = [], depth = 0): PropertyKey[] | undefined {
+  if (typeof value === 'string') return hasNoNul(value) ? undefined : at;
+  if (typeof value !== 'object' || value === null || depth > 64) return undefined;
+  for (const [key, inner] of Object.entries(value)) {
+    if (!hasNoNul(key)) return [...at, key];
+    const found = pathToNul(inner, [...at, Array.isArray(value) ? Number(key) : key], depth + 1);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
+/**
+ * Validation by zod (the schemas are the single source of truth), after one rule every route shares: no NUL
+ * character anywhere (so the two database engines accept the same input). Serialisation by JSON.stringify.
+ */
 export function installZodCompilers(app: FastifyInstance): void {
   app.setValidatorCompiler(({ schema, httpPart }) => {
     const zodSchema = zodByJsonSchema.get(schema);
@@ -40,6 +59,11 @@ export function installZodCompilers(app: FastifyInstance): void {
       throw new Error(`route schema for ${httpPart ?? 'input'} was not built with toJsonSchema()`);
     }
     return (data: unknown) => {
+      const nulAt = pathToNul(data);
+      if (nulAt !== undefined) {
+        const issue = { code: 'custom', path: nulAt, message: NO_NUL_MESSAGE, input: undefined } as const;
+        return { error: new RequestValidationError(httpPart ?? 'input', [issue]) };
+      }
       const result = zodSchema.safeParse(data);
       return result.success
         ? { value: result.data }

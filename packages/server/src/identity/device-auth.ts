@@ -1,7 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { FastifyRequest } from 'fastify';
 import { bearerTokenOf } from '../auth/index.js';
-import { ApiError } from '../http/errors.js';
+import { DomainError } from '../errors/index.js';
 import {
   ENROLLMENT_TOKEN_PREFIX,
   type AuthenticatedDevice,
@@ -56,8 +56,7 @@ export function deviceAuthenticator(
 export async function enrollmentTokenAuthenticator(request: FastifyRequest): Promise<void> {
   const token = bearerTokenOf(request.headers.authorization);
   if (token === undefined || !token.startsWith(ENROLLMENT_TOKEN_PREFIX)) {
-    throw new ApiError(
-      401,
+    throw new DomainError(
       'EnrollmentTokenInvalid',
       `enrollment needs "Authorization: Bearer ${ENROLLMENT_TOKEN_PREFIX}…" with the token an operator created for the device`,
     );

@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely';
 import { hashSecret, newId, newSecret } from '../auth/index.js';
-import { toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
-import { ApiError, notFound } from '../http/errors.js';
+import { deviceFleet, toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
+import { DomainError, notFound } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import { CsrError, parseCsr } from './csr.js';
 import type { DeviceCa, IssuedCertificate } from './device-ca.js';
@@ -58,7 +58,7 @@ export interface PresentedCertificate {
 
 function badCsr(error: unknown): never {
   if (error instanceof CsrError)
-    throw new ApiError(400, 'ValidationError', error.message, { in: 'body', field: 'csr' });
+    throw new DomainError('ValidationError', error.message, { in: 'body', field: 'csr' });
   throw error;
 }
 
@@ -91,18 +91,13 @@ export class DeviceIdentityService {
   async createEnrollmentToken(deviceName: string, ttlSeconds?: number): Promise<EnrollmentToken> {
     const ttl = ttlSeconds ?? this.options.enrollmentTokenTtlSeconds;
     if (ttl > this.options.maxEnrollmentTokenTtlSeconds) {
-      throw new ApiError(
-        400,
+      throw new DomainError(
         'ValidationError',
         `ttlSeconds ${ttl} is above the configured maximum of ${this.options.maxEnrollmentTokenTtlSeconds}`,
         { in: 'body', field: 'ttlSeconds' },
       );
     }
-    const device = await this.db
-      .selectFrom('devices')
-      .select(['name', 'fleet_name'])
-      .where('name', '=', deviceName)
-      .executeTakeFirst();
+    const device = await deviceFleet(this.db, deviceName);
     if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
     const token = newSecret(ENROLLMENT_TOKEN_PREFIX);
     const createdAt = this.now();
@@ -118,7 +113,7 @@ export class DeviceIdentityService {
         used_at: null,
       })
       .execute();
-    return { token, deviceName, fleetName: device.fleet_name, expiresAt };
+    return { token, deviceName, fleetName: device.fleetName, expiresAt };
   }
 
   /**
@@ -150,21 +145,18 @@ export class DeviceIdentityService {
           .where('token_hash', '=', tokenHash)
           .executeTakeFirst();
         if (row === undefined) {
-          throw new ApiError(
-            401,
+          throw new DomainError(
             'EnrollmentTokenInvalid',
             'the enrollment token is unknown (or its device was deregistered)',
           );
         }
         if (row.used_at !== null) {
-          throw new ApiError(
-            401,
+          throw new DomainError(
             'EnrollmentTokenUsed',
             'the enrollment token was already used; ask for a new one',
           );
         }
-        throw new ApiError(
-          401,
+        throw new DomainError(
           'EnrollmentTokenExpired',
           'the enrollment token has expired; ask for a new one',
           {
@@ -172,22 +164,20 @@ export class DeviceIdentityService {
           },
         );
       }
-      const device = await trx
-        .selectFrom('devices')
-        .select(['name', 'fleet_name'])
-        .where('name', '=', consumed.device_name)
-        .executeTakeFirstOrThrow();
+      const device = await deviceFleet(trx, consumed.device_name);
+      if (device === undefined)
+        throw notFound(`device ${consumed.device_name}`, { device: consumed.device_name });
       const issued = this.options.ca.issueDeviceCertificate({
         deviceName: device.name,
-        fleetName: device.fleet_name,
+        fleetName: device.fleetName,
         publicKeyPem,
         validityDays: this.options.certificateValidityDays,
       });
-      await this.record(trx, device.name, device.fleet_name, issued, at);
+      await this.record(trx, device.name, device.fleetName, issued, at);
       return {
         ...issued,
         deviceName: device.name,
-        fleetName: device.fleet_name,
+        fleetName: device.fleetName,
         caCertificatePem: this.caCertificatePem,
       };
     });
@@ -222,21 +212,17 @@ export class DeviceIdentityService {
     publicKeyPem: string,
     window: { notBefore?: Date; notAfter?: Date } = {},
   ): Promise<IssuedDeviceCertificate> {
-    const device = await this.db
-      .selectFrom('devices')
-      .select(['name', 'fleet_name'])
-      .where('name', '=', deviceName)
-      .executeTakeFirst();
+    const device = await deviceFleet(this.db, deviceName);
     if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
     const issued = this.options.ca.issueDeviceCertificate({
       deviceName,
-      fleetName: device.fleet_name,
+      fleetName: device.fleetName,
       publicKeyPem,
       validityDays: this.options.certificateValidityDays,
       ...window,
     });
-    await this.record(this.db, deviceName, device.fleet_name, issued, this.now());
-    return { ...issued, deviceName, fleetName: device.fleet_name, caCertificatePem: this.caCertificatePem };
+    await this.record(this.db, deviceName, device.fleetName, issued, this.now());
+    return { ...issued, deviceName, fleetName: device.fleetName, caCertificatePem: this.caCertificatePem };
   }
 
   private async record(
@@ -265,11 +251,7 @@ export class DeviceIdentityService {
 
   /** Revokes one certificate (by serial) or every active one of the device; returns how many. */
   async revoke(deviceName: string, options: { serial?: string; reason?: string } = {}): Promise<number> {
-    const device = await this.db
-      .selectFrom('devices')
-      .select('name')
-      .where('name', '=', deviceName)
-      .executeTakeFirst();
+    const device = await deviceFleet(this.db, deviceName);
     if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
     let query = this.db
       .updateTable('device_certificates')
@@ -345,22 +327,19 @@ export class DeviceIdentityService {
    */
   async authenticate(presented: PresentedCertificate): Promise<AuthenticatedDevice> {
     if (presented.fingerprintSha256 === undefined) {
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'CertificateRequired',
         'device routes need a client certificate issued at enrollment (mutual TLS)',
       );
     }
     if (!presented.authorized) {
       if (presented.authorizationError === 'CERT_HAS_EXPIRED') {
-        throw new ApiError(
-          401,
+        throw new DomainError(
           'CertificateExpired',
           'the client certificate has expired; enroll again with a new token',
         );
       }
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'CertificateInvalid',
         "the client certificate was not issued by this server's device CA",
         {
@@ -370,17 +349,15 @@ export class DeviceIdentityService {
     }
     const row = await this.lookupCertificate(presented.fingerprintSha256);
     if (row === undefined) {
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'CertificateRevoked',
         'the client certificate is not (or no longer) valid for any registered device',
       );
     }
     if (row.revoked_at !== null)
-      throw new ApiError(401, 'CertificateRevoked', 'the client certificate has been revoked');
+      throw new DomainError('CertificateRevoked', 'the client certificate has been revoked');
     if (row.not_after <= this.now()) {
-      throw new ApiError(
-        401,
+      throw new DomainError(
         'CertificateExpired',
         'the client certificate has expired; enroll again with a new token',
       );

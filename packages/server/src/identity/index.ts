@@ -24,7 +24,8 @@ export {
 } from './identity-service.js';
 export {
   issuedCertificateSchema,
-  registerIdentityDeviceRoutes,
-  registerIdentityOperatorRoutes,
-  registerIdentityRoutes,
+  enrollmentRoutes,
+  identityDeviceRoutes,
+  identityOperatorRoutes,
+  type IdentityRoutesOptions,
 } from './routes.js';

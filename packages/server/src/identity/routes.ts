@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import { bearerTokenOf } from '../auth/index.js';
 import { deviceCertificateSchema } from '../devices/index.js';
@@ -50,11 +50,17 @@ function issuedView(
   };
 }
 
-export function registerIdentityRoutes(
-  app: FastifyInstance,
-  identity: DeviceIdentityService,
-  deviceEndpoint: () => string,
-): void {
+/** What the identity routes need: the service, and the device endpoint to tell enrolled devices. */
+export interface IdentityRoutesOptions {
+  identity: DeviceIdentityService;
+  deviceEndpoint: () => string;
+}
+
+/** POST /api/v1/enroll: served on both APIs (a device may enroll before it has a certificate). */
+export const enrollmentRoutes: FastifyPluginAsync<IdentityRoutesOptions> = async (
+  app,
+  { identity, deviceEndpoint },
+) => {
   defineRoute(app, {
     method: 'POST',
     url: '/api/v1/enroll',
@@ -72,14 +78,13 @@ export function registerIdentityRoutes(
         deviceEndpoint(),
       ),
   });
-}
+};
 
 /** Operator routes: enrollment tokens, certificate listing and revocation. */
-export function registerIdentityOperatorRoutes(
-  app: FastifyInstance,
-  identity: DeviceIdentityService,
-  deviceEndpoint: () => string,
-): void {
+export const identityOperatorRoutes: FastifyPluginAsync<IdentityRoutesOptions> = async (
+  app,
+  { identity, deviceEndpoint },
+) => {
   const deviceParams = z.object({ device: deviceNameSchema });
 
   defineRoute(app, {
@@ -154,15 +159,12 @@ export function registerIdentityOperatorRoutes(
     response: z.object({ certificatePem: z.string(), deviceEndpoint: z.string() }),
     handler: async () => ({ certificatePem: identity.caCertificatePem, deviceEndpoint: deviceEndpoint() }),
   });
-}
+};
 
 /** Device routes (mutual TLS): who am I, and certificate renewal. */
-export function registerIdentityDeviceRoutes(
-  app: FastifyInstance,
-  identity: DeviceIdentityService,
-  deviceEndpoint: () => string,
-): void {
-  registerIdentityRoutes(app, identity, deviceEndpoint);
+export const identityDeviceRoutes: FastifyPluginAsync<IdentityRoutesOptions> = async (app, options) => {
+  const { identity, deviceEndpoint } = options;
+  await app.register(enrollmentRoutes, options);
 
   defineRoute(app, {
     method: 'GET',
@@ -195,4 +197,4 @@ export function registerIdentityDeviceRoutes(
       return issuedView(await identity.renew(requireDevice(request), body.csr), deviceEndpoint());
     },
   });
-}
+};

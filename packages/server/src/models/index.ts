@@ -11,7 +11,7 @@ export {
   modelSchema,
   modelVersionSchema,
   modelVersionView,
-  registerModelRoutes,
+  modelRoutes,
   UPLOAD_CONTENT_TYPES,
 } from './routes.js';
 export { spoolUpload, type SpooledUpload } from './upload.js';

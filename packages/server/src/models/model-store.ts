@@ -12,7 +12,7 @@ import {
 } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
 import type { BlobStore } from '../blobs/index.js';
-import { ApiError, conflict, notFound } from '../http/errors.js';
+import { conflict, DomainError, notFound } from '../errors/index.js';
 import { isUniqueViolation, type DatabaseSchema, type ModelVersionsTable } from '../storage/index.js';
 import { spoolUpload } from './upload.js';
 
@@ -75,7 +75,7 @@ function asValidationError(error: unknown, scratchDir: string): never {
   ) {
     const scratchPath = new RegExp(`${scratchDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}[^\\s:,;'"]*`, 'g');
     const message = (error as Error).message.replace(scratchPath, 'the upload');
-    throw new ApiError(400, 'ValidationError', message, {
+    throw new DomainError('ValidationError', message, {
       reason: (error as { reason?: string }).reason ?? name,
     });
   }
@@ -186,8 +186,7 @@ export class ModelStore {
       await extractPackageArchive(file, extracted, { maxTotalBytes: this.options.maxUploadBytes * 4 });
       const opened = await openModelPackage(extracted, { trust: null });
       if (opened.manifest.name !== input.name || opened.manifest.version !== input.version) {
-        throw new ApiError(
-          400,
+        throw new DomainError(
           'ValidationError',
           `the package is ${opened.manifest.name} version ${opened.manifest.version}, but was uploaded as ` +
             `${input.name} version ${input.version}`,

@@ -1,7 +1,8 @@
 import type { Readable } from 'node:stream';
 import { ModelNameSchema, ModelVersionSchema, TensorMetadataSchema } from '@edgefleet/core';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
+import { DomainError } from '../errors/index.js';
 import { ApiError } from '../http/errors.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
@@ -65,7 +66,10 @@ function modelView(m: ModelRecord): z.input<typeof modelSchema> {
 const modelParams = z.object({ model: ModelNameSchema });
 const versionParams = z.object({ model: ModelNameSchema, version: ModelVersionSchema });
 
-export function registerModelRoutes(app: FastifyInstance, models: ModelStore, maxUploadBytes: number): void {
+export const modelRoutes: FastifyPluginAsync<{ models: ModelStore; maxUploadBytes: number }> = async (
+  app,
+  { models, maxUploadBytes },
+) => {
   // Uploads reach the handler as a stream; the model store spools it with its own size limit.
   app.addContentTypeParser(Object.keys(UPLOAD_CONTENT_TYPES), (_request, payload, done) =>
     done(null, payload),
@@ -96,8 +100,7 @@ export function registerModelRoutes(app: FastifyInstance, models: ModelStore, ma
       }
       const declared = Number(request.headers['content-length'] ?? NaN);
       if (declared > maxUploadBytes) {
-        throw new ApiError(
-          413,
+        throw new DomainError(
           'PayloadTooLarge',
           `the upload is ${declared} bytes; the limit is ${maxUploadBytes}`,
           {
@@ -191,4 +194,4 @@ export function registerModelRoutes(app: FastifyInstance, models: ModelStore, ma
       return undefined;
     },
   });
-}
+};

@@ -4,7 +4,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ApiError } from '../http/errors.js';
+import { DomainError } from '../errors/index.js';
 
 export interface SpooledUpload {
   file: string;
@@ -30,8 +30,7 @@ export async function spoolUpload(
       size += chunk.length;
       if (size > options.maxBytes) {
         callback(
-          new ApiError(
-            413,
+          new DomainError(
             'PayloadTooLarge',
             `the upload is larger than the limit of ${options.maxBytes} bytes`,
             {
@@ -55,7 +54,7 @@ export async function spoolUpload(
   }
   if (size === 0) {
     await rm(file, { force: true });
-    throw new ApiError(400, 'ValidationError', 'the upload is empty; send the file as the request body');
+    throw new DomainError('ValidationError', 'the upload is empty; send the file as the request body');
   }
   return { file, size, sha256: hash.digest('hex'), remove: () => rm(file, { force: true }) };
 }

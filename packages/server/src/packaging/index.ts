@@ -1,11 +1,7 @@
+export { noDeploymentPlans, type DevicePackageAccess } from './device-access.js';
 export { PackagingJobStore, type PackagingJobRecord, type PackagingJobStatus } from './packaging-jobs.js';
 export { artifactKeyOf, PackagingWorker, type PackagingWorkerOptions } from './packaging-worker.js';
-export {
-  packagingJobSchema,
-  packagingJobView,
-  registerPackagingDeviceRoutes,
-  registerPackagingRoutes,
-} from './routes.js';
+export { packagingJobSchema, packagingJobView, packagingDeviceRoutes, packagingRoutes } from './routes.js';
 export {
   bindSigningRoot,
   openSigningIdentity,

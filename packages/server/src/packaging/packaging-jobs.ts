@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import { conflict, notFound } from '../http/errors.js';
+import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
 import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from '../storage/index.js';
 
@@ -108,29 +108,45 @@ export class PackagingJobStore {
     return (await query.execute()).map(toRecord);
   }
 
-  /** Takes the oldest STARTING job for this caller, or undefined; the conditional update makes it exclusive. */
-  async claimNext(): Promise<PackagingJobRecord | undefined> {
+  /**
+   * Takes the oldest job that is waiting (STARTING) or whose runner's lease ran out (INPROGRESS, untouched for
+   * `leaseMs`: its server crashed or was killed), or undefined. Runners touch their job well within the
+   * lease, so a live replica's job is never taken. The update is conditional on the status and time read,
+   * so exactly one caller wins a job.
+   */
+  async claimNext(leaseMs: number): Promise<{ job: PackagingJobRecord; resumed: boolean } | undefined> {
     for (;;) {
       const next = await this.db
         .selectFrom('packaging_jobs')
-        .select('name')
-        .where('status', '=', 'STARTING')
+        .select(['name', 'status', 'updated_at'])
+        .where((eb) =>
+          eb.or([
+            eb('status', '=', 'STARTING'),
+            eb.and([eb('status', '=', 'INPROGRESS'), eb('updated_at', '<', this.now() - leaseMs)]),
+          ]),
+        )
         .orderBy('created_at')
         .orderBy('name')
         .executeTakeFirst();
       if (next === undefined) return undefined;
+      const resumed = next.status === 'INPROGRESS';
       const result = await this.db
         .updateTable('packaging_jobs')
-        .set({ status: 'INPROGRESS', status_message: 'packaging', updated_at: this.now() })
+        .set({
+          status: 'INPROGRESS',
+          status_message: resumed ? 'packaging (resumed after an interruption)' : 'packaging',
+          updated_at: this.now(),
+        })
         .where('name', '=', next.name)
-        .where('status', '=', 'STARTING')
+        .where('status', '=', next.status)
+        .where('updated_at', '=', next.updated_at)
         .executeTakeFirst();
-      if (Number(result.numUpdatedRows) === 1) return this.get(next.name);
+      if (Number(result.numUpdatedRows) === 1) return { job: await this.get(next.name), resumed };
       // Another replica claimed it first: look again.
     }
   }
 
-  /** Shows the job is still being worked on (see failAbandoned). */
+  /** Renews the runner's lease on the job (see claimNext). */
   async touch(name: string, message: string): Promise<void> {
     await this.db
       .updateTable('packaging_jobs')
@@ -173,20 +189,5 @@ export class PackagingJobStore {
       .set({ status: 'FAILED', status_message: message, updated_at: this.now() })
       .where('name', '=', name)
       .execute();
-  }
-
-  /** Fails INPROGRESS jobs nobody has touched for `staleMs` (their server stopped mid-job). */
-  async failAbandoned(staleMs: number): Promise<number> {
-    const result = await this.db
-      .updateTable('packaging_jobs')
-      .set({
-        status: 'FAILED',
-        status_message: 'interrupted: the server packaging it stopped; create the job again under a new name',
-        updated_at: this.now(),
-      })
-      .where('status', '=', 'INPROGRESS')
-      .where('updated_at', '<', this.now() - staleMs)
-      .executeTakeFirst();
-    return Number(result.numUpdatedRows);
   }
 }

@@ -25,12 +25,11 @@ export interface PackagingWorkerOptions {
   workDir: string;
   pollIntervalMs: number;
   logger: Logger;
-  /** INPROGRESS jobs untouched this long are failed as abandoned. */
-  staleMs?: number;
+  /** An INPROGRESS job untouched this long lost its runner (a crash) and is claimed again. */
+  leaseMs?: number;
 }
 
-const TOUCH_INTERVAL_MS = 20_000;
-const DEFAULT_STALE_MS = 120_000;
+const DEFAULT_LEASE_MS = 120_000;
 
 /** The object key of a job's package: Edge Manager's `<name>-<version>.tar.gz`, under the job's name. */
 export function artifactKeyOf(job: Pick<PackagingJobRecord, 'name' | 'modelName' | 'modelVersion'>): string {
@@ -82,13 +81,19 @@ export class PackagingWorker {
   /** Runs jobs until none is waiting; resolves when idle (tests await it). */
   async drain(): Promise<void> {
     try {
-      await this.options.jobs.failAbandoned(this.options.staleMs ?? DEFAULT_STALE_MS);
+      const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
       for (
-        let job = await this.options.jobs.claimNext();
-        job && !this.stopped;
-        job = await this.options.jobs.claimNext()
+        let claimed = await this.options.jobs.claimNext(leaseMs);
+        claimed && !this.stopped;
+        claimed = await this.options.jobs.claimNext(leaseMs)
       ) {
-        await this.run(job);
+        if (claimed.resumed) {
+          this.options.logger.info(
+            { packagingJob: claimed.job.name },
+            'resuming an interrupted packaging job',
+          );
+        }
+        await this.run(claimed.job);
       }
     } catch (error) {
       this.options.logger.warn({ err: error }, 'packaging worker: could not look for jobs; will retry');
@@ -97,9 +102,14 @@ export class PackagingWorker {
 
   private async run(job: PackagingJobRecord): Promise<void> {
     const log = this.options.logger.child({ packagingJob: job.name });
-    const touch = setInterval(() => {
-      this.options.jobs.touch(job.name, 'packaging').catch(() => undefined);
-    }, TOUCH_INTERVAL_MS);
+    // Renewed well within the lease, so a slow database round trip never lets another replica take the job.
+    const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
+    const touch = setInterval(
+      () => {
+        this.options.jobs.touch(job.name, 'packaging').catch(() => undefined);
+      },
+      Math.min(20_000, leaseMs / 4),
+    );
     await mkdir(this.options.workDir, { recursive: true, mode: 0o700 });
     const dir = await mkdtemp(path.join(this.options.workDir, `job-${job.name}-`));
     try {

@@ -1,11 +1,13 @@
 import { ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import type { BlobStore } from '../blobs/index.js';
 import { entityNameSchema, s3UriSchema } from '../fields/index.js';
-import { ApiError } from '../http/errors.js';
+import { DomainError } from '../errors/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
+import { requireDevice } from '../identity/index.js';
+import type { DevicePackageAccess } from './device-access.js';
 import type { PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
 import type { PackageSigningIdentity } from './signing-keys.js';
 
@@ -67,8 +69,7 @@ const jobParams = z.object({ job: entityNameSchema });
 async function artifactStream(jobs: PackagingJobStore, blobs: BlobStore, name: string) {
   const job = await jobs.get(name);
   if (job.status !== 'COMPLETED' || job.artifactKey === null) {
-    throw new ApiError(
-      409,
+    throw new DomainError(
       'Conflict',
       `packaging job ${name} is ${job.status}; its package exists once COMPLETED`,
       {
@@ -79,10 +80,12 @@ async function artifactStream(jobs: PackagingJobStore, blobs: BlobStore, name: s
   return { job, stream: await blobs.get(job.artifactKey) };
 }
 
-export function registerPackagingRoutes(
-  app: FastifyInstance,
-  deps: { jobs: PackagingJobStore; blobs: BlobStore; signing: PackageSigningIdentity; onCreated: () => void },
-): void {
+export const packagingRoutes: FastifyPluginAsync<{
+  jobs: PackagingJobStore;
+  blobs: BlobStore;
+  signing: PackageSigningIdentity;
+  onCreated: () => void;
+}> = async (app, deps) => {
   defineRoute(app, {
     method: 'POST',
     url: '/api/v1/packaging-jobs',
@@ -173,22 +176,33 @@ export function registerPackagingRoutes(
       fingerprintSha256: deps.signing.rootFingerprintSha256,
     }),
   });
-}
+};
 
-/** Device route (mutual TLS): download a completed job's package. */
-export function registerPackagingDeviceRoutes(
-  app: FastifyInstance,
-  deps: { jobs: PackagingJobStore; blobs: BlobStore },
-): void {
+/** Device route (mutual TLS): download a completed job's package, if it is deployed to the device's fleet. */
+export const packagingDeviceRoutes: FastifyPluginAsync<{
+  jobs: PackagingJobStore;
+  blobs: BlobStore;
+  access: DevicePackageAccess;
+}> = async (app, deps) => {
   defineRoute(app, {
     method: 'GET',
     url: '/api/v1/device/packages/:job',
     auth: 'device',
     tag: 'device',
-    summary: "Download a completed packaging job's signed package",
+    summary: "Download a completed packaging job's signed package (one deployed to the device's fleet)",
     params: jobParams,
     binaryResponse: 'application/gzip',
-    handler: async ({ params, reply }) => {
+    handler: async ({ params, request, reply }) => {
+      const device = requireDevice(request);
+      // Checked before the job is looked up, so a device cannot learn which job names exist elsewhere.
+      if (!(await deps.access.isDeployable(params.job, device.fleetName))) {
+        throw new DomainError(
+          'Forbidden',
+          `package ${params.job} is not deployed to fleet ${device.fleetName}; a device may download only ` +
+            'packages deployed to its own fleet',
+          { job: params.job, fleet: device.fleetName },
+        );
+      }
       const { job, stream } = await artifactStream(deps.jobs, deps.blobs, params.job);
       reply.type('application/gzip');
       if (job.artifactSizeBytes !== null) reply.header('content-length', job.artifactSizeBytes);
@@ -196,4 +210,4 @@ export function registerPackagingDeviceRoutes(
       return stream as never;
     },
   });
-}
+};

@@ -3,16 +3,16 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { ApiTokenStore, operatorAuthenticators, registerApiTokenRoutes } from '../auth/index.js';
+import { ApiTokenStore, apiTokenRoutes, operatorAuthenticators } from '../auth/index.js';
 import { createBlobStore, type BlobStore } from '../blobs/index.js';
-import { registerCaptureDeviceRoutes } from '../captures/index.js';
+import { captureDeviceRoutes } from '../captures/index.js';
 import type { ServerConfig } from '../config/index.js';
-import { DeviceStore, registerDeviceRoutes } from '../devices/index.js';
-import { FleetStore, registerFleetRoutes } from '../fleets/index.js';
+import { DeviceStore, deviceRoutes } from '../devices/index.js';
+import { FleetStore, fleetRoutes } from '../fleets/index.js';
 import {
+  heartbeatDeviceRoutes,
+  heartbeatOperatorRoutes,
   HeartbeatService,
-  registerHeartbeatDeviceRoutes,
-  registerHeartbeatOperatorRoutes,
   startRetentionSweeper,
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
@@ -21,23 +21,26 @@ import {
   DeviceCa,
   DeviceIdentityService,
   deviceAuthenticator,
+  enrollmentRoutes,
   enrollmentTokenAuthenticator,
-  registerIdentityDeviceRoutes,
-  registerIdentityOperatorRoutes,
-  registerIdentityRoutes,
+  identityDeviceRoutes,
+  identityOperatorRoutes,
 } from '../identity/index.js';
-import { ModelStore, registerModelRoutes } from '../models/index.js';
+import { ModelStore, modelRoutes } from '../models/index.js';
 import {
   bindSigningRoot,
+  noDeploymentPlans,
   openSigningIdentity,
   PackagingJobStore,
+  packagingDeviceRoutes,
+  packagingRoutes,
   PackagingWorker,
-  registerPackagingDeviceRoutes,
-  registerPackagingRoutes,
   type PackageSigningIdentity,
 } from '../packaging/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
+import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
 import { createLogger } from './logger.js';
+import { sweepStaleTempFiles } from './temp-sweep.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
 export interface ServerServices {
@@ -91,10 +94,16 @@ export async function openStores(
       logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
   });
   try {
+    await refuseSilentFreshInstall(config, database);
     await migrateToLatest(database.db);
   } catch (error) {
     await database.close();
-    throw error;
+    if (error instanceof EmptyDatabaseError) throw error;
+    // Name the database in every error about it: the operator may run several.
+    throw new Error(
+      `database ${database.description}: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
   }
   const blobs = createBlobStore(config.blobLocation, {
     ...(config.s3.endpoint !== undefined ? { endpoint: config.s3.endpoint } : {}),
@@ -176,6 +185,13 @@ export async function startServer(
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
     const workDir = path.join(config.dataDir, 'tmp');
+    const swept = await sweepStaleTempFiles(workDir);
+    if (swept.removed.length > 0) {
+      logger.info(
+        { workDir, removed: swept.removed.length, bytes: swept.bytes },
+        'removed temporary files left by an earlier run',
+      );
+    }
     const models = new ModelStore(database.db, {
       blobs,
       workDir,
@@ -196,6 +212,8 @@ export async function startServer(
       deviceCa,
       heartbeats: new HeartbeatService(database.db, {
         registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
+        maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
+        metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
       }),
       models,
       packagingJobs,
@@ -206,6 +224,7 @@ export async function startServer(
         signing,
         workDir,
         pollIntervalMs: config.packaging.pollIntervalMs,
+        leaseMs: config.packaging.leaseSeconds * 1000,
         logger: logger.child({ worker: 'packaging' }),
       }),
       signing,
@@ -237,19 +256,25 @@ export async function startServer(
       },
     });
     apps.push(operatorApp);
-    registerApiTokenRoutes(operatorApp, services.apiTokens);
-    registerFleetRoutes(operatorApp, services.fleets);
-    registerDeviceRoutes(operatorApp, services.devices);
-    registerIdentityOperatorRoutes(operatorApp, services.identity, endpoint);
-    registerIdentityRoutes(operatorApp, services.identity, endpoint);
-    registerModelRoutes(operatorApp, services.models, config.uploads.maxModelBytes);
-    registerPackagingRoutes(operatorApp, {
+    // One registration per capability: each is a Fastify plugin, so what it adds (e.g. the model upload
+    // content-type parser) stays inside it.
+    const identityOptions = { identity: services.identity, deviceEndpoint: endpoint };
+    await operatorApp.register(apiTokenRoutes, { tokens: services.apiTokens });
+    await operatorApp.register(fleetRoutes, { fleets: services.fleets });
+    await operatorApp.register(deviceRoutes, { devices: services.devices });
+    await operatorApp.register(identityOperatorRoutes, identityOptions);
+    await operatorApp.register(enrollmentRoutes, identityOptions);
+    await operatorApp.register(modelRoutes, {
+      models: services.models,
+      maxUploadBytes: config.uploads.maxModelBytes,
+    });
+    await operatorApp.register(packagingRoutes, {
       jobs: services.packagingJobs,
       blobs,
       signing,
       onCreated: () => services.packagingWorker.kick(),
     });
-    registerHeartbeatOperatorRoutes(operatorApp, {
+    await operatorApp.register(heartbeatOperatorRoutes, {
       db: database.db,
       fleets: services.fleets,
       devices: services.devices,
@@ -267,10 +292,14 @@ export async function startServer(
       https: await deviceTlsOptions(config, deviceCa),
     });
     apps.push(deviceApp);
-    registerIdentityDeviceRoutes(deviceApp, services.identity, endpoint);
-    registerHeartbeatDeviceRoutes(deviceApp, services.heartbeats);
-    registerPackagingDeviceRoutes(deviceApp, { jobs: services.packagingJobs, blobs });
-    registerCaptureDeviceRoutes(deviceApp, { db: database.db, blobs, config, signing });
+    await deviceApp.register(identityDeviceRoutes, identityOptions);
+    await deviceApp.register(heartbeatDeviceRoutes, { heartbeats: services.heartbeats });
+    await deviceApp.register(packagingDeviceRoutes, {
+      jobs: services.packagingJobs,
+      blobs,
+      access: noDeploymentPlans,
+    });
+    await deviceApp.register(captureDeviceRoutes, { db: database.db, blobs, config, signing });
 
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });

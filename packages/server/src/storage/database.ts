@@ -99,15 +99,24 @@ export async function openDatabase(
   options: OpenDatabaseOptions = {},
 ): Promise<ServerDatabase> {
   if (location.engine === 'sqlite') {
-    mkdirSync(path.dirname(location.file), { recursive: true });
-    const sqlite = new SqliteDatabase(location.file);
-    // WAL lets readers proceed during the heartbeat writes; NORMAL sync is durable across process crashes.
-    sqlite.pragma('journal_mode = WAL');
-    sqlite.pragma('synchronous = NORMAL');
-    sqlite.pragma('busy_timeout = 5000');
-    sqlite.pragma('foreign_keys = ON');
-    // 64 MiB of page cache: the metric indexes grow quickly and are written at heartbeat rate.
-    sqlite.pragma('cache_size = -65536');
+    let sqlite: SqliteDatabase.Database | undefined;
+    try {
+      mkdirSync(path.dirname(location.file), { recursive: true });
+      sqlite = new SqliteDatabase(location.file);
+      // WAL lets readers proceed during the heartbeat writes; NORMAL sync is durable across process crashes.
+      sqlite.pragma('journal_mode = WAL');
+      sqlite.pragma('synchronous = NORMAL');
+      sqlite.pragma('busy_timeout = 5000');
+      sqlite.pragma('foreign_keys = ON');
+      // 64 MiB of page cache: the metric indexes grow quickly and are written at heartbeat rate.
+      sqlite.pragma('cache_size = -65536');
+    } catch (error) {
+      sqlite?.close();
+      throw new Error(
+        `cannot open the SQLite database ${location.file}: ${error instanceof Error ? error.message : String(error)}`,
+        { cause: error },
+      );
+    }
     const db = new Kysely<DatabaseSchema>({
       dialect: new SqliteDialect({ database: withStatementCache(sqlite) }),
     });

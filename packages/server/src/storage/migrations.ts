@@ -251,3 +251,9 @@ export async function appliedMigrations(db: Kysely<any>): Promise<string[]> {
   const infos = await migrator.getMigrations();
   return infos.filter((m) => m.executedAt !== undefined).map((m) => m.name);
 }
+
+/** True when no EdgeFleet schema was ever created in this database (a new, or emptied, database). */
+export async function hasNoSchema(db: Kysely<any>): Promise<boolean> {
+  const tables = await db.introspection.getTables();
+  return !tables.some((table) => table.name === 'edgefleet_migrations');
+}

@@ -34,8 +34,18 @@ describe('loadConfig', () => {
       metricsRetentionSeconds: 604800,
       retentionSweepSeconds: 60,
       registrationCacheTtlSeconds: 300,
+      maxClockSkewSeconds: 3600,
     });
     expect(config.provided).toEqual({ deviceCa: false, deviceTls: false, signing: false });
+  });
+
+  it('reads allowEmptyDatabase from the environment as a boolean, refusing anything else', async () => {
+    expect((await loadConfig({ env: {}, cwd: dir })).allowEmptyDatabase).toBe(false);
+    const allowed = await loadConfig({ env: { EDGEFLEET_ALLOW_EMPTY_DATABASE: 'true' }, cwd: dir });
+    expect(allowed.allowEmptyDatabase).toBe(true);
+    await expect(
+      loadConfig({ env: { EDGEFLEET_ALLOW_EMPTY_DATABASE: 'perhaps' }, cwd: dir }),
+    ).rejects.toThrow(/allowEmptyDatabase/);
   });
 
   it('layers file, then environment, then flags', async () => {

@@ -174,6 +174,50 @@ describe.each(engines)('heartbeats on $engine', (fixture) => {
     }
   });
 
+  it.skipIf(!fixture.available)(
+    'refuses timestamps far from the server clock, storing nothing (issue 15, item 13)',
+    async () => {
+      const base = { DeviceName: 'cam-2', DeviceFleetName: 'cams', AgentVersion: '9.9.9' };
+      const farFuture = await heartbeat(cam2, {
+        ...base,
+        AgentMetrics: [{ MetricName: 'CpuUtilization', Value: 1, Timestamp: 99999999999 }],
+      });
+      expect(farFuture.status).toBe(400);
+      expect(farFuture.body).toMatchObject({
+        code: 'ValidationError',
+        details: { field: 'AgentMetrics.0.Timestamp' },
+      });
+      expect(farFuture.body.message).toContain('check the device clock');
+      const activeForever = await heartbeat(cam2, {
+        ...base,
+        Models: [{ ModelName: 'm', ModelVersion: '1', LatestInference: seconds(Date.now()) + 30 * 86_400 }],
+      });
+      expect(activeForever).toMatchObject({
+        status: 400,
+        body: { details: { field: 'Models.0.LatestInference' } },
+      });
+      const ancient = await heartbeat(cam2, {
+        ...base,
+        Models: [
+          { ModelName: 'm', ModelVersion: '1', ModelMetrics: [{ MetricName: 'X', Value: 1, Timestamp: 1 }] },
+        ],
+      });
+      expect(ancient).toMatchObject({
+        status: 400,
+        body: { details: { field: 'Models.0.ModelMetrics.0.Timestamp' } },
+      });
+      // Nothing of those heartbeats was kept; a model idle for weeks still reports its old LatestInference.
+      const described = await t.call('GET', '/api/v1/devices/cam-2', { token: t.readToken });
+      expect(described.body.agentVersion).not.toBe('9.9.9');
+      const idle = await heartbeat(cam2, {
+        ...base,
+        AgentVersion: '1.3.9',
+        Models: [{ ModelName: 'b', ModelVersion: '2', LatestInference: seconds(Date.now()) - 30 * 86_400 }],
+      });
+      expect(idle.status).toBe(200);
+    },
+  );
+
   it.skipIf(!fixture.available)('refuses heartbeats without a valid certificate', async () => {
     const body = { DeviceName: 'cam-1', DeviceFleetName: 'cams', AgentVersion: '1' };
     for (const path of [

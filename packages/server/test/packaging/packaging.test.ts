@@ -263,41 +263,44 @@ describe.each(setups)('models and packaging on $name', ({ fixture, blob }) => {
     expect(listed.body.jobs.map((j: { name: string }) => j.name)).toEqual(['doomed']);
   });
 
-  it.skipIf(!fixture.available)('lets an enrolled device download a package over mutual TLS', async () => {
-    await t.call('POST', '/api/v1/fleets', {
-      token: t.adminToken,
-      body: { name: 'f', outputConfig: { s3OutputLocation: 's3://c/f' } },
-    });
-    await t.call('POST', '/api/v1/fleets/f/devices', {
-      token: t.adminToken,
-      body: { devices: [{ name: 'd1' }] },
-    });
-    const device = await enrollDevice(t, 'd1');
-    const job = await t.call('GET', '/api/v1/packaging-jobs/pack-tiny-1', { token: t.readToken });
-    const https = await import('node:https');
-    const bytes = await new Promise<Buffer>((resolve, reject) => {
-      https
-        .get(
-          `${t.server.deviceUrl}/api/v1/device/packages/pack-tiny-1`,
-          { ...device.tls, agent: false },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('end', () => resolve(Buffer.concat(chunks)));
-          },
-        )
-        .on('error', reject);
-    });
-    expect(bytes.length).toBe(job.body.artifact.sizeBytes);
-    const { createHash } = await import('node:crypto');
-    expect(createHash('sha256').update(bytes).digest('hex')).toBe(job.body.artifact.sha256);
-    expect(
-      await deviceCall(
+  it.skipIf(!fixture.available)(
+    'refuses a device a package not deployed to its fleet, without telling which jobs exist (issue 15, item 14)',
+    async () => {
+      await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: 'f', outputConfig: { s3OutputLocation: 's3://c/f' } },
+      });
+      await t.call('POST', '/api/v1/fleets/f/devices', {
+        token: t.adminToken,
+        body: { devices: [{ name: 'd1' }] },
+      });
+      const device = await enrollDevice(t, 'd1');
+      const job = await t.call('GET', '/api/v1/packaging-jobs/pack-tiny-1', { token: t.readToken });
+      expect(job.body.status).toBe('COMPLETED');
+      // No deployment plan puts pack-tiny-1 on fleet f (none exist yet): the device may not have it.
+      const refused = await deviceCall(
         t.server.deviceUrl,
-        { ca: device.tls.ca },
+        device.tls,
         'GET',
         '/api/v1/device/packages/pack-tiny-1',
-      ),
-    ).toMatchObject({ status: 401 });
-  });
+      );
+      expect(refused).toMatchObject({
+        status: 403,
+        body: { code: 'Forbidden', details: { job: 'pack-tiny-1', fleet: 'f' } },
+      });
+      expect(refused.body.message).toContain('not deployed to fleet f');
+      // A job that does not exist gets the same answer: no oracle for other fleets' job names.
+      expect(
+        await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/packages/no-such-job'),
+      ).toMatchObject({ status: 403, body: { code: 'Forbidden' } });
+      expect(
+        await deviceCall(
+          t.server.deviceUrl,
+          { ca: device.tls.ca },
+          'GET',
+          '/api/v1/device/packages/pack-tiny-1',
+        ),
+      ).toMatchObject({ status: 401 });
+    },
+  );
 });

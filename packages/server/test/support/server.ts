@@ -2,6 +2,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import type { Logger } from 'pino';
 import { ApiTokenStore } from '../../src/auth/index.js';
 import { loadConfig, type ServerConfigInput } from '../../src/config/index.js';
 import type { DatabaseLocation } from '../../src/storage/index.js';
@@ -30,6 +31,8 @@ export interface TestServerOptions {
   config?: Partial<ServerConfigInput>;
   /** Reuse a data dir (restart tests); otherwise a fresh temp dir. */
   dataDir?: string;
+  /** Where the server logs (tests that read its log); default: the configured level on stdout. */
+  logger?: Logger;
 }
 
 export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
@@ -51,7 +54,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     }),
   );
   const config = await loadConfig({ configFile, env: {}, cwd: dataDir });
-  const server = await startServer(config);
+  const server = await startServer(config, options.logger ? { logger: options.logger } : {});
   const tokens = new ApiTokenStore(server.database.db);
   const adminToken = (await tokens.create({ name: 'test-admin', scope: 'admin' })).token;
   const readToken = (await tokens.create({ name: 'test-reader', scope: 'read-only' })).token;

@@ -1,0 +1,190 @@
+/**
+ * The devices, device_models and device_tags tables have one owner: this folder. Other capabilities read
+ * and change device state through these functions (or DeviceStore), never with their own SQL, so the
+ * tables' shape can change in one place. Each takes the executor to run on, so callers can include the
+ * work in their own transaction.
+ */
+import { sql, type Kysely, type Transaction } from 'kysely';
+import type { DatabaseSchema, DeviceModelsTable } from '../storage/index.js';
+
+type Executor = Kysely<DatabaseSchema> | Transaction<DatabaseSchema>;
+
+// Rows per multi-row INSERT: 5 columns × 500 stays far below both engines' bound-parameter limits.
+const ROWS_PER_INSERT = 500;
+
+/** What one heartbeat says about a device's current state. */
+export interface DeviceHeartbeatState {
+  deviceName: string;
+  agentVersion: string;
+  /** By the server's clock. */
+  heartbeatAt: number;
+  /** The last DeploymentResult, as reported; absent: keep the previous one. */
+  deploymentResult?: unknown;
+  /** The models loaded now (replacing the previous list); absent: keep the list. */
+  models?: { name: string; version: string; latestSampleTime?: number; latestInferenceTime?: number }[];
+}
+
+/** A device's name and fleet, or undefined when it is not registered. */
+export async function deviceFleet(
+  db: Executor,
+  deviceName: string,
+): Promise<{ name: string; fleetName: string } | undefined> {
+  const row = await db
+    .selectFrom('devices')
+    .select(['name', 'fleet_name'])
+    .where('name', '=', deviceName)
+    .executeTakeFirst();
+  return row === undefined ? undefined : { name: row.name, fleetName: row.fleet_name };
+}
+
+/** How many devices each of these fleets has (fleets without devices are absent). */
+export async function deviceCountsByFleet(db: Executor, fleetNames: string[]): Promise<Map<string, number>> {
+  if (fleetNames.length === 0) return new Map();
+  const rows = await db
+    .selectFrom('devices')
+    .select(['fleet_name', (eb) => eb.fn.countAll<number>().as('count')])
+    .where('fleet_name', 'in', fleetNames)
+    .groupBy('fleet_name')
+    .execute();
+  return new Map(rows.map((r) => [r.fleet_name, Number(r.count)]));
+}
+
+/**
+ * Records the state of many heartbeats in the caller's transaction: one UPDATE … FROM (VALUES …) for the
+ * whole batch, a device's last heartbeat in it winning (a statement per device would cost a round trip each
+ * on PostgreSQL); each device's last model list replaces what it had.
+ */
+export async function recordHeartbeatStates(
+  trx: Transaction<DatabaseSchema>,
+  states: DeviceHeartbeatState[],
+): Promise<void> {
+  if (states.length === 0) return;
+  const latest = new Map<string, DeviceHeartbeatState>();
+  for (const state of states) latest.set(state.deviceName, state);
+  const values = [...latest.values()].map(
+    (state) =>
+      sql`(${state.deviceName}, ${state.agentVersion}, ${state.heartbeatAt}, ${
+        state.deploymentResult !== undefined ? JSON.stringify(state.deploymentResult) : null
+      })`,
+  );
+  await sql`update devices set
+      agent_version = v.agent_version,
+      last_heartbeat_at = v.last_heartbeat_at,
+      deployment_result = coalesce(v.deployment_result, devices.deployment_result)
+    from (
+      select column1 as name, column2 as agent_version, cast(column3 as bigint) as last_heartbeat_at,
+             column4 as deployment_result
+      from (values ${sql.join(values)}) as t
+    ) as v
+    where devices.name = v.name`.execute(trx);
+
+  // One row per name and version.
+  const models = new Map<string, Map<string, DeviceModelsTable>>();
+  for (const state of states) {
+    if (state.models === undefined) continue;
+    const rows = new Map<string, DeviceModelsTable>();
+    for (const m of state.models) {
+      rows.set(`${m.name}\u0000${m.version}`, {
+        device_name: state.deviceName,
+        model_name: m.name,
+        model_version: m.version,
+        latest_sample_time: m.latestSampleTime ?? null,
+        latest_inference_time: m.latestInferenceTime ?? null,
+      });
+    }
+    models.set(state.deviceName, rows);
+  }
+  if (models.size > 0) {
+    await trx
+      .deleteFrom('device_models')
+      .where('device_name', 'in', [...models.keys()])
+      .execute();
+    const rows = [...models.values()].flatMap((m) => [...m.values()]);
+    for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
+      await trx
+        .insertInto('device_models')
+        .values(rows.slice(i, i + ROWS_PER_INSERT))
+        .execute();
+    }
+  }
+}
+
+export interface FleetDeviceStats {
+  registered: number;
+  connected: number;
+  agentVersions: { version: string; count: number }[];
+  models: {
+    name: string;
+    version: string;
+    offline: number;
+    connected: number;
+    active: number;
+    sampling: number;
+  }[];
+}
+
+/**
+ * Counts across a fleet's devices from their latest heartbeats. Connected: heard from since `since`; per
+ * model and version: offline or connected; active: connected and inferred since `since`; sampling:
+ * connected and sampled since `since`.
+ */
+export async function fleetDeviceStats(
+  db: Executor,
+  fleetName: string,
+  since: number,
+): Promise<FleetDeviceStats> {
+  const online = sql<number>`case when devices.last_heartbeat_at >= ${since} then 1 else 0 end`;
+
+  const stats = await db
+    .selectFrom('devices')
+    .select([
+      (eb) => eb.fn.countAll<number>().as('registered'),
+      (eb) => eb.fn.coalesce(eb.fn.sum<number>(online), sql<number>`0`).as('connected'),
+    ])
+    .where('fleet_name', '=', fleetName)
+    .executeTakeFirstOrThrow();
+
+  const versions = await db
+    .selectFrom('devices')
+    .select(['agent_version', (eb) => eb.fn.countAll<number>().as('count')])
+    .where('fleet_name', '=', fleetName)
+    .where('agent_version', 'is not', null)
+    .groupBy('agent_version')
+    .orderBy('agent_version')
+    .execute();
+
+  const models = await db
+    .selectFrom('device_models')
+    .innerJoin('devices', 'devices.name', 'device_models.device_name')
+    .select([
+      'device_models.model_name',
+      'device_models.model_version',
+      sql<number>`sum(1 - ${online})`.as('offline'),
+      sql<number>`sum(${online})`.as('connected'),
+      sql<number>`sum(case when devices.last_heartbeat_at >= ${since} and device_models.latest_inference_time >= ${since} then 1 else 0 end)`.as(
+        'active',
+      ),
+      sql<number>`sum(case when devices.last_heartbeat_at >= ${since} and device_models.latest_sample_time >= ${since} then 1 else 0 end)`.as(
+        'sampling',
+      ),
+    ])
+    .where('devices.fleet_name', '=', fleetName)
+    .groupBy(['device_models.model_name', 'device_models.model_version'])
+    .orderBy('device_models.model_name')
+    .orderBy('device_models.model_version')
+    .execute();
+
+  return {
+    registered: Number(stats.registered),
+    connected: Number(stats.connected),
+    agentVersions: versions.map((v) => ({ version: v.agent_version as string, count: Number(v.count) })),
+    models: models.map((m) => ({
+      name: m.model_name,
+      version: m.model_version,
+      offline: Number(m.offline),
+      connected: Number(m.connected),
+      active: Number(m.active),
+      sampling: Number(m.sampling),
+    })),
+  };
+}
