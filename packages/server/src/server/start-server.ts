@@ -36,6 +36,13 @@ import {
   type PackageSigningIdentity,
 } from '../packaging/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
+import {
+  applyListenerLimits,
+  constructorOptions,
+  DEVICE_LISTENER_LIMITS,
+  OPERATOR_LISTENER_LIMITS,
+  type ListenerLimits,
+} from './listener-limits.js';
 import { createLogger } from './logger.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
@@ -70,6 +77,8 @@ export interface ServerHandle {
 
 export interface StartServerOptions {
   logger?: Logger;
+  /** Overrides of the listeners' timeouts and connection caps (tests use small ones). */
+  listenerLimits?: { operator?: Partial<ListenerLimits>; device?: Partial<ListenerLimits> };
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -134,7 +143,7 @@ export async function openPackageSigning(
   return signing;
 }
 
-async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa) {
+async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa, limits: ListenerLimits) {
   const pair = config.provided.deviceTls
     ? {
         certificatePem: await readFile(config.deviceTls.certFile, 'utf8'),
@@ -151,6 +160,7 @@ async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa) {
     requestCert: true,
     rejectUnauthorized: false,
     minVersion: 'TLSv1.2' as const,
+    ...constructorOptions(limits),
   };
 }
 
@@ -160,6 +170,8 @@ export async function startServer(
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  const operatorLimits = { ...OPERATOR_LISTENER_LIMITS, ...options.listenerLimits?.operator };
+  const deviceLimits = { ...DEVICE_LISTENER_LIMITS, ...options.listenerLimits?.device };
   const { database, blobs } = await openStores(config, logger);
   const apps: FastifyInstance[] = [];
   const background: { stop(): Promise<void> }[] = [];
@@ -225,7 +237,13 @@ export async function startServer(
       readiness,
       isShuttingDown: () => shuttingDown,
       ...(config.tls
-        ? { https: { cert: await readFile(config.tls.certFile), key: await readFile(config.tls.keyFile) } }
+        ? {
+            https: {
+              cert: await readFile(config.tls.certFile),
+              key: await readFile(config.tls.keyFile),
+              ...constructorOptions(operatorLimits),
+            },
+          }
         : {}),
       openapi: {
         title: 'EdgeFleet control plane',
@@ -263,13 +281,17 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
-      https: await deviceTlsOptions(config, deviceCa),
+      https: await deviceTlsOptions(config, deviceCa, deviceLimits),
     });
     apps.push(deviceApp);
     registerIdentityDeviceRoutes(deviceApp, services.identity, endpoint);
     registerHeartbeatDeviceRoutes(deviceApp, services.heartbeats);
     registerPackagingDeviceRoutes(deviceApp, { jobs: services.packagingJobs, blobs });
 
+    // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on
+    // the device port cannot use up the descriptors the operator port (health checks included) needs.
+    applyListenerLimits(operatorApp.server, operatorLimits);
+    applyListenerLimits(deviceApp.server, deviceLimits);
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     services.packagingWorker.start();

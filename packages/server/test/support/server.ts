@@ -5,7 +5,7 @@ import path from 'node:path';
 import { ApiTokenStore } from '../../src/auth/index.js';
 import { loadConfig, type ServerConfigInput } from '../../src/config/index.js';
 import type { DatabaseLocation } from '../../src/storage/index.js';
-import { startServer, type ServerHandle } from '../../src/server/index.js';
+import { startServer, type ServerHandle, type StartServerOptions } from '../../src/server/index.js';
 
 export interface TestServer {
   server: ServerHandle;
@@ -30,6 +30,8 @@ export interface TestServerOptions {
   config?: Partial<ServerConfigInput>;
   /** Reuse a data dir (restart tests); otherwise a fresh temp dir. */
   dataDir?: string;
+  /** Passed to startServer (listener limits). */
+  start?: StartServerOptions;
 }
 
 export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
@@ -51,7 +53,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     }),
   );
   const config = await loadConfig({ configFile, env: {}, cwd: dataDir });
-  const server = await startServer(config);
+  const server = await startServer(config, options.start);
   const tokens = new ApiTokenStore(server.database.db);
   const adminToken = (await tokens.create({ name: 'test-admin', scope: 'admin' })).token;
   const readToken = (await tokens.create({ name: 'test-reader', scope: 'read-only' })).token;

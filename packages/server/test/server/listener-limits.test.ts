@@ -1,0 +1,84 @@
+import { connect, type Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../support/server.js';
+
+/** host:port of a URL. */
+function endpoint(url: string): { host: string; port: number } {
+  const { hostname, port } = new URL(url);
+  return { host: hostname, port: Number(port) };
+}
+
+/** A plain TCP connection that sends nothing (never starts TLS or HTTP); resolves once connected. */
+function openIdle(url: string, localAddress = '127.0.0.1'): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ ...endpoint(url), localAddress });
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+function closed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    if (socket.destroyed) resolve();
+    else socket.once('close', () => resolve());
+    socket.on('error', () => {});
+  });
+}
+
+describe('listener limits (issue 15: half-open TLS connections)', () => {
+  let t: TestServer | undefined;
+  const sockets: Socket[] = [];
+  afterEach(async () => {
+    sockets.splice(0).forEach((socket) => socket.destroy());
+    await t?.stop();
+    t = undefined;
+  });
+  const idle = async (url: string, localAddress?: string) => {
+    const socket = await openIdle(url, localAddress);
+    sockets.push(socket);
+    return socket;
+  };
+
+  it('drops connections that never start TLS after the handshake timeout', async () => {
+    t = await startTestServer({ start: { listenerLimits: { device: { handshakeTimeoutMs: 200 } } } });
+    const held = await Promise.all(Array.from({ length: 5 }, () => idle(t!.server.deviceUrl)));
+    // Without the timeout they would stay open for 120 s, past the test's own timeout.
+    await Promise.all(held.map(closed));
+  });
+
+  it('caps connections per address on the device port; other addresses and the operator port still work', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 4, maxConnections: 100 } } },
+    });
+    const held = await Promise.all(Array.from({ length: 4 }, () => idle(t!.server.deviceUrl)));
+    const over = await idle(t.server.deviceUrl);
+    await closed(over);
+    expect(held.every((socket) => !socket.destroyed)).toBe(true);
+    // Another address (loopback has all of 127/8) is not held back by the first one's connections.
+    const other = await idle(t.server.deviceUrl, '127.0.0.2');
+    expect(other.destroyed).toBe(false);
+    const health = await t.call('GET', '/healthz');
+    expect(health.status).toBe(200);
+  });
+
+  it('caps the device port in total, leaving the operator port serving', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 100, maxConnections: 6 } } },
+    });
+    const held = await Promise.all(Array.from({ length: 6 }, () => idle(t!.server.deviceUrl)));
+    const over = await idle(t.server.deviceUrl, '127.0.0.3');
+    await closed(over);
+    expect(held.every((socket) => !socket.destroyed)).toBe(true);
+    expect((await t.call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('closes a connection whose request headers never finish (slowloris) on the operator port', async () => {
+    t = await startTestServer({ start: { listenerLimits: { operator: { headersTimeoutMs: 300 } } } });
+    const socket = await idle(t.url);
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+    await closed(socket);
+    expect(answer).toMatch(/^HTTP\/1\.1 408/);
+  });
+});
