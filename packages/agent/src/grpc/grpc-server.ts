@@ -40,8 +40,22 @@ export function grpcServerOptions(maxMessageBytes: number): ChannelOptions {
   return {
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
+    ...GRPC_CONNECTION_LIMITS,
   };
 }
+
+/**
+ * Connection limits of the gRPC socket (docs/security.md#limits): a connection without calls (one that never
+ * even sent the HTTP/2 preface included) is closed after 5 minutes, and peers that stop answering pings are
+ * dropped. Clients reconnect on their next call. grpc-js 1.14 has no option capping the number of connections;
+ * the socket file's mode (owner and group only) limits who can open them.
+ */
+export const GRPC_CONNECTION_LIMITS = {
+  'grpc.max_connection_idle_ms': 5 * 60_000,
+  'grpc.keepalive_time_ms': 2 * 60_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+  'grpc.max_concurrent_streams': 1000,
+} as const satisfies ChannelOptions;
 
 /** Serves `AWS.SageMaker.Edge.Agent` on `unix://<socketPath>`. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {

@@ -6,6 +6,7 @@ export {
   type RestAppOptions,
 } from './rest-app.js';
 export { REST_MODEL_PLATFORM } from './model-routes.js';
+export { REST_LISTENER_LIMITS } from './rest-limits.js';
 export { startRestServer, type RestServer, type RestServerOptions } from './rest-server.js';
 export { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
 export { KSERVE_DATATYPES, SUPPORTED_KSERVE_DATATYPES, kserveDatatype } from './kserve-datatypes.js';

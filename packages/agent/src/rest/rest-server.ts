@@ -2,7 +2,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { chmod, lstat, mkdtemp, rename, rm, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { connect, type AddressInfo, type ListenOptions } from 'node:net';
+import { applyListenerLimits, type ListenerLimits } from '@edgefleet/core';
 import { buildRestApp, type RestAppOptions } from './rest-app.js';
+import { REST_LISTENER_LIMITS } from './rest-limits.js';
 
 export interface RestServerOptions extends RestAppOptions {
   /** Unix domain socket to serve on (the default front door on a device). */
@@ -13,6 +15,8 @@ export interface RestServerOptions extends RestAppOptions {
   socketMode?: number;
   /** How long close() lets requests in flight finish before it cuts their connections. Default 10 s. */
   closeTimeoutMs?: number;
+  /** Overrides of REST_LISTENER_LIMITS (timeouts and connection caps of each listener). */
+  limits?: Partial<ListenerLimits>;
 }
 
 export interface RestServer {
@@ -24,9 +28,6 @@ export interface RestServer {
    */
   close(): Promise<void>;
 }
-
-/** Idle keep-alive connections stay open this long: local clients reuse them across bursts of requests. */
-const KEEP_ALIVE_TIMEOUT_MS = 30_000;
 
 function listen(server: Server, options: ListenOptions): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -117,6 +118,7 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
   if (unixSocketPath === undefined && tcp === undefined) {
     throw new Error('startRestServer needs somewhere to listen: give unixSocketPath, tcp, or both');
   }
+  const limits = { ...REST_LISTENER_LIMITS, ...options.limits };
   let closing = false;
   const servers: Server[] = [];
   // Responses not yet sent: when closing begins, each is marked to end its connection, so close() need not wait
@@ -134,7 +136,9 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
       }
       handler(req, res);
     });
-    server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+    // Idle keep-alive connections stay open a while (local clients reuse them across bursts of requests);
+    // slow headers or bodies, idle connections and floods of them are cut off (see REST_LISTENER_LIMITS).
+    applyListenerLimits(server, limits);
     servers.push(server);
     return server;
   };

@@ -1,1 +1,2 @@
 export * from './connection-limits.js';
+export * from './listener-limits.js';

@@ -36,13 +36,8 @@ import {
   type PackageSigningIdentity,
 } from '../packaging/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
-import {
-  applyListenerLimits,
-  constructorOptions,
-  DEVICE_LISTENER_LIMITS,
-  OPERATOR_LISTENER_LIMITS,
-  type ListenerLimits,
-} from './listener-limits.js';
+import { applyListenerLimits, tlsServerLimitOptions, type ListenerLimits } from '@edgefleet/core';
+import { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-limits.js';
 import { createLogger } from './logger.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
@@ -160,7 +155,7 @@ async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa, limits: List
     requestCert: true,
     rejectUnauthorized: false,
     minVersion: 'TLSv1.2' as const,
-    ...constructorOptions(limits),
+    ...tlsServerLimitOptions(limits),
   };
 }
 
@@ -241,7 +236,7 @@ export async function startServer(
             https: {
               cert: await readFile(config.tls.certFile),
               key: await readFile(config.tls.keyFile),
-              ...constructorOptions(operatorLimits),
+              ...tlsServerLimitOptions(operatorLimits),
             },
           }
         : {}),
