@@ -10,11 +10,12 @@ import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../shm/index.js';
 import {
-  AgentDatabase,
   ModelActivity,
   agentDatabasePath,
+  openAgentDatabase,
   recordLoadedModels,
   restoreLoadedModels,
+  type DatabaseRecovery,
 } from '../state/index.js';
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { registryLogger } from './logger.js';
@@ -119,12 +120,14 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     await preloadModels(config, registry, logger);
 
     // The local database (DbEnable): the capture queue, the models to load again after a restart, counters.
-    const database = config.storage.dbEnabled
-      ? AgentDatabase.open({
+    const opened = config.storage.dbEnabled
+      ? openAgentDatabase({
           path: agentDatabasePath(config.storage.localDataRootPath),
           synchronous: config.storage.dbSynchronous,
         })
       : undefined;
+    if (opened?.recovery) reportRecovery(opened.recovery, logger);
+    const database = opened?.database;
     if (database) {
       cleanups.push(() => database.close());
       await restoreLoadedModels(registry, database.loadedModels, logger);
@@ -245,6 +248,31 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     await unwind();
     throw error;
   }
+}
+
+/** A damaged database was replaced: loud, with where the damaged copy is and what could not be saved. */
+function reportRecovery(recovery: DatabaseRecovery, logger: Logger): void {
+  const { salvaged, lostCaptureIds } = recovery;
+  const lost =
+    lostCaptureIds.length > 0
+      ? `${lostCaptureIds.length} acknowledged capture(s) could not be read back and are reported FAILURE`
+      : 'no acknowledged capture is known to be lost';
+  const maybeMore = recovery.captureQueueComplete
+    ? ''
+    : ' (damaged pages stopped the read of the capture queue: captures without a readable status may be lost too)';
+  logger.error(
+    {
+      event: 'database-recovered',
+      database: recovery.path,
+      damagedCopy: recovery.damagedCopy,
+      reason: recovery.reason,
+      salvaged,
+      lostCaptures: lostCaptureIds.length,
+      lostCaptureIds: lostCaptureIds.slice(0, 100),
+      captureQueueComplete: recovery.captureQueueComplete,
+    },
+    `the agent database ${recovery.path} is damaged (${recovery.reason}); moved it to ${recovery.damagedCopy} for inspection and started a fresh one; salvaged ${salvaged.capture_queue} queued capture(s) and ${salvaged.loaded_models} loaded model record(s); ${lost}${maybeMore}`,
+  );
 }
 
 async function loadTrust(config: AgentConfig, logger: Logger): Promise<TrustPolicy | null> {
