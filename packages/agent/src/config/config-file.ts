@@ -1,6 +1,6 @@
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { z } from 'zod';
-import { DEFAULT_SPOOL_QUOTA_BYTES } from '../capture/settings.js';
+import { DEFAULT_SPOOL_QUOTA_BYTES } from './capture-rules.js';
 import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
 import { AgentConfigSchema, type AgentConfig } from './agent-config.js';
 import { BACKEND_OPTIONS_KEY, mapBackendOptions, parseBackendOptions } from './backend-options.js';

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { MODEL_NAME_PATTERN } from '@edgefleet/core';
-import { AutoCaptureRuleSchema, type AutoCaptureRule } from '../capture/settings.js';
+import { AutoCaptureRuleSchema, type AutoCaptureRule } from './capture-rules.js';
 import { EXECUTION_PROVIDER_NAMES, type ExecutionProviderConfig } from '../inference/session-options.js';
 
 /**

@@ -19,12 +19,8 @@ import {
 } from '../state/index.js';
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { registryLogger } from './logger.js';
-import {
-  prepareSocketPath,
-  removeOwnSocketFile,
-  restrictSocketFile,
-  withPrivateUmask,
-} from './socket-file.js';
+import { bindUnixSocket, removeOwnSocketFile } from '../unix-socket/index.js';
+import { prepareSocketPath } from './socket-path.js';
 
 /** How long shutdown lets calls in flight finish before cancelling them. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
@@ -109,13 +105,14 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     });
     cleanups.push(() => registry.close());
     const sharedMemory = openSharedMemory(logger);
-    if (sharedMemory) {
-      const sweeper = setInterval(() => sharedMemory.sweep(), SHM_SWEEP_INTERVAL_MS).unref();
-      cleanups.push(() => {
-        clearInterval(sweeper);
-        sharedMemory.close();
-      });
-    }
+    const shmSweeper = sharedMemory
+      ? setInterval(() => sharedMemory.sweep(), SHM_SWEEP_INTERVAL_MS).unref()
+      : undefined;
+    const closeSharedMemory = () => {
+      clearInterval(shmSweeper);
+      sharedMemory?.close();
+    };
+    cleanups.push(closeSharedMemory);
 
     await preloadModels(config, registry, logger);
 
@@ -149,21 +146,25 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     });
     cleanups.push(() => capture.close());
 
-    const grpc: RunningGrpcServer = await withPrivateUmask(() =>
-      startGrpcServer({
+    let grpc: RunningGrpcServer | undefined;
+    const socketInode = await bindUnixSocket(commandLine.socketPath, config.socketMode, async (bindPath) => {
+      const started = await startGrpcServer({
         registry,
         sharedMemory,
         logger,
-        socketPath: commandLine.socketPath,
+        socketPath: bindPath,
         maxMessageBytes: commandLine.maxMessageBytes,
         capture: capture.service,
-      }),
-    ).catch((error: Error) => {
+      });
+      cleanups.push(() => started.close(0).then(() => undefined));
+      grpc = started;
+    }).catch((error: Error) => {
       throw new StartupError(EXIT_CODES.SOCKET_UNAVAILABLE, error.message, { cause: error });
     });
-    cleanups.push(() => grpc.close(0).then(() => undefined));
-    const socketInode = await restrictSocketFile(commandLine.socketPath, config.socketMode);
     cleanups.push(() => removeOwnSocketFile(commandLine.socketPath, socketInode));
+    const grpcServer = grpc!;
+    // The server was bound in a private folder and moved into place: clients use the path asked for.
+    const grpcAddress = `unix://${commandLine.socketPath}`;
 
     let rest: RestServer | undefined;
     if (config.rest.socketPath !== null || config.rest.tcp !== null) {
@@ -198,14 +199,14 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       {
         event: 'listening',
         version: options.version,
-        grpc: grpc.address,
+        grpc: grpcAddress,
         rest: restAddresses,
         models: registry.list().map((m) => m.name),
         maxMessageBytes: commandLine.maxMessageBytes,
         workers: config.inference.workers,
         sharedMemory: sharedMemory !== null,
       },
-      `edgefleet-agent ${options.version} listening: gRPC ${grpc.address}${restAddresses.length > 0 ? `, REST ${restAddresses.join(', ')}` : ''}`,
+      `edgefleet-agent ${options.version} listening: gRPC ${grpcAddress}${restAddresses.length > 0 ? `, REST ${restAddresses.join(', ')}` : ''}`,
     );
 
     let stopping: Promise<void> | undefined;
@@ -213,17 +214,17 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       config,
       registry,
       metrics,
-      grpcAddress: grpc.address,
+      grpcAddress,
       restAddresses,
       shutdown(graceMs = DEFAULT_SHUTDOWN_GRACE_MS) {
         stopping ??= (async () => {
           const began = Date.now();
           logger.info(
-            { event: 'stopping', inflight: grpc.inflight, graceMs },
+            { event: 'stopping', inflight: grpcServer.inflight, graceMs },
             'stopping: no new requests; finishing those in flight',
           );
           cleanups.length = 0; // this path stops everything itself, in order
-          const [{ forced }] = await Promise.all([grpc.close(graceMs), rest?.close(), fleet.stop()]);
+          const [{ forced }] = await Promise.all([grpcServer.close(graceMs), rest?.close(), fleet.stop()]);
           if (forced)
             logger.warn({ graceMs }, 'requests still running after the grace period were cancelled');
           await removeOwnSocketFile(commandLine.socketPath, socketInode);
@@ -236,7 +237,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
           const left = Math.max(0, graceMs - (Date.now() - began));
           await Promise.race([registry.close(), new Promise((resolve) => setTimeout(resolve, left).unref())]);
           await pool.close();
-          if (sharedMemory) sharedMemory.close();
+          closeSharedMemory();
           activity.close();
           database?.close();
           logger.info({ event: 'stopped', ms: Date.now() - began }, 'stopped');

@@ -1,8 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { chmod, lstat, mkdtemp, rename, rm, unlink } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { connect, type AddressInfo, type ListenOptions } from 'node:net';
+import type { AddressInfo, ListenOptions } from 'node:net';
 import { applyListenerLimits, type ListenerLimits } from '@edgefleet/core';
+import { bindUnixSocket, prepareSocketPath, removeOwnSocketFile } from '../unix-socket/index.js';
 import { buildRestApp, type RestAppOptions } from './rest-app.js';
 import { REST_LISTENER_LIMITS } from './rest-limits.js';
 
@@ -43,70 +42,6 @@ function listen(server: Server, options: ListenOptions): Promise<void> {
     server.once('listening', onListening);
     server.listen(options);
   });
-}
-
-/** Whether some process accepts connections on this Unix socket. */
-function socketAnswers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ path });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
-
-/** Longest Unix socket path the kernel takes (sun_path is 108 bytes with its terminating zero). */
-const MAX_SOCKET_PATH_BYTES = 107;
-
-/** Refuses a path holding a file that is not a socket, or a socket some process serves on. */
-async function checkSocketPathFree(path: string): Promise<void> {
-  const existing = await lstat(path).catch(() => undefined);
-  if (!existing) return;
-  if (!existing.isSocket()) {
-    throw new Error(
-      `cannot listen on Unix socket ${path}: a file that is not a socket is there; remove it or choose another path`,
-    );
-  }
-  if (await socketAnswers(path)) {
-    throw new Error(
-      `cannot listen on Unix socket ${path}: another process is serving on it; stop it or choose another path`,
-    );
-  }
-}
-
-/**
- * Listens on a Unix socket path with the given permission bits from the first moment: it binds inside a fresh
- * private folder next to the path, sets the mode, then renames the socket into place (which also replaces a
- * socket file left by a process that is gone). A live socket, or a file that is not a socket, is an error that
- * says so. Where the private folder's path would be too long for a socket, it binds in place and sets the mode
- * right after. Returns the socket file's inode, so that close removes only the file it created.
- */
-async function listenUnix(server: Server, path: string, mode: number): Promise<number> {
-  await checkSocketPathFree(path);
-  const failed = (error: unknown): Error =>
-    new Error(`cannot listen on Unix socket ${path}: ${(error as Error).message}`, { cause: error });
-  const privateDir = await mkdtemp(join(dirname(path), '.rest-')).catch((error: unknown) => {
-    throw failed(error);
-  });
-  const privatePath = join(privateDir, 's');
-  try {
-    if (Buffer.byteLength(privatePath) <= MAX_SOCKET_PATH_BYTES) {
-      await listen(server, { path: privatePath });
-      await chmod(privatePath, mode);
-      await rename(privatePath, path);
-    } else {
-      await unlink(path).catch(() => {});
-      await listen(server, { path });
-      await chmod(path, mode);
-    }
-  } catch (error) {
-    throw failed(error);
-  } finally {
-    await rm(privateDir, { recursive: true, force: true });
-  }
-  return (await lstat(path)).ino;
 }
 
 /**
@@ -161,16 +96,17 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
       listening.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))),
     );
     clearTimeout(timer);
-    if (unixSocketPath !== undefined && socketInode !== undefined) {
-      const left = await lstat(unixSocketPath).catch(() => undefined);
-      if (left?.isSocket() && left.ino === socketInode) await unlink(unixSocketPath).catch(() => {});
-    }
+    if (unixSocketPath !== undefined) await removeOwnSocketFile(unixSocketPath, socketInode);
     await app.close();
   };
 
   try {
     if (unixSocketPath !== undefined) {
-      socketInode = await listenUnix(app.server, unixSocketPath, options.socketMode ?? 0o660);
+      // A socket file left by a process that is gone is replaced; a live one, or another file, is an error.
+      await prepareSocketPath(unixSocketPath, { removeStale: true, option: 'edgefleet_rest_socket_path' });
+      socketInode = await bindUnixSocket(unixSocketPath, options.socketMode ?? 0o660, (path) =>
+        listen(app.server, { path }),
+      );
       addresses.push(`unix:${unixSocketPath}`);
     }
     if (tcp !== undefined) {
