@@ -289,6 +289,11 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     );
     deploymentsEnabled = false;
   }
+  if (deploymentsEnabled) {
+    warnings.push(
+      'sagemaker_edge_deployment_lib_path enables deployments, which this edgefleet-agent does not implement yet: no deployment is fetched or applied (load models with LoadModel, the REST repository API or edgefleet_preload_models)',
+    );
+  }
   if (deploymentsEnabled && !dbEnabled) {
     warnings.push(
       'deployments (sagemaker_edge_deployment_lib_path) need the local database; enabling it (as if sagemaker_edge_db_module_path were set)',

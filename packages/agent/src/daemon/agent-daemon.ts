@@ -87,7 +87,10 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const metrics = new AgentMetrics();
     const pool = await InferencePool.start({
       workers: config.inference.workers,
-      session: config.inference.ort,
+      // ONNX Runtime writes its own log lines (ANSI-coloured) to stderr, between the agent's JSON lines, and
+      // onnxruntime-node cannot hand them to our logger. Its failures reach us as errors, which we log; its
+      // warnings only help when debugging, so they appear with sagemaker_edge_log_verbose only.
+      session: { ...config.inference.ort, logSeverityLevel: config.logging.verbose ? 2 : 4 },
       maxQueuedPerModel: config.inference.maxQueuedRequestsPerModel,
       onEvent: (event) => onPoolEvent(event, logger, metrics),
     });
