@@ -17,8 +17,9 @@ export const REST_SERVER_NAME = 'edgefleet-agent';
 export const REST_EXTENSIONS = ['binary_tensor_data', 'model_repository'] as const;
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
 /**
- * JSON bodies cost ~30 times their size in memory while parsed (a JS array of boxed numbers per tensor before
- * its typed array), so they get a lower limit than binary ones: 8 MiB peaks at ~250 MB, not 2 GB.
+ * JSON bodies cost several times their size in memory while decoded (a string, then JS arrays of numbers before
+ * the typed arrays; then the answer as text), so they get a lower limit than binary ones (measurements:
+ * docs/rest-api.md#limits).
  */
 export const DEFAULT_MAX_JSON_BODY_BYTES = 8 * 1024 * 1024;
 /** Large JSON bodies (see LARGE_JSON_BODY_BYTES) read and parsed at once; more get 429. */
