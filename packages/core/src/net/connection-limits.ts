@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Server, Socket } from 'node:net';
 
 export interface ConnectionCaps {
@@ -48,5 +49,49 @@ export function capConnections(server: Server, caps: ConnectionCaps): Connection
     get refused() {
       return refused;
     },
+  };
+}
+
+/**
+ * The process's limit on open file descriptors (the soft limit, which Node raises to the hard one at start), or
+ * undefined where it cannot be read (not Linux). `limitsText` is /proc/self/limits, for tests.
+ */
+export function openFileLimit(limitsText?: string): number | undefined {
+  let text = limitsText;
+  if (text === undefined) {
+    try {
+      text = readFileSync('/proc/self/limits', 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+  const match = /^Max open files\s+(\d+|unlimited)/m.exec(text);
+  if (!match || match[1] === 'unlimited') return undefined;
+  return Number(match[1]);
+}
+
+/**
+ * Caps that fit in `share` of the descriptor limit: when the listeners' total caps would take more, each is
+ * scaled down in proportion (at least 1), so that a flood on every listener still leaves descriptors for the
+ * database, files and the process's own work. Returns the caps unchanged when they fit or the limit is unknown.
+ */
+export function fitConnectionCaps<T extends ConnectionCaps>(
+  caps: readonly T[],
+  fileLimit: number | undefined,
+  share = 0.8,
+): { caps: T[]; scaled: boolean } {
+  const total = caps.reduce((sum, cap) => sum + cap.maxConnections, 0);
+  if (fileLimit === undefined || total <= fileLimit * share) return { caps: [...caps], scaled: false };
+  const factor = (fileLimit * share) / total;
+  return {
+    caps: caps.map((cap) => {
+      const maxConnections = Math.max(1, Math.floor(cap.maxConnections * factor));
+      return {
+        ...cap,
+        maxConnections,
+        maxConnectionsPerAddress: Math.min(cap.maxConnectionsPerAddress, maxConnections),
+      };
+    }),
+    scaled: true,
   };
 }

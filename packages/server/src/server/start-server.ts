@@ -36,7 +36,13 @@ import {
   type PackageSigningIdentity,
 } from '../packaging/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
-import { applyListenerLimits, tlsServerLimitOptions, type ListenerLimits } from '@edgefleet/core';
+import {
+  applyListenerLimits,
+  fitConnectionCaps,
+  openFileLimit,
+  tlsServerLimitOptions,
+  type ListenerLimits,
+} from '@edgefleet/core';
 import { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-limits.js';
 import { createLogger } from './logger.js';
 
@@ -74,6 +80,8 @@ export interface StartServerOptions {
   logger?: Logger;
   /** Overrides of the listeners' timeouts and connection caps (tests use small ones). */
   listenerLimits?: { operator?: Partial<ListenerLimits>; device?: Partial<ListenerLimits> };
+  /** The process's open file limit, which the caps must fit in; default: read from the system. */
+  openFileLimit?: number;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -165,8 +173,25 @@ export async function startServer(
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
   const logger = options.logger ?? createLogger(config.logLevel);
-  const operatorLimits = { ...OPERATOR_LISTENER_LIMITS, ...options.listenerLimits?.operator };
-  const deviceLimits = { ...DEVICE_LISTENER_LIMITS, ...options.listenerLimits?.device };
+  const fileLimit = options.openFileLimit ?? openFileLimit();
+  const fitted = fitConnectionCaps(
+    [
+      { ...OPERATOR_LISTENER_LIMITS, ...options.listenerLimits?.operator },
+      { ...DEVICE_LISTENER_LIMITS, ...options.listenerLimits?.device },
+    ],
+    fileLimit,
+  );
+  const [operatorLimits, deviceLimits] = fitted.caps as [ListenerLimits, ListenerLimits];
+  if (fitted.scaled) {
+    logger.warn(
+      {
+        openFileLimit: fileLimit,
+        operatorMaxConnections: operatorLimits.maxConnections,
+        deviceMaxConnections: deviceLimits.maxConnections,
+      },
+      `the open file limit (${fileLimit}) is too low for the listeners' connection caps; lowered them to ${operatorLimits.maxConnections} (operator) and ${deviceLimits.maxConnections} (device) so that a flood cannot use up every descriptor; raise the limit (systemd LimitNOFILE=, ulimit -n) to serve more devices`,
+    );
+  }
   const { database, blobs } = await openStores(config, logger);
   const apps: FastifyInstance[] = [];
   const background: { stop(): Promise<void> }[] = [];

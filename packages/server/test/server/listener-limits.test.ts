@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { fitConnectionCaps, openFileLimit } from '@edgefleet/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../support/server.js';
 
@@ -80,5 +81,52 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ');
     await closed(socket);
     expect(answer).toMatch(/^HTTP\/1\.1 408/);
+  });
+});
+
+describe('connection caps and the open file limit', () => {
+  it('reads the limit from /proc/self/limits text', () => {
+    const text = [
+      'Limit                     Soft Limit           Hard Limit           Units',
+      'Max open files            1024                 524288               files',
+    ].join('\n');
+    expect(openFileLimit(text)).toBe(1024);
+    expect(openFileLimit('Max open files  unlimited  unlimited  files')).toBeUndefined();
+    expect(openFileLimit('')).toBeUndefined();
+  });
+
+  it('scales the caps down in proportion when they would not fit', () => {
+    const caps = [
+      { maxConnections: 1024, maxConnectionsPerAddress: 128 },
+      { maxConnections: 4096, maxConnectionsPerAddress: 256 },
+    ];
+    expect(fitConnectionCaps(caps, 1_000_000)).toEqual({ caps, scaled: false });
+    expect(fitConnectionCaps(caps, undefined)).toEqual({ caps, scaled: false });
+    expect(fitConnectionCaps(caps, 1000)).toEqual({
+      caps: [
+        { maxConnections: 160, maxConnectionsPerAddress: 128 },
+        { maxConnections: 640, maxConnectionsPerAddress: 256 },
+      ],
+      scaled: true,
+    });
+  });
+
+  it('keeps the operator port serving when a low file limit would let a device-port flood use every descriptor', async () => {
+    const t = await startTestServer({
+      start: { openFileLimit: 20, listenerLimits: { device: { maxConnectionsPerAddress: 1000 } } },
+    });
+    const sockets: Socket[] = [];
+    try {
+      // 20 descriptors, 80 % for listeners: 3 operator and 12 device connections at most.
+      for (let i = 0; i < 12; i++) sockets.push(await openIdle(t.server.deviceUrl));
+      const over = await openIdle(t.server.deviceUrl);
+      sockets.push(over);
+      await closed(over);
+      expect(sockets.slice(0, 12).every((socket) => !socket.destroyed)).toBe(true);
+      expect((await t.call('GET', '/healthz')).status).toBe(200);
+    } finally {
+      sockets.forEach((socket) => socket.destroy());
+      await t.stop();
+    }
   });
 });
