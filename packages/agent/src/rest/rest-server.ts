@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, ListenOptions } from 'node:net';
-import { applyListenerLimits, type ListenerLimits } from '@edgefleet/core';
+import { applyListenerLimits, fitConnectionCaps, openFileLimit, type ListenerLimits } from '@edgefleet/core';
 import { bindUnixSocket, prepareSocketPath, removeOwnSocketFile } from '../unix-socket/index.js';
 import { buildRestApp, type RestAppOptions } from './rest-app.js';
 import { REST_LISTENER_LIMITS } from './rest-limits.js';
@@ -16,6 +16,8 @@ export interface RestServerOptions extends RestAppOptions {
   closeTimeoutMs?: number;
   /** Overrides of REST_LISTENER_LIMITS (timeouts and connection caps of each listener). */
   limits?: Partial<ListenerLimits>;
+  /** The process's open file limit, which the connection caps must fit in; default: read from the system. */
+  openFileLimit?: number;
 }
 
 export interface RestServer {
@@ -53,7 +55,19 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
   if (unixSocketPath === undefined && tcp === undefined) {
     throw new Error('startRestServer needs somewhere to listen: give unixSocketPath, tcp, or both');
   }
-  const limits = { ...REST_LISTENER_LIMITS, ...options.limits };
+  // The listeners' caps together take at most half the open file limit: the gRPC socket, the database,
+  // capture files and ONNX Runtime need the rest, whatever a flood on the REST doors does.
+  const listeners = (unixSocketPath === undefined ? 0 : 1) + (tcp === undefined ? 0 : 1);
+  const wanted = { ...REST_LISTENER_LIMITS, ...options.limits };
+  const fileLimit = options.openFileLimit ?? openFileLimit();
+  const fitted = fitConnectionCaps(Array<ListenerLimits>(listeners).fill(wanted), fileLimit, 0.5);
+  const limits = fitted.caps[0] ?? wanted;
+  if (fitted.scaled) {
+    options.logger.warn(
+      { openFileLimit: fileLimit, maxConnections: limits.maxConnections },
+      `the open file limit (${fileLimit}) is low: each REST listener takes at most ${limits.maxConnections} connections`,
+    );
+  }
   let closing = false;
   const servers: Server[] = [];
   // Responses not yet sent: when closing begins, each is marked to end its connection, so close() need not wait
