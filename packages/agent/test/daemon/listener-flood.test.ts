@@ -1,4 +1,3 @@
-import { readdir } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { AgentDataType } from '@edgefleet/core';
@@ -83,11 +82,11 @@ describe('a flood on the REST TCP port (real agent process, low open file limit)
     const restSocket = (line.rest as string[]).find((address) => address.startsWith('unix:'))!.slice(5);
     const ready = await fetchOverUnix(restSocket, '/v2/health/live');
     expect(ready).toMatch(/^HTTP\/1\.1 200/);
+    // The caps were fitted to the low limit (said in a warning), and the flood got no further than them.
+    const warning = agent.lines.find((l) => /open file limit \(200\) is low/.test(l.msg));
+    expect(warning?.maxConnections).toBeLessThan(OPEN_FILE_LIMIT / 2);
     const open = sockets.filter((s) => !s.destroyed).length;
-    // The cap closed part of the flood; what it let in is below the descriptor limit.
-    expect(open).toBeLessThan(FLOOD);
-    const fds = (await readdir(`/proc/${agent.child.pid}/fd`)).length;
-    expect(fds).toBeLessThan(OPEN_FILE_LIMIT);
+    expect(open).toBeLessThanOrEqual(warning!.maxConnections as number);
   });
 });
 
