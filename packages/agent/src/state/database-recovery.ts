@@ -70,8 +70,15 @@ export function openAgentDatabase(options: OpenAgentDatabaseOptions, now = new D
   }
 
   const damagedCopy = `${options.path}.damaged-${now.toISOString().replace(/[:.]/g, '-')}`;
-  for (const suffix of ['', '-wal', '-shm']) {
-    if (existsSync(options.path + suffix)) renameSync(options.path + suffix, damagedCopy + suffix);
+  try {
+    for (const suffix of ['', '-wal', '-shm']) {
+      if (existsSync(options.path + suffix)) renameSync(options.path + suffix, damagedCopy + suffix);
+    }
+  } catch (error) {
+    throw new Error(
+      `the agent database ${options.path} is damaged (${reason}), and it cannot be moved aside to ${damagedCopy}: ${(error as Error).message}; move or remove it yourself`,
+      { cause: error },
+    );
   }
   const database = AgentDatabase.open(options);
   const salvage = salvageRows(damagedCopy);
