@@ -1,9 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, opendir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /** Temporary files start with this; readers and the periodic upload skip names starting with '.'. */
 export const TEMP_FILE_MARK = '.tmp-';
+
+/**
+ * Capture files hold model inputs and outputs: readable by the agent's user and group (a collector or the
+ * upload job in the group), not by everyone, whatever folder the capture path names.
+ */
+export const CAPTURE_FILE_MODE = 0o640;
+export const CAPTURE_FOLDER_MODE = 0o750;
 
 /**
  * Writes a file so that a reader sees either nothing or all of it: the bytes go to a hidden temporary file in
@@ -11,7 +18,7 @@ export const TEMP_FILE_MARK = '.tmp-';
  * it has renamed everything it writes there, so the new names survive a power cut too.
  */
 export async function writeFileAtomic(path: string, body: Uint8Array): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
+  await mkdir(dirname(path), { recursive: true, mode: CAPTURE_FOLDER_MODE });
   const staged = await stageFile(path, body);
   try {
     await rename(staged.temp, staged.path);
@@ -46,11 +53,11 @@ export async function stageFile(path: string, body: Uint8Array): Promise<StagedF
   );
   let handle;
   try {
-    handle = await open(temp, 'wx', 0o644);
+    handle = await open(temp, 'wx', CAPTURE_FILE_MODE);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    await mkdir(folder, { recursive: true });
-    handle = await open(temp, 'wx', 0o644);
+    await mkdir(folder, { recursive: true, mode: CAPTURE_FOLDER_MODE });
+    handle = await open(temp, 'wx', CAPTURE_FILE_MODE);
   }
   try {
     await handle.writeFile(body);
@@ -62,6 +69,52 @@ export async function stageFile(path: string, body: Uint8Array): Promise<StagedF
   }
   await handle.close();
   return { temp, path };
+}
+
+/** The process id in a temporary file's name (see stageFile), or undefined when the name has none. */
+function writerOf(name: string): number | undefined {
+  const match = /-(\d+)-[0-9a-f]{8}$/.exec(name);
+  return match ? Number(match[1]) : undefined;
+}
+
+function isAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temporary files under `root` that a writer killed mid-write left behind (their names start with
+ * TEMP_FILE_MARK and end with the writer's process id; files of a process still running are left alone).
+ * Symbolic links are not followed. Returns how many it removed; a missing root is fine.
+ */
+export async function sweepTemporaryFiles(root: string): Promise<number> {
+  let removed = 0;
+  const walk = async (folder: string): Promise<void> => {
+    let entries;
+    try {
+      entries = await opendir(folder);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw error;
+    }
+    for await (const entry of entries) {
+      const path = join(folder, entry.name);
+      if (entry.isDirectory()) await walk(path);
+      else if (entry.isFile() && entry.name.startsWith(TEMP_FILE_MARK)) {
+        const writer = writerOf(entry.name);
+        if (writer !== undefined && isAlive(writer)) continue;
+        await rm(path, { force: true });
+        removed++;
+      }
+    }
+  };
+  await walk(root);
+  return removed;
 }
 
 /** Runs `task` over `items` with at most `limit` running at once; rejects with the first failure once all settle. */

@@ -1,7 +1,14 @@
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { eachLimit, stageFile, syncFolder, type StagedFile } from './atomic-files.js';
+import {
+  CAPTURE_FOLDER_MODE,
+  eachLimit,
+  stageFile,
+  sweepTemporaryFiles,
+  syncFolder,
+  type StagedFile,
+} from './atomic-files.js';
 
 /** Files written (and fsynced) at the same time by the Disk destination. */
 const DISK_WRITE_CONCURRENCY = 8;
@@ -36,6 +43,11 @@ export class DiskDestination implements CaptureDestination {
     return pathToFileURL(this.pathOf(key)).href;
   }
 
+  /** Removes temporary files that writes interrupted by a crash or SIGKILL left; returns how many. */
+  sweep(): Promise<number> {
+    return sweepTemporaryFiles(this.root);
+  }
+
   pathOf(key: string): string {
     return join(this.root, ...key.split('/'));
   }
@@ -47,7 +59,7 @@ export class DiskDestination implements CaptureDestination {
    */
   async write(files: readonly RenderedFile[]): Promise<void> {
     const folders = new Set(files.map((f) => dirname(this.pathOf(f.key))));
-    for (const folder of folders) await mkdir(folder, { recursive: true });
+    for (const folder of folders) await mkdir(folder, { recursive: true, mode: CAPTURE_FOLDER_MODE });
     const staged: StagedFile[] = new Array(files.length);
     try {
       await eachLimit([...files.keys()], DISK_WRITE_CONCURRENCY, async (i) => {

@@ -1,31 +1,15 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
-import type { AgentConfig } from '../config/index.js';
+import { AutoCaptureRuleSchema, DEFAULT_SPOOL_QUOTA_BYTES, type AgentConfig } from '../config/index.js';
+
+// The config owns what its file may say about capture; capture builds on it (never the other way round).
+export { AutoCaptureRuleSchema, DEFAULT_SPOOL_QUOTA_BYTES };
+export type { AutoCaptureRule } from '../config/index.js';
 
 /** Characters a key part may not hold: they would need escaping inside records and URLs. */
 // eslint-disable-next-line no-control-regex -- control characters are what it refuses
 const KEY_SAFE = /^[^"\\\u0000-\u001f]*$/;
-
-/**
- * A rule of automatic capture: Predict traffic of the matching models is captured without the application
- * calling CaptureData. A prediction is captured when any rule for its model selects it.
- */
-export const AutoCaptureRuleSchema = z
-  .object({
-    /** A model name, or `*` for every model. */
-    model: z.string().min(1).default('*'),
-    /** Capture this fraction of predictions at random (0.01 = 1 %). */
-    sampleRate: z.number().min(0).max(1).optional(),
-    /** Capture when the largest value of the output is below this (a low top score: the model is unsure). */
-    topScoreBelow: z.number().optional(),
-    /** The output tensor topScoreBelow looks at; default the model's first output. */
-    output: z.string().min(1).optional(),
-  })
-  .refine((rule) => rule.sampleRate !== undefined || rule.topScoreBelow !== undefined, {
-    message: 'an automatic capture rule needs sampleRate, topScoreBelow, or both',
-  });
-export type AutoCaptureRule = z.infer<typeof AutoCaptureRuleSchema>;
 
 export const CloudCredentialsSchema = z.discriminatedUnion('source', [
   z.object({ source: z.literal('default') }),
@@ -143,9 +127,6 @@ export interface CaptureExtras {
   iotRoleAlias?: string;
   autoCapture?: z.input<typeof AutoCaptureRuleSchema>[];
 }
-
-/** Default spool quota: 1 GiB. */
-export const DEFAULT_SPOOL_QUOTA_BYTES = 1024 ** 3;
 
 /**
  * The capture settings of an agent config: the SageMaker keys and the `edgefleet_capture_*` keys, each of the

@@ -88,6 +88,18 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
     ...(options.activity && { activity: options.activity }),
     ...(logger && { logger }),
   });
+  if (destination instanceof DiskDestination) {
+    const swept = await destination.sweep().catch((error: unknown) => {
+      logger?.warn({ err: error, folder: destination.root }, 'capture: could not sweep temporary files');
+      return 0;
+    });
+    if (swept > 0) {
+      logger?.info(
+        { folder: destination.root, files: swept },
+        `capture: removed ${swept} temporary file(s) left by writes that were interrupted`,
+      );
+    }
+  }
   await service.start();
   const detach = settings.autoCapture.length > 0 ? options.models.observe?.(service.autoCapture) : undefined;
   logger?.info(

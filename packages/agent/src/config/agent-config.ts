@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { AutoCaptureRuleSchema } from '../capture/settings.js';
+import { AutoCaptureRuleSchema } from './capture-rules.js';
 import { OrtSessionConfigSchema } from '../inference/session-options.js';
 
 /** The agent's configuration once read: every setting resolved (defaults applied, paths absolute). */

@@ -1,6 +1,6 @@
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { z } from 'zod';
-import { DEFAULT_SPOOL_QUOTA_BYTES } from '../capture/settings.js';
+import { DEFAULT_SPOOL_QUOTA_BYTES } from './capture-rules.js';
 import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
 import { AgentConfigSchema, type AgentConfig } from './agent-config.js';
 import { BACKEND_OPTIONS_KEY, mapBackendOptions, parseBackendOptions } from './backend-options.js';
@@ -309,6 +309,11 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       'sagemaker_edge_deployment_lib_path enables deployments, but sagemaker_edge_provider_provider is None (offline); deployments stay off',
     );
     deploymentsEnabled = false;
+  }
+  if (deploymentsEnabled) {
+    warnings.push(
+      'sagemaker_edge_deployment_lib_path enables deployments, which this edgefleet-agent does not implement yet: no deployment is fetched or applied (load models with LoadModel, the REST repository API or edgefleet_preload_models)',
+    );
   }
   if (deploymentsEnabled && !dbEnabled) {
     warnings.push(

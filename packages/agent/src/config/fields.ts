@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { MODEL_NAME_PATTERN } from '@edgefleet/core';
-import { AutoCaptureRuleSchema, type AutoCaptureRule } from '../capture/settings.js';
+import { AutoCaptureRuleSchema, type AutoCaptureRule } from './capture-rules.js';
 import { EXECUTION_PROVIDER_NAMES, type ExecutionProviderConfig } from '../inference/session-options.js';
 
 /**
@@ -212,7 +212,8 @@ export function fileMode(): FieldKind<number> {
   };
 }
 
-const HostPortSchema = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) });
+// Port 0: any free port (the "listening" log line says which); tests use it.
+const HostPortSchema = z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65535) });
 
 /** A TCP listen address: "host:port", "[::1]:port", a bare port, or a JSON number; the host defaults to 127.0.0.1. */
 export function listenAddress(): FieldKind<{ host: string; port: number }> {

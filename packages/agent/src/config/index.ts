@@ -19,3 +19,4 @@ export {
 } from './config-file.js';
 export { loadAgentConfig, checkPaths } from './load.js';
 export { parseBackendOptions, mapBackendOptions } from './backend-options.js';
+export { AutoCaptureRuleSchema, DEFAULT_SPOOL_QUOTA_BYTES, type AutoCaptureRule } from './capture-rules.js';

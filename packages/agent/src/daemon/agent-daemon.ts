@@ -10,20 +10,17 @@ import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../shm/index.js';
 import {
-  AgentDatabase,
   ModelActivity,
   agentDatabasePath,
+  openAgentDatabase,
   recordLoadedModels,
   restoreLoadedModels,
+  type DatabaseRecovery,
 } from '../state/index.js';
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { registryLogger } from './logger.js';
-import {
-  prepareSocketPath,
-  removeOwnSocketFile,
-  restrictSocketFile,
-  withPrivateUmask,
-} from './socket-file.js';
+import { bindUnixSocket, removeOwnSocketFile } from '../unix-socket/index.js';
+import { prepareSocketPath } from './socket-path.js';
 
 /** How long shutdown lets calls in flight finish before cancelling them. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
@@ -90,7 +87,10 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const metrics = new AgentMetrics();
     const pool = await InferencePool.start({
       workers: config.inference.workers,
-      session: config.inference.ort,
+      // ONNX Runtime writes its own log lines (ANSI-coloured) to stderr, between the agent's JSON lines, and
+      // onnxruntime-node cannot hand them to our logger. Its failures reach us as errors, which we log; its
+      // warnings only help when debugging, so they appear with sagemaker_edge_log_verbose only.
+      session: { ...config.inference.ort, logSeverityLevel: config.logging.verbose ? 2 : 4 },
       maxQueuedPerModel: config.inference.maxQueuedRequestsPerModel,
       onEvent: (event) => onPoolEvent(event, logger, metrics),
     });
@@ -108,23 +108,26 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     });
     cleanups.push(() => registry.close());
     const sharedMemory = openSharedMemory(logger);
-    if (sharedMemory) {
-      const sweeper = setInterval(() => sharedMemory.sweep(), SHM_SWEEP_INTERVAL_MS).unref();
-      cleanups.push(() => {
-        clearInterval(sweeper);
-        sharedMemory.close();
-      });
-    }
+    const shmSweeper = sharedMemory
+      ? setInterval(() => sharedMemory.sweep(), SHM_SWEEP_INTERVAL_MS).unref()
+      : undefined;
+    const closeSharedMemory = () => {
+      clearInterval(shmSweeper);
+      sharedMemory?.close();
+    };
+    cleanups.push(closeSharedMemory);
 
     await preloadModels(config, registry, logger);
 
     // The local database (DbEnable): the capture queue, the models to load again after a restart, counters.
-    const database = config.storage.dbEnabled
-      ? AgentDatabase.open({
+    const opened = config.storage.dbEnabled
+      ? openAgentDatabase({
           path: agentDatabasePath(config.storage.localDataRootPath),
           synchronous: config.storage.dbSynchronous,
         })
       : undefined;
+    if (opened?.recovery) reportRecovery(opened.recovery, logger);
+    const database = opened?.database;
     if (database) {
       cleanups.push(() => database.close());
       await restoreLoadedModels(registry, database.loadedModels, logger);
@@ -145,21 +148,25 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     });
     cleanups.push(() => capture.close());
 
-    const grpc: RunningGrpcServer = await withPrivateUmask(() =>
-      startGrpcServer({
+    let grpc: RunningGrpcServer | undefined;
+    const socketInode = await bindUnixSocket(commandLine.socketPath, config.socketMode, async (bindPath) => {
+      const started = await startGrpcServer({
         registry,
         sharedMemory,
         logger,
-        socketPath: commandLine.socketPath,
+        socketPath: bindPath,
         maxMessageBytes: commandLine.maxMessageBytes,
         capture: capture.service,
-      }),
-    ).catch((error: Error) => {
+      });
+      cleanups.push(() => started.close(0).then(() => undefined));
+      grpc = started;
+    }).catch((error: Error) => {
       throw new StartupError(EXIT_CODES.SOCKET_UNAVAILABLE, error.message, { cause: error });
     });
-    cleanups.push(() => grpc.close(0).then(() => undefined));
-    const socketInode = await restrictSocketFile(commandLine.socketPath, config.socketMode);
     cleanups.push(() => removeOwnSocketFile(commandLine.socketPath, socketInode));
+    const grpcServer = grpc!;
+    // The server was bound in a private folder and moved into place: clients use the path asked for.
+    const grpcAddress = `unix://${commandLine.socketPath}`;
 
     let rest: RestServer | undefined;
     if (config.rest.socketPath !== null || config.rest.tcp !== null) {
@@ -194,14 +201,14 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       {
         event: 'listening',
         version: options.version,
-        grpc: grpc.address,
+        grpc: grpcAddress,
         rest: restAddresses,
         models: registry.list().map((m) => m.name),
         maxMessageBytes: commandLine.maxMessageBytes,
         workers: config.inference.workers,
         sharedMemory: sharedMemory !== null,
       },
-      `edgefleet-agent ${options.version} listening: gRPC ${grpc.address}${restAddresses.length > 0 ? `, REST ${restAddresses.join(', ')}` : ''}`,
+      `edgefleet-agent ${options.version} listening: gRPC ${grpcAddress}${restAddresses.length > 0 ? `, REST ${restAddresses.join(', ')}` : ''}`,
     );
 
     let stopping: Promise<void> | undefined;
@@ -209,17 +216,17 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       config,
       registry,
       metrics,
-      grpcAddress: grpc.address,
+      grpcAddress,
       restAddresses,
       shutdown(graceMs = DEFAULT_SHUTDOWN_GRACE_MS) {
         stopping ??= (async () => {
           const began = Date.now();
           logger.info(
-            { event: 'stopping', inflight: grpc.inflight, graceMs },
+            { event: 'stopping', inflight: grpcServer.inflight, graceMs },
             'stopping: no new requests; finishing those in flight',
           );
           cleanups.length = 0; // this path stops everything itself, in order
-          const [{ forced }] = await Promise.all([grpc.close(graceMs), rest?.close(), fleet.stop()]);
+          const [{ forced }] = await Promise.all([grpcServer.close(graceMs), rest?.close(), fleet.stop()]);
           if (forced)
             logger.warn({ graceMs }, 'requests still running after the grace period were cancelled');
           await removeOwnSocketFile(commandLine.socketPath, socketInode);
@@ -232,7 +239,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
           const left = Math.max(0, graceMs - (Date.now() - began));
           await Promise.race([registry.close(), new Promise((resolve) => setTimeout(resolve, left).unref())]);
           await pool.close();
-          if (sharedMemory) sharedMemory.close();
+          closeSharedMemory();
           activity.close();
           database?.close();
           logger.info({ event: 'stopped', ms: Date.now() - began }, 'stopped');
@@ -244,6 +251,31 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     await unwind();
     throw error;
   }
+}
+
+/** A damaged database was replaced: loud, with where the damaged copy is and what could not be saved. */
+function reportRecovery(recovery: DatabaseRecovery, logger: Logger): void {
+  const { salvaged, lostCaptureIds } = recovery;
+  const lost =
+    lostCaptureIds.length > 0
+      ? `${lostCaptureIds.length} acknowledged capture(s) could not be read back and are reported FAILURE`
+      : 'no acknowledged capture is known to be lost';
+  const maybeMore = recovery.captureQueueComplete
+    ? ''
+    : ' (damaged pages stopped the read of the capture queue: captures without a readable status may be lost too)';
+  logger.error(
+    {
+      event: 'database-recovered',
+      database: recovery.path,
+      damagedCopy: recovery.damagedCopy,
+      reason: recovery.reason,
+      salvaged,
+      lostCaptures: lostCaptureIds.length,
+      lostCaptureIds: lostCaptureIds.slice(0, 100),
+      captureQueueComplete: recovery.captureQueueComplete,
+    },
+    `the agent database ${recovery.path} is damaged (${recovery.reason}); moved it to ${recovery.damagedCopy} for inspection and started a fresh one; salvaged ${salvaged.capture_queue} queued capture(s) and ${salvaged.loaded_models} loaded model record(s); ${lost}${maybeMore}`,
+  );
 }
 
 async function loadTrust(config: AgentConfig, logger: Logger): Promise<TrustPolicy | null> {

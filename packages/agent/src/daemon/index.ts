@@ -8,10 +8,4 @@ export {
 export { EXIT_CODES, StartupError, type ExitCode } from './exit-codes.js';
 export { createAgentLogger, registryLogger, type AgentLoggerOptions } from './logger.js';
 export { agentVersion, runAgent, type RunAgentOptions } from './run-agent.js';
-export {
-  prepareSocketPath,
-  removeOwnSocketFile,
-  restrictSocketFile,
-  socketAnswers,
-  withPrivateUmask,
-} from './socket-file.js';
+export { prepareSocketPath } from './socket-path.js';

@@ -16,6 +16,8 @@ export interface GrpcServerOptions {
   socketPath: string;
   /** `-m`: the largest message received or sent, in bytes. */
   maxMessageBytes: number;
+  /** Connections held at once (default GRPC_MAX_CONNECTIONS); more are closed on accept. */
+  maxConnections?: number;
   codec?: AgentCodec;
   /** Serves CaptureData / GetCaptureDataStatus; absent: UNIMPLEMENTED. */
   capture?: Pick<CaptureService, 'capture' | 'status'>;
@@ -42,8 +44,26 @@ export function grpcServerOptions(maxMessageBytes: number): ChannelOptions {
   return {
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
+    ...GRPC_CONNECTION_LIMITS,
   };
 }
+
+/**
+ * Connection limits of the gRPC socket (docs/security.md#limits): a connection without calls (one that never
+ * even sent the HTTP/2 preface included) is closed after 5 minutes, and peers that stop answering pings are
+ * dropped. Clients reconnect on their next call. The socket file's mode (owner and group only) limits who can
+ * open connections, and the listener (ours, not grpc-js's) closes any past GRPC_MAX_CONNECTIONS at once, so a
+ * flood of idle connections cannot use up the descriptors the other door and the models need.
+ */
+export const GRPC_CONNECTION_LIMITS = {
+  'grpc.max_connection_idle_ms': 5 * 60_000,
+  'grpc.keepalive_time_ms': 2 * 60_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+  'grpc.max_concurrent_streams': 1000,
+} as const satisfies ChannelOptions;
+
+/** Connections the gRPC socket holds at once; more are closed on accept. */
+export const GRPC_MAX_CONNECTIONS = 256;
 
 /**
  * Serves `AWS.SageMaker.Edge.Agent` on `unix://<socketPath>`. The agent accepts the connections itself and hands
@@ -71,6 +91,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     peers.accepted(socket);
     injector.injectConnection(socket);
   });
+  listener.maxConnections = options.maxConnections ?? GRPC_MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     listener.once('error', (error) => {
       reject(new Error(`cannot listen on ${address}: ${error.message}`, { cause: error }));

@@ -39,6 +39,11 @@ export const OrtSessionConfigSchema = z.object({
   graphOptimizationLevel: z.enum(['disabled', 'basic', 'extended', 'layout', 'all']),
   /** In order of preference; ONNX Runtime falls back along the list, node by node. */
   executionProviders: z.array(ExecutionProviderConfigSchema).min(1),
+  /**
+   * The least severe of ONNX Runtime's own log lines it writes (to stderr, not through the agent's logger):
+   * 0 verbose, 1 info, 2 warning (ONNX Runtime's default), 3 error, 4 fatal.
+   */
+  logSeverityLevel: z.number().int().min(0).max(4).optional(),
 });
 export type OrtSessionConfig = z.infer<typeof OrtSessionConfigSchema>;
 
@@ -55,6 +60,9 @@ export function toOrtSessionOptions(config: OrtSessionConfig): InferenceSession.
     ...(config.intraOpNumThreads > 0 && { intraOpNumThreads: config.intraOpNumThreads }),
     ...(config.interOpNumThreads > 0 && { interOpNumThreads: config.interOpNumThreads }),
     graphOptimizationLevel: config.graphOptimizationLevel,
+    ...(config.logSeverityLevel !== undefined && {
+      logSeverityLevel: config.logSeverityLevel as 0 | 1 | 2 | 3 | 4,
+    }),
     executionProviders: config.executionProviders.map((ep) =>
       ep.name === 'cpu'
         ? 'cpu'

@@ -44,11 +44,18 @@ export class RequestBody {
   }
 }
 
+/** What a body may hold: JSON only, or a JSON part followed by binary tensor data. */
+export interface BodyLimit {
+  bytes: number;
+  /** Names the limit and says what to do instead, for the 413 message. */
+  advice: string;
+}
+
 /** Bodies above the limit are refused with this status (and the connection closed: the client may go on sending). */
-export function bodyTooLarge(received: string, limit: number): RestError {
+export function bodyTooLarge(received: string, limit: BodyLimit): RestError {
   return new RestError(
     413,
-    `the request body is ${received}; this agent accepts at most ${limit} bytes (maxBodyBytes); send smaller tensors, or use the gRPC API with shared memory for large ones`,
+    `the request body is ${received}; this agent accepts at most ${limit.bytes} bytes ${limit.advice}`,
     { connection: 'close' },
   );
 }
@@ -60,10 +67,10 @@ export function bodyTooLarge(received: string, limit: number): RestError {
 export function readRequestBody(
   stream: Readable,
   contentLength: string | undefined,
-  limit: number,
+  limit: BodyLimit,
   done: (error: Error | null, body?: RequestBody) => void,
 ): void {
-  if (contentLength !== undefined && Number(contentLength) > limit) {
+  if (contentLength !== undefined && Number(contentLength) > limit.bytes) {
     done(bodyTooLarge(`${contentLength} bytes (Content-Length)`, limit));
     return;
   }
@@ -77,9 +84,9 @@ export function readRequestBody(
   const onData = (chunk: Buffer | string) => {
     const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
     length += bytes.length;
-    if (length > limit) {
+    if (length > limit.bytes) {
       cleanup();
-      done(bodyTooLarge(`more than ${limit} bytes`, limit));
+      done(bodyTooLarge(`more than ${limit.bytes} bytes`, limit));
       return;
     }
     chunks.push(bytes);

@@ -7,7 +7,8 @@ import type { AgentMetrics } from '../metrics/index.js';
 import type { ModelRegistry } from '../models/index.js';
 import { registerModelRoutes } from './model-routes.js';
 import { registerRepositoryRoutes } from './repository-routes.js';
-import { readRequestBody } from './request-body.js';
+import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
+import { readRequestBody, type BodyLimit } from './request-body.js';
 import { restRequestCounter } from './rest-metrics.js';
 import { errorBody, httpFailureOf, JSON_TYPE, RestError } from './rest-errors.js';
 
@@ -15,13 +16,27 @@ import { errorBody, httpFailureOf, JSON_TYPE, RestError } from './rest-errors.js
 export const REST_SERVER_NAME = 'edgefleet-agent';
 export const REST_EXTENSIONS = ['binary_tensor_data', 'model_repository'] as const;
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
+/**
+ * JSON bodies cost several times their size in memory while decoded (a string, then JS arrays of numbers before
+ * the typed arrays; then the answer as text), so they get a lower limit than binary ones (measurements:
+ * docs/rest-api.md#limits).
+ */
+export const DEFAULT_MAX_JSON_BODY_BYTES = 8 * 1024 * 1024;
+/** Large JSON bodies (see LARGE_JSON_BODY_BYTES) read and parsed at once; more get 429. */
+export const DEFAULT_MAX_CONCURRENT_JSON_BODIES = 2;
+/** A JSON body above this size (or of unknown size) counts against maxConcurrentJsonBodies. */
+export const LARGE_JSON_BODY_BYTES = 64 * 1024;
 
 export interface RestAppOptions {
   registry: ModelRegistry;
   metrics: AgentMetrics;
   logger: Logger;
-  /** Largest request body accepted; larger ones get 413. Default 64 MiB. */
+  /** Largest body with binary tensor data accepted; larger ones get 413. Default 64 MiB. */
   maxBodyBytes?: number;
+  /** Largest JSON body, and largest JSON part of a binary body; larger ones get 413. Default 8 MiB. */
+  maxJsonBodyBytes?: number;
+  /** Large JSON bodies being read and parsed at once; more get 429. Default 2. */
+  maxConcurrentJsonBodies?: number;
   /** Whether the agent serves inference (GET /v2/health/ready); default: always once listening. */
   ready?: () => boolean;
   /** The version GET /v2 reports; default: the agent package's version. */
@@ -64,6 +79,16 @@ function agentVersion(): string {
 export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}): FastifyInstance {
   const { registry, metrics, logger } = options;
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const maxJsonBodyBytes = Math.min(maxBodyBytes, options.maxJsonBodyBytes ?? DEFAULT_MAX_JSON_BODY_BYTES);
+  const maxConcurrentJsonBodies = options.maxConcurrentJsonBodies ?? DEFAULT_MAX_CONCURRENT_JSON_BODIES;
+  const binaryLimit: BodyLimit = {
+    bytes: maxBodyBytes,
+    advice: '(maxBodyBytes); send smaller tensors, or use the gRPC API with shared memory for large ones',
+  };
+  const jsonLimit: BodyLimit = {
+    bytes: maxJsonBodyBytes,
+    advice: `of JSON (maxJsonBodyBytes); send large tensors as binary data (the binary tensor data extension, bodies of up to ${maxBodyBytes} bytes), or use the gRPC API`,
+  };
   const version = options.version ?? agentVersion();
   const isReady = options.ready ?? (() => true);
   const closing = hooks.closing ?? (() => false);
@@ -92,7 +117,47 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   // the routes themselves, so Fastify never JSON.parses (or copies) them.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (request, payload, done) => {
-    readRequestBody(payload, request.headers['content-length'], maxBodyBytes, done);
+    const jsonPart = request.headers[INFERENCE_HEADER_CONTENT_LENGTH];
+    if (jsonPart === undefined) {
+      readRequestBody(payload, request.headers['content-length'], jsonLimit, done);
+    } else if (Number(jsonPart) > maxJsonBodyBytes) {
+      done(
+        new RestError(
+          413,
+          `the JSON part of the body is ${String(jsonPart).slice(0, 20)} bytes (Inference-Header-Content-Length); this agent accepts at most ${maxJsonBodyBytes} bytes of JSON (maxJsonBodyBytes); send tensors as binary data after it`,
+          { connection: 'close' },
+        ),
+      );
+    } else {
+      readRequestBody(payload, request.headers['content-length'], binaryLimit, done);
+    }
+  });
+
+  // Large JSON bodies are parsed one or two at a time, so that a burst of them cannot multiply the memory one
+  // costs. Counted from the headers until the response is done (or the connection gone).
+  let jsonBodiesInFlight = 0;
+  app.addHook('onRequest', (request, reply, done) => {
+    const { headers } = request.raw;
+    const hasBody = headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined;
+    const large =
+      headers['transfer-encoding'] !== undefined || Number(headers['content-length']) > LARGE_JSON_BODY_BYTES;
+    if (!hasBody || !large || headers[INFERENCE_HEADER_CONTENT_LENGTH] !== undefined) {
+      done();
+      return;
+    }
+    if (jsonBodiesInFlight >= maxConcurrentJsonBodies) {
+      done(
+        new RestError(
+          429,
+          `${jsonBodiesInFlight} large JSON request bodies are being parsed already, the most this agent takes at once (maxConcurrentJsonBodies); retry shortly, or send tensors as binary data (the binary tensor data extension), which has no such limit`,
+          { connection: 'close' },
+        ),
+      );
+      return;
+    }
+    jsonBodiesInFlight++;
+    reply.raw.once('close', () => jsonBodiesInFlight--);
+    done();
   });
 
   const requests = restRequestCounter(metrics.registry);

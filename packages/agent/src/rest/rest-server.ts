@@ -1,8 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { chmod, lstat, mkdtemp, rename, rm, unlink } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { connect, type AddressInfo, type ListenOptions } from 'node:net';
+import type { AddressInfo, ListenOptions } from 'node:net';
+import { applyListenerLimits, fitConnectionCaps, openFileLimit, type ListenerLimits } from '@edgefleet/core';
+import { bindUnixSocket, prepareSocketPath, removeOwnSocketFile } from '../unix-socket/index.js';
 import { buildRestApp, type RestAppOptions } from './rest-app.js';
+import { REST_LISTENER_LIMITS } from './rest-limits.js';
 
 export interface RestServerOptions extends RestAppOptions {
   /** Unix domain socket to serve on (the default front door on a device). */
@@ -13,6 +14,10 @@ export interface RestServerOptions extends RestAppOptions {
   socketMode?: number;
   /** How long close() lets requests in flight finish before it cuts their connections. Default 10 s. */
   closeTimeoutMs?: number;
+  /** Overrides of REST_LISTENER_LIMITS (timeouts and connection caps of each listener). */
+  limits?: Partial<ListenerLimits>;
+  /** The process's open file limit, which the connection caps must fit in; default: read from the system. */
+  openFileLimit?: number;
 }
 
 export interface RestServer {
@@ -24,9 +29,6 @@ export interface RestServer {
    */
   close(): Promise<void>;
 }
-
-/** Idle keep-alive connections stay open this long: local clients reuse them across bursts of requests. */
-const KEEP_ALIVE_TIMEOUT_MS = 30_000;
 
 function listen(server: Server, options: ListenOptions): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -44,70 +46,6 @@ function listen(server: Server, options: ListenOptions): Promise<void> {
   });
 }
 
-/** Whether some process accepts connections on this Unix socket. */
-function socketAnswers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ path });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
-
-/** Longest Unix socket path the kernel takes (sun_path is 108 bytes with its terminating zero). */
-const MAX_SOCKET_PATH_BYTES = 107;
-
-/** Refuses a path holding a file that is not a socket, or a socket some process serves on. */
-async function checkSocketPathFree(path: string): Promise<void> {
-  const existing = await lstat(path).catch(() => undefined);
-  if (!existing) return;
-  if (!existing.isSocket()) {
-    throw new Error(
-      `cannot listen on Unix socket ${path}: a file that is not a socket is there; remove it or choose another path`,
-    );
-  }
-  if (await socketAnswers(path)) {
-    throw new Error(
-      `cannot listen on Unix socket ${path}: another process is serving on it; stop it or choose another path`,
-    );
-  }
-}
-
-/**
- * Listens on a Unix socket path with the given permission bits from the first moment: it binds inside a fresh
- * private folder next to the path, sets the mode, then renames the socket into place (which also replaces a
- * socket file left by a process that is gone). A live socket, or a file that is not a socket, is an error that
- * says so. Where the private folder's path would be too long for a socket, it binds in place and sets the mode
- * right after. Returns the socket file's inode, so that close removes only the file it created.
- */
-async function listenUnix(server: Server, path: string, mode: number): Promise<number> {
-  await checkSocketPathFree(path);
-  const failed = (error: unknown): Error =>
-    new Error(`cannot listen on Unix socket ${path}: ${(error as Error).message}`, { cause: error });
-  const privateDir = await mkdtemp(join(dirname(path), '.rest-')).catch((error: unknown) => {
-    throw failed(error);
-  });
-  const privatePath = join(privateDir, 's');
-  try {
-    if (Buffer.byteLength(privatePath) <= MAX_SOCKET_PATH_BYTES) {
-      await listen(server, { path: privatePath });
-      await chmod(privatePath, mode);
-      await rename(privatePath, path);
-    } else {
-      await unlink(path).catch(() => {});
-      await listen(server, { path });
-      await chmod(path, mode);
-    }
-  } catch (error) {
-    throw failed(error);
-  } finally {
-    await rm(privateDir, { recursive: true, force: true });
-  }
-  return (await lstat(path)).ino;
-}
-
 /**
  * Serves the KServe v2 REST API (see buildRestApp) on a Unix socket and/or TCP. Both listeners share one
  * Fastify instance; HTTP keep-alive is on.
@@ -116,6 +54,19 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
   const { unixSocketPath, tcp } = options;
   if (unixSocketPath === undefined && tcp === undefined) {
     throw new Error('startRestServer needs somewhere to listen: give unixSocketPath, tcp, or both');
+  }
+  // The listeners' caps together take at most half the open file limit: the gRPC socket, the database,
+  // capture files and ONNX Runtime need the rest, whatever a flood on the REST doors does.
+  const listeners = (unixSocketPath === undefined ? 0 : 1) + (tcp === undefined ? 0 : 1);
+  const wanted = { ...REST_LISTENER_LIMITS, ...options.limits };
+  const fileLimit = options.openFileLimit ?? openFileLimit();
+  const fitted = fitConnectionCaps(Array<ListenerLimits>(listeners).fill(wanted), fileLimit, 0.5);
+  const limits = fitted.caps[0] ?? wanted;
+  if (fitted.scaled) {
+    options.logger.warn(
+      { openFileLimit: fileLimit, maxConnections: limits.maxConnections },
+      `the open file limit (${fileLimit}) is low: each REST listener takes at most ${limits.maxConnections} connections`,
+    );
   }
   let closing = false;
   const servers: Server[] = [];
@@ -134,7 +85,9 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
       }
       handler(req, res);
     });
-    server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+    // Idle keep-alive connections stay open a while (local clients reuse them across bursts of requests);
+    // slow headers or bodies, idle connections and floods of them are cut off (see REST_LISTENER_LIMITS).
+    applyListenerLimits(server, limits);
     servers.push(server);
     return server;
   };
@@ -157,16 +110,17 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
       listening.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))),
     );
     clearTimeout(timer);
-    if (unixSocketPath !== undefined && socketInode !== undefined) {
-      const left = await lstat(unixSocketPath).catch(() => undefined);
-      if (left?.isSocket() && left.ino === socketInode) await unlink(unixSocketPath).catch(() => {});
-    }
+    if (unixSocketPath !== undefined) await removeOwnSocketFile(unixSocketPath, socketInode);
     await app.close();
   };
 
   try {
     if (unixSocketPath !== undefined) {
-      socketInode = await listenUnix(app.server, unixSocketPath, options.socketMode ?? 0o660);
+      // A socket file left by a process that is gone is replaced; a live one, or another file, is an error.
+      await prepareSocketPath(unixSocketPath, { removeStale: true, option: 'edgefleet_rest_socket_path' });
+      socketInode = await bindUnixSocket(unixSocketPath, options.socketMode ?? 0o660, (path) =>
+        listen(app.server, { path }),
+      );
       addresses.push(`unix:${unixSocketPath}`);
     }
     if (tcp !== undefined) {

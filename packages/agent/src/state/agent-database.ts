@@ -11,6 +11,16 @@ import { UploadLedgerRepository } from './upload-ledger-repository.js';
 /** The database file's name under `sagemaker_edge_local_data_root_path`. */
 export const AGENT_DATABASE_FILE = 'agent.db';
 
+/** The tables whose rows are worth saving from a damaged database, in the order to restore them. */
+export const SALVAGEABLE_TABLES = [
+  'capture_queue',
+  'capture_status',
+  'loaded_models',
+  'model_counters',
+  'uploaded_files',
+] as const;
+export type SalvageableTable = (typeof SALVAGEABLE_TABLES)[number];
+
 export function agentDatabasePath(localDataRootPath: string): string {
   return join(localDataRootPath, AGENT_DATABASE_FILE);
 }
@@ -94,6 +104,34 @@ export class AgentDatabase {
         cause: error,
       });
     }
+  }
+
+  /**
+   * What SQLite's quick_check finds wrong with the file (at most `limit` problems); empty when it is sound.
+   * Reads every page, so it is for start-up, not for a running agent. Throws when the file is too damaged to check.
+   */
+  integrityProblems(limit = 10): string[] {
+    const rows = this.#db.pragma(`quick_check(${Math.trunc(limit)})`) as Array<{ quick_check: string }>;
+    return rows.map((row) => row.quick_check).filter((result) => result !== 'ok');
+  }
+
+  /**
+   * Inserts rows read from a damaged copy of the database (see database-recovery.ts), as they were, in one
+   * transaction. Only the columns the table has are written; a row that clashes with one already there is skipped.
+   */
+  insertSalvagedRows(table: SalvageableTable, rows: readonly Record<string, unknown>[]): number {
+    const columns = new Set(
+      (this.#db.pragma(`table_info(${table})`) as Array<{ name: string }>).map((column) => column.name),
+    );
+    let inserted = 0;
+    this.#db.transaction(() => {
+      for (const row of rows) {
+        const names = Object.keys(row).filter((name) => columns.has(name));
+        const sql = `INSERT OR IGNORE INTO ${table} (${names.join(', ')}) VALUES (${names.map(() => '?').join(', ')})`;
+        inserted += this.#db.prepare(sql).run(...names.map((name) => row[name])).changes;
+      }
+    })();
+    return inserted;
   }
 
   /** The schema version (PRAGMA user_version). */

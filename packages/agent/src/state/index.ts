@@ -4,8 +4,11 @@ export {
   AGENT_DATABASE_FILE,
   AgentDatabase,
   agentDatabasePath,
+  SALVAGEABLE_TABLES,
   type OpenAgentDatabaseOptions,
+  type SalvageableTable,
 } from './agent-database.js';
+export { openAgentDatabase, type DatabaseRecovery, type OpenedAgentDatabase } from './database-recovery.js';
 export { LATEST_SCHEMA_VERSION, MIGRATIONS, migrate, type Migration } from './migrations.js';
 export {
   CaptureQueueRepository,

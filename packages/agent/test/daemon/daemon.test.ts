@@ -5,13 +5,8 @@ import * as grpc from '@grpc/grpc-js';
 import { AgentDataType, slowModelInput } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseAgentConfig } from '../../src/config/index.js';
-import {
-  StartupError,
-  prepareSocketPath,
-  removeOwnSocketFile,
-  restrictSocketFile,
-  startAgentDaemon,
-} from '../../src/daemon/index.js';
+import { StartupError, prepareSocketPath, startAgentDaemon } from '../../src/daemon/index.js';
+import { bindUnixSocket, removeOwnSocketFile } from '../../src/unix-socket/index.js';
 import { captureRequest, listFiles } from '../capture/helpers.js';
 import {
   bytesOf,
@@ -123,10 +118,13 @@ describe('socket files', () => {
     expect((await lstat(file)).isFile()).toBe(true);
   });
 
-  it('restrictSocketFile sets the mode; removeOwnSocketFile removes only the socket it was given (same inode)', async () => {
+  it('bindUnixSocket binds with the mode; removeOwnSocketFile removes only the socket it was given (same inode)', async () => {
     const path = join(files.root, 'own.sock');
-    const first = await listenOn(path);
-    const ino = await restrictSocketFile(path, 0o600);
+    let first!: Server;
+    const ino = await bindUnixSocket(path, 0o600, async (bindPath) => {
+      first = await listenOn(bindPath);
+    });
+    expect((await lstat(path)).ino).toBe(ino);
     expect((await lstat(path)).mode & 0o777).toBe(0o600);
     const { link, unlink } = await import('node:fs/promises');
     await link(path, `${path}.old`);

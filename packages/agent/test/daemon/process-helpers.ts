@@ -35,8 +35,28 @@ export interface AgentProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export function spawnAgent(args: string[], cwd: string): AgentProcess {
-  const child = spawn(process.execPath, [AGENT_MAIN, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+export interface SpawnAgentOptions {
+  /** Start the agent with this open file limit (`ulimit -n`, soft and hard). */
+  openFileLimit?: number;
+}
+
+export function spawnAgent(args: string[], cwd: string, options: SpawnAgentOptions = {}): AgentProcess {
+  const stdio: ['ignore', 'pipe', 'pipe'] = ['ignore', 'pipe', 'pipe'];
+  const child =
+    options.openFileLimit === undefined
+      ? spawn(process.execPath, [AGENT_MAIN, ...args], { cwd, stdio })
+      : spawn(
+          '/bin/sh',
+          [
+            '-c',
+            `ulimit -n ${Math.trunc(options.openFileLimit)} && exec "$@"`,
+            'sh',
+            process.execPath,
+            AGENT_MAIN,
+            ...args,
+          ],
+          { cwd, stdio },
+        );
   const lines: LogLine[] = [];
   const waiters: Array<{ match: (line: LogLine) => boolean; resolve: (line: LogLine) => void }> = [];
   let buffered = '';

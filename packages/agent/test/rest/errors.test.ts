@@ -510,7 +510,7 @@ describe('bodies above maxBodyBytes', () => {
       result,
       413,
       new RegExp(
-        `^the request body is ${MAX_BODY_BYTES + 1} bytes \\(Content-Length\\); this agent accepts at most ${MAX_BODY_BYTES} bytes \\(maxBodyBytes\\)`,
+        `^the request body is ${MAX_BODY_BYTES + 1} bytes \\(Content-Length\\); this agent accepts at most ${MAX_BODY_BYTES} bytes of JSON \\(maxJsonBodyBytes\\)`,
       ),
     );
     expect(result.headers.connection).toBe('close');

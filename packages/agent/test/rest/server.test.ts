@@ -91,7 +91,7 @@ describe('the Unix socket listener', () => {
     const other = createServer();
     await new Promise<void>((resolve) => other.listen(path, resolve));
     await expect(start({ unixSocketPath: path })).rejects.toThrow(
-      `cannot listen on Unix socket ${path}: another process is serving on it; stop it or choose another path`,
+      `a process is already serving on ${path} (another agent?); stop it, or choose another edgefleet_rest_socket_path path`,
     );
     expect((await lstat(path)).isSocket()).toBe(true);
     await new Promise((resolve) => other.close(resolve));
@@ -100,7 +100,9 @@ describe('the Unix socket listener', () => {
   it('refuses a path holding a file that is not a socket, and leaves it alone', async () => {
     const path = socketPath();
     await writeFile(path, 'precious');
-    await expect(start({ unixSocketPath: path })).rejects.toThrow(/a file that is not a socket is there/);
+    await expect(start({ unixSocketPath: path })).rejects.toThrow(
+      /exists and is not a socket \(a regular file\); the agent will not remove it: remove it yourself or choose another edgefleet_rest_socket_path path/,
+    );
     expect((await lstat(path)).isFile()).toBe(true);
   });
 

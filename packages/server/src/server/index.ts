@@ -9,3 +9,4 @@ export {
   type ServerServices,
   type StartServerOptions,
 } from './start-server.js';
+export { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-limits.js';

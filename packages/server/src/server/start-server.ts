@@ -38,6 +38,14 @@ import {
   type PackageSigningIdentity,
 } from '../packaging/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
+import {
+  applyListenerLimits,
+  fitConnectionCaps,
+  openFileLimit,
+  tlsServerLimitOptions,
+  type ListenerLimits,
+} from '@edgefleet/core';
+import { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
@@ -74,6 +82,10 @@ export interface ServerHandle {
 
 export interface StartServerOptions {
   logger?: Logger;
+  /** Overrides of the listeners' timeouts and connection caps (tests use small ones). */
+  listenerLimits?: { operator?: Partial<ListenerLimits>; device?: Partial<ListenerLimits> };
+  /** The process's open file limit, which the caps must fit in; default: read from the system. */
+  openFileLimit?: number;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -144,7 +156,7 @@ export async function openPackageSigning(
   return signing;
 }
 
-async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa) {
+async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa, limits: ListenerLimits) {
   const pair = config.provided.deviceTls
     ? {
         certificatePem: await readFile(config.deviceTls.certFile, 'utf8'),
@@ -161,6 +173,7 @@ async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa) {
     requestCert: true,
     rejectUnauthorized: false,
     minVersion: 'TLSv1.2' as const,
+    ...tlsServerLimitOptions(limits),
   };
 }
 
@@ -170,6 +183,25 @@ export async function startServer(
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  const fileLimit = options.openFileLimit ?? openFileLimit();
+  const fitted = fitConnectionCaps(
+    [
+      { ...OPERATOR_LISTENER_LIMITS, ...options.listenerLimits?.operator },
+      { ...DEVICE_LISTENER_LIMITS, ...options.listenerLimits?.device },
+    ],
+    fileLimit,
+  );
+  const [operatorLimits, deviceLimits] = fitted.caps as [ListenerLimits, ListenerLimits];
+  if (fitted.scaled) {
+    logger.warn(
+      {
+        openFileLimit: fileLimit,
+        operatorMaxConnections: operatorLimits.maxConnections,
+        deviceMaxConnections: deviceLimits.maxConnections,
+      },
+      `the open file limit (${fileLimit}) is too low for the listeners' connection caps; lowered them to ${operatorLimits.maxConnections} (operator) and ${deviceLimits.maxConnections} (device) so that a flood cannot use up every descriptor; raise the limit (systemd LimitNOFILE=, ulimit -n) to serve more devices`,
+    );
+  }
   const { database, blobs } = await openStores(config, logger);
   const apps: FastifyInstance[] = [];
   const background: { stop(): Promise<void> }[] = [];
@@ -245,7 +277,13 @@ export async function startServer(
       readiness,
       isShuttingDown: () => shuttingDown,
       ...(config.tls
-        ? { https: { cert: await readFile(config.tls.certFile), key: await readFile(config.tls.keyFile) } }
+        ? {
+            https: {
+              cert: await readFile(config.tls.certFile),
+              key: await readFile(config.tls.keyFile),
+              ...tlsServerLimitOptions(operatorLimits),
+            },
+          }
         : {}),
       openapi: {
         title: 'EdgeFleet control plane',
@@ -289,7 +327,7 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
-      https: await deviceTlsOptions(config, deviceCa),
+      https: await deviceTlsOptions(config, deviceCa, deviceLimits),
     });
     apps.push(deviceApp);
     await deviceApp.register(identityDeviceRoutes, identityOptions);
@@ -301,6 +339,10 @@ export async function startServer(
     });
     await deviceApp.register(captureDeviceRoutes, { db: database.db, blobs, config, signing });
 
+    // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on
+    // the device port cannot use up the descriptors the operator port (health checks included) needs.
+    applyListenerLimits(operatorApp.server, operatorLimits);
+    applyListenerLimits(deviceApp.server, deviceLimits);
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     services.packagingWorker.start();

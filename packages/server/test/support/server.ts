@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { ApiTokenStore } from '../../src/auth/index.js';
 import { loadConfig, type ServerConfigInput } from '../../src/config/index.js';
 import type { DatabaseLocation } from '../../src/storage/index.js';
-import { startServer, type ServerHandle } from '../../src/server/index.js';
+import { startServer, type ServerHandle, type StartServerOptions } from '../../src/server/index.js';
 
 export interface TestServer {
   server: ServerHandle;
@@ -33,6 +33,8 @@ export interface TestServerOptions {
   dataDir?: string;
   /** Where the server logs (tests that read its log); default: the configured level on stdout. */
   logger?: Logger;
+  /** Passed to startServer (listener limits). */
+  start?: StartServerOptions;
 }
 
 export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
@@ -54,7 +56,10 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     }),
   );
   const config = await loadConfig({ configFile, env: {}, cwd: dataDir });
-  const server = await startServer(config, options.logger ? { logger: options.logger } : {});
+  const server = await startServer(config, {
+    ...options.start,
+    ...(options.logger && { logger: options.logger }),
+  });
   const tokens = new ApiTokenStore(server.database.db);
   const adminToken = (await tokens.create({ name: 'test-admin', scope: 'admin' })).token;
   const readToken = (await tokens.create({ name: 'test-reader', scope: 'read-only' })).token;

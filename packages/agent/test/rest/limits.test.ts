@@ -1,0 +1,201 @@
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { AgentMetrics } from '../../src/metrics/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
+import { startRestServer, type RestServer, type RestServerOptions } from '../../src/rest/index.js';
+import { HttpClient, binaryBody, scratch, targetOf } from './helpers.js';
+
+let files: Awaited<ReturnType<typeof scratch>>;
+let pool: InferencePool;
+let registry: ModelRegistry;
+const metrics = new AgentMetrics({ defaultMetrics: false });
+const logger = pino({ level: 'silent' });
+const running: RestServer[] = [];
+const sockets: Socket[] = [];
+
+beforeAll(async () => {
+  files = await scratch('agent-rest-limits-');
+  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+  registry = new ModelRegistry({ pool, trust: null, cwd: files.root, metrics });
+  await registry.load({ name: 'image', url: await files.catalogue('image-identity') });
+});
+afterEach(async () => {
+  sockets.splice(0).forEach((socket) => socket.destroy());
+  await Promise.all(running.splice(0).map((server) => server.close()));
+});
+afterAll(async () => {
+  await registry?.close();
+  await pool?.close();
+  await files?.cleanup();
+});
+
+async function start(options: Partial<RestServerOptions>): Promise<RestServer> {
+  const server = await startRestServer({ registry, metrics, logger, ...options });
+  running.push(server);
+  return server;
+}
+
+/** A raw connection to a listener address; `received` collects what the server sends. */
+function open(address: string, localAddress?: string): Promise<{ socket: Socket; received: () => string }> {
+  const target = targetOf(address);
+  return new Promise((resolve, reject) => {
+    const socket =
+      target.kind === 'unix'
+        ? connect({ path: target.socketPath })
+        : connect({ host: target.host, port: target.port, ...(localAddress && { localAddress }) });
+    sockets.push(socket);
+    let text = '';
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    socket.once('connect', () => resolve({ socket, received: () => text }));
+    socket.once('error', reject);
+  });
+}
+
+function closed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    socket.on('error', () => {});
+    if (socket.destroyed) resolve();
+    else socket.once('close', () => resolve());
+  });
+}
+
+const tcp = { host: '127.0.0.1', port: 0 };
+
+describe('REST listener limits (issue 15: a slow body took gRPC down)', () => {
+  it('cuts off a body that never finishes (Content-Length 1000, one byte sent)', async () => {
+    const server = await start({ tcp, limits: { requestTimeoutMs: 400 } });
+    const { socket, received } = await open(server.addresses[0]!);
+    socket.write(
+      'POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{',
+    );
+    await closed(socket);
+    expect(received()).toMatch(/^HTTP\/1\.1 408/);
+  });
+
+  it('cuts off headers that never finish', async () => {
+    const path = join(files.root, 'slow-headers.sock');
+    const server = await start({ unixSocketPath: path, limits: { headersTimeoutMs: 300 } });
+    const { socket, received } = await open(server.addresses[0]!);
+    socket.write('GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: a');
+    await closed(socket);
+    expect(received()).toMatch(/^HTTP\/1\.1 408/);
+  });
+
+  it('closes idle connections that never send a request', async () => {
+    const server = await start({ tcp, limits: { idleTimeoutMs: 300 } });
+    const { socket } = await open(server.addresses[0]!);
+    await closed(socket);
+  });
+
+  it('caps connections per address on TCP, and in total on the Unix socket', async () => {
+    const path = join(files.root, 'capped.sock');
+    const server = await start({
+      tcp,
+      unixSocketPath: path,
+      limits: { maxConnectionsPerAddress: 3, maxConnections: 5 },
+    });
+    const [unixAddress, tcpAddress] = server.addresses as [string, string];
+    const held = await Promise.all([1, 2, 3].map(() => open(tcpAddress)));
+    const over = await open(tcpAddress);
+    await closed(over.socket);
+    expect(held.every(({ socket }) => !socket.destroyed)).toBe(true);
+    // Another address still gets in; the Unix socket has a cap of its own.
+    const other = await open(tcpAddress, '127.0.0.2');
+    expect(other.socket.destroyed).toBe(false);
+    const local = await Promise.all([1, 2, 3, 4, 5].map(() => open(unixAddress)));
+    const overLocal = await open(unixAddress);
+    await closed(overLocal.socket);
+    expect(local.every(({ socket }) => !socket.destroyed)).toBe(true);
+    // A connection that stays within the caps is served.
+    const { socket, received } = local[0]!;
+    socket.write('GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    await closed(socket);
+    expect(received()).toMatch(/^HTTP\/1\.1 200[\s\S]*\{"live":true\}/);
+  });
+});
+
+describe('JSON bodies (issue 15: a JSON request cost ~30x its size)', () => {
+  const values = Array.from({ length: 3 * 224 * 224 }, (_, i) => (i % 255) / 8);
+  const input = { name: 'image', shape: [1, 3, 224, 224], datatype: 'FP32' };
+
+  it('refuses a JSON body over maxJsonBodyBytes (413) while a binary one of the same tensor is served', async () => {
+    const server = await start({ tcp, maxJsonBodyBytes: 256 * 1024, maxBodyBytes: 4 * 1024 * 1024 });
+    const client = new HttpClient(targetOf(server.addresses[0]!));
+    try {
+      const json = await client.postJson('/v2/models/image/infer', { inputs: [{ ...input, data: values }] });
+      expect(json.status).toBe(413);
+      expect(json.headers.connection).toBe('close');
+      expect((json.json() as { error: string }).error).toMatch(
+        /bytes \(Content-Length\); this agent accepts at most 262144 bytes of JSON \(maxJsonBodyBytes\); send large tensors as binary data/,
+      );
+      const tensor = new Float32Array(values);
+      const binary = binaryBody(
+        { inputs: [{ ...input, parameters: { binary_data_size: tensor.byteLength } }] },
+        [new Uint8Array(tensor.buffer)],
+      );
+      const answer = await client.request({ method: 'POST', path: '/v2/models/image/infer', ...binary });
+      expect(answer.status).toBe(200);
+      // A JSON part over the JSON limit is refused from its header alone.
+      const bigHeader = await client.request({
+        method: 'POST',
+        path: '/v2/models/image/infer',
+        headers: { 'inference-header-content-length': 300 * 1024 },
+        body: new Uint8Array(300 * 1024),
+      });
+      expect(bigHeader.status).toBe(413);
+      expect((bigHeader.json() as { error: string }).error).toMatch(/JSON part of the body is 307200 bytes/);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('parses a JSON body within the limit into the tensor exactly', async () => {
+    const server = await start({ tcp });
+    const client = new HttpClient(targetOf(server.addresses[0]!));
+    try {
+      const answer = await client.postJson('/v2/models/image/infer', {
+        inputs: [{ ...input, data: values }],
+      });
+      expect(answer.status).toBe(200);
+      const output = (answer.json() as { outputs: Array<{ data: number[] }> }).outputs[0]!;
+      expect(output.data).toEqual(Array.from(new Float32Array(values)));
+    } finally {
+      client.close();
+    }
+  });
+
+  it('takes at most maxConcurrentJsonBodies large JSON bodies at once (429), then takes more once they are done', async () => {
+    const server = await start({ tcp, maxConcurrentJsonBodies: 2 });
+    const address = server.addresses[0]!;
+    // Two large JSON bodies that have begun to arrive and wait for the rest.
+    const slow = await Promise.all([1, 2].map(() => open(address)));
+    for (const { socket } of slow) {
+      socket.write(
+        'POST /v2/models/image/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"inputs": [',
+      );
+    }
+    const client = new HttpClient(targetOf(address));
+    try {
+      const body = { inputs: [{ ...input, data: values }] };
+      // The slow ones are in flight once the server answers anything after them on another connection.
+      await client.get('/v2/health/live');
+      const refused = await client.postJson('/v2/models/image/infer', body);
+      expect(refused.status).toBe(429);
+      expect((refused.json() as { error: string }).error).toMatch(/maxConcurrentJsonBodies/);
+      // Small JSON bodies are not counted.
+      const small = await client.postJson('/v2/repository/index', {});
+      expect(small.status).toBe(200);
+      for (const { socket } of slow) socket.destroy();
+      await Promise.all(slow.map(({ socket }) => closed(socket)));
+      let answer = await client.postJson('/v2/models/image/infer', body);
+      // The server sees the slow connections close a moment after the client does.
+      while (answer.status === 429) answer = await client.postJson('/v2/models/image/infer', body);
+      expect(answer.status).toBe(200);
+    } finally {
+      client.close();
+    }
+  });
+});

@@ -1,0 +1,2 @@
+export * from './connection-limits.js';
+export * from './listener-limits.js';

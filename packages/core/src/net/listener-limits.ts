@@ -1,0 +1,54 @@
+import type { Server } from 'node:http';
+import { capConnections, type ConnectionCapsHandle } from './connection-limits.js';
+
+/** Timeouts and connection caps of one HTTP(S) listener (the values in use: docs/security.md#limits). */
+export interface ListenerLimits {
+  /** A TLS handshake not finished by then is dropped (Node's default is 120 s). TLS listeners only. */
+  handshakeTimeoutMs: number;
+  /** The request line and headers must arrive within this time of the request's start. */
+  headersTimeoutMs: number;
+  /** The whole request, body included, must arrive within this time (0: no limit). */
+  requestTimeoutMs: number;
+  /** A connection on which nothing is sent or received for this long is closed. */
+  idleTimeoutMs: number;
+  /** How long an idle keep-alive connection waits for its next request. */
+  keepAliveTimeoutMs: number;
+  maxConnections: number;
+  maxConnectionsPerAddress: number;
+}
+
+/**
+ * How often Node checks the headers and request timeouts: every 30 s by default, which would let a slow client
+ * hold on far past them.
+ */
+function checkingIntervalMs(limits: ListenerLimits): number {
+  const timeouts = [limits.headersTimeoutMs, limits.requestTimeoutMs].filter((ms) => ms > 0);
+  return Math.max(100, Math.min(1000, ...timeouts.map((ms) => ms / 2)));
+}
+
+/** Options that only a TLS server's constructor takes (with applyListenerLimits for the rest). */
+export function tlsServerLimitOptions(limits: ListenerLimits): {
+  handshakeTimeout: number;
+  connectionsCheckingInterval: number;
+} {
+  return {
+    handshakeTimeout: limits.handshakeTimeoutMs,
+    connectionsCheckingInterval: checkingIntervalMs(limits),
+  };
+}
+
+/** Applies the timeouts and caps to an HTTP(S) server that is not listening yet. */
+export function applyListenerLimits(server: Server, limits: ListenerLimits): ConnectionCapsHandle {
+  // Read when the server starts listening (the timer starts then), so it may be set after construction.
+  (server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval =
+    checkingIntervalMs(limits);
+  // Node refuses to check a headers timeout longer than the request timeout (the request includes its headers).
+  server.headersTimeout =
+    limits.requestTimeoutMs > 0
+      ? Math.min(limits.headersTimeoutMs, limits.requestTimeoutMs)
+      : limits.headersTimeoutMs;
+  server.requestTimeout = limits.requestTimeoutMs;
+  server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+  server.setTimeout(limits.idleTimeoutMs);
+  return capConnections(server, limits);
+}

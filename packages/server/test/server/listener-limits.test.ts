@@ -1,0 +1,141 @@
+import { connect, type Socket } from 'node:net';
+import { fitConnectionCaps, openFileLimit } from '@edgefleet/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { deviceCall } from '../support/device.js';
+import { enrollDevice, startTestServer, type TestServer } from '../support/server.js';
+
+/** host:port of a URL. */
+function endpoint(url: string): { host: string; port: number } {
+  const { hostname, port } = new URL(url);
+  return { host: hostname, port: Number(port) };
+}
+
+/** A plain TCP connection that sends nothing (never starts TLS or HTTP); resolves once connected. */
+function openIdle(url: string, localAddress = '127.0.0.1'): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ ...endpoint(url), localAddress });
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+function closed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    if (socket.destroyed) resolve();
+    else socket.once('close', () => resolve());
+    socket.on('error', () => {});
+  });
+}
+
+describe('listener limits (issue 15: half-open TLS connections)', () => {
+  let t: TestServer | undefined;
+  const sockets: Socket[] = [];
+  afterEach(async () => {
+    sockets.splice(0).forEach((socket) => socket.destroy());
+    await t?.stop();
+    t = undefined;
+  });
+  const idle = async (url: string, localAddress?: string) => {
+    const socket = await openIdle(url, localAddress);
+    sockets.push(socket);
+    return socket;
+  };
+
+  it('drops connections that never start TLS after the handshake timeout', async () => {
+    t = await startTestServer({ start: { listenerLimits: { device: { handshakeTimeoutMs: 200 } } } });
+    const held = await Promise.all(Array.from({ length: 5 }, () => idle(t!.server.deviceUrl)));
+    // Without the timeout they would stay open for 120 s, past the test's own timeout.
+    await Promise.all(held.map(closed));
+  });
+
+  it('caps connections per address on the device port; other addresses, mTLS devices and the operator port still work', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 4, maxConnections: 100 } } },
+    });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'cams', outputConfig: { s3OutputLocation: 's3://captures/cams' } },
+    });
+    await t.call('POST', '/api/v1/fleets/cams/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'cam-1' }] },
+    });
+    const device = await enrollDevice(t, 'cam-1');
+    // The flood comes from 127.0.0.2 (loopback has all of 127/8); the device connects from 127.0.0.1.
+    const held = await Promise.all(Array.from({ length: 4 }, () => idle(t!.server.deviceUrl, '127.0.0.2')));
+    const over = await idle(t.server.deviceUrl, '127.0.0.2');
+    await closed(over);
+    expect(held.every((socket) => !socket.destroyed)).toBe(true);
+    const identity = await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/identity');
+    expect(identity.status).toBe(200);
+    expect((await t.call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('caps the device port in total, leaving the operator port serving', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 100, maxConnections: 6 } } },
+    });
+    const held = await Promise.all(Array.from({ length: 6 }, () => idle(t!.server.deviceUrl)));
+    const over = await idle(t.server.deviceUrl, '127.0.0.3');
+    await closed(over);
+    expect(held.every((socket) => !socket.destroyed)).toBe(true);
+    expect((await t.call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('closes a connection whose request headers never finish (slowloris) on the operator port', async () => {
+    t = await startTestServer({ start: { listenerLimits: { operator: { headersTimeoutMs: 300 } } } });
+    const socket = await idle(t.url);
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+    await closed(socket);
+    expect(answer).toMatch(/^HTTP\/1\.1 408/);
+  });
+});
+
+describe('connection caps and the open file limit', () => {
+  it('reads the limit from /proc/self/limits text', () => {
+    const text = [
+      'Limit                     Soft Limit           Hard Limit           Units',
+      'Max open files            1024                 524288               files',
+    ].join('\n');
+    expect(openFileLimit(text)).toBe(1024);
+    expect(openFileLimit('Max open files  unlimited  unlimited  files')).toBeUndefined();
+    expect(openFileLimit('')).toBeUndefined();
+  });
+
+  it('scales the caps down in proportion when they would not fit', () => {
+    const caps = [
+      { maxConnections: 1024, maxConnectionsPerAddress: 128 },
+      { maxConnections: 4096, maxConnectionsPerAddress: 256 },
+    ];
+    expect(fitConnectionCaps(caps, 1_000_000)).toEqual({ caps, scaled: false });
+    expect(fitConnectionCaps(caps, undefined)).toEqual({ caps, scaled: false });
+    expect(fitConnectionCaps(caps, 1000)).toEqual({
+      caps: [
+        { maxConnections: 160, maxConnectionsPerAddress: 128 },
+        { maxConnections: 640, maxConnectionsPerAddress: 256 },
+      ],
+      scaled: true,
+    });
+  });
+
+  it('keeps the operator port serving when a low file limit would let a device-port flood use every descriptor', async () => {
+    const t = await startTestServer({
+      start: { openFileLimit: 20, listenerLimits: { device: { maxConnectionsPerAddress: 1000 } } },
+    });
+    const sockets: Socket[] = [];
+    try {
+      // 20 descriptors, 80 % for listeners: 3 operator and 12 device connections at most.
+      for (let i = 0; i < 12; i++) sockets.push(await openIdle(t.server.deviceUrl));
+      const over = await openIdle(t.server.deviceUrl);
+      sockets.push(over);
+      await closed(over);
+      expect(sockets.slice(0, 12).every((socket) => !socket.destroyed)).toBe(true);
+      expect((await t.call('GET', '/healthz')).status).toBe(200);
+    } finally {
+      sockets.forEach((socket) => socket.destroy());
+      await t.stop();
+    }
+  });
+});
