@@ -1,4 +1,4 @@
-import { elementSize, type CaptureDataRequest } from '@edgefleet/core';
+import { elementSize, type CaptureDataRequest, MAX_TENSOR_ELEMENTS, MAX_TENSOR_RANK } from '@edgefleet/core';
 import { AgentError, checkModelName, showTensorName, type PredictTensor } from '../models/index.js';
 import {
   AUXILIARY_ENCODINGS,
@@ -9,8 +9,6 @@ import {
 
 /** Longest capture_id taken: the spec says any non-empty string "up to a sane length". */
 export const MAX_CAPTURE_ID_LENGTH = 256;
-const MAX_RANK = 32;
-const MAX_ELEMENTS = 2 ** 40;
 const MAX_CONTENT_TYPE_LENGTH = 256;
 
 /** What capture needs to know of the loaded models (ModelRegistry fits). */
@@ -152,17 +150,17 @@ function inferenceTimeOf(request: CaptureRequest, context: CaptureRequestContext
 function capturedTensor(tensor: PredictTensor, label: string): CapturedTensor {
   const where = `${label} (${showTensorName(tensor.name)})`;
   const { dataType, shape } = tensor;
-  if (shape.length > MAX_RANK || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
+  if (shape.length > MAX_TENSOR_RANK || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
     throw new AgentError(
       'INVALID_ARGUMENT',
-      `${where} has shape [${shape.join(', ')}]; expected at most ${MAX_RANK} whole dimensions ≥ 0`,
+      `${where} has shape [${shape.join(', ')}]; expected at most ${MAX_TENSOR_RANK} whole dimensions ≥ 0`,
     );
   }
   const elements = shape.reduce((n, d) => n * d, 1);
-  if (elements > MAX_ELEMENTS) {
+  if (elements > MAX_TENSOR_ELEMENTS) {
     throw new AgentError(
       'INVALID_ARGUMENT',
-      `${where} has ${elements} elements; at most ${MAX_ELEMENTS} are accepted`,
+      `${where} has ${elements} elements; at most ${MAX_TENSOR_ELEMENTS} are accepted`,
     );
   }
   const expected = elements * elementSize(dataType);

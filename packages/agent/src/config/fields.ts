@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { MODEL_NAME_PATTERN } from '@edgefleet/core';
+import { MAX_MODEL_NAME_LENGTH, MODEL_NAME_PATTERN } from '@edgefleet/core';
 import { AutoCaptureRuleSchema, type AutoCaptureRule } from './capture-rules.js';
 import { EXECUTION_PROVIDER_NAMES, type ExecutionProviderConfig } from '../inference/session-options.js';
 
@@ -270,7 +270,7 @@ const PreloadModelSchema = z.strictObject({
   /** The extracted package folder, as LoadModel's url: absolute, or relative to the agent's working directory. */
   url: z.string().min(1).max(4096),
   /** The name it is served under (LoadModel's handle). */
-  name: z.string().max(256).regex(MODEL_NAME_PATTERN),
+  name: z.string().max(MAX_MODEL_NAME_LENGTH).regex(MODEL_NAME_PATTERN),
 });
 
 /** Models to load at start-up: a list of {"url": "<package folder>", "name": "<model name>"}, names distinct. */

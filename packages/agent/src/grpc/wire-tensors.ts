@@ -13,6 +13,8 @@ import {
   type MessageInit,
   type Model,
   type Tensor,
+  MAX_TENSOR_ELEMENTS,
+  MAX_TENSOR_RANK,
 } from '@edgefleet/core';
 import type { CaptureAuxiliaryInput, CaptureRequest } from '../capture/index.js';
 import {
@@ -32,8 +34,6 @@ import {
 import { GrpcStatusError } from './grpc-errors.js';
 
 /** Beyond these a request is malformed, not just large (the registry applies the same limits). */
-const MAX_RANK = 32;
-const MAX_ELEMENTS = 2 ** 40;
 
 const EMPTY = Buffer.alloc(0);
 
@@ -160,17 +160,17 @@ function readTensorSegment(
   shape: readonly number[],
   segments: SegmentSource,
 ): Buffer {
-  if (shape.length > MAX_RANK || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
+  if (shape.length > MAX_TENSOR_RANK || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
     throw new AgentError(
       'INVALID_ARGUMENT',
-      `${named} has shape [${shape.join(', ')}]; a tensor in shared memory needs its real shape (every dimension ≥ 0, at most ${MAX_RANK} of them) to know how many bytes to read`,
+      `${named} has shape [${shape.join(', ')}]; a tensor in shared memory needs its real shape (every dimension ≥ 0, at most ${MAX_TENSOR_RANK} of them) to know how many bytes to read`,
     );
   }
   const elements = shape.reduce((n, d) => n * d, 1);
-  if (elements > MAX_ELEMENTS) {
+  if (elements > MAX_TENSOR_ELEMENTS) {
     throw new AgentError(
       'INVALID_ARGUMENT',
-      `${named} has shape [${shape.join(', ')}], ${elements} elements; at most ${MAX_ELEMENTS} are accepted`,
+      `${named} has shape [${shape.join(', ')}], ${elements} elements; at most ${MAX_TENSOR_ELEMENTS} are accepted`,
     );
   }
   return readSegment(handle, elements * elementSize(dataType), named, segments);

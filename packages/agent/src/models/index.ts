@@ -10,7 +10,6 @@ export {
   ModelRegistry,
   checkModelName,
   type LoadRequest,
-  type ModelDescription,
   type ModelRegistryOptions,
   type PredictEvent,
   type PredictListener,
@@ -19,10 +18,14 @@ export {
   type PredictOptions,
   type PredictOutput,
   type PredictResult,
+} from './model-registry.js';
+export {
+  MODEL_VERSION_STATES,
+  type ModelDescription,
+  type ModelVersionState,
   type RegistryLogger,
   type SignatureStatus,
   type StagedVersionDescription,
-} from './model-registry.js';
-export { MODEL_VERSION_STATES, type ModelVersionState } from './model-version.js';
+} from './model-description.js';
 export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
 export { showTensorName, tensorNameBytes } from './tensor-names.js';

@@ -21,7 +21,7 @@ import {
 } from '../inference/index.js';
 import { AgentError } from './agent-error.js';
 import { asAgentError, formatBytes, loadFailure, packageFailure } from './model-errors.js';
-import type { ModelDescription, RegistryLogger, SignatureStatus } from './model-registry.js';
+import type { ModelDescription, RegistryLogger, SignatureStatus } from './model-description.js';
 import type { ModelVersion } from './model-version.js';
 import { warmUpInputs } from './predict-inputs.js';
 

@@ -1,60 +1,24 @@
-import { MODEL_NAME_PATTERN, type DataTypeName, type TensorMetadata } from '@edgefleet/core';
+import {
+  MAX_MODEL_NAME_LENGTH,
+  MODEL_NAME_PATTERN,
+  type DataTypeName,
+  type TensorMetadata,
+} from '@edgefleet/core';
 import type { InferencePool, PoolTensor } from '../inference/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { AgentError, type AgentErrorCode } from './agent-error.js';
 import { asAgentError, predictFailure } from './model-errors.js';
 import { ModelLoader, type ModelLoaderOptions } from './model-loader.js';
-import { ModelVersion, type ModelVersionState } from './model-version.js';
+import { ModelVersion } from './model-version.js';
+import type { ModelDescription, RegistryLogger, StagedVersionDescription } from './model-description.js';
 import { matchPredictInputs, type PredictTensor } from './predict-inputs.js';
 import { tensorNameBytes } from './tensor-names.js';
-
-/** Longest model name we take; SageMaker's own are at most 63 characters. */
-const MAX_MODEL_NAME_LENGTH = 256;
 
 export interface LoadRequest {
   /** The extracted package folder: absolute, relative to the agent's working directory, or a file:// URL. */
   url: string;
   /** The name (SageMaker "handle") the model is served under. */
   name: string;
-}
-
-export type SignatureStatus =
-  | { verified: true; method: 'key' | 'certificate'; signer: string; subjectDigest: string }
-  | { verified: false; reason: string };
-
-export interface ModelDescription {
-  /** The name it was loaded under. */
-  name: string;
-  /** The url as given to load. */
-  url: string;
-  /** Absolute path of the package folder. */
-  path: string;
-  /** The package's own name and version (from its manifest). */
-  packageName: string;
-  version: string;
-  inputs: TensorMetadata[];
-  outputs: TensorMetadata[];
-  loadedAt: Date;
-  /** Sessions of the model, each on its own worker. */
-  instances: number;
-  signature: SignatureStatus;
-  /** Requests since it was loaded. */
-  requests: { succeeded: number; failed: number };
-  /** From describe only: a version staged beside this one (see ModelRegistry.stage), until promoted or aborted. */
-  staged?: StagedVersionDescription;
-}
-
-/** A version loading or loaded beside the serving one, taking no requests until it is promoted. */
-export interface StagedVersionDescription {
-  name: string;
-  /** The url as given to stage. */
-  url: string;
-  /** verifying, creating-sessions or warming-up while it loads; ready once it can be promoted. */
-  state: ModelVersionState;
-  /** The pool key of this load (each load has its own). */
-  key: string;
-  /** Once ready: the package's version, path, signature and so on, as for a loaded model. */
-  model?: ModelDescription;
 }
 
 /** One output tensor of a prediction. */
@@ -114,11 +78,6 @@ export interface PredictListener {
   readonly readsInputs: boolean;
   /** After a successful run, synchronously. Errors it throws are ignored. */
   predicted(event: PredictEvent): void;
-}
-
-export interface RegistryLogger {
-  warn(message: string, details?: Record<string, unknown>): void;
-  info?(message: string, details?: Record<string, unknown>): void;
 }
 
 export interface ModelRegistryOptions extends ModelLoaderOptions {

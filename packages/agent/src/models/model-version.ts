@@ -1,19 +1,4 @@
-import type { ModelDescription } from './model-registry.js';
-
-/**
- * Where one load of a model stands. A load goes verifying → creating-sessions → warming-up → ready; a ready
- * version that stops taking requests is draining (those in flight finish), then unloaded. A failed or aborted
- * load goes straight to unloaded.
- */
-export const MODEL_VERSION_STATES = [
-  'verifying',
-  'creating-sessions',
-  'warming-up',
-  'ready',
-  'draining',
-  'unloaded',
-] as const;
-export type ModelVersionState = (typeof MODEL_VERSION_STATES)[number];
+import type { ModelDescription, ModelVersionState } from './model-description.js';
 
 /**
  * One load of a model: its own pool key (so a reload or a staged version never meets another load's sessions,

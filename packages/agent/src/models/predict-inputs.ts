@@ -5,6 +5,8 @@ import {
   shapeMismatch,
   type DataTypeName,
   type TensorMetadata,
+  MAX_TENSOR_ELEMENTS,
+  MAX_TENSOR_RANK,
 } from '@edgefleet/core';
 import type { PoolTensor } from '../inference/index.js';
 import { AgentError } from './agent-error.js';
@@ -21,8 +23,6 @@ export interface PredictTensor {
 }
 
 /** Largest rank and element count we accept: beyond these a request is malformed, not just large. */
-const MAX_RANK = 32;
-const MAX_ELEMENTS = 2 ** 40;
 
 function describeInputs(inputs: readonly TensorMetadata[]): string {
   return inputs.map((i) => `${JSON.stringify(i.name)}: ${i.dataType} [${i.shape.join(', ')}]`).join(', ');
@@ -66,7 +66,7 @@ export function matchPredictInputs(
       invalid(`${label} is ${tensor.dataType}; the model expects ${want.dataType}`);
     }
     const shape = [...tensor.shape];
-    if (shape.length > MAX_RANK || shape.some((d) => !Number.isSafeInteger(d))) {
+    if (shape.length > MAX_TENSOR_RANK || shape.some((d) => !Number.isSafeInteger(d))) {
       invalid(
         `${label} has shape [${shape.join(', ')}]; expected whole-number dimensions matching [${want.shape.join(', ')}] (-1 = any)`,
       );
@@ -74,9 +74,9 @@ export function matchPredictInputs(
     const mismatch = shapeMismatch(want.shape, shape);
     if (mismatch) invalid(`${label}: shape [${shape.join(', ')}] does not fit the model: ${mismatch}`);
     const elements = shape.reduce((n, d) => n * d, 1);
-    if (elements > MAX_ELEMENTS)
+    if (elements > MAX_TENSOR_ELEMENTS)
       invalid(
-        `${label} has shape [${shape.join(', ')}], ${elements} elements; at most ${MAX_ELEMENTS} are accepted`,
+        `${label} has shape [${shape.join(', ')}], ${elements} elements; at most ${MAX_TENSOR_ELEMENTS} are accepted`,
       );
     const expectedBytes = byteLength(tensor.dataType, shape);
     if (tensor.data.byteLength !== expectedBytes) {

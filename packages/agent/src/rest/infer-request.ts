@@ -1,3 +1,4 @@
+import { MAX_TENSOR_RANK } from '@edgefleet/core';
 import { z } from 'zod';
 import type { PredictTensor } from '../models/index.js';
 import { jsonTensorBytes, NeedsExactIntegers, parseJsonExactIntegers } from './json-tensors.js';
@@ -8,11 +9,9 @@ import { RestError } from './rest-errors.js';
 /** Header of the binary tensor data extension: the length of the JSON part that starts the body. */
 export const INFERENCE_HEADER_CONTENT_LENGTH = 'inference-header-content-length';
 
-const MAX_RANK = 32;
-
 const RequestInputSchema = z.object({
   name: z.string().max(1024),
-  shape: z.array(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)).max(MAX_RANK),
+  shape: z.array(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)).max(MAX_TENSOR_RANK),
   datatype: z.string().max(64),
   parameters: z
     .looseObject({ binary_data_size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional() })

@@ -52,7 +52,7 @@ export interface RestAppHooks {
   closing?: () => boolean;
 }
 
-/** Longest path parameter (model name or version) routed; the registry allows names of up to 256 characters. */
+/** Longest path parameter (model name or version) routed; the registry allows names of up to 255 characters (core's MAX_MODEL_NAME_LENGTH). */
 const MAX_PARAM_LENGTH = 1024;
 
 /** A URL for messages: long ones cut, so an error never echoes a huge path back. */
