@@ -148,9 +148,28 @@ export const edgeDeploymentSchema = z.object({
           })
           .optional(),
         State: modelStateSchema.optional(),
+        // EdgeFleet's members (Edge Manager devices ignore them): where and what to download, over the device API.
+        ModelName: modelNameSchema.optional().describe("The package's own model name (manifest.json)"),
+        ModelVersion: versionSchema.optional().describe("The package's version: what anti-rollback compares"),
+        PackageUrl: z
+          .string()
+          .max(1024)
+          .regex(/^\/api\/v1\/device\/[A-Za-z0-9._~%/-]+$/, 'expected a path on the device API')
+          .optional()
+          .describe('The signed package (.tar.gz) on the device API, fetched over mTLS; supports HTTP Range'),
+        Sha256: z
+          .string()
+          .regex(/^[a-f0-9]{64}$/, 'expected 64 lower-case hex digits')
+          .optional()
+          .describe('SHA-256 of the package file'),
+        Size: z.number().int().nonnegative().optional().describe('Size of the package file in bytes'),
       }),
     )
     .optional(),
+  AllowDowngrade: z
+    .boolean()
+    .optional()
+    .describe('An EdgeFleet rollback plan: the device may install a version older than the one it runs'),
 });
 export type EdgeDeployment = z.infer<typeof edgeDeploymentSchema>;
 
