@@ -7,7 +7,13 @@ export {
   type OpenDatabaseOptions,
   type ServerDatabase,
 } from './database.js';
-export { appliedMigrations, migrateToLatest, migrationNames, MigrationError } from './migrations.js';
+export {
+  appliedMigrations,
+  migrateTo,
+  migrateToLatest,
+  migrationNames,
+  MigrationError,
+} from './migrations.js';
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
 export { containsIgnoringCase } from './filters.js';
 export type * from './schema.js';
