@@ -1,6 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -139,6 +139,11 @@ describe(
       for (const name of ['agent', 'cli', 'core'])
         await symlink(join(REPO, 'packages', name), join(stage, name));
       await mkdir(artifacts);
+      await symlink(join(REPO, 'node_modules', 'better-sqlite3'), join(stage, '..', 'better-sqlite3'));
+      await copyFile(
+        join(REPO, 'deploy', 'bundle', 'setup-native.sh'),
+        join(stage, '..', '..', 'setup-native.sh'),
+      );
       await mkdir(work);
       const bundleArch = arch === 'amd64' ? 'x64' : 'arm64';
       await run('tar', [
