@@ -81,6 +81,9 @@ export async function backupSqlite(source: string, out: string): Promise<BackupR
     throw new BackupError(`${target} already exists; expected a new file name for --out`);
   if (!(await exists(source)))
     throw new BackupError(`no state database at ${source}; expected the server's SQLite file`);
+  if (!(await exists(path.dirname(target)))) {
+    throw new BackupError(`${path.dirname(target)} does not exist; expected --out in an existing folder`);
+  }
   const partial = partialName(target);
   try {
     const sqlite = new SqliteDatabase(source, { fileMustExist: true });

@@ -130,6 +130,9 @@ describe('restore refuses what is not an EdgeFleet backup, and changes nothing',
       await other.db.schema.createTable('t').addColumn('x', 'text').execute();
       await other.close();
       await expect(restoreSqlite(foreign, target)).rejects.toThrow(/not an EdgeFleet state database/);
+      await expect(backupSqlite(foreign, path.join(dir, 'no-such-folder', 'out.db'))).rejects.toThrow(
+        /no-such-folder does not exist; expected --out in an existing folder/,
+      );
       await expect(backupSqlite(path.join(dir, 'missing.db'), path.join(dir, 'out.db'))).rejects.toThrow(
         /no state database at .*missing\.db/,
       );
