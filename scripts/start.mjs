@@ -1,110 +1,288 @@
-// `npm start`: the package life cycle on the bundled demo model (edgefleet demo), then the device agent serving
-// the signed demo package, verified against the demo PKI, on the SageMaker Edge gRPC socket and KServe v2 REST.
-// Everything lives under .edgefleet/demo (or $EDGEFLEET_DEMO_DIR); nothing needs a database server or a cloud account.
+// `npm start`: the whole product on embedded defaults, nothing to set up. The package life cycle on the demo
+// model (edgefleet demo), then the control plane (SQLite, local blobs), a device agent enrolled to it, the
+// demo model packaged and signed by the server, the agent serving that package and heartbeating, a first
+// inference, and what to try next. Ctrl-C stops everything; a second `npm start` reuses the server's state,
+// the API token and the agent's enrollment. Everything lives under .edgefleet/ (or $EDGEFLEET_HOME).
+// Each step goes through the product's own front doors: the CLI, the server's HTTP API, the agent binary.
 import { spawn, spawnSync } from 'node:child_process';
-import { createWriteStream, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const demoDir = resolve(process.env.EDGEFLEET_DEMO_DIR ?? join(root, '.edgefleet', 'demo'));
-const cli = join(root, 'packages', 'cli', 'dist', 'main.js');
-const agentBin = join(root, 'packages', 'agent', 'dist', 'main.js');
+const home = resolve(process.env.EDGEFLEET_HOME ?? join(root, '.edgefleet'));
+const demoDir = resolve(process.env.EDGEFLEET_DEMO_DIR ?? join(home, 'demo'));
+const serverDir = join(home, 'server');
+const agentDir = join(home, 'agent');
+const tokenFile = join(serverDir, 'demo-admin-token');
+const bin = {
+  cli: join(root, 'packages', 'cli', 'dist', 'main.js'),
+  server: join(root, 'packages', 'server', 'dist', 'main.js'),
+  agent: join(root, 'packages', 'agent', 'dist', 'main.js'),
+};
+const MODEL = { name: 'demo-classifier', version: '1.0', job: 'demo-classifier-1-0' };
+const FLEET = 'demo-fleet';
+const DEVICE = 'demo-device';
+const children = [];
 
-const demo = spawnSync(process.execPath, [cli, 'demo', '--dir', demoDir], { stdio: 'inherit' });
-if (demo.status !== 0) process.exit(demo.status ?? 1);
-
-const port = await freePort(Number(process.env.EDGEFLEET_REST_PORT ?? 8080));
-// A Unix socket path is limited to 107 bytes; a deep checkout falls back to /tmp.
-let socket = join(demoDir, 'agent.sock');
-if (Buffer.byteLength(socket) > 100) socket = `/tmp/edgefleet-demo-${process.getuid?.() ?? 'user'}.sock`;
-const configPath = join(demoDir, 'agent-config.json');
-writeFileSync(
-  configPath,
-  `${JSON.stringify(
-    {
-      sagemaker_edge_core_device_name: 'demo-device',
-      sagemaker_edge_core_device_fleet_name: 'demo-fleet',
-      sagemaker_edge_core_root_certs_path: join(demoDir, 'pki', 'trust'),
-      sagemaker_edge_local_data_root_path: join(demoDir, 'agent'),
-      sagemaker_edge_core_capture_data_disk_path: join(demoDir, 'capture'),
-      edgefleet_rest_tcp: `127.0.0.1:${port}`,
-      edgefleet_preload_models: [
-        { url: join(demoDir, 'device', 'models', 'demo-classifier'), name: 'demo-classifier' },
-      ],
-    },
-    null,
-    2,
-  )}\n`,
-);
-
-const logPath = join(demoDir, 'agent.log');
-const log = createWriteStream(logPath);
-console.log(`\n8. Starting the device agent (logs: ${logPath})`);
-const agent = spawn(process.execPath, [agentBin, '-a', socket, '-c', configPath, '-f'], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => agent.kill(signal));
-agent.on('exit', (code, signal) => {
-  console.log(`agent stopped (${signal ?? `exit ${code}`})`);
-  process.exit(code ?? 0);
-});
-
-createInterface({ input: agent.stdout }).on('line', (line) => {
-  log.write(`${line}\n`);
-  let entry;
-  try {
-    entry = JSON.parse(line);
-  } catch {
-    return;
-  }
-  if (entry.level >= 50) console.error(`agent: ${entry.msg}`);
-  if (entry.event === 'listening') void announce(entry);
-});
-
-async function announce(entry) {
-  const rest = `http://127.0.0.1:${port}`;
-  const body = JSON.stringify({
-    inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 4], data: [5.1, 3.5, 1.4, 0.2] }],
-  });
-  let answer = '';
-  try {
-    const response = await fetch(`${rest}/v2/models/demo-classifier/infer`, { method: 'POST', body });
-    answer = JSON.stringify((await response.json()).outputs?.[0]?.data);
-  } catch (error) {
-    answer = `(the check call failed: ${error.message})`;
-  }
-  console.log(`   Serving ${entry.models.join(', ')}, signature verified against the demo root CA.
-   gRPC, the SageMaker Edge agent API:  unix://${socket}
-   REST, KServe v2:                     ${rest}
-   A first inference (setosa-like flower) → probabilities ${answer}
-
-Try:
-   curl -s ${rest}/v2/models/demo-classifier
-   curl -s -X POST ${rest}/v2/models/demo-classifier/infer \\
-        -d '{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],"data":[6.7,3.0,5.2,2.3]}]}'
-   curl -s ${rest}/metrics | grep edgefleet_inference
-   Existing SageMaker Edge clients: point them at unix://${socket}
-
-Ctrl-C stops the agent.`);
+function fail(message) {
+  console.error(`\nnpm start: ${message}`);
+  stopAll().then(() => process.exit(1));
 }
 
-/** `preferred` if nothing listens there (0: any), else any free port. */
+/** Runs the CLI and returns its stdout; a failure stops everything with its message. */
+function cli(args, env = {}) {
+  const result = spawnSync(process.execPath, [bin.cli, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+  });
+  if (result.status !== 0)
+    throw new Error(`edgefleet ${args[0]} ${args[1] ?? ''} failed: ${result.stderr.trim()}`);
+  return result.stdout;
+}
+
+/** `preferred` if nothing listens there, else any free port. */
 function freePort(preferred) {
   return new Promise((resolvePort) => {
     const probe = createServer();
     probe.once('error', () => {
       const any = createServer();
       any.listen(0, '127.0.0.1', () => {
-        const { port: p } = any.address();
-        any.close(() => resolvePort(p));
+        const { port } = any.address();
+        any.close(() => resolvePort(port));
       });
     });
     probe.listen(preferred, '127.0.0.1', () => {
-      const { port: p } = probe.address();
-      probe.close(() => resolvePort(p));
+      const { port } = probe.address();
+      probe.close(() => resolvePort(port));
     });
   });
 }
+
+/** Starts a daemon whose stdout is JSON log lines; resolves with the first line `ready` accepts. */
+function startDaemon(name, args, logFile, ready) {
+  // Its own process group: a terminal's Ctrl-C reaches only this script, which stops each daemon once.
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  children.push({ name, child, exited: new Promise((done) => child.once('exit', done)) });
+  const log = [];
+  let stderr = '';
+  child.stderr.on('data', (chunk) => (stderr += chunk));
+  return new Promise((resolveReady, reject) => {
+    child.once('exit', (code) =>
+      reject(new Error(`${name} exited (${code}) while starting: ${stderr.trim()}`)),
+    );
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      log.push(line);
+      writeFileSync(logFile, `${line}\n`, { flag: 'a' });
+      let entry;
+      try {
+        entry = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (entry.level >= 50) console.error(`${name}: ${entry.msg}`);
+      if (ready(entry)) resolveReady(entry);
+    });
+  });
+}
+
+async function stopAll() {
+  for (const { child } of children) if (child.exitCode === null) child.kill('SIGTERM');
+  await Promise.all(children.map((c) => c.exited));
+}
+
+async function main() {
+  // 1-7: the package life cycle, locally (edgefleet demo recreates its folder each run).
+  const demo = spawnSync(process.execPath, [bin.cli, 'demo', '--dir', demoDir], { stdio: 'inherit' });
+  if (demo.status !== 0) process.exit(demo.status ?? 1);
+
+  // 8: the control plane on SQLite and a local blob folder; its first admin token is kept for the next run.
+  mkdirSync(home, { recursive: true });
+  let token = existsSync(tokenFile) ? readFileSync(tokenFile, 'utf8').trim() : '';
+  if (!token) {
+    const init = spawnSync(process.execPath, [bin.server, 'init', '--data-dir', serverDir], {
+      encoding: 'utf8',
+    });
+    if (init.status !== 0) throw new Error(`edgefleet-server init failed: ${init.stderr.trim()}`);
+    token = init.stdout.trim();
+    if (!token) {
+      throw new Error(
+        `${serverDir} has an admin token this script did not keep; remove ${serverDir} to start over`,
+      );
+    }
+    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+  }
+  const operatorPort = await freePort(Number(process.env.EDGEFLEET_SERVER_PORT ?? 8090));
+  const devicePort = await freePort(Number(process.env.EDGEFLEET_DEVICE_PORT ?? 8443));
+  const operatorUrl = `http://127.0.0.1:${operatorPort}`;
+  const deviceUrl = `https://127.0.0.1:${devicePort}`;
+  console.log(`\n8. Starting the control plane (state: ${serverDir}, logs: ${join(home, 'server.log')})`);
+  await startDaemon(
+    'edgefleet-server',
+    [
+      bin.server,
+      'serve',
+      '--data-dir',
+      serverDir,
+      '--listen',
+      `127.0.0.1:${operatorPort}`,
+      '--device-listen',
+      `127.0.0.1:${devicePort}`,
+      '--device-endpoint',
+      deviceUrl,
+    ],
+    join(home, 'server.log'),
+    (entry) => entry.msg === 'edgefleet-server started',
+  );
+  const env = { EDGEFLEET_SERVER: operatorUrl, EDGEFLEET_TOKEN: token };
+  const api = async (method, path, body) => {
+    const response = await fetch(`${operatorUrl}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body && { 'content-type': 'application/json' }) },
+      ...(body && { body: JSON.stringify(body) }),
+    });
+    return { status: response.status, body: await response.json().catch(() => ({})) };
+  };
+  for (
+    let i = 0;
+    (await fetch(`${operatorUrl}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    )) === false;
+    i++
+  ) {
+    if (i > 100) throw new Error(`the server did not get ready at ${operatorUrl}/readyz`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  console.log(`   Operator API ${operatorUrl}, device API (mutual TLS) ${deviceUrl}`);
+
+  // 9: a fleet, a device, and the agent enrolled to it (once; its key and certificate are kept).
+  if ((await api('GET', `/api/v1/fleets/${FLEET}`)).status === 404) {
+    cli(['fleet', 'create', FLEET, '--output', 's3://edgefleet-demo/captures'], env);
+  }
+  if ((await api('GET', `/api/v1/devices/${DEVICE}`)).status === 404)
+    cli(['device', 'register', FLEET, DEVICE], env);
+  const agentConfigFile = join(agentDir, 'agent-config.json');
+  const identityDir = join(agentDir, 'identity');
+  if (!existsSync(join(identityDir, 'device.pem'))) {
+    mkdirSync(agentDir, { recursive: true });
+    const enrollment = await api('POST', `/api/v1/devices/${DEVICE}/enrollment-tokens`, {});
+    if (enrollment.status !== 201) throw new Error(`enrollment token: HTTP ${enrollment.status}`);
+    cli([
+      'device',
+      'enroll',
+      '--server',
+      operatorUrl,
+      '--token',
+      enrollment.body.token,
+      '--config',
+      agentConfigFile,
+      '--cert-dir',
+      identityDir,
+    ]);
+    console.log(`9. Enrolled the agent as ${DEVICE} of ${FLEET} (key and certificate in ${identityDir})`);
+  } else {
+    console.log(`9. The agent is enrolled as ${DEVICE} of ${FLEET} (kept from the last run)`);
+  }
+
+  // 10: the demo model uploaded, packaged and signed by the server, downloaded as a device would.
+  if ((await api('GET', `/api/v1/models/${MODEL.name}/versions/${MODEL.version}`)).status === 404) {
+    const onnx = readdirSync(demoDir).find((f) => f.endsWith('.onnx'));
+    cli(['model', 'upload', join(demoDir, onnx), '--name', MODEL.name, '--version', MODEL.version], env);
+  }
+  if ((await api('GET', `/api/v1/packaging-jobs/${MODEL.job}`)).status === 404) {
+    cli(['packaging', 'create', MODEL.job, '--model', MODEL.name, '--version', MODEL.version, '--wait'], env);
+  }
+  const trustDir = join(agentDir, 'trust');
+  const packages = join(agentDir, 'packages');
+  mkdirSync(trustDir, { recursive: true });
+  mkdirSync(packages, { recursive: true });
+  cli(['packaging', 'root-certificate', '--out', join(trustDir, 'server-signing-root.pem')], env);
+  const archive = join(packages, `${MODEL.name}-${MODEL.version}.tar.gz`);
+  cli(['packaging', 'download', MODEL.job, '--out', archive, '--force'], env);
+  const packageDir = join(packages, MODEL.name);
+  rmSync(packageDir, { recursive: true, force: true });
+  cli(['package', 'extract', archive, '--out', packageDir]);
+  console.log(
+    `10. Packaged and signed ${MODEL.name} ${MODEL.version} on the server (job ${MODEL.job}); downloaded it`,
+  );
+  console.log('    (deployment plans are not in this version: the agent preloads the package)');
+
+  // 11: the agent: the server-signed package verified against the server's signing root, heartbeats on.
+  const restPort = await freePort(Number(process.env.EDGEFLEET_REST_PORT ?? 8080));
+  let socket = join(agentDir, 'agent.sock');
+  if (Buffer.byteLength(socket) > 100) socket = `/tmp/edgefleet-demo-${process.getuid?.() ?? 'user'}.sock`;
+  const enrolled = JSON.parse(readFileSync(agentConfigFile, 'utf8'));
+  writeFileSync(
+    agentConfigFile,
+    `${JSON.stringify(
+      {
+        ...enrolled,
+        sagemaker_edge_core_endpoint_override: deviceUrl, // the port may differ from the last run's
+        sagemaker_edge_core_root_certs_path: trustDir,
+        sagemaker_edge_local_data_root_path: join(agentDir, 'state'),
+        sagemaker_edge_core_capture_data_disk_path: join(agentDir, 'capture'),
+        edgefleet_rest_tcp: `127.0.0.1:${restPort}`,
+        edgefleet_heartbeat_interval_seconds: 5,
+        edgefleet_preload_models: [{ url: packageDir, name: MODEL.name }],
+      },
+      null,
+      2,
+    )}\n`,
+  );
+  console.log(`11. Starting the device agent (logs: ${join(home, 'agent.log')})`);
+  const listening = await startDaemon(
+    'edgefleet-agent',
+    [bin.agent, '-a', socket, '-c', agentConfigFile, '-f'],
+    join(home, 'agent.log'),
+    (entry) => entry.event === 'listening',
+  );
+  const rest = `http://127.0.0.1:${restPort}`;
+  const body = JSON.stringify({
+    inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 4], data: [5.1, 3.5, 1.4, 0.2] }],
+  });
+  const answer = await fetch(`${rest}/v2/models/${MODEL.name}/infer`, { method: 'POST', body })
+    .then(async (r) => JSON.stringify((await r.json()).outputs?.[0]?.data))
+    .catch((error) => `(the check call failed: ${error.message})`);
+  let online = false;
+  for (let i = 0; i < 50 && !online; i++) {
+    online = (await api('GET', `/api/v1/devices/${DEVICE}`)).body.status === 'online';
+    if (!online) await new Promise((r) => setTimeout(r, 200));
+  }
+
+  console.log(`    Serving ${listening.models.join(', ')}, signature verified against the server's signing root.
+    gRPC, the SageMaker Edge agent API:  unix://${socket}
+    REST, KServe v2:                     ${rest}
+    A first inference (setosa-like flower) → probabilities ${answer}
+    The device is ${online ? 'online in' : 'not yet reporting to'} the control plane (heartbeats every 5 s).
+
+Control plane:  ${operatorUrl}   admin API token: ${token}
+Try:
+   curl -s -X POST ${rest}/v2/models/${MODEL.name}/infer \\
+        -d '{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],"data":[6.7,3.0,5.2,2.3]}]}'
+   curl -s ${rest}/metrics | grep edgefleet_inference
+   curl -s -H "authorization: Bearer ${token}" ${operatorUrl}/api/v1/devices/${DEVICE}
+   export EDGEFLEET_SERVER=${operatorUrl} EDGEFLEET_TOKEN=${token}
+   npx edgefleet fleet report ${FLEET}
+   npx edgefleet device describe ${DEVICE}
+   npx edgefleet agent list --socket ${socket}
+   Existing SageMaker Edge clients: point them at unix://${socket}
+
+Ctrl-C stops the agent and the control plane; the next npm start reuses their state.`);
+}
+
+let signals = 0;
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    signals += 1;
+    if (signals > 1) process.exit(130);
+    console.log('\nstopping the agent and the control plane…');
+    stopAll().then(() => {
+      console.log('stopped');
+      process.exit(0);
+    });
+  });
+}
+main().catch((error) => fail(error.message));

@@ -10,37 +10,72 @@ afterAll(async () => {
   if (work) await rm(work, { recursive: true, force: true });
 });
 
-describe('npm start (scripts/start.mjs)', () => {
-  it('packages the demo model, starts the agent serving it, answers an inference, and stops cleanly on SIGINT', async () => {
-    work = await mkdtemp(join(tmpdir(), 'ef-start-'));
-    const child = spawn(process.execPath, [join(repo, 'scripts', 'start.mjs')], {
-      env: { ...process.env, EDGEFLEET_DEMO_DIR: work, EDGEFLEET_REST_PORT: '0' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (out += chunk.toString()));
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    await new Promise<void>((resolve, reject) => {
-      const poll = setInterval(() => {
-        if (out.includes('Ctrl-C stops the agent.')) {
-          clearInterval(poll);
-          resolve();
-        }
-      }, 100);
-      void exited.then((code) => {
+/** Runs scripts/start.mjs until it has announced everything; returns its output and a Ctrl-C. */
+async function start(home: string) {
+  const child = spawn(process.execPath, [join(repo, 'scripts', 'start.mjs')], {
+    // Port 0: any free port, for the operator API, the device API and the agent's REST.
+    env: {
+      ...process.env,
+      EDGEFLEET_HOME: home,
+      EDGEFLEET_REST_PORT: '0',
+      EDGEFLEET_SERVER_PORT: '0',
+      EDGEFLEET_DEVICE_PORT: '0',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    const poll = setInterval(() => {
+      if (out.includes('Ctrl-C stops the agent and the control plane')) {
         clearInterval(poll);
-        reject(new Error(`npm start exited early (${code}):\n${out}`));
-      });
+        resolve();
+      }
+    }, 100);
+    void exited.then((code) => {
+      clearInterval(poll);
+      reject(new Error(`npm start exited early (${code}):\n${out}`));
     });
-    expect(out).toContain('verified it as a device would: OK');
-    expect(out).toContain('Serving demo-classifier, signature verified');
+  });
+  return {
+    out,
+    stop: async () => {
+      child.kill('SIGINT');
+      return exited;
+    },
+  };
+}
+
+describe('npm start (scripts/start.mjs)', () => {
+  it('runs the control plane and an enrolled agent serving the server-signed demo model; a second run reuses the state', async () => {
+    work = await mkdtemp(join(tmpdir(), 'ef-start-'));
+    const first = await start(work);
+    expect(first.out).toContain('verified it as a device would: OK');
+    expect(first.out).toContain('Enrolled the agent as demo-device of demo-fleet');
+    expect(first.out).toContain('Packaged and signed demo-classifier 1.0 on the server');
+    expect(first.out).toContain(
+      "Serving demo-classifier, signature verified against the server's signing root",
+    );
+    expect(first.out).toContain('The device is online in the control plane');
     // The first inference printed real probabilities: three numbers summing to 1, the first (setosa) largest.
-    const probabilities = JSON.parse(/probabilities (\[[^\]]+\])/.exec(out)![1]!) as number[];
+    const probabilities = JSON.parse(/probabilities (\[[^\]]+\])/.exec(first.out)![1]!) as number[];
     expect(probabilities).toHaveLength(3);
     expect(probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
     expect(probabilities[0]).toBeGreaterThan(0.9);
-    child.kill('SIGINT');
-    expect(await exited).toBe(0);
-  }, 120_000);
+    const token = /admin API token: (efo_\S+)/.exec(first.out)![1];
+    expect(await first.stop()).toBe(0);
+
+    const second = await start(work);
+    try {
+      expect(second.out).toContain(
+        'The agent is enrolled as demo-device of demo-fleet (kept from the last run)',
+      );
+      expect(second.out).toContain(`admin API token: ${token}`);
+      expect(second.out).toContain('The device is online in the control plane');
+    } finally {
+      expect(await second.stop()).toBe(0);
+    }
+  }, 180_000);
 });

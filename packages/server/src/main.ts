@@ -4,9 +4,11 @@
  *   edgefleet-server [serve]          run the operator API and the device API
  *   edgefleet-server init             prepare the data dir and database; print the first admin token
  *   edgefleet-server token create|list|revoke
+ *   edgefleet-server backup --out FILE | restore --from FILE
  */
 import { Command, Option } from 'commander';
 import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
+import { registerBackupCommands } from './backup/index.js';
 import {
   loadConfig,
   overridableSettings,
@@ -146,6 +148,8 @@ addCommonOptions(token.command('revoke').description('revoke a token by id').arg
     }
   },
 );
+
+registerBackupCommands(program, { addCommonOptions, configFrom });
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   process.stderr.write(`edgefleet-server: ${error instanceof Error ? error.message : String(error)}\n`);

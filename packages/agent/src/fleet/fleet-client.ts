@@ -23,6 +23,7 @@ import type { AgentConfig } from '../config/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { backoffDelay } from '../retry/index.js';
 import { AgentRunsLedger } from './agent-runs.js';
+import { CertificateRenewal, type CertificateRenewalOptions } from './certificate-renewal.js';
 import { DeviceApiClient, DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
 import { HeartbeatComposer, type ActivitySource, type ModelSource, type ProcessProbe } from './telemetry.js';
 
@@ -46,6 +47,8 @@ export interface FleetClientOptions {
   timing?: Partial<FleetTiming>;
   probe?: ProcessProbe;
   random?: () => number;
+  /** Certificate renewal settings (certificate-renewal.ts); the files come from the config. */
+  renewal?: Omit<CertificateRenewalOptions, 'files'>;
 }
 
 export interface FleetTiming {
@@ -208,6 +211,32 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
     return api.client;
   };
 
+  const renewal = new CertificateRenewal({
+    ...options.renewal,
+    files: {
+      certFile: config.provider.certFile!,
+      keyFile: config.provider.certKeyFile!,
+      ...(config.provider.caCertFile !== undefined && { caFile: config.provider.caCertFile }),
+    },
+  });
+  /** Renews the certificate when due; a failure is logged and retried later, the current one still works. */
+  const renewCertificate = async (client: DeviceApiClient): Promise<void> => {
+    try {
+      const renewed = await renewal.renewIfDue(client, abort.signal);
+      if (renewed)
+        logger.info(
+          { event: 'fleet-certificate-renewed', serial: renewed.serial, notAfter: renewed.notAfter },
+          `device certificate renewed, valid until ${renewed.notAfter}`,
+        );
+    } catch (error) {
+      if (abort.signal.aborted) return;
+      logger.warn(
+        { event: 'fleet-certificate-renewal-failed', err: error },
+        `device certificate renewal failed (the current certificate stays in use): ${(error as Error).message}`,
+      );
+    }
+  };
+
   const ids = { DeviceName: deviceName, DeviceFleetName: fleetName };
   /** The kind of the last failure logged as a warning; '' after a success. */
   let lastFailure = '';
@@ -293,6 +322,8 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
         delete status.reason;
         lastFailure = '';
         delay = Math.round(timing.heartbeatIntervalMs * (0.9 + 0.2 * random()));
+        // After an accepted heartbeat, so a renewal never delays one; the next heartbeat reads the new files.
+        await renewCertificate(client);
       } catch (error) {
         if (abort.signal.aborted) break;
         if (!(error instanceof DeviceApiError) || error.failure !== 'refused') composer.attemptFailed();
@@ -314,12 +345,29 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
     },
     `fleet client: heartbeats to ${endpoint} every ${timing.heartbeatIntervalMs / 1000} s`,
   );
-  const running = loop().catch((error: unknown) => {
-    logger.error(
-      { event: 'fleet-client-failed', err: error },
-      `fleet client stopped unexpectedly: ${(error as Error).message}`,
-    );
-  });
+  const running = renewal
+    .recover()
+    .then(
+      (finished) => {
+        if (finished)
+          logger.info(
+            { event: 'fleet-certificate-renewed' },
+            'finished a certificate renewal cut short by a restart',
+          );
+      },
+      (error: unknown) =>
+        logger.warn(
+          { event: 'fleet-certificate-renewal-failed', err: error },
+          `checking for an interrupted certificate renewal failed: ${(error as Error).message}`,
+        ),
+    )
+    .then(loop)
+    .catch((error: unknown) => {
+      logger.error(
+        { event: 'fleet-client-failed', err: error },
+        `fleet client stopped unexpectedly: ${(error as Error).message}`,
+      );
+    });
 
   let stopping: Promise<void> | undefined;
   return {

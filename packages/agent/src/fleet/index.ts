@@ -12,6 +12,14 @@ export {
 } from './fleet-client.js';
 export { AGENT_RUNS_FILE, AgentRunsLedger, type AgentRuns } from './agent-runs.js';
 export {
+  CertificateRenewal,
+  DEFAULT_RENEW_AFTER_FRACTION,
+  renewalDueAt,
+  type CertificateFiles,
+  type CertificateRenewalOptions,
+  type RenewalResult,
+} from './certificate-renewal.js';
+export {
   DeviceApiClient,
   DeviceApiError,
   type DeviceApiFailure,

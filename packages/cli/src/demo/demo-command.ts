@@ -4,6 +4,8 @@ import type { Command } from 'commander';
 import {
   archiveFileName,
   createModelPackage,
+  createRootCa,
+  issueCodeSigningCertificate,
   extractPackageArchive,
   loadSigner,
   loadTrustFolder,
@@ -11,10 +13,43 @@ import {
   signPackage,
   verifyPackage,
   writeTestModel,
+  type VerifiedSignature,
 } from '@edgefleet/core';
 import { formatBytes, table, type Output } from '../cli-io.js';
-import { initPki } from '../pki/pki-command.js';
-import { describeSigner } from '../package/package-command.js';
+
+/**
+ * The demo's throwaway PKI, made with core's public API (not the pki command's internals): a root CA, a
+ * code-signing certificate it issued, and a trust folder holding only the root.
+ */
+async function createDemoPki(dir: string) {
+  const root = createRootCa({
+    commonName: 'Demo EdgeFleet Root CA',
+    validityDays: 365,
+    keyType: 'ecdsa-p256',
+  });
+  const signing = issueCodeSigningCertificate({
+    issuer: root,
+    commonName: 'Demo EdgeFleet model signing',
+    validityDays: 365,
+    keyType: 'ecdsa-p256',
+  });
+  const files = {
+    trustFolder: join(dir, 'trust'),
+    signingKey: join(dir, 'signing.key'),
+    signingCertificate: join(dir, 'signing.pem'),
+  };
+  await mkdir(files.trustFolder, { recursive: true });
+  await writeFile(join(files.trustFolder, 'root-ca.pem'), root.certificatePem);
+  await writeFile(files.signingKey, signing.privateKeyPem, { mode: 0o600 });
+  await writeFile(files.signingCertificate, signing.certificatePem);
+  return files;
+}
+
+function describeSigner({ signer }: VerifiedSignature): string {
+  return signer.method === 'key'
+    ? `${signer.keyType} key ${signer.fingerprint}`
+    : `certificate ${signer.subject} (issued by ${signer.issuer}, valid until ${signer.notAfter})`;
+}
 
 export const DEMO_MODEL = { catalogueName: 'mlp', name: 'demo-classifier', version: '1.0' } as const;
 
@@ -35,12 +70,7 @@ export async function runDemo(
   const modelPath = await writeTestModel(DEMO_MODEL.catalogueName, root);
   out.say(`1. Generated the demo ONNX model           ${rel(modelPath)}`);
 
-  const pki = await initPki({
-    out: join(root, 'pki'),
-    keyType: 'ecdsa-p256',
-    organization: 'Demo',
-    days: 365,
-  });
+  const pki = await createDemoPki(join(root, 'pki'));
   out.say(`2. Created a development PKI               ${rel(pki.trustFolder)} (root CA a device trusts)`);
 
   const packageDir = join(root, `${DEMO_MODEL.name}-${DEMO_MODEL.version}`);

@@ -10,6 +10,7 @@ export {
 export {
   appliedMigrations,
   hasNoSchema,
+  migrateTo,
   migrateToLatest,
   migrationNames,
   MigrationError,

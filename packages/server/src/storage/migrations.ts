@@ -240,6 +240,27 @@ export async function migrateToLatest(db: Kysely<any>): Promise<readonly Migrati
   return results;
 }
 
+/**
+ * Brings the schema to exactly `name` (an older one than this build's, for tests of upgrades from a previous
+ * version's database). The server itself only ever calls migrateToLatest.
+ */
+export async function migrateTo(db: Kysely<any>, name: string): Promise<readonly MigrationResult[]> {
+  if (!migrationNames.includes(name))
+    throw new Error(`unknown migration ${name}; expected one of ${migrationNames.join(', ')}`);
+  const migrator = new Migrator({
+    db,
+    provider,
+    migrationTableName: 'edgefleet_migrations',
+    migrationLockTableName: 'edgefleet_migrations_lock',
+  });
+  const { error, results = [] } = await migrator.migrateTo(name);
+  if (error)
+    throw new MigrationError(`database migration to ${name} failed: ${String(error)}`, results, {
+      cause: error,
+    });
+  return results;
+}
+
 /** Names of the migrations already applied to this database. */
 export async function appliedMigrations(db: Kysely<any>): Promise<string[]> {
   const migrator = new Migrator({

@@ -1,0 +1,70 @@
+#!/bin/sh
+# Installs the EdgeFleet agent bundle this script sits in, as root:
+#   - the system user and group edgefleet-agent (no login shell, no home of its own),
+#   - the program in $PREFIX (default /opt/edgefleet-agent), owned by root and read-only to the agent,
+#   - /etc/edgefleet/agent.json (root:edgefleet-agent 0640) if there is none,
+#   - /var/lib/edgefleet-agent (edgefleet-agent 0750: database, packages, capture),
+#   - the systemd unit, enabled but not started (edit the config first, then: systemctl start edgefleet-agent).
+# --root DIR installs into DIR as a system image (users in DIR/etc/passwd; no systemctl); for image builds and tests.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+root=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) root=$2; shift 2 ;;
+    *) echo "usage: install.sh [--root DIR]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "install.sh: run as root (it creates a user and writes /opt, /etc and /var/lib)" >&2; exit 1; }
+prefix=/opt/edgefleet-agent
+user=edgefleet-agent
+
+bundle_arch=$(cat "$here/bundle.json" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).arch))')
+case "$(uname -m)" in x86_64) machine=x64 ;; aarch64|arm64) machine=arm64 ;; *) machine=$(uname -m) ;; esac
+if [ -z "$root" ] && [ "$bundle_arch" != "$machine" ]; then
+  echo "install.sh: this bundle is for linux-$bundle_arch, this machine is $machine" >&2; exit 1
+fi
+
+if [ -n "$root" ]; then
+  mkdir -p "$root/etc"
+  for f in passwd group shadow gshadow; do [ -f "$root/etc/$f" ] || { [ -f "/etc/$f" ] && cp -p "/etc/$f" "$root/etc/$f"; } || true; done
+  rootopt="--root $root"
+else
+  rootopt=""
+fi
+if ! grep -q "^$user:" "$root/etc/passwd" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  useradd $rootopt --system --user-group --no-create-home --home-dir /var/lib/edgefleet-agent --shell /usr/sbin/nologin "$user"
+fi
+uid=$(awk -F: -v u="$user" '$1 == u { print $3 }' "$root/etc/passwd")
+gid=$(awk -F: -v u="$user" '$1 == u { print $3 }' "$root/etc/group")
+
+# The program: root-owned, so the agent cannot change its own code.
+rm -rf "$root$prefix.new"
+mkdir -p "$root$prefix.new"
+cp -a "$here/." "$root$prefix.new/"
+chown -R 0:0 "$root$prefix.new"
+chmod -R u+rwX,go+rX,go-w "$root$prefix.new"
+[ -z "$root" ] && "$root$prefix.new/setup-native.sh"
+rm -rf "$root$prefix.old"
+[ -d "$root$prefix" ] && mv "$root$prefix" "$root$prefix.old"
+mv "$root$prefix.new" "$root$prefix"
+rm -rf "$root$prefix.old"
+
+# Config: readable by the agent's group, writable only by root; the agent's key files go beside it.
+install -d -o 0 -g "$gid" -m 0750 "$root/etc/edgefleet"
+if [ ! -f "$root/etc/edgefleet/agent.json" ]; then
+  install -o 0 -g "$gid" -m 0640 "$here/agent.json" "$root/etc/edgefleet/agent.json"
+fi
+# State: the only place the agent writes (the unit's ReadWritePaths).
+install -d -o "$uid" -g "$gid" -m 0750 "$root/var/lib/edgefleet-agent"
+
+install -d -m 0755 "$root/etc/systemd/system"
+install -o 0 -g 0 -m 0644 "$here/edgefleet-agent.service" "$root/etc/systemd/system/edgefleet-agent.service"
+if [ -z "$root" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable edgefleet-agent.service
+  echo "installed; edit /etc/edgefleet/agent.json, then: systemctl start edgefleet-agent" >&2
+else
+  echo "installed into ${root:-/}; enable with: systemctl enable --now edgefleet-agent" >&2
+fi

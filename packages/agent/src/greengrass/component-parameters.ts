@@ -1,0 +1,194 @@
+import os from 'node:os';
+import { z } from 'zod';
+import { ConfigError, parseAgentConfig, type AgentConfig } from '../config/index.js';
+
+/**
+ * The parameters of the Greengrass v2 component, with the names, defaults and meanings of Edge Manager's
+ * `aws.greengrass.SageMakerEdgeManager` (string-valued there: numbers and booleans may come as strings), then
+ * EdgeFleet's own. Each maps onto one agent config key, so the agent's own checks apply to it; an error names
+ * the parameter. `key: null` marks parameters that are not config keys (the socket is the `-a` flag).
+ */
+export const COMPONENT_PARAMETERS = {
+  DeviceFleetName: { key: 'sagemaker_edge_core_device_fleet_name', default: '' },
+  BucketName: { key: 'sagemaker_edge_provider_s3_bucket_name', default: '' },
+  CaptureDataBatchSize: { key: 'sagemaker_edge_core_capture_data_batch_size', default: '10' },
+  CaptureDataBufferSize: { key: 'sagemaker_edge_core_capture_data_buffer_size', default: '30' },
+  CaptureDataDestination: { key: 'sagemaker_edge_core_capture_data_destination', default: 'Cloud' },
+  CaptureDataPushPeriodSeconds: { key: 'sagemaker_edge_core_capture_data_push_period_seconds', default: '4' },
+  CaptureDataBase64EmbedLimit: {
+    key: 'sagemaker_edge_core_capture_data_base64_embed_limit',
+    default: '3072',
+  },
+  CaptureDataPeriodicUpload: { key: 'sagemaker_edge_core_capture_data_periodic_upload', default: 'false' },
+  CaptureDataPeriodicUploadPeriodSeconds: {
+    key: 'sagemaker_edge_core_capture_data_periodic_upload_period_seconds',
+    default: '8',
+  },
+  FolderPrefix: { key: 'sagemaker_edge_core_folder_prefix', default: 'sme-capture' },
+  CaptureDataDiskPath: {
+    key: 'sagemaker_edge_core_capture_data_disk_path',
+    default: '/greengrass/v2/work/io.edgefleet.EdgeFleetAgent/capture',
+  },
+  LocalDataRootPath: {
+    key: 'sagemaker_edge_local_data_root_path',
+    default: '/greengrass/v2/work/io.edgefleet.EdgeFleetAgent',
+  },
+  DbEnable: { key: 'sagemaker_edge_db_module_path', default: 'false' },
+  DeploymentEnable: { key: 'sagemaker_edge_deployment_lib_path', default: 'false' },
+  DeploymentPollInterval: { key: 'sagemaker_edge_model_deployment_poll_interval', default: '1440' },
+  DLRBackendOptions: { key: 'sagemaker_edge_dlr_backend_options', default: '' },
+  SagemakerEdgeLogVerbose: { key: 'sagemaker_edge_log_verbose', default: 'false' },
+  UnixSocketName: { key: null, default: '/tmp/aws.greengrass.SageMakerEdgeManager.sock' },
+  // EdgeFleet's own.
+  EdgeFleetEndpoint: { key: 'sagemaker_edge_core_endpoint_override', default: '' },
+  EnrollmentServerUrl: { key: null, default: '' },
+  EnrollmentToken: { key: null, default: '' },
+  RootCertsPath: { key: 'sagemaker_edge_core_root_certs_path', default: '' },
+  HeartbeatIntervalSeconds: { key: 'edgefleet_heartbeat_interval_seconds', default: '30' },
+} as const satisfies Record<string, { key: string | null; default: string }>;
+
+export type ComponentParameter = keyof typeof COMPONENT_PARAMETERS;
+export const COMPONENT_PARAMETER_NAMES = Object.keys(COMPONENT_PARAMETERS) as ComponentParameter[];
+
+/** Greengrass configuration values are JSON scalars; interpolated into the environment they are strings. */
+const scalar = z.union([z.string(), z.number(), z.boolean()]).transform((v) => String(v).trim());
+export const ComponentConfigurationSchema = z
+  .object(Object.fromEntries(COMPONENT_PARAMETER_NAMES.map((name) => [name, scalar.optional()])))
+  .partial() as unknown as z.ZodType<Partial<Record<ComponentParameter, string>>>;
+export type ComponentConfiguration = z.infer<typeof ComponentConfigurationSchema>;
+
+/** The component's DefaultConfiguration, as the recipe carries it. */
+export function defaultComponentConfiguration(): Record<ComponentParameter, string> {
+  return Object.fromEntries(
+    COMPONENT_PARAMETER_NAMES.map((n) => [n, COMPONENT_PARAMETERS[n].default]),
+  ) as Record<ComponentParameter, string>;
+}
+
+export class ComponentParameterError extends Error {
+  override readonly name = 'ComponentParameterError';
+  constructor(
+    readonly parameter: ComponentParameter | null,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface RenderContext {
+  /** The core device's IoT thing name (`{iot:thingName}`): the device name, as Edge Manager required. */
+  thingName: string;
+  /** Config keys written by `edgefleet device enroll` (endpoint, certificate files, provider), merged last. */
+  identity?: Record<string, unknown>;
+}
+
+export interface RenderedConfig {
+  /** The agent's JSON config. */
+  config: Record<string, unknown>;
+  /** The `-a` socket path. */
+  socketPath: string;
+  /** What the agent will make of it (its own parser), for checks and tests. */
+  effective: AgentConfig;
+  warnings: string[];
+}
+
+const BOOLEAN_WORDS: Record<string, boolean> = {
+  true: true,
+  false: false,
+  '1': true,
+  '0': false,
+  yes: true,
+  no: false,
+};
+
+function flag(parameter: ComponentParameter, value: string): boolean {
+  const known = BOOLEAN_WORDS[value.toLowerCase()];
+  if (known === undefined) {
+    throw new ComponentParameterError(
+      parameter,
+      `${parameter}: expected true or false, got ${JSON.stringify(value)}`,
+    );
+  }
+  return known;
+}
+
+/**
+ * Turns the component's configuration into the agent's config file and `-a` socket, then runs the agent's
+ * own config parser over the result so that every error surfaces here, naming the component parameter.
+ */
+export function renderAgentConfig(configuration: unknown, context: RenderContext): RenderedConfig {
+  const checked = ComponentConfigurationSchema.safeParse(configuration);
+  if (!checked.success) {
+    const issue = checked.error.issues[0];
+    const name = String(issue?.path[0] ?? '');
+    throw new ComponentParameterError(
+      (COMPONENT_PARAMETER_NAMES as string[]).includes(name) ? (name as ComponentParameter) : null,
+      `${name || 'configuration'}: expected a string, number or boolean, got ${issue?.message ?? 'something else'}`,
+    );
+  }
+  const values = { ...defaultComponentConfiguration(), ...checked.data } as Record<
+    ComponentParameter,
+    string
+  >;
+  if (values.DeviceFleetName === '') {
+    throw new ComponentParameterError(
+      'DeviceFleetName',
+      'DeviceFleetName: required; expected the fleet this device belongs to',
+    );
+  }
+  if (values.UnixSocketName === '') {
+    throw new ComponentParameterError(
+      'UnixSocketName',
+      'UnixSocketName: expected the path of the agent socket',
+    );
+  }
+
+  const config: Record<string, unknown> = {
+    sagemaker_edge_core_device_name: context.thingName,
+    sagemaker_edge_core_iot_thing_name: context.thingName,
+  };
+  for (const name of COMPONENT_PARAMETER_NAMES) {
+    const { key } = COMPONENT_PARAMETERS[name];
+    if (key === null || values[name] === '') continue;
+    // The original's DB and deployment plug-ins were enabled by their paths; ours are built in.
+    if (name === 'DbEnable' || name === 'DeploymentEnable') {
+      if (flag(name, values[name])) config[key] = 'builtin';
+      continue;
+    }
+    config[key] = values[name];
+  }
+  if (values.EdgeFleetEndpoint !== '') config.sagemaker_edge_provider_provider = 'Custom';
+  Object.assign(config, context.identity ?? {});
+
+  const keyToParameter = new Map<string, ComponentParameter>(
+    COMPONENT_PARAMETER_NAMES.flatMap((n) => {
+      const { key } = COMPONENT_PARAMETERS[n];
+      return key === null ? [] : [[key, n] as [string, ComponentParameter]];
+    }),
+  );
+  const named = (message: string) =>
+    message.replace(/\b(sagemaker_edge_\w+|edgefleet_\w+)\b/g, (key) => {
+      const parameter = keyToParameter.get(key);
+      return parameter ? `${parameter} (${key})` : key;
+    });
+  try {
+    const parsed = parseAgentConfig(config, {
+      cwd: values.LocalDataRootPath || process.cwd(),
+      cpuCount: os.availableParallelism(),
+      grpcSocketPath: values.UnixSocketName,
+    });
+    return {
+      config,
+      socketPath: values.UnixSocketName,
+      effective: parsed.config,
+      warnings: parsed.warnings.map(named),
+    };
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      throw new ComponentParameterError(
+        error.key ? (keyToParameter.get(error.key) ?? null) : null,
+        named(error.message),
+      );
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,321 @@
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectAgent } from '@edgefleet/core';
+import {
+  COMPONENT_PARAMETER_NAMES,
+  defaultComponentConfiguration,
+  renderAgentConfig,
+} from '../../src/greengrass/index.js';
+import { buildAgent, type LogLine } from '../daemon/process-helpers.js';
+import { captureRequest, diskRecords, modelPackage } from '../capture/helpers.js';
+
+const run = promisify(execFile);
+const REPO = fileURLToPath(new URL('../../../../', import.meta.url));
+const RECIPE = join(REPO, 'deploy', 'greengrass', 'recipe.json');
+
+// The parameters of aws.greengrass.SageMakerEdgeManager (shared/spec/sme-agent-api.md §6), with its defaults.
+const ORIGINAL_DEFAULTS: Record<string, string> = {
+  DeviceFleetName: '',
+  BucketName: '',
+  CaptureDataBatchSize: '10',
+  CaptureDataBufferSize: '30',
+  CaptureDataDestination: 'Cloud',
+  CaptureDataPushPeriodSeconds: '4',
+  CaptureDataBase64EmbedLimit: '3072',
+  CaptureDataPeriodicUpload: 'false',
+  CaptureDataPeriodicUploadPeriodSeconds: '8',
+  FolderPrefix: 'sme-capture',
+  CaptureDataDiskPath: '', // a path in the component's own work folder
+  LocalDataRootPath: '',
+  DbEnable: 'false',
+  DeploymentEnable: 'false',
+  DeploymentPollInterval: '1440',
+  DLRBackendOptions: '',
+  SagemakerEdgeLogVerbose: 'false',
+  UnixSocketName: '/tmp/aws.greengrass.SageMakerEdgeManager.sock',
+};
+
+type Json = string | number | boolean | null | Json[] | { [key: string]: Json };
+interface Recipe {
+  RecipeFormatVersion: string;
+  ComponentVersion: string;
+  ComponentConfiguration: { DefaultConfiguration: Record<string, Json> };
+  Manifests: {
+    Platform: { os: string; architecture: string };
+    Lifecycle: { Setenv: Record<string, string>; Install: { Script: string }; Run: { Script: string } };
+    Artifacts: { URI: string; Unarchive: string }[];
+  }[];
+}
+
+/** A deployment's `merge` update, as the nucleus applies it: objects merge key by key, anything else replaces. */
+function mergeConfiguration(base: Record<string, Json>, update: Record<string, Json>): Record<string, Json> {
+  const out: Record<string, Json> = { ...base };
+  for (const [key, value] of Object.entries(update)) {
+    const current = out[key];
+    const bothObjects = [current, value].every(
+      (v) => typeof v === 'object' && v !== null && !Array.isArray(v),
+    );
+    out[key] = bothObjects
+      ? mergeConfiguration(current as Record<string, Json>, value as Record<string, Json>)
+      : value;
+  }
+  return out;
+}
+
+/** The nucleus's recipe variables; an unknown one fails the test (a typo in the recipe). */
+function interpolate(
+  text: string,
+  vars: { configuration: Record<string, Json>; thingName: string; work: string; artifacts: string },
+): string {
+  return text.replace(/\{([a-zA-Z]+):([^}]*)\}/g, (whole, namespace: string, rest: string) => {
+    if (namespace === 'configuration') {
+      let value: Json = vars.configuration;
+      for (const part of rest.split('/').slice(1)) {
+        value = (value as Record<string, Json>)[part.replace(/~1/g, '/').replace(/~0/g, '~')] ?? '';
+      }
+      return typeof value === 'object' ? JSON.stringify(value) : String(value);
+    }
+    if (whole === '{iot:thingName}') return vars.thingName;
+    if (whole === '{work:path}') return vars.work;
+    if (whole === '{artifacts:path}' || whole === '{artifacts:decompressedPath}') return vars.artifacts;
+    throw new Error(`the recipe uses an unknown variable ${whole}`);
+  });
+}
+
+const recipe = JSON.parse(await readFile(RECIPE, 'utf8')) as Recipe;
+const arch = process.arch === 'arm64' ? 'aarch64' : 'amd64';
+const manifest = recipe.Manifests.find((m) => m.Platform.os === 'linux' && m.Platform.architecture === arch)!;
+
+describe('the Greengrass recipe', () => {
+  it('is a 2020-01-25 recipe whose DefaultConfiguration has every Edge Manager parameter with its default', async () => {
+    expect(recipe.RecipeFormatVersion).toBe('2020-01-25');
+    const agentPackage = JSON.parse(await readFile(join(REPO, 'packages/agent/package.json'), 'utf8')) as {
+      version: string;
+    };
+    expect(recipe.ComponentVersion).toBe(agentPackage.version);
+    const defaults = recipe.ComponentConfiguration.DefaultConfiguration;
+    for (const [name, value] of Object.entries(ORIGINAL_DEFAULTS)) {
+      expect(defaults, name).toHaveProperty(name);
+      if (value !== '' || name === 'DeviceFleetName') expect(defaults[name], name).toBe(value);
+    }
+    expect(defaults).toEqual(defaultComponentConfiguration());
+  });
+
+  it('has a linux manifest for amd64 and aarch64, each passing every parameter to its steps', () => {
+    expect(recipe.Manifests.map((m) => m.Platform.architecture).sort()).toEqual(['aarch64', 'amd64']);
+    for (const m of recipe.Manifests) {
+      for (const name of COMPONENT_PARAMETER_NAMES) {
+        expect(m.Lifecycle.Setenv[`EDGEFLEET_GG_${name}`]).toBe(`{configuration:/${name}}`);
+      }
+      const bundleArch = m.Platform.architecture === 'amd64' ? 'x64' : 'arm64';
+      expect(m.Artifacts[0]!.URI).toMatch(
+        new RegExp(`/edgefleet-agent-${recipe.ComponentVersion}-linux-${bundleArch}\\.tar\\.gz$`),
+      );
+    }
+  });
+});
+
+describe(
+  'the component on a simulated nucleus: interpolation, a merge update, Install and Run',
+  { timeout: 120_000 },
+  () => {
+    let root: string;
+    let work: string;
+    let artifacts: string;
+    beforeAll(async () => {
+      buildAgent();
+      root = await mkdtemp(join(tmpdir(), 'edgefleet-gg-'));
+      work = join(root, 'work');
+      artifacts = join(root, 'artifacts');
+      // The artifact as bundle:agent lays it out, its packages linked to this checkout's builds.
+      const stage = join(root, 'stage', 'edgefleet-agent', 'node_modules', '@edgefleet');
+      await mkdir(stage, { recursive: true });
+      for (const name of ['agent', 'cli', 'core'])
+        await symlink(join(REPO, 'packages', name), join(stage, name));
+      await mkdir(artifacts);
+      await symlink(join(REPO, 'node_modules', 'better-sqlite3'), join(stage, '..', 'better-sqlite3'));
+      await copyFile(
+        join(REPO, 'deploy', 'bundle', 'setup-native.sh'),
+        join(stage, '..', '..', 'setup-native.sh'),
+      );
+      await mkdir(work);
+      const bundleArch = arch === 'amd64' ? 'x64' : 'arm64';
+      await run('tar', [
+        '-czf',
+        join(artifacts, `edgefleet-agent-${recipe.ComponentVersion}-linux-${bundleArch}.tar.gz`),
+        '-C',
+        join(root, 'stage'),
+        'edgefleet-agent',
+      ]);
+    });
+    afterAll(() => rm(root, { recursive: true, force: true }));
+
+    const vars = (configuration: Record<string, Json>) => ({
+      configuration,
+      thingName: 'gg-core-1',
+      work,
+      artifacts,
+    });
+    const environment = (configuration: Record<string, Json>) => ({
+      ...process.env,
+      ...Object.fromEntries(
+        Object.entries(manifest.Lifecycle.Setenv).map(([k, v]) => [k, interpolate(v, vars(configuration))]),
+      ),
+    });
+    const install = (configuration: Record<string, Json>) =>
+      run('sh', ['-c', interpolate(manifest.Lifecycle.Install.Script, vars(configuration))], {
+        env: environment(configuration),
+        cwd: work,
+      }).then(
+        (r) => ({ code: 0, stderr: r.stderr }),
+        (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
+      );
+
+    it('renders the agent config from the merged configuration and every parameter takes effect', async () => {
+      const socket = join(root, 'gg.sock');
+      const update: Record<string, Json> = {
+        DeviceFleetName: 'plant-a',
+        UnixSocketName: socket,
+        CaptureDataDestination: 'Disk',
+        CaptureDataDiskPath: join(root, 'capture'),
+        LocalDataRootPath: join(root, 'data'),
+        FolderPrefix: 'line-7',
+        CaptureDataBatchSize: 2,
+        CaptureDataBufferSize: '5',
+        CaptureDataPushPeriodSeconds: '1',
+        CaptureDataBase64EmbedLimit: '1024',
+        DbEnable: 'true',
+        DeploymentEnable: true,
+        DeploymentPollInterval: '15',
+        SagemakerEdgeLogVerbose: 'true',
+        DLRBackendOptions: 'TVM_NUM_THREADS=1',
+        EdgeFleetEndpoint: 'https://127.0.0.1:9',
+      };
+      const configuration = mergeConfiguration(recipe.ComponentConfiguration.DefaultConfiguration, update);
+      const installed = await install(configuration);
+      expect(installed.stderr).not.toMatch(/edgefleet greengrass config:/);
+      expect(installed.code).toBe(0);
+
+      const rendered = JSON.parse(await readFile(join(work, 'agent-config.json'), 'utf8')) as Record<
+        string,
+        unknown
+      >;
+      expect(rendered).toMatchObject({
+        sagemaker_edge_core_device_name: 'gg-core-1',
+        sagemaker_edge_core_device_fleet_name: 'plant-a',
+        sagemaker_edge_provider_provider: 'Custom',
+      });
+      // The agent's own parser on what was written: each parameter landed where it means something.
+      const { effective } = renderAgentConfig(
+        Object.fromEntries(COMPONENT_PARAMETER_NAMES.map((n) => [n, configuration[n] as string])),
+        { thingName: 'gg-core-1' },
+      );
+      expect(effective.capture).toMatchObject({
+        destination: 'Disk',
+        diskPath: join(root, 'capture'),
+        folderPrefix: 'line-7',
+        batchSize: 2,
+        bufferSize: 5,
+        pushPeriodSeconds: 1,
+        base64EmbedLimit: 1024,
+        periodicUpload: false,
+      });
+      expect(effective.deployments).toEqual({ enabled: true, pollIntervalMinutes: 15 });
+      expect(effective.storage).toMatchObject({ localDataRootPath: join(root, 'data'), dbEnabled: true });
+      expect(effective.logging.verbose).toBe(true);
+      expect(effective.inference.ort.intraOpNumThreads).toBe(1);
+
+      // Run, as the nucleus would: the agent on UnixSocketName with the rendered config.
+      const runScript = interpolate(manifest.Lifecycle.Run.Script, vars(configuration));
+      const agent = spawn('sh', ['-c', runScript], {
+        env: environment(configuration),
+        cwd: work,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      const lines: LogLine[] = [];
+      let stderr = '';
+      agent.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = new Promise<number | null>((done) => agent.once('exit', (code) => done(code)));
+      const listening = new Promise<void>((resolve, reject) => {
+        let buffered = '';
+        agent.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+          buffered += chunk;
+          const parts = buffered.split('\n');
+          buffered = parts.pop()!;
+          for (const text of parts) {
+            const line = JSON.parse(text) as LogLine;
+            lines.push(line);
+            if (line.event === 'listening') resolve();
+          }
+        });
+        void exited.then((code) => reject(new Error(`the agent exited ${code} before listening: ${stderr}`)));
+      });
+      const client = connectAgent(`unix://${socket}`);
+      try {
+        await listening;
+        expect(existsSync(join(root, 'data', 'agent.db'))).toBe(true); // DbEnable: the local database
+        const url = await modelPackage(root, 'tiny');
+        await client.call('LoadModel', { url, name: 'tiny' });
+        // Verbose: one debug line per gRPC call.
+        expect(lines.some((l) => l.level === 20)).toBe(true);
+        // Batch size 2: two captures make one batch, pushed to Disk under FolderPrefix/fleet/model.
+        await client.call('CaptureData', captureRequest('gg-1') as never);
+        await client.call('CaptureData', captureRequest('gg-2') as never);
+        const until = Date.now() + 20_000;
+        let records = await diskRecords(join(root, 'capture'));
+        while (records.length < 2 && Date.now() < until) {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          records = await diskRecords(join(root, 'capture'));
+        }
+        expect(records.map((r) => r.record.eventMetadata.eventId).sort()).toEqual(['gg-1', 'gg-2']);
+        expect(records[0]!.file).toMatch(/^line-7\/plant-a\/tiny\//);
+        expect(new Set(records.map((r) => r.file)).size).toBe(1);
+      } finally {
+        client.close();
+        agent.kill('SIGTERM');
+      }
+      expect(await exited).toBe(0);
+    });
+
+    it('refuses invalid values with an error naming the parameter, at Install', async () => {
+      const base = recipe.ComponentConfiguration.DefaultConfiguration;
+      const cases: [Record<string, Json>, RegExp][] = [
+        [
+          { DeviceFleetName: 'f', CaptureDataDestination: 'Disk', CaptureDataBufferSize: 'thirty' },
+          /CaptureDataBufferSize \(sagemaker_edge_core_capture_data_buffer_size\): expected a whole number/,
+        ],
+        [
+          { DeviceFleetName: 'f', CaptureDataDestination: 'Disk', DbEnable: 'maybe' },
+          /DbEnable: expected true or false, got "maybe"/,
+        ],
+        [
+          { DeviceFleetName: 'f', CaptureDataDestination: 'Tape' },
+          /CaptureDataDestination \(sagemaker_edge_core_capture_data_destination\): expected/,
+        ],
+        [
+          { DeviceFleetName: 'f', CaptureDataDestination: 'Disk', CaptureDataBatchSize: '40' },
+          /CaptureDataBatchSize/,
+        ],
+        [{ CaptureDataDestination: 'Disk' }, /DeviceFleetName: required/],
+        // The original's default destination needs a provider and a bucket.
+        [
+          { DeviceFleetName: 'f' },
+          /CaptureDataDestination \(sagemaker_edge_core_capture_data_destination\): is Cloud/,
+        ],
+      ];
+      for (const [update, message] of cases) {
+        const result = await install(
+          mergeConfiguration(base, { LocalDataRootPath: join(root, 'data2'), ...update }),
+        );
+        expect(result.code, JSON.stringify(update)).toBe(2);
+        expect(result.stderr).toMatch(message);
+      }
+    });
+  },
+);

@@ -1,0 +1,62 @@
+import type { Command } from 'commander';
+import type { ServerConfig } from '../config/index.js';
+import { BackupError, backupSqlite, restoreSqlite } from './sqlite-backup.js';
+
+/** What `backup` says for a PostgreSQL state database: its own tools make the consistent copy. */
+export function postgresBackupGuidance(): string {
+  return [
+    "the state database is PostgreSQL; back it up with PostgreSQL's tools, online and consistent:",
+    '  pg_dump --format=custom --file edgefleet.dump "$EDGEFLEET_DATABASE"',
+    'and restore into an empty database with the server stopped:',
+    '  pg_restore --no-owner --dbname "$EDGEFLEET_DATABASE" edgefleet.dump',
+    'Blobs (S3 or the blob folder) and the data dir keys (ca/, signing/) are backed up separately.',
+  ].join('\n');
+}
+
+export interface BackupCommandDeps<Options> {
+  /** Adds the server's shared options (--config, --data-dir, --database, …) to a command. */
+  addCommonOptions(command: Command): Command;
+  configFrom(options: Options): Promise<ServerConfig>;
+}
+
+/** `edgefleet-server backup --out FILE` and `edgefleet-server restore --from FILE`. */
+export function registerBackupCommands<Options extends object>(
+  program: Command,
+  deps: BackupCommandDeps<Options>,
+): void {
+  const say = (line: string) => process.stderr.write(`${line}\n`);
+  deps
+    .addCommonOptions(
+      program
+        .command('backup')
+        .description('copy the SQLite state database, online and consistent, while the server runs')
+        .requiredOption('--out <file>', 'the backup file to write (must not exist)'),
+    )
+    .action(async (options: Options & { out: string }) => {
+      const config = await deps.configFrom(options);
+      const location = config.databaseLocation;
+      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance());
+      const result = await backupSqlite(location.file, options.out);
+      say(
+        `backed up ${location.file} to ${result.file} (${result.bytes} bytes, schema ${result.migrations.at(-1)})`,
+      );
+      say(
+        `also keep ${config.dataDir}/ca and ${config.dataDir}/signing (keys) and the blobs (${config.blob})`,
+      );
+    });
+  deps
+    .addCommonOptions(
+      program
+        .command('restore')
+        .description('replace the SQLite state database with a backup (stop the server first)')
+        .requiredOption('--from <file>', 'a file written by `edgefleet-server backup`'),
+    )
+    .action(async (options: Options & { from: string }) => {
+      const config = await deps.configFrom(options);
+      const location = config.databaseLocation;
+      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance());
+      const result = await restoreSqlite(options.from, location.file);
+      say(`restored ${options.from} to ${result.file} (schema ${result.migrations.at(-1)})`);
+      if (result.previous) say(`the database it replaced is kept as ${result.previous}`);
+    });
+}

@@ -1,0 +1,9 @@
+export {
+  backupSqlite,
+  restoreSqlite,
+  inspectStateFile,
+  BackupError,
+  type BackupResult,
+  type RestoreResult,
+} from './sqlite-backup.js';
+export { registerBackupCommands, postgresBackupGuidance } from './backup-command.js';

@@ -1,0 +1,147 @@
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupSqlite, inspectStateFile, restoreSqlite } from '../../src/backup/index.js';
+import { migrationNames, openDatabase } from '../../src/storage/index.js';
+import { runServerCli, startServerProcess, type ServerProcess } from '../support/process.js';
+
+let cwd: string;
+beforeAll(async () => {
+  cwd = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-backup-'));
+});
+afterAll(() => rm(cwd, { recursive: true, force: true }));
+
+const flags = ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0', '--log-level', 'info'];
+const stateFile = () => path.join(cwd, '.edgefleet', 'server', 'state.db');
+
+function operator(server: ServerProcess, token: string) {
+  return (method: string, url: string, body?: unknown) =>
+    fetch(`${server.operatorUrl}${url}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+}
+const fleet = (name: string) => ({ name, outputConfig: { s3OutputLocation: `s3://captures/${name}` } });
+
+describe('edgefleet-server backup and restore (real processes)', { timeout: 120_000 }, () => {
+  it('backs up online while fleets are being written, and a restore brings that state back', async () => {
+    const init = await runServerCli(['init'], cwd);
+    expect(init.code).toBe(0);
+    const token = init.stdout.trim();
+    const backupFile = path.join(cwd, 'state.backup.db');
+
+    const server = await startServerProcess(flags, cwd);
+    let writes: Promise<number[]>;
+    try {
+      const api = operator(server, token);
+      expect((await api('POST', '/api/v1/fleets', fleet('before-backup'))).status).toBe(201);
+      // Writes keep arriving during the backup: it copies one consistent snapshot regardless.
+      writes = Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          api('POST', '/api/v1/fleets', fleet(`during-${i}`)).then((r) => r.status),
+        ),
+      );
+      const backup = await runServerCli(['backup', '--out', backupFile], cwd);
+      expect(backup.stderr).toMatch(/backed up .*state\.db to .*state\.backup\.db/);
+      expect(backup.code).toBe(0);
+      expect(await writes).toEqual(Array(20).fill(201));
+      expect(inspectStateFile(backupFile)).toEqual(migrationNames);
+
+      // An existing --out is refused, not overwritten.
+      const again = await runServerCli(['backup', '--out', backupFile], cwd);
+      expect(again.code).toBe(1);
+      expect(again.stderr).toMatch(/already exists; expected a new file name for --out/);
+
+      expect((await api('POST', '/api/v1/fleets', fleet('after-backup'))).status).toBe(201);
+      // Restoring under a running server is refused: it holds the database open.
+      const busy = await runServerCli(['restore', '--from', backupFile], cwd);
+      expect(busy.code).toBe(1);
+      expect(busy.stderr).toMatch(/in use .*stop edgefleet-server before restoring/);
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+
+    const restore = await runServerCli(['restore', '--from', backupFile], cwd);
+    expect(restore.code).toBe(0);
+    expect(restore.stderr).toMatch(/the database it replaced is kept as .*state\.db\.before-restore-/);
+
+    const restarted = await startServerProcess(flags, cwd);
+    try {
+      const list = await operator(restarted, token)('GET', '/api/v1/fleets?limit=100');
+      const names = ((await list.json()) as { fleets: { name: string }[] }).fleets.map((f) => f.name);
+      expect(names).toContain('before-backup');
+      expect(names).not.toContain('after-backup');
+      // A consistent snapshot: each concurrent write is wholly in the backup or not at all.
+      expect(names.every((n) => n === 'before-backup' || /^during-\d+$/.test(n))).toBe(true);
+    } finally {
+      expect(await restarted.stop()).toBe(0);
+    }
+    // The replaced database still holds what was written after the backup.
+    const kept = (await readdir(path.dirname(stateFile()))).find((f) => f.includes('before-restore'))!;
+    const previous = await openDatabase({
+      engine: 'sqlite',
+      file: path.join(path.dirname(stateFile()), kept),
+    });
+    try {
+      const rows = await previous.db
+        .selectFrom('fleets')
+        .select('name')
+        .where('name', '=', 'after-backup')
+        .execute();
+      expect(rows).toHaveLength(1);
+    } finally {
+      await previous.close();
+    }
+  });
+
+  it('for PostgreSQL, explains pg_dump and pg_restore without printing the password', async () => {
+    const result = await runServerCli(
+      [
+        'backup',
+        '--out',
+        path.join(cwd, 'pg.backup'),
+        '--database',
+        'postgres://edge:s3cret-pw@127.0.0.1:1/fleet',
+      ],
+      cwd,
+    );
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/pg_dump --format=custom/);
+    expect(result.stderr).toMatch(/pg_restore/);
+    expect(result.stderr).not.toMatch(/s3cret-pw/);
+  });
+});
+
+describe('restore refuses what is not an EdgeFleet backup, and changes nothing', () => {
+  it('names the problem for a file that is not SQLite and for a foreign SQLite database', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-restore-'));
+    try {
+      const target = path.join(dir, 'state.db');
+      const junk = path.join(dir, 'junk.db');
+      await writeFile(junk, 'not a database at all, just text that is long enough to look like a header');
+      await expect(restoreSqlite(junk, target)).rejects.toThrow(
+        /junk\.db: (not a SQLite database|cannot be opened)/,
+      );
+
+      const foreign = path.join(dir, 'foreign.db');
+      const other = await openDatabase({ engine: 'sqlite', file: foreign });
+      await other.db.schema.createTable('t').addColumn('x', 'text').execute();
+      await other.close();
+      await expect(restoreSqlite(foreign, target)).rejects.toThrow(/not an EdgeFleet state database/);
+      await expect(backupSqlite(foreign, path.join(dir, 'no-such-folder', 'out.db'))).rejects.toThrow(
+        /no-such-folder does not exist; expected --out in an existing folder/,
+      );
+      await expect(backupSqlite(path.join(dir, 'missing.db'), path.join(dir, 'out.db'))).rejects.toThrow(
+        /no state database at .*missing\.db/,
+      );
+      // No state.db appeared and no partial copy was left behind.
+      expect((await readdir(dir)).filter((f) => f.startsWith('state.db') || f.includes('partial'))).toEqual(
+        [],
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,108 @@
+import type { Kysely } from 'kysely';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  appliedMigrations,
+  migrateTo,
+  migrateToLatest,
+  migrationNames,
+  openDatabase,
+  type DatabaseSchema,
+  type ServerDatabase,
+} from '../../src/storage/index.js';
+import { databaseEngines } from '../support/engines.js';
+
+const engines = await databaseEngines();
+
+/** Tables, columns, types and nullability, in a stable order: what a schema is, whatever path made it. */
+async function schemaOf(db: Kysely<DatabaseSchema>): Promise<unknown[]> {
+  const tables = await db.introspection.getTables();
+  return tables
+    .map((t) => ({
+      table: t.name,
+      columns: t.columns
+        .map((c) => ({ name: c.name, type: c.dataType, nullable: c.isNullable }))
+        .sort((a, b) => a.name.localeCompare(b.name)),
+    }))
+    .sort((a, b) => a.table.localeCompare(b.table));
+}
+
+describe.each(engines)('schema migrations on $engine', (fixture) => {
+  const opened: ServerDatabase[] = [];
+  afterEach(async () => {
+    for (const database of opened.splice(0)) await database.close();
+  });
+  const open = async () => {
+    const database = await openDatabase(await fixture.createLocation());
+    opened.push(database);
+    return database;
+  };
+
+  it.skipIf(!fixture.available)('from an empty database: every table of the current schema', async () => {
+    const { db } = await open();
+    await migrateToLatest(db);
+    const tables = (await schemaOf(db)).map((t) => (t as { table: string }).table);
+    expect(tables).toEqual(
+      expect.arrayContaining(['fleets', 'devices', 'api_tokens', 'model_versions', 'packaging_jobs']),
+    );
+  });
+
+  it.skipIf(!fixture.available || migrationNames.length < 2)(
+    'from a database made by the previous schema version: its rows are kept and the schema equals a fresh one',
+    async () => {
+      const previous = migrationNames.at(-2)!;
+      const { db } = await open();
+      await migrateTo(db, previous);
+      expect(await appliedMigrations(db)).toEqual(migrationNames.slice(0, -1));
+      // Rows written by the previous version (tables every version has had since 0001).
+      const now = 1_800_000_000_000;
+      await db
+        .insertInto('fleets')
+        .values({
+          name: 'plant-a',
+          description: 'before the upgrade',
+          output_s3_location: 's3://captures/plant-a',
+          output_kms_key_id: null,
+          role_arn: null,
+          tags: '[]',
+          created_at: now,
+          updated_at: now,
+        })
+        .execute();
+      await db
+        .insertInto('devices')
+        .values({
+          name: 'cam-01',
+          fleet_name: 'plant-a',
+          description: null,
+          iot_thing_name: null,
+          tags: '[]',
+          registered_at: now,
+          updated_at: now,
+          agent_version: '0.1.0',
+          last_heartbeat_at: now,
+          deployment_result: null,
+        })
+        .execute();
+
+      const upgraded = await migrateToLatest(db);
+      expect(upgraded.map((r) => [r.migrationName, r.status])).toEqual([[migrationNames.at(-1), 'Success']]);
+      expect(await db.selectFrom('fleets').select(['name', 'description', 'created_at']).execute()).toEqual([
+        { name: 'plant-a', description: 'before the upgrade', created_at: now },
+      ]);
+      expect(
+        await db.selectFrom('devices').select(['name', 'fleet_name', 'agent_version']).execute(),
+      ).toEqual([{ name: 'cam-01', fleet_name: 'plant-a', agent_version: '0.1.0' }]);
+
+      const fresh = await open();
+      await migrateToLatest(fresh.db);
+      expect(await schemaOf(db)).toEqual(await schemaOf(fresh.db));
+    },
+  );
+
+  it.skipIf(!fixture.available)('refuses an unknown target migration by name', async () => {
+    const { db } = await open();
+    await expect(migrateTo(db, '9999_nope')).rejects.toThrow(
+      /unknown migration 9999_nope; expected one of 0001/,
+    );
+  });
+});
