@@ -54,7 +54,7 @@ export class CaptureMetrics {
     });
     this.dropped = new Counter({
       name: 'edgefleet_capture_dropped_total',
-      help: 'Captures given up: spool over its disk quota (oldest first), or a destination that kept failing',
+      help: 'Captures given up: spool over its disk quota (oldest first), a destination that kept failing, or one that refused them for good',
       labelNames: ['reason'],
       registers,
     });

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { DeviceApiClient, DeviceApiError } from '../fleet/index.js';
-import type { ObjectStore } from './object-store.js';
+import { RefusedByStoreError, type ObjectStore } from './object-store.js';
 
 /** The control plane's answer to a capture file (packages/server/src/captures/routes.ts). */
 const storedCaptureFileSchema = z.looseObject({
@@ -29,6 +29,9 @@ export interface EdgeFleetStoreOptions {
  * credentials on the device. Failures throw, so the capture service keeps the batch in its offline spool and
  * retries (at least once; the server stores each capture id once).
  */
+/** The control plane's answers that no retry of the same file can change: 400, 403, 413. */
+const REFUSED_FOR_GOOD = new Set([400, 403, 413]);
+
 export class EdgeFleetObjectStore implements ObjectStore {
   readonly description: string;
   readonly #client: DeviceApiClient;
@@ -61,7 +64,12 @@ export class EdgeFleetObjectStore implements ObjectStore {
         storedCaptureFileSchema,
       );
     } catch (error) {
-      if (error instanceof DeviceApiError) throw new Error(`${key}: ${error.message}`, { cause: error });
+      if (error instanceof DeviceApiError) {
+        // A bad file, a key outside the fleet's output, or one too large: refused whatever the retries (unlike a
+        // quota, a timeout or a fleet output the operator has yet to fix, which a later retry can get past).
+        const ErrorType = REFUSED_FOR_GOOD.has(error.status ?? 0) ? RefusedByStoreError : Error;
+        throw new ErrorType(`${key}: ${error.message}`, { cause: error });
+      }
       throw error;
     }
   }

@@ -42,6 +42,7 @@ export {
 } from './capture-queue.js';
 export { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
 export {
+  RefusedByStoreError,
   S3ObjectStore,
   type ObjectStore,
   type S3Credentials,

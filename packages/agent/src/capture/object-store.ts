@@ -3,6 +3,15 @@ import { rootCertificates } from 'node:tls';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { iotCredentialProvider, type AwsCredentials, type IotCredentialsOptions } from './iot-credentials.js';
 
+/**
+ * The store answered that it will never take this data (the control plane's 400, 403 or 413): retrying cannot
+ * help, so the spool drops the batch (its captures become FAILURE with this reason) instead of holding every
+ * later batch behind it.
+ */
+export class RefusedByStoreError extends Error {
+  override readonly name = 'RefusedByStoreError';
+}
+
 /** The one operation capture needs from a bucket. */
 export interface ObjectStore {
   readonly description: string;

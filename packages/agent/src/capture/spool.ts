@@ -6,7 +6,7 @@ import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import { putAll } from './destinations.js';
-import type { ObjectStore } from './object-store.js';
+import { RefusedByStoreError, type ObjectStore } from './object-store.js';
 import type { RenderedBatch, RenderedFile } from './records.js';
 
 const BATCH_FILE = 'batch.json';
@@ -203,6 +203,10 @@ export class CaptureSpool {
       );
       await putAll(this.#options.store, manifests, this.#options.uploadConcurrency ?? 4);
     } catch (error) {
+      if (error instanceof RefusedByStoreError) {
+        await this.#dropRefused(batch, error);
+        return;
+      }
       if (batch.evicted) await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
       this.#failures++;
       const delay = backoffDelay(this.#options.retry, this.#failures, this.#random);
@@ -241,6 +245,24 @@ export class CaptureSpool {
     this.#options.onDelivered(batch.captureIds);
     const index = this.#batches.indexOf(batch);
     if (index >= 0) this.#forget(index);
+    await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
+  }
+
+  /** The store will never take this batch: its captures fail with the store's reason, and the next batch goes. */
+  async #dropRefused(batch: SpooledBatch, error: RefusedByStoreError): Promise<void> {
+    const index = this.#batches.indexOf(batch);
+    if (index >= 0) this.#forget(index);
+    if (!batch.evicted) {
+      this.#options.onDropped(
+        batch.captureIds,
+        `refused by ${this.#options.store.description}: ${error.message}`,
+      );
+      this.#options.metrics?.dropped.inc({ reason: 'refused' }, batch.captureIds.length);
+    }
+    this.#options.logger?.warn(
+      { err: error, batchId: batch.batchId, captures: batch.captureIds.length },
+      `capture spool: ${this.#options.store.description} refused a batch for good; dropped it (${batch.captureIds.length} captures)`,
+    );
     await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
   }
 
