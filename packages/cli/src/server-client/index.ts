@@ -26,13 +26,18 @@ export {
 export type * from './schemas.js';
 export {
   addServerOptions,
+  addTagUpdateOptions,
+  clearedIfEmpty,
   cliErrorFrom,
   collect,
+  descriptionAndTagPatch,
   fields,
   formatAgo,
   formatTags,
   formatTime,
   intOption,
   parseTags,
+  requireChange,
   withServer,
+  type DescriptionAndTagFlags,
 } from './cli-support.js';
