@@ -24,20 +24,5 @@ export {
   type UpdateFleetInput,
 } from './server-client.js';
 export type * from './schemas.js';
-export {
-  addServerOptions,
-  addTagUpdateOptions,
-  clearedIfEmpty,
-  cliErrorFrom,
-  collect,
-  descriptionAndTagPatch,
-  fields,
-  formatAgo,
-  formatTags,
-  formatTime,
-  intOption,
-  parseTags,
-  requireChange,
-  withServer,
-  type DescriptionAndTagFlags,
-} from './cli-support.js';
+// cli-support.ts holds what the commands share on top of the client: all of it is public.
+export * from './cli-support.js';
