@@ -4,16 +4,21 @@ import { CliError, EXIT, table, type Output } from '../cli-io.js';
 import {
   ServerClient,
   addServerOptions,
+  addTagUpdateOptions,
+  clearedIfEmpty,
   cliErrorFrom,
   collect,
+  descriptionAndTagPatch,
   fields,
   formatTags,
   formatTime,
   intOption,
   parseTags,
+  requireChange,
   resolveConnection,
   withServer,
   type ConnectionFlags,
+  type DescriptionAndTagFlags,
   type Device,
   type UpdateDeviceInput,
 } from '../server-client/index.js';
@@ -183,41 +188,24 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
   });
 
   addServerOptions(
-    device
-      .command('update')
-      .description('change a device’s description, IoT thing name or tags')
-      .argument('<name>')
-      .option('--description <text>', 'new description ("" clears it)')
-      .option('--iot-thing-name <name>', 'new IoT thing name ("" clears it)')
-      .option('--tag <key=value>', 'replace all tags with these (repeatable)', collect, [])
-      .option('--clear-tags', 'remove every tag'),
+    addTagUpdateOptions(
+      device
+        .command('update')
+        .description('change a device’s description, IoT thing name or tags')
+        .argument('<name>')
+        .option('--description <text>', 'new description ("" clears it)')
+        .option('--iot-thing-name <name>', 'new IoT thing name ("" clears it)'),
+    ),
   ).action(
-    async (
-      name: string,
-      opts: ConnectionFlags & {
-        description?: string;
-        iotThingName?: string;
-        tag: string[];
-        clearTags?: boolean;
-      },
-    ) => {
+    async (name: string, opts: ConnectionFlags & DescriptionAndTagFlags & { iotThingName?: string }) => {
       const out = output();
-      if (opts.clearTags && opts.tag.length > 0)
-        throw new CliError('give --tag or --clear-tags, not both', EXIT.usage);
-      const patch: UpdateDeviceInput = {
-        ...(opts.description !== undefined && {
-          description: opts.description === '' ? null : opts.description,
-        }),
-        ...(opts.iotThingName !== undefined && {
-          iotThingName: opts.iotThingName === '' ? null : opts.iotThingName,
-        }),
-        ...((opts.tag.length > 0 || opts.clearTags) && { tags: parseTags(opts.tag) }),
-      };
-      if (Object.keys(patch).length === 0)
-        throw new CliError(
-          'nothing to change: give --description, --iot-thing-name, --tag or --clear-tags',
-          EXIT.usage,
-        );
+      const patch: UpdateDeviceInput = requireChange(
+        {
+          ...descriptionAndTagPatch(opts),
+          ...(opts.iotThingName !== undefined && { iotThingName: clearedIfEmpty(opts.iotThingName) }),
+        },
+        '--description, --iot-thing-name, --tag or --clear-tags',
+      );
       const updated = await withServer(opts, (client) => client.updateDevice(name, patch));
       out.result(updated, () => [`Updated device ${updated.name}`, ...describeDevice(updated)]);
     },

@@ -2,14 +2,19 @@ import type { Command } from 'commander';
 import { CliError, EXIT, table, type Output } from '../cli-io.js';
 import {
   addServerOptions,
+  addTagUpdateOptions,
+  clearedIfEmpty,
   collect,
+  descriptionAndTagPatch,
   fields,
   formatTags,
   formatTime,
   intOption,
   parseTags,
+  requireChange,
   withServer,
   type ConnectionFlags,
+  type DescriptionAndTagFlags,
   type Fleet,
   type FleetReport,
   type UpdateFleetInput,
@@ -134,48 +139,34 @@ export function registerFleetCommands(program: Command, output: () => Output): v
   );
 
   addServerOptions(
-    fleet
-      .command('update')
-      .description('change a fleet’s description, output, role or tags')
-      .argument('<name>')
-      .option('--description <text>', 'new description ("" clears it)')
-      .option('--output <s3uri>', 'new output location')
-      .option('--kms-key <id>', 'with --output: KMS key')
-      .option('--role-arn <arn>', 'new role ("" clears it)')
-      .option('--tag <key=value>', 'replace all tags with these (repeatable)', collect, [])
-      .option('--clear-tags', 'remove every tag'),
+    addTagUpdateOptions(
+      fleet
+        .command('update')
+        .description('change a fleet’s description, output, role or tags')
+        .argument('<name>')
+        .option('--description <text>', 'new description ("" clears it)')
+        .option('--output <s3uri>', 'new output location')
+        .option('--kms-key <id>', 'with --output: KMS key')
+        .option('--role-arn <arn>', 'new role ("" clears it)'),
+    ),
   ).action(
     async (
       name: string,
-      opts: ConnectionFlags & {
-        description?: string;
-        output?: string;
-        kmsKey?: string;
-        roleArn?: string;
-        tag: string[];
-        clearTags?: boolean;
-      },
+      opts: ConnectionFlags & DescriptionAndTagFlags & { output?: string; kmsKey?: string; roleArn?: string },
     ) => {
       const out = output();
       if (opts.kmsKey !== undefined && opts.output === undefined)
         throw new CliError('--kms-key goes with --output (the output location it encrypts)', EXIT.usage);
-      if (opts.clearTags && opts.tag.length > 0)
-        throw new CliError('give --tag or --clear-tags, not both', EXIT.usage);
-      const patch: UpdateFleetInput = {
-        ...(opts.description !== undefined && {
-          description: opts.description === '' ? null : opts.description,
-        }),
-        ...(opts.output !== undefined && {
-          outputConfig: { s3OutputLocation: opts.output, ...(opts.kmsKey && { kmsKeyId: opts.kmsKey }) },
-        }),
-        ...(opts.roleArn !== undefined && { roleArn: opts.roleArn === '' ? null : opts.roleArn }),
-        ...((opts.tag.length > 0 || opts.clearTags) && { tags: parseTags(opts.tag) }),
-      };
-      if (Object.keys(patch).length === 0)
-        throw new CliError(
-          'nothing to change: give --description, --output, --role-arn, --tag or --clear-tags',
-          EXIT.usage,
-        );
+      const patch: UpdateFleetInput = requireChange(
+        {
+          ...descriptionAndTagPatch(opts),
+          ...(opts.output !== undefined && {
+            outputConfig: { s3OutputLocation: opts.output, ...(opts.kmsKey && { kmsKeyId: opts.kmsKey }) },
+          }),
+          ...(opts.roleArn !== undefined && { roleArn: clearedIfEmpty(opts.roleArn) }),
+        },
+        '--description, --output, --role-arn, --tag or --clear-tags',
+      );
       const updated = await withServer(opts, (client) => client.updateFleet(name, patch));
       out.result(updated, () => [`Updated fleet ${updated.name}`, describeFleet(updated)]);
     },

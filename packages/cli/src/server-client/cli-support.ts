@@ -71,6 +71,43 @@ export function parseTags(values: string[]): Tag[] {
 
 export const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
+/** `--tag` (replacing every tag) and `--clear-tags`, last on an `update` command. */
+export function addTagUpdateOptions(command: Command): Command {
+  return command
+    .option('--tag <key=value>', 'replace all tags with these (repeatable)', collect, [])
+    .option('--clear-tags', 'remove every tag');
+}
+
+export interface DescriptionAndTagFlags {
+  description?: string;
+  tag: string[];
+  clearTags?: boolean;
+}
+
+/** The part of an update every described, tagged resource shares: a new description, new tags or none. */
+export function descriptionAndTagPatch(flags: DescriptionAndTagFlags): {
+  description?: string | null;
+  tags?: Tag[];
+} {
+  if (flags.clearTags && flags.tag.length > 0)
+    throw new CliError('give --tag or --clear-tags, not both', EXIT.usage);
+  return {
+    ...(flags.description !== undefined && { description: clearedIfEmpty(flags.description) }),
+    ...((flags.tag.length > 0 || flags.clearTags) && { tags: parseTags(flags.tag) }),
+  };
+}
+
+/** On an update, `""` clears a text field: null to the server. */
+export function clearedIfEmpty(value: string): string | null {
+  return value === '' ? null : value;
+}
+
+/** Refuses an update that changes nothing, naming the flags that would (`flags`: "--a, --b or --c"). */
+export function requireChange<Patch extends object>(patch: Patch, flags: string): Patch {
+  if (Object.keys(patch).length === 0) throw new CliError(`nothing to change: give ${flags}`, EXIT.usage);
+  return patch;
+}
+
 /** A whole number option in [min, max]. */
 export function intOption(name: string, min: number, max: number): (value: string) => number {
   return (value) => {

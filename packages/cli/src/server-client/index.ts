@@ -24,15 +24,5 @@ export {
   type UpdateFleetInput,
 } from './server-client.js';
 export type * from './schemas.js';
-export {
-  addServerOptions,
-  cliErrorFrom,
-  collect,
-  fields,
-  formatAgo,
-  formatTags,
-  formatTime,
-  intOption,
-  parseTags,
-  withServer,
-} from './cli-support.js';
+// cli-support.ts holds what the commands share on top of the client: all of it is public.
+export * from './cli-support.js';

@@ -102,6 +102,14 @@ describe('edgefleet fleet', () => {
     const nothing = await ef('fleet', 'update', 'x');
     expect(nothing.code).toBe(2);
     expect(nothing.stderr).toMatch(/nothing to change/);
+    const nothingOnDevice = await ef('device', 'update', 'x');
+    expect(nothingOnDevice.code).toBe(2);
+    expect(nothingOnDevice.stderr).toMatch(/nothing to change: give --description, --iot-thing-name/);
+    for (const noun of ['fleet', 'device']) {
+      const both = await ef(noun, 'update', 'x', '--tag', 'a=b', '--clear-tags');
+      expect(both.code).toBe(2);
+      expect(both.stderr).toMatch(/give --tag or --clear-tags, not both/);
+    }
   });
 });
 
@@ -147,6 +155,8 @@ describe('edgefleet device', () => {
     );
     expect(updated.description).toBeUndefined();
     expect(updated.iotThingName).toBe('thing-1');
+    expect(updated.tags).toEqual([{ key: 'line', value: 'a' }]);
+    expect((await json('device', 'update', 'press-1', '--clear-tags')).tags).toEqual([]);
 
     const token = await ef('device', 'enrollment-token', 'press-1', '--ttl', '600');
     expect(token.code).toBe(0);

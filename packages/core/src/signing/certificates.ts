@@ -35,14 +35,20 @@ export interface ParsedCertificate {
   unknownCriticalExtensions: string[];
 }
 
-const UNDERSTOOD_EXTENSIONS = new Set([
-  id_ce_basicConstraints,
-  id_ce_keyUsage,
-  id_ce_extKeyUsage,
-  id_ce_subjectAltName,
-  id_ce_subjectKeyIdentifier,
-  id_ce_authorityKeyIdentifier,
-]);
+/**
+ * The X.509 extensions this code writes (pki.ts) and understands when it verifies a chain: one list, so that
+ * the verifier never meets a critical extension from our own CA that it would have to reject.
+ */
+export const EXTENSION = {
+  basicConstraints: id_ce_basicConstraints,
+  keyUsage: id_ce_keyUsage,
+  extendedKeyUsage: id_ce_extKeyUsage,
+  subjectAltName: id_ce_subjectAltName,
+  subjectKeyIdentifier: id_ce_subjectKeyIdentifier,
+  authorityKeyIdentifier: id_ce_authorityKeyIdentifier,
+} as const;
+
+const UNDERSTOOD_EXTENSIONS = new Set<string>(Object.values(EXTENSION));
 
 /** Decodes a DER certificate; throws a plain Error naming what failed. */
 export function parseCertificate(der: Buffer): ParsedCertificate {
@@ -61,15 +67,15 @@ export function parseCertificate(der: Buffer): ParsedCertificate {
   };
   for (const ext of tbs.extensions ?? []) {
     const value = ext.extnValue.buffer;
-    if (ext.extnID === id_ce_basicConstraints) {
+    if (ext.extnID === EXTENSION.basicConstraints) {
       const bc = AsnConvert.parse(value, BasicConstraints);
       parsed.basicConstraints = {
         ca: bc.cA,
         ...(bc.pathLenConstraint !== undefined && { pathLength: bc.pathLenConstraint }),
       };
-    } else if (ext.extnID === id_ce_keyUsage) {
+    } else if (ext.extnID === EXTENSION.keyUsage) {
       parsed.keyUsage = AsnConvert.parse(value, KeyUsage).toNumber();
-    } else if (ext.extnID === id_ce_extKeyUsage) {
+    } else if (ext.extnID === EXTENSION.extendedKeyUsage) {
       parsed.extendedKeyUsage = [...AsnConvert.parse(value, ExtendedKeyUsage)];
     } else if (ext.critical && !UNDERSTOOD_EXTENSIONS.has(ext.extnID)) {
       parsed.unknownCriticalExtensions.push(ext.extnID);

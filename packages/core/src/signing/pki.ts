@@ -27,12 +27,6 @@ import {
   TBSCertificate,
   Validity,
   Version,
-  id_ce_authorityKeyIdentifier,
-  id_ce_basicConstraints,
-  id_ce_extKeyUsage,
-  id_ce_keyUsage,
-  id_ce_subjectAltName,
-  id_ce_subjectKeyIdentifier,
   id_kp_clientAuth,
   id_kp_codeSigning,
   id_kp_emailProtection,
@@ -40,7 +34,7 @@ import {
   id_kp_timeStamping,
 } from '@peculiar/asn1-x509';
 import { z } from 'zod';
-import { parseCertificatePem } from './certificates.js';
+import { EXTENSION, parseCertificatePem } from './certificates.js';
 import { loadSigningKey, loadVerificationKey, signBytes } from './keys.js';
 
 /** Key types this CA generates. */
@@ -158,12 +152,16 @@ export function issueCertificate(issuer: CertificateAuthority, options: IssueCer
   });
 }
 
-export interface CreateRootCaOptions {
+/** What every certificate issued for a freshly generated key pair is told: its subject and validity. */
+export interface GeneratedCertificateOptions {
   commonName: string;
   validityDays: number;
   keyType: KeyType;
   organization?: string;
   notBefore?: Date;
+}
+
+export interface CreateRootCaOptions extends GeneratedCertificateOptions {
   /** Most intermediates allowed below the root; default: unlimited. */
   pathLength?: number;
 }
@@ -171,20 +169,7 @@ export interface CreateRootCaOptions {
 /** A self-signed root CA (basicConstraints cA, keyUsage keyCertSign + cRLSign). */
 export function createRootCa(options: CreateRootCaOptions): CertificateAuthority {
   const keys = generateKeyPair(options.keyType);
-  const opts = IssueCertificateOptionsSchema.parse({
-    subject: {
-      commonName: options.commonName,
-      ...(options.organization && { organization: options.organization }),
-    },
-    publicKeyPem: keys.publicKeyPem,
-    validityDays: options.validityDays,
-    ...(options.notBefore && { notBefore: options.notBefore }),
-    basicConstraints: {
-      ca: true,
-      ...(options.pathLength !== undefined && { pathLength: options.pathLength }),
-    },
-    keyUsage: ['keyCertSign', 'cRLSign'],
-  });
+  const opts = IssueCertificateOptionsSchema.parse(caCertificateOptions(options, keys.publicKeyPem));
   const key = loadSigningKey(keys.privateKeyPem);
   const certificatePem = buildCertificate({
     subject: opts.subject,
@@ -197,43 +182,20 @@ export function createRootCa(options: CreateRootCaOptions): CertificateAuthority
   return { ...keys, certificatePem };
 }
 
-export interface CreateIntermediateCaOptions {
+export interface CreateIntermediateCaOptions extends GeneratedCertificateOptions {
   issuer: CertificateAuthority;
-  commonName: string;
-  validityDays: number;
-  keyType: KeyType;
-  organization?: string;
-  notBefore?: Date;
   pathLength?: number;
 }
 
 /** An intermediate CA signed by `issuer`. */
 export function createIntermediateCa(options: CreateIntermediateCaOptions): CertificateAuthority {
   const keys = generateKeyPair(options.keyType);
-  const certificatePem = issueCertificate(options.issuer, {
-    subject: {
-      commonName: options.commonName,
-      ...(options.organization && { organization: options.organization }),
-    },
-    publicKeyPem: keys.publicKeyPem,
-    validityDays: options.validityDays,
-    ...(options.notBefore && { notBefore: options.notBefore }),
-    basicConstraints: {
-      ca: true,
-      ...(options.pathLength !== undefined && { pathLength: options.pathLength }),
-    },
-    keyUsage: ['keyCertSign', 'cRLSign'],
-  });
+  const certificatePem = issueCertificate(options.issuer, caCertificateOptions(options, keys.publicKeyPem));
   return { ...keys, certificatePem };
 }
 
-export interface IssueCodeSigningCertificateOptions {
+export interface IssueCodeSigningCertificateOptions extends GeneratedCertificateOptions {
   issuer: CertificateAuthority;
-  commonName: string;
-  validityDays: number;
-  keyType: KeyType;
-  organization?: string;
-  notBefore?: Date;
   /** Overrides `validityDays`; a date in the past gives an already-expired certificate. */
   notAfter?: Date;
   /** Default true. False issues a leaf WITHOUT extendedKeyUsage codeSigning (tests: must be rejected). */
@@ -244,19 +206,43 @@ export interface IssueCodeSigningCertificateOptions {
 export function issueCodeSigningCertificate(options: IssueCodeSigningCertificateOptions): CertifiedKeyPair {
   const keys = generateKeyPair(options.keyType);
   const certificatePem = issueCertificate(options.issuer, {
-    subject: {
-      commonName: options.commonName,
-      ...(options.organization && { organization: options.organization }),
-    },
-    publicKeyPem: keys.publicKeyPem,
-    validityDays: options.validityDays,
-    ...(options.notBefore && { notBefore: options.notBefore }),
+    ...generatedCertificateOptions(options, keys.publicKeyPem),
     ...(options.notAfter && { notAfter: options.notAfter }),
     basicConstraints: { ca: false },
     keyUsage: ['digitalSignature'],
     extendedKeyUsage: options.codeSigning === false ? ['clientAuth'] : ['codeSigning'],
   });
   return { ...keys, certificatePem };
+}
+
+function generatedCertificateOptions(
+  options: GeneratedCertificateOptions,
+  publicKeyPem: string,
+): IssueCertificateOptions {
+  return {
+    subject: {
+      commonName: options.commonName,
+      ...(options.organization && { organization: options.organization }),
+    },
+    publicKeyPem,
+    validityDays: options.validityDays,
+    ...(options.notBefore && { notBefore: options.notBefore }),
+  };
+}
+
+/** A CA, root or intermediate: may issue certificates (and CRLs), with at most `pathLength` CAs below. */
+function caCertificateOptions(
+  options: GeneratedCertificateOptions & { pathLength?: number },
+  publicKeyPem: string,
+): IssueCertificateOptions {
+  return {
+    ...generatedCertificateOptions(options, publicKeyPem),
+    basicConstraints: {
+      ca: true,
+      ...(options.pathLength !== undefined && { pathLength: options.pathLength }),
+    },
+    keyUsage: ['keyCertSign', 'cRLSign'],
+  };
 }
 
 type ParsedIssueOptions = z.output<typeof IssueCertificateOptionsSchema>;
@@ -282,7 +268,7 @@ function buildCertificate(input: {
     );
   if (opts.basicConstraints)
     add(
-      id_ce_basicConstraints,
+      EXTENSION.basicConstraints,
       true,
       new BasicConstraints({
         cA: opts.basicConstraints.ca,
@@ -293,10 +279,14 @@ function buildCertificate(input: {
       }),
     );
   if (opts.keyUsage?.length)
-    add(id_ce_keyUsage, true, new KeyUsage(opts.keyUsage.reduce((flags, u) => flags | KeyUsageFlags[u], 0)));
+    add(
+      EXTENSION.keyUsage,
+      true,
+      new KeyUsage(opts.keyUsage.reduce((flags, u) => flags | KeyUsageFlags[u], 0)),
+    );
   if (opts.extendedKeyUsage?.length)
     add(
-      id_ce_extKeyUsage,
+      EXTENSION.extendedKeyUsage,
       false,
       new ExtendedKeyUsage(
         opts.extendedKeyUsage.map((u) => EXTENDED_KEY_USAGES[u as keyof typeof EXTENDED_KEY_USAGES] ?? u),
@@ -310,11 +300,11 @@ function buildCertificate(input: {
       ...(san.ipAddresses ?? []).map((iPAddress) => new GeneralName({ iPAddress })),
       ...(san.emails ?? []).map((rfc822Name) => new GeneralName({ rfc822Name })),
     ];
-    if (names.length > 0) add(id_ce_subjectAltName, false, new SubjectAlternativeName(names));
+    if (names.length > 0) add(EXTENSION.subjectAltName, false, new SubjectAlternativeName(names));
   }
-  add(id_ce_subjectKeyIdentifier, false, new SubjectKeyIdentifier(keyIdentifier(input.subjectKey)));
+  add(EXTENSION.subjectKeyIdentifier, false, new SubjectKeyIdentifier(keyIdentifier(input.subjectKey)));
   add(
-    id_ce_authorityKeyIdentifier,
+    EXTENSION.authorityKeyIdentifier,
     false,
     new AuthorityKeyIdentifier({ keyIdentifier: new KeyIdentifier(input.issuerKeyId) }),
   );
@@ -375,7 +365,7 @@ function keyIdentifier(publicKey: KeyObject): Buffer {
 }
 
 function subjectKeyIdOf(cert: Certificate): Buffer | undefined {
-  const ext = cert.tbsCertificate.extensions?.find((e) => e.extnID === id_ce_subjectKeyIdentifier);
+  const ext = cert.tbsCertificate.extensions?.find((e) => e.extnID === EXTENSION.subjectKeyIdentifier);
   if (!ext) return undefined;
   return Buffer.from(AsnConvert.parse(ext.extnValue.buffer, SubjectKeyIdentifier).buffer);
 }

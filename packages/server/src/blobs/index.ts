@@ -1,11 +1,5 @@
-export {
-  assertValidBlobKey,
-  BlobNotFoundError,
-  type BlobBody,
-  type BlobInfo,
-  type BlobStore,
-  type PutBlobOptions,
-} from './blob-store.js';
+// blob-store.ts is the capability's contract (interface, key rules, errors): all of it is public.
+export * from './blob-store.js';
 export { LocalBlobStore } from './local-blob-store.js';
 export { S3BlobStore, type S3BlobStoreOptions } from './s3-blob-store.js';
 export {

@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import type { DatabaseSchema } from '../storage/index.js';
+import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
 
 const SETTING = 'device_ca_sha256';
 
@@ -8,19 +8,10 @@ const SETTING = 'device_ca_sha256';
  * second replica) that starts with different CA files would refuse every device: fail at start-up instead.
  */
 export async function bindDeviceCa(db: Kysely<DatabaseSchema>, fingerprintSha256: string): Promise<void> {
-  await db
-    .insertInto('server_settings')
-    .values({ key: SETTING, value: fingerprintSha256 })
-    .onConflict((oc) => oc.column('key').doNothing())
-    .execute();
-  const row = await db
-    .selectFrom('server_settings')
-    .select('value')
-    .where('key', '=', SETTING)
-    .executeTakeFirstOrThrow();
-  if (row.value !== fingerprintSha256) {
+  const bound = await claimServerSetting(db, SETTING, fingerprintSha256);
+  if (bound !== fingerprintSha256) {
     throw new Error(
-      `this database belongs to a different device CA (SHA-256 ${row.value}) than the one configured ` +
+      `this database belongs to a different device CA (SHA-256 ${bound}) than the one configured ` +
         `(${fingerprintSha256}); give every server replica the same deviceCa certFile and keyFile`,
     );
   }

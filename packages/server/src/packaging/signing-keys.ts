@@ -9,7 +9,7 @@ import {
   writePublicFile,
   writeSecretFile,
 } from '../identity/key-files.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
 
 export interface SigningKeyFiles {
   rootCertFile: string;
@@ -106,19 +106,10 @@ export async function bindSigningRoot(
   db: Kysely<DatabaseSchema>,
   rootFingerprintSha256: string,
 ): Promise<void> {
-  await db
-    .insertInto('server_settings')
-    .values({ key: SETTING, value: rootFingerprintSha256 })
-    .onConflict((oc) => oc.column('key').doNothing())
-    .execute();
-  const row = await db
-    .selectFrom('server_settings')
-    .select('value')
-    .where('key', '=', SETTING)
-    .executeTakeFirstOrThrow();
-  if (row.value !== rootFingerprintSha256) {
+  const bound = await claimServerSetting(db, SETTING, rootFingerprintSha256);
+  if (bound !== rootFingerprintSha256) {
     throw new Error(
-      `this database belongs to a server whose package-signing root is SHA-256 ${row.value}, not ` +
+      `this database belongs to a server whose package-signing root is SHA-256 ${bound}, not ` +
         `${rootFingerprintSha256}; give every replica the same signing files`,
     );
   }

@@ -17,4 +17,5 @@ export {
 } from './migrations.js';
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
 export { containsIgnoringCase } from './filters.js';
+export { claimServerSetting } from './server-settings.js';
 export type * from './schema.js';
