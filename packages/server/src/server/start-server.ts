@@ -3,7 +3,14 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { ApiTokenStore, apiTokenRoutes, operatorAuthenticators } from '../auth/index.js';
+import {
+  AccessKeyStore,
+  accessKeyRoutes,
+  ApiTokenStore,
+  apiTokenRoutes,
+  loadAccessKeyEncryptionKey,
+  operatorAuthenticators,
+} from '../auth/index.js';
 import { createBlobStore, type BlobStore } from '../blobs/index.js';
 import { captureDeviceRoutes } from '../captures/index.js';
 import type { ServerConfig } from '../config/index.js';
@@ -37,6 +44,13 @@ import {
   PackagingWorker,
   type PackageSigningIdentity,
 } from '../packaging/index.js';
+import {
+  deviceOperations,
+  fleetOperations,
+  SageMakerDispatcher,
+  sageMakerRoutes,
+  tagOperations,
+} from '../sagemaker/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
 import {
   applyListenerLimits,
@@ -53,6 +67,7 @@ import { sweepStaleTempFiles } from './temp-sweep.js';
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
 export interface ServerServices {
   apiTokens: ApiTokenStore;
+  accessKeys: AccessKeyStore;
   fleets: FleetStore;
   devices: DeviceStore;
   identity: DeviceIdentityService;
@@ -233,6 +248,15 @@ export async function startServer(
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
+      accessKeys: new AccessKeyStore(
+        database.db,
+        await loadAccessKeyEncryptionKey(
+          path.resolve(
+            config.dataDir,
+            config.sagemaker.accessKeyEncryptionKeyFile ?? path.join('access-keys', 'encryption.key'),
+          ),
+        ),
+      ),
       fleets: new FleetStore(database.db),
       devices: new DeviceStore(database.db, { offlineAfterMs }),
       identity: new DeviceIdentityService(database.db, {
@@ -311,6 +335,21 @@ export async function startServer(
       blobs,
       signing,
       onCreated: () => services.packagingWorker.kick(),
+    });
+    await operatorApp.register(accessKeyRoutes, { accessKeys: services.accessKeys });
+    // The SageMaker facade: one operation module per capability (deployment plans will be one more).
+    await operatorApp.register(sageMakerRoutes, {
+      dispatcher: new SageMakerDispatcher(
+        [
+          fleetOperations({ db: database.db, fleets: services.fleets, offlineAfterMs }),
+          deviceOperations({ fleets: services.fleets, devices: services.devices }),
+          tagOperations({ fleets: services.fleets, devices: services.devices }),
+        ],
+        config.sagemaker.accountId,
+      ),
+      accessKeys: services.accessKeys,
+      devices: services.devices,
+      heartbeats: services.heartbeats,
     });
     await operatorApp.register(heartbeatOperatorRoutes, {
       db: database.db,

@@ -196,6 +196,21 @@ const migrations: Record<string, Migration> = {
         .addPrimaryKeyConstraint('device_capture_usage_pk', ['device_name', 'day'])
         .execute();
     },
+  }, // AWS-style access keys for the SageMaker facade (auth/access-keys.ts): the secret is needed to recompute
+  // SigV4 signatures, so it is stored encrypted (AES-256-GCM under a server key kept outside the database).
+  '0004_access_keys': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('access_keys')
+        .addColumn('access_key_id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('scope', 'text', (c) => c.notNull())
+        .addColumn('device_name', 'text')
+        .addColumn('secret_ciphertext', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('revoked_at', 'bigint')
+        .execute();
+    },
   },
 };
 

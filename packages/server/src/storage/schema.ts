@@ -17,6 +17,18 @@ export interface ApiTokensTable {
   revoked_at: number | null;
 }
 
+export interface AccessKeysTable {
+  access_key_id: string;
+  name: string;
+  scope: string;
+  /** Set for keys of the SageMaker Edge data plane: the one device they may speak for. */
+  device_name: string | null;
+  /** base64url(iv | tag | AES-256-GCM ciphertext) of the secret access key. */
+  secret_ciphertext: string;
+  created_at: number;
+  revoked_at: number | null;
+}
+
 export interface FleetsTable {
   name: string;
   description: string | null;
@@ -147,6 +159,7 @@ export interface DeviceCaptureUsageTable {
 export interface DatabaseSchema {
   server_settings: ServerSettingsTable;
   api_tokens: ApiTokensTable;
+  access_keys: AccessKeysTable;
   fleets: FleetsTable;
   devices: DevicesTable;
   device_tags: DeviceTagsTable;

@@ -1,0 +1,44 @@
+import { AwsError } from './aws-errors.js';
+
+/**
+ * ARNs of the resources the facade serves, in a stable form:
+ *   arn:aws:sagemaker:<region>:<account>:device-fleet/<fleet>
+ *   arn:aws:sagemaker:<region>:<account>:device-fleet/<fleet>/device/<device>
+ * The region is the one the request was signed for; the account id is configured (sagemaker.accountId).
+ */
+export interface ArnBuilder {
+  fleet(name: string): string;
+  device(fleetName: string, deviceName: string): string;
+}
+
+export type ParsedArn =
+  { kind: 'device-fleet'; fleet: string } | { kind: 'device'; fleet: string; device: string };
+
+export function arnBuilder(region: string, accountId: string): ArnBuilder {
+  const base = `arn:aws:sagemaker:${region}:${accountId}`;
+  return {
+    fleet: (name) => `${base}:device-fleet/${name}`,
+    device: (fleetName, deviceName) => `${base}:device-fleet/${fleetName}/device/${deviceName}`,
+  };
+}
+
+const NAME = '[a-zA-Z0-9](?:-*[a-zA-Z0-9]){0,62}';
+const RESOURCE_ARN = new RegExp(
+  `^arn:aws[a-z-]*:sagemaker:[a-z0-9-]*:\\d{12}:device-fleet/(${NAME})(?:/device/(${NAME}))?$`,
+);
+
+/**
+ * The resource an ARN names, or a ValidationException. Unlike AWS, names keep their case in ARNs (our names
+ * are case-sensitive), so an ARN always leads back to its resource.
+ */
+export function parseResourceArn(arn: string): ParsedArn {
+  const m = RESOURCE_ARN.exec(arn);
+  if (!m) {
+    throw new AwsError(
+      'ValidationException',
+      `1 validation error detected: Value at 'ResourceArn' failed to satisfy constraint: expected arn:aws:sagemaker:<region>:<account>:device-fleet/<fleet> or …/device-fleet/<fleet>/device/<device> (the resources this server tags); got "${arn}"`,
+    );
+  }
+  const fleet = m[1] as string;
+  return m[2] === undefined ? { kind: 'device-fleet', fleet } : { kind: 'device', fleet, device: m[2] };
+}
