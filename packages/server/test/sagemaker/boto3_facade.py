@@ -271,5 +271,95 @@ class DataPlane(unittest.TestCase):
         self.assertEqual(code, "AccessDeniedException")
 
 
+SUPPORTED = [
+    "CreateDeviceFleet", "DescribeDeviceFleet", "UpdateDeviceFleet", "DeleteDeviceFleet", "ListDeviceFleets",
+    "GetDeviceFleetReport", "RegisterDevices", "UpdateDevices", "DeregisterDevices", "DescribeDevice",
+    "ListDevices", "AddTags", "ListTags", "DeleteTags",
+]
+EDGE = ["SendHeartbeat", "GetDeviceRegistration", "GetDeployments"]
+# What a malformed request may be answered with: a clear client error, never a 5xx.
+CLIENT_ERRORS = {"ValidationException", "SerializationException", "ResourceNotFound", "ResourceInUse"}
+
+
+def wrong_value(shape):
+    """A value of the wrong JSON type for a botocore shape."""
+    return {"string": 12345, "integer": "twelve", "long": "twelve", "boolean": "yes", "double": "x",
+            "timestamp": "yesterday", "list": "not-a-list", "structure": ["not", "an", "object"],
+            "map": 7}.get(shape.type_name, None)
+
+
+def signed_raw(path, body, target=None):
+    credentials = Credentials(os.environ["EF_ADMIN_KEY_ID"], os.environ["EF_ADMIN_SECRET"])
+    headers = {"Content-Type": "application/x-amz-json-1.1" if target else "application/json"}
+    if target:
+        headers["X-Amz-Target"] = target
+    request = AWSRequest(method="POST", url=ENDPOINT + path, data=body, headers=headers)
+    botocore.auth.SigV4Auth(credentials, "sagemaker", REGION).add_auth(request)
+    prepared = request.prepare()
+    return send(urllib.request.Request(prepared.url, data=body, method="POST", headers=dict(prepared.headers)))
+
+
+class Fuzz(unittest.TestCase):
+    """Malformed JSON, wrong types, huge bodies and unknown members, on every supported operation."""
+
+    def check(self, status, body, allowed=CLIENT_ERRORS):
+        self.assertLess(status, 500, body)
+        if status >= 400:
+            code = body.get("__type", "")
+            self.assertIn(code, allowed, body)
+            self.assertTrue(body.get("message"), body)
+
+    def test_control_plane(self):
+        model = client().meta.service_model
+        for name in SUPPORTED:
+            target = "SageMaker." + name
+            with self.subTest(operation=name, case="malformed JSON"):
+                status, body = signed_raw("/", b'{"DeviceFleetName": "x",', target)
+                self.assertEqual((status, body.get("__type")), (400, "SerializationException"))
+            with self.subTest(operation=name, case="not an object"):
+                status, body = signed_raw("/", b"[1,2,3]", target)
+                self.assertEqual((status, body.get("__type")), (400, "SerializationException"))
+            with self.subTest(operation=name, case="huge body"):
+                # The server answers as soon as Content-Length exceeds the limit, and may close the connection
+                # before the client has sent it all: a reset is a refusal too.
+                try:
+                    status, body = signed_raw("/", b'{"Description": "' + b"a" * (2 * 1024 * 1024) + b'"}', target)
+                    self.assertEqual((status, body.get("__type")), (400, "ValidationException"))
+                except urllib.error.URLError as error:
+                    self.assertIsInstance(error.reason, (BrokenPipeError, ConnectionResetError))
+            members = model.operation_model(name).input_shape.members
+            for member, shape in members.items():
+                with self.subTest(operation=name, case="wrong type", member=member):
+                    status, body = signed_raw("/", json.dumps({member: wrong_value(shape)}).encode(), target)
+                    self.check(status, body)
+                    self.assertEqual(status, 400)
+            with self.subTest(operation=name, case="unknown members ignored"):
+                status, body = signed_raw("/", json.dumps({"NoSuchMember": {"deep": [1, 2]}, "__proto__": {"x": 1}}).encode(), target)
+                self.check(status, body)
+                if status == 400:
+                    self.assertNotIn("NoSuchMember", body["message"])
+            with self.subTest(operation=name, case="NUL in a string"):
+                status, body = signed_raw("/", json.dumps({m: "a\u0000b" for m, s in members.items() if s.type_name == "string"}).encode(), target)
+                self.check(status, body)
+        # The server is still serving.
+        client().list_device_fleets()
+
+    def test_unknown_members_are_ignored_on_success(self):
+        status, body = signed_raw("/", json.dumps({"MaxResults": 5, "FutureMember": "x"}).encode(), "SageMaker.ListDeviceFleets")
+        self.assertEqual(status, 200, body)
+
+    def test_data_plane(self):
+        model = client("sagemaker-edge").meta.service_model
+        for name in EDGE:
+            with self.subTest(operation=name, case="malformed JSON"):
+                status, body = signed_raw("/" + name, b"{nope")
+                self.assertLess(status, 500, body)
+            for member, shape in model.operation_model(name).input_shape.members.items():
+                with self.subTest(operation=name, case="wrong type", member=member):
+                    status, body = signed_raw("/" + name, json.dumps({member: wrong_value(shape)}).encode())
+                    self.assertLess(status, 500, body)
+                    self.assertTrue(body.get("message"), body)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
