@@ -4,11 +4,15 @@ import { AwsError } from './aws-errors.js';
  * ARNs of the resources the facade serves, in a stable form:
  *   arn:aws:sagemaker:<region>:<account>:device-fleet/<fleet>
  *   arn:aws:sagemaker:<region>:<account>:device-fleet/<fleet>/device/<device>
+ *   arn:aws:sagemaker:<region>:<account>:compilation-job/<job>
+ *   arn:aws:sagemaker:<region>:<account>:edge-packaging-job/<job>
  * The region is the one the request was signed for; the account id is configured (sagemaker.accountId).
  */
 export interface ArnBuilder {
   fleet(name: string): string;
   device(fleetName: string, deviceName: string): string;
+  compilationJob(name: string): string;
+  edgePackagingJob(name: string): string;
 }
 
 export type ParsedArn =
@@ -19,6 +23,8 @@ export function arnBuilder(region: string, accountId: string): ArnBuilder {
   return {
     fleet: (name) => `${base}:device-fleet/${name}`,
     device: (fleetName, deviceName) => `${base}:device-fleet/${fleetName}/device/${deviceName}`,
+    compilationJob: (name) => `${base}:compilation-job/${name}`,
+    edgePackagingJob: (name) => `${base}:edge-packaging-job/${name}`,
   };
 }
 

@@ -11,7 +11,8 @@ import {
   loadAccessKeyEncryptionKey,
   operatorAuthenticators,
 } from '../auth/index.js';
-import { createBlobStore, type BlobStore } from '../blobs/index.js';
+import { createBlobStore, S3Objects, type BlobStore, type S3ConnectionOptions } from '../blobs/index.js';
+import { CompilationJobStore } from '../compilation/index.js';
 import { captureDeviceRoutes } from '../captures/index.js';
 import type { ServerConfig } from '../config/index.js';
 import { DeviceStore, deviceRoutes } from '../devices/index.js';
@@ -45,8 +46,11 @@ import {
   type PackageSigningIdentity,
 } from '../packaging/index.js';
 import {
+  compilationOperations,
   deviceOperations,
+  exportFacadePackages,
   fleetOperations,
+  packagingOperations,
   SageMakerDispatcher,
   sageMakerRoutes,
   tagOperations,
@@ -68,6 +72,7 @@ import { sweepStaleTempFiles } from './temp-sweep.js';
 export interface ServerServices {
   apiTokens: ApiTokenStore;
   accessKeys: AccessKeyStore;
+  compilationJobs: CompilationJobStore;
   fleets: FleetStore;
   devices: DeviceStore;
   identity: DeviceIdentityService;
@@ -132,15 +137,20 @@ export async function openStores(
       { cause: error },
     );
   }
-  const blobs = createBlobStore(config.blobLocation, {
+  const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
+  return { database, blobs };
+}
+
+/** How the server reaches its S3-compatible store (blobs, and the SageMaker facade's model inputs and outputs). */
+export function s3ConnectionOf(config: ServerConfig): S3ConnectionOptions {
+  return {
     ...(config.s3.endpoint !== undefined ? { endpoint: config.s3.endpoint } : {}),
     ...(config.s3.region !== undefined ? { region: config.s3.region } : {}),
     ...(config.s3.forcePathStyle !== undefined ? { forcePathStyle: config.s3.forcePathStyle } : {}),
     ...(config.s3.accessKeyId !== undefined && config.s3.secretAccessKey !== undefined
       ? { credentials: { accessKeyId: config.s3.accessKeyId, secretAccessKey: config.s3.secretAccessKey } }
       : {}),
-  });
-  return { database, blobs };
+  };
 }
 
 /** Loads (or, unless the operator provided it, creates) the device CA and ties the database to it. */
@@ -245,6 +255,14 @@ export async function startServer(
       maxUploadBytes: config.uploads.maxModelBytes,
     });
     const packagingJobs = new PackagingJobStore(database.db, models);
+    const s3Objects = new S3Objects(s3ConnectionOf(config));
+    const compilationJobs = new CompilationJobStore(database.db, {
+      models,
+      openS3Object: (uri) => s3Objects.get(uri),
+      logger: logger.child({ capability: 'compilation' }),
+    });
+    await compilationJobs.failInterrupted();
+    background.push({ stop: () => compilationJobs.settle() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
@@ -257,6 +275,7 @@ export async function startServer(
           ),
         ),
       ),
+      compilationJobs,
       fleets: new FleetStore(database.db),
       devices: new DeviceStore(database.db, { offlineAfterMs }),
       identity: new DeviceIdentityService(database.db, {
@@ -282,6 +301,7 @@ export async function startServer(
         pollIntervalMs: config.packaging.pollIntervalMs,
         leaseMs: config.packaging.leaseSeconds * 1000,
         logger: logger.child({ worker: 'packaging' }),
+        afterPackaged: exportFacadePackages(database.db, s3Objects),
       }),
       signing,
     };
@@ -344,6 +364,14 @@ export async function startServer(
           fleetOperations({ db: database.db, fleets: services.fleets, offlineAfterMs }),
           deviceOperations({ fleets: services.fleets, devices: services.devices }),
           tagOperations({ fleets: services.fleets, devices: services.devices }),
+          compilationOperations({ jobs: services.compilationJobs }),
+          packagingOperations({
+            db: database.db,
+            jobs: services.packagingJobs,
+            models: services.models,
+            compilationJobs: services.compilationJobs,
+            kick: () => services.packagingWorker.kick(),
+          }),
         ],
         config.sagemaker.accountId,
       ),

@@ -4,12 +4,18 @@ Run by boto3-facade.test.ts, which starts the server and passes (in the environm
   EF_ENDPOINT         the operator URL (the facade's endpoint_url)
   EF_ADMIN_TOKEN      a native admin bearer token (to create device-bound keys through the REST API)
   EF_ADMIN_KEY_ID / EF_ADMIN_SECRET, EF_READ_KEY_ID / EF_READ_SECRET   access keys (admin, read-only)
+  EF_S3_ENDPOINT, EF_S3_BUCKET   the S3-compatible store (s3rver) the server reads models from and writes to
+  EF_MODEL_FILE                  an ONNX model (core's test-model catalogue)
+  EF_WORK_DIR                    where to leave the downloaded package for `edgefleet package verify`
 botocore's service models are the authority on member names, types, errors, paginators and waiters.
 """
 
 import datetime
+import io
 import json
 import os
+import tarfile
+import time
 import unittest
 import urllib.request
 from unittest import mock
@@ -271,10 +277,93 @@ class DataPlane(unittest.TestCase):
         self.assertEqual(code, "AccessDeniedException")
 
 
+def wait_for(describe, status_key, done=("COMPLETED", "FAILED", "STOPPED"), attempts=300):
+    """botocore has no waiters for compilation or packaging jobs: poll Describe as scripts do."""
+    for _ in range(attempts):
+        result = describe()
+        if result[status_key] in done:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"still {result[status_key]}: {result}")
+
+
+class CompilationAndPackaging(unittest.TestCase):
+    def setUp(self):
+        self.s3 = boto3.client("s3", endpoint_url=os.environ["EF_S3_ENDPOINT"], region_name="us-east-1",
+                               aws_access_key_id="S3RVER", aws_secret_access_key="S3RVER", config=CONFIG)
+        self.bucket = os.environ["EF_S3_BUCKET"]
+
+    def test_onnx_from_s3_to_signed_package_in_s3(self):
+        sm = client()
+        with open(os.environ["EF_MODEL_FILE"], "rb") as model:
+            onnx = model.read()
+        self.s3.put_object(Bucket=self.bucket, Key="inputs/tiny.onnx", Body=onnx)
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            info = tarfile.TarInfo("model/tiny.onnx")
+            info.size = len(onnx)
+            tar.addfile(info, io.BytesIO(onnx))
+        self.s3.put_object(Bucket=self.bucket, Key="inputs/tiny.tar.gz", Body=archive.getvalue())
+
+        role = "arn:aws:iam::123456789012:role/neo"
+        for name, key in (("compile-onnx", "inputs/tiny.onnx"), ("compile-targz", "inputs/tiny.tar.gz")):
+            arn = sm.create_compilation_job(
+                CompilationJobName=name, RoleArn=role,
+                InputConfig={"S3Uri": f"s3://{self.bucket}/{key}", "Framework": "ONNX"},
+                OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/compiled", "TargetDevice": "jetson_nano"},
+                StoppingCondition={"MaxRuntimeInSeconds": 900},
+            )["CompilationJobArn"]
+            self.assertEqual(arn, f"arn:aws:sagemaker:{REGION}:000000000000:compilation-job/{name}")
+            job = wait_for(lambda: sm.describe_compilation_job(CompilationJobName=name), "CompilationJobStatus")
+            self.assertEqual(job["CompilationJobStatus"], "COMPLETED", job)
+        listed = sm.list_compilation_jobs(NameContains="compile-")["CompilationJobSummaries"]
+        self.assertEqual([j["CompilationJobName"] for j in listed], ["compile-onnx", "compile-targz"])
+
+        code, _, message = error_of(lambda: sm.create_compilation_job(
+            CompilationJobName="compile-tf", RoleArn=role,
+            InputConfig={"S3Uri": f"s3://{self.bucket}/inputs/model.tar.gz", "Framework": "TENSORFLOW"},
+            OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/compiled"}, StoppingCondition={}))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("ONNX", message)
+        sm.create_compilation_job(
+            CompilationJobName="compile-missing", RoleArn=role,
+            InputConfig={"S3Uri": f"s3://{self.bucket}/inputs/none.onnx", "Framework": "ONNX"},
+            OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/compiled"}, StoppingCondition={})
+        failed = wait_for(lambda: sm.describe_compilation_job(CompilationJobName="compile-missing"), "CompilationJobStatus")
+        self.assertEqual(failed["CompilationJobStatus"], "FAILED")
+        self.assertIn("none.onnx", failed["FailureReason"])
+        code, _, _ = error_of(lambda: sm.stop_compilation_job(CompilationJobName="compile-missing"))
+        self.assertEqual(code, "ResourceInUse")
+
+        code, _, _ = error_of(lambda: sm.create_edge_packaging_job(
+            EdgePackagingJobName="pack-bad", CompilationJobName="compile-missing", ModelName="tiny", ModelVersion="1.0",
+            RoleArn=role, OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/packages"}))
+        self.assertEqual(code, "ValidationException")
+        sm.create_edge_packaging_job(
+            EdgePackagingJobName="pack-tiny", CompilationJobName="compile-targz", ModelName="tiny", ModelVersion="1.0",
+            RoleArn=role, OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/packages"})
+        job = wait_for(lambda: sm.describe_edge_packaging_job(EdgePackagingJobName="pack-tiny"), "EdgePackagingJobStatus")
+        self.assertEqual(job["EdgePackagingJobStatus"], "COMPLETED", job)
+        self.assertEqual(job["CompilationJobName"], "compile-targz")
+        self.assertEqual(job["ModelArtifact"], f"s3://{self.bucket}/packages/tiny-1.0.tar.gz")
+        self.assertTrue(job["ModelSignature"])
+        summaries = sm.list_edge_packaging_jobs(ModelNameContains="tin")["EdgePackagingJobSummaries"]
+        self.assertEqual([(j["EdgePackagingJobName"], j["EdgePackagingJobStatus"]) for j in summaries], [("pack-tiny", "COMPLETED")])
+        body = self.s3.get_object(Bucket=self.bucket, Key="packages/tiny-1.0.tar.gz")["Body"].read()
+        with open(os.path.join(os.environ["EF_WORK_DIR"], "tiny-1.0.tar.gz"), "wb") as out:
+            out.write(body)
+        code, _, _ = error_of(lambda: sm.create_edge_packaging_job(
+            EdgePackagingJobName="pack-tiny", CompilationJobName="compile-onnx", ModelName="tiny", ModelVersion="2.0",
+            RoleArn=role, OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/packages"}))
+        self.assertEqual(code, "ResourceInUse")
+
+
 SUPPORTED = [
     "CreateDeviceFleet", "DescribeDeviceFleet", "UpdateDeviceFleet", "DeleteDeviceFleet", "ListDeviceFleets",
     "GetDeviceFleetReport", "RegisterDevices", "UpdateDevices", "DeregisterDevices", "DescribeDevice",
-    "ListDevices", "AddTags", "ListTags", "DeleteTags",
+    "ListDevices", "AddTags", "ListTags", "DeleteTags", "CreateCompilationJob", "DescribeCompilationJob",
+    "ListCompilationJobs", "StopCompilationJob", "CreateEdgePackagingJob", "DescribeEdgePackagingJob",
+    "ListEdgePackagingJobs",
 ]
 EDGE = ["SendHeartbeat", "GetDeviceRegistration", "GetDeployments"]
 # What a malformed request may be answered with: a clear client error, never a 5xx.
