@@ -147,7 +147,15 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
         }
         const parsed = input.safeParse(body);
         if (!parsed.success) throw validationError(parsed.error.issues);
-        const record = await options.devices.get(key.deviceName);
+        const record = await options.devices.find(key.deviceName);
+        // A key issued before the device was (re-)registered belongs to an earlier device of that name, whose
+        // identity deregistration ended, as it revokes that device's certificates.
+        if (record === undefined || key.createdAt < record.registeredAt) {
+          throw new AwsError(
+            'AccessDeniedException',
+            `access key ${key.accessKeyId} was issued for a device ${key.deviceName} that is no longer registered; create a new key`,
+          );
+        }
         const device: AuthenticatedDevice = {
           deviceName: record.name,
           fleetName: record.fleetName,

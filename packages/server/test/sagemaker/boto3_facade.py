@@ -276,6 +276,15 @@ class DataPlane(unittest.TestCase):
         code, _, _ = error_of(lambda: client("sagemaker-edge").get_deployments(DeviceName="edge-dev", DeviceFleetName="edge-fleet"))
         self.assertEqual(code, "AccessDeniedException")
 
+        # Deregistering ends the key's device identity, even once a device of that name is registered again.
+        sm.deregister_devices(DeviceFleetName="edge-fleet", DeviceNames=["edge-dev"])
+        code, _, _ = error_of(lambda: edge.get_device_registration(DeviceName="edge-dev", DeviceFleetName="edge-fleet"))
+        self.assertEqual(code, "AccessDeniedException")
+        sm.register_devices(DeviceFleetName="edge-fleet", Devices=[{"DeviceName": "edge-dev"}])
+        code, _, message = error_of(lambda: edge.get_device_registration(DeviceName="edge-dev", DeviceFleetName="edge-fleet"))
+        self.assertEqual(code, "AccessDeniedException")
+        self.assertIn("no longer registered", message)
+
 
 def wait_for(describe, status_key, done=("COMPLETED", "FAILED", "STOPPED"), attempts=300):
     """botocore has no waiters for compilation or packaging jobs: poll Describe as scripts do."""
