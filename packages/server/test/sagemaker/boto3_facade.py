@@ -154,6 +154,17 @@ class FleetsAndDevices(unittest.TestCase):
         self.assertEqual(code, "ValidationException")
         self.assertIn("PresetDeploymentType", message)
 
+    def test_tag_limit(self):
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="tag-fleet", OutputConfig=OUTPUT, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(30)])
+        arn = sm.describe_device_fleet(DeviceFleetName="tag-fleet")["DeviceFleetArn"]
+        code, _, _ = error_of(lambda: sm.add_tags(ResourceArn=arn, Tags=[{"Key": f"new{i}", "Value": "v"} for i in range(30)]))
+        self.assertEqual(code, "ResourceLimitExceeded")
+        self.assertEqual(len([t for p in sm.get_paginator("list_tags").paginate(ResourceArn=arn) for t in p["Tags"]]), 30)
+        code, _, message = error_of(lambda: sm.list_tags(ResourceArn="arn:aws:sagemaker:eu-west-1:000000000000:endpoint/x"))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("ResourceArn", message)
+
     def test_unsupported_operation(self):
         code, status, _ = error_of(lambda: client().list_endpoints())
         self.assertEqual((code, status), ("UnknownOperationException", 400))
@@ -172,6 +183,15 @@ class Authentication(unittest.TestCase):
         self.assertEqual((code, status), ("InvalidSignatureException", 403))
         code, status, _ = error_of(lambda: client(key_id="AKEFAAAAAAAAAAAAAAAA").list_device_fleets())
         self.assertEqual((code, status), ("UnrecognizedClientException", 403))
+
+    def test_signature_for_another_service(self):
+        credentials = Credentials(os.environ["EF_ADMIN_KEY_ID"], os.environ["EF_ADMIN_SECRET"])
+        request = AWSRequest(method="POST", url=ENDPOINT + "/", data=b"{}", headers={"X-Amz-Target": "SageMaker.ListDeviceFleets", "Content-Type": "application/x-amz-json-1.1"})
+        botocore.auth.SigV4Auth(credentials, "s3", REGION).add_auth(request)
+        prepared = request.prepare()
+        status, body = send(urllib.request.Request(prepared.url, data=b"{}", method="POST", headers=dict(prepared.headers)))
+        self.assertEqual((status, body["__type"]), (403, "InvalidSignatureException"))
+        self.assertIn("sagemaker", body["message"])
 
     def test_unsigned_request(self):
         unsigned = boto3.client("sagemaker", endpoint_url=ENDPOINT, region_name=REGION, config=Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1}))
