@@ -178,6 +178,16 @@ export class CompilationJobStore {
     return contains === undefined ? rows : rows.filter((r) => r.name.toLowerCase().includes(contains));
   }
 
+  /** Replaces the job's tags. */
+  async setTags(name: string, tags: Tag[]): Promise<void> {
+    const result = await this.db
+      .updateTable('compilation_jobs')
+      .set({ tags: JSON.stringify(tags), updated_at: this.now() })
+      .where('name', '=', name)
+      .executeTakeFirst();
+    if (Number(result.numUpdatedRows) === 0) throw notFound(`compilation job ${name}`, { job: name });
+  }
+
   /** Stops a job still importing (its result is discarded); a finished one cannot be stopped. */
   async stop(name: string): Promise<void> {
     const result = await this.db

@@ -16,7 +16,10 @@ export interface ArnBuilder {
 }
 
 export type ParsedArn =
-  { kind: 'device-fleet'; fleet: string } | { kind: 'device'; fleet: string; device: string };
+  | { kind: 'device-fleet'; fleet: string }
+  | { kind: 'device'; fleet: string; device: string }
+  | { kind: 'compilation-job'; name: string }
+  | { kind: 'edge-packaging-job'; name: string };
 
 export function arnBuilder(region: string, accountId: string): ArnBuilder {
   const base = `arn:aws:sagemaker:${region}:${accountId}`;
@@ -29,6 +32,9 @@ export function arnBuilder(region: string, accountId: string): ArnBuilder {
 }
 
 const NAME = '[a-zA-Z0-9](?:-*[a-zA-Z0-9]){0,62}';
+const JOB_ARN = new RegExp(
+  `^arn:aws[a-z-]*:sagemaker:[a-z0-9-]*:\\d{12}:(compilation-job|edge-packaging-job)/(${NAME})$`,
+);
 const RESOURCE_ARN = new RegExp(
   `^arn:aws[a-z-]*:sagemaker:[a-z0-9-]*:\\d{12}:device-fleet/(${NAME})(?:/device/(${NAME}))?$`,
 );
@@ -38,11 +44,18 @@ const RESOURCE_ARN = new RegExp(
  * are case-sensitive), so an ARN always leads back to its resource.
  */
 export function parseResourceArn(arn: string): ParsedArn {
+  const job = JOB_ARN.exec(arn);
+  if (job) {
+    const name = job[2] as string;
+    return job[1] === 'compilation-job'
+      ? { kind: 'compilation-job', name }
+      : { kind: 'edge-packaging-job', name };
+  }
   const m = RESOURCE_ARN.exec(arn);
   if (!m) {
     throw new AwsError(
       'ValidationException',
-      `1 validation error detected: Value at 'ResourceArn' failed to satisfy constraint: expected arn:aws:sagemaker:<region>:<account>:device-fleet/<fleet> or …/device-fleet/<fleet>/device/<device> (the resources this server tags); got "${arn}"`,
+      `1 validation error detected: Value at 'ResourceArn' failed to satisfy constraint: expected the ARN of a device fleet, device, compilation job or edge packaging job (the resources this server tags); got "${arn}"`,
     );
   }
   const fleet = m[1] as string;

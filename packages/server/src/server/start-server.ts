@@ -363,7 +363,12 @@ export async function startServer(
         [
           fleetOperations({ db: database.db, fleets: services.fleets, offlineAfterMs }),
           deviceOperations({ fleets: services.fleets, devices: services.devices }),
-          tagOperations({ fleets: services.fleets, devices: services.devices }),
+          tagOperations({
+            db: database.db,
+            fleets: services.fleets,
+            devices: services.devices,
+            compilationJobs: services.compilationJobs,
+          }),
           compilationOperations({ jobs: services.compilationJobs }),
           packagingOperations({
             db: database.db,

@@ -378,6 +378,11 @@ class CompilationAndPackaging(unittest.TestCase):
         self.assertTrue(job["ModelSignature"])
         summaries = sm.list_edge_packaging_jobs(ModelNameContains="tin")["EdgePackagingJobSummaries"]
         self.assertEqual([(j["EdgePackagingJobName"], j["EdgePackagingJobStatus"]) for j in summaries], [("pack-tiny", "COMPLETED")])
+        for arn in (f"arn:aws:sagemaker:{REGION}:000000000000:compilation-job/compile-targz", job["EdgePackagingJobArn"]):
+            sm.add_tags(ResourceArn=arn, Tags=[{"Key": "stage", "Value": "test"}])
+            self.assertEqual(sm.list_tags(ResourceArn=arn)["Tags"], [{"Key": "stage", "Value": "test"}])
+            sm.delete_tags(ResourceArn=arn, TagKeys=["stage"])
+            self.assertEqual(sm.list_tags(ResourceArn=arn)["Tags"], [])
         body = self.s3.get_object(Bucket=self.bucket, Key="packages/tiny-1.0.tar.gz")["Body"].read()
         with open(os.path.join(os.environ["EF_WORK_DIR"], "tiny-1.0.tar.gz"), "wb") as out:
             out.write(body)

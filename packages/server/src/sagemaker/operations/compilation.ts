@@ -11,7 +11,7 @@ import {
   type OperationModule,
 } from '../operation.js';
 import { pageOf, pagingInput } from './paging.js';
-import { awsTagList, fromAwsTags } from './tags.js';
+import { awsTagList, fromAwsTags } from './aws-tags.js';
 
 const STATUSES = ['INPROGRESS', 'COMPLETED', 'FAILED', 'STARTING', 'STOPPING', 'STOPPED'] as const;
 

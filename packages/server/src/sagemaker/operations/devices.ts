@@ -17,7 +17,7 @@ import {
   type OperationModule,
 } from '../operation.js';
 import { pageOf, pagingInput } from './paging.js';
-import { awsTagList, fromAwsTags } from './tags.js';
+import { awsTagList, fromAwsTags } from './aws-tags.js';
 
 const awsDevice = z.object({
   DeviceName: deviceNameSchema,

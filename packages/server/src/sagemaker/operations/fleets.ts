@@ -18,7 +18,7 @@ import {
   timestampInput,
   type OperationModule,
 } from '../operation.js';
-import { awsTagList, fromAwsTags } from './tags.js';
+import { awsTagList, fromAwsTags } from './aws-tags.js';
 import { pageOf, pagingInput } from './paging.js';
 
 const edgeOutputConfig = z.object({

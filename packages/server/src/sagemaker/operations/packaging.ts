@@ -10,6 +10,8 @@ import {
   modelVersionSchema,
   roleArnSchema,
   s3UriSchema,
+  tagListSchema,
+  type Tag,
 } from '../../fields/index.js';
 import type { ModelStore } from '../../models/index.js';
 import type { PackagingJobRecord, PackagingJobStore } from '../../packaging/index.js';
@@ -24,7 +26,7 @@ import {
   type OperationModule,
 } from '../operation.js';
 import { pageOf, pagingInput } from './paging.js';
-import { awsTagList, fromAwsTags } from './tags.js';
+import { awsTagList, fromAwsTags } from './aws-tags.js';
 
 /** Edge Manager's package object: `<S3OutputLocation>/<ModelName>-<ModelVersion>.tar.gz`. */
 export function packageObjectUri(
@@ -61,6 +63,30 @@ export function exportFacadePackages(db: Kysely<DatabaseSchema>, s3: S3Objects) 
       contentLength: sizeBytes,
       contentType: 'application/gzip',
     });
+  };
+}
+
+/** Tags of a packaging job created through the facade (native jobs have none). */
+export async function packagingJobTags(
+  db: Kysely<DatabaseSchema>,
+  jobName: string,
+): Promise<{ tags: Tag[]; write: (tags: Tag[]) => Promise<void> }> {
+  const source = await sourceOf(db, jobName);
+  if (source === undefined) {
+    throw new AwsError(
+      'ResourceNotFound',
+      `edge packaging job ${jobName} was not created through the SageMaker API; only those carry tags`,
+    );
+  }
+  return {
+    tags: tagListSchema.parse(JSON.parse(source.tags)),
+    write: async (tags) => {
+      await db
+        .updateTable('edge_packaging_job_sources')
+        .set({ tags: JSON.stringify(tags) })
+        .where('job_name', '=', jobName)
+        .execute();
+    },
   };
 }
 

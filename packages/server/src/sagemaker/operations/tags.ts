@@ -1,34 +1,35 @@
+import type { Kysely } from 'kysely';
 import { z } from 'zod';
+import type { CompilationJobStore } from '../../compilation/index.js';
 import type { DeviceStore } from '../../devices/index.js';
 import { MAX_TAGS, tagSchema, type Tag } from '../../fields/index.js';
 import type { FleetStore } from '../../fleets/index.js';
 import { parseResourceArn } from '../arns.js';
 import { AwsError } from '../aws-errors.js';
 import { defineOperation, type OperationModule } from '../operation.js';
+import type { DatabaseSchema } from '../../storage/index.js';
+import { packagingJobTags } from './packaging.js';
 import { pageOfList } from './paging.js';
-
-/** AWS's Tag shape over the native tag rules (fields/). */
-export const awsTag = z
-  .object({ Key: tagSchema.shape.key, Value: tagSchema.shape.value })
-  .transform((tag): Tag => ({ key: tag.Key, value: tag.Value }));
-export const awsTagList = z.array(awsTag).max(MAX_TAGS);
-
-/** Tags as the native stores take them: keys unique, a repeated key keeping its last value (as AWS does). */
-export function fromAwsTags(tags: Tag[]): Tag[] {
-  return [...new Map(tags.map((tag) => [tag.key, tag])).values()];
-}
+import { awsTagList, fromAwsTags } from './aws-tags.js';
 
 const toAws = (tags: Tag[]) => tags.map((tag) => ({ Key: tag.key, Value: tag.value }));
 
 export interface TagOperationDeps {
+  db: Kysely<DatabaseSchema>;
   fleets: FleetStore;
   devices: DeviceStore;
+  compilationJobs: CompilationJobStore;
 }
 
-/** AddTags, ListTags, DeleteTags for device fleets and devices (by ARN). */
-export function tagOperations({ fleets, devices }: TagOperationDeps): OperationModule {
+/** AddTags, ListTags, DeleteTags for device fleets, devices, compilation and edge packaging jobs (by ARN). */
+export function tagOperations({ db, fleets, devices, compilationJobs }: TagOperationDeps): OperationModule {
   const tagsOf = async (arn: string): Promise<{ tags: Tag[]; write: (tags: Tag[]) => Promise<void> }> => {
     const resource = parseResourceArn(arn);
+    if (resource.kind === 'compilation-job') {
+      const job = await compilationJobs.get(resource.name);
+      return { tags: job.tags, write: (tags) => compilationJobs.setTags(job.name, tags) };
+    }
+    if (resource.kind === 'edge-packaging-job') return packagingJobTags(db, resource.name);
     if (resource.kind === 'device-fleet') {
       const fleet = await fleets.get(resource.fleet);
       return { tags: fleet.tags, write: async (tags) => void (await fleets.update(fleet.name, { tags })) };
