@@ -15,7 +15,7 @@ import {
 } from '../../fields/index.js';
 import type { ModelStore } from '../../models/index.js';
 import type { PackagingJobRecord, PackagingJobStore } from '../../packaging/index.js';
-import type { DatabaseSchema } from '../../storage/index.js';
+import { isUniqueViolation, type DatabaseSchema } from '../../storage/index.js';
 import { AwsError } from '../aws-errors.js';
 import type { ArnBuilder } from '../arns.js';
 import {
@@ -170,7 +170,8 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
               tags: JSON.stringify(fromAwsTags(input.Tags ?? [])),
             })
             .execute();
-        } catch {
+        } catch (error) {
+          if (!isUniqueViolation(error)) throw error;
           throw new DomainError(
             'Conflict',
             `edge packaging job ${input.EdgePackagingJobName} already exists`,
