@@ -467,6 +467,12 @@ class Fuzz(unittest.TestCase):
         # The server is still serving.
         client().list_device_fleets()
 
+    def test_deeply_nested_json(self):
+        for body in (b"[" * 500_000 + b"]" * 500_000, b'{"Tags": ' + b"[" * 400_000 + b"]" * 400_000 + b"}"):
+            status, answer = signed_raw("/", body, "SageMaker.ListDeviceFleets")
+            self.check(status, answer)
+        client().list_device_fleets()
+
     def test_unknown_members_are_ignored_on_success(self):
         status, body = signed_raw("/", json.dumps({"MaxResults": 5, "FutureMember": "x"}).encode(), "SageMaker.ListDeviceFleets")
         self.assertEqual(status, 200, body)
