@@ -112,10 +112,16 @@ export class AccessKeyStore {
       .where('revoked_at', 'is', null)
       .executeTakeFirst();
     if (row === undefined) return undefined;
-    return {
-      ...toRecord(row),
-      secretAccessKey: this.decrypt(row.secret_ciphertext, row.access_key_id),
-    };
+    let secretAccessKey: string;
+    try {
+      secretAccessKey = this.decrypt(row.secret_ciphertext, row.access_key_id);
+    } catch (error) {
+      throw new Error(
+        `access key ${accessKeyId} cannot be decrypted with this server's key: every replica must use the same sagemaker.accessKeyEncryptionKeyFile`,
+        { cause: error },
+      );
+    }
+    return { ...toRecord(row), secretAccessKey };
   }
 
   async list(options: { after?: string; limit: number }): Promise<AccessKeyRecord[]> {
