@@ -1,16 +1,9 @@
 import { z } from 'zod';
 import type { CompilationJobRecord, CompilationJobStore } from '../../compilation/index.js';
 import { entityNameSchema, roleArnSchema, s3UriSchema } from '../../fields/index.js';
-import { AwsError } from '../aws-errors.js';
 import type { ArnBuilder } from '../arns.js';
-import {
-  defineOperation,
-  epochSeconds,
-  present,
-  timestampInput,
-  type OperationModule,
-} from '../operation.js';
-import { pageOf, pagingInput } from './paging.js';
+import { defineOperation, epochSeconds, present, type OperationModule } from '../operation.js';
+import { pageOf, pagingInput, requireNameOrder, timeFilterInput, withinTimeFilters } from './paging.js';
 import { awsTagList, fromAwsTags } from './aws-tags.js';
 
 const STATUSES = ['INPROGRESS', 'COMPLETED', 'FAILED', 'STARTING', 'STOPPING', 'STOPPED'] as const;
@@ -85,23 +78,14 @@ export function compilationOperations({ jobs }: { jobs: CompilationJobStore }): 
 
     ListCompilationJobs: defineOperation({
       mutating: false,
-      input: pagingInput.extend({
+      input: pagingInput.extend(timeFilterInput.shape).extend({
         NameContains: z.string().max(63).optional(),
         StatusEquals: z.enum(STATUSES).optional(),
-        CreationTimeAfter: timestampInput.optional(),
-        CreationTimeBefore: timestampInput.optional(),
-        LastModifiedTimeAfter: timestampInput.optional(),
-        LastModifiedTimeBefore: timestampInput.optional(),
         SortBy: z.enum(['Name', 'CreationTime', 'Status']).optional(),
         SortOrder: z.enum(['Ascending', 'Descending']).optional(),
       }),
       run: async (input, { arns }) => {
-        if ((input.SortBy ?? 'Name') !== 'Name' || (input.SortOrder ?? 'Ascending') !== 'Ascending') {
-          throw new AwsError(
-            'ValidationException',
-            "1 validation error detected: Value at 'SortBy' failed to satisfy constraint: EdgeFleet lists compilation jobs by Name, Ascending only",
-          );
-        }
+        requireNameOrder('compilation jobs', 'Name', input);
         const status = input.StatusEquals;
         const page = await pageOf(
           'ListCompilationJobs',
@@ -112,15 +96,9 @@ export function compilationOperations({ jobs }: { jobs: CompilationJobStore }): 
               : jobs.list({ limit, ...present({ after, nameContains: input.NameContains, status }) }),
           (job) => job.name,
         );
-        const inRange = (at: number, after?: number, before?: number) =>
-          (after === undefined || at > after) && (before === undefined || at < before);
         return present({
           CompilationJobSummaries: page.items
-            .filter(
-              (j) =>
-                inRange(j.createdAt, input.CreationTimeAfter, input.CreationTimeBefore) &&
-                inRange(j.updatedAt, input.LastModifiedTimeAfter, input.LastModifiedTimeBefore),
-            )
+            .filter((j) => withinTimeFilters(j, input))
             .map((job) =>
               present({
                 CompilationJobName: job.name,

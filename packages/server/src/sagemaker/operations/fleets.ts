@@ -11,15 +11,9 @@ import type { FleetRecord, FleetStore } from '../../fleets/index.js';
 import { fleetReport } from '../../heartbeats/index.js';
 import type { DatabaseSchema } from '../../storage/index.js';
 import { AwsError } from '../aws-errors.js';
-import {
-  defineOperation,
-  epochSeconds,
-  present,
-  timestampInput,
-  type OperationModule,
-} from '../operation.js';
+import { defineOperation, epochSeconds, present, type OperationModule } from '../operation.js';
 import { awsTagList, fromAwsTags } from './aws-tags.js';
-import { pageOf, pagingInput } from './paging.js';
+import { pageOf, pagingInput, requireNameOrder, timeFilterInput, withinTimeFilters } from './paging.js';
 
 const edgeOutputConfig = z.object({
   S3OutputLocation: s3UriSchema,
@@ -128,26 +122,17 @@ export function fleetOperations({ db, fleets, offlineAfterMs }: FleetOperationDe
 
     ListDeviceFleets: defineOperation({
       mutating: false,
-      input: pagingInput.extend({
+      input: pagingInput.extend(timeFilterInput.shape).extend({
         NameContains: z
           .string()
           .max(63)
           .regex(/^[a-zA-Z0-9-]+$/, 'expected letters, digits and -')
           .optional(),
-        CreationTimeAfter: timestampInput.optional(),
-        CreationTimeBefore: timestampInput.optional(),
-        LastModifiedTimeAfter: timestampInput.optional(),
-        LastModifiedTimeBefore: timestampInput.optional(),
         SortBy: z.enum(['NAME', 'CREATION_TIME', 'LAST_MODIFIED_TIME']).optional(),
         SortOrder: z.enum(['Ascending', 'Descending']).optional(),
       }),
       run: async (input, { arns }) => {
-        if ((input.SortBy ?? 'NAME') !== 'NAME' || (input.SortOrder ?? 'Ascending') !== 'Ascending') {
-          throw new AwsError(
-            'ValidationException',
-            "1 validation error detected: Value at 'SortBy' failed to satisfy constraint: EdgeFleet lists device fleets by NAME, Ascending only",
-          );
-        }
+        requireNameOrder('device fleets', 'NAME', input);
         // Time filters apply within each page of names, so a page may hold fewer than MaxResults fleets
         // while NextToken is still set; paginators handle that.
         const page = await pageOf(
@@ -156,15 +141,9 @@ export function fleetOperations({ db, fleets, offlineAfterMs }: FleetOperationDe
           (after, limit) => fleets.list({ limit, ...present({ after, nameContains: input.NameContains }) }),
           (fleet) => fleet.name,
         );
-        const inRange = (at: number, after?: number, before?: number) =>
-          (after === undefined || at > after) && (before === undefined || at < before);
         return present({
           DeviceFleetSummaries: page.items
-            .filter(
-              (f) =>
-                inRange(f.createdAt, input.CreationTimeAfter, input.CreationTimeBefore) &&
-                inRange(f.updatedAt, input.LastModifiedTimeAfter, input.LastModifiedTimeBefore),
-            )
+            .filter((f) => withinTimeFilters(f, input))
             .map((fleet) => ({
               DeviceFleetArn: arns.fleet(fleet.name),
               DeviceFleetName: fleet.name,

@@ -18,14 +18,8 @@ import type { PackagingJobRecord, PackagingJobStore } from '../../packaging/inde
 import { isUniqueViolation, type DatabaseSchema } from '../../storage/index.js';
 import { AwsError } from '../aws-errors.js';
 import type { ArnBuilder } from '../arns.js';
-import {
-  defineOperation,
-  epochSeconds,
-  present,
-  timestampInput,
-  type OperationModule,
-} from '../operation.js';
-import { pageOf, pagingInput } from './paging.js';
+import { defineOperation, epochSeconds, present, type OperationModule } from '../operation.js';
+import { pageOf, pagingInput, requireNameOrder, timeFilterInput, withinTimeFilters } from './paging.js';
 import { awsTagList, fromAwsTags } from './aws-tags.js';
 
 /** Edge Manager's package object: `<S3OutputLocation>/<ModelName>-<ModelVersion>.tar.gz`. */
@@ -220,26 +214,17 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
 
     ListEdgePackagingJobs: defineOperation({
       mutating: false,
-      input: pagingInput.extend({
+      input: pagingInput.extend(timeFilterInput.shape).extend({
         NameContains: z.string().max(63).optional(),
         ModelNameContains: z.string().max(63).optional(),
         StatusEquals: z
           .enum(['STARTING', 'INPROGRESS', 'COMPLETED', 'FAILED', 'STOPPING', 'STOPPED'])
           .optional(),
-        CreationTimeAfter: timestampInput.optional(),
-        CreationTimeBefore: timestampInput.optional(),
-        LastModifiedTimeAfter: timestampInput.optional(),
-        LastModifiedTimeBefore: timestampInput.optional(),
         SortBy: z.enum(['NAME', 'MODEL_NAME', 'CREATION_TIME', 'LAST_MODIFIED_TIME', 'STATUS']).optional(),
         SortOrder: z.enum(['Ascending', 'Descending']).optional(),
       }),
       run: async (input, { arns }) => {
-        if ((input.SortBy ?? 'NAME') !== 'NAME' || (input.SortOrder ?? 'Ascending') !== 'Ascending') {
-          throw new AwsError(
-            'ValidationException',
-            "1 validation error detected: Value at 'SortBy' failed to satisfy constraint: EdgeFleet lists edge packaging jobs by NAME, Ascending only",
-          );
-        }
+        requireNameOrder('edge packaging jobs', 'NAME', input);
         const status = input.StatusEquals;
         const page = await pageOf(
           'ListEdgePackagingJobs',
@@ -252,14 +237,11 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
         );
         const contains = (text: string, part?: string) =>
           part === undefined || text.toLowerCase().includes(part.toLowerCase());
-        const inRange = (at: number, after?: number, before?: number) =>
-          (after === undefined || at > after) && (before === undefined || at < before);
         const kept = page.items.filter(
           (j) =>
             contains(j.name, input.NameContains) &&
             contains(j.modelName, input.ModelNameContains) &&
-            inRange(j.createdAt, input.CreationTimeAfter, input.CreationTimeBefore) &&
-            inRange(j.updatedAt, input.LastModifiedTimeAfter, input.LastModifiedTimeBefore),
+            withinTimeFilters(j, input),
         );
         const sources = new Map<string, string>();
         for (const job of kept) {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { encodePageToken } from '../../http/pagination.js';
 import { AwsError } from '../aws-errors.js';
+import { timestampInput } from '../operation.js';
 
 /** NextToken and MaxResults as SageMaker list operations take them (MaxResults 1-100, default 10). */
 export const pagingInput = z.object({
@@ -55,4 +56,40 @@ export function pageOfList<T>(
   if (rest.length <= limit) return { items: rest };
   const page = rest.slice(0, limit);
   return { items: page, nextToken: encodePageToken(list, keyOf(page[page.length - 1] as T)) };
+}
+
+/** The time filters SageMaker list operations share. */
+export const timeFilterInput = z.object({
+  CreationTimeAfter: timestampInput.optional(),
+  CreationTimeBefore: timestampInput.optional(),
+  LastModifiedTimeAfter: timestampInput.optional(),
+  LastModifiedTimeBefore: timestampInput.optional(),
+});
+type TimeFilters = z.output<typeof timeFilterInput>;
+
+/** Whether an item created and last modified at these times passes the filters (bounds exclusive). */
+export function withinTimeFilters(
+  item: { createdAt: number; updatedAt: number },
+  filters: TimeFilters,
+): boolean {
+  const inRange = (at: number, after?: number, before?: number) =>
+    (after === undefined || at > after) && (before === undefined || at < before);
+  return (
+    inRange(item.createdAt, filters.CreationTimeAfter, filters.CreationTimeBefore) &&
+    inRange(item.updatedAt, filters.LastModifiedTimeAfter, filters.LastModifiedTimeBefore)
+  );
+}
+
+/** Lists are in name order, ascending (keyset pagination by name); any other order is refused, naming SortBy. */
+export function requireNameOrder(
+  what: string,
+  nameKey: string,
+  input: { SortBy?: string | undefined; SortOrder?: string | undefined },
+): void {
+  if ((input.SortBy ?? nameKey) !== nameKey || (input.SortOrder ?? 'Ascending') !== 'Ascending') {
+    throw new AwsError(
+      'ValidationException',
+      `1 validation error detected: Value at 'SortBy' failed to satisfy constraint: EdgeFleet lists ${what} by ${nameKey}, Ascending only`,
+    );
+  }
 }
