@@ -165,6 +165,20 @@ export const apiTokenListSchema = z.looseObject({
   tokens: z.array(apiTokenSchema),
   nextToken: z.string().optional(),
 });
+export const accessKeySchema = z.looseObject({
+  accessKeyId: z.string(),
+  name: z.string(),
+  scope: z.string(),
+  deviceName: z.string().optional(),
+  createdAt: isoTime,
+  revokedAt: isoTime.optional(),
+});
+export type AccessKey = z.infer<typeof accessKeySchema>;
+export const createdAccessKeySchema = accessKeySchema.extend({ secretAccessKey: z.string() });
+export const accessKeyListSchema = z.looseObject({
+  accessKeys: z.array(accessKeySchema),
+  nextToken: z.string().optional(),
+});
 export const whoamiSchema = z.looseObject({ tokenId: z.string(), name: z.string(), scope: z.string() });
 
 const tensorSchema = z.looseObject({ name: z.string(), dataType: z.string(), shape: z.array(z.number()) });

@@ -7,7 +7,9 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { z } from 'zod';
 import type { ServerConnection } from './connection.js';
 import {
+  accessKeyListSchema,
   apiTokenListSchema,
+  createdAccessKeySchema,
   certificateListSchema,
   createdApiTokenSchema,
   deviceCaSchema,
@@ -30,6 +32,7 @@ import {
   revokedSchema,
   signingRootSchema,
   whoamiSchema,
+  type AccessKey,
   type ApiToken,
   type DeviceSummary,
   type Fleet,
@@ -275,6 +278,19 @@ export class ServerClient {
 
   async revokeApiToken(id: string): Promise<void> {
     await this.#call('DELETE', `/api/v1/tokens/${seg(id)}`, null);
+  }
+
+  /** An AWS-style access key pair for the SageMaker facade; the secret is in this answer only. */
+  createAccessKey(input: { name: string; scope: string; deviceName?: string }) {
+    return this.#call('POST', '/api/v1/access-keys', createdAccessKeySchema, { body: input });
+  }
+
+  listAccessKeys(max?: number): Promise<AccessKey[]> {
+    return this.#listAll('/api/v1/access-keys', accessKeyListSchema, 'accessKeys', {}, max);
+  }
+
+  async revokeAccessKey(accessKeyId: string): Promise<void> {
+    await this.#call('DELETE', `/api/v1/access-keys/${seg(accessKeyId)}`, null);
   }
 
   whoami() {

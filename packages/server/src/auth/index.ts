@@ -6,6 +6,13 @@ export {
   type OperatorIdentity,
   type TokenScope,
 } from './api-tokens.js';
+export {
+  AccessKeyStore,
+  loadAccessKeyEncryptionKey,
+  type AccessKeyRecord,
+  type ActiveAccessKey,
+} from './access-keys.js';
+export { accessKeyRoutes } from './access-key-routes.js';
 export { operatorAuthenticators, requireOperator } from './operator-auth.js';
 export { apiTokenRoutes } from './routes.js';
 export { bearerTokenOf, hashSecret, newId, newSecret } from './secrets.js';

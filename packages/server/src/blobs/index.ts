@@ -2,6 +2,7 @@
 export * from './blob-store.js';
 export { LocalBlobStore } from './local-blob-store.js';
 export { S3BlobStore, type S3BlobStoreOptions } from './s3-blob-store.js';
+export { S3Objects } from './s3-objects.js';
 export {
   createBlobStore,
   parseBlobLocation,

@@ -134,6 +134,21 @@ export const serverConfigSchema = z.strictObject({
         .default(1024 * 1024 * 1024),
     })
     .prefault({}),
+  /** The SageMaker compatibility facade (docs/sagemaker-compatibility.md). */
+  sagemaker: z
+    .strictObject({
+      /** The account id ARNs are answered with. */
+      accountId: z
+        .string()
+        .regex(/^\d{12}$/, 'expected a 12-digit account id')
+        .default('000000000000'),
+      /**
+       * The server key that encrypts access-key secrets at rest (32 bytes, base64); default
+       * `<dataDir>/access-keys/encryption.key`, created when absent. Replicas must share it.
+       */
+      accessKeyEncryptionKeyFile: z.string().min(1).optional(),
+    })
+    .prefault({}),
   packaging: z
     .strictObject({
       /** How often a server looks for queued packaging jobs. */

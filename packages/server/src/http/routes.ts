@@ -37,7 +37,7 @@ export function toJsonSchema(schema: z.ZodType, io: 'input' | 'output' = 'input'
  * Where the first NUL (U+0000) is in a request part: in a string value or a key, at any depth. PostgreSQL
  * cannot store NUL in text (SQLite can), so no field of any route may carry one.
  */
-function pathToNul(value: unknown, at: PropertyKey[] = [], depth = 0): PropertyKey[] | undefined {
+export function pathToNul(value: unknown, at: PropertyKey[] = [], depth = 0): PropertyKey[] | undefined {
   if (typeof value === 'string') return hasNoNul(value) ? undefined : at;
   if (typeof value !== 'object' || value === null || depth > 64) return undefined;
   for (const [key, inner] of Object.entries(value)) {

@@ -25,6 +25,11 @@ export interface PackagingWorkerOptions {
   workDir: string;
   pollIntervalMs: number;
   logger: Logger;
+  /**
+   * Runs once a job's package is built and stored, before the job is marked COMPLETED (a failure fails the
+   * job): the SageMaker facade copies packages of its jobs to their S3 output location here.
+   */
+  afterPackaged?: (job: PackagingJobRecord, archiveFile: string, sizeBytes: number) => Promise<void>;
   /** An INPROGRESS job untouched this long lost its runner (a crash) and is claimed again. */
   leaseMs?: number;
 }
@@ -157,6 +162,7 @@ export class PackagingWorker {
       contentLength: size,
       contentType: 'application/gzip',
     });
+    await this.options.afterPackaged?.(job, archive, size);
     return {
       artifactKey,
       artifactLocation: this.options.blobs.locationOf(artifactKey),

@@ -3,8 +3,16 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { ApiTokenStore, apiTokenRoutes, operatorAuthenticators } from '../auth/index.js';
-import { createBlobStore, type BlobStore } from '../blobs/index.js';
+import {
+  AccessKeyStore,
+  accessKeyRoutes,
+  ApiTokenStore,
+  apiTokenRoutes,
+  loadAccessKeyEncryptionKey,
+  operatorAuthenticators,
+} from '../auth/index.js';
+import { createBlobStore, S3Objects, type BlobStore, type S3ConnectionOptions } from '../blobs/index.js';
+import { CompilationJobStore } from '../compilation/index.js';
 import { captureDeviceRoutes } from '../captures/index.js';
 import type { ServerConfig } from '../config/index.js';
 import { DeviceStore, deviceRoutes } from '../devices/index.js';
@@ -37,6 +45,16 @@ import {
   PackagingWorker,
   type PackageSigningIdentity,
 } from '../packaging/index.js';
+import {
+  compilationOperations,
+  deviceOperations,
+  exportFacadePackages,
+  fleetOperations,
+  packagingOperations,
+  SageMakerDispatcher,
+  sageMakerRoutes,
+  tagOperations,
+} from '../sagemaker/index.js';
 import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
 import {
   applyListenerLimits,
@@ -53,6 +71,8 @@ import { sweepStaleTempFiles } from './temp-sweep.js';
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
 export interface ServerServices {
   apiTokens: ApiTokenStore;
+  accessKeys: AccessKeyStore;
+  compilationJobs: CompilationJobStore;
   fleets: FleetStore;
   devices: DeviceStore;
   identity: DeviceIdentityService;
@@ -117,15 +137,20 @@ export async function openStores(
       { cause: error },
     );
   }
-  const blobs = createBlobStore(config.blobLocation, {
+  const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
+  return { database, blobs };
+}
+
+/** How the server reaches its S3-compatible store (blobs, and the SageMaker facade's model inputs and outputs). */
+export function s3ConnectionOf(config: ServerConfig): S3ConnectionOptions {
+  return {
     ...(config.s3.endpoint !== undefined ? { endpoint: config.s3.endpoint } : {}),
     ...(config.s3.region !== undefined ? { region: config.s3.region } : {}),
     ...(config.s3.forcePathStyle !== undefined ? { forcePathStyle: config.s3.forcePathStyle } : {}),
     ...(config.s3.accessKeyId !== undefined && config.s3.secretAccessKey !== undefined
       ? { credentials: { accessKeyId: config.s3.accessKeyId, secretAccessKey: config.s3.secretAccessKey } }
       : {}),
-  });
-  return { database, blobs };
+  };
 }
 
 /** Loads (or, unless the operator provided it, creates) the device CA and ties the database to it. */
@@ -230,9 +255,27 @@ export async function startServer(
       maxUploadBytes: config.uploads.maxModelBytes,
     });
     const packagingJobs = new PackagingJobStore(database.db, models);
+    const s3Objects = new S3Objects(s3ConnectionOf(config));
+    const compilationJobs = new CompilationJobStore(database.db, {
+      models,
+      openS3Object: (uri) => s3Objects.get(uri),
+      logger: logger.child({ capability: 'compilation' }),
+    });
+    await compilationJobs.failInterrupted();
+    background.push({ stop: () => compilationJobs.settle() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
+      accessKeys: new AccessKeyStore(
+        database.db,
+        await loadAccessKeyEncryptionKey(
+          path.resolve(
+            config.dataDir,
+            config.sagemaker.accessKeyEncryptionKeyFile ?? path.join('access-keys', 'encryption.key'),
+          ),
+        ),
+      ),
+      compilationJobs,
       fleets: new FleetStore(database.db),
       devices: new DeviceStore(database.db, { offlineAfterMs }),
       identity: new DeviceIdentityService(database.db, {
@@ -258,6 +301,7 @@ export async function startServer(
         pollIntervalMs: config.packaging.pollIntervalMs,
         leaseMs: config.packaging.leaseSeconds * 1000,
         logger: logger.child({ worker: 'packaging' }),
+        afterPackaged: exportFacadePackages(database.db, s3Objects),
       }),
       signing,
     };
@@ -311,6 +355,34 @@ export async function startServer(
       blobs,
       signing,
       onCreated: () => services.packagingWorker.kick(),
+    });
+    await operatorApp.register(accessKeyRoutes, { accessKeys: services.accessKeys });
+    // The SageMaker facade: one operation module per capability (deployment plans will be one more).
+    await operatorApp.register(sageMakerRoutes, {
+      dispatcher: new SageMakerDispatcher(
+        [
+          fleetOperations({ db: database.db, fleets: services.fleets, offlineAfterMs }),
+          deviceOperations({ fleets: services.fleets, devices: services.devices }),
+          tagOperations({
+            db: database.db,
+            fleets: services.fleets,
+            devices: services.devices,
+            compilationJobs: services.compilationJobs,
+          }),
+          compilationOperations({ jobs: services.compilationJobs }),
+          packagingOperations({
+            db: database.db,
+            jobs: services.packagingJobs,
+            models: services.models,
+            compilationJobs: services.compilationJobs,
+            kick: () => services.packagingWorker.kick(),
+          }),
+        ],
+        config.sagemaker.accountId,
+      ),
+      accessKeys: services.accessKeys,
+      devices: services.devices,
+      heartbeats: services.heartbeats,
     });
     await operatorApp.register(heartbeatOperatorRoutes, {
       db: database.db,

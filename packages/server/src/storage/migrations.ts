@@ -196,6 +196,52 @@ const migrations: Record<string, Migration> = {
         .addPrimaryKeyConstraint('device_capture_usage_pk', ['device_name', 'day'])
         .execute();
     },
+  }, // AWS-style access keys for the SageMaker facade (auth/access-keys.ts): the secret is needed to recompute
+  // SigV4 signatures, so it is stored encrypted (AES-256-GCM under a server key kept outside the database).
+  '0004_access_keys': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('access_keys')
+        .addColumn('access_key_id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('scope', 'text', (c) => c.notNull())
+        .addColumn('device_name', 'text')
+        .addColumn('secret_ciphertext', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('revoked_at', 'bigint')
+        .execute();
+    },
+  }, // SageMaker compilation jobs (compilation/): an ONNX model imported from S3 into the model registry; and
+  // which compilation job a packaging job created through the facade came from, with its role and tags.
+  '0005_compilation_jobs': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('compilation_jobs')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('failure_reason', 'text')
+        .addColumn('framework', 'text', (c) => c.notNull())
+        .addColumn('framework_version', 'text')
+        .addColumn('input_s3_uri', 'text', (c) => c.notNull())
+        .addColumn('role_arn', 'text', (c) => c.notNull())
+        .addColumn('output_s3_location', 'text', (c) => c.notNull())
+        .addColumn('target_device', 'text')
+        .addColumn('model_name', 'text', (c) => c.notNull())
+        .addColumn('model_version', 'text', (c) => c.notNull())
+        .addColumn('model_sha256', 'text')
+        .addColumn('model_size_bytes', 'bigint')
+        .addColumn('tags', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('edge_packaging_job_sources')
+        .addColumn('job_name', 'text', (c) => c.primaryKey())
+        .addColumn('compilation_job_name', 'text', (c) => c.notNull())
+        .addColumn('role_arn', 'text', (c) => c.notNull())
+        .addColumn('tags', 'text', (c) => c.notNull())
+        .execute();
+    },
   },
 };
 

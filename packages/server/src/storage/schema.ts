@@ -17,6 +17,48 @@ export interface ApiTokensTable {
   revoked_at: number | null;
 }
 
+export interface AccessKeysTable {
+  access_key_id: string;
+  name: string;
+  scope: string;
+  /** Set for keys of the SageMaker Edge data plane: the one device they may speak for. */
+  device_name: string | null;
+  /** base64url(iv | tag | AES-256-GCM ciphertext) of the secret access key. */
+  secret_ciphertext: string;
+  created_at: number;
+  revoked_at: number | null;
+}
+
+/** A SageMaker compilation job: an ONNX model imported from S3 (compilation/). */
+export interface CompilationJobsTable {
+  name: string;
+  /** INPROGRESS | COMPLETED | FAILED | STOPPED */
+  status: string;
+  failure_reason: string | null;
+  framework: string;
+  framework_version: string | null;
+  input_s3_uri: string;
+  role_arn: string;
+  output_s3_location: string;
+  target_device: string | null;
+  /** Where the imported model lives in the model registry. */
+  model_name: string;
+  model_version: string;
+  model_sha256: string | null;
+  model_size_bytes: number | null;
+  tags: string;
+  created_at: number;
+  updated_at: number;
+}
+
+/** The facade's side of a packaging job: the compilation job it packaged, its role and tags. */
+export interface EdgePackagingJobSourcesTable {
+  job_name: string;
+  compilation_job_name: string;
+  role_arn: string;
+  tags: string;
+}
+
 export interface FleetsTable {
   name: string;
   description: string | null;
@@ -147,6 +189,9 @@ export interface DeviceCaptureUsageTable {
 export interface DatabaseSchema {
   server_settings: ServerSettingsTable;
   api_tokens: ApiTokensTable;
+  access_keys: AccessKeysTable;
+  compilation_jobs: CompilationJobsTable;
+  edge_packaging_job_sources: EdgePackagingJobSourcesTable;
   fleets: FleetsTable;
   devices: DevicesTable;
   device_tags: DeviceTagsTable;

@@ -1,0 +1,178 @@
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Kysely } from 'kysely';
+import { DomainError } from '../errors/index.js';
+import type { DatabaseSchema } from '../storage/index.js';
+import { tokenScopeSchema, type TokenScope } from './api-tokens.js';
+
+/** AWS access key ids are 20 upper-case characters; ours start with AKEF so they are easy to recognise. */
+const ACCESS_KEY_PREFIX = 'AKEF';
+const KEY_ID_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+
+export interface AccessKeyRecord {
+  accessKeyId: string;
+  name: string;
+  scope: TokenScope;
+  /** Set for data-plane keys: the device they speak for (SageMaker Edge agents and scripts). */
+  deviceName: string | null;
+  createdAt: number;
+  revokedAt: number | null;
+}
+
+/** What SigV4 verification needs about an active key. */
+export interface ActiveAccessKey extends AccessKeyRecord {
+  secretAccessKey: string;
+}
+
+function newAccessKeyId(): string {
+  const bytes = randomBytes(16);
+  let id = ACCESS_KEY_PREFIX;
+  for (const byte of bytes) id += KEY_ID_ALPHABET[byte % 32];
+  return id;
+}
+
+/**
+ * The server key that encrypts access-key secrets at rest, so a database dump alone does not reveal them.
+ * Read from `file`, or created there (32 random bytes, mode 0600) on first use. Replicas must share it.
+ */
+export async function loadAccessKeyEncryptionKey(file: string): Promise<Buffer> {
+  try {
+    const key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64');
+    if (key.length !== 32) {
+      throw new Error(`${file} must hold 32 bytes, base64-encoded (it holds ${key.length})`);
+    }
+    return key;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  const key = randomBytes(32);
+  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  await writeFile(file, `${key.toString('base64')}\n`, { mode: 0o600, flag: 'wx' });
+  return key;
+}
+
+/** AWS-style access key pairs bound to a token scope; the secret is shown once, at creation. */
+export class AccessKeyStore {
+  constructor(
+    private readonly db: Kysely<DatabaseSchema>,
+    private readonly encryptionKey: Buffer,
+    private readonly now: () => number = Date.now,
+  ) {
+    if (encryptionKey.length !== 32) throw new Error('the access-key encryption key must be 32 bytes');
+  }
+
+  async create(input: {
+    name: string;
+    scope: TokenScope;
+    deviceName?: string | undefined;
+  }): Promise<{ secretAccessKey: string; record: AccessKeyRecord }> {
+    const secretAccessKey = randomBytes(30).toString('base64').replace(/[+/]/g, 'A');
+    const record: AccessKeyRecord = {
+      accessKeyId: newAccessKeyId(),
+      name: input.name,
+      scope: input.scope,
+      deviceName: input.deviceName ?? null,
+      createdAt: this.now(),
+      revokedAt: null,
+    };
+    if (record.deviceName !== null) {
+      const device = await this.db
+        .selectFrom('devices')
+        .select('name')
+        .where('name', '=', record.deviceName)
+        .executeTakeFirst();
+      if (device === undefined) {
+        throw new DomainError('NotFound', `device ${record.deviceName} does not exist`, {
+          device: record.deviceName,
+        });
+      }
+    }
+    await this.db
+      .insertInto('access_keys')
+      .values({
+        access_key_id: record.accessKeyId,
+        name: record.name,
+        scope: record.scope,
+        device_name: record.deviceName,
+        secret_ciphertext: this.encrypt(secretAccessKey, record.accessKeyId),
+        created_at: record.createdAt,
+        revoked_at: null,
+      })
+      .execute();
+    return { secretAccessKey, record };
+  }
+
+  /** The active key with this id and its secret, or undefined if unknown or revoked. */
+  async findActive(accessKeyId: string): Promise<ActiveAccessKey | undefined> {
+    const row = await this.db
+      .selectFrom('access_keys')
+      .selectAll()
+      .where('access_key_id', '=', accessKeyId)
+      .where('revoked_at', 'is', null)
+      .executeTakeFirst();
+    if (row === undefined) return undefined;
+    let secretAccessKey: string;
+    try {
+      secretAccessKey = this.decrypt(row.secret_ciphertext, row.access_key_id);
+    } catch (error) {
+      throw new Error(
+        `access key ${accessKeyId} cannot be decrypted with this server's key: every replica must use the same sagemaker.accessKeyEncryptionKeyFile`,
+        { cause: error },
+      );
+    }
+    return { ...toRecord(row), secretAccessKey };
+  }
+
+  async list(options: { after?: string; limit: number }): Promise<AccessKeyRecord[]> {
+    let query = this.db.selectFrom('access_keys').selectAll().orderBy('access_key_id').limit(options.limit);
+    if (options.after !== undefined) query = query.where('access_key_id', '>', options.after);
+    return (await query.execute()).map(toRecord);
+  }
+
+  /** Revokes a key; false if there is no such (unrevoked) key. */
+  async revoke(accessKeyId: string): Promise<boolean> {
+    const result = await this.db
+      .updateTable('access_keys')
+      .set({ revoked_at: this.now() })
+      .where('access_key_id', '=', accessKeyId)
+      .where('revoked_at', 'is', null)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) > 0;
+  }
+
+  // The key id is the associated data: a ciphertext copied onto another row does not decrypt there.
+  private encrypt(secret: string, accessKeyId: string): string {
+    const iv = randomBytes(12);
+    const cipher = createCipheriv('aes-256-gcm', this.encryptionKey, iv);
+    cipher.setAAD(Buffer.from(accessKeyId, 'utf8'));
+    const ciphertext = Buffer.concat([cipher.update(secret, 'utf8'), cipher.final()]);
+    return Buffer.concat([iv, cipher.getAuthTag(), ciphertext]).toString('base64url');
+  }
+
+  private decrypt(stored: string, accessKeyId: string): string {
+    const bytes = Buffer.from(stored, 'base64url');
+    const decipher = createDecipheriv('aes-256-gcm', this.encryptionKey, bytes.subarray(0, 12));
+    decipher.setAAD(Buffer.from(accessKeyId, 'utf8'));
+    decipher.setAuthTag(bytes.subarray(12, 28));
+    return Buffer.concat([decipher.update(bytes.subarray(28)), decipher.final()]).toString('utf8');
+  }
+}
+
+function toRecord(row: {
+  access_key_id: string;
+  name: string;
+  scope: string;
+  device_name: string | null;
+  created_at: number;
+  revoked_at: number | null;
+}): AccessKeyRecord {
+  return {
+    accessKeyId: row.access_key_id,
+    name: row.name,
+    scope: tokenScopeSchema.parse(row.scope),
+    deviceName: row.device_name,
+    createdAt: Number(row.created_at),
+    revokedAt: row.revoked_at === null ? null : Number(row.revoked_at),
+  };
+}

@@ -1,0 +1,69 @@
+import { DomainError, type DomainErrorCode } from '../errors/index.js';
+
+/**
+ * The AWS error types the facade answers with, and the HTTP status AWS uses for each. botocore reads the
+ * type from `__type` (json 1.1) or the `x-amzn-ErrorType` header (rest-json); we send both.
+ */
+const STATUS_BY_AWS_TYPE = {
+  // Authentication (403, as AWS answers unsigned or badly signed requests).
+  MissingAuthenticationTokenException: 403,
+  IncompleteSignatureException: 403,
+  InvalidSignatureException: 403,
+  UnrecognizedClientException: 403,
+  AuthorizationQueryParametersError: 403,
+  // SageMaker answers its own errors with 400.
+  AccessDeniedException: 400,
+  ValidationException: 400,
+  SerializationException: 400,
+  UnknownOperationException: 400,
+  ResourceNotFound: 400,
+  ResourceInUse: 400,
+  ResourceLimitExceeded: 400,
+  ConflictException: 400,
+  ThrottlingException: 400,
+  // sagemaker-edge's one documented error.
+  InternalServiceException: 500,
+  InternalFailure: 500,
+} as const;
+
+export type AwsErrorType = keyof typeof STATUS_BY_AWS_TYPE;
+
+export class AwsError extends Error {
+  constructor(
+    readonly type: AwsErrorType,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'AwsError';
+  }
+
+  get statusCode(): number {
+    return STATUS_BY_AWS_TYPE[this.type];
+  }
+}
+
+/** The one place native domain errors become AWS error types. */
+const AWS_TYPE_BY_DOMAIN_CODE: Record<DomainErrorCode, AwsErrorType> = {
+  ValidationError: 'ValidationException',
+  PayloadTooLarge: 'ValidationException',
+  NotFound: 'ResourceNotFound',
+  Conflict: 'ResourceInUse',
+  ResourceInUse: 'ResourceInUse',
+  LimitExceeded: 'ResourceLimitExceeded',
+  Unauthenticated: 'UnrecognizedClientException',
+  Forbidden: 'AccessDeniedException',
+  CertificateRequired: 'AccessDeniedException',
+  CertificateInvalid: 'AccessDeniedException',
+  CertificateExpired: 'AccessDeniedException',
+  CertificateRevoked: 'AccessDeniedException',
+  EnrollmentTokenInvalid: 'AccessDeniedException',
+  EnrollmentTokenExpired: 'AccessDeniedException',
+  EnrollmentTokenUsed: 'AccessDeniedException',
+};
+
+/** Any error a facade handler raised, as an AWS error; undefined for an unexpected (internal) failure. */
+export function toAwsError(error: unknown): AwsError | undefined {
+  if (error instanceof AwsError) return error;
+  if (error instanceof DomainError) return new AwsError(AWS_TYPE_BY_DOMAIN_CODE[error.code], error.message);
+  return undefined;
+}

@@ -1,0 +1,182 @@
+import {
+  getDeploymentsRequestSchema,
+  getDeviceRegistrationRequestSchema,
+  sendHeartbeatRequestSchema,
+} from '@edgefleet/core';
+import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { z } from 'zod';
+import type { AccessKeyStore } from '../auth/index.js';
+import type { DeviceStore } from '../devices/index.js';
+import { assertActsAsItself, type HeartbeatService } from '../heartbeats/index.js';
+import { pathToNul } from '../http/routes.js';
+import type { AuthenticatedDevice } from '../identity/index.js';
+import { AwsError, toAwsError } from './aws-errors.js';
+import type { SageMakerDispatcher } from './dispatcher.js';
+import { validationError } from './operation.js';
+import { verifySigV4, type VerifiedSignature } from './sigv4.js';
+
+/** Largest facade request body; SageMaker's own requests are far smaller. */
+export const MAX_FACADE_BODY_BYTES = 1024 * 1024;
+
+export interface SageMakerRoutesOptions {
+  dispatcher: SageMakerDispatcher;
+  accessKeys: AccessKeyStore;
+  devices: DeviceStore;
+  heartbeats: HeartbeatService;
+}
+
+type Protocol = 'json' | 'rest-json';
+
+function sendAwsError(reply: FastifyReply, protocol: Protocol, error: AwsError): FastifyReply {
+  reply.status(error.statusCode).header('x-amzn-ErrorType', error.type);
+  // json 1.1 carries the type in the body's __type; rest-json in the header (botocore reads either).
+  return protocol === 'json'
+    ? reply
+        .type('application/x-amz-json-1.1')
+        .send(JSON.stringify({ __type: error.type, message: error.message }))
+    : reply.type('application/json').send(JSON.stringify({ message: error.message }));
+}
+
+function parseJsonBody(raw: Buffer): unknown {
+  if (raw.length === 0) return {};
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch (error) {
+    throw new AwsError(
+      'SerializationException',
+      `the request body is not valid JSON: ${error instanceof Error ? error.message : String(error)}`,
+    );
+  }
+}
+
+async function verify(request: FastifyRequest, accessKeys: AccessKeyStore): Promise<VerifiedSignature> {
+  const queryAt = request.url.indexOf('?');
+  return verifySigV4(
+    {
+      method: request.method,
+      rawPath: queryAt < 0 ? request.url : request.url.slice(0, queryAt),
+      rawQuery: queryAt < 0 ? '' : request.url.slice(queryAt + 1),
+      headers: request.headers,
+      body: Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0),
+    },
+    (id) => accessKeys.findActive(id),
+  );
+}
+
+/**
+ * The SageMaker compatibility facade on the operator port: the `sagemaker` control plane (json 1.1,
+ * `POST /` + `X-Amz-Target`) and the `sagemaker-edge` data plane (rest-json, `POST /<Operation>`), both
+ * signed with SigV4 by EdgeFleet access keys. The operations are mapped onto the native services by the
+ * dispatcher's modules; this plugin only does the wire: raw bodies (the signature covers them), signature
+ * checks and AWS-shaped errors.
+ */
+export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async (app, options) => {
+  // Within this plugin only: every body arrives raw, since SigV4 signs its exact bytes.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: MAX_FACADE_BODY_BYTES }, (_req, body, done) =>
+    done(null, body),
+  );
+  app.setErrorHandler((error: unknown, request, reply) => {
+    const protocol: Protocol = request.url.split('?')[0] === '/' ? 'json' : 'rest-json';
+    const aws = toAwsError(error);
+    if (aws !== undefined) return sendAwsError(reply, protocol, aws);
+    const status = (error as FastifyError).statusCode;
+    if (status === 413) {
+      return sendAwsError(
+        reply,
+        protocol,
+        new AwsError('ValidationException', `the request body is larger than ${MAX_FACADE_BODY_BYTES} bytes`),
+      );
+    }
+    if (status !== undefined && status >= 400 && status < 500) {
+      return sendAwsError(reply, protocol, new AwsError('SerializationException', (error as Error).message));
+    }
+    request.log.error({ err: error }, 'SageMaker facade request failed');
+    return sendAwsError(
+      reply,
+      protocol,
+      new AwsError(
+        protocol === 'json' ? 'InternalFailure' : 'InternalServiceException',
+        'the server failed to handle the request; see its log',
+      ),
+    );
+  });
+
+  app.route({
+    method: 'POST',
+    url: '/',
+    // Authenticated by SigV4 in the handler: the signature covers the body, which onRequest cannot see yet.
+    config: { auth: 'public' },
+    schema: { hide: true },
+    handler: async (request, reply) => {
+      const signature = await verify(request, options.accessKeys);
+      const target = request.headers['x-amz-target'];
+      const result = await options.dispatcher.dispatch(
+        Array.isArray(target) ? target.join(',') : target,
+        parseJsonBody(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0)),
+        signature,
+      );
+      return reply.type('application/x-amz-json-1.1').send(JSON.stringify(result));
+    },
+  });
+
+  // The data plane: a key bound to a device speaks for that device only, through the same services the
+  // mutual-TLS device API uses.
+  const dataPlane = <S extends z.ZodType>(
+    operation: string,
+    input: S,
+    run: (device: AuthenticatedDevice, body: z.output<S>) => Promise<Record<string, unknown>>,
+  ) =>
+    app.route({
+      method: 'POST',
+      url: `/${operation}`,
+      config: { auth: 'public' },
+      schema: { hide: true },
+      handler: async (request, reply) => {
+        const { key } = await verify(request, options.accessKeys);
+        if (key.deviceName === null) {
+          throw new AwsError(
+            'AccessDeniedException',
+            `access key ${key.accessKeyId} is not bound to a device; ${operation} needs a device key (edgefleet token create --aws --device <name>)`,
+          );
+        }
+        const body = parseJsonBody(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0));
+        const nulAt = pathToNul(body);
+        if (nulAt !== undefined) {
+          throw new AwsError('ValidationException', `Value at '${nulAt.join('.')}' must not contain NUL`);
+        }
+        const parsed = input.safeParse(body);
+        if (!parsed.success) throw validationError(parsed.error.issues);
+        const record = await options.devices.find(key.deviceName);
+        // A key issued before the device was (re-)registered belongs to an earlier device of that name, whose
+        // identity deregistration ended, as it revokes that device's certificates.
+        if (record === undefined || key.createdAt < record.registeredAt) {
+          throw new AwsError(
+            'AccessDeniedException',
+            `access key ${key.accessKeyId} was issued for a device ${key.deviceName} that is no longer registered; create a new key`,
+          );
+        }
+        const device: AuthenticatedDevice = {
+          deviceName: record.name,
+          fleetName: record.fleetName,
+          serial: `access-key:${key.accessKeyId}`,
+          notAfter: Number.MAX_SAFE_INTEGER,
+        };
+        return reply.type('application/json').send(JSON.stringify(await run(device, parsed.data)));
+      },
+    });
+
+  dataPlane('SendHeartbeat', sendHeartbeatRequestSchema, async (device, body) => {
+    await options.heartbeats.record(device, body);
+    return {};
+  });
+  dataPlane('GetDeviceRegistration', getDeviceRegistrationRequestSchema, async (device, body) =>
+    options.heartbeats.registration(device, body),
+  );
+  // Deployments are not served by this build yet (deployment plans are the next module): the device is
+  // told, truthfully, that it has none.
+  dataPlane('GetDeployments', getDeploymentsRequestSchema, async (device, body) => {
+    assertActsAsItself(device, body);
+    return { Deployments: [] };
+  });
+};

@@ -1,0 +1,89 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { writeTestModel } from '@edgefleet/core';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalBlobStore, S3Objects } from '../../src/blobs/index.js';
+import { CompilationJobStore } from '../../src/compilation/index.js';
+import { ModelStore } from '../../src/models/index.js';
+import type { ServerDatabase } from '../../src/storage/index.js';
+import { databaseEngines, openFreshDatabase } from '../support/engines.js';
+import { startTestS3, type TestS3 } from '../support/s3.js';
+
+const engines = await databaseEngines();
+
+describe.each(engines)('compilation jobs on $engine (ONNX imported from s3rver)', (fixture) => {
+  let database: ServerDatabase;
+  let dir: string;
+  let s3: TestS3;
+  let jobs: CompilationJobStore;
+  let models: ModelStore;
+
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    database = await openFreshDatabase(fixture);
+    dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-compilation-'));
+    s3 = await startTestS3('neo-inputs');
+    const objects = new S3Objects({
+      endpoint: s3.endpoint,
+      forcePathStyle: true,
+      credentials: s3.credentials,
+    });
+    await objects.put('s3://neo-inputs/models/tiny.onnx', await readFile(await writeTestModel('tiny', dir)));
+    await objects.put('s3://neo-inputs/models/not-a-model.onnx', Buffer.from('not onnx'));
+    models = new ModelStore(database.db, {
+      blobs: new LocalBlobStore(path.join(dir, 'blobs')),
+      workDir: path.join(dir, 'work'),
+      maxUploadBytes: 1024 * 1024,
+    });
+    jobs = new CompilationJobStore(database.db, {
+      models,
+      openS3Object: (uri) => objects.get(uri),
+      logger: pino({ level: 'silent' }),
+    });
+  });
+  afterAll(async () => {
+    await database?.close();
+    await s3?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const create = (name: string, inputS3Uri: string, framework = 'ONNX') =>
+    jobs.create({
+      name,
+      framework,
+      inputS3Uri,
+      roleArn: 'arn:aws:iam::123456789012:role/neo',
+      outputS3Location: 's3://neo-inputs/out',
+      tags: [{ key: 'team', value: 'cv' }],
+    });
+
+  it.skipIf(!fixture.available)('imports a valid model into the registry and completes', async () => {
+    expect((await create('tiny-job', 's3://neo-inputs/models/tiny.onnx')).status).toBe('INPROGRESS');
+    await jobs.settle();
+    const job = await jobs.get('tiny-job');
+    expect(job).toMatchObject({ status: 'COMPLETED', modelName: 'compilation-tiny-job', modelVersion: '1' });
+    const version = await models.getVersion('compilation-tiny-job', '1');
+    expect(job.modelSha256).toBe(version.sha256);
+    expect(job.tags).toEqual([{ key: 'team', value: 'cv' }]);
+    expect((await jobs.list({ limit: 10, status: 'COMPLETED' })).map((j) => j.name)).toEqual(['tiny-job']);
+  });
+
+  it.skipIf(!fixture.available)('fails a missing object or an invalid model, naming why', async () => {
+    await create('missing-job', 's3://neo-inputs/models/none.onnx');
+    await create('garbage-job', 's3://neo-inputs/models/not-a-model.onnx');
+    await jobs.settle();
+    expect(await jobs.get('missing-job')).toMatchObject({ status: 'FAILED' });
+    expect((await jobs.get('missing-job')).failureReason).toMatch(/none\.onnx/);
+    expect((await jobs.get('garbage-job')).status).toBe('FAILED');
+    await expect(jobs.stop('garbage-job')).rejects.toThrow(/FAILED; only INPROGRESS jobs stop/);
+  });
+
+  it.skipIf(!fixture.available)('refuses other frameworks and duplicate names', async () => {
+    await expect(create('tf-job', 's3://neo-inputs/models/m.tar.gz', 'TENSORFLOW')).rejects.toThrow(
+      /TENSORFLOW is not supported.*ONNX/,
+    );
+    await expect(create('tiny-job', 's3://neo-inputs/models/tiny.onnx')).rejects.toThrow(/already exists/);
+  });
+});

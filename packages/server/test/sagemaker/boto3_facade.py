@@ -1,0 +1,494 @@
+"""boto3 against a real edgefleet-server: the SageMaker facade as Edge Manager scripts use it.
+
+Run by boto3-facade.test.ts, which starts the server and passes (in the environment):
+  EF_ENDPOINT         the operator URL (the facade's endpoint_url)
+  EF_ADMIN_TOKEN      a native admin bearer token (to create device-bound keys through the REST API)
+  EF_ADMIN_KEY_ID / EF_ADMIN_SECRET, EF_READ_KEY_ID / EF_READ_SECRET   access keys (admin, read-only)
+  EF_S3_ENDPOINT, EF_S3_BUCKET   the S3-compatible store (s3rver) the server reads models from and writes to
+  EF_MODEL_FILE                  an ONNX model (core's test-model catalogue)
+  EF_WORK_DIR                    where to leave the downloaded package for `edgefleet package verify`
+botocore's service models are the authority on member names, types, errors, paginators and waiters.
+"""
+
+import datetime
+import io
+import json
+import os
+import tarfile
+import time
+import unittest
+import urllib.request
+from unittest import mock
+
+import boto3
+import botocore
+import botocore.auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+ENDPOINT = os.environ["EF_ENDPOINT"]
+REGION = "eu-west-1"
+CONFIG = Config(retries={"max_attempts": 1}, connect_timeout=10, read_timeout=30)
+
+
+def client(service="sagemaker", key="ADMIN", **overrides):
+    return boto3.client(
+        service,
+        endpoint_url=ENDPOINT,
+        region_name=REGION,
+        aws_access_key_id=overrides.get("key_id", os.environ[f"EF_{key}_KEY_ID"]),
+        aws_secret_access_key=overrides.get("secret", os.environ[f"EF_{key}_SECRET"]),
+        config=CONFIG,
+    )
+
+
+def native(method, path, body=None):
+    request = urllib.request.Request(
+        ENDPOINT + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"authorization": "Bearer " + os.environ["EF_ADMIN_TOKEN"], "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def error_of(call):
+    try:
+        call()
+    except ClientError as error:
+        return error.response["Error"]["Code"], error.response["ResponseMetadata"]["HTTPStatusCode"], error.response["Error"].get("Message", "")
+    raise AssertionError("expected the call to fail")
+
+
+OUTPUT = {"S3OutputLocation": "s3://edge-output/captures"}
+
+
+class FleetsAndDevices(unittest.TestCase):
+    def test_flow_fleet_devices_tags_report(self):
+        sm = client()
+        sm.create_device_fleet(
+            DeviceFleetName="flow-fleet",
+            Description="boto3 flow",
+            OutputConfig=OUTPUT,
+            RoleArn="arn:aws:iam::123456789012:role/edge",
+            Tags=[{"Key": "team", "Value": "vision"}],
+        )
+        fleet = sm.describe_device_fleet(DeviceFleetName="flow-fleet")
+        self.assertEqual(fleet["DeviceFleetName"], "flow-fleet")
+        self.assertEqual(fleet["DeviceFleetArn"], f"arn:aws:sagemaker:{REGION}:000000000000:device-fleet/flow-fleet")
+        self.assertEqual(fleet["OutputConfig"]["S3OutputLocation"], OUTPUT["S3OutputLocation"])
+        self.assertIsInstance(fleet["CreationTime"], datetime.datetime)
+
+        sm.register_devices(
+            DeviceFleetName="flow-fleet",
+            Devices=[{"DeviceName": f"flow-dev-{i}", "Description": f"camera {i}"} for i in range(3)],
+            Tags=[{"Key": "site", "Value": "berlin"}],
+        )
+        device = sm.describe_device(DeviceName="flow-dev-1", DeviceFleetName="flow-fleet")
+        self.assertEqual(device["Description"], "camera 1")
+        self.assertEqual(device["DeviceArn"], f"arn:aws:sagemaker:{REGION}:000000000000:device-fleet/flow-fleet/device/flow-dev-1")
+        self.assertNotIn("LatestHeartbeat", device)
+
+        sm.update_devices(DeviceFleetName="flow-fleet", Devices=[{"DeviceName": "flow-dev-1", "IotThingName": "thing-1"}])
+        device = sm.describe_device(DeviceName="flow-dev-1", DeviceFleetName="flow-fleet")
+        self.assertEqual(device["IotThingName"], "thing-1")
+        self.assertEqual(device["Description"], "camera 1")
+
+        listed = sm.list_devices(DeviceFleetName="flow-fleet")["DeviceSummaries"]
+        self.assertEqual([d["DeviceName"] for d in listed], ["flow-dev-0", "flow-dev-1", "flow-dev-2"])
+
+        fleet_arn = fleet["DeviceFleetArn"]
+        sm.add_tags(ResourceArn=fleet_arn, Tags=[{"Key": "env", "Value": "prod"}])
+        tags = sm.list_tags(ResourceArn=fleet_arn)["Tags"]
+        self.assertEqual(tags, [{"Key": "env", "Value": "prod"}, {"Key": "team", "Value": "vision"}])
+        sm.delete_tags(ResourceArn=fleet_arn, TagKeys=["team"])
+        self.assertEqual(sm.list_tags(ResourceArn=fleet_arn)["Tags"], [{"Key": "env", "Value": "prod"}])
+        self.assertEqual(sm.list_tags(ResourceArn=device["DeviceArn"])["Tags"], [{"Key": "site", "Value": "berlin"}])
+
+        report = sm.get_device_fleet_report(DeviceFleetName="flow-fleet")
+        self.assertEqual(report["DeviceStats"], {"ConnectedDeviceCount": 0, "RegisteredDeviceCount": 3})
+        self.assertEqual(report["DeviceFleetArn"], fleet_arn)
+
+        sm.update_device_fleet(DeviceFleetName="flow-fleet", OutputConfig={"S3OutputLocation": "s3://other/place"}, Description="moved")
+        self.assertEqual(sm.describe_device_fleet(DeviceFleetName="flow-fleet")["Description"], "moved")
+
+        code, status, message = error_of(lambda: sm.delete_device_fleet(DeviceFleetName="flow-fleet"))
+        self.assertEqual((code, status), ("ResourceInUse", 400))
+        sm.deregister_devices(DeviceFleetName="flow-fleet", DeviceNames=["flow-dev-0", "flow-dev-1", "flow-dev-2"])
+        sm.delete_device_fleet(DeviceFleetName="flow-fleet")
+        code, status, _ = error_of(lambda: sm.describe_device_fleet(DeviceFleetName="flow-fleet"))
+        self.assertEqual((code, status), ("ResourceNotFound", 400))
+
+    def test_paginators(self):
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="page-fleet", OutputConfig=OUTPUT)
+        names = [f"page-dev-{i:02d}" for i in range(23)]
+        sm.register_devices(DeviceFleetName="page-fleet", Devices=[{"DeviceName": n} for n in names])
+        pages = list(sm.get_paginator("list_devices").paginate(DeviceFleetName="page-fleet", PaginationConfig={"PageSize": 5}))
+        self.assertEqual(len(pages), 5)
+        self.assertEqual([d["DeviceName"] for p in pages for d in p["DeviceSummaries"]], names)
+        for i in range(12):
+            sm.create_device_fleet(DeviceFleetName=f"page-more-{i:02d}", OutputConfig=OUTPUT)
+        fleets = [f["DeviceFleetName"] for p in sm.get_paginator("list_device_fleets").paginate(NameContains="page-more", PaginationConfig={"PageSize": 5}) for f in p["DeviceFleetSummaries"]]
+        self.assertEqual(fleets, [f"page-more-{i:02d}" for i in range(12)])
+        code, _, message = error_of(lambda: sm.list_devices(NextToken="not-a-token"))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("NextToken", message)
+
+    def test_documented_errors(self):
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="err-fleet", OutputConfig=OUTPUT)
+        code, status, _ = error_of(lambda: sm.create_device_fleet(DeviceFleetName="err-fleet", OutputConfig=OUTPUT))
+        self.assertEqual((code, status), ("ResourceInUse", 400))
+        code, _, _ = error_of(lambda: sm.register_devices(DeviceFleetName="no-such-fleet", Devices=[{"DeviceName": "x1"}]))
+        self.assertEqual(code, "ResourceNotFound")
+        code, _, message = error_of(lambda: sm.create_device_fleet(DeviceFleetName="bad_name!", OutputConfig=OUTPUT))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("DeviceFleetName", message)
+        code, _, _ = error_of(lambda: sm.describe_device(DeviceName="nobody", DeviceFleetName="err-fleet"))
+        self.assertEqual(code, "ResourceNotFound")
+        code, _, message = error_of(lambda: sm.create_device_fleet(DeviceFleetName="gg-fleet", OutputConfig={**OUTPUT, "PresetDeploymentType": "GreengrassV2Component"}))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("PresetDeploymentType", message)
+
+    def test_tag_limit(self):
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="tag-fleet", OutputConfig=OUTPUT, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(30)])
+        arn = sm.describe_device_fleet(DeviceFleetName="tag-fleet")["DeviceFleetArn"]
+        code, _, _ = error_of(lambda: sm.add_tags(ResourceArn=arn, Tags=[{"Key": f"new{i}", "Value": "v"} for i in range(30)]))
+        self.assertEqual(code, "ResourceLimitExceeded")
+        self.assertEqual(len([t for p in sm.get_paginator("list_tags").paginate(ResourceArn=arn) for t in p["Tags"]]), 30)
+        code, _, message = error_of(lambda: sm.list_tags(ResourceArn="arn:aws:sagemaker:eu-west-1:000000000000:endpoint/x"))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("ResourceArn", message)
+
+    def test_unsupported_operation(self):
+        code, status, _ = error_of(lambda: client().list_endpoints())
+        self.assertEqual((code, status), ("UnknownOperationException", 400))
+
+
+class Authentication(unittest.TestCase):
+    def test_read_only_key_reads_but_cannot_mutate(self):
+        reader = client(key="READ")
+        reader.list_device_fleets()
+        code, status, message = error_of(lambda: reader.create_device_fleet(DeviceFleetName="ro-fleet", OutputConfig=OUTPUT))
+        self.assertEqual((code, status), ("AccessDeniedException", 400))
+        self.assertIn("read-only", message)
+
+    def test_wrong_secret_and_unknown_key(self):
+        code, status, _ = error_of(lambda: client(secret="x" * 40).list_device_fleets())
+        self.assertEqual((code, status), ("InvalidSignatureException", 403))
+        code, status, _ = error_of(lambda: client(key_id="AKEFAAAAAAAAAAAAAAAA").list_device_fleets())
+        self.assertEqual((code, status), ("UnrecognizedClientException", 403))
+
+    def test_signature_for_another_service(self):
+        credentials = Credentials(os.environ["EF_ADMIN_KEY_ID"], os.environ["EF_ADMIN_SECRET"])
+        request = AWSRequest(method="POST", url=ENDPOINT + "/", data=b"{}", headers={"X-Amz-Target": "SageMaker.ListDeviceFleets", "Content-Type": "application/x-amz-json-1.1"})
+        botocore.auth.SigV4Auth(credentials, "s3", REGION).add_auth(request)
+        prepared = request.prepare()
+        status, body = send(urllib.request.Request(prepared.url, data=b"{}", method="POST", headers=dict(prepared.headers)))
+        self.assertEqual((status, body["__type"]), (403, "InvalidSignatureException"))
+        self.assertIn("sagemaker", body["message"])
+
+    def test_unsigned_request(self):
+        unsigned = boto3.client("sagemaker", endpoint_url=ENDPOINT, region_name=REGION, config=Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1}))
+        code, status, _ = error_of(lambda: unsigned.list_device_fleets())
+        self.assertEqual((code, status), ("MissingAuthenticationTokenException", 403))
+
+    def test_tampered_body_is_refused(self):
+        credentials = Credentials(os.environ["EF_ADMIN_KEY_ID"], os.environ["EF_ADMIN_SECRET"])
+        request = AWSRequest(method="POST", url=ENDPOINT + "/", data=b'{"DeviceFleetName":"a"}', headers={"X-Amz-Target": "SageMaker.DescribeDeviceFleet", "Content-Type": "application/x-amz-json-1.1"})
+        botocore.auth.SigV4Auth(credentials, "sagemaker", REGION).add_auth(request)
+        prepared = request.prepare()
+        swapped = urllib.request.Request(prepared.url, data=b'{"DeviceFleetName":"b"}', method="POST", headers=dict(prepared.headers))
+        del swapped.headers["Content-length"]
+        status, body = send(swapped)
+        self.assertEqual(status, 403)
+        self.assertEqual(body["__type"], "InvalidSignatureException")
+
+    def test_clock_skew_beyond_15_minutes(self):
+        skewed = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(minutes=20)
+        with signing_clock(skewed):
+            code, status, message = error_of(lambda: client().list_device_fleets())
+        self.assertEqual((code, status), ("InvalidSignatureException", 403))
+        self.assertIn("expired", message)
+
+    def test_presigned_urls(self):
+        credentials = Credentials(os.environ["EF_ADMIN_KEY_ID"], os.environ["EF_ADMIN_SECRET"])
+
+        def presigned(expires, at=None):
+            request = AWSRequest(method="POST", url=ENDPOINT + "/", headers={"X-Amz-Target": "SageMaker.ListDeviceFleets", "Content-Type": "application/x-amz-json-1.1"})
+            signer = botocore.auth.SigV4QueryAuth(credentials, "sagemaker", REGION, expires=expires)
+            if at is None:
+                signer.add_auth(request)
+            else:
+                with signing_clock(at):
+                    signer.add_auth(request)
+            prepared = request.prepare()
+            self.assertNotIn("Authorization", prepared.headers)
+            return urllib.request.Request(prepared.url, data=b"", method="POST", headers=dict(prepared.headers))
+
+        status, body = send(presigned(300))
+        self.assertEqual(status, 200, body)
+        self.assertIn("DeviceFleetSummaries", body)
+        an_hour_ago = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(hours=1)
+        status, body = send(presigned(60, at=an_hour_ago))
+        self.assertEqual(status, 403)
+        self.assertEqual(body["__type"], "InvalidSignatureException")
+        self.assertIn("expired", body["message"])
+
+
+def signing_clock(at):
+    """botocore's signing clock set to `at` (naive UTC): newer botocore reads get_current_datetime, older
+    releases (Debian's) datetime.datetime.utcnow."""
+    if hasattr(botocore.auth, "get_current_datetime"):
+        return mock.patch("botocore.auth.get_current_datetime", return_value=at)
+    fake = mock.MagicMock(wraps=datetime)
+    fake.datetime.utcnow.return_value = at
+    fake.datetime.now.return_value = at
+    return mock.patch("botocore.auth.datetime", fake)
+
+
+def send(request):
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+class DataPlane(unittest.TestCase):
+    def test_device_key_heartbeat_and_registration(self):
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="edge-fleet", OutputConfig=OUTPUT)
+        sm.register_devices(DeviceFleetName="edge-fleet", Devices=[{"DeviceName": "edge-dev"}, {"DeviceName": "other-dev"}])
+        created = native("POST", "/api/v1/access-keys", {"name": "edge-dev agent", "scope": "read-only", "deviceName": "edge-dev"})
+        edge = client("sagemaker-edge", key_id=created["accessKeyId"], secret=created["secretAccessKey"])
+
+        registration = edge.get_device_registration(DeviceName="edge-dev", DeviceFleetName="edge-fleet")
+        self.assertEqual(registration["DeviceRegistration"], "REGISTERED")
+        edge.send_heartbeat(
+            AgentVersion="1.0",
+            DeviceName="edge-dev",
+            DeviceFleetName="edge-fleet",
+            Models=[{"ModelName": "resnet", "ModelVersion": "1", "LatestInference": datetime.datetime.now(datetime.timezone.utc)}],
+        )
+        self.assertEqual(edge.get_deployments(DeviceName="edge-dev", DeviceFleetName="edge-fleet")["Deployments"], [])
+        device = sm.describe_device(DeviceName="edge-dev", DeviceFleetName="edge-fleet")
+        self.assertEqual(device["AgentVersion"], "1.0")
+        self.assertEqual([m["ModelName"] for m in device["Models"]], ["resnet"])
+        report = sm.get_device_fleet_report(DeviceFleetName="edge-fleet")
+        self.assertEqual(report["DeviceStats"], {"ConnectedDeviceCount": 1, "RegisteredDeviceCount": 2})
+        self.assertEqual(report["AgentVersions"], [{"Version": "1.0", "AgentCount": 1}])
+
+        # A device key speaks for its own device only, and only on the data plane.
+        try:
+            edge.send_heartbeat(AgentVersion="1.0", DeviceName="other-dev", DeviceFleetName="edge-fleet")
+            raise AssertionError("expected a refusal")
+        except ClientError as error:
+            self.assertIn(error.response["ResponseMetadata"]["HTTPStatusCode"], (400, 403))
+        device_as_operator = client(key_id=created["accessKeyId"], secret=created["secretAccessKey"])
+        code, _, _ = error_of(lambda: device_as_operator.list_device_fleets())
+        self.assertEqual(code, "AccessDeniedException")
+        code, _, _ = error_of(lambda: client("sagemaker-edge").get_deployments(DeviceName="edge-dev", DeviceFleetName="edge-fleet"))
+        self.assertEqual(code, "AccessDeniedException")
+
+        # Deregistering ends the key's device identity, even once a device of that name is registered again.
+        sm.deregister_devices(DeviceFleetName="edge-fleet", DeviceNames=["edge-dev"])
+        code, _, _ = error_of(lambda: edge.get_device_registration(DeviceName="edge-dev", DeviceFleetName="edge-fleet"))
+        self.assertEqual(code, "AccessDeniedException")
+        sm.register_devices(DeviceFleetName="edge-fleet", Devices=[{"DeviceName": "edge-dev"}])
+        code, _, message = error_of(lambda: edge.get_device_registration(DeviceName="edge-dev", DeviceFleetName="edge-fleet"))
+        self.assertEqual(code, "AccessDeniedException")
+        self.assertIn("no longer registered", message)
+
+
+def wait_for(describe, status_key, done=("COMPLETED", "FAILED", "STOPPED"), attempts=300):
+    """botocore has no waiters for compilation or packaging jobs: poll Describe as scripts do."""
+    for _ in range(attempts):
+        result = describe()
+        if result[status_key] in done:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"still {result[status_key]}: {result}")
+
+
+class CompilationAndPackaging(unittest.TestCase):
+    def setUp(self):
+        self.s3 = boto3.client("s3", endpoint_url=os.environ["EF_S3_ENDPOINT"], region_name="us-east-1",
+                               aws_access_key_id="S3RVER", aws_secret_access_key="S3RVER", config=CONFIG)
+        self.bucket = os.environ["EF_S3_BUCKET"]
+
+    def test_onnx_from_s3_to_signed_package_in_s3(self):
+        sm = client()
+        with open(os.environ["EF_MODEL_FILE"], "rb") as model:
+            onnx = model.read()
+        self.s3.put_object(Bucket=self.bucket, Key="inputs/tiny.onnx", Body=onnx)
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            info = tarfile.TarInfo("model/tiny.onnx")
+            info.size = len(onnx)
+            tar.addfile(info, io.BytesIO(onnx))
+        self.s3.put_object(Bucket=self.bucket, Key="inputs/tiny.tar.gz", Body=archive.getvalue())
+
+        role = "arn:aws:iam::123456789012:role/neo"
+        for name, key in (("compile-onnx", "inputs/tiny.onnx"), ("compile-targz", "inputs/tiny.tar.gz")):
+            arn = sm.create_compilation_job(
+                CompilationJobName=name, RoleArn=role,
+                InputConfig={"S3Uri": f"s3://{self.bucket}/{key}", "Framework": "ONNX"},
+                OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/compiled", "TargetDevice": "jetson_nano"},
+                StoppingCondition={"MaxRuntimeInSeconds": 900},
+            )["CompilationJobArn"]
+            self.assertEqual(arn, f"arn:aws:sagemaker:{REGION}:000000000000:compilation-job/{name}")
+            job = wait_for(lambda: sm.describe_compilation_job(CompilationJobName=name), "CompilationJobStatus")
+            self.assertEqual(job["CompilationJobStatus"], "COMPLETED", job)
+        listed = sm.list_compilation_jobs(NameContains="compile-")["CompilationJobSummaries"]
+        self.assertEqual([j["CompilationJobName"] for j in listed], ["compile-onnx", "compile-targz"])
+
+        code, _, message = error_of(lambda: sm.create_compilation_job(
+            CompilationJobName="compile-tf", RoleArn=role,
+            InputConfig={"S3Uri": f"s3://{self.bucket}/inputs/model.tar.gz", "Framework": "TENSORFLOW"},
+            OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/compiled"}, StoppingCondition={}))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("ONNX", message)
+        sm.create_compilation_job(
+            CompilationJobName="compile-missing", RoleArn=role,
+            InputConfig={"S3Uri": f"s3://{self.bucket}/inputs/none.onnx", "Framework": "ONNX"},
+            OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/compiled"}, StoppingCondition={})
+        failed = wait_for(lambda: sm.describe_compilation_job(CompilationJobName="compile-missing"), "CompilationJobStatus")
+        self.assertEqual(failed["CompilationJobStatus"], "FAILED")
+        self.assertIn("none.onnx", failed["FailureReason"])
+        code, _, _ = error_of(lambda: sm.stop_compilation_job(CompilationJobName="compile-missing"))
+        self.assertEqual(code, "ResourceInUse")
+
+        code, _, _ = error_of(lambda: sm.create_edge_packaging_job(
+            EdgePackagingJobName="pack-bad", CompilationJobName="compile-missing", ModelName="tiny", ModelVersion="1.0",
+            RoleArn=role, OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/packages"}))
+        self.assertEqual(code, "ValidationException")
+        sm.create_edge_packaging_job(
+            EdgePackagingJobName="pack-tiny", CompilationJobName="compile-targz", ModelName="tiny", ModelVersion="1.0",
+            RoleArn=role, OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/packages"})
+        job = wait_for(lambda: sm.describe_edge_packaging_job(EdgePackagingJobName="pack-tiny"), "EdgePackagingJobStatus")
+        self.assertEqual(job["EdgePackagingJobStatus"], "COMPLETED", job)
+        self.assertEqual(job["CompilationJobName"], "compile-targz")
+        self.assertEqual(job["ModelArtifact"], f"s3://{self.bucket}/packages/tiny-1.0.tar.gz")
+        self.assertTrue(job["ModelSignature"])
+        summaries = sm.list_edge_packaging_jobs(ModelNameContains="tin")["EdgePackagingJobSummaries"]
+        self.assertEqual([(j["EdgePackagingJobName"], j["EdgePackagingJobStatus"]) for j in summaries], [("pack-tiny", "COMPLETED")])
+        for arn in (f"arn:aws:sagemaker:{REGION}:000000000000:compilation-job/compile-targz", job["EdgePackagingJobArn"]):
+            sm.add_tags(ResourceArn=arn, Tags=[{"Key": "stage", "Value": "test"}])
+            self.assertEqual(sm.list_tags(ResourceArn=arn)["Tags"], [{"Key": "stage", "Value": "test"}])
+            sm.delete_tags(ResourceArn=arn, TagKeys=["stage"])
+            self.assertEqual(sm.list_tags(ResourceArn=arn)["Tags"], [])
+        body = self.s3.get_object(Bucket=self.bucket, Key="packages/tiny-1.0.tar.gz")["Body"].read()
+        with open(os.path.join(os.environ["EF_WORK_DIR"], "tiny-1.0.tar.gz"), "wb") as out:
+            out.write(body)
+        code, _, _ = error_of(lambda: sm.create_edge_packaging_job(
+            EdgePackagingJobName="pack-tiny", CompilationJobName="compile-onnx", ModelName="tiny", ModelVersion="2.0",
+            RoleArn=role, OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/packages"}))
+        self.assertEqual(code, "ResourceInUse")
+
+
+SUPPORTED = [
+    "CreateDeviceFleet", "DescribeDeviceFleet", "UpdateDeviceFleet", "DeleteDeviceFleet", "ListDeviceFleets",
+    "GetDeviceFleetReport", "RegisterDevices", "UpdateDevices", "DeregisterDevices", "DescribeDevice",
+    "ListDevices", "AddTags", "ListTags", "DeleteTags", "CreateCompilationJob", "DescribeCompilationJob",
+    "ListCompilationJobs", "StopCompilationJob", "CreateEdgePackagingJob", "DescribeEdgePackagingJob",
+    "ListEdgePackagingJobs",
+]
+EDGE = ["SendHeartbeat", "GetDeviceRegistration", "GetDeployments"]
+# What a malformed request may be answered with: a clear client error, never a 5xx.
+CLIENT_ERRORS = {"ValidationException", "SerializationException", "ResourceNotFound", "ResourceInUse"}
+
+
+def wrong_value(shape):
+    """A value of the wrong JSON type for a botocore shape."""
+    return {"string": 12345, "integer": "twelve", "long": "twelve", "boolean": "yes", "double": "x",
+            "timestamp": "yesterday", "list": "not-a-list", "structure": ["not", "an", "object"],
+            "map": 7}.get(shape.type_name, None)
+
+
+def signed_raw(path, body, target=None):
+    credentials = Credentials(os.environ["EF_ADMIN_KEY_ID"], os.environ["EF_ADMIN_SECRET"])
+    headers = {"Content-Type": "application/x-amz-json-1.1" if target else "application/json"}
+    if target:
+        headers["X-Amz-Target"] = target
+    request = AWSRequest(method="POST", url=ENDPOINT + path, data=body, headers=headers)
+    botocore.auth.SigV4Auth(credentials, "sagemaker", REGION).add_auth(request)
+    prepared = request.prepare()
+    return send(urllib.request.Request(prepared.url, data=body, method="POST", headers=dict(prepared.headers)))
+
+
+class Fuzz(unittest.TestCase):
+    """Malformed JSON, wrong types, huge bodies and unknown members, on every supported operation."""
+
+    def check(self, status, body, allowed=CLIENT_ERRORS):
+        self.assertLess(status, 500, body)
+        if status >= 400:
+            code = body.get("__type", "")
+            self.assertIn(code, allowed, body)
+            self.assertTrue(body.get("message"), body)
+
+    def test_control_plane(self):
+        model = client().meta.service_model
+        for name in SUPPORTED:
+            target = "SageMaker." + name
+            with self.subTest(operation=name, case="malformed JSON"):
+                status, body = signed_raw("/", b'{"DeviceFleetName": "x",', target)
+                self.assertEqual((status, body.get("__type")), (400, "SerializationException"))
+            with self.subTest(operation=name, case="not an object"):
+                status, body = signed_raw("/", b"[1,2,3]", target)
+                self.assertEqual((status, body.get("__type")), (400, "SerializationException"))
+            with self.subTest(operation=name, case="huge body"):
+                # The server answers as soon as Content-Length exceeds the limit, and may close the connection
+                # before the client has sent it all: a reset is a refusal too.
+                try:
+                    status, body = signed_raw("/", b'{"Description": "' + b"a" * (2 * 1024 * 1024) + b'"}', target)
+                    self.assertEqual((status, body.get("__type")), (400, "ValidationException"))
+                except urllib.error.URLError as error:
+                    self.assertIsInstance(error.reason, (BrokenPipeError, ConnectionResetError))
+            members = model.operation_model(name).input_shape.members
+            for member, shape in members.items():
+                with self.subTest(operation=name, case="wrong type", member=member):
+                    status, body = signed_raw("/", json.dumps({member: wrong_value(shape)}).encode(), target)
+                    self.check(status, body)
+                    self.assertEqual(status, 400)
+            with self.subTest(operation=name, case="unknown members ignored"):
+                status, body = signed_raw("/", json.dumps({"NoSuchMember": {"deep": [1, 2]}, "__proto__": {"x": 1}}).encode(), target)
+                self.check(status, body)
+                if status == 400:
+                    self.assertNotIn("NoSuchMember", body["message"])
+            with self.subTest(operation=name, case="NUL in a string"):
+                status, body = signed_raw("/", json.dumps({m: "a\u0000b" for m, s in members.items() if s.type_name == "string"}).encode(), target)
+                self.check(status, body)
+        # The server is still serving.
+        client().list_device_fleets()
+
+    def test_deeply_nested_json(self):
+        for body in (b"[" * 500_000 + b"]" * 500_000, b'{"Tags": ' + b"[" * 400_000 + b"]" * 400_000 + b"}"):
+            status, answer = signed_raw("/", body, "SageMaker.ListDeviceFleets")
+            self.check(status, answer)
+        client().list_device_fleets()
+
+    def test_unknown_members_are_ignored_on_success(self):
+        status, body = signed_raw("/", json.dumps({"MaxResults": 5, "FutureMember": "x"}).encode(), "SageMaker.ListDeviceFleets")
+        self.assertEqual(status, 200, body)
+
+    def test_data_plane(self):
+        model = client("sagemaker-edge").meta.service_model
+        for name in EDGE:
+            with self.subTest(operation=name, case="malformed JSON"):
+                status, body = signed_raw("/" + name, b"{nope")
+                self.assertLess(status, 500, body)
+            for member, shape in model.operation_model(name).input_shape.members.items():
+                with self.subTest(operation=name, case="wrong type", member=member):
+                    status, body = signed_raw("/" + name, json.dumps({member: wrong_value(shape)}).encode())
+                    self.assertLess(status, 500, body)
+                    self.assertTrue(body.get("message"), body)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
