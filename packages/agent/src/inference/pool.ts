@@ -1,7 +1,14 @@
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
-import { DATA_TYPES, dataTypeFromOrt, type DataTypeName } from '@edgefleet/core';
+import type { Worker } from 'node:worker_threads';
 import { InferenceError, type InferenceFailureKind } from './errors.js';
+import {
+  DEFAULT_INLINE_BUDGET,
+  InlineBudget,
+  RUNS_BEFORE_INLINE,
+  type InlineBudgetOptions,
+  type InlineBudgetStats,
+} from './inline-budget.js';
+import { InlineRunner } from './inline-runner.js';
 import {
   WORKER_CONTROL,
   preciseNow,
@@ -13,14 +20,16 @@ import {
   type WireTensorInfo,
 } from './protocol.js';
 import { toOrtSessionOptions, type OrtSessionConfig } from './session-options.js';
+import {
+  copiedInputs,
+  fromWire,
+  prepareInputs,
+  type InputByteCounts,
+  type PoolTensor,
+} from './tensor-transfer.js';
+import { createWorker, ringDoorbell as ring, stopWorker } from './worker-thread.js';
 
-/** A tensor handed to the pool: little-endian, row-major bytes. */
-export interface PoolTensor {
-  name: string;
-  dataType: DataTypeName;
-  shape: number[];
-  data: Uint8Array;
-}
+export type { PoolTensor } from './tensor-transfer.js';
 
 export interface RunOptions {
   /**
@@ -38,7 +47,7 @@ export interface RunResult {
   queueMs: number;
   /** Inside ONNX Runtime's run. */
   computeMs: number;
-  /** Index of the worker that ran it. */
+  /** Index of the worker that ran it; -1 when it ran inline, on the event loop. */
   worker: number;
 }
 
@@ -78,6 +87,13 @@ export interface InferencePoolOptions {
    * that come one at a time, at the cost of CPU (see docs/benchmarks.md).
    */
   hotWaitMicros?: number;
+  /**
+   * The inline path: requests for a model whose measured runs average at most `maxRunMicros` run on the event
+   * loop, in a session of their own, while inline runs take at most `eventLoopShare` of its time (see
+   * InlineBudget); everything else goes to the workers. Default off (`maxRunMicros` 0); the agent turns it on
+   * from its configuration. Only with the CPU execution provider alone.
+   */
+  inline?: InlineBudgetOptions;
   /** Told about worker crashes and restarts (for logs and metrics). */
   onEvent?: (event: PoolEvent) => void;
 }
@@ -98,7 +114,13 @@ export interface PoolStats {
    * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
    * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors).
    */
-  inputBytes: { transferred: number; shared: number; copied: number; copies: number };
+  inputBytes: InputByteCounts;
+  /** Where requests ran (warm-up runs included), and the inline path's budget. */
+  runs: { inline: number; worker: number };
+  inline: InlineBudgetStats & {
+    /** Models running inline now, with their average run time in microseconds. */
+    models: Array<{ key: string; computeMicros: number }>;
+  };
 }
 
 interface Job {
@@ -151,6 +173,18 @@ interface ModelEntry {
   running: number;
   /** A moving average of ONNX Runtime's time per run, once one has completed. */
   computeMs?: number;
+  /** Runs completed on workers. */
+  workerRuns: number;
+  /**
+   * The inline path for this model: 'off' until it has been measured fast, 'loading' its inline session, 'on'
+   * (requests may run inline, budget permitting), 'unfit' (too large to load on the event loop, or it failed).
+   */
+  inline: 'off' | 'loading' | 'on' | 'unfit';
+  /** Inline requests may start once `workerRuns` reaches this (a demoted model is measured on workers again). */
+  inlineAfterRuns: number;
+  /** Inline runs in progress, and who waits for them to end (an unload, before releasing the session). */
+  inlineRunning: number;
+  inlineDrained: Array<() => void>;
 }
 
 const DEFAULT_MAX_QUEUED = 256;
@@ -175,21 +209,29 @@ const HAND_AHEAD_MAX_COMPUTE_MS = 2;
  */
 export class InferencePool {
   readonly #options: Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<InferencePoolOptions, 'onEvent'>;
+  readonly #budget: InlineBudget;
+  readonly #inline = new InlineRunner();
+  readonly #runs = { inline: 0, worker: 0 };
   readonly #slots: Slot[] = [];
   readonly #models = new Map<string, ModelEntry>();
   /** InferenceWorkerData.activity, an Int32 per worker. */
   #activity = new Int32Array(new SharedArrayBuffer(0));
   #nextId = 1;
   #closed = false;
-  readonly #inputBytes = { transferred: 0, shared: 0, copied: 0, copies: 0 };
+  readonly #inputBytes: InputByteCounts = { transferred: 0, shared: 0, copied: 0, copies: 0 };
 
   private constructor(options: InferencePoolOptions) {
     this.#options = {
       maxQueuedPerModel: DEFAULT_MAX_QUEUED,
       restartDelayMs: DEFAULT_RESTART_DELAY,
       hotWaitMicros: 0,
+      inline: { ...DEFAULT_INLINE_BUDGET, maxRunMicros: 0 },
       ...options,
     };
+    const cpuOnly = this.#options.session.executionProviders.every((ep) => ep.name === 'cpu');
+    this.#budget = new InlineBudget(
+      cpuOnly ? this.#options.inline : { ...this.#options.inline, maxRunMicros: 0 },
+    );
   }
 
   /** Starts the workers; resolves once every one has loaded ONNX Runtime. */
@@ -203,7 +245,7 @@ export class InferencePool {
         `hotWaitMicros must be a whole number of microseconds from 0 to ${MAX_HOT_WAIT_MICROS}, got ${hot}`,
       );
     }
-    const pool = new InferencePool(options);
+    const pool = new InferencePool(options); // validates the inline budget
     pool.#activity = new Int32Array(new SharedArrayBuffer(options.workers * 4));
     try {
       await Promise.all(
@@ -250,7 +292,18 @@ export class InferencePool {
     const chosen = [...this.#slots]
       .sort((a, b) => a.sessions.size - b.sessions.size || a.index - b.index)
       .slice(0, count);
-    const entry: ModelEntry = { key, model, slots: new Set(chosen), queue: [], running: 0 };
+    const entry: ModelEntry = {
+      key,
+      model,
+      slots: new Set(chosen),
+      queue: [],
+      running: 0,
+      workerRuns: 0,
+      inline: 'off',
+      inlineAfterRuns: RUNS_BEFORE_INLINE,
+      inlineRunning: 0,
+      inlineDrained: [],
+    };
     this.#models.set(key, entry);
     const results = await Promise.allSettled(chosen.map((slot) => this.#loadOn(slot, entry)));
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -287,14 +340,21 @@ export class InferencePool {
     for (const job of entry.queue.splice(0)) {
       job.reject(new InferenceError('unloaded', `model ${key} was unloaded before this request ran`));
     }
-    await Promise.all(
-      [...entry.slots].map(async (slot) => {
+    const releaseInline = async () => {
+      // Releasing a session while a run is queued on it would crash ONNX Runtime: let those runs end first.
+      while (entry.inlineRunning > 0) await new Promise<void>((resolve) => entry.inlineDrained.push(resolve));
+      entry.inline = 'off';
+      await this.#inline.release(key);
+    };
+    await Promise.all([
+      releaseInline(),
+      ...[...entry.slots].map(async (slot) => {
         if (!slot.sessions.has(key)) return;
         slot.sessions.delete(key);
         if (!slot.worker) return; // a dead worker holds nothing; its restart will not reload this key
         await this.#control(slot, { op: 'release', id: this.#id(), key }).catch(() => {});
       }),
-    );
+    ]);
   }
 
   /**
@@ -327,6 +387,13 @@ export class InferencePool {
         running: entry.running,
       })),
       inputBytes: { ...this.#inputBytes },
+      runs: { ...this.#runs },
+      inline: {
+        ...this.#budget.stats(performance.now()),
+        models: [...this.#models.values()]
+          .filter((entry) => entry.inline === 'on' && entry.workerRuns >= entry.inlineAfterRuns)
+          .map((entry) => ({ key: entry.key, computeMicros: Math.round((entry.computeMs ?? 0) * 1000) })),
+      },
     };
   }
 
@@ -335,7 +402,8 @@ export class InferencePool {
     if (this.#closed) return;
     this.#closed = true;
     const closed = () => new InferenceError('closed', 'the inference pool is shutting down');
-    for (const entry of this.#models.values()) for (const job of entry.queue.splice(0)) job.reject(closed());
+    const entries = [...this.#models.values()];
+    for (const entry of entries) for (const job of entry.queue.splice(0)) job.reject(closed());
     this.#models.clear();
     await Promise.all(
       this.#slots.map(async (slot) => {
@@ -352,6 +420,10 @@ export class InferencePool {
         if (worker) await stopWorker(worker, slot.control);
       }),
     );
+    // Inline runs already queued on the event loop end first: releasing a session under one would crash.
+    for (const entry of entries)
+      while (entry.inlineRunning > 0) await new Promise<void>((resolve) => entry.inlineDrained.push(resolve));
+    await this.#inline.close();
   }
 
   // --- workers -------------------------------------------------------------------------------------------------
@@ -548,11 +620,12 @@ export class InferencePool {
       slot.recentDeaths = 0;
       this.#finished(job);
       if (message.op === 'done') {
+        this.#runs.worker++;
         const entry = this.#models.get(job.key);
-        const computeMs = message.finishedAt - message.startedAt;
-        if (entry)
-          entry.computeMs =
-            entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
+        if (entry) {
+          entry.workerRuns++;
+          this.#measured(entry, message.finishedAt - message.startedAt);
+        }
         try {
           job.resolve({
             outputs: message.outputs.map(fromWire),
@@ -616,7 +689,8 @@ export class InferencePool {
         ),
       );
     }
-    const { wire, transfer } = this.#prepareInputs(inputs, options.transferInputs === true);
+    if (!pinned && this.#runsInline(entry)) return this.#runInline(entry, inputs);
+    const { wire, transfer } = prepareInputs(inputs, options.transferInputs === true, this.#inputBytes);
     return new Promise<RunResult>((resolve, reject) => {
       const job: Job = {
         seq: this.#id(),
@@ -649,19 +723,9 @@ export class InferencePool {
       ringDoorbell(slot);
     } catch {
       // A buffer that cannot be transferred (an external one, e.g. mapped memory): copy everything instead.
-      // A failed postMessage detaches nothing, so the original bytes are still there to copy.
       try {
-        const copies = job.inputs.map((input) => {
-          const copy = new Uint8Array(input.byteLength);
-          copy.set(new Uint8Array(input.buffer, input.byteOffset, input.byteLength));
-          this.#inputBytes.copied += input.byteLength;
-          this.#inputBytes.copies++;
-          return { ...input, buffer: copy.buffer, byteOffset: 0 };
-        });
-        slot.worker!.postMessage(
-          { ...message, inputs: copies },
-          copies.map((c) => c.buffer),
-        );
+        const copies = copiedInputs(job.inputs, this.#inputBytes);
+        slot.worker!.postMessage({ ...message, inputs: copies.wire }, copies.transfer);
         ringDoorbell(slot);
       } catch (error) {
         slot[as] = null;
@@ -738,39 +802,71 @@ export class InferencePool {
     return running !== undefined && handsAhead(running);
   }
 
-  #prepareInputs(
-    inputs: readonly PoolTensor[],
-    transferOwned: boolean,
-  ): { wire: WireTensor[]; transfer: ArrayBuffer[] } {
-    const transfer: ArrayBuffer[] = [];
-    const wire = inputs.map((input): WireTensor => {
-      const { data } = input;
-      const base = {
-        name: input.name,
-        type: DATA_TYPES[input.dataType].ort,
-        dims: [...input.shape],
-        byteLength: data.byteLength,
-      };
-      if (typeof SharedArrayBuffer !== 'undefined' && data.buffer instanceof SharedArrayBuffer) {
-        this.#inputBytes.shared += data.byteLength;
-        return { ...base, buffer: data.buffer, byteOffset: data.byteOffset };
-      }
-      const buffer = data.buffer as ArrayBuffer;
-      const whole = data.byteOffset === 0 && data.byteLength === buffer.byteLength;
-      if (transferOwned && whole && !transfer.includes(buffer) && buffer.byteLength > 0) {
-        transfer.push(buffer);
-        this.#inputBytes.transferred += data.byteLength;
-        return { ...base, buffer, byteOffset: 0 };
-      }
-      // A view into a buffer we do not own (a gRPC message, Node's Buffer pool): copy once, then transfer.
-      const copy = new Uint8Array(data.byteLength);
-      copy.set(data);
-      transfer.push(copy.buffer);
-      this.#inputBytes.copied += data.byteLength;
-      this.#inputBytes.copies++;
-      return { ...base, buffer: copy.buffer, byteOffset: 0 };
-    });
-    return { wire, transfer };
+  // --- the inline path ------------------------------------------------------------------------------------------
+
+  /** Folds one measured run time into the model's average, and moves a fast model towards the inline path. */
+  #measured(entry: ModelEntry, computeMs: number): void {
+    entry.computeMs = entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
+    if (
+      entry.inline === 'off' &&
+      entry.workerRuns >= RUNS_BEFORE_INLINE &&
+      this.#budget.fastEnough(entry.computeMs)
+    )
+      void this.#loadInline(entry);
+  }
+
+  async #loadInline(entry: ModelEntry): Promise<void> {
+    entry.inline = 'loading';
+    let loaded = false;
+    try {
+      loaded = await this.#inline.load(entry.key, entry.model, toOrtSessionOptions(this.#options.session));
+    } catch {
+      // The workers hold working sessions of it; this model simply stays on them.
+    }
+    if (this.#models.get(entry.key) !== entry || this.#closed) {
+      if (loaded && entry.inline === 'loading') await this.#inline.release(entry.key);
+      return;
+    }
+    entry.inline = loaded ? 'on' : 'unfit';
+  }
+
+  /**
+   * Whether this request runs inline: the model's session is loaded here, its average run fits the per-run
+   * ceiling, it is not measuring on the workers after a demotion, and the event-loop share has room for it.
+   */
+  #runsInline(entry: ModelEntry): boolean {
+    return (
+      entry.inline === 'on' &&
+      entry.workerRuns >= entry.inlineAfterRuns &&
+      entry.computeMs !== undefined &&
+      this.#budget.fastEnough(entry.computeMs) &&
+      this.#budget.admit(entry.computeMs, performance.now())
+    );
+  }
+
+  async #runInline(entry: ModelEntry, inputs: readonly PoolTensor[]): Promise<RunResult> {
+    const expectedMs = entry.computeMs ?? 0;
+    const submittedAt = preciseNow();
+    entry.running++;
+    entry.inlineRunning++;
+    try {
+      const { outputs, computeMs } = await this.#inline.run(entry.key, inputs);
+      this.#runs.inline++;
+      this.#budget.settle(expectedMs, computeMs);
+      entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
+      // One run far over the ceiling (a misjudged model, or inputs that make it slow): back to the workers,
+      // which measure it again before it may return.
+      if (this.#budget.tooSlow(computeMs)) entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE;
+      const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
+      return { outputs, queueMs, computeMs, worker: -1 };
+    } catch (error) {
+      this.#budget.settle(expectedMs, 0);
+      throw error;
+    } finally {
+      entry.running--;
+      entry.inlineRunning--;
+      if (entry.inlineRunning === 0) for (const resolve of entry.inlineDrained.splice(0)) resolve();
+    }
   }
 
   #assertOpen(): void {
@@ -778,9 +874,8 @@ export class InferencePool {
   }
 }
 
-/** Tells a worker in its hot wait that a message was posted to it (a plain counter: nothing to wake). */
 function ringDoorbell(slot: Slot): void {
-  Atomics.add(slot.control, WORKER_CONTROL.DOORBELL, 1);
+  ring(slot.control);
 }
 
 function idleSlot(entry: ModelEntry): Slot | undefined {
@@ -801,54 +896,4 @@ function noInstance(key: string, reason: string): InferenceError {
     'no-instance',
     `no worker holds a working session of model ${key} (${reason}); unload it and load it again`,
   );
-}
-
-function fromWire(tensor: WireTensor): PoolTensor {
-  const dataType = dataTypeFromOrt(tensor.type);
-  if (!dataType)
-    throw new InferenceError(
-      'run-failed',
-      `the model returned a ${tensor.type} tensor, which SageMaker Edge cannot express`,
-    );
-  return {
-    name: tensor.name,
-    dataType,
-    shape: tensor.dims,
-    data: new Uint8Array(tensor.buffer, tensor.byteOffset, tensor.byteLength),
-  };
-}
-
-/**
- * Starts an inference worker. From compiled dist the worker is `inference-worker.js` beside this file; from
- * TypeScript sources (tests, development) it is `inference-worker.ts`, started with tsx's loader registered in
- * the worker first (a worker's `--import` cannot register loader hooks on Node 20).
- */
-function createWorker(workerData: InferenceWorkerData): Worker {
-  const here = import.meta.url;
-  if (!here.endsWith('.ts')) return new Worker(new URL('./inference-worker.js', here), { workerData });
-  const entry = new URL('./inference-worker.ts', here).href;
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const boot = `import(${JSON.stringify(tsx)}).then(({ register }) => { register(); return import(${JSON.stringify(entry)}); });`;
-  return new Worker(boot, { eval: true, workerData });
-}
-
-type WaitAsync = (
-  array: Int32Array,
-  index: number,
-  value: number,
-) => { async: false; value: string } | { async: true; value: Promise<string> };
-
-/**
- * Terminates a worker safely: terminating one inside ONNX Runtime's native code aborts the process, so ask it
- * to stop (it then starts nothing new), wait until it is out of native code, then terminate.
- */
-async function stopWorker(worker: Worker, control: Int32Array): Promise<void> {
-  Atomics.store(control, WORKER_CONTROL.STOP, 1);
-  Atomics.notify(control, WORKER_CONTROL.STOP);
-  const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
-  while (Atomics.load(control, WORKER_CONTROL.IN_NATIVE) === 1) {
-    const wait = waitAsync(control, WORKER_CONTROL.IN_NATIVE, 1);
-    if (wait.async) await wait.value;
-  }
-  await worker.terminate();
 }
