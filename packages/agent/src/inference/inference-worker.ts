@@ -13,7 +13,6 @@ import {
   type FromWorker,
   type InferenceWorkerData,
   type ToWorker,
-  type WireTensor,
   type WireTensorInfo,
   type WorkerFailureKind,
 } from './protocol.js';

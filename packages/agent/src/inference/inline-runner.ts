@@ -5,6 +5,7 @@
  * InlineBudget). The pool decides which requests come here; this module only loads, runs and releases.
  */
 import { stat } from 'node:fs/promises';
+import type ortModule from 'onnxruntime-node';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { InferenceError } from './errors.js';
 import { outputToWire, toOrtTensor, type OrtTensorConstructor } from './ort-tensors.js';
@@ -14,7 +15,7 @@ import { fromWire, inputsInPlace, type PoolTensor } from './tensor-transfer.js';
 /** Models larger than this are never loaded on the event loop: creating their session would block it too long. */
 export const MAX_INLINE_MODEL_BYTES = 32 * 1024 * 1024;
 
-type Ort = typeof import('onnxruntime-node');
+type Ort = typeof ortModule;
 
 export interface InlineRun {
   outputs: PoolTensor[];

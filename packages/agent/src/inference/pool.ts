@@ -13,7 +13,6 @@ import {
   WORKER_CONTROL,
   preciseNow,
   type FromWorker,
-  type InferenceWorkerData,
   type ModelBytes,
   type ToWorker,
   type WireTensor,
