@@ -24,6 +24,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer as createHttp2Server } from 'node:http2';
 import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -190,6 +191,35 @@ function startEchoServer(socketPath) {
     child.stdout.once('data', () => resolve(child));
     child.once('exit', (code) => reject(new Error(`the echo server exited (${code})`)));
   });
+}
+
+/**
+ * The gRPC floor of a minimal server: node:http2 speaking just enough gRPC for a unary echo (the request's
+ * length-prefixed message back, then grpc-status 0 in the trailers), for comparing with grpc-js's own floor.
+ */
+function startH2EchoServer(socketPath) {
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--h2-echo-server', socketPath], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    child.stdout.once('data', () => resolve(child));
+    child.once('exit', (code) => reject(new Error(`the HTTP/2 echo server exited (${code})`)));
+  });
+}
+
+function h2EchoServer(socketPath) {
+  const server = createHttp2Server({ settings: { initialWindowSize: 16 << 20 } });
+  server.on('stream', (stream) => {
+    const chunks = [];
+    stream.on('data', (chunk) => chunks.push(chunk));
+    stream.on('end', () => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(Buffer.concat(chunks));
+    });
+  });
+  server.listen(socketPath, () => process.stdout.write('ready\n'));
+  process.once('SIGTERM', () => process.exit(0));
 }
 
 /** The REST floor: a bare node:http server in its own process answering each POST with its body. */
@@ -505,6 +535,9 @@ async function main() {
     const echoSocketPath = join(dir, 'echo.sock');
     const echo = await startEchoServer(echoSocketPath);
     cleanups.push(() => echo.kill('SIGTERM'));
+    const h2EchoSocketPath = join(dir, 'h2-echo.sock');
+    const h2Echo = await startH2EchoServer(h2EchoSocketPath);
+    cleanups.push(() => h2Echo.kill('SIGTERM'));
     const httpEchoSocketPath = join(dir, 'http-echo.sock');
     const httpEcho = await startHttpEchoServer(httpEchoSocketPath);
     cleanups.push(() => httpEcho.kill('SIGTERM'));
@@ -528,6 +561,11 @@ async function main() {
         ['grpc-js echo, no agent (floor)', () => echoCaller(echoSocketPath, requestBytes)],
         ['gRPC bytes', (i) => grpcCaller(core, target, model, wire, i === 0)],
       ];
+      if (model.key !== 'image')
+        paths.splice(1, 0, [
+          'node:http2 gRPC echo (floor)',
+          () => echoCaller(h2EchoSocketPath, requestBytes),
+        ]);
       // The agent's gRPC door without inference: what the worker hand-off adds is the difference to gRPC bytes.
       if (model.key === 'tiny')
         paths.splice(1, 0, ['gRPC DescribeModel (no worker)', () => describeCaller(core, target, model)]);
@@ -747,6 +785,17 @@ function printGoals(rows) {
       '≥ 60%',
     ],
     [
+      'gRPC floor: node:http2 echo vs grpc-js echo, tiny, 1 client (p50)',
+      (() => {
+        const h2 = row('tiny', 'node:http2 gRPC echo (floor)', 1);
+        const js = row('tiny', 'grpc-js echo, no agent (floor)', 1);
+        return h2 && js && h2.p50 / js.p50;
+      })(),
+      (v) => `${v.toFixed(2)}×`,
+      (v) => v <= 0.5,
+      'adopt node:http2 only if ≤ 0.5× (clearly faster)',
+    ],
+    [
       'image, 1 client, KServe shared memory in and out: p50 vs in-process',
       undefined,
       () => '',
@@ -786,4 +835,5 @@ function echoServer(socketPath) {
 if (!isMainThread) await baselineWorker(workerData);
 else if (process.argv[2] === '--echo-server') echoServer(process.argv[3]);
 else if (process.argv[2] === '--http-echo-server') httpEchoServer(process.argv[3]);
+else if (process.argv[2] === '--h2-echo-server') h2EchoServer(process.argv[3]);
 else await main();
