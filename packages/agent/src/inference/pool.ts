@@ -1,5 +1,4 @@
 import { availableParallelism } from 'node:os';
-import type { Worker } from 'node:worker_threads';
 import { InferenceError, type InferenceFailureKind } from './errors.js';
 import {
   DEFAULT_INLINE_BUDGET,
@@ -15,9 +14,21 @@ import {
   type FromWorker,
   type ModelBytes,
   type ToWorker,
-  type WireTensor,
   type WireTensorInfo,
 } from './protocol.js';
+import {
+  handAheadTo,
+  idleSlot,
+  runsInline,
+  slotCanRun,
+  takeOldestWaiting,
+  takesAhead,
+  type Control,
+  type Job,
+  type ModelEntry,
+  type RunResult,
+  type Slot,
+} from './scheduling.js';
 import { toOrtSessionOptions, type OrtSessionConfig } from './session-options.js';
 import {
   copiedInputs,
@@ -29,6 +40,7 @@ import {
 import { createWorker, ringDoorbell as ring, stopWorker } from './worker-thread.js';
 
 export type { PoolTensor } from './tensor-transfer.js';
+export type { RunResult } from './scheduling.js';
 
 export interface RunOptions {
   /**
@@ -38,16 +50,6 @@ export interface RunOptions {
    * thread; the worker copies them once (onnxruntime-node refuses tensors over a SharedArrayBuffer).
    */
   transferInputs?: boolean;
-}
-
-export interface RunResult {
-  outputs: PoolTensor[];
-  /** Waiting for a worker: from submission until ONNX Runtime started. */
-  queueMs: number;
-  /** Inside ONNX Runtime's run. */
-  computeMs: number;
-  /** Index of the worker that ran it; -1 when it ran inline, on the event loop. */
-  worker: number;
 }
 
 export interface ModelSessionInfo {
@@ -122,86 +124,16 @@ export interface PoolStats {
   };
 }
 
-interface Job {
-  seq: number;
-  key: string;
-  inputs: WireTensor[];
-  transfer: ArrayBuffer[];
-  submittedAt: number;
-  /** Warm-up runs go to one given worker. */
-  pinned?: Slot;
-  resolve: (result: RunResult) => void;
-  reject: (error: InferenceError) => void;
-}
-
-interface Control {
-  message: ToWorker;
-  resolve: (reply: FromWorker) => void;
-  reject: (error: InferenceError) => void;
-}
-
-type SessionState = 'loading' | 'ready' | 'reloading';
-
-/** One worker thread and what it holds. */
-interface Slot {
-  index: number;
-  worker: Worker | null;
-  /** Shared with the worker: WORKER_CONTROL slots. */
-  control: Int32Array;
-  ready: boolean;
-  running: Job | null;
-  /** A request already posted to the worker, to run right after `running` (see #handAhead). */
-  ahead: Job | null;
-  controls: Map<number, Control>;
-  /** Control messages waiting for the worker to (re)start. */
-  backlog: Control[];
-  sessions: Map<string, SessionState>;
-  restarts: number;
-  /** Deaths since the worker last completed something; drives the restart delay. */
-  recentDeaths: number;
-  lastError: Error | null;
-}
-
-interface ModelEntry {
-  key: string;
-  /** Kept for as long as the model is loaded: a restarted worker creates its sessions again from it. */
-  model: string | ModelBytes;
-  slots: Set<Slot>;
-  queue: Job[];
-  /** Requests running or handed ahead on a worker. */
-  running: number;
-  /** A moving average of ONNX Runtime's time per run, once one has completed. */
-  computeMs?: number;
-  /** Runs completed on workers. */
-  workerRuns: number;
-  /**
-   * The inline path for this model: 'off' until it has been measured fast, 'loading' its inline session, 'on'
-   * (requests may run inline, budget permitting), 'unfit' (too large to load on the event loop, or it failed).
-   */
-  inline: 'off' | 'loading' | 'on' | 'unfit';
-  /** Inline requests may start once `workerRuns` reaches this (a demoted model is measured on workers again). */
-  inlineAfterRuns: number;
-  /** Inline runs in progress, and who waits for them to end (an unload, before releasing the session). */
-  inlineRunning: number;
-  inlineDrained: Array<() => void>;
-}
-
 const DEFAULT_MAX_QUEUED = 256;
 const DEFAULT_RESTART_DELAY = { initial: 100, max: 10_000 };
 const MAX_HOT_WAIT_MICROS = 10_000;
-/**
- * Requests are handed ahead to a busy worker (see #handAhead) only when both the running request's model and
- * theirs take at most this long per run, on average: a request handed ahead waits for the run before it even if
- * another instance becomes free first.
- */
-const HAND_AHEAD_MAX_COMPUTE_MS = 2;
 
 /**
  * A pool of inference worker threads. Each worker owns ONNX Runtime sessions for the models assigned to it;
  * a model has one or more instances (sessions) on distinct workers. A worker runs one request at a time; a
  * request starts at once on an idle worker holding its model, else waits in the model's queue and is taken,
  * oldest first across models, by the first such worker to become free (so it never waits behind a busy
- * instance while another is idle). For fast models (see #handAhead) one waiting request per busy worker is
+ * instance while another is idle). For fast models (see scheduling.ts) one waiting request per busy worker is
  * posted to it ahead of time, so that the worker goes from one run to the next without sleeping in between. A
  * worker that dies fails what it was running (and the request handed ahead to it) with 'worker-died', is
  * replaced, and its sessions are loaded again.
@@ -688,7 +620,7 @@ export class InferencePool {
         ),
       );
     }
-    if (!pinned && this.#runsInline(entry)) return this.#runInline(entry, inputs);
+    if (!pinned && runsInline(entry, this.#budget)) return this.#runInline(entry, inputs);
     const { wire, transfer } = prepareInputs(inputs, options.transferInputs === true, this.#inputBytes);
     return new Promise<RunResult>((resolve, reject) => {
       const job: Job = {
@@ -706,7 +638,7 @@ export class InferencePool {
         this.#start(idle, job, entry, 'running');
         return;
       }
-      const busy = pinned ? undefined : this.#handAhead(entry);
+      const busy = pinned ? undefined : handAheadTo(entry, this.#models);
       if (busy) this.#start(busy, job, entry, 'ahead');
       else entry.queue.push(job);
     });
@@ -752,53 +684,14 @@ export class InferencePool {
   #pump(slot: Slot): void {
     if (!slot.ready) return;
     if (!slot.running) {
-      const oldest = this.#oldestWaiting(slot, false);
+      const oldest = takeOldestWaiting(slot, false, this.#models);
       if (!oldest) return;
       this.#start(slot, oldest.job, oldest.entry, 'running');
     }
-    if (this.#takesAhead(slot)) {
-      const next = this.#oldestWaiting(slot, true);
+    if (takesAhead(slot, this.#models)) {
+      const next = takeOldestWaiting(slot, true, this.#models);
       if (next) this.#start(slot, next.job, next.entry, 'ahead');
     }
-  }
-
-  /** Takes the oldest request, across the worker's ready sessions, that it may run (next, when `ahead`). */
-  #oldestWaiting(slot: Slot, ahead: boolean): { job: Job; entry: ModelEntry } | undefined {
-    let best: { entry: ModelEntry; index: number } | undefined;
-    for (const [key, state] of slot.sessions) {
-      if (state !== 'ready') continue;
-      const entry = this.#models.get(key);
-      if (!entry || (ahead && !handsAhead(entry))) continue;
-      const index = entry.queue.findIndex((job) =>
-        ahead ? job.pinned === undefined : job.pinned === undefined || job.pinned === slot,
-      );
-      if (index < 0) continue;
-      if (!best || entry.queue[index]!.seq < best.entry.queue[best.index]!.seq) best = { entry, index };
-    }
-    if (!best) return undefined;
-    const [job] = best.entry.queue.splice(best.index, 1);
-    return { job: job!, entry: best.entry };
-  }
-
-  /**
-   * A busy worker to post a request to ahead of time, when every instance of the model is busy: the worker then
-   * starts it straight after its current run, without going to sleep and being woken again (each costs tens of
-   * microseconds, and the run after a sleep finds cold caches). Only between fast runs (#takesAhead): a request
-   * handed ahead no longer moves to an instance that becomes free first, so it may wait for one short run more.
-   */
-  #handAhead(entry: ModelEntry): Slot | undefined {
-    if (!handsAhead(entry)) return undefined;
-    for (const slot of entry.slots) {
-      if (slot.sessions.get(entry.key) === 'ready' && this.#takesAhead(slot)) return slot;
-    }
-    return undefined;
-  }
-
-  /** The worker is running a model whose runs are short, and has no request handed ahead yet. */
-  #takesAhead(slot: Slot): boolean {
-    if (!slot.ready || !slot.running || slot.ahead) return false;
-    const running = this.#models.get(slot.running.key);
-    return running !== undefined && handsAhead(running);
   }
 
   // --- the inline path ------------------------------------------------------------------------------------------
@@ -827,20 +720,6 @@ export class InferencePool {
       return;
     }
     entry.inline = loaded ? 'on' : 'unfit';
-  }
-
-  /**
-   * Whether this request runs inline: the model's session is loaded here, its average run fits the per-run
-   * ceiling, it is not measuring on the workers after a demotion, and the event-loop share has room for it.
-   */
-  #runsInline(entry: ModelEntry): boolean {
-    return (
-      entry.inline === 'on' &&
-      entry.workerRuns >= entry.inlineAfterRuns &&
-      entry.computeMs !== undefined &&
-      this.#budget.fastEnough(entry.computeMs) &&
-      this.#budget.admit(entry.computeMs, performance.now())
-    );
   }
 
   async #runInline(entry: ModelEntry, inputs: readonly PoolTensor[]): Promise<RunResult> {
@@ -875,19 +754,6 @@ export class InferencePool {
 
 function ringDoorbell(slot: Slot): void {
   ring(slot.control);
-}
-
-function idleSlot(entry: ModelEntry): Slot | undefined {
-  for (const slot of entry.slots) if (slotCanRun(slot, entry.key)) return slot;
-  return undefined;
-}
-
-function handsAhead(entry: ModelEntry): boolean {
-  return entry.computeMs !== undefined && entry.computeMs <= HAND_AHEAD_MAX_COMPUTE_MS;
-}
-
-function slotCanRun(slot: Slot, key: string): boolean {
-  return slot.ready && slot.running === null && slot.sessions.get(key) === 'ready';
 }
 
 function noInstance(key: string, reason: string): InferenceError {
