@@ -4,6 +4,7 @@
 //
 //   npm run build && node bench/agent-inference.bench.mjs [--seconds 2] [--only tiny,image,silero]
 //     [--warmup-rounds 2] [--compare path/to/other/dist/main.js | --compare workers-only]
+//     [--inline-max-run-micros N] [--inline-event-loop-percent P]
 //
 // Imports the BUILT core and agent (packages/*/dist) and starts packages/agent/dist/main.js. Models: tiny
 // (float32 [1, 16], y = 2x + 1: pure per-request overhead), image-identity (float32 [1, 3, 224, 224], 602112
@@ -47,6 +48,15 @@ const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
 // measure running fast models on the event loop against handing them to a worker, in one run.
 const COMPARE_ARG = arg('--compare', undefined);
 const WORKERS_ONLY = COMPARE_ARG === 'workers-only';
+// The agent's inline path settings (its defaults when not given), e.g. to try a ceiling that takes Silero VAD in.
+const INLINE_SETTINGS = {
+  ...(arg('--inline-max-run-micros') && {
+    edgefleet_inline_max_run_micros: Number(arg('--inline-max-run-micros')),
+  }),
+  ...(arg('--inline-event-loop-percent') && {
+    edgefleet_inline_event_loop_percent: Number(arg('--inline-event-loop-percent')),
+  }),
+};
 const COMPARE_MAIN = WORKERS_ONLY ? undefined : COMPARE_ARG;
 const AGENT_INFERENCE = join(root, 'packages/agent/dist/inference/index.js');
 const AGENT_SHM = join(root, 'packages/agent/dist/shm/index.js');
@@ -522,7 +532,7 @@ async function main() {
       const hasRest = ready.rest.some((a) => a === `unix:${restSocketPath}`);
       return { ready, target: `unix://${socketPath}`, rest: hasRest ? restSocketPath : null };
     };
-    const agent = await launch('agent', AGENT_MAIN);
+    const agent = await launch('agent', AGENT_MAIN, INLINE_SETTINGS);
     const other = WORKERS_ONLY
       ? await launch('other', AGENT_MAIN, { edgefleet_inline_max_run_micros: 0 })
       : COMPARE_MAIN
