@@ -716,7 +716,8 @@ export class InferencePool {
       // The workers hold working sessions of it; this model simply stays on them.
     }
     if (this.#models.get(entry.key) !== entry || this.#closed) {
-      if (loaded && entry.inline === 'loading') await this.#inline.release(entry.key);
+      // Unloaded (or the pool closed) while its inline session was being created: nothing may keep that session.
+      if (loaded && (this.#closed || !this.#models.has(entry.key))) await this.#inline.release(entry.key);
       return;
     }
     entry.inline = loaded ? 'on' : 'unfit';
