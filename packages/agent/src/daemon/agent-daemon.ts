@@ -180,6 +180,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         maxBodyBytes: Math.max(DEFAULT_MAX_BODY_BYTES, commandLine.maxMessageBytes),
         socketMode: config.socketMode,
         closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
+        sharedMemory,
         ...(config.rest.socketPath !== null && { unixSocketPath: config.rest.socketPath }),
         ...(config.rest.tcp !== null && { tcp: config.rest.tcp }),
       }).catch((error: Error) => {

@@ -1,6 +1,6 @@
 import { markAsUntransferable } from 'node:worker_threads';
 import { z } from 'zod';
-import { peerMayRead, type PeerCredentials } from './segment-access.js';
+import { peerMayRead, peerMayWrite, type PeerCredentials } from './segment-access.js';
 import { isSysvShmSystemError } from './sysv-shm-addon.js';
 import type { SegmentStat, SysvShmAddon } from './sysv-shm-addon.js';
 
@@ -157,6 +157,74 @@ export class SharedMemoryReader {
     const lease = this.lease(attachment, offset, length);
     this.sweepExcept(segmentId);
     return lease;
+  }
+
+  /**
+   * Checks that `caller` may use the segment as asked (read: attach it read-only; write: read-write) and that
+   * `length` bytes at `offset` lie inside it; returns its status. For registering a region before any use.
+   * @throws SharedMemoryError, and nothing else.
+   */
+  checkSegment(
+    segmentId: number,
+    offset: number,
+    length: number,
+    caller: PeerCredentials | null,
+    access: 'read' | 'write',
+  ): SegmentStat {
+    if (this.closed) throw new SharedMemoryError('ATTACH_FAILED', 'the shared memory reader is closed');
+    validate({ segmentId, offset, size: length }, length);
+    const stat = this.checkAccess(segmentId, caller, access);
+    checkBounds(segmentId, offset, length, stat.size);
+    return stat;
+  }
+
+  /**
+   * Writes `bytes` at `offset` in the segment, for a caller who could write there itself (an inference output
+   * the client asked for in shared memory). The segment is attached read-write for this write only.
+   * @throws SharedMemoryError, and nothing else.
+   */
+  writeToSegment(segmentId: number, offset: number, bytes: Uint8Array, caller: PeerCredentials | null): void {
+    const stat = this.checkSegment(segmentId, offset, bytes.byteLength, caller, 'write');
+    let buffer: ArrayBuffer;
+    try {
+      buffer = this.addon.attachReadWrite(segmentId);
+    } catch (error) {
+      throw fromSystemError(error, segmentId, 'attach');
+    }
+    try {
+      // The authoritative check: against the mapping itself (the segment's size is fixed, but be exact).
+      checkBounds(segmentId, offset, bytes.byteLength, Math.min(stat.size, buffer.byteLength));
+      new Uint8Array(buffer, offset, bytes.byteLength).set(bytes);
+    } finally {
+      try {
+        this.addon.detach(buffer);
+      } catch {
+        // Already detached.
+      }
+    }
+  }
+
+  private checkAccess(
+    segmentId: number,
+    caller: PeerCredentials | null,
+    access: 'read' | 'write',
+  ): SegmentStat {
+    if (caller === null) {
+      throw new SharedMemoryError(
+        'ACCESS_DENIED',
+        `shared memory segment ${segmentId} is refused: the agent uses shared memory only for callers on its Unix socket, whose credentials it knows`,
+        segmentId,
+      );
+    }
+    const stat = this.statOrRetire(segmentId);
+    if (!(access === 'read' ? peerMayRead : peerMayWrite)(stat, caller)) {
+      throw new SharedMemoryError(
+        'ACCESS_DENIED',
+        `the caller (uid ${caller.uid}, gid ${caller.gid}) may not ${access} shared memory segment ${segmentId} (owner uid ${stat.ownerUid}, gid ${stat.ownerGid}, mode ${stat.mode.toString(8).padStart(4, '0')}); expected a segment the calling process could attach ${access === 'read' ? 'read-only' : 'read-write'} itself`,
+        segmentId,
+      );
+    }
+    return stat;
   }
 
   /**
