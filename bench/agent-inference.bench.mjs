@@ -677,8 +677,12 @@ async function main() {
             await inProcessRunner(model, clients),
           ],
         ];
-        for (const [path, makeCall] of paths)
+        for (const [path, makeCall] of paths) {
+          // The agent parses at most 2 large JSON bodies at once and answers more with 429 (closing the
+          // connection while the client still sends): 8 clients of 3 MB JSON images measure that limit, not speed.
+          if (clients > 1 && model.key === 'image' && path === 'REST JSON') continue;
           candidates.push([path, await closedLoopRunner(clients, makeCall)]);
+        }
         const measured = candidates.map(() => ({ latencies: [], elapsed: 0 }));
         for (let round = -WARMUP_ROUNDS; round < ROUNDS; round++) {
           for (const [i, [, runner]] of candidates.entries()) {
