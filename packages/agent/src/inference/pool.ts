@@ -1,5 +1,4 @@
-import { availableParallelism } from 'node:os';
-import { InferenceError, type InferenceFailureKind } from './errors.js';
+import { InferenceError } from './errors.js';
 import {
   DEFAULT_INLINE_BUDGET,
   InlineBudget,
@@ -37,7 +36,14 @@ import {
   type InputByteCounts,
   type PoolTensor,
 } from './tensor-transfer.js';
-import { createWorker, ringDoorbell as ring, stopWorker } from './worker-thread.js';
+import {
+  deathOf,
+  newSlot,
+  restartDelay,
+  ringDoorbell as ring,
+  spawnWorkerThread,
+  stopWorker,
+} from './worker-thread.js';
 
 export type { PoolTensor } from './tensor-transfer.js';
 export type { RunResult } from './scheduling.js';
@@ -181,20 +187,7 @@ export class InferencePool {
     try {
       await Promise.all(
         Array.from({ length: options.workers }, (_, index) => {
-          const slot: Slot = {
-            index,
-            worker: null,
-            control: new Int32Array(0),
-            ready: false,
-            running: null,
-            ahead: null,
-            controls: new Map(),
-            backlog: [],
-            sessions: new Map(),
-            restarts: 0,
-            recentDeaths: 0,
-            lastError: null,
-          };
+          const slot = newSlot(index);
           pool.#slots.push(slot);
           return pool.#spawn(slot);
         }),
@@ -360,62 +353,27 @@ export class InferencePool {
   // --- workers -------------------------------------------------------------------------------------------------
 
   #spawn(slot: Slot): Promise<void> {
-    slot.control = new Int32Array(new SharedArrayBuffer(WORKER_CONTROL.SLOTS * 4));
-    // A worker that died while active left its flag set.
-    Atomics.store(this.#activity, slot.index, 0);
-    const worker = createWorker({
-      control: slot.control.buffer as SharedArrayBuffer,
-      index: slot.index,
-      activity: this.#activity.buffer,
-      hotWaitMicros: this.#options.hotWaitMicros,
-      hotWaitCores: Math.max(0, availableParallelism() - 1),
-    });
-    slot.worker = worker;
-    slot.ready = false;
-    slot.lastError = null;
-    return new Promise<void>((resolve, reject) => {
-      let started = false;
-      worker.on('message', (message: FromWorker) => {
-        if (slot.worker !== worker) return;
-        if (message.op === 'ready') {
-          started = true;
-          slot.ready = true;
+    return spawnWorkerThread(
+      slot,
+      { activity: this.#activity, hotWaitMicros: this.#options.hotWaitMicros },
+      {
+        ready: () => {
           for (const control of slot.backlog.splice(0)) this.#post(slot, control);
-          resolve();
           this.#pump(slot);
-          return;
-        }
-        this.#onReply(slot, message);
-      });
-      worker.on('error', (error) => {
-        if (slot.worker === worker) slot.lastError = error;
-      });
-      worker.on('exit', (exitCode) => {
-        if (slot.worker !== worker || this.#closed) return;
-        if (!started) {
-          const error = new Error(
-            `inference worker ${slot.index} stopped while starting (exit code ${exitCode})${slot.lastError ? `: ${slot.lastError.message}` : ''}`,
-          );
-          slot.worker = null;
-          reject(error);
+        },
+        reply: (message) => this.#onReply(slot, message),
+        exited: (exitCode, started) => {
+          if (this.#closed) return;
           // A restart that failed to start: try again later rather than give up on the slot.
-          if (slot.restarts > 0) this.#died(slot, exitCode);
-          return;
-        }
-        this.#died(slot, exitCode);
-      });
-    });
+          if (started || slot.restarts > 0) this.#died(slot, exitCode);
+        },
+      },
+    );
   }
 
   /** A worker stopped unexpectedly: fail what it was doing, then replace it and reload its sessions. */
   #died(slot: Slot, exitCode: number): void {
-    const reason = slot.lastError
-      ? `${slot.lastError.message}`
-      : exitCode === 1
-        ? 'it was terminated'
-        : `it exited with code ${exitCode}`;
-    const outOfMemory = (slot.lastError as NodeJS.ErrnoException | null)?.code === 'ERR_WORKER_OUT_OF_MEMORY';
-    const kind: InferenceFailureKind = outOfMemory ? 'out-of-memory' : 'worker-died';
+    const { reason, kind } = deathOf(slot, exitCode);
     slot.worker = null;
     slot.ready = false;
     let failed = 0;
@@ -466,9 +424,7 @@ export class InferencePool {
     }
     this.#options.onEvent?.({ type: 'worker-exit', worker: slot.index, exitCode, reason, failed });
     slot.recentDeaths++;
-    const { initial, max } = this.#options.restartDelayMs;
-    const delay = slot.recentDeaths <= 1 ? 0 : Math.min(max, initial * 2 ** (slot.recentDeaths - 2));
-    setTimeout(() => void this.#restart(slot), delay).unref();
+    setTimeout(() => void this.#restart(slot), restartDelay(slot, this.#options.restartDelayMs)).unref();
   }
 
   async #restart(slot: Slot): Promise<void> {
