@@ -90,6 +90,12 @@ export class SharedMemoryReader {
   private readonly maxCachedSegments: number;
   /** By shmid, least recently used first. */
   private readonly cache = new Map<number, Attachment>();
+  /**
+   * Read-write mappings of segments outputs were written to, by shmid, least recently used first: clients reuse
+   * their output regions, and mapping a segment per write costs a page fault per page. Kept, checked and swept
+   * like `cache`; nothing outside a write holds them, so they are unmapped as soon as they are dropped.
+   */
+  private readonly writable = new Map<number, ArrayBuffer>();
   private readonly unreleased = new FinalizationRegistry<() => void>((release) => release());
   private closed = false;
 
@@ -185,23 +191,39 @@ export class SharedMemoryReader {
    */
   writeToSegment(segmentId: number, offset: number, bytes: Uint8Array, caller: PeerCredentials | null): void {
     const stat = this.checkSegment(segmentId, offset, bytes.byteLength, caller, 'write');
-    let buffer: ArrayBuffer;
-    try {
-      buffer = this.addon.attachReadWrite(segmentId);
-    } catch (error) {
-      throw fromSystemError(error, segmentId, 'attach');
+    let buffer = this.writable.get(segmentId);
+    this.writable.delete(segmentId);
+    if (buffer !== undefined && (stat.markedForRemoval || buffer.byteLength !== stat.size)) {
+      detachQuietly(this.addon, buffer);
+      buffer = undefined;
+    }
+    if (buffer === undefined) {
+      try {
+        buffer = this.addon.attachReadWrite(segmentId);
+      } catch (error) {
+        throw fromSystemError(error, segmentId, 'attach');
+      }
+      markAsUntransferable(buffer);
     }
     try {
-      // The authoritative check: against the mapping itself (the segment's size is fixed, but be exact).
-      checkBounds(segmentId, offset, bytes.byteLength, Math.min(stat.size, buffer.byteLength));
+      // The authoritative check: against the mapping itself.
+      checkBounds(segmentId, offset, bytes.byteLength, buffer.byteLength);
       new Uint8Array(buffer, offset, bytes.byteLength).set(bytes);
     } finally {
-      try {
-        this.addon.detach(buffer);
-      } catch {
-        // Already detached.
+      // A segment marked for removal is written but not kept (its client is letting it go).
+      if (stat.markedForRemoval || this.maxCachedSegments === 0) detachQuietly(this.addon, buffer);
+      else this.writable.set(segmentId, buffer);
+      for (const [id, idle] of this.writable) {
+        if (this.writable.size <= this.maxCachedSegments) break;
+        this.writable.delete(id);
+        detachQuietly(this.addon, idle);
       }
     }
+  }
+
+  /** Number of segments kept attached read-write for outputs. */
+  get cachedWritableSegmentCount(): number {
+    return this.writable.size;
   }
 
   private checkAccess(
@@ -251,6 +273,23 @@ export class SharedMemoryReader {
       if (this.cache.size <= this.maxCachedSegments) break;
       if (attachment.leases === 0) this.retire(attachment);
     }
+    for (const [segmentId, buffer] of [...this.writable]) {
+      let stale: boolean;
+      try {
+        const stat = this.addon.stat(segmentId);
+        stale = stat.markedForRemoval || stat.size !== buffer.byteLength;
+      } catch {
+        stale = true;
+      }
+      if (stale) this.dropWritable(segmentId);
+    }
+  }
+
+  private dropWritable(segmentId: number): void {
+    const buffer = this.writable.get(segmentId);
+    if (buffer === undefined) return;
+    this.writable.delete(segmentId);
+    detachQuietly(this.addon, buffer);
   }
 
   /** The credentials of the process at the other end of a connected Unix socket (its file descriptor). */
@@ -268,6 +307,7 @@ export class SharedMemoryReader {
   close(): void {
     this.closed = true;
     for (const attachment of [...this.cache.values()]) this.retire(attachment);
+    for (const segmentId of [...this.writable.keys()]) this.dropWritable(segmentId);
   }
 
   private statOrRetire(segmentId: number): SegmentStat {
@@ -276,6 +316,7 @@ export class SharedMemoryReader {
     } catch (error) {
       const cached = this.cache.get(segmentId);
       if (cached !== undefined) this.retire(cached);
+      this.dropWritable(segmentId);
       throw fromSystemError(error, segmentId, 'read the size of');
     }
   }
@@ -320,6 +361,14 @@ export class SharedMemoryReader {
     } catch {
       // Only a foreign ArrayBuffer makes detach throw; ours was already detached or will be at collection.
     }
+  }
+}
+
+function detachQuietly(addon: SysvShmAddon, buffer: ArrayBuffer): void {
+  try {
+    addon.detach(buffer);
+  } catch {
+    // Already detached.
   }
 }
 
