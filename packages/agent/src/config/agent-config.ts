@@ -80,6 +80,13 @@ export const AgentConfigSchema = z.object({
     unloadTimeoutMs: z.number().int().nonnegative(),
     /** Requests for one model waiting for a worker; more are refused with RESOURCE_EXHAUSTED. */
     maxQueuedRequestsPerModel: z.number().int().positive(),
+    /** The inline path (fast models on the event loop): per-run ceiling (0 = off) and share of event-loop time. */
+    inline: z.object({
+      maxRunMicros: z.number().int().min(0).max(10_000),
+      eventLoopShare: z.number().min(0).max(0.9),
+    }),
+    /** How long a worker polls for its next request after a run (0 = it sleeps at once). */
+    hotWaitMicros: z.number().int().min(0).max(10_000),
     ort: OrtSessionConfigSchema,
     /** `sagemaker_edge_dlr_backend_options` as given, for the record. */
     backendOptions: z.array(z.object({ key: z.string(), value: z.string() })),

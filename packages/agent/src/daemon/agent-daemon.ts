@@ -92,6 +92,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       // warnings only help when debugging, so they appear with sagemaker_edge_log_verbose only.
       session: { ...config.inference.ort, logSeverityLevel: config.logging.verbose ? 2 : 4 },
       maxQueuedPerModel: config.inference.maxQueuedRequestsPerModel,
+      inline: config.inference.inline,
+      hotWaitMicros: config.inference.hotWaitMicros,
       onEvent: (event) => onPoolEvent(event, logger, metrics),
     });
     cleanups.push(() => pool.close());
@@ -178,6 +180,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         maxBodyBytes: Math.max(DEFAULT_MAX_BODY_BYTES, commandLine.maxMessageBytes),
         socketMode: config.socketMode,
         closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
+        sharedMemory,
         ...(config.rest.socketPath !== null && { unixSocketPath: config.rest.socketPath }),
         ...(config.rest.tcp !== null && { tcp: config.rest.tcp }),
       }).catch((error: Error) => {

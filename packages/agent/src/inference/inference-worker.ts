@@ -12,13 +12,11 @@ import {
   preciseNow,
   type FromWorker,
   type InferenceWorkerData,
-  type OrtTensorType,
   type ToWorker,
-  type WireTensor,
   type WireTensorInfo,
   type WorkerFailureKind,
 } from './protocol.js';
-import { HOST_IS_LITTLE_ENDIAN, TYPED_ARRAY_FOR, swapBytesInPlace } from './tensor-bytes.js';
+import { outputToWire, toOrtTensor } from './ort-tensors.js';
 
 const port = parentPort;
 if (!port) throw new Error('inference-worker must run in a worker thread');
@@ -109,43 +107,6 @@ async function load(message: Extract<ToWorker, { op: 'load' }>): Promise<void> {
   }
 }
 
-function toOrtTensor(wire: WireTensor): Tensor {
-  const Typed = TYPED_ARRAY_FOR[wire.type];
-  const size = Typed.BYTES_PER_ELEMENT;
-  let buffer = wire.buffer;
-  let offset = wire.byteOffset;
-  // One copy here when onnxruntime-node could not use the bytes where they are: it refuses tensors over a
-  // SharedArrayBuffer, typed arrays need aligned offsets, and a big-endian host needs its own byte order.
-  if (buffer instanceof SharedArrayBuffer || offset % size !== 0 || !HOST_IS_LITTLE_ENDIAN) {
-    const copy = new Uint8Array(wire.byteLength);
-    copy.set(new Uint8Array(buffer, offset, wire.byteLength));
-    if (!HOST_IS_LITTLE_ENDIAN) swapBytesInPlace(copy, size);
-    buffer = copy.buffer;
-    offset = 0;
-  }
-  const data = new Typed(buffer as ArrayBuffer, offset, wire.byteLength / size);
-  return new ort.Tensor(wire.type, data as Tensor.DataTypeMap[OrtTensorType], wire.dims);
-}
-
-/** An output tensor as wire bytes; its buffer is transferred back when the tensor owns all of it. */
-function toWire(name: string, tensor: Tensor, transfer: ArrayBuffer[]): WireTensor {
-  const data = tensor.data as ArrayBufferView;
-  let bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  const owned =
-    data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
-  if (!owned) bytes = bytes.slice();
-  if (!HOST_IS_LITTLE_ENDIAN) swapBytesInPlace(bytes, (data as Uint8Array).BYTES_PER_ELEMENT);
-  transfer.push(bytes.buffer as ArrayBuffer);
-  return {
-    name,
-    type: tensor.type as OrtTensorType,
-    dims: [...tensor.dims],
-    buffer: bytes.buffer,
-    byteOffset: 0,
-    byteLength: bytes.byteLength,
-  };
-}
-
 async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
   const session = sessions.get(message.key);
   if (!session) {
@@ -161,13 +122,13 @@ async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
   let finishedAt: number | undefined;
   try {
     const feeds: Record<string, Tensor> = {};
-    for (const input of message.inputs) feeds[input.name] = toOrtTensor(input);
+    for (const input of message.inputs) feeds[input.name] = toOrtTensor(input, ort.Tensor);
     startedAt = preciseNow();
     Atomics.store(activity, index, 1);
     const results = await native(() => session.run(feeds)).finally(() => Atomics.store(activity, index, 0));
     finishedAt = preciseNow();
     const transfer: ArrayBuffer[] = [];
-    const outputs = session.outputNames.map((name) => toWire(name, results[name]!, transfer));
+    const outputs = session.outputNames.map((name) => outputToWire(name, results[name]!, transfer));
     send({ op: 'done', id: message.id, outputs, startedAt, finishedAt }, transfer);
   } catch (error) {
     send({

@@ -1,26 +1,52 @@
-import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
-import { DATA_TYPES, dataTypeFromOrt, type DataTypeName } from '@edgefleet/core';
-import { InferenceError, type InferenceFailureKind } from './errors.js';
+import { InferenceError } from './errors.js';
+import {
+  DEFAULT_INLINE_BUDGET,
+  InlineBudget,
+  RUNS_BEFORE_INLINE,
+  type InlineBudgetOptions,
+  type InlineBudgetStats,
+} from './inline-budget.js';
+import { InlineRunner } from './inline-runner.js';
 import {
   WORKER_CONTROL,
   preciseNow,
   type FromWorker,
-  type InferenceWorkerData,
   type ModelBytes,
   type ToWorker,
-  type WireTensor,
   type WireTensorInfo,
 } from './protocol.js';
+import {
+  handAheadTo,
+  idleSlot,
+  runsInline,
+  slotCanRun,
+  takeOldestWaiting,
+  takesAhead,
+  type Control,
+  type Job,
+  type ModelEntry,
+  type RunResult,
+  type Slot,
+} from './scheduling.js';
 import { toOrtSessionOptions, type OrtSessionConfig } from './session-options.js';
+import {
+  copiedInputs,
+  fromWire,
+  prepareInputs,
+  type InputByteCounts,
+  type PoolTensor,
+} from './tensor-transfer.js';
+import {
+  deathOf,
+  newSlot,
+  restartDelay,
+  ringDoorbell as ring,
+  spawnWorkerThread,
+  stopWorker,
+} from './worker-thread.js';
 
-/** A tensor handed to the pool: little-endian, row-major bytes. */
-export interface PoolTensor {
-  name: string;
-  dataType: DataTypeName;
-  shape: number[];
-  data: Uint8Array;
-}
+export type { PoolTensor } from './tensor-transfer.js';
+export type { RunResult } from './scheduling.js';
 
 export interface RunOptions {
   /**
@@ -30,16 +56,6 @@ export interface RunOptions {
    * thread; the worker copies them once (onnxruntime-node refuses tensors over a SharedArrayBuffer).
    */
   transferInputs?: boolean;
-}
-
-export interface RunResult {
-  outputs: PoolTensor[];
-  /** Waiting for a worker: from submission until ONNX Runtime started. */
-  queueMs: number;
-  /** Inside ONNX Runtime's run. */
-  computeMs: number;
-  /** Index of the worker that ran it. */
-  worker: number;
 }
 
 export interface ModelSessionInfo {
@@ -78,6 +94,13 @@ export interface InferencePoolOptions {
    * that come one at a time, at the cost of CPU (see docs/benchmarks.md).
    */
   hotWaitMicros?: number;
+  /**
+   * The inline path: requests for a model whose measured runs average at most `maxRunMicros` run on the event
+   * loop, in a session of their own, while inline runs take at most `eventLoopShare` of its time (see
+   * InlineBudget); everything else goes to the workers. Default off (`maxRunMicros` 0); the agent turns it on
+   * from its configuration. Only with the CPU execution provider alone.
+   */
+  inline?: InlineBudgetOptions;
   /** Told about worker crashes and restarts (for logs and metrics). */
   onEvent?: (event: PoolEvent) => void;
 }
@@ -98,98 +121,54 @@ export interface PoolStats {
    * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
    * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors).
    */
-  inputBytes: { transferred: number; shared: number; copied: number; copies: number };
-}
-
-interface Job {
-  seq: number;
-  key: string;
-  inputs: WireTensor[];
-  transfer: ArrayBuffer[];
-  submittedAt: number;
-  /** Warm-up runs go to one given worker. */
-  pinned?: Slot;
-  resolve: (result: RunResult) => void;
-  reject: (error: InferenceError) => void;
-}
-
-interface Control {
-  message: ToWorker;
-  resolve: (reply: FromWorker) => void;
-  reject: (error: InferenceError) => void;
-}
-
-type SessionState = 'loading' | 'ready' | 'reloading';
-
-/** One worker thread and what it holds. */
-interface Slot {
-  index: number;
-  worker: Worker | null;
-  /** Shared with the worker: WORKER_CONTROL slots. */
-  control: Int32Array;
-  ready: boolean;
-  running: Job | null;
-  /** A request already posted to the worker, to run right after `running` (see #handAhead). */
-  ahead: Job | null;
-  controls: Map<number, Control>;
-  /** Control messages waiting for the worker to (re)start. */
-  backlog: Control[];
-  sessions: Map<string, SessionState>;
-  restarts: number;
-  /** Deaths since the worker last completed something; drives the restart delay. */
-  recentDeaths: number;
-  lastError: Error | null;
-}
-
-interface ModelEntry {
-  key: string;
-  /** Kept for as long as the model is loaded: a restarted worker creates its sessions again from it. */
-  model: string | ModelBytes;
-  slots: Set<Slot>;
-  queue: Job[];
-  /** Requests running or handed ahead on a worker. */
-  running: number;
-  /** A moving average of ONNX Runtime's time per run, once one has completed. */
-  computeMs?: number;
+  inputBytes: InputByteCounts;
+  /** Where requests ran (warm-up runs included), and the inline path's budget. */
+  runs: { inline: number; worker: number };
+  inline: InlineBudgetStats & {
+    /** Models running inline now, with their average run time in microseconds. */
+    models: Array<{ key: string; computeMicros: number }>;
+  };
 }
 
 const DEFAULT_MAX_QUEUED = 256;
 const DEFAULT_RESTART_DELAY = { initial: 100, max: 10_000 };
 const MAX_HOT_WAIT_MICROS = 10_000;
-/**
- * Requests are handed ahead to a busy worker (see #handAhead) only when both the running request's model and
- * theirs take at most this long per run, on average: a request handed ahead waits for the run before it even if
- * another instance becomes free first.
- */
-const HAND_AHEAD_MAX_COMPUTE_MS = 2;
 
 /**
  * A pool of inference worker threads. Each worker owns ONNX Runtime sessions for the models assigned to it;
  * a model has one or more instances (sessions) on distinct workers. A worker runs one request at a time; a
  * request starts at once on an idle worker holding its model, else waits in the model's queue and is taken,
  * oldest first across models, by the first such worker to become free (so it never waits behind a busy
- * instance while another is idle). For fast models (see #handAhead) one waiting request per busy worker is
+ * instance while another is idle). For fast models (see scheduling.ts) one waiting request per busy worker is
  * posted to it ahead of time, so that the worker goes from one run to the next without sleeping in between. A
  * worker that dies fails what it was running (and the request handed ahead to it) with 'worker-died', is
  * replaced, and its sessions are loaded again.
  */
 export class InferencePool {
   readonly #options: Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<InferencePoolOptions, 'onEvent'>;
+  readonly #budget: InlineBudget;
+  readonly #inline = new InlineRunner();
+  readonly #runs = { inline: 0, worker: 0 };
   readonly #slots: Slot[] = [];
   readonly #models = new Map<string, ModelEntry>();
   /** InferenceWorkerData.activity, an Int32 per worker. */
   #activity = new Int32Array(new SharedArrayBuffer(0));
   #nextId = 1;
   #closed = false;
-  readonly #inputBytes = { transferred: 0, shared: 0, copied: 0, copies: 0 };
+  readonly #inputBytes: InputByteCounts = { transferred: 0, shared: 0, copied: 0, copies: 0 };
 
   private constructor(options: InferencePoolOptions) {
     this.#options = {
       maxQueuedPerModel: DEFAULT_MAX_QUEUED,
       restartDelayMs: DEFAULT_RESTART_DELAY,
       hotWaitMicros: 0,
+      inline: { ...DEFAULT_INLINE_BUDGET, maxRunMicros: 0 },
       ...options,
     };
+    const cpuOnly = this.#options.session.executionProviders.every((ep) => ep.name === 'cpu');
+    this.#budget = new InlineBudget(
+      cpuOnly ? this.#options.inline : { ...this.#options.inline, maxRunMicros: 0 },
+    );
   }
 
   /** Starts the workers; resolves once every one has loaded ONNX Runtime. */
@@ -203,25 +182,12 @@ export class InferencePool {
         `hotWaitMicros must be a whole number of microseconds from 0 to ${MAX_HOT_WAIT_MICROS}, got ${hot}`,
       );
     }
-    const pool = new InferencePool(options);
+    const pool = new InferencePool(options); // validates the inline budget
     pool.#activity = new Int32Array(new SharedArrayBuffer(options.workers * 4));
     try {
       await Promise.all(
         Array.from({ length: options.workers }, (_, index) => {
-          const slot: Slot = {
-            index,
-            worker: null,
-            control: new Int32Array(0),
-            ready: false,
-            running: null,
-            ahead: null,
-            controls: new Map(),
-            backlog: [],
-            sessions: new Map(),
-            restarts: 0,
-            recentDeaths: 0,
-            lastError: null,
-          };
+          const slot = newSlot(index);
           pool.#slots.push(slot);
           return pool.#spawn(slot);
         }),
@@ -250,7 +216,18 @@ export class InferencePool {
     const chosen = [...this.#slots]
       .sort((a, b) => a.sessions.size - b.sessions.size || a.index - b.index)
       .slice(0, count);
-    const entry: ModelEntry = { key, model, slots: new Set(chosen), queue: [], running: 0 };
+    const entry: ModelEntry = {
+      key,
+      model,
+      slots: new Set(chosen),
+      queue: [],
+      running: 0,
+      workerRuns: 0,
+      inline: 'off',
+      inlineAfterRuns: RUNS_BEFORE_INLINE,
+      inlineRunning: 0,
+      inlineDrained: [],
+    };
     this.#models.set(key, entry);
     const results = await Promise.allSettled(chosen.map((slot) => this.#loadOn(slot, entry)));
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -287,14 +264,21 @@ export class InferencePool {
     for (const job of entry.queue.splice(0)) {
       job.reject(new InferenceError('unloaded', `model ${key} was unloaded before this request ran`));
     }
-    await Promise.all(
-      [...entry.slots].map(async (slot) => {
+    const releaseInline = async () => {
+      // Releasing a session while a run is queued on it would crash ONNX Runtime: let those runs end first.
+      while (entry.inlineRunning > 0) await new Promise<void>((resolve) => entry.inlineDrained.push(resolve));
+      entry.inline = 'off';
+      await this.#inline.release(key);
+    };
+    await Promise.all([
+      releaseInline(),
+      ...[...entry.slots].map(async (slot) => {
         if (!slot.sessions.has(key)) return;
         slot.sessions.delete(key);
         if (!slot.worker) return; // a dead worker holds nothing; its restart will not reload this key
         await this.#control(slot, { op: 'release', id: this.#id(), key }).catch(() => {});
       }),
-    );
+    ]);
   }
 
   /**
@@ -327,6 +311,13 @@ export class InferencePool {
         running: entry.running,
       })),
       inputBytes: { ...this.#inputBytes },
+      runs: { ...this.#runs },
+      inline: {
+        ...this.#budget.stats(performance.now()),
+        models: [...this.#models.values()]
+          .filter((entry) => entry.inline === 'on' && entry.workerRuns >= entry.inlineAfterRuns)
+          .map((entry) => ({ key: entry.key, computeMicros: Math.round((entry.computeMs ?? 0) * 1000) })),
+      },
     };
   }
 
@@ -335,7 +326,8 @@ export class InferencePool {
     if (this.#closed) return;
     this.#closed = true;
     const closed = () => new InferenceError('closed', 'the inference pool is shutting down');
-    for (const entry of this.#models.values()) for (const job of entry.queue.splice(0)) job.reject(closed());
+    const entries = [...this.#models.values()];
+    for (const entry of entries) for (const job of entry.queue.splice(0)) job.reject(closed());
     this.#models.clear();
     await Promise.all(
       this.#slots.map(async (slot) => {
@@ -352,67 +344,36 @@ export class InferencePool {
         if (worker) await stopWorker(worker, slot.control);
       }),
     );
+    // Inline runs already queued on the event loop end first: releasing a session under one would crash.
+    for (const entry of entries)
+      while (entry.inlineRunning > 0) await new Promise<void>((resolve) => entry.inlineDrained.push(resolve));
+    await this.#inline.close();
   }
 
   // --- workers -------------------------------------------------------------------------------------------------
 
   #spawn(slot: Slot): Promise<void> {
-    slot.control = new Int32Array(new SharedArrayBuffer(WORKER_CONTROL.SLOTS * 4));
-    // A worker that died while active left its flag set.
-    Atomics.store(this.#activity, slot.index, 0);
-    const worker = createWorker({
-      control: slot.control.buffer as SharedArrayBuffer,
-      index: slot.index,
-      activity: this.#activity.buffer,
-      hotWaitMicros: this.#options.hotWaitMicros,
-      hotWaitCores: Math.max(0, availableParallelism() - 1),
-    });
-    slot.worker = worker;
-    slot.ready = false;
-    slot.lastError = null;
-    return new Promise<void>((resolve, reject) => {
-      let started = false;
-      worker.on('message', (message: FromWorker) => {
-        if (slot.worker !== worker) return;
-        if (message.op === 'ready') {
-          started = true;
-          slot.ready = true;
+    return spawnWorkerThread(
+      slot,
+      { activity: this.#activity, hotWaitMicros: this.#options.hotWaitMicros },
+      {
+        ready: () => {
           for (const control of slot.backlog.splice(0)) this.#post(slot, control);
-          resolve();
           this.#pump(slot);
-          return;
-        }
-        this.#onReply(slot, message);
-      });
-      worker.on('error', (error) => {
-        if (slot.worker === worker) slot.lastError = error;
-      });
-      worker.on('exit', (exitCode) => {
-        if (slot.worker !== worker || this.#closed) return;
-        if (!started) {
-          const error = new Error(
-            `inference worker ${slot.index} stopped while starting (exit code ${exitCode})${slot.lastError ? `: ${slot.lastError.message}` : ''}`,
-          );
-          slot.worker = null;
-          reject(error);
+        },
+        reply: (message) => this.#onReply(slot, message),
+        exited: (exitCode, started) => {
+          if (this.#closed) return;
           // A restart that failed to start: try again later rather than give up on the slot.
-          if (slot.restarts > 0) this.#died(slot, exitCode);
-          return;
-        }
-        this.#died(slot, exitCode);
-      });
-    });
+          if (started || slot.restarts > 0) this.#died(slot, exitCode);
+        },
+      },
+    );
   }
 
   /** A worker stopped unexpectedly: fail what it was doing, then replace it and reload its sessions. */
   #died(slot: Slot, exitCode: number): void {
-    const reason = slot.lastError
-      ? `${slot.lastError.message}`
-      : exitCode === 1
-        ? 'it was terminated'
-        : `it exited with code ${exitCode}`;
-    const outOfMemory = (slot.lastError as NodeJS.ErrnoException | null)?.code === 'ERR_WORKER_OUT_OF_MEMORY';
-    const kind: InferenceFailureKind = outOfMemory ? 'out-of-memory' : 'worker-died';
+    const { reason, kind } = deathOf(slot, exitCode);
     slot.worker = null;
     slot.ready = false;
     let failed = 0;
@@ -463,9 +424,7 @@ export class InferencePool {
     }
     this.#options.onEvent?.({ type: 'worker-exit', worker: slot.index, exitCode, reason, failed });
     slot.recentDeaths++;
-    const { initial, max } = this.#options.restartDelayMs;
-    const delay = slot.recentDeaths <= 1 ? 0 : Math.min(max, initial * 2 ** (slot.recentDeaths - 2));
-    setTimeout(() => void this.#restart(slot), delay).unref();
+    setTimeout(() => void this.#restart(slot), restartDelay(slot, this.#options.restartDelayMs)).unref();
   }
 
   async #restart(slot: Slot): Promise<void> {
@@ -548,11 +507,12 @@ export class InferencePool {
       slot.recentDeaths = 0;
       this.#finished(job);
       if (message.op === 'done') {
+        this.#runs.worker++;
         const entry = this.#models.get(job.key);
-        const computeMs = message.finishedAt - message.startedAt;
-        if (entry)
-          entry.computeMs =
-            entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
+        if (entry) {
+          entry.workerRuns++;
+          this.#measured(entry, message.finishedAt - message.startedAt);
+        }
         try {
           job.resolve({
             outputs: message.outputs.map(fromWire),
@@ -616,7 +576,8 @@ export class InferencePool {
         ),
       );
     }
-    const { wire, transfer } = this.#prepareInputs(inputs, options.transferInputs === true);
+    if (!pinned && runsInline(entry, this.#budget)) return this.#runInline(entry, inputs);
+    const { wire, transfer } = prepareInputs(inputs, options.transferInputs === true, this.#inputBytes);
     return new Promise<RunResult>((resolve, reject) => {
       const job: Job = {
         seq: this.#id(),
@@ -633,7 +594,7 @@ export class InferencePool {
         this.#start(idle, job, entry, 'running');
         return;
       }
-      const busy = pinned ? undefined : this.#handAhead(entry);
+      const busy = pinned ? undefined : handAheadTo(entry, this.#models);
       if (busy) this.#start(busy, job, entry, 'ahead');
       else entry.queue.push(job);
     });
@@ -649,19 +610,9 @@ export class InferencePool {
       ringDoorbell(slot);
     } catch {
       // A buffer that cannot be transferred (an external one, e.g. mapped memory): copy everything instead.
-      // A failed postMessage detaches nothing, so the original bytes are still there to copy.
       try {
-        const copies = job.inputs.map((input) => {
-          const copy = new Uint8Array(input.byteLength);
-          copy.set(new Uint8Array(input.buffer, input.byteOffset, input.byteLength));
-          this.#inputBytes.copied += input.byteLength;
-          this.#inputBytes.copies++;
-          return { ...input, buffer: copy.buffer, byteOffset: 0 };
-        });
-        slot.worker!.postMessage(
-          { ...message, inputs: copies },
-          copies.map((c) => c.buffer),
-        );
+        const copies = copiedInputs(job.inputs, this.#inputBytes);
+        slot.worker!.postMessage({ ...message, inputs: copies.wire }, copies.transfer);
         ringDoorbell(slot);
       } catch (error) {
         slot[as] = null;
@@ -689,88 +640,68 @@ export class InferencePool {
   #pump(slot: Slot): void {
     if (!slot.ready) return;
     if (!slot.running) {
-      const oldest = this.#oldestWaiting(slot, false);
+      const oldest = takeOldestWaiting(slot, false, this.#models);
       if (!oldest) return;
       this.#start(slot, oldest.job, oldest.entry, 'running');
     }
-    if (this.#takesAhead(slot)) {
-      const next = this.#oldestWaiting(slot, true);
+    if (takesAhead(slot, this.#models)) {
+      const next = takeOldestWaiting(slot, true, this.#models);
       if (next) this.#start(slot, next.job, next.entry, 'ahead');
     }
   }
 
-  /** Takes the oldest request, across the worker's ready sessions, that it may run (next, when `ahead`). */
-  #oldestWaiting(slot: Slot, ahead: boolean): { job: Job; entry: ModelEntry } | undefined {
-    let best: { entry: ModelEntry; index: number } | undefined;
-    for (const [key, state] of slot.sessions) {
-      if (state !== 'ready') continue;
-      const entry = this.#models.get(key);
-      if (!entry || (ahead && !handsAhead(entry))) continue;
-      const index = entry.queue.findIndex((job) =>
-        ahead ? job.pinned === undefined : job.pinned === undefined || job.pinned === slot,
-      );
-      if (index < 0) continue;
-      if (!best || entry.queue[index]!.seq < best.entry.queue[best.index]!.seq) best = { entry, index };
+  // --- the inline path ------------------------------------------------------------------------------------------
+
+  /** Folds one measured run time into the model's average, and moves a fast model towards the inline path. */
+  #measured(entry: ModelEntry, computeMs: number): void {
+    entry.computeMs = entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
+    if (
+      entry.inline === 'off' &&
+      entry.workerRuns >= RUNS_BEFORE_INLINE &&
+      this.#budget.fastEnough(entry.computeMs)
+    )
+      void this.#loadInline(entry);
+  }
+
+  async #loadInline(entry: ModelEntry): Promise<void> {
+    entry.inline = 'loading';
+    let loaded = false;
+    try {
+      loaded = await this.#inline.load(entry.key, entry.model, toOrtSessionOptions(this.#options.session));
+    } catch {
+      // The workers hold working sessions of it; this model simply stays on them.
     }
-    if (!best) return undefined;
-    const [job] = best.entry.queue.splice(best.index, 1);
-    return { job: job!, entry: best.entry };
-  }
-
-  /**
-   * A busy worker to post a request to ahead of time, when every instance of the model is busy: the worker then
-   * starts it straight after its current run, without going to sleep and being woken again (each costs tens of
-   * microseconds, and the run after a sleep finds cold caches). Only between fast runs (#takesAhead): a request
-   * handed ahead no longer moves to an instance that becomes free first, so it may wait for one short run more.
-   */
-  #handAhead(entry: ModelEntry): Slot | undefined {
-    if (!handsAhead(entry)) return undefined;
-    for (const slot of entry.slots) {
-      if (slot.sessions.get(entry.key) === 'ready' && this.#takesAhead(slot)) return slot;
+    if (this.#models.get(entry.key) !== entry || this.#closed) {
+      // Unloaded (or the pool closed) while its inline session was being created: nothing may keep that session.
+      if (loaded && (this.#closed || !this.#models.has(entry.key))) await this.#inline.release(entry.key);
+      return;
     }
-    return undefined;
+    entry.inline = loaded ? 'on' : 'unfit';
   }
 
-  /** The worker is running a model whose runs are short, and has no request handed ahead yet. */
-  #takesAhead(slot: Slot): boolean {
-    if (!slot.ready || !slot.running || slot.ahead) return false;
-    const running = this.#models.get(slot.running.key);
-    return running !== undefined && handsAhead(running);
-  }
-
-  #prepareInputs(
-    inputs: readonly PoolTensor[],
-    transferOwned: boolean,
-  ): { wire: WireTensor[]; transfer: ArrayBuffer[] } {
-    const transfer: ArrayBuffer[] = [];
-    const wire = inputs.map((input): WireTensor => {
-      const { data } = input;
-      const base = {
-        name: input.name,
-        type: DATA_TYPES[input.dataType].ort,
-        dims: [...input.shape],
-        byteLength: data.byteLength,
-      };
-      if (typeof SharedArrayBuffer !== 'undefined' && data.buffer instanceof SharedArrayBuffer) {
-        this.#inputBytes.shared += data.byteLength;
-        return { ...base, buffer: data.buffer, byteOffset: data.byteOffset };
-      }
-      const buffer = data.buffer as ArrayBuffer;
-      const whole = data.byteOffset === 0 && data.byteLength === buffer.byteLength;
-      if (transferOwned && whole && !transfer.includes(buffer) && buffer.byteLength > 0) {
-        transfer.push(buffer);
-        this.#inputBytes.transferred += data.byteLength;
-        return { ...base, buffer, byteOffset: 0 };
-      }
-      // A view into a buffer we do not own (a gRPC message, Node's Buffer pool): copy once, then transfer.
-      const copy = new Uint8Array(data.byteLength);
-      copy.set(data);
-      transfer.push(copy.buffer);
-      this.#inputBytes.copied += data.byteLength;
-      this.#inputBytes.copies++;
-      return { ...base, buffer: copy.buffer, byteOffset: 0 };
-    });
-    return { wire, transfer };
+  async #runInline(entry: ModelEntry, inputs: readonly PoolTensor[]): Promise<RunResult> {
+    const expectedMs = entry.computeMs ?? 0;
+    const submittedAt = preciseNow();
+    entry.running++;
+    entry.inlineRunning++;
+    try {
+      const { outputs, computeMs } = await this.#inline.run(entry.key, inputs);
+      this.#runs.inline++;
+      this.#budget.settle(expectedMs, computeMs);
+      entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
+      // One run far over the ceiling (a misjudged model, or inputs that make it slow): back to the workers,
+      // which measure it again before it may return.
+      if (this.#budget.tooSlow(computeMs)) entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE;
+      const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
+      return { outputs, queueMs, computeMs, worker: -1 };
+    } catch (error) {
+      this.#budget.settle(expectedMs, 0);
+      throw error;
+    } finally {
+      entry.running--;
+      entry.inlineRunning--;
+      if (entry.inlineRunning === 0) for (const resolve of entry.inlineDrained.splice(0)) resolve();
+    }
   }
 
   #assertOpen(): void {
@@ -778,22 +709,8 @@ export class InferencePool {
   }
 }
 
-/** Tells a worker in its hot wait that a message was posted to it (a plain counter: nothing to wake). */
 function ringDoorbell(slot: Slot): void {
-  Atomics.add(slot.control, WORKER_CONTROL.DOORBELL, 1);
-}
-
-function idleSlot(entry: ModelEntry): Slot | undefined {
-  for (const slot of entry.slots) if (slotCanRun(slot, entry.key)) return slot;
-  return undefined;
-}
-
-function handsAhead(entry: ModelEntry): boolean {
-  return entry.computeMs !== undefined && entry.computeMs <= HAND_AHEAD_MAX_COMPUTE_MS;
-}
-
-function slotCanRun(slot: Slot, key: string): boolean {
-  return slot.ready && slot.running === null && slot.sessions.get(key) === 'ready';
+  ring(slot.control);
 }
 
 function noInstance(key: string, reason: string): InferenceError {
@@ -801,54 +718,4 @@ function noInstance(key: string, reason: string): InferenceError {
     'no-instance',
     `no worker holds a working session of model ${key} (${reason}); unload it and load it again`,
   );
-}
-
-function fromWire(tensor: WireTensor): PoolTensor {
-  const dataType = dataTypeFromOrt(tensor.type);
-  if (!dataType)
-    throw new InferenceError(
-      'run-failed',
-      `the model returned a ${tensor.type} tensor, which SageMaker Edge cannot express`,
-    );
-  return {
-    name: tensor.name,
-    dataType,
-    shape: tensor.dims,
-    data: new Uint8Array(tensor.buffer, tensor.byteOffset, tensor.byteLength),
-  };
-}
-
-/**
- * Starts an inference worker. From compiled dist the worker is `inference-worker.js` beside this file; from
- * TypeScript sources (tests, development) it is `inference-worker.ts`, started with tsx's loader registered in
- * the worker first (a worker's `--import` cannot register loader hooks on Node 20).
- */
-function createWorker(workerData: InferenceWorkerData): Worker {
-  const here = import.meta.url;
-  if (!here.endsWith('.ts')) return new Worker(new URL('./inference-worker.js', here), { workerData });
-  const entry = new URL('./inference-worker.ts', here).href;
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const boot = `import(${JSON.stringify(tsx)}).then(({ register }) => { register(); return import(${JSON.stringify(entry)}); });`;
-  return new Worker(boot, { eval: true, workerData });
-}
-
-type WaitAsync = (
-  array: Int32Array,
-  index: number,
-  value: number,
-) => { async: false; value: string } | { async: true; value: Promise<string> };
-
-/**
- * Terminates a worker safely: terminating one inside ONNX Runtime's native code aborts the process, so ask it
- * to stop (it then starts nothing new), wait until it is out of native code, then terminate.
- */
-async function stopWorker(worker: Worker, control: Int32Array): Promise<void> {
-  Atomics.store(control, WORKER_CONTROL.STOP, 1);
-  Atomics.notify(control, WORKER_CONTROL.STOP);
-  const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
-  while (Atomics.load(control, WORKER_CONTROL.IN_NATIVE) === 1) {
-    const wait = waitAsync(control, WORKER_CONTROL.IN_NATIVE, 1);
-    if (wait.async) await wait.value;
-  }
-  await worker.terminate();
 }

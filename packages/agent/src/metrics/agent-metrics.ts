@@ -153,6 +153,55 @@ export class AgentMetrics {
         this.inc({ path: 'copied' }, bytes.copied);
       },
     });
+    new Counter({
+      name: 'edgefleet_inference_runs_total',
+      help: 'Inferences run, by where: inline (on the event loop, for fast models) or worker',
+      labelNames: ['path'],
+      registers: [this.registry],
+      collect() {
+        const runs = stats().runs;
+        this.reset();
+        this.inc({ path: 'inline' }, runs.inline);
+        this.inc({ path: 'worker' }, runs.worker);
+      },
+    });
+    new Gauge({
+      name: 'edgefleet_inference_inline_models',
+      help: 'Models whose requests run inline now (measured fast enough for the per-run ceiling)',
+      registers: [this.registry],
+      collect() {
+        this.set(stats().inline.models.length);
+      },
+    });
+    new Gauge({
+      name: 'edgefleet_inference_inline_event_loop_share',
+      help: 'Share of event-loop time inline runs took over the last ~100 ms, and the configured limit',
+      labelNames: ['of'],
+      registers: [this.registry],
+      collect() {
+        const inline = stats().inline;
+        this.set({ of: 'used' }, inline.shareUsed);
+        this.set({ of: 'limit' }, inline.eventLoopShare);
+      },
+    });
+    new Counter({
+      name: 'edgefleet_inference_inline_over_budget_total',
+      help: 'Requests of an inline model sent to a worker because inline runs had used their event-loop share',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(stats().inline.overBudget);
+      },
+    });
+    new Counter({
+      name: 'edgefleet_inference_inline_demotions_total',
+      help: 'Models sent back to the workers by one inline run far over the per-run ceiling',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(stats().inline.demotions);
+      },
+    });
   }
 
   /** The text exposition for a `/metrics` endpoint. */

@@ -9,19 +9,25 @@ import { RestError } from './rest-errors.js';
 /** Header of the binary tensor data extension: the length of the JSON part that starts the body. */
 export const INFERENCE_HEADER_CONTENT_LENGTH = 'inference-header-content-length';
 
+const byteCount = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+/** The system shared memory extension's parameters of an input or output (region, its byte size, offset). */
+const SharedMemoryParameters = {
+  shared_memory_region: z.string().min(1).max(1024).optional(),
+  shared_memory_byte_size: byteCount.optional(),
+  shared_memory_offset: byteCount.optional(),
+};
+
 const RequestInputSchema = z.object({
   name: z.string().max(1024),
   shape: z.array(z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)).max(MAX_TENSOR_RANK),
   datatype: z.string().max(64),
-  parameters: z
-    .looseObject({ binary_data_size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional() })
-    .optional(),
+  parameters: z.looseObject({ binary_data_size: byteCount.optional(), ...SharedMemoryParameters }).optional(),
   data: z.unknown().optional(),
 });
 
 const RequestOutputSchema = z.object({
   name: z.string().min(1).max(1024),
-  parameters: z.looseObject({ binary_data: z.boolean().optional() }).optional(),
+  parameters: z.looseObject({ binary_data: z.boolean().optional(), ...SharedMemoryParameters }).optional(),
 });
 
 /** The inference request of the Open Inference Protocol (unknown members are ignored). */
@@ -38,6 +44,15 @@ export interface RequestedOutput {
   name: string;
   /** undefined: not said for this output; the request-level binary_data_output decides. */
   binary: boolean | undefined;
+  /** Written into this registered system shared memory region instead of the response. */
+  sharedMemory?: SharedMemoryPlace;
+}
+
+/** Where an input's bytes lie, or an output's go: in a registered region, at an offset, at most byteSize bytes. */
+export interface SharedMemoryPlace {
+  region: string;
+  offset: number;
+  byteSize: number;
 }
 
 /** An inference request decoded into what the registry takes. */
@@ -49,6 +64,8 @@ export interface DecodedInferRequest {
   outputs: RequestedOutput[] | undefined;
   /** The request-level `binary_data_output` parameter. */
   binaryOutputs: boolean;
+  /** Inputs whose bytes are in system shared memory (their `data` is empty until the caller reads them). */
+  sharedInputs: Array<SharedMemoryPlace & { position: number }>;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -143,10 +160,14 @@ export function decodeInferRequest(
     request = validate(parseJsonExactIntegers(text));
     inputs = decodeInputs(request, body, jsonLength, true);
   }
-  const outputs = request.outputs?.map((output) => ({
-    name: output.name,
-    binary: output.parameters?.binary_data,
-  }));
+  const outputs = request.outputs?.map((output): RequestedOutput => {
+    const place = sharedMemoryPlace(output.parameters, `output ${JSON.stringify(output.name)}`);
+    return {
+      name: output.name,
+      binary: output.parameters?.binary_data,
+      ...(place && { sharedMemory: place }),
+    };
+  });
   if (outputs) {
     const seen = new Set<string>();
     for (const output of outputs) {
@@ -167,12 +188,46 @@ export function decodeInferRequest(
       );
     }
   }
+  const sharedInputs: DecodedInferRequest['sharedInputs'] = [];
+  request.inputs.forEach((input, position) => {
+    const place = sharedMemoryPlace(
+      input.parameters,
+      `input ${JSON.stringify(input.name)} (#${position + 1})`,
+    );
+    if (place) sharedInputs.push({ ...place, position });
+  });
   return {
     id: request.id,
     inputs,
     outputs,
     binaryOutputs: request.parameters?.binary_data_output ?? false,
+    sharedInputs,
   };
+}
+
+/** The shared memory parameters of an input or output, checked to come together; undefined without them. */
+function sharedMemoryPlace(
+  parameters:
+    | { shared_memory_region?: string; shared_memory_byte_size?: number; shared_memory_offset?: number }
+    | undefined,
+  what: string,
+): SharedMemoryPlace | undefined {
+  const region = parameters?.shared_memory_region;
+  const byteSize = parameters?.shared_memory_byte_size;
+  if (region === undefined) {
+    if (byteSize !== undefined || parameters?.shared_memory_offset !== undefined)
+      throw new RestError(
+        400,
+        `${what} has shared_memory_byte_size or shared_memory_offset but no shared_memory_region; expected the name of a registered region with them`,
+      );
+    return undefined;
+  }
+  if (byteSize === undefined)
+    throw new RestError(
+      400,
+      `${what} names shared_memory_region ${JSON.stringify(region)} without shared_memory_byte_size; expected the tensor's size in bytes in the region`,
+    );
+  return { region, offset: parameters?.shared_memory_offset ?? 0, byteSize };
 }
 
 function decodeInputs(
@@ -204,6 +259,15 @@ function decodeInputs(
       const data = body!.copy(offset, offset + binarySize);
       offset += binarySize;
       return { name: Buffer.from(input.name), dataType, shape: input.shape, data };
+    }
+    if (input.parameters?.shared_memory_region !== undefined) {
+      if (input.data !== undefined)
+        throw new RestError(
+          400,
+          `${what} has both data and parameters.shared_memory_region; expected one of them`,
+        );
+      // Read from the region by the route, which knows the caller; nothing of the body.
+      return { name: Buffer.from(input.name), dataType, shape: input.shape, data: new Uint8Array(0) };
     }
     if (input.data === undefined) {
       throw new RestError(

@@ -52,12 +52,15 @@ export function encodeInferResponse(
             `model ${JSON.stringify(result.model.name)} returned no output ${JSON.stringify(want.name)} although its manifest declares it`,
           );
         }
-        return { name: want.name, output, binary: want.binary ?? binaryOutputs };
+        return { name: want.name, output, binary: want.binary ?? binaryOutputs, shared: want.sharedMemory };
       })
-    : [...byName].map(([name, output]) => ({ name, output, binary: binaryOutputs }));
+    : [...byName].map(([name, output]) => ({ name, output, binary: binaryOutputs, shared: undefined }));
   const binary: Uint8Array[] = [];
-  const parts = chosen.map(({ name, output, binary: asBinary }) => {
+  const parts = chosen.map(({ name, output, binary: asBinary, shared }) => {
     const head = `{"name":${JSON.stringify(name)},"datatype":"${kserveDatatype(output.dataType)}","shape":[${output.shape.join(',')}]`;
+    // Already written into the client's region (see shared-memory-routes.ts): the response only says where.
+    if (shared)
+      return `${head},"parameters":{"shared_memory_region":${JSON.stringify(shared.region)},"shared_memory_byte_size":${output.data.byteLength},"shared_memory_offset":${shared.offset}}}`;
     if (asBinary) {
       binary.push(output.data);
       return `${head},"parameters":{"binary_data_size":${output.data.byteLength}}}`;

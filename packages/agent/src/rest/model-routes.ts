@@ -4,6 +4,7 @@ import { decodeInferRequest, INFERENCE_HEADER_CONTENT_LENGTH } from './infer-req
 import { checkRequestedOutputs, encodeInferResponse, type EncodedInferResponse } from './infer-response.js';
 import { kserveDatatype } from './kserve-datatypes.js';
 import type { RequestBody } from './request-body.js';
+import type { PeerOf, SharedMemoryRegions } from './shared-memory-routes.js';
 import { JSON_TYPE } from './rest-errors.js';
 
 /** Reported as each model's platform, as Triton names ONNX Runtime models. */
@@ -61,7 +62,12 @@ function sendBinaryResponse(reply: FastifyReply, response: EncodedInferResponse)
  * Model metadata, readiness and inference, each at /v2/models/{name} and /v2/models/{name}/versions/{version}.
  * Inference decodes the request (JSON or binary), lets the registry check and run it, and encodes the answer.
  */
-export function registerModelRoutes(app: FastifyInstance, registry: ModelRegistry): void {
+export function registerModelRoutes(
+  app: FastifyInstance,
+  registry: ModelRegistry,
+  regions: SharedMemoryRegions,
+  peerOf: PeerOf,
+): void {
   for (const base of ['/v2/models/:name', '/v2/models/:name/versions/:version']) {
     app.get<{ Params: NameParams }>(base, async (request) =>
       modelMetadata(describeAt(registry, request.params.name, request.params.version)),
@@ -80,8 +86,24 @@ export function registerModelRoutes(app: FastifyInstance, registry: ModelRegistr
         request.headers[INFERENCE_HEADER_CONTENT_LENGTH],
       );
       checkRequestedOutputs(model, decoded.outputs);
-      // The inputs were built for this request alone: hand them to the worker without a copy.
-      const result = await registry.predict(name, decoded.inputs, { transferInputs: true });
+      const caller =
+        decoded.sharedInputs.length > 0 || decoded.outputs?.some((o) => o.sharedMemory)
+          ? peerOf(request.raw.socket)
+          : null;
+      const leases = regions.readInputs(decoded.inputs, decoded.sharedInputs, caller);
+      let result;
+      try {
+        // The inputs were built for this request alone: hand them to the worker without a copy (those in shared
+        // memory are mapped memory, which the pool copies once, or the inline path reads in place).
+        result = await registry.predict(name, decoded.inputs, { transferInputs: true });
+      } finally {
+        for (const lease of leases) lease.release();
+      }
+      for (const output of decoded.outputs ?? []) {
+        if (!output.sharedMemory) continue;
+        const produced = result.outputs.find((o) => o.name.toString('utf8') === output.name);
+        if (produced) regions.writeOutput(output.name, output.sharedMemory, produced.data, caller);
+      }
       const response = encodeInferResponse(result, decoded.id, decoded.outputs, decoded.binaryOutputs);
       if (response.binary.length === 0) return reply.type(JSON_TYPE).send(response.json);
       sendBinaryResponse(reply, response);

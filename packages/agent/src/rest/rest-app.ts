@@ -7,6 +7,8 @@ import type { AgentMetrics } from '../metrics/index.js';
 import type { ModelRegistry } from '../models/index.js';
 import { registerModelRoutes } from './model-routes.js';
 import { registerRepositoryRoutes } from './repository-routes.js';
+import type { SharedMemoryReader } from '../shm/index.js';
+import { registerSharedMemoryRoutes, SharedMemoryRegions, type PeerOf } from './shared-memory-routes.js';
 import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
 import { readRequestBody, type BodyLimit } from './request-body.js';
 import { restRequestCounter } from './rest-metrics.js';
@@ -41,6 +43,8 @@ export interface RestAppOptions {
   ready?: () => boolean;
   /** The version GET /v2 reports; default: the agent package's version. */
   version?: string;
+  /** System V shared memory for the system shared memory extension; null or absent: the extension is off. */
+  sharedMemory?: SharedMemoryReader | null;
 }
 
 type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -50,6 +54,8 @@ export interface RestAppHooks {
   serverFactory?: (handler: RequestHandler) => Server;
   /** True once the server is shutting down: readiness fails. */
   closing?: () => boolean;
+  /** The credentials of a request's connection on the Unix socket (SO_PEERCRED); default: none known. */
+  peerOf?: PeerOf;
 }
 
 /** Longest path parameter (model name or version) routed; the registry allows names of up to 255 characters (core's MAX_MODEL_NAME_LENGTH). */
@@ -209,10 +215,14 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     return reply.type(JSON_TYPE).send('{"ready":true}');
   });
 
-  const serverMetadata = JSON.stringify({ name: REST_SERVER_NAME, version, extensions: REST_EXTENSIONS });
+  const regions = new SharedMemoryRegions(options.sharedMemory ?? null);
+  const peerOf: PeerOf = hooks.peerOf ?? (() => null);
+  const extensions = [...REST_EXTENSIONS, ...(regions.available ? ['system_shared_memory'] : [])];
+  const serverMetadata = JSON.stringify({ name: REST_SERVER_NAME, version, extensions });
   app.get('/v2', async (_request, reply) => reply.type(JSON_TYPE).send(serverMetadata));
 
-  registerModelRoutes(app, registry);
+  registerModelRoutes(app, registry, regions, peerOf);
+  registerSharedMemoryRoutes(app, regions, peerOf);
   registerRepositoryRoutes(app, registry);
 
   // --- Prometheus ----------------------------------------------------------------------------------------------

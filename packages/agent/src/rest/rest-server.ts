@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, ListenOptions } from 'node:net';
+import type { AddressInfo, ListenOptions, Socket } from 'node:net';
 import { applyListenerLimits, fitConnectionCaps, openFileLimit, type ListenerLimits } from '@edgefleet/core';
+import type { PeerCredentials } from '../shm/index.js';
 import { bindUnixSocket, prepareSocketPath, removeOwnSocketFile } from '../unix-socket/index.js';
 import { buildRestApp, type RestAppOptions } from './rest-app.js';
 import { REST_LISTENER_LIMITS } from './rest-limits.js';
@@ -92,13 +93,29 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
     return server;
   };
   let fastifyHandler: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
+  // The credentials of each connection on the Unix socket (SO_PEERCRED), for system shared memory; TCP
+  // connections have none and get no shared memory.
+  const peers = new WeakMap<Socket, PeerCredentials>();
   const app = buildRestApp(options, {
     serverFactory: (handler) => {
       fastifyHandler = handler;
       return makeServer(handler);
     },
     closing: () => closing,
+    peerOf: (socket) => peers.get(socket) ?? null,
   });
+  const reader = options.sharedMemory;
+  if (unixSocketPath !== undefined && reader) {
+    app.server.on('connection', (socket: Socket) => {
+      const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd; // net.Socket has no public fd
+      if (typeof fd !== 'number' || fd < 0) return;
+      try {
+        peers.set(socket, reader.peerCredentials(fd));
+      } catch {
+        // Unknown credentials: this connection gets no shared memory.
+      }
+    });
+  }
   await app.ready();
 
   const addresses: string[] = [];

@@ -8,4 +8,4 @@ export type {
 } from './shared-memory.js';
 export { SYSV_SHM_ADDON_PATH, isSysvShmSystemError, loadSysvShmAddon } from './sysv-shm-addon.js';
 export type { SegmentStat, SysvShmAddon, SysvShmSystemError } from './sysv-shm-addon.js';
-export { peerMayRead, type PeerCredentials } from './segment-access.js';
+export { peerMayRead, peerMayWrite, type PeerCredentials } from './segment-access.js';

@@ -22,3 +22,15 @@ export function peerMayRead(stat: SegmentStat, peer: PeerCredentials): boolean {
   if (inGroup(stat.ownerGid) || inGroup(stat.creatorGid)) return (stat.mode & 0o040) !== 0;
   return (stat.mode & 0o004) !== 0;
 }
+
+/**
+ * Whether `peer` could attach the segment read-write itself: the same rule as peerMayRead with the write bits. The
+ * agent writes inference outputs into a segment only for a caller who could have written them there itself.
+ */
+export function peerMayWrite(stat: SegmentStat, peer: PeerCredentials): boolean {
+  if (peer.uid === 0) return true;
+  if (peer.uid === stat.ownerUid || peer.uid === stat.creatorUid) return (stat.mode & 0o200) !== 0;
+  const inGroup = (gid: number) => peer.gid === gid || peer.groups.includes(gid);
+  if (inGroup(stat.ownerGid) || inGroup(stat.creatorGid)) return (stat.mode & 0o020) !== 0;
+  return (stat.mode & 0o002) !== 0;
+}

@@ -1,6 +1,6 @@
 import { markAsUntransferable } from 'node:worker_threads';
 import { z } from 'zod';
-import { peerMayRead, type PeerCredentials } from './segment-access.js';
+import { peerMayRead, peerMayWrite, type PeerCredentials } from './segment-access.js';
 import { isSysvShmSystemError } from './sysv-shm-addon.js';
 import type { SegmentStat, SysvShmAddon } from './sysv-shm-addon.js';
 
@@ -90,6 +90,12 @@ export class SharedMemoryReader {
   private readonly maxCachedSegments: number;
   /** By shmid, least recently used first. */
   private readonly cache = new Map<number, Attachment>();
+  /**
+   * Read-write mappings of segments outputs were written to, by shmid, least recently used first: clients reuse
+   * their output regions, and mapping a segment per write costs a page fault per page. Kept, checked and swept
+   * like `cache`; nothing outside a write holds them, so they are unmapped as soon as they are dropped.
+   */
+  private readonly writable = new Map<number, ArrayBuffer>();
   private readonly unreleased = new FinalizationRegistry<() => void>((release) => release());
   private closed = false;
 
@@ -160,6 +166,90 @@ export class SharedMemoryReader {
   }
 
   /**
+   * Checks that `caller` may use the segment as asked (read: attach it read-only; write: read-write) and that
+   * `length` bytes at `offset` lie inside it; returns its status. For registering a region before any use.
+   * @throws SharedMemoryError, and nothing else.
+   */
+  checkSegment(
+    segmentId: number,
+    offset: number,
+    length: number,
+    caller: PeerCredentials | null,
+    access: 'read' | 'write',
+  ): SegmentStat {
+    if (this.closed) throw new SharedMemoryError('ATTACH_FAILED', 'the shared memory reader is closed');
+    validate({ segmentId, offset, size: length }, length);
+    const stat = this.checkAccess(segmentId, caller, access);
+    checkBounds(segmentId, offset, length, stat.size);
+    return stat;
+  }
+
+  /**
+   * Writes `bytes` at `offset` in the segment, for a caller who could write there itself (an inference output
+   * the client asked for in shared memory). The segment is attached read-write for this write only.
+   * @throws SharedMemoryError, and nothing else.
+   */
+  writeToSegment(segmentId: number, offset: number, bytes: Uint8Array, caller: PeerCredentials | null): void {
+    const stat = this.checkSegment(segmentId, offset, bytes.byteLength, caller, 'write');
+    let buffer = this.writable.get(segmentId);
+    this.writable.delete(segmentId);
+    if (buffer !== undefined && (stat.markedForRemoval || buffer.byteLength !== stat.size)) {
+      detachQuietly(this.addon, buffer);
+      buffer = undefined;
+    }
+    if (buffer === undefined) {
+      try {
+        buffer = this.addon.attachReadWrite(segmentId);
+      } catch (error) {
+        throw fromSystemError(error, segmentId, 'attach');
+      }
+      markAsUntransferable(buffer);
+    }
+    try {
+      // The authoritative check: against the mapping itself.
+      checkBounds(segmentId, offset, bytes.byteLength, buffer.byteLength);
+      new Uint8Array(buffer, offset, bytes.byteLength).set(bytes);
+    } finally {
+      // A segment marked for removal is written but not kept (its client is letting it go).
+      if (stat.markedForRemoval || this.maxCachedSegments === 0) detachQuietly(this.addon, buffer);
+      else this.writable.set(segmentId, buffer);
+      for (const [id, idle] of this.writable) {
+        if (this.writable.size <= this.maxCachedSegments) break;
+        this.writable.delete(id);
+        detachQuietly(this.addon, idle);
+      }
+    }
+  }
+
+  /** Number of segments kept attached read-write for outputs. */
+  get cachedWritableSegmentCount(): number {
+    return this.writable.size;
+  }
+
+  private checkAccess(
+    segmentId: number,
+    caller: PeerCredentials | null,
+    access: 'read' | 'write',
+  ): SegmentStat {
+    if (caller === null) {
+      throw new SharedMemoryError(
+        'ACCESS_DENIED',
+        `shared memory segment ${segmentId} is refused: the agent uses shared memory only for callers on its Unix socket, whose credentials it knows`,
+        segmentId,
+      );
+    }
+    const stat = this.statOrRetire(segmentId);
+    if (!(access === 'read' ? peerMayRead : peerMayWrite)(stat, caller)) {
+      throw new SharedMemoryError(
+        'ACCESS_DENIED',
+        `the caller (uid ${caller.uid}, gid ${caller.gid}) may not ${access} shared memory segment ${segmentId} (owner uid ${stat.ownerUid}, gid ${stat.ownerGid}, mode ${stat.mode.toString(8).padStart(4, '0')}); expected a segment the calling process could attach ${access === 'read' ? 'read-only' : 'read-write'} itself`,
+        segmentId,
+      );
+    }
+    return stat;
+  }
+
+  /**
    * Unmaps idle cached segments that were removed, marked for removal, or are beyond the cache size. Runs on
    * every read; call it on a timer too if reads can stop while clients remove segments.
    */
@@ -183,6 +273,23 @@ export class SharedMemoryReader {
       if (this.cache.size <= this.maxCachedSegments) break;
       if (attachment.leases === 0) this.retire(attachment);
     }
+    for (const [segmentId, buffer] of [...this.writable]) {
+      let stale: boolean;
+      try {
+        const stat = this.addon.stat(segmentId);
+        stale = stat.markedForRemoval || stat.size !== buffer.byteLength;
+      } catch {
+        stale = true;
+      }
+      if (stale) this.dropWritable(segmentId);
+    }
+  }
+
+  private dropWritable(segmentId: number): void {
+    const buffer = this.writable.get(segmentId);
+    if (buffer === undefined) return;
+    this.writable.delete(segmentId);
+    detachQuietly(this.addon, buffer);
   }
 
   /** The credentials of the process at the other end of a connected Unix socket (its file descriptor). */
@@ -200,6 +307,7 @@ export class SharedMemoryReader {
   close(): void {
     this.closed = true;
     for (const attachment of [...this.cache.values()]) this.retire(attachment);
+    for (const segmentId of [...this.writable.keys()]) this.dropWritable(segmentId);
   }
 
   private statOrRetire(segmentId: number): SegmentStat {
@@ -208,6 +316,7 @@ export class SharedMemoryReader {
     } catch (error) {
       const cached = this.cache.get(segmentId);
       if (cached !== undefined) this.retire(cached);
+      this.dropWritable(segmentId);
       throw fromSystemError(error, segmentId, 'read the size of');
     }
   }
@@ -252,6 +361,14 @@ export class SharedMemoryReader {
     } catch {
       // Only a foreign ArrayBuffer makes detach throw; ours was already detached or will be at collection.
     }
+  }
+}
+
+function detachQuietly(addon: SysvShmAddon, buffer: ArrayBuffer): void {
+  try {
+    addon.detach(buffer);
+  } catch {
+    // Already detached.
   }
 }
 

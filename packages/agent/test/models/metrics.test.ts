@@ -72,3 +72,41 @@ describe('AgentMetrics fed by the registry and the pool', () => {
     ).toBe(undefined);
   });
 });
+
+describe('AgentMetrics: the inline path', () => {
+  it('shows where runs went, the models running inline and the event-loop share they use', async () => {
+    const inlinePool = await InferencePool.start({
+      workers: 1,
+      session: DEFAULT_ORT_SESSION_CONFIG,
+      inline: { maxRunMicros: 5000, eventLoopShare: 0.25 },
+    });
+    const inlineMetrics = new AgentMetrics();
+    inlineMetrics.watchPool(() => inlinePool.stats());
+    const models = new ModelRegistry({
+      pool: inlinePool,
+      trust: null,
+      cwd: files.root,
+      metrics: inlineMetrics,
+    });
+    try {
+      await models.load({ url: await files.catalogue('tiny'), name: 'tiny' });
+      while (inlinePool.stats().inline.models.length === 0) {
+        await models.predict('tiny', predictTensors('tiny'));
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+      await models.predict('tiny', predictTensors('tiny'));
+      const { body } = await inlineMetrics.text();
+      expect(sample(body, 'edgefleet_inference_runs_total{path="inline"}')).toBeGreaterThanOrEqual(1);
+      expect(sample(body, 'edgefleet_inference_runs_total{path="worker"}')).toBeGreaterThanOrEqual(16);
+      expect(sample(body, 'edgefleet_inference_inline_models')).toBe(1);
+      expect(sample(body, 'edgefleet_inference_inline_event_loop_share{of="limit"}')).toBe(0.25);
+      // What the last ~100 ms of inline runs took; how much depends on the machine, that it is reported does not.
+      expect(sample(body, 'edgefleet_inference_inline_event_loop_share{of="used"}')).toBeTypeOf('number');
+      expect(sample(body, 'edgefleet_inference_inline_over_budget_total')).toBe(0);
+      expect(sample(body, 'edgefleet_inference_inline_demotions_total')).toBe(0);
+    } finally {
+      await models.close();
+      await inlinePool.close();
+    }
+  });
+});

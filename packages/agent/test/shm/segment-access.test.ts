@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import {
   loadSysvShmAddon,
   peerMayRead,
+  peerMayWrite,
   type PeerCredentials,
   type SegmentStat,
 } from '../../src/shm/index.js';
@@ -47,6 +48,18 @@ describe('peerMayRead: the kernel’s rule for attaching a segment read-only', (
     ['root, 0000', peer(0, 0), 0o000, true],
   ] as const)('%s → %s', (_, caller, mode, allowed) => {
     expect(peerMayRead(stat(mode), caller)).toBe(allowed);
+  });
+
+  it.each([
+    ['owner, 0600', peer(1000, 5), 0o600, true],
+    ['owner, 0400 (read-only)', peer(1000, 5), 0o400, false],
+    ['owner group, 0660', peer(2000, 100), 0o660, true],
+    ['owner group, 0640', peer(2000, 100), 0o640, false],
+    ['anyone else, 0644', peer(2000, 5), 0o644, false],
+    ['anyone else, 0646', peer(2000, 5), 0o646, true],
+    ['root, 0400', peer(0, 0), 0o400, true],
+  ] as const)('peerMayWrite: %s → %s', (_, caller, mode, allowed) => {
+    expect(peerMayWrite(stat(mode), caller)).toBe(allowed);
   });
 });
 

@@ -200,6 +200,26 @@ describe('SharedMemoryReader', () => {
     expect(reader.cachedSegmentCount).toBe(0);
   });
 
+  it('writes outputs through one kept read-write mapping, and lets go of it when the client removes the segment', () => {
+    const shmid = clientSegment(64);
+    addon.setMode(shmid, 0o600);
+    const reader = newReader();
+    reader.writeToSegment(shmid, 0, new Uint8Array([1, 2, 3]), self);
+    reader.writeToSegment(shmid, 61, new Uint8Array([7, 8, 9]), self);
+    expect(reader.cachedWritableSegmentCount).toBe(1);
+    const mapping = addon.attachReadWrite(shmid);
+    const bytes = new Uint8Array(mapping).slice();
+    addon.detach(mapping);
+    expect([...bytes.subarray(0, 3)]).toEqual([1, 2, 3]);
+    expect([...bytes.subarray(61)]).toEqual([7, 8, 9]);
+    expectError(() => reader.writeToSegment(shmid, 62, new Uint8Array(3), self), 'OUT_OF_BOUNDS');
+
+    addon.remove(shmid); // only our kept mapping holds it now
+    expectError(() => reader.writeToSegment(shmid, 0, new Uint8Array(1), self), 'SEGMENT_NOT_FOUND');
+    expect(exists(shmid)).toBe(false);
+    expect(reader.cachedWritableSegmentCount).toBe(0);
+  });
+
   it('sweeps idle segments that clients removed while reading others', () => {
     const first = clientSegment(4096);
     const second = clientSegment(4096);

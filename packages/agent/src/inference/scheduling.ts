@@ -1,0 +1,166 @@
+/**
+ * The pool's scheduling: which worker (or the event loop) runs a request. Pure decisions over the pool's slots
+ * and models; the pool (pool.ts) owns the worker lifecycle and the messages, tensor-transfer.ts the bytes.
+ *
+ * A request runs inline when its model is measured fast and the budget allows (see InlineBudget); otherwise it
+ * starts at once on an idle worker holding its model, else waits in the model's queue and is taken, oldest first
+ * across models, by the first such worker to become free (so it never waits behind a busy instance while another
+ * is idle). For fast models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
+ */
+import type { Worker } from 'node:worker_threads';
+import type { InferenceError } from './errors.js';
+import type { InlineBudget } from './inline-budget.js';
+import type { FromWorker, ModelBytes, ToWorker, WireTensor } from './protocol.js';
+import type { PoolTensor } from './tensor-transfer.js';
+
+export interface RunResult {
+  outputs: PoolTensor[];
+  /** Waiting for a worker: from submission until ONNX Runtime started. */
+  queueMs: number;
+  /** Inside ONNX Runtime's run. */
+  computeMs: number;
+  /** Index of the worker that ran it; -1 when it ran inline, on the event loop. */
+  worker: number;
+}
+
+export interface Job {
+  seq: number;
+  key: string;
+  inputs: WireTensor[];
+  transfer: ArrayBuffer[];
+  submittedAt: number;
+  /** Warm-up runs go to one given worker. */
+  pinned?: Slot;
+  resolve: (result: RunResult) => void;
+  reject: (error: InferenceError) => void;
+}
+
+export interface Control {
+  message: ToWorker;
+  resolve: (reply: FromWorker) => void;
+  reject: (error: InferenceError) => void;
+}
+
+export type SessionState = 'loading' | 'ready' | 'reloading';
+
+/** One worker thread and what it holds. */
+export interface Slot {
+  index: number;
+  worker: Worker | null;
+  /** Shared with the worker: WORKER_CONTROL slots. */
+  control: Int32Array;
+  ready: boolean;
+  running: Job | null;
+  /** A request already posted to the worker, to run right after `running` (see handAheadTo). */
+  ahead: Job | null;
+  controls: Map<number, Control>;
+  /** Control messages waiting for the worker to (re)start. */
+  backlog: Control[];
+  sessions: Map<string, SessionState>;
+  restarts: number;
+  /** Deaths since the worker last completed something; drives the restart delay. */
+  recentDeaths: number;
+  lastError: Error | null;
+}
+
+export interface ModelEntry {
+  key: string;
+  /** Kept for as long as the model is loaded: a restarted worker creates its sessions again from it. */
+  model: string | ModelBytes;
+  slots: Set<Slot>;
+  queue: Job[];
+  /** Requests running or handed ahead on a worker. */
+  running: number;
+  /** A moving average of ONNX Runtime's time per run, once one has completed. */
+  computeMs?: number;
+  /** Runs completed on workers. */
+  workerRuns: number;
+  /**
+   * The inline path for this model: 'off' until it has been measured fast, 'loading' its inline session, 'on'
+   * (requests may run inline, budget permitting), 'unfit' (too large to load on the event loop, or it failed).
+   */
+  inline: 'off' | 'loading' | 'on' | 'unfit';
+  /** Inline requests may start once `workerRuns` reaches this (a demoted model is measured on workers again). */
+  inlineAfterRuns: number;
+  /** Inline runs in progress, and who waits for them to end (an unload, before releasing the session). */
+  inlineRunning: number;
+  inlineDrained: Array<() => void>;
+}
+
+/**
+ * Requests are handed ahead to a busy worker (see #handAhead) only when both the running request's model and
+ * theirs take at most this long per run, on average: a request handed ahead waits for the run before it even if
+ * another instance becomes free first.
+ */
+const HAND_AHEAD_MAX_COMPUTE_MS = 2;
+
+export function slotCanRun(slot: Slot, key: string): boolean {
+  return slot.ready && slot.running === null && slot.sessions.get(key) === 'ready';
+}
+
+export function idleSlot(entry: ModelEntry): Slot | undefined {
+  for (const slot of entry.slots) if (slotCanRun(slot, entry.key)) return slot;
+  return undefined;
+}
+
+export function handsAhead(entry: ModelEntry): boolean {
+  return entry.computeMs !== undefined && entry.computeMs <= HAND_AHEAD_MAX_COMPUTE_MS;
+}
+
+/**
+ * Whether this request runs inline: the model's session is loaded on the event loop, its average run fits the
+ * per-run ceiling, it is not being measured on the workers after a demotion, and the event-loop share has room
+ * for it (admitting charges the share).
+ */
+export function runsInline(entry: ModelEntry, budget: InlineBudget): boolean {
+  return (
+    entry.inline === 'on' &&
+    entry.workerRuns >= entry.inlineAfterRuns &&
+    entry.computeMs !== undefined &&
+    budget.fastEnough(entry.computeMs) &&
+    budget.admit(entry.computeMs, performance.now())
+  );
+}
+
+/** Takes the oldest request, across the worker's ready sessions, that it may run (next, when `ahead`). */
+export function takeOldestWaiting(
+  slot: Slot,
+  ahead: boolean,
+  models: ReadonlyMap<string, ModelEntry>,
+): { job: Job; entry: ModelEntry } | undefined {
+  let best: { entry: ModelEntry; index: number } | undefined;
+  for (const [key, state] of slot.sessions) {
+    if (state !== 'ready') continue;
+    const entry = models.get(key);
+    if (!entry || (ahead && !handsAhead(entry))) continue;
+    const index = entry.queue.findIndex((job) =>
+      ahead ? job.pinned === undefined : job.pinned === undefined || job.pinned === slot,
+    );
+    if (index < 0) continue;
+    if (!best || entry.queue[index]!.seq < best.entry.queue[best.index]!.seq) best = { entry, index };
+  }
+  if (!best) return undefined;
+  const [job] = best.entry.queue.splice(best.index, 1);
+  return { job: job!, entry: best.entry };
+}
+
+/**
+ * A busy worker to post a request to ahead of time, when every instance of the model is busy: the worker then
+ * starts it straight after its current run, without going to sleep and being woken again (each costs tens of
+ * microseconds, and the run after a sleep finds cold caches). Only between fast runs (takesAhead): a request
+ * handed ahead no longer moves to an instance that becomes free first, so it may wait for one short run more.
+ */
+export function handAheadTo(entry: ModelEntry, models: ReadonlyMap<string, ModelEntry>): Slot | undefined {
+  if (!handsAhead(entry)) return undefined;
+  for (const slot of entry.slots) {
+    if (slot.sessions.get(entry.key) === 'ready' && takesAhead(slot, models)) return slot;
+  }
+  return undefined;
+}
+
+/** The worker is running a model whose runs are short, and has no request handed ahead yet. */
+export function takesAhead(slot: Slot, models: ReadonlyMap<string, ModelEntry>): boolean {
+  if (!slot.ready || !slot.running || slot.ahead) return false;
+  const running = models.get(slot.running.key);
+  return running !== undefined && handsAhead(running);
+}

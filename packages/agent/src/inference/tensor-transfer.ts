@@ -1,0 +1,117 @@
+/**
+ * How tensors cross between the agent's event loop and the inference workers: input bytes are transferred
+ * (no copy) when the caller gives them up, shared when they live in a SharedArrayBuffer, copied once otherwise;
+ * outputs come back as views of the buffers the worker transferred.
+ */
+import { DATA_TYPES, dataTypeFromOrt, type DataTypeName } from '@edgefleet/core';
+import { InferenceError } from './errors.js';
+import type { WireTensor } from './protocol.js';
+
+/** A tensor handed to the pool: little-endian, row-major bytes. */
+export interface PoolTensor {
+  name: string;
+  dataType: DataTypeName;
+  shape: number[];
+  data: Uint8Array;
+}
+
+/**
+ * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
+ * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors).
+ */
+export interface InputByteCounts {
+  transferred: number;
+  shared: number;
+  copied: number;
+  copies: number;
+}
+
+export interface PreparedInputs {
+  wire: WireTensor[];
+  /** Buffers to transfer with the message. */
+  transfer: ArrayBuffer[];
+}
+
+/**
+ * The pool's tensors as wire tensors. With `transferOwned`, a tensor whose bytes fill their whole ArrayBuffer
+ * is transferred (the caller's buffer is detached once posted); a view into a buffer the caller does not own (a
+ * gRPC message, Node's Buffer pool) is copied once, so that transferring it cannot detach someone else's bytes.
+ */
+export function prepareInputs(
+  inputs: readonly PoolTensor[],
+  transferOwned: boolean,
+  counts: InputByteCounts,
+): PreparedInputs {
+  const transfer: ArrayBuffer[] = [];
+  const wire = inputs.map((input): WireTensor => {
+    const { data } = input;
+    const name = input.name;
+    const type = DATA_TYPES[input.dataType].ort;
+    const dims = input.shape;
+    const byteLength = data.byteLength;
+    if (data.buffer instanceof SharedArrayBuffer) {
+      counts.shared += byteLength;
+      return { name, type, dims, byteLength, buffer: data.buffer, byteOffset: data.byteOffset };
+    }
+    const buffer = data.buffer as ArrayBuffer;
+    const whole = data.byteOffset === 0 && byteLength === buffer.byteLength;
+    if (transferOwned && whole && !transfer.includes(buffer) && buffer.byteLength > 0) {
+      transfer.push(buffer);
+      counts.transferred += byteLength;
+      return { name, type, dims, byteLength, buffer, byteOffset: 0 };
+    }
+    const copy = new Uint8Array(byteLength);
+    copy.set(data);
+    transfer.push(copy.buffer);
+    counts.copied += byteLength;
+    counts.copies++;
+    return { name, type, dims, byteLength, buffer: copy.buffer, byteOffset: 0 };
+  });
+  return { wire, transfer };
+}
+
+/**
+ * The inputs as wire tensors for a run on this thread (the inline path): nothing crosses a thread, so nothing is
+ * copied or transferred here; ONNX Runtime reads the caller's bytes where they are.
+ */
+export function inputsInPlace(inputs: readonly PoolTensor[]): WireTensor[] {
+  return inputs.map((input) => ({
+    name: input.name,
+    type: DATA_TYPES[input.dataType].ort,
+    dims: input.shape,
+    buffer: input.data.buffer,
+    byteOffset: input.data.byteOffset,
+    byteLength: input.data.byteLength,
+  }));
+}
+
+/**
+ * Copies of wire tensors into fresh ArrayBuffers, for when a buffer cannot be transferred (an external one,
+ * e.g. mapped memory). A failed postMessage detaches nothing, so the original bytes are still there to copy.
+ */
+export function copiedInputs(wire: readonly WireTensor[], counts: InputByteCounts): PreparedInputs {
+  const copies = wire.map((input) => {
+    const copy = new Uint8Array(input.byteLength);
+    copy.set(new Uint8Array(input.buffer, input.byteOffset, input.byteLength));
+    counts.copied += input.byteLength;
+    counts.copies++;
+    return { ...input, buffer: copy.buffer, byteOffset: 0 };
+  });
+  return { wire: copies, transfer: copies.map((c) => c.buffer) };
+}
+
+/** A worker's (or the inline runner's) output tensor as the pool's. */
+export function fromWire(tensor: WireTensor): PoolTensor {
+  const dataType = dataTypeFromOrt(tensor.type);
+  if (!dataType)
+    throw new InferenceError(
+      'run-failed',
+      `the model returned a ${tensor.type} tensor, which SageMaker Edge cannot express`,
+    );
+  return {
+    name: tensor.name,
+    dataType,
+    shape: tensor.dims,
+    data: new Uint8Array(tensor.buffer, tensor.byteOffset, tensor.byteLength),
+  };
+}

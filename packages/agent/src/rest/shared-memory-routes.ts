@@ -1,0 +1,250 @@
+/**
+ * The KServe v2 system shared memory extension (as Triton implements it): clients register regions of shared
+ * memory by name, then name them in inference requests for inputs (read where they lie, no request body) and
+ * outputs (written there, no response body). Regions are System V segments (agent/src/shm): `key` is the
+ * segment's id (shmid) as a decimal string, where Triton takes a POSIX shm_open name.
+ *
+ * Only callers on the agent's Unix socket, whose credentials the kernel gives (SO_PEERCRED), may register or use
+ * regions, and only segments they could attach themselves: read for registering and inputs, write for outputs
+ * (the same check as the gRPC door's shared memory). Each use checks again, against the segment as it is then.
+ */
+import type { Socket } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import type { PredictTensor } from '../models/index.js';
+import {
+  SharedMemoryError,
+  type PeerCredentials,
+  type SegmentLease,
+  type SharedMemoryReader,
+} from '../shm/index.js';
+import { describeIssues, type SharedMemoryPlace } from './infer-request.js';
+import { RequestBody } from './request-body.js';
+import { RestError } from './rest-errors.js';
+
+/** Regions registered at once, across callers; more are refused until some are unregistered. */
+export const MAX_REGIONS = 256;
+
+export const RegisterRegionSchema = z.object({
+  key: z.string().regex(/^\d{1,10}$/, 'expected a System V shared memory id (shmid) as a decimal string'),
+  offset: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
+  byte_size: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+});
+
+interface Region {
+  name: string;
+  key: string;
+  segmentId: number;
+  offset: number;
+  byteSize: number;
+  /** Who registered it: only they (or root) may unregister it. */
+  ownerUid: number;
+}
+
+/** Finds the credentials of the connection a request came on (null: not the Unix socket, or unknown). */
+export type PeerOf = (socket: Socket) => PeerCredentials | null;
+
+export interface SharedMemoryRoutesOptions {
+  reader: SharedMemoryReader | null;
+  peerOf: PeerOf;
+}
+
+const statusOf = (region: Region) => ({
+  name: region.name,
+  key: region.key,
+  offset: region.offset,
+  byte_size: region.byteSize,
+});
+
+/** HTTP statuses for the shared memory errors: the client's mistakes are 400, refusals 403. */
+function restErrorOf(error: unknown): unknown {
+  if (!(error instanceof SharedMemoryError)) return error;
+  if (error.code === 'ACCESS_DENIED') return new RestError(403, error.message);
+  if (error.code === 'ATTACH_FAILED') return new RestError(500, error.message);
+  return new RestError(400, error.message);
+}
+
+/** The registered regions, and reading inputs from and writing outputs to them for one request. */
+export class SharedMemoryRegions {
+  readonly #regions = new Map<string, Region>();
+  readonly #reader: SharedMemoryReader | null;
+
+  constructor(reader: SharedMemoryReader | null) {
+    this.#reader = reader;
+  }
+
+  get available(): boolean {
+    return this.#reader !== null;
+  }
+
+  register(name: string, body: unknown, caller: PeerCredentials | null): void {
+    const reader = this.#requireReader();
+    const parsed = RegisterRegionSchema.safeParse(body ?? {});
+    if (!parsed.success)
+      throw new RestError(
+        400,
+        `the register request is malformed: ${describeIssues(parsed.error)}; expected {"key": "<shmid>", "offset"?, "byte_size"}`,
+      );
+    if (this.#regions.has(name))
+      throw new RestError(
+        400,
+        `a system shared memory region named ${JSON.stringify(name)} is already registered; unregister it first`,
+      );
+    if (this.#regions.size >= MAX_REGIONS)
+      throw new RestError(429, `${MAX_REGIONS} regions are registered already; unregister some first`);
+    const { key, offset, byte_size: byteSize } = parsed.data;
+    const segmentId = Number(key);
+    try {
+      reader.checkSegment(segmentId, offset, byteSize, caller, 'read');
+    } catch (error) {
+      throw restErrorOf(error);
+    }
+    this.#regions.set(name, { name, key, segmentId, offset, byteSize, ownerUid: caller!.uid });
+  }
+
+  /** Unregisters one region, or (no name) every region the caller registered (all of them for root). */
+  unregister(name: string | undefined, caller: PeerCredentials | null): void {
+    this.#requireReader();
+    if (caller === null)
+      throw new RestError(403, 'system shared memory is only for callers on the Unix socket');
+    const mayDrop = (region: Region) => caller.uid === 0 || caller.uid === region.ownerUid;
+    if (name === undefined) {
+      for (const region of [...this.#regions.values()])
+        if (mayDrop(region)) this.#regions.delete(region.name);
+      return;
+    }
+    const region = this.#get(name);
+    if (!mayDrop(region))
+      throw new RestError(
+        403,
+        `region ${JSON.stringify(name)} was registered by uid ${region.ownerUid}; only that user (or root) may unregister it`,
+      );
+    this.#regions.delete(name);
+  }
+
+  status(name: string | undefined): ReturnType<typeof statusOf>[] {
+    this.#requireReader();
+    return name === undefined ? [...this.#regions.values()].map(statusOf) : [statusOf(this.#get(name))];
+  }
+
+  /**
+   * Puts the bytes of the inputs that name regions into them: views of the mapped segment, no copy. The leases
+   * keep the segments mapped (an unregistered region or a removed segment cannot pull the memory away mid-run);
+   * release them once the inference is done.
+   */
+  readInputs(
+    inputs: PredictTensor[],
+    places: ReadonlyArray<SharedMemoryPlace & { position: number }>,
+    caller: PeerCredentials | null,
+  ): SegmentLease[] {
+    if (places.length === 0) return [];
+    const reader = this.#requireReader();
+    const leases: SegmentLease[] = [];
+    try {
+      for (const place of places) {
+        const region = this.#within(place, `input #${place.position + 1}`);
+        const lease = reader.readTensorFromSegment(
+          { segmentId: region.segmentId, offset: region.offset + place.offset, size: place.byteSize },
+          place.byteSize,
+          caller,
+        );
+        leases.push(lease);
+        inputs[place.position]!.data = lease.data;
+      }
+    } catch (error) {
+      for (const lease of leases) lease.release();
+      throw restErrorOf(error);
+    }
+    return leases;
+  }
+
+  /** Writes an output into its region; the region must still be registered and large enough. */
+  writeOutput(
+    name: string,
+    place: SharedMemoryPlace,
+    bytes: Uint8Array,
+    caller: PeerCredentials | null,
+  ): void {
+    const reader = this.#requireReader();
+    const region = this.#within(place, `output ${JSON.stringify(name)}`);
+    if (bytes.byteLength > place.byteSize)
+      throw new RestError(
+        400,
+        `output ${JSON.stringify(name)} is ${bytes.byteLength} bytes, but shared_memory_byte_size gives it ${place.byteSize}; expected room for the whole tensor`,
+      );
+    try {
+      reader.writeToSegment(region.segmentId, region.offset + place.offset, bytes, caller);
+    } catch (error) {
+      throw restErrorOf(error);
+    }
+  }
+
+  #within(place: SharedMemoryPlace, what: string): Region {
+    const region = this.#regions.get(place.region);
+    if (!region)
+      throw new RestError(
+        400,
+        `${what} names system shared memory region ${JSON.stringify(place.region)}, which is not registered (never, or unregistered meanwhile); expected a registered region`,
+      );
+    if (place.offset > region.byteSize || place.byteSize > region.byteSize - place.offset)
+      throw new RestError(
+        400,
+        `${what}: ${place.byteSize} bytes at offset ${place.offset} run past the end of region ${JSON.stringify(region.name)} (${region.byteSize} bytes); expected offset + size ≤ ${region.byteSize}`,
+      );
+    return region;
+  }
+
+  #get(name: string): Region {
+    const region = this.#regions.get(name);
+    if (!region)
+      throw new RestError(404, `no system shared memory region named ${JSON.stringify(name)} is registered`);
+    return region;
+  }
+
+  #requireReader(): SharedMemoryReader {
+    if (!this.#reader)
+      throw new RestError(
+        400,
+        'System V shared memory is not available on this agent (its addon did not load); send tensor data in the request',
+      );
+    return this.#reader;
+  }
+}
+
+type RegionParams = { name: string };
+
+/** /v2/systemsharedmemory/…: status, register and unregister, as Triton serves them. */
+export function registerSharedMemoryRoutes(
+  app: FastifyInstance,
+  regions: SharedMemoryRegions,
+  peerOf: PeerOf,
+): void {
+  const base = '/v2/systemsharedmemory';
+  app.get(`${base}/status`, async () => regions.status(undefined));
+  app.get<{ Params: RegionParams }>(`${base}/region/:name/status`, async (request) =>
+    regions.status(request.params.name),
+  );
+  app.post<{ Params: RegionParams }>(`${base}/region/:name/register`, async (request) => {
+    regions.register(request.params.name, parseJsonBody(request.body), peerOf(request.raw.socket));
+    return {};
+  });
+  app.post<{ Params: RegionParams }>(`${base}/region/:name/unregister`, async (request) => {
+    regions.unregister(request.params.name, peerOf(request.raw.socket));
+    return {};
+  });
+  app.post(`${base}/unregister`, async (request) => {
+    regions.unregister(undefined, peerOf(request.raw.socket));
+    return {};
+  });
+}
+
+/** The register body as the app's parser left it (a RequestBody of bytes, or nothing). */
+function parseJsonBody(body: unknown): unknown {
+  if (!(body instanceof RequestBody) || body.length === 0) return undefined;
+  const bytes = body.view(0, body.length);
+  try {
+    return JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
+  } catch (error) {
+    throw new RestError(400, `the register body is not valid JSON (${(error as Error).message})`);
+  }
+}

@@ -1,0 +1,201 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  OnnxModelBuilder,
+  TEST_MODELS,
+  slowModelInput,
+  slowModelReference,
+  writeTestModel,
+  type TestModelTensor,
+} from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  DEFAULT_ORT_SESSION_CONFIG,
+  InferencePool,
+  type PoolTensor,
+  type RunResult,
+} from '../../src/inference/index.js';
+import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
+
+let dir: string;
+const paths: Record<string, string> = {};
+const pools: InferencePool[] = [];
+
+function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor {
+  const { data } = tensor;
+  return {
+    name,
+    dataType: tensor.dataType,
+    shape: tensor.shape,
+    data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+  };
+}
+const tinyInput = () => [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
+const tinyExpected = () =>
+  TEST_MODELS.tiny.reference(TEST_MODELS.tiny.sampleInputs()).y!.data as Float32Array;
+const floats = (result: RunResult) => new Float32Array(result.outputs[0]!.data.slice().buffer);
+
+/** The pool tests' scalable model: microseconds for one row, tens of milliseconds for a thousand. */
+const SCALABLE = { size: 128, repeats: 32 };
+function scalableModel(): Uint8Array {
+  const { size, repeats } = SCALABLE;
+  const shift = new Float32Array(size * size);
+  for (let i = 0; i < size; i++) shift[i * size + ((i + 1) % size)] = 1;
+  const builder = new OnnxModelBuilder({ graphName: 'scalable' })
+    .input('x', 'FLOAT32', ['rows', size])
+    .initializer('shift', 'FLOAT32', [size, size], shift)
+    .initializer('one', 'FLOAT32', [], new Float32Array([1]));
+  let previous = 'x';
+  for (let step = 1; step <= repeats; step++) {
+    const next = step === repeats ? 'y' : `step_${step}`;
+    builder
+      .node('MatMul', [previous, 'shift'], [`shifted_${step}`])
+      .node('Add', [`shifted_${step}`, 'one'], [next]);
+    previous = next;
+  }
+  return builder.output('y', 'FLOAT32', ['rows', size]).build();
+}
+const scalableInput = (rows: number) => slowModelInput({ ...SCALABLE, rows });
+const scalable = (rows: number) => [asPoolTensor('x', scalableInput(rows))];
+const scalableReference = (rows: number) =>
+  slowModelReference(scalableInput(rows), { ...SCALABLE, rows }).data as Float32Array;
+
+async function startPool(
+  maxRunMicros: number,
+  eventLoopShare: number,
+  maxQueuedPerModel = 256,
+): Promise<InferencePool> {
+  const pool = await InferencePool.start({
+    workers: 2,
+    session: DEFAULT_ORT_SESSION_CONFIG,
+    inline: { maxRunMicros, eventLoopShare },
+    maxQueuedPerModel,
+  });
+  pools.push(pool);
+  return pool;
+}
+
+/**
+ * Runs the model until the pool has measured it fast and loaded its inline session (a busy machine's slow runs
+ * only make this take longer).
+ */
+async function untilInline(pool: InferencePool, key: string, input: () => PoolTensor[]): Promise<void> {
+  while (!pool.stats().inline.models.some((m) => m.key === key)) {
+    await pool.run(key, input());
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'agent-inline-'));
+  for (const model of ['tiny', 'slow'] as const) paths[model] = await writeTestModel(model, dir);
+  paths.scalable = join(dir, 'scalable.onnx');
+  await writeFile(paths.scalable, scalableModel());
+});
+afterAll(async () => {
+  for (const pool of pools) await pool.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('InferencePool: the inline path', () => {
+  it('moves a model measured fast onto the event loop, with the same exact outputs, and counts where runs went', async () => {
+    const pool = await startPool(5000, 0.9);
+    await pool.loadModel('tiny', paths.tiny!, 1);
+    const onWorker = await pool.run('tiny', tinyInput());
+    expect(onWorker.worker).toBeGreaterThanOrEqual(0);
+    await untilInline(pool, 'tiny', tinyInput);
+    const inline = await pool.run('tiny', tinyInput());
+    expect(inline.worker).toBe(-1);
+    expect(floats(inline)).toEqual(tinyExpected());
+    expect(floats(onWorker)).toEqual(tinyExpected());
+    expect(inline.outputs.map((o) => [o.name, o.dataType, o.shape])).toEqual([['y', 'FLOAT32', [1, 16]]]);
+    const stats = pool.stats();
+    expect(stats.runs.inline).toBeGreaterThanOrEqual(1);
+    expect(stats.runs.worker).toBeGreaterThanOrEqual(RUNS_BEFORE_INLINE + 1);
+    expect(stats.inline.models).toEqual([{ key: 'tiny', computeMicros: expect.any(Number) }]);
+  });
+
+  it('keeps a model whose runs are over the ceiling on the workers', async () => {
+    const pool = await startPool(1, 0.9);
+    await pool.loadModel('slow', paths.slow!, 1);
+    for (let i = 0; i < RUNS_BEFORE_INLINE + 4; i++)
+      expect((await pool.run('slow', [asPoolTensor('x', slowModelInput())])).worker).toBeGreaterThanOrEqual(
+        0,
+      );
+    expect(pool.stats().inline.models).toEqual([]);
+    expect(pool.stats().runs.inline).toBe(0);
+  });
+
+  it('sends requests past the event-loop share to the workers, all with exact outputs', async () => {
+    // A share of 5 % of the 100 ms window is 5 ms, the per-run ceiling: the first request always fits (nothing
+    // ran inline before it), and 2000 requests in one turn of the event loop need more than 5 ms.
+    const pool = await startPool(5000, 0.05, 4000);
+    await pool.loadModel('tiny', paths.tiny!, 2);
+    await untilInline(pool, 'tiny', tinyInput);
+    const results = await Promise.all(Array.from({ length: 2000 }, () => pool.run('tiny', tinyInput())));
+    for (const result of results) expect(floats(result)).toEqual(tinyExpected());
+    const workers = results.filter((r) => r.worker >= 0).length;
+    const stats = pool.stats();
+    expect(workers).toBeGreaterThan(0);
+    expect(workers).toBeLessThan(2000);
+    expect(stats.inline.overBudget).toBe(workers);
+  });
+
+  it('sends a model back to the workers after one run far over the ceiling, and measures it there again', async () => {
+    const pool = await startPool(500, 0.9);
+    await pool.loadModel('scalable', paths.scalable!, 1);
+    await untilInline(pool, 'scalable', () => scalable(1));
+    const slowRun = await pool.run('scalable', scalable(2000));
+    expect(slowRun.worker).toBe(-1);
+    expect(floats(slowRun)).toEqual(scalableReference(2000));
+    expect(pool.stats().inline.demotions).toBe(1);
+    const next = await pool.run('scalable', scalable(1));
+    expect(next.worker).toBeGreaterThanOrEqual(0);
+    expect(floats(next)).toEqual(scalableReference(1));
+    expect(pool.stats().inline.models).toEqual([]);
+  });
+
+  it('lets inline runs in flight finish before an unload releases their session', async () => {
+    const pool = await startPool(5000, 0.9);
+    await pool.loadModel('tiny', paths.tiny!, 1);
+    await untilInline(pool, 'tiny', tinyInput);
+    const running = Array.from({ length: 50 }, () => pool.run('tiny', tinyInput()));
+    await pool.unloadModel('tiny');
+    for (const result of await Promise.all(running)) expect(floats(result)).toEqual(tinyExpected());
+    await expect(pool.run('tiny', tinyInput())).rejects.toMatchObject({ kind: 'unknown-model' });
+  });
+
+  it('refuses a budget outside its bounds', async () => {
+    await expect(
+      InferencePool.start({
+        workers: 1,
+        session: DEFAULT_ORT_SESSION_CONFIG,
+        inline: { maxRunMicros: 200, eventLoopShare: 1 },
+      }),
+    ).rejects.toThrow(/eventLoopShare must be from 0 to 0.9, got 1/);
+  });
+});
+
+describe('InlineBudget', () => {
+  it('admits runs up to its share of the window, and frees the share as time passes', () => {
+    const budget = new InlineBudget({ maxRunMicros: 100, eventLoopShare: 0.1 }); // 10 ms of each 100 ms
+    let admitted = 0;
+    while (budget.admit(1, 1000)) admitted++;
+    expect(admitted).toBe(10);
+    expect(budget.stats(1000).overBudget).toBe(1);
+    expect(budget.admit(1, 1000 + WINDOW_MS)).toBe(true); // decayed to 10 / e
+    budget.settle(1, 0); // that run failed: nothing spent
+    expect(budget.stats(1000 + WINDOW_MS).shareUsed).toBeCloseTo(0.1 / Math.E, 5);
+  });
+
+  it('judges models against the per-run ceiling, and is off at 0', () => {
+    const budget = new InlineBudget({ maxRunMicros: 100, eventLoopShare: 0.25 });
+    expect(budget.fastEnough(0.1)).toBe(true);
+    expect(budget.fastEnough(0.11)).toBe(false);
+    expect(budget.tooSlow(0.4)).toBe(false);
+    expect(budget.tooSlow(0.41)).toBe(true);
+    expect(budget.stats(0).demotions).toBe(1);
+    expect(new InlineBudget({ maxRunMicros: 0, eventLoopShare: 0.25 }).fastEnough(0)).toBe(false);
+  });
+});

@@ -1,0 +1,295 @@
+import { execFile } from 'node:child_process';
+import { chmod } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TEST_MODELS } from '@edgefleet/core';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
+import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
+
+// The KServe v2 system shared memory extension over System V segments: regions registered by name, inputs read
+// from them and outputs written into them, only for callers whose socket credentials allow the segment.
+const NOBODY = 65534;
+const isRoot = process.getuid?.() === 0;
+const addon = loadSysvShmAddon();
+const created: number[] = [];
+let files: Awaited<ReturnType<typeof scratch>>;
+let agent: Awaited<ReturnType<typeof startAgent>>;
+let client: HttpClient;
+let socketPath: string;
+
+const sample = TEST_MODELS.tiny.sampleInputs();
+const x = bytesOf(sample.x!.data);
+const expectedY = bytesOf(TEST_MODELS.tiny.reference(sample).y!.data);
+
+/** A segment of this process's user (root in CI) of `size` bytes, `bytes` at its start, with `mode`. */
+function segment(size: number, bytes: Uint8Array, mode: number): number {
+  const { shmid } = addon.create(size);
+  created.push(shmid);
+  const mapping = addon.attachReadWrite(shmid);
+  new Uint8Array(mapping).set(bytes);
+  addon.detach(mapping);
+  addon.setMode(shmid, mode);
+  return shmid;
+}
+
+function segmentBytes(shmid: number, offset: number, length: number): Uint8Array {
+  const mapping = addon.attachReadWrite(shmid);
+  const copy = new Uint8Array(mapping, offset, length).slice();
+  addon.detach(mapping);
+  return copy;
+}
+
+const post = (path: string, body: unknown) =>
+  client.request({
+    method: 'POST',
+    path,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+
+const inferViaRegions = (inputRegion: string, outputRegion: string, outputOffset = 0) =>
+  post('/v2/models/tiny/infer', {
+    inputs: [
+      {
+        name: 'x',
+        shape: [1, 16],
+        datatype: 'FP32',
+        parameters: { shared_memory_region: inputRegion, shared_memory_byte_size: 64 },
+      },
+    ],
+    outputs: [
+      {
+        name: 'y',
+        parameters: {
+          shared_memory_region: outputRegion,
+          shared_memory_byte_size: 64,
+          shared_memory_offset: outputOffset,
+        },
+      },
+    ],
+  });
+
+beforeAll(async () => {
+  files = await scratch('agent-rest-shm-');
+  socketPath = join(files.root, 'rest.sock');
+  agent = await startAgent({
+    socketPath,
+    socketMode: 0o666,
+    sharedMemory: new SharedMemoryReader({ addon }),
+  });
+  await agent.registry.load({ name: 'tiny', url: await files.catalogue('tiny') });
+  client = new HttpClient(targetOf(`unix:${socketPath}`));
+  await chmod(files.root, 0o755);
+});
+afterEach(async () => {
+  await post('/v2/systemsharedmemory/unregister', {});
+  for (const shmid of created.splice(0)) addon.remove(shmid);
+});
+afterAll(async () => {
+  client?.agent.destroy();
+  await agent?.stop();
+  await files?.cleanup();
+});
+
+describe('KServe v2 system shared memory', () => {
+  it('is listed as an extension; registers, reports and unregisters regions', async () => {
+    const meta = (await client.request({ path: '/v2' })).json() as { extensions: string[] };
+    expect(meta.extensions).toContain('system_shared_memory');
+    const shmid = segment(256, x, 0o600);
+    const register = await post('/v2/systemsharedmemory/region/in/register', {
+      key: String(shmid),
+      offset: 64,
+      byte_size: 128,
+    });
+    expect(register.status).toBe(200);
+    const status = await client.request({ path: '/v2/systemsharedmemory/region/in/status' });
+    expect(status.json()).toEqual([{ name: 'in', key: String(shmid), offset: 64, byte_size: 128 }]);
+    expect((await client.request({ path: '/v2/systemsharedmemory/status' })).json()).toHaveLength(1);
+    expect((await post('/v2/systemsharedmemory/region/in/unregister', {})).status).toBe(200);
+    const gone = await client.request({ path: '/v2/systemsharedmemory/region/in/status' });
+    expect(gone.status).toBe(404);
+    expect(gone.text()).toMatch(/no system shared memory region named \\"in\\"/);
+  });
+
+  it('reads the input from one region and writes the output into another, exactly, with no tensor in the bodies', async () => {
+    const input = segment(64, x, 0o600);
+    const output = segment(192, new Uint8Array(0), 0o600);
+    expect(
+      (await post('/v2/systemsharedmemory/region/in/register', { key: String(input), byte_size: 64 })).status,
+    ).toBe(200);
+    expect(
+      (
+        await post('/v2/systemsharedmemory/region/out/register', {
+          key: String(output),
+          offset: 64,
+          byte_size: 128,
+        })
+      ).status,
+    ).toBe(200);
+    const result = await inferViaRegions('in', 'out', 32);
+    expect(result.status).toBe(200);
+    expect(result.json()).toMatchObject({
+      outputs: [
+        {
+          name: 'y',
+          datatype: 'FP32',
+          shape: [1, 16],
+          parameters: { shared_memory_region: 'out', shared_memory_byte_size: 64, shared_memory_offset: 32 },
+        },
+      ],
+    });
+    expect((result.json() as { outputs: Array<{ data?: unknown }> }).outputs[0]!.data).toBeUndefined();
+    // Region offset 64 + output offset 32.
+    expect([...segmentBytes(output, 96, 64)]).toEqual([...expectedY]);
+    expect([...segmentBytes(output, 0, 96)]).toEqual(Array(96).fill(0));
+  });
+
+  it('refuses regions past the segment, tensors past the region, and unknown or unregistered regions, clearly', async () => {
+    const shmid = segment(64, x, 0o600);
+    const past = await post('/v2/systemsharedmemory/region/big/register', {
+      key: String(shmid),
+      byte_size: 65,
+    });
+    expect(past.status).toBe(400);
+    expect(past.text()).toMatch(/runs past the end of shared memory segment/);
+    const bad = await post('/v2/systemsharedmemory/region/bad/register', { key: 'abc', byte_size: 1 });
+    expect(bad.status).toBe(400);
+    expect(bad.text()).toMatch(/shmid/);
+    expect(
+      (await post('/v2/systemsharedmemory/region/small/register', { key: String(shmid), byte_size: 32 }))
+        .status,
+    ).toBe(200);
+    const tooSmall = await inferViaRegions('small', 'small');
+    expect(tooSmall.status).toBe(400);
+    expect(tooSmall.text()).toMatch(/run past the end of region \\"small\\" \(32 bytes\)/);
+    const unknown = await inferViaRegions('nowhere', 'nowhere');
+    expect(unknown.status).toBe(400);
+    expect(unknown.text()).toMatch(/region \\"nowhere\\", which is not registered/);
+    const missingSize = await post('/v2/models/tiny/infer', {
+      inputs: [
+        { name: 'x', shape: [1, 16], datatype: 'FP32', parameters: { shared_memory_region: 'small' } },
+      ],
+    });
+    expect(missingSize.status).toBe(400);
+    expect(missingSize.text()).toMatch(/without shared_memory_byte_size/);
+  });
+
+  it('fails a request whose output region was removed from under it with a clear error, and keeps serving', async () => {
+    const input = segment(64, x, 0o600);
+    const output = segment(64, new Uint8Array(0), 0o600);
+    await post('/v2/systemsharedmemory/region/in/register', { key: String(input), byte_size: 64 });
+    await post('/v2/systemsharedmemory/region/out/register', { key: String(output), byte_size: 64 });
+    // The segment goes away while registered: the next use is a clear error, never a crash.
+    addon.remove(output);
+    created.splice(created.indexOf(output), 1);
+    const result = await inferViaRegions('in', 'out');
+    expect(result.status).toBe(400);
+    expect(result.text()).toMatch(/does not exist/);
+    const again = await post('/v2/models/tiny/infer', {
+      inputs: [
+        {
+          name: 'x',
+          shape: [1, 16],
+          datatype: 'FP32',
+          parameters: { shared_memory_region: 'in', shared_memory_byte_size: 64 },
+        },
+      ],
+    });
+    expect(again.status).toBe(200);
+  });
+});
+
+/** Runs an HTTP client as `nobody` against the agent's socket; resolves with each request's status and body. */
+function runAsNobody(requests: Array<{ path: string; body: unknown }>) {
+  const script = `
+    const http = require('node:http');
+    const [socketPath, plan] = process.argv.slice(1);
+    const call = ({ path, body }) => new Promise((resolve, reject) => {
+      const data = JSON.stringify(body);
+      const req = http.request({ socketPath, path, method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } }, (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
+      });
+      req.on('error', reject);
+      req.end(data);
+    });
+    (async () => {
+      const results = [];
+      for (const r of JSON.parse(plan)) results.push(await call(r));
+      process.stdout.write(JSON.stringify({ uid: process.getuid(), results }));
+    })();`;
+  return new Promise<{ uid: number; results: Array<{ status: number; body: string }> }>((resolve, reject) => {
+    execFile(
+      process.execPath,
+      ['-e', script, socketPath, JSON.stringify(requests)],
+      { uid: NOBODY, gid: NOBODY, timeout: 30_000, killSignal: 'SIGKILL', cwd: files.root },
+      (error, stdout, stderr) => {
+        if (error) reject(new Error(`the client failed: ${error.message}\n${stderr}`));
+        else resolve(JSON.parse(stdout) as { uid: number; results: Array<{ status: number; body: string }> });
+      },
+    );
+  });
+}
+
+describe.skipIf(!isRoot)(
+  'system shared memory only for callers the segment allows (client as nobody)',
+  () => {
+    it('refuses registering a segment the caller could not read, and writing outputs where it could not write', async () => {
+      const secret = segment(64, x, 0o600); // root's, unreadable to nobody
+      const readable = segment(64, x, 0o644); // nobody may read it, not write it
+      const before = segmentBytes(readable, 0, 64);
+      const { uid, results } = await runAsNobody([
+        {
+          path: '/v2/systemsharedmemory/region/secret/register',
+          body: { key: String(secret), byte_size: 64 },
+        },
+        { path: '/v2/systemsharedmemory/region/ro/register', body: { key: String(readable), byte_size: 64 } },
+        {
+          path: '/v2/models/tiny/infer',
+          body: {
+            inputs: [
+              {
+                name: 'x',
+                shape: [1, 16],
+                datatype: 'FP32',
+                parameters: { shared_memory_region: 'ro', shared_memory_byte_size: 64 },
+              },
+            ],
+            outputs: [{ name: 'y', parameters: { shared_memory_region: 'ro', shared_memory_byte_size: 64 } }],
+          },
+        },
+      ]);
+      expect(uid).toBe(NOBODY);
+      expect(results[0]!.status).toBe(403);
+      expect(results[0]!.body).toMatch(
+        new RegExp(`caller \\(uid ${NOBODY}, gid ${NOBODY}\\) may not read shared memory segment ${secret}`),
+      );
+      expect(results[1]!.status).toBe(200);
+      expect(results[2]!.status).toBe(403);
+      expect(results[2]!.body).toMatch(new RegExp(`may not write shared memory segment ${readable}`));
+      expect([...segmentBytes(readable, 0, 64)]).toEqual([...before]);
+      // Root's own regions are not nobody's to unregister.
+      expect((await client.request({ path: '/v2/systemsharedmemory/region/ro/status' })).status).toBe(200);
+    });
+
+    it('refuses a caller on TCP (no socket credentials) any region', async () => {
+      const tcpAgent = await startAgent({ tcp: true, sharedMemory: new SharedMemoryReader({ addon }) });
+      try {
+        const tcp = new HttpClient(targetOf(tcpAgent.server.addresses[0]!));
+        const shmid = segment(64, x, 0o666);
+        const result = await tcp.request({
+          method: 'POST',
+          path: '/v2/systemsharedmemory/region/r/register',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ key: String(shmid), byte_size: 64 }),
+        });
+        tcp.agent.destroy();
+        expect(result.status).toBe(403);
+        expect(result.text()).toMatch(/only for callers on its Unix socket/);
+      } finally {
+        await tcpAgent.stop();
+      }
+    });
+  },
+);
