@@ -7,6 +7,15 @@ import { ApiTokenStore, apiTokenRoutes, operatorAuthenticators } from '../auth/i
 import { createBlobStore, type BlobStore } from '../blobs/index.js';
 import { captureDeviceRoutes } from '../captures/index.js';
 import type { ServerConfig } from '../config/index.js';
+import {
+  ChangeFeed,
+  ConsoleSessionStore,
+  consoleEventRoutes,
+  consoleSessionAuthenticator,
+  consoleSessionRoutes,
+  consoleStaticRoutes,
+  defaultConsoleDir,
+} from '../console/index.js';
 import { DeviceStore, deviceRoutes } from '../devices/index.js';
 import { FleetStore, fleetRoutes } from '../fleets/index.js';
 import {
@@ -62,6 +71,7 @@ export interface ServerServices {
   packagingJobs: PackagingJobStore;
   packagingWorker: PackagingWorker;
   signing: PackageSigningIdentity;
+  consoleSessions: ConsoleSessionStore;
 }
 
 export interface ServerHandle {
@@ -230,9 +240,10 @@ export async function startServer(
       maxUploadBytes: config.uploads.maxModelBytes,
     });
     const packagingJobs = new PackagingJobStore(database.db, models);
+    const apiTokens = new ApiTokenStore(database.db);
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const services: ServerServices = {
-      apiTokens: new ApiTokenStore(database.db),
+      apiTokens,
       fleets: new FleetStore(database.db),
       devices: new DeviceStore(database.db, { offlineAfterMs }),
       identity: new DeviceIdentityService(database.db, {
@@ -260,6 +271,9 @@ export async function startServer(
         logger: logger.child({ worker: 'packaging' }),
       }),
       signing,
+      consoleSessions: new ConsoleSessionStore(database.db, apiTokens, {
+        ttlMs: config.console.sessionTtlSeconds * 1000,
+      }),
     };
     const readiness: ReadinessCheck[] = [
       { name: 'database', check: () => pingDatabase(database) },
@@ -271,7 +285,7 @@ export async function startServer(
     const operatorApp = await buildApp({
       logger: logger.child({ api: 'operator' }),
       authenticators: {
-        ...operatorAuthenticators(services.apiTokens),
+        ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
         'enrollment-token': enrollmentTokenAuthenticator,
       },
       readiness,
@@ -318,6 +332,20 @@ export async function startServer(
       devices: services.devices,
       offlineAfterMs,
     });
+    await operatorApp.register(consoleSessionRoutes, { sessions: services.consoleSessions });
+    await operatorApp.register(consoleEventRoutes, {
+      feed: new ChangeFeed(database.db, {
+        pollMs: config.console.eventPollMs,
+        offlineAfterMs,
+        logger: logger.child({ console: 'events' }),
+      }),
+      maxStreams: config.console.maxEventStreams,
+    });
+    if (config.console.enabled) {
+      await operatorApp.register(consoleStaticRoutes, {
+        dir: config.console.staticDir ?? defaultConsoleDir(),
+      });
+    }
 
     const deviceApp = await buildApp({
       logger: logger.child({ api: 'device' }),
