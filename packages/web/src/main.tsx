@@ -72,7 +72,8 @@ function App() {
     canWrite: session.operator.scope === 'admin',
   };
   const [pathOnly] = path.split('?');
-  const matched = views
+  const visible = views.filter((view) => view.adminOnly !== true || context.canWrite);
+  const matched = visible
     .map((view) => ({ view, params: matchRoute(view.path, pathOnly ?? '/') }))
     .find((entry) => entry.params !== undefined);
   const Page = matched?.view.component;
@@ -84,7 +85,7 @@ function App() {
       <header class="top">
         <span class="brand">EdgeFleet</span>
         <nav aria-label="Main">
-          {views
+          {visible
             .filter((view) => view.nav !== undefined)
             .map((view) => (
               <a

@@ -1,4 +1,4 @@
-import { fastifyCookie } from '@fastify/cookie';
+import { parseCookie, stringifySetCookie } from 'cookie';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { OperatorIdentity } from '../auth/index.js';
 import { DomainError } from '../errors/index.js';
@@ -21,7 +21,7 @@ declare module 'fastify' {
 export function sessionIdOf(request: FastifyRequest): string | undefined {
   const header = request.headers.cookie;
   if (header === undefined) return undefined;
-  const value = fastifyCookie.parse(header)[SESSION_COOKIE];
+  const value = parseCookie(header)[SESSION_COOKIE];
   return value === undefined || value === '' ? undefined : value;
 }
 
@@ -64,7 +64,9 @@ export function setSessionCookie(
 ): void {
   reply.header(
     'set-cookie',
-    fastifyCookie.serialize(SESSION_COOKIE, sessionId, {
+    stringifySetCookie({
+      name: SESSION_COOKIE,
+      value: sessionId,
       httpOnly: true,
       sameSite: 'strict',
       path: '/',
@@ -77,7 +79,9 @@ export function setSessionCookie(
 export function clearSessionCookie(reply: FastifyReply, request: FastifyRequest): void {
   reply.header(
     'set-cookie',
-    fastifyCookie.serialize(SESSION_COOKIE, '', {
+    stringifySetCookie({
+      name: SESSION_COOKIE,
+      value: '',
       httpOnly: true,
       sameSite: 'strict',
       path: '/',

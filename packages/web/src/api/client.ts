@@ -4,8 +4,10 @@ import type { paths } from '../../generated/api-schema.js';
 /** The operator API, typed from the server's own OpenAPI document (generated at build time). */
 export type ApiPaths = paths;
 
+/** The error body every route answers with (core's errorBodySchema). */
 export interface ApiErrorBody {
-  error?: { code?: string; message?: string };
+  code?: string;
+  message?: string;
 }
 
 /** What the session gives every request: the CSRF token for writes, and what to do when it has ended. */
@@ -39,7 +41,7 @@ export type ApiClient = ReturnType<typeof createApiClient>;
 /** The message of an API error body (every error carries one), for showing to the operator. */
 export function errorMessage(error: unknown): string {
   const body = error as ApiErrorBody | undefined;
-  return body?.error?.message ?? (error instanceof Error ? error.message : 'the request failed');
+  return body?.message ?? (error instanceof Error ? error.message : 'the request failed');
 }
 
 /** Unwraps an openapi-fetch result: the data, or an Error carrying the server's message. */

@@ -42,8 +42,7 @@ export function uploadModel(options: {
       }
       let message = `upload failed (${request.status})`;
       try {
-        message =
-          (JSON.parse(request.responseText) as { error?: { message?: string } }).error?.message ?? message;
+        message = (JSON.parse(request.responseText) as { message?: string }).message ?? message;
       } catch {
         // Not JSON: keep the status.
       }

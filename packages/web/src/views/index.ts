@@ -13,6 +13,8 @@ export interface View {
   /** Shown in the navigation when set (pages reached by links only leave it out). */
   nav?: string;
   component: ComponentType<{ params: Record<string, string> }>;
+  /** The server answers this page's data to admin tokens only, so read-only operators are not shown it. */
+  adminOnly?: true;
 }
 
 /**
@@ -25,5 +27,5 @@ export const views: View[] = [
   { path: '/devices/:device', title: 'Device', component: DevicePage },
   { path: '/models', title: 'Models', nav: 'Models', component: ModelsPage },
   { path: '/packaging', title: 'Packaging', nav: 'Packaging', component: PackagingPage },
-  { path: '/tokens', title: 'API tokens', nav: 'Tokens', component: TokensPage },
+  { path: '/tokens', title: 'API tokens', nav: 'Tokens', component: TokensPage, adminOnly: true },
 ];

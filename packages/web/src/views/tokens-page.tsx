@@ -1,5 +1,5 @@
 import { useState } from 'preact/hooks';
-import { must } from '../api/client.js';
+import { errorMessage, must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, Section, ShownOnce, StatusBadge, When } from '../components/ui.js';
@@ -96,8 +96,7 @@ export function TokensPage() {
                           const result = await api.DELETE('/api/v1/tokens/{id}', {
                             params: { path: { id: token.id } },
                           });
-                          if (result.error !== undefined)
-                            setError((result.error as { error?: { message?: string } }).error?.message);
+                          if (result.error !== undefined) setError(errorMessage(result.error));
                           tokens.reload();
                         }}
                       >
