@@ -83,7 +83,9 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     const transferred: number[] = [];
     const firstLoad = await context.newPage();
     firstLoad.on('requestfinished', (request) => {
-      void request.sizes().then((sizes) => transferred.push(sizes.responseBodySize + sizes.responseHeadersSize));
+      void request
+        .sizes()
+        .then((sizes) => transferred.push(sizes.responseBodySize + sizes.responseHeadersSize));
     });
     const document = await firstLoad.goto(plane.operatorUrl);
     // The CSP forbids inline script and every other origin.
@@ -169,9 +171,12 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     // Charts fill from the stored metric series as heartbeats arrive.
     await page.getByRole('img', { name: 'CPU % chart' }).waitFor({ timeout: 60_000 });
     await expect
-      .poll(async () => Number(await page.getByRole('img', { name: 'CPU % chart' }).getAttribute('data-points')), {
-        timeout: 30_000,
-      })
+      .poll(
+        async () => Number(await page.getByRole('img', { name: 'CPU % chart' }).getAttribute('data-points')),
+        {
+          timeout: 30_000,
+        },
+      )
       .toBeGreaterThan(0);
     await page.locator('canvas').first().waitFor();
     await screenshot(page, 'device');
@@ -251,7 +256,10 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
   });
 
   it('shows a read-only token everything but no write controls', async () => {
-    const created = await api('POST', '/api/v1/tokens', plane.adminToken, { name: 'viewer', scope: 'read-only' });
+    const created = await api('POST', '/api/v1/tokens', plane.adminToken, {
+      name: 'viewer',
+      scope: 'read-only',
+    });
     expect(created.status).toBe(201);
     const context = await browser.newContext();
     const page = await signIn(context, created.body.token);
@@ -262,7 +270,12 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(await page.getByRole('form', { name: 'Register devices' }).count()).toBe(0);
     await page.getByRole('link', { name: 'till-1' }).click();
     await page.getByTestId('identity-status').waitFor();
-    expect(await page.getByRole('button').filter({ hasText: /Revoke|Deregister|enrollment/ }).count()).toBe(0);
+    expect(
+      await page
+        .getByRole('button')
+        .filter({ hasText: /Revoke|Deregister|enrollment/ })
+        .count(),
+    ).toBe(0);
     await page.getByRole('link', { name: 'Models' }).click();
     await page.locator('tr[data-model="mlp"]').waitFor();
     expect(await page.getByRole('form', { name: 'Upload model' }).count()).toBe(0);
