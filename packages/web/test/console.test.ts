@@ -99,7 +99,6 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await firstLoad.close();
 
     const page = await signIn(context, plane.adminToken);
-    await screenshot(page, 'sign-in-done');
     // The cookie is HttpOnly and SameSite=Strict; scripts cannot read it.
     const [cookie] = await context.cookies();
     expect(cookie).toMatchObject({ name: 'edgefleet_session', httpOnly: true, sameSite: 'Strict' });
@@ -179,6 +178,20 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       )
       .toBeGreaterThan(0);
     await page.locator('canvas').first().waitFor();
+    await page.getByRole('button', { name: 'Done' }).click();
+    expect(await page.getByTestId('secret').count()).toBe(0);
+    if (SCREENSHOTS !== undefined) {
+      // A few heartbeats more, so the charts in the picture show a line.
+      await expect
+        .poll(
+          async () =>
+            Number(await page.getByRole('img', { name: 'CPU % chart' }).getAttribute('data-points')),
+          {
+            timeout: 30_000,
+          },
+        )
+        .toBeGreaterThan(3);
+    }
     await screenshot(page, 'device');
 
     // The overview counts it online, live.
@@ -309,7 +322,9 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       expect(registered.status).toBe(201);
     }
     const context = await browser.newContext();
-    const page = await signIn(context, plane.adminToken);
+    await signIn(context, plane.adminToken);
+    // A fresh page load (document, script, session check, fleets, first page), not an in-app navigation.
+    const page = await context.newPage();
     const started = Date.now();
     await page.goto(`${plane.operatorUrl}/#/devices?fleet=big`);
     await page.locator('tr[data-device="cam-00049"]').waitFor();

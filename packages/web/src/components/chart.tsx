@@ -15,11 +15,14 @@ export function TimeChart({
   times,
   series,
   unit,
+  range,
 }: {
   title: string;
   times: number[];
   series: ChartSeries[];
   unit?: string;
+  /** The time window shown (epoch seconds), so a few points sit where they belong instead of filling it. */
+  range?: [number, number];
 }) {
   const container = useRef<HTMLDivElement>(null);
   useEffect(() => {
@@ -31,6 +34,7 @@ export function TimeChart({
         width,
         height: 200,
         title,
+        ...(range !== undefined ? { scales: { x: { time: true, range: () => range } } } : {}),
         series: [
           {},
           ...series.map((s, index) => ({
@@ -48,7 +52,7 @@ export function TimeChart({
       element,
     );
     return () => plot.destroy();
-  }, [title, times, series, unit]);
+  }, [title, times, series, unit, range?.[0], range?.[1]]);
   return (
     <div class="chart" ref={container} role="img" aria-label={`${title} chart`} data-points={times.length} />
   );

@@ -7,9 +7,13 @@ import { ErrorNote, Section, ShownOnce, StatusBadge, When } from '../components/
 import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
 
-/** Charts cover the last hour in 30-second buckets (the server aggregates the stored series). */
-const CHART_WINDOW_MS = 3600_000;
-const CHART_STEP_SECONDS = 30;
+/** Chart windows on offer; the server aggregates the stored series into about 120 buckets per window. */
+const CHART_WINDOWS = [
+  { label: 'last 15 minutes', ms: 15 * 60_000 },
+  { label: 'last hour', ms: 3600_000 },
+  { label: 'last 24 hours', ms: 86_400_000 },
+];
+const BUCKETS_PER_CHART = 120;
 /** Warn this long before a device certificate expires. */
 const EXPIRY_WARNING_MS = 30 * 86_400_000;
 
@@ -45,6 +49,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
   const { api, live, canWrite } = useApp();
   const [secret, setSecret] = useState<string | undefined>();
   const [actionError, setActionError] = useState<string | undefined>();
+  const [windowMs, setWindowMs] = useState(CHART_WINDOWS[0]?.ms ?? 3600_000);
   const device = useLoad(
     async () => must(await api.GET('/api/v1/devices/{device}', { params: { path: { device: name } } })),
     [name],
@@ -57,16 +62,18 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
   );
   const metrics = useLoad(async () => {
     const until = new Date();
-    const since = new Date(until.getTime() - CHART_WINDOW_MS);
-    return must(
+    const since = new Date(until.getTime() - windowMs);
+    const step = Math.max(1, Math.round(windowMs / 1000 / BUCKETS_PER_CHART));
+    const { series } = must(
       await api.GET('/api/v1/devices/{device}/metrics', {
         params: {
           path: { device: name },
-          query: { since: since.toISOString(), until: until.toISOString(), step: CHART_STEP_SECONDS },
+          query: { since: since.toISOString(), until: until.toISOString(), step },
         },
       }),
-    ).series;
-  }, [name]);
+    );
+    return { series, range: [since.getTime() / 1000, until.getTime() / 1000] as [number, number] };
+  }, [name, windowMs]);
   useLive(live, ['devices'], () => {
     device.reload();
     certificates.reload();
@@ -91,7 +98,8 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
     certificate !== undefined &&
     certificate.revokedAt === undefined &&
     Date.parse(certificate.notAfter) - Date.now() < EXPIRY_WARNING_MS;
-  const series = metrics.data ?? [];
+  const series = metrics.data?.series ?? [];
+  const range = metrics.data?.range;
   const pick = (metricName: string) => series.filter((s) => s.metricName === metricName);
 
   return (
@@ -202,27 +210,52 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
           <ShownOnce label="Enrollment token" secret={secret} onDismiss={() => setSecret(undefined)} />
         ) : null}
       </Section>
-      <Section title="Metrics (last hour)">
+      <Section
+        title="Metrics"
+        actions={
+          <label>
+            Window
+            <select
+              value={String(windowMs)}
+              onChange={(event) => setWindowMs(Number(event.currentTarget.value))}
+            >
+              {CHART_WINDOWS.map((option) => (
+                <option key={option.ms} value={String(option.ms)}>
+                  {option.label}
+                </option>
+              ))}
+            </select>
+          </label>
+        }
+      >
         <ErrorNote error={metrics.error} />
-        {series.length === 0 ? (
-          <p class="muted">No metrics stored for this device in the last hour.</p>
-        ) : null}
+        {series.length === 0 ? <p class="muted">No metrics stored for this device in this window.</p> : null}
         <div class="charts">
           {pick('CpuUtilization').length > 0 ? (
-            <TimeChart title="CPU %" unit="%" {...chartData(pick('CpuUtilization'))} />
+            <TimeChart range={range} title="CPU %" unit="%" {...chartData(pick('CpuUtilization'))} />
           ) : null}
           {pick('MemoryRssBytes').length > 0 ? (
             <TimeChart
+              range={range}
               title="Memory (RSS, MiB)"
               unit="MiB"
               {...chartData(pick('MemoryRssBytes'), 1024 * 1024)}
             />
           ) : null}
           {pick('InferenceCount').length > 0 ? (
-            <TimeChart title="Inferences per heartbeat" {...chartData(pick('InferenceCount'))} />
+            <TimeChart
+              range={range}
+              title="Inferences per heartbeat"
+              {...chartData(pick('InferenceCount'))}
+            />
           ) : null}
           {pick('LatencyAvgMs').length > 0 ? (
-            <TimeChart title="Inference latency (ms)" unit="ms" {...chartData(pick('LatencyAvgMs'))} />
+            <TimeChart
+              range={range}
+              title="Inference latency (ms)"
+              unit="ms"
+              {...chartData(pick('LatencyAvgMs'))}
+            />
           ) : null}
         </div>
       </Section>
