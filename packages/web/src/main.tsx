@@ -147,7 +147,10 @@ function SignIn({ api, onSignedIn }: { api: AppContext['api']; onSignedIn(sessio
         onSubmit={async (event) => {
           event.preventDefault();
           const token = String(new FormData(event.currentTarget).get('token') ?? '').trim();
-          const result = await api.POST('/api/v1/console/session', { body: { token } });
+          // The token goes once, as the bearer token; from then on the HttpOnly cookie stands in for it.
+          const result = await api.POST('/api/v1/console/session', {
+            headers: { authorization: `Bearer ${token}` },
+          });
           if (result.data === undefined) {
             setError(errorMessage(result.error));
             return;

@@ -1,6 +1,8 @@
 import type { ServerResponse } from 'node:http';
 import type { FastifyPluginAsync } from 'fastify';
 import { DomainError } from '../errors/index.js';
+import { errorBodySchema } from '../http/errors.js';
+import { toJsonSchema } from '../http/routes.js';
 import type { ChangeFeed } from './change-feed.js';
 
 /** A comment line this often keeps proxies and the listener's idle timeout from closing a quiet stream. */
@@ -15,6 +17,7 @@ export const consoleEventRoutes: FastifyPluginAsync<{ feed: ChangeFeed; maxStrea
   { feed, maxStreams },
 ) => {
   const streams = new Set<ServerResponse>();
+  const errorJson = toJsonSchema(errorBodySchema, 'output');
   app.route({
     method: 'GET',
     url: '/api/v1/console/events',
@@ -23,6 +26,15 @@ export const consoleEventRoutes: FastifyPluginAsync<{ feed: ChangeFeed; maxStrea
       tags: ['console'],
       summary: 'Live updates (text/event-stream): `change` events naming the topics that changed',
       security: [{ bearerAuth: [] }],
+      response: {
+        200: {
+          description: 'An endless text/event-stream',
+          content: { 'text/event-stream': { schema: { type: 'string' } } },
+        },
+        400: errorJson,
+        401: errorJson,
+        429: errorJson,
+      },
     },
     handler: async (request, reply) => {
       if (streams.size >= maxStreams) {

@@ -21,15 +21,20 @@ export const consoleSessionRoutes: FastifyPluginAsync<{ sessions: ConsoleSession
   defineRoute(app, {
     method: 'POST',
     url: '/api/v1/console/session',
-    auth: 'public',
+    auth: 'read',
     tag: 'console',
-    summary: 'Sign in to the console with an operator API token; sets the session cookie',
-    body: z.object({ token: z.string().min(1).max(512) }),
+    summary:
+      'Sign in to the console: send the operator API token as the bearer token once; answers with the session cookie',
     response: consoleSessionSchema,
     status: 201,
-    bodyLimit: 4096,
-    handler: async ({ body, request, reply }) => {
-      const opened = await sessions.open(body.token);
+    handler: async ({ request, reply }) => {
+      if (request.consoleSession !== undefined) {
+        throw new DomainError(
+          'Unauthenticated',
+          'sign in with "Authorization: Bearer <API token>"; a session cannot open another session',
+        );
+      }
+      const opened = await sessions.open(requireOperator(request));
       setSessionCookie(reply, request, opened.sessionId, Math.floor((opened.expiresAt - Date.now()) / 1000));
       return {
         operator: { name: opened.identity.name, scope: opened.identity.scope },

@@ -1,8 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Kysely } from 'kysely';
-import { tokenScopeSchema, type ApiTokenStore, type OperatorIdentity } from '../auth/index.js';
-import { hashSecret } from '../auth/index.js';
-import { DomainError } from '../errors/index.js';
+import { hashSecret, tokenScopeSchema, type OperatorIdentity } from '../auth/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** A console session as the browser holds it: the cookie value and the CSRF token its writes must carry. */
@@ -26,7 +24,6 @@ export interface ActiveSession {
 export class ConsoleSessionStore {
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
-    private readonly tokens: ApiTokenStore,
     private readonly options: { ttlMs: number; now?: () => number },
   ) {}
 
@@ -34,12 +31,8 @@ export class ConsoleSessionStore {
     return (this.options.now ?? Date.now)();
   }
 
-  /** Exchanges an operator API token for a session; the token itself is not kept. */
-  async open(apiToken: string): Promise<OpenedSession> {
-    const identity = await this.tokens.verify(apiToken);
-    if (identity === undefined) {
-      throw new DomainError('Unauthenticated', 'the API token is unknown or revoked; paste an efo_… token');
-    }
+  /** Opens a session for an operator whose API token was just verified; the token itself is not kept. */
+  async open(identity: OperatorIdentity): Promise<OpenedSession> {
     const now = this.now();
     // Expired rows are removed here, at sign-in, rather than by a timer: sign-ins are rare and any replica may do it.
     await this.db.deleteFrom('console_sessions').where('expires_at', '<=', now).execute();

@@ -240,10 +240,9 @@ export async function startServer(
       maxUploadBytes: config.uploads.maxModelBytes,
     });
     const packagingJobs = new PackagingJobStore(database.db, models);
-    const apiTokens = new ApiTokenStore(database.db);
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const services: ServerServices = {
-      apiTokens,
+      apiTokens: new ApiTokenStore(database.db),
       fleets: new FleetStore(database.db),
       devices: new DeviceStore(database.db, { offlineAfterMs }),
       identity: new DeviceIdentityService(database.db, {
@@ -271,7 +270,7 @@ export async function startServer(
         logger: logger.child({ worker: 'packaging' }),
       }),
       signing,
-      consoleSessions: new ConsoleSessionStore(database.db, apiTokens, {
+      consoleSessions: new ConsoleSessionStore(database.db, {
         ttlMs: config.console.sessionTtlSeconds * 1000,
       }),
     };
