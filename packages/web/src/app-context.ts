@@ -16,6 +16,8 @@ export interface AppContext {
   csrfToken: string;
   /** Read-only tokens see everything and get no write controls. */
   canWrite: boolean;
+  /** Charts (canvas) redraw in the theme's colours when it changes. */
+  theme: 'light' | 'dark';
 }
 
 export const AppContextValue = createContext<AppContext | undefined>(undefined);

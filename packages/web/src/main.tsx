@@ -70,6 +70,7 @@ function App() {
     operator: session.operator,
     csrfToken: session.csrfToken,
     canWrite: session.operator.scope === 'admin',
+    theme,
   };
   const [pathOnly] = path.split('?');
   const visible = views.filter((view) => view.adminOnly !== true || context.canWrite);

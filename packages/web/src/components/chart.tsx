@@ -1,5 +1,6 @@
 import { useEffect, useRef } from 'preact/hooks';
 import uPlot from 'uplot';
+import { useApp } from '../app-context.js';
 
 export interface ChartSeries {
   label: string;
@@ -25,10 +26,14 @@ export function TimeChart({
   range?: [number, number];
 }) {
   const container = useRef<HTMLDivElement>(null);
+  const { theme } = useApp();
   useEffect(() => {
     const element = container.current;
     if (element === null) return;
     const width = Math.max(280, element.clientWidth || 480);
+    // Canvas cannot use CSS variables or currentColor: take the theme's text colour as it is now.
+    const ink = getComputedStyle(element).color;
+    const grid = { stroke: 'rgba(128, 128, 128, 0.25)' };
     const plot = new uPlot(
       {
         width,
@@ -46,13 +51,16 @@ export function TimeChart({
               : {}),
           })),
         ],
-        axes: [{ stroke: 'currentColor' }, { stroke: 'currentColor' }],
+        axes: [
+          { stroke: ink, grid, ticks: grid },
+          { stroke: ink, grid, ticks: grid },
+        ],
       },
       [times, ...series.map((s) => s.values)] as uPlot.AlignedData,
       element,
     );
     return () => plot.destroy();
-  }, [title, times, series, unit, range?.[0], range?.[1]]);
+  }, [title, times, series, unit, range?.[0], range?.[1], theme]);
   return (
     <div class="chart" ref={container} role="img" aria-label={`${title} chart`} data-points={times.length} />
   );
