@@ -216,6 +216,12 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
         .toBeGreaterThan(3);
     }
     await screenshot(page, 'device');
+    // The dark theme, switched from the header; charts redraw in its colours.
+    await page.getByRole('button', { name: 'Switch to dark theme' }).click();
+    await expect.poll(() => page.evaluate('document.documentElement.dataset.theme')).toBe('dark');
+    await screenshot(page, 'device-dark');
+    await page.getByRole('button', { name: 'Switch to light theme' }).click();
+    await expect.poll(() => page.evaluate('document.documentElement.dataset.theme')).toBe('light');
 
     // The overview counts it online, live.
     await page.getByRole('link', { name: 'Overview' }).click();

@@ -31,8 +31,9 @@ export function TimeChart({
     const element = container.current;
     if (element === null) return;
     const width = Math.max(280, element.clientWidth || 480);
-    // Canvas cannot use CSS variables or currentColor: take the theme's text colour as it is now.
-    const ink = getComputedStyle(element).color;
+    // Canvas cannot use CSS variables or currentColor; these match --text in styles.css. (Read from the theme,
+    // not the computed style: this effect runs before the shell applies a new theme to the document.)
+    const ink = theme === 'dark' ? '#e6edf3' : '#1b1f24';
     const grid = { stroke: 'rgba(128, 128, 128, 0.25)' };
     const plot = new uPlot(
       {
