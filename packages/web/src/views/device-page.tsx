@@ -4,6 +4,7 @@ import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { TimeChart, type ChartSeries } from '../components/chart.js';
 import { ErrorNote, Section, ShownOnce, StatusBadge, When } from '../components/ui.js';
+import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
 
@@ -48,7 +49,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
   const name = params.device ?? '';
   const { api, live, canWrite } = useApp();
   const [secret, setSecret] = useState<string | undefined>();
-  const [actionError, setActionError] = useState<string | undefined>();
+  const action = useAction();
   const [windowMs, setWindowMs] = useState(CHART_WINDOWS[0]?.ms ?? 3600_000);
   const device = useLoad(
     async () => must(await api.GET('/api/v1/devices/{device}', { params: { path: { device: name } } })),
@@ -79,15 +80,6 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
     certificates.reload();
     metrics.reload();
   });
-
-  const act = async (action: () => Promise<void>) => {
-    try {
-      await action();
-      setActionError(undefined);
-    } catch (failure) {
-      setActionError((failure as Error).message);
-    }
-  };
 
   if (device.data === undefined) {
     return <ErrorNote error={device.error} />;
@@ -152,7 +144,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
             <button
               type="button"
               onClick={() =>
-                act(async () => {
+                action.run(async () => {
                   const created = must(
                     await api.POST('/api/v1/devices/{device}/enrollment-tokens', {
                       params: { path: { device: name } },
@@ -170,7 +162,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
                 type="button"
                 class="danger"
                 onClick={() =>
-                  act(async () => {
+                  action.run(async () => {
                     if (!window.confirm(`Revoke the certificate of ${name}? The device stops being served.`))
                       return;
                     must(
@@ -191,7 +183,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
               type="button"
               class="danger"
               onClick={() =>
-                act(async () => {
+                action.run(async () => {
                   if (!window.confirm(`Deregister ${name}? Its certificates are revoked.`)) return;
                   const result = await api.DELETE('/api/v1/devices/{device}', {
                     params: { path: { device: name } },
@@ -205,7 +197,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
             </button>
           </div>
         ) : null}
-        <ErrorNote error={actionError} />
+        <ErrorNote error={action.error} />
         {secret !== undefined ? (
           <ShownOnce label="Enrollment token" secret={secret} onDismiss={() => setSecret(undefined)} />
         ) : null}

@@ -3,6 +3,7 @@ import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
+import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 import { currentPath, href } from '../router.js';
 
@@ -173,7 +174,7 @@ export function DevicesPage() {
 
 function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void }) {
   const { api } = useApp();
-  const [error, setError] = useState<string | undefined>();
+  const action = useAction();
   return (
     <Section title="Register devices">
       <form
@@ -187,22 +188,19 @@ function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void 
             .split(/[\s,]+/)
             .filter(Boolean);
           if (names.length === 0) {
-            setError('name at least one device');
+            action.setError('name at least one device');
             return;
           }
-          try {
+          await action.run(async () => {
             must(
               await api.POST('/api/v1/fleets/{fleet}/devices', {
                 params: { path: { fleet: String(form.get('fleet') ?? '') } },
                 body: { devices: names.map((name) => ({ name })) },
               }),
             );
-            setError(undefined);
             formElement.reset();
             onDone();
-          } catch (failure) {
-            setError((failure as Error).message);
-          }
+          });
         }}
       >
         <label>
@@ -221,7 +219,7 @@ function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void 
         <button type="submit" disabled={fleets.length === 0}>
           Register
         </button>
-        <ErrorNote error={error} />
+        <ErrorNote error={action.error} />
       </form>
     </Section>
   );

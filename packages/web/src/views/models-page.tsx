@@ -4,6 +4,7 @@ import { useLive } from '../api/live.js';
 import { uploadModel } from '../api/upload.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, formatBytes, Section, When } from '../components/ui.js';
+import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 
 export function ModelsPage() {
@@ -113,7 +114,7 @@ export function ModelsPage() {
 function UploadModel({ onUploaded }: { onUploaded(): void }) {
   const { csrfToken } = useApp();
   const [progress, setProgress] = useState<number | undefined>();
-  const [error, setError] = useState<string | undefined>();
+  const action = useAction();
   return (
     <Section title="Upload a model">
       <form
@@ -125,27 +126,28 @@ function UploadModel({ onUploaded }: { onUploaded(): void }) {
           const form = new FormData(formElement);
           const file = form.get('file');
           if (!(file instanceof File) || file.size === 0) {
-            setError('choose an .onnx model or a .tar.gz package');
+            action.setError('choose an .onnx model or a .tar.gz package');
             return;
           }
-          setError(undefined);
           setProgress(0);
-          try {
+          await action.run(async () => {
             const description = String(form.get('description') ?? '');
-            await uploadModel({
-              model: String(form.get('model') ?? ''),
-              version: String(form.get('version') ?? ''),
-              ...(description !== '' ? { description } : {}),
-              file,
-              csrfToken,
-              onProgress: setProgress,
-            });
+            try {
+              await uploadModel({
+                model: String(form.get('model') ?? ''),
+                version: String(form.get('version') ?? ''),
+                ...(description !== '' ? { description } : {}),
+                file,
+                csrfToken,
+                onProgress: setProgress,
+              });
+            } catch (failure) {
+              setProgress(undefined);
+              throw failure;
+            }
             formElement.reset();
             onUploaded();
-          } catch (failure) {
-            setError((failure as Error).message);
-            setProgress(undefined);
-          }
+          });
         }}
       >
         <label>
@@ -166,7 +168,7 @@ function UploadModel({ onUploaded }: { onUploaded(): void }) {
             {Math.round(progress * 100)}%
           </progress>
         ) : null}
-        <ErrorNote error={error} />
+        <ErrorNote error={action.error} />
       </form>
     </Section>
   );

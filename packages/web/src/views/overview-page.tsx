@@ -2,6 +2,7 @@ import { useState } from 'preact/hooks';
 import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
+import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
 import { href } from '../router.js';
@@ -140,7 +141,7 @@ function Counts({ entries, empty }: { entries: Map<string, number>; empty: strin
 function CreateFleet({ onCreated }: { onCreated(): void }) {
   const { api } = useApp();
   const [open, setOpen] = useState(false);
-  const [error, setError] = useState<string | undefined>();
+  const action = useAction();
   if (!open) {
     return (
       <button type="button" onClick={() => setOpen(true)}>
@@ -163,14 +164,11 @@ function CreateFleet({ onCreated }: { onCreated(): void }) {
             ...(description !== '' ? { description } : {}),
           },
         });
-        try {
+        await action.run(async () => {
           must(result);
           setOpen(false);
-          setError(undefined);
           onCreated();
-        } catch (failure) {
-          setError((failure as Error).message);
-        }
+        });
       }}
     >
       <label>
@@ -186,7 +184,7 @@ function CreateFleet({ onCreated }: { onCreated(): void }) {
       <button type="button" class="secondary" onClick={() => setOpen(false)}>
         Cancel
       </button>
-      <ErrorNote error={error} />
+      <ErrorNote error={action.error} />
     </form>
   );
 }

@@ -1,8 +1,8 @@
-import { useState } from 'preact/hooks';
 import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, formatBytes, Section, StatusBadge, When } from '../components/ui.js';
+import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 
 const ARTIFACT_ROUTE = '/api/v1/packaging-jobs/{job}/artifact';
@@ -64,7 +64,7 @@ export function PackagingPage() {
 
 function StartJob({ onStarted }: { onStarted(): void }) {
   const { api } = useApp();
-  const [error, setError] = useState<string | undefined>();
+  const action = useAction();
   const models = useLoad(
     async () => must(await api.GET('/api/v1/models', { params: { query: { limit: 500 } } })).models,
     [],
@@ -79,18 +79,15 @@ function StartJob({ onStarted }: { onStarted(): void }) {
           const formElement = event.currentTarget;
           const form = new FormData(formElement);
           const [modelName = '', modelVersion = ''] = String(form.get('model') ?? '').split('\n');
-          try {
+          await action.run(async () => {
             must(
               await api.POST('/api/v1/packaging-jobs', {
                 body: { name: String(form.get('name') ?? ''), modelName, modelVersion },
               }),
             );
-            setError(undefined);
             formElement.reset();
             onStarted();
-          } catch (failure) {
-            setError((failure as Error).message);
-          }
+          });
         }}
       >
         <label>
@@ -109,7 +106,7 @@ function StartJob({ onStarted }: { onStarted(): void }) {
           </select>
         </label>
         <button type="submit">Start</button>
-        <ErrorNote error={error} />
+        <ErrorNote error={action.error} />
       </form>
     </Section>
   );

@@ -3,12 +3,13 @@ import { errorMessage, must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, Section, ShownOnce, StatusBadge, When } from '../components/ui.js';
+import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 
 export function TokensPage() {
   const { api, live, canWrite } = useApp();
   const [secret, setSecret] = useState<string | undefined>();
-  const [error, setError] = useState<string | undefined>();
+  const action = useAction();
   const tokens = useLoad(
     async () => must(await api.GET('/api/v1/tokens', { params: { query: { limit: 500 } } })).tokens,
     [],
@@ -26,17 +27,14 @@ export function TokensPage() {
               const formElement = event.currentTarget;
               const form = new FormData(formElement);
               const scope = form.get('scope') === 'admin' ? 'admin' : 'read-only';
-              try {
+              await action.run(async () => {
                 const created = must(
                   await api.POST('/api/v1/tokens', { body: { name: String(form.get('name') ?? ''), scope } }),
                 );
                 setSecret(created.token);
-                setError(undefined);
                 formElement.reset();
                 tokens.reload();
-              } catch (failure) {
-                setError((failure as Error).message);
-              }
+              });
             }}
           >
             <label>
@@ -51,7 +49,7 @@ export function TokensPage() {
             </label>
             <button type="submit">Create</button>
           </form>
-          <ErrorNote error={error} />
+          <ErrorNote error={action.error} />
           {secret !== undefined ? (
             <ShownOnce label="API token" secret={secret} onDismiss={() => setSecret(undefined)} />
           ) : null}
@@ -96,7 +94,7 @@ export function TokensPage() {
                           const result = await api.DELETE('/api/v1/tokens/{id}', {
                             params: { path: { id: token.id } },
                           });
-                          if (result.error !== undefined) setError(errorMessage(result.error));
+                          if (result.error !== undefined) action.setError(errorMessage(result.error));
                           tokens.reload();
                         }}
                       >
