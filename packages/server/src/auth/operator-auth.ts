@@ -10,14 +10,25 @@ declare module 'fastify' {
   }
 }
 
-/** Checks `Authorization: Bearer <API token>`; `admin` routes additionally need an admin-scoped token. */
-export function operatorAuthenticators(tokens: ApiTokenStore): {
+/**
+ * Checks `Authorization: Bearer <API token>`; `admin` routes additionally need an admin-scoped token. Without
+ * that header, `otherwise` (the console's session cookie) may identify the operator.
+ */
+export function operatorAuthenticators(
+  tokens: ApiTokenStore,
+  otherwise?: (request: FastifyRequest) => Promise<OperatorIdentity | undefined>,
+): {
   read: (request: FastifyRequest) => Promise<void>;
   admin: (request: FastifyRequest) => Promise<void>;
 } {
   const authenticate = async (request: FastifyRequest): Promise<OperatorIdentity> => {
     const token = bearerTokenOf(request.headers.authorization);
     if (token === undefined) {
+      const viaSession = await otherwise?.(request);
+      if (viaSession !== undefined) {
+        request.operator = viaSession;
+        return viaSession;
+      }
       throw new DomainError(
         'Unauthenticated',
         'this route needs an API token: send "Authorization: Bearer <token>"',

@@ -149,6 +149,24 @@ export const serverConfigSchema = z.strictObject({
       accessKeyEncryptionKeyFile: z.string().min(1).optional(),
     })
     .prefault({}),
+  console: z
+    .strictObject({
+      /** Serve the fleet console (packages/web) at / on the operator port. */
+      enabled: z.boolean().default(true),
+      /** The built console (index.html and assets/); default: the web workspace's dist/ next to this server. */
+      staticDir: z.string().min(1).optional(),
+      /** A console sign-in lasts this long; then the operator signs in again. */
+      sessionTtlSeconds: z
+        .int()
+        .min(60)
+        .max(7 * 86_400)
+        .default(8 * 3600),
+      /** How often each server checks the database for changes to push to open consoles (Server-Sent Events). */
+      eventPollMs: z.int().min(100).max(60_000).default(2000),
+      /** Open live-update streams one server holds at most; more are refused with 429. */
+      maxEventStreams: z.int().min(1).max(10_000).default(64),
+    })
+    .prefault({}),
   packaging: z
     .strictObject({
       /** How often a server looks for queued packaging jobs. */

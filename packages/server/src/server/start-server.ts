@@ -15,6 +15,15 @@ import { createBlobStore, S3Objects, type BlobStore, type S3ConnectionOptions } 
 import { CompilationJobStore } from '../compilation/index.js';
 import { captureDeviceRoutes } from '../captures/index.js';
 import type { ServerConfig } from '../config/index.js';
+import {
+  ChangeFeed,
+  ConsoleSessionStore,
+  consoleEventRoutes,
+  consoleSessionAuthenticator,
+  consoleSessionRoutes,
+  consoleStaticRoutes,
+  defaultConsoleDir,
+} from '../console/index.js';
 import { DeviceStore, deviceRoutes } from '../devices/index.js';
 import { FleetStore, fleetRoutes } from '../fleets/index.js';
 import {
@@ -82,6 +91,7 @@ export interface ServerServices {
   packagingJobs: PackagingJobStore;
   packagingWorker: PackagingWorker;
   signing: PackageSigningIdentity;
+  consoleSessions: ConsoleSessionStore;
 }
 
 export interface ServerHandle {
@@ -304,6 +314,9 @@ export async function startServer(
         afterPackaged: exportFacadePackages(database.db, s3Objects),
       }),
       signing,
+      consoleSessions: new ConsoleSessionStore(database.db, {
+        ttlMs: config.console.sessionTtlSeconds * 1000,
+      }),
     };
     const readiness: ReadinessCheck[] = [
       { name: 'database', check: () => pingDatabase(database) },
@@ -315,7 +328,7 @@ export async function startServer(
     const operatorApp = await buildApp({
       logger: logger.child({ api: 'operator' }),
       authenticators: {
-        ...operatorAuthenticators(services.apiTokens),
+        ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
         'enrollment-token': enrollmentTokenAuthenticator,
       },
       readiness,
@@ -390,6 +403,20 @@ export async function startServer(
       devices: services.devices,
       offlineAfterMs,
     });
+    await operatorApp.register(consoleSessionRoutes, { sessions: services.consoleSessions });
+    await operatorApp.register(consoleEventRoutes, {
+      feed: new ChangeFeed(database.db, {
+        pollMs: config.console.eventPollMs,
+        offlineAfterMs,
+        logger: logger.child({ console: 'events' }),
+      }),
+      maxStreams: config.console.maxEventStreams,
+    });
+    if (config.console.enabled) {
+      await operatorApp.register(consoleStaticRoutes, {
+        dir: config.console.staticDir ?? defaultConsoleDir(),
+      });
+    }
 
     const deviceApp = await buildApp({
       logger: logger.child({ api: 'device' }),

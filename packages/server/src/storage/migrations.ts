@@ -243,6 +243,26 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Fleet console sign-ins (console/): one row per browser session, so every replica recognises the cookie.
+  // Only the session id's SHA-256 is stored; the CSRF token is bound to the row. Revoking the API token the
+  // session was opened with ends it (sessions join api_tokens on every request).
+  '0006_console_sessions': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('console_sessions')
+        .addColumn('id_hash', 'text', (c) => c.primaryKey())
+        .addColumn('token_id', 'text', (c) => c.notNull())
+        .addColumn('csrf_token', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createIndex('console_sessions_expires_at')
+        .on('console_sessions')
+        .column('expires_at')
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -186,6 +186,15 @@ export interface DeviceCaptureUsageTable {
   bytes: number;
 }
 
+/** A fleet console sign-in: the SHA-256 of the cookie's session id, and the API token it was opened with. */
+export interface ConsoleSessionsTable {
+  id_hash: string;
+  token_id: string;
+  csrf_token: string;
+  created_at: number;
+  expires_at: number;
+}
+
 export interface DatabaseSchema {
   server_settings: ServerSettingsTable;
   api_tokens: ApiTokensTable;
@@ -204,4 +213,5 @@ export interface DatabaseSchema {
   packaging_jobs: PackagingJobsTable;
   device_captures: DeviceCapturesTable;
   device_capture_usage: DeviceCaptureUsageTable;
+  console_sessions: ConsoleSessionsTable;
 }

@@ -1,0 +1,124 @@
+import { sql, type Kysely } from 'kysely';
+import type { Logger } from 'pino';
+import type { DatabaseSchema } from '../storage/index.js';
+
+/** What changed, in the console's terms: each page refetches the topics it shows. */
+export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'tokens';
+
+type Snapshot = Record<ChangeTopic, string>;
+
+/**
+ * One fingerprint per topic, read from the database (not from this process's memory), so a change any
+ * replica wrote reaches consoles connected to every replica. Counts catch deletions; the newest timestamps
+ * catch updates and heartbeats; the online count catches devices going quiet, which writes nothing.
+ */
+async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: number): Promise<Snapshot> {
+  const fingerprint = async (query: Promise<unknown>) => JSON.stringify(await query);
+  const [fleets, devices, models, packaging, tokens] = await Promise.all([
+    fingerprint(
+      db
+        .selectFrom('fleets')
+        .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('updated_at').as('t')])
+        .executeTakeFirst(),
+    ),
+    fingerprint(
+      db
+        .selectFrom('devices')
+        .select((eb) => [
+          eb.fn.countAll().as('n'),
+          eb.fn.max('updated_at').as('u'),
+          eb.fn.max('last_heartbeat_at').as('h'),
+          sql<number>`sum(case when last_heartbeat_at > ${onlineSince} then 1 else 0 end)`.as('online'),
+        ])
+        .executeTakeFirst()
+        .then(async (row) => [
+          row,
+          await db
+            .selectFrom('device_certificates')
+            .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('revoked_at').as('r')])
+            .executeTakeFirst(),
+        ]),
+    ),
+    fingerprint(
+      db
+        .selectFrom('model_versions')
+        .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('created_at').as('t')])
+        .executeTakeFirst(),
+    ),
+    fingerprint(
+      db
+        .selectFrom('packaging_jobs')
+        .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('updated_at').as('t')])
+        .executeTakeFirst(),
+    ),
+    fingerprint(
+      db
+        .selectFrom('api_tokens')
+        .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('revoked_at').as('r')])
+        .executeTakeFirst(),
+    ),
+  ]);
+  return { fleets, devices, models, packaging, tokens };
+}
+
+export type ChangeListener = (topics: ChangeTopic[]) => void;
+
+/**
+ * Polls the database while at least one console listens, and tells listeners which topics changed. One
+ * poll per server serves every open stream.
+ */
+export class ChangeFeed {
+  private readonly listeners = new Set<ChangeListener>();
+  private timer: NodeJS.Timeout | undefined;
+  private last: Snapshot | undefined;
+  private polling = false;
+
+  constructor(
+    private readonly db: Kysely<DatabaseSchema>,
+    private readonly options: {
+      pollMs: number;
+      offlineAfterMs: number;
+      logger: Logger;
+      now?: () => number;
+    },
+  ) {}
+
+  get listenerCount(): number {
+    return this.listeners.size;
+  }
+
+  subscribe(listener: ChangeListener): () => void {
+    this.listeners.add(listener);
+    this.timer ??= setInterval(() => void this.poll(), this.options.pollMs);
+    return () => {
+      this.listeners.delete(listener);
+      if (this.listeners.size === 0) this.stop();
+    };
+  }
+
+  stop(): void {
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
+    this.last = undefined;
+  }
+
+  private async poll(): Promise<void> {
+    if (this.polling) return;
+    this.polling = true;
+    try {
+      const now = (this.options.now ?? Date.now)();
+      const next = await readSnapshot(this.db, now - this.options.offlineAfterMs);
+      const previous = this.last;
+      this.last = next;
+      if (previous === undefined) return;
+      const changed = (Object.keys(next) as ChangeTopic[]).filter((topic) => next[topic] !== previous[topic]);
+      if (changed.length === 0) return;
+      for (const listener of this.listeners) listener(changed);
+    } catch (error) {
+      // A lost connection is replaced by the pool; the next poll tries again.
+      this.options.logger.warn({ err: error }, 'console change feed: database poll failed');
+    } finally {
+      this.polling = false;
+    }
+  }
+}

@@ -1,0 +1,92 @@
+import { parseCookie, stringifySetCookie } from 'cookie';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { OperatorIdentity } from '../auth/index.js';
+import { DomainError } from '../errors/index.js';
+import { csrfTokenMatches, type ActiveSession, type ConsoleSessionStore } from './session-store.js';
+
+/** The cookie that carries a console session id (HttpOnly, SameSite=Strict: scripts and other sites never see it). */
+export const SESSION_COOKIE = 'edgefleet_session';
+/** The header every console write carries: the CSRF token the sign-in returned, which other sites cannot read. */
+export const CSRF_HEADER = 'x-csrf-token';
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set when the request was authenticated by a console session cookie rather than a bearer token. */
+    consoleSession?: ActiveSession & { sessionId: string };
+  }
+}
+
+export function sessionIdOf(request: FastifyRequest): string | undefined {
+  const header = request.headers.cookie;
+  if (header === undefined) return undefined;
+  const value = parseCookie(header)[SESSION_COOKIE];
+  return value === undefined || value === '' ? undefined : value;
+}
+
+/**
+ * The operator identity of a request that has no bearer token but a console session cookie; writes must also
+ * carry the session's CSRF token. Undefined when there is no cookie, so the bearer-token error stands.
+ */
+export function consoleSessionAuthenticator(
+  sessions: ConsoleSessionStore,
+): (request: FastifyRequest) => Promise<OperatorIdentity | undefined> {
+  return async (request) => {
+    const sessionId = sessionIdOf(request);
+    if (sessionId === undefined) return undefined;
+    const session = await sessions.find(sessionId);
+    if (session === undefined) {
+      throw new DomainError(
+        'Unauthenticated',
+        'the console session has expired or was signed out (or its API token was revoked); sign in again',
+      );
+    }
+    if (!SAFE_METHODS.has(request.method)) {
+      const presented = request.headers[CSRF_HEADER];
+      if (typeof presented !== 'string' || !csrfTokenMatches(presented, session.csrfToken)) {
+        throw new DomainError(
+          'Forbidden',
+          `a console write must carry the ${CSRF_HEADER} header with the token its sign-in returned; it was missing or wrong`,
+        );
+      }
+    }
+    request.consoleSession = { ...session, sessionId };
+    return session.identity;
+  };
+}
+
+export function setSessionCookie(
+  reply: FastifyReply,
+  request: FastifyRequest,
+  sessionId: string,
+  maxAgeSeconds: number,
+): void {
+  reply.header(
+    'set-cookie',
+    stringifySetCookie({
+      name: SESSION_COOKIE,
+      value: sessionId,
+      httpOnly: true,
+      sameSite: 'strict',
+      path: '/',
+      maxAge: maxAgeSeconds,
+      secure: request.protocol === 'https',
+    }),
+  );
+}
+
+export function clearSessionCookie(reply: FastifyReply, request: FastifyRequest): void {
+  reply.header(
+    'set-cookie',
+    stringifySetCookie({
+      name: SESSION_COOKIE,
+      value: '',
+      httpOnly: true,
+      sameSite: 'strict',
+      path: '/',
+      maxAge: 0,
+      secure: request.protocol === 'https',
+    }),
+  );
+}

@@ -1,0 +1,90 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import { hashSecret, tokenScopeSchema, type OperatorIdentity } from '../auth/index.js';
+import type { DatabaseSchema } from '../storage/index.js';
+
+/** A console session as the browser holds it: the cookie value and the CSRF token its writes must carry. */
+export interface OpenedSession {
+  sessionId: string;
+  csrfToken: string;
+  identity: OperatorIdentity;
+  expiresAt: number;
+}
+
+export interface ActiveSession {
+  identity: OperatorIdentity;
+  csrfToken: string;
+  expiresAt: number;
+}
+
+/**
+ * Console sign-ins, stored in the database so that any replica recognises a cookie another one issued. A
+ * session is only as good as the API token it was opened with: revoking the token ends its sessions.
+ */
+export class ConsoleSessionStore {
+  constructor(
+    private readonly db: Kysely<DatabaseSchema>,
+    private readonly options: { ttlMs: number; now?: () => number },
+  ) {}
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
+  }
+
+  /** Opens a session for an operator whose API token was just verified; the token itself is not kept. */
+  async open(identity: OperatorIdentity): Promise<OpenedSession> {
+    const now = this.now();
+    // Expired rows are removed here, at sign-in, rather than by a timer: sign-ins are rare and any replica may do it.
+    await this.db.deleteFrom('console_sessions').where('expires_at', '<=', now).execute();
+    const sessionId = randomBytes(32).toString('base64url');
+    const csrfToken = randomBytes(32).toString('base64url');
+    const expiresAt = now + this.options.ttlMs;
+    await this.db
+      .insertInto('console_sessions')
+      .values({
+        id_hash: hashSecret(sessionId),
+        token_id: identity.tokenId,
+        csrf_token: csrfToken,
+        created_at: now,
+        expires_at: expiresAt,
+      })
+      .execute();
+    return { sessionId, csrfToken, identity, expiresAt };
+  }
+
+  /** The live session behind a cookie value, or undefined if it is unknown, expired or its token revoked. */
+  async find(sessionId: string): Promise<ActiveSession | undefined> {
+    const row = await this.db
+      .selectFrom('console_sessions')
+      .innerJoin('api_tokens', 'api_tokens.id', 'console_sessions.token_id')
+      .select([
+        'api_tokens.id as tokenId',
+        'api_tokens.name as name',
+        'api_tokens.scope as scope',
+        'console_sessions.csrf_token as csrfToken',
+        'console_sessions.expires_at as expiresAt',
+      ])
+      .where('console_sessions.id_hash', '=', hashSecret(sessionId))
+      .where('console_sessions.expires_at', '>', this.now())
+      .where('api_tokens.revoked_at', 'is', null)
+      .executeTakeFirst();
+    if (row === undefined) return undefined;
+    return {
+      identity: { tokenId: row.tokenId, name: row.name, scope: tokenScopeSchema.parse(row.scope) },
+      csrfToken: row.csrfToken,
+      expiresAt: Number(row.expiresAt),
+    };
+  }
+
+  async close(sessionId: string): Promise<void> {
+    await this.db.deleteFrom('console_sessions').where('id_hash', '=', hashSecret(sessionId)).execute();
+  }
+}
+
+/** Constant-time comparison of the CSRF token a request carries with the session's. */
+export function csrfTokenMatches(presented: string | undefined, expected: string): boolean {
+  if (presented === undefined) return false;
+  const a = Buffer.from(presented, 'utf8');
+  const b = Buffer.from(expected, 'utf8');
+  return a.length === b.length && timingSafeEqual(a, b);
+}

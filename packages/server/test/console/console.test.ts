@@ -1,0 +1,239 @@
+/**
+ * The console's server side over real HTTP: sign-in into an HttpOnly SameSite=Strict cookie, CSRF on writes,
+ * sessions ending with sign-out, expiry and token revocation, the static files with their CSP, and the
+ * live-update stream (capped, fed from the database, so it works across replicas on PostgreSQL).
+ */
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { brotliCompressSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiTokenStore } from '../../src/auth/index.js';
+import { ConsoleSessionStore } from '../../src/console/index.js';
+import { databaseEngines, openFreshDatabase } from '../support/engines.js';
+import { startTestServer, type TestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+const sqlite = engines.find((e) => e.engine === 'sqlite')!;
+const postgres = engines.find((e) => e.engine === 'postgres')!;
+
+async function signIn(t: TestServer, token: string) {
+  const response = await t.call('POST', '/api/v1/console/session', { token });
+  expect(response.status).toBe(201);
+  const setCookie = response.headers.get('set-cookie') ?? '';
+  const cookie = setCookie.split(';')[0] ?? '';
+  return { setCookie, cookie, csrfToken: response.body.csrfToken as string };
+}
+
+/** Opens the event stream; `next()` resolves with the topics of the next change event. */
+async function openEvents(t: TestServer, cookie: string) {
+  const abort = new AbortController();
+  const response = await fetch(`${t.url}/api/v1/console/events`, {
+    headers: { cookie },
+    signal: abort.signal,
+  });
+  const reader = response.body?.getReader();
+  let buffered = '';
+  return {
+    status: response.status,
+    contentType: response.headers.get('content-type'),
+    async next(): Promise<string[]> {
+      for (;;) {
+        const match = /event: change\ndata: (.*)\n\n/.exec(buffered);
+        if (match) {
+          buffered = buffered.slice((match.index ?? 0) + match[0].length);
+          return (JSON.parse(match[1] ?? '{}') as { topics: string[] }).topics;
+        }
+        const chunk = await reader!.read();
+        if (chunk.done) throw new Error('the event stream ended');
+        buffered += new TextDecoder().decode(chunk.value);
+      }
+    },
+    close: () => abort.abort(),
+  };
+}
+
+describe('console sessions and CSRF', () => {
+  let t: TestServer;
+  let staticDir: string;
+  beforeAll(async () => {
+    staticDir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-console-static-'));
+    await mkdir(path.join(staticDir, 'assets'));
+    await writeFile(
+      path.join(staticDir, 'index.html'),
+      '<!doctype html><script src="/assets/app-1.js"></script>',
+    );
+    const script = 'console.log("console");'.repeat(50);
+    await writeFile(path.join(staticDir, 'assets', 'app-1.js'), script);
+    await writeFile(path.join(staticDir, 'assets', 'app-1.js.br'), brotliCompressSync(script));
+    t = await startTestServer({
+      database: await sqlite.createLocation(),
+      config: { console: { staticDir, eventPollMs: 100, maxEventStreams: 2 } },
+    });
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await rm(staticDir, { recursive: true, force: true });
+  });
+
+  it('serves the console with a strict CSP and pre-compressed assets', async () => {
+    const index = await fetch(`${t.url}/`);
+    expect(index.status).toBe(200);
+    const csp = index.headers.get('content-security-policy') ?? '';
+    expect(csp).toContain("script-src 'self'");
+    expect(csp).toContain("frame-ancestors 'none'");
+    expect(csp).not.toMatch(/unsafe|https?:/);
+    expect(index.headers.get('x-content-type-options')).toBe('nosniff');
+    const asset = await fetch(`${t.url}/assets/app-1.js`, { headers: { 'accept-encoding': 'br' } });
+    expect(asset.headers.get('content-encoding')).toBe('br');
+    expect(asset.headers.get('cache-control')).toContain('immutable');
+    expect(await asset.text()).toContain('console.log');
+    expect((await fetch(`${t.url}/assets/missing.js`)).status).toBe(404);
+  });
+
+  it('exchanges a token for an HttpOnly SameSite=Strict cookie; writes need the CSRF token', async () => {
+    const { setCookie, cookie, csrfToken } = await signIn(t, t.adminToken);
+    expect(setCookie).toMatch(/HttpOnly/i);
+    expect(setCookie).toMatch(/SameSite=Strict/i);
+    expect(setCookie).toMatch(/Path=\//);
+    expect(setCookie).not.toContain(t.adminToken);
+    expect((await t.call('GET', '/api/v1/fleets', { headers: { cookie } })).status).toBe(200);
+    const session = await t.call('GET', '/api/v1/console/session', { headers: { cookie } });
+    expect(session.body).toMatchObject({ operator: { name: 'test-admin', scope: 'admin' }, csrfToken });
+
+    const fleet = { name: 'f1', outputConfig: { s3OutputLocation: 's3://c/f1' } };
+    // A forged request: the browser sends the cookie, but the attacker cannot know the CSRF token.
+    const forged = await t.call('POST', '/api/v1/fleets', { headers: { cookie }, body: fleet });
+    expect(forged.status).toBe(403);
+    expect(forged.body.message).toContain('x-csrf-token');
+    const guessed = await t.call('POST', '/api/v1/fleets', {
+      headers: { cookie, 'x-csrf-token': `${csrfToken.slice(0, -1)}A` },
+      body: fleet,
+    });
+    expect(guessed.status).toBe(403);
+    expect((await t.call('GET', '/api/v1/fleets/f1', { token: t.adminToken })).status).toBe(404);
+    const genuine = await t.call('POST', '/api/v1/fleets', {
+      headers: { cookie, 'x-csrf-token': csrfToken },
+      body: fleet,
+    });
+    expect(genuine.status).toBe(201);
+  });
+
+  it('refuses bad tokens, read-only writes, and sessions after sign-out or token revocation', async () => {
+    const bad = await t.call('POST', '/api/v1/console/session', { token: 'efo_nope' });
+    expect(bad.status).toBe(401);
+    expect(bad.headers.get('set-cookie')).toBeNull();
+    expect((await t.call('POST', '/api/v1/console/session')).status).toBe(401);
+
+    const reader = await signIn(t, t.readToken);
+    const write = await t.call('DELETE', '/api/v1/fleets/f1', {
+      headers: { cookie: reader.cookie, 'x-csrf-token': reader.csrfToken },
+    });
+    expect(write.status).toBe(403);
+
+    const admin = await signIn(t, t.adminToken);
+    const signOut = await t.call('DELETE', '/api/v1/console/session', {
+      headers: { cookie: admin.cookie, 'x-csrf-token': admin.csrfToken },
+    });
+    expect(signOut.status).toBe(204);
+    expect(signOut.headers.get('set-cookie')).toMatch(/Max-Age=0/i);
+    expect((await t.call('GET', '/api/v1/fleets', { headers: { cookie: admin.cookie } })).status).toBe(401);
+    expect(
+      (await t.call('GET', '/api/v1/fleets', { headers: { cookie: 'edgefleet_session=forged' } })).status,
+    ).toBe(401);
+
+    const created = await t.call('POST', '/api/v1/tokens', {
+      token: t.adminToken,
+      body: { name: 'short-lived', scope: 'admin' },
+    });
+    const revocable = await signIn(t, created.body.token);
+    expect((await t.call('GET', '/api/v1/fleets', { headers: { cookie: revocable.cookie } })).status).toBe(
+      200,
+    );
+    await t.call('DELETE', `/api/v1/tokens/${created.body.id}`, { token: t.adminToken });
+    expect((await t.call('GET', '/api/v1/fleets', { headers: { cookie: revocable.cookie } })).status).toBe(
+      401,
+    );
+  });
+
+  it('streams changes from the database, and caps the number of open streams', async () => {
+    const { cookie, csrfToken } = await signIn(t, t.readToken);
+    const unauthenticated = await fetch(`${t.url}/api/v1/console/events`);
+    expect(unauthenticated.status).toBe(401);
+    const first = await openEvents(t, cookie);
+    expect(first.status).toBe(200);
+    expect(first.contentType).toContain('text/event-stream');
+    const second = await openEvents(t, cookie);
+    const refused = await openEvents(t, cookie);
+    expect(refused.status).toBe(429);
+    second.close();
+
+    await new Promise((resolve) => setTimeout(resolve, 300)); // let the feed take its first snapshot
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'f2', outputConfig: { s3OutputLocation: 's3://c/f2' } },
+    });
+    expect(await first.next()).toContain('fleets');
+    first.close();
+    // A closed stream frees its place.
+    await expect
+      .poll(async () => {
+        const again = await openEvents(t, cookie);
+        again.close();
+        return again.status;
+      })
+      .toBe(200);
+    expect(csrfToken).not.toBe('');
+  });
+});
+
+describe('console session expiry', () => {
+  it('ends a session at its expiry time', async () => {
+    const database = await openFreshDatabase(sqlite);
+    try {
+      const tokens = new ApiTokenStore(database.db);
+      const { token } = await tokens.create({ name: 'op', scope: 'admin' });
+      let now = 1_000_000;
+      const sessions = new ConsoleSessionStore(database.db, { ttlMs: 60_000, now: () => now });
+      const opened = await sessions.open((await tokens.verify(token))!);
+      now += 59_999;
+      expect((await sessions.find(opened.sessionId))?.identity.name).toBe('op');
+      now += 1;
+      expect(await sessions.find(opened.sessionId)).toBeUndefined();
+    } finally {
+      await database.close();
+    }
+  });
+});
+
+describe.skipIf(!postgres.available)('console live updates across replicas on PostgreSQL', () => {
+  let a: TestServer;
+  let b: TestServer;
+  let shared: string;
+  beforeAll(async () => {
+    shared = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-console-replicas-'));
+    const location = await postgres.createLocation();
+    const config = { console: { enabled: false, eventPollMs: 100 } };
+    a = await startTestServer({ database: location, dataDir: shared, config });
+    b = await startTestServer({ database: location, dataDir: shared, config });
+  });
+  afterAll(async () => {
+    await a?.stop();
+    await b?.stop();
+    await rm(shared, { recursive: true, force: true });
+  });
+
+  it('a session opened on one replica works on the other, and a write on one reaches streams on the other', async () => {
+    const { cookie, csrfToken } = await signIn(a, a.adminToken);
+    const stream = await openEvents(b, cookie);
+    expect(stream.status).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const created = await a.call('POST', '/api/v1/fleets', {
+      headers: { cookie, 'x-csrf-token': csrfToken },
+      body: { name: 'replicated', outputConfig: { s3OutputLocation: 's3://c/r' } },
+    });
+    expect(created.status).toBe(201);
+    expect(await stream.next()).toContain('fleets');
+    stream.close();
+  });
+});

@@ -1,0 +1,178 @@
+import 'uplot/dist/uPlot.min.css';
+import './styles.css';
+import { render } from 'preact';
+import { useEffect, useMemo, useState } from 'preact/hooks';
+import { createApiClient, errorMessage } from './api/client.js';
+import { LiveUpdates } from './api/live.js';
+import { AppContextValue, type AppContext, type Operator } from './app-context.js';
+import { ErrorNote } from './components/ui.js';
+import { href, matchRoute, useHashPath } from './router.js';
+import { views } from './views/index.js';
+
+interface Session {
+  operator: Operator;
+  csrfToken: string;
+}
+
+type Theme = 'light' | 'dark';
+
+function initialTheme(): Theme {
+  const saved = window.localStorage.getItem('edgefleet-theme');
+  if (saved === 'light' || saved === 'dark') return saved;
+  return window.matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light';
+}
+
+function App() {
+  const [session, setSession] = useState<Session | null | undefined>(undefined);
+  const [theme, setTheme] = useState<Theme>(initialTheme);
+  const [connected, setConnected] = useState(false);
+  const path = useHashPath();
+  const holder = useMemo(() => ({ session: undefined as Session | undefined }), []);
+  holder.session = session ?? undefined;
+  const api = useMemo(
+    () =>
+      createApiClient({
+        csrfToken: () => holder.session?.csrfToken,
+        onSignedOut: () => setSession(null),
+      }),
+    [holder],
+  );
+  const live = useMemo(() => new LiveUpdates(), []);
+
+  useEffect(() => {
+    document.documentElement.dataset.theme = theme;
+    window.localStorage.setItem('edgefleet-theme', theme);
+  }, [theme]);
+
+  useEffect(() => {
+    void api.GET('/api/v1/console/session').then((result) => {
+      setSession(
+        result.data !== undefined
+          ? { operator: result.data.operator, csrfToken: result.data.csrfToken }
+          : null,
+      );
+    });
+  }, [api]);
+
+  useEffect(() => {
+    if (session === null || session === undefined) return undefined;
+    live.onStateChange = setConnected;
+    live.start();
+    return () => live.stop();
+  }, [session, live]);
+
+  if (session === undefined) return <p class="loading">Loading…</p>;
+  if (session === null) return <SignIn api={api} onSignedIn={setSession} />;
+
+  const context: AppContext = {
+    api,
+    live,
+    operator: session.operator,
+    csrfToken: session.csrfToken,
+    canWrite: session.operator.scope === 'admin',
+    theme,
+  };
+  const [pathOnly] = path.split('?');
+  const visible = views.filter((view) => view.adminOnly !== true || context.canWrite);
+  const matched = visible
+    .map((view) => ({ view, params: matchRoute(view.path, pathOnly ?? '/') }))
+    .find((entry) => entry.params !== undefined);
+  const Page = matched?.view.component;
+  return (
+    <AppContextValue.Provider value={context}>
+      <a class="skip" href="#main">
+        Skip to content
+      </a>
+      <header class="top">
+        <span class="brand">EdgeFleet</span>
+        <nav aria-label="Main">
+          {visible
+            .filter((view) => view.nav !== undefined)
+            .map((view) => (
+              <a
+                key={view.path}
+                href={href(view.path)}
+                aria-current={matched?.view.path === view.path ? 'page' : undefined}
+              >
+                {view.nav}
+              </a>
+            ))}
+        </nav>
+        <span class={connected ? 'live live-on' : 'live'} title="Live updates" data-testid="live">
+          {connected ? 'live' : 'offline'}
+        </span>
+        <span class="who" data-testid="operator">
+          {session.operator.name} ({session.operator.scope})
+        </span>
+        <button
+          type="button"
+          class="secondary"
+          aria-label={`Switch to ${theme === 'dark' ? 'light' : 'dark'} theme`}
+          onClick={() => setTheme(theme === 'dark' ? 'light' : 'dark')}
+        >
+          {theme === 'dark' ? 'Light' : 'Dark'}
+        </button>
+        <button
+          type="button"
+          class="secondary"
+          onClick={async () => {
+            await api.DELETE('/api/v1/console/session');
+            live.stop();
+            setSession(null);
+          }}
+        >
+          Sign out
+        </button>
+      </header>
+      <main id="main" tabIndex={-1}>
+        <h1>{matched?.view.title ?? 'Not found'}</h1>
+        {Page !== undefined && matched?.params !== undefined ? (
+          <Page key={path} params={matched.params} />
+        ) : (
+          <p>
+            No such page. <a href={href('/')}>Go to the overview</a>.
+          </p>
+        )}
+      </main>
+    </AppContextValue.Provider>
+  );
+}
+
+function SignIn({ api, onSignedIn }: { api: AppContext['api']; onSignedIn(session: Session): void }) {
+  const [error, setError] = useState<string | undefined>();
+  return (
+    <main class="sign-in" id="main">
+      <h1>EdgeFleet console</h1>
+      <form
+        aria-label="Sign in"
+        onSubmit={async (event) => {
+          event.preventDefault();
+          const token = String(new FormData(event.currentTarget).get('token') ?? '').trim();
+          // The token goes once, as the bearer token; from then on the HttpOnly cookie stands in for it.
+          const result = await api.POST('/api/v1/console/session', {
+            headers: { authorization: `Bearer ${token}` },
+          });
+          if (result.data === undefined) {
+            setError(errorMessage(result.error));
+            return;
+          }
+          onSignedIn({ operator: result.data.operator, csrfToken: result.data.csrfToken });
+        }}
+      >
+        <label>
+          Operator API token
+          <input name="token" type="password" autoComplete="off" required placeholder="efo_…" />
+        </label>
+        <button type="submit">Sign in</button>
+        <ErrorNote error={error} />
+        <p class="muted">
+          Create a token with <code>edgefleet token create</code>. It is exchanged for a session cookie and
+          not kept by the browser.
+        </p>
+      </form>
+    </main>
+  );
+}
+
+const root = document.getElementById('app');
+if (root !== null) render(<App />, root);

@@ -1,0 +1,226 @@
+import { useState } from 'preact/hooks';
+import { must } from '../api/client.js';
+import { useLive } from '../api/live.js';
+import { useApp } from '../app-context.js';
+import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
+import { useAction } from '../components/use-action.js';
+import { useLoad } from '../components/use-load.js';
+import { currentPath, href } from '../router.js';
+
+const PAGE_SIZE = 50;
+
+interface Filters {
+  fleet: string;
+  status: '' | 'online' | 'offline';
+  tag: string;
+  modelName: string;
+  nameContains: string;
+}
+
+function filtersFromHash(): Filters {
+  const query = new URLSearchParams(currentPath().split('?')[1] ?? '');
+  const status = query.get('status');
+  return {
+    fleet: query.get('fleet') ?? '',
+    status: status === 'online' || status === 'offline' ? status : '',
+    tag: query.get('tag') ?? '',
+    modelName: query.get('modelName') ?? '',
+    nameContains: query.get('nameContains') ?? '',
+  };
+}
+
+/** The device list: filtered and paged by the server (name order), so it stays fast at any fleet size. */
+export function DevicesPage() {
+  const { api, live, canWrite } = useApp();
+  const [filters, setFilters] = useState<Filters>(filtersFromHash);
+  // Tokens of the pages before this one, so "Previous" can go back without the server keeping state.
+  const [pageTokens, setPageTokens] = useState<(string | undefined)[]>([undefined]);
+  const pageToken = pageTokens[pageTokens.length - 1];
+  const fleets = useLoad(
+    async () => must(await api.GET('/api/v1/fleets', { params: { query: { limit: 500 } } })).fleets,
+    [],
+  );
+  const page = useLoad(async () => {
+    const query = {
+      limit: PAGE_SIZE,
+      ...(pageToken !== undefined ? { nextToken: pageToken } : {}),
+      ...(filters.fleet !== '' ? { fleet: filters.fleet } : {}),
+      ...(filters.status !== '' ? { status: filters.status } : {}),
+      ...(filters.tag !== '' ? { tag: filters.tag } : {}),
+      ...(filters.modelName !== '' ? { modelName: filters.modelName } : {}),
+      ...(filters.nameContains !== '' ? { nameContains: filters.nameContains } : {}),
+    };
+    return must(await api.GET('/api/v1/devices', { params: { query } }));
+  }, [filters, pageToken]);
+  useLive(live, ['devices'], page.reload);
+  useLive(live, ['fleets'], fleets.reload);
+
+  const applyFilters = (next: Filters) => {
+    setFilters(next);
+    setPageTokens([undefined]);
+  };
+
+  return (
+    <>
+      <Section title="Filter">
+        <form
+          class="filters"
+          aria-label="Filter devices"
+          onSubmit={(event) => {
+            event.preventDefault();
+            const form = new FormData(event.currentTarget);
+            const status = String(form.get('status') ?? '');
+            applyFilters({
+              fleet: String(form.get('fleet') ?? ''),
+              status: status === 'online' || status === 'offline' ? status : '',
+              tag: String(form.get('tag') ?? '').trim(),
+              modelName: String(form.get('modelName') ?? '').trim(),
+              nameContains: String(form.get('nameContains') ?? '').trim(),
+            });
+          }}
+        >
+          <label>
+            Name contains <input name="nameContains" defaultValue={filters.nameContains} />
+          </label>
+          <label>
+            Fleet
+            <select name="fleet" defaultValue={filters.fleet}>
+              <option value="">All fleets</option>
+              {(fleets.data ?? []).map((fleet) => (
+                <option key={fleet.name} value={fleet.name} selected={fleet.name === filters.fleet}>
+                  {fleet.name}
+                </option>
+              ))}
+            </select>
+          </label>
+          <label>
+            Status
+            <select name="status" defaultValue={filters.status}>
+              <option value="">Any</option>
+              <option value="online">Online</option>
+              <option value="offline">Offline</option>
+            </select>
+          </label>
+          <label>
+            Tag <input name="tag" placeholder="key or key=value" defaultValue={filters.tag} />
+          </label>
+          <label>
+            Model <input name="modelName" defaultValue={filters.modelName} />
+          </label>
+          <button type="submit">Apply</button>
+        </form>
+      </Section>
+      {canWrite ? (
+        <RegisterDevices fleets={(fleets.data ?? []).map((f) => f.name)} onDone={page.reload} />
+      ) : null}
+      <Section title="Devices">
+        <ErrorNote error={page.error} />
+        <table aria-label="Devices" aria-busy={page.loading}>
+          <thead>
+            <tr>
+              <th scope="col">Name</th>
+              <th scope="col">Fleet</th>
+              <th scope="col">Status</th>
+              <th scope="col">Last heartbeat</th>
+              <th scope="col">Agent</th>
+              <th scope="col">Models</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(page.data?.devices ?? []).map((device) => (
+              <tr key={device.name} data-device={device.name}>
+                <td>
+                  <a href={href(`/devices/${encodeURIComponent(device.name)}`)}>{device.name}</a>
+                </td>
+                <td>{device.fleetName}</td>
+                <td>
+                  <StatusBadge status={device.latestHeartbeat === undefined ? 'never seen' : device.status} />
+                </td>
+                <td>
+                  <When at={device.latestHeartbeat} />
+                </td>
+                <td>{device.agentVersion ?? '–'}</td>
+                <td>{device.models.map((m) => `${m.name} ${m.version}`).join(', ') || '–'}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+        {page.data !== undefined && page.data.devices.length === 0 ? (
+          <p class="muted">No device matches.</p>
+        ) : null}
+        <nav class="pager" aria-label="Pages">
+          <button
+            type="button"
+            class="secondary"
+            disabled={pageTokens.length <= 1}
+            onClick={() => setPageTokens(pageTokens.slice(0, -1))}
+          >
+            Previous
+          </button>
+          <span>Page {pageTokens.length}</span>
+          <button
+            type="button"
+            class="secondary"
+            disabled={page.data?.nextToken === undefined}
+            onClick={() => setPageTokens([...pageTokens, page.data?.nextToken])}
+          >
+            Next
+          </button>
+        </nav>
+      </Section>
+    </>
+  );
+}
+
+function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void }) {
+  const { api } = useApp();
+  const action = useAction();
+  return (
+    <Section title="Register devices">
+      <form
+        class="inline-form"
+        aria-label="Register devices"
+        onSubmit={async (event) => {
+          event.preventDefault();
+          const formElement = event.currentTarget;
+          const form = new FormData(formElement);
+          const names = String(form.get('names') ?? '')
+            .split(/[\s,]+/)
+            .filter(Boolean);
+          if (names.length === 0) {
+            action.setError('name at least one device');
+            return;
+          }
+          await action.run(async () => {
+            must(
+              await api.POST('/api/v1/fleets/{fleet}/devices', {
+                params: { path: { fleet: String(form.get('fleet') ?? '') } },
+                body: { devices: names.map((name) => ({ name })) },
+              }),
+            );
+            formElement.reset();
+            onDone();
+          });
+        }}
+      >
+        <label>
+          Fleet
+          <select name="fleet" required>
+            {fleets.map((fleet) => (
+              <option key={fleet} value={fleet}>
+                {fleet}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Device names <input name="names" placeholder="camera-1, camera-2" required autoComplete="off" />
+        </label>
+        <button type="submit" disabled={fleets.length === 0}>
+          Register
+        </button>
+        <ErrorNote error={action.error} />
+      </form>
+    </Section>
+  );
+}

@@ -1,0 +1,175 @@
+import { useState } from 'preact/hooks';
+import { must } from '../api/client.js';
+import { useLive } from '../api/live.js';
+import { uploadModel } from '../api/upload.js';
+import { useApp } from '../app-context.js';
+import { ErrorNote, formatBytes, Section, When } from '../components/ui.js';
+import { useAction } from '../components/use-action.js';
+import { useLoad } from '../components/use-load.js';
+
+export function ModelsPage() {
+  const { api, live, canWrite } = useApp();
+  const [selected, setSelected] = useState<string | undefined>();
+  const models = useLoad(
+    async () => must(await api.GET('/api/v1/models', { params: { query: { limit: 500 } } })).models,
+    [],
+  );
+  const versions = useLoad(
+    async () =>
+      selected === undefined
+        ? []
+        : must(
+            await api.GET('/api/v1/models/{model}/versions', {
+              params: { path: { model: selected }, query: { limit: 500 } },
+            }),
+          ).versions,
+    [selected],
+  );
+  useLive(live, ['models'], () => {
+    models.reload();
+    versions.reload();
+  });
+  return (
+    <>
+      {canWrite ? <UploadModel onUploaded={models.reload} /> : null}
+      <Section title="Models">
+        <ErrorNote error={models.error} />
+        {(models.data ?? []).length === 0 && !models.loading ? (
+          <p class="muted">No model uploaded yet.</p>
+        ) : null}
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">Model</th>
+              <th scope="col">Description</th>
+              <th scope="col">Versions</th>
+              <th scope="col">Latest</th>
+              <th scope="col">Updated</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(models.data ?? []).map((model) => (
+              <tr key={model.name} data-model={model.name}>
+                <td>
+                  <button type="button" class="link" onClick={() => setSelected(model.name)}>
+                    {model.name}
+                  </button>
+                </td>
+                <td data-testid="model-description">{model.description ?? ''}</td>
+                <td>{model.versionCount}</td>
+                <td>{model.latestVersion ?? '–'}</td>
+                <td>
+                  <When at={model.updatedAt} />
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </Section>
+      {selected !== undefined ? (
+        <Section title={`Versions of ${selected}`}>
+          <ErrorNote error={versions.error} />
+          {(versions.data ?? []).map((version) => (
+            <article class="version" key={version.version} aria-label={`Version ${version.version}`}>
+              <h3>
+                {version.version}{' '}
+                <span class="muted">
+                  ({version.sourceKind}, {formatBytes(version.sizeBytes)})
+                </span>
+              </h3>
+              <p class="muted">
+                sha256 <code>{version.sha256}</code>, uploaded <When at={version.createdAt} />
+              </p>
+              <table>
+                <thead>
+                  <tr>
+                    <th scope="col">Tensor</th>
+                    <th scope="col">Kind</th>
+                    <th scope="col">Type</th>
+                    <th scope="col">Shape</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {[
+                    ...version.inputs.map((t) => ({ ...t, kind: 'input' })),
+                    ...version.outputs.map((t) => ({ ...t, kind: 'output' })),
+                  ].map((tensor) => (
+                    <tr key={`${tensor.kind} ${tensor.name}`}>
+                      <td>{tensor.name}</td>
+                      <td>{tensor.kind}</td>
+                      <td>{tensor.dataType}</td>
+                      <td>[{tensor.shape.join(', ')}]</td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </article>
+          ))}
+        </Section>
+      ) : null}
+    </>
+  );
+}
+
+function UploadModel({ onUploaded }: { onUploaded(): void }) {
+  const { csrfToken } = useApp();
+  const [progress, setProgress] = useState<number | undefined>();
+  const action = useAction();
+  return (
+    <Section title="Upload a model">
+      <form
+        class="inline-form"
+        aria-label="Upload model"
+        onSubmit={async (event) => {
+          event.preventDefault();
+          const formElement = event.currentTarget;
+          const form = new FormData(formElement);
+          const file = form.get('file');
+          if (!(file instanceof File) || file.size === 0) {
+            action.setError('choose an .onnx model or a .tar.gz package');
+            return;
+          }
+          setProgress(0);
+          await action.run(async () => {
+            const description = String(form.get('description') ?? '');
+            try {
+              await uploadModel({
+                model: String(form.get('model') ?? ''),
+                version: String(form.get('version') ?? ''),
+                ...(description !== '' ? { description } : {}),
+                file,
+                csrfToken,
+                onProgress: setProgress,
+              });
+            } catch (failure) {
+              setProgress(undefined);
+              throw failure;
+            }
+            formElement.reset();
+            onUploaded();
+          });
+        }}
+      >
+        <label>
+          Model name <input name="model" required autoComplete="off" />
+        </label>
+        <label>
+          Version <input name="version" required autoComplete="off" />
+        </label>
+        <label>
+          Description <input name="description" />
+        </label>
+        <label>
+          File <input name="file" type="file" accept=".onnx,.tar.gz,.tgz" required />
+        </label>
+        <button type="submit">Upload</button>
+        {progress !== undefined ? (
+          <progress max={1} value={progress} aria-label="Upload progress" data-testid="upload-progress">
+            {Math.round(progress * 100)}%
+          </progress>
+        ) : null}
+        <ErrorNote error={action.error} />
+      </form>
+    </Section>
+  );
+}

@@ -1,0 +1,190 @@
+import { useState } from 'preact/hooks';
+import { must } from '../api/client.js';
+import { useLive } from '../api/live.js';
+import { useApp } from '../app-context.js';
+import { useAction } from '../components/use-action.js';
+import { useLoad } from '../components/use-load.js';
+import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
+import { href } from '../router.js';
+
+const FLEETS_SHOWN = 100;
+
+export function OverviewPage() {
+  const { api, live, canWrite } = useApp();
+  const fleets = useLoad(async () => {
+    const list = must(await api.GET('/api/v1/fleets', { params: { query: { limit: FLEETS_SHOWN } } }));
+    return Promise.all(
+      list.fleets.map(async (fleet) =>
+        must(await api.GET('/api/v1/fleets/{fleet}/report', { params: { path: { fleet: fleet.name } } })),
+      ),
+    );
+  }, []);
+  const failures = useLoad(
+    async () =>
+      must(await api.GET('/api/v1/packaging-jobs', { params: { query: { status: 'FAILED', limit: 5 } } }))
+        .jobs,
+    [],
+  );
+  useLive(live, ['fleets', 'devices', 'models'], fleets.reload);
+  useLive(live, ['packaging'], failures.reload);
+
+  const reports = fleets.data ?? [];
+  const totals = reports.reduce(
+    (sum, report) => ({
+      registered: sum.registered + report.deviceStats.registeredDeviceCount,
+      online: sum.online + report.deviceStats.connectedDeviceCount,
+    }),
+    { registered: 0, online: 0 },
+  );
+  const agentVersions = new Map<string, number>();
+  const modelsInUse = new Map<string, number>();
+  for (const report of reports) {
+    for (const agent of report.agentVersions) {
+      agentVersions.set(agent.version, (agentVersions.get(agent.version) ?? 0) + agent.agentCount);
+    }
+    for (const model of report.modelStats) {
+      const key = `${model.modelName} ${model.modelVersion}`;
+      modelsInUse.set(
+        key,
+        (modelsInUse.get(key) ?? 0) + model.connectedDeviceCount + model.offlineDeviceCount,
+      );
+    }
+  }
+
+  return (
+    <>
+      <div class="stats" aria-label="Fleet totals">
+        <Stat label="Fleets" value={reports.length} />
+        <Stat label="Devices" value={totals.registered} />
+        <Stat label="Online" value={totals.online} testId="online-total" />
+        <Stat label="Offline or never seen" value={totals.registered - totals.online} />
+      </div>
+      <ErrorNote error={fleets.error} />
+      <Section title="Fleets" actions={canWrite ? <CreateFleet onCreated={fleets.reload} /> : undefined}>
+        {reports.length === 0 && !fleets.loading ? <p class="muted">No fleets yet.</p> : null}
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">Fleet</th>
+              <th scope="col">Devices</th>
+              <th scope="col">Online</th>
+              <th scope="col">Offline / never seen</th>
+              <th scope="col">Models</th>
+            </tr>
+          </thead>
+          <tbody>
+            {reports.map((report) => (
+              <tr key={report.fleetName} data-fleet={report.fleetName}>
+                <td>
+                  <a href={href(`/devices?fleet=${encodeURIComponent(report.fleetName)}`)}>
+                    {report.fleetName}
+                  </a>
+                  {report.description ? <div class="muted">{report.description}</div> : null}
+                </td>
+                <td>{report.deviceStats.registeredDeviceCount}</td>
+                <td data-testid="fleet-online">{report.deviceStats.connectedDeviceCount}</td>
+                <td>{report.deviceStats.registeredDeviceCount - report.deviceStats.connectedDeviceCount}</td>
+                <td>{report.modelStats.map((m) => `${m.modelName} ${m.modelVersion}`).join(', ') || '–'}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </Section>
+      <div class="columns">
+        <Section title="Agent versions">
+          <Counts entries={agentVersions} empty="No agent has reported yet." />
+        </Section>
+        <Section title="Models in use">
+          <Counts entries={modelsInUse} empty="No device reports a model yet." />
+        </Section>
+        <Section title="Recent failures">
+          <ErrorNote error={failures.error} />
+          {(failures.data ?? []).length === 0 ? <p class="muted">No failed packaging jobs.</p> : null}
+          <ul class="plain">
+            {(failures.data ?? []).map((job) => (
+              <li key={job.name}>
+                <StatusBadge status={job.status} /> packaging <a href={href('/packaging')}>{job.name}</a>{' '}
+                <When at={job.updatedAt} />: {job.statusMessage ?? 'no message'}
+              </li>
+            ))}
+          </ul>
+        </Section>
+      </div>
+    </>
+  );
+}
+
+function Stat({ label, value, testId }: { label: string; value: number; testId?: string }) {
+  return (
+    <div class="stat">
+      <span class="stat-value" data-testid={testId}>
+        {value}
+      </span>
+      <span class="stat-label">{label}</span>
+    </div>
+  );
+}
+
+function Counts({ entries, empty }: { entries: Map<string, number>; empty: string }) {
+  if (entries.size === 0) return <p class="muted">{empty}</p>;
+  return (
+    <ul class="plain">
+      {[...entries].map(([name, count]) => (
+        <li key={name}>
+          {name}: <strong>{count}</strong>
+        </li>
+      ))}
+    </ul>
+  );
+}
+
+function CreateFleet({ onCreated }: { onCreated(): void }) {
+  const { api } = useApp();
+  const [open, setOpen] = useState(false);
+  const action = useAction();
+  if (!open) {
+    return (
+      <button type="button" onClick={() => setOpen(true)}>
+        Create fleet
+      </button>
+    );
+  }
+  return (
+    <form
+      class="inline-form"
+      aria-label="Create fleet"
+      onSubmit={async (event) => {
+        event.preventDefault();
+        const form = new FormData(event.currentTarget);
+        const description = String(form.get('description') ?? '');
+        const result = await api.POST('/api/v1/fleets', {
+          body: {
+            name: String(form.get('name') ?? ''),
+            outputConfig: { s3OutputLocation: String(form.get('output') ?? '') },
+            ...(description !== '' ? { description } : {}),
+          },
+        });
+        await action.run(async () => {
+          must(result);
+          setOpen(false);
+          onCreated();
+        });
+      }}
+    >
+      <label>
+        Name <input name="name" required autoComplete="off" />
+      </label>
+      <label>
+        Output location <input name="output" required defaultValue="s3://edgefleet-output/" />
+      </label>
+      <label>
+        Description <input name="description" />
+      </label>
+      <button type="submit">Create</button>
+      <button type="button" class="secondary" onClick={() => setOpen(false)}>
+        Cancel
+      </button>
+      <ErrorNote error={action.error} />
+    </form>
+  );
+}
