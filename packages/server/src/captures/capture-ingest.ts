@@ -90,10 +90,11 @@ export class CaptureIngest {
       );
     // A device writes only its own fleet's captures, under the fleet's output prefix.
     const expected = [...(target.prefix === '' ? [] : [target.prefix]), device.fleetName];
-    const segments = file.key.split('/');
+    // With no prefix the fleet's name is still the first segment: else a device could write over another
+    // fleet's captures, or the server's own blobs when they share the bucket.
     const underPrefix = target.prefix === '' || file.key.startsWith(`${target.prefix}/`);
-    const fleetAt = target.prefix === '' ? undefined : target.prefix.split('/').length;
-    if (!underPrefix || (fleetAt !== undefined && segments[fleetAt] !== device.fleetName))
+    const fleetAt = target.prefix === '' ? 0 : target.prefix.split('/').length;
+    if (!underPrefix || file.key.split('/')[fleetAt] !== device.fleetName)
       throw new DomainError(
         'Forbidden',
         `capture key ${file.key} is outside fleet ${device.fleetName}'s output; expected keys under ${expected.join('/')}/ (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,

@@ -180,4 +180,27 @@ describe('captures through the control plane, with S3 blobs', () => {
     expect(await object.Body!.transformToString()).toBe(manifest('s-1').toString());
     client.destroy();
   });
+
+  it("keeps a fleet with an output of a bare bucket to its own fleet's keys, off the server's blobs", async () => {
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'lobby', outputConfig: { s3OutputLocation: `s3://${s3.bucket}` } },
+    });
+    await t.call('POST', '/api/v1/fleets/lobby/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'lobby-1' }] },
+    });
+    const lobby = await enrollDevice(t, 'lobby-1');
+    const upload = (key: string) =>
+      deviceCall(t.server.deviceUrl, lobby.tls, 'POST', '/api/v1/device/captures/files', {
+        body: { key, contentType: 'application/jsonl', data: manifest('l-1').toString('base64') },
+      });
+    // The server's own blobs live under server/ in this bucket; another fleet's captures under plant/.
+    for (const key of [`server/models/x.jsonl`, `plant/${HOUR}/ffff.jsonl`]) {
+      const refused = await upload(key);
+      expect(refused).toMatchObject({ status: 403, body: { code: 'Forbidden' } });
+      expect(refused.body.message).toMatch(/expected keys under lobby\//);
+    }
+    expect(await upload(`lobby/${HOUR}/gggg.jsonl`)).toMatchObject({ status: 200, body: { records: 1 } });
+  });
 });
