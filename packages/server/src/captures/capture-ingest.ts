@@ -175,25 +175,16 @@ export class CaptureIngest {
     return { storedElsewhere, storedHere };
   }
 
-  /** Adds `bytes` to the device's usage today, refusing (429) what would go over the daily quota. */
+  /**
+   * Adds `bytes` to the device's usage today, refusing (429) what would go over the daily quota. The add comes
+   * first and the check reads its result, so concurrent uploads (on PostgreSQL, other replicas') queue on the
+   * row's lock instead of all passing one read; a refused add is rolled back with its transaction.
+   */
   async #charge(device: string, bytes: number): Promise<void> {
     const day = utcDay(this.#now());
     const quota = this.#limits.dailyQuotaBytesPerDevice;
     await this.#db.transaction().execute(async (trx) => {
       const row = await trx
-        .selectFrom('device_capture_usage')
-        .select('bytes')
-        .where('device_name', '=', device)
-        .where('day', '=', day)
-        .executeTakeFirst();
-      const used = Number(row?.bytes ?? 0);
-      if (used + bytes > quota)
-        throw new DomainError(
-          'LimitExceeded',
-          `device ${device} has uploaded ${used} capture bytes today (UTC); ${bytes} more would pass its daily quota of ${quota} (captures.dailyQuotaBytesPerDevice); the agent keeps the batch and retries`,
-          { usedBytes: used, quotaBytes: quota },
-        );
-      await trx
         .insertInto('device_capture_usage')
         .values({ device_name: device, day, bytes })
         .onConflict((oc) =>
@@ -201,7 +192,15 @@ export class CaptureIngest {
             .columns(['device_name', 'day'])
             .doUpdateSet({ bytes: (eb) => eb('device_capture_usage.bytes', '+', bytes) }),
         )
-        .execute();
+        .returning('bytes')
+        .executeTakeFirstOrThrow();
+      const used = Number(row.bytes) - bytes;
+      if (used + bytes > quota)
+        throw new DomainError(
+          'LimitExceeded',
+          `device ${device} has uploaded ${used} capture bytes today (UTC); ${bytes} more would pass its daily quota of ${quota} (captures.dailyQuotaBytesPerDevice); the agent keeps the batch and retries`,
+          { usedBytes: used, quotaBytes: quota },
+        );
     });
   }
 }

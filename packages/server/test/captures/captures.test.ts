@@ -143,6 +143,15 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
       expect(refused!.body.message).toMatch(/daily quota of 20000/);
       // The quota is per device.
       expect((await upload(door, `doors/doors/${HOUR}/raw-data/d.bin`, Buffer.alloc(4000))).status).toBe(200);
+
+      // Concurrent uploads cannot all pass one read of the usage: at most 5 of 4 000 bytes fit in 20 000.
+      const burst = await Promise.all(
+        Array.from({ length: 12 }, (_, i) =>
+          upload(door, `doors/doors/${HOUR}/raw-data/burst-${i}.bin`, Buffer.alloc(4000)),
+        ),
+      );
+      expect(burst.filter((answer) => answer.status === 200).length).toBeLessThanOrEqual(4);
+      expect(burst.filter((answer) => answer.status === 429).length).toBeGreaterThanOrEqual(8);
     },
   );
 });
