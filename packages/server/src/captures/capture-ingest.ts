@@ -124,9 +124,16 @@ export class CaptureIngest {
       if (duplicates > 0) body = Buffer.from(`${kept.join('\n')}\n`);
     }
 
-    await this.#charge(device.deviceName, body.length);
+    const day = await this.#charge(device.deviceName, body.length);
     const key = target.keyFor(file.key);
-    await target.store.put(key, body, { contentType: file.contentType, contentLength: body.length });
+    try {
+      await target.store.put(key, body, { contentType: file.contentType, contentLength: body.length });
+    } catch (error) {
+      // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
+      // fleet's bucket fills the day's quota with bytes that never landed).
+      await this.#refund(device.deviceName, day, body.length).catch(() => undefined);
+      throw error;
+    }
     if (records.length > 0) {
       const at = this.#now();
       for (let i = 0; i < records.length; i += CHUNK)
@@ -180,7 +187,7 @@ export class CaptureIngest {
    * first and the check reads its result, so concurrent uploads (on PostgreSQL, other replicas') queue on the
    * row's lock instead of all passing one read; a refused add is rolled back with its transaction.
    */
-  async #charge(device: string, bytes: number): Promise<void> {
+  async #charge(device: string, bytes: number): Promise<string> {
     const day = utcDay(this.#now());
     const quota = this.#limits.dailyQuotaBytesPerDevice;
     await this.#db.transaction().execute(async (trx) => {
@@ -202,6 +209,17 @@ export class CaptureIngest {
           { usedBytes: used, quotaBytes: quota },
         );
     });
+    return day;
+  }
+
+  /** Takes back a charge for bytes that were not stored. */
+  async #refund(device: string, day: string, bytes: number): Promise<void> {
+    await this.#db
+      .updateTable('device_capture_usage')
+      .set((eb) => ({ bytes: eb('bytes', '-', bytes) }))
+      .where('device_name', '=', device)
+      .where('day', '=', day)
+      .execute();
   }
 }
 

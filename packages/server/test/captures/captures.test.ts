@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -113,6 +113,21 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
       // Another device's capture ids are its own.
       const doorKey = `doors/doors/${HOUR}/dddd.jsonl`;
       expect((await upload(door, doorKey, manifest('c-1'))).body).toMatchObject({ records: 1 });
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'charges the quota only for files stored: failed writes cost nothing',
+    async () => {
+      const side = `edge/plant/${HOUR}/raw-data/blocked.bin`;
+      // A folder where the file must go: every write of it fails.
+      const blocker = path.join(t.dataDir, 'blobs', 'fleet-output', 'captures', side);
+      await mkdir(path.join(blocker, 'inside'), { recursive: true });
+      for (let i = 0; i < 6; i++) {
+        expect((await upload(cam1, side, Buffer.alloc(4000), 'application/octet-stream')).status).toBe(500);
+      }
+      await rm(blocker, { recursive: true });
+      expect((await upload(cam1, side, Buffer.alloc(4000), 'application/octet-stream')).status).toBe(200);
     },
   );
 
