@@ -100,6 +100,16 @@ export class CaptureIngest {
         `capture key ${file.key} is outside fleet ${device.fleetName}'s output; expected keys under ${expected.join('/')}/ (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
       );
 
+    // A fleet output that shares the server's own blob space (same bucket, overlapping prefix) must not let a
+    // device write over models or packages the server signs and serves; the operator has to move the output.
+    const reserved = target.reservedPrefix;
+    const storedKey = target.keyFor(file.key);
+    if (reserved !== undefined && (reserved === '' || storedKey.startsWith(`${reserved}/`)))
+      throw new DomainError(
+        'Conflict',
+        `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} overlaps the server's own blob store (s3://${reserved === '' ? '<bucket>' : `<bucket>/${reserved}`}); captures are not written there; move the output with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
+      );
+
     let body = file.body;
     let records: string[] = [];
     let duplicates = 0;

@@ -227,4 +227,32 @@ describe('captures through the control plane, with S3 blobs', () => {
     }
     expect(await upload(`lobby/${HOUR}/gggg.jsonl`)).toMatchObject({ status: 200, body: { records: 1 } });
   });
+
+  it("refuses captures into the server's own blob prefix, whatever the fleet is called", async () => {
+    // A fleet named like the server's blob folders, its output at the server's blob location.
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'models', outputConfig: { s3OutputLocation: `s3://${s3.bucket}/server` } },
+    });
+    await t.call('POST', '/api/v1/fleets/models/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'models-1' }] },
+    });
+    const device = await enrollDevice(t, 'models-1');
+    const refused = await deviceCall(
+      t.server.deviceUrl,
+      device.tls,
+      'POST',
+      '/api/v1/device/captures/files',
+      {
+        body: {
+          key: 'server/models/tiny/1/x.jsonl',
+          contentType: 'application/jsonl',
+          data: manifest('m-1').toString('base64'),
+        },
+      },
+    );
+    expect(refused).toMatchObject({ status: 409, body: { code: 'Conflict' } });
+    expect(refused.body.message).toMatch(/overlaps the server's own blob store/);
+  });
 });
