@@ -145,9 +145,15 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   app.addHook('onRequest', (request, reply, done) => {
     const { headers } = request.raw;
     const hasBody = headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined;
+    // A binary body's JSON part (up to maxJsonBodyBytes) is parsed the same way, so it counts by its own size:
+    // else the header alone would take a large JSON body past this cap.
+    const jsonPart = headers[INFERENCE_HEADER_CONTENT_LENGTH];
     const large =
-      headers['transfer-encoding'] !== undefined || Number(headers['content-length']) > LARGE_JSON_BODY_BYTES;
-    if (!hasBody || !large || headers[INFERENCE_HEADER_CONTENT_LENGTH] !== undefined) {
+      jsonPart !== undefined
+        ? Number(jsonPart) > LARGE_JSON_BODY_BYTES
+        : headers['transfer-encoding'] !== undefined ||
+          Number(headers['content-length']) > LARGE_JSON_BODY_BYTES;
+    if (!hasBody || !large) {
       done();
       return;
     }

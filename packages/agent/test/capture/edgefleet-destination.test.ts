@@ -4,13 +4,22 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CaptureSpool, RefusedByStoreError } from '../../src/capture/index.js';
 import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
-import { enrollDevice, operator, startControlPlane, until, type ControlPlane } from '../fleet/support.js';
+import { X509Certificate } from 'node:crypto';
+import {
+  enrollDevice,
+  operator,
+  reenroll,
+  startControlPlane,
+  until,
+  type ControlPlane,
+} from '../fleet/support.js';
 
 // The EdgeFleet destination against a real control plane: a file the server refuses for good (here a key
 // outside the fleet's output prefix, 403) fails its captures at once and does not hold back later batches.
 let plane: ControlPlane;
 let store: EdgeFleetObjectStore;
 let dir: string;
+let certFile: string;
 
 beforeAll(async () => {
   plane = await startControlPlane();
@@ -20,6 +29,7 @@ beforeAll(async () => {
     outputConfig: { s3OutputLocation: 's3://captures/edge' },
   });
   const config = JSON.parse(await readFile(await enrollDevice(plane, 'plant', 'cam-1', dir), 'utf8'));
+  certFile = config.sagemaker_edge_provider_aws_cert_file;
   store = new EdgeFleetObjectStore({
     endpoint: plane.deviceEndpoint,
     certFile: config.sagemaker_edge_provider_aws_cert_file,
@@ -71,5 +81,16 @@ describe('EdgeFleet capture destination', () => {
     );
     expect(await readdir(join(dir, 'spool'))).toEqual([]);
     await spool.close();
+  });
+
+  it('uploads with the certificate in the files now, after a renewal or re-enrollment revoked the old one', async () => {
+    const serialOf = async () => new X509Certificate(await readFile(certFile, 'utf8')).serialNumber;
+    const key = (name: string) => `edge/plant/mlp/2026/12/06/05/${name}.jsonl`;
+    await store.put(key('before'), manifest('before'), 'application/jsonl');
+    const oldSerial = await serialOf();
+    await reenroll(plane, 'cam-1', dir);
+    expect(await serialOf()).not.toBe(oldSerial);
+    await operator(plane, 'POST', '/api/v1/devices/cam-1/certificates/revoke', { serial: oldSerial });
+    await store.put(key('after'), manifest('after'), 'application/jsonl');
   });
 });

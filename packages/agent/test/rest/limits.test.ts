@@ -198,4 +198,29 @@ describe('JSON bodies (issue 15: a JSON request cost ~30x its size)', () => {
       client.close();
     }
   });
+
+  it('counts the JSON part of binary bodies against maxConcurrentJsonBodies too', async () => {
+    const server = await start({ tcp, maxConcurrentJsonBodies: 2 });
+    const address = server.addresses[0]!;
+    // Two bodies that say they carry binary data, with a large JSON part still arriving.
+    const slow = await Promise.all([1, 2].map(() => open(address)));
+    for (const { socket } of slow) {
+      socket.write(
+        'POST /v2/models/image/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n' +
+          'Inference-Header-Content-Length: 1000000\r\nContent-Length: 1000000\r\n\r\n{"inputs": [',
+      );
+    }
+    const client = new HttpClient(targetOf(address));
+    try {
+      await client.get('/v2/health/live');
+      const refused = await client.postJson('/v2/models/image/infer', {
+        inputs: [{ ...input, data: values }],
+      });
+      expect(refused.status).toBe(429);
+    } finally {
+      client.close();
+      for (const { socket } of slow) socket.destroy();
+      await Promise.all(slow.map(({ socket }) => closed(socket)));
+    }
+  });
 });

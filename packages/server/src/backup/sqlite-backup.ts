@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { access, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { access, chmod, mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { migrationNames } from '../storage/index.js';
@@ -94,6 +94,8 @@ export async function backupSqlite(source: string, out: string): Promise<BackupR
       sqlite.close();
     }
     const migrations = inspectStateFile(partial);
+    // The state database lives in a private folder; its copy may land anywhere: owner only, like the original.
+    await chmod(partial, 0o600);
     await rename(partial, target);
     return { file: target, bytes: (await stat(target)).size, migrations };
   } finally {

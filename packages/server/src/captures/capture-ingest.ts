@@ -90,13 +90,24 @@ export class CaptureIngest {
       );
     // A device writes only its own fleet's captures, under the fleet's output prefix.
     const expected = [...(target.prefix === '' ? [] : [target.prefix]), device.fleetName];
-    const segments = file.key.split('/');
+    // With no prefix the fleet's name is still the first segment: else a device could write over another
+    // fleet's captures, or the server's own blobs when they share the bucket.
     const underPrefix = target.prefix === '' || file.key.startsWith(`${target.prefix}/`);
-    const fleetAt = target.prefix === '' ? undefined : target.prefix.split('/').length;
-    if (!underPrefix || (fleetAt !== undefined && segments[fleetAt] !== device.fleetName))
+    const fleetAt = target.prefix === '' ? 0 : target.prefix.split('/').length;
+    if (!underPrefix || file.key.split('/')[fleetAt] !== device.fleetName)
       throw new DomainError(
         'Forbidden',
         `capture key ${file.key} is outside fleet ${device.fleetName}'s output; expected keys under ${expected.join('/')}/ (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
+      );
+
+    // A fleet output that shares the server's own blob space (same bucket, overlapping prefix) must not let a
+    // device write over models or packages the server signs and serves; the operator has to move the output.
+    const reserved = target.reservedPrefix;
+    const storedKey = target.keyFor(file.key);
+    if (reserved !== undefined && (reserved === '' || storedKey.startsWith(`${reserved}/`)))
+      throw new DomainError(
+        'Conflict',
+        `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} overlaps the server's own blob store (s3://${reserved === '' ? '<bucket>' : `<bucket>/${reserved}`}); captures are not written there; move the output with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
       );
 
     let body = file.body;
@@ -123,9 +134,16 @@ export class CaptureIngest {
       if (duplicates > 0) body = Buffer.from(`${kept.join('\n')}\n`);
     }
 
-    await this.#charge(device.deviceName, body.length);
+    const day = await this.#charge(device.deviceName, body.length);
     const key = target.keyFor(file.key);
-    await target.store.put(key, body, { contentType: file.contentType, contentLength: body.length });
+    try {
+      await target.store.put(key, body, { contentType: file.contentType, contentLength: body.length });
+    } catch (error) {
+      // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
+      // fleet's bucket fills the day's quota with bytes that never landed).
+      await this.#refund(device.deviceName, day, body.length).catch(() => undefined);
+      throw error;
+    }
     if (records.length > 0) {
       const at = this.#now();
       for (let i = 0; i < records.length; i += CHUNK)
@@ -174,25 +192,16 @@ export class CaptureIngest {
     return { storedElsewhere, storedHere };
   }
 
-  /** Adds `bytes` to the device's usage today, refusing (429) what would go over the daily quota. */
-  async #charge(device: string, bytes: number): Promise<void> {
+  /**
+   * Adds `bytes` to the device's usage today, refusing (429) what would go over the daily quota. The add comes
+   * first and the check reads its result, so concurrent uploads (on PostgreSQL, other replicas') queue on the
+   * row's lock instead of all passing one read; a refused add is rolled back with its transaction.
+   */
+  async #charge(device: string, bytes: number): Promise<string> {
     const day = utcDay(this.#now());
     const quota = this.#limits.dailyQuotaBytesPerDevice;
     await this.#db.transaction().execute(async (trx) => {
       const row = await trx
-        .selectFrom('device_capture_usage')
-        .select('bytes')
-        .where('device_name', '=', device)
-        .where('day', '=', day)
-        .executeTakeFirst();
-      const used = Number(row?.bytes ?? 0);
-      if (used + bytes > quota)
-        throw new DomainError(
-          'LimitExceeded',
-          `device ${device} has uploaded ${used} capture bytes today (UTC); ${bytes} more would pass its daily quota of ${quota} (captures.dailyQuotaBytesPerDevice); the agent keeps the batch and retries`,
-          { usedBytes: used, quotaBytes: quota },
-        );
-      await trx
         .insertInto('device_capture_usage')
         .values({ device_name: device, day, bytes })
         .onConflict((oc) =>
@@ -200,8 +209,27 @@ export class CaptureIngest {
             .columns(['device_name', 'day'])
             .doUpdateSet({ bytes: (eb) => eb('device_capture_usage.bytes', '+', bytes) }),
         )
-        .execute();
+        .returning('bytes')
+        .executeTakeFirstOrThrow();
+      const used = Number(row.bytes) - bytes;
+      if (used + bytes > quota)
+        throw new DomainError(
+          'LimitExceeded',
+          `device ${device} has uploaded ${used} capture bytes today (UTC); ${bytes} more would pass its daily quota of ${quota} (captures.dailyQuotaBytesPerDevice); the agent keeps the batch and retries`,
+          { usedBytes: used, quotaBytes: quota },
+        );
     });
+    return day;
+  }
+
+  /** Takes back a charge for bytes that were not stored. */
+  async #refund(device: string, day: string, bytes: number): Promise<void> {
+    await this.#db
+      .updateTable('device_capture_usage')
+      .set((eb) => ({ bytes: eb('bytes', '-', bytes) }))
+      .where('device_name', '=', device)
+      .where('day', '=', day)
+      .execute();
   }
 }
 

@@ -9,6 +9,11 @@ export interface FleetOutputTarget {
   location: string;
   /** The prefix inside the bucket; a device's capture keys must lie under it (empty: anywhere). */
   prefix: string;
+  /**
+   * Where in this store the server keeps its own blobs (models, packages), when the fleet's bucket is the
+   * server's: no capture may be written there (empty: the whole bucket). Absent: no overlap possible.
+   */
+  reservedPrefix?: string;
 }
 
 /** `s3://bucket/prefix` → its parts; undefined when the fleet's output is not an S3 URI. */
@@ -28,11 +33,18 @@ export function parseOutputLocation(location: string): { bucket: string; prefix:
 export class FleetOutputs {
   readonly #blobs: BlobStore;
   readonly #s3: S3ConnectionOptions | undefined;
+  readonly #serverBlobs: { bucket: string; prefix: string } | undefined;
   readonly #buckets = new Map<string, S3BlobStore>();
 
-  constructor(blobs: BlobStore, s3: S3ConnectionOptions | undefined) {
+  /** `serverBlobs`: the server's own S3 blob location, when its blobs are in S3. */
+  constructor(
+    blobs: BlobStore,
+    s3: S3ConnectionOptions | undefined,
+    serverBlobs?: { bucket: string; prefix: string },
+  ) {
     this.#blobs = blobs;
     this.#s3 = s3;
+    this.#serverBlobs = serverBlobs;
   }
 
   targetFor(location: string): FleetOutputTarget | undefined {
@@ -51,7 +63,8 @@ export class FleetOutputs {
       store = new S3BlobStore({ ...this.#s3, bucket, prefix: '' });
       this.#buckets.set(bucket, store);
     }
-    return { store, keyFor: (key) => key, location, prefix };
+    const reserved = this.#serverBlobs?.bucket === bucket ? { reservedPrefix: this.#serverBlobs.prefix } : {};
+    return { store, keyFor: (key) => key, location, prefix, ...reserved };
   }
 
   async close(): Promise<void> {

@@ -57,7 +57,12 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   /** The package-signing root, handed to devices at set-up (their trust folder). */
   signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
 }> = async (app, deps) => {
-  const outputs = new FleetOutputs(deps.blobs, s3ConnectionOf(deps.config));
+  const { blobLocation } = deps.config;
+  const outputs = new FleetOutputs(
+    deps.blobs,
+    s3ConnectionOf(deps.config),
+    blobLocation.kind === 's3' ? blobLocation : undefined,
+  );
   const limits: CaptureLimits = deps.config.captures;
   const ingest = new CaptureIngest({ db: deps.db, outputs, limits });
   app.addHook('onClose', async () => outputs.close());

@@ -180,14 +180,20 @@ export class PackagingJobStore {
         updated_at: this.now(),
       })
       .where('name', '=', name)
+      .where('status', '=', 'INPROGRESS')
       .execute();
   }
 
+  /**
+   * Fails a job still in progress. A runner that lost its lease (stalled past it while another replica resumed
+   * and finished the job) must not turn that replica's COMPLETED into FAILED, hence the status condition.
+   */
   async fail(name: string, message: string): Promise<void> {
     await this.db
       .updateTable('packaging_jobs')
       .set({ status: 'FAILED', status_message: message, updated_at: this.now() })
       .where('name', '=', name)
+      .where('status', '=', 'INPROGRESS')
       .execute();
   }
 }

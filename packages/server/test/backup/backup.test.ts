@@ -1,9 +1,9 @@
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupSqlite, inspectStateFile, restoreSqlite } from '../../src/backup/index.js';
-import { migrationNames, openDatabase } from '../../src/storage/index.js';
+import { migrateToLatest, migrationNames, openDatabase } from '../../src/storage/index.js';
 import { runServerCli, startServerProcess, type ServerProcess } from '../support/process.js';
 
 let cwd: string;
@@ -115,6 +115,21 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
 });
 
 describe('restore refuses what is not an EdgeFleet backup, and changes nothing', () => {
+  it('writes the backup readable by its owner only, wherever --out is', async () => {
+    const dir = await mkdtemp(path.join(cwd, 'mode-'));
+    const source = path.join(dir, 'state.db');
+    const database = await openDatabase({ engine: 'sqlite', file: source });
+    try {
+      await migrateToLatest(database.db);
+    } finally {
+      await database.close();
+    }
+    const out = path.join(dir, 'shared', 'state.backup.db');
+    await mkdir(path.dirname(out), { mode: 0o755 });
+    await backupSqlite(source, out);
+    expect((await stat(out)).mode & 0o077).toBe(0);
+  });
+
   it('names the problem for a file that is not SQLite and for a foreign SQLite database', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-restore-'));
     try {

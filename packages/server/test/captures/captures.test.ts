@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -117,6 +117,21 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
   );
 
   it.skipIf(!fixture.available)(
+    'charges the quota only for files stored: failed writes cost nothing',
+    async () => {
+      const side = `edge/plant/${HOUR}/raw-data/blocked.bin`;
+      // A folder where the file must go: every write of it fails.
+      const blocker = path.join(t.dataDir, 'blobs', 'fleet-output', 'captures', side);
+      await mkdir(path.join(blocker, 'inside'), { recursive: true });
+      for (let i = 0; i < 6; i++) {
+        expect((await upload(cam1, side, Buffer.alloc(4000), 'application/octet-stream')).status).toBe(500);
+      }
+      await rm(blocker, { recursive: true });
+      expect((await upload(cam1, side, Buffer.alloc(4000), 'application/octet-stream')).status).toBe(200);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
     "refuses keys outside the device's fleet output, oversized files, bad records, and past the quota",
     async () => {
       const outside = await upload(cam1, `edge/doors/${HOUR}/x.jsonl`, manifest('x-1'));
@@ -143,6 +158,15 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
       expect(refused!.body.message).toMatch(/daily quota of 20000/);
       // The quota is per device.
       expect((await upload(door, `doors/doors/${HOUR}/raw-data/d.bin`, Buffer.alloc(4000))).status).toBe(200);
+
+      // Concurrent uploads cannot all pass one read of the usage: at most 5 of 4 000 bytes fit in 20 000.
+      const burst = await Promise.all(
+        Array.from({ length: 12 }, (_, i) =>
+          upload(door, `doors/doors/${HOUR}/raw-data/burst-${i}.bin`, Buffer.alloc(4000)),
+        ),
+      );
+      expect(burst.filter((answer) => answer.status === 200).length).toBeLessThanOrEqual(4);
+      expect(burst.filter((answer) => answer.status === 429).length).toBeGreaterThanOrEqual(8);
     },
   );
 });
@@ -179,5 +203,56 @@ describe('captures through the control plane, with S3 blobs', () => {
     const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
     expect(await object.Body!.transformToString()).toBe(manifest('s-1').toString());
     client.destroy();
+  });
+
+  it("keeps a fleet with an output of a bare bucket to its own fleet's keys, off the server's blobs", async () => {
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'lobby', outputConfig: { s3OutputLocation: `s3://${s3.bucket}` } },
+    });
+    await t.call('POST', '/api/v1/fleets/lobby/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'lobby-1' }] },
+    });
+    const lobby = await enrollDevice(t, 'lobby-1');
+    const upload = (key: string) =>
+      deviceCall(t.server.deviceUrl, lobby.tls, 'POST', '/api/v1/device/captures/files', {
+        body: { key, contentType: 'application/jsonl', data: manifest('l-1').toString('base64') },
+      });
+    // The server's own blobs live under server/ in this bucket; another fleet's captures under plant/.
+    for (const key of [`server/models/x.jsonl`, `plant/${HOUR}/ffff.jsonl`]) {
+      const refused = await upload(key);
+      expect(refused).toMatchObject({ status: 403, body: { code: 'Forbidden' } });
+      expect(refused.body.message).toMatch(/expected keys under lobby\//);
+    }
+    expect(await upload(`lobby/${HOUR}/gggg.jsonl`)).toMatchObject({ status: 200, body: { records: 1 } });
+  });
+
+  it("refuses captures into the server's own blob prefix, whatever the fleet is called", async () => {
+    // A fleet named like the server's blob folders, its output at the server's blob location.
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'models', outputConfig: { s3OutputLocation: `s3://${s3.bucket}/server` } },
+    });
+    await t.call('POST', '/api/v1/fleets/models/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'models-1' }] },
+    });
+    const device = await enrollDevice(t, 'models-1');
+    const refused = await deviceCall(
+      t.server.deviceUrl,
+      device.tls,
+      'POST',
+      '/api/v1/device/captures/files',
+      {
+        body: {
+          key: 'server/models/tiny/1/x.jsonl',
+          contentType: 'application/jsonl',
+          data: manifest('m-1').toString('base64'),
+        },
+      },
+    );
+    expect(refused).toMatchObject({ status: 409, body: { code: 'Conflict' } });
+    expect(refused.body.message).toMatch(/overlaps the server's own blob store/);
   });
 });

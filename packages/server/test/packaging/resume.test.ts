@@ -58,6 +58,11 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         expect(resumed.body).toMatchObject({ status: 'COMPLETED' });
         const untouched = await t.call('GET', '/api/v1/packaging-jobs/job-live', { token: t.readToken });
         expect(untouched.body).toMatchObject({ status: 'INPROGRESS' });
+
+        // The first runner was only stalled: its late failure does not undo the resumed run's result.
+        await killed.fail('job-killed', 'late failure of a runner that lost its lease');
+        const after = await t.call('GET', '/api/v1/packaging-jobs/job-killed', { token: t.readToken });
+        expect(after.body).toMatchObject({ status: 'COMPLETED' });
       } finally {
         await t.stop();
       }
