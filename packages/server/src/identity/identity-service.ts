@@ -183,7 +183,12 @@ export class DeviceIdentityService {
     });
   }
 
-  /** A fresh certificate for an authenticated device (before its current one expires). */
+  /**
+   * A fresh certificate for an authenticated device (before its current one expires). Every other active
+   * certificate of the device is revoked as superseded: the one presented keeps working until it expires (the
+   * agent switches over without dropping a call), so a device never holds more than two, and a stolen
+   * certificate cannot mint an unbounded set of valid ones.
+   */
   async renew(device: AuthenticatedDevice, csrPem: string): Promise<IssuedDeviceCertificate> {
     let publicKeyPem: string;
     try {
@@ -197,7 +202,17 @@ export class DeviceIdentityService {
       publicKeyPem,
       validityDays: this.options.certificateValidityDays,
     });
-    await this.record(this.db, device.deviceName, device.fleetName, issued, this.now());
+    const at = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      await trx
+        .updateTable('device_certificates')
+        .set({ revoked_at: at, revocation_reason: 'superseded by a renewal' })
+        .where('device_name', '=', device.deviceName)
+        .where('serial', '!=', device.serial)
+        .where('revoked_at', 'is', null)
+        .execute();
+      await this.record(trx, device.deviceName, device.fleetName, issued, at);
+    });
     return {
       ...issued,
       deviceName: device.deviceName,

@@ -20,7 +20,9 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
     });
     const registered = await t.call('POST', '/api/v1/fleets/plant/devices', {
       token: t.adminToken,
-      body: { devices: ['dev-a', 'dev-b', 'dev-c', 'dev-d', 'dev-e', 'dev-f'].map((name) => ({ name })) },
+      body: {
+        devices: ['dev-a', 'dev-b', 'dev-c', 'dev-d', 'dev-e', 'dev-f', 'dev-r'].map((name) => ({ name })),
+      },
     });
     expect(registered.status).toBe(201);
     ca = (await t.call('GET', '/api/v1/device-ca', { token: t.readToken })).body.certificatePem;
@@ -242,6 +244,32 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
       body: { code: 'CertificateRevoked' },
     });
   });
+
+  it.skipIf(!fixture.available)(
+    'a renewal revokes every other certificate of the device but the one presented (at most two valid)',
+    async () => {
+      const device = await enrollDevice(t, 'dev-r');
+      const renew = async (tls: typeof device.tls) => {
+        const key = deviceKey('ed25519');
+        const answer = await deviceCall(t.server.deviceUrl, tls, 'POST', '/api/v1/device/certificate', {
+          body: { csr: createCsr(key, 'dev-r') },
+        });
+        expect(answer.status).toBe(201);
+        return { ca, cert: answer.body.certificatePem as string, key: key.privateKeyPem };
+      };
+      const identity = async (tls: typeof device.tls) =>
+        (await deviceCall(t.server.deviceUrl, tls, 'GET', '/api/v1/device/identity')).status;
+      const second = await renew(device.tls);
+      const third = await renew(second);
+      expect(await identity(device.tls)).toBe(401);
+      expect(await identity(second)).toBe(200);
+      expect(await identity(third)).toBe(200);
+      // A stolen certificate renewing again and again still leaves at most two valid.
+      const fourth = await renew(second);
+      expect(await identity(third)).toBe(401);
+      expect([await identity(second), await identity(fourth)]).toEqual([200, 200]);
+    },
+  );
 
   it.skipIf(!fixture.available)(
     'renews before expiry; both certificates work until the old one expires',
