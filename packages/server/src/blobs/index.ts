@@ -4,6 +4,7 @@ export {
   type BlobBody,
   type BlobInfo,
   type BlobStore,
+  type ByteRange,
   type PutBlobOptions,
 } from './blob-store.js';
 export { LocalBlobStore } from './local-blob-store.js';

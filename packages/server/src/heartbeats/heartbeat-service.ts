@@ -5,6 +5,18 @@ import { DomainError } from '../errors/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import type { DatabaseSchema, DeviceMetricBatchesTable } from '../storage/index.js';
 
+/** Who else reads the DeploymentResults heartbeats carry (deployments/), in the heartbeat's own transaction. */
+export interface DeploymentResultSink {
+  recordResults(
+    trx: Transaction<DatabaseSchema>,
+    reports: {
+      deviceName: string;
+      result: NonNullable<ReceivedHeartbeat['DeploymentResult']>;
+      receivedAt: number;
+    }[],
+  ): Promise<void>;
+}
+
 export interface HeartbeatServiceOptions {
   registrationCacheTtlSeconds: number;
   /** How far ahead of the server's clock a timestamp may be; default one hour. */
@@ -14,6 +26,7 @@ export interface HeartbeatServiceOptions {
   /** Most heartbeats written in one transaction. */
   maxBatch?: number;
   now?: () => number;
+  deploymentResults?: DeploymentResultSink;
 }
 
 /** A device may only speak for itself: the names in the body must be those its certificate was issued to. */
@@ -83,7 +96,7 @@ export class HeartbeatService {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);
         try {
-          await this.db.transaction().execute((trx) => writeBatch(trx, batch));
+          await this.db.transaction().execute((trx) => this.writeBatch(trx, batch));
           for (const item of batch) item.resolve();
         } catch (error) {
           if (batch.length === 1) {
@@ -94,7 +107,7 @@ export class HeartbeatService {
           for (const item of batch) {
             await this.db
               .transaction()
-              .execute((trx) => writeBatch(trx, [item]))
+              .execute((trx) => this.writeBatch(trx, [item]))
               .then(item.resolve, item.reject);
           }
         }
@@ -102,6 +115,17 @@ export class HeartbeatService {
     } finally {
       this.writing = false;
     }
+  }
+
+  private async writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartbeat[]): Promise<void> {
+    await writeBatch(trx, batch);
+    const sink = this.options.deploymentResults;
+    const reports = batch.flatMap(({ device, heartbeat, receivedAt }) =>
+      heartbeat.DeploymentResult !== undefined
+        ? [{ deviceName: device.deviceName, result: heartbeat.DeploymentResult, receivedAt }]
+        : [],
+    );
+    if (sink !== undefined && reports.length > 0) await sink.recordResults(trx, reports);
   }
 
   /**

@@ -1,4 +1,4 @@
-export { noDeploymentPlans, type DevicePackageAccess } from './device-access.js';
+export { type DevicePackageAccess } from './device-access.js';
 export { PackagingJobStore, type PackagingJobRecord, type PackagingJobStatus } from './packaging-jobs.js';
 export { artifactKeyOf, PackagingWorker, type PackagingWorkerOptions } from './packaging-worker.js';
 export { packagingJobSchema, packagingJobView, packagingDeviceRoutes, packagingRoutes } from './routes.js';

@@ -7,6 +7,12 @@ import { ApiTokenStore, apiTokenRoutes, operatorAuthenticators } from '../auth/i
 import { createBlobStore, type BlobStore } from '../blobs/index.js';
 import { captureDeviceRoutes } from '../captures/index.js';
 import type { ServerConfig } from '../config/index.js';
+import {
+  DeploymentService,
+  deploymentDeviceRoutes,
+  deploymentRoutes,
+  startDeploymentSweeper,
+} from '../deployments/index.js';
 import { DeviceStore, deviceRoutes } from '../devices/index.js';
 import { FleetStore, fleetRoutes } from '../fleets/index.js';
 import {
@@ -29,7 +35,6 @@ import {
 import { ModelStore, modelRoutes } from '../models/index.js';
 import {
   bindSigningRoot,
-  noDeploymentPlans,
   openSigningIdentity,
   PackagingJobStore,
   packagingDeviceRoutes,
@@ -62,6 +67,7 @@ export interface ServerServices {
   packagingJobs: PackagingJobStore;
   packagingWorker: PackagingWorker;
   signing: PackageSigningIdentity;
+  deployments: DeploymentService;
 }
 
 export interface ServerHandle {
@@ -231,6 +237,7 @@ export async function startServer(
     });
     const packagingJobs = new PackagingJobStore(database.db, models);
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
+    const deployments = new DeploymentService(database.db, { packagingJobs });
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
       fleets: new FleetStore(database.db),
@@ -246,6 +253,7 @@ export async function startServer(
         registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
         maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
+        deploymentResults: deployments,
       }),
       models,
       packagingJobs,
@@ -260,6 +268,7 @@ export async function startServer(
         logger: logger.child({ worker: 'packaging' }),
       }),
       signing,
+      deployments,
     };
     const readiness: ReadinessCheck[] = [
       { name: 'database', check: () => pingDatabase(database) },
@@ -288,7 +297,7 @@ export async function startServer(
       openapi: {
         title: 'EdgeFleet control plane',
         description:
-          'Operator API of edgefleet-server: fleets, devices, identities, models, packaging, heartbeats. ' +
+          'Operator API of edgefleet-server: fleets, devices, identities, models, packaging, deployments, heartbeats. ' +
           'Device routes (/api/v1/device/…) are served on the separate mutual-TLS port.',
         version: '1',
       },
@@ -312,6 +321,7 @@ export async function startServer(
       signing,
       onCreated: () => services.packagingWorker.kick(),
     });
+    await operatorApp.register(deploymentRoutes, { deployments });
     await operatorApp.register(heartbeatOperatorRoutes, {
       db: database.db,
       fleets: services.fleets,
@@ -335,8 +345,9 @@ export async function startServer(
     await deviceApp.register(packagingDeviceRoutes, {
       jobs: services.packagingJobs,
       blobs,
-      access: noDeploymentPlans,
+      access: deployments,
     });
+    await deviceApp.register(deploymentDeviceRoutes, { deployments });
     await deviceApp.register(captureDeviceRoutes, { db: database.db, blobs, config, signing });
 
     // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on
@@ -347,6 +358,12 @@ export async function startServer(
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     services.packagingWorker.start();
     background.push(services.packagingWorker);
+    background.push(
+      startDeploymentSweeper(deployments, {
+        intervalMs: config.deployments.sweepIntervalMs,
+        logger: logger.child({ worker: 'deployments' }),
+      }),
+    );
     background.push(
       startRetentionSweeper(database.db, {
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
