@@ -28,9 +28,14 @@ export const FINISHED_STAGE: readonly StageStatus[] = ['DEPLOYED', 'FAILED', 'ST
 /** Device statuses still waiting for the device: not taken yet, or taken and not reported. */
 export const PENDING_DEVICE = ['READYTODEPLOY', 'INPROGRESS'] as const;
 
-/** Event ids sort in time order (then randomly among events of the same millisecond). */
+/**
+ * Event ids sort in time order: the event's millisecond, then the process's monotonic clock (events of one
+ * millisecond, e.g. a device's failure and the stage it fails, keep the order they were written in), then
+ * random bytes against collisions between replicas.
+ */
 export function eventId(at: number): string {
-  return `${String(at).padStart(15, '0')}-${randomBytes(6).toString('hex')}`;
+  const tick = process.hrtime.bigint().toString().padStart(20, '0');
+  return `${String(at).padStart(15, '0')}-${tick}-${randomBytes(4).toString('hex')}`;
 }
 
 export async function recordEvent(
