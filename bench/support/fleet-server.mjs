@@ -196,10 +196,6 @@ export function cpuSecondsOf(pid) {
     return undefined;
   }
 }
-const ownCpuSeconds = () => {
-  const { user, system } = process.cpuUsage();
-  return (user + system) / 1e6;
-};
 
 /** Registers `names` in `fleet` and enrolls each (CSR → certificate), `parallel` at a time; returns their TLS. */
 export async function enrollDevices(server, fleet, names, parallel = 8) {
