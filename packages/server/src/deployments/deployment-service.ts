@@ -465,16 +465,13 @@ export class DeploymentService implements DevicePackageAccess {
     return this.db.transaction().execute((trx) => desiredDeployments(trx, device, at));
   }
 
-  /** Applies devices' DeploymentResults in the caller's transaction (the heartbeat's) and settles their stages. */
-  async recordResults(trx: Transaction<DatabaseSchema>, reports: ReportedResult[]): Promise<void> {
-    const stages = await applyResults(trx, reports);
-    const at = this.now();
-    for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at);
-  }
-
-  /** A device's own result call (outside a heartbeat). */
-  async recordResult(report: ReportedResult): Promise<void> {
-    await this.db.transaction().execute((trx) => this.recordResults(trx, [report]));
+  /** Applies devices' DeploymentResults (from heartbeats, or their own call) and settles their stages. */
+  async recordResults(reports: ReportedResult[]): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      const stages = await applyResults(trx, reports);
+      const at = this.now();
+      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at);
+    });
   }
 
   /**

@@ -229,11 +229,9 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{ deployments: Deploymen
     handler: async ({ body, request }) => {
       const device = requireDevice(request);
       assertActsAsItself(device, body);
-      await deployments.recordResult({
-        deviceName: device.deviceName,
-        result: body.DeploymentResult,
-        receivedAt: Date.now(),
-      });
+      await deployments.recordResults([
+        { deviceName: device.deviceName, result: body.DeploymentResult, receivedAt: Date.now() },
+      ]);
       return {};
     },
   });

@@ -5,10 +5,13 @@ import { DomainError } from '../errors/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import type { DatabaseSchema, DeviceMetricBatchesTable } from '../storage/index.js';
 
-/** Who else reads the DeploymentResults heartbeats carry (deployments/), in the heartbeat's own transaction. */
+/**
+ * Who else reads the DeploymentResults heartbeats carry (deployments/). Called once the heartbeats are
+ * committed, in its own transaction: a failure there never costs a heartbeat, and since heartbeats repeat
+ * the last result, the next one delivers it again.
+ */
 export interface DeploymentResultSink {
   recordResults(
-    trx: Transaction<DatabaseSchema>,
     reports: {
       deviceName: string;
       result: NonNullable<ReceivedHeartbeat['DeploymentResult']>;
@@ -27,6 +30,8 @@ export interface HeartbeatServiceOptions {
   maxBatch?: number;
   now?: () => number;
   deploymentResults?: DeploymentResultSink;
+  /** Told when the sink fails (logged by the server); the heartbeats themselves are stored. */
+  onDeploymentResultsError?: (error: unknown) => void;
 }
 
 /** A device may only speak for itself: the names in the body must be those its certificate was issued to. */
@@ -96,7 +101,8 @@ export class HeartbeatService {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);
         try {
-          await this.db.transaction().execute((trx) => this.writeBatch(trx, batch));
+          await this.db.transaction().execute((trx) => writeBatch(trx, batch));
+          await this.passDeploymentResults(batch);
           for (const item of batch) item.resolve();
         } catch (error) {
           if (batch.length === 1) {
@@ -107,7 +113,8 @@ export class HeartbeatService {
           for (const item of batch) {
             await this.db
               .transaction()
-              .execute((trx) => this.writeBatch(trx, [item]))
+              .execute((trx) => writeBatch(trx, [item]))
+              .then(() => this.passDeploymentResults([item]))
               .then(item.resolve, item.reject);
           }
         }
@@ -117,15 +124,19 @@ export class HeartbeatService {
     }
   }
 
-  private async writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartbeat[]): Promise<void> {
-    await writeBatch(trx, batch);
+  private async passDeploymentResults(batch: PendingHeartbeat[]): Promise<void> {
     const sink = this.options.deploymentResults;
     const reports = batch.flatMap(({ device, heartbeat, receivedAt }) =>
       heartbeat.DeploymentResult !== undefined
         ? [{ deviceName: device.deviceName, result: heartbeat.DeploymentResult, receivedAt }]
         : [],
     );
-    if (sink !== undefined && reports.length > 0) await sink.recordResults(trx, reports);
+    if (sink === undefined || reports.length === 0) return;
+    try {
+      await sink.recordResults(reports);
+    } catch (error) {
+      this.options.onDeploymentResultsError?.(error);
+    }
   }
 
   /**

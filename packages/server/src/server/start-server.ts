@@ -254,6 +254,11 @@ export async function startServer(
         maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
         deploymentResults: deployments,
+        onDeploymentResultsError: (error) =>
+          logger.warn(
+            { err: error },
+            'deployment results of a heartbeat batch failed; the next heartbeats repeat them',
+          ),
       }),
       models,
       packagingJobs,

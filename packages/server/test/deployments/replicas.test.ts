@@ -19,10 +19,10 @@ describe.skipIf(!postgres.available)('deployments served by two replicas on one 
     shared = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-deploy-replicas-'));
     const location = await postgres.createLocation();
     const config = { packaging: { pollIntervalMs: 50 }, deployments: { sweepIntervalMs: 100 } };
-    [a, b] = await Promise.all([
-      startTestServer({ database: location, dataDir: shared, config }),
-      startTestServer({ database: location, dataDir: shared, config }),
-    ]);
+    // One after the other: the first generates the CA and signing keys the second then loads (two starting
+    // at once on an empty shared folder can race on generating them).
+    a = await startTestServer({ database: location, dataDir: shared, config });
+    b = await startTestServer({ database: location, dataDir: shared, config });
     await a.call('POST', '/api/v1/fleets', {
       token: a.adminToken,
       body: { name: 'f', outputConfig: { s3OutputLocation: 's3://c/f' } },
