@@ -1,6 +1,5 @@
-// Helpers the server benchmarks share: a device key and CSR, HTTP calls, a throwaway PostgreSQL cluster,
-// edgefleet-server as its own process, device enrollment, and CPU time from /proc. (The same code as in
-// heartbeats.bench.mjs, which predates this module.)
+// Helpers the server benchmarks (heartbeats, deployments) share: a device key and CSR, HTTP calls, a
+// throwaway PostgreSQL cluster, edgefleet-server as its own process, device enrollment, CPU time from /proc.
 import { execFileSync, spawn } from 'node:child_process';
 import { createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
