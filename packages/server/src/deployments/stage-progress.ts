@@ -255,6 +255,12 @@ export async function settleStage(
         await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageStopped', message }, now);
         status = 'STOPPED';
       }
+    } else if (counts.DEPLOYED === 0 && counts.STOPPED > 0 && counts.FAILED === 0) {
+      const message = `stopped: every device (${counts.STOPPED}) was cancelled`;
+      if (await setStage('INPROGRESS', 'STOPPED', message)) {
+        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageStopped', message }, now);
+        status = 'STOPPED';
+      }
     } else if (counts.FAILED > 0) {
       const message = `${counts.FAILED} of ${counts.total} device(s) failed`;
       if (await setStage('INPROGRESS', 'FAILED', message)) {

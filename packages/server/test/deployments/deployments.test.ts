@@ -495,4 +495,41 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       expect(listed.body.plans.map((p: { name: string }) => p.name)).toEqual(['p1', 'p2']);
     },
   );
+
+  it.skipIf(!fixture.available)(
+    'adds and deletes stages, cancels one device at any time, and ignores its late report',
+    async () => {
+      await admin('POST', '/api/v1/deployment-plans', {
+        name: 'p5',
+        fleetName: 'f',
+        modelConfigs: [{ modelHandle: 'extra', packagingJobName: 'pack-v1-0' }],
+      });
+      const added = await admin('POST', '/api/v1/deployment-plans/p5/stages', {
+        stages: [
+          { name: 's1', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['d1'] } },
+          { name: 's2', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['d2'] } },
+        ],
+      });
+      expect(added.status).toBe(201);
+      expect((await admin('DELETE', '/api/v1/deployment-plans/p5/stages/s2')).body.stages).toHaveLength(1);
+      await admin('POST', '/api/v1/deployment-plans/p5/stages/s1/start');
+      expect((await admin('DELETE', '/api/v1/deployment-plans/p5/stages/s1')).status).toBe(409);
+      expect((await admin('DELETE', '/api/v1/deployment-plans/p5')).status).toBe(409);
+      expect((await getDeployments('d1')).Deployments.map((d) => d.DeploymentName)).toContain('p5');
+
+      const cancelled = await admin('POST', '/api/v1/deployment-plans/p5/devices/d1/cancel');
+      expect(cancelled.body).toMatchObject({ status: 'STOPPED', statusMessage: 'cancelled by an operator' });
+      expect((await getDeployments('d1')).Deployments.map((d) => d.DeploymentName)).not.toContain('p5');
+      await heartbeat('d1', success('p5', 'extra'));
+      expect((await stageDevices('p5', 's1'))[0]).toMatchObject({ status: 'STOPPED' });
+      expect((await describePlan('p5')).stages[0]).toMatchObject({ status: 'STOPPED', stoppedCount: 1 });
+      expect((await admin('POST', '/api/v1/deployment-plans/p5/devices/d1/cancel')).status).toBe(409);
+      expect(await eventKinds('p5')).toEqual([
+        'PlanCreated',
+        'StageStarted',
+        'DeviceCancelled:d1',
+        'StageStopped',
+      ]);
+    },
+  );
 });
