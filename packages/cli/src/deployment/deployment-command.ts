@@ -56,6 +56,15 @@ export function parseStage(spec: string): Record<string, unknown> {
   return stage;
 }
 
+/** `--package <handle>=<model>@<version>`: an uploaded package. */
+function parseUploadedPackage(spec: string): Record<string, unknown> {
+  const match = /^([^=]+)=([^@]+)@(.+)$/.exec(spec);
+  if (match === null) {
+    throw new CliError(`--package ${spec}: expected <model-handle>=<model>@<version>`, EXIT.usage);
+  }
+  return { modelHandle: match[1], modelName: match[2], modelVersion: match[3] };
+}
+
 /** `--model <handle>=<packaging-job>`. */
 function parseModel(spec: string): Record<string, unknown> {
   const [handle, job, extra] = spec.split('=');
@@ -88,7 +97,7 @@ export function describePlan(plan: DeploymentPlan): string[] {
           .map((c) =>
             c.state === 'UNDEPLOY'
               ? `${c.modelHandle}: undeploy`
-              : `${c.modelHandle}: ${c.modelName ?? '?'} ${c.modelVersion ?? '?'} (${c.packagingJobName ?? '?'})`,
+              : `${c.modelHandle}: ${c.modelName ?? '?'} ${c.modelVersion ?? '?'} (${c.packagingJobName ?? 'uploaded package'})`,
           )
           .join('; '),
       ],
@@ -194,6 +203,12 @@ export function registerDeploymentCommands(
       )
       .option('--fleet <fleet>', 'the fleet to deploy to')
       .option('--model <handle=job>', 'deploy a packaging job under a model handle (repeatable)', collect, [])
+      .option(
+        '--package <handle=model@version>',
+        'deploy an uploaded package (model upload of a .tar.gz) under a model handle (repeatable)',
+        collect,
+        [],
+      )
       .option('--undeploy <handle>', 'remove a model handle from the devices (repeatable)', collect, [])
       .option(
         '--stage <spec>',
@@ -235,6 +250,7 @@ export function registerDeploymentCommands(
         file?: string;
         fleet?: string;
         model: string[];
+        package: string[];
         undeploy: string[];
         stage: string[];
         timeout?: number;
@@ -254,6 +270,7 @@ export function registerDeploymentCommands(
       const modelConfigs = [
         ...((base.modelConfigs as unknown[] | undefined) ?? []),
         ...opts.model.map(parseModel),
+        ...opts.package.map(parseUploadedPackage),
         ...opts.undeploy.map((handle) => ({ modelHandle: handle, state: 'UNDEPLOY' })),
       ];
       const stages = [...((base.stages as unknown[] | undefined) ?? []), ...opts.stage.map(parseStage)];
@@ -273,7 +290,7 @@ export function registerDeploymentCommands(
       if (fleetName === undefined) throw new CliError('deployment create: --fleet is required', EXIT.usage);
       if (modelConfigs.length === 0) {
         throw new CliError(
-          'deployment create: give at least one --model <handle=job> or --undeploy <handle>',
+          'deployment create: give at least one --model <handle=job>, --package <handle=model@version> or --undeploy <handle>',
           EXIT.usage,
         );
       }

@@ -139,5 +139,10 @@ describe('edgefleet deployment', () => {
     });
     expect((await ef('deployment', 'create', 'x', '--fleet', 'cams')).code).toBe(2);
     expect((await ef('deployment', 'create', 'x', '--fleet', 'cams', '--stage', 'bad')).code).toBe(2);
+    expect((await ef('deployment', 'create', 'x', '--fleet', 'cams', '--package', 'h=nover')).code).toBe(2);
+    // An uploaded package names model and version; an ONNX upload is refused with the server's reason.
+    const onnxOnly = await ef('deployment', 'create', 'x', '--fleet', 'cams', '--package', 'h=tiny@1');
+    expect(onnxOnly.code).toBe(1);
+    expect(onnxOnly.stderr).toMatch(/uploaded as ONNX, not as a package/);
   });
 });

@@ -4,6 +4,7 @@
  * maps one onto the other field by field; EdgeFleet's additions (tags in a selection, undeploy, timeouts,
  * retries, auto-advance, abort criteria, downgrade) are optional members.
  */
+import { ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
 import { z } from 'zod';
 import { deviceNameSchema, entityNameSchema, fleetNameSchema, tagListSchema } from '../fields/index.js';
 
@@ -71,17 +72,33 @@ export type StageInput = z.input<typeof stageInputSchema>;
 export const modelConfigInputSchema = z
   .strictObject({
     modelHandle: entityNameSchema.describe('The name device applications use for the model'),
-    packagingJobName: entityNameSchema
-      .optional()
-      .describe('A COMPLETED packaging job whose package is deployed (required for DEPLOY)'),
+    packagingJobName: entityNameSchema.optional().describe("DEPLOY a COMPLETED packaging job's package"),
+    modelName: ModelNameSchema.optional().describe(
+      'With modelVersion: DEPLOY an uploaded signed package instead',
+    ),
+    modelVersion: ModelVersionSchema.optional(),
     state: z.enum(['DEPLOY', 'UNDEPLOY']).default('DEPLOY').describe('UNDEPLOY removes the model'),
   })
   .superRefine((config, ctx) => {
-    if (config.state === 'DEPLOY' && config.packagingJobName === undefined) {
+    if (config.state !== 'DEPLOY') return;
+    const uploaded = config.modelName !== undefined || config.modelVersion !== undefined;
+    if (config.packagingJobName === undefined && !uploaded) {
       ctx.addIssue({
         code: 'custom',
         path: ['packagingJobName'],
-        message: 'DEPLOY needs a packagingJobName',
+        message: 'DEPLOY needs a packagingJobName, or the modelName and modelVersion of an uploaded package',
+      });
+    } else if (config.packagingJobName !== undefined && uploaded) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['modelName'],
+        message: 'name either a packagingJobName or an uploaded package (modelName, modelVersion), not both',
+      });
+    } else if (uploaded && (config.modelName === undefined || config.modelVersion === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [config.modelName === undefined ? 'modelName' : 'modelVersion'],
+        message: 'an uploaded package needs both modelName and modelVersion',
       });
     }
   });
@@ -127,7 +144,7 @@ export type CreatePlanInput = z.input<typeof createPlanSchema>;
 export const modelConfigSchema = z.object({
   modelHandle: z.string(),
   state: z.enum(['DEPLOY', 'UNDEPLOY']),
-  packagingJobName: z.string().optional(),
+  packagingJobName: z.string().optional().describe('Absent for an uploaded package'),
   modelName: z.string().optional(),
   modelVersion: z.string().optional(),
   sha256: z.string().optional(),

@@ -3,6 +3,7 @@ import type { Kysely, Transaction } from 'kysely';
 import { z } from 'zod';
 import { selectableDevices } from '../devices/index.js';
 import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
+import type { ModelStore } from '../models/index.js';
 import type { DevicePackageAccess, PackagingJobStore } from '../packaging/index.js';
 import { isForeignKeyViolation, isUniqueViolation, type DatabaseSchema } from '../storage/index.js';
 import {
@@ -28,6 +29,8 @@ const iso = (ms: number) => new Date(ms).toISOString();
 
 export interface DeploymentServiceOptions {
   packagingJobs: PackagingJobStore;
+  /** For plans that deploy uploaded packages (model versions uploaded as a signed .tar.gz). */
+  models: Pick<ModelStore, 'getVersion'>;
   now?: () => number;
 }
 
@@ -65,8 +68,30 @@ export class DeploymentService implements DevicePackageAccess {
     );
     const configs: ModelConfig[] = [];
     for (const config of plan.modelConfigs) {
-      if (config.state === 'UNDEPLOY' || config.packagingJobName === undefined) {
+      if (config.state === 'UNDEPLOY') {
         configs.push({ modelHandle: config.modelHandle, state: 'UNDEPLOY' });
+        continue;
+      }
+      if (config.packagingJobName === undefined) {
+        const version = await this.options.models.getVersion(
+          config.modelName ?? '',
+          config.modelVersion ?? '',
+        );
+        if (version.sourceKind !== 'package') {
+          throw conflict(
+            `model ${version.modelName} version ${version.version} was uploaded as ONNX, not as a package; ` +
+              'deploy it through a packaging job (packagingJobName), or upload a signed .tar.gz',
+            { model: version.modelName, version: version.version, sourceKind: version.sourceKind },
+          );
+        }
+        configs.push({
+          modelHandle: config.modelHandle,
+          state: 'DEPLOY',
+          modelName: version.modelName,
+          modelVersion: version.version,
+          sha256: version.sha256,
+          sizeBytes: version.sizeBytes,
+        });
         continue;
       }
       const job = await this.options.packagingJobs.get(config.packagingJobName);
@@ -538,16 +563,33 @@ export class DeploymentService implements DevicePackageAccess {
 
   /** DevicePackageAccess: a packaging job's package is downloadable by a fleet that a plan deploys it to. */
   async isDeployable(jobName: string, fleetName: string): Promise<boolean> {
+    return this.fleetDeploys(fleetName, (c) => c.packagingJobName === jobName);
+  }
+
+  /** The same rule for an uploaded package (a model version uploaded as a signed .tar.gz). */
+  async isUploadedPackageDeployable(
+    modelName: string,
+    modelVersion: string,
+    fleetName: string,
+  ): Promise<boolean> {
+    return this.fleetDeploys(
+      fleetName,
+      (c) =>
+        c.packagingJobName === undefined &&
+        c.state === 'DEPLOY' &&
+        c.modelName === modelName &&
+        c.modelVersion === modelVersion,
+    );
+  }
+
+  private async fleetDeploys(fleetName: string, matches: (config: ModelConfig) => boolean): Promise<boolean> {
     const plans = await this.db
       .selectFrom('deployment_plans')
       .select('model_configs')
       .where('fleet_name', '=', fleetName)
       .execute();
     return plans.some((plan) =>
-      modelConfigSchema
-        .array()
-        .parse(JSON.parse(plan.model_configs))
-        .some((c) => c.packagingJobName === jobName),
+      modelConfigSchema.array().parse(JSON.parse(plan.model_configs)).some(matches),
     );
   }
 

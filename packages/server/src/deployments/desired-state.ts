@@ -26,6 +26,20 @@ export function packageUrlOf(jobName: string): string {
   return `/api/v1/device/packages/${encodeURIComponent(jobName)}`;
 }
 
+/** Where devices download an uploaded package (a model version uploaded as a signed .tar.gz). */
+export function uploadedPackageUrlOf(modelName: string, modelVersion: string): string {
+  return `/api/v1/device/model-packages/${encodeURIComponent(modelName)}/${encodeURIComponent(modelVersion)}`;
+}
+
+/** The device API path of a DEPLOY config's package. */
+export function packagePathOf(config: ModelConfig): string | undefined {
+  if (config.packagingJobName !== undefined) return packageUrlOf(config.packagingJobName);
+  if (config.modelName !== undefined && config.modelVersion !== undefined) {
+    return uploadedPackageUrlOf(config.modelName, config.modelVersion);
+  }
+  return undefined;
+}
+
 interface ApplicablePlan {
   name: string;
   configs: ModelConfig[];
@@ -125,7 +139,7 @@ export async function desiredDeployments(
               State: 'DEPLOY' as const,
               ...(c.modelName !== undefined && { ModelName: c.modelName }),
               ...(c.modelVersion !== undefined && { ModelVersion: c.modelVersion }),
-              ...(c.packagingJobName !== undefined && { PackageUrl: packageUrlOf(c.packagingJobName) }),
+              ...(packagePathOf(c) !== undefined && { PackageUrl: packagePathOf(c) }),
               ...(c.sha256 !== undefined && { Sha256: c.sha256 }),
               ...(c.sizeBytes !== undefined && { Size: c.sizeBytes }),
             },

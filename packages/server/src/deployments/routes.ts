@@ -1,4 +1,6 @@
 import {
+  ModelNameSchema,
+  ModelVersionSchema,
   deploymentResultSchema,
   deviceIdsSchema,
   getDeploymentsRequestSchema,
@@ -7,6 +9,10 @@ import {
 } from '@edgefleet/core';
 import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
+import type { BlobStore } from '../blobs/index.js';
+import { DomainError } from '../errors/index.js';
+import type { ModelStore } from '../models/index.js';
+import { sendPackage } from '../packaging/index.js';
 import { deviceNameSchema, entityNameSchema, fleetNameSchema } from '../fields/index.js';
 import { assertActsAsItself } from '../heartbeats/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
@@ -198,10 +204,11 @@ export const deploymentResultRequestSchema = deviceIdsSchema.extend({
  * Device routes (mutual TLS): GetDeployments (native path and Edge Manager's name), and a device's
  * DeploymentResult on its own (heartbeats carry it too).
  */
-export const deploymentDeviceRoutes: FastifyPluginAsync<{ deployments: DeploymentService }> = async (
-  app,
-  { deployments },
-) => {
+export const deploymentDeviceRoutes: FastifyPluginAsync<{
+  deployments: DeploymentService;
+  models: Pick<ModelStore, 'getVersion'>;
+  blobs: BlobStore;
+}> = async (app, { deployments, models, blobs }) => {
   for (const url of ['/api/v1/device/deployments', '/GetDeployments']) {
     defineRoute(app, {
       method: 'POST',
@@ -218,6 +225,37 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{ deployments: Deploymen
       },
     });
   }
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/device/model-packages/:model/:version',
+    auth: 'device',
+    tag: 'device',
+    summary:
+      "Download an uploaded package (a model version uploaded as a .tar.gz) a plan deploys to the device's fleet",
+    description:
+      'HTTP Range as for /api/v1/device/packages/{job}; 403 unless a plan of the fleet deploys it.',
+    params: z.object({ model: ModelNameSchema, version: ModelVersionSchema }),
+    binaryResponse: 'application/gzip',
+    handler: async ({ params, request, reply }) => {
+      const device = requireDevice(request);
+      // Checked before the version is looked up, so a device cannot learn what exists elsewhere.
+      if (!(await deployments.isUploadedPackageDeployable(params.model, params.version, device.fleetName))) {
+        throw new DomainError(
+          'Forbidden',
+          `package ${params.model} ${params.version} is not deployed to fleet ${device.fleetName}; a device may ` +
+            'download only packages deployed to its own fleet',
+          { model: params.model, version: params.version, fleet: device.fleetName },
+        );
+      }
+      const version = await models.getVersion(params.model, params.version);
+      return sendPackage(request, reply, blobs, {
+        key: version.blobKey,
+        size: version.sizeBytes,
+        sha256: version.sha256,
+      });
+    },
+  });
+
   defineRoute(app, {
     method: 'POST',
     url: '/api/v1/device/deployments/result',

@@ -1,5 +1,5 @@
 import { ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { BlobStore } from '../blobs/index.js';
 import { entityNameSchema, s3UriSchema } from '../fields/index.js';
@@ -206,6 +206,45 @@ export function requestedRange(
 }
 
 /**
+ * Answers a device's package download from the blob store: the whole file (200), or the single range it asked
+ * for (206 with Content-Range; If-Range compared with the ETag, the package's SHA-256), or 416 past the end.
+ */
+export async function sendPackage(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  blobs: BlobStore,
+  blob: { key: string; size: number; sha256: string | null },
+): Promise<never> {
+  const etag = `"${blob.sha256 ?? ''}"`;
+  reply.type('application/gzip').header('accept-ranges', 'bytes').header('etag', etag);
+  if (blob.sha256 !== null) reply.header('x-edgefleet-sha256', blob.sha256);
+  const header = request.headers.range;
+  const ifRange = request.headers['if-range'];
+  const range = requestedRange(
+    typeof header === 'string' ? header : undefined,
+    blob.size,
+    typeof ifRange === 'string' ? ifRange : undefined,
+    etag,
+  );
+  if (range === 'unsatisfiable') {
+    reply.code(416).type('application/json').header('content-range', `bytes */${blob.size}`);
+    return {
+      code: 'RangeNotSatisfiable',
+      message: `the range ${String(header)} lies outside the package (${blob.size} bytes); expected bytes=<start>-<end> with start < ${blob.size}`,
+    } as never;
+  }
+  if (range === undefined) {
+    reply.header('content-length', blob.size);
+    return (await blobs.get(blob.key)) as never;
+  }
+  reply
+    .code(206)
+    .header('content-range', `bytes ${range.start}-${range.end}/${blob.size}`)
+    .header('content-length', range.end - range.start + 1);
+  return (await blobs.get(blob.key, range)) as never;
+}
+
+/**
  * Device route (mutual TLS): download a completed job's package, if it is deployed to the device's fleet.
  * Supports single HTTP range requests (206, `If-Range` with the package's ETag, its SHA-256), so a device
  * resumes an interrupted download where it stopped.
@@ -248,34 +287,11 @@ export const packagingDeviceRoutes: FastifyPluginAsync<{
           },
         );
       }
-      const size = job.artifactSizeBytes;
-      const etag = `"${job.artifactSha256 ?? ''}"`;
-      reply.type('application/gzip').header('accept-ranges', 'bytes').header('etag', etag);
-      if (job.artifactSha256 !== null) reply.header('x-edgefleet-sha256', job.artifactSha256);
-      const header = request.headers.range;
-      const ifRange = request.headers['if-range'];
-      const range = requestedRange(
-        typeof header === 'string' ? header : undefined,
-        size,
-        typeof ifRange === 'string' ? ifRange : undefined,
-        etag,
-      );
-      if (range === 'unsatisfiable') {
-        reply.code(416).type('application/json').header('content-range', `bytes */${size}`);
-        return {
-          code: 'RangeNotSatisfiable',
-          message: `the range ${String(header)} lies outside the package (${size} bytes); expected bytes=<start>-<end> with start < ${size}`,
-        } as never;
-      }
-      if (range === undefined) {
-        reply.header('content-length', size);
-        return (await deps.blobs.get(job.artifactKey)) as never;
-      }
-      reply
-        .code(206)
-        .header('content-range', `bytes ${range.start}-${range.end}/${size}`)
-        .header('content-length', range.end - range.start + 1);
-      return (await deps.blobs.get(job.artifactKey, range)) as never;
+      return sendPackage(request, reply, deps.blobs, {
+        key: job.artifactKey,
+        size: job.artifactSizeBytes,
+        sha256: job.artifactSha256,
+      });
     },
   });
 };

@@ -237,7 +237,7 @@ export async function startServer(
     });
     const packagingJobs = new PackagingJobStore(database.db, models);
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
-    const deployments = new DeploymentService(database.db, { packagingJobs });
+    const deployments = new DeploymentService(database.db, { packagingJobs, models });
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
       fleets: new FleetStore(database.db),
@@ -352,7 +352,7 @@ export async function startServer(
       blobs,
       access: deployments,
     });
-    await deviceApp.register(deploymentDeviceRoutes, { deployments });
+    await deviceApp.register(deploymentDeviceRoutes, { deployments, models, blobs });
     await deviceApp.register(captureDeviceRoutes, { db: database.db, blobs, config, signing });
 
     // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on

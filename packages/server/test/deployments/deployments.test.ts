@@ -3,7 +3,12 @@ import https from 'node:https';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { writeTestModel, type DeploymentResultInput } from '@edgefleet/core';
+import {
+  createModelPackage,
+  packModelPackage,
+  writeTestModel,
+  type DeploymentResultInput,
+} from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentService } from '../../src/deployments/index.js';
 import { deviceCall, type TlsIdentity } from '../support/device.js';
@@ -336,6 +341,7 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       let clock = Date.now() + 61_000;
       const sweeper = new DeploymentService(t.server.database.db, {
         packagingJobs: t.server.services.packagingJobs,
+        models: t.server.services.models,
         now: () => clock,
       });
       expect(await sweeper.sweep()).toEqual({ timedOut: 1 });
@@ -530,6 +536,56 @@ describe.each(engines)('deployments on $engine', (fixture) => {
         'DeviceCancelled:d1',
         'StageStopped',
       ]);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'deploys an uploaded package, downloadable only by the fleet it is deployed to',
+    async () => {
+      const pkgDir = path.join(work, `pkg-${fixture.engine}`);
+      await createModelPackage({ modelPath: tinyOnnx, name: 'uploaded', version: '7', outDir: pkgDir });
+      const archive = path.join(work, `uploaded-${fixture.engine}.tar.gz`);
+      await packModelPackage(pkgDir, archive);
+      const bytes = await readFile(archive);
+      const upload = (name: string, version: string, body: Buffer, type: string) =>
+        fetch(`${t.url}/api/v1/models/${name}/versions/${version}`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${t.adminToken}`, 'content-type': type },
+          body,
+        });
+      expect((await upload('uploaded', '7', bytes, 'application/gzip')).status).toBe(201);
+      const url = '/api/v1/device/model-packages/uploaded/7';
+      expect((await download(t.server.deviceUrl, devices.get('g1')!.tls, url)).status).toBe(403);
+      // An ONNX upload is not a package: it needs a packaging job.
+      expect(
+        await admin('POST', '/api/v1/deployment-plans', {
+          name: 'pu-onnx',
+          fleetName: 'g',
+          modelConfigs: [{ modelHandle: 'up', modelName: 'tiny', modelVersion: '1.0' }],
+        }),
+      ).toMatchObject({ status: 409, body: { message: expect.stringMatching(/uploaded as ONNX/) } });
+      const created = await admin('POST', '/api/v1/deployment-plans', {
+        name: 'pu',
+        fleetName: 'g',
+        modelConfigs: [{ modelHandle: 'up', modelName: 'uploaded', modelVersion: '7' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+      });
+      expect(created.status).toBe(201);
+      await admin('POST', '/api/v1/deployment-plans/pu/stages/all/start');
+      const definition = (await getDeployments('g1')).Deployments.find((d) => d.DeploymentName === 'pu')
+        ?.Definitions[0];
+      const sha256 = createHash('sha256').update(bytes).digest('hex');
+      expect(definition).toMatchObject({
+        ModelName: 'uploaded',
+        ModelVersion: '7',
+        PackageUrl: url,
+        Sha256: sha256,
+      });
+      const tail = await download(t.server.deviceUrl, devices.get('g1')!.tls, url, { range: 'bytes=10-' });
+      expect(tail.status).toBe(206);
+      expect(tail.bytes.equals(bytes.subarray(10))).toBe(true);
+      // Fleet f has no plan with it.
+      expect((await download(t.server.deviceUrl, devices.get('d1')!.tls, url)).status).toBe(403);
     },
   );
 });
