@@ -15,38 +15,22 @@
 // PostgreSQL runs when initdb/pg_ctl exist (Debian: /usr/lib/postgresql/*/bin): a throwaway cluster with
 // default durability settings (fsync on, synchronous_commit on). SQLite runs in WAL with synchronous=NORMAL.
 // Results also go to bench-results/heartbeats.json.
-import { execFileSync, spawn } from 'node:child_process';
-import { createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
-import {
-  chownSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import http from 'node:http';
-import net from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath, URL } from 'node:url';
-import { CertificationRequest, CertificationRequestInfo } from '@peculiar/asn1-csr';
-import { AsnConvert } from '@peculiar/asn1-schema';
 import {
-  AlgorithmIdentifier,
-  AttributeTypeAndValue,
-  AttributeValue,
-  Name,
-  RelativeDistinguishedName,
-  SubjectPublicKeyInfo,
-} from '@peculiar/asn1-x509';
+  cpuSecondsOf,
+  csrFor,
+  MAIN,
+  request,
+  root,
+  startPostgres,
+  startServer,
+} from './support/fleet-server.mjs';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const MAIN = join(root, 'packages/server/dist/main.js');
 const argValue = (name, fallback) => {
   const i = process.argv.indexOf(name);
   return i > 0 ? process.argv[i + 1] : fallback;
@@ -64,182 +48,7 @@ if (!existsSync(MAIN)) {
   process.exit(2);
 }
 
-// ---------- device side: key, CSR ----------
-function csrFor(commonName) {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const spki = AsnConvert.parse(
-    createPublicKey(privateKey).export({ type: 'spki', format: 'der' }),
-    SubjectPublicKeyInfo,
-  );
-  const info = new CertificationRequestInfo({
-    subject: new Name([
-      new RelativeDistinguishedName([
-        new AttributeTypeAndValue({ type: '2.5.4.3', value: new AttributeValue({ utf8String: commonName }) }),
-      ]),
-    ]),
-    subjectPKInfo: spki,
-  });
-  const signature = sign('sha256', Buffer.from(AsnConvert.serialize(info)), {
-    key: privateKey,
-    dsaEncoding: 'der',
-  });
-  const der = Buffer.from(
-    AsnConvert.serialize(
-      new CertificationRequest({
-        certificationRequestInfo: info,
-        signatureAlgorithm: new AlgorithmIdentifier({ algorithm: '1.2.840.10045.4.3.2' }),
-        signature: new Uint8Array(signature).buffer,
-      }),
-    ),
-  );
-  const pem = `-----BEGIN CERTIFICATE REQUEST-----\n${der
-    .toString('base64')
-    .match(/.{1,64}/g)
-    .join('\n')}\n-----END CERTIFICATE REQUEST-----\n`;
-  return { csr: pem, key: privateKey.export({ type: 'pkcs8', format: 'pem' }) };
-}
-
-// ---------- HTTP helpers ----------
-function request(agentOrModule, url, { method = 'GET', headers = {}, body, tls } = {}) {
-  const payload = body === undefined ? undefined : JSON.stringify(body);
-  const target = new URL(url);
-  const mod = target.protocol === 'https:' ? https : http;
-  return new Promise((resolve, reject) => {
-    const req = mod.request(
-      target,
-      {
-        method,
-        agent: agentOrModule,
-        headers: { ...headers, ...(payload !== undefined ? { 'content-type': 'application/json' } : {}) },
-        ...(tls ?? {}),
-      },
-      (res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString();
-          resolve({ status: res.statusCode, body: text ? JSON.parse(text) : undefined });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-// ---------- PostgreSQL (throwaway cluster) ----------
-function postgresBinDir() {
-  const base = '/usr/lib/postgresql';
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    if (dir && existsSync(join(dir, 'initdb')) && existsSync(join(dir, 'pg_ctl'))) return dir;
-  }
-  if (!existsSync(base)) return undefined;
-  const versions = readdirSync(base).filter((v) => existsSync(join(base, v, 'bin', 'initdb')));
-  versions.sort((a, b) => Number(b) - Number(a));
-  return versions[0] ? join(base, versions[0], 'bin') : undefined;
-}
-
-async function startPostgres() {
-  const bin = postgresBinDir();
-  if (!bin) return undefined;
-  const asRoot = process.getuid?.() === 0;
-  const dir = mkdtempSync(join(tmpdir(), 'edgefleet-bench-pg-'));
-  if (asRoot) {
-    const uid = Number(execFileSync('id', ['-u', 'postgres']).toString());
-    const gid = Number(execFileSync('id', ['-g', 'postgres']).toString());
-    chownSync(dir, uid, gid);
-  }
-  const run = (tool, args) =>
-    asRoot
-      ? execFileSync('runuser', ['-u', 'postgres', '--', join(bin, tool), ...args], { stdio: 'ignore' })
-      : execFileSync(join(bin, tool), args, { stdio: 'ignore' });
-  run('initdb', ['-D', join(dir, 'data'), '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C']);
-  const port = await freePort();
-  run('pg_ctl', [
-    '-D',
-    join(dir, 'data'),
-    '-l',
-    join(dir, 'log'),
-    '-w',
-    'start',
-    '-o',
-    `-c listen_addresses=127.0.0.1 -p ${port} -k ${dir} -c max_connections=100`,
-  ]);
-  return {
-    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
-    stop: () => {
-      try {
-        run('pg_ctl', ['-D', join(dir, 'data'), '-m', 'fast', '-w', 'stop']);
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    },
-  };
-}
-
-// ---------- server process ----------
-async function startServer(dataDir, database) {
-  const [operatorPort, devicePort] = [await freePort(), await freePort()];
-  const flags = [
-    '--data-dir',
-    dataDir,
-    '--listen',
-    `127.0.0.1:${operatorPort}`,
-    '--device-listen',
-    `127.0.0.1:${devicePort}`,
-  ];
-  if (database) flags.push('--database', database);
-  const token = execFileSync(process.execPath, [MAIN, 'init', ...flags], {
-    stdio: ['ignore', 'pipe', 'ignore'],
-  })
-    .toString()
-    .trim();
-  const child = spawn(
-    process.execPath,
-    [...SERVER_NODE_ARGS, MAIN, 'serve', ...flags, '--log-level', 'warn'],
-    {
-      stdio: ['ignore', 'inherit', 'inherit'],
-    },
-  );
-  const operatorUrl = `http://127.0.0.1:${operatorPort}`;
-  for (let attempt = 0; ; attempt++) {
-    const ready = await request(undefined, `${operatorUrl}/readyz`).catch(() => ({ status: 0 }));
-    if (ready.status === 200) break;
-    if (attempt > 200 || child.exitCode !== null) throw new Error('edgefleet-server did not become ready');
-    await sleep(100);
-  }
-  return {
-    token,
-    operatorUrl,
-    pid: child.pid,
-    deviceUrl: `https://127.0.0.1:${devicePort}`,
-    stop: () =>
-      new Promise((resolve) => {
-        child.once('exit', resolve);
-        child.kill('SIGTERM');
-      }),
-  };
-}
-
 // ---------- measurement ----------
-/** CPU seconds (user + system) a process has used so far, from /proc (Linux); undefined elsewhere. */
-function cpuSecondsOf(pid) {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
-  } catch {
-    return undefined;
-  }
-}
 const ownCpuSeconds = () => {
   const { user, system } = process.cpuUsage();
   return (user + system) / 1e6;
@@ -284,7 +93,7 @@ async function benchEngine(engine) {
     }
   }
   const dataDir = mkdtempSync(join(tmpdir(), `edgefleet-bench-${engine}-`));
-  const server = await startServer(dataDir, postgres?.url);
+  const server = await startServer(dataDir, postgres?.url, SERVER_NODE_ARGS);
   try {
     const admin = { authorization: `Bearer ${server.token}` };
     const operator = new http.Agent({ keepAlive: true, maxSockets: 4 });

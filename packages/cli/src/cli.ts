@@ -9,6 +9,7 @@ import { registerDeviceCommands } from './device/device-command.js';
 import { registerTokenCommands } from './token/token-command.js';
 import { registerModelCommands } from './model/model-command.js';
 import { registerPackagingCommands } from './packaging/packaging-command.js';
+import { registerDeploymentCommands } from './deployment/deployment-command.js';
 
 /** Builds the `edgefleet` program. Exported so tests drive it in-process with their own streams. */
 export function buildProgram(
@@ -41,6 +42,7 @@ export function buildProgram(
   registerTokenCommands(program, output);
   registerModelCommands(program, output);
   registerPackagingCommands(program, output);
+  registerDeploymentCommands(program, output, io.stdout);
   // `--json` is accepted after the command name too: every leaf command gets it.
   const leaves = (cmd: Command): Command[] =>
     cmd.commands.length === 0 ? [cmd] : cmd.commands.flatMap(leaves);

@@ -233,4 +233,79 @@ export const packagingJobListSchema = z.looseObject({
   nextToken: z.string().optional(),
 });
 
+export const deploymentStageSchema = z.looseObject({
+  name: z.string(),
+  deviceSelection: z.looseObject({
+    subsetType: z.string(),
+    percentage: z.number().optional(),
+    deviceNames: z.array(z.string()).optional(),
+    deviceNameContains: z.string().optional(),
+    tags: z.record(z.string(), z.string()).optional(),
+  }),
+  failureHandlingPolicy: z.string(),
+  status: z.string(),
+  statusMessage: z.string().optional(),
+  successCount: z.number(),
+  pendingCount: z.number(),
+  failedCount: z.number(),
+  stoppedCount: z.number(),
+  startedAt: isoTime.optional(),
+  endedAt: isoTime.optional(),
+});
+export type DeploymentStage = z.infer<typeof deploymentStageSchema>;
+export const deploymentPlanSchema = z.looseObject({
+  name: z.string(),
+  fleetName: z.string(),
+  modelConfigs: z.array(
+    z.looseObject({
+      modelHandle: z.string(),
+      state: z.string(),
+      packagingJobName: z.string().optional(),
+      modelName: z.string().optional(),
+      modelVersion: z.string().optional(),
+    }),
+  ),
+  options: z.looseObject({}),
+  successCount: z.number(),
+  pendingCount: z.number(),
+  failedCount: z.number(),
+  stages: z.array(deploymentStageSchema),
+  createdAt: isoTime,
+  updatedAt: isoTime,
+});
+export type DeploymentPlan = z.infer<typeof deploymentPlanSchema>;
+export const deploymentPlanListSchema = z.looseObject({
+  plans: z.array(deploymentPlanSchema),
+  nextToken: z.string().optional(),
+});
+export const stageDeviceSchema = z.looseObject({
+  planName: z.string(),
+  stageName: z.string(),
+  deviceName: z.string(),
+  status: z.string(),
+  statusMessage: z.string().optional(),
+  attempts: z.number(),
+  startedAt: isoTime.optional(),
+  endedAt: isoTime.optional(),
+  lastSeenAt: isoTime.optional(),
+});
+export type StageDevice = z.infer<typeof stageDeviceSchema>;
+export const stageDeviceListSchema = z.looseObject({
+  devices: z.array(stageDeviceSchema),
+  nextToken: z.string().optional(),
+});
+export const deploymentEventSchema = z.looseObject({
+  id: z.string(),
+  kind: z.string(),
+  message: z.string(),
+  stageName: z.string().optional(),
+  deviceName: z.string().optional(),
+  at: isoTime,
+});
+export type DeploymentEventView = z.infer<typeof deploymentEventSchema>;
+export const deploymentEventListSchema = z.looseObject({
+  events: z.array(deploymentEventSchema),
+  nextToken: z.string().optional(),
+});
+
 export const signingRootSchema = z.looseObject({ certificatePem: z.string(), fingerprintSha256: z.string() });

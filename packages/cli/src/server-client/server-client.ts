@@ -12,7 +12,12 @@ import {
   createdAccessKeySchema,
   certificateListSchema,
   createdApiTokenSchema,
+  deploymentEventListSchema,
+  deploymentPlanListSchema,
+  deploymentPlanSchema,
   deviceCaSchema,
+  stageDeviceListSchema,
+  stageDeviceSchema,
   deviceListSchema,
   deviceMetricsSchema,
   deviceSchema,
@@ -34,6 +39,9 @@ import {
   whoamiSchema,
   type AccessKey,
   type ApiToken,
+  type DeploymentEventView,
+  type DeploymentPlan,
+  type StageDevice,
   type DeviceSummary,
   type Fleet,
   type Model,
@@ -427,6 +435,75 @@ export class ServerClient {
     }
     await rename(temporary, file);
     return { bytes, sha256 };
+  }
+
+  // ---- deployments -------------------------------------------------------------------------------------------
+
+  /** Creates a deployment plan; `plan` is the server's body (name, fleetName, modelConfigs, stages, options). */
+  createDeploymentPlan(plan: Record<string, unknown>) {
+    return this.#call('POST', '/api/v1/deployment-plans', deploymentPlanSchema, { body: plan });
+  }
+
+  listDeploymentPlans(filter: { fleetName?: string } = {}, max?: number): Promise<DeploymentPlan[]> {
+    return this.#listAll(
+      '/api/v1/deployment-plans',
+      deploymentPlanListSchema,
+      'plans',
+      { fleetName: filter.fleetName },
+      max,
+    );
+  }
+
+  getDeploymentPlan(name: string) {
+    return this.#call('GET', `/api/v1/deployment-plans/${seg(name)}`, deploymentPlanSchema);
+  }
+
+  async deleteDeploymentPlan(name: string): Promise<void> {
+    await this.#call('DELETE', `/api/v1/deployment-plans/${seg(name)}`, null);
+  }
+
+  startDeploymentStage(plan: string, stage: string) {
+    return this.#call(
+      'POST',
+      `/api/v1/deployment-plans/${seg(plan)}/stages/${seg(stage)}/start`,
+      deploymentPlanSchema,
+    );
+  }
+
+  stopDeploymentStage(plan: string, stage: string) {
+    return this.#call(
+      'POST',
+      `/api/v1/deployment-plans/${seg(plan)}/stages/${seg(stage)}/stop`,
+      deploymentPlanSchema,
+    );
+  }
+
+  stageDevices(plan: string, stage: string, max?: number): Promise<StageDevice[]> {
+    return this.#listAll(
+      `/api/v1/deployment-plans/${seg(plan)}/stages/${seg(stage)}/devices`,
+      stageDeviceListSchema,
+      'devices',
+      {},
+      max,
+    );
+  }
+
+  cancelDeviceDeployment(plan: string, device: string) {
+    return this.#call(
+      'POST',
+      `/api/v1/deployment-plans/${seg(plan)}/devices/${seg(device)}/cancel`,
+      stageDeviceSchema,
+    );
+  }
+
+  deploymentEvents(plan: string, max?: number): Promise<DeploymentEventView[]> {
+    return this.#listAll(
+      `/api/v1/deployment-plans/${seg(plan)}/events`,
+      deploymentEventListSchema,
+      'events',
+      {},
+      max,
+    );
   }
 
   // ---- plumbing ----------------------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ export interface BlobInfo {
 
 export type BlobBody = Buffer | Uint8Array | string | Readable;
 
+/** Bytes `start` to `end`, both inclusive (HTTP Range's convention); `end` absent: to the end. */
+export interface ByteRange {
+  start: number;
+  end?: number;
+}
+
 export interface PutBlobOptions {
   /** Required when `body` is a stream (S3 PutObject needs it up front). */
   contentLength?: number;
@@ -21,8 +27,8 @@ export interface BlobStore {
   /** Human-readable location of the store: `file:///…` or `s3://bucket/prefix`. */
   readonly description: string;
   put(key: string, body: BlobBody, options?: PutBlobOptions): Promise<BlobInfo>;
-  /** Streams the blob; rejects with BlobNotFoundError if absent. */
-  get(key: string): Promise<Readable>;
+  /** Streams the blob, or the range of it; rejects with BlobNotFoundError if absent. */
+  get(key: string, range?: ByteRange): Promise<Readable>;
   /** Size of the blob, or undefined if absent. */
   head(key: string): Promise<BlobInfo | undefined>;
   /** Removes the blob; removing an absent blob is not an error. */

@@ -12,6 +12,7 @@ import {
   type BlobBody,
   type BlobInfo,
   type BlobStore,
+  type ByteRange,
 } from './blob-store.js';
 
 const TEMP_DIR = '.tmp';
@@ -54,7 +55,7 @@ export class LocalBlobStore implements BlobStore {
     return { key, size };
   }
 
-  async get(key: string): Promise<Readable> {
+  async get(key: string, range?: ByteRange): Promise<Readable> {
     const file = this.pathOf(key);
     try {
       const info = await stat(file);
@@ -63,7 +64,10 @@ export class LocalBlobStore implements BlobStore {
       if (isNotFound(error)) throw new BlobNotFoundError(key);
       throw error;
     }
-    return createReadStream(file);
+    return createReadStream(
+      file,
+      range && { start: range.start, ...(range.end !== undefined && { end: range.end }) },
+    );
   }
 
   async head(key: string): Promise<BlobInfo | undefined> {

@@ -15,6 +15,7 @@ import {
   type BlobBody,
   type BlobInfo,
   type BlobStore,
+  type ByteRange,
   type PutBlobOptions,
 } from './blob-store.js';
 
@@ -95,10 +96,14 @@ export class S3BlobStore implements BlobStore {
     return { key, size: contentLength };
   }
 
-  async get(key: string): Promise<Readable> {
+  async get(key: string, range?: ByteRange): Promise<Readable> {
     try {
       const result = await this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }),
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: this.objectKey(key),
+          ...(range && { Range: `bytes=${range.start}-${range.end ?? ''}` }),
+        }),
       );
       if (!(result.Body instanceof Readable)) throw new Error(`get "${key}": S3 returned no readable body`);
       return result.Body;

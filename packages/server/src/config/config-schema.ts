@@ -178,6 +178,12 @@ export const serverConfigSchema = z.strictObject({
       leaseSeconds: z.int().min(1).max(3600).default(120),
     })
     .prefault({}),
+  deployments: z
+    .strictObject({
+      /** How often a server ends timed-out device deployments and settles unfinished stages (deployments/). */
+      sweepIntervalMs: z.int().min(10).max(3_600_000).default(5000),
+    })
+    .prefault({}),
 });
 
 export type ServerConfigInput = z.input<typeof serverConfigSchema>;

@@ -109,6 +109,50 @@ export async function recordHeartbeatStates(
   }
 }
 
+/** A device as deployment selection sees it: name, tags, when it registered and when it was last heard from. */
+export interface SelectableDevice {
+  name: string;
+  tags: Record<string, string>;
+  registeredAt: number;
+  lastHeartbeatAt: number | null;
+}
+
+/**
+ * The devices of a fleet (all, or those named), with their tags, in name order: what a deployment stage
+ * selects from. Tags come from device_tags, one query for the whole fleet.
+ */
+export async function selectableDevices(
+  db: Executor,
+  fleetName: string,
+  names?: string[],
+): Promise<SelectableDevice[]> {
+  if (names !== undefined && names.length === 0) return [];
+  let devices = db
+    .selectFrom('devices')
+    .select(['name', 'registered_at', 'last_heartbeat_at'])
+    .where('fleet_name', '=', fleetName);
+  if (names !== undefined) devices = devices.where('name', 'in', names);
+  const rows = await devices.orderBy('name').execute();
+  let tags = db
+    .selectFrom('device_tags')
+    .innerJoin('devices', 'devices.name', 'device_tags.device_name')
+    .select(['device_tags.device_name', 'device_tags.key', 'device_tags.value'])
+    .where('devices.fleet_name', '=', fleetName);
+  if (names !== undefined) tags = tags.where('devices.name', 'in', names);
+  const tagsByDevice = new Map<string, Record<string, string>>();
+  for (const tag of await tags.execute()) {
+    const own = tagsByDevice.get(tag.device_name) ?? {};
+    own[tag.key] = tag.value;
+    tagsByDevice.set(tag.device_name, own);
+  }
+  return rows.map((row) => ({
+    name: row.name,
+    tags: tagsByDevice.get(row.name) ?? {},
+    registeredAt: row.registered_at,
+    lastHeartbeatAt: row.last_heartbeat_at,
+  }));
+}
+
 export interface FleetDeviceStats {
   registered: number;
   connected: number;

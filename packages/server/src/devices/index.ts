@@ -29,6 +29,8 @@ export {
   deviceFleet,
   fleetDeviceStats,
   recordHeartbeatStates,
+  selectableDevices,
   type DeviceHeartbeatState,
+  type SelectableDevice,
   type FleetDeviceStats,
 } from './device-table.js';

@@ -5,6 +5,21 @@ import { DomainError } from '../errors/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import type { DatabaseSchema, DeviceMetricBatchesTable } from '../storage/index.js';
 
+/**
+ * Who else reads the DeploymentResults heartbeats carry (deployments/). Called once the heartbeats are
+ * committed, in its own transaction: a failure there never costs a heartbeat, and since heartbeats repeat
+ * the last result, the next one delivers it again.
+ */
+export interface DeploymentResultSink {
+  recordResults(
+    reports: {
+      deviceName: string;
+      result: NonNullable<ReceivedHeartbeat['DeploymentResult']>;
+      receivedAt: number;
+    }[],
+  ): Promise<void>;
+}
+
 export interface HeartbeatServiceOptions {
   registrationCacheTtlSeconds: number;
   /** How far ahead of the server's clock a timestamp may be; default one hour. */
@@ -14,6 +29,9 @@ export interface HeartbeatServiceOptions {
   /** Most heartbeats written in one transaction. */
   maxBatch?: number;
   now?: () => number;
+  deploymentResults?: DeploymentResultSink;
+  /** Told when the sink fails (logged by the server); the heartbeats themselves are stored. */
+  onDeploymentResultsError?: (error: unknown) => void;
 }
 
 /** A device may only speak for itself: the names in the body must be those its certificate was issued to. */
@@ -84,6 +102,7 @@ export class HeartbeatService {
         const batch = this.queue.splice(0, this.maxBatch);
         try {
           await this.db.transaction().execute((trx) => writeBatch(trx, batch));
+          await this.passDeploymentResults(batch);
           for (const item of batch) item.resolve();
         } catch (error) {
           if (batch.length === 1) {
@@ -95,12 +114,28 @@ export class HeartbeatService {
             await this.db
               .transaction()
               .execute((trx) => writeBatch(trx, [item]))
+              .then(() => this.passDeploymentResults([item]))
               .then(item.resolve, item.reject);
           }
         }
       }
     } finally {
       this.writing = false;
+    }
+  }
+
+  private async passDeploymentResults(batch: PendingHeartbeat[]): Promise<void> {
+    const sink = this.options.deploymentResults;
+    const reports = batch.flatMap(({ device, heartbeat, receivedAt }) =>
+      heartbeat.DeploymentResult !== undefined
+        ? [{ deviceName: device.deviceName, result: heartbeat.DeploymentResult, receivedAt }]
+        : [],
+    );
+    if (sink === undefined || reports.length === 0) return;
+    try {
+      await sink.recordResults(reports);
+    } catch (error) {
+      this.options.onDeploymentResultsError?.(error);
     }
   }
 

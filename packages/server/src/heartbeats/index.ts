@@ -2,6 +2,7 @@ export { fleetReport, type FleetReport } from './fleet-report.js';
 export {
   assertActsAsItself,
   HeartbeatService,
+  type DeploymentResultSink,
   type HeartbeatServiceOptions,
   type StoredMetric,
 } from './heartbeat-service.js';

@@ -161,7 +161,8 @@ export function defineRoute<
         request,
         reply,
       });
-      reply.status(status);
+      // A handler may answer with another success or error code of its own (206 Partial Content, 416).
+      if (reply.statusCode === 200) reply.status(status);
       return status === 204 ? reply.send() : result;
     },
   });

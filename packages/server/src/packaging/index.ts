@@ -1,7 +1,14 @@
-export { noDeploymentPlans, type DevicePackageAccess } from './device-access.js';
+export { type DevicePackageAccess } from './device-access.js';
 export { PackagingJobStore, type PackagingJobRecord, type PackagingJobStatus } from './packaging-jobs.js';
 export { artifactKeyOf, PackagingWorker, type PackagingWorkerOptions } from './packaging-worker.js';
-export { packagingJobSchema, packagingJobView, packagingDeviceRoutes, packagingRoutes } from './routes.js';
+export {
+  packagingJobSchema,
+  packagingJobView,
+  packagingDeviceRoutes,
+  packagingRoutes,
+  requestedRange,
+  sendPackage,
+} from './routes.js';
 export {
   bindSigningRoot,
   openSigningIdentity,

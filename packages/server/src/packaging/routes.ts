@@ -1,5 +1,5 @@
 import { ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { BlobStore } from '../blobs/index.js';
 import { entityNameSchema, s3UriSchema } from '../fields/index.js';
@@ -178,7 +178,77 @@ export const packagingRoutes: FastifyPluginAsync<{
   });
 };
 
-/** Device route (mutual TLS): download a completed job's package, if it is deployed to the device's fleet. */
+/**
+ * A request's single byte range (`bytes=a-b`, `bytes=a-`, `bytes=-n`) over a file of `size` bytes: the range,
+ * `undefined` to send the whole file (no Range header, several ranges, or a stale If-Range), or
+ * 'unsatisfiable' (416) for a range that starts beyond the end.
+ */
+export function requestedRange(
+  header: string | undefined,
+  size: number,
+  ifRange: string | undefined,
+  etag: string,
+): { start: number; end: number } | 'unsatisfiable' | undefined {
+  if (header === undefined) return undefined;
+  // The client's copy is of another package version: it gets the whole new file.
+  if (ifRange !== undefined && ifRange !== etag) return undefined;
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (match === null || (match[1] === '' && match[2] === '')) return undefined;
+  if (match[1] === '') {
+    const suffix = Number(match[2]);
+    if (suffix === 0) return 'unsatisfiable';
+    return { start: Math.max(0, size - suffix), end: size - 1 };
+  }
+  const start = Number(match[1]);
+  const end = match[2] === '' ? size - 1 : Math.min(Number(match[2]), size - 1);
+  if (start >= size || end < start) return 'unsatisfiable';
+  return { start, end };
+}
+
+/**
+ * Answers a device's package download from the blob store: the whole file (200), or the single range it asked
+ * for (206 with Content-Range; If-Range compared with the ETag, the package's SHA-256), or 416 past the end.
+ */
+export async function sendPackage(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  blobs: BlobStore,
+  blob: { key: string; size: number; sha256: string | null },
+): Promise<never> {
+  const etag = `"${blob.sha256 ?? ''}"`;
+  reply.type('application/gzip').header('accept-ranges', 'bytes').header('etag', etag);
+  if (blob.sha256 !== null) reply.header('x-edgefleet-sha256', blob.sha256);
+  const header = request.headers.range;
+  const ifRange = request.headers['if-range'];
+  const range = requestedRange(
+    typeof header === 'string' ? header : undefined,
+    blob.size,
+    typeof ifRange === 'string' ? ifRange : undefined,
+    etag,
+  );
+  if (range === 'unsatisfiable') {
+    reply.code(416).type('application/json').header('content-range', `bytes */${blob.size}`);
+    return {
+      code: 'RangeNotSatisfiable',
+      message: `the range ${String(header)} lies outside the package (${blob.size} bytes); expected bytes=<start>-<end> with start < ${blob.size}`,
+    } as never;
+  }
+  if (range === undefined) {
+    reply.header('content-length', blob.size);
+    return (await blobs.get(blob.key)) as never;
+  }
+  reply
+    .code(206)
+    .header('content-range', `bytes ${range.start}-${range.end}/${blob.size}`)
+    .header('content-length', range.end - range.start + 1);
+  return (await blobs.get(blob.key, range)) as never;
+}
+
+/**
+ * Device route (mutual TLS): download a completed job's package, if it is deployed to the device's fleet.
+ * Supports single HTTP range requests (206, `If-Range` with the package's ETag, its SHA-256), so a device
+ * resumes an interrupted download where it stopped.
+ */
 export const packagingDeviceRoutes: FastifyPluginAsync<{
   jobs: PackagingJobStore;
   blobs: BlobStore;
@@ -190,6 +260,10 @@ export const packagingDeviceRoutes: FastifyPluginAsync<{
     auth: 'device',
     tag: 'device',
     summary: "Download a completed packaging job's signed package (one deployed to the device's fleet)",
+    description:
+      'Accepts one byte range (Range: bytes=a-b, bytes=a-, bytes=-n) and answers 206 with Content-Range, so an ' +
+      'interrupted download resumes; If-Range with the ETag (the SHA-256) guards against a changed package. ' +
+      '416 for a range beyond the end.',
     params: jobParams,
     binaryResponse: 'application/gzip',
     handler: async ({ params, request, reply }) => {
@@ -203,11 +277,21 @@ export const packagingDeviceRoutes: FastifyPluginAsync<{
           { job: params.job, fleet: device.fleetName },
         );
       }
-      const { job, stream } = await artifactStream(deps.jobs, deps.blobs, params.job);
-      reply.type('application/gzip');
-      if (job.artifactSizeBytes !== null) reply.header('content-length', job.artifactSizeBytes);
-      if (job.artifactSha256 !== null) reply.header('x-edgefleet-sha256', job.artifactSha256);
-      return stream as never;
+      const job = await deps.jobs.get(params.job);
+      if (job.status !== 'COMPLETED' || job.artifactKey === null || job.artifactSizeBytes === null) {
+        throw new DomainError(
+          'Conflict',
+          `packaging job ${job.name} is ${job.status}; its package exists once COMPLETED`,
+          {
+            status: job.status,
+          },
+        );
+      }
+      return sendPackage(request, reply, deps.blobs, {
+        key: job.artifactKey,
+        size: job.artifactSizeBytes,
+        sha256: job.artifactSha256,
+      });
     },
   });
 };

@@ -24,6 +24,12 @@ import {
   consoleStaticRoutes,
   defaultConsoleDir,
 } from '../console/index.js';
+import {
+  DeploymentService,
+  deploymentDeviceRoutes,
+  deploymentRoutes,
+  startDeploymentSweeper,
+} from '../deployments/index.js';
 import { DeviceStore, deviceRoutes } from '../devices/index.js';
 import { FleetStore, fleetRoutes } from '../fleets/index.js';
 import {
@@ -46,7 +52,6 @@ import {
 import { ModelStore, modelRoutes } from '../models/index.js';
 import {
   bindSigningRoot,
-  noDeploymentPlans,
   openSigningIdentity,
   PackagingJobStore,
   packagingDeviceRoutes,
@@ -92,6 +97,7 @@ export interface ServerServices {
   packagingWorker: PackagingWorker;
   signing: PackageSigningIdentity;
   consoleSessions: ConsoleSessionStore;
+  deployments: DeploymentService;
 }
 
 export interface ServerHandle {
@@ -274,6 +280,7 @@ export async function startServer(
     await compilationJobs.failInterrupted();
     background.push({ stop: () => compilationJobs.settle() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
+    const deployments = new DeploymentService(database.db, { packagingJobs, models });
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
       accessKeys: new AccessKeyStore(
@@ -299,6 +306,12 @@ export async function startServer(
         registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
         maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
+        deploymentResults: deployments,
+        onDeploymentResultsError: (error) =>
+          logger.warn(
+            { err: error },
+            'deployment results of a heartbeat batch failed; the next heartbeats repeat them',
+          ),
       }),
       models,
       packagingJobs,
@@ -317,6 +330,7 @@ export async function startServer(
       consoleSessions: new ConsoleSessionStore(database.db, {
         ttlMs: config.console.sessionTtlSeconds * 1000,
       }),
+      deployments,
     };
     const readiness: ReadinessCheck[] = [
       { name: 'database', check: () => pingDatabase(database) },
@@ -345,7 +359,7 @@ export async function startServer(
       openapi: {
         title: 'EdgeFleet control plane',
         description:
-          'Operator API of edgefleet-server: fleets, devices, identities, models, packaging, heartbeats. ' +
+          'Operator API of edgefleet-server: fleets, devices, identities, models, packaging, deployments, heartbeats. ' +
           'Device routes (/api/v1/device/…) are served on the separate mutual-TLS port.',
         version: '1',
       },
@@ -397,6 +411,7 @@ export async function startServer(
       devices: services.devices,
       heartbeats: services.heartbeats,
     });
+    await operatorApp.register(deploymentRoutes, { deployments });
     await operatorApp.register(heartbeatOperatorRoutes, {
       db: database.db,
       fleets: services.fleets,
@@ -434,8 +449,9 @@ export async function startServer(
     await deviceApp.register(packagingDeviceRoutes, {
       jobs: services.packagingJobs,
       blobs,
-      access: noDeploymentPlans,
+      access: deployments,
     });
+    await deviceApp.register(deploymentDeviceRoutes, { deployments, models, blobs });
     await deviceApp.register(captureDeviceRoutes, { db: database.db, blobs, config, signing });
 
     // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on
@@ -446,6 +462,12 @@ export async function startServer(
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     services.packagingWorker.start();
     background.push(services.packagingWorker);
+    background.push(
+      startDeploymentSweeper(deployments, {
+        intervalMs: config.deployments.sweepIntervalMs,
+        logger: logger.child({ worker: 'deployments' }),
+      }),
+    );
     background.push(
       startRetentionSweeper(database.db, {
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,

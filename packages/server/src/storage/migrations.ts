@@ -263,6 +263,105 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Deployment plans (deployments/): plans with their model configs, ordered stages, the devices a started
+  // stage targeted (its snapshot, one row per plan and device), one lock row per fleet and model handle
+  // while a plan rolls it out (what makes a conflicting plan a 409 instead of a race), and the event log.
+  '0007_deployments': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('deployment_plans')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('fleet_name', 'text', (c) => c.notNull().references('fleets.name').onDelete('restrict'))
+        .addColumn('model_configs', 'text', (c) => c.notNull())
+        .addColumn('options', 'text', (c) => c.notNull())
+        .addColumn('tags', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createIndex('deployment_plans_fleet')
+        .on('deployment_plans')
+        .columns(['fleet_name', 'created_at'])
+        .execute();
+      await db.schema
+        .createTable('deployment_stages')
+        .addColumn('plan_name', 'text', (c) =>
+          c.notNull().references('deployment_plans.name').onDelete('cascade'),
+        )
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('position', 'bigint', (c) => c.notNull())
+        .addColumn('selection', 'text', (c) => c.notNull())
+        .addColumn('failure_policy', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('status_message', 'text')
+        .addColumn('started_at', 'bigint')
+        .addColumn('ended_at', 'bigint')
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('deployment_stages_pk', ['plan_name', 'name'])
+        .execute();
+      await db.schema
+        .createTable('deployment_targets')
+        .addColumn('plan_name', 'text', (c) => c.notNull())
+        .addColumn('device_name', 'text', (c) => c.notNull())
+        .addColumn('stage_name', 'text', (c) => c.notNull())
+        .addColumn('fleet_name', 'text', (c) => c.notNull())
+        .addColumn('status', 'text', (c) => c.notNull())
+        .addColumn('status_message', 'text')
+        .addColumn('attempts', 'bigint', (c) => c.notNull())
+        .addColumn('result_digest', 'text')
+        .addColumn('started_at', 'bigint')
+        .addColumn('ended_at', 'bigint')
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('deployment_targets_pk', ['plan_name', 'device_name'])
+        .addForeignKeyConstraint(
+          'deployment_targets_stage_fk',
+          ['plan_name', 'stage_name'],
+          'deployment_stages',
+          ['plan_name', 'name'],
+          (fk) => fk.onDelete('cascade'),
+        )
+        .execute();
+      await db.schema
+        .createIndex('deployment_targets_device')
+        .on('deployment_targets')
+        .columns(['device_name'])
+        .execute();
+      await db.schema
+        .createIndex('deployment_targets_stage_status')
+        .on('deployment_targets')
+        .columns(['plan_name', 'stage_name', 'status'])
+        .execute();
+      await db.schema
+        .createIndex('deployment_targets_status_started')
+        .on('deployment_targets')
+        .columns(['status', 'started_at'])
+        .execute();
+      await db.schema
+        .createTable('deployment_handle_locks')
+        .addColumn('fleet_name', 'text', (c) => c.notNull())
+        .addColumn('model_handle', 'text', (c) => c.notNull())
+        .addColumn('plan_name', 'text', (c) =>
+          c.notNull().references('deployment_plans.name').onDelete('cascade'),
+        )
+        .addPrimaryKeyConstraint('deployment_handle_locks_pk', ['fleet_name', 'model_handle'])
+        .execute();
+      await db.schema
+        .createTable('deployment_events')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('plan_name', 'text', (c) => c.notNull())
+        .addColumn('stage_name', 'text')
+        .addColumn('device_name', 'text')
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('message', 'text', (c) => c.notNull())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createIndex('deployment_events_plan')
+        .on('deployment_events')
+        .columns(['plan_name', 'at', 'id'])
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

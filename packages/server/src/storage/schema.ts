@@ -195,6 +195,64 @@ export interface ConsoleSessionsTable {
   expires_at: number;
 }
 
+/** A deployment plan (deployments/): `model_configs`, `options` and `tags` are JSON documents. */
+export interface DeploymentPlansTable {
+  name: string;
+  fleet_name: string;
+  model_configs: string;
+  options: string;
+  tags: string;
+  created_at: number;
+  updated_at: number;
+}
+
+/** A stage of a plan, in `position` order; `selection` is its device selection, JSON. */
+export interface DeploymentStagesTable {
+  plan_name: string;
+  name: string;
+  position: number;
+  selection: string;
+  failure_policy: string;
+  status: string;
+  status_message: string | null;
+  started_at: number | null;
+  ended_at: number | null;
+  updated_at: number;
+}
+
+/** A device a started stage targeted (the stage's snapshot): one row per plan and device. */
+export interface DeploymentTargetsTable {
+  plan_name: string;
+  device_name: string;
+  stage_name: string;
+  fleet_name: string;
+  status: string;
+  status_message: string | null;
+  attempts: number;
+  /** SHA-256 of the last DeploymentResult applied: heartbeats repeat it, and a repeat is not news. */
+  result_digest: string | null;
+  started_at: number | null;
+  ended_at: number | null;
+  updated_at: number;
+}
+
+/** Held by the plan that rolls a model handle out to a fleet, until the plan ends. */
+export interface DeploymentHandleLocksTable {
+  fleet_name: string;
+  model_handle: string;
+  plan_name: string;
+}
+
+export interface DeploymentEventsTable {
+  id: string;
+  plan_name: string;
+  stage_name: string | null;
+  device_name: string | null;
+  kind: string;
+  message: string;
+  at: number;
+}
+
 export interface DatabaseSchema {
   server_settings: ServerSettingsTable;
   api_tokens: ApiTokensTable;
@@ -214,4 +272,9 @@ export interface DatabaseSchema {
   device_captures: DeviceCapturesTable;
   device_capture_usage: DeviceCaptureUsageTable;
   console_sessions: ConsoleSessionsTable;
+  deployment_plans: DeploymentPlansTable;
+  deployment_stages: DeploymentStagesTable;
+  deployment_targets: DeploymentTargetsTable;
+  deployment_handle_locks: DeploymentHandleLocksTable;
+  deployment_events: DeploymentEventsTable;
 }

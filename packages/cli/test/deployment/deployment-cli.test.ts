@@ -1,0 +1,148 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeTestModel } from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseStage } from '../../src/deployment/deployment-command.js';
+import { edgefleet } from '../run-cli.js';
+import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+
+let plane: ControlPlane;
+let work: string;
+let ef: (...args: string[]) => ReturnType<typeof edgefleet>;
+let json: (...args: string[]) => Promise<any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+beforeAll(async () => {
+  plane = await startControlPlane();
+  work = await mkdtemp(join(tmpdir(), 'edgefleet-deployment-cli-'));
+  ef = (...args) => edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
+  json = async (...args) => {
+    const result = await ef(...args, '--json');
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    return JSON.parse(result.stdout);
+  };
+  expect((await ef('fleet', 'create', 'cams', '--output', 's3://c/cams')).code).toBe(0);
+  expect((await ef('device', 'register', 'cams', 'cam-1', 'cam-2', 'cam-3', '--tag', 'site=oslo')).code).toBe(
+    0,
+  );
+  const onnx = await writeTestModel('tiny', join(work, 'tiny'));
+  expect((await ef('model', 'upload', onnx, '--name', 'tiny', '--version', '1')).code).toBe(0);
+  expect(
+    (await ef('packaging', 'create', 'pack-1', '--model', 'tiny', '--version', '1', '--wait')).code,
+  ).toBe(0);
+});
+afterAll(async () => {
+  await plane?.stop();
+  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe('edgefleet deployment', () => {
+  it('parses stage specs and refuses malformed ones with the expected form', () => {
+    expect(parseStage('canary:devices=cam-1,cam-2:policy=DO_NOTHING')).toEqual({
+      name: 'canary',
+      deviceSelection: { subsetType: 'SELECTION', deviceNames: ['cam-1', 'cam-2'] },
+      failureHandlingPolicy: 'DO_NOTHING',
+    });
+    expect(parseStage('rest:percentage=100:tag=site=oslo')).toEqual({
+      name: 'rest',
+      deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100, tags: { site: 'oslo' } },
+    });
+    expect(() => parseStage('oops:everything')).toThrow(/expected <name>:<rule>/);
+  });
+
+  it('creates a plan, starts and stops stages, follows one with --watch, lists events and deletes it', async () => {
+    const created = await ef(
+      'deployment',
+      'create',
+      'rollout',
+      '--fleet',
+      'cams',
+      '--model',
+      'classifier=pack-1',
+      '--stage',
+      'none:name-contains=nomatch',
+      '--stage',
+      'canary:devices=cam-1,cam-2',
+      '--max-retries',
+      '2',
+      '--abort-failed-percent',
+      '50',
+    );
+    expect(created.stderr).toBe('');
+    expect(created.code).toBe(0);
+    expect(created.stdout).toMatch(/Created deployment plan rollout/);
+    expect(created.stdout).toMatch(/classifier: tiny 1 \(pack-1\)/);
+    expect(created.stdout).toMatch(/^canary\s+devices cam-1,cam-2\s+ROLLBACK_ON_FAILURE\s+READYTODEPLOY/m);
+
+    // A stage that selects nobody is DEPLOYED at once; --watch ends at once, with one line off a terminal.
+    await json('deployment', 'start-stage', 'rollout', 'none');
+    const watched = await ef('deployment', 'devices', 'rollout', 'none', '--watch');
+    expect(watched.code).toBe(0);
+    expect(watched.stdout).toBe('rollout/none: DEPLOYED — 0 deployed, 0 pending, 0 failed\n');
+
+    const started = await json('deployment', 'start-stage', 'rollout', 'canary');
+    expect(started.stages[1]).toMatchObject({ status: 'INPROGRESS', pendingCount: 2 });
+    const devices = await json('deployment', 'devices', 'rollout', 'canary');
+    expect(
+      devices.devices.map((d: { deviceName: string; status: string }) => [d.deviceName, d.status]),
+    ).toEqual([
+      ['cam-1', 'READYTODEPLOY'],
+      ['cam-2', 'READYTODEPLOY'],
+    ]);
+    const table = await ef('deployment', 'devices', 'rollout', 'canary');
+    expect(table.stdout).toMatch(/^cam-1\s+READYTODEPLOY\s+0\s+never/m);
+
+    // Another plan for the same handle while this one runs: the server's 409, as one clear line.
+    const clash = await ef(
+      'deployment',
+      'create',
+      'other',
+      '--fleet',
+      'cams',
+      '--model',
+      'classifier=pack-1',
+    );
+    expect(clash.code).toBe(1);
+    expect(clash.stderr).toMatch(
+      /model handle classifier is being rolled out to fleet cams by plan rollout.*409/,
+    );
+
+    await json('deployment', 'stop-stage', 'rollout', 'canary');
+    const stopped = await ef('deployment', 'devices', 'rollout', 'canary', '--watch', '--json');
+    expect(JSON.parse(stopped.stdout.trim())).toMatchObject({ status: 'STOPPED', pendingCount: 0 });
+
+    const listed = await json('deployment', 'list', '--fleet', 'cams');
+    expect(listed.plans.map((p: { name: string }) => p.name)).toEqual(['rollout']);
+    const events = await ef('deployment', 'events', 'rollout');
+    expect(events.stdout).toMatch(/StageStarted[\s\S]*StageDeployed[\s\S]*StageStarted[\s\S]*StageStopped/);
+    expect((await ef('deployment', 'delete', 'rollout')).code).toBe(0);
+    expect((await ef('deployment', 'describe', 'rollout')).code).toBe(1);
+  });
+
+  it('takes a whole plan from a file and reports usage errors as such', async () => {
+    const file = join(work, 'plan.json');
+    await writeFile(
+      file,
+      JSON.stringify({
+        fleetName: 'cams',
+        modelConfigs: [{ modelHandle: 'old', state: 'UNDEPLOY' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+      }),
+    );
+    const created = await json('deployment', 'create', 'cleanup', '--file', file, '--auto-advance', '100');
+    expect(created).toMatchObject({
+      fleetName: 'cams',
+      modelConfigs: [{ modelHandle: 'old', state: 'UNDEPLOY' }],
+      options: { autoAdvance: { successPercent: 100 } },
+    });
+    expect((await ef('deployment', 'create', 'x', '--fleet', 'cams')).code).toBe(2);
+    expect((await ef('deployment', 'create', 'x', '--fleet', 'cams', '--stage', 'bad')).code).toBe(2);
+    expect((await ef('deployment', 'create', 'x', '--fleet', 'cams', '--package', 'h=nover')).code).toBe(2);
+    // An uploaded package names model and version; an ONNX upload is refused with the server's reason.
+    const onnxOnly = await ef('deployment', 'create', 'x', '--fleet', 'cams', '--package', 'h=tiny@1');
+    expect(onnxOnly.code).toBe(1);
+    expect(onnxOnly.stderr).toMatch(/uploaded as ONNX, not as a package/);
+  });
+});

@@ -1,0 +1,694 @@
+import type { GetDeploymentsResult } from '@edgefleet/core';
+import type { Kysely, Transaction } from 'kysely';
+import { z } from 'zod';
+import { selectableDevices } from '../devices/index.js';
+import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
+import type { ModelStore } from '../models/index.js';
+import type { DevicePackageAccess, PackagingJobStore } from '../packaging/index.js';
+import { isForeignKeyViolation, isUniqueViolation, type DatabaseSchema } from '../storage/index.js';
+import {
+  createPlanSchema,
+  deviceSelectionSchema,
+  modelConfigSchema,
+  planOptionsSchema,
+  stageInputSchema,
+  type CreatePlanInput,
+  type DeploymentEvent,
+  type DeviceDeploymentStatus,
+  type ModelConfig,
+  type PlanView,
+  type StageDeviceView,
+  type StageInput,
+  type StageStatus,
+} from './deployment-schemas.js';
+import { desiredDeployments } from './desired-state.js';
+import { applyResults, type ReportedResult } from './device-results.js';
+import { planOptions, recordEvent, releaseFinishedPlan, settleStage, startStage } from './stage-progress.js';
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+export interface DeploymentServiceOptions {
+  packagingJobs: PackagingJobStore;
+  /** For plans that deploy uploaded packages (model versions uploaded as a signed .tar.gz). */
+  models: Pick<ModelStore, 'getVersion'>;
+  now?: () => number;
+}
+
+/**
+ * Deployment plans (issue 9, server half): the in-process API that REST routes, the CLI and the SageMaker
+ * facade (CreateEdgeDeploymentPlan … ListStageDevices) build on. All state is in the database; any number
+ * of replicas may serve the same fleet (see stage-progress.ts for how they agree).
+ */
+export class DeploymentService implements DevicePackageAccess {
+  private readonly now: () => number;
+
+  constructor(
+    private readonly db: Kysely<DatabaseSchema>,
+    private readonly options: DeploymentServiceOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /**
+   * Creates a plan (CreateEdgeDeploymentPlan). Each DEPLOY config must name a COMPLETED packaging job. The
+   * plan takes its model handles on the fleet until it finishes: a plan created while another still rolls
+   * out one of its handles is a 409 (a database constraint decides, so two replicas cannot both win).
+   */
+  async createPlan(input: CreatePlanInput): Promise<PlanView> {
+    const parsed = createPlanSchema.safeParse(input);
+    if (!parsed.success) throw invalid(`deployment plan: ${z.prettifyError(parsed.error)}`);
+    const plan = parsed.data;
+    assertUnique(
+      plan.modelConfigs.map((c) => c.modelHandle),
+      'model handle',
+    );
+    assertUnique(
+      plan.stages.map((s) => s.name),
+      'stage name',
+    );
+    const configs: ModelConfig[] = [];
+    for (const config of plan.modelConfigs) {
+      if (config.state === 'UNDEPLOY') {
+        configs.push({ modelHandle: config.modelHandle, state: 'UNDEPLOY' });
+        continue;
+      }
+      if (config.packagingJobName === undefined) {
+        const version = await this.options.models.getVersion(
+          config.modelName ?? '',
+          config.modelVersion ?? '',
+        );
+        if (version.sourceKind !== 'package') {
+          throw conflict(
+            `model ${version.modelName} version ${version.version} was uploaded as ONNX, not as a package; ` +
+              'deploy it through a packaging job (packagingJobName), or upload a signed .tar.gz',
+            { model: version.modelName, version: version.version, sourceKind: version.sourceKind },
+          );
+        }
+        configs.push({
+          modelHandle: config.modelHandle,
+          state: 'DEPLOY',
+          modelName: version.modelName,
+          modelVersion: version.version,
+          sha256: version.sha256,
+          sizeBytes: version.sizeBytes,
+        });
+        continue;
+      }
+      const job = await this.options.packagingJobs.get(config.packagingJobName);
+      if (job.status !== 'COMPLETED' || job.artifactSha256 === null || job.artifactSizeBytes === null) {
+        throw conflict(
+          `packaging job ${job.name} is ${job.status}; a plan can deploy only a COMPLETED packaging job's package`,
+          { packagingJob: job.name, status: job.status },
+        );
+      }
+      configs.push({
+        modelHandle: config.modelHandle,
+        state: 'DEPLOY',
+        packagingJobName: job.name,
+        modelName: job.modelName,
+        modelVersion: job.modelVersion,
+        sha256: job.artifactSha256,
+        sizeBytes: job.artifactSizeBytes,
+      });
+    }
+    const at = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      try {
+        await trx
+          .insertInto('deployment_plans')
+          .values({
+            name: plan.name,
+            fleet_name: plan.fleetName,
+            model_configs: JSON.stringify(configs),
+            options: JSON.stringify(plan.options),
+            tags: JSON.stringify(plan.tags ?? []),
+            created_at: at,
+            updated_at: at,
+          })
+          .execute();
+      } catch (error) {
+        if (isUniqueViolation(error))
+          throw conflict(`deployment plan ${plan.name} already exists`, { plan: plan.name });
+        if (isForeignKeyViolation(error))
+          throw notFound(`fleet ${plan.fleetName}`, { fleet: plan.fleetName });
+        throw error;
+      }
+      await this.insertStages(trx, plan.name, plan.stages, 0, at);
+      await this.takeHandles(trx, plan.name, plan.fleetName, configs);
+      await recordEvent(
+        trx,
+        {
+          plan: plan.name,
+          kind: 'PlanCreated',
+          message: `plan created for fleet ${plan.fleetName}: ${configs
+            .map((c) =>
+              c.state === 'UNDEPLOY'
+                ? `undeploy ${c.modelHandle}`
+                : `${c.modelHandle} → ${c.modelName} ${c.modelVersion}`,
+            )
+            .join(', ')}`,
+        },
+        at,
+      );
+    });
+    return this.describePlan(plan.name);
+  }
+
+  /** Adds stages at the end of a plan (CreateEdgeDeploymentStage). */
+  async addStages(planName: string, stages: StageInput[]): Promise<PlanView> {
+    const checked = stageInputSchema.array().min(1).safeParse(stages);
+    if (!checked.success) throw invalid(`deployment stages: ${z.prettifyError(checked.error)}`);
+    const parsed = checked.data;
+    const at = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      const plan = await this.planRow(trx, planName);
+      const existing = await trx
+        .selectFrom('deployment_stages')
+        .select(['name', 'position'])
+        .where('plan_name', '=', planName)
+        .orderBy('position')
+        .execute();
+      assertUnique([...existing.map((s) => s.name), ...parsed.map((s) => s.name)], 'stage name');
+      // A finished plan gave its model handles back; new stages need them again.
+      const held = await trx
+        .selectFrom('deployment_handle_locks')
+        .select('model_handle')
+        .where('plan_name', '=', planName)
+        .executeTakeFirst();
+      if (held === undefined) {
+        await this.takeHandles(
+          trx,
+          planName,
+          plan.fleet_name,
+          modelConfigSchema.array().parse(JSON.parse(plan.model_configs)),
+        );
+      }
+      const last = existing[existing.length - 1]?.position ?? -1;
+      await this.insertStages(trx, planName, parsed, Number(last) + 1, at);
+      await trx
+        .updateTable('deployment_plans')
+        .set({ updated_at: at })
+        .where('name', '=', planName)
+        .execute();
+    });
+    return this.describePlan(planName);
+  }
+
+  /** Starts a stage (StartEdgeDeploymentStage): snapshots the devices it targets. */
+  async startStage(planName: string, stageName: string): Promise<PlanView> {
+    const at = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      await this.stageRow(trx, planName, stageName);
+      try {
+        await startStage(trx, planName, stageName, at, 'started by an operator');
+      } catch (error) {
+        // Two stages of one plan started at the same moment can pick the same device; one of them waits.
+        if (isUniqueViolation(error)) {
+          throw conflict(
+            `another stage of plan ${planName} was starting at the same time; start ${stageName} again`,
+          );
+        }
+        throw error;
+      }
+      await settleStage(trx, planName, stageName, at);
+    });
+    return this.describePlan(planName);
+  }
+
+  /**
+   * Stops a stage (StopEdgeDeploymentStage): devices that have not taken the deployment are not started
+   * (STOPPED); devices mid-update finish, or roll back, and report. The stage is STOPPING until they have,
+   * or until they time out, then STOPPED. A READYTODEPLOY stage becomes STOPPED at once.
+   */
+  async stopStage(planName: string, stageName: string): Promise<PlanView> {
+    const at = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      const stage = await this.stageRow(trx, planName, stageName);
+      const from = stage.status as StageStatus;
+      if (from !== 'READYTODEPLOY' && from !== 'INPROGRESS') {
+        throw conflict(
+          `stage ${stageName} of plan ${planName} is ${from}; only a stage not yet finished can stop`,
+          {
+            status: from,
+          },
+        );
+      }
+      const to: StageStatus = from === 'READYTODEPLOY' ? 'STOPPED' : 'STOPPING';
+      const changed = await trx
+        .updateTable('deployment_stages')
+        .set({
+          status: to,
+          updated_at: at,
+          status_message: 'stopped by an operator',
+          ...(to === 'STOPPED' && { ended_at: at }),
+        })
+        .where('plan_name', '=', planName)
+        .where('name', '=', stageName)
+        .where('status', '=', from)
+        .executeTakeFirst();
+      if (Number(changed.numUpdatedRows) === 0)
+        throw conflict(`stage ${stageName} changed meanwhile; try again`);
+      await trx
+        .updateTable('deployment_targets')
+        .set({ status: 'STOPPED', status_message: 'not started: the stage was stopped', updated_at: at })
+        .where('plan_name', '=', planName)
+        .where('stage_name', '=', stageName)
+        .where('status', '=', 'READYTODEPLOY')
+        .execute();
+      if (to === 'STOPPED') {
+        await recordEvent(
+          trx,
+          { plan: planName, stage: stageName, kind: 'StageStopped', message: 'stopped before it started' },
+          at,
+        );
+        await releaseFinishedPlan(trx, planName);
+      }
+      await settleStage(trx, planName, stageName, at);
+    });
+    return this.describePlan(planName);
+  }
+
+  /**
+   * Cancels one device's deployment at any time: it is STOPPED with the reason, the deployment leaves its
+   * desired state (the device goes back to what earlier plans gave it), and a late report is ignored.
+   */
+  async cancelDevice(planName: string, deviceName: string): Promise<StageDeviceView> {
+    const at = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      const target = await trx
+        .selectFrom('deployment_targets')
+        .selectAll()
+        .where('plan_name', '=', planName)
+        .where('device_name', '=', deviceName)
+        .executeTakeFirst();
+      if (target === undefined) throw notFound(`device ${deviceName} in deployment plan ${planName}`);
+      if (target.status !== 'READYTODEPLOY' && target.status !== 'INPROGRESS') {
+        throw conflict(
+          `device ${deviceName} is ${target.status} in plan ${planName}; only a pending device can be cancelled`,
+          {
+            status: target.status,
+          },
+        );
+      }
+      await trx
+        .updateTable('deployment_targets')
+        .set({ status: 'STOPPED', status_message: 'cancelled by an operator', ended_at: at, updated_at: at })
+        .where('plan_name', '=', planName)
+        .where('device_name', '=', deviceName)
+        .where('status', '=', target.status)
+        .execute();
+      await recordEvent(
+        trx,
+        {
+          plan: planName,
+          stage: target.stage_name,
+          device: deviceName,
+          kind: 'DeviceCancelled',
+          message: 'cancelled by an operator',
+        },
+        at,
+      );
+      await settleStage(trx, planName, target.stage_name, at);
+    });
+    const [view] = await this.stageDevices(planName, undefined, { limit: 1, deviceName });
+    if (view === undefined) throw notFound(`device ${deviceName} in deployment plan ${planName}`);
+    return view;
+  }
+
+  /** Deletes a plan (DeleteEdgeDeploymentPlan) whose stages are all finished or never started. */
+  async deletePlan(planName: string): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await this.planRow(trx, planName);
+      const active = await trx
+        .selectFrom('deployment_stages')
+        .select(['name', 'status'])
+        .where('plan_name', '=', planName)
+        .where('status', 'in', ['STARTING', 'INPROGRESS', 'STOPPING'])
+        .executeTakeFirst();
+      if (active !== undefined) {
+        throw new DomainError(
+          'ResourceInUse',
+          `stage ${active.name} of plan ${planName} is ${active.status}; stop it (and let it finish) before deleting the plan`,
+          { plan: planName, stage: active.name },
+        );
+      }
+      await trx.deleteFrom('deployment_targets').where('plan_name', '=', planName).execute();
+      await trx.deleteFrom('deployment_plans').where('name', '=', planName).execute();
+      await trx.deleteFrom('deployment_events').where('plan_name', '=', planName).execute();
+    });
+  }
+
+  /** Deletes a stage that never started (DeleteEdgeDeploymentStage). */
+  async deleteStage(planName: string, stageName: string): Promise<PlanView> {
+    await this.db.transaction().execute(async (trx) => {
+      const stage = await this.stageRow(trx, planName, stageName);
+      if (stage.status !== 'READYTODEPLOY') {
+        throw new DomainError(
+          'ResourceInUse',
+          `stage ${stageName} of plan ${planName} is ${stage.status}; only a stage that never started can be deleted`,
+          { status: stage.status },
+        );
+      }
+      await trx
+        .deleteFrom('deployment_stages')
+        .where('plan_name', '=', planName)
+        .where('name', '=', stageName)
+        .execute();
+    });
+    return this.describePlan(planName);
+  }
+
+  /** The plan, its stages and their counts (DescribeEdgeDeploymentPlan). */
+  async describePlan(planName: string): Promise<PlanView> {
+    const plan = await this.planRow(this.db, planName);
+    const stages = await this.db
+      .selectFrom('deployment_stages')
+      .selectAll()
+      .where('plan_name', '=', planName)
+      .orderBy('position')
+      .execute();
+    const counts = await this.db
+      .selectFrom('deployment_targets')
+      .select(['stage_name', 'status', (eb) => eb.fn.countAll<number>().as('count')])
+      .where('plan_name', '=', planName)
+      .groupBy(['stage_name', 'status'])
+      .execute();
+    const count = (stage: string | undefined, ...statuses: DeviceDeploymentStatus[]) =>
+      counts
+        .filter(
+          (c) =>
+            (stage === undefined || c.stage_name === stage) &&
+            statuses.includes(c.status as DeviceDeploymentStatus),
+        )
+        .reduce((sum, c) => sum + Number(c.count), 0);
+    return {
+      name: plan.name,
+      fleetName: plan.fleet_name,
+      modelConfigs: modelConfigSchema.array().parse(JSON.parse(plan.model_configs)),
+      options: planOptionsSchema.parse(JSON.parse(plan.options)),
+      tags: JSON.parse(plan.tags) as PlanView['tags'],
+      successCount: count(undefined, 'DEPLOYED'),
+      pendingCount: count(undefined, 'READYTODEPLOY', 'INPROGRESS'),
+      failedCount: count(undefined, 'FAILED'),
+      stages: stages.map((stage) => ({
+        name: stage.name,
+        deviceSelection: deviceSelectionSchema.parse(JSON.parse(stage.selection)),
+        failureHandlingPolicy: stage.failure_policy as 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING',
+        status: stage.status as StageStatus,
+        ...(stage.status_message !== null && { statusMessage: stage.status_message }),
+        successCount: count(stage.name, 'DEPLOYED'),
+        pendingCount: count(stage.name, 'READYTODEPLOY', 'INPROGRESS'),
+        failedCount: count(stage.name, 'FAILED'),
+        stoppedCount: count(stage.name, 'STOPPED'),
+        ...(stage.started_at !== null && { startedAt: iso(stage.started_at) }),
+        ...(stage.ended_at !== null && { endedAt: iso(stage.ended_at) }),
+      })),
+      createdAt: iso(plan.created_at),
+      updatedAt: iso(plan.updated_at),
+    };
+  }
+
+  /** Plans in name order (ListEdgeDeploymentPlans), optionally of one fleet. */
+  async listPlans(query: { limit: number; after?: string; fleetName?: string }): Promise<PlanView[]> {
+    let rows = this.db.selectFrom('deployment_plans').select('name').orderBy('name').limit(query.limit);
+    if (query.after !== undefined) rows = rows.where('name', '>', query.after);
+    if (query.fleetName !== undefined) rows = rows.where('fleet_name', '=', query.fleetName);
+    const names = await rows.execute();
+    const views: PlanView[] = [];
+    for (const { name } of names) views.push(await this.describePlan(name));
+    return views;
+  }
+
+  /** The devices a stage targeted, in name order, with their status and last-seen time (ListStageDevices). */
+  async stageDevices(
+    planName: string,
+    stageName: string | undefined,
+    query: { limit: number; after?: string; deviceName?: string },
+  ): Promise<StageDeviceView[]> {
+    const plan = await this.planRow(this.db, planName);
+    if (stageName !== undefined) await this.stageRow(this.db, planName, stageName);
+    let rows = this.db
+      .selectFrom('deployment_targets')
+      .selectAll()
+      .where('plan_name', '=', planName)
+      .orderBy('device_name')
+      .limit(query.limit);
+    if (stageName !== undefined) rows = rows.where('stage_name', '=', stageName);
+    if (query.after !== undefined) rows = rows.where('device_name', '>', query.after);
+    if (query.deviceName !== undefined) rows = rows.where('device_name', '=', query.deviceName);
+    const targets = await rows.execute();
+    const seen = new Map(
+      (
+        await selectableDevices(
+          this.db,
+          plan.fleet_name,
+          targets.map((t) => t.device_name),
+        )
+      ).map((d) => [d.name, d.lastHeartbeatAt]),
+    );
+    return targets.map((t) => {
+      const lastSeen = seen.get(t.device_name);
+      return {
+        planName,
+        stageName: t.stage_name,
+        fleetName: t.fleet_name,
+        deviceName: t.device_name,
+        status: t.status as DeviceDeploymentStatus,
+        ...(t.status_message !== null && { statusMessage: t.status_message }),
+        attempts: Number(t.attempts),
+        ...(t.started_at !== null && { startedAt: iso(t.started_at) }),
+        ...(t.ended_at !== null && { endedAt: iso(t.ended_at) }),
+        ...(lastSeen !== undefined && lastSeen !== null && { lastSeenAt: iso(lastSeen) }),
+      };
+    });
+  }
+
+  /** The plan's events in time order (stage started, device failed, rollback, aborted, …). */
+  async events(planName: string, query: { limit: number; after?: string }): Promise<DeploymentEvent[]> {
+    await this.planRow(this.db, planName);
+    let rows = this.db
+      .selectFrom('deployment_events')
+      .selectAll()
+      .where('plan_name', '=', planName)
+      .orderBy('id')
+      .limit(query.limit);
+    if (query.after !== undefined) rows = rows.where('id', '>', query.after);
+    return (await rows.execute()).map((e) => ({
+      id: e.id,
+      planName: e.plan_name,
+      ...(e.stage_name !== null && { stageName: e.stage_name }),
+      ...(e.device_name !== null && { deviceName: e.device_name }),
+      kind: e.kind as DeploymentEvent['kind'],
+      message: e.message,
+      at: iso(e.at),
+    }));
+  }
+
+  /** GetDeployments: the device's desired state (see desired-state.ts). */
+  async deploymentsFor(device: { deviceName: string; fleetName: string }): Promise<GetDeploymentsResult> {
+    const at = this.now();
+    return this.db.transaction().execute((trx) => desiredDeployments(trx, device, at));
+  }
+
+  /** Applies devices' DeploymentResults (from heartbeats, or their own call) and settles their stages. */
+  async recordResults(reports: ReportedResult[]): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      const stages = await applyResults(trx, reports);
+      const at = this.now();
+      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at);
+    });
+  }
+
+  /**
+   * Ends what would otherwise wait forever: a device that took a deployment and did not report within the
+   * plan's timeout is retried (attempts left) or FAILED with the reason; then every unfinished stage is
+   * settled (finish, abort, auto-advance). Run periodically by every replica; idempotent.
+   */
+  async sweep(): Promise<{ timedOut: number }> {
+    const at = this.now();
+    const active = await this.db
+      .selectFrom('deployment_stages')
+      .select(['plan_name', 'name', 'status'])
+      .where('status', 'in', ['INPROGRESS', 'STOPPING'])
+      .execute();
+    let timedOut = 0;
+    for (const stage of active) {
+      await this.db.transaction().execute(async (trx) => {
+        const options = await planOptions(trx, stage.plan_name);
+        const cutoff = at - options.deviceTimeoutSeconds * 1000;
+        const late = await trx
+          .selectFrom('deployment_targets')
+          .select(['device_name', 'attempts', 'started_at'])
+          .where('plan_name', '=', stage.plan_name)
+          .where('stage_name', '=', stage.name)
+          .where('status', '=', 'INPROGRESS')
+          .where('started_at', '<', cutoff)
+          .execute();
+        for (const target of late) {
+          const retry = stage.status === 'INPROGRESS' && Number(target.attempts) <= options.maxRetries;
+          const reason = `no result within ${options.deviceTimeoutSeconds} s of taking the deployment (attempt ${target.attempts})`;
+          const message = retry ? `${reason}; retrying` : `timed out: ${reason}`;
+          const changed = await trx
+            .updateTable('deployment_targets')
+            .set({
+              status: retry ? 'READYTODEPLOY' : 'FAILED',
+              status_message: message,
+              updated_at: at,
+              ...(!retry && { ended_at: at }),
+            })
+            .where('plan_name', '=', stage.plan_name)
+            .where('device_name', '=', target.device_name)
+            .where('status', '=', 'INPROGRESS')
+            .where('attempts', '=', target.attempts)
+            .executeTakeFirst();
+          if (Number(changed.numUpdatedRows) === 0) continue;
+          timedOut += 1;
+          await recordEvent(
+            trx,
+            {
+              plan: stage.plan_name,
+              stage: stage.name,
+              device: target.device_name,
+              kind: retry ? 'DeviceRetried' : 'DeviceTimedOut',
+              message,
+            },
+            at,
+          );
+        }
+        await settleStage(trx, stage.plan_name, stage.name, at);
+      });
+    }
+    return { timedOut };
+  }
+
+  /** DevicePackageAccess: a packaging job's package is downloadable by a fleet that a plan deploys it to. */
+  async isDeployable(jobName: string, fleetName: string): Promise<boolean> {
+    return this.fleetDeploys(fleetName, (c) => c.packagingJobName === jobName);
+  }
+
+  /** The same rule for an uploaded package (a model version uploaded as a signed .tar.gz). */
+  async isUploadedPackageDeployable(
+    modelName: string,
+    modelVersion: string,
+    fleetName: string,
+  ): Promise<boolean> {
+    return this.fleetDeploys(
+      fleetName,
+      (c) =>
+        c.packagingJobName === undefined &&
+        c.state === 'DEPLOY' &&
+        c.modelName === modelName &&
+        c.modelVersion === modelVersion,
+    );
+  }
+
+  private async fleetDeploys(fleetName: string, matches: (config: ModelConfig) => boolean): Promise<boolean> {
+    const plans = await this.db
+      .selectFrom('deployment_plans')
+      .select('model_configs')
+      .where('fleet_name', '=', fleetName)
+      .execute();
+    return plans.some((plan) =>
+      modelConfigSchema.array().parse(JSON.parse(plan.model_configs)).some(matches),
+    );
+  }
+
+  private async insertStages(
+    trx: Transaction<DatabaseSchema>,
+    planName: string,
+    stages: ReturnType<typeof stageInputSchema.parse>[],
+    firstPosition: number,
+    at: number,
+  ): Promise<void> {
+    if (stages.length === 0) return;
+    await trx
+      .insertInto('deployment_stages')
+      .values(
+        stages.map((stage, i) => ({
+          plan_name: planName,
+          name: stage.name,
+          position: firstPosition + i,
+          selection: JSON.stringify(stage.deviceSelection),
+          failure_policy: stage.failureHandlingPolicy,
+          status: 'READYTODEPLOY',
+          status_message: null,
+          started_at: null,
+          ended_at: null,
+          updated_at: at,
+        })),
+      )
+      .execute();
+  }
+
+  /** Takes the plan's model handles on its fleet; a handle another unfinished plan holds is a 409. */
+  private async takeHandles(
+    trx: Transaction<DatabaseSchema>,
+    planName: string,
+    fleetName: string,
+    configs: ModelConfig[],
+  ): Promise<void> {
+    for (const config of configs) {
+      const holder = await trx
+        .selectFrom('deployment_handle_locks')
+        .select('plan_name')
+        .where('fleet_name', '=', fleetName)
+        .where('model_handle', '=', config.modelHandle)
+        .executeTakeFirst();
+      const refuse = (holderName: string) =>
+        conflict(
+          `model handle ${config.modelHandle} is being rolled out to fleet ${fleetName} by plan ${holderName}; ` +
+            'finish, stop or delete that plan first (one unfinished plan per model handle and fleet)',
+          { modelHandle: config.modelHandle, fleet: fleetName, plan: holderName },
+        );
+      if (holder !== undefined) throw refuse(holder.plan_name);
+      try {
+        await trx
+          .insertInto('deployment_handle_locks')
+          .values({ fleet_name: fleetName, model_handle: config.modelHandle, plan_name: planName })
+          .execute();
+      } catch (error) {
+        if (isUniqueViolation(error)) throw refuse('another plan created at the same moment');
+        throw error;
+      }
+    }
+  }
+
+  private async planRow(db: Kysely<DatabaseSchema> | Transaction<DatabaseSchema>, planName: string) {
+    const plan = await db
+      .selectFrom('deployment_plans')
+      .selectAll()
+      .where('name', '=', planName)
+      .executeTakeFirst();
+    if (plan === undefined) throw notFound(`deployment plan ${planName}`, { plan: planName });
+    return plan;
+  }
+
+  private async stageRow(
+    db: Kysely<DatabaseSchema> | Transaction<DatabaseSchema>,
+    planName: string,
+    stageName: string,
+  ) {
+    await this.planRow(db, planName);
+    const stage = await db
+      .selectFrom('deployment_stages')
+      .selectAll()
+      .where('plan_name', '=', planName)
+      .where('name', '=', stageName)
+      .executeTakeFirst();
+    if (stage === undefined)
+      throw notFound(`stage ${stageName} of deployment plan ${planName}`, {
+        plan: planName,
+        stage: stageName,
+      });
+    return stage;
+  }
+}
+
+function assertUnique(values: string[], what: string): void {
+  const seen = new Set<string>();
+  for (const value of values) {
+    if (seen.has(value))
+      throw invalid(`${what} ${value} appears twice; each ${what} must be unique`, { [what]: value });
+    seen.add(value);
+  }
+}

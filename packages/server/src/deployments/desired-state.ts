@@ -1,0 +1,173 @@
+/**
+ * One desired state per device, computed from the plans of its fleet (GetDeployments):
+ * - a plan whose started stage targeted the device counts while the device's status there is READYTODEPLOY,
+ *   INPROGRESS or DEPLOYED (a FAILED or STOPPED device falls back to what earlier plans gave it);
+ * - a plan whose every stage is DEPLOYED also counts for a device no stage targeted, when a stage's rule
+ *   covers it (it joined the fleet, or was re-registered, after the rollout: continuous deployment);
+ * - per model handle the latest plan (creation order) wins.
+ * Fetching it marks the device's READYTODEPLOY deployments INPROGRESS (taken): a device that never asks
+ * stays pending, with its last-seen time, and is never shown as in progress.
+ */
+import type { EdgeDeployment, GetDeploymentsResult } from '@edgefleet/core';
+import type { Transaction } from 'kysely';
+import { selectableDevices } from '../devices/index.js';
+import type { DatabaseSchema } from '../storage/index.js';
+import {
+  deviceSelectionSchema,
+  modelConfigSchema,
+  planOptionsSchema,
+  type FailurePolicy,
+  type ModelConfig,
+} from './deployment-schemas.js';
+import { selectsNewcomer } from './device-selection.js';
+
+/** Where devices download a packaging job's package (device API, mutual TLS, HTTP Range). */
+export function packageUrlOf(jobName: string): string {
+  return `/api/v1/device/packages/${encodeURIComponent(jobName)}`;
+}
+
+/** Where devices download an uploaded package (a model version uploaded as a signed .tar.gz). */
+export function uploadedPackageUrlOf(modelName: string, modelVersion: string): string {
+  return `/api/v1/device/model-packages/${encodeURIComponent(modelName)}/${encodeURIComponent(modelVersion)}`;
+}
+
+/** The device API path of a DEPLOY config's package. */
+export function packagePathOf(config: ModelConfig): string | undefined {
+  if (config.packagingJobName !== undefined) return packageUrlOf(config.packagingJobName);
+  if (config.modelName !== undefined && config.modelVersion !== undefined) {
+    return uploadedPackageUrlOf(config.modelName, config.modelVersion);
+  }
+  return undefined;
+}
+
+interface ApplicablePlan {
+  name: string;
+  configs: ModelConfig[];
+  policy: FailurePolicy;
+  allowDowngrade: boolean;
+}
+
+export async function desiredDeployments(
+  trx: Transaction<DatabaseSchema>,
+  device: { deviceName: string; fleetName: string },
+  now: number,
+): Promise<GetDeploymentsResult> {
+  const plans = await trx
+    .selectFrom('deployment_plans')
+    .select(['name', 'model_configs', 'options'])
+    .where('fleet_name', '=', device.fleetName)
+    .orderBy('created_at')
+    .orderBy('name')
+    .execute();
+  if (plans.length === 0) return { Deployments: [] };
+  const stages = await trx
+    .selectFrom('deployment_stages')
+    .innerJoin('deployment_plans', 'deployment_plans.name', 'deployment_stages.plan_name')
+    .select([
+      'deployment_stages.plan_name',
+      'deployment_stages.name',
+      'deployment_stages.status',
+      'deployment_stages.selection',
+      'deployment_stages.failure_policy',
+      'deployment_stages.position',
+    ])
+    .where('deployment_plans.fleet_name', '=', device.fleetName)
+    .orderBy('deployment_stages.position')
+    .execute();
+  const targets = await trx
+    .selectFrom('deployment_targets')
+    .select(['plan_name', 'stage_name', 'status'])
+    .where('device_name', '=', device.deviceName)
+    .execute();
+  const targetOf = new Map(targets.map((t) => [t.plan_name, t]));
+  const stagesOf = new Map<string, typeof stages>();
+  for (const stage of stages)
+    stagesOf.set(stage.plan_name, [...(stagesOf.get(stage.plan_name) ?? []), stage]);
+  let self: Awaited<ReturnType<typeof selectableDevices>>[number] | undefined;
+
+  const applicable: ApplicablePlan[] = [];
+  const taken: string[] = [];
+  for (const plan of plans) {
+    const planStages = stagesOf.get(plan.name) ?? [];
+    const options = planOptionsSchema.parse(JSON.parse(plan.options));
+    const configs = modelConfigSchema.array().parse(JSON.parse(plan.model_configs));
+    const target = targetOf.get(plan.name);
+    if (target !== undefined) {
+      const stage = planStages.find((s) => s.name === target.stage_name);
+      const live =
+        target.status === 'DEPLOYED' ||
+        target.status === 'INPROGRESS' ||
+        (target.status === 'READYTODEPLOY' && stage?.status === 'INPROGRESS');
+      if (!live || stage === undefined) continue;
+      if (target.status === 'READYTODEPLOY') taken.push(plan.name);
+      applicable.push({
+        name: plan.name,
+        configs,
+        policy: stage.failure_policy as FailurePolicy,
+        allowDowngrade: options.allowDowngrade,
+      });
+      continue;
+    }
+    const completed = planStages.length > 0 && planStages.every((s) => s.status === 'DEPLOYED');
+    if (!completed) continue;
+    self ??= (await selectableDevices(trx, device.fleetName, [device.deviceName]))[0];
+    if (self === undefined) continue;
+    const me = self;
+    if (!planStages.some((s) => selectsNewcomer(deviceSelectionSchema.parse(JSON.parse(s.selection)), me))) {
+      continue;
+    }
+    applicable.push({
+      name: plan.name,
+      configs,
+      policy: planStages[planStages.length - 1]?.failure_policy as FailurePolicy,
+      allowDowngrade: options.allowDowngrade,
+    });
+  }
+
+  // The latest plan wins each model handle.
+  const winner = new Map<string, string>();
+  for (const plan of applicable) for (const config of plan.configs) winner.set(config.modelHandle, plan.name);
+  const deployments: EdgeDeployment[] = [];
+  for (const plan of applicable) {
+    const definitions = plan.configs
+      .filter((c) => winner.get(c.modelHandle) === plan.name)
+      .map((c) =>
+        c.state === 'UNDEPLOY'
+          ? { ModelHandle: c.modelHandle, State: 'UNDEPLOY' as const }
+          : {
+              ModelHandle: c.modelHandle,
+              State: 'DEPLOY' as const,
+              ...(c.modelName !== undefined && { ModelName: c.modelName }),
+              ...(c.modelVersion !== undefined && { ModelVersion: c.modelVersion }),
+              ...(packagePathOf(c) !== undefined && { PackageUrl: packagePathOf(c) }),
+              ...(c.sha256 !== undefined && { Sha256: c.sha256 }),
+              ...(c.sizeBytes !== undefined && { Size: c.sizeBytes }),
+            },
+      );
+    if (definitions.length === 0) continue;
+    deployments.push({
+      DeploymentName: plan.name,
+      Type: 'Model',
+      FailureHandlingPolicy: plan.policy,
+      Definitions: definitions,
+      ...(plan.allowDowngrade && { AllowDowngrade: true }),
+    });
+  }
+
+  if (taken.length > 0) {
+    await trx
+      .updateTable('deployment_targets')
+      .set((eb) => ({
+        status: 'INPROGRESS',
+        attempts: eb('attempts', '+', 1),
+        started_at: now,
+        status_message: null,
+        updated_at: now,
+      }))
+      .where('device_name', '=', device.deviceName)
+      .where('plan_name', 'in', taken)
+      .where('status', '=', 'READYTODEPLOY')
+      .execute();
+  }
+  return { Deployments: deployments };
+}

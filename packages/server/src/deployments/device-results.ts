@@ -1,0 +1,155 @@
+/**
+ * What a device's DeploymentResult means for its target row: success, failure (then a retry while attempts
+ * remain, else FAILED), or still under way. Heartbeats repeat the last result; a result identical to the
+ * one applied before (same digest) changes nothing, so a failure is counted once per attempt.
+ */
+import { createHash } from 'node:crypto';
+import type { DeploymentResult } from '@edgefleet/core';
+import type { Transaction } from 'kysely';
+import type { DatabaseSchema } from '../storage/index.js';
+import { planOptions, recordEvent } from './stage-progress.js';
+
+export interface ReportedResult {
+  deviceName: string;
+  result: DeploymentResult;
+  receivedAt: number;
+}
+
+export type ResultOutcome =
+  | { kind: 'success'; message: string | null }
+  | { kind: 'failure'; message: string }
+  | { kind: 'progress'; message: string | null };
+
+const SUCCESS_STATUSES = new Set(['SUCCESS', 'SUCCEEDED', 'DEPLOYED', 'COMPLETED', 'COMMITTED']);
+const FAILURE_STATUSES = new Set(['FAIL', 'FAILED', 'ROLLEDBACK', 'ROLLED-BACK', 'ERROR']);
+
+/** Reads a device's report: any model FAIL (or a failed overall status) is a failure; all SUCCESS is success. */
+export function classifyResult(result: DeploymentResult): ResultOutcome {
+  const models = result.DeploymentModels ?? [];
+  const failed = models.filter((m) => m.Status === 'FAIL');
+  const status = (result.DeploymentStatus ?? '').toUpperCase();
+  if (failed.length > 0 || FAILURE_STATUSES.has(status)) {
+    const reasons = failed.map(
+      (m) =>
+        `${m.ModelHandle ?? m.ModelName ?? 'model'}: ${m.StatusReason ?? 'failed'}` +
+        (m.RollbackFailureReason !== undefined ? ` (rollback failed: ${m.RollbackFailureReason})` : ''),
+    );
+    const message = [result.DeploymentStatusMessage, ...reasons].filter(Boolean).join('; ');
+    return { kind: 'failure', message: message || `the device reported ${status || 'FAIL'}` };
+  }
+  const allSucceeded = models.length > 0 && models.every((m) => m.Status === 'SUCCESS');
+  if (SUCCESS_STATUSES.has(status) || (status === '' && allSucceeded)) {
+    return { kind: 'success', message: result.DeploymentStatusMessage ?? null };
+  }
+  return {
+    kind: 'progress',
+    message: [status, result.DeploymentStatusMessage].filter(Boolean).join(': ') || null,
+  };
+}
+
+function digestOf(result: DeploymentResult): string {
+  return createHash('sha256').update(JSON.stringify(result)).digest('hex');
+}
+
+/**
+ * Applies reported results to the devices' target rows in the caller's transaction; returns the stages whose
+ * devices changed, for settling. Results for a plan the device is not targeted by (a newcomer that got a
+ * completed plan's models) are kept only in the device's record (devices/), not here.
+ */
+export async function applyResults(
+  trx: Transaction<DatabaseSchema>,
+  reports: ReportedResult[],
+): Promise<{ plan: string; stage: string }[]> {
+  const named = reports.filter((r) => r.result.DeploymentName !== undefined);
+  if (named.length === 0) return [];
+  const rows = await trx
+    .selectFrom('deployment_targets')
+    .innerJoin('deployment_stages', (join) =>
+      join
+        .onRef('deployment_stages.plan_name', '=', 'deployment_targets.plan_name')
+        .onRef('deployment_stages.name', '=', 'deployment_targets.stage_name'),
+    )
+    .select([
+      'deployment_targets.plan_name',
+      'deployment_targets.device_name',
+      'deployment_targets.stage_name',
+      'deployment_targets.status',
+      'deployment_targets.attempts',
+      'deployment_targets.result_digest',
+      'deployment_stages.status as stage_status',
+      'deployment_stages.failure_policy',
+    ])
+    .where(
+      'deployment_targets.device_name',
+      'in',
+      named.map((r) => r.deviceName),
+    )
+    .execute();
+  const byKey = new Map(rows.map((row) => [`${row.plan_name}\u0000${row.device_name}`, row]));
+  const touched = new Map<string, { plan: string; stage: string }>();
+  for (const report of named) {
+    const row = byKey.get(`${report.result.DeploymentName}\u0000${report.deviceName}`);
+    // A cancelled or finished-as-failed device keeps its status: a late report does not revive it.
+    if (row === undefined || !['READYTODEPLOY', 'INPROGRESS', 'DEPLOYED'].includes(row.status)) continue;
+    const digest = digestOf(report.result);
+    if (row.result_digest === digest) continue;
+    const outcome = classifyResult(report.result);
+    const at = report.receivedAt;
+    const where = trx
+      .updateTable('deployment_targets')
+      .where('plan_name', '=', row.plan_name)
+      .where('device_name', '=', row.device_name)
+      .where('status', '=', row.status)
+      .where('attempts', '=', row.attempts);
+    const device = { plan: row.plan_name, stage: row.stage_name, device: row.device_name };
+    if (outcome.kind === 'success') {
+      await where
+        .set({
+          status: 'DEPLOYED',
+          status_message: outcome.message,
+          result_digest: digest,
+          ended_at: at,
+          updated_at: at,
+        })
+        .execute();
+    } else if (outcome.kind === 'progress') {
+      await where.set({ status_message: outcome.message, result_digest: digest, updated_at: at }).execute();
+    } else if (row.status !== 'READYTODEPLOY') {
+      // (A failure for a device not holding the deployment now is an old attempt's: its retry is pending.)
+      const options = await planOptions(trx, row.plan_name);
+      const retriesLeft = options.maxRetries + 1 - Number(row.attempts);
+      if (retriesLeft > 0 && row.stage_status === 'INPROGRESS') {
+        const message = `attempt ${row.attempts} failed: ${outcome.message}; retrying (${retriesLeft} attempt(s) left)`;
+        await where
+          .set({ status: 'READYTODEPLOY', status_message: message, result_digest: digest, updated_at: at })
+          .execute();
+        await recordEvent(trx, { ...device, kind: 'DeviceRetried', message }, at);
+      } else {
+        await where
+          .set({
+            status: 'FAILED',
+            status_message: outcome.message,
+            result_digest: digest,
+            ended_at: at,
+            updated_at: at,
+          })
+          .execute();
+        await recordEvent(trx, { ...device, kind: 'DeviceFailed', message: outcome.message }, at);
+        if (row.failure_policy === 'ROLLBACK_ON_FAILURE') {
+          await recordEvent(
+            trx,
+            {
+              ...device,
+              kind: 'DeviceRolledBack',
+              message:
+                'ROLLBACK_ON_FAILURE: the device returns every model of this deployment to its previous version',
+            },
+            at,
+          );
+        }
+      }
+    }
+    touched.set(`${row.plan_name}\u0000${row.stage_name}`, { plan: row.plan_name, stage: row.stage_name });
+  }
+  return [...touched.values()];
+}

@@ -1,0 +1,276 @@
+import {
+  ModelNameSchema,
+  ModelVersionSchema,
+  deploymentResultSchema,
+  deviceIdsSchema,
+  getDeploymentsRequestSchema,
+  getDeploymentsResultSchema,
+  sendHeartbeatResultSchema,
+} from '@edgefleet/core';
+import type { FastifyPluginAsync } from 'fastify';
+import { z } from 'zod';
+import type { BlobStore } from '../blobs/index.js';
+import { DomainError } from '../errors/index.js';
+import type { ModelStore } from '../models/index.js';
+import { sendPackage } from '../packaging/index.js';
+import { deviceNameSchema, entityNameSchema, fleetNameSchema } from '../fields/index.js';
+import { assertActsAsItself } from '../heartbeats/index.js';
+import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
+import { defineRoute } from '../http/routes.js';
+import { requireDevice } from '../identity/index.js';
+import {
+  createPlanSchema,
+  deploymentEventSchema,
+  planViewSchema,
+  stageDeviceSchema,
+  stageInputSchema,
+} from './deployment-schemas.js';
+import type { DeploymentService } from './deployment-service.js';
+
+const planParams = z.object({ plan: entityNameSchema });
+const stageParams = planParams.extend({ stage: entityNameSchema });
+const deviceParams = planParams.extend({ device: deviceNameSchema });
+
+/** Operator routes: plans, stages, stage devices and events (SageMaker's deployment plan operations). */
+export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentService }> = async (
+  app,
+  { deployments },
+) => {
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/deployment-plans',
+    auth: 'admin',
+    tag: 'deployments',
+    summary: 'Create a deployment plan (CreateEdgeDeploymentPlan): models for a fleet, and ordered stages',
+    description:
+      'A DEPLOY model config names a COMPLETED packaging job; UNDEPLOY removes the model handle from devices. ' +
+      '409 when another unfinished plan rolls out one of the model handles to the same fleet.',
+    body: createPlanSchema,
+    response: planViewSchema,
+    status: 201,
+    handler: async ({ body }) => deployments.createPlan(body),
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/deployment-plans',
+    auth: 'read',
+    tag: 'deployments',
+    summary: 'List deployment plans in name order (ListEdgeDeploymentPlans)',
+    query: pageQuerySchema.extend({ fleetName: fleetNameSchema.optional() }),
+    response: z.object({ plans: z.array(planViewSchema), nextToken: z.string().optional() }),
+    handler: async ({ query }) => {
+      const after = decodePageToken('deployment-plans', query.nextToken);
+      const rows = await deployments.listPlans({
+        limit: query.limit + 1,
+        ...(after !== undefined && { after }),
+        ...(query.fleetName !== undefined && { fleetName: query.fleetName }),
+      });
+      const page = toPage('deployment-plans', rows, query.limit, (p) => p.name);
+      return { plans: page.items, ...(page.nextToken && { nextToken: page.nextToken }) };
+    },
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/deployment-plans/:plan',
+    auth: 'read',
+    tag: 'deployments',
+    summary:
+      'Describe a deployment plan: stages, their statuses and device counts (DescribeEdgeDeploymentPlan)',
+    params: planParams,
+    response: planViewSchema,
+    handler: async ({ params }) => deployments.describePlan(params.plan),
+  });
+
+  defineRoute(app, {
+    method: 'DELETE',
+    url: '/api/v1/deployment-plans/:plan',
+    auth: 'admin',
+    tag: 'deployments',
+    summary: 'Delete a deployment plan with no stage under way (DeleteEdgeDeploymentPlan)',
+    params: planParams,
+    status: 204,
+    handler: async ({ params }) => {
+      await deployments.deletePlan(params.plan);
+      return undefined;
+    },
+  });
+
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/deployment-plans/:plan/stages',
+    auth: 'admin',
+    tag: 'deployments',
+    summary: 'Add stages at the end of a plan (CreateEdgeDeploymentStage)',
+    params: planParams,
+    body: z.strictObject({ stages: z.array(stageInputSchema).min(1) }),
+    response: planViewSchema,
+    status: 201,
+    handler: async ({ params, body }) => deployments.addStages(params.plan, body.stages),
+  });
+
+  defineRoute(app, {
+    method: 'DELETE',
+    url: '/api/v1/deployment-plans/:plan/stages/:stage',
+    auth: 'admin',
+    tag: 'deployments',
+    summary: 'Delete a stage that never started (DeleteEdgeDeploymentStage)',
+    params: stageParams,
+    response: planViewSchema,
+    handler: async ({ params }) => deployments.deleteStage(params.plan, params.stage),
+  });
+
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/deployment-plans/:plan/stages/:stage/start',
+    auth: 'admin',
+    tag: 'deployments',
+    summary: 'Start a stage (StartEdgeDeploymentStage): the devices it selects now are its devices',
+    params: stageParams,
+    response: planViewSchema,
+    handler: async ({ params }) => deployments.startStage(params.plan, params.stage),
+  });
+
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/deployment-plans/:plan/stages/:stage/stop',
+    auth: 'admin',
+    tag: 'deployments',
+    summary: 'Stop a stage (StopEdgeDeploymentStage): devices not started are not; those mid-update finish',
+    params: stageParams,
+    response: planViewSchema,
+    handler: async ({ params }) => deployments.stopStage(params.plan, params.stage),
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/deployment-plans/:plan/stages/:stage/devices',
+    auth: 'read',
+    tag: 'deployments',
+    summary: "A stage's devices in name order, with status, reason and last-seen time (ListStageDevices)",
+    params: stageParams,
+    query: pageQuerySchema,
+    response: z.object({ devices: z.array(stageDeviceSchema), nextToken: z.string().optional() }),
+    handler: async ({ params, query }) => {
+      const after = decodePageToken('stage-devices', query.nextToken);
+      const rows = await deployments.stageDevices(params.plan, params.stage, {
+        limit: query.limit + 1,
+        ...(after !== undefined && { after }),
+      });
+      const page = toPage('stage-devices', rows, query.limit, (d) => d.deviceName);
+      return { devices: page.items, ...(page.nextToken && { nextToken: page.nextToken }) };
+    },
+  });
+
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/deployment-plans/:plan/devices/:device/cancel',
+    auth: 'admin',
+    tag: 'deployments',
+    summary: "Cancel one device's deployment: it is STOPPED and goes back to what earlier plans gave it",
+    params: deviceParams,
+    response: stageDeviceSchema,
+    handler: async ({ params }) => deployments.cancelDevice(params.plan, params.device),
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/deployment-plans/:plan/events',
+    auth: 'read',
+    tag: 'deployments',
+    summary:
+      "A plan's events in time order: stage started/deployed/failed/aborted/stopped, device failed, rollback",
+    params: planParams,
+    query: pageQuerySchema,
+    response: z.object({ events: z.array(deploymentEventSchema), nextToken: z.string().optional() }),
+    handler: async ({ params, query }) => {
+      const after = decodePageToken('deployment-events', query.nextToken);
+      const rows = await deployments.events(params.plan, {
+        limit: query.limit + 1,
+        ...(after !== undefined && { after }),
+      });
+      const page = toPage('deployment-events', rows, query.limit, (e) => e.id);
+      return { events: page.items, ...(page.nextToken && { nextToken: page.nextToken }) };
+    },
+  });
+};
+
+export const deploymentResultRequestSchema = deviceIdsSchema.extend({
+  DeploymentResult: deploymentResultSchema,
+});
+
+/**
+ * Device routes (mutual TLS): GetDeployments (native path and Edge Manager's name), and a device's
+ * DeploymentResult on its own (heartbeats carry it too).
+ */
+export const deploymentDeviceRoutes: FastifyPluginAsync<{
+  deployments: DeploymentService;
+  models: Pick<ModelStore, 'getVersion'>;
+  blobs: BlobStore;
+}> = async (app, { deployments, models, blobs }) => {
+  for (const url of ['/api/v1/device/deployments', '/GetDeployments']) {
+    defineRoute(app, {
+      method: 'POST',
+      url,
+      auth: 'device',
+      tag: 'device',
+      summary: "GetDeployments: the device's desired models (package URL on the device API, SHA-256, size)",
+      body: getDeploymentsRequestSchema,
+      response: getDeploymentsResultSchema,
+      handler: async ({ body, request }) => {
+        const device = requireDevice(request);
+        assertActsAsItself(device, body);
+        return deployments.deploymentsFor(device);
+      },
+    });
+  }
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/device/model-packages/:model/:version',
+    auth: 'device',
+    tag: 'device',
+    summary:
+      "Download an uploaded package (a model version uploaded as a .tar.gz) a plan deploys to the device's fleet",
+    description:
+      'HTTP Range as for /api/v1/device/packages/{job}; 403 unless a plan of the fleet deploys it.',
+    params: z.object({ model: ModelNameSchema, version: ModelVersionSchema }),
+    binaryResponse: 'application/gzip',
+    handler: async ({ params, request, reply }) => {
+      const device = requireDevice(request);
+      // Checked before the version is looked up, so a device cannot learn what exists elsewhere.
+      if (!(await deployments.isUploadedPackageDeployable(params.model, params.version, device.fleetName))) {
+        throw new DomainError(
+          'Forbidden',
+          `package ${params.model} ${params.version} is not deployed to fleet ${device.fleetName}; a device may ` +
+            'download only packages deployed to its own fleet',
+          { model: params.model, version: params.version, fleet: device.fleetName },
+        );
+      }
+      const version = await models.getVersion(params.model, params.version);
+      return sendPackage(request, reply, blobs, {
+        key: version.blobKey,
+        size: version.sizeBytes,
+        sha256: version.sha256,
+      });
+    },
+  });
+
+  defineRoute(app, {
+    method: 'POST',
+    url: '/api/v1/device/deployments/result',
+    auth: 'device',
+    tag: 'device',
+    summary: 'Report a DeploymentResult now, without waiting for the next heartbeat',
+    body: deploymentResultRequestSchema,
+    response: sendHeartbeatResultSchema,
+    handler: async ({ body, request }) => {
+      const device = requireDevice(request);
+      assertActsAsItself(device, body);
+      await deployments.recordResults([
+        { deviceName: device.deviceName, result: body.DeploymentResult, receivedAt: Date.now() },
+      ]);
+      return {};
+    },
+  });
+};

@@ -1,0 +1,317 @@
+/**
+ * How a stage moves, as functions over the database (no state in memory, so any replica may run any of
+ * them at any time): start a stage (snapshot its devices), settle it (abort, finish, auto-advance) and
+ * record events. Every status change is a conditional UPDATE (`… where status = <what it was>`), so when two
+ * replicas race, exactly one makes the change and records its event; the other changes nothing.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Kysely, Transaction } from 'kysely';
+import { selectableDevices } from '../devices/index.js';
+import { conflict } from '../errors/index.js';
+import type { DatabaseSchema } from '../storage/index.js';
+import {
+  deviceSelectionSchema,
+  planOptionsSchema,
+  type DeploymentEventKind,
+  type PlanOptions,
+  type StageStatus,
+} from './deployment-schemas.js';
+import { selectDevices } from './device-selection.js';
+
+export type Executor = Kysely<DatabaseSchema> | Transaction<DatabaseSchema>;
+
+// Rows per multi-row INSERT: 10 columns × 500 stays far below both engines' bound-parameter limits.
+const ROWS_PER_INSERT = 500;
+
+/** Stage statuses after which nothing more happens to the stage. */
+export const FINISHED_STAGE: readonly StageStatus[] = ['DEPLOYED', 'FAILED', 'STOPPED'];
+/** Device statuses still waiting for the device: not taken yet, or taken and not reported. */
+export const PENDING_DEVICE = ['READYTODEPLOY', 'INPROGRESS'] as const;
+
+/**
+ * Event ids sort in time order: the event's millisecond, then the process's monotonic clock (events of one
+ * millisecond, e.g. a device's failure and the stage it fails, keep the order they were written in), then
+ * random bytes against collisions between replicas.
+ */
+export function eventId(at: number): string {
+  const tick = process.hrtime.bigint().toString().padStart(20, '0');
+  return `${String(at).padStart(15, '0')}-${tick}-${randomBytes(4).toString('hex')}`;
+}
+
+export async function recordEvent(
+  db: Executor,
+  event: { plan: string; stage?: string; device?: string; kind: DeploymentEventKind; message: string },
+  at: number,
+): Promise<void> {
+  await db
+    .insertInto('deployment_events')
+    .values({
+      id: eventId(at),
+      plan_name: event.plan,
+      stage_name: event.stage ?? null,
+      device_name: event.device ?? null,
+      kind: event.kind,
+      message: event.message,
+      at,
+    })
+    .execute();
+}
+
+export async function planOptions(db: Executor, planName: string): Promise<PlanOptions> {
+  const row = await db
+    .selectFrom('deployment_plans')
+    .select('options')
+    .where('name', '=', planName)
+    .executeTakeFirstOrThrow();
+  return planOptionsSchema.parse(JSON.parse(row.options));
+}
+
+export interface StageCounts {
+  READYTODEPLOY: number;
+  INPROGRESS: number;
+  DEPLOYED: number;
+  FAILED: number;
+  STOPPED: number;
+  total: number;
+}
+
+export async function stageCounts(db: Executor, planName: string, stageName: string): Promise<StageCounts> {
+  const rows = await db
+    .selectFrom('deployment_targets')
+    .select(['status', (eb) => eb.fn.countAll<number>().as('count')])
+    .where('plan_name', '=', planName)
+    .where('stage_name', '=', stageName)
+    .groupBy('status')
+    .execute();
+  const counts: StageCounts = {
+    READYTODEPLOY: 0,
+    INPROGRESS: 0,
+    DEPLOYED: 0,
+    FAILED: 0,
+    STOPPED: 0,
+    total: 0,
+  };
+  for (const row of rows) {
+    const n = Number(row.count);
+    if (row.status in counts) counts[row.status as keyof StageCounts] += n;
+    counts.total += n;
+  }
+  return counts;
+}
+
+/**
+ * Starts a READYTODEPLOY stage: marks it INPROGRESS and writes its snapshot, the devices it targets, chosen
+ * from the fleet's devices now (devices registered later are not added; see device-selection.ts). Earlier
+ * stages must have been started first, so percentages are taken in order.
+ */
+export async function startStage(
+  trx: Transaction<DatabaseSchema>,
+  planName: string,
+  stageName: string,
+  now: number,
+  reason: string,
+): Promise<void> {
+  const stages = await trx
+    .selectFrom('deployment_stages')
+    .selectAll()
+    .where('plan_name', '=', planName)
+    .orderBy('position')
+    .execute();
+  const stage = stages.find((s) => s.name === stageName);
+  if (stage === undefined) throw conflict(`stage ${stageName} of plan ${planName} does not exist`);
+  const waiting = stages.find((s) => s.position < stage.position && s.status === 'READYTODEPLOY');
+  if (waiting !== undefined) {
+    throw conflict(
+      `stage ${stageName} of plan ${planName} cannot start before stage ${waiting.name}, which comes first; ` +
+        'start the stages in order',
+      { plan: planName, stage: stageName, before: waiting.name },
+    );
+  }
+  const started = await trx
+    .updateTable('deployment_stages')
+    .set({ status: 'INPROGRESS', started_at: now, updated_at: now, status_message: null })
+    .where('plan_name', '=', planName)
+    .where('name', '=', stageName)
+    .where('status', '=', 'READYTODEPLOY')
+    .executeTakeFirst();
+  if (Number(started.numUpdatedRows) === 0) {
+    throw conflict(
+      `stage ${stageName} of plan ${planName} is ${stage.status}; only a READYTODEPLOY stage can start`,
+      { plan: planName, stage: stageName, status: stage.status },
+    );
+  }
+  const plan = await trx
+    .selectFrom('deployment_plans')
+    .select('fleet_name')
+    .where('name', '=', planName)
+    .executeTakeFirstOrThrow();
+  const taken = await trx
+    .selectFrom('deployment_targets')
+    .select('device_name')
+    .where('plan_name', '=', planName)
+    .execute();
+  const selection = deviceSelectionSchema.parse(JSON.parse(stage.selection));
+  const names = selection.subsetType === 'SELECTION' ? selection.deviceNames : undefined;
+  const fleet = await selectableDevices(trx, plan.fleet_name, names);
+  const chosen = selectDevices(planName, selection, fleet, new Set(taken.map((t) => t.device_name)));
+  const rows = chosen.map((deviceName) => ({
+    plan_name: planName,
+    device_name: deviceName,
+    stage_name: stageName,
+    fleet_name: plan.fleet_name,
+    status: 'READYTODEPLOY',
+    status_message: null,
+    attempts: 0,
+    result_digest: null,
+    started_at: null,
+    ended_at: null,
+    updated_at: now,
+  }));
+  for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
+    await trx
+      .insertInto('deployment_targets')
+      .values(rows.slice(i, i + ROWS_PER_INSERT))
+      .execute();
+  }
+  await recordEvent(
+    trx,
+    {
+      plan: planName,
+      stage: stageName,
+      kind: 'StageStarted',
+      message: `stage started (${reason}); it targets ${rows.length} device(s)`,
+    },
+    now,
+  );
+}
+
+/**
+ * Brings a started stage's status in line with its devices: aborts it when failures pass the plan's
+ * threshold (its devices not yet started are then not started), finishes it when no device is pending
+ * (DEPLOYED, or FAILED when any failed; a STOPPING stage becomes STOPPED), starts the next stage when the
+ * plan auto-advances and enough devices are DEPLOYED, and frees the plan's model handles once every stage
+ * has finished. Safe to run any number of times, on any replica.
+ */
+export async function settleStage(
+  trx: Transaction<DatabaseSchema>,
+  planName: string,
+  stageName: string,
+  now: number,
+): Promise<void> {
+  const stage = await trx
+    .selectFrom('deployment_stages')
+    .select(['status', 'position'])
+    .where('plan_name', '=', planName)
+    .where('name', '=', stageName)
+    .executeTakeFirst();
+  if (stage === undefined) return;
+  const options = await planOptions(trx, planName);
+  const counts = await stageCounts(trx, planName, stageName);
+  const setStage = async (from: StageStatus, to: StageStatus, message: string | null) => {
+    const result = await trx
+      .updateTable('deployment_stages')
+      .set({ status: to, status_message: message, ended_at: now, updated_at: now })
+      .where('plan_name', '=', planName)
+      .where('name', '=', stageName)
+      .where('status', '=', from)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) === 1;
+  };
+  let status = stage.status as StageStatus;
+
+  const finished = counts.DEPLOYED + counts.FAILED;
+  const abort = options.abort;
+  if (status === 'INPROGRESS' && abort !== undefined && counts.FAILED > 0 && finished >= abort.minDevices) {
+    const overCount = abort.failedCount !== undefined && counts.FAILED >= abort.failedCount;
+    const overPercent =
+      abort.failedPercent !== undefined && counts.FAILED * 100 >= abort.failedPercent * finished;
+    if (overCount || overPercent) {
+      const message =
+        `aborted: ${counts.FAILED} of ${finished} finished device(s) failed (threshold: ` +
+        `${[
+          abort.failedCount !== undefined ? `${abort.failedCount} devices` : undefined,
+          abort.failedPercent !== undefined ? `${abort.failedPercent}%` : undefined,
+        ]
+          .filter(Boolean)
+          .join(' or ')}, after ${abort.minDevices}); devices not yet started will not start`;
+      if (await setStage('INPROGRESS', 'FAILED', message)) {
+        await trx
+          .updateTable('deployment_targets')
+          .set({ status: 'STOPPED', status_message: 'not started: the stage was aborted', updated_at: now })
+          .where('plan_name', '=', planName)
+          .where('stage_name', '=', stageName)
+          .where('status', '=', 'READYTODEPLOY')
+          .execute();
+        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageAborted', message }, now);
+        status = 'FAILED';
+      }
+    }
+  }
+
+  if ((status === 'INPROGRESS' || status === 'STOPPING') && counts.READYTODEPLOY + counts.INPROGRESS === 0) {
+    if (status === 'STOPPING') {
+      const message = `stopped: ${counts.DEPLOYED} deployed, ${counts.FAILED} failed, ${counts.STOPPED} not started`;
+      if (await setStage('STOPPING', 'STOPPED', message)) {
+        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageStopped', message }, now);
+        status = 'STOPPED';
+      }
+    } else if (counts.DEPLOYED === 0 && counts.STOPPED > 0 && counts.FAILED === 0) {
+      const message = `stopped: every device (${counts.STOPPED}) was cancelled`;
+      if (await setStage('INPROGRESS', 'STOPPED', message)) {
+        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageStopped', message }, now);
+        status = 'STOPPED';
+      }
+    } else if (counts.FAILED > 0) {
+      const message = `${counts.FAILED} of ${counts.total} device(s) failed`;
+      if (await setStage('INPROGRESS', 'FAILED', message)) {
+        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageFailed', message }, now);
+        status = 'FAILED';
+      }
+    } else {
+      const message = `${counts.DEPLOYED} device(s) deployed`;
+      if (await setStage('INPROGRESS', 'DEPLOYED', null)) {
+        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageDeployed', message }, now);
+        status = 'DEPLOYED';
+      }
+    }
+  }
+
+  const advance = options.autoAdvance;
+  if (
+    advance !== undefined &&
+    (status === 'INPROGRESS' || status === 'DEPLOYED') &&
+    counts.DEPLOYED * 100 >= advance.successPercent * counts.total
+  ) {
+    const next = await trx
+      .selectFrom('deployment_stages')
+      .select(['name', 'status'])
+      .where('plan_name', '=', planName)
+      .where('position', '>', stage.position)
+      .orderBy('position')
+      .executeTakeFirst();
+    if (next?.status === 'READYTODEPLOY') {
+      await startStage(
+        trx,
+        planName,
+        next.name,
+        now,
+        `auto-advance: ${counts.DEPLOYED} of ${counts.total} device(s) of stage ${stageName} deployed`,
+      );
+      await settleStage(trx, planName, next.name, now);
+    }
+  }
+  await releaseFinishedPlan(trx, planName);
+}
+
+/** Frees the plan's model handles on its fleet once every stage has finished (another plan may then take them). */
+export async function releaseFinishedPlan(db: Executor, planName: string): Promise<void> {
+  const open = await db
+    .selectFrom('deployment_stages')
+    .select('name')
+    .where('plan_name', '=', planName)
+    .where('status', 'not in', FINISHED_STAGE)
+    .executeTakeFirst();
+  if (open === undefined) {
+    await db.deleteFrom('deployment_handle_locks').where('plan_name', '=', planName).execute();
+  }
+}
