@@ -3,6 +3,7 @@ import { open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import SqliteDatabase, { type Database } from 'better-sqlite3';
 import { CaptureQueueRepository } from './capture-queue-repository.js';
+import { DeploymentsRepository } from './deployments-repository.js';
 import { LoadedModelsRepository } from './loaded-models-repository.js';
 import { migrate } from './migrations.js';
 import { ModelCountersRepository } from './model-counters-repository.js';
@@ -52,6 +53,7 @@ export class AgentDatabase {
   readonly loadedModels: LoadedModelsRepository;
   readonly modelCounters: ModelCountersRepository;
   readonly uploadLedger: UploadLedgerRepository;
+  readonly deployments: DeploymentsRepository;
   readonly #db: Database;
   #walTimer: NodeJS.Timeout | undefined;
   #walSync: Promise<void> = Promise.resolve();
@@ -69,6 +71,7 @@ export class AgentDatabase {
     this.loadedModels = new LoadedModelsRepository(db);
     this.modelCounters = new ModelCountersRepository(db);
     this.uploadLedger = new UploadLedgerRepository(db);
+    this.deployments = new DeploymentsRepository(db);
   }
 
   /** Opens (creating and migrating as needed). Throws when the file is not a database or is from a newer agent. */
