@@ -5,6 +5,7 @@ import { modelActivityObserver, startCaptureService, type RunningCapture } from 
 import { startGrpcServer, type RunningGrpcServer } from '../grpc/index.js';
 import { InferencePool, type PoolEvent } from '../inference/index.js';
 import { AgentMetrics } from '../metrics/index.js';
+import { startDeployments, type RunningDeployments } from '../deployments/index.js';
 import { startFleetClient } from '../fleet/index.js';
 import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
@@ -42,6 +43,8 @@ export interface AgentDaemon {
   readonly config: AgentConfig;
   readonly registry: ModelRegistry;
   readonly metrics: AgentMetrics;
+  /** The update engine, when deployments are enabled. */
+  readonly deployments: RunningDeployments | undefined;
   /** `unix://<path>` of the SageMaker Edge gRPC API. */
   readonly grpcAddress: string;
   /** Where the KServe v2 REST API listens (`unix:<path>`, `http://host:port`). */
@@ -169,6 +172,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const grpcAddress = `unix://${commandLine.socketPath}`;
 
     let rest: RestServer | undefined;
+    let deployments: RunningDeployments | undefined;
     if (config.rest.socketPath !== null || config.rest.tcp !== null) {
       rest = await startRestServer({
         registry,
@@ -178,6 +182,11 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         maxBodyBytes: Math.max(DEFAULT_MAX_BODY_BYTES, commandLine.maxMessageBytes),
         socketMode: config.socketMode,
         closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
+        agentStatus: () => ({
+          deployments: deployments
+            ? { enabled: true, models: deployments.engine.status() }
+            : { enabled: false },
+        }),
         ...(config.rest.socketPath !== null && { unixSocketPath: config.rest.socketPath }),
         ...(config.rest.tcp !== null && { tcp: config.rest.tcp }),
       }).catch((error: Error) => {
@@ -186,8 +195,21 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       cleanups.push(() => rest!.close());
     }
     const restAddresses = rest?.addresses ?? [];
+    // The update engine (sagemaker_edge_deployment_lib_path): it first resumes what a crash interrupted.
+    deployments = database
+      ? await startDeployments({
+          config,
+          registry,
+          repository: database.deployments,
+          trust,
+          metricsRegistry: metrics.registry,
+          logger,
+        })
+      : undefined;
+    if (deployments) cleanups.push(() => deployments.stop());
     // Heartbeats to the control plane (a no-op handle when the config names none).
     const fleet = await startFleetClient({
+      ...(deployments && { deployments: deployments.engine }),
       config,
       registry,
       metrics,
@@ -216,6 +238,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       config,
       registry,
       metrics,
+      deployments,
       grpcAddress,
       restAddresses,
       shutdown(graceMs = DEFAULT_SHUTDOWN_GRACE_MS) {
@@ -226,7 +249,12 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
             'stopping: no new requests; finishing those in flight',
           );
           cleanups.length = 0; // this path stops everything itself, in order
-          const [{ forced }] = await Promise.all([grpcServer.close(graceMs), rest?.close(), fleet.stop()]);
+          const [{ forced }] = await Promise.all([
+            grpcServer.close(graceMs),
+            rest?.close(),
+            fleet.stop(),
+            deployments?.stop(),
+          ]);
           if (forced)
             logger.warn({ graceMs }, 'requests still running after the grace period were cancelled');
           await removeOwnSocketFile(commandLine.socketPath, socketInode);

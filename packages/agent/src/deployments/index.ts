@@ -24,3 +24,9 @@ export {
   type UpdateEngineOptions,
   type UpdateLock,
 } from './update-engine.js';
+export {
+  DEPLOYMENTS_FOLDER,
+  startDeployments,
+  type RunningDeployments,
+  type StartDeploymentsOptions,
+} from './start-deployments.js';

@@ -41,6 +41,8 @@ export interface RestAppOptions {
   ready?: () => boolean;
   /** The version GET /v2 reports; default: the agent package's version. */
   version?: string;
+  /** What GET /edgefleet/v1/status adds to the models it lists (e.g. the update engine's state). */
+  agentStatus?: () => Record<string, unknown>;
 }
 
 type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -214,6 +216,21 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
 
   registerModelRoutes(app, registry);
   registerRepositoryRoutes(app, registry);
+
+  // --- EdgeFleet's own: what the device runs and what it is doing (`edgefleet agent status`) -----------------
+
+  app.get('/edgefleet/v1/status', async (_request, reply) => {
+    const models = registry.list().map((m) => ({
+      name: m.name,
+      version: m.version,
+      packageName: m.packageName,
+      path: m.path,
+      loadedAt: m.loadedAt.toISOString(),
+      signatureVerified: m.signature.verified,
+      requests: m.requests,
+    }));
+    return reply.type(JSON_TYPE).send(JSON.stringify({ version, models, ...options.agentStatus?.() }));
+  });
 
   // --- Prometheus ----------------------------------------------------------------------------------------------
 

@@ -87,7 +87,14 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         autoCapture: [],
       },
       storage: { localDataRootPath: '/greengrass/v2/work/sme', dbEnabled: true, dbSynchronous: 'NORMAL' },
-      deployments: { enabled: true, pollIntervalMinutes: 60 },
+      deployments: {
+        enabled: true,
+        pollIntervalMinutes: 60,
+        pollIntervalSeconds: 3600,
+        healthWindowSeconds: 30,
+        updateLockPath: '/greengrass/v2/work/sme/updates.lock',
+        maxLockHoldSeconds: 3600,
+      },
       inference: {
         workers: 4,
         instancesPerModel: 1,
@@ -112,10 +119,6 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       expect.arrayContaining([
         expect.stringMatching(/sagemaker_edge_provider_provider_path .* ignored/),
         expect.stringMatching(/sagemaker_edge_telemetry_libsystemd_path .* ignored/),
-        // Deployments are accepted but not implemented yet: said so at start-up (issue 13 item 4).
-        expect.stringMatching(
-          /^sagemaker_edge_deployment_lib_path enables deployments, which this edgefleet-agent does not implement yet/,
-        ),
       ]),
     );
   });
@@ -147,7 +150,14 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       dbEnabled: false,
       dbSynchronous: 'NORMAL',
     });
-    expect(config.deployments).toEqual({ enabled: false, pollIntervalMinutes: 1440 });
+    expect(config.deployments).toEqual({
+      enabled: false,
+      pollIntervalMinutes: 1440,
+      pollIntervalSeconds: 86_400,
+      healthWindowSeconds: 30,
+      updateLockPath: '/srv/agent/.edgefleet/updates.lock',
+      maxLockHoldSeconds: 3600,
+    });
     expect(config.inference.workers).toBe(4);
     expect(config.inference.instancesPerModel).toBe(1);
     expect(config.inference.ort.intraOpNumThreads).toBe(1);
