@@ -44,6 +44,8 @@ export interface FakeDeviceApi {
   ranges: Array<{ path: string; range: string | undefined }>;
   /** Requests refused for lack of a client certificate the CA issued. */
   refused: number;
+  /** Heartbeats received (SendHeartbeat bodies). */
+  heartbeats: Array<{ DeploymentResult?: Record<string, unknown> }>;
   serve(path: string, bytes: Buffer): ServedPackage;
   close(): Promise<void>;
 }
@@ -71,6 +73,7 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
     faults: new Map<string, Fault[]>(),
     ranges: [] as Array<{ path: string; range: string | undefined }>,
     refused: 0,
+    heartbeats: [] as Array<{ DeploymentResult?: Record<string, unknown> }>,
   };
   const server: Server = createServer(
     {
@@ -82,6 +85,17 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
     },
     (req, res) => {
       const path = new URL(req.url ?? '/', 'https://localhost').pathname;
+      if (req.method === 'POST' && (path === '/GetDeviceRegistration' || path === '/SendHeartbeat')) {
+        const chunks: Buffer[] = [];
+        req.on('data', (chunk: Buffer) => chunks.push(chunk));
+        req.on('end', () => {
+          if (path === '/SendHeartbeat')
+            api.heartbeats.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.end(path === '/SendHeartbeat' ? '{}' : JSON.stringify({ DeviceRegistration: 'REGISTERED' }));
+        });
+        return;
+      }
       if (req.method === 'POST' && path === '/api/v1/device/deployments') {
         req.resume();
         req.on('end', () => {
