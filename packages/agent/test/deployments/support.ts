@@ -44,6 +44,8 @@ export interface FakeDeviceApi {
   ranges: Array<{ path: string; range: string | undefined }>;
   /** Requests refused for lack of a client certificate the CA issued. */
   refused: number;
+  /** Send packages in chunks of chunkBytes, one every delayMs. */
+  throttle: { chunkBytes: number; delayMs: number } | undefined;
   /** Heartbeats received (SendHeartbeat bodies). */
   heartbeats: Array<{ DeploymentResult?: Record<string, unknown> }>;
   serve(path: string, bytes: Buffer): ServedPackage;
@@ -74,6 +76,7 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
     ranges: [] as Array<{ path: string; range: string | undefined }>,
     refused: 0,
     heartbeats: [] as Array<{ DeploymentResult?: Record<string, unknown> }>,
+    throttle: undefined as { chunkBytes: number; delayMs: number } | undefined,
   };
   const server: Server = createServer(
     {
@@ -125,6 +128,19 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
         'content-length': body.length,
         ...(range && { 'content-range': `bytes ${start}-${bytes.length - 1}/${bytes.length}` }),
       });
+      if (api.throttle) {
+        // A slow link: the package trickles in, so a test can act while it downloads.
+        const { chunkBytes, delayMs } = api.throttle;
+        let offset = 0;
+        const next = () => {
+          if (res.destroyed) return;
+          if (offset >= body.length) return void res.end();
+          res.write(body.subarray(offset, offset + chunkBytes));
+          offset += chunkBytes;
+          setTimeout(next, delayMs);
+        };
+        return next();
+      }
       if (fault?.cutAfter !== undefined) {
         res.write(body.subarray(0, fault.cutAfter), () => res.destroy());
         return;

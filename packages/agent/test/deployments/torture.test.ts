@@ -21,10 +21,11 @@ import {
   type ServedPackage,
 } from './support.js';
 
-const UPDATES = Number(process.env.EDGEFLEET_TORTURE_UPDATES ?? 5);
+const UPDATES = Number(process.env.EDGEFLEET_TORTURE_UPDATES ?? 6);
 const SEED = Number(process.env.EDGEFLEET_TORTURE_SEED ?? 20261206);
-/** Kills land within this long after the deployment is offered: download, verify, load, switch, health window. */
-const KILL_WINDOW_MS = 2500;
+/** The states the kills aim at, in turn (the kill lands at the first state seen at or past the target). */
+const TARGETS = ['Downloading', 'Verifying', 'Loading', 'Switching', 'HealthCheck', 'Committed'] as const;
+const ORDER: readonly string[] = ['Idle', ...TARGETS];
 
 /** mulberry32: a small seeded generator, so a failing run can be replayed with its seed. */
 function seeded(seed: number): () => number {
@@ -147,6 +148,7 @@ describe(`torture: ${UPDATES} updates, the agent SIGKILLed at a random moment of
       };
       const statesAtKill: string[] = [];
       const packages: ServedPackage[] = [];
+      api.throttle = { chunkBytes: 256, delayMs: 15 };
       await start();
       for (let update = 1; update <= UPDATES; update++) {
         const pkgDir = await files.custom(scaleModel(update), 'detector', `${update}.0`);
@@ -162,14 +164,23 @@ describe(`torture: ${UPDATES} updates, the agent SIGKILLed at a random moment of
             { handle: 'detector', pkg: packages[update - 1]!, modelName: 'detector', version: `${update}.0` },
           ]),
         ];
-        await new Promise((resolve) => setTimeout(resolve, Math.floor(random() * KILL_WINDOW_MS)));
+        // Watch the agent's own record of the update; kill it once it reaches the target state, a few ms in.
+        const target = TARGETS[Math.floor(random() * TARGETS.length)]!;
+        const jitterMs = Math.floor(random() * 30);
+        const db = new SqliteDatabase(join(dataRoot, 'agent.db'), { readonly: true, fileMustExist: true });
+        const read = () => {
+          const row = db
+            .prepare('SELECT deployment_name, state FROM deployment_models WHERE handle = ?')
+            .get('detector') as { deployment_name: string; state: string } | undefined;
+          return row?.deployment_name === `update-${update}` ? row.state : 'Idle';
+        };
+        const watchUntil = Date.now() + 15_000;
+        while (ORDER.indexOf(read()) < ORDER.indexOf(target) && Date.now() < watchUntil)
+          await new Promise((resolve) => setTimeout(resolve, 2));
+        await new Promise((resolve) => setTimeout(resolve, jitterMs));
         await kill();
-        const db = new SqliteDatabase(join(dataRoot, 'agent.db'), { readonly: true });
-        const row = db
-          .prepare('SELECT deployment_name, state FROM deployment_models WHERE handle = ?')
-          .get('detector') as { deployment_name: string; state: string } | undefined;
+        statesAtKill.push(read());
         db.close();
-        statesAtKill.push(row?.deployment_name === `update-${update}` ? row.state : 'not started');
         await start();
         // At once after the restart: a verified version serves (from the second update on; the first may not be in yet).
         const status = await getStatus(restSocket);
@@ -205,6 +216,7 @@ describe(`torture: ${UPDATES} updates, the agent SIGKILLed at a random moment of
             : undefined,
         'the last DeploymentResult in a heartbeat',
       );
+      if (UPDATES >= 50) expect(new Set(statesAtKill).size).toBeGreaterThanOrEqual(5);
       console.log(
         `torture (seed ${SEED}): states at kill: ${JSON.stringify(statesAtKill.reduce<Record<string, number>>((n, s) => ({ ...n, [s]: (n[s] ?? 0) + 1 }), {}))}`,
       );
