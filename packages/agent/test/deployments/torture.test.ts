@@ -4,6 +4,7 @@
  * committed. `npm test` runs a short variant; `npm run test:torture` runs ≥ 100 updates
  * (EDGEFLEET_TORTURE_UPDATES, EDGEFLEET_TORTURE_SEED).
  */
+import { execFile } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
@@ -11,6 +12,8 @@ import { OnnxModelBuilder } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
+import { promisify } from 'node:util';
+import { CLI_MAIN, requireBuilt } from '../../../../test/support/control-plane.js';
 import { scratch } from '../support/model-packages.js';
 import {
   deployment,
@@ -215,6 +218,27 @@ describe(`torture: ${UPDATES} updates, the agent SIGKILLed at a random moment of
             ? true
             : undefined,
         'the last DeploymentResult in a heartbeat',
+      );
+      // `edgefleet agent status` shows what the device runs and what its update engine did.
+      requireBuilt(CLI_MAIN);
+      const cli = (...args: string[]) =>
+        promisify(execFile)(process.execPath, [
+          CLI_MAIN,
+          'agent',
+          'status',
+          '--rest-socket',
+          restSocket,
+          ...args,
+        ]);
+      expect(JSON.parse((await cli('--json')).stdout)).toMatchObject({
+        models: [{ name: 'detector', version: `${UPDATES}.0`, signatureVerified: true }],
+        deployments: {
+          enabled: true,
+          models: [{ handle: 'detector', deployment: `update-${UPDATES}`, state: 'Committed' }],
+        },
+      });
+      expect((await cli()).stdout).toMatch(
+        new RegExp(`detector\\s+update-${UPDATES}\\s+Committed\\s+${UPDATES}\\.0`),
       );
       if (UPDATES >= 50) expect(new Set(statesAtKill).size).toBeGreaterThanOrEqual(5);
       console.log(
