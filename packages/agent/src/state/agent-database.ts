@@ -19,6 +19,8 @@ export const SALVAGEABLE_TABLES = [
   'loaded_models',
   'model_counters',
   'uploaded_files',
+  // The update engine's state: without it an update interrupted by the damage could not resume where it was.
+  'deployment_models',
 ] as const;
 export type SalvageableTable = (typeof SALVAGEABLE_TABLES)[number];
 
