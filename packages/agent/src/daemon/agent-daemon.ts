@@ -151,6 +151,19 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     });
     cleanups.push(() => capture.close());
 
+    // The update engine (sagemaker_edge_deployment_lib_path): it first resumes what a crash interrupted.
+    const deployments: RunningDeployments | undefined = database
+      ? await startDeployments({
+          config,
+          registry,
+          repository: database.deployments,
+          trust,
+          metricsRegistry: metrics.registry,
+          logger,
+        })
+      : undefined;
+    if (deployments) cleanups.push(() => deployments.stop());
+
     let grpc: RunningGrpcServer | undefined;
     const socketInode = await bindUnixSocket(commandLine.socketPath, config.socketMode, async (bindPath) => {
       const started = await startGrpcServer({
@@ -172,7 +185,6 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const grpcAddress = `unix://${commandLine.socketPath}`;
 
     let rest: RestServer | undefined;
-    let deployments: RunningDeployments | undefined;
     if (config.rest.socketPath !== null || config.rest.tcp !== null) {
       rest = await startRestServer({
         registry,
@@ -195,18 +207,6 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       cleanups.push(() => rest!.close());
     }
     const restAddresses = rest?.addresses ?? [];
-    // The update engine (sagemaker_edge_deployment_lib_path): it first resumes what a crash interrupted.
-    deployments = database
-      ? await startDeployments({
-          config,
-          registry,
-          repository: database.deployments,
-          trust,
-          metricsRegistry: metrics.registry,
-          logger,
-        })
-      : undefined;
-    if (deployments) cleanups.push(() => deployments.stop());
     // Heartbeats to the control plane (a no-op handle when the config names none).
     const fleet = await startFleetClient({
       ...(deployments && { deployments: deployments.engine }),

@@ -42,7 +42,17 @@ export async function startDeployments(
     return undefined;
   }
   const endpoint = config.provider.endpoint!;
-  const tls = await readDeviceTls(config);
+  let tls: Awaited<ReturnType<typeof readDeviceTls>>;
+  try {
+    tls = await readDeviceTls(config);
+  } catch (error) {
+    // The agent still serves its models; deployments wait for a restart with readable certificate files.
+    logger.error(
+      { event: 'deployments-disabled', err: error },
+      `deployments off: cannot read the device certificate: ${(error as Error).message}`,
+    );
+    return undefined;
+  }
   const timeoutMs = 30_000;
   const metrics = options.metricsRegistry && new DeploymentMetrics(options.metricsRegistry);
   const store = new PackageStore({
