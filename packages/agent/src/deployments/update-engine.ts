@@ -82,6 +82,8 @@ type Step = 'next' | 'wait' | 'done';
 class DeploymentFailure extends Error {}
 
 const UNNAMED = 'unnamed-deployment';
+/** States in which the old version still serves and nothing of the new one is in use. */
+const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set(['Downloading', 'Verifying', 'Loading']);
 const LOCK_POLL_MS = 500;
 
 /**
@@ -252,7 +254,11 @@ export class UpdateEngine {
         rows.push(existing);
         continue;
       }
-      if (existing && !FINAL_STATES.has(state(existing))) continue; // driven to its end by #driveOpen first
+      if (existing && !FINAL_STATES.has(state(existing))) {
+        // Still waiting (a download to retry, the lock). Not switched yet: a newer deployment replaces it.
+        if (!BEFORE_SWITCH.has(state(existing))) continue;
+        await this.#fail(existing, `superseded by deployment ${name} before it was switched`);
+      }
       const served = this.#served(handle);
       const now = this.#now();
       const row: DeploymentModelRow = {

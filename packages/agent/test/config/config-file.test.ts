@@ -123,6 +123,34 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
     );
   });
 
+  it('deployments: edgefleet_deployment_poll_interval_seconds wins over the minutes; no "not implemented" warning', () => {
+    const { config, warnings } = parseAgentConfig(
+      {
+        sagemaker_edge_core_device_name: 'd',
+        sagemaker_edge_core_device_fleet_name: 'f',
+        sagemaker_edge_provider_provider: 'Aws',
+        sagemaker_edge_core_endpoint_override: 'https://plane.example:8443',
+        sagemaker_edge_deployment_lib_path: '/usr/lib/deploy.so',
+        sagemaker_edge_model_deployment_poll_interval: 5,
+        edgefleet_deployment_poll_interval_seconds: 10,
+        edgefleet_deployment_health_window_seconds: 0,
+        edgefleet_deployment_update_lock_path: 'run/updates.lock',
+      },
+      context,
+    );
+    expect(config.deployments).toMatchObject({
+      enabled: true,
+      pollIntervalMinutes: 5,
+      pollIntervalSeconds: 10,
+      healthWindowSeconds: 0,
+      updateLockPath: join(context.cwd, 'run/updates.lock'),
+    });
+    expect(warnings.join('\n')).not.toMatch(/not implement/);
+    expect(() => parseAgentConfig({ edgefleet_deployment_poll_interval_seconds: 0 }, context)).toThrow(
+      /edgefleet_deployment_poll_interval_seconds/,
+    );
+  });
+
   it('gives the spec defaults for an empty config', () => {
     const { config, warnings } = parseAgentConfig({}, context);
     expect(warnings).toEqual([]);

@@ -90,7 +90,12 @@ async function device(
   options: { healthWindowMs?: number; lockPath?: string; maxHoldMs?: number } = {},
 ): Promise<Device> {
   const dataRoot = join(files.root, `device-${++counter}`);
-  const registry = new ModelRegistry({ pool, trust: signer.trust, cwd: dataRoot });
+  const registry = new ModelRegistry({
+    pool,
+    trust: signer.trust,
+    cwd: dataRoot,
+    ...(options.availableMemory && { availableMemory: options.availableMemory }),
+  });
   const database = AgentDatabase.open({ path: join(dataRoot, 'agent.db'), walSyncIntervalMs: 0 });
   const store = new PackageStore({
     root: join(dataRoot, 'deployments'),
@@ -400,5 +405,44 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
       DeploymentStatus: 'SUCCESS',
       DeploymentModels: [{ State: 'UNDEPLOY' }],
     });
+  });
+});
+
+describe('UpdateEngine, more', () => {
+  it('refuses a version there is no memory for, with the reason, and keeps the old one', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    let memory = 1024 ** 3;
+    const d = await device({ availableMemory: () => memory });
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    memory = 100; // bytes: not enough for a second version beside the first
+    await d.engine.apply([deployment('up', [{ handle: 'detector', pkg: v2, version: '2.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(/not enough memory/),
+    });
+    expect(d.registry.describe('detector')).toMatchObject({ version: '1.0' });
+    expect(d.registry.describe('detector').staged).toBeUndefined();
+  });
+
+  it('stops sending a final result once the server accepted it, and a newer deployment replaces one still downloading', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const result = d.engine.deploymentResult()!;
+    d.engine.reported(result);
+    expect(d.engine.deploymentResult()).toBeUndefined();
+
+    api.faults.set(v2.path, [{ status: 503 }]);
+    await d.engine.apply([deployment('stuck', [{ handle: 'detector', pkg: v2, version: '2.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Downloading',
+      reason: expect.stringMatching(/HTTP 503/),
+    });
+    const v3 = await publish(doublingModel(), '3.0');
+    await d.engine.apply([deployment('newer', [{ handle: 'detector', pkg: v3, version: '3.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'newer', state: 'Committed', version: '3.0' });
+    expect(d.registry.describe('detector').version).toBe('3.0');
   });
 });
