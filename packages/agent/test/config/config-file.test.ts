@@ -143,7 +143,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       pollIntervalMinutes: 5,
       pollIntervalSeconds: 10,
       healthWindowSeconds: 0,
-      updateLockPath: join(context.cwd, 'run/updates.lock'),
+      updateLockPath: '/srv/agent/run/updates.lock',
     });
     expect(warnings.join('\n')).not.toMatch(/not implement/);
     expect(() => parseAgentConfig({ edgefleet_deployment_poll_interval_seconds: 0 }, context)).toThrow(
