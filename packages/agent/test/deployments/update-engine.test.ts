@@ -3,7 +3,8 @@ import { readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OnnxModelBuilder } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { PackageStore, UpdateEngine } from '../../src/deployments/index.js';
+import { Registry } from 'prom-client';
+import { DeploymentMetrics, PackageStore, UpdateEngine } from '../../src/deployments/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { AgentDatabase } from '../../src/state/index.js';
@@ -102,6 +103,7 @@ async function device(
     endpoint: api.endpoint,
     tls: api.tls,
     timeoutMs: 5000,
+    ...(options.metrics && { onBytes: (bytes: number) => options.metrics!.downloaded(bytes) }),
   });
   const logs: string[] = [];
   const log = (_fields: object, message: string) => logs.push(message);
@@ -114,6 +116,7 @@ async function device(
     healthWindowMs: options.healthWindowMs ?? 50,
     ...(options.lockPath && { updateLock: { path: options.lockPath, maxHoldMs: options.maxHoldMs ?? 200 } }),
     logger: { info: log, warn: log, error: log },
+    ...(options.metrics && { metrics: options.metrics }),
   });
   const created: Device = {
     registry,
@@ -444,5 +447,17 @@ describe('UpdateEngine, more', () => {
     await d.engine.apply([deployment('newer', [{ handle: 'detector', pkg: v3, version: '3.0' }])]);
     expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'newer', state: 'Committed', version: '3.0' });
     expect(d.registry.describe('detector').version).toBe('3.0');
+  });
+
+  it('counts in edgefleet_deployment_* metrics', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const registry = new Registry();
+    const d = await device({ metrics: new DeploymentMetrics(registry) });
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const text = await registry.metrics();
+    expect(text).toContain('edgefleet_deployment_state{model="detector",state="Committed"} 1');
+    expect(text).toContain('edgefleet_deployment_state{model="detector",state="Downloading"} 0');
+    expect(text).toContain('edgefleet_deployment_results_total{result="committed"} 1');
+    expect(text).toContain(`edgefleet_deployment_download_bytes_total ${v1.bytes.length}`);
   });
 });
