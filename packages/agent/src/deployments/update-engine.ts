@@ -293,15 +293,13 @@ export class UpdateEngine {
         });
       } else {
         row.packageDir = this.#o.store.packageDir(handle, row.version, row.sha256);
-        if (
-          existing?.state === 'Committed' &&
-          existing.sha256 === row.sha256 &&
-          served?.url === existing.packageDir
-        ) {
-          // Already serving exactly this package (another plan naming it again): nothing to install.
-          row.previousUrl = existing.previousUrl;
-          row.previousVersion = existing.previousVersion;
-          this.#transition(row, 'Committed', { ended: true });
+        if (served?.url === row.packageDir) {
+          // Already serving exactly this package (another plan naming it again): nothing to install, and its
+          // folder must not be extracted over.
+          const keepPrevious = existing?.packageDir === row.packageDir;
+          row.previousUrl = keepPrevious ? existing.previousUrl : null;
+          row.previousVersion = keepPrevious ? existing.previousVersion : null;
+          this.#transition(row, 'Committed', { ended: true, committedVersion: row.version });
         } else this.#transition(row, 'Downloading');
       }
       rows.push(row);

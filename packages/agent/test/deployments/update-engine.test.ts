@@ -449,6 +449,18 @@ describe('UpdateEngine, more', () => {
     expect(d.registry.describe('detector').version).toBe('3.0');
   });
 
+  it('a deployment of the package already serving is committed at once, without a download', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const d = await device();
+    await d.engine.apply([deployment('first', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const downloads = api.ranges.filter((r) => r.path === v1.path).length;
+    const loadedAt = d.registry.describe('detector').loadedAt;
+    await d.engine.apply([deployment('again', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'again', state: 'Committed', version: '1.0' });
+    expect(api.ranges.filter((r) => r.path === v1.path)).toHaveLength(downloads);
+    expect(d.registry.describe('detector').loadedAt).toEqual(loadedAt);
+  });
+
   it('counts in edgefleet_deployment_* metrics', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const registry = new Registry();
