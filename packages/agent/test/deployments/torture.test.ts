@@ -26,7 +26,7 @@ import {
 
 const UPDATES = Number(process.env.EDGEFLEET_TORTURE_UPDATES ?? 6);
 const SEED = Number(process.env.EDGEFLEET_TORTURE_SEED ?? 20261206);
-/** The states the kills aim at, in turn (the kill lands at the first state seen at or past the target). */
+/** The states the kills aim at, in turn (the kill lands a seeded few ms after the first state seen at or past the target). */
 const TARGETS = ['Downloading', 'Verifying', 'Loading', 'Switching', 'HealthCheck', 'Committed'] as const;
 const ORDER: readonly string[] = ['Idle', ...TARGETS];
 
@@ -168,8 +168,8 @@ describe(`torture: ${UPDATES} updates, the agent SIGKILLed at a random moment of
           ]),
         ];
         // Watch the agent's own record of the update; kill it once it reaches the target state, a few ms in.
-        const target = TARGETS[Math.floor(random() * TARGETS.length)]!;
-        const jitterMs = Math.floor(random() * 30);
+        const target = TARGETS[(update - 1) % TARGETS.length]!;
+        const jitterMs = Math.floor(random() * 5);
         const db = new SqliteDatabase(join(dataRoot, 'agent.db'), { readonly: true, fileMustExist: true });
         const read = () => {
           const row = db
