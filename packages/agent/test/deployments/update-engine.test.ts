@@ -88,7 +88,13 @@ interface Device {
 const devices: Device[] = [];
 
 async function device(
-  options: { healthWindowMs?: number; lockPath?: string; maxHoldMs?: number } = {},
+  options: {
+    healthWindowMs?: number;
+    lockPath?: string;
+    maxHoldMs?: number;
+    availableMemory?: () => number;
+    metrics?: DeploymentMetrics;
+  } = {},
 ): Promise<Device> {
   const dataRoot = join(files.root, `device-${++counter}`);
   const registry = new ModelRegistry({
