@@ -60,10 +60,10 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
         ),
       );
     while (!abort.signal.aborted) {
+      let result: GetDeploymentsResult | undefined;
       try {
-        const result = await source.post(GET_DEPLOYMENTS_PATH, ids, getDeploymentsResultSchema, abort.signal);
+        result = await source.post(GET_DEPLOYMENTS_PATH, ids, getDeploymentsResultSchema, abort.signal);
         lastError = '';
-        await engine.apply(result.Deployments ?? []);
       } catch (error) {
         if (abort.signal.aborted) break;
         const message = (error as Error).message;
@@ -74,6 +74,15 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
           );
         lastError = message;
       }
+      // Without an answer, updates already under way still go on (a download resumes, a rollback completes).
+      await engine
+        .apply(result?.Deployments ?? [])
+        .catch((error: unknown) =>
+          logger.error(
+            { event: 'deployment-apply-failed', err: error },
+            `applying deployments failed: ${(error as Error).message}; retrying at the next poll`,
+          ),
+        );
       if (!abort.signal.aborted) await sleep(Math.round(options.intervalMs * (0.9 + 0.2 * random())));
     }
   };

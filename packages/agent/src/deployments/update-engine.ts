@@ -219,13 +219,13 @@ export class UpdateEngine {
     return run;
   }
 
+  /** Drives every deployment with a model not yet final, with all its models (final ones decide a rollback too). */
   async #driveOpen(): Promise<void> {
-    const open = this.#o.repository.list().filter((row) => !FINAL_STATES.has(state(row)));
-    const byDeployment = new Map<string, DeploymentModelRow[]>();
-    for (const row of open)
-      byDeployment.set(row.deploymentName, [...(byDeployment.get(row.deploymentName) ?? []), row]);
-    for (const rows of byDeployment.values()) {
+    const all = this.#o.repository.list();
+    const open = new Set(all.filter((row) => !FINAL_STATES.has(state(row))).map((row) => row.deploymentName));
+    for (const name of open) {
       if (this.#abort.signal.aborted) return;
+      const rows = all.filter((row) => row.deploymentName === name);
       await this.#drive(rows[0]!.failurePolicy, rows);
     }
   }
@@ -518,7 +518,10 @@ export class UpdateEngine {
 
   async #switch(row: DeploymentModelRow): Promise<Step> {
     if (row.desired === 'UNDEPLOY') {
-      if (this.#o.registry.has(row.handle)) await this.#o.registry.unload(row.handle);
+      if (this.#o.registry.has(row.handle))
+        await this.#o.registry.unload(row.handle).catch((error: unknown) => {
+          throw new DeploymentFailure(`unloading ${row.handle} failed: ${(error as Error).message}`);
+        });
       this.#transition(row, 'Committed', { ended: true, committedVersion: null });
       return 'done';
     }
@@ -533,7 +536,13 @@ export class UpdateEngine {
       return 'next';
     }
     if (!(await this.#lockReleased(row))) return 'wait';
-    await this.#o.registry.promote(row.handle);
+    try {
+      await this.#o.registry.promote(row.handle);
+    } catch (error) {
+      throw new DeploymentFailure(
+        `switching ${row.handle} to version ${row.version} failed: ${(error as Error).message}`,
+      );
+    }
     this.#transition(row, 'HealthCheck');
     return 'done';
   }
