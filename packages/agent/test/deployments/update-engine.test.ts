@@ -467,6 +467,54 @@ describe('UpdateEngine, more', () => {
     expect(d.registry.describe('detector').loadedAt).toEqual(loadedAt);
   });
 
+  it('resumes from the recorded state: a switched model whose sibling failed before the crash rolls back', async () => {
+    const a1 = await publish(identityModel(), '1.0', { model: 'a' });
+    const a2 = await publish(doublingModel(), '2.0', { model: 'a' });
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'a', pkg: a1, version: '1.0' }])]);
+    const base = d.database.deployments.get('a')!;
+    // What a crash leaves: "a" switched to 2.0 and in its health window, "b" of the same deployment failed.
+    const a2Dir = d.store.packageDir('a', '2.0', a2.sha256);
+    await d.store.extract(await d.store.download({ url: a2.path, sha256: a2.sha256 }), a2Dir);
+    await d.registry.stage('a', a2Dir);
+    await d.registry.promote('a');
+    const now = Date.now();
+    const row = {
+      ...base,
+      deploymentName: 'two',
+      state: 'HealthCheck',
+      version: '2.0',
+      sha256: a2.sha256,
+      packageUrl: a2.path,
+      packageDir: a2Dir,
+      previousUrl: base.packageDir,
+      previousVersion: '1.0',
+      endedAt: null,
+      startedAt: now,
+      updatedAt: now,
+    };
+    d.database.deployments.saveAll([
+      row,
+      { ...row, handle: 'b', state: 'Failed', reason: 'bad checksum', previousUrl: null, endedAt: now },
+    ]);
+    const engine = new UpdateEngine({
+      registry: d.registry,
+      repository: d.database.deployments,
+      store: d.store,
+      trust: signer.trust,
+      requireSignatures: true,
+      healthWindowMs: 10,
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+    });
+    await engine.resume();
+    expect(engine.status().find((s) => s.handle === 'a')).toMatchObject({
+      state: 'RolledBack',
+      reason: expect.stringMatching(/ROLLBACK_ON_FAILURE/),
+    });
+    expect(d.registry.describe('a').version).toBe('1.0');
+    await engine.close();
+  });
+
   it('counts in edgefleet_deployment_* metrics', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const registry = new Registry();
