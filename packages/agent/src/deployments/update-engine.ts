@@ -1,5 +1,6 @@
 import { access } from 'node:fs/promises';
 import {
+  MAX_MODELS_PER_HEARTBEAT,
   PackageVerificationError,
   openModelPackage,
   type DeploymentResultInput,
@@ -180,7 +181,7 @@ export class UpdateEngine {
       ),
       DeploymentStartTime: Math.min(...models.map((row) => row.startedAt)) / 1000,
       ...(final && ended.length > 0 && { DeploymentEndTime: Math.max(...ended) / 1000 }),
-      DeploymentModels: models.map((row) => ({
+      DeploymentModels: models.slice(0, MAX_MODELS_PER_HEARTBEAT).map((row) => ({
         ModelHandle: row.handle,
         ...(row.modelName !== null && { ModelName: row.modelName }),
         ...(row.version !== null && { ModelVersion: row.version }),

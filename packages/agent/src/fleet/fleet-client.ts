@@ -16,6 +16,7 @@
 import { readFile } from 'node:fs/promises';
 import {
   type DeploymentResultInput,
+  deploymentResultSchema,
   deviceRegistrationResultSchema,
   sendHeartbeatRequestSchema,
   sendHeartbeatResultSchema,
@@ -218,6 +219,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
   };
 
   const ids = { DeviceName: deviceName, DeviceFleetName: fleetName };
+  let badResultLogged = false;
   /** The kind of the last failure logged as a warning; '' after a success. */
   let lastFailure = '';
 
@@ -286,7 +288,17 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
             { event: 'fleet-models-skipped', models: skipped },
             'models left out of the heartbeat: name or version outside the heartbeat patterns, or too many',
           );
-        const deploymentResult = options.deployments?.deploymentResult();
+        // A result the contract refuses is left out (and said once), never allowed to stop the heartbeats.
+        let deploymentResult = options.deployments?.deploymentResult();
+        if (deploymentResult && !deploymentResultSchema.safeParse(deploymentResult).success) {
+          if (!badResultLogged)
+            logger.warn(
+              { event: 'fleet-deployment-result-invalid', deployment: deploymentResult.DeploymentName },
+              `the deployment result of ${deploymentResult.DeploymentName} does not fit the heartbeat's contract; not sent`,
+            );
+          badResultLogged = true;
+          deploymentResult = undefined;
+        }
         if (deploymentResult) heartbeat.DeploymentResult = deploymentResult;
         // Checked against the contract, sent as composed (parsing would turn its seconds into the server's ms).
         sendHeartbeatRequestSchema.parse(heartbeat);
