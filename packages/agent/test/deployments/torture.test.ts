@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
 import { promisify } from 'node:util';
 import { CLI_MAIN, requireBuilt } from '../../../../test/support/control-plane.js';
+import { until } from '../fleet/support.js';
 import { scratch } from '../support/model-packages.js';
 import {
   deployment,
@@ -72,22 +73,6 @@ function getStatus(socket: string): Promise<AgentStatus> {
     req.on('error', reject);
     req.end();
   });
-}
-
-async function until<T>(check: () => Promise<T | undefined>, what: string, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 let files: Awaited<ReturnType<typeof scratch>>;
