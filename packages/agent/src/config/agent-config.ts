@@ -72,6 +72,14 @@ export const AgentConfigSchema = z.object({
   deployments: z.object({
     enabled: z.boolean(),
     pollIntervalMinutes: z.number().int().positive(),
+    /** What the poller uses: edgefleet_deployment_poll_interval_seconds, else the minutes above. */
+    pollIntervalSeconds: z.number().int().positive(),
+    /** How long a switched model is watched (inference failures) before it is committed. */
+    healthWindowSeconds: z.number().int().nonnegative(),
+    /** While this file exists the switch to a new version waits (the application's update lock). */
+    updateLockPath: z.string(),
+    /** After this long held, the deployment is reported HELD and retried at the next poll. */
+    maxLockHoldSeconds: z.number().int().positive(),
   }),
   inference: z.object({
     workers: z.number().int().positive(),

@@ -86,6 +86,10 @@ export const CONFIG_FIELDS = {
   ),
   edgefleet_capture_auto: autoCaptureRules(),
   edgefleet_db_synchronous: choice(['NORMAL', 'FULL']),
+  edgefleet_deployment_poll_interval_seconds: integer(1, 86_400, 60),
+  edgefleet_deployment_health_window_seconds: integer(0, 3600, 30),
+  edgefleet_deployment_update_lock_path: path(),
+  edgefleet_deployment_max_lock_hold_seconds: integer(1, 604_800, 3600),
 } satisfies Record<string, FieldKind<unknown>>;
 
 export type ConfigKey = keyof typeof CONFIG_FIELDS;
@@ -106,6 +110,8 @@ export const DEFAULTS = {
   base64EmbedLimit: 3072,
   periodicUploadPeriodSeconds: 8,
   pollIntervalMinutes: 1440,
+  deploymentHealthWindowSeconds: 30,
+  deploymentMaxLockHoldSeconds: 3600,
   instancesPerModel: 1,
   unloadTimeoutSeconds: 30,
   maxQueuedRequests: 256,
@@ -316,11 +322,6 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     );
     deploymentsEnabled = false;
   }
-  if (deploymentsEnabled) {
-    warnings.push(
-      'sagemaker_edge_deployment_lib_path enables deployments, which this edgefleet-agent does not implement yet: no deployment is fetched or applied (load models with LoadModel, the REST repository API or edgefleet_preload_models)',
-    );
-  }
   if (deploymentsEnabled && !dbEnabled) {
     warnings.push(
       'deployments (sagemaker_edge_deployment_lib_path) need the local database; enabling it (as if sagemaker_edge_db_module_path were set)',
@@ -479,6 +480,16 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     deployments: {
       enabled: deploymentsEnabled,
       pollIntervalMinutes: file.sagemaker_edge_model_deployment_poll_interval ?? DEFAULTS.pollIntervalMinutes,
+      // Our key in seconds wins: the original's minutes cannot go below one minute.
+      pollIntervalSeconds:
+        file.edgefleet_deployment_poll_interval_seconds ??
+        (file.sagemaker_edge_model_deployment_poll_interval ?? DEFAULTS.pollIntervalMinutes) * 60,
+      healthWindowSeconds:
+        file.edgefleet_deployment_health_window_seconds ?? DEFAULTS.deploymentHealthWindowSeconds,
+      updateLockPath:
+        abs(file.edgefleet_deployment_update_lock_path) ?? join(localDataRootPath, 'updates.lock'),
+      maxLockHoldSeconds:
+        file.edgefleet_deployment_max_lock_hold_seconds ?? DEFAULTS.deploymentMaxLockHoldSeconds,
     },
     inference: {
       workers,

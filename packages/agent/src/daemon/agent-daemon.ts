@@ -5,6 +5,7 @@ import { modelActivityObserver, startCaptureService, type RunningCapture } from 
 import { startGrpcServer, type RunningGrpcServer } from '../grpc/index.js';
 import { InferencePool, type PoolEvent } from '../inference/index.js';
 import { AgentMetrics } from '../metrics/index.js';
+import { startDeployments, type RunningDeployments } from '../deployments/index.js';
 import { startFleetClient } from '../fleet/index.js';
 import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
@@ -42,6 +43,8 @@ export interface AgentDaemon {
   readonly config: AgentConfig;
   readonly registry: ModelRegistry;
   readonly metrics: AgentMetrics;
+  /** The update engine, when deployments are enabled. */
+  readonly deployments: RunningDeployments | undefined;
   /** `unix://<path>` of the SageMaker Edge gRPC API. */
   readonly grpcAddress: string;
   /** Where the KServe v2 REST API listens (`unix:<path>`, `http://host:port`). */
@@ -150,6 +153,19 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     });
     cleanups.push(() => capture.close());
 
+    // The update engine (sagemaker_edge_deployment_lib_path): it first resumes what a crash interrupted.
+    const deployments: RunningDeployments | undefined = database
+      ? await startDeployments({
+          config,
+          registry,
+          repository: database.deployments,
+          trust,
+          metricsRegistry: metrics.registry,
+          logger,
+        })
+      : undefined;
+    if (deployments) cleanups.push(() => deployments.stop());
+
     let grpc: RunningGrpcServer | undefined;
     const socketInode = await bindUnixSocket(commandLine.socketPath, config.socketMode, async (bindPath) => {
       const started = await startGrpcServer({
@@ -181,6 +197,11 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         socketMode: config.socketMode,
         closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
         sharedMemory,
+        agentStatus: () => ({
+          deployments: deployments
+            ? { enabled: true, models: deployments.engine.status() }
+            : { enabled: false },
+        }),
         ...(config.rest.socketPath !== null && { unixSocketPath: config.rest.socketPath }),
         ...(config.rest.tcp !== null && { tcp: config.rest.tcp }),
       }).catch((error: Error) => {
@@ -191,6 +212,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const restAddresses = rest?.addresses ?? [];
     // Heartbeats to the control plane (a no-op handle when the config names none).
     const fleet = await startFleetClient({
+      ...(deployments && { deployments: deployments.engine }),
       config,
       registry,
       metrics,
@@ -219,6 +241,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       config,
       registry,
       metrics,
+      deployments,
       grpcAddress,
       restAddresses,
       shutdown(graceMs = DEFAULT_SHUTDOWN_GRACE_MS) {
@@ -229,7 +252,12 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
             'stopping: no new requests; finishing those in flight',
           );
           cleanups.length = 0; // this path stops everything itself, in order
-          const [{ forced }] = await Promise.all([grpcServer.close(graceMs), rest?.close(), fleet.stop()]);
+          const [{ forced }] = await Promise.all([
+            grpcServer.close(graceMs),
+            rest?.close(),
+            fleet.stop(),
+            deployments?.stop(),
+          ]);
           if (forced)
             logger.warn({ graceMs }, 'requests still running after the grace period were cancelled');
           await removeOwnSocketFile(commandLine.socketPath, socketInode);

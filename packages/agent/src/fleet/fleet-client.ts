@@ -15,6 +15,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import {
+  type DeploymentResultInput,
+  deploymentResultSchema,
   deviceRegistrationResultSchema,
   sendHeartbeatRequestSchema,
   sendHeartbeatResultSchema,
@@ -43,12 +45,20 @@ export interface FleetClientOptions {
   metrics?: AgentMetrics;
   /** Latest inference and sample times per model (e.g. the local database's ModelActivity). */
   activity?: ActivitySource;
+  /** The update engine's result to carry in heartbeats (SendHeartbeat.DeploymentResult). */
+  deployments?: DeploymentResultSource;
   /** Test seams; the defaults derive from the config. */
   timing?: Partial<FleetTiming>;
   probe?: ProcessProbe;
   random?: () => number;
   /** Certificate renewal settings (certificate-renewal.ts); the files come from the config. */
   renewal?: Omit<CertificateRenewalOptions, 'files'>;
+}
+
+/** What the heartbeat reports of deployments: a result to send, and the server's acceptance of it. */
+export interface DeploymentResultSource {
+  deploymentResult(): DeploymentResultInput | undefined;
+  reported(result: DeploymentResultInput): void;
 }
 
 export interface FleetTiming {
@@ -102,8 +112,8 @@ function disabled(reason: string): FleetClient {
   };
 }
 
-/** Why the config does not allow a fleet client, or undefined when it does. */
-function whyDisabled(config: AgentConfig): string | undefined {
+/** Why the config does not allow a fleet client (nor deployments), or undefined when it does. */
+export function whyDisabled(config: AgentConfig): string | undefined {
   const { provider, device } = config;
   if (provider.kind === 'None') return 'sagemaker_edge_provider_provider is None (offline)';
   if (provider.endpoint === undefined) return 'sagemaker_edge_core_endpoint_override is not set';
@@ -121,7 +131,7 @@ function whyDisabled(config: AgentConfig): string | undefined {
   return undefined;
 }
 
-async function readTls(config: AgentConfig): Promise<DeviceTlsIdentity> {
+export async function readDeviceTls(config: AgentConfig): Promise<DeviceTlsIdentity> {
   const { certFile, certKeyFile, caCertFile } = config.provider;
   const read = (file: string, key: string) =>
     readFile(file, 'utf8').catch((error: unknown) => {
@@ -198,7 +208,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
 
   /** The TLS files are re-read at each registration check, so a renewed or re-enrolled certificate is used. */
   const connect = async (): Promise<DeviceApiClient> => {
-    const tls = await readTls(config);
+    const tls = await readDeviceTls(config);
     if (
       api &&
       api.tls.certPem === tls.certPem &&
@@ -238,6 +248,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
   };
 
   const ids = { DeviceName: deviceName, DeviceFleetName: fleetName };
+  let badResultLogged = false;
   /** The kind of the last failure logged as a warning; '' after a success. */
   let lastFailure = '';
 
@@ -306,10 +317,23 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
             { event: 'fleet-models-skipped', models: skipped },
             'models left out of the heartbeat: name or version outside the heartbeat patterns, or too many',
           );
+        // A result the contract refuses is left out (and said once), never allowed to stop the heartbeats.
+        let deploymentResult = options.deployments?.deploymentResult();
+        if (deploymentResult && !deploymentResultSchema.safeParse(deploymentResult).success) {
+          if (!badResultLogged)
+            logger.warn(
+              { event: 'fleet-deployment-result-invalid', deployment: deploymentResult.DeploymentName },
+              `the deployment result of ${deploymentResult.DeploymentName} does not fit the heartbeat's contract; not sent`,
+            );
+          badResultLogged = true;
+          deploymentResult = undefined;
+        }
+        if (deploymentResult) heartbeat.DeploymentResult = deploymentResult;
         // Checked against the contract, sent as composed (parsing would turn its seconds into the server's ms).
         sendHeartbeatRequestSchema.parse(heartbeat);
         await client.post('SendHeartbeat', heartbeat, sendHeartbeatResultSchema, abort.signal);
         composer.commit(reading);
+        if (deploymentResult) options.deployments?.reported(deploymentResult);
         if (status.consecutiveFailures > 0)
           logger.info(
             { event: 'fleet-resumed', failures: status.consecutiveFailures },

@@ -2,7 +2,10 @@
 export {
   DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
   defaultTiming,
+  readDeviceTls,
+  whyDisabled as fleetDisabledReason,
   startFleetClient,
+  type DeploymentResultSource,
   type FleetClient,
   type FleetClientOptions,
   type FleetClientState,

@@ -45,6 +45,8 @@ export interface RestAppOptions {
   version?: string;
   /** System V shared memory for the system shared memory extension; null or absent: the extension is off. */
   sharedMemory?: SharedMemoryReader | null;
+  /** What GET /edgefleet/v1/status adds to the models it lists (e.g. the update engine's state). */
+  agentStatus?: () => Record<string, unknown>;
 }
 
 type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -230,6 +232,21 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   registerModelRoutes(app, registry, regions, peerOf);
   registerSharedMemoryRoutes(app, regions, peerOf);
   registerRepositoryRoutes(app, registry);
+
+  // --- EdgeFleet's own: what the device runs and what it is doing (`edgefleet agent status`) -----------------
+
+  app.get('/edgefleet/v1/status', async (_request, reply) => {
+    const models = registry.list().map((m) => ({
+      name: m.name,
+      version: m.version,
+      packageName: m.packageName,
+      path: m.path,
+      loadedAt: m.loadedAt.toISOString(),
+      signatureVerified: m.signature.verified,
+      requests: m.requests,
+    }));
+    return reply.type(JSON_TYPE).send(JSON.stringify({ version, models, ...options.agentStatus?.() }));
+  });
 
   // --- Prometheus ----------------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ import { open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import SqliteDatabase, { type Database } from 'better-sqlite3';
 import { CaptureQueueRepository } from './capture-queue-repository.js';
+import { DeploymentsRepository } from './deployments-repository.js';
 import { LoadedModelsRepository } from './loaded-models-repository.js';
 import { migrate } from './migrations.js';
 import { ModelCountersRepository } from './model-counters-repository.js';
@@ -18,6 +19,8 @@ export const SALVAGEABLE_TABLES = [
   'loaded_models',
   'model_counters',
   'uploaded_files',
+  // The update engine's state: without it an update interrupted by the damage could not resume where it was.
+  'deployment_models',
 ] as const;
 export type SalvageableTable = (typeof SALVAGEABLE_TABLES)[number];
 
@@ -52,6 +55,7 @@ export class AgentDatabase {
   readonly loadedModels: LoadedModelsRepository;
   readonly modelCounters: ModelCountersRepository;
   readonly uploadLedger: UploadLedgerRepository;
+  readonly deployments: DeploymentsRepository;
   readonly #db: Database;
   #walTimer: NodeJS.Timeout | undefined;
   #walSync: Promise<void> = Promise.resolve();
@@ -69,6 +73,7 @@ export class AgentDatabase {
     this.loadedModels = new LoadedModelsRepository(db);
     this.modelCounters = new ModelCountersRepository(db);
     this.uploadLedger = new UploadLedgerRepository(db);
+    this.deployments = new DeploymentsRepository(db);
   }
 
   /** Opens (creating and migrating as needed). Throws when the file is not a database or is from a newer agent. */

@@ -17,6 +17,7 @@ export {
   type QueuedCaptureRow,
   type StoredCaptureStatus,
 } from './capture-queue-repository.js';
+export { DeploymentsRepository, type DeploymentModelRow } from './deployments-repository.js';
 export { LoadedModelsRepository, type LoadedModelRow } from './loaded-models-repository.js';
 export { ModelCountersRepository, type ModelCounters } from './model-counters-repository.js';
 export {

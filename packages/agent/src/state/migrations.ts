@@ -67,6 +67,43 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    description: 'deployments: the update engine state per model handle',
+    sql: `
+      -- One row per model handle the update engine manages: its state machine (deployments/deployment-state.ts)
+      -- and what it needs to resume after a crash. Every transition is written here before its effect.
+      CREATE TABLE deployment_models (
+        handle TEXT PRIMARY KEY,
+        deployment_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        desired TEXT NOT NULL CHECK (desired IN ('DEPLOY', 'UNDEPLOY')),
+        failure_policy TEXT NOT NULL,
+        allow_downgrade INTEGER NOT NULL DEFAULT 0,
+        model_name TEXT,
+        version TEXT,
+        package_url TEXT,
+        sha256 TEXT,
+        size INTEGER,
+        -- The extracted, verified package folder of the version being installed.
+        package_dir TEXT,
+        -- What served the handle before (url as loaded), kept until the new version is committed.
+        previous_url TEXT,
+        previous_version TEXT,
+        -- The last committed version (anti-rollback compares against it).
+        committed_version TEXT,
+        reason TEXT,
+        rollback_failure_reason TEXT,
+        -- Restarts seen while in this deployment's non-terminal states (a crash loop ends in a rollback).
+        restarts INTEGER NOT NULL DEFAULT 0,
+        started_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        -- 1 once a heartbeat carrying the terminal result was accepted.
+        reported INTEGER NOT NULL DEFAULT 0
+      );
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -87,7 +87,14 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         autoCapture: [],
       },
       storage: { localDataRootPath: '/greengrass/v2/work/sme', dbEnabled: true, dbSynchronous: 'NORMAL' },
-      deployments: { enabled: true, pollIntervalMinutes: 60 },
+      deployments: {
+        enabled: true,
+        pollIntervalMinutes: 60,
+        pollIntervalSeconds: 3600,
+        healthWindowSeconds: 30,
+        updateLockPath: '/greengrass/v2/work/sme/updates.lock',
+        maxLockHoldSeconds: 3600,
+      },
       inference: {
         workers: 4,
         instancesPerModel: 1,
@@ -114,11 +121,35 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       expect.arrayContaining([
         expect.stringMatching(/sagemaker_edge_provider_provider_path .* ignored/),
         expect.stringMatching(/sagemaker_edge_telemetry_libsystemd_path .* ignored/),
-        // Deployments are accepted but not implemented yet: said so at start-up (issue 13 item 4).
-        expect.stringMatching(
-          /^sagemaker_edge_deployment_lib_path enables deployments, which this edgefleet-agent does not implement yet/,
-        ),
       ]),
+    );
+  });
+
+  it('deployments: edgefleet_deployment_poll_interval_seconds wins over the minutes; no "not implemented" warning', () => {
+    const { config, warnings } = parseAgentConfig(
+      {
+        sagemaker_edge_core_device_name: 'd',
+        sagemaker_edge_core_device_fleet_name: 'f',
+        sagemaker_edge_provider_provider: 'Aws',
+        sagemaker_edge_core_endpoint_override: 'https://plane.example:8443',
+        sagemaker_edge_deployment_lib_path: '/usr/lib/deploy.so',
+        sagemaker_edge_model_deployment_poll_interval: 5,
+        edgefleet_deployment_poll_interval_seconds: 10,
+        edgefleet_deployment_health_window_seconds: 0,
+        edgefleet_deployment_update_lock_path: 'run/updates.lock',
+      },
+      context,
+    );
+    expect(config.deployments).toMatchObject({
+      enabled: true,
+      pollIntervalMinutes: 5,
+      pollIntervalSeconds: 10,
+      healthWindowSeconds: 0,
+      updateLockPath: '/srv/agent/run/updates.lock',
+    });
+    expect(warnings.join('\n')).not.toMatch(/not implement/);
+    expect(() => parseAgentConfig({ edgefleet_deployment_poll_interval_seconds: 0 }, context)).toThrow(
+      /edgefleet_deployment_poll_interval_seconds/,
     );
   });
 
@@ -149,7 +180,14 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       dbEnabled: false,
       dbSynchronous: 'NORMAL',
     });
-    expect(config.deployments).toEqual({ enabled: false, pollIntervalMinutes: 1440 });
+    expect(config.deployments).toEqual({
+      enabled: false,
+      pollIntervalMinutes: 1440,
+      pollIntervalSeconds: 86_400,
+      healthWindowSeconds: 30,
+      updateLockPath: '/srv/agent/.edgefleet/updates.lock',
+      maxLockHoldSeconds: 3600,
+    });
     expect(config.inference.workers).toBe(4);
     expect(config.inference.instancesPerModel).toBe(1);
     expect(config.inference.ort.intraOpNumThreads).toBe(1);

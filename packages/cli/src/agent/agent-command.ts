@@ -13,6 +13,7 @@ import {
   type Tensor,
 } from '@edgefleet/core';
 import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import { fetchAgentStatus, printAgentStatus } from './agent-status.js';
 import { resolveInput } from './input-shape.js';
 import { decodeTensor, encodeTensor } from './tensor-values.js';
 
@@ -82,6 +83,14 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     '--socket <path>',
     'the agent’s Unix socket (default: $EDGEFLEET_AGENT_SOCKET)',
   ] as const;
+
+  agent
+    .command('status')
+    .description('what the agent runs and what its update engine is doing (its REST socket)')
+    .option('--rest-socket <path>', 'the agent’s REST Unix socket (default: $EDGEFLEET_AGENT_REST_SOCKET)')
+    .action(async (raw: { restSocket?: string }) => {
+      printAgentStatus(await fetchAgentStatus(raw.restSocket), output());
+    });
 
   agent
     .command('list')

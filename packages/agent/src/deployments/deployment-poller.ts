@@ -1,0 +1,106 @@
+import { getDeploymentsResultSchema, type DeviceIds, type GetDeploymentsResult } from '@edgefleet/core';
+import type { EngineLogger, UpdateEngine } from './update-engine.js';
+
+/** The device API's GetDeployments route (relative to sagemaker_edge_core_endpoint_override). */
+export const GET_DEPLOYMENTS_PATH = 'api/v1/device/deployments';
+
+/** What the poller needs of the device API client (fleet/device-api.ts's DeviceApiClient). */
+export interface DeploymentsSource {
+  post(
+    operation: string,
+    body: unknown,
+    schema: typeof getDeploymentsResultSchema,
+    signal?: AbortSignal,
+  ): Promise<GetDeploymentsResult>;
+}
+
+export interface DeploymentPollerOptions {
+  engine: Pick<UpdateEngine, 'resume' | 'apply'>;
+  source: DeploymentsSource;
+  ids: DeviceIds;
+  intervalMs: number;
+  logger: EngineLogger;
+  random?: () => number;
+}
+
+export interface DeploymentPoller {
+  /** Cancels the wait and the request in flight; resolves once the loop has stopped. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Resumes what a crash interrupted, then asks for the device's deployments at start-up and every interval
+ * (±10% jitter, so a fleet does not poll in lockstep). A failed poll is logged and retried at the next one; a
+ * device offline for days converges at its first poll back.
+ */
+export function startDeploymentPoller(options: DeploymentPollerOptions): DeploymentPoller {
+  const { engine, source, ids, logger } = options;
+  const random = options.random ?? Math.random;
+  const abort = new AbortController();
+  let wake: (() => void) | undefined;
+  let lastError = '';
+  const sleep = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        wake = undefined;
+        resolve();
+      }
+      wake = done;
+    });
+
+  const loop = async () => {
+    await engine
+      .resume()
+      .catch((error: unknown) =>
+        logger.error(
+          { event: 'deployment-resume-failed', err: error },
+          `resuming deployments failed: ${(error as Error).message}`,
+        ),
+      );
+    while (!abort.signal.aborted) {
+      let result: GetDeploymentsResult | undefined;
+      try {
+        result = await source.post(GET_DEPLOYMENTS_PATH, ids, getDeploymentsResultSchema, abort.signal);
+        lastError = '';
+      } catch (error) {
+        if (abort.signal.aborted) break;
+        const message = (error as Error).message;
+        if (message !== lastError)
+          logger.warn(
+            { event: 'deployment-poll-failed', reason: message },
+            `GetDeployments failed: ${message}; retrying at the next poll`,
+          );
+        lastError = message;
+      }
+      // Without an answer, updates already under way still go on (a download resumes, a rollback completes).
+      await engine
+        .apply(result?.Deployments ?? [])
+        .catch((error: unknown) =>
+          logger.error(
+            { event: 'deployment-apply-failed', err: error },
+            `applying deployments failed: ${(error as Error).message}; retrying at the next poll`,
+          ),
+        );
+      if (!abort.signal.aborted) await sleep(Math.round(options.intervalMs * (0.9 + 0.2 * random())));
+    }
+  };
+  const running = loop().catch((error: unknown) =>
+    logger.error(
+      { event: 'deployment-poller-failed', err: error },
+      `the deployment poller stopped unexpectedly: ${(error as Error).message}`,
+    ),
+  );
+  let stopping: Promise<void> | undefined;
+  return {
+    stop() {
+      stopping ??= (async () => {
+        abort.abort();
+        wake?.();
+        await running;
+      })();
+      return stopping;
+    },
+  };
+}

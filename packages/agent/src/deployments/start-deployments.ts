@@ -1,0 +1,99 @@
+import { join } from 'node:path';
+import type { TrustPolicy } from '@edgefleet/core';
+import type { Registry } from 'prom-client';
+import type { AgentConfig } from '../config/index.js';
+import { DeviceApiClient, fleetDisabledReason, readDeviceTls } from '../fleet/index.js';
+import type { DeploymentsRepository } from '../state/index.js';
+import { DeploymentMetrics } from './deployment-metrics.js';
+import { startDeploymentPoller } from './deployment-poller.js';
+import { PackageStore } from './package-store.js';
+import { UpdateEngine, type DeployableRegistry, type EngineLogger } from './update-engine.js';
+
+export interface StartDeploymentsOptions {
+  config: AgentConfig;
+  registry: DeployableRegistry;
+  repository: DeploymentsRepository;
+  trust: TrustPolicy | null;
+  metricsRegistry?: Registry;
+  logger: EngineLogger;
+}
+
+export interface RunningDeployments {
+  engine: UpdateEngine;
+  /** Stops polling and the step in progress (it resumes at the next start). */
+  stop(): Promise<void>;
+}
+
+/** The package store's folder under sagemaker_edge_local_data_root_path. */
+export const DEPLOYMENTS_FOLDER = 'deployments';
+
+/**
+ * Starts the update engine and its poller when sagemaker_edge_deployment_lib_path enables deployments and the
+ * config names a control plane (as the fleet client needs); otherwise says why not and returns undefined.
+ */
+export async function startDeployments(
+  options: StartDeploymentsOptions,
+): Promise<RunningDeployments | undefined> {
+  const { config, logger } = options;
+  if (!config.deployments.enabled) return undefined;
+  const reason = fleetDisabledReason(config);
+  if (reason !== undefined) {
+    logger.warn({ event: 'deployments-disabled' }, `deployments off: ${reason}`);
+    return undefined;
+  }
+  const endpoint = config.provider.endpoint!;
+  let tls: Awaited<ReturnType<typeof readDeviceTls>>;
+  try {
+    tls = await readDeviceTls(config);
+  } catch (error) {
+    // The agent still serves its models; deployments wait for a restart with readable certificate files.
+    logger.error(
+      { event: 'deployments-disabled', err: error },
+      `deployments off: cannot read the device certificate: ${(error as Error).message}`,
+    );
+    return undefined;
+  }
+  const timeoutMs = 30_000;
+  const metrics = options.metricsRegistry && new DeploymentMetrics(options.metricsRegistry);
+  const store = new PackageStore({
+    root: join(config.storage.localDataRootPath, DEPLOYMENTS_FOLDER),
+    endpoint,
+    tls,
+    timeoutMs,
+    ...(metrics && { onBytes: (bytes: number) => metrics.downloaded(bytes) }),
+  });
+  const client = new DeviceApiClient(endpoint, tls, { timeoutMs });
+  const engine = new UpdateEngine({
+    registry: options.registry,
+    repository: options.repository,
+    store,
+    trust: options.trust,
+    requireSignatures: config.trust.requireSignatures,
+    healthWindowMs: config.deployments.healthWindowSeconds * 1000,
+    updateLock: {
+      path: config.deployments.updateLockPath,
+      maxHoldMs: config.deployments.maxLockHoldSeconds * 1000,
+    },
+    logger,
+    ...(metrics && { metrics }),
+  });
+  const poller = startDeploymentPoller({
+    engine,
+    source: client,
+    ids: { DeviceName: config.device.name!, DeviceFleetName: config.device.fleetName! },
+    intervalMs: config.deployments.pollIntervalSeconds * 1000,
+    logger,
+  });
+  logger.info(
+    { event: 'deployments-started', endpoint, intervalSeconds: config.deployments.pollIntervalSeconds },
+    `deployments: polling ${endpoint} every ${config.deployments.pollIntervalSeconds} s`,
+  );
+  return {
+    engine,
+    async stop() {
+      await Promise.all([poller.stop(), engine.close()]);
+      client.close();
+      store.close();
+    },
+  };
+}

@@ -1,0 +1,703 @@
+import { access } from 'node:fs/promises';
+import {
+  MAX_MODELS_PER_HEARTBEAT,
+  PackageVerificationError,
+  openModelPackage,
+  type DeploymentResultInput,
+  type EdgeDeployment,
+  type TrustPolicy,
+} from '@edgefleet/core';
+import type { ModelDescription, StagedVersionDescription } from '../models/index.js';
+import type { DeploymentModelRow, DeploymentsRepository } from '../state/index.js';
+import type { DeploymentMetrics } from './deployment-metrics.js';
+import {
+  FINAL_STATES,
+  canTransition,
+  compareVersions,
+  isDeploymentState,
+  type DeploymentState,
+} from './deployment-state.js';
+import { PackageDownloadError, sha256File, type PackageStore } from './package-store.js';
+
+/** The registry calls the engine needs (ModelRegistry's). */
+export interface DeployableRegistry {
+  load(request: { url: string; name: string }): Promise<ModelDescription>;
+  stage(name: string, url: string): Promise<StagedVersionDescription>;
+  promote(name: string): Promise<ModelDescription>;
+  abortStaged(name: string): Promise<void>;
+  unload(name: string): Promise<void>;
+  has(name: string): boolean;
+  describe(name: string): ModelDescription;
+}
+
+export interface EngineLogger {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+}
+
+/** The application's hold on updates (a file, like balena's updates.lock): the switch waits while it exists. */
+export interface UpdateLock {
+  path: string;
+  /** After this long held, the staged version is dropped and the deployment reported HELD (retried later). */
+  maxHoldMs: number;
+}
+
+export interface UpdateEngineOptions {
+  registry: DeployableRegistry;
+  repository: DeploymentsRepository;
+  store: PackageStore;
+  /** The device's trust roots (null: signatures not checked, as for LoadModel). */
+  trust: TrustPolicy | null;
+  requireSignatures: boolean;
+  /** How long a switched model is watched before it is committed. */
+  healthWindowMs: number;
+  /** Restarts of the agent during one update after which it is rolled back (a crash loop). Default 3. */
+  maxRestarts?: number;
+  updateLock?: UpdateLock;
+  logger: EngineLogger;
+  metrics?: DeploymentMetrics;
+  now?: () => number;
+}
+
+/** One model handle's update, as `edgefleet agent status` shows it. */
+export interface DeploymentModelStatus {
+  handle: string;
+  deployment: string;
+  state: DeploymentState;
+  desired: 'DEPLOY' | 'UNDEPLOY';
+  version: string | null;
+  previousVersion: string | null;
+  committedVersion: string | null;
+  held: boolean;
+  reason: string | null;
+  rollbackFailureReason: string | null;
+  startedAt: string;
+  updatedAt: string;
+  endedAt: string | null;
+}
+
+/** A step's outcome: go on, wait for the next pass (download retry, lock held), or stop (a final state). */
+type Step = 'next' | 'wait' | 'done';
+
+class DeploymentFailure extends Error {}
+
+const UNNAMED = 'unnamed-deployment';
+/** States in which the old version still serves and nothing of the new one is in use. */
+const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set(['Downloading', 'Verifying', 'Loading']);
+const LOCK_POLL_MS = 500;
+
+/**
+ * The crash-safe update engine: applies GetDeployments answers to the model registry through the persisted
+ * state machine of deployment-state.ts (one row per model handle in the local database). One pass at a time:
+ * `apply` (after each poll) and `resume` (at start-up) never overlap; a later call waits for the one running.
+ */
+export class UpdateEngine {
+  readonly #o: UpdateEngineOptions;
+  readonly #now: () => number;
+  readonly #maxRestarts: number;
+  readonly #held = new Set<string>();
+  readonly #abort = new AbortController();
+  #running: Promise<void> = Promise.resolve();
+
+  constructor(options: UpdateEngineOptions) {
+    this.#o = options;
+    this.#now = options.now ?? Date.now;
+    this.#maxRestarts = options.maxRestarts ?? 3;
+    for (const row of options.repository.list())
+      if (isDeploymentState(row.state)) options.metrics?.setState(row.handle, row.state);
+  }
+
+  /** After a restart: every update that was not final counts a restart and is driven on to a final state. */
+  resume(): Promise<void> {
+    return this.#serial(async () => {
+      const open = this.#o.repository.list().filter((row) => !FINAL_STATES.has(state(row)));
+      for (const row of open) {
+        row.restarts += 1;
+        this.#o.repository.save(row);
+      }
+      await this.#driveOpen();
+    });
+  }
+
+  /** Applies the deployments of a GetDeployments answer (updates already applied or final are left alone). */
+  apply(deployments: readonly EdgeDeployment[]): Promise<void> {
+    return this.#serial(async () => {
+      await this.#driveOpen();
+      for (const deployment of deployments) {
+        if (this.#abort.signal.aborted) return;
+        await this.#applyDeployment(deployment);
+      }
+    });
+  }
+
+  /** Every handle's update, newest first. */
+  status(): DeploymentModelStatus[] {
+    return this.#o.repository
+      .list()
+      .sort((a, b) => b.updatedAt - a.updatedAt)
+      .map((row) => ({
+        handle: row.handle,
+        deployment: row.deploymentName,
+        state: state(row),
+        desired: row.desired,
+        version: row.version,
+        previousVersion: row.previousVersion,
+        committedVersion: row.committedVersion,
+        held: this.#held.has(row.handle),
+        reason: row.reason,
+        rollbackFailureReason: row.rollbackFailureReason,
+        startedAt: new Date(row.startedAt).toISOString(),
+        updatedAt: new Date(row.updatedAt).toISOString(),
+        endedAt: row.endedAt === null ? null : new Date(row.endedAt).toISOString(),
+      }));
+  }
+
+  /**
+   * The DeploymentResult for the next heartbeat: the most recently changed deployment whose final result the
+   * server has not yet accepted (in progress or held ones too), or undefined when there is nothing to report.
+   */
+  deploymentResult(): DeploymentResultInput | undefined {
+    const rows = this.#o.repository.list();
+    const pending = rows.filter((row) => !row.reported).sort((a, b) => b.updatedAt - a.updatedAt)[0];
+    if (!pending) return undefined;
+    const models = rows.filter((row) => row.deploymentName === pending.deploymentName);
+    const final = models.every((row) => FINAL_STATES.has(state(row)));
+    const failed = models.filter((row) => state(row) === 'Failed' || state(row) === 'RolledBack');
+    const held = models.some((row) => this.#held.has(row.handle));
+    const status = !final ? (held ? 'HELD' : 'INPROGRESS') : failed.length > 0 ? 'FAIL' : 'SUCCESS';
+    const ended = models.map((row) => row.endedAt).filter((t): t is number => t !== null);
+    return {
+      DeploymentName: pending.deploymentName,
+      DeploymentStatus: status,
+      DeploymentStatusMessage: truncate(
+        failed.length > 0
+          ? failed.map((row) => `${row.handle}: ${row.reason ?? state(row)}`).join('; ')
+          : held
+            ? 'the update lock holds the switch'
+            : final
+              ? 'every model is on its new version'
+              : 'in progress',
+      ),
+      DeploymentStartTime: Math.min(...models.map((row) => row.startedAt)) / 1000,
+      ...(final && ended.length > 0 && { DeploymentEndTime: Math.max(...ended) / 1000 }),
+      DeploymentModels: models.slice(0, MAX_MODELS_PER_HEARTBEAT).map((row) => ({
+        ModelHandle: row.handle,
+        ...(row.modelName !== null && { ModelName: row.modelName }),
+        ...(row.version !== null && { ModelVersion: row.version }),
+        DesiredState: row.desired,
+        State: deployedState(row),
+        ...(FINAL_STATES.has(state(row)) && {
+          Status: state(row) === 'Committed' ? ('SUCCESS' as const) : ('FAIL' as const),
+        }),
+        ...(row.reason !== null && { StatusReason: truncate(row.reason) }),
+        ...(row.rollbackFailureReason !== null && {
+          RollbackFailureReason: truncate(row.rollbackFailureReason),
+        }),
+      })),
+    };
+  }
+
+  /** The server accepted a heartbeat carrying `result`: final results in it are not sent again. */
+  reported(result: DeploymentResultInput): void {
+    const rows = this.#o.repository
+      .list()
+      .filter((row) => row.deploymentName === result.DeploymentName && !row.reported);
+    if (rows.length === 0 || !rows.every((row) => FINAL_STATES.has(state(row)))) return;
+    if (result.DeploymentStatus === 'INPROGRESS' || result.DeploymentStatus === 'HELD') return;
+    this.#o.repository.saveAll(rows.map((row) => ({ ...row, reported: true })));
+  }
+
+  /** Stops at the next step (waits are cut short); what is in progress resumes at the next start. */
+  async close(): Promise<void> {
+    this.#abort.abort();
+    await this.#running.catch(() => {});
+  }
+
+  #serial(work: () => Promise<void>): Promise<void> {
+    const run = this.#running.then(work);
+    this.#running = run.catch(() => {});
+    return run;
+  }
+
+  /** Drives every deployment with a model not yet final, with all its models (final ones decide a rollback too). */
+  async #driveOpen(): Promise<void> {
+    const all = this.#o.repository.list();
+    const open = new Set(all.filter((row) => !FINAL_STATES.has(state(row))).map((row) => row.deploymentName));
+    for (const name of open) {
+      if (this.#abort.signal.aborted) return;
+      const rows = all.filter((row) => row.deploymentName === name);
+      await this.#drive(rows[0]!.failurePolicy, rows);
+    }
+  }
+
+  async #applyDeployment(deployment: EdgeDeployment): Promise<void> {
+    const name = deployment.DeploymentName ?? UNNAMED;
+    const policy = deployment.FailureHandlingPolicy ?? 'ROLLBACK_ON_FAILURE';
+    const rows: DeploymentModelRow[] = [];
+    for (const definition of deployment.Definitions ?? []) {
+      const handle = definition.ModelHandle;
+      if (handle === undefined) {
+        this.#o.logger.warn(
+          { event: 'deployment-definition-skipped', deployment: name },
+          `deployment ${name}: a model definition has no ModelHandle; skipped`,
+        );
+        continue;
+      }
+      const desired = definition.State ?? 'DEPLOY';
+      const existing = this.#o.repository.get(handle);
+      if (
+        existing &&
+        existing.deploymentName === name &&
+        existing.desired === desired &&
+        existing.sha256 === (definition.Sha256 ?? null)
+      ) {
+        rows.push(existing);
+        continue;
+      }
+      if (existing && !FINAL_STATES.has(state(existing))) {
+        // Still waiting (a download to retry, the lock). Not switched yet: a newer deployment replaces it.
+        if (!BEFORE_SWITCH.has(state(existing))) continue;
+        await this.#fail(existing, `superseded by deployment ${name} before it was switched`);
+      }
+      const served = this.#served(handle);
+      const now = this.#now();
+      const row: DeploymentModelRow = {
+        handle,
+        deploymentName: name,
+        state: existing?.state ?? 'Idle',
+        desired,
+        failurePolicy: policy,
+        allowDowngrade: deployment.AllowDowngrade === true,
+        modelName: definition.ModelName ?? null,
+        version: definition.ModelVersion ?? null,
+        packageUrl: definition.PackageUrl ?? null,
+        sha256: definition.Sha256 ?? null,
+        size: definition.Size ?? null,
+        packageDir: null,
+        previousUrl: served?.url ?? null,
+        previousVersion: served?.version ?? null,
+        committedVersion: existing?.committedVersion ?? served?.version ?? null,
+        reason: null,
+        rollbackFailureReason: null,
+        restarts: 0,
+        startedAt: now,
+        updatedAt: now,
+        endedAt: null,
+        reported: false,
+      };
+      if (desired === 'UNDEPLOY') {
+        this.#transition(row, 'Switching');
+      } else if (!row.packageUrl || !row.sha256 || !row.version) {
+        this.#transition(row, 'Failed', {
+          reason: `the deployment gives no ${[!row.packageUrl && 'PackageUrl', !row.sha256 && 'Sha256', !row.version && 'ModelVersion'].filter(Boolean).join(', ')} for ${handle}; expected EdgeFleet's download members`,
+        });
+      } else {
+        row.packageDir = this.#o.store.packageDir(handle, row.version, row.sha256);
+        if (served?.url === row.packageDir) {
+          // Already serving exactly this package (another plan naming it again): nothing to install, and its
+          // folder must not be extracted over.
+          const keepPrevious = existing?.packageDir === row.packageDir;
+          row.previousUrl = keepPrevious ? existing.previousUrl : null;
+          row.previousVersion = keepPrevious ? existing.previousVersion : null;
+          this.#transition(row, 'Committed', { ended: true, committedVersion: row.version });
+        } else this.#transition(row, 'Downloading');
+      }
+      rows.push(row);
+    }
+    if (rows.length > 0) await this.#drive(policy, rows);
+  }
+
+  /**
+   * Drives a deployment's models through their states. Each stops at HealthCheck (switched) or a final state,
+   * or waits (download to retry, update lock held); when none waits, the health window decides, and the
+   * deployment is committed or, under ROLLBACK_ON_FAILURE, rolled back as a whole.
+   */
+  async #drive(policy: string, rows: DeploymentModelRow[]): Promise<void> {
+    let waiting = false;
+    for (const row of rows) {
+      if (this.#abort.signal.aborted) return;
+      if (await this.#tooManyRestarts(row)) continue;
+      if ((await this.#advance(row)) === 'wait') waiting = true;
+    }
+    if (waiting || this.#abort.signal.aborted) return;
+    const switched = rows.filter((row) => state(row) === 'HealthCheck');
+    if (switched.length > 0) {
+      await this.#sleep(this.#o.healthWindowMs);
+      if (this.#abort.signal.aborted) return;
+      for (const row of switched) {
+        const problem = this.#health(row);
+        if (problem) await this.#rollBack(row, problem);
+      }
+    }
+    const failed = rows.filter((row) => state(row) === 'Failed' || state(row) === 'RolledBack');
+    const healthy = rows.filter((row) => state(row) === 'HealthCheck');
+    if (failed.length > 0 && policy === 'ROLLBACK_ON_FAILURE') {
+      const why = `rolled back with the deployment (ROLLBACK_ON_FAILURE): ${failed.map((row) => `${row.handle} failed`).join(', ')}`;
+      for (const row of healthy) await this.#rollBack(row, why);
+    } else if (healthy.length > 0) {
+      const now = this.#now();
+      const committed = healthy.map((row) => {
+        const next: DeploymentModelRow = { ...row, committedVersion: row.version, reason: null };
+        this.#check(row, 'Committed');
+        return { ...next, state: 'Committed', updatedAt: now, endedAt: now };
+      });
+      this.#o.repository.saveAll(committed);
+      for (const row of committed) {
+        Object.assign(rows[rows.findIndex((r) => r.handle === row.handle)]!, row);
+        this.#o.metrics?.setState(row.handle, 'Committed');
+        this.#o.logger.info(
+          {
+            event: 'deployment-committed',
+            model: row.handle,
+            version: row.version,
+            deployment: row.deploymentName,
+          },
+          `deployment ${row.deploymentName}: ${row.handle} committed on version ${row.version}`,
+        );
+      }
+    }
+    await this.collectGarbage();
+  }
+
+  /** Removes packages and downloads no update needs: kept are the committed and previous versions, and those in progress. */
+  async collectGarbage(): Promise<void> {
+    const keep = new Set<string>();
+    for (const row of this.#o.repository.list()) {
+      const final = FINAL_STATES.has(state(row));
+      if (row.packageDir && (!final || state(row) === 'Committed')) keep.add(row.packageDir);
+      if (row.previousUrl) keep.add(row.previousUrl);
+      if (!final && row.sha256) keep.add(this.#o.store.downloadPath(row.sha256));
+      const served = this.#served(row.handle);
+      if (served) keep.add(served.path);
+    }
+    await this.#o.store
+      .collectGarbage(keep)
+      .catch((error: unknown) =>
+        this.#o.logger.warn(
+          { event: 'deployment-gc-failed', err: error },
+          `package store clean-up failed: ${(error as Error).message}`,
+        ),
+      );
+  }
+
+  /** A version that keeps taking the agent down (restarts while it is switched) is not given another chance. */
+  async #tooManyRestarts(row: DeploymentModelRow): Promise<boolean> {
+    const s = state(row);
+    if (row.restarts <= this.#maxRestarts || (s !== 'HealthCheck' && s !== 'Switching')) return false;
+    await this.#rollBack(row, `the agent restarted ${row.restarts} times during this update`);
+    return true;
+  }
+
+  /** Takes one model as far as it goes before the health window. */
+  async #advance(row: DeploymentModelRow): Promise<Step> {
+    for (;;) {
+      if (this.#abort.signal.aborted) return 'wait';
+      const step = await this.#step(row).catch(async (error: unknown) => {
+        if (error instanceof DeploymentFailure) {
+          await this.#fail(row, error.message);
+          return 'done' as const;
+        }
+        throw error;
+      });
+      if (step !== 'next') return step;
+    }
+  }
+
+  async #step(row: DeploymentModelRow): Promise<Step> {
+    switch (state(row)) {
+      case 'Downloading':
+        return this.#download(row);
+      case 'Verifying':
+        return this.#verify(row);
+      case 'Loading':
+        return this.#load(row);
+      case 'Switching':
+        return this.#switch(row);
+      case 'RollingBack':
+        await this.#rollBack(row, row.reason ?? 'rolling back');
+        return 'done';
+      default:
+        return 'done';
+    }
+  }
+
+  async #download(row: DeploymentModelRow): Promise<Step> {
+    try {
+      await this.#o.store.download(
+        { url: row.packageUrl!, sha256: row.sha256!, ...(row.size !== null && { size: row.size }) },
+        this.#abort.signal,
+      );
+    } catch (error) {
+      if (error instanceof PackageDownloadError && error.outcome === 'retry') {
+        row.reason = error.message;
+        row.updatedAt = this.#now();
+        this.#o.repository.save(row);
+        this.#o.logger.warn(
+          { event: 'deployment-download-retry', model: row.handle, reason: error.message },
+          `deployment ${row.deploymentName}: ${row.handle}: ${error.message}; the download resumes at the next poll`,
+        );
+        return 'wait';
+      }
+      throw new DeploymentFailure((error as Error).message);
+    }
+    this.#transition(row, 'Verifying', { reason: null });
+    return 'next';
+  }
+
+  async #verify(row: DeploymentModelRow): Promise<Step> {
+    const file = this.#o.store.downloadPath(row.sha256!);
+    const digest = await sha256File(file).catch(() => undefined);
+    if (digest !== row.sha256) {
+      // The download went away or changed on disk since it was checked: fetch it again.
+      this.#transition(row, 'Downloading');
+      return 'next';
+    }
+    let dir: string;
+    try {
+      dir = await this.#o.store.extract(file, row.packageDir!);
+    } catch (error) {
+      throw new DeploymentFailure(
+        `the package of ${row.handle} cannot be extracted: ${(error as Error).message}`,
+      );
+    }
+    let manifest: { name: string; version: string };
+    try {
+      manifest = (await openModelPackage(dir, { trust: this.#o.trust })).manifest;
+    } catch (error) {
+      if (!(error instanceof PackageVerificationError) || this.#o.requireSignatures)
+        throw new DeploymentFailure(`the package of ${row.handle} was refused: ${(error as Error).message}`);
+      manifest = (await openModelPackage(dir, { trust: null })).manifest;
+      this.#o.logger.warn(
+        { event: 'deployment-unverified', model: row.handle },
+        `deployment ${row.deploymentName}: the package of ${row.handle} does not verify (${error.message}); installing it as edgefleet_require_signatures is off`,
+      );
+    }
+    if (row.modelName !== null && manifest.name !== row.modelName)
+      throw new DeploymentFailure(
+        `the package is model ${JSON.stringify(manifest.name)}; the deployment names ${JSON.stringify(row.modelName)} (a package for another model)`,
+      );
+    if (manifest.version !== row.version)
+      throw new DeploymentFailure(
+        `the package is version ${JSON.stringify(manifest.version)}; the deployment names ${JSON.stringify(row.version)}`,
+      );
+    if (
+      row.committedVersion !== null &&
+      !row.allowDowngrade &&
+      compareVersions(manifest.version, row.committedVersion) < 0
+    )
+      throw new DeploymentFailure(
+        `anti-rollback: version ${manifest.version} is older than the committed version ${row.committedVersion}; only a deployment marked as a rollback (AllowDowngrade) may install it`,
+      );
+    this.#transition(row, 'Loading');
+    return 'next';
+  }
+
+  async #load(row: DeploymentModelRow): Promise<Step> {
+    const served = this.#served(row.handle);
+    if (served?.url === row.packageDir) {
+      this.#transition(row, 'HealthCheck');
+      return 'done';
+    }
+    try {
+      if (!served) {
+        // A first install: nothing serves the handle, so there is no old version to keep beside it.
+        await this.#o.registry.load({ name: row.handle, url: row.packageDir! });
+        this.#transition(row, 'HealthCheck');
+        return 'done';
+      }
+      if (served.staged) await this.#o.registry.abortStaged(row.handle);
+      await this.#o.registry.stage(row.handle, row.packageDir!);
+    } catch (error) {
+      throw new DeploymentFailure(
+        `version ${row.version} of ${row.handle} did not load: ${(error as Error).message}`,
+      );
+    }
+    this.#transition(row, 'Switching');
+    return 'next';
+  }
+
+  async #switch(row: DeploymentModelRow): Promise<Step> {
+    if (row.desired === 'UNDEPLOY') {
+      if (this.#o.registry.has(row.handle))
+        await this.#o.registry.unload(row.handle).catch((error: unknown) => {
+          throw new DeploymentFailure(`unloading ${row.handle} failed: ${(error as Error).message}`);
+        });
+      this.#transition(row, 'Committed', { ended: true, committedVersion: null });
+      return 'done';
+    }
+    const served = this.#served(row.handle);
+    if (served?.url === row.packageDir) {
+      this.#transition(row, 'HealthCheck');
+      return 'done';
+    }
+    if (!served?.staged || served.staged.url !== row.packageDir || served.staged.state !== 'ready') {
+      // After a restart the staged version is gone: load it beside the old one again.
+      this.#transition(row, 'Loading');
+      return 'next';
+    }
+    if (!(await this.#lockReleased(row))) return 'wait';
+    try {
+      await this.#o.registry.promote(row.handle);
+    } catch (error) {
+      throw new DeploymentFailure(
+        `switching ${row.handle} to version ${row.version} failed: ${(error as Error).message}`,
+      );
+    }
+    this.#transition(row, 'HealthCheck');
+    return 'done';
+  }
+
+  /** Waits while the update lock is held, at most its maximum hold; false when it is still held then. */
+  async #lockReleased(row: DeploymentModelRow): Promise<boolean> {
+    const lock = this.#o.updateLock;
+    if (!lock) return true;
+    const began = this.#now();
+    while (await exists(lock.path)) {
+      if (this.#abort.signal.aborted) return false;
+      if (this.#now() - began >= lock.maxHoldMs) {
+        this.#held.add(row.handle);
+        row.reason = `held: the update lock ${lock.path} was held for more than ${Math.round(lock.maxHoldMs / 1000)} s; the switch is retried at the next poll`;
+        await this.#o.registry.abortStaged(row.handle).catch(() => {});
+        this.#transition(row, 'Loading', { reason: row.reason });
+        this.#o.logger.warn({ event: 'deployment-held', model: row.handle }, row.reason);
+        return false;
+      }
+      await this.#sleep(LOCK_POLL_MS);
+    }
+    this.#held.delete(row.handle);
+    return true;
+  }
+
+  /** Why a switched model failed its health window, or undefined when it passed. */
+  #health(row: DeploymentModelRow): string | undefined {
+    const served = this.#served(row.handle);
+    if (!served || served.url !== row.packageDir)
+      return `version ${row.version} of ${row.handle} stopped serving during its health window`;
+    const { succeeded, failed } = served.requests;
+    if (failed > 0 && failed >= succeeded)
+      return `version ${row.version} of ${row.handle} failed its health window: ${failed} of ${failed + succeeded} requests failed`;
+    return undefined;
+  }
+
+  async #rollBack(row: DeploymentModelRow, why: string): Promise<void> {
+    if (state(row) !== 'RollingBack') this.#transition(row, 'RollingBack', { reason: why });
+    try {
+      const served = this.#served(row.handle);
+      if (row.previousUrl) {
+        if (served?.url !== row.previousUrl) {
+          if (served) {
+            if (served.staged) await this.#o.registry.abortStaged(row.handle);
+            await this.#o.registry.stage(row.handle, row.previousUrl);
+            await this.#o.registry.promote(row.handle);
+          } else await this.#o.registry.load({ name: row.handle, url: row.previousUrl });
+        }
+      } else if (served) await this.#o.registry.unload(row.handle);
+      this.#transition(row, 'RolledBack', {
+        ended: true,
+        committedVersion: row.previousVersion ?? row.committedVersion,
+      });
+      this.#o.logger.warn(
+        { event: 'deployment-rolled-back', model: row.handle, reason: why },
+        `deployment ${row.deploymentName}: ${row.handle} rolled back to ${row.previousVersion ?? 'nothing (first install)'}: ${why}`,
+      );
+    } catch (error) {
+      this.#transition(row, 'Failed', {
+        ended: true,
+        rollbackFailureReason: (error as Error).message,
+      });
+      this.#o.logger.error(
+        { event: 'deployment-rollback-failed', model: row.handle, err: error },
+        `deployment ${row.deploymentName}: rolling ${row.handle} back failed: ${(error as Error).message}`,
+      );
+    }
+  }
+
+  /** A failure before the switch: the old version never stopped serving; nothing half-installed stays. */
+  async #fail(row: DeploymentModelRow, reason: string): Promise<void> {
+    const served = this.#served(row.handle);
+    if (served?.url === row.packageDir) {
+      await this.#rollBack(row, reason);
+      return;
+    }
+    if (served?.staged?.url === row.packageDir)
+      await this.#o.registry.abortStaged(row.handle).catch(() => {});
+    this.#transition(row, 'Failed', { reason, ended: true });
+    await this.#o.store.discard([row.packageDir, row.sha256 && this.#o.store.downloadPath(row.sha256)]);
+    this.#o.logger.error(
+      { event: 'deployment-failed', model: row.handle, deployment: row.deploymentName, reason },
+      `deployment ${row.deploymentName}: ${row.handle} FAILED: ${reason}`,
+    );
+  }
+
+  #check(row: DeploymentModelRow, to: DeploymentState): void {
+    const from = state(row);
+    if (!canTransition(from, to))
+      throw new Error(`update engine bug: ${row.handle} cannot go from ${from} to ${to}`);
+  }
+
+  /** Writes the new state (committed to the database) before the caller acts on it. */
+  #transition(
+    row: DeploymentModelRow,
+    to: DeploymentState,
+    changes: {
+      reason?: string | null;
+      ended?: boolean;
+      rollbackFailureReason?: string;
+      committedVersion?: string | null;
+    } = {},
+  ): void {
+    this.#check(row, to);
+    const now = this.#now();
+    row.state = to;
+    row.updatedAt = now;
+    if (changes.reason !== undefined) row.reason = changes.reason;
+    if (changes.rollbackFailureReason !== undefined)
+      row.rollbackFailureReason = changes.rollbackFailureReason;
+    if (changes.committedVersion !== undefined) row.committedVersion = changes.committedVersion;
+    if (changes.ended) row.endedAt = now;
+    if (FINAL_STATES.has(to)) row.reported = false;
+    this.#o.repository.save(row);
+    this.#o.metrics?.setState(row.handle, to);
+  }
+
+  #served(handle: string): ModelDescription | undefined {
+    return this.#o.registry.has(handle) ? this.#o.registry.describe(handle) : undefined;
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#abort.signal.aborted) return resolve();
+      const signal = this.#abort.signal;
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      }
+      signal.addEventListener('abort', done);
+    });
+  }
+}
+
+function state(row: DeploymentModelRow): DeploymentState {
+  return isDeploymentState(row.state) ? row.state : 'Failed';
+}
+
+/** Whether the handle runs the deployment's model now (the DeploymentResult's State). */
+function deployedState(row: DeploymentModelRow): 'DEPLOY' | 'UNDEPLOY' {
+  const s = state(row);
+  if (row.desired === 'UNDEPLOY') return s === 'Committed' ? 'UNDEPLOY' : 'DEPLOY';
+  return s === 'Committed' || s === 'HealthCheck' ? 'DEPLOY' : row.previousUrl ? 'DEPLOY' : 'UNDEPLOY';
+}
+
+function truncate(text: string): string {
+  return text.length > 1000 ? `${text.slice(0, 997)}…` : text;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}

@@ -1,0 +1,109 @@
+import type { Database } from 'better-sqlite3';
+
+/** One model handle's update, as the update engine persists it (table deployment_models). */
+export interface DeploymentModelRow {
+  handle: string;
+  deploymentName: string;
+  /** A DeploymentState (deployments/deployment-state.ts); stored as text. */
+  state: string;
+  desired: 'DEPLOY' | 'UNDEPLOY';
+  failurePolicy: string;
+  allowDowngrade: boolean;
+  modelName: string | null;
+  version: string | null;
+  packageUrl: string | null;
+  sha256: string | null;
+  size: number | null;
+  packageDir: string | null;
+  previousUrl: string | null;
+  previousVersion: string | null;
+  committedVersion: string | null;
+  reason: string | null;
+  rollbackFailureReason: string | null;
+  restarts: number;
+  startedAt: number;
+  updatedAt: number;
+  endedAt: number | null;
+  reported: boolean;
+}
+
+const COLUMNS: ReadonlyArray<[keyof DeploymentModelRow, string]> = [
+  ['handle', 'handle'],
+  ['deploymentName', 'deployment_name'],
+  ['state', 'state'],
+  ['desired', 'desired'],
+  ['failurePolicy', 'failure_policy'],
+  ['allowDowngrade', 'allow_downgrade'],
+  ['modelName', 'model_name'],
+  ['version', 'version'],
+  ['packageUrl', 'package_url'],
+  ['sha256', 'sha256'],
+  ['size', 'size'],
+  ['packageDir', 'package_dir'],
+  ['previousUrl', 'previous_url'],
+  ['previousVersion', 'previous_version'],
+  ['committedVersion', 'committed_version'],
+  ['reason', 'reason'],
+  ['rollbackFailureReason', 'rollback_failure_reason'],
+  ['restarts', 'restarts'],
+  ['startedAt', 'started_at'],
+  ['updatedAt', 'updated_at'],
+  ['endedAt', 'ended_at'],
+  ['reported', 'reported'],
+];
+
+type Stored = Record<string, unknown>;
+
+function toRow(stored: Stored): DeploymentModelRow {
+  const row: Record<string, unknown> = {};
+  for (const [field, column] of COLUMNS) row[field] = stored[column];
+  row.allowDowngrade = stored.allow_downgrade === 1;
+  row.reported = stored.reported === 1;
+  return row as unknown as DeploymentModelRow;
+}
+
+function toStored(row: DeploymentModelRow): Stored {
+  const stored: Stored = {};
+  for (const [field, column] of COLUMNS) stored[column] = row[field];
+  stored.allow_downgrade = row.allowDowngrade ? 1 : 0;
+  stored.reported = row.reported ? 1 : 0;
+  return stored;
+}
+
+/**
+ * The update engine's state per model handle. Each `save` is one committed SQLite transaction: in WAL mode it
+ * survives the agent being killed once it returns, which is what "written before its effect" relies on.
+ */
+export class DeploymentsRepository {
+  readonly #db: Database;
+
+  constructor(db: Database) {
+    this.#db = db;
+  }
+
+  get(handle: string): DeploymentModelRow | undefined {
+    const stored = this.#db.prepare('SELECT * FROM deployment_models WHERE handle = ?').get(handle) as
+      Stored | undefined;
+    return stored && toRow(stored);
+  }
+
+  list(): DeploymentModelRow[] {
+    return (this.#db.prepare('SELECT * FROM deployment_models ORDER BY handle').all() as Stored[]).map(toRow);
+  }
+
+  /** Inserts or replaces the handle's row. */
+  save(row: DeploymentModelRow): void {
+    const columns = COLUMNS.map(([, column]) => column);
+    this.#db
+      .prepare(
+        `INSERT OR REPLACE INTO deployment_models (${columns.join(', ')})
+         VALUES (${columns.map((c) => `@${c}`).join(', ')})`,
+      )
+      .run(toStored(row));
+  }
+
+  /** Several rows in one transaction (a deployment's models change together on commit or rollback). */
+  saveAll(rows: readonly DeploymentModelRow[]): void {
+    this.#db.transaction(() => rows.forEach((row) => this.save(row)))();
+  }
+}

@@ -1,0 +1,529 @@
+import { existsSync } from 'node:fs';
+import { readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { OnnxModelBuilder } from '@edgefleet/core';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Registry } from 'prom-client';
+import { DeploymentMetrics, PackageStore, UpdateEngine } from '../../src/deployments/index.js';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
+import { AgentDatabase } from '../../src/state/index.js';
+import { scratch } from '../support/model-packages.js';
+import {
+  deployment,
+  packageSigner,
+  packBytes,
+  startFakeDeviceApi,
+  type FakeDeviceApi,
+  type ServedPackage,
+} from './support.js';
+
+/** y = x (any length): version 1 of the model the tests deploy. */
+function identityModel(): Uint8Array {
+  return new OnnxModelBuilder({ graphName: 'identity' })
+    .input('x', 'FLOAT32', ['n'])
+    .node('Identity', ['x'], ['y'])
+    .output('y', 'FLOAT32', ['n'])
+    .build();
+}
+
+/** y = x + x: a later version with the same inputs and outputs. */
+function doublingModel(): Uint8Array {
+  return new OnnxModelBuilder({ graphName: 'double' })
+    .input('x', 'FLOAT32', ['n'])
+    .node('Add', ['x', 'x'], ['y'])
+    .output('y', 'FLOAT32', ['n'])
+    .build();
+}
+
+/** Loads (its warm-up failure is only a warning) but fails every request with an odd length: a broken release. */
+function brokenModel(): Uint8Array {
+  return new OnnxModelBuilder({ graphName: 'even_only' })
+    .input('x', 'FLOAT32', ['n'])
+    .initializer('shape', 'INT64', [1], new BigInt64Array([-1n]))
+    .initializer('half', 'INT64', [2], new BigInt64Array([2n, -1n]))
+    .node('Reshape', ['x', 'half'], ['h'])
+    .node('Reshape', ['h', 'shape'], ['y'])
+    .output('y', 'FLOAT32', ['n'])
+    .build();
+}
+
+const x3 = () => [
+  {
+    name: Buffer.from('x'),
+    dataType: 'FLOAT32' as const,
+    shape: [3],
+    data: Buffer.from(new Float32Array([1, 2, 3]).buffer),
+  },
+];
+
+let files: Awaited<ReturnType<typeof scratch>>;
+let api: FakeDeviceApi;
+let pool: InferencePool;
+let signer: Awaited<ReturnType<typeof packageSigner>>;
+let counter = 0;
+
+/** A signed package of `onnx` named `model`, served at a fresh path. */
+async function publish(
+  onnx: Uint8Array,
+  version: string,
+  options: { model?: string; stranger?: boolean } = {},
+): Promise<ServedPackage> {
+  const dir = await files.custom(onnx, options.model ?? 'detector', version);
+  await (options.stranger ? signer.signAsStranger(dir) : signer.sign(dir));
+  const bytes = await packBytes(dir, join(files.root, `pkg-${++counter}.tar.gz`));
+  return api.serve(`/api/v1/device/packages/p${counter}`, bytes);
+}
+
+interface Device {
+  registry: ModelRegistry;
+  database: AgentDatabase;
+  engine: UpdateEngine;
+  store: PackageStore;
+  dataRoot: string;
+  logs: string[];
+  close(): Promise<void>;
+}
+
+const devices: Device[] = [];
+
+async function device(
+  options: {
+    healthWindowMs?: number;
+    lockPath?: string;
+    maxHoldMs?: number;
+    availableMemory?: () => number;
+    metrics?: DeploymentMetrics;
+  } = {},
+): Promise<Device> {
+  const dataRoot = join(files.root, `device-${++counter}`);
+  const registry = new ModelRegistry({
+    pool,
+    trust: signer.trust,
+    cwd: dataRoot,
+    ...(options.availableMemory && { availableMemory: options.availableMemory }),
+  });
+  const database = AgentDatabase.open({ path: join(dataRoot, 'agent.db'), walSyncIntervalMs: 0 });
+  const store = new PackageStore({
+    root: join(dataRoot, 'deployments'),
+    endpoint: api.endpoint,
+    tls: api.tls,
+    timeoutMs: 5000,
+    ...(options.metrics && { onBytes: (bytes: number) => options.metrics!.downloaded(bytes) }),
+  });
+  const logs: string[] = [];
+  const log = (_fields: object, message: string) => logs.push(message);
+  const engine = new UpdateEngine({
+    registry,
+    repository: database.deployments,
+    store,
+    trust: signer.trust,
+    requireSignatures: true,
+    healthWindowMs: options.healthWindowMs ?? 50,
+    ...(options.lockPath && { updateLock: { path: options.lockPath, maxHoldMs: options.maxHoldMs ?? 200 } }),
+    logger: { info: log, warn: log, error: log },
+    ...(options.metrics && { metrics: options.metrics }),
+  });
+  const created: Device = {
+    registry,
+    database,
+    engine,
+    store,
+    dataRoot,
+    logs,
+    async close() {
+      await engine.close();
+      store.close();
+      await registry.close();
+      database.close();
+    },
+  };
+  devices.push(created);
+  return created;
+}
+
+const stateOf = (d: Device, handle: string) => d.engine.status().find((s) => s.handle === handle);
+
+beforeAll(async () => {
+  files = await scratch('agent-deployments-');
+  api = await startFakeDeviceApi();
+  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+  signer = await packageSigner(files.root);
+});
+afterEach(async () => {
+  for (const d of devices.splice(0)) await d.close();
+});
+afterAll(async () => {
+  await pool?.close();
+  await api?.close();
+  await files?.cleanup();
+});
+
+describe('UpdateEngine against a device API over mutual TLS', () => {
+  it('installs, upgrades with no failed request during the switch, keeps the previous version, and reports', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device();
+    await d.engine.apply([
+      deployment('plan-a', [{ handle: 'detector', pkg: v1, modelName: 'detector', version: '1.0' }]),
+    ]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Committed',
+      version: '1.0',
+      committedVersion: '1.0',
+    });
+    expect(d.registry.describe('detector').version).toBe('1.0');
+    expect(d.engine.deploymentResult()).toMatchObject({
+      DeploymentName: 'plan-a',
+      DeploymentStatus: 'SUCCESS',
+      DeploymentModels: [
+        { ModelHandle: 'detector', ModelVersion: '1.0', State: 'DEPLOY', Status: 'SUCCESS' },
+      ],
+    });
+
+    // A client keeps calling the model by name during the whole upgrade.
+    let stop = false;
+    const answers: number[] = [];
+    const client = (async () => {
+      while (!stop)
+        answers.push(
+          Array.from(
+            new Float32Array((await d.registry.predict('detector', x3())).outputs[0]!.data.slice().buffer),
+          )[0]!,
+        );
+    })();
+    await d.engine.apply([
+      deployment('plan-b', [{ handle: 'detector', pkg: v2, modelName: 'detector', version: '2.0' }]),
+    ]);
+    stop = true;
+    await client; // rejects if any request failed
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Committed',
+      version: '2.0',
+      previousVersion: '1.0',
+    });
+    expect(d.registry.describe('detector').version).toBe('2.0');
+    expect(answers).toContain(2); // served by version 2 after the switch
+    // The previous good version stays in the store for rollback; the download is collected.
+    const kept = await readdir(join(d.dataRoot, 'deployments', 'packages', 'detector'));
+    expect(kept.sort()).toEqual([expect.stringMatching(/^1\.0-/), expect.stringMatching(/^2\.0-/)]);
+    expect(await readdir(join(d.dataRoot, 'deployments', 'downloads'))).toEqual([]);
+    // Applying the same answer again changes nothing.
+    await d.engine.apply([
+      deployment('plan-b', [{ handle: 'detector', pkg: v2, modelName: 'detector', version: '2.0' }]),
+    ]);
+    expect(stateOf(d, 'detector')?.state).toBe('Committed');
+  });
+
+  it('fails a deployment with a clear reason and keeps the old version: 404, bad checksum, tampered, another model', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const stranger = await publish(doublingModel(), '2.0', { stranger: true });
+    const other = await publish(doublingModel(), '2.0', { model: 'classifier' });
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+
+    const cases: Array<[string, Parameters<typeof deployment>[1][number], RegExp]> = [
+      [
+        'missing',
+        { handle: 'detector', pkg: { ...v2, path: '/api/v1/device/packages/nowhere' }, version: '2.0' },
+        /HTTP 404/,
+      ],
+      [
+        'bad-sum',
+        { handle: 'detector', pkg: v2, version: '2.0', sha256: 'a'.repeat(64) },
+        /SHA-256 .* announced a{64}/,
+      ],
+      ['tampered', { handle: 'detector', pkg: stranger, version: '2.0' }, /refused/],
+      [
+        'other-model',
+        { handle: 'detector', pkg: other, modelName: 'detector', version: '2.0' },
+        /another model/,
+      ],
+    ];
+    for (const [name, model, reason] of cases) {
+      await d.engine.apply([deployment(name, [model])]);
+      expect(stateOf(d, 'detector'), name).toMatchObject({
+        state: 'Failed',
+        reason: expect.stringMatching(reason),
+      });
+      expect(d.engine.deploymentResult()).toMatchObject({
+        DeploymentName: name,
+        DeploymentStatus: 'FAIL',
+        DeploymentModels: [{ Status: 'FAIL', StatusReason: expect.stringMatching(reason) }],
+      });
+      expect(d.registry.describe('detector').version).toBe('1.0');
+      // Nothing half-installed stays: only version 1's folder, no download.
+      expect(await readdir(join(d.dataRoot, 'deployments', 'packages', 'detector'))).toEqual([
+        expect.stringMatching(/^1\.0-/),
+      ]);
+      expect(await readdir(join(d.dataRoot, 'deployments', 'downloads'))).toEqual([]);
+    }
+  });
+
+  it('resumes a download cut off mid-way with an HTTP Range request', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    api.faults.set(v1.path, [{ cutAfter: 100 }]);
+    const d = await device();
+    await d.engine.apply([deployment('resume', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Downloading',
+      reason: expect.stringMatching(/cut off/),
+    });
+    expect(d.engine.deploymentResult()).toMatchObject({ DeploymentStatus: 'INPROGRESS' });
+    await d.engine.apply([deployment('resume', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')?.state).toBe('Committed');
+    expect(api.ranges.filter((r) => r.path === v1.path).map((r) => r.range)).toEqual([
+      undefined,
+      'bytes=100-',
+    ]);
+  });
+
+  it('fails cleanly when the disk is full during the download', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const d = await device();
+    // The download file is the kernel's "always full" device: every write fails with ENOSPC.
+    await d.store.collectGarbage(new Set());
+    await (
+      await import('node:fs/promises')
+    ).mkdir(join(d.dataRoot, 'deployments', 'downloads'), { recursive: true });
+    await symlink('/dev/full', d.store.downloadPath(v1.sha256));
+    await d.engine.apply([deployment('full', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(/no space left/),
+    });
+    expect(existsSync(d.store.downloadPath(v1.sha256))).toBe(false);
+    expect(d.registry.has('detector')).toBe(false);
+  });
+
+  it('refuses an older version (anti-rollback) unless the deployment is a rollback', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device();
+    await d.engine.apply([deployment('up', [{ handle: 'detector', pkg: v2, version: '2.0' }])]);
+    await d.engine.apply([deployment('down', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(/anti-rollback/),
+    });
+    expect(d.registry.describe('detector').version).toBe('2.0');
+    await d.engine.apply([
+      deployment('rollback-plan', [{ handle: 'detector', pkg: v1, version: '1.0' }], {
+        allowDowngrade: true,
+      }),
+    ]);
+    expect(stateOf(d, 'detector')).toMatchObject({ state: 'Committed', version: '1.0' });
+    expect(d.registry.describe('detector').version).toBe('1.0');
+  });
+
+  it('rolls a version that fails its health window back to the previous one', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const broken = await publish(brokenModel(), '2.0');
+    const d = await device({ healthWindowMs: 1500 });
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    let stop = false;
+    let failures = 0;
+    const client = (async () => {
+      while (!stop) {
+        await d.registry.predict('detector', x3()).catch(() => failures++);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    })();
+    await d.engine.apply([deployment('broken', [{ handle: 'detector', pkg: broken, version: '2.0' }])]);
+    stop = true;
+    await client;
+    expect(failures).toBeGreaterThan(0);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'RolledBack',
+      reason: expect.stringMatching(/health window/),
+    });
+    expect(d.registry.describe('detector').version).toBe('1.0');
+    expect(d.engine.deploymentResult()).toMatchObject({
+      DeploymentStatus: 'FAIL',
+      DeploymentModels: [{ Status: 'FAIL', State: 'DEPLOY' }],
+    });
+  });
+
+  it('ROLLBACK_ON_FAILURE takes every model of the deployment back; DO_NOTHING keeps the good one', async () => {
+    const a1 = await publish(identityModel(), '1.0', { model: 'a' });
+    const a2 = await publish(doublingModel(), '2.0', { model: 'a' });
+    const b1 = await publish(identityModel(), '1.0', { model: 'b' });
+    const b2 = await publish(doublingModel(), '2.0', { model: 'b' });
+    for (const policy of ['ROLLBACK_ON_FAILURE', 'DO_NOTHING'] as const) {
+      const d = await device();
+      await d.engine.apply([
+        deployment('base', [
+          { handle: 'a', pkg: a1, version: '1.0' },
+          { handle: 'b', pkg: b1, version: '1.0' },
+        ]),
+      ]);
+      await d.engine.apply([
+        deployment(
+          'two',
+          [
+            { handle: 'a', pkg: a2, version: '2.0' },
+            { handle: 'b', pkg: b2, version: '2.0', sha256: 'b'.repeat(64) },
+          ],
+          { policy },
+        ),
+      ]);
+      expect(stateOf(d, 'b')?.state).toBe('Failed');
+      expect(d.registry.describe('b').version).toBe('1.0');
+      if (policy === 'ROLLBACK_ON_FAILURE') {
+        expect(stateOf(d, 'a')).toMatchObject({
+          state: 'RolledBack',
+          reason: expect.stringMatching(/ROLLBACK_ON_FAILURE/),
+        });
+        expect(d.registry.describe('a').version).toBe('1.0');
+      } else {
+        expect(stateOf(d, 'a')?.state).toBe('Committed');
+        expect(d.registry.describe('a').version).toBe('2.0');
+      }
+      expect(d.engine.deploymentResult()).toMatchObject({ DeploymentName: 'two', DeploymentStatus: 'FAIL' });
+      // Registries of one pool would share its session keys: one device at a time.
+      await devices.pop()!.close();
+    }
+  });
+
+  it('the update lock defers the switch; held past its maximum, the deployment is reported HELD, then completes', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const lockPath = join(files.root, `updates-${++counter}.lock`);
+    const d = await device({ lockPath, maxHoldMs: 300 });
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    await writeFile(lockPath, '');
+    await d.engine.apply([deployment('locked', [{ handle: 'detector', pkg: v2, version: '2.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({ state: 'Loading', held: true });
+    expect(d.engine.deploymentResult()).toMatchObject({ DeploymentStatus: 'HELD' });
+    expect(d.registry.describe('detector')).toMatchObject({ version: '1.0' });
+    expect(d.registry.describe('detector').staged).toBeUndefined(); // the staged version does not sit in memory
+    await rm(lockPath);
+    await d.engine.apply([deployment('locked', [{ handle: 'detector', pkg: v2, version: '2.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({ state: 'Committed', held: false });
+  });
+
+  it('undeploys a model', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    await d.engine.apply([deployment('remove', [{ handle: 'detector', state: 'UNDEPLOY' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({ state: 'Committed', desired: 'UNDEPLOY' });
+    expect(d.registry.has('detector')).toBe(false);
+    expect(d.engine.deploymentResult()).toMatchObject({
+      DeploymentStatus: 'SUCCESS',
+      DeploymentModels: [{ State: 'UNDEPLOY' }],
+    });
+  });
+});
+
+describe('UpdateEngine, more', () => {
+  it('refuses a version there is no memory for, with the reason, and keeps the old one', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    let memory = 1024 ** 3;
+    const d = await device({ availableMemory: () => memory });
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    memory = 100; // bytes: not enough for a second version beside the first
+    await d.engine.apply([deployment('up', [{ handle: 'detector', pkg: v2, version: '2.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(/not enough memory/),
+    });
+    expect(d.registry.describe('detector')).toMatchObject({ version: '1.0' });
+    expect(d.registry.describe('detector').staged).toBeUndefined();
+  });
+
+  it('stops sending a final result once the server accepted it, and a newer deployment replaces one still downloading', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const result = d.engine.deploymentResult()!;
+    d.engine.reported(result);
+    expect(d.engine.deploymentResult()).toBeUndefined();
+
+    api.faults.set(v2.path, [{ status: 503 }]);
+    await d.engine.apply([deployment('stuck', [{ handle: 'detector', pkg: v2, version: '2.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Downloading',
+      reason: expect.stringMatching(/HTTP 503/),
+    });
+    const v3 = await publish(doublingModel(), '3.0');
+    await d.engine.apply([deployment('newer', [{ handle: 'detector', pkg: v3, version: '3.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'newer', state: 'Committed', version: '3.0' });
+    expect(d.registry.describe('detector').version).toBe('3.0');
+  });
+
+  it('a deployment of the package already serving is committed at once, without a download', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const d = await device();
+    await d.engine.apply([deployment('first', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const downloads = api.ranges.filter((r) => r.path === v1.path).length;
+    const loadedAt = d.registry.describe('detector').loadedAt;
+    await d.engine.apply([deployment('again', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'again', state: 'Committed', version: '1.0' });
+    expect(api.ranges.filter((r) => r.path === v1.path)).toHaveLength(downloads);
+    expect(d.registry.describe('detector').loadedAt).toEqual(loadedAt);
+  });
+
+  it('resumes from the recorded state: a switched model whose sibling failed before the crash rolls back', async () => {
+    const a1 = await publish(identityModel(), '1.0', { model: 'a' });
+    const a2 = await publish(doublingModel(), '2.0', { model: 'a' });
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'a', pkg: a1, version: '1.0' }])]);
+    const base = d.database.deployments.get('a')!;
+    // What a crash leaves: "a" switched to 2.0 and in its health window, "b" of the same deployment failed.
+    const a2Dir = d.store.packageDir('a', '2.0', a2.sha256);
+    await d.store.extract(await d.store.download({ url: a2.path, sha256: a2.sha256 }), a2Dir);
+    await d.registry.stage('a', a2Dir);
+    await d.registry.promote('a');
+    const now = Date.now();
+    const row = {
+      ...base,
+      deploymentName: 'two',
+      state: 'HealthCheck',
+      version: '2.0',
+      sha256: a2.sha256,
+      packageUrl: a2.path,
+      packageDir: a2Dir,
+      previousUrl: base.packageDir,
+      previousVersion: '1.0',
+      endedAt: null,
+      startedAt: now,
+      updatedAt: now,
+    };
+    d.database.deployments.saveAll([
+      row,
+      { ...row, handle: 'b', state: 'Failed', reason: 'bad checksum', previousUrl: null, endedAt: now },
+    ]);
+    const engine = new UpdateEngine({
+      registry: d.registry,
+      repository: d.database.deployments,
+      store: d.store,
+      trust: signer.trust,
+      requireSignatures: true,
+      healthWindowMs: 10,
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+    });
+    await engine.resume();
+    expect(engine.status().find((s) => s.handle === 'a')).toMatchObject({
+      state: 'RolledBack',
+      reason: expect.stringMatching(/ROLLBACK_ON_FAILURE/),
+    });
+    expect(d.registry.describe('a').version).toBe('1.0');
+    await engine.close();
+  });
+
+  it('counts in edgefleet_deployment_* metrics', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const registry = new Registry();
+    const d = await device({ metrics: new DeploymentMetrics(registry) });
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const text = await registry.metrics();
+    expect(text).toContain('edgefleet_deployment_state{model="detector",state="Committed"} 1');
+    expect(text).toContain('edgefleet_deployment_state{model="detector",state="Downloading"} 0');
+    expect(text).toContain('edgefleet_deployment_results_total{result="committed"} 1');
+    expect(text).toContain(`edgefleet_deployment_download_bytes_total ${v1.bytes.length}`);
+  });
+});
