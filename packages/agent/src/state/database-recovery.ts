@@ -71,7 +71,9 @@ export function openAgentDatabase(options: OpenAgentDatabaseOptions, now = new D
 
   const damagedCopy = `${options.path}.damaged-${now.toISOString().replace(/[:.]/g, '-')}`;
   try {
-    for (const suffix of ['', '-wal', '-shm']) {
+    // The WAL and shared-memory files first: a crash after moving the main file alone would leave a stale WAL
+    // beside the fresh database, which SQLite would try to apply to it.
+    for (const suffix of ['-wal', '-shm', '']) {
       if (existsSync(options.path + suffix)) renameSync(options.path + suffix, damagedCopy + suffix);
     }
   } catch (error) {
