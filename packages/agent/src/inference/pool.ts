@@ -16,6 +16,7 @@ import {
   type WireTensorInfo,
 } from './protocol.js';
 import {
+  HAND_AHEAD_MAX_COMPUTE_MS,
   handAheadTo,
   idleSlot,
   runsInline,
@@ -95,6 +96,11 @@ export interface InferencePoolOptions {
    */
   hotWaitMicros?: number;
   /**
+   * A model's requests are handed ahead to its busy worker only when its runs, and the running one's, average at
+   * most this many milliseconds. Default HAND_AHEAD_MAX_COMPUTE_MS (2 ms).
+   */
+  handAheadMaxComputeMs?: number;
+  /**
    * The inline path: requests for a model whose measured runs average at most `maxRunMicros` run on the event
    * loop, in a session of their own, while inline runs take at most `eventLoopShare` of its time (see
    * InlineBudget); everything else goes to the workers. Default off (`maxRunMicros` 0); the agent turns it on
@@ -162,6 +168,7 @@ export class InferencePool {
       maxQueuedPerModel: DEFAULT_MAX_QUEUED,
       restartDelayMs: DEFAULT_RESTART_DELAY,
       hotWaitMicros: 0,
+      handAheadMaxComputeMs: HAND_AHEAD_MAX_COMPUTE_MS,
       inline: { ...DEFAULT_INLINE_BUDGET, maxRunMicros: 0 },
       ...options,
     };
@@ -594,7 +601,7 @@ export class InferencePool {
         this.#start(idle, job, entry, 'running');
         return;
       }
-      const busy = pinned ? undefined : handAheadTo(entry, this.#models);
+      const busy = pinned ? undefined : handAheadTo(entry, this.#models, this.#options.handAheadMaxComputeMs);
       if (busy) this.#start(busy, job, entry, 'ahead');
       else entry.queue.push(job);
     });
@@ -640,12 +647,12 @@ export class InferencePool {
   #pump(slot: Slot): void {
     if (!slot.ready) return;
     if (!slot.running) {
-      const oldest = takeOldestWaiting(slot, false, this.#models);
+      const oldest = takeOldestWaiting(slot, undefined, this.#models);
       if (!oldest) return;
       this.#start(slot, oldest.job, oldest.entry, 'running');
     }
-    if (takesAhead(slot, this.#models)) {
-      const next = takeOldestWaiting(slot, true, this.#models);
+    if (takesAhead(slot, this.#models, this.#options.handAheadMaxComputeMs)) {
+      const next = takeOldestWaiting(slot, this.#options.handAheadMaxComputeMs, this.#models);
       if (next) this.#start(slot, next.job, next.entry, 'ahead');
     }
   }

@@ -89,10 +89,10 @@ export interface ModelEntry {
 
 /**
  * Requests are handed ahead to a busy worker (see #handAhead) only when both the running request's model and
- * theirs take at most this long per run, on average: a request handed ahead waits for the run before it even if
- * another instance becomes free first.
+ * theirs take at most this long per run, on average (the pool's `handAheadMaxComputeMs`): a request handed ahead
+ * waits for the run before it even if another instance becomes free first.
  */
-const HAND_AHEAD_MAX_COMPUTE_MS = 2;
+export const HAND_AHEAD_MAX_COMPUTE_MS = 2;
 
 export function slotCanRun(slot: Slot, key: string): boolean {
   return slot.ready && slot.running === null && slot.sessions.get(key) === 'ready';
@@ -103,8 +103,8 @@ export function idleSlot(entry: ModelEntry): Slot | undefined {
   return undefined;
 }
 
-export function handsAhead(entry: ModelEntry): boolean {
-  return entry.computeMs !== undefined && entry.computeMs <= HAND_AHEAD_MAX_COMPUTE_MS;
+export function handsAhead(entry: ModelEntry, maxComputeMs: number): boolean {
+  return entry.computeMs !== undefined && entry.computeMs <= maxComputeMs;
 }
 
 /**
@@ -122,17 +122,21 @@ export function runsInline(entry: ModelEntry, budget: InlineBudget): boolean {
   );
 }
 
-/** Takes the oldest request, across the worker's ready sessions, that it may run (next, when `ahead`). */
+/**
+ * Takes the oldest request, across the worker's ready sessions, that it may run; with `aheadMaxComputeMs`, the
+ * oldest it may run next, handed ahead (only of models whose runs average at most that).
+ */
 export function takeOldestWaiting(
   slot: Slot,
-  ahead: boolean,
+  aheadMaxComputeMs: number | undefined,
   models: ReadonlyMap<string, ModelEntry>,
 ): { job: Job; entry: ModelEntry } | undefined {
+  const ahead = aheadMaxComputeMs !== undefined;
   let best: { entry: ModelEntry; index: number } | undefined;
   for (const [key, state] of slot.sessions) {
     if (state !== 'ready') continue;
     const entry = models.get(key);
-    if (!entry || (ahead && !handsAhead(entry))) continue;
+    if (!entry || (ahead && !handsAhead(entry, aheadMaxComputeMs))) continue;
     const index = entry.queue.findIndex((job) =>
       ahead ? job.pinned === undefined : job.pinned === undefined || job.pinned === slot,
     );
@@ -150,17 +154,25 @@ export function takeOldestWaiting(
  * microseconds, and the run after a sleep finds cold caches). Only between fast runs (takesAhead): a request
  * handed ahead no longer moves to an instance that becomes free first, so it may wait for one short run more.
  */
-export function handAheadTo(entry: ModelEntry, models: ReadonlyMap<string, ModelEntry>): Slot | undefined {
-  if (!handsAhead(entry)) return undefined;
+export function handAheadTo(
+  entry: ModelEntry,
+  models: ReadonlyMap<string, ModelEntry>,
+  maxComputeMs: number,
+): Slot | undefined {
+  if (!handsAhead(entry, maxComputeMs)) return undefined;
   for (const slot of entry.slots) {
-    if (slot.sessions.get(entry.key) === 'ready' && takesAhead(slot, models)) return slot;
+    if (slot.sessions.get(entry.key) === 'ready' && takesAhead(slot, models, maxComputeMs)) return slot;
   }
   return undefined;
 }
 
 /** The worker is running a model whose runs are short, and has no request handed ahead yet. */
-export function takesAhead(slot: Slot, models: ReadonlyMap<string, ModelEntry>): boolean {
+export function takesAhead(
+  slot: Slot,
+  models: ReadonlyMap<string, ModelEntry>,
+  maxComputeMs: number,
+): boolean {
   if (!slot.ready || !slot.running || slot.ahead) return false;
   const running = models.get(slot.running.key);
-  return running !== undefined && handsAhead(running);
+  return running !== undefined && handsAhead(running, maxComputeMs);
 }

@@ -226,7 +226,11 @@ describe(
         base64EmbedLimit: 1024,
         periodicUpload: false,
       });
-      expect(effective.deployments).toEqual({ enabled: true, pollIntervalMinutes: 15 });
+      expect(effective.deployments).toMatchObject({
+        enabled: true,
+        pollIntervalMinutes: 15,
+        pollIntervalSeconds: 900,
+      });
       expect(effective.storage).toMatchObject({ localDataRootPath: join(root, 'data'), dbEnabled: true });
       expect(effective.logging.verbose).toBe(true);
       expect(effective.inference.ort.intraOpNumThreads).toBe(1);

@@ -263,10 +263,12 @@ describe('InferencePool', () => {
 
 describe('InferencePool: requests handed ahead to a busy worker', () => {
   it('posts the next request of a fast model to its busy worker at once; the queue limit counts only the rest', async () => {
+    // Any measured run counts as fast here, so the test does not depend on this machine's speed.
     const own = await InferencePool.start({
       workers: 1,
       session: DEFAULT_ORT_SESSION_CONFIG,
       maxQueuedPerModel: 1,
+      handAheadMaxComputeMs: 60_000,
     });
     try {
       await own.loadModel('fast', paths.scalable!, 1);
@@ -286,7 +288,12 @@ describe('InferencePool: requests handed ahead to a busy worker', () => {
   });
 
   it('hands nothing ahead to a worker running a model whose runs are long', async () => {
-    const own = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+    // No run counts as fast here (every measured run is longer than a nanosecond), whatever this machine's speed.
+    const own = await InferencePool.start({
+      workers: 1,
+      session: DEFAULT_ORT_SESSION_CONFIG,
+      handAheadMaxComputeMs: 1e-6,
+    });
     try {
       await own.loadModel('long', paths.scalable!, 1);
       await own.loadModel('fast', paths.tiny!, 1);
