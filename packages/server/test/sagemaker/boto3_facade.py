@@ -416,7 +416,7 @@ class EdgeManagerFlow(unittest.TestCase):
 
         # Fleet and devices; the Vitest side then enrolls em-cam-1 and starts a real agent for it.
         sm.create_device_fleet(DeviceFleetName="em-fleet", OutputConfig=OUTPUT, RoleArn=role)
-        sm.register_devices(DeviceFleetName="em-fleet", Devices=[{"DeviceName": "em-cam-1"}, {"DeviceName": "em-cam-2"}])
+        sm.register_devices(DeviceFleetName="em-fleet", Devices=[{"DeviceName": f"em-cam-{i}"} for i in range(1, 5)])
         with open(os.path.join(work, "devices-registered"), "w") as marker:
             marker.write("em-cam-1\n")
 
@@ -448,14 +448,14 @@ class EdgeManagerFlow(unittest.TestCase):
         )["EdgeDeploymentPlanArn"]
         self.assertEqual(arn, f"arn:aws:sagemaker:{REGION}:000000000000:edge-deployment/em-plan")
         sm.create_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", Stages=[
-            {"StageName": "rest", "DeviceSelectionConfig": {"DeviceSubsetType": "NAMECONTAINS", "DeviceNameContains": "cam-2"}}])
+            {"StageName": "rest", "DeviceSelectionConfig": {"DeviceSubsetType": "NAMECONTAINS", "DeviceNameContains": "CAM"}}])
         plan = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan")
         self.assertEqual(plan["EdgeDeploymentPlanArn"], arn)
         self.assertEqual(plan["DeviceFleetName"], "em-fleet")
         self.assertEqual(plan["ModelConfigs"], [{"ModelHandle": "detector", "EdgePackagingJobName": "em-pack"}])
         self.assertEqual([(s["StageName"], s["DeploymentStatus"]["StageStatus"]) for s in plan["Stages"]],
                          [("canary", "READYTODEPLOY"), ("rest", "READYTODEPLOY")])
-        self.assertEqual(plan["Stages"][1]["DeviceSelectionConfig"], {"DeviceSubsetType": "NAMECONTAINS", "DeviceNameContains": "cam-2"})
+        self.assertEqual(plan["Stages"][1]["DeviceSelectionConfig"], {"DeviceSubsetType": "NAMECONTAINS", "DeviceNameContains": "CAM"})
         self.assertEqual(plan["Stages"][1]["DeploymentConfig"], {"FailureHandlingPolicy": "ROLLBACK_ON_FAILURE"})
         self.assertIsInstance(plan["CreationTime"], datetime.datetime)
         first = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan", MaxResults=1)
@@ -468,6 +468,14 @@ class EdgeManagerFlow(unittest.TestCase):
         self.assertEqual(sm.list_tags(ResourceArn=arn)["Tags"], [{"Key": "env", "Value": "prod"}])
         summaries = sm.list_edge_deployment_plans(DeviceFleetNameContains="em-")["EdgeDeploymentPlanSummaries"]
         self.assertEqual([(p["EdgeDeploymentPlanName"], p["DeviceFleetName"]) for p in summaries], [("em-plan", "em-fleet")])
+        for i in range(3):
+            sm.create_edge_deployment_plan(EdgeDeploymentPlanName=f"em-page-{i}", DeviceFleetName="em-fleet",
+                                           ModelConfigs=[{"ModelHandle": f"page-{i}", "EdgePackagingJobName": "em-pack"}])
+        pages = list(sm.get_paginator("list_edge_deployment_plans").paginate(NameContains="EM-", PaginationConfig={"PageSize": 2}))
+        self.assertEqual([p["EdgeDeploymentPlanName"] for page in pages for p in page["EdgeDeploymentPlanSummaries"]],
+                         ["em-page-0", "em-page-1", "em-page-2", "em-plan"])
+        for i in range(3):
+            sm.delete_edge_deployment_plan(EdgeDeploymentPlanName=f"em-page-{i}")
         code, _, _ = error_of(lambda: sm.create_edge_deployment_plan(
             EdgeDeploymentPlanName="em-plan", ModelConfigs=[{"ModelHandle": "other", "EdgePackagingJobName": "em-pack"}],
             DeviceFleetName="em-fleet"))
@@ -518,13 +526,18 @@ class EdgeManagerFlow(unittest.TestCase):
             if any(m["ModelName"] == "detector" for m in report.get("ModelStats", [])):
                 break
             time.sleep(0.2)
-        self.assertEqual(report["DeviceStats"], {"ConnectedDeviceCount": 1, "RegisteredDeviceCount": 2})
+        self.assertEqual(report["DeviceStats"], {"ConnectedDeviceCount": 1, "RegisteredDeviceCount": 4})
         self.assertIn(("detector", "1.0"), [(m["ModelName"], m["ModelVersion"]) for m in report["ModelStats"]])
 
-        # The second stage: its device never connects, so it stays READYTODEPLOY until the stage is stopped.
+        # The second stage: the devices the canary did not take (name contains "CAM", case-insensitively); they
+        # never connect, so they stay READYTODEPLOY until the stage is stopped.
         sm.start_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", StageName="rest")
-        rest = sm.list_stage_devices(EdgeDeploymentPlanName="em-plan", StageName="rest")["DeviceDeploymentSummaries"]
-        self.assertEqual([(d["DeviceName"], d["DeviceDeploymentStatus"]) for d in rest], [("em-cam-2", "READYTODEPLOY")])
+        pages = list(sm.get_paginator("list_stage_devices").paginate(
+            EdgeDeploymentPlanName="em-plan", StageName="rest", PaginationConfig={"PageSize": 2}))
+        self.assertEqual(len(pages), 2)
+        rest = [d for page in pages for d in page["DeviceDeploymentSummaries"]]
+        self.assertEqual([(d["DeviceName"], d["DeviceDeploymentStatus"]) for d in rest],
+                         [(f"em-cam-{i}", "READYTODEPLOY") for i in range(2, 5)])
         sm.stop_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", StageName="rest")
         stopped = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan")["Stages"][1]["DeploymentStatus"]
         self.assertIn(stopped["StageStatus"], ("STOPPING", "STOPPED"))
