@@ -48,13 +48,16 @@ function edgefleetCli(
 function runPython(env: Record<string, string>): {
   done: Promise<{ code: number | null; output: string }>;
   exited: () => boolean;
+  kill: () => void;
 } {
   let exited = false;
+  let kill = () => {};
   const done = new Promise<{ code: number | null; output: string }>((resolve, reject) => {
     const child = spawn('python3', [SCRIPT], {
       env: { ...process.env, ...env, AWS_CONFIG_FILE: '/dev/null', AWS_SHARED_CREDENTIALS_FILE: '/dev/null' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    kill = () => child.kill('SIGKILL');
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -64,7 +67,7 @@ function runPython(env: Record<string, string>): {
       resolve({ code, output });
     });
   });
-  return { done, exited: () => exited };
+  return { done, exited: () => exited, kill: () => kill() };
 }
 
 /** Resolves once `file` exists; false if `stop()` turns true first. */
@@ -177,7 +180,14 @@ describe('SageMaker facade with boto3 (real server process)', { timeout: 180_000
     // The Edge Manager flow's other half: once boto3 has registered the devices, em-cam-1 enrolls and a real
     // agent (deployments on, polling every second) runs for it.
     if (await fileAppears(path.join(workDir, 'devices-registered'), python.exited)) {
-      agent = await startEnrolledAgent(path.join(workDir, 'em-cam-1'), 'em-cam-1');
+      try {
+        agent = await startEnrolledAgent(path.join(workDir, 'em-cam-1'), 'em-cam-1');
+      } catch (error) {
+        // The script would wait for the agent in vain: end it, leaving no process behind.
+        python.kill();
+        await python.done;
+        throw error;
+      }
       await writeFile(path.join(workDir, 'agent-running'), 'em-cam-1\n');
     }
     const result = await python.done;
