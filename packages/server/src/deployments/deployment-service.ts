@@ -3,6 +3,7 @@ import type { Kysely, Transaction } from 'kysely';
 import { z } from 'zod';
 import { selectableDevices } from '../devices/index.js';
 import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
+import { tagListSchema, type Tag } from '../fields/index.js';
 import type { ModelStore } from '../models/index.js';
 import type { DevicePackageAccess, PackagingJobStore } from '../packaging/index.js';
 import { isForeignKeyViolation, isUniqueViolation, type DatabaseSchema } from '../storage/index.js';
@@ -355,6 +356,20 @@ export class DeploymentService implements DevicePackageAccess {
         .where('name', '=', stageName)
         .execute();
     });
+    return this.describePlan(planName);
+  }
+
+  /** Replaces a plan's tags (the SageMaker facade's AddTags/DeleteTags on an edge deployment plan). */
+  async setPlanTags(planName: string, tags: Tag[]): Promise<PlanView> {
+    const checked = tagListSchema.safeParse(tags);
+    if (!checked.success) throw invalid(`deployment plan tags: ${z.prettifyError(checked.error)}`);
+    const result = await this.db
+      .updateTable('deployment_plans')
+      .set({ tags: JSON.stringify(checked.data), updated_at: this.now() })
+      .where('name', '=', planName)
+      .executeTakeFirst();
+    if (Number(result.numUpdatedRows) === 0)
+      throw notFound(`deployment plan ${planName}`, { plan: planName });
     return this.describePlan(planName);
   }
 

@@ -21,7 +21,7 @@ export interface Operation<Input extends z.ZodType = z.ZodType> {
   run(input: z.output<Input>, context: OperationContext): Promise<Record<string, unknown>>;
 }
 
-/** A capability's operations by name; the dispatcher merges several (deployment plans will be one more). */
+/** A capability's operations by name; the dispatcher merges several. */
 export type OperationModule = Record<string, Operation>;
 
 export function defineOperation<Input extends z.ZodType>(operation: Operation<Input>): Operation {

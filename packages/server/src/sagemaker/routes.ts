@@ -6,6 +6,7 @@ import {
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import type { AccessKeyStore } from '../auth/index.js';
+import { packageUrlOf, type DeploymentService } from '../deployments/index.js';
 import type { DeviceStore } from '../devices/index.js';
 import { assertActsAsItself, type HeartbeatService } from '../heartbeats/index.js';
 import { pathToNul } from '../http/routes.js';
@@ -23,6 +24,9 @@ export interface SageMakerRoutesOptions {
   accessKeys: AccessKeyStore;
   devices: DeviceStore;
   heartbeats: HeartbeatService;
+  deployments: Pick<DeploymentService, 'deploymentsFor'>;
+  /** The S3 object of a facade-created packaging job's package (Edge Manager's S3Url), if it has one. */
+  packageS3Url: (packagingJobName: string) => Promise<string | undefined>;
 }
 
 type Protocol = 'json' | 'rest-json';
@@ -173,10 +177,21 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
   dataPlane('GetDeviceRegistration', getDeviceRegistrationRequestSchema, async (device, body) =>
     options.heartbeats.registration(device, body),
   );
-  // Deployments are not served by this build yet (deployment plans are the next module): the device is
-  // told, truthfully, that it has none.
+  // The same desired state the mutual-TLS device API serves, plus S3Url where Edge Manager's agents would
+  // have found the package (facade-created packaging jobs write it to S3).
+  const jobPackagePrefix = packageUrlOf('');
   dataPlane('GetDeployments', getDeploymentsRequestSchema, async (device, body) => {
     assertActsAsItself(device, body);
-    return { Deployments: [] };
+    const result = await options.deployments.deploymentsFor(device);
+    for (const deployment of result.Deployments ?? []) {
+      for (const definition of deployment.Definitions ?? []) {
+        if (definition.PackageUrl?.startsWith(jobPackagePrefix) !== true) continue;
+        const s3Url = await options.packageS3Url(
+          decodeURIComponent(definition.PackageUrl.slice(jobPackagePrefix.length)),
+        );
+        if (s3Url !== undefined) definition.S3Url = s3Url;
+      }
+    }
+    return result;
   });
 };

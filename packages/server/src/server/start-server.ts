@@ -61,8 +61,10 @@ import {
 } from '../packaging/index.js';
 import {
   compilationOperations,
+  deploymentPlanOperations,
   deviceOperations,
   exportFacadePackages,
+  facadePackageS3Url,
   fleetOperations,
   packagingOperations,
   SageMakerDispatcher,
@@ -384,7 +386,7 @@ export async function startServer(
       onCreated: () => services.packagingWorker.kick(),
     });
     await operatorApp.register(accessKeyRoutes, { accessKeys: services.accessKeys });
-    // The SageMaker facade: one operation module per capability (deployment plans will be one more).
+    // The SageMaker facade: one operation module per capability.
     await operatorApp.register(sageMakerRoutes, {
       dispatcher: new SageMakerDispatcher(
         [
@@ -395,6 +397,7 @@ export async function startServer(
             fleets: services.fleets,
             devices: services.devices,
             compilationJobs: services.compilationJobs,
+            deployments,
           }),
           compilationOperations({ jobs: services.compilationJobs }),
           packagingOperations({
@@ -404,12 +407,15 @@ export async function startServer(
             compilationJobs: services.compilationJobs,
             kick: () => services.packagingWorker.kick(),
           }),
+          deploymentPlanOperations({ deployments, devices: services.devices }),
         ],
         config.sagemaker.accountId,
       ),
       accessKeys: services.accessKeys,
       devices: services.devices,
       heartbeats: services.heartbeats,
+      deployments,
+      packageS3Url: facadePackageS3Url(database.db, services.packagingJobs),
     });
     await operatorApp.register(deploymentRoutes, { deployments });
     await operatorApp.register(heartbeatOperatorRoutes, {

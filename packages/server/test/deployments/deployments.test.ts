@@ -588,4 +588,33 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       expect((await download(t.server.deviceUrl, devices.get('d1')!.tls, url)).status).toBe(403);
     },
   );
+
+  it.skipIf(!fixture.available)(
+    "replaces a plan's tags (the SageMaker facade's AddTags/DeleteTags), refusing bad tags and unknown plans",
+    async () => {
+      const created = await admin('POST', '/api/v1/deployment-plans', {
+        name: 'tagged',
+        fleetName: 'g',
+        modelConfigs: [{ modelHandle: 'tagged-handle', packagingJobName: 'pack-v1-0' }],
+        tags: [{ key: 'team', value: 'vision' }],
+      });
+      expect(created.status).toBe(201);
+      const service = new DeploymentService(t.server.database.db, {
+        packagingJobs: t.server.services.packagingJobs,
+        models: t.server.services.models,
+      });
+      const tagged = await service.setPlanTags('tagged', [{ key: 'env', value: 'prod' }]);
+      expect(tagged.tags).toEqual([{ key: 'env', value: 'prod' }]);
+      expect((await describePlan('tagged')).tags).toEqual([{ key: 'env', value: 'prod' }]);
+      await expect(
+        service.setPlanTags('tagged', [
+          { key: 'a', value: '1' },
+          { key: 'a', value: '2' },
+        ]),
+      ).rejects.toMatchObject({ code: 'ValidationError' });
+      await expect(service.setPlanTags('no-such-plan', [])).rejects.toMatchObject({ code: 'NotFound' });
+      expect((await describePlan('tagged')).tags).toEqual([{ key: 'env', value: 'prod' }]);
+      expect((await admin('DELETE', '/api/v1/deployment-plans/tagged')).status).toBe(204);
+    },
+  );
 });

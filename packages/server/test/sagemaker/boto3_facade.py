@@ -6,7 +6,8 @@ Run by boto3-facade.test.ts, which starts the server and passes (in the environm
   EF_ADMIN_KEY_ID / EF_ADMIN_SECRET, EF_READ_KEY_ID / EF_READ_SECRET   access keys (admin, read-only)
   EF_S3_ENDPOINT, EF_S3_BUCKET   the S3-compatible store (s3rver) the server reads models from and writes to
   EF_MODEL_FILE                  an ONNX model (core's test-model catalogue)
-  EF_WORK_DIR                    where to leave the downloaded package for `edgefleet package verify`
+  EF_WORK_DIR                    where to leave the downloaded package for `edgefleet package verify`, and
+                                 the handshake files of the Edge Manager flow (devices-registered → agent-running)
 botocore's service models are the authority on member names, types, errors, paginators and waiters.
 """
 
@@ -392,12 +393,238 @@ class CompilationAndPackaging(unittest.TestCase):
         self.assertEqual(code, "ResourceInUse")
 
 
+def wait_for_file(path, timeout_s=120):
+    """The Vitest side's half of the handshake: it writes `path` once it has done its part."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the test runner did not write {path}")
+        time.sleep(0.1)
+
+
+class EdgeManagerFlow(unittest.TestCase):
+    """Edge Manager's whole flow, as a boto3 script runs it, with a real enrolled agent (started by the Vitest
+    side once the devices are registered) receiving the model."""
+
+    def test_fleet_to_deployed_model(self):
+        sm = client()
+        s3 = boto3.client("s3", endpoint_url=os.environ["EF_S3_ENDPOINT"], region_name="us-east-1",
+                          aws_access_key_id="S3RVER", aws_secret_access_key="S3RVER", config=CONFIG)
+        bucket = os.environ["EF_S3_BUCKET"]
+        work = os.environ["EF_WORK_DIR"]
+        role = "arn:aws:iam::123456789012:role/edge"
+
+        # Fleet and devices; the Vitest side then enrolls em-cam-1 and starts a real agent for it.
+        sm.create_device_fleet(DeviceFleetName="em-fleet", OutputConfig=OUTPUT, RoleArn=role)
+        sm.register_devices(DeviceFleetName="em-fleet", Devices=[{"DeviceName": f"em-cam-{i}"} for i in range(1, 5)])
+        with open(os.path.join(work, "devices-registered"), "w") as marker:
+            marker.write("em-cam-1\n")
+
+        # Compilation (ONNX from S3) and packaging (signed, written to S3).
+        with open(os.environ["EF_MODEL_FILE"], "rb") as model:
+            s3.put_object(Bucket=bucket, Key="inputs/flow.onnx", Body=model.read())
+        sm.create_compilation_job(
+            CompilationJobName="em-compile", RoleArn=role,
+            InputConfig={"S3Uri": f"s3://{bucket}/inputs/flow.onnx", "Framework": "ONNX"},
+            OutputConfig={"S3OutputLocation": f"s3://{bucket}/compiled", "TargetDevice": "jetson_nano"},
+            StoppingCondition={"MaxRuntimeInSeconds": 900})
+        compiled = wait_for(lambda: sm.describe_compilation_job(CompilationJobName="em-compile"), "CompilationJobStatus")
+        self.assertEqual(compiled["CompilationJobStatus"], "COMPLETED", compiled)
+        sm.create_edge_packaging_job(
+            EdgePackagingJobName="em-pack", CompilationJobName="em-compile", ModelName="detector", ModelVersion="1.0",
+            RoleArn=role, OutputConfig={"S3OutputLocation": f"s3://{bucket}/em-packages"})
+        packaged = wait_for(lambda: sm.describe_edge_packaging_job(EdgePackagingJobName="em-pack"), "EdgePackagingJobStatus")
+        self.assertEqual(packaged["EdgePackagingJobStatus"], "COMPLETED", packaged)
+
+        # A plan with two stages: a canary (the enrolled agent), then the rest (a device that never connects).
+        arn = sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="em-plan",
+            ModelConfigs=[{"ModelHandle": "detector", "EdgePackagingJobName": "em-pack"}],
+            DeviceFleetName="em-fleet",
+            Stages=[{"StageName": "canary",
+                     "DeviceSelectionConfig": {"DeviceSubsetType": "SELECTION", "DeviceNames": ["em-cam-1"]},
+                     "DeploymentConfig": {"FailureHandlingPolicy": "ROLLBACK_ON_FAILURE"}}],
+            Tags=[{"Key": "team", "Value": "vision"}],
+        )["EdgeDeploymentPlanArn"]
+        self.assertEqual(arn, f"arn:aws:sagemaker:{REGION}:000000000000:edge-deployment/em-plan")
+        sm.create_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", Stages=[
+            {"StageName": "rest", "DeviceSelectionConfig": {"DeviceSubsetType": "NAMECONTAINS", "DeviceNameContains": "CAM"}}])
+        plan = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan")
+        self.assertEqual(plan["EdgeDeploymentPlanArn"], arn)
+        self.assertEqual(plan["DeviceFleetName"], "em-fleet")
+        self.assertEqual(plan["ModelConfigs"], [{"ModelHandle": "detector", "EdgePackagingJobName": "em-pack"}])
+        self.assertEqual([(s["StageName"], s["DeploymentStatus"]["StageStatus"]) for s in plan["Stages"]],
+                         [("canary", "READYTODEPLOY"), ("rest", "READYTODEPLOY")])
+        self.assertEqual(plan["Stages"][1]["DeviceSelectionConfig"], {"DeviceSubsetType": "NAMECONTAINS", "DeviceNameContains": "CAM"})
+        self.assertEqual(plan["Stages"][1]["DeploymentConfig"], {"FailureHandlingPolicy": "ROLLBACK_ON_FAILURE"})
+        self.assertIsInstance(plan["CreationTime"], datetime.datetime)
+        first = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan", MaxResults=1)
+        second = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan", MaxResults=1, NextToken=first["NextToken"])
+        self.assertEqual([s["StageName"] for s in first["Stages"] + second["Stages"]], ["canary", "rest"])
+        self.assertNotIn("NextToken", second)
+        self.assertEqual(sm.list_tags(ResourceArn=arn)["Tags"], [{"Key": "team", "Value": "vision"}])
+        sm.add_tags(ResourceArn=arn, Tags=[{"Key": "env", "Value": "prod"}])
+        sm.delete_tags(ResourceArn=arn, TagKeys=["team"])
+        self.assertEqual(sm.list_tags(ResourceArn=arn)["Tags"], [{"Key": "env", "Value": "prod"}])
+        summaries = sm.list_edge_deployment_plans(DeviceFleetNameContains="em-")["EdgeDeploymentPlanSummaries"]
+        self.assertEqual([(p["EdgeDeploymentPlanName"], p["DeviceFleetName"]) for p in summaries], [("em-plan", "em-fleet")])
+        for i in range(3):
+            sm.create_edge_deployment_plan(EdgeDeploymentPlanName=f"em-page-{i}", DeviceFleetName="em-fleet",
+                                           ModelConfigs=[{"ModelHandle": f"page-{i}", "EdgePackagingJobName": "em-pack"}])
+        pages = list(sm.get_paginator("list_edge_deployment_plans").paginate(NameContains="EM-", PaginationConfig={"PageSize": 2}))
+        self.assertEqual([p["EdgeDeploymentPlanName"] for page in pages for p in page["EdgeDeploymentPlanSummaries"]],
+                         ["em-page-0", "em-page-1", "em-page-2", "em-plan"])
+        for i in range(3):
+            sm.delete_edge_deployment_plan(EdgeDeploymentPlanName=f"em-page-{i}")
+        code, _, _ = error_of(lambda: sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="em-plan", ModelConfigs=[{"ModelHandle": "other", "EdgePackagingJobName": "em-pack"}],
+            DeviceFleetName="em-fleet"))
+        self.assertEqual(code, "ResourceInUse")
+        code, _, _ = error_of(lambda: sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="em-plan-2", ModelConfigs=[{"ModelHandle": "detector", "EdgePackagingJobName": "em-pack"}],
+            DeviceFleetName="no-such-fleet"))
+        self.assertEqual(code, "ResourceNotFound")
+
+        # The canary: the real agent picks the model up and reports it; the stage and the device are DEPLOYED.
+        wait_for_file(os.path.join(work, "agent-running"))
+        sm.start_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", StageName="canary")
+        code, _, _ = error_of(lambda: sm.delete_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", StageName="canary"))
+        self.assertEqual(code, "ResourceInUse")
+        devices = []
+        for _ in range(900):
+            devices = sm.list_stage_devices(EdgeDeploymentPlanName="em-plan", StageName="canary")["DeviceDeploymentSummaries"]
+            if devices and devices[0]["DeviceDeploymentStatus"] in ("DEPLOYED", "FAILED"):
+                break
+            time.sleep(0.2)
+        self.assertEqual(len(devices), 1, devices)
+        device = devices[0]
+        self.assertEqual(device["DeviceDeploymentStatus"], "DEPLOYED", device)
+        self.assertEqual((device["DeviceName"], device["StageName"], device["DeployedStageName"], device["DeviceFleetName"]),
+                         ("em-cam-1", "canary", "canary", "em-fleet"))
+        self.assertEqual(device["EdgeDeploymentPlanArn"], arn)
+        self.assertEqual(device["DeviceArn"], f"arn:aws:sagemaker:{REGION}:000000000000:device-fleet/em-fleet/device/em-cam-1")
+        self.assertIsInstance(device["DeploymentStartTime"], datetime.datetime)
+        plan = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan")
+        self.assertEqual((plan["EdgeDeploymentSuccess"], plan["EdgeDeploymentPending"], plan["EdgeDeploymentFailed"]), (1, 0, 0))
+        canary = plan["Stages"][0]["DeploymentStatus"]
+        self.assertEqual((canary["StageStatus"], canary["EdgeDeploymentSuccessInStage"]), ("DEPLOYED", 1))
+        self.assertIsInstance(canary["EdgeDeploymentStageStartTime"], datetime.datetime)
+
+        # The device's view through the data plane: the same deployment, with Edge Manager's S3Url.
+        created = native("POST", "/api/v1/access-keys", {"name": "em-cam-1 script", "scope": "read-only", "deviceName": "em-cam-1"})
+        edge = client("sagemaker-edge", key_id=created["accessKeyId"], secret=created["secretAccessKey"])
+        deployments = edge.get_deployments(DeviceName="em-cam-1", DeviceFleetName="em-fleet")["Deployments"]
+        self.assertEqual([(d["DeploymentName"], d["Type"], d["FailureHandlingPolicy"]) for d in deployments],
+                         [("em-plan", "Model", "ROLLBACK_ON_FAILURE")])
+        definition = deployments[0]["Definitions"][0]
+        self.assertEqual((definition["ModelHandle"], definition["State"]), ("detector", "DEPLOY"))
+        self.assertEqual(definition["S3Url"], f"s3://{bucket}/em-packages/detector-1.0.tar.gz")
+
+        # The fleet report counts the connected agent and the model it runs.
+        for _ in range(300):
+            report = sm.get_device_fleet_report(DeviceFleetName="em-fleet")
+            if any(m["ModelName"] == "detector" for m in report.get("ModelStats", [])):
+                break
+            time.sleep(0.2)
+        self.assertEqual(report["DeviceStats"], {"ConnectedDeviceCount": 1, "RegisteredDeviceCount": 4})
+        self.assertIn(("detector", "1.0"), [(m["ModelName"], m["ModelVersion"]) for m in report["ModelStats"]])
+
+        # The second stage: the devices the canary did not take (name contains "CAM", case-insensitively); they
+        # never connect, so they stay READYTODEPLOY until the stage is stopped.
+        sm.start_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", StageName="rest")
+        pages = list(sm.get_paginator("list_stage_devices").paginate(
+            EdgeDeploymentPlanName="em-plan", StageName="rest", PaginationConfig={"PageSize": 2}))
+        self.assertEqual(len(pages), 2)
+        rest = [d for page in pages for d in page["DeviceDeploymentSummaries"]]
+        self.assertEqual([(d["DeviceName"], d["DeviceDeploymentStatus"]) for d in rest],
+                         [(f"em-cam-{i}", "READYTODEPLOY") for i in range(2, 5)])
+        sm.stop_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", StageName="rest")
+        stopped = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan")["Stages"][1]["DeploymentStatus"]
+        self.assertIn(stopped["StageStatus"], ("STOPPING", "STOPPED"))
+
+        # A stage that never started can be deleted; a plan can be deleted.
+        sm.create_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", Stages=[
+            {"StageName": "later", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 100}}])
+        sm.delete_edge_deployment_stage(EdgeDeploymentPlanName="em-plan", StageName="later")
+        self.assertEqual([s["StageName"] for s in sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan")["Stages"]],
+                         ["canary", "rest"])
+        sm.delete_edge_deployment_plan(EdgeDeploymentPlanName="em-plan")
+        code, _, _ = error_of(lambda: sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="em-plan"))
+        self.assertEqual(code, "ResourceNotFound")
+
+
+class DeploymentPlanErrors(unittest.TestCase):
+    def test_documented_errors(self):
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="dp-err-fleet", OutputConfig=OUTPUT)
+        code, _, message = error_of(lambda: sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="dp-err", ModelConfigs=[{"ModelHandle": "m", "EdgePackagingJobName": "no-such-job"}],
+            DeviceFleetName="dp-err-fleet"))
+        self.assertEqual(code, "ResourceNotFound")
+        self.assertIn("no-such-job", message)
+        code, _, message = error_of(lambda: sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="bad_name!", ModelConfigs=[{"ModelHandle": "m", "EdgePackagingJobName": "j"}],
+            DeviceFleetName="dp-err-fleet"))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("EdgeDeploymentPlanName", message)
+        code, _, message = error_of(lambda: sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="dp-err", ModelConfigs=[], DeviceFleetName="dp-err-fleet"))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("ModelConfigs", message)
+        code, _, message = error_of(lambda: sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="dp-err", ModelConfigs=[{"ModelHandle": "m", "EdgePackagingJobName": "j"}],
+            DeviceFleetName="dp-err-fleet",
+            Stages=[{"StageName": "s", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 101}}]))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("Percentage", message)
+        for call in (lambda: sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="nope"),
+                     lambda: sm.start_edge_deployment_stage(EdgeDeploymentPlanName="nope", StageName="s"),
+                     lambda: sm.stop_edge_deployment_stage(EdgeDeploymentPlanName="nope", StageName="s"),
+                     lambda: sm.delete_edge_deployment_plan(EdgeDeploymentPlanName="nope"),
+                     lambda: sm.delete_edge_deployment_stage(EdgeDeploymentPlanName="nope", StageName="s"),
+                     lambda: sm.list_stage_devices(EdgeDeploymentPlanName="nope", StageName="s"),
+                     lambda: sm.create_edge_deployment_stage(EdgeDeploymentPlanName="nope", Stages=[
+                         {"StageName": "s", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 5}}])):
+            code, status, _ = error_of(call)
+            self.assertEqual((code, status), ("ResourceNotFound", 400))
+        code, _, message = error_of(lambda: sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="nope", MaxResults=11))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("MaxResults", message)
+        code, _, message = error_of(lambda: sm.list_edge_deployment_plans(SortBy="CREATION_TIME"))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("SortBy", message)
+        code, _, message = error_of(lambda: sm.list_edge_deployment_plans(NextToken="not-a-token"))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("NextToken", message)
+        code, _, _ = error_of(lambda: sm.list_tags(ResourceArn=f"arn:aws:sagemaker:{REGION}:000000000000:edge-deployment/nope"))
+        self.assertEqual(code, "ResourceNotFound")
+
+    def test_read_only_key(self):
+        reader = client(key="READ")
+        self.assertIn("EdgeDeploymentPlanSummaries", reader.list_edge_deployment_plans())
+        stage = {"EdgeDeploymentPlanName": "ro-plan", "StageName": "s"}
+        for call in (lambda: reader.create_edge_deployment_plan(
+                         EdgeDeploymentPlanName="ro-plan", ModelConfigs=[{"ModelHandle": "m", "EdgePackagingJobName": "j"}],
+                         DeviceFleetName="f"),
+                     lambda: reader.create_edge_deployment_stage(EdgeDeploymentPlanName="ro-plan", Stages=[
+                         {"StageName": "s", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 5}}]),
+                     lambda: reader.start_edge_deployment_stage(**stage),
+                     lambda: reader.stop_edge_deployment_stage(**stage),
+                     lambda: reader.delete_edge_deployment_stage(**stage),
+                     lambda: reader.delete_edge_deployment_plan(EdgeDeploymentPlanName="ro-plan")):
+            code, status, message = error_of(call)
+            self.assertEqual((code, status), ("AccessDeniedException", 400))
+            self.assertIn("read-only", message)
+
+
 SUPPORTED = [
     "CreateDeviceFleet", "DescribeDeviceFleet", "UpdateDeviceFleet", "DeleteDeviceFleet", "ListDeviceFleets",
     "GetDeviceFleetReport", "RegisterDevices", "UpdateDevices", "DeregisterDevices", "DescribeDevice",
     "ListDevices", "AddTags", "ListTags", "DeleteTags", "CreateCompilationJob", "DescribeCompilationJob",
     "ListCompilationJobs", "StopCompilationJob", "CreateEdgePackagingJob", "DescribeEdgePackagingJob",
-    "ListEdgePackagingJobs",
+    "ListEdgePackagingJobs", "CreateEdgeDeploymentPlan", "CreateEdgeDeploymentStage", "StartEdgeDeploymentStage",
+    "StopEdgeDeploymentStage", "DescribeEdgeDeploymentPlan", "ListEdgeDeploymentPlans", "DeleteEdgeDeploymentPlan",
+    "DeleteEdgeDeploymentStage", "ListStageDevices",
 ]
 EDGE = ["SendHeartbeat", "GetDeviceRegistration", "GetDeployments"]
 # What a malformed request may be answered with: a clear client error, never a 5xx.

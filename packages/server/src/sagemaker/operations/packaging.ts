@@ -60,6 +60,18 @@ export function exportFacadePackages(db: Kysely<DatabaseSchema>, s3: S3Objects) 
   };
 }
 
+/**
+ * Where Edge Manager's agents found a packaging job's package: its S3 object, for a job created through the
+ * facade (only those are copied to S3); undefined for any other job.
+ */
+export function facadePackageS3Url(db: Kysely<DatabaseSchema>, jobs: Pick<PackagingJobStore, 'get'>) {
+  return async (jobName: string): Promise<string | undefined> => {
+    if ((await sourceOf(db, jobName)) === undefined) return undefined;
+    const job = await jobs.get(jobName);
+    return job.outputS3Location === null ? undefined : packageObjectUri(job);
+  };
+}
+
 /** Tags of a packaging job created through the facade (native jobs have none). */
 export async function packagingJobTags(
   db: Kysely<DatabaseSchema>,

@@ -1,6 +1,7 @@
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import type { CompilationJobStore } from '../../compilation/index.js';
+import type { DeploymentService } from '../../deployments/index.js';
 import type { DeviceStore } from '../../devices/index.js';
 import { MAX_TAGS, tagSchema, type Tag } from '../../fields/index.js';
 import type { FleetStore } from '../../fleets/index.js';
@@ -19,10 +20,20 @@ export interface TagOperationDeps {
   fleets: FleetStore;
   devices: DeviceStore;
   compilationJobs: CompilationJobStore;
+  deployments: Pick<DeploymentService, 'describePlan' | 'setPlanTags'>;
 }
 
-/** AddTags, ListTags, DeleteTags for device fleets, devices, compilation and edge packaging jobs (by ARN). */
-export function tagOperations({ db, fleets, devices, compilationJobs }: TagOperationDeps): OperationModule {
+/**
+ * AddTags, ListTags, DeleteTags for device fleets, devices, compilation and edge packaging jobs and edge
+ * deployment plans (by ARN).
+ */
+export function tagOperations({
+  db,
+  fleets,
+  devices,
+  compilationJobs,
+  deployments,
+}: TagOperationDeps): OperationModule {
   const tagsOf = async (arn: string): Promise<{ tags: Tag[]; write: (tags: Tag[]) => Promise<void> }> => {
     const resource = parseResourceArn(arn);
     if (resource.kind === 'compilation-job') {
@@ -30,6 +41,13 @@ export function tagOperations({ db, fleets, devices, compilationJobs }: TagOpera
       return { tags: job.tags, write: (tags) => compilationJobs.setTags(job.name, tags) };
     }
     if (resource.kind === 'edge-packaging-job') return packagingJobTags(db, resource.name);
+    if (resource.kind === 'edge-deployment') {
+      const plan = await deployments.describePlan(resource.name);
+      return {
+        tags: plan.tags,
+        write: async (tags) => void (await deployments.setPlanTags(plan.name, tags)),
+      };
+    }
     if (resource.kind === 'device-fleet') {
       const fleet = await fleets.get(resource.fleet);
       return { tags: fleet.tags, write: async (tags) => void (await fleets.update(fleet.name, { tags })) };
