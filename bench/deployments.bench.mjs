@@ -142,6 +142,23 @@ for (const engine of ENGINES) {
   const result = await benchEngine(engine);
   if (result) results.push(result);
 }
+// The goal table: one row per engine, each part of the goal met or not.
+const mark = (ok) => (ok ? 'met' : 'NOT MET');
+console.log(
+  `\ngoal (issue 9): ${DEVICES} devices, poll ${POLL_SECONDS} s → DEPLOYED in ≤ ${GOAL_SECONDS} s, server < 1 core`,
+);
+console.log('engine    status     deployed     seconds  time goal  server cores  cpu goal  goal');
+for (const r of results) {
+  const timeOk = r.status === 'DEPLOYED' && r.deployed === DEVICES && r.secondsToDeployed <= GOAL_SECONDS;
+  const cpuOk = r.serverCores === undefined || r.serverCores < 1;
+  console.log(
+    `${r.engine.padEnd(9)} ${r.status.padEnd(10)} ${`${r.deployed}/${DEVICES}`.padEnd(12)} ` +
+      `${String(r.secondsToDeployed).padStart(7)}  ${mark(timeOk).padEnd(9)}  ` +
+      `${String(r.serverCores ?? '?').padStart(12)}  ${mark(cpuOk).padEnd(8)}  ${mark(r.goalMet)}`,
+  );
+}
+for (const engine of ENGINES.filter((e) => !results.some((r) => r.engine === e)))
+  console.log(`${engine.padEnd(9)} skipped (not available on this machine)`);
 mkdirSync(join(root, 'bench-results'), { recursive: true });
 writeFileSync(
   join(root, 'bench-results', 'deployments.json'),
