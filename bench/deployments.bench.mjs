@@ -40,6 +40,16 @@ if (!existsSync(MAIN)) {
   process.exit(2);
 }
 
+// What the engine now running must stop and remove: Ctrl-C leaves no server, cluster or data folder behind.
+let cleanUp;
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, async () => {
+    console.log(`\n${signal}: stopping the server, the simulated devices and the database…`);
+    await cleanUp?.();
+    process.exit(130);
+  });
+}
+
 async function benchEngine(engine) {
   let postgres;
   if (engine === 'postgres') {
@@ -50,9 +60,17 @@ async function benchEngine(engine) {
     }
   }
   const dataDir = mkdtempSync(join(tmpdir(), `edgefleet-bench-deploy-${engine}-`));
-  const server = await startServer(dataDir, postgres?.url);
+  let server;
   let fleet;
+  cleanUp = async () => {
+    cleanUp = undefined; // once, whichever of the signal and the finally comes first
+    await fleet?.stop();
+    await server?.stop();
+    postgres?.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  };
   try {
+    server = await startServer(dataDir, postgres?.url);
     const admin = { authorization: `Bearer ${server.token}` };
     const api = (method, path, body) =>
       request(undefined, `${server.operatorUrl}${path}`, { method, headers: admin, body });
@@ -126,10 +144,7 @@ async function benchEngine(engine) {
     );
     return result;
   } finally {
-    await fleet?.stop();
-    await server.stop();
-    postgres?.stop();
-    rmSync(dataDir, { recursive: true, force: true });
+    await cleanUp?.();
   }
 }
 
