@@ -40,6 +40,16 @@ if (!existsSync(MAIN)) {
   process.exit(2);
 }
 
+// What the engine now running must stop and remove: Ctrl-C leaves no server, cluster or data folder behind.
+let cleanUp;
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, async () => {
+    console.log(`\n${signal}: stopping the server, the simulated devices and the database…`);
+    await cleanUp?.();
+    process.exit(130);
+  });
+}
+
 async function benchEngine(engine) {
   let postgres;
   if (engine === 'postgres') {
@@ -50,9 +60,17 @@ async function benchEngine(engine) {
     }
   }
   const dataDir = mkdtempSync(join(tmpdir(), `edgefleet-bench-deploy-${engine}-`));
-  const server = await startServer(dataDir, postgres?.url);
+  let server;
   let fleet;
+  cleanUp = async () => {
+    cleanUp = undefined; // once, whichever of the signal and the finally comes first
+    await fleet?.stop();
+    await server?.stop();
+    postgres?.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  };
   try {
+    server = await startServer(dataDir, postgres?.url);
     const admin = { authorization: `Bearer ${server.token}` };
     const api = (method, path, body) =>
       request(undefined, `${server.operatorUrl}${path}`, { method, headers: admin, body });
@@ -126,10 +144,7 @@ async function benchEngine(engine) {
     );
     return result;
   } finally {
-    await fleet?.stop();
-    await server.stop();
-    postgres?.stop();
-    rmSync(dataDir, { recursive: true, force: true });
+    await cleanUp?.();
   }
 }
 
@@ -142,6 +157,23 @@ for (const engine of ENGINES) {
   const result = await benchEngine(engine);
   if (result) results.push(result);
 }
+// The goal table: one row per engine, each part of the goal met or not.
+const mark = (ok) => (ok ? 'met' : 'NOT MET');
+console.log(
+  `\ngoal (issue 9): ${DEVICES} devices, poll ${POLL_SECONDS} s → DEPLOYED in ≤ ${GOAL_SECONDS} s, server < 1 core`,
+);
+console.log('engine    status     deployed     seconds  time goal  server cores  cpu goal  goal');
+for (const r of results) {
+  const timeOk = r.status === 'DEPLOYED' && r.deployed === DEVICES && r.secondsToDeployed <= GOAL_SECONDS;
+  const cpuOk = r.serverCores === undefined || r.serverCores < 1;
+  console.log(
+    `${r.engine.padEnd(9)} ${r.status.padEnd(10)} ${`${r.deployed}/${DEVICES}`.padEnd(12)} ` +
+      `${String(r.secondsToDeployed).padStart(7)}  ${mark(timeOk).padEnd(9)}  ` +
+      `${String(r.serverCores ?? '?').padStart(12)}  ${mark(cpuOk).padEnd(8)}  ${mark(r.goalMet)}`,
+  );
+}
+for (const engine of ENGINES.filter((e) => !results.some((r) => r.engine === e)))
+  console.log(`${engine.padEnd(9)} skipped (not available on this machine)`);
 mkdirSync(join(root, 'bench-results'), { recursive: true });
 writeFileSync(
   join(root, 'bench-results', 'deployments.json'),

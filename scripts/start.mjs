@@ -1,11 +1,12 @@
 // `npm start`: the whole product on embedded defaults, nothing to set up. The package life cycle on the demo
 // model (edgefleet demo), then the control plane (SQLite, local blobs), a device agent enrolled to it, the
-// demo model packaged and signed by the server, the agent serving that package and heartbeating, a first
-// inference, and what to try next. Ctrl-C stops everything; a second `npm start` reuses the server's state,
+// demo model packaged and signed by the server, deployed to the agent through a deployment plan (the agent's
+// update engine downloads, verifies and switches to it), heartbeats, a first inference, the console URL and
+// what to try next. Ctrl-C stops everything; a second `npm start` reuses the server's state,
 // the API token and the agent's enrollment. Everything lives under .edgefleet/ (or $EDGEFLEET_HOME).
 // Each step goes through the product's own front doors: the CLI, the server's HTTP API, the agent binary.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -24,6 +25,11 @@ const bin = {
 };
 const MODEL = { name: 'demo-classifier', version: '1.0', job: 'demo-classifier-1-0' };
 const FLEET = 'demo-fleet';
+const PLAN = { name: 'demo-rollout', stage: 'demo' };
+const POLL_SECONDS = 2;
+const HEALTH_WINDOW_SECONDS = 3;
+const HEARTBEAT_SECONDS = 3;
+const DEPLOY_WAIT_SECONDS = 120;
 const DEVICE = 'demo-device';
 const children = [];
 
@@ -187,7 +193,7 @@ async function main() {
     console.log(`9. The agent is enrolled as ${DEVICE} of ${FLEET} (kept from the last run)`);
   }
 
-  // 10: the demo model uploaded, packaged and signed by the server, downloaded as a device would.
+  // 10: the demo model uploaded, then packaged and signed by the server (a packaging job).
   if ((await api('GET', `/api/v1/models/${MODEL.name}/versions/${MODEL.version}`)).status === 404) {
     const onnx = readdirSync(demoDir).find((f) => f.endsWith('.onnx'));
     cli(['model', 'upload', join(demoDir, onnx), '--name', MODEL.name, '--version', MODEL.version], env);
@@ -195,26 +201,19 @@ async function main() {
   if ((await api('GET', `/api/v1/packaging-jobs/${MODEL.job}`)).status === 404) {
     cli(['packaging', 'create', MODEL.job, '--model', MODEL.name, '--version', MODEL.version, '--wait'], env);
   }
-  const trustDir = join(agentDir, 'trust');
-  const packages = join(agentDir, 'packages');
-  mkdirSync(trustDir, { recursive: true });
-  mkdirSync(packages, { recursive: true });
-  cli(['packaging', 'root-certificate', '--out', join(trustDir, 'server-signing-root.pem')], env);
-  const archive = join(packages, `${MODEL.name}-${MODEL.version}.tar.gz`);
-  cli(['packaging', 'download', MODEL.job, '--out', archive, '--force'], env);
-  const packageDir = join(packages, MODEL.name);
-  rmSync(packageDir, { recursive: true, force: true });
-  cli(['package', 'extract', archive, '--out', packageDir]);
-  console.log(
-    `10. Packaged and signed ${MODEL.name} ${MODEL.version} on the server (job ${MODEL.job}); downloaded it`,
-  );
-  console.log('    (deployment plans are not in this version: the agent preloads the package)');
+  console.log(`10. Packaged and signed ${MODEL.name} ${MODEL.version} on the server (job ${MODEL.job})`);
 
-  // 11: the agent: the server-signed package verified against the server's signing root, heartbeats on.
+  // 11: the agent, trusting only packages the server signed, polling for deployments and heartbeating.
+  const trustDir = join(agentDir, 'trust');
+  mkdirSync(trustDir, { recursive: true });
+  cli(['packaging', 'root-certificate', '--out', join(trustDir, 'server-signing-root.pem')], env);
   const restPort = await freePort(Number(process.env.EDGEFLEET_REST_PORT ?? 8080));
   let socket = join(agentDir, 'agent.sock');
   if (Buffer.byteLength(socket) > 100) socket = `/tmp/edgefleet-demo-${process.getuid?.() ?? 'user'}.sock`;
-  const enrolled = JSON.parse(readFileSync(agentConfigFile, 'utf8'));
+  // Earlier versions of this script preloaded the package; the update engine installs it now.
+  const { edgefleet_preload_models: _preloaded, ...enrolled } = JSON.parse(
+    readFileSync(agentConfigFile, 'utf8'),
+  );
   writeFileSync(
     agentConfigFile,
     `${JSON.stringify(
@@ -225,21 +224,102 @@ async function main() {
         sagemaker_edge_local_data_root_path: join(agentDir, 'state'),
         sagemaker_edge_core_capture_data_disk_path: join(agentDir, 'capture'),
         edgefleet_rest_tcp: `127.0.0.1:${restPort}`,
-        edgefleet_heartbeat_interval_seconds: 5,
-        edgefleet_preload_models: [{ url: packageDir, name: MODEL.name }],
+        edgefleet_heartbeat_interval_seconds: HEARTBEAT_SECONDS,
+        // Deployments on (Edge Manager's switch; the path itself is not used), polled often for the demo,
+        // and a short health window so the first rollout commits within seconds.
+        sagemaker_edge_deployment_lib_path: join(agentDir, 'deployments'),
+        sagemaker_edge_db_module_path: join(agentDir, 'db'), // the local database, which deployments need
+        edgefleet_deployment_poll_interval_seconds: POLL_SECONDS,
+        edgefleet_deployment_health_window_seconds: HEALTH_WINDOW_SECONDS,
       },
       null,
       2,
     )}\n`,
   );
   console.log(`11. Starting the device agent (logs: ${join(home, 'agent.log')})`);
-  const listening = await startDaemon(
+  await startDaemon(
     'edgefleet-agent',
     [bin.agent, '-a', socket, '-c', agentConfigFile, '-f'],
     join(home, 'agent.log'),
     (entry) => entry.event === 'listening',
   );
   const rest = `http://127.0.0.1:${restPort}`;
+  const agentStatus = () =>
+    fetch(`${rest}/edgefleet/v1/status`).then(
+      (r) => r.json(),
+      () => ({ models: [] }),
+    );
+
+  // 12: a deployment plan (one stage: this device), started; the agent downloads, verifies and switches.
+  const stagePath = `/api/v1/deployment-plans/${PLAN.name}/stages/${PLAN.stage}`;
+  if ((await api('GET', `/api/v1/deployment-plans/${PLAN.name}`)).status === 404) {
+    // A concurrent creation is a 409: the plan exists then, which is all this needs.
+    try {
+      cli(
+        [
+          'deployment',
+          'create',
+          PLAN.name,
+          '--fleet',
+          FLEET,
+          '--model',
+          `${MODEL.name}=${MODEL.job}`,
+          '--stage',
+          `${PLAN.stage}:devices=${DEVICE}`,
+        ],
+        env,
+      );
+    } catch (error) {
+      if ((await api('GET', `/api/v1/deployment-plans/${PLAN.name}`)).status !== 200) throw error;
+    }
+    console.log(
+      `12. Created the deployment plan ${PLAN.name}: ${MODEL.name} → stage ${PLAN.stage} (${DEVICE})`,
+    );
+  } else {
+    console.log(`12. The deployment plan ${PLAN.name} exists (kept from the last run)`);
+  }
+  const plan = (await api('GET', `/api/v1/deployment-plans/${PLAN.name}`)).body;
+  const stage = plan.stages?.find((s) => s.name === PLAN.stage) ?? {};
+  if (stage.status === 'READYTODEPLOY') {
+    cli(['deployment', 'start-stage', PLAN.name, PLAN.stage], env);
+    console.log(`    Started stage ${PLAN.stage}; the agent polls every ${POLL_SECONDS} s:`);
+  } else {
+    console.log(
+      `    Stage ${PLAN.stage} is ${stage.status ?? 'unknown'} (started in an earlier run); the agent polls every ${POLL_SECONDS} s:`,
+    );
+  }
+  // Progress: the agent's update state for the handle and the server's view of the device, on each change.
+  let seen = '';
+  let serving;
+  let deviceStatus;
+  for (let i = 0; ; i++) {
+    const status = await agentStatus();
+    const update = status.deployments?.models?.find((m) => m.handle === MODEL.name);
+    serving = status.models?.find((m) => m.name === MODEL.name);
+    const devices = (await api('GET', `${stagePath}/devices`)).body.devices ?? [];
+    const device = devices.find((d) => d.deviceName === DEVICE);
+    deviceStatus = device?.status;
+    const line =
+      `    agent: ${update ? `${update.state} ${update.version ?? ''}`.trimEnd() : 'no update yet'}` +
+      `${update?.reason ? ` (${update.reason})` : ''}; server: ${DEVICE} ${deviceStatus ?? '?'}` +
+      `${device?.statusMessage && !device.statusMessage.startsWith(device.status) ? ` (${device.statusMessage})` : ''}`;
+    if (line !== seen) console.log(line);
+    seen = line;
+    if (deviceStatus === 'DEPLOYED' && serving) break;
+    if (deviceStatus === 'FAILED' || deviceStatus === 'STOPPED' || update?.state === 'Failed') {
+      throw new Error(`the deployment did not succeed: ${line.trim()}`);
+    }
+    if (i > DEPLOY_WAIT_SECONDS * 4) {
+      throw new Error(`the deployment did not finish within ${DEPLOY_WAIT_SECONDS} s: ${line.trim()}`);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  console.log(
+    `    Deployed: the agent serves ${MODEL.name} ${serving.version}, ` +
+      `signature ${serving.signatureVerified ? "verified against the server's signing root" : 'NOT verified'}.`,
+  );
+
+  // 13: a first inference, and the device as the control plane sees it.
   const body = JSON.stringify({
     inputs: [{ name: 'features', datatype: 'FP32', shape: [1, 4], data: [5.1, 3.5, 1.4, 0.2] }],
   });
@@ -252,19 +332,22 @@ async function main() {
     if (!online) await new Promise((r) => setTimeout(r, 200));
   }
 
-  console.log(`    Serving ${listening.models.join(', ')}, signature verified against the server's signing root.
-    gRPC, the SageMaker Edge agent API:  unix://${socket}
+  console.log(`13. gRPC, the SageMaker Edge agent API:  unix://${socket}
     REST, KServe v2:                     ${rest}
     A first inference (setosa-like flower) → probabilities ${answer}
-    The device is ${online ? 'online in' : 'not yet reporting to'} the control plane (heartbeats every 5 s).
+    The device is ${online ? 'online in' : 'not yet reporting to'} the control plane (heartbeats every ${HEARTBEAT_SECONDS} s).
 
+Console:        ${operatorUrl}/   (sign in with the admin API token)
 Control plane:  ${operatorUrl}   admin API token: ${token}
 Try:
    curl -s -X POST ${rest}/v2/models/${MODEL.name}/infer \\
         -d '{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],"data":[6.7,3.0,5.2,2.3]}]}'
-   curl -s ${rest}/metrics | grep edgefleet_inference
-   curl -s -H "authorization: Bearer ${token}" ${operatorUrl}/api/v1/devices/${DEVICE}
+   curl -s ${rest}/metrics | grep edgefleet_deployment
+   curl -s -H "authorization: Bearer ${token}" ${operatorUrl}/api/v1/deployment-plans/${PLAN.name}
    export EDGEFLEET_SERVER=${operatorUrl} EDGEFLEET_TOKEN=${token}
+   npx edgefleet deployment describe ${PLAN.name}
+   npx edgefleet deployment devices ${PLAN.name} ${PLAN.stage}
+   npx edgefleet deployment events ${PLAN.name}
    npx edgefleet fleet report ${FLEET}
    npx edgefleet device describe ${DEVICE}
    npx edgefleet agent list --socket ${socket}

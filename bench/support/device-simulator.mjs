@@ -47,6 +47,14 @@ function call(agent, url, { method = 'GET', body } = {}) {
 const fractionOf = (name) => createHash('sha256').update(name).digest().readUInt32BE(0) / 2 ** 32;
 
 /**
+ * A loopback source address of its own for device `index` (127.10.x.y): real devices connect from their own
+ * addresses, and a thousand sharing 127.0.0.1 would run into the device port's per-address connection cap,
+ * which a fleet does not. Linux routes all of 127.0.0.0/8 to the loopback interface; elsewhere, none.
+ */
+const sourceAddressOf = (index) =>
+  process.platform === 'linux' ? `127.10.${Math.floor(index / 250)}.${(index % 250) + 1}` : undefined;
+
+/**
  * Runs the devices until stop(). `devices`: [{ name, fleet, tls: { ca, cert, key } }].
  * Options: pollIntervalMs, jitter (share of the interval, default 0.2), failRate (default 0).
  */
@@ -57,11 +65,13 @@ export function simulateFleet({ deviceUrl, devices, pollIntervalMs, jitter = 0.2
   // Sleeps end early on stop(), so stopping a thousand devices does not wait out their intervals.
   const pause = (ms) => sleep(ms, undefined, { signal: stopping.signal }).catch(() => undefined);
   const stats = { polls: 0, downloads: 0, downloadedBytes: 0, reports: 0, failedReports: 0, errors: 0 };
-  const loops = devices.map(async (device) => {
-    // No keep-alive (the device port caps connections per address; a thousand devices share 127.0.0.1 here),
-    // but each device's agent resumes its TLS session, as a real client library would.
+  const loops = devices.map(async (device, index) => {
+    // No keep-alive (an agent polls every few seconds at most), but each device's agent resumes its TLS
+    // session, as a real client library would.
+    const localAddress = sourceAddressOf(index);
     const agent = new https.Agent({
       keepAlive: false,
+      ...(localAddress !== undefined && { localAddress }),
       ca: device.tls.ca,
       cert: device.tls.cert,
       key: device.tls.key,
@@ -69,9 +79,26 @@ export function simulateFleet({ deviceUrl, devices, pollIntervalMs, jitter = 0.2
     const installed = new Map(); // model handle → package SHA-256
     const ids = { DeviceName: device.name, DeviceFleetName: device.fleet };
     const fails = fractionOf(device.name) < failRate;
+    // A result the server has not acknowledged yet: sent again before the next poll, as the agent repeats its
+    // last result in every heartbeat until accepted (else a report lost to a dropped connection would leave
+    // the device INPROGRESS for good, since it already runs the package and asks for nothing more).
+    let unsent;
+    const report = async (result) => {
+      unsent = result;
+      const sent = await call(agent, `${deviceUrl}/api/v1/device/heartbeat`, {
+        method: 'POST',
+        body: { ...ids, AgentVersion: 'simulator 1.0', DeploymentResult: result },
+      });
+      if (sent.status !== 200)
+        throw new Error(`SendHeartbeat: HTTP ${sent.status} ${JSON.stringify(sent.body)}`);
+      unsent = undefined;
+      stats.reports++;
+      if (result.DeploymentStatus === 'FAIL') stats.failedReports++;
+    };
     await pause(Math.random() * pollIntervalMs);
     while (running) {
       try {
+        if (unsent !== undefined) await report(unsent);
         stats.polls++;
         const answer = await call(agent, `${deviceUrl}/api/v1/device/deployments`, {
           method: 'POST',
@@ -115,24 +142,13 @@ export function simulateFleet({ deviceUrl, devices, pollIntervalMs, jitter = 0.2
             });
           }
           const failed = models.some((m) => m.Status === 'FAIL');
-          const sent = await call(agent, `${deviceUrl}/api/v1/device/heartbeat`, {
-            method: 'POST',
-            body: {
-              ...ids,
-              AgentVersion: 'simulator 1.0',
-              DeploymentResult: {
-                DeploymentName: deployment.DeploymentName,
-                DeploymentStatus: failed ? 'FAIL' : 'SUCCESS',
-                DeploymentStartTime: started,
-                DeploymentEndTime: Date.now() / 1000,
-                DeploymentModels: models,
-              },
-            },
+          await report({
+            DeploymentName: deployment.DeploymentName,
+            DeploymentStatus: failed ? 'FAIL' : 'SUCCESS',
+            DeploymentStartTime: started,
+            DeploymentEndTime: Date.now() / 1000,
+            DeploymentModels: models,
           });
-          if (sent.status !== 200)
-            throw new Error(`SendHeartbeat: HTTP ${sent.status} ${JSON.stringify(sent.body)}`);
-          stats.reports++;
-          if (failed) stats.failedReports++;
         }
       } catch (error) {
         stats.errors++;

@@ -180,6 +180,8 @@ export async function startServer(dataDir, database, serverNodeArgs = []) {
     deviceUrl: `https://127.0.0.1:${devicePort}`,
     stop: () =>
       new Promise((resolve) => {
+        // A terminal's Ctrl-C reaches the server too: it may have exited already.
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
         child.once('exit', resolve);
         child.kill('SIGTERM');
       }),

@@ -49,14 +49,18 @@ async function start(home: string) {
 }
 
 describe('npm start (scripts/start.mjs)', () => {
-  it('runs the control plane and an enrolled agent serving the server-signed demo model; a second run reuses the state', async () => {
+  it('runs the control plane, deploys the server-signed demo model to an enrolled agent through a plan; a second run reuses the state', async () => {
     work = await mkdtemp(join(tmpdir(), 'ef-start-'));
     const first = await start(work);
     expect(first.out).toContain('verified it as a device would: OK');
     expect(first.out).toContain('Enrolled the agent as demo-device of demo-fleet');
     expect(first.out).toContain('Packaged and signed demo-classifier 1.0 on the server');
+    // Deployed through a plan: the agent's update engine went through its states and committed.
+    expect(first.out).toContain('Created the deployment plan demo-rollout');
+    expect(first.out).toContain('Started stage demo');
+    expect(first.out).toMatch(/agent: Committed 1\.0; server: demo-device DEPLOYED/);
     expect(first.out).toContain(
-      "Serving demo-classifier, signature verified against the server's signing root",
+      "Deployed: the agent serves demo-classifier 1.0, signature verified against the server's signing root",
     );
     expect(first.out).toContain('The device is online in the control plane');
     // The first inference printed real probabilities: three numbers summing to 1, the first (setosa) largest.
@@ -65,6 +69,15 @@ describe('npm start (scripts/start.mjs)', () => {
     expect(probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
     expect(probabilities[0]).toBeGreaterThan(0.9);
     const token = /admin API token: (efo_\S+)/.exec(first.out)![1];
+    // The console answers on the operator port.
+    const consoleUrl = /Console: +(http:\/\/\S+\/)/.exec(first.out)![1]!;
+    const page = await fetch(consoleUrl);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('EdgeFleet console');
+    const plan = (await fetch(`${consoleUrl}api/v1/deployment-plans/demo-rollout`, {
+      headers: { authorization: `Bearer ${token}` },
+    }).then((r) => r.json())) as { successCount: number; failedCount: number };
+    expect(plan).toMatchObject({ successCount: 1, failedCount: 0 });
     expect(await first.stop()).toBe(0);
 
     const second = await start(work);
@@ -73,6 +86,11 @@ describe('npm start (scripts/start.mjs)', () => {
         'The agent is enrolled as demo-device of demo-fleet (kept from the last run)',
       );
       expect(second.out).toContain(`admin API token: ${token}`);
+      // The plan exists (no 409), and the agent serves the deployed model again from its own state.
+      expect(second.out).toContain('The deployment plan demo-rollout exists (kept from the last run)');
+      expect(second.out).not.toContain('Started stage demo');
+      expect(second.out).toContain('Deployed: the agent serves demo-classifier 1.0');
+      expect(second.out).toMatch(/probabilities \[0\.9/);
       expect(second.out).toContain('The device is online in the control plane');
     } finally {
       expect(await second.stop()).toBe(0);
