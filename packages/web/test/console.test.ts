@@ -297,7 +297,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await context.close();
   });
 
-  it('creates a deployment plan from the form, starts its stage and watches a real enrolled agent reach DEPLOYED', async () => {
+  it('creates a deployment plan from the form, starts its stage and watches a real enrolled agent reach DEPLOYED; lists active rollouts and stops one', async () => {
     // A fleet, a device and an enrollment token over the API; the packaging job mlp-2 is the first test's.
     expect(
       (
@@ -404,6 +404,42 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await page.getByRole('link', { name: 'Deployments' }).click();
     await row.waitFor();
     await screenshot(page, 'deployments');
+
+    // A stage whose device never asks stays under way: the overview lists it as an active rollout, the plan
+    // shows the device pending, and Stop ends it (the device was never started, so at once).
+    expect(
+      (await api('POST', '/api/v1/fleets/depot/devices', plane.adminToken, { devices: [{ name: 'unit-2' }] }))
+        .status,
+    ).toBe(201);
+    const held = await api('POST', '/api/v1/deployment-plans', plane.adminToken, {
+      name: 'hold-1',
+      fleetName: 'depot',
+      modelConfigs: [{ modelHandle: 'detector', packagingJobName: 'mlp-2' }],
+      stages: [{ name: 'offline', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['unit-2'] } }],
+    });
+    expect(held.status).toBe(201);
+    await page.getByRole('link', { name: 'Overview' }).click();
+    const rollouts = page.getByTestId('active-rollouts');
+    expect(await rollouts.getByRole('link', { name: 'hold-1' }).count()).toBe(0);
+    expect(
+      (await api('POST', '/api/v1/deployment-plans/hold-1/stages/offline/start', plane.adminToken)).status,
+    ).toBe(200);
+    await rollouts.getByRole('link', { name: 'hold-1' }).click();
+    const offline = page.getByRole('region', { name: 'Stage offline' });
+    await offline
+      .locator('tr[data-stage-device="unit-2"]')
+      .getByText('READYTODEPLOY', { exact: true })
+      .waitFor();
+    await offline.getByTestId('stage-status').getByText('INPROGRESS').waitFor();
+    await page.getByRole('button', { name: 'Stop stage offline' }).click();
+    await offline.getByTestId('stage-status').getByText('STOPPED').waitFor();
+    const stopped = offline.locator('tr[data-stage-device="unit-2"]');
+    await stopped.getByText('STOPPED', { exact: true }).waitFor();
+    // The reason is shown with the device.
+    await stopped.getByText('the stage was stopped').waitFor();
+    await page.locator('li[data-event="StageStopped"]').waitFor();
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await page.getByText('No rollout under way.').waitFor();
     await context.close();
   });
 
