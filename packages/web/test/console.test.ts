@@ -363,6 +363,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     const rest = form.getByRole('group', { name: 'Stage 2' });
     await rest.getByLabel(/^Stage name/).fill('rest');
     await rest.getByLabel(/^On failure/).selectOption('DO_NOTHING');
+    await form.getByLabel(/^Abort at/).fill('50');
     await form.getByRole('button', { name: 'Create plan' }).click();
     // The list shows it live (the deployments topic), both stages ready.
     const row = page.locator('tr[data-plan="rollout-1"]');
@@ -380,6 +381,8 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       deviceNames: ['unit-1'],
     });
     expect(stored.body.stages[1].failureHandlingPolicy).toBe('DO_NOTHING');
+    expect(stored.body.options).toMatchObject({ deviceTimeoutSeconds: 3600, abort: { failedPercent: 50 } });
+    expect(stored.body.options.autoAdvance).toBeUndefined();
 
     // Start the canary from the plan's page and watch it, without reloading, until the agent has deployed.
     await row.getByRole('link', { name: 'rollout-1' }).click();

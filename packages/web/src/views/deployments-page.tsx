@@ -147,6 +147,23 @@ function toStageInput(draft: StageDraft): StageInput {
   };
 }
 
+type PlanOptions = NonNullable<CreatePlanBody['options']>;
+
+/** The options the operator filled in; the server's defaults stand for the rest. */
+function planOptions(form: FormData): PlanOptions | undefined {
+  const number = (field: string) => {
+    const value = String(form.get(field) ?? '');
+    return value === '' ? undefined : Number(value);
+  };
+  const [timeout, advance, abort] = [number('timeout'), number('advance'), number('abort')];
+  const options: PlanOptions = {
+    ...(timeout !== undefined && { deviceTimeoutSeconds: timeout }),
+    ...(advance !== undefined && { autoAdvance: { successPercent: advance } }),
+    ...(abort !== undefined && { abort: { failedPercent: abort } }),
+  };
+  return Object.keys(options).length > 0 ? options : undefined;
+}
+
 function CreatePlan({ onCreated }: { onCreated(): void }) {
   const { api } = useApp();
   const action = useAction();
@@ -173,7 +190,7 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
           event.preventDefault();
           const formElement = event.currentTarget;
           const form = new FormData(formElement);
-          const timeout = String(form.get('timeout') ?? '');
+          const options = planOptions(form);
           await action.run(async () => {
             must(
               await api.POST('/api/v1/deployment-plans', {
@@ -187,7 +204,7 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                     },
                   ],
                   stages: stages.map(toStageInput),
-                  ...(timeout !== '' && { options: { deviceTimeoutSeconds: Number(timeout) } }),
+                  ...(options !== undefined && { options }),
                 },
               }),
             );
@@ -226,6 +243,12 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
           </label>
           <label>
             Device timeout (s) <input name="timeout" type="number" min={10} placeholder="3600" />
+          </label>
+          <label>
+            Auto-advance at (% deployed) <input name="advance" type="number" min={1} max={100} />
+          </label>
+          <label>
+            Abort at (% failed) <input name="abort" type="number" min={1} max={100} />
           </label>
         </div>
         <fieldset>
