@@ -68,6 +68,41 @@ async function signedInContext(token: string): Promise<BrowserContext> {
   return context;
 }
 
+/** A real agent in `dir`, enrolled with the token by `edgefleet device enroll`, heartbeating every second. */
+async function startEnrolledAgent(
+  dir: string,
+  enrollmentToken: string,
+  extraConfig: Record<string, unknown>,
+): Promise<AgentProcess> {
+  const configFile = join(dir, 'agent.json');
+  await writeFile(
+    configFile,
+    JSON.stringify({
+      edgefleet_heartbeat_interval_seconds: 1,
+      edgefleet_inference_workers: 1,
+      edgefleet_rest_socket_path: false,
+      edgefleet_rest_tcp: `127.0.0.1:${await freePort()}`,
+      edgefleet_require_signatures: false,
+      sagemaker_edge_local_data_root_path: join(dir, 'data'),
+      ...extraConfig,
+    }),
+  );
+  await promisify(execFile)(process.execPath, [
+    CLI_MAIN,
+    'device',
+    'enroll',
+    '--server',
+    plane.operatorUrl,
+    '--token',
+    enrollmentToken,
+    '--config',
+    configFile,
+  ]);
+  const agent = startAgentProcess(join(dir, 'agent.sock'), configFile, dir);
+  agents.push(agent);
+  return agent;
+}
+
 async function screenshot(page: Page, name: string) {
   if (SCREENSHOTS === undefined) return;
   await mkdir(SCREENSHOTS, { recursive: true });
@@ -162,32 +197,9 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       version: '1.0',
       outDir: join(work, 'mlp-1.0'),
     });
-    const configFile = join(work, 'agent.json');
-    await writeFile(
-      configFile,
-      JSON.stringify({
-        edgefleet_heartbeat_interval_seconds: 1,
-        edgefleet_inference_workers: 1,
-        edgefleet_rest_socket_path: false,
-        edgefleet_rest_tcp: `127.0.0.1:${await freePort()}`,
-        edgefleet_preload_models: [{ url: pkg.dir, name: 'mlp' }],
-        edgefleet_require_signatures: false,
-        sagemaker_edge_local_data_root_path: join(work, 'data'),
-      }),
-    );
-    await promisify(execFile)(process.execPath, [
-      CLI_MAIN,
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      enrollmentToken,
-      '--config',
-      configFile,
-    ]);
-    const agent = startAgentProcess(join(work, 'agent.sock'), configFile, work);
-    agents.push(agent);
+    const agent = await startEnrolledAgent(work, enrollmentToken, {
+      edgefleet_preload_models: [{ url: pkg.dir, name: 'mlp' }],
+    });
     await page.getByTestId('device-status').getByText('online').waitFor({ timeout: 60_000 });
     await expect.poll(() => page.getByTestId('identity-status').textContent()).toBe('ENROLLED');
     // Charts fill from the stored metric series as heartbeats arrive.
@@ -315,35 +327,12 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(enrollment.status).toBe(201);
     const agentDir = join(work, 'unit-1');
     await mkdir(agentDir, { recursive: true });
-    const configFile = join(agentDir, 'agent.json');
-    await writeFile(
-      configFile,
-      JSON.stringify({
-        edgefleet_heartbeat_interval_seconds: 1,
-        edgefleet_inference_workers: 1,
-        edgefleet_rest_socket_path: false,
-        edgefleet_rest_tcp: `127.0.0.1:${await freePort()}`,
-        edgefleet_require_signatures: false,
-        // Deployments on (as in Edge Manager, the library path only enables them), polled every second.
-        sagemaker_edge_deployment_lib_path: '/usr/lib/deployment.so',
-        edgefleet_deployment_poll_interval_seconds: 1,
-        edgefleet_deployment_health_window_seconds: 1,
-        sagemaker_edge_local_data_root_path: join(agentDir, 'data'),
-      }),
-    );
-    await promisify(execFile)(process.execPath, [
-      CLI_MAIN,
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      enrollment.body.token,
-      '--config',
-      configFile,
-    ]);
-    const agent = startAgentProcess(join(agentDir, 'agent.sock'), configFile, agentDir);
-    agents.push(agent);
+    await startEnrolledAgent(agentDir, enrollment.body.token, {
+      // Deployments on (as in Edge Manager, the library path only enables them), polled every second.
+      sagemaker_edge_deployment_lib_path: '/usr/lib/deployment.so',
+      edgefleet_deployment_poll_interval_seconds: 1,
+      edgefleet_deployment_health_window_seconds: 1,
+    });
 
     const context = await browser.newContext();
     const page = await signIn(context, plane.adminToken);

@@ -2,7 +2,7 @@ import { useState } from 'preact/hooks';
 import { must, type ApiPaths } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
-import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
+import { ErrorNote, Section, Stat, StatusBadge, When } from '../components/ui.js';
 import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
@@ -502,14 +502,14 @@ function StageCard({
           {stage.statusMessage !== undefined ? <span class="muted"> — {stage.statusMessage}</span> : null}
         </p>
         <div class="stats" aria-label={`Stage ${stage.name} progress`}>
-          <Count
+          <Stat
             label={inProgress !== undefined ? 'Pending' : 'Pending or in progress'}
             value={stage.pendingCount - (inProgress ?? 0)}
           />
-          {inProgress !== undefined ? <Count label="In progress" value={inProgress} /> : null}
-          <Count label="Deployed" value={stage.successCount} testId="stage-deployed" />
-          <Count label="Failed" value={stage.failedCount} />
-          <Count label="Stopped" value={stage.stoppedCount} />
+          {inProgress !== undefined ? <Stat label="In progress" value={inProgress} /> : null}
+          <Stat label="Deployed" value={stage.successCount} testId="stage-deployed" />
+          <Stat label="Failed" value={stage.failedCount} />
+          <Stat label="Stopped" value={stage.stoppedCount} />
         </div>
         <ErrorNote error={action.error ?? devices.error} />
         {started ? (
@@ -560,15 +560,4 @@ function describeSelection(selection: StageView['deviceSelection']): string {
         : `devices whose name contains “${selection.deviceNameContains ?? ''}”`;
   const tags = Object.entries(selection.tags ?? {});
   return tags.length === 0 ? base : `${base} tagged ${tags.map(([k, v]) => `${k}=${v}`).join(', ')}`;
-}
-
-function Count({ label, value, testId }: { label: string; value: number; testId?: string }) {
-  return (
-    <div class="stat">
-      <span class="stat-value" data-testid={testId}>
-        {value}
-      </span>
-      <span class="stat-label">{label}</span>
-    </div>
-  );
 }

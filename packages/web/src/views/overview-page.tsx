@@ -4,7 +4,7 @@ import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
-import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
+import { ErrorNote, Section, Stat, StatusBadge, When } from '../components/ui.js';
 import { href } from '../router.js';
 
 const FLEETS_SHOWN = 100;
@@ -150,17 +150,6 @@ export function OverviewPage() {
         </Section>
       </div>
     </>
-  );
-}
-
-function Stat({ label, value, testId }: { label: string; value: number; testId?: string }) {
-  return (
-    <div class="stat">
-      <span class="stat-value" data-testid={testId}>
-        {value}
-      </span>
-      <span class="stat-label">{label}</span>
-    </div>
   );
 }
 
