@@ -68,6 +68,41 @@ async function signedInContext(token: string): Promise<BrowserContext> {
   return context;
 }
 
+/** A real agent in `dir`, enrolled with the token by `edgefleet device enroll`, heartbeating every second. */
+async function startEnrolledAgent(
+  dir: string,
+  enrollmentToken: string,
+  extraConfig: Record<string, unknown>,
+): Promise<AgentProcess> {
+  const configFile = join(dir, 'agent.json');
+  await writeFile(
+    configFile,
+    JSON.stringify({
+      edgefleet_heartbeat_interval_seconds: 1,
+      edgefleet_inference_workers: 1,
+      edgefleet_rest_socket_path: false,
+      edgefleet_rest_tcp: `127.0.0.1:${await freePort()}`,
+      edgefleet_require_signatures: false,
+      sagemaker_edge_local_data_root_path: join(dir, 'data'),
+      ...extraConfig,
+    }),
+  );
+  await promisify(execFile)(process.execPath, [
+    CLI_MAIN,
+    'device',
+    'enroll',
+    '--server',
+    plane.operatorUrl,
+    '--token',
+    enrollmentToken,
+    '--config',
+    configFile,
+  ]);
+  const agent = startAgentProcess(join(dir, 'agent.sock'), configFile, dir);
+  agents.push(agent);
+  return agent;
+}
+
 async function screenshot(page: Page, name: string) {
   if (SCREENSHOTS === undefined) return;
   await mkdir(SCREENSHOTS, { recursive: true });
@@ -162,32 +197,9 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       version: '1.0',
       outDir: join(work, 'mlp-1.0'),
     });
-    const configFile = join(work, 'agent.json');
-    await writeFile(
-      configFile,
-      JSON.stringify({
-        edgefleet_heartbeat_interval_seconds: 1,
-        edgefleet_inference_workers: 1,
-        edgefleet_rest_socket_path: false,
-        edgefleet_rest_tcp: `127.0.0.1:${await freePort()}`,
-        edgefleet_preload_models: [{ url: pkg.dir, name: 'mlp' }],
-        edgefleet_require_signatures: false,
-        sagemaker_edge_local_data_root_path: join(work, 'data'),
-      }),
-    );
-    await promisify(execFile)(process.execPath, [
-      CLI_MAIN,
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      enrollmentToken,
-      '--config',
-      configFile,
-    ]);
-    const agent = startAgentProcess(join(work, 'agent.sock'), configFile, work);
-    agents.push(agent);
+    const agent = await startEnrolledAgent(work, enrollmentToken, {
+      edgefleet_preload_models: [{ url: pkg.dir, name: 'mlp' }],
+    });
     await page.getByTestId('device-status').getByText('online').waitFor({ timeout: 60_000 });
     await expect.poll(() => page.getByTestId('identity-status').textContent()).toBe('ENROLLED');
     // Charts fill from the stored metric series as heartbeats arrive.
@@ -297,6 +309,132 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await context.close();
   });
 
+  it('creates a deployment plan from the form, starts its stage and watches a real enrolled agent reach DEPLOYED; lists active rollouts and stops one', async () => {
+    // A fleet, a device and an enrollment token over the API; the packaging job mlp-2 is the first test's.
+    expect(
+      (
+        await api('POST', '/api/v1/fleets', plane.adminToken, {
+          name: 'depot',
+          outputConfig: { s3OutputLocation: 's3://depot/' },
+        })
+      ).status,
+    ).toBe(201);
+    expect(
+      (await api('POST', '/api/v1/fleets/depot/devices', plane.adminToken, { devices: [{ name: 'unit-1' }] }))
+        .status,
+    ).toBe(201);
+    const enrollment = await api('POST', '/api/v1/devices/unit-1/enrollment-tokens', plane.adminToken, {});
+    expect(enrollment.status).toBe(201);
+    const agentDir = join(work, 'unit-1');
+    await mkdir(agentDir, { recursive: true });
+    await startEnrolledAgent(agentDir, enrollment.body.token, {
+      // Deployments on (as in Edge Manager, the library path only enables them), polled every second.
+      sagemaker_edge_deployment_lib_path: '/usr/lib/deployment.so',
+      edgefleet_deployment_poll_interval_seconds: 1,
+      edgefleet_deployment_health_window_seconds: 1,
+    });
+
+    const context = await browser.newContext();
+    const page = await signIn(context, plane.adminToken);
+    await page.getByRole('link', { name: 'Deployments' }).click();
+    await page.getByText('No deployment plan yet.').waitFor();
+    const form = page.getByRole('form', { name: 'Create deployment plan' });
+    await form.getByLabel(/^Plan name/).fill('rollout-1');
+    await form.getByLabel(/^Fleet/).selectOption('depot');
+    await form.getByLabel(/^Model handle/).fill('classifier');
+    await form.getByLabel(/^Packaging job/).selectOption('mlp-2');
+    // Two stages: a canary naming the device, then the rest of the fleet (left for later).
+    const canary = form.getByRole('group', { name: 'Stage 1' });
+    await canary.getByLabel(/^Stage name/).fill('canary');
+    await canary.getByLabel(/^Selection/).selectOption('SELECTION');
+    await canary.getByLabel(/^Device names/).fill('unit-1');
+    await form.getByRole('button', { name: 'Add stage' }).click();
+    const rest = form.getByRole('group', { name: 'Stage 2' });
+    await rest.getByLabel(/^Stage name/).fill('rest');
+    await rest.getByLabel(/^On failure/).selectOption('DO_NOTHING');
+    await form.getByLabel(/^Abort at/).fill('50');
+    await form.getByRole('button', { name: 'Create plan' }).click();
+    // The list shows it live (the deployments topic), both stages ready.
+    const row = page.locator('tr[data-plan="rollout-1"]');
+    await row.getByText('READYTODEPLOY').first().waitFor();
+    // A second plan for the same handle and fleet is refused with the server's reason, shown as text.
+    await form.getByLabel(/^Plan name/).fill('rollout-2');
+    await form.getByLabel(/^Fleet/).selectOption('depot');
+    await form.getByLabel(/^Model handle/).fill('classifier');
+    await form.getByRole('button', { name: 'Create plan' }).click();
+    await form.getByRole('alert').filter({ hasText: 'rollout-1' }).waitFor();
+    const stored = await api('GET', '/api/v1/deployment-plans/rollout-1', plane.adminToken);
+    expect(stored.body.stages.map((stage: { name: string }) => stage.name)).toEqual(['canary', 'rest']);
+    expect(stored.body.stages[0].deviceSelection).toEqual({
+      subsetType: 'SELECTION',
+      deviceNames: ['unit-1'],
+    });
+    expect(stored.body.stages[1].failureHandlingPolicy).toBe('DO_NOTHING');
+    expect(stored.body.options).toMatchObject({ deviceTimeoutSeconds: 3600, abort: { failedPercent: 50 } });
+    expect(stored.body.options.autoAdvance).toBeUndefined();
+
+    // Start the canary from the plan's page and watch it, without reloading, until the agent has deployed.
+    await row.getByRole('link', { name: 'rollout-1' }).click();
+    const canaryCard = page.getByRole('region', { name: 'Stage canary' });
+    await canaryCard.getByText('Not started').waitFor();
+    await page.getByRole('button', { name: 'Start stage canary' }).click();
+    await canaryCard.locator('tr[data-stage-device="unit-1"]').waitFor();
+    await canaryCard.getByTestId('stage-status').getByText('DEPLOYED').waitFor({ timeout: 120_000 });
+    await expect.poll(() => canaryCard.getByTestId('stage-deployed').textContent()).toBe('1');
+    await canaryCard.locator('tr[data-stage-device="unit-1"]').getByText('DEPLOYED').waitFor();
+    await page.locator('li[data-event="StageDeployed"]').waitFor();
+    expect(await page.locator('li[data-event="StageStarted"]').count()).toBe(1);
+    expect(await page.getByRole('button', { name: 'Stop stage canary' }).count()).toBe(0);
+    expect(await page.getByRole('button', { name: 'Start stage rest' }).count()).toBe(1);
+    // The agent serves the model under its handle.
+    await expect
+      .poll(async () => JSON.stringify((await api('GET', '/api/v1/devices/unit-1', plane.adminToken)).body), {
+        timeout: 30_000,
+      })
+      .toContain('classifier');
+    await screenshot(page, 'deployment');
+    await page.getByRole('link', { name: 'Deployments' }).click();
+    await row.waitFor();
+    await screenshot(page, 'deployments');
+
+    // A stage whose device never asks stays under way: the overview lists it as an active rollout, the plan
+    // shows the device pending, and Stop ends it (the device was never started, so at once).
+    expect(
+      (await api('POST', '/api/v1/fleets/depot/devices', plane.adminToken, { devices: [{ name: 'unit-2' }] }))
+        .status,
+    ).toBe(201);
+    const held = await api('POST', '/api/v1/deployment-plans', plane.adminToken, {
+      name: 'hold-1',
+      fleetName: 'depot',
+      modelConfigs: [{ modelHandle: 'detector', packagingJobName: 'mlp-2' }],
+      stages: [{ name: 'offline', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['unit-2'] } }],
+    });
+    expect(held.status).toBe(201);
+    await page.getByRole('link', { name: 'Overview' }).click();
+    const rollouts = page.getByTestId('active-rollouts');
+    expect(await rollouts.getByRole('link', { name: 'hold-1' }).count()).toBe(0);
+    expect(
+      (await api('POST', '/api/v1/deployment-plans/hold-1/stages/offline/start', plane.adminToken)).status,
+    ).toBe(200);
+    await rollouts.getByRole('link', { name: 'hold-1' }).click();
+    const offline = page.getByRole('region', { name: 'Stage offline' });
+    await offline
+      .locator('tr[data-stage-device="unit-2"]')
+      .getByText('READYTODEPLOY', { exact: true })
+      .waitFor();
+    await offline.getByTestId('stage-status').getByText('INPROGRESS').waitFor();
+    await page.getByRole('button', { name: 'Stop stage offline' }).click();
+    await offline.getByTestId('stage-status').getByText('STOPPED').waitFor();
+    const stopped = offline.locator('tr[data-stage-device="unit-2"]');
+    await stopped.getByText('STOPPED', { exact: true }).waitFor();
+    // The reason is shown with the device.
+    await stopped.getByText('the stage was stopped').waitFor();
+    await page.locator('li[data-event="StageStopped"]').waitFor();
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await page.getByText('No rollout under way.').waitFor();
+    await context.close();
+  });
+
   it('shows a read-only token everything but no write controls', async () => {
     const created = await api('POST', '/api/v1/tokens', plane.adminToken, {
       name: 'viewer',
@@ -324,6 +462,12 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await page.getByRole('link', { name: 'Packaging' }).click();
     await page.locator('tr[data-job="mlp-2"]').waitFor();
     expect(await page.getByRole('form', { name: 'Start packaging job' }).count()).toBe(0);
+    await page.getByRole('link', { name: 'Deployments' }).click();
+    await page.locator('tr[data-plan="rollout-1"]').waitFor();
+    expect(await page.getByRole('form', { name: 'Create deployment plan' }).count()).toBe(0);
+    await page.getByRole('link', { name: 'rollout-1' }).click();
+    await page.getByRole('region', { name: 'Stage rest' }).getByText('READYTODEPLOY').waitFor();
+    expect(await page.getByRole('button', { name: /Start stage|Stop stage/ }).count()).toBe(0);
     // Token management is admin-only on the server, so the page is not offered.
     expect(await page.getByRole('link', { name: 'Tokens' }).count()).toBe(0);
     // Even with the CSRF token, the server refuses its writes.

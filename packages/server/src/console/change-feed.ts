@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** What changed, in the console's terms: each page refetches the topics it shows. */
-export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'tokens';
+export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'tokens' | 'deployments';
 
 type Snapshot = Record<ChangeTopic, string>;
 
@@ -14,7 +14,7 @@ type Snapshot = Record<ChangeTopic, string>;
  */
 async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: number): Promise<Snapshot> {
   const fingerprint = async (query: Promise<unknown>) => JSON.stringify(await query);
-  const [fleets, devices, models, packaging, tokens] = await Promise.all([
+  const [fleets, devices, models, packaging, tokens, deployments] = await Promise.all([
     fingerprint(
       db
         .selectFrom('fleets')
@@ -57,8 +57,20 @@ async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: number): Pr
         .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('revoked_at').as('r')])
         .executeTakeFirst(),
     ),
+    // Plans, stages and each device's progress (a device taking or finishing a deployment writes only its
+    // target row); events are written with those rows, so they need no fingerprint of their own.
+    fingerprint(
+      Promise.all(
+        (['deployment_plans', 'deployment_stages', 'deployment_targets'] as const).map((table) =>
+          db
+            .selectFrom(table)
+            .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('updated_at').as('t')])
+            .executeTakeFirst(),
+        ),
+      ),
+    ),
   ]);
-  return { fleets, devices, models, packaging, tokens };
+  return { fleets, devices, models, packaging, tokens, deployments };
 }
 
 export type ChangeListener = (topics: ChangeTopic[]) => void;

@@ -185,6 +185,35 @@ describe('console sessions and CSRF', () => {
       .toBe(200);
     expect(csrfToken).not.toBe('');
   });
+
+  it('names the deployments topic when a plan is created and when its stage starts', async () => {
+    const { cookie } = await signIn(t, t.readToken);
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'f3', outputConfig: { s3OutputLocation: 's3://c/f3' } },
+    });
+    const events = await openEvents(t, cookie);
+    expect(events.status).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, 300)); // let the feed take its first snapshot
+    // An undeploy plan needs no package; a stage that selects no device is DEPLOYED at once.
+    const created = await t.call('POST', '/api/v1/deployment-plans', {
+      token: t.adminToken,
+      body: {
+        name: 'p1',
+        fleetName: 'f3',
+        modelConfigs: [{ modelHandle: 'm', state: 'UNDEPLOY' }],
+        stages: [{ name: 's1', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+      },
+    });
+    expect(created.status).toBe(201);
+    expect(await events.next()).toEqual(['deployments']);
+    const started = await t.call('POST', '/api/v1/deployment-plans/p1/stages/s1/start', {
+      token: t.adminToken,
+    });
+    expect(started.status).toBe(200);
+    expect(await events.next()).toEqual(['deployments']);
+    events.close();
+  });
 });
 
 describe('console session expiry', () => {

@@ -1,7 +1,7 @@
 import { useEffect, useRef } from 'preact/hooks';
 
 /** Topics the server's change feed names (server/src/console/change-feed.ts). */
-export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'tokens';
+export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'tokens' | 'deployments';
 
 const EVENTS_ROUTE = '/api/v1/console/events';
 

@@ -52,6 +52,18 @@ export function When({ at }: { at: string | undefined }) {
   );
 }
 
+/** A big number with its label (totals, stage progress). */
+export function Stat({ label, value, testId }: { label: string; value: number; testId?: string }) {
+  return (
+    <div class="stat">
+      <span class="stat-value" data-testid={testId}>
+        {value}
+      </span>
+      <span class="stat-label">{label}</span>
+    </div>
+  );
+}
+
 export function StatusBadge({ status }: { status: string }) {
   return <span class={`badge badge-${status.toLowerCase().replace(/[^a-z]/g, '-')}`}>{status}</span>;
 }

@@ -1,4 +1,5 @@
 import type { ComponentType } from 'preact';
+import { DeploymentPage, DeploymentsPage } from './deployments-page.js';
 import { DevicePage } from './device-page.js';
 import { DevicesPage } from './devices-page.js';
 import { ModelsPage } from './models-page.js';
@@ -17,15 +18,14 @@ export interface View {
   adminOnly?: true;
 }
 
-/**
- * Every page of the console. The deployments page (plans, stages, progress) becomes one more entry here once
- * the server's deployment API exists; nothing else needs to change.
- */
+/** Every page of the console, in navigation order. */
 export const views: View[] = [
   { path: '/', title: 'Overview', nav: 'Overview', component: OverviewPage },
   { path: '/devices', title: 'Devices', nav: 'Devices', component: DevicesPage },
   { path: '/devices/:device', title: 'Device', component: DevicePage },
   { path: '/models', title: 'Models', nav: 'Models', component: ModelsPage },
   { path: '/packaging', title: 'Packaging', nav: 'Packaging', component: PackagingPage },
+  { path: '/deployments', title: 'Deployments', nav: 'Deployments', component: DeploymentsPage },
+  { path: '/deployments/:plan', title: 'Deployment plan', component: DeploymentPage },
   { path: '/tokens', title: 'API tokens', nav: 'Tokens', component: TokensPage, adminOnly: true },
 ];

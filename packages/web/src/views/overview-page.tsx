@@ -4,10 +4,13 @@ import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
-import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
+import { ErrorNote, Section, Stat, StatusBadge, When } from '../components/ui.js';
 import { href } from '../router.js';
 
 const FLEETS_SHOWN = 100;
+const PLANS_SHOWN = 100;
+/** Stage statuses of a rollout under way. */
+const ACTIVE_STAGE = new Set(['STARTING', 'INPROGRESS', 'STOPPING']);
 
 export function OverviewPage() {
   const { api, live, canWrite } = useApp();
@@ -25,8 +28,20 @@ export function OverviewPage() {
         .jobs,
     [],
   );
+  const plans = useLoad(
+    async () =>
+      must(await api.GET('/api/v1/deployment-plans', { params: { query: { limit: PLANS_SHOWN } } })).plans,
+    [],
+  );
   useLive(live, ['fleets', 'devices', 'models'], fleets.reload);
   useLive(live, ['packaging'], failures.reload);
+  useLive(live, ['deployments'], plans.reload);
+  const rollouts = (plans.data ?? []).flatMap((plan) =>
+    plan.stages.filter((stage) => ACTIVE_STAGE.has(stage.status)).map((stage) => ({ plan, stage })),
+  );
+  const failedStages = (plans.data ?? []).flatMap((plan) =>
+    plan.stages.filter((stage) => stage.status === 'FAILED').map((stage) => ({ plan, stage })),
+  );
 
   const reports = fleets.data ?? [];
   const totals = reports.reduce(
@@ -97,10 +112,34 @@ export function OverviewPage() {
         <Section title="Models in use">
           <Counts entries={modelsInUse} empty="No device reports a model yet." />
         </Section>
+        <Section title="Active rollouts">
+          <ErrorNote error={plans.error} />
+          {rollouts.length === 0 ? <p class="muted">No rollout under way.</p> : null}
+          <ul class="plain" data-testid="active-rollouts">
+            {rollouts.map(({ plan, stage }) => (
+              <li key={`${plan.name}/${stage.name}`}>
+                <StatusBadge status={stage.status} />{' '}
+                <a href={href(`/deployments/${encodeURIComponent(plan.name)}`)}>{plan.name}</a> stage{' '}
+                {stage.name} ({plan.fleetName}): {stage.successCount} deployed, {stage.pendingCount} pending,{' '}
+                {stage.failedCount} failed
+              </li>
+            ))}
+          </ul>
+        </Section>
         <Section title="Recent failures">
           <ErrorNote error={failures.error} />
-          {(failures.data ?? []).length === 0 ? <p class="muted">No failed packaging jobs.</p> : null}
+          {(failures.data ?? []).length === 0 && failedStages.length === 0 ? (
+            <p class="muted">No failed packaging jobs or deployment stages.</p>
+          ) : null}
           <ul class="plain">
+            {failedStages.map(({ plan, stage }) => (
+              <li key={`${plan.name}/${stage.name}`}>
+                <StatusBadge status={stage.status} /> deployment{' '}
+                <a href={href(`/deployments/${encodeURIComponent(plan.name)}`)}>{plan.name}</a> stage{' '}
+                {stage.name} <When at={stage.endedAt ?? plan.updatedAt} />:{' '}
+                {stage.statusMessage ?? `${stage.failedCount} failed`}
+              </li>
+            ))}
             {(failures.data ?? []).map((job) => (
               <li key={job.name}>
                 <StatusBadge status={job.status} /> packaging <a href={href('/packaging')}>{job.name}</a>{' '}
@@ -111,17 +150,6 @@ export function OverviewPage() {
         </Section>
       </div>
     </>
-  );
-}
-
-function Stat({ label, value, testId }: { label: string; value: number; testId?: string }) {
-  return (
-    <div class="stat">
-      <span class="stat-value" data-testid={testId}>
-        {value}
-      </span>
-      <span class="stat-label">{label}</span>
-    </div>
   );
 }
 

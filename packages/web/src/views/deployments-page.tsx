@@ -1,0 +1,563 @@
+import { useState } from 'preact/hooks';
+import { must, type ApiPaths } from '../api/client.js';
+import { useLive } from '../api/live.js';
+import { useApp } from '../app-context.js';
+import { ErrorNote, Section, Stat, StatusBadge, When } from '../components/ui.js';
+import { useAction } from '../components/use-action.js';
+import { useLoad } from '../components/use-load.js';
+import { href } from '../router.js';
+
+type CreatePlanBody =
+  ApiPaths['/api/v1/deployment-plans']['post']['requestBody']['content']['application/json'];
+type StageInput = NonNullable<CreatePlanBody['stages']>[number];
+type SubsetType = StageInput['deviceSelection']['subsetType'];
+type FailurePolicy = NonNullable<StageInput['failureHandlingPolicy']>;
+
+const PLANS_SHOWN = 100;
+/** Devices shown per stage; the counts above them cover every device of the stage. */
+const STAGE_DEVICES_SHOWN = 100;
+const EVENTS_SHOWN = 100;
+
+/** The plan list, and (for write tokens) the form that creates a plan. */
+export function DeploymentsPage() {
+  const { api, live, canWrite } = useApp();
+  const plans = useLoad(
+    async () =>
+      must(await api.GET('/api/v1/deployment-plans', { params: { query: { limit: PLANS_SHOWN } } })).plans,
+    [],
+  );
+  useLive(live, ['deployments'], plans.reload);
+  return (
+    <>
+      {canWrite ? <CreatePlan onCreated={plans.reload} /> : null}
+      <Section title="Deployment plans">
+        <ErrorNote error={plans.error} />
+        {(plans.data ?? []).length === 0 && !plans.loading ? (
+          <p class="muted">No deployment plan yet.</p>
+        ) : null}
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">Plan</th>
+              <th scope="col">Fleet</th>
+              <th scope="col">Models</th>
+              <th scope="col">Stages</th>
+              <th scope="col">Deployed / pending / failed</th>
+              <th scope="col">Updated</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(plans.data ?? []).map((plan) => (
+              <tr key={plan.name} data-plan={plan.name}>
+                <td>
+                  <a href={href(`/deployments/${encodeURIComponent(plan.name)}`)}>{plan.name}</a>
+                </td>
+                <td>{plan.fleetName}</td>
+                <td>{plan.modelConfigs.map(describeModelConfig).join(', ')}</td>
+                <td>
+                  {plan.stages.map((stage) => (
+                    <span key={stage.name} class="stage-chip">
+                      {stage.name} <StatusBadge status={stage.status} />{' '}
+                    </span>
+                  ))}
+                </td>
+                <td>
+                  {plan.successCount} / {plan.pendingCount} / {plan.failedCount}
+                </td>
+                <td>
+                  <When at={plan.updatedAt} />
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </Section>
+    </>
+  );
+}
+
+function describeModelConfig(config: {
+  modelHandle: string;
+  state: string;
+  packagingJobName?: string;
+  modelName?: string;
+  modelVersion?: string;
+}): string {
+  if (config.state === 'UNDEPLOY') return `${config.modelHandle} (undeploy)`;
+  const source = config.packagingJobName ?? `${config.modelName ?? ''} ${config.modelVersion ?? ''}`;
+  return `${config.modelHandle} ← ${source}`;
+}
+
+interface StageDraft {
+  key: number;
+  name: string;
+  subsetType: SubsetType;
+  /** The percentage, the device names (comma-separated) or the name text, by subset type. */
+  value: string;
+  /** key=value pairs, comma-separated (EdgeFleet: devices must carry every one). */
+  tags: string;
+  failureHandlingPolicy: FailurePolicy;
+}
+
+const SUBSET_VALUE_LABEL: Record<SubsetType, string> = {
+  PERCENTAGE: 'Percentage of the fleet',
+  SELECTION: 'Device names (comma-separated)',
+  NAMECONTAINS: 'Device name contains',
+};
+
+function newStage(key: number, name: string): StageDraft {
+  return {
+    key,
+    name,
+    subsetType: 'PERCENTAGE',
+    value: '100',
+    tags: '',
+    failureHandlingPolicy: 'ROLLBACK_ON_FAILURE',
+  };
+}
+
+/** A draft as the API wants it; the server validates the rest and its message is shown as it is. */
+function toStageInput(draft: StageDraft): StageInput {
+  const tags = Object.fromEntries(
+    draft.tags
+      .split(',')
+      .map((pair) => pair.trim())
+      .filter((pair) => pair !== '')
+      .map((pair) => {
+        const at = pair.indexOf('=');
+        return at < 0 ? [pair, ''] : [pair.slice(0, at).trim(), pair.slice(at + 1).trim()];
+      }),
+  );
+  const selection: StageInput['deviceSelection'] =
+    draft.subsetType === 'PERCENTAGE'
+      ? { subsetType: 'PERCENTAGE', percentage: Number(draft.value) }
+      : draft.subsetType === 'SELECTION'
+        ? {
+            subsetType: 'SELECTION',
+            deviceNames: draft.value
+              .split(',')
+              .map((name) => name.trim())
+              .filter((name) => name !== ''),
+          }
+        : { subsetType: 'NAMECONTAINS', deviceNameContains: draft.value.trim() };
+  return {
+    name: draft.name.trim(),
+    deviceSelection: Object.keys(tags).length > 0 ? { ...selection, tags } : selection,
+    failureHandlingPolicy: draft.failureHandlingPolicy,
+  };
+}
+
+type PlanOptions = NonNullable<CreatePlanBody['options']>;
+
+/** The options the operator filled in; the server's defaults stand for the rest. */
+function planOptions(form: FormData): PlanOptions | undefined {
+  const number = (field: string) => {
+    const value = String(form.get(field) ?? '');
+    return value === '' ? undefined : Number(value);
+  };
+  const [timeout, advance, abort] = [number('timeout'), number('advance'), number('abort')];
+  const options: PlanOptions = {
+    ...(timeout !== undefined && { deviceTimeoutSeconds: timeout }),
+    ...(advance !== undefined && { autoAdvance: { successPercent: advance } }),
+    ...(abort !== undefined && { abort: { failedPercent: abort } }),
+  };
+  return Object.keys(options).length > 0 ? options : undefined;
+}
+
+function CreatePlan({ onCreated }: { onCreated(): void }) {
+  const { api } = useApp();
+  const action = useAction();
+  const [stages, setStages] = useState<StageDraft[]>([newStage(0, 'all')]);
+  const fleets = useLoad(
+    async () => must(await api.GET('/api/v1/fleets', { params: { query: { limit: 500 } } })).fleets,
+    [],
+  );
+  const jobs = useLoad(
+    async () =>
+      must(
+        await api.GET('/api/v1/packaging-jobs', { params: { query: { status: 'COMPLETED', limit: 500 } } }),
+      ).jobs,
+    [],
+  );
+  const update = (key: number, change: Partial<StageDraft>) =>
+    setStages((current) => current.map((stage) => (stage.key === key ? { ...stage, ...change } : stage)));
+  return (
+    <Section title="Create a deployment plan">
+      <form
+        class="plan-form"
+        aria-label="Create deployment plan"
+        onSubmit={async (event) => {
+          event.preventDefault();
+          const formElement = event.currentTarget;
+          const form = new FormData(formElement);
+          const options = planOptions(form);
+          await action.run(async () => {
+            must(
+              await api.POST('/api/v1/deployment-plans', {
+                body: {
+                  name: String(form.get('name') ?? ''),
+                  fleetName: String(form.get('fleet') ?? ''),
+                  modelConfigs: [
+                    {
+                      modelHandle: String(form.get('handle') ?? ''),
+                      packagingJobName: String(form.get('job') ?? ''),
+                    },
+                  ],
+                  stages: stages.map(toStageInput),
+                  ...(options !== undefined && { options }),
+                },
+              }),
+            );
+            formElement.reset();
+            setStages([newStage(0, 'all')]);
+            onCreated();
+          });
+        }}
+      >
+        <div class="inline-form">
+          <label>
+            Plan name <input name="name" required autoComplete="off" />
+          </label>
+          <label>
+            Fleet
+            <select name="fleet" required>
+              {(fleets.data ?? []).map((fleet) => (
+                <option key={fleet.name} value={fleet.name}>
+                  {fleet.name}
+                </option>
+              ))}
+            </select>
+          </label>
+          <label>
+            Model handle <input name="handle" required autoComplete="off" />
+          </label>
+          <label>
+            Packaging job
+            <select name="job" required>
+              {(jobs.data ?? []).map((job) => (
+                <option key={job.name} value={job.name}>
+                  {job.name} ({job.modelName} {job.modelVersion})
+                </option>
+              ))}
+            </select>
+          </label>
+          <label>
+            Device timeout (s) <input name="timeout" type="number" min={10} placeholder="3600" />
+          </label>
+          <label>
+            Auto-advance at (% deployed) <input name="advance" type="number" min={1} max={100} />
+          </label>
+          <label>
+            Abort at (% failed) <input name="abort" type="number" min={1} max={100} />
+          </label>
+        </div>
+        <fieldset>
+          <legend>Stages, in the order they run</legend>
+          {stages.map((stage, index) => (
+            <div class="inline-form" key={stage.key} role="group" aria-label={`Stage ${index + 1}`}>
+              <label>
+                Stage name
+                <input
+                  required
+                  value={stage.name}
+                  onInput={(e) => update(stage.key, { name: e.currentTarget.value })}
+                />
+              </label>
+              <label>
+                Selection
+                <select
+                  value={stage.subsetType}
+                  onChange={(e) => {
+                    const subsetType = e.currentTarget.value as SubsetType;
+                    update(stage.key, { subsetType, value: subsetType === 'PERCENTAGE' ? '100' : '' });
+                  }}
+                >
+                  <option value="PERCENTAGE">Percentage</option>
+                  <option value="SELECTION">Device names</option>
+                  <option value="NAMECONTAINS">Name contains</option>
+                </select>
+              </label>
+              <label>
+                {SUBSET_VALUE_LABEL[stage.subsetType]}
+                {stage.subsetType === 'PERCENTAGE' ? (
+                  <input
+                    required
+                    type="number"
+                    min={0}
+                    max={100}
+                    value={stage.value}
+                    onInput={(e) => update(stage.key, { value: e.currentTarget.value })}
+                  />
+                ) : (
+                  <input
+                    required
+                    value={stage.value}
+                    onInput={(e) => update(stage.key, { value: e.currentTarget.value })}
+                  />
+                )}
+              </label>
+              <label>
+                Tags (key=value, …)
+                <input
+                  value={stage.tags}
+                  onInput={(e) => update(stage.key, { tags: e.currentTarget.value })}
+                />
+              </label>
+              <label>
+                On failure
+                <select
+                  value={stage.failureHandlingPolicy}
+                  onChange={(e) =>
+                    update(stage.key, { failureHandlingPolicy: e.currentTarget.value as FailurePolicy })
+                  }
+                >
+                  <option value="ROLLBACK_ON_FAILURE">Roll back</option>
+                  <option value="DO_NOTHING">Do nothing</option>
+                </select>
+              </label>
+              {stages.length > 1 ? (
+                <button
+                  type="button"
+                  class="secondary"
+                  onClick={() => setStages((current) => current.filter((s) => s.key !== stage.key))}
+                >
+                  Remove stage {index + 1}
+                </button>
+              ) : null}
+            </div>
+          ))}
+          <button
+            type="button"
+            class="secondary"
+            onClick={() =>
+              setStages((current) => [
+                ...current,
+                newStage(Math.max(...current.map((s) => s.key)) + 1, `stage-${current.length + 1}`),
+              ])
+            }
+          >
+            Add stage
+          </button>
+        </fieldset>
+        <button type="submit">Create plan</button>
+        <ErrorNote error={action.error} />
+      </form>
+    </Section>
+  );
+}
+
+/** One plan: its stages with start/stop and live per-device progress, and its event history. */
+export function DeploymentPage({ params }: { params: Record<string, string> }) {
+  const { api, live, canWrite } = useApp();
+  const name = params.plan ?? '';
+  const plan = useLoad(
+    async () => must(await api.GET('/api/v1/deployment-plans/{plan}', { params: { path: { plan: name } } })),
+    [name],
+  );
+  const events = useLoad(
+    async () =>
+      must(
+        await api.GET('/api/v1/deployment-plans/{plan}/events', {
+          params: { path: { plan: name }, query: { limit: EVENTS_SHOWN } },
+        }),
+      ).events,
+    [name],
+  );
+  useLive(live, ['deployments'], () => {
+    plan.reload();
+    events.reload();
+  });
+  const view = plan.data;
+  return (
+    <>
+      <p>
+        <a href={href('/deployments')}>← All deployment plans</a>
+      </p>
+      <ErrorNote error={plan.error} />
+      {view !== undefined ? (
+        <Section title={`Plan ${view.name}`}>
+          <dl class="facts">
+            <dt>Fleet</dt>
+            <dd>{view.fleetName}</dd>
+            <dt>Models</dt>
+            <dd>{view.modelConfigs.map(describeModelConfig).join(', ')}</dd>
+            <dt>Devices deployed / pending / failed</dt>
+            <dd data-testid="plan-counts">
+              {view.successCount} / {view.pendingCount} / {view.failedCount}
+            </dd>
+            <dt>Device timeout</dt>
+            <dd>
+              {view.options.deviceTimeoutSeconds} s, {view.options.maxRetries} retries
+            </dd>
+            <dt>Created</dt>
+            <dd>
+              <When at={view.createdAt} />
+            </dd>
+          </dl>
+        </Section>
+      ) : null}
+      {(view?.stages ?? []).map((stage) => (
+        <StageCard
+          key={stage.name}
+          planName={name}
+          stage={stage}
+          canWrite={canWrite}
+          onChanged={plan.reload}
+        />
+      ))}
+      <Section title="Events">
+        <ErrorNote error={events.error} />
+        {(events.data ?? []).length === 0 && !events.loading ? <p class="muted">No events yet.</p> : null}
+        <ol class="plain" data-testid="plan-events">
+          {(events.data ?? []).map((event) => (
+            <li key={event.id} data-event={event.kind}>
+              <When at={event.at} /> <strong>{event.kind}</strong>
+              {event.stageName !== undefined ? ` stage ${event.stageName}` : ''}
+              {event.deviceName !== undefined ? ` device ${event.deviceName}` : ''}: {event.message}
+            </li>
+          ))}
+        </ol>
+      </Section>
+    </>
+  );
+}
+
+type StageView =
+  ApiPaths['/api/v1/deployment-plans/{plan}']['get']['responses']['200']['content']['application/json']['stages'][number];
+
+const STOPPABLE = new Set(['INPROGRESS', 'STARTING']);
+
+function StageCard({
+  planName,
+  stage,
+  canWrite,
+  onChanged,
+}: {
+  planName: string;
+  stage: StageView;
+  canWrite: boolean;
+  onChanged(): void;
+}) {
+  const { api, live } = useApp();
+  const action = useAction();
+  const started = stage.startedAt !== undefined;
+  const devices = useLoad(async () => {
+    if (!started) return { devices: [], complete: true };
+    const page = must(
+      await api.GET('/api/v1/deployment-plans/{plan}/stages/{stage}/devices', {
+        params: { path: { plan: planName, stage: stage.name }, query: { limit: STAGE_DEVICES_SHOWN } },
+      }),
+    );
+    return { devices: page.devices, complete: page.nextToken === undefined };
+  }, [planName, stage.name, started]);
+  useLive(live, ['deployments'], devices.reload);
+  const stageParams = { params: { path: { plan: planName, stage: stage.name } } };
+  const shown = devices.data?.devices ?? [];
+  // The server counts pending devices (not taken yet, or taken); which of them are in progress is known
+  // exactly only when every device of the stage is shown.
+  const inProgress =
+    devices.data?.complete === true
+      ? shown.filter((device) => device.status === 'INPROGRESS').length
+      : undefined;
+  const controls = canWrite ? (
+    <div class="row">
+      {stage.status === 'READYTODEPLOY' ? (
+        <button
+          type="button"
+          onClick={() =>
+            action.run(async () => {
+              must(await api.POST('/api/v1/deployment-plans/{plan}/stages/{stage}/start', stageParams));
+              onChanged();
+            })
+          }
+        >
+          Start stage {stage.name}
+        </button>
+      ) : null}
+      {STOPPABLE.has(stage.status) ? (
+        <button
+          type="button"
+          class="danger"
+          onClick={() =>
+            action.run(async () => {
+              must(await api.POST('/api/v1/deployment-plans/{plan}/stages/{stage}/stop', stageParams));
+              onChanged();
+            })
+          }
+        >
+          Stop stage {stage.name}
+        </button>
+      ) : null}
+    </div>
+  ) : undefined;
+  return (
+    <Section title={`Stage ${stage.name}`} actions={controls}>
+      <div data-stage={stage.name}>
+        <p>
+          <span data-testid="stage-status">
+            <StatusBadge status={stage.status} />
+          </span>{' '}
+          {describeSelection(stage.deviceSelection)}; on failure:{' '}
+          {stage.failureHandlingPolicy === 'ROLLBACK_ON_FAILURE' ? 'roll back' : 'do nothing'}
+          {stage.statusMessage !== undefined ? <span class="muted"> — {stage.statusMessage}</span> : null}
+        </p>
+        <div class="stats" aria-label={`Stage ${stage.name} progress`}>
+          <Stat
+            label={inProgress !== undefined ? 'Pending' : 'Pending or in progress'}
+            value={stage.pendingCount - (inProgress ?? 0)}
+          />
+          {inProgress !== undefined ? <Stat label="In progress" value={inProgress} /> : null}
+          <Stat label="Deployed" value={stage.successCount} testId="stage-deployed" />
+          <Stat label="Failed" value={stage.failedCount} />
+          <Stat label="Stopped" value={stage.stoppedCount} />
+        </div>
+        <ErrorNote error={action.error ?? devices.error} />
+        {started ? (
+          <table>
+            <thead>
+              <tr>
+                <th scope="col">Device</th>
+                <th scope="col">Status</th>
+                <th scope="col">Reason</th>
+                <th scope="col">Attempts</th>
+                <th scope="col">Last seen</th>
+              </tr>
+            </thead>
+            <tbody>
+              {shown.map((device) => (
+                <tr key={device.deviceName} data-stage-device={device.deviceName}>
+                  <td>
+                    <a href={href(`/devices/${encodeURIComponent(device.deviceName)}`)}>
+                      {device.deviceName}
+                    </a>
+                  </td>
+                  <td>
+                    <StatusBadge status={device.status} />
+                  </td>
+                  <td>{device.statusMessage ?? '–'}</td>
+                  <td>{device.attempts}</td>
+                  <td>
+                    <When at={device.lastSeenAt} />
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        ) : (
+          <p class="muted">Not started: its devices are chosen when it starts.</p>
+        )}
+      </div>
+    </Section>
+  );
+}
+
+function describeSelection(selection: StageView['deviceSelection']): string {
+  const base =
+    selection.subsetType === 'PERCENTAGE'
+      ? `${selection.percentage ?? 0}% of the fleet`
+      : selection.subsetType === 'SELECTION'
+        ? `devices ${(selection.deviceNames ?? []).join(', ')}`
+        : `devices whose name contains “${selection.deviceNameContains ?? ''}”`;
+  const tags = Object.entries(selection.tags ?? {});
+  return tags.length === 0 ? base : `${base} tagged ${tags.map(([k, v]) => `${k}=${v}`).join(', ')}`;
+}
