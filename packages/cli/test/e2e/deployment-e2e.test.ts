@@ -305,11 +305,13 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
       '--stage',
       'lenient:devices=dev-2:policy=DO_NOTHING',
       '--max-retries',
-      '0',
+      '1',
     );
     await cli('deployment', 'start-stage', 'mixed', 'strict');
     const strict = await stageReaches('mixed', 'strict', 'FAILED');
     expect(strict.devices[0].statusMessage ?? strict.devices[0].reason).toMatch(/mlp.*did not load/);
+    // One retry (--max-retries 1): the device took the deployment again after its first failure.
+    expect(strict.devices[0].attempts).toBe(2);
     expect(await served(dev1)).toEqual({ mlp: '2.0', aux: '1.0' });
     const dev1Updates = (await agentStatus(dev1)).deployments?.models ?? [];
     expect(dev1Updates).toEqual(
@@ -323,6 +325,18 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
     const lenient = await stageReaches('mixed', 'lenient', 'FAILED');
     expect(lenient.devices[0].statusMessage ?? lenient.devices[0].reason).toMatch(/mlp.*did not load/);
     expect(await served(dev2)).toEqual({ mlp: '2.0', aux: '2.0' });
+    // The device keeps what DO_NOTHING left it: no earlier plan takes aux back to 1.0 (which anti-rollback
+    // would refuse, failing a plan that had succeeded).
+    // (Heartbeats and polls are both every second: three more heartbeats are three more polls.)
+    const mark = Date.now() + 3000;
+    await until(async () => {
+      const device = await cli('device', 'describe', 'dev-2');
+      return Date.parse(device.latestHeartbeat) >= mark ? true : undefined;
+    }, 'three more heartbeats from dev-2');
+    expect(await served(dev2)).toEqual({ mlp: '2.0', aux: '2.0' });
+    expect((await cli('deployment', 'devices', 'first', 'rest')).devices).toEqual(
+      expect.arrayContaining([expect.objectContaining({ deviceName: 'dev-2', status: 'DEPLOYED' })]),
+    );
     // dev-3 was in no stage of the plan: untouched.
     expect(await served(dev3)).toEqual({ mlp: '2.0', aux: '1.0' });
 
