@@ -3,9 +3,10 @@
  * enrolled with `edgefleet device enroll --deployments`, plans created and started with `edgefleet deployment …`
  * as an operator types them. A client keeps calling Predict on one agent during the rollouts and never sees an
  * error; a broken release goes back (ROLLBACK_ON_FAILURE) or stays half-applied (DO_NOTHING) as its stage says,
- * and is reported FAILED with the reason.
+ * and is reported FAILED with the reason; a package replaced on the server is refused.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectAgent, OnnxModelBuilder, writeTestModel, type AgentConnection } from '@edgefleet/core';
@@ -138,6 +139,7 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
       ['mlp', '3.0', broken],
       ['aux', '1.0', mlp],
       ['aux', '2.0', mlp],
+      ['aux', '3.0', mlp],
     ] as const) {
       await cli('model', 'upload', onnx, '--name', name, '--version', version);
       await cli(
@@ -345,5 +347,38 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
       expect(device.agent!.lines.some((l) => l.version === '3.0' && l.event === 'model-loaded')).toBe(false);
     const events = await cli('deployment', 'events', 'mixed');
     expect(JSON.stringify(events)).toMatch(/DeviceRolledBack/);
+
+    // A package replaced on the server (same size, one byte changed): the device refuses it by its SHA-256
+    // and keeps its version.
+    const job = await cli('packaging', 'describe', 'aux-3-0');
+    const blob = await until(async () => {
+      for (const file of await readdir(join(plane.dataDir, 'blobs'), { recursive: true })) {
+        const path = join(plane.dataDir, 'blobs', String(file));
+        const bytes = await readFile(path).catch(() => undefined);
+        if (bytes && createHash('sha256').update(bytes).digest('hex') === job.artifact.sha256)
+          return { path, bytes };
+      }
+      return undefined;
+    }, 'the package aux-3-0 in the server’s blob folder');
+    const tampered = Buffer.from(blob.bytes);
+    tampered[tampered.length >> 1]! ^= 0xff;
+    await writeFile(blob.path, tampered);
+    await cli(
+      'deployment',
+      'create',
+      'tampered',
+      '--fleet',
+      'line',
+      '--model',
+      'aux=aux-3-0',
+      '--stage',
+      'one:devices=dev-3',
+      '--max-retries',
+      '0',
+    );
+    await cli('deployment', 'start-stage', 'tampered', 'one');
+    const refused = await stageReaches('tampered', 'one', 'FAILED');
+    expect(refused.devices[0].statusMessage).toMatch(/aux: .*SHA-256/i);
+    expect(await served(dev3)).toEqual({ mlp: '2.0', aux: '1.0' });
   });
 });
