@@ -3,13 +3,24 @@
  * enrolled with `edgefleet device enroll --deployments`, plans created and started with `edgefleet deployment …`
  * as an operator types them. A client keeps calling Predict on one agent during the rollouts and never sees an
  * error; a broken release goes back (ROLLBACK_ON_FAILURE) or stays half-applied (DO_NOTHING) as its stage says,
- * and is reported FAILED with the reason; a package replaced on the server is refused.
+ * and is reported FAILED with the reason; an uploaded package arrives by its own route; a package replaced on
+ * the server is refused.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connectAgent, OnnxModelBuilder, writeTestModel, type AgentConnection } from '@edgefleet/core';
+import {
+  connectAgent,
+  createModelPackage,
+  createRootCa,
+  issueCodeSigningCertificate,
+  OnnxModelBuilder,
+  packModelPackage,
+  signPackage,
+  writeTestModel,
+  type AgentConnection,
+} from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet } from '../run-cli.js';
 import {
@@ -70,7 +81,7 @@ interface Device {
 }
 
 interface AgentStatusAnswer {
-  models: Array<{ name: string; version: string }>;
+  models: Array<{ name: string; version: string; requests?: { succeeded: number; failed: number } }>;
   deployments?: {
     enabled: boolean;
     models?: Array<{ handle: string; deployment: string; state: string; reason: string | null }>;
@@ -154,6 +165,33 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
       );
     }
 
+    // An uploaded package: built and signed by the operator's own publisher key (dev-3 trusts its root too).
+    const publisherCa = createRootCa({
+      commonName: 'Line publisher',
+      validityDays: 2,
+      keyType: 'ecdsa-p256',
+    });
+    const publisher = issueCodeSigningCertificate({
+      issuer: publisherCa,
+      commonName: 'Line publisher',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+    });
+    const extra = await createModelPackage({
+      modelPath: mlp,
+      name: 'extra',
+      version: '1.0',
+      outDir: join(work, 'extra-1.0'),
+    });
+    await signPackage(extra.dir, {
+      method: 'certificate',
+      privateKeyPem: publisher.privateKeyPem,
+      certificateChainPem: [publisher.certificatePem],
+    });
+    const extraArchive = join(work, 'extra-1.0.tar.gz');
+    await packModelPackage(extra.dir, extraArchive);
+    await cli('model', 'upload', extraArchive, '--name', 'extra', '--version', '1.0');
+
     // Devices: enrolled with deployments on, polling every second.
     const devices: Device[] = [];
     for (const name of ['dev-1', 'dev-2', 'dev-3']) {
@@ -188,6 +226,11 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
           edgefleet_deployment_health_window_seconds: 1,
         }),
       );
+      if (name === 'dev-3')
+        await writeFile(
+          join(written.sagemaker_edge_core_root_certs_path, 'publisher.pem'),
+          publisherCa.certificatePem,
+        );
       device.agent = startAgentProcess(device.socket, config, dir);
       agents.push(device.agent);
       await device.agent.waitFor((l) => l.event === 'listening', `${name} listening`);
@@ -315,12 +358,9 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
     // One retry (--max-retries 1): the device took the deployment again after its first failure.
     expect(strict.devices[0].attempts).toBe(2);
     expect(await served(dev1)).toEqual({ mlp: '2.0', aux: '1.0' });
-    const dev1Updates = (await agentStatus(dev1)).deployments?.models ?? [];
-    expect(dev1Updates).toEqual(
-      expect.arrayContaining([
-        expect.objectContaining({ handle: 'aux', deployment: 'mixed', state: 'RolledBack' }),
-        expect.objectContaining({ handle: 'mlp', deployment: 'mixed', state: 'Failed' }),
-      ]),
+    // Every model of the deployment went back: the good one with it, the broken one never switched.
+    expect(strict.devices[0].statusMessage).toMatch(
+      /aux: rolled back with the deployment \(ROLLBACK_ON_FAILURE\)/,
     );
 
     await cli('deployment', 'start-stage', 'mixed', 'lenient');
@@ -342,11 +382,33 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
     // dev-3 was in no stage of the plan: untouched.
     expect(await served(dev3)).toEqual({ mlp: '2.0', aux: '1.0' });
 
-    // Version 3.0 never served a request on any device: it never loaded.
-    for (const device of devices)
-      expect(device.agent!.lines.some((l) => l.version === '3.0' && l.event === 'model-loaded')).toBe(false);
+    // Version 3.0 never served a request: every device serves mlp 2.0, whose requests all succeeded (dev-1's
+    // client called it throughout).
+    for (const device of devices) {
+      const status = await agentStatus(device);
+      expect(status.models.find((m) => m.name === 'mlp')).toMatchObject({
+        version: '2.0',
+        requests: { failed: 0 },
+      });
+    }
     const events = await cli('deployment', 'events', 'mixed');
     expect(JSON.stringify(events)).toMatch(/DeviceRolledBack/);
+
+    // An uploaded package (not a packaging job) reaches the device through its own device API route.
+    await cli(
+      'deployment',
+      'create',
+      'uploaded',
+      '--fleet',
+      'line',
+      '--package',
+      'extra=extra@1.0',
+      '--stage',
+      'one:devices=dev-3',
+    );
+    await cli('deployment', 'start-stage', 'uploaded', 'one');
+    await stageReaches('uploaded', 'one', 'DEPLOYED');
+    expect(await served(dev3)).toEqual({ mlp: '2.0', aux: '1.0', extra: '1.0' });
 
     // A package replaced on the server (same size, one byte changed): the device refuses it by its SHA-256
     // and keeps its version.
@@ -379,6 +441,6 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
     await cli('deployment', 'start-stage', 'tampered', 'one');
     const refused = await stageReaches('tampered', 'one', 'FAILED');
     expect(refused.devices[0].statusMessage).toMatch(/aux: .*SHA-256/i);
-    expect(await served(dev3)).toEqual({ mlp: '2.0', aux: '1.0' });
+    expect(await served(dev3)).toEqual({ mlp: '2.0', aux: '1.0', extra: '1.0' });
   });
 });
