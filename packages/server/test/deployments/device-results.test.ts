@@ -9,7 +9,7 @@ describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
     State: 'DEPLOY',
     Status: 'FAIL',
     StatusReason: 'version 3.0 of mlp did not load',
-  };
+  } as const;
 
   it('waits while the device is still under way, even with one model already FAIL', () => {
     // ROLLBACK_ON_FAILURE: mlp failed, aux is still being taken back; the device reports INPROGRESS.
@@ -18,7 +18,10 @@ describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
         classifyResult({
           DeploymentName: 'mixed',
           DeploymentStatus: status,
-          DeploymentModels: [failedModel, { ModelHandle: 'aux', DesiredState: 'DEPLOY', State: 'DEPLOY' }],
+          DeploymentModels: [
+            failedModel,
+            { ModelHandle: 'aux', DesiredState: 'DEPLOY' as const, State: 'DEPLOY' as const },
+          ],
         }),
       ).toMatchObject({ kind: 'progress' });
   });
