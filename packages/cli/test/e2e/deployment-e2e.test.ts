@@ -4,7 +4,7 @@
  * as an operator types them. A client keeps calling Predict on one agent during the rollouts and never sees an
  * error; a broken release goes back (ROLLBACK_ON_FAILURE) or stays half-applied (DO_NOTHING) as its stage says,
  * and is reported FAILED with the reason; an uploaded package arrives by its own route; a package replaced on
- * the server is refused.
+ * the server is refused; a rollout started just before a server outage completes once the server is back.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -442,5 +442,30 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
     const refused = await stageReaches('tampered', 'one', 'FAILED');
     expect(refused.devices[0].statusMessage).toMatch(/aux: .*SHA-256/i);
     expect(await served(dev3)).toEqual({ mlp: '2.0', aux: '1.0', extra: '1.0' });
+
+    // The server goes away just after a stage started: dev-3's polls fail while it is down (it keeps serving),
+    // and the rollout completes once it is back.
+    await cli(
+      'deployment',
+      'create',
+      'outage',
+      '--fleet',
+      'line',
+      '--model',
+      'aux=aux-2-0',
+      '--stage',
+      'one:devices=dev-3',
+    );
+    await cli('deployment', 'start-stage', 'outage', 'one');
+    const linesBefore = dev3.agent!.lines.length;
+    expect(await plane.stop()).toBe(0);
+    await dev3.agent!.waitFor(
+      (l) => dev3.agent!.lines.indexOf(l) >= linesBefore && l.event === 'deployment-poll-failed',
+      'a failed poll while the server is down',
+    );
+    expect((await served(dev3)).mlp).toBe('2.0');
+    await plane.start();
+    await stageReaches('outage', 'one', 'DEPLOYED');
+    expect(await served(dev3)).toEqual({ mlp: '2.0', aux: '2.0', extra: '1.0' });
   });
 });
