@@ -83,6 +83,8 @@ type Step = 'next' | 'wait' | 'done';
 class DeploymentFailure extends Error {}
 
 const UNNAMED = 'unnamed-deployment';
+/** Final states that are a failure of the model's update. */
+const FAILED_STATES: ReadonlySet<DeploymentState> = new Set(['Failed', 'RolledBack']);
 /** States in which the old version still serves and nothing of the new one is in use. */
 const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set(['Downloading', 'Verifying', 'Loading']);
 const LOCK_POLL_MS = 500;
@@ -250,11 +252,14 @@ export class UpdateEngine {
         existing &&
         existing.deploymentName === name &&
         existing.desired === desired &&
-        existing.sha256 === (definition.Sha256 ?? null)
+        existing.sha256 === (definition.Sha256 ?? null) &&
+        !(existing.reported && FAILED_STATES.has(state(existing)))
       ) {
         rows.push(existing);
         continue;
       }
+      // Offered again after the server accepted its failure: the server's retry (a plan's maxRetries, the
+      // device back to READYTODEPLOY), so the model starts over; a FAILED device is not offered it again.
       if (existing && !FINAL_STATES.has(state(existing))) {
         // Still waiting (a download to retry, the lock). Not switched yet: a newer deployment replaces it.
         if (!BEFORE_SWITCH.has(state(existing))) continue;

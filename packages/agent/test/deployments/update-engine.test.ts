@@ -455,6 +455,29 @@ describe('UpdateEngine, more', () => {
     expect(d.registry.describe('detector').version).toBe('3.0');
   });
 
+  it('retries a failed deployment the server offers again after accepting its failure (the server’s retries)', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    d.engine.reported(d.engine.deploymentResult()!);
+    api.faults.set(v2.path, [{ status: 404 }]);
+    const upgrade = deployment('up', [{ handle: 'detector', pkg: v2, version: '2.0' }]);
+    await d.engine.apply([upgrade]);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'up', state: 'Failed' });
+    const failure = d.engine.deploymentResult()!;
+    expect(failure).toMatchObject({ DeploymentName: 'up', DeploymentStatus: 'FAIL' });
+    // Offered again before the server has the failure: the same result waits for the next heartbeat.
+    await d.engine.apply([upgrade]);
+    expect(stateOf(d, 'detector')?.state).toBe('Failed');
+    // Accepted, then offered again: the server retries (the device went back to READYTODEPLOY).
+    d.engine.reported(failure);
+    await d.engine.apply([upgrade]);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'up', state: 'Committed', version: '2.0' });
+    expect(d.engine.deploymentResult()).toMatchObject({ DeploymentName: 'up', DeploymentStatus: 'SUCCESS' });
+    expect(d.registry.describe('detector').version).toBe('2.0');
+  });
+
   it('a deployment of the package already serving is committed at once, without a download', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const d = await device();

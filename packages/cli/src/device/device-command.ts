@@ -27,6 +27,7 @@ import {
   CAPTURE_CHOICES,
   CAPTURE_DESTINATION_KEY,
   DATA_ROOT_KEY,
+  DEPLOYMENT_POLL_KEY,
   REST_TCP_KEY,
   enrollDevice,
   type CaptureChoice,
@@ -346,6 +347,11 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
       'serve KServe REST on 127.0.0.1:<port> (give each agent on a host its own)',
       intOption('--rest-port', 1, 65_535),
     )
+    .option(
+      '--deployments <poll-seconds>',
+      'turn the agent’s deployments on: it asks the server for its models every <poll-seconds> (1–86400)',
+      intOption('--deployments', 1, 86_400),
+    )
     .addOption(
       new Option('--key-type <type>', 'device key algorithm')
         .choices([...DEVICE_KEY_TYPES])
@@ -361,6 +367,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
         dataDir?: string;
         capture: CaptureChoice;
         restPort?: number;
+        deployments?: number;
         keyType: DeviceKeyType;
       }) => {
         const out = output();
@@ -391,6 +398,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
               defaultDataDir: join(dirname(configFile), 'data'),
               capture: opts.capture,
               ...(opts.restPort !== undefined && { restPort: opts.restPort }),
+              ...(opts.deployments !== undefined && { deploymentPollSeconds: opts.deployments }),
               keyType: opts.keyType,
             });
           } catch (error) {
@@ -407,6 +415,12 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
             ['data folder', result.config[DATA_ROOT_KEY]],
             ['captures', result.config[CAPTURE_DESTINATION_KEY]],
             ['REST', result.config[REST_TCP_KEY]],
+            [
+              'deployments',
+              result.config[DEPLOYMENT_POLL_KEY] === undefined
+                ? 'off (--deployments <poll-seconds> turns them on)'
+                : `on, polling every ${result.config[DEPLOYMENT_POLL_KEY]} s`,
+            ],
             ['device API', result.deviceEndpoint],
             [
               'agent config',

@@ -22,6 +22,8 @@ export const BUCKET_KEY = 'sagemaker_edge_provider_s3_bucket_name';
 export const FOLDER_PREFIX_KEY = 'sagemaker_edge_core_folder_prefix';
 export const REST_TCP_KEY = 'edgefleet_rest_tcp';
 export const HEARTBEAT_INTERVAL_KEY = 'edgefleet_heartbeat_interval_seconds';
+export const DEPLOYMENT_LIB_KEY = 'sagemaker_edge_deployment_lib_path';
+export const DEPLOYMENT_POLL_KEY = 'edgefleet_deployment_poll_interval_seconds';
 
 /**
  * Where the agent sends captures, as `device enroll --capture` names it: `edgefleet` (to the control plane over
@@ -47,6 +49,8 @@ export interface EnrollOptions {
   capture?: CaptureChoice;
   /** A loopback TCP port for the agent's KServe REST API (`edgefleet_rest_tcp`); absent: none set. */
   restPort?: number;
+  /** Turn deployments on, polling every this many seconds (`edgefleet_deployment_poll_interval_seconds`). */
+  deploymentPollSeconds?: number;
 }
 
 export interface EnrollResult {
@@ -183,6 +187,11 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     [CA_FILE_KEY]: files.caCertificate,
     [DATA_ROOT_KEY]: dataDir,
     ...(options.restPort !== undefined && { [REST_TCP_KEY]: `127.0.0.1:${options.restPort}` }),
+    // Edge Manager's key turns deployments on by its presence; the agent does not use the path itself.
+    ...(options.deploymentPollSeconds !== undefined && {
+      [DEPLOYMENT_LIB_KEY]: join(dataDir, 'deployments'),
+      [DEPLOYMENT_POLL_KEY]: String(options.deploymentPollSeconds),
+    }),
   };
   await mkdir(dataDir, { recursive: true, mode: 0o750 });
 

@@ -2,8 +2,9 @@
  * The path a new user walks, with the commands as the README and docs/cli.md write them, run as a user runs
  * them (`node packages/cli/bin/edgefleet.js …`, a child process, EDGEFLEET_SERVER/EDGEFLEET_TOKEN in the
  * environment): a control plane, a fleet with an output location, a model uploaded and packaged (signed) on
- * the server, two devices enrolled on one host (own config, socket and REST port each) running real agents
- * that verify the package against the trust folder enrollment wrote, a prediction with capture, and the
+ * the server, two devices enrolled on one host (own config, socket and REST port each) running real agents,
+ * a deployment plan (canary, then everyone) that the agents install after verifying the package against the
+ * trust folder enrollment wrote, a prediction with capture, and the
  * capture arriving in the fleet's output through the control plane (no cloud credentials on the devices).
  */
 import { execFile } from 'node:child_process';
@@ -123,24 +124,42 @@ describe(
           config,
           '--rest-port',
           String(device.restPort),
+          '--deployments',
+          '5',
         );
         expect(enrolled).toMatch(new RegExp(`^Enrolled as device ${device.name} of fleet plant-a`));
         expect(enrolled).toMatch(/captures\s+EdgeFleet/);
         expect(enrolled).not.toMatch(/warning/);
-        // The signed package from the server, as a device fetches it.
-        const archive = join(device.dir, 'packages', 'mlp-1.0.tar.gz');
-        await edgefleet('packaging', 'download', 'mlp-1', '--out', archive);
-        await edgefleet('package', 'extract', archive, '--out', join(device.dir, 'models', 'mlp'));
-
         const agent = startAgentProcess(join(device.dir, 'agent.sock'), config, device.dir);
         agents.push(agent);
         await agent.waitFor((l) => l.event === 'listening', `${device.name} listening`);
       }
 
+      // The model reaches the devices by a deployment plan: a canary, then everyone. Each device downloads the
+      // signed package and verifies it against the trust folder enrollment filled with the server's root.
+      await edgefleet(
+        'deployment',
+        'create',
+        'first-rollout',
+        '--fleet',
+        'plant-a',
+        '--model',
+        'mlp=mlp-1',
+        '--stage',
+        'canary:devices=cam-01',
+        '--stage',
+        'rest:percentage=100',
+      );
+      for (const stage of ['canary', 'rest']) {
+        await edgefleet('deployment', 'start-stage', 'first-rollout', stage);
+        // Off a terminal --watch prints one line when the stage finishes (and exits 1 if it FAILED).
+        expect(await edgefleet('deployment', 'devices', 'first-rollout', stage, '--watch')).toMatch(
+          /: DEPLOYED — 1 deployed, 0 pending, 0 failed\n$/,
+        );
+      }
+
       for (const device of devices) {
         const socket = join(device.dir, 'agent.sock');
-        // Verified against the trust folder enrollment filled with the server's signing root.
-        await edgefleet('agent', 'load', 'mlp', join(device.dir, 'models', 'mlp'), '--socket', socket);
         const predicted = JSON.parse(
           await edgefleet(
             'agent',

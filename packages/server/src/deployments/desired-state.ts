@@ -1,7 +1,9 @@
 /**
  * One desired state per device, computed from the plans of its fleet (GetDeployments):
  * - a plan whose started stage targeted the device counts while the device's status there is READYTODEPLOY,
- *   INPROGRESS or DEPLOYED (a FAILED or STOPPED device falls back to what earlier plans gave it);
+ *   INPROGRESS or DEPLOYED (a FAILED or STOPPED device falls back to what earlier plans gave it, except that
+ *   a device that FAILED under DO_NOTHING keeps what it has of the plan's model handles: nothing is sent for
+ *   them until a later plan names them);
  * - a plan whose every stage is DEPLOYED also counts for a device no stage targeted, when a stage's rule
  *   covers it (it joined the fleet, or was re-registered, after the rollout: continuous deployment);
  * - per model handle the latest plan (creation order) wins.
@@ -42,6 +44,8 @@ export function packagePathOf(config: ModelConfig): string | undefined {
 
 interface ApplicablePlan {
   name: string;
+  /** Holds its model handles without sending them (a device that FAILED under DO_NOTHING keeps what it has). */
+  holdsOnly?: boolean;
   configs: ModelConfig[];
   policy: FailurePolicy;
   allowDowngrade: boolean;
@@ -98,6 +102,18 @@ export async function desiredDeployments(
         target.status === 'DEPLOYED' ||
         target.status === 'INPROGRESS' ||
         (target.status === 'READYTODEPLOY' && stage?.status === 'INPROGRESS');
+      if (stage !== undefined && target.status === 'FAILED' && stage.failure_policy === 'DO_NOTHING') {
+        // DO_NOTHING left the device's good models on their new versions: an earlier plan must not take
+        // them back (anti-rollback would refuse, and fail that plan on the device), so the device keeps them.
+        applicable.push({
+          name: plan.name,
+          configs,
+          policy: 'DO_NOTHING',
+          allowDowngrade: false,
+          holdsOnly: true,
+        });
+        continue;
+      }
       if (!live || stage === undefined) continue;
       if (target.status === 'READYTODEPLOY') taken.push(plan.name);
       applicable.push({
@@ -129,6 +145,7 @@ export async function desiredDeployments(
   for (const plan of applicable) for (const config of plan.configs) winner.set(config.modelHandle, plan.name);
   const deployments: EdgeDeployment[] = [];
   for (const plan of applicable) {
+    if (plan.holdsOnly) continue;
     const definitions = plan.configs
       .filter((c) => winner.get(c.modelHandle) === plan.name)
       .map((c) =>

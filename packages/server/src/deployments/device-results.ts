@@ -22,19 +22,29 @@ export type ResultOutcome =
 
 const SUCCESS_STATUSES = new Set(['SUCCESS', 'SUCCEEDED', 'DEPLOYED', 'COMPLETED', 'COMMITTED']);
 const FAILURE_STATUSES = new Set(['FAIL', 'FAILED', 'ROLLEDBACK', 'ROLLED-BACK', 'ERROR']);
+/**
+ * Overall statuses that say the device is not done: one model may already be FAIL while the device still
+ * rolls the others back (ROLLBACK_ON_FAILURE), so only the final report decides.
+ */
+const UNDER_WAY_STATUSES = new Set(['INPROGRESS', 'IN_PROGRESS', 'HELD', 'PENDING']);
 
-/** Reads a device's report: any model FAIL (or a failed overall status) is a failure; all SUCCESS is success. */
+/**
+ * Reads a device's report: a final one with any model FAIL (or a failed overall status) is a failure; all
+ * SUCCESS is success; an overall status that is still under way (INPROGRESS, HELD) is progress.
+ */
 export function classifyResult(result: DeploymentResult): ResultOutcome {
   const models = result.DeploymentModels ?? [];
   const failed = models.filter((m) => m.Status === 'FAIL');
   const status = (result.DeploymentStatus ?? '').toUpperCase();
-  if (failed.length > 0 || FAILURE_STATUSES.has(status)) {
+  if (!UNDER_WAY_STATUSES.has(status) && (failed.length > 0 || FAILURE_STATUSES.has(status))) {
     const reasons = failed.map(
       (m) =>
         `${m.ModelHandle ?? m.ModelName ?? 'model'}: ${m.StatusReason ?? 'failed'}` +
         (m.RollbackFailureReason !== undefined ? ` (rollback failed: ${m.RollbackFailureReason})` : ''),
     );
-    const message = [result.DeploymentStatusMessage, ...reasons].filter(Boolean).join('; ');
+    // The device's message may already name each failed model (the agent's does): say each reason once.
+    const overall = result.DeploymentStatusMessage ?? '';
+    const message = [overall, ...reasons.filter((r) => !overall.includes(r))].filter(Boolean).join('; ');
     return { kind: 'failure', message: message || `the device reported ${status || 'FAIL'}` };
   }
   const allSucceeded = models.length > 0 && models.every((m) => m.Status === 'SUCCESS');

@@ -1,0 +1,44 @@
+import { describe, expect, it } from 'vitest';
+import { classifyResult } from '../../src/deployments/device-results.js';
+
+describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
+  const failedModel = {
+    ModelHandle: 'mlp',
+    ModelVersion: '3.0',
+    DesiredState: 'DEPLOY',
+    State: 'DEPLOY',
+    Status: 'FAIL',
+    StatusReason: 'version 3.0 of mlp did not load',
+  } as const;
+
+  it('waits while the device is still under way, even with one model already FAIL', () => {
+    // ROLLBACK_ON_FAILURE: mlp failed, aux is still being taken back; the device reports INPROGRESS.
+    for (const status of ['INPROGRESS', 'HELD'])
+      expect(
+        classifyResult({
+          DeploymentName: 'mixed',
+          DeploymentStatus: status,
+          DeploymentModels: [
+            failedModel,
+            { ModelHandle: 'aux', DesiredState: 'DEPLOY' as const, State: 'DEPLOY' as const },
+          ],
+        }),
+      ).toMatchObject({ kind: 'progress' });
+  });
+
+  it('fails a final FAIL report, naming each reason once', () => {
+    const outcome = classifyResult({
+      DeploymentName: 'mixed',
+      DeploymentStatus: 'FAIL',
+      DeploymentStatusMessage: 'mlp: version 3.0 of mlp did not load',
+      DeploymentModels: [failedModel],
+    });
+    expect(outcome).toEqual({ kind: 'failure', message: 'mlp: version 3.0 of mlp did not load' });
+  });
+
+  it('still reads reports without an overall status by their models', () => {
+    expect(
+      classifyResult({ DeploymentName: 'p', DeploymentModels: [{ ...failedModel, StatusReason: 'bad' }] }),
+    ).toEqual({ kind: 'failure', message: 'mlp: bad' });
+  });
+});
