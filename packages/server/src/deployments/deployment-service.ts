@@ -23,7 +23,7 @@ import {
   type StageStatus,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
-import { applyResults, type ReportedResult } from './device-results.js';
+import { applyResults, isHeldMessage, type ReportedResult } from './device-results.js';
 import { planOptions, recordEvent, releaseFinishedPlan, settleStage, startStage } from './stage-progress.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -533,13 +533,14 @@ export class DeploymentService implements DevicePackageAccess {
         const cutoff = at - options.deviceTimeoutSeconds * 1000;
         const late = await trx
           .selectFrom('deployment_targets')
-          .select(['device_name', 'attempts', 'started_at'])
+          .select(['device_name', 'attempts', 'started_at', 'status_message'])
           .where('plan_name', '=', stage.plan_name)
           .where('stage_name', '=', stage.name)
           .where('status', '=', 'INPROGRESS')
           .where('started_at', '<', cutoff)
           .execute();
         for (const target of late) {
+          if (isHeldMessage(target.status_message)) continue;
           const retry = stage.status === 'INPROGRESS' && Number(target.attempts) <= options.maxRetries;
           const reason = `no result within ${options.deviceTimeoutSeconds} s of taking the deployment (attempt ${target.attempts})`;
           const message = retry ? `${reason}; retrying` : `timed out: ${reason}`;

@@ -57,6 +57,18 @@ export function classifyResult(result: DeploymentResult): ResultOutcome {
   };
 }
 
+/**
+ * A device's last report said HELD (its application holds the update lock): the timeout sweep leaves it alone,
+ * since the device is alive and waiting by design; it shows as INPROGRESS with this message, and an operator
+ * can cancel it.
+ */
+const HELD_MESSAGE_PREFIX = 'HELD';
+export function isHeldMessage(message: string | null): boolean {
+  return (
+    message !== null && (message === HELD_MESSAGE_PREFIX || message.startsWith(`${HELD_MESSAGE_PREFIX}:`))
+  );
+}
+
 function digestOf(result: DeploymentResult): string {
   return createHash('sha256').update(JSON.stringify(result)).digest('hex');
 }

@@ -336,14 +336,28 @@ describe.each(engines)('deployments on $engine', (fixture) => {
         ]),
       ).toEqual([['p1', '1.0']]);
 
-      // d2 takes it and goes silent: a sweep after the timeout retries it, a second one fails it.
+      // d2 takes it; its application holds the update lock, so it reports HELD: held, not timed out.
       await getDeployments('d2');
+      await heartbeat('d2', {
+        DeploymentName: 'p2',
+        DeploymentStatus: 'HELD',
+        DeploymentStatusMessage: 'the update lock is held',
+      });
       let clock = Date.now() + 61_000;
       const sweeper = new DeploymentService(t.server.database.db, {
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
         now: () => clock,
       });
+      expect(await sweeper.sweep()).toEqual({ timedOut: 0 });
+      expect((await stageDevices('p2', 's1'))[1]).toMatchObject({
+        deviceName: 'd2',
+        status: 'INPROGRESS',
+        statusMessage: 'HELD: the update lock is held',
+      });
+      // Released, it works on the update and goes silent: a sweep after the timeout retries it, a second one
+      // fails it.
+      await heartbeat('d2', { DeploymentName: 'p2', DeploymentStatus: 'INPROGRESS' });
       expect(await sweeper.sweep()).toEqual({ timedOut: 1 });
       expect((await stageDevices('p2', 's1'))[1]).toMatchObject({
         deviceName: 'd2',
