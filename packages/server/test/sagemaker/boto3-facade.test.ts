@@ -4,7 +4,7 @@
  * creates access keys through the REST API, enrolls and starts a real agent (from packages/agent/dist) for
  * the Edge Manager flow once the script has registered its devices, and fails if any Python case fails.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,6 +18,15 @@ import {
   type AgentProcess,
 } from '../../../../test/support/control-plane.js';
 import { runServerCli, startServerProcess, type ServerProcess } from '../support/process.js';
+
+/**
+ * The first Python with boto3: `python3` on the PATH (a pyenv may come first), else Debian's, where .ci/run
+ * installs python3-boto3.
+ */
+const PYTHON =
+  ['python3', '/usr/bin/python3'].find(
+    (python) => spawnSync(python, ['-c', 'import boto3'], { stdio: 'ignore' }).status === 0,
+  ) ?? 'python3';
 import { startTestS3, type TestS3 } from '../support/s3.js';
 
 const SCRIPT = fileURLToPath(new URL('./boto3_facade.py', import.meta.url));
@@ -53,7 +62,7 @@ function runPython(env: Record<string, string>): {
   let exited = false;
   let kill = () => {};
   const done = new Promise<{ code: number | null; output: string }>((resolve, reject) => {
-    const child = spawn('python3', [SCRIPT], {
+    const child = spawn(PYTHON, [SCRIPT], {
       env: { ...process.env, ...env, AWS_CONFIG_FILE: '/dev/null', AWS_SHARED_CREDENTIALS_FILE: '/dev/null' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
