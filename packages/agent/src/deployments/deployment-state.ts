@@ -3,18 +3,20 @@
  * transition is written to the local database before its effect, so after a crash the engine resumes from the
  * state recorded:
  *
- *   Idle ──► Downloading ──► Verifying ──► Loading ──► Switching ──► HealthCheck ──► Committed
- *               │               │             │            │              │
- *               │ 404, bad      │ bad sum,    │ refused,   │ (update      │ failures in the window,
- *               │ checksum,     │ signature,  │ no memory, │  lock holds  │ model gone, crash loop
- *               │ disk full     │ wrong model,│ warm-up    │  it back)    ▼
- *               ▼               │ downgrade   │ fails      │          RollingBack ──► RolledBack
- *             Failed ◄──────────┴─────────────┘            │              │
- *               ▲                                          │              └─ rollback itself fails ──► Failed
- *               └──── (nothing was switched: the old version never stopped serving) ◄─────────────┘
+ *   Idle ──► Downloading ──► Verifying ──► Loading ──► WarmingUp ──► Switching ──► HealthCheck ──► Committed
+ *               │               │             │            │              │              │
+ *               │ 404, bad      │ bad sum,    │ refused,   │ warm-up      │ (update      │ failures in the window,
+ *               │ checksum,     │ signature,  │ no memory, │ output off   │  lock holds  │ model gone, crash loop
+ *               │ disk full     │ wrong model,│ manifest   │ its manifest,│  it back)    ▼
+ *               ▼               │ downgrade   │ mismatch   │ no memory    │          RollingBack ──► RolledBack
+ *             Failed ◄──────────┴─────────────┴────────────┘              │              │
+ *               ▲                                                         │              └─ rollback itself fails ──► Failed
+ *               └──── (nothing switched: the old version still serves) ◄──┘
  *
- * Loading stages the new version beside the old (the registry creates its sessions and runs its warm-up; one
- * that fails never takes a request). Switching promotes it: requests in flight finish on the old version, new
+ * Loading stages the new version beside the old (the registry creates its sessions); WarmingUp is recorded
+ * from the registry's beforeWarmUp hook, once the sessions exist and before their warm-up runs (a version that
+ * fails either never takes a request). A first install has no old version: it loads, warm-up included, in
+ * Loading and goes on to HealthCheck. Switching promotes it: requests in flight finish on the old version, new
  * ones go to the new. A model of a ROLLBACK_ON_FAILURE deployment waits in HealthCheck until every model of
  * the deployment passed; if one fails, the others roll back too. Committed, RolledBack and Failed are final
  * for that deployment; the next deployment for the handle starts again from Idle.
@@ -23,6 +25,7 @@
  *   Downloading → download again (the partial file is resumed with an HTTP Range request);
  *   Verifying   → verify again from the downloaded file;
  *   Loading, Switching → if the new version already serves the handle, HealthCheck; else stage it again;
+ *   WarmingUp   → as Loading (back to Loading first: the staged version did not survive the crash);
  *   HealthCheck → the window starts again (a restart counts; too many restarts roll back);
  *   RollingBack → roll back again (idempotent: it ends with the previous version serving).
  */
@@ -31,6 +34,7 @@ export const DEPLOYMENT_STATES = [
   'Downloading',
   'Verifying',
   'Loading',
+  'WarmingUp',
   'Switching',
   'HealthCheck',
   'Committed',
@@ -53,7 +57,8 @@ const TRANSITIONS: Readonly<Record<DeploymentState, readonly DeploymentState[]>>
   Idle: ['Downloading', 'Switching', 'Committed', 'Failed'],
   Downloading: ['Verifying', 'Failed'],
   Verifying: ['Loading', 'Downloading', 'Failed'],
-  Loading: ['Switching', 'HealthCheck', 'Failed', 'RollingBack'],
+  Loading: ['WarmingUp', 'HealthCheck', 'Failed', 'RollingBack'],
+  WarmingUp: ['Switching', 'Loading', 'Failed', 'RollingBack'],
   Switching: ['HealthCheck', 'Loading', 'Committed', 'Failed', 'RollingBack'],
   HealthCheck: ['Committed', 'RollingBack'],
   RollingBack: ['RolledBack', 'Failed'],

@@ -7,7 +7,7 @@ import {
   type EdgeDeployment,
   type TrustPolicy,
 } from '@edgefleet/core';
-import type { ModelDescription, StagedVersionDescription } from '../models/index.js';
+import type { LoadHooks, ModelDescription, StagedVersionDescription } from '../models/index.js';
 import type { DeploymentModelRow, DeploymentsRepository } from '../state/index.js';
 import type { DeploymentMetrics } from './deployment-metrics.js';
 import {
@@ -22,7 +22,7 @@ import { PackageDownloadError, sha256File, type PackageStore } from './package-s
 /** The registry calls the engine needs (ModelRegistry's). */
 export interface DeployableRegistry {
   load(request: { url: string; name: string }): Promise<ModelDescription>;
-  stage(name: string, url: string): Promise<StagedVersionDescription>;
+  stage(name: string, url: string, hooks?: LoadHooks): Promise<StagedVersionDescription>;
   promote(name: string): Promise<ModelDescription>;
   abortStaged(name: string): Promise<void>;
   unload(name: string): Promise<void>;
@@ -86,7 +86,12 @@ const UNNAMED = 'unnamed-deployment';
 /** Final states that are a failure of the model's update. */
 const FAILED_STATES: ReadonlySet<DeploymentState> = new Set(['Failed', 'RolledBack']);
 /** States in which the old version still serves and nothing of the new one is in use. */
-const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set(['Downloading', 'Verifying', 'Loading']);
+const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set([
+  'Downloading',
+  'Verifying',
+  'Loading',
+  'WarmingUp',
+]);
 const LOCK_POLL_MS = 500;
 
 /**
@@ -417,6 +422,10 @@ export class UpdateEngine {
         return this.#verify(row);
       case 'Loading':
         return this.#load(row);
+      case 'WarmingUp':
+        // A crash during the warm-up lost the staged version: stage it again, from Loading.
+        this.#transition(row, 'Loading');
+        return 'next';
       case 'Switching':
         return this.#switch(row);
       case 'RollingBack':
@@ -512,7 +521,10 @@ export class UpdateEngine {
         return 'done';
       }
       if (served.staged) await this.#o.registry.abortStaged(row.handle);
-      await this.#o.registry.stage(row.handle, row.packageDir!);
+      // The sessions exist beside the old version's; WarmingUp is recorded before the warm-up runs.
+      await this.#o.registry.stage(row.handle, row.packageDir!, {
+        beforeWarmUp: async () => this.#transition(row, 'WarmingUp'),
+      });
     } catch (error) {
       throw new DeploymentFailure(
         `version ${row.version} of ${row.handle} did not load: ${(error as Error).message}`,

@@ -27,5 +27,6 @@ export {
   type SignatureStatus,
   type StagedVersionDescription,
 } from './model-description.js';
+export { type LoadHooks } from './model-loader.js';
 export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
 export { showTensorName, tensorNameBytes } from './tensor-names.js';

@@ -42,6 +42,12 @@ export interface ModelLoaderOptions {
   availableMemory?: () => number;
 }
 
+/** Steps of a load the caller takes part in (the update engine records its WarmingUp state here). */
+export interface LoadHooks {
+  /** Awaited after the sessions were created and checked against the manifest, before the warm-up runs. */
+  beforeWarmUp?: () => Promise<void>;
+}
+
 /**
  * Takes one version of a model from a package folder to ready: verify the package, create its sessions from the
  * verified bytes, check them against the manifest, warm them up. The version's state follows along
@@ -77,12 +83,14 @@ export class ModelLoader {
   /**
    * Loads `version` (its sessions under version.key) from the package at `dir`. `abandoned` is asked between
    * steps: when it returns an error, the load stops, its sessions are released, and that error is thrown.
-   * Resolves with the version's description; errors are AgentErrors (see ModelRegistry.load).
+   * Resolves with the version's description; errors are AgentErrors (see ModelRegistry.load). `hooks.beforeWarmUp`
+   * is awaited once the sessions exist, before the warm-up runs; if it throws, the load fails the same way.
    */
   async load(
     version: ModelVersion,
     request: { name: string; url: string; dir: string },
     abandoned: () => AgentError | undefined,
+    hooks: LoadHooks = {},
   ): Promise<ModelDescription> {
     const { name, dir } = request;
     const check = () => {
@@ -108,6 +116,10 @@ export class ModelLoader {
       sessionsCreated = true;
       checkSessionAgainstManifest(name, opened, info.inputs, info.outputs);
       check();
+      if (hooks.beforeWarmUp) {
+        await hooks.beforeWarmUp();
+        check();
+      }
       version.state = 'warming-up';
       await this.#warmUp(version.key, name, opened);
       check();

@@ -8,7 +8,7 @@ import type { InferencePool, PoolTensor } from '../inference/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { AgentError, type AgentErrorCode } from './agent-error.js';
 import { asAgentError, predictFailure } from './model-errors.js';
-import { ModelLoader, type ModelLoaderOptions } from './model-loader.js';
+import { ModelLoader, type LoadHooks, type ModelLoaderOptions } from './model-loader.js';
 import { ModelVersion } from './model-version.js';
 import type { ModelDescription, RegistryLogger, StagedVersionDescription } from './model-description.js';
 import { matchPredictInputs, type PredictTensor } from './predict-inputs.js';
@@ -176,9 +176,10 @@ export class ModelRegistry {
    * Loads another version of a loaded model beside the one serving, from the package at `url`, with the same
    * checks as load. It takes no requests until promote(name). Resolves once it is ready to be promoted. Errors:
    * as load, and NOT_FOUND (no model of that name is loaded), ALREADY_EXISTS (a version is already staged),
-   * FAILED_PRECONDITION (abortStaged or unload was called before the load completed).
+   * FAILED_PRECONDITION (abortStaged or unload was called before the load completed). `hooks.beforeWarmUp` is
+   * awaited once the sessions exist, before the warm-up (an error it throws fails the stage, as an AgentError).
    */
-  async stage(name: string, url: string): Promise<StagedVersionDescription> {
+  async stage(name: string, url: string, hooks: LoadHooks = {}): Promise<StagedVersionDescription> {
     checkModelName(name);
     const dir = this.#loader.packageDir(url);
     if (this.#closed)
@@ -201,7 +202,7 @@ export class ModelRegistry {
               `the staged version of model ${JSON.stringify(name)} was aborted (or the model unloaded) before its load completed`,
             )
           : undefined;
-    const loading = this.#loader.load(version, { name, url, dir }, abandoned);
+    const loading = this.#loader.load(version, { name, url, dir }, abandoned, hooks);
     entry.stagedLoad = loading.catch(() => {});
     try {
       const description = await loading;
