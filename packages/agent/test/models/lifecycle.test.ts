@@ -2,7 +2,7 @@ import { OnnxModelBuilder } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { AgentError, ModelRegistry, type PredictResult } from '../../src/models/index.js';
-import { predictTensors, scratch } from './helpers.js';
+import { predictTensors, rankLyingModel, scratch } from './helpers.js';
 
 // Version 1.0 is the catalogue's tiny (y = 2x + 1), version 2.0 a model with the same input and output that
 // answers y = -x: every output says which version computed it, entirely.
@@ -108,6 +108,40 @@ describe('ModelRegistry: stage and promote', () => {
     expect(seen.before).toContain('1.0');
     expect([...seen.after]).toEqual(['2.0']);
     expect(models.describe('busy').requests.failed).toBe(0);
+    await models.close();
+  });
+
+  it('stage awaits beforeWarmUp once the sessions exist, before their warm-up; a hook that throws fails the stage', async () => {
+    const models = new ModelRegistry({ pool, trust: null, cwd: files.root });
+    await models.load({ url: v1, name: 'hooked' });
+    const seen: Array<{ state: string | undefined; sessions: number }> = [];
+    const beforeWarmUp = async () => {
+      seen.push({ state: models.describe('hooked').staged?.state, sessions: sessionKeys().length });
+    };
+    await models.stage('hooked', v2, { beforeWarmUp });
+    expect(seen).toEqual([{ state: 'creating-sessions', sessions: 2 }]);
+    expect(models.describe('hooked').staged?.state).toBe('ready');
+    await models.abortStaged('hooked');
+
+    // The warm-up comes after the hook: a version whose warm-up output contradicts its manifest fails after it.
+    const liar = await files.custom(rankLyingModel(), 'liar');
+    seen.length = 0;
+    const warmUpFailure = await failure(models.stage('hooked', liar, { beforeWarmUp }));
+    expect(warmUpFailure.code).toBe('FAILED_PRECONDITION');
+    expect(warmUpFailure.message).toMatch(/warm-up output does not match its manifest/);
+    expect(seen).toEqual([{ state: 'creating-sessions', sessions: 2 }]);
+    expect(sessionKeys()).toHaveLength(1);
+
+    // A hook that fails (the engine could not record its state) fails the stage; nothing staged stays.
+    const hookFailure = await failure(
+      models.stage('hooked', v2, {
+        beforeWarmUp: () => Promise.reject(new Error('attempt to write a readonly database')),
+      }),
+    );
+    expect(hookFailure.message).toMatch(/attempt to write a readonly database/);
+    expect(models.describe('hooked').staged).toBeUndefined();
+    expect(sessionKeys()).toHaveLength(1);
+    expect(versionOf(await models.predict('hooked', input))).toBe('1.0');
     await models.close();
   });
 
