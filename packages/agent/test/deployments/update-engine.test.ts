@@ -2,12 +2,14 @@ import { existsSync } from 'node:fs';
 import { readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OnnxModelBuilder } from '@edgefleet/core';
+import SqliteDatabase from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
 import { DeploymentMetrics, PackageStore, UpdateEngine } from '../../src/deployments/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { AgentDatabase } from '../../src/state/index.js';
+import { rankLyingModel } from '../models/helpers.js';
 import { scratch } from '../support/model-packages.js';
 import {
   deployment,
@@ -144,6 +146,32 @@ async function device(
 
 const stateOf = (d: Device, handle: string) => d.engine.status().find((s) => s.handle === handle);
 
+/**
+ * Records every state the engine writes to the device's database (an SQLite trigger on deployment_models, whose
+ * saves are INSERT OR REPLACE), and returns a reader: the states a handle went through in one deployment, in the
+ * order they were committed, repeated saves of one state counted once.
+ */
+function recordStates(d: Device): (handle: string, deploymentName: string) => string[] {
+  const db = new SqliteDatabase(join(d.dataRoot, 'agent.db'));
+  db.exec(`
+    CREATE TABLE test_state_history (seq INTEGER PRIMARY KEY, handle TEXT, deployment TEXT, state TEXT);
+    CREATE TRIGGER test_record_state AFTER INSERT ON deployment_models BEGIN
+      INSERT INTO test_state_history (handle, deployment, state) VALUES (NEW.handle, NEW.deployment_name, NEW.state);
+    END;
+  `);
+  db.close();
+  return (handle, deploymentName) => {
+    const reader = new SqliteDatabase(join(d.dataRoot, 'agent.db'), { readonly: true });
+    const states = (
+      reader
+        .prepare('SELECT state FROM test_state_history WHERE handle = ? AND deployment = ? ORDER BY seq')
+        .all(handle, deploymentName) as Array<{ state: string }>
+    ).map((row) => row.state);
+    reader.close();
+    return states.filter((state, i) => state !== states[i - 1]);
+  };
+}
+
 beforeAll(async () => {
   files = await scratch('agent-deployments-');
   api = await startFakeDeviceApi();
@@ -164,8 +192,17 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     const v1 = await publish(identityModel(), '1.0');
     const v2 = await publish(doublingModel(), '2.0');
     const d = await device();
+    const statesOf = recordStates(d);
     await d.engine.apply([
       deployment('plan-a', [{ handle: 'detector', pkg: v1, modelName: 'detector', version: '1.0' }]),
+    ]);
+    // A first install: nothing to stage beside, the load (warm-up included) goes straight to its health window.
+    expect(statesOf('detector', 'plan-a')).toEqual([
+      'Downloading',
+      'Verifying',
+      'Loading',
+      'HealthCheck',
+      'Committed',
     ]);
     expect(stateOf(d, 'detector')).toMatchObject({
       state: 'Committed',
@@ -204,6 +241,16 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     });
     expect(d.registry.describe('detector').version).toBe('2.0');
     expect(answers).toContain(2); // served by version 2 after the switch
+    // An upgrade: staged beside version 1 (Loading), warmed up there (WarmingUp), then switched.
+    expect(statesOf('detector', 'plan-b')).toEqual([
+      'Downloading',
+      'Verifying',
+      'Loading',
+      'WarmingUp',
+      'Switching',
+      'HealthCheck',
+      'Committed',
+    ]);
     // The previous good version stays in the store for rollback; the download is collected.
     const kept = await readdir(join(d.dataRoot, 'deployments', 'packages', 'detector'));
     expect(kept.sort()).toEqual([expect.stringMatching(/^1\.0-/), expect.stringMatching(/^2\.0-/)]);
@@ -536,6 +583,93 @@ describe('UpdateEngine, more', () => {
     });
     expect(d.registry.describe('a').version).toBe('1.0');
     await engine.close();
+  });
+
+  it('a version whose warm-up fails ends Failed from WarmingUp; under ROLLBACK_ON_FAILURE its sibling rolls back', async () => {
+    const a1 = await publish(identityModel(), '1.0', { model: 'a' });
+    const a2 = await publish(doublingModel(), '2.0', { model: 'a' });
+    const b1 = await publish(identityModel(), '1.0', { model: 'b' });
+    // Its warm-up output has rank 1 where its manifest declares rank 2: refused by the warm-up, not before.
+    const b2 = await publish(rankLyingModel(), '2.0', { model: 'b' });
+    const d = await device();
+    const statesOf = recordStates(d);
+    await d.engine.apply([
+      deployment('base', [
+        { handle: 'a', pkg: a1, version: '1.0' },
+        { handle: 'b', pkg: b1, version: '1.0' },
+      ]),
+    ]);
+    await d.engine.apply([
+      deployment(
+        'two',
+        [
+          { handle: 'a', pkg: a2, version: '2.0' },
+          { handle: 'b', pkg: b2, version: '2.0' },
+        ],
+        { policy: 'ROLLBACK_ON_FAILURE' },
+      ),
+    ]);
+    expect(stateOf(d, 'b')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(/did not load: .*warm-up output does not match its manifest/),
+    });
+    expect(statesOf('b', 'two')).toEqual(['Downloading', 'Verifying', 'Loading', 'WarmingUp', 'Failed']);
+    expect(d.registry.describe('b')).toMatchObject({ version: '1.0' });
+    expect(d.registry.describe('b').staged).toBeUndefined(); // its sessions were released
+    expect(stateOf(d, 'a')).toMatchObject({
+      state: 'RolledBack',
+      reason: expect.stringMatching(/ROLLBACK_ON_FAILURE\): b failed/),
+    });
+    expect(statesOf('a', 'two')).toEqual([
+      'Downloading',
+      'Verifying',
+      'Loading',
+      'WarmingUp',
+      'Switching',
+      'HealthCheck',
+      'RollingBack',
+      'RolledBack',
+    ]);
+    expect(d.registry.describe('a').version).toBe('1.0');
+  });
+
+  it('resumes an update recorded in WarmingUp as from Loading: stages the version again, then switches', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device();
+    const statesOf = recordStates(d);
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const base = d.database.deployments.get('detector')!;
+    // What a crash during the warm-up leaves: version 2 verified and recorded in WarmingUp; its staged sessions
+    // died with the process, version 1 serves (restored from loaded_models).
+    const v2Dir = d.store.packageDir('detector', '2.0', v2.sha256);
+    await d.store.extract(await d.store.download({ url: v2.path, sha256: v2.sha256 }), v2Dir);
+    const now = Date.now();
+    d.database.deployments.save({
+      ...base,
+      deploymentName: 'warm',
+      state: 'WarmingUp',
+      version: '2.0',
+      sha256: v2.sha256,
+      packageUrl: v2.path,
+      packageDir: v2Dir,
+      previousUrl: base.packageDir,
+      previousVersion: '1.0',
+      endedAt: null,
+      startedAt: now,
+      updatedAt: now,
+    });
+    await d.engine.resume();
+    expect(stateOf(d, 'detector')).toMatchObject({ state: 'Committed', version: '2.0' });
+    expect(d.registry.describe('detector').version).toBe('2.0');
+    expect(statesOf('detector', 'warm')).toEqual([
+      'WarmingUp',
+      'Loading',
+      'WarmingUp',
+      'Switching',
+      'HealthCheck',
+      'Committed',
+    ]);
   });
 
   it('counts in edgefleet_deployment_* metrics', async () => {
