@@ -25,10 +25,21 @@ import {
   type ServedPackage,
 } from './support.js';
 
-const UPDATES = Number(process.env.EDGEFLEET_TORTURE_UPDATES ?? 6);
+const UPDATES = Number(process.env.EDGEFLEET_TORTURE_UPDATES ?? 7);
 const SEED = Number(process.env.EDGEFLEET_TORTURE_SEED ?? 20261206);
-/** The states the kills aim at, in turn (the kill lands a seeded few ms after the first state seen at or past the target). */
-const TARGETS = ['Downloading', 'Verifying', 'Loading', 'Switching', 'HealthCheck', 'Committed'] as const;
+/**
+ * The states the kills aim at, in turn, one per update (the kill lands a seeded few ms after the first state seen
+ * at or past the target). WarmingUp is 4th: update 1 is a first install, which has no WarmingUp.
+ */
+const TARGETS = [
+  'Downloading',
+  'Verifying',
+  'Loading',
+  'WarmingUp',
+  'Switching',
+  'HealthCheck',
+  'Committed',
+] as const;
 const ORDER: readonly string[] = ['Idle', ...TARGETS];
 
 /** mulberry32: a small seeded generator, so a failing run can be replayed with its seed. */
