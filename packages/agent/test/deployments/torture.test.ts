@@ -54,13 +54,25 @@ function seeded(seed: number): () => number {
   };
 }
 
-/** y = x × k: each version answers differently, so the test sees which one serves. */
+/**
+ * y = x × k: each version answers differently, so the test sees which one serves. Its second output, `work`,
+ * sums a 1536×1536 matrix product built from sum(x) (tens of ms): it depends on the input, so ONNX Runtime
+ * cannot fold it when it creates the session, and the warm-up (WarmingUp) is a step a kill can land in, not a
+ * blink. The package stays small (no large initializer to download).
+ */
 function scaleModel(k: number): Uint8Array {
   return new OnnxModelBuilder({ graphName: `scale_${k}` })
     .input('x', 'FLOAT32', ['n'])
     .initializer('k', 'FLOAT32', [1], new Float32Array([k]))
     .node('Mul', ['x', 'k'], ['y'])
     .output('y', 'FLOAT32', ['n'])
+    .initializer('square', 'INT64', [2], new BigInt64Array([1536n, 1536n]))
+    .node('ReduceSum', ['x'], ['total'])
+    .node('ConstantOfShape', ['square'], ['zeros'])
+    .node('Add', ['zeros', 'total'], ['filled'])
+    .node('MatMul', ['filled', 'filled'], ['product'])
+    .node('ReduceSum', ['product'], ['work'])
+    .output('work', 'FLOAT32', [1, 1])
     .build();
 }
 
