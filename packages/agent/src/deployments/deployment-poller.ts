@@ -1,4 +1,5 @@
 import { getDeploymentsResultSchema, type DeviceIds, type GetDeploymentsResult } from '@edgefleet/core';
+import { interruptibleSleep } from '../retry/index.js';
 import type { EngineLogger, UpdateEngine } from './update-engine.js';
 
 /** The device API's GetDeployments route (relative to sagemaker_edge_core_endpoint_override). */
@@ -37,18 +38,8 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
   const { engine, source, ids, logger } = options;
   const random = options.random ?? Math.random;
   const abort = new AbortController();
-  let wake: (() => void) | undefined;
+  const { sleep, wake } = interruptibleSleep();
   let lastError = '';
-  const sleep = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        wake = undefined;
-        resolve();
-      }
-      wake = done;
-    });
 
   const loop = async () => {
     await engine
@@ -97,7 +88,7 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
     stop() {
       stopping ??= (async () => {
         abort.abort();
-        wake?.();
+        wake();
         await running;
       })();
       return stopping;

@@ -300,6 +300,7 @@ export class UpdateEngine {
         this.#transition(row, 'Switching');
       } else if (!row.packageUrl || !row.sha256 || !row.version) {
         this.#transition(row, 'Failed', {
+          ended: true,
           reason: `the deployment gives no ${[!row.packageUrl && 'PackageUrl', !row.sha256 && 'Sha256', !row.version && 'ModelVersion'].filter(Boolean).join(', ')} for ${handle}; expected EdgeFleet's download members`,
         });
       } else {

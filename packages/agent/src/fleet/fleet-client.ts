@@ -23,7 +23,7 @@ import {
 } from '@edgefleet/core';
 import type { AgentConfig } from '../config/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
-import { backoffDelay } from '../retry/index.js';
+import { backoffDelay, interruptibleSleep } from '../retry/index.js';
 import { AgentRunsLedger } from './agent-runs.js';
 import { CertificateRenewal, type CertificateRenewalOptions } from './certificate-renewal.js';
 import { DeviceApiClient, DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
@@ -193,18 +193,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
   const abort = new AbortController();
   let api: { client: DeviceApiClient; tls: DeviceTlsIdentity } | undefined;
   let registeredUntil = 0;
-  let wake: (() => void) | undefined;
-
-  const sleep = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        wake = undefined;
-        resolve();
-      }
-      wake = done;
-    });
+  const { sleep, wake } = interruptibleSleep();
 
   /** The TLS files are re-read at each registration check, so a renewed or re-enrolled certificate is used. */
   const connect = async (): Promise<DeviceApiClient> => {
@@ -399,7 +388,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
     stop() {
       stopping ??= (async () => {
         abort.abort();
-        wake?.();
+        wake();
         await running;
         api?.client.close();
         status.state = 'stopped';

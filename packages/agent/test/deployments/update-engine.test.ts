@@ -465,6 +465,16 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
 });
 
 describe('UpdateEngine, more', () => {
+  it('fails a definition without download members at once, as a finished update with its end time', async () => {
+    const d = await device();
+    // An Edge Manager-style definition (no PackageUrl, Sha256, ModelVersion): nothing EdgeFleet can fetch.
+    await d.engine.apply([deployment('bare', [{ handle: 'detector' }])]);
+    const status = stateOf(d, 'detector');
+    expect(status).toMatchObject({ state: 'Failed', reason: expect.stringMatching(/gives no PackageUrl/) });
+    expect(status?.endedAt).not.toBeNull();
+    expect(d.engine.deploymentResult()).toMatchObject({ DeploymentStatus: 'FAIL' });
+  });
+
   it('refuses a version there is no memory for, with the reason, and keeps the old one', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const v2 = await publish(doublingModel(), '2.0');

@@ -9,6 +9,7 @@ import type { DevicePackageAccess, PackagingJobStore } from '../packaging/index.
 import { isForeignKeyViolation, isUniqueViolation, type DatabaseSchema } from '../storage/index.js';
 import {
   createPlanSchema,
+  MAX_STAGES,
   deviceSelectionSchema,
   modelConfigSchema,
   planOptionsSchema,
@@ -170,6 +171,14 @@ export class DeploymentService implements DevicePackageAccess {
         .orderBy('position')
         .execute();
       assertUnique([...existing.map((s) => s.name), ...parsed.map((s) => s.name)], 'stage name');
+      // The limit CreateEdgeDeploymentPlan enforces holds for stages added later too (checked with the
+      // plan's stages read in this transaction).
+      if (existing.length + parsed.length > MAX_STAGES)
+        throw invalid(
+          `plan ${planName} has ${existing.length} stage(s); adding ${parsed.length} would exceed the limit: ` +
+            `a plan has at most ${MAX_STAGES} stages`,
+          { stages: existing.length, adding: parsed.length, max: MAX_STAGES },
+        );
       // A finished plan gave its model handles back; new stages need them again.
       const held = await trx
         .selectFrom('deployment_handle_locks')

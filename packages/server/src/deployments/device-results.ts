@@ -123,39 +123,59 @@ export async function applyResults(
       .where('device_name', '=', row.device_name)
       .where('status', '=', row.status)
       .where('attempts', '=', row.attempts);
+    // Another replica (or the timeout sweep) may have changed the row since it was read: its update then
+    // matches nothing, and this report's events must not be recorded a second time.
+    const updated = async (query: Promise<{ numUpdatedRows: bigint }[]>) =>
+      (await query).some((r) => r.numUpdatedRows > 0n);
     const device = { plan: row.plan_name, stage: row.stage_name, device: row.device_name };
     if (outcome.kind === 'success') {
-      await where
-        .set({
-          status: 'DEPLOYED',
-          status_message: outcome.message,
-          result_digest: digest,
-          ended_at: at,
-          updated_at: at,
-        })
-        .execute();
+      if (
+        !(await updated(
+          where
+            .set({
+              status: 'DEPLOYED',
+              status_message: outcome.message,
+              result_digest: digest,
+              ended_at: at,
+              updated_at: at,
+            })
+            .execute(),
+        ))
+      )
+        continue;
     } else if (outcome.kind === 'progress') {
-      await where.set({ status_message: outcome.message, result_digest: digest, updated_at: at }).execute();
+      if (
+        !(await updated(
+          where.set({ status_message: outcome.message, result_digest: digest, updated_at: at }).execute(),
+        ))
+      )
+        continue;
     } else if (row.status !== 'READYTODEPLOY') {
       // (A failure for a device not holding the deployment now is an old attempt's: its retry is pending.)
       const options = await planOptions(trx, row.plan_name);
       const retriesLeft = options.maxRetries + 1 - Number(row.attempts);
       if (retriesLeft > 0 && row.stage_status === 'INPROGRESS') {
         const message = `attempt ${row.attempts} failed: ${outcome.message}; retrying (${retriesLeft} attempt(s) left)`;
-        await where
-          .set({ status: 'READYTODEPLOY', status_message: message, result_digest: digest, updated_at: at })
-          .execute();
+        const retried = await updated(
+          where
+            .set({ status: 'READYTODEPLOY', status_message: message, result_digest: digest, updated_at: at })
+            .execute(),
+        );
+        if (!retried) continue;
         await recordEvent(trx, { ...device, kind: 'DeviceRetried', message }, at);
       } else {
-        await where
-          .set({
-            status: 'FAILED',
-            status_message: outcome.message,
-            result_digest: digest,
-            ended_at: at,
-            updated_at: at,
-          })
-          .execute();
+        const failed = await updated(
+          where
+            .set({
+              status: 'FAILED',
+              status_message: outcome.message,
+              result_digest: digest,
+              ended_at: at,
+              updated_at: at,
+            })
+            .execute(),
+        );
+        if (!failed) continue;
         await recordEvent(trx, { ...device, kind: 'DeviceFailed', message: outcome.message }, at);
         if (row.failure_policy === 'ROLLBACK_ON_FAILURE') {
           await recordEvent(

@@ -19,6 +19,7 @@ import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js'
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
 import {
+  MAX_STAGES,
   createPlanSchema,
   deploymentEventSchema,
   planViewSchema,
@@ -104,7 +105,7 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     tag: 'deployments',
     summary: 'Add stages at the end of a plan (CreateEdgeDeploymentStage)',
     params: planParams,
-    body: z.strictObject({ stages: z.array(stageInputSchema).min(1) }),
+    body: z.strictObject({ stages: z.array(stageInputSchema).min(1).max(MAX_STAGES) }),
     response: planViewSchema,
     status: 201,
     handler: async ({ params, body }) => deployments.addStages(params.plan, body.stages),

@@ -10,7 +10,7 @@ import {
   type DeploymentResultInput,
 } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DeploymentService } from '../../src/deployments/index.js';
+import { DeploymentService, MAX_STAGES } from '../../src/deployments/index.js';
 import { deviceCall, type TlsIdentity } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
@@ -629,6 +629,35 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       await expect(service.setPlanTags('no-such-plan', [])).rejects.toMatchObject({ code: 'NotFound' });
       expect((await describePlan('tagged')).tags).toEqual([{ key: 'env', value: 'prod' }]);
       expect((await admin('DELETE', '/api/v1/deployment-plans/tagged')).status).toBe(204);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'keeps a plan within its stage limit when stages are added later',
+    async () => {
+      const stage = (name: string) => ({
+        name,
+        deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 },
+      });
+      const full = Array.from({ length: MAX_STAGES }, (_, i) => stage(`s${i}`));
+      const created = await admin('POST', '/api/v1/deployment-plans', {
+        name: 'capped',
+        fleetName: 'g',
+        modelConfigs: [{ modelHandle: 'capped-handle', packagingJobName: 'pack-v1-0' }],
+        stages: full,
+      });
+      expect(created.status).toBe(201);
+      // One more, once at the limit, or many at once: refused, and the plan keeps its stages.
+      for (const stages of [
+        [stage('one-more')],
+        Array.from({ length: MAX_STAGES }, (_, i) => stage(`x${i}`)),
+      ]) {
+        const added = await admin('POST', '/api/v1/deployment-plans/capped/stages', { stages });
+        expect(added.status).toBe(400);
+        expect(added.body.message).toMatch(new RegExp(`at most ${MAX_STAGES} stages`));
+      }
+      expect((await describePlan('capped')).stages).toHaveLength(MAX_STAGES);
+      expect((await admin('DELETE', '/api/v1/deployment-plans/capped')).status).toBe(204);
     },
   );
 });

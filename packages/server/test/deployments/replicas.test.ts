@@ -2,10 +2,11 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { writeTestModel } from '@edgefleet/core';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
-import { enrollDevice, startTestServer, type TestServer } from '../support/server.js';
+import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
 const postgres = engines.find((e) => e.engine === 'postgres')!;
@@ -15,9 +16,13 @@ describe.skipIf(!postgres.available)('deployments served by two replicas on one 
   let a: TestServer;
   let b: TestServer;
   let shared: string;
+  let databaseUrl: string;
+  let firstDevice: { name: string; enrolled: EnrolledDevice } | undefined;
   beforeAll(async () => {
     shared = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-deploy-replicas-'));
     const location = await postgres.createLocation();
+    if (location.engine !== 'postgres') throw new Error('expected a PostgreSQL location');
+    databaseUrl = location.url;
     const config = { packaging: { pollIntervalMs: 50 }, deployments: { sweepIntervalMs: 100 } };
     // One after the other: the first generates the CA and signing keys the second then loads (two starting
     // at once on an empty shared folder can race on generating them).
@@ -79,6 +84,7 @@ describe.skipIf(!postgres.available)('deployments served by two replicas on one 
     // Each device asks one replica and reports to the other.
     for (const [i, device] of devices.body.devices.entries()) {
       const enrolled = await enrollDevice(i % 2 === 0 ? a : b, device.deviceName);
+      firstDevice ??= { name: device.deviceName, enrolled };
       const [ask, report] = i % 2 === 0 ? [a, b] : [b, a];
       const ids = { DeviceName: device.deviceName, DeviceFleetName: 'f' };
       const desired = await deviceCall(ask.server.deviceUrl, enrolled.tls, 'POST', '/GetDeployments', {
@@ -114,5 +120,72 @@ describe.skipIf(!postgres.available)('deployments served by two replicas on one 
       'StageStarted',
       'StageDeployed',
     ]);
+  });
+
+  it('record a failure reported to both at once as one event', async () => {
+    // The same FAIL report reaches both replicas; both read the device's INPROGRESS row before either writes
+    // (a row lock held here makes them wait at their update together; pg_locks shows them waiting, the
+    // throwaway cluster's pg_stat_activity does not name their queries). One applies it; the other's update
+    // then matches nothing and must not record the failure again.
+    const device = firstDevice!;
+    await a.call('POST', '/api/v1/deployment-plans', {
+      token: a.adminToken,
+      body: {
+        name: 'race',
+        fleetName: 'f',
+        modelConfigs: [{ modelHandle: 'second', packagingJobName: 'pack-1' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+      },
+    });
+    await a.call('POST', '/api/v1/deployment-plans/race/stages/all/start', { token: a.adminToken });
+    const ids = { DeviceName: device.name, DeviceFleetName: 'f' };
+    const desired = await deviceCall(a.server.deviceUrl, device.enrolled.tls, 'POST', '/GetDeployments', {
+      body: ids,
+    });
+    expect(desired.body.Deployments.map((d: { DeploymentName: string }) => d.DeploymentName)).toContain(
+      'race',
+    );
+
+    const locker = new pg.Client({ connectionString: databaseUrl });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query(
+        "SELECT 1 FROM deployment_targets WHERE plan_name = 'race' AND device_name = $1 FOR UPDATE",
+        [device.name],
+      );
+      const report = (t: TestServer) =>
+        deviceCall(t.server.deviceUrl, device.enrolled.tls, 'POST', '/api/v1/device/deployments/result', {
+          body: {
+            ...ids,
+            DeploymentResult: {
+              DeploymentName: 'race',
+              DeploymentStatus: 'FAIL',
+              DeploymentModels: [{ ModelHandle: 'second', Status: 'FAIL', StatusReason: 'broken' }],
+            },
+          },
+        });
+      const both = Promise.all([report(a), report(b)]);
+      const waiting = async () =>
+        Number(
+          (
+            await locker.query<{ n: string }>(
+              'SELECT count(DISTINCT pid) AS n FROM pg_locks WHERE NOT granted',
+            )
+          ).rows[0]?.n,
+        );
+      for (let i = 0; i < 400 && (await waiting()) < 2; i++)
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      expect(await waiting()).toBeGreaterThanOrEqual(2);
+      await locker.query('COMMIT');
+      expect((await both).map((r) => r.status)).toEqual([200, 200]);
+    } finally {
+      await locker.end();
+    }
+    const events = await a.call('GET', '/api/v1/deployment-plans/race/events', { token: a.readToken });
+    const deviceEvents = events.body.events
+      .map((e: { kind: string }) => e.kind)
+      .filter((kind: string) => kind.startsWith('Device'));
+    expect(deviceEvents).toEqual(['DeviceRetried']);
   });
 });

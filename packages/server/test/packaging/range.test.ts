@@ -24,5 +24,7 @@ describe('HTTP range of a device package download', () => {
     expect(requestedRange('bytes=100-', 100, undefined, etag)).toBe('unsatisfiable');
     expect(requestedRange('bytes=9-3', 100, undefined, etag)).toBe('unsatisfiable');
     expect(requestedRange('bytes=-0', 100, undefined, etag)).toBe('unsatisfiable');
+    // An empty file has no last bytes to send: a suffix range of it cannot be met (RFC 9110 14.1.3).
+    expect(requestedRange('bytes=-5', 0, undefined, etag)).toBe('unsatisfiable');
   });
 });
