@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { DeviceApiClient, DeviceApiError, type DeviceTlsIdentity } from '../fleet/index.js';
+import { CurrentTls, DeviceApiClient, DeviceApiError } from '../fleet/index.js';
 import { RefusedByStoreError, type ObjectStore } from './object-store.js';
 
 /** The control plane's answer to a capture file (packages/server/src/captures/routes.ts). */
@@ -35,50 +35,26 @@ const REFUSED_FOR_GOOD = new Set([400, 403, 413]);
 
 export class EdgeFleetObjectStore implements ObjectStore {
   readonly description: string;
-  readonly #options: EdgeFleetStoreOptions;
   readonly #bucket: string | undefined;
-  #api: { client: DeviceApiClient; tls: DeviceTlsIdentity } | undefined;
+  readonly #api: CurrentTls<DeviceApiClient>;
 
   constructor(options: EdgeFleetStoreOptions) {
     this.description = `the EdgeFleet control plane at ${options.endpoint}`;
-    this.#options = options;
     this.#bucket = options.bucket;
     // Read now too, so that a missing or unreadable file stops the agent at start with its name.
-    const tls: DeviceTlsIdentity = {
-      certPem: readFileSync(options.certFile, 'utf8'),
-      keyPem: readFileSync(options.keyFile, 'utf8'),
-      ...(options.caFile !== undefined && { caPem: readFileSync(options.caFile, 'utf8') }),
-    };
-    this.#api = { client: this.#connect(tls), tls };
-  }
-
-  #connect(tls: DeviceTlsIdentity): DeviceApiClient {
-    return new DeviceApiClient(this.#options.endpoint, tls, { timeoutMs: this.#options.timeoutMs ?? 60_000 });
-  }
-
-  /**
-   * The client for the identity in the files now: they are read before every upload, so a certificate the fleet
-   * client renewed (or a re-enrollment) is used at once, not only after the old one expired or was revoked.
-   */
-  async #client(): Promise<DeviceApiClient> {
-    const { certFile, keyFile, caFile } = this.#options;
-    const tls: DeviceTlsIdentity = {
-      certPem: await readFile(certFile, 'utf8'),
-      keyPem: await readFile(keyFile, 'utf8'),
-      ...(caFile !== undefined && { caPem: await readFile(caFile, 'utf8') }),
-    };
-    const current = this.#api;
-    if (
-      current?.tls.certPem === tls.certPem &&
-      current.tls.keyPem === tls.keyPem &&
-      current.tls.caPem === tls.caPem
-    )
-      return current.client;
-    // An upload still running on the old client fails (and is retried): renewals are rare.
-    current?.client.close();
-    const client = this.#connect(tls);
-    this.#api = { client, tls };
-    return client;
+    for (const file of [options.certFile, options.keyFile, options.caFile]) {
+      if (file !== undefined) readFileSync(file);
+    }
+    // Read before every upload: a certificate the fleet client renewed (or a re-enrollment) is used at once.
+    this.#api = new CurrentTls(
+      async () => ({
+        certPem: await readFile(options.certFile, 'utf8'),
+        keyPem: await readFile(options.keyFile, 'utf8'),
+        ...(options.caFile !== undefined && { caPem: await readFile(options.caFile, 'utf8') }),
+      }),
+      (tls) => new DeviceApiClient(options.endpoint, tls, { timeoutMs: options.timeoutMs ?? 60_000 }),
+      (client) => client.close(),
+    );
   }
 
   /** Where the server puts the key: the fleet's bucket (its output location). */
@@ -88,7 +64,7 @@ export class EdgeFleetObjectStore implements ObjectStore {
 
   async put(key: string, body: Buffer, contentType: string): Promise<void> {
     try {
-      const client = await this.#client();
+      const client = await this.#api.get();
       await client.post(
         'api/v1/device/captures/files',
         { key, contentType, data: body.toString('base64') },
@@ -106,7 +82,6 @@ export class EdgeFleetObjectStore implements ObjectStore {
   }
 
   close(): void {
-    this.#api?.client.close();
-    this.#api = undefined;
+    this.#api.close();
   }
 }

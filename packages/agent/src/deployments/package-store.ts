@@ -5,7 +5,7 @@ import { Agent, request } from 'node:https';
 import { join, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { extractPackageArchive } from '@edgefleet/core';
-import type { DeviceTlsIdentity } from '../fleet/index.js';
+import { CurrentTls, type DeviceTlsIdentity } from '../fleet/index.js';
 
 /** Why a download did not complete: `retry` (no answer, 5xx, cut off: try again later), `fail` (give up). */
 export class PackageDownloadError extends Error {
@@ -30,7 +30,8 @@ export interface PackageStoreOptions {
   root: string;
   /** Where PackageUrl paths are resolved (the device API's origin). */
   endpoint: string;
-  tls: DeviceTlsIdentity;
+  /** The device's certificate files as they are now (read before each download: a renewal is used at once). */
+  tls: () => Promise<DeviceTlsIdentity>;
   timeoutMs: number;
   /** Largest package accepted when the server announces no size. Default 4 GiB. */
   maxPackageBytes?: number;
@@ -51,7 +52,7 @@ const DEFAULT_MAX_PACKAGE_BYTES = 4 * 1024 ** 3;
 export class PackageStore {
   readonly root: string;
   readonly #endpoint: URL;
-  readonly #agent: Agent;
+  readonly #agent: CurrentTls<Agent>;
   readonly #timeoutMs: number;
   readonly #maxBytes: number;
   readonly #onBytes: ((bytes: number) => void) | undefined;
@@ -59,14 +60,19 @@ export class PackageStore {
   constructor(options: PackageStoreOptions) {
     this.root = resolve(options.root);
     this.#endpoint = new URL(options.endpoint);
-    this.#agent = new Agent({
-      cert: options.tls.certPem,
-      key: options.tls.keyPem,
-      ...(options.tls.caPem !== undefined ? { ca: options.tls.caPem } : {}),
-      keepAlive: true,
-      maxSockets: 1,
-      minVersion: 'TLSv1.2',
-    });
+    this.#agent = new CurrentTls(
+      options.tls,
+      (tls) =>
+        new Agent({
+          cert: tls.certPem,
+          key: tls.keyPem,
+          ...(tls.caPem !== undefined ? { ca: tls.caPem } : {}),
+          keepAlive: true,
+          maxSockets: 1,
+          minVersion: 'TLSv1.2',
+        }),
+      (agent) => agent.destroy(),
+    );
     this.#timeoutMs = options.timeoutMs;
     this.#maxBytes = options.maxPackageBytes ?? DEFAULT_MAX_PACKAGE_BYTES;
     this.#onBytes = options.onBytes;
@@ -156,19 +162,29 @@ export class PackageStore {
   }
 
   close(): void {
-    this.#agent.destroy();
+    this.#agent.close();
   }
 
   #inside(path: string): boolean {
     return resolve(path).startsWith(this.root + sep);
   }
 
-  #fetch(path: string, file: string, have: number, limit: number, signal?: AbortSignal): Promise<void> {
+  async #fetch(path: string, file: string, have: number, limit: number, signal?: AbortSignal): Promise<void> {
     const url = new URL(path, this.#endpoint);
     if (url.origin !== this.#endpoint.origin)
-      return Promise.reject(
-        new PackageDownloadError('fail', `the package URL ${path} is not on the device API`),
+      throw new PackageDownloadError('fail', `the package URL ${path} is not on the device API`);
+    let agent: Agent;
+    try {
+      agent = await this.#agent.get();
+    } catch (error) {
+      throw new PackageDownloadError(
+        'retry',
+        `cannot read the device certificate: ${(error as Error).message}`,
+        {
+          cause: error,
+        },
       );
+    }
     return new Promise<void>((resolvePromise, reject) => {
       const retry = (message: string, cause?: unknown) =>
         reject(new PackageDownloadError('retry', message, { cause }));
@@ -176,7 +192,7 @@ export class PackageStore {
         url,
         {
           method: 'GET',
-          agent: this.#agent,
+          agent,
           timeout: this.#timeoutMs,
           headers: have > 0 ? { range: `bytes=${have}-` } : {},
           ...(signal ? { signal } : {}),

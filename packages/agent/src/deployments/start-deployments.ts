@@ -2,10 +2,10 @@ import { join } from 'node:path';
 import type { TrustPolicy } from '@edgefleet/core';
 import type { Registry } from 'prom-client';
 import type { AgentConfig } from '../config/index.js';
-import { DeviceApiClient, fleetDisabledReason, readDeviceTls } from '../fleet/index.js';
+import { CurrentTls, DeviceApiClient, fleetDisabledReason, readDeviceTls } from '../fleet/index.js';
 import type { DeploymentsRepository } from '../state/index.js';
 import { DeploymentMetrics } from './deployment-metrics.js';
-import { startDeploymentPoller } from './deployment-poller.js';
+import { startDeploymentPoller, type DeploymentsSource } from './deployment-poller.js';
 import { PackageStore } from './package-store.js';
 import { UpdateEngine, type DeployableRegistry, type EngineLogger } from './update-engine.js';
 
@@ -42,9 +42,8 @@ export async function startDeployments(
     return undefined;
   }
   const endpoint = config.provider.endpoint!;
-  let tls: Awaited<ReturnType<typeof readDeviceTls>>;
   try {
-    tls = await readDeviceTls(config);
+    await readDeviceTls(config);
   } catch (error) {
     // The agent still serves its models; deployments wait for a restart with readable certificate files.
     logger.error(
@@ -53,6 +52,8 @@ export async function startDeployments(
     );
     return undefined;
   }
+  // The certificate files are read again before each poll and download, so a renewal is used at once.
+  const tls = () => readDeviceTls(config);
   const timeoutMs = 30_000;
   const metrics = options.metricsRegistry && new DeploymentMetrics(options.metricsRegistry);
   const store = new PackageStore({
@@ -62,7 +63,14 @@ export async function startDeployments(
     timeoutMs,
     ...(metrics && { onBytes: (bytes: number) => metrics.downloaded(bytes) }),
   });
-  const client = new DeviceApiClient(endpoint, tls, { timeoutMs });
+  const api = new CurrentTls(
+    tls,
+    (identity) => new DeviceApiClient(endpoint, identity, { timeoutMs }),
+    (client) => client.close(),
+  );
+  const source: DeploymentsSource = {
+    post: async (path, body, schema, signal) => (await api.get()).post(path, body, schema, signal),
+  };
   const engine = new UpdateEngine({
     registry: options.registry,
     repository: options.repository,
@@ -79,7 +87,7 @@ export async function startDeployments(
   });
   const poller = startDeploymentPoller({
     engine,
-    source: client,
+    source,
     ids: { DeviceName: config.device.name!, DeviceFleetName: config.device.fleetName! },
     intervalMs: config.deployments.pollIntervalSeconds * 1000,
     logger,
@@ -92,7 +100,7 @@ export async function startDeployments(
     engine,
     async stop() {
       await Promise.all([poller.stop(), engine.close()]);
-      client.close();
+      api.close();
       store.close();
     },
   };

@@ -26,6 +26,7 @@ import type { AgentMetrics } from '../metrics/index.js';
 import { backoffDelay, interruptibleSleep } from '../retry/index.js';
 import { AgentRunsLedger } from './agent-runs.js';
 import { CertificateRenewal, type CertificateRenewalOptions } from './certificate-renewal.js';
+import { CurrentTls } from './current-tls.js';
 import { DeviceApiClient, DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
 import { HeartbeatComposer, type ActivitySource, type ModelSource, type ProcessProbe } from './telemetry.js';
 
@@ -191,24 +192,15 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
 
   const status: FleetClientStatus = { state: 'starting', heartbeatsSent: 0, consecutiveFailures: 0 };
   const abort = new AbortController();
-  let api: { client: DeviceApiClient; tls: DeviceTlsIdentity } | undefined;
+  // The TLS files are re-read at each registration check, so a renewed or re-enrolled certificate is used.
+  const api = new CurrentTls(
+    () => readDeviceTls(config),
+    (tls) => new DeviceApiClient(endpoint, tls, { timeoutMs: timing.requestTimeoutMs }),
+    (client) => client.close(),
+  );
   let registeredUntil = 0;
   const { sleep, wake } = interruptibleSleep();
-
-  /** The TLS files are re-read at each registration check, so a renewed or re-enrolled certificate is used. */
-  const connect = async (): Promise<DeviceApiClient> => {
-    const tls = await readDeviceTls(config);
-    if (
-      api &&
-      api.tls.certPem === tls.certPem &&
-      api.tls.keyPem === tls.keyPem &&
-      api.tls.caPem === tls.caPem
-    )
-      return api.client;
-    api?.client.close();
-    api = { client: new DeviceApiClient(endpoint, tls, { timeoutMs: timing.requestTimeoutMs }), tls };
-    return api.client;
-  };
+  const connect = (): Promise<DeviceApiClient> => api.get();
 
   const renewal = new CertificateRenewal({
     ...options.renewal,
@@ -390,7 +382,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
         abort.abort();
         wake();
         await running;
-        api?.client.close();
+        api.close();
         status.state = 'stopped';
         await ledger.recordCleanStop().catch(() => {});
       })();

@@ -13,6 +13,7 @@ export {
   type FleetLogger,
   type FleetTiming,
 } from './fleet-client.js';
+export { CurrentTls } from './current-tls.js';
 export { AGENT_RUNS_FILE, AgentRunsLedger, type AgentRuns } from './agent-runs.js';
 export {
   CertificateRenewal,

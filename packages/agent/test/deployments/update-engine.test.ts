@@ -109,7 +109,7 @@ async function device(
   const store = new PackageStore({
     root: join(dataRoot, 'deployments'),
     endpoint: api.endpoint,
-    tls: api.tls,
+    tls: async () => api.tls,
     timeoutMs: 5000,
     ...(options.metrics && { onBytes: (bytes: number) => options.metrics!.downloaded(bytes) }),
   });
