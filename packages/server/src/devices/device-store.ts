@@ -181,6 +181,13 @@ export class DeviceStore {
    * exactly where the last one ended even while devices are added. Each order has an index (0001, 0008).
    */
   async list(filters: DeviceListFilters): Promise<DeviceRecord[]> {
+    const rows = await this.listQuery(filters).execute();
+    const models = await this.modelsOf(rows.map((r) => r.name));
+    return rows.map((row) => this.toRecord(row, models.get(row.name) ?? []));
+  }
+
+  /** The query `list` runs; public so a test can check each order's plan is an index walk. */
+  listQuery(filters: DeviceListFilters) {
     const threshold = this.now() - this.options.offlineAfterMs;
     const order = filters.sortOrder ?? 'asc';
     const key = sortKeyExpression(filters.sortBy ?? 'name');
@@ -238,9 +245,7 @@ export class DeviceStore {
         ),
       );
     }
-    const rows = await query.execute();
-    const models = await this.modelsOf(rows.map((r) => r.name));
-    return rows.map((row) => this.toRecord(row, models.get(row.name) ?? []));
+    return query;
   }
 
   async update(name: string, patch: UpdateDeviceInput): Promise<DeviceRecord> {
