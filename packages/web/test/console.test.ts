@@ -508,6 +508,9 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await page.getByRole('link', { name: 'rollout-1' }).click();
     await page.getByRole('region', { name: 'Stage rest' }).getByText('READYTODEPLOY').waitFor();
     expect(await page.getByRole('button', { name: /Start stage|Stop stage/ }).count()).toBe(0);
+    // The canary's device table is shown, without the admin's cancel column.
+    await page.locator('tr[data-stage-device="unit-1"]').waitFor();
+    expect(await page.getByRole('columnheader', { name: 'Action' }).count()).toBe(0);
     // Token management is admin-only on the server, so the page is not offered.
     expect(await page.getByRole('link', { name: 'Tokens' }).count()).toBe(0);
     // Even with the CSRF token, the server refuses its writes.
