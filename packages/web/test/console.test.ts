@@ -309,7 +309,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await context.close();
   });
 
-  it('creates a deployment plan from the form, starts its stage and watches a real enrolled agent reach DEPLOYED; lists active rollouts and stops one', async () => {
+  it('creates deployment plans from the form (several models, each source), starts a stage and watches a real enrolled agent reach DEPLOYED; lists active rollouts, cancels a device and stops one', async () => {
     // A fleet, a device and an enrollment token over the API; the packaging job mlp-2 is the first test's.
     expect(
       (
@@ -363,6 +363,30 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await form.getByLabel(/^Model handle/).fill('classifier');
     await form.getByRole('button', { name: 'Create plan' }).click();
     await form.getByRole('alert').filter({ hasText: 'rollout-1' }).waitFor();
+    // Several model configs in one plan. An uploaded package as the source: mlp 2.0 was uploaded as ONNX, so
+    // the server refuses it and says why; then a packaging job for one handle and UNDEPLOY for another.
+    await form.getByLabel(/^Plan name/).fill('cleanup-1');
+    const firstModel = form.getByRole('group', { name: 'Model 1' });
+    await firstModel.getByLabel(/^Model handle/).fill('scorer');
+    await firstModel.getByLabel(/^Source/).selectOption('uploaded');
+    await firstModel.getByLabel(/^Model name/).fill('mlp');
+    await firstModel.getByLabel(/^Model version/).fill('2.0');
+    await form.getByRole('button', { name: 'Add model' }).click();
+    const secondModel = form.getByRole('group', { name: 'Model 2' });
+    await secondModel.getByLabel(/^Model handle/).fill('tracker');
+    await secondModel.getByLabel(/^Source/).selectOption('undeploy');
+    expect(await secondModel.getByLabel(/^Packaging job/).count()).toBe(0);
+    await form.getByRole('button', { name: 'Create plan' }).click();
+    await form.getByRole('alert').filter({ hasText: 'uploaded as ONNX' }).waitFor();
+    await firstModel.getByLabel(/^Source/).selectOption('job');
+    await firstModel.getByLabel(/^Packaging job/).selectOption('mlp-2');
+    await form.getByRole('button', { name: 'Create plan' }).click();
+    await page.locator('tr[data-plan="cleanup-1"]').getByText('tracker (undeploy)').waitFor();
+    const cleanup = await api('GET', '/api/v1/deployment-plans/cleanup-1', plane.adminToken);
+    expect(cleanup.body.modelConfigs).toMatchObject([
+      { modelHandle: 'scorer', state: 'DEPLOY', packagingJobName: 'mlp-2' },
+      { modelHandle: 'tracker', state: 'UNDEPLOY' },
+    ]);
     const stored = await api('GET', '/api/v1/deployment-plans/rollout-1', plane.adminToken);
     expect(stored.body.stages.map((stage: { name: string }) => stage.name)).toEqual(['canary', 'rest']);
     expect(stored.body.stages[0].deviceSelection).toEqual({
@@ -400,14 +424,22 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     // A stage whose device never asks stays under way: the overview lists it as an active rollout, the plan
     // shows the device pending, and Stop ends it (the device was never started, so at once).
     expect(
-      (await api('POST', '/api/v1/fleets/depot/devices', plane.adminToken, { devices: [{ name: 'unit-2' }] }))
-        .status,
+      (
+        await api('POST', '/api/v1/fleets/depot/devices', plane.adminToken, {
+          devices: [{ name: 'unit-2' }, { name: 'unit-3' }],
+        })
+      ).status,
     ).toBe(201);
     const held = await api('POST', '/api/v1/deployment-plans', plane.adminToken, {
       name: 'hold-1',
       fleetName: 'depot',
       modelConfigs: [{ modelHandle: 'detector', packagingJobName: 'mlp-2' }],
-      stages: [{ name: 'offline', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['unit-2'] } }],
+      stages: [
+        {
+          name: 'offline',
+          deviceSelection: { subsetType: 'SELECTION', deviceNames: ['unit-2', 'unit-3'] },
+        },
+      ],
     });
     expect(held.status).toBe(201);
     await page.getByRole('link', { name: 'Overview' }).click();
@@ -423,6 +455,14 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       .getByText('READYTODEPLOY', { exact: true })
       .waitFor();
     await offline.getByTestId('stage-status').getByText('INPROGRESS').waitFor();
+    // An admin cancels one device from the stage's table: it is STOPPED with the reason, the stage goes on.
+    await offline.getByRole('button', { name: 'Cancel unit-3' }).click();
+    const cancelled = offline.locator('tr[data-stage-device="unit-3"]');
+    await cancelled.getByText('cancelled by an operator').waitFor();
+    await cancelled.getByText('STOPPED', { exact: true }).waitFor();
+    expect(await cancelled.getByRole('button').count()).toBe(0);
+    await offline.getByTestId('stage-status').getByText('INPROGRESS').waitFor();
+    expect(await offline.getByRole('button', { name: 'Cancel unit-2' }).count()).toBe(1);
     await page.getByRole('button', { name: 'Stop stage offline' }).click();
     await offline.getByTestId('stage-status').getByText('STOPPED').waitFor();
     const stopped = offline.locator('tr[data-stage-device="unit-2"]');
@@ -468,6 +508,9 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await page.getByRole('link', { name: 'rollout-1' }).click();
     await page.getByRole('region', { name: 'Stage rest' }).getByText('READYTODEPLOY').waitFor();
     expect(await page.getByRole('button', { name: /Start stage|Stop stage/ }).count()).toBe(0);
+    // The canary's device table is shown, without the admin's cancel column.
+    await page.locator('tr[data-stage-device="unit-1"]').waitFor();
+    expect(await page.getByRole('columnheader', { name: 'Action' }).count()).toBe(0);
     // Token management is admin-only on the server, so the page is not offered.
     expect(await page.getByRole('link', { name: 'Tokens' }).count()).toBe(0);
     // Even with the CSRF token, the server refuses its writes.
@@ -481,7 +524,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await context.close();
   });
 
-  it('lists 10,000 devices with server-side paging; the first page renders quickly', async () => {
+  it('lists 10,000 devices with server-side paging and sorting; the first page renders quickly', async () => {
     const fleet = await api('POST', '/api/v1/fleets', plane.adminToken, {
       name: 'big',
       outputConfig: { s3OutputLocation: 's3://big/' },
@@ -512,6 +555,30 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await page.getByRole('button', { name: 'Apply' }).click();
     await page.locator('tr[data-device="cam-09999"]').waitFor();
     expect(await page.locator('tr[data-device]').count()).toBe(10);
+
+    // Sortable column headers, from the keyboard: Enter on the sorted column reverses it (server-side).
+    const rows = page.locator('tr[data-device]');
+    const firstRow = () => rows.first().getAttribute('data-device');
+    expect(await page.locator('th[aria-sort="ascending"]').textContent()).toContain('Name');
+    await page.getByRole('button', { name: 'Name', exact: true }).focus();
+    await page.keyboard.press('Enter');
+    await expect.poll(firstRow).toBe('cam-09999');
+    expect(await page.locator('th[aria-sort="descending"]').textContent()).toContain('Name');
+    // Over the whole fleet, by last heartbeat: none has been seen, so the name breaks the tie, and paging
+    // continues in that order.
+    await page.getByLabel('Name contains').fill('');
+    await page.getByRole('button', { name: 'Apply' }).click();
+    await page.getByRole('button', { name: 'Last heartbeat', exact: true }).focus();
+    await page.keyboard.press('Space');
+    await expect.poll(firstRow).toBe('cam-00000');
+    await page.keyboard.press('Enter');
+    await expect.poll(firstRow).toBe('cam-09999');
+    expect(await page.locator('th[aria-sort="descending"]').textContent()).toContain('Last heartbeat');
+    expect(await page.locator('th[aria-sort="ascending"]').count()).toBe(0);
+    await page.getByRole('button', { name: 'Next' }).click();
+    await expect.poll(firstRow).toBe('cam-09949');
+    expect(await rows.count()).toBe(50);
+    expect(await page.getByText('Page 2').count()).toBe(1);
     await context.close();
   });
 });

@@ -49,6 +49,9 @@ const tagFilterSchema = z
     return eq < 0 ? { key: text } : { key: text.slice(0, eq), value: text.slice(eq + 1) };
   });
 
+export const deviceSortKeySchema = z.enum(['name', 'lastSeen', 'registered']);
+export type DeviceSortKey = z.infer<typeof deviceSortKeySchema>;
+
 export const deviceListQuerySchema = z.object({
   fleet: fleetNameSchema.optional(),
   tag: z
@@ -65,6 +68,10 @@ export const deviceListQuerySchema = z.object({
   status: z.enum(['online', 'offline']).optional(),
   modelName: z.string().min(1).max(255).optional().describe('Devices that reported this model'),
   latestHeartbeatAfter: z.iso.datetime().optional(),
+  sortBy: deviceSortKeySchema
+    .default('name')
+    .describe('name, lastSeen (latest heartbeat; never-seen devices sort as oldest) or registered'),
+  sortOrder: z.enum(['asc', 'desc']).default('asc'),
 });
 export type DeviceListQuery = z.output<typeof deviceListQuerySchema>;
 

@@ -1,4 +1,4 @@
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Expression, type Kysely, type Transaction } from 'kysely';
 import { tagListSchema, type Tag } from '../fields/index.js';
 import { conflict, notFound } from '../errors/index.js';
 import {
@@ -9,7 +9,27 @@ import {
   type DeviceCertificatesTable,
   type DevicesTable,
 } from '../storage/index.js';
-import type { DeviceInput, IdentityStatus, UpdateDeviceInput } from './device-schemas.js';
+import type { DeviceInput, DeviceSortKey, IdentityStatus, UpdateDeviceInput } from './device-schemas.js';
+
+/** The value a device is sorted by under `sortBy`, as a page token stores it. */
+export function deviceSortKeyOf(device: DeviceRecord, sortBy: DeviceSortKey): string | number {
+  if (sortBy === 'lastSeen') return device.lastHeartbeatAt ?? NEVER_SEEN;
+  if (sortBy === 'registered') return device.registeredAt;
+  return device.name;
+}
+
+/** A device that never sent a heartbeat sorts as seen before any that did. */
+const NEVER_SEEN = -1;
+
+/**
+ * The SQL each sort key orders by. The lastSeen expression is written out literally (no parameter) so it
+ * matches the expression index of migration 0008 on both engines.
+ */
+function sortKeyExpression(sortBy: DeviceSortKey): Expression<unknown> {
+  if (sortBy === 'lastSeen') return sql`coalesce(last_heartbeat_at, -1)`;
+  if (sortBy === 'registered') return sql.ref('registered_at');
+  return sql.ref('name');
+}
 
 export interface DeviceModelState {
   name: string;
@@ -48,9 +68,17 @@ export interface DeviceIdentity {
   certificate?: DeviceCertificateRecord;
 }
 
+/** Where the previous page ended: its last device's sort key and name (the tie-breaker). */
+export interface DeviceListPosition {
+  key: string | number;
+  name: string;
+}
+
 export interface DeviceListFilters {
   limit: number;
-  after?: string;
+  sortBy?: DeviceSortKey;
+  sortOrder?: 'asc' | 'desc';
+  after?: DeviceListPosition;
   fleet?: string;
   tags?: { key: string; value?: string }[];
   nameContains?: string;
@@ -148,11 +176,39 @@ export class DeviceStore {
     return device;
   }
 
-  /** Devices in name order, filtered; keyset pagination by name. */
+  /**
+   * Devices in the requested order, filtered; keyset pagination on (sort key, name), so a page continues
+   * exactly where the last one ended even while devices are added. Each order has an index (0001, 0008).
+   */
   async list(filters: DeviceListFilters): Promise<DeviceRecord[]> {
+    const rows = await this.listQuery(filters).execute();
+    const models = await this.modelsOf(rows.map((r) => r.name));
+    return rows.map((row) => this.toRecord(row, models.get(row.name) ?? []));
+  }
+
+  /** The query `list` runs; public so a test can check each order's plan is an index walk. */
+  listQuery(filters: DeviceListFilters) {
     const threshold = this.now() - this.options.offlineAfterMs;
-    let query = this.db.selectFrom('devices').selectAll().orderBy('name').limit(filters.limit);
-    if (filters.after !== undefined) query = query.where('name', '>', filters.after);
+    const order = filters.sortOrder ?? 'asc';
+    const key = sortKeyExpression(filters.sortBy ?? 'name');
+    let query = this.db
+      .selectFrom('devices')
+      .selectAll()
+      .orderBy(key, order)
+      .$if(filters.sortBy !== undefined && filters.sortBy !== 'name', (q) => q.orderBy('name', order))
+      .limit(filters.limit);
+    if (filters.after !== undefined) {
+      const { key: afterKey, name: afterName } = filters.after;
+      const beyond = sql.raw(order === 'asc' ? '>' : '<');
+      // A row-value comparison, so both engines walk the (key, name) index from the position onwards.
+      query =
+        filters.sortBy === undefined || filters.sortBy === 'name'
+          ? query.where(sql<boolean>`name ${beyond} ${afterName}`)
+          : query.where(
+              // The leading-key bound alone is what lets SQLite seek into the index on an expression.
+              sql<boolean>`${key} ${sql.raw(order === 'asc' ? '>=' : '<=')} ${afterKey} and (${key}, name) ${beyond} (${afterKey}, ${afterName})`,
+            );
+    }
     if (filters.fleet !== undefined) query = query.where('fleet_name', '=', filters.fleet);
     if (filters.nameContains !== undefined)
       query = query.where(containsIgnoringCase('name', filters.nameContains));
@@ -189,9 +245,7 @@ export class DeviceStore {
         ),
       );
     }
-    const rows = await query.execute();
-    const models = await this.modelsOf(rows.map((r) => r.name));
-    return rows.map((row) => this.toRecord(row, models.get(row.name) ?? []));
+    return query;
   }
 
   async update(name: string, patch: UpdateDeviceInput): Promise<DeviceRecord> {

@@ -12,7 +12,15 @@ import {
   type DeviceSummaryView,
   type DeviceView,
 } from './device-schemas.js';
-import type { DeviceCertificateRecord, DeviceIdentity, DeviceRecord, DeviceStore } from './device-store.js';
+import { ApiError } from '../http/errors.js';
+import {
+  deviceSortKeyOf,
+  type DeviceCertificateRecord,
+  type DeviceIdentity,
+  type DeviceListPosition,
+  type DeviceRecord,
+  type DeviceStore,
+} from './device-store.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -91,13 +99,18 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
     url: '/api/v1/devices',
     auth: 'read',
     tag: 'devices',
-    summary: 'List devices in name order, filtered by fleet, tags, name, online status, model',
+    summary:
+      'List devices sorted by name, last heartbeat or registration time, filtered by fleet, tags, name, online status, model',
     query: pageQuerySchema.extend(deviceListQuerySchema.shape),
     response: z.object({ devices: z.array(deviceSummarySchema), nextToken: z.string().optional() }),
     handler: async ({ query }) => {
-      const after = decodePageToken('devices', query.nextToken);
+      // A token names the order it was taken in, so it cannot continue a listing sorted another way.
+      const listing = `devices by ${query.sortBy} ${query.sortOrder}`;
+      const after = decodeDevicePosition(listing, query.nextToken);
       const rows = await devices.list({
         limit: query.limit + 1,
+        sortBy: query.sortBy,
+        sortOrder: query.sortOrder,
         ...(after !== undefined ? { after } : {}),
         ...(query.fleet !== undefined ? { fleet: query.fleet } : {}),
         tags: query.tag,
@@ -108,7 +121,9 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
           ? { latestHeartbeatAfter: Date.parse(query.latestHeartbeatAfter) }
           : {}),
       });
-      const page = toPage('devices', rows, query.limit, (d) => d.name);
+      const page = toPage(listing, rows, query.limit, (d) =>
+        JSON.stringify([deviceSortKeyOf(d, query.sortBy), d.name]),
+      );
       return {
         devices: page.items.map(deviceSummaryView),
         ...(page.nextToken ? { nextToken: page.nextToken } : {}),
@@ -156,3 +171,24 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
     },
   });
 };
+
+/** The (sort key, name) a device page token holds; a token from another listing or order is a 400. */
+const devicePositionSchema = z.tuple([z.union([z.string(), z.number().int()]), z.string()]);
+
+function decodeDevicePosition(listing: string, token: string | undefined): DeviceListPosition | undefined {
+  const encoded = decodePageToken(listing, token);
+  if (encoded === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(encoded);
+  } catch {
+    parsed = undefined;
+  }
+  const position = devicePositionSchema.safeParse(parsed);
+  if (!position.success) {
+    throw new ApiError(400, 'ValidationError', `nextToken is not a token from this ${listing} listing`, {
+      in: 'querystring',
+    });
+  }
+  return { key: position.data[0], name: position.data[1] };
+}

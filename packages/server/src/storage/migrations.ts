@@ -1,5 +1,12 @@
 /* eslint-disable @typescript-eslint/no-explicit-any -- migrations work on the schema as it was, not the typed one */
-import { Migrator, type Kysely, type Migration, type MigrationProvider, type MigrationResult } from 'kysely';
+import {
+  Migrator,
+  sql,
+  type Kysely,
+  type Migration,
+  type MigrationProvider,
+  type MigrationResult,
+} from 'kysely';
 
 /**
  * Versioned schema migrations, held in code (not read from a folder) so that they run the same from `src`
@@ -360,6 +367,26 @@ const migrations: Record<string, Migration> = {
         .on('deployment_events')
         .columns(['plan_name', 'at', 'id'])
         .execute();
+    },
+  },
+  // The console's sortable device list (devices/): one index per sort key, each ending in the name that
+  // breaks ties, so a sorted page is an index range scan at any fleet size. lastSeen sorts never-seen
+  // devices as -1; the expression is spelt exactly as device-store.ts queries it. And the console change
+  // feed's per-poll max(updated_at) over the deployment tables (console/change-feed.ts): with these it
+  // reads one index entry per table instead of scanning every target row.
+  '0008_device_sort_and_feed_indexes': {
+    async up(db: Kysely<any>): Promise<void> {
+      await sql`create index devices_last_seen on devices (coalesce(last_heartbeat_at, -1), name)`.execute(
+        db,
+      );
+      await db.schema
+        .createIndex('devices_registered')
+        .on('devices')
+        .columns(['registered_at', 'name'])
+        .execute();
+      for (const table of ['deployment_plans', 'deployment_stages', 'deployment_targets']) {
+        await db.schema.createIndex(`${table}_updated_at`).on(table).column('updated_at').execute();
+      }
     },
   },
 };

@@ -152,6 +152,84 @@ describe.each(engines)('device routes on $engine', (fixture) => {
     expect(seen).toEqual(['cam-1', 'cam-2', 'cam-3', 'gate-1', 'gate-2']);
   });
 
+  it.skipIf(!fixture.available)(
+    'sorts by last heartbeat or registration, paging stably on ties',
+    async () => {
+      const db = t.server.database.db;
+      const base = Date.now() - 3_600_000;
+      // gate-1 and gate-2 share a heartbeat, so the name breaks the tie; cam-3 has never been seen.
+      const seen: Record<string, number | null> = {
+        'cam-1': base + 3000,
+        'cam-2': base + 1000,
+        'cam-3': null,
+        'gate-1': base + 2000,
+        'gate-2': base + 2000,
+      };
+      for (const [name, at] of Object.entries(seen)) {
+        await db.updateTable('devices').set({ last_heartbeat_at: at }).where('name', '=', name).execute();
+      }
+      const registered = ['gate-2', 'cam-3', 'gate-1', 'cam-1', 'cam-2'];
+      for (const [i, name] of registered.entries()) {
+        await db
+          .updateTable('devices')
+          .set({ registered_at: base + i })
+          .where('name', '=', name)
+          .execute();
+      }
+      const all = async (query: string, limit: number) => {
+        const collected: string[] = [];
+        let next: string | undefined;
+        do {
+          const page = await t.call(
+            'GET',
+            `/api/v1/devices?${query}&limit=${limit}${next ? `&nextToken=${next}` : ''}`,
+            { token: t.readToken },
+          );
+          expect(page.status, query).toBe(200);
+          collected.push(...names(page.body));
+          next = page.body.nextToken;
+        } while (next);
+        return collected;
+      };
+      const bySeen = ['cam-3', 'cam-2', 'gate-1', 'gate-2', 'cam-1'];
+      for (const limit of [1, 2, 50]) {
+        expect(await all('sortBy=lastSeen', limit)).toEqual(bySeen);
+        expect(await all('sortBy=lastSeen&sortOrder=desc', limit)).toEqual([...bySeen].reverse());
+        expect(await all('sortBy=registered', limit)).toEqual(registered);
+        expect(await all('sortBy=registered&sortOrder=desc', limit)).toEqual([...registered].reverse());
+        expect(await all('sortBy=name&sortOrder=desc', limit)).toEqual([
+          'gate-2',
+          'gate-1',
+          'cam-3',
+          'cam-2',
+          'cam-1',
+        ]);
+      }
+      expect(await all('sortBy=lastSeen&sortOrder=desc&fleet=gates', 1)).toEqual(['gate-2', 'gate-1']);
+
+      const first = await t.call('GET', '/api/v1/devices?sortBy=lastSeen&limit=2', { token: t.readToken });
+      const token = first.body.nextToken as string;
+      // A token continues only the order it was taken in.
+      expect(
+        await t.call('GET', `/api/v1/devices?sortBy=registered&limit=2&nextToken=${token}`, {
+          token: t.readToken,
+        }),
+      ).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
+      expect(
+        await t.call('GET', `/api/v1/devices?sortBy=lastSeen&sortOrder=desc&nextToken=${token}`, {
+          token: t.readToken,
+        }),
+      ).toMatchObject({ status: 400 });
+      const badSort = await t.call('GET', '/api/v1/devices?sortBy=age', { token: t.readToken });
+      expect(badSort).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
+      expect(JSON.stringify(badSort.body)).toContain('sortBy');
+      expect(JSON.stringify(badSort.body)).toContain('lastSeen');
+      expect(await t.call('GET', '/api/v1/devices?sortOrder=up', { token: t.readToken })).toMatchObject({
+        status: 400,
+      });
+    },
+  );
+
   it.skipIf(!fixture.available)('updates a device, replacing its tags', async () => {
     const updated = await t.call('PATCH', '/api/v1/devices/cam-3', {
       token: t.adminToken,

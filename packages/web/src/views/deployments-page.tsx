@@ -10,6 +10,7 @@ import { href } from '../router.js';
 type CreatePlanBody =
   ApiPaths['/api/v1/deployment-plans']['post']['requestBody']['content']['application/json'];
 type StageInput = NonNullable<CreatePlanBody['stages']>[number];
+type ModelConfigInput = CreatePlanBody['modelConfigs'][number];
 type SubsetType = StageInput['deviceSelection']['subsetType'];
 type FailurePolicy = NonNullable<StageInput['failureHandlingPolicy']>;
 
@@ -86,6 +87,34 @@ function describeModelConfig(config: {
   if (config.state === 'UNDEPLOY') return `${config.modelHandle} (undeploy)`;
   const source = config.packagingJobName ?? `${config.modelName ?? ''} ${config.modelVersion ?? ''}`;
   return `${config.modelHandle} ← ${source}`;
+}
+
+/** Where a model config's package comes from, or UNDEPLOY (remove the handle's model). */
+type ModelSource = 'job' | 'uploaded' | 'undeploy';
+
+interface ModelConfigDraft {
+  key: number;
+  handle: string;
+  source: ModelSource;
+  /** A COMPLETED packaging job (source job). */
+  job: string;
+  /** An uploaded signed package (source uploaded). */
+  modelName: string;
+  modelVersion: string;
+}
+
+function newModelConfig(key: number): ModelConfigDraft {
+  return { key, handle: '', source: 'job', job: '', modelName: '', modelVersion: '' };
+}
+
+/** A draft as the API wants it: only the fields of its source; the server checks the rest. */
+function toModelConfigInput(draft: ModelConfigDraft, defaultJob: string): ModelConfigInput {
+  const modelHandle = draft.handle.trim();
+  if (draft.source === 'undeploy') return { modelHandle, state: 'UNDEPLOY' };
+  if (draft.source === 'uploaded') {
+    return { modelHandle, modelName: draft.modelName.trim(), modelVersion: draft.modelVersion.trim() };
+  }
+  return { modelHandle, packagingJobName: draft.job !== '' ? draft.job : defaultJob };
 }
 
 interface StageDraft {
@@ -168,6 +197,7 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
   const { api } = useApp();
   const action = useAction();
   const [stages, setStages] = useState<StageDraft[]>([newStage(0, 'all')]);
+  const [models, setModels] = useState<ModelConfigDraft[]>([newModelConfig(0)]);
   const fleets = useLoad(
     async () => must(await api.GET('/api/v1/fleets', { params: { query: { limit: 500 } } })).fleets,
     [],
@@ -181,6 +211,10 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
   );
   const update = (key: number, change: Partial<StageDraft>) =>
     setStages((current) => current.map((stage) => (stage.key === key ? { ...stage, ...change } : stage)));
+  const updateModel = (key: number, change: Partial<ModelConfigDraft>) =>
+    setModels((current) => current.map((model) => (model.key === key ? { ...model, ...change } : model)));
+  // The job select shows its first option until the operator picks one; that is the job to send.
+  const firstJob = jobs.data?.[0]?.name ?? '';
   return (
     <Section title="Create a deployment plan">
       <form
@@ -197,12 +231,7 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                 body: {
                   name: String(form.get('name') ?? ''),
                   fleetName: String(form.get('fleet') ?? ''),
-                  modelConfigs: [
-                    {
-                      modelHandle: String(form.get('handle') ?? ''),
-                      packagingJobName: String(form.get('job') ?? ''),
-                    },
-                  ],
+                  modelConfigs: models.map((model) => toModelConfigInput(model, firstJob)),
                   stages: stages.map(toStageInput),
                   ...(options !== undefined && { options }),
                 },
@@ -210,6 +239,7 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
             );
             formElement.reset();
             setStages([newStage(0, 'all')]);
+            setModels([newModelConfig(0)]);
             onCreated();
           });
         }}
@@ -229,19 +259,6 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
             </select>
           </label>
           <label>
-            Model handle <input name="handle" required autoComplete="off" />
-          </label>
-          <label>
-            Packaging job
-            <select name="job" required>
-              {(jobs.data ?? []).map((job) => (
-                <option key={job.name} value={job.name}>
-                  {job.name} ({job.modelName} {job.modelVersion})
-                </option>
-              ))}
-            </select>
-          </label>
-          <label>
             Device timeout (s) <input name="timeout" type="number" min={10} placeholder="3600" />
           </label>
           <label>
@@ -251,6 +268,89 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
             Abort at (% failed) <input name="abort" type="number" min={1} max={100} />
           </label>
         </div>
+        <fieldset>
+          <legend>Models</legend>
+          {models.map((model, index) => (
+            <div class="inline-form" key={model.key} role="group" aria-label={`Model ${index + 1}`}>
+              <label>
+                Model handle
+                <input
+                  required
+                  autoComplete="off"
+                  value={model.handle}
+                  onInput={(e) => updateModel(model.key, { handle: e.currentTarget.value })}
+                />
+              </label>
+              <label>
+                Source
+                <select
+                  value={model.source}
+                  onChange={(e) => updateModel(model.key, { source: e.currentTarget.value as ModelSource })}
+                >
+                  <option value="job">Packaging job</option>
+                  <option value="uploaded">Uploaded signed package</option>
+                  <option value="undeploy">Undeploy (remove the model)</option>
+                </select>
+              </label>
+              {model.source === 'job' ? (
+                <label>
+                  Packaging job
+                  <select
+                    required
+                    value={model.job !== '' ? model.job : firstJob}
+                    onChange={(e) => updateModel(model.key, { job: e.currentTarget.value })}
+                  >
+                    {(jobs.data ?? []).map((job) => (
+                      <option key={job.name} value={job.name}>
+                        {job.name} ({job.modelName} {job.modelVersion})
+                      </option>
+                    ))}
+                  </select>
+                </label>
+              ) : null}
+              {model.source === 'uploaded' ? (
+                <>
+                  <label>
+                    Model name
+                    <input
+                      required
+                      autoComplete="off"
+                      value={model.modelName}
+                      onInput={(e) => updateModel(model.key, { modelName: e.currentTarget.value })}
+                    />
+                  </label>
+                  <label>
+                    Model version
+                    <input
+                      required
+                      autoComplete="off"
+                      value={model.modelVersion}
+                      onInput={(e) => updateModel(model.key, { modelVersion: e.currentTarget.value })}
+                    />
+                  </label>
+                </>
+              ) : null}
+              {models.length > 1 ? (
+                <button
+                  type="button"
+                  class="secondary"
+                  onClick={() => setModels((current) => current.filter((m) => m.key !== model.key))}
+                >
+                  Remove model {index + 1}
+                </button>
+              ) : null}
+            </div>
+          ))}
+          <button
+            type="button"
+            class="secondary"
+            onClick={() =>
+              setModels((current) => [...current, newModelConfig(Math.max(...current.map((m) => m.key)) + 1)])
+            }
+          >
+            Add model
+          </button>
+        </fieldset>
         <fieldset>
           <legend>Stages, in the order they run</legend>
           {stages.map((stage, index) => (
@@ -426,6 +526,8 @@ type StageView =
   ApiPaths['/api/v1/deployment-plans/{plan}']['get']['responses']['200']['content']['application/json']['stages'][number];
 
 const STOPPABLE = new Set(['INPROGRESS', 'STARTING']);
+/** Device statuses the server lets an operator cancel (not taken yet, or taken and not finished). */
+const CANCELLABLE = new Set(['READYTODEPLOY', 'INPROGRESS']);
 
 function StageCard({
   planName,
@@ -521,6 +623,7 @@ function StageCard({
                 <th scope="col">Reason</th>
                 <th scope="col">Attempts</th>
                 <th scope="col">Last seen</th>
+                {canWrite ? <th scope="col">Action</th> : null}
               </tr>
             </thead>
             <tbody>
@@ -539,6 +642,29 @@ function StageCard({
                   <td>
                     <When at={device.lastSeenAt} />
                   </td>
+                  {canWrite ? (
+                    <td>
+                      {CANCELLABLE.has(device.status) ? (
+                        <button
+                          type="button"
+                          class="danger"
+                          onClick={() =>
+                            action.run(async () => {
+                              must(
+                                await api.POST('/api/v1/deployment-plans/{plan}/devices/{device}/cancel', {
+                                  params: { path: { plan: planName, device: device.deviceName } },
+                                }),
+                              );
+                              devices.reload();
+                              onChanged();
+                            })
+                          }
+                        >
+                          Cancel {device.deviceName}
+                        </button>
+                      ) : null}
+                    </td>
+                  ) : null}
                 </tr>
               ))}
             </tbody>

@@ -29,10 +29,52 @@ function filtersFromHash(): Filters {
   };
 }
 
-/** The device list: filtered and paged by the server (name order), so it stays fast at any fleet size. */
+type SortBy = 'name' | 'lastSeen' | 'registered';
+interface Sort {
+  sortBy: SortBy;
+  sortOrder: 'asc' | 'desc';
+}
+
+/**
+ * A column header that sorts the list: a real button (focusable, Enter/Space) inside a header cell whose
+ * aria-sort tells assistive technology the current order. Clicking the sorted column reverses it.
+ */
+function SortHeader({
+  label,
+  by,
+  sort,
+  onSort,
+}: {
+  label: string;
+  by: SortBy;
+  sort: Sort;
+  onSort(next: Sort): void;
+}) {
+  const active = sort.sortBy === by;
+  const ariaSort = active ? (sort.sortOrder === 'asc' ? 'ascending' : 'descending') : 'none';
+  return (
+    <th scope="col" aria-sort={ariaSort}>
+      <button
+        type="button"
+        class="sort-header"
+        data-sort={by}
+        onClick={() => onSort({ sortBy: by, sortOrder: active && sort.sortOrder === 'asc' ? 'desc' : 'asc' })}
+      >
+        {label}
+        <span aria-hidden="true">{active ? (sort.sortOrder === 'asc' ? ' ▲' : ' ▼') : ''}</span>
+      </button>
+    </th>
+  );
+}
+
+/**
+ * The device list: filtered, sorted and paged by the server (keyset on the sort key and name), so it stays
+ * fast at any fleet size.
+ */
 export function DevicesPage() {
   const { api, live, canWrite } = useApp();
   const [filters, setFilters] = useState<Filters>(filtersFromHash);
+  const [sort, setSort] = useState<Sort>({ sortBy: 'name', sortOrder: 'asc' });
   // Tokens of the pages before this one, so "Previous" can go back without the server keeping state.
   const [pageTokens, setPageTokens] = useState<(string | undefined)[]>([undefined]);
   const pageToken = pageTokens[pageTokens.length - 1];
@@ -43,6 +85,8 @@ export function DevicesPage() {
   const page = useLoad(async () => {
     const query = {
       limit: PAGE_SIZE,
+      sortBy: sort.sortBy,
+      sortOrder: sort.sortOrder,
       ...(pageToken !== undefined ? { nextToken: pageToken } : {}),
       ...(filters.fleet !== '' ? { fleet: filters.fleet } : {}),
       ...(filters.status !== '' ? { status: filters.status } : {}),
@@ -51,12 +95,17 @@ export function DevicesPage() {
       ...(filters.nameContains !== '' ? { nameContains: filters.nameContains } : {}),
     };
     return must(await api.GET('/api/v1/devices', { params: { query } }));
-  }, [filters, pageToken]);
+  }, [filters, sort, pageToken]);
   useLive(live, ['devices'], page.reload);
   useLive(live, ['fleets'], fleets.reload);
 
   const applyFilters = (next: Filters) => {
     setFilters(next);
+    setPageTokens([undefined]);
+  };
+  // A page token continues only the order it was taken in: a new order starts again at page 1.
+  const applySort = (next: Sort) => {
+    setSort(next);
     setPageTokens([undefined]);
   };
 
@@ -118,10 +167,11 @@ export function DevicesPage() {
         <table aria-label="Devices" aria-busy={page.loading}>
           <thead>
             <tr>
-              <th scope="col">Name</th>
+              <SortHeader label="Name" by="name" sort={sort} onSort={applySort} />
               <th scope="col">Fleet</th>
               <th scope="col">Status</th>
-              <th scope="col">Last heartbeat</th>
+              <SortHeader label="Last heartbeat" by="lastSeen" sort={sort} onSort={applySort} />
+              <SortHeader label="Registered" by="registered" sort={sort} onSort={applySort} />
               <th scope="col">Agent</th>
               <th scope="col">Models</th>
             </tr>
@@ -138,6 +188,9 @@ export function DevicesPage() {
                 </td>
                 <td>
                   <When at={device.latestHeartbeat} />
+                </td>
+                <td>
+                  <When at={device.registeredAt} />
                 </td>
                 <td>{device.agentVersion ?? '–'}</td>
                 <td>{device.models.map((m) => `${m.name} ${m.version}`).join(', ') || '–'}</td>

@@ -146,7 +146,7 @@ export function deviceOperations({ fleets, devices }: DeviceOperationDeps): Oper
             devices.list({
               limit,
               ...present({
-                after,
+                after: after === undefined ? undefined : { key: after, name: after },
                 fleet: input.DeviceFleetName,
                 modelName: input.ModelName,
                 latestHeartbeatAfter: input.LatestHeartbeatAfter,
