@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   cpuSecondsOf,
-  csrFor,
+  enrollDevices,
   MAIN,
   request,
   root,
@@ -104,43 +104,10 @@ async function benchEngine(engine) {
       body: { name: fleet, outputConfig: { s3OutputLocation: 's3://bench/captures' } },
     });
     const names = Array.from({ length: DEVICES }, (_, i) => `dev-${String(i).padStart(5, '0')}`);
-    for (let i = 0; i < names.length; i += 100) {
-      const r = await request(operator, `${server.operatorUrl}/api/v1/fleets/${fleet}/devices`, {
-        method: 'POST',
-        headers: admin,
-        body: { devices: names.slice(i, i + 100).map((name) => ({ name })) },
-      });
-      if (r.status !== 201) throw new Error(`register: ${JSON.stringify(r.body)}`);
-    }
-    const devices = [];
-    for (const name of names) {
-      const token = await request(
-        operator,
-        `${server.operatorUrl}/api/v1/devices/${name}/enrollment-tokens`,
-        {
-          method: 'POST',
-          headers: admin,
-          body: {},
-        },
-      );
-      const { csr, key } = csrFor(name);
-      const enrolled = await request(operator, `${server.operatorUrl}/api/v1/enroll`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${token.body.token}` },
-        body: { csr },
-      });
-      if (enrolled.status !== 201) throw new Error(`enroll: ${JSON.stringify(enrolled.body)}`);
-      devices.push({
-        name,
-        agent: new https.Agent({
-          keepAlive: true,
-          maxSockets: 1,
-          ca: enrolled.body.caCertificatePem,
-          cert: enrolled.body.certificatePem,
-          key,
-        }),
-      });
-    }
+    const devices = (await enrollDevices(server, fleet, names)).map(({ name, tls }) => ({
+      name,
+      agent: new https.Agent({ keepAlive: true, maxSockets: 1, ...tls }),
+    }));
 
     let phase = 'warmup';
     let sent = 0;
