@@ -272,15 +272,13 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
           <legend>Models</legend>
           {models.map((model, index) => (
             <div class="inline-form" key={model.key} role="group" aria-label={`Model ${index + 1}`}>
-              <label>
-                Model handle
-                <input
-                  required
-                  autoComplete="off"
-                  value={model.handle}
-                  onInput={(e) => updateModel(model.key, { handle: e.currentTarget.value })}
-                />
-              </label>
+              <DraftField
+                label="Model handle"
+                required
+                autoComplete="off"
+                value={model.handle}
+                onValue={(value) => updateModel(model.key, { handle: value })}
+              />
               <label>
                 Source
                 <select
@@ -310,24 +308,20 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
               ) : null}
               {model.source === 'uploaded' ? (
                 <>
-                  <label>
-                    Model name
-                    <input
-                      required
-                      autoComplete="off"
-                      value={model.modelName}
-                      onInput={(e) => updateModel(model.key, { modelName: e.currentTarget.value })}
-                    />
-                  </label>
-                  <label>
-                    Model version
-                    <input
-                      required
-                      autoComplete="off"
-                      value={model.modelVersion}
-                      onInput={(e) => updateModel(model.key, { modelVersion: e.currentTarget.value })}
-                    />
-                  </label>
+                  <DraftField
+                    label="Model name"
+                    required
+                    autoComplete="off"
+                    value={model.modelName}
+                    onValue={(value) => updateModel(model.key, { modelName: value })}
+                  />
+                  <DraftField
+                    label="Model version"
+                    required
+                    autoComplete="off"
+                    value={model.modelVersion}
+                    onValue={(value) => updateModel(model.key, { modelVersion: value })}
+                  />
                 </>
               ) : null}
               {models.length > 1 ? (
@@ -355,14 +349,12 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
           <legend>Stages, in the order they run</legend>
           {stages.map((stage, index) => (
             <div class="inline-form" key={stage.key} role="group" aria-label={`Stage ${index + 1}`}>
-              <label>
-                Stage name
-                <input
-                  required
-                  value={stage.name}
-                  onInput={(e) => update(stage.key, { name: e.currentTarget.value })}
-                />
-              </label>
+              <DraftField
+                label="Stage name"
+                required
+                value={stage.name}
+                onValue={(value) => update(stage.key, { name: value })}
+              />
               <label>
                 Selection
                 <select
@@ -396,13 +388,11 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                   />
                 )}
               </label>
-              <label>
-                Tags (key=value, …)
-                <input
-                  value={stage.tags}
-                  onInput={(e) => update(stage.key, { tags: e.currentTarget.value })}
-                />
-              </label>
+              <DraftField
+                label="Tags (key=value, …)"
+                value={stage.tags}
+                onValue={(value) => update(stage.key, { tags: value })}
+              />
               <label>
                 On failure
                 <select
@@ -686,4 +676,31 @@ function describeSelection(selection: StageView['deviceSelection']): string {
         : `devices whose name contains “${selection.deviceNameContains ?? ''}”`;
   const tags = Object.entries(selection.tags ?? {});
   return tags.length === 0 ? base : `${base} tagged ${tags.map(([k, v]) => `${k}=${v}`).join(', ')}`;
+}
+
+/** A labelled text input bound to one field of a draft (model or stage) in the plan form. */
+function DraftField({
+  label,
+  value,
+  onValue,
+  required = false,
+  autoComplete,
+}: {
+  label: string;
+  value: string;
+  onValue(value: string): void;
+  required?: boolean;
+  autoComplete?: 'off';
+}) {
+  return (
+    <label>
+      {label}
+      <input
+        required={required}
+        autoComplete={autoComplete}
+        value={value}
+        onInput={(e) => onValue(e.currentTarget.value)}
+      />
+    </label>
+  );
 }
