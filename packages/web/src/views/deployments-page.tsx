@@ -1,9 +1,9 @@
-import { useState } from 'preact/hooks';
 import { must, type ApiPaths } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, Section, Stat, StatusBadge, When } from '../components/ui.js';
 import { useAction } from '../components/use-action.js';
+import { useDraftList } from '../components/use-draft-list.js';
 import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
 
@@ -134,10 +134,11 @@ const SUBSET_VALUE_LABEL: Record<SubsetType, string> = {
   NAMECONTAINS: 'Device name contains',
 };
 
-function newStage(key: number, name: string): StageDraft {
+/** The first stage covers all devices by default; the ones added after it are numbered. */
+function newStage(key: number, index: number): StageDraft {
   return {
     key,
-    name,
+    name: index === 0 ? 'all' : `stage-${index + 1}`,
     subsetType: 'PERCENTAGE',
     value: '100',
     tags: '',
@@ -196,8 +197,8 @@ function planOptions(form: FormData): PlanOptions | undefined {
 function CreatePlan({ onCreated }: { onCreated(): void }) {
   const { api } = useApp();
   const action = useAction();
-  const [stages, setStages] = useState<StageDraft[]>([newStage(0, 'all')]);
-  const [models, setModels] = useState<ModelConfigDraft[]>([newModelConfig(0)]);
+  const stages = useDraftList(newStage);
+  const models = useDraftList(newModelConfig);
   const fleets = useLoad(
     async () => must(await api.GET('/api/v1/fleets', { params: { query: { limit: 500 } } })).fleets,
     [],
@@ -209,10 +210,6 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
       ).jobs,
     [],
   );
-  const update = (key: number, change: Partial<StageDraft>) =>
-    setStages((current) => current.map((stage) => (stage.key === key ? { ...stage, ...change } : stage)));
-  const updateModel = (key: number, change: Partial<ModelConfigDraft>) =>
-    setModels((current) => current.map((model) => (model.key === key ? { ...model, ...change } : model)));
   // The job select shows its first option until the operator picks one; that is the job to send.
   const firstJob = jobs.data?.[0]?.name ?? '';
   return (
@@ -231,15 +228,15 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                 body: {
                   name: String(form.get('name') ?? ''),
                   fleetName: String(form.get('fleet') ?? ''),
-                  modelConfigs: models.map((model) => toModelConfigInput(model, firstJob)),
-                  stages: stages.map(toStageInput),
+                  modelConfigs: models.items.map((model) => toModelConfigInput(model, firstJob)),
+                  stages: stages.items.map(toStageInput),
                   ...(options !== undefined && { options }),
                 },
               }),
             );
             formElement.reset();
-            setStages([newStage(0, 'all')]);
-            setModels([newModelConfig(0)]);
+            stages.reset();
+            models.reset();
             onCreated();
           });
         }}
@@ -270,20 +267,20 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
         </div>
         <fieldset>
           <legend>Models</legend>
-          {models.map((model, index) => (
+          {models.items.map((model, index) => (
             <div class="inline-form" key={model.key} role="group" aria-label={`Model ${index + 1}`}>
               <DraftField
                 label="Model handle"
                 required
-                autoComplete="off"
+                noAutoComplete
                 value={model.handle}
-                onValue={(value) => updateModel(model.key, { handle: value })}
+                onValue={(value) => models.update(model.key, { handle: value })}
               />
               <label>
                 Source
                 <select
                   value={model.source}
-                  onChange={(e) => updateModel(model.key, { source: e.currentTarget.value as ModelSource })}
+                  onChange={(e) => models.update(model.key, { source: e.currentTarget.value as ModelSource })}
                 >
                   <option value="job">Packaging job</option>
                   <option value="uploaded">Uploaded signed package</option>
@@ -296,7 +293,7 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                   <select
                     required
                     value={model.job !== '' ? model.job : firstJob}
-                    onChange={(e) => updateModel(model.key, { job: e.currentTarget.value })}
+                    onChange={(e) => models.update(model.key, { job: e.currentTarget.value })}
                   >
                     {(jobs.data ?? []).map((job) => (
                       <option key={job.name} value={job.name}>
@@ -311,49 +308,39 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                   <DraftField
                     label="Model name"
                     required
-                    autoComplete="off"
+                    noAutoComplete
                     value={model.modelName}
-                    onValue={(value) => updateModel(model.key, { modelName: value })}
+                    onValue={(value) => models.update(model.key, { modelName: value })}
                   />
                   <DraftField
                     label="Model version"
                     required
-                    autoComplete="off"
+                    noAutoComplete
                     value={model.modelVersion}
-                    onValue={(value) => updateModel(model.key, { modelVersion: value })}
+                    onValue={(value) => models.update(model.key, { modelVersion: value })}
                   />
                 </>
               ) : null}
-              {models.length > 1 ? (
-                <button
-                  type="button"
-                  class="secondary"
-                  onClick={() => setModels((current) => current.filter((m) => m.key !== model.key))}
-                >
+              {models.items.length > 1 ? (
+                <button type="button" class="secondary" onClick={() => models.remove(model.key)}>
                   Remove model {index + 1}
                 </button>
               ) : null}
             </div>
           ))}
-          <button
-            type="button"
-            class="secondary"
-            onClick={() =>
-              setModels((current) => [...current, newModelConfig(Math.max(...current.map((m) => m.key)) + 1)])
-            }
-          >
+          <button type="button" class="secondary" onClick={models.add}>
             Add model
           </button>
         </fieldset>
         <fieldset>
           <legend>Stages, in the order they run</legend>
-          {stages.map((stage, index) => (
+          {stages.items.map((stage, index) => (
             <div class="inline-form" key={stage.key} role="group" aria-label={`Stage ${index + 1}`}>
               <DraftField
                 label="Stage name"
                 required
                 value={stage.name}
-                onValue={(value) => update(stage.key, { name: value })}
+                onValue={(value) => stages.update(stage.key, { name: value })}
               />
               <label>
                 Selection
@@ -361,7 +348,7 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                   value={stage.subsetType}
                   onChange={(e) => {
                     const subsetType = e.currentTarget.value as SubsetType;
-                    update(stage.key, { subsetType, value: subsetType === 'PERCENTAGE' ? '100' : '' });
+                    stages.update(stage.key, { subsetType, value: subsetType === 'PERCENTAGE' ? '100' : '' });
                   }}
                 >
                   <option value="PERCENTAGE">Percentage</option>
@@ -369,63 +356,40 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                   <option value="NAMECONTAINS">Name contains</option>
                 </select>
               </label>
-              <label>
-                {SUBSET_VALUE_LABEL[stage.subsetType]}
-                {stage.subsetType === 'PERCENTAGE' ? (
-                  <input
-                    required
-                    type="number"
-                    min={0}
-                    max={100}
-                    value={stage.value}
-                    onInput={(e) => update(stage.key, { value: e.currentTarget.value })}
-                  />
-                ) : (
-                  <input
-                    required
-                    value={stage.value}
-                    onInput={(e) => update(stage.key, { value: e.currentTarget.value })}
-                  />
-                )}
-              </label>
+              <DraftField
+                label={SUBSET_VALUE_LABEL[stage.subsetType]}
+                required
+                percentage={stage.subsetType === 'PERCENTAGE'}
+                value={stage.value}
+                onValue={(value) => stages.update(stage.key, { value })}
+              />
               <DraftField
                 label="Tags (key=value, …)"
                 value={stage.tags}
-                onValue={(value) => update(stage.key, { tags: value })}
+                onValue={(value) => stages.update(stage.key, { tags: value })}
               />
               <label>
                 On failure
                 <select
                   value={stage.failureHandlingPolicy}
                   onChange={(e) =>
-                    update(stage.key, { failureHandlingPolicy: e.currentTarget.value as FailurePolicy })
+                    stages.update(stage.key, {
+                      failureHandlingPolicy: e.currentTarget.value as FailurePolicy,
+                    })
                   }
                 >
                   <option value="ROLLBACK_ON_FAILURE">Roll back</option>
                   <option value="DO_NOTHING">Do nothing</option>
                 </select>
               </label>
-              {stages.length > 1 ? (
-                <button
-                  type="button"
-                  class="secondary"
-                  onClick={() => setStages((current) => current.filter((s) => s.key !== stage.key))}
-                >
+              {stages.items.length > 1 ? (
+                <button type="button" class="secondary" onClick={() => stages.remove(stage.key)}>
                   Remove stage {index + 1}
                 </button>
               ) : null}
             </div>
           ))}
-          <button
-            type="button"
-            class="secondary"
-            onClick={() =>
-              setStages((current) => [
-                ...current,
-                newStage(Math.max(...current.map((s) => s.key)) + 1, `stage-${current.length + 1}`),
-              ])
-            }
-          >
+          <button type="button" class="secondary" onClick={stages.add}>
             Add stage
           </button>
         </fieldset>
@@ -678,29 +642,38 @@ function describeSelection(selection: StageView['deviceSelection']): string {
   return tags.length === 0 ? base : `${base} tagged ${tags.map(([k, v]) => `${k}=${v}`).join(', ')}`;
 }
 
-/** A labelled text input bound to one field of a draft (model or stage) in the plan form. */
+/** A labelled input bound to one field of a draft (model or stage) in the plan form. */
 function DraftField({
   label,
   value,
   onValue,
   required = false,
-  autoComplete,
+  noAutoComplete = false,
+  percentage = false,
 }: {
   label: string;
   value: string;
   onValue(value: string): void;
   required?: boolean;
-  autoComplete?: 'off';
+  /** Names and versions the browser's history would only get wrong. */
+  noAutoComplete?: boolean;
+  /** A number input from 0 to 100. */
+  percentage?: boolean;
 }) {
+  const onInput = (e: { currentTarget: HTMLInputElement }) => onValue(e.currentTarget.value);
   return (
     <label>
       {label}
-      <input
-        required={required}
-        autoComplete={autoComplete}
-        value={value}
-        onInput={(e) => onValue(e.currentTarget.value)}
-      />
+      {percentage ? (
+        <input required={required} type="number" min={0} max={100} value={value} onInput={onInput} />
+      ) : (
+        <input
+          required={required}
+          autoComplete={noAutoComplete ? 'off' : undefined}
+          value={value}
+          onInput={onInput}
+        />
+      )}
     </label>
   );
 }
