@@ -20,3 +20,19 @@ export function useAction(): Action {
   }, []);
   return { error, setError, run };
 }
+
+/**
+ * A form's submit handler for a write: `write` gets the form's fields and runs as `action` (its thrown error is
+ * shown, and the form keeps what was typed); after a success the form is cleared.
+ */
+export function submitForm(action: Action, write: (form: FormData) => Promise<void>) {
+  return async (event: SubmitEvent & { currentTarget: HTMLFormElement }) => {
+    event.preventDefault();
+    const formElement = event.currentTarget;
+    const form = new FormData(formElement);
+    await action.run(async () => {
+      await write(form);
+      formElement.reset();
+    });
+  };
+}

@@ -2,7 +2,7 @@ import { must, type ApiPaths } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, Section, Stat, StatusBadge, When } from '../components/ui.js';
-import { useAction } from '../components/use-action.js';
+import { submitForm, useAction } from '../components/use-action.js';
 import { useDraftList } from '../components/use-draft-list.js';
 import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
@@ -217,29 +217,23 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
       <form
         class="plan-form"
         aria-label="Create deployment plan"
-        onSubmit={async (event) => {
-          event.preventDefault();
-          const formElement = event.currentTarget;
-          const form = new FormData(formElement);
+        onSubmit={submitForm(action, async (form) => {
           const options = planOptions(form);
-          await action.run(async () => {
-            must(
-              await api.POST('/api/v1/deployment-plans', {
-                body: {
-                  name: String(form.get('name') ?? ''),
-                  fleetName: String(form.get('fleet') ?? ''),
-                  modelConfigs: models.items.map((model) => toModelConfigInput(model, firstJob)),
-                  stages: stages.items.map(toStageInput),
-                  ...(options !== undefined && { options }),
-                },
-              }),
-            );
-            formElement.reset();
-            stages.reset();
-            models.reset();
-            onCreated();
-          });
-        }}
+          must(
+            await api.POST('/api/v1/deployment-plans', {
+              body: {
+                name: String(form.get('name') ?? ''),
+                fleetName: String(form.get('fleet') ?? ''),
+                modelConfigs: models.items.map((model) => toModelConfigInput(model, firstJob)),
+                stages: stages.items.map(toStageInput),
+                ...(options !== undefined && { options }),
+              },
+            }),
+          );
+          stages.reset();
+          models.reset();
+          onCreated();
+        })}
       >
         <div class="inline-form">
           <label>

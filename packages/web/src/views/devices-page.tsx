@@ -3,7 +3,7 @@ import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
-import { useAction } from '../components/use-action.js';
+import { submitForm, useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 import { currentPath, href } from '../router.js';
 
@@ -233,28 +233,19 @@ function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void 
       <form
         class="inline-form"
         aria-label="Register devices"
-        onSubmit={async (event) => {
-          event.preventDefault();
-          const formElement = event.currentTarget;
-          const form = new FormData(formElement);
+        onSubmit={submitForm(action, async (form) => {
           const names = String(form.get('names') ?? '')
             .split(/[\s,]+/)
             .filter(Boolean);
-          if (names.length === 0) {
-            action.setError('name at least one device');
-            return;
-          }
-          await action.run(async () => {
-            must(
-              await api.POST('/api/v1/fleets/{fleet}/devices', {
-                params: { path: { fleet: String(form.get('fleet') ?? '') } },
-                body: { devices: names.map((name) => ({ name })) },
-              }),
-            );
-            formElement.reset();
-            onDone();
-          });
-        }}
+          if (names.length === 0) throw new Error('name at least one device');
+          must(
+            await api.POST('/api/v1/fleets/{fleet}/devices', {
+              params: { path: { fleet: String(form.get('fleet') ?? '') } },
+              body: { devices: names.map((name) => ({ name })) },
+            }),
+          );
+          onDone();
+        })}
       >
         <label>
           Fleet

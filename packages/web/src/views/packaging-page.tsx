@@ -2,7 +2,7 @@ import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, formatBytes, Section, StatusBadge, When } from '../components/ui.js';
-import { useAction } from '../components/use-action.js';
+import { submitForm, useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 
 const ARTIFACT_ROUTE = '/api/v1/packaging-jobs/{job}/artifact';
@@ -74,21 +74,15 @@ function StartJob({ onStarted }: { onStarted(): void }) {
       <form
         class="inline-form"
         aria-label="Start packaging job"
-        onSubmit={async (event) => {
-          event.preventDefault();
-          const formElement = event.currentTarget;
-          const form = new FormData(formElement);
+        onSubmit={submitForm(action, async (form) => {
           const [modelName = '', modelVersion = ''] = String(form.get('model') ?? '').split('\n');
-          await action.run(async () => {
-            must(
-              await api.POST('/api/v1/packaging-jobs', {
-                body: { name: String(form.get('name') ?? ''), modelName, modelVersion },
-              }),
-            );
-            formElement.reset();
-            onStarted();
-          });
-        }}
+          must(
+            await api.POST('/api/v1/packaging-jobs', {
+              body: { name: String(form.get('name') ?? ''), modelName, modelVersion },
+            }),
+          );
+          onStarted();
+        })}
       >
         <label>
           Job name <input name="name" required autoComplete="off" />

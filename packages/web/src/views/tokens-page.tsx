@@ -3,7 +3,7 @@ import { errorMessage, must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { ErrorNote, Section, ShownOnce, StatusBadge, When } from '../components/ui.js';
-import { useAction } from '../components/use-action.js';
+import { submitForm, useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 
 export function TokensPage() {
@@ -22,20 +22,14 @@ export function TokensPage() {
           <form
             class="inline-form"
             aria-label="Create token"
-            onSubmit={async (event) => {
-              event.preventDefault();
-              const formElement = event.currentTarget;
-              const form = new FormData(formElement);
+            onSubmit={submitForm(action, async (form) => {
               const scope = form.get('scope') === 'admin' ? 'admin' : 'read-only';
-              await action.run(async () => {
-                const created = must(
-                  await api.POST('/api/v1/tokens', { body: { name: String(form.get('name') ?? ''), scope } }),
-                );
-                setSecret(created.token);
-                formElement.reset();
-                tokens.reload();
-              });
-            }}
+              const created = must(
+                await api.POST('/api/v1/tokens', { body: { name: String(form.get('name') ?? ''), scope } }),
+              );
+              setSecret(created.token);
+              tokens.reload();
+            })}
           >
             <label>
               Name <input name="name" required autoComplete="off" />
