@@ -1,7 +1,7 @@
 import { must, type ApiPaths } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
-import { ErrorNote, Section, Stat, StatusBadge, When } from '../components/ui.js';
+import { ErrorNote, Section, Stat, StatusBadge, TableHead, When } from '../components/ui.js';
 import { submitForm, useAction } from '../components/use-action.js';
 import { useDraftList } from '../components/use-draft-list.js';
 import { useLoad } from '../components/use-load.js';
@@ -37,16 +37,9 @@ export function DeploymentsPage() {
           <p class="muted">No deployment plan yet.</p>
         ) : null}
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Plan</th>
-              <th scope="col">Fleet</th>
-              <th scope="col">Models</th>
-              <th scope="col">Stages</th>
-              <th scope="col">Deployed / pending / failed</th>
-              <th scope="col">Updated</th>
-            </tr>
-          </thead>
+          <TableHead
+            columns={['Plan', 'Fleet', 'Models', 'Stages', 'Deployed / pending / failed', 'Updated']}
+          />
           <tbody>
             {(plans.data ?? []).map((plan) => (
               <tr key={plan.name} data-plan={plan.name}>

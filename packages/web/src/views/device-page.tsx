@@ -3,7 +3,7 @@ import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { TimeChart, type ChartSeries } from '../components/chart.js';
-import { ErrorNote, Section, ShownOnce, StatusBadge, When } from '../components/ui.js';
+import { ErrorNote, Section, ShownOnce, StatusBadge, TableHead, When } from '../components/ui.js';
 import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
@@ -254,13 +254,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
       <Section title="Models">
         {d.models.length === 0 ? <p class="muted">The agent reports no loaded model.</p> : null}
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Model</th>
-              <th scope="col">Version</th>
-              <th scope="col">Last inference</th>
-            </tr>
-          </thead>
+          <TableHead columns={['Model', 'Version', 'Last inference']} />
           <tbody>
             {d.models.map((model) => (
               <tr key={`${model.name} ${model.version}`}>

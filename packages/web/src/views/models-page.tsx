@@ -3,7 +3,7 @@ import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { uploadModel } from '../api/upload.js';
 import { useApp } from '../app-context.js';
-import { ErrorNote, formatBytes, Section, When } from '../components/ui.js';
+import { ErrorNote, formatBytes, Section, TableHead, When } from '../components/ui.js';
 import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 
@@ -38,15 +38,7 @@ export function ModelsPage() {
           <p class="muted">No model uploaded yet.</p>
         ) : null}
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Model</th>
-              <th scope="col">Description</th>
-              <th scope="col">Versions</th>
-              <th scope="col">Latest</th>
-              <th scope="col">Updated</th>
-            </tr>
-          </thead>
+          <TableHead columns={['Model', 'Description', 'Versions', 'Latest', 'Updated']} />
           <tbody>
             {(models.data ?? []).map((model) => (
               <tr key={model.name} data-model={model.name}>
@@ -81,14 +73,7 @@ export function ModelsPage() {
                 sha256 <code>{version.sha256}</code>, uploaded <When at={version.createdAt} />
               </p>
               <table>
-                <thead>
-                  <tr>
-                    <th scope="col">Tensor</th>
-                    <th scope="col">Kind</th>
-                    <th scope="col">Type</th>
-                    <th scope="col">Shape</th>
-                  </tr>
-                </thead>
+                <TableHead columns={['Tensor', 'Kind', 'Type', 'Shape']} />
                 <tbody>
                   {[
                     ...version.inputs.map((t) => ({ ...t, kind: 'input' })),

@@ -4,7 +4,7 @@ import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
 import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
-import { ErrorNote, Section, Stat, StatusBadge, When } from '../components/ui.js';
+import { ErrorNote, Section, Stat, StatusBadge, TableHead, When } from '../components/ui.js';
 import { href } from '../router.js';
 
 const FLEETS_SHOWN = 100;
@@ -78,15 +78,7 @@ export function OverviewPage() {
       <Section title="Fleets" actions={canWrite ? <CreateFleet onCreated={fleets.reload} /> : undefined}>
         {reports.length === 0 && !fleets.loading ? <p class="muted">No fleets yet.</p> : null}
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Fleet</th>
-              <th scope="col">Devices</th>
-              <th scope="col">Online</th>
-              <th scope="col">Offline / never seen</th>
-              <th scope="col">Models</th>
-            </tr>
-          </thead>
+          <TableHead columns={['Fleet', 'Devices', 'Online', 'Offline / never seen', 'Models']} />
           <tbody>
             {reports.map((report) => (
               <tr key={report.fleetName} data-fleet={report.fleetName}>

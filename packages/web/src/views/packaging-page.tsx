@@ -1,7 +1,7 @@
 import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
-import { ErrorNote, formatBytes, Section, StatusBadge, When } from '../components/ui.js';
+import { ErrorNote, formatBytes, Section, StatusBadge, TableHead, When } from '../components/ui.js';
 import { submitForm, useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 
@@ -21,15 +21,7 @@ export function PackagingPage() {
         <ErrorNote error={jobs.error} />
         {(jobs.data ?? []).length === 0 && !jobs.loading ? <p class="muted">No packaging job yet.</p> : null}
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Job</th>
-              <th scope="col">Model</th>
-              <th scope="col">Status</th>
-              <th scope="col">Updated</th>
-              <th scope="col">Package</th>
-            </tr>
-          </thead>
+          <TableHead columns={['Job', 'Model', 'Status', 'Updated', 'Package']} />
           <tbody>
             {(jobs.data ?? []).map((job) => (
               <tr key={job.name} data-job={job.name}>
