@@ -194,3 +194,28 @@ export function startAgentProcess(
     },
   };
 }
+
+/**
+ * Polls `check` until it returns a value (not undefined); fails with `what`, and the last error seen, after
+ * `timeoutMs`. The e2e tests wait on real processes (heartbeats, deployments), so the default is generous.
+ */
+export async function until<T>(
+  check: () => Promise<T | undefined> | T | undefined,
+  what: string,
+  timeoutMs = 60_000,
+  pollMs = 150,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
+  }
+}

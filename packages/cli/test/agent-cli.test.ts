@@ -12,6 +12,9 @@ let work: string;
 let socket: string;
 let agent: ChildProcess;
 
+/** `edgefleet agent <args> --socket <the test agent's socket>`. */
+const agentCli = (...args: string[]) => edgefleet('agent', ...args, '--socket', socket);
+
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'ef-agent-cli-'));
   expect((await edgefleet('demo', '--dir', join(work, 'demo'))).code).toBe(0);
@@ -50,7 +53,7 @@ afterAll(async () => {
 
 describe('edgefleet agent', () => {
   it('lists and describes the loaded model with its tensors', async () => {
-    const list = await edgefleet('agent', 'list', '--socket', socket, '--json');
+    const list = await agentCli('list', '--json');
     expect(list.code).toBe(0);
     expect(JSON.parse(list.stdout)).toEqual([
       expect.objectContaining({
@@ -59,17 +62,14 @@ describe('edgefleet agent', () => {
         outputs: [{ name: 'probabilities', dataType: 'FLOAT32', shape: [-1, 3] }],
       }),
     ]);
-    const described = await edgefleet('agent', 'describe', 'demo', '--socket', socket);
+    const described = await agentCli('describe', 'demo');
     expect(described.stdout).toContain('input  features FLOAT32 [-1, 4]');
   });
 
   it('predicts: a virginica-like flower scores highest on the third class', async () => {
-    const r = await edgefleet(
-      'agent',
+    const r = await agentCli(
       'predict',
       'demo',
-      '--socket',
-      socket,
       '--json',
       '--input',
       '{"features": {"shape": [1, 4], "data": [6.7, 3.0, 5.2, 2.3]}}',
@@ -84,12 +84,9 @@ describe('edgefleet agent', () => {
   });
 
   it('predicts from nested lists (shape from the nesting) and bare numbers for one-value inputs', async () => {
-    const batch = await edgefleet(
-      'agent',
+    const batch = await agentCli(
       'predict',
       'demo',
-      '--socket',
-      socket,
       '--json',
       '--input',
       '{"features": [[6.7, 3.0, 5.2, 2.3], [5.1, 3.5, 1.4, 0.2]]}',
@@ -116,13 +113,10 @@ describe('edgefleet agent', () => {
       join(work, 'demo', 'pki', 'signing.pem'),
     );
     expect(created.stderr).toBe('');
-    expect((await edgefleet('agent', 'load', 'ints', pkg, '--socket', socket)).code).toBe(0);
-    const scalar = await edgefleet(
-      'agent',
+    expect((await agentCli('load', 'ints', pkg)).code).toBe(0);
+    const scalar = await agentCli(
       'predict',
       'ints',
-      '--socket',
-      socket,
       '--json',
       '--input',
       '{"counts": 41, "bytes": [1, 2, 3, 4]}',
@@ -131,19 +125,16 @@ describe('edgefleet agent', () => {
     expect(JSON.parse(scalar.stdout).outputs).toContainEqual(
       expect.objectContaining({ name: 'counts_plus_one', shape: [1], data: [42] }),
     );
-    await edgefleet('agent', 'unload', 'ints', '--socket', socket);
+    await agentCli('unload', 'ints');
   });
 
   it('captures: agent capture send/status, and predict --capture', async () => {
     const frame = join(work, 'frame.jpg');
     await writeFile(frame, Buffer.from([0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]));
-    const sent = await edgefleet(
-      'agent',
+    const sent = await agentCli(
       'capture',
       'send',
       'demo',
-      '--socket',
-      socket,
       '--id',
       'cli-capture-1',
       '--input',
@@ -157,23 +148,12 @@ describe('edgefleet agent', () => {
     );
     expect(sent.stderr).toBe('');
     expect(sent.stdout).toBe('capture cli-capture-1: SUCCESS\n');
-    const status = await edgefleet(
-      'agent',
-      'capture',
-      'status',
-      'cli-capture-1',
-      '--socket',
-      socket,
-      '--json',
-    );
+    const status = await agentCli('capture', 'status', 'cli-capture-1', '--json');
     expect(JSON.parse(status.stdout)).toEqual({ captureId: 'cli-capture-1', status: 'SUCCESS' });
-    const again = await edgefleet(
-      'agent',
+    const again = await agentCli(
       'capture',
       'send',
       'demo',
-      '--socket',
-      socket,
       '--id',
       'cli-capture-1',
       '--input',
@@ -181,16 +161,13 @@ describe('edgefleet agent', () => {
     );
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/ALREADY_EXISTS/);
-    const unknown = await edgefleet('agent', 'capture', 'status', 'never-sent', '--socket', socket);
+    const unknown = await agentCli('capture', 'status', 'never-sent');
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/NOT_FOUND: no capture with capture_id "never-sent"/);
 
-    const predicted = await edgefleet(
-      'agent',
+    const predicted = await agentCli(
       'predict',
       'demo',
-      '--socket',
-      socket,
       '--json',
       '--capture',
       '--input',
@@ -199,16 +176,7 @@ describe('edgefleet agent', () => {
     expect(predicted.stderr).toBe('');
     const { capture } = JSON.parse(predicted.stdout);
     expect(capture.captureId).toMatch(/^cli-[0-9a-f-]{36}$/);
-    const written = await edgefleet(
-      'agent',
-      'capture',
-      'status',
-      capture.captureId,
-      '--wait',
-      '30',
-      '--socket',
-      socket,
-    );
+    const written = await agentCli('capture', 'status', capture.captureId, '--wait', '30');
     expect(written.stdout).toBe(`capture ${capture.captureId}: SUCCESS\n`);
     // On disk, in Edge Manager's record format: the capture ids are in the written files.
     const files = (await readdir(join(work, 'captures'), { recursive: true })).map(String);
@@ -222,37 +190,16 @@ describe('edgefleet agent', () => {
   });
 
   it('unloads and loads again; errors name the gRPC status and the reason', async () => {
-    expect((await edgefleet('agent', 'unload', 'demo', '--socket', socket)).code).toBe(0);
-    const missing = await edgefleet('agent', 'describe', 'demo', '--socket', socket);
+    expect((await agentCli('unload', 'demo')).code).toBe(0);
+    const missing = await agentCli('describe', 'demo');
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/NOT_FOUND/);
-    const loaded = await edgefleet(
-      'agent',
-      'load',
-      'demo',
-      join(work, 'demo', 'device', 'models', 'demo-classifier'),
-      '--socket',
-      socket,
-    );
+    const loaded = await agentCli('load', 'demo', join(work, 'demo', 'device', 'models', 'demo-classifier'));
     expect(loaded.code).toBe(0);
-    const again = await edgefleet(
-      'agent',
-      'load',
-      'demo',
-      join(work, 'demo', 'device', 'models', 'demo-classifier'),
-      '--socket',
-      socket,
-    );
+    const again = await agentCli('load', 'demo', join(work, 'demo', 'device', 'models', 'demo-classifier'));
     expect(again.stderr).toMatch(/ALREADY_EXISTS/);
     // The tampered copy the demo made is refused: the agent verifies signatures.
-    const tampered = await edgefleet(
-      'agent',
-      'load',
-      'evil',
-      join(work, 'demo', 'device', 'tampered'),
-      '--socket',
-      socket,
-    );
+    const tampered = await agentCli('load', 'evil', join(work, 'demo', 'device', 'tampered'));
     expect(tampered.stderr).toMatch(/FAILED_PRECONDITION.*model\.onnx/);
   });
 
@@ -260,15 +207,7 @@ describe('edgefleet agent', () => {
     const none = await edgefleet('agent', 'list', '--socket', join(work, 'nothing.sock'));
     expect(none.code).toBe(1);
     expect(none.stderr).toContain('no agent answers');
-    const bad = await edgefleet(
-      'agent',
-      'predict',
-      'demo',
-      '--socket',
-      socket,
-      '--input',
-      '{"features": [1, 2]}',
-    );
+    const bad = await agentCli('predict', 'demo', '--input', '{"features": [1, 2]}');
     expect(bad.code).toBe(2);
     expect(bad.stderr).toBe(
       'edgefleet: input features: given 2 values of shape [2], but the model expects [-1, 4] (-1: any size); ' +

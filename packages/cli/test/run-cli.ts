@@ -19,3 +19,26 @@ export async function edgefleet(
   const code = await runCli(argv, { stdout, stderr: stderr as unknown as NodeJS.WriteStream });
   return { code, stdout: stdout.text, stderr: stderr.text };
 }
+
+/**
+ * `edgefleet … --server <plane> --token <admin> --json`, its answer parsed; a non-zero exit throws with what the
+ * CLI printed on stderr.
+ */
+export function operatorCli(plane: {
+  operatorUrl: string;
+  adminToken: string;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the tests read answers field by field
+}): (...args: string[]) => Promise<any> {
+  return async (...args) => {
+    const result = await edgefleet(
+      ...args,
+      '--server',
+      plane.operatorUrl,
+      '--token',
+      plane.adminToken,
+      '--json',
+    );
+    if (result.code !== 0) throw new Error(`edgefleet ${args.join(' ')}: ${result.stderr}`);
+    return JSON.parse(result.stdout);
+  };
+}

@@ -1,42 +1,19 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentCaptureDataStatus, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
-import { agentClient, captureRequest, diskRecords, modelPackage } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { listening, type AgentProcess } from '../daemon/process-helpers.js';
+import { seeded } from '../support/seeded.js';
+import { agentClient, captureRequest, diskRecords, useAgentProcesses } from './helpers.js';
 
 // The durability promise of the local database, tested on the real agent process (dist/main.js): captures
 // acknowledged by CaptureData survive SIGKILL at random moments and are delivered exactly once after restarts.
 
-let root: string;
-let tiny: string;
-const running: AgentProcess[] = [];
-
-beforeAll(async () => {
-  buildAgent();
-  root = await mkdtemp(join(tmpdir(), 'edgefleet-capture-crash-'));
-  tiny = await modelPackage(root, 'tiny');
-}, 180_000);
-afterAll(async () => {
-  for (const agent of running) agent.child.kill('SIGKILL');
-  await rm(root, { recursive: true, force: true });
-});
-
-/** mulberry32: a seeded generator, so a failing run can be replayed (the seed is in the failure message). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const agents = useAgentProcesses('edgefleet-capture-crash-');
 
 describe('crash safety with the local database (real agent process, SIGKILL)', () => {
   it('delivers every acknowledged capture exactly once across kills at random moments and restarts', async () => {
+    const { root, tiny } = agents;
     const seed = Number(process.env.CAPTURE_CRASH_SEED ?? Date.now() % 2 ** 31);
     const random = seeded(seed);
     const socket = join(root, 'agent.sock');
@@ -61,8 +38,7 @@ describe('crash safety with the local database (real agent process, SIGKILL)', (
       }),
     );
     const start = async (): Promise<AgentProcess> => {
-      const agent = spawnAgent(['-a', socket, '-c', config, '-f'], root);
-      running.push(agent);
+      const agent = agents.spawn(['-a', socket, '-c', config, '-f']);
       await agent.waitFor(listening, 'listening');
       return agent;
     };

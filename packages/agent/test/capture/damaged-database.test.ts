@@ -1,29 +1,16 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { AgentCaptureDataStatus, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
-import { agentClient, captureRequest, diskRecords, modelPackage } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { listening, type AgentProcess } from '../daemon/process-helpers.js';
+import { agentClient, captureRequest, diskRecords, useAgentProcesses } from './helpers.js';
 
 // A damaged agent.db used to stop the agent for good ("database disk image is malformed", exit 1, the file not
 // named): a crash loop under systemd. Tested on the real agent process with a really damaged file.
 
-let root: string;
-let tiny: string;
-const running: AgentProcess[] = [];
-
-beforeAll(async () => {
-  buildAgent();
-  root = await mkdtemp(join(tmpdir(), 'edgefleet-damaged-db-'));
-  tiny = await modelPackage(root, 'tiny');
-}, 180_000);
-afterAll(async () => {
-  for (const agent of running) agent.child.kill('SIGKILL');
-  await rm(root, { recursive: true, force: true });
-});
+const agents = useAgentProcesses('edgefleet-damaged-db-');
 
 /** Overwrites the root page of `table` with garbage, after folding the WAL into the file. */
 async function damageTable(path: string, table: string): Promise<void> {
@@ -41,6 +28,7 @@ async function damageTable(path: string, table: string): Promise<void> {
 
 describe('a damaged agent.db (real agent process)', () => {
   it('starts anyway, keeps the damaged copy, names it loudly, and still delivers the queued captures', async () => {
+    const { root, tiny } = agents;
     const socket = join(root, 'agent.sock');
     const diskPath = join(root, 'capture');
     const dataRoot = join(root, 'data');
@@ -63,8 +51,7 @@ describe('a damaged agent.db (real agent process)', () => {
       }),
     );
     const start = async (): Promise<AgentProcess> => {
-      const agent = spawnAgent(['-a', socket, '-c', config, '-f'], root);
-      running.push(agent);
+      const agent = agents.spawn(['-a', socket, '-c', config, '-f']);
       await agent.waitFor(listening, 'listening');
       return agent;
     };

@@ -1,4 +1,5 @@
-import { readFile, readdir } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
@@ -19,6 +20,7 @@ import {
   type Tensor,
   type TestModelName,
 } from '@edgefleet/core';
+import { afterAll, beforeAll } from 'vitest';
 import {
   CaptureSettingsSchema,
   type CaptureRequest,
@@ -26,6 +28,7 @@ import {
   type CaptureSettingsInput,
 } from '../../src/capture/index.js';
 import { fromWireCaptureRequest } from '../../src/grpc/index.js';
+import { buildAgent, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
 
 /** Settings for tests: a Disk destination under `root`, small numbers, overridable. */
 export function testSettings(root: string, overrides: Partial<CaptureSettingsInput> = {}): CaptureSettings {
@@ -226,4 +229,36 @@ export function agentClient(target: string) {
     },
     close: () => client.close(),
   };
+}
+
+/** A scratch folder with the tiny model's package, for tests of real agent processes; `spawn` tracks each one. */
+export interface AgentProcessFixture {
+  readonly root: string;
+  readonly tiny: string;
+  /** Starts the built agent in `root`; the processes still running at the end are SIGKILLed. */
+  spawn(args: string[]): AgentProcess;
+}
+
+/** Builds the agent and prepares the fixture before the file's tests; kills the agents and removes it after. */
+export function useAgentProcesses(prefix: string): AgentProcessFixture {
+  const running: AgentProcess[] = [];
+  const fixture = {
+    root: '',
+    tiny: '',
+    spawn(args: string[]): AgentProcess {
+      const agent = spawnAgent(args, fixture.root);
+      running.push(agent);
+      return agent;
+    },
+  };
+  beforeAll(async () => {
+    buildAgent();
+    fixture.root = await mkdtemp(join(tmpdir(), prefix));
+    fixture.tiny = await modelPackage(fixture.root, 'tiny');
+  }, 180_000);
+  afterAll(async () => {
+    for (const agent of running) agent.child.kill('SIGKILL');
+    if (fixture.root) await rm(fixture.root, { recursive: true, force: true });
+  });
+  return fixture;
 }

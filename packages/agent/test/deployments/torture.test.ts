@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import { CLI_MAIN, requireBuilt } from '../../../../test/support/control-plane.js';
 import { until } from '../fleet/support.js';
 import { scratch } from '../support/model-packages.js';
+import { seeded } from '../support/seeded.js';
 import {
   deployment,
   packageSigner,
@@ -41,18 +42,6 @@ const TARGETS = [
   'Committed',
 ] as const;
 const ORDER: readonly string[] = ['Idle', ...TARGETS];
-
-/** mulberry32: a small seeded generator, so a failing run can be replayed with its seed. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * y = x × k: each version answers differently, so the test sees which one serves. Its second output, `work`,

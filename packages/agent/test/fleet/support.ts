@@ -12,6 +12,7 @@ import {
   requireBuilt,
   startControlPlane,
   type ControlPlane,
+  until as pollUntil,
 } from '../../../../test/support/control-plane.js';
 
 export { startControlPlane, type ControlPlane };
@@ -90,22 +91,8 @@ export async function agentConfig(
 }
 
 /** Polls `check` until it returns a value (not undefined); fails with `what` after `timeoutMs`. */
-export async function until<T>(
+export const until = <T>(
   check: () => Promise<T | undefined> | T | undefined,
   what: string,
   timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
+): Promise<T> => pollUntil(check, what, timeoutMs, 100);

@@ -1,14 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  OnnxModelBuilder,
-  TEST_MODELS,
-  slowModelInput,
-  slowModelReference,
-  writeTestModel,
-  type TestModelTensor,
-} from '@edgefleet/core';
+import { TEST_MODELS, slowModelInput, writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEFAULT_ORT_SESSION_CONFIG,
@@ -16,50 +9,17 @@ import {
   type PoolTensor,
   type RunResult,
 } from '../../src/inference/index.js';
+import { asPoolTensor, scalable, scalableModel, scalableReference } from '../support/pool-models.js';
 import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
 
 let dir: string;
 const paths: Record<string, string> = {};
 const pools: InferencePool[] = [];
 
-function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor {
-  const { data } = tensor;
-  return {
-    name,
-    dataType: tensor.dataType,
-    shape: tensor.shape,
-    data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
-  };
-}
 const tinyInput = () => [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
 const tinyExpected = () =>
   TEST_MODELS.tiny.reference(TEST_MODELS.tiny.sampleInputs()).y!.data as Float32Array;
 const floats = (result: RunResult) => new Float32Array(result.outputs[0]!.data.slice().buffer);
-
-/** The pool tests' scalable model: microseconds for one row, tens of milliseconds for a thousand. */
-const SCALABLE = { size: 128, repeats: 32 };
-function scalableModel(): Uint8Array {
-  const { size, repeats } = SCALABLE;
-  const shift = new Float32Array(size * size);
-  for (let i = 0; i < size; i++) shift[i * size + ((i + 1) % size)] = 1;
-  const builder = new OnnxModelBuilder({ graphName: 'scalable' })
-    .input('x', 'FLOAT32', ['rows', size])
-    .initializer('shift', 'FLOAT32', [size, size], shift)
-    .initializer('one', 'FLOAT32', [], new Float32Array([1]));
-  let previous = 'x';
-  for (let step = 1; step <= repeats; step++) {
-    const next = step === repeats ? 'y' : `step_${step}`;
-    builder
-      .node('MatMul', [previous, 'shift'], [`shifted_${step}`])
-      .node('Add', [`shifted_${step}`, 'one'], [next]);
-    previous = next;
-  }
-  return builder.output('y', 'FLOAT32', ['rows', size]).build();
-}
-const scalableInput = (rows: number) => slowModelInput({ ...SCALABLE, rows });
-const scalable = (rows: number) => [asPoolTensor('x', scalableInput(rows))];
-const scalableReference = (rows: number) =>
-  slowModelReference(scalableInput(rows), { ...SCALABLE, rows }).data as Float32Array;
 
 async function startPool(
   maxRunMicros: number,

@@ -1,69 +1,25 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  OnnxModelBuilder,
-  TEST_MODELS,
-  slowModelInput,
-  slowModelReference,
-  writeTestModel,
-  type TestModelTensor,
-} from '@edgefleet/core';
+import { TEST_MODELS, slowModelInput, writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEFAULT_ORT_SESSION_CONFIG,
   InferenceError,
   InferencePool,
   type PoolEvent,
-  type PoolTensor,
   type RunResult,
 } from '../../src/inference/index.js';
+import { asPoolTensor, scalable, scalableModel, scalableReference } from '../support/pool-models.js';
 
 let dir: string;
 let pool: InferencePool;
 const events: PoolEvent[] = [];
 const paths: Record<string, string> = {};
 
-function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor {
-  const { data } = tensor;
-  return {
-    name,
-    dataType: tensor.dataType,
-    shape: tensor.shape,
-    data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
-  };
-}
-
 const slowInput = () => [asPoolTensor('x', slowModelInput())];
 const tinyInput = () => [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
 
-/**
- * The slow model's computation (y = x · P + 1, 32 times, P a cyclic shift) on a dynamic number of rows: its run
- * time grows with the rows, from microseconds for one row to tens of milliseconds for a thousand.
- */
-const SCALABLE = { size: 128, repeats: 32 };
-function scalableModel(): Uint8Array {
-  const { size, repeats } = SCALABLE;
-  const shift = new Float32Array(size * size);
-  for (let i = 0; i < size; i++) shift[i * size + ((i + 1) % size)] = 1;
-  const builder = new OnnxModelBuilder({ graphName: 'scalable' })
-    .input('x', 'FLOAT32', ['rows', size])
-    .initializer('shift', 'FLOAT32', [size, size], shift)
-    .initializer('one', 'FLOAT32', [], new Float32Array([1]));
-  let previous = 'x';
-  for (let step = 1; step <= repeats; step++) {
-    const next = step === repeats ? 'y' : `step_${step}`;
-    builder
-      .node('MatMul', [previous, 'shift'], [`shifted_${step}`])
-      .node('Add', [`shifted_${step}`, 'one'], [next]);
-    previous = next;
-  }
-  return builder.output('y', 'FLOAT32', ['rows', size]).build();
-}
-const scalableInput = (rows: number) => slowModelInput({ ...SCALABLE, rows });
-const scalableReference = (rows: number) =>
-  slowModelReference(scalableInput(rows), { ...SCALABLE, rows }).data as Float32Array;
-const scalable = (rows: number) => [asPoolTensor('x', scalableInput(rows))];
 const outputFloats = (result: RunResult) => new Float32Array(result.outputs[0]!.data.slice().buffer);
 
 async function inferenceError(promise: Promise<unknown>): Promise<InferenceError> {

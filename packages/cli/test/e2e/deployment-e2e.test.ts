@@ -22,7 +22,7 @@ import {
   type AgentConnection,
 } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { edgefleet } from '../run-cli.js';
+import { edgefleet, operatorCli } from '../run-cli.js';
 import {
   AGENT_MAIN,
   CLI_MAIN,
@@ -30,6 +30,7 @@ import {
   requireBuilt,
   startAgentProcess,
   startControlPlane,
+  until,
   type AgentProcess,
   type ControlPlane,
 } from '../../../../test/support/control-plane.js';
@@ -38,39 +39,7 @@ let plane: ControlPlane;
 let work: string;
 const agents: AgentProcess[] = [];
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the tests read answers field by field
-async function cli(...args: string[]): Promise<any> {
-  const result = await edgefleet(
-    ...args,
-    '--server',
-    plane.operatorUrl,
-    '--token',
-    plane.adminToken,
-    '--json',
-  );
-  if (result.code !== 0) throw new Error(`edgefleet ${args.join(' ')}: ${result.stderr}`);
-  return JSON.parse(result.stdout);
-}
-
-async function until<T>(
-  check: () => Promise<T | undefined> | T | undefined,
-  what: string,
-  timeoutMs = 60_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
-}
+const cli = (...args: string[]) => operatorCli(plane)(...args);
 
 interface Device {
   name: string;

@@ -8,13 +8,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { edgefleet } from '../run-cli.js';
+import { edgefleet, operatorCli } from '../run-cli.js';
 import {
   AGENT_MAIN,
   freePort,
   requireBuilt,
   startAgentProcess,
   startControlPlane,
+  until,
   type AgentProcess,
   type ControlPlane,
 } from '../../../../test/support/control-plane.js';
@@ -23,39 +24,7 @@ let plane: ControlPlane;
 let work: string;
 const agents: AgentProcess[] = [];
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the tests read answers field by field
-async function cli(...args: string[]): Promise<any> {
-  const result = await edgefleet(
-    ...args,
-    '--server',
-    plane.operatorUrl,
-    '--token',
-    plane.adminToken,
-    '--json',
-  );
-  if (result.code !== 0) throw new Error(`edgefleet ${args.join(' ')}: ${result.stderr}`);
-  return JSON.parse(result.stdout);
-}
-
-async function until<T>(
-  check: () => Promise<T | undefined> | T | undefined,
-  what: string,
-  timeoutMs = 25_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 150));
-  }
-}
+const cli = (...args: string[]) => operatorCli(plane)(...args);
 
 /** The next log line with this event, after the first `after` lines. */
 const nextEvent = (agent: AgentProcess, event: string, after: number) =>

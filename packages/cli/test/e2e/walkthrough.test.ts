@@ -22,6 +22,7 @@ import {
   requireBuilt,
   startAgentProcess,
   startControlPlane,
+  until,
   type AgentProcess,
   type ControlPlane,
 } from '../../../../test/support/control-plane.js';
@@ -45,22 +46,6 @@ async function edgefleet(...args: string[]): Promise<string> {
   } catch (error) {
     const { stderr, code } = error as { stderr?: string; code?: number };
     throw new Error(`edgefleet ${args.join(' ')} exited ${code}: ${stderr}`);
-  }
-}
-
-async function until<T>(check: () => Promise<T | undefined>, what: string, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
   }
 }
 
