@@ -25,11 +25,8 @@ import {
   startPostgres,
   startServer,
 } from './support/fleet-server.mjs';
+import { argValue } from './support/args.mjs';
 
-const argValue = (name, fallback) => {
-  const i = process.argv.indexOf(name);
-  return i > 0 ? process.argv[i + 1] : fallback;
-};
 const DEVICES = Number(argValue('--devices', 1000));
 const POLL_SECONDS = Number(argValue('--poll-seconds', 10));
 const ENGINES = argValue('--engines', 'sqlite,postgres').split(',');

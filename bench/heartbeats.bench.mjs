@@ -30,11 +30,8 @@ import {
   startPostgres,
   startServer,
 } from './support/fleet-server.mjs';
+import { argValue } from './support/args.mjs';
 
-const argValue = (name, fallback) => {
-  const i = process.argv.indexOf(name);
-  return i > 0 ? process.argv[i + 1] : fallback;
-};
 const DEVICES = Number(argValue('--devices', 200));
 const CONCURRENCY = Number(argValue('--concurrency', 64));
 const SECONDS = Number(argValue('--seconds', 15));

@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -218,4 +218,28 @@ export async function until<T>(
       throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
     await new Promise((resolve) => setTimeout(resolve, pollMs));
   }
+}
+
+/** What an end-to-end test runs: a control plane (1 s heartbeats) and a scratch folder for its devices. */
+export async function startE2eFleet(prefix: string): Promise<{ plane: ControlPlane; work: string }> {
+  requireBuilt(AGENT_MAIN, CLI_MAIN);
+  const plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
+  return { plane, work: await mkdtemp(join(tmpdir(), prefix)) };
+}
+
+/** Stops the agents still running (SIGTERM, then waits), the control plane, and removes their folders. */
+export async function stopE2eFleet(
+  plane: ControlPlane | undefined,
+  work: string | undefined,
+  agents: readonly AgentProcess[],
+): Promise<void> {
+  for (const agent of agents) {
+    if (agent.child.exitCode === null && agent.child.signalCode === null) {
+      agent.child.kill('SIGTERM');
+      await agent.exited;
+    }
+  }
+  await plane?.stop();
+  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
+  if (work) await rm(work, { recursive: true, force: true });
 }

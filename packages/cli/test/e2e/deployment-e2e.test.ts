@@ -7,8 +7,7 @@
  * the server is refused; a rollout started just before a server outage completes once the server is back.
  */
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   connectAgent,
@@ -24,12 +23,10 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet, operatorCli } from '../run-cli.js';
 import {
-  AGENT_MAIN,
-  CLI_MAIN,
   freePort,
-  requireBuilt,
   startAgentProcess,
-  startControlPlane,
+  startE2eFleet,
+  stopE2eFleet,
   until,
   type AgentProcess,
   type ControlPlane,
@@ -89,21 +86,9 @@ function unloadableModel(): Uint8Array {
 }
 
 beforeAll(async () => {
-  requireBuilt(AGENT_MAIN, CLI_MAIN);
-  plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
-  work = await mkdtemp(join(tmpdir(), 'ef-deploy-e2e-'));
+  ({ plane, work } = await startE2eFleet('ef-deploy-e2e-'));
 });
-afterAll(async () => {
-  for (const agent of agents) {
-    if (agent.child.exitCode === null && agent.child.signalCode === null) {
-      agent.child.kill('SIGTERM');
-      await agent.exited;
-    }
-  }
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
-});
+afterAll(() => stopE2eFleet(plane, work, agents));
 
 describe('deployment plans to three enrolled agents (real processes)', { timeout: 300_000 }, () => {
   it('rolls out, upgrades, and handles a broken release per failure policy', async () => {

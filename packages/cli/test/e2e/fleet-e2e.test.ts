@@ -3,18 +3,16 @@
  * and the CLI. Heartbeats reach the device's description and the fleet report; a restarted server keeps its
  * state; the agent outlives a server outage and resumes; a killed agent's restart counts as a crash.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet, operatorCli } from '../run-cli.js';
 import {
-  AGENT_MAIN,
   freePort,
-  requireBuilt,
   startAgentProcess,
-  startControlPlane,
+  startE2eFleet,
+  stopE2eFleet,
   until,
   type AgentProcess,
   type ControlPlane,
@@ -55,16 +53,9 @@ async function infer(port: number): Promise<void> {
 }
 
 beforeAll(async () => {
-  requireBuilt(AGENT_MAIN);
-  plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
-  work = await mkdtemp(join(tmpdir(), 'ef-e2e-'));
+  ({ plane, work } = await startE2eFleet('ef-e2e-'));
 });
-afterAll(async () => {
-  for (const agent of agents) if (agent.child.exitCode === null) agent.child.kill('SIGKILL');
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
-});
+afterAll(() => stopE2eFleet(plane, work, agents));
 
 describe('server + enrolled agent + CLI (real processes)', { timeout: 120_000 }, () => {
   it('heartbeats show in describe and the report, survive server restarts and outages, and count crashes', async () => {

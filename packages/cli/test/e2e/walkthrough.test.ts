@@ -8,20 +8,17 @@
  * capture arriving in the fleet's output through the control plane (no cloud credentials on the devices).
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  AGENT_MAIN,
-  CLI_MAIN,
   REPO_ROOT,
   freePort,
-  requireBuilt,
   startAgentProcess,
-  startControlPlane,
+  startE2eFleet,
+  stopE2eFleet,
   until,
   type AgentProcess,
   type ControlPlane,
@@ -55,21 +52,9 @@ async function filesUnder(dir: string): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  requireBuilt(AGENT_MAIN, CLI_MAIN);
-  plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
-  work = await mkdtemp(join(tmpdir(), 'ef-walk-'));
+  ({ plane, work } = await startE2eFleet('ef-walk-'));
 });
-afterAll(async () => {
-  for (const agent of agents) {
-    if (agent.child.exitCode === null && agent.child.signalCode === null) {
-      agent.child.kill('SIGTERM');
-      await agent.exited;
-    }
-  }
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
-});
+afterAll(() => stopE2eFleet(plane, work, agents));
 
 describe(
   'the README walkthrough: a control plane and two enrolled agents with capture',
