@@ -160,7 +160,8 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
         const tensors = request.tensors.map((tensor, i) =>
           fromWireTensor(tensor, `input tensor #${i + 1}`, segments),
         );
-        const result = await registry.predict(name, tensors);
+        const ownedBuffer = messageMemory(call.request);
+        const result = await registry.predict(name, tensors, ownedBuffer && { ownedBuffer });
         const outputBytes = result.outputs.reduce((n, o) => n + o.data.byteLength, 0);
         if (outputBytes > maxMessageBytes) {
           throw new AgentError(
@@ -222,4 +223,24 @@ function modelName(handle: string, name: string, method: AgentMethodName): strin
     );
   }
   return chosen;
+}
+
+/** grpc-js's length prefix before each message (compressed flag and length). */
+const GRPC_MESSAGE_PREFIX_BYTES = 5;
+
+/**
+ * The request message's own memory, when it has some: grpc-js assembles each message with Buffer.concat (prefix
+ * and body), and Node gives a Buffer of half its pool size or more an ArrayBuffer of its own; smaller ones are
+ * slices of the shared pool. Predict's input tensors are views into the message, so handing its own memory to the
+ * worker moves them all without a copy; nothing reads the request after the prediction. Anything that does not
+ * look exactly like that (a pool slice, another layout) is left alone and copied as before.
+ */
+function messageMemory(request: Buffer): ArrayBuffer | undefined {
+  const memory = request.buffer;
+  return memory instanceof ArrayBuffer &&
+    memory.byteLength >= Buffer.poolSize >>> 1 &&
+    request.byteOffset <= GRPC_MESSAGE_PREFIX_BYTES &&
+    request.byteOffset + request.byteLength === memory.byteLength
+    ? memory
+    : undefined;
 }

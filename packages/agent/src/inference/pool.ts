@@ -57,6 +57,11 @@ export interface RunOptions {
    * thread; the worker copies them once (onnxruntime-node refuses tensors over a SharedArrayBuffer).
    */
   transferInputs?: boolean;
+  /**
+   * An ArrayBuffer the caller gives up in full (e.g. a gRPC request message that has memory of its own): inputs
+   * that are views into it are transferred with it, once, without a copy, and it is detached afterwards.
+   */
+  ownedBuffer?: ArrayBuffer;
 }
 
 export interface ModelSessionInfo {
@@ -584,7 +589,12 @@ export class InferencePool {
       );
     }
     if (!pinned && runsInline(entry, this.#budget)) return this.#runInline(entry, inputs);
-    const { wire, transfer } = prepareInputs(inputs, options.transferInputs === true, this.#inputBytes);
+    const { wire, transfer } = prepareInputs(
+      inputs,
+      options.transferInputs === true,
+      this.#inputBytes,
+      options.ownedBuffer,
+    );
     return new Promise<RunResult>((resolve, reject) => {
       const job: Job = {
         seq: this.#id(),

@@ -34,13 +34,16 @@ export interface PreparedInputs {
 
 /**
  * The pool's tensors as wire tensors. With `transferOwned`, a tensor whose bytes fill their whole ArrayBuffer
- * is transferred (the caller's buffer is detached once posted); a view into a buffer the caller does not own (a
- * gRPC message, Node's Buffer pool) is copied once, so that transferring it cannot detach someone else's bytes.
+ * is transferred (the caller's buffer is detached once posted). A tensor that is a view into `ownedBuffer` (a
+ * buffer the caller gives up in full, e.g. a gRPC message of its own) travels inside it: the buffer is
+ * transferred once, however many tensors lie in it. Any other view (into a buffer someone else may hold, such as
+ * Node's Buffer pool) is copied once, so that transferring cannot detach someone else's bytes.
  */
 export function prepareInputs(
   inputs: readonly PoolTensor[],
   transferOwned: boolean,
   counts: InputByteCounts,
+  ownedBuffer?: ArrayBuffer,
 ): PreparedInputs {
   const transfer: ArrayBuffer[] = [];
   const wire = inputs.map((input): WireTensor => {
@@ -54,6 +57,11 @@ export function prepareInputs(
       return { name, type, dims, byteLength, buffer: data.buffer, byteOffset: data.byteOffset };
     }
     const buffer = data.buffer as ArrayBuffer;
+    if (buffer === ownedBuffer && buffer.byteLength > 0) {
+      if (!transfer.includes(buffer)) transfer.push(buffer);
+      counts.transferred += byteLength;
+      return { name, type, dims, byteLength, buffer, byteOffset: data.byteOffset };
+    }
     const whole = data.byteOffset === 0 && byteLength === buffer.byteLength;
     if (transferOwned && whole && !transfer.includes(buffer) && buffer.byteLength > 0) {
       transfer.push(buffer);

@@ -46,6 +46,11 @@ export interface PredictOptions {
    * message, a pooled Buffer); they are then copied once.
    */
   transferInputs?: boolean;
+  /**
+   * An ArrayBuffer the caller gives up in full (its gRPC request message): input tensors that are views into it
+   * go to the worker inside it, transferred once without a copy, and it is detached afterwards.
+   */
+  ownedBuffer?: ArrayBuffer;
 }
 
 /** A successful prediction, as observers see it (automatic capture, activity counters). */
@@ -351,8 +356,11 @@ export class ModelRegistry {
     const listeners = this.#listeners(name);
     version.enter();
     try {
+      // An observer that reads the inputs after the run needs them where they are: nothing is given up then.
+      const giveUp = !listeners.some((l) => l.readsInputs);
       const result = await this.#pool.run(version.key, inputs, {
-        transferInputs: options.transferInputs === true && !listeners.some((l) => l.readsInputs),
+        transferInputs: options.transferInputs === true && giveUp,
+        ...(giveUp && options.ownedBuffer && { ownedBuffer: options.ownedBuffer }),
       });
       const outputs = orderOutputs(description.outputs, result.outputs);
       const requestMs = performance.now() - began;

@@ -140,6 +140,21 @@ describe('InferencePool', () => {
     expect([after.copies - before.copies, after.transferred - before.transferred]).toEqual([0, bytes]);
     expect(given.byteLength).toBe(0);
 
+    // Views into a buffer given up in full (a gRPC message of its own): the buffer travels once, no copy.
+    before = after;
+    const message = new Uint8Array(bytes + 64);
+    message.set(new Uint8Array(image.data.buffer), 40);
+    const inMessage = message.subarray(40, 40 + bytes);
+    const owned = await pool.run(
+      'image#1',
+      [{ name: 'image', dataType: 'FLOAT32', shape: image.shape, data: inMessage }],
+      { ownedBuffer: message.buffer },
+    );
+    expect(Buffer.from(owned.outputs[0]!.data).equals(Buffer.from(image.data.buffer))).toBe(true);
+    after = pool.stats().inputBytes;
+    expect([after.copies - before.copies, after.transferred - before.transferred]).toEqual([0, bytes]);
+    expect(message.byteLength).toBe(0);
+
     // A SharedArrayBuffer: not copied on this thread (the worker copies it once).
     before = after;
     const shared = new Uint8Array(new SharedArrayBuffer(bytes + 8), 8, bytes);
