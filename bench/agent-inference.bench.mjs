@@ -23,7 +23,7 @@
 // which runs on the same machine as the agent (so on a 2-core machine, client, agent event loop and ONNX Runtime
 // share the 2 cores).
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttp2Server } from 'node:http2';
 import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
@@ -145,6 +145,27 @@ async function inProcessRunner(model, clients) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Clients of the agent
+
+/**
+ * CPU time (µs) a process's threads have run so far, from Linux's /proc/<pid>/task/<tid>/schedstat (nanosecond
+ * run times): its main thread (for the agent, the event loop) and all its other threads together (the agent's
+ * inference workers, libuv's pool). null where /proc is not there.
+ */
+function threadCpu(pid) {
+  if (pid === undefined) return null;
+  try {
+    let main = 0;
+    let others = 0;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      if (Number(tid) === pid) main += ns / 1000;
+      else others += ns / 1000;
+    }
+    return { main, others };
+  } catch {
+    return null;
+  }
+}
 
 /** `clients` closed loops of calls, opened (and warmed up) once and run for a slice of time at each `run`. */
 async function closedLoopRunner(clients, makeCall) {
@@ -595,7 +616,7 @@ async function main() {
       if (ready.models.length !== models.length)
         throw new Error(`the agent ${mainPath} loaded ${ready.models.join(', ')} only`);
       const hasRest = ready.rest.some((a) => a === `unix:${restSocketPath}`);
-      return { ready, target: `unix://${socketPath}`, rest: hasRest ? restSocketPath : null };
+      return { ready, target: `unix://${socketPath}`, rest: hasRest ? restSocketPath : null, pid: child.pid };
     };
     const agent = await launch('agent', AGENT_MAIN, INLINE_SETTINGS);
     const other = WORKERS_ONLY
@@ -633,42 +654,57 @@ async function main() {
         .createAgentCodec()
         .encode('PredictRequest', { handle: model.key, tensors: wire });
       const paths = [
-        ['grpc-js echo, no agent (floor)', () => echoCaller(echoSocketPath, requestBytes)],
-        ['gRPC bytes', (i) => grpcCaller(core, target, model, wire, i === 0)],
+        ['grpc-js echo, no agent (floor)', () => echoCaller(echoSocketPath, requestBytes), echo.pid],
+        ['gRPC bytes', (i) => grpcCaller(core, target, model, wire, i === 0), agent.pid],
       ];
       if (model.key !== 'image')
         paths.splice(1, 0, [
           'node:http2 gRPC echo (floor)',
           () => echoCaller(h2EchoSocketPath, requestBytes),
+          h2Echo.pid,
         ]);
       // The agent's gRPC door without inference: what the worker hand-off adds is the difference to gRPC bytes.
       if (model.key === 'tiny')
-        paths.splice(1, 0, ['gRPC DescribeModel (no worker)', () => describeCaller(core, target, model)]);
+        paths.splice(1, 0, [
+          'gRPC DescribeModel (no worker)',
+          () => describeCaller(core, target, model),
+          agent.pid,
+        ]);
       if (model.key === 'image' || model.key === 'silero-vad') {
         const shm = await sharedMemoryTensors(core, model.tensors, cleanups);
-        paths.push(['gRPC shared memory', (i) => grpcCaller(core, target, model, shm, i === 0)]);
+        paths.push(['gRPC shared memory', (i) => grpcCaller(core, target, model, shm, i === 0), agent.pid]);
       }
       if (hasRest) {
         if (model.key === 'tiny') {
           const { body } = restBinaryBody(model.tensors);
-          paths.push(['HTTP echo, no agent (floor)', () => httpEchoCaller(httpEchoSocketPath, body)]);
+          paths.push([
+            'HTTP echo, no agent (floor)',
+            () => httpEchoCaller(httpEchoSocketPath, body),
+            httpEcho.pid,
+          ]);
         }
-        paths.push(['REST JSON', (i) => restCaller(restSocketPath, model, 'json', i === 0)]);
-        paths.push(['REST binary', (i) => restCaller(restSocketPath, model, 'binary', i === 0)]);
+        paths.push(['REST JSON', (i) => restCaller(restSocketPath, model, 'json', i === 0), agent.pid]);
+        paths.push(['REST binary', (i) => restCaller(restSocketPath, model, 'binary', i === 0), agent.pid]);
         if (model.outputs)
           paths.push([
             'REST shared memory in and out',
             (i) => restSharedMemoryCaller(restSocketPath, model, cleanups, i === 0),
+            agent.pid,
           ]);
       }
       if (other) {
         paths.push([
           `gRPC bytes, ${otherLabel}`,
           (i) => grpcCaller(core, other.target, model, wire, i === 0),
+          other.pid,
         ]);
         if (other.rest) {
           const rest = other.rest;
-          paths.push([`REST binary, ${otherLabel}`, (i) => restCaller(rest, model, 'binary', i === 0)]);
+          paths.push([
+            `REST binary, ${otherLabel}`,
+            (i) => restCaller(rest, model, 'binary', i === 0),
+            other.pid,
+          ]);
         }
       }
       for (const clients of CONCURRENCY) {
@@ -680,26 +716,56 @@ async function main() {
             await inProcessRunner(model, clients),
           ],
         ];
-        for (const [path, makeCall] of paths) {
+        for (const [path, makeCall, pid] of paths) {
           // The agent parses at most 2 large JSON bodies at once and answers more with 429 (closing the
           // connection while the client still sends): 8 clients of 3 MB JSON images measure that limit, not speed.
           if (clients > 1 && model.key === 'image' && path === 'REST JSON') continue;
-          candidates.push([path, await closedLoopRunner(clients, makeCall)]);
+          candidates.push([path, await closedLoopRunner(clients, makeCall), pid]);
         }
-        const measured = candidates.map(() => ({ latencies: [], elapsed: 0 }));
+        const measured = candidates.map(() => ({
+          latencies: [],
+          elapsed: 0,
+          cpu: { client: 0, main: 0, others: 0 },
+        }));
         for (let round = -WARMUP_ROUNDS; round < ROUNDS; round++) {
-          for (const [i, [, runner]] of candidates.entries()) {
+          for (const [i, [, runner, pid]] of candidates.entries()) {
+            const clientBefore = process.cpuUsage();
+            const serverBefore = threadCpu(pid);
             const { latencies, elapsed } = await runner.run(SECONDS / ROUNDS);
+            const client = process.cpuUsage(clientBefore);
+            const serverAfter = threadCpu(pid);
             if (round < 0) continue;
             for (const latency of latencies) measured[i].latencies.push(latency);
             measured[i].elapsed += elapsed;
+            const cpu = measured[i].cpu;
+            cpu.client += client.user + client.system;
+            if (serverBefore && serverAfter) {
+              cpu.main += serverAfter.main - serverBefore.main;
+              cpu.others += serverAfter.others - serverBefore.others;
+            } else cpu.main = cpu.others = NaN;
           }
         }
         for (const [, runner] of candidates) await runner.close();
         const base = summarize(measured[0].latencies, measured[0].elapsed);
         candidates.forEach(([path], i) => {
           const result = i === 0 ? base : summarize(measured[i].latencies, measured[i].elapsed);
-          rows.push({ model: model.label, path, clients, ...result, base });
+          const { cpu, latencies } = measured[i];
+          const perRequest = (micros) => micros / Math.max(1, latencies.length);
+          rows.push({
+            model: model.label,
+            path,
+            clients,
+            ...result,
+            base,
+            // CPU time per request: the benchmark's process (the clients, or for the 1-client in-process row the
+            // runs themselves; the 8-client one starts its threads and sessions anew each round, so its figure
+            // would mean nothing) and the server's main thread and other threads.
+            cpu: {
+              client: i === 0 && clients > 1 ? undefined : perRequest(cpu.client),
+              main: candidates[i][2] === undefined ? undefined : perRequest(cpu.main),
+              others: candidates[i][2] === undefined ? undefined : perRequest(cpu.others),
+            },
+          });
         });
         allRows.push(...rows);
         printRows(rows.splice(0));
@@ -785,7 +851,18 @@ async function restCaller(socketPath, model, kind, check) {
 }
 
 function printRows(rows) {
-  const header = ['model', 'path', 'clients', 'p50', 'p99', 'req/s', 'p50 vs base', 'req/s vs base'];
+  const header = [
+    'model',
+    'path',
+    'clients',
+    'p50',
+    'p99',
+    'req/s',
+    'p50 vs base',
+    'req/s vs base',
+    'CPU µs/req: client · server main · server others',
+  ];
+  const micros = (value) => (value === undefined || Number.isNaN(value) ? '—' : value.toFixed(0));
   const lines = rows.map((r) => [
     r.model,
     r.path,
@@ -797,6 +874,7 @@ function printRows(rows) {
       ? '1.00×'
       : `${(r.p50 / r.base.p50).toFixed(2)}× (+${fmtMs(r.p50 - r.base.p50)})`,
     r.path.startsWith('in-process') ? '1.00×' : `${((100 * r.throughput) / r.base.throughput).toFixed(0)}%`,
+    `${micros(r.cpu.client)} · ${micros(r.cpu.main)} · ${micros(r.cpu.others)}`,
   ]);
   if (!printRows.headerShown) {
     printRows.headerShown = true;
