@@ -70,7 +70,8 @@ const ROUNDS = 4;
 // while V8 optimises its hot paths, and those rounds would otherwise weigh on whichever model comes first.
 const WARMUP_ROUNDS = Number(arg('--warmup-rounds', '2'));
 const ONLY = arg('--only', 'tiny,image,silero').split(',');
-const WORKERS = Math.min(2, availableParallelism());
+// `--workers N`: the agent's inference workers (and the 8-client baseline's threads); default the cores, at most 2.
+const WORKERS = Number(arg('--workers', String(Math.min(2, availableParallelism()))));
 const ECHO_PATH = '/bench.Echo/Echo';
 const CONCURRENCY = [1, 8];
 

@@ -181,6 +181,11 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await register.getByLabel('Device names').fill('till-1');
     await register.getByRole('button', { name: 'Register' }).click();
     await page.locator('tr[data-device="till-1"]').getByText('never seen').waitFor();
+    // The overview tells a device that never reported from one that went silent.
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await expect.poll(() => page.getByTestId('never-seen-total').textContent()).toBe('1');
+    expect(await page.getByTestId('offline-total').textContent()).toBe('0');
+    await page.getByRole('link', { name: 'Devices' }).click();
     await page.getByRole('link', { name: 'till-1' }).click();
     await expect.poll(() => page.getByTestId('identity-status').textContent()).toBe('NOT_ENROLLED');
 
@@ -238,6 +243,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     // The overview counts it online, live.
     await page.getByRole('link', { name: 'Overview' }).click();
     await expect.poll(() => page.getByTestId('online-total').textContent(), { timeout: 30_000 }).toBe('1');
+    expect(await page.getByTestId('never-seen-total').textContent()).toBe('0');
     await screenshot(page, 'overview');
     await page.getByRole('link', { name: 'Devices' }).click();
     await page.locator('tr[data-device="till-1"]').getByText('online').waitFor();

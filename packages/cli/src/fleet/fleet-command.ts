@@ -35,12 +35,16 @@ function describeFleet(fleet: Fleet): string {
 }
 
 export function describeReport(report: FleetReport): string[] {
-  const { connectedDeviceCount, registeredDeviceCount } = report.deviceStats;
+  const { connectedDeviceCount, registeredDeviceCount, neverSeenDeviceCount } = report.deviceStats;
   return [
     fields([
       ['fleet', report.fleetName],
       ['generated', formatTime(report.reportGenerated)],
-      ['devices', `${connectedDeviceCount} connected of ${registeredDeviceCount} registered`],
+      [
+        'devices',
+        `${connectedDeviceCount} connected of ${registeredDeviceCount} registered` +
+          (neverSeenDeviceCount ? ` (${neverSeenDeviceCount} never seen)` : ''),
+      ],
     ]),
     '',
     report.agentVersions.length === 0

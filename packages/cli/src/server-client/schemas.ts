@@ -111,7 +111,12 @@ export const fleetReportSchema = z.looseObject({
   description: z.string().optional(),
   outputConfig: z.looseObject({ s3OutputLocation: z.string() }),
   reportGenerated: isoTime,
-  deviceStats: z.looseObject({ connectedDeviceCount: z.number(), registeredDeviceCount: z.number() }),
+  deviceStats: z.looseObject({
+    connectedDeviceCount: z.number(),
+    registeredDeviceCount: z.number(),
+    /** Older servers leave it out. */
+    neverSeenDeviceCount: z.number().optional(),
+  }),
   agentVersions: z.array(z.looseObject({ version: z.string(), agentCount: z.number() })),
   modelStats: z.array(
     z.looseObject({

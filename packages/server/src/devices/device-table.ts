@@ -156,6 +156,8 @@ export async function selectableDevices(
 export interface FleetDeviceStats {
   registered: number;
   connected: number;
+  /** Registered but never heard from (no heartbeat yet): not offline, just not started. */
+  neverSeen: number;
   agentVersions: { version: string; count: number }[];
   models: {
     name: string;
@@ -168,7 +170,8 @@ export interface FleetDeviceStats {
 }
 
 /**
- * Counts across a fleet's devices from their latest heartbeats. Connected: heard from since `since`; per
+ * Counts across a fleet's devices from their latest heartbeats. Connected: heard from since `since`; never seen:
+ * no heartbeat at all (the rest are offline); per
  * model and version: offline or connected; active: connected and inferred since `since`; sampling:
  * connected and sampled since `since`.
  */
@@ -184,6 +187,13 @@ export async function fleetDeviceStats(
     .select([
       (eb) => eb.fn.countAll<number>().as('registered'),
       (eb) => eb.fn.coalesce(eb.fn.sum<number>(online), sql<number>`0`).as('connected'),
+      (eb) =>
+        eb.fn
+          .coalesce(
+            eb.fn.sum<number>(sql<number>`case when devices.last_heartbeat_at is null then 1 else 0 end`),
+            sql<number>`0`,
+          )
+          .as('never_seen'),
     ])
     .where('fleet_name', '=', fleetName)
     .executeTakeFirstOrThrow();
@@ -221,6 +231,7 @@ export async function fleetDeviceStats(
   return {
     registered: Number(stats.registered),
     connected: Number(stats.connected),
+    neverSeen: Number(stats.never_seen),
     agentVersions: versions.map((v) => ({ version: v.agent_version as string, count: Number(v.count) })),
     models: models.map((m) => ({
       name: m.model_name,

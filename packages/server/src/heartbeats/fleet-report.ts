@@ -8,7 +8,8 @@ export interface FleetReport {
   description: string | null;
   outputConfig: { s3OutputLocation: string; kmsKeyId: string | null };
   reportGenerated: number;
-  deviceStats: { connectedDeviceCount: number; registeredDeviceCount: number };
+  /** neverSeenDeviceCount is ours (SageMaker's report has only the other two): registered, never heard from. */
+  deviceStats: { connectedDeviceCount: number; registeredDeviceCount: number; neverSeenDeviceCount: number };
   agentVersions: { version: string; agentCount: number }[];
   modelStats: {
     modelName: string;
@@ -44,7 +45,11 @@ export async function fleetReport(
       kmsKeyId: fleet.outputConfig.kmsKeyId,
     },
     reportGenerated: now,
-    deviceStats: { connectedDeviceCount: stats.connected, registeredDeviceCount: stats.registered },
+    deviceStats: {
+      connectedDeviceCount: stats.connected,
+      registeredDeviceCount: stats.registered,
+      neverSeenDeviceCount: stats.neverSeen,
+    },
     agentVersions: stats.agentVersions.map((v) => ({ version: v.version, agentCount: v.count })),
     modelStats: stats.models.map((m) => ({
       modelName: m.name,

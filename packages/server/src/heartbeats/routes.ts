@@ -58,7 +58,15 @@ const fleetReportSchema = z.object({
   description: z.string().optional(),
   outputConfig: z.object({ s3OutputLocation: z.string(), kmsKeyId: z.string().optional() }),
   reportGenerated: z.iso.datetime(),
-  deviceStats: z.object({ connectedDeviceCount: z.int(), registeredDeviceCount: z.int() }),
+  deviceStats: z.object({
+    connectedDeviceCount: z.int(),
+    registeredDeviceCount: z.int(),
+    neverSeenDeviceCount: z
+      .int()
+      .describe(
+        'Registered devices never heard from (no heartbeat yet); offline = registered − connected − this',
+      ),
+  }),
   agentVersions: z.array(z.object({ version: z.string(), agentCount: z.int() })),
   modelStats: z.array(
     z.object({

@@ -350,7 +350,7 @@ describe.each(engines)('heartbeats on $engine', (fixture) => {
     expect(report.body).toMatchObject({
       fleetName: 'cams',
       outputConfig: { s3OutputLocation: 's3://captures/cams' },
-      deviceStats: { registeredDeviceCount: 3, connectedDeviceCount: 1 },
+      deviceStats: { registeredDeviceCount: 3, connectedDeviceCount: 1, neverSeenDeviceCount: 1 },
       agentVersions: [
         { version: '1.3.9', agentCount: 1 },
         { version: '1.4.0', agentCount: 1 },

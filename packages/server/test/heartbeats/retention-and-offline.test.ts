@@ -73,7 +73,12 @@ describe.each(engines)('offline detection and retention on $engine', (fixture) =
         offlineAfterMs: interval * missed,
         now: clock,
       });
-      expect(report.deviceStats).toEqual({ registeredDeviceCount: 2, connectedDeviceCount: 0 });
+      // dev-1 was heard from and has gone silent (offline); dev-2 never sent a heartbeat.
+      expect(report.deviceStats).toEqual({
+        registeredDeviceCount: 2,
+        connectedDeviceCount: 0,
+        neverSeenDeviceCount: 1,
+      });
 
       await beat(0);
       expect(await statusOf('dev-1')).toBe('online');

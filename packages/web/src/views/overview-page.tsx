@@ -48,8 +48,9 @@ export function OverviewPage() {
     (sum, report) => ({
       registered: sum.registered + report.deviceStats.registeredDeviceCount,
       online: sum.online + report.deviceStats.connectedDeviceCount,
+      neverSeen: sum.neverSeen + report.deviceStats.neverSeenDeviceCount,
     }),
-    { registered: 0, online: 0 },
+    { registered: 0, online: 0, neverSeen: 0 },
   );
   const agentVersions = new Map<string, number>();
   const modelsInUse = new Map<string, number>();
@@ -72,13 +73,18 @@ export function OverviewPage() {
         <Stat label="Fleets" value={reports.length} />
         <Stat label="Devices" value={totals.registered} />
         <Stat label="Online" value={totals.online} testId="online-total" />
-        <Stat label="Offline or never seen" value={totals.registered - totals.online} />
+        <Stat
+          label="Offline"
+          value={totals.registered - totals.online - totals.neverSeen}
+          testId="offline-total"
+        />
+        <Stat label="Never seen" value={totals.neverSeen} testId="never-seen-total" />
       </div>
       <ErrorNote error={fleets.error} />
       <Section title="Fleets" actions={canWrite ? <CreateFleet onCreated={fleets.reload} /> : undefined}>
         {reports.length === 0 && !fleets.loading ? <p class="muted">No fleets yet.</p> : null}
         <table>
-          <TableHead columns={['Fleet', 'Devices', 'Online', 'Offline / never seen', 'Models']} />
+          <TableHead columns={['Fleet', 'Devices', 'Online', 'Offline', 'Never seen', 'Models']} />
           <tbody>
             {reports.map((report) => (
               <tr key={report.fleetName} data-fleet={report.fleetName}>
@@ -90,7 +96,12 @@ export function OverviewPage() {
                 </td>
                 <td>{report.deviceStats.registeredDeviceCount}</td>
                 <td data-testid="fleet-online">{report.deviceStats.connectedDeviceCount}</td>
-                <td>{report.deviceStats.registeredDeviceCount - report.deviceStats.connectedDeviceCount}</td>
+                <td>
+                  {report.deviceStats.registeredDeviceCount -
+                    report.deviceStats.connectedDeviceCount -
+                    report.deviceStats.neverSeenDeviceCount}
+                </td>
+                <td>{report.deviceStats.neverSeenDeviceCount}</td>
                 <td>{report.modelStats.map((m) => `${m.modelName} ${m.modelVersion}`).join(', ') || '–'}</td>
               </tr>
             ))}
