@@ -35,9 +35,10 @@ function download(
   headers: Record<string, string> = {},
 ): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; bytes: Buffer }> {
   return new Promise((resolve, reject) => {
+    // The path goes as written (a URL string would have its ".." segments resolved before sending).
+    const { hostname, port } = new URL(baseUrl);
     const request = https.request(
-      `${baseUrl}${urlPath}`,
-      { method: 'GET', ca: tls.ca, cert: tls.cert, key: tls.key, headers },
+      { hostname, port, path: urlPath, method: 'GET', ca: tls.ca, cert: tls.cert, key: tls.key, headers },
       (response) => {
         const chunks: Buffer[] = [];
         response.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -600,6 +601,19 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       expect(tail.bytes.equals(bytes.subarray(10))).toBe(true);
       // Fleet f has no plan with it.
       expect((await download(t.server.deviceUrl, devices.get('d1')!.tls, url)).status).toBe(403);
+      // No spelling of a path that climbs out of the package routes reaches a package.
+      for (const climbing of [
+        '/api/v1/device/model-packages/uploaded/..',
+        '/api/v1/device/model-packages/uploaded/%2e%2e',
+        '/api/v1/device/model-packages/..%2Fuploaded/7',
+        '/api/v1/device/model-packages/uploaded/7%2F..',
+        '/api/v1/device/packages/..',
+        '/api/v1/device/packages/%2E%2E',
+      ]) {
+        const refused = await download(t.server.deviceUrl, devices.get('g1')!.tls, climbing);
+        expect(refused.status, climbing).toBe(400);
+        expect(JSON.parse(refused.bytes.toString()), climbing).toMatchObject({ code: 'ValidationError' });
+      }
     },
   );
 
