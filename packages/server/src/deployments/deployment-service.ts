@@ -10,7 +10,7 @@ import { isForeignKeyViolation, isUniqueViolation, type DatabaseSchema } from '.
 import {
   createPlanSchema,
   MAX_STAGES,
-  deviceSelectionSchema,
+  storedDeviceSelectionSchema,
   modelConfigSchema,
   planOptionsSchema,
   stageInputSchema,
@@ -416,7 +416,7 @@ export class DeploymentService implements DevicePackageAccess {
       failedCount: count(undefined, 'FAILED'),
       stages: stages.map((stage) => ({
         name: stage.name,
-        deviceSelection: deviceSelectionSchema.parse(JSON.parse(stage.selection)),
+        deviceSelection: storedDeviceSelectionSchema.parse(JSON.parse(stage.selection)),
         failureHandlingPolicy: stage.failure_policy as 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING',
         status: stage.status as StageStatus,
         ...(stage.status_message !== null && { statusMessage: stage.status_message }),

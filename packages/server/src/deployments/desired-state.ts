@@ -15,7 +15,7 @@ import type { Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import {
-  deviceSelectionSchema,
+  storedDeviceSelectionSchema,
   modelConfigSchema,
   planOptionsSchema,
   type FailurePolicy,
@@ -120,7 +120,9 @@ export async function desiredDeployments(
     self ??= (await selectableDevices(trx, device.fleetName, [device.deviceName]))[0];
     if (self === undefined) continue;
     const me = self;
-    if (!planStages.some((s) => selectsNewcomer(deviceSelectionSchema.parse(JSON.parse(s.selection)), me))) {
+    if (
+      !planStages.some((s) => selectsNewcomer(storedDeviceSelectionSchema.parse(JSON.parse(s.selection)), me))
+    ) {
       continue;
     }
     applicable.push({
