@@ -24,10 +24,11 @@ describe.skipIf(!postgres.available)('deployments served by two replicas on one 
     if (location.engine !== 'postgres') throw new Error('expected a PostgreSQL location');
     databaseUrl = location.url;
     const config = { packaging: { pollIntervalMs: 50 }, deployments: { sweepIntervalMs: 100 } };
-    // One after the other: the first generates the CA and signing keys the second then loads (two starting
-    // at once on an empty shared folder can race on generating them).
-    a = await startTestServer({ database: location, dataDir: shared, config });
-    b = await startTestServer({ database: location, dataDir: shared, config });
+    // Together, on an empty shared folder: one creates the CA and signing keys, the other loads them.
+    [a, b] = await Promise.all([
+      startTestServer({ database: location, dataDir: shared, config }),
+      startTestServer({ database: location, dataDir: shared, config }),
+    ]);
     await a.call('POST', '/api/v1/fleets', {
       token: a.adminToken,
       body: { name: 'f', outputConfig: { s3OutputLocation: 's3://c/f' } },
