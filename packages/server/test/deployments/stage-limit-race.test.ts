@@ -16,6 +16,7 @@ import { ModelStore } from '../../src/models/index.js';
 import { PackagingJobStore } from '../../src/packaging/index.js';
 import { migrateToLatest, openDatabase, type ServerDatabase } from '../../src/storage/index.js';
 import { databaseEngines } from '../support/engines.js';
+import { lockWaiters } from '../support/postgres.js';
 
 const engines = await databaseEngines();
 const postgres = engines.find((e) => e.engine === 'postgres')!;
@@ -80,17 +81,7 @@ describe.skipIf(!postgres.available)('the stage limit with two replicas on one P
         replicas[0]!.addStages('p', [stage('from-a')]),
         replicas[1]!.addStages('p', [stage('from-b')]),
       ]);
-      const waiting = async () =>
-        Number(
-          (
-            await locker.query<{ n: string }>(
-              'SELECT count(DISTINCT pid) AS n FROM pg_locks WHERE NOT granted',
-            )
-          ).rows[0]?.n,
-        );
-      for (let i = 0; i < 400 && (await waiting()) < 2; i++)
-        await new Promise((resolve) => setTimeout(resolve, 25));
-      expect(await waiting()).toBe(2);
+      expect(await lockWaiters(locker, 2)).toBe(2);
       await locker.query('COMMIT');
       outcomes = await both;
     } finally {
