@@ -4,7 +4,7 @@ import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { Agent, request } from 'node:https';
 import { join, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { extractPackageArchive } from '@edgefleet/core';
+import { extractPackageArchive, parsePackageUrl } from '@edgefleet/core';
 import { CurrentTls, type DeviceTlsIdentity } from '../fleet/index.js';
 
 /** Why a download did not complete: `retry` (no answer, 5xx, cut off: try again later), `fail` (give up). */
@@ -170,8 +170,12 @@ export class PackageStore {
   }
 
   async #fetch(path: string, file: string, have: number, limit: number, signal?: AbortSignal): Promise<void> {
+    // Only the server's package routes, never a path that climbs out of them (a row saved by an older agent
+    // is checked here too, not only GetDeployments answers).
+    const parsed = parsePackageUrl(path);
+    if ('error' in parsed) throw new PackageDownloadError('fail', parsed.error);
     const url = new URL(path, this.#endpoint);
-    if (url.origin !== this.#endpoint.origin)
+    if (url.origin !== this.#endpoint.origin || url.pathname !== path)
       throw new PackageDownloadError('fail', `the package URL ${path} is not on the device API`);
     let agent: Agent;
     try {

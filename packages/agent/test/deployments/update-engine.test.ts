@@ -308,6 +308,31 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     }
   });
 
+  it('never follows a PackageUrl out of the package routes (.., %2e%2e, backslashes)', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    // The same package, also served outside the package routes: what a URL climbing out of them would reach.
+    const outside = api.serve('/api/v1/secret', v2.bytes);
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const climbing: Array<[string, string]> = [
+      ['dots', '/api/v1/device/packages/../../secret'],
+      ['encoded', '/api/v1/device/packages/%2e%2e/%2e%2e/secret'],
+      ['backslashes', '/api/v1/device/packages/..\\..\\secret'],
+    ];
+    for (const [name, path] of climbing) {
+      await d.engine.apply([
+        deployment(name, [{ handle: 'detector', pkg: { ...outside, path }, version: '2.0' }]),
+      ]);
+      expect(stateOf(d, 'detector'), name).toMatchObject({
+        state: 'Failed',
+        reason: expect.stringMatching(/PackageUrl .* expected \/api\/v1\/device\/packages\/<job name>/),
+      });
+      expect(d.registry.describe('detector').version).toBe('1.0');
+    }
+    expect(api.ranges.filter((r) => r.path === outside.path)).toEqual([]);
+  });
+
   it('resumes a download cut off mid-way with an HTTP Range request', async () => {
     const v1 = await publish(identityModel(), '1.0');
     api.faults.set(v1.path, [{ cutAfter: 100 }]);

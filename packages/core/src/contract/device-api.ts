@@ -18,6 +18,7 @@ import {
   textSchema,
   versionSchema,
 } from './field-rules.js';
+import { packageUrlSchema } from './package-url.js';
 
 /** Latest epoch second a timestamp may name (year 5138): beyond it, seconds and milliseconds get confused. */
 export const MAX_EPOCH_SECONDS = 1e11;
@@ -151,12 +152,13 @@ export const edgeDeploymentSchema = z.object({
         // EdgeFleet's members (Edge Manager devices ignore them): where and what to download, over the device API.
         ModelName: modelNameSchema.optional().describe("The package's own model name (manifest.json)"),
         ModelVersion: versionSchema.optional().describe("The package's version: what anti-rollback compares"),
-        PackageUrl: z
-          .string()
-          .max(1024)
-          .regex(/^\/api\/v1\/device\/[A-Za-z0-9._~%/-]+$/, 'expected a path on the device API')
+        PackageUrl: packageUrlSchema
           .optional()
-          .describe('The signed package (.tar.gz) on the device API, fetched over mTLS; supports HTTP Range'),
+          .describe(
+            'The signed package (.tar.gz) on the device API, fetched over mTLS; supports HTTP Range. Only ' +
+              '/api/v1/device/packages/{job} or /api/v1/device/model-packages/{model}/{version}, each segment ' +
+              'encoded as encodeURIComponent writes it: ".", "..", "//", "\\" and encoded slashes are refused',
+          ),
         Sha256: z
           .string()
           .regex(/^[a-f0-9]{64}$/, 'expected 64 lower-case hex digits')

@@ -4,6 +4,8 @@ import {
   getDeploymentsResultSchema,
   MAX_MODEL_NAME_LENGTH,
   MAX_TENSOR_RANK,
+  packageUrlOf,
+  parsePackageUrl,
   sendHeartbeatRequestSchema,
   type SendHeartbeatRequest,
 } from '../../src/contract/index.js';
@@ -85,5 +87,51 @@ describe('device↔server contract', () => {
       ],
     });
     expect(deployments.Deployments?.[0]?.Definitions?.[0]?.State).toBe('DEPLOY');
+  });
+
+  it('admits a PackageUrl only on the package routes, refusing every way out of them', () => {
+    expect(parsePackageUrl('/api/v1/device/packages/pack-1')).toEqual({
+      ref: { kind: 'job', job: 'pack-1' },
+    });
+    const uploaded = packageUrlOf({ kind: 'uploaded', modelName: 'resnet', modelVersion: '1.0 rc_1' });
+    expect(uploaded).toBe('/api/v1/device/model-packages/resnet/1.0%20rc_1');
+    expect(parsePackageUrl(uploaded)).toEqual({
+      ref: { kind: 'uploaded', modelName: 'resnet', modelVersion: '1.0 rc_1' },
+    });
+    const refused = [
+      '/api/v1/device/packages/../../admin',
+      '/api/v1/device/packages/..',
+      '/api/v1/device/packages/.',
+      '/api/v1/device/packages/%2e%2e',
+      '/api/v1/device/packages/%2E%2E/x',
+      '/api/v1/device/packages/pack-1/..',
+      '/api/v1/device/model-packages/resnet/..',
+      '/api/v1/device/model-packages/resnet/%2e%2e',
+      '/api/v1/device/model-packages/resnet/./1.0',
+      '/api/v1/device/model-packages/..%2F..%2Fadmin/1',
+      '/api/v1/device/model-packages/resnet%2f1/1',
+      '/api/v1/device/packages/..\\..\\admin',
+      '/api/v1/device/packages/%5c',
+      '/api/v1/device/packages//pack-1',
+      '/api/v1/device//packages/pack-1',
+      '//evil.example/api/v1/device/packages/pack-1',
+      '/api/v1/device/packages/pack-1?x=1',
+      '/api/v1/device/packages/pack-1#x',
+      '/api/v1/device/packages/%zz',
+      '/api/v1/device/deployments',
+      '/api/v1/device/packages/',
+      `/api/v1/device/packages/${'a'.repeat(64)}`,
+    ];
+    for (const url of refused) {
+      const parsed = parsePackageUrl(url);
+      expect(parsed, url).toEqual({
+        error: expect.stringMatching(/expected \/api\/v1\/device\/packages\/<job name>/),
+      });
+      const answer = getDeploymentsResultSchema.safeParse({
+        Deployments: [{ DeploymentName: 'p', Definitions: [{ ModelHandle: 'm', PackageUrl: url }] }],
+      });
+      expect(answer.success, url).toBe(false);
+      expect(answer.error?.issues[0]?.path).toEqual(['Deployments', 0, 'Definitions', 0, 'PackageUrl']);
+    }
   });
 });

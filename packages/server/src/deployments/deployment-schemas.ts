@@ -6,7 +6,14 @@
  */
 import { ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
 import { z } from 'zod';
-import { deviceNameSchema, entityNameSchema, fleetNameSchema, tagListSchema } from '../fields/index.js';
+import {
+  deviceNameSchema,
+  entityNameSchema,
+  fleetNameSchema,
+  MAX_TAGS,
+  tagListSchema,
+  tagSchema,
+} from '../fields/index.js';
 
 export const failurePolicySchema = z.enum(['ROLLBACK_ON_FAILURE', 'DO_NOTHING']);
 export type FailurePolicy = z.infer<typeof failurePolicySchema>;
@@ -38,16 +45,54 @@ export const MAX_SELECTED_DEVICE_NAMES = 1000;
 export const MAX_STAGES = 20;
 export const MAX_MODEL_CONFIGS = 20;
 
+/** Most tags one stage's selection may require (as many as a resource may carry: fields' MAX_TAGS). */
+export const MAX_SELECTION_TAGS = MAX_TAGS;
+
+const subsetTypeSchema = z.enum(['PERCENTAGE', 'SELECTION', 'NAMECONTAINS']);
+
+/** A stage's selection as stored (read back as written; selections stored before the tag limit included). */
+export const storedDeviceSelectionSchema = z.object({
+  subsetType: subsetTypeSchema,
+  percentage: z.int().optional(),
+  deviceNames: z.array(z.string()).optional(),
+  deviceNameContains: z.string().optional(),
+  tags: z.record(z.string(), z.string()).optional(),
+});
+export type DeviceSelection = z.infer<typeof storedDeviceSelectionSchema>;
+
+/** A stage's selection as an operator gives it. */
 export const deviceSelectionSchema = z
   .strictObject({
-    subsetType: z.enum(['PERCENTAGE', 'SELECTION', 'NAMECONTAINS']),
+    subsetType: subsetTypeSchema,
     percentage: z.int().min(0).max(100).optional().describe('PERCENTAGE: share of the fleet, 0-100'),
-    deviceNames: z.array(deviceNameSchema).min(1).max(MAX_SELECTED_DEVICE_NAMES).optional(),
+    deviceNames: z
+      .array(deviceNameSchema)
+      .min(1)
+      .max(MAX_SELECTED_DEVICE_NAMES)
+      .optional()
+      .describe(`SELECTION: the devices, at most ${MAX_SELECTED_DEVICE_NAMES}`),
     deviceNameContains: entityNameSchema.optional().describe('NAMECONTAINS: case-insensitive substring'),
     tags: z
-      .record(z.string().min(1).max(128), z.string().max(256))
+      .record(tagSchema.shape.key, tagSchema.shape.value, {
+        error: (issue) =>
+          issue.code === 'invalid_key'
+            ? 'expected tag keys of 1-128 letters, digits, spaces and _ . : / = + - @'
+            : undefined,
+      })
+      .superRefine((tags, ctx) => {
+        const count = Object.keys(tags).length;
+        if (count > MAX_SELECTION_TAGS)
+          ctx.addIssue({
+            code: 'custom',
+            message: `a selection requires at most ${MAX_SELECTION_TAGS} tags; got ${count}`,
+          });
+      })
       .optional()
-      .describe('EdgeFleet: only devices carrying every one of these tags (key → value)'),
+      .describe(
+        `EdgeFleet: only devices carrying every one of these tags (key → value); at most ${MAX_SELECTION_TAGS} ` +
+          'tags, keys 1-128 and values 0-256 characters (letters, digits, spaces and _ . : / = + - @), as ' +
+          "SageMaker's tags",
+      ),
   })
   .superRefine((selection, ctx) => {
     const needs = { PERCENTAGE: 'percentage', SELECTION: 'deviceNames', NAMECONTAINS: 'deviceNameContains' };
@@ -60,7 +105,6 @@ export const deviceSelectionSchema = z
       });
     }
   });
-export type DeviceSelection = z.infer<typeof deviceSelectionSchema>;
 
 export const stageInputSchema = z.strictObject({
   name: entityNameSchema.describe('StageName, unique in its plan'),
@@ -156,13 +200,7 @@ const iso = z.iso.datetime();
 
 export const stageViewSchema = z.object({
   name: z.string(),
-  deviceSelection: z.object({
-    subsetType: z.enum(['PERCENTAGE', 'SELECTION', 'NAMECONTAINS']),
-    percentage: z.int().optional(),
-    deviceNames: z.array(z.string()).optional(),
-    deviceNameContains: z.string().optional(),
-    tags: z.record(z.string(), z.string()).optional(),
-  }),
+  deviceSelection: storedDeviceSelectionSchema,
   failureHandlingPolicy: failurePolicySchema,
   status: stageStatusSchema,
   statusMessage: z.string().optional(),

@@ -10,7 +10,7 @@ import { isForeignKeyViolation, isUniqueViolation, type DatabaseSchema } from '.
 import {
   createPlanSchema,
   MAX_STAGES,
-  deviceSelectionSchema,
+  storedDeviceSelectionSchema,
   modelConfigSchema,
   planOptionsSchema,
   stageInputSchema,
@@ -163,6 +163,16 @@ export class DeploymentService implements DevicePackageAccess {
     const parsed = checked.data;
     const at = this.now();
     await this.db.transaction().execute(async (trx) => {
+      // Writing the plan row first serialises the writers that add stages to one plan: PostgreSQL holds its
+      // row lock until commit (another replica waits here, then reads the stages this one added); SQLite
+      // takes its single write lock before anything is read. So the count below cannot be stale.
+      const touched = await trx
+        .updateTable('deployment_plans')
+        .set({ updated_at: at })
+        .where('name', '=', planName)
+        .executeTakeFirst();
+      if (Number(touched.numUpdatedRows) === 0)
+        throw notFound(`deployment plan ${planName}`, { plan: planName });
       const plan = await this.planRow(trx, planName);
       const existing = await trx
         .selectFrom('deployment_stages')
@@ -172,7 +182,7 @@ export class DeploymentService implements DevicePackageAccess {
         .execute();
       assertUnique([...existing.map((s) => s.name), ...parsed.map((s) => s.name)], 'stage name');
       // The limit CreateEdgeDeploymentPlan enforces holds for stages added later too (checked with the
-      // plan's stages read in this transaction).
+      // plan's stages read under the plan row's lock, so two replicas adding at once cannot both pass).
       if (existing.length + parsed.length > MAX_STAGES)
         throw invalid(
           `plan ${planName} has ${existing.length} stage(s); adding ${parsed.length} would exceed the limit: ` +
@@ -195,11 +205,6 @@ export class DeploymentService implements DevicePackageAccess {
       }
       const last = existing[existing.length - 1]?.position ?? -1;
       await this.insertStages(trx, planName, parsed, Number(last) + 1, at);
-      await trx
-        .updateTable('deployment_plans')
-        .set({ updated_at: at })
-        .where('name', '=', planName)
-        .execute();
     });
     return this.describePlan(planName);
   }
@@ -416,7 +421,7 @@ export class DeploymentService implements DevicePackageAccess {
       failedCount: count(undefined, 'FAILED'),
       stages: stages.map((stage) => ({
         name: stage.name,
-        deviceSelection: deviceSelectionSchema.parse(JSON.parse(stage.selection)),
+        deviceSelection: storedDeviceSelectionSchema.parse(JSON.parse(stage.selection)),
         failureHandlingPolicy: stage.failure_policy as 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING',
         status: stage.status as StageStatus,
         ...(stage.status_message !== null && { statusMessage: stage.status_message }),

@@ -10,12 +10,12 @@
  * Fetching it marks the device's READYTODEPLOY deployments INPROGRESS (taken): a device that never asks
  * stays pending, with its last-seen time, and is never shown as in progress.
  */
-import type { EdgeDeployment, GetDeploymentsResult } from '@edgefleet/core';
+import { packageUrlOf, type EdgeDeployment, type GetDeploymentsResult } from '@edgefleet/core';
 import type { Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import {
-  deviceSelectionSchema,
+  storedDeviceSelectionSchema,
   modelConfigSchema,
   planOptionsSchema,
   type FailurePolicy,
@@ -23,21 +23,12 @@ import {
 } from './deployment-schemas.js';
 import { selectsNewcomer } from './device-selection.js';
 
-/** Where devices download a packaging job's package (device API, mutual TLS, HTTP Range). */
-export function packageUrlOf(jobName: string): string {
-  return `/api/v1/device/packages/${encodeURIComponent(jobName)}`;
-}
-
-/** Where devices download an uploaded package (a model version uploaded as a signed .tar.gz). */
-export function uploadedPackageUrlOf(modelName: string, modelVersion: string): string {
-  return `/api/v1/device/model-packages/${encodeURIComponent(modelName)}/${encodeURIComponent(modelVersion)}`;
-}
-
-/** The device API path of a DEPLOY config's package. */
+/** The device API path of a DEPLOY config's package (core's PackageUrl, which devices check). */
 export function packagePathOf(config: ModelConfig): string | undefined {
-  if (config.packagingJobName !== undefined) return packageUrlOf(config.packagingJobName);
+  if (config.packagingJobName !== undefined)
+    return packageUrlOf({ kind: 'job', job: config.packagingJobName });
   if (config.modelName !== undefined && config.modelVersion !== undefined) {
-    return uploadedPackageUrlOf(config.modelName, config.modelVersion);
+    return packageUrlOf({ kind: 'uploaded', modelName: config.modelName, modelVersion: config.modelVersion });
   }
   return undefined;
 }
@@ -129,7 +120,9 @@ export async function desiredDeployments(
     self ??= (await selectableDevices(trx, device.fleetName, [device.deviceName]))[0];
     if (self === undefined) continue;
     const me = self;
-    if (!planStages.some((s) => selectsNewcomer(deviceSelectionSchema.parse(JSON.parse(s.selection)), me))) {
+    if (
+      !planStages.some((s) => selectsNewcomer(storedDeviceSelectionSchema.parse(JSON.parse(s.selection)), me))
+    ) {
       continue;
     }
     applicable.push({

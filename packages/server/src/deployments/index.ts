@@ -1,6 +1,5 @@
 export * from './deployment-schemas.js';
 export { DeploymentService, type DeploymentServiceOptions } from './deployment-service.js';
-export { packageUrlOf, uploadedPackageUrlOf } from './desired-state.js';
 export { classifyResult, type ReportedResult, type ResultOutcome } from './device-results.js';
 export { selectDevices, selectsNewcomer } from './device-selection.js';
 export { deploymentDeviceRoutes, deploymentResultRequestSchema, deploymentRoutes } from './routes.js';

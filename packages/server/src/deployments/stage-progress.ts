@@ -10,7 +10,7 @@ import { selectableDevices } from '../devices/index.js';
 import { conflict } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import {
-  deviceSelectionSchema,
+  storedDeviceSelectionSchema,
   planOptionsSchema,
   type DeploymentEventKind,
   type PlanOptions,
@@ -150,7 +150,7 @@ export async function startStage(
     .select('device_name')
     .where('plan_name', '=', planName)
     .execute();
-  const selection = deviceSelectionSchema.parse(JSON.parse(stage.selection));
+  const selection = storedDeviceSelectionSchema.parse(JSON.parse(stage.selection));
   const names = selection.subsetType === 'SELECTION' ? selection.deviceNames : undefined;
   const fleet = await selectableDevices(trx, plan.fleet_name, names);
   const chosen = selectDevices(planName, selection, fleet, new Set(taken.map((t) => t.device_name)));

@@ -70,8 +70,12 @@ export class DeviceCa {
     const now = options.now ?? Date.now;
     const both = async () => (await fileExists(files.certFile)) && (await fileExists(files.keyFile));
     const neither = async () => !(await fileExists(files.certFile)) && !(await fileExists(files.keyFile));
-    if (options.generate && (await neither())) {
-      await createOnce(`${files.keyFile}.lock`, both, async () => {
+    // Also while another server's lock exists: it may be between writing the key and the certificate.
+    const lock = `${files.keyFile}.lock`;
+    if (options.generate && ((await neither()) || (await fileExists(lock)))) {
+      await createOnce(lock, both, async () => {
+        // Under the lock no creator is running: one file without the other is damage (reported below).
+        if (!(await neither())) return;
         const authority = createRootCa({
           commonName: 'EdgeFleet device CA',
           organization: 'EdgeFleet',

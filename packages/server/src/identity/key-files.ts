@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 
@@ -14,8 +14,31 @@ export async function fileExists(file: string): Promise<boolean> {
 }
 
 /**
- * Writes key material so that it is never readable by others, even for a moment: created 0600 under a 0700
- * folder, then renamed into place (a crash leaves no half-written key).
+ * Moves a finished temporary file to `file` unless `file` exists: a hard link is created exclusively (so key
+ * material is never replaced, and a reader never sees a half-written file), then the temporary is removed.
+ * Where the file system has no hard links, a rename after an existence check (the creation lock serialises).
+ */
+async function publishExclusive(temp: string, file: string): Promise<void> {
+  try {
+    await link(temp, file);
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (code === 'EEXIST')
+      throw new Error(`${file} already exists: another server created key material at the same time`, {
+        cause: error,
+      });
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'ENOSYS' && code !== 'EOPNOTSUPP') throw error;
+    if (await fileExists(file)) throw new Error(`${file} already exists`);
+    await rename(temp, file);
+    return;
+  }
+  await rm(temp, { force: true });
+}
+
+/**
+ * Writes new key material so that it is never readable by others, even for a moment: created 0600 under a
+ * 0700 folder, then published exclusively (a crash leaves no half-written key; an existing key is never
+ * replaced).
  */
 export async function writeSecretFile(file: string, content: string): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -23,19 +46,22 @@ export async function writeSecretFile(file: string, content: string): Promise<vo
   try {
     await writeFile(temp, content, { mode: 0o600, flag: 'wx' });
     await chmod(temp, 0o600);
-    await rename(temp, file);
-  } catch (error) {
+    await publishExclusive(temp, file);
+  } finally {
     await rm(temp, { force: true });
-    throw error;
   }
 }
 
-/** Public material (certificates): readable by all, written atomically. */
+/** Public material (certificates): readable by all, published exclusively as key material is. */
 export async function writePublicFile(file: string, content: string): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   const temp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-  await writeFile(temp, content, { mode: 0o644, flag: 'wx' });
-  await rename(temp, file);
+  try {
+    await writeFile(temp, content, { mode: 0o644, flag: 'wx' });
+    await publishExclusive(temp, file);
+  } finally {
+    await rm(temp, { force: true });
+  }
 }
 
 /** Reads a key file; `looseMode` is set when group or others may read it (worth a warning). */
@@ -46,8 +72,10 @@ export async function readSecretFile(file: string): Promise<{ content: string; l
 
 /**
  * Creates key material once even when several servers start together on a fresh shared folder: whoever
- * creates `lockFile` first generates (unless `ready` already holds); the others wait for the lock to go and
- * then load what it wrote. A lock left by a crash is reported after `timeoutMs`, naming the file.
+ * creates `lockFile` (exclusively) generates, unless `ready` already holds; the others wait while the lock
+ * exists and load what the winner wrote once `ready` holds. A creator that fails removes its lock, and a
+ * waiter then takes the lock and tries itself. A lock left by a crash is reported after `timeoutMs`, naming
+ * the file. `create` runs only under the lock, so it may read the files without racing another creator.
  */
 export async function createOnce(
   lockFile: string,
@@ -56,24 +84,27 @@ export async function createOnce(
   timeoutMs = 30_000,
 ): Promise<void> {
   await mkdir(path.dirname(lockFile), { recursive: true, mode: 0o700 });
-  let handle;
-  try {
-    handle = await open(lockFile, 'wx', 0o600);
-  } catch (error) {
-    if ((error as { code?: unknown }).code !== 'EEXIST') throw error;
-    for (let waited = 0; waited < timeoutMs; waited += 100) {
+  for (let waited = 0; ; waited += 100) {
+    if (await ready()) return;
+    let handle;
+    try {
+      handle = await open(lockFile, 'wx', 0o600);
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== 'EEXIST') throw error;
+      if (waited >= timeoutMs)
+        throw new Error(
+          `${lockFile} exists: another server is creating key material, or one crashed while doing so; ` +
+            'if no other server is starting, remove the file and start again',
+        );
       await sleep(100);
-      if (!(await fileExists(lockFile)) && (await ready())) return;
+      continue;
     }
-    throw new Error(
-      `${lockFile} exists: another server is creating key material, or one crashed while doing so; ` +
-        'if no other server is starting, remove the file and start again',
-    );
-  }
-  try {
-    if (!(await ready())) await create();
-  } finally {
-    await handle.close();
-    await rm(lockFile, { force: true });
+    try {
+      if (!(await ready())) await create();
+    } finally {
+      await handle.close();
+      await rm(lockFile, { force: true });
+    }
+    return;
   }
 }

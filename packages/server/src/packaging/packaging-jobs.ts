@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
@@ -22,6 +23,16 @@ export interface PackagingJobRecord {
   signature: string | null;
   createdAt: number;
   updatedAt: number;
+}
+
+/**
+ * One runner's hold on a job: claiming writes a fresh token to the job's row, so a runner that stalled past its
+ * lease while another replica resumed the job finds its token gone, and its writes (lease renewals, the
+ * result) match nothing.
+ */
+export interface PackagingClaim {
+  jobName: string;
+  token: string;
 }
 
 function toRecord(row: PackagingJobsTable): PackagingJobRecord {
@@ -74,6 +85,7 @@ export class PackagingJobStore {
       artifact_size_bytes: null,
       artifact_sha256: null,
       signature: null,
+      claim_token: null,
       created_at: at,
       updated_at: at,
     };
@@ -110,11 +122,13 @@ export class PackagingJobStore {
 
   /**
    * Takes the oldest job that is waiting (STARTING) or whose runner's lease ran out (INPROGRESS, untouched for
-   * `leaseMs`: its server crashed or was killed), or undefined. Runners touch their job well within the
-   * lease, so a live replica's job is never taken. The update is conditional on the status and time read,
-   * so exactly one caller wins a job.
+   * `leaseMs`: its server crashed, was killed or stalled), or undefined. Runners touch their job well within
+   * the lease, so a live replica's job is never taken. The update is conditional on the status and time read,
+   * so exactly one caller wins a job; it gets a new claim token, which ends any earlier runner's claim.
    */
-  async claimNext(leaseMs: number): Promise<{ job: PackagingJobRecord; resumed: boolean } | undefined> {
+  async claimNext(
+    leaseMs: number,
+  ): Promise<{ job: PackagingJobRecord; resumed: boolean; claim: PackagingClaim } | undefined> {
     for (;;) {
       const next = await this.db
         .selectFrom('packaging_jobs')
@@ -130,34 +144,52 @@ export class PackagingJobStore {
         .executeTakeFirst();
       if (next === undefined) return undefined;
       const resumed = next.status === 'INPROGRESS';
+      const token = randomBytes(12).toString('hex');
       const result = await this.db
         .updateTable('packaging_jobs')
         .set({
           status: 'INPROGRESS',
           status_message: resumed ? 'packaging (resumed after an interruption)' : 'packaging',
+          claim_token: token,
           updated_at: this.now(),
         })
         .where('name', '=', next.name)
         .where('status', '=', next.status)
         .where('updated_at', '=', next.updated_at)
         .executeTakeFirst();
-      if (Number(result.numUpdatedRows) === 1) return { job: await this.get(next.name), resumed };
+      if (Number(result.numUpdatedRows) === 1)
+        return { job: await this.get(next.name), resumed, claim: { jobName: next.name, token } };
       // Another replica claimed it first: look again.
     }
   }
 
-  /** Renews the runner's lease on the job (see claimNext). */
-  async touch(name: string, message: string): Promise<void> {
-    await this.db
-      .updateTable('packaging_jobs')
-      .set({ status_message: message, updated_at: this.now() })
-      .where('name', '=', name)
+  /** True while the claim is the job's current one (nobody resumed the job since, and it is not finished). */
+  async holds(claim: PackagingClaim): Promise<boolean> {
+    const row = await this.db
+      .selectFrom('packaging_jobs')
+      .select('name')
+      .where('name', '=', claim.jobName)
       .where('status', '=', 'INPROGRESS')
-      .execute();
+      .where('claim_token', '=', claim.token)
+      .executeTakeFirst();
+    return row !== undefined;
   }
 
+  /** Renews the runner's lease on the job (see claimNext); false once the claim is lost. */
+  async touch(claim: PackagingClaim, message: string): Promise<boolean> {
+    const result = await this.db
+      .updateTable('packaging_jobs')
+      .set({ status_message: message, updated_at: this.now() })
+      .where('name', '=', claim.jobName)
+      .where('status', '=', 'INPROGRESS')
+      .where('claim_token', '=', claim.token)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) === 1;
+  }
+
+  /** Records the claim's artifact and marks the job COMPLETED; false (nothing written) once the claim is lost. */
   async complete(
-    name: string,
+    claim: PackagingClaim,
     result: {
       artifactKey: string;
       artifactLocation: string;
@@ -166,8 +198,8 @@ export class PackagingJobStore {
       signature: string;
       message: string;
     },
-  ): Promise<void> {
-    await this.db
+  ): Promise<boolean> {
+    const updated = await this.db
       .updateTable('packaging_jobs')
       .set({
         status: 'COMPLETED',
@@ -179,21 +211,25 @@ export class PackagingJobStore {
         signature: result.signature,
         updated_at: this.now(),
       })
-      .where('name', '=', name)
+      .where('name', '=', claim.jobName)
       .where('status', '=', 'INPROGRESS')
-      .execute();
+      .where('claim_token', '=', claim.token)
+      .executeTakeFirst();
+    return Number(updated.numUpdatedRows) === 1;
   }
 
   /**
-   * Fails a job still in progress. A runner that lost its lease (stalled past it while another replica resumed
-   * and finished the job) must not turn that replica's COMPLETED into FAILED, hence the status condition.
+   * Fails the claim's job. A runner that lost its claim (stalled past its lease while another replica resumed
+   * and finished the job) must not turn that replica's COMPLETED into FAILED: false, nothing written.
    */
-  async fail(name: string, message: string): Promise<void> {
-    await this.db
+  async fail(claim: PackagingClaim, message: string): Promise<boolean> {
+    const result = await this.db
       .updateTable('packaging_jobs')
       .set({ status: 'FAILED', status_message: message, updated_at: this.now() })
-      .where('name', '=', name)
+      .where('name', '=', claim.jobName)
       .where('status', '=', 'INPROGRESS')
-      .execute();
+      .where('claim_token', '=', claim.token)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) === 1;
   }
 }

@@ -14,7 +14,7 @@ import {
 import type { Logger } from 'pino';
 import type { BlobStore } from '../blobs/index.js';
 import type { ModelStore } from '../models/index.js';
-import type { PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
+import type { PackagingClaim, PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
 import type { PackageSigningIdentity } from './signing-keys.js';
 
 export interface PackagingWorkerOptions {
@@ -36,10 +36,19 @@ export interface PackagingWorkerOptions {
 
 const DEFAULT_LEASE_MS = 120_000;
 
-/** The object key of a job's package: Edge Manager's `<name>-<version>.tar.gz`, under the job's name. */
-export function artifactKeyOf(job: Pick<PackagingJobRecord, 'name' | 'modelName' | 'modelVersion'>): string {
-  return `packages/${job.name}/${job.modelName}-${job.modelVersion.replace(/ /g, '_')}.tar.gz`;
+/**
+ * The object key of a job's package: Edge Manager's `<name>-<version>.tar.gz`, under the job's name and the
+ * claim that built it, so a runner that lost its claim never overwrites the package the job records.
+ */
+export function artifactKeyOf(
+  job: Pick<PackagingJobRecord, 'name' | 'modelName' | 'modelVersion'>,
+  claim: Pick<PackagingClaim, 'token'>,
+): string {
+  return `packages/${job.name}/${claim.token}/${job.modelName}-${job.modelVersion.replace(/ /g, '_')}.tar.gz`;
 }
+
+/** A runner found its claim taken by a replica that resumed the job: it stops, writing nothing more. */
+class ClaimLostError extends Error {}
 
 /**
  * Runs packaging jobs one at a time: builds the package from the uploaded model (or re-signs an uploaded
@@ -98,40 +107,76 @@ export class PackagingWorker {
             'resuming an interrupted packaging job',
           );
         }
-        await this.run(claimed.job);
+        await this.run(claimed.job, claimed.claim);
       }
     } catch (error) {
       this.options.logger.warn({ err: error }, 'packaging worker: could not look for jobs; will retry');
     }
   }
 
-  private async run(job: PackagingJobRecord): Promise<void> {
+  /**
+   * Builds, publishes and completes one claimed job. The claim is checked before each write that others see
+   * (the artifact, the facade's S3 copy, the job's result): a runner that stalled past its lease while
+   * another replica resumed the job writes none of them, and a package it stored before losing the claim
+   * is removed. Public so that a test can play two replicas holding one job.
+   */
+  async run(job: PackagingJobRecord, claim: PackagingClaim): Promise<void> {
+    const { jobs, blobs } = this.options;
     const log = this.options.logger.child({ packagingJob: job.name });
     // Renewed well within the lease, so a slow database round trip never lets another replica take the job.
     const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
     const touch = setInterval(
       () => {
-        this.options.jobs.touch(job.name, 'packaging').catch(() => undefined);
+        jobs.touch(claim, 'packaging').catch(() => undefined);
       },
       Math.min(20_000, leaseMs / 4),
     );
+    const assertHeld = async (step: string) => {
+      if (!(await jobs.holds(claim))) throw new ClaimLostError(`lost the claim on the job before ${step}`);
+    };
     await mkdir(this.options.workDir, { recursive: true, mode: 0o700 });
     const dir = await mkdtemp(path.join(this.options.workDir, `job-${job.name}-`));
+    let stored: string | undefined;
     try {
-      const artifact = await this.build(job, dir);
-      await this.options.jobs.complete(job.name, artifact);
+      const artifact = await this.build(job, claim, dir, assertHeld, (key) => (stored = key));
+      if (!(await jobs.complete(claim, artifact))) throw new ClaimLostError('lost the claim on the job');
+      stored = undefined;
       log.info({ artifact: artifact.artifactLocation }, 'packaging job completed');
+      await this.removeOtherArtifacts(job, artifact.artifactKey);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
-      log.warn({ err: error }, 'packaging job failed');
-      await this.options.jobs.fail(job.name, message.slice(0, 4000)).catch(() => undefined);
+      if (error instanceof ClaimLostError) {
+        log.warn(`${message}: another replica resumed it; leaving the job to that replica`);
+      } else {
+        log.warn({ err: error }, 'packaging job failed');
+        await jobs.fail(claim, message.slice(0, 4000)).catch(() => undefined);
+      }
+      // A package stored under this claim is never the job's: remove it.
+      if (stored !== undefined) await blobs.delete(stored).catch(() => undefined);
     } finally {
       clearInterval(touch);
       await rm(dir, { recursive: true, force: true });
     }
   }
 
-  private async build(job: PackagingJobRecord, dir: string) {
+  /** Packages runners left under the job's prefix before they were killed (never the job's recorded one). */
+  private async removeOtherArtifacts(job: PackagingJobRecord, keep: string): Promise<void> {
+    try {
+      for (const blob of await this.options.blobs.list(`packages/${job.name}/`)) {
+        if (blob.key !== keep) await this.options.blobs.delete(blob.key);
+      }
+    } catch (error) {
+      this.options.logger.warn({ err: error, packagingJob: job.name }, 'could not remove stale packages');
+    }
+  }
+
+  private async build(
+    job: PackagingJobRecord,
+    claim: PackagingClaim,
+    dir: string,
+    assertHeld: (step: string) => Promise<void>,
+    onStored: (key: string) => void,
+  ) {
     const version = await this.options.models.getVersion(job.modelName, job.modelVersion);
     const source = path.join(dir, version.sourceKind === 'onnx' ? 'model.onnx' : 'upload.tar.gz');
     await pipeline(await this.options.models.openSource(version), createWriteStream(source, { mode: 0o600 }));
@@ -157,12 +202,17 @@ export class PackagingWorker {
     const sha256 = createHash('sha256');
     for await (const chunk of createReadStream(archive)) sha256.update(chunk as Buffer);
 
-    const artifactKey = artifactKeyOf(job);
+    const artifactKey = artifactKeyOf(job, claim);
+    await assertHeld('storing its package');
+    onStored(artifactKey);
     await this.options.blobs.put(artifactKey, createReadStream(archive), {
       contentLength: size,
       contentType: 'application/gzip',
     });
-    await this.options.afterPackaged?.(job, archive, size);
+    if (this.options.afterPackaged) {
+      await assertHeld('publishing its package');
+      await this.options.afterPackaged(job, archive, size);
+    }
     return {
       artifactKey,
       artifactLocation: this.options.blobs.locationOf(artifactKey),

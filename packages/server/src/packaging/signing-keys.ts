@@ -40,11 +40,15 @@ export async function openSigningIdentity(
 ): Promise<PackageSigningIdentity> {
   const required = [files.rootCertFile, files.certFile, files.keyFile];
   const presence = () => Promise.all(required.map(fileExists));
-  if (options.generate && (await presence()).every((p) => !p)) {
+  // Also while another server's lock exists: it may be part-way through writing them.
+  const lock = `${files.keyFile}.lock`;
+  if (options.generate && ((await presence()).every((p) => !p) || (await fileExists(lock)))) {
     await createOnce(
-      `${files.keyFile}.lock`,
+      lock,
       async () => (await presence()).every(Boolean),
       async () => {
+        // Under the lock no creator is running: some files without the others are damage (reported below).
+        if ((await presence()).some(Boolean)) return;
         const root = createRootCa({
           commonName: 'EdgeFleet package signing root',
           organization: 'EdgeFleet',

@@ -1,12 +1,13 @@
 import {
   getDeploymentsRequestSchema,
   getDeviceRegistrationRequestSchema,
+  parsePackageUrl,
   sendHeartbeatRequestSchema,
 } from '@edgefleet/core';
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import type { AccessKeyStore } from '../auth/index.js';
-import { packageUrlOf, type DeploymentService } from '../deployments/index.js';
+import type { DeploymentService } from '../deployments/index.js';
 import type { DeviceStore } from '../devices/index.js';
 import { assertActsAsItself, type HeartbeatService } from '../heartbeats/index.js';
 import { pathToNul } from '../http/routes.js';
@@ -179,16 +180,15 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
   );
   // The same desired state the mutual-TLS device API serves, plus S3Url where Edge Manager's agents would
   // have found the package (facade-created packaging jobs write it to S3).
-  const jobPackagePrefix = packageUrlOf('');
   dataPlane('GetDeployments', getDeploymentsRequestSchema, async (device, body) => {
     assertActsAsItself(device, body);
     const result = await options.deployments.deploymentsFor(device);
     for (const deployment of result.Deployments ?? []) {
       for (const definition of deployment.Definitions ?? []) {
-        if (definition.PackageUrl?.startsWith(jobPackagePrefix) !== true) continue;
-        const s3Url = await options.packageS3Url(
-          decodeURIComponent(definition.PackageUrl.slice(jobPackagePrefix.length)),
-        );
+        const parsed =
+          definition.PackageUrl !== undefined ? parsePackageUrl(definition.PackageUrl) : undefined;
+        if (parsed === undefined || !('ref' in parsed) || parsed.ref.kind !== 'job') continue;
+        const s3Url = await options.packageS3Url(parsed.ref.job);
         if (s3Url !== undefined) definition.S3Url = s3Url;
       }
     }

@@ -389,6 +389,13 @@ const migrations: Record<string, Migration> = {
       }
     },
   },
+  // A packaging job's claim token (packaging/packaging-jobs.ts): a runner that lost its job to a replica that
+  // resumed it can no longer renew, complete or fail it, nor publish its artifact.
+  '0009_packaging_claims': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('packaging_jobs').addColumn('claim_token', 'text').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -165,6 +165,8 @@ export interface PackagingJobsTable {
   artifact_size_bytes: number | null;
   artifact_sha256: string | null;
   signature: string | null;
+  /** The current runner's claim (packaging/): a new token per claim, null until the job is first claimed. */
+  claim_token: string | null;
   created_at: number;
   updated_at: number;
 }

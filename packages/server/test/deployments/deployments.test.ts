@@ -10,7 +10,7 @@ import {
   type DeploymentResultInput,
 } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DeploymentService, MAX_STAGES } from '../../src/deployments/index.js';
+import { DeploymentService, MAX_SELECTION_TAGS, MAX_STAGES } from '../../src/deployments/index.js';
 import { deviceCall, type TlsIdentity } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
@@ -35,9 +35,10 @@ function download(
   headers: Record<string, string> = {},
 ): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; bytes: Buffer }> {
   return new Promise((resolve, reject) => {
+    // The path goes as written (a URL string would have its ".." segments resolved before sending).
+    const { hostname, port } = new URL(baseUrl);
     const request = https.request(
-      `${baseUrl}${urlPath}`,
-      { method: 'GET', ca: tls.ca, cert: tls.cert, key: tls.key, headers },
+      { hostname, port, path: urlPath, method: 'GET', ca: tls.ca, cert: tls.cert, key: tls.key, headers },
       (response) => {
         const chunks: Buffer[] = [];
         response.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -600,6 +601,19 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       expect(tail.bytes.equals(bytes.subarray(10))).toBe(true);
       // Fleet f has no plan with it.
       expect((await download(t.server.deviceUrl, devices.get('d1')!.tls, url)).status).toBe(403);
+      // No spelling of a path that climbs out of the package routes reaches a package.
+      for (const climbing of [
+        '/api/v1/device/model-packages/uploaded/..',
+        '/api/v1/device/model-packages/uploaded/%2e%2e',
+        '/api/v1/device/model-packages/..%2Fuploaded/7',
+        '/api/v1/device/model-packages/uploaded/7%2F..',
+        '/api/v1/device/packages/..',
+        '/api/v1/device/packages/%2E%2E',
+      ]) {
+        const refused = await download(t.server.deviceUrl, devices.get('g1')!.tls, climbing);
+        expect(refused.status, climbing).toBe(400);
+        expect(JSON.parse(refused.bytes.toString()), climbing).toMatchObject({ code: 'ValidationError' });
+      }
     },
   );
 
@@ -629,6 +643,70 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       await expect(service.setPlanTags('no-such-plan', [])).rejects.toMatchObject({ code: 'NotFound' });
       expect((await describePlan('tagged')).tags).toEqual([{ key: 'env', value: 'prod' }]);
       expect((await admin('DELETE', '/api/v1/deployment-plans/tagged')).status).toBe(204);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    "caps a stage's tag selection: entries, key and value lengths, on plan creation and on added stages",
+    async () => {
+      const tags = (count: number, key = (i: number) => `k${i}`, value = 'v') =>
+        Object.fromEntries(Array.from({ length: count }, (_, i) => [key(i), value]));
+      const stageWith = (name: string, selectionTags: Record<string, string>) => ({
+        name,
+        deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100, tags: selectionTags },
+      });
+      const refused: Array<[Record<string, string>, RegExp]> = [
+        [
+          tags(MAX_SELECTION_TAGS + 1),
+          new RegExp(`at most ${MAX_SELECTION_TAGS} tags; got ${MAX_SELECTION_TAGS + 1}`),
+        ],
+        [tags(10_000), /at most 50 tags; got 10000/],
+        [{ ['k'.repeat(129)]: 'v' }, /expected tag keys of 1-128 letters/],
+        [{ site: 'v'.repeat(257) }, /tags\.site: Too big: expected string to have <=256 characters/],
+        [{ 'bad\u0001key': 'v' }, /expected tag keys of 1-128 letters/],
+      ];
+      for (const [selectionTags, message] of refused) {
+        const created = await admin('POST', '/api/v1/deployment-plans', {
+          name: 'tag-capped',
+          fleetName: 'g',
+          modelConfigs: [{ modelHandle: 'tag-capped-handle', packagingJobName: 'pack-v1-0' }],
+          stages: [stageWith('s', selectionTags)],
+        });
+        expect(created.status).toBe(400);
+        expect(created.body).toMatchObject({
+          code: 'ValidationError',
+          message: expect.stringMatching(message),
+        });
+      }
+      const created = await admin('POST', '/api/v1/deployment-plans', {
+        name: 'tag-capped',
+        fleetName: 'g',
+        modelConfigs: [{ modelHandle: 'tag-capped-handle', packagingJobName: 'pack-v1-0' }],
+        stages: [
+          stageWith(
+            's',
+            tags(MAX_SELECTION_TAGS, (i) => `${'k'.repeat(120)}${i}`, 'v'.repeat(256)),
+          ),
+        ],
+      });
+      expect(created.status).toBe(201);
+      for (const [selectionTags, message] of refused) {
+        const added = await admin('POST', '/api/v1/deployment-plans/tag-capped/stages', {
+          stages: [stageWith('more', selectionTags)],
+        });
+        expect(added.status).toBe(400);
+        expect(added.body.message).toMatch(message);
+      }
+      // The in-process API refuses the same (the SageMaker facade and the console go through it).
+      const service = new DeploymentService(t.server.database.db, {
+        packagingJobs: t.server.services.packagingJobs,
+        models: t.server.services.models,
+      });
+      await expect(
+        service.addStages('tag-capped', [stageWith('more', tags(MAX_SELECTION_TAGS + 1))] as never),
+      ).rejects.toMatchObject({ code: 'ValidationError' });
+      expect((await describePlan('tag-capped')).stages).toHaveLength(1);
+      expect((await admin('DELETE', '/api/v1/deployment-plans/tag-capped')).status).toBe(204);
     },
   );
 

@@ -6,6 +6,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
+import { lockWaiters } from '../support/postgres.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
@@ -24,10 +25,11 @@ describe.skipIf(!postgres.available)('deployments served by two replicas on one 
     if (location.engine !== 'postgres') throw new Error('expected a PostgreSQL location');
     databaseUrl = location.url;
     const config = { packaging: { pollIntervalMs: 50 }, deployments: { sweepIntervalMs: 100 } };
-    // One after the other: the first generates the CA and signing keys the second then loads (two starting
-    // at once on an empty shared folder can race on generating them).
-    a = await startTestServer({ database: location, dataDir: shared, config });
-    b = await startTestServer({ database: location, dataDir: shared, config });
+    // Together, on an empty shared folder: one creates the CA and signing keys, the other loads them.
+    [a, b] = await Promise.all([
+      startTestServer({ database: location, dataDir: shared, config }),
+      startTestServer({ database: location, dataDir: shared, config }),
+    ]);
     await a.call('POST', '/api/v1/fleets', {
       token: a.adminToken,
       body: { name: 'f', outputConfig: { s3OutputLocation: 's3://c/f' } },
@@ -166,17 +168,7 @@ describe.skipIf(!postgres.available)('deployments served by two replicas on one 
           },
         });
       const both = Promise.all([report(a), report(b)]);
-      const waiting = async () =>
-        Number(
-          (
-            await locker.query<{ n: string }>(
-              'SELECT count(DISTINCT pid) AS n FROM pg_locks WHERE NOT granted',
-            )
-          ).rows[0]?.n,
-        );
-      for (let i = 0; i < 400 && (await waiting()) < 2; i++)
-        await new Promise((resolve) => setTimeout(resolve, 25));
-      expect(await waiting()).toBeGreaterThanOrEqual(2);
+      expect(await lockWaiters(locker, 2)).toBeGreaterThanOrEqual(2);
       await locker.query('COMMIT');
       expect((await both).map((r) => r.status)).toEqual([200, 200]);
     } finally {

@@ -177,7 +177,7 @@ describe.each(setups)('models and packaging on $name', ({ fixture, blob }) => {
       expect(['STARTING', 'INPROGRESS']).toContain(created.body.status);
       const job = await waitForJob('pack-tiny-1');
       expect(job).toMatchObject({ status: 'COMPLETED', outputS3Location: 's3://out/packages' });
-      expect(job.artifact.location).toMatch(/\/packages\/pack-tiny-1\/tiny-1\.0\.tar\.gz$/);
+      expect(job.artifact.location).toMatch(/\/packages\/pack-tiny-1\/[0-9a-f]{24}\/tiny-1\.0\.tar\.gz$/);
       expect(JSON.parse(job.modelSignature).dsseEnvelope.payloadType).toBe('application/vnd.in-toto+json');
 
       const download = await fetch(`${t.url}/api/v1/packaging-jobs/pack-tiny-1/artifact`, {

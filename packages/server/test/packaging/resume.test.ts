@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PackagingJobStore } from '../../src/packaging/index.js';
+import { PackagingJobStore, PackagingWorker } from '../../src/packaging/index.js';
 import { databaseEngines } from '../support/engines.js';
 import { startTestServer } from '../support/server.js';
 
@@ -50,7 +51,8 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         // A server that claimed a job ten minutes ago and was killed: it never touched the job again.
         const killed = new PackagingJobStore(db, models, () => Date.now() - 10 * 60_000);
         await killed.create({ name: 'job-killed', modelName: 'tiny', modelVersion: '1' });
-        expect((await killed.claimNext(LEASE_MS))?.job.name).toBe('job-killed');
+        const killedClaim = await killed.claimNext(LEASE_MS);
+        expect(killedClaim?.job.name).toBe('job-killed');
 
         await packagingWorker.drain();
 
@@ -60,7 +62,9 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         expect(untouched.body).toMatchObject({ status: 'INPROGRESS' });
 
         // The first runner was only stalled: its late failure does not undo the resumed run's result.
-        await killed.fail('job-killed', 'late failure of a runner that lost its lease');
+        expect(await killed.fail(killedClaim!.claim, 'late failure of a runner that lost its lease')).toBe(
+          false,
+        );
         const after = await t.call('GET', '/api/v1/packaging-jobs/job-killed', { token: t.readToken });
         expect(after.body).toMatchObject({ status: 'COMPLETED' });
       } finally {
@@ -127,6 +131,76 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       } finally {
         // Never leave the claimer behind, whatever failed.
         if (claimer?.exitCode === null && claimer.signalCode === null) claimer.kill('SIGKILL');
+        await t.stop();
+      }
+    },
+    60_000,
+  );
+
+  it.skipIf(!fixture.available)(
+    "publishes only the claim holder's package when two runners hold one job",
+    async () => {
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: { packaging: { pollIntervalMs: 3_600_000 } },
+      });
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-claims`));
+        const { database, blobs, services } = t.server;
+        // Replica A: its runner stalled past its lease (its clock makes every claim it writes look old).
+        const stalled = new PackagingJobStore(database.db, services.models, () => Date.now() - 10 * 60_000);
+        const replicaA = (afterPackaged?: () => Promise<void>) =>
+          new PackagingWorker({
+            jobs: stalled,
+            models: services.models,
+            blobs,
+            signing: services.signing,
+            workDir: path.join(work, `${fixture.engine}-replica-a`),
+            pollIntervalMs: 3_600_000,
+            leaseMs: LEASE_MS,
+            logger: t.server.logger,
+            ...(afterPackaged && { afterPackaged }),
+          });
+        const published = async (name: string) => {
+          const job = (await t.call('GET', `/api/v1/packaging-jobs/${name}`, { token: t.readToken })).body;
+          const bytes = Buffer.from(
+            await (
+              await fetch(`${t.url}/api/v1/packaging-jobs/${name}/artifact`, {
+                headers: { authorization: `Bearer ${t.readToken}` },
+              })
+            ).arrayBuffer(),
+          );
+          const stored = (await blobs.list(`packages/${name}/`)).map((b) => b.key);
+          return { job, sha256: createHash('sha256').update(bytes).digest('hex'), stored };
+        };
+
+        // A stalls before storing its package; replica B resumes the job and completes it; then A wakes up.
+        await stalled.create({ name: 'job-late', modelName: 'tiny', modelVersion: '1' });
+        const late = (await stalled.claimNext(LEASE_MS))!;
+        await services.packagingWorker.drain();
+        const byB = await published('job-late');
+        expect(byB.job).toMatchObject({ status: 'COMPLETED' });
+        await replicaA().run(late.job, late.claim);
+        const after = await published('job-late');
+        expect(after.job).toEqual(byB.job);
+        expect(after.sha256).toBe(byB.job.artifact.sha256);
+        expect(after.stored).toEqual([byB.job.artifact.key]);
+
+        // A stores its package and is about to complete when B resumes the job and completes it first.
+        await stalled.create({ name: 'job-overtaken', modelName: 'tiny', modelVersion: '1' });
+        const overtaken = (await stalled.claimNext(LEASE_MS))!;
+        let storedByA: string[] = [];
+        await replicaA(async () => {
+          storedByA = (await blobs.list('packages/job-overtaken/')).map((b) => b.key);
+          await services.packagingWorker.drain();
+        }).run(overtaken.job, overtaken.claim);
+        expect(storedByA).toHaveLength(1);
+        const final = await published('job-overtaken');
+        expect(final.job).toMatchObject({ status: 'COMPLETED' });
+        expect(final.job.artifact.key).not.toBe(storedByA[0]);
+        expect(final.sha256).toBe(final.job.artifact.sha256);
+        expect(final.stored).toEqual([final.job.artifact.key]);
+      } finally {
         await t.stop();
       }
     },

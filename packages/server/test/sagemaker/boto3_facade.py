@@ -577,6 +577,15 @@ class DeploymentPlanErrors(unittest.TestCase):
             Stages=[{"StageName": "s", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 101}}]))
         self.assertEqual(code, "ValidationException")
         self.assertIn("Percentage", message)
+        # A SELECTION stage names at most 1000 devices, refused in the facade's own terms.
+        code, _, message = error_of(lambda: sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="dp-err", ModelConfigs=[{"ModelHandle": "m", "EdgePackagingJobName": "j"}],
+            DeviceFleetName="dp-err-fleet",
+            Stages=[{"StageName": "s", "DeviceSelectionConfig": {
+                "DeviceSubsetType": "SELECTION", "DeviceNames": [f"d{i}" for i in range(1001)]}}]))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("DeviceNames", message)
+        self.assertIn("1000", message)
         for call in (lambda: sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="nope"),
                      lambda: sm.start_edge_deployment_stage(EdgeDeploymentPlanName="nope", StageName="s"),
                      lambda: sm.stop_edge_deployment_stage(EdgeDeploymentPlanName="nope", StageName="s"),

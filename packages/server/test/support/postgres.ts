@@ -145,3 +145,18 @@ export async function startTestPostgres(): Promise<TestPostgres | undefined> {
   }
   return startCluster(binDir);
 }
+
+/**
+ * Waits until at least `count` sessions wait for a lock (what a test that holds a lock needs to know before
+ * it lets go: everyone under test has reached the point it wants to race), and returns how many do.
+ */
+export async function lockWaiters(client: pg.Client, count: number): Promise<number> {
+  const waiting = async () =>
+    Number(
+      (await client.query<{ n: string }>('SELECT count(DISTINCT pid) AS n FROM pg_locks WHERE NOT granted'))
+        .rows[0]?.n,
+    );
+  for (let i = 0; i < 400 && (await waiting()) < count; i++)
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  return waiting();
+}

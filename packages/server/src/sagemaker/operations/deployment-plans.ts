@@ -1,5 +1,10 @@
 import { z } from 'zod';
-import type { DeploymentService, PlanView, StageInput } from '../../deployments/index.js';
+import {
+  MAX_SELECTED_DEVICE_NAMES,
+  type DeploymentService,
+  type PlanView,
+  type StageInput,
+} from '../../deployments/index.js';
 import type { DeviceStore } from '../../devices/index.js';
 import { deviceNameSchema, entityNameSchema, fleetNameSchema } from '../../fields/index.js';
 import type { ArnBuilder } from '../arns.js';
@@ -21,7 +26,7 @@ const deploymentStage = z
     DeviceSelectionConfig: z.object({
       DeviceSubsetType: z.enum(['PERCENTAGE', 'SELECTION', 'NAMECONTAINS']),
       Percentage: z.int().min(0).max(100).optional(),
-      DeviceNames: z.array(deviceNameSchema).optional(),
+      DeviceNames: z.array(deviceNameSchema).min(1).max(MAX_SELECTED_DEVICE_NAMES).optional(),
       DeviceNameContains: deviceNameSchema.optional(),
     }),
     DeploymentConfig: z
