@@ -14,10 +14,11 @@ const self = {
   groups: process.getgroups!(),
 };
 
-function newReader(maxCachedSegments?: number): SharedMemoryReader {
+function newReader(maxCachedSegments?: number, clock?: () => number): SharedMemoryReader {
   const reader = new SharedMemoryReader({
     addon,
     ...(maxCachedSegments === undefined ? {} : { maxCachedSegments }),
+    ...(clock && { now: clock }),
   });
   readers.push(reader);
   return reader;
@@ -220,14 +221,22 @@ describe('SharedMemoryReader', () => {
     expect(reader.cachedWritableSegmentCount).toBe(0);
   });
 
-  it('sweeps idle segments that clients removed while reading others', () => {
+  it('sweeps idle segments that clients removed while reading others, at most once a readSweepIntervalMs', () => {
     const first = clientSegment(4096);
     const second = clientSegment(4096);
-    const reader = newReader();
+    let now = 0;
+    const reader = newReader(undefined, () => now);
     reader.readTensorFromSegment({ segmentId: first, offset: 0, size: 0 }, 4, self).release();
     addon.remove(first);
     expect(exists(first)).toBe(true); // held by the reader's cache
 
+    // Within the interval a read checks only its own segment: the removed one waits for the next sweep.
+    now = 999;
+    reader.readTensorFromSegment({ segmentId: second, offset: 0, size: 0 }, 4, self).release();
+    expect(exists(first)).toBe(true);
+    expect(reader.cachedSegmentCount).toBe(2);
+
+    now = 1000;
     reader.readTensorFromSegment({ segmentId: second, offset: 0, size: 0 }, 4, self).release();
     expect(exists(first)).toBe(false);
     expect(reader.cachedSegmentCount).toBe(1);
