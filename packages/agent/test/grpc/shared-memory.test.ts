@@ -60,6 +60,7 @@ describe('Predict with inputs in System V shared memory', () => {
   it('reads a 600 KB tensor from a read-only (0400) segment, size 0 = derived from shape × element size', async () => {
     const shmid = clientSegment(imageBytes);
     expect(addon.stat(shmid).mode & 0o777).toBe(0o400);
+    const before = pool.stats().inputBytes;
     const response = await agent.call('Predict', {
       handle: 'image',
       tensors: [
@@ -70,6 +71,11 @@ describe('Predict with inputs in System V shared memory', () => {
     expect(out?.data).toBe('byteData');
     expect(out?.tensorMetadata?.shape).toEqual([1, 3, 224, 224]);
     expect(Buffer.compare(out!.byteData!, referenceBytes('image-identity').get('image_out')!.bytes)).toBe(0);
+    // The worker mapped the segment itself: the bytes were neither copied on the event loop nor sent to it.
+    const after = pool.stats().inputBytes;
+    expect(after.segment - before.segment).toBe(imageBytes.length);
+    expect(after.copies).toBe(before.copies);
+    expect(after.copied).toBe(before.copied);
   });
 
   it('reads at an offset, with an explicit size, and again from the same segment (reused by clients)', async () => {

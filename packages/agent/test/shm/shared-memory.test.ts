@@ -286,6 +286,31 @@ describe('SharedMemoryReader', () => {
     );
   });
 
+  it('says where a lease lies and which segment it checked, and references a place to write without mapping it', () => {
+    const shmid = clientSegment(4096, (bytes) => bytes.fill(9, 100, 104));
+    const reader = newReader();
+    const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 100, size: 4 }, 4, self);
+    const stat = addon.stat(shmid);
+    const identity = { size: 4096, creatorPid: process.pid, changeTime: stat.changeTime };
+    expect(lease.reference).toEqual({ segmentId: shmid, offset: 100, byteLength: 4, identity });
+    lease.release();
+
+    addon.setMode(shmid, 0o600);
+    const attached = addon.stat(shmid).attachCount;
+    expect(reader.referenceSegment(shmid, 4000, 96, self, 'write')).toMatchObject({
+      segmentId: shmid,
+      offset: 4000,
+      byteLength: 96,
+    });
+    expect(addon.stat(shmid).attachCount).toBe(attached);
+    expectError(() => reader.referenceSegment(shmid, 4000, 97, self, 'write'), 'OUT_OF_BOUNDS');
+    addon.setMode(shmid, 0o400);
+    expectError(
+      () => reader.referenceSegment(shmid, 0, 1, { ...self, uid: self.uid + 1 }, 'write'),
+      'ACCESS_DENIED',
+    );
+  });
+
   it('keeps at most maxCachedSegments idle segments attached', () => {
     const segments = [clientSegment(64), clientSegment(64), clientSegment(64)];
     const reader = newReader(2);
