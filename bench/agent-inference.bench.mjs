@@ -43,7 +43,7 @@ const arg = (name, fallback) => {
 const CORE = join(root, 'packages/core/dist/index.js');
 const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
 // `--compare <path/to/dist/main.js>`: another build of the agent (e.g. before a change) runs next to this one, its
-// gRPC bytes and REST binary paths interleaved with the others in the same rounds.
+// gRPC bytes, REST binary and shared memory paths interleaved with the others in the same rounds.
 // `--compare workers-only`: this build again, with the inline path off (edgefleet_inline_max_run_micros 0), to
 // measure running fast models on the event loop against handing them to a worker, in one run.
 const COMPARE_ARG = arg('--compare', undefined);
@@ -644,10 +644,11 @@ async function main() {
       // The agent's gRPC door without inference: what the worker hand-off adds is the difference to gRPC bytes.
       if (model.key === 'tiny')
         paths.splice(1, 0, ['gRPC DescribeModel (no worker)', () => describeCaller(core, target, model)]);
-      if (model.key === 'image' || model.key === 'silero-vad') {
-        const shm = await sharedMemoryTensors(core, model.tensors, cleanups);
-        paths.push(['gRPC shared memory', (i) => grpcCaller(core, target, model, shm, i === 0)]);
-      }
+      const shm =
+        model.key === 'image' || model.key === 'silero-vad'
+          ? await sharedMemoryTensors(core, model.tensors, cleanups)
+          : undefined;
+      if (shm) paths.push(['gRPC shared memory', (i) => grpcCaller(core, target, model, shm, i === 0)]);
       if (hasRest) {
         if (model.key === 'tiny') {
           const { body } = restBinaryBody(model.tensors);
@@ -666,9 +667,19 @@ async function main() {
           `gRPC bytes, ${otherLabel}`,
           (i) => grpcCaller(core, other.target, model, wire, i === 0),
         ]);
+        if (shm)
+          paths.push([
+            `gRPC shared memory, ${otherLabel}`,
+            (i) => grpcCaller(core, other.target, model, shm, i === 0),
+          ]);
         if (other.rest) {
           const rest = other.rest;
           paths.push([`REST binary, ${otherLabel}`, (i) => restCaller(rest, model, 'binary', i === 0)]);
+          if (model.outputs)
+            paths.push([
+              `REST shared memory in and out, ${otherLabel}`,
+              (i) => restSharedMemoryCaller(rest, model, cleanups, i === 0),
+            ]);
         }
       }
       for (const clients of CONCURRENCY) {

@@ -169,11 +169,7 @@ export class SharedMemoryRegions {
     outputs: ReadonlyArray<{ name: string; sharedMemory?: SharedMemoryPlace }> | undefined,
     caller: PeerCredentials | null,
   ): Map<string, SegmentReference> | undefined {
-    // An output asked for twice is left to the event loop (one of the two may want its bytes in the response).
-    const shared =
-      outputs?.filter(
-        (o) => o.sharedMemory && outputs.filter((other) => other.name === o.name).length === 1,
-      ) ?? [];
+    const shared = outputs?.filter((o) => o.sharedMemory !== undefined) ?? [];
     if (shared.length === 0) return undefined;
     const reader = this.#requireReader();
     const places = new Map<string, SegmentReference>();
