@@ -601,7 +601,7 @@ async function main() {
     const other = WORKERS_ONLY
       ? await launch('other', AGENT_MAIN, { edgefleet_inline_max_run_micros: 0 })
       : COMPARE_MAIN
-        ? await launch('other', COMPARE_MAIN)
+        ? await launch('other', COMPARE_MAIN, INLINE_SETTINGS)
         : undefined;
     const otherLabel = WORKERS_ONLY ? 'workers only' : 'other build';
     const { ready, target } = agent;

@@ -22,6 +22,7 @@ import {
   identityOf,
   type SegmentIdentity,
   type SegmentReference,
+  type SegmentStat,
   type SysvShmAddon,
 } from '../shm/index.js';
 
@@ -130,11 +131,10 @@ export class WorkerSegments {
       if (sameSegment(cached.identity, reference.identity)) return cached;
       // We hold it, so the id names the same segment; only an IPC_SET since we attached changes its identity.
       const now = this.#stat(segmentId, what);
-      if (now !== undefined && sameSegment(identityOf(now), reference.identity)) {
-        cached.identity = reference.identity;
-        return cached;
-      }
-      throw changed(segmentId, what);
+      if (now === undefined) throw notFound(segmentId, what);
+      if (!sameSegment(identityOf(now), reference.identity)) throw changed(segmentId, what);
+      cached.identity = reference.identity;
+      return cached;
     }
     const addon = this.#loadAddon();
     this.sweep();
@@ -162,7 +162,8 @@ export class WorkerSegments {
     return attachment;
   }
 
-  #stat(segmentId: number, what: string) {
+  /** The segment's status; undefined when the id names no segment (any more). */
+  #stat(segmentId: number, what: string): SegmentStat | undefined {
     try {
       return this.#loadAddon().stat(segmentId);
     } catch (error) {
