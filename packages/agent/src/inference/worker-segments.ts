@@ -1,13 +1,13 @@
 /**
  * System V segments as an inference worker maps them itself: the agent's event loop checks a caller's
  * permission and the bounds, then hands the worker a SegmentReference instead of the bytes; the worker attaches
- * the segment (read-only for inputs, read-write for outputs) and ONNX Runtime reads and writes the mapped memory
- * in place, so no tensor is copied through the event loop.
+ * the segment (read-only for inputs, read-write for outputs); ONNX Runtime reads inputs where they lie and the
+ * worker writes outputs there, so no tensor is copied through the event loop.
  *
  * Checks, here being authoritative: the id still names the segment the event loop checked (its identity), and the
  * bytes lie inside the mapping. Attachments are kept for reuse (clients reuse their segments) up to a bound, and
  * let go of when their segment is removed or marked for removal (`sweep`, on the worker's timer and on every
- * attach). While we hold a segment attached the kernel cannot give its id to another one, so a cached mapping is
+ * attach; one already marked when attached is let go of when its run ends). While we hold a segment attached the kernel cannot give its id to another one, so a cached mapping is
  * always the segment its id names. Nothing is unmapped while a run may use it (`beginRun`/`endRun`).
  */
 import { markAsUntransferable } from 'node:worker_threads';
@@ -42,6 +42,8 @@ interface Attachment {
   identity: SegmentIdentity;
   /** The run that last used it: a mapping used by the current run is never unmapped before the run ends. */
   run: number;
+  /** Marked for removal when attached (clients that remove a segment right after sending it): not kept. */
+  removed: boolean;
 }
 
 export class WorkerSegments {
@@ -157,6 +159,7 @@ export class WorkerSegments {
       buffer,
       identity: reference.identity,
       run: this.#run,
+      removed: stat.markedForRemoval,
     };
     this.#cache.set(key, attachment);
     return attachment;
@@ -174,6 +177,8 @@ export class WorkerSegments {
   }
 
   #trim(): void {
+    for (const [key, attachment] of [...this.#cache])
+      if (attachment.removed && !this.#inUse(attachment)) this.#drop(key, attachment);
     for (const [key, attachment] of [...this.#cache]) {
       if (this.#cache.size <= this.#maxCached) break;
       if (!this.#inUse(attachment)) this.#drop(key, attachment);

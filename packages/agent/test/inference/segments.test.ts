@@ -208,6 +208,22 @@ describe('WorkerSegments', () => {
     expect(first.byteLength).toBe(0); // unmapped: its view is empty, never dangling
   });
 
+  it('lets go, once the run ends, of a segment its client had already marked for removal', () => {
+    const s = newSegments(4);
+    const { shmid } = addon.create(64);
+    created.push(shmid);
+    const client = addon.attachReadWrite(shmid);
+    addon.remove(shmid); // create, attach, remove: the segment lives while someone has it attached
+    s.beginRun();
+    const bytes = s.bytes(reference(shmid, 0, 64), 'read', 'x');
+    expect(s.cachedCount).toBe(1);
+    s.endRun();
+    expect(s.cachedCount).toBe(0);
+    expect(bytes.byteLength).toBe(0);
+    addon.detach(client);
+    expect(exists(shmid)).toBe(false);
+  });
+
   it('throws only SharedMemoryError for references past the mapping', () => {
     const s = newSegments(2);
     const shmid = segment(64);
