@@ -148,7 +148,13 @@ export class WorkerSegments {
     }
     // Transferring it back to the event loop would hand over memory we unmap later.
     markAsUntransferable(buffer);
-    const stat = this.#stat(segmentId, what);
+    let stat: SegmentStat | undefined;
+    try {
+      stat = this.#stat(segmentId, what);
+    } catch (error) {
+      detachQuietly(addon, buffer);
+      throw error;
+    }
     if (stat === undefined || !sameSegment(identityOf(stat), reference.identity)) {
       detachQuietly(addon, buffer);
       throw stat === undefined ? notFound(segmentId, what) : changed(segmentId, what);
