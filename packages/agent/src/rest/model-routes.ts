@@ -90,10 +90,10 @@ export function registerModelRoutes(
         decoded.sharedInputs.length > 0 || decoded.outputs?.some((o) => o.sharedMemory)
           ? peerOf(request.raw.socket)
           : null;
-      const outputSegments = regions.outputSegments(decoded.outputs, caller);
       const leases = regions.readInputs(decoded.inputs, decoded.sharedInputs, caller);
       let result;
       try {
+        const outputSegments = regions.outputSegments(decoded.outputs, caller);
         // The inputs were built for this request alone: hand them to the worker without a copy (those in shared
         // memory are mapped by the worker itself, or read in place by the inline path).
         result = await registry.predict(name, decoded.inputs, {
