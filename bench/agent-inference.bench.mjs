@@ -43,7 +43,7 @@ const arg = (name, fallback) => {
 const CORE = join(root, 'packages/core/dist/index.js');
 const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
 // `--compare <path/to/dist/main.js>`: another build of the agent (e.g. before a change) runs next to this one, its
-// gRPC bytes and REST binary paths interleaved with the others in the same rounds.
+// gRPC bytes, REST binary and shared memory paths interleaved with the others in the same rounds.
 // `--compare workers-only`: this build again, with the inline path off (edgefleet_inline_max_run_micros 0), to
 // measure running fast models on the event loop against handing them to a worker, in one run.
 const COMPARE_ARG = arg('--compare', undefined);
@@ -623,7 +623,7 @@ async function main() {
     const other = WORKERS_ONLY
       ? await launch('other', AGENT_MAIN, { edgefleet_inline_max_run_micros: 0 })
       : COMPARE_MAIN
-        ? await launch('other', COMPARE_MAIN)
+        ? await launch('other', COMPARE_MAIN, INLINE_SETTINGS)
         : undefined;
     const otherLabel = WORKERS_ONLY ? 'workers only' : 'other build';
     const { ready, target } = agent;
@@ -671,10 +671,12 @@ async function main() {
           () => describeCaller(core, target, model),
           agent.pid,
         ]);
-      if (model.key === 'image' || model.key === 'silero-vad') {
-        const shm = await sharedMemoryTensors(core, model.tensors, cleanups);
+      const shm =
+        model.key === 'image' || model.key === 'silero-vad'
+          ? await sharedMemoryTensors(core, model.tensors, cleanups)
+          : undefined;
+      if (shm)
         paths.push(['gRPC shared memory', (i) => grpcCaller(core, target, model, shm, i === 0), agent.pid]);
-      }
       if (hasRest) {
         if (model.key === 'tiny') {
           const { body } = restBinaryBody(model.tensors);
@@ -699,6 +701,12 @@ async function main() {
           (i) => grpcCaller(core, other.target, model, wire, i === 0),
           other.pid,
         ]);
+        if (shm)
+          paths.push([
+            `gRPC shared memory, ${otherLabel}`,
+            (i) => grpcCaller(core, other.target, model, shm, i === 0),
+            other.pid,
+          ]);
         if (other.rest) {
           const rest = other.rest;
           paths.push([
@@ -706,6 +714,12 @@ async function main() {
             (i) => restCaller(rest, model, 'binary', i === 0),
             other.pid,
           ]);
+          if (model.outputs)
+            paths.push([
+              `REST shared memory in and out, ${otherLabel}`,
+              (i) => restSharedMemoryCaller(rest, model, cleanups, i === 0),
+              other.pid,
+            ]);
         }
       }
       for (const clients of CONCURRENCY) {

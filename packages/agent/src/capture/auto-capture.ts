@@ -42,6 +42,7 @@ export class AutoCapture implements PredictObserver {
     if (!sampled && thresholds.length === 0) return undefined;
     return {
       readsInputs: true,
+      readsOutputs: true,
       predicted: (event) => {
         const selected =
           sampled ||
@@ -110,6 +111,7 @@ export function modelActivityObserver(activity: ModelActivity): PredictObserver 
   return {
     onPredict: () => ({
       readsInputs: false,
+      readsOutputs: false,
       predicted: (event) => activity.inference(event.model, event.at),
     }),
   };

@@ -26,7 +26,7 @@ import { prepareSocketPath } from './socket-path.js';
 /** How long shutdown lets calls in flight finish before cancelling them. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
 /** Idle shared memory attachments of removed segments are released at least this often. */
-const SHM_SWEEP_INTERVAL_MS = 10_000;
+const SHM_SWEEP_INTERVAL_MS = 1_000;
 
 export interface AgentDaemonOptions {
   commandLine: CommandLineOptions;

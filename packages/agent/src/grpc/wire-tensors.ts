@@ -102,11 +102,18 @@ export function fromWireTensor(tensor: Tensor, label: string, segments: SegmentS
       `${named} has data_type ${metadata.dataType}, which is not a DataType; expected one of ${DATA_TYPE_LIST}`,
     );
   }
-  const data =
-    tensor.data === 'sharedMemoryHandle' && tensor.sharedMemoryHandle
-      ? readTensorSegment(tensor.sharedMemoryHandle, named, dataType, metadata.shape, segments)
-      : (tensor.byteData ?? EMPTY);
-  return { name: metadata.name, dataType, shape: metadata.shape, data };
+  if (tensor.data === 'sharedMemoryHandle' && tensor.sharedMemoryHandle) {
+    // The lease's reference lets a worker map the segment itself instead of getting a copy of the bytes.
+    const lease = readTensorSegment(tensor.sharedMemoryHandle, named, dataType, metadata.shape, segments);
+    return {
+      name: metadata.name,
+      dataType,
+      shape: metadata.shape,
+      data: lease.data,
+      segment: lease.reference,
+    };
+  }
+  return { name: metadata.name, dataType, shape: metadata.shape, data: tensor.byteData ?? EMPTY };
 }
 
 /**
@@ -127,7 +134,7 @@ export function fromWireAuxiliary(
         `${label} names shared memory with size 0; auxiliary data has no shape to derive its length from, so expected its size in bytes`,
       );
     }
-    data = readSegment(item.sharedMemoryHandle, size, label, segments);
+    data = readSegment(item.sharedMemoryHandle, size, label, segments).data;
   }
   return { name: item.name, encoding: item.encoding, data };
 }
@@ -159,7 +166,7 @@ function readTensorSegment(
   dataType: DataTypeName,
   shape: readonly number[],
   segments: SegmentSource,
-): Buffer {
+): SegmentLease {
   if (shape.length > MAX_TENSOR_RANK || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
     throw new AgentError(
       'INVALID_ARGUMENT',
@@ -181,7 +188,7 @@ function readSegment(
   length: number,
   named: string,
   { reader, caller, leases }: SegmentSource,
-): Buffer {
+): SegmentLease {
   if (reader === null) {
     throw new AgentError(
       'FAILED_PRECONDITION',
@@ -192,7 +199,7 @@ function readSegment(
   try {
     const lease = reader.readTensorFromSegment(location, length, caller);
     leases.push(lease);
-    return lease.data;
+    return lease;
   } catch (error) {
     if (!(error instanceof SharedMemoryError)) throw error;
     const message = `${named}: ${error.message}`;

@@ -8,6 +8,8 @@ export type InferenceFailureKind =
   | 'model-rejected'
   /** ONNX Runtime failed while running the model. */
   | 'run-failed'
+  /** A System V segment the request names is gone, changed, or too small, as the worker found it. */
+  | 'segment-unusable'
   /** Too many requests for this model are already waiting. */
   | 'queue-full'
   /** The model was unloaded before the request ran. */

@@ -9,7 +9,7 @@ export type {
   RunResult,
 } from './pool.js';
 export { InferenceError, type InferenceFailureKind } from './errors.js';
-export type { ModelBytes, WireTensorInfo } from './protocol.js';
+export type { ModelBytes, OutputSegment, WireTensorInfo } from './protocol.js';
 export {
   DEFAULT_ORT_SESSION_CONFIG,
   EXECUTION_PROVIDER_NAMES,

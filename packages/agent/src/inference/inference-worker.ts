@@ -17,11 +17,18 @@ import {
   type WorkerFailureKind,
 } from './protocol.js';
 import { outputToWire, toOrtTensor } from './ort-tensors.js';
+import { loadSysvShmAddon, SharedMemoryError } from '../shm/index.js';
+import { WorkerSegments, segmentInputTensor, writeOutputToSegment } from './worker-segments.js';
 
 const port = parentPort;
 if (!port) throw new Error('inference-worker must run in a worker thread');
 
 const sessions = new Map<string, InferenceSession>();
+/** Segments the runs' inputs and outputs lie in, mapped by this thread (see worker-segments.ts). */
+const segments = new WorkerSegments({ addon: () => loadSysvShmAddon() });
+/** Lets go of segments clients removed even while no requests come. */
+const SEGMENT_SWEEP_MS = 1000;
+setInterval(() => segments.sweep(), SEGMENT_SWEEP_MS).unref();
 
 const data = workerData as InferenceWorkerData;
 const { index, hotWaitMicros, hotWaitCores } = data;
@@ -120,24 +127,37 @@ async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
   }
   let startedAt: number | undefined;
   let finishedAt: number | undefined;
+  segments.beginRun();
   try {
     const feeds: Record<string, Tensor> = {};
-    for (const input of message.inputs) feeds[input.name] = toOrtTensor(input, ort.Tensor);
+    for (const input of message.inputs)
+      feeds[input.name] =
+        'segment' in input ? segmentInputTensor(input, segments, ort.Tensor) : toOrtTensor(input, ort.Tensor);
     startedAt = preciseNow();
     Atomics.store(activity, index, 1);
     const results = await native(() => session.run(feeds)).finally(() => Atomics.store(activity, index, 0));
     finishedAt = preciseNow();
     const transfer: ArrayBuffer[] = [];
-    const outputs = session.outputNames.map((name) => outputToWire(name, results[name]!, transfer));
+    const outputs = session.outputNames.map((name) => {
+      const place = message.outputSegments?.find((o) => o.name === name);
+      return place
+        ? writeOutputToSegment(name, results[name]!, place.segment, segments)
+        : outputToWire(name, results[name]!, transfer);
+    });
     send({ op: 'done', id: message.id, outputs, startedAt, finishedAt }, transfer);
   } catch (error) {
     send({
       op: 'failed',
       id: message.id,
-      kind: failureKind(error, 'run-failed'),
+      kind:
+        error instanceof SharedMemoryError && error.code !== 'ATTACH_FAILED'
+          ? 'segment-unusable'
+          : failureKind(error, 'run-failed'),
       message: errorMessage(error),
       ...(startedAt !== undefined && { startedAt, finishedAt: finishedAt ?? preciseNow() }),
     });
+  } finally {
+    segments.endRun();
   }
 }
 

@@ -12,6 +12,7 @@ import {
   preciseNow,
   type FromWorker,
   type ModelBytes,
+  type OutputSegment,
   type ToWorker,
   type WireTensorInfo,
 } from './protocol.js';
@@ -62,6 +63,12 @@ export interface RunOptions {
    * that are views into it are transferred with it, once, without a copy, and it is detached afterwards.
    */
   ownedBuffer?: ArrayBuffer;
+  /**
+   * Outputs to write into System V shared memory (where the event loop checked the caller may write): a worker
+   * writes them there and sends back only their type and shape (`writtenToSegment`, empty `data`). Outputs run
+   * inline, or not named here, come back as bytes.
+   */
+  outputSegments?: OutputSegment[];
 }
 
 export interface ModelSessionInfo {
@@ -130,7 +137,8 @@ export interface PoolStats {
   models: Array<{ key: string; workers: number[]; queued: number; running: number }>;
   /**
    * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
-   * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors).
+   * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors); in
+   * System V shared memory, which the worker maps itself (`segment`: no copy, nothing sent).
    */
   inputBytes: InputByteCounts;
   /** Where requests ran (warm-up runs included), and the inline path's budget. */
@@ -166,7 +174,7 @@ export class InferencePool {
   #activity = new Int32Array(new SharedArrayBuffer(0));
   #nextId = 1;
   #closed = false;
-  readonly #inputBytes: InputByteCounts = { transferred: 0, shared: 0, copied: 0, copies: 0 };
+  readonly #inputBytes: InputByteCounts = { transferred: 0, shared: 0, copied: 0, copies: 0, segment: 0 };
 
   private constructor(options: InferencePoolOptions) {
     this.#options = {
@@ -540,8 +548,8 @@ export class InferencePool {
           new InferenceError(
             message.kind === 'no-session'
               ? 'unloaded'
-              : message.kind === 'out-of-memory'
-                ? 'out-of-memory'
+              : message.kind === 'out-of-memory' || message.kind === 'segment-unusable'
+                ? message.kind
                 : 'run-failed',
             message.message,
           ),
@@ -600,6 +608,7 @@ export class InferencePool {
         seq: this.#id(),
         key,
         inputs: wire,
+        ...(options.outputSegments?.length && { outputSegments: options.outputSegments }),
         transfer,
         submittedAt: preciseNow(),
         resolve,
@@ -621,7 +630,13 @@ export class InferencePool {
   #start(slot: Slot, job: Job, entry: ModelEntry, as: 'running' | 'ahead'): void {
     slot[as] = job;
     entry.running++;
-    const message: ToWorker = { op: 'run', id: job.seq, key: job.key, inputs: job.inputs };
+    const message: ToWorker = {
+      op: 'run',
+      id: job.seq,
+      key: job.key,
+      inputs: job.inputs,
+      ...(job.outputSegments && { outputSegments: job.outputSegments }),
+    };
     try {
       slot.worker!.postMessage(message, job.transfer);
       ringDoorbell(slot);

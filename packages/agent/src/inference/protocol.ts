@@ -5,6 +5,7 @@
  * it gets here (models/validate.ts).
  */
 import type { InferenceSession } from 'onnxruntime-node';
+import type { SegmentReference } from '../shm/segment-reference.js';
 
 /** onnxruntime-node's tensor type names for the types SageMaker Edge can express. */
 export type OrtTensorType = 'uint8' | 'int16' | 'int32' | 'int64' | 'float16' | 'float32' | 'float64';
@@ -17,6 +18,35 @@ export interface WireTensor {
   buffer: ArrayBuffer | SharedArrayBuffer;
   byteOffset: number;
   byteLength: number;
+}
+
+/**
+ * An input whose bytes lie in a System V segment the event loop checked: the worker maps the segment itself and
+ * ONNX Runtime reads the bytes there (see worker-segments.ts).
+ */
+export interface WireSegmentTensor {
+  name: string;
+  type: OrtTensorType;
+  dims: number[];
+  segment: SegmentReference;
+}
+
+/** A run's input: its bytes, or where they lie in shared memory. */
+export type WireInput = WireTensor | WireSegmentTensor;
+
+/** An output the worker wrote into shared memory (`segment` of the run message): only its type and shape come back. */
+export interface WireSegmentOutput {
+  name: string;
+  type: OrtTensorType;
+  dims: number[];
+  byteLength: number;
+  inSegment: true;
+}
+
+/** Where the caller wants an output written: ONNX Runtime's output goes there, and no bytes come back. */
+export interface OutputSegment {
+  name: string;
+  segment: SegmentReference;
 }
 
 /** A model in memory, with the external data files it refers to (named as the model names them). */
@@ -46,12 +76,20 @@ export type ToWorker =
       op: 'run';
       id: number;
       key: string;
-      inputs: WireTensor[];
+      inputs: WireInput[];
+      /** Outputs to write into shared memory rather than send back. */
+      outputSegments?: OutputSegment[];
     }
   | { op: 'release'; id: number; key: string };
 
 /** Why a worker could not do what it was asked. */
-export type WorkerFailureKind = 'out-of-memory' | 'model-rejected' | 'run-failed' | 'no-session';
+export type WorkerFailureKind =
+  | 'out-of-memory'
+  | 'model-rejected'
+  | 'run-failed'
+  | 'no-session'
+  /** A segment the run names is gone, changed, too small, or cannot be mapped for the reason the message gives. */
+  | 'segment-unusable';
 
 export type FromWorker =
   | { op: 'ready' }
@@ -59,7 +97,7 @@ export type FromWorker =
   | {
       op: 'done';
       id: number;
-      outputs: WireTensor[];
+      outputs: Array<WireTensor | WireSegmentOutput>;
       /** Epoch milliseconds (performance.timeOrigin + now(), comparable across threads) around session.run. */
       startedAt: number;
       finishedAt: number;

@@ -10,7 +10,7 @@
 import type { Worker } from 'node:worker_threads';
 import type { InferenceError } from './errors.js';
 import type { InlineBudget } from './inline-budget.js';
-import type { FromWorker, ModelBytes, ToWorker, WireTensor } from './protocol.js';
+import type { FromWorker, ModelBytes, OutputSegment, ToWorker, WireInput } from './protocol.js';
 import type { PoolTensor } from './tensor-transfer.js';
 
 export interface RunResult {
@@ -26,7 +26,9 @@ export interface RunResult {
 export interface Job {
   seq: number;
   key: string;
-  inputs: WireTensor[];
+  inputs: WireInput[];
+  /** Outputs the worker writes into shared memory (RunOptions.outputSegments). */
+  outputSegments?: OutputSegment[];
   transfer: ArrayBuffer[];
   submittedAt: number;
   /** Warm-up runs go to one given worker. */

@@ -5,7 +5,8 @@
  */
 import { DATA_TYPES, dataTypeFromOrt, type DataTypeName } from '@edgefleet/core';
 import { InferenceError } from './errors.js';
-import type { WireTensor } from './protocol.js';
+import type { SegmentReference } from '../shm/segment-reference.js';
+import type { WireInput, WireSegmentOutput, WireTensor } from './protocol.js';
 
 /** A tensor handed to the pool: little-endian, row-major bytes. */
 export interface PoolTensor {
@@ -13,21 +14,30 @@ export interface PoolTensor {
   dataType: DataTypeName;
   shape: number[];
   data: Uint8Array;
+  /**
+   * An input: where `data` lies in System V shared memory (checked by the event loop); a worker maps the segment
+   * and reads the bytes there rather than get a copy. The inline path reads `data`.
+   */
+  segment?: SegmentReference;
+  /** An output the worker wrote into the segment the run named for it (RunOptions.outputSegments): `data` is empty. */
+  writtenToSegment?: boolean;
 }
 
 /**
  * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
- * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors).
+ * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors); in System V
+ * shared memory the worker maps itself (`segment`: neither copied nor sent).
  */
 export interface InputByteCounts {
   transferred: number;
   shared: number;
   copied: number;
   copies: number;
+  segment: number;
 }
 
 export interface PreparedInputs {
-  wire: WireTensor[];
+  wire: WireInput[];
   /** Buffers to transfer with the message. */
   transfer: ArrayBuffer[];
 }
@@ -46,12 +56,16 @@ export function prepareInputs(
   ownedBuffer?: ArrayBuffer,
 ): PreparedInputs {
   const transfer: ArrayBuffer[] = [];
-  const wire = inputs.map((input): WireTensor => {
+  const wire = inputs.map((input): WireInput => {
     const { data } = input;
     const name = input.name;
     const type = DATA_TYPES[input.dataType].ort;
     const dims = input.shape;
     const byteLength = data.byteLength;
+    if (input.segment) {
+      counts.segment += byteLength;
+      return { name, type, dims, segment: input.segment };
+    }
     if (data.buffer instanceof SharedArrayBuffer) {
       counts.shared += byteLength;
       return { name, type, dims, byteLength, buffer: data.buffer, byteOffset: data.byteOffset };
@@ -97,25 +111,36 @@ export function inputsInPlace(inputs: readonly PoolTensor[]): WireTensor[] {
  * Copies of wire tensors into fresh ArrayBuffers, for when a buffer cannot be transferred (an external one,
  * e.g. mapped memory). A failed postMessage detaches nothing, so the original bytes are still there to copy.
  */
-export function copiedInputs(wire: readonly WireTensor[], counts: InputByteCounts): PreparedInputs {
+export function copiedInputs(wire: readonly WireInput[], counts: InputByteCounts): PreparedInputs {
+  const transfer: ArrayBuffer[] = [];
   const copies = wire.map((input) => {
+    if ('segment' in input) return input;
     const copy = new Uint8Array(input.byteLength);
     copy.set(new Uint8Array(input.buffer, input.byteOffset, input.byteLength));
     counts.copied += input.byteLength;
     counts.copies++;
+    transfer.push(copy.buffer);
     return { ...input, buffer: copy.buffer, byteOffset: 0 };
   });
-  return { wire: copies, transfer: copies.map((c) => c.buffer) };
+  return { wire: copies, transfer };
 }
 
 /** A worker's (or the inline runner's) output tensor as the pool's. */
-export function fromWire(tensor: WireTensor): PoolTensor {
+export function fromWire(tensor: WireTensor | WireSegmentOutput): PoolTensor {
   const dataType = dataTypeFromOrt(tensor.type);
   if (!dataType)
     throw new InferenceError(
       'run-failed',
       `the model returned a ${tensor.type} tensor, which SageMaker Edge cannot express`,
     );
+  if ('inSegment' in tensor)
+    return {
+      name: tensor.name,
+      dataType,
+      shape: tensor.dims,
+      data: new Uint8Array(0),
+      writtenToSegment: true,
+    };
   return {
     name: tensor.name,
     dataType,

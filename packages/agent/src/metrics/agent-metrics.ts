@@ -142,7 +142,7 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'edgefleet_inference_input_bytes_total',
-      help: 'Input tensor bytes handed to workers, by how: transferred (no copy), shared (no copy), copied',
+      help: 'Input tensor bytes handed to workers, by how: transferred (no copy), shared (no copy), copied, segment (System V shared memory the worker maps itself: no copy)',
       labelNames: ['path'],
       registers: [this.registry],
       collect() {
@@ -151,6 +151,7 @@ export class AgentMetrics {
         this.inc({ path: 'transferred' }, bytes.transferred);
         this.inc({ path: 'shared' }, bytes.shared);
         this.inc({ path: 'copied' }, bytes.copied);
+        this.inc({ path: 'segment' }, bytes.segment);
       },
     });
     new Counter({

@@ -72,6 +72,7 @@ export function predictFailure(error: unknown, name: string): AgentError {
       closed: 'UNAVAILABLE',
       'worker-died': 'INTERNAL',
       'run-failed': 'INTERNAL',
+      'segment-unusable': 'INVALID_ARGUMENT',
       'no-instance': 'INTERNAL',
       'model-rejected': 'INTERNAL',
     };

@@ -5,6 +5,7 @@ import {
   type TensorMetadata,
 } from '@edgefleet/core';
 import type { InferencePool, PoolTensor } from '../inference/index.js';
+import type { SegmentReference } from '../shm/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { AgentError, type AgentErrorCode } from './agent-error.js';
 import { asAgentError, predictFailure } from './model-errors.js';
@@ -28,8 +29,10 @@ export interface PredictOutput {
   dataType: DataTypeName;
   /** The tensor's real shape (no -1). */
   shape: number[];
-  /** Little-endian, row-major bytes. */
+  /** Little-endian, row-major bytes; empty when `writtenToSegment`. */
   data: Uint8Array;
+  /** Written by the worker into the place PredictOptions.outputSegments gave it; `data` is then empty. */
+  writtenToSegment?: boolean;
 }
 
 export interface PredictResult {
@@ -51,6 +54,12 @@ export interface PredictOptions {
    * go to the worker inside it, transferred once without a copy, and it is detached afterwards.
    */
   ownedBuffer?: ArrayBuffer;
+  /**
+   * Outputs (by model output name) to write straight into System V shared memory, where the caller checked the
+   * requester may write. Only a best effort: an output not written there (the model ran inline, or an observer
+   * reads the outputs) comes back with its bytes, and the caller writes it.
+   */
+  outputSegments?: ReadonlyMap<string, SegmentReference>;
 }
 
 /** A successful prediction, as observers see it (automatic capture, activity counters). */
@@ -81,6 +90,8 @@ export type PredictObserver = RegistryObserver;
 export interface PredictListener {
   /** The listener reads the inputs: they are then copied to the worker rather than transferred (detached). */
   readonly readsInputs: boolean;
+  /** The listener reads the outputs' bytes: none is then written straight into shared memory by a worker. */
+  readonly readsOutputs: boolean;
   /** After a successful run, synchronously. Errors it throws are ignored. */
   predicted(event: PredictEvent): void;
 }
@@ -356,11 +367,16 @@ export class ModelRegistry {
     const listeners = this.#listeners(name);
     version.enter();
     try {
+      const outputSegments =
+        options.outputSegments && !listeners.some((l) => l.readsOutputs)
+          ? [...options.outputSegments].map(([output, segment]) => ({ name: output, segment }))
+          : undefined;
       // An observer that reads the inputs after the run needs them where they are: nothing is given up then.
       const giveUp = !listeners.some((l) => l.readsInputs);
       const result = await this.#pool.run(version.key, inputs, {
         transferInputs: options.transferInputs === true && giveUp,
         ...(giveUp && options.ownedBuffer && { ownedBuffer: options.ownedBuffer }),
+        ...(outputSegments && { outputSegments }),
       });
       const outputs = orderOutputs(description.outputs, result.outputs);
       const requestMs = performance.now() - began;
@@ -521,5 +537,6 @@ function orderOutputs(declared: readonly TensorMetadata[], outputs: readonly Poo
     dataType: o.dataType,
     shape: o.shape,
     data: o.data,
+    ...(o.writtenToSegment && { writtenToSegment: true }),
   }));
 }

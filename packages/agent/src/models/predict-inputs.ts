@@ -9,6 +9,7 @@ import {
   MAX_TENSOR_RANK,
 } from '@edgefleet/core';
 import type { PoolTensor } from '../inference/index.js';
+import type { SegmentReference } from '../shm/index.js';
 import { AgentError } from './agent-error.js';
 import { showTensorName, tensorNameBytes } from './tensor-names.js';
 
@@ -20,6 +21,8 @@ export interface PredictTensor {
   shape: readonly number[];
   /** Little-endian, row-major bytes; exactly shape × element size of them. */
   data: Uint8Array;
+  /** Where `data` lies in System V shared memory, checked for the caller: a worker then maps it itself. */
+  segment?: SegmentReference;
 }
 
 /** Largest rank and element count we accept: beyond these a request is malformed, not just large. */
@@ -84,7 +87,13 @@ export function matchPredictInputs(
         `${label} has ${tensor.data.byteLength} bytes of data; shape [${shape.join(', ')}] of ${tensor.dataType} needs ${expectedBytes} (${elements} elements × ${elementSize(tensor.dataType)} bytes)`,
       );
     }
-    ordered[index] = { name: want.name, dataType: tensor.dataType, shape, data: tensor.data };
+    ordered[index] = {
+      name: want.name,
+      dataType: tensor.dataType,
+      shape,
+      data: tensor.data,
+      ...(tensor.segment && { segment: tensor.segment }),
+    };
   });
   return ordered;
 }

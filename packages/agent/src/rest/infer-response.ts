@@ -1,3 +1,4 @@
+import { byteLength } from '@edgefleet/core';
 import type { ModelDescription, PredictOutput, PredictResult } from '../models/index.js';
 import type { RequestedOutput } from './infer-request.js';
 import { tensorJsonText } from './json-tensors.js';
@@ -59,8 +60,12 @@ export function encodeInferResponse(
   const parts = chosen.map(({ name, output, binary: asBinary, shared }) => {
     const head = `{"name":${JSON.stringify(name)},"datatype":"${kserveDatatype(output.dataType)}","shape":[${output.shape.join(',')}]`;
     // Already written into the client's region (see shared-memory-routes.ts): the response only says where.
-    if (shared)
-      return `${head},"parameters":{"shared_memory_region":${JSON.stringify(shared.region)},"shared_memory_byte_size":${output.data.byteLength},"shared_memory_offset":${shared.offset}}}`;
+    if (shared) {
+      const size = output.writtenToSegment
+        ? byteLength(output.dataType, output.shape)
+        : output.data.byteLength;
+      return `${head},"parameters":{"shared_memory_region":${JSON.stringify(shared.region)},"shared_memory_byte_size":${size},"shared_memory_offset":${shared.offset}}}`;
+    }
     if (asBinary) {
       binary.push(output.data);
       return `${head},"parameters":{"binary_data_size":${output.data.byteLength}}}`;

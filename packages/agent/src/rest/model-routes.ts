@@ -93,16 +93,21 @@ export function registerModelRoutes(
       const leases = regions.readInputs(decoded.inputs, decoded.sharedInputs, caller);
       let result;
       try {
+        const outputSegments = regions.outputSegments(decoded.outputs, caller);
         // The inputs were built for this request alone: hand them to the worker without a copy (those in shared
-        // memory are mapped memory, which the pool copies once, or the inline path reads in place).
-        result = await registry.predict(name, decoded.inputs, { transferInputs: true });
+        // memory are mapped by the worker itself, or read in place by the inline path).
+        result = await registry.predict(name, decoded.inputs, {
+          transferInputs: true,
+          ...(outputSegments && { outputSegments }),
+        });
       } finally {
         for (const lease of leases) lease.release();
       }
       for (const output of decoded.outputs ?? []) {
         if (!output.sharedMemory) continue;
         const produced = result.outputs.find((o) => o.name.toString('utf8') === output.name);
-        if (produced) regions.writeOutput(output.name, output.sharedMemory, produced.data, caller);
+        if (produced?.writtenToSegment) regions.confirmWritten(output.name, output.sharedMemory);
+        else if (produced) regions.writeOutput(output.name, output.sharedMemory, produced.data, caller);
       }
       const response = encodeInferResponse(result, decoded.id, decoded.outputs, decoded.binaryOutputs);
       if (response.binary.length === 0) return reply.type(JSON_TYPE).send(response.json);

@@ -16,6 +16,7 @@ import {
   SharedMemoryError,
   type PeerCredentials,
   type SegmentLease,
+  type SegmentReference,
   type SharedMemoryReader,
 } from '../shm/index.js';
 import { describeIssues, type SharedMemoryPlace } from './infer-request.js';
@@ -149,13 +150,55 @@ export class SharedMemoryRegions {
           caller,
         );
         leases.push(lease);
+        // A worker maps the segment itself (the reference); the inline path reads the lease's view.
         inputs[place.position]!.data = lease.data;
+        inputs[place.position]!.segment = lease.reference;
       }
     } catch (error) {
       for (const lease of leases) lease.release();
       throw restErrorOf(error);
     }
     return leases;
+  }
+
+  /**
+   * Checks, before the run, that the caller may write each output's place in its region, and says where that
+   * lies: a worker writes the outputs straight there (see PredictOptions.outputSegments).
+   */
+  outputSegments(
+    outputs: ReadonlyArray<{ name: string; sharedMemory?: SharedMemoryPlace }> | undefined,
+    caller: PeerCredentials | null,
+  ): Map<string, SegmentReference> | undefined {
+    const shared = outputs?.filter((o) => o.sharedMemory !== undefined) ?? [];
+    if (shared.length === 0) return undefined;
+    const reader = this.#requireReader();
+    const places = new Map<string, SegmentReference>();
+    for (const { name, sharedMemory: place } of shared) {
+      const region = this.#within(place!, `output ${JSON.stringify(name)}`);
+      try {
+        places.set(
+          name,
+          reader.referenceSegment(
+            region.segmentId,
+            region.offset + place!.offset,
+            place!.byteSize,
+            caller,
+            'write',
+          ),
+        );
+      } catch (error) {
+        throw restErrorOf(error);
+      }
+    }
+    return places;
+  }
+
+  /**
+   * After a worker wrote an output into its region: the region must still be registered, else the client is told
+   * (it unregistered the region while the request ran).
+   */
+  confirmWritten(name: string, place: SharedMemoryPlace): void {
+    this.#within(place, `output ${JSON.stringify(name)}`);
   }
 
   /** Writes an output into its region; the region must still be registered and large enough. */

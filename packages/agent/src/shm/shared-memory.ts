@@ -1,6 +1,7 @@
 import { markAsUntransferable } from 'node:worker_threads';
 import { z } from 'zod';
 import { peerMayRead, peerMayWrite, type PeerCredentials } from './segment-access.js';
+import { identityOf, type SegmentReference } from './segment-reference.js';
 import { isSysvShmSystemError } from './sysv-shm-addon.js';
 import type { SegmentStat, SysvShmAddon } from './sysv-shm-addon.js';
 
@@ -36,7 +37,9 @@ export type SharedMemoryErrorCode =
   /** The agent may not read the segment (EACCES / EPERM). */
   | 'ACCESS_DENIED'
   /** The segment exists but could not be attached (e.g. ENOMEM, EMFILE), or the reader is closed. */
-  | 'ATTACH_FAILED';
+  | 'ATTACH_FAILED'
+  /** The id names another segment than the one the agent checked (removed and its id reused, or IPC_SET since). */
+  | 'SEGMENT_CHANGED';
 
 /** The one error type SharedMemoryReader throws. Every code but ATTACH_FAILED is the client's mistake. */
 export class SharedMemoryError extends Error {
@@ -59,6 +62,8 @@ export class SharedMemoryError extends Error {
  */
 export interface SegmentLease {
   readonly data: Buffer;
+  /** Where `data` lies, for an inference worker to map the same bytes itself (see SegmentReference). */
+  readonly reference: SegmentReference;
   release(): void;
 }
 
@@ -66,6 +71,13 @@ export interface SharedMemoryReaderOptions {
   addon: SysvShmAddon;
   /** Attachments kept mapped for reuse across requests (clients usually reuse a segment). Default 16. */
   maxCachedSegments?: number;
+  /**
+   * A read checks the other cached segments (IPC_STAT each, to let go of removed ones) at most this often, in
+   * milliseconds; 0 = on every read. Default 1000. Between those, `sweep()` on a timer lets go of them.
+   */
+  readSweepIntervalMs?: number;
+  /** Milliseconds for `readSweepIntervalMs` (tests give their own). Default performance.now. */
+  now?: () => number;
 }
 
 /** One mapping of a segment, possibly shared by several leases. */
@@ -83,7 +95,8 @@ interface Attachment {
  * Cache validity: while we hold a segment attached, the kernel cannot give its id to another segment, so a
  * cached shmid always maps the segment that id names. A cached attachment is dropped when IPC_STAT on its id
  * fails or says the segment is marked for removal (we would otherwise keep a removed segment alive); each read
- * re-checks the segment it uses and sweeps the idle ones.
+ * re-checks the segment it uses, and the idle ones are swept by reads (at most every readSweepIntervalMs) and by
+ * the owner's timer (`sweep`).
  */
 export class SharedMemoryReader {
   private readonly addon: SysvShmAddon;
@@ -98,6 +111,9 @@ export class SharedMemoryReader {
   private readonly writable = new Map<number, ArrayBuffer>();
   private readonly unreleased = new FinalizationRegistry<() => void>((release) => release());
   private closed = false;
+  private readonly readSweepIntervalMs: number;
+  private readonly now: () => number;
+  private lastSweep = -Infinity;
 
   constructor(options: SharedMemoryReaderOptions) {
     this.addon = options.addon;
@@ -105,6 +121,11 @@ export class SharedMemoryReader {
     if (!Number.isInteger(this.maxCachedSegments) || this.maxCachedSegments < 0) {
       throw new RangeError(`maxCachedSegments must be an integer ≥ 0, not ${this.maxCachedSegments}`);
     }
+    this.readSweepIntervalMs = options.readSweepIntervalMs ?? 1000;
+    if (!(this.readSweepIntervalMs >= 0)) {
+      throw new RangeError(`readSweepIntervalMs must be a number ≥ 0, not ${this.readSweepIntervalMs}`);
+    }
+    this.now = options.now ?? (() => performance.now());
   }
 
   /**
@@ -160,8 +181,21 @@ export class SharedMemoryReader {
       this.detachIfUnused(attachment);
       throw error;
     }
-    const lease = this.lease(attachment, offset, length);
-    this.sweepExcept(segmentId);
+    const lease = this.lease(attachment, {
+      segmentId,
+      offset,
+      byteLength: length,
+      identity: identityOf(stat),
+    });
+    // IPC_STAT of every cached segment on every read would cost more than the read: the timer's sweep (see
+    // readSweepIntervalMs) lets go of removed segments meanwhile; a cache over its size is trimmed at once.
+    const now = this.now();
+    if (now - this.lastSweep >= this.readSweepIntervalMs) {
+      this.lastSweep = now;
+      this.sweepExcept(segmentId);
+    } else if (this.cache.size > this.maxCachedSegments) {
+      this.trimCache();
+    }
     return lease;
   }
 
@@ -182,6 +216,22 @@ export class SharedMemoryReader {
     const stat = this.checkAccess(segmentId, caller, access);
     checkBounds(segmentId, offset, length, stat.size);
     return stat;
+  }
+
+  /**
+   * Checks as `checkSegment` does and returns where the bytes lie, for an inference worker that maps the segment
+   * itself (see SegmentReference); nothing is attached here.
+   * @throws SharedMemoryError, and nothing else.
+   */
+  referenceSegment(
+    segmentId: number,
+    offset: number,
+    length: number,
+    caller: PeerCredentials | null,
+    access: 'read' | 'write',
+  ): SegmentReference {
+    const stat = this.checkSegment(segmentId, offset, length, caller, access);
+    return { segmentId, offset, byteLength: length, identity: identityOf(stat) };
   }
 
   /**
@@ -250,8 +300,8 @@ export class SharedMemoryReader {
   }
 
   /**
-   * Unmaps idle cached segments that were removed, marked for removal, or are beyond the cache size. Runs on
-   * every read; call it on a timer too if reads can stop while clients remove segments.
+   * Unmaps idle cached segments that were removed, marked for removal, or are beyond the cache size. Reads run
+   * it at most every `readSweepIntervalMs`; call it on a timer so that removed segments go promptly.
    */
   sweep(): void {
     this.sweepExcept(undefined);
@@ -269,10 +319,7 @@ export class SharedMemoryReader {
       }
       if (stale) this.retire(attachment);
     }
-    for (const attachment of this.cache.values()) {
-      if (this.cache.size <= this.maxCachedSegments) break;
-      if (attachment.leases === 0) this.retire(attachment);
-    }
+    this.trimCache();
     for (const [segmentId, buffer] of [...this.writable]) {
       let stale: boolean;
       try {
@@ -282,6 +329,14 @@ export class SharedMemoryReader {
         stale = true;
       }
       if (stale) this.dropWritable(segmentId);
+    }
+  }
+
+  /** Unmaps the least recently used idle segments beyond the cache size. */
+  private trimCache(): void {
+    for (const attachment of [...this.cache.values()]) {
+      if (this.cache.size <= this.maxCachedSegments) break;
+      if (attachment.leases === 0) this.retire(attachment);
     }
   }
 
@@ -333,8 +388,8 @@ export class SharedMemoryReader {
     return { segmentId, buffer, leases: 0 };
   }
 
-  private lease(attachment: Attachment, offset: number, length: number): SegmentLease {
-    const data = Buffer.from(attachment.buffer, offset, length);
+  private lease(attachment: Attachment, reference: SegmentReference): SegmentLease {
+    const data = Buffer.from(attachment.buffer, reference.offset, reference.byteLength);
     attachment.leases += 1;
     let released = false;
     const token = {};
@@ -346,7 +401,7 @@ export class SharedMemoryReader {
       this.detachIfUnused(attachment);
     };
     this.unreleased.register(data, release, token);
-    return { data, release };
+    return { data, reference, release };
   }
 
   private retire(attachment: Attachment): void {

@@ -204,6 +204,7 @@ describe('automatic capture', () => {
       registry.observe({
         onPredict: () => ({
           readsInputs: false,
+          readsOutputs: false,
           predicted: () => {
             throw new Error('listener bug');
           },

@@ -60,6 +60,7 @@ describe('Predict with inputs in System V shared memory', () => {
   it('reads a 600 KB tensor from a read-only (0400) segment, size 0 = derived from shape × element size', async () => {
     const shmid = clientSegment(imageBytes);
     expect(addon.stat(shmid).mode & 0o777).toBe(0o400);
+    const before = pool.stats().inputBytes;
     const response = await agent.call('Predict', {
       handle: 'image',
       tensors: [
@@ -70,6 +71,11 @@ describe('Predict with inputs in System V shared memory', () => {
     expect(out?.data).toBe('byteData');
     expect(out?.tensorMetadata?.shape).toEqual([1, 3, 224, 224]);
     expect(Buffer.compare(out!.byteData!, referenceBytes('image-identity').get('image_out')!.bytes)).toBe(0);
+    // The worker mapped the segment itself: the bytes were neither copied on the event loop nor sent to it.
+    const after = pool.stats().inputBytes;
+    expect(after.segment - before.segment).toBe(imageBytes.length);
+    expect(after.copies).toBe(before.copies);
+    expect(after.copied).toBe(before.copied);
   });
 
   it('reads at an offset, with an explicit size, and again from the same segment (reused by clients)', async () => {
@@ -87,6 +93,51 @@ describe('Predict with inputs in System V shared memory', () => {
         ],
       });
       expect(Buffer.compare(response.tensors[0]!.byteData!, expected)).toBe(0);
+    }
+  });
+
+  it('answers INVALID_ARGUMENT when the segment changed between the check and the worker, and keeps serving', async () => {
+    await agent.call('LoadModel', { url: await files.catalogue('slow'), handle: 'slow' });
+    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    try {
+      const x = bytesOf(TEST_MODELS.tiny.sampleInputs().x!.data);
+      const shmid = clientSegment(x);
+      // The kernel keeps ctime in whole seconds: let one pass since the client's chmod, so the next IPC_SET shows.
+      while (Math.floor(Date.now() / 1000) <= addon.stat(shmid).changeTime) await sleep(20);
+      const slowX = TEST_MODELS.slow.sampleInputs().x!;
+      const slowMetadata = { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: slowX.shape };
+      const slowCall = () =>
+        agent.call('Predict', {
+          handle: 'slow',
+          tensors: [{ tensorMetadata: slowMetadata, byteData: bytesOf(slowX.data) }],
+        });
+      const tinyCall = () =>
+        agent.call('Predict', {
+          handle: 'tiny',
+          tensors: [
+            {
+              tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: [1, 16] },
+              sharedMemoryHandle: { segmentId: shmid, offset: 0, size: 0 },
+            },
+          ],
+        });
+      // The one worker is busy with two slow runs, so the checked request waits in the queue meanwhile.
+      const busy = Promise.all([slowCall(), slowCall()]);
+      while (!pool.stats().models.some((m) => m.key.startsWith('slow') && m.running + m.queued === 2))
+        await sleep(1);
+      const pending = callError(tinyCall());
+      while (!pool.stats().models.some((m) => m.key.startsWith('tiny') && m.queued === 1)) await sleep(1);
+      addon.setMode(shmid, 0o440); // IPC_SET: no longer the segment as the agent checked it
+      await busy;
+      const error = await pending;
+      expect(error.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(error.details).toMatch(
+        /input tensor "x": shared memory segment \d+ is not the segment the agent checked \(it was removed and its id reused, or its permissions were changed meanwhile\)/,
+      );
+      const again = await tinyCall();
+      expect(Buffer.compare(again.tensors[0]!.byteData!, referenceBytes('tiny').get('y')!.bytes)).toBe(0);
+    } finally {
+      await agent.call('UnLoadModel', { handle: 'slow' });
     }
   });
 

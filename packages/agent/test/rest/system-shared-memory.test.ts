@@ -16,6 +16,7 @@ let files: Awaited<ReturnType<typeof scratch>>;
 let agent: Awaited<ReturnType<typeof startAgent>>;
 let client: HttpClient;
 let socketPath: string;
+let reader: SharedMemoryReader;
 
 const sample = TEST_MODELS.tiny.sampleInputs();
 const x = bytesOf(sample.x!.data);
@@ -75,7 +76,7 @@ beforeAll(async () => {
   agent = await startAgent({
     socketPath,
     socketMode: 0o666,
-    sharedMemory: new SharedMemoryReader({ addon }),
+    sharedMemory: (reader = new SharedMemoryReader({ addon })),
   });
   await agent.registry.load({ name: 'tiny', url: await files.catalogue('tiny') });
   client = new HttpClient(targetOf(`unix:${socketPath}`));
@@ -126,8 +127,14 @@ describe('KServe v2 system shared memory', () => {
         })
       ).status,
     ).toBe(200);
+    const before = agent.pool.stats().inputBytes;
     const result = await inferViaRegions('in', 'out', 32);
     expect(result.status).toBe(200);
+    // The worker mapped both segments itself: no input bytes copied or sent, no output mapped on the event loop.
+    const after = agent.pool.stats().inputBytes;
+    expect(after.segment - before.segment).toBe(64);
+    expect(after.copies).toBe(before.copies);
+    expect(reader.cachedWritableSegmentCount).toBe(0);
     expect(result.json()).toMatchObject({
       outputs: [
         {
@@ -172,6 +179,57 @@ describe('KServe v2 system shared memory', () => {
     });
     expect(missingSize.status).toBe(400);
     expect(missingSize.text()).toMatch(/without shared_memory_byte_size/);
+  });
+
+  it('fails a request whose output region is unregistered while it waits for the worker, clearly, and keeps serving', async () => {
+    await agent.registry.load({ name: 'slow', url: await files.catalogue('slow') });
+    try {
+      const input = segment(64, x, 0o600);
+      const output = segment(64, new Uint8Array(0), 0o600);
+      await post('/v2/systemsharedmemory/region/in/register', { key: String(input), byte_size: 64 });
+      await post('/v2/systemsharedmemory/region/out/register', { key: String(output), byte_size: 64 });
+      // The one worker is busy with two slow runs, so the request waits, checked, in the queue meanwhile.
+      const slow = TEST_MODELS.slow.sampleInputs().x!;
+      const slowRun = () =>
+        agent.registry.predict('slow', [
+          { name: Buffer.from('x'), dataType: 'FLOAT32', shape: slow.shape, data: bytesOf(slow.data) },
+        ]);
+      const queued = async (): Promise<void> => {
+        while (!agent.pool.stats().models.some((m) => m.key.startsWith('tiny') && m.queued === 1))
+          await new Promise((resolve) => setTimeout(resolve, 1));
+      };
+      let busy = Promise.all([slowRun(), slowRun()]);
+      let pending = inferViaRegions('in', 'out');
+      await queued();
+      expect((await post('/v2/systemsharedmemory/region/out/unregister', {})).status).toBe(200);
+      await busy;
+      let result = await pending;
+      expect(result.status).toBe(400);
+      expect(result.text()).toMatch(
+        /output \\"y\\" names system shared memory region \\"out\\", which is not registered \(never, or unregistered meanwhile\)/,
+      );
+      await post('/v2/systemsharedmemory/region/out/register', { key: String(output), byte_size: 64 });
+      expect((await inferViaRegions('in', 'out')).status).toBe(200);
+      expect([...segmentBytes(output, 0, 64)]).toEqual([...expectedY]);
+
+      // The output segment itself removed (and destroyed: nothing holds it) after the agent checked it.
+      const doomed = segment(64, new Uint8Array(0), 0o600);
+      await post('/v2/systemsharedmemory/region/doomed/register', { key: String(doomed), byte_size: 64 });
+      busy = Promise.all([slowRun(), slowRun()]);
+      pending = inferViaRegions('in', 'doomed');
+      await queued();
+      addon.remove(doomed);
+      created.splice(created.indexOf(doomed), 1);
+      await busy;
+      result = await pending;
+      expect(result.status).toBe(400);
+      expect(result.text()).toMatch(
+        /output \\"y\\": shared memory segment \d+ no longer exists \(removed after the agent checked it\)/,
+      );
+      expect((await inferViaRegions('in', 'out')).status).toBe(200);
+    } finally {
+      await agent.registry.unload('slow');
+    }
   });
 
   it('fails a request whose output region was removed from under it with a clear error, and keeps serving', async () => {

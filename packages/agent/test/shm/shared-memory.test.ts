@@ -14,10 +14,11 @@ const self = {
   groups: process.getgroups!(),
 };
 
-function newReader(maxCachedSegments?: number): SharedMemoryReader {
+function newReader(maxCachedSegments?: number, clock?: () => number): SharedMemoryReader {
   const reader = new SharedMemoryReader({
     addon,
     ...(maxCachedSegments === undefined ? {} : { maxCachedSegments }),
+    ...(clock && { now: clock }),
   });
   readers.push(reader);
   return reader;
@@ -220,14 +221,22 @@ describe('SharedMemoryReader', () => {
     expect(reader.cachedWritableSegmentCount).toBe(0);
   });
 
-  it('sweeps idle segments that clients removed while reading others', () => {
+  it('sweeps idle segments that clients removed while reading others, at most once a readSweepIntervalMs', () => {
     const first = clientSegment(4096);
     const second = clientSegment(4096);
-    const reader = newReader();
+    let now = 0;
+    const reader = newReader(undefined, () => now);
     reader.readTensorFromSegment({ segmentId: first, offset: 0, size: 0 }, 4, self).release();
     addon.remove(first);
     expect(exists(first)).toBe(true); // held by the reader's cache
 
+    // Within the interval a read checks only its own segment: the removed one waits for the next sweep.
+    now = 999;
+    reader.readTensorFromSegment({ segmentId: second, offset: 0, size: 0 }, 4, self).release();
+    expect(exists(first)).toBe(true);
+    expect(reader.cachedSegmentCount).toBe(2);
+
+    now = 1000;
     reader.readTensorFromSegment({ segmentId: second, offset: 0, size: 0 }, 4, self).release();
     expect(exists(first)).toBe(false);
     expect(reader.cachedSegmentCount).toBe(1);
@@ -274,6 +283,31 @@ describe('SharedMemoryReader', () => {
       () => reader.readTensorFromSegment({ segmentId: shmid, offset: 0, size: 0 }, 4, self),
       'ATTACH_FAILED',
       /closed/,
+    );
+  });
+
+  it('says where a lease lies and which segment it checked, and references a place to write without mapping it', () => {
+    const shmid = clientSegment(4096, (bytes) => bytes.fill(9, 100, 104));
+    const reader = newReader();
+    const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 100, size: 4 }, 4, self);
+    const stat = addon.stat(shmid);
+    const identity = { size: 4096, creatorPid: process.pid, changeTime: stat.changeTime };
+    expect(lease.reference).toEqual({ segmentId: shmid, offset: 100, byteLength: 4, identity });
+    lease.release();
+
+    addon.setMode(shmid, 0o600);
+    const attached = addon.stat(shmid).attachCount;
+    expect(reader.referenceSegment(shmid, 4000, 96, self, 'write')).toMatchObject({
+      segmentId: shmid,
+      offset: 4000,
+      byteLength: 96,
+    });
+    expect(addon.stat(shmid).attachCount).toBe(attached);
+    expectError(() => reader.referenceSegment(shmid, 4000, 97, self, 'write'), 'OUT_OF_BOUNDS');
+    addon.setMode(shmid, 0o400);
+    expectError(
+      () => reader.referenceSegment(shmid, 0, 1, { ...self, uid: self.uid + 1 }, 'write'),
+      'ACCESS_DENIED',
     );
   });
 
