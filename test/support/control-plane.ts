@@ -2,13 +2,14 @@
  * The real control plane for the CLI's and the agent's tests: `edgefleet-server` run from its build (packages/server/dist) as a child
  * process, on fixed loopback ports so that a restarted server is found where devices were told it is.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SERVER_MAIN = join(REPO_ROOT, 'packages/server/dist/main.js');
@@ -21,6 +22,40 @@ export function requireBuilt(...files: string[]): void {
       throw new Error(
         `${file} is missing: build first (npx tsc -b packages/server packages/agent packages/cli)`,
       );
+}
+
+/** The argv of `edgefleet device enroll` against `plane` with an enrollment token, writing `configFile`. */
+export function deviceEnrollArgs(
+  plane: Pick<ControlPlane, 'operatorUrl'>,
+  token: string,
+  configFile: string,
+  ...extra: string[]
+): string[] {
+  return [
+    'device',
+    'enroll',
+    '--server',
+    plane.operatorUrl,
+    '--token',
+    token,
+    '--config',
+    configFile,
+    ...extra,
+  ];
+}
+
+/** `edgefleet device enroll …` by the built CLI (packages/cli/dist) as a child process, as a device's installer runs it. */
+export async function enrollWithCliProcess(
+  plane: Pick<ControlPlane, 'operatorUrl'>,
+  token: string,
+  configFile: string,
+  ...extra: string[]
+): Promise<void> {
+  requireBuilt(CLI_MAIN);
+  await promisify(execFile)(process.execPath, [
+    CLI_MAIN,
+    ...deviceEnrollArgs(plane, token, configFile, ...extra),
+  ]);
 }
 
 /** A port free right now on 127.0.0.1. */

@@ -4,17 +4,16 @@
  * tokens, CSRF, CSP, sign-out, page weight and the 10,000-device list. With UPDATE_SCREENSHOTS=1 it also
  * writes the screenshots docs/console.md shows.
  */
-import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   CLI_MAIN,
   REPO_ROOT,
+  enrollWithCliProcess,
   freePort,
   requireBuilt,
   startAgentProcess,
@@ -87,17 +86,7 @@ async function startEnrolledAgent(
       ...extraConfig,
     }),
   );
-  await promisify(execFile)(process.execPath, [
-    CLI_MAIN,
-    'device',
-    'enroll',
-    '--server',
-    plane.operatorUrl,
-    '--token',
-    enrollmentToken,
-    '--config',
-    configFile,
-  ]);
+  await enrollWithCliProcess(plane, enrollmentToken, configFile);
   const agent = startAgentProcess(join(dir, 'agent.sock'), configFile, dir);
   agents.push(agent);
   return agent;

@@ -6,12 +6,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import {
+  deviceEnrollArgs,
+  startControlPlane,
+  type ControlPlane,
+} from '../../../../test/support/control-plane.js';
 
 let plane: ControlPlane;
 let work: string;
 const admin = (...args: string[]) =>
   edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
+/** `edgefleet device enroll --server <plane> --token <token> --config <config> [extra]`. */
+const enroll = (token: string, config: string, ...extra: string[]) =>
+  edgefleet(...deviceEnrollArgs(plane, token, config, ...extra));
 
 async function enrollmentToken(device: string): Promise<string> {
   const created = await admin('device', 'enrollment-token', device);
@@ -72,17 +79,7 @@ describe('edgefleet device enroll', () => {
       }),
     );
     const token = await enrollmentToken('crane-1');
-    const enrolled = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      configFile,
-      '--json',
-    );
+    const enrolled = await enroll(token, configFile, '--json');
     expect(enrolled.stderr).toBe('');
     expect(enrolled.code).toBe(0);
     const result = JSON.parse(enrolled.stdout);
@@ -136,16 +133,7 @@ describe('edgefleet device enroll', () => {
     // The token was single use: a second enrollment fails and changes nothing.
     const before = await readFile(configFile, 'utf8');
     const keyBefore = await readFile(result.files.privateKey, 'utf8');
-    const again = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      configFile,
-    );
+    const again = await enroll(token, configFile);
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/EnrollmentTokenUsed/);
     // The hint names what enrollment reads, not the operator's EDGEFLEET_TOKEN.
@@ -159,21 +147,7 @@ describe('edgefleet device enroll', () => {
 
     // Re-enrolling with a new token replaces the key and certificate and keeps the rest of the config.
     const renewed = JSON.parse(
-      (
-        await edgefleet(
-          'device',
-          'enroll',
-          '--server',
-          plane.operatorUrl,
-          '--token',
-          await enrollmentToken('crane-1'),
-          '--config',
-          configFile,
-          '--key-type',
-          'ed25519',
-          '--json',
-        )
-      ).stdout,
+      (await enroll(await enrollmentToken('crane-1'), configFile, '--key-type', 'ed25519', '--json')).stdout,
     );
     expect(renewed.serial).not.toBe(result.serial);
     expect(await readFile(result.files.privateKey, 'utf8')).not.toBe(keyBefore);
@@ -185,49 +159,14 @@ describe('edgefleet device enroll', () => {
     const configFile = join(work, 'broken.json');
     await writeFile(configFile, '{"sagemaker_edge_core_device_name": ');
     const token = await enrollmentToken('crane-2');
-    const refused = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      configFile,
-      '--cert-dir',
-      join(work, 'c2'),
-    );
+    const refused = await enroll(token, configFile, '--cert-dir', join(work, 'c2'));
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(/is not valid JSON/);
     await writeFile(configFile, '[]');
-    expect(
-      (
-        await edgefleet(
-          'device',
-          'enroll',
-          '--server',
-          plane.operatorUrl,
-          '--token',
-          token,
-          '--config',
-          configFile,
-        )
-      ).stderr,
-    ).toMatch(/must hold a JSON object/);
+    expect((await enroll(token, configFile)).stderr).toMatch(/must hold a JSON object/);
     // The token is still good.
     const fresh = join(work, 'fresh', 'agent.json');
-    const ok = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      fresh,
-      '--cert-dir',
-      join(work, 'c2'),
-    );
+    const ok = await enroll(token, fresh, '--cert-dir', join(work, 'c2'));
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/^Enrolled as device crane-2 of fleet yard/);
     expect(JSON.parse(await readFile(fresh, 'utf8')).sagemaker_edge_provider_aws_cert_pk_file).toBe(
@@ -240,29 +179,11 @@ describe('edgefleet device enroll', () => {
     const missing = await edgefleet('device', 'enroll', '--server', plane.operatorUrl, '--config', config);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/no enrollment token/);
-    const operator = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      plane.adminToken,
-      '--config',
-      config,
-    );
+    const operator = await enroll(plane.adminToken, config);
     expect(operator.code).toBe(2);
     expect(operator.stderr).toMatch(/should start with efe_/);
     expect(operator.stderr).not.toContain(plane.adminToken);
-    const unknown = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      'efe_not-a-real-token',
-      '--config',
-      config,
-    );
+    const unknown = await enroll('efe_not-a-real-token', config);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/EnrollmentTokenInvalid/);
   });

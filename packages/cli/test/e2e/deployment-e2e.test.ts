@@ -23,6 +23,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet, operatorCli } from '../run-cli.js';
 import {
+  deviceEnrollArgs,
   freePort,
   startAgentProcess,
   startE2eFleet,
@@ -154,18 +155,15 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
       const { token } = await cli('device', 'enrollment-token', name);
       const config = join(dir, 'agent.json');
       const enrolled = await edgefleet(
-        'device',
-        'enroll',
-        '--server',
-        plane.operatorUrl,
-        '--token',
-        token,
-        '--config',
-        config,
-        '--rest-port',
-        String(device.restPort),
-        '--deployments',
-        '1',
+        ...deviceEnrollArgs(
+          plane,
+          token,
+          config,
+          '--rest-port',
+          String(device.restPort),
+          '--deployments',
+          '1',
+        ),
       );
       expect(enrolled.stderr).toBe('');
       expect(enrolled.code).toBe(0);

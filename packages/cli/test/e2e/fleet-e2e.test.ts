@@ -9,6 +9,7 @@ import { createModelPackage, writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet, operatorCli } from '../run-cli.js';
 import {
+  deviceEnrollArgs,
   freePort,
   startAgentProcess,
   startE2eFleet,
@@ -88,16 +89,7 @@ describe('server + enrolled agent + CLI (real processes)', { timeout: 120_000 },
         sagemaker_edge_local_data_root_path: join(work, 'data'),
       }),
     );
-    const enrolled = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      configFile,
-    );
+    const enrolled = await edgefleet(...deviceEnrollArgs(plane, token, configFile));
     expect(enrolled.code).toBe(0);
     expect(JSON.parse(await readFile(configFile, 'utf8'))).toMatchObject({
       edgefleet_preload_models: [{ name: 'mlp' }],
