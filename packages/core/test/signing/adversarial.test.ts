@@ -13,7 +13,6 @@ import {
   createRootCa,
   generateKeyPair,
   issueCertificate,
-  issueCodeSigningCertificate,
   signPackage,
   verifyPackage,
   type CertificateAuthority,
@@ -21,6 +20,8 @@ import {
   type Signer,
 } from '../../src/signing/index.js';
 import {
+  certificateSigner,
+  codeSigningLeaf,
   editBundle,
   expectRejected,
   flipByte,
@@ -277,33 +278,15 @@ describe('who signed', () => {
   });
 
   it('a certificate-signed package against a policy of keys only → untrusted-chain', async () => {
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
+    const leaf = codeSigningLeaf(root, 'Pub');
+    const dir = await signedPackage(certificateSigner(leaf));
     await expectRejected(verifyPackage(dir, keyTrust()), 'untrusted-chain', 'holds no root certificates');
   });
 
   it('a chain to a different root (same name, different key) → untrusted-chain, naming the issuer', async () => {
     const impostor = createRootCa({ commonName: 'EdgeFleet Root', validityDays: 365, keyType: 'ecdsa-p256' });
-    const leaf = issueCodeSigningCertificate({
-      issuer: impostor,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, impostor.certificatePem],
-    });
+    const leaf = codeSigningLeaf(impostor, 'Pub');
+    const dir = await signedPackage(certificateSigner(leaf, impostor));
     const e = await expectRejected(
       verifyPackage(dir, rootTrust()),
       'untrusted-chain',
@@ -319,17 +302,8 @@ describe('who signed', () => {
       validityDays: 30,
       keyType: 'ed25519',
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
+    const leaf = codeSigningLeaf(intermediate, 'Pub');
+    const dir = await signedPackage(certificateSigner(leaf));
     const e = await expectRejected(
       verifyPackage(dir, rootTrust()),
       'untrusted-chain',
@@ -339,19 +313,12 @@ describe('who signed', () => {
   });
 
   it('an expired leaf → certificate-expired, naming it and when', async () => {
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Old Publisher',
+    const leaf = codeSigningLeaf(root, 'Old Publisher', {
       validityDays: 1,
-      keyType: 'ecdsa-p256',
       notBefore: new Date(Date.now() - 10 * DAY),
       notAfter: new Date(Date.now() - DAY),
     });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
+    const dir = await signedPackage(certificateSigner(leaf));
     const e = await expectRejected(
       verifyPackage(dir, rootTrust()),
       'certificate-expired',
@@ -361,18 +328,12 @@ describe('who signed', () => {
   });
 
   it('a not-yet-valid leaf → certificate-not-yet-valid; the same package verifies at a later `now`', async () => {
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Future Publisher',
+    const leaf = codeSigningLeaf(root, 'Future Publisher', {
       validityDays: 5,
       keyType: 'ed25519',
       notBefore: new Date(Date.now() + 2 * DAY),
     });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
+    const dir = await signedPackage(certificateSigner(leaf));
     await expectRejected(
       verifyPackage(dir, rootTrust()),
       'certificate-not-yet-valid',
@@ -389,17 +350,8 @@ describe('who signed', () => {
       keyType: 'ecdsa-p256',
       notBefore: new Date(Date.now() - 5 * DAY),
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, intermediate.certificatePem],
-    });
+    const leaf = codeSigningLeaf(intermediate, 'Pub');
+    const dir = await signedPackage(certificateSigner(leaf, intermediate));
     const e = await expectRejected(
       verifyPackage(dir, rootTrust()),
       'certificate-expired',
@@ -409,18 +361,8 @@ describe('who signed', () => {
   });
 
   it('a leaf without extendedKeyUsage codeSigning → certificate-not-code-signing', async () => {
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'TLS Client',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-      codeSigning: false,
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
+    const leaf = codeSigningLeaf(root, 'TLS Client', { codeSigning: false });
+    const dir = await signedPackage(certificateSigner(leaf));
     await expectRejected(
       verifyPackage(dir, rootTrust()),
       'certificate-not-code-signing',
@@ -437,11 +379,7 @@ describe('who signed', () => {
       keyUsage: ['keyEncipherment'],
       extendedKeyUsage: ['codeSigning'],
     });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: pair.privateKeyPem,
-      certificateChainPem: [certificatePem],
-    });
+    const dir = await signedPackage(certificateSigner({ privateKeyPem: pair.privateKeyPem, certificatePem }));
     await expectRejected(
       verifyPackage(dir, rootTrust()),
       'certificate-not-code-signing',
@@ -462,17 +400,8 @@ describe('who signed', () => {
         keyUsage: ['digitalSignature', 'keyCertSign'],
       }),
     };
-    const leaf = issueCodeSigningCertificate({
-      issuer: fakeCa,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, fakeCa.certificatePem],
-    });
+    const leaf = codeSigningLeaf(fakeCa, 'Pub');
+    const dir = await signedPackage(certificateSigner(leaf, fakeCa));
     await expectRejected(
       verifyPackage(dir, rootTrust()),
       'untrusted-chain',
@@ -493,17 +422,8 @@ describe('who signed', () => {
       validityDays: 30,
       keyType: 'ecdsa-p256',
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, intermediate.certificatePem],
-    });
+    const leaf = codeSigningLeaf(intermediate, 'Pub');
+    const dir = await signedPackage(certificateSigner(leaf, intermediate));
     await expectRejected(
       verifyPackage(dir, { rootCertificatesPem: [strictRoot.certificatePem] }),
       'untrusted-chain',
@@ -512,23 +432,9 @@ describe('who signed', () => {
   });
 
   it('a leaf certificate swapped for another valid leaf of the same CA → signature-invalid', async () => {
-    const signerLeaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const otherLeaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: signerLeaf.privateKeyPem,
-      certificateChainPem: [signerLeaf.certificatePem],
-    });
+    const signerLeaf = codeSigningLeaf(root, 'Pub');
+    const otherLeaf = codeSigningLeaf(root, 'Pub');
+    const dir = await signedPackage(certificateSigner(signerLeaf));
     const otherDer = otherLeaf.certificatePem.replace(/-----[A-Z ]+-----|\s/g, '');
     await editBundle(dir, (b) => {
       b.verificationMaterial.x509CertificateChain = { certificates: [{ rawBytes: otherDer }] };
@@ -553,6 +459,13 @@ describe('statements signed by a trusted key but wrong in themselves', () => {
     );
   }
 
+  /** Makes the subject digest agree with the (edited) resources again, as a signer would compute it. */
+  function resubject(statement: StatementJson): void {
+    const all = Buffer.concat(statement.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
+    const subject = statement.subject[0];
+    if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
+  }
+
   it('the hand-built bundle verifies when nothing is spoiled (so the cases below test what they say)', async () => {
     const dir = await signedPackage();
     await resign(dir, () => undefined);
@@ -572,9 +485,7 @@ describe('statements signed by a trusted key but wrong in themselves', () => {
     const dir = await signedPackage();
     await resign(dir, (s) => {
       s.predicate.resources.push({ name: '../outside.bin', algorithm: 'sha256', digest: 'a'.repeat(64) });
-      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
-      const subject = s.subject[0];
-      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
+      resubject(s);
     });
     await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', '../outside.bin');
   });
@@ -584,9 +495,7 @@ describe('statements signed by a trusted key but wrong in themselves', () => {
     await resign(dir, (s) => {
       const first = s.predicate.resources[0];
       if (first) s.predicate.resources.push({ ...first });
-      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
-      const subject = s.subject[0];
-      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
+      resubject(s);
     });
     await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'twice');
   });
@@ -615,9 +524,7 @@ describe('statements signed by a trusted key but wrong in themselves', () => {
     const dir = await signedPackage();
     await resign(dir, (s) => {
       s.predicate.resources.push({ name: 'model.sig', algorithm: 'sha256', digest: 'b'.repeat(64) });
-      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
-      const subject = s.subject[0];
-      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
+      resubject(s);
     });
     await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', "the signature's own file");
   });
