@@ -17,6 +17,7 @@ import {
   verifyPackage,
   type CertificateAuthority,
   type KeyPairPem,
+  type PackageVerificationReason,
   type Signer,
 } from '../../src/signing/index.js';
 import {
@@ -54,6 +55,24 @@ async function signedPackage(signer?: Signer): Promise<string> {
 
 const keyTrust = () => ({ publicKeysPem: [keys.publicKeyPem] });
 const rootTrust = () => ({ rootCertificatesPem: [root.certificatePem] });
+
+/**
+ * Signs the sample package with `signer` and expects the verifier, trusting `root` (or `options.root`), to
+ * reject it for `reason`, naming `culprit` in the message and `options.certificate` as the certificate at fault.
+ * Resolves with the package's folder.
+ */
+async function expectChainRejected(
+  signer: Signer,
+  reason: PackageVerificationReason,
+  culprit: string,
+  options: { certificate?: string; root?: CertificateAuthority } = {},
+): Promise<string> {
+  const dir = await signedPackage(signer);
+  const trust = { rootCertificatesPem: [(options.root ?? root).certificatePem] };
+  const e = await expectRejected(verifyPackage(dir, trust), reason, culprit);
+  if (options.certificate !== undefined) expect(e.certificate).toBe(options.certificate);
+  return dir;
+}
 
 describe('files of the package', () => {
   it('one byte flipped in a file → file-modified, naming the file', async () => {
@@ -286,13 +305,12 @@ describe('who signed', () => {
   it('a chain to a different root (same name, different key) → untrusted-chain, naming the issuer', async () => {
     const impostor = createRootCa({ commonName: 'EdgeFleet Root', validityDays: 365, keyType: 'ecdsa-p256' });
     const leaf = codeSigningLeaf(impostor, 'Pub');
-    const dir = await signedPackage(certificateSigner(leaf, impostor));
-    const e = await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    await expectChainRejected(
+      certificateSigner(leaf, impostor),
       'untrusted-chain',
       'does not lead to a trusted root',
+      { certificate: 'CN=EdgeFleet Root' },
     );
-    expect(e.certificate).toBe('CN=EdgeFleet Root');
   });
 
   it('an intermediate missing from the bundle → untrusted-chain, naming the certificate whose issuer is missing', async () => {
@@ -303,13 +321,9 @@ describe('who signed', () => {
       keyType: 'ed25519',
     });
     const leaf = codeSigningLeaf(intermediate, 'Pub');
-    const dir = await signedPackage(certificateSigner(leaf));
-    const e = await expectRejected(
-      verifyPackage(dir, rootTrust()),
-      'untrusted-chain',
-      'CN=Pub was issued by CN=Int',
-    );
-    expect(e.certificate).toBe('CN=Pub');
+    await expectChainRejected(certificateSigner(leaf), 'untrusted-chain', 'CN=Pub was issued by CN=Int', {
+      certificate: 'CN=Pub',
+    });
   });
 
   it('an expired leaf → certificate-expired, naming it and when', async () => {
@@ -318,13 +332,9 @@ describe('who signed', () => {
       notBefore: new Date(Date.now() - 10 * DAY),
       notAfter: new Date(Date.now() - DAY),
     });
-    const dir = await signedPackage(certificateSigner(leaf));
-    const e = await expectRejected(
-      verifyPackage(dir, rootTrust()),
-      'certificate-expired',
-      'CN=Old Publisher expired at',
-    );
-    expect(e.certificate).toBe('CN=Old Publisher');
+    await expectChainRejected(certificateSigner(leaf), 'certificate-expired', 'CN=Old Publisher expired at', {
+      certificate: 'CN=Old Publisher',
+    });
   });
 
   it('a not-yet-valid leaf → certificate-not-yet-valid; the same package verifies at a later `now`', async () => {
@@ -333,9 +343,8 @@ describe('who signed', () => {
       keyType: 'ed25519',
       notBefore: new Date(Date.now() + 2 * DAY),
     });
-    const dir = await signedPackage(certificateSigner(leaf));
-    await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    const dir = await expectChainRejected(
+      certificateSigner(leaf),
       'certificate-not-yet-valid',
       'CN=Future Publisher is not valid until',
     );
@@ -351,20 +360,18 @@ describe('who signed', () => {
       notBefore: new Date(Date.now() - 5 * DAY),
     });
     const leaf = codeSigningLeaf(intermediate, 'Pub');
-    const dir = await signedPackage(certificateSigner(leaf, intermediate));
-    const e = await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    await expectChainRejected(
+      certificateSigner(leaf, intermediate),
       'certificate-expired',
       'intermediate CN=Lapsed Int',
+      { certificate: 'CN=Lapsed Int' },
     );
-    expect(e.certificate).toBe('CN=Lapsed Int');
   });
 
   it('a leaf without extendedKeyUsage codeSigning → certificate-not-code-signing', async () => {
     const leaf = codeSigningLeaf(root, 'TLS Client', { codeSigning: false });
-    const dir = await signedPackage(certificateSigner(leaf));
-    await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    await expectChainRejected(
+      certificateSigner(leaf),
       'certificate-not-code-signing',
       'CN=TLS Client may not sign code: it lacks extendedKeyUsage codeSigning',
     );
@@ -379,9 +386,8 @@ describe('who signed', () => {
       keyUsage: ['keyEncipherment'],
       extendedKeyUsage: ['codeSigning'],
     });
-    const dir = await signedPackage(certificateSigner({ privateKeyPem: pair.privateKeyPem, certificatePem }));
-    await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    await expectChainRejected(
+      certificateSigner({ privateKeyPem: pair.privateKeyPem, certificatePem }),
       'certificate-not-code-signing',
       'lacks keyUsage digitalSignature',
     );
@@ -401,9 +407,8 @@ describe('who signed', () => {
       }),
     };
     const leaf = codeSigningLeaf(fakeCa, 'Pub');
-    const dir = await signedPackage(certificateSigner(leaf, fakeCa));
-    await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    await expectChainRejected(
+      certificateSigner(leaf, fakeCa),
       'untrusted-chain',
       'CN=Not A CA issued CN=Pub but is not a CA',
     );
@@ -423,12 +428,9 @@ describe('who signed', () => {
       keyType: 'ecdsa-p256',
     });
     const leaf = codeSigningLeaf(intermediate, 'Pub');
-    const dir = await signedPackage(certificateSigner(leaf, intermediate));
-    await expectRejected(
-      verifyPackage(dir, { rootCertificatesPem: [strictRoot.certificatePem] }),
-      'untrusted-chain',
-      'pathLenConstraint',
-    );
+    await expectChainRejected(certificateSigner(leaf, intermediate), 'untrusted-chain', 'pathLenConstraint', {
+      root: strictRoot,
+    });
   });
 
   it('a leaf certificate swapped for another valid leaf of the same CA → signature-invalid', async () => {
