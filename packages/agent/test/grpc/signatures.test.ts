@@ -8,20 +8,17 @@ import {
   signPackage,
   type TrustPolicy,
 } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { InferencePool } from '../../src/inference/index.js';
+import { describe, expect, it } from 'vitest';
 import {
   callError,
   referenceBytes,
-  scratch,
-  startPool,
-  startTestAgent,
+  useAgentTestBed,
   wireInputs,
+  type Scratch,
   type TestAgent,
 } from './helpers.js';
 
-let pool: InferencePool;
-let files: Awaited<ReturnType<typeof scratch>>;
+let files: Scratch;
 let agent: TestAgent;
 let trust: TrustPolicy;
 let signer: { method: 'certificate'; privateKeyPem: string; certificateChainPem: string[] };
@@ -46,22 +43,22 @@ function devPki(name: string) {
   };
 }
 
-beforeAll(async () => {
-  files = await scratch('agent-grpc-sig-');
-  pool = await startPool(1);
-  const trusted = devPki('EdgeFleet Test');
-  signer = trusted.signer;
-  strangerSigner = devPki('Stranger').signer;
-  const certs = join(files.root, 'certs');
-  await mkdir(certs);
-  await writeFile(join(certs, 'root.pem'), trusted.root.certificatePem);
-  trust = await loadTrustFolder(certs);
-  agent = await startTestAgent({ pool, dir: files.root, registry: { trust, requireSignatures: true } });
-});
-afterAll(async () => {
-  await agent?.close();
-  await pool?.close();
-  await files?.cleanup();
+useAgentTestBed({
+  prefix: 'agent-grpc-sig-',
+  workers: 1,
+  async agent(scratchFiles) {
+    const trusted = devPki('EdgeFleet Test');
+    signer = trusted.signer;
+    strangerSigner = devPki('Stranger').signer;
+    const certs = join(scratchFiles.root, 'certs');
+    await mkdir(certs);
+    await writeFile(join(certs, 'root.pem'), trusted.root.certificatePem);
+    trust = await loadTrustFolder(certs);
+    return { registry: { trust, requireSignatures: true } };
+  },
+  ready(bed) {
+    ({ files, agent } = bed);
+  },
 });
 
 describe('LoadModel with signature verification', () => {
