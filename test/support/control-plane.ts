@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { afterAll, beforeAll } from 'vitest';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SERVER_MAIN = join(REPO_ROOT, 'packages/server/dist/main.js');
@@ -255,26 +256,53 @@ export async function until<T>(
   }
 }
 
-/** What an end-to-end test runs: a control plane (1 s heartbeats) and a scratch folder for its devices. */
-export async function startE2eFleet(prefix: string): Promise<{ plane: ControlPlane; work: string }> {
-  requireBuilt(AGENT_MAIN, CLI_MAIN);
-  const plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
-  return { plane, work: await mkdtemp(join(tmpdir(), prefix)) };
+/** What an end-to-end test file runs on: a control plane (1 s heartbeats) and a scratch folder for its devices. */
+export interface E2eFleet {
+  /** The control plane; set once the file's tests run. */
+  readonly plane: ControlPlane;
+  /** The scratch folder; set once the file's tests run. */
+  readonly work: string;
+  /** startAgentProcess, the agent to be stopped (if still running) after the file's tests. */
+  startAgent(...args: Parameters<typeof startAgentProcess>): AgentProcess;
 }
 
-/** Stops the agents still running (SIGTERM, then waits), the control plane, and removes their folders. */
-export async function stopE2eFleet(
-  plane: ControlPlane | undefined,
-  work: string | undefined,
-  agents: readonly AgentProcess[],
-): Promise<void> {
-  for (const agent of agents) {
-    if (agent.child.exitCode === null && agent.child.signalCode === null) {
-      agent.child.kill('SIGTERM');
-      await agent.exited;
+/**
+ * Starts an E2eFleet before the file's tests; after them stops the agents still running (SIGTERM, then waits),
+ * the control plane, and removes their folders.
+ */
+export function useE2eFleet(prefix: string): E2eFleet {
+  let plane: ControlPlane | undefined;
+  let work: string | undefined;
+  const agents: AgentProcess[] = [];
+  beforeAll(async () => {
+    requireBuilt(AGENT_MAIN, CLI_MAIN);
+    plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
+    work = await mkdtemp(join(tmpdir(), prefix));
+  });
+  afterAll(async () => {
+    for (const agent of agents) {
+      if (agent.child.exitCode === null && agent.child.signalCode === null) {
+        agent.child.kill('SIGTERM');
+        await agent.exited;
+      }
     }
-  }
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+    await plane?.stop();
+    if (plane) await rm(plane.dataDir, { recursive: true, force: true });
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+  return {
+    get plane() {
+      if (!plane) throw new Error('the e2e control plane starts in beforeAll');
+      return plane;
+    },
+    get work() {
+      if (work === undefined) throw new Error('the e2e folder is made in beforeAll');
+      return work;
+    },
+    startAgent(...args) {
+      const agent = startAgentProcess(...args);
+      agents.push(agent);
+      return agent;
+    },
+  };
 }
