@@ -474,62 +474,62 @@ describe('statements signed by a trusted key but wrong in themselves', () => {
     await verifyPackage(dir, keyTrust());
   });
 
-  it('subject digest inconsistent with the resources → bundle-malformed', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      const subject = s.subject[0];
-      if (subject) subject.digest.sha256 = '0'.repeat(64);
+  /** Statements spoiled in a way the verifier must refuse as bundle-malformed, naming `culprit`. */
+  const malformed: { name: string; spoil: (s: StatementJson) => void; culprit: string }[] = [
+    {
+      name: 'subject digest inconsistent with the resources → bundle-malformed',
+      spoil: (s) => {
+        const subject = s.subject[0];
+        if (subject) subject.digest.sha256 = '0'.repeat(64);
+      },
+      culprit: 'inconsistent',
+    },
+    {
+      name: 'a resource name reaching outside the package → bundle-malformed, naming it',
+      spoil: (s) => {
+        s.predicate.resources.push({ name: '../outside.bin', algorithm: 'sha256', digest: 'a'.repeat(64) });
+        resubject(s);
+      },
+      culprit: '../outside.bin',
+    },
+    {
+      name: 'a file listed twice → bundle-malformed',
+      spoil: (s) => {
+        const first = s.predicate.resources[0];
+        if (first) s.predicate.resources.push({ ...first });
+        resubject(s);
+      },
+      culprit: 'twice',
+    },
+    {
+      name: 'the pre-1.0 predicate type (Digests/v0.1) → bundle-malformed, naming the field',
+      spoil: (s) => {
+        s.predicateType = 'https://model_signing/Digests/v0.1';
+      },
+      culprit: 'predicateType',
+    },
+    {
+      name: 'shard serialization (not produced by EdgeFleet) → bundle-malformed',
+      spoil: (s) => {
+        s.predicate.serialization.method = 'shards';
+      },
+      culprit: 'predicate.serialization.method',
+    },
+    {
+      name: 'a statement listing model.sig itself → bundle-malformed',
+      spoil: (s) => {
+        s.predicate.resources.push({ name: 'model.sig', algorithm: 'sha256', digest: 'b'.repeat(64) });
+        resubject(s);
+      },
+      culprit: "the signature's own file",
+    },
+  ];
+  for (const { name, spoil, culprit } of malformed)
+    it(name, async () => {
+      const dir = await signedPackage();
+      await resign(dir, spoil);
+      await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', culprit);
     });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'inconsistent');
-  });
-
-  it('a resource name reaching outside the package → bundle-malformed, naming it', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      s.predicate.resources.push({ name: '../outside.bin', algorithm: 'sha256', digest: 'a'.repeat(64) });
-      resubject(s);
-    });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', '../outside.bin');
-  });
-
-  it('a file listed twice → bundle-malformed', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      const first = s.predicate.resources[0];
-      if (first) s.predicate.resources.push({ ...first });
-      resubject(s);
-    });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'twice');
-  });
-
-  it('the pre-1.0 predicate type (Digests/v0.1) → bundle-malformed, naming the field', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      s.predicateType = 'https://model_signing/Digests/v0.1';
-    });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'predicateType');
-  });
-
-  it('shard serialization (not produced by EdgeFleet) → bundle-malformed', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      s.predicate.serialization.method = 'shards';
-    });
-    await expectRejected(
-      verifyPackage(dir, keyTrust()),
-      'bundle-malformed',
-      'predicate.serialization.method',
-    );
-  });
-
-  it('a statement listing model.sig itself → bundle-malformed', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      s.predicate.resources.push({ name: 'model.sig', algorithm: 'sha256', digest: 'b'.repeat(64) });
-      resubject(s);
-    });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', "the signature's own file");
-  });
 
   it('a signed ignore_paths does not exempt a file from the listing', async () => {
     const dir = await signedPackage();
