@@ -3,18 +3,13 @@ import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import * as grpc from '@grpc/grpc-js';
 import {
-  AGENT_SERVICE_NAME,
   AgentDataType,
   AgentEncoding,
-  createAgentServiceDefinition,
   createModelPackage,
   writeTestModel,
-  type AgentClient,
   type AgentMethodName,
   type AgentRequest,
-  type AgentResponse,
   type CaptureDataRequest,
   type MessageInit,
   type Tensor,
@@ -29,6 +24,7 @@ import {
 } from '../../src/capture/index.js';
 import { fromWireCaptureRequest } from '../../src/grpc/index.js';
 import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
+import { callMethod, newClient } from '../grpc/helpers.js';
 
 /** Settings for tests: a Disk destination under `root`, small numbers, overridable. */
 export function testSettings(root: string, overrides: Partial<CaptureSettingsInput> = {}): CaptureSettings {
@@ -213,20 +209,10 @@ export type TestS3 = Awaited<ReturnType<typeof startS3>>;
 
 /** A gRPC client of the SageMaker Edge agent service; `call` resolves with the response or rejects with the ServiceError. */
 export function agentClient(target: string) {
-  const Client = grpc.makeGenericClientConstructor(createAgentServiceDefinition(), AGENT_SERVICE_NAME);
-  const client = new Client(target, grpc.credentials.createInsecure()) as unknown as AgentClient;
+  const client = newClient(target);
   return {
-    call<M extends AgentMethodName>(
-      method: M,
-      request: MessageInit<AgentRequest<M>>,
-    ): Promise<AgentResponse<M>> {
-      return new Promise((resolve, reject) => {
-        (client[method] as (r: unknown, cb: grpc.requestCallback<AgentResponse<M>>) => void)(
-          request,
-          (error, response) => (error ? reject(error) : resolve(response!)),
-        );
-      });
-    },
+    call: <M extends AgentMethodName>(method: M, request: MessageInit<AgentRequest<M>>) =>
+      callMethod(client, method, request),
     close: () => client.close(),
   };
 }
