@@ -256,6 +256,16 @@ export async function until<T>(
   }
 }
 
+/** Stops the control plane (when it started) and removes its data folder and `folders` (those made). */
+export async function removeControlPlane(
+  plane: ControlPlane | undefined,
+  ...folders: (string | undefined)[]
+): Promise<void> {
+  await plane?.stop();
+  for (const folder of [plane?.dataDir, ...folders])
+    if (folder) await rm(folder, { recursive: true, force: true });
+}
+
 /** What an end-to-end test file runs on: a control plane (1 s heartbeats) and a scratch folder for its devices. */
 export interface E2eFleet {
   /** The control plane; set once the file's tests run. */
@@ -286,9 +296,7 @@ export function useE2eFleet(prefix: string): E2eFleet {
         await agent.exited;
       }
     }
-    await plane?.stop();
-    if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-    if (work) await rm(work, { recursive: true, force: true });
+    await removeControlPlane(plane, work);
   });
   return {
     get plane() {

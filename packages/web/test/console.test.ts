@@ -4,7 +4,7 @@
  * tokens, CSRF, CSP, sign-out, page weight and the 10,000-device list. With UPDATE_SCREENSHOTS=1 it also
  * writes the screenshots docs/console.md shows.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
@@ -15,6 +15,7 @@ import {
   REPO_ROOT,
   enrollWithCliProcess,
   freePort,
+  removeControlPlane,
   requireBuilt,
   startAgentProcess,
   startControlPlane,
@@ -108,9 +109,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const agent of agents) if (agent.child.exitCode === null) agent.child.kill('SIGKILL');
   await browser?.close();
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+  await removeControlPlane(plane, work);
 });
 
 describe('fleet console in Chromium', { timeout: 180_000 }, () => {

@@ -8,13 +8,14 @@ import { parseAgentConfig, type AgentConfig } from '../../src/config/index.js';
 import {
   CLI_MAIN,
   enrollWithCliProcess,
+  removeControlPlane,
   requireBuilt,
   startControlPlane,
   type ControlPlane,
   until as pollUntil,
 } from '../../../../test/support/control-plane.js';
 
-export { startControlPlane, type ControlPlane };
+export { removeControlPlane, startControlPlane, type ControlPlane };
 
 /** One call to the operator API as admin; throws on an unexpected status. */
 export async function operator(

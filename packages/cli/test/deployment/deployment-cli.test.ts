@@ -1,11 +1,15 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseStage } from '../../src/deployment/deployment-command.js';
 import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import {
+  removeControlPlane,
+  startControlPlane,
+  type ControlPlane,
+} from '../../../../test/support/control-plane.js';
 
 let plane: ControlPlane;
 let work: string;
@@ -33,9 +37,7 @@ beforeAll(async () => {
   ).toBe(0);
 });
 afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+  await removeControlPlane(plane, work);
 });
 
 describe('edgefleet deployment', () => {

@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet } from '../run-cli.js';
 import {
   deviceEnrollArgs,
+  removeControlPlane,
   startControlPlane,
   type ControlPlane,
 } from '../../../../test/support/control-plane.js';
@@ -62,9 +63,7 @@ beforeAll(async () => {
   expect((await admin('device', 'register', 'yard', 'crane-1', 'crane-2')).code).toBe(0);
 });
 afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+  await removeControlPlane(plane, work);
 });
 
 describe('edgefleet device enroll', () => {

@@ -4,7 +4,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ServerClient } from '../../src/server-client/index.js';
 import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import {
+  removeControlPlane,
+  startControlPlane,
+  type ControlPlane,
+} from '../../../../test/support/control-plane.js';
 
 let plane: ControlPlane;
 let ef: (...args: string[]) => ReturnType<typeof edgefleet>;
@@ -21,8 +25,7 @@ beforeAll(async () => {
   };
 });
 afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
+  await removeControlPlane(plane);
 });
 
 describe('edgefleet fleet', () => {

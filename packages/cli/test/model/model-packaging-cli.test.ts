@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -7,7 +7,11 @@ import { writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli.js';
 import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import {
+  removeControlPlane,
+  startControlPlane,
+  type ControlPlane,
+} from '../../../../test/support/control-plane.js';
 
 let plane: ControlPlane;
 let work: string;
@@ -27,9 +31,7 @@ beforeAll(async () => {
   onnx = await writeTestModel('mlp', join(work, 'src'));
 });
 afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+  await removeControlPlane(plane, work);
 });
 
 describe('edgefleet model + packaging', () => {

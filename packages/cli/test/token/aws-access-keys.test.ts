@@ -1,8 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import {
+  removeControlPlane,
+  startControlPlane,
+  type ControlPlane,
+} from '../../../../test/support/control-plane.js';
 
 let plane: ControlPlane;
 let ef: (...args: string[]) => ReturnType<typeof edgefleet>;
@@ -12,8 +15,7 @@ beforeAll(async () => {
   ef = (...args) => edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
 });
 afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
+  await removeControlPlane(plane);
 });
 
 /** One SageMaker call through boto3 (python3-boto3) with the given key: its error code, or 'OK'. */
