@@ -12,8 +12,10 @@ import {
 } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
-import { AgentError, ModelRegistry } from '../../src/models/index.js';
+import type { AgentError } from '../../src/models/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
 import { predictTensors, recordingLogger, scratch } from './helpers.js';
+import { agentErrorOf } from '../support/agent-error.js';
 
 let pool: InferencePool;
 let files: Awaited<ReturnType<typeof scratch>>;
@@ -45,13 +47,8 @@ afterAll(async () => {
   await files?.cleanup();
 });
 
-async function loadError(models: ModelRegistry, url: string): Promise<AgentError> {
-  const error = await models.load({ url, name: 'm' }).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(AgentError);
-  return error as AgentError;
+function loadError(models: ModelRegistry, url: string): Promise<AgentError> {
+  return agentErrorOf(models.load({ url, name: 'm' }));
 }
 
 describe('ModelRegistry with a trust policy', () => {
