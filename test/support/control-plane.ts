@@ -11,6 +11,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll } from 'vitest';
+import { watchAgentProcess, type AgentProcess } from './agent-process.js';
+
+export type { AgentLogLine, AgentProcess } from './agent-process.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SERVER_MAIN = join(REPO_ROOT, 'packages/server/dist/main.js');
@@ -156,22 +159,6 @@ export async function startControlPlane(
   return plane;
 }
 
-export interface AgentLogLine {
-  level: number;
-  msg: string;
-  event?: string;
-  [key: string]: unknown;
-}
-
-export interface AgentProcess {
-  child: ChildProcess;
-  lines: AgentLogLine[];
-  /** Resolves with the first log line (seen so far or later) that matches; rejects if the agent exits first. */
-  waitFor(match: (line: AgentLogLine) => boolean, what: string): Promise<AgentLogLine>;
-  /** Resolves once the process has exited. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
 /** Runs the real agent (`packages/agent/dist/main.js -a <socket> -c <config> [extra]`) and collects its JSON log. */
 export function startAgentProcess(
   socket: string,
@@ -180,55 +167,12 @@ export function startAgentProcess(
   extraArgs: string[] = [],
 ): AgentProcess {
   requireBuilt(AGENT_MAIN);
-  const child = spawn(process.execPath, [AGENT_MAIN, '-a', socket, '-c', configFile, ...extraArgs], {
-    cwd,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: AgentLogLine[] = [];
-  const waiters = new Set<{
-    match: (line: AgentLogLine) => boolean;
-    resolve: (line: AgentLogLine) => void;
-  }>();
-  let buffered = '';
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  child.stdout.on('data', (chunk: Buffer) => {
-    buffered += chunk.toString();
-    const complete = buffered.split('\n');
-    buffered = complete.pop() ?? '';
-    for (const text of complete) {
-      let line: AgentLogLine;
-      try {
-        line = JSON.parse(text) as AgentLogLine;
-      } catch {
-        line = { level: 0, msg: text };
-      }
-      lines.push(line);
-      for (const waiter of [...waiters])
-        if (waiter.match(line)) {
-          waiters.delete(waiter);
-          waiter.resolve(line);
-        }
-    }
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
+  return watchAgentProcess(
+    spawn(process.execPath, [AGENT_MAIN, '-a', socket, '-c', configFile, ...extraArgs], {
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
   );
-  return {
-    child,
-    lines,
-    exited,
-    waitFor: (match, what) => {
-      const seen = lines.find(match);
-      if (seen) return Promise.resolve(seen);
-      return new Promise((resolve, reject) => {
-        waiters.add({ match, resolve });
-        void exited.then(({ code, signal }) =>
-          reject(new Error(`the agent exited (${code ?? signal}) before ${what}: ${stderr.slice(-2000)}`)),
-        );
-      });
-    },
-  };
 }
 
 /**
