@@ -1,11 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import {
-  AgentDataType,
-  TEST_MODELS,
-  slowModelInput,
-  slowModelReference,
-  type TestModelTensors,
-} from '@edgefleet/core';
+import { TEST_MODELS, slowModelInput, slowModelReference, type TestModelTensors } from '@edgefleet/core';
 import { describe, expect, it } from 'vitest';
 import type { InferencePool } from '../../src/inference/index.js';
 import {
@@ -58,15 +52,7 @@ describe('concurrent calls', () => {
   it('runs predicts side by side on the model’s instances (the adapter does not serialise them)', async () => {
     await agent.call('LoadModel', { url: await files.catalogue('slow'), handle: 'slow' });
     const input = slowModelInput();
-    const request = {
-      handle: 'slow',
-      tensors: [
-        {
-          tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: input.shape },
-          byteData: bytesOf(input.data),
-        },
-      ],
-    };
+    const request = { handle: 'slow', tensors: wireInputs('slow', { x: input }) };
     const calls = [agent.call('Predict', request), agent.call('Predict', request)];
     let mostRunning = 0;
     let settled = false;
