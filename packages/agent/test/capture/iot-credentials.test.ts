@@ -18,22 +18,12 @@ function openssl(...args: string[]): void {
   execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
 }
 
+/** `openssl req` arguments for a new unencrypted EC P-256 key, written to the file named next. */
+const NEW_EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout'];
+
 /** `<name>.key` (EC P-256) and `<name>.pem`, a certificate for `subject` the test CA issues for a day. */
 function issueByCa(name: string, subject: string, ...x509Args: string[]): void {
-  openssl(
-    'req',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    `${name}.key`,
-    '-out',
-    `${name}.csr`,
-    '-subj',
-    subject,
-  );
+  openssl('req', ...NEW_EC_KEY, `${name}.key`, '-out', `${name}.csr`, '-subj', subject);
   openssl(
     'x509',
     '-req',
@@ -54,23 +44,7 @@ function issueByCa(name: string, subject: string, ...x509Args: string[]): void {
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'edgefleet-iot-'));
-  openssl(
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    'ca.key',
-    '-out',
-    'ca.pem',
-    '-days',
-    '1',
-    '-subj',
-    '/CN=test-ca',
-  );
+  openssl('req', '-x509', ...NEW_EC_KEY, 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=test-ca');
   await writeFile(join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1\n');
   issueByCa('server', '/CN=127.0.0.1', '-extfile', 'server.ext');
   issueByCa('device', '/CN=device-1');
