@@ -2,13 +2,18 @@
  * The real control plane for the CLI's and the agent's tests: `edgefleet-server` run from its build (packages/server/dist) as a child
  * process, on fixed loopback ports so that a restarted server is found where devices were told it is.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll } from 'vitest';
+import { watchAgentProcess, type AgentProcess } from './agent-process.js';
+
+export type { AgentLogLine, AgentProcess } from './agent-process.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SERVER_MAIN = join(REPO_ROOT, 'packages/server/dist/main.js');
@@ -21,6 +26,40 @@ export function requireBuilt(...files: string[]): void {
       throw new Error(
         `${file} is missing: build first (npx tsc -b packages/server packages/agent packages/cli)`,
       );
+}
+
+/** The argv of `edgefleet device enroll` against `plane` with an enrollment token, writing `configFile`. */
+export function deviceEnrollArgs(
+  plane: Pick<ControlPlane, 'operatorUrl'>,
+  token: string,
+  configFile: string,
+  ...extra: string[]
+): string[] {
+  return [
+    'device',
+    'enroll',
+    '--server',
+    plane.operatorUrl,
+    '--token',
+    token,
+    '--config',
+    configFile,
+    ...extra,
+  ];
+}
+
+/** `edgefleet device enroll …` by the built CLI (packages/cli/dist) as a child process, as a device's installer runs it. */
+export async function enrollWithCliProcess(
+  plane: Pick<ControlPlane, 'operatorUrl'>,
+  token: string,
+  configFile: string,
+  ...extra: string[]
+): Promise<void> {
+  requireBuilt(CLI_MAIN);
+  await promisify(execFile)(process.execPath, [
+    CLI_MAIN,
+    ...deviceEnrollArgs(plane, token, configFile, ...extra),
+  ]);
 }
 
 /** A port free right now on 127.0.0.1. */
@@ -120,22 +159,6 @@ export async function startControlPlane(
   return plane;
 }
 
-export interface AgentLogLine {
-  level: number;
-  msg: string;
-  event?: string;
-  [key: string]: unknown;
-}
-
-export interface AgentProcess {
-  child: ChildProcess;
-  lines: AgentLogLine[];
-  /** Resolves with the first log line (seen so far or later) that matches; rejects if the agent exits first. */
-  waitFor(match: (line: AgentLogLine) => boolean, what: string): Promise<AgentLogLine>;
-  /** Resolves once the process has exited. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
 /** Runs the real agent (`packages/agent/dist/main.js -a <socket> -c <config> [extra]`) and collects its JSON log. */
 export function startAgentProcess(
   socket: string,
@@ -144,55 +167,12 @@ export function startAgentProcess(
   extraArgs: string[] = [],
 ): AgentProcess {
   requireBuilt(AGENT_MAIN);
-  const child = spawn(process.execPath, [AGENT_MAIN, '-a', socket, '-c', configFile, ...extraArgs], {
-    cwd,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: AgentLogLine[] = [];
-  const waiters = new Set<{
-    match: (line: AgentLogLine) => boolean;
-    resolve: (line: AgentLogLine) => void;
-  }>();
-  let buffered = '';
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  child.stdout.on('data', (chunk: Buffer) => {
-    buffered += chunk.toString();
-    const complete = buffered.split('\n');
-    buffered = complete.pop() ?? '';
-    for (const text of complete) {
-      let line: AgentLogLine;
-      try {
-        line = JSON.parse(text) as AgentLogLine;
-      } catch {
-        line = { level: 0, msg: text };
-      }
-      lines.push(line);
-      for (const waiter of [...waiters])
-        if (waiter.match(line)) {
-          waiters.delete(waiter);
-          waiter.resolve(line);
-        }
-    }
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
+  return watchAgentProcess(
+    spawn(process.execPath, [AGENT_MAIN, '-a', socket, '-c', configFile, ...extraArgs], {
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
   );
-  return {
-    child,
-    lines,
-    exited,
-    waitFor: (match, what) => {
-      const seen = lines.find(match);
-      if (seen) return Promise.resolve(seen);
-      return new Promise((resolve, reject) => {
-        waiters.add({ match, resolve });
-        void exited.then(({ code, signal }) =>
-          reject(new Error(`the agent exited (${code ?? signal}) before ${what}: ${stderr.slice(-2000)}`)),
-        );
-      });
-    },
-  };
 }
 
 /**
@@ -220,26 +200,61 @@ export async function until<T>(
   }
 }
 
-/** What an end-to-end test runs: a control plane (1 s heartbeats) and a scratch folder for its devices. */
-export async function startE2eFleet(prefix: string): Promise<{ plane: ControlPlane; work: string }> {
-  requireBuilt(AGENT_MAIN, CLI_MAIN);
-  const plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
-  return { plane, work: await mkdtemp(join(tmpdir(), prefix)) };
+/** Stops the control plane (when it started) and removes its data folder and `folders` (those made). */
+export async function removeControlPlane(
+  plane: ControlPlane | undefined,
+  ...folders: (string | undefined)[]
+): Promise<void> {
+  await plane?.stop();
+  for (const folder of [plane?.dataDir, ...folders])
+    if (folder) await rm(folder, { recursive: true, force: true });
 }
 
-/** Stops the agents still running (SIGTERM, then waits), the control plane, and removes their folders. */
-export async function stopE2eFleet(
-  plane: ControlPlane | undefined,
-  work: string | undefined,
-  agents: readonly AgentProcess[],
-): Promise<void> {
-  for (const agent of agents) {
-    if (agent.child.exitCode === null && agent.child.signalCode === null) {
-      agent.child.kill('SIGTERM');
-      await agent.exited;
+/** What an end-to-end test file runs on: a control plane (1 s heartbeats) and a scratch folder for its devices. */
+export interface E2eFleet {
+  /** The control plane; set once the file's tests run. */
+  readonly plane: ControlPlane;
+  /** The scratch folder; set once the file's tests run. */
+  readonly work: string;
+  /** startAgentProcess, the agent to be stopped (if still running) after the file's tests. */
+  startAgent(...args: Parameters<typeof startAgentProcess>): AgentProcess;
+}
+
+/**
+ * Starts an E2eFleet before the file's tests; after them stops the agents still running (SIGTERM, then waits),
+ * the control plane, and removes their folders.
+ */
+export function useE2eFleet(prefix: string): E2eFleet {
+  let plane: ControlPlane | undefined;
+  let work: string | undefined;
+  const agents: AgentProcess[] = [];
+  beforeAll(async () => {
+    requireBuilt(AGENT_MAIN, CLI_MAIN);
+    plane = await startControlPlane({ heartbeatIntervalSeconds: 1 });
+    work = await mkdtemp(join(tmpdir(), prefix));
+  });
+  afterAll(async () => {
+    for (const agent of agents) {
+      if (agent.child.exitCode === null && agent.child.signalCode === null) {
+        agent.child.kill('SIGTERM');
+        await agent.exited;
+      }
     }
-  }
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+    await removeControlPlane(plane, work);
+  });
+  return {
+    get plane() {
+      if (!plane) throw new Error('the e2e control plane starts in beforeAll');
+      return plane;
+    },
+    get work() {
+      if (work === undefined) throw new Error('the e2e folder is made in beforeAll');
+      return work;
+    },
+    startAgent(...args) {
+      const agent = startAgentProcess(...args);
+      agents.push(agent);
+      return agent;
+    },
+  };
 }

@@ -4,18 +4,18 @@
  * tokens, CSRF, CSP, sign-out, page weight and the 10,000-device list. With UPDATE_SCREENSHOTS=1 it also
  * writes the screenshots docs/console.md shows.
  */
-import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   CLI_MAIN,
   REPO_ROOT,
+  enrollWithCliProcess,
   freePort,
+  removeControlPlane,
   requireBuilt,
   startAgentProcess,
   startControlPlane,
@@ -87,17 +87,7 @@ async function startEnrolledAgent(
       ...extraConfig,
     }),
   );
-  await promisify(execFile)(process.execPath, [
-    CLI_MAIN,
-    'device',
-    'enroll',
-    '--server',
-    plane.operatorUrl,
-    '--token',
-    enrollmentToken,
-    '--config',
-    configFile,
-  ]);
+  await enrollWithCliProcess(plane, enrollmentToken, configFile);
   const agent = startAgentProcess(join(dir, 'agent.sock'), configFile, dir);
   agents.push(agent);
   return agent;
@@ -119,9 +109,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const agent of agents) if (agent.child.exitCode === null) agent.child.kill('SIGKILL');
   await browser?.close();
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+  await removeControlPlane(plane, work);
 });
 
 describe('fleet console in Chromium', { timeout: 180_000 }, () => {

@@ -12,7 +12,8 @@ import {
   type CaptureSettings,
 } from '../../src/capture/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
-import { AgentError, ModelRegistry } from '../../src/models/index.js';
+import type { AgentError } from '../../src/models/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
 import type { captureRequest } from './helpers.js';
 import {
   captureInput,
@@ -23,6 +24,7 @@ import {
   readDataRef,
   testSettings,
 } from './helpers.js';
+import { agentErrorOf } from '../support/agent-error.js';
 
 let root: string;
 let pool: InferencePool;
@@ -69,16 +71,6 @@ async function start(
   await service.start();
   services.push(service);
   return service;
-}
-
-async function failure(promise: Promise<unknown> | (() => unknown)): Promise<AgentError> {
-  try {
-    await (typeof promise === 'function' ? promise() : promise);
-  } catch (error) {
-    expect(error).toBeInstanceOf(AgentError);
-    return error as AgentError;
-  }
-  throw new Error('expected an AgentError');
 }
 
 describe('batching', () => {
@@ -198,19 +190,19 @@ describe('CaptureData errors, as the spec names them', () => {
     ]);
     expect(both[0].status).toBe('fulfilled');
     expect(((both[1] as PromiseRejectedResult).reason as AgentError).code).toBe('ALREADY_EXISTS');
-    expect((await failure(service.capture(captureInput('same')))).message).toMatch(
+    expect((await agentErrorOf(service.capture(captureInput('same')))).message).toMatch(
       /capture_id "same" was used already/,
     );
     await service.flush();
     expect(service.status('same').status).toBe('SUCCESS');
-    expect((await failure(service.capture(captureInput('same')))).code).toBe('ALREADY_EXISTS');
+    expect((await agentErrorOf(service.capture(captureInput('same')))).code).toBe('ALREADY_EXISTS');
   });
 
   it('OUT_OF_RANGE for an inference_timestamp in the future; the time of receipt when absent', async () => {
     const settings = testSettings(work);
     const service = await start(settings);
     const now = Date.now();
-    const future = await failure(
+    const future = await agentErrorOf(
       service.capture(
         captureInput('f', { inferenceTimestamp: { seconds: Math.floor(now / 1000) + 60, nanos: 0 } }),
       ),
@@ -235,22 +227,25 @@ describe('CaptureData errors, as the spec names them', () => {
       absent: '2024-01-02T03:04:05',
     });
     expect(
-      (await failure(service.capture(captureInput('n', { inferenceTimestamp: { seconds: 1, nanos: 1e9 } }))))
-        .code,
+      (
+        await agentErrorOf(
+          service.capture(captureInput('n', { inferenceTimestamp: { seconds: 1, nanos: 1e9 } })),
+        )
+      ).code,
     ).toBe('INVALID_ARGUMENT');
   });
 
   it('NOT_FOUND for a model not loaded; the handle wins over the deprecated name', async () => {
     const service = await start(testSettings(work));
-    const missing = await failure(service.capture(captureInput('m', { modelHandle: 'resnet' })));
+    const missing = await agentErrorOf(service.capture(captureInput('m', { modelHandle: 'resnet' })));
     expect(missing.code).toBe('NOT_FOUND');
     expect(missing.message).toMatch(/no model named "resnet" is loaded \(loaded models: tiny\)/);
     await service.capture(captureInput('by-name', { modelHandle: '', modelName: 'tiny' }));
     await service.capture(captureInput('both', { modelHandle: 'tiny', modelName: 'resnet' }));
-    expect((await failure(service.capture(captureInput('bad', { modelHandle: 'my_model' })))).code).toBe(
+    expect((await agentErrorOf(service.capture(captureInput('bad', { modelHandle: 'my_model' })))).code).toBe(
       'INVALID_ARGUMENT',
     );
-    expect((await failure(service.capture(captureInput('none', { modelHandle: '' })))).message).toMatch(
+    expect((await agentErrorOf(service.capture(captureInput('none', { modelHandle: '' })))).message).toMatch(
       /names no model/,
     );
   });
@@ -328,7 +323,9 @@ describe('CaptureData errors, as the spec names them', () => {
     ];
     // Some are refused by the gRPC door's decoder (data type, metadata, shared memory), the rest by the service.
     for (const [id, overrides, message] of cases) {
-      const error = await failure(Promise.resolve().then(() => service.capture(captureInput(id, overrides))));
+      const error = await agentErrorOf(
+        Promise.resolve().then(() => service.capture(captureInput(id, overrides))),
+      );
       expect([id, error.code]).toEqual([id, 'INVALID_ARGUMENT']);
       expect(error.message).toMatch(message);
     }
@@ -338,14 +335,14 @@ describe('CaptureData errors, as the spec names them', () => {
 
   it('GetCaptureDataStatus: NOT_FOUND for an unknown id, INVALID_ARGUMENT for an empty one', async () => {
     const service = await start(testSettings(work));
-    expect((await failure(() => service.status('never'))).code).toBe('NOT_FOUND');
-    expect((await failure(() => service.status(''))).code).toBe('INVALID_ARGUMENT');
+    expect((await agentErrorOf(() => service.status('never'))).code).toBe('NOT_FOUND');
+    expect((await agentErrorOf(() => service.status(''))).code).toBe('INVALID_ARGUMENT');
   });
 
   it('UNAVAILABLE after close', async () => {
     const service = await start(testSettings(work));
     await service.close();
-    expect((await failure(service.capture(captureInput('late')))).code).toBe('UNAVAILABLE');
+    expect((await agentErrorOf(service.capture(captureInput('late')))).code).toBe('UNAVAILABLE');
   });
 });
 

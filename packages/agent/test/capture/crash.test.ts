@@ -1,8 +1,5 @@
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { AgentCaptureDataStatus, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
 import { describe, expect, it } from 'vitest';
-import { listening, type AgentProcess } from '../daemon/process-helpers.js';
 import { seeded } from '../support/seeded.js';
 import { agentClient, captureRequest, diskRecords, useAgentProcesses } from './helpers.js';
 
@@ -13,35 +10,15 @@ const agents = useAgentProcesses('edgefleet-capture-crash-');
 
 describe('crash safety with the local database (real agent process, SIGKILL)', () => {
   it('delivers every acknowledged capture exactly once across kills at random moments and restarts', async () => {
-    const { root, tiny } = agents;
+    const { tiny } = agents;
     const seed = Number(process.env.CAPTURE_CRASH_SEED ?? Date.now() % 2 ** 31);
     const random = seeded(seed);
-    const socket = join(root, 'agent.sock');
-    const diskPath = join(root, 'capture');
-    const config = join(root, 'agent.json');
-    await writeFile(
-      config,
-      JSON.stringify({
-        sagemaker_edge_core_device_name: 'device-1',
-        sagemaker_edge_core_device_fleet_name: 'fleet-a',
-        sagemaker_edge_core_capture_data_destination: 'Disk',
-        sagemaker_edge_core_capture_data_disk_path: diskPath,
-        sagemaker_edge_core_folder_prefix: 'sme-capture',
-        sagemaker_edge_core_capture_data_buffer_size: '200',
-        sagemaker_edge_core_capture_data_batch_size: '7',
-        sagemaker_edge_core_capture_data_push_period_seconds: '1',
-        // Its presence enables the database, as it did for the original agent.
-        sagemaker_edge_db_module_path: '/opt/sagemaker/lib/libdb.so',
-        sagemaker_edge_local_data_root_path: join(root, 'data'),
-        edgefleet_inference_workers: 1,
-        edgefleet_rest_socket_path: 'none',
-      }),
-    );
-    const start = async (): Promise<AgentProcess> => {
-      const agent = agents.spawn(['-a', socket, '-c', config, '-f']);
-      await agent.waitFor(listening, 'listening');
-      return agent;
-    };
+    const { socket, diskPath, start } = await agents.databaseAgent({
+      sagemaker_edge_core_folder_prefix: 'sme-capture',
+      sagemaker_edge_core_capture_data_buffer_size: '200',
+      sagemaker_edge_core_capture_data_batch_size: '7',
+      sagemaker_edge_core_capture_data_push_period_seconds: '1',
+    });
 
     const acknowledged = new Set<string>();
     let next = 0;

@@ -1,10 +1,9 @@
 import { existsSync } from 'node:fs';
-import { open, writeFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { AgentCaptureDataStatus, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
 import { describe, expect, it } from 'vitest';
-import { listening, type AgentProcess } from '../daemon/process-helpers.js';
 import { agentClient, captureRequest, diskRecords, useAgentProcesses } from './helpers.js';
 
 // A damaged agent.db used to stop the agent for good ("database disk image is malformed", exit 1, the file not
@@ -28,33 +27,13 @@ async function damageTable(path: string, table: string): Promise<void> {
 
 describe('a damaged agent.db (real agent process)', () => {
   it('starts anyway, keeps the damaged copy, names it loudly, and still delivers the queued captures', async () => {
-    const { root, tiny } = agents;
-    const socket = join(root, 'agent.sock');
-    const diskPath = join(root, 'capture');
-    const dataRoot = join(root, 'data');
-    const config = join(root, 'agent.json');
-    await writeFile(
-      config,
-      JSON.stringify({
-        sagemaker_edge_core_device_name: 'device-1',
-        sagemaker_edge_core_device_fleet_name: 'fleet-a',
-        sagemaker_edge_core_capture_data_destination: 'Disk',
-        sagemaker_edge_core_capture_data_disk_path: diskPath,
-        sagemaker_edge_core_capture_data_buffer_size: '200',
-        sagemaker_edge_core_capture_data_batch_size: '100',
-        // Nothing is written before the kill: the captures stay queued in the database.
-        sagemaker_edge_core_capture_data_push_period_seconds: '3600',
-        sagemaker_edge_db_module_path: '/opt/sagemaker/lib/libdb.so',
-        sagemaker_edge_local_data_root_path: dataRoot,
-        edgefleet_inference_workers: 1,
-        edgefleet_rest_socket_path: 'none',
-      }),
-    );
-    const start = async (): Promise<AgentProcess> => {
-      const agent = agents.spawn(['-a', socket, '-c', config, '-f']);
-      await agent.waitFor(listening, 'listening');
-      return agent;
-    };
+    const { tiny } = agents;
+    const { socket, diskPath, dataRoot, start } = await agents.databaseAgent({
+      sagemaker_edge_core_capture_data_buffer_size: '200',
+      sagemaker_edge_core_capture_data_batch_size: '100',
+      // Nothing is written before the kill: the captures stay queued in the database.
+      sagemaker_edge_core_capture_data_push_period_seconds: '3600',
+    });
 
     let agent = await start();
     let client = agentClient(`unix://${socket}`);

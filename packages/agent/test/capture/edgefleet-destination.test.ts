@@ -9,6 +9,7 @@ import {
   enrollDevice,
   operator,
   reenroll,
+  removeControlPlane,
   startControlPlane,
   until,
   type ControlPlane,
@@ -40,7 +41,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   store?.close();
-  await plane?.stop();
+  await removeControlPlane(plane, dir);
 });
 
 const manifest = (id: string) =>

@@ -22,6 +22,7 @@ import {
   modelPackage,
   testSettings,
 } from './helpers.js';
+import { callError } from '../grpc/helpers.js';
 
 // CaptureData and GetCaptureDataStatus through the gRPC front door, over a real Unix socket.
 let root: string;
@@ -61,15 +62,6 @@ const send = (request: CaptureDataRequest) =>
   client.call('CaptureData', request as MessageInit<CaptureDataRequest>);
 const statusOf = async (captureId: string) =>
   (await client.call('GetCaptureDataStatus', { captureId })).status;
-
-async function failure(promise: Promise<unknown>): Promise<ServiceError> {
-  const outcome = await promise.then(
-    () => undefined,
-    (error: unknown) => error as ServiceError,
-  );
-  if (!outcome) throw new Error('expected the call to fail');
-  return outcome;
-}
 
 describe('gRPC CaptureData / GetCaptureDataStatus', () => {
   it('answers CaptureData at once, then reports IN_PROGRESS and SUCCESS', async () => {
@@ -118,11 +110,11 @@ describe('gRPC CaptureData / GetCaptureDataStatus', () => {
       ],
     ];
     for (const [request, code, details] of cases) {
-      const error = await failure(send(request));
+      const error = await callError(send(request));
       expect([request.captureId, error.code]).toEqual([request.captureId, code]);
       expect(error.details).toMatch(details);
     }
-    const unknown = await failure(statusOf('never-sent'));
+    const unknown = await callError(statusOf('never-sent'));
     expect(unknown.code).toBe(grpcStatus.NOT_FOUND);
     expect(unknown.details).toMatch(/no capture with capture_id "never-sent"/);
   });

@@ -1,20 +1,15 @@
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import * as grpc from '@grpc/grpc-js';
 import {
-  AGENT_SERVICE_NAME,
   AgentDataType,
   AgentEncoding,
-  createAgentServiceDefinition,
   createModelPackage,
   writeTestModel,
-  type AgentClient,
   type AgentMethodName,
   type AgentRequest,
-  type AgentResponse,
   type CaptureDataRequest,
   type MessageInit,
   type Tensor,
@@ -28,7 +23,8 @@ import {
   type CaptureSettingsInput,
 } from '../../src/capture/index.js';
 import { fromWireCaptureRequest } from '../../src/grpc/index.js';
-import { buildAgent, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
+import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
+import { callMethod, newClient } from '../grpc/helpers.js';
 
 /** Settings for tests: a Disk destination under `root`, small numbers, overridable. */
 export function testSettings(root: string, overrides: Partial<CaptureSettingsInput> = {}): CaptureSettings {
@@ -213,20 +209,10 @@ export type TestS3 = Awaited<ReturnType<typeof startS3>>;
 
 /** A gRPC client of the SageMaker Edge agent service; `call` resolves with the response or rejects with the ServiceError. */
 export function agentClient(target: string) {
-  const Client = grpc.makeGenericClientConstructor(createAgentServiceDefinition(), AGENT_SERVICE_NAME);
-  const client = new Client(target, grpc.credentials.createInsecure()) as unknown as AgentClient;
+  const client = newClient(target);
   return {
-    call<M extends AgentMethodName>(
-      method: M,
-      request: MessageInit<AgentRequest<M>>,
-    ): Promise<AgentResponse<M>> {
-      return new Promise((resolve, reject) => {
-        (client[method] as (r: unknown, cb: grpc.requestCallback<AgentResponse<M>>) => void)(
-          request,
-          (error, response) => (error ? reject(error) : resolve(response!)),
-        );
-      });
-    },
+    call: <M extends AgentMethodName>(method: M, request: MessageInit<AgentRequest<M>>) =>
+      callMethod(client, method, request),
     close: () => client.close(),
   };
 }
@@ -237,6 +223,22 @@ export interface AgentProcessFixture {
   readonly tiny: string;
   /** Starts the built agent in `root`; the processes still running at the end are SIGKILLed. */
   spawn(args: string[]): AgentProcess;
+  /**
+   * Writes `<root>/agent.json` for device-1 of fleet-a with the local database on and Disk captures, plus
+   * `captureKeys` (buffer, batch, push period…), for tests that kill the agent and start it again.
+   */
+  databaseAgent(captureKeys: Record<string, string>): Promise<DatabaseAgent>;
+}
+
+/** An agent config written by `databaseAgent`, and where its agent keeps things. */
+export interface DatabaseAgent {
+  socket: string;
+  /** The Disk destination's folder. */
+  diskPath: string;
+  /** sagemaker_edge_local_data_root_path: agent.db lives here. */
+  dataRoot: string;
+  /** Spawns the agent on this config (`-f`: in the foreground) and resolves once it listens. */
+  start(): Promise<AgentProcess>;
 }
 
 /** Builds the agent and prepares the fixture before the file's tests; kills the agents and removes it after. */
@@ -249,6 +251,33 @@ export function useAgentProcesses(prefix: string): AgentProcessFixture {
       const agent = spawnAgent(args, fixture.root);
       running.push(agent);
       return agent;
+    },
+    async databaseAgent(captureKeys: Record<string, string>): Promise<DatabaseAgent> {
+      const socket = join(fixture.root, 'agent.sock');
+      const diskPath = join(fixture.root, 'capture');
+      const dataRoot = join(fixture.root, 'data');
+      const config = join(fixture.root, 'agent.json');
+      await writeFile(
+        config,
+        JSON.stringify({
+          sagemaker_edge_core_device_name: 'device-1',
+          sagemaker_edge_core_device_fleet_name: 'fleet-a',
+          sagemaker_edge_core_capture_data_destination: 'Disk',
+          sagemaker_edge_core_capture_data_disk_path: diskPath,
+          ...captureKeys,
+          // Its presence enables the database, as it did for the original agent.
+          sagemaker_edge_db_module_path: '/opt/sagemaker/lib/libdb.so',
+          sagemaker_edge_local_data_root_path: dataRoot,
+          edgefleet_inference_workers: 1,
+          edgefleet_rest_socket_path: 'none',
+        }),
+      );
+      const start = async (): Promise<AgentProcess> => {
+        const agent = fixture.spawn(['-a', socket, '-c', config, '-f']);
+        await agent.waitFor(listening, 'listening');
+        return agent;
+      };
+      return { socket, diskPath, dataRoot, start };
     },
   };
   beforeAll(async () => {

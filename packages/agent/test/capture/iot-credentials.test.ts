@@ -18,86 +18,36 @@ function openssl(...args: string[]): void {
   execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
 }
 
+/** `openssl req` arguments for a new unencrypted EC P-256 key, written to the file named next. */
+const NEW_EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout'];
+
+/** `<name>.key` (EC P-256) and `<name>.pem`, a certificate for `subject` the test CA issues for a day. */
+function issueByCa(name: string, subject: string, ...x509Args: string[]): void {
+  openssl('req', ...NEW_EC_KEY, `${name}.key`, '-out', `${name}.csr`, '-subj', subject);
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    `${name}.csr`,
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    `${name}.pem`,
+    '-days',
+    '1',
+    ...x509Args,
+  );
+}
+
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'edgefleet-iot-'));
-  openssl(
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    'ca.key',
-    '-out',
-    'ca.pem',
-    '-days',
-    '1',
-    '-subj',
-    '/CN=test-ca',
-  );
+  openssl('req', '-x509', ...NEW_EC_KEY, 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=test-ca');
   await writeFile(join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1\n');
-  openssl(
-    'req',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    'server.key',
-    '-out',
-    'server.csr',
-    '-subj',
-    '/CN=127.0.0.1',
-  );
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    'server.csr',
-    '-CA',
-    'ca.pem',
-    '-CAkey',
-    'ca.key',
-    '-CAcreateserial',
-    '-out',
-    'server.pem',
-    '-days',
-    '1',
-    '-extfile',
-    'server.ext',
-  );
-  openssl(
-    'req',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    'device.key',
-    '-out',
-    'device.csr',
-    '-subj',
-    '/CN=device-1',
-  );
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    'device.csr',
-    '-CA',
-    'ca.pem',
-    '-CAkey',
-    'ca.key',
-    '-CAcreateserial',
-    '-out',
-    'device.pem',
-    '-days',
-    '1',
-  );
+  issueByCa('server', '/CN=127.0.0.1', '-extfile', 'server.ext');
+  issueByCa('device', '/CN=device-1');
   const [key, cert, ca] = await Promise.all(
     ['server.key', 'server.pem', 'ca.pem'].map((f) => readFile(join(dir, f))),
   );

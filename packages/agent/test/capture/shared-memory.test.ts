@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentDataType, AgentEncoding, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
-import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCaptureService, type RunningCapture } from '../../src/capture/index.js';
@@ -18,6 +18,7 @@ import {
   readDataRef,
   testSettings,
 } from './helpers.js';
+import { callError } from '../grpc/helpers.js';
 
 // CaptureData with data in shared memory, through the gRPC door (whose decoder, the one Predict uses, reads the
 // segments) over a real Unix socket.
@@ -52,15 +53,6 @@ async function startAgent(name: string, sharedMemory: SharedMemoryReader | null,
       sharedMemory?.close();
     },
   };
-}
-
-async function failure(promise: Promise<unknown>): Promise<ServiceError> {
-  const outcome = await promise.then(
-    () => undefined,
-    (error: unknown) => error as ServiceError,
-  );
-  if (!outcome) throw new Error('expected the call to fail');
-  return outcome;
 }
 
 beforeAll(async () => {
@@ -142,12 +134,12 @@ describe('capture from System V shared memory', () => {
         },
       ],
     });
-    const refused = await failure(withReader.send(request));
+    const refused = await callError(withReader.send(request));
     expect(refused.code).toBe(grpcStatus.INVALID_ARGUMENT);
     expect(refused.details).toMatch(
       /capture "past-end": input tensor #1 "x": .*runs past the end of shared memory segment/,
     );
-    const unavailable = await failure(withoutReader.send(request));
+    const unavailable = await callError(withoutReader.send(request));
     expect(unavailable.code).toBe(grpcStatus.FAILED_PRECONDITION);
     expect(unavailable.details).toMatch(/send the tensor as byte_data instead/);
     expect(withReader.capture.held + withoutReader.capture.held).toBe(0);

@@ -2,21 +2,12 @@ import { lstat, readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { AgentDataType, slowModelInput } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseAgentConfig } from '../../src/config/index.js';
 import { StartupError, prepareSocketPath, startAgentDaemon } from '../../src/daemon/index.js';
 import { bindUnixSocket, removeOwnSocketFile } from '../../src/unix-socket/index.js';
 import { captureRequest, listFiles } from '../capture/helpers.js';
-import {
-  bytesOf,
-  callError,
-  callMethod,
-  newClient,
-  scratch,
-  silentLogger,
-  wireInputs,
-} from '../grpc/helpers.js';
+import { callError, callMethod, newClient, scratch, silentLogger, wireInputs } from '../grpc/helpers.js';
 
 let files: Awaited<ReturnType<typeof scratch>>;
 beforeAll(async () => {
@@ -25,6 +16,17 @@ beforeAll(async () => {
 afterAll(async () => {
   await files?.cleanup();
 });
+
+/** The daemon in the scratch folder, on `socketPath`, with the config file `configPath`. */
+function startDaemon(socketPath: string, configPath: string) {
+  return startAgentDaemon({
+    commandLine: { socketPath, configPath, removeStaleSocket: false, maxMessageBytes: 4 << 20 },
+    cwd: files.root,
+    logger: silentLogger,
+    cpuCount: 2,
+    version: 'test',
+  });
+}
 
 function listenOn(path: string): Promise<Server> {
   return new Promise((resolve, reject) => {
@@ -152,28 +154,13 @@ describe('startAgentDaemon', () => {
         edgefleet_preload_models: [{ url: slow, name: 'slow' }],
       }),
     );
-    const daemon = await startAgentDaemon({
-      commandLine: { socketPath, configPath, removeStaleSocket: false, maxMessageBytes: 4 << 20 },
-      cwd: files.root,
-      logger: silentLogger,
-      cpuCount: 2,
-      version: 'test',
-    });
+    const daemon = await startDaemon(socketPath, configPath);
     expect(daemon.grpcAddress).toBe(`unix://${socketPath}`);
     expect((await lstat(socketPath)).mode & 0o777).toBe(0o600);
     expect(daemon.registry.list().map((m) => m.name)).toEqual(['slow']);
 
     const client = newClient(daemon.grpcAddress);
-    const input = slowModelInput();
-    const request = {
-      handle: 'slow',
-      tensors: [
-        {
-          tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: input.shape },
-          byteData: bytesOf(input.data),
-        },
-      ],
-    };
+    const request = { handle: 'slow', tensors: wireInputs('slow') };
     // Queue several slow runs on the one worker: more than a 1 ms grace period can finish.
     const calls = Array.from({ length: 4 }, () =>
       callError(callMethod(client as never, 'Predict', request)).catch((e: unknown) => e),
@@ -216,13 +203,7 @@ describe('startAgentDaemon: edgefleet_capture_* keys reach the capture service',
         edgefleet_capture_auto: [{ model: 'tiny', sampleRate: '1' }],
       }),
     );
-    const daemon = await startAgentDaemon({
-      commandLine: { socketPath, configPath, removeStaleSocket: false, maxMessageBytes: 4 << 20 },
-      cwd: files.root,
-      logger: silentLogger,
-      cpuCount: 2,
-      version: 'test',
-    });
+    const daemon = await startDaemon(socketPath, configPath);
     const client = newClient(daemon.grpcAddress);
     try {
       await callMethod(client as never, 'Predict', { handle: 'tiny', tensors: wireInputs('tiny') });

@@ -1,6 +1,11 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import {
+  watchAgentProcess,
+  type AgentLogLine,
+  type AgentProcess,
+} from '../../../../test/support/agent-process.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
 export const AGENT_MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
@@ -17,23 +22,8 @@ export function buildAgent(): void {
   if (!existsSync(AGENT_MAIN)) throw new Error(`building the agent did not produce ${AGENT_MAIN}`);
 }
 
-export interface LogLine {
-  level: number;
-  msg: string;
-  event?: string;
-  [key: string]: unknown;
-}
-
-/** A running `node dist/main.js …` with its JSON log lines and plain stderr. */
-export interface AgentProcess {
-  child: ChildProcess;
-  lines: LogLine[];
-  stderr: () => string;
-  /** Resolves with the first log line matching, or rejects if the process exits first. */
-  waitFor(match: (line: LogLine) => boolean, what: string): Promise<LogLine>;
-  /** Resolves with the exit code (or 128 + signal number when killed by a signal). */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
+/** A log line of the agent, and a running `node dist/main.js …` with its JSON log lines and plain stderr. */
+export type { AgentLogLine as LogLine, AgentProcess } from '../../../../test/support/agent-process.js';
 
 export interface SpawnAgentOptions {
   /** Start the agent with this open file limit (`ulimit -n`, soft and hard). */
@@ -57,55 +47,7 @@ export function spawnAgent(args: string[], cwd: string, options: SpawnAgentOptio
           ],
           { cwd, stdio },
         );
-  const lines: LogLine[] = [];
-  const waiters: Array<{ match: (line: LogLine) => boolean; resolve: (line: LogLine) => void }> = [];
-  let buffered = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-    buffered += chunk;
-    let newline: number;
-    while ((newline = buffered.indexOf('\n')) >= 0) {
-      const text = buffered.slice(0, newline);
-      buffered = buffered.slice(newline + 1);
-      let line: LogLine;
-      try {
-        line = JSON.parse(text) as LogLine;
-      } catch {
-        line = { level: 0, msg: text };
-      }
-      lines.push(line);
-      for (const waiter of [...waiters]) {
-        if (waiter.match(line)) {
-          waiters.splice(waiters.indexOf(waiter), 1);
-          waiter.resolve(line);
-        }
-      }
-    }
-  });
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  return {
-    child,
-    lines,
-    stderr: () => stderr,
-    exited,
-    waitFor(match, what) {
-      const seen = lines.find(match);
-      if (seen) return Promise.resolve(seen);
-      return new Promise((resolve, reject) => {
-        waiters.push({ match, resolve });
-        void exited.then(({ code, signal }) =>
-          reject(
-            new Error(
-              `the agent exited (${code ?? signal}) before logging ${what}; stdout:\n${lines.map((l) => l.msg).join('\n')}\nstderr:\n${stderr}`,
-            ),
-          ),
-        );
-      });
-    },
-  };
+  return watchAgentProcess(child);
 }
 
-export const listening = (line: LogLine): boolean => line.event === 'listening';
+export const listening = (line: AgentLogLine): boolean => line.event === 'listening';

@@ -4,7 +4,7 @@
  * test inject the faults a deployment meets (404, a package replaced, a connection cut mid-download).
  */
 import { createHash } from 'node:crypto';
-import { readFile, mkdir, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -12,14 +12,13 @@ import {
   createRootCa,
   generateKeyPair,
   issueCertificate,
-  issueCodeSigningCertificate,
-  loadTrustFolder,
   packModelPackage,
   signPackage,
   type EdgeDeployment,
   type TrustPolicy,
 } from '@edgefleet/core';
 import type { DeviceTlsIdentity } from '../../src/fleet/index.js';
+import { devPki, trustFolder } from '../support/dev-pki.js';
 
 export interface ServedPackage {
   path: string;
@@ -173,30 +172,12 @@ export async function packageSigner(root: string): Promise<{
   sign(dir: string): Promise<void>;
   signAsStranger(dir: string): Promise<void>;
 }> {
-  const makeSigner = (name: string) => {
-    const ca = createRootCa({ commonName: `${name} root`, validityDays: 2, keyType: 'ecdsa-p256' });
-    const leaf = issueCodeSigningCertificate({
-      issuer: ca,
-      commonName: name,
-      validityDays: 1,
-      keyType: 'ecdsa-p256',
-    });
-    return {
-      ca,
-      signer: {
-        method: 'certificate' as const,
-        privateKeyPem: leaf.privateKeyPem,
-        certificateChainPem: [leaf.certificatePem],
-      },
-    };
-  };
-  const publisher = makeSigner('Model Publisher');
-  const stranger = makeSigner('Stranger');
+  const publisher = devPki('Model Publisher root', 'Model Publisher');
+  const stranger = devPki('Stranger root', 'Stranger');
   const trustDir = join(root, 'trust');
-  await mkdir(trustDir, { recursive: true });
-  await writeFile(join(trustDir, 'root.pem'), publisher.ca.certificatePem);
+  const trust = await trustFolder(trustDir, publisher.root);
   return {
-    trust: await loadTrustFolder(trustDir),
+    trust,
     trustDir,
     sign: (dir) => signPackage(dir, publisher.signer).then(() => undefined),
     signAsStranger: (dir) => signPackage(dir, stranger.signer).then(() => undefined),

@@ -77,6 +77,34 @@ async function publish(
   return api.serve(`/api/v1/device/packages/p${counter}`, bytes);
 }
 
+/**
+ * Models a and b at 1.0 on `d` (deployment 'base'), then deployment 'two' under `policy`: a to 2.0, b to 2.0
+ * from `b2` (with the digest `b2.sha256` claims, when the test gives one).
+ */
+async function upgradeAAndB(
+  d: Device,
+  packages: { a1: ServedPackage; a2: ServedPackage; b1: ServedPackage },
+  b2: { pkg: ServedPackage; sha256?: string },
+  policy: 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING',
+): Promise<void> {
+  await d.engine.apply([
+    deployment('base', [
+      { handle: 'a', pkg: packages.a1, version: '1.0' },
+      { handle: 'b', pkg: packages.b1, version: '1.0' },
+    ]),
+  ]);
+  await d.engine.apply([
+    deployment(
+      'two',
+      [
+        { handle: 'a', pkg: packages.a2, version: '2.0' },
+        { handle: 'b', version: '2.0', ...b2 },
+      ],
+      { policy },
+    ),
+  ]);
+}
+
 interface Device {
   registry: ModelRegistry;
   database: AgentDatabase;
@@ -424,22 +452,7 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     const b2 = await publish(doublingModel(), '2.0', { model: 'b' });
     for (const policy of ['ROLLBACK_ON_FAILURE', 'DO_NOTHING'] as const) {
       const d = await device();
-      await d.engine.apply([
-        deployment('base', [
-          { handle: 'a', pkg: a1, version: '1.0' },
-          { handle: 'b', pkg: b1, version: '1.0' },
-        ]),
-      ]);
-      await d.engine.apply([
-        deployment(
-          'two',
-          [
-            { handle: 'a', pkg: a2, version: '2.0' },
-            { handle: 'b', pkg: b2, version: '2.0', sha256: 'b'.repeat(64) },
-          ],
-          { policy },
-        ),
-      ]);
+      await upgradeAAndB(d, { a1, a2, b1 }, { pkg: b2, sha256: 'b'.repeat(64) }, policy);
       expect(stateOf(d, 'b')?.state).toBe('Failed');
       expect(d.registry.describe('b').version).toBe('1.0');
       if (policy === 'ROLLBACK_ON_FAILURE') {
@@ -628,22 +641,7 @@ describe('UpdateEngine, more', () => {
     const b2 = await publish(rankLyingModel(), '2.0', { model: 'b' });
     const d = await device();
     const statesOf = recordStates(d);
-    await d.engine.apply([
-      deployment('base', [
-        { handle: 'a', pkg: a1, version: '1.0' },
-        { handle: 'b', pkg: b1, version: '1.0' },
-      ]),
-    ]);
-    await d.engine.apply([
-      deployment(
-        'two',
-        [
-          { handle: 'a', pkg: a2, version: '2.0' },
-          { handle: 'b', pkg: b2, version: '2.0' },
-        ],
-        { policy: 'ROLLBACK_ON_FAILURE' },
-      ),
-    ]);
+    await upgradeAAndB(d, { a1, a2, b1 }, { pkg: b2 }, 'ROLLBACK_ON_FAILURE');
     expect(stateOf(d, 'b')).toMatchObject({
       state: 'Failed',
       reason: expect.stringMatching(/did not load: .*warm-up output does not match its manifest/),

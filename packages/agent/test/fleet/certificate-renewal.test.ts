@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -16,6 +16,7 @@ import {
   agentConfig,
   enrollDevice,
   operator,
+  removeControlPlane,
   startControlPlane,
   until,
   type ControlPlane,
@@ -39,9 +40,7 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'ef-renewal-'));
 });
 afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+  await removeControlPlane(plane, work);
 });
 
 const serialOf = async (file: string) => new X509Certificate(await readFile(file, 'utf8')).serialNumber;

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -15,6 +15,7 @@ import {
   enrollDevice,
   operator,
   reenroll,
+  removeControlPlane,
   startControlPlane,
   until,
   type ControlPlane,
@@ -53,9 +54,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await pool?.close();
   await files?.cleanup();
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+  await removeControlPlane(plane, work);
 });
 
 describe('startFleetClient', () => {

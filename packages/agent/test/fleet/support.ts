@@ -2,21 +2,20 @@
  * A real control plane with an enrolled device, for fleet-client tests: edgefleet-server from its build, the
  * operator API over HTTP, and enrollment by the real `edgefleet device enroll` (packages/cli/dist).
  */
-import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { parseAgentConfig, type AgentConfig } from '../../src/config/index.js';
 import {
   CLI_MAIN,
+  enrollWithCliProcess,
+  removeControlPlane,
   requireBuilt,
   startControlPlane,
   type ControlPlane,
   until as pollUntil,
 } from '../../../../test/support/control-plane.js';
 
-export { startControlPlane, type ControlPlane };
-const execFileAsync = promisify(execFile);
+export { removeControlPlane, startControlPlane, type ControlPlane };
 
 /** One call to the operator API as admin; throws on an unexpected status. */
 export async function operator(
@@ -65,17 +64,7 @@ export async function enrollDevice(
 export async function reenroll(plane: ControlPlane, device: string, dir: string): Promise<string> {
   const { token } = await operator(plane, 'POST', `/api/v1/devices/${device}/enrollment-tokens`, {});
   const config = join(dir, 'agent.json');
-  await execFileAsync(process.execPath, [
-    CLI_MAIN,
-    'device',
-    'enroll',
-    '--server',
-    plane.operatorUrl,
-    '--token',
-    token,
-    '--config',
-    config,
-  ]);
+  await enrollWithCliProcess(plane, token, config);
   return config;
 }
 

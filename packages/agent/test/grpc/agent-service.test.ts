@@ -9,40 +9,37 @@ import {
   createAgentCodec,
   type Tensor,
 } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { InferencePool } from '../../src/inference/index.js';
 import {
   bytesOf,
   callError,
   callRaw,
   referenceBytes,
-  scratch,
-  startPool,
   startTestAgent,
+  useAgentTestBed,
   wireInputs,
+  type Scratch,
   type TestAgent,
 } from './helpers.js';
 
 let pool: InferencePool;
-let files: Awaited<ReturnType<typeof scratch>>;
+let files: Scratch;
 let agent: TestAgent;
 const packages: Record<string, string> = {};
 
-beforeAll(async () => {
-  files = await scratch('agent-grpc-');
-  pool = await startPool(2);
-  agent = await startTestAgent({ pool, dir: files.root });
-  for (const model of ['tiny', 'mlp', 'multi-io', 'int-types'] as const) {
-    packages[model] = await files.catalogue(model);
-  }
-  for (const model of ['tiny', 'multi-io', 'int-types'] as const) {
-    await agent.call('LoadModel', { url: packages[model], handle: model });
-  }
-});
-afterAll(async () => {
-  await agent?.close();
-  await pool?.close();
-  await files?.cleanup();
+useAgentTestBed({
+  prefix: 'agent-grpc-',
+  workers: 2,
+  async ready(bed) {
+    ({ files, pool, agent } = bed);
+    for (const model of ['tiny', 'mlp', 'multi-io', 'int-types'] as const) {
+      packages[model] = await files.catalogue(model);
+    }
+    for (const model of ['tiny', 'multi-io', 'int-types'] as const) {
+      await agent.call('LoadModel', { url: packages[model], handle: model });
+    }
+  },
 });
 
 const codec = createAgentCodec();

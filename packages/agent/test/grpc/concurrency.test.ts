@@ -1,39 +1,30 @@
 import * as grpc from '@grpc/grpc-js';
-import {
-  AgentDataType,
-  TEST_MODELS,
-  slowModelInput,
-  slowModelReference,
-  type TestModelTensors,
-} from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TEST_MODELS, slowModelInput, slowModelReference, type TestModelTensors } from '@edgefleet/core';
+import { describe, expect, it } from 'vitest';
 import type { InferencePool } from '../../src/inference/index.js';
 import {
   bytesOf,
   referenceBytes,
-  scratch,
-  startPool,
-  startTestAgent,
+  useAgentTestBed,
   wireInputs,
+  type Scratch,
   type TestAgent,
 } from './helpers.js';
 
 let pool: InferencePool;
-let files: Awaited<ReturnType<typeof scratch>>;
+let files: Scratch;
 let agent: TestAgent;
 let tinyPackage: string;
 
-beforeAll(async () => {
-  files = await scratch('agent-grpc-concurrency-');
-  pool = await startPool(2);
-  agent = await startTestAgent({ pool, dir: files.root, registry: { instancesPerModel: 2 } });
-  tinyPackage = await files.catalogue('tiny');
-  await agent.call('LoadModel', { url: tinyPackage, handle: 'tiny' });
-});
-afterAll(async () => {
-  await agent?.close();
-  await pool?.close();
-  await files?.cleanup();
+useAgentTestBed({
+  prefix: 'agent-grpc-concurrency-',
+  workers: 2,
+  agent: () => ({ registry: { instancesPerModel: 2 } }),
+  async ready(bed) {
+    ({ files, pool, agent } = bed);
+    tinyPackage = await files.catalogue('tiny');
+    await agent.call('LoadModel', { url: tinyPackage, handle: 'tiny' });
+  },
 });
 
 /** tiny's sample input shifted by `k`, so that every request has its own answer. */
@@ -61,15 +52,7 @@ describe('concurrent calls', () => {
   it('runs predicts side by side on the model’s instances (the adapter does not serialise them)', async () => {
     await agent.call('LoadModel', { url: await files.catalogue('slow'), handle: 'slow' });
     const input = slowModelInput();
-    const request = {
-      handle: 'slow',
-      tensors: [
-        {
-          tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: input.shape },
-          byteData: bytesOf(input.data),
-        },
-      ],
-    };
+    const request = { handle: 'slow', tensors: wireInputs('slow', { x: input }) };
     const calls = [agent.call('Predict', request), agent.call('Predict', request)];
     let mostRunning = 0;
     let settled = false;

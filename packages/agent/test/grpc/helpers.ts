@@ -16,6 +16,7 @@ import {
   type TestModelTensors,
 } from '@edgefleet/core';
 import { pino } from 'pino';
+import { afterAll, beforeAll } from 'vitest';
 import { startGrpcServer, type RunningGrpcServer } from '../../src/grpc/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry, type ModelRegistryOptions } from '../../src/models/index.js';
@@ -82,6 +83,41 @@ export async function startTestAgent(options: {
       await registry.close();
     },
   };
+}
+
+export type Scratch = Awaited<ReturnType<typeof scratch>>;
+export type TestAgentOptions = Omit<Parameters<typeof startTestAgent>[0], 'pool' | 'dir'>;
+
+/** What most gRPC test files run on: a scratch folder, an inference pool, and a test agent serving from the folder. */
+export interface AgentTestBed {
+  files: Scratch;
+  pool: InferencePool;
+  agent: TestAgent;
+}
+
+/**
+ * Starts a test bed before the file's tests and closes it (agent, pool, folder) after them. `agent` gives the
+ * agent's options and may prepare the folder for them (a trust folder, say); `ready` gets the bed, for the file
+ * to keep and to load its models.
+ */
+export function useAgentTestBed(options: {
+  prefix: string;
+  workers: number;
+  agent?: (files: Scratch) => TestAgentOptions | Promise<TestAgentOptions>;
+  ready: (bed: AgentTestBed) => Promise<void> | void;
+}): void {
+  const bed: Partial<AgentTestBed> = {};
+  beforeAll(async () => {
+    const files = (bed.files = await scratch(options.prefix));
+    const pool = (bed.pool = await startPool(options.workers));
+    bed.agent = await startTestAgent({ pool, dir: files.root, ...(await options.agent?.(files)) });
+    await options.ready(bed as AgentTestBed);
+  });
+  afterAll(async () => {
+    await bed.agent?.close();
+    await bed.pool?.close();
+    await bed.files?.cleanup();
+  });
 }
 
 export function newClient(target: string, maxMessageBytes = 64 * 1024 * 1024): AgentClient {

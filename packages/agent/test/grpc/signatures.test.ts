@@ -1,67 +1,38 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import {
-  createRootCa,
-  issueCodeSigningCertificate,
-  loadTrustFolder,
-  signPackage,
-  type TrustPolicy,
-} from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { InferencePool } from '../../src/inference/index.js';
+import { signPackage, type TrustPolicy } from '@edgefleet/core';
+import { describe, expect, it } from 'vitest';
 import {
   callError,
   referenceBytes,
-  scratch,
-  startPool,
-  startTestAgent,
+  useAgentTestBed,
   wireInputs,
+  type Scratch,
   type TestAgent,
 } from './helpers.js';
+import { devPki, trustFolder, type CertificateSigner } from '../support/dev-pki.js';
 
-let pool: InferencePool;
-let files: Awaited<ReturnType<typeof scratch>>;
+let files: Scratch;
 let agent: TestAgent;
 let trust: TrustPolicy;
-let signer: { method: 'certificate'; privateKeyPem: string; certificateChainPem: string[] };
+let signer: CertificateSigner;
 let strangerSigner: typeof signer;
 
-/** A development PKI: a root the agent trusts and a publisher certificate under it; and an untrusted one. */
-function devPki(name: string) {
-  const root = createRootCa({ commonName: `${name} Root`, validityDays: 2, keyType: 'ecdsa-p256' });
-  const leaf = issueCodeSigningCertificate({
-    issuer: root,
-    commonName: `${name} Publisher`,
-    validityDays: 1,
-    keyType: 'ecdsa-p256',
-  });
-  return {
-    root,
-    signer: {
-      method: 'certificate' as const,
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    },
-  };
-}
-
-beforeAll(async () => {
-  files = await scratch('agent-grpc-sig-');
-  pool = await startPool(1);
-  const trusted = devPki('EdgeFleet Test');
-  signer = trusted.signer;
-  strangerSigner = devPki('Stranger').signer;
-  const certs = join(files.root, 'certs');
-  await mkdir(certs);
-  await writeFile(join(certs, 'root.pem'), trusted.root.certificatePem);
-  trust = await loadTrustFolder(certs);
-  agent = await startTestAgent({ pool, dir: files.root, registry: { trust, requireSignatures: true } });
-});
-afterAll(async () => {
-  await agent?.close();
-  await pool?.close();
-  await files?.cleanup();
+useAgentTestBed({
+  prefix: 'agent-grpc-sig-',
+  workers: 1,
+  async agent(scratchFiles) {
+    // A root the agent trusts with a publisher under it; and an untrusted one.
+    const trusted = devPki('EdgeFleet Test Root', 'EdgeFleet Test Publisher');
+    signer = trusted.signer;
+    strangerSigner = devPki('Stranger Root', 'Stranger Publisher').signer;
+    trust = await trustFolder(join(scratchFiles.root, 'certs'), trusted.root);
+    return { registry: { trust, requireSignatures: true } };
+  },
+  ready(bed) {
+    ({ files, agent } = bed);
+  },
 });
 
 describe('LoadModel with signature verification', () => {

@@ -1,15 +1,12 @@
 import * as grpc from '@grpc/grpc-js';
 import { AGENT_SERVICE_NAME, AgentDataType, OnnxModelBuilder, TEST_MODELS } from '@edgefleet/core';
 import protobuf from 'protobufjs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { InferencePool } from '../../src/inference/index.js';
+import { describe, expect, it } from 'vitest';
 import {
   bytesOf,
   callError,
   referenceBytes,
-  scratch,
-  startPool,
-  startTestAgent,
+  useAgentTestBed,
   wireInputs,
   type TestAgent,
 } from './helpers.js';
@@ -67,33 +64,29 @@ function oldCall<Res>(target: string, method: string, request: object): Promise<
   }).finally(() => client.close());
 }
 
-let pool: InferencePool;
-let files: Awaited<ReturnType<typeof scratch>>;
 let agent: TestAgent;
 
 /** Tensor names outside ASCII: the agent must carry their UTF-8 bytes through unchanged. */
 const INPUT_NAME = 'entrée/ž_0 🙂';
 const OUTPUT_NAME = 'sortie·ü';
 
-beforeAll(async () => {
-  files = await scratch('agent-grpc-names-');
-  pool = await startPool(1);
-  agent = await startTestAgent({ pool, dir: files.root });
-  await agent.call('LoadModel', { url: await files.catalogue('tiny'), handle: 'tiny' });
-  const unicode = await files.custom(
-    new OnnxModelBuilder({ graphName: 'unicode_names' })
-      .input(INPUT_NAME, 'FLOAT32', [2])
-      .node('Neg', [INPUT_NAME], [OUTPUT_NAME])
-      .output(OUTPUT_NAME, 'FLOAT32', [2])
-      .build(),
-    'unicode',
-  );
-  await agent.call('LoadModel', { url: unicode, handle: 'unicode' });
-});
-afterAll(async () => {
-  await agent?.close();
-  await pool?.close();
-  await files?.cleanup();
+useAgentTestBed({
+  prefix: 'agent-grpc-names-',
+  workers: 1,
+  async ready(bed) {
+    const { files } = bed;
+    agent = bed.agent;
+    await agent.call('LoadModel', { url: await files.catalogue('tiny'), handle: 'tiny' });
+    const unicode = await files.custom(
+      new OnnxModelBuilder({ graphName: 'unicode_names' })
+        .input(INPUT_NAME, 'FLOAT32', [2])
+        .node('Neg', [INPUT_NAME], [OUTPUT_NAME])
+        .output(OUTPUT_NAME, 'FLOAT32', [2])
+        .build(),
+      'unicode',
+    );
+    await agent.call('LoadModel', { url: unicode, handle: 'unicode' });
+  },
 });
 
 describe('tensor names: string clients and bytes clients', () => {

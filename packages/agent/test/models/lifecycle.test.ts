@@ -1,8 +1,9 @@
 import { OnnxModelBuilder } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
-import { AgentError, ModelRegistry, type PredictResult } from '../../src/models/index.js';
+import { ModelRegistry, type PredictResult } from '../../src/models/index.js';
 import { predictTensors, rankLyingModel, scratch } from './helpers.js';
+import { agentErrorOf } from '../support/agent-error.js';
 
 // Version 1.0 is the catalogue's tiny (y = 2x + 1), version 2.0 a model with the same input and output that
 // answers y = -x: every output says which version computed it, entirely.
@@ -43,15 +44,6 @@ function versionOf(result: PredictResult): '1.0' | '2.0' {
 
 function sessionKeys(): string[] {
   return pool.stats().models.map((m) => m.key);
-}
-
-async function failure(promise: Promise<unknown>): Promise<AgentError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(AgentError);
-  return error as AgentError;
 }
 
 describe('ModelRegistry: stage and promote', () => {
@@ -126,14 +118,14 @@ describe('ModelRegistry: stage and promote', () => {
     // The warm-up comes after the hook: a version whose warm-up output contradicts its manifest fails after it.
     const liar = await files.custom(rankLyingModel(), 'liar');
     seen.length = 0;
-    const warmUpFailure = await failure(models.stage('hooked', liar, { beforeWarmUp }));
+    const warmUpFailure = await agentErrorOf(models.stage('hooked', liar, { beforeWarmUp }));
     expect(warmUpFailure.code).toBe('FAILED_PRECONDITION');
     expect(warmUpFailure.message).toMatch(/warm-up output does not match its manifest/);
     expect(seen).toEqual([{ state: 'creating-sessions', sessions: 2 }]);
     expect(sessionKeys()).toHaveLength(1);
 
     // A hook that fails (the engine could not record its state) fails the stage; nothing staged stays.
-    const hookFailure = await failure(
+    const hookFailure = await agentErrorOf(
       models.stage('hooked', v2, {
         beforeWarmUp: () => Promise.reject(new Error('attempt to write a readonly database')),
       }),
@@ -166,7 +158,7 @@ describe('ModelRegistry: stage and promote', () => {
     const staging = models.stage('early', v2);
     expect(models.describe('early').staged).toMatchObject({ state: 'verifying', url: v2 });
     await models.abortStaged('early');
-    const error = await failure(staging);
+    const error = await agentErrorOf(staging);
     expect(error.code).toBe('FAILED_PRECONDITION');
     expect(error.message).toMatch(/was aborted .* before its load completed/);
     expect(sessionKeys()).toEqual(serving);
@@ -176,21 +168,21 @@ describe('ModelRegistry: stage and promote', () => {
 
   it('refuses what does not fit, with the reason, and keeps LoadModel semantics for a loaded name', async () => {
     const models = new ModelRegistry({ pool, trust: null, cwd: files.root });
-    expect((await failure(models.stage('absent', v2))).code).toBe('NOT_FOUND');
+    expect((await agentErrorOf(models.stage('absent', v2))).code).toBe('NOT_FOUND');
     await models.load({ url: v1, name: 'x' });
-    const duplicate = await failure(models.load({ url: v2, name: 'x' }));
+    const duplicate = await agentErrorOf(models.load({ url: v2, name: 'x' }));
     expect(duplicate.code).toBe('ALREADY_EXISTS');
-    expect((await failure(models.promote('x'))).message).toMatch(/no staged version to promote/);
-    expect((await failure(models.abortStaged('x'))).message).toMatch(/no staged version to abort/);
+    expect((await agentErrorOf(models.promote('x'))).message).toMatch(/no staged version to promote/);
+    expect((await agentErrorOf(models.abortStaged('x'))).message).toMatch(/no staged version to abort/);
     const staging = models.stage('x', v2);
-    const promoteEarly = await failure(models.promote('x'));
+    const promoteEarly = await agentErrorOf(models.promote('x'));
     expect(promoteEarly.code).toBe('FAILED_PRECONDITION');
     expect(promoteEarly.message).toMatch(/still loading/);
-    expect((await failure(models.stage('x', v2))).code).toBe('ALREADY_EXISTS');
+    expect((await agentErrorOf(models.stage('x', v2))).code).toBe('ALREADY_EXISTS');
     await staging;
-    expect((await failure(models.stage('x', files.root + '/nothing-here'))).code).toBe('ALREADY_EXISTS');
+    expect((await agentErrorOf(models.stage('x', files.root + '/nothing-here'))).code).toBe('ALREADY_EXISTS');
     await models.abortStaged('x');
-    expect((await failure(models.stage('x', files.root + '/nothing-here'))).code).toBe('NOT_FOUND');
+    expect((await agentErrorOf(models.stage('x', files.root + '/nothing-here'))).code).toBe('NOT_FOUND');
     expect(models.describe('x').staged).toBeUndefined();
     await models.close();
   });
@@ -201,7 +193,7 @@ describe('ModelRegistry: stage and promote', () => {
     await models.stage('gone', v2);
     await models.unload('gone');
     expect(sessionKeys()).toEqual([]);
-    expect((await failure(models.predict('gone', input))).code).toBe('NOT_FOUND');
+    expect((await agentErrorOf(models.predict('gone', input))).code).toBe('NOT_FOUND');
     await models.load({ url: v2, name: 'gone' });
     expect(versionOf(await models.predict('gone', input))).toBe('2.0');
     await models.close();

@@ -3,12 +3,7 @@ import { join, relative } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
-import {
-  AgentError,
-  ModelRegistry,
-  type AgentErrorCode,
-  type PredictTensor,
-} from '../../src/models/index.js';
+import { ModelRegistry, type AgentErrorCode, type PredictTensor } from '../../src/models/index.js';
 import {
   hugeAllocationModel,
   outputValues,
@@ -18,6 +13,7 @@ import {
   reshapeNeedsEvenModel,
   scratch,
 } from './helpers.js';
+import { agentErrorOf } from '../support/agent-error.js';
 
 let pool: InferencePool;
 let files: Awaited<ReturnType<typeof scratch>>;
@@ -39,22 +35,12 @@ function registry(options: Partial<ConstructorParameters<typeof ModelRegistry>[0
   return new ModelRegistry({ pool, trust: null, cwd: files.root, ...options });
 }
 
-async function failure(promise: Promise<unknown> | (() => unknown)): Promise<AgentError> {
-  try {
-    await (typeof promise === 'function' ? promise() : promise);
-  } catch (error) {
-    expect(error).toBeInstanceOf(AgentError);
-    return error as AgentError;
-  }
-  throw new Error('expected an AgentError');
-}
-
 async function expectCode(
   promise: Promise<unknown> | (() => unknown),
   code: AgentErrorCode,
   message: RegExp,
 ) {
-  const error = await failure(promise);
+  const error = await agentErrorOf(promise);
   expect(error.code).toBe(code);
   expect(error.message).toMatch(message);
   return error;

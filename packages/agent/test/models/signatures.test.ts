@@ -1,57 +1,39 @@
 import { renameSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   OnnxModelBuilder,
   TEST_MODEL_EXTERNAL_DATA_FILE,
-  createRootCa,
-  issueCodeSigningCertificate,
-  loadTrustFolder,
   signPackage,
   type TrustPolicy,
 } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
-import { AgentError, ModelRegistry } from '../../src/models/index.js';
+import type { AgentError } from '../../src/models/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
 import { predictTensors, recordingLogger, scratch } from './helpers.js';
+import { agentErrorOf } from '../support/agent-error.js';
+import { devPki, trustFolder, type CertificateSigner } from '../support/dev-pki.js';
 
 let pool: InferencePool;
 let files: Awaited<ReturnType<typeof scratch>>;
 let trust: TrustPolicy;
-let signer: { method: 'certificate'; privateKeyPem: string; certificateChainPem: string[] };
+let signer: CertificateSigner;
 
 beforeAll(async () => {
   files = await scratch('agent-signatures-');
   pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
-  const root = createRootCa({ commonName: 'EdgeFleet Test Root', validityDays: 2, keyType: 'ecdsa-p256' });
-  const leaf = issueCodeSigningCertificate({
-    issuer: root,
-    commonName: 'Model Publisher',
-    validityDays: 1,
-    keyType: 'ecdsa-p256',
-  });
-  signer = {
-    method: 'certificate',
-    privateKeyPem: leaf.privateKeyPem,
-    certificateChainPem: [leaf.certificatePem],
-  };
-  const certs = join(files.root, 'certs');
-  await mkdir(certs);
-  await writeFile(join(certs, 'root.pem'), root.certificatePem);
-  trust = await loadTrustFolder(certs);
+  const pki = devPki('EdgeFleet Test Root', 'Model Publisher');
+  signer = pki.signer;
+  trust = await trustFolder(join(files.root, 'certs'), pki.root);
 });
 afterAll(async () => {
   await pool?.close();
   await files?.cleanup();
 });
 
-async function loadError(models: ModelRegistry, url: string): Promise<AgentError> {
-  const error = await models.load({ url, name: 'm' }).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(AgentError);
-  return error as AgentError;
+function loadError(models: ModelRegistry, url: string): Promise<AgentError> {
+  return agentErrorOf(models.load({ url, name: 'm' }));
 }
 
 describe('ModelRegistry with a trust policy', () => {

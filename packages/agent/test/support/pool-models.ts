@@ -1,4 +1,4 @@
-import { OnnxModelBuilder, slowModelInput, slowModelReference, type TestModelTensor } from '@edgefleet/core';
+import { buildSlowModel, slowModelInput, slowModelReference, type TestModelTensor } from '@edgefleet/core';
 import type { PoolTensor } from '../../src/inference/index.js';
 
 /** A test-model tensor as the inference pool takes it (the same bytes, viewed as a Uint8Array). */
@@ -18,22 +18,7 @@ export function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor 
  */
 export const SCALABLE = { size: 128, repeats: 32 };
 export function scalableModel(): Uint8Array {
-  const { size, repeats } = SCALABLE;
-  const shift = new Float32Array(size * size);
-  for (let i = 0; i < size; i++) shift[i * size + ((i + 1) % size)] = 1;
-  const builder = new OnnxModelBuilder({ graphName: 'scalable' })
-    .input('x', 'FLOAT32', ['rows', size])
-    .initializer('shift', 'FLOAT32', [size, size], shift)
-    .initializer('one', 'FLOAT32', [], new Float32Array([1]));
-  let previous = 'x';
-  for (let step = 1; step <= repeats; step++) {
-    const next = step === repeats ? 'y' : `step_${step}`;
-    builder
-      .node('MatMul', [previous, 'shift'], [`shifted_${step}`])
-      .node('Add', [`shifted_${step}`, 'one'], [next]);
-    previous = next;
-  }
-  return builder.output('y', 'FLOAT32', ['rows', size]).build();
+  return buildSlowModel({ ...SCALABLE, rows: 1 }, { name: 'scalable', dynamicRows: true });
 }
 const scalableInput = (rows: number) => slowModelInput({ ...SCALABLE, rows });
 /** The scalable model's input with `rows` rows, as pool tensors. */

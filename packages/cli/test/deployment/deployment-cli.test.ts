@@ -1,41 +1,23 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeTestModel } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { parseStage } from '../../src/deployment/deployment-command.js';
-import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import { useOperatorCli } from '../run-cli.js';
 
-let plane: ControlPlane;
-let work: string;
-let ef: (...args: string[]) => ReturnType<typeof edgefleet>;
-let json: (...args: string[]) => Promise<any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+const cli = useOperatorCli('edgefleet-deployment-cli-');
+const { ef, json } = cli;
 
 beforeAll(async () => {
-  plane = await startControlPlane();
-  work = await mkdtemp(join(tmpdir(), 'edgefleet-deployment-cli-'));
-  ef = (...args) => edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
-  json = async (...args) => {
-    const result = await ef(...args, '--json');
-    expect(result.stderr).toBe('');
-    expect(result.code).toBe(0);
-    return JSON.parse(result.stdout);
-  };
   expect((await ef('fleet', 'create', 'cams', '--output', 's3://c/cams')).code).toBe(0);
   expect((await ef('device', 'register', 'cams', 'cam-1', 'cam-2', 'cam-3', '--tag', 'site=oslo')).code).toBe(
     0,
   );
-  const onnx = await writeTestModel('tiny', join(work, 'tiny'));
+  const onnx = await writeTestModel('tiny', join(cli.work, 'tiny'));
   expect((await ef('model', 'upload', onnx, '--name', 'tiny', '--version', '1')).code).toBe(0);
   expect(
     (await ef('packaging', 'create', 'pack-1', '--model', 'tiny', '--version', '1', '--wait')).code,
   ).toBe(0);
-});
-afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
 });
 
 describe('edgefleet deployment', () => {
@@ -122,7 +104,7 @@ describe('edgefleet deployment', () => {
   });
 
   it('takes a whole plan from a file and reports usage errors as such', async () => {
-    const file = join(work, 'plan.json');
+    const file = join(cli.work, 'plan.json');
     await writeFile(
       file,
       JSON.stringify({

@@ -1,17 +1,17 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { edgefleet, useOperatorCli } from '../run-cli.js';
+import { deviceEnrollArgs } from '../../../../test/support/control-plane.js';
 
-let plane: ControlPlane;
-let work: string;
-const admin = (...args: string[]) =>
-  edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
+const cli = useOperatorCli('ef-enroll-');
+const admin = cli.ef;
+/** `edgefleet device enroll --server <plane> --token <token> --config <config> [extra]`. */
+const enroll = (token: string, config: string, ...extra: string[]) =>
+  edgefleet(...deviceEnrollArgs(cli.plane, token, config, ...extra));
 
 async function enrollmentToken(device: string): Promise<string> {
   const created = await admin('device', 'enrollment-token', device);
@@ -49,21 +49,14 @@ function registration(config: Record<string, string>): Promise<{ status: number;
 }
 
 beforeAll(async () => {
-  plane = await startControlPlane();
-  work = await mkdtemp(join(tmpdir(), 'ef-enroll-'));
   expect((await admin('fleet', 'create', 'yard', '--output', 's3://captures/yard')).code).toBe(0);
   expect((await admin('device', 'register', 'yard', 'crane-1', 'crane-2')).code).toBe(0);
-});
-afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
 });
 
 describe('edgefleet device enroll', () => {
   it('writes a 0600 key, the certificate and CA, and merges the agent config keeping other keys', async () => {
-    const configFile = join(work, 'crane-1', 'agent.json');
-    await mkdir(join(work, 'crane-1'));
+    const configFile = join(cli.work, 'crane-1', 'agent.json');
+    await mkdir(join(cli.work, 'crane-1'));
     await writeFile(
       configFile,
       JSON.stringify({
@@ -72,25 +65,15 @@ describe('edgefleet device enroll', () => {
       }),
     );
     const token = await enrollmentToken('crane-1');
-    const enrolled = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      configFile,
-      '--json',
-    );
+    const enrolled = await enroll(token, configFile, '--json');
     expect(enrolled.stderr).toBe('');
     expect(enrolled.code).toBe(0);
     const result = JSON.parse(enrolled.stdout);
-    const certDir = join(work, 'crane-1', 'certs');
+    const certDir = join(cli.work, 'crane-1', 'certs');
     expect(result).toMatchObject({
       deviceName: 'crane-1',
       fleetName: 'yard',
-      deviceEndpoint: plane.deviceEndpoint,
+      deviceEndpoint: cli.plane.deviceEndpoint,
       files: {
         privateKey: join(certDir, 'device.key'),
         certificate: join(certDir, 'device.pem'),
@@ -108,20 +91,20 @@ describe('edgefleet device enroll', () => {
       sagemaker_edge_core_folder_prefix: 'yard',
       // The package-signing root, fetched into the cert dir with the new certificate, is what the agent trusts.
       sagemaker_edge_core_root_certs_path: join(certDir, 'trust'),
-      sagemaker_edge_local_data_root_path: join(work, 'crane-1', 'data'),
+      sagemaker_edge_local_data_root_path: join(cli.work, 'crane-1', 'data'),
       edgefleet_heartbeat_interval_seconds: '30',
       edgefleet_inference_workers: 2,
       sagemaker_edge_core_device_name: 'crane-1',
       sagemaker_edge_core_device_fleet_name: 'yard',
       sagemaker_edge_provider_provider: 'Aws',
-      sagemaker_edge_core_endpoint_override: plane.deviceEndpoint,
+      sagemaker_edge_core_endpoint_override: cli.plane.deviceEndpoint,
       sagemaker_edge_provider_aws_cert_file: result.files.certificate,
       sagemaker_edge_provider_aws_cert_pk_file: result.files.privateKey,
       sagemaker_edge_provider_aws_ca_cert_file: result.files.caCertificate,
     });
     const root = await admin('packaging', 'root-certificate');
     expect(await readFile(join(certDir, 'trust', 'package-signing-root.pem'), 'utf8')).toBe(`${root.stdout}`);
-    expect((await stat(join(work, 'crane-1', 'data'))).isDirectory()).toBe(true);
+    expect((await stat(join(cli.work, 'crane-1', 'data'))).isDirectory()).toBe(true);
     const cert = new X509Certificate(await readFile(result.files.certificate));
     expect(cert.subject.split('\n')).toEqual(expect.arrayContaining(['CN=crane-1', 'OU=yard']));
     expect(cert.verify(new X509Certificate(await readFile(result.files.caCertificate)).publicKey)).toBe(true);
@@ -136,16 +119,7 @@ describe('edgefleet device enroll', () => {
     // The token was single use: a second enrollment fails and changes nothing.
     const before = await readFile(configFile, 'utf8');
     const keyBefore = await readFile(result.files.privateKey, 'utf8');
-    const again = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      configFile,
-    );
+    const again = await enroll(token, configFile);
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/EnrollmentTokenUsed/);
     // The hint names what enrollment reads, not the operator's EDGEFLEET_TOKEN.
@@ -159,21 +133,7 @@ describe('edgefleet device enroll', () => {
 
     // Re-enrolling with a new token replaces the key and certificate and keeps the rest of the config.
     const renewed = JSON.parse(
-      (
-        await edgefleet(
-          'device',
-          'enroll',
-          '--server',
-          plane.operatorUrl,
-          '--token',
-          await enrollmentToken('crane-1'),
-          '--config',
-          configFile,
-          '--key-type',
-          'ed25519',
-          '--json',
-        )
-      ).stdout,
+      (await enroll(await enrollmentToken('crane-1'), configFile, '--key-type', 'ed25519', '--json')).stdout,
     );
     expect(renewed.serial).not.toBe(result.serial);
     expect(await readFile(result.files.privateKey, 'utf8')).not.toBe(keyBefore);
@@ -182,87 +142,41 @@ describe('edgefleet device enroll', () => {
   });
 
   it('refuses a config that is not a JSON object before spending the token', async () => {
-    const configFile = join(work, 'broken.json');
+    const configFile = join(cli.work, 'broken.json');
     await writeFile(configFile, '{"sagemaker_edge_core_device_name": ');
     const token = await enrollmentToken('crane-2');
-    const refused = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      configFile,
-      '--cert-dir',
-      join(work, 'c2'),
-    );
+    const refused = await enroll(token, configFile, '--cert-dir', join(cli.work, 'c2'));
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(/is not valid JSON/);
     await writeFile(configFile, '[]');
-    expect(
-      (
-        await edgefleet(
-          'device',
-          'enroll',
-          '--server',
-          plane.operatorUrl,
-          '--token',
-          token,
-          '--config',
-          configFile,
-        )
-      ).stderr,
-    ).toMatch(/must hold a JSON object/);
+    expect((await enroll(token, configFile)).stderr).toMatch(/must hold a JSON object/);
     // The token is still good.
-    const fresh = join(work, 'fresh', 'agent.json');
-    const ok = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      fresh,
-      '--cert-dir',
-      join(work, 'c2'),
-    );
+    const fresh = join(cli.work, 'fresh', 'agent.json');
+    const ok = await enroll(token, fresh, '--cert-dir', join(cli.work, 'c2'));
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/^Enrolled as device crane-2 of fleet yard/);
     expect(JSON.parse(await readFile(fresh, 'utf8')).sagemaker_edge_provider_aws_cert_pk_file).toBe(
-      join(work, 'c2', 'device.key'),
+      join(cli.work, 'c2', 'device.key'),
     );
   });
 
   it('asks for a token of the right kind', async () => {
-    const config = join(work, 'x.json');
-    const missing = await edgefleet('device', 'enroll', '--server', plane.operatorUrl, '--config', config);
+    const config = join(cli.work, 'x.json');
+    const missing = await edgefleet(
+      'device',
+      'enroll',
+      '--server',
+      cli.plane.operatorUrl,
+      '--config',
+      config,
+    );
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/no enrollment token/);
-    const operator = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      plane.adminToken,
-      '--config',
-      config,
-    );
+    const operator = await enroll(cli.plane.adminToken, config);
     expect(operator.code).toBe(2);
     expect(operator.stderr).toMatch(/should start with efe_/);
-    expect(operator.stderr).not.toContain(plane.adminToken);
-    const unknown = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      'efe_not-a-real-token',
-      '--config',
-      config,
-    );
+    expect(operator.stderr).not.toContain(cli.plane.adminToken);
+    const unknown = await enroll('efe_not-a-real-token', config);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/EnrollmentTokenInvalid/);
   });

@@ -20,23 +20,19 @@ import {
   writeTestModel,
   type AgentConnection,
 } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { edgefleet, operatorCli } from '../run-cli.js';
 import {
+  deviceEnrollArgs,
   freePort,
-  startAgentProcess,
-  startE2eFleet,
-  stopE2eFleet,
   until,
+  useE2eFleet,
   type AgentProcess,
-  type ControlPlane,
 } from '../../../../test/support/control-plane.js';
 
-let plane: ControlPlane;
-let work: string;
-const agents: AgentProcess[] = [];
+const fleet = useE2eFleet('ef-deploy-e2e-');
 
-const cli = (...args: string[]) => operatorCli(plane)(...args);
+const cli = (...args: string[]) => operatorCli(fleet.plane)(...args);
 
 interface Device {
   name: string;
@@ -85,13 +81,9 @@ function unloadableModel(): Uint8Array {
     .build();
 }
 
-beforeAll(async () => {
-  ({ plane, work } = await startE2eFleet('ef-deploy-e2e-'));
-});
-afterAll(() => stopE2eFleet(plane, work, agents));
-
 describe('deployment plans to three enrolled agents (real processes)', { timeout: 300_000 }, () => {
   it('rolls out, upgrades, and handles a broken release per failure policy', async () => {
+    const { plane, work } = fleet;
     // Operator: a fleet of three, two models in two versions each, packaged and signed on the server.
     await cli('fleet', 'create', 'line', '--output', 's3://captures/line');
     await cli('device', 'register', 'line', 'dev-1', 'dev-2', 'dev-3');
@@ -154,18 +146,15 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
       const { token } = await cli('device', 'enrollment-token', name);
       const config = join(dir, 'agent.json');
       const enrolled = await edgefleet(
-        'device',
-        'enroll',
-        '--server',
-        plane.operatorUrl,
-        '--token',
-        token,
-        '--config',
-        config,
-        '--rest-port',
-        String(device.restPort),
-        '--deployments',
-        '1',
+        ...deviceEnrollArgs(
+          plane,
+          token,
+          config,
+          '--rest-port',
+          String(device.restPort),
+          '--deployments',
+          '1',
+        ),
       );
       expect(enrolled.stderr).toBe('');
       expect(enrolled.code).toBe(0);
@@ -185,8 +174,7 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
           join(written.sagemaker_edge_core_root_certs_path, 'publisher.pem'),
           publisherCa.certificatePem,
         );
-      device.agent = startAgentProcess(device.socket, config, dir);
-      agents.push(device.agent);
+      device.agent = fleet.startAgent(device.socket, config, dir);
       await device.agent.waitFor((l) => l.event === 'listening', `${name} listening`);
       devices.push(device);
     }

@@ -6,23 +6,19 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { edgefleet, operatorCli } from '../run-cli.js';
 import {
+  deviceEnrollArgs,
   freePort,
-  startAgentProcess,
-  startE2eFleet,
-  stopE2eFleet,
   until,
+  useE2eFleet,
   type AgentProcess,
-  type ControlPlane,
 } from '../../../../test/support/control-plane.js';
 
-let plane: ControlPlane;
-let work: string;
-const agents: AgentProcess[] = [];
+const fleet = useE2eFleet('ef-e2e-');
 
-const cli = (...args: string[]) => operatorCli(plane)(...args);
+const cli = (...args: string[]) => operatorCli(fleet.plane)(...args);
 
 /** The next log line with this event, after the first `after` lines. */
 const nextEvent = (agent: AgentProcess, event: string, after: number) =>
@@ -52,13 +48,9 @@ async function infer(port: number): Promise<void> {
   expect(response.status).toBe(200);
 }
 
-beforeAll(async () => {
-  ({ plane, work } = await startE2eFleet('ef-e2e-'));
-});
-afterAll(() => stopE2eFleet(plane, work, agents));
-
 describe('server + enrolled agent + CLI (real processes)', { timeout: 120_000 }, () => {
   it('heartbeats show in describe and the report, survive server restarts and outages, and count crashes', async () => {
+    const { plane, work } = fleet;
     // Operator: a fleet, a device, an enrollment token.
     await cli('fleet', 'create', 'shop', '--output', 's3://captures/shop');
     await cli('device', 'register', 'shop', 'till-1');
@@ -88,16 +80,7 @@ describe('server + enrolled agent + CLI (real processes)', { timeout: 120_000 },
         sagemaker_edge_local_data_root_path: join(work, 'data'),
       }),
     );
-    const enrolled = await edgefleet(
-      'device',
-      'enroll',
-      '--server',
-      plane.operatorUrl,
-      '--token',
-      token,
-      '--config',
-      configFile,
-    );
+    const enrolled = await edgefleet(...deviceEnrollArgs(plane, token, configFile));
     expect(enrolled.code).toBe(0);
     expect(JSON.parse(await readFile(configFile, 'utf8'))).toMatchObject({
       edgefleet_preload_models: [{ name: 'mlp' }],
@@ -105,8 +88,7 @@ describe('server + enrolled agent + CLI (real processes)', { timeout: 120_000 },
     });
 
     const socket = join(work, 'agent.sock');
-    let agent = startAgentProcess(socket, configFile, work);
-    agents.push(agent);
+    let agent = fleet.startAgent(socket, configFile, work);
     await agent.waitFor((l) => l.event === 'fleet-registered', 'registration');
     await infer(restPort);
     await infer(restPort);
@@ -185,8 +167,7 @@ describe('server + enrolled agent + CLI (real processes)', { timeout: 120_000 },
     // Killed without a chance to stop: the next start reports one crash.
     agent.child.kill('SIGKILL');
     await agent.exited;
-    agent = startAgentProcess(socket, configFile, work, ['-f']); // -f: the killed agent left its socket file
-    agents.push(agent);
+    agent = fleet.startAgent(socket, configFile, work, ['-f']); // -f: the killed agent left its socket file
     await agent.waitFor((l) => l.event === 'fleet-registered', 'registration after the restart');
     expect(
       await until(

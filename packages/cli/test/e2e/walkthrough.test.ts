@@ -12,31 +12,24 @@ import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { writeTestModel } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  REPO_ROOT,
-  freePort,
-  startAgentProcess,
-  startE2eFleet,
-  stopE2eFleet,
-  until,
-  type AgentProcess,
-  type ControlPlane,
-} from '../../../../test/support/control-plane.js';
+import { describe, expect, it } from 'vitest';
+import { REPO_ROOT, freePort, until, useE2eFleet } from '../../../../test/support/control-plane.js';
 
 const run = promisify(execFile);
 const EDGEFLEET_BIN = join(REPO_ROOT, 'packages/cli/bin/edgefleet.js');
 
-let plane: ControlPlane;
-let work: string;
-const agents: AgentProcess[] = [];
+const fleet = useE2eFleet('ef-walk-');
 
 /** `edgefleet <args>` as a user types it; resolves with its output, rejects with its stderr on failure. */
 async function edgefleet(...args: string[]): Promise<string> {
   try {
     const { stdout } = await run(process.execPath, [EDGEFLEET_BIN, ...args], {
-      cwd: work,
-      env: { ...process.env, EDGEFLEET_SERVER: plane.operatorUrl, EDGEFLEET_TOKEN: plane.adminToken },
+      cwd: fleet.work,
+      env: {
+        ...process.env,
+        EDGEFLEET_SERVER: fleet.plane.operatorUrl,
+        EDGEFLEET_TOKEN: fleet.plane.adminToken,
+      },
       timeout: 60_000,
     });
     return stdout;
@@ -51,16 +44,12 @@ async function filesUnder(dir: string): Promise<string[]> {
   return (await readdir(dir, { recursive: true }).catch(() => [])).map(String);
 }
 
-beforeAll(async () => {
-  ({ plane, work } = await startE2eFleet('ef-walk-'));
-});
-afterAll(() => stopE2eFleet(plane, work, agents));
-
 describe(
   'the README walkthrough: a control plane and two enrolled agents with capture',
   { timeout: 180_000 },
   () => {
     it('works as the docs say, end to end', async () => {
+      const { plane, work } = fleet;
       // Operator (README "A fleet", docs/cli.md).
       await edgefleet('fleet', 'create', 'plant-a', '--output', 's3://captures/plant-a');
       expect(await edgefleet('device', 'register', 'plant-a', 'cam-01', 'cam-02')).toMatch(
@@ -100,8 +89,7 @@ describe(
         expect(enrolled).toMatch(new RegExp(`^Enrolled as device ${device.name} of fleet plant-a`));
         expect(enrolled).toMatch(/captures\s+EdgeFleet/);
         expect(enrolled).not.toMatch(/warning/);
-        const agent = startAgentProcess(join(device.dir, 'agent.sock'), config, device.dir);
-        agents.push(agent);
+        const agent = fleet.startAgent(join(device.dir, 'agent.sock'), config, device.dir);
         await agent.waitFor((l) => l.event === 'listening', `${device.name} listening`);
       }
 

@@ -1,29 +1,12 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ServerClient } from '../../src/server-client/index.js';
-import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import { edgefleet, useOperatorCli } from '../run-cli.js';
 
-let plane: ControlPlane;
-let ef: (...args: string[]) => ReturnType<typeof edgefleet>;
-let json: (...args: string[]) => Promise<any>; // eslint-disable-line @typescript-eslint/no-explicit-any
-
-beforeAll(async () => {
-  plane = await startControlPlane();
-  ef = (...args) => edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
-  json = async (...args) => {
-    const result = await ef(...args, '--json');
-    expect(result.stderr).toBe('');
-    expect(result.code).toBe(0);
-    return JSON.parse(result.stdout);
-  };
-});
-afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-});
+const cli = useOperatorCli();
+const { ef, json } = cli;
 
 describe('edgefleet fleet', () => {
   it('creates, lists, describes, updates, reports and deletes a fleet', async () => {
@@ -170,7 +153,7 @@ describe('edgefleet device', () => {
   });
 
   it('follows page tokens past the server’s largest page', async () => {
-    const client = new ServerClient({ server: plane.operatorUrl, token: plane.adminToken });
+    const client = new ServerClient({ server: cli.plane.operatorUrl, token: cli.plane.adminToken });
     await client.createFleet({ name: 'big', outputConfig: { s3OutputLocation: 's3://b/big' } });
     for (let batch = 0; batch < 6; batch++) {
       await client.registerDevices(
@@ -196,7 +179,7 @@ describe('edgefleet token, auth and connection errors', () => {
     expect(entry).toMatchObject({ scope: 'read-only' });
     expect(JSON.stringify(listed)).not.toContain(secret);
 
-    const who = await edgefleet('token', 'whoami', '--server', plane.operatorUrl, '--token', secret);
+    const who = await edgefleet('token', 'whoami', '--server', cli.plane.operatorUrl, '--token', secret);
     expect(who.stdout).toMatch(/name\s+dashboard\nscope\s+read-only/);
     const forbidden = await edgefleet(
       'fleet',
@@ -205,7 +188,7 @@ describe('edgefleet token, auth and connection errors', () => {
       '--output',
       's3://b/x',
       '--server',
-      plane.operatorUrl,
+      cli.plane.operatorUrl,
       '--token',
       secret,
     );
@@ -213,7 +196,7 @@ describe('edgefleet token, auth and connection errors', () => {
     expect(forbidden.stderr).toMatch(/needs an admin token.*\(use an admin token\) \[HTTP 403 Forbidden\]/);
 
     expect((await ef('token', 'revoke', entry.id)).code).toBe(0);
-    const revoked = await edgefleet('fleet', 'list', '--server', plane.operatorUrl, '--token', secret);
+    const revoked = await edgefleet('fleet', 'list', '--server', cli.plane.operatorUrl, '--token', secret);
     expect(revoked.code).toBe(1);
     expect(revoked.stderr).toMatch(/unknown or revoked \(check --token/);
     expect(revoked.stderr + revoked.stdout).not.toContain(secret);
@@ -224,7 +207,9 @@ describe('edgefleet token, auth and connection errors', () => {
     const file = join(dir, 'profiles.json');
     await writeFile(
       file,
-      JSON.stringify({ profiles: { lab: { server: plane.operatorUrl, token: plane.adminToken } } }),
+      JSON.stringify({
+        profiles: { lab: { server: cli.plane.operatorUrl, token: cli.plane.adminToken } },
+      }),
     );
     const saved = { ...process.env };
     process.env.EDGEFLEET_PROFILES = file;
@@ -243,9 +228,9 @@ describe('edgefleet token, auth and connection errors', () => {
   });
 
   it('says when there is no token or no server', async () => {
-    const noToken = await edgefleet('fleet', 'list', '--server', plane.operatorUrl, '--profile', 'x');
+    const noToken = await edgefleet('fleet', 'list', '--server', cli.plane.operatorUrl, '--profile', 'x');
     expect(noToken.code).toBe(2); // no such profile
-    const anonymous = await edgefleet('fleet', 'list', '--server', plane.operatorUrl, '--token', '');
+    const anonymous = await edgefleet('fleet', 'list', '--server', cli.plane.operatorUrl, '--token', '');
     expect(anonymous.code).toBe(1);
     expect(anonymous.stderr).toMatch(/needs an API token/);
     const away = await edgefleet(

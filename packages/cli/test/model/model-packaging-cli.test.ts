@@ -1,19 +1,15 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { writeTestModel } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli.js';
-import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import { edgefleet, useOperatorCli } from '../run-cli.js';
 
-let plane: ControlPlane;
-let work: string;
+const cli = useOperatorCli('ef-models-');
+const { ef } = cli;
 let onnx: string;
-const ef = (...args: string[]) =>
-  edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read answers field by field
 async function json(...args: string[]): Promise<any> {
   const result = await ef(...args, '--json');
@@ -22,14 +18,7 @@ async function json(...args: string[]): Promise<any> {
 }
 
 beforeAll(async () => {
-  plane = await startControlPlane();
-  work = await mkdtemp(join(tmpdir(), 'ef-models-'));
-  onnx = await writeTestModel('mlp', join(work, 'src'));
-});
-afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-  if (work) await rm(work, { recursive: true, force: true });
+  onnx = await writeTestModel('mlp', join(cli.work, 'src'));
 });
 
 describe('edgefleet model + packaging', () => {
@@ -71,7 +60,7 @@ describe('edgefleet model + packaging', () => {
       /^iris-1\s+iris\s+1\.0\s+COMPLETED/m,
     );
 
-    const file = join(work, 'iris-1.0.tar.gz');
+    const file = join(cli.work, 'iris-1.0.tar.gz');
     const downloaded = await json('packaging', 'download', 'iris-1', '--out', file);
     expect(downloaded).toMatchObject({ file, bytes: job.artifact.sizeBytes, sha256: job.artifact.sha256 });
     const again = await ef('packaging', 'download', 'iris-1', '--out', file);
@@ -80,7 +69,7 @@ describe('edgefleet model + packaging', () => {
 
     // The device's view: the server's signing root in a trust folder verifies the package.
     // As the docs write it: --out into a folder that does not exist yet (issue 13.2) is created, 0755.
-    const trust = join(work, 'etc', 'edgefleet', 'trust');
+    const trust = join(cli.work, 'etc', 'edgefleet', 'trust');
     expect((await ef('packaging', 'root-certificate', '--out', join(trust, 'root.pem'))).code).toBe(0);
     expect((await stat(trust)).mode & 0o777).toBe(0o755);
     const verified = await edgefleet('package', 'verify', file, '--trust', trust);
@@ -98,7 +87,7 @@ describe('edgefleet model + packaging', () => {
       '--version',
       '2.0',
       '--out',
-      join(work, 'iris-2.0'),
+      join(cli.work, 'iris-2.0'),
       '--tar',
       '--json',
     );
@@ -117,9 +106,9 @@ describe('edgefleet model + packaging', () => {
         '--version',
         '2.0',
         '--server',
-        plane.operatorUrl,
+        cli.plane.operatorUrl,
         '--token',
-        plane.adminToken,
+        cli.plane.adminToken,
       ],
       { stdout, stderr: stderr as unknown as NodeJS.WriteStream },
     );
@@ -135,13 +124,13 @@ describe('edgefleet model + packaging', () => {
   });
 
   it('reports what went wrong: a file that is no model, a job for a missing version, an unfinished download', async () => {
-    const junk = join(work, 'junk.onnx');
+    const junk = join(cli.work, 'junk.onnx');
     await writeFile(junk, 'this is not ONNX');
     const refused = await ef('model', 'upload', junk, '--name', 'junk', '--version', '1');
     expect(refused.code).not.toBe(0);
     expect(refused.stderr).toMatch(/^edgefleet: .*\[HTTP 4\d\d \w+\]\n$/);
     // The server answers 409 before it has read the body; that answer is what the user sees (issue 13.1).
-    const big = join(work, 'big.onnx');
+    const big = join(cli.work, 'big.onnx');
     await writeFile(big, Buffer.alloc(16 * 1024 * 1024, 1));
     const again = await ef('model', 'upload', big, '--name', 'iris', '--version', '1.0');
     expect(again).toMatchObject({ code: 1, stdout: '' });
@@ -154,10 +143,10 @@ describe('edgefleet model + packaging', () => {
     expect(blocked.stderr).toMatch(
       /^edgefleet: cannot create the folder .*junk\.onnx for --out .*: a file is in the way/,
     );
-    const isFolder = await ef('packaging', 'root-certificate', '--out', work);
+    const isFolder = await ef('packaging', 'root-certificate', '--out', cli.work);
     expect(isFolder.code).toBe(1);
-    expect(isFolder.stderr).toBe(`edgefleet: ${work}: it is a folder, expected a file (open EISDIR)\n`);
-    const missing = await ef('model', 'upload', join(work, 'nope.onnx'), '--name', 'x', '--version', '1');
+    expect(isFolder.stderr).toBe(`edgefleet: ${cli.work}: it is a folder, expected a file (open EISDIR)\n`);
+    const missing = await ef('model', 'upload', join(cli.work, 'nope.onnx'), '--name', 'x', '--version', '1');
     expect(missing.stderr).toMatch(/is not a file/);
 
     const failed = await ef('packaging', 'create', 'ghost-1', '--model', 'ghost', '--version', '9', '--wait');

@@ -1,20 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { rm } from 'node:fs/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { edgefleet } from '../run-cli.js';
-import { startControlPlane, type ControlPlane } from '../../../../test/support/control-plane.js';
+import { describe, expect, it } from 'vitest';
+import { useOperatorCli } from '../run-cli.js';
 
-let plane: ControlPlane;
-let ef: (...args: string[]) => ReturnType<typeof edgefleet>;
-
-beforeAll(async () => {
-  plane = await startControlPlane();
-  ef = (...args) => edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
-});
-afterAll(async () => {
-  await plane?.stop();
-  if (plane) await rm(plane.dataDir, { recursive: true, force: true });
-});
+const cli = useOperatorCli();
+const { ef } = cli;
 
 /** One SageMaker call through boto3 (python3-boto3) with the given key: its error code, or 'OK'. */
 function listFleetsWith(accessKeyId: string, secret: string): string {
@@ -26,7 +15,7 @@ function listFleetsWith(accessKeyId: string, secret: string): string {
     'except e.ClientError as error:',
     '    print(error.response["Error"]["Code"])',
   ].join('\n');
-  const run = spawnSync('python3', ['-c', script, plane.operatorUrl, accessKeyId, secret], {
+  const run = spawnSync('python3', ['-c', script, cli.plane.operatorUrl, accessKeyId, secret], {
     encoding: 'utf8',
     env: { ...process.env, AWS_CONFIG_FILE: '/dev/null', AWS_SHARED_CREDENTIALS_FILE: '/dev/null' },
   });

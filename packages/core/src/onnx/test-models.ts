@@ -391,11 +391,19 @@ export function slowModelFlops(options: SlowModelOptions = SLOW_MODEL_DEFAULTS):
   return options.repeats * 2 * options.rows * options.size * options.size;
 }
 
-export function buildSlowModel(options: SlowModelOptions = SLOW_MODEL_DEFAULTS): Uint8Array {
-  const { size, rows, repeats } = options;
+/**
+ * The slow model's graph. With `graph.dynamicRows` its row count is a dimension named `rows` (any batch; run time
+ * grows with it) instead of `options.rows`.
+ */
+export function buildSlowModel(
+  options: SlowModelOptions = SLOW_MODEL_DEFAULTS,
+  graph: { name?: string; dynamicRows?: boolean } = {},
+): Uint8Array {
+  const { size, repeats } = options;
+  const rows = graph.dynamicRows ? 'rows' : options.rows;
   const shift = new Float32Array(size * size);
   for (let i = 0; i < size; i++) shift[i * size + ((i + 1) % size)] = 1;
-  const builder = new OnnxModelBuilder({ graphName: 'slow' })
+  const builder = new OnnxModelBuilder({ graphName: graph.name ?? 'slow' })
     .input('x', 'FLOAT32', [rows, size])
     .initializer('shift', 'FLOAT32', [size, size], shift)
     .initializer('one', 'FLOAT32', [], new Float32Array([1]));

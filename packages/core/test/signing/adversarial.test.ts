@@ -13,14 +13,16 @@ import {
   createRootCa,
   generateKeyPair,
   issueCertificate,
-  issueCodeSigningCertificate,
   signPackage,
   verifyPackage,
   type CertificateAuthority,
   type KeyPairPem,
+  type PackageVerificationReason,
   type Signer,
 } from '../../src/signing/index.js';
 import {
+  certificateSigner,
+  codeSigningLeaf,
   editBundle,
   expectRejected,
   flipByte,
@@ -53,6 +55,24 @@ async function signedPackage(signer?: Signer): Promise<string> {
 
 const keyTrust = () => ({ publicKeysPem: [keys.publicKeyPem] });
 const rootTrust = () => ({ rootCertificatesPem: [root.certificatePem] });
+
+/**
+ * Signs the sample package with `signer` and expects the verifier, trusting `root` (or `options.root`), to
+ * reject it for `reason`, naming `culprit` in the message and `options.certificate` as the certificate at fault.
+ * Resolves with the package's folder.
+ */
+async function expectChainRejected(
+  signer: Signer,
+  reason: PackageVerificationReason,
+  culprit: string,
+  options: { certificate?: string; root?: CertificateAuthority } = {},
+): Promise<string> {
+  const dir = await signedPackage(signer);
+  const trust = { rootCertificatesPem: [(options.root ?? root).certificatePem] };
+  const e = await expectRejected(verifyPackage(dir, trust), reason, culprit);
+  if (options.certificate !== undefined) expect(e.certificate).toBe(options.certificate);
+  return dir;
+}
 
 describe('files of the package', () => {
   it('one byte flipped in a file → file-modified, naming the file', async () => {
@@ -277,39 +297,20 @@ describe('who signed', () => {
   });
 
   it('a certificate-signed package against a policy of keys only → untrusted-chain', async () => {
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
+    const leaf = codeSigningLeaf(root, 'Pub');
+    const dir = await signedPackage(certificateSigner(leaf));
     await expectRejected(verifyPackage(dir, keyTrust()), 'untrusted-chain', 'holds no root certificates');
   });
 
   it('a chain to a different root (same name, different key) → untrusted-chain, naming the issuer', async () => {
     const impostor = createRootCa({ commonName: 'EdgeFleet Root', validityDays: 365, keyType: 'ecdsa-p256' });
-    const leaf = issueCodeSigningCertificate({
-      issuer: impostor,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, impostor.certificatePem],
-    });
-    const e = await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    const leaf = codeSigningLeaf(impostor, 'Pub');
+    await expectChainRejected(
+      certificateSigner(leaf, impostor),
       'untrusted-chain',
       'does not lead to a trusted root',
+      { certificate: 'CN=EdgeFleet Root' },
     );
-    expect(e.certificate).toBe('CN=EdgeFleet Root');
   });
 
   it('an intermediate missing from the bundle → untrusted-chain, naming the certificate whose issuer is missing', async () => {
@@ -319,62 +320,31 @@ describe('who signed', () => {
       validityDays: 30,
       keyType: 'ed25519',
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
+    const leaf = codeSigningLeaf(intermediate, 'Pub');
+    await expectChainRejected(certificateSigner(leaf), 'untrusted-chain', 'CN=Pub was issued by CN=Int', {
+      certificate: 'CN=Pub',
     });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
-    const e = await expectRejected(
-      verifyPackage(dir, rootTrust()),
-      'untrusted-chain',
-      'CN=Pub was issued by CN=Int',
-    );
-    expect(e.certificate).toBe('CN=Pub');
   });
 
   it('an expired leaf → certificate-expired, naming it and when', async () => {
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Old Publisher',
+    const leaf = codeSigningLeaf(root, 'Old Publisher', {
       validityDays: 1,
-      keyType: 'ecdsa-p256',
       notBefore: new Date(Date.now() - 10 * DAY),
       notAfter: new Date(Date.now() - DAY),
     });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
+    await expectChainRejected(certificateSigner(leaf), 'certificate-expired', 'CN=Old Publisher expired at', {
+      certificate: 'CN=Old Publisher',
     });
-    const e = await expectRejected(
-      verifyPackage(dir, rootTrust()),
-      'certificate-expired',
-      'CN=Old Publisher expired at',
-    );
-    expect(e.certificate).toBe('CN=Old Publisher');
   });
 
   it('a not-yet-valid leaf → certificate-not-yet-valid; the same package verifies at a later `now`', async () => {
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Future Publisher',
+    const leaf = codeSigningLeaf(root, 'Future Publisher', {
       validityDays: 5,
       keyType: 'ed25519',
       notBefore: new Date(Date.now() + 2 * DAY),
     });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
-    await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    const dir = await expectChainRejected(
+      certificateSigner(leaf),
       'certificate-not-yet-valid',
       'CN=Future Publisher is not valid until',
     );
@@ -389,40 +359,19 @@ describe('who signed', () => {
       keyType: 'ecdsa-p256',
       notBefore: new Date(Date.now() - 5 * DAY),
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, intermediate.certificatePem],
-    });
-    const e = await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    const leaf = codeSigningLeaf(intermediate, 'Pub');
+    await expectChainRejected(
+      certificateSigner(leaf, intermediate),
       'certificate-expired',
       'intermediate CN=Lapsed Int',
+      { certificate: 'CN=Lapsed Int' },
     );
-    expect(e.certificate).toBe('CN=Lapsed Int');
   });
 
   it('a leaf without extendedKeyUsage codeSigning → certificate-not-code-signing', async () => {
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'TLS Client',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-      codeSigning: false,
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
-    await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    const leaf = codeSigningLeaf(root, 'TLS Client', { codeSigning: false });
+    await expectChainRejected(
+      certificateSigner(leaf),
       'certificate-not-code-signing',
       'CN=TLS Client may not sign code: it lacks extendedKeyUsage codeSigning',
     );
@@ -437,13 +386,8 @@ describe('who signed', () => {
       keyUsage: ['keyEncipherment'],
       extendedKeyUsage: ['codeSigning'],
     });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: pair.privateKeyPem,
-      certificateChainPem: [certificatePem],
-    });
-    await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    await expectChainRejected(
+      certificateSigner({ privateKeyPem: pair.privateKeyPem, certificatePem }),
       'certificate-not-code-signing',
       'lacks keyUsage digitalSignature',
     );
@@ -462,19 +406,9 @@ describe('who signed', () => {
         keyUsage: ['digitalSignature', 'keyCertSign'],
       }),
     };
-    const leaf = issueCodeSigningCertificate({
-      issuer: fakeCa,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, fakeCa.certificatePem],
-    });
-    await expectRejected(
-      verifyPackage(dir, rootTrust()),
+    const leaf = codeSigningLeaf(fakeCa, 'Pub');
+    await expectChainRejected(
+      certificateSigner(leaf, fakeCa),
       'untrusted-chain',
       'CN=Not A CA issued CN=Pub but is not a CA',
     );
@@ -493,42 +427,16 @@ describe('who signed', () => {
       validityDays: 30,
       keyType: 'ecdsa-p256',
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
+    const leaf = codeSigningLeaf(intermediate, 'Pub');
+    await expectChainRejected(certificateSigner(leaf, intermediate), 'untrusted-chain', 'pathLenConstraint', {
+      root: strictRoot,
     });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, intermediate.certificatePem],
-    });
-    await expectRejected(
-      verifyPackage(dir, { rootCertificatesPem: [strictRoot.certificatePem] }),
-      'untrusted-chain',
-      'pathLenConstraint',
-    );
   });
 
   it('a leaf certificate swapped for another valid leaf of the same CA → signature-invalid', async () => {
-    const signerLeaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const otherLeaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    const dir = await signedPackage({
-      method: 'certificate',
-      privateKeyPem: signerLeaf.privateKeyPem,
-      certificateChainPem: [signerLeaf.certificatePem],
-    });
+    const signerLeaf = codeSigningLeaf(root, 'Pub');
+    const otherLeaf = codeSigningLeaf(root, 'Pub');
+    const dir = await signedPackage(certificateSigner(signerLeaf));
     const otherDer = otherLeaf.certificatePem.replace(/-----[A-Z ]+-----|\s/g, '');
     await editBundle(dir, (b) => {
       b.verificationMaterial.x509CertificateChain = { certificates: [{ rawBytes: otherDer }] };
@@ -553,74 +461,75 @@ describe('statements signed by a trusted key but wrong in themselves', () => {
     );
   }
 
+  /** Makes the subject digest agree with the (edited) resources again, as a signer would compute it. */
+  function resubject(statement: StatementJson): void {
+    const all = Buffer.concat(statement.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
+    const subject = statement.subject[0];
+    if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
+  }
+
   it('the hand-built bundle verifies when nothing is spoiled (so the cases below test what they say)', async () => {
     const dir = await signedPackage();
     await resign(dir, () => undefined);
     await verifyPackage(dir, keyTrust());
   });
 
-  it('subject digest inconsistent with the resources → bundle-malformed', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      const subject = s.subject[0];
-      if (subject) subject.digest.sha256 = '0'.repeat(64);
+  /** Statements spoiled in a way the verifier must refuse as bundle-malformed, naming `culprit`. */
+  const malformed: { name: string; spoil: (s: StatementJson) => void; culprit: string }[] = [
+    {
+      name: 'subject digest inconsistent with the resources → bundle-malformed',
+      spoil: (s) => {
+        const subject = s.subject[0];
+        if (subject) subject.digest.sha256 = '0'.repeat(64);
+      },
+      culprit: 'inconsistent',
+    },
+    {
+      name: 'a resource name reaching outside the package → bundle-malformed, naming it',
+      spoil: (s) => {
+        s.predicate.resources.push({ name: '../outside.bin', algorithm: 'sha256', digest: 'a'.repeat(64) });
+        resubject(s);
+      },
+      culprit: '../outside.bin',
+    },
+    {
+      name: 'a file listed twice → bundle-malformed',
+      spoil: (s) => {
+        const first = s.predicate.resources[0];
+        if (first) s.predicate.resources.push({ ...first });
+        resubject(s);
+      },
+      culprit: 'twice',
+    },
+    {
+      name: 'the pre-1.0 predicate type (Digests/v0.1) → bundle-malformed, naming the field',
+      spoil: (s) => {
+        s.predicateType = 'https://model_signing/Digests/v0.1';
+      },
+      culprit: 'predicateType',
+    },
+    {
+      name: 'shard serialization (not produced by EdgeFleet) → bundle-malformed',
+      spoil: (s) => {
+        s.predicate.serialization.method = 'shards';
+      },
+      culprit: 'predicate.serialization.method',
+    },
+    {
+      name: 'a statement listing model.sig itself → bundle-malformed',
+      spoil: (s) => {
+        s.predicate.resources.push({ name: 'model.sig', algorithm: 'sha256', digest: 'b'.repeat(64) });
+        resubject(s);
+      },
+      culprit: "the signature's own file",
+    },
+  ];
+  for (const { name, spoil, culprit } of malformed)
+    it(name, async () => {
+      const dir = await signedPackage();
+      await resign(dir, spoil);
+      await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', culprit);
     });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'inconsistent');
-  });
-
-  it('a resource name reaching outside the package → bundle-malformed, naming it', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      s.predicate.resources.push({ name: '../outside.bin', algorithm: 'sha256', digest: 'a'.repeat(64) });
-      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
-      const subject = s.subject[0];
-      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
-    });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', '../outside.bin');
-  });
-
-  it('a file listed twice → bundle-malformed', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      const first = s.predicate.resources[0];
-      if (first) s.predicate.resources.push({ ...first });
-      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
-      const subject = s.subject[0];
-      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
-    });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'twice');
-  });
-
-  it('the pre-1.0 predicate type (Digests/v0.1) → bundle-malformed, naming the field', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      s.predicateType = 'https://model_signing/Digests/v0.1';
-    });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', 'predicateType');
-  });
-
-  it('shard serialization (not produced by EdgeFleet) → bundle-malformed', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      s.predicate.serialization.method = 'shards';
-    });
-    await expectRejected(
-      verifyPackage(dir, keyTrust()),
-      'bundle-malformed',
-      'predicate.serialization.method',
-    );
-  });
-
-  it('a statement listing model.sig itself → bundle-malformed', async () => {
-    const dir = await signedPackage();
-    await resign(dir, (s) => {
-      s.predicate.resources.push({ name: 'model.sig', algorithm: 'sha256', digest: 'b'.repeat(64) });
-      const all = Buffer.concat(s.predicate.resources.map((r) => Buffer.from(r.digest, 'hex')));
-      const subject = s.subject[0];
-      if (subject) subject.digest.sha256 = createHash('sha256').update(all).digest('hex');
-    });
-    await expectRejected(verifyPackage(dir, keyTrust()), 'bundle-malformed', "the signature's own file");
-  });
 
   it('a signed ignore_paths does not exempt a file from the listing', async () => {
     const dir = await signedPackage();

@@ -6,7 +6,12 @@ import { expect } from 'vitest';
 import {
   PackageVerificationError,
   SIGNATURE_FILE,
+  issueCodeSigningCertificate,
+  type CertificateAuthority,
+  type CertifiedKeyPair,
+  type IssueCodeSigningCertificateOptions,
   type PackageVerificationReason,
+  type Signer,
 } from '../../src/signing/index.js';
 
 /** Temp folders made by a test file; `cleanup` removes them all. */
@@ -130,5 +135,32 @@ export function handSignedBundle(statement: unknown, privateKeyPem: string): Bun
       payloadType,
       signatures: [{ sig: sign('sha256', pae, privateKeyPem).toString('base64') }],
     },
+  };
+}
+
+/** A code-signing leaf of `issuer`, valid 7 days with an ECDSA P-256 key unless `options` say otherwise. */
+export function codeSigningLeaf(
+  issuer: CertificateAuthority,
+  commonName: string,
+  options: Partial<Omit<IssueCodeSigningCertificateOptions, 'issuer' | 'commonName'>> = {},
+): CertifiedKeyPair {
+  return issueCodeSigningCertificate({
+    issuer,
+    commonName,
+    validityDays: 7,
+    keyType: 'ecdsa-p256',
+    ...options,
+  });
+}
+
+/** The certificate-method signer of `leaf`; the bundle's chain is the leaf, then `chain` in order. */
+export function certificateSigner(
+  leaf: { privateKeyPem: string; certificatePem: string },
+  ...chain: { certificatePem: string }[]
+): Signer {
+  return {
+    method: 'certificate',
+    privateKeyPem: leaf.privateKeyPem,
+    certificateChainPem: [leaf.certificatePem, ...chain.map((c) => c.certificatePem)],
   };
 }

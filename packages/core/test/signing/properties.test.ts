@@ -8,7 +8,6 @@ import {
   createIntermediateCa,
   createRootCa,
   generateKeyPair,
-  issueCodeSigningCertificate,
   signPackage,
   verifyPackage,
   type KeyPairPem,
@@ -16,7 +15,14 @@ import {
   type TrustPolicy,
   type VerifiedSignature,
 } from '../../src/signing/index.js';
-import { expectRejected, sha256Hex, tempDirs, writeTree } from './helpers.js';
+import {
+  certificateSigner,
+  codeSigningLeaf,
+  expectRejected,
+  sha256Hex,
+  tempDirs,
+  writeTree,
+} from './helpers.js';
 
 const dirs = tempDirs();
 afterAll(() => dirs.cleanup());
@@ -203,24 +209,11 @@ describe('random mutations of model.sig', () => {
       validityDays: 30,
       keyType: 'ed25519',
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
+    const leaf = codeSigningLeaf(intermediate, 'Pub');
     const p256 = generateKeyPair('ecdsa-p256');
     const setups: [string, Signer, TrustPolicy][] = [
       ['key', { method: 'key', privateKeyPem: p256.privateKeyPem }, { publicKeysPem: [p256.publicKeyPem] }],
-      [
-        'certificate',
-        {
-          method: 'certificate',
-          privateKeyPem: leaf.privateKeyPem,
-          certificateChainPem: [leaf.certificatePem, intermediate.certificatePem],
-        },
-        { rootCertificatesPem: [root.certificatePem] },
-      ],
+      ['certificate', certificateSigner(leaf, intermediate), { rootCertificatesPem: [root.certificatePem] }],
     ];
     for (const [method, signer, trust] of setups) {
       const dir = await dirs.make();

@@ -13,7 +13,6 @@ import {
   createRootCa,
   digestFiles,
   generateKeyPair,
-  issueCodeSigningCertificate,
   loadSigner,
   loadTrustFolder,
   publicKeyFingerprint,
@@ -21,7 +20,16 @@ import {
   verifyPackage,
   type KeyType,
 } from '../../src/signing/index.js';
-import { editBundle, readJson, sha256Hex, tempDirs, writeSamplePackage, writeTree } from './helpers.js';
+import {
+  certificateSigner,
+  codeSigningLeaf,
+  editBundle,
+  readJson,
+  sha256Hex,
+  tempDirs,
+  writeSamplePackage,
+  writeTree,
+} from './helpers.js';
 
 const dirs = tempDirs();
 afterEach(() => dirs.cleanup());
@@ -132,17 +140,8 @@ describe('certificate method', () => {
     const dir = await dirs.make();
     await writeSamplePackage(dir);
     const root = createRootCa({ commonName: 'EdgeFleet Test Root', validityDays: 30, keyType: 'ecdsa-p256' });
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Model Publisher',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    await signPackage(dir, {
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
+    const leaf = codeSigningLeaf(root, 'Model Publisher');
+    await signPackage(dir, certificateSigner(leaf));
     const verified = await verifyPackage(dir, { rootCertificatesPem: [root.certificatePem] });
     expect(verified.method).toBe('certificate');
     expect(verified.signer).toMatchObject({
@@ -160,17 +159,8 @@ describe('certificate method', () => {
     const dir = await dirs.make();
     await writeSamplePackage(dir);
     const root = createRootCa({ commonName: 'Root', validityDays: 30, keyType: 'ecdsa-p256' });
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
-    await signPackage(dir, {
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem],
-    });
+    const leaf = codeSigningLeaf(root, 'Pub');
+    await signPackage(dir, certificateSigner(leaf));
     await editBundle(dir, (b) => {
       const rawBytes = b.verificationMaterial.x509CertificateChain?.certificates[0]?.rawBytes ?? '';
       b.verificationMaterial = { certificate: { rawBytes } };
@@ -190,17 +180,8 @@ describe('certificate method', () => {
       keyType: 'ecdsa-p256',
       pathLength: 0,
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Publisher',
-      validityDays: 7,
-      keyType: 'ed25519',
-    });
-    await signPackage(dir, {
-      method: 'certificate',
-      privateKeyPem: leaf.privateKeyPem,
-      certificateChainPem: [leaf.certificatePem, intermediate.certificatePem, root.certificatePem],
-    });
+    const leaf = codeSigningLeaf(intermediate, 'Publisher', { keyType: 'ed25519' });
+    await signPackage(dir, certificateSigner(leaf, intermediate, root));
     const verified = await verifyPackage(dir, { rootCertificatesPem: [root.certificatePem] });
     expect(verified.signer).toMatchObject({
       keyType: 'ed25519',
@@ -241,12 +222,7 @@ describe('loadSigner and loadTrustFolder (files as operators keep them)', () => 
       validityDays: 30,
       keyType: 'ecdsa-p256',
     });
-    const leaf = issueCodeSigningCertificate({
-      issuer: intermediate,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
+    const leaf = codeSigningLeaf(intermediate, 'Pub');
     await writeFile(join(secrets, 'key.pem'), leaf.privateKeyPem);
     await writeFile(join(secrets, 'cert.pem'), leaf.certificatePem);
     await writeFile(join(secrets, 'chain.pem'), intermediate.certificatePem + root.certificatePem);
@@ -273,29 +249,13 @@ describe('loadSigner and loadTrustFolder (files as operators keep them)', () => 
 
   it('refuses a certificate that certifies a different key than the one given', async () => {
     const root = createRootCa({ commonName: 'Root', validityDays: 30, keyType: 'ecdsa-p256' });
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
+    const leaf = codeSigningLeaf(root, 'Pub');
     const other = generateKeyPair('ecdsa-p256');
     const dir = await dirs.make();
     await writeTree(dir, { 'a.bin': 'a' });
-    await expect(
-      signPackage(dir, {
-        method: 'certificate',
-        privateKeyPem: other.privateKeyPem,
-        certificateChainPem: [leaf.certificatePem],
-      }),
-    ).rejects.toThrow(SigningError);
-    await expect(
-      signPackage(dir, {
-        method: 'certificate',
-        privateKeyPem: other.privateKeyPem,
-        certificateChainPem: [leaf.certificatePem],
-      }),
-    ).rejects.toThrow(/CN=Pub certifies a different key/);
+    const mismatched = certificateSigner({ ...leaf, privateKeyPem: other.privateKeyPem });
+    await expect(signPackage(dir, mismatched)).rejects.toThrow(SigningError);
+    await expect(signPackage(dir, mismatched)).rejects.toThrow(/CN=Pub certifies a different key/);
   });
 
   it('refuses an RSA key and an empty package, saying why', async () => {
@@ -331,12 +291,7 @@ describe('loadSigner and loadTrustFolder (files as operators keep them)', () => 
 
     const withLeaf = await dirs.make();
     const root = createRootCa({ commonName: 'Root', validityDays: 30, keyType: 'ecdsa-p256' });
-    const leaf = issueCodeSigningCertificate({
-      issuer: root,
-      commonName: 'Pub',
-      validityDays: 7,
-      keyType: 'ecdsa-p256',
-    });
+    const leaf = codeSigningLeaf(root, 'Pub');
     await writeFile(join(withLeaf, 'leaf.pem'), leaf.certificatePem);
     await expect(loadTrustFolder(withLeaf)).rejects.toThrow(
       /leaf\.pem holds certificate CN=Pub, issued by CN=Root: not self-signed/,
