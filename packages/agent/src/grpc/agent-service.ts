@@ -233,13 +233,15 @@ const GRPC_MESSAGE_PREFIX_BYTES = 5;
  * and body), and Node gives a Buffer of half its pool size or more an ArrayBuffer of its own; smaller ones are
  * slices of the shared pool. Predict's input tensors are views into the message, so handing its own memory to the
  * worker moves them all without a copy; nothing reads the request after the prediction. Anything that does not
- * look exactly like that (a pool slice, another layout) is left alone and copied as before.
+ * look exactly like that (a pool slice, another layout) is left alone and copied as before. This depends on how
+ * grpc-js 1.14.7 frames messages (stream-decoder.js, server-interceptors.js), which is why that version is pinned
+ * exactly; request-memory.test.ts fails if a new version stops matching it.
  */
 function messageMemory(request: Buffer): ArrayBuffer | undefined {
   const memory = request.buffer;
   return memory instanceof ArrayBuffer &&
     memory.byteLength >= Buffer.poolSize >>> 1 &&
-    request.byteOffset <= GRPC_MESSAGE_PREFIX_BYTES &&
+    request.byteOffset === GRPC_MESSAGE_PREFIX_BYTES &&
     request.byteOffset + request.byteLength === memory.byteLength
     ? memory
     : undefined;

@@ -60,7 +60,8 @@ export interface RunOptions {
   transferInputs?: boolean;
   /**
    * An ArrayBuffer the caller gives up in full (e.g. a gRPC request message that has memory of its own): inputs
-   * that are views into it are transferred with it, once, without a copy, and it is detached afterwards.
+   * that are views into it are transferred with it, once, without a copy. The caller must treat it as gone: it is
+   * detached when the run goes to a worker, and left as it is when the run is inline.
    */
   ownedBuffer?: ArrayBuffer;
   /**

@@ -51,7 +51,8 @@ export interface PredictOptions {
   transferInputs?: boolean;
   /**
    * An ArrayBuffer the caller gives up in full (its gRPC request message): input tensors that are views into it
-   * go to the worker inside it, transferred once without a copy, and it is detached afterwards.
+   * go to the worker inside it, transferred once without a copy. The caller must treat it as gone (it is detached
+   * when the run goes to a worker; an inline run, or an observer reading the inputs, leaves it as it is).
    */
   ownedBuffer?: ArrayBuffer;
   /**

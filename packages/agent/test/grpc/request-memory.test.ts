@@ -16,7 +16,7 @@ beforeAll(async () => {
   files = await scratch('agent-grpc-memory-');
   pool = await startPool(1);
   agent = await startTestAgent({ pool, dir: files.root });
-  for (const model of ['tiny', 'image-identity'] as const) {
+  for (const model of ['tiny', 'image-identity', 'mlp'] as const) {
     await agent.call('LoadModel', { url: await files.catalogue(model), handle: model });
   }
 });
@@ -42,6 +42,29 @@ describe('Predict input memory', () => {
       ).toBe(true);
       expect([after.copies - before.copies, after.transferred - before.transferred]).toEqual([0, bytes]);
     }
+  });
+
+  it('answers many large messages sent at once on one connection exactly as it answers each alone', async () => {
+    // 16 KiB and more a message: each arrives in several HTTP/2 frames, and with 12 in flight several messages
+    // share the socket's reads; each message's own memory goes to a worker, none may take another's bytes along.
+    const cases = Array.from({ length: 12 }, (_, i) => {
+      const rows = 1024 + 64 * i;
+      const features = Float32Array.from({ length: rows * 4 }, (_, j) => ((i * 7 + j) % 60) / 10);
+      return { features: { dataType: 'FLOAT32' as const, shape: [rows, 4], data: features } };
+    });
+    const predict = (inputs: (typeof cases)[number]) =>
+      agent.call('Predict', { handle: 'mlp', tensors: wireInputs('mlp', inputs) });
+    const alone: (Buffer | undefined)[] = [];
+    for (const inputs of cases) alone.push((await predict(inputs)).tensors?.[0]?.byteData);
+    const before = pool.stats().inputBytes;
+    const together = await Promise.all(cases.map(predict));
+    const after = pool.stats().inputBytes;
+    together.forEach((response, i) => {
+      const expected = alone[i];
+      expect(expected?.byteLength).toBe(cases[i]!.features.shape[0]! * 3 * 4);
+      expect(response.tensors?.[0]?.byteData?.equals(expected!)).toBe(true);
+    });
+    expect(after.copies - before.copies).toBe(0);
   });
 
   it('copies the tensors of a small message (Node shares its memory) and leaves concurrent requests intact', async () => {
