@@ -4,7 +4,7 @@
  * winner's, instead of finding "half a CA".
  */
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -72,7 +72,6 @@ describe('key material created by servers starting together', () => {
       },
       { generate: true },
     );
-    const { readFile } = await import('node:fs/promises');
     await mkdir(signingDir, { recursive: true, mode: 0o700 });
     await writeFile(`${files.keyFile}.lock`, '', { mode: 0o600 });
     await writeFile(files.keyFile, await readFile(path.join(dir, 'source', 'signing.key')), { mode: 0o600 });
