@@ -26,6 +26,8 @@ export const PATH_SAFE_VERSION_MESSAGE = 'a model version cannot be "." or ".."'
 export const DATA_PLANE_NAME_PATTERN = /^[a-zA-Z0-9](-*_*[a-zA-Z0-9])*$/;
 /** EntityName: deployments, model handles, fleets, devices and jobs in the control plane. */
 export const ENTITY_NAME_PATTERN = /^[a-zA-Z0-9](-*[a-zA-Z0-9])*$/;
+/** Longest SageMaker EntityName (fleet, device, job names). */
+export const MAX_ENTITY_NAME_LENGTH = 63;
 export const METRIC_NAME_PATTERN = /^[a-zA-Z0-9](-*[a-zA-Z0-9])*$/;
 export const DIMENSION_PATTERN = /^[a-zA-Z0-9](-*[a-zA-Z0-9/])*$/;
 
@@ -65,5 +67,5 @@ export const dataPlaneNameSchema = z
 
 export const entityNameSchema = z
   .string()
-  .max(63)
+  .max(MAX_ENTITY_NAME_LENGTH)
   .regex(ENTITY_NAME_PATTERN, 'expected letters and digits joined by -');

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import {
   ENTITY_NAME_PATTERN,
   isPathSafeVersion,
+  MAX_ENTITY_NAME_LENGTH,
   MAX_PACKAGED_MODEL_NAME_LENGTH,
   MAX_PACKAGED_MODEL_VERSION_LENGTH,
   MODEL_NAME_PATTERN,
@@ -46,7 +47,7 @@ function decodeCanonical(segment: string): string | undefined {
   }
 }
 
-const isJobName = (s: string) => s.length <= 63 && ENTITY_NAME_PATTERN.test(s);
+const isJobName = (s: string) => s.length <= MAX_ENTITY_NAME_LENGTH && ENTITY_NAME_PATTERN.test(s);
 const isModelName = (s: string) => s.length <= MAX_PACKAGED_MODEL_NAME_LENGTH && MODEL_NAME_PATTERN.test(s);
 const isModelVersion = (s: string) =>
   s.length <= MAX_PACKAGED_MODEL_VERSION_LENGTH && VERSION_PATTERN.test(s) && isPathSafeVersion(s);

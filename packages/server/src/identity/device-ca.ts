@@ -1,7 +1,7 @@
 import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createRootCa, generateKeyPair, issueCertificate, type CertificateAuthority } from '@edgefleet/core';
-import { createOnce, fileExists, readSecretFile, writePublicFile, writeSecretFile } from './key-files.js';
+import { createOnce, fileExists, readSecretFile } from './key-files.js';
 
 export interface IssuedCertificate {
   certificatePem: string;
@@ -73,7 +73,7 @@ export class DeviceCa {
     // Also while another server's lock exists: it may be between writing the key and the certificate.
     const lock = `${files.keyFile}.lock`;
     if (options.generate && ((await neither()) || (await fileExists(lock)))) {
-      await createOnce(lock, both, async () => {
+      await createOnce(lock, both, async (publish) => {
         // Under the lock no creator is running: one file without the other is damage (reported below).
         if (!(await neither())) return;
         const authority = createRootCa({
@@ -83,8 +83,8 @@ export class DeviceCa {
           keyType: 'ecdsa-p256',
           pathLength: 0,
         });
-        await writeSecretFile(files.keyFile, authority.privateKeyPem);
-        await writePublicFile(files.certFile, authority.certificatePem);
+        await publish.secret(files.keyFile, authority.privateKeyPem);
+        await publish.public(files.certFile, authority.certificatePem);
       });
     }
     const [haveCert, haveKey] = await Promise.all([fileExists(files.certFile), fileExists(files.keyFile)]);

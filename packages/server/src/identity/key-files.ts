@@ -70,28 +70,37 @@ export async function readSecretFile(file: string): Promise<{ content: string; l
   return { content, looseMode: (info.mode & 0o077) !== 0 };
 }
 
+/** How a creator under `createOnce` publishes key material, so that a failed creation can be undone. */
+export interface KeyFilePublisher {
+  secret(file: string, content: string): Promise<void>;
+  public(file: string, content: string): Promise<void>;
+}
+
 /**
  * Creates key material once even when several servers start together on a fresh shared folder: whoever
  * creates `lockFile` (exclusively) generates, unless `ready` already holds; the others wait while the lock
- * exists and load what the winner wrote once `ready` holds. A creator that fails removes its lock, and a
- * waiter then takes the lock and tries itself. A lock left by a crash is reported after `timeoutMs`, naming
- * the file. `create` runs only under the lock, so it may read the files without racing another creator.
+ * exists and load what the winner wrote once `ready` holds. A creator that fails (a full disk between the key
+ * and its certificate) removes the files it published while it still holds the lock, then its lock; a waiter
+ * then takes the lock and tries itself, finding no half-written set. A lock left by a crash is reported after
+ * `timeoutMs`, naming the file. `create` runs only under the lock, so it may read the files without racing
+ * another creator.
  */
 export async function createOnce(
   lockFile: string,
   ready: () => Promise<boolean>,
-  create: () => Promise<void>,
+  create: (publish: KeyFilePublisher) => Promise<void>,
   timeoutMs = 30_000,
 ): Promise<void> {
   await mkdir(path.dirname(lockFile), { recursive: true, mode: 0o700 });
-  for (let waited = 0; ; waited += 100) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
     if (await ready()) return;
     let handle;
     try {
       handle = await open(lockFile, 'wx', 0o600);
     } catch (error) {
       if ((error as { code?: unknown }).code !== 'EEXIST') throw error;
-      if (waited >= timeoutMs)
+      if (Date.now() >= deadline)
         throw new Error(
           `${lockFile} exists: another server is creating key material, or one crashed while doing so; ` +
             'if no other server is starting, remove the file and start again',
@@ -99,8 +108,23 @@ export async function createOnce(
       await sleep(100);
       continue;
     }
+    const published: string[] = [];
     try {
-      if (!(await ready())) await create();
+      if (!(await ready())) {
+        await create({
+          secret: async (file, content) => {
+            await writeSecretFile(file, content);
+            published.push(file);
+          },
+          public: async (file, content) => {
+            await writePublicFile(file, content);
+            published.push(file);
+          },
+        });
+      }
+    } catch (error) {
+      await Promise.all(published.map((file) => rm(file, { force: true })));
+      throw error;
     } finally {
       await handle.close();
       await rm(lockFile, { force: true });

@@ -3,6 +3,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   createModelPackage,
   extractPackageArchive,
@@ -27,7 +28,9 @@ export interface PackagingWorkerOptions {
   logger: Logger;
   /**
    * Runs once a job's package is built and stored, before the job is marked COMPLETED (a failure fails the
-   * job): the SageMaker facade copies packages of its jobs to their S3 output location here.
+   * job): the SageMaker facade copies packages of its jobs to their S3 output location here. It writes to one
+   * place per job whichever runner calls it, so a runner that finds it lost its claim after calling it calls
+   * it again with the job's recorded package once the job completed (see `run`).
    */
   afterPackaged?: (job: PackagingJobRecord, archiveFile: string, sizeBytes: number) => Promise<void>;
   /** An INPROGRESS job untouched this long lost its runner (a crash) and is claimed again. */
@@ -49,6 +52,14 @@ export function artifactKeyOf(
 
 /** A runner found its claim taken by a replica that resumed the job: it stops, writing nothing more. */
 class ClaimLostError extends Error {}
+
+/** How a build checks its claim: between local steps (no round trip) and before each write others see. */
+interface ClaimCheck {
+  /** Throws once a lease renewal found the claim gone. */
+  stopIfLost(step: string): void;
+  /** Throws unless the database still says the claim is the job's. */
+  assertHeld(step: string): Promise<void>;
+}
 
 /**
  * Runs packaging jobs one at a time: builds the package from the uploaded model (or re-signs an uploaded
@@ -118,27 +129,40 @@ export class PackagingWorker {
    * Builds, publishes and completes one claimed job. The claim is checked before each write that others see
    * (the artifact, the facade's S3 copy, the job's result): a runner that stalled past its lease while
    * another replica resumed the job writes none of them, and a package it stored before losing the claim
-   * is removed. Public so that a test can play two replicas holding one job.
+   * is removed. A lease renewal that finds the claim gone stops the build at its next step. Public so that a
+   * test can play two replicas holding one job.
    */
   async run(job: PackagingJobRecord, claim: PackagingClaim): Promise<void> {
     const { jobs, blobs } = this.options;
     const log = this.options.logger.child({ packagingJob: job.name });
     // Renewed well within the lease, so a slow database round trip never lets another replica take the job.
     const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
+    let lost = false;
     const touch = setInterval(
       () => {
-        jobs.touch(claim, 'packaging').catch(() => undefined);
+        jobs.touch(claim, 'packaging').then(
+          (held) => {
+            if (!held) lost = true;
+          },
+          () => undefined,
+        );
       },
       Math.min(20_000, leaseMs / 4),
     );
-    const assertHeld = async (step: string) => {
-      if (!(await jobs.holds(claim))) throw new ClaimLostError(`lost the claim on the job before ${step}`);
+    const check: ClaimCheck = {
+      stopIfLost: (step) => {
+        if (lost) throw new ClaimLostError(`lost the claim on the job before ${step}`);
+      },
+      assertHeld: async (step) => {
+        check.stopIfLost(step);
+        if (!(await jobs.holds(claim))) throw new ClaimLostError(`lost the claim on the job before ${step}`);
+      },
     };
     await mkdir(this.options.workDir, { recursive: true, mode: 0o700 });
     const dir = await mkdtemp(path.join(this.options.workDir, `job-${job.name}-`));
     let stored: string | undefined;
     try {
-      const artifact = await this.build(job, claim, dir, assertHeld, (key) => (stored = key));
+      const artifact = await this.build(job, claim, dir, check, (key) => (stored = key));
       if (!(await jobs.complete(claim, artifact))) throw new ClaimLostError('lost the claim on the job');
       stored = undefined;
       log.info({ artifact: artifact.artifactLocation }, 'packaging job completed');
@@ -159,7 +183,11 @@ export class PackagingWorker {
     }
   }
 
-  /** Packages runners left under the job's prefix before they were killed (never the job's recorded one). */
+  /**
+   * Packages runners left under the job's prefix before they were killed (never the job's recorded one). A
+   * runner killed after storing its package but after this listing leaves its package there (a live runner
+   * that lost its claim removes its own).
+   */
   private async removeOtherArtifacts(job: PackagingJobRecord, keep: string): Promise<void> {
     try {
       for (const blob of await this.options.blobs.list(`packages/${job.name}/`)) {
@@ -170,16 +198,50 @@ export class PackagingWorker {
     }
   }
 
+  /**
+   * After publishing under a lost claim: waits (at most a lease, less if the worker stops) for the job to
+   * settle and, if it COMPLETED, publishes its recorded package again, over what this runner put.
+   */
+  private async republishRecorded(job: PackagingJobRecord, dir: string): Promise<void> {
+    const { jobs, blobs, logger } = this.options;
+    const deadline = Date.now() + (this.options.leaseMs ?? DEFAULT_LEASE_MS);
+    try {
+      let settled = await jobs.get(job.name);
+      while (settled.status === 'STARTING' || settled.status === 'INPROGRESS') {
+        if (this.stopped || Date.now() >= deadline) {
+          logger.warn(
+            { packagingJob: job.name },
+            'published a package under a lost claim and the job did not settle in time: its output ' +
+              'location holds this runner’s package until the job’s runner publishes its own',
+          );
+          return;
+        }
+        await sleep(Math.min(1_000, this.options.pollIntervalMs));
+        settled = await jobs.get(job.name);
+      }
+      if (settled.status !== 'COMPLETED' || settled.artifactKey === null) return;
+      const recorded = path.join(dir, 'recorded.tar.gz');
+      await pipeline(await blobs.get(settled.artifactKey), createWriteStream(recorded, { mode: 0o600 }));
+      await this.options.afterPackaged?.(settled, recorded, (await stat(recorded)).size);
+    } catch (error) {
+      logger.warn(
+        { err: error, packagingJob: job.name },
+        'could not publish the completed job’s recorded package again over this runner’s',
+      );
+    }
+  }
+
   private async build(
     job: PackagingJobRecord,
     claim: PackagingClaim,
     dir: string,
-    assertHeld: (step: string) => Promise<void>,
+    check: ClaimCheck,
     onStored: (key: string) => void,
   ) {
     const version = await this.options.models.getVersion(job.modelName, job.modelVersion);
     const source = path.join(dir, version.sourceKind === 'onnx' ? 'model.onnx' : 'upload.tar.gz');
     await pipeline(await this.options.models.openSource(version), createWriteStream(source, { mode: 0o600 }));
+    check.stopIfLost('building its package');
 
     const packageDir = path.join(dir, `${job.modelName}-${job.modelVersion.replace(/ /g, '_')}`);
     if (version.sourceKind === 'onnx') {
@@ -195,6 +257,7 @@ export class PackagingWorker {
       await rm(path.join(packageDir, SIGNATURE_FILE), { force: true });
       await openModelPackage(packageDir, { trust: null });
     }
+    check.stopIfLost('signing its package');
     await signPackage(packageDir, this.options.signing.signer, { modelName: job.modelName });
     const archive = path.join(dir, 'package.tar.gz');
     await packModelPackage(packageDir, archive);
@@ -203,15 +266,22 @@ export class PackagingWorker {
     for await (const chunk of createReadStream(archive)) sha256.update(chunk as Buffer);
 
     const artifactKey = artifactKeyOf(job, claim);
-    await assertHeld('storing its package');
+    await check.assertHeld('storing its package');
     onStored(artifactKey);
     await this.options.blobs.put(artifactKey, createReadStream(archive), {
       contentLength: size,
       contentType: 'application/gzip',
     });
     if (this.options.afterPackaged) {
-      await assertHeld('publishing its package');
+      await check.assertHeld('publishing its package');
       await this.options.afterPackaged(job, archive, size);
+      // Held after the put landed: whoever takes the job later puts after it, so the last put is the job's.
+      // Not held: the runner that took the job may have put before this runner did, so once that job is
+      // COMPLETED this runner puts its recorded package back (only runners that lost can put after that).
+      if (!(await this.options.jobs.holds(claim))) {
+        await this.republishRecorded(job, dir);
+        throw new ClaimLostError('lost the claim on the job while publishing its package');
+      }
     }
     return {
       artifactKey,

@@ -2,13 +2,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createRootCa, issueCodeSigningCertificate, type Signer } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
-import {
-  createOnce,
-  fileExists,
-  readSecretFile,
-  writePublicFile,
-  writeSecretFile,
-} from '../identity/key-files.js';
+import { createOnce, fileExists, readSecretFile } from '../identity/key-files.js';
 import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
 
 export interface SigningKeyFiles {
@@ -46,7 +40,7 @@ export async function openSigningIdentity(
     await createOnce(
       lock,
       async () => (await presence()).every(Boolean),
-      async () => {
+      async (publish) => {
         // Under the lock no creator is running: some files without the others are damage (reported below).
         if ((await presence()).some(Boolean)) return;
         const root = createRootCa({
@@ -63,10 +57,10 @@ export async function openSigningIdentity(
           validityDays: 10 * 365,
           keyType: 'ecdsa-p256',
         });
-        if (files.rootKeyFile !== undefined) await writeSecretFile(files.rootKeyFile, root.privateKeyPem);
-        await writeSecretFile(files.keyFile, leaf.privateKeyPem);
-        await writePublicFile(files.certFile, leaf.certificatePem);
-        await writePublicFile(files.rootCertFile, root.certificatePem);
+        if (files.rootKeyFile !== undefined) await publish.secret(files.rootKeyFile, root.privateKeyPem);
+        await publish.secret(files.keyFile, leaf.privateKeyPem);
+        await publish.public(files.certFile, leaf.certificatePem);
+        await publish.public(files.rootCertFile, root.certificatePem);
       },
     );
   }

@@ -4,7 +4,7 @@
  * winner's, instead of finding "half a CA".
  */
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -72,7 +72,6 @@ describe('key material created by servers starting together', () => {
       },
       { generate: true },
     );
-    const { readFile } = await import('node:fs/promises');
     await mkdir(signingDir, { recursive: true, mode: 0o700 });
     await writeFile(`${files.keyFile}.lock`, '', { mode: 0o600 });
     await writeFile(files.keyFile, await readFile(path.join(dir, 'source', 'signing.key')), { mode: 0o600 });
@@ -88,6 +87,40 @@ describe('key material created by servers starting together', () => {
     await rm(`${files.keyFile}.lock`);
     expect(await outcome).toBe('loaded');
     expect((await opened).rootFingerprintSha256).toBe(expected.rootFingerprintSha256);
+  });
+
+  // The certificate's name is taken by a dangling symbolic link: it reads as absent, so the server generates,
+  // and publishing the certificate then fails for real (EEXIST) after the key was published.
+  it('removes the CA key it published when writing the certificate fails, so the next start creates a CA', async () => {
+    const caDir = path.join(dir, 'ca-fails');
+    const files = { certFile: path.join(caDir, 'device-ca.crt'), keyFile: path.join(caDir, 'device-ca.key') };
+    await mkdir(caDir, { recursive: true, mode: 0o700 });
+    await symlink(path.join(caDir, 'nowhere'), files.certFile);
+    await expect(DeviceCa.open(files, { generate: true })).rejects.toThrow(/device-ca\.crt already exists/);
+    // Neither the key nor the lock is left behind: no "half a CA" for the servers that start next.
+    expect(await readdir(caDir)).toEqual(['device-ca.crt']);
+    await rm(files.certFile);
+    const ca = await DeviceCa.open(files, { generate: true });
+    expect((await DeviceCa.open(files, { generate: false })).fingerprintSha256).toBe(ca.fingerprintSha256);
+  });
+
+  it('removes the signing keys it published when writing the last certificate fails', async () => {
+    const signingDir = path.join(dir, 'signing-fails');
+    const files = {
+      rootCertFile: path.join(signingDir, 'root.crt'),
+      rootKeyFile: path.join(signingDir, 'root.key'),
+      certFile: path.join(signingDir, 'signing.crt'),
+      keyFile: path.join(signingDir, 'signing.key'),
+    };
+    await mkdir(signingDir, { recursive: true, mode: 0o700 });
+    await symlink(path.join(signingDir, 'nowhere'), files.rootCertFile);
+    await expect(openSigningIdentity(files, { generate: true })).rejects.toThrow(/root\.crt already exists/);
+    expect(await readdir(signingDir)).toEqual(['root.crt']);
+    await rm(files.rootCertFile);
+    const identity = await openSigningIdentity(files, { generate: true });
+    expect((await openSigningIdentity(files, { generate: false })).rootFingerprintSha256).toBe(
+      identity.rootFingerprintSha256,
+    );
   });
 
   it('creates one CA and one signing identity when three server processes start at once', async () => {

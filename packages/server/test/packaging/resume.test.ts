@@ -6,8 +6,11 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
+import { S3Objects } from '../../src/blobs/index.js';
 import { PackagingJobStore, PackagingWorker } from '../../src/packaging/index.js';
+import { exportFacadePackages } from '../../src/sagemaker/index.js';
 import { databaseEngines } from '../support/engines.js';
+import { startTestS3 } from '../support/s3.js';
 import { startTestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
@@ -144,23 +147,35 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         database: await fixture.createLocation(),
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
+      // Where the SageMaker facade publishes its jobs' packages (Edge Manager's S3 output location).
+      const s3 = await startTestS3('package-outputs');
       try {
         await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-claims`));
         const { database, blobs, services } = t.server;
+        const outputs = new S3Objects({
+          endpoint: s3.endpoint,
+          forcePathStyle: true,
+          credentials: s3.credentials,
+        });
+        const publishToS3 = exportFacadePackages(database.db, outputs);
+        type Publish = typeof publishToS3;
         // Replica A: its runner stalled past its lease (its clock makes every claim it writes look old).
         const stalled = new PackagingJobStore(database.db, services.models, () => Date.now() - 10 * 60_000);
-        const replicaA = (afterPackaged?: () => Promise<void>) =>
+        const replica = (jobs: PackagingJobStore, name: string, afterPackaged?: Publish) =>
           new PackagingWorker({
-            jobs: stalled,
+            jobs,
             models: services.models,
             blobs,
             signing: services.signing,
-            workDir: path.join(work, `${fixture.engine}-replica-a`),
+            workDir: path.join(work, `${fixture.engine}-${name}`),
             pollIntervalMs: 3_600_000,
             leaseMs: LEASE_MS,
             logger: t.server.logger,
             ...(afterPackaged && { afterPackaged }),
           });
+        const replicaA = (afterPackaged?: Publish) => replica(stalled, 'replica-a', afterPackaged);
+        // Replica B: healthy, publishing to S3 as the facade does.
+        const replicaB = replica(services.packagingJobs, 'replica-b', publishToS3);
         const published = async (name: string) => {
           const job = (await t.call('GET', `/api/v1/packaging-jobs/${name}`, { token: t.readToken })).body;
           const bytes = Buffer.from(
@@ -186,13 +201,37 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         expect(after.sha256).toBe(byB.job.artifact.sha256);
         expect(after.stored).toEqual([byB.job.artifact.key]);
 
-        // A stores its package and is about to complete when B resumes the job and completes it first.
-        await stalled.create({ name: 'job-overtaken', modelName: 'tiny', modelVersion: '1' });
+        // A facade job: A stores its package and checks its claim before publishing to S3; then it stalls, B
+        // resumes the job, publishes its package to S3 and completes, and A's put to S3 lands after B's.
+        await stalled.create({
+          name: 'job-overtaken',
+          modelName: 'tiny',
+          modelVersion: '1',
+          outputS3Location: 's3://package-outputs/out',
+        });
+        await database.db
+          .insertInto('edge_packaging_job_sources')
+          .values({
+            job_name: 'job-overtaken',
+            compilation_job_name: 'compiled',
+            role_arn: 'arn:aws:iam::123456789012:role/edge',
+            tags: '[]',
+          })
+          .execute();
         const overtaken = (await stalled.claimNext(LEASE_MS))!;
         let storedByA: string[] = [];
-        await replicaA(async () => {
-          storedByA = (await blobs.list('packages/job-overtaken/')).map((b) => b.key);
-          await services.packagingWorker.drain();
+        const putsByA: string[] = [];
+        await replicaA(async (job, archiveFile, sizeBytes) => {
+          if (putsByA.length === 0) {
+            storedByA = (await blobs.list('packages/job-overtaken/')).map((b) => b.key);
+            await replicaB.drain();
+          }
+          putsByA.push(
+            createHash('sha256')
+              .update(await readFile(archiveFile))
+              .digest('hex'),
+          );
+          await publishToS3(job, archiveFile, sizeBytes);
         }).run(overtaken.job, overtaken.claim);
         expect(storedByA).toHaveLength(1);
         const final = await published('job-overtaken');
@@ -200,8 +239,17 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         expect(final.job.artifact.key).not.toBe(storedByA[0]);
         expect(final.sha256).toBe(final.job.artifact.sha256);
         expect(final.stored).toEqual([final.job.artifact.key]);
+        // A put its own package over B's, found its claim gone, and put the job's recorded package back.
+        expect(putsByA).toHaveLength(2);
+        expect(putsByA[0]).not.toBe(final.job.artifact.sha256);
+        expect(putsByA[1]).toBe(final.job.artifact.sha256);
+        const inS3 = createHash('sha256');
+        for await (const chunk of await outputs.get('s3://package-outputs/out/tiny-1.tar.gz'))
+          inS3.update(chunk as Buffer);
+        expect(inS3.digest('hex')).toBe(final.job.artifact.sha256);
       } finally {
         await t.stop();
+        await s3.stop();
       }
     },
     60_000,
