@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
+import { waitUntil } from '../support/wait-until.js';
 import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
 
 // The KServe v2 system shared memory extension over System V segments: regions registered by name, inputs read
@@ -194,10 +195,11 @@ describe('KServe v2 system shared memory', () => {
         agent.registry.predict('slow', [
           { name: Buffer.from('x'), dataType: 'FLOAT32', shape: slow.shape, data: bytesOf(slow.data) },
         ]);
-      const queued = async (): Promise<void> => {
-        while (!agent.pool.stats().models.some((m) => m.key.startsWith('tiny') && m.queued === 1))
-          await new Promise((resolve) => setTimeout(resolve, 1));
-      };
+      const queued = () =>
+        waitUntil(
+          () => agent.pool.stats().models.some((m) => m.key.startsWith('tiny') && m.queued === 1),
+          'the request to wait in the tiny model queue',
+        );
       let busy = Promise.all([slowRun(), slowRun()]);
       let pending = inferViaRegions('in', 'out');
       await queued();
@@ -224,7 +226,7 @@ describe('KServe v2 system shared memory', () => {
       result = await pending;
       expect(result.status).toBe(400);
       expect(result.text()).toMatch(
-        /output \\"y\\": shared memory segment \d+ no longer exists \(removed after the agent checked it\)/,
+        /output \\"y\\": shared memory segment \d+ does not exist \(removed, or never created\): cannot attach it read-write/,
       );
       expect((await inferViaRegions('in', 'out')).status).toBe(200);
     } finally {
