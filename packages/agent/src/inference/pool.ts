@@ -139,7 +139,8 @@ export interface PoolStats {
   /**
    * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
    * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors); in
-   * System V shared memory, which the worker maps itself (`segment`: no copy, nothing sent).
+   * System V shared memory, which the worker maps itself (`segment`: nothing sent; no copy unless misaligned or on
+   * a big-endian host, then one inside the worker).
    */
   inputBytes: InputByteCounts;
   /** Where requests ran (warm-up runs included), and the inline path's budget. */

@@ -26,7 +26,8 @@ export interface PoolTensor {
 /**
  * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
  * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors); in System V
- * shared memory the worker maps itself (`segment`: neither copied nor sent).
+ * shared memory the worker maps itself (`segment`: not sent; copied only inside the worker, and only when
+ * misaligned or on a big-endian host, see ort-tensors.ts).
  */
 export interface InputByteCounts {
   transferred: number;

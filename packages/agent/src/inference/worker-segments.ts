@@ -1,14 +1,17 @@
 /**
  * System V segments as an inference worker maps them itself: the agent's event loop checks a caller's
  * permission and the bounds, then hands the worker a SegmentReference instead of the bytes; the worker attaches
- * the segment (read-only for inputs, read-write for outputs); ONNX Runtime reads inputs where they lie and the
- * worker writes outputs there, so no tensor is copied through the event loop.
+ * the segment (read-only for inputs, read-write for outputs); ONNX Runtime reads inputs where they lie (unless
+ * misaligned, see ort-tensors.ts) and the worker writes outputs there, so no tensor is copied through the event
+ * loop.
  *
- * Checks, here being authoritative: the id still names the segment the event loop checked (its identity), and the
- * bytes lie inside the mapping. Attachments are kept for reuse (clients reuse their segments) up to a bound, and
- * let go of when their segment is removed or marked for removal (`sweep`, on the worker's timer and on every
- * attach; one already marked when attached is let go of when its run ends). While we hold a segment attached the kernel cannot give its id to another one, so a cached mapping is
- * always the segment its id names. Nothing is unmapped while a run may use it (`beginRun`/`endRun`).
+ * Checks on every use, here being authoritative: the id still names the segment the event loop checked, with the
+ * permissions it checked (IPC_STAT against its identity: size, creator, ctime, mode, owner and creator ids), and
+ * the bytes lie inside the mapping. Attachments are kept for reuse (clients reuse their segments) up to a bound,
+ * and let go of when their segment is removed or marked for removal (`sweep`, on the worker's timer and on every
+ * attach; one already marked when attached is let go of when its run ends). While we hold a segment attached the
+ * kernel cannot give its id to another one, so a cached mapping is always the segment its id names. Nothing is
+ * unmapped while a run may use it (`beginRun`/`endRun`).
  */
 import { markAsUntransferable } from 'node:worker_threads';
 import type { Tensor } from 'onnxruntime-node';
@@ -17,10 +20,10 @@ import type { OrtTensorType, WireSegmentOutput, WireSegmentTensor } from './prot
 import { HOST_IS_LITTLE_ENDIAN, swapBytesInPlace } from './tensor-bytes.js';
 import {
   SharedMemoryError,
-  isSysvShmSystemError,
-  sameSegment,
+  detachQuietly,
   identityOf,
-  type SegmentIdentity,
+  sameSegment,
+  sharedMemoryErrorOf,
   type SegmentReference,
   type SegmentStat,
   type SysvShmAddon,
@@ -39,7 +42,6 @@ interface Attachment {
   segmentId: number;
   access: SegmentAccess;
   buffer: ArrayBuffer;
-  identity: SegmentIdentity;
   /** The run that last used it: a mapping used by the current run is never unmapped before the run ends. */
   run: number;
   /** Marked for removal when attached (clients that remove a segment right after sending it): not kept. */
@@ -130,12 +132,10 @@ export class WorkerSegments {
     if (cached !== undefined) {
       this.#cache.delete(key);
       this.#cache.set(key, cached);
-      if (sameSegment(cached.identity, reference.identity)) return cached;
-      // We hold it, so the id names the same segment; only an IPC_SET since we attached changes its identity.
-      const now = this.#stat(segmentId, what);
-      if (now === undefined) throw notFound(segmentId, what);
-      if (!sameSegment(identityOf(now), reference.identity)) throw changed(segmentId, what);
-      cached.identity = reference.identity;
+      // We hold it, so the id names the same segment; but an IPC_SET (chmod, chown) may have come since the event
+      // loop checked it: one IPC_STAT per use (cheap next to mapping it afresh) tells.
+      if (!sameSegment(identityOf(this.#stat(segmentId, what)), reference.identity))
+        throw changed(segmentId, what);
       return cached;
     }
     const addon = this.#loadAddon();
@@ -144,26 +144,29 @@ export class WorkerSegments {
     try {
       buffer = access === 'read' ? addon.attachReadOnly(segmentId) : addon.attachReadWrite(segmentId);
     } catch (error) {
-      throw fromSystemError(error, segmentId, what, access);
+      throw sharedMemoryErrorOf(error, segmentId, {
+        action: `attach it ${access === 'read' ? 'read-only' : 'read-write'}`,
+        access,
+        what,
+      });
     }
     // Transferring it back to the event loop would hand over memory we unmap later.
     markAsUntransferable(buffer);
-    let stat: SegmentStat | undefined;
+    let stat: SegmentStat;
     try {
       stat = this.#stat(segmentId, what);
     } catch (error) {
       detachQuietly(addon, buffer);
       throw error;
     }
-    if (stat === undefined || !sameSegment(identityOf(stat), reference.identity)) {
+    if (!sameSegment(identityOf(stat), reference.identity)) {
       detachQuietly(addon, buffer);
-      throw stat === undefined ? notFound(segmentId, what) : changed(segmentId, what);
+      throw changed(segmentId, what);
     }
     const attachment: Attachment = {
       segmentId,
       access,
       buffer,
-      identity: reference.identity,
       run: this.#run,
       removed: stat.markedForRemoval,
     };
@@ -171,14 +174,12 @@ export class WorkerSegments {
     return attachment;
   }
 
-  /** The segment's status; undefined when the id names no segment (any more). */
-  #stat(segmentId: number, what: string): SegmentStat | undefined {
+  /** The segment's status. @throws SharedMemoryError (SEGMENT_NOT_FOUND once it is gone). */
+  #stat(segmentId: number, what: string): SegmentStat {
     try {
       return this.#loadAddon().stat(segmentId);
     } catch (error) {
-      if (isSysvShmSystemError(error) && (error.code === 'EINVAL' || error.code === 'EIDRM'))
-        return undefined;
-      throw fromSystemError(error, segmentId, what, 'read');
+      throw sharedMemoryErrorOf(error, segmentId, { action: 'read the status of', what });
     }
   }
 
@@ -206,51 +207,11 @@ export class WorkerSegments {
   }
 }
 
-function detachQuietly(addon: SysvShmAddon, buffer: ArrayBuffer): void {
-  try {
-    addon.detach(buffer);
-  } catch {
-    // Already detached.
-  }
-}
-
-function notFound(segmentId: number, what: string): SharedMemoryError {
-  return new SharedMemoryError(
-    'SEGMENT_NOT_FOUND',
-    `${what}: shared memory segment ${segmentId} no longer exists (removed after the agent checked it); expected the segment to stay until the response`,
-    segmentId,
-  );
-}
-
 function changed(segmentId: number, what: string): SharedMemoryError {
   return new SharedMemoryError(
     'SEGMENT_CHANGED',
     `${what}: shared memory segment ${segmentId} is not the segment the agent checked (it was removed and its id reused, or its permissions were changed meanwhile); expected the segment to stay as it was until the response`,
     segmentId,
-  );
-}
-
-function fromSystemError(
-  error: unknown,
-  segmentId: number,
-  what: string,
-  access: SegmentAccess,
-): SharedMemoryError {
-  const code = isSysvShmSystemError(error) ? error.code : undefined;
-  const detail = error instanceof Error ? error.message : String(error);
-  if (code === 'EINVAL' || code === 'EIDRM') return notFound(segmentId, what);
-  if (code === 'EACCES' || code === 'EPERM')
-    return new SharedMemoryError(
-      'ACCESS_DENIED',
-      `${what}: the agent may not attach shared memory segment ${segmentId} ${access === 'read' ? 'read-only' : 'read-write'} (${detail})`,
-      segmentId,
-      { cause: error },
-    );
-  return new SharedMemoryError(
-    'ATTACH_FAILED',
-    `${what}: cannot attach shared memory segment ${segmentId}: ${detail}`,
-    segmentId,
-    { cause: error },
   );
 }
 

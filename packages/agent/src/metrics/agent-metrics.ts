@@ -142,7 +142,7 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'edgefleet_inference_input_bytes_total',
-      help: 'Input tensor bytes handed to workers, by how: transferred (no copy), shared (no copy), copied, segment (System V shared memory the worker maps itself: no copy)',
+      help: 'Input tensor bytes handed to workers, by how: transferred (no copy), shared (no copy), copied, segment (System V shared memory the worker maps itself: no copy on the event loop; one in the worker for a tensor at an offset not a multiple of its element size, or on a big-endian host)',
       labelNames: ['path'],
       registers: [this.registry],
       collect() {

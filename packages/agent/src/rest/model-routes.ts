@@ -86,28 +86,36 @@ export function registerModelRoutes(
         request.headers[INFERENCE_HEADER_CONTENT_LENGTH],
       );
       checkRequestedOutputs(model, decoded.outputs);
-      const caller =
-        decoded.sharedInputs.length > 0 || decoded.outputs?.some((o) => o.sharedMemory)
-          ? peerOf(request.raw.socket)
-          : null;
-      const leases = regions.readInputs(decoded.inputs, decoded.sharedInputs, caller);
+      const regionNames = decoded.sharedInputs.map((place) => place.region);
+      for (const output of decoded.outputs ?? [])
+        if (output.sharedMemory) regionNames.push(output.sharedMemory.region);
+      const caller = regionNames.length > 0 ? peerOf(request.raw.socket) : null;
+      // Until the outputs are written, unregistering a region this request names waits for it: once unregister
+      // has answered, the client may reuse the memory, and nothing here touches it any more.
+      const regionUse = regions.use(regionNames);
       let result;
       try {
-        const outputSegments = regions.outputSegments(decoded.outputs, caller);
-        // The inputs were built for this request alone: hand them to the worker without a copy (those in shared
-        // memory are mapped by the worker itself, or read in place by the inline path).
-        result = await registry.predict(name, decoded.inputs, {
-          transferInputs: true,
-          ...(outputSegments && { outputSegments }),
-        });
+        const leases = regions.readInputs(decoded.inputs, decoded.sharedInputs, caller);
+        try {
+          const outputSegments = regions.outputSegments(decoded.outputs, caller);
+          // The inputs were built for this request alone: hand them to the worker without a copy (those in shared
+          // memory are mapped by the worker itself, or read in place by the inline path).
+          result = await registry.predict(name, decoded.inputs, {
+            transferInputs: true,
+            ...(outputSegments && { outputSegments }),
+          });
+        } finally {
+          for (const lease of leases) lease.release();
+        }
+        for (const output of decoded.outputs ?? []) {
+          if (!output.sharedMemory) continue;
+          const produced = result.outputs.find((o) => o.name.toString('utf8') === output.name);
+          // Written into the region by the worker already, or (the inline path) to be written here.
+          if (produced && !produced.writtenToSegment)
+            regions.writeOutput(output.name, output.sharedMemory, produced.data, caller);
+        }
       } finally {
-        for (const lease of leases) lease.release();
-      }
-      for (const output of decoded.outputs ?? []) {
-        if (!output.sharedMemory) continue;
-        const produced = result.outputs.find((o) => o.name.toString('utf8') === output.name);
-        if (produced?.writtenToSegment) regions.confirmWritten(output.name, output.sharedMemory);
-        else if (produced) regions.writeOutput(output.name, output.sharedMemory, produced.data, caller);
+        regionUse.release();
       }
       const response = encodeInferResponse(result, decoded.id, decoded.outputs, decoded.binaryOutputs);
       if (response.binary.length === 0) return reply.type(JSON_TYPE).send(response.json);

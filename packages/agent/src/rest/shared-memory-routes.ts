@@ -6,7 +6,11 @@
  *
  * Only callers on the agent's Unix socket, whose credentials the kernel gives (SO_PEERCRED), may register or use
  * regions, and only segments they could attach themselves: read for registering and inputs, write for outputs
- * (the same check as the gRPC door's shared memory). Each use checks again, against the segment as it is then.
+ * (the same check as the gRPC door's shared memory). Each request checks again, against the segment as it is
+ * then; the inference worker checks once more that the segment is still as checked (see SegmentIdentity).
+ *
+ * A region is in use while a request that names it runs: unregistering it waits for those requests (at most
+ * UNREGISTER_WAIT_MS), so that once unregister has answered the agent touches that memory no more.
  */
 import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
@@ -32,6 +36,12 @@ export const RegisterRegionSchema = z.object({
   byte_size: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
 });
 
+/**
+ * How long unregistering a region waits for the requests using it: as long as a request may take on the REST
+ * listeners. Past it, unregister fails and the region stays registered.
+ */
+export const UNREGISTER_WAIT_MS = 30_000;
+
 interface Region {
   name: string;
   key: string;
@@ -40,14 +50,25 @@ interface Region {
   byteSize: number;
   /** Who registered it: only they (or root) may unregister it. */
   ownerUid: number;
+  /** Requests running that name it (for inputs or outputs). */
+  uses: number;
+  /** Being unregistered: new requests may not use it. */
+  unregistering: boolean;
+  /** Called once `uses` drops to 0. */
+  whenIdle: Array<() => void>;
+}
+
+/** One request's use of the regions it names; `release` once nothing of the request touches them any more. */
+export interface RegionUse {
+  release(): void;
 }
 
 /** Finds the credentials of the connection a request came on (null: not the Unix socket, or unknown). */
 export type PeerOf = (socket: Socket) => PeerCredentials | null;
 
-export interface SharedMemoryRoutesOptions {
-  reader: SharedMemoryReader | null;
-  peerOf: PeerOf;
+export interface SharedMemoryRegionsOptions {
+  /** See UNREGISTER_WAIT_MS (the default). */
+  unregisterWaitMs?: number;
 }
 
 const statusOf = (region: Region) => ({
@@ -69,9 +90,13 @@ function restErrorOf(error: unknown): unknown {
 export class SharedMemoryRegions {
   readonly #regions = new Map<string, Region>();
   readonly #reader: SharedMemoryReader | null;
+  readonly #unregisterWaitMs: number;
 
-  constructor(reader: SharedMemoryReader | null) {
+  constructor(reader: SharedMemoryReader | null, options: SharedMemoryRegionsOptions = {}) {
     this.#reader = reader;
+    this.#unregisterWaitMs = options.unregisterWaitMs ?? UNREGISTER_WAIT_MS;
+    if (!(this.#unregisterWaitMs >= 0))
+      throw new RangeError(`unregisterWaitMs must be a number ≥ 0, not ${this.#unregisterWaitMs}`);
   }
 
   get available(): boolean {
@@ -100,27 +125,100 @@ export class SharedMemoryRegions {
     } catch (error) {
       throw restErrorOf(error);
     }
-    this.#regions.set(name, { name, key, segmentId, offset, byteSize, ownerUid: caller!.uid });
+    this.#regions.set(name, {
+      name,
+      key,
+      segmentId,
+      offset,
+      byteSize,
+      ownerUid: caller!.uid,
+      uses: 0,
+      unregistering: false,
+      whenIdle: [],
+    });
   }
 
-  /** Unregisters one region, or (no name) every region the caller registered (all of them for root). */
-  unregister(name: string | undefined, caller: PeerCredentials | null): void {
+  /**
+   * Unregisters one region, or (no name) every region the caller registered (all of them for root). Waits for the
+   * requests using them (new ones may not use them meanwhile); past `unregisterWaitMs` those still in use stay
+   * registered and it fails with a 409.
+   */
+  async unregister(name: string | undefined, caller: PeerCredentials | null): Promise<void> {
     this.#requireReader();
     if (caller === null)
       throw new RestError(403, 'system shared memory is only for callers on the Unix socket');
     const mayDrop = (region: Region) => caller.uid === 0 || caller.uid === region.ownerUid;
+    let dropping: Region[];
     if (name === undefined) {
-      for (const region of [...this.#regions.values()])
-        if (mayDrop(region)) this.#regions.delete(region.name);
-      return;
+      dropping = [...this.#regions.values()].filter(mayDrop);
+    } else {
+      const region = this.#get(name);
+      if (!mayDrop(region))
+        throw new RestError(
+          403,
+          `region ${JSON.stringify(name)} was registered by uid ${region.ownerUid}; only that user (or root) may unregister it`,
+        );
+      dropping = [region];
     }
-    const region = this.#get(name);
-    if (!mayDrop(region))
+    for (const region of dropping) region.unregistering = true;
+    await this.#idle(dropping);
+    const busy: Region[] = [];
+    for (const region of dropping) {
+      if (region.uses > 0) {
+        region.unregistering = false;
+        busy.push(region);
+      } else if (this.#regions.get(region.name) === region) {
+        this.#regions.delete(region.name);
+      }
+    }
+    if (busy.length > 0)
       throw new RestError(
-        403,
-        `region ${JSON.stringify(name)} was registered by uid ${region.ownerUid}; only that user (or root) may unregister it`,
+        409,
+        `system shared memory ${busy.length === 1 ? 'region' : 'regions'} ${busy.map((r) => JSON.stringify(r.name)).join(', ')} still in use by a request after ${this.#unregisterWaitMs} ms, so still registered; expected the requests using it to end first (try again)`,
       );
-    this.#regions.delete(name);
+  }
+
+  /**
+   * Marks the regions a request names as in use until `release`: unregistering them waits for it. Call before
+   * anything reads or writes them, and release once nothing will (outputs written, input leases released). A
+   * region being unregistered is refused; one not registered is left to the checks that name the tensor.
+   */
+  use(names: Iterable<string>): RegionUse {
+    const used: Region[] = [];
+    for (const name of new Set(names)) {
+      const region = this.#regions.get(name);
+      if (region === undefined) continue;
+      if (region.unregistering)
+        throw new RestError(
+          400,
+          `system shared memory region ${JSON.stringify(name)} is being unregistered; expected a registered region`,
+        );
+      used.push(region);
+    }
+    for (const region of used) region.uses++;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        for (const region of used) {
+          region.uses--;
+          if (region.uses === 0) for (const resolve of region.whenIdle.splice(0)) resolve();
+        }
+      },
+    };
+  }
+
+  /** Waits until none of `regions` is in use, at most `unregisterWaitMs`. */
+  async #idle(regions: Region[]): Promise<void> {
+    const busy = regions.filter((region) => region.uses > 0);
+    if (busy.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(busy.map((region) => new Promise<void>((resolve) => region.whenIdle.push(resolve)))),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, this.#unregisterWaitMs))),
+    ]);
+    clearTimeout(timer);
   }
 
   status(name: string | undefined): ReturnType<typeof statusOf>[] {
@@ -191,14 +289,6 @@ export class SharedMemoryRegions {
       }
     }
     return places;
-  }
-
-  /**
-   * After a worker wrote an output into its region: the region must still be registered, else the client is told
-   * (it unregistered the region while the request ran).
-   */
-  confirmWritten(name: string, place: SharedMemoryPlace): void {
-    this.#within(place, `output ${JSON.stringify(name)}`);
   }
 
   /** Writes an output into its region; the region must still be registered and large enough. */
@@ -272,11 +362,11 @@ export function registerSharedMemoryRoutes(
     return {};
   });
   app.post<{ Params: RegionParams }>(`${base}/region/:name/unregister`, async (request) => {
-    regions.unregister(request.params.name, peerOf(request.raw.socket));
+    await regions.unregister(request.params.name, peerOf(request.raw.socket));
     return {};
   });
   app.post(`${base}/unregister`, async (request) => {
-    regions.unregister(undefined, peerOf(request.raw.socket));
+    await regions.unregister(undefined, peerOf(request.raw.socket));
     return {};
   });
 }

@@ -1,5 +1,11 @@
 // System V shared memory: the segments SageMaker Edge clients name in SharedMemoryHandle (spec §3 item 6).
-export { SharedMemoryError, SharedMemoryReader, SegmentLocationSchema } from './shared-memory.js';
+export {
+  SharedMemoryError,
+  SharedMemoryReader,
+  SegmentLocationSchema,
+  detachQuietly,
+  sharedMemoryErrorOf,
+} from './shared-memory.js';
 export type {
   SegmentLease,
   SegmentLocation,

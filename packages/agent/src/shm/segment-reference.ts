@@ -1,15 +1,24 @@
 import type { SegmentStat } from './sysv-shm-addon.js';
 
 /**
- * What tells one System V segment from another that later reuses its id: its size, creator and the time of its
- * creation (or last IPC_SET). The kernel gives an id back only after the segment is destroyed, and a new segment
- * with the same id and the same size, creator pid and ctime would have to be created by the same process within
- * the same second after a full cycle of the id's sequence number.
+ * What tells one System V segment from another that later reuses its id, and a segment from itself after an
+ * IPC_SET: its size and creator, the time of its creation (or last IPC_SET), and the permissions the event loop
+ * checked the caller against (mode, owner, creator). ctime has whole seconds only, so an IPC_SET (chmod, chown)
+ * within the second of the creation or of the previous IPC_SET shows only in the permissions it changed; one that
+ * changes nothing the access check reads cannot change its answer. The kernel gives an id back only after the
+ * segment is destroyed, and a new segment with the same id and all these the same would have to be created by
+ * the same process within the same second after a full cycle of the id's sequence number.
  */
 export interface SegmentIdentity {
   size: number;
   creatorPid: number;
   changeTime: number;
+  /** Permission bits, and the owner and creator ids the access check (segment-access.ts) reads. */
+  mode: number;
+  ownerUid: number;
+  ownerGid: number;
+  creatorUid: number;
+  creatorGid: number;
 }
 
 /**
@@ -27,9 +36,19 @@ export interface SegmentReference {
 }
 
 export function identityOf(stat: SegmentStat): SegmentIdentity {
-  return { size: stat.size, creatorPid: stat.creatorPid, changeTime: stat.changeTime };
+  const { size, creatorPid, changeTime, mode, ownerUid, ownerGid, creatorUid, creatorGid } = stat;
+  return { size, creatorPid, changeTime, mode, ownerUid, ownerGid, creatorUid, creatorGid };
 }
 
 export function sameSegment(a: SegmentIdentity, b: SegmentIdentity): boolean {
-  return a.size === b.size && a.creatorPid === b.creatorPid && a.changeTime === b.changeTime;
+  return (
+    a.size === b.size &&
+    a.creatorPid === b.creatorPid &&
+    a.changeTime === b.changeTime &&
+    a.mode === b.mode &&
+    a.ownerUid === b.ownerUid &&
+    a.ownerGid === b.ownerGid &&
+    a.creatorUid === b.creatorUid &&
+    a.creatorGid === b.creatorGid
+  );
 }

@@ -251,7 +251,7 @@ export class SharedMemoryReader {
       try {
         buffer = this.addon.attachReadWrite(segmentId);
       } catch (error) {
-        throw fromSystemError(error, segmentId, 'attach');
+        throw sharedMemoryErrorOf(error, segmentId, { action: 'attach', access: 'write' });
       }
       markAsUntransferable(buffer);
     }
@@ -372,7 +372,7 @@ export class SharedMemoryReader {
       const cached = this.cache.get(segmentId);
       if (cached !== undefined) this.retire(cached);
       this.dropWritable(segmentId);
-      throw fromSystemError(error, segmentId, 'read the size of');
+      throw sharedMemoryErrorOf(error, segmentId, { action: 'read the size of' });
     }
   }
 
@@ -381,7 +381,7 @@ export class SharedMemoryReader {
     try {
       buffer = this.addon.attachReadOnly(segmentId);
     } catch (error) {
-      throw fromSystemError(error, segmentId, 'attach');
+      throw sharedMemoryErrorOf(error, segmentId, { action: 'attach' });
     }
     // Transferring it to a worker would hand over memory we are about to unmap; copying is fine.
     markAsUntransferable(buffer);
@@ -411,15 +411,12 @@ export class SharedMemoryReader {
 
   private detachIfUnused(attachment: Attachment): void {
     if (attachment.leases > 0 || this.cache.get(attachment.segmentId) === attachment) return;
-    try {
-      this.addon.detach(attachment.buffer);
-    } catch {
-      // Only a foreign ArrayBuffer makes detach throw; ours was already detached or will be at collection.
-    }
+    detachQuietly(this.addon, attachment.buffer);
   }
 }
 
-function detachQuietly(addon: SysvShmAddon, buffer: ArrayBuffer): void {
+/** Detaches a mapping, ignoring one already detached (what a cleanup path wants). */
+export function detachQuietly(addon: SysvShmAddon, buffer: ArrayBuffer): void {
   try {
     addon.detach(buffer);
   } catch {
@@ -472,13 +469,23 @@ function checkBounds(segmentId: number, offset: number, length: number, segmentS
   }
 }
 
-function fromSystemError(error: unknown, segmentId: number, action: string): SharedMemoryError {
+/**
+ * The SharedMemoryError for a failed addon call on a segment, by its errno: EINVAL or EIDRM SEGMENT_NOT_FOUND,
+ * EACCES or EPERM ACCESS_DENIED, anything else ATTACH_FAILED. `action` is what failed ("attach", "read the status
+ * of"), `access` what the agent needed (read-only or read-write), `what` (optional) the tensor, as a prefix.
+ */
+export function sharedMemoryErrorOf(
+  error: unknown,
+  segmentId: number,
+  { action, access = 'read', what }: { action: string; access?: 'read' | 'write'; what?: string },
+): SharedMemoryError {
   const code = isSysvShmSystemError(error) ? error.code : undefined;
   const detail = error instanceof Error ? error.message : String(error);
+  const prefix = what === undefined ? '' : `${what}: `;
   if (code === 'EINVAL' || code === 'EIDRM') {
     return new SharedMemoryError(
       'SEGMENT_NOT_FOUND',
-      `shared memory segment ${segmentId} does not exist (removed, or never created): cannot ${action} it (${detail})`,
+      `${prefix}shared memory segment ${segmentId} does not exist (removed, or never created): cannot ${action} it (${detail})`,
       segmentId,
       { cause: error },
     );
@@ -486,18 +493,16 @@ function fromSystemError(error: unknown, segmentId: number, action: string): Sha
   if (code === 'EACCES' || code === 'EPERM') {
     return new SharedMemoryError(
       'ACCESS_DENIED',
-      `the agent may not read shared memory segment ${segmentId}: cannot ${action} it (${detail}); ` +
-        'expected a segment readable by the agent’s user (clients usually set mode 0400 as the same user)',
+      `${prefix}the agent may not ${access} shared memory segment ${segmentId}: cannot ${action} it (${detail}); ` +
+        `expected a segment ${access === 'read' ? 'readable' : 'writable'} by the agent’s user (clients usually set mode ${access === 'read' ? '0400' : '0600'} as the same user)`,
       segmentId,
       { cause: error },
     );
   }
   return new SharedMemoryError(
     'ATTACH_FAILED',
-    `cannot ${action} shared memory segment ${segmentId}: ${detail}`,
+    `${prefix}cannot ${action} shared memory segment ${segmentId}: ${detail}`,
     segmentId,
-    {
-      cause: error,
-    },
+    { cause: error },
   );
 }

@@ -3,6 +3,7 @@ import { AgentDataType, TEST_MODELS } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { InferencePool } from '../../src/inference/index.js';
 import { loadSysvShmAddon } from '../../src/shm/index.js';
+import { waitUntil } from '../support/wait-until.js';
 import {
   bytesOf,
   callError,
@@ -98,12 +99,11 @@ describe('Predict with inputs in System V shared memory', () => {
 
   it('answers INVALID_ARGUMENT when the segment changed between the check and the worker, and keeps serving', async () => {
     await agent.call('LoadModel', { url: await files.catalogue('slow'), handle: 'slow' });
-    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
     try {
       const x = bytesOf(TEST_MODELS.tiny.sampleInputs().x!.data);
+      // The chmod below most likely falls in the same second as the client's (ctime has whole seconds): the
+      // changed mode itself must show.
       const shmid = clientSegment(x);
-      // The kernel keeps ctime in whole seconds: let one pass since the client's chmod, so the next IPC_SET shows.
-      while (Math.floor(Date.now() / 1000) <= addon.stat(shmid).changeTime) await sleep(20);
       const slowX = TEST_MODELS.slow.sampleInputs().x!;
       const slowMetadata = { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: slowX.shape };
       const slowCall = () =>
@@ -123,10 +123,15 @@ describe('Predict with inputs in System V shared memory', () => {
         });
       // The one worker is busy with two slow runs, so the checked request waits in the queue meanwhile.
       const busy = Promise.all([slowCall(), slowCall()]);
-      while (!pool.stats().models.some((m) => m.key.startsWith('slow') && m.running + m.queued === 2))
-        await sleep(1);
+      await waitUntil(
+        () => pool.stats().models.some((m) => m.key.startsWith('slow') && m.running + m.queued === 2),
+        'the two slow runs to reach the worker',
+      );
       const pending = callError(tinyCall());
-      while (!pool.stats().models.some((m) => m.key.startsWith('tiny') && m.queued === 1)) await sleep(1);
+      await waitUntil(
+        () => pool.stats().models.some((m) => m.key.startsWith('tiny') && m.queued === 1),
+        'the tiny request to wait in the queue',
+      );
       addon.setMode(shmid, 0o440); // IPC_SET: no longer the segment as the agent checked it
       await busy;
       const error = await pending;

@@ -122,7 +122,7 @@ describe('segment references into the inference worker', () => {
     const error = await inferenceError(pool.run('tiny', segmentInput(checked)));
     expect(error.kind).toBe('segment-unusable');
     expect(error.message).toMatch(
-      /input tensor "x": shared memory segment \d+ no longer exists \(removed after the agent checked it\)/,
+      /input tensor "x": shared memory segment \d+ does not exist \(removed, or never created\): cannot attach it read-only/,
     );
     const again = await pool.run('tiny', segmentInput(reference(segment(64, x), 0, 64)));
     expect([...again.outputs[0]!.data]).toEqual([...expectedY]);
@@ -140,6 +140,41 @@ describe('segment references into the inference worker', () => {
       pool.run('tiny', segmentInput({ ...good, identity: { ...good.identity, creatorPid: 1 } })),
     );
     expect(cached.message).toMatch(/is not the segment the agent checked/);
+  });
+
+  it('refuses a segment chmod-ed after the check within the same second (ctime unchanged), mapped afresh or cached', async () => {
+    // ctime has whole seconds: a reference whose ctime equals the segment's current one but whose permissions are
+    // those before an IPC_SET is what the worker sees when the chmod falls in the second of the check.
+    const input = segment(64, x);
+    addon.setMode(input, 0o400);
+    const checked = identityOf(addon.stat(input));
+    addon.setMode(input, 0o600);
+    const sameSecond = (shmid: number): SegmentReference => ({
+      segmentId: shmid,
+      offset: 0,
+      byteLength: 64,
+      identity: { ...checked, changeTime: addon.stat(shmid).changeTime },
+    });
+    const fresh = await inferenceError(pool.run('tiny', segmentInput(sameSecond(input))));
+    expect(fresh.kind).toBe('segment-unusable');
+    expect(fresh.message).toMatch(/is not the segment the agent checked/);
+
+    // Cached by the worker under the new mode, then chmod-ed back: the old mode with the new ctime is refused.
+    await pool.run('tiny', segmentInput(reference(input, 0, 64)));
+    const cachedAt = identityOf(addon.stat(input));
+    addon.setMode(input, 0o400);
+    const cached = await inferenceError(
+      pool.run(
+        'tiny',
+        segmentInput({
+          ...reference(input, 0, 64),
+          identity: { ...cachedAt, changeTime: addon.stat(input).changeTime },
+        }),
+      ),
+    );
+    expect(cached.message).toMatch(/is not the segment the agent checked/);
+    const again = await pool.run('tiny', segmentInput(reference(input, 0, 64)));
+    expect([...again.outputs[0]!.data]).toEqual([...expectedY]);
   });
 
   it('checks bounds against its own mapping, and refuses an output larger than its room', async () => {
@@ -185,14 +220,37 @@ describe('WorkerSegments', () => {
     for (const s of segments.splice(0)) s.close();
   });
 
-  it('tells segments apart by size, creator and change time', () => {
-    const identity = { size: 64, creatorPid: 10, changeTime: 1000 };
+  it('tells segments apart by size, creator, change time and the permissions checked', () => {
+    const identity = {
+      size: 64,
+      creatorPid: 10,
+      changeTime: 1000,
+      mode: 0o400,
+      ownerUid: 1000,
+      ownerGid: 1000,
+      creatorUid: 1000,
+      creatorGid: 1000,
+    };
     expect(sameSegment(identity, { ...identity })).toBe(true);
     expect(sameSegment(identity, { ...identity, size: 128 })).toBe(false);
     expect(sameSegment(identity, { ...identity, creatorPid: 11 })).toBe(false);
     expect(sameSegment(identity, { ...identity, changeTime: 1001 })).toBe(false);
+    expect(sameSegment(identity, { ...identity, mode: 0o440 })).toBe(false);
+    expect(sameSegment(identity, { ...identity, ownerUid: 0 })).toBe(false);
+    expect(sameSegment(identity, { ...identity, ownerGid: 0 })).toBe(false);
+    expect(sameSegment(identity, { ...identity, creatorUid: 0 })).toBe(false);
+    expect(sameSegment(identity, { ...identity, creatorGid: 0 })).toBe(false);
     const stat = addon.stat(segment(64));
-    expect(identityOf(stat)).toEqual({ size: 64, creatorPid: process.pid, changeTime: stat.changeTime });
+    expect(identityOf(stat)).toEqual({
+      size: 64,
+      creatorPid: process.pid,
+      changeTime: stat.changeTime,
+      mode: 0o600,
+      ownerUid: process.getuid!(),
+      ownerGid: process.getgid!(),
+      creatorUid: process.getuid!(),
+      creatorGid: process.getgid!(),
+    });
   });
 
   it('keeps every mapping a run uses until it ends, then at most maxCached', () => {

@@ -3,7 +3,10 @@ import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { RestError } from '../../src/rest/rest-errors.js';
+import { SharedMemoryRegions } from '../../src/rest/shared-memory-routes.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
+import { waitUntil } from '../support/wait-until.js';
 import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
 
 // The KServe v2 system shared memory extension over System V segments: regions registered by name, inputs read
@@ -181,7 +184,7 @@ describe('KServe v2 system shared memory', () => {
     expect(missingSize.text()).toMatch(/without shared_memory_byte_size/);
   });
 
-  it('fails a request whose output region is unregistered while it waits for the worker, clearly, and keeps serving', async () => {
+  it('makes unregistering a region wait for the request using it, so memory reused afterwards is never written', async () => {
     await agent.registry.load({ name: 'slow', url: await files.catalogue('slow') });
     try {
       const input = segment(64, x, 0o600);
@@ -194,20 +197,37 @@ describe('KServe v2 system shared memory', () => {
         agent.registry.predict('slow', [
           { name: Buffer.from('x'), dataType: 'FLOAT32', shape: slow.shape, data: bytesOf(slow.data) },
         ]);
-      const queued = async (): Promise<void> => {
-        while (!agent.pool.stats().models.some((m) => m.key.startsWith('tiny') && m.queued === 1))
-          await new Promise((resolve) => setTimeout(resolve, 1));
-      };
+      const queued = () =>
+        waitUntil(
+          () => agent.pool.stats().models.some((m) => m.key.startsWith('tiny') && m.queued === 1),
+          'the request to wait in the tiny model queue',
+        );
       let busy = Promise.all([slowRun(), slowRun()]);
       let pending = inferViaRegions('in', 'out');
       await queued();
-      expect((await post('/v2/systemsharedmemory/region/out/unregister', {})).status).toBe(200);
+      // The client reuses the memory as soon as unregister answers: nothing may write there afterwards.
+      const reused = new Uint8Array(64).fill(0xa5);
+      const { status, outputWhenAnswered } = await post(
+        '/v2/systemsharedmemory/region/out/unregister',
+        {},
+      ).then((response) => {
+        const outputWhenAnswered = segmentBytes(output, 0, 64);
+        const mapping = addon.attachReadWrite(output);
+        new Uint8Array(mapping).set(reused);
+        addon.detach(mapping);
+        return { status: response.status, outputWhenAnswered };
+      });
+      expect(status).toBe(200);
+      // Unregister answered only once the request using the region was done with it: its output was written.
+      expect([...outputWhenAnswered]).toEqual([...expectedY]);
+      const result = await pending;
+      expect(result.status).toBe(200);
       await busy;
-      let result = await pending;
-      expect(result.status).toBe(400);
-      expect(result.text()).toMatch(
-        /output \\"y\\" names system shared memory region \\"out\\", which is not registered \(never, or unregistered meanwhile\)/,
-      );
+      expect([...segmentBytes(output, 0, 64)]).toEqual([...reused]);
+      const after = await inferViaRegions('in', 'out');
+      expect(after.status).toBe(400);
+      expect(after.text()).toMatch(/region \\"out\\", which is not registered/);
+      expect([...segmentBytes(output, 0, 64)]).toEqual([...reused]);
       await post('/v2/systemsharedmemory/region/out/register', { key: String(output), byte_size: 64 });
       expect((await inferViaRegions('in', 'out')).status).toBe(200);
       expect([...segmentBytes(output, 0, 64)]).toEqual([...expectedY]);
@@ -221,10 +241,10 @@ describe('KServe v2 system shared memory', () => {
       addon.remove(doomed);
       created.splice(created.indexOf(doomed), 1);
       await busy;
-      result = await pending;
-      expect(result.status).toBe(400);
-      expect(result.text()).toMatch(
-        /output \\"y\\": shared memory segment \d+ no longer exists \(removed after the agent checked it\)/,
+      const failed = await pending;
+      expect(failed.status).toBe(400);
+      expect(failed.text()).toMatch(
+        /output \\"y\\": shared memory segment \d+ does not exist \(removed, or never created\): cannot attach it read-write/,
       );
       expect((await inferViaRegions('in', 'out')).status).toBe(200);
     } finally {
@@ -254,6 +274,34 @@ describe('KServe v2 system shared memory', () => {
       ],
     });
     expect(again.status).toBe(200);
+  });
+});
+
+describe('SharedMemoryRegions in use', () => {
+  it('refuses new uses of a region being unregistered, and past the wait keeps it registered with a clear 409', async () => {
+    const regions = new SharedMemoryRegions(reader, { unregisterWaitMs: 50 });
+    const me = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!(), groups: [] };
+    const shmid = segment(64, x, 0o600);
+    regions.register('r', { key: String(shmid), byte_size: 64 }, me);
+    const use = regions.use(['r', 'r', 'unknown']);
+    const unregistering = regions.unregister('r', me).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(() => regions.use(['r'])).toThrow(/region "r" is being unregistered/);
+    const error = await unregistering;
+    expect(error).toBeInstanceOf(RestError);
+    expect((error as RestError).statusCode).toBe(409);
+    expect((error as RestError).message).toMatch(
+      /region "r" still in use by a request after 50 ms, so still registered/,
+    );
+    expect(regions.status('r')).toEqual([{ name: 'r', key: String(shmid), offset: 0, byte_size: 64 }]);
+    // Usable again, and unregistered at once when no request uses it.
+    regions.use(['r']).release();
+    use.release();
+    use.release(); // a second release changes nothing
+    await regions.unregister('r', me);
+    expect(regions.status(undefined)).toEqual([]);
   });
 });
 

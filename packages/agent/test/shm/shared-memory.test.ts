@@ -291,7 +291,16 @@ describe('SharedMemoryReader', () => {
     const reader = newReader();
     const lease = reader.readTensorFromSegment({ segmentId: shmid, offset: 100, size: 4 }, 4, self);
     const stat = addon.stat(shmid);
-    const identity = { size: 4096, creatorPid: process.pid, changeTime: stat.changeTime };
+    const identity = {
+      size: 4096,
+      creatorPid: process.pid,
+      changeTime: stat.changeTime,
+      mode: stat.mode,
+      ownerUid: stat.ownerUid,
+      ownerGid: stat.ownerGid,
+      creatorUid: stat.creatorUid,
+      creatorGid: stat.creatorGid,
+    };
     expect(lease.reference).toEqual({ segmentId: shmid, offset: 100, byteLength: 4, identity });
     lease.release();
 
