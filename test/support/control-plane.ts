@@ -234,13 +234,20 @@ export function useE2eFleet(prefix: string): E2eFleet {
     work = await mkdtemp(join(tmpdir(), prefix));
   });
   afterAll(async () => {
-    for (const agent of agents) {
-      if (agent.child.exitCode === null && agent.child.signalCode === null) {
-        agent.child.kill('SIGTERM');
-        await agent.exited;
-      }
+    try {
+      // An agent that does not stop on SIGTERM within 10 s is killed: a hung one must not keep the rest around.
+      await Promise.all(
+        agents.map(async (agent) => {
+          if (agent.child.exitCode !== null || agent.child.signalCode !== null) return;
+          agent.child.kill('SIGTERM');
+          const timer = setTimeout(() => agent.child.kill('SIGKILL'), 10_000);
+          await agent.exited;
+          clearTimeout(timer);
+        }),
+      );
+    } finally {
+      await removeControlPlane(plane, work);
     }
-    await removeControlPlane(plane, work);
   });
   return {
     get plane() {

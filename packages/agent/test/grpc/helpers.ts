@@ -114,9 +114,16 @@ export function useAgentTestBed(options: {
     await options.ready(bed as AgentTestBed);
   });
   afterAll(async () => {
-    await bed.agent?.close();
-    await bed.pool?.close();
-    await bed.files?.cleanup();
+    // Each step runs even if one before it fails, so a failing close leaks neither the pool nor the folder.
+    try {
+      await bed.agent?.close();
+    } finally {
+      try {
+        await bed.pool?.close();
+      } finally {
+        await bed.files?.cleanup();
+      }
+    }
   });
 }
 
