@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { CurrentTls, DeviceApiClient, DeviceApiError } from '../fleet/index.js';
+import { currentDeviceApi, DeviceApiError, type CurrentTls, type DeviceApiClient } from '../fleet/index.js';
 import { RefusedByStoreError, type ObjectStore } from './object-store.js';
 
 /** The control plane's answer to a capture file (packages/server/src/captures/routes.ts). */
@@ -24,15 +24,15 @@ export interface EdgeFleetStoreOptions {
   timeoutMs?: number;
 }
 
+/** The control plane's answers that no retry of the same file can change: 400, 403, 413. */
+const REFUSED_FOR_GOOD = new Set([400, 403, 413]);
+
 /**
  * Destination `EdgeFleet`: capture files go to the control plane over the device's mutual-TLS identity
  * (`POST /api/v1/device/captures/files`), which writes them to the fleet's output location. No cloud
  * credentials on the device. Failures throw, so the capture service keeps the batch in its offline spool and
  * retries (at least once; the server stores each capture id once).
  */
-/** The control plane's answers that no retry of the same file can change: 400, 403, 413. */
-const REFUSED_FOR_GOOD = new Set([400, 403, 413]);
-
 export class EdgeFleetObjectStore implements ObjectStore {
   readonly description: string;
   readonly #bucket: string | undefined;
@@ -46,14 +46,14 @@ export class EdgeFleetObjectStore implements ObjectStore {
       if (file !== undefined) readFileSync(file);
     }
     // Read before every upload: a certificate the fleet client renewed (or a re-enrollment) is used at once.
-    this.#api = new CurrentTls(
+    this.#api = currentDeviceApi(
+      options.endpoint,
       async () => ({
         certPem: await readFile(options.certFile, 'utf8'),
         keyPem: await readFile(options.keyFile, 'utf8'),
         ...(options.caFile !== undefined && { caPem: await readFile(options.caFile, 'utf8') }),
       }),
-      (tls) => new DeviceApiClient(options.endpoint, tls, { timeoutMs: options.timeoutMs ?? 60_000 }),
-      (client) => client.close(),
+      { timeoutMs: options.timeoutMs ?? 60_000 },
     );
   }
 

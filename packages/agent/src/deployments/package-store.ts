@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
-import { Agent, request } from 'node:https';
+import { request, type Agent } from 'node:https';
 import { join, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { extractPackageArchive, parsePackageUrl } from '@edgefleet/core';
-import { CurrentTls, type DeviceTlsIdentity } from '../fleet/index.js';
+import { CurrentTls, deviceHttpsAgent, type DeviceTlsIdentity } from '../fleet/index.js';
 
 /** Why a download did not complete: `retry` (no answer, 5xx, cut off: try again later), `fail` (give up). */
 export class PackageDownloadError extends Error {
@@ -60,19 +60,7 @@ export class PackageStore {
   constructor(options: PackageStoreOptions) {
     this.root = resolve(options.root);
     this.#endpoint = new URL(options.endpoint);
-    this.#agent = new CurrentTls(
-      options.tls,
-      (tls) =>
-        new Agent({
-          cert: tls.certPem,
-          key: tls.keyPem,
-          ...(tls.caPem !== undefined ? { ca: tls.caPem } : {}),
-          keepAlive: true,
-          maxSockets: 1,
-          minVersion: 'TLSv1.2',
-        }),
-      (agent) => agent.destroy(),
-    );
+    this.#agent = new CurrentTls(options.tls, deviceHttpsAgent, (agent) => agent.destroy());
     this.#timeoutMs = options.timeoutMs;
     this.#maxBytes = options.maxPackageBytes ?? DEFAULT_MAX_PACKAGE_BYTES;
     this.#onBytes = options.onBytes;

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import type { TrustPolicy } from '@edgefleet/core';
 import type { Registry } from 'prom-client';
 import type { AgentConfig } from '../config/index.js';
-import { CurrentTls, DeviceApiClient, fleetDisabledReason, readDeviceTls } from '../fleet/index.js';
+import { currentDeviceApi, fleetDisabledReason, readDeviceTls } from '../fleet/index.js';
 import type { DeploymentsRepository } from '../state/index.js';
 import { DeploymentMetrics } from './deployment-metrics.js';
 import { startDeploymentPoller, type DeploymentsSource } from './deployment-poller.js';
@@ -63,11 +63,7 @@ export async function startDeployments(
     timeoutMs,
     ...(metrics && { onBytes: (bytes: number) => metrics.downloaded(bytes) }),
   });
-  const api = new CurrentTls(
-    tls,
-    (identity) => new DeviceApiClient(endpoint, identity, { timeoutMs }),
-    (client) => client.close(),
-  );
+  const api = currentDeviceApi(endpoint, tls, { timeoutMs });
   const source: DeploymentsSource = {
     post: async (path, body, schema, signal) => (await api.get()).post(path, body, schema, signal),
   };

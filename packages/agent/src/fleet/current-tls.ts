@@ -1,4 +1,4 @@
-import type { DeviceTlsIdentity } from './device-api.js';
+import { DeviceApiClient, type DeviceTlsIdentity } from './device-api.js';
 
 /**
  * One thing built from the device's certificate files as they are now (a device API client, an HTTPS agent):
@@ -36,4 +36,17 @@ export class CurrentTls<T> {
     if (this.#current !== undefined) this.dispose(this.#current.value);
     this.#current = undefined;
   }
+}
+
+/** A device API client of the certificate files as they are now (read by `read` before each use). */
+export function currentDeviceApi(
+  endpoint: string,
+  read: () => Promise<DeviceTlsIdentity>,
+  options: { timeoutMs: number },
+): CurrentTls<DeviceApiClient> {
+  return new CurrentTls(
+    read,
+    (tls) => new DeviceApiClient(endpoint, tls, options),
+    (client) => client.close(),
+  );
 }

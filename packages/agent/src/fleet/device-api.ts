@@ -32,6 +32,18 @@ export class DeviceApiError extends Error {
   }
 }
 
+/** The HTTPS agent of the device's mutual-TLS identity: one kept-alive connection at most, TLS 1.2 or later. */
+export function deviceHttpsAgent(tls: DeviceTlsIdentity): Agent {
+  return new Agent({
+    cert: tls.certPem,
+    key: tls.keyPem,
+    ...(tls.caPem !== undefined ? { ca: tls.caPem } : {}),
+    keepAlive: true,
+    maxSockets: 1,
+    minVersion: 'TLSv1.2',
+  });
+}
+
 /** Largest answer body read; the device API's answers are tiny. */
 const MAX_RESPONSE_BYTES = 1024 * 1024;
 
@@ -48,14 +60,7 @@ export class DeviceApiClient {
     this.#endpoint = new URL(endpoint.endsWith('/') ? endpoint : `${endpoint}/`);
     if (this.#endpoint.protocol !== 'https:')
       throw new Error(`the device API endpoint ${endpoint} is not https://; the device API needs mutual TLS`);
-    this.#agent = new Agent({
-      cert: tls.certPem,
-      key: tls.keyPem,
-      ...(tls.caPem !== undefined ? { ca: tls.caPem } : {}),
-      keepAlive: true,
-      maxSockets: 1,
-      minVersion: 'TLSv1.2',
-    });
+    this.#agent = deviceHttpsAgent(tls);
     this.#timeoutMs = options.timeoutMs;
   }
 

@@ -26,8 +26,9 @@ import type { AgentMetrics } from '../metrics/index.js';
 import { backoffDelay, interruptibleSleep } from '../retry/index.js';
 import { AgentRunsLedger } from './agent-runs.js';
 import { CertificateRenewal, type CertificateRenewalOptions } from './certificate-renewal.js';
-import { CurrentTls } from './current-tls.js';
-import { DeviceApiClient, DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
+import { currentDeviceApi } from './current-tls.js';
+import type { DeviceApiClient } from './device-api.js';
+import { DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
 import { HeartbeatComposer, type ActivitySource, type ModelSource, type ProcessProbe } from './telemetry.js';
 
 /** The logging the client needs (pino's signature: fields first). */
@@ -193,11 +194,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
   const status: FleetClientStatus = { state: 'starting', heartbeatsSent: 0, consecutiveFailures: 0 };
   const abort = new AbortController();
   // The TLS files are re-read at each registration check, so a renewed or re-enrolled certificate is used.
-  const api = new CurrentTls(
-    () => readDeviceTls(config),
-    (tls) => new DeviceApiClient(endpoint, tls, { timeoutMs: timing.requestTimeoutMs }),
-    (client) => client.close(),
-  );
+  const api = currentDeviceApi(endpoint, () => readDeviceTls(config), { timeoutMs: timing.requestTimeoutMs });
   let registeredUntil = 0;
   const { sleep, wake } = interruptibleSleep();
   const connect = (): Promise<DeviceApiClient> => api.get();

@@ -13,7 +13,7 @@ export {
   type FleetLogger,
   type FleetTiming,
 } from './fleet-client.js';
-export { CurrentTls } from './current-tls.js';
+export { CurrentTls, currentDeviceApi } from './current-tls.js';
 export { AGENT_RUNS_FILE, AgentRunsLedger, type AgentRuns } from './agent-runs.js';
 export {
   CertificateRenewal,
@@ -26,6 +26,7 @@ export {
 export {
   DeviceApiClient,
   DeviceApiError,
+  deviceHttpsAgent,
   type DeviceApiFailure,
   type DeviceTlsIdentity,
 } from './device-api.js';
