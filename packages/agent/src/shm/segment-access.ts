@@ -16,11 +16,7 @@ export interface PeerCredentials {
  * with its own rights, so without this check a caller could read any segment the agent can.
  */
 export function peerMayRead(stat: SegmentStat, peer: PeerCredentials): boolean {
-  if (peer.uid === 0) return true;
-  if (peer.uid === stat.ownerUid || peer.uid === stat.creatorUid) return (stat.mode & 0o400) !== 0;
-  const inGroup = (gid: number) => peer.gid === gid || peer.groups.includes(gid);
-  if (inGroup(stat.ownerGid) || inGroup(stat.creatorGid)) return (stat.mode & 0o040) !== 0;
-  return (stat.mode & 0o004) !== 0;
+  return peerMay(stat, peer, 'read');
 }
 
 /**
@@ -28,9 +24,15 @@ export function peerMayRead(stat: SegmentStat, peer: PeerCredentials): boolean {
  * agent writes inference outputs into a segment only for a caller who could have written them there itself.
  */
 export function peerMayWrite(stat: SegmentStat, peer: PeerCredentials): boolean {
+  return peerMay(stat, peer, 'write');
+}
+
+/** The kernel's ipcperms rule (see peerMayRead) for reading or writing: the "other" bit of the access asked. */
+export function peerMay(stat: SegmentStat, peer: PeerCredentials, access: 'read' | 'write'): boolean {
+  const bit = access === 'read' ? 0o4 : 0o2;
   if (peer.uid === 0) return true;
-  if (peer.uid === stat.ownerUid || peer.uid === stat.creatorUid) return (stat.mode & 0o200) !== 0;
+  if (peer.uid === stat.ownerUid || peer.uid === stat.creatorUid) return (stat.mode & (bit << 6)) !== 0;
   const inGroup = (gid: number) => peer.gid === gid || peer.groups.includes(gid);
-  if (inGroup(stat.ownerGid) || inGroup(stat.creatorGid)) return (stat.mode & 0o020) !== 0;
-  return (stat.mode & 0o002) !== 0;
+  if (inGroup(stat.ownerGid) || inGroup(stat.creatorGid)) return (stat.mode & (bit << 3)) !== 0;
+  return (stat.mode & bit) !== 0;
 }

@@ -1,6 +1,6 @@
 import { markAsUntransferable } from 'node:worker_threads';
 import { z } from 'zod';
-import { peerMayRead, peerMayWrite, type PeerCredentials } from './segment-access.js';
+import { peerMay, type PeerCredentials } from './segment-access.js';
 import { identityOf, type SegmentReference } from './segment-reference.js';
 import { isSysvShmSystemError } from './sysv-shm-addon.js';
 import type { SegmentStat, SysvShmAddon } from './sysv-shm-addon.js';
@@ -142,21 +142,7 @@ export class SharedMemoryReader {
   ): SegmentLease {
     if (this.closed) throw new SharedMemoryError('ATTACH_FAILED', 'the shared memory reader is closed');
     const { segmentId, offset, length } = validate(location, expectedByteLength);
-    if (caller === null) {
-      throw new SharedMemoryError(
-        'ACCESS_DENIED',
-        `shared memory segment ${segmentId} is refused: the agent reads shared memory only for callers on its Unix socket, whose credentials it knows; send byte_data instead`,
-        segmentId,
-      );
-    }
-    const stat = this.statOrRetire(segmentId);
-    if (!peerMayRead(stat, caller)) {
-      throw new SharedMemoryError(
-        'ACCESS_DENIED',
-        `the caller (uid ${caller.uid}, gid ${caller.gid}) may not read shared memory segment ${segmentId} (owner uid ${stat.ownerUid}, gid ${stat.ownerGid}, mode ${stat.mode.toString(8).padStart(4, '0')}); expected a segment the calling process could attach read-only itself`,
-        segmentId,
-      );
-    }
+    const stat = this.checkAccess(segmentId, caller, 'read');
     checkBounds(segmentId, offset, length, stat.size);
 
     let attachment = this.cache.get(segmentId);
@@ -284,12 +270,12 @@ export class SharedMemoryReader {
     if (caller === null) {
       throw new SharedMemoryError(
         'ACCESS_DENIED',
-        `shared memory segment ${segmentId} is refused: the agent uses shared memory only for callers on its Unix socket, whose credentials it knows`,
+        `shared memory segment ${segmentId} is refused: the agent uses shared memory only for callers on its Unix socket, whose credentials it knows; send the tensor's bytes in the request instead`,
         segmentId,
       );
     }
     const stat = this.statOrRetire(segmentId);
-    if (!(access === 'read' ? peerMayRead : peerMayWrite)(stat, caller)) {
+    if (!peerMay(stat, caller, access)) {
       throw new SharedMemoryError(
         'ACCESS_DENIED',
         `the caller (uid ${caller.uid}, gid ${caller.gid}) may not ${access} shared memory segment ${segmentId} (owner uid ${stat.ownerUid}, gid ${stat.ownerGid}, mode ${stat.mode.toString(8).padStart(4, '0')}); expected a segment the calling process could attach ${access === 'read' ? 'read-only' : 'read-write'} itself`,
@@ -310,25 +296,21 @@ export class SharedMemoryReader {
   private sweepExcept(keep: number | undefined): void {
     for (const attachment of [...this.cache.values()]) {
       if (attachment.segmentId === keep || attachment.leases > 0) continue;
-      let stale: boolean;
-      try {
-        const stat = this.addon.stat(attachment.segmentId);
-        stale = stat.markedForRemoval || stat.size !== attachment.buffer.byteLength;
-      } catch {
-        stale = true;
-      }
-      if (stale) this.retire(attachment);
+      if (this.isStale(attachment.segmentId, attachment.buffer)) this.retire(attachment);
     }
     this.trimCache();
     for (const [segmentId, buffer] of [...this.writable]) {
-      let stale: boolean;
-      try {
-        const stat = this.addon.stat(segmentId);
-        stale = stat.markedForRemoval || stat.size !== buffer.byteLength;
-      } catch {
-        stale = true;
-      }
-      if (stale) this.dropWritable(segmentId);
+      if (this.isStale(segmentId, buffer)) this.dropWritable(segmentId);
+    }
+  }
+
+  /** Whether a mapping no longer fits its segment: removed, marked for removal, or resized. */
+  private isStale(segmentId: number, mapping: ArrayBuffer): boolean {
+    try {
+      const stat = this.addon.stat(segmentId);
+      return stat.markedForRemoval || stat.size !== mapping.byteLength;
+    } catch {
+      return true;
     }
   }
 
