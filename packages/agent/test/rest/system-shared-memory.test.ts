@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RestError } from '../../src/rest/rest-errors.js';
-import { SharedMemoryRegions } from '../../src/rest/shared-memory-routes.js';
+import { MAX_REGIONS, SharedMemoryRegions } from '../../src/rest/shared-memory-routes.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
 import { waitUntil } from '../support/wait-until.js';
 import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
@@ -113,6 +113,25 @@ describe('KServe v2 system shared memory', () => {
     const gone = await client.request({ path: '/v2/systemsharedmemory/region/in/status' });
     expect(gone.status).toBe(404);
     expect(gone.text()).toMatch(/no system shared memory region named \\"in\\"/);
+  });
+
+  it('caps the regions registered at once: a flood of registrations past MAX_REGIONS is refused with 429, clearly', async () => {
+    const shmid = segment(64, x, 0o600);
+    const register = (name: string) =>
+      post(`/v2/systemsharedmemory/region/${name}/register`, { key: String(shmid), byte_size: 64 });
+    for (let i = 0; i < MAX_REGIONS; i++) expect((await register(`r${i}`)).status).toBe(200);
+    const refused = await register('one-too-many');
+    expect(refused.status).toBe(429);
+    expect(refused.text()).toMatch(new RegExp(`${MAX_REGIONS} regions are registered already`));
+    // Nothing registered before is lost, and the refused one is not half-registered.
+    const listed = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as unknown[];
+    expect(listed).toHaveLength(MAX_REGIONS);
+    expect((await client.request({ path: '/v2/systemsharedmemory/region/one-too-many/status' })).status).toBe(
+      404,
+    );
+    // Room again once one is unregistered.
+    expect((await post('/v2/systemsharedmemory/region/r0/unregister', {})).status).toBe(200);
+    expect((await register('one-too-many')).status).toBe(200);
   });
 
   it('reads the input from one region and writes the output into another, exactly, with no tensor in the bodies', async () => {
