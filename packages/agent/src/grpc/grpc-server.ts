@@ -76,7 +76,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const codec = options.codec ?? createAgentCodec();
   const server = new Server(grpcServerOptions(options.maxMessageBytes));
   const reader = options.sharedMemory;
-  const peers = new SocketPeers(reader ? (fd) => reader.peerCredentials(fd) : null);
+  const peers = new SocketPeers(reader ? (socket) => reader.peerCredentialsOf(socket) : null);
   const { handlers, tracker } = createAgentServiceHandlers({
     registry: options.registry,
     sharedMemory: options.sharedMemory,

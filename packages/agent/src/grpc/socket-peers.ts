@@ -1,8 +1,8 @@
 import type { Socket } from 'node:net';
 import type { PeerCredentials } from '../shm/index.js';
 
-/** Reads a connected Unix socket's peer credentials from its file descriptor (the shm addon's SO_PEERCRED). */
-export type PeerCredentialsReader = (fd: number) => PeerCredentials;
+/** Reads a connected Unix socket's peer credentials (SharedMemoryReader's peerCredentialsOf); null: unknown. */
+export type PeerCredentialsReader = (socket: Socket) => PeerCredentials | null;
 
 /** What a handler asks of its call to find its connection (grpc-js ServerUnaryCall fits). */
 export interface CallPeer {
@@ -27,14 +27,9 @@ export class SocketPeers {
   /** Call on every accepted connection, before grpc-js sees it. */
   accepted(socket: Socket): void {
     const tag = `unix-peer-${++this.#next}`;
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd; // net.Socket has no public fd
-    if (this.#read && typeof fd === 'number' && fd >= 0) {
-      try {
-        this.#peers.set(tag, this.#read(fd));
-      } catch {
-        // Unknown credentials: this connection gets no shared memory.
-      }
-    }
+    // Unknown credentials: this connection gets no shared memory.
+    const credentials = this.#read?.(socket) ?? null;
+    if (credentials !== null) this.#peers.set(tag, credentials);
     Object.defineProperty(socket, 'remoteAddress', { value: tag, configurable: true });
     socket.once('close', () => this.#peers.delete(tag));
   }

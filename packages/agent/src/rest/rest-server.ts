@@ -107,13 +107,9 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
   const reader = options.sharedMemory;
   if (unixSocketPath !== undefined && reader) {
     app.server.on('connection', (socket: Socket) => {
-      const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd; // net.Socket has no public fd
-      if (typeof fd !== 'number' || fd < 0) return;
-      try {
-        peers.set(socket, reader.peerCredentials(fd));
-      } catch {
-        // Unknown credentials: this connection gets no shared memory.
-      }
+      // Unknown credentials: this connection gets no shared memory.
+      const credentials = reader.peerCredentialsOf(socket);
+      if (credentials !== null) peers.set(socket, credentials);
     });
   }
   await app.ready();

@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import { markAsUntransferable } from 'node:worker_threads';
 import { z } from 'zod';
 import { peerMay, type PeerCredentials } from './segment-access.js';
@@ -329,10 +330,19 @@ export class SharedMemoryReader {
     detachQuietly(this.addon, buffer);
   }
 
-  /** The credentials of the process at the other end of a connected Unix socket (its file descriptor). */
-  peerCredentials(fd: number): PeerCredentials {
-    const { pid, uid, gid, groups } = this.addon.peerCredentials(fd);
-    return { pid, uid, gid, groups };
+  /**
+   * The credentials of the process at the other end of a connected Unix socket (SO_PEERCRED on its descriptor);
+   * null where they cannot be read (no descriptor, not a Unix socket): that caller gets no shared memory.
+   */
+  peerCredentialsOf(socket: Socket): PeerCredentials | null {
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd; // net.Socket has no public fd
+    if (typeof fd !== 'number' || fd < 0) return null;
+    try {
+      const { pid, uid, gid, groups } = this.addon.peerCredentials(fd);
+      return { pid, uid, gid, groups };
+    } catch {
+      return null;
+    }
   }
 
   /** Number of segments kept attached for reuse. */
