@@ -1,5 +1,5 @@
 import { getDeploymentsResultSchema, type DeviceIds, type GetDeploymentsResult } from '@edgefleet/core';
-import { interruptibleSleep } from '../retry/index.js';
+import { sleepUnlessAborted } from '../retry/index.js';
 import type { EngineLogger, UpdateEngine } from './update-engine.js';
 
 /** The device API's GetDeployments route (relative to sagemaker_edge_core_endpoint_override). */
@@ -38,7 +38,6 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
   const { engine, source, ids, logger } = options;
   const random = options.random ?? Math.random;
   const abort = new AbortController();
-  const { sleep, wake } = interruptibleSleep();
   let lastError = '';
 
   const loop = async () => {
@@ -74,7 +73,7 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
             `applying deployments failed: ${(error as Error).message}; retrying at the next poll`,
           ),
         );
-      if (!abort.signal.aborted) await sleep(Math.round(options.intervalMs * (0.9 + 0.2 * random())));
+      await sleepUnlessAborted(Math.round(options.intervalMs * (0.9 + 0.2 * random())), abort.signal);
     }
   };
   const running = loop().catch((error: unknown) =>
@@ -88,7 +87,6 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
     stop() {
       stopping ??= (async () => {
         abort.abort();
-        wake();
         await running;
       })();
       return stopping;

@@ -9,6 +9,7 @@ import {
 } from '@edgefleet/core';
 import type { LoadHooks, ModelDescription, StagedVersionDescription } from '../models/index.js';
 import type { DeploymentModelRow, DeploymentsRepository } from '../state/index.js';
+import { sleepUnlessAborted } from '../retry/index.js';
 import type { DeploymentMetrics } from './deployment-metrics.js';
 import {
   FINAL_STATES,
@@ -170,7 +171,7 @@ export class UpdateEngine {
     if (!pending) return undefined;
     const models = rows.filter((row) => row.deploymentName === pending.deploymentName);
     const final = models.every((row) => FINAL_STATES.has(state(row)));
-    const failed = models.filter((row) => state(row) === 'Failed' || state(row) === 'RolledBack');
+    const failed = models.filter((row) => FAILED_STATES.has(state(row)));
     const held = models.some((row) => this.#held.has(row.handle));
     const status = !final ? (held ? 'HELD' : 'INPROGRESS') : failed.length > 0 ? 'FAIL' : 'SUCCESS';
     const ended = models.map((row) => row.endedAt).filter((t): t is number => t !== null);
@@ -341,7 +342,7 @@ export class UpdateEngine {
         if (problem) await this.#rollBack(row, problem);
       }
     }
-    const failed = rows.filter((row) => state(row) === 'Failed' || state(row) === 'RolledBack');
+    const failed = rows.filter((row) => FAILED_STATES.has(state(row)));
     const healthy = rows.filter((row) => state(row) === 'HealthCheck');
     if (failed.length > 0 && policy === 'ROLLBACK_ON_FAILURE') {
       const why = `rolled back with the deployment (ROLLBACK_ON_FAILURE): ${failed.map((row) => `${row.handle} failed`).join(', ')}`;
@@ -683,18 +684,9 @@ export class UpdateEngine {
     return this.#o.registry.has(handle) ? this.#o.registry.describe(handle) : undefined;
   }
 
+  /** Cut short by close() (the callers check the signal after it). */
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.#abort.signal.aborted) return resolve();
-      const signal = this.#abort.signal;
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
-      }
-      signal.addEventListener('abort', done);
-    });
+    return sleepUnlessAborted(ms, this.#abort.signal);
   }
 }
 

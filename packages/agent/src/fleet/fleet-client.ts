@@ -23,7 +23,7 @@ import {
 } from '@edgefleet/core';
 import type { AgentConfig } from '../config/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
-import { backoffDelay, interruptibleSleep } from '../retry/index.js';
+import { backoffDelay, sleepUnlessAborted } from '../retry/index.js';
 import { AgentRunsLedger } from './agent-runs.js';
 import { CertificateRenewal, type CertificateRenewalOptions } from './certificate-renewal.js';
 import { currentDeviceApi } from './current-tls.js';
@@ -196,7 +196,6 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
   // The TLS files are re-read at each registration check, so a renewed or re-enrolled certificate is used.
   const api = currentDeviceApi(endpoint, () => readDeviceTls(config), { timeoutMs: timing.requestTimeoutMs });
   let registeredUntil = 0;
-  const { sleep, wake } = interruptibleSleep();
   const connect = (): Promise<DeviceApiClient> => api.get();
 
   const renewal = new CertificateRenewal({
@@ -331,7 +330,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
         if (!(error instanceof DeviceApiError) || error.failure !== 'refused') composer.attemptFailed();
         delay = failed(error, Date.now() >= registeredUntil ? 'registration' : 'heartbeat');
       }
-      if (!abort.signal.aborted) await sleep(delay);
+      await sleepUnlessAborted(delay, abort.signal);
     }
   };
 
@@ -377,7 +376,6 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
     stop() {
       stopping ??= (async () => {
         abort.abort();
-        wake();
         await running;
         api.close();
         status.state = 'stopped';

@@ -1,26 +1,9 @@
-/**
- * A sleep that `wake()` ends early: a polling loop waits out its interval, and stopping the loop wakes it
- * at once instead of waiting for the timer.
- */
-export interface InterruptibleSleep {
-  sleep(ms: number): Promise<void>;
-  /** Ends the sleep in progress, if any (a later sleep is not affected). */
-  wake(): void;
-}
+import { setTimeout as sleep } from 'node:timers/promises';
 
-export function interruptibleSleep(): InterruptibleSleep {
-  let wake: (() => void) | undefined;
-  return {
-    sleep: (ms) =>
-      new Promise<void>((resolve) => {
-        const timer = setTimeout(done, ms);
-        function done() {
-          clearTimeout(timer);
-          wake = undefined;
-          resolve();
-        }
-        wake = done;
-      }),
-    wake: () => wake?.(),
-  };
+/**
+ * Waits `ms`, or less when `signal` aborts: then it resolves at once (it never rejects). A polling loop waits
+ * out its interval with it, and stopping the loop (aborting) ends the wait instead of waiting for the timer.
+ */
+export function sleepUnlessAborted(ms: number, signal: AbortSignal): Promise<void> {
+  return sleep(ms, undefined, { signal }).catch(() => {});
 }
