@@ -2,8 +2,6 @@ import { X509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRootCa } from '@edgefleet/core';
 import {
@@ -14,6 +12,7 @@ import {
 } from '../../src/fleet/index.js';
 import {
   agentConfig,
+  captureLogger,
   enrollDevice,
   operator,
   removeControlPlane,
@@ -21,17 +20,6 @@ import {
   until,
   type ControlPlane,
 } from './support.js';
-
-function captureLogger() {
-  const lines: Array<{ msg: string; event?: string; level: number; serial?: string }> = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line) lines.push(JSON.parse(line));
-      done();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), lines };
-}
 
 let plane: ControlPlane;
 let work: string;

@@ -1,8 +1,6 @@
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAgentConfig } from '../../src/config/index.js';
 import { startFleetClient, type FleetClient, type FleetTiming } from '../../src/fleet/index.js';
@@ -12,6 +10,7 @@ import { ModelRegistry } from '../../src/models/index.js';
 import { predictTensors, scratch } from '../models/helpers.js';
 import {
   agentConfig,
+  captureLogger,
   enrollDevice,
   operator,
   reenroll,
@@ -20,17 +19,6 @@ import {
   until,
   type ControlPlane,
 } from './support.js';
-
-function captureLogger() {
-  const lines: Array<{ msg: string; event?: string; level: number }> = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line) lines.push(JSON.parse(line));
-      done();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), lines };
-}
 
 /** Fast cadence for tests: heartbeats every 200 ms, retries from 50 ms up to 400 ms. */
 const FAST: Partial<FleetTiming> = {

@@ -4,6 +4,8 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino, type Logger } from 'pino';
 import { parseAgentConfig, type AgentConfig } from '../../src/config/index.js';
 import {
   CLI_MAIN,
@@ -85,3 +87,18 @@ export const until = <T>(
   what: string,
   timeoutMs = 20_000,
 ): Promise<T> => pollUntil(check, what, timeoutMs, 100);
+
+/** A pino logger at debug level whose JSON lines the test reads back (`lines`, in order). */
+export function captureLogger(): {
+  logger: Logger;
+  lines: Array<{ msg: string; event?: string; level: number; serial?: string }>;
+} {
+  const lines: Array<{ msg: string; event?: string; level: number; serial?: string }> = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split('\n')) if (line) lines.push(JSON.parse(line));
+      done();
+    },
+  });
+  return { logger: pino({ level: 'debug' }, stream), lines };
+}
