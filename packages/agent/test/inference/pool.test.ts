@@ -5,12 +5,17 @@ import { TEST_MODELS, slowModelInput, writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEFAULT_ORT_SESSION_CONFIG,
-  InferenceError,
   InferencePool,
   type PoolEvent,
   type RunResult,
 } from '../../src/inference/index.js';
-import { asPoolTensor, scalable, scalableModel, scalableReference } from '../support/pool-models.js';
+import {
+  asPoolTensor,
+  inferenceError,
+  scalable,
+  scalableModel,
+  scalableReference,
+} from '../support/pool-models.js';
 
 let dir: string;
 let pool: InferencePool;
@@ -21,15 +26,6 @@ const slowInput = () => [asPoolTensor('x', slowModelInput())];
 const tinyInput = () => [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
 
 const outputFloats = (result: RunResult) => new Float32Array(result.outputs[0]!.data.slice().buffer);
-
-async function inferenceError(promise: Promise<unknown>): Promise<InferenceError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(InferenceError);
-  return error as InferenceError;
-}
 
 /** Resolves once some worker of the pool is running a request. */
 async function untilBusy(of: InferencePool): Promise<void> {

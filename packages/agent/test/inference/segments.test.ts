@@ -3,12 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TEST_MODELS, writeTestModel } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import {
-  DEFAULT_ORT_SESSION_CONFIG,
-  InferenceError,
-  InferencePool,
-  type PoolTensor,
-} from '../../src/inference/index.js';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool, type PoolTensor } from '../../src/inference/index.js';
 import { WorkerSegments } from '../../src/inference/worker-segments.js';
 import {
   SharedMemoryError,
@@ -17,6 +12,7 @@ import {
   sameSegment,
   type SegmentReference,
 } from '../../src/shm/index.js';
+import { inferenceError } from '../support/pool-models.js';
 
 // Inputs and outputs in System V shared memory that the inference worker maps itself: real segments through the
 // real addon, a real worker thread running ONNX Runtime.
@@ -68,15 +64,6 @@ const reference = (shmid: number, offset: number, byteLength: number): SegmentRe
 const segmentInput = (ref: SegmentReference): PoolTensor[] => [
   { name: 'x', dataType: 'FLOAT32', shape: [1, 16], data: new Uint8Array(64), segment: ref },
 ];
-
-async function inferenceError(promise: Promise<unknown>): Promise<InferenceError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(InferenceError);
-  return error as InferenceError;
-}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'agent-segments-'));

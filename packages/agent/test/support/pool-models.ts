@@ -1,5 +1,6 @@
 import { buildSlowModel, slowModelInput, slowModelReference, type TestModelTensor } from '@edgefleet/core';
-import type { PoolTensor } from '../../src/inference/index.js';
+import { expect } from 'vitest';
+import { InferenceError, type PoolTensor } from '../../src/inference/index.js';
 
 /** A test-model tensor as the inference pool takes it (the same bytes, viewed as a Uint8Array). */
 export function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor {
@@ -26,3 +27,13 @@ export const scalable = (rows: number) => [asPoolTensor('x', scalableInput(rows)
 /** What the scalable model returns for `scalable(rows)`, computed in JavaScript. */
 export const scalableReference = (rows: number) =>
   slowModelReference(scalableInput(rows), { ...SCALABLE, rows }).data as Float32Array;
+
+/** The InferenceError `promise` fails with; fails the test when it succeeds or fails with anything else. */
+export async function inferenceError(promise: Promise<unknown>): Promise<InferenceError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(InferenceError);
+  return error as InferenceError;
+}
