@@ -19,6 +19,7 @@ import {
   testSettings,
 } from './helpers.js';
 import { callError } from '../grpc/helpers.js';
+import { makeSegment } from '../support/segments.js';
 
 // CaptureData with data in shared memory, through the gRPC door (whose decoder, the one Predict uses, reads the
 // segments) over a real Unix socket.
@@ -70,13 +71,7 @@ afterAll(async () => {
 
 /** What a SageMaker Edge client does: create a segment, write the bytes, detach, chmod 0400. */
 function clientSegment(bytes: Uint8Array, offset = 0): number {
-  const { shmid } = addon.create(offset + bytes.byteLength);
-  segments.push(shmid);
-  const mapping = addon.attachReadWrite(shmid);
-  new Uint8Array(mapping).set(bytes, offset);
-  addon.detach(mapping);
-  addon.setMode(shmid, 0o400);
-  return shmid;
+  return makeSegment(addon, segments, bytes, { offset, mode: 0o400 });
 }
 
 describe('capture from System V shared memory', () => {

@@ -14,6 +14,7 @@ import {
   type PeerCredentials,
 } from '../../src/shm/index.js';
 import { bytesOf, referenceBytes, scratch, startPool, startTestAgent, type TestAgent } from './helpers.js';
+import { makeSegment } from '../support/segments.js';
 
 // Issue 15 item 2: a caller allowed on the agent's socket must not read, through the agent, a segment it could not
 // attach itself. The client runs as another user (nobody) in its own process; the agent (this process, root in
@@ -32,13 +33,7 @@ const expectedY = [...referenceBytes('tiny').get('y')!.bytes];
 
 /** A segment of this process's user holding `bytes`, with `mode`. */
 function segment(bytes: Uint8Array, mode: number): number {
-  const { shmid } = addon.create(bytes.length);
-  created.push(shmid);
-  const mapping = addon.attachReadWrite(shmid);
-  new Uint8Array(mapping).set(bytes);
-  addon.detach(mapping);
-  addon.setMode(shmid, mode);
-  return shmid;
+  return makeSegment(addon, created, bytes, { mode });
 }
 
 interface ClientCall {

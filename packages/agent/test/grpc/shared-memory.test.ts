@@ -13,19 +13,14 @@ import {
   startTestAgent,
   type TestAgent,
 } from './helpers.js';
+import { makeSegment } from '../support/segments.js';
 
 const addon = loadSysvShmAddon();
 const created: number[] = [];
 
 /** What a SageMaker Edge client does: create a segment, write the tensor at `offset`, detach, chmod 0400. */
 function clientSegment(bytes: Uint8Array, offset = 0, size = offset + bytes.length): number {
-  const { shmid } = addon.create(size);
-  created.push(shmid);
-  const mapping = addon.attachReadWrite(shmid);
-  new Uint8Array(mapping).set(bytes, offset);
-  addon.detach(mapping);
-  addon.setMode(shmid, 0o400);
-  return shmid;
+  return makeSegment(addon, created, bytes, { offset, size, mode: 0o400 });
 }
 
 let pool: InferencePool;

@@ -13,6 +13,7 @@ import {
   type SegmentReference,
 } from '../../src/shm/index.js';
 import { inferenceError } from '../support/pool-models.js';
+import { makeSegment } from '../support/segments.js';
 
 // Inputs and outputs in System V shared memory that the inference worker maps itself: real segments through the
 // real addon, a real worker thread running ONNX Runtime.
@@ -28,12 +29,7 @@ const expectedY = new Uint8Array(y.buffer, y.byteOffset, y.byteLength);
 
 /** A segment of `size` bytes holding `bytes` at `offset`. */
 function segment(size: number, bytes: Uint8Array = new Uint8Array(0), offset = 0): number {
-  const { shmid } = addon.create(size);
-  created.push(shmid);
-  const mapping = addon.attachReadWrite(shmid);
-  new Uint8Array(mapping).set(bytes, offset);
-  addon.detach(mapping);
-  return shmid;
+  return makeSegment(addon, created, bytes, { size, offset });
 }
 
 function segmentBytes(shmid: number, offset: number, length: number): number[] {

@@ -8,6 +8,7 @@ import { MAX_REGIONS, SharedMemoryRegions } from '../../src/rest/shared-memory-r
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
 import { waitUntil } from '../support/wait-until.js';
 import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
+import { makeSegment } from '../support/segments.js';
 
 // The KServe v2 system shared memory extension over System V segments: regions registered by name, inputs read
 // from them and outputs written into them, only for callers whose socket credentials allow the segment.
@@ -27,13 +28,7 @@ const expectedY = bytesOf(TEST_MODELS.tiny.reference(sample).y!.data);
 
 /** A segment of this process's user (root in CI) of `size` bytes, `bytes` at its start, with `mode`. */
 function segment(size: number, bytes: Uint8Array, mode: number): number {
-  const { shmid } = addon.create(size);
-  created.push(shmid);
-  const mapping = addon.attachReadWrite(shmid);
-  new Uint8Array(mapping).set(bytes);
-  addon.detach(mapping);
-  addon.setMode(shmid, mode);
-  return shmid;
+  return makeSegment(addon, created, bytes, { size, mode });
 }
 
 function segmentBytes(shmid: number, offset: number, length: number): Uint8Array {

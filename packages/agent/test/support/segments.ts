@@ -1,0 +1,25 @@
+import type { SysvShmAddon } from '../../src/shm/index.js';
+
+/**
+ * A System V segment made as a SageMaker Edge client makes one: `size` bytes (default: room for `bytes` at
+ * `offset`), `bytes` written at `offset`, detached, then `mode` set when given (clients chmod 0400). Its id is
+ * added to `created`, which the test removes in its clean-up.
+ */
+export function makeSegment(
+  addon: SysvShmAddon,
+  created: number[],
+  bytes: Uint8Array,
+  {
+    offset = 0,
+    size = offset + bytes.byteLength,
+    mode,
+  }: { offset?: number; size?: number; mode?: number } = {},
+): number {
+  const { shmid } = addon.create(size);
+  created.push(shmid);
+  const mapping = addon.attachReadWrite(shmid);
+  new Uint8Array(mapping).set(bytes, offset);
+  addon.detach(mapping);
+  if (mode !== undefined) addon.setMode(shmid, mode);
+  return shmid;
+}
