@@ -193,7 +193,8 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
 
   const status: FleetClientStatus = { state: 'starting', heartbeatsSent: 0, consecutiveFailures: 0 };
   const abort = new AbortController();
-  // The TLS files are re-read at each registration check, so a renewed or re-enrolled certificate is used.
+  // The TLS files are read again before each registration check and heartbeat, so a renewed or re-enrolled
+  // certificate is used at once.
   const api = currentDeviceApi(endpoint, () => readDeviceTls(config), { timeoutMs: timing.requestTimeoutMs });
   let registeredUntil = 0;
   const connect = (): Promise<DeviceApiClient> => api.get();
