@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { CliError, EXIT } from '../cli-io.js';
 import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
-import { createCsr, generateDeviceKey, type DeviceKeyType } from './csr.js';
+import { createCsr, generateDeviceKey, type DeviceKeyType } from '@edgefleet/core';
 
 export const ENROLLMENT_TOKEN_PREFIX = 'efe_';
 
