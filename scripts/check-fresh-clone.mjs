@@ -9,6 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -164,11 +165,18 @@ try {
   console.error(`\nFresh-clone README check FAILED: ${error.message}`);
 } finally {
   if (demo) {
-    try {
-      process.kill(-demo.child.pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
+    // Ctrl-C first: npm start stops the server and agent it started, which run in process groups of their own
+    // and would outlive a SIGKILL of its group (holding the demo's ports); SIGKILL only if it does not end.
+    const signal = (name) => {
+      try {
+        process.kill(-demo.child.pid, name);
+      } catch {
+        // already gone
+      }
+    };
+    signal('SIGINT');
+    const ended = await Promise.race([demo.exited.then(() => true), sleep(30_000).then(() => false)]);
+    if (!ended) signal('SIGKILL');
   }
   if (process.argv.includes('--keep')) console.log(`kept ${tmp}`);
   else rmSync(tmp, { recursive: true, force: true });

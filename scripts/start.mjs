@@ -6,8 +6,17 @@
 // the API token and the agent's enrollment. Everything lives under .edgefleet/ (or $EDGEFLEET_HOME).
 // Each step goes through the product's own front doors: the CLI, the server's HTTP API, the agent binary.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +41,8 @@ const HEARTBEAT_SECONDS = 3;
 const DEPLOY_WAIT_SECONDS = 120;
 const DEVICE = 'demo-device';
 const children = [];
+/** A private temp folder for the agent's socket when .edgefleet's path is too long for one; removed on stop. */
+let socketFolder;
 
 function fail(message) {
   console.error(`\nnpm start: ${message}`);
@@ -97,6 +108,7 @@ function startDaemon(name, args, logFile, ready) {
 async function stopAll() {
   for (const { child } of children) if (child.exitCode === null) child.kill('SIGTERM');
   await Promise.all(children.map((c) => c.exited));
+  if (socketFolder) rmSync(socketFolder, { recursive: true, force: true });
 }
 
 async function main() {
@@ -209,7 +221,11 @@ async function main() {
   cli(['packaging', 'root-certificate', '--out', join(trustDir, 'server-signing-root.pem')], env);
   const restPort = await freePort(Number(process.env.EDGEFLEET_REST_PORT ?? 8080));
   let socket = join(agentDir, 'agent.sock');
-  if (Buffer.byteLength(socket) > 100) socket = `/tmp/edgefleet-demo-${process.getuid?.() ?? 'user'}.sock`;
+  // Too long for a Unix socket's address: a fresh private folder, not a fixed /tmp name another user could take.
+  if (Buffer.byteLength(socket) > 100) {
+    socketFolder = mkdtempSync(join(tmpdir(), 'edgefleet-demo-'));
+    socket = join(socketFolder, 'agent.sock');
+  }
   // Earlier versions of this script preloaded the package; the update engine installs it now.
   const { edgefleet_preload_models: _preloaded, ...enrolled } = JSON.parse(
     readFileSync(agentConfigFile, 'utf8'),

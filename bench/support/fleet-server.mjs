@@ -1,7 +1,6 @@
 // Helpers the server benchmarks (heartbeats, deployments) share: a device key and CSR, HTTP calls, a
 // throwaway PostgreSQL cluster, edgefleet-server as its own process, device enrollment, CPU time from /proc.
 import { execFileSync, spawn } from 'node:child_process';
-import { createPublicKey, generateKeyPairSync, sign } from 'node:crypto';
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import https from 'node:https';
 import http from 'node:http';
@@ -10,53 +9,15 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, URL } from 'node:url';
-import { CertificationRequest, CertificationRequestInfo } from '@peculiar/asn1-csr';
-import { AsnConvert } from '@peculiar/asn1-schema';
-import {
-  AlgorithmIdentifier,
-  AttributeTypeAndValue,
-  AttributeValue,
-  Name,
-  RelativeDistinguishedName,
-  SubjectPublicKeyInfo,
-} from '@peculiar/asn1-x509';
+import { createCsr, generateDeviceKey } from '@edgefleet/core';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 export const MAIN = join(root, 'packages/server/dist/main.js');
 
-// ---------- device side: key, CSR ----------
+// ---------- device side: key, CSR (core's, as `edgefleet device enroll` makes them) ----------
 export function csrFor(commonName) {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const spki = AsnConvert.parse(
-    createPublicKey(privateKey).export({ type: 'spki', format: 'der' }),
-    SubjectPublicKeyInfo,
-  );
-  const info = new CertificationRequestInfo({
-    subject: new Name([
-      new RelativeDistinguishedName([
-        new AttributeTypeAndValue({ type: '2.5.4.3', value: new AttributeValue({ utf8String: commonName }) }),
-      ]),
-    ]),
-    subjectPKInfo: spki,
-  });
-  const signature = sign('sha256', Buffer.from(AsnConvert.serialize(info)), {
-    key: privateKey,
-    dsaEncoding: 'der',
-  });
-  const der = Buffer.from(
-    AsnConvert.serialize(
-      new CertificationRequest({
-        certificationRequestInfo: info,
-        signatureAlgorithm: new AlgorithmIdentifier({ algorithm: '1.2.840.10045.4.3.2' }),
-        signature: new Uint8Array(signature).buffer,
-      }),
-    ),
-  );
-  const pem = `-----BEGIN CERTIFICATE REQUEST-----\n${der
-    .toString('base64')
-    .match(/.{1,64}/g)
-    .join('\n')}\n-----END CERTIFICATE REQUEST-----\n`;
-  return { csr: pem, key: privateKey.export({ type: 'pkcs8', format: 'pem' }) };
+  const key = generateDeviceKey('ecdsa-p256');
+  return { csr: createCsr(key.privateKey, commonName), key: key.privateKeyPem };
 }
 
 // ---------- HTTP helpers ----------

@@ -117,7 +117,10 @@ export async function startControlPlane(
     }),
   );
   const init = await run(['init', '--config', configFile]);
-  if (init.code !== 0) throw new Error(`edgefleet-server init failed: ${init.stderr}`);
+  if (init.code !== 0) {
+    await rm(dataDir, { recursive: true, force: true });
+    throw new Error(`edgefleet-server init failed: ${init.stderr}`);
+  }
   const adminToken = init.stdout.trim();
 
   let child: ChildProcess | undefined;
@@ -155,7 +158,12 @@ export async function startControlPlane(
       return exited;
     },
   };
-  await plane.start();
+  try {
+    await plane.start();
+  } catch (error) {
+    await rm(dataDir, { recursive: true, force: true }); // the caller gets no plane to remove
+    throw error;
+  }
   return plane;
 }
 

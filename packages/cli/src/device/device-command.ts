@@ -22,7 +22,7 @@ import {
   type Device,
   type UpdateDeviceInput,
 } from '../server-client/index.js';
-import { DEVICE_KEY_TYPES, type DeviceKeyType } from './csr.js';
+import { DEVICE_KEY_TYPES, type DeviceKeyType } from '@edgefleet/core';
 import {
   CAPTURE_CHOICES,
   CAPTURE_DESTINATION_KEY,

@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { CliError, EXIT } from '../cli-io.js';
 import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
-import { createCsr, generateDeviceKey, type DeviceKeyType } from './csr.js';
+import { createCsr, generateDeviceKey, type DeviceKeyType } from '@edgefleet/core';
 
 export const ENROLLMENT_TOKEN_PREFIX = 'efe_';
 
@@ -91,9 +91,13 @@ async function readConfigObject(file: string): Promise<Record<string, unknown> |
 /** Writes a file whole or not at all: a temporary sibling with the final mode, fsynced, renamed over it. */
 export async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
   const temporary = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  // Root replacing a file keeps its owner and group: the installed agent reads a root:edgefleet-agent 0640
+  // config, which a rename of root's own new file would otherwise make unreadable to it.
+  const owner = process.getuid?.() === 0 ? await stat(path).catch(() => undefined) : undefined;
   const handle = await open(temporary, 'wx', mode);
   try {
     await handle.writeFile(content);
+    if (owner) await handle.chown(owner.uid, owner.gid);
     await handle.chmod(mode); // the umask may have narrowed it; never widened
     await handle.sync();
   } catch (error) {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEVICE_KEY_TYPES, createCsr, generateDeviceKey } from '../../src/device/csr.js';
+import { DEVICE_KEY_TYPES, createCsr, generateDeviceKey } from '@edgefleet/core';
 
 const run = promisify(execFile);
 let dir: string;

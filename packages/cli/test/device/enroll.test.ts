@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -50,7 +50,7 @@ function registration(config: Record<string, string>): Promise<{ status: number;
 
 beforeAll(async () => {
   expect((await admin('fleet', 'create', 'yard', '--output', 's3://captures/yard')).code).toBe(0);
-  expect((await admin('device', 'register', 'yard', 'crane-1', 'crane-2')).code).toBe(0);
+  expect((await admin('device', 'register', 'yard', 'crane-1', 'crane-2', 'crane-3')).code).toBe(0);
 });
 
 describe('edgefleet device enroll', () => {
@@ -159,6 +159,24 @@ describe('edgefleet device enroll', () => {
       join(cli.work, 'c2', 'device.key'),
     );
   });
+
+  // As deploy/bundle installs it: /etc/edgefleet/agent.json root:edgefleet-agent 0640, enrolled by root.
+  it.runIf(process.getuid?.() === 0)(
+    'run as root, keeps the owner and group of the config it rewrites, so the agent can still read it',
+    async () => {
+      const folder = join(cli.work, 'crane-3');
+      const configFile = join(folder, 'agent.json');
+      await mkdir(folder);
+      await writeFile(configFile, '{}', { mode: 0o640 });
+      await chown(configFile, 0, 65534);
+      const enrolled = await enroll(await enrollmentToken('crane-3'), configFile);
+      expect(enrolled.stderr).toBe('');
+      expect(enrolled.code).toBe(0);
+      const after = await stat(configFile);
+      expect([after.uid, after.gid, after.mode & 0o777]).toEqual([0, 65534, 0o640]);
+      expect(JSON.parse(await readFile(configFile, 'utf8')).sagemaker_edge_core_device_name).toBe('crane-3');
+    },
+  );
 
   it('asks for a token of the right kind', async () => {
     const config = join(cli.work, 'x.json');

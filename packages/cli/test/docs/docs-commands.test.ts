@@ -12,7 +12,8 @@ import { REPO_ROOT } from '../../../../test/support/control-plane.js';
 
 const markdownFiles = [
   'README.md',
-  ...['agent', 'server', 'cli', 'core']
+  'deploy/README.md',
+  ...['agent', 'server', 'cli', 'core', 'web']
     .map((p) => `packages/${p}/README.md`)
     .filter((f) => existsSync(join(REPO_ROOT, f))),
   ...readdirSync(join(REPO_ROOT, 'docs'))
@@ -111,7 +112,7 @@ describe('the READMEs and docs', () => {
       }
       for (const [, script] of line.matchAll(/npm run ([\w:-]+)/g))
         if (!scripts.includes(script!)) problems.push(`${line.trim()}  →  no npm script "${script}"`);
-      for (const [, path] of line.matchAll(/node ((?:packages|scripts|bench)\/[\w./-]+)/g)) {
+      for (const [, path] of line.matchAll(/node ((?:packages|scripts|bench|deploy)\/[\w./-]+)/g)) {
         // dist/ files are built from src/: the source must exist.
         const source = path!.replace(/\/dist\/(.*)\.js$/, '/src/$1.ts');
         if (!existsSync(join(REPO_ROOT, source))) problems.push(`${line.trim()}  →  no ${source}`);

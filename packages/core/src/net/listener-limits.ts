@@ -1,5 +1,5 @@
 import type { Server } from 'node:http';
-import { capConnections, type ConnectionCapsHandle } from './connection-limits.js';
+import { capConnections } from './connection-limits.js';
 
 /** Timeouts and connection caps of one HTTP(S) listener (the values in use: docs/security.md#limits). */
 export interface ListenerLimits {
@@ -38,7 +38,7 @@ export function tlsServerLimitOptions(limits: ListenerLimits): {
 }
 
 /** Applies the timeouts and caps to an HTTP(S) server that is not listening yet. */
-export function applyListenerLimits(server: Server, limits: ListenerLimits): ConnectionCapsHandle {
+export function applyListenerLimits(server: Server, limits: ListenerLimits): void {
   // Read when the server starts listening (the timer starts then), so it may be set after construction.
   (server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval =
     checkingIntervalMs(limits);
@@ -50,5 +50,5 @@ export function applyListenerLimits(server: Server, limits: ListenerLimits): Con
   server.requestTimeout = limits.requestTimeoutMs;
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.setTimeout(limits.idleTimeoutMs);
-  return capConnections(server, limits);
+  capConnections(server, limits);
 }
