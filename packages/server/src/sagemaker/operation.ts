@@ -30,7 +30,7 @@ export function defineOperation<Input extends z.ZodType>(operation: Operation<In
 }
 
 /** AWS's phrasing of input validation failures, naming each member that was wrong. */
-export function validationError(issues: readonly z.core.$ZodIssue[]): AwsError {
+function validationError(issues: readonly z.core.$ZodIssue[]): AwsError {
   const shown = issues.slice(0, 5);
   const text = shown
     .map((issue) => {
