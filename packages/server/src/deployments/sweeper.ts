@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { startPeriodicTask, type PeriodicTask } from '../background/periodic-task.js';
+import { startPeriodicTask, type PeriodicTask } from '../background/index.js';
 import type { DeploymentService } from './deployment-service.js';
 
 /**

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
-import { startPeriodicTask, type PeriodicTask } from '../background/periodic-task.js';
+import { startPeriodicTask, type PeriodicTask } from '../background/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** Old enrollment tokens are kept a while after expiry so a late attempt still hears "expired". */
