@@ -1,8 +1,8 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { readFile } from 'node:fs/promises';
 import type { Kysely } from 'kysely';
 import { DomainError } from '../errors/index.js';
+import { createOnce, fileExists } from '../identity/key-files.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import { tokenScopeSchema, type TokenScope } from './api-tokens.js';
 
@@ -34,21 +34,19 @@ function newAccessKeyId(): string {
 
 /**
  * The server key that encrypts access-key secrets at rest, so a database dump alone does not reveal them.
- * Read from `file`, or created there (32 random bytes, mode 0600) on first use. Replicas must share it.
+ * Read from `file`, or created there (32 random bytes, mode 0600) on first use. Replicas must share it: those
+ * starting together on a fresh shared folder create it once, as the device CA is (identity/key-files.ts).
  */
 export async function loadAccessKeyEncryptionKey(file: string): Promise<Buffer> {
-  try {
-    const key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64');
-    if (key.length !== 32) {
-      throw new Error(`${file} must hold 32 bytes, base64-encoded (it holds ${key.length})`);
-    }
-    return key;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  await createOnce(
+    `${file}.lock`,
+    () => fileExists(file),
+    (publish) => publish.secret(file, `${randomBytes(32).toString('base64')}\n`),
+  );
+  const key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64');
+  if (key.length !== 32) {
+    throw new Error(`${file} must hold 32 bytes, base64-encoded (it holds ${key.length})`);
   }
-  const key = randomBytes(32);
-  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  await writeFile(file, `${key.toString('base64')}\n`, { mode: 0o600, flag: 'wx' });
   return key;
 }
 

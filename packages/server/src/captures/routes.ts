@@ -53,14 +53,16 @@ export const agentSettingsSchema = z.object({
 export const captureDeviceRoutes: FastifyPluginAsync<{
   db: Kysely<DatabaseSchema>;
   blobs: BlobStore;
-  config: Pick<ServerConfig, 'blobLocation' | 's3' | 'captures' | 'heartbeat'>;
+  config: Pick<ServerConfig, 'blobLocation' | 'captures' | 'heartbeat'>;
+  /** The server's S3 connection (fleet buckets are reached the same way); used only when its blobs are in S3. */
+  s3: S3ConnectionOptions;
   /** The package-signing root, handed to devices at set-up (their trust folder). */
   signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
 }> = async (app, deps) => {
   const { blobLocation } = deps.config;
   const outputs = new FleetOutputs(
     deps.blobs,
-    s3ConnectionOf(deps.config),
+    blobLocation.kind === 's3' ? deps.s3 : undefined,
     blobLocation.kind === 's3' ? blobLocation : undefined,
   );
   const limits: CaptureLimits = deps.config.captures;
@@ -124,16 +126,3 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     },
   });
 };
-
-/** The server's S3 connection when its blobs are in S3 (fleet buckets are reached the same way); else none. */
-function s3ConnectionOf(config: Pick<ServerConfig, 'blobLocation' | 's3'>): S3ConnectionOptions | undefined {
-  if (config.blobLocation.kind !== 's3') return undefined;
-  const { endpoint, region, forcePathStyle, accessKeyId, secretAccessKey } = config.s3;
-  return {
-    ...(endpoint !== undefined && { endpoint }),
-    ...(region !== undefined && { region }),
-    ...(forcePathStyle !== undefined && { forcePathStyle }),
-    ...(accessKeyId !== undefined &&
-      secretAccessKey !== undefined && { credentials: { accessKeyId, secretAccessKey } }),
-  };
-}

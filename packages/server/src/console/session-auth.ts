@@ -76,17 +76,7 @@ export function setSessionCookie(
   );
 }
 
+/** Tells the browser to drop the session cookie (the same cookie, empty and already expired). */
 export function clearSessionCookie(reply: FastifyReply, request: FastifyRequest): void {
-  reply.header(
-    'set-cookie',
-    stringifySetCookie({
-      name: SESSION_COOKIE,
-      value: '',
-      httpOnly: true,
-      sameSite: 'strict',
-      path: '/',
-      maxAge: 0,
-      secure: request.protocol === 'https',
-    }),
-  );
+  setSessionCookie(reply, request, '', 0);
 }

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { startPeriodicTask, type PeriodicTask } from '../background/index.js';
 import type { DeploymentService } from './deployment-service.js';
 
 /**
@@ -8,27 +9,12 @@ import type { DeploymentService } from './deployment-service.js';
 export function startDeploymentSweeper(
   deployments: Pick<DeploymentService, 'sweep'>,
   options: { intervalMs: number; logger: Logger },
-): { stop(): Promise<void> } {
-  let running: Promise<unknown> | undefined;
-  const timer = setInterval(() => {
-    if (running !== undefined) return;
-    running = deployments
-      .sweep()
-      .then(
-        (result) => {
-          if (result.timedOut > 0) options.logger.info(result, 'deployment sweep: devices timed out');
-        },
-        (error: unknown) => options.logger.warn({ err: error }, 'deployment sweep failed; will retry'),
-      )
-      .finally(() => {
-        running = undefined;
-      });
-  }, options.intervalMs);
-  timer.unref();
-  return {
-    stop: async () => {
-      clearInterval(timer);
-      await running;
+): PeriodicTask {
+  return startPeriodicTask(
+    async () => {
+      const result = await deployments.sweep();
+      if (result.timedOut > 0) options.logger.info(result, 'deployment sweep: devices timed out');
     },
-  };
+    { ...options, failureMessage: 'deployment sweep failed; will retry' },
+  );
 }

@@ -37,6 +37,20 @@ export async function deviceFleet(
   return row === undefined ? undefined : { name: row.name, fleetName: row.fleet_name };
 }
 
+/**
+ * Holds the device's row until the caller's transaction ends, changing nothing (PostgreSQL's row lock; on
+ * SQLite the write lock), so that writers of one device's rows run one after the other and each reads what
+ * the one before committed. False when the device is not registered.
+ */
+export async function lockDevice(trx: Transaction<DatabaseSchema>, deviceName: string): Promise<boolean> {
+  const result = await trx
+    .updateTable('devices')
+    .set((eb) => ({ updated_at: eb.ref('updated_at') }))
+    .where('name', '=', deviceName)
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows) > 0;
+}
+
 /** How many devices each of these fleets has (fleets without devices are absent). */
 export async function deviceCountsByFleet(db: Executor, fleetNames: string[]): Promise<Map<string, number>> {
   if (fleetNames.length === 0) return new Map();

@@ -28,6 +28,7 @@ export {
   deviceCountsByFleet,
   deviceFleet,
   fleetDeviceStats,
+  lockDevice,
   recordHeartbeatStates,
   selectableDevices,
   type DeviceHeartbeatState,

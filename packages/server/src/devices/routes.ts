@@ -9,6 +9,7 @@ import {
   deviceSummarySchema,
   registerDevicesSchema,
   updateDeviceSchema,
+  type DeviceSortKey,
   type DeviceSummaryView,
   type DeviceView,
 } from './device-schemas.js';
@@ -106,7 +107,7 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
     handler: async ({ query }) => {
       // A token names the order it was taken in, so it cannot continue a listing sorted another way.
       const listing = `devices by ${query.sortBy} ${query.sortOrder}`;
-      const after = decodeDevicePosition(listing, query.nextToken);
+      const after = decodeDevicePosition(listing, query.sortBy, query.nextToken);
       const rows = await devices.list({
         limit: query.limit + 1,
         sortBy: query.sortBy,
@@ -173,9 +174,18 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
 };
 
 /** The (sort key, name) a device page token holds; a token from another listing or order is a 400. */
-const devicePositionSchema = z.tuple([z.union([z.string(), z.number().int()]), z.string()]);
+/** A page token's position per order: a name, or a time in epoch ms (-1: never seen) as the database holds it. */
+const devicePositionSchemas = {
+  name: z.tuple([z.string(), z.string()]),
+  lastSeen: z.tuple([z.int().min(-1), z.string()]),
+  registered: z.tuple([z.int().min(0), z.string()]),
+} satisfies Record<DeviceSortKey, z.ZodType>;
 
-function decodeDevicePosition(listing: string, token: string | undefined): DeviceListPosition | undefined {
+function decodeDevicePosition(
+  listing: string,
+  sortBy: DeviceSortKey,
+  token: string | undefined,
+): DeviceListPosition | undefined {
   const encoded = decodePageToken(listing, token);
   if (encoded === undefined) return undefined;
   let parsed: unknown;
@@ -184,7 +194,7 @@ function decodeDevicePosition(listing: string, token: string | undefined): Devic
   } catch {
     parsed = undefined;
   }
-  const position = devicePositionSchema.safeParse(parsed);
+  const position = devicePositionSchemas[sortBy].safeParse(parsed);
   if (!position.success) {
     throw new ApiError(400, 'ValidationError', `nextToken is not a token from this ${listing} listing`, {
       in: 'querystring',

@@ -1,5 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
+import { startPeriodicTask, type PeriodicTask } from '../background/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** Old enrollment tokens are kept a while after expiry so a late attempt still hears "expired". */
@@ -25,26 +26,21 @@ export async function pruneExpired(
   return { metricBatches: Number(metrics.numDeletedRows), enrollmentTokens: Number(tokens.numDeletedRows) };
 }
 
-/** Runs pruneExpired every `intervalMs` until stopped; failures are logged and retried next time. */
+/** Runs pruneExpired every `intervalMs` until stopped (never two at once); failures are logged and retried. */
 export function startRetentionSweeper(
   db: Kysely<DatabaseSchema>,
   options: { metricsRetentionMs: number; intervalMs: number; logger: Logger },
-): { stop(): Promise<void> } {
-  let running: Promise<unknown> = Promise.resolve();
-  const timer = setInterval(() => {
-    running = pruneExpired(db, { metricsRetentionMs: options.metricsRetentionMs }).then(
-      (removed) => {
-        if (removed.metricBatches > 0 || removed.enrollmentTokens > 0)
-          options.logger.debug(removed, 'retention sweep');
-      },
-      (error: unknown) => options.logger.warn({ err: error }, 'retention sweep failed; will retry'),
-    );
-  }, options.intervalMs);
-  timer.unref();
-  return {
-    stop: async () => {
-      clearInterval(timer);
-      await running;
+): PeriodicTask {
+  return startPeriodicTask(
+    async () => {
+      const removed = await pruneExpired(db, { metricsRetentionMs: options.metricsRetentionMs });
+      if (removed.metricBatches > 0 || removed.enrollmentTokens > 0)
+        options.logger.debug(removed, 'retention sweep');
     },
-  };
+    {
+      intervalMs: options.intervalMs,
+      logger: options.logger,
+      failureMessage: 'retention sweep failed; will retry',
+    },
+  );
 }

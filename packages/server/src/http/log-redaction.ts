@@ -1,7 +1,18 @@
 /** Query parameters whose values are secrets or may be (tokens, keys, signatures), by name. */
 const SECRET_PARAM = /token|secret|passw|api[-_]?key|access[-_]?key|signature|credential|^auth/i;
-/** Values that are EdgeFleet secrets whatever the parameter is called (operator and enrollment tokens). */
-const SECRET_VALUE = /^ef[a-z]_/i;
+/**
+ * Values that hold EdgeFleet secrets whatever the parameter is called (operator and enrollment tokens),
+ * anywhere in the value (` efo_…`, `Bearer efo_…`).
+ */
+const SECRET_VALUE = /\bef[a-z]_/i;
+
+function decoded(text: string): string {
+  try {
+    return decodeURIComponent(text.replace(/\+/g, ' '));
+  } catch {
+    return text; // malformed escapes: judge the raw text
+  }
+}
 
 /**
  * The request URL as the access log may show it: the path, and the query with secret values replaced by
@@ -16,21 +27,12 @@ export function redactRequestUrl(url: string): string {
     .split('&')
     .map((pair) => {
       const equals = pair.indexOf('=');
-      if (equals === -1) return pair;
+      // A bare `?efo_…` is a value without a name.
+      if (equals === -1) return SECRET_VALUE.test(decoded(pair)) ? '[REDACTED]' : pair;
       const name = pair.slice(0, equals);
-      let value = pair.slice(equals + 1);
-      try {
-        value = decodeURIComponent(value.replace(/\+/g, ' '));
-      } catch {
-        // Malformed escapes: judge the raw text.
-      }
-      let decodedName = name;
-      try {
-        decodedName = decodeURIComponent(name);
-      } catch {
-        // as above
-      }
-      return SECRET_PARAM.test(decodedName) || SECRET_VALUE.test(value) ? `${name}=[REDACTED]` : pair;
+      return SECRET_PARAM.test(decoded(name)) || SECRET_VALUE.test(decoded(pair.slice(equals + 1)))
+        ? `${name}=[REDACTED]`
+        : pair;
     });
   return `${url.slice(0, queryAt)}?${parts.join('&')}`;
 }

@@ -25,21 +25,21 @@ export function encodePageToken(list: string, after: string): string {
   return Buffer.from(JSON.stringify({ l: list, a: after }), 'utf8').toString('base64url');
 }
 
-export function decodePageToken(list: string, token: string | undefined): string | undefined {
-  if (token === undefined) return undefined;
+/** The position a page token of `list` holds; undefined when the token is not one of that list's. */
+export function pageTokenPosition(list: string, token: string): string | undefined {
   try {
     const parsed: unknown = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
-    if (
-      typeof parsed === 'object' &&
-      parsed !== null &&
-      (parsed as { l?: unknown }).l === list &&
-      typeof (parsed as { a?: unknown }).a === 'string'
-    ) {
-      return (parsed as { a: string }).a;
-    }
+    const { l, a } = (parsed ?? {}) as { l?: unknown; a?: unknown };
+    return l === list && typeof a === 'string' ? a : undefined;
   } catch {
-    // fall through to the error below
+    return undefined;
   }
+}
+
+export function decodePageToken(list: string, token: string | undefined): string | undefined {
+  if (token === undefined) return undefined;
+  const position = pageTokenPosition(list, token);
+  if (position !== undefined) return position;
   throw new ApiError(400, 'ValidationError', `nextToken is not a token from this ${list} listing`, {
     in: 'querystring',
   });

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import { hashSecret, newId, newSecret } from '../auth/index.js';
-import { deviceFleet, toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
+import { deviceFleet, lockDevice, toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
 import { DomainError, notFound } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 import { CsrError, parseCsr } from './csr.js';
@@ -204,6 +204,10 @@ export class DeviceIdentityService {
     });
     const at = this.now();
     await this.db.transaction().execute(async (trx) => {
+      // Renewals of one device run one at a time: each then revokes the certificate the one before issued
+      // (else renewals sent at once would each keep their own, and a stolen certificate could mint many).
+      if (!(await lockDevice(trx, device.deviceName)))
+        throw notFound(`device ${device.deviceName}`, { device: device.deviceName });
       await trx
         .updateTable('device_certificates')
         .set({ revoked_at: at, revocation_reason: 'superseded by a renewal' })

@@ -36,28 +36,16 @@ async function publishExclusive(temp: string, file: string): Promise<void> {
 }
 
 /**
- * Writes new key material so that it is never readable by others, even for a moment: created 0600 under a
- * 0700 folder, then published exclusively (a crash leaves no half-written key; an existing key is never
- * replaced).
+ * Writes new key material: created with `mode` (0600 for keys, so never readable by others even for a
+ * moment; 0644 for certificates) under a 0700 folder, then published exclusively (a crash leaves no
+ * half-written file; an existing one is never replaced).
  */
-export async function writeSecretFile(file: string, content: string): Promise<void> {
+async function writeNewFile(file: string, content: string, mode: 0o600 | 0o644): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   const temp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
   try {
-    await writeFile(temp, content, { mode: 0o600, flag: 'wx' });
-    await chmod(temp, 0o600);
-    await publishExclusive(temp, file);
-  } finally {
-    await rm(temp, { force: true });
-  }
-}
-
-/** Public material (certificates): readable by all, published exclusively as key material is. */
-export async function writePublicFile(file: string, content: string): Promise<void> {
-  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const temp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-  try {
-    await writeFile(temp, content, { mode: 0o644, flag: 'wx' });
+    await writeFile(temp, content, { mode, flag: 'wx' });
+    await chmod(temp, mode); // whatever the umask
     await publishExclusive(temp, file);
   } finally {
     await rm(temp, { force: true });
@@ -113,11 +101,11 @@ export async function createOnce(
       if (!(await ready())) {
         await create({
           secret: async (file, content) => {
-            await writeSecretFile(file, content);
+            await writeNewFile(file, content, 0o600);
             published.push(file);
           },
           public: async (file, content) => {
-            await writePublicFile(file, content);
+            await writeNewFile(file, content, 0o644);
             published.push(file);
           },
         });

@@ -66,18 +66,16 @@ export function packagingJobView(job: PackagingJobRecord): z.input<typeof packag
 
 const jobParams = z.object({ job: entityNameSchema });
 
-async function artifactStream(jobs: PackagingJobStore, blobs: BlobStore, name: string) {
-  const job = await jobs.get(name);
-  if (job.status !== 'COMPLETED' || job.artifactKey === null) {
+/** A job's stored package; 409 while it has none (the job is not COMPLETED). */
+function completedPackageOf(job: PackagingJobRecord): { key: string; size: number; sha256: string | null } {
+  if (job.status !== 'COMPLETED' || job.artifactKey === null || job.artifactSizeBytes === null) {
     throw new DomainError(
       'Conflict',
-      `packaging job ${name} is ${job.status}; its package exists once COMPLETED`,
-      {
-        status: job.status,
-      },
+      `packaging job ${job.name} is ${job.status}; its package exists once COMPLETED`,
+      { status: job.status },
     );
   }
-  return { job, stream: await blobs.get(job.artifactKey) };
+  return { key: job.artifactKey, size: job.artifactSizeBytes, sha256: job.artifactSha256 };
 }
 
 export const packagingRoutes: FastifyPluginAsync<{
@@ -152,15 +150,12 @@ export const packagingRoutes: FastifyPluginAsync<{
     params: jobParams,
     binaryResponse: 'application/gzip',
     handler: async ({ params, reply }) => {
-      const { job, stream } = await artifactStream(deps.jobs, deps.blobs, params.job);
+      const stored = completedPackageOf(await deps.jobs.get(params.job));
       reply
         .type('application/gzip')
-        .header(
-          'content-disposition',
-          `attachment; filename="${job.artifactKey?.split('/').pop() ?? 'package.tar.gz'}"`,
-        );
-      if (job.artifactSizeBytes !== null) reply.header('content-length', job.artifactSizeBytes);
-      return stream as never;
+        .header('content-disposition', `attachment; filename="${stored.key.split('/').pop()}"`)
+        .header('content-length', stored.size);
+      return (await deps.blobs.get(stored.key)) as never;
     },
   });
 
@@ -277,21 +272,7 @@ export const packagingDeviceRoutes: FastifyPluginAsync<{
           { job: params.job, fleet: device.fleetName },
         );
       }
-      const job = await deps.jobs.get(params.job);
-      if (job.status !== 'COMPLETED' || job.artifactKey === null || job.artifactSizeBytes === null) {
-        throw new DomainError(
-          'Conflict',
-          `packaging job ${job.name} is ${job.status}; its package exists once COMPLETED`,
-          {
-            status: job.status,
-          },
-        );
-      }
-      return sendPackage(request, reply, deps.blobs, {
-        key: job.artifactKey,
-        size: job.artifactSizeBytes,
-        sha256: job.artifactSha256,
-      });
+      return sendPackage(request, reply, deps.blobs, completedPackageOf(await deps.jobs.get(params.job)));
     },
   });
 };

@@ -1,8 +1,7 @@
 import type { ActiveAccessKey } from '../auth/index.js';
-import { pathToNul } from '../http/routes.js';
 import { arnBuilder } from './arns.js';
 import { AwsError } from './aws-errors.js';
-import { validationError, type OperationModule } from './operation.js';
+import { parseInput, type OperationModule } from './operation.js';
 
 /** The operations of the `sagemaker` service this server knows; anything else is UnknownOperationException. */
 export class SageMakerDispatcher {
@@ -58,16 +57,7 @@ export class SageMakerDispatcher {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) {
       throw new AwsError('SerializationException', 'the request body must be a JSON object');
     }
-    const nulAt = pathToNul(body);
-    if (nulAt !== undefined) {
-      throw new AwsError(
-        'ValidationException',
-        `1 validation error detected: Value at '${nulAt.map(String).join('.')}' failed to satisfy constraint: must not contain the NUL character`,
-      );
-    }
-    const parsed = operation.input.safeParse(body);
-    if (!parsed.success) throw validationError(parsed.error.issues);
-    return operation.run(parsed.data, {
+    return operation.run(parseInput(operation.input, body), {
       key: auth.key,
       region: auth.region,
       arns: arnBuilder(auth.region, this.accountId),

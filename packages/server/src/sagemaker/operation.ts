@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { ActiveAccessKey } from '../auth/index.js';
+import { pathToNul } from '../http/routes.js';
 import { AwsError } from './aws-errors.js';
 import type { ArnBuilder } from './arns.js';
 
@@ -29,7 +30,7 @@ export function defineOperation<Input extends z.ZodType>(operation: Operation<In
 }
 
 /** AWS's phrasing of input validation failures, naming each member that was wrong. */
-export function validationError(issues: readonly z.core.$ZodIssue[]): AwsError {
+function validationError(issues: readonly z.core.$ZodIssue[]): AwsError {
   const shown = issues.slice(0, 5);
   const text = shown
     .map((issue) => {
@@ -41,6 +42,23 @@ export function validationError(issues: readonly z.core.$ZodIssue[]): AwsError {
     'ValidationException',
     `${issues.length} validation error${issues.length === 1 ? '' : 's'} detected: ${text}`,
   );
+}
+
+/**
+ * A request body as an operation's input, with AWS's errors: no NUL anywhere (PostgreSQL cannot store one; the
+ * native routes refuse it too), then the schema. Used by the control plane and the data plane alike.
+ */
+export function parseInput<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
+  const nulAt = pathToNul(body);
+  if (nulAt !== undefined) {
+    throw new AwsError(
+      'ValidationException',
+      `1 validation error detected: Value at '${nulAt.map(String).join('.')}' failed to satisfy constraint: must not contain the NUL character`,
+    );
+  }
+  const parsed = schema.safeParse(body);
+  if (!parsed.success) throw validationError(parsed.error.issues);
+  return parsed.data;
 }
 
 /** Epoch milliseconds → the epoch seconds AWS JSON protocols carry. */

@@ -10,11 +10,10 @@ import type { AccessKeyStore } from '../auth/index.js';
 import type { DeploymentService } from '../deployments/index.js';
 import type { DeviceStore } from '../devices/index.js';
 import { assertActsAsItself, type HeartbeatService } from '../heartbeats/index.js';
-import { pathToNul } from '../http/routes.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import { AwsError, toAwsError } from './aws-errors.js';
 import type { SageMakerDispatcher } from './dispatcher.js';
-import { validationError } from './operation.js';
+import { parseInput } from './operation.js';
 import { verifySigV4, type VerifiedSignature } from './sigv4.js';
 
 /** Largest facade request body; SageMaker's own requests are far smaller. */
@@ -146,12 +145,7 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
           );
         }
         const body = parseJsonBody(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0));
-        const nulAt = pathToNul(body);
-        if (nulAt !== undefined) {
-          throw new AwsError('ValidationException', `Value at '${nulAt.join('.')}' must not contain NUL`);
-        }
-        const parsed = input.safeParse(body);
-        if (!parsed.success) throw validationError(parsed.error.issues);
+        const parsed = parseInput(input, body);
         const record = await options.devices.find(key.deviceName);
         // A key issued before the device was (re-)registered belongs to an earlier device of that name, whose
         // identity deregistration ended, as it revokes that device's certificates.
@@ -167,7 +161,7 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
           serial: `access-key:${key.accessKeyId}`,
           notAfter: Number.MAX_SAFE_INTEGER,
         };
-        return reply.type('application/json').send(JSON.stringify(await run(device, parsed.data)));
+        return reply.type('application/json').send(JSON.stringify(await run(device, parsed)));
       },
     });
 

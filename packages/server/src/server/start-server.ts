@@ -458,7 +458,13 @@ export async function startServer(
       access: deployments,
     });
     await deviceApp.register(deploymentDeviceRoutes, { deployments, models, blobs });
-    await deviceApp.register(captureDeviceRoutes, { db: database.db, blobs, config, signing });
+    await deviceApp.register(captureDeviceRoutes, {
+      db: database.db,
+      blobs,
+      config,
+      s3: s3ConnectionOf(config),
+      signing,
+    });
 
     // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on
     // the device port cannot use up the descriptors the operator port (health checks included) needs.

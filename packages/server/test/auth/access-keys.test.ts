@@ -56,6 +56,16 @@ describe('access-key encryption key file', () => {
     await expect(loadAccessKeyEncryptionKey(short)).rejects.toThrow(/32 bytes/);
     expect((await readFile(file, 'utf8')).trim()).toBe(first.toString('base64'));
   });
+
+  it('gives servers starting together on an empty folder one key, each loading the same', async () => {
+    // Replicas sharing a data folder: each finds no key file and would create its own. Exactly one may, and
+    // the others must neither fail on its file (EEXIST) nor read it half-written.
+    const file = path.join(dir, 'together', 'encryption.key');
+    const keys = await Promise.all(Array.from({ length: 4 }, () => loadAccessKeyEncryptionKey(file)));
+    for (const key of keys) expect(key).toEqual(keys[0]);
+    expect((await readFile(file, 'utf8')).trim()).toBe(keys[0]!.toString('base64'));
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+  });
 });
 
 describe('access key REST routes', () => {

@@ -220,6 +220,21 @@ describe.each(engines)('device routes on $engine', (fixture) => {
           token: t.readToken,
         }),
       ).toMatchObject({ status: 400 });
+      // A hand-made token of the right listing whose key has the wrong type or range for the order.
+      const forged = (listing: string, position: unknown) =>
+        Buffer.from(JSON.stringify({ l: listing, a: JSON.stringify(position) })).toString('base64url');
+      for (const [query, listing, position] of [
+        ['sortBy=lastSeen', 'devices by lastSeen asc', ['abc', 'cam-1']],
+        ['sortBy=registered&sortOrder=desc', 'devices by registered desc', [1e300, 'cam-1']],
+        ['sortBy=name', 'devices by name asc', [5, 'cam-1']],
+      ] as const) {
+        expect(
+          await t.call('GET', `/api/v1/devices?${query}&nextToken=${forged(listing, position)}`, {
+            token: t.readToken,
+          }),
+          query,
+        ).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
+      }
       const badSort = await t.call('GET', '/api/v1/devices?sortBy=age', { token: t.readToken });
       expect(badSort).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
       expect(JSON.stringify(badSort.body)).toContain('sortBy');

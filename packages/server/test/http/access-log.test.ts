@@ -41,5 +41,9 @@ describe('the access log (issue 15, item 12)', () => {
     expect(redactRequestUrl('/x?q=%65fe_123')).toBe('/x?q=[REDACTED]');
     expect(redactRequestUrl('/x?bad=%E0%A4%A&tok%65n=1')).toBe('/x?bad=%E0%A4%A&tok%65n=[REDACTED]');
     expect(redactRequestUrl('/plain/path')).toBe('/plain/path');
+    // A token without a parameter name, or not at the start of the value.
+    expect(redactRequestUrl('/x?efo_abc&page=2')).toBe('/x?[REDACTED]&page=2');
+    expect(redactRequestUrl('/x?q=%20efo_abc&r=Bearer+efe_1')).toBe('/x?q=[REDACTED]&r=[REDACTED]');
+    expect(redactRequestUrl('/x?q=chef_special&ref_id=2')).toBe('/x?q=chef_special&ref_id=2');
   });
 });

@@ -21,7 +21,9 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
     const registered = await t.call('POST', '/api/v1/fleets/plant/devices', {
       token: t.adminToken,
       body: {
-        devices: ['dev-a', 'dev-b', 'dev-c', 'dev-d', 'dev-e', 'dev-f', 'dev-r'].map((name) => ({ name })),
+        devices: ['dev-a', 'dev-b', 'dev-c', 'dev-d', 'dev-e', 'dev-f', 'dev-r', 'dev-burst'].map((name) => ({
+          name,
+        })),
       },
     });
     expect(registered.status).toBe(201);
@@ -268,6 +270,37 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
       const fourth = await renew(second);
       expect(await identity(third)).toBe(401);
       expect([await identity(second), await identity(fourth)]).toEqual([200, 200]);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'renewals sent at once with one certificate still leave at most two valid (a stolen certificate minting more)',
+    async () => {
+      const device = await enrollDevice(t, 'dev-burst');
+      const renewals = await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          const key = deviceKey('ed25519');
+          const answer = await deviceCall(
+            t.server.deviceUrl,
+            device.tls,
+            'POST',
+            '/api/v1/device/certificate',
+            {
+              body: { csr: createCsr(key, 'dev-burst') },
+            },
+          );
+          expect(answer.status).toBe(201);
+          return { ca, cert: answer.body.certificatePem as string, key: key.privateKeyPem };
+        }),
+      );
+      const statuses = await Promise.all(
+        [device.tls, ...renewals].map(
+          async (tls) => (await deviceCall(t.server.deviceUrl, tls, 'GET', '/api/v1/device/identity')).status,
+        ),
+      );
+      // The presented certificate and the renewal that came last.
+      expect(statuses.filter((status) => status === 200)).toHaveLength(2);
+      expect(statuses[0]).toBe(200);
     },
   );
 

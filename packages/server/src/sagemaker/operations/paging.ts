@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { encodePageToken } from '../../http/pagination.js';
+import { encodePageToken, pageTokenPosition } from '../../http/pagination.js';
 import { AwsError } from '../aws-errors.js';
 import { timestampInput } from '../operation.js';
 
@@ -13,13 +13,8 @@ const DEFAULT_MAX_RESULTS = 10;
 
 function decode(list: string, token: string | undefined): string | undefined {
   if (token === undefined || token === '') return undefined;
-  try {
-    const parsed: unknown = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
-    const { l, a } = parsed as { l?: unknown; a?: unknown };
-    if (l === list && typeof a === 'string') return a;
-  } catch {
-    // fall through
-  }
+  const position = pageTokenPosition(list, token);
+  if (position !== undefined) return position;
   throw new AwsError(
     'ValidationException',
     `1 validation error detected: Value at 'NextToken' failed to satisfy constraint: not a token from a previous ${list} call`,

@@ -1,0 +1,1 @@
+export { startPeriodicTask, type PeriodicTask } from './periodic-task.js';
