@@ -7,6 +7,7 @@ import type { AgentMetrics } from '../metrics/index.js';
 import type { ModelRegistry } from '../models/index.js';
 import { registerModelRoutes } from './model-routes.js';
 import { registerRepositoryRoutes } from './repository-routes.js';
+import { registerAgentStatusRoute } from './agent-status-route.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { registerSharedMemoryRoutes, SharedMemoryRegions, type PeerOf } from './shared-memory-routes.js';
 import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
@@ -235,17 +236,11 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
 
   // --- EdgeFleet's own: what the device runs and what it is doing (`edgefleet agent status`) -----------------
 
-  app.get('/edgefleet/v1/status', async (_request, reply) => {
-    const models = registry.list().map((m) => ({
-      name: m.name,
-      version: m.version,
-      packageName: m.packageName,
-      path: m.path,
-      loadedAt: m.loadedAt.toISOString(),
-      signatureVerified: m.signature.verified,
-      requests: m.requests,
-    }));
-    return reply.type(JSON_TYPE).send(JSON.stringify({ version, models, ...options.agentStatus?.() }));
+  registerAgentStatusRoute(app, {
+    registry,
+    version,
+    peerOf,
+    ...(options.agentStatus && { agentStatus: options.agentStatus }),
   });
 
   // --- Prometheus ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
  * regions, and only segments they could attach themselves: read for registering and inputs, write for outputs
  * (the same check as the gRPC door's shared memory). Each request checks again, against the segment as it is
  * then; the inference worker checks once more that the segment is still as checked (see SegmentIdentity).
+ * Unlike Triton, each user (uid) may hold at most MAX_REGIONS_PER_UID regions, and sees only its own in status.
  *
  * A region is in use while a request that names it runs: unregistering it waits for those requests (at most
  * UNREGISTER_WAIT_MS), so that once unregister has answered the agent touches that memory no more.
@@ -29,6 +30,11 @@ import { RestError } from './rest-errors.js';
 
 /** Regions registered at once, across callers; more are refused until some are unregistered. */
 export const MAX_REGIONS = 256;
+/**
+ * Regions one user (by the uid of its socket, SO_PEERCRED) may have registered at once, root included: so that one
+ * local user cannot take the whole pool (MAX_REGIONS) and deny the others.
+ */
+export const MAX_REGIONS_PER_UID = 64;
 
 export const RegisterRegionSchema = z.object({
   key: z.string().regex(/^\d{1,10}$/, 'expected a System V shared memory id (shmid) as a decimal string'),
@@ -69,6 +75,8 @@ export type PeerOf = (socket: Socket) => PeerCredentials | null;
 export interface SharedMemoryRegionsOptions {
   /** See UNREGISTER_WAIT_MS (the default). */
   unregisterWaitMs?: number;
+  /** See MAX_REGIONS_PER_UID (the default). */
+  maxRegionsPerUid?: number;
 }
 
 const statusOf = (region: Region) => ({
@@ -77,6 +85,9 @@ const statusOf = (region: Region) => ({
   offset: region.offset,
   byte_size: region.byteSize,
 });
+
+const notRegistered = (name: string) =>
+  new RestError(404, `no system shared memory region named ${JSON.stringify(name)} is registered`);
 
 /** HTTP statuses for the shared memory errors: the client's mistakes are 400, refusals 403. */
 function restErrorOf(error: unknown): unknown {
@@ -91,12 +102,16 @@ export class SharedMemoryRegions {
   readonly #regions = new Map<string, Region>();
   readonly #reader: SharedMemoryReader | null;
   readonly #unregisterWaitMs: number;
+  readonly #maxRegionsPerUid: number;
 
   constructor(reader: SharedMemoryReader | null, options: SharedMemoryRegionsOptions = {}) {
     this.#reader = reader;
     this.#unregisterWaitMs = options.unregisterWaitMs ?? UNREGISTER_WAIT_MS;
     if (!(this.#unregisterWaitMs >= 0))
       throw new RangeError(`unregisterWaitMs must be a number ≥ 0, not ${this.#unregisterWaitMs}`);
+    this.#maxRegionsPerUid = options.maxRegionsPerUid ?? MAX_REGIONS_PER_UID;
+    if (!Number.isInteger(this.#maxRegionsPerUid) || this.#maxRegionsPerUid < 1)
+      throw new RangeError(`maxRegionsPerUid must be an integer ≥ 1, not ${this.#maxRegionsPerUid}`);
   }
 
   get available(): boolean {
@@ -111,27 +126,41 @@ export class SharedMemoryRegions {
         400,
         `the register request is malformed: ${describeIssues(parsed.error)}; expected {"key": "<shmid>", "offset"?, "byte_size"}`,
       );
-    if (this.#regions.has(name))
-      throw new RestError(
-        400,
-        `a system shared memory region named ${JSON.stringify(name)} is already registered; unregister it first`,
-      );
-    if (this.#regions.size >= MAX_REGIONS)
-      throw new RestError(429, `${MAX_REGIONS} regions are registered already; unregister some first`);
     const { key, offset, byte_size: byteSize } = parsed.data;
     const segmentId = Number(key);
     try {
+      // First, so that a caller the agent does not know (TCP) learns nothing of the regions below.
       reader.checkSegment(segmentId, offset, byteSize, caller, 'read');
     } catch (error) {
       throw restErrorOf(error);
     }
+    const uid = caller!.uid;
+    const existing = this.#regions.get(name);
+    if (existing !== undefined)
+      throw new RestError(
+        400,
+        existing.ownerUid === uid
+          ? `a system shared memory region named ${JSON.stringify(name)} is already registered; unregister it first`
+          : `a system shared memory region named ${JSON.stringify(name)} is already registered by another user (region names are shared by all callers); choose another name`,
+      );
+    const own = this.#countOwnedBy(uid);
+    if (own >= this.#maxRegionsPerUid)
+      throw new RestError(
+        429,
+        `uid ${uid} has ${own} system shared memory regions registered, the most one user may have at once (${this.#maxRegionsPerUid}); unregister some first (POST /v2/systemsharedmemory/region/{name}/unregister, or /v2/systemsharedmemory/unregister for all of yours)`,
+      );
+    if (this.#regions.size >= MAX_REGIONS)
+      throw new RestError(
+        429,
+        `${MAX_REGIONS} system shared memory regions are registered already, the most this agent keeps across all users; unregister some of yours, or retry once others have unregistered theirs`,
+      );
     this.#regions.set(name, {
       name,
       key,
       segmentId,
       offset,
       byteSize,
-      ownerUid: caller!.uid,
+      ownerUid: uid,
       uses: 0,
       unregistering: false,
       whenIdle: [],
@@ -209,6 +238,12 @@ export class SharedMemoryRegions {
     };
   }
 
+  #countOwnedBy(uid: number): number {
+    let count = 0;
+    for (const region of this.#regions.values()) if (region.ownerUid === uid) count++;
+    return count;
+  }
+
   /** Waits until none of `regions` is in use, at most `unregisterWaitMs`. */
   async #idle(regions: Region[]): Promise<void> {
     const busy = regions.filter((region) => region.uses > 0);
@@ -221,9 +256,18 @@ export class SharedMemoryRegions {
     clearTimeout(timer);
   }
 
-  status(name: string | undefined): ReturnType<typeof statusOf>[] {
+  /**
+   * The regions `caller` registered (all of them for root; none for a caller the agent does not know): unlike
+   * Triton, one user does not learn the names, keys and sizes of another's. Another user's region, by name, is a
+   * 404 as an unknown one is.
+   */
+  status(name: string | undefined, caller: PeerCredentials | null): ReturnType<typeof statusOf>[] {
     this.#requireReader();
-    return name === undefined ? [...this.#regions.values()].map(statusOf) : [statusOf(this.#get(name))];
+    const sees = (region: Region) => caller !== null && (caller.uid === 0 || caller.uid === region.ownerUid);
+    if (name === undefined) return [...this.#regions.values()].filter(sees).map(statusOf);
+    const region = this.#regions.get(name);
+    if (region === undefined || !sees(region)) throw notRegistered(name);
+    return [statusOf(region)];
   }
 
   /**
@@ -329,8 +373,7 @@ export class SharedMemoryRegions {
 
   #get(name: string): Region {
     const region = this.#regions.get(name);
-    if (!region)
-      throw new RestError(404, `no system shared memory region named ${JSON.stringify(name)} is registered`);
+    if (!region) throw notRegistered(name);
     return region;
   }
 
@@ -353,9 +396,9 @@ export function registerSharedMemoryRoutes(
   peerOf: PeerOf,
 ): void {
   const base = '/v2/systemsharedmemory';
-  app.get(`${base}/status`, async () => regions.status(undefined));
+  app.get(`${base}/status`, async (request) => regions.status(undefined, peerOf(request.raw.socket)));
   app.get<{ Params: RegionParams }>(`${base}/region/:name/status`, async (request) =>
-    regions.status(request.params.name),
+    regions.status(request.params.name, peerOf(request.raw.socket)),
   );
   app.post<{ Params: RegionParams }>(`${base}/region/:name/register`, async (request) => {
     regions.register(request.params.name, parseJsonBody(request.body), peerOf(request.raw.socket));

@@ -3,8 +3,13 @@ import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { REASON_WITHHELD } from '../../src/rest/agent-status-route.js';
 import { RestError } from '../../src/rest/rest-errors.js';
-import { MAX_REGIONS, SharedMemoryRegions } from '../../src/rest/shared-memory-routes.js';
+import {
+  MAX_REGIONS,
+  MAX_REGIONS_PER_UID,
+  SharedMemoryRegions,
+} from '../../src/rest/shared-memory-routes.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
 import { waitUntil } from '../support/wait-until.js';
 import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
@@ -75,6 +80,16 @@ beforeAll(async () => {
     socketPath,
     socketMode: 0o666,
     sharedMemory: (reader = new SharedMemoryReader({ addon })),
+    // As the daemon's update engine reports it: a failed update's reason names a file of the agent's.
+    agentStatus: () => ({
+      deployments: {
+        enabled: true,
+        models: [
+          { handle: 'tiny', state: 'Failed', reason: `cannot read ${files.root}/lock` },
+          { handle: 'other', state: 'Serving', reason: null },
+        ],
+      },
+    }),
   });
   await agent.registry.load({ name: 'tiny', url: await files.catalogue('tiny') });
   client = new HttpClient(targetOf(`unix:${socketPath}`));
@@ -110,17 +125,21 @@ describe('KServe v2 system shared memory', () => {
     expect(gone.text()).toMatch(/no system shared memory region named \\"in\\"/);
   });
 
-  it('caps the regions registered at once: a flood of registrations past MAX_REGIONS is refused with 429, clearly', async () => {
+  it('caps the regions one user registers: a flood past MAX_REGIONS_PER_UID is refused with 429, clearly', async () => {
     const shmid = segment(64, x, 0o600);
     const register = (name: string) =>
       post(`/v2/systemsharedmemory/region/${name}/register`, { key: String(shmid), byte_size: 64 });
-    for (let i = 0; i < MAX_REGIONS; i++) expect((await register(`r${i}`)).status).toBe(200);
+    for (let i = 0; i < MAX_REGIONS_PER_UID; i++) expect((await register(`r${i}`)).status).toBe(200);
     const refused = await register('one-too-many');
     expect(refused.status).toBe(429);
-    expect(refused.text()).toMatch(new RegExp(`${MAX_REGIONS} regions are registered already`));
+    expect(refused.text()).toMatch(
+      new RegExp(
+        `uid ${process.getuid!()} has ${MAX_REGIONS_PER_UID} system shared memory regions registered, the most one user may have at once \\(${MAX_REGIONS_PER_UID}\\); unregister some first`,
+      ),
+    );
     // Nothing registered before is lost, and the refused one is not half-registered.
     const listed = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as unknown[];
-    expect(listed).toHaveLength(MAX_REGIONS);
+    expect(listed).toHaveLength(MAX_REGIONS_PER_UID);
     expect((await client.request({ path: '/v2/systemsharedmemory/region/one-too-many/status' })).status).toBe(
       404,
     );
@@ -309,24 +328,82 @@ describe('SharedMemoryRegions in use', () => {
     expect((error as RestError).message).toMatch(
       /region "r" still in use by a request after 50 ms, so still registered/,
     );
-    expect(regions.status('r')).toEqual([{ name: 'r', key: String(shmid), offset: 0, byte_size: 64 }]);
+    expect(regions.status('r', me)).toEqual([{ name: 'r', key: String(shmid), offset: 0, byte_size: 64 }]);
     // Usable again, and unregistered at once when no request uses it.
     regions.use(['r']).release();
     use.release();
     use.release(); // a second release changes nothing
     await regions.unregister('r', me);
-    expect(regions.status(undefined)).toEqual([]);
+    expect(regions.status(undefined, me)).toEqual([]);
+  });
+});
+
+describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives them)', () => {
+  const user = (uid: number) => ({ pid: 1, uid, gid: uid, groups: [] });
+  const root = user(0);
+
+  it('keeps MAX_REGIONS across users, MAX_REGIONS_PER_UID each: one user filling its quota leaves the others room', () => {
+    const regions = new SharedMemoryRegions(reader);
+    const shmid = segment(64, x, 0o644); // readable by every user
+    const body = { key: String(shmid), byte_size: 64 };
+    for (let i = 0; i < MAX_REGIONS_PER_UID; i++) regions.register(`a${i}`, body, user(1001));
+    expect(() => regions.register('a-more', body, user(1001))).toThrow(
+      /uid 1001 has 64 system shared memory regions registered, the most one user may have at once/,
+    );
+    regions.register('b0', body, user(1002));
+    // The whole pool: 4 users' quotas; a fifth user is refused with the pool's own message.
+    for (let i = 1; i < MAX_REGIONS_PER_UID; i++) regions.register(`b${i}`, body, user(1002));
+    for (let i = 0; i < MAX_REGIONS - 2 * MAX_REGIONS_PER_UID; i++)
+      regions.register(`c${i}`, body, user(1003 + Math.floor(i / MAX_REGIONS_PER_UID)));
+    let refused: unknown;
+    try {
+      regions.register('e0', body, user(2000));
+    } catch (error) {
+      refused = error;
+    }
+    expect(refused).toBeInstanceOf(RestError);
+    expect((refused as RestError).statusCode).toBe(429);
+    expect((refused as RestError).message).toMatch(
+      new RegExp(
+        `${MAX_REGIONS} system shared memory regions are registered already, the most this agent keeps across all users`,
+      ),
+    );
+  });
+
+  it('shows each user its own regions only (root all, an unknown caller none); another user’s name is a 404', async () => {
+    const regions = new SharedMemoryRegions(reader);
+    const shmid = segment(64, x, 0o644);
+    regions.register('alice-in', { key: String(shmid), byte_size: 64 }, user(1001));
+    regions.register('bob-in', { key: String(shmid), offset: 32, byte_size: 32 }, user(1002));
+    expect(regions.status(undefined, user(1001))).toEqual([
+      { name: 'alice-in', key: String(shmid), offset: 0, byte_size: 64 },
+    ]);
+    expect(regions.status(undefined, user(1002)).map((r) => r.name)).toEqual(['bob-in']);
+    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['alice-in', 'bob-in']);
+    expect(regions.status(undefined, null)).toEqual([]);
+    expect(regions.status('bob-in', user(1002))).toHaveLength(1);
+    for (const caller of [user(1001), null])
+      expect(() => regions.status('bob-in', caller)).toThrow(
+        /no system shared memory region named "bob-in" is registered/,
+      );
+    expect(regions.status('bob-in', root)).toHaveLength(1);
+    // The name is taken for every user (one namespace, as in Triton), said without pretending they may free it.
+    expect(() => regions.register('bob-in', { key: String(shmid), byte_size: 64 }, user(1001))).toThrow(
+      /already registered by another user \(region names are shared by all callers\); choose another name/,
+    );
+    await regions.unregister(undefined, root);
   });
 });
 
 /** Runs an HTTP client as `nobody` against the agent's socket; resolves with each request's status and body. */
-function runAsNobody(requests: Array<{ path: string; body: unknown }>) {
+function runAsNobody(requests: Array<{ path: string; body?: unknown }>) {
   const script = `
     const http = require('node:http');
     const [socketPath, plan] = process.argv.slice(1);
     const call = ({ path, body }) => new Promise((resolve, reject) => {
-      const data = JSON.stringify(body);
-      const req = http.request({ socketPath, path, method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } }, (res) => {
+      const data = body === undefined ? '' : JSON.stringify(body);
+      const method = body === undefined ? 'GET' : 'POST';
+      const req = http.request({ socketPath, path, method, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } }, (res) => {
         const chunks = [];
         res.on('data', (c) => chunks.push(c));
         res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
@@ -393,20 +470,96 @@ describe.skipIf(!isRoot)(
       expect((await client.request({ path: '/v2/systemsharedmemory/region/ro/status' })).status).toBe(200);
     });
 
+    it('gives each user its own quota of regions: root filling its quota leaves nobody room', async () => {
+      const shmid = segment(64, x, 0o644); // nobody may read it
+      const body = { key: String(shmid), byte_size: 64 };
+      for (let i = 0; i < MAX_REGIONS_PER_UID; i++)
+        expect((await post(`/v2/systemsharedmemory/region/root${i}/register`, body)).status).toBe(200);
+      expect((await post('/v2/systemsharedmemory/region/root-more/register', body)).status).toBe(429);
+      const { results } = await runAsNobody([
+        { path: '/v2/systemsharedmemory/region/nobodys/register', body },
+        { path: '/v2/systemsharedmemory/status' },
+        { path: '/v2/systemsharedmemory/region/nobodys/status' },
+        { path: '/v2/systemsharedmemory/region/root0/status' },
+        { path: '/v2/systemsharedmemory/region/nobodys/unregister', body: {} },
+      ]);
+      expect(results.map((r) => r.status)).toEqual([200, 200, 200, 404, 200]);
+      // Nobody sees its own region only: not root's names, keys or sizes, and not whether root0 exists.
+      expect(JSON.parse(results[1]!.body)).toEqual([
+        { name: 'nobodys', key: String(shmid), offset: 0, byte_size: 64 },
+      ]);
+      expect(results[3]!.body).toMatch(/no system shared memory region named \\"root0\\" is registered/);
+    });
+
+    it('shows root every user’s regions, and model file paths to root only', async () => {
+      const shmid = segment(64, x, 0o644);
+      const { results } = await runAsNobody([
+        {
+          path: '/v2/systemsharedmemory/region/nobodys/register',
+          body: { key: String(shmid), byte_size: 64 },
+        },
+        { path: '/edgefleet/v1/status' },
+      ]);
+      expect(results[0]!.status).toBe(200);
+      const all = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
+        name: string;
+      }>;
+      expect(all.map((r) => r.name)).toEqual(['nobodys']);
+      type Status = { models: Array<{ name: string; version: string; path?: string }> };
+      const seenByNobody = JSON.parse(results[1]!.body) as Status;
+      const seenByRoot = (await client.request({ path: '/edgefleet/v1/status' })).json() as Status;
+      expect(seenByRoot.models.find((m) => m.name === 'tiny')!.path).toMatch(/\.onnx$|\//);
+      const tiny = seenByNobody.models.find((m) => m.name === 'tiny')!;
+      expect(tiny.version).toBe(seenByRoot.models.find((m) => m.name === 'tiny')!.version);
+      expect(tiny).not.toHaveProperty('path');
+      // Update reasons likewise: withheld where there is one, still null where there is none.
+      expect(seenByNobody).toMatchObject({
+        deployments: {
+          enabled: true,
+          models: [
+            { handle: 'tiny', state: 'Failed', reason: REASON_WITHHELD },
+            { handle: 'other', state: 'Serving', reason: null },
+          ],
+        },
+      });
+      expect(seenByRoot).toMatchObject({
+        deployments: { models: [{ reason: `cannot read ${files.root}/lock` }, { reason: null }] },
+      });
+      expect(results[1]!.body).not.toContain(files.root);
+    });
+
     it('refuses a caller on TCP (no socket credentials) any region', async () => {
-      const tcpAgent = await startAgent({ tcp: true, sharedMemory: new SharedMemoryReader({ addon }) });
+      const unixPath = join(files.root, 'both.sock');
+      const tcpAgent = await startAgent({
+        tcp: true,
+        socketPath: unixPath,
+        sharedMemory: new SharedMemoryReader({ addon }),
+      });
       try {
-        const tcp = new HttpClient(targetOf(tcpAgent.server.addresses[0]!));
+        const tcpAddress = tcpAgent.server.addresses.find((address) => !address.startsWith('unix:'))!;
+        const tcp = new HttpClient(targetOf(tcpAddress));
         const shmid = segment(64, x, 0o666);
+        const local = new HttpClient(targetOf(`unix:${unixPath}`));
+        const registered = await local.request({
+          method: 'POST',
+          path: '/v2/systemsharedmemory/region/local/register',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ key: String(shmid), byte_size: 64 }),
+        });
+        local.agent.destroy();
+        expect(registered.status).toBe(200);
         const result = await tcp.request({
           method: 'POST',
           path: '/v2/systemsharedmemory/region/r/register',
           headers: { 'content-type': 'application/json' },
           body: JSON.stringify({ key: String(shmid), byte_size: 64 }),
         });
+        const status = await tcp.request({ path: '/v2/systemsharedmemory/status' });
         tcp.agent.destroy();
         expect(result.status).toBe(403);
         expect(result.text()).toMatch(/only for callers on its Unix socket/);
+        // Nothing of the regions registered on the Unix socket either.
+        expect(status.json()).toEqual([]);
       } finally {
         await tcpAgent.stop();
       }
