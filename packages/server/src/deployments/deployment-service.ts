@@ -25,7 +25,14 @@ import {
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
 import { applyResults, isHeldMessage, type ReportedResult } from './device-results.js';
-import { planOptions, recordEvent, releaseFinishedPlan, settleStage, startStage } from './stage-progress.js';
+import {
+  planOptions,
+  recordEvent,
+  releaseFinishedPlan,
+  settleStage,
+  startStage,
+  stopUnstartedDevices,
+} from './stage-progress.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -263,13 +270,7 @@ export class DeploymentService implements DevicePackageAccess {
         .executeTakeFirst();
       if (Number(changed.numUpdatedRows) === 0)
         throw conflict(`stage ${stageName} changed meanwhile; try again`);
-      await trx
-        .updateTable('deployment_targets')
-        .set({ status: 'STOPPED', status_message: 'not started: the stage was stopped', updated_at: at })
-        .where('plan_name', '=', planName)
-        .where('stage_name', '=', stageName)
-        .where('status', '=', 'READYTODEPLOY')
-        .execute();
+      await stopUnstartedDevices(trx, planName, stageName, 'not started: the stage was stopped', at);
       if (to === 'STOPPED') {
         await recordEvent(
           trx,

@@ -192,6 +192,26 @@ export async function startStage(
  * plan auto-advances and enough devices are DEPLOYED, and frees the plan's model handles once every stage
  * has finished. Safe to run any number of times, on any replica.
  */
+/**
+ * The stage's devices that have not taken the deployment (READYTODEPLOY) will not: STOPPED with `message`, and
+ * ended then (a stopped device's deployment is over, as a failed or deployed one's is).
+ */
+export async function stopUnstartedDevices(
+  db: Executor,
+  planName: string,
+  stageName: string,
+  message: string,
+  now: number,
+): Promise<void> {
+  await db
+    .updateTable('deployment_targets')
+    .set({ status: 'STOPPED', status_message: message, ended_at: now, updated_at: now })
+    .where('plan_name', '=', planName)
+    .where('stage_name', '=', stageName)
+    .where('status', '=', 'READYTODEPLOY')
+    .execute();
+}
+
 export async function settleStage(
   trx: Transaction<DatabaseSchema>,
   planName: string,
@@ -235,13 +255,7 @@ export async function settleStage(
           .filter(Boolean)
           .join(' or ')}, after ${abort.minDevices}); devices not yet started will not start`;
       if (await setStage('INPROGRESS', 'FAILED', message)) {
-        await trx
-          .updateTable('deployment_targets')
-          .set({ status: 'STOPPED', status_message: 'not started: the stage was aborted', updated_at: now })
-          .where('plan_name', '=', planName)
-          .where('stage_name', '=', stageName)
-          .where('status', '=', 'READYTODEPLOY')
-          .execute();
+        await stopUnstartedDevices(trx, planName, stageName, 'not started: the stage was aborted', now);
         await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageAborted', message }, now);
         status = 'FAILED';
       }

@@ -104,6 +104,8 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       statusMessage?: string;
       attempts: number;
       lastSeenAt?: string;
+      startedAt?: string;
+      endedAt?: string;
     }[];
   const describePlan = async (plan: string) =>
     (await t.call('GET', `/api/v1/deployment-plans/${plan}`, { token: t.readToken })).body;
@@ -288,6 +290,19 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       // Stopping: the devices that never started are not started; the stage ends STOPPED.
       const stopped = await admin('POST', '/api/v1/deployment-plans/p1/stages/rest/stop');
       expect(stopped.body.stages[1]).toMatchObject({ status: 'STOPPED', successCount: 2, stoppedCount: 3 });
+      // Every device's deployment has ended, the stopped ones' too (then, at the latest).
+      const afterStop = await stageDevices('p1', 'rest');
+      expect(afterStop.map((d) => [d.deviceName, d.status])).toEqual([
+        ['d2', 'DEPLOYED'],
+        ['d3', 'DEPLOYED'],
+        ['d4', 'STOPPED'],
+        ['d5', 'STOPPED'],
+        ['d6', 'STOPPED'],
+      ]);
+      for (const device of afterStop) {
+        expect(device.endedAt, device.deviceName).toBeDefined();
+        expect(Date.parse(device.endedAt!)).toBeLessThanOrEqual(Date.parse(stopped.body.stages[1].endedAt));
+      }
       devices.set('d4', await enrollDevice(t, 'd4'));
       expect(await getDeployments('d4')).toEqual({ Deployments: [] });
       expect(await eventKinds('p1')).toEqual([
@@ -418,7 +433,10 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       const plan = await describePlan('p3');
       expect(plan.stages[0].status).toBe('FAILED');
       expect(plan.stages[0].statusMessage).toMatch(/^aborted: 1 of 1 finished device\(s\) failed/);
-      expect((await stageDevices('p3', 'berlin'))[1]).toMatchObject({ deviceName: 'd3', status: 'STOPPED' });
+      const berlin = await stageDevices('p3', 'berlin');
+      expect(berlin[1]).toMatchObject({ deviceName: 'd3', status: 'STOPPED' });
+      // Aborting ended d3's deployment when it ended the stage.
+      expect(berlin[1]!.endedAt).toBe(plan.stages[0].endedAt);
       expect(await eventKinds('p3')).toContain('StageAborted');
     },
   );
