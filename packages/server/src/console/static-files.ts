@@ -3,6 +3,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import Negotiator from 'negotiator';
 import { DomainError } from '../errors/index.js';
 
 /**
@@ -77,8 +78,25 @@ export async function loadConsoleFiles(root: string): Promise<Map<string, Static
   return files;
 }
 
+/** negotiator 1.x's `encoding`, with the server's preference among equals (its @types still describe 0.6). */
+interface EncodingNegotiator {
+  encoding(available: readonly string[], options: { preferred: readonly string[] }): string | undefined;
+}
+
+/**
+ * The encoding to send `file` in: the client's most preferred of those we have (Accept-Encoding with its q-values,
+ * so `br;q=0` refuses br), br before gzip before identity among equals. Without the header, or when the client
+ * refuses everything we have, identity.
+ */
+function encodingFor(request: FastifyRequest, file: StaticFile): 'br' | 'gzip' | 'identity' {
+  const available = [...(file.br ? ['br'] : []), ...(file.gzip ? ['gzip'] : []), 'identity'];
+  const negotiator = new Negotiator(request) as unknown as EncodingNegotiator;
+  const chosen = negotiator.encoding(available, { preferred: available });
+  return chosen === 'br' || chosen === 'gzip' ? chosen : 'identity';
+}
+
 function send(request: FastifyRequest, reply: FastifyReply, file: StaticFile) {
-  const accepted = String(request.headers['accept-encoding'] ?? '');
+  const encoding = encodingFor(request, file);
   reply
     .header('content-type', file.contentType)
     .header('cache-control', file.immutable ? 'public, max-age=31536000, immutable' : 'no-cache')
@@ -89,8 +107,8 @@ function send(request: FastifyRequest, reply: FastifyReply, file: StaticFile) {
     .header('referrer-policy', 'no-referrer')
     .header('cross-origin-opener-policy', 'same-origin');
   // Pre-compressed at build time, so serving costs no CPU.
-  if (file.br && /\bbr\b/.test(accepted)) return reply.header('content-encoding', 'br').send(file.br);
-  if (file.gzip && /\bgzip\b/.test(accepted)) return reply.header('content-encoding', 'gzip').send(file.gzip);
+  if (encoding === 'br') return reply.header('content-encoding', 'br').send(file.br);
+  if (encoding === 'gzip') return reply.header('content-encoding', 'gzip').send(file.gzip);
   return reply.send(file.identity);
 }
 

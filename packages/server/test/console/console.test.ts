@@ -3,10 +3,11 @@
  * sessions ending with sign-out, expiry and token revocation, the static files with their CSP, and the
  * live-update stream (capped, fed from the database, so it works across replicas on PostgreSQL).
  */
+import http from 'node:http';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { brotliCompressSync } from 'node:zlib';
+import { brotliCompressSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiTokenStore } from '../../src/auth/index.js';
 import { ConsoleSessionStore } from '../../src/console/index.js';
@@ -66,6 +67,7 @@ describe('console sessions and CSRF', () => {
     const script = 'console.log("console");'.repeat(50);
     await writeFile(path.join(staticDir, 'assets', 'app-1.js'), script);
     await writeFile(path.join(staticDir, 'assets', 'app-1.js.br'), brotliCompressSync(script));
+    await writeFile(path.join(staticDir, 'assets', 'app-1.js.gz'), gzipSync(script));
     t = await startTestServer({
       database: await sqlite.createLocation(),
       config: { console: { staticDir, eventPollMs: 100, maxEventStreams: 2 } },
@@ -89,6 +91,42 @@ describe('console sessions and CSRF', () => {
     expect(asset.headers.get('cache-control')).toContain('immutable');
     expect(await asset.text()).toContain('console.log');
     expect((await fetch(`${t.url}/assets/missing.js`)).status).toBe(404);
+  });
+
+  it('honours Accept-Encoding q-values: an encoding the client refuses (q=0) is never sent', async () => {
+    /** GETs the asset with `accept` (none if undefined) as sent, the body undecoded. */
+    const get = (accept: string | undefined) =>
+      new Promise<{ encoding: string | undefined; body: Buffer }>((resolve, reject) => {
+        const url = new URL('/assets/app-1.js', t.url);
+        const headers = accept === undefined ? {} : { 'accept-encoding': accept };
+        http
+          .get(url, { headers }, (response) => {
+            const chunks: Buffer[] = [];
+            response.on('data', (chunk: Buffer) => chunks.push(chunk));
+            response.on('end', () =>
+              resolve({ encoding: response.headers['content-encoding'], body: Buffer.concat(chunks) }),
+            );
+          })
+          .on('error', reject);
+      });
+    const script = 'console.log("console");'.repeat(50);
+    const cases: Array<[string | undefined, string | undefined]> = [
+      [undefined, undefined],
+      ['br', 'br'],
+      ['gzip, deflate, br', 'br'], // equals: ours first
+      ['br;q=0, gzip', 'gzip'],
+      ['br;q=0', undefined],
+      ['br;q=0.000, gzip;q=0', undefined],
+      ['gzip;q=1, br;q=0.5', 'gzip'],
+      ['*;q=0, identity', undefined],
+      ['*', 'br'],
+      ['BR', 'br'],
+    ];
+    for (const [accept, expected] of cases) {
+      const { encoding, body } = await get(accept);
+      expect(encoding, `Accept-Encoding: ${accept}`).toBe(expected);
+      if (expected === undefined) expect(body.toString()).toBe(script);
+    }
   });
 
   it('exchanges a token for an HttpOnly SameSite=Strict cookie; writes need the CSRF token', async () => {
