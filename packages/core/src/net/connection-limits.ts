@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { Server, Socket } from 'node:net';
+import { isIPv4, type Server, type Socket } from 'node:net';
 
 export interface ConnectionCaps {
   /** Connections open at once on this listener; more are closed as they arrive. */
@@ -18,8 +18,8 @@ export function capConnections(server: Server, caps: ConnectionCaps): void {
   server.maxConnections = caps.maxConnections;
   const open = new Map<string, number>();
   server.on('connection', (socket: Socket) => {
-    const address = socket.remoteAddress;
-    if (address === undefined) return; // a Unix socket: the total cap applies
+    if (socket.remoteAddress === undefined) return; // a Unix socket: the total cap applies
+    const address = clientAddress(socket.remoteAddress);
     const count = (open.get(address) ?? 0) + 1;
     if (count > caps.maxConnectionsPerAddress) {
       socket.destroy();
@@ -32,6 +32,17 @@ export function capConnections(server: Server, caps: ConnectionCaps): void {
       else open.set(address, left);
     });
   });
+}
+
+/**
+ * One client's address in one spelling: an IPv4 client reaching a dual-stack (::) listener shows as
+ * `::ffff:1.2.3.4`, the same client on an IPv4 listener (or a socket handed over from one) as `1.2.3.4`; both
+ * count as `1.2.3.4`. IPv6 addresses are lowercased (Node gives them so; a handed-over socket may not).
+ */
+export function clientAddress(remoteAddress: string): string {
+  const address = remoteAddress.toLowerCase();
+  const mapped = address.startsWith('::ffff:') ? address.slice('::ffff:'.length) : undefined;
+  return mapped !== undefined && isIPv4(mapped) ? mapped : address;
 }
 
 /**

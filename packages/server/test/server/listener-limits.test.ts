@@ -1,5 +1,5 @@
-import { connect, type Socket } from 'node:net';
-import { fitConnectionCaps, openFileLimit } from '@edgefleet/core';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { capConnections, clientAddress, fitConnectionCaps, openFileLimit } from '@edgefleet/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { enrollDevice, startTestServer, type TestServer } from '../support/server.js';
@@ -136,6 +136,76 @@ describe('connection caps and the open file limit', () => {
     } finally {
       sockets.forEach((socket) => socket.destroy());
       await t.stop();
+    }
+  });
+});
+
+describe('capConnections counts one client once, whatever the spelling of its address', () => {
+  it('normalises IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) to the IPv4 address', () => {
+    expect(clientAddress('::ffff:1.2.3.4')).toBe('1.2.3.4');
+    expect(clientAddress('::FFFF:127.0.0.1')).toBe('127.0.0.1');
+    expect(clientAddress('1.2.3.4')).toBe('1.2.3.4');
+    expect(clientAddress('2001:DB8::1')).toBe('2001:db8::1');
+    expect(clientAddress('::ffff:zz')).toBe('::ffff:zz');
+    expect(clientAddress('::1')).toBe('::1');
+  });
+
+  it('caps 127.0.0.1 reaching a dual-stack listener (::ffff:127.0.0.1) and handed over as 127.0.0.1 together', async () => {
+    // The capped server listens on :: (dual stack), so a direct IPv4 client shows as ::ffff:127.0.0.1; a second
+    // server on 127.0.0.1 hands its connections over (as a proxy or a socket passed between servers does), and
+    // those show as 127.0.0.1. Both are the same client: the cap of 2 holds across them. The capped server
+    // echoes, so a connection it kept answers.
+    const capped = createServer();
+    capConnections(capped, { maxConnections: 100, maxConnectionsPerAddress: 2 });
+    const accepted: Socket[] = [];
+    capped.on('connection', (socket: Socket) => {
+      accepted.push(socket);
+      socket.on('error', () => {});
+      if (!socket.destroyed) socket.pipe(socket);
+    });
+    const handing = createServer((socket) => capped.emit('connection', socket));
+    const sockets: Socket[] = [];
+    const listen = (server: Server, host: string) =>
+      new Promise<number>((resolve) =>
+        server.listen(0, host, () => resolve((server.address() as AddressInfo).port)),
+      );
+    const close = (server: Server) => new Promise<void>((resolve) => server.close(() => resolve()));
+    const open = async (port: number) => {
+      const socket = await openIdle(`http://127.0.0.1:${port}`);
+      sockets.push(socket);
+      return socket;
+    };
+    const echoes = (socket: Socket) =>
+      new Promise<boolean>((resolve) => {
+        if (socket.destroyed) return resolve(false);
+        socket.on('error', () => {});
+        socket.once('data', (data: Buffer) => resolve(data.toString() === 'ping'));
+        socket.once('close', () => resolve(false));
+        socket.write('ping');
+      });
+    try {
+      const cappedPort = await listen(capped, '::');
+      const handingPort = await listen(handing, '127.0.0.1');
+      const direct = await open(cappedPort);
+      const handed = await open(handingPort);
+      expect(await echoes(direct)).toBe(true);
+      expect(await echoes(handed)).toBe(true);
+      expect(accepted.map((socket) => socket.remoteAddress).sort()).toEqual([
+        '127.0.0.1',
+        '::ffff:127.0.0.1',
+      ]);
+      // A third connection from the same client, either way, is over the cap (closed, never answered).
+      expect(await echoes(await open(cappedPort))).toBe(false);
+      expect(await echoes(await open(handingPort))).toBe(false);
+      expect(await echoes(direct)).toBe(true);
+      // Room again once one has closed.
+      const directOnServer = accepted.find((socket) => socket.remoteAddress === '::ffff:127.0.0.1')!;
+      direct.destroy();
+      await closed(directOnServer);
+      expect(await echoes(await open(handingPort))).toBe(true);
+    } finally {
+      sockets.forEach((socket) => socket.destroy());
+      await Promise.all([close(capped), close(handing)]);
     }
   });
 });
