@@ -1,5 +1,5 @@
 import type { GetDeploymentsResult } from '@edgefleet/core';
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import { z } from 'zod';
 import { selectableDevices } from '../devices/index.js';
 import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
@@ -594,7 +594,7 @@ export class DeploymentService implements DevicePackageAccess {
 
   /** DevicePackageAccess: a packaging job's package is downloadable by a fleet that a plan deploys it to. */
   async isDeployable(jobName: string, fleetName: string): Promise<boolean> {
-    return this.fleetDeploys(fleetName, (c) => c.packagingJobName === jobName);
+    return this.fleetDeploys(fleetName, jobName, (c) => c.packagingJobName === jobName);
   }
 
   /** The same rule for an uploaded package (a model version uploaded as a signed .tar.gz). */
@@ -605,6 +605,7 @@ export class DeploymentService implements DevicePackageAccess {
   ): Promise<boolean> {
     return this.fleetDeploys(
       fleetName,
+      modelName,
       (c) =>
         c.packagingJobName === undefined &&
         c.state === 'DEPLOY' &&
@@ -613,11 +614,21 @@ export class DeploymentService implements DevicePackageAccess {
     );
   }
 
-  private async fleetDeploys(fleetName: string, matches: (config: ModelConfig) => boolean): Promise<boolean> {
+  /**
+   * Whether a plan for the fleet has a model config that `matches`. Every download asks (ranged resumes
+   * included), and a fleet's plans accumulate: so the database first narrows them to those whose configs hold
+   * `name` as a JSON string (as JSON.stringify wrote it), and only those are parsed and checked exactly.
+   */
+  private async fleetDeploys(
+    fleetName: string,
+    name: string,
+    matches: (config: ModelConfig) => boolean,
+  ): Promise<boolean> {
     const plans = await this.db
       .selectFrom('deployment_plans')
       .select('model_configs')
       .where('fleet_name', '=', fleetName)
+      .where(sql<boolean>`model_configs like ${`%${likeEscaped(JSON.stringify(name))}%`} escape '\\'`)
       .execute();
     return plans.some((plan) =>
       modelConfigSchema.array().parse(JSON.parse(plan.model_configs)).some(matches),
@@ -722,4 +733,9 @@ function assertUnique(values: string[], what: string): void {
       throw invalid(`${what} ${value} appears twice; each ${what} must be unique`, { [what]: value });
     seen.add(value);
   }
+}
+
+/** `text` for a LIKE pattern with ESCAPE '\': its own %, _ and \ match only themselves. */
+function likeEscaped(text: string): string {
+  return text.replace(/[\\%_]/g, (c) => `\\${c}`);
 }

@@ -756,4 +756,36 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       expect((await admin('DELETE', '/api/v1/deployment-plans/capped')).status).toBe(204);
     },
   );
+  it.skipIf(!fixture.available)(
+    'decides a package download by the exact name in a plan, whatever else a plan mentions',
+    async () => {
+      // The database narrows a fleet's plans by the name's text before the configs are parsed and checked:
+      // a name that appears as another field, a prefix, another case or a LIKE wildcard must not count.
+      await admin('POST', '/api/v1/fleets', { name: 'h', outputConfig: { s3OutputLocation: 's3://c/h' } });
+      const service = new DeploymentService(t.server.database.db, {
+        packagingJobs: t.server.services.packagingJobs,
+        models: t.server.services.models,
+      });
+      expect(await service.isDeployable('pack-v1-0', 'h')).toBe(false);
+      const created = await admin('POST', '/api/v1/deployment-plans', {
+        name: 'exact',
+        fleetName: 'h',
+        modelConfigs: [
+          { modelHandle: 'pack-v1-1', packagingJobName: 'pack-v1-0' },
+          { modelHandle: 'tiny', modelName: 'uploaded', modelVersion: '7' },
+        ],
+      });
+      expect(created.status).toBe(201);
+      expect(await service.isDeployable('pack-v1-0', 'h')).toBe(true);
+      expect(await service.isDeployable('pack-v1-0', 'g')).toBe(true); // its own plans
+      for (const other of ['pack-v1-1', 'pack-v1', 'PACK-V1-0', 'pack_v1-0', 'pack%', 'tiny', 'uploaded'])
+        expect(await service.isDeployable(other, 'h'), other).toBe(false);
+      expect(await service.isUploadedPackageDeployable('uploaded', '7', 'h')).toBe(true);
+      expect(await service.isUploadedPackageDeployable('uploaded', '7.0', 'h')).toBe(false);
+      expect(await service.isUploadedPackageDeployable('tiny', '7', 'h')).toBe(false);
+      expect(await service.isUploadedPackageDeployable('UPLOADED', '7', 'h')).toBe(false);
+      expect((await admin('DELETE', '/api/v1/deployment-plans/exact')).status).toBe(204);
+      expect(await service.isDeployable('pack-v1-0', 'h')).toBe(false);
+    },
+  );
 });
