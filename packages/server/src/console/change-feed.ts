@@ -7,12 +7,16 @@ export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'token
 
 type Snapshot = Record<ChangeTopic, string>;
 
+/** A device's last heartbeat, -1 for never, spelt as the devices_last_seen index (migration 0008) has it. */
+const lastSeen = sql<number>`coalesce(last_heartbeat_at, -1)`;
+
 /**
  * One fingerprint per topic, read from the database (not from this process's memory), so a change any
  * replica wrote reaches consoles connected to every replica. Counts catch deletions; the newest timestamps
- * catch updates and heartbeats; the online count catches devices going quiet, which writes nothing.
+ * catch updates and heartbeats; the oldest heartbeat among the devices online catches devices going quiet,
+ * which writes nothing. `onlineSince`: heartbeats after it are online. Exported for tests.
  */
-async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: number): Promise<Snapshot> {
+export async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: number): Promise<Snapshot> {
   const fingerprint = async (query: Promise<unknown>) => JSON.stringify(await query);
   const [fleets, devices, models, packaging, tokens, deployments] = await Promise.all([
     fingerprint(
@@ -21,23 +25,33 @@ async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: number): Pr
         .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('updated_at').as('t')])
         .executeTakeFirst(),
     ),
+    // Each an index seek (0008's devices_last_seen, 0010's devices_updated_at) but the count, which catches
+    // deletions. Devices go quiet oldest heartbeat first, so the oldest heartbeat among those online changes
+    // whenever one goes quiet: a seek, where counting the online devices read every row on every poll.
     fingerprint(
-      db
-        .selectFrom('devices')
-        .select((eb) => [
-          eb.fn.countAll().as('n'),
-          eb.fn.max('updated_at').as('u'),
-          eb.fn.max('last_heartbeat_at').as('h'),
-          sql<number>`sum(case when last_heartbeat_at > ${onlineSince} then 1 else 0 end)`.as('online'),
-        ])
-        .executeTakeFirst()
-        .then(async (row) => [
-          row,
-          await db
-            .selectFrom('device_certificates')
-            .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('revoked_at').as('r')])
-            .executeTakeFirst(),
-        ]),
+      Promise.all([
+        db
+          .selectFrom('devices')
+          .select((eb) => eb.fn.countAll().as('n'))
+          .executeTakeFirst(),
+        db
+          .selectFrom('devices')
+          .select((eb) => eb.fn.max('updated_at').as('u'))
+          .executeTakeFirst(),
+        db
+          .selectFrom('devices')
+          .select((eb) => eb.fn.max(lastSeen).as('h'))
+          .executeTakeFirst(),
+        db
+          .selectFrom('devices')
+          .select((eb) => eb.fn.min(lastSeen).as('oldestOnline'))
+          .where(lastSeen, '>', onlineSince)
+          .executeTakeFirst(),
+        db
+          .selectFrom('device_certificates')
+          .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('revoked_at').as('r')])
+          .executeTakeFirst(),
+      ]),
     ),
     fingerprint(
       db

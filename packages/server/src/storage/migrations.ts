@@ -396,6 +396,13 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('packaging_jobs').addColumn('claim_token', 'text').execute();
     },
   },
+  // The console change feed's per-poll max(updated_at) of devices (console/change-feed.ts): one index entry
+  // instead of every device row.
+  '0010_devices_updated_at_index': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.createIndex('devices_updated_at').on('devices').column('updated_at').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {
