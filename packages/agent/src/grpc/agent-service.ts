@@ -134,11 +134,17 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
     };
   };
 
-  const segmentSource = (call: ServerUnaryCall<Buffer, unknown>): SegmentSource => ({
-    reader: sharedMemory,
-    caller: peers?.of(call) ?? null,
-    leases: [],
-  });
+  const segmentSource = (call: ServerUnaryCall<Buffer, unknown>): SegmentSource => {
+    let caller: SegmentSource['caller'] | undefined;
+    return {
+      reader: sharedMemory,
+      // Looked up only when a tensor is in shared memory: most calls never need it.
+      get caller() {
+        return (caller ??= peers?.of(call) ?? null);
+      },
+      leases: [],
+    };
+  };
 
   const captureUnavailable = (method: AgentMethodName) => {
     return (_call: ServerUnaryCall<Buffer, unknown>, callback: sendUnaryData<unknown>): void => {
