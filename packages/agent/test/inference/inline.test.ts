@@ -76,6 +76,21 @@ describe('InferencePool: the inline path', () => {
     expect(stats.inline.models).toEqual([{ key: 'tiny', computeMicros: expect.any(Number) }]);
   });
 
+  it("runs an inline request in the caller's turn of the event loop, before an immediate queued ahead of it", async () => {
+    const pool = await startPool(5000, 0.9);
+    await pool.loadModel('tiny', paths.tiny!, 1);
+    await untilInline(pool, 'tiny', tinyInput);
+    let immediateRan = false;
+    setImmediate(() => {
+      immediateRan = true;
+    });
+    const inline = await pool.run('tiny', tinyInput());
+    expect(inline.worker).toBe(-1);
+    // onnxruntime-node's public run waits for a setImmediate: a run through it would come after this one.
+    expect(immediateRan).toBe(false);
+    expect(floats(inline)).toEqual(tinyExpected());
+  });
+
   it('keeps a model whose runs are over the ceiling on the workers', async () => {
     const pool = await startPool(1, 0.9);
     await pool.loadModel('slow', paths.slow!, 1);
