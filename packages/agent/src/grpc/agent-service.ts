@@ -14,7 +14,7 @@ import {
 import type { Logger } from 'pino';
 import type { CaptureService } from '../capture/index.js';
 import { AgentError, type ModelRegistry } from '../models/index.js';
-import type { SharedMemoryReader } from '../shm/index.js';
+import type { PeerCredentials, SegmentLease, SharedMemoryReader } from '../shm/index.js';
 import { INTERNAL_CODE, UNIMPLEMENTED_CODE, grpcFailure, toGrpcFailure } from './grpc-errors.js';
 import type { SocketPeers } from './socket-peers.js';
 import {
@@ -134,11 +134,8 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
     };
   };
 
-  const segmentSource = (call: ServerUnaryCall<Buffer, unknown>): SegmentSource => ({
-    reader: sharedMemory,
-    caller: peers?.of(call) ?? null,
-    leases: [],
-  });
+  const segmentSource = (call: ServerUnaryCall<Buffer, unknown>): SegmentSource =>
+    new CallSegments(sharedMemory, peers, call);
 
   const captureUnavailable = (method: AgentMethodName) => {
     return (_call: ServerUnaryCall<Buffer, unknown>, callback: sendUnaryData<unknown>): void => {
@@ -211,6 +208,25 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
       : captureUnavailable('GetCaptureDataStatus'),
   } satisfies Record<AgentMethodName, unknown>;
   return { handlers, tracker };
+}
+
+/**
+ * A call's SegmentSource. The caller's credentials are looked up only when a tensor is in shared memory: most
+ * calls never need them (a class, so that the lazy getter costs no per-call object shape of its own).
+ */
+class CallSegments implements SegmentSource {
+  readonly leases: SegmentLease[] = [];
+  #caller: PeerCredentials | null | undefined;
+
+  constructor(
+    readonly reader: SharedMemoryReader | null,
+    private readonly peers: Pick<SocketPeers, 'of'> | undefined,
+    private readonly call: ServerUnaryCall<Buffer, unknown>,
+  ) {}
+
+  get caller(): PeerCredentials | null {
+    return (this.#caller ??= this.peers?.of(this.call) ?? null);
+  }
 }
 
 /** `handle` wins over the deprecated `name` (spec §2); a request must carry one of them. */

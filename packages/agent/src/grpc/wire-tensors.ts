@@ -94,17 +94,18 @@ export function fromWireTensor(tensor: Tensor, label: string, segments: SegmentS
       `${label} has no tensor_metadata; expected its name, data_type and shape (copy them from DescribeModel)`,
     );
   }
-  const named = `${label} ${showTensorName(metadata.name)}`;
+  // Only messages need the name shown (decoding and quoting it costs more than the rest of this function).
+  const named = (): string => `${label} ${showTensorName(metadata.name)}`;
   const dataType = dataTypeFromWire(metadata.dataType);
   if (dataType === undefined) {
     throw new AgentError(
       'INVALID_ARGUMENT',
-      `${named} has data_type ${metadata.dataType}, which is not a DataType; expected one of ${DATA_TYPE_LIST}`,
+      `${named()} has data_type ${metadata.dataType}, which is not a DataType; expected one of ${DATA_TYPE_LIST}`,
     );
   }
   if (tensor.data === 'sharedMemoryHandle' && tensor.sharedMemoryHandle) {
     // The lease's reference lets a worker map the segment itself instead of getting a copy of the bytes.
-    const lease = readTensorSegment(tensor.sharedMemoryHandle, named, dataType, metadata.shape, segments);
+    const lease = readTensorSegment(tensor.sharedMemoryHandle, named(), dataType, metadata.shape, segments);
     return {
       name: metadata.name,
       dataType,

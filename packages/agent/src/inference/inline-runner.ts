@@ -7,6 +7,8 @@
 import { stat } from 'node:fs/promises';
 import type ortModule from 'onnxruntime-node';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
+import type * as bindingModule from 'onnxruntime-node/dist/binding.js';
+import type { Binding } from 'onnxruntime-node/dist/binding.js';
 import { InferenceError } from './errors.js';
 import { outputToWire, toOrtTensor, type OrtTensorConstructor } from './ort-tensors.js';
 import type { ModelBytes } from './protocol.js';
@@ -17,15 +19,37 @@ export const MAX_INLINE_MODEL_BYTES = 32 * 1024 * 1024;
 
 type Ort = typeof ortModule;
 
+/** What running inline needs of onnxruntime-node: its Tensor class and its native session binding. */
+interface OrtParts {
+  Tensor: OrtTensorConstructor;
+  binding: typeof bindingModule;
+}
+
+/** A native session, with the fetches every run asks for (all outputs, in the session's order). */
+interface InlineSession {
+  native: Binding.InferenceSession;
+  outputNames: string[];
+  fetches: Record<string, null>;
+}
+
 export interface InlineRun {
   outputs: PoolTensor[];
   /** Inside ONNX Runtime's run, in milliseconds. */
   computeMs: number;
 }
 
+/**
+ * The sessions are onnxruntime-node's native binding (the synchronous session object its public InferenceSession
+ * wraps), not the public API: the public `run` defers every run to a setImmediate and then wraps its results
+ * again, so a run of a few microseconds waited for the rest of the event loop's turn (tens of microseconds on a
+ * busy loop) and went through several promise hops. Here the run happens in the caller's turn. The worker path
+ * keeps the public API. inline.test.ts fails if an onnxruntime-node version stops providing this binding.
+ */
 export class InlineRunner {
-  readonly #sessions = new Map<string, InferenceSession>();
-  #ort: Promise<Ort> | undefined;
+  readonly #sessions = new Map<string, InlineSession>();
+  #ort: Promise<OrtParts> | undefined;
+  /** Set once #ort has resolved, so a run needs no await before it starts. */
+  #parts: OrtParts | undefined;
 
   has(key: string): boolean {
     return this.#sessions.has(key);
@@ -45,37 +69,41 @@ export class InlineRunner {
         ? (await stat(model)).size
         : model.model.byteLength + model.externalData.reduce((sum, file) => sum + file.data.byteLength, 0);
     if (bytes > MAX_INLINE_MODEL_BYTES) return false;
-    const ort = await this.#loadOrt();
-    const session =
-      typeof model === 'string'
-        ? await ort.InferenceSession.create(model, options)
-        : await ort.InferenceSession.create(model.model, {
-            ...options,
-            externalData: [...model.externalData],
-          });
+    const { binding } = await this.#loadOrt();
+    binding.initOrt();
+    const native = new binding.binding.InferenceSession();
+    if (typeof model === 'string') native.loadModel(model, options);
+    else {
+      const { model: modelBytes } = model;
+      native.loadModel(modelBytes.buffer as ArrayBuffer, modelBytes.byteOffset, modelBytes.byteLength, {
+        ...options,
+        externalData: [...model.externalData],
+      });
+    }
+    const outputNames = native.outputMetadata.map((output) => output.name);
     await this.release(key);
-    this.#sessions.set(key, session);
+    this.#sessions.set(key, {
+      native,
+      outputNames,
+      fetches: Object.fromEntries(outputNames.map((name) => [name, null])),
+    });
     return true;
   }
 
-  /** Runs the inputs where they are (no copy); the outputs are ONNX Runtime's own buffers. */
-  async run(key: string, inputs: readonly PoolTensor[]): Promise<InlineRun> {
+  /**
+   * Runs the inputs where they are (no copy), synchronously, before this returns; the outputs are ONNX Runtime's
+   * own buffers.
+   */
+  run(key: string, inputs: readonly PoolTensor[]): InlineRun {
     const session = this.#sessions.get(key);
-    const ort = this.#ort && (await this.#ort);
-    if (!session || !ort) throw new InferenceError('unloaded', `no inline session ${key}`);
+    const parts = this.#parts;
+    if (!session || !parts) throw new InferenceError('unloaded', `no inline session ${key}`);
     const feeds: Record<string, Tensor> = {};
-    for (const input of inputsInPlace(inputs))
-      feeds[input.name] = toOrtTensor(input, ort.Tensor as unknown as OrtTensorConstructor);
-    // onnxruntime-node runs the model in a setImmediate callback. Immediates run in order, so one queued just
-    // before marks when that run starts, and the promise settles in the microtasks right after it: the time
-    // measured is ONNX Runtime's alone, not the rest of the event loop's turn.
-    let startedAt = 0;
-    setImmediate(() => {
-      startedAt = performance.now();
-    });
-    let results: InferenceSession.ReturnType;
+    for (const input of inputsInPlace(inputs)) feeds[input.name] = toOrtTensor(input, parts.Tensor);
+    let results: Record<string, unknown>;
+    const startedAt = performance.now();
     try {
-      results = await session.run(feeds);
+      results = session.native.run(feeds, session.fetches, RUN_OPTIONS);
     } catch (error) {
       const message = (error instanceof Error ? error.message : String(error)).trim();
       throw new InferenceError(
@@ -87,24 +115,38 @@ export class InlineRunner {
     }
     const computeMs = performance.now() - startedAt;
     const transfer: ArrayBuffer[] = [];
-    const outputs = session.outputNames.map((name) => fromWire(outputToWire(name, results[name]!, transfer)));
+    const outputs = session.outputNames.map((name) =>
+      fromWire(outputToWire(name, results[name] as Tensor, transfer)),
+    );
     return { outputs, computeMs };
   }
 
   async release(key: string): Promise<void> {
     const session = this.#sessions.get(key);
     this.#sessions.delete(key);
-    await session?.release().catch(() => {});
+    try {
+      session?.native.dispose();
+    } catch {
+      // Released either way: nothing runs on it any more.
+    }
   }
 
   async close(): Promise<void> {
     await Promise.all([...this.#sessions.keys()].map((key) => this.release(key)));
   }
 
-  #loadOrt(): Promise<Ort> {
-    this.#ort ??= import('onnxruntime-node').then(
-      (module) => (module as { default?: Ort }).default ?? module,
+  #loadOrt(): Promise<OrtParts> {
+    this.#ort ??= Promise.all([import('onnxruntime-node'), import('onnxruntime-node/dist/binding.js')]).then(
+      ([module, binding]) => {
+        const ort = (module as { default?: Ort }).default ?? module;
+        const parts: OrtParts = { Tensor: ort.Tensor as unknown as OrtTensorConstructor, binding };
+        this.#parts = parts;
+        return parts;
+      },
     );
     return this.#ort;
   }
 }
+
+/** Every inline run's options: none (onnxruntime-node's public run passes an empty object too). */
+const RUN_OPTIONS: InferenceSession.RunOptions = {};

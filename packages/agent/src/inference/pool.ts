@@ -713,13 +713,14 @@ export class InferencePool {
     entry.inline = loaded ? 'on' : 'unfit';
   }
 
-  async #runInline(entry: ModelEntry, inputs: readonly PoolTensor[]): Promise<RunResult> {
+  /** Runs at once, on this thread (InlineRunner.run is synchronous); the promise is already settled. */
+  #runInline(entry: ModelEntry, inputs: readonly PoolTensor[]): Promise<RunResult> {
     const expectedMs = entry.computeMs ?? 0;
     const submittedAt = preciseNow();
     entry.running++;
     entry.inlineRunning++;
     try {
-      const { outputs, computeMs } = await this.#inline.run(entry.key, inputs);
+      const { outputs, computeMs } = this.#inline.run(entry.key, inputs);
       this.#runs.inline++;
       this.#budget.settle(expectedMs, computeMs);
       entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
@@ -727,10 +728,10 @@ export class InferencePool {
       // which measure it again before it may return.
       if (this.#budget.tooSlow(computeMs)) entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE;
       const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
-      return { outputs, queueMs, computeMs, worker: -1 };
+      return Promise.resolve({ outputs, queueMs, computeMs, worker: -1 });
     } catch (error) {
       this.#budget.settle(expectedMs, 0);
-      throw error;
+      return Promise.reject(error as InferenceError);
     } finally {
       entry.running--;
       entry.inlineRunning--;

@@ -16,6 +16,15 @@ export interface RequestObservation {
   errorCode?: string;
 }
 
+/** One model's request series (prom-client's labelled children). */
+interface ModelSeries {
+  requestDuration: ReturnType<Histogram<'model'>['labels']>;
+  queueDuration: ReturnType<Histogram<'model'>['labels']>;
+  computeDuration: ReturnType<Histogram<'model'>['labels']>;
+  inferenceCount: ReturnType<Counter<'model'>['labels']>;
+  requestSuccess: ReturnType<Counter<'model'>['labels']>;
+}
+
 /**
  * The agent's Prometheus metrics, in a registry of its own (never prom-client's global one), so several agents
  * or tests in one process do not collide. Names follow Triton's split of request / queue / compute time.
@@ -32,6 +41,7 @@ export class AgentMetrics {
   readonly #loadFailures: Counter<'model' | 'code'>;
   readonly #modelsLoaded: Gauge;
   readonly #workerExits: Counter;
+  readonly #series = new Map<string, ModelSeries>();
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registry = new Registry();
@@ -103,15 +113,33 @@ export class AgentMetrics {
   }
 
   observeRequest(observation: RequestObservation): void {
-    const { model } = observation;
-    this.#requestDuration.observe({ model }, observation.requestMs / 1000);
-    if (observation.queueMs !== undefined) this.#queueDuration.observe({ model }, observation.queueMs / 1000);
+    const series = this.#seriesOf(observation.model);
+    series.requestDuration.observe(observation.requestMs / 1000);
+    if (observation.queueMs !== undefined) series.queueDuration.observe(observation.queueMs / 1000);
     if (observation.computeMs !== undefined) {
-      this.#computeDuration.observe({ model }, observation.computeMs / 1000);
-      this.#inferenceCount.inc({ model });
+      series.computeDuration.observe(observation.computeMs / 1000);
+      series.inferenceCount.inc();
     }
-    if (observation.errorCode === undefined) this.#requestSuccess.inc({ model });
-    else this.#requestFailure.inc({ model, code: observation.errorCode });
+    if (observation.errorCode === undefined) series.requestSuccess.inc();
+    else this.#requestFailure.inc({ model: observation.model, code: observation.errorCode });
+  }
+
+  /** A model's labelled series, looked up once per model rather than through prom-client's labels per request. */
+  #seriesOf(model: string): ModelSeries {
+    let series = this.#series.get(model);
+    if (series === undefined) {
+      const labels = { model };
+      series = {
+        requestDuration: this.#requestDuration.labels(labels),
+        queueDuration: this.#queueDuration.labels(labels),
+        computeDuration: this.#computeDuration.labels(labels),
+        inferenceCount: this.#inferenceCount.labels(labels),
+        requestSuccess: this.#requestSuccess.labels(labels),
+      };
+      // prom-client keeps every model's series for the agent's lifetime anyway; this adds one map entry to each.
+      this.#series.set(model, series);
+    }
+    return series;
   }
 
   observeLoad(model: string, durationMs: number, errorCode?: string): void {

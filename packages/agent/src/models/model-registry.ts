@@ -528,16 +528,41 @@ function snapshot(description: ModelDescription): ModelDescription {
   return { ...description, requests: { ...description.requests } };
 }
 
+/** Each model's output names as bytes, made once per model rather than per request (nobody writes to them). */
+const outputNamesOf = new WeakMap<readonly TensorMetadata[], Map<string, Buffer>>();
+
+function outputNameBytes(declared: readonly TensorMetadata[], name: string): Buffer {
+  let names = outputNamesOf.get(declared);
+  if (names === undefined) {
+    names = new Map();
+    outputNamesOf.set(declared, names);
+  }
+  let bytes = names.get(name);
+  if (bytes === undefined) {
+    bytes = tensorNameBytes(name);
+    // Bounded: a model returns the outputs its graph declares, whatever the request.
+    names.set(name, bytes);
+  }
+  return bytes;
+}
+
 /** Puts the pool's outputs in the manifest's order, names as bytes. */
 function orderOutputs(declared: readonly TensorMetadata[], outputs: readonly PoolTensor[]): PredictOutput[] {
-  const byName = new Map(outputs.map((o) => [o.name, o]));
-  const ordered = declared.map((d) => byName.get(d.name)).filter((o): o is PoolTensor => o !== undefined);
-  const result = ordered.length === outputs.length ? ordered : outputs;
-  return result.map((o) => ({
-    name: tensorNameBytes(o.name),
-    dataType: o.dataType,
-    shape: o.shape,
-    data: o.data,
-    ...(o.writtenToSegment && { writtenToSegment: true }),
-  }));
+  let result = outputs;
+  // The pool returns them in the session's order, which is the manifest's for every model packaged here.
+  if (!outputs.every((o, i) => declared[i]?.name === o.name)) {
+    const byName = new Map(outputs.map((o) => [o.name, o]));
+    const ordered = declared.map((d) => byName.get(d.name)).filter((o): o is PoolTensor => o !== undefined);
+    if (ordered.length === outputs.length) result = ordered;
+  }
+  return result.map((o) => {
+    const output: PredictOutput = {
+      name: outputNameBytes(declared, o.name),
+      dataType: o.dataType,
+      shape: o.shape,
+      data: o.data,
+    };
+    if (o.writtenToSegment) output.writtenToSegment = true;
+    return output;
+  });
 }

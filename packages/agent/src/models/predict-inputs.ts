@@ -25,7 +25,17 @@ export interface PredictTensor {
   segment?: SegmentReference;
 }
 
-/** Largest rank and element count we accept: beyond these a request is malformed, not just large. */
+/** Each model's declared input names as bytes, made once per model rather than per request. */
+const declaredNamesOf = new WeakMap<readonly TensorMetadata[], Buffer[]>();
+
+function declaredNameBytes(declared: readonly TensorMetadata[]): Buffer[] {
+  let names = declaredNamesOf.get(declared);
+  if (names === undefined) {
+    names = declared.map((d) => tensorNameBytes(d.name));
+    declaredNamesOf.set(declared, names);
+  }
+  return names;
+}
 
 function describeInputs(inputs: readonly TensorMetadata[]): string {
   return inputs.map((i) => `${JSON.stringify(i.name)}: ${i.dataType} [${i.shape.join(', ')}]`).join(', ');
@@ -54,47 +64,57 @@ export function matchPredictInputs(
       `model ${JSON.stringify(modelName)} takes ${declared.length} input tensor${declared.length === 1 ? '' : 's'} (${describeInputs(declared)}); the request has ${given.length}`,
     );
   }
-  const declaredNames = declared.map((d) => tensorNameBytes(d.name));
-  const byName = given.map((tensor) => declaredNames.findIndex((name) => name.equals(tensor.name)));
-  const matchedByName = byName.every((index) => index >= 0) && new Set(byName).size === byName.length;
+  const declaredNames = declaredNameBytes(declared);
+  // Most requests name every tensor after its input, in the model's order: no search, no Set.
+  let matchedByName = true;
+  let inOrder = true;
+  let byName: number[] | undefined;
+  for (let position = 0; position < given.length; position++) {
+    if (declaredNames[position]!.equals(given[position]!.name)) continue;
+    inOrder = false;
+    break;
+  }
+  if (!inOrder) {
+    byName = given.map((tensor) => declaredNames.findIndex((name) => name.equals(tensor.name)));
+    matchedByName = byName.every((index) => index >= 0) && new Set(byName).size === byName.length;
+  }
   const ordered: PoolTensor[] = new Array(declared.length);
-  given.forEach((tensor, position) => {
-    const index = matchedByName ? byName[position]! : position;
+  for (let position = 0; position < given.length; position++) {
+    const tensor = given[position]!;
+    const index = matchedByName && byName ? byName[position]! : position;
     const want = declared[index]!;
-    const label = `input tensor ${showTensorName(tensor.name)} (#${position + 1}, matched ${matchedByName ? 'by name' : 'by position'} to model input ${JSON.stringify(want.name)})`;
+    // Built only for an error message: a request that passes never pays for it.
+    const label = (): string =>
+      `input tensor ${showTensorName(tensor.name)} (#${position + 1}, matched ${matchedByName ? 'by name' : 'by position'} to model input ${JSON.stringify(want.name)})`;
     if (!Object.hasOwn(DATA_TYPES, tensor.dataType)) {
-      invalid(`${label} has data type ${String(tensor.dataType)}; expected ${want.dataType}`);
+      invalid(`${label()} has data type ${String(tensor.dataType)}; expected ${want.dataType}`);
     }
     if (tensor.dataType !== want.dataType) {
-      invalid(`${label} is ${tensor.dataType}; the model expects ${want.dataType}`);
+      invalid(`${label()} is ${tensor.dataType}; the model expects ${want.dataType}`);
     }
     const shape = [...tensor.shape];
     if (shape.length > MAX_TENSOR_RANK || shape.some((d) => !Number.isSafeInteger(d))) {
       invalid(
-        `${label} has shape [${shape.join(', ')}]; expected whole-number dimensions matching [${want.shape.join(', ')}] (-1 = any)`,
+        `${label()} has shape [${shape.join(', ')}]; expected whole-number dimensions matching [${want.shape.join(', ')}] (-1 = any)`,
       );
     }
     const mismatch = shapeMismatch(want.shape, shape);
-    if (mismatch) invalid(`${label}: shape [${shape.join(', ')}] does not fit the model: ${mismatch}`);
+    if (mismatch) invalid(`${label()}: shape [${shape.join(', ')}] does not fit the model: ${mismatch}`);
     const elements = shape.reduce((n, d) => n * d, 1);
     if (elements > MAX_TENSOR_ELEMENTS)
       invalid(
-        `${label} has shape [${shape.join(', ')}], ${elements} elements; at most ${MAX_TENSOR_ELEMENTS} are accepted`,
+        `${label()} has shape [${shape.join(', ')}], ${elements} elements; at most ${MAX_TENSOR_ELEMENTS} are accepted`,
       );
     const expectedBytes = byteLength(tensor.dataType, shape);
     if (tensor.data.byteLength !== expectedBytes) {
       invalid(
-        `${label} has ${tensor.data.byteLength} bytes of data; shape [${shape.join(', ')}] of ${tensor.dataType} needs ${expectedBytes} (${elements} elements × ${elementSize(tensor.dataType)} bytes)`,
+        `${label()} has ${tensor.data.byteLength} bytes of data; shape [${shape.join(', ')}] of ${tensor.dataType} needs ${expectedBytes} (${elements} elements × ${elementSize(tensor.dataType)} bytes)`,
       );
     }
-    ordered[index] = {
-      name: want.name,
-      dataType: tensor.dataType,
-      shape,
-      data: tensor.data,
-      ...(tensor.segment && { segment: tensor.segment }),
-    };
-  });
+    ordered[index] = tensor.segment
+      ? { name: want.name, dataType: tensor.dataType, shape, data: tensor.data, segment: tensor.segment }
+      : { name: want.name, dataType: tensor.dataType, shape, data: tensor.data };
+  }
   return ordered;
 }
 

@@ -11,6 +11,7 @@ import {
 } from '../../src/inference/index.js';
 import { asPoolTensor, scalable, scalableModel, scalableReference } from '../support/pool-models.js';
 import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
+import { reshapeNeedsEvenModel } from '../models/helpers.js';
 
 let dir: string;
 const paths: Record<string, string> = {};
@@ -52,6 +53,8 @@ beforeAll(async () => {
   for (const model of ['tiny', 'slow'] as const) paths[model] = await writeTestModel(model, dir);
   paths.scalable = join(dir, 'scalable.onnx');
   await writeFile(paths.scalable, scalableModel());
+  paths.even = join(dir, 'even.onnx');
+  await writeFile(paths.even, reshapeNeedsEvenModel());
 });
 afterAll(async () => {
   for (const pool of pools) await pool.close();
@@ -74,6 +77,41 @@ describe('InferencePool: the inline path', () => {
     expect(stats.runs.inline).toBeGreaterThanOrEqual(1);
     expect(stats.runs.worker).toBeGreaterThanOrEqual(RUNS_BEFORE_INLINE + 1);
     expect(stats.inline.models).toEqual([{ key: 'tiny', computeMicros: expect.any(Number) }]);
+  });
+
+  it("runs an inline request in the caller's turn of the event loop, before an immediate queued ahead of it", async () => {
+    const pool = await startPool(5000, 0.9);
+    await pool.loadModel('tiny', paths.tiny!, 1);
+    await untilInline(pool, 'tiny', tinyInput);
+    let immediateRan = false;
+    setImmediate(() => {
+      immediateRan = true;
+    });
+    const inline = await pool.run('tiny', tinyInput());
+    expect(inline.worker).toBe(-1);
+    // onnxruntime-node's public run waits for a setImmediate: a run through it would come after this one.
+    expect(immediateRan).toBe(false);
+    expect(floats(inline)).toEqual(tinyExpected());
+  });
+
+  it('fails an inline run ONNX Runtime refuses as run-failed, and the next inline run works', async () => {
+    const pool = await startPool(5000, 0.9);
+    await pool.loadModel('even', paths.even!, 1);
+    const floatsOf = (n: number) => [
+      asPoolTensor('x', {
+        dataType: 'FLOAT32',
+        shape: [n],
+        data: Float32Array.from({ length: n }, (_, i) => i),
+      }),
+    ];
+    await untilInline(pool, 'even', () => floatsOf(4));
+    const workerRuns = pool.stats().runs.worker;
+    await expect(pool.run('even', floatsOf(3))).rejects.toMatchObject({ kind: 'run-failed' });
+    expect(pool.stats().runs.worker).toBe(workerRuns); // it failed inline, not on a worker
+    const after = await pool.run('even', floatsOf(4));
+    expect(after.worker).toBe(-1);
+    expect(after.outputs[0]!.shape).toEqual([2, 2]);
+    expect(Array.from(new Float32Array(after.outputs[0]!.data.slice().buffer))).toEqual([0, 1, 2, 3]);
   });
 
   it('keeps a model whose runs are over the ceiling on the workers', async () => {

@@ -93,8 +93,12 @@ class ChunkedEncoder {
   private readonly containsBytes = new Map<protobuf.Type, boolean>();
   private readonly sortedFields = new Map<protobuf.Type, protobuf.Field[]>();
 
+  private readonly bytesPaths = new Map<protobuf.Type, protobuf.Field[]>();
+
   encode(type: protobuf.Type, message: Record<string, unknown>): Buffer {
-    if (!this.hasBytesField(type)) return type.encode(message).finish() as Buffer;
+    // Without a large bytes value (every small Predict response, every other message) protobufjs's own encoding
+    // in one pass is cheaper than framing chunks by hand, and it is the reference encoding anyway.
+    if (!this.hasLargeBytes(type, message)) return type.encode(message).finish() as Buffer;
     const chunks: Uint8Array[] = [];
     const length = this.collect(type, message, chunks);
     return Buffer.concat(chunks, length);
@@ -141,6 +145,40 @@ class ChunkedEncoder {
     }
     flush();
     return length;
+  }
+
+  /** Whether `message` holds a bytes value of ZERO_COPY_MIN_BYTES or more, at any depth. */
+  private hasLargeBytes(type: protobuf.Type, message: Record<string, unknown>): boolean {
+    for (const field of this.bytesPathsOf(type)) {
+      const value = message[field.name];
+      if (value === undefined || value === null) continue;
+      if (field.type === 'bytes') {
+        if (field.repeated ? (value as unknown[]).some(isLargeBytes) : isLargeBytes(value)) return true;
+        continue;
+      }
+      const nested = field.resolvedType as protobuf.Type;
+      const elements = field.repeated
+        ? (value as Record<string, unknown>[])
+        : [value as Record<string, unknown>];
+      for (const element of elements) {
+        if (element !== null && element !== undefined && this.hasLargeBytes(nested, element)) return true;
+      }
+    }
+    return false;
+  }
+
+  /** The fields of `type` that are bytes or messages holding bytes somewhere. */
+  private bytesPathsOf(type: protobuf.Type): protobuf.Field[] {
+    let fields = this.bytesPaths.get(type);
+    if (fields === undefined) {
+      fields = type.fieldsArray.filter(
+        (field) =>
+          field.type === 'bytes' ||
+          (field.resolvedType instanceof protobuf.Type && this.hasBytesField(field.resolvedType)),
+      );
+      this.bytesPaths.set(type, fields);
+    }
+    return fields;
   }
 
   private fieldsOf(type: protobuf.Type): protobuf.Field[] {
