@@ -59,7 +59,7 @@ export class InferDoor {
     if (contentType !== undefined && !PLAIN_CONTENT_TYPES.has(contentType)) return false;
     const name = match[1]!;
     const version = match[2];
-    const { requests, admission, inference } = this.#options;
+    const { requests, admission } = this.#options;
     // Counted when the response is done, as Fastify's onResponse hook counts the other routes.
     const route = version === undefined ? INFER_ROUTE : VERSIONED_INFER_ROUTE;
     res.once('finish', () => requests.inc({ method: 'POST', route, status: String(res.statusCode) }));
@@ -69,24 +69,31 @@ export class InferDoor {
       return true;
     }
     admission.read(req, headers, (error: Error | null, body?: RequestBody) => {
-      if (error !== null) {
-        this.#fail(req, res, error);
-        return;
-      }
-      inference
-        .infer({
-          name,
-          version,
-          body,
-          jsonPartHeader: headers[INFERENCE_HEADER_CONTENT_LENGTH],
-          socket: req.socket,
-        })
-        .then(
-          (response) => writeInferResponse(res, response),
-          (failure: unknown) => this.#fail(req, res, failure),
-        );
+      if (error !== null) this.#fail(req, res, error);
+      else void this.#answer(req, res, name, version, body);
     });
     return true;
+  }
+
+  async #answer(
+    req: IncomingMessage,
+    res: ServerResponse,
+    name: string,
+    version: string | undefined,
+    body: RequestBody | undefined,
+  ): Promise<void> {
+    try {
+      const response = await this.#options.inference.infer({
+        name,
+        version,
+        body,
+        jsonPartHeader: req.headers[INFERENCE_HEADER_CONTENT_LENGTH],
+        socket: req.socket,
+      });
+      writeInferResponse(res, response);
+    } catch (error) {
+      this.#fail(req, res, error);
+    }
   }
 
   /** Answers a failure as Fastify's error handler does (rest-app.ts): the protocol's error body. */
@@ -95,17 +102,18 @@ export class InferDoor {
     const { logger } = this.#options;
     if (failure.internal) logger.error({ err: error, url: req.url }, failure.message);
     else logger.debug({ url: req.url, status: failure.statusCode }, failure.message);
-    if (res.headersSent) {
-      // Failed while writing the answer: the client cannot be told, only cut off.
+    try {
+      if (res.headersSent) throw new Error('the answer was being written already');
+      const body = errorBody(failure.message);
+      res.writeHead(failure.statusCode, {
+        ...failure.headers,
+        'content-type': JSON_RESPONSE_TYPE,
+        'content-length': Buffer.byteLength(body),
+      });
+      res.end(body);
+    } catch {
+      // The client cannot be told any more, only cut off; nothing may escape into the event loop.
       res.destroy();
-      return;
     }
-    const body = errorBody(failure.message);
-    res.writeHead(failure.statusCode, {
-      ...failure.headers,
-      'content-type': JSON_RESPONSE_TYPE,
-      'content-length': Buffer.byteLength(body),
-    });
-    res.end(body);
   }
 }
