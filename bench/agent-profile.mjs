@@ -5,10 +5,13 @@
 //
 //   npm run build && node bench/agent-profile.mjs --door rest|grpc --model tiny|image-identity|silero
 //     [--seconds 4] [--cpu-prof <dir>] [--agent path/to/dist/main.js] [--settings '{"edgefleet_…": …}']
+//     [--metrics <regex>]
 //
 // Prints the p50 and p90 latency and the CPU time of the agent's main thread per request (Linux /proc
 // schedstat). With --cpu-prof the agent writes its profiles into <dir> when it exits; read one with
 // `node bench/cpu-profile-top.mjs <file>`. --agent runs another build (an absolute path to its main.js).
+// --metrics prints the agent's /metrics lines that match the regex once the run is over (e.g.
+// 'runs_total|compute_duration_seconds_(sum|count)': which path the runs took, and their mean time).
 import { spawn } from 'node:child_process';
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
@@ -25,6 +28,7 @@ const seconds = Number(argValue('--seconds', '4'));
 const profileDir = argValue('--cpu-prof', undefined);
 const agentMain = argValue('--agent', join(root, 'packages/agent/dist/main.js'));
 const settings = JSON.parse(argValue('--settings', '{}'));
+const metricsPattern = argValue('--metrics', undefined);
 const WARMUP_REQUESTS = 1500;
 
 if (!['rest', 'grpc'].includes(door) || !['tiny', 'image-identity', 'silero'].includes(modelName)) {
@@ -158,6 +162,21 @@ function grpcCall(socketPath, tensors) {
     new Promise((resolve, reject) => client.Predict(request, (error) => (error ? reject(error) : resolve())));
 }
 
+/** The agent's /metrics lines that match `pattern` (comments left out), read over its REST socket. */
+function metricsLines(restSocketPath, pattern) {
+  return new Promise((resolve, reject) => {
+    httpRequest({ socketPath: restSocketPath, path: '/metrics' }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (chunk) => (text += chunk));
+      res.on('end', () =>
+        resolve(text.split('\n').filter((line) => !line.startsWith('#') && new RegExp(pattern).test(line))),
+      );
+    })
+      .on('error', reject)
+      .end();
+  });
+}
+
 const bytesOf = (typed) => Buffer.from(typed.buffer, typed.byteOffset, typed.byteLength);
 
 /** The agent's main thread's CPU time so far, in microseconds. */
@@ -192,6 +211,8 @@ try {
     `${door} ${modelName}: ${latencies.length} requests, p50 ${at(0.5)}, p90 ${at(0.9)}, ` +
       `agent main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request`,
   );
+  if (metricsPattern !== undefined)
+    for (const line of await metricsLines(restSocketPath, metricsPattern)) console.log(`  ${line}`);
 } finally {
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
