@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { AgentError, type ModelDescription, type ModelRegistry } from '../models/index.js';
-import { decodeInferRequest } from './infer-request.js';
+import { InferRequestDecoder } from './infer-request.js';
 import { checkRequestedOutputs, encodeInferResponse, type EncodedInferResponse } from './infer-response.js';
 import type { RequestBody } from './request-body.js';
 import type { PeerOf, SharedMemoryRegions } from './shared-memory-routes.js';
@@ -39,6 +39,8 @@ export interface InferCall {
  * registry check and run it, and encodes the answer. Throws what httpFailureOf maps to an HTTP answer.
  */
 export class ModelInference {
+  readonly #decoder = new InferRequestDecoder();
+
   constructor(
     private readonly registry: ModelRegistry,
     private readonly regions: SharedMemoryRegions,
@@ -48,7 +50,7 @@ export class ModelInference {
   async infer(call: InferCall): Promise<EncodedInferResponse> {
     const { registry, regions } = this;
     const model = describeAt(registry, call.name, call.version);
-    const decoded = decodeInferRequest(call.body, call.jsonPartHeader);
+    const decoded = this.#decoder.decode(call.body, call.jsonPartHeader);
     checkRequestedOutputs(model, decoded.outputs);
     const regionNames = decoded.sharedInputs.map((place) => place.region);
     for (const output of decoded.outputs ?? [])
