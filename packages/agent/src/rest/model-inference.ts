@@ -22,6 +22,9 @@ export function describeAt(
   return model;
 }
 
+/** The inputs were built for this request alone: the registry may hand them to a worker without a copy. */
+const TRANSFER_INPUTS = Object.freeze({ transferInputs: true as const });
+
 /** What an inference request arrived with, once its body is read. */
 export interface InferCall {
   name: string;
@@ -55,6 +58,11 @@ export class ModelInference {
     const regionNames = decoded.sharedInputs.map((place) => place.region);
     for (const output of decoded.outputs ?? [])
       if (output.sharedMemory) regionNames.push(output.sharedMemory.region);
+    if (regionNames.length === 0) {
+      // No shared memory: nothing to read, write or hold registered.
+      const result = await registry.predict(call.name, decoded.inputs, TRANSFER_INPUTS);
+      return encodeInferResponse(result, decoded.id, decoded.outputs, decoded.binaryOutputs);
+    }
     const caller = regionNames.length > 0 ? this.peerOf(call.socket) : null;
     // Until the outputs are written, unregistering a region this request names waits for it: once unregister
     // has answered, the client may reuse the memory, and nothing here touches it any more.
@@ -90,6 +98,9 @@ export class ModelInference {
 /** Fastify's type for a JSON text it sends (reply.type(JSON_TYPE) adds the charset). */
 export const JSON_RESPONSE_TYPE = 'application/json; charset=utf-8';
 
+/** A binary response up to this size is sent as one buffer (a copy costs less than writing its parts apart). */
+const SMALL_RESPONSE_BYTES = 16 * 1024;
+
 /**
  * Writes a 200 inference response on the raw response: the JSON alone, or the JSON and the binary parts straight
  * to the socket, corked (no concatenation of the output bytes).
@@ -111,6 +122,10 @@ export function writeInferResponse(res: ServerResponse, response: EncodedInferRe
     'content-length': length,
     'inference-header-content-length': json.length,
   });
+  if (length <= SMALL_RESPONSE_BYTES) {
+    res.end(Buffer.concat([json, ...response.binary], length));
+    return;
+  }
   res.cork();
   res.write(json);
   for (const part of response.binary) res.write(part);
