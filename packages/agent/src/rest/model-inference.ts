@@ -102,8 +102,8 @@ export const JSON_RESPONSE_TYPE = 'application/json; charset=utf-8';
 const SMALL_RESPONSE_BYTES = 16 * 1024;
 
 /**
- * Writes a 200 inference response on the raw response: the JSON alone, or the JSON and the binary parts straight
- * to the socket, corked (no concatenation of the output bytes).
+ * Writes a 200 inference response on the raw response: the JSON alone, or the JSON and the binary parts (a small
+ * answer in one buffer; a larger one part by part, corked, with no copy of the output bytes).
  */
 export function writeInferResponse(res: ServerResponse, response: EncodedInferResponse): void {
   if (response.binary.length === 0) {
