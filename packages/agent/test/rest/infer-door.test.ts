@@ -124,6 +124,44 @@ describe('the lean inference door', () => {
     }
   });
 
+  it('answers random mutations of inference requests as Fastify does', async () => {
+    let seed = 14;
+    const random = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const paths = [
+      '/v2/models/tiny/infer',
+      '/v2/models/tiny/infer/',
+      '/v2/models/tiny/versions/3.1/infer',
+      '/v2/models/tiny/versions/3.2/infer',
+      '/v2/models/other/infer',
+    ];
+    const valid = [json({ inputs }), json({ id: 'q', inputs, outputs: [{ name: 'y' }] }), binary()];
+    const statuses = new Set<number>();
+    for (let i = 0; i < 150; i++) {
+      const base = valid[random(valid.length)]!;
+      const parts =
+        typeof base.body === 'string'
+          ? [Buffer.from(base.body)]
+          : (base.body as readonly Uint8Array[]).map((part) => Buffer.from(part));
+      const bytes = Buffer.concat(parts);
+      for (let m = random(4); m > 0; m--) bytes[random(bytes.length)] = random(256);
+      const cut = random(5) === 0 ? bytes.subarray(0, random(bytes.length)) : bytes;
+      const headers: Record<string, string | number> = { ...base.headers };
+      if (random(6) === 0) headers['inference-header-content-length'] = random(cut.length + 20);
+      const answer = await viaBothDoors({
+        method: 'POST',
+        path: paths[random(paths.length)]!,
+        headers,
+        body: cut,
+      });
+      expect(answer.status).toBeLessThan(500);
+      statuses.add(answer.status);
+    }
+    expect([...statuses].sort()).toEqual([200, 400, 404]);
+  });
+
   it('leaves paths it does not take as they are to Fastify: percent-encoding, overlong segments, other methods', async () => {
     expect((await client.request(json({ inputs }, '/v2/models/t%69ny/infer'))).status).toBe(200);
     expect((await client.request(json({ inputs }, '/v2/models/tiny/infer?x=1'))).status).toBe(200);
