@@ -3,15 +3,20 @@
 // compares many paths in one run, this isolates one, so that a V8 CPU profile of the agent shows that path only
 // (the "before and after" profiles in docs/benchmarks.md).
 //
-//   npm run build && node bench/agent-profile.mjs --door rest|grpc --model tiny|image-identity|silero
+//   npm run build && node bench/agent-profile.mjs --door rest|grpc|http-echo --model tiny|image-identity|silero
 //     [--seconds 4] [--cpu-prof <dir>] [--agent path/to/dist/main.js] [--settings '{"edgefleet_…": …}']
+//     [--metrics <regex>]
 //
 // Prints the p50 and p90 latency and the CPU time of the agent's main thread per request (Linux /proc
 // schedstat). With --cpu-prof the agent writes its profiles into <dir> when it exits; read one with
 // `node bench/cpu-profile-top.mjs <file>`. --agent runs another build (an absolute path to its main.js).
+// --door http-echo runs the REST client against a bare node:http server in its own process that answers each
+// POST with its body (the REST floor of agent-inference.bench.mjs), so that the agent's cost over it can be read
+// in the same window. --metrics prints the agent's /metrics lines that match the regex once the run is over (e.g.
+// 'runs_total|compute_duration_seconds_(sum|count)': which path the runs took, and their mean time).
 import { spawn } from 'node:child_process';
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,10 +30,33 @@ const seconds = Number(argValue('--seconds', '4'));
 const profileDir = argValue('--cpu-prof', undefined);
 const agentMain = argValue('--agent', join(root, 'packages/agent/dist/main.js'));
 const settings = JSON.parse(argValue('--settings', '{}'));
+const metricsPattern = argValue('--metrics', undefined);
 const WARMUP_REQUESTS = 1500;
 
-if (!['rest', 'grpc'].includes(door) || !['tiny', 'image-identity', 'silero'].includes(modelName)) {
-  console.error('usage: node bench/agent-profile.mjs --door rest|grpc --model tiny|image-identity|silero');
+const echoServerSocket = argValue('--http-echo-server', undefined);
+if (echoServerSocket !== undefined) {
+  // The child process of --door http-echo.
+  const server = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on('data', (chunk) => chunks.push(chunk));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+      res.end(body);
+    });
+  });
+  server.listen(echoServerSocket, () => process.stdout.write('{"event":"listening"}\n'));
+  process.once('SIGTERM', () => process.exit(0));
+  await new Promise(() => {}); // serves until SIGTERM
+}
+
+if (
+  !['rest', 'grpc', 'http-echo'].includes(door) ||
+  !['tiny', 'image-identity', 'silero'].includes(modelName)
+) {
+  console.error(
+    'usage: node bench/agent-profile.mjs --door rest|grpc|http-echo --model tiny|image-identity|silero',
+  );
   process.exit(2);
 }
 
@@ -75,7 +103,11 @@ function startAgent(packageDir) {
     const profile = profileDir
       ? ['--cpu-prof', '--cpu-prof-interval', '100', '--cpu-prof-dir', profileDir]
       : [];
-    const child = spawn(process.execPath, [...profile, agentMain, '-a', socketPath, '-c', configPath], {
+    const command =
+      door === 'http-echo'
+        ? [fileURLToPath(import.meta.url), '--http-echo-server', restSocketPath]
+        : [agentMain, '-a', socketPath, '-c', configPath];
+    const child = spawn(process.execPath, [...profile, ...command], {
       cwd: dir,
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -158,6 +190,21 @@ function grpcCall(socketPath, tensors) {
     new Promise((resolve, reject) => client.Predict(request, (error) => (error ? reject(error) : resolve())));
 }
 
+/** The agent's /metrics lines that match `pattern` (comments left out), read over its REST socket. */
+function metricsLines(restSocketPath, pattern) {
+  return new Promise((resolve, reject) => {
+    httpRequest({ socketPath: restSocketPath, path: '/metrics' }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (chunk) => (text += chunk));
+      res.on('end', () =>
+        resolve(text.split('\n').filter((line) => !line.startsWith('#') && new RegExp(pattern).test(line))),
+      );
+    })
+      .on('error', reject)
+      .end();
+  });
+}
+
 const bytesOf = (typed) => Buffer.from(typed.buffer, typed.byteOffset, typed.byteLength);
 
 /** The agent's main thread's CPU time so far, in microseconds. */
@@ -175,7 +222,7 @@ const { dir: packageDir } = await core.createModelPackage({
 });
 const { child, socketPath, restSocketPath } = await startAgent(packageDir);
 try {
-  const call = door === 'rest' ? restCall(restSocketPath, tensors) : grpcCall(socketPath, tensors);
+  const call = door === 'grpc' ? grpcCall(socketPath, tensors) : restCall(restSocketPath, tensors);
   for (let i = 0; i < WARMUP_REQUESTS; i++) await call();
   const latencies = [];
   const cpuBefore = await mainThreadMicros(child.pid);
@@ -190,8 +237,10 @@ try {
   const at = (q) => `${(latencies[Math.floor(q * latencies.length)] * 1000).toFixed(0)} µs`;
   console.log(
     `${door} ${modelName}: ${latencies.length} requests, p50 ${at(0.5)}, p90 ${at(0.9)}, ` +
-      `agent main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request`,
+      `${door === 'http-echo' ? 'echo server' : 'agent'} main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request`,
   );
+  if (metricsPattern !== undefined && door !== 'http-echo')
+    for (const line of await metricsLines(restSocketPath, metricsPattern)) console.log(`  ${line}`);
 } finally {
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');

@@ -1,8 +1,15 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { PoolStats } from '../inference/index.js';
 
-/** Seconds; inference on an edge device spans sub-millisecond (tiny models) to seconds. */
-const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/**
+ * Seconds, 10 µs to 10 s: inference on an edge device spans tens of microseconds (a small model on the inline
+ * path runs in 10–200 µs, its whole request in little more) to seconds; the first bucket used to be 0.5 ms, which
+ * put every such request in it.
+ */
+export const DURATION_BUCKETS = [
+  0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+  0.5, 1, 2.5, 5, 10,
+];
 const LOAD_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 
 export interface RequestObservation {

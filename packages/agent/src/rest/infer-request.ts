@@ -137,29 +137,68 @@ function validate(value: unknown): InferRequest {
   return parsed.data;
 }
 
+/** Request JSON parts remembered by an InferRequestDecoder, and the longest one remembered. */
+const REMEMBERED_REQUESTS = 64;
+const MAX_REMEMBERED_JSON_BYTES = 4096;
+
 /**
  * Turns an inference request body (JSON, or JSON followed by binary tensor data) into the registry's inputs.
  * Checks what the protocol itself defines: the JSON, the header length, datatypes, data against shape, and
  * that the binary parts add up to the bytes after the JSON. Whether the tensors fit the model is the
  * registry's call.
+ *
+ * A client sending binary tensors sends the same JSON part request after request (names, shapes, sizes; the
+ * data follows it): the last few such parts are remembered with their checked form, so that a repeat skips the
+ * UTF-8 decoding, JSON.parse and the schema, which cost more than the rest of the decoding together. Only JSON
+ * parts without tensor data are remembered (a part with data is rarely sent twice), only small ones, and only
+ * once they passed the schema; what depends on the body (the binary sizes) is checked on every request.
  */
-export function decodeInferRequest(
-  body: RequestBody | undefined,
-  headerLengthHeader: string | string[] | undefined,
-): DecodedInferRequest {
-  const length = body?.length ?? 0;
-  const jsonLength = headerLengthOf(headerLengthHeader, length);
-  const jsonBytes = body ? body.view(0, jsonLength) : new Uint8Array(0);
-  const { text, value } = parseJsonPart(jsonBytes, headerLengthHeader !== undefined);
-  let request = validate(value);
-  let inputs: PredictTensor[];
-  try {
-    inputs = decodeInputs(request, body, jsonLength, false);
-  } catch (error) {
-    if (!(error instanceof NeedsExactIntegers)) throw error;
-    request = validate(parseJsonExactIntegers(text));
-    inputs = decodeInputs(request, body, jsonLength, true);
+export class InferRequestDecoder {
+  /** By the JSON part's bytes (as latin1 text: one character per byte, so equal keys mean equal bytes). */
+  readonly #remembered = new Map<string, InferRequest>();
+
+  /** JSON parts remembered now (at most REMEMBERED_REQUESTS). */
+  get remembered(): number {
+    return this.#remembered.size;
   }
+
+  decode(
+    body: RequestBody | undefined,
+    headerLengthHeader: string | string[] | undefined,
+  ): DecodedInferRequest {
+    const length = body?.length ?? 0;
+    const jsonLength = headerLengthOf(headerLengthHeader, length);
+    const jsonBytes = body ? body.view(0, jsonLength) : new Uint8Array(0);
+    const key =
+      jsonLength > 0 && jsonLength <= MAX_REMEMBERED_JSON_BYTES
+        ? Buffer.from(jsonBytes.buffer, jsonBytes.byteOffset, jsonBytes.byteLength).toString('latin1')
+        : undefined;
+    let request = key === undefined ? undefined : this.#remembered.get(key);
+    let inputs: PredictTensor[];
+    if (request !== undefined) {
+      inputs = decodeInputs(request, body, jsonLength, false);
+    } else {
+      const { text, value } = parseJsonPart(jsonBytes, headerLengthHeader !== undefined);
+      request = validate(value);
+      try {
+        inputs = decodeInputs(request, body, jsonLength, false);
+      } catch (error) {
+        if (!(error instanceof NeedsExactIntegers)) throw error;
+        request = validate(parseJsonExactIntegers(text));
+        inputs = decodeInputs(request, body, jsonLength, true);
+      }
+      if (key !== undefined && request.inputs.every((input) => input.data === undefined)) {
+        if (this.#remembered.size >= REMEMBERED_REQUESTS)
+          this.#remembered.delete(this.#remembered.keys().next().value!);
+        this.#remembered.set(key, request);
+      }
+    }
+    return decodedFrom(request, inputs);
+  }
+}
+
+/** The rest of the decoding, from the checked JSON and the inputs read from the body. */
+function decodedFrom(request: InferRequest, inputs: PredictTensor[]): DecodedInferRequest {
   const outputs = request.outputs?.map((output): RequestedOutput => {
     const place = sharedMemoryPlace(output.parameters, `output ${JSON.stringify(output.name)}`);
     return {
@@ -258,7 +297,7 @@ function decodeInputs(
       }
       const data = body!.copy(offset, offset + binarySize);
       offset += binarySize;
-      return { name: Buffer.from(input.name), dataType, shape: input.shape, data };
+      return { name: Buffer.from(input.name), dataType, shape: [...input.shape], data };
     }
     if (input.parameters?.shared_memory_region !== undefined) {
       if (input.data !== undefined)
@@ -267,7 +306,7 @@ function decodeInputs(
           `${what} has both data and parameters.shared_memory_region; expected one of them`,
         );
       // Read from the region by the route, which knows the caller; nothing of the body.
-      return { name: Buffer.from(input.name), dataType, shape: input.shape, data: new Uint8Array(0) };
+      return { name: Buffer.from(input.name), dataType, shape: [...input.shape], data: new Uint8Array(0) };
     }
     if (input.data === undefined) {
       throw new RestError(

@@ -10,10 +10,13 @@ import { registerRepositoryRoutes } from './repository-routes.js';
 import { registerAgentStatusRoute } from './agent-status-route.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { registerSharedMemoryRoutes, SharedMemoryRegions, type PeerOf } from './shared-memory-routes.js';
-import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
-import { readRequestBody, type BodyLimit } from './request-body.js';
+import { BodyAdmission } from './body-admission.js';
+import { InferDoor } from './infer-door.js';
+import { ModelInference } from './model-inference.js';
 import { restRequestCounter } from './rest-metrics.js';
 import { errorBody, httpFailureOf, JSON_TYPE, RestError } from './rest-errors.js';
+
+export { LARGE_JSON_BODY_BYTES } from './body-admission.js';
 
 /** What GET /v2 reports. */
 export const REST_SERVER_NAME = 'edgefleet-agent';
@@ -27,8 +30,6 @@ export const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_MAX_JSON_BODY_BYTES = 8 * 1024 * 1024;
 /** Large JSON bodies (see LARGE_JSON_BODY_BYTES) read and parsed at once; more get 429. */
 export const DEFAULT_MAX_CONCURRENT_JSON_BODIES = 2;
-/** A JSON body above this size (or of unknown size) counts against maxConcurrentJsonBodies. */
-export const LARGE_JSON_BODY_BYTES = 64 * 1024;
 
 export interface RestAppOptions {
   registry: ModelRegistry;
@@ -90,17 +91,19 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const maxJsonBodyBytes = Math.min(maxBodyBytes, options.maxJsonBodyBytes ?? DEFAULT_MAX_JSON_BODY_BYTES);
   const maxConcurrentJsonBodies = options.maxConcurrentJsonBodies ?? DEFAULT_MAX_CONCURRENT_JSON_BODIES;
-  const binaryLimit: BodyLimit = {
-    bytes: maxBodyBytes,
-    advice: '(maxBodyBytes); send smaller tensors, or use the gRPC API with shared memory for large ones',
-  };
-  const jsonLimit: BodyLimit = {
-    bytes: maxJsonBodyBytes,
-    advice: `of JSON (maxJsonBodyBytes); send large tensors as binary data (the binary tensor data extension, bodies of up to ${maxBodyBytes} bytes), or use the gRPC API`,
-  };
   const version = options.version ?? agentVersion();
   const isReady = options.ready ?? (() => true);
   const closing = hooks.closing ?? (() => false);
+
+  const admission = new BodyAdmission({ maxBodyBytes, maxJsonBodyBytes, maxConcurrentJsonBodies });
+  const requests = restRequestCounter(metrics.registry);
+  const regions = new SharedMemoryRegions(options.sharedMemory ?? null);
+  const peerOf: PeerOf = hooks.peerOf ?? (() => null);
+  const inference = new ModelInference(registry, regions, peerOf);
+  // Inference requests take a lean door in front of Fastify on the servers (not app.inject, which reaches
+  // Fastify's own inference route): the framework's routing, hooks and reply cost more than a small model's run.
+  const inferDoor = new InferDoor({ inference, admission, requests, logger });
+  const serverFactory = hooks.serverFactory;
 
   const app = Fastify({
     loggerInstance: logger,
@@ -108,7 +111,12 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: maxBodyBytes,
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH, ignoreTrailingSlash: true },
-    ...(hooks.serverFactory ? { serverFactory: hooks.serverFactory } : {}),
+    ...(serverFactory && {
+      serverFactory: (handler: RequestHandler) =>
+        serverFactory((req, res) => {
+          if (!inferDoor.serve(req, res)) handler(req, res);
+        }),
+    }),
     // The router's own client errors answer in the protocol's error form (without echoing a huge path).
     frameworkErrors: (error, request, reply) => {
       const message =
@@ -125,57 +133,10 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   // Every body arrives as raw chunks, whatever its Content-Type: JSON and binary tensor bodies are parsed by
   // the routes themselves, so Fastify never JSON.parses (or copies) them.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', (request, payload, done) => {
-    const jsonPart = request.headers[INFERENCE_HEADER_CONTENT_LENGTH];
-    if (jsonPart === undefined) {
-      readRequestBody(payload, request.headers['content-length'], jsonLimit, done);
-    } else if (Number(jsonPart) > maxJsonBodyBytes) {
-      done(
-        new RestError(
-          413,
-          `the JSON part of the body is ${String(jsonPart).slice(0, 20)} bytes (Inference-Header-Content-Length); this agent accepts at most ${maxJsonBodyBytes} bytes of JSON (maxJsonBodyBytes); send tensors as binary data after it`,
-          { connection: 'close' },
-        ),
-      );
-    } else {
-      readRequestBody(payload, request.headers['content-length'], binaryLimit, done);
-    }
-  });
+  app.addContentTypeParser('*', (request, payload, done) => admission.read(payload, request.headers, done));
+  // Large JSON bodies are parsed one or two at a time (see BodyAdmission.admit).
+  app.addHook('onRequest', (request, reply, done) => done(admission.admit(request.raw.headers, reply.raw)));
 
-  // Large JSON bodies are parsed one or two at a time, so that a burst of them cannot multiply the memory one
-  // costs. Counted from the headers until the response is done (or the connection gone).
-  let jsonBodiesInFlight = 0;
-  app.addHook('onRequest', (request, reply, done) => {
-    const { headers } = request.raw;
-    const hasBody = headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined;
-    // A binary body's JSON part (up to maxJsonBodyBytes) is parsed the same way, so it counts by its own size:
-    // else the header alone would take a large JSON body past this cap.
-    const jsonPart = headers[INFERENCE_HEADER_CONTENT_LENGTH];
-    const large =
-      jsonPart !== undefined
-        ? Number(jsonPart) > LARGE_JSON_BODY_BYTES
-        : headers['transfer-encoding'] !== undefined ||
-          Number(headers['content-length']) > LARGE_JSON_BODY_BYTES;
-    if (!hasBody || !large) {
-      done();
-      return;
-    }
-    if (jsonBodiesInFlight >= maxConcurrentJsonBodies) {
-      done(
-        new RestError(
-          429,
-          `${jsonBodiesInFlight} large JSON request bodies are being parsed already, the most this agent takes at once (maxConcurrentJsonBodies); retry shortly, or send tensors as binary data (the binary tensor data extension), which has no such limit`,
-          { connection: 'close' },
-        ),
-      );
-      return;
-    }
-    jsonBodiesInFlight++;
-    reply.raw.once('close', () => jsonBodiesInFlight--);
-    done();
-  });
-
-  const requests = restRequestCounter(metrics.registry);
   // onResponse runs on the response's 'finish', hijacked binary responses included.
   app.addHook('onResponse', (request, reply, done) => {
     requests.inc({
@@ -224,13 +185,11 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     return reply.type(JSON_TYPE).send('{"ready":true}');
   });
 
-  const regions = new SharedMemoryRegions(options.sharedMemory ?? null);
-  const peerOf: PeerOf = hooks.peerOf ?? (() => null);
   const extensions = [...REST_EXTENSIONS, ...(regions.available ? ['system_shared_memory'] : [])];
   const serverMetadata = JSON.stringify({ name: REST_SERVER_NAME, version, extensions });
   app.get('/v2', async (_request, reply) => reply.type(JSON_TYPE).send(serverMetadata));
 
-  registerModelRoutes(app, registry, regions, peerOf);
+  registerModelRoutes(app, registry, inference);
   registerSharedMemoryRoutes(app, regions, peerOf);
   registerRepositoryRoutes(app, registry);
 

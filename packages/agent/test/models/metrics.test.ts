@@ -110,3 +110,28 @@ describe('AgentMetrics: the inline path', () => {
     }
   });
 });
+
+describe('duration histograms', () => {
+  it('resolve the tens of microseconds a small model on the inline path takes (buckets from 10 µs to 10 s)', async () => {
+    const own = new AgentMetrics({ defaultMetrics: false });
+    own.observeRequest({ model: 'm', requestMs: 0.04, queueMs: 0.015, computeMs: 0.02 });
+    own.observeRequest({ model: 'm', requestMs: 7000, queueMs: 0.3, computeMs: 6000 });
+    const { body } = await own.text();
+    const bucket = (name: string, le: string) =>
+      sample(body, `edgefleet_inference_${name}_duration_seconds_bucket{le="${le}",model="m"}`);
+    expect([bucket('compute', '0.00001'), bucket('compute', '0.000025'), bucket('compute', '10')]).toEqual([
+      0, 1, 2,
+    ]);
+    expect([bucket('queue', '0.00001'), bucket('queue', '0.000025'), bucket('queue', '0.0005')]).toEqual([
+      0, 1, 2,
+    ]);
+    expect([bucket('request', '0.000025'), bucket('request', '0.00005'), bucket('request', '5')]).toEqual([
+      0, 1, 1,
+    ]);
+    const bounds = [...body.matchAll(/^edgefleet_inference_compute_duration_seconds_bucket\{le="([^"]+)"/gm)];
+    expect(bounds.map((m) => m[1])).toEqual([
+      ...['0.00001', '0.000025', '0.00005', '0.0001', '0.00025', '0.0005', '0.001', '0.0025', '0.005'],
+      ...['0.01', '0.025', '0.05', '0.1', '0.25', '0.5', '1', '2.5', '5', '10', '+Inf'],
+    ]);
+  });
+});
