@@ -186,13 +186,6 @@ export async function startStage(
 }
 
 /**
- * Brings a started stage's status in line with its devices: aborts it when failures pass the plan's
- * threshold (its devices not yet started are then not started), finishes it when no device is pending
- * (DEPLOYED, or FAILED when any failed; a STOPPING stage becomes STOPPED), starts the next stage when the
- * plan auto-advances and enough devices are DEPLOYED, and frees the plan's model handles once every stage
- * has finished. Safe to run any number of times, on any replica.
- */
-/**
  * The stage's devices that have not taken the deployment (READYTODEPLOY) will not: STOPPED with `message`, and
  * ended then (a stopped device's deployment is over, as a failed or deployed one's is).
  */
@@ -212,6 +205,13 @@ export async function stopUnstartedDevices(
     .execute();
 }
 
+/**
+ * Brings a started stage's status in line with its devices: aborts it when failures pass the plan's
+ * threshold (its devices not yet started are then not started), finishes it when no device is pending
+ * (DEPLOYED, or FAILED when any failed; a STOPPING stage becomes STOPPED), starts the next stage when the
+ * plan auto-advances and enough devices are DEPLOYED, and frees the plan's model handles once every stage
+ * has finished. Safe to run any number of times, on any replica.
+ */
 export async function settleStage(
   trx: Transaction<DatabaseSchema>,
   planName: string,
