@@ -403,6 +403,20 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('devices_updated_at').on('devices').column('updated_at').execute();
     },
   },
+  // Devices a stage stop or abort left unstarted were STOPPED without an end time before stopUnstartedDevices
+  // (deployments/stage-progress.ts) set one; the API then listed them without endedAt. A STOPPED target is
+  // never written again (reports, the desired state and the sweeper leave it alone), so its updated_at is the
+  // moment it was stopped, the very time the new code sets as ended_at.
+  '0011_stopped_targets_ended_at': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db
+        .updateTable('deployment_targets')
+        .set((eb) => ({ ended_at: eb.ref('updated_at') }))
+        .where('status', '=', 'STOPPED')
+        .where('ended_at', 'is', null)
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

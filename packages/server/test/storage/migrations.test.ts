@@ -99,6 +99,92 @@ describe.each(engines)('schema migrations on $engine', (fixture) => {
     },
   );
 
+  it.skipIf(!fixture.available)(
+    'from 0010: devices stopped unstarted before then get their stop time as ended_at, other rows are kept',
+    async () => {
+      const { db } = await open();
+      await migrateTo(db, '0010_devices_updated_at_index');
+      const created = 1_800_000_000_000;
+      await db
+        .insertInto('fleets')
+        .values({
+          name: 'plant-a',
+          description: null,
+          output_s3_location: 's3://captures/plant-a',
+          output_kms_key_id: null,
+          role_arn: null,
+          tags: '[]',
+          created_at: created,
+          updated_at: created,
+        })
+        .execute();
+      await db
+        .insertInto('deployment_plans')
+        .values({
+          name: 'rollout',
+          fleet_name: 'plant-a',
+          model_configs: '[]',
+          options: '{}',
+          tags: '[]',
+          created_at: created,
+          updated_at: created,
+        })
+        .execute();
+      await db
+        .insertInto('deployment_stages')
+        .values({
+          plan_name: 'rollout',
+          name: 'canary',
+          position: 0,
+          selection: '{}',
+          failure_policy: '{}',
+          status: 'STOPPED',
+          status_message: null,
+          started_at: created,
+          ended_at: created + 9,
+          updated_at: created + 9,
+        })
+        .execute();
+      // What the previous version wrote: an unstarted device stopped with the stage (no ended_at), one an
+      // operator cancelled (ended_at set), and devices still deploying or failed, which keep theirs.
+      const target = (device: string, status: string, endedAt: number | null, updatedAt: number) => ({
+        plan_name: 'rollout',
+        device_name: device,
+        stage_name: 'canary',
+        fleet_name: 'plant-a',
+        status,
+        status_message: null,
+        attempts: 0,
+        result_digest: null,
+        started_at: null,
+        ended_at: endedAt,
+        updated_at: updatedAt,
+      });
+      await db
+        .insertInto('deployment_targets')
+        .values([
+          target('cam-unstarted', 'STOPPED', null, created + 5),
+          target('cam-cancelled', 'STOPPED', created + 3, created + 3),
+          target('cam-deploying', 'INPROGRESS', null, created + 4),
+          target('cam-failed', 'FAILED', created + 2, created + 2),
+        ])
+        .execute();
+
+      await migrateToLatest(db);
+      const rows = await db
+        .selectFrom('deployment_targets')
+        .select(['device_name', 'status', 'ended_at', 'updated_at'])
+        .orderBy('device_name')
+        .execute();
+      expect(rows.map((r) => [r.device_name, r.status, r.ended_at, r.updated_at])).toEqual([
+        ['cam-cancelled', 'STOPPED', created + 3, created + 3],
+        ['cam-deploying', 'INPROGRESS', null, created + 4],
+        ['cam-failed', 'FAILED', created + 2, created + 2],
+        ['cam-unstarted', 'STOPPED', created + 5, created + 5],
+      ]);
+    },
+  );
+
   it.skipIf(!fixture.available)('refuses an unknown target migration by name', async () => {
     const { db } = await open();
     await expect(migrateTo(db, '9999_nope')).rejects.toThrow(
