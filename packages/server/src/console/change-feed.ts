@@ -11,86 +11,100 @@ type Snapshot = Record<ChangeTopic, string>;
 const lastSeen = sql<number>`coalesce(last_heartbeat_at, -1)`;
 
 /**
- * One fingerprint per topic, read from the database (not from this process's memory), so a change any
- * replica wrote reaches consoles connected to every replica. Counts catch deletions; the newest timestamps
- * catch updates and heartbeats; the oldest heartbeat among the devices online catches devices going quiet,
- * which writes nothing. `onlineSince`: heartbeats after it are online. Exported for tests.
+ * The statement one poll runs: every topic's fingerprint values as scalar subqueries of a single select, so a
+ * poll holds one pooled connection (not one per value, which filled PostgreSQL's pool on every poll) and
+ * reads one consistent snapshot. Counts catch deletions; the newest timestamps catch updates and heartbeats;
+ * the oldest heartbeat among the devices online catches devices going quiet, which writes nothing.
+ * `onlineSince`: heartbeats after it are online. Exported for the query-plan tests.
  */
-export async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: number): Promise<Snapshot> {
-  const fingerprint = async (query: Promise<unknown>) => JSON.stringify(await query);
-  const [fleets, devices, models, packaging, tokens, deployments] = await Promise.all([
-    fingerprint(
-      db
-        .selectFrom('fleets')
-        .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('updated_at').as('t')])
-        .executeTakeFirst(),
-    ),
-    // Each an index seek (0008's devices_last_seen, 0010's devices_updated_at) but the count, which catches
-    // deletions. Devices go quiet oldest heartbeat first, so the oldest heartbeat among those online changes
-    // whenever one goes quiet: a seek, where counting the online devices read every row on every poll.
-    fingerprint(
-      Promise.all([
-        db
-          .selectFrom('devices')
-          .select((eb) => eb.fn.countAll().as('n'))
-          .executeTakeFirst(),
-        db
-          .selectFrom('devices')
-          .select((eb) => eb.fn.max('updated_at').as('u'))
-          .executeTakeFirst(),
-        db
-          .selectFrom('devices')
-          .select((eb) => eb.fn.max(lastSeen).as('h'))
-          .executeTakeFirst(),
-        db
-          .selectFrom('devices')
-          .select((eb) => eb.fn.min(lastSeen).as('oldestOnline'))
-          .where(lastSeen, '>', onlineSince)
-          .executeTakeFirst(),
-        db
-          .selectFrom('device_certificates')
-          .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('revoked_at').as('r')])
-          .executeTakeFirst(),
-      ]),
-    ),
-    fingerprint(
-      db
-        .selectFrom('model_versions')
-        .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('created_at').as('t')])
-        .executeTakeFirst(),
-    ),
-    fingerprint(
-      db
-        .selectFrom('packaging_jobs')
-        .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('updated_at').as('t')])
-        .executeTakeFirst(),
-    ),
-    fingerprint(
-      db
-        .selectFrom('api_tokens')
-        .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('revoked_at').as('r')])
-        .executeTakeFirst(),
-    ),
+export function snapshotQuery(db: Kysely<DatabaseSchema>, onlineSince: number) {
+  return db.selectNoFrom((eb) => [
+    eb.selectFrom('fleets').select(eb.fn.countAll().as('v')).as('fleets_n'),
+    eb
+      .selectFrom('fleets')
+      .select((e) => e.fn.max('updated_at').as('v'))
+      .as('fleets_t'),
+    // Devices: the count (which catches deletions) reads the whole table, or its smallest index, on every
+    // poll; the other three are each one entry of an index (0010's devices_updated_at, 0008's
+    // devices_last_seen). They are spelt as `order by … limit 1` rather than max()/min() so the plan shows
+    // that the index gives the order: a min()'s plan reads the same whether or not it stops at the first
+    // entry. Devices go quiet oldest heartbeat first, so the oldest heartbeat among those online changes
+    // whenever one goes quiet, where counting the online devices read every row.
+    eb.selectFrom('devices').select(eb.fn.countAll().as('v')).as('devices_n'),
+    eb.selectFrom('devices').select('updated_at').orderBy('updated_at', 'desc').limit(1).as('devices_u'),
+    eb.selectFrom('devices').select(lastSeen.as('v')).orderBy(lastSeen, 'desc').limit(1).as('devices_h'),
+    eb
+      .selectFrom('devices')
+      .select(lastSeen.as('v'))
+      .where(lastSeen, '>', onlineSince)
+      .orderBy(lastSeen, 'asc')
+      .limit(1)
+      .as('devices_oldest_online'),
+    eb.selectFrom('device_certificates').select(eb.fn.countAll().as('v')).as('certificates_n'),
+    eb
+      .selectFrom('device_certificates')
+      .select((e) => e.fn.max('revoked_at').as('v'))
+      .as('certificates_r'),
+    eb.selectFrom('model_versions').select(eb.fn.countAll().as('v')).as('models_n'),
+    eb
+      .selectFrom('model_versions')
+      .select((e) => e.fn.max('created_at').as('v'))
+      .as('models_t'),
+    eb.selectFrom('packaging_jobs').select(eb.fn.countAll().as('v')).as('packaging_n'),
+    eb
+      .selectFrom('packaging_jobs')
+      .select((e) => e.fn.max('updated_at').as('v'))
+      .as('packaging_t'),
+    eb.selectFrom('api_tokens').select(eb.fn.countAll().as('v')).as('tokens_n'),
+    eb
+      .selectFrom('api_tokens')
+      .select((e) => e.fn.max('revoked_at').as('v'))
+      .as('tokens_r'),
     // Plans, stages and each device's progress (a device taking or finishing a deployment writes only its
     // target row); events are written with those rows, so they need no fingerprint of their own. Targets,
     // one row per device per plan, are only ever deleted with their plan, which the plan count catches; so
     // they are read by their newest updated_at alone, one entry of the 0008 index, instead of counted.
-    fingerprint(
-      Promise.all([
-        ...(['deployment_plans', 'deployment_stages'] as const).map((table) =>
-          db
-            .selectFrom(table)
-            .select((eb) => [eb.fn.countAll().as('n'), eb.fn.max('updated_at').as('t')])
-            .executeTakeFirst(),
-        ),
-        db
-          .selectFrom('deployment_targets')
-          .select((eb) => eb.fn.max('updated_at').as('t'))
-          .executeTakeFirst(),
-      ]),
-    ),
+    eb.selectFrom('deployment_plans').select(eb.fn.countAll().as('v')).as('plans_n'),
+    eb
+      .selectFrom('deployment_plans')
+      .select((e) => e.fn.max('updated_at').as('v'))
+      .as('plans_t'),
+    eb.selectFrom('deployment_stages').select(eb.fn.countAll().as('v')).as('stages_n'),
+    eb
+      .selectFrom('deployment_stages')
+      .select((e) => e.fn.max('updated_at').as('v'))
+      .as('stages_t'),
+    eb
+      .selectFrom('deployment_targets')
+      .select('updated_at')
+      .orderBy('updated_at', 'desc')
+      .limit(1)
+      .as('targets_t'),
   ]);
-  return { fleets, devices, models, packaging, tokens, deployments };
+}
+
+/**
+ * One fingerprint per topic, read from the database (not from this process's memory), so a change any
+ * replica wrote reaches consoles connected to every replica. Exported for tests.
+ */
+export async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: number): Promise<Snapshot> {
+  const row = await snapshotQuery(db, onlineSince).executeTakeFirstOrThrow();
+  const fingerprint = (...values: unknown[]) => JSON.stringify(values);
+  return {
+    fleets: fingerprint(row.fleets_n, row.fleets_t),
+    devices: fingerprint(
+      row.devices_n,
+      row.devices_u,
+      row.devices_h,
+      row.devices_oldest_online,
+      row.certificates_n,
+      row.certificates_r,
+    ),
+    models: fingerprint(row.models_n, row.models_t),
+    packaging: fingerprint(row.packaging_n, row.packaging_t),
+    tokens: fingerprint(row.tokens_n, row.tokens_r),
+    deployments: fingerprint(row.plans_n, row.plans_t, row.stages_n, row.stages_t, row.targets_t),
+  };
 }
 
 export type ChangeListener = (topics: ChangeTopic[]) => void;
