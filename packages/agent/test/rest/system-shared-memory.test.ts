@@ -3,7 +3,8 @@ import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { REASON_WITHHELD } from '../../src/rest/agent-status-route.js';
+import { PackageStore, UpdateEngine } from '../../src/deployments/index.js';
+import { REASON_WITHHELD, publicAgentStatus } from '../../src/rest/agent-status-route.js';
 import { RestError } from '../../src/rest/rest-errors.js';
 import {
   MAX_REGIONS,
@@ -11,6 +12,7 @@ import {
   SharedMemoryRegions,
 } from '../../src/rest/shared-memory-routes.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
+import { AgentDatabase, type DeploymentModelRow } from '../../src/state/index.js';
 import { waitUntil } from '../support/wait-until.js';
 import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
 import { makeSegment } from '../support/segments.js';
@@ -26,6 +28,7 @@ let agent: Awaited<ReturnType<typeof startAgent>>;
 let client: HttpClient;
 let socketPath: string;
 let reader: SharedMemoryReader;
+let deployments: { database: AgentDatabase; store: PackageStore; engine: UpdateEngine };
 
 const sample = TEST_MODELS.tiny.sampleInputs();
 const x = bytesOf(sample.x!.data);
@@ -73,6 +76,72 @@ const inferViaRegions = (inputRegion: string, outputRegion: string, outputOffset
     ],
   });
 
+/**
+ * The update engine the agent reports, on its own database: 'tiny' ended Failed because rolling it back failed
+ * (the engine's #rollBack keeps both messages, each naming a file of the agent's), 'other' committed.
+ */
+function updateEngineWithAFailedRollback(root: string) {
+  const database = AgentDatabase.open({ path: join(root, 'agent.db'), walSyncIntervalMs: 0 });
+  const store = new PackageStore({
+    root: join(root, 'deployments'),
+    endpoint: 'https://127.0.0.1:1',
+    tls: () => Promise.reject(new Error('this test downloads nothing')),
+    timeoutMs: 1000,
+  });
+  const now = Date.now();
+  const row: DeploymentModelRow = {
+    handle: 'other',
+    deploymentName: 'up',
+    state: 'Committed',
+    desired: 'DEPLOY',
+    failurePolicy: 'ROLLBACK_ON_FAILURE',
+    allowDowngrade: false,
+    modelName: 'other',
+    version: '2.0',
+    packageUrl: '/api/v1/device/packages/p2',
+    sha256: 'a'.repeat(64),
+    size: 100,
+    packageDir: join(root, 'deployments/packages/other/2.0'),
+    previousUrl: null,
+    previousVersion: null,
+    committedVersion: '2.0',
+    reason: null,
+    rollbackFailureReason: null,
+    restarts: 0,
+    startedAt: now - 2000,
+    updatedAt: now - 1000,
+    endedAt: now - 1000,
+    reported: true,
+  };
+  database.deployments.saveAll([
+    row,
+    {
+      ...row,
+      handle: 'tiny',
+      modelName: 'tiny',
+      state: 'Failed',
+      packageDir: join(root, 'deployments/packages/tiny/2.0'),
+      previousUrl: join(root, 'deployments/packages/tiny/1.0'),
+      previousVersion: '1.0',
+      committedVersion: null,
+      reason: `cannot read ${root}/lock`,
+      rollbackFailureReason: `ENOENT: no such file or directory, open '${root}/deployments/packages/tiny/1.0/manifest.json'`,
+      updatedAt: now,
+      endedAt: now,
+    },
+  ]);
+  const engine = new UpdateEngine({
+    registry: agent.registry,
+    repository: database.deployments,
+    store,
+    trust: null,
+    requireSignatures: false,
+    healthWindowMs: 10,
+    logger: { info: () => {}, warn: () => {}, error: () => {} },
+  });
+  return { database, store, engine };
+}
+
 beforeAll(async () => {
   files = await scratch('agent-rest-shm-');
   socketPath = join(files.root, 'rest.sock');
@@ -80,17 +149,10 @@ beforeAll(async () => {
     socketPath,
     socketMode: 0o666,
     sharedMemory: (reader = new SharedMemoryReader({ addon })),
-    // As the daemon's update engine reports it: a failed update's reason names a file of the agent's.
-    agentStatus: () => ({
-      deployments: {
-        enabled: true,
-        models: [
-          { handle: 'tiny', state: 'Failed', reason: `cannot read ${files.root}/lock` },
-          { handle: 'other', state: 'Serving', reason: null },
-        ],
-      },
-    }),
+    // As the daemon reports its update engine (agent-daemon.ts).
+    agentStatus: () => ({ deployments: { enabled: true, models: deployments.engine.status() } }),
   });
+  deployments = updateEngineWithAFailedRollback(files.root);
   await agent.registry.load({ name: 'tiny', url: await files.catalogue('tiny') });
   client = new HttpClient(targetOf(`unix:${socketPath}`));
   await chmod(files.root, 0o755);
@@ -101,6 +163,9 @@ afterEach(async () => {
 });
 afterAll(async () => {
   client?.agent.destroy();
+  await deployments?.engine.close();
+  deployments?.store.close();
+  deployments?.database.close();
   await agent?.stop();
   await files?.cleanup();
 });
@@ -395,6 +460,55 @@ describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives 
   });
 });
 
+describe('the agent status for a caller who is not an operator', () => {
+  it('passes the listed fields only, and fails closed: updates that do not parse are left out, with a warning', () => {
+    const updates = deployments.engine.status();
+    const warnings: string[] = [];
+    const warn = (message: string) => warnings.push(message);
+    // A field the engine may add one day, and a key beside deployments: neither is listed, so neither passes.
+    const added = publicAgentStatus(
+      {
+        deployments: { enabled: true, models: updates.map((u) => ({ ...u, packageDir: '/secret/dir' })) },
+        debug: '/secret/dir',
+      },
+      warn,
+    );
+    expect(Object.keys(added)).toEqual(['deployments']);
+    expect(JSON.stringify(added)).not.toContain('/secret');
+    expect(warnings).toEqual([]);
+    // The engine's shape changed (a reason that is not a string): the updates are dropped, not copied.
+    const changed = publicAgentStatus(
+      { deployments: { enabled: true, models: [{ ...updates[0], reason: { file: '/secret/lock' } }] } },
+      warn,
+    );
+    expect(changed).toEqual({ deployments: { enabled: true } });
+    expect(publicAgentStatus({ deployments: '/secret/dir' }, warn)).toEqual({});
+    expect(publicAgentStatus({ deployments: { enabled: false } }, warn)).toEqual({
+      deployments: { enabled: false },
+    });
+    expect(warnings).toHaveLength(2);
+    expect(warnings[0]).toMatch(/deployment models are left out for this caller: .*reason/s);
+    expect(warnings.join('\n')).not.toContain('/secret');
+  });
+});
+
+/** What packages/agent/docs/rest-api.md lists of an update for a caller who is not an operator. */
+const PUBLIC_UPDATE_FIELDS = [
+  'committedVersion',
+  'deployment',
+  'desired',
+  'endedAt',
+  'handle',
+  'held',
+  'previousVersion',
+  'reason',
+  'rollbackFailureReason',
+  'startedAt',
+  'state',
+  'updatedAt',
+  'version',
+];
+
 /** Runs an HTTP client as `nobody` against the agent's socket; resolves with each request's status and body. */
 function runAsNobody(requests: Array<{ path: string; body?: unknown }>) {
   const script = `
@@ -512,18 +626,32 @@ describe.skipIf(!isRoot)(
       const tiny = seenByNobody.models.find((m) => m.name === 'tiny')!;
       expect(tiny.version).toBe(seenByRoot.models.find((m) => m.name === 'tiny')!.version);
       expect(tiny).not.toHaveProperty('path');
-      // Update reasons likewise: withheld where there is one, still null where there is none.
-      expect(seenByNobody).toMatchObject({
-        deployments: {
-          enabled: true,
-          models: [
-            { handle: 'tiny', state: 'Failed', reason: REASON_WITHHELD },
-            { handle: 'other', state: 'Serving', reason: null },
-          ],
-        },
+      // Updates: the listed fields only, both failure messages withheld where there is one, null where none.
+      type Update = Record<string, unknown>;
+      const updatesSeenBy = (status: unknown) =>
+        (status as { deployments: { models: Update[] } }).deployments.models;
+      const [failed, committed] = updatesSeenBy(seenByNobody);
+      expect(seenByNobody).toMatchObject({ deployments: { enabled: true } });
+      expect(Object.keys(failed!).sort()).toEqual(PUBLIC_UPDATE_FIELDS);
+      expect(failed).toMatchObject({
+        handle: 'tiny',
+        deployment: 'up',
+        state: 'Failed',
+        version: '2.0',
+        previousVersion: '1.0',
+        reason: REASON_WITHHELD,
+        rollbackFailureReason: REASON_WITHHELD,
       });
-      expect(seenByRoot).toMatchObject({
-        deployments: { models: [{ reason: `cannot read ${files.root}/lock` }, { reason: null }] },
+      expect(committed).toMatchObject({
+        handle: 'other',
+        state: 'Committed',
+        reason: null,
+        rollbackFailureReason: null,
+      });
+      const [failedForRoot] = updatesSeenBy(seenByRoot);
+      expect(failedForRoot).toMatchObject({
+        reason: `cannot read ${files.root}/lock`,
+        rollbackFailureReason: expect.stringContaining(`${files.root}/deployments/packages/tiny/1.0`),
       });
       expect(results[1]!.body).not.toContain(files.root);
     });
