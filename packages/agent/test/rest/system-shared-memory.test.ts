@@ -39,6 +39,14 @@ function segment(size: number, bytes: Uint8Array, mode: number): number {
   return makeSegment(addon, created, bytes, { size, mode });
 }
 
+/** The tiny model's input `x`, its bytes to be read from a region. */
+const tensorX = () => ({
+  name: Buffer.from('x'),
+  dataType: 'FLOAT32' as const,
+  shape: [1, 16],
+  data: Buffer.alloc(0),
+});
+
 function segmentBytes(shmid: number, offset: number, length: number): Uint8Array {
   const mapping = addon.attachReadWrite(shmid);
   const copy = new Uint8Array(mapping, offset, length).slice();
@@ -158,7 +166,11 @@ beforeAll(async () => {
   await chmod(files.root, 0o755);
 });
 afterEach(async () => {
-  await post('/v2/systemsharedmemory/unregister', {});
+  // Root's status lists every user's regions; unregistering all (no name) drops only root's own.
+  const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
+    name: string;
+  }>;
+  for (const { name } of left) await post(`/v2/systemsharedmemory/region/${name}/unregister`, {});
   for (const shmid of created.splice(0)) addon.remove(shmid);
 });
 afterAll(async () => {
@@ -381,12 +393,12 @@ describe('SharedMemoryRegions in use', () => {
     const me = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!(), groups: [] };
     const shmid = segment(64, x, 0o600);
     regions.register('r', { key: String(shmid), byte_size: 64 }, me);
-    const use = regions.use(['r', 'r', 'unknown']);
+    const use = regions.use(['r', 'r', 'unknown'], me);
     const unregistering = regions.unregister('r', me).then(
       () => undefined,
       (error: unknown) => error,
     );
-    expect(() => regions.use(['r'])).toThrow(/region "r" is being unregistered/);
+    expect(() => regions.use(['r'], me)).toThrow(/region "r" is being unregistered/);
     const error = await unregistering;
     expect(error).toBeInstanceOf(RestError);
     expect((error as RestError).statusCode).toBe(409);
@@ -395,7 +407,7 @@ describe('SharedMemoryRegions in use', () => {
     );
     expect(regions.status('r', me)).toEqual([{ name: 'r', key: String(shmid), offset: 0, byte_size: 64 }]);
     // Usable again, and unregistered at once when no request uses it.
-    regions.use(['r']).release();
+    regions.use(['r'], me).release();
     use.release();
     use.release(); // a second release changes nothing
     await regions.unregister('r', me);
@@ -456,7 +468,79 @@ describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives 
     expect(() => regions.register('bob-in', { key: String(shmid), byte_size: 64 }, user(1001))).toThrow(
       /already registered by another user \(region names are shared by all callers\); choose another name/,
     );
+  });
+
+  /** The error `act` throws (a RestError), with `name` written as <name>, to compare with an unknown region's. */
+  const refusal = async (act: () => unknown, name: string) => {
+    try {
+      await act();
+    } catch (error) {
+      expect(error).toBeInstanceOf(RestError);
+      const { statusCode, message } = error as RestError;
+      return { statusCode, message: message.replaceAll(JSON.stringify(name), '<name>') };
+    }
+    throw new Error('expected a refusal');
+  };
+
+  it('is not registered, to another user, wherever it is named: unregister, inputs, outputs, in use (root: all)', async () => {
+    const regions = new SharedMemoryRegions(reader, { unregisterWaitMs: 5_000 });
+    const shmid = segment(64, x, 0o666); // every user could read and write it: only the owner decides
+    const [alice, bob] = [user(1001), user(1002)];
+    regions.register('alice-in', { key: String(shmid), byte_size: 64 }, alice);
+    const unknownRegion = 'never-registered';
+    // What bob gets naming alice's region is what he gets naming one that does not exist: no size, shmid or uid.
+    const alike = async (act: (name: string) => unknown, status: number) => {
+      const theirs = await refusal(() => act('alice-in'), 'alice-in');
+      expect(theirs).toEqual(await refusal(() => act(unknownRegion), unknownRegion));
+      expect(theirs.statusCode).toBe(status);
+      expect(theirs.message).not.toMatch(new RegExp(`${shmid}|1001|64`));
+    };
+    await alike((name) => regions.unregister(name, bob), 404);
+    // Past the end of the region (80 bytes at 0 of 64): the bounds would tell its size.
+    const input = (name: string) => ({ region: name, offset: 0, byteSize: 80, position: 0 });
+    await alike((name) => regions.readInputs([tensorX()], [input(name)], bob), 400);
+    await alike((name) => regions.outputSegments([{ name: 'y', sharedMemory: input(name) }], bob), 400);
+    await alike((name) => regions.writeOutput('y', input(name), new Uint8Array(4), bob), 400);
+    // Held by one of alice's requests and being unregistered: bob is not told so either.
+    const aliceUse = regions.use(['alice-in'], alice);
+    const unregistering = regions.unregister('alice-in', alice);
+    expect(() => regions.use(['alice-in'], alice)).toThrow(/is being unregistered/);
+    regions.use(['alice-in'], bob).release();
+    aliceUse.release();
+    await unregistering;
+    // Root sees and uses every user's regions, and may unregister them by name.
+    regions.register('alice-in', { key: String(shmid), byte_size: 64 }, alice);
+    const [lease] = regions.readInputs([tensorX()], [{ ...input('alice-in'), byteSize: 64 }], root);
+    expect([...lease!.data]).toEqual([...x]);
+    lease!.release();
+    expect(
+      regions.outputSegments([{ name: 'y', sharedMemory: { ...input('alice-in'), byteSize: 64 } }], root),
+    ).toBeDefined();
+    await regions.unregister('alice-in', root);
+    expect(regions.status(undefined, root)).toEqual([]);
+    // A caller the agent does not know (TCP) is refused shared memory, before any region is looked up.
+    expect(
+      await refusal(() => regions.readInputs([tensorX()], [input('alice-in')], null), 'alice-in'),
+    ).toMatchObject({
+      statusCode: 403,
+      message: expect.stringMatching(/only for callers on the agent’s Unix socket/),
+    });
+  });
+
+  it('unregisters all (no name) of the caller’s own regions only, root’s included; root may still name another’s', async () => {
+    const regions = new SharedMemoryRegions(reader);
+    const shmid = segment(64, x, 0o644);
+    const body = { key: String(shmid), byte_size: 64 };
+    regions.register('alice-in', body, user(1001));
+    regions.register('bob-in', body, user(1002));
+    regions.register('root-in', body, root);
+    // A root app's cleanup (Triton clients unregister all on their way out) leaves the other apps' regions.
     await regions.unregister(undefined, root);
+    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['alice-in', 'bob-in']);
+    await regions.unregister(undefined, user(1001));
+    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['bob-in']);
+    await regions.unregister('bob-in', root);
+    expect(regions.status(undefined, root)).toEqual([]);
   });
 });
 
@@ -603,6 +687,89 @@ describe.skipIf(!isRoot)(
         { name: 'nobodys', key: String(shmid), offset: 0, byte_size: 64 },
       ]);
       expect(results[3]!.body).toMatch(/no system shared memory region named \\"root0\\" is registered/);
+    });
+
+    it('keeps root’s regions from nobody on every route that names them, and root’s unregister-all from nobody’s', async () => {
+      const roots = segment(64, x, 0o600); // root's region, on a segment nobody could not even read
+      const nobodys = segment(64, x, 0o644);
+      expect(
+        (await post('/v2/systemsharedmemory/region/roots/register', { key: String(roots), byte_size: 64 }))
+          .status,
+      ).toBe(200);
+      const infer = (input: string, output?: string) => ({
+        path: '/v2/models/tiny/infer',
+        body: {
+          inputs: [
+            {
+              name: 'x',
+              shape: [1, 16],
+              datatype: 'FP32',
+              // 80 bytes of a 64-byte region: the bounds would tell its size.
+              parameters: { shared_memory_region: input, shared_memory_byte_size: 80 },
+            },
+          ],
+          ...(output && {
+            outputs: [
+              { name: 'y', parameters: { shared_memory_region: output, shared_memory_byte_size: 64 } },
+            ],
+          }),
+        },
+      });
+      const { results } = await runAsNobody([
+        { path: '/v2/systemsharedmemory/region/roots/unregister', body: {} },
+        { path: '/v2/systemsharedmemory/region/nonesuch/unregister', body: {} },
+        infer('roots'),
+        infer('nonesuch'),
+        {
+          path: '/v2/systemsharedmemory/region/nobodys/register',
+          body: { key: String(nobodys), byte_size: 64 },
+        },
+        // Its own region for the input (read as nobody may), root's for the output.
+        {
+          path: '/v2/models/tiny/infer',
+          body: {
+            inputs: [
+              {
+                name: 'x',
+                shape: [1, 16],
+                datatype: 'FP32',
+                parameters: { shared_memory_region: 'nobodys', shared_memory_byte_size: 64 },
+              },
+            ],
+            outputs: [
+              { name: 'y', parameters: { shared_memory_region: 'roots', shared_memory_byte_size: 80 } },
+            ],
+          },
+        },
+        {
+          path: '/v2/systemsharedmemory/region/roots/register',
+          body: { key: String(nobodys), byte_size: 64 },
+        },
+      ]);
+      // The error messages, each region's name written alike (what tells them apart is the name nobody sent).
+      const errors = results.map((r) =>
+        (JSON.parse(r.body) as { error?: string }).error?.replace(/"(roots|nonesuch)"/g, '<name>'),
+      );
+      // Root's region, named by nobody, answers as one that does not exist: unregister 404, inference 400.
+      expect(results.map((r) => r.status)).toEqual([404, 404, 400, 400, 200, 400, 400]);
+      expect(errors[0]).toBe(errors[1]);
+      expect(errors[2]).toBe(errors[3]);
+      expect(errors[5]).toMatch(
+        /^output "y" names system shared memory region <name>, which is not registered/,
+      );
+      for (const { body } of results.slice(0, 6))
+        expect(body).not.toMatch(new RegExp(`${roots}|uid 0|64 bytes`));
+      // Register is the one place that tells a name is taken (documented), and only that.
+      expect(errors[6]).toMatch(/already registered by another user/);
+      expect(results[6]!.body).not.toMatch(new RegExp(`${roots}|uid 0`));
+      // Root's region is still there for root; root's unregister-all leaves nobody's.
+      expect((await client.request({ path: '/v2/systemsharedmemory/region/roots/status' })).status).toBe(200);
+      expect((await post('/v2/systemsharedmemory/unregister', {})).status).toBe(200);
+      const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
+        name: string;
+      }>;
+      expect(left.map((r) => r.name)).toEqual(['nobodys']);
+      expect((await post('/v2/systemsharedmemory/region/nobodys/unregister', {})).status).toBe(200);
     });
 
     it('shows root every user’s regions, and model file paths to root only', async () => {
