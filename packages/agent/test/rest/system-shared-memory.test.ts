@@ -62,27 +62,36 @@ const post = (path: string, body: unknown) =>
     body: JSON.stringify(body),
   });
 
-const inferViaRegions = (inputRegion: string, outputRegion: string, outputOffset = 0) =>
-  post('/v2/models/tiny/infer', {
-    inputs: [
-      {
-        name: 'x',
-        shape: [1, 16],
-        datatype: 'FP32',
-        parameters: { shared_memory_region: inputRegion, shared_memory_byte_size: 64 },
-      },
-    ],
+/** An inference of `tiny` whose input lies in `inputRegion` and whose output (if any) goes to `outputRegion`. */
+const inferBodyViaRegions = (
+  inputRegion: string,
+  outputRegion: string | undefined,
+  { inputBytes = 64, outputBytes = 64, outputOffset = 0 } = {},
+) => ({
+  inputs: [
+    {
+      name: 'x',
+      shape: [1, 16],
+      datatype: 'FP32',
+      parameters: { shared_memory_region: inputRegion, shared_memory_byte_size: inputBytes },
+    },
+  ],
+  ...(outputRegion !== undefined && {
     outputs: [
       {
         name: 'y',
         parameters: {
           shared_memory_region: outputRegion,
-          shared_memory_byte_size: 64,
+          shared_memory_byte_size: outputBytes,
           shared_memory_offset: outputOffset,
         },
       },
     ],
-  });
+  }),
+});
+
+const inferViaRegions = (inputRegion: string, outputRegion: string, outputOffset = 0) =>
+  post('/v2/models/tiny/infer', inferBodyViaRegions(inputRegion, outputRegion, { outputOffset }));
 
 /**
  * The update engine the agent reports, on its own database: 'tiny' ended Failed because rolling it back failed
@@ -640,20 +649,7 @@ describe.skipIf(!isRoot)(
           body: { key: String(secret), byte_size: 64 },
         },
         { path: '/v2/systemsharedmemory/region/ro/register', body: { key: String(readable), byte_size: 64 } },
-        {
-          path: '/v2/models/tiny/infer',
-          body: {
-            inputs: [
-              {
-                name: 'x',
-                shape: [1, 16],
-                datatype: 'FP32',
-                parameters: { shared_memory_region: 'ro', shared_memory_byte_size: 64 },
-              },
-            ],
-            outputs: [{ name: 'y', parameters: { shared_memory_region: 'ro', shared_memory_byte_size: 64 } }],
-          },
-        },
+        { path: '/v2/models/tiny/infer', body: inferBodyViaRegions('ro', 'ro') },
       ]);
       expect(uid).toBe(NOBODY);
       expect(results[0]!.status).toBe(403);
@@ -696,24 +692,10 @@ describe.skipIf(!isRoot)(
         (await post('/v2/systemsharedmemory/region/roots/register', { key: String(roots), byte_size: 64 }))
           .status,
       ).toBe(200);
-      const infer = (input: string, output?: string) => ({
+      // 80 bytes of a 64-byte region: the bounds would tell its size.
+      const infer = (input: string) => ({
         path: '/v2/models/tiny/infer',
-        body: {
-          inputs: [
-            {
-              name: 'x',
-              shape: [1, 16],
-              datatype: 'FP32',
-              // 80 bytes of a 64-byte region: the bounds would tell its size.
-              parameters: { shared_memory_region: input, shared_memory_byte_size: 80 },
-            },
-          ],
-          ...(output && {
-            outputs: [
-              { name: 'y', parameters: { shared_memory_region: output, shared_memory_byte_size: 64 } },
-            ],
-          }),
-        },
+        body: inferBodyViaRegions(input, undefined, { inputBytes: 80 }),
       });
       const { results } = await runAsNobody([
         { path: '/v2/systemsharedmemory/region/roots/unregister', body: {} },
@@ -725,22 +707,7 @@ describe.skipIf(!isRoot)(
           body: { key: String(nobodys), byte_size: 64 },
         },
         // Its own region for the input (read as nobody may), root's for the output.
-        {
-          path: '/v2/models/tiny/infer',
-          body: {
-            inputs: [
-              {
-                name: 'x',
-                shape: [1, 16],
-                datatype: 'FP32',
-                parameters: { shared_memory_region: 'nobodys', shared_memory_byte_size: 64 },
-              },
-            ],
-            outputs: [
-              { name: 'y', parameters: { shared_memory_region: 'roots', shared_memory_byte_size: 80 } },
-            ],
-          },
-        },
+        { path: '/v2/models/tiny/infer', body: inferBodyViaRegions('nobodys', 'roots', { outputBytes: 80 }) },
         {
           path: '/v2/systemsharedmemory/region/roots/register',
           body: { key: String(nobodys), byte_size: 64 },
