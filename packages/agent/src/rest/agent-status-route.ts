@@ -2,10 +2,12 @@
  * GET /edgefleet/v1/status, EdgeFleet's own: what the device runs and what its update engine is doing, for
  * `edgefleet agent status`. Where the agent keeps its files is for its operators only (root, or the agent's own
  * user, on the Unix socket): model file paths, and update reasons, which name files and URLs. Every other caller
- * (another local user, anyone on TCP) gets the rest: see docs/rest-api.md.
+ * (another local user, anyone on TCP) gets a view built from an allowlist of fields, so that a field the update
+ * engine adds later reaches them only once it is listed here: see docs/rest-api.md.
  */
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
+import { DEPLOYMENT_STATES } from '../deployments/deployment-state.js';
 import type { ModelRegistry } from '../models/index.js';
 import { JSON_TYPE } from './rest-errors.js';
 import type { PeerOf } from './shared-memory-routes.js';
@@ -25,9 +27,35 @@ export interface AgentStatusRouteOptions {
   agentUid?: number;
 }
 
-const DeploymentsStatusSchema = z.looseObject({
-  models: z.array(z.looseObject({ reason: z.string().nullish() })).optional(),
+/** A failure message, as a caller who is not an operator sees it: only whether there is one. */
+const WithheldReasonSchema = z
+  .string()
+  .nullable()
+  .transform((reason) => (reason === null ? null : REASON_WITHHELD));
+
+/**
+ * The fields of an update (UpdateEngine's DeploymentModelStatus) that a caller who is not an operator sees; z.object
+ * drops every other. The two reasons are failure messages (file paths, lock paths, package URLs).
+ */
+const PublicDeploymentModelSchema = z.object({
+  handle: z.string(),
+  deployment: z.string(),
+  state: z.enum(DEPLOYMENT_STATES),
+  desired: z.enum(['DEPLOY', 'UNDEPLOY']),
+  version: z.string().nullable(),
+  previousVersion: z.string().nullable(),
+  committedVersion: z.string().nullable(),
+  held: z.boolean(),
+  reason: WithheldReasonSchema,
+  rollbackFailureReason: WithheldReasonSchema,
+  startedAt: z.string(),
+  updatedAt: z.string(),
+  endedAt: z.string().nullable(),
 });
+
+/** `deployments` as the daemon gives it: `models` is parsed apart, so that a bad update drops the updates only. */
+const DeploymentsSchema = z.object({ enabled: z.boolean(), models: z.unknown().optional() });
+const PublicDeploymentModelsSchema = z.array(PublicDeploymentModelSchema);
 
 export function registerAgentStatusRoute(app: FastifyInstance, options: AgentStatusRouteOptions): void {
   const { registry, version, peerOf } = options;
@@ -45,15 +73,38 @@ export function registerAgentStatusRoute(app: FastifyInstance, options: AgentSta
       requests: m.requests,
     }));
     const extra = options.agentStatus?.() ?? {};
-    const status = { version, models, ...(operator ? extra : withoutReasons(extra)) };
+    const status = {
+      version,
+      models,
+      ...(operator ? extra : publicAgentStatus(extra, (message) => request.log.warn(message))),
+    };
     return reply.type(JSON_TYPE).send(JSON.stringify(status));
   });
 }
 
-/** The status with REASON_WITHHELD for every update reason given (null ones stay null: there is none). */
-function withoutReasons(status: Record<string, unknown>): Record<string, unknown> {
-  const parsed = DeploymentsStatusSchema.safeParse(status.deployments);
-  if (!parsed.success || parsed.data.models === undefined) return status;
-  const models = parsed.data.models.map((m) => (m.reason == null ? m : { ...m, reason: REASON_WITHHELD }));
-  return { ...status, deployments: { ...parsed.data, models } };
+/**
+ * What a caller who is not an operator sees of the agent's status: `deployments` alone, built from the fields
+ * listed above. It fails closed: updates that do not parse (the engine's shape changed) are left out, with a
+ * warning, rather than copied.
+ */
+export function publicAgentStatus(
+  status: Record<string, unknown>,
+  warn: (message: string) => void,
+): Record<string, unknown> {
+  if (status.deployments === undefined) return {};
+  const deployments = DeploymentsSchema.safeParse(status.deployments);
+  if (!deployments.success) {
+    warn(`the agent status' deployments are left out for this caller: ${z.prettifyError(deployments.error)}`);
+    return {};
+  }
+  const { enabled, models } = deployments.data;
+  if (models === undefined) return { deployments: { enabled } };
+  const updates = PublicDeploymentModelsSchema.safeParse(models);
+  if (!updates.success) {
+    warn(
+      `the agent status' deployment models are left out for this caller: ${z.prettifyError(updates.error)}`,
+    );
+    return { deployments: { enabled } };
+  }
+  return { deployments: { enabled, models: updates.data } };
 }

@@ -66,7 +66,7 @@ export class ModelInference {
     const caller = regionNames.length > 0 ? this.peerOf(call.socket) : null;
     // Until the outputs are written, unregistering a region this request names waits for it: once unregister
     // has answered, the client may reuse the memory, and nothing here touches it any more.
-    const regionUse = regions.use(regionNames);
+    const regionUse = regions.use(regionNames, caller);
     let result;
     try {
       const leases = regions.readInputs(decoded.inputs, decoded.sharedInputs, caller);

@@ -8,7 +8,9 @@
  * regions, and only segments they could attach themselves: read for registering and inputs, write for outputs
  * (the same check as the gRPC door's shared memory). Each request checks again, against the segment as it is
  * then; the inference worker checks once more that the segment is still as checked (see SegmentIdentity).
- * Unlike Triton, each user (uid) may hold at most MAX_REGIONS_PER_UID regions, and sees only its own in status.
+ * Unlike Triton, each user (uid) may hold at most MAX_REGIONS_PER_UID regions, and a region is another user's own:
+ * to a caller who is neither its owner nor root it is not registered, wherever it is named (status, unregister,
+ * inference), so that no user learns another's names, shmids, sizes or uid. Register alone tells that a name is taken.
  *
  * A region is in use while a request that names it runs: unregistering it waits for those requests (at most
  * UNREGISTER_WAIT_MS), so that once unregister has answered the agent touches that memory no more.
@@ -54,7 +56,7 @@ interface Region {
   segmentId: number;
   offset: number;
   byteSize: number;
-  /** Who registered it: only they (or root) may unregister it. */
+  /** Who registered it: only they (or root) may see, use or unregister it. */
   ownerUid: number;
   /** Requests running that name it (for inputs or outputs). */
   uses: number;
@@ -88,6 +90,16 @@ const statusOf = (region: Region) => ({
 
 const notRegistered = (name: string) =>
   new RestError(404, `no system shared memory region named ${JSON.stringify(name)} is registered`);
+
+const unixSocketOnly = () =>
+  new RestError(
+    403,
+    'system shared memory is only for callers on the agent’s Unix socket, whose credentials it knows',
+  );
+
+/** Whether `caller` may know of `region` at all: its owner, or root (a caller the agent does not know: never). */
+const isVisibleTo = (region: Region, caller: PeerCredentials | null) =>
+  caller !== null && (caller.uid === 0 || caller.uid === region.ownerUid);
 
 /** HTTP statuses for the shared memory errors: the client's mistakes are 400, refusals 403. */
 function restErrorOf(error: unknown): unknown {
@@ -147,7 +159,7 @@ export class SharedMemoryRegions {
     if (own >= this.#maxRegionsPerUid)
       throw new RestError(
         429,
-        `uid ${uid} has ${own} system shared memory regions registered, the most one user may have at once (${this.#maxRegionsPerUid}); unregister some first (POST /v2/systemsharedmemory/region/{name}/unregister, or /v2/systemsharedmemory/unregister for all of yours)`,
+        `uid ${uid} has ${own} system shared memory regions registered, the most one user may have at once (${this.#maxRegionsPerUid}); unregister some first (POST /v2/systemsharedmemory/region/{name}/unregister, or /v2/systemsharedmemory/unregister for all that uid ${uid} registered)`,
       );
     if (this.#regions.size >= MAX_REGIONS)
       throw new RestError(
@@ -168,25 +180,20 @@ export class SharedMemoryRegions {
   }
 
   /**
-   * Unregisters one region, or (no name) every region the caller registered (all of them for root). Waits for the
-   * requests using them (new ones may not use them meanwhile); past `unregisterWaitMs` those still in use stay
-   * registered and it fails with a 409.
+   * Unregisters one region (root: anyone's; another user's is a 404, as an unknown one), or (no name) every region
+   * the caller's uid registered, root included: Triton clients call that on their way out, and one root app's exit
+   * must not drop the regions of the others. Waits for the requests using them (new ones may not use them
+   * meanwhile); past `unregisterWaitMs` those still in use stay registered and it fails with a 409.
    */
   async unregister(name: string | undefined, caller: PeerCredentials | null): Promise<void> {
     this.#requireReader();
-    if (caller === null)
-      throw new RestError(403, 'system shared memory is only for callers on the Unix socket');
-    const mayDrop = (region: Region) => caller.uid === 0 || caller.uid === region.ownerUid;
+    if (caller === null) throw unixSocketOnly();
     let dropping: Region[];
     if (name === undefined) {
-      dropping = [...this.#regions.values()].filter(mayDrop);
+      dropping = [...this.#regions.values()].filter((region) => region.ownerUid === caller.uid);
     } else {
-      const region = this.#get(name);
-      if (!mayDrop(region))
-        throw new RestError(
-          403,
-          `region ${JSON.stringify(name)} was registered by uid ${region.ownerUid}; only that user (or root) may unregister it`,
-        );
+      const region = this.#regions.get(name);
+      if (region === undefined || !isVisibleTo(region, caller)) throw notRegistered(name);
       dropping = [region];
     }
     for (const region of dropping) region.unregistering = true;
@@ -210,13 +217,14 @@ export class SharedMemoryRegions {
   /**
    * Marks the regions a request names as in use until `release`: unregistering them waits for it. Call before
    * anything reads or writes them, and release once nothing will (outputs written, input leases released). A
-   * region being unregistered is refused; one not registered is left to the checks that name the tensor.
+   * region being unregistered is refused; one not registered (or another user's) is left to the checks that name
+   * the tensor.
    */
-  use(names: Iterable<string>): RegionUse {
+  use(names: Iterable<string>, caller: PeerCredentials | null): RegionUse {
     const used: Region[] = [];
     for (const name of new Set(names)) {
       const region = this.#regions.get(name);
-      if (region === undefined) continue;
+      if (region === undefined || !isVisibleTo(region, caller)) continue;
       if (region.unregistering)
         throw new RestError(
           400,
@@ -263,10 +271,10 @@ export class SharedMemoryRegions {
    */
   status(name: string | undefined, caller: PeerCredentials | null): ReturnType<typeof statusOf>[] {
     this.#requireReader();
-    const sees = (region: Region) => caller !== null && (caller.uid === 0 || caller.uid === region.ownerUid);
-    if (name === undefined) return [...this.#regions.values()].filter(sees).map(statusOf);
+    if (name === undefined)
+      return [...this.#regions.values()].filter((region) => isVisibleTo(region, caller)).map(statusOf);
     const region = this.#regions.get(name);
-    if (region === undefined || !sees(region)) throw notRegistered(name);
+    if (region === undefined || !isVisibleTo(region, caller)) throw notRegistered(name);
     return [statusOf(region)];
   }
 
@@ -285,7 +293,7 @@ export class SharedMemoryRegions {
     const leases: SegmentLease[] = [];
     try {
       for (const place of places) {
-        const region = this.#within(place, `input #${place.position + 1}`);
+        const region = this.#within(place, `input #${place.position + 1}`, caller);
         const lease = reader.readTensorFromSegment(
           { segmentId: region.segmentId, offset: region.offset + place.offset, size: place.byteSize },
           place.byteSize,
@@ -316,7 +324,7 @@ export class SharedMemoryRegions {
     const reader = this.#requireReader();
     const places = new Map<string, SegmentReference>();
     for (const { name, sharedMemory: place } of shared) {
-      const region = this.#within(place!, `output ${JSON.stringify(name)}`);
+      const region = this.#within(place!, `output ${JSON.stringify(name)}`, caller);
       try {
         places.set(
           name,
@@ -343,7 +351,7 @@ export class SharedMemoryRegions {
     caller: PeerCredentials | null,
   ): void {
     const reader = this.#requireReader();
-    const region = this.#within(place, `output ${JSON.stringify(name)}`);
+    const region = this.#within(place, `output ${JSON.stringify(name)}`, caller);
     if (bytes.byteLength > place.byteSize)
       throw new RestError(
         400,
@@ -356,9 +364,14 @@ export class SharedMemoryRegions {
     }
   }
 
-  #within(place: SharedMemoryPlace, what: string): Region {
+  /**
+   * The region a tensor names, checked to hold it. Another user's region is not registered to this caller, and
+   * that is decided before the bounds, so that no size reaches the message (nor, past it, a shmid).
+   */
+  #within(place: SharedMemoryPlace, what: string, caller: PeerCredentials | null): Region {
+    if (caller === null) throw unixSocketOnly();
     const region = this.#regions.get(place.region);
-    if (!region)
+    if (region === undefined || !isVisibleTo(region, caller))
       throw new RestError(
         400,
         `${what} names system shared memory region ${JSON.stringify(place.region)}, which is not registered (never, or unregistered meanwhile); expected a registered region`,
@@ -368,12 +381,6 @@ export class SharedMemoryRegions {
         400,
         `${what}: ${place.byteSize} bytes at offset ${place.offset} run past the end of region ${JSON.stringify(region.name)} (${region.byteSize} bytes); expected offset + size ≤ ${region.byteSize}`,
       );
-    return region;
-  }
-
-  #get(name: string): Region {
-    const region = this.#regions.get(name);
-    if (!region) throw notRegistered(name);
     return region;
   }
 

@@ -3,7 +3,8 @@ import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { REASON_WITHHELD } from '../../src/rest/agent-status-route.js';
+import { PackageStore, UpdateEngine } from '../../src/deployments/index.js';
+import { REASON_WITHHELD, publicAgentStatus } from '../../src/rest/agent-status-route.js';
 import { RestError } from '../../src/rest/rest-errors.js';
 import {
   MAX_REGIONS,
@@ -11,6 +12,7 @@ import {
   SharedMemoryRegions,
 } from '../../src/rest/shared-memory-routes.js';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
+import { AgentDatabase, type DeploymentModelRow } from '../../src/state/index.js';
 import { waitUntil } from '../support/wait-until.js';
 import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
 import { makeSegment } from '../support/segments.js';
@@ -26,6 +28,7 @@ let agent: Awaited<ReturnType<typeof startAgent>>;
 let client: HttpClient;
 let socketPath: string;
 let reader: SharedMemoryReader;
+let deployments: { database: AgentDatabase; store: PackageStore; engine: UpdateEngine };
 
 const sample = TEST_MODELS.tiny.sampleInputs();
 const x = bytesOf(sample.x!.data);
@@ -35,6 +38,14 @@ const expectedY = bytesOf(TEST_MODELS.tiny.reference(sample).y!.data);
 function segment(size: number, bytes: Uint8Array, mode: number): number {
   return makeSegment(addon, created, bytes, { size, mode });
 }
+
+/** The tiny model's input `x`, its bytes to be read from a region. */
+const tensorX = () => ({
+  name: Buffer.from('x'),
+  dataType: 'FLOAT32' as const,
+  shape: [1, 16],
+  data: Buffer.alloc(0),
+});
 
 function segmentBytes(shmid: number, offset: number, length: number): Uint8Array {
   const mapping = addon.attachReadWrite(shmid);
@@ -51,27 +62,102 @@ const post = (path: string, body: unknown) =>
     body: JSON.stringify(body),
   });
 
-const inferViaRegions = (inputRegion: string, outputRegion: string, outputOffset = 0) =>
-  post('/v2/models/tiny/infer', {
-    inputs: [
-      {
-        name: 'x',
-        shape: [1, 16],
-        datatype: 'FP32',
-        parameters: { shared_memory_region: inputRegion, shared_memory_byte_size: 64 },
-      },
-    ],
+/** An inference of `tiny` whose input lies in `inputRegion` and whose output (if any) goes to `outputRegion`. */
+const inferBodyViaRegions = (
+  inputRegion: string,
+  outputRegion: string | undefined,
+  { inputBytes = 64, outputBytes = 64, outputOffset = 0 } = {},
+) => ({
+  inputs: [
+    {
+      name: 'x',
+      shape: [1, 16],
+      datatype: 'FP32',
+      parameters: { shared_memory_region: inputRegion, shared_memory_byte_size: inputBytes },
+    },
+  ],
+  ...(outputRegion !== undefined && {
     outputs: [
       {
         name: 'y',
         parameters: {
           shared_memory_region: outputRegion,
-          shared_memory_byte_size: 64,
+          shared_memory_byte_size: outputBytes,
           shared_memory_offset: outputOffset,
         },
       },
     ],
+  }),
+});
+
+const inferViaRegions = (inputRegion: string, outputRegion: string, outputOffset = 0) =>
+  post('/v2/models/tiny/infer', inferBodyViaRegions(inputRegion, outputRegion, { outputOffset }));
+
+/**
+ * The update engine the agent reports, on its own database: 'tiny' ended Failed because rolling it back failed
+ * (the engine's #rollBack keeps both messages, each naming a file of the agent's), 'other' committed.
+ */
+function updateEngineWithAFailedRollback(root: string) {
+  const database = AgentDatabase.open({ path: join(root, 'agent.db'), walSyncIntervalMs: 0 });
+  const store = new PackageStore({
+    root: join(root, 'deployments'),
+    endpoint: 'https://127.0.0.1:1',
+    tls: () => Promise.reject(new Error('this test downloads nothing')),
+    timeoutMs: 1000,
   });
+  const now = Date.now();
+  const row: DeploymentModelRow = {
+    handle: 'other',
+    deploymentName: 'up',
+    state: 'Committed',
+    desired: 'DEPLOY',
+    failurePolicy: 'ROLLBACK_ON_FAILURE',
+    allowDowngrade: false,
+    modelName: 'other',
+    version: '2.0',
+    packageUrl: '/api/v1/device/packages/p2',
+    sha256: 'a'.repeat(64),
+    size: 100,
+    packageDir: join(root, 'deployments/packages/other/2.0'),
+    previousUrl: null,
+    previousVersion: null,
+    committedVersion: '2.0',
+    reason: null,
+    rollbackFailureReason: null,
+    restarts: 0,
+    startedAt: now - 2000,
+    updatedAt: now - 1000,
+    endedAt: now - 1000,
+    reported: true,
+  };
+  database.deployments.saveAll([
+    row,
+    {
+      ...row,
+      handle: 'tiny',
+      modelName: 'tiny',
+      state: 'Failed',
+      packageDir: join(root, 'deployments/packages/tiny/2.0'),
+      previousUrl: join(root, 'deployments/packages/tiny/1.0'),
+      previousVersion: '1.0',
+      committedVersion: null,
+      reason: `cannot read ${root}/lock`,
+      rollbackFailureReason: `ENOENT: no such file or directory, open '${root}/deployments/packages/tiny/1.0/manifest.json'`,
+      updatedAt: now,
+      endedAt: now,
+    },
+  ]);
+  const engine = new UpdateEngine({
+    registry: agent.registry,
+    repository: database.deployments,
+    store,
+    trust: null,
+    requireSignatures: false,
+    healthWindowMs: 10,
+    logger: { info: () => {}, warn: () => {}, error: () => {} },
+  });
+  return { database, store, engine };
+}
 
 beforeAll(async () => {
   files = await scratch('agent-rest-shm-');
@@ -80,27 +166,27 @@ beforeAll(async () => {
     socketPath,
     socketMode: 0o666,
     sharedMemory: (reader = new SharedMemoryReader({ addon })),
-    // As the daemon's update engine reports it: a failed update's reason names a file of the agent's.
-    agentStatus: () => ({
-      deployments: {
-        enabled: true,
-        models: [
-          { handle: 'tiny', state: 'Failed', reason: `cannot read ${files.root}/lock` },
-          { handle: 'other', state: 'Serving', reason: null },
-        ],
-      },
-    }),
+    // As the daemon reports its update engine (agent-daemon.ts).
+    agentStatus: () => ({ deployments: { enabled: true, models: deployments.engine.status() } }),
   });
+  deployments = updateEngineWithAFailedRollback(files.root);
   await agent.registry.load({ name: 'tiny', url: await files.catalogue('tiny') });
   client = new HttpClient(targetOf(`unix:${socketPath}`));
   await chmod(files.root, 0o755);
 });
 afterEach(async () => {
-  await post('/v2/systemsharedmemory/unregister', {});
+  // Root's status lists every user's regions; unregistering all (no name) drops only root's own.
+  const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
+    name: string;
+  }>;
+  for (const { name } of left) await post(`/v2/systemsharedmemory/region/${name}/unregister`, {});
   for (const shmid of created.splice(0)) addon.remove(shmid);
 });
 afterAll(async () => {
   client?.agent.destroy();
+  await deployments?.engine.close();
+  deployments?.store.close();
+  deployments?.database.close();
   await agent?.stop();
   await files?.cleanup();
 });
@@ -316,12 +402,12 @@ describe('SharedMemoryRegions in use', () => {
     const me = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!(), groups: [] };
     const shmid = segment(64, x, 0o600);
     regions.register('r', { key: String(shmid), byte_size: 64 }, me);
-    const use = regions.use(['r', 'r', 'unknown']);
+    const use = regions.use(['r', 'r', 'unknown'], me);
     const unregistering = regions.unregister('r', me).then(
       () => undefined,
       (error: unknown) => error,
     );
-    expect(() => regions.use(['r'])).toThrow(/region "r" is being unregistered/);
+    expect(() => regions.use(['r'], me)).toThrow(/region "r" is being unregistered/);
     const error = await unregistering;
     expect(error).toBeInstanceOf(RestError);
     expect((error as RestError).statusCode).toBe(409);
@@ -330,7 +416,7 @@ describe('SharedMemoryRegions in use', () => {
     );
     expect(regions.status('r', me)).toEqual([{ name: 'r', key: String(shmid), offset: 0, byte_size: 64 }]);
     // Usable again, and unregistered at once when no request uses it.
-    regions.use(['r']).release();
+    regions.use(['r'], me).release();
     use.release();
     use.release(); // a second release changes nothing
     await regions.unregister('r', me);
@@ -391,9 +477,130 @@ describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives 
     expect(() => regions.register('bob-in', { key: String(shmid), byte_size: 64 }, user(1001))).toThrow(
       /already registered by another user \(region names are shared by all callers\); choose another name/,
     );
+  });
+
+  /** The error `act` throws (a RestError), with `name` written as <name>, to compare with an unknown region's. */
+  const refusal = async (act: () => unknown, name: string) => {
+    try {
+      await act();
+    } catch (error) {
+      expect(error).toBeInstanceOf(RestError);
+      const { statusCode, message } = error as RestError;
+      return { statusCode, message: message.replaceAll(JSON.stringify(name), '<name>') };
+    }
+    throw new Error('expected a refusal');
+  };
+
+  it('is not registered, to another user, wherever it is named: unregister, inputs, outputs, in use (root: all)', async () => {
+    const regions = new SharedMemoryRegions(reader, { unregisterWaitMs: 5_000 });
+    const shmid = segment(64, x, 0o666); // every user could read and write it: only the owner decides
+    const [alice, bob] = [user(1001), user(1002)];
+    regions.register('alice-in', { key: String(shmid), byte_size: 64 }, alice);
+    const unknownRegion = 'never-registered';
+    // What bob gets naming alice's region is what he gets naming one that does not exist: no size, shmid or uid.
+    const alike = async (act: (name: string) => unknown, status: number) => {
+      const theirs = await refusal(() => act('alice-in'), 'alice-in');
+      expect(theirs).toEqual(await refusal(() => act(unknownRegion), unknownRegion));
+      expect(theirs.statusCode).toBe(status);
+      expect(theirs.message).not.toMatch(new RegExp(`${shmid}|1001|64`));
+    };
+    await alike((name) => regions.unregister(name, bob), 404);
+    // Past the end of the region (80 bytes at 0 of 64): the bounds would tell its size.
+    const input = (name: string) => ({ region: name, offset: 0, byteSize: 80, position: 0 });
+    await alike((name) => regions.readInputs([tensorX()], [input(name)], bob), 400);
+    await alike((name) => regions.outputSegments([{ name: 'y', sharedMemory: input(name) }], bob), 400);
+    await alike((name) => regions.writeOutput('y', input(name), new Uint8Array(4), bob), 400);
+    // Held by one of alice's requests and being unregistered: bob is not told so either.
+    const aliceUse = regions.use(['alice-in'], alice);
+    const unregistering = regions.unregister('alice-in', alice);
+    expect(() => regions.use(['alice-in'], alice)).toThrow(/is being unregistered/);
+    regions.use(['alice-in'], bob).release();
+    aliceUse.release();
+    await unregistering;
+    // Root sees and uses every user's regions, and may unregister them by name.
+    regions.register('alice-in', { key: String(shmid), byte_size: 64 }, alice);
+    const [lease] = regions.readInputs([tensorX()], [{ ...input('alice-in'), byteSize: 64 }], root);
+    expect([...lease!.data]).toEqual([...x]);
+    lease!.release();
+    expect(
+      regions.outputSegments([{ name: 'y', sharedMemory: { ...input('alice-in'), byteSize: 64 } }], root),
+    ).toBeDefined();
+    await regions.unregister('alice-in', root);
+    expect(regions.status(undefined, root)).toEqual([]);
+    // A caller the agent does not know (TCP) is refused shared memory, before any region is looked up.
+    expect(
+      await refusal(() => regions.readInputs([tensorX()], [input('alice-in')], null), 'alice-in'),
+    ).toMatchObject({
+      statusCode: 403,
+      message: expect.stringMatching(/only for callers on the agent’s Unix socket/),
+    });
+  });
+
+  it('unregisters all (no name) of the caller’s own regions only, root’s included; root may still name another’s', async () => {
+    const regions = new SharedMemoryRegions(reader);
+    const shmid = segment(64, x, 0o644);
+    const body = { key: String(shmid), byte_size: 64 };
+    regions.register('alice-in', body, user(1001));
+    regions.register('bob-in', body, user(1002));
+    regions.register('root-in', body, root);
+    // A root app's cleanup (Triton clients unregister all on their way out) leaves the other apps' regions.
     await regions.unregister(undefined, root);
+    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['alice-in', 'bob-in']);
+    await regions.unregister(undefined, user(1001));
+    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['bob-in']);
+    await regions.unregister('bob-in', root);
+    expect(regions.status(undefined, root)).toEqual([]);
   });
 });
+
+describe('the agent status for a caller who is not an operator', () => {
+  it('passes the listed fields only, and fails closed: updates that do not parse are left out, with a warning', () => {
+    const updates = deployments.engine.status();
+    const warnings: string[] = [];
+    const warn = (message: string) => warnings.push(message);
+    // A field the engine may add one day, and a key beside deployments: neither is listed, so neither passes.
+    const added = publicAgentStatus(
+      {
+        deployments: { enabled: true, models: updates.map((u) => ({ ...u, packageDir: '/secret/dir' })) },
+        debug: '/secret/dir',
+      },
+      warn,
+    );
+    expect(Object.keys(added)).toEqual(['deployments']);
+    expect(JSON.stringify(added)).not.toContain('/secret');
+    expect(warnings).toEqual([]);
+    // The engine's shape changed (a reason that is not a string): the updates are dropped, not copied.
+    const changed = publicAgentStatus(
+      { deployments: { enabled: true, models: [{ ...updates[0], reason: { file: '/secret/lock' } }] } },
+      warn,
+    );
+    expect(changed).toEqual({ deployments: { enabled: true } });
+    expect(publicAgentStatus({ deployments: '/secret/dir' }, warn)).toEqual({});
+    expect(publicAgentStatus({ deployments: { enabled: false } }, warn)).toEqual({
+      deployments: { enabled: false },
+    });
+    expect(warnings).toHaveLength(2);
+    expect(warnings[0]).toMatch(/deployment models are left out for this caller: .*reason/s);
+    expect(warnings.join('\n')).not.toContain('/secret');
+  });
+});
+
+/** What packages/agent/docs/rest-api.md lists of an update for a caller who is not an operator. */
+const PUBLIC_UPDATE_FIELDS = [
+  'committedVersion',
+  'deployment',
+  'desired',
+  'endedAt',
+  'handle',
+  'held',
+  'previousVersion',
+  'reason',
+  'rollbackFailureReason',
+  'startedAt',
+  'state',
+  'updatedAt',
+  'version',
+];
 
 /** Runs an HTTP client as `nobody` against the agent's socket; resolves with each request's status and body. */
 function runAsNobody(requests: Array<{ path: string; body?: unknown }>) {
@@ -442,20 +649,7 @@ describe.skipIf(!isRoot)(
           body: { key: String(secret), byte_size: 64 },
         },
         { path: '/v2/systemsharedmemory/region/ro/register', body: { key: String(readable), byte_size: 64 } },
-        {
-          path: '/v2/models/tiny/infer',
-          body: {
-            inputs: [
-              {
-                name: 'x',
-                shape: [1, 16],
-                datatype: 'FP32',
-                parameters: { shared_memory_region: 'ro', shared_memory_byte_size: 64 },
-              },
-            ],
-            outputs: [{ name: 'y', parameters: { shared_memory_region: 'ro', shared_memory_byte_size: 64 } }],
-          },
-        },
+        { path: '/v2/models/tiny/infer', body: inferBodyViaRegions('ro', 'ro') },
       ]);
       expect(uid).toBe(NOBODY);
       expect(results[0]!.status).toBe(403);
@@ -491,6 +685,60 @@ describe.skipIf(!isRoot)(
       expect(results[3]!.body).toMatch(/no system shared memory region named \\"root0\\" is registered/);
     });
 
+    it('keeps root’s regions from nobody on every route that names them, and root’s unregister-all from nobody’s', async () => {
+      const roots = segment(64, x, 0o600); // root's region, on a segment nobody could not even read
+      const nobodys = segment(64, x, 0o644);
+      expect(
+        (await post('/v2/systemsharedmemory/region/roots/register', { key: String(roots), byte_size: 64 }))
+          .status,
+      ).toBe(200);
+      // 80 bytes of a 64-byte region: the bounds would tell its size.
+      const infer = (input: string) => ({
+        path: '/v2/models/tiny/infer',
+        body: inferBodyViaRegions(input, undefined, { inputBytes: 80 }),
+      });
+      const { results } = await runAsNobody([
+        { path: '/v2/systemsharedmemory/region/roots/unregister', body: {} },
+        { path: '/v2/systemsharedmemory/region/nonesuch/unregister', body: {} },
+        infer('roots'),
+        infer('nonesuch'),
+        {
+          path: '/v2/systemsharedmemory/region/nobodys/register',
+          body: { key: String(nobodys), byte_size: 64 },
+        },
+        // Its own region for the input (read as nobody may), root's for the output.
+        { path: '/v2/models/tiny/infer', body: inferBodyViaRegions('nobodys', 'roots', { outputBytes: 80 }) },
+        {
+          path: '/v2/systemsharedmemory/region/roots/register',
+          body: { key: String(nobodys), byte_size: 64 },
+        },
+      ]);
+      // The error messages, each region's name written alike (what tells them apart is the name nobody sent).
+      const errors = results.map((r) =>
+        (JSON.parse(r.body) as { error?: string }).error?.replace(/"(roots|nonesuch)"/g, '<name>'),
+      );
+      // Root's region, named by nobody, answers as one that does not exist: unregister 404, inference 400.
+      expect(results.map((r) => r.status)).toEqual([404, 404, 400, 400, 200, 400, 400]);
+      expect(errors[0]).toBe(errors[1]);
+      expect(errors[2]).toBe(errors[3]);
+      expect(errors[5]).toMatch(
+        /^output "y" names system shared memory region <name>, which is not registered/,
+      );
+      for (const { body } of results.slice(0, 6))
+        expect(body).not.toMatch(new RegExp(`${roots}|uid 0|64 bytes`));
+      // Register is the one place that tells a name is taken (documented), and only that.
+      expect(errors[6]).toMatch(/already registered by another user/);
+      expect(results[6]!.body).not.toMatch(new RegExp(`${roots}|uid 0`));
+      // Root's region is still there for root; root's unregister-all leaves nobody's.
+      expect((await client.request({ path: '/v2/systemsharedmemory/region/roots/status' })).status).toBe(200);
+      expect((await post('/v2/systemsharedmemory/unregister', {})).status).toBe(200);
+      const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
+        name: string;
+      }>;
+      expect(left.map((r) => r.name)).toEqual(['nobodys']);
+      expect((await post('/v2/systemsharedmemory/region/nobodys/unregister', {})).status).toBe(200);
+    });
+
     it('shows root every user’s regions, and model file paths to root only', async () => {
       const shmid = segment(64, x, 0o644);
       const { results } = await runAsNobody([
@@ -512,18 +760,32 @@ describe.skipIf(!isRoot)(
       const tiny = seenByNobody.models.find((m) => m.name === 'tiny')!;
       expect(tiny.version).toBe(seenByRoot.models.find((m) => m.name === 'tiny')!.version);
       expect(tiny).not.toHaveProperty('path');
-      // Update reasons likewise: withheld where there is one, still null where there is none.
-      expect(seenByNobody).toMatchObject({
-        deployments: {
-          enabled: true,
-          models: [
-            { handle: 'tiny', state: 'Failed', reason: REASON_WITHHELD },
-            { handle: 'other', state: 'Serving', reason: null },
-          ],
-        },
+      // Updates: the listed fields only, both failure messages withheld where there is one, null where none.
+      type Update = Record<string, unknown>;
+      const updatesSeenBy = (status: unknown) =>
+        (status as { deployments: { models: Update[] } }).deployments.models;
+      const [failed, committed] = updatesSeenBy(seenByNobody);
+      expect(seenByNobody).toMatchObject({ deployments: { enabled: true } });
+      expect(Object.keys(failed!).sort()).toEqual(PUBLIC_UPDATE_FIELDS);
+      expect(failed).toMatchObject({
+        handle: 'tiny',
+        deployment: 'up',
+        state: 'Failed',
+        version: '2.0',
+        previousVersion: '1.0',
+        reason: REASON_WITHHELD,
+        rollbackFailureReason: REASON_WITHHELD,
       });
-      expect(seenByRoot).toMatchObject({
-        deployments: { models: [{ reason: `cannot read ${files.root}/lock` }, { reason: null }] },
+      expect(committed).toMatchObject({
+        handle: 'other',
+        state: 'Committed',
+        reason: null,
+        rollbackFailureReason: null,
+      });
+      const [failedForRoot] = updatesSeenBy(seenByRoot);
+      expect(failedForRoot).toMatchObject({
+        reason: `cannot read ${files.root}/lock`,
+        rollbackFailureReason: expect.stringContaining(`${files.root}/deployments/packages/tiny/1.0`),
       });
       expect(results[1]!.body).not.toContain(files.root);
     });
