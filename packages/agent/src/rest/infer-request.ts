@@ -150,16 +150,22 @@ const MAX_REMEMBERED_JSON_BYTES = 4096;
  * A client sending binary tensors sends the same JSON part request after request (names, shapes, sizes; the
  * data follows it): the last few such parts are remembered with their checked form, so that a repeat skips the
  * UTF-8 decoding, JSON.parse and the schema, which cost more than the rest of the decoding together. Only JSON
- * parts without tensor data are remembered (a part with data is rarely sent twice), only small ones, and only
- * once they passed the schema; what depends on the body (the binary sizes) is checked on every request.
+ * parts without tensor data or a request id are remembered (such a part is rarely sent twice), only small ones,
+ * only once the whole request passed every check, and the least recently used goes first; what depends on the
+ * body (the binary sizes) is checked on every request.
  */
 export class InferRequestDecoder {
-  /** By the JSON part's bytes (as latin1 text: one character per byte, so equal keys mean equal bytes). */
+  /** By the JSON part's bytes (keyOf). */
   readonly #remembered = new Map<string, InferRequest>();
 
   /** JSON parts remembered now (at most REMEMBERED_REQUESTS). */
   get remembered(): number {
     return this.#remembered.size;
+  }
+
+  /** Whether this JSON part is remembered now (for tests and diagnostics). */
+  remembers(jsonPart: Uint8Array): boolean {
+    return this.#remembered.has(keyOf(jsonPart));
   }
 
   decode(
@@ -169,32 +175,43 @@ export class InferRequestDecoder {
     const length = body?.length ?? 0;
     const jsonLength = headerLengthOf(headerLengthHeader, length);
     const jsonBytes = body ? body.view(0, jsonLength) : new Uint8Array(0);
-    const key =
-      jsonLength > 0 && jsonLength <= MAX_REMEMBERED_JSON_BYTES
-        ? Buffer.from(jsonBytes.buffer, jsonBytes.byteOffset, jsonBytes.byteLength).toString('latin1')
-        : undefined;
-    let request = key === undefined ? undefined : this.#remembered.get(key);
-    let inputs: PredictTensor[];
-    if (request !== undefined) {
-      inputs = decodeInputs(request, body, jsonLength, false);
-    } else {
-      const { text, value } = parseJsonPart(jsonBytes, headerLengthHeader !== undefined);
-      request = validate(value);
-      try {
-        inputs = decodeInputs(request, body, jsonLength, false);
-      } catch (error) {
-        if (!(error instanceof NeedsExactIntegers)) throw error;
-        request = validate(parseJsonExactIntegers(text));
-        inputs = decodeInputs(request, body, jsonLength, true);
-      }
-      if (key !== undefined && request.inputs.every((input) => input.data === undefined)) {
-        if (this.#remembered.size >= REMEMBERED_REQUESTS)
-          this.#remembered.delete(this.#remembered.keys().next().value!);
-        this.#remembered.set(key, request);
-      }
+    const key = jsonLength > 0 && jsonLength <= MAX_REMEMBERED_JSON_BYTES ? keyOf(jsonBytes) : undefined;
+    const remembered = key === undefined ? undefined : this.#remembered.get(key);
+    if (remembered !== undefined) {
+      // Most recently used last: the entry evicted first is the one unused longest.
+      this.#remembered.delete(key!);
+      this.#remembered.set(key!, remembered);
+      return decodedFrom(remembered, decodeInputs(remembered, body, jsonLength, false));
     }
-    return decodedFrom(request, inputs);
+    const { text, value } = parseJsonPart(jsonBytes, headerLengthHeader !== undefined);
+    let request = validate(value);
+    let inputs: PredictTensor[];
+    try {
+      inputs = decodeInputs(request, body, jsonLength, false);
+    } catch (error) {
+      if (!(error instanceof NeedsExactIntegers)) throw error;
+      request = validate(parseJsonExactIntegers(text));
+      inputs = decodeInputs(request, body, jsonLength, true);
+    }
+    const decoded = decodedFrom(request, inputs);
+    // Only a part that passed every check, carries no tensor data and no per-request id (which would make each
+    // request's part new, and push the others' out).
+    if (
+      key !== undefined &&
+      request.id === undefined &&
+      request.inputs.every((input) => input.data === undefined)
+    ) {
+      if (this.#remembered.size >= REMEMBERED_REQUESTS)
+        this.#remembered.delete(this.#remembered.keys().next().value!);
+      this.#remembered.set(key, request);
+    }
+    return decoded;
   }
+}
+
+/** A JSON part's bytes as latin1 text: one character per byte, so equal keys mean equal bytes. */
+function keyOf(jsonPart: Uint8Array): string {
+  return Buffer.from(jsonPart.buffer, jsonPart.byteOffset, jsonPart.byteLength).toString('latin1');
 }
 
 /** The rest of the decoding, from the checked JSON and the inputs read from the body. */

@@ -63,7 +63,7 @@ export class ModelInference {
       const result = await registry.predict(call.name, decoded.inputs, TRANSFER_INPUTS);
       return encodeInferResponse(result, decoded.id, decoded.outputs, decoded.binaryOutputs);
     }
-    const caller = regionNames.length > 0 ? this.peerOf(call.socket) : null;
+    const caller = this.peerOf(call.socket);
     // Until the outputs are written, unregistering a region this request names waits for it: once unregister
     // has answered, the client may reuse the memory, and nothing here touches it any more.
     const regionUse = regions.use(regionNames, caller);

@@ -57,7 +57,7 @@ describe('InferRequestDecoder: remembered JSON parts', () => {
     expect(outcome(decoder, short.body, short.header)).toEqual(expected);
   });
 
-  it('remembers no JSON part with tensor data, none that fails the checks, none over 4 KiB, and at most 64', () => {
+  it('remembers no JSON part with tensor data or an id, none that fails the checks, none over 4 KiB, and at most 64', () => {
     const decoder = new InferRequestDecoder();
     const withData = Buffer.from(
       JSON.stringify({ inputs: [{ name: 'x', shape: [2], datatype: 'FP32', data: [1, 2] }] }),
@@ -70,13 +70,37 @@ describe('InferRequestDecoder: remembered JSON parts', () => {
     expect(outcome(decoder, twice.body, twice.header)).toMatch(/requested twice/);
     const large = binaryBody({ ...request(), parameters: { padding: 'p'.repeat(5000) } }, new Uint8Array(8));
     decoder.decode(large.body, large.header);
-    // Only the part whose one fault is in its outputs passed the schema (its fault is found again each time).
-    expect(decoder.remembered).toBe(1);
+    // Not even the part whose one fault is in its outputs, though it passed the schema (found again each time).
+    expect(decoder.remembered).toBe(0);
+    const withId = binaryBody({ ...request(), id: 'request-1' }, new Uint8Array(8));
+    decoder.decode(withId.body, withId.header);
+    expect(decoder.remembered).toBe(0);
     for (let i = 0; i < 100; i++) {
       const each = binaryBody(request(8, `input-${i}`), new Uint8Array(8));
       decoder.decode(each.body, each.header);
     }
     expect(decoder.remembered).toBe(64);
+  });
+
+  it('keeps a part in use while a stream of other parts passes: the least recently used goes first', () => {
+    const decoder = new InferRequestDecoder();
+    const hot = binaryBody(request(8, 'hot'), new Uint8Array(8));
+    decoder.decode(hot.body, hot.header);
+    const hotPart = Buffer.from(JSON.stringify(request(8, 'hot')));
+    for (let i = 0; i < 200; i++) {
+      const each = binaryBody(request(8, `other-${i}`), new Uint8Array(8));
+      decoder.decode(each.body, each.header);
+      if (i % 10 === 9) {
+        // Used every 10 parts: never the least recently used of 64 (the first in, once 64 others came after it).
+        expect(decoder.remembers(hotPart)).toBe(true);
+        decoder.decode(hot.body, hot.header);
+      }
+    }
+    expect(decoder.remembered).toBe(64);
+    expect(decoder.remembers(Buffer.from(JSON.stringify(request(8, 'other-0'))))).toBe(false);
+    expect(outcome(decoder, hot.body, hot.header)).toEqual(
+      outcome(new InferRequestDecoder(), hot.body, hot.header),
+    );
   });
 
   it('answers like a fresh decoder for random variations of a few JSON parts and bodies', () => {
