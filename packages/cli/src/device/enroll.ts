@@ -2,7 +2,7 @@ import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
 import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname, join, relative, resolve } from 'node:path';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
 import { CliError, EXIT } from '../cli-io.js';
 import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
@@ -119,16 +119,22 @@ export async function writeFileAtomic(path: string, content: string, mode: numbe
   }
 }
 
-/** Creates the trust folder when missing, 0755 whatever the umask (a root umask of 077 would lock the agent out). */
-async function makeTrustFolder(folder: string): Promise<void> {
-  const created = await mkdir(folder, { recursive: true, mode: 0o755 });
-  if (created !== undefined) await chmod(folder, 0o755);
-}
-
+/** Whether `folder` is `parent` or below it. */
 const isInside = (folder: string, parent: string): boolean => {
   const path = relative(parent, folder);
-  return path === '' || (!path.startsWith('..') && !path.startsWith('/'));
+  return path === '' || (path !== '..' && !path.startsWith('../') && !isAbsolute(path));
 };
+
+/**
+ * Creates the trust folder and any missing folder above it 0755 whatever the umask (a root umask of 077 would
+ * lock the agent out); folders that were there are left as they are.
+ */
+async function makeTrustFolder(folder: string): Promise<void> {
+  const firstCreated = await mkdir(folder, { recursive: true, mode: 0o755 });
+  if (firstCreated === undefined) return;
+  for (let created = folder; isInside(created, firstCreated); created = dirname(created))
+    await chmod(created, 0o755);
+}
 
 /**
  * Why the trust folder might not be out of the agent's reach. Whoever can rename it or a folder above it can put
@@ -189,9 +195,8 @@ function checkIssued(issued: IssuedCertificate, publicKeyPem: string): void {
  * Enrolls this device: a new key pair and CSR → the server's `/api/v1/enroll` with the enrollment token → the
  * private key (0600), certificate and CA certificate written into `certDir`, the package-signing root into
  * `trustDir`, and the agent config keys for them, the endpoint, device, fleet and provider merged into
- * `configFile`. Everything that can be checked
- * locally is checked before the (single-use) token is spent; nothing is written unless the server's answer
- * checks out.
+ * `configFile`. Everything that can be checked locally is checked before the (single-use) token is spent;
+ * nothing is written unless the server's answer checks out.
  */
 export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult> {
   const token = options.enrollmentToken.trim();
@@ -267,16 +272,15 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     );
   }
   if (settings !== undefined) {
-    const trustFolder = trustDir;
-    await makeTrustFolder(trustFolder);
-    warnings.push(...(await trustFolderWarnings(trustFolder, certDir)));
+    await makeTrustFolder(trustDir);
+    warnings.push(...(await trustFolderWarnings(trustDir, certDir)));
     await writeFileAtomic(
-      join(trustFolder, 'package-signing-root.pem'),
+      join(trustDir, 'package-signing-root.pem'),
       settings.packageSigningRoot.certificatePem,
       0o644,
     );
-    files.trustFolder = trustFolder;
-    config[ROOT_CERTS_KEY] = trustFolder;
+    files.trustFolder = trustDir;
+    config[ROOT_CERTS_KEY] = trustDir;
     // The server judges a device offline after a few missed heartbeats of its own interval.
     if (settings.heartbeatIntervalSeconds !== undefined)
       config[HEARTBEAT_INTERVAL_KEY] = String(settings.heartbeatIntervalSeconds);

@@ -206,13 +206,11 @@ describe('edgefleet device enroll', () => {
     const configFile = join(folder, 'agent.json');
     const certDir = join(folder, 'identity');
     const trustDir = join(folder, 'anchors', 'signing');
-    const enrolled = await enroll(
-      await enrollmentToken('crane-4'),
-      configFile,
-      '--cert-dir',
-      certDir,
-      '--trust-dir',
-      trustDir,
+    const token = await enrollmentToken('crane-4');
+    // A umask of 077 (root's, on some systems) must not make the folders unreadable to the agent's user.
+    const umask = process.umask(0o077);
+    const enrolled = await enroll(token, configFile, '--cert-dir', certDir, '--trust-dir', trustDir).finally(
+      () => process.umask(umask),
     );
     expect(enrolled.stderr).toBe('');
     expect(enrolled.code).toBe(0);
@@ -221,6 +219,9 @@ describe('edgefleet device enroll', () => {
     expect(JSON.parse(await readFile(configFile, 'utf8')).sagemaker_edge_core_root_certs_path).toBe(trustDir);
     const root = (await admin('packaging', 'root-certificate')).stdout;
     expect(await readFile(join(trustDir, 'package-signing-root.pem'), 'utf8')).toBe(root);
+    for (const made of [join(folder, 'anchors'), trustDir])
+      expect([made, (await stat(made)).mode & 0o777]).toEqual([made, 0o755]);
+    expect((await stat(join(trustDir, 'package-signing-root.pem'))).mode & 0o777).toBe(0o644);
     expect(await readdir(certDir)).toEqual(['ca.pem', 'device.key', 'device.pem']);
 
     // Inside the cert dir it still works (the operator asked for it), but says why that is unsafe.
@@ -246,13 +247,13 @@ describe('edgefleet device enroll', () => {
     // A file where the folder should be is refused before the token is spent.
     const file = join(folder, 'not-a-folder');
     await writeFile(file, '');
-    const token = await enrollmentToken('crane-4');
-    const refused = await enroll(token, configFile, '--cert-dir', certDir, '--trust-dir', file);
+    const unspent = await enrollmentToken('crane-4');
+    const refused = await enroll(unspent, configFile, '--cert-dir', certDir, '--trust-dir', file);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(
       /not-a-folder is not a folder; expected where to put the package-signing root/,
     );
-    expect((await enroll(token, configFile, '--cert-dir', certDir, '--trust-dir', trustDir)).code).toBe(0);
+    expect((await enroll(unspent, configFile, '--cert-dir', certDir, '--trust-dir', trustDir)).code).toBe(0);
   });
 
   // The attack: code running as the agent renames the trust folder and puts its own signing root in its place.
