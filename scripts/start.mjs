@@ -216,6 +216,8 @@ async function main() {
   console.log(`10. Packaged and signed ${MODEL.name} ${MODEL.version} on the server (job ${MODEL.job})`);
 
   // 11: the agent, trusting only packages the server signed, polling for deployments and heartbeating.
+  // trust/ beside the config is where enrollment puts the root too. The demo runs everything as one user, so
+  // that user owns it; an installed agent's trust folder is root's (deploy/README.md).
   const trustDir = join(agentDir, 'trust');
   mkdirSync(trustDir, { recursive: true });
   cli(['packaging', 'root-certificate', '--out', join(trustDir, 'server-signing-root.pem')], env);

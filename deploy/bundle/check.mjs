@@ -60,6 +60,10 @@ try {
     '/etc/edgefleet root-owned, 0750',
   );
   expectThat(mode('etc/edgefleet/agent.json') === 0o640, 'config 0640');
+  expectThat(
+    owner('etc/edgefleet/trust') === 0 && mode('etc/edgefleet/trust') === 0o755,
+    'trust folder /etc/edgefleet/trust root-owned, 0755, out of the agent-owned state folder',
+  );
   expectThat(mode('etc/systemd/system/edgefleet-agent.service') === 0o644, 'systemd unit installed');
 
   const prefix = join(image, 'opt/edgefleet-agent');

@@ -3,6 +3,7 @@
 #   - the system user and group edgefleet-agent (no login shell, no home of its own),
 #   - the program in $PREFIX (default /opt/edgefleet-agent), owned by root and read-only to the agent,
 #   - /etc/edgefleet/agent.json (root:edgefleet-agent 0640) if there is none,
+#   - /etc/edgefleet/trust (root 0755): package-signing roots, where `device enroll` puts them by default,
 #   - /var/lib/edgefleet-agent (edgefleet-agent 0750: database, packages, capture),
 #   - the systemd unit, enabled but not started (edit the config first, then: systemctl start edgefleet-agent).
 # --root DIR installs into DIR as a system image (users in DIR/etc/passwd; no systemctl); for image builds and tests.
@@ -56,6 +57,8 @@ install -d -o 0 -g "$gid" -m 0750 "$root/etc/edgefleet"
 if [ ! -f "$root/etc/edgefleet/agent.json" ]; then
   install -o 0 -g "$gid" -m 0640 "$here/agent.json" "$root/etc/edgefleet/agent.json"
 fi
+# Trust anchors: root's, never in a folder the agent owns (it could swap the folder for its own signing root).
+install -d -o 0 -g 0 -m 0755 "$root/etc/edgefleet/trust"
 # State: the only place the agent writes (the unit's ReadWritePaths).
 install -d -o "$uid" -g "$gid" -m 0750 "$root/var/lib/edgefleet-agent"
 

@@ -331,7 +331,11 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
     .requiredOption('--config <file>', 'the agent’s JSON config to create or merge into')
     .option(
       '--cert-dir <dir>',
-      'where the key, certificates and the trust folder go (default: <config folder>/certs)',
+      'where the key and certificates go (default: <config folder>/certs); the agent renews them there',
+    )
+    .option(
+      '--trust-dir <dir>',
+      'where the package-signing root goes, the folder the agent trusts (default: <config folder>/trust); keep it root’s, outside --cert-dir',
     )
     .option('--data-dir <dir>', 'the agent’s data folder (default: the config’s, else <config folder>/data)')
     .addOption(
@@ -364,6 +368,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
         profile?: string;
         config: string;
         certDir?: string;
+        trustDir?: string;
         dataDir?: string;
         capture: CaptureChoice;
         restPort?: number;
@@ -394,6 +399,8 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
               enrollmentToken,
               configFile,
               certDir: opts.certDir ?? join(dirname(configFile), 'certs'),
+              // Beside the config, not in the cert dir: the agent may own that one (it renews there).
+              trustDir: opts.trustDir ?? join(dirname(configFile), 'trust'),
               ...(opts.dataDir !== undefined && { dataDir: opts.dataDir }),
               defaultDataDir: join(dirname(configFile), 'data'),
               capture: opts.capture,

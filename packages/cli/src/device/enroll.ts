@@ -1,8 +1,8 @@
 import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
 import { CliError, EXIT } from '../cli-io.js';
 import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
@@ -41,6 +41,11 @@ export interface EnrollOptions {
   configFile: string;
   /** Where the private key, certificate and CA certificate go (created 0700 when missing). */
   certDir: string;
+  /**
+   * The package-signing trust folder (`sagemaker_edge_core_root_certs_path`; created 0755 when missing). Keep it
+   * where only root writes, never in the cert dir: the agent renews its certificate there, so it may own it.
+   */
+  trustDir: string;
   keyType?: DeviceKeyType;
   /** The agent's data folder (`sagemaker_edge_local_data_root_path`); absent: the config's, else `defaultDataDir`. */
   dataDir?: string;
@@ -114,6 +119,51 @@ export async function writeFileAtomic(path: string, content: string, mode: numbe
   }
 }
 
+/** Whether `folder` is `parent` or below it. */
+const isInside = (folder: string, parent: string): boolean => {
+  const path = relative(parent, folder);
+  return path === '' || (path !== '..' && !path.startsWith('../') && !isAbsolute(path));
+};
+
+/**
+ * Creates the trust folder and any missing folder above it 0755 whatever the umask (a root umask of 077 would
+ * lock the agent out); folders that were there are left as they are.
+ */
+async function makeTrustFolder(folder: string): Promise<void> {
+  const firstCreated = await mkdir(folder, { recursive: true, mode: 0o755 });
+  if (firstCreated === undefined) return;
+  for (let created = folder; isInside(created, firstCreated); created = dirname(created))
+    await chmod(created, 0o755);
+}
+
+/**
+ * Why the trust folder might not be out of the agent's reach. Whoever can rename it or a folder above it can put
+ * their own signing root in its place, and the agent then loads every package they sign.
+ */
+async function trustFolderWarnings(trustFolder: string, certDir: string): Promise<string[]> {
+  const warnings: string[] = [];
+  if (isInside(trustFolder, certDir))
+    warnings.push(
+      `the trust folder ${trustFolder} is inside the cert dir ${certDir}: the agent renews its certificate there, so when it owns that folder, code running as the agent can swap the trust folder for one with its own signing root and every package signed with it loads; pass a --trust-dir only root can write (the default is trust/ beside the config)`,
+    );
+  // Run as root (an installed agent runs as its own user): each folder from the trust folder up must be root's
+  // and not writable by others (a sticky folder such as /tmp protects root's entries in it).
+  if (process.getuid?.() === 0) {
+    for (let folder = trustFolder; ; folder = dirname(folder)) {
+      const info = await stat(folder);
+      const othersWrite = (info.mode & 0o022) !== 0 && (folder === trustFolder || (info.mode & 0o1000) === 0);
+      if (info.uid !== 0 || othersWrite) {
+        warnings.push(
+          `${folder} (owner uid ${info.uid}, mode ${(info.mode & 0o7777).toString(8).padStart(4, '0')}) can be changed by a user other than root, who can then replace the trust folder ${trustFolder} with their own signing root; keep the trust folder where only root writes`,
+        );
+        break;
+      }
+      if (dirname(folder) === folder) break;
+    }
+  }
+  return warnings;
+}
+
 /** The issued certificate must be for our key, signed by the CA handed with it, and name the device and fleet. */
 function checkIssued(issued: IssuedCertificate, publicKeyPem: string): void {
   let cert: X509Certificate;
@@ -143,10 +193,10 @@ function checkIssued(issued: IssuedCertificate, publicKeyPem: string): void {
 
 /**
  * Enrolls this device: a new key pair and CSR → the server's `/api/v1/enroll` with the enrollment token → the
- * private key (0600), certificate and CA certificate written into `certDir`, and the agent config keys for
- * them, the endpoint, device, fleet and provider merged into `configFile`. Everything that can be checked
- * locally is checked before the (single-use) token is spent; nothing is written unless the server's answer
- * checks out.
+ * private key (0600), certificate and CA certificate written into `certDir`, the package-signing root into
+ * `trustDir`, and the agent config keys for them, the endpoint, device, fleet and provider merged into
+ * `configFile`. Everything that can be checked locally is checked before the (single-use) token is spent;
+ * nothing is written unless the server's answer checks out.
  */
 export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult> {
   const token = options.enrollmentToken.trim();
@@ -168,6 +218,12 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
   const dirStat = await stat(certDir);
   if (!dirStat.isDirectory())
     throw new CliError(`${certDir} is not a folder; expected where to put the device key`);
+  const trustDir = resolve(options.trustDir);
+  const trustStat = await stat(trustDir).catch(() => undefined);
+  if (trustStat !== undefined && !trustStat.isDirectory())
+    throw new CliError(
+      `${trustDir} is not a folder; expected where to put the package-signing root (--trust-dir)`,
+    );
 
   const key = generateDeviceKey(options.keyType);
   const csr = createCsr(key.privateKey, hostname().slice(0, 64) || 'edgefleet-device');
@@ -216,15 +272,15 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     );
   }
   if (settings !== undefined) {
-    const trustFolder = join(certDir, 'trust');
-    await mkdir(trustFolder, { recursive: true, mode: 0o755 });
+    await makeTrustFolder(trustDir);
+    warnings.push(...(await trustFolderWarnings(trustDir, certDir)));
     await writeFileAtomic(
-      join(trustFolder, 'package-signing-root.pem'),
+      join(trustDir, 'package-signing-root.pem'),
       settings.packageSigningRoot.certificatePem,
       0o644,
     );
-    files.trustFolder = trustFolder;
-    config[ROOT_CERTS_KEY] = trustFolder;
+    files.trustFolder = trustDir;
+    config[ROOT_CERTS_KEY] = trustDir;
     // The server judges a device offline after a few missed heartbeats of its own interval.
     if (settings.heartbeatIntervalSeconds !== undefined)
       config[HEARTBEAT_INTERVAL_KEY] = String(settings.heartbeatIntervalSeconds);

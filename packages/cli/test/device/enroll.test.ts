@@ -1,12 +1,16 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { chown, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { request } from 'node:https';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet, useOperatorCli } from '../run-cli.js';
 import { deviceEnrollArgs } from '../../../../test/support/control-plane.js';
 
+const execFileAsync = promisify(execFile);
 const cli = useOperatorCli('ef-enroll-');
 const admin = cli.ef;
 /** `edgefleet device enroll --server <plane> --token <token> --config <config> [extra]`. */
@@ -50,7 +54,21 @@ function registration(config: Record<string, string>): Promise<{ status: number;
 
 beforeAll(async () => {
   expect((await admin('fleet', 'create', 'yard', '--output', 's3://captures/yard')).code).toBe(0);
-  expect((await admin('device', 'register', 'yard', 'crane-1', 'crane-2', 'crane-3')).code).toBe(0);
+  expect(
+    (
+      await admin(
+        'device',
+        'register',
+        'yard',
+        'crane-1',
+        'crane-2',
+        'crane-3',
+        'crane-4',
+        'crane-5',
+        'crane-6',
+      )
+    ).code,
+  ).toBe(0);
 });
 
 describe('edgefleet device enroll', () => {
@@ -70,6 +88,7 @@ describe('edgefleet device enroll', () => {
     expect(enrolled.code).toBe(0);
     const result = JSON.parse(enrolled.stdout);
     const certDir = join(cli.work, 'crane-1', 'certs');
+    const trustDir = join(cli.work, 'crane-1', 'trust');
     expect(result).toMatchObject({
       deviceName: 'crane-1',
       fleetName: 'yard',
@@ -89,8 +108,9 @@ describe('edgefleet device enroll', () => {
       sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
       sagemaker_edge_provider_s3_bucket_name: 'captures',
       sagemaker_edge_core_folder_prefix: 'yard',
-      // The package-signing root, fetched into the cert dir with the new certificate, is what the agent trusts.
-      sagemaker_edge_core_root_certs_path: join(certDir, 'trust'),
+      // The package-signing root, fetched with the new certificate into trust/ beside the config (not into the
+      // cert dir, which the agent may own), is what the agent trusts.
+      sagemaker_edge_core_root_certs_path: trustDir,
       sagemaker_edge_local_data_root_path: join(cli.work, 'crane-1', 'data'),
       edgefleet_heartbeat_interval_seconds: '30',
       edgefleet_inference_workers: 2,
@@ -103,7 +123,10 @@ describe('edgefleet device enroll', () => {
       sagemaker_edge_provider_aws_ca_cert_file: result.files.caCertificate,
     });
     const root = await admin('packaging', 'root-certificate');
-    expect(await readFile(join(certDir, 'trust', 'package-signing-root.pem'), 'utf8')).toBe(`${root.stdout}`);
+    expect(await readFile(join(trustDir, 'package-signing-root.pem'), 'utf8')).toBe(`${root.stdout}`);
+    expect(result.files.trustFolder).toBe(trustDir);
+    expect((await stat(trustDir)).mode & 0o777).toBe(0o755);
+    expect((await stat(join(trustDir, 'package-signing-root.pem'))).mode & 0o777).toBe(0o644);
     expect((await stat(join(cli.work, 'crane-1', 'data'))).isDirectory()).toBe(true);
     const cert = new X509Certificate(await readFile(result.files.certificate));
     expect(cert.subject.split('\n')).toEqual(expect.arrayContaining(['CN=crane-1', 'OU=yard']));
@@ -175,6 +198,177 @@ describe('edgefleet device enroll', () => {
       const after = await stat(configFile);
       expect([after.uid, after.gid, after.mode & 0o777]).toEqual([0, 65534, 0o640]);
       expect(JSON.parse(await readFile(configFile, 'utf8')).sagemaker_edge_core_device_name).toBe('crane-3');
+    },
+  );
+
+  it('writes the package-signing root into --trust-dir, and warns when that is inside the cert dir', async () => {
+    const folder = join(cli.work, 'crane-4');
+    const configFile = join(folder, 'agent.json');
+    const certDir = join(folder, 'identity');
+    const trustDir = join(folder, 'anchors', 'signing');
+    const token = await enrollmentToken('crane-4');
+    // A umask of 077 (root's, on some systems) must not make the folders unreadable to the agent's user.
+    const umask = process.umask(0o077);
+    const enrolled = await enroll(token, configFile, '--cert-dir', certDir, '--trust-dir', trustDir).finally(
+      () => process.umask(umask),
+    );
+    expect(enrolled.stderr).toBe('');
+    expect(enrolled.code).toBe(0);
+    expect(enrolled.stdout).toMatch(new RegExp(`trust folder\\s+${trustDir}\n`));
+    expect(enrolled.stdout).not.toMatch(/warning/);
+    expect(JSON.parse(await readFile(configFile, 'utf8')).sagemaker_edge_core_root_certs_path).toBe(trustDir);
+    const root = (await admin('packaging', 'root-certificate')).stdout;
+    expect(await readFile(join(trustDir, 'package-signing-root.pem'), 'utf8')).toBe(root);
+    for (const made of [join(folder, 'anchors'), trustDir])
+      expect([made, (await stat(made)).mode & 0o777]).toEqual([made, 0o755]);
+    expect((await stat(join(trustDir, 'package-signing-root.pem'))).mode & 0o777).toBe(0o644);
+    expect(await readdir(certDir)).toEqual(['ca.pem', 'device.key', 'device.pem']);
+
+    // Inside the cert dir it still works (the operator asked for it), but says why that is unsafe.
+    const inside = join(certDir, 'trust');
+    const again = await enroll(
+      await enrollmentToken('crane-4'),
+      configFile,
+      '--cert-dir',
+      certDir,
+      '--trust-dir',
+      inside,
+      '--json',
+    );
+    expect(again.code).toBe(0);
+    const result = JSON.parse(again.stdout);
+    expect(result.config.sagemaker_edge_core_root_certs_path).toBe(inside);
+    expect(result.warnings).toEqual([
+      expect.stringMatching(
+        /trust folder .* is inside the cert dir .*: the agent renews its certificate there.*own signing root.*--trust-dir only root can write/,
+      ),
+    ]);
+
+    // A file where the folder should be is refused before the token is spent.
+    const file = join(folder, 'not-a-folder');
+    await writeFile(file, '');
+    const unspent = await enrollmentToken('crane-4');
+    const refused = await enroll(unspent, configFile, '--cert-dir', certDir, '--trust-dir', file);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(
+      /not-a-folder is not a folder; expected where to put the package-signing root/,
+    );
+    expect((await enroll(unspent, configFile, '--cert-dir', certDir, '--trust-dir', trustDir)).code).toBe(0);
+  });
+
+  // The attack: code running as the agent renames the trust folder and puts its own signing root in its place.
+  // Enrolled as deploy/README.md says (config in a root:agent 0750 folder, cert dir handed to the agent), the
+  // agent's user (nobody here) can change nothing of it; with the trust folder in the cert dir, as before, it can.
+  it.runIf(process.getuid?.() === 0)(
+    'run as root as the install docs say, leaves the trust anchors out of reach of the agent’s user',
+    async () => {
+      const AGENT = 65534; // nobody:nogroup stands in for edgefleet-agent
+      const system = await mkdtemp(join(tmpdir(), 'ef-enroll-system-'));
+      try {
+        await chmod(system, 0o755); // the agent's user must reach the folders under it, as it would /etc
+        const etc = join(system, 'etc', 'edgefleet');
+        const state = join(system, 'var', 'lib', 'edgefleet-agent');
+        await mkdir(join(system, 'etc'), { mode: 0o755 });
+        await mkdir(join(system, 'var', 'lib'), { recursive: true, mode: 0o755 });
+        await mkdir(etc, { mode: 0o750 });
+        await chown(etc, 0, AGENT);
+        await mkdir(state, { mode: 0o750 });
+        await chown(state, AGENT, AGENT);
+        const configFile = join(etc, 'agent.json');
+        await writeFile(configFile, '{}', { mode: 0o640 });
+        await chown(configFile, 0, AGENT);
+
+        /** Enrolls with the README's flags and hands the cert dir to the agent, as its chown line does. */
+        const enrollAsDocumented = async (device: string, certDir: string, ...extra: string[]) => {
+          const enrolled = await enroll(
+            await enrollmentToken(device),
+            configFile,
+            '--cert-dir',
+            certDir,
+            ...extra,
+          );
+          expect(enrolled.code).toBe(0);
+          for (const entry of [certDir, ...(await readdir(certDir)).map((f) => join(certDir, f))])
+            if ((await stat(entry)).isFile() || entry === certDir) await chown(entry, AGENT, AGENT);
+          return enrolled;
+        };
+        /** What the agent's user manages to do to a trust folder: each step's outcome ('done' or the error code). */
+        const attackAsAgent = async (trust: string) => {
+          const script = `const fs = require('node:fs'); const t = process.argv[1]; const out = {};
+            const steps = {
+              read: () => fs.readFileSync(t + '/package-signing-root.pem'),
+              add: () => fs.writeFileSync(t + '/attacker-root.pem', 'x'),
+              replace: () => fs.writeFileSync(t + '/package-signing-root.pem', 'x'),
+              chmod: () => fs.chmodSync(t, 0o777),
+              swap: () => { fs.renameSync(t, t + '.old'); fs.mkdirSync(t); fs.writeFileSync(t + '/attacker-root.pem', 'x'); },
+            };
+            for (const [name, step] of Object.entries(steps)) { try { step(); out[name] = 'done'; } catch (e) { out[name] = e.code; } }
+            console.log(JSON.stringify(out));`;
+          const { stdout } = await execFileAsync(process.execPath, ['-e', script, trust], {
+            uid: AGENT,
+            gid: AGENT,
+          });
+          return JSON.parse(stdout) as Record<string, string>;
+        };
+
+        const enrolled = await enrollAsDocumented('crane-5', join(state, 'identity'));
+        expect(enrolled.stdout).not.toMatch(/warning/);
+        const trust = join(etc, 'trust');
+        expect(JSON.parse(await readFile(configFile, 'utf8')).sagemaker_edge_core_root_certs_path).toBe(
+          trust,
+        );
+        // Owners and modes: the trust folder's parent is the config folder (root's), not the cert dir (the agent's).
+        for (const [path, mode] of [
+          [etc, 0o750],
+          [trust, 0o755],
+          [join(trust, 'package-signing-root.pem'), 0o644],
+        ] as const) {
+          const info = await stat(path);
+          expect([path, info.uid, info.mode & 0o777]).toEqual([path, 0, mode]);
+        }
+        expect((await stat(join(state, 'identity'))).uid).toBe(AGENT);
+        const pem = await readFile(join(trust, 'package-signing-root.pem'), 'utf8');
+        // It reads the root (so it reaches the folder), and changes nothing.
+        expect(await attackAsAgent(trust)).toEqual({
+          read: 'done',
+          add: 'EACCES',
+          replace: 'EACCES',
+          chmod: 'EPERM',
+          swap: 'EACCES',
+        });
+        expect(await readdir(trust)).toEqual(['package-signing-root.pem']);
+        expect(await readFile(join(trust, 'package-signing-root.pem'), 'utf8')).toBe(pem);
+
+        // The layout before: the trust folder in the cert dir the agent owns. The files are as root-only, yet
+        // the agent's user swaps the whole folder; enrollment warns about exactly that.
+        const before = await enrollAsDocumented(
+          'crane-6',
+          join(state, 'identity-6'),
+          '--trust-dir',
+          join(state, 'identity-6', 'trust'),
+        );
+        expect(before.stdout).toMatch(/warning: the trust folder .* is inside the cert dir/);
+        expect(await attackAsAgent(join(state, 'identity-6', 'trust'))).toMatchObject({
+          read: 'done',
+          replace: 'EACCES',
+          swap: 'done',
+        });
+        // Anywhere else the agent's user could rename it from: enrollment run as root says so too.
+        const elsewhere = await enroll(
+          await enrollmentToken('crane-6'),
+          configFile,
+          '--cert-dir',
+          join(state, 'identity-6'),
+          '--trust-dir',
+          join(state, 'trust'),
+        );
+        expect(elsewhere.code).toBe(0);
+        expect(elsewhere.stdout).toContain(
+          `warning: ${state} (owner uid ${AGENT}, mode 0750) can be changed by a user other than root`,
+        );
+      } finally {
+        await rm(system, { recursive: true, force: true });
+      }
     },
   );
 
