@@ -132,6 +132,8 @@ export interface ConfigContext {
   cpuCount: number;
   /** The gRPC socket from `-a`; the REST socket defaults to a sibling of it. */
   grpcSocketPath: string;
+  /** The user the agent runs as, for the file checks of loadAgentConfig; default: this process's (getuid). */
+  uid?: number;
 }
 
 export interface ParsedConfig {

@@ -1,4 +1,5 @@
 import { access, constants, readFile, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import type { AgentConfig } from './agent-config.js';
 import { parseAgentConfig, type ConfigContext, type ParsedConfig } from './config-file.js';
 import { ConfigError } from './errors.js';
@@ -33,12 +34,15 @@ export async function loadAgentConfig(configPath: string, context: ConfigContext
     );
   }
   const parsed = parseAgentConfig(json, context);
-  parsed.warnings.push(...(await checkPaths(parsed.config)));
+  parsed.warnings.push(...(await checkPaths(parsed.config, context.uid ?? process.getuid?.())));
   return parsed;
 }
 
-/** File-system checks on a parsed config. Throws ConfigError for a path that cannot work; returns warnings. */
-export async function checkPaths(config: AgentConfig): Promise<string[]> {
+/**
+ * File-system checks on a parsed config, for an agent running as `uid`. Throws ConfigError for a path that cannot
+ * work; returns warnings.
+ */
+export async function checkPaths(config: AgentConfig, uid?: number): Promise<string[]> {
   const warnings: string[] = [];
   if (config.trust.rootCertsPath !== undefined) {
     const info = await mustExist(
@@ -54,6 +58,11 @@ export async function checkPaths(config: AgentConfig): Promise<string[]> {
     if ((info.mode & 0o022) !== 0)
       warnings.push(
         `sagemaker_edge_core_root_certs_path: ${config.trust.rootCertsPath} is writable by group or others; anyone who can write there can make the agent trust their packages (chmod go-w)`,
+      );
+    const owned = uid === undefined || uid === 0 ? undefined : await ownedBy(config.trust.rootCertsPath, uid);
+    if (owned !== undefined)
+      warnings.push(
+        `sagemaker_edge_core_root_certs_path: ${owned} belongs to the agent's own user (uid ${uid}), so code running as the agent could replace the trust anchors in ${config.trust.rootCertsPath} and make it trust other packages from then on; keep them in a folder root owns (edgefleet device enroll --trust-dir; its default is trust/ beside the config, /etc/edgefleet/trust when installed)`,
       );
   }
   const files: Array<[string, string | undefined]> = [
@@ -95,4 +104,13 @@ async function mustExist(key: string, path: string, expected: string) {
       `${key}: ${path} ${error.code === 'ENOENT' ? 'does not exist' : `cannot be read (${error.code})`}; expected ${expected}`,
     );
   });
+}
+
+/** The folder itself or the nearest folder above it that `uid` owns (and could so rename or replace), if any. */
+async function ownedBy(folder: string, uid: number): Promise<string | undefined> {
+  for (let path = resolve(folder); ; path = dirname(path)) {
+    const info = await stat(path).catch(() => undefined);
+    if (info?.uid === uid) return path;
+    if (dirname(path) === path) return undefined;
+  }
 }

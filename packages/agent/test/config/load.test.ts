@@ -1,4 +1,4 @@
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,7 +9,8 @@ let context: ConfigContext;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'agent-config-'));
-  context = { cwd: dir, cpuCount: 2, grpcSocketPath: join(dir, 'agent.sock') };
+  // As root, whoever runs the tests: the check of folders the agent's own user owns is tested on its own below.
+  context = { cwd: dir, cpuCount: 2, grpcSocketPath: join(dir, 'agent.sock'), uid: 0 };
   await mkdir(join(dir, 'certs'), { mode: 0o755 });
   await chmod(join(dir, 'certs'), 0o755);
   await writeFile(join(dir, 'ca.pem'), 'not checked here');
@@ -76,6 +77,24 @@ describe('loadAgentConfig', () => {
     );
     expect(file.key).toBe('sagemaker_edge_core_root_certs_path');
     expect(file.message).toMatch(/is not a folder/);
+  });
+
+  it('warns when the root certificates folder, or a folder above it, belongs to the user the agent runs as', async () => {
+    await mkdir(join(dir, 'agent-owned', 'trust'), { recursive: true, mode: 0o755 });
+    // As root (CI), the folder is given to nobody, who stands in for the agent's user; else it is the runner's.
+    if (process.getuid?.() === 0) await chown(join(dir, 'agent-owned'), 65534, 65534);
+    const agentUid = (await stat(join(dir, 'agent-owned'))).uid;
+    const file = await writeConfig(
+      'c-owned.json',
+      JSON.stringify({ sagemaker_edge_core_root_certs_path: 'agent-owned/trust' }),
+    );
+    const { warnings } = await loadAgentConfig(file, { ...context, uid: agentUid });
+    expect(warnings).toEqual([
+      expect.stringMatching(/agent-owned belongs to the agent's own user .*--trust-dir/),
+    ]);
+    // A user who owns none of the folders on the way (and root, who could write anywhere) gets no warning.
+    for (const uid of [0, 54321])
+      expect((await loadAgentConfig(file, { ...context, uid })).warnings).toEqual([]);
   });
 
   it('warns when the root certificates folder is writable by others (the original required it read-only)', async () => {
