@@ -598,7 +598,8 @@ export class InferencePool {
         ),
       );
     }
-    if (!pinned && runsInline(entry, this.#budget)) return this.#runInline(entry, inputs);
+    if (!pinned && runsInline(entry, this.#budget))
+      return this.#runInline(entry, inputs, options.outputSegments);
     const { wire, transfer } = prepareInputs(
       inputs,
       options.transferInputs === true,
@@ -714,13 +715,17 @@ export class InferencePool {
   }
 
   /** Runs at once, on this thread (InlineRunner.run is synchronous); the promise is already settled. */
-  #runInline(entry: ModelEntry, inputs: readonly PoolTensor[]): Promise<RunResult> {
+  #runInline(
+    entry: ModelEntry,
+    inputs: readonly PoolTensor[],
+    outputSegments: readonly OutputSegment[] | undefined,
+  ): Promise<RunResult> {
     const expectedMs = entry.computeMs ?? 0;
     const submittedAt = preciseNow();
     entry.running++;
     entry.inlineRunning++;
     try {
-      const { outputs, computeMs } = this.#inline.run(entry.key, inputs);
+      const { outputs, computeMs } = this.#inline.run(entry.key, inputs, outputSegments);
       this.#runs.inline++;
       this.#budget.settle(expectedMs, computeMs);
       entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
