@@ -237,6 +237,12 @@ function metricsLines(restSocketPath, pattern) {
 
 const bytesOf = (typed) => Buffer.from(typed.buffer, typed.byteOffset, typed.byteLength);
 
+/** The agent's minor page faults so far, all threads (field 10 of /proc/<pid>/stat). */
+async function minorFaults(pid) {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7]);
+}
+
 /** The agent's main thread's CPU time so far, in microseconds. */
 async function mainThreadMicros(pid) {
   const schedstat = await readFile(`/proc/${pid}/task/${pid}/schedstat`, 'utf8');
@@ -262,6 +268,7 @@ try {
   for (let i = 0; i < WARMUP_REQUESTS; i++) await call();
   const latencies = [];
   const cpuBefore = await mainThreadMicros(child.pid);
+  const faultsBefore = await minorFaults(child.pid);
   const end = performance.now() + seconds * 1000;
   while (performance.now() < end) {
     const began = performance.now();
@@ -269,11 +276,12 @@ try {
     latencies.push(performance.now() - began);
   }
   const cpu = (await mainThreadMicros(child.pid)) - cpuBefore;
+  const faults = (await minorFaults(child.pid)) - faultsBefore;
   latencies.sort((a, b) => a - b);
   const at = (q) => `${(latencies[Math.floor(q * latencies.length)] * 1000).toFixed(0)} µs`;
   console.log(
     `${door} ${modelName}: ${latencies.length} requests, p50 ${at(0.5)}, p90 ${at(0.9)}, ` +
-      `${door === 'http-echo' ? 'echo server' : 'agent'} main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request`,
+      `${door === 'http-echo' ? 'echo server' : 'agent'} main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request, ${(faults / latencies.length).toFixed(1)} page faults per request`,
   );
   if (metricsPattern !== undefined && door !== 'http-echo')
     for (const line of await metricsLines(restSocketPath, metricsPattern)) console.log(`  ${line}`);
