@@ -26,7 +26,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttp2Server } from 'node:http2';
-import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
+import { Agent as HttpAgent, createServer as createHttpServer } from 'node:http';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,6 +34,7 @@ import { performance } from 'node:perf_hooks';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import * as grpc from '@grpc/grpc-js';
 import * as ort from 'onnxruntime-node';
+import { restPost, restSharedMemoryCaller } from './support/kserve-rest.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const arg = (name, fallback) => {
@@ -315,10 +316,15 @@ function wireTensors(core, tensors) {
   }));
 }
 
+/** The agent's System V shared memory addon (its build), for the clients' own segments. */
+async function agentShmAddon() {
+  const { loadSysvShmAddon } = await import(AGENT_SHM);
+  return loadSysvShmAddon();
+}
+
 /** Puts each tensor in its own read-only System V segment, as SageMaker Edge clients do. */
 async function sharedMemoryTensors(core, tensors, created) {
-  const { loadSysvShmAddon } = await import(AGENT_SHM);
-  const addon = loadSysvShmAddon();
+  const addon = await agentShmAddon();
   return tensors.map((t) => {
     const { shmid } = addon.create(t.bytes.length);
     created.push(() => addon.remove(shmid));
@@ -335,85 +341,6 @@ async function sharedMemoryTensors(core, tensors, created) {
       sharedMemoryHandle: { segmentId: shmid, offset: 0, size: 0 },
     };
   });
-}
-
-function restPost(agent, socketPath, path, body, headers) {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      { agent, socketPath, path, method: 'POST', headers: { 'content-length': body.length, ...headers } },
-      (res) => {
-        const chunks = [];
-        res.on('data', (chunk) => chunks.push(chunk));
-        res.on('end', () => {
-          const data = Buffer.concat(chunks);
-          if (res.statusCode !== 200)
-            reject(new Error(`HTTP ${res.statusCode}: ${data.toString().slice(0, 300)}`));
-          else resolve({ headers: res.headers, data });
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
-let regionCount = 0;
-
-/**
- * A REST client whose inputs and outputs are in System V shared memory regions registered with the agent (the
- * KServe system shared memory extension): only JSON crosses the socket. Its own segments and regions.
- */
-async function restSharedMemoryCaller(socketPath, model, cleanups, check) {
-  const { loadSysvShmAddon } = await import(AGENT_SHM);
-  const addon = loadSysvShmAddon();
-  const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
-  const json = { 'content-type': 'application/json' };
-  const region = async (bytes, size) => {
-    const { shmid } = addon.create(size);
-    cleanups.push(() => addon.remove(shmid));
-    const mapping = addon.attachReadWrite(shmid);
-    if (bytes) new Uint8Array(mapping).set(bytes);
-    addon.detach(mapping);
-    const name = `bench-${++regionCount}`;
-    const body = Buffer.from(JSON.stringify({ key: String(shmid), byte_size: size }));
-    await restPost(agent, socketPath, `/v2/systemsharedmemory/region/${name}/register`, body, json);
-    return { name, shmid };
-  };
-  const inputs = [];
-  for (const t of model.tensors) {
-    const r = await region(t.bytes, t.bytes.length);
-    inputs.push({
-      name: t.name,
-      shape: t.shape,
-      datatype: t.kserve,
-      parameters: { shared_memory_region: r.name, shared_memory_byte_size: t.bytes.length },
-    });
-  }
-  const outputs = [];
-  const outputRegions = [];
-  for (const o of model.outputs) {
-    const r = await region(null, o.byteLength);
-    outputRegions.push(r);
-    outputs.push({
-      name: o.name,
-      parameters: { shared_memory_region: r.name, shared_memory_byte_size: o.byteLength },
-    });
-  }
-  const body = Buffer.from(JSON.stringify({ inputs, outputs }));
-  const call = () => restPost(agent, socketPath, `/v2/models/${model.key}/infer`, body, json);
-  if (check) {
-    await call();
-    model.check(
-      outputRegions.map((r, i) => {
-        const mapping = addon.attachReadWrite(r.shmid);
-        const copy = Buffer.from(new Uint8Array(mapping, 0, model.outputs[i].byteLength).slice());
-        addon.detach(mapping);
-        return copy;
-      }),
-    );
-  }
-  return { call, close: () => agent.destroy() };
 }
 
 function restJsonBody(tensors) {
@@ -691,7 +618,8 @@ async function main() {
         if (model.outputs)
           paths.push([
             'REST shared memory in and out',
-            (i) => restSharedMemoryCaller(restSocketPath, model, cleanups, i === 0),
+            async (i) =>
+              restSharedMemoryCaller(await agentShmAddon(), restSocketPath, model, cleanups, i === 0),
             agent.pid,
           ]);
       }
@@ -717,7 +645,7 @@ async function main() {
           if (model.outputs)
             paths.push([
               `REST shared memory in and out, ${otherLabel}`,
-              (i) => restSharedMemoryCaller(rest, model, cleanups, i === 0),
+              async (i) => restSharedMemoryCaller(await agentShmAddon(), rest, model, cleanups, i === 0),
               other.pid,
             ]);
         }

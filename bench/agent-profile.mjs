@@ -3,7 +3,7 @@
 // compares many paths in one run, this isolates one, so that a V8 CPU profile of the agent shows that path only
 // (the "before and after" profiles in docs/benchmarks.md).
 //
-//   npm run build && node bench/agent-profile.mjs --door rest|grpc|http-echo --model tiny|image-identity|silero
+//   npm run build && node bench/agent-profile.mjs --door rest|rest-shm|grpc|http-echo --model tiny|image-identity|silero
 //     [--seconds 4] [--cpu-prof <dir>] [--agent path/to/dist/main.js] [--settings '{"edgefleet_…": …}']
 //     [--metrics <regex>]
 //
@@ -12,7 +12,10 @@
 // `node bench/cpu-profile-top.mjs <file>`. --agent runs another build (an absolute path to its main.js).
 // --door http-echo runs the REST client against a bare node:http server in its own process that answers each
 // POST with its body (the REST floor of agent-inference.bench.mjs), so that the agent's cost over it can be read
-// in the same window. --metrics prints the agent's /metrics lines that match the regex once the run is over (e.g.
+// in the same window. --door rest-shm sends KServe REST requests whose inputs and outputs lie in System V shared
+// memory regions registered with the agent (the "REST shared memory in and out" path of agent-inference.bench.mjs;
+// catalogue models only): only JSON crosses the socket, and the first call's outputs are checked against the
+// model's reference. --metrics prints the agent's /metrics lines that match the regex once the run is over (e.g.
 // 'runs_total|compute_duration_seconds_(sum|count)': which path the runs took, and their mean time).
 import { spawn } from 'node:child_process';
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -22,6 +25,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { argValue } from './support/args.mjs';
+import { restSharedMemoryCaller } from './support/kserve-rest.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const door = argValue('--door', 'rest');
@@ -51,11 +55,13 @@ if (echoServerSocket !== undefined) {
 }
 
 if (
-  !['rest', 'grpc', 'http-echo'].includes(door) ||
-  !['tiny', 'image-identity', 'silero'].includes(modelName)
+  !['rest', 'rest-shm', 'grpc', 'http-echo'].includes(door) ||
+  !['tiny', 'image-identity', 'silero'].includes(modelName) ||
+  (door === 'rest-shm' && modelName === 'silero')
 ) {
   console.error(
-    'usage: node bench/agent-profile.mjs --door rest|grpc|http-echo --model tiny|image-identity|silero',
+    'usage: node bench/agent-profile.mjs --door rest|rest-shm|grpc|http-echo --model tiny|image-identity|silero ' +
+      '(rest-shm: tiny or image-identity)',
   );
   process.exit(2);
 }
@@ -81,7 +87,24 @@ async function prepare() {
   const model = core.TEST_MODELS[modelName];
   const inputs = model.sampleInputs();
   const tensors = model.inputs.map((i) => ({ name: i.name, dataType: i.dataType, ...inputs[i.name] }));
-  return { modelPath, tensors };
+  const reference = model.reference(inputs);
+  // What restSharedMemoryCaller needs: the tensors' bytes, the outputs' sizes, and a check of the first answer.
+  const shmModel = {
+    key: 'm',
+    tensors: tensors.map((t) => ({
+      ...t,
+      kserve: core.DATA_TYPES[t.dataType].kserve,
+      bytes: bytesOf(t.data),
+    })),
+    outputs: Object.entries(reference).map(([name, t]) => ({ name, byteLength: t.data.byteLength })),
+    check: (outputs) => {
+      Object.values(reference).forEach((t, i) => {
+        if (Buffer.compare(bytesOf(t.data), outputs[i]) !== 0)
+          throw new Error(`output ${i} in shared memory differs from the model's reference`);
+      });
+    },
+  };
+  return { modelPath, tensors, shmModel };
 }
 
 function startAgent(packageDir) {
@@ -190,6 +213,13 @@ function grpcCall(socketPath, tensors) {
     new Promise((resolve, reject) => client.Predict(request, (error) => (error ? reject(error) : resolve())));
 }
 
+/** The rest-shm door's call: its segments are removed by `cleanups` (after the agent has exited). */
+async function restShmCall(socketPath, model, cleanups) {
+  const { loadSysvShmAddon } = await import(join(root, 'packages/agent/dist/shm/index.js'));
+  const { call } = await restSharedMemoryCaller(loadSysvShmAddon(), socketPath, model, cleanups, true);
+  return call;
+}
+
 /** The agent's /metrics lines that match `pattern` (comments left out), read over its REST socket. */
 function metricsLines(restSocketPath, pattern) {
   return new Promise((resolve, reject) => {
@@ -207,13 +237,19 @@ function metricsLines(restSocketPath, pattern) {
 
 const bytesOf = (typed) => Buffer.from(typed.buffer, typed.byteOffset, typed.byteLength);
 
+/** The agent's minor page faults so far, all threads (field 10 of /proc/<pid>/stat). */
+async function minorFaults(pid) {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7]);
+}
+
 /** The agent's main thread's CPU time so far, in microseconds. */
 async function mainThreadMicros(pid) {
   const schedstat = await readFile(`/proc/${pid}/task/${pid}/schedstat`, 'utf8');
   return Number(schedstat.split(' ')[0]) / 1000;
 }
 
-const { modelPath, tensors } = await prepare();
+const { modelPath, tensors, shmModel } = await prepare();
 const { dir: packageDir } = await core.createModelPackage({
   modelPath,
   name: 'm',
@@ -221,11 +257,18 @@ const { dir: packageDir } = await core.createModelPackage({
   outDir: join(dir, 'package'),
 });
 const { child, socketPath, restSocketPath } = await startAgent(packageDir);
+const cleanups = [];
 try {
-  const call = door === 'grpc' ? grpcCall(socketPath, tensors) : restCall(restSocketPath, tensors);
+  const call =
+    door === 'grpc'
+      ? grpcCall(socketPath, tensors)
+      : door === 'rest-shm'
+        ? await restShmCall(restSocketPath, shmModel, cleanups)
+        : restCall(restSocketPath, tensors);
   for (let i = 0; i < WARMUP_REQUESTS; i++) await call();
   const latencies = [];
   const cpuBefore = await mainThreadMicros(child.pid);
+  const faultsBefore = await minorFaults(child.pid);
   const end = performance.now() + seconds * 1000;
   while (performance.now() < end) {
     const began = performance.now();
@@ -233,11 +276,12 @@ try {
     latencies.push(performance.now() - began);
   }
   const cpu = (await mainThreadMicros(child.pid)) - cpuBefore;
+  const faults = (await minorFaults(child.pid)) - faultsBefore;
   latencies.sort((a, b) => a - b);
   const at = (q) => `${(latencies[Math.floor(q * latencies.length)] * 1000).toFixed(0)} µs`;
   console.log(
     `${door} ${modelName}: ${latencies.length} requests, p50 ${at(0.5)}, p90 ${at(0.9)}, ` +
-      `${door === 'http-echo' ? 'echo server' : 'agent'} main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request`,
+      `${door === 'http-echo' ? 'echo server' : 'agent'} main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request, ${(faults / latencies.length).toFixed(1)} page faults per request`,
   );
   if (metricsPattern !== undefined && door !== 'http-echo')
     for (const line of await metricsLines(restSocketPath, metricsPattern)) console.log(`  ${line}`);
@@ -245,6 +289,7 @@ try {
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
   await exited;
+  for (const cleanup of cleanups) cleanup();
   await rm(dir, { recursive: true, force: true });
 }
 process.exit(0);
