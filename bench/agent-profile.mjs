@@ -5,7 +5,7 @@
 //
 //   npm run build && node bench/agent-profile.mjs --door rest|rest-shm|grpc|http-echo --model tiny|image-identity|silero
 //     [--seconds 4] [--cpu-prof <dir>] [--agent path/to/dist/main.js] [--settings '{"edgefleet_…": …}']
-//     [--metrics <regex>]
+//     [--metrics <regex>] [--agent-env "NAME=value …"]
 //
 // Prints the p50 and p90 latency and the CPU time of the agent's main thread per request (Linux /proc
 // schedstat). With --cpu-prof the agent writes its profiles into <dir> when it exits; read one with
@@ -35,6 +35,13 @@ const profileDir = argValue('--cpu-prof', undefined);
 const agentMain = argValue('--agent', join(root, 'packages/agent/dist/main.js'));
 const settings = JSON.parse(argValue('--settings', '{}'));
 const metricsPattern = argValue('--metrics', undefined);
+// Environment variables for the agent alone, e.g. --agent-env GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304
+const agentEnv = Object.fromEntries(
+  (argValue('--agent-env', '') || '')
+    .split(' ')
+    .filter(Boolean)
+    .map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]),
+);
 const WARMUP_REQUESTS = 1500;
 
 const echoServerSocket = argValue('--http-echo-server', undefined);
@@ -132,6 +139,7 @@ function startAgent(packageDir) {
         : [agentMain, '-a', socketPath, '-c', configPath];
     const child = spawn(process.execPath, [...profile, ...command], {
       cwd: dir,
+      env: { ...process.env, ...agentEnv },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     return new Promise((resolve, reject) => {
