@@ -368,5 +368,11 @@ function onPoolEvent(event: PoolEvent, logger: Logger, metrics: AgentMetrics): v
     case 'instance-lost':
       logger.error(event, `model instance ${event.key} lost on worker ${event.worker}: ${event.reason}`);
       break;
+    case 'inline-unavailable':
+      logger.warn(
+        event,
+        `model ${event.key} stays on the inference workers: its session on the event loop could not be created (${event.reason})`,
+      );
+      break;
   }
 }

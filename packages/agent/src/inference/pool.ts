@@ -91,7 +91,9 @@ export type PoolEvent =
       failed: number;
     }
   | { type: 'worker-restarted'; worker: number; reloaded: string[] }
-  | { type: 'instance-lost'; worker: number; key: string; reason: string };
+  | { type: 'instance-lost'; worker: number; key: string; reason: string }
+  /** The model's inline session could not be created: its requests stay on the workers. */
+  | { type: 'inline-unavailable'; key: string; reason: string };
 
 export interface InferencePoolOptions {
   workers: number;
@@ -248,8 +250,6 @@ export class InferencePool {
       workerRuns: 0,
       inline: 'off',
       inlineAfterRuns: RUNS_BEFORE_INLINE,
-      inlineRunning: 0,
-      inlineDrained: [],
     };
     this.#models.set(key, entry);
     const results = await Promise.allSettled(chosen.map((slot) => this.#loadOn(slot, entry)));
@@ -287,9 +287,8 @@ export class InferencePool {
     for (const job of entry.queue.splice(0)) {
       job.reject(new InferenceError('unloaded', `model ${key} was unloaded before this request ran`));
     }
+    // Inline runs are synchronous (InlineRunner.run): none can be under way while this runs.
     const releaseInline = async () => {
-      // Releasing a session while a run is queued on it would crash ONNX Runtime: let those runs end first.
-      while (entry.inlineRunning > 0) await new Promise<void>((resolve) => entry.inlineDrained.push(resolve));
       entry.inline = 'off';
       await this.#inline.release(key);
     };
@@ -349,8 +348,7 @@ export class InferencePool {
     if (this.#closed) return;
     this.#closed = true;
     const closed = () => new InferenceError('closed', 'the inference pool is shutting down');
-    const entries = [...this.#models.values()];
-    for (const entry of entries) for (const job of entry.queue.splice(0)) job.reject(closed());
+    for (const entry of this.#models.values()) for (const job of entry.queue.splice(0)) job.reject(closed());
     this.#models.clear();
     await Promise.all(
       this.#slots.map(async (slot) => {
@@ -367,9 +365,6 @@ export class InferencePool {
         if (worker) await stopWorker(worker, slot.control);
       }),
     );
-    // Inline runs already queued on the event loop end first: releasing a session under one would crash.
-    for (const entry of entries)
-      while (entry.inlineRunning > 0) await new Promise<void>((resolve) => entry.inlineDrained.push(resolve));
     await this.#inline.close();
   }
 
@@ -704,8 +699,14 @@ export class InferencePool {
     let loaded = false;
     try {
       loaded = await this.#inline.load(entry.key, entry.model, toOrtSessionOptions(this.#options.session));
-    } catch {
-      // The workers hold working sessions of it; this model simply stays on them.
+    } catch (error) {
+      // The workers hold working sessions of it; this model stays on them, and the operator is told why (e.g. an
+      // onnxruntime-node without the native binding the inline path uses, or a session option it refuses).
+      this.#options.onEvent?.({
+        type: 'inline-unavailable',
+        key: entry.key,
+        reason: (error instanceof Error ? error.message : String(error)).slice(0, 500),
+      });
     }
     if (this.#models.get(entry.key) !== entry || this.#closed) {
       // Unloaded (or the pool closed) while its inline session was being created: nothing may keep that session.
@@ -724,7 +725,6 @@ export class InferencePool {
     const expectedMs = entry.computeMs ?? 0;
     const submittedAt = preciseNow();
     entry.running++;
-    entry.inlineRunning++;
     try {
       const { outputs, computeMs } = this.#inline.run(entry.key, inputs, outputSegments);
       this.#runs.inline++;
@@ -740,8 +740,6 @@ export class InferencePool {
       return Promise.reject(error as InferenceError);
     } finally {
       entry.running--;
-      entry.inlineRunning--;
-      if (entry.inlineRunning === 0) for (const resolve of entry.inlineDrained.splice(0)) resolve();
     }
   }
 

@@ -84,9 +84,6 @@ export interface ModelEntry {
   inline: 'off' | 'loading' | 'on' | 'unfit';
   /** Inline requests may start once `workerRuns` reaches this (a demoted model is measured on workers again). */
   inlineAfterRuns: number;
-  /** Inline runs in progress, and who waits for them to end (an unload, before releasing the session). */
-  inlineRunning: number;
-  inlineDrained: Array<() => void>;
 }
 
 /**

@@ -19,7 +19,7 @@ import {
 } from '../support/pool-models.js';
 import { makeSegment } from '../support/segments.js';
 import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
-import { fixedOutputsOf } from '../../src/inference/inline-runner.js';
+import { fixedOutputsOf, InlineRunner } from '../../src/inference/inline-runner.js';
 import { reshapeNeedsEvenModel } from '../models/helpers.js';
 
 let dir: string;
@@ -71,6 +71,19 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+describe('InlineRunner', () => {
+  it("loads and runs a model on this thread through onnxruntime-node's native session (the binding it relies on is there)", async () => {
+    const runner = new InlineRunner();
+    try {
+      expect(await runner.load('tiny', paths.tiny!, {})).toBe(true);
+      const { outputs } = runner.run('tiny', tinyInput());
+      expect(new Float32Array(outputs[0]!.data.slice().buffer)).toEqual(tinyExpected());
+    } finally {
+      await runner.close();
+    }
+  });
+});
+
 describe('InferencePool: the inline path', () => {
   it('moves a model measured fast onto the event loop, with the same exact outputs, and counts where runs went', async () => {
     const pool = await startPool(5000, 0.9);
@@ -85,7 +98,8 @@ describe('InferencePool: the inline path', () => {
     expect(inline.outputs.map((o) => [o.name, o.dataType, o.shape])).toEqual([['y', 'FLOAT32', [1, 16]]]);
     const stats = pool.stats();
     expect(stats.runs.inline).toBeGreaterThanOrEqual(1);
-    expect(stats.runs.worker).toBeGreaterThanOrEqual(RUNS_BEFORE_INLINE + 1);
+    // Inline only once RUNS_BEFORE_INLINE runs were measured on the workers (the first request among them).
+    expect(stats.runs.worker).toBeGreaterThanOrEqual(RUNS_BEFORE_INLINE);
     expect(stats.inline.models).toEqual([{ key: 'tiny', computeMicros: expect.any(Number) }]);
   });
 
@@ -164,7 +178,7 @@ describe('InferencePool: the inline path', () => {
     expect(pool.stats().inline.models).toEqual([]);
   });
 
-  it('lets inline runs in flight finish before an unload releases their session', async () => {
+  it('answers the requests in flight when a model is unloaded, then refuses it as unknown', async () => {
     const pool = await startPool(5000, 0.9);
     await pool.loadModel('tiny', paths.tiny!, 1);
     await untilInline(pool, 'tiny', tinyInput);
