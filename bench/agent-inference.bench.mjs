@@ -4,7 +4,7 @@
 //
 //   npm run build && node bench/agent-inference.bench.mjs [--seconds 2] [--only tiny,image,silero]
 //     [--warmup-rounds 2] [--compare path/to/other/dist/main.js | --compare workers-only]
-//     [--inline-max-run-micros N] [--inline-event-loop-percent P] [--cpu-prof <dir>] [--system-malloc]
+//     [--inline-max-run-micros N] [--inline-event-loop-percent P] [--cpu-prof <dir>]
 //
 // Imports the BUILT core and agent (packages/*/dist) and starts packages/agent/dist/main.js. Models: tiny
 // (float32 [1, 16], y = 2x + 1: pure per-request overhead), image-identity (float32 [1, 3, 224, 224], 602112
@@ -21,8 +21,7 @@
 // all; "HTTP echo" is the same for a bare node:http server on a Unix socket (the REST floor); "gRPC DescribeModel"
 // is the agent answering without inference. The end prints the goal table of issue 14, met or not met. Latencies are measured in the client,
 // which runs on the same machine as the agent (so on a 2-core machine, client, agent event loop and ONNX Runtime
-// share the 2 cores). Every process of a run uses the C library allocator settings of the deployed agent
-// (GLIBC_TUNABLES from deploy/systemd/edgefleet-agent.service; --system-malloc: the defaults instead).
+// share the 2 cores).
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -36,7 +35,6 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import * as grpc from '@grpc/grpc-js';
 import * as ort from 'onnxruntime-node';
 import { restPost, restSharedMemoryCaller } from './support/kserve-rest.mjs';
-import { withDeployedAllocator } from './support/allocator.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const arg = (name, fallback) => {
@@ -77,8 +75,6 @@ const ONLY = arg('--only', 'tiny,image,silero').split(',');
 const WORKERS = Number(arg('--workers', String(Math.min(2, availableParallelism()))));
 const ECHO_PATH = '/bench.Echo/Echo';
 const CONCURRENCY = [1, 8];
-/** How the C library allocator is set up for this run (withDeployedAllocator). */
-let allocator = '';
 
 // ---------------------------------------------------------------------------------------------------------------
 // In-process baseline
@@ -573,7 +569,7 @@ async function main() {
     console.log(
       `edgefleet-agent ${ready.version}; ${availableParallelism()} cores; agent: ${WORKERS} inference workers × 1 ORT thread; ` +
         `baseline: same session options; ${SECONDS} s per case in ${ROUNDS} interleaved rounds, after ` +
-        `${WARMUP_ROUNDS} unmeasured rounds and ${WARMUP_SECONDS} s warm-up; allocator: ${allocator}; load average ${loadAverage()}` +
+        `${WARMUP_ROUNDS} unmeasured rounds and ${WARMUP_SECONDS} s warm-up; load average ${loadAverage()}` +
         (COMPARE_MAIN ? `; "other build": ${COMPARE_MAIN}` : '') +
         (WORKERS_ONLY ? '; "workers only": this build with the inline path off' : '') +
         '\n',
@@ -945,8 +941,4 @@ if (!isMainThread) await baselineWorker(workerData);
 else if (process.argv[2] === '--echo-server') echoServer(process.argv[3]);
 else if (process.argv[2] === '--http-echo-server') httpEchoServer(process.argv[3]);
 else if (process.argv[2] === '--h2-echo-server') h2EchoServer(process.argv[3]);
-else {
-  // Baseline and agents alike run with the allocator settings the agent is deployed with.
-  allocator = withDeployedAllocator();
-  await main();
-}
+else await main();

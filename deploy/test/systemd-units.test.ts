@@ -83,19 +83,3 @@ describe.skipIf(!haveSystemd).each(units)('%s', (unit) => {
     expect(result.output).toMatch(/nonexistent/);
   });
 });
-
-describe('allocator settings', () => {
-  it('the Greengrass recipe runs the agent with the same GLIBC_TUNABLES as its systemd unit', async () => {
-    const unit = serviceSettings(await readFile(path.join(unitsDir, 'edgefleet-agent.service'), 'utf8'));
-    const tunables = unit
-      .get('Environment')
-      ?.find((value) => value.startsWith('GLIBC_TUNABLES='))
-      ?.slice('GLIBC_TUNABLES='.length);
-    expect(tunables).toMatch(/^glibc\.malloc\.mmap_threshold=\d+:glibc\.malloc\.trim_threshold=\d+$/);
-    const recipe = JSON.parse(
-      await readFile(path.resolve(unitsDir, '..', 'greengrass', 'recipe.json'), 'utf8'),
-    ) as { Manifests: Array<{ Lifecycle: { Setenv: Record<string, string> } }> };
-    expect(recipe.Manifests.length).toBeGreaterThan(0);
-    for (const manifest of recipe.Manifests) expect(manifest.Lifecycle.Setenv.GLIBC_TUNABLES).toBe(tunables);
-  });
-});
