@@ -45,9 +45,6 @@ export const COMPONENT_PARAMETERS = {
   EnrollmentToken: { key: null, default: '' },
   RootCertsPath: { key: 'sagemaker_edge_core_root_certs_path', default: '' },
   HeartbeatIntervalSeconds: { key: 'edgefleet_heartbeat_interval_seconds', default: '30' },
-  // Where the (root) Install step puts the agent config and the package-signing trust anchors: out of the work
-  // folder, which the agent's user owns and so could swap them in.
-  ProtectedConfigFolder: { key: null, default: '/etc/edgefleet/io.edgefleet.EdgeFleetAgent' },
 } as const satisfies Record<string, { key: string | null; default: string }>;
 
 export type ComponentParameter = keyof typeof COMPONENT_PARAMETERS;

@@ -1,6 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chown, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -14,7 +14,6 @@ import {
 } from '../../src/greengrass/index.js';
 import { buildAgent, type LogLine } from '../daemon/process-helpers.js';
 import { captureRequest, diskRecords, modelPackage } from '../capture/helpers.js';
-import { operator, removeControlPlane, startControlPlane } from '../fleet/support.js';
 
 const run = promisify(execFile);
 const REPO = fileURLToPath(new URL('../../../../', import.meta.url));
@@ -49,11 +48,7 @@ interface Recipe {
   ComponentConfiguration: { DefaultConfiguration: Record<string, Json> };
   Manifests: {
     Platform: { os: string; architecture: string };
-    Lifecycle: {
-      Setenv: Record<string, string>;
-      Install: { Script: string; RequiresPrivilege?: boolean };
-      Run: { Script: string };
-    };
+    Lifecycle: { Setenv: Record<string, string>; Install: { Script: string }; Run: { Script: string } };
     Artifacts: { URI: string; Unarchive: string }[];
   }[];
 }
@@ -201,17 +196,16 @@ describe(
         SagemakerEdgeLogVerbose: 'true',
         DLRBackendOptions: 'TVM_NUM_THREADS=1',
         EdgeFleetEndpoint: 'https://127.0.0.1:9',
-        ProtectedConfigFolder: join(root, 'protected'),
       };
       const configuration = mergeConfiguration(recipe.ComponentConfiguration.DefaultConfiguration, update);
       const installed = await install(configuration);
       expect(installed.stderr).not.toMatch(/edgefleet greengrass config:/);
       expect(installed.code).toBe(0);
 
-      // The config goes in the protected folder, not in the work folder (the agent's user owns that one).
-      const configFile = join(root, 'protected', 'agent-config.json');
-      expect(existsSync(join(work, 'agent-config.json'))).toBe(false);
-      const rendered = JSON.parse(await readFile(configFile, 'utf8')) as Record<string, unknown>;
+      const rendered = JSON.parse(await readFile(join(work, 'agent-config.json'), 'utf8')) as Record<
+        string,
+        unknown
+      >;
       expect(rendered).toMatchObject({
         sagemaker_edge_core_device_name: 'gg-core-1',
         sagemaker_edge_core_device_fleet_name: 'plant-a',
@@ -321,74 +315,10 @@ describe(
       ];
       for (const [update, message] of cases) {
         const result = await install(
-          mergeConfiguration(base, {
-            LocalDataRootPath: join(root, 'data2'),
-            ProtectedConfigFolder: join(root, 'protected2'),
-            ...update,
-          }),
+          mergeConfiguration(base, { LocalDataRootPath: join(root, 'data2'), ...update }),
         );
         expect(result.code, JSON.stringify(update)).toBe(2);
         expect(result.stderr).toMatch(message);
-      }
-    });
-
-    // Install runs as root (RequiresPrivilege), the agent as the component's user, who owns the work folder: the
-    // config and the package-signing root must not be there, or code running as the agent could swap them.
-    it('enrolls at Install with the trust anchors and config in the root-owned folder, the identity the agent’s', async () => {
-      expect(manifest.Lifecycle.Install.RequiresPrivilege).toBe(true);
-      const AGENT = 65534; // nobody stands in for ggc_user
-      const plane = await startControlPlane();
-      const protectedFolder = join(root, 'protected-enrolled');
-      try {
-        await operator(plane, 'POST', '/api/v1/fleets', {
-          name: 'plant-gg',
-          outputConfig: { s3OutputLocation: 's3://b/plant-gg' },
-        });
-        await operator(plane, 'POST', '/api/v1/fleets/plant-gg/devices', {
-          devices: [{ name: 'gg-core-1' }],
-        });
-        const { token } = await operator(plane, 'POST', '/api/v1/devices/gg-core-1/enrollment-tokens', {});
-        await chown(work, AGENT, AGENT); // the nucleus gives the work folder to the component's user
-        const installed = await install(
-          mergeConfiguration(recipe.ComponentConfiguration.DefaultConfiguration, {
-            DeviceFleetName: 'plant-gg',
-            CaptureDataDestination: 'Disk',
-            LocalDataRootPath: join(root, 'data3'),
-            EnrollmentServerUrl: plane.operatorUrl,
-            EnrollmentToken: token,
-            ProtectedConfigFolder: protectedFolder,
-          }),
-        );
-        expect(installed.stderr).not.toMatch(/warning|edgefleet greengrass config:/);
-        expect(installed.code).toBe(0);
-
-        const trust = join(protectedFolder, 'trust');
-        const config = JSON.parse(
-          await readFile(join(protectedFolder, 'agent-config.json'), 'utf8'),
-        ) as Record<string, unknown>;
-        expect(config).toMatchObject({
-          sagemaker_edge_core_device_name: 'gg-core-1',
-          sagemaker_edge_core_root_certs_path: trust,
-          sagemaker_edge_provider_aws_cert_pk_file: join(work, 'identity', 'device.key'),
-        });
-        const signing = await operator(plane, 'GET', '/api/v1/signing/root-certificate');
-        expect(await readFile(join(trust, 'package-signing-root.pem'), 'utf8')).toBe(signing.certificatePem);
-        const owned = async (path: string) => {
-          const info = await stat(path);
-          return [info.uid, info.gid, info.mode & 0o777];
-        };
-        // Root's: the folder, the trust anchors, the config (readable by the agent's group only).
-        expect(await owned(protectedFolder)).toEqual([0, 0, 0o755]);
-        expect(await owned(trust)).toEqual([0, 0, 0o755]);
-        expect(await owned(join(trust, 'package-signing-root.pem'))).toEqual([0, 0, 0o644]);
-        expect(await owned(join(protectedFolder, 'agent-config.json'))).toEqual([0, AGENT, 0o640]);
-        // The agent's: its identity, where it renews its certificate.
-        expect(await owned(join(work, 'identity'))).toEqual([AGENT, AGENT, 0o700]);
-        expect(await owned(join(work, 'identity', 'device.key'))).toEqual([AGENT, AGENT, 0o600]);
-        expect(await readdir(join(work, 'identity'))).toEqual(['ca.pem', 'device.key', 'device.pem']);
-      } finally {
-        await chown(work, 0, 0);
-        await removeControlPlane(plane);
       }
     });
   },
