@@ -77,7 +77,7 @@ export class ComponentParameterError extends Error {
 export interface RenderContext {
   /** The core device's IoT thing name (`{iot:thingName}`): the device name, as Edge Manager required. */
   thingName: string;
-  /** Config keys written by `edgefleet device enroll` (endpoint, certificate files, provider), merged last. */
+  /** Config keys written by `edgefleet device enroll` (endpoint, certificate files, provider), merged last (but RootCertsPath, when set, wins). */
   identity?: Record<string, unknown>;
 }
 
@@ -158,6 +158,9 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
   }
   if (values.EdgeFleetEndpoint !== '') config.sagemaker_edge_provider_provider = 'Custom';
   Object.assign(config, context.identity ?? {});
+  // An operator's RootCertsPath (a folder root owns, say) wins over the trust folder enrollment wrote: that one is
+  // in the work folder, which the component's user owns and could so swap (deploy/README.md).
+  if (values.RootCertsPath !== '') config.sagemaker_edge_core_root_certs_path = values.RootCertsPath;
 
   const keyToParameter = new Map<string, ComponentParameter>(
     COMPONENT_PARAMETER_NAMES.flatMap((n) => {

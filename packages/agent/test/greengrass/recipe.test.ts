@@ -323,3 +323,22 @@ describe(
     });
   },
 );
+
+describe('renderAgentConfig: the trust folder', () => {
+  const configuration = {
+    ...defaultComponentConfiguration(),
+    DeviceFleetName: 'plant-a',
+    CaptureDataDestination: 'Disk',
+  };
+  const identity = { sagemaker_edge_core_root_certs_path: '/work/identity/trust' };
+
+  it("uses the trust folder enrollment wrote, unless RootCertsPath names another (the operator's wins)", () => {
+    expect(renderAgentConfig(configuration, { thingName: 'gg-1', identity }).config).toMatchObject(identity);
+    expect(
+      renderAgentConfig(
+        { ...configuration, RootCertsPath: '/etc/edgefleet/trust' },
+        { thingName: 'gg-1', identity },
+      ).config,
+    ).toMatchObject({ sagemaker_edge_core_root_certs_path: '/etc/edgefleet/trust' });
+  });
+});
