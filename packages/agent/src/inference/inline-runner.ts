@@ -54,13 +54,6 @@ const ORT_TYPE_OF_ELEMENT: Partial<Record<number, OrtTensorType>> = {
   11: 'float64',
 };
 
-/**
- * Outputs smaller than this come back as bytes even when asked for in shared memory (the caller copies them into
- * the region): mapping and checking the segment here costs more than copying a small tensor (measured on the tiny
- * model's 64 bytes: about 10 µs more per request), while a large one saves its copy (588 KiB: about 70 µs).
- */
-export const MIN_OUTPUT_BYTES_IN_PLACE = 64 * 1024;
-
 /** How often the runner lets go of output segments their clients removed, even while no requests come. */
 const SEGMENT_SWEEP_MS = 1000;
 
@@ -139,10 +132,10 @@ export class InlineRunner {
 
   /**
    * Runs the inputs where they are (no copy), synchronously, before this returns; the outputs are ONNX Runtime's
-   * own buffers, except those named in `outputSegments` whose type and shape the model fixes, of at least
-   * MIN_OUTPUT_BYTES_IN_PLACE: ONNX Runtime writes those into their segment itself (checked as a worker checks it,
-   * see worker-segments.ts) and they come back `writtenToSegment`. The others named there (smaller, a shape known
-   * only after the run, too little room, a misaligned place) come back as bytes for the caller to write.
+   * own buffers, except those named in `outputSegments` whose type and shape the model fixes: ONNX Runtime
+   * writes those into their segment itself (checked as a worker checks it, see worker-segments.ts) and they come
+   * back `writtenToSegment`. The others named there (a shape known only after the run, too little room, a
+   * misaligned place) come back as bytes for the caller to write, as before.
    */
   run(key: string, inputs: readonly PoolTensor[], outputSegments?: readonly OutputSegment[]): InlineRun {
     const session = this.#sessions.get(key);
@@ -150,13 +143,12 @@ export class InlineRunner {
     if (!session || !parts) throw new InferenceError('unloaded', `no inline session ${key}`);
     const feeds: Record<string, Tensor> = {};
     for (const input of inputsInPlace(inputs)) feeds[input.name] = toOrtTensor(input, parts.Tensor);
-    const inPlace = outputSegments?.filter((place) => this.#fitsInPlace(session, place));
-    if (inPlace === undefined || inPlace.length === 0)
+    if (outputSegments === undefined || outputSegments.length === 0)
       return this.#run(session, feeds, session.fetches, undefined);
     this.#segments.beginRun();
     try {
       const written = new Map<string, WireSegmentOutput>();
-      const fetches = this.#fetchesInto(session, inPlace, parts.Tensor, written);
+      const fetches = this.#fetchesInto(session, outputSegments, parts.Tensor, written);
       return this.#run(session, feeds, fetches, written);
     } finally {
       this.#segments.endRun();
@@ -191,32 +183,28 @@ export class InlineRunner {
     return { outputs, computeMs };
   }
 
-  /** Whether ONNX Runtime can write this output into its place itself (see run). */
-  #fitsInPlace(session: InlineSession, { name, segment }: OutputSegment): boolean {
-    const fixed = session.fixedOutputs.get(name);
-    return (
-      fixed !== undefined &&
-      fixed.byteLength >= MIN_OUTPUT_BYTES_IN_PLACE &&
-      fixed.byteLength <= segment.byteLength &&
-      segment.offset % TYPED_ARRAY_FOR[fixed.type].BYTES_PER_ELEMENT === 0 &&
-      HOST_IS_LITTLE_ENDIAN
-    );
-  }
-
   /**
-   * The run's fetches, with a tensor over its segment's memory for each output in `inPlace` (checked by
-   * #fitsInPlace); those outputs go into `written`.
+   * The run's fetches, with a tensor over its segment's memory for each output that ONNX Runtime can write there;
+   * those outputs go into `written`.
    */
   #fetchesInto(
     session: InlineSession,
-    inPlace: readonly OutputSegment[],
+    outputSegments: readonly OutputSegment[],
     OrtTensor: OrtTensorConstructor,
     written: Map<string, WireSegmentOutput>,
   ): Record<string, Tensor | null> {
-    const fetches = { ...session.fetches };
-    for (const { name, segment } of inPlace) {
-      const fixed = session.fixedOutputs.get(name)!;
-      const Typed = TYPED_ARRAY_FOR[fixed.type];
+    let fetches = session.fetches;
+    for (const { name, segment } of outputSegments) {
+      const fixed = session.fixedOutputs.get(name);
+      const Typed = fixed && TYPED_ARRAY_FOR[fixed.type];
+      if (
+        fixed === undefined ||
+        Typed === undefined ||
+        fixed.byteLength > segment.byteLength ||
+        segment.offset % Typed.BYTES_PER_ELEMENT !== 0 ||
+        !HOST_IS_LITTLE_ENDIAN
+      )
+        continue;
       let bytes: Uint8Array;
       try {
         bytes = this.#segments.bytes(
@@ -233,6 +221,7 @@ export class InlineRunner {
         );
       }
       this.#sweepTimer ??= setInterval(() => this.#segments.sweep(), SEGMENT_SWEEP_MS).unref();
+      if (fetches === session.fetches) fetches = { ...session.fetches };
       const data = new Typed(
         bytes.buffer as ArrayBuffer,
         bytes.byteOffset,
@@ -281,7 +270,7 @@ export class InlineRunner {
 }
 
 /** The outputs whose element type and every dimension the model fixes, with their size in bytes. */
-export function fixedOutputsOf(metadata: readonly Binding.ValueMetadata[]): Map<string, FixedOutput> {
+function fixedOutputsOf(metadata: readonly Binding.ValueMetadata[]): Map<string, FixedOutput> {
   const fixed = new Map<string, FixedOutput>();
   for (const output of metadata) {
     const type = ORT_TYPE_OF_ELEMENT[output.type];
