@@ -594,8 +594,7 @@ export class InferencePool {
         ),
       );
     }
-    if (!pinned && runsInline(entry, this.#budget))
-      return this.#runInline(entry, inputs, options.outputSegments);
+    if (!pinned && runsInline(entry, this.#budget)) return this.#runInline(entry, inputs);
     const { wire, transfer } = prepareInputs(
       inputs,
       options.transferInputs === true,
@@ -717,16 +716,12 @@ export class InferencePool {
   }
 
   /** Runs at once, on this thread (InlineRunner.run is synchronous); the promise is already settled. */
-  #runInline(
-    entry: ModelEntry,
-    inputs: readonly PoolTensor[],
-    outputSegments: readonly OutputSegment[] | undefined,
-  ): Promise<RunResult> {
+  #runInline(entry: ModelEntry, inputs: readonly PoolTensor[]): Promise<RunResult> {
     const expectedMs = entry.computeMs ?? 0;
     const submittedAt = preciseNow();
     entry.running++;
     try {
-      const { outputs, computeMs } = this.#inline.run(entry.key, inputs, outputSegments);
+      const { outputs, computeMs } = this.#inline.run(entry.key, inputs);
       this.#runs.inline++;
       this.#budget.settle(expectedMs, computeMs);
       entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;

@@ -9,15 +9,7 @@ import {
   type PoolTensor,
   type RunResult,
 } from '../../src/inference/index.js';
-import { identityOf, loadSysvShmAddon, type SegmentReference } from '../../src/shm/index.js';
-import {
-  asPoolTensor,
-  inferenceError,
-  scalable,
-  scalableModel,
-  scalableReference,
-} from '../support/pool-models.js';
-import { makeSegment } from '../support/segments.js';
+import { asPoolTensor, scalable, scalableModel, scalableReference } from '../support/pool-models.js';
 import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
 import { InlineRunner } from '../../src/inference/inline-runner.js';
 import { reshapeNeedsEvenModel } from '../models/helpers.js';
@@ -195,90 +187,6 @@ describe('InferencePool: the inline path', () => {
         inline: { maxRunMicros: 200, eventLoopShare: 1 },
       }),
     ).rejects.toThrow(/eventLoopShare must be from 0 to 0.9, got 1/);
-  });
-});
-
-describe('InferencePool: inline outputs into System V shared memory', () => {
-  // The event loop's run writes an output whose shape the model fixes straight into the caller's segment (ONNX
-  // Runtime writes into it), checked as a worker checks it: a real segment, the real addon and ONNX Runtime.
-  const addon = loadSysvShmAddon();
-  const created: number[] = [];
-  afterAll(() => {
-    for (const shmid of created.splice(0)) addon.remove(shmid);
-  });
-  const reference = (shmid: number, offset: number, byteLength: number): SegmentReference => ({
-    segmentId: shmid,
-    offset,
-    byteLength,
-    identity: identityOf(addon.stat(shmid)),
-  });
-  const segmentBytes = (shmid: number, offset: number, length: number) => {
-    const mapping = addon.attachReadWrite(shmid);
-    const copy = new Uint8Array(mapping, offset, length).slice();
-    addon.detach(mapping);
-    return copy;
-  };
-  const expectedBytes = () => {
-    const y = tinyExpected();
-    return new Uint8Array(y.buffer, y.byteOffset, y.byteLength);
-  };
-
-  it('has ONNX Runtime write a fixed-shape output into its segment, exactly there, and returns no bytes for it', async () => {
-    const pool = await startPool(5000, 0.9);
-    await pool.loadModel('tiny', paths.tiny!, 1);
-    await untilInline(pool, 'tiny', tinyInput);
-    const output = makeSegment(addon, created, new Uint8Array(0), { size: 256 });
-    const result = await pool.run('tiny', tinyInput(), {
-      outputSegments: [{ name: 'y', segment: reference(output, 96, 64) }],
-    });
-    expect(result.worker).toBe(-1);
-    expect(result.outputs).toEqual([
-      { name: 'y', dataType: 'FLOAT32', shape: [1, 16], data: new Uint8Array(0), writtenToSegment: true },
-    ]);
-    expect([...segmentBytes(output, 96, 64)]).toEqual([...expectedBytes()]);
-    expect([...segmentBytes(output, 0, 96)]).toEqual(Array(96).fill(0));
-    expect([...segmentBytes(output, 160, 96)]).toEqual(Array(96).fill(0));
-  });
-
-  it('refuses a segment changed since the caller checked it (segment-unusable), writes nothing, and runs on', async () => {
-    const pool = await startPool(5000, 0.9);
-    await pool.loadModel('tiny', paths.tiny!, 1);
-    await untilInline(pool, 'tiny', tinyInput);
-    const output = makeSegment(addon, created, new Uint8Array(0), { size: 64 });
-    const checked = reference(output, 0, 64);
-    // A chmod after the event loop's check: the segment the caller was allowed to write is not this one any more.
-    addon.setMode(output, 0o400);
-    const error = await inferenceError(
-      pool.run('tiny', tinyInput(), { outputSegments: [{ name: 'y', segment: checked }] }),
-    );
-    expect(error.kind).toBe('segment-unusable');
-    expect(error.message).toMatch(/not the segment the agent checked/);
-    expect([...segmentBytes(output, 0, 64)]).toEqual(Array(64).fill(0));
-    const next = await pool.run('tiny', tinyInput());
-    expect(next.worker).toBe(-1);
-    expect(floats(next)).toEqual(tinyExpected());
-  });
-
-  it('returns as bytes an output with too little room or a shape only the run knows, for the caller to handle', async () => {
-    const pool = await startPool(5000, 0.9);
-    await pool.loadModel('tiny', paths.tiny!, 1);
-    await pool.loadModel('scalable', paths.scalable!, 1);
-    await untilInline(pool, 'tiny', tinyInput);
-    await untilInline(pool, 'scalable', () => scalable(2));
-    const output = makeSegment(addon, created, new Uint8Array(0), { size: 4096 });
-    const small = await pool.run('tiny', tinyInput(), {
-      outputSegments: [{ name: 'y', segment: reference(output, 0, 32) }],
-    });
-    expect(small.worker).toBe(-1);
-    expect(small.outputs[0]!.writtenToSegment).toBeUndefined();
-    expect(floats(small)).toEqual(tinyExpected());
-    const dynamic = await pool.run('scalable', scalable(2), {
-      outputSegments: [{ name: 'y', segment: reference(output, 0, 4096) }],
-    });
-    expect(dynamic.worker).toBe(-1);
-    expect(dynamic.outputs[0]!.writtenToSegment).toBeUndefined();
-    expect(new Float32Array(dynamic.outputs[0]!.data.slice().buffer)).toEqual(scalableReference(2));
-    expect([...segmentBytes(output, 0, 4096)]).toEqual(Array(4096).fill(0));
   });
 });
 

@@ -54,15 +54,6 @@ function segmentBytes(shmid: number, offset: number, length: number): Uint8Array
   return copy;
 }
 
-function exists(shmid: number): boolean {
-  try {
-    addon.stat(shmid);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 const post = (path: string, body: unknown) =>
   client.request({
     method: 'POST',
@@ -402,86 +393,6 @@ describe('KServe v2 system shared memory', () => {
       ],
     });
     expect(again.status).toBe(200);
-  });
-});
-
-describe('KServe v2 system shared memory, the model running inline (on the event loop)', () => {
-  it('has ONNX Runtime write the output into its region, exactly, and lets go of a segment its client removed', async () => {
-    const inlineFiles = await scratch('agent-rest-shm-inline-');
-    const inlineSocket = join(inlineFiles.root, 'rest.sock');
-    const inlineReader = new SharedMemoryReader({ addon });
-    const inlineAgent = await startAgent({
-      socketPath: inlineSocket,
-      sharedMemory: inlineReader,
-      inline: { maxRunMicros: 5000, eventLoopShare: 0.9 },
-    });
-    const inlineClient = new HttpClient(targetOf(`unix:${inlineSocket}`));
-    const postHere = (path: string, body: unknown) =>
-      inlineClient.request({
-        method: 'POST',
-        path,
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-      });
-    try {
-      await inlineAgent.registry.load({ name: 'tiny', url: await inlineFiles.catalogue('tiny') });
-      const input = segment(64, x, 0o600);
-      const output = segment(192, new Uint8Array(0), 0o600);
-      await postHere('/v2/systemsharedmemory/region/in/register', { key: String(input), byte_size: 64 });
-      await postHere('/v2/systemsharedmemory/region/out/register', {
-        key: String(output),
-        offset: 64,
-        byte_size: 128,
-      });
-      const infer = () =>
-        postHere('/v2/models/tiny/infer', {
-          inputs: [
-            {
-              name: 'x',
-              shape: [1, 16],
-              datatype: 'FP32',
-              parameters: { shared_memory_region: 'in', shared_memory_byte_size: 64 },
-            },
-          ],
-          outputs: [
-            {
-              name: 'y',
-              parameters: {
-                shared_memory_region: 'out',
-                shared_memory_byte_size: 64,
-                shared_memory_offset: 32,
-              },
-            },
-          ],
-        });
-      // Measured fast on the workers first, then moved onto the event loop.
-      while (inlineAgent.pool.stats().inline.models.length === 0) {
-        expect((await infer()).status).toBe(200);
-        await new Promise((resolve) => setTimeout(resolve, 1));
-      }
-      const inlineRuns = inlineAgent.pool.stats().runs.inline;
-      const result = await infer();
-      expect(result.status).toBe(200);
-      expect(inlineAgent.pool.stats().runs.inline).toBe(inlineRuns + 1);
-      // ONNX Runtime wrote it there: the REST door mapped no output segment of its own to copy it in.
-      expect(inlineReader.cachedWritableSegmentCount).toBe(0);
-      expect([...segmentBytes(output, 96, 64)]).toEqual([...expectedY]);
-      expect([...segmentBytes(output, 0, 96)]).toEqual(Array(96).fill(0));
-      expect([...segmentBytes(output, 160, 32)]).toEqual(Array(32).fill(0));
-      // Removed by its client: the agent lets go of its mapping within the sweep (a second), so the segment goes;
-      // a request naming it then is a clear error, never a crash.
-      addon.remove(output);
-      created.splice(created.indexOf(output), 1);
-      await waitUntil(() => !exists(output), 'the removed output segment to go', 5000);
-      const gone = await infer();
-      expect(gone.status).toBe(400);
-      expect(gone.text()).toMatch(/does not exist/);
-    } finally {
-      inlineClient.agent.destroy();
-      await inlineAgent.stop();
-      inlineReader.close();
-      await inlineFiles.cleanup();
-    }
   });
 });
 
