@@ -66,9 +66,8 @@ export interface RunOptions {
   ownedBuffer?: ArrayBuffer;
   /**
    * Outputs to write into System V shared memory (where the event loop checked the caller may write): a worker
-   * writes them there and sends back only their type and shape (`writtenToSegment`, empty `data`); an inline run
-   * has ONNX Runtime write those whose shape the model fixes there itself (see InlineRunner.run). Outputs not
-   * named here, and those an inline run could not place, come back as bytes.
+   * writes them there and sends back only their type and shape (`writtenToSegment`, empty `data`). Outputs run
+   * inline, or not named here, come back as bytes.
    */
   outputSegments?: OutputSegment[];
 }

@@ -3,8 +3,7 @@
  * permission and the bounds, then hands the worker a SegmentReference instead of the bytes; the worker attaches
  * the segment (read-only for inputs, read-write for outputs); ONNX Runtime reads inputs where they lie (unless
  * misaligned, see ort-tensors.ts) and the worker writes outputs there, so no tensor is copied through the event
- * loop. The inline runner (inline-runner.ts) maps output segments on the event loop through this same class, with
- * the same checks, so that ONNX Runtime writes an inline run's outputs there too.
+ * loop.
  *
  * Checks on every use, here being authoritative: the id still names the segment the event loop checked, with the
  * permissions it checked (IPC_STAT against its identity: size, creator, ctime, mode, owner and creator ids), and

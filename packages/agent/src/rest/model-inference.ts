@@ -84,8 +84,7 @@ export class ModelInference {
       for (const output of decoded.outputs ?? []) {
         if (!output.sharedMemory) continue;
         const produced = result.outputs.find((o) => o.name.toString('utf8') === output.name);
-        // Written into the region by the worker or the inline run already, or (an inline output whose shape only
-        // the run knew) to be written here.
+        // Written into the region by the worker already, or (the inline path) to be written here.
         if (produced && !produced.writtenToSegment)
           regions.writeOutput(output.name, output.sharedMemory, produced.data, caller);
       }
