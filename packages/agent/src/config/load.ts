@@ -1,4 +1,4 @@
-import { access, constants, readFile, stat } from 'node:fs/promises';
+import { access, constants, readFile, realpath, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { AgentConfig } from './agent-config.js';
 import { parseAgentConfig, type ConfigContext, type ParsedConfig } from './config-file.js';
@@ -106,9 +106,13 @@ async function mustExist(key: string, path: string, expected: string) {
   });
 }
 
-/** The folder itself or the nearest folder above it that `uid` owns (and could so rename or replace), if any. */
+/**
+ * The folder itself or the nearest folder above it that `uid` owns (and could so rename or replace), if any: on
+ * its real path, so that a symbolic link (root's or not) into a folder `uid` owns does not hide it.
+ */
 async function ownedBy(folder: string, uid: number): Promise<string | undefined> {
-  for (let path = resolve(folder); ; path = dirname(path)) {
+  const real = await realpath(folder).catch(() => resolve(folder));
+  for (let path = real; ; path = dirname(path)) {
     const info = await stat(path).catch(() => undefined);
     if (info?.uid === uid) return path;
     if (dirname(path) === path) return undefined;

@@ -57,9 +57,19 @@ const PublicDeploymentModelSchema = z.object({
 const DeploymentsSchema = z.object({ enabled: z.boolean(), models: z.unknown().optional() });
 const PublicDeploymentModelsSchema = z.array(PublicDeploymentModelSchema);
 
+/** Distinct status warnings logged at most (each once). */
+const MAX_DISTINCT_WARNINGS = 16;
+
 export function registerAgentStatusRoute(app: FastifyInstance, options: AgentStatusRouteOptions): void {
   const { registry, version, peerOf } = options;
   const agentUid = options.agentUid ?? process.getuid?.();
+  // Each distinct warning once: any caller may ask for the status, and must not be able to flood the log.
+  const warned = new Set<string>();
+  const warnOnce = (message: string): void => {
+    if (warned.has(message) || warned.size >= MAX_DISTINCT_WARNINGS) return;
+    warned.add(message);
+    app.log.warn(message);
+  };
   app.get('/edgefleet/v1/status', async (request, reply) => {
     const caller = peerOf(request.raw.socket);
     const operator = caller !== null && (caller.uid === 0 || caller.uid === agentUid);
@@ -76,7 +86,7 @@ export function registerAgentStatusRoute(app: FastifyInstance, options: AgentSta
     const status = {
       version,
       models,
-      ...(operator ? extra : publicAgentStatus(extra, (message) => request.log.warn(message))),
+      ...(operator ? extra : publicAgentStatus(extra, warnOnce)),
     };
     return reply.type(JSON_TYPE).send(JSON.stringify(status));
   });

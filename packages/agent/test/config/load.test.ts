@@ -1,4 +1,4 @@
-import { chmod, chown, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -81,7 +81,7 @@ describe('loadAgentConfig', () => {
 
   it('warns when the root certificates folder, or a folder above it, belongs to the user the agent runs as', async () => {
     await mkdir(join(dir, 'agent-owned', 'trust'), { recursive: true, mode: 0o755 });
-    // As root (CI), the folder is given to nobody, who stands in for the agent's user; else it is the runner's.
+    // As root (CI), the folders are given to nobody, who stands in for the agent's user; else they are the runner's.
     if (process.getuid?.() === 0) await chown(join(dir, 'agent-owned'), 65534, 65534);
     const agentUid = (await stat(join(dir, 'agent-owned'))).uid;
     const file = await writeConfig(
@@ -90,7 +90,17 @@ describe('loadAgentConfig', () => {
     );
     const { warnings } = await loadAgentConfig(file, { ...context, uid: agentUid });
     expect(warnings).toEqual([
-      expect.stringMatching(/agent-owned belongs to the agent's own user .*--trust-dir/),
+      // The trust folder itself when it is the runner's too (not as root), else the folder above it.
+      expect.stringMatching(/agent-owned(\/trust)? belongs to the agent's own user .*--trust-dir/),
+    ]);
+    // Reached through a symbolic link from a folder the agent's user does not own: the real path is checked.
+    await symlink(join(dir, 'agent-owned', 'trust'), join(dir, 'trust-link'));
+    const linked = await writeConfig(
+      'c-linked.json',
+      JSON.stringify({ sagemaker_edge_core_root_certs_path: 'trust-link' }),
+    );
+    expect((await loadAgentConfig(linked, { ...context, uid: agentUid })).warnings).toEqual([
+      expect.stringMatching(/agent-owned(\/trust)? belongs to the agent's own user/),
     ]);
     // A user who owns none of the folders on the way (and root, who could write anywhere) gets no warning.
     for (const uid of [0, 54321])

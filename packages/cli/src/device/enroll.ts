@@ -1,6 +1,6 @@
 import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
-import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
@@ -140,7 +140,10 @@ async function makeTrustFolder(folder: string): Promise<void> {
  * Why the trust folder might not be out of the agent's reach. Whoever can rename it or a folder above it can put
  * their own signing root in its place, and the agent then loads every package they sign.
  */
-async function trustFolderWarnings(trustFolder: string, certDir: string): Promise<string[]> {
+async function trustFolderWarnings(givenTrustFolder: string, givenCertDir: string): Promise<string[]> {
+  // On real paths: a symbolic link must not hide that the folder lies below one another user can change.
+  const trustFolder = await realpath(givenTrustFolder);
+  const certDir = await realpath(givenCertDir).catch(() => givenCertDir);
   const warnings: string[] = [];
   if (isInside(trustFolder, certDir))
     warnings.push(
