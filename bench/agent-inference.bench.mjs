@@ -26,7 +26,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttp2Server } from 'node:http2';
-import { Agent as HttpAgent, createServer as createHttpServer } from 'node:http';
+import { Agent as HttpAgent } from 'node:http';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,6 +35,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import * as grpc from '@grpc/grpc-js';
 import * as ort from 'onnxruntime-node';
 import { restPost, restSharedMemoryCaller } from './support/kserve-rest.mjs';
+import { serveHttpEcho } from './support/http-echo.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const arg = (name, fallback) => {
@@ -268,17 +269,7 @@ function startHttpEchoServer(socketPath) {
 }
 
 function httpEchoServer(socketPath) {
-  const server = createHttpServer((req, res) => {
-    const chunks = [];
-    req.on('data', (chunk) => chunks.push(chunk));
-    req.on('end', () => {
-      const body = Buffer.concat(chunks);
-      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
-      res.end(body);
-    });
-  });
-  server.listen(socketPath, () => process.stdout.write('ready\n'));
-  process.once('SIGTERM', () => process.exit(0));
+  serveHttpEcho(socketPath, 'ready');
 }
 
 async function httpEchoCaller(socketPath, body) {

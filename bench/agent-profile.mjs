@@ -19,12 +19,13 @@
 // 'runs_total|compute_duration_seconds_(sum|count)': which path the runs took, and their mean time).
 import { spawn } from 'node:child_process';
 import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { argValue } from './support/args.mjs';
+import { serveHttpEcho } from './support/http-echo.mjs';
 import { restSharedMemoryCaller } from './support/kserve-rest.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -47,17 +48,7 @@ const WARMUP_REQUESTS = 1500;
 const echoServerSocket = argValue('--http-echo-server', undefined);
 if (echoServerSocket !== undefined) {
   // The child process of --door http-echo.
-  const server = createHttpServer((req, res) => {
-    const chunks = [];
-    req.on('data', (chunk) => chunks.push(chunk));
-    req.on('end', () => {
-      const body = Buffer.concat(chunks);
-      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
-      res.end(body);
-    });
-  });
-  server.listen(echoServerSocket, () => process.stdout.write('{"event":"listening"}\n'));
-  process.once('SIGTERM', () => process.exit(0));
+  serveHttpEcho(echoServerSocket, '{"event":"listening"}');
   await new Promise(() => {}); // serves until SIGTERM
 }
 
