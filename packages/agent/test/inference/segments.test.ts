@@ -13,7 +13,7 @@ import {
   type SegmentReference,
 } from '../../src/shm/index.js';
 import { inferenceError } from '../support/pool-models.js';
-import { makeSegment } from '../support/segments.js';
+import { makeSegment, segmentExists } from '../support/segments.js';
 
 // Inputs and outputs in System V shared memory that the inference worker maps itself: real segments through the
 // real addon, a real worker thread running ONNX Runtime.
@@ -39,14 +39,7 @@ function segmentBytes(shmid: number, offset: number, length: number): number[] {
   return copy;
 }
 
-function exists(shmid: number): boolean {
-  try {
-    addon.stat(shmid);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const exists = (shmid: number): boolean => segmentExists(addon, shmid);
 
 /** What the event loop hands over after its checks: where the bytes lie, and which segment it checked. */
 const reference = (shmid: number, offset: number, byteLength: number): SegmentReference => ({

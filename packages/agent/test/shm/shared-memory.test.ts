@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SharedMemoryError, SharedMemoryReader } from '../../src/shm/shared-memory.js';
 import type { SharedMemoryErrorCode } from '../../src/shm/shared-memory.js';
 import { loadSysvShmAddon } from '../../src/shm/sysv-shm-addon.js';
+import { segmentExists } from '../support/segments.js';
 
 const addon = loadSysvShmAddon();
 const created: number[] = [];
@@ -35,14 +36,7 @@ function clientSegment(size: number, write?: (bytes: Uint8Array) => void): numbe
   return shmid;
 }
 
-function exists(shmid: number): boolean {
-  try {
-    addon.stat(shmid);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const exists = (shmid: number): boolean => segmentExists(addon, shmid);
 
 afterEach(() => {
   for (const reader of readers.splice(0)) reader.close();

@@ -23,3 +23,13 @@ export function makeSegment(
   if (mode !== undefined) addon.setMode(shmid, mode);
   return shmid;
 }
+
+/** Whether a System V segment with this id still exists (IPC_STAT answers for it). */
+export function segmentExists(addon: SysvShmAddon, shmid: number): boolean {
+  try {
+    addon.stat(shmid);
+    return true;
+  } catch {
+    return false;
+  }
+}
