@@ -51,10 +51,6 @@ export class InlineRunner {
   /** Set once #ort has resolved, so a run needs no await before it starts. */
   #parts: OrtParts | undefined;
 
-  has(key: string): boolean {
-    return this.#sessions.has(key);
-  }
-
   /**
    * Creates the model's session on this thread. Resolves false (and loads nothing) when the model is too large
    * to load here without blocking the event loop for long.

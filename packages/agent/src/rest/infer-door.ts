@@ -8,8 +8,8 @@ import { errorBody, httpFailureOf } from './rest-errors.js';
 import type { RestRequestCounter } from './rest-metrics.js';
 
 /** The inference routes' patterns, as Fastify reports them (the route label of edgefleet_rest_requests_total). */
-export const INFER_ROUTE = '/v2/models/:name/infer';
-export const VERSIONED_INFER_ROUTE = '/v2/models/:name/versions/:version/infer';
+const INFER_ROUTE = '/v2/models/:name/infer';
+const VERSIONED_INFER_ROUTE = '/v2/models/:name/versions/:version/infer';
 
 /**
  * The inference paths this door serves: segments of characters that need no percent-decoding (the router
