@@ -14,6 +14,6 @@ export type {
 } from './shared-memory.js';
 export { SYSV_SHM_ADDON_PATH, isSysvShmSystemError, loadSysvShmAddon } from './sysv-shm-addon.js';
 export type { SegmentStat, SysvShmAddon, SysvShmSystemError } from './sysv-shm-addon.js';
-export { peerMayRead, peerMayWrite, type PeerCredentials } from './segment-access.js';
+export { peerMay, type PeerCredentials } from './segment-access.js';
 export { identityOf, sameSegment } from './segment-reference.js';
 export type { SegmentIdentity, SegmentReference } from './segment-reference.js';

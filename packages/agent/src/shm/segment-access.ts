@@ -10,24 +10,12 @@ export interface PeerCredentials {
 }
 
 /**
- * Whether `peer` could attach the segment read-only itself (shmat with SHM_RDONLY): the kernel's ipcperms rule.
- * The owner or creator uses the owner bits, a member of the owner's or creator's group the group bits, anyone
- * else the other bits; root (uid 0, which holds CAP_IPC_OWNER) may attach anything. The agent reads segments
- * with its own rights, so without this check a caller could read any segment the agent can.
+ * Whether `peer` could attach the segment itself, read-only (`'read'`: shmat with SHM_RDONLY) or read-write: the
+ * kernel's ipcperms rule. The owner or creator uses the owner bits, a member of the owner's or creator's group the
+ * group bits, anyone else the other bits; root (uid 0, which holds CAP_IPC_OWNER) may attach anything. The agent
+ * reads and writes segments with its own rights, so without this check a caller could read any segment the agent
+ * can, or have it write inference outputs where the caller could not.
  */
-export function peerMayRead(stat: SegmentStat, peer: PeerCredentials): boolean {
-  return peerMay(stat, peer, 'read');
-}
-
-/**
- * Whether `peer` could attach the segment read-write itself: the same rule as peerMayRead with the write bits. The
- * agent writes inference outputs into a segment only for a caller who could have written them there itself.
- */
-export function peerMayWrite(stat: SegmentStat, peer: PeerCredentials): boolean {
-  return peerMay(stat, peer, 'write');
-}
-
-/** The kernel's ipcperms rule (see peerMayRead) for reading or writing: the "other" bit of the access asked. */
 export function peerMay(stat: SegmentStat, peer: PeerCredentials, access: 'read' | 'write'): boolean {
   const bit = access === 'read' ? 0o4 : 0o2;
   if (peer.uid === 0) return true;

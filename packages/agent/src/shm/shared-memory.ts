@@ -223,7 +223,8 @@ export class SharedMemoryReader {
 
   /**
    * Writes `bytes` at `offset` in the segment, for a caller who could write there itself (an inference output
-   * the client asked for in shared memory). The segment is attached read-write for this write only.
+   * the client asked for in shared memory, from a model run on the event loop). The segment is attached read-write
+   * and kept for the next writes (`writable`, at most maxCachedSegments; let go of once removed).
    * @throws SharedMemoryError, and nothing else.
    */
   writeToSegment(segmentId: number, offset: number, bytes: Uint8Array, caller: PeerCredentials | null): void {

@@ -5,17 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import {
-  loadSysvShmAddon,
-  peerMayRead,
-  peerMayWrite,
-  type PeerCredentials,
-  type SegmentStat,
-} from '../../src/shm/index.js';
+import { loadSysvShmAddon, peerMay, type PeerCredentials, type SegmentStat } from '../../src/shm/index.js';
 
 const addon = loadSysvShmAddon();
 
-describe('peerMayRead: the kernel’s rule for attaching a segment read-only', () => {
+describe("peerMay(…, 'read'): the kernel’s rule for attaching a segment read-only", () => {
   // A segment owned by uid 1000 / gid 100, created by uid 1001 / gid 101.
   const stat = (mode: number): SegmentStat => ({
     size: 16,
@@ -47,7 +41,7 @@ describe('peerMayRead: the kernel’s rule for attaching a segment read-only', (
     ['anyone else, 0604', peer(2000, 5), 0o604, true],
     ['root, 0000', peer(0, 0), 0o000, true],
   ] as const)('%s → %s', (_, caller, mode, allowed) => {
-    expect(peerMayRead(stat(mode), caller)).toBe(allowed);
+    expect(peerMay(stat(mode), caller, 'read')).toBe(allowed);
   });
 
   it.each([
@@ -58,8 +52,8 @@ describe('peerMayRead: the kernel’s rule for attaching a segment read-only', (
     ['anyone else, 0644', peer(2000, 5), 0o644, false],
     ['anyone else, 0646', peer(2000, 5), 0o646, true],
     ['root, 0400', peer(0, 0), 0o400, true],
-  ] as const)('peerMayWrite: %s → %s', (_, caller, mode, allowed) => {
-    expect(peerMayWrite(stat(mode), caller)).toBe(allowed);
+  ] as const)("peerMay(…, 'write'): %s → %s", (_, caller, mode, allowed) => {
+    expect(peerMay(stat(mode), caller, 'write')).toBe(allowed);
   });
 });
 
