@@ -1,12 +1,17 @@
 import type { GetDeploymentsResult } from '@edgefleet/core';
-import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import { z } from 'zod';
 import { selectableDevices } from '../devices/index.js';
 import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
 import { tagListSchema, type Tag } from '../fields/index.js';
 import type { ModelStore } from '../models/index.js';
 import type { DevicePackageAccess, PackagingJobStore } from '../packaging/index.js';
-import { isForeignKeyViolation, isUniqueViolation, type DatabaseSchema } from '../storage/index.js';
+import {
+  containsLoosely,
+  isForeignKeyViolation,
+  isUniqueViolation,
+  type DatabaseSchema,
+} from '../storage/index.js';
 import {
   createPlanSchema,
   MAX_STAGES,
@@ -628,7 +633,7 @@ export class DeploymentService implements DevicePackageAccess {
       .selectFrom('deployment_plans')
       .select('model_configs')
       .where('fleet_name', '=', fleetName)
-      .where(sql<boolean>`model_configs like ${`%${likeEscaped(JSON.stringify(name))}%`} escape '\\'`)
+      .where(containsLoosely('model_configs', JSON.stringify(name)))
       .execute();
     return plans.some((plan) =>
       modelConfigSchema.array().parse(JSON.parse(plan.model_configs)).some(matches),
@@ -733,9 +738,4 @@ function assertUnique(values: string[], what: string): void {
       throw invalid(`${what} ${value} appears twice; each ${what} must be unique`, { [what]: value });
     seen.add(value);
   }
-}
-
-/** `text` for a LIKE pattern with ESCAPE '\': its own %, _ and \ match only themselves. */
-function likeEscaped(text: string): string {
-  return text.replace(/[\\%_]/g, (c) => `\\${c}`);
 }

@@ -12,3 +12,11 @@ function escapeLike(value: string): string {
 export function containsIgnoringCase(column: string, value: string): RawBuilder<boolean> {
   return sql<boolean>`lower(${sql.ref(column)}) like ${`%${escapeLike(value.toLowerCase())}%`} escape '\\'`;
 }
+
+/**
+ * `column` contains `value` (% and _ in `value` are literal). SQLite's LIKE ignores ASCII case and PostgreSQL's
+ * does not, so on SQLite this may also match other cases: for a pre-filter whose matches are checked exactly.
+ */
+export function containsLoosely(column: string, value: string): RawBuilder<boolean> {
+  return sql<boolean>`${sql.ref(column)} like ${`%${escapeLike(value)}%`} escape '\\'`;
+}

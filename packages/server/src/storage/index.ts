@@ -16,6 +16,6 @@ export {
   MigrationError,
 } from './migrations.js';
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
-export { containsIgnoringCase } from './filters.js';
+export { containsIgnoringCase, containsLoosely } from './filters.js';
 export { claimServerSetting } from './server-settings.js';
 export type * from './schema.js';
