@@ -216,11 +216,14 @@ async function main() {
   console.log(`10. Packaged and signed ${MODEL.name} ${MODEL.version} on the server (job ${MODEL.job})`);
 
   // 11: the agent, trusting only packages the server signed, polling for deployments and heartbeating.
-  // trust/ beside the config is where enrollment puts the root too. The demo runs everything as one user, so
-  // that user owns it; an installed agent's trust folder is root's (deploy/README.md).
+  // Enrollment put the server's signing root in trust/ beside the config; state from before --trust-dir (or an
+  // enrollment that could not fetch it) lacks it there, and gets it from the server. The demo runs everything as
+  // one user, so that user owns the folder; an installed agent's trust folder is root's (deploy/README.md).
   const trustDir = join(agentDir, 'trust');
-  mkdirSync(trustDir, { recursive: true });
-  cli(['packaging', 'root-certificate', '--out', join(trustDir, 'server-signing-root.pem')], env);
+  if (!existsSync(join(trustDir, 'package-signing-root.pem'))) {
+    mkdirSync(trustDir, { recursive: true });
+    cli(['packaging', 'root-certificate', '--out', join(trustDir, 'server-signing-root.pem')], env);
+  }
   const restPort = await freePort(Number(process.env.EDGEFLEET_REST_PORT ?? 8080));
   let socket = join(agentDir, 'agent.sock');
   // Too long for a Unix socket's address: a fresh private folder, not a fixed /tmp name another user could take.
