@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { DatabaseSchema } from '../storage/index.js';
+import { startPeriodicTask, type PeriodicTask } from '../background/index.js';
 
 /** What changed, in the console's terms: each page refetches the topics it shows. */
 export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'tokens' | 'deployments';
@@ -115,9 +116,8 @@ export type ChangeListener = (topics: ChangeTopic[]) => void;
  */
 export class ChangeFeed {
   private readonly listeners = new Set<ChangeListener>();
-  private timer: NodeJS.Timeout | undefined;
+  private task: PeriodicTask | undefined;
   private last: Snapshot | undefined;
-  private polling = false;
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
@@ -135,36 +135,39 @@ export class ChangeFeed {
 
   subscribe(listener: ChangeListener): () => void {
     this.listeners.add(listener);
-    this.timer ??= setInterval(() => void this.poll(), this.options.pollMs);
+    if (this.task === undefined) {
+      const task: PeriodicTask = startPeriodicTask(() => this.poll(task), {
+        intervalMs: this.options.pollMs,
+        logger: this.options.logger,
+        // A lost connection is replaced by the pool; the next poll tries again.
+        failureMessage: 'console change feed: database poll failed',
+      });
+      this.task = task;
+    }
     return () => {
       this.listeners.delete(listener);
-      if (this.listeners.size === 0) this.stop();
+      if (this.listeners.size === 0) void this.stop();
     };
   }
 
-  stop(): void {
-    if (this.timer !== undefined) clearInterval(this.timer);
-    this.timer = undefined;
+  /** Stops polling (until the next subscriber) and waits for a poll under way. */
+  async stop(): Promise<void> {
+    const task = this.task;
+    this.task = undefined;
     this.last = undefined;
+    await task?.stop();
   }
 
-  private async poll(): Promise<void> {
-    if (this.polling) return;
-    this.polling = true;
-    try {
-      const now = (this.options.now ?? Date.now)();
-      const next = await readSnapshot(this.db, now - this.options.offlineAfterMs);
-      const previous = this.last;
-      this.last = next;
-      if (previous === undefined) return;
-      const changed = (Object.keys(next) as ChangeTopic[]).filter((topic) => next[topic] !== previous[topic]);
-      if (changed.length === 0) return;
-      for (const listener of this.listeners) listener(changed);
-    } catch (error) {
-      // A lost connection is replaced by the pool; the next poll tries again.
-      this.options.logger.warn({ err: error }, 'console change feed: database poll failed');
-    } finally {
-      this.polling = false;
-    }
+  private async poll(task: PeriodicTask): Promise<void> {
+    const now = (this.options.now ?? Date.now)();
+    const next = await readSnapshot(this.db, now - this.options.offlineAfterMs);
+    // Stopped (and perhaps started again) while reading: this snapshot belongs to no poll of the current task.
+    if (this.task !== task) return;
+    const previous = this.last;
+    this.last = next;
+    if (previous === undefined) return;
+    const changed = (Object.keys(next) as ChangeTopic[]).filter((topic) => next[topic] !== previous[topic]);
+    if (changed.length === 0) return;
+    for (const listener of this.listeners) listener(changed);
   }
 }

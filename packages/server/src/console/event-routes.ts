@@ -72,6 +72,6 @@ export const consoleEventRoutes: FastifyPluginAsync<{ feed: ChangeFeed; maxStrea
   // Streams never end on their own: end them when the server closes, or it would wait for them forever.
   app.addHook('preClose', async () => {
     for (const stream of streams) stream.end();
-    feed.stop();
+    await feed.stop();
   });
 };
