@@ -20,7 +20,7 @@ export const JOB_PACKAGE_ROUTE = '/api/v1/device/packages/';
 /** An uploaded package: `/api/v1/device/model-packages/<model>/<version>`. */
 export const UPLOADED_PACKAGE_ROUTE = '/api/v1/device/model-packages/';
 
-export const MAX_PACKAGE_URL_LENGTH = 1024;
+const MAX_PACKAGE_URL_LENGTH = 1024;
 
 export type PackageRef =
   { kind: 'job'; job: string } | { kind: 'uploaded'; modelName: string; modelVersion: string };

@@ -6,6 +6,7 @@ import {
   getDeploymentsRequestSchema,
   getDeploymentsResultSchema,
   sendHeartbeatResultSchema,
+  UPLOADED_PACKAGE_ROUTE,
 } from '@edgefleet/core';
 import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
@@ -228,7 +229,8 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{
   }
   defineRoute(app, {
     method: 'GET',
-    url: '/api/v1/device/model-packages/:model/:version',
+    // The route a PackageUrl names (core's contract), so that the two cannot drift apart.
+    url: `${UPLOADED_PACKAGE_ROUTE}:model/:version`,
     auth: 'device',
     tag: 'device',
     summary:

@@ -1,4 +1,4 @@
-import { ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
+import { JOB_PACKAGE_ROUTE, ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { BlobStore } from '../blobs/index.js';
@@ -251,7 +251,8 @@ export const packagingDeviceRoutes: FastifyPluginAsync<{
 }> = async (app, deps) => {
   defineRoute(app, {
     method: 'GET',
-    url: '/api/v1/device/packages/:job',
+    // The route a PackageUrl names (core's contract), so that the two cannot drift apart.
+    url: `${JOB_PACKAGE_ROUTE}:job`,
     auth: 'device',
     tag: 'device',
     summary: "Download a completed packaging job's signed package (one deployed to the device's fleet)",
