@@ -13,7 +13,7 @@ import { ModelLoader, type LoadHooks, type ModelLoaderOptions } from './model-lo
 import { ModelVersion } from './model-version.js';
 import type { ModelDescription, RegistryLogger, StagedVersionDescription } from './model-description.js';
 import { matchPredictInputs, type PredictTensor } from './predict-inputs.js';
-import { tensorNameBytes } from './tensor-names.js';
+import { declaredNameBytes, tensorNameBytes } from './tensor-names.js';
 
 export interface LoadRequest {
   /** The extracted package folder: absolute, relative to the agent's working directory, or a file:// URL. */
@@ -528,24 +528,6 @@ function snapshot(description: ModelDescription): ModelDescription {
   return { ...description, requests: { ...description.requests } };
 }
 
-/** Each model's output names as bytes, made once per model rather than per request (nobody writes to them). */
-const outputNamesOf = new WeakMap<readonly TensorMetadata[], Map<string, Buffer>>();
-
-function outputNameBytes(declared: readonly TensorMetadata[], name: string): Buffer {
-  let names = outputNamesOf.get(declared);
-  if (names === undefined) {
-    names = new Map();
-    outputNamesOf.set(declared, names);
-  }
-  let bytes = names.get(name);
-  if (bytes === undefined) {
-    bytes = tensorNameBytes(name);
-    // Bounded: a model returns the outputs its graph declares, whatever the request.
-    names.set(name, bytes);
-  }
-  return bytes;
-}
-
 /** Puts the pool's outputs in the manifest's order, names as bytes. */
 function orderOutputs(declared: readonly TensorMetadata[], outputs: readonly PoolTensor[]): PredictOutput[] {
   let result = outputs;
@@ -555,9 +537,11 @@ function orderOutputs(declared: readonly TensorMetadata[], outputs: readonly Poo
     const ordered = declared.map((d) => byName.get(d.name)).filter((o): o is PoolTensor => o !== undefined);
     if (ordered.length === outputs.length) result = ordered;
   }
-  return result.map((o) => {
+  const names = declaredNameBytes(declared);
+  return result.map((o, i) => {
     const output: PredictOutput = {
-      name: outputNameBytes(declared, o.name),
+      // In the manifest's order (the usual case) its name is made already; else (an output it lacks) made here.
+      name: declared[i]?.name === o.name ? names[i]! : tensorNameBytes(o.name),
       dataType: o.dataType,
       shape: o.shape,
       data: o.data,

@@ -11,7 +11,7 @@ import {
 import type { PoolTensor } from '../inference/index.js';
 import type { SegmentReference } from '../shm/index.js';
 import { AgentError } from './agent-error.js';
-import { showTensorName, tensorNameBytes } from './tensor-names.js';
+import { declaredNameBytes, showTensorName } from './tensor-names.js';
 
 /** One input tensor of a Predict request, as an adapter hands it over. */
 export interface PredictTensor {
@@ -23,18 +23,6 @@ export interface PredictTensor {
   data: Uint8Array;
   /** Where `data` lies in System V shared memory, checked for the caller: a worker then maps it itself. */
   segment?: SegmentReference;
-}
-
-/** Each model's declared input names as bytes, made once per model rather than per request. */
-const declaredNamesOf = new WeakMap<readonly TensorMetadata[], Buffer[]>();
-
-function declaredNameBytes(declared: readonly TensorMetadata[]): Buffer[] {
-  let names = declaredNamesOf.get(declared);
-  if (names === undefined) {
-    names = declared.map((d) => tensorNameBytes(d.name));
-    declaredNamesOf.set(declared, names);
-  }
-  return names;
 }
 
 function describeInputs(inputs: readonly TensorMetadata[]): string {
