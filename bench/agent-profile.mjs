@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { argValue } from './support/args.mjs';
 import { serveHttpEcho } from './support/http-echo.mjs';
-import { restSharedMemoryCaller } from './support/kserve-rest.mjs';
+import { restPost, restSharedMemoryCaller } from './support/kserve-rest.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const door = argValue('--door', 'rest');
@@ -162,29 +162,10 @@ function restCall(socketPath, tensors) {
   );
   const body = Buffer.concat([header, ...tensors.map((t) => bytesOf(t.data))]);
   const headers = {
-    'content-length': body.length,
     'content-type': 'application/octet-stream',
     'inference-header-content-length': header.length,
   };
-  return () =>
-    new Promise((resolve, reject) => {
-      const req = httpRequest(
-        { agent, socketPath, path: '/v2/models/m/infer', method: 'POST', headers },
-        (res) => {
-          const chunks = [];
-          res.on('data', (chunk) => chunks.push(chunk));
-          res.on('end', () =>
-            res.statusCode === 200
-              ? resolve()
-              : reject(
-                  new Error(`HTTP ${res.statusCode}: ${Buffer.concat(chunks).toString().slice(0, 300)}`),
-                ),
-          );
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
-    });
+  return () => restPost(agent, socketPath, '/v2/models/m/infer', body, headers);
 }
 
 function grpcCall(socketPath, tensors) {
