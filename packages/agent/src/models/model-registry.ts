@@ -4,8 +4,7 @@ import {
   type DataTypeName,
   type TensorMetadata,
 } from '@edgefleet/core';
-import type { InferencePool, PoolTensor } from '../inference/index.js';
-import type { SegmentReference } from '../shm/index.js';
+import type { InferencePool, OutputSegment, PoolTensor } from '../inference/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { AgentError, type AgentErrorCode } from './agent-error.js';
 import { asAgentError, predictFailure } from './model-errors.js';
@@ -60,7 +59,7 @@ export interface PredictOptions {
    * requester may write. Only a best effort: an output not written there (the model ran inline, or an observer
    * reads the outputs) comes back with its bytes, and the caller writes it.
    */
-  outputSegments?: ReadonlyMap<string, SegmentReference>;
+  outputSegments?: OutputSegment[];
 }
 
 /** A successful prediction, as observers see it (automatic capture, activity counters). */
@@ -369,9 +368,7 @@ export class ModelRegistry {
     version.enter();
     try {
       const outputSegments =
-        options.outputSegments && !listeners.some((l) => l.readsOutputs)
-          ? [...options.outputSegments].map(([output, segment]) => ({ name: output, segment }))
-          : undefined;
+        options.outputSegments && !listeners.some((l) => l.readsOutputs) ? options.outputSegments : undefined;
       // An observer that reads the inputs after the run needs them where they are: nothing is given up then.
       const giveUp = !listeners.some((l) => l.readsInputs);
       const result = await this.#pool.run(version.key, inputs, {

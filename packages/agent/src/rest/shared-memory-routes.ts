@@ -18,12 +18,12 @@
 import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
+import type { OutputSegment } from '../inference/index.js';
 import type { PredictTensor } from '../models/index.js';
 import {
   SharedMemoryError,
   type PeerCredentials,
   type SegmentLease,
-  type SegmentReference,
   type SharedMemoryReader,
 } from '../shm/index.js';
 import { describeIssues, type SharedMemoryPlace } from './infer-request.js';
@@ -318,24 +318,24 @@ export class SharedMemoryRegions {
   outputSegments(
     outputs: ReadonlyArray<{ name: string; sharedMemory?: SharedMemoryPlace }> | undefined,
     caller: PeerCredentials | null,
-  ): Map<string, SegmentReference> | undefined {
+  ): OutputSegment[] | undefined {
     const shared = outputs?.filter((o) => o.sharedMemory !== undefined) ?? [];
     if (shared.length === 0) return undefined;
     const reader = this.#requireReader();
-    const places = new Map<string, SegmentReference>();
+    const places: OutputSegment[] = [];
     for (const { name, sharedMemory: place } of shared) {
       const region = this.#within(place!, `output ${JSON.stringify(name)}`, caller);
       try {
-        places.set(
+        places.push({
           name,
-          reader.referenceSegment(
+          segment: reader.referenceSegment(
             region.segmentId,
             region.offset + place!.offset,
             place!.byteSize,
             caller,
             'write',
           ),
-        );
+        });
       } catch (error) {
         throw restErrorOf(error);
       }
