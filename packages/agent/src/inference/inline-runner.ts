@@ -9,10 +9,13 @@ import type ortModule from 'onnxruntime-node';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import type * as bindingModule from 'onnxruntime-node/dist/binding.js';
 import type { Binding } from 'onnxruntime-node/dist/binding.js';
+import { loadSysvShmAddon, rangesOverlap } from '../shm/index.js';
 import { InferenceError } from './errors.js';
 import { outputToWire, toOrtTensor, type OrtTensorConstructor } from './ort-tensors.js';
-import type { ModelBytes } from './protocol.js';
+import type { ModelBytes, OrtTensorType, OutputSegment, WireSegmentOutput } from './protocol.js';
+import { HOST_IS_LITTLE_ENDIAN, TYPED_ARRAY_FOR } from './tensor-bytes.js';
 import { fromWire, inputsInPlace, type PoolTensor } from './tensor-transfer.js';
+import { WorkerSegments } from './worker-segments.js';
 
 /** Models larger than this are never loaded on the event loop: creating their session would block it too long. */
 export const MAX_INLINE_MODEL_BYTES = 32 * 1024 * 1024;
@@ -30,6 +33,48 @@ interface InlineSession {
   native: Binding.InferenceSession;
   outputNames: string[];
   fetches: Record<string, null>;
+  /** The outputs ONNX Runtime may write straight into shared memory (see run), by name. */
+  direct: Map<string, DirectOutput>;
+  /** Cleared for good once ONNX Runtime refused memory given for an output: the model does not keep its word. */
+  directAllowed: boolean;
+}
+
+/** An output whose element type and every dimension the model declares, of at least MIN_DIRECT_OUTPUT_BYTES. */
+export interface DirectOutput {
+  type: OrtTensorType;
+  dims: number[];
+  byteLength: number;
+  /**
+   * What this model's runs produced for it: nothing yet ('unseen'), always the declared shape ('agrees'), or
+   * another shape at least once ('differs', for good: ONNX Runtime only warns when a model breaks its word).
+   */
+  seen: 'unseen' | 'agrees' | 'differs';
+}
+
+/** ONNX's TensorProto element types (onnxruntime-node's binding metadata gives these) the agent can return. */
+const ORT_TYPE_OF_ELEMENT: Partial<Record<number, OrtTensorType>> = {
+  1: 'float32',
+  2: 'uint8',
+  5: 'int16',
+  6: 'int32',
+  7: 'int64',
+  10: 'float16',
+  11: 'float64',
+};
+
+/**
+ * Outputs smaller than this are copied into their region by the caller even when they could go straight there:
+ * mapping and checking the segment costs more than copying a small tensor (the tiny model's 64 bytes: about 10 µs
+ * more per request), while a large one saves its copy (588 KiB: about 70 µs). See docs/benchmarks.md.
+ */
+export const MIN_DIRECT_OUTPUT_BYTES = 64 * 1024;
+
+/** How often the runner lets go of output segments their clients removed, even while no requests come. */
+const SEGMENT_SWEEP_MS = 1000;
+
+export interface InlineRunnerOptions {
+  /** Where outputs written straight into System V shared memory are mapped (see run). Default: its own. */
+  segments?: WorkerSegments;
 }
 
 export interface InlineRun {
@@ -50,6 +95,12 @@ export class InlineRunner {
   #ort: Promise<OrtParts> | undefined;
   /** Set once #ort has resolved, so a run needs no await before it starts. */
   #parts: OrtParts | undefined;
+  readonly #segments: WorkerSegments;
+  #sweepTimer: NodeJS.Timeout | undefined;
+
+  constructor(options: InlineRunnerOptions = {}) {
+    this.#segments = options.segments ?? new WorkerSegments({ addon: () => loadSysvShmAddon() });
+  }
 
   /**
    * Creates the model's session on this thread. Resolves false (and loads nothing) when the model is too large
@@ -82,20 +133,71 @@ export class InlineRunner {
       native,
       outputNames,
       fetches: Object.fromEntries(outputNames.map((name) => [name, null])),
+      direct: directOutputsOf(native.outputMetadata),
+      directAllowed: true,
     });
     return true;
   }
 
   /**
    * Runs the inputs where they are (no copy), synchronously, before this returns; the outputs are ONNX Runtime's
-   * own buffers.
+   * own buffers, for the caller to copy where it wants them. Except (`outputSegments`, places in System V shared
+   * memory the caller checked) where ONNX Runtime can write an output straight into its place, which it then
+   * does, and the output comes back `writtenToSegment` with no bytes; that takes all of:
+   * - the model declares the output's type and every dimension, its runs so far produced that shape (one at
+   *   least), and the place's size is the declared shape's, at least MIN_DIRECT_OUTPUT_BYTES, aligned;
+   * - the place shares no byte of its segment with an input or another output of the run (ONNX Runtime would
+   *   overwrite an input while it still reads it; two regions may name one segment);
+   * - the segment maps here, still the one the caller checked (worker-segments.ts: as a worker maps it).
+   * Any other output comes back as bytes: the caller writes it, with its own checks and errors. When ONNX Runtime
+   * refuses the memory (a model that does not produce the shape it declares), the run is made again without it
+   * (its inputs are intact, by the overlap rule) and the model's outputs are copied from then on.
    */
-  run(key: string, inputs: readonly PoolTensor[]): InlineRun {
+  run(key: string, inputs: readonly PoolTensor[], outputSegments?: readonly OutputSegment[]): InlineRun {
     const session = this.#sessions.get(key);
     const parts = this.#parts;
     if (!session || !parts) throw new InferenceError('unloaded', `no inline session ${key}`);
     const feeds: Record<string, Tensor> = {};
     for (const input of inputsInPlace(inputs)) feeds[input.name] = toOrtTensor(input, parts.Tensor);
+    const places =
+      outputSegments !== undefined && session.directAllowed
+        ? directPlaces(session, inputs, outputSegments)
+        : undefined;
+    if (places === undefined) return this.#runCopying(session, feeds, 0);
+    this.#segments.beginRun();
+    try {
+      const written = new Map<string, WireSegmentOutput>();
+      const fetches = this.#fetchesInto(session, places, parts.Tensor, written);
+      if (written.size === 0) return this.#runCopying(session, feeds, 0);
+      const startedAt = performance.now();
+      let results: Record<string, unknown>;
+      try {
+        results = session.native.run(feeds, fetches, RUN_OPTIONS);
+      } catch {
+        // Refused (or failed for another reason, which the second run then reports as its own).
+        const run = this.#runCopying(session, feeds, performance.now() - startedAt);
+        session.directAllowed = false;
+        return run;
+      }
+      const computeMs = performance.now() - startedAt;
+      const transfer: ArrayBuffer[] = [];
+      const outputs = session.outputNames.map((name) => {
+        // onnxruntime-node 1.30 also returns a copy of an output it wrote into the memory given; that copy is
+        // dropped, unless (never seen: ONNX Runtime refuses a shape other than the memory's) its shape differs.
+        const result = results[name] as Tensor;
+        const inSegment = written.get(name);
+        if (inSegment !== undefined && sameDims(result.dims, inSegment.dims)) return fromWire(inSegment);
+        return fromWire(outputToWire(name, result, transfer));
+      });
+      this.#noteShapes(session, results);
+      return { outputs, computeMs };
+    } finally {
+      this.#segments.endRun();
+    }
+  }
+
+  /** A run with every output in ONNX Runtime's own memory. `spentMs`: a refused run's time, counted with it. */
+  #runCopying(session: InlineSession, feeds: Record<string, Tensor>, spentMs: number): InlineRun {
     let results: Record<string, unknown>;
     const startedAt = performance.now();
     try {
@@ -109,12 +211,60 @@ export class InlineRunner {
         message,
       );
     }
-    const computeMs = performance.now() - startedAt;
+    const computeMs = spentMs + performance.now() - startedAt;
     const transfer: ArrayBuffer[] = [];
     const outputs = session.outputNames.map((name) =>
       fromWire(outputToWire(name, results[name] as Tensor, transfer)),
     );
+    if (session.directAllowed) this.#noteShapes(session, results);
     return { outputs, computeMs };
+  }
+
+  /** What the run produced for the outputs that may go straight into shared memory (DirectOutput.seen). */
+  #noteShapes(session: InlineSession, results: Record<string, unknown>): void {
+    for (const [name, output] of session.direct) {
+      if (output.seen === 'differs') continue;
+      output.seen = sameDims((results[name] as Tensor).dims, output.dims) ? 'agrees' : 'differs';
+    }
+  }
+
+  /**
+   * The run's fetches, with a tensor over its place in shared memory for each of `places` that maps here; those
+   * outputs go into `written`. One that does not map (its segment removed or changed since the caller checked it,
+   * or not attachable) is left to the caller, whose own checks report it.
+   */
+  #fetchesInto(
+    session: InlineSession,
+    places: readonly OutputSegment[],
+    OrtTensor: OrtTensorConstructor,
+    written: Map<string, WireSegmentOutput>,
+  ): Record<string, Tensor | null> {
+    const fetches: Record<string, Tensor | null> = { ...session.fetches };
+    for (const { name, segment } of places) {
+      const output = session.direct.get(name)!;
+      let bytes: Uint8Array;
+      try {
+        bytes = this.#segments.bytes(segment, 'write', `output ${JSON.stringify(name)}`);
+      } catch {
+        continue;
+      }
+      this.#sweepTimer ??= setInterval(() => this.#segments.sweep(), SEGMENT_SWEEP_MS).unref();
+      const Typed = TYPED_ARRAY_FOR[output.type];
+      const data = new Typed(
+        bytes.buffer as ArrayBuffer,
+        bytes.byteOffset,
+        output.byteLength / Typed.BYTES_PER_ELEMENT,
+      );
+      fetches[name] = new OrtTensor(output.type, data as Tensor.DataTypeMap[OrtTensorType], output.dims);
+      written.set(name, {
+        name,
+        type: output.type,
+        dims: [...output.dims],
+        byteLength: output.byteLength,
+        inSegment: true,
+      });
+    }
+    return fetches;
   }
 
   async release(key: string): Promise<void> {
@@ -129,6 +279,9 @@ export class InlineRunner {
 
   async close(): Promise<void> {
     await Promise.all([...this.#sessions.keys()].map((key) => this.release(key)));
+    clearInterval(this.#sweepTimer);
+    this.#sweepTimer = undefined;
+    this.#segments.close();
   }
 
   #loadOrt(): Promise<OrtParts> {
@@ -142,6 +295,56 @@ export class InlineRunner {
     );
     return this.#ort;
   }
+}
+
+/** The outputs whose element type and every dimension the model declares, of at least MIN_DIRECT_OUTPUT_BYTES. */
+export function directOutputsOf(metadata: readonly Binding.ValueMetadata[]): Map<string, DirectOutput> {
+  const direct = new Map<string, DirectOutput>();
+  for (const output of metadata) {
+    const type = ORT_TYPE_OF_ELEMENT[output.type];
+    // onnxruntime-node gives -1 for a dimension only the run knows.
+    if (!output.isTensor || type === undefined) continue;
+    if (!output.shape.every((dim) => Number.isSafeInteger(dim) && dim > 0)) continue;
+    const byteLength = output.shape.reduce(
+      (product, dim) => product * dim,
+      TYPED_ARRAY_FOR[type].BYTES_PER_ELEMENT,
+    );
+    if (Number.isSafeInteger(byteLength) && byteLength >= MIN_DIRECT_OUTPUT_BYTES)
+      direct.set(output.name, { type, dims: [...output.shape], byteLength, seen: 'unseen' });
+  }
+  return direct;
+}
+
+/**
+ * The places of `outputSegments` ONNX Runtime may write into itself (see InlineRunner.run), before mapping;
+ * undefined when none.
+ */
+function directPlaces(
+  session: InlineSession,
+  inputs: readonly PoolTensor[],
+  outputSegments: readonly OutputSegment[],
+): OutputSegment[] | undefined {
+  let places: OutputSegment[] | undefined;
+  for (const place of outputSegments) {
+    const output = session.direct.get(place.name);
+    const { segment } = place;
+    if (
+      output === undefined ||
+      output.seen !== 'agrees' ||
+      segment.byteLength !== output.byteLength ||
+      segment.offset % TYPED_ARRAY_FOR[output.type].BYTES_PER_ELEMENT !== 0 ||
+      !HOST_IS_LITTLE_ENDIAN ||
+      inputs.some((input) => input.segment !== undefined && rangesOverlap(segment, input.segment)) ||
+      outputSegments.some((other) => other !== place && rangesOverlap(segment, other.segment))
+    )
+      continue;
+    (places ??= []).push(place);
+  }
+  return places;
+}
+
+function sameDims(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((dim, i) => dim === b[i]);
 }
 
 /** Every inline run's options: none (onnxruntime-node's public run passes an empty object too). */

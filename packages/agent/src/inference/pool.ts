@@ -66,8 +66,9 @@ export interface RunOptions {
   ownedBuffer?: ArrayBuffer;
   /**
    * Outputs to write into System V shared memory (where the event loop checked the caller may write): a worker
-   * writes them there and sends back only their type and shape (`writtenToSegment`, empty `data`). Outputs run
-   * inline, or not named here, come back as bytes.
+   * writes them there and sends back only their type and shape (`writtenToSegment`, empty `data`). Outputs not
+   * named here come back as bytes; so may those of a run on the event loop (see InlineRunner.run): the caller
+   * writes an output named here that comes back as bytes.
    */
   outputSegments?: OutputSegment[];
 }
@@ -593,7 +594,8 @@ export class InferencePool {
         ),
       );
     }
-    if (!pinned && runsInline(entry, this.#budget)) return this.#runInline(entry, inputs);
+    if (!pinned && runsInline(entry, this.#budget))
+      return this.#runInline(entry, inputs, options.outputSegments);
     const { wire, transfer } = prepareInputs(
       inputs,
       options.transferInputs === true,
@@ -715,12 +717,16 @@ export class InferencePool {
   }
 
   /** Runs at once, on this thread (InlineRunner.run is synchronous); the promise is already settled. */
-  #runInline(entry: ModelEntry, inputs: readonly PoolTensor[]): Promise<RunResult> {
+  #runInline(
+    entry: ModelEntry,
+    inputs: readonly PoolTensor[],
+    outputSegments: readonly OutputSegment[] | undefined,
+  ): Promise<RunResult> {
     const expectedMs = entry.computeMs ?? 0;
     const submittedAt = preciseNow();
     entry.running++;
     try {
-      const { outputs, computeMs } = this.#inline.run(entry.key, inputs);
+      const { outputs, computeMs } = this.#inline.run(entry.key, inputs, outputSegments);
       this.#runs.inline++;
       this.#budget.settle(expectedMs, computeMs);
       entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;

@@ -52,3 +52,25 @@ export function sameSegment(a: SegmentIdentity, b: SegmentIdentity): boolean {
     a.creatorGid === b.creatorGid
   );
 }
+
+/** Bytes in one System V segment: the segment's id and an absolute byte range in it. */
+export interface SegmentRange {
+  segmentId: number;
+  offset: number;
+  byteLength: number;
+}
+
+/**
+ * Whether two ranges share a byte of one segment. Regions are compared by the segment beneath them (two regions may
+ * name one segment at different offsets): the id names one segment while the agent holds it mapped, and a reference
+ * is checked against the segment's identity when it is mapped. An empty range overlaps nothing.
+ */
+export function rangesOverlap(a: SegmentRange, b: SegmentRange): boolean {
+  return (
+    a.segmentId === b.segmentId &&
+    a.byteLength > 0 &&
+    b.byteLength > 0 &&
+    a.offset < b.offset + b.byteLength &&
+    b.offset < a.offset + a.byteLength
+  );
+}
