@@ -1,7 +1,11 @@
 import { Agent, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { TEST_MODELS, type TestModelName, type TestModelTensor } from '@edgefleet/core';
 import { pino } from 'pino';
-import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import {
+  DEFAULT_ORT_SESSION_CONFIG,
+  InferencePool,
+  type InferencePoolOptions,
+} from '../../src/inference/index.js';
 import { AgentMetrics } from '../../src/metrics/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { startRestServer, type RestServer, type RestServerOptions } from '../../src/rest/index.js';
@@ -185,12 +189,19 @@ export function kserveName(dataType: string): string {
 
 /** A real agent: an inference pool with ONNX Runtime workers, a registry, metrics, and the REST server. */
 export async function startAgent(
-  options: { socketPath?: string; tcp?: boolean; workers?: number } & Partial<
-    Omit<RestServerOptions, 'tcp'>
-  > = {},
+  options: {
+    socketPath?: string;
+    tcp?: boolean;
+    workers?: number;
+    inline?: InferencePoolOptions['inline'];
+  } & Partial<Omit<RestServerOptions, 'tcp'>> = {},
 ) {
-  const { socketPath, tcp, workers, ...rest } = options;
-  const pool = await InferencePool.start({ workers: workers ?? 1, session: DEFAULT_ORT_SESSION_CONFIG });
+  const { socketPath, tcp, workers, inline, ...rest } = options;
+  const pool = await InferencePool.start({
+    workers: workers ?? 1,
+    session: DEFAULT_ORT_SESSION_CONFIG,
+    ...(inline && { inline }),
+  });
   const metrics = new AgentMetrics({ defaultMetrics: false });
   metrics.watchPool(() => pool.stats());
   const registry = new ModelRegistry({ pool, trust: null, cwd: process.cwd(), metrics });

@@ -1,0 +1,273 @@
+import { join } from 'node:path';
+import { TEST_MODELS } from '@edgefleet/core';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
+import {
+  LIAR_DECLARED_ROWS,
+  ROW,
+  liarInput,
+  liarModel,
+  pairInputs,
+  pairModel,
+  pairReference,
+} from '../support/direct-output-models.js';
+import { makeSegment, segmentExists } from '../support/segments.js';
+import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
+
+// KServe v2 system shared memory with the model running on the agent's event loop (the inline path), where ONNX
+// Runtime may write an output straight into its region (inline-runner.ts): right answers in every case, the
+// region's rules as on the copy path. Real agent, real segments, real HTTP over a Unix socket.
+const addon = loadSysvShmAddon();
+const created: number[] = [];
+let files: Awaited<ReturnType<typeof scratch>>;
+let agent: Awaited<ReturnType<typeof startAgent>>;
+let client: HttpClient;
+let reader: SharedMemoryReader;
+
+const image = TEST_MODELS['image-identity'];
+const imageSample = image.sampleInputs().image!;
+const IMAGE_BYTES = imageSample.data.byteLength;
+const imageExpected = bytesOf(image.reference({ image: imageSample }).image_out!.data);
+
+function segment(size: number, bytes: Uint8Array = new Uint8Array(0)): number {
+  return makeSegment(addon, created, bytes, { size, mode: 0o600 });
+}
+
+function segmentBytes(shmid: number, offset: number, length: number): Buffer {
+  const mapping = addon.attachReadWrite(shmid);
+  const copy = Buffer.from(new Uint8Array(mapping, offset, length).slice());
+  addon.detach(mapping);
+  return copy;
+}
+
+const post = (path: string, body: unknown) =>
+  client.request({
+    method: 'POST',
+    path,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+
+const register = async (name: string, shmid: number, byteSize: number, offset = 0) =>
+  expect(
+    (
+      await post(`/v2/systemsharedmemory/region/${name}/register`, {
+        key: String(shmid),
+        offset,
+        byte_size: byteSize,
+      })
+    ).status,
+  ).toBe(200);
+
+const inRegion = (region: string, byteSize: number, offset = 0) => ({
+  shared_memory_region: region,
+  shared_memory_byte_size: byteSize,
+  ...(offset !== 0 && { shared_memory_offset: offset }),
+});
+
+/** An inference of the image model from region `input` into region `output` (at `outputOffset`). */
+const inferImage = (input: string, output: string, outputOffset = 0) =>
+  post('/v2/models/image/infer', {
+    inputs: [
+      { name: 'image', shape: [1, 3, 224, 224], datatype: 'FP32', parameters: inRegion(input, IMAGE_BYTES) },
+    ],
+    outputs: [{ name: 'image_out', parameters: inRegion(output, IMAGE_BYTES, outputOffset) }],
+  });
+
+/** Sends requests until the pool has measured the model fast and runs it on the event loop. */
+async function untilInline(model: string, infer: () => ReturnType<typeof post>): Promise<void> {
+  while (!agent.pool.stats().inline.models.some((m) => m.key.startsWith(model))) {
+    expect((await infer()).status).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
+beforeAll(async () => {
+  files = await scratch('agent-rest-shm-inline-');
+  const socketPath = join(files.root, 'rest.sock');
+  agent = await startAgent({
+    socketPath,
+    sharedMemory: (reader = new SharedMemoryReader({ addon })),
+    inline: { maxRunMicros: 10_000, eventLoopShare: 0.9 },
+  });
+  await agent.registry.load({ name: 'image', url: await files.catalogue('image-identity') });
+  client = new HttpClient(targetOf(`unix:${socketPath}`));
+});
+afterEach(async () => {
+  const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
+    name: string;
+  }>;
+  for (const { name } of left) await post(`/v2/systemsharedmemory/region/${name}/unregister`, {});
+  for (const shmid of created.splice(0)) addon.remove(shmid);
+});
+afterAll(async () => {
+  client?.agent.destroy();
+  await agent?.stop();
+  reader?.close();
+  await files?.cleanup();
+});
+
+describe('KServe v2 system shared memory, the model running inline (on the event loop)', () => {
+  it('has ONNX Runtime write the output into its region, exactly there, and lets go of a segment its client removed', async () => {
+    await register('in', segment(IMAGE_BYTES, bytesOf(imageSample.data)), IMAGE_BYTES);
+    const warm = segment(IMAGE_BYTES);
+    await register('warm', warm, IMAGE_BYTES);
+    await untilInline('image', () => inferImage('in', 'warm'));
+    expect((await inferImage('in', 'warm')).status).toBe(200);
+    // A fresh output segment: region at offset 64, the output 32 bytes into it.
+    const output = segment(IMAGE_BYTES + 128);
+    await register('out', output, IMAGE_BYTES + 64, 64);
+    const writableBefore = reader.cachedWritableSegmentCount;
+    const inlineRuns = agent.pool.stats().runs.inline;
+    const result = await inferImage('in', 'out', 32);
+    expect(result.status).toBe(200);
+    expect(result.json()).toMatchObject({
+      outputs: [{ name: 'image_out', datatype: 'FP32', shape: [1, 3, 224, 224] }],
+    });
+    expect(agent.pool.stats().runs.inline).toBe(inlineRuns + 1);
+    // ONNX Runtime wrote it there: the REST door mapped no segment of its own to copy it in.
+    expect(reader.cachedWritableSegmentCount).toBe(writableBefore);
+    expect(segmentBytes(output, 96, IMAGE_BYTES).equals(imageExpected)).toBe(true);
+    expect(segmentBytes(output, 0, 96).every((b) => b === 0)).toBe(true);
+    expect(segmentBytes(output, 96 + IMAGE_BYTES, 32).every((b) => b === 0)).toBe(true);
+    // Removed by its client: the agent lets go of its mapping within the sweep (a second), so the segment goes;
+    // a request naming it then is a clear error, never a crash.
+    addon.remove(output);
+    created.splice(created.indexOf(output), 1);
+    await expect.poll(() => segmentExists(addon, output), { timeout: 5000, interval: 50 }).toBe(false);
+    const gone = await inferImage('in', 'out', 32);
+    expect(gone.status).toBe(400);
+    expect(gone.text()).toMatch(/does not exist/);
+  });
+
+  it('answers right when an output region lies over an input (one region, or two regions over one segment)', async () => {
+    await agent.registry.load({ name: 'pair', url: await files.custom(pairModel(), 'pair') });
+    try {
+      const { a, b } = pairInputs();
+      const expected = pairReference({ a, b });
+      const size = a.byteLength;
+      const inputsAt = (regionA: string, regionB: string) => [
+        { name: 'a', shape: [1, ROW], datatype: 'FP32', parameters: inRegion(regionA, size) },
+        { name: 'b', shape: [1, ROW], datatype: 'FP32', parameters: inRegion(regionB, size) },
+      ];
+      const original = Buffer.concat([bytesOf(a), bytesOf(b)]);
+      const apart = segment(2 * size, original);
+      const out = segment(2 * size);
+      await register('a', apart, size);
+      await register('b', apart, size, size);
+      await register('out', out, 2 * size);
+      const separate = () =>
+        post('/v2/models/pair/infer', {
+          inputs: inputsAt('a', 'b'),
+          outputs: [
+            { name: 'sum', parameters: inRegion('out', size) },
+            { name: 'product', parameters: inRegion('out', size, size) },
+          ],
+        });
+      await untilInline('pair', separate);
+      expect((await separate()).status).toBe(200);
+      expect(new Float32Array(segmentBytes(out, 0, size).buffer.slice(0))).toEqual(expected.sum);
+
+      // Each output over the input it is computed from after the other: one region for both, read and written.
+      const both = segment(2 * size, original);
+      await register('both', both, 2 * size);
+      const overlapping = await post('/v2/models/pair/infer', {
+        inputs: [
+          { name: 'a', shape: [1, ROW], datatype: 'FP32', parameters: inRegion('both', size) },
+          { name: 'b', shape: [1, ROW], datatype: 'FP32', parameters: inRegion('both', size, size) },
+        ],
+        outputs: [
+          { name: 'sum', parameters: inRegion('both', size) },
+          { name: 'product', parameters: inRegion('both', size, size) },
+        ],
+      });
+      expect(overlapping.status).toBe(200);
+      expect(new Float32Array(segmentBytes(both, 0, size).buffer.slice(0))).toEqual(expected.sum);
+      expect(new Float32Array(segmentBytes(both, size, size).buffer.slice(0))).toEqual(expected.product);
+
+      // Two regions over one segment, at different offsets: inputs through 'left' and 'right', outputs through
+      // 'whole' (the same bytes).
+      const shared = segment(2 * size, original);
+      await register('left', shared, size);
+      await register('right', shared, size, size);
+      await register('whole', shared, 2 * size);
+      const aliased = await post('/v2/models/pair/infer', {
+        inputs: inputsAt('left', 'right'),
+        outputs: [
+          { name: 'sum', parameters: inRegion('whole', size) },
+          { name: 'product', parameters: inRegion('whole', size, size) },
+        ],
+      });
+      expect(aliased.status).toBe(200);
+      expect(new Float32Array(segmentBytes(shared, 0, size).buffer.slice(0))).toEqual(expected.sum);
+      expect(new Float32Array(segmentBytes(shared, size, size).buffer.slice(0))).toEqual(expected.product);
+    } finally {
+      await agent.registry.unload('pair');
+    }
+  });
+
+  it('serves a model that does not produce the output shape it declares, from then on by the copy', async () => {
+    await agent.registry.load({ name: 'liar', url: await files.custom(liarModel(), 'liar') });
+    try {
+      const declared = LIAR_DECLARED_ROWS * ROW * 4;
+      const input = segment(declared, bytesOf(liarInput(2)));
+      const output = segment(declared);
+      await register('x2', input, declared);
+      await register('x1', input, declared / 2);
+      await register('y', output, declared);
+      const infer = (rows: number) =>
+        post('/v2/models/liar/infer', {
+          inputs: [
+            {
+              name: 'x',
+              shape: [rows, ROW],
+              datatype: 'FP32',
+              parameters: inRegion(`x${rows}`, rows * ROW * 4),
+            },
+          ],
+          outputs: [{ name: 'y', parameters: inRegion('y', declared) }],
+        });
+      await untilInline('liar', () => infer(2));
+      expect((await infer(2)).status).toBe(200);
+      expect(new Float32Array(segmentBytes(output, 0, declared).buffer.slice(0))).toEqual(liarInput(2));
+      // One row: ONNX Runtime refuses memory of the declared shape; the agent runs it again and copies the row.
+      const mapping = addon.attachReadWrite(output);
+      new Uint8Array(mapping).fill(0);
+      addon.detach(mapping);
+      const oneRow = await infer(1);
+      expect(oneRow.status).toBe(200);
+      expect(oneRow.json()).toMatchObject({ outputs: [{ name: 'y', shape: [1, ROW] }] });
+      expect(new Float32Array(segmentBytes(output, 0, declared / 2).buffer.slice(0))).toEqual(liarInput(1));
+      expect(segmentBytes(output, declared / 2, declared / 2).every((b) => b === 0)).toBe(true);
+      const twoRows = await infer(2);
+      expect(twoRows.status).toBe(200);
+      expect(new Float32Array(segmentBytes(output, 0, declared).buffer.slice(0))).toEqual(liarInput(2));
+    } finally {
+      await agent.registry.unload('liar');
+    }
+  });
+
+  it('never writes a region after unregistering it has answered, and then refuses it clearly', async () => {
+    await register('in', segment(IMAGE_BYTES, bytesOf(imageSample.data)), IMAGE_BYTES);
+    const output = segment(IMAGE_BYTES);
+    await register('out', output, IMAGE_BYTES);
+    await untilInline('image', () => inferImage('in', 'out'));
+    expect((await inferImage('in', 'out')).status).toBe(200);
+    // A request and the region's unregistering sent together: either the request is served first (unregister
+    // waits for it) or it finds the region gone; once unregister answers, the client reuses the memory.
+    const reused = Buffer.alloc(IMAGE_BYTES, 0xa5);
+    const pending = inferImage('in', 'out');
+    const unregistered = await post('/v2/systemsharedmemory/region/out/unregister', {});
+    expect(unregistered.status).toBe(200);
+    const mapping = addon.attachReadWrite(output);
+    new Uint8Array(mapping).set(reused);
+    addon.detach(mapping);
+    const raced = await pending;
+    expect([200, 400]).toContain(raced.status);
+    if (raced.status === 400) expect(raced.text()).toMatch(/region \\"out\\", which is not registered/);
+    const after = await inferImage('in', 'out');
+    expect(after.status).toBe(400);
+    expect(after.text()).toMatch(/region \\"out\\", which is not registered/);
+    expect(segmentBytes(output, 0, IMAGE_BYTES).equals(reused)).toBe(true);
+  });
+});
