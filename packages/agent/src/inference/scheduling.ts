@@ -123,7 +123,10 @@ export function inlinePath(
     return undefined;
   if (budget.fastEnough(entry.computeMs))
     return budget.admit(entry.computeMs, performance.now()) ? 'inline' : undefined;
-  if (budget.fastEnoughWhenIdle(entry.computeMs) && budget.admitIdle(poolIdle(), loopIdleMs()))
+  if (
+    budget.fastEnoughWhenIdle(entry.computeMs) &&
+    budget.admitIdle(poolIdle(), loopIdleMs, performance.now())
+  )
     return 'inline_idle';
   return undefined;
 }

@@ -52,6 +52,8 @@ async function untilInline(pool: InferencePool, key: string, input: () => PoolTe
 
 /** Lets the event loop wait for I/O with nothing to do (a timer), as it does between a lone client's requests. */
 const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
+/** Waits out the hold on idle runs after a request found another in flight (WINDOW_MS). */
+const windowPasses = () => new Promise((resolve) => setTimeout(resolve, WINDOW_MS + 5));
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'agent-inline-'));
@@ -240,8 +242,11 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
     // same turn), and the rest found it on a worker.
     expect(results.map((r) => r.worker >= 0)).toEqual([false, true, true, true, true, true, true, true]);
     expect(pool.stats().inline.idleBusy - busyBefore).toBe(7);
-    // Idle again: inline again.
+    // Requests found others in flight: no idle runs for the next window, though the loop waits in between.
     await loopWaits();
+    expect((await pool.run('scalable', one())).worker).toBeGreaterThanOrEqual(0);
+    // Idle for a whole window: inline again.
+    await windowPasses();
     expect((await pool.run('scalable', one())).worker).toBe(-1);
   });
 
@@ -257,7 +262,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
     expect(meanwhile.worker).toBeGreaterThanOrEqual(0);
     expect(floats(meanwhile)).toEqual(scalableReference(1));
     expect((await slow).worker).toBeGreaterThanOrEqual(0);
-    await loopWaits();
+    await windowPasses();
     expect((await pool.run('scalable', one())).worker).toBe(-1);
   });
 
@@ -312,11 +317,13 @@ describe('InlineBudget', () => {
     expect(budget.fastEnough(0.2)).toBe(false);
     expect(budget.fastEnoughWhenIdle(0.2)).toBe(true);
     expect(budget.fastEnoughWhenIdle(1.01)).toBe(false);
-    expect(budget.admitIdle(true, 5)).toBe(true);
-    expect(budget.admitIdle(true, 5)).toBe(false); // the loop did not wait in between
-    expect(budget.admitIdle(false, 6)).toBe(false); // another request is in the pool
-    expect(budget.admitIdle(true, 6)).toBe(true);
-    expect(budget.stats(0)).toMatchObject({ idleBusy: 2, shareUsed: 0, idleMaxRunMicros: 1000 });
+    expect(budget.admitIdle(true, () => 5, 0)).toBe(true);
+    expect(budget.admitIdle(true, () => 5, 1)).toBe(false); // the loop did not wait in between
+    expect(budget.admitIdle(true, () => 6, 2)).toBe(true);
+    expect(budget.admitIdle(false, () => 7, 3)).toBe(false); // another request is in the pool
+    expect(budget.admitIdle(true, () => 8, 3 + WINDOW_MS - 1)).toBe(false); // ... less than a window ago
+    expect(budget.admitIdle(true, () => 9, 3 + WINDOW_MS)).toBe(true);
+    expect(budget.stats(0)).toMatchObject({ idleBusy: 3, shareUsed: 0, idleMaxRunMicros: 1000 });
     expect(budget.tooSlow(0.41, 'inline_idle')).toBe(false);
     expect(budget.tooSlow(4.01, 'inline_idle')).toBe(true);
     const off = new InlineBudget({ maxRunMicros: 100, eventLoopShare: 0.25, idleMaxRunMicros: 0 });
