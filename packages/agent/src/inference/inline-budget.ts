@@ -72,7 +72,7 @@ export interface InlineBudgetStats {
   idleMaxRunMicros: number;
   /**
    * Requests of a model measured for idle runs that went to the workers because the pool held another request
-   * or the event loop had not waited for I/O since the last idle run.
+   * (or one had, in the last WINDOW_MS) or the event loop had not waited for I/O since the last idle run.
    */
   idleBusy: number;
 }

@@ -3,10 +3,9 @@
  * and models; the pool (pool.ts) owns the worker lifecycle and the messages, tensor-transfer.ts the bytes.
  *
  * A request runs inline when its model is measured fast and the budget allows, or when its model is measured fast
- * enough for an idle run and the agent has nothing else to do (see InlineBudget); otherwise it
- * starts at once on an idle worker holding its model, else waits in the model's queue and is taken, oldest first
- * across models, by the first such worker to become free (so it never waits behind a busy instance while another
- * is idle). For fast models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
+ * enough for an idle run and the agent has nothing else to do (see InlineBudget); otherwise it starts at once on
+ * an idle worker holding its model, else waits in the model's queue and is taken, oldest first across models, by
+ * the first such worker to become free (so it never waits behind a busy instance while another is idle). For fast models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
  */
 import type { Worker } from 'node:worker_threads';
 import type { InferenceError } from './errors.js';
