@@ -88,10 +88,14 @@ export const AgentConfigSchema = z.object({
     unloadTimeoutMs: z.number().int().nonnegative(),
     /** Requests for one model waiting for a worker; more are refused with RESOURCE_EXHAUSTED. */
     maxQueuedRequestsPerModel: z.number().int().positive(),
-    /** The inline path (fast models on the event loop): per-run ceiling (0 = off) and share of event-loop time. */
+    /**
+     * The inline path (fast models on the event loop): per-run ceiling (0 = off), share of event-loop time, and
+     * the higher per-run ceiling of idle runs, made only while the agent has nothing else to do (0 = none).
+     */
     inline: z.object({
       maxRunMicros: z.number().int().min(0).max(10_000),
       eventLoopShare: z.number().min(0).max(0.9),
+      idleMaxRunMicros: z.number().int().min(0).max(10_000),
     }),
     /** How long a worker polls for its next request after a run (0 = it sleeps at once). */
     hotWaitMicros: z.number().int().min(0).max(10_000),

@@ -68,6 +68,7 @@ export const CONFIG_FIELDS = {
   edgefleet_max_queued_requests: integer(1, 1_000_000, 256),
   edgefleet_inline_max_run_micros: integer(0, 10_000, 200),
   edgefleet_inline_event_loop_percent: integer(0, 90, 25),
+  edgefleet_inline_idle_max_run_micros: integer(0, 10_000, 1000),
   edgefleet_hot_wait_micros: integer(0, 10_000, 0),
   edgefleet_rest_socket_path: socketPathOrNone(),
   edgefleet_rest_tcp: listenAddress(),
@@ -117,6 +118,7 @@ export const DEFAULTS = {
   maxQueuedRequests: 256,
   inlineMaxRunMicros: 200,
   inlineEventLoopPercent: 25,
+  inlineIdleMaxRunMicros: 1000,
   hotWaitMicros: 0,
   socketMode: 0o660,
   localDataFolder: '.edgefleet',
@@ -501,6 +503,7 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       inline: {
         maxRunMicros: file.edgefleet_inline_max_run_micros ?? DEFAULTS.inlineMaxRunMicros,
         eventLoopShare: (file.edgefleet_inline_event_loop_percent ?? DEFAULTS.inlineEventLoopPercent) / 100,
+        idleMaxRunMicros: file.edgefleet_inline_idle_max_run_micros ?? DEFAULTS.inlineIdleMaxRunMicros,
       },
       hotWaitMicros: file.edgefleet_hot_wait_micros ?? DEFAULTS.hotWaitMicros,
       ort: { ...ort, executionProviders: eps },

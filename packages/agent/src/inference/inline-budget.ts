@@ -5,6 +5,19 @@
  * over `DEMOTE_FACTOR` times the ceiling sends it back to the workers at once), and a share of event-loop time
  * (inline runs may take at most `eventLoopShare` of the last ~`WINDOW_MS`; past that, requests go to the
  * workers until the share has decayed). So a slow or misjudged model can never starve the sockets.
+ *
+ * A second, higher ceiling (`idleMaxRunMicros`) lets a model too slow for the first run inline only while the
+ * agent has nothing else to do (idle runs): the pool holds no other request (none waiting, on a worker, or running
+ * inline), none has for the last ~WINDOW_MS, and the event loop has waited for I/O, with nothing ready, since the
+ * previous idle run. A lone client then skips the hand-over to a worker; the moment a second request is in flight,
+ * or anything became ready during an idle run, requests go to the workers, which run in parallel. The ~WINDOW_MS
+ * hold after a request found another in flight keeps idle runs out of a busy agent's short lulls: with 8 gRPC
+ * clients on 2 cores the loop still catches up now and then, and an idle run there delays the requests arriving
+ * during it (a few % of throughput lost, measured). Idle runs are not charged to the share: a lone
+ * client of a ~250 µs model keeps the loop half busy with them, which would spend the share and lock the fast
+ * models out for the next ~WINDOW_MS when a second client arrives. The sockets are protected by the wait instead:
+ * idle runs never run back to back while anything else is ready, so each delays other work by one run at most
+ * (and one run over DEMOTE_FACTOR times the idle ceiling sends its model back to the workers).
  */
 
 export interface InlineBudgetOptions {
@@ -12,6 +25,8 @@ export interface InlineBudgetOptions {
   maxRunMicros: number;
   /** Share of event-loop time inline runs may take, 0 to 0.9. */
   eventLoopShare: number;
+  /** Per-run ceiling in microseconds for idle runs (see above); 0 or absent turns them off. */
+  idleMaxRunMicros?: number;
 }
 
 /** The event-loop time the share is measured over (an exponentially decaying window). */
@@ -21,14 +36,25 @@ export const DEMOTE_FACTOR = 4;
 /** Worker runs measured before a model may move inline; also how many a demoted model runs on workers again. */
 export const RUNS_BEFORE_INLINE = 16;
 
-export const DEFAULT_INLINE_BUDGET: InlineBudgetOptions = { maxRunMicros: 200, eventLoopShare: 0.25 };
+export const DEFAULT_INLINE_BUDGET: Required<InlineBudgetOptions> = {
+  maxRunMicros: 200,
+  eventLoopShare: 0.25,
+  idleMaxRunMicros: 1000,
+};
+
+/** Where an inline run was admitted: within the event-loop share, or as an idle run. */
+export type InlinePath = 'inline' | 'inline_idle';
 
 export function validateInlineBudget(options: InlineBudgetOptions): void {
-  const { maxRunMicros, eventLoopShare } = options;
-  if (!Number.isInteger(maxRunMicros) || maxRunMicros < 0 || maxRunMicros > 10_000)
-    throw new RangeError(
-      `inline maxRunMicros must be a whole number of microseconds from 0 to 10000, got ${maxRunMicros}`,
-    );
+  const { maxRunMicros, eventLoopShare, idleMaxRunMicros = 0 } = options;
+  for (const [name, micros] of [
+    ['maxRunMicros', maxRunMicros],
+    ['idleMaxRunMicros', idleMaxRunMicros],
+  ] as const)
+    if (!Number.isInteger(micros) || micros < 0 || micros > 10_000)
+      throw new RangeError(
+        `inline ${name} must be a whole number of microseconds from 0 to 10000, got ${micros}`,
+      );
   if (!(eventLoopShare >= 0 && eventLoopShare <= 0.9))
     throw new RangeError(`inline eventLoopShare must be from 0 to 0.9, got ${eventLoopShare}`);
 }
@@ -42,11 +68,24 @@ export interface InlineBudgetStats {
   overBudget: number;
   /** Models sent back to the workers by a run over the ceiling. */
   demotions: number;
+  /** The idle runs' per-run ceiling (0: off). */
+  idleMaxRunMicros: number;
+  /**
+   * Requests of a model measured for idle runs that went to the workers because the pool held another request
+   * (or one had, in the last WINDOW_MS) or the event loop had not waited for I/O since the last idle run.
+   */
+  idleBusy: number;
 }
 
 export class InlineBudget {
   readonly #ceilingMs: number;
   readonly #share: number;
+  readonly #idleCeilingMs: number;
+  /** The event loop's idle time (performance.eventLoopUtilization().idle) when the last idle run was admitted. */
+  #loopIdleMark = -1;
+  /** When a request of a model measured for idle runs last found another request in the pool. */
+  #concurrentAt = -Infinity;
+  #idleBusy = 0;
   /** Inline run time spent, decayed with WINDOW_MS. */
   #spentMs = 0;
   #spentAt = 0;
@@ -57,6 +96,7 @@ export class InlineBudget {
     validateInlineBudget(options);
     this.#ceilingMs = options.maxRunMicros / 1000;
     this.#share = options.eventLoopShare;
+    this.#idleCeilingMs = (options.idleMaxRunMicros ?? 0) / 1000;
   }
 
   get enabled(): boolean {
@@ -68,9 +108,15 @@ export class InlineBudget {
     return this.enabled && computeMs <= this.#ceilingMs;
   }
 
-  /** Whether one run this long sends its model back to the workers. */
-  tooSlow(runMs: number): boolean {
-    if (runMs <= this.#ceilingMs * DEMOTE_FACTOR) return false;
+  /** Whether a model whose runs average `computeMs` may run inline at least while the agent is otherwise idle. */
+  fastEnoughWhenIdle(computeMs: number): boolean {
+    return this.fastEnough(computeMs) || (this.enabled && computeMs <= this.#idleCeilingMs);
+  }
+
+  /** Whether one run this long, admitted on `path`, sends its model back to the workers. */
+  tooSlow(runMs: number, path: InlinePath = 'inline'): boolean {
+    const ceilingMs = path === 'inline_idle' ? this.#idleCeilingMs : this.#ceilingMs;
+    if (runMs <= ceilingMs * DEMOTE_FACTOR) return false;
     this.#demotions++;
     return true;
   }
@@ -89,6 +135,23 @@ export class InlineBudget {
     return true;
   }
 
+  /**
+   * Whether an idle run may start: `poolIdle` (no other request in the pool), no request found another in the
+   * pool in the last WINDOW_MS, and the event loop has waited for I/O since the last idle run (its idle time,
+   * `loopIdleMs()`, asked only then, grew: libuv counts only time it actually blocked, not a poll that found
+   * events ready). Not charged to the share (see the top of this file).
+   */
+  admitIdle(poolIdle: boolean, loopIdleMs: () => number, now: number): boolean {
+    if (!poolIdle) this.#concurrentAt = now;
+    const loopIdle = poolIdle && now - this.#concurrentAt >= WINDOW_MS ? loopIdleMs() : -1;
+    if (loopIdle <= this.#loopIdleMark) {
+      this.#idleBusy++;
+      return false;
+    }
+    this.#loopIdleMark = loopIdle;
+    return true;
+  }
+
   settle(expectedMs: number, actualMs: number): void {
     this.#spentMs = Math.max(0, this.#spentMs + actualMs - expectedMs);
   }
@@ -101,6 +164,8 @@ export class InlineBudget {
       shareUsed: this.#spentMs / WINDOW_MS,
       overBudget: this.#overBudget,
       demotions: this.#demotions,
+      idleMaxRunMicros: this.#idleCeilingMs * 1000,
+      idleBusy: this.#idleBusy,
     };
   }
 

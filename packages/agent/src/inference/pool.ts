@@ -5,6 +5,7 @@ import {
   RUNS_BEFORE_INLINE,
   type InlineBudgetOptions,
   type InlineBudgetStats,
+  type InlinePath,
 } from './inline-budget.js';
 import { InlineRunner } from './inline-runner.js';
 import {
@@ -20,7 +21,8 @@ import {
   HAND_AHEAD_MAX_COMPUTE_MS,
   handAheadTo,
   idleSlot,
-  runsInline,
+  inlinePath,
+  poolIsIdle,
   slotCanRun,
   takeOldestWaiting,
   takesAhead,
@@ -119,8 +121,10 @@ export interface InferencePoolOptions {
   /**
    * The inline path: requests for a model whose measured runs average at most `maxRunMicros` run on the event
    * loop, in a session of their own, while inline runs take at most `eventLoopShare` of its time (see
-   * InlineBudget); everything else goes to the workers. Default off (`maxRunMicros` 0); the agent turns it on
-   * from its configuration. Only with the CPU execution provider alone.
+   * InlineBudget); with `idleMaxRunMicros`, a model whose runs average at most that also runs there while no other
+   * request is in the pool and the event loop had nothing to do (idle runs); everything else goes to the workers.
+   * Default off (`maxRunMicros` 0); the agent turns it on from its configuration. Only with the CPU execution
+   * provider alone.
    */
   inline?: InlineBudgetOptions;
   /** Told about worker crashes and restarts (for logs and metrics). */
@@ -146,11 +150,17 @@ export interface PoolStats {
    * a big-endian host, then one inside the worker).
    */
   inputBytes: InputByteCounts;
-  /** Where requests ran (warm-up runs included), and the inline path's budget. */
-  runs: { inline: number; worker: number };
+  /**
+   * Where requests ran (warm-up runs included): inline within the event-loop share, inline as idle runs (the
+   * agent had nothing else to do; not charged to the share), or on a worker. The three add up to all runs.
+   */
+  runs: Record<InlinePath | 'worker', number>;
   inline: InlineBudgetStats & {
-    /** Models running inline now, with their average run time in microseconds. */
-    models: Array<{ key: string; computeMicros: number }>;
+    /**
+     * Models running inline now, with their average run time in microseconds and how: `inline` (within the
+     * share) or `inline_idle` (over the per-run ceiling, so only as idle runs).
+     */
+    models: Array<{ key: string; computeMicros: number; path: InlinePath }>;
   };
 }
 
@@ -172,7 +182,7 @@ export class InferencePool {
   readonly #options: Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<InferencePoolOptions, 'onEvent'>;
   readonly #budget: InlineBudget;
   readonly #inline = new InlineRunner();
-  readonly #runs = { inline: 0, worker: 0 };
+  readonly #runs: PoolStats['runs'] = { inline: 0, inline_idle: 0, worker: 0 };
   readonly #slots: Slot[] = [];
   readonly #models = new Map<string, ModelEntry>();
   /** InferenceWorkerData.activity, an Int32 per worker. */
@@ -187,7 +197,7 @@ export class InferencePool {
       restartDelayMs: DEFAULT_RESTART_DELAY,
       hotWaitMicros: 0,
       handAheadMaxComputeMs: HAND_AHEAD_MAX_COMPUTE_MS,
-      inline: { ...DEFAULT_INLINE_BUDGET, maxRunMicros: 0 },
+      inline: { ...DEFAULT_INLINE_BUDGET, maxRunMicros: 0, idleMaxRunMicros: 0 },
       ...options,
     };
     const cpuOnly = this.#options.session.executionProviders.every((ep) => ep.name === 'cpu');
@@ -337,8 +347,17 @@ export class InferencePool {
       inline: {
         ...this.#budget.stats(performance.now()),
         models: [...this.#models.values()]
-          .filter((entry) => entry.inline === 'on' && entry.workerRuns >= entry.inlineAfterRuns)
-          .map((entry) => ({ key: entry.key, computeMicros: Math.round((entry.computeMs ?? 0) * 1000) })),
+          .filter(
+            (entry) =>
+              entry.inline === 'on' &&
+              entry.workerRuns >= entry.inlineAfterRuns &&
+              this.#budget.fastEnoughWhenIdle(entry.computeMs ?? Infinity),
+          )
+          .map((entry) => ({
+            key: entry.key,
+            computeMicros: Math.round((entry.computeMs ?? 0) * 1000),
+            path: this.#budget.fastEnough(entry.computeMs ?? Infinity) ? 'inline' : 'inline_idle',
+          })),
       },
     };
   }
@@ -594,8 +613,15 @@ export class InferencePool {
         ),
       );
     }
-    if (!pinned && runsInline(entry, this.#budget))
-      return this.#runInline(entry, inputs, options.outputSegments);
+    const inline = pinned
+      ? undefined
+      : inlinePath(
+          entry,
+          this.#budget,
+          () => poolIsIdle(this.#slots, this.#models),
+          () => performance.eventLoopUtilization().idle,
+        );
+    if (inline) return this.#runInline(entry, inputs, inline, options.outputSegments);
     const { wire, transfer } = prepareInputs(
       inputs,
       options.transferInputs === true,
@@ -689,7 +715,7 @@ export class InferencePool {
     if (
       entry.inline === 'off' &&
       entry.workerRuns >= RUNS_BEFORE_INLINE &&
-      this.#budget.fastEnough(entry.computeMs)
+      this.#budget.fastEnoughWhenIdle(entry.computeMs)
     )
       void this.#loadInline(entry);
   }
@@ -720,23 +746,27 @@ export class InferencePool {
   #runInline(
     entry: ModelEntry,
     inputs: readonly PoolTensor[],
+    path: InlinePath,
     outputSegments: readonly OutputSegment[] | undefined,
   ): Promise<RunResult> {
+    // Idle runs are not charged to the event-loop share (see InlineBudget): nothing to settle for them.
     const expectedMs = entry.computeMs ?? 0;
+    const charged = path === 'inline';
     const submittedAt = preciseNow();
     entry.running++;
     try {
       const { outputs, computeMs } = this.#inline.run(entry.key, inputs, outputSegments);
-      this.#runs.inline++;
-      this.#budget.settle(expectedMs, computeMs);
+      this.#runs[path]++;
+      if (charged) this.#budget.settle(expectedMs, computeMs);
       entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
       // One run far over the ceiling (a misjudged model, or inputs that make it slow): back to the workers,
       // which measure it again before it may return.
-      if (this.#budget.tooSlow(computeMs)) entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE;
+      if (this.#budget.tooSlow(computeMs, path))
+        entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE;
       const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
       return Promise.resolve({ outputs, queueMs, computeMs, worker: -1 });
     } catch (error) {
-      this.#budget.settle(expectedMs, 0);
+      if (charged) this.#budget.settle(expectedMs, 0);
       return Promise.reject(error as InferenceError);
     } finally {
       entry.running--;

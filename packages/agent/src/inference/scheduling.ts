@@ -2,14 +2,14 @@
  * The pool's scheduling: which worker (or the event loop) runs a request. Pure decisions over the pool's slots
  * and models; the pool (pool.ts) owns the worker lifecycle and the messages, tensor-transfer.ts the bytes.
  *
- * A request runs inline when its model is measured fast and the budget allows (see InlineBudget); otherwise it
- * starts at once on an idle worker holding its model, else waits in the model's queue and is taken, oldest first
- * across models, by the first such worker to become free (so it never waits behind a busy instance while another
- * is idle). For fast models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
+ * A request runs inline when its model is measured fast and the budget allows, or when its model is measured fast
+ * enough for an idle run and the agent has nothing else to do (see InlineBudget); otherwise it starts at once on
+ * an idle worker holding its model, else waits in the model's queue and is taken, oldest first across models, by
+ * the first such worker to become free (so it never waits behind a busy instance while another is idle). For fast models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
  */
 import type { Worker } from 'node:worker_threads';
 import type { InferenceError } from './errors.js';
-import type { InlineBudget } from './inline-budget.js';
+import type { InlineBudget, InlinePath } from './inline-budget.js';
 import type { FromWorker, ModelBytes, OutputSegment, ToWorker, WireInput } from './protocol.js';
 import type { PoolTensor } from './tensor-transfer.js';
 
@@ -107,18 +107,34 @@ export function handsAhead(entry: ModelEntry, maxComputeMs: number): boolean {
 }
 
 /**
- * Whether this request runs inline: the model's session is loaded on the event loop, its average run fits the
- * per-run ceiling, it is not being measured on the workers after a demotion, and the event-loop share has room
- * for it (admitting charges the share).
+ * Where this request runs inline, if it does: the model's session is loaded on the event loop and it is not being
+ * measured on the workers after a demotion; then 'inline' when its average run fits the per-run ceiling and the
+ * event-loop share has room (admitting charges the share), or 'inline_idle' when it fits the idle ceiling and
+ * the agent has nothing else to do (InlineBudget.admitIdle; `poolIdle` and `loopIdleMs` are asked only then).
  */
-export function runsInline(entry: ModelEntry, budget: InlineBudget): boolean {
-  return (
-    entry.inline === 'on' &&
-    entry.workerRuns >= entry.inlineAfterRuns &&
-    entry.computeMs !== undefined &&
-    budget.fastEnough(entry.computeMs) &&
-    budget.admit(entry.computeMs, performance.now())
-  );
+export function inlinePath(
+  entry: ModelEntry,
+  budget: InlineBudget,
+  poolIdle: () => boolean,
+  loopIdleMs: () => number,
+): InlinePath | undefined {
+  if (entry.inline !== 'on' || entry.workerRuns < entry.inlineAfterRuns || entry.computeMs === undefined)
+    return undefined;
+  if (budget.fastEnough(entry.computeMs))
+    return budget.admit(entry.computeMs, performance.now()) ? 'inline' : undefined;
+  if (
+    budget.fastEnoughWhenIdle(entry.computeMs) &&
+    budget.admitIdle(poolIdle(), loopIdleMs, performance.now())
+  )
+    return 'inline_idle';
+  return undefined;
+}
+
+/** No request is waiting, on a worker (running or handed ahead), or running inline. */
+export function poolIsIdle(slots: readonly Slot[], models: ReadonlyMap<string, ModelEntry>): boolean {
+  for (const slot of slots) if (slot.running || slot.ahead) return false;
+  for (const entry of models.values()) if (entry.running > 0 || entry.queue.length > 0) return false;
+  return true;
 }
 
 /**

@@ -191,22 +191,26 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'edgefleet_inference_runs_total',
-      help: 'Inferences run, by where: inline (on the event loop, for fast models) or worker',
+      help: 'Inferences run, by where: inline (on the event loop, for fast models, within its share), inline_idle (on the event loop while the agent had nothing else to do, for models over the per-run ceiling but within the idle one; not charged to the share) or worker',
       labelNames: ['path'],
       registers: [this.registry],
       collect() {
         const runs = stats().runs;
         this.reset();
         this.inc({ path: 'inline' }, runs.inline);
+        this.inc({ path: 'inline_idle' }, runs.inline_idle);
         this.inc({ path: 'worker' }, runs.worker);
       },
     });
     new Gauge({
       name: 'edgefleet_inference_inline_models',
-      help: 'Models whose requests run inline now (measured fast enough for the per-run ceiling)',
+      help: 'Models whose requests run inline now, by path: inline (measured fast enough for the per-run ceiling) or inline_idle (only for the idle ceiling: inline while the agent has nothing else to do)',
+      labelNames: ['path'],
       registers: [this.registry],
       collect() {
-        this.set(stats().inline.models.length);
+        const models = stats().inline.models;
+        this.set({ path: 'inline' }, models.filter((m) => m.path === 'inline').length);
+        this.set({ path: 'inline_idle' }, models.filter((m) => m.path === 'inline_idle').length);
       },
     });
     new Gauge({
@@ -236,6 +240,15 @@ export class AgentMetrics {
       collect() {
         this.reset();
         this.inc(stats().inline.demotions);
+      },
+    });
+    new Counter({
+      name: 'edgefleet_inference_inline_idle_busy_total',
+      help: 'Requests of a model measured for idle runs sent to a worker because the agent was not idle (another request in the pool, now or in the last 100 ms, or the event loop had not waited for I/O since the last idle run)',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(stats().inline.idleBusy);
       },
     });
   }

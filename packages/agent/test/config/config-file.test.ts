@@ -100,7 +100,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         instancesPerModel: 1,
         unloadTimeoutMs: 30_000,
         maxQueuedRequestsPerModel: 256,
-        inline: { maxRunMicros: 200, eventLoopShare: 0.25 },
+        inline: { maxRunMicros: 200, eventLoopShare: 0.25, idleMaxRunMicros: 1000 },
         hotWaitMicros: 0,
         ort: {
           intraOpNumThreads: 2,
@@ -332,6 +332,8 @@ describe('parseAgentConfig: fatal errors name their key', () => {
     ['edgefleet_max_queued_requests', 0, /from 1 to/],
     ['edgefleet_inline_event_loop_percent', 95, /from 0 to 90/],
     ['edgefleet_hot_wait_micros', 20000, /from 0 to 10000/],
+    ['edgefleet_inline_idle_max_run_micros', 10001, /from 0 to 10000/],
+    ['edgefleet_inline_idle_max_run_micros', '0.5', /whole number/],
     ['edgefleet_capture_model_monitor_format', 'sometimes', /expected true or false/],
     ['edgefleet_capture_keep_uploaded_files', 2, /expected true or false/],
     ['edgefleet_capture_spool_quota_bytes', '1 GiBs', /expected a size in bytes from 1 MiB to 1 PiB/],
@@ -464,6 +466,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
         edgefleet_inline_max_run_micros: 500,
         edgefleet_inline_event_loop_percent: '10',
         edgefleet_hot_wait_micros: 300,
+        edgefleet_inline_idle_max_run_micros: '0',
       },
       context,
     );
@@ -472,7 +475,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
       instancesPerModel: 2,
       unloadTimeoutMs: 5000,
       maxQueuedRequestsPerModel: 16,
-      inline: { maxRunMicros: 500, eventLoopShare: 0.1 },
+      inline: { maxRunMicros: 500, eventLoopShare: 0.1, idleMaxRunMicros: 0 },
       hotWaitMicros: 300,
       ort: {
         intraOpNumThreads: 3,

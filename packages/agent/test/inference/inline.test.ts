@@ -27,11 +27,12 @@ async function startPool(
   maxRunMicros: number,
   eventLoopShare: number,
   maxQueuedPerModel = 256,
+  idleMaxRunMicros = 0,
 ): Promise<InferencePool> {
   const pool = await InferencePool.start({
     workers: 2,
     session: DEFAULT_ORT_SESSION_CONFIG,
-    inline: { maxRunMicros, eventLoopShare },
+    inline: { maxRunMicros, eventLoopShare, idleMaxRunMicros },
     maxQueuedPerModel,
   });
   pools.push(pool);
@@ -45,9 +46,14 @@ async function startPool(
 async function untilInline(pool: InferencePool, key: string, input: () => PoolTensor[]): Promise<void> {
   while (!pool.stats().inline.models.some((m) => m.key === key)) {
     await pool.run(key, input());
-    await new Promise((resolve) => setTimeout(resolve, 1));
+    await loopWaits();
   }
 }
+
+/** Lets the event loop wait for I/O with nothing to do (a timer), as it does between a lone client's requests. */
+const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
+/** Waits out the hold on idle runs after a request found another in flight (WINDOW_MS). */
+const windowPasses = () => new Promise((resolve) => setTimeout(resolve, WINDOW_MS + 5));
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'agent-inline-'));
@@ -91,7 +97,8 @@ describe('InferencePool: the inline path', () => {
     expect(stats.runs.inline).toBeGreaterThanOrEqual(1);
     // Inline only once RUNS_BEFORE_INLINE runs were measured on the workers (the first request among them).
     expect(stats.runs.worker).toBeGreaterThanOrEqual(RUNS_BEFORE_INLINE);
-    expect(stats.inline.models).toEqual([{ key: 'tiny', computeMicros: expect.any(Number) }]);
+    expect(stats.inline.models).toEqual([{ key: 'tiny', computeMicros: expect.any(Number), path: 'inline' }]);
+    expect(stats.runs.inline_idle).toBe(0);
   });
 
   it("runs an inline request in the caller's turn of the event loop, before an immediate queued ahead of it", async () => {
@@ -187,6 +194,109 @@ describe('InferencePool: the inline path', () => {
         inline: { maxRunMicros: 200, eventLoopShare: 1 },
       }),
     ).rejects.toThrow(/eventLoopShare must be from 0 to 0.9, got 1/);
+    await expect(
+      InferencePool.start({
+        workers: 1,
+        session: DEFAULT_ORT_SESSION_CONFIG,
+        inline: { maxRunMicros: 200, eventLoopShare: 0.25, idleMaxRunMicros: 10_001 },
+      }),
+    ).rejects.toThrow(/idleMaxRunMicros must be a whole number of microseconds from 0 to 10000, got 10001/);
+  });
+});
+
+describe('InferencePool: idle runs (inline while the agent has nothing else to do)', () => {
+  // Ceilings far from any machine's run time of the scalable model's one row (32 128×128 MatMuls): always over
+  // 1 µs, always under 10 ms.
+  const one = () => scalable(1);
+
+  it('runs a model over the per-run ceiling inline when requests come one at a time, not charged to the share', async () => {
+    const pool = await startPool(1, 0.9, 256, 10_000);
+    await pool.loadModel('scalable', paths.scalable!, 2);
+    await untilInline(pool, 'scalable', one);
+    expect(pool.stats().inline.models).toEqual([
+      { key: 'scalable', computeMicros: expect.any(Number), path: 'inline_idle' },
+    ]);
+    const before = pool.stats().runs;
+    for (let i = 0; i < 5; i++) {
+      await loopWaits();
+      const result = await pool.run('scalable', one());
+      expect(result.worker).toBe(-1);
+      expect(floats(result)).toEqual(scalableReference(1));
+    }
+    const after = pool.stats();
+    expect(after.runs.inline_idle - before.inline_idle).toBe(5);
+    expect(after.runs.inline).toBe(0);
+    expect(after.runs.worker).toBe(before.worker);
+    expect(after.inline.shareUsed).toBe(0);
+  });
+
+  it('sends requests to the workers once several are in flight, or the event loop has not waited since the last idle run', async () => {
+    const pool = await startPool(1, 0.9, 256, 10_000);
+    await pool.loadModel('scalable', paths.scalable!, 2);
+    await untilInline(pool, 'scalable', one);
+    await loopWaits();
+    const busyBefore = pool.stats().inline.idleBusy;
+    const results = await Promise.all(Array.from({ length: 8 }, () => pool.run('scalable', one())));
+    for (const result of results) expect(floats(result)).toEqual(scalableReference(1));
+    // The first found the agent idle; the second found that the loop had not waited since (the first ran in this
+    // same turn), and the rest found it on a worker.
+    expect(results.map((r) => r.worker >= 0)).toEqual([false, true, true, true, true, true, true, true]);
+    expect(pool.stats().inline.idleBusy - busyBefore).toBe(7);
+    // Requests found others in flight: no idle runs for the next window, though the loop waits in between.
+    await loopWaits();
+    expect((await pool.run('scalable', one())).worker).toBeGreaterThanOrEqual(0);
+    // Idle for a whole window: inline again.
+    await windowPasses();
+    expect((await pool.run('scalable', one())).worker).toBe(-1);
+  });
+
+  it('sends a request to a worker while another model runs on one, though the event loop waited', async () => {
+    const pool = await startPool(1, 0.9, 256, 10_000);
+    await pool.loadModel('scalable', paths.scalable!, 2);
+    await pool.loadModel('slow', paths.slow!, 1); // 50–300 ms a run: never inline, over the idle ceiling too
+    await untilInline(pool, 'scalable', one);
+    const slow = pool.run('slow', [asPoolTensor('x', slowModelInput())]);
+    await loopWaits();
+    expect(pool.stats().models.find((m) => m.key === 'slow')!.running).toBe(1);
+    const meanwhile = await pool.run('scalable', one());
+    expect(meanwhile.worker).toBeGreaterThanOrEqual(0);
+    expect(floats(meanwhile)).toEqual(scalableReference(1));
+    expect((await slow).worker).toBeGreaterThanOrEqual(0);
+    await windowPasses();
+    expect((await pool.run('scalable', one())).worker).toBe(-1);
+  });
+
+  it('never creates an inline session for a model over the idle ceiling, or with the idle ceiling 0', async () => {
+    for (const [maxRunMicros, idleMaxRunMicros] of [
+      [1, 0],
+      [1, 1],
+    ] as const) {
+      const pool = await startPool(maxRunMicros, 0.9, 256, idleMaxRunMicros);
+      await pool.loadModel('scalable', paths.scalable!, 1);
+      for (let i = 0; i < RUNS_BEFORE_INLINE + 4; i++) {
+        await loopWaits();
+        expect((await pool.run('scalable', one())).worker).toBeGreaterThanOrEqual(0);
+      }
+      const stats = pool.stats();
+      expect(stats.inline.models).toEqual([]);
+      expect(stats.runs).toEqual({ inline: 0, inline_idle: 0, worker: RUNS_BEFORE_INLINE + 4 });
+      expect(stats.inline.idleMaxRunMicros).toBe(idleMaxRunMicros);
+    }
+  });
+
+  it('sends a model back to the workers after one idle run over 4× the idle ceiling', async () => {
+    const pool = await startPool(1, 0.9, 256, 500);
+    await pool.loadModel('scalable', paths.scalable!, 1);
+    await untilInline(pool, 'scalable', one);
+    await loopWaits();
+    const slowRun = await pool.run('scalable', scalable(2000));
+    expect(slowRun.worker).toBe(-1);
+    expect(floats(slowRun)).toEqual(scalableReference(2000));
+    expect(pool.stats().inline.demotions).toBe(1);
+    await loopWaits();
+    const next = await pool.run('scalable', one());
+    expect(next.worker).toBeGreaterThanOrEqual(0);
+    expect(pool.stats().inline.models).toEqual([]);
   });
 });
 
@@ -200,6 +310,25 @@ describe('InlineBudget', () => {
     expect(budget.admit(1, 1000 + WINDOW_MS)).toBe(true); // decayed to 10 / e
     budget.settle(1, 0); // that run failed: nothing spent
     expect(budget.stats(1000 + WINDOW_MS).shareUsed).toBeCloseTo(0.1 / Math.E, 5);
+  });
+
+  it('admits an idle run only when the pool is idle and the event loop has waited since the last one', () => {
+    const budget = new InlineBudget({ maxRunMicros: 100, eventLoopShare: 0.25, idleMaxRunMicros: 1000 });
+    expect(budget.fastEnough(0.2)).toBe(false);
+    expect(budget.fastEnoughWhenIdle(0.2)).toBe(true);
+    expect(budget.fastEnoughWhenIdle(1.01)).toBe(false);
+    expect(budget.admitIdle(true, () => 5, 0)).toBe(true);
+    expect(budget.admitIdle(true, () => 5, 1)).toBe(false); // the loop did not wait in between
+    expect(budget.admitIdle(true, () => 6, 2)).toBe(true);
+    expect(budget.admitIdle(false, () => 7, 3)).toBe(false); // another request is in the pool
+    expect(budget.admitIdle(true, () => 8, 3 + WINDOW_MS - 1)).toBe(false); // ... less than a window ago
+    expect(budget.admitIdle(true, () => 9, 3 + WINDOW_MS)).toBe(true);
+    expect(budget.stats(0)).toMatchObject({ idleBusy: 3, shareUsed: 0, idleMaxRunMicros: 1000 });
+    expect(budget.tooSlow(0.41, 'inline_idle')).toBe(false);
+    expect(budget.tooSlow(4.01, 'inline_idle')).toBe(true);
+    const off = new InlineBudget({ maxRunMicros: 100, eventLoopShare: 0.25, idleMaxRunMicros: 0 });
+    expect(off.fastEnoughWhenIdle(0.2)).toBe(false);
+    expect(off.fastEnoughWhenIdle(0.1)).toBe(true); // fast enough for the share anyway
   });
 
   it('judges models against the per-run ceiling, and is off at 0', () => {

@@ -98,7 +98,9 @@ describe('AgentMetrics: the inline path', () => {
       const { body } = await inlineMetrics.text();
       expect(sample(body, 'edgefleet_inference_runs_total{path="inline"}')).toBeGreaterThanOrEqual(1);
       expect(sample(body, 'edgefleet_inference_runs_total{path="worker"}')).toBeGreaterThanOrEqual(16);
-      expect(sample(body, 'edgefleet_inference_inline_models')).toBe(1);
+      expect(sample(body, 'edgefleet_inference_inline_models{path="inline"}')).toBe(1);
+      expect(sample(body, 'edgefleet_inference_inline_models{path="inline_idle"}')).toBe(0);
+      expect(sample(body, 'edgefleet_inference_runs_total{path="inline_idle"}')).toBe(0);
       expect(sample(body, 'edgefleet_inference_inline_event_loop_share{of="limit"}')).toBe(0.25);
       // What the last ~100 ms of inline runs took; how much depends on the machine, that it is reported does not.
       expect(sample(body, 'edgefleet_inference_inline_event_loop_share{of="used"}')).toBeTypeOf('number');
@@ -107,6 +109,40 @@ describe('AgentMetrics: the inline path', () => {
     } finally {
       await models.close();
       await inlinePool.close();
+    }
+  });
+
+  it('tells idle runs (a model over the per-run ceiling, inline while nothing else is in flight) apart', async () => {
+    // image-identity copies 600 KB a run: always over a 1 µs ceiling, always under a 10 ms one.
+    const idlePool = await InferencePool.start({
+      workers: 1,
+      session: DEFAULT_ORT_SESSION_CONFIG,
+      inline: { maxRunMicros: 1, eventLoopShare: 0.25, idleMaxRunMicros: 10_000 },
+    });
+    const idleMetrics = new AgentMetrics();
+    idleMetrics.watchPool(() => idlePool.stats());
+    const models = new ModelRegistry({ pool: idlePool, trust: null, cwd: files.root, metrics: idleMetrics });
+    const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
+    try {
+      await models.load({ url: await files.catalogue('image-identity'), name: 'image' });
+      while (idlePool.stats().inline.models.length === 0) {
+        await models.predict('image', predictTensors('image-identity'));
+        await loopWaits();
+      }
+      await models.predict('image', predictTensors('image-identity'));
+      // Two at once: the first runs inline, the second goes to the worker.
+      await loopWaits();
+      await Promise.all([1, 2].map(() => models.predict('image', predictTensors('image-identity'))));
+      const { body } = await idleMetrics.text();
+      expect(sample(body, 'edgefleet_inference_runs_total{path="inline_idle"}')).toBe(2);
+      expect(sample(body, 'edgefleet_inference_runs_total{path="inline"}')).toBe(0);
+      expect(sample(body, 'edgefleet_inference_inline_models{path="inline_idle"}')).toBe(1);
+      expect(sample(body, 'edgefleet_inference_inline_models{path="inline"}')).toBe(0);
+      expect(sample(body, 'edgefleet_inference_inline_idle_busy_total')).toBe(1);
+      expect(sample(body, 'edgefleet_inference_inline_event_loop_share{of="used"}')).toBe(0);
+    } finally {
+      await models.close();
+      await idlePool.close();
     }
   });
 });
