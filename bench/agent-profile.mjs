@@ -1,13 +1,13 @@
 // One request path of the agent, alone, for profiling: a real `edgefleet-agent` serving one model, one client
-// in a closed loop over one door, and what the agent's event loop spent per request. Where agent-inference.bench.mjs
+// (or --clients N, each on a connection of its own) in a closed loop over one door, and what the agent's event loop spent per request. Where agent-inference.bench.mjs
 // compares many paths in one run, this isolates one, so that a V8 CPU profile of the agent shows that path only
 // (the "before and after" profiles in docs/benchmarks.md).
 //
 //   npm run build && node bench/agent-profile.mjs --door rest|rest-shm|grpc|http-echo --model tiny|image-identity|silero
 //     [--seconds 4] [--cpu-prof <dir>] [--agent path/to/dist/main.js] [--settings '{"edgefleet_…": …}']
-//     [--metrics <regex>] [--agent-env "NAME=value …"]
+//     [--metrics <regex>] [--agent-env "NAME=value …"] [--clients N]
 //
-// Prints the p50 and p90 latency and the CPU time of the agent's main thread per request (Linux /proc
+// Prints the p50 and p90 latency (over all clients' requests), requests per second, and the CPU time of the agent's main thread per request (Linux /proc
 // schedstat). With --cpu-prof the agent writes its profiles into <dir> when it exits; read one with
 // `node bench/cpu-profile-top.mjs <file>`. --agent runs another build (an absolute path to its main.js).
 // --door http-echo runs the REST client against a bare node:http server in its own process that answers each
@@ -36,6 +36,8 @@ const profileDir = argValue('--cpu-prof', undefined);
 const agentMain = argValue('--agent', join(root, 'packages/agent/dist/main.js'));
 const settings = JSON.parse(argValue('--settings', '{}'));
 const metricsPattern = argValue('--metrics', undefined);
+// Closed-loop clients, each with a connection of its own (the 8-client rows of agent-inference.bench.mjs).
+const clients = Number(argValue('--clients', '1'));
 // Environment variables for the agent alone, e.g. --agent-env GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304
 const agentEnv = Object.fromEntries(
   (argValue('--agent-env', '') || '')
@@ -55,11 +57,12 @@ if (echoServerSocket !== undefined) {
 if (
   !['rest', 'rest-shm', 'grpc', 'http-echo'].includes(door) ||
   !['tiny', 'image-identity', 'silero'].includes(modelName) ||
-  (door === 'rest-shm' && modelName === 'silero')
+  (door === 'rest-shm' && modelName === 'silero') ||
+  !(Number.isInteger(clients) && clients >= 1)
 ) {
   console.error(
     'usage: node bench/agent-profile.mjs --door rest|rest-shm|grpc|http-echo --model tiny|image-identity|silero ' +
-      '(rest-shm: tiny or image-identity)',
+      '[--clients N] (rest-shm: tiny or image-identity; N a whole number ≥ 1)',
   );
   process.exit(2);
 }
@@ -239,28 +242,44 @@ const { dir: packageDir } = await core.createModelPackage({
 const { child, socketPath, restSocketPath } = await startAgent(packageDir);
 const cleanups = [];
 try {
-  const call =
-    door === 'grpc'
-      ? grpcCall(socketPath, tensors)
-      : door === 'rest-shm'
-        ? await restShmCall(restSocketPath, shmModel, cleanups)
-        : restCall(restSocketPath, tensors);
-  for (let i = 0; i < WARMUP_REQUESTS; i++) await call();
+  // One call per client: restCall and restShmCall make an HTTP agent of their own (one socket), and grpcCall a
+  // client with its own subchannel (one connection).
+  const calls = [];
+  for (let i = 0; i < clients; i++)
+    calls.push(
+      door === 'grpc'
+        ? grpcCall(socketPath, tensors)
+        : door === 'rest-shm'
+          ? await restShmCall(restSocketPath, shmModel, cleanups)
+          : restCall(restSocketPath, tensors),
+    );
+  await Promise.all(
+    calls.map(async (call) => {
+      for (let i = 0; i < Math.ceil(WARMUP_REQUESTS / clients); i++) await call();
+    }),
+  );
   const latencies = [];
   const cpuBefore = await mainThreadMicros(child.pid);
   const faultsBefore = await minorFaults(child.pid);
-  const end = performance.now() + seconds * 1000;
-  while (performance.now() < end) {
-    const began = performance.now();
-    await call();
-    latencies.push(performance.now() - began);
-  }
+  const began = performance.now();
+  const end = began + seconds * 1000;
+  await Promise.all(
+    calls.map(async (call) => {
+      while (performance.now() < end) {
+        const sent = performance.now();
+        await call();
+        latencies.push(performance.now() - sent);
+      }
+    }),
+  );
+  const elapsedSeconds = (performance.now() - began) / 1000;
   const cpu = (await mainThreadMicros(child.pid)) - cpuBefore;
   const faults = (await minorFaults(child.pid)) - faultsBefore;
   latencies.sort((a, b) => a - b);
   const at = (q) => `${(latencies[Math.floor(q * latencies.length)] * 1000).toFixed(0)} µs`;
   console.log(
-    `${door} ${modelName}: ${latencies.length} requests, p50 ${at(0.5)}, p90 ${at(0.9)}, ` +
+    `${door} ${modelName}, ${clients} client${clients === 1 ? '' : 's'}: ${latencies.length} requests, ` +
+      `p50 ${at(0.5)}, p90 ${at(0.9)}, ${(latencies.length / elapsedSeconds).toFixed(0)} req/s, ` +
       `${door === 'http-echo' ? 'echo server' : 'agent'} main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request, ${(faults / latencies.length).toFixed(1)} page faults per request`,
   );
   if (metricsPattern !== undefined && door !== 'http-echo')
