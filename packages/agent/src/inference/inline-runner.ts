@@ -2,7 +2,7 @@
  * ONNX Runtime sessions on the agent's event loop, for the inline path: a model whose runs take tens of
  * microseconds costs more to hand to a worker thread (two thread wake-ups, two structured clones) than to run.
  * Each model has its own session here, created only once the pool has measured that the model is fast (see
- * InlineBudget). The pool decides which requests come here; this module only loads, runs and releases.
+ * InlineBudget). InlineModels decides which requests come here; this module only loads, runs and releases.
  */
 import { stat } from 'node:fs/promises';
 import type ortModule from 'onnxruntime-node';

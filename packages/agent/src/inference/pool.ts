@@ -1,172 +1,40 @@
 import { InferenceError } from './errors.js';
-import {
-  DEFAULT_INLINE_BUDGET,
-  InlineBudget,
-  RUNS_BEFORE_INLINE,
-  type InlineBudgetOptions,
-  type InlineBudgetStats,
-  type InlinePath,
-} from './inline-budget.js';
-import { InlineRunner } from './inline-runner.js';
-import {
-  WORKER_CONTROL,
-  preciseNow,
-  type FromWorker,
-  type ModelBytes,
-  type OutputSegment,
-  type ToWorker,
-  type WireTensorInfo,
-} from './protocol.js';
+import { DEFAULT_INLINE_BUDGET, RUNS_BEFORE_INLINE } from './inline-budget.js';
+import { InlineModels } from './inline-models.js';
+import type { InferencePoolOptions, ModelSessionInfo, PoolStats, RunOptions } from './pool-types.js';
+import { preciseNow, type ModelBytes } from './protocol.js';
 import {
   HAND_AHEAD_MAX_COMPUTE_MS,
   handAheadTo,
   idleSlot,
-  inlinePath,
   poolIsIdle,
   slotCanRun,
   takeOldestWaiting,
   takesAhead,
-  type Control,
   type Job,
   type ModelEntry,
   type RunResult,
   type Slot,
 } from './scheduling.js';
-import { toOrtSessionOptions, type OrtSessionConfig } from './session-options.js';
-import {
-  copiedInputs,
-  fromWire,
-  prepareInputs,
-  type InputByteCounts,
-  type PoolTensor,
-} from './tensor-transfer.js';
-import {
-  deathOf,
-  newSlot,
-  restartDelay,
-  ringDoorbell as ring,
-  spawnWorkerThread,
-  stopWorker,
-} from './worker-thread.js';
+import { toOrtSessionOptions } from './session-options.js';
+import { fromWire, prepareInputs, type InputByteCounts, type PoolTensor } from './tensor-transfer.js';
+import { WorkerSet, type LoadedReply, type LostRuns, type RunReply, type WorkerDeath } from './worker-set.js';
 
 export type { PoolTensor } from './tensor-transfer.js';
 export type { RunResult } from './scheduling.js';
-
-export interface RunOptions {
-  /**
-   * The caller gives up the input buffers: a tensor whose bytes fill its whole ArrayBuffer is transferred to the
-   * worker without a copy, and the caller's buffer is detached (byteLength 0) afterwards. Without this, or for
-   * a view into a larger buffer, the bytes are copied once. SharedArrayBuffer bytes are not copied on this
-   * thread; the worker copies them once (onnxruntime-node refuses tensors over a SharedArrayBuffer).
-   */
-  transferInputs?: boolean;
-  /**
-   * An ArrayBuffer the caller gives up in full (e.g. a gRPC request message that has memory of its own): inputs
-   * that are views into it are transferred with it, once, without a copy. The caller must treat it as gone: it is
-   * detached when the run goes to a worker, and left as it is when the run is inline.
-   */
-  ownedBuffer?: ArrayBuffer;
-  /**
-   * Outputs to write into System V shared memory (where the event loop checked the caller may write): a worker
-   * writes them there and sends back only their type and shape (`writtenToSegment`, empty `data`). Outputs not
-   * named here come back as bytes; so may those of a run on the event loop (see InlineRunner.run): the caller
-   * writes an output named here that comes back as bytes.
-   */
-  outputSegments?: OutputSegment[];
-}
-
-export interface ModelSessionInfo {
-  /** The model's inputs and outputs as ONNX Runtime sees them. */
-  inputs: WireTensorInfo[];
-  outputs: WireTensorInfo[];
-  /** Worker indexes holding an instance. */
-  workers: number[];
-}
-
-export type PoolEvent =
-  | {
-      type: 'worker-exit';
-      worker: number;
-      exitCode: number;
-      reason: string;
-      /** Requests that were running or loading on it and have failed. */
-      failed: number;
-    }
-  | { type: 'worker-restarted'; worker: number; reloaded: string[] }
-  | { type: 'instance-lost'; worker: number; key: string; reason: string }
-  /** The model's inline session could not be created: its requests stay on the workers. */
-  | { type: 'inline-unavailable'; key: string; reason: string };
-
-export interface InferencePoolOptions {
-  workers: number;
-  session: OrtSessionConfig;
-  /** Requests for one model waiting for a worker; more fail with 'queue-full'. Default 256. */
-  maxQueuedPerModel?: number;
-  /** Delay before restarting a worker that died again soon after its last restart (doubles up to max). */
-  restartDelayMs?: { initial: number; max: number };
-  /**
-   * After each inference, a worker keeps polling for its next request for up to this many microseconds (0 to
-   * 10000) before it goes to sleep. A request that arrives meanwhile skips waking the thread and finds ONNX
-   * Runtime's caches warm; each inference may then cost up to this much extra CPU, and none while no requests
-   * come. Only while a core is to spare: fewer workers than cores − 1 running or polling (the main thread keeps
-   * a core); the polling also stops early when the thread is preempted. Default 0 (off): it shortens requests
-   * that come one at a time, at the cost of CPU (see docs/benchmarks.md).
-   */
-  hotWaitMicros?: number;
-  /**
-   * A model's requests are handed ahead to its busy worker only when its runs, and the running one's, average at
-   * most this many milliseconds. Default HAND_AHEAD_MAX_COMPUTE_MS (2 ms).
-   */
-  handAheadMaxComputeMs?: number;
-  /**
-   * The inline path: requests for a model whose measured runs average at most `maxRunMicros` run on the event
-   * loop, in a session of their own, while inline runs take at most `eventLoopShare` of its time (see
-   * InlineBudget); with `idleMaxRunMicros`, a model whose runs average at most that also runs there while no other
-   * request is in the pool and the event loop had nothing to do (idle runs); everything else goes to the workers.
-   * Default off (`maxRunMicros` 0); the agent turns it on from its configuration. Only with the CPU execution
-   * provider alone.
-   */
-  inline?: InlineBudgetOptions;
-  /** Told about worker crashes and restarts (for logs and metrics). */
-  onEvent?: (event: PoolEvent) => void;
-}
-
-export interface PoolStats {
-  workers: Array<{
-    index: number;
-    threadId: number | null;
-    ready: boolean;
-    busy: boolean;
-    /** Polling for its next request (hotWaitMicros) rather than asleep. */
-    hot: boolean;
-    sessions: string[];
-    restarts: number;
-  }>;
-  models: Array<{ key: string; workers: number[]; queued: number; running: number }>;
-  /**
-   * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
-   * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors); in
-   * System V shared memory, which the worker maps itself (`segment`: nothing sent; no copy unless misaligned or on
-   * a big-endian host, then one inside the worker).
-   */
-  inputBytes: InputByteCounts;
-  /**
-   * Where requests ran (warm-up runs included): inline within the event-loop share, inline as idle runs (the
-   * agent had nothing else to do; not charged to the share), or on a worker. The three add up to all runs.
-   */
-  runs: Record<InlinePath | 'worker', number>;
-  inline: InlineBudgetStats & {
-    /**
-     * Models running inline now, with their average run time in microseconds and how: `inline` (within the
-     * share) or `inline_idle` (over the per-run ceiling, so only as idle runs).
-     */
-    models: Array<{ key: string; computeMicros: number; path: InlinePath }>;
-  };
-}
+export type {
+  InferencePoolOptions,
+  ModelSessionInfo,
+  PoolEvent,
+  PoolStats,
+  RunOptions,
+} from './pool-types.js';
 
 const DEFAULT_MAX_QUEUED = 256;
 const DEFAULT_RESTART_DELAY = { initial: 100, max: 10_000 };
 const MAX_HOT_WAIT_MICROS = 10_000;
+
+type Settings = Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<InferencePoolOptions, 'onEvent'>;
 
 /**
  * A pool of inference worker threads. Each worker owns ONNX Runtime sessions for the models assigned to it;
@@ -177,22 +45,21 @@ const MAX_HOT_WAIT_MICROS = 10_000;
  * posted to it ahead of time, so that the worker goes from one run to the next without sleeping in between. A
  * worker that dies fails what it was running (and the request handed ahead to it) with 'worker-died', is
  * replaced, and its sessions are loaded again.
+ *
+ * This class is the one scheduler: it asks the inline path (InlineModels) first whether a request runs on the
+ * event loop, and hands the rest to the workers (WorkerSet: their lifecycle and messages).
  */
 export class InferencePool {
-  readonly #options: Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<InferencePoolOptions, 'onEvent'>;
-  readonly #budget: InlineBudget;
-  readonly #inline = new InlineRunner();
-  readonly #runs: PoolStats['runs'] = { inline: 0, inline_idle: 0, worker: 0 };
-  readonly #slots: Slot[] = [];
+  readonly #options: Settings;
   readonly #models = new Map<string, ModelEntry>();
-  /** InferenceWorkerData.activity, an Int32 per worker. */
-  #activity = new Int32Array(new SharedArrayBuffer(0));
-  #nextId = 1;
+  readonly #workers: WorkerSet;
+  readonly #inline: InlineModels;
+  #workerRuns = 0;
   #closed = false;
   readonly #inputBytes: InputByteCounts = { transferred: 0, shared: 0, copied: 0, copies: 0, segment: 0 };
 
   private constructor(options: InferencePoolOptions) {
-    this.#options = {
+    const settings: Settings = {
       maxQueuedPerModel: DEFAULT_MAX_QUEUED,
       restartDelayMs: DEFAULT_RESTART_DELAY,
       hotWaitMicros: 0,
@@ -200,10 +67,30 @@ export class InferencePool {
       inline: { ...DEFAULT_INLINE_BUDGET, maxRunMicros: 0, idleMaxRunMicros: 0 },
       ...options,
     };
-    const cpuOnly = this.#options.session.executionProviders.every((ep) => ep.name === 'cpu');
-    this.#budget = new InlineBudget(
-      cpuOnly ? this.#options.inline : { ...this.#options.inline, maxRunMicros: 0 },
-    );
+    this.#options = settings;
+    const sessionOptions = () => toOrtSessionOptions(settings.session);
+    const cpuOnly = settings.session.executionProviders.every((ep) => ep.name === 'cpu');
+    this.#inline = new InlineModels({
+      budget: cpuOnly ? settings.inline : { ...settings.inline, maxRunMicros: 0 },
+      sessionOptions,
+      models: this.#models,
+      poolIdle: () => poolIsIdle(this.#workers.slots, this.#models),
+      ...(settings.onEvent && { onEvent: settings.onEvent }),
+    });
+    this.#workers = new WorkerSet({
+      workers: settings.workers,
+      hotWaitMicros: settings.hotWaitMicros,
+      restartDelayMs: settings.restartDelayMs,
+      sessionOptions,
+      ...(settings.onEvent && { onEvent: settings.onEvent }),
+      events: {
+        canTakeWork: (slot) => this.#pump(slot),
+        runEnded: (slot, job, reply) => this.#runEnded(slot, job, reply),
+        died: (slot, death, lost) => this.#workerDied(slot, death, lost),
+        instanceLost: (slot, key, reason) => this.#dropInstance(slot, key, reason),
+        modelOf: (key) => this.#models.get(key)?.model,
+      },
+    });
   }
 
   /** Starts the workers; resolves once every one has loaded ONNX Runtime. */
@@ -218,15 +105,8 @@ export class InferencePool {
       );
     }
     const pool = new InferencePool(options); // validates the inline budget
-    pool.#activity = new Int32Array(new SharedArrayBuffer(options.workers * 4));
     try {
-      await Promise.all(
-        Array.from({ length: options.workers }, (_, index) => {
-          const slot = newSlot(index);
-          pool.#slots.push(slot);
-          return pool.#spawn(slot);
-        }),
-      );
+      await pool.#workers.start();
     } catch (error) {
       await pool.close();
       throw error;
@@ -235,7 +115,7 @@ export class InferencePool {
   }
 
   get workerCount(): number {
-    return this.#slots.length;
+    return this.#workers.slots.length;
   }
 
   /**
@@ -245,10 +125,11 @@ export class InferencePool {
    * model's bytes; bytes are kept while the model is loaded, so a restarted worker runs the same ones.
    */
   async loadModel(key: string, model: string | ModelBytes, instances: number): Promise<ModelSessionInfo> {
-    this.#assertOpen();
+    if (this.#closed) throw closedError();
     if (this.#models.has(key)) throw new Error(`a session set named ${key} is already in the pool`);
-    const count = Math.max(1, Math.min(instances, this.#slots.length));
-    const chosen = [...this.#slots]
+    const slots = this.#workers.slots;
+    const count = Math.max(1, Math.min(instances, slots.length));
+    const chosen = [...slots]
       .sort((a, b) => a.sessions.size - b.sessions.size || a.index - b.index)
       .slice(0, count);
     const entry: ModelEntry = {
@@ -262,7 +143,7 @@ export class InferencePool {
       inlineAfterRuns: RUNS_BEFORE_INLINE,
     };
     this.#models.set(key, entry);
-    const results = await Promise.allSettled(chosen.map((slot) => this.#loadOn(slot, entry)));
+    const results = await Promise.allSettled(chosen.map((slot) => this.#workers.load(slot, key, model)));
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failure || this.#models.get(key) !== entry) {
       await this.unloadModel(key).catch(() => {});
@@ -270,7 +151,7 @@ export class InferencePool {
         failure?.reason ?? new InferenceError('unloaded', `model ${key} was unloaded while it was loading`)
       );
     }
-    const first = (results[0] as PromiseFulfilledResult<Extract<FromWorker, { op: 'loaded' }>>).value;
+    const first = (results[0] as PromiseFulfilledResult<LoadedReply>).value;
     return { inputs: first.inputs, outputs: first.outputs, workers: chosen.map((s) => s.index) };
   }
 
@@ -298,18 +179,9 @@ export class InferencePool {
       job.reject(new InferenceError('unloaded', `model ${key} was unloaded before this request ran`));
     }
     // Inline runs are synchronous (InlineRunner.run): none can be under way while this runs.
-    const releaseInline = async () => {
-      entry.inline = 'off';
-      await this.#inline.release(key);
-    };
     await Promise.all([
-      releaseInline(),
-      ...[...entry.slots].map(async (slot) => {
-        if (!slot.sessions.has(key)) return;
-        slot.sessions.delete(key);
-        if (!slot.worker) return; // a dead worker holds nothing; its restart will not reload this key
-        await this.#control(slot, { op: 'release', id: this.#id(), key }).catch(() => {});
-      }),
+      this.#inline.release(entry),
+      ...[...entry.slots].map((slot) => this.#workers.release(slot, key)),
     ]);
   }
 
@@ -320,22 +192,12 @@ export class InferencePool {
    * its result is discarded.
    */
   async recycleWorker(index: number): Promise<void> {
-    const slot = this.#slots[index];
-    if (!slot) throw new RangeError(`no worker ${index}; the pool has ${this.#slots.length}`);
-    if (slot.worker) await stopWorker(slot.worker, slot.control);
+    await this.#workers.recycle(index);
   }
 
   stats(): PoolStats {
     return {
-      workers: this.#slots.map((slot) => ({
-        index: slot.index,
-        threadId: slot.worker?.threadId ?? null,
-        ready: slot.ready,
-        busy: slot.running !== null,
-        hot: slot.worker !== null && Atomics.load(slot.control, WORKER_CONTROL.HOT) === 1,
-        sessions: [...slot.sessions.keys()],
-        restarts: slot.restarts,
-      })),
+      workers: this.#workers.stats(),
       models: [...this.#models.values()].map((entry) => ({
         key: entry.key,
         workers: [...entry.slots].map((s) => s.index),
@@ -343,22 +205,8 @@ export class InferencePool {
         running: entry.running,
       })),
       inputBytes: { ...this.#inputBytes },
-      runs: { ...this.#runs },
-      inline: {
-        ...this.#budget.stats(performance.now()),
-        models: [...this.#models.values()]
-          .filter(
-            (entry) =>
-              entry.inline === 'on' &&
-              entry.workerRuns >= entry.inlineAfterRuns &&
-              this.#budget.fastEnoughWhenIdle(entry.computeMs ?? Infinity),
-          )
-          .map((entry) => ({
-            key: entry.key,
-            computeMicros: Math.round((entry.computeMs ?? 0) * 1000),
-            path: this.#budget.fastEnough(entry.computeMs ?? Infinity) ? 'inline' : 'inline_idle',
-          })),
-      },
+      runs: { ...this.#inline.runs, worker: this.#workerRuns },
+      inline: this.#inline.stats(this.#models.values()),
     };
   }
 
@@ -366,229 +214,17 @@ export class InferencePool {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const closed = () => new InferenceError('closed', 'the inference pool is shutting down');
-    for (const entry of this.#models.values()) for (const job of entry.queue.splice(0)) job.reject(closed());
+    for (const entry of this.#models.values())
+      for (const job of entry.queue.splice(0)) job.reject(closedError());
     this.#models.clear();
-    await Promise.all(
-      this.#slots.map(async (slot) => {
-        slot.running?.reject(closed());
-        slot.ahead?.reject(closed());
-        slot.running = null;
-        slot.ahead = null;
-        for (const control of [...slot.controls.values(), ...slot.backlog]) control.reject(closed());
-        slot.controls.clear();
-        slot.backlog = [];
-        const worker = slot.worker;
-        slot.worker = null;
-        slot.ready = false;
-        if (worker) await stopWorker(worker, slot.control);
-      }),
-    );
-    await this.#inline.close();
-  }
-
-  // --- workers -------------------------------------------------------------------------------------------------
-
-  #spawn(slot: Slot): Promise<void> {
-    return spawnWorkerThread(
-      slot,
-      { activity: this.#activity, hotWaitMicros: this.#options.hotWaitMicros },
-      {
-        ready: () => {
-          for (const control of slot.backlog.splice(0)) this.#post(slot, control);
-          this.#pump(slot);
-        },
-        reply: (message) => this.#onReply(slot, message),
-        exited: (exitCode, started) => {
-          if (this.#closed) return;
-          // A restart that failed to start: try again later rather than give up on the slot.
-          if (started || slot.restarts > 0) this.#died(slot, exitCode);
-        },
-      },
-    );
-  }
-
-  /** A worker stopped unexpectedly: fail what it was doing, then replace it and reload its sessions. */
-  #died(slot: Slot, exitCode: number): void {
-    const { reason, kind } = deathOf(slot, exitCode);
-    slot.worker = null;
-    slot.ready = false;
-    let failed = 0;
-    if (slot.running) {
-      const job = slot.running;
+    for (const slot of this.#workers.slots) {
+      slot.running?.reject(closedError());
+      slot.ahead?.reject(closedError());
       slot.running = null;
-      this.#finished(job);
-      job.reject(
-        new InferenceError(
-          'worker-died',
-          `the inference worker running this request stopped (${reason}); the request did not complete and may be retried`,
-        ),
-      );
-      failed++;
-    }
-    if (slot.ahead) {
-      const job = slot.ahead;
       slot.ahead = null;
-      this.#finished(job);
-      job.reject(
-        new InferenceError(
-          'worker-died',
-          `the inference worker this request was handed to stopped (${reason}) before running it; it may be retried`,
-        ),
-      );
-      failed++;
     }
-    for (const control of slot.controls.values()) {
-      control.reject(
-        new InferenceError(kind, `the inference worker stopped (${reason}) while loading the model`),
-      );
-      failed++;
-    }
-    slot.controls.clear();
-    // Sessions being loaded failed with their load; the ones that were ready are loaded again.
-    for (const [key, state] of slot.sessions) {
-      if (state === 'ready') slot.sessions.set(key, 'reloading');
-      else if (state === 'loading')
-        this.#dropInstance(slot, key, `the worker stopped while loading it (${reason})`);
-    }
-    // Warm-up runs pinned to this worker cannot run anywhere else.
-    for (const entry of this.#models.values()) {
-      entry.queue = entry.queue.filter((job) => {
-        if (job.pinned !== slot) return true;
-        job.reject(new InferenceError(kind, `the inference worker stopped (${reason})`));
-        return false;
-      });
-    }
-    this.#options.onEvent?.({ type: 'worker-exit', worker: slot.index, exitCode, reason, failed });
-    slot.recentDeaths++;
-    setTimeout(() => void this.#restart(slot), restartDelay(slot, this.#options.restartDelayMs)).unref();
-  }
-
-  async #restart(slot: Slot): Promise<void> {
-    if (this.#closed) return;
-    slot.restarts++;
-    try {
-      await this.#spawn(slot);
-    } catch {
-      return; // #spawn's exit handler scheduled another attempt
-    }
-    const reloaded: string[] = [];
-    for (const [key, state] of [...slot.sessions]) {
-      const entry = this.#models.get(key);
-      if (state !== 'reloading' || !entry) continue;
-      try {
-        await this.#loadOn(slot, entry);
-        reloaded.push(key);
-      } catch (error) {
-        if (slot.worker === null) return; // died again while reloading; #died has handled it
-        this.#dropInstance(slot, key, (error as Error).message);
-      }
-    }
-    this.#options.onEvent?.({ type: 'worker-restarted', worker: slot.index, reloaded });
-  }
-
-  /** Loads the model on one worker; the session is usable once this resolves. */
-  async #loadOn(slot: Slot, entry: ModelEntry): Promise<Extract<FromWorker, { op: 'loaded' }>> {
-    slot.sessions.set(entry.key, 'loading');
-    const reply = await this.#control(slot, {
-      op: 'load',
-      id: this.#id(),
-      key: entry.key,
-      model: entry.model,
-      options: toOrtSessionOptions(this.#options.session),
-    });
-    if (reply.op !== 'loaded') throw new Error(`unexpected reply ${reply.op} to load`);
-    if (slot.sessions.get(entry.key) === 'loading') slot.sessions.set(entry.key, 'ready');
-    this.#pump(slot);
-    return reply;
-  }
-
-  /** The model loses its instance on this worker; with none left, its waiting requests fail. */
-  #dropInstance(slot: Slot, key: string, reason: string): void {
-    slot.sessions.delete(key);
-    const entry = this.#models.get(key);
-    if (!entry || !entry.slots.delete(slot)) return;
-    this.#options.onEvent?.({ type: 'instance-lost', worker: slot.index, key, reason });
-    if (entry.slots.size === 0) {
-      for (const job of entry.queue.splice(0)) job.reject(noInstance(key, reason));
-    }
-  }
-
-  // --- messages ------------------------------------------------------------------------------------------------
-
-  #id(): number {
-    return this.#nextId++;
-  }
-
-  #control(slot: Slot, message: ToWorker): Promise<FromWorker> {
-    return new Promise((resolve, reject) => {
-      const control: Control = { message, resolve, reject };
-      if (slot.ready) this.#post(slot, control);
-      else slot.backlog.push(control);
-    });
-  }
-
-  #post(slot: Slot, control: Control): void {
-    slot.controls.set(control.message.id, control);
-    slot.worker!.postMessage(control.message);
-    ringDoorbell(slot);
-  }
-
-  #onReply(slot: Slot, message: FromWorker): void {
-    if (message.op === 'ready') return;
-    const job = slot.running;
-    if (job && message.id === job.seq && (message.op === 'done' || message.op === 'failed')) {
-      // The worker runs what was handed ahead to it as soon as it is done with this one.
-      slot.running = slot.ahead;
-      slot.ahead = null;
-      slot.recentDeaths = 0;
-      this.#finished(job);
-      if (message.op === 'done') {
-        this.#runs.worker++;
-        const entry = this.#models.get(job.key);
-        if (entry) {
-          entry.workerRuns++;
-          this.#measured(entry, message.finishedAt - message.startedAt);
-        }
-        try {
-          job.resolve({
-            outputs: message.outputs.map(fromWire),
-            queueMs: Math.max(0, message.startedAt - job.submittedAt),
-            computeMs: Math.max(0, message.finishedAt - message.startedAt),
-            worker: slot.index,
-          });
-        } catch (error) {
-          job.reject(error as InferenceError);
-        }
-      } else {
-        job.reject(
-          new InferenceError(
-            message.kind === 'no-session'
-              ? 'unloaded'
-              : message.kind === 'out-of-memory' || message.kind === 'segment-unusable'
-                ? message.kind
-                : 'run-failed',
-            message.message,
-          ),
-        );
-      }
-      this.#pump(slot);
-      return;
-    }
-    const control = slot.controls.get(message.id);
-    if (!control) return;
-    slot.controls.delete(message.id);
-    slot.recentDeaths = 0;
-    if (message.op === 'failed') {
-      control.reject(
-        new InferenceError(
-          message.kind === 'out-of-memory' ? 'out-of-memory' : 'model-rejected',
-          message.message,
-        ),
-      );
-    } else {
-      control.resolve(message);
-    }
+    await this.#workers.close(closedError);
+    await this.#inline.close();
   }
 
   // --- scheduling ----------------------------------------------------------------------------------------------
@@ -599,8 +235,7 @@ export class InferencePool {
     options: RunOptions,
     pinned: Slot | undefined,
   ): Promise<RunResult> {
-    if (this.#closed)
-      return Promise.reject(new InferenceError('closed', 'the inference pool is shutting down'));
+    if (this.#closed) return Promise.reject(closedError());
     const entry = this.#models.get(key);
     if (!entry)
       return Promise.reject(new InferenceError('unknown-model', `no session set named ${key} is loaded`));
@@ -613,15 +248,8 @@ export class InferencePool {
         ),
       );
     }
-    const inline = pinned
-      ? undefined
-      : inlinePath(
-          entry,
-          this.#budget,
-          () => poolIsIdle(this.#slots, this.#models),
-          () => performance.eventLoopUtilization().idle,
-        );
-    if (inline) return this.#runInline(entry, inputs, inline, options.outputSegments);
+    const inline = pinned ? undefined : this.#inline.pathFor(entry);
+    if (inline) return this.#inline.run(entry, inputs, inline, options.outputSegments);
     const { wire, transfer } = prepareInputs(
       inputs,
       options.transferInputs === true,
@@ -630,7 +258,7 @@ export class InferencePool {
     );
     return new Promise<RunResult>((resolve, reject) => {
       const job: Job = {
-        seq: this.#id(),
+        seq: this.#workers.nextId(),
         key,
         inputs: wire,
         ...(options.outputSegments?.length && { outputSegments: options.outputSegments }),
@@ -655,33 +283,18 @@ export class InferencePool {
   #start(slot: Slot, job: Job, entry: ModelEntry, as: 'running' | 'ahead'): void {
     slot[as] = job;
     entry.running++;
-    const message: ToWorker = {
-      op: 'run',
-      id: job.seq,
-      key: job.key,
-      inputs: job.inputs,
-      ...(job.outputSegments && { outputSegments: job.outputSegments }),
-    };
     try {
-      slot.worker!.postMessage(message, job.transfer);
-      ringDoorbell(slot);
-    } catch {
-      // A buffer that cannot be transferred (an external one, e.g. mapped memory): copy everything instead.
-      try {
-        const copies = copiedInputs(job.inputs, this.#inputBytes);
-        slot.worker!.postMessage({ ...message, inputs: copies.wire }, copies.transfer);
-        ringDoorbell(slot);
-      } catch (error) {
-        slot[as] = null;
-        this.#finished(job);
-        job.reject(
-          new InferenceError(
-            'run-failed',
-            `the input tensors could not be handed to a worker: ${(error as Error).message}`,
-          ),
-        );
-        queueMicrotask(() => this.#pump(slot));
-      }
+      this.#workers.postRun(slot, job, this.#inputBytes);
+    } catch (error) {
+      slot[as] = null;
+      this.#finished(job);
+      job.reject(
+        new InferenceError(
+          'run-failed',
+          `the input tensors could not be handed to a worker: ${(error as Error).message}`,
+        ),
+      );
+      queueMicrotask(() => this.#pump(slot));
     }
   }
 
@@ -707,79 +320,79 @@ export class InferencePool {
     }
   }
 
-  // --- the inline path ------------------------------------------------------------------------------------------
-
-  /** Folds one measured run time into the model's average, and moves a fast model towards the inline path. */
-  #measured(entry: ModelEntry, computeMs: number): void {
-    entry.computeMs = entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
-    if (
-      entry.inline === 'off' &&
-      entry.workerRuns >= RUNS_BEFORE_INLINE &&
-      this.#budget.fastEnoughWhenIdle(entry.computeMs)
-    )
-      void this.#loadInline(entry);
+  /** The worker answered a request: settle it (measuring the model's run), then give the worker more. */
+  #runEnded(slot: Slot, job: Job, reply: RunReply): void {
+    this.#finished(job);
+    if (reply.op === 'done') {
+      this.#workerRuns++;
+      const entry = this.#models.get(job.key);
+      if (entry) {
+        entry.workerRuns++;
+        this.#inline.measured(entry, reply.finishedAt - reply.startedAt);
+      }
+      try {
+        job.resolve({
+          outputs: reply.outputs.map(fromWire),
+          queueMs: Math.max(0, reply.startedAt - job.submittedAt),
+          computeMs: Math.max(0, reply.finishedAt - reply.startedAt),
+          worker: slot.index,
+        });
+      } catch (error) {
+        job.reject(error as InferenceError);
+      }
+    } else {
+      const kind =
+        reply.kind === 'no-session'
+          ? 'unloaded'
+          : reply.kind === 'out-of-memory' || reply.kind === 'segment-unusable'
+            ? reply.kind
+            : 'run-failed';
+      job.reject(new InferenceError(kind, reply.message));
+    }
+    this.#pump(slot);
   }
 
-  async #loadInline(entry: ModelEntry): Promise<void> {
-    entry.inline = 'loading';
-    let loaded = false;
-    try {
-      loaded = await this.#inline.load(entry.key, entry.model, toOrtSessionOptions(this.#options.session));
-    } catch (error) {
-      // The workers hold working sessions of it; this model stays on them, and the operator is told why (e.g. an
-      // onnxruntime-node without the native binding the inline path uses, or a session option it refuses).
-      this.#options.onEvent?.({
-        type: 'inline-unavailable',
-        key: entry.key,
-        reason: (error instanceof Error ? error.message : String(error)).slice(0, 500),
+  /** A worker died: what it was running or had been handed fails, and so do warm-up runs pinned to it. */
+  #workerDied(slot: Slot, { reason, kind }: WorkerDeath, lost: LostRuns): number {
+    const fail = (job: Job | null, message: string): number => {
+      if (!job) return 0;
+      this.#finished(job);
+      job.reject(new InferenceError('worker-died', message));
+      return 1;
+    };
+    const failed =
+      fail(
+        lost.running,
+        `the inference worker running this request stopped (${reason}); the request did not complete and may be retried`,
+      ) +
+      fail(
+        lost.ahead,
+        `the inference worker this request was handed to stopped (${reason}) before running it; it may be retried`,
+      );
+    // Warm-up runs pinned to this worker cannot run anywhere else.
+    for (const entry of this.#models.values()) {
+      entry.queue = entry.queue.filter((job) => {
+        if (job.pinned !== slot) return true;
+        job.reject(new InferenceError(kind, `the inference worker stopped (${reason})`));
+        return false;
       });
     }
-    if (this.#models.get(entry.key) !== entry || this.#closed) {
-      // Unloaded (or the pool closed) while its inline session was being created: nothing may keep that session.
-      if (loaded && (this.#closed || !this.#models.has(entry.key))) await this.#inline.release(entry.key);
-      return;
-    }
-    entry.inline = loaded ? 'on' : 'unfit';
+    return failed;
   }
 
-  /** Runs at once, on this thread (InlineRunner.run is synchronous); the promise is already settled. */
-  #runInline(
-    entry: ModelEntry,
-    inputs: readonly PoolTensor[],
-    path: InlinePath,
-    outputSegments: readonly OutputSegment[] | undefined,
-  ): Promise<RunResult> {
-    // Idle runs are not charged to the event-loop share (see InlineBudget): nothing to settle for them.
-    const expectedMs = entry.computeMs ?? 0;
-    const charged = path === 'inline';
-    const submittedAt = preciseNow();
-    entry.running++;
-    try {
-      const { outputs, computeMs } = this.#inline.run(entry.key, inputs, outputSegments);
-      this.#runs[path]++;
-      if (charged) this.#budget.settle(expectedMs, computeMs);
-      entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
-      // One run far over the ceiling (a misjudged model, or inputs that make it slow): back to the workers,
-      // which measure it again before it may return.
-      if (this.#budget.tooSlow(computeMs, path))
-        entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE;
-      const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
-      return Promise.resolve({ outputs, queueMs, computeMs, worker: -1 });
-    } catch (error) {
-      if (charged) this.#budget.settle(expectedMs, 0);
-      return Promise.reject(error as InferenceError);
-    } finally {
-      entry.running--;
+  /** The model lost its instance on this worker; with none left, its waiting requests fail. */
+  #dropInstance(slot: Slot, key: string, reason: string): void {
+    const entry = this.#models.get(key);
+    if (!entry || !entry.slots.delete(slot)) return;
+    this.#options.onEvent?.({ type: 'instance-lost', worker: slot.index, key, reason });
+    if (entry.slots.size === 0) {
+      for (const job of entry.queue.splice(0)) job.reject(noInstance(key, reason));
     }
-  }
-
-  #assertOpen(): void {
-    if (this.#closed) throw new InferenceError('closed', 'the inference pool is shutting down');
   }
 }
 
-function ringDoorbell(slot: Slot): void {
-  ring(slot.control);
+function closedError(): InferenceError {
+  return new InferenceError('closed', 'the inference pool is shutting down');
 }
 
 function noInstance(key: string, reason: string): InferenceError {

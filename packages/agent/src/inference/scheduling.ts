@@ -1,6 +1,7 @@
 /**
  * The pool's scheduling: which worker (or the event loop) runs a request. Pure decisions over the pool's slots
- * and models; the pool (pool.ts) owns the worker lifecycle and the messages, tensor-transfer.ts the bytes.
+ * and models; the pool (pool.ts) acts on them, worker-set.ts owns the worker lifecycle and the messages,
+ * inline-models.ts the inline path, tensor-transfer.ts the bytes.
  *
  * A request runs inline when its model is measured fast and the budget allows, or when its model is measured fast
  * enough for an idle run and the agent has nothing else to do (see InlineBudget); otherwise it starts at once on

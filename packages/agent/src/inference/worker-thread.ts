@@ -1,7 +1,7 @@
 /**
  * One inference worker thread's lifecycle: its slot, starting it, telling why it died, how long to wait before
- * restarting it, signalling and stopping it. What its death means for requests, and reloading its sessions, is
- * the pool's (pool.ts).
+ * restarting it, signalling and stopping it. What its death means for the worker set and reloading its sessions
+ * are worker-set.ts's; what it means for requests, the pool's (pool.ts).
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';

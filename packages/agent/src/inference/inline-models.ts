@@ -1,0 +1,159 @@
+/**
+ * The inline path: which of the pool's models run on the agent's event loop, and running them there. It measures
+ * every model's worker runs, creates an inline session (InlineRunner) for a model measured fast, answers the
+ * pool's scheduler whether a request runs inline (within the event-loop share, or as an idle run: InlineBudget),
+ * runs those, and sends a model that ran far over its ceiling back to the workers. Its per-model state lives in
+ * the pool's ModelEntry (scheduling.ts), which the scheduler reads too (computeMs, running).
+ */
+import type { InferenceSession } from 'onnxruntime-node';
+import type { InferenceError } from './errors.js';
+import {
+  InlineBudget,
+  RUNS_BEFORE_INLINE,
+  type InlineBudgetOptions,
+  type InlinePath,
+} from './inline-budget.js';
+import { InlineRunner } from './inline-runner.js';
+import type { PoolEvent, PoolStats } from './pool-types.js';
+import { preciseNow, type OutputSegment } from './protocol.js';
+import { inlinePath, type ModelEntry, type RunResult } from './scheduling.js';
+import type { PoolTensor } from './tensor-transfer.js';
+
+export interface InlineModelsOptions {
+  /** The budget; a `maxRunMicros` of 0 keeps every model on the workers. Validated here (RangeError). */
+  budget: InlineBudgetOptions;
+  /** ONNX Runtime's options for an inline session (the workers' own). */
+  sessionOptions: () => InferenceSession.SessionOptions;
+  /**
+   * The pool's loaded models, by key: an inline session created for an entry no longer loaded under its key (it
+   * was unloaded, or the pool closed, meanwhile) is released rather than kept.
+   */
+  models: ReadonlyMap<string, ModelEntry>;
+  /** No request is in the pool (waiting, on a worker, or running inline): asked only when an idle run may be. */
+  poolIdle: () => boolean;
+  /** Told when a model's inline session cannot be created. */
+  onEvent?: (event: PoolEvent) => void;
+  runner?: InlineRunner;
+}
+
+export class InlineModels {
+  readonly #budget: InlineBudget;
+  readonly #runner: InlineRunner;
+  readonly #options: InlineModelsOptions;
+  readonly #runs: Record<InlinePath, number> = { inline: 0, inline_idle: 0 };
+
+  constructor(options: InlineModelsOptions) {
+    this.#options = options;
+    this.#budget = new InlineBudget(options.budget);
+    this.#runner = options.runner ?? new InlineRunner();
+  }
+
+  /** Runs so far on each inline path. */
+  get runs(): Readonly<Record<InlinePath, number>> {
+    return this.#runs;
+  }
+
+  /** Where this request runs inline, if it does (see scheduling.ts's inlinePath); admitting it charges the share. */
+  pathFor(entry: ModelEntry): InlinePath | undefined {
+    return inlinePath(
+      entry,
+      this.#budget,
+      this.#options.poolIdle,
+      () => performance.eventLoopUtilization().idle,
+    );
+  }
+
+  /** Folds one measured run time into the model's average, and moves a fast model towards the inline path. */
+  measured(entry: ModelEntry, computeMs: number): void {
+    entry.computeMs = entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
+    if (
+      entry.inline === 'off' &&
+      entry.workerRuns >= RUNS_BEFORE_INLINE &&
+      this.#budget.fastEnoughWhenIdle(entry.computeMs)
+    )
+      void this.#load(entry);
+  }
+
+  /** Runs at once, on this thread (InlineRunner.run is synchronous); the promise is already settled. */
+  run(
+    entry: ModelEntry,
+    inputs: readonly PoolTensor[],
+    path: InlinePath,
+    outputSegments: readonly OutputSegment[] | undefined,
+  ): Promise<RunResult> {
+    // Idle runs are not charged to the event-loop share (see InlineBudget): nothing to settle for them.
+    const expectedMs = entry.computeMs ?? 0;
+    const charged = path === 'inline';
+    const submittedAt = preciseNow();
+    entry.running++;
+    try {
+      const { outputs, computeMs } = this.#runner.run(entry.key, inputs, outputSegments);
+      this.#runs[path]++;
+      if (charged) this.#budget.settle(expectedMs, computeMs);
+      entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
+      // One run far over the ceiling (a misjudged model, or inputs that make it slow): back to the workers,
+      // which measure it again before it may return.
+      if (this.#budget.tooSlow(computeMs, path))
+        entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE;
+      const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
+      return Promise.resolve({ outputs, queueMs, computeMs, worker: -1 });
+    } catch (error) {
+      if (charged) this.#budget.settle(expectedMs, 0);
+      return Promise.reject(error as InferenceError);
+    } finally {
+      entry.running--;
+    }
+  }
+
+  /** Releases the model's inline session, if it has one (the model is being unloaded). */
+  async release(entry: ModelEntry): Promise<void> {
+    entry.inline = 'off';
+    await this.#runner.release(entry.key);
+  }
+
+  /** The budget's stats, and the models running inline now (of `models`, the pool's). */
+  stats(models: Iterable<ModelEntry>): PoolStats['inline'] {
+    return {
+      ...this.#budget.stats(performance.now()),
+      models: [...models]
+        .filter(
+          (entry) =>
+            entry.inline === 'on' &&
+            entry.workerRuns >= entry.inlineAfterRuns &&
+            this.#budget.fastEnoughWhenIdle(entry.computeMs ?? Infinity),
+        )
+        .map((entry) => ({
+          key: entry.key,
+          computeMicros: Math.round((entry.computeMs ?? 0) * 1000),
+          path: this.#budget.fastEnough(entry.computeMs ?? Infinity) ? 'inline' : 'inline_idle',
+        })),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.#runner.close();
+  }
+
+  async #load(entry: ModelEntry): Promise<void> {
+    entry.inline = 'loading';
+    let loaded = false;
+    try {
+      loaded = await this.#runner.load(entry.key, entry.model, this.#options.sessionOptions());
+    } catch (error) {
+      // The workers hold working sessions of it; this model stays on them, and the operator is told why (e.g. an
+      // onnxruntime-node without the native binding the inline path uses, or a session option it refuses).
+      this.#options.onEvent?.({
+        type: 'inline-unavailable',
+        key: entry.key,
+        reason: (error instanceof Error ? error.message : String(error)).slice(0, 500),
+      });
+    }
+    if (this.#options.models.get(entry.key) !== entry) {
+      // Unloaded (or the pool closed, which clears its models) while its inline session was being created:
+      // nothing may keep that session.
+      if (loaded && !this.#options.models.has(entry.key)) await this.#runner.release(entry.key);
+      return;
+    }
+    entry.inline = loaded ? 'on' : 'unfit';
+  }
+}

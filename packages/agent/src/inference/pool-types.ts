@@ -1,0 +1,121 @@
+/**
+ * The inference pool's public types: its options, a run's options, its events and its stats (pool.ts re-exports
+ * them). Kept apart so that the pool's parts (worker-set.ts, inline-models.ts) can share them without importing
+ * the pool.
+ */
+import type { InlineBudgetOptions, InlineBudgetStats, InlinePath } from './inline-budget.js';
+import type { OutputSegment, WireTensorInfo } from './protocol.js';
+import type { OrtSessionConfig } from './session-options.js';
+import type { InputByteCounts } from './tensor-transfer.js';
+
+export interface RunOptions {
+  /**
+   * The caller gives up the input buffers: a tensor whose bytes fill its whole ArrayBuffer is transferred to the
+   * worker without a copy, and the caller's buffer is detached (byteLength 0) afterwards. Without this, or for
+   * a view into a larger buffer, the bytes are copied once. SharedArrayBuffer bytes are not copied on this
+   * thread; the worker copies them once (onnxruntime-node refuses tensors over a SharedArrayBuffer).
+   */
+  transferInputs?: boolean;
+  /**
+   * An ArrayBuffer the caller gives up in full (e.g. a gRPC request message that has memory of its own): inputs
+   * that are views into it are transferred with it, once, without a copy. The caller must treat it as gone: it is
+   * detached when the run goes to a worker, and left as it is when the run is inline.
+   */
+  ownedBuffer?: ArrayBuffer;
+  /**
+   * Outputs to write into System V shared memory (where the event loop checked the caller may write): a worker
+   * writes them there and sends back only their type and shape (`writtenToSegment`, empty `data`). Outputs not
+   * named here come back as bytes; so may those of a run on the event loop (see InlineRunner.run): the caller
+   * writes an output named here that comes back as bytes.
+   */
+  outputSegments?: OutputSegment[];
+}
+
+export interface ModelSessionInfo {
+  /** The model's inputs and outputs as ONNX Runtime sees them. */
+  inputs: WireTensorInfo[];
+  outputs: WireTensorInfo[];
+  /** Worker indexes holding an instance. */
+  workers: number[];
+}
+
+export type PoolEvent =
+  | {
+      type: 'worker-exit';
+      worker: number;
+      exitCode: number;
+      reason: string;
+      /** Requests that were running or loading on it and have failed. */
+      failed: number;
+    }
+  | { type: 'worker-restarted'; worker: number; reloaded: string[] }
+  | { type: 'instance-lost'; worker: number; key: string; reason: string }
+  /** The model's inline session could not be created: its requests stay on the workers. */
+  | { type: 'inline-unavailable'; key: string; reason: string };
+
+export interface InferencePoolOptions {
+  workers: number;
+  session: OrtSessionConfig;
+  /** Requests for one model waiting for a worker; more fail with 'queue-full'. Default 256. */
+  maxQueuedPerModel?: number;
+  /** Delay before restarting a worker that died again soon after its last restart (doubles up to max). */
+  restartDelayMs?: { initial: number; max: number };
+  /**
+   * After each inference, a worker keeps polling for its next request for up to this many microseconds (0 to
+   * 10000) before it goes to sleep. A request that arrives meanwhile skips waking the thread and finds ONNX
+   * Runtime's caches warm; each inference may then cost up to this much extra CPU, and none while no requests
+   * come. Only while a core is to spare: fewer workers than cores − 1 running or polling (the main thread keeps
+   * a core); the polling also stops early when the thread is preempted. Default 0 (off): it shortens requests
+   * that come one at a time, at the cost of CPU (see docs/benchmarks.md).
+   */
+  hotWaitMicros?: number;
+  /**
+   * A model's requests are handed ahead to its busy worker only when its runs, and the running one's, average at
+   * most this many milliseconds. Default HAND_AHEAD_MAX_COMPUTE_MS (2 ms).
+   */
+  handAheadMaxComputeMs?: number;
+  /**
+   * The inline path: requests for a model whose measured runs average at most `maxRunMicros` run on the event
+   * loop, in a session of their own, while inline runs take at most `eventLoopShare` of its time (see
+   * InlineBudget); with `idleMaxRunMicros`, a model whose runs average at most that also runs there while no other
+   * request is in the pool and the event loop had nothing to do (idle runs); everything else goes to the workers.
+   * Default off (`maxRunMicros` 0); the agent turns it on from its configuration. Only with the CPU execution
+   * provider alone.
+   */
+  inline?: InlineBudgetOptions;
+  /** Told about worker crashes and restarts (for logs and metrics). */
+  onEvent?: (event: PoolEvent) => void;
+}
+
+export interface PoolStats {
+  workers: Array<{
+    index: number;
+    threadId: number | null;
+    ready: boolean;
+    busy: boolean;
+    /** Polling for its next request (hotWaitMicros) rather than asleep. */
+    hot: boolean;
+    sessions: string[];
+    restarts: number;
+  }>;
+  models: Array<{ key: string; workers: number[]; queued: number; running: number }>;
+  /**
+   * How input bytes reached the workers: transferred without a copy; shared (a SharedArrayBuffer, copied once
+   * inside the worker, off the event loop); copied once on this thread (`copies` counts those tensors); in
+   * System V shared memory, which the worker maps itself (`segment`: nothing sent; no copy unless misaligned or on
+   * a big-endian host, then one inside the worker).
+   */
+  inputBytes: InputByteCounts;
+  /**
+   * Where requests ran (warm-up runs included): inline within the event-loop share, inline as idle runs (the
+   * agent had nothing else to do; not charged to the share), or on a worker. The three add up to all runs.
+   */
+  runs: Record<InlinePath | 'worker', number>;
+  inline: InlineBudgetStats & {
+    /**
+     * Models running inline now, with their average run time in microseconds and how: `inline` (within the
+     * share) or `inline_idle` (over the per-run ceiling, so only as idle runs).
+     */
+    models: Array<{ key: string; computeMicros: number; path: InlinePath }>;
+  };
+}
