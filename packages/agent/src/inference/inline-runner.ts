@@ -133,7 +133,10 @@ export class InlineRunner {
       native,
       outputNames,
       fetches: Object.fromEntries(outputNames.map((name) => [name, null])),
-      direct: directOutputsOf(native.outputMetadata),
+      direct: directOutputsOf(
+        native.outputMetadata,
+        native.inputMetadata.map((input) => input.name),
+      ),
       directAllowed: true,
     });
     return true;
@@ -144,8 +147,9 @@ export class InlineRunner {
    * own buffers, for the caller to copy where it wants them. Except (`outputSegments`, places in System V shared
    * memory the caller checked) where ONNX Runtime can write an output straight into its place, which it then
    * does, and the output comes back `writtenToSegment` with no bytes; that takes all of:
-   * - the model declares the output's type and every dimension, its runs so far produced that shape (one at
-   *   least), and the place's size is the declared shape's, at least MIN_DIRECT_OUTPUT_BYTES, aligned;
+   * - the model declares the output's type and every dimension, the output is not also an input, its inline runs
+   *   so far produced that shape (one at least), and the place's size is the declared shape's, at least
+   *   MIN_DIRECT_OUTPUT_BYTES, aligned;
    * - the place shares no byte of its segment with an input or another output of the run (ONNX Runtime would
    *   overwrite an input while it still reads it; two regions may name one segment);
    * - the segment maps here, still the one the caller checked (worker-segments.ts: as a worker maps it).
@@ -173,8 +177,10 @@ export class InlineRunner {
       let results: Record<string, unknown>;
       try {
         results = session.native.run(feeds, fetches, RUN_OPTIONS);
-      } catch {
-        // Refused (or failed for another reason, which the second run then reports as its own).
+      } catch (error) {
+        // Only ONNX Runtime's refusal of the memory given is made again without it; any other failure is the
+        // request's own, and a second run would only double its cost on the event loop.
+        if (!REFUSED_OUTPUT_MEMORY.test(errorMessage(error))) throw runFailure(error);
         const run = this.#runCopying(session, feeds, performance.now() - startedAt);
         session.directAllowed = false;
         return run;
@@ -203,13 +209,7 @@ export class InlineRunner {
     try {
       results = session.native.run(feeds, session.fetches, RUN_OPTIONS);
     } catch (error) {
-      const message = (error instanceof Error ? error.message : String(error)).trim();
-      throw new InferenceError(
-        /bad_alloc|failed to allocate|out of memory|cannot allocate memory|ENOMEM/i.test(message)
-          ? 'out-of-memory'
-          : 'run-failed',
-        message,
-      );
+      throw runFailure(error);
     }
     const computeMs = spentMs + performance.now() - startedAt;
     const transfer: ArrayBuffer[] = [];
@@ -297,10 +297,18 @@ export class InlineRunner {
   }
 }
 
-/** The outputs whose element type and every dimension the model declares, of at least MIN_DIRECT_OUTPUT_BYTES. */
-export function directOutputsOf(metadata: readonly Binding.ValueMetadata[]): Map<string, DirectOutput> {
+/**
+ * The outputs whose element type and every dimension the model declares, of at least MIN_DIRECT_OUTPUT_BYTES, that
+ * are not also inputs: ONNX Runtime answers a graph output that is a graph input with the memory it was given for
+ * it, unwritten (measured with onnxruntime-node 1.30: neither the input's values nor a copy of them).
+ */
+export function directOutputsOf(
+  metadata: readonly Binding.ValueMetadata[],
+  inputNames: readonly string[] = [],
+): Map<string, DirectOutput> {
   const direct = new Map<string, DirectOutput>();
   for (const output of metadata) {
+    if (inputNames.includes(output.name)) continue;
     const type = ORT_TYPE_OF_ELEMENT[output.type];
     // onnxruntime-node gives -1 for a dimension only the run knows.
     if (!output.isTensor || type === undefined) continue;
@@ -345,6 +353,28 @@ function directPlaces(
 
 function sameDims(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((dim, i) => dim === b[i]);
+}
+
+/**
+ * ONNX Runtime's refusal of a pre-allocated output whose shape is not the run's ("The output OrtValue provided for
+ * output 'y' of node … has shape {2,16384} but the computed output shape for this run is {1,16384}. When calling
+ * Run() with pre-allocated output OrtValues …", onnxruntime 1.30).
+ */
+const REFUSED_OUTPUT_MEMORY = /output OrtValue provided for output|pre-allocated output/i;
+
+function errorMessage(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).trim();
+}
+
+/** ONNX Runtime's failure as the pool reports it. */
+function runFailure(error: unknown): InferenceError {
+  const message = errorMessage(error);
+  return new InferenceError(
+    /bad_alloc|failed to allocate|out of memory|cannot allocate memory|ENOMEM/i.test(message)
+      ? 'out-of-memory'
+      : 'run-failed',
+    message,
+  );
 }
 
 /** Every inline run's options: none (onnxruntime-node's public run passes an empty object too). */
