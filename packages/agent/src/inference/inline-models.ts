@@ -29,7 +29,7 @@ export interface InlineModelsOptions {
    * was unloaded, or the pool closed, meanwhile) is released rather than kept.
    */
   models: ReadonlyMap<string, ModelEntry>;
-  /** No request is in the pool (waiting, on a worker, or running inline): asked only when an idle run may be. */
+  /** No request is in the pool (waiting, or on a worker): asked only when an idle run may be. */
   poolIdle: () => boolean;
   /** Told when a model's inline session cannot be created. */
   onEvent?: (event: PoolEvent) => void;
@@ -53,10 +53,14 @@ export class InlineModels {
     return this.#runs;
   }
 
-  /** Where this request runs inline, if it does (see scheduling.ts's inlinePath); admitting it charges the share. */
-  pathFor(entry: ModelEntry): InlinePath | undefined {
+  /**
+   * Where a request of `inputBytes` runs inline, if it does (see scheduling.ts's inlinePath); admitting it charges
+   * the share.
+   */
+  pathFor(entry: ModelEntry, inputBytes: number): InlinePath | undefined {
     return inlinePath(
       entry,
+      inputBytes,
       this.#budget,
       this.#options.poolIdle,
       () => performance.eventLoopUtilization().idle,

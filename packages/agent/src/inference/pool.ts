@@ -139,6 +139,7 @@ export class InferencePool {
       queue: [],
       running: 0,
       workerRuns: 0,
+      largestMeasuredInputBytes: 0,
       inline: 'off',
       inlineAfterRuns: RUNS_BEFORE_INLINE,
     };
@@ -248,7 +249,8 @@ export class InferencePool {
         ),
       );
     }
-    const inline = pinned ? undefined : this.#inline.pathFor(entry);
+    const inputBytes = inputs.reduce((sum, input) => sum + input.data.byteLength, 0);
+    const inline = pinned ? undefined : this.#inline.pathFor(entry, inputBytes);
     if (inline) return this.#inline.run(entry, inputs, inline, options.outputSegments);
     const { wire, transfer } = prepareInputs(
       inputs,
@@ -261,6 +263,7 @@ export class InferencePool {
         seq: this.#workers.nextId(),
         key,
         inputs: wire,
+        inputBytes,
         ...(options.outputSegments?.length && { outputSegments: options.outputSegments }),
         transfer,
         submittedAt: preciseNow(),
@@ -328,6 +331,7 @@ export class InferencePool {
       const entry = this.#models.get(job.key);
       if (entry) {
         entry.workerRuns++;
+        entry.largestMeasuredInputBytes = Math.max(entry.largestMeasuredInputBytes, job.inputBytes);
         this.#inline.measured(entry, reply.finishedAt - reply.startedAt);
       }
       try {

@@ -6,7 +6,8 @@
  * A request runs inline when its model is measured fast and the budget allows, or when its model is measured fast
  * enough for an idle run and the agent has nothing else to do (see InlineBudget); otherwise it starts at once on
  * an idle worker holding its model, else waits in the model's queue and is taken, oldest first across models, by
- * the first such worker to become free (so it never waits behind a busy instance while another is idle). For fast models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
+ * the first such worker to become free (so it never waits behind a busy instance while another is idle). For fast
+ * models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
  */
 import type { Worker } from 'node:worker_threads';
 import type { InferenceError } from './errors.js';
@@ -28,6 +29,8 @@ export interface Job {
   seq: number;
   key: string;
   inputs: WireInput[];
+  /** The request's input bytes (ModelEntry.largestMeasuredInputBytes). */
+  inputBytes: number;
   /** Outputs the worker writes into shared memory (RunOptions.outputSegments). */
   outputSegments?: OutputSegment[];
   transfer: ArrayBuffer[];
@@ -79,6 +82,12 @@ export interface ModelEntry {
   /** Runs completed on workers. */
   workerRuns: number;
   /**
+   * The most input bytes of a request a completed worker run has shown. A larger request never runs inline: its run
+   * time is not known (a model with dynamic dimensions measured on small inputs could block the event loop on a
+   * large one); it goes to a worker, which measures it.
+   */
+  largestMeasuredInputBytes: number;
+  /**
    * The inline path for this model: 'off' until it has been measured fast, 'loading' its inline session, 'on'
    * (requests may run inline, budget permitting), 'unfit' (too large to load on the event loop, or it failed).
    */
@@ -108,18 +117,25 @@ export function handsAhead(entry: ModelEntry, maxComputeMs: number): boolean {
 }
 
 /**
- * Where this request runs inline, if it does: the model's session is loaded on the event loop and it is not being
- * measured on the workers after a demotion; then 'inline' when its average run fits the per-run ceiling and the
+ * Where this request runs inline, if it does: the model's session is loaded on the event loop, it is not being
+ * measured on the workers after a demotion, and the request is no larger (`inputBytes`) than one a worker run has
+ * measured; then 'inline' when its average run fits the per-run ceiling and the
  * event-loop share has room (admitting charges the share), or 'inline_idle' when it fits the idle ceiling and
  * the agent has nothing else to do (InlineBudget.admitIdle; `poolIdle` and `loopIdleMs` are asked only then).
  */
 export function inlinePath(
   entry: ModelEntry,
+  inputBytes: number,
   budget: InlineBudget,
   poolIdle: () => boolean,
   loopIdleMs: () => number,
 ): InlinePath | undefined {
-  if (entry.inline !== 'on' || entry.workerRuns < entry.inlineAfterRuns || entry.computeMs === undefined)
+  if (
+    entry.inline !== 'on' ||
+    entry.workerRuns < entry.inlineAfterRuns ||
+    entry.computeMs === undefined ||
+    inputBytes > entry.largestMeasuredInputBytes
+  )
     return undefined;
   if (budget.fastEnough(entry.computeMs))
     return budget.admit(entry.computeMs, performance.now()) ? 'inline' : undefined;
@@ -131,7 +147,11 @@ export function inlinePath(
   return undefined;
 }
 
-/** No request is waiting, on a worker (running or handed ahead), or running inline. */
+/**
+ * No request is waiting or on a worker (running or handed ahead). Inline runs are synchronous, so none is ever in
+ * the pool when this is asked: an idle run may follow a fast model's inline run at once, and delays the next one by
+ * at most its own run (see InlineBudget).
+ */
 export function poolIsIdle(slots: readonly Slot[], models: ReadonlyMap<string, ModelEntry>): boolean {
   for (const slot of slots) if (slot.running || slot.ahead) return false;
   for (const entry of models.values()) if (entry.running > 0 || entry.queue.length > 0) return false;

@@ -165,6 +165,8 @@ describe('InferencePool: the inline path', () => {
   it('sends a model back to the workers after one run far over the ceiling, and measures it there again', async () => {
     const pool = await startPool(500, 0.9);
     await pool.loadModel('scalable', paths.scalable!, 1);
+    // A worker measures the large request first: one larger than any measured never runs inline.
+    await pool.run('scalable', scalable(2000));
     await untilInline(pool, 'scalable', () => scalable(1));
     const slowRun = await pool.run('scalable', scalable(2000));
     expect(slowRun.worker).toBe(-1);
@@ -287,6 +289,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
   it('sends a model back to the workers after one idle run over 4× the idle ceiling', async () => {
     const pool = await startPool(1, 0.9, 256, 500);
     await pool.loadModel('scalable', paths.scalable!, 1);
+    await pool.run('scalable', scalable(2000)); // measured on a worker first, as above
     await untilInline(pool, 'scalable', one);
     await loopWaits();
     const slowRun = await pool.run('scalable', scalable(2000));
