@@ -1,14 +1,14 @@
-// One request path of the agent, alone, for profiling: a real `edgefleet-agent` serving one model, one client
-// (or --clients N, each on a connection of its own) in a closed loop over one door, and what the agent's event loop spent per request. Where agent-inference.bench.mjs
-// compares many paths in one run, this isolates one, so that a V8 CPU profile of the agent shows that path only
+// One request path of the agent, alone, for profiling: a real `edgefleet-agent` serving one model, one client (or
+// --clients N, each on a connection of its own) in a closed loop over one door, and what the agent's event loop
+// spent per request. Where agent-inference.bench.mjs compares many paths in one run, this isolates one, so that a V8 CPU profile of the agent shows that path only
 // (the "before and after" profiles in docs/benchmarks.md).
 //
 //   npm run build && node bench/agent-profile.mjs --door rest|rest-shm|grpc|http-echo --model tiny|image-identity|silero
 //     [--seconds 4] [--cpu-prof <dir>] [--agent path/to/dist/main.js] [--settings '{"edgefleet_…": …}']
 //     [--metrics <regex>] [--agent-env "NAME=value …"] [--clients N]
 //
-// Prints the p50 and p90 latency (over all clients' requests), requests per second, and the CPU time of the agent's main thread per request (Linux /proc
-// schedstat). With --cpu-prof the agent writes its profiles into <dir> when it exits; read one with
+// Prints the p50 and p90 latency (over all clients' requests), requests per second, and the CPU time of the
+// agent's main thread per request (Linux /proc schedstat). With --cpu-prof the agent writes its profiles into <dir> when it exits; read one with
 // `node bench/cpu-profile-top.mjs <file>`. --agent runs another build (an absolute path to its main.js).
 // --door http-echo runs the REST client against a bare node:http server in its own process that answers each
 // POST with its body (the REST floor of agent-inference.bench.mjs), so that the agent's cost over it can be read
@@ -58,11 +58,13 @@ if (
   !['rest', 'rest-shm', 'grpc', 'http-echo'].includes(door) ||
   !['tiny', 'image-identity', 'silero'].includes(modelName) ||
   (door === 'rest-shm' && modelName === 'silero') ||
-  !(Number.isInteger(clients) && clients >= 1)
+  !(Number.isInteger(clients) && clients >= 1) ||
+  // Each rest-shm client registers two regions; the agent holds at most 64 per user.
+  (door === 'rest-shm' && clients > 32)
 ) {
   console.error(
     'usage: node bench/agent-profile.mjs --door rest|rest-shm|grpc|http-echo --model tiny|image-identity|silero ' +
-      '[--clients N] (rest-shm: tiny or image-identity; N a whole number ≥ 1)',
+      '[--clients N] (rest-shm: tiny or image-identity, N ≤ 32; N a whole number ≥ 1)',
   );
   process.exit(2);
 }

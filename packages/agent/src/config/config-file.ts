@@ -351,6 +351,13 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     );
 
   // Inference.
+  const inlineMaxRunMicros = file.edgefleet_inline_max_run_micros ?? DEFAULTS.inlineMaxRunMicros;
+  const inlineIdleMaxRunMicros = file.edgefleet_inline_idle_max_run_micros ?? DEFAULTS.inlineIdleMaxRunMicros;
+  if (inlineIdleMaxRunMicros > 0 && inlineIdleMaxRunMicros <= inlineMaxRunMicros)
+    warnings.push(
+      `edgefleet_inline_idle_max_run_micros (${inlineIdleMaxRunMicros}) is not above edgefleet_inline_max_run_micros ` +
+        `(${inlineMaxRunMicros}): no model runs as an idle run; expected a higher ceiling, or 0 to say idle runs are off`,
+    );
   const workers = file.edgefleet_inference_workers ?? Math.max(1, context.cpuCount);
   const ort = {
     ...DEFAULT_ORT_SESSION_CONFIG,
@@ -501,9 +508,9 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       unloadTimeoutMs: (file.edgefleet_unload_timeout_seconds ?? DEFAULTS.unloadTimeoutSeconds) * 1000,
       maxQueuedRequestsPerModel: file.edgefleet_max_queued_requests ?? DEFAULTS.maxQueuedRequests,
       inline: {
-        maxRunMicros: file.edgefleet_inline_max_run_micros ?? DEFAULTS.inlineMaxRunMicros,
+        maxRunMicros: inlineMaxRunMicros,
         eventLoopShare: (file.edgefleet_inline_event_loop_percent ?? DEFAULTS.inlineEventLoopPercent) / 100,
-        idleMaxRunMicros: file.edgefleet_inline_idle_max_run_micros ?? DEFAULTS.inlineIdleMaxRunMicros,
+        idleMaxRunMicros: inlineIdleMaxRunMicros,
       },
       hotWaitMicros: file.edgefleet_hot_wait_micros ?? DEFAULTS.hotWaitMicros,
       ort: { ...ort, executionProviders: eps },

@@ -244,7 +244,7 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'edgefleet_inference_inline_idle_busy_total',
-      help: 'Requests of a model measured for idle runs sent to a worker because the agent was not idle (another request in the pool, now or in the last 100 ms, or the event loop had not waited for I/O since the last idle run)',
+      help: 'Requests of a model measured for idle runs sent to a worker because the agent was not idle (another request in the pool, or one of such a model found another there in the last 100 ms, or the event loop had not waited for I/O since the last idle run)',
       registers: [this.registry],
       collect() {
         this.reset();

@@ -806,3 +806,23 @@ describe('parseAgentConfig: arbitrary input', () => {
     );
   });
 });
+
+describe('the idle-run ceiling', () => {
+  it('warns when it is not above the inline ceiling, since no model could then run as an idle run', () => {
+    const at = (idle: number, inline?: number) =>
+      parseAgentConfig(
+        {
+          edgefleet_inline_idle_max_run_micros: idle,
+          ...(inline !== undefined && { edgefleet_inline_max_run_micros: inline }),
+        },
+        context,
+      ).warnings;
+    expect(at(200)).toEqual([
+      'edgefleet_inline_idle_max_run_micros (200) is not above edgefleet_inline_max_run_micros (200): no model runs ' +
+        'as an idle run; expected a higher ceiling, or 0 to say idle runs are off',
+    ]);
+    expect(at(500, 800)).toHaveLength(1);
+    expect(at(0)).toEqual([]);
+    expect(at(201)).toEqual([]);
+  });
+});
