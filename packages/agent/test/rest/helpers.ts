@@ -109,6 +109,21 @@ export class HttpClient {
   }
 }
 
+/** Registers System V segment `shmid` as system shared memory region `name`: `byteSize` bytes from `offset`. */
+export function registerRegion(
+  client: HttpClient,
+  name: string,
+  shmid: number,
+  byteSize: number,
+  offset = 0,
+): Promise<HttpResult> {
+  return client.postJson(`/v2/systemsharedmemory/region/${name}/register`, {
+    key: String(shmid),
+    offset,
+    byte_size: byteSize,
+  });
+}
+
 /** A JSON part followed by binary parts, with the header of the binary tensor data extension. */
 export function binaryBody(json: unknown, parts: readonly Uint8Array[]) {
   const header = Buffer.from(JSON.stringify(json));
