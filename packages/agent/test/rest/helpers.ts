@@ -124,6 +124,13 @@ export function registerRegion(
   });
 }
 
+/** Unregisters each system shared memory region the status lists (a test's clean-up). */
+export async function unregisterListedRegions(client: HttpClient): Promise<void> {
+  const listed = (await client.get('/v2/systemsharedmemory/status')).json() as Array<{ name: string }>;
+  for (const { name } of listed)
+    await client.postJson(`/v2/systemsharedmemory/region/${name}/unregister`, {});
+}
+
 /** A JSON part followed by binary parts, with the header of the binary tensor data extension. */
 export function binaryBody(json: unknown, parts: readonly Uint8Array[]) {
   const header = Buffer.from(JSON.stringify(json));

@@ -20,6 +20,7 @@ import {
   scratch,
   startAgent,
   targetOf,
+  unregisterListedRegions,
 } from './helpers.js';
 
 // KServe v2 system shared memory with the model running on the agent's event loop (the inline path), where ONNX
@@ -82,10 +83,7 @@ beforeAll(async () => {
   client = new HttpClient(targetOf(`unix:${socketPath}`));
 });
 afterEach(async () => {
-  const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
-    name: string;
-  }>;
-  for (const { name } of left) await post(`/v2/systemsharedmemory/region/${name}/unregister`, {});
+  await unregisterListedRegions(client);
   for (const shmid of created.splice(0)) addon.remove(shmid);
 });
 afterAll(async () => {

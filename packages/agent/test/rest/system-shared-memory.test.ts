@@ -14,7 +14,15 @@ import {
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
 import { AgentDatabase, type DeploymentModelRow } from '../../src/state/index.js';
 import { waitUntil } from '../support/wait-until.js';
-import { HttpClient, bytesOf, registerRegion, scratch, startAgent, targetOf } from './helpers.js';
+import {
+  HttpClient,
+  bytesOf,
+  registerRegion,
+  scratch,
+  startAgent,
+  targetOf,
+  unregisterListedRegions,
+} from './helpers.js';
 import { makeSegment, segmentBytes } from '../support/segments.js';
 
 // The KServe v2 system shared memory extension over System V segments: regions registered by name, inputs read
@@ -163,10 +171,7 @@ beforeAll(async () => {
 });
 afterEach(async () => {
   // Root's status lists every user's regions; unregistering all (no name) drops only root's own.
-  const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
-    name: string;
-  }>;
-  for (const { name } of left) await post(`/v2/systemsharedmemory/region/${name}/unregister`, {});
+  await unregisterListedRegions(client);
   for (const shmid of created.splice(0)) addon.remove(shmid);
 });
 afterAll(async () => {
