@@ -16,8 +16,9 @@ import {
   pairModel,
   pairReference,
 } from '../support/direct-output-models.js';
+import { bytesOf } from '../support/model-packages.js';
 import { asPoolTensor } from '../support/pool-models.js';
-import { makeSegment, segmentExists } from '../support/segments.js';
+import { makeSegment, segmentBytes, segmentExists } from '../support/segments.js';
 
 // An inline run has ONNX Runtime write an output straight into the caller's System V segment only where that is
 // safe (InlineRunner.run); everything else comes back as bytes for the caller to copy. Real segments, the real
@@ -33,7 +34,6 @@ const imageSample = image.sampleInputs().image!;
 const IMAGE_BYTES = imageSample.data.byteLength;
 const imageExpected = () => bytesOf(image.reference({ image: imageSample }).image_out!.data);
 
-const bytesOf = (typed: ArrayBufferView) => Buffer.from(typed.buffer, typed.byteOffset, typed.byteLength);
 const floatsOf = (tensor: PoolTensor) => new Float32Array(tensor.data.slice().buffer);
 
 beforeAll(async () => {
@@ -64,13 +64,6 @@ function place(shmid: number, offset: number, byteLength: number): SegmentRefere
   return { segmentId: shmid, offset, byteLength, identity: identityOf(addon.stat(shmid)) };
 }
 
-function segmentBytes(shmid: number, offset: number, length: number): Buffer {
-  const mapping = addon.attachReadWrite(shmid);
-  const copy = Buffer.from(new Uint8Array(mapping, offset, length).slice());
-  addon.detach(mapping);
-  return copy;
-}
-
 /**
  * An input whose bytes lie in a segment, as the REST door hands it to the pool: a view of the segment's memory (ONNX
  * Runtime reads it there) and where it lies. The mapping is the caller's to detach.
@@ -94,6 +87,10 @@ function inputInSegment(
   };
 }
 
+/** The liar model's input `x`: `n` rows (liarInput). */
+const rows = (n: number, start = 0): PoolTensor[] => [
+  { name: 'x', dataType: 'FLOAT32', shape: [n, ROW], data: new Uint8Array(bytesOf(liarInput(n, start))) },
+];
 const imageInput = () => [asPoolTensor('image', imageSample)];
 const toImageOut = (shmid: number, offset = 0): OutputSegment[] => [
   { name: 'image_out', segment: place(shmid, offset, IMAGE_BYTES) },
@@ -107,7 +104,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     const first = runner.run('image-identity', imageInput(), toImageOut(output, 96));
     expect(first.outputs[0]!.writtenToSegment).toBeUndefined();
     expect(bytesOf(first.outputs[0]!.data).equals(imageExpected())).toBe(true);
-    expect(segmentBytes(output, 0, IMAGE_BYTES + 192).every((b) => b === 0)).toBe(true);
+    expect(segmentBytes(addon, output, 0, IMAGE_BYTES + 192).every((b) => b === 0)).toBe(true);
     const second = runner.run('image-identity', imageInput(), toImageOut(output, 96));
     expect(second.outputs).toEqual([
       {
@@ -118,9 +115,9 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
         writtenToSegment: true,
       },
     ]);
-    expect(segmentBytes(output, 96, IMAGE_BYTES).equals(imageExpected())).toBe(true);
-    expect(segmentBytes(output, 0, 96).every((b) => b === 0)).toBe(true);
-    expect(segmentBytes(output, 96 + IMAGE_BYTES, 96).every((b) => b === 0)).toBe(true);
+    expect(segmentBytes(addon, output, 96, IMAGE_BYTES).equals(imageExpected())).toBe(true);
+    expect(segmentBytes(addon, output, 0, 96).every((b) => b === 0)).toBe(true);
+    expect(segmentBytes(addon, output, 96 + IMAGE_BYTES, 96).every((b) => b === 0)).toBe(true);
   });
 
   it('copies an output under MIN_DIRECT_OUTPUT_BYTES, one whose place is not its exact size, or misaligned', async () => {
@@ -140,7 +137,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
       expect(run.outputs[0]!.writtenToSegment).toBeUndefined();
       expect(bytesOf(run.outputs[0]!.data).equals(imageExpected())).toBe(true);
     }
-    expect(segmentBytes(output, 0, IMAGE_BYTES + 8).every((b) => b === 0)).toBe(true);
+    expect(segmentBytes(addon, output, 0, IMAGE_BYTES + 8).every((b) => b === 0)).toBe(true);
   });
 
   it('copies an output whose place overlaps an input of the run (same range, or another range of one segment): right answers', async () => {
@@ -170,7 +167,9 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
       expect(floatsOf(run.outputs[0]!)).toEqual(expected.sum);
       expect(floatsOf(run.outputs[1]!)).toEqual(expected.product);
       // The inputs were not touched.
-      expect(segmentBytes(same, 0, 2 * size).equals(Buffer.concat([bytesOf(a), bytesOf(b)]))).toBe(true);
+      expect(segmentBytes(addon, same, 0, 2 * size).equals(Buffer.concat([bytesOf(a), bytesOf(b)]))).toBe(
+        true,
+      );
 
       // One segment, two ranges: a at 0, b right after; sum placed half-way into a (overlapping a and b),
       // product in a range of its own past both: only product may go in place.
@@ -187,10 +186,12 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
       ]);
       expect(split.outputs.map((o) => o.writtenToSegment)).toEqual([undefined, true]);
       expect(floatsOf(split.outputs[0]!)).toEqual(expected.sum);
-      expect(new Float32Array(segmentBytes(shared, 3 * size, size).buffer.slice(0))).toEqual(
+      expect(new Float32Array(segmentBytes(addon, shared, 3 * size, size).buffer.slice(0))).toEqual(
         expected.product,
       );
-      expect(segmentBytes(shared, 0, 2 * size).equals(Buffer.concat([bytesOf(a), bytesOf(b)]))).toBe(true);
+      expect(segmentBytes(addon, shared, 0, 2 * size).equals(Buffer.concat([bytesOf(a), bytesOf(b)]))).toBe(
+        true,
+      );
 
       // Two outputs over each other (neither over an input): both copied, for the caller to write in order.
       const outputs = makeSegment(addon, created, new Uint8Array(0), { size: 2 * size });
@@ -199,7 +200,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
         { name: 'product', segment: place(outputs, size / 2, size) },
       ]);
       expect(crossed.outputs.map((o) => o.writtenToSegment)).toEqual([undefined, undefined]);
-      expect(segmentBytes(outputs, 0, 2 * size).every((byte) => byte === 0)).toBe(true);
+      expect(segmentBytes(addon, outputs, 0, 2 * size).every((byte) => byte === 0)).toBe(true);
     } finally {
       for (const mapping of mappings) addon.detach(mapping);
     }
@@ -209,20 +210,14 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     const runner = await runnerWith('liar');
     const declared = LIAR_DECLARED_ROWS * ROW * 4;
     const output = makeSegment(addon, created, new Uint8Array(0), { size: declared });
-    const rows = (n: number, start = 0) => [
-      {
-        name: 'x',
-        dataType: 'FLOAT32' as const,
-        shape: [n, ROW],
-        data: new Uint8Array(bytesOf(liarInput(n, start))),
-      },
-    ];
     const toY = [{ name: 'y', segment: place(output, 0, declared) }];
     // Two rows: the model keeps its word, so the second such run goes in place.
     runner.run('liar', rows(2));
     const kept = runner.run('liar', rows(2, 7), toY);
     expect(kept.outputs[0]!.writtenToSegment).toBe(true);
-    expect(new Float32Array(segmentBytes(output, 0, declared).buffer.slice(0))).toEqual(liarInput(2, 7));
+    expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer.slice(0))).toEqual(
+      liarInput(2, 7),
+    );
     // One row: ONNX Runtime refuses the memory of the declared shape; the run is made again, and answers right.
     const broken = runner.run('liar', rows(1, 3), toY);
     expect(broken.outputs[0]!.writtenToSegment).toBeUndefined();
@@ -232,32 +227,18 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     const after = runner.run('liar', rows(2, 11), toY);
     expect(after.outputs[0]!.writtenToSegment).toBeUndefined();
     expect(floatsOf(after.outputs[0]!)).toEqual(liarInput(2, 11));
-    expect(new Float32Array(segmentBytes(output, 0, declared).buffer.slice(0))).toEqual(liarInput(2, 7));
+    expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer.slice(0))).toEqual(
+      liarInput(2, 7),
+    );
   });
 
   it('never tries the memory for a model seen producing another shape than it declares', async () => {
     const runner = await runnerWith('liar');
     const declared = LIAR_DECLARED_ROWS * ROW * 4;
     const output = makeSegment(addon, created, new Uint8Array(0), { size: declared });
-    const oneRow = () => [
-      {
-        name: 'x',
-        dataType: 'FLOAT32' as const,
-        shape: [1, ROW],
-        data: new Uint8Array(bytesOf(liarInput(1))),
-      },
-    ];
-    const twoRows = () => [
-      {
-        name: 'x',
-        dataType: 'FLOAT32' as const,
-        shape: [2, ROW],
-        data: new Uint8Array(bytesOf(liarInput(2))),
-      },
-    ];
-    runner.run('liar', oneRow());
+    runner.run('liar', rows(1));
     for (let i = 0; i < 2; i++) {
-      const run = runner.run('liar', twoRows(), [{ name: 'y', segment: place(output, 0, declared) }]);
+      const run = runner.run('liar', rows(2), [{ name: 'y', segment: place(output, 0, declared) }]);
       expect(run.outputs[0]!.writtenToSegment).toBeUndefined();
       expect(floatsOf(run.outputs[0]!)).toEqual(liarInput(2));
     }
@@ -273,7 +254,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     const changed = runner.run('image-identity', imageInput(), checked);
     expect(changed.outputs[0]!.writtenToSegment).toBeUndefined();
     expect(bytesOf(changed.outputs[0]!.data).equals(imageExpected())).toBe(true);
-    expect(segmentBytes(output, 0, IMAGE_BYTES).every((b) => b === 0)).toBe(true);
+    expect(segmentBytes(addon, output, 0, IMAGE_BYTES).every((b) => b === 0)).toBe(true);
     // Removed (and so destroyed: nothing holds it) after the check.
     const gone = makeSegment(addon, created, new Uint8Array(0), { size: IMAGE_BYTES });
     const goneChecked = toImageOut(gone);

@@ -1,7 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TEST_MODELS, slowModelInput, writeTestModel } from '@edgefleet/core';
+import { TEST_MODELS, slowModelFlops, slowModelInput, writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEFAULT_ORT_SESSION_CONFIG,
@@ -9,10 +9,19 @@ import {
   type PoolTensor,
   type RunResult,
 } from '../../src/inference/index.js';
-import { asPoolTensor, scalable, scalableModel, scalableReference } from '../support/pool-models.js';
+import {
+  SCALABLE,
+  asPoolTensor,
+  scalable,
+  scalableModel,
+  scalableReference,
+} from '../support/pool-models.js';
 import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
+import { InlineModels } from '../../src/inference/inline-models.js';
 import { InlineRunner } from '../../src/inference/inline-runner.js';
+import type { ModelEntry } from '../../src/inference/scheduling.js';
 import { reshapeNeedsEvenModel } from '../models/helpers.js';
+import { waitUntil } from '../support/wait-until.js';
 
 let dir: string;
 const paths: Record<string, string> = {};
@@ -22,6 +31,9 @@ const tinyInput = () => [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
 const tinyExpected = () =>
   TEST_MODELS.tiny.reference(TEST_MODELS.tiny.sampleInputs()).y!.data as Float32Array;
 const floats = (result: RunResult) => new Float32Array(result.outputs[0]!.data.slice().buffer);
+/** Exact equality of two large float arrays, byte for byte (toEqual takes seconds over millions of elements). */
+const sameFloats = (a: Float32Array, b: Float32Array) =>
+  Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
 async function startPool(
   maxRunMicros: number,
@@ -49,6 +61,13 @@ async function untilInline(pool: InferencePool, key: string, input: () => PoolTe
     await loopWaits();
   }
 }
+
+/**
+ * Rows of the scalable model that make a run as much work as the slow model's (50–300 ms on one core, see core's
+ * catalogue): over 4× the highest per-run ceiling (10 ms) on any machine, so one such run demotes a model measured
+ * with one row (always under 10 ms) whatever the machine's speed.
+ */
+const OVER_ANY_CEILING_ROWS = Math.ceil(slowModelFlops() / slowModelFlops({ ...SCALABLE, rows: 1 }));
 
 /** Lets the event loop wait for I/O with nothing to do (a timer), as it does between a lone client's requests. */
 const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
@@ -163,14 +182,14 @@ describe('InferencePool: the inline path', () => {
   });
 
   it('sends a model back to the workers after one run far over the ceiling, and measures it there again', async () => {
-    const pool = await startPool(500, 0.9);
+    const pool = await startPool(10_000, 0.9);
     await pool.loadModel('scalable', paths.scalable!, 1);
     // A worker measures the large request first: one larger than any measured never runs inline.
     await pool.run('scalable', scalable(2000));
     await untilInline(pool, 'scalable', () => scalable(1));
-    const slowRun = await pool.run('scalable', scalable(2000));
+    const slowRun = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
     expect(slowRun.worker).toBe(-1);
-    expect(floats(slowRun)).toEqual(scalableReference(2000));
+    expect(sameFloats(floats(slowRun), scalableReference(OVER_ANY_CEILING_ROWS))).toBe(true);
     expect(pool.stats().inline.demotions).toBe(1);
     const next = await pool.run('scalable', scalable(1));
     expect(next.worker).toBeGreaterThanOrEqual(0);
@@ -238,15 +257,25 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
     await untilInline(pool, 'scalable', one);
     await loopWaits();
     const busyBefore = pool.stats().inline.idleBusy;
-    const results = await Promise.all(Array.from({ length: 8 }, () => pool.run('scalable', one())));
+    const submittedFrom = performance.now();
+    const running = Array.from({ length: 8 }, () => pool.run('scalable', one()));
+    const submittedTo = performance.now();
+    const results = await Promise.all(running);
     for (const result of results) expect(floats(result)).toEqual(scalableReference(1));
     // The first found the agent idle; the second found that the loop had not waited since (the first ran in this
     // same turn), and the rest found it on a worker.
     expect(results.map((r) => r.worker >= 0)).toEqual([false, true, true, true, true, true, true, true]);
     expect(pool.stats().inline.idleBusy - busyBefore).toBe(7);
-    // Requests found others in flight: no idle runs for the next window, though the loop waits in between.
+    // Requests 3-8 found others in flight (between submittedFrom and submittedTo): no idle runs for the next
+    // WINDOW_MS, though the loop waits in between. Seven worker runs take a while on a loaded machine, so which
+    // side of the window the next request falls on is read from the clock around it, not assumed.
     await loopWaits();
-    expect((await pool.run('scalable', one())).worker).toBeGreaterThanOrEqual(0);
+    const askedFrom = performance.now();
+    const held = pool.run('scalable', one());
+    const askedTo = performance.now();
+    const heldWorker = (await held).worker;
+    if (askedTo - submittedFrom < WINDOW_MS) expect(heldWorker).toBeGreaterThanOrEqual(0);
+    else if (askedFrom - submittedTo >= WINDOW_MS) expect(heldWorker).toBe(-1);
     // Idle for a whole window: inline again.
     await windowPasses();
     expect((await pool.run('scalable', one())).worker).toBe(-1);
@@ -268,7 +297,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
     expect((await pool.run('scalable', one())).worker).toBe(-1);
   });
 
-  it('never creates an inline session for a model over the idle ceiling, or with the idle ceiling 0', async () => {
+  it('keeps a model over the idle ceiling, or with the idle ceiling 0, on the workers', async () => {
     for (const [maxRunMicros, idleMaxRunMicros] of [
       [1, 0],
       [1, 1],
@@ -287,19 +316,70 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
   });
 
   it('sends a model back to the workers after one idle run over 4× the idle ceiling', async () => {
-    const pool = await startPool(1, 0.9, 256, 500);
+    const pool = await startPool(1, 0.9, 256, 10_000);
     await pool.loadModel('scalable', paths.scalable!, 1);
     await pool.run('scalable', scalable(2000)); // measured on a worker first, as above
     await untilInline(pool, 'scalable', one);
     await loopWaits();
-    const slowRun = await pool.run('scalable', scalable(2000));
+    const slowRun = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
     expect(slowRun.worker).toBe(-1);
-    expect(floats(slowRun)).toEqual(scalableReference(2000));
+    expect(sameFloats(floats(slowRun), scalableReference(OVER_ANY_CEILING_ROWS))).toBe(true);
     expect(pool.stats().inline.demotions).toBe(1);
     await loopWaits();
     const next = await pool.run('scalable', one());
     expect(next.worker).toBeGreaterThanOrEqual(0);
     expect(pool.stats().inline.models).toEqual([]);
+  });
+});
+
+describe('InlineModels', () => {
+  /** An InlineRunner that counts the inline sessions it is asked to create (and creates them). */
+  class CountingRunner extends InlineRunner {
+    loads = 0;
+    override load(...args: Parameters<InlineRunner['load']>): Promise<boolean> {
+      this.loads++;
+      return super.load(...args);
+    }
+  }
+
+  it('never creates an inline session for a model over the idle ceiling, or with the idle ceiling 0', async () => {
+    // Runs of 0.5 ms: over the per-run ceiling (1 µs) always; over the idle ceiling, or under it (the control).
+    for (const [idleMaxRunMicros, sessions] of [
+      [0, 0],
+      [1, 0],
+      [1000, 1],
+    ] as const) {
+      const runner = new CountingRunner();
+      const entry: ModelEntry = {
+        key: 'scalable',
+        model: paths.scalable!,
+        slots: new Set(),
+        queue: [],
+        running: 0,
+        workerRuns: 0,
+        inline: 'off',
+        inlineAfterRuns: RUNS_BEFORE_INLINE,
+      };
+      const inline = new InlineModels({
+        budget: { maxRunMicros: 1, eventLoopShare: 0.9, idleMaxRunMicros },
+        sessionOptions: () => ({}),
+        models: new Map([[entry.key, entry]]),
+        poolIdle: () => true,
+        runner,
+      });
+      try {
+        // What the pool does after each worker run.
+        for (let i = 0; i < RUNS_BEFORE_INLINE + 4; i++) {
+          entry.workerRuns++;
+          inline.measured(entry, 0.5);
+        }
+        expect(runner.loads).toBe(sessions);
+        if (sessions > 0) await waitUntil(() => entry.inline === 'on', 'the inline session');
+        else expect(entry.inline).toBe('off');
+      } finally {
+        await inline.close();
+      }
+    }
   });
 });
 

@@ -13,7 +13,7 @@ import {
   type SegmentReference,
 } from '../../src/shm/index.js';
 import { inferenceError } from '../support/pool-models.js';
-import { makeSegment, segmentExists } from '../support/segments.js';
+import { makeSegment, segmentBytes, segmentExists } from '../support/segments.js';
 
 // Inputs and outputs in System V shared memory that the inference worker maps itself: real segments through the
 // real addon, a real worker thread running ONNX Runtime.
@@ -30,13 +30,6 @@ const expectedY = new Uint8Array(y.buffer, y.byteOffset, y.byteLength);
 /** A segment of `size` bytes holding `bytes` at `offset`. */
 function segment(size: number, bytes: Uint8Array = new Uint8Array(0), offset = 0): number {
   return makeSegment(addon, created, bytes, { size, offset });
-}
-
-function segmentBytes(shmid: number, offset: number, length: number): number[] {
-  const mapping = addon.attachReadWrite(shmid);
-  const copy = [...new Uint8Array(mapping, offset, length)];
-  addon.detach(mapping);
-  return copy;
 }
 
 const exists = (shmid: number): boolean => segmentExists(addon, shmid);
@@ -82,8 +75,8 @@ describe('segment references into the inference worker', () => {
     expect(result.outputs).toEqual([
       { name: 'y', dataType: 'FLOAT32', shape: [1, 16], data: new Uint8Array(0), writtenToSegment: true },
     ]);
-    expect(segmentBytes(output, 32, 64)).toEqual([...expectedY]);
-    expect(segmentBytes(output, 0, 32)).toEqual(new Array(32).fill(0));
+    expect([...segmentBytes(addon, output, 32, 64)]).toEqual([...expectedY]);
+    expect([...segmentBytes(addon, output, 0, 32)]).toEqual(new Array(32).fill(0));
 
     // Without an output segment the output comes back as bytes, as before.
     const plain = await pool.run('tiny', segmentInput(reference(input, 128, 64)));
@@ -171,7 +164,7 @@ describe('segment references into the inference worker', () => {
     );
     expect(small.kind).toBe('segment-unusable');
     expect(small.message).toMatch(/output "y" is 64 bytes, but shared_memory_byte_size gives it 32/);
-    expect(segmentBytes(output, 0, 64)).toEqual(new Array(64).fill(0));
+    expect([...segmentBytes(addon, output, 0, 64)]).toEqual(new Array(64).fill(0));
   });
 
   it('lets go of a cached segment the client removed, so that it is destroyed', async () => {

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TEST_MODELS, slowModelInput, writeTestModel } from '@edgefleet/core';
@@ -47,7 +47,11 @@ afterAll(async () => {
 });
 
 /** A started set of `count` workers whose scheduler records what it is told; `models` answers modelOf. */
-async function startSet(count: number, models: Map<string, string>): Promise<{ set: WorkerSet; told: Told }> {
+async function startSet(
+  count: number,
+  models: Map<string, string>,
+  restartDelayMs = { initial: 10, max: 100 },
+): Promise<{ set: WorkerSet; told: Told }> {
   const told: Told = { canTakeWork: [], runEnded: [], died: [], instanceLost: [], events: [] };
   const events: WorkerSetEvents = {
     canTakeWork: (slot) => told.canTakeWork.push(slot.index),
@@ -62,7 +66,7 @@ async function startSet(count: number, models: Map<string, string>): Promise<{ s
   const set = new WorkerSet({
     workers: count,
     hotWaitMicros: 0,
-    restartDelayMs: { initial: 10, max: 100 },
+    restartDelayMs,
     sessionOptions: () => toOrtSessionOptions(DEFAULT_ORT_SESSION_CONFIG),
     events,
     onEvent: (event) => told.events.push(event),
@@ -124,11 +128,18 @@ describe('WorkerSet', () => {
   it('rejects a model ONNX Runtime refuses as model-rejected, and leaves the session state to the scheduler', async () => {
     const { set } = await startSet(1, new Map());
     const slot = set.slots[0]!;
-    const refused = await set.load(slot, 'garbage', join(dir, 'missing.onnx')).then(
+    const garbage = join(dir, 'garbage.onnx');
+    await writeFile(
+      garbage,
+      Buffer.from('this is not an ONNX model, only bytes in a file of that name\n'.repeat(64)),
+    );
+    const refused = await set.load(slot, 'garbage', garbage).then(
       () => undefined,
       (error: unknown) => error,
     );
     expect(refused).toMatchObject({ kind: 'model-rejected' });
+    // ONNX Runtime read the file and refused what it holds.
+    expect((refused as Error).message).toMatch(/protobuf parsing failed/i);
     await set.release(slot, 'garbage');
     expect(slot.sessions.has('garbage')).toBe(false);
   });
@@ -180,8 +191,32 @@ describe('WorkerSet', () => {
     workers = undefined;
     expect(await loading).toMatchObject({ kind: 'closed', message: 'the set is closing' });
     expect(slot.worker).toBeNull();
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // The thread's exit came before close resolved: a death it took for one would be here already.
     expect(told.died).toEqual([]);
     expect(told.events).toEqual([]);
+  });
+
+  it('restarts no worker once closed, not even one whose restart was already scheduled', async () => {
+    // Long enough that the restart is still waiting when close is called right after the death.
+    const restartDelayMs = { initial: 1000, max: 1000 };
+    const { set, told } = await startSet(1, new Map(), restartDelayMs);
+    const slot = set.slots[0]!;
+    // A first death restarts at once; a second with nothing completed in between waits restartDelayMs.
+    await set.recycle(0);
+    await until(() => told.events.some((event) => event.type === 'worker-restarted'));
+    await set.recycle(0);
+    await until(() => told.died.length === 2);
+    expect(slot.restarts).toBe(1); // the second restart is scheduled, not begun
+    await set.close(() => new InferenceError('closed', 'the set is closing'));
+    workers = undefined;
+    // Timers fire in the order they fall due: the restart's (set before this one, for at most max) comes first.
+    await new Promise((resolve) => setTimeout(resolve, restartDelayMs.max + 1));
+    expect(slot.restarts).toBe(1);
+    expect(slot.worker).toBeNull();
+    expect(told.events.map((event) => event.type)).toEqual([
+      'worker-exit',
+      'worker-restarted',
+      'worker-exit',
+    ]);
   });
 });

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import type { InlineBudgetOptions } from '../../src/inference/inline-budget.js';
 import { AgentMetrics } from '../../src/metrics/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { predictTensors, scratch } from './helpers.js';
@@ -23,6 +24,9 @@ afterAll(async () => {
   await pool?.close();
   await files?.cleanup();
 });
+
+/** Lets the event loop wait for I/O with nothing to do (a timer), as it does between a lone client's requests. */
+const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
 
 /** The value of one sample line of the exposition, e.g. `name{labels}`. */
 function sample(text: string, series: string): number | undefined {
@@ -74,28 +78,38 @@ describe('AgentMetrics fed by the registry and the pool', () => {
 });
 
 describe('AgentMetrics: the inline path', () => {
+  /** A pool of one worker with this inline budget, metrics watching it, and a registry over both. */
+  async function inlineAgent(inline: InlineBudgetOptions) {
+    const pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG, inline });
+    const metrics = new AgentMetrics();
+    metrics.watchPool(() => pool.stats());
+    const models = new ModelRegistry({ pool, trust: null, cwd: files.root, metrics });
+    return {
+      pool,
+      metrics,
+      models,
+      async close() {
+        await models.close();
+        await pool.close();
+      },
+    };
+  }
+
+  /** Predicts until the pool runs a model inline, letting the event loop wait in between (as a lone client). */
+  async function untilInline(pool: InferencePool, predict: () => Promise<unknown>): Promise<void> {
+    while (pool.stats().inline.models.length === 0) {
+      await predict();
+      await loopWaits();
+    }
+  }
+
   it('shows where runs went, the models running inline and the event-loop share they use', async () => {
-    const inlinePool = await InferencePool.start({
-      workers: 1,
-      session: DEFAULT_ORT_SESSION_CONFIG,
-      inline: { maxRunMicros: 5000, eventLoopShare: 0.25 },
-    });
-    const inlineMetrics = new AgentMetrics();
-    inlineMetrics.watchPool(() => inlinePool.stats());
-    const models = new ModelRegistry({
-      pool: inlinePool,
-      trust: null,
-      cwd: files.root,
-      metrics: inlineMetrics,
-    });
+    const { models, ...agent } = await inlineAgent({ maxRunMicros: 5000, eventLoopShare: 0.25 });
     try {
       await models.load({ url: await files.catalogue('tiny'), name: 'tiny' });
-      while (inlinePool.stats().inline.models.length === 0) {
-        await models.predict('tiny', predictTensors('tiny'));
-        await new Promise((resolve) => setTimeout(resolve, 1));
-      }
+      await untilInline(agent.pool, () => models.predict('tiny', predictTensors('tiny')));
       await models.predict('tiny', predictTensors('tiny'));
-      const { body } = await inlineMetrics.text();
+      const { body } = await agent.metrics.text();
       expect(sample(body, 'edgefleet_inference_runs_total{path="inline"}')).toBeGreaterThanOrEqual(1);
       expect(sample(body, 'edgefleet_inference_runs_total{path="worker"}')).toBeGreaterThanOrEqual(16);
       expect(sample(body, 'edgefleet_inference_inline_models{path="inline"}')).toBe(1);
@@ -107,33 +121,25 @@ describe('AgentMetrics: the inline path', () => {
       expect(sample(body, 'edgefleet_inference_inline_over_budget_total')).toBe(0);
       expect(sample(body, 'edgefleet_inference_inline_demotions_total')).toBe(0);
     } finally {
-      await models.close();
-      await inlinePool.close();
+      await agent.close();
     }
   });
 
   it('tells idle runs (a model over the per-run ceiling, inline while nothing else is in flight) apart', async () => {
     // image-identity copies 600 KB a run: always over a 1 µs ceiling, always under a 10 ms one.
-    const idlePool = await InferencePool.start({
-      workers: 1,
-      session: DEFAULT_ORT_SESSION_CONFIG,
-      inline: { maxRunMicros: 1, eventLoopShare: 0.25, idleMaxRunMicros: 10_000 },
+    const { models, ...agent } = await inlineAgent({
+      maxRunMicros: 1,
+      eventLoopShare: 0.25,
+      idleMaxRunMicros: 10_000,
     });
-    const idleMetrics = new AgentMetrics();
-    idleMetrics.watchPool(() => idlePool.stats());
-    const models = new ModelRegistry({ pool: idlePool, trust: null, cwd: files.root, metrics: idleMetrics });
-    const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
     try {
       await models.load({ url: await files.catalogue('image-identity'), name: 'image' });
-      while (idlePool.stats().inline.models.length === 0) {
-        await models.predict('image', predictTensors('image-identity'));
-        await loopWaits();
-      }
+      await untilInline(agent.pool, () => models.predict('image', predictTensors('image-identity')));
       await models.predict('image', predictTensors('image-identity'));
       // Two at once: the first runs inline, the second goes to the worker.
       await loopWaits();
       await Promise.all([1, 2].map(() => models.predict('image', predictTensors('image-identity'))));
-      const { body } = await idleMetrics.text();
+      const { body } = await agent.metrics.text();
       expect(sample(body, 'edgefleet_inference_runs_total{path="inline_idle"}')).toBe(2);
       expect(sample(body, 'edgefleet_inference_runs_total{path="inline"}')).toBe(0);
       expect(sample(body, 'edgefleet_inference_inline_models{path="inline_idle"}')).toBe(1);
@@ -141,8 +147,7 @@ describe('AgentMetrics: the inline path', () => {
       expect(sample(body, 'edgefleet_inference_inline_idle_busy_total')).toBe(1);
       expect(sample(body, 'edgefleet_inference_inline_event_loop_share{of="used"}')).toBe(0);
     } finally {
-      await models.close();
-      await idlePool.close();
+      await agent.close();
     }
   });
 });

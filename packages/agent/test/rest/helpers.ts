@@ -109,6 +109,28 @@ export class HttpClient {
   }
 }
 
+/** Registers System V segment `shmid` as system shared memory region `name`: `byteSize` bytes from `offset`. */
+export function registerRegion(
+  client: HttpClient,
+  name: string,
+  shmid: number,
+  byteSize: number,
+  offset = 0,
+): Promise<HttpResult> {
+  return client.postJson(`/v2/systemsharedmemory/region/${name}/register`, {
+    key: String(shmid),
+    offset,
+    byte_size: byteSize,
+  });
+}
+
+/** Unregisters each system shared memory region the status lists (a test's clean-up). */
+export async function unregisterListedRegions(client: HttpClient): Promise<void> {
+  const listed = (await client.get('/v2/systemsharedmemory/status')).json() as Array<{ name: string }>;
+  for (const { name } of listed)
+    await client.postJson(`/v2/systemsharedmemory/region/${name}/unregister`, {});
+}
+
 /** A JSON part followed by binary parts, with the header of the binary tensor data extension. */
 export function binaryBody(json: unknown, parts: readonly Uint8Array[]) {
   const header = Buffer.from(JSON.stringify(json));

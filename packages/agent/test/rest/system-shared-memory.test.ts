@@ -14,8 +14,16 @@ import {
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
 import { AgentDatabase, type DeploymentModelRow } from '../../src/state/index.js';
 import { waitUntil } from '../support/wait-until.js';
-import { HttpClient, bytesOf, scratch, startAgent, targetOf } from './helpers.js';
-import { makeSegment } from '../support/segments.js';
+import {
+  HttpClient,
+  bytesOf,
+  registerRegion,
+  scratch,
+  startAgent,
+  targetOf,
+  unregisterListedRegions,
+} from './helpers.js';
+import { makeSegment, segmentBytes } from '../support/segments.js';
 
 // The KServe v2 system shared memory extension over System V segments: regions registered by name, inputs read
 // from them and outputs written into them, only for callers whose socket credentials allow the segment.
@@ -47,20 +55,7 @@ const tensorX = () => ({
   data: Buffer.alloc(0),
 });
 
-function segmentBytes(shmid: number, offset: number, length: number): Uint8Array {
-  const mapping = addon.attachReadWrite(shmid);
-  const copy = new Uint8Array(mapping, offset, length).slice();
-  addon.detach(mapping);
-  return copy;
-}
-
-const post = (path: string, body: unknown) =>
-  client.request({
-    method: 'POST',
-    path,
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
+const post = (path: string, body: unknown) => client.postJson(path, body);
 
 /** An inference of `tiny` whose input lies in `inputRegion` and whose output (if any) goes to `outputRegion`. */
 const inferBodyViaRegions = (
@@ -176,10 +171,7 @@ beforeAll(async () => {
 });
 afterEach(async () => {
   // Root's status lists every user's regions; unregistering all (no name) drops only root's own.
-  const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
-    name: string;
-  }>;
-  for (const { name } of left) await post(`/v2/systemsharedmemory/region/${name}/unregister`, {});
+  await unregisterListedRegions(client);
   for (const shmid of created.splice(0)) addon.remove(shmid);
 });
 afterAll(async () => {
@@ -213,8 +205,7 @@ describe('KServe v2 system shared memory', () => {
 
   it('caps the regions one user registers: a flood past MAX_REGIONS_PER_UID is refused with 429, clearly', async () => {
     const shmid = segment(64, x, 0o600);
-    const register = (name: string) =>
-      post(`/v2/systemsharedmemory/region/${name}/register`, { key: String(shmid), byte_size: 64 });
+    const register = (name: string) => registerRegion(client, name, shmid, 64);
     for (let i = 0; i < MAX_REGIONS_PER_UID; i++) expect((await register(`r${i}`)).status).toBe(200);
     const refused = await register('one-too-many');
     expect(refused.status).toBe(429);
@@ -237,18 +228,8 @@ describe('KServe v2 system shared memory', () => {
   it('reads the input from one region and writes the output into another, exactly, with no tensor in the bodies', async () => {
     const input = segment(64, x, 0o600);
     const output = segment(192, new Uint8Array(0), 0o600);
-    expect(
-      (await post('/v2/systemsharedmemory/region/in/register', { key: String(input), byte_size: 64 })).status,
-    ).toBe(200);
-    expect(
-      (
-        await post('/v2/systemsharedmemory/region/out/register', {
-          key: String(output),
-          offset: 64,
-          byte_size: 128,
-        })
-      ).status,
-    ).toBe(200);
+    expect((await registerRegion(client, 'in', input, 64)).status).toBe(200);
+    expect((await registerRegion(client, 'out', output, 128, 64)).status).toBe(200);
     const before = agent.pool.stats().inputBytes;
     const result = await inferViaRegions('in', 'out', 32);
     expect(result.status).toBe(200);
@@ -269,8 +250,8 @@ describe('KServe v2 system shared memory', () => {
     });
     expect((result.json() as { outputs: Array<{ data?: unknown }> }).outputs[0]!.data).toBeUndefined();
     // Region offset 64 + output offset 32.
-    expect([...segmentBytes(output, 96, 64)]).toEqual([...expectedY]);
-    expect([...segmentBytes(output, 0, 96)]).toEqual(Array(96).fill(0));
+    expect([...segmentBytes(addon, output, 96, 64)]).toEqual([...expectedY]);
+    expect([...segmentBytes(addon, output, 0, 96)]).toEqual(Array(96).fill(0));
   });
 
   it('refuses regions past the segment, tensors past the region, and unknown or unregistered regions, clearly', async () => {
@@ -284,10 +265,7 @@ describe('KServe v2 system shared memory', () => {
     const bad = await post('/v2/systemsharedmemory/region/bad/register', { key: 'abc', byte_size: 1 });
     expect(bad.status).toBe(400);
     expect(bad.text()).toMatch(/shmid/);
-    expect(
-      (await post('/v2/systemsharedmemory/region/small/register', { key: String(shmid), byte_size: 32 }))
-        .status,
-    ).toBe(200);
+    expect((await registerRegion(client, 'small', shmid, 32)).status).toBe(200);
     const tooSmall = await inferViaRegions('small', 'small');
     expect(tooSmall.status).toBe(400);
     expect(tooSmall.text()).toMatch(/run past the end of region \\"small\\" \(32 bytes\)/);
@@ -308,8 +286,8 @@ describe('KServe v2 system shared memory', () => {
     try {
       const input = segment(64, x, 0o600);
       const output = segment(64, new Uint8Array(0), 0o600);
-      await post('/v2/systemsharedmemory/region/in/register', { key: String(input), byte_size: 64 });
-      await post('/v2/systemsharedmemory/region/out/register', { key: String(output), byte_size: 64 });
+      await registerRegion(client, 'in', input, 64);
+      await registerRegion(client, 'out', output, 64);
       // The one worker is busy with two slow runs, so the request waits, checked, in the queue meanwhile.
       const slow = TEST_MODELS.slow.sampleInputs().x!;
       const slowRun = () =>
@@ -330,7 +308,7 @@ describe('KServe v2 system shared memory', () => {
         '/v2/systemsharedmemory/region/out/unregister',
         {},
       ).then((response) => {
-        const outputWhenAnswered = segmentBytes(output, 0, 64);
+        const outputWhenAnswered = segmentBytes(addon, output, 0, 64);
         const mapping = addon.attachReadWrite(output);
         new Uint8Array(mapping).set(reused);
         addon.detach(mapping);
@@ -342,18 +320,18 @@ describe('KServe v2 system shared memory', () => {
       const result = await pending;
       expect(result.status).toBe(200);
       await busy;
-      expect([...segmentBytes(output, 0, 64)]).toEqual([...reused]);
+      expect([...segmentBytes(addon, output, 0, 64)]).toEqual([...reused]);
       const after = await inferViaRegions('in', 'out');
       expect(after.status).toBe(400);
       expect(after.text()).toMatch(/region \\"out\\", which is not registered/);
-      expect([...segmentBytes(output, 0, 64)]).toEqual([...reused]);
-      await post('/v2/systemsharedmemory/region/out/register', { key: String(output), byte_size: 64 });
+      expect([...segmentBytes(addon, output, 0, 64)]).toEqual([...reused]);
+      await registerRegion(client, 'out', output, 64);
       expect((await inferViaRegions('in', 'out')).status).toBe(200);
-      expect([...segmentBytes(output, 0, 64)]).toEqual([...expectedY]);
+      expect([...segmentBytes(addon, output, 0, 64)]).toEqual([...expectedY]);
 
       // The output segment itself removed (and destroyed: nothing holds it) after the agent checked it.
       const doomed = segment(64, new Uint8Array(0), 0o600);
-      await post('/v2/systemsharedmemory/region/doomed/register', { key: String(doomed), byte_size: 64 });
+      await registerRegion(client, 'doomed', doomed, 64);
       busy = Promise.all([slowRun(), slowRun()]);
       pending = inferViaRegions('in', 'doomed');
       await queued();
@@ -374,8 +352,8 @@ describe('KServe v2 system shared memory', () => {
   it('fails a request whose output region was removed from under it with a clear error, and keeps serving', async () => {
     const input = segment(64, x, 0o600);
     const output = segment(64, new Uint8Array(0), 0o600);
-    await post('/v2/systemsharedmemory/region/in/register', { key: String(input), byte_size: 64 });
-    await post('/v2/systemsharedmemory/region/out/register', { key: String(output), byte_size: 64 });
+    await registerRegion(client, 'in', input, 64);
+    await registerRegion(client, 'out', output, 64);
     // The segment goes away while registered: the next use is a clear error, never a crash.
     addon.remove(output);
     created.splice(created.indexOf(output), 1);
@@ -642,7 +620,7 @@ describe.skipIf(!isRoot)(
     it('refuses registering a segment the caller could not read, and writing outputs where it could not write', async () => {
       const secret = segment(64, x, 0o600); // root's, unreadable to nobody
       const readable = segment(64, x, 0o644); // nobody may read it, not write it
-      const before = segmentBytes(readable, 0, 64);
+      const before = segmentBytes(addon, readable, 0, 64);
       const { uid, results } = await runAsNobody([
         {
           path: '/v2/systemsharedmemory/region/secret/register',
@@ -659,7 +637,7 @@ describe.skipIf(!isRoot)(
       expect(results[1]!.status).toBe(200);
       expect(results[2]!.status).toBe(403);
       expect(results[2]!.body).toMatch(new RegExp(`may not write shared memory segment ${readable}`));
-      expect([...segmentBytes(readable, 0, 64)]).toEqual([...before]);
+      expect([...segmentBytes(addon, readable, 0, 64)]).toEqual([...before]);
       // Root's own regions are not nobody's to unregister.
       expect((await client.request({ path: '/v2/systemsharedmemory/region/ro/status' })).status).toBe(200);
     });
@@ -688,10 +666,7 @@ describe.skipIf(!isRoot)(
     it('keeps root’s regions from nobody on every route that names them, and root’s unregister-all from nobody’s', async () => {
       const roots = segment(64, x, 0o600); // root's region, on a segment nobody could not even read
       const nobodys = segment(64, x, 0o644);
-      expect(
-        (await post('/v2/systemsharedmemory/region/roots/register', { key: String(roots), byte_size: 64 }))
-          .status,
-      ).toBe(200);
+      expect((await registerRegion(client, 'roots', roots, 64)).status).toBe(200);
       // 80 bytes of a 64-byte region: the bounds would tell its size.
       const infer = (input: string) => ({
         path: '/v2/models/tiny/infer',

@@ -33,3 +33,16 @@ export function segmentExists(addon: SysvShmAddon, shmid: number): boolean {
     return false;
   }
 }
+
+/**
+ * A copy of `length` bytes at `offset` in a System V segment, read through a mapping of its own; the copy owns its
+ * ArrayBuffer (`.buffer` is exactly these bytes).
+ */
+export function segmentBytes(addon: SysvShmAddon, shmid: number, offset: number, length: number): Buffer {
+  const mapping = addon.attachReadWrite(shmid);
+  try {
+    return Buffer.from(new Uint8Array(mapping, offset, length).slice().buffer);
+  } finally {
+    addon.detach(mapping);
+  }
+}
