@@ -185,7 +185,7 @@ describe('InferencePool: the inline path', () => {
     const pool = await startPool(10_000, 0.9);
     await pool.loadModel('scalable', paths.scalable!, 1);
     // A worker measures the large request first: one larger than any measured never runs inline.
-    await pool.run('scalable', scalable(2000));
+    await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
     await untilInline(pool, 'scalable', () => scalable(1));
     const slowRun = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
     expect(slowRun.worker).toBe(-1);
@@ -318,7 +318,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
   it('sends a model back to the workers after one idle run over 4× the idle ceiling', async () => {
     const pool = await startPool(1, 0.9, 256, 10_000);
     await pool.loadModel('scalable', paths.scalable!, 1);
-    await pool.run('scalable', scalable(2000)); // measured on a worker first, as above
+    await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS)); // measured on a worker first, as above
     await untilInline(pool, 'scalable', one);
     await loopWaits();
     const slowRun = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
@@ -357,6 +357,7 @@ describe('InlineModels', () => {
         queue: [],
         running: 0,
         workerRuns: 0,
+        largestMeasuredInputBytes: 0,
         inline: 'off',
         inlineAfterRuns: RUNS_BEFORE_INLINE,
       };
