@@ -8,7 +8,7 @@ import { InlineRunner } from '../../src/inference/inline-runner.js';
 import type { OutputSegment, PoolTensor } from '../../src/inference/index.js';
 import { identityOf, loadSysvShmAddon } from '../../src/shm/index.js';
 import { ROW } from '../support/direct-output-models.js';
-import { makeSegment } from '../support/segments.js';
+import { makeSegment, segmentBytes } from '../support/segments.js';
 
 // Two cases where an output written straight into shared memory (InlineRunner.run) must not be tried, or not
 // tried again: an output that is also a graph input (ONNX Runtime hands back the memory it was given, unwritten),
@@ -66,12 +66,7 @@ const tensor = (name: string, data: Float32Array | BigInt64Array, shape: number[
   data: new Uint8Array(data.buffer.slice(0)),
 });
 const floatsOf = (bytes: Uint8Array) => new Float32Array(bytes.slice().buffer);
-const segmentFloats = (shmid: number) => {
-  const mapping = addon.attachReadWrite(shmid);
-  const values = new Float32Array(mapping.slice(0, BYTES));
-  addon.detach(mapping);
-  return values;
-};
+const segmentFloats = (shmid: number) => floatsOf(segmentBytes(addon, shmid, 0, BYTES));
 const placeOf = (name: string, shmid: number): OutputSegment => ({
   name,
   segment: { segmentId: shmid, offset: 0, byteLength: BYTES, identity: identityOf(addon.stat(shmid)) },
