@@ -68,7 +68,7 @@ export interface InlineBudgetStats {
   overBudget: number;
   /** Models sent back to the workers by a run over the ceiling. */
   demotions: number;
-  /** The idle runs' per-run ceiling (0: off). */
+  /** The idle runs' per-run ceiling; 0 while they are off (also when the inline path is, or this is not above its ceiling). */
   idleMaxRunMicros: number;
   /**
    * Requests of a model measured for idle runs that went to the workers because the pool held another request
@@ -164,7 +164,8 @@ export class InlineBudget {
       shareUsed: this.#spentMs / WINDOW_MS,
       overBudget: this.#overBudget,
       demotions: this.#demotions,
-      idleMaxRunMicros: this.#idleCeilingMs * 1000,
+      idleMaxRunMicros:
+        this.enabled && this.#idleCeilingMs > this.#ceilingMs ? this.#idleCeilingMs * 1000 : 0,
       idleBusy: this.#idleBusy,
     };
   }

@@ -72,11 +72,6 @@ export const MIN_DIRECT_OUTPUT_BYTES = 64 * 1024;
 /** How often the runner lets go of output segments their clients removed, even while no requests come. */
 const SEGMENT_SWEEP_MS = 1000;
 
-export interface InlineRunnerOptions {
-  /** Where outputs written straight into System V shared memory are mapped (see run). Default: its own. */
-  segments?: WorkerSegments;
-}
-
 export interface InlineRun {
   outputs: PoolTensor[];
   /** Inside ONNX Runtime's run, in milliseconds. */
@@ -98,8 +93,9 @@ export class InlineRunner {
   readonly #segments: WorkerSegments;
   #sweepTimer: NodeJS.Timeout | undefined;
 
-  constructor(options: InlineRunnerOptions = {}) {
-    this.#segments = options.segments ?? new WorkerSegments({ addon: () => loadSysvShmAddon() });
+  constructor() {
+    // Where outputs written straight into System V shared memory are mapped (see run).
+    this.#segments = new WorkerSegments({ addon: () => loadSysvShmAddon() });
   }
 
   /**

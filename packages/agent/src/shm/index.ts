@@ -16,4 +16,4 @@ export { SYSV_SHM_ADDON_PATH, isSysvShmSystemError, loadSysvShmAddon } from './s
 export type { SegmentStat, SysvShmAddon, SysvShmSystemError } from './sysv-shm-addon.js';
 export { peerMay, type PeerCredentials } from './segment-access.js';
 export { identityOf, rangesOverlap, sameSegment } from './segment-reference.js';
-export type { SegmentIdentity, SegmentRange, SegmentReference } from './segment-reference.js';
+export type { SegmentIdentity, SegmentReference } from './segment-reference.js';

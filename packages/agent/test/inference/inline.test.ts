@@ -300,7 +300,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
   it('keeps a model over the idle ceiling, or with the idle ceiling 0, on the workers', async () => {
     for (const [maxRunMicros, idleMaxRunMicros] of [
       [1, 0],
-      [1, 1],
+      [1, 2],
     ] as const) {
       const pool = await startPool(maxRunMicros, 0.9, 256, idleMaxRunMicros);
       await pool.loadModel('scalable', paths.scalable!, 1);
