@@ -244,7 +244,10 @@ export class InlineRunner {
       } catch {
         continue;
       }
-      this.#sweepTimer ??= setInterval(() => this.#segments.sweep(), SEGMENT_SWEEP_MS).unref();
+      this.#sweepTimer ??= setInterval(() => {
+        this.#segments.sweep();
+        if (this.#segments.cachedCount === 0) this.#stopSweeping();
+      }, SEGMENT_SWEEP_MS).unref();
       const Typed = TYPED_ARRAY_FOR[output.type];
       const data = new Typed(
         bytes.buffer as ArrayBuffer,
@@ -271,12 +274,21 @@ export class InlineRunner {
     } catch {
       // Released either way: nothing runs on it any more.
     }
+    // No inline model left: nothing will write into the segments mapped for one.
+    if (this.#sessions.size === 0) {
+      this.#stopSweeping();
+      this.#segments.close();
+    }
+  }
+
+  #stopSweeping(): void {
+    clearInterval(this.#sweepTimer);
+    this.#sweepTimer = undefined;
   }
 
   async close(): Promise<void> {
     await Promise.all([...this.#sessions.keys()].map((key) => this.release(key)));
-    clearInterval(this.#sweepTimer);
-    this.#sweepTimer = undefined;
+    this.#stopSweeping();
     this.#segments.close();
   }
 

@@ -276,6 +276,18 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     // The runner's sweep (once a second) lets go of it; then nothing holds it and the kernel destroys it.
     await expect.poll(() => segmentExists(addon, output), { timeout: 5000, interval: 50 }).toBe(false);
   });
+
+  it('lets go of the segments it mapped once its last model is released, though their clients keep them', async () => {
+    const runner = await runnerWith('image-identity');
+    runner.run('image-identity', imageInput());
+    const output = makeSegment(addon, created, new Uint8Array(0), { size: IMAGE_BYTES });
+    expect(runner.run('image-identity', imageInput(), toImageOut(output)).outputs[0]!.writtenToSegment).toBe(
+      true,
+    );
+    expect(addon.stat(output).attachCount).toBe(1);
+    await runner.release('image-identity');
+    expect(addon.stat(output).attachCount).toBe(0);
+  });
 });
 
 describe('directOutputsOf', () => {
