@@ -19,6 +19,9 @@ import { preciseNow, type OutputSegment } from './protocol.js';
 import { inlinePath, type ModelEntry, type RunResult } from './scheduling.js';
 import type { PoolTensor } from './tensor-transfer.js';
 
+/** Requests in a row that found the pool holding nothing else before an idle-run model gets its inline session. */
+export const IDLE_REQUESTS_BEFORE_SESSION = 16;
+
 export interface InlineModelsOptions {
   /** The budget; a `maxRunMicros` of 0 keeps every model on the workers. Validated here (RangeError). */
   budget: InlineBudgetOptions;
@@ -58,6 +61,11 @@ export class InlineModels {
    * the share.
    */
   pathFor(entry: ModelEntry, inputBytes: number): InlinePath | undefined {
+    if (entry.inline === 'off' && this.#awaitsIdleRequests(entry)) {
+      entry.idleRequestsInARow = this.#options.poolIdle() ? entry.idleRequestsInARow + 1 : 0;
+      if (entry.idleRequestsInARow >= IDLE_REQUESTS_BEFORE_SESSION) void this.#load(entry);
+      return undefined;
+    }
     return inlinePath(
       entry,
       inputBytes,
@@ -67,15 +75,32 @@ export class InlineModels {
     );
   }
 
-  /** Folds one measured run time into the model's average, and moves a fast model towards the inline path. */
+  /**
+   * Folds one measured run time into the model's average, and moves a fast model towards the inline path. A model
+   * that may only make idle runs gets its inline session later, from pathFor, once requests show the agent idle.
+   */
   measured(entry: ModelEntry, computeMs: number): void {
     entry.computeMs = entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
     if (
       entry.inline === 'off' &&
       entry.workerRuns >= RUNS_BEFORE_INLINE &&
-      this.#budget.fastEnoughWhenIdle(entry.computeMs)
+      this.#budget.fastEnough(entry.computeMs)
     )
       void this.#load(entry);
+  }
+
+  /**
+   * Whether the model, measured within the idle ceiling but not the inline one, waits for requests that find the
+   * agent idle before its session is created: a session is one more copy of the model in memory, and creating it
+   * holds the event loop, which an agent that is never idle should not pay for.
+   */
+  #awaitsIdleRequests(entry: ModelEntry): boolean {
+    return (
+      entry.workerRuns >= RUNS_BEFORE_INLINE &&
+      entry.computeMs !== undefined &&
+      !this.#budget.fastEnough(entry.computeMs) &&
+      this.#budget.fastEnoughWhenIdle(entry.computeMs)
+    );
   }
 
   /** Runs at once, on this thread (InlineRunner.run is synchronous); the promise is already settled. */

@@ -140,6 +140,7 @@ export class InferencePool {
       running: 0,
       workerRuns: 0,
       largestMeasuredInputBytes: 0,
+      idleRequestsInARow: 0,
       inline: 'off',
       inlineAfterRuns: RUNS_BEFORE_INLINE,
     };

@@ -88,6 +88,12 @@ export interface ModelEntry {
    */
   largestMeasuredInputBytes: number;
   /**
+   * For a model measured within the idle ceiling only, before its inline session exists: how many requests in a
+   * row found the pool holding nothing else (its session is created after IDLE_REQUESTS_BEFORE_SESSION of them, in
+   * inline-models.ts, so an agent that is never idle never pays for it).
+   */
+  idleRequestsInARow: number;
+  /**
    * The inline path for this model: 'off' until it has been measured fast, 'loading' its inline session, 'on'
    * (requests may run inline, budget permitting), 'unfit' (too large to load on the event loop, or it failed).
    */

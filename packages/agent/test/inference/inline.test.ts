@@ -17,7 +17,7 @@ import {
   scalableReference,
 } from '../support/pool-models.js';
 import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
-import { InlineModels } from '../../src/inference/inline-models.js';
+import { IDLE_REQUESTS_BEFORE_SESSION, InlineModels } from '../../src/inference/inline-models.js';
 import { InlineRunner } from '../../src/inference/inline-runner.js';
 import type { ModelEntry } from '../../src/inference/scheduling.js';
 import { reshapeNeedsEvenModel } from '../models/helpers.js';
@@ -342,12 +342,13 @@ describe('InlineModels', () => {
     }
   }
 
-  it('never creates an inline session for a model over the idle ceiling, or with the idle ceiling 0', async () => {
+  it('never creates an inline session for a model over the idle ceiling, with the idle ceiling 0, or while the agent is never idle', async () => {
     // Runs of 0.5 ms: over the per-run ceiling (1 µs) always; over the idle ceiling, or under it (the control).
-    for (const [idleMaxRunMicros, sessions] of [
-      [0, 0],
-      [1, 0],
-      [1000, 1],
+    for (const [idleMaxRunMicros, poolIdle, sessions] of [
+      [0, true, 0],
+      [1, true, 0],
+      [1000, false, 0],
+      [1000, true, 1],
     ] as const) {
       const runner = new CountingRunner();
       const entry: ModelEntry = {
@@ -358,6 +359,7 @@ describe('InlineModels', () => {
         running: 0,
         workerRuns: 0,
         largestMeasuredInputBytes: 0,
+        idleRequestsInARow: 0,
         inline: 'off',
         inlineAfterRuns: RUNS_BEFORE_INLINE,
       };
@@ -365,15 +367,20 @@ describe('InlineModels', () => {
         budget: { maxRunMicros: 1, eventLoopShare: 0.9, idleMaxRunMicros },
         sessionOptions: () => ({}),
         models: new Map([[entry.key, entry]]),
-        poolIdle: () => true,
+        poolIdle: () => poolIdle,
         runner,
       });
       try {
-        // What the pool does after each worker run.
+        // What the pool does after each worker run: no session yet for a model that may only make idle runs.
         for (let i = 0; i < RUNS_BEFORE_INLINE + 4; i++) {
           entry.workerRuns++;
           inline.measured(entry, 0.5);
         }
+        expect(runner.loads).toBe(0);
+        // What the pool does with each request: created once enough in a row found the agent idle.
+        for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, 0);
+        expect(runner.loads).toBe(0);
+        for (let i = 0; i < 4; i++) inline.pathFor(entry, 0);
         expect(runner.loads).toBe(sessions);
         if (sessions > 0) await waitUntil(() => entry.inline === 'on', 'the inline session');
         else expect(entry.inline).toBe('off');
