@@ -32,10 +32,14 @@ export interface InlineModelsOptions {
    * was unloaded, or the pool closed, meanwhile) is released rather than kept.
    */
   models: ReadonlyMap<string, ModelEntry>;
-  /** No request is in the pool (waiting, or on a worker): asked only when an idle run may be. */
+  /**
+   * No request is in the pool (waiting, or on a worker): asked only when an idle run may be, or while an idle-run
+   * model waits for its session.
+   */
   poolIdle: () => boolean;
   /** Told when a model's inline session cannot be created. */
   onEvent?: (event: PoolEvent) => void;
+  /** Where inline sessions live and run; default: a runner of its own (tests pass one that counts its loads). */
   runner?: InlineRunner;
 }
 
