@@ -353,7 +353,11 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
   // Inference.
   const inlineMaxRunMicros = file.edgefleet_inline_max_run_micros ?? DEFAULTS.inlineMaxRunMicros;
   const inlineIdleMaxRunMicros = file.edgefleet_inline_idle_max_run_micros ?? DEFAULTS.inlineIdleMaxRunMicros;
-  if (inlineIdleMaxRunMicros > 0 && inlineIdleMaxRunMicros <= inlineMaxRunMicros)
+  if (
+    file.edgefleet_inline_idle_max_run_micros !== undefined &&
+    inlineIdleMaxRunMicros > 0 &&
+    inlineIdleMaxRunMicros <= inlineMaxRunMicros
+  )
     warnings.push(
       `edgefleet_inline_idle_max_run_micros (${inlineIdleMaxRunMicros}) is not above edgefleet_inline_max_run_micros ` +
         `(${inlineMaxRunMicros}): no model runs as an idle run; expected a higher ceiling, or 0 to say idle runs are off`,

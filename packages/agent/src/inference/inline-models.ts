@@ -48,6 +48,12 @@ export class InlineModels {
   readonly #runner: InlineRunner;
   readonly #options: InlineModelsOptions;
   readonly #runs: Record<InlinePath, number> = { inline: 0, inline_idle: 0 };
+  /**
+   * Each model's session in the runner, under a key of its own per load: a model unloaded while its session was
+   * being created, then loaded again under its name, can never reach (or release) the other's session.
+   */
+  readonly #sessionKeys = new WeakMap<ModelEntry, string>();
+  #loads = 0;
 
   constructor(options: InlineModelsOptions) {
     this.#options = options;
@@ -65,9 +71,12 @@ export class InlineModels {
    * the share.
    */
   pathFor(entry: ModelEntry, inputBytes: number): InlinePath | undefined {
-    if (entry.inline === 'off' && this.#awaitsIdleRequests(entry)) {
-      entry.idleRequestsInARow = this.#options.poolIdle() ? entry.idleRequestsInARow + 1 : 0;
-      if (entry.idleRequestsInARow >= IDLE_REQUESTS_BEFORE_SESSION) void this.#load(entry);
+    if (entry.inline === 'off') {
+      if (!this.#awaitsIdleRequests(entry)) entry.idleRequestsInARow = 0;
+      else {
+        entry.idleRequestsInARow = this.#options.poolIdle() ? entry.idleRequestsInARow + 1 : 0;
+        if (entry.idleRequestsInARow >= IDLE_REQUESTS_BEFORE_SESSION) void this.#load(entry);
+      }
       return undefined;
     }
     return inlinePath(
@@ -120,7 +129,11 @@ export class InlineModels {
     const submittedAt = preciseNow();
     entry.running++;
     try {
-      const { outputs, computeMs } = this.#runner.run(entry.key, inputs, outputSegments);
+      const { outputs, computeMs } = this.#runner.run(
+        this.#sessionKeys.get(entry) ?? '',
+        inputs,
+        outputSegments,
+      );
       this.#runs[path]++;
       if (charged) this.#budget.settle(expectedMs, computeMs);
       entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
@@ -141,7 +154,9 @@ export class InlineModels {
   /** Releases the model's inline session, if it has one (the model is being unloaded). */
   async release(entry: ModelEntry): Promise<void> {
     entry.inline = 'off';
-    await this.#runner.release(entry.key);
+    const sessionKey = this.#sessionKeys.get(entry);
+    this.#sessionKeys.delete(entry);
+    if (sessionKey !== undefined) await this.#runner.release(sessionKey);
   }
 
   /** The budget's stats, and the models running inline now (of `models`, the pool's). */
@@ -169,9 +184,11 @@ export class InlineModels {
 
   async #load(entry: ModelEntry): Promise<void> {
     entry.inline = 'loading';
+    const sessionKey = `${entry.key}#${++this.#loads}`;
+    this.#sessionKeys.set(entry, sessionKey);
     let loaded = false;
     try {
-      loaded = await this.#runner.load(entry.key, entry.model, this.#options.sessionOptions());
+      loaded = await this.#runner.load(sessionKey, entry.model, this.#options.sessionOptions());
     } catch (error) {
       // The workers hold working sessions of it; this model stays on them, and the operator is told why (e.g. an
       // onnxruntime-node without the native binding the inline path uses, or a session option it refuses).
@@ -184,7 +201,7 @@ export class InlineModels {
     if (this.#options.models.get(entry.key) !== entry) {
       // Unloaded (or the pool closed, which clears its models) while its inline session was being created:
       // nothing may keep that session.
-      if (loaded && !this.#options.models.has(entry.key)) await this.#runner.release(entry.key);
+      if (loaded) await this.#runner.release(sessionKey);
       return;
     }
     entry.inline = loaded ? 'on' : 'unfit';

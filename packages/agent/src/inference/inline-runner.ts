@@ -177,9 +177,8 @@ export class InlineRunner {
         // Only ONNX Runtime's refusal of the memory given is made again without it; any other failure is the
         // request's own, and a second run would only double its cost on the event loop.
         if (!REFUSED_OUTPUT_MEMORY.test(errorMessage(error))) throw runFailure(error);
-        const run = this.#runCopying(session, feeds, performance.now() - startedAt);
         session.directAllowed = false;
-        return run;
+        return this.#runCopying(session, feeds, performance.now() - startedAt);
       }
       const computeMs = performance.now() - startedAt;
       const transfer: ArrayBuffer[] = [];

@@ -84,7 +84,8 @@ export interface ModelEntry {
   /**
    * The most input bytes of a request a completed worker run has shown. A larger request never runs inline: its run
    * time is not known (a model with dynamic dimensions measured on small inputs could block the event loop on a
-   * large one); it goes to a worker, which measures it.
+   * large one); it goes to a worker, which measures it. Only size is guarded: a cost set by the inputs' values, or
+   * by their shape at equal size, still shows only after one long run, which demotes the model (InlineBudget).
    */
   largestMeasuredInputBytes: number;
   /**

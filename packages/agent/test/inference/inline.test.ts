@@ -298,20 +298,29 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
   });
 
   it('keeps a model over the idle ceiling, or with the idle ceiling 0, on the workers', async () => {
-    for (const [maxRunMicros, idleMaxRunMicros] of [
-      [1, 0],
-      [1, 2],
+    // Enough lone requests for a model within the idle ceiling to get its session (the control case).
+    const requests = RUNS_BEFORE_INLINE + IDLE_REQUESTS_BEFORE_SESSION + 4;
+    for (const [maxRunMicros, idleMaxRunMicros, staysOnWorkers] of [
+      [1, 0, true],
+      [1, 2, true],
+      [1, 10_000, false],
     ] as const) {
       const pool = await startPool(maxRunMicros, 0.9, 256, idleMaxRunMicros);
       await pool.loadModel('scalable', paths.scalable!, 1);
-      for (let i = 0; i < RUNS_BEFORE_INLINE + 4; i++) {
+      for (let i = 0; i < requests; i++) {
         await loopWaits();
-        expect((await pool.run('scalable', one())).worker).toBeGreaterThanOrEqual(0);
+        expect(floats(await pool.run('scalable', one()))).toEqual(scalableReference(1));
       }
-      const stats = pool.stats();
-      expect(stats.inline.models).toEqual([]);
-      expect(stats.runs).toEqual({ inline: 0, inline_idle: 0, worker: RUNS_BEFORE_INLINE + 4 });
-      expect(stats.inline.idleMaxRunMicros).toBe(idleMaxRunMicros);
+      if (staysOnWorkers) {
+        const stats = pool.stats();
+        expect(stats.inline.models).toEqual([]);
+        expect(stats.runs).toEqual({ inline: 0, inline_idle: 0, worker: requests });
+        expect(stats.inline.idleMaxRunMicros).toBe(idleMaxRunMicros);
+      } else {
+        await waitUntil(() => pool.stats().inline.models.length === 1, 'the idle-run session');
+        await loopWaits();
+        expect((await pool.run('scalable', one())).worker).toBe(-1);
+      }
     }
   });
 
@@ -341,6 +350,47 @@ describe('InlineModels', () => {
       return super.load(...args);
     }
   }
+
+  it('creates an idle-run session only after that many requests in a row found the agent idle', async () => {
+    const runner = new CountingRunner();
+    const entry: ModelEntry = {
+      key: 'scalable',
+      model: paths.scalable!,
+      slots: new Set(),
+      queue: [],
+      running: 0,
+      workerRuns: 0,
+      largestMeasuredInputBytes: 0,
+      idleRequestsInARow: 0,
+      inline: 'off',
+      inlineAfterRuns: RUNS_BEFORE_INLINE,
+    };
+    let idle = true;
+    const inline = new InlineModels({
+      budget: { maxRunMicros: 1, eventLoopShare: 0.9, idleMaxRunMicros: 1000 },
+      sessionOptions: () => ({}),
+      models: new Map([[entry.key, entry]]),
+      poolIdle: () => idle,
+      runner,
+    });
+    try {
+      for (let i = 0; i < RUNS_BEFORE_INLINE; i++) {
+        entry.workerRuns++;
+        inline.measured(entry, 0.5);
+      }
+      for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, 0);
+      idle = false;
+      inline.pathFor(entry, 0); // one request finds the agent busy: the count starts again
+      idle = true;
+      for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, 0);
+      expect(runner.loads).toBe(0);
+      inline.pathFor(entry, 0);
+      expect(runner.loads).toBe(1);
+      await waitUntil(() => entry.inline === 'on', 'the inline session');
+    } finally {
+      await inline.close();
+    }
+  });
 
   it('never creates an inline session for a model over the idle ceiling, with the idle ceiling 0, or while the agent is never idle', async () => {
     // Runs of 0.5 ms: over the per-run ceiling (1 µs) always; over the idle ceiling, or under it (the control).
