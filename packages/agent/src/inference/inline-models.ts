@@ -16,7 +16,7 @@ import {
 import { InlineRunner } from './inline-runner.js';
 import type { PoolEvent, PoolStats } from './pool-types.js';
 import { preciseNow, type OutputSegment } from './protocol.js';
-import { inlinePath, type ModelEntry, type RunResult } from './scheduling.js';
+import { inlinePath, type ModelEntry, type RunResult, type ShapedInput } from './scheduling.js';
 import type { PoolTensor } from './tensor-transfer.js';
 
 /** Requests in a row that found the pool holding nothing else before an idle-run model gets its inline session. */
@@ -67,10 +67,10 @@ export class InlineModels {
   }
 
   /**
-   * Where a request of `inputBytes` runs inline, if it does (see scheduling.ts's inlinePath); admitting it charges
-   * the share.
+   * Where a request with these inputs runs inline, if it does (see scheduling.ts's inlinePath); admitting it
+   * charges the share.
    */
-  pathFor(entry: ModelEntry, inputBytes: number): InlinePath | undefined {
+  pathFor(entry: ModelEntry, inputs: readonly ShapedInput[]): InlinePath | undefined {
     if (entry.inline === 'off') {
       if (!this.#awaitsIdleRequests(entry)) entry.idleRequestsInARow = 0;
       else {
@@ -81,7 +81,7 @@ export class InlineModels {
     }
     return inlinePath(
       entry,
-      inputBytes,
+      inputs,
       this.#budget,
       this.#options.poolIdle,
       () => performance.eventLoopUtilization().idle,

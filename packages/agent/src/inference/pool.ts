@@ -5,6 +5,7 @@ import type { InferencePoolOptions, ModelSessionInfo, PoolStats, RunOptions } fr
 import { preciseNow, type ModelBytes } from './protocol.js';
 import {
   HAND_AHEAD_MAX_COMPUTE_MS,
+  foldMeasuredShapes,
   handAheadTo,
   idleSlot,
   poolIsIdle,
@@ -139,7 +140,7 @@ export class InferencePool {
       queue: [],
       running: 0,
       workerRuns: 0,
-      largestMeasuredInputBytes: 0,
+      measuredShapes: new Map(),
       idleRequestsInARow: 0,
       inline: 'off',
       inlineAfterRuns: RUNS_BEFORE_INLINE,
@@ -250,8 +251,7 @@ export class InferencePool {
         ),
       );
     }
-    const inputBytes = inputs.reduce((sum, input) => sum + input.data.byteLength, 0);
-    const inline = pinned ? undefined : this.#inline.pathFor(entry, inputBytes);
+    const inline = pinned ? undefined : this.#inline.pathFor(entry, inputs);
     if (inline) return this.#inline.run(entry, inputs, inline, options.outputSegments);
     const { wire, transfer } = prepareInputs(
       inputs,
@@ -264,7 +264,6 @@ export class InferencePool {
         seq: this.#workers.nextId(),
         key,
         inputs: wire,
-        inputBytes,
         ...(options.outputSegments?.length && { outputSegments: options.outputSegments }),
         transfer,
         submittedAt: preciseNow(),
@@ -332,7 +331,7 @@ export class InferencePool {
       const entry = this.#models.get(job.key);
       if (entry) {
         entry.workerRuns++;
-        entry.largestMeasuredInputBytes = Math.max(entry.largestMeasuredInputBytes, job.inputBytes);
+        foldMeasuredShapes(entry.measuredShapes, job.inputs);
         this.#inline.measured(entry, reply.finishedAt - reply.startedAt);
       }
       try {

@@ -29,8 +29,6 @@ export interface Job {
   seq: number;
   key: string;
   inputs: WireInput[];
-  /** The request's input bytes (ModelEntry.largestMeasuredInputBytes). */
-  inputBytes: number;
   /** Outputs the worker writes into shared memory (RunOptions.outputSegments). */
   outputSegments?: OutputSegment[];
   transfer: ArrayBuffer[];
@@ -82,12 +80,13 @@ export interface ModelEntry {
   /** Runs completed on workers. */
   workerRuns: number;
   /**
-   * The most input bytes of a request a completed worker run has shown. A larger request never runs inline: its run
-   * time is not known (a model with dynamic dimensions measured on small inputs could block the event loop on a
-   * large one); it goes to a worker, which measures it. Only size is guarded: a cost set by the inputs' values, or
-   * by their shape at equal size, still shows only after one long run, which demotes the model (InlineBudget).
+   * The largest of each dimension of each input a completed worker run of the model has shown. A request with an
+   * input beyond it (another name or rank, or any dimension larger) never runs inline: its run time is not known (a
+   * model with dynamic dimensions measured on small inputs could block the event loop on a large one, or on the same
+   * bytes in another shape); it goes to a worker, which measures it. A cost set by the inputs' values still shows
+   * only after one long run, which demotes the model (InlineBudget).
    */
-  largestMeasuredInputBytes: number;
+  measuredShapes: MeasuredShapes;
   /**
    * For a model measured within the idle ceiling only, before its inline session exists: how many requests in a
    * row found the pool holding nothing else (its session is created after IDLE_REQUESTS_BEFORE_SESSION of them, in
@@ -125,14 +124,14 @@ export function handsAhead(entry: ModelEntry, maxComputeMs: number): boolean {
 
 /**
  * Where this request runs inline, if it does: the model's session is loaded on the event loop, it is not being
- * measured on the workers after a demotion, and the request is no larger (`inputBytes`) than one a worker run has
- * measured; then 'inline' when its average run fits the per-run ceiling and the
+ * measured on the workers after a demotion, and its inputs are within the shapes worker runs have measured
+ * (`withinMeasured`); then 'inline' when its average run fits the per-run ceiling and the
  * event-loop share has room (admitting charges the share), or 'inline_idle' when it fits the idle ceiling and
  * the agent has nothing else to do (InlineBudget.admitIdle; `poolIdle` and `loopIdleMs` are asked only then).
  */
 export function inlinePath(
   entry: ModelEntry,
-  inputBytes: number,
+  inputs: readonly ShapedInput[],
   budget: InlineBudget,
   poolIdle: () => boolean,
   loopIdleMs: () => number,
@@ -141,7 +140,7 @@ export function inlinePath(
     entry.inline !== 'on' ||
     entry.workerRuns < entry.inlineAfterRuns ||
     entry.computeMs === undefined ||
-    inputBytes > entry.largestMeasuredInputBytes
+    !withinMeasured(entry.measuredShapes, inputs)
   )
     return undefined;
   if (budget.fastEnough(entry.computeMs))
@@ -218,4 +217,36 @@ export function takesAhead(
   if (!slot.ready || !slot.running || slot.ahead) return false;
   const running = models.get(slot.running.key);
   return running !== undefined && handsAhead(running, maxComputeMs);
+}
+
+/** Each input's largest dimensions measured so far, by input name (ModelEntry.measuredShapes). */
+export type MeasuredShapes = Map<string, number[]>;
+
+/** What the size rule reads of an input. */
+export interface ShapedInput {
+  name: string;
+  shape: readonly number[];
+}
+
+/** Folds a completed run's input shapes into what has been measured. */
+export function foldMeasuredShapes(
+  measured: MeasuredShapes,
+  inputs: readonly Pick<WireInput, 'name' | 'dims'>[],
+): void {
+  for (const { name, dims } of inputs) {
+    const largest = measured.get(name);
+    if (largest === undefined) measured.set(name, [...dims]);
+    else if (largest.length === dims.length)
+      for (let i = 0; i < dims.length; i++) largest[i] = Math.max(largest[i]!, dims[i]!);
+  }
+}
+
+/** Whether every input has a measured shape of its rank, and no dimension larger than measured. */
+export function withinMeasured(measured: MeasuredShapes, inputs: readonly ShapedInput[]): boolean {
+  for (const { name, shape } of inputs) {
+    const largest = measured.get(name);
+    if (largest === undefined || largest.length !== shape.length) return false;
+    for (let i = 0; i < shape.length; i++) if (shape[i]! > largest[i]!) return false;
+  }
+  return true;
 }

@@ -1,35 +1,62 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { OnnxModelBuilder } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool, type PoolTensor } from '../../src/inference/index.js';
+import { foldMeasuredShapes, withinMeasured, type MeasuredShapes } from '../../src/inference/scheduling.js';
 import { scalable, scalableModel, scalableReference } from '../support/pool-models.js';
 
-// A model with a dynamic dimension, measured inline-fast on small requests, must not run a much larger request
-// on the event loop before a worker has measured one that large (its run time is not known).
+// A model with dynamic dimensions, measured inline-fast on small requests, must not run a larger request (or the
+// same bytes in another shape) on the event loop before a worker has measured one that large: its run time is not
+// known.
 let dir: string;
 let modelPath: string;
+let doublerPath: string;
 const pools: InferencePool[] = [];
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'agent-inline-size-'));
   modelPath = join(dir, 'scalable.onnx');
   await writeFile(modelPath, scalableModel());
+  // y = x + x, both dimensions dynamic.
+  doublerPath = join(dir, 'doubler.onnx');
+  await writeFile(
+    doublerPath,
+    new OnnxModelBuilder({ graphName: 'doubler' })
+      .input('x', 'FLOAT32', ['a', 'b'])
+      .node('Add', ['x', 'x'], ['y'])
+      .output('y', 'FLOAT32', ['a', 'b'])
+      .build(),
+  );
 });
 afterAll(async () => {
   for (const pool of pools) await pool.close();
   await rm(dir, { recursive: true, force: true });
 });
 
+async function startPool(): Promise<InferencePool> {
+  // Ceilings far above any run here, so only the size rule decides.
+  const pool = await InferencePool.start({
+    workers: 1,
+    session: DEFAULT_ORT_SESSION_CONFIG,
+    inline: { maxRunMicros: 10_000, eventLoopShare: 0.9, idleMaxRunMicros: 0 },
+  });
+  pools.push(pool);
+  return pool;
+}
+
+/** Where the pool ran one request: 'worker' or 'inline'. */
+async function pathOf(pool: InferencePool, key: string, inputs: PoolTensor[]): Promise<string> {
+  const before = pool.stats().runs;
+  await pool.run(key, inputs);
+  const after = pool.stats().runs;
+  return after.worker > before.worker ? 'worker' : after.inline > before.inline ? 'inline' : 'other';
+}
+
 describe('the inline path and request size', () => {
   it('sends a request larger than any measured one to a worker, and runs requests up to that size inline after', async () => {
-    // Ceilings far above any run here, so only the size rule decides.
-    const pool = await InferencePool.start({
-      workers: 1,
-      session: DEFAULT_ORT_SESSION_CONFIG,
-      inline: { maxRunMicros: 10_000, eventLoopShare: 0.9, idleMaxRunMicros: 0 },
-    });
-    pools.push(pool);
+    const pool = await startPool();
     await pool.loadModel('m', modelPath, 1);
     const pathOf = async (rows: number) => {
       const before = pool.stats().runs;
@@ -44,5 +71,41 @@ describe('the inline path and request size', () => {
     expect(await pathOf(8)).toBe('inline');
     expect(await pathOf(4)).toBe('inline');
     expect(await pathOf(9)).toBe('worker');
+  });
+
+  it('sends the same bytes in a larger shape to a worker too, and then runs that shape inline', async () => {
+    const pool = await startPool();
+    await pool.loadModel('doubler', doublerPath, 1);
+    const x = (a: number, b: number): PoolTensor[] => [
+      { name: 'x', dataType: 'FLOAT32', shape: [a, b], data: new Uint8Array(a * b * 4) },
+    ];
+    while (!pool.stats().inline.models.some((m) => m.key === 'doubler'))
+      await pathOf(pool, 'doubler', x(4, 16));
+    expect(await pathOf(pool, 'doubler', x(4, 16))).toBe('inline');
+    expect(await pathOf(pool, 'doubler', x(2, 16))).toBe('inline');
+    expect(await pathOf(pool, 'doubler', x(16, 4))).toBe('worker'); // as many bytes, a larger first dimension
+    expect(await pathOf(pool, 'doubler', x(16, 4))).toBe('inline');
+    expect(await pathOf(pool, 'doubler', x(16, 16))).toBe('inline'); // each dimension within what was measured
+    expect(await pathOf(pool, 'doubler', x(1, 17))).toBe('worker');
+  });
+});
+
+describe('measured shapes', () => {
+  it('keep the largest of each dimension of each input, and admit only inputs within them', () => {
+    const measured: MeasuredShapes = new Map();
+    const wire = (name: string, dims: number[]) => ({ name, dims });
+    foldMeasuredShapes(measured, [wire('a', [4, 16]), wire('b', [3])]);
+    foldMeasuredShapes(measured, [wire('a', [8, 2]), wire('b', [1])]);
+    expect(measured).toEqual(
+      new Map([
+        ['a', [8, 16]],
+        ['b', [3]],
+      ]),
+    );
+    const shaped = (name: string, shape: number[]) => ({ name, shape });
+    expect(withinMeasured(measured, [shaped('a', [8, 16]), shaped('b', [2])])).toBe(true);
+    expect(withinMeasured(measured, [shaped('a', [9, 1])])).toBe(false);
+    expect(withinMeasured(measured, [shaped('a', [8])])).toBe(false); // another rank
+    expect(withinMeasured(measured, [shaped('c', [1])])).toBe(false); // never measured
   });
 });

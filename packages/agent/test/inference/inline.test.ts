@@ -360,7 +360,7 @@ describe('InlineModels', () => {
       queue: [],
       running: 0,
       workerRuns: 0,
-      largestMeasuredInputBytes: 0,
+      measuredShapes: new Map(),
       idleRequestsInARow: 0,
       inline: 'off',
       inlineAfterRuns: RUNS_BEFORE_INLINE,
@@ -378,13 +378,13 @@ describe('InlineModels', () => {
         entry.workerRuns++;
         inline.measured(entry, 0.5);
       }
-      for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, 0);
+      for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, []);
       idle = false;
-      inline.pathFor(entry, 0); // one request finds the agent busy: the count starts again
+      inline.pathFor(entry, []); // one request finds the agent busy: the count starts again
       idle = true;
-      for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, 0);
+      for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, []);
       expect(runner.loads).toBe(0);
-      inline.pathFor(entry, 0);
+      inline.pathFor(entry, []);
       expect(runner.loads).toBe(1);
       await waitUntil(() => entry.inline === 'on', 'the inline session');
     } finally {
@@ -408,7 +408,7 @@ describe('InlineModels', () => {
         queue: [],
         running: 0,
         workerRuns: 0,
-        largestMeasuredInputBytes: 0,
+        measuredShapes: new Map(),
         idleRequestsInARow: 0,
         inline: 'off',
         inlineAfterRuns: RUNS_BEFORE_INLINE,
@@ -428,9 +428,9 @@ describe('InlineModels', () => {
         }
         expect(runner.loads).toBe(0);
         // What the pool does with each request: created once enough in a row found the agent idle.
-        for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, 0);
+        for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, []);
         expect(runner.loads).toBe(0);
-        for (let i = 0; i < 4; i++) inline.pathFor(entry, 0);
+        for (let i = 0; i < 4; i++) inline.pathFor(entry, []);
         expect(runner.loads).toBe(sessions);
         if (sessions > 0) await waitUntil(() => entry.inline === 'on', 'the inline session');
         else expect(entry.inline).toBe('off');

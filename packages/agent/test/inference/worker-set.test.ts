@@ -84,7 +84,6 @@ function jobFor(set: WorkerSet, key: string, inputs: PoolTensor[]): Job {
     seq: set.nextId(),
     key,
     inputs: wire,
-    inputBytes: inputs.reduce((sum, input) => sum + input.data.byteLength, 0),
     transfer,
     submittedAt: preciseNow(),
     resolve: () => {},
