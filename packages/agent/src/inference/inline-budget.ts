@@ -152,6 +152,15 @@ export class InlineBudget {
     return true;
   }
 
+  /**
+   * A request of a model measured for idle runs, still waiting for its inline session, found the pool busy: counted
+   * with the refused idle runs, so that an operator can see why such a model never gets its session.
+   */
+  noteBusy(now: number): void {
+    this.#concurrentAt = now;
+    this.#idleBusy++;
+  }
+
   settle(expectedMs: number, actualMs: number): void {
     this.#spentMs = Math.max(0, this.#spentMs + actualMs - expectedMs);
   }

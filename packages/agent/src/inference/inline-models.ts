@@ -74,7 +74,11 @@ export class InlineModels {
     if (entry.inline === 'off') {
       if (!this.#awaitsIdleRequests(entry)) entry.idleRequestsInARow = 0;
       else {
-        entry.idleRequestsInARow = this.#options.poolIdle() ? entry.idleRequestsInARow + 1 : 0;
+        if (this.#options.poolIdle()) entry.idleRequestsInARow++;
+        else {
+          entry.idleRequestsInARow = 0;
+          this.#budget.noteBusy(performance.now());
+        }
         if (entry.idleRequestsInARow >= IDLE_REQUESTS_BEFORE_SESSION) void this.#load(entry);
       }
       return undefined;

@@ -381,6 +381,7 @@ describe('InlineModels', () => {
       for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, []);
       idle = false;
       inline.pathFor(entry, []); // one request finds the agent busy: the count starts again
+      expect(inline.stats([]).idleBusy).toBe(1); // and shows in edgefleet_inference_inline_idle_busy_total
       idle = true;
       for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, []);
       expect(runner.loads).toBe(0);
