@@ -1,5 +1,5 @@
 import { InferenceError } from './errors.js';
-import { DEFAULT_INLINE_BUDGET, RUNS_BEFORE_INLINE } from './inline-budget.js';
+import { DEFAULT_INLINE_BUDGET } from './inline-budget.js';
 import { InlineModels } from './inline-models.js';
 import type { InferencePoolOptions, ModelSessionInfo, PoolStats, RunOptions } from './pool-types.js';
 import { preciseNow, type ModelBytes } from './protocol.js';
@@ -8,6 +8,7 @@ import {
   foldMeasuredShapes,
   handAheadTo,
   idleSlot,
+  newModelEntry,
   poolIsIdle,
   slotCanRun,
   takeOldestWaiting,
@@ -133,18 +134,7 @@ export class InferencePool {
     const chosen = [...slots]
       .sort((a, b) => a.sessions.size - b.sessions.size || a.index - b.index)
       .slice(0, count);
-    const entry: ModelEntry = {
-      key,
-      model,
-      slots: new Set(chosen),
-      queue: [],
-      running: 0,
-      workerRuns: 0,
-      measuredShapes: new Map(),
-      idleRequestsInARow: 0,
-      inline: 'off',
-      inlineAfterRuns: RUNS_BEFORE_INLINE,
-    };
+    const entry = newModelEntry(key, model, chosen);
     this.#models.set(key, entry);
     const results = await Promise.allSettled(chosen.map((slot) => this.#workers.load(slot, key, model)));
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');

@@ -11,7 +11,7 @@
  */
 import type { Worker } from 'node:worker_threads';
 import type { InferenceError } from './errors.js';
-import type { InlineBudget, InlinePath } from './inline-budget.js';
+import { RUNS_BEFORE_INLINE, type InlineBudget, type InlinePath } from './inline-budget.js';
 import type { FromWorker, ModelBytes, OutputSegment, ToWorker, WireInput } from './protocol.js';
 import type { PoolTensor } from './tensor-transfer.js';
 
@@ -100,6 +100,22 @@ export interface ModelEntry {
   inline: 'off' | 'loading' | 'on' | 'unfit';
   /** Inline requests may start once `workerRuns` reaches this (a demoted model is measured on workers again). */
   inlineAfterRuns: number;
+}
+
+/** A model just loaded on `slots`: nothing measured, nothing queued, on the workers. */
+export function newModelEntry(key: string, model: string | ModelBytes, slots: Iterable<Slot>): ModelEntry {
+  return {
+    key,
+    model,
+    slots: new Set(slots),
+    queue: [],
+    running: 0,
+    workerRuns: 0,
+    measuredShapes: new Map(),
+    idleRequestsInARow: 0,
+    inline: 'off',
+    inlineAfterRuns: RUNS_BEFORE_INLINE,
+  };
 }
 
 /**

@@ -19,7 +19,7 @@ import {
 import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
 import { IDLE_REQUESTS_BEFORE_SESSION, InlineModels } from '../../src/inference/inline-models.js';
 import { InlineRunner } from '../../src/inference/inline-runner.js';
-import type { ModelEntry } from '../../src/inference/scheduling.js';
+import { newModelEntry } from '../../src/inference/scheduling.js';
 import { reshapeNeedsEvenModel } from '../models/helpers.js';
 import { waitUntil } from '../support/wait-until.js';
 
@@ -353,18 +353,7 @@ describe('InlineModels', () => {
 
   it('creates an idle-run session only after that many requests in a row found the agent idle', async () => {
     const runner = new CountingRunner();
-    const entry: ModelEntry = {
-      key: 'scalable',
-      model: paths.scalable!,
-      slots: new Set(),
-      queue: [],
-      running: 0,
-      workerRuns: 0,
-      measuredShapes: new Map(),
-      idleRequestsInARow: 0,
-      inline: 'off',
-      inlineAfterRuns: RUNS_BEFORE_INLINE,
-    };
+    const entry = newModelEntry('scalable', paths.scalable!, []);
     let idle = true;
     const inline = new InlineModels({
       budget: { maxRunMicros: 1, eventLoopShare: 0.9, idleMaxRunMicros: 1000 },
@@ -402,18 +391,7 @@ describe('InlineModels', () => {
       [1000, true, 1],
     ] as const) {
       const runner = new CountingRunner();
-      const entry: ModelEntry = {
-        key: 'scalable',
-        model: paths.scalable!,
-        slots: new Set(),
-        queue: [],
-        running: 0,
-        workerRuns: 0,
-        measuredShapes: new Map(),
-        idleRequestsInARow: 0,
-        inline: 'off',
-        inlineAfterRuns: RUNS_BEFORE_INLINE,
-      };
+      const entry = newModelEntry('scalable', paths.scalable!, []);
       const inline = new InlineModels({
         budget: { maxRunMicros: 1, eventLoopShare: 0.9, idleMaxRunMicros },
         sessionOptions: () => ({}),
