@@ -28,6 +28,24 @@ export function restPost(agent, socketPath, path, body, headers) {
 let regionCount = 0;
 
 /**
+ * The JSON body of a KServe inference request whose inputs and outputs lie in the named registered regions
+ * (`model` as for restSharedMemoryCaller). Also what the benchmark's HTTP echo floor sends for that path.
+ */
+export function sharedMemoryRequestBody(model, inputRegionNames, outputRegionNames) {
+  const inputs = model.tensors.map((t, i) => ({
+    name: t.name,
+    shape: t.shape,
+    datatype: t.kserve,
+    parameters: { shared_memory_region: inputRegionNames[i], shared_memory_byte_size: t.bytes.length },
+  }));
+  const outputs = model.outputs.map((o, i) => ({
+    name: o.name,
+    parameters: { shared_memory_region: outputRegionNames[i], shared_memory_byte_size: o.byteLength },
+  }));
+  return Buffer.from(JSON.stringify({ inputs, outputs }));
+}
+
+/**
  * A REST client whose inputs and outputs are in System V shared memory regions registered with the agent (the
  * KServe system shared memory extension): only JSON crosses the socket. Its own segments and regions; each
  * segment's removal is pushed onto `cleanups`.
@@ -50,27 +68,15 @@ export async function restSharedMemoryCaller(addon, socketPath, model, cleanups,
     await restPost(agent, socketPath, `/v2/systemsharedmemory/region/${name}/register`, body, json);
     return { name, shmid };
   };
-  const inputs = [];
-  for (const t of model.tensors) {
-    const r = await region(t.bytes, t.bytes.length);
-    inputs.push({
-      name: t.name,
-      shape: t.shape,
-      datatype: t.kserve,
-      parameters: { shared_memory_region: r.name, shared_memory_byte_size: t.bytes.length },
-    });
-  }
-  const outputs = [];
+  const inputRegions = [];
+  for (const t of model.tensors) inputRegions.push(await region(t.bytes, t.bytes.length));
   const outputRegions = [];
-  for (const o of model.outputs) {
-    const r = await region(null, o.byteLength);
-    outputRegions.push(r);
-    outputs.push({
-      name: o.name,
-      parameters: { shared_memory_region: r.name, shared_memory_byte_size: o.byteLength },
-    });
-  }
-  const body = Buffer.from(JSON.stringify({ inputs, outputs }));
+  for (const o of model.outputs) outputRegions.push(await region(null, o.byteLength));
+  const body = sharedMemoryRequestBody(
+    model,
+    inputRegions.map((r) => r.name),
+    outputRegions.map((r) => r.name),
+  );
   const call = () => restPost(agent, socketPath, `/v2/models/${model.key}/infer`, body, json);
   if (check) {
     await call();
