@@ -21,6 +21,7 @@ import {
 import { toOrtSessionOptions } from './session-options.js';
 import { fromWire, prepareInputs, type InputByteCounts, type PoolTensor } from './tensor-transfer.js';
 import { WorkerSet, type LoadedReply, type LostRuns, type RunReply, type WorkerDeath } from './worker-set.js';
+import { disableOnnxRuntimeTelemetry } from './ort-telemetry.js';
 
 export type { PoolTensor } from './tensor-transfer.js';
 export type { RunResult } from './scheduling.js';
@@ -97,6 +98,7 @@ export class InferencePool {
 
   /** Starts the workers; resolves once every one has loaded ONNX Runtime. */
   static async start(options: InferencePoolOptions): Promise<InferencePool> {
+    disableOnnxRuntimeTelemetry();
     if (!Number.isInteger(options.workers) || options.workers < 1) {
       throw new RangeError(`workers must be a whole number ≥ 1, got ${options.workers}`);
     }

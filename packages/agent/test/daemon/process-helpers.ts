@@ -28,13 +28,16 @@ export type { AgentLogLine as LogLine, AgentProcess } from '../../../../test/sup
 export interface SpawnAgentOptions {
   /** Start the agent with this open file limit (`ulimit -n`, soft and hard). */
   openFileLimit?: number;
+  /** The agent's environment (this process's by default). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export function spawnAgent(args: string[], cwd: string, options: SpawnAgentOptions = {}): AgentProcess {
   const stdio: ['ignore', 'pipe', 'pipe'] = ['ignore', 'pipe', 'pipe'];
+  const env = options.env ?? process.env;
   const child =
     options.openFileLimit === undefined
-      ? spawn(process.execPath, [AGENT_MAIN, ...args], { cwd, stdio })
+      ? spawn(process.execPath, [AGENT_MAIN, ...args], { cwd, stdio, env })
       : spawn(
           '/bin/sh',
           [
@@ -45,7 +48,7 @@ export function spawnAgent(args: string[], cwd: string, options: SpawnAgentOptio
             AGENT_MAIN,
             ...args,
           ],
-          { cwd, stdio },
+          { cwd, stdio, env },
         );
   return watchAgentProcess(child);
 }
