@@ -19,9 +19,9 @@
 // that load from elsewhere on a shared machine hits them alike. "grpc-js echo" is a bare grpc-js server in its
 // own process returning the request's bytes: what any Node gRPC service costs on this machine, with no agent at
 // all; "HTTP echo" is the same for a bare node:http server on a Unix socket (the REST floor); "gRPC DescribeModel"
-// is the agent answering without inference; "run after a 200 µs pause" is the 1-client baseline with its thread
-// blocked before each run (the run as a woken server thread makes it). The end prints the goal table of issue 14,
-// met or not met, each goal next to its floor on this machine (see printGoals). Latencies are measured in the client,
+// is the agent answering without inference; "server running the model" is the same bare server (node:http or
+// grpc-js) running the model on its own thread for every request, 1 client (the serving floor, see runServer). The
+// end prints the goal table of issue 14, met or not met, each goal next to its floor on this machine (printGoals). Latencies are measured in the client,
 // which runs on the same machine as the agent (so on a 2-core machine, client, agent event loop and ONNX Runtime
 // share the 2 cores).
 import { spawn } from 'node:child_process';
@@ -35,9 +35,13 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import * as grpc from '@grpc/grpc-js';
-import * as ort from 'onnxruntime-node';
 import { restPost, restSharedMemoryCaller, sharedMemoryRequestBody } from './support/kserve-rest.mjs';
 import { serveHttpEcho } from './support/http-echo.mjs';
+
+// ONNX Runtime's telemetry off in this process and the floor servers it starts, as the agent has it (see
+// packages/agent/src/inference/ort-telemetry.ts); the library reads the variable when it loads.
+process.env.ORT_DISABLE_TELEMETRY ??= '1';
+const ort = await import('onnxruntime-node');
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const arg = (name, fallback) => {
@@ -81,12 +85,11 @@ const ECHO_PATH = '/bench.Echo/Echo';
 const HTTP_ECHO = 'HTTP echo, no agent (floor)';
 const GRPC_JS_ECHO = 'grpc-js echo, no agent (floor)';
 const H2_ECHO = 'node:http2 gRPC echo (floor)';
-/**
- * How long the paused baseline's thread blocks before each run: about a lone client's round trip, during which a
- * server thread waits for the next request (200 µs and 1 ms measured the same).
- */
-const PAUSE_MS = 0.2;
-const PAUSED_RUN = `in-process ORT, run after a ${PAUSE_MS * 1000} µs pause`;
+const GRPC_JS_RUN = 'grpc-js server running the model (floor)';
+const HTTP_RUN = 'HTTP server running the model (floor)';
+// Floors measured with 1 client only (each is a single thread running the model: with 8 clients it would measure
+// one core, where the baseline has two).
+const ONE_CLIENT_FLOORS = new Set([GRPC_JS_RUN, HTTP_RUN]);
 const CONCURRENCY = [1, 8];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -102,31 +105,20 @@ function ortFeeds(tensors) {
   return Object.fromEntries(tensors.map((t) => [t.name, new ort.Tensor(t.ort, t.typed, t.shape)]));
 }
 
-const pauseCell = new Int32Array(new SharedArrayBuffer(4));
-
-/**
- * A closed loop of session.run for `seconds` (after a warm-up when `warmUp`); latencies in ms. With `pause`, the
- * thread blocks for PAUSE_MS before each run (not counted): the run as a server thread makes it when a request
- * wakes it, which costs more than in a hot loop (its caches and ONNX Runtime's have gone cold). `elapsed` is then
- * the runs' own time, so that req/s is runs per second of running.
- */
-async function runLoop(session, tensors, seconds, warmUp, pause = false) {
+/** A closed loop of session.run for `seconds` (after a warm-up when `warmUp`); latencies in ms. */
+async function runLoop(session, tensors, seconds, warmUp) {
   const feeds = ortFeeds(tensors);
   const warmEnd = performance.now() + (warmUp ? WARMUP_SECONDS * 1000 : 0);
   while (performance.now() < warmEnd) await session.run(feeds);
   const latencies = [];
   const began = performance.now();
   const end = began + seconds * 1000;
-  let running = 0;
   while (performance.now() < end) {
-    if (pause) Atomics.wait(pauseCell, 0, 0, PAUSE_MS);
     const t0 = performance.now();
     await session.run(feeds);
-    const latency = performance.now() - t0;
-    running += latency;
-    latencies.push(latency);
+    latencies.push(performance.now() - t0);
   }
-  return { latencies, elapsed: (pause ? running : performance.now() - began) / 1000 };
+  return { latencies, elapsed: (performance.now() - began) / 1000 };
 }
 
 async function baselineWorker({ modelPath, tensors, seconds }) {
@@ -135,16 +127,15 @@ async function baselineWorker({ modelPath, tensors, seconds }) {
 }
 
 /**
- * The baseline as a runner: 1 client is one session on this thread (with `pause`, blocking before each run, see
- * runLoop); 8 clients are the agent's W workers without the agent (W threads with a session each, running flat
- * out, nothing passed between threads).
+ * The baseline as a runner: 1 client is one session on this thread; 8 clients are the agent's W workers
+ * without the agent (W threads with a session each, running flat out, nothing passed between threads).
  */
-async function inProcessRunner(model, clients, pause = false) {
+async function inProcessRunner(model, clients) {
   if (clients === 1) {
     const session = await ort.InferenceSession.create(model.modelPath, await sessionOptions());
     await runLoop(session, model.tensors, 0, true);
     return {
-      run: (seconds) => runLoop(session, model.tensors, seconds, false, pause),
+      run: (seconds) => runLoop(session, model.tensors, seconds, false),
       close: () => session.release(),
     };
   }
@@ -241,14 +232,17 @@ function grpcClient(core, target) {
   });
 }
 
-/** The floor any grpc-js service has on this machine: a separate process echoing the request's bytes. */
-function startEchoServer(socketPath) {
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--echo-server', socketPath], {
+/**
+ * Starts this file as a floor server in a process of its own (`--echo-server`, `--h2-echo-server`,
+ * `--http-echo-server`, `--run-server`: see the end of the file); resolves the child once it listens.
+ */
+function startFloorServer(...args) {
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   return new Promise((resolve, reject) => {
     child.stdout.once('data', () => resolve(child));
-    child.once('exit', (code) => reject(new Error(`the echo server exited (${code})`)));
+    child.once('exit', (code) => reject(new Error(`the floor server ${args[0]} exited (${code})`)));
   });
 }
 
@@ -256,16 +250,6 @@ function startEchoServer(socketPath) {
  * The gRPC floor of a minimal server: node:http2 speaking just enough gRPC for a unary echo (the request's
  * length-prefixed message back, then grpc-status 0 in the trailers), for comparing with grpc-js's own floor.
  */
-function startH2EchoServer(socketPath) {
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--h2-echo-server', socketPath], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return new Promise((resolve, reject) => {
-    child.stdout.once('data', () => resolve(child));
-    child.once('exit', (code) => reject(new Error(`the HTTP/2 echo server exited (${code})`)));
-  });
-}
-
 function h2EchoServer(socketPath) {
   const server = createHttp2Server({ settings: { initialWindowSize: 16 << 20 } });
   server.on('stream', (stream) => {
@@ -281,19 +265,52 @@ function h2EchoServer(socketPath) {
   process.once('SIGTERM', () => process.exit(0));
 }
 
-/** The REST floor: a bare node:http server in its own process answering each POST with its body. */
-function startHttpEchoServer(socketPath) {
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--http-echo-server', socketPath], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+const TYPED_ARRAYS = { float32: Float32Array, int64: BigInt64Array, int32: Int32Array, uint8: Uint8Array };
+
+/**
+ * `--run-server http|grpc <socket> <spec>`: the serving floor of a model, a bare node:http (or grpc-js) server that
+ * runs it on its own thread for every request, as the agent's inline path does (onnxruntime-node's native
+ * session, synchronously, with the agent's session options), on the inputs the benchmark sends, prepared once:
+ * no decoding, no checks, no scheduling. It answers with the outputs' bytes, or with a short body when they are
+ * over 64 KiB (the image's goal path leaves its outputs in shared memory and answers JSON). What is left between
+ * this and the agent is the agent's own work; what is between this and the in-process baseline, no Node server
+ * on this machine avoids.
+ */
+async function runServer(kind, socketPath, specPath) {
+  const spec = JSON.parse(readFileSync(specPath, 'utf8'));
+  const tensors = spec.tensors.map((t) => {
+    const bytes = Buffer.from(t.bytes, 'base64');
+    const Typed = TYPED_ARRAYS[t.ort];
+    if (!Typed) throw new Error(`the run server has no typed array for ${t.ort}`);
+    const typed = new Typed(bytes.buffer, bytes.byteOffset, bytes.byteLength / Typed.BYTES_PER_ELEMENT);
+    return { ...t, typed };
   });
-  return new Promise((resolve, reject) => {
-    child.stdout.once('data', () => resolve(child));
-    child.once('exit', (code) => reject(new Error(`the HTTP echo server exited (${code})`)));
-  });
+  const { initOrt, binding } = await import('onnxruntime-node/dist/binding.js');
+  initOrt();
+  const session = new binding.InferenceSession();
+  session.loadModel(spec.modelPath, await sessionOptions());
+  const fetches = Object.fromEntries(session.outputMetadata.map((o) => [o.name, null]));
+  const feeds = ortFeeds(tensors);
+  const shortAnswer = Buffer.alloc(200);
+  const answer = () => {
+    const results = Object.values(session.run(feeds, fetches, {}));
+    const parts = results.map((t) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    const size = parts.reduce((sum, part) => sum + part.length, 0);
+    return size <= 64 << 10 ? Buffer.concat(parts, size) : shortAnswer;
+  };
+  if (kind === 'http') serveHttpEcho(socketPath, 'ready', answer);
+  else echoServer(socketPath, answer);
 }
 
-function httpEchoServer(socketPath) {
-  serveHttpEcho(socketPath, 'ready');
+/** What `--run-server` reads: the model and the inputs the benchmark sends it. */
+async function writeRunServerSpec(model, path) {
+  const tensors = model.tensors.map((t) => ({
+    name: t.name,
+    ort: t.ort,
+    shape: t.shape,
+    bytes: t.bytes.toString('base64'),
+  }));
+  await writeFile(path, JSON.stringify({ modelPath: model.modelPath, tensors }));
 }
 
 async function httpEchoCaller(socketPath, body) {
@@ -572,13 +589,13 @@ async function main() {
     const restSocketPath = agent.rest;
     const hasRest = restSocketPath !== null;
     const echoSocketPath = join(dir, 'echo.sock');
-    const echo = await startEchoServer(echoSocketPath);
+    const echo = await startFloorServer('--echo-server', echoSocketPath);
     cleanups.push(() => echo.kill('SIGTERM'));
     const h2EchoSocketPath = join(dir, 'h2-echo.sock');
-    const h2Echo = await startH2EchoServer(h2EchoSocketPath);
+    const h2Echo = await startFloorServer('--h2-echo-server', h2EchoSocketPath);
     cleanups.push(() => h2Echo.kill('SIGTERM'));
     const httpEchoSocketPath = join(dir, 'http-echo.sock');
-    const httpEcho = await startHttpEchoServer(httpEchoSocketPath);
+    const httpEcho = await startFloorServer('--http-echo-server', httpEchoSocketPath);
     cleanups.push(() => httpEcho.kill('SIGTERM'));
 
     console.log(
@@ -596,8 +613,17 @@ async function main() {
       const requestBytes = core
         .createAgentCodec()
         .encode('PredictRequest', { handle: model.key, tensors: wire });
+      // The model's serving floors (see runServer), for this model's cases only.
+      const specPath = join(dir, `run-server-${model.key}.json`);
+      await writeRunServerSpec(model, specPath);
+      const runSocket = (kind) => join(dir, `run-${kind}-${model.key}.sock`);
+      const grpcRun = await startFloorServer('--run-server', 'grpc', runSocket('grpc'), specPath);
+      const httpRun = await startFloorServer('--run-server', 'http', runSocket('http'), specPath);
+      const stopRunServers = () => [grpcRun, httpRun].forEach((child) => child.kill('SIGTERM'));
+      cleanups.push(stopRunServers);
       const paths = [
         [GRPC_JS_ECHO, () => echoCaller(echoSocketPath, requestBytes), echo.pid],
+        [GRPC_JS_RUN, () => echoCaller(runSocket('grpc'), requestBytes), grpcRun.pid],
         ['gRPC bytes', (i) => grpcCaller(core, target, model, wire, i === 0), agent.pid],
       ];
       if (model.key !== 'image')
@@ -627,6 +653,7 @@ async function main() {
               )
             : restBinaryBody(model.tensors).body;
         paths.push([HTTP_ECHO, () => httpEchoCaller(httpEchoSocketPath, echoBody), httpEcho.pid]);
+        paths.push([HTTP_RUN, () => httpEchoCaller(runSocket('http'), echoBody), httpRun.pid]);
         paths.push(['REST JSON', (i) => restCaller(restSocketPath, model, 'json', i === 0), agent.pid]);
         paths.push(['REST binary', (i) => restCaller(restSocketPath, model, 'binary', i === 0), agent.pid]);
         if (model.outputs)
@@ -673,8 +700,8 @@ async function main() {
             await inProcessRunner(model, clients),
           ],
         ];
-        if (clients === 1) candidates.push([PAUSED_RUN, await inProcessRunner(model, 1, true)]);
         for (const [path, makeCall, pid] of paths) {
+          if (clients > 1 && ONE_CLIENT_FLOORS.has(path)) continue;
           // The agent parses at most 2 large JSON bodies at once and answers more with 429 (closing the
           // connection while the client still sends): 8 clients of 3 MB JSON images measure that limit, not speed.
           if (clients > 1 && model.key === 'image' && path === 'REST JSON') continue;
@@ -728,6 +755,7 @@ async function main() {
         allRows.push(...rows);
         printRows(rows.splice(0));
       }
+      stopRunServers();
     }
     console.log(`\nload average at the end: ${loadAverage()}`);
     printGoals(allRows);
@@ -808,8 +836,6 @@ async function restCaller(socketPath, model, kind, check) {
   return { call, close: () => agent.destroy() };
 }
 
-const isBaseline = (row) => row.path.startsWith('in-process') && row.path !== PAUSED_RUN;
-
 function printRows(rows) {
   const header = [
     'model',
@@ -830,8 +856,10 @@ function printRows(rows) {
     fmtMs(r.p50),
     fmtMs(r.p99),
     r.throughput.toFixed(0),
-    isBaseline(r) ? '1.00×' : `${(r.p50 / r.base.p50).toFixed(2)}× (+${fmtMs(r.p50 - r.base.p50)})`,
-    isBaseline(r) ? '1.00×' : `${((100 * r.throughput) / r.base.throughput).toFixed(0)}%`,
+    r.path.startsWith('in-process')
+      ? '1.00×'
+      : `${(r.p50 / r.base.p50).toFixed(2)}× (+${fmtMs(r.p50 - r.base.p50)})`,
+    r.path.startsWith('in-process') ? '1.00×' : `${((100 * r.throughput) / r.base.throughput).toFixed(0)}%`,
     `${micros(r.cpu.client)} · ${micros(r.cpu.main)} · ${micros(r.cpu.others)}`,
   ]);
   if (!printRows.headerShown) {
@@ -846,16 +874,15 @@ function printRows(rows) {
 
 /**
  * Issue 14's goals, judged from this run's rows (ratios and differences within one run, never across runs), each
- * next to its floor on this machine: what no front door could beat here, from the same run's floor rows.
- * 1 client: the bare echo of the same request plus the model's run after a pause (a server thread's run when a
- * request wakes it). 8 clients: CPU arithmetic, the cores shared by the clients, the echo server's work per
- * request and the baseline's runs. A goal whose floor misses it cannot be met on this machine by any agent.
+ * next to its floor on this machine: what no Node server could beat here, from the same run's floor rows.
+ * 1 client: the serving floor (a bare server running the model on its own thread, see runServer). 8 clients: CPU
+ * arithmetic, the cores shared by the echo floor's work per request (its clients and server) and the baseline's
+ * runs. A goal whose floor misses it cannot be met on this machine by any agent.
  */
 function printGoals(rows) {
   const row = (model, path, clients) =>
     rows.find((r) => r.model.startsWith(model) && r.path === path && r.clients === clients);
   const p50 = (model, path) => row(model, path, 1)?.p50;
-  const base = (model) => row(model, 'in-process ORT', 1)?.p50;
   const ratio = (model, path, clients) => {
     const r = row(model, path, clients);
     return r && r.p50 / r.base.p50;
@@ -869,12 +896,18 @@ function printGoals(rows) {
     const r = row(model, path, 8);
     return r && r.throughput / r.base.throughput;
   };
-  // 1 client: the echo floor (the fastest of `echoes`: the gRPC goal counts the server the agent could choose) plus
-  // the paused run, against the hot baseline.
-  const latencyFloor = (model, echoes) => {
-    const echo = Math.min(...echoes.map((e) => p50(model, e) ?? Infinity));
-    const run = p50(model, PAUSED_RUN);
-    return run !== undefined && echo !== Infinity ? (echo + run) / base(model) : undefined;
+  // The gRPC floors with the cheaper of the two gRPC stacks measured (the goal counts the server the agent could
+  // choose): grpc-js's serving floor less what grpc-js costs over node:http2 where that is less.
+  const grpcServingFloor = (model) => {
+    const run = p50(model, GRPC_JS_RUN);
+    const js = p50(model, GRPC_JS_ECHO);
+    const h2 = p50(model, H2_ECHO);
+    if (run === undefined || js === undefined) return undefined;
+    return run - js + Math.min(js, h2 ?? Infinity);
+  };
+  const overBase = (model, micros) => {
+    const r = row(model, 'in-process ORT', 1);
+    return r && micros !== undefined ? micros / r.p50 : undefined;
   };
   // 8 clients: every request costs at least the echo floor's CPU (its clients and server) plus a baseline run's
   // (its threads busy throughout), on the machine's cores; of several echoes, the cheapest.
@@ -895,7 +928,7 @@ function printGoals(rows) {
     [
       'Silero VAD, 1 client, REST binary: p50 vs in-process',
       ratio('Silero', 'REST binary', 1),
-      latencyFloor('Silero', [HTTP_ECHO]),
+      overBase('Silero', p50('Silero', HTTP_RUN)),
       times,
       (v) => v <= 1.5,
       '≤ 1.5×',
@@ -903,7 +936,7 @@ function printGoals(rows) {
     [
       'Silero VAD, 1 client, gRPC: p50 vs in-process',
       ratio('Silero', 'gRPC bytes', 1),
-      latencyFloor('Silero', [GRPC_JS_ECHO, H2_ECHO]),
+      overBase('Silero', grpcServingFloor('Silero')),
       times,
       (v) => v <= 2,
       '≤ 2×',
@@ -911,7 +944,7 @@ function printGoals(rows) {
     [
       'tiny, 1 client, REST binary: added p50 over the HTTP echo',
       added('tiny', 'REST binary', HTTP_ECHO),
-      p50('tiny', PAUSED_RUN),
+      added('tiny', HTTP_RUN, HTTP_ECHO),
       plus,
       (v) => v <= 0.025,
       '≤ +25 µs',
@@ -919,7 +952,7 @@ function printGoals(rows) {
     [
       'tiny, 1 client, gRPC: added p50 over the grpc-js echo',
       added('tiny', 'gRPC bytes', GRPC_JS_ECHO),
-      p50('tiny', PAUSED_RUN),
+      added('tiny', GRPC_JS_RUN, GRPC_JS_ECHO),
       plus,
       (v) => v <= 0.04,
       '≤ +40 µs',
@@ -955,7 +988,7 @@ function printGoals(rows) {
     [
       'image, 1 client, KServe shared memory in and out: p50 vs in-process',
       ratio('image', 'REST shared memory in and out', 1),
-      latencyFloor('image', [HTTP_ECHO]),
+      overBase('image', p50('image', HTTP_RUN)),
       times,
       (v) => v <= 2,
       '≤ 2×',
@@ -971,8 +1004,11 @@ function printGoals(rows) {
   }
 }
 
-/** `--echo-server <socket>`: a bare grpc-js server that answers every call with its request bytes. */
-function echoServer(socketPath) {
+/**
+ * `--echo-server <socket>`: a bare grpc-js server that answers every call with its request bytes (or, for
+ * `--run-server grpc`, with `answer(request)`).
+ */
+function echoServer(socketPath, answer = (bytes) => bytes) {
   const identity = (bytes) => bytes;
   const server = new grpc.Server({
     'grpc.max_receive_message_length': 64 << 20,
@@ -982,7 +1018,7 @@ function echoServer(socketPath) {
   const method = { path: ECHO_PATH, requestStream: false, responseStream: false };
   Object.assign(method, { requestSerialize: identity, requestDeserialize: identity });
   Object.assign(method, { responseSerialize: identity, responseDeserialize: identity });
-  server.addService({ Echo: method }, { Echo: (call, callback) => callback(null, call.request) });
+  server.addService({ Echo: method }, { Echo: (call, callback) => callback(null, answer(call.request)) });
   server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
     if (error) throw error;
     process.stdout.write('ready\n');
@@ -994,6 +1030,8 @@ function echoServer(socketPath) {
 // echo server's process.
 if (!isMainThread) await baselineWorker(workerData);
 else if (process.argv[2] === '--echo-server') echoServer(process.argv[3]);
-else if (process.argv[2] === '--http-echo-server') httpEchoServer(process.argv[3]);
+else if (process.argv[2] === '--http-echo-server') serveHttpEcho(process.argv[3], 'ready');
+else if (process.argv[2] === '--run-server')
+  await runServer(process.argv[3], process.argv[4], process.argv[5]);
 else if (process.argv[2] === '--h2-echo-server') h2EchoServer(process.argv[3]);
 else await main();

@@ -2,13 +2,16 @@
 // agent's REST door against. Run in a process of its own; it serves until SIGTERM.
 import { createServer } from 'node:http';
 
-/** Serves on the Unix socket `socketPath`, and writes `readyLine` to stdout once listening. */
-export function serveHttpEcho(socketPath, readyLine) {
+/**
+ * Serves on the Unix socket `socketPath`, and writes `readyLine` to stdout once listening. Each request is
+ * answered with `answer(body)` (by default its own body).
+ */
+export function serveHttpEcho(socketPath, readyLine, answer = (body) => body) {
   const server = createServer((req, res) => {
     const chunks = [];
     req.on('data', (chunk) => chunks.push(chunk));
     req.on('end', () => {
-      const body = Buffer.concat(chunks);
+      const body = answer(Buffer.concat(chunks));
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
       res.end(body);
     });
