@@ -35,6 +35,7 @@ const rules = [
     'gRPC handler, wire tensors',
     (u) => /grpc\/(agent-service|wire-tensors|socket-peers|grpc-errors)\.js/.test(u),
   ],
+  ['REST door: decode, answer', (u) => /agent\/dist\/rest\//.test(u)],
   ['pino', (u) => /pino/.test(u)],
   ['grpc-js', (u) => /@grpc\/grpc-js/.test(u)],
   ['node http2/streams/net', (u) => /^node:|internal\//.test(u) && !/timers/.test(u)],
@@ -67,8 +68,12 @@ profile.samples.forEach((id, i) => {
   let cat;
   if (['(garbage collector)', '(program)'].includes(leaf.callFrame.functionName))
     cat = leaf.callFrame.functionName;
-  // The inline runner calls the native session itself: its own time is ONNX Runtime's.
-  else if (leaf.callFrame.functionName === 'run' && /inference\/inline-runner\.js/.test(leaf.callFrame.url))
+  // The inline runner calls the native session itself (the call shows as the calling frame's self time): that
+  // time is ONNX Runtime's.
+  else if (
+    ['run', '#runCopying'].includes(leaf.callFrame.functionName) &&
+    /inference\/inline-runner\.js/.test(leaf.callFrame.url)
+  )
     cat = 'ORT run (native, inline)';
   for (let cur = id; cur !== undefined && !cat; cur = parent.get(cur)) {
     const f = byId.get(cur).callFrame;
