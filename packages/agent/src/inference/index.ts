@@ -22,4 +22,4 @@ export {
   type OrtSessionConfig,
   type TensorRtOptions,
 } from './session-options.js';
-export { disableOnnxRuntimeTelemetry, ORT_TELEMETRY_VARIABLE } from './ort-telemetry.js';
+export { ORT_TELEMETRY_VARIABLE } from './ort-telemetry.js';
