@@ -19,11 +19,11 @@
 // that load from elsewhere on a shared machine hits them alike. "grpc-js echo" is a bare grpc-js server in its
 // own process returning the request's bytes: what any Node gRPC service costs on this machine, with no agent at
 // all; "HTTP echo" is the same for a bare node:http server on a Unix socket (the REST floor); "gRPC DescribeModel"
-// is the agent answering without inference; "server running the model" is the same bare server (node:http or
-// grpc-js) running the model on its own thread for every request, 1 client (the serving floor, see runServer). The
-// end prints the goal table of issue 14, met or not met, each goal next to its floor on this machine (printGoals). Latencies are measured in the client,
-// which runs on the same machine as the agent (so on a 2-core machine, client, agent event loop and ONNX Runtime
-// share the 2 cores).
+// is the agent answering without inference; "server running the model" is the same bare server (node:http,
+// grpc-js or node:http2) running the model on its own thread for every request, 1 client (the serving floor, see
+// runServer). The end prints the goal table of issue 14, met or not met, each goal next to its floor on this machine
+// (printGoals). Latencies are measured in the client, which runs on the same machine as the agent (so on a 2-core
+// machine, client, agent event loop and ONNX Runtime share the 2 cores).
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -1050,8 +1050,8 @@ function printGoals(rows) {
     goalTable(rows.map((r) => ({ ...r, ...r.rounds[k], base: { ...r.base, ...r.base.rounds[k] } }))),
   );
   console.log(
-    '\n| goal | this run | floor on this machine (8 clients: bound) | target | met? | agent over its serving floor (p50) |\n' +
-      '|---|---|---|---|---|---|',
+    '\n| goal | this run | floor on this machine (8 clients: bound) | target | met? ' +
+      '| agent over its serving floor (p50) |\n|---|---|---|---|---|---|',
   );
   whole.forEach((goal, g) => {
     const { name, value, floor, show, met, target, own } = goal;

@@ -22,4 +22,3 @@ export {
   type OrtSessionConfig,
   type TensorRtOptions,
 } from './session-options.js';
-export { ORT_TELEMETRY_VARIABLE } from './ort-telemetry.js';

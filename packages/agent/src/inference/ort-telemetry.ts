@@ -2,8 +2,8 @@
  * ONNX Runtime's own telemetry, off by default.
  *
  * onnxruntime-node 1.30's native library (its Linux and macOS builds) carries Microsoft's 1DS telemetry client. Left
- * on, every process that loads it records each session's creation (the model's producer name and opsets), its run counts and run times,
- * and the process's CPU time, memory and executable path, in a SQLite queue meant for upload
+ * on, every process that loads it records each session's creation (the model's producer name and opsets), its run
+ * counts and run times, and the process's CPU time, memory and executable path, in a SQLite queue meant for upload
  * (`$XDG_CACHE_HOME/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db`, next to a device ID it keeps there),
  * and writes `$HOME/.ses` and an empty `$TMPDIR/mat-debug-<pid>.log` per process. An agent on a customer's
  * device must not keep a record of its models for a third party, nor litter its disk. The library reads

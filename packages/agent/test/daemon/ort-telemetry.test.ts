@@ -2,8 +2,7 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ORT_TELEMETRY_VARIABLE } from '../../src/inference/index.js';
-import { disableOnnxRuntimeTelemetry } from '../../src/inference/ort-telemetry.js';
+import { disableOnnxRuntimeTelemetry, ORT_TELEMETRY_VARIABLE } from '../../src/inference/ort-telemetry.js';
 import { agentClient } from '../capture/helpers.js';
 import { wireInputs } from '../grpc/helpers.js';
 import { scratch } from '../support/model-packages.js';
@@ -12,11 +11,11 @@ import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-
 // onnxruntime-node 1.30's telemetry (see src/inference/ort-telemetry.ts) stays off in a real agent: nothing of it
 // in the home folder's cache, no .ses, no mat-debug log, after loading a model and running it.
 //
-// The control that shows the test sees those files when ONNX Runtime writes them (an operator's ORT_DISABLE_TELEMETRY=0
-// is kept, and the files appear) turns Microsoft's telemetry client on, which may send this machine's data
-// out: it runs only with EDGEFLEET_TEST_ORT_TELEMETRY=1 (it passed when this test was written). What always runs
-// in its place: the installed library still knows the variable, so the first test is not passing because the
-// switch went away.
+// The control that shows the test sees those files when ONNX Runtime writes them (an operator's
+// ORT_DISABLE_TELEMETRY=0 is kept, and the files appear) turns Microsoft's telemetry client on, which may send this
+// machine's data out: it runs only with EDGEFLEET_TEST_ORT_TELEMETRY=1 (it passed when this test was written). What
+// always runs in its place: the installed library still knows the variable, so the first test is not passing
+// because the switch went away.
 const WITH_TELEMETRY_CONTROL = process.env.EDGEFLEET_TEST_ORT_TELEMETRY === '1';
 
 let work: Awaited<ReturnType<typeof scratch>>;
