@@ -59,7 +59,6 @@ async function filesAfterRunning(name: string, telemetrySetting: string | undefi
   const client = agentClient(`unix://${socket}`);
   try {
     await client.call('LoadModel', { url: tiny, handle: 'tiny' });
-    // Runs on the worker, and inline once the model's inline session is there.
     for (let i = 0; i < 40; i++)
       await client.call('Predict', { handle: 'tiny', tensors: wireInputs('tiny') });
   } finally {
