@@ -543,6 +543,11 @@ function startAgent(mainPath, dir, configPath, socketPath, name) {
     },
   );
   return new Promise((resolve, reject) => {
+    // An agent that neither listens nor exits (a hung model load) would otherwise hold the benchmark forever.
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`the agent ${mainPath} did not listen within ${AGENT_START_MS} ms`));
+    }, AGENT_START_MS);
     let buffered = '';
     const onData = (chunk) => {
       buffered += chunk;
@@ -550,6 +555,7 @@ function startAgent(mainPath, dir, configPath, socketPath, name) {
         const entry = JSON.parse(line);
         if (entry.level >= 50) console.error(`agent: ${entry.msg}`);
         if (entry.event === 'listening') {
+          clearTimeout(timer);
           child.stdout.off('data', onData);
           child.stdout.resume();
           resolve({ child, ready: entry });
@@ -558,9 +564,15 @@ function startAgent(mainPath, dir, configPath, socketPath, name) {
       buffered = buffered.slice(buffered.lastIndexOf('\n') + 1);
     };
     child.stdout.setEncoding('utf8').on('data', onData);
-    child.once('exit', (code) => reject(new Error(`the agent exited (${code}) before listening`)));
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the agent exited (${code}) before listening`));
+    });
   });
 }
+
+/** How long an agent may take to load the benchmark's models and listen. */
+const AGENT_START_MS = 120_000;
 
 const loadAverage = () =>
   loadavg()
