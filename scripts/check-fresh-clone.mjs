@@ -104,7 +104,14 @@ try {
       continue;
     }
     if (command === 'npm ci') {
-      must('npm ci --prefer-offline --no-audit --no-fund', { stdio: 'inherit' });
+      const install = must('npm ci --prefer-offline --no-audit --no-fund', {
+        stdio: ['ignore', 'inherit', 'pipe'],
+      });
+      process.stderr.write(install.stderr);
+      if (/EBADENGINE/.test(install.stderr))
+        throw new Error(
+          'npm ci warned EBADENGINE: a dependency needs a newer Node than the packages declare',
+        );
       // The binaries work from the root of a fresh clone.
       must('npx edgefleet --version');
       must('npx edgefleet-agent --version');

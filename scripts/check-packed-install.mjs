@@ -71,7 +71,15 @@ try {
       2,
     )}\n`,
   );
-  run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', ...packed], { stdio: 'inherit' });
+  const install = run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', ...packed], {
+    stdio: ['ignore', 'inherit', 'pipe'],
+  });
+  process.stderr.write(install.stderr);
+  // A dependency that declares a newer Node than ours warns every user who installs on the Node we support.
+  if (/EBADENGINE/.test(install.stderr))
+    throw new Error(
+      'npm install warned EBADENGINE: a dependency needs a newer Node than the packages declare',
+    );
 
   step('binaries');
   expectMatch(run(bin('edgefleet'), ['--version']).stdout, /^0\.1\.0/, 'edgefleet --version');
