@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +23,14 @@ import {
   type CaptureSettingsInput,
 } from '../../src/capture/index.js';
 import { fromWireCaptureRequest } from '../../src/grpc/index.js';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
+import {
+  buildAgent,
+  listening,
+  spawnAgent,
+  writeAgentConfig,
+  type AgentProcess,
+  type SpawnAgentOptions,
+} from '../daemon/process-helpers.js';
 import { callMethod, newClient } from '../grpc/helpers.js';
 
 /** Settings for tests: a Disk destination under `root`, small numbers, overridable. */
@@ -222,7 +229,7 @@ export interface AgentProcessFixture {
   readonly root: string;
   readonly tiny: string;
   /** Starts the built agent in `root`; the processes still running at the end are SIGKILLed. */
-  spawn(args: string[]): AgentProcess;
+  spawn(args: string[], options?: SpawnAgentOptions): AgentProcess;
   /**
    * Writes `<root>/agent.json` for device-1 of fleet-a with the local database on and Disk captures, plus
    * `captureKeys` (buffer, batch, push period…), for tests that kill the agent and start it again.
@@ -247,8 +254,8 @@ export function useAgentProcesses(prefix: string): AgentProcessFixture {
   const fixture = {
     root: '',
     tiny: '',
-    spawn(args: string[]): AgentProcess {
-      const agent = spawnAgent(args, fixture.root);
+    spawn(args: string[], options?: SpawnAgentOptions): AgentProcess {
+      const agent = spawnAgent(args, fixture.root, options);
       running.push(agent);
       return agent;
     },
@@ -257,21 +264,16 @@ export function useAgentProcesses(prefix: string): AgentProcessFixture {
       const diskPath = join(fixture.root, 'capture');
       const dataRoot = join(fixture.root, 'data');
       const config = join(fixture.root, 'agent.json');
-      await writeFile(
-        config,
-        JSON.stringify({
-          sagemaker_edge_core_device_name: 'device-1',
-          sagemaker_edge_core_device_fleet_name: 'fleet-a',
-          sagemaker_edge_core_capture_data_destination: 'Disk',
-          sagemaker_edge_core_capture_data_disk_path: diskPath,
-          ...captureKeys,
-          // Its presence enables the database, as it did for the original agent.
-          sagemaker_edge_db_module_path: '/opt/sagemaker/lib/libdb.so',
-          sagemaker_edge_local_data_root_path: dataRoot,
-          edgefleet_inference_workers: 1,
-          edgefleet_rest_socket_path: 'none',
-        }),
-      );
+      await writeAgentConfig(config, {
+        sagemaker_edge_core_capture_data_destination: 'Disk',
+        sagemaker_edge_core_capture_data_disk_path: diskPath,
+        ...captureKeys,
+        // Its presence enables the database, as it did for the original agent.
+        sagemaker_edge_db_module_path: '/opt/sagemaker/lib/libdb.so',
+        sagemaker_edge_local_data_root_path: dataRoot,
+        edgefleet_inference_workers: 1,
+        edgefleet_rest_socket_path: 'none',
+      });
       const start = async (): Promise<AgentProcess> => {
         const agent = fixture.spawn(['-a', socket, '-c', config, '-f']);
         await agent.waitFor(listening, 'listening');

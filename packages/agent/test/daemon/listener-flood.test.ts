@@ -4,7 +4,7 @@ import { AgentDataType } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentClient, modelPackage } from '../capture/helpers.js';
 import { scratch } from '../rest/helpers.js';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-helpers.js';
+import { buildAgent, listening, spawnAgent, writeAgentConfig, type AgentProcess } from './process-helpers.js';
 
 // Issue 15 item 4: slow or idle connections on the REST TCP port used up the agent's descriptors, and gRPC
 // Predict on the Unix socket failed UNAVAILABLE. Reproduced with a small open file limit, so that a bounded
@@ -46,16 +46,7 @@ describe('a flood on the REST TCP port (real agent process, low open file limit)
   it('leaves gRPC Predict and the REST Unix socket working', async () => {
     const socket = join(files.root, 'agent.sock');
     const config = join(files.root, 'agent.json');
-    const { writeFile } = await import('node:fs/promises');
-    await writeFile(
-      config,
-      JSON.stringify({
-        sagemaker_edge_core_device_name: 'device-1',
-        sagemaker_edge_core_device_fleet_name: 'fleet-a',
-        edgefleet_inference_workers: 1,
-        edgefleet_rest_tcp: '127.0.0.1:0',
-      }),
-    );
+    await writeAgentConfig(config, { edgefleet_inference_workers: 1, edgefleet_rest_tcp: '127.0.0.1:0' });
     const agent = spawnAgent(['-a', socket, '-c', config], files.root, { openFileLimit: OPEN_FILE_LIMIT });
     running.push(agent);
     const line = await agent.waitFor(listening, 'listening');

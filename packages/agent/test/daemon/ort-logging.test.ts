@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { OnnxModelBuilder, createModelPackage } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentClient } from '../capture/helpers.js';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-helpers.js';
+import { buildAgent, listening, spawnAgent, writeAgentConfig, type AgentProcess } from './process-helpers.js';
 
 // Issue 13 item 9: ONNX Runtime's own (ANSI-coloured) log lines landed on the agent's stderr between its JSON
 // log lines. They now follow sagemaker_edge_log_verbose: off, none; on, ONNX Runtime's warnings.
@@ -42,16 +42,11 @@ afterAll(async () => {
 async function loadWith(verbose: boolean): Promise<string> {
   const socket = join(root, `agent-${verbose}.sock`);
   const config = join(root, `agent-${verbose}.json`);
-  await writeFile(
-    config,
-    JSON.stringify({
-      sagemaker_edge_core_device_name: 'device-1',
-      sagemaker_edge_core_device_fleet_name: 'fleet-a',
-      sagemaker_edge_log_verbose: verbose,
-      edgefleet_inference_workers: 1,
-      edgefleet_rest_socket_path: 'none',
-    }),
-  );
+  await writeAgentConfig(config, {
+    sagemaker_edge_log_verbose: verbose,
+    edgefleet_inference_workers: 1,
+    edgefleet_rest_socket_path: 'none',
+  });
   const agent = spawnAgent(['-a', socket, '-c', config], root);
   running.push(agent);
   await agent.waitFor(listening, 'listening');

@@ -1,12 +1,11 @@
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { disableOnnxRuntimeTelemetry, ORT_TELEMETRY_VARIABLE } from '../../src/inference/ort-telemetry.js';
-import { agentClient } from '../capture/helpers.js';
+import { agentClient, useAgentProcesses } from '../capture/helpers.js';
 import { wireInputs } from '../grpc/helpers.js';
-import { scratch } from '../support/model-packages.js';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-helpers.js';
+import { listening, writeAgentConfig } from './process-helpers.js';
 
 // onnxruntime-node 1.30's telemetry (see src/inference/ort-telemetry.ts) stays off in a real agent: nothing of it
 // in the home folder's cache, no .ses, no mat-debug log, after loading a model and running it.
@@ -18,23 +17,11 @@ import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-
 // because the switch went away.
 const WITH_TELEMETRY_CONTROL = process.env.EDGEFLEET_TEST_ORT_TELEMETRY === '1';
 
-let work: Awaited<ReturnType<typeof scratch>>;
-let tiny: string;
-const running: AgentProcess[] = [];
-
-beforeAll(async () => {
-  buildAgent();
-  work = await scratch('edgefleet-ort-telemetry-');
-  tiny = await work.catalogue('tiny');
-}, 180_000);
-afterAll(async () => {
-  for (const agent of running) agent.child.kill('SIGKILL');
-  await work.cleanup();
-});
+const agents = useAgentProcesses('edgefleet-ort-telemetry-');
 
 /** Runs an agent with its own home, cache and temporary folders; resolves every path created in them. */
 async function filesAfterRunning(name: string, telemetrySetting: string | undefined): Promise<string[]> {
-  const root = join(work.root, name);
+  const root = join(agents.root, name);
   const home = join(root, 'home');
   const cache = join(root, 'cache');
   const temporary = join(root, 'tmp');
@@ -44,21 +31,12 @@ async function filesAfterRunning(name: string, telemetrySetting: string | undefi
   if (telemetrySetting !== undefined) env[ORT_TELEMETRY_VARIABLE] = telemetrySetting;
   const socket = join(root, 'agent.sock');
   const config = join(root, 'agent.json');
-  await writeFile(
-    config,
-    JSON.stringify({
-      sagemaker_edge_core_device_name: 'device-1',
-      sagemaker_edge_core_device_fleet_name: 'fleet-a',
-      edgefleet_inference_workers: 1,
-      edgefleet_rest_socket_path: 'none',
-    }),
-  );
-  const agent = spawnAgent(['-a', socket, '-c', config], root, { env });
-  running.push(agent);
+  await writeAgentConfig(config, { edgefleet_inference_workers: 1, edgefleet_rest_socket_path: 'none' });
+  const agent = agents.spawn(['-a', socket, '-c', config], { env });
   await agent.waitFor(listening, 'listening');
   const client = agentClient(`unix://${socket}`);
   try {
-    await client.call('LoadModel', { url: tiny, handle: 'tiny' });
+    await client.call('LoadModel', { url: agents.tiny, handle: 'tiny' });
     for (let i = 0; i < 40; i++)
       await client.call('Predict', { handle: 'tiny', tensors: wireInputs('tiny') });
   } finally {

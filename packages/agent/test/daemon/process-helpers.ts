@@ -1,5 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import {
   watchAgentProcess,
@@ -54,3 +55,15 @@ export function spawnAgent(args: string[], cwd: string, options: SpawnAgentOptio
 }
 
 export const listening = (line: AgentLogLine): boolean => line.event === 'listening';
+
+/** Writes an agent config file for device-1 of fleet-a, with `keys` on top: what the process tests start from. */
+export async function writeAgentConfig(path: string, keys: Record<string, unknown>): Promise<void> {
+  await writeFile(
+    path,
+    JSON.stringify({
+      sagemaker_edge_core_device_name: 'device-1',
+      sagemaker_edge_core_device_fleet_name: 'fleet-a',
+      ...keys,
+    }),
+  );
+}
