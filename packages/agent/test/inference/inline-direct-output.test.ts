@@ -8,6 +8,9 @@ import type { OutputSegment } from '../../src/inference/index.js';
 import type { PoolTensor } from '../../src/inference/index.js';
 import { identityOf, loadSysvShmAddon, rangesOverlap, type SegmentReference } from '../../src/shm/index.js';
 import {
+  IMAGE_BYTES,
+  IMAGE_EXPECTED,
+  IMAGE_SAMPLE,
   LIAR_DECLARED_ROWS,
   ROW,
   liarInput,
@@ -28,11 +31,6 @@ const created: number[] = [];
 const runners: InlineRunner[] = [];
 let dir: string;
 const paths: Record<string, string> = {};
-
-const image = TEST_MODELS['image-identity'];
-const imageSample = image.sampleInputs().image!;
-const IMAGE_BYTES = imageSample.data.byteLength;
-const imageExpected = () => bytesOf(image.reference({ image: imageSample }).image_out!.data);
 
 const floatsOf = (tensor: PoolTensor) => new Float32Array(tensor.data.slice().buffer);
 
@@ -91,7 +89,7 @@ function inputInSegment(
 const rows = (n: number, start = 0): PoolTensor[] => [
   { name: 'x', dataType: 'FLOAT32', shape: [n, ROW], data: new Uint8Array(bytesOf(liarInput(n, start))) },
 ];
-const imageInput = () => [asPoolTensor('image', imageSample)];
+const imageInput = () => [asPoolTensor('image', IMAGE_SAMPLE)];
 const toImageOut = (shmid: number, offset = 0): OutputSegment[] => [
   { name: 'image_out', segment: place(shmid, offset, IMAGE_BYTES) },
 ];
@@ -103,7 +101,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     // No run has shown the shape yet: copied (bytes back), nothing written.
     const first = runner.run('image-identity', imageInput(), toImageOut(output, 96));
     expect(first.outputs[0]!.writtenToSegment).toBeUndefined();
-    expect(bytesOf(first.outputs[0]!.data).equals(imageExpected())).toBe(true);
+    expect(bytesOf(first.outputs[0]!.data).equals(IMAGE_EXPECTED)).toBe(true);
     expect(segmentBytes(addon, output, 0, IMAGE_BYTES + 192).every((b) => b === 0)).toBe(true);
     const second = runner.run('image-identity', imageInput(), toImageOut(output, 96));
     expect(second.outputs).toEqual([
@@ -115,7 +113,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
         writtenToSegment: true,
       },
     ]);
-    expect(segmentBytes(addon, output, 96, IMAGE_BYTES).equals(imageExpected())).toBe(true);
+    expect(segmentBytes(addon, output, 96, IMAGE_BYTES).equals(IMAGE_EXPECTED)).toBe(true);
     expect(segmentBytes(addon, output, 0, 96).every((b) => b === 0)).toBe(true);
     expect(segmentBytes(addon, output, 96 + IMAGE_BYTES, 96).every((b) => b === 0)).toBe(true);
   });
@@ -135,7 +133,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     for (const segment of [place(output, 0, IMAGE_BYTES + 4), place(output, 2, IMAGE_BYTES)]) {
       const run = runner.run('image-identity', imageInput(), [{ name: 'image_out', segment }]);
       expect(run.outputs[0]!.writtenToSegment).toBeUndefined();
-      expect(bytesOf(run.outputs[0]!.data).equals(imageExpected())).toBe(true);
+      expect(bytesOf(run.outputs[0]!.data).equals(IMAGE_EXPECTED)).toBe(true);
     }
     expect(segmentBytes(addon, output, 0, IMAGE_BYTES + 8).every((b) => b === 0)).toBe(true);
   });
@@ -253,7 +251,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     addon.setMode(output, 0o400);
     const changed = runner.run('image-identity', imageInput(), checked);
     expect(changed.outputs[0]!.writtenToSegment).toBeUndefined();
-    expect(bytesOf(changed.outputs[0]!.data).equals(imageExpected())).toBe(true);
+    expect(bytesOf(changed.outputs[0]!.data).equals(IMAGE_EXPECTED)).toBe(true);
     expect(segmentBytes(addon, output, 0, IMAGE_BYTES).every((b) => b === 0)).toBe(true);
     // Removed (and so destroyed: nothing holds it) after the check.
     const gone = makeSegment(addon, created, new Uint8Array(0), { size: IMAGE_BYTES });
@@ -262,7 +260,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     created.splice(created.indexOf(gone), 1);
     const removed = runner.run('image-identity', imageInput(), goneChecked);
     expect(removed.outputs[0]!.writtenToSegment).toBeUndefined();
-    expect(bytesOf(removed.outputs[0]!.data).equals(imageExpected())).toBe(true);
+    expect(bytesOf(removed.outputs[0]!.data).equals(IMAGE_EXPECTED)).toBe(true);
   });
 
   it('lets go of a segment its client removed, so that the segment goes', async () => {

@@ -1,8 +1,10 @@
 import { join } from 'node:path';
-import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
 import {
+  IMAGE_BYTES,
+  IMAGE_EXPECTED,
+  IMAGE_SAMPLE,
   LIAR_DECLARED_ROWS,
   ROW,
   liarInput,
@@ -32,11 +34,6 @@ let files: Awaited<ReturnType<typeof scratch>>;
 let agent: Awaited<ReturnType<typeof startAgent>>;
 let client: HttpClient;
 let reader: SharedMemoryReader;
-
-const image = TEST_MODELS['image-identity'];
-const imageSample = image.sampleInputs().image!;
-const IMAGE_BYTES = imageSample.data.byteLength;
-const imageExpected = bytesOf(image.reference({ image: imageSample }).image_out!.data);
 
 function segment(size: number, bytes: Uint8Array = new Uint8Array(0)): number {
   return makeSegment(addon, created, bytes, { size, mode: 0o600 });
@@ -95,7 +92,7 @@ afterAll(async () => {
 
 describe('KServe v2 system shared memory, the model running inline (on the event loop)', () => {
   it('has ONNX Runtime write the output into its region, exactly there, and lets go of a segment its client removed', async () => {
-    await register('in', segment(IMAGE_BYTES, bytesOf(imageSample.data)), IMAGE_BYTES);
+    await register('in', segment(IMAGE_BYTES, bytesOf(IMAGE_SAMPLE.data)), IMAGE_BYTES);
     const warm = segment(IMAGE_BYTES);
     await register('warm', warm, IMAGE_BYTES);
     await untilInline('image', () => inferImage('in', 'warm'));
@@ -113,7 +110,7 @@ describe('KServe v2 system shared memory, the model running inline (on the event
     expect(agent.pool.stats().runs.inline).toBe(inlineRuns + 1);
     // ONNX Runtime wrote it there: the REST door mapped no segment of its own to copy it in.
     expect(reader.cachedWritableSegmentCount).toBe(writableBefore);
-    expect(segmentBytes(addon, output, 96, IMAGE_BYTES).equals(imageExpected)).toBe(true);
+    expect(segmentBytes(addon, output, 96, IMAGE_BYTES).equals(IMAGE_EXPECTED)).toBe(true);
     expect(segmentBytes(addon, output, 0, 96).every((b) => b === 0)).toBe(true);
     expect(segmentBytes(addon, output, 96 + IMAGE_BYTES, 32).every((b) => b === 0)).toBe(true);
     // Removed by its client: the agent lets go of its mapping within the sweep (a second), so the segment goes;
@@ -244,7 +241,7 @@ describe('KServe v2 system shared memory, the model running inline (on the event
   });
 
   it('never writes a region after unregistering it has answered, and then refuses it clearly', async () => {
-    await register('in', segment(IMAGE_BYTES, bytesOf(imageSample.data)), IMAGE_BYTES);
+    await register('in', segment(IMAGE_BYTES, bytesOf(IMAGE_SAMPLE.data)), IMAGE_BYTES);
     const output = segment(IMAGE_BYTES);
     await register('out', output, IMAGE_BYTES);
     await untilInline('image', () => inferImage('in', 'out'));

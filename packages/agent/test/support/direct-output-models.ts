@@ -1,4 +1,5 @@
-import { OnnxModelBuilder } from '@edgefleet/core';
+import { OnnxModelBuilder, TEST_MODELS } from '@edgefleet/core';
+import { bytesOf } from './model-packages.js';
 
 /**
  * Models for the inline path's outputs written straight into shared memory (inline-runner.ts), built with core's
@@ -56,3 +57,10 @@ export function liarModel(): Uint8Array {
 export function liarInput(rows: number, start = 0): Float32Array {
   return Float32Array.from({ length: rows * ROW }, (_, i) => start + i + 1);
 }
+
+/** The catalogue's `image-identity` (588 KiB in, the same out): its sample input, size and expected output bytes. */
+export const IMAGE_SAMPLE = TEST_MODELS['image-identity'].sampleInputs().image!;
+export const IMAGE_BYTES = IMAGE_SAMPLE.data.byteLength;
+export const IMAGE_EXPECTED = bytesOf(
+  TEST_MODELS['image-identity'].reference({ image: IMAGE_SAMPLE }).image_out!.data,
+);
