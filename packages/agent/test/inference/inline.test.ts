@@ -10,11 +10,13 @@ import {
   type RunResult,
 } from '../../src/inference/index.js';
 import {
-  SCALABLE,
   asPoolTensor,
+  loopWaits,
+  SCALABLE,
   scalable,
   scalableModel,
   scalableReference,
+  untilInline,
 } from '../support/pool-models.js';
 import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
 import { IDLE_REQUESTS_BEFORE_SESSION, InlineModels } from '../../src/inference/inline-models.js';
@@ -55,12 +57,9 @@ async function startPool(
  * Runs the model until the pool has measured it fast and loaded its inline session (a busy machine's slow runs
  * only make this take longer).
  */
-async function untilInline(pool: InferencePool, key: string, input: () => PoolTensor[]): Promise<void> {
-  while (!pool.stats().inline.models.some((m) => m.key === key)) {
-    await pool.run(key, input());
-    await loopWaits();
-  }
-}
+/** Runs `key` on `input()` until the pool runs it inline (see untilInline). */
+const untilRunsInline = (pool: InferencePool, key: string, input: () => PoolTensor[]) =>
+  untilInline(pool, () => pool.run(key, input()), key);
 
 /**
  * Rows of the scalable model that make a run as much work as the slow model's (50–300 ms on one core, see core's
@@ -69,8 +68,6 @@ async function untilInline(pool: InferencePool, key: string, input: () => PoolTe
  */
 const OVER_ANY_CEILING_ROWS = Math.ceil(slowModelFlops() / slowModelFlops({ ...SCALABLE, rows: 1 }));
 
-/** Lets the event loop wait for I/O with nothing to do (a timer), as it does between a lone client's requests. */
-const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
 /** Waits out the hold on idle runs after a request found another in flight (WINDOW_MS). */
 const windowPasses = () => new Promise((resolve) => setTimeout(resolve, WINDOW_MS + 5));
 
@@ -106,7 +103,7 @@ describe('InferencePool: the inline path', () => {
     await pool.loadModel('tiny', paths.tiny!, 1);
     const onWorker = await pool.run('tiny', tinyInput());
     expect(onWorker.worker).toBeGreaterThanOrEqual(0);
-    await untilInline(pool, 'tiny', tinyInput);
+    await untilRunsInline(pool, 'tiny', tinyInput);
     const inline = await pool.run('tiny', tinyInput());
     expect(inline.worker).toBe(-1);
     expect(floats(inline)).toEqual(tinyExpected());
@@ -123,7 +120,7 @@ describe('InferencePool: the inline path', () => {
   it("runs an inline request in the caller's turn of the event loop, before an immediate queued ahead of it", async () => {
     const pool = await startPool(5000, 0.9);
     await pool.loadModel('tiny', paths.tiny!, 1);
-    await untilInline(pool, 'tiny', tinyInput);
+    await untilRunsInline(pool, 'tiny', tinyInput);
     let immediateRan = false;
     setImmediate(() => {
       immediateRan = true;
@@ -145,7 +142,7 @@ describe('InferencePool: the inline path', () => {
         data: Float32Array.from({ length: n }, (_, i) => i),
       }),
     ];
-    await untilInline(pool, 'even', () => floatsOf(4));
+    await untilRunsInline(pool, 'even', () => floatsOf(4));
     const workerRuns = pool.stats().runs.worker;
     await expect(pool.run('even', floatsOf(3))).rejects.toMatchObject({ kind: 'run-failed' });
     expect(pool.stats().runs.worker).toBe(workerRuns); // it failed inline, not on a worker
@@ -171,7 +168,7 @@ describe('InferencePool: the inline path', () => {
     // ran inline before it), and 2000 requests in one turn of the event loop need more than 5 ms.
     const pool = await startPool(5000, 0.05, 4000);
     await pool.loadModel('tiny', paths.tiny!, 2);
-    await untilInline(pool, 'tiny', tinyInput);
+    await untilRunsInline(pool, 'tiny', tinyInput);
     const results = await Promise.all(Array.from({ length: 2000 }, () => pool.run('tiny', tinyInput())));
     for (const result of results) expect(floats(result)).toEqual(tinyExpected());
     const workers = results.filter((r) => r.worker >= 0).length;
@@ -186,7 +183,7 @@ describe('InferencePool: the inline path', () => {
     await pool.loadModel('scalable', paths.scalable!, 1);
     // A worker measures the large request first: one larger than any measured never runs inline.
     await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
-    await untilInline(pool, 'scalable', () => scalable(1));
+    await untilRunsInline(pool, 'scalable', () => scalable(1));
     const slowRun = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
     expect(slowRun.worker).toBe(-1);
     expect(sameFloats(floats(slowRun), scalableReference(OVER_ANY_CEILING_ROWS))).toBe(true);
@@ -200,7 +197,7 @@ describe('InferencePool: the inline path', () => {
   it('answers the requests in flight when a model is unloaded, then refuses it as unknown', async () => {
     const pool = await startPool(5000, 0.9);
     await pool.loadModel('tiny', paths.tiny!, 1);
-    await untilInline(pool, 'tiny', tinyInput);
+    await untilRunsInline(pool, 'tiny', tinyInput);
     const running = Array.from({ length: 50 }, () => pool.run('tiny', tinyInput()));
     await pool.unloadModel('tiny');
     for (const result of await Promise.all(running)) expect(floats(result)).toEqual(tinyExpected());
@@ -233,7 +230,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
   it('runs a model over the per-run ceiling inline when requests come one at a time, not charged to the share', async () => {
     const pool = await startPool(1, 0.9, 256, 10_000);
     await pool.loadModel('scalable', paths.scalable!, 2);
-    await untilInline(pool, 'scalable', one);
+    await untilRunsInline(pool, 'scalable', one);
     expect(pool.stats().inline.models).toEqual([
       { key: 'scalable', computeMicros: expect.any(Number), path: 'inline_idle' },
     ]);
@@ -254,7 +251,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
   it('sends requests to the workers once several are in flight, or the event loop has not waited since the last idle run', async () => {
     const pool = await startPool(1, 0.9, 256, 10_000);
     await pool.loadModel('scalable', paths.scalable!, 2);
-    await untilInline(pool, 'scalable', one);
+    await untilRunsInline(pool, 'scalable', one);
     await loopWaits();
     const busyBefore = pool.stats().inline.idleBusy;
     const submittedFrom = performance.now();
@@ -285,7 +282,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
     const pool = await startPool(1, 0.9, 256, 10_000);
     await pool.loadModel('scalable', paths.scalable!, 2);
     await pool.loadModel('slow', paths.slow!, 1); // 50–300 ms a run: never inline, over the idle ceiling too
-    await untilInline(pool, 'scalable', one);
+    await untilRunsInline(pool, 'scalable', one);
     const slow = pool.run('slow', [asPoolTensor('x', slowModelInput())]);
     await loopWaits();
     expect(pool.stats().models.find((m) => m.key === 'slow')!.running).toBe(1);
@@ -328,7 +325,7 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
     const pool = await startPool(1, 0.9, 256, 10_000);
     await pool.loadModel('scalable', paths.scalable!, 1);
     await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS)); // measured on a worker first, as above
-    await untilInline(pool, 'scalable', one);
+    await untilRunsInline(pool, 'scalable', one);
     await loopWaits();
     const slowRun = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
     expect(slowRun.worker).toBe(-1);

@@ -5,6 +5,7 @@ import type { InlineBudgetOptions } from '../../src/inference/inline-budget.js';
 import { AgentMetrics } from '../../src/metrics/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { predictTensors, scratch } from './helpers.js';
+import { loopWaits, untilInline } from '../support/pool-models.js';
 
 let pool: InferencePool;
 let files: Awaited<ReturnType<typeof scratch>>;
@@ -24,9 +25,6 @@ afterAll(async () => {
   await pool?.close();
   await files?.cleanup();
 });
-
-/** Lets the event loop wait for I/O with nothing to do (a timer), as it does between a lone client's requests. */
-const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
 
 /** The value of one sample line of the exposition, e.g. `name{labels}`. */
 function sample(text: string, series: string): number | undefined {
@@ -93,14 +91,6 @@ describe('AgentMetrics: the inline path', () => {
         await pool.close();
       },
     };
-  }
-
-  /** Predicts until the pool runs a model inline, letting the event loop wait in between (as a lone client). */
-  async function untilInline(pool: InferencePool, predict: () => Promise<unknown>): Promise<void> {
-    while (pool.stats().inline.models.length === 0) {
-      await predict();
-      await loopWaits();
-    }
   }
 
   it('shows where runs went, the models running inline and the event-loop share they use', async () => {

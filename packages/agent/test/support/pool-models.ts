@@ -1,6 +1,6 @@
 import { buildSlowModel, slowModelInput, slowModelReference, type TestModelTensor } from '@edgefleet/core';
 import { expect } from 'vitest';
-import { InferenceError, type PoolTensor } from '../../src/inference/index.js';
+import { InferenceError, type InferencePool, type PoolTensor } from '../../src/inference/index.js';
 
 /** A test-model tensor as the inference pool takes it (the same bytes, viewed as a Uint8Array). */
 export function asPoolTensor(name: string, tensor: TestModelTensor): PoolTensor {
@@ -36,4 +36,22 @@ export async function inferenceError(promise: Promise<unknown>): Promise<Inferen
   );
   expect(error).toBeInstanceOf(InferenceError);
   return error as InferenceError;
+}
+
+/** Lets the event loop wait for I/O with nothing to do (a timer), as it does between a lone client's requests. */
+export const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
+
+/**
+ * Calls `step` (a request) until the pool runs `key` inline (any model when absent), letting the event loop wait
+ * in between, as a lone client does (idle runs need that wait). Bounded by the test's timeout.
+ */
+export async function untilInline(
+  pool: InferencePool,
+  step: () => Promise<unknown>,
+  key?: string,
+): Promise<void> {
+  while (!pool.stats().inline.models.some((m) => key === undefined || m.key === key)) {
+    await step();
+    await loopWaits();
+  }
 }
