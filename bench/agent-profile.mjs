@@ -28,6 +28,10 @@ import { argValue } from './support/args.mjs';
 import { serveHttpEcho } from './support/http-echo.mjs';
 import { restPost, restSharedMemoryCaller } from './support/kserve-rest.mjs';
 
+// ONNX Runtime's telemetry off in the agents this starts, an older build (--agent) too, as the agent now does itself
+// (packages/agent/src/inference/ort-telemetry.ts).
+process.env.ORT_DISABLE_TELEMETRY ||= '1';
+
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const door = argValue('--door', 'rest');
 const modelName = argValue('--model', 'tiny');

@@ -20,6 +20,7 @@ import {
   type WorkerSetEvents,
 } from '../../src/inference/worker-set.js';
 import { asPoolTensor } from '../support/pool-models.js';
+import { waitUntil } from '../support/wait-until.js';
 
 /** What the scheduler side of a WorkerSet was told, in order. */
 interface Told {
@@ -91,10 +92,6 @@ function jobFor(set: WorkerSet, key: string, inputs: PoolTensor[]): Job {
   };
 }
 
-async function until(condition: () => boolean): Promise<void> {
-  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 2));
-}
-
 describe('WorkerSet', () => {
   it('loads a session on one worker, posts a run to it, and hands the reply of its running job to the scheduler', async () => {
     const { set, told } = await startSet(2, new Map([['tiny', paths.tiny!]]));
@@ -110,7 +107,7 @@ describe('WorkerSet', () => {
     const job = jobFor(set, 'tiny', [asPoolTensor('x', input.x!)]);
     slot.running = job; // the scheduler's part: the job runs on this worker
     set.postRun(slot, job, { transferred: 0, shared: 0, copied: 0, copies: 0, segment: 0 });
-    await until(() => told.runEnded.length === 1);
+    await waitUntil(() => told.runEnded.length === 1, 'the run to end');
     const [ended] = told.runEnded;
     expect(ended!.worker).toBe(1);
     expect(ended!.job).toBe(job);
@@ -158,7 +155,10 @@ describe('WorkerSet', () => {
     set.postRun(slot, job, { transferred: 0, shared: 0, copied: 0, copies: 0, segment: 0 });
 
     await set.recycle(0);
-    await until(() => told.events.some((event) => event.type === 'worker-restarted'));
+    await waitUntil(
+      () => told.events.some((event) => event.type === 'worker-restarted'),
+      'the worker to restart',
+    );
     expect(told.died).toHaveLength(1);
     expect(told.died[0]!.death.kind).toBe('worker-died');
     expect(told.died[0]!.lost).toEqual({ running: job, ahead: null });
@@ -175,7 +175,7 @@ describe('WorkerSet', () => {
     const again = jobFor(set, 'slow', [asPoolTensor('x', slowModelInput())]);
     slot.running = again;
     set.postRun(slot, again, { transferred: 0, shared: 0, copied: 0, copies: 0, segment: 0 });
-    await until(() => told.runEnded.length === 1);
+    await waitUntil(() => told.runEnded.length === 1, 'the run to end');
     expect(told.runEnded[0]!.reply.op).toBe('done');
   });
 
@@ -202,9 +202,12 @@ describe('WorkerSet', () => {
     const slot = set.slots[0]!;
     // A first death restarts at once; a second with nothing completed in between waits restartDelayMs.
     await set.recycle(0);
-    await until(() => told.events.some((event) => event.type === 'worker-restarted'));
+    await waitUntil(
+      () => told.events.some((event) => event.type === 'worker-restarted'),
+      'the worker to restart',
+    );
     await set.recycle(0);
-    await until(() => told.died.length === 2);
+    await waitUntil(() => told.died.length === 2, 'the second death to be told');
     expect(slot.restarts).toBe(1); // the second restart is scheduled, not begun
     await set.close(() => new InferenceError('closed', 'the set is closing'));
     workers = undefined;
