@@ -35,6 +35,12 @@ export const WINDOW_MS = 100;
 export const DEMOTE_FACTOR = 4;
 /** Worker runs measured before a model may move inline; also how many a demoted model runs on workers again. */
 export const RUNS_BEFORE_INLINE = 16;
+/**
+ * Demotions after which a model stays on the workers for good (its inline session released): a model whose cost
+ * depends on its inputs' values could otherwise hold the event loop once per cycle of re-measuring, forever. Each
+ * demotion before that doubles the worker runs it must make again first.
+ */
+export const MAX_DEMOTIONS = 3;
 
 export const DEFAULT_INLINE_BUDGET: Required<InlineBudgetOptions> = {
   maxRunMicros: 200,
@@ -111,6 +117,15 @@ export class InlineBudget {
   /** Whether a model whose runs average `computeMs` may run inline at least while the agent is otherwise idle. */
   fastEnoughWhenIdle(computeMs: number): boolean {
     return this.fastEnough(computeMs) || (this.enabled && computeMs <= this.#idleCeilingMs);
+  }
+
+  /**
+   * Whether a run this long, on a worker, was within what an inline run may take before it demotes its model (on the
+   * looser of the two paths): only the shapes of such runs count as measured, so a shape slow on a worker never runs
+   * inline on the strength of the model's average (ModelEntry.measuredShapes).
+   */
+  withinDemotionLimit(runMs: number): boolean {
+    return this.enabled && runMs <= Math.max(this.#ceilingMs, this.#idleCeilingMs) * DEMOTE_FACTOR;
   }
 
   /** Whether one run this long, admitted on `path`, sends its model back to the workers. */

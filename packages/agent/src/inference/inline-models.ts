@@ -9,14 +9,21 @@ import type { InferenceSession } from 'onnxruntime-node';
 import type { InferenceError } from './errors.js';
 import {
   InlineBudget,
+  MAX_DEMOTIONS,
   RUNS_BEFORE_INLINE,
   type InlineBudgetOptions,
   type InlinePath,
 } from './inline-budget.js';
 import { InlineRunner } from './inline-runner.js';
 import type { PoolEvent, PoolStats } from './pool-types.js';
-import { preciseNow, type OutputSegment } from './protocol.js';
-import { inlinePath, type ModelEntry, type RunResult, type ShapedInput } from './scheduling.js';
+import { preciseNow, type OutputSegment, type WireInput } from './protocol.js';
+import {
+  foldMeasuredShapes,
+  inlinePath,
+  type ModelEntry,
+  type RunResult,
+  type ShapedInput,
+} from './scheduling.js';
 import type { PoolTensor } from './tensor-transfer.js';
 
 /** Requests in a row that found the pool holding nothing else before an idle-run model gets its inline session. */
@@ -93,15 +100,17 @@ export class InlineModels {
   }
 
   /**
-   * Folds one measured run time into the model's average, and moves a fast model towards the inline path. A model
-   * that may only make idle runs gets its inline session later, from pathFor, once requests show the agent idle.
+   * Folds one worker run (its time, and its inputs' shapes if it was within the demotion limit) into the model's
+   * measurements, and moves a fast model towards the inline path. A model that may only make idle runs gets its
+   * inline session later, from pathFor, once requests show the agent idle.
    */
-  measured(entry: ModelEntry, computeMs: number): void {
-    entry.computeMs = entry.computeMs === undefined ? computeMs : 0.8 * entry.computeMs + 0.2 * computeMs;
+  measured(entry: ModelEntry, computeMs: number, inputs: readonly Pick<WireInput, 'name' | 'dims'>[]): void {
+    if (this.#budget.withinDemotionLimit(computeMs)) foldMeasuredShapes(entry.measuredShapes, inputs);
+    const averageMs = foldComputeMs(entry, computeMs);
     if (
       entry.inline === 'off' &&
       entry.workerRuns >= RUNS_BEFORE_INLINE &&
-      this.#budget.fastEnough(entry.computeMs)
+      this.#budget.fastEnough(averageMs)
     )
       void this.#load(entry);
   }
@@ -131,28 +140,45 @@ export class InlineModels {
     const expectedMs = entry.computeMs ?? 0;
     const charged = path === 'inline';
     const submittedAt = preciseNow();
-    entry.running++;
+    let computeMs: number;
     try {
-      const { outputs, computeMs } = this.#runner.run(
-        this.#sessionKeys.get(entry) ?? '',
-        inputs,
-        outputSegments,
-      );
+      const run = this.#runner.run(this.#sessionKeys.get(entry)!, inputs, outputSegments);
+      computeMs = run.computeMs;
       this.#runs[path]++;
       if (charged) this.#budget.settle(expectedMs, computeMs);
-      entry.computeMs = 0.8 * (entry.computeMs ?? computeMs) + 0.2 * computeMs;
-      // One run far over the ceiling (a misjudged model, or inputs that make it slow): back to the workers,
-      // which measure it again before it may return.
-      if (this.#budget.tooSlow(computeMs, path))
-        entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE;
+      foldComputeMs(entry, computeMs);
+      this.#demoteIfTooSlow(entry, computeMs, path);
       const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
-      return Promise.resolve({ outputs, queueMs, computeMs, worker: -1 });
+      return Promise.resolve({ outputs: run.outputs, queueMs, computeMs, worker: -1 });
     } catch (error) {
-      if (charged) this.#budget.settle(expectedMs, 0);
+      // A run that fails held the event loop as long as it ran: charged and judged like any other, so that a
+      // request that computes for long and then fails cannot come back inline every time.
+      const spentMs = preciseNow() - submittedAt;
+      if (charged) this.#budget.settle(expectedMs, spentMs);
+      this.#demoteIfTooSlow(entry, spentMs, path);
       return Promise.reject(error as InferenceError);
-    } finally {
-      entry.running--;
     }
+  }
+
+  /**
+   * One run far over the ceiling (a misjudged model, or inputs that make it slow): back to the workers, which measure
+   * it again before it may return, twice as long after each demotion; after MAX_DEMOTIONS, for good.
+   */
+  #demoteIfTooSlow(entry: ModelEntry, runMs: number, path: InlinePath): void {
+    if (!this.#budget.tooSlow(runMs, path)) return;
+    entry.demotions++;
+    if (entry.demotions < MAX_DEMOTIONS) {
+      entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE * 2 ** (entry.demotions - 1);
+      return;
+    }
+    // Its session's memory goes back (InlineRunner.release never throws: its dispose is guarded).
+    void this.release(entry);
+    entry.inline = 'unfit';
+    this.#options.onEvent?.({
+      type: 'inline-unavailable',
+      key: entry.key,
+      reason: `${MAX_DEMOTIONS} inline runs far over the ceiling: the model stays on the workers`,
+    });
   }
 
   /** Releases the model's inline session, if it has one (the model is being unloaded). */
@@ -210,4 +236,10 @@ export class InlineModels {
     }
     entry.inline = loaded ? 'on' : 'unfit';
   }
+}
+
+/** Folds `runMs` into the moving average of the model's run time; returns the new average. */
+function foldComputeMs(entry: ModelEntry, runMs: number): number {
+  entry.computeMs = entry.computeMs === undefined ? runMs : 0.8 * entry.computeMs + 0.2 * runMs;
+  return entry.computeMs;
 }

@@ -5,7 +5,6 @@ import type { InferencePoolOptions, ModelSessionInfo, PoolStats, RunOptions } fr
 import { preciseNow, type ModelBytes } from './protocol.js';
 import {
   HAND_AHEAD_MAX_COMPUTE_MS,
-  foldMeasuredShapes,
   handAheadTo,
   idleSlot,
   newModelEntry,
@@ -323,8 +322,7 @@ export class InferencePool {
       const entry = this.#models.get(job.key);
       if (entry) {
         entry.workerRuns++;
-        foldMeasuredShapes(entry.measuredShapes, job.inputs);
-        this.#inline.measured(entry, reply.finishedAt - reply.startedAt);
+        this.#inline.measured(entry, reply.finishedAt - reply.startedAt, job.inputs);
       }
       try {
         job.resolve({

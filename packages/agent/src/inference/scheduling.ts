@@ -83,8 +83,9 @@ export interface ModelEntry {
    * The largest of each dimension of each input a completed worker run of the model has shown. A request with an
    * input beyond it (another name or rank, or any dimension larger) never runs inline: its run time is not known (a
    * model with dynamic dimensions measured on small inputs could block the event loop on a large one, or on the same
-   * bytes in another shape); it goes to a worker, which measures it. A cost set by the inputs' values still shows
-   * only after one long run, which demotes the model (InlineBudget).
+   * bytes in another shape); it goes to a worker, which measures it, and its shape counts only if that run was within
+   * the demotion limit (InlineBudget.withinDemotionLimit). A cost set by the inputs' values still shows only after
+   * one long inline run, which demotes the model (MAX_DEMOTIONS of them keep it on the workers).
    */
   measuredShapes: MeasuredShapes;
   /**
@@ -100,6 +101,8 @@ export interface ModelEntry {
   inline: 'off' | 'loading' | 'on' | 'unfit';
   /** Inline requests may start once `workerRuns` reaches this (a demoted model is measured on workers again). */
   inlineAfterRuns: number;
+  /** Times an inline run of the model went far over its ceiling (see MAX_DEMOTIONS). */
+  demotions: number;
 }
 
 /** A model just loaded on `slots`: nothing measured, nothing queued, on the workers. */
@@ -115,6 +118,7 @@ export function newModelEntry(key: string, model: string | ModelBytes, slots: It
     idleRequestsInARow: 0,
     inline: 'off',
     inlineAfterRuns: RUNS_BEFORE_INLINE,
+    demotions: 0,
   };
 }
 

@@ -235,7 +235,7 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'edgefleet_inference_inline_demotions_total',
-      help: 'Models sent back to the workers by one inline run far over the per-run ceiling',
+      help: 'Models sent back to the workers by one inline run over 4x its ceiling (the per-run or the idle one)',
       registers: [this.registry],
       collect() {
         this.reset();

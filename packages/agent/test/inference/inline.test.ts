@@ -16,9 +16,17 @@ import {
   scalable,
   scalableModel,
   scalableReference,
+  tiled,
+  tiledModel,
+  tiledReference,
   untilInline,
 } from '../support/pool-models.js';
-import { InlineBudget, RUNS_BEFORE_INLINE, WINDOW_MS } from '../../src/inference/inline-budget.js';
+import {
+  InlineBudget,
+  MAX_DEMOTIONS,
+  RUNS_BEFORE_INLINE,
+  WINDOW_MS,
+} from '../../src/inference/inline-budget.js';
 import { IDLE_REQUESTS_BEFORE_SESSION, InlineModels } from '../../src/inference/inline-models.js';
 import { InlineRunner } from '../../src/inference/inline-runner.js';
 import { newModelEntry } from '../../src/inference/scheduling.js';
@@ -76,6 +84,8 @@ beforeAll(async () => {
   for (const model of ['tiny', 'slow'] as const) paths[model] = await writeTestModel(model, dir);
   paths.scalable = join(dir, 'scalable.onnx');
   await writeFile(paths.scalable, scalableModel());
+  paths.tiled = join(dir, 'tiled.onnx');
+  await writeFile(paths.tiled, tiledModel());
   paths.even = join(dir, 'even.onnx');
   await writeFile(paths.even, reshapeNeedsEvenModel());
 });
@@ -180,17 +190,65 @@ describe('InferencePool: the inline path', () => {
 
   it('sends a model back to the workers after one run far over the ceiling, and measures it there again', async () => {
     const pool = await startPool(10_000, 0.9);
-    await pool.loadModel('scalable', paths.scalable!, 1);
-    // A worker measures the large request first: one larger than any measured never runs inline.
-    await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
-    await untilRunsInline(pool, 'scalable', () => scalable(1));
-    const slowRun = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
+    await pool.loadModel('tiled', paths.tiled!, 1);
+    await untilRunsInline(pool, 'tiled', () => tiled(1));
+    // The same input shapes, a value that makes the run far longer: only running it shows that.
+    const slowRun = await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS));
     expect(slowRun.worker).toBe(-1);
-    expect(sameFloats(floats(slowRun), scalableReference(OVER_ANY_CEILING_ROWS))).toBe(true);
+    expect(sameFloats(floats(slowRun), tiledReference(OVER_ANY_CEILING_ROWS))).toBe(true);
     expect(pool.stats().inline.demotions).toBe(1);
-    const next = await pool.run('scalable', scalable(1));
+    const next = await pool.run('tiled', tiled(1));
     expect(next.worker).toBeGreaterThanOrEqual(0);
-    expect(floats(next)).toEqual(scalableReference(1));
+    expect(floats(next)).toEqual(tiledReference(1));
+    expect(pool.stats().inline.models).toEqual([]);
+  });
+
+  it('never runs inline an input shape that was slow on a worker, however fast the model is on average', async () => {
+    const pool = await startPool(10_000, 0.9);
+    await pool.loadModel('scalable', paths.scalable!, 1);
+    await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS)); // on a worker, far over the limit: not measured
+    await untilRunsInline(pool, 'scalable', () => scalable(1));
+    for (let i = 0; i < 2; i++) {
+      const large = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
+      expect(large.worker).toBeGreaterThanOrEqual(0);
+      expect(sameFloats(floats(large), scalableReference(OVER_ANY_CEILING_ROWS))).toBe(true);
+    }
+    expect(pool.stats().inline.demotions).toBe(0);
+    // Not demoted: small requests run inline again once the average has come back down.
+    await untilRunsInline(pool, 'scalable', () => scalable(1));
+  });
+
+  it('keeps a model on the workers for good after MAX_DEMOTIONS demotions', async () => {
+    const pool = await startPool(10_000, 0.9);
+    await pool.loadModel('tiled', paths.tiled!, 1);
+    for (let demotion = 1; demotion <= MAX_DEMOTIONS; demotion++) {
+      await untilRunsInline(pool, 'tiled', () => tiled(1));
+      expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
+      expect(pool.stats().inline.demotions).toBe(demotion);
+    }
+    // Far more worker runs than any re-measuring needs: none of them is ever followed by an inline one.
+    const inlineRuns = pool.stats().runs.inline;
+    for (let i = 0; i < 8 * RUNS_BEFORE_INLINE; i++) {
+      expect((await pool.run('tiled', tiled(1))).worker).toBeGreaterThanOrEqual(0);
+      await loopWaits();
+    }
+    expect(pool.stats().runs.inline).toBe(inlineRuns);
+    expect(pool.stats().inline.models).toEqual([]);
+  });
+
+  it('judges a failed inline run by its time like any other: one that computed far over the ceiling demotes', async () => {
+    const pool = await startPool(10_000, 0.9);
+    await pool.loadModel('tiled', paths.tiled!, 1);
+    await untilRunsInline(pool, 'tiled', () => tiled(1));
+    const inlineRuns = pool.stats().runs.inline;
+    // Computes as long as the slow run above, then fails (its result cannot take the shape asked for).
+    await expect(pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS, true))).rejects.toMatchObject({
+      kind: 'run-failed',
+    });
+    expect(pool.stats().runs.inline).toBe(inlineRuns); // a failed run is not counted as run
+    expect(pool.stats().inline.demotions).toBe(1);
+    const next = await pool.run('tiled', tiled(1));
+    expect(next.worker).toBeGreaterThanOrEqual(0);
     expect(pool.stats().inline.models).toEqual([]);
   });
 
@@ -323,16 +381,15 @@ describe('InferencePool: idle runs (inline while the agent has nothing else to d
 
   it('sends a model back to the workers after one idle run over 4× the idle ceiling', async () => {
     const pool = await startPool(1, 0.9, 256, 10_000);
-    await pool.loadModel('scalable', paths.scalable!, 1);
-    await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS)); // measured on a worker first, as above
-    await untilRunsInline(pool, 'scalable', one);
+    await pool.loadModel('tiled', paths.tiled!, 1);
+    await untilRunsInline(pool, 'tiled', () => tiled(1));
     await loopWaits();
-    const slowRun = await pool.run('scalable', scalable(OVER_ANY_CEILING_ROWS));
+    const slowRun = await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS));
     expect(slowRun.worker).toBe(-1);
-    expect(sameFloats(floats(slowRun), scalableReference(OVER_ANY_CEILING_ROWS))).toBe(true);
+    expect(sameFloats(floats(slowRun), tiledReference(OVER_ANY_CEILING_ROWS))).toBe(true);
     expect(pool.stats().inline.demotions).toBe(1);
     await loopWaits();
-    const next = await pool.run('scalable', one());
+    const next = await pool.run('tiled', tiled(1));
     expect(next.worker).toBeGreaterThanOrEqual(0);
     expect(pool.stats().inline.models).toEqual([]);
   });
@@ -362,7 +419,7 @@ describe('InlineModels', () => {
     try {
       for (let i = 0; i < RUNS_BEFORE_INLINE; i++) {
         entry.workerRuns++;
-        inline.measured(entry, 0.5);
+        inline.measured(entry, 0.5, []);
       }
       for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, []);
       idle = false;
@@ -400,7 +457,7 @@ describe('InlineModels', () => {
         // What the pool does after each worker run: no session yet for a model that may only make idle runs.
         for (let i = 0; i < RUNS_BEFORE_INLINE + 4; i++) {
           entry.workerRuns++;
-          inline.measured(entry, 0.5);
+          inline.measured(entry, 0.5, []);
         }
         expect(runner.loads).toBe(0);
         // What the pool does with each request: created once enough in a row found the agent idle.

@@ -1,4 +1,10 @@
-import { buildSlowModel, slowModelInput, slowModelReference, type TestModelTensor } from '@edgefleet/core';
+import {
+  OnnxModelBuilder,
+  buildSlowModel,
+  slowModelInput,
+  slowModelReference,
+  type TestModelTensor,
+} from '@edgefleet/core';
 import { expect } from 'vitest';
 import { InferenceError, type InferencePool, type PoolTensor } from '../../src/inference/index.js';
 
@@ -24,9 +30,52 @@ export function scalableModel(): Uint8Array {
 const scalableInput = (rows: number) => slowModelInput({ ...SCALABLE, rows });
 /** The scalable model's input with `rows` rows, as pool tensors. */
 export const scalable = (rows: number) => [asPoolTensor('x', scalableInput(rows))];
+/**
+ * The scalable model's computation behind a Tile whose repeats are an input: x [1, 128] and `repeats` int64 [2]
+ * (= [rows, 1]) make a run as long as `rows` rows, with the same input shapes every time, then a Reshape to the
+ * `shape` input (int64 [2]). A cost, or a failure after the work, set by the inputs' values, which no size rule sees.
+ */
+export function tiledModel(): Uint8Array {
+  const { size, repeats } = SCALABLE;
+  const shift = new Float32Array(size * size);
+  for (let i = 0; i < size; i++) shift[i * size + ((i + 1) % size)] = 1;
+  const builder = new OnnxModelBuilder({ graphName: 'tiled' })
+    .input('x', 'FLOAT32', [1, size])
+    .input('repeats', 'INT64', [2])
+    .input('shape', 'INT64', [2])
+    .initializer('shift', 'FLOAT32', [size, size], shift)
+    .initializer('one', 'FLOAT32', [], new Float32Array([1]))
+    .node('Tile', ['x', 'repeats'], ['step_0']);
+  for (let step = 1; step <= repeats; step++)
+    builder
+      .node('MatMul', [`step_${step - 1}`, 'shift'], [`shifted_${step}`])
+      .node('Add', [`shifted_${step}`, 'one'], [`step_${step}`]);
+  return builder
+    .node('Reshape', [`step_${repeats}`, 'shape'], ['y'])
+    .output('y', 'FLOAT32', ['rows', size])
+    .build();
+}
+const int64s = (name: string, values: readonly number[]): PoolTensor => {
+  const data = BigInt64Array.from(values.map(BigInt));
+  return { name, dataType: 'INT64', shape: [values.length], data: new Uint8Array(data.buffer) };
+};
+/** The tiled model's inputs for `rows` rows; `failAfterRun` asks for a shape the result cannot take. */
+export const tiled = (rows: number, failAfterRun = false) => [
+  asPoolTensor('x', scalableInput(1)),
+  int64s('repeats', [rows, 1]),
+  int64s('shape', failAfterRun ? [7, 7] : [-1, SCALABLE.size]),
+];
+
 /** What the scalable model returns for `scalable(rows)`, computed in JavaScript. */
 export const scalableReference = (rows: number) =>
   slowModelReference(scalableInput(rows), { ...SCALABLE, rows }).data as Float32Array;
+/** What the tiled model returns for `tiled(rows)`: the scalable model's one-row answer, `rows` times. */
+export function tiledReference(rows: number): Float32Array {
+  const row = scalableReference(1);
+  const all = new Float32Array(rows * row.length);
+  for (let r = 0; r < rows; r++) all.set(row, r * row.length);
+  return all;
+}
 
 /** The InferenceError `promise` fails with; fails the test when it succeeds or fails with anything else. */
 export async function inferenceError(promise: Promise<unknown>): Promise<InferenceError> {
