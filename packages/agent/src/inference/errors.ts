@@ -30,3 +30,13 @@ export class InferenceError extends Error {
     super(message);
   }
 }
+
+/** An error's message, trimmed (ONNX Runtime's end in a newline). */
+export function errorMessage(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).trim();
+}
+
+/** Whether ONNX Runtime's message says it could not allocate memory (it has a few spellings for that). */
+export function isOutOfMemory(message: string): boolean {
+  return /bad_alloc|failed to allocate|out of memory|cannot allocate memory|ENOMEM/i.test(message);
+}

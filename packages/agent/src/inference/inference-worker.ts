@@ -16,6 +16,7 @@ import {
   type WireTensorInfo,
   type WorkerFailureKind,
 } from './protocol.js';
+import { errorMessage, isOutOfMemory } from './errors.js';
 import { outputToWire, toOrtTensor } from './ort-tensors.js';
 import { loadSysvShmAddon, SharedMemoryError } from '../shm/index.js';
 import { WorkerSegments, segmentInputTensor, writeOutputToSegment } from './worker-segments.js';
@@ -63,16 +64,8 @@ function send(message: FromWorker, transfer: ArrayBuffer[] = []): void {
   port!.postMessage(message, transfer);
 }
 
-/** ONNX Runtime reports allocation failures in a few spellings; they mean "not enough memory". */
 function failureKind(error: unknown, fallback: WorkerFailureKind): WorkerFailureKind {
-  const message = error instanceof Error ? error.message : String(error);
-  return /bad_alloc|failed to allocate|out of memory|cannot allocate memory|ENOMEM/i.test(message)
-    ? 'out-of-memory'
-    : fallback;
-}
-
-function errorMessage(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).trim();
+  return isOutOfMemory(errorMessage(error)) ? 'out-of-memory' : fallback;
 }
 
 function infoOf(metadata: readonly InferenceSession.ValueMetadata[]): WireTensorInfo[] {

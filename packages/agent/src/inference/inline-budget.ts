@@ -7,8 +7,8 @@
  * workers until the share has decayed). So a slow or misjudged model can never starve the sockets.
  *
  * A second, higher ceiling (`idleMaxRunMicros`) lets a model too slow for the first run inline only while the
- * agent has nothing else to do (idle runs): the pool holds no other request (none waiting, on a worker, or running
- * inline), none has for the last ~WINDOW_MS, and the event loop has waited for I/O, with nothing ready, since the
+ * agent has nothing else to do (idle runs): the pool holds no other request (none waiting or on a worker; an inline
+ * run is synchronous, so none is ever in flight when this is asked), none has for the last ~WINDOW_MS, and the event loop has waited for I/O, with nothing ready, since the
  * previous idle run. A lone client then skips the hand-over to a worker; the moment a second request is in flight,
  * or anything became ready during an idle run, requests go to the workers, which run in parallel. The ~WINDOW_MS
  * hold after a request found another in flight keeps idle runs out of a busy agent's short lulls: with 8 gRPC

@@ -6,7 +6,7 @@
  * the pool's ModelEntry (scheduling.ts), which the scheduler reads too (computeMs, running).
  */
 import type { InferenceSession } from 'onnxruntime-node';
-import type { InferenceError } from './errors.js';
+import { errorMessage, type InferenceError } from './errors.js';
 import {
   InlineBudget,
   MAX_DEMOTIONS,
@@ -225,7 +225,7 @@ export class InlineModels {
       this.#options.onEvent?.({
         type: 'inline-unavailable',
         key: entry.key,
-        reason: (error instanceof Error ? error.message : String(error)).slice(0, 500),
+        reason: errorMessage(error).slice(0, 500),
       });
     }
     if (this.#options.models.get(entry.key) !== entry) {

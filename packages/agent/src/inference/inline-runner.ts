@@ -5,12 +5,13 @@
  * InlineBudget). InlineModels decides which requests come here; this module only loads, runs and releases.
  */
 import { stat } from 'node:fs/promises';
+import { DATA_TYPES, dataTypeFromOnnx } from '@edgefleet/core';
 import type ortModule from 'onnxruntime-node';
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import type * as bindingModule from 'onnxruntime-node/dist/binding.js';
 import type { Binding } from 'onnxruntime-node/dist/binding.js';
 import { loadSysvShmAddon, rangesOverlap } from '../shm/index.js';
-import { InferenceError } from './errors.js';
+import { InferenceError, errorMessage, isOutOfMemory } from './errors.js';
 import { outputToWire, toOrtTensor, type OrtTensorConstructor } from './ort-tensors.js';
 import type { ModelBytes, OrtTensorType, OutputSegment, WireSegmentOutput } from './protocol.js';
 import { HOST_IS_LITTLE_ENDIAN, TYPED_ARRAY_FOR } from './tensor-bytes.js';
@@ -51,17 +52,6 @@ export interface DirectOutput {
   seen: 'unseen' | 'agrees' | 'differs';
 }
 
-/** ONNX's TensorProto element types (onnxruntime-node's binding metadata gives these) the agent can return. */
-const ORT_TYPE_OF_ELEMENT: Partial<Record<number, OrtTensorType>> = {
-  1: 'float32',
-  2: 'uint8',
-  5: 'int16',
-  6: 'int32',
-  7: 'int64',
-  10: 'float16',
-  11: 'float64',
-};
-
 /**
  * Outputs smaller than this are copied into their region by the caller even when they could go straight there:
  * mapping and checking the segment costs more than copying a small tensor (the tiny model's 64 bytes: about 10 µs
@@ -99,8 +89,9 @@ export class InlineRunner {
   }
 
   /**
-   * Creates the model's session on this thread. Resolves false (and loads nothing) when the model is too large
-   * to load here without blocking the event loop for long.
+   * Creates the model's session on this thread, under `key`, which must hold none (InlineModels gives each load a
+   * key of its own). Resolves false (and loads nothing) when the model is too large to load here without blocking
+   * the event loop for long.
    */
   async load(
     key: string,
@@ -124,7 +115,6 @@ export class InlineRunner {
       });
     }
     const outputNames = native.outputMetadata.map((output) => output.name);
-    await this.release(key);
     this.#sessions.set(key, {
       native,
       outputNames,
@@ -316,7 +306,9 @@ export function directOutputsOf(
   const direct = new Map<string, DirectOutput>();
   for (const output of metadata) {
     if (inputNames.includes(output.name)) continue;
-    const type = ORT_TYPE_OF_ELEMENT[output.type];
+    // onnxruntime-node's binding metadata gives ONNX's TensorProto element type; core knows those the agent returns.
+    const dataType = dataTypeFromOnnx(output.type);
+    const type = dataType && DATA_TYPES[dataType].ort;
     // onnxruntime-node gives -1 for a dimension only the run knows.
     if (!output.isTensor || type === undefined) continue;
     if (!output.shape.every((dim) => Number.isSafeInteger(dim) && dim > 0)) continue;
@@ -369,19 +361,10 @@ function sameDims(a: readonly number[], b: readonly number[]): boolean {
  */
 const REFUSED_OUTPUT_MEMORY = /output OrtValue provided for output|pre-allocated output/i;
 
-function errorMessage(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).trim();
-}
-
 /** ONNX Runtime's failure as the pool reports it. */
 function runFailure(error: unknown): InferenceError {
   const message = errorMessage(error);
-  return new InferenceError(
-    /bad_alloc|failed to allocate|out of memory|cannot allocate memory|ENOMEM/i.test(message)
-      ? 'out-of-memory'
-      : 'run-failed',
-    message,
-  );
+  return new InferenceError(isOutOfMemory(message) ? 'out-of-memory' : 'run-failed', message);
 }
 
 /** Every inline run's options: none (onnxruntime-node's public run passes an empty object too). */
