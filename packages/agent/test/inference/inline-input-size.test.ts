@@ -5,7 +5,7 @@ import { OnnxModelBuilder } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool, type PoolTensor } from '../../src/inference/index.js';
 import { foldMeasuredShapes, withinMeasured, type MeasuredShapes } from '../../src/inference/scheduling.js';
-import { scalable, scalableModel, scalableReference } from '../support/pool-models.js';
+import { scalable, scalableModel, scalableReference, untilInline } from '../support/pool-models.js';
 
 // A model with dynamic dimensions, measured inline-fast on small requests, must not run a larger request (or the
 // same bytes in another shape) on the event loop before a worker has measured one that large: its run time is not
@@ -46,10 +46,16 @@ async function startPool(): Promise<InferencePool> {
   return pool;
 }
 
-/** Where the pool ran one request: 'worker' or 'inline'. */
-async function pathOf(pool: InferencePool, key: string, inputs: PoolTensor[]): Promise<string> {
+/** Where the pool ran one request: 'worker' or 'inline'; checks its output against `expected` when given. */
+async function pathOf(
+  pool: InferencePool,
+  key: string,
+  inputs: PoolTensor[],
+  expected?: Float32Array,
+): Promise<string> {
   const before = pool.stats().runs;
-  await pool.run(key, inputs);
+  const result = await pool.run(key, inputs);
+  if (expected) expect(new Float32Array(result.outputs[0]!.data.slice().buffer)).toEqual(expected);
   const after = pool.stats().runs;
   return after.worker > before.worker ? 'worker' : after.inline > before.inline ? 'inline' : 'other';
 }
@@ -58,19 +64,13 @@ describe('the inline path and request size', () => {
   it('sends a request larger than any measured one to a worker, and runs requests up to that size inline after', async () => {
     const pool = await startPool();
     await pool.loadModel('m', modelPath, 1);
-    const pathOf = async (rows: number) => {
-      const before = pool.stats().runs;
-      const result = await pool.run('m', scalable(rows));
-      expect(new Float32Array(result.outputs[0]!.data.slice().buffer)).toEqual(scalableReference(rows));
-      const after = pool.stats().runs;
-      return after.worker > before.worker ? 'worker' : after.inline > before.inline ? 'inline' : 'other';
-    };
-    while (!pool.stats().inline.models.some((m) => m.key === 'm')) await pathOf(1);
-    expect(await pathOf(1)).toBe('inline');
-    expect(await pathOf(8)).toBe('worker');
-    expect(await pathOf(8)).toBe('inline');
-    expect(await pathOf(4)).toBe('inline');
-    expect(await pathOf(9)).toBe('worker');
+    const rowsPath = (rows: number) => pathOf(pool, 'm', scalable(rows), scalableReference(rows));
+    await untilInline(pool, () => rowsPath(1), 'm');
+    expect(await rowsPath(1)).toBe('inline');
+    expect(await rowsPath(8)).toBe('worker');
+    expect(await rowsPath(8)).toBe('inline');
+    expect(await rowsPath(4)).toBe('inline');
+    expect(await rowsPath(9)).toBe('worker');
   });
 
   it('sends the same bytes in a larger shape to a worker too, and then runs that shape inline', async () => {
@@ -79,8 +79,7 @@ describe('the inline path and request size', () => {
     const x = (a: number, b: number): PoolTensor[] => [
       { name: 'x', dataType: 'FLOAT32', shape: [a, b], data: new Uint8Array(a * b * 4) },
     ];
-    while (!pool.stats().inline.models.some((m) => m.key === 'doubler'))
-      await pathOf(pool, 'doubler', x(4, 16));
+    await untilInline(pool, () => pathOf(pool, 'doubler', x(4, 16)), 'doubler');
     expect(await pathOf(pool, 'doubler', x(4, 16))).toBe('inline');
     expect(await pathOf(pool, 'doubler', x(2, 16))).toBe('inline');
     expect(await pathOf(pool, 'doubler', x(16, 4))).toBe('worker'); // as many bytes, a larger first dimension

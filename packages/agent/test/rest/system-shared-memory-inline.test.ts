@@ -13,6 +13,7 @@ import {
   pairModel,
   pairReference,
 } from '../support/direct-output-models.js';
+import { untilInline } from '../support/pool-models.js';
 import { makeSegment, segmentBytes, segmentExists } from '../support/segments.js';
 import {
   HttpClient,
@@ -61,12 +62,8 @@ const inferImage = (input: string, output: string, outputOffset = 0) =>
   });
 
 /** Sends requests until the pool has measured the model fast and runs it on the event loop. */
-async function untilInline(model: string, infer: () => Promise<HttpResult>): Promise<void> {
-  while (!agent.pool.stats().inline.models.some((m) => m.key.startsWith(model))) {
-    expect((await infer()).status).toBe(200);
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
-}
+const untilInlineOverRest = (model: string, infer: () => Promise<HttpResult>) =>
+  untilInline(agent.pool, async () => expect((await infer()).status).toBe(200), model);
 
 beforeAll(async () => {
   files = await scratch('agent-rest-shm-inline-');
@@ -95,7 +92,7 @@ describe('KServe v2 system shared memory, the model running inline (on the event
     await register('in', segment(IMAGE_BYTES, bytesOf(IMAGE_SAMPLE.data)), IMAGE_BYTES);
     const warm = segment(IMAGE_BYTES);
     await register('warm', warm, IMAGE_BYTES);
-    await untilInline('image', () => inferImage('in', 'warm'));
+    await untilInlineOverRest('image', () => inferImage('in', 'warm'));
     expect((await inferImage('in', 'warm')).status).toBe(200);
     // A fresh output segment: region at offset 64, the output 32 bytes into it.
     const output = segment(IMAGE_BYTES + 128);
@@ -162,7 +159,7 @@ describe('KServe v2 system shared memory, the model running inline (on the event
       // Its first inline run (here, or the last of untilInline's) shows the outputs' shapes, copied; later ones
       // may have ONNX Runtime write them.
       await register('warm', segment(2 * size), 2 * size);
-      await untilInline('pair', () => inferPair(inputsAt('a', 'b'), 'warm'));
+      await untilInlineOverRest('pair', () => inferPair(inputsAt('a', 'b'), 'warm'));
       await inlineCopying(inputsAt('a', 'b'), 'warm');
 
       // Outputs in a segment of their own, apart from the inputs: written in place, no copy.
@@ -214,7 +211,7 @@ describe('KServe v2 system shared memory, the model running inline (on the event
           ],
           outputs: [{ name: 'y', parameters: inRegion('y', declared) }],
         });
-      await untilInline('liar', () => infer(2));
+      await untilInlineOverRest('liar', () => infer(2));
       expect((await infer(2)).status).toBe(200);
       expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer.slice(0))).toEqual(
         liarInput(2),
@@ -244,7 +241,7 @@ describe('KServe v2 system shared memory, the model running inline (on the event
     await register('in', segment(IMAGE_BYTES, bytesOf(IMAGE_SAMPLE.data)), IMAGE_BYTES);
     const output = segment(IMAGE_BYTES);
     await register('out', output, IMAGE_BYTES);
-    await untilInline('image', () => inferImage('in', 'out'));
+    await untilInlineOverRest('image', () => inferImage('in', 'out'));
     expect((await inferImage('in', 'out')).status).toBe(200);
     // A request and the region's unregistering sent together: either the request is served first (unregister
     // waits for it) or it finds the region gone; once unregister answers, the client reuses the memory.

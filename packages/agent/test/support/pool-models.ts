@@ -91,15 +91,22 @@ export async function inferenceError(promise: Promise<unknown>): Promise<Inferen
 export const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
 
 /**
- * Calls `step` (a request) until the pool runs `key` inline (any model when absent), letting the event loop wait
- * in between, as a lone client does (idle runs need that wait). Bounded by the test's timeout.
+ * Calls `step` (a request) until the pool runs `key` inline (any model when absent; a registry's `name#n` key
+ * matches its name), letting the event loop wait in between, as a lone client does (idle runs need that wait).
+ * Fails, saying what the inline path shows, after `maxSteps` requests.
  */
 export async function untilInline(
   pool: InferencePool,
   step: () => Promise<unknown>,
   key?: string,
+  maxSteps = 2000,
 ): Promise<void> {
-  while (!pool.stats().inline.models.some((m) => key === undefined || m.key === key)) {
+  const matches = (k: string) => key === undefined || k === key || k.startsWith(`${key}#`);
+  for (let steps = 0; !pool.stats().inline.models.some((m) => matches(m.key)); steps++) {
+    if (steps === maxSteps)
+      throw new Error(
+        `${key ?? 'no model'} ran inline after ${maxSteps} requests: ${JSON.stringify(pool.stats().inline)}`,
+      );
     await step();
     await loopWaits();
   }
