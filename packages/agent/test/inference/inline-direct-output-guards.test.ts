@@ -6,9 +6,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { InferenceError } from '../../src/inference/errors.js';
 import { InlineRunner } from '../../src/inference/inline-runner.js';
 import type { OutputSegment, PoolTensor } from '../../src/inference/index.js';
-import { identityOf, loadSysvShmAddon } from '../../src/shm/index.js';
+import { loadSysvShmAddon } from '../../src/shm/index.js';
 import { ROW } from '../support/direct-output-models.js';
-import { makeSegment, segmentBytes } from '../support/segments.js';
+import { makeSegment, segmentBytes, segmentReference } from '../support/segments.js';
 
 // Two cases where an output written straight into shared memory (InlineRunner.run) must not be tried, or not
 // tried again: an output that is also a graph input (ONNX Runtime hands back the memory it was given, unwritten),
@@ -69,7 +69,7 @@ const floatsOf = (bytes: Uint8Array) => new Float32Array(bytes.slice().buffer);
 const segmentFloats = (shmid: number) => floatsOf(segmentBytes(addon, shmid, 0, BYTES));
 const placeOf = (name: string, shmid: number): OutputSegment => ({
   name,
-  segment: { segmentId: shmid, offset: 0, byteLength: BYTES, identity: identityOf(addon.stat(shmid)) },
+  segment: segmentReference(addon, shmid, 0, BYTES),
 });
 
 describe('InlineRunner: outputs never written straight into shared memory', () => {

@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { InlineRunner, MIN_DIRECT_OUTPUT_BYTES, directOutputsOf } from '../../src/inference/inline-runner.js';
 import type { OutputSegment } from '../../src/inference/index.js';
 import type { PoolTensor } from '../../src/inference/index.js';
-import { identityOf, loadSysvShmAddon, rangesOverlap, type SegmentReference } from '../../src/shm/index.js';
+import { loadSysvShmAddon, rangesOverlap } from '../../src/shm/index.js';
 import {
   IMAGE_BYTES,
   IMAGE_EXPECTED,
@@ -21,7 +21,7 @@ import {
 } from '../support/direct-output-models.js';
 import { bytesOf } from '../support/model-packages.js';
 import { asPoolTensor } from '../support/pool-models.js';
-import { makeSegment, segmentBytes, segmentExists } from '../support/segments.js';
+import { makeSegment, segmentBytes, segmentExists, segmentReference } from '../support/segments.js';
 
 // An inline run has ONNX Runtime write an output straight into the caller's System V segment only where that is
 // safe (InlineRunner.run); everything else comes back as bytes for the caller to copy. Real segments, the real
@@ -58,9 +58,8 @@ async function runnerWith(...models: string[]): Promise<InlineRunner> {
 }
 
 /** A place in a segment, as the REST door checks it and hands it on (its identity as of now). */
-function place(shmid: number, offset: number, byteLength: number): SegmentReference {
-  return { segmentId: shmid, offset, byteLength, identity: identityOf(addon.stat(shmid)) };
-}
+const place = (shmid: number, offset: number, byteLength: number) =>
+  segmentReference(addon, shmid, offset, byteLength);
 
 /**
  * An input whose bytes lie in a segment, as the REST door hands it to the pool: a view of the segment's memory (ONNX
@@ -184,9 +183,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
       ]);
       expect(split.outputs.map((o) => o.writtenToSegment)).toEqual([undefined, true]);
       expect(floatsOf(split.outputs[0]!)).toEqual(expected.sum);
-      expect(new Float32Array(segmentBytes(addon, shared, 3 * size, size).buffer.slice(0))).toEqual(
-        expected.product,
-      );
+      expect(new Float32Array(segmentBytes(addon, shared, 3 * size, size).buffer)).toEqual(expected.product);
       expect(segmentBytes(addon, shared, 0, 2 * size).equals(Buffer.concat([bytesOf(a), bytesOf(b)]))).toBe(
         true,
       );
@@ -213,9 +210,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     runner.run('liar', rows(2));
     const kept = runner.run('liar', rows(2, 7), toY);
     expect(kept.outputs[0]!.writtenToSegment).toBe(true);
-    expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer.slice(0))).toEqual(
-      liarInput(2, 7),
-    );
+    expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer)).toEqual(liarInput(2, 7));
     // One row: ONNX Runtime refuses the memory of the declared shape; the run is made again, and answers right.
     const broken = runner.run('liar', rows(1, 3), toY);
     expect(broken.outputs[0]!.writtenToSegment).toBeUndefined();
@@ -225,9 +220,7 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     const after = runner.run('liar', rows(2, 11), toY);
     expect(after.outputs[0]!.writtenToSegment).toBeUndefined();
     expect(floatsOf(after.outputs[0]!)).toEqual(liarInput(2, 11));
-    expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer.slice(0))).toEqual(
-      liarInput(2, 7),
-    );
+    expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer)).toEqual(liarInput(2, 7));
   });
 
   it('never tries the memory for a model seen producing another shape than it declares', async () => {

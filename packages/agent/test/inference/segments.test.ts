@@ -13,7 +13,7 @@ import {
   type SegmentReference,
 } from '../../src/shm/index.js';
 import { inferenceError } from '../support/pool-models.js';
-import { makeSegment, segmentBytes, segmentExists } from '../support/segments.js';
+import { makeSegment, segmentBytes, segmentExists, segmentReference } from '../support/segments.js';
 
 // Inputs and outputs in System V shared memory that the inference worker maps itself: real segments through the
 // real addon, a real worker thread running ONNX Runtime.
@@ -35,12 +35,8 @@ function segment(size: number, bytes: Uint8Array = new Uint8Array(0), offset = 0
 const exists = (shmid: number): boolean => segmentExists(addon, shmid);
 
 /** What the event loop hands over after its checks: where the bytes lie, and which segment it checked. */
-const reference = (shmid: number, offset: number, byteLength: number): SegmentReference => ({
-  segmentId: shmid,
-  offset,
-  byteLength,
-  identity: identityOf(addon.stat(shmid)),
-});
+const reference = (shmid: number, offset: number, byteLength: number): SegmentReference =>
+  segmentReference(addon, shmid, offset, byteLength);
 
 /** The tiny model's input in shared memory; `data` is what the inline path would read (never here). */
 const segmentInput = (ref: SegmentReference): PoolTensor[] => [

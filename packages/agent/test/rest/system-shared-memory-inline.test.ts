@@ -14,7 +14,7 @@ import {
   pairReference,
 } from '../support/direct-output-models.js';
 import { untilInline } from '../support/pool-models.js';
-import { makeSegment, segmentBytes, segmentExists } from '../support/segments.js';
+import { makeSegment, segmentBytes, segmentExists, writeSegment } from '../support/segments.js';
 import {
   HttpClient,
   bytesOf,
@@ -213,25 +213,17 @@ describe('KServe v2 system shared memory, the model running inline (on the event
         });
       await untilInlineOverRest('liar', () => infer(2));
       expect((await infer(2)).status).toBe(200);
-      expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer.slice(0))).toEqual(
-        liarInput(2),
-      );
+      expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer)).toEqual(liarInput(2));
       // One row: ONNX Runtime refuses memory of the declared shape; the agent runs it again and copies the row.
-      const mapping = addon.attachReadWrite(output);
-      new Uint8Array(mapping).fill(0);
-      addon.detach(mapping);
+      writeSegment(addon, output, new Uint8Array(declared));
       const oneRow = await infer(1);
       expect(oneRow.status).toBe(200);
       expect(oneRow.json()).toMatchObject({ outputs: [{ name: 'y', shape: [1, ROW] }] });
-      expect(new Float32Array(segmentBytes(addon, output, 0, declared / 2).buffer.slice(0))).toEqual(
-        liarInput(1),
-      );
+      expect(new Float32Array(segmentBytes(addon, output, 0, declared / 2).buffer)).toEqual(liarInput(1));
       expect(segmentBytes(addon, output, declared / 2, declared / 2).every((b) => b === 0)).toBe(true);
       const twoRows = await infer(2);
       expect(twoRows.status).toBe(200);
-      expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer.slice(0))).toEqual(
-        liarInput(2),
-      );
+      expect(new Float32Array(segmentBytes(addon, output, 0, declared).buffer)).toEqual(liarInput(2));
     } finally {
       await agent.registry.unload('liar');
     }
@@ -249,9 +241,7 @@ describe('KServe v2 system shared memory, the model running inline (on the event
     const pending = inferImage('in', 'out');
     const unregistered = await post('/v2/systemsharedmemory/region/out/unregister', {});
     expect(unregistered.status).toBe(200);
-    const mapping = addon.attachReadWrite(output);
-    new Uint8Array(mapping).set(reused);
-    addon.detach(mapping);
+    writeSegment(addon, output, reused);
     const raced = await pending;
     expect([200, 400]).toContain(raced.status);
     if (raced.status === 400) expect(raced.text()).toMatch(/region \\"out\\", which is not registered/);

@@ -23,7 +23,7 @@ import {
   targetOf,
   unregisterListedRegions,
 } from './helpers.js';
-import { makeSegment, segmentBytes } from '../support/segments.js';
+import { makeSegment, segmentBytes, writeSegment } from '../support/segments.js';
 
 // The KServe v2 system shared memory extension over System V segments: regions registered by name, inputs read
 // from them and outputs written into them, only for callers whose socket credentials allow the segment.
@@ -309,9 +309,7 @@ describe('KServe v2 system shared memory', () => {
         {},
       ).then((response) => {
         const outputWhenAnswered = segmentBytes(addon, output, 0, 64);
-        const mapping = addon.attachReadWrite(output);
-        new Uint8Array(mapping).set(reused);
-        addon.detach(mapping);
+        writeSegment(addon, output, reused);
         return { status: response.status, outputWhenAnswered };
       });
       expect(status).toBe(200);

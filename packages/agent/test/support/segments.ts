@@ -1,4 +1,4 @@
-import type { SysvShmAddon } from '../../src/shm/index.js';
+import { identityOf, type SegmentReference, type SysvShmAddon } from '../../src/shm/index.js';
 
 /**
  * A System V segment made as a SageMaker Edge client makes one: `size` bytes (default: room for `bytes` at
@@ -17,11 +17,26 @@ export function makeSegment(
 ): number {
   const { shmid } = addon.create(size);
   created.push(shmid);
+  writeSegment(addon, shmid, bytes, offset);
+  if (mode !== undefined) addon.setMode(shmid, mode);
+  return shmid;
+}
+
+/** Writes `bytes` at `offset` into a segment, through a mapping of its own (as the segment's owner would). */
+export function writeSegment(addon: SysvShmAddon, shmid: number, bytes: Uint8Array, offset = 0): void {
   const mapping = addon.attachReadWrite(shmid);
   new Uint8Array(mapping).set(bytes, offset);
   addon.detach(mapping);
-  if (mode !== undefined) addon.setMode(shmid, mode);
-  return shmid;
+}
+
+/** A place in a segment as the event loop hands it on after its checks: where the bytes lie, and which segment. */
+export function segmentReference(
+  addon: SysvShmAddon,
+  shmid: number,
+  offset: number,
+  byteLength: number,
+): SegmentReference {
+  return { segmentId: shmid, offset, byteLength, identity: identityOf(addon.stat(shmid)) };
 }
 
 /** Whether a System V segment with this id still exists (IPC_STAT answers for it). */
