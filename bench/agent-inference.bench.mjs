@@ -332,6 +332,16 @@ async function runServer(kind, socketPath, specPath) {
   else echoServer(socketPath, answer);
 }
 
+/**
+ * A serving floor's caller, its first answer checked against `model` first (when given) as the agent's rows are: a
+ * floor that ran the model on wrong inputs would set every verdict. Not for the image, whose floor answers a short
+ * body (see runServer). `bytesOf`: the answer's body.
+ */
+async function checkedFloor(caller, model, bytesOf = (answer) => answer) {
+  if (model && model.key !== 'image') model.check([bytesOf(await caller.call())]);
+  return caller;
+}
+
 /** What `--run-server` reads: the model and the inputs the benchmark sends it. */
 async function writeRunServerSpec(model, path) {
   const tensors = model.tensors.map((t) => ({
@@ -664,7 +674,6 @@ async function main() {
         runServers.push(child);
         return child;
       };
-      const httpRun = await startRunServer('http');
       const paths = [
         [GRPC_JS_ECHO, () => echoCaller(echoSocketPath, requestBytes), echo.pid],
         ['gRPC bytes', (i) => grpcCaller(core, target, model, wire, i === 0), agent.pid],
@@ -676,8 +685,16 @@ async function main() {
           1,
           0,
           [H2_ECHO, () => echoCaller(h2EchoSocketPath, requestBytes), h2Echo.pid],
-          [GRPC_JS_RUN, () => echoCaller(runSocket('grpc'), requestBytes), grpcRun.pid],
-          [H2_RUN, () => echoCaller(runSocket('h2'), requestBytes), h2Run.pid],
+          [
+            GRPC_JS_RUN,
+            async (i) => checkedFloor(await echoCaller(runSocket('grpc'), requestBytes), i === 0 && model),
+            grpcRun.pid,
+          ],
+          [
+            H2_RUN,
+            async (i) => checkedFloor(await echoCaller(runSocket('h2'), requestBytes), i === 0 && model),
+            h2Run.pid,
+          ],
         );
       }
       // The agent's gRPC door without inference: what the worker hand-off adds is the difference to gRPC bytes.
@@ -705,7 +722,13 @@ async function main() {
               )
             : restBinaryBody(model.tensors).body;
         paths.push([HTTP_ECHO, () => httpEchoCaller(httpEchoSocketPath, echoBody), httpEcho.pid]);
-        paths.push([HTTP_RUN, () => httpEchoCaller(runSocket('http'), echoBody), httpRun.pid]);
+        const httpRun = await startRunServer('http');
+        paths.push([
+          HTTP_RUN,
+          async (i) =>
+            checkedFloor(await httpEchoCaller(runSocket('http'), echoBody), i === 0 && model, (r) => r.data),
+          httpRun.pid,
+        ]);
         paths.push(['REST JSON', (i) => restCaller(restSocketPath, model, 'json', i === 0), agent.pid]);
         paths.push(['REST binary', (i) => restCaller(restSocketPath, model, 'binary', i === 0), agent.pid]);
         if (model.outputs)
@@ -759,13 +782,8 @@ async function main() {
           if (clients > 1 && model.key === 'image' && path === 'REST JSON') continue;
           candidates.push([path, await closedLoopRunner(clients, makeCall), pid]);
         }
-        const measured = candidates.map(() => ({
-          latencies: [],
-          elapsed: 0,
-          cpu: { client: 0, main: 0, others: 0 },
-          // Each measured round alone, for the goal table's verdicts (see printGoals).
-          rounds: [],
-        }));
+        // Each candidate's measured rounds: the whole run is their sum, and the goal table judges each alone too.
+        const rounds = candidates.map(() => []);
         for (let round = -WARMUP_ROUNDS; round < ROUNDS; round++) {
           for (const [i, [, runner, pid]] of candidates.entries()) {
             const clientBefore = process.cpuUsage();
@@ -774,16 +792,12 @@ async function main() {
             const client = process.cpuUsage(clientBefore);
             const serverAfter = threadCpu(pid);
             if (round < 0) continue;
-            for (const latency of latencies) measured[i].latencies.push(latency);
-            measured[i].elapsed += elapsed;
-            const roundCpu = {
+            const cpu = {
               client: client.user + client.system,
               main: serverBefore && serverAfter ? serverAfter.main - serverBefore.main : NaN,
               others: serverBefore && serverAfter ? serverAfter.others - serverBefore.others : NaN,
             };
-            const cpu = measured[i].cpu;
-            for (const key of ['client', 'main', 'others']) cpu[key] += roundCpu[key];
-            measured[i].rounds.push({ latencies, elapsed, cpu: roundCpu });
+            rounds[i].push({ latencies, elapsed, cpu });
           }
         }
         for (const [, runner] of candidates) await runner.close();
@@ -798,13 +812,20 @@ async function main() {
             others: candidates[i][2] === undefined ? undefined : perRequest(cpu.others),
           };
         };
-        const summaries = measured.map((m, i) => ({
-          ...summarize(m.latencies, m.elapsed),
-          cpu: cpuPerRequest(i, m.cpu, m.latencies.length),
-          rounds: m.rounds.map((r) => ({
-            ...summarize(r.latencies, r.elapsed),
-            cpu: cpuPerRequest(i, r.cpu, r.latencies.length),
-          })),
+        const summary = (i, { latencies, elapsed, cpu }) => ({
+          ...summarize(latencies, elapsed),
+          cpu: cpuPerRequest(i, cpu, latencies.length),
+        });
+        const sum = (values) => values.reduce((total, value) => total + value, 0);
+        const summaries = rounds.map((measured, i) => ({
+          ...summary(i, {
+            latencies: measured.flatMap((r) => r.latencies),
+            elapsed: sum(measured.map((r) => r.elapsed)),
+            cpu: Object.fromEntries(
+              ['client', 'main', 'others'].map((key) => [key, sum(measured.map((r) => r.cpu[key]))]),
+            ),
+          }),
+          rounds: measured.map((r) => summary(i, r)),
         }));
         const base = summaries[0];
         candidates.forEach(([path], i) => {
