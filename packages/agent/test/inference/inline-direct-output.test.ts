@@ -117,6 +117,24 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
     expect(segmentBytes(addon, output, 96 + IMAGE_BYTES, 96).every((b) => b === 0)).toBe(true);
   });
 
+  it('keeps at most 16 output segments mapped, however many distinct ones a caller names', async () => {
+    // A local user with many regions (64 per uid on REST) naming a new output segment on every request.
+    const runner = await runnerWith('image-identity');
+    const warm = makeSegment(addon, created, new Uint8Array(0), { size: IMAGE_BYTES });
+    runner.run('image-identity', imageInput(), toImageOut(warm, 0)); // shows the shape: later runs write in place
+    const outputs = Array.from({ length: 24 }, () =>
+      makeSegment(addon, created, new Uint8Array(0), { size: IMAGE_BYTES }),
+    );
+    for (const output of outputs) {
+      const run = runner.run('image-identity', imageInput(), toImageOut(output, 0));
+      expect(run.outputs[0]!.writtenToSegment).toBe(true);
+      expect(segmentBytes(addon, output, 0, IMAGE_BYTES).equals(IMAGE_EXPECTED)).toBe(true);
+    }
+    const attached = [warm, ...outputs].reduce((sum, shmid) => sum + addon.stat(shmid).attachCount, 0);
+    expect(attached).toBeGreaterThan(0);
+    expect(attached).toBeLessThanOrEqual(16);
+  });
+
   it('copies an output under MIN_DIRECT_OUTPUT_BYTES, one whose place is not its exact size, or misaligned', async () => {
     const runner = await runnerWith('tiny', 'image-identity');
     const output = makeSegment(addon, created, new Uint8Array(0), { size: IMAGE_BYTES + 8 });
