@@ -129,7 +129,7 @@ export class InlineBudget {
   }
 
   /** Whether one run this long, admitted on `path`, sends its model back to the workers. */
-  tooSlow(runMs: number, path: InlinePath = 'inline'): boolean {
+  tooSlow(runMs: number, path: InlinePath): boolean {
     const ceilingMs = path === 'inline_idle' ? this.#idleCeilingMs : this.#ceilingMs;
     if (runMs <= ceilingMs * DEMOTE_FACTOR) return false;
     this.#demotions++;

@@ -189,11 +189,11 @@ export class InlineModels {
     if (sessionKey !== undefined) await this.#runner.release(sessionKey);
   }
 
-  /** The budget's stats, and the models running inline now (of `models`, the pool's). */
-  stats(models: Iterable<ModelEntry>): PoolStats['inline'] {
+  /** The budget's stats, and the pool's models running inline now. */
+  stats(): PoolStats['inline'] {
     return {
       ...this.#budget.stats(performance.now()),
-      models: [...models]
+      models: [...this.#options.models.values()]
         .filter(
           (entry) =>
             entry.inline === 'on' &&

@@ -41,7 +41,7 @@ interface InlineSession {
 }
 
 /** An output whose element type and every dimension the model declares, of at least MIN_DIRECT_OUTPUT_BYTES. */
-export interface DirectOutput {
+interface DirectOutput {
   type: OrtTensorType;
   dims: number[];
   byteLength: number;
@@ -301,7 +301,7 @@ export class InlineRunner {
  */
 export function directOutputsOf(
   metadata: readonly Binding.ValueMetadata[],
-  inputNames: readonly string[] = [],
+  inputNames: readonly string[],
 ): Map<string, DirectOutput> {
   const direct = new Map<string, DirectOutput>();
   for (const output of metadata) {

@@ -200,7 +200,7 @@ export class InferencePool {
       })),
       inputBytes: { ...this.#inputBytes },
       runs: { ...this.#inline.runs, worker: this.#workerRuns },
-      inline: this.#inline.stats(this.#models.values()),
+      inline: this.#inline.stats(),
     };
   }
 

@@ -54,11 +54,7 @@ export function sameSegment(a: SegmentIdentity, b: SegmentIdentity): boolean {
 }
 
 /** Bytes in one System V segment: the segment's id and an absolute byte range in it. */
-export interface SegmentRange {
-  segmentId: number;
-  offset: number;
-  byteLength: number;
-}
+export type SegmentRange = Pick<SegmentReference, 'segmentId' | 'offset' | 'byteLength'>;
 
 /**
  * Whether two ranges share a byte of one segment. Regions are compared by the segment beneath them (two regions may

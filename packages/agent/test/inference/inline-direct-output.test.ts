@@ -302,21 +302,24 @@ describe('InlineRunner: outputs straight into System V shared memory', () => {
 describe('directOutputsOf', () => {
   it('takes tensors of a type the agent returns, every dimension declared, of at least MIN_DIRECT_OUTPUT_BYTES', () => {
     // As onnxruntime-node's binding describes outputs: -1 for a dimension only the run knows.
-    const direct = directOutputsOf([
-      {
-        name: 'image',
-        isTensor: true,
-        symbolicDimensions: ['', '', '', ''],
-        shape: [1, 3, 224, 224],
-        type: 1,
-      },
-      { name: 'rows', isTensor: true, symbolicDimensions: ['rows', ''], shape: [-1, 65536], type: 1 },
-      { name: 'empty', isTensor: true, symbolicDimensions: [''], shape: [0], type: 1 },
-      { name: 'small', isTensor: true, symbolicDimensions: ['', ''], shape: [1, 16], type: 1 },
-      { name: 'text', isTensor: true, symbolicDimensions: [''], shape: [65536], type: 8 },
-      { name: 'map', isTensor: false, symbolicDimensions: [], shape: [], type: 0 },
-      { name: 'ids', isTensor: true, symbolicDimensions: ['', ''], shape: [2, 4096], type: 7 },
-    ]);
+    const direct = directOutputsOf(
+      [
+        {
+          name: 'image',
+          isTensor: true,
+          symbolicDimensions: ['', '', '', ''],
+          shape: [1, 3, 224, 224],
+          type: 1,
+        },
+        { name: 'rows', isTensor: true, symbolicDimensions: ['rows', ''], shape: [-1, 65536], type: 1 },
+        { name: 'empty', isTensor: true, symbolicDimensions: [''], shape: [0], type: 1 },
+        { name: 'small', isTensor: true, symbolicDimensions: ['', ''], shape: [1, 16], type: 1 },
+        { name: 'text', isTensor: true, symbolicDimensions: [''], shape: [65536], type: 8 },
+        { name: 'map', isTensor: false, symbolicDimensions: [], shape: [], type: 0 },
+        { name: 'ids', isTensor: true, symbolicDimensions: ['', ''], shape: [2, 4096], type: 7 },
+      ],
+      [],
+    );
     expect([...direct]).toEqual([
       ['image', { type: 'float32', dims: [1, 3, 224, 224], byteLength: 602112, seen: 'unseen' }],
       ['ids', { type: 'int64', dims: [2, 4096], byteLength: MIN_DIRECT_OUTPUT_BYTES, seen: 'unseen' }],

@@ -424,7 +424,7 @@ describe('InlineModels', () => {
       for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, []);
       idle = false;
       inline.pathFor(entry, []); // one request finds the agent busy: the count starts again
-      expect(inline.stats([]).idleBusy).toBe(1); // and shows in edgefleet_inference_inline_idle_busy_total
+      expect(inline.stats().idleBusy).toBe(1); // and shows in edgefleet_inference_inline_idle_busy_total
       idle = true;
       for (let i = 0; i < IDLE_REQUESTS_BEFORE_SESSION - 1; i++) inline.pathFor(entry, []);
       expect(runner.loads).toBe(0);
@@ -509,8 +509,8 @@ describe('InlineBudget', () => {
     const budget = new InlineBudget({ maxRunMicros: 100, eventLoopShare: 0.25 });
     expect(budget.fastEnough(0.1)).toBe(true);
     expect(budget.fastEnough(0.11)).toBe(false);
-    expect(budget.tooSlow(0.4)).toBe(false);
-    expect(budget.tooSlow(0.41)).toBe(true);
+    expect(budget.tooSlow(0.4, 'inline')).toBe(false);
+    expect(budget.tooSlow(0.41, 'inline')).toBe(true);
     expect(budget.stats(0).demotions).toBe(1);
     expect(new InlineBudget({ maxRunMicros: 0, eventLoopShare: 0.25 }).fastEnough(0)).toBe(false);
   });
