@@ -108,6 +108,7 @@ try {
         stdio: ['ignore', 'inherit', 'pipe'],
       });
       process.stderr.write(install.stderr);
+      // As in check-packed-install: a dependency needing a newer Node than ours (seen on the older Node only).
       if (/EBADENGINE/.test(install.stderr))
         throw new Error(
           'npm ci warned EBADENGINE: a dependency needs a newer Node than the packages declare',

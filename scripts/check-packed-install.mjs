@@ -75,7 +75,8 @@ try {
     stdio: ['ignore', 'inherit', 'pipe'],
   });
   process.stderr.write(install.stderr);
-  // A dependency that declares a newer Node than ours warns every user who installs on the Node we support.
+  // A dependency that declares a newer Node than ours warns every user who installs on the Node we support (seen
+  // only when this runs on that older Node, as CI's Node 20 does).
   if (/EBADENGINE/.test(install.stderr))
     throw new Error(
       'npm install warned EBADENGINE: a dependency needs a newer Node than the packages declare',
