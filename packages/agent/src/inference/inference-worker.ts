@@ -13,6 +13,7 @@ import {
   type FromWorker,
   type InferenceWorkerData,
   type ToWorker,
+  type WireTensor,
   type WireTensorInfo,
   type WorkerFailureKind,
 } from './protocol.js';
@@ -20,6 +21,7 @@ import { errorMessage, isOutOfMemory } from './errors.js';
 import { outputToWire, toOrtTensor } from './ort-tensors.js';
 import { loadSysvShmAddon, SharedMemoryError } from '../shm/index.js';
 import { WorkerSegments, segmentInputTensor, writeOutputToSegment } from './worker-segments.js';
+import { joinAlong, splitAlong } from './batch-tensors.js';
 
 const port = parentPort;
 if (!port) throw new Error('inference-worker must run in a worker thread');
@@ -127,8 +129,7 @@ async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
       feeds[input.name] =
         'segment' in input ? segmentInputTensor(input, segments, ort.Tensor) : toOrtTensor(input, ort.Tensor);
     startedAt = preciseNow();
-    Atomics.store(activity, index, 1);
-    const results = await native(() => session.run(feeds)).finally(() => Atomics.store(activity, index, 0));
+    const results = await timedRun(session, feeds);
     finishedAt = preciseNow();
     const transfer: ArrayBuffer[] = [];
     const outputs = session.outputNames.map((name) => {
@@ -152,6 +153,135 @@ async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
   } finally {
     segments.endRun();
   }
+}
+
+type RunBatch = Extract<ToWorker, { op: 'run-batch' }>;
+type BatchResults = Extract<FromWorker, { op: 'done-batch' }>['results'];
+
+/** A joined run's output that does not have the requests' sizes along the batch dimension. */
+class UnsplittableOutput extends Error {}
+
+/**
+ * Dynamic batching: the requests joined into one run, each answered with its slice of the outputs. When the
+ * joined run fails (one request's bad input fails them all) or its outputs do not split, each request runs on its
+ * own, so that each gets the answer it would have got alone.
+ */
+async function runBatch(message: RunBatch): Promise<void> {
+  const session = sessions.get(message.key);
+  if (!session) {
+    send({
+      op: 'failed',
+      id: message.id,
+      kind: 'no-session',
+      message: `no session ${message.key} in this worker`,
+    });
+    return;
+  }
+  const startedAt = preciseNow();
+  let results: BatchResults | undefined;
+  let ranApart: string | undefined;
+  let unfit = false;
+  try {
+    results = await joinedRun(session, message);
+  } catch (error) {
+    ranApart = errorMessage(error);
+    unfit = error instanceof UnsplittableOutput;
+  }
+  results ??= await runsApart(session, message.requests);
+  const finishedAt = preciseNow();
+  const transfer: ArrayBuffer[] = [];
+  for (const result of results)
+    if ('outputs' in result) for (const output of result.outputs) transfer.push(output.buffer as ArrayBuffer);
+  send(
+    {
+      op: 'done-batch',
+      id: message.id,
+      results,
+      ...(ranApart !== undefined && { ranApart, unfit }),
+      startedAt,
+      finishedAt,
+    },
+    transfer,
+  );
+}
+
+async function joinedRun(session: InferenceSession, message: RunBatch): Promise<BatchResults> {
+  const { requests, counts, inputAxes, outputAxes } = message;
+  const feeds: Record<string, Tensor> = {};
+  for (const input of requests[0]!) {
+    const axis = inputAxes[input.name];
+    if (axis === undefined) {
+      feeds[input.name] = toOrtTensor(input, ort.Tensor);
+      continue;
+    }
+    const joined = joinAlong(
+      requests.map((inputs) => inputs.find((t) => t.name === input.name)!),
+      axis,
+    );
+    feeds[input.name] = toOrtTensor(
+      {
+        ...input,
+        dims: joined.dims,
+        buffer: joined.bytes.buffer,
+        byteOffset: 0,
+        byteLength: joined.bytes.byteLength,
+      },
+      ort.Tensor,
+    );
+  }
+  const results = await timedRun(session, feeds);
+  const total = counts.reduce((sum, count) => sum + count, 0);
+  const answers: WireTensor[][] = requests.map(() => []);
+  for (const name of session.outputNames) {
+    const output = outputToWire(name, results[name]!, []);
+    const axis = outputAxes[name];
+    if (axis === undefined || output.dims[axis] !== total)
+      throw new UnsplittableOutput(
+        `the joined run of ${requests.length} requests (${total} along the batch dimension) gave output ${name} the shape [${output.dims.join(', ')}], which does not split into them`,
+      );
+    const elements = output.dims.reduce((p, d) => p * d, 1);
+    const slices = splitAlong(
+      { dims: output.dims, bytes: new Uint8Array(output.buffer, output.byteOffset, output.byteLength) },
+      axis,
+      counts,
+      elements === 0 ? 0 : output.byteLength / elements,
+    );
+    slices.forEach((slice, r) =>
+      answers[r]!.push({
+        name,
+        type: output.type,
+        dims: slice.dims,
+        buffer: slice.bytes.buffer,
+        byteOffset: 0,
+        byteLength: slice.bytes.byteLength,
+      }),
+    );
+  }
+  return answers.map((outputs) => ({ outputs }));
+}
+
+async function runsApart(
+  session: InferenceSession,
+  requests: readonly WireTensor[][],
+): Promise<BatchResults> {
+  const results: BatchResults = [];
+  for (const inputs of requests) {
+    try {
+      const feeds: Record<string, Tensor> = {};
+      for (const input of inputs) feeds[input.name] = toOrtTensor(input, ort.Tensor);
+      const outputs = await timedRun(session, feeds);
+      results.push({ outputs: session.outputNames.map((name) => outputToWire(name, outputs[name]!, [])) });
+    } catch (error) {
+      results.push({ kind: failureKind(error, 'run-failed'), message: errorMessage(error) });
+    }
+  }
+  return results;
+}
+
+/** session.run with this worker marked active (see InferenceWorkerData.activity) and IN_NATIVE raised. */
+function timedRun(session: InferenceSession, feeds: Record<string, Tensor>) {
+  Atomics.store(activity, index, 1);
+  return native(() => session.run(feeds)).finally(() => Atomics.store(activity, index, 0));
 }
 
 async function release(message: Extract<ToWorker, { op: 'release' }>): Promise<void> {
@@ -228,6 +358,8 @@ function handle(message: ToWorker): Promise<void> {
       return load(message);
     case 'run':
       return run(message);
+    case 'run-batch':
+      return runBatch(message);
     case 'release':
       return release(message);
   }
@@ -245,7 +377,7 @@ async function handleArrived(): Promise<void> {
     while (message) {
       // The handlers answer every failure themselves; a throw here is a bug, and must not stop the worker.
       await handle(message).catch(() => {});
-      message = next(message.op === 'run');
+      message = next(message.op === 'run' || message.op === 'run-batch');
     }
   } finally {
     handling = false;

@@ -149,7 +149,7 @@ export class InlineModels {
       foldComputeMs(entry, computeMs);
       this.#demoteIfTooSlow(entry, computeMs, path);
       const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
-      return Promise.resolve({ outputs: run.outputs, queueMs, computeMs, worker: -1 });
+      return Promise.resolve({ outputs: run.outputs, queueMs, computeMs, worker: -1, batchSize: 1 });
     } catch (error) {
       // A run that fails held the event loop as long as it ran: charged and judged like any other, so that a
       // request that computes for long and then fails cannot come back inline every time.

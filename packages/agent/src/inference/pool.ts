@@ -1,14 +1,23 @@
 import { InferenceError } from './errors.js';
 import { DEFAULT_INLINE_BUDGET } from './inline-budget.js';
 import { InlineModels } from './inline-models.js';
-import type { InferencePoolOptions, ModelSessionInfo, PoolStats, RunOptions } from './pool-types.js';
-import { preciseNow, type ModelBytes } from './protocol.js';
+import { batchableOf, checkBatchingOptions, planBatching } from './batching.js';
+import type {
+  InferencePoolOptions,
+  LoadModelOptions,
+  ModelSessionInfo,
+  PoolStats,
+  RunOptions,
+} from './pool-types.js';
+import { preciseNow, type ModelBytes, type WorkerFailureKind } from './protocol.js';
 import {
   HAND_AHEAD_MAX_COMPUTE_MS,
+  gatherBatch,
   handAheadTo,
   idleSlot,
   newModelEntry,
   poolIsIdle,
+  requestsIn,
   slotCanRun,
   takeOldestWaiting,
   takesAhead,
@@ -25,7 +34,9 @@ import { disableOnnxRuntimeTelemetry } from './ort-telemetry.js';
 export type { PoolTensor } from './tensor-transfer.js';
 export type { RunResult } from './scheduling.js';
 export type {
+  BatchingOptions,
   InferencePoolOptions,
+  LoadModelOptions,
   ModelSessionInfo,
   PoolEvent,
   PoolStats,
@@ -57,6 +68,8 @@ export class InferencePool {
   readonly #workers: WorkerSet;
   readonly #inline: InlineModels;
   #workerRuns = 0;
+  /** Joined runs (dynamic batching) and the requests they answered. */
+  readonly #batches = { runs: 0, requests: 0 };
   #closed = false;
   readonly #inputBytes: InputByteCounts = { transferred: 0, shared: 0, copied: 0, copies: 0, segment: 0 };
 
@@ -125,10 +138,18 @@ export class InferencePool {
    * Creates `instances` sessions of the model (capped at the number of workers), on the workers holding the
    * fewest sessions. All or nothing: if any instance fails, the others are released and the error thrown
    * ('model-rejected' with ONNX Runtime's reason, 'out-of-memory', or 'worker-died'). `model` is a path or the
-   * model's bytes; bytes are kept while the model is loaded, so a restarted worker runs the same ones.
+   * model's bytes; bytes are kept while the model is loaded, so a restarted worker runs the same ones. With
+   * `options.batching`, the model's waiting requests are joined into one run (BatchingOptions); a model without a
+   * fitting batch dimension fails to load ('model-rejected', saying why).
    */
-  async loadModel(key: string, model: string | ModelBytes, instances: number): Promise<ModelSessionInfo> {
+  async loadModel(
+    key: string,
+    model: string | ModelBytes,
+    instances: number,
+    options: LoadModelOptions = {},
+  ): Promise<ModelSessionInfo> {
     if (this.#closed) throw closedError();
+    if (options.batching) checkBatchingOptions(options.batching);
     if (this.#models.has(key)) throw new Error(`a session set named ${key} is already in the pool`);
     const slots = this.#workers.slots;
     const count = Math.max(1, Math.min(instances, slots.length));
@@ -146,7 +167,21 @@ export class InferencePool {
       );
     }
     const first = (results[0] as PromiseFulfilledResult<LoadedReply>).value;
-    return { inputs: first.inputs, outputs: first.outputs, workers: chosen.map((s) => s.index) };
+    const info: ModelSessionInfo = {
+      inputs: first.inputs,
+      outputs: first.outputs,
+      workers: chosen.map((s) => s.index),
+    };
+    if (options.batching) {
+      try {
+        entry.batching = planBatching(key, first.inputs, first.outputs, options.batching);
+      } catch (error) {
+        await this.unloadModel(key).catch(() => {});
+        throw error;
+      }
+      info.batching = { dimension: entry.batching.dimension, maxBatchSize: entry.batching.maxBatchSize };
+    }
+    return info;
   }
 
   /** Runs one inference on the model's least-busy instance. */
@@ -200,6 +235,7 @@ export class InferencePool {
       })),
       inputBytes: { ...this.#inputBytes },
       runs: { ...this.#inline.runs, worker: this.#workerRuns },
+      batches: { ...this.#batches },
       inline: this.#inline.stats(),
     };
   }
@@ -262,6 +298,10 @@ export class InferencePool {
         reject,
       };
       if (pinned) job.pinned = pinned;
+      else if (entry.batching && !job.outputSegments) {
+        const batchable = batchableOf(entry.batching, wire);
+        if (batchable) job.batchable = batchable;
+      }
       const idle = pinned ? (slotCanRun(pinned, key) ? pinned : undefined) : idleSlot(entry);
       if (idle) {
         this.#start(idle, job, entry, 'running');
@@ -273,10 +313,15 @@ export class InferencePool {
     });
   }
 
-  /** Posts the job to the worker, to run now (`running`) or right after its current run (`ahead`). */
-  #start(slot: Slot, job: Job, entry: ModelEntry, as: 'running' | 'ahead'): void {
+  /**
+   * Posts the job to the worker, to run now (`running`) or right after its current run (`ahead`); with dynamic
+   * batching, joined with the requests of its model waiting that can share its run.
+   */
+  #start(slot: Slot, first: Job, entry: ModelEntry, as: 'running' | 'ahead'): void {
+    const members = gatherBatch(first, entry);
+    const job = members ? this.#joinedRun(members, entry) : first;
     slot[as] = job;
-    entry.running++;
+    entry.running += requestsIn(job);
     try {
       this.#workers.postRun(slot, job, this.#inputBytes);
     } catch (error) {
@@ -292,9 +337,25 @@ export class InferencePool {
     }
   }
 
+  /** One job for a joined run: its seq names the run; failing it fails each member. */
+  #joinedRun(members: Job[], entry: ModelEntry): Job {
+    return {
+      seq: this.#workers.nextId(),
+      key: entry.key,
+      inputs: [],
+      transfer: [],
+      submittedAt: members[0]!.submittedAt,
+      batch: { members, plan: entry.batching! },
+      resolve: () => {},
+      reject: (error) => {
+        for (const member of members) member.reject(error);
+      },
+    };
+  }
+
   #finished(job: Job): void {
     const entry = this.#models.get(job.key);
-    if (entry) entry.running--;
+    if (entry) entry.running -= requestsIn(job);
   }
 
   /**
@@ -317,7 +378,9 @@ export class InferencePool {
   /** The worker answered a request: settle it (measuring the model's run), then give the worker more. */
   #runEnded(slot: Slot, job: Job, reply: RunReply): void {
     this.#finished(job);
-    if (reply.op === 'done') {
+    if (reply.op === 'done-batch') {
+      this.#joinedRunEnded(slot, job, reply);
+    } else if (reply.op === 'done') {
       this.#workerRuns++;
       const entry = this.#models.get(job.key);
       if (entry) {
@@ -330,20 +393,60 @@ export class InferencePool {
           queueMs: Math.max(0, reply.startedAt - job.submittedAt),
           computeMs: Math.max(0, reply.finishedAt - reply.startedAt),
           worker: slot.index,
+          batchSize: 1,
         });
       } catch (error) {
         job.reject(error as InferenceError);
       }
     } else {
-      const kind =
-        reply.kind === 'no-session'
-          ? 'unloaded'
-          : reply.kind === 'out-of-memory' || reply.kind === 'segment-unusable'
-            ? reply.kind
-            : 'run-failed';
-      job.reject(new InferenceError(kind, reply.message));
+      job.reject(new InferenceError(failureKindOf(reply.kind), reply.message));
     }
     this.#pump(slot);
+  }
+
+  /**
+   * A joined run ended: each member gets its slice (or, where the worker ran them apart, its own answer). Joined
+   * runs are not measured for the inline path (their time is not one request's). A model whose outputs did not
+   * split runs its requests one at a time from now on.
+   */
+  #joinedRunEnded(slot: Slot, job: Job, reply: Extract<RunReply, { op: 'done-batch' }>): void {
+    const members = job.batch!.members;
+    const joined = reply.ranApart === undefined;
+    this.#workerRuns += members.length;
+    if (joined) {
+      this.#batches.runs++;
+      this.#batches.requests += members.length;
+    } else if (reply.unfit) {
+      const entry = this.#models.get(job.key);
+      if (entry?.batching) {
+        delete entry.batching;
+        for (const waiting of entry.queue) delete waiting.batchable;
+        this.#options.onEvent?.({ type: 'batching-unavailable', key: job.key, reason: reply.ranApart! });
+      }
+    }
+    const computeMs = Math.max(0, reply.finishedAt - reply.startedAt);
+    members.forEach((member, i) => {
+      const result = reply.results[i];
+      if (result === undefined || !('outputs' in result)) {
+        member.reject(
+          result
+            ? new InferenceError(failureKindOf(result.kind), result.message)
+            : new InferenceError('run-failed', 'the worker answered a joined run without this request'),
+        );
+        return;
+      }
+      try {
+        member.resolve({
+          outputs: result.outputs.map(fromWire),
+          queueMs: Math.max(0, reply.startedAt - member.submittedAt),
+          computeMs,
+          worker: slot.index,
+          batchSize: joined ? members.length : 1,
+        });
+      } catch (error) {
+        member.reject(error as InferenceError);
+      }
+    });
   }
 
   /** A worker died: what it was running or had been handed fails, and so do warm-up runs pinned to it. */
@@ -383,6 +486,12 @@ export class InferencePool {
       for (const job of entry.queue.splice(0)) job.reject(noInstance(key, reason));
     }
   }
+}
+
+/** What a worker's failure means for the request. */
+function failureKindOf(kind: WorkerFailureKind): InferenceError['kind'] {
+  if (kind === 'no-session') return 'unloaded';
+  return kind === 'out-of-memory' || kind === 'segment-unusable' ? kind : 'run-failed';
 }
 
 function closedError(): InferenceError {

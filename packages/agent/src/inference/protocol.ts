@@ -80,6 +80,19 @@ export type ToWorker =
       /** Outputs to write into shared memory rather than send back. */
       outputSegments?: OutputSegment[];
     }
+  | {
+      /** Dynamic batching: the requests joined along the batch dimension, run once, and the outputs split back. */
+      op: 'run-batch';
+      id: number;
+      key: string;
+      /** Each request's inputs (bytes only), in the order the answers come back. */
+      requests: WireTensor[][];
+      /** Each request's size along the batch dimension. */
+      counts: number[];
+      /** BatchPlan's axes: inputs without one are taken from the first request (they are the same in all). */
+      inputAxes: Record<string, number>;
+      outputAxes: Record<string, number>;
+    }
   | { op: 'release'; id: number; key: string };
 
 /** Why a worker could not do what it was asked. */
@@ -99,6 +112,21 @@ export type FromWorker =
       id: number;
       outputs: Array<WireTensor | WireSegmentOutput>;
       /** Epoch milliseconds (performance.timeOrigin + now(), comparable across threads) around session.run. */
+      startedAt: number;
+      finishedAt: number;
+    }
+  | {
+      op: 'done-batch';
+      id: number;
+      /** Each request's outputs, or why its run failed, in the order of the run-batch message. */
+      results: Array<{ outputs: WireTensor[] } | { kind: WorkerFailureKind; message: string }>;
+      /**
+       * Why the requests ran one at a time instead of joined (the joined run failed, or its outputs did not have
+       * the requests' sizes along the batch dimension); absent when they ran as one.
+       */
+      ranApart?: string;
+      /** Whether ranApart means the model does not batch at all (its outputs did not split). */
+      unfit?: boolean;
       startedAt: number;
       finishedAt: number;
     }

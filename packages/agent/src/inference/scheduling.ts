@@ -10,6 +10,7 @@
  * models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
  */
 import type { Worker } from 'node:worker_threads';
+import { joinable, type Batchable, type BatchPlan } from './batching.js';
 import type { InferenceError } from './errors.js';
 import { RUNS_BEFORE_INLINE, type InlineBudget, type InlinePath } from './inline-budget.js';
 import type { FromWorker, ModelBytes, OutputSegment, ToWorker, WireInput } from './protocol.js';
@@ -23,6 +24,8 @@ export interface RunResult {
   computeMs: number;
   /** Index of the worker that ran it; -1 when it ran inline, on the event loop. */
   worker: number;
+  /** Requests answered by the same run (dynamic batching); 1 when it ran alone. */
+  batchSize: number;
 }
 
 export interface Job {
@@ -35,8 +38,20 @@ export interface Job {
   submittedAt: number;
   /** Warm-up runs go to one given worker. */
   pinned?: Slot;
+  /** A request that may share a run with others of its model (dynamic batching, batching.ts). */
+  batchable?: Batchable;
+  /**
+   * A joined run: the requests it answers (`members`, each with `batchable`), joined as `plan` says. The run
+   * goes by this job's seq; its resolve is unused (the pool settles each member), its reject fails each.
+   */
+  batch?: { members: Job[]; plan: BatchPlan };
   resolve: (result: RunResult) => void;
   reject: (error: InferenceError) => void;
+}
+
+/** Requests a posted job answers: a joined run's members, else the one. */
+export function requestsIn(job: Job): number {
+  return job.batch?.members.length ?? 1;
 }
 
 export interface Control {
@@ -103,6 +118,8 @@ export interface ModelEntry {
   inlineAfterRuns: number;
   /** Times an inline run of the model went far over its ceiling (see MAX_DEMOTIONS). */
   demotions: number;
+  /** Dynamic batching, when the model was loaded with it (and until a joined run shows it does not split). */
+  batching?: BatchPlan;
 }
 
 /** A model just loaded on `slots`: nothing measured, nothing queued, on the workers. */
@@ -237,6 +254,27 @@ export function takesAhead(
   if (!slot.ready || !slot.running || slot.ahead) return false;
   const running = models.get(slot.running.key);
   return running !== undefined && handsAhead(running, maxComputeMs);
+}
+
+/**
+ * Dynamic batching: the requests to run with `job` (it first), taken from its model's queue oldest first while
+ * the run has room along the batch dimension; requests that cannot share its run keep their place. Undefined when
+ * it runs alone.
+ */
+export function gatherBatch(job: Job, entry: ModelEntry): Job[] | undefined {
+  const plan = entry.batching;
+  const first = job.batchable;
+  if (!plan || !first || first.count >= plan.maxBatchSize || entry.queue.length === 0) return undefined;
+  const members = [job];
+  let size = first.count;
+  for (let i = 0; i < entry.queue.length && size < plan.maxBatchSize;) {
+    const other = entry.queue[i]!.batchable;
+    if (other && size + other.count <= plan.maxBatchSize && joinable(plan, first.inputs, other.inputs)) {
+      members.push(entry.queue.splice(i, 1)[0]!);
+      size += other.count;
+    } else i++;
+  }
+  return members.length > 1 ? members : undefined;
 }
 
 /** Each input's largest dimensions measured so far, by input name (ModelEntry.measuredShapes). */

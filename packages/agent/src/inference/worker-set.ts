@@ -8,7 +8,14 @@
 import type { InferenceSession } from 'onnxruntime-node';
 import { InferenceError, type InferenceFailureKind } from './errors.js';
 import type { PoolEvent, PoolStats } from './pool-types.js';
-import { WORKER_CONTROL, type FromWorker, type ModelBytes, type ToWorker } from './protocol.js';
+import type { BatchPlan } from './batching.js';
+import {
+  WORKER_CONTROL,
+  type FromWorker,
+  type ModelBytes,
+  type ToWorker,
+  type WireTensor,
+} from './protocol.js';
 import type { Control, Job, Slot } from './scheduling.js';
 import { copiedInputs, type InputByteCounts } from './tensor-transfer.js';
 import {
@@ -21,7 +28,7 @@ import {
 } from './worker-thread.js';
 
 /** A worker's answer to a run: its outputs, or why it failed. */
-export type RunReply = Extract<FromWorker, { op: 'done' | 'failed' }>;
+export type RunReply = Extract<FromWorker, { op: 'done' | 'done-batch' | 'failed' }>;
 export type LoadedReply = Extract<FromWorker, { op: 'loaded' }>;
 /** Why a worker stopped, in words, and what that means for the requests it had (worker-thread.ts's deathOf). */
 export interface WorkerDeath {
@@ -126,6 +133,10 @@ export class WorkerSet {
    * it copy every input instead; throws when even that fails.
    */
   postRun(slot: Slot, job: Job, inputBytes: InputByteCounts): void {
+    if (job.batch) {
+      this.#postBatch(slot, job, job.batch, inputBytes);
+      return;
+    }
     const message: ToWorker = {
       op: 'run',
       id: job.seq,
@@ -271,6 +282,38 @@ export class WorkerSet {
     ring(slot.control);
   }
 
+  /** A joined run (dynamic batching): every member's inputs in one message. */
+  #postBatch(
+    slot: Slot,
+    job: Job,
+    { members, plan }: { members: readonly Job[]; plan: BatchPlan },
+    inputBytes: InputByteCounts,
+  ): void {
+    const message = (requests: WireTensor[][]): ToWorker => ({
+      op: 'run-batch',
+      id: job.seq,
+      key: job.key,
+      requests,
+      counts: members.map((member) => member.batchable!.count),
+      inputAxes: plan.inputAxes,
+      outputAxes: plan.outputAxes,
+    });
+    try {
+      this.#postRun(
+        slot,
+        message(members.map((member) => member.batchable!.inputs)),
+        members.flatMap((member) => member.transfer),
+      );
+    } catch {
+      const copies = members.map((member) => copiedInputs(member.inputs, inputBytes));
+      this.#postRun(
+        slot,
+        message(copies.map((copy) => copy.wire as WireTensor[])),
+        copies.flatMap((copy) => copy.transfer),
+      );
+    }
+  }
+
   #postRun(slot: Slot, message: ToWorker, transfer: ArrayBuffer[]): void {
     slot.worker!.postMessage(message, transfer);
     ring(slot.control);
@@ -278,7 +321,11 @@ export class WorkerSet {
 
   #onReply(slot: Slot, message: Exclude<FromWorker, { op: 'ready' }>): void {
     const job = slot.running;
-    if (job && message.id === job.seq && (message.op === 'done' || message.op === 'failed')) {
+    if (
+      job &&
+      message.id === job.seq &&
+      (message.op === 'done' || message.op === 'done-batch' || message.op === 'failed')
+    ) {
       // The worker runs what was handed ahead to it as soon as it is done with this one.
       slot.running = slot.ahead;
       slot.ahead = null;

@@ -112,7 +112,7 @@ describe('WorkerSet', () => {
     expect(ended!.worker).toBe(1);
     expect(ended!.job).toBe(job);
     expect(slot.running).toBeNull();
-    if (ended!.reply.op !== 'done') throw new Error(`the run failed: ${ended!.reply.message}`);
+    if (ended!.reply.op !== 'done') throw new Error(`the run failed: ${JSON.stringify(ended!.reply)}`);
     const reference = TEST_MODELS.tiny.reference(input).y!;
     const output = fromWire(ended!.reply.outputs[0]!);
     expect(output).toMatchObject({ name: 'y', shape: [1, 16] });
