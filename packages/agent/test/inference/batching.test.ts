@@ -276,6 +276,18 @@ describe('an inference pool with dynamic batching', () => {
     expect(pool.stats().runs.worker).toBeGreaterThanOrEqual(seeds.length);
   });
 
+  it('hands no request ahead to a busy worker: they wait, and join the next run', async () => {
+    await pool.loadModel('stream', inMemory(streamModel()), 1, { batching: { maxBatchSize: 8 } });
+    // Measured: its runs are short enough for requests of a model that does not batch to be handed ahead.
+    expectStreamAnswer(await pool.run('stream', streamRequest(0)), 0);
+    const results = await submitAll(
+      'stream',
+      [1, 2, 3, 4, 5].map((seed) => streamRequest(seed)),
+    );
+    results.forEach((result, i) => expectStreamAnswer(result, i + 1));
+    expect(results.map((r) => r.batchSize)).toEqual([1, 4, 4, 4, 4]);
+  });
+
   it('joins only requests whose other dimensions match and whose unbatched inputs are the same', async () => {
     await pool.loadModel('stream', inMemory(streamModel()), 1, { batching: { maxBatchSize: 8 } });
     const scales = [2, 2, 3, 2, 3, 5];
