@@ -31,12 +31,36 @@ export interface RunOptions {
   outputSegments?: OutputSegment[];
 }
 
+/**
+ * Dynamic batching (InferencePool.loadModel): requests for the model that are waiting for a worker are joined along
+ * the model's batch dimension and run as one, each request getting its own slice of the outputs. Only on the
+ * workers, only between requests whose other dimensions and types match (and whose inputs without the batch
+ * dimension are byte for byte the same), never for requests naming shared memory for an output or an input.
+ */
+export interface BatchingOptions {
+  /** The most one run may hold, counted along the batch dimension (the requests' sizes there summed); at least 2. */
+  maxBatchSize: number;
+  /**
+   * The symbolic dimension the requests are joined along, as the model names it (e.g. "batch"). Every output must
+   * have it exactly once, and so must at least one input; inputs without it are not joined (they must be the same
+   * in every request of a run). Default: the one name that fits; a model with none or several must have it named.
+   */
+  dimension?: string;
+}
+
+export interface LoadModelOptions {
+  /** Join waiting requests into one run (off without it). */
+  batching?: BatchingOptions;
+}
+
 export interface ModelSessionInfo {
   /** The model's inputs and outputs as ONNX Runtime sees them. */
   inputs: WireTensorInfo[];
   outputs: WireTensorInfo[];
   /** Worker indexes holding an instance. */
   workers: number[];
+  /** The batching in force for the model, when it was asked for (and fits the model: loadModel fails otherwise). */
+  batching?: { dimension: string; maxBatchSize: number };
 }
 
 export type PoolEvent =
@@ -51,7 +75,9 @@ export type PoolEvent =
   | { type: 'worker-restarted'; worker: number; reloaded: string[] }
   | { type: 'instance-lost'; worker: number; key: string; reason: string }
   /** The model's inline session could not be created: its requests stay on the workers. */
-  | { type: 'inline-unavailable'; key: string; reason: string };
+  | { type: 'inline-unavailable'; key: string; reason: string }
+  /** A joined run's outputs did not split along the batch dimension: the model's requests run one at a time now. */
+  | { type: 'batching-unavailable'; key: string; reason: string };
 
 export interface InferencePoolOptions {
   workers: number;
@@ -111,6 +137,8 @@ export interface PoolStats {
    * agent had nothing else to do; not charged to the share), or on a worker. The three add up to all runs.
    */
   runs: Record<InlinePath | 'worker', number>;
+  /** Worker runs that joined two or more requests (dynamic batching), and the requests they answered. */
+  batches: { runs: number; requests: number };
   inline: InlineBudgetStats & {
     /**
      * Models running inline now, with their average run time in microseconds and how: `inline` (within the

@@ -23,6 +23,8 @@ export interface RunResult {
   computeMs: number;
   /** Index of the worker that ran it; -1 when it ran inline, on the event loop. */
   worker: number;
+  /** Requests answered by the same run (dynamic batching); 1 when it ran alone. */
+  batchSize: number;
 }
 
 export interface Job {
