@@ -1,7 +1,13 @@
 import { InferenceError } from './errors.js';
 import { DEFAULT_INLINE_BUDGET } from './inline-budget.js';
 import { InlineModels } from './inline-models.js';
-import type { InferencePoolOptions, ModelSessionInfo, PoolStats, RunOptions } from './pool-types.js';
+import type {
+  InferencePoolOptions,
+  LoadModelOptions,
+  ModelSessionInfo,
+  PoolStats,
+  RunOptions,
+} from './pool-types.js';
 import { preciseNow, type ModelBytes } from './protocol.js';
 import {
   HAND_AHEAD_MAX_COMPUTE_MS,
@@ -127,7 +133,12 @@ export class InferencePool {
    * ('model-rejected' with ONNX Runtime's reason, 'out-of-memory', or 'worker-died'). `model` is a path or the
    * model's bytes; bytes are kept while the model is loaded, so a restarted worker runs the same ones.
    */
-  async loadModel(key: string, model: string | ModelBytes, instances: number): Promise<ModelSessionInfo> {
+  async loadModel(
+    key: string,
+    model: string | ModelBytes,
+    instances: number,
+    _options: LoadModelOptions = {},
+  ): Promise<ModelSessionInfo> {
     if (this.#closed) throw closedError();
     if (this.#models.has(key)) throw new Error(`a session set named ${key} is already in the pool`);
     const slots = this.#workers.slots;
