@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { DynamicBatchingRuleSchema } from './batching-rules.js';
 import { AutoCaptureRuleSchema } from './capture-rules.js';
 import { OrtSessionConfigSchema } from '../inference/session-options.js';
 
@@ -99,6 +100,8 @@ export const AgentConfigSchema = z.object({
     }),
     /** How long a worker polls for its next request after a run (0 = it sleeps at once). */
     hotWaitMicros: z.number().int().min(0).max(10_000),
+    /** `edgefleet_dynamic_batching`: the models whose waiting requests are joined into one run (none: off). */
+    dynamicBatching: z.array(DynamicBatchingRuleSchema),
     ort: OrtSessionConfigSchema,
     /** `sagemaker_edge_dlr_backend_options` as given, for the record. */
     backendOptions: z.array(z.object({ key: z.string(), value: z.string() })),

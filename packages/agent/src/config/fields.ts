@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { MAX_MODEL_NAME_LENGTH, MODEL_NAME_PATTERN } from '@edgefleet/core';
+import { DynamicBatchingRuleSchema, type DynamicBatchingRule } from './batching-rules.js';
 import { AutoCaptureRuleSchema, type AutoCaptureRule } from './capture-rules.js';
 import { EXECUTION_PROVIDER_NAMES, type ExecutionProviderConfig } from '../inference/session-options.js';
 
@@ -311,18 +312,7 @@ export function autoCaptureRules(): FieldKind<AutoCaptureRule[]> {
   return {
     expected:
       'a list of automatic capture rules such as [{"model": "resnet", "sampleRate": 0.01}, {"model": "*", "topScoreBelow": 0.6, "output": "probabilities"}]: model is "*" or a model name, each rule has sampleRate (0 to 1), topScoreBelow (a number), or both',
-    read: (v) => {
-      let value = unset(v);
-      if (typeof value === 'string' && /^[[{]/.test(value)) {
-        try {
-          value = JSON.parse(value) as unknown;
-        } catch {
-          return value;
-        }
-      }
-      if (typeof value === 'object' && value !== null && !Array.isArray(value)) value = [value];
-      return Array.isArray(value) ? value.map(readRule) : value;
-    },
+    read: (v) => readRuleList(v, readRule),
     schema: z
       .array(
         AutoCaptureRuleSchema.strict().refine(
@@ -334,5 +324,58 @@ export function autoCaptureRules(): FieldKind<AutoCaptureRule[]> {
         ),
       )
       .max(1024),
+  };
+}
+
+/** A list of rule objects, one object for a single rule, or either as a JSON string; anything else passed on. */
+function readRuleList(v: unknown, readOne: (rule: unknown) => unknown): unknown {
+  let value = unset(v);
+  if (typeof value === 'string' && /^[[{]/.test(value)) {
+    try {
+      value = JSON.parse(value) as unknown;
+    } catch {
+      return value;
+    }
+  }
+  if (typeof value === 'object' && value !== null && !Array.isArray(value)) value = [value];
+  return Array.isArray(value) ? value.map(readOne) : value;
+}
+
+/** Reads a batching rule's size written as a string ("8") and trims its names, as the config's own values are read. */
+function readBatchingRule(rule: unknown): unknown {
+  if (typeof rule !== 'object' || rule === null || Array.isArray(rule)) return rule;
+  const copy: Record<string, unknown> = { ...(rule as Record<string, unknown>) };
+  if (typeof copy.maxBatchSize === 'string' && /^\s*\d{1,15}\s*$/.test(copy.maxBatchSize))
+    copy.maxBatchSize = Number(copy.maxBatchSize);
+  for (const key of ['model', 'dimension'] as const)
+    if (typeof copy[key] === 'string') copy[key] = (copy[key] as string).trim();
+  return copy;
+}
+
+/**
+ * Dynamic batching rules (DynamicBatchingRuleSchema): a list, one rule without the list, or either as a JSON
+ * string. Each model at most once; unknown rule keys are refused, so a misspelt `maxbatchsize` is not dropped.
+ */
+export function dynamicBatchingRules(): FieldKind<DynamicBatchingRule[]> {
+  return {
+    expected:
+      'a list of dynamic batching rules such as [{"model": "silero-vad", "maxBatchSize": 8, "dimension": "batch"}]: model is one model name (no "*"), maxBatchSize a whole number from 2 to 1024, dimension (optional) the symbolic batch dimension the model names, each model at most once',
+    read: (v) => readRuleList(v, readBatchingRule),
+    schema: z
+      .array(DynamicBatchingRuleSchema)
+      .max(1024)
+      .superRefine((rules, ctx) => {
+        const first = new Map<string, number>();
+        rules.forEach((rule, i) => {
+          const earlier = first.get(rule.model);
+          if (earlier === undefined) first.set(rule.model, i);
+          else
+            ctx.addIssue({
+              code: 'custom',
+              path: [i, 'model'],
+              message: `${JSON.stringify(rule.model)} has a rule already (item ${earlier + 1}); expected each model at most once`,
+            });
+        });
+      }),
   };
 }

@@ -107,6 +107,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       requireSignatures: config.trust.requireSignatures,
       cwd: options.cwd,
       instancesPerModel: config.inference.instancesPerModel,
+      dynamicBatching: config.inference.dynamicBatching,
       unloadTimeoutMs: config.inference.unloadTimeoutMs,
       metrics,
       logger: registryLogger(logger),
@@ -372,6 +373,12 @@ function onPoolEvent(event: PoolEvent, logger: Logger, metrics: AgentMetrics): v
       logger.warn(
         event,
         `model ${event.key} stays on the inference workers: its session on the event loop could not be created (${event.reason})`,
+      );
+      break;
+    case 'batching-unavailable':
+      logger.warn(
+        event,
+        `model ${event.key} runs its requests one at a time from now on: a batched run's outputs could not be split along its batch dimension (${event.reason}); batching stays off for this load of the model`,
       );
       break;
   }

@@ -202,6 +202,24 @@ export class AgentMetrics {
         this.inc({ path: 'worker' }, runs.worker);
       },
     });
+    new Counter({
+      name: 'edgefleet_inference_batched_runs_total',
+      help: 'Worker runs that joined two or more requests into one (dynamic batching, edgefleet_dynamic_batching)',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(stats().batches.runs);
+      },
+    });
+    new Counter({
+      name: 'edgefleet_inference_batched_requests_total',
+      help: 'Requests answered by worker runs that joined two or more requests (dynamic batching)',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(stats().batches.requests);
+      },
+    });
     new Gauge({
       name: 'edgefleet_inference_inline_models',
       help: 'Models whose requests run inline now, by path: inline (measured fast enough for the per-run ceiling) or inline_idle (only for the idle ceiling: inline while the agent has nothing else to do)',

@@ -31,10 +31,22 @@ export function packageFailure(error: unknown, dir: string): AgentError {
   return asAgentError(error, `opening model package ${dir}`);
 }
 
-export function loadFailure(error: unknown, name: string, dir: string): AgentError {
+/** `asked.batching`: the load asked for dynamic batching, which the pool refuses (model-rejected) when it does not fit. */
+export function loadFailure(
+  error: unknown,
+  name: string,
+  dir: string,
+  asked: { batching?: boolean } = {},
+): AgentError {
   if (error instanceof InferenceError) {
     switch (error.kind) {
       case 'model-rejected':
+        if (asked.batching)
+          return new AgentError(
+            'FAILED_PRECONDITION',
+            `the model in package ${dir} (for ${JSON.stringify(name)}) cannot be loaded with the dynamic batching edgefleet_dynamic_batching asks for it: ${error.message}; remove its rule to load it unbatched`,
+            { cause: error },
+          );
         return new AgentError(
           'FAILED_PRECONDITION',
           `ONNX Runtime cannot load the model in package ${dir} (for ${JSON.stringify(name)}): ${error.message}`,

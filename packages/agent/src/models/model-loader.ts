@@ -19,6 +19,7 @@ import {
   type RunResult,
   type WireTensorInfo,
 } from '../inference/index.js';
+import type { BatchingOptions } from '../inference/pool-types.js';
 import { AgentError } from './agent-error.js';
 import { asAgentError, formatBytes, loadFailure, packageFailure } from './model-errors.js';
 import type { ModelDescription, RegistryLogger, SignatureStatus } from './model-description.js';
@@ -37,6 +38,11 @@ export interface ModelLoaderOptions {
   cwd: string;
   /** Sessions per model, on distinct workers (capped at the worker count). Default 1. */
   instancesPerModel?: number;
+  /**
+   * Dynamic batching, by the name a model is loaded under (`edgefleet_dynamic_batching`); each name at most once.
+   * A model without a rule runs its requests one at a time.
+   */
+  dynamicBatching?: ReadonlyArray<{ model: string } & BatchingOptions>;
   logger?: RegistryLogger;
   /** Bytes of memory available for new sessions. Default: process.availableMemory() (cgroup-aware). */
   availableMemory?: () => number;
@@ -60,6 +66,7 @@ export class ModelLoader {
   readonly #requireSignatures: boolean;
   readonly #cwd: string;
   readonly #instances: number;
+  readonly #batching: ReadonlyMap<string, BatchingOptions>;
   readonly #logger: RegistryLogger | undefined;
   readonly #availableMemory: () => number;
 
@@ -69,6 +76,12 @@ export class ModelLoader {
     this.#requireSignatures = options.requireSignatures ?? true;
     this.#cwd = options.cwd;
     this.#instances = Math.max(1, options.instancesPerModel ?? 1);
+    this.#batching = new Map(
+      (options.dynamicBatching ?? []).map(({ model, maxBatchSize, dimension }) => [
+        model,
+        { maxBatchSize, ...(dimension !== undefined && { dimension }) },
+      ]),
+    );
     this.#logger = options.logger;
     this.#availableMemory =
       options.availableMemory ??
@@ -110,10 +123,20 @@ export class ModelLoader {
       });
       check();
       version.state = 'creating-sessions';
-      const info = await this.#pool.loadModel(version.key, bytes, this.#instances).catch((error: unknown) => {
-        throw loadFailure(error, name, opened.dir);
-      });
+      const batching = this.#batching.get(name);
+      const info = await this.#pool
+        .loadModel(version.key, bytes, this.#instances, batching ? { batching } : {})
+        .catch((error: unknown) => {
+          throw loadFailure(error, name, opened.dir, { batching: batching !== undefined });
+        });
       sessionsCreated = true;
+      if (info.batching) {
+        const { dimension, maxBatchSize } = info.batching;
+        this.#logger?.info?.(
+          `model ${JSON.stringify(name)} batches its waiting requests along its dimension ${JSON.stringify(dimension)}, up to ${maxBatchSize} per run (edgefleet_dynamic_batching)`,
+          { model: name, dimension, maxBatchSize },
+        );
+      }
       checkSessionAgainstManifest(name, opened, info.inputs, info.outputs);
       check();
       if (hooks.beforeWarmUp) {

@@ -102,6 +102,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         maxQueuedRequestsPerModel: 256,
         inline: { maxRunMicros: 200, eventLoopShare: 0.25, idleMaxRunMicros: 1000 },
         hotWaitMicros: 0,
+        dynamicBatching: [],
         ort: {
           intraOpNumThreads: 2,
           interOpNumThreads: 1,
@@ -477,6 +478,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
       maxQueuedRequestsPerModel: 16,
       inline: { maxRunMicros: 500, eventLoopShare: 0.1, idleMaxRunMicros: 0 },
       hotWaitMicros: 300,
+      dynamicBatching: [],
       ort: {
         intraOpNumThreads: 3,
         interOpNumThreads: 2,

@@ -1,0 +1,38 @@
+import { z } from 'zod';
+import { MAX_MODEL_NAME_LENGTH, MODEL_NAME_PATTERN } from '@edgefleet/core';
+
+/** The largest maxBatchSize a rule may ask for (the pool's limit too: a longer joined run holds up every request in it). */
+export const MAX_DYNAMIC_BATCH_SIZE = 1024;
+
+const BATCH_SIZE_EXPECTED = `expected a whole number from 2 to ${MAX_DYNAMIC_BATCH_SIZE} (the most requests, counted along the batch dimension, one run may join)`;
+
+/**
+ * A rule of dynamic batching (`edgefleet_dynamic_batching`): requests for the model that wait for a worker are
+ * joined along its batch dimension into one run. One exact model name per rule, never `*`: a joined run may differ
+ * from a lone one in the last bits, so batching is asked for model by model (as Triton's max_batch_size is).
+ */
+export const DynamicBatchingRuleSchema = z.strictObject({
+  /** The name the model is loaded under (LoadModel's handle, REST's model name). */
+  model: z
+    .string({ error: 'expected a model name (letters and digits joined by hyphens)' })
+    .max(MAX_MODEL_NAME_LENGTH, `expected a model name of at most ${MAX_MODEL_NAME_LENGTH} characters`)
+    .refine((model) => model !== '*', {
+      message:
+        'expected one model name: "*" is not accepted, since batching may change results in the last bits and is asked for model by model',
+    })
+    .refine((model) => model === '*' || MODEL_NAME_PATTERN.test(model), {
+      message: 'expected a model name (letters and digits joined by hyphens)',
+    }),
+  maxBatchSize: z
+    .number({ error: BATCH_SIZE_EXPECTED })
+    .int(BATCH_SIZE_EXPECTED)
+    .min(2, BATCH_SIZE_EXPECTED)
+    .max(MAX_DYNAMIC_BATCH_SIZE, BATCH_SIZE_EXPECTED),
+  /** The model's symbolic dimension to join along, e.g. "batch"; absent: the one that fits (the pool finds it). */
+  dimension: z
+    .string({ error: 'expected the name of a symbolic dimension of the model, e.g. "batch"' })
+    .min(1, 'expected the name of a symbolic dimension of the model, e.g. "batch"')
+    .max(256, 'expected a dimension name of at most 256 characters')
+    .optional(),
+});
+export type DynamicBatchingRule = z.infer<typeof DynamicBatchingRuleSchema>;
