@@ -28,7 +28,7 @@ export interface Batchable {
 
 /**
  * The plan for a model, from ONNX Runtime's view of its inputs and outputs (symbolic dimensions by name).
- * Throws InferenceError('model-rejected') saying what does not fit when the model cannot be batched as asked.
+ * Throws InferenceError('unbatchable') saying what does not fit when the model cannot be batched as asked.
  */
 export function planBatching(
   key: string,
@@ -39,7 +39,7 @@ export function planBatching(
   checkBatchingOptions(options);
   const { maxBatchSize } = options;
   const refuse = (why: string) =>
-    new InferenceError('model-rejected', `model ${key} cannot be batched: ${why}`);
+    new InferenceError('unbatchable', `model ${key} cannot be batched: ${why}`);
   const dimension = options.dimension ?? inferDimension(inputs, outputs, refuse);
   const outputAxes: Record<string, number> = {};
   for (const output of outputs) {

@@ -6,6 +6,8 @@ export type InferenceFailureKind =
   | 'out-of-memory'
   /** ONNX Runtime refused to create a session from the model. */
   | 'model-rejected'
+  /** Dynamic batching was asked for a model without a batch dimension that fits (batching.ts says which). */
+  | 'unbatchable'
   /** ONNX Runtime failed while running the model. */
   | 'run-failed'
   /** A System V segment the request names is gone, changed, or too small, as the worker found it. */

@@ -140,7 +140,7 @@ export class InferencePool {
    * ('model-rejected' with ONNX Runtime's reason, 'out-of-memory', or 'worker-died'). `model` is a path or the
    * model's bytes; bytes are kept while the model is loaded, so a restarted worker runs the same ones. With
    * `options.batching`, the model's waiting requests are joined into one run (BatchingOptions); a model without a
-   * fitting batch dimension fails to load ('model-rejected', saying why).
+   * fitting batch dimension fails to load ('unbatchable', saying why).
    */
   async loadModel(
     key: string,

@@ -32,21 +32,16 @@ export function packageFailure(error: unknown, dir: string): AgentError {
 }
 
 /** `asked.batching`: the load asked for dynamic batching, which the pool refuses (model-rejected) when it does not fit. */
-export function loadFailure(
-  error: unknown,
-  name: string,
-  dir: string,
-  asked: { batching?: boolean } = {},
-): AgentError {
+export function loadFailure(error: unknown, name: string, dir: string): AgentError {
   if (error instanceof InferenceError) {
     switch (error.kind) {
+      case 'unbatchable':
+        return new AgentError(
+          'FAILED_PRECONDITION',
+          `the model in package ${dir} (for ${JSON.stringify(name)}) cannot be loaded with the dynamic batching edgefleet_dynamic_batching asks for it: ${error.message}; remove its rule to load it unbatched`,
+          { cause: error },
+        );
       case 'model-rejected':
-        if (asked.batching)
-          return new AgentError(
-            'FAILED_PRECONDITION',
-            `the model in package ${dir} (for ${JSON.stringify(name)}) cannot be loaded with the dynamic batching edgefleet_dynamic_batching asks for it: ${error.message}; remove its rule to load it unbatched`,
-            { cause: error },
-          );
         return new AgentError(
           'FAILED_PRECONDITION',
           `ONNX Runtime cannot load the model in package ${dir} (for ${JSON.stringify(name)}): ${error.message}`,
@@ -87,6 +82,7 @@ export function predictFailure(error: unknown, name: string): AgentError {
       'segment-unusable': 'INVALID_ARGUMENT',
       'no-instance': 'INTERNAL',
       'model-rejected': 'INTERNAL',
+      unbatchable: 'INTERNAL',
     };
     const prefix =
       error.kind === 'run-failed'

@@ -127,7 +127,7 @@ export class ModelLoader {
       const info = await this.#pool
         .loadModel(version.key, bytes, this.#instances, batching ? { batching } : {})
         .catch((error: unknown) => {
-          throw loadFailure(error, name, opened.dir, { batching: batching !== undefined });
+          throw loadFailure(error, name, opened.dir);
         });
       sessionsCreated = true;
       if (info.batching) {

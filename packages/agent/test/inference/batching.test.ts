@@ -403,7 +403,7 @@ describe('an inference pool with dynamic batching', () => {
     const error = await inferenceError(
       pool.loadModel('tiny', inMemory(TEST_MODELS.tiny.build()), 1, { batching: { maxBatchSize: 4 } }),
     );
-    expect(error.kind).toBe('model-rejected');
+    expect(error.kind).toBe('unbatchable');
     expect(error.message).toMatch(/model tiny cannot be batched: no symbolic dimension/);
     expect(pool.stats().models).toEqual([]);
     await expect(
