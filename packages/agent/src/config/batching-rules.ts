@@ -1,10 +1,11 @@
 import { z } from 'zod';
 import { MAX_MODEL_NAME_LENGTH, MODEL_NAME_PATTERN } from '@edgefleet/core';
+import { MAX_BATCH_SIZE } from '../inference/batching.js';
 
-/** The largest maxBatchSize a rule may ask for (the pool's limit too: a longer joined run holds up every request in it). */
-export const MAX_DYNAMIC_BATCH_SIZE = 1024;
-
-const BATCH_SIZE_EXPECTED = `expected a whole number from 2 to ${MAX_DYNAMIC_BATCH_SIZE} (the most requests, counted along the batch dimension, one run may join)`;
+const BATCH_SIZE_EXPECTED = `expected a whole number from 2 to ${MAX_BATCH_SIZE} (the most requests, counted along the batch dimension, one run may join)`;
+/** As edgefleet_instances_per_model. */
+const MAX_INSTANCES = 64;
+const INSTANCES_EXPECTED = `expected a whole number of sessions from 1 to ${MAX_INSTANCES}`;
 
 /**
  * A rule of dynamic batching (`edgefleet_dynamic_batching`): requests for the model that wait for a worker are
@@ -27,12 +28,22 @@ export const DynamicBatchingRuleSchema = z.strictObject({
     .number({ error: BATCH_SIZE_EXPECTED })
     .int(BATCH_SIZE_EXPECTED)
     .min(2, BATCH_SIZE_EXPECTED)
-    .max(MAX_DYNAMIC_BATCH_SIZE, BATCH_SIZE_EXPECTED),
+    .max(MAX_BATCH_SIZE, BATCH_SIZE_EXPECTED),
   /** The model's symbolic dimension to join along, e.g. "batch"; absent: the one that fits (the pool finds it). */
   dimension: z
     .string({ error: 'expected the name of a symbolic dimension of the model, e.g. "batch"' })
     .min(1, 'expected the name of a symbolic dimension of the model, e.g. "batch"')
     .max(256, 'expected a dimension name of at most 256 characters')
+    .optional(),
+  /**
+   * Sessions of this model, on distinct workers; absent: edgefleet_instances_per_model. One batches best: the
+   * model's requests queue behind its run and join the next, where with more they find an idle session and run alone.
+   */
+  instances: z
+    .number({ error: INSTANCES_EXPECTED })
+    .int(INSTANCES_EXPECTED)
+    .min(1, INSTANCES_EXPECTED)
+    .max(MAX_INSTANCES, INSTANCES_EXPECTED)
     .optional(),
 });
 export type DynamicBatchingRule = z.infer<typeof DynamicBatchingRuleSchema>;

@@ -341,12 +341,17 @@ function readRuleList(v: unknown, readOne: (rule: unknown) => unknown): unknown 
   return Array.isArray(value) ? value.map(readOne) : value;
 }
 
-/** Reads a batching rule's size written as a string ("8") and trims its names, as the config's own values are read. */
+/**
+ * Reads a batching rule's numbers written as strings ("8") and trims its names, as the config's own values are
+ * read.
+ */
 function readBatchingRule(rule: unknown): unknown {
   if (typeof rule !== 'object' || rule === null || Array.isArray(rule)) return rule;
   const copy: Record<string, unknown> = { ...(rule as Record<string, unknown>) };
-  if (typeof copy.maxBatchSize === 'string' && /^\s*\d{1,15}\s*$/.test(copy.maxBatchSize))
-    copy.maxBatchSize = Number(copy.maxBatchSize);
+  for (const key of ['maxBatchSize', 'instances'] as const) {
+    const value = copy[key];
+    if (typeof value === 'string' && /^\s*\d{1,15}\s*$/.test(value)) copy[key] = Number(value);
+  }
   for (const key of ['model', 'dimension'] as const)
     if (typeof copy[key] === 'string') copy[key] = (copy[key] as string).trim();
   return copy;
@@ -359,7 +364,7 @@ function readBatchingRule(rule: unknown): unknown {
 export function dynamicBatchingRules(): FieldKind<DynamicBatchingRule[]> {
   return {
     expected:
-      'a list of dynamic batching rules such as [{"model": "silero-vad", "maxBatchSize": 8, "dimension": "batch"}]: model is one model name (no "*"), maxBatchSize a whole number from 2 to 1024, dimension (optional) the symbolic batch dimension the model names, each model at most once',
+      'a list of dynamic batching rules such as [{"model": "silero-vad", "maxBatchSize": 8, "dimension": "batch", "instances": 1}]: model is one model name (no "*"), maxBatchSize a whole number from 2 to 1024, dimension (optional) the symbolic batch dimension the model names, instances (optional) its sessions from 1 to 64, each model at most once',
     read: (v) => readRuleList(v, readBatchingRule),
     schema: z
       .array(DynamicBatchingRuleSchema)

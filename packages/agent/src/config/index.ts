@@ -20,8 +20,4 @@ export {
 export { loadAgentConfig, checkPaths } from './load.js';
 export { parseBackendOptions, mapBackendOptions } from './backend-options.js';
 export { AutoCaptureRuleSchema, DEFAULT_SPOOL_QUOTA_BYTES, type AutoCaptureRule } from './capture-rules.js';
-export {
-  DynamicBatchingRuleSchema,
-  MAX_DYNAMIC_BATCH_SIZE,
-  type DynamicBatchingRule,
-} from './batching-rules.js';
+export { DynamicBatchingRuleSchema, type DynamicBatchingRule } from './batching-rules.js';

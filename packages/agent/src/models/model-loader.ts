@@ -42,7 +42,7 @@ export interface ModelLoaderOptions {
    * Dynamic batching, by the name a model is loaded under (`edgefleet_dynamic_batching`); each name at most once.
    * A model without a rule runs its requests one at a time.
    */
-  dynamicBatching?: ReadonlyArray<{ model: string } & BatchingOptions>;
+  dynamicBatching?: ReadonlyArray<{ model: string; instances?: number } & BatchingOptions>;
   logger?: RegistryLogger;
   /** Bytes of memory available for new sessions. Default: process.availableMemory() (cgroup-aware). */
   availableMemory?: () => number;
@@ -66,7 +66,8 @@ export class ModelLoader {
   readonly #requireSignatures: boolean;
   readonly #cwd: string;
   readonly #instances: number;
-  readonly #batching: ReadonlyMap<string, BatchingOptions>;
+  /** Dynamic batching by model name, and the rule's sessions of the model (else `#instances`). */
+  readonly #batching: ReadonlyMap<string, { batching: BatchingOptions; instances: number | undefined }>;
   readonly #logger: RegistryLogger | undefined;
   readonly #availableMemory: () => number;
 
@@ -77,9 +78,9 @@ export class ModelLoader {
     this.#cwd = options.cwd;
     this.#instances = Math.max(1, options.instancesPerModel ?? 1);
     this.#batching = new Map(
-      (options.dynamicBatching ?? []).map(({ model, maxBatchSize, dimension }) => [
+      (options.dynamicBatching ?? []).map(({ model, maxBatchSize, dimension, instances }) => [
         model,
-        { maxBatchSize, ...(dimension !== undefined && { dimension }) },
+        { batching: { maxBatchSize, ...(dimension !== undefined && { dimension }) }, instances },
       ]),
     );
     this.#logger = options.logger;
@@ -115,7 +116,9 @@ export class ModelLoader {
       version.state = 'verifying';
       const { opened, signature } = await this.#openPackage(dir);
       check();
-      await this.#checkMemory(opened, name);
+      const rule = this.#batching.get(name);
+      const instances = rule?.instances ?? this.#instances;
+      await this.#checkMemory(opened, name, instances);
       // ONNX Runtime gets the bytes that were verified, never the path: a file swapped after verification is
       // refused here rather than run.
       const bytes = await readPackageModel(opened).catch((error: unknown) => {
@@ -123,9 +126,8 @@ export class ModelLoader {
       });
       check();
       version.state = 'creating-sessions';
-      const batching = this.#batching.get(name);
       const info = await this.#pool
-        .loadModel(version.key, bytes, this.#instances, batching ? { batching } : {})
+        .loadModel(version.key, bytes, instances, rule ? { batching: rule.batching } : {})
         .catch((error: unknown) => {
           throw loadFailure(error, name, opened.dir);
         });
@@ -231,12 +233,12 @@ export class ModelLoader {
   }
 
   /** A session needs at least its weights in memory; refuse early rather than let ONNX Runtime fail midway. */
-  async #checkMemory(opened: OpenedModelPackage, name: string): Promise<void> {
+  async #checkMemory(opened: OpenedModelPackage, name: string, sessions: number): Promise<void> {
     let bytes = (await stat(opened.modelPath)).size;
     for (const file of opened.manifest.model.externalData) {
       bytes += (await stat(join(dirname(opened.modelPath), file)).catch(() => ({ size: 0 }))).size;
     }
-    const instances = Math.min(this.#instances, this.#pool.workerCount);
+    const instances = Math.min(sessions, this.#pool.workerCount);
     // One copy per session, plus the verified bytes the agent keeps in memory while the model is loaded.
     const needed = bytes * (instances + 1);
     const available = this.#availableMemory();

@@ -1,12 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MODEL_NAME_PATTERN } from '@edgefleet/core';
-import {
-  ConfigError,
-  MAX_DYNAMIC_BATCH_SIZE,
-  parseAgentConfig,
-  type ConfigContext,
-} from '../../src/config/index.js';
+import { ConfigError, parseAgentConfig, type ConfigContext } from '../../src/config/index.js';
+import { MAX_BATCH_SIZE as MAX_DYNAMIC_BATCH_SIZE } from '../../src/inference/batching.js';
 
 const context: ConfigContext = { cwd: '/srv/agent', cpuCount: 4, grpcSocketPath: '/tmp/edge.sock' };
 const KEY = 'edgefleet_dynamic_batching';
@@ -46,6 +42,9 @@ describe('edgefleet_dynamic_batching', () => {
       ),
     ).toEqual(rules);
     expect(rulesOf({ model: 'mlp', maxBatchSize: 2 })).toEqual([{ model: 'mlp', maxBatchSize: 2 }]);
+    expect(rulesOf({ model: 'mlp', maxBatchSize: 2, instances: ' 1 ' })).toEqual([
+      { model: 'mlp', maxBatchSize: 2, instances: 1 },
+    ]);
     expect(rulesOf(JSON.stringify({ model: 'mlp', maxBatchSize: 2 }))).toEqual([
       { model: 'mlp', maxBatchSize: 2 },
     ]);
@@ -72,6 +71,16 @@ describe('edgefleet_dynamic_batching', () => {
     ],
     ['no model', [{ maxBatchSize: 4 }], /item 1, model: expected a model name/],
     ['no maxBatchSize', [{ model: 'mlp' }], /item 1, maxBatchSize: expected a whole number from 2 to 1024/],
+    [
+      'instances 0',
+      [{ model: 'mlp', maxBatchSize: 4, instances: 0 }],
+      /item 1, instances: expected a whole number of sessions from 1 to 64/,
+    ],
+    [
+      'instances not whole',
+      [{ model: 'mlp', maxBatchSize: 4, instances: 1.5 }],
+      /item 1, instances: expected a whole number of sessions from 1 to 64/,
+    ],
     [
       'maxBatchSize 1',
       [{ model: 'mlp', maxBatchSize: 1 }],

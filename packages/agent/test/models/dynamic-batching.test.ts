@@ -90,3 +90,25 @@ describe('dynamic batching through ModelRegistry and ModelLoader', () => {
     expect(models.list().map((m) => m.name)).toContain('tiny');
   });
 });
+
+describe('a batching rule with its own sessions', () => {
+  it('loads its model with the rule’s instances; other models keep edgefleet_instances_per_model', async () => {
+    const twoWorkers = await InferencePool.start({ workers: 2, session: DEFAULT_ORT_SESSION_CONFIG });
+    const registry = new ModelRegistry({
+      pool: twoWorkers,
+      trust: null,
+      cwd: files.root,
+      instancesPerModel: 2,
+      dynamicBatching: [{ model: 'single', maxBatchSize: 4, instances: 1 }],
+    });
+    try {
+      await registry.load({ url: packages.mlp, name: 'single' });
+      await registry.load({ url: packages.mlp, name: 'double' });
+      expect(registry.describe('single').instances).toBe(1);
+      expect(registry.describe('double').instances).toBe(2);
+    } finally {
+      await registry.close();
+      await twoWorkers.close();
+    }
+  });
+});
