@@ -57,11 +57,13 @@ const COMPARE_ARG = arg('--compare', undefined);
 const WORKERS_ONLY = COMPARE_ARG === 'workers-only';
 const UNBATCHED = COMPARE_ARG === 'unbatched';
 // `--batching N`: the agent loads Silero VAD with dynamic batching, at most N requests a run (default 8; 0: off),
-// as an agent serving it to many clients would be configured (edgefleet_dynamic_batching). Its requests are joined
-// only when they wait for a worker, so 1-client rows are unchanged.
+// with one session (which batches best), as an agent serving it to many clients would be configured
+// (edgefleet_dynamic_batching). Its requests are joined only when they wait for a worker.
 const BATCHING = Number(arg('--batching', '8'));
 const BATCHING_SETTINGS =
-  BATCHING > 0 ? { edgefleet_dynamic_batching: [{ model: 'silero-vad', maxBatchSize: BATCHING }] } : {};
+  BATCHING > 0
+    ? { edgefleet_dynamic_batching: [{ model: 'silero-vad', maxBatchSize: BATCHING, instances: 1 }] }
+    : {};
 // The agent's inline path settings (its defaults when not given), e.g. to try a ceiling that takes Silero VAD in.
 const INLINE_SETTINGS = {
   ...(arg('--inline-max-run-micros') && {
