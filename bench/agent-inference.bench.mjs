@@ -13,7 +13,8 @@
 // batching (requests waiting for a worker joined into one run, see --batching).
 //
 // Thread counts are the same on both sides: the agent runs W inference workers (W = cores, at most 2) with a
-// session of each model on every worker, each session with 1 intra-op and 1 inter-op thread; the baseline runs
+// session of each model on every worker (Silero VAD, batched, one: see --batching), each session with 1 intra-op
+// and 1 inter-op thread; the baseline runs
 // the same session options, 1 session on the main thread for 1 client, W worker threads with a session each
 // (closed loops, no messaging at all) for 8. Clients are closed loops: each sends its next request when the last
 // one is answered; 8 clients have 8 connections. The candidates of a case run interleaved, round after round, so
@@ -52,7 +53,8 @@ const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
 // gRPC bytes, REST binary and shared memory paths interleaved with the others in the same rounds.
 // `--compare workers-only`: this build again, with the inline path off (edgefleet_inline_max_run_micros 0), to
 // measure running fast models on the event loop against handing them to a worker, in one run.
-// `--compare unbatched`: this build again, with Silero VAD loaded without dynamic batching.
+// `--compare unbatched`: this build again, with Silero VAD loaded without dynamic batching. (`--compare <build>`
+// runs the other build without batching, which it may not know: add `--batching 0` to compare like with like.)
 const COMPARE_ARG = arg('--compare', undefined);
 const WORKERS_ONLY = COMPARE_ARG === 'workers-only';
 const UNBATCHED = COMPARE_ARG === 'unbatched';
@@ -60,6 +62,8 @@ const UNBATCHED = COMPARE_ARG === 'unbatched';
 // with one session (which batches best), as an agent serving it to many clients would be configured
 // (edgefleet_dynamic_batching). Its requests are joined only when they wait for a worker.
 const BATCHING = Number(arg('--batching', '8'));
+/** The goal table's 8-client Silero VAD rows say when the agent batched them. */
+const BATCHED = BATCHING > 0 ? ' (dynamic batching)' : '';
 const BATCHING_SETTINGS =
   BATCHING > 0
     ? { edgefleet_dynamic_batching: [{ model: 'silero-vad', maxBatchSize: BATCHING, instances: 1 }] }
@@ -1034,7 +1038,7 @@ function goalTable(rows) {
       own: added('tiny', 'gRPC bytes', GRPC_JS_RUN),
     },
     {
-      name: 'Silero VAD, 8 clients, REST binary: req/s vs in-process',
+      name: `Silero VAD, 8 clients, REST binary${BATCHED}: req/s vs in-process`,
       value: share('Silero', 'REST binary'),
       floor: throughputBound('Silero', [HTTP_ECHO]),
       show: percent,
@@ -1042,7 +1046,7 @@ function goalTable(rows) {
       target: '≥ 60%',
     },
     {
-      name: 'Silero VAD, 8 clients, gRPC: req/s vs in-process',
+      name: `Silero VAD, 8 clients, gRPC${BATCHED}: req/s vs in-process`,
       value: share('Silero', 'gRPC bytes'),
       floor: throughputBound('Silero', [GRPC_JS_ECHO, H2_ECHO]),
       show: percent,

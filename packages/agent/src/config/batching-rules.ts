@@ -3,8 +3,8 @@ import { MAX_MODEL_NAME_LENGTH, MODEL_NAME_PATTERN } from '@edgefleet/core';
 import { MAX_BATCH_SIZE } from '../inference/batching.js';
 
 const BATCH_SIZE_EXPECTED = `expected a whole number from 2 to ${MAX_BATCH_SIZE} (the most requests, counted along the batch dimension, one run may join)`;
-/** As edgefleet_instances_per_model. */
-const MAX_INSTANCES = 64;
+/** The most sessions of one model: a rule's `instances`, and edgefleet_instances_per_model. */
+export const MAX_INSTANCES = 64;
 const INSTANCES_EXPECTED = `expected a whole number of sessions from 1 to ${MAX_INSTANCES}`;
 
 /**
@@ -22,6 +22,7 @@ export const DynamicBatchingRuleSchema = z.strictObject({
         'expected one model name: "*" is not accepted, since batching may change results in the last bits and is asked for model by model',
     })
     .refine((model) => model === '*' || MODEL_NAME_PATTERN.test(model), {
+      // (not for "*": the refinement above said what is wrong with it)
       message: 'expected a model name (letters and digits joined by hyphens)',
     }),
   maxBatchSize: z

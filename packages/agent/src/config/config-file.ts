@@ -1,6 +1,7 @@
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { DEFAULT_SPOOL_QUOTA_BYTES } from './capture-rules.js';
+import { MAX_INSTANCES } from './batching-rules.js';
 import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
 import { AgentConfigSchema, type AgentConfig } from './agent-config.js';
 import { BACKEND_OPTIONS_KEY, mapBackendOptions, parseBackendOptions } from './backend-options.js';
@@ -60,7 +61,7 @@ export const CONFIG_FIELDS = {
   sagemaker_edge_dlr_backend_options: text(8192),
 
   edgefleet_inference_workers: integer(1, 256, 4),
-  edgefleet_instances_per_model: integer(1, 64, 1),
+  edgefleet_instances_per_model: integer(1, MAX_INSTANCES, 1),
   edgefleet_ort_intra_op_threads: integer(0, 1024, 1),
   edgefleet_ort_inter_op_threads: integer(0, 1024, 1),
   edgefleet_ort_graph_optimization_level: choice(['disabled', 'basic', 'extended', 'layout', 'all']),

@@ -23,15 +23,14 @@ function bytesOf(tensor: WireTensor): Uint8Array {
 }
 
 /**
- * The tensors joined along `axis` (they have the same type, and the same dimensions but along it: joinable in
- * batching.ts saw to that). One request's tensor comes back as a copy too: the result is always a fresh buffer.
+ * The tensors joined along `axis` (they have the same type, of `elementSize` bytes, and the same dimensions but
+ * along it, their bytes filling them: their join keys in batching.ts saw to that). The result is always a fresh
+ * buffer.
  */
-export function joinAlong(tensors: readonly WireTensor[], axis: number): ShapedBytes {
+export function joinAlong(tensors: readonly WireTensor[], axis: number, elementSize: number): ShapedBytes {
   const first = tensors[0]!;
   const dims = [...first.dims];
   dims[axis] = tensors.reduce((sum, t) => sum + t.dims[axis]!, 0);
-  const elements = product(first.dims, 0, first.dims.length);
-  const elementSize = elements === 0 ? 0 : first.byteLength / elements;
   const outer = product(dims, 0, axis);
   const inner = product(dims, axis + 1, dims.length) * elementSize;
   const bytes = new Uint8Array(product(dims, 0, dims.length) * elementSize);

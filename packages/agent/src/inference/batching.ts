@@ -1,11 +1,12 @@
 /**
  * Dynamic batching's decisions on the event loop: which dimension of a model its requests are joined along (the
- * plan, made once at load), whether a request may join a run at all, and whether two requests may share one. The
+ * plan, made once at load), and whether a request may join a run at all and with which others (its join key). The
  * bytes are joined and split by the worker (batch-tensors.ts); the pool (pool.ts) gathers the requests.
  */
 import { InferenceError } from './errors.js';
 import type { BatchingOptions } from './pool-types.js';
 import type { WireInput, WireTensor, WireTensorInfo } from './protocol.js';
+import { TYPED_ARRAY_FOR } from './tensor-bytes.js';
 
 /** The largest maxBatchSize accepted: beyond it a joined run is long enough to hold up every request in it. */
 export const MAX_BATCH_SIZE = 1024;
@@ -20,11 +21,24 @@ export interface BatchPlan {
   outputAxes: Record<string, number>;
 }
 
-/** A request that may join others, and its size along the batch dimension. */
+/** A request that may join others, its size along the batch dimension, and what must match to join it. */
 export interface Batchable {
   inputs: WireTensor[];
   count: number;
+  /**
+   * Requests join only when their keys are equal: the same inputs, each of the same type and dimensions but along
+   * the batch dimension, and the same bytes of each input without it. Made once per request, so that finding a
+   * run's companions costs a string comparison per waiting request.
+   */
+  key: string;
 }
+
+/**
+ * An input without the batch dimension may be at most this large for its request to be joined (its bytes are
+ * part of the join key): such inputs are parameters like Silero VAD's sample rate; a request with a larger one
+ * runs alone.
+ */
+export const MAX_UNBATCHED_INPUT_BYTES = 1024;
 
 /**
  * The plan for a model, from ONNX Runtime's view of its inputs and outputs (symbolic dimensions by name).
@@ -38,8 +52,7 @@ export function planBatching(
 ): BatchPlan {
   checkBatchingOptions(options);
   const { maxBatchSize } = options;
-  const refuse = (why: string) =>
-    new InferenceError('unbatchable', `model ${key} cannot be batched: ${why}`);
+  const refuse = (why: string) => new InferenceError('unbatchable', `model ${key} cannot be batched: ${why}`);
   const dimension = options.dimension ?? inferDimension(inputs, outputs, refuse);
   const outputAxes: Record<string, number> = {};
   for (const output of outputs) {
@@ -64,7 +77,17 @@ export function planBatching(
   return { dimension, maxBatchSize, inputAxes, outputAxes };
 }
 
-/** The one symbolic dimension every output has once and some input has once. */
+/**
+ * Names a dimension must have to be taken as the batch dimension without being named: joining along a sequence
+ * or time dimension would run one client's data with another's (a model's rows along its batch dimension are
+ * computed each on its own; along a sequence they are not), so only a name that says batch is taken on trust.
+ */
+const BATCH_NAME = /batch|^[nb]$/i;
+
+/**
+ * The one symbolic dimension that every output has once and some input has once, and whose name says batch
+ * (BATCH_NAME).
+ */
 function inferDimension(
   inputs: readonly WireTensorInfo[],
   outputs: readonly WireTensorInfo[],
@@ -80,12 +103,20 @@ function inferDimension(
       inputs.some((input) => typeof axisOf(input, name) === 'number') &&
       inputs.every((input) => axisOf(input, name) !== 'twice'),
   );
-  if (fitting.length === 1) return fitting[0]!;
+  const batchLike = fitting.filter((name) => BATCH_NAME.test(name));
+  if (batchLike.length === 1) return batchLike[0]!;
+  const quoted = (names: string[]) => names.map((n) => `"${n}"`).join(', ');
+  if (batchLike.length > 1)
+    throw refuse(
+      `several dimensions could be its batch dimension (${quoted(batchLike)}); name one with "dimension"`,
+    );
+  if (fitting.length > 0)
+    throw refuse(
+      `its requests could be joined along ${quoted(fitting)}, but no such name says batch; name the dimension with "dimension" only if the model computes each row along it on its own (a sequence or time dimension is not one: joining along it would mix one request's data into another's answer)`,
+    );
   const shapes = [...inputs, ...outputs].map((info) => `${info.name} ${shapeText(info)}`).join(', ');
   throw refuse(
-    fitting.length === 0
-      ? `no symbolic dimension is in every output and in an input (${shapes}); expected a named batch dimension such as "batch"`
-      : `several dimensions could be its batch dimension (${fitting.map((n) => `"${n}"`).join(', ')}); name one with "dimension"`,
+    `no symbolic dimension is in every output and in an input (${shapes}); expected a named batch dimension such as "batch"`,
   );
 }
 
@@ -100,43 +131,37 @@ function shapeText(info: WireTensorInfo): string {
 }
 
 /**
- * The request as one that may join a run: every input in bytes (shared memory is never joined), every batched
- * input of the rank and the one size along the batch dimension, at least 1. Undefined when it runs alone.
+ * The request as one that may join a run, or undefined when it runs alone: an input in shared memory (never
+ * joined), bytes that do not fill its dimensions, batched inputs that disagree on the size along the batch
+ * dimension (or a size of 0), an input without it over MAX_UNBATCHED_INPUT_BYTES.
  */
 export function batchableOf(plan: BatchPlan, inputs: readonly WireInput[]): Batchable | undefined {
   let count: number | undefined;
+  const parts: string[] = [];
   for (const input of inputs) {
     if ('segment' in input) return undefined;
-    const axis = plan.inputAxes[input.name];
-    if (axis === undefined) continue;
-    const size = input.dims[axis];
+    const { name, type, dims, byteLength } = input;
+    if (byteLength !== elementsOf(dims) * TYPED_ARRAY_FOR[type].BYTES_PER_ELEMENT) return undefined;
+    const axis = plan.inputAxes[name];
+    if (axis === undefined) {
+      if (byteLength > MAX_UNBATCHED_INPUT_BYTES) return undefined;
+      const bytes = Buffer.from(input.buffer, input.byteOffset, byteLength).toString('base64');
+      parts.push(`${name}\0${type}\0${dims.join(',')}\0${bytes}`);
+      continue;
+    }
+    const size = dims[axis];
     if (size === undefined || size < 1 || (count !== undefined && size !== count)) return undefined;
     count = size;
+    parts.push(`${name}\0${type}\0${dims.map((d, i) => (i === axis ? '*' : d)).join(',')}`);
   }
-  return count === undefined ? undefined : { inputs: inputs as WireTensor[], count };
+  if (count === undefined) return undefined;
+  return { inputs: inputs as WireTensor[], count, key: parts.sort().join('\0\0') };
 }
 
-/**
- * Whether two requests may share a run: the same inputs, each of the same type and the same dimensions but along
- * the batch dimension, and inputs without it byte for byte the same.
- */
-export function joinable(plan: BatchPlan, a: readonly WireTensor[], b: readonly WireTensor[]): boolean {
-  if (a.length !== b.length) return false;
-  for (const x of a) {
-    const y = b.find((t) => t.name === x.name);
-    if (!y || y.type !== x.type || y.dims.length !== x.dims.length) return false;
-    const axis = plan.inputAxes[x.name];
-    for (let i = 0; i < x.dims.length; i++) if (i !== axis && x.dims[i] !== y.dims[i]) return false;
-    if (axis === undefined && !sameBytes(x, y)) return false;
-  }
-  return true;
-}
-
-function sameBytes(x: WireTensor, y: WireTensor): boolean {
-  if (x.byteLength !== y.byteLength) return false;
-  return Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(
-    Buffer.from(y.buffer, y.byteOffset, y.byteLength),
-  );
+function elementsOf(dims: readonly number[]): number {
+  let elements = 1;
+  for (const d of dims) elements *= d;
+  return elements;
 }
 
 /** Throws a RangeError saying what is wrong with the options, before a model is loaded with them. */

@@ -12,6 +12,7 @@ import {
   preciseNow,
   type FromWorker,
   type InferenceWorkerData,
+  type OrtTensorType,
   type ToWorker,
   type WireTensor,
   type WireTensorInfo,
@@ -19,6 +20,7 @@ import {
 } from './protocol.js';
 import { errorMessage, isOutOfMemory } from './errors.js';
 import { outputToWire, toOrtTensor } from './ort-tensors.js';
+import { TYPED_ARRAY_FOR } from './tensor-bytes.js';
 import { loadSysvShmAddon, SharedMemoryError } from '../shm/index.js';
 import { WorkerSegments, segmentInputTensor, writeOutputToSegment } from './worker-segments.js';
 import { joinAlong, splitAlong } from './batch-tensors.js';
@@ -217,6 +219,7 @@ async function joinedRun(session: InferenceSession, message: RunBatch): Promise<
     const joined = joinAlong(
       requests.map((inputs) => inputs.find((t) => t.name === input.name)!),
       axis,
+      elementSizeOf(input.type),
     );
     feeds[input.name] = toOrtTensor(
       {
@@ -239,12 +242,11 @@ async function joinedRun(session: InferenceSession, message: RunBatch): Promise<
       throw new UnsplittableOutput(
         `the joined run of ${requests.length} requests (${total} along the batch dimension) gave output ${name} the shape [${output.dims.join(', ')}], which does not split into them`,
       );
-    const elements = output.dims.reduce((p, d) => p * d, 1);
     const slices = splitAlong(
       { dims: output.dims, bytes: new Uint8Array(output.buffer, output.byteOffset, output.byteLength) },
       axis,
       counts,
-      elements === 0 ? 0 : output.byteLength / elements,
+      elementSizeOf(output.type),
     );
     slices.forEach((slice, r) =>
       answers[r]!.push({
@@ -258,6 +260,11 @@ async function joinedRun(session: InferenceSession, message: RunBatch): Promise<
     );
   }
   return answers.map((outputs) => ({ outputs }));
+}
+
+/** Bytes per element of a tensor type (an output type outside SageMaker Edge's, such as bool, is one byte). */
+function elementSizeOf(type: string): number {
+  return TYPED_ARRAY_FOR[type as OrtTensorType]?.BYTES_PER_ELEMENT ?? 1;
 }
 
 async function runsApart(

@@ -134,7 +134,8 @@ export interface PoolStats {
   inputBytes: InputByteCounts;
   /**
    * Where requests ran (warm-up runs included): inline within the event-loop share, inline as idle runs (the
-   * agent had nothing else to do; not charged to the share), or on a worker. The three add up to all runs.
+   * agent had nothing else to do; not charged to the share), or on a worker (a joined run counts each request it
+   * answered). The three add up to all requests run.
    */
   runs: Record<InlinePath | 'worker', number>;
   /** Worker runs that joined two or more requests (dynamic batching), and the requests they answered. */

@@ -420,7 +420,6 @@ export class InferencePool {
       const entry = this.#models.get(job.key);
       if (entry?.batching) {
         delete entry.batching;
-        for (const waiting of entry.queue) delete waiting.batchable;
         this.#options.onEvent?.({ type: 'batching-unavailable', key: job.key, reason: reply.ranApart! });
       }
     }
@@ -455,7 +454,7 @@ export class InferencePool {
       if (!job) return 0;
       this.#finished(job);
       job.reject(new InferenceError('worker-died', message));
-      return 1;
+      return requestsIn(job);
     };
     const failed =
       fail(

@@ -10,7 +10,7 @@
  * models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
  */
 import type { Worker } from 'node:worker_threads';
-import { joinable, type Batchable, type BatchPlan } from './batching.js';
+import type { Batchable, BatchPlan } from './batching.js';
 import type { InferenceError } from './errors.js';
 import { RUNS_BEFORE_INLINE, type InlineBudget, type InlinePath } from './inline-budget.js';
 import type { FromWorker, ModelBytes, OutputSegment, ToWorker, WireInput } from './protocol.js';
@@ -20,7 +20,10 @@ export interface RunResult {
   outputs: PoolTensor[];
   /** Waiting for a worker: from submission until ONNX Runtime started. */
   queueMs: number;
-  /** Inside ONNX Runtime's run. */
+  /**
+   * Inside ONNX Runtime's run: for a joined run (batchSize > 1) the whole run's; for requests of a joined run the
+   * worker ran one by one (batchSize 1), the time of all of them.
+   */
   computeMs: number;
   /** Index of the worker that ran it; -1 when it ran inline, on the event loop. */
   worker: number;
@@ -161,7 +164,12 @@ export function idleSlot(entry: ModelEntry): Slot | undefined {
  * callers makes runs of 6–7 requests that way against 2–4 when each worker is handed one ahead, and serves more).
  */
 export function handsAhead(entry: ModelEntry, maxComputeMs: number): boolean {
-  return entry.batching === undefined && entry.computeMs !== undefined && entry.computeMs <= maxComputeMs;
+  return entry.batching === undefined && runsShort(entry, maxComputeMs);
+}
+
+/** The model's runs average at most `maxComputeMs`. */
+function runsShort(entry: ModelEntry, maxComputeMs: number): boolean {
+  return entry.computeMs !== undefined && entry.computeMs <= maxComputeMs;
 }
 
 /**
@@ -250,7 +258,10 @@ export function handAheadTo(
   return undefined;
 }
 
-/** The worker is running a model whose runs are short, and has no request handed ahead yet. */
+/**
+ * The worker is running a model whose runs are short (a batching model's too: only its own requests are not
+ * handed ahead), and has no request handed ahead yet.
+ */
 export function takesAhead(
   slot: Slot,
   models: ReadonlyMap<string, ModelEntry>,
@@ -258,8 +269,14 @@ export function takesAhead(
 ): boolean {
   if (!slot.ready || !slot.running || slot.ahead) return false;
   const running = models.get(slot.running.key);
-  return running !== undefined && handsAhead(running, maxComputeMs);
+  return running !== undefined && runsShort(running, maxComputeMs);
 }
+
+/**
+ * How many waiting requests gatherBatch looks at, at most, for a run's companions (besides the ones it takes): a
+ * queue full of requests that cannot join (a client sending shapes no other sends) costs each run a bounded scan.
+ */
+export const BATCH_SCAN_LIMIT = 64;
 
 /**
  * Dynamic batching: the requests to run with `job` (it first), taken from its model's queue oldest first while
@@ -272,12 +289,16 @@ export function gatherBatch(job: Job, entry: ModelEntry): Job[] | undefined {
   if (!plan || !first || first.count >= plan.maxBatchSize || entry.queue.length === 0) return undefined;
   const members = [job];
   let size = first.count;
-  for (let i = 0; i < entry.queue.length && size < plan.maxBatchSize;) {
+  let passed = 0;
+  for (let i = 0; i < entry.queue.length && size < plan.maxBatchSize && passed < BATCH_SCAN_LIMIT;) {
     const other = entry.queue[i]!.batchable;
-    if (other && size + other.count <= plan.maxBatchSize && joinable(plan, first.inputs, other.inputs)) {
+    if (other && other.key === first.key && size + other.count <= plan.maxBatchSize) {
       members.push(entry.queue.splice(i, 1)[0]!);
       size += other.count;
-    } else i++;
+    } else {
+      i++;
+      passed++;
+    }
   }
   return members.length > 1 ? members : undefined;
 }

@@ -191,7 +191,7 @@ export class AgentMetrics {
     });
     new Counter({
       name: 'edgefleet_inference_runs_total',
-      help: 'Inferences run, by where: inline (on the event loop, for fast models, within its share), inline_idle (on the event loop while the agent had nothing else to do, for models over the per-run ceiling but within the idle one; not charged to the share) or worker',
+      help: 'Inferences run (a joined run of dynamic batching counts each request it answered), by where: inline (on the event loop, for fast models, within its share), inline_idle (on the event loop while the agent had nothing else to do, for models over the per-run ceiling but within the idle one; not charged to the share) or worker',
       labelNames: ['path'],
       registers: [this.registry],
       collect() {

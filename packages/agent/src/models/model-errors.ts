@@ -31,7 +31,7 @@ export function packageFailure(error: unknown, dir: string): AgentError {
   return asAgentError(error, `opening model package ${dir}`);
 }
 
-/** `asked.batching`: the load asked for dynamic batching, which the pool refuses (model-rejected) when it does not fit. */
+/** A failed load as the AgentError its callers answer (a refused batching rule, 'unbatchable', says so). */
 export function loadFailure(error: unknown, name: string, dir: string): AgentError {
   if (error instanceof InferenceError) {
     switch (error.kind) {

@@ -132,6 +132,8 @@ export class ModelLoader {
           throw loadFailure(error, name, opened.dir);
         });
       sessionsCreated = true;
+      checkSessionAgainstManifest(name, opened, info.inputs, info.outputs);
+      check();
       if (info.batching) {
         const { dimension, maxBatchSize } = info.batching;
         this.#logger?.info?.(
@@ -139,8 +141,6 @@ export class ModelLoader {
           { model: name, dimension, maxBatchSize },
         );
       }
-      checkSessionAgainstManifest(name, opened, info.inputs, info.outputs);
-      check();
       if (hooks.beforeWarmUp) {
         await hooks.beforeWarmUp();
         check();

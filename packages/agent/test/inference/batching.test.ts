@@ -83,6 +83,24 @@ function expectStreamAnswer(result: RunResult, seed: number, rows = 1, scale = 2
   );
 }
 
+/** y = 2x over [batch, len]: requests of different lengths never share a run. */
+function widthModel(): Uint8Array {
+  return new OnnxModelBuilder({ graphName: 'width' })
+    .input('x', 'FLOAT32', ['batch', 'len'])
+    .initializer('two', 'FLOAT32', [], new Float32Array([2]))
+    .node('Mul', ['x', 'two'], ['y'])
+    .output('y', 'FLOAT32', ['batch', 'len'])
+    .build();
+}
+const widthRequest = (len: number, seed = len) => [
+  f32(
+    'x',
+    [1, len],
+    Array.from({ length: len }, (_, i) => seed * 10 + i),
+  ),
+];
+const widthAnswer = (len: number, seed = len) => Array.from({ length: len }, (_, i) => (seed * 10 + i) * 2);
+
 /** y = table[idx] + x: a request whose idx is outside the table's 3 rows fails its run (and a joined run). */
 function lookupModel(): Uint8Array {
   return new OnnxModelBuilder({ graphName: 'lookup' })
@@ -152,8 +170,8 @@ describe('planBatching', () => {
     expect(plan([info('x', [1, 4])], [info('y', [1, 4])])).toThrow(
       /model m cannot be batched: no symbolic dimension is in every output and in an input \(x \[1, 4\], y \[1, 4\]\); expected a named batch dimension/,
     );
-    expect(plan([info('x', ['n', 'm'])], [info('y', ['n', 'm'])])).toThrow(
-      /several dimensions could be its batch dimension \("n", "m"\); name one with "dimension"/,
+    expect(plan([info('x', ['batch', 'n'])], [info('y', ['batch', 'n'])])).toThrow(
+      /several dimensions could be its batch dimension \("batch", "n"\); name one with "dimension"/,
     );
     expect(plan([info('x', ['n', 4])], [info('y', ['n', 4]), info('total', [1])], 'n')).toThrow(
       /its output total \(shape \[1\]\) has no dimension "n" to split the answers along/,
@@ -164,6 +182,15 @@ describe('planBatching', () => {
     expect(plan([info('x', [4])], [info('y', ['n'])], 'n')).toThrow(
       /none of its inputs has the dimension "n"; expected at least one input to have it/,
     );
+    // A dimension that does not say batch is never taken on trust: joining along a sequence mixes requests.
+    expect(plan([info('ids', [1, 'seq'])], [info('logits', [1, 'seq', 9])])).toThrow(
+      /its requests could be joined along "seq", but no such name says batch; name the dimension with "dimension" only if the model computes each row along it on its own/,
+    );
+    expect(plan([info('x', ['N', 4])], [info('y', ['N', 2])])().inputAxes).toEqual({ x: 0 });
+    expect(plan([info('x', [3, 'batch_size'])], [info('y', ['batch_size'])])().dimension).toBe('batch_size');
+    expect(plan([info('ids', [1, 'seq'])], [info('logits', [1, 'seq', 9])], 'seq')().outputAxes).toEqual({
+      logits: 1,
+    });
     expect(plan(sileroInputs, sileroOutputs, 'sequence')).toThrow(
       /its output output .* has no dimension "sequence"/,
     );
@@ -211,6 +238,7 @@ describe('joinAlong and splitAlong', () => {
         const joined = joinAlong(
           parts.map((p) => wire(p.shape, p.bytes)),
           axis,
+          elementSize,
         );
         expect(joined.dims[axis]).toBe(counts.reduce((a, b) => a + b, 0));
         const split = splitAlong(joined, axis, counts, elementSize);
@@ -224,7 +252,7 @@ describe('joinAlong and splitAlong', () => {
     // Two [2, 1, 2] tensors joined along axis 1: block 0 of a, block 0 of b, block 1 of a, block 1 of b.
     const a = wire([2, 1, 2], Uint8Array.from([1, 2, 3, 4]));
     const b = wire([2, 1, 2], Uint8Array.from([5, 6, 7, 8]));
-    const joined = joinAlong([a, b], 1);
+    const joined = joinAlong([a, b], 1, 1);
     expect(joined.dims).toEqual([2, 2, 2]);
     expect(Array.from(joined.bytes)).toEqual([1, 2, 5, 6, 3, 4, 7, 8]);
   });
@@ -300,6 +328,85 @@ describe('an inference pool with dynamic batching', () => {
     expect(results[1]!.batchSize).toBe(2);
     expect(results[2]!.batchSize).toBe(2);
     expect(results[5]!.batchSize).toBe(1);
+  });
+
+  it('never joins requests whose other dimensions differ, nor one that fills a run on its own', async () => {
+    await pool.loadModel('width', inMemory(widthModel()), 1, { batching: { maxBatchSize: 4 } });
+    const lens = [3, 3, 5, 3, 5, 4];
+    const results = await submitAll(
+      'width',
+      lens.map((len) => widthRequest(len)),
+    );
+    results.forEach((result, i) => {
+      expect(output(result, 'y').shape).toEqual([1, lens[i]]);
+      expect(floatsOf(output(result, 'y'))).toEqual(widthAnswer(lens[i]!));
+    });
+    expect(results.map((r) => r.batchSize)).toEqual([1, 2, 2, 2, 2, 1]);
+    // A request of 4 rows fills a run of at most 4: it runs alone.
+    await pool.loadModel('stream', inMemory(streamModel()), 1, { batching: { maxBatchSize: 4 } });
+    const full = await submitAll('stream', [streamRequest(0), streamRequest(1, 4), streamRequest(2)]);
+    expectStreamAnswer(full[1]!, 1, 4);
+    expect(full.map((r) => r.batchSize)).toEqual([1, 1, 1]);
+  });
+
+  it('looks at a bounded number of waiting requests for a run (a queue of requests that cannot join)', async () => {
+    await pool.loadModel('width', inMemory(widthModel()), 1, { batching: { maxBatchSize: 8 } });
+    // 1 runs at once; then 3 (len 3), 70 that join nothing (each its own length), and another of len 3.
+    const lens = [2, 3, ...Array.from({ length: 70 }, (_, i) => 10 + i), 3];
+    const results = await submitAll(
+      'width',
+      lens.map((len, i) => widthRequest(len, i)),
+    );
+    results.forEach((result, i) => expect(floatsOf(output(result, 'y'))).toEqual(widthAnswer(lens[i]!, i)));
+    // The last is beyond the scan of the first len-3 request's run: each runs alone.
+    expect(results[1]!.batchSize).toBe(1);
+    expect(results.at(-1)!.batchSize).toBe(1);
+  });
+
+  it('runs alone a request whose bytes do not fill its dimensions (ONNX Runtime refuses it, no other)', async () => {
+    await pool.loadModel('stream', inMemory(streamModel()), 1, { batching: { maxBatchSize: 8 } });
+    const short = streamRequest(1);
+    short[0] = { ...short[0]!, data: short[0]!.data.subarray(0, 12) };
+    const settled = await Promise.allSettled(
+      [streamRequest(0), streamRequest(2), short, streamRequest(3)].map((inputs) =>
+        pool.run('stream', inputs),
+      ),
+    );
+    expect(settled[2]).toMatchObject({ status: 'rejected', reason: { kind: 'run-failed' } });
+    for (const i of [0, 1, 3]) {
+      const outcome = settled[i]!;
+      if (outcome.status !== 'fulfilled') throw outcome.reason;
+      expectStreamAnswer(outcome.value, i === 0 ? 0 : i === 1 ? 2 : 3);
+    }
+    expect(settled[1]).toMatchObject({ value: { batchSize: 2 } });
+  });
+
+  it('answers a joined run under way when its model is unloaded, and keeps no count of it', async () => {
+    await pool.loadModel('scalable', inMemory(scalableModel()), 1, {
+      batching: { maxBatchSize: 1024, dimension: 'rows' },
+    });
+    const first = pool.run('scalable', scalable(1));
+    const joined = [300, 300, 300].map((rows) => pool.run('scalable', scalable(rows)));
+    await first;
+    await pool.unloadModel('scalable');
+    for (const result of await Promise.all(joined)) {
+      expect(result.batchSize).toBe(3);
+      expect(floatsOf(result.outputs[0]!).slice(0, 128)).toEqual(Array.from(scalableReference(1)));
+    }
+    expect(pool.stats().models).toEqual([]);
+  });
+
+  it('fails each request of a joined run under way when the pool closes', async () => {
+    const closing = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+    await closing.loadModel('scalable', inMemory(scalableModel()), 1, {
+      batching: { maxBatchSize: 1024, dimension: 'rows' },
+    });
+    const first = closing.run('scalable', scalable(1));
+    const joined = Promise.allSettled([300, 300, 300].map((rows) => closing.run('scalable', scalable(rows))));
+    await first;
+    await closing.close();
+    for (const outcome of await joined)
+      expect(outcome).toMatchObject({ status: 'rejected', reason: { kind: 'closed' } });
   });
 
   it('answers Silero VAD requests joined as ONNX Runtime answers each alone', async () => {
@@ -412,13 +519,15 @@ describe('an inference pool with dynamic batching', () => {
   });
 
   it('fails every request of a joined run whose worker dies, and keeps serving', async () => {
-    await pool.loadModel('scalable', inMemory(scalableModel()), 1, { batching: { maxBatchSize: 1024 } });
+    await pool.loadModel('scalable', inMemory(scalableModel()), 1, {
+      batching: { maxBatchSize: 1024, dimension: 'rows' },
+    });
     const first = pool.run('scalable', scalable(1));
     // Joined once the first has run: 900 rows, a run of milliseconds.
-    const joined = [300, 300, 300].map((rows) => pool.run('scalable', scalable(rows)));
+    const joined = Promise.allSettled([300, 300, 300].map((rows) => pool.run('scalable', scalable(rows))));
     expect(floatsOf((await first).outputs[0]!)).toEqual(Array.from(scalableReference(1)));
     await pool.recycleWorker(0);
-    for (const outcome of await Promise.allSettled(joined))
+    for (const outcome of await joined)
       expect(outcome).toMatchObject({ status: 'rejected', reason: { kind: 'worker-died' } });
     await pool.loadModel('stream', inMemory(streamModel()), 1, { batching: { maxBatchSize: 8 } });
     const again = await submitAll('stream', [streamRequest(1), streamRequest(2), streamRequest(3)]);
