@@ -13,8 +13,7 @@
 // batching (requests waiting for a worker joined into one run, see --batching).
 //
 // Thread counts are the same on both sides: the agent runs W inference workers (W = cores, at most 2) with a
-// session of each model on every worker (Silero VAD, batched, one: see --batching), each session with 1 intra-op
-// and 1 inter-op thread; the baseline runs
+// session of each model on every worker, each session with 1 intra-op and 1 inter-op thread; the baseline runs
 // the same session options, 1 session on the main thread for 1 client, W worker threads with a session each
 // (closed loops, no messaging at all) for 8. Clients are closed loops: each sends its next request when the last
 // one is answered; 8 clients have 8 connections. The candidates of a case run interleaved, round after round, so
@@ -59,15 +58,13 @@ const COMPARE_ARG = arg('--compare', undefined);
 const WORKERS_ONLY = COMPARE_ARG === 'workers-only';
 const UNBATCHED = COMPARE_ARG === 'unbatched';
 // `--batching N`: the agent loads Silero VAD with dynamic batching, at most N requests a run (default 8; 0: off),
-// with one session (which batches best), as an agent serving it to many clients would be configured
-// (edgefleet_dynamic_batching). Its requests are joined only when they wait for a worker.
+// as an agent serving it to many clients would be configured (edgefleet_dynamic_batching). Its requests are joined
+// only when they wait for a worker.
 const BATCHING = Number(arg('--batching', '8'));
 /** The goal table's 8-client Silero VAD rows say when the agent batched them. */
 const BATCHED = BATCHING > 0 ? ' (dynamic batching)' : '';
 const BATCHING_SETTINGS =
-  BATCHING > 0
-    ? { edgefleet_dynamic_batching: [{ model: 'silero-vad', maxBatchSize: BATCHING, instances: 1 }] }
-    : {};
+  BATCHING > 0 ? { edgefleet_dynamic_batching: [{ model: 'silero-vad', maxBatchSize: BATCHING }] } : {};
 // The agent's inline path settings (its defaults when not given), e.g. to try a ceiling that takes Silero VAD in.
 const INLINE_SETTINGS = {
   ...(arg('--inline-max-run-micros') && {

@@ -13,6 +13,7 @@ import { preciseNow, type ModelBytes, type WorkerFailureKind } from './protocol.
 import {
   HAND_AHEAD_MAX_COMPUTE_MS,
   gatherBatch,
+  waitsToJoin,
   handAheadTo,
   idleSlot,
   newModelEntry,
@@ -302,7 +303,13 @@ export class InferencePool {
         const batchable = batchableOf(entry.batching, wire);
         if (batchable) job.batchable = batchable;
       }
-      const idle = pinned ? (slotCanRun(pinned, key) ? pinned : undefined) : idleSlot(entry);
+      const idle = pinned
+        ? slotCanRun(pinned, key)
+          ? pinned
+          : undefined
+        : waitsToJoin(job, entry)
+          ? undefined
+          : idleSlot(entry);
       if (idle) {
         this.#start(idle, job, entry, 'running');
         return;
@@ -402,6 +409,20 @@ export class InferencePool {
       job.reject(new InferenceError(failureKindOf(reply.kind), reply.message));
     }
     this.#pump(slot);
+    const entry = this.#models.get(job.key);
+    if (entry) this.#pumpIdleInstances(entry);
+  }
+
+  /**
+   * A batching model's requests may wait while another of its instances is idle (waitsToJoin): once its run
+   * ended, or its worker died, an idle instance takes what still waits.
+   */
+  #pumpIdleInstances(entry: ModelEntry): void {
+    if (!entry.batching) return;
+    for (const slot of entry.slots) {
+      if (entry.queue.length === 0) return;
+      if (slotCanRun(slot, entry.key)) this.#pump(slot);
+    }
   }
 
   /**
@@ -472,6 +493,7 @@ export class InferencePool {
         job.reject(new InferenceError(kind, `the inference worker stopped (${reason})`));
         return false;
       });
+      this.#pumpIdleInstances(entry);
     }
     return failed;
   }

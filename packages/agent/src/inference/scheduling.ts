@@ -303,6 +303,27 @@ export function gatherBatch(job: Job, entry: ModelEntry): Job[] | undefined {
   return members.length > 1 ? members : undefined;
 }
 
+/**
+ * Dynamic batching: a request that could join others waits for its model's run under way, to join the next,
+ * rather than start alone on an idle instance; unless the requests it could join (itself included) already fill
+ * a run, which another instance then takes. A model with a session on every worker so keeps its requests together
+ * while one session keeps up, and spreads them once it does not; requests that cannot join (shared memory) still
+ * take an idle instance at once.
+ */
+export function waitsToJoin(job: Job, entry: ModelEntry): boolean {
+  const plan = entry.batching;
+  const own = job.batchable;
+  if (!plan || !own || entry.running === 0) return false;
+  let size = own.count;
+  let looked = 0;
+  for (const waiting of entry.queue) {
+    if (waiting.batchable?.key === own.key && (size += waiting.batchable.count) >= plan.maxBatchSize)
+      return false;
+    if (++looked >= BATCH_SCAN_LIMIT) break;
+  }
+  return true;
+}
+
 /** Each input's largest dimensions measured so far, by input name (ModelEntry.measuredShapes). */
 export type MeasuredShapes = Map<string, number[]>;
 

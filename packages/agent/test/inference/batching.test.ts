@@ -534,3 +534,52 @@ describe('an inference pool with dynamic batching', () => {
     again.forEach((result, i) => expectStreamAnswer(result, i + 1));
   });
 });
+
+describe('dynamic batching with a session on each of two workers', () => {
+  let pool: InferencePool;
+  beforeAll(async () => {
+    pool = await InferencePool.start({ workers: 2, session: DEFAULT_ORT_SESSION_CONFIG });
+  });
+  afterAll(async () => {
+    await pool?.close();
+  });
+  afterEach(async () => {
+    for (const { key } of pool.stats().models) await pool.unloadModel(key);
+  });
+
+  it('keeps requests waiting for the run under way, to join the next, while they do not fill a run', async () => {
+    await pool.loadModel('stream', inMemory(streamModel()), 2, { batching: { maxBatchSize: 8 } });
+    const results = await Promise.all([0, 1, 2, 3, 4].map((seed) => pool.run('stream', streamRequest(seed))));
+    results.forEach((result, seed) => expectStreamAnswer(result, seed));
+    // The other session was idle all along: the four waited for the first run and joined.
+    expect(results.map((r) => r.batchSize)).toEqual([1, 4, 4, 4, 4]);
+    expect(results.map((r) => r.worker)).toEqual([results[0]!.worker, ...Array(4).fill(results[0]!.worker)]);
+  });
+
+  it('starts a full run on the idle session at once', async () => {
+    await pool.loadModel('stream', inMemory(streamModel()), 2, { batching: { maxBatchSize: 2 } });
+    const results = await Promise.all([0, 1, 2].map((seed) => pool.run('stream', streamRequest(seed))));
+    results.forEach((result, seed) => expectStreamAnswer(result, seed));
+    expect(results.map((r) => r.batchSize)).toEqual([1, 2, 2]);
+    expect(results[1]!.worker).not.toBe(results[0]!.worker);
+  });
+
+  it('serves the waiting requests on the other session when the worker of the run under way dies', async () => {
+    await pool.loadModel('scalable', inMemory(scalableModel()), 2, {
+      batching: { maxBatchSize: 1024, dimension: 'rows' },
+    });
+    const first = pool.run('scalable', scalable(600)).then(
+      () => 'answered',
+      (error: unknown) => error,
+    );
+    const waiting = [1, 2, 3].map((rows) => pool.run('scalable', scalable(rows)));
+    const running = pool.stats().workers.findIndex((w) => w.busy);
+    await pool.recycleWorker(running);
+    expect(await first).toMatchObject({ kind: 'worker-died' });
+    const results = await Promise.all(waiting);
+    results.forEach((result, i) => {
+      expect(result.worker).not.toBe(running);
+      expect(floatsOf(result.outputs[0]!)).toEqual(Array.from(scalableReference(i + 1)));
+    });
+  });
+});
