@@ -9,7 +9,10 @@ import type { InferenceSession } from 'onnxruntime-node';
 import { errorMessage, type InferenceError } from './errors.js';
 import {
   InlineBudget,
+  DEMOTION_MEMORY_MS,
   MAX_DEMOTIONS,
+  MAX_PARK_MS,
+  PARK_MS,
   RUNS_BEFORE_INLINE,
   type InlineBudgetOptions,
   type InlinePath,
@@ -109,7 +112,8 @@ export class InlineModels {
     const averageMs = foldComputeMs(entry, computeMs);
     if (
       entry.inline === 'off' &&
-      entry.workerRuns >= RUNS_BEFORE_INLINE &&
+      entry.workerRuns >= entry.inlineAfterRuns &&
+      !parked(entry) &&
       this.#budget.fastEnough(averageMs)
     )
       void this.#load(entry);
@@ -122,7 +126,8 @@ export class InlineModels {
    */
   #awaitsIdleRequests(entry: ModelEntry): boolean {
     return (
-      entry.workerRuns >= RUNS_BEFORE_INLINE &&
+      entry.workerRuns >= entry.inlineAfterRuns &&
+      !parked(entry) &&
       entry.computeMs !== undefined &&
       !this.#budget.fastEnough(entry.computeMs) &&
       this.#budget.fastEnoughWhenIdle(entry.computeMs)
@@ -161,23 +166,29 @@ export class InlineModels {
   }
 
   /**
-   * One run far over the ceiling (a misjudged model, or inputs that make it slow): back to the workers, which measure
-   * it again before it may return, twice as long after each demotion; after MAX_DEMOTIONS, for good.
+   * One run far over the ceiling (a misjudged model, inputs that make it slow, or a thread preempted mid-run): back
+   * to the workers, which measure it again before it may return, twice as long after each demotion; from
+   * MAX_DEMOTIONS on (within DEMOTION_MEMORY_MS of each other), parked there for a while, longer each time.
    */
   #demoteIfTooSlow(entry: ModelEntry, runMs: number, path: InlinePath): void {
     if (!this.#budget.tooSlow(runMs, path)) return;
+    const now = performance.now();
+    if (entry.lastDemotionAt !== undefined && now - entry.lastDemotionAt > DEMOTION_MEMORY_MS)
+      entry.demotions = 0;
     entry.demotions++;
-    if (entry.demotions < MAX_DEMOTIONS) {
-      entry.inlineAfterRuns = entry.workerRuns + RUNS_BEFORE_INLINE * 2 ** (entry.demotions - 1);
-      return;
-    }
-    // Its session's memory goes back (InlineRunner.release never throws: its dispose is guarded).
+    entry.lastDemotionAt = now;
+    entry.inlineAfterRuns =
+      entry.workerRuns + RUNS_BEFORE_INLINE * 2 ** Math.min(entry.demotions - 1, MAX_DEMOTIONS - 1);
+    if (entry.demotions < MAX_DEMOTIONS) return;
+    const parkMs = Math.min(MAX_PARK_MS, PARK_MS * 2 ** (entry.demotions - MAX_DEMOTIONS));
+    entry.parkedUntil = now + parkMs;
+    // Its session's memory goes back (InlineRunner.release never throws: its dispose is guarded); measured again
+    // on the workers after the park, it gets a new one.
     void this.release(entry);
-    entry.inline = 'unfit';
     this.#options.onEvent?.({
       type: 'inline-unavailable',
       key: entry.key,
-      reason: `${MAX_DEMOTIONS} inline runs far over the ceiling: the model stays on the workers`,
+      reason: `${entry.demotions} inline runs far over the ceiling within ${DEMOTION_MEMORY_MS / 60_000} minutes of each other: the model stays on the workers for ${parkMs / 1000} s`,
     });
   }
 
@@ -236,6 +247,11 @@ export class InlineModels {
     }
     entry.inline = loaded ? 'on' : 'unfit';
   }
+}
+
+/** Whether the model is parked on the workers after its demotions (see MAX_DEMOTIONS). */
+function parked(entry: ModelEntry): boolean {
+  return entry.parkedUntil !== undefined && performance.now() < entry.parkedUntil;
 }
 
 /** Folds `runMs` into the moving average of the model's run time; returns the new average. */

@@ -103,7 +103,7 @@ export interface ModelEntry {
    * model with dynamic dimensions measured on small inputs could block the event loop on a large one, or on the same
    * bytes in another shape); it goes to a worker, which measures it, and its shape counts only if that run was within
    * the demotion limit (InlineBudget.withinDemotionLimit). A cost set by the inputs' values still shows only after
-   * one long inline run, which demotes the model (MAX_DEMOTIONS of them keep it on the workers).
+   * one long inline run, which demotes the model (MAX_DEMOTIONS of them park it on the workers for a while).
    */
   measuredShapes: MeasuredShapes;
   /**
@@ -119,8 +119,12 @@ export interface ModelEntry {
   inline: 'off' | 'loading' | 'on' | 'unfit';
   /** Inline requests may start once `workerRuns` reaches this (a demoted model is measured on workers again). */
   inlineAfterRuns: number;
-  /** Times an inline run of the model went far over its ceiling (see MAX_DEMOTIONS). */
+  /** Times an inline run of the model went far over its ceiling, lately (see MAX_DEMOTIONS). */
   demotions: number;
+  /** When (performance.now()) the last of them was. */
+  lastDemotionAt?: number;
+  /** Parked on the workers until then (performance.now()) after MAX_DEMOTIONS: no inline session before. */
+  parkedUntil?: number;
   /** Dynamic batching, when the model was loaded with it (and until a joined run shows it does not split). */
   batching?: BatchPlan;
 }

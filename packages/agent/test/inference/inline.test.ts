@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TEST_MODELS, slowModelFlops, slowModelInput, writeTestModel } from '@edgefleet/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   DEFAULT_ORT_SESSION_CONFIG,
   InferencePool,
@@ -22,8 +22,10 @@ import {
   untilInline,
 } from '../support/pool-models.js';
 import {
+  DEMOTION_MEMORY_MS,
   InlineBudget,
   MAX_DEMOTIONS,
+  PARK_MS,
   RUNS_BEFORE_INLINE,
   WINDOW_MS,
 } from '../../src/inference/inline-budget.js';
@@ -218,22 +220,52 @@ describe('InferencePool: the inline path', () => {
     await untilRunsInline(pool, 'scalable', () => scalable(1));
   });
 
-  it('keeps a model on the workers for good after MAX_DEMOTIONS demotions', async () => {
-    const pool = await startPool(10_000, 0.9);
-    await pool.loadModel('tiled', paths.tiled!, 1);
-    for (let demotion = 1; demotion <= MAX_DEMOTIONS; demotion++) {
+  describe('with the clock moved on', () => {
+    const realNow = performance.now.bind(performance);
+    let skippedMs = 0;
+    /** Moves performance.now() (the pool's clock for demotions) on, as if that much time had passed. */
+    const timePasses = (ms: number) => {
+      skippedMs += ms;
+      vi.spyOn(performance, 'now').mockImplementation(() => realNow() + skippedMs);
+    };
+    afterEach(() => {
+      vi.restoreAllMocks();
+      skippedMs = 0;
+    });
+
+    it('parks a model on the workers after MAX_DEMOTIONS demotions, then lets it back', async () => {
+      const pool = await startPool(10_000, 0.9);
+      await pool.loadModel('tiled', paths.tiled!, 1);
+      for (let demotion = 1; demotion <= MAX_DEMOTIONS; demotion++) {
+        await untilRunsInline(pool, 'tiled', () => tiled(1));
+        expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
+        expect(pool.stats().inline.demotions).toBe(demotion);
+      }
+      // Far more worker runs than any re-measuring needs: none of them is followed by an inline one while parked.
+      const inlineRuns = pool.stats().runs.inline;
+      for (let i = 0; i < 8 * RUNS_BEFORE_INLINE; i++) {
+        expect((await pool.run('tiled', tiled(1))).worker).toBeGreaterThanOrEqual(0);
+        await loopWaits();
+      }
+      expect(pool.stats().runs.inline).toBe(inlineRuns);
+      expect(pool.stats().inline.models).toEqual([]);
+      // Once the park is over, measured fast again, it gets a new inline session and comes back.
+      timePasses(PARK_MS + 1);
       await untilRunsInline(pool, 'tiled', () => tiled(1));
-      expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
-      expect(pool.stats().inline.demotions).toBe(demotion);
-    }
-    // Far more worker runs than any re-measuring needs: none of them is ever followed by an inline one.
-    const inlineRuns = pool.stats().runs.inline;
-    for (let i = 0; i < 8 * RUNS_BEFORE_INLINE; i++) {
-      expect((await pool.run('tiled', tiled(1))).worker).toBeGreaterThanOrEqual(0);
-      await loopWaits();
-    }
-    expect(pool.stats().runs.inline).toBe(inlineRuns);
-    expect(pool.stats().inline.models).toEqual([]);
+    });
+
+    it('forgets demotions older than DEMOTION_MEMORY_MS: spread out, they never park a model', async () => {
+      const pool = await startPool(10_000, 0.9);
+      await pool.loadModel('tiled', paths.tiled!, 1);
+      for (let demotion = 1; demotion <= MAX_DEMOTIONS + 1; demotion++) {
+        await untilRunsInline(pool, 'tiled', () => tiled(1));
+        expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
+        timePasses(DEMOTION_MEMORY_MS + 1);
+      }
+      expect(pool.stats().inline.demotions).toBe(MAX_DEMOTIONS + 1);
+      // Re-measured after its last demotion (the first of a new count), it is back.
+      await untilRunsInline(pool, 'tiled', () => tiled(1));
+    });
   });
 
   it('judges a failed inline run by its time like any other: one that computed far over the ceiling demotes', async () => {
