@@ -145,14 +145,16 @@ export class InlineModels {
     const expectedMs = entry.computeMs ?? 0;
     const charged = path === 'inline';
     const submittedAt = preciseNow();
+    const cpuBefore = process.cpuUsage();
     let computeMs: number;
     try {
       const run = this.#runner.run(this.#sessionKeys.get(entry)!, inputs, outputSegments);
       computeMs = run.computeMs;
       this.#runs[path]++;
       if (charged) this.#budget.settle(expectedMs, computeMs);
-      foldComputeMs(entry, computeMs);
-      this.#demoteIfTooSlow(entry, computeMs, path);
+      const workedMs = Math.min(computeMs, cpuMsSince(cpuBefore));
+      foldComputeMs(entry, workedMs);
+      this.#demoteIfTooSlow(entry, workedMs, path);
       const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
       return Promise.resolve({ outputs: run.outputs, queueMs, computeMs, worker: -1, batchSize: 1 });
     } catch (error) {
@@ -160,7 +162,7 @@ export class InlineModels {
       // request that computes for long and then fails cannot come back inline every time.
       const spentMs = preciseNow() - submittedAt;
       if (charged) this.#budget.settle(expectedMs, spentMs);
-      this.#demoteIfTooSlow(entry, spentMs, path);
+      this.#demoteIfTooSlow(entry, Math.min(spentMs, cpuMsSince(cpuBefore)), path);
       return Promise.reject(error as InferenceError);
     }
   }
@@ -247,6 +249,17 @@ export class InlineModels {
     }
     entry.inline = loaded ? 'on' : 'unfit';
   }
+}
+
+/**
+ * The CPU time the whole process spent since `before` (process.cpuUsage), in ms. An inline run is judged (and its
+ * model measured) by the lesser of its wall time and this: a thread preempted mid-run on a busy machine takes long
+ * without computing, which is not the model's cost; a run that computes long costs the process at least as much
+ * CPU. Process-wide (Node 20 has no per-thread CPU time), so while workers compute too it errs towards demoting.
+ */
+function cpuMsSince(before: NodeJS.CpuUsage): number {
+  const { user, system } = process.cpuUsage(before);
+  return (user + system) / 1000;
 }
 
 /** Whether the model is parked on the workers after its demotions (see MAX_DEMOTIONS). */
