@@ -53,6 +53,12 @@ export function planBatching(
   checkBatchingOptions(options);
   const { maxBatchSize } = options;
   const refuse = (why: string) => new InferenceError('unbatchable', `model ${key} cannot be batched: ${why}`);
+  // Joining and splitting work on elements of a known size: the types SageMaker Edge can express.
+  for (const info of [...inputs, ...outputs])
+    if (!Object.hasOwn(TYPED_ARRAY_FOR, info.type))
+      throw refuse(
+        `its ${inputs.includes(info) ? 'input' : 'output'} ${info.name} is of type ${info.type}, which is not joined`,
+      );
   const dimension = options.dimension ?? inferDimension(inputs, outputs, refuse);
   const outputAxes: Record<string, number> = {};
   for (const output of outputs) {

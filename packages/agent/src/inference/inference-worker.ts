@@ -262,9 +262,9 @@ async function joinedRun(session: InferenceSession, message: RunBatch): Promise<
   return answers.map((outputs) => ({ outputs }));
 }
 
-/** Bytes per element of a tensor type (an output type outside SageMaker Edge's, such as bool, is one byte). */
-function elementSizeOf(type: string): number {
-  return TYPED_ARRAY_FOR[type as OrtTensorType]?.BYTES_PER_ELEMENT ?? 1;
+/** Bytes per element of a tensor type (planBatching refuses models with a type outside TYPED_ARRAY_FOR). */
+function elementSizeOf(type: OrtTensorType): number {
+  return TYPED_ARRAY_FOR[type].BYTES_PER_ELEMENT;
 }
 
 async function runsApart(

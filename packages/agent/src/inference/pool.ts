@@ -307,7 +307,7 @@ export class InferencePool {
         ? slotCanRun(pinned, key)
           ? pinned
           : undefined
-        : waitsToJoin(job, entry)
+        : waitsToJoin(job, entry, this.#options.handAheadMaxComputeMs)
           ? undefined
           : idleSlot(entry);
       if (idle) {
@@ -328,6 +328,7 @@ export class InferencePool {
     const members = gatherBatch(first, entry);
     const job = members ? this.#joinedRun(members, entry) : first;
     slot[as] = job;
+    job.countedIn = entry;
     entry.running += requestsIn(job);
     try {
       this.#workers.postRun(slot, job, this.#inputBytes);
@@ -361,8 +362,8 @@ export class InferencePool {
   }
 
   #finished(job: Job): void {
-    const entry = this.#models.get(job.key);
-    if (entry) entry.running -= requestsIn(job);
+    if (job.countedIn) job.countedIn.running -= requestsIn(job);
+    delete job.countedIn;
   }
 
   /**

@@ -6,7 +6,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import {
   DEFAULT_ORT_SESSION_CONFIG,
   InferencePool,
-  toOrtSessionOptions,
   type PoolTensor,
   type RunResult,
 } from '../../src/inference/index.js';
@@ -503,57 +502,6 @@ describe('InlineModels', () => {
       } finally {
         await inline.close();
       }
-    }
-  });
-});
-
-describe('an inline run that took long without computing', () => {
-  /**
-   * A runner whose next run's thread is off the CPU for `stallMs` inside the run, as a preempted thread on a busy
-   * machine is: the wall time ONNX Runtime's run took grows by that, the process's CPU time does not.
-   */
-  class PreemptedRunner extends InlineRunner {
-    stallMs = 0;
-    override run(...args: Parameters<InlineRunner['run']>): ReturnType<InlineRunner['run']> {
-      const stallMs = this.stallMs;
-      this.stallMs = 0;
-      const result = super.run(...args);
-      if (stallMs === 0) return result;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, stallMs);
-      return { ...result, computeMs: result.computeMs + stallMs };
-    }
-  }
-
-  it('does not demote its model: the run is judged by the CPU the process spent, when that is less', async () => {
-    const runner = new PreemptedRunner();
-    const entry = newModelEntry('tiny', paths.tiny!, []);
-    const inline = new InlineModels({
-      budget: { maxRunMicros: 10_000, eventLoopShare: 0.9, idleMaxRunMicros: 0 },
-      // One thread, as the agent's sessions: no pool of ONNX Runtime threads spinning on the CPU meanwhile.
-      sessionOptions: () => toOrtSessionOptions(DEFAULT_ORT_SESSION_CONFIG),
-      models: new Map([[entry.key, entry]]),
-      poolIdle: () => true,
-      runner,
-    });
-    try {
-      const input = [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
-      for (let i = 0; i < RUNS_BEFORE_INLINE; i++) {
-        entry.workerRuns++;
-        inline.measured(entry, 0.05, [{ name: 'x', dims: [1, 16] }]);
-      }
-      await waitUntil(() => entry.inline === 'on', 'the inline session');
-      expect(inline.pathFor(entry, input)).toBe('inline');
-      for (let i = 0; i < 20; i++) await inline.run(entry, input, 'inline', undefined);
-      // 200 ms off the CPU in a run: five times the demotion limit (4 × 10 ms) in wall time, while the process's
-      // other threads (V8's compilers and collector) spend far less than the limit.
-      runner.stallMs = 200;
-      const stalled = await inline.run(entry, input, 'inline', undefined);
-      expect(stalled.computeMs).toBeGreaterThanOrEqual(200);
-      expect(inline.stats().demotions).toBe(0);
-      expect(entry.computeMs).toBeLessThan(1);
-      expect(inline.pathFor(entry, input)).toBe('inline');
-    } finally {
-      await inline.close();
     }
   });
 });
