@@ -387,19 +387,23 @@ describe('an inference pool with dynamic batching', () => {
     expect(settled[1]).toMatchObject({ value: { batchSize: 2 } });
   });
 
-  it('answers a joined run under way when its model is unloaded, and keeps no count of it', async () => {
-    await pool.loadModel('scalable', inMemory(scalableModel()), 1, {
-      batching: { maxBatchSize: 1024, dimension: 'rows' },
-    });
+  it('answers a joined run under way when its model is unloaded, and counts it against no later load', async () => {
+    const batching = { maxBatchSize: 1024, dimension: 'rows' };
+    await pool.loadModel('scalable', inMemory(scalableModel()), 1, { batching });
     const first = pool.run('scalable', scalable(1));
     const joined = [300, 300, 300].map((rows) => pool.run('scalable', scalable(rows)));
     await first;
-    await pool.unloadModel('scalable');
+    // Unloaded, and loaded again under the same key, while the joined run is under way.
+    const unloaded = pool.unloadModel('scalable');
+    await pool.loadModel('scalable', inMemory(scalableModel()), 1, { batching });
     for (const result of await Promise.all(joined)) {
       expect(result.batchSize).toBe(3);
       expect(floatsOf(result.outputs[0]!).slice(0, 128)).toEqual(Array.from(scalableReference(1)));
     }
-    expect(pool.stats().models).toEqual([]);
+    await unloaded;
+    expect(pool.stats().models).toEqual([
+      expect.objectContaining({ key: 'scalable', running: 0, queued: 0 }),
+    ]);
   });
 
   it('fails each request of a joined run under way when the pool closes', async () => {
