@@ -36,10 +36,7 @@ export const DynamicBatchingRuleSchema = z.strictObject({
     .min(1, 'expected the name of a symbolic dimension of the model, e.g. "batch"')
     .max(256, 'expected a dimension name of at most 256 characters')
     .optional(),
-  /**
-   * Sessions of this model, on distinct workers; absent: edgefleet_instances_per_model. One batches best: the
-   * model's requests queue behind its run and join the next, where with more they find an idle session and run alone.
-   */
+  /** Sessions of this model, on distinct workers (each a copy of its weights); absent: edgefleet_instances_per_model. */
   instances: z
     .number({ error: INSTANCES_EXPECTED })
     .int(INSTANCES_EXPECTED)

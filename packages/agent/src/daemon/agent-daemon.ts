@@ -375,6 +375,12 @@ function onPoolEvent(event: PoolEvent, logger: Logger, metrics: AgentMetrics): v
         `model ${event.key} stays on the inference workers: its session on the event loop could not be created (${event.reason})`,
       );
       break;
+    case 'inline-parked':
+      logger.warn(
+        event,
+        `model ${event.key} runs on the inference workers only for the next ${event.parkMs / 1000} s: ${event.demotions} of its runs on the event loop took far longer than its ceiling, each within 10 minutes of the one before`,
+      );
+      break;
     case 'batching-unavailable':
       logger.warn(
         event,

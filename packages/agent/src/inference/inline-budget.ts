@@ -36,16 +36,16 @@ export const DEMOTE_FACTOR = 4;
 /** Worker runs measured before a model may move inline; also how many a demoted model runs on workers again. */
 export const RUNS_BEFORE_INLINE = 16;
 /**
- * Demotions after which a model is parked on the workers (its inline session released) for PARK_MS, twice as long
- * for each further one, up to MAX_PARK_MS: a model whose cost depends on its inputs' values could otherwise hold
- * the event loop once per cycle of re-measuring. Each demotion before that doubles the worker runs it must make
- * again first. Not for good: a busy machine can stretch a short run past the limit by preempting the thread (three
- * times in seconds under load, measured on a 2-vCPU VM), and a model that runs fast again comes back.
+ * Demotions after which a model is parked on the workers (its inline session kept, unused) for PARK_MS, twice as
+ * long for each further one, up to MAX_PARK_MS: a model whose cost depends on its inputs' values could otherwise
+ * hold the event loop once per cycle of re-measuring. Each demotion before that doubles the worker runs it must
+ * make again first. Not for good: a model that runs fast again comes back once the park is over and its worker runs
+ * are measured again. The count starts afresh only after DEMOTION_MEMORY_MS without a demotion or a park.
  */
 export const MAX_DEMOTIONS = 3;
 export const PARK_MS = 60_000;
 export const MAX_PARK_MS = 3_600_000;
-/** A demotion this long after the model's last one starts counting afresh (the earlier ones are forgotten). */
+/** A demotion this long after the model's last one, and after its last park ended, starts counting afresh. */
 export const DEMOTION_MEMORY_MS = 600_000;
 
 export const DEFAULT_INLINE_BUDGET: Required<InlineBudgetOptions> = {

@@ -93,6 +93,7 @@ export class InlineModels {
       }
       return undefined;
     }
+    if (parked(entry)) return undefined;
     return inlinePath(
       entry,
       inputs,
@@ -175,23 +176,18 @@ export class InlineModels {
   #demoteIfTooSlow(entry: ModelEntry, runMs: number, path: InlinePath): void {
     if (!this.#budget.tooSlow(runMs, path)) return;
     const now = performance.now();
-    if (entry.lastDemotionAt !== undefined && now - entry.lastDemotionAt > DEMOTION_MEMORY_MS)
-      entry.demotions = 0;
+    // Counted from the end of the last park, if later: a park is no time without demotions.
+    const quietSince = Math.max(entry.lastDemotionAt ?? -Infinity, entry.parkedUntil ?? -Infinity);
+    if (now - quietSince > DEMOTION_MEMORY_MS) entry.demotions = 0;
     entry.demotions++;
     entry.lastDemotionAt = now;
     entry.inlineAfterRuns =
       entry.workerRuns + RUNS_BEFORE_INLINE * 2 ** Math.min(entry.demotions - 1, MAX_DEMOTIONS - 1);
     if (entry.demotions < MAX_DEMOTIONS) return;
     const parkMs = Math.min(MAX_PARK_MS, PARK_MS * 2 ** (entry.demotions - MAX_DEMOTIONS));
+    // Its inline session stays (creating it again would hold the event loop once more): it is only not used.
     entry.parkedUntil = now + parkMs;
-    // Its session's memory goes back (InlineRunner.release never throws: its dispose is guarded); measured again
-    // on the workers after the park, it gets a new one.
-    void this.release(entry);
-    this.#options.onEvent?.({
-      type: 'inline-unavailable',
-      key: entry.key,
-      reason: `${entry.demotions} inline runs far over the ceiling within ${DEMOTION_MEMORY_MS / 60_000} minutes of each other: the model stays on the workers for ${parkMs / 1000} s`,
-    });
+    this.#options.onEvent?.({ type: 'inline-parked', key: entry.key, demotions: entry.demotions, parkMs });
   }
 
   /** Releases the model's inline session, if it has one (the model is being unloaded). */
@@ -211,6 +207,7 @@ export class InlineModels {
           (entry) =>
             entry.inline === 'on' &&
             entry.workerRuns >= entry.inlineAfterRuns &&
+            !parked(entry) &&
             this.#budget.fastEnoughWhenIdle(entry.computeMs ?? Infinity),
         )
         .map((entry) => ({

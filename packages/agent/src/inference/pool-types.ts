@@ -76,6 +76,8 @@ export type PoolEvent =
   | { type: 'instance-lost'; worker: number; key: string; reason: string }
   /** The model's inline session could not be created: its requests stay on the workers. */
   | { type: 'inline-unavailable'; key: string; reason: string }
+  /** The model's inline runs went far over their ceiling `demotions` times lately: only workers run it for parkMs. */
+  | { type: 'inline-parked'; key: string; demotions: number; parkMs: number }
   /** A joined run's outputs did not split along the batch dimension: the model's requests run one at a time now. */
   | { type: 'batching-unavailable'; key: string; reason: string };
 

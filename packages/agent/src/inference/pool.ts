@@ -55,8 +55,9 @@ type Settings = Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<Inference
  * a model has one or more instances (sessions) on distinct workers. A worker runs one request at a time; a
  * request starts at once on an idle worker holding its model, else waits in the model's queue and is taken,
  * oldest first across models, by the first such worker to become free (so it never waits behind a busy
- * instance while another is idle). For fast models (see scheduling.ts) one waiting request per busy worker is
- * posted to it ahead of time, so that the worker goes from one run to the next without sleeping in between. A
+ * instance while another is idle, but for a short while to join a run: dynamic batching, see scheduling.ts). For
+ * fast models one waiting request per busy worker is posted to it ahead of time, so that the worker goes from one
+ * run to the next without sleeping in between. A
  * worker that dies fails what it was running (and the request handed ahead to it) with 'worker-died', is
  * replaced, and its sessions are loaded again.
  *
@@ -185,7 +186,7 @@ export class InferencePool {
     return info;
   }
 
-  /** Runs one inference on the model's least-busy instance. */
+  /** Runs one inference: inline, on an idle instance, or after the runs before it (see scheduling.ts). */
   run(key: string, inputs: readonly PoolTensor[], options: RunOptions = {}): Promise<RunResult> {
     return this.#submit(key, inputs, options, undefined);
   }
@@ -205,6 +206,7 @@ export class InferencePool {
     const entry = this.#models.get(key);
     if (!entry) return;
     this.#models.delete(key);
+    clearTimeout(entry.joinWait);
     for (const job of entry.queue.splice(0)) {
       job.reject(new InferenceError('unloaded', `model ${key} was unloaded before this request ran`));
     }
@@ -245,8 +247,10 @@ export class InferencePool {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    for (const entry of this.#models.values())
+    for (const entry of this.#models.values()) {
+      clearTimeout(entry.joinWait);
       for (const job of entry.queue.splice(0)) job.reject(closedError());
+    }
     this.#models.clear();
     for (const slot of this.#workers.slots) {
       slot.running?.reject(closedError());
@@ -303,13 +307,10 @@ export class InferencePool {
         const batchable = batchableOf(entry.batching, wire);
         if (batchable) job.batchable = batchable;
       }
-      const idle = pinned
-        ? slotCanRun(pinned, key)
-          ? pinned
-          : undefined
-        : waitsToJoin(job, entry, this.#options.handAheadMaxComputeMs)
-          ? undefined
-          : idleSlot(entry);
+      let idle: Slot | undefined;
+      if (pinned) idle = slotCanRun(pinned, key) ? pinned : undefined;
+      else if (waitsToJoin(job, entry, this.#options.handAheadMaxComputeMs)) this.#boundTheWait(entry);
+      else idle = idleSlot(entry);
       if (idle) {
         this.#start(idle, job, entry, 'running');
         return;
@@ -415,8 +416,21 @@ export class InferencePool {
   }
 
   /**
+   * Requests waiting to join (waitsToJoin) wait at most about the short-run bound: then an idle instance takes
+   * them, even if the run under way is still going (a large request, or one longer than the model's lone runs).
+   */
+  #boundTheWait(entry: ModelEntry): void {
+    if (entry.joinWait) return;
+    entry.joinWait = setTimeout(() => {
+      delete entry.joinWait;
+      if (this.#models.get(entry.key) === entry) this.#pumpIdleInstances(entry);
+    }, this.#options.handAheadMaxComputeMs);
+    entry.joinWait.unref();
+  }
+
+  /**
    * A batching model's requests may wait while another of its instances is idle (waitsToJoin): once its run
-   * ended, or its worker died, an idle instance takes what still waits.
+   * ended, or the wait is over (#boundTheWait), an idle instance takes what still waits.
    */
   #pumpIdleInstances(entry: ModelEntry): void {
     if (!entry.batching) return;
@@ -494,7 +508,6 @@ export class InferencePool {
         job.reject(new InferenceError(kind, `the inference worker stopped (${reason})`));
         return false;
       });
-      this.#pumpIdleInstances(entry);
     }
     return failed;
   }

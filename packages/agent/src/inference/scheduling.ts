@@ -7,7 +7,9 @@
  * enough for an idle run and the agent has nothing else to do (see InlineBudget); otherwise it starts at once on
  * an idle worker holding its model, else waits in the model's queue and is taken, oldest first across models, by
  * the first such worker to become free (so it never waits behind a busy instance while another is idle). For fast
- * models one waiting request per busy worker is posted to it ahead of time (handAheadTo).
+ * models one waiting request per busy worker is posted to it ahead of time (handAheadTo). A model with dynamic
+ * batching differs: its waiting requests are joined into one run (gatherBatch), none is handed ahead, and while its
+ * runs are short a request may wait a short while for its run under way, to join the next (waitsToJoin).
  */
 import type { Worker } from 'node:worker_threads';
 import type { Batchable, BatchPlan } from './batching.js';
@@ -128,10 +130,12 @@ export interface ModelEntry {
   demotions: number;
   /** When (performance.now()) the last of them was. */
   lastDemotionAt?: number;
-  /** Parked on the workers until then (performance.now()) after MAX_DEMOTIONS: no inline session before. */
+  /** Parked on the workers until then (performance.now()) after MAX_DEMOTIONS: no inline run before. */
   parkedUntil?: number;
   /** Dynamic batching, when the model was loaded with it (and until a joined run shows it does not split). */
   batching?: BatchPlan;
+  /** Armed while requests wait to join (waitsToJoin): when it fires, an idle instance takes them. */
+  joinWait?: NodeJS.Timeout;
 }
 
 /** A model just loaded on `slots`: nothing measured, nothing queued, on the workers. */
@@ -315,9 +319,9 @@ export function gatherBatch(job: Job, entry: ModelEntry): Job[] | undefined {
 
 /**
  * Dynamic batching: a request that could join others waits for its model's run under way, to join the next,
- * rather than start alone on an idle instance, when the model's runs are short (at most `maxWaitMs` on average:
- * it waits for one such run at most), until the requests that could join it (itself included) fill a run; then
- * they start on the idle instance at once. One session running large joined runs leaves the other cores to the
+ * rather than start alone on an idle instance, when the model's runs are short (at most `maxWaitMs` on average),
+ * until the requests that could join it (itself included) fill a run; then they start on the idle instance at
+ * once. The pool bounds the wait to about `maxWaitMs` whatever the run under way (InferencePool's #boundTheWait). One session running large joined runs leaves the other cores to the
  * agent's event loop and its clients: measured on 2 vCPUs with Silero VAD and 8 clients, that serves about 30 %
  * more than two sessions each running smaller ones. A model whose runs are longer spreads its requests over its
  * sessions at once, as unbatched; so do requests that cannot join (shared memory), and one that fills a run alone.

@@ -6,6 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import {
   DEFAULT_ORT_SESSION_CONFIG,
   InferencePool,
+  type PoolEvent,
   type PoolTensor,
   type RunResult,
 } from '../../src/inference/index.js';
@@ -52,12 +53,14 @@ async function startPool(
   eventLoopShare: number,
   maxQueuedPerModel = 256,
   idleMaxRunMicros = 0,
+  onEvent?: (event: PoolEvent) => void,
 ): Promise<InferencePool> {
   const pool = await InferencePool.start({
     workers: 2,
     session: DEFAULT_ORT_SESSION_CONFIG,
     inline: { maxRunMicros, eventLoopShare, idleMaxRunMicros },
     maxQueuedPerModel,
+    ...(onEvent && { onEvent }),
   });
   pools.push(pool);
   return pool;
@@ -249,9 +252,26 @@ describe('InferencePool: the inline path', () => {
       }
       expect(pool.stats().runs.inline).toBe(inlineRuns);
       expect(pool.stats().inline.models).toEqual([]);
-      // Once the park is over, measured fast again, it gets a new inline session and comes back.
+      // Once the park is over, it comes back (its inline session was kept).
       timePasses(PARK_MS + 1);
       await untilRunsInline(pool, 'tiled', () => tiled(1));
+    });
+
+    it('parks twice as long after each further demotion, counting the quiet time from the end of a park', async () => {
+      const parks: number[] = [];
+      const pool = await startPool(10_000, 0.9, 256, 0, (event) => {
+        if (event.type === 'inline-parked') parks.push(event.parkMs);
+      });
+      await pool.loadModel('tiled', paths.tiled!, 1);
+      // Eight demotions, each just after the park before it ended: parks of 1 to 32 minutes, the later ones
+      // longer than DEMOTION_MEMORY_MS, which must not restart the count.
+      for (let demotion = 1; demotion <= MAX_DEMOTIONS + 5; demotion++) {
+        await untilRunsInline(pool, 'tiled', () => tiled(1));
+        expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
+        timePasses((demotion >= MAX_DEMOTIONS ? parks.at(-1)! : 0) + 1);
+      }
+      expect(PARK_MS * 2 ** 4).toBeGreaterThan(DEMOTION_MEMORY_MS);
+      expect(parks).toEqual([1, 2, 4, 8, 16, 32].map((k) => k * PARK_MS));
     });
 
     it('forgets demotions older than DEMOTION_MEMORY_MS: spread out, they never park a model', async () => {
