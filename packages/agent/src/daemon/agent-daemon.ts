@@ -98,6 +98,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       inline: config.inference.inline,
       hotWaitMicros: config.inference.hotWaitMicros,
       onEvent: (event) => onPoolEvent(event, logger, metrics),
+      ...threadCpuClock(),
     });
     cleanups.push(() => pool.close());
     metrics.watchPool(() => pool.stats());
@@ -328,6 +329,20 @@ async function loadTrust(config: AgentConfig, logger: Logger): Promise<TrustPoli
       );
     }
     throw error;
+  }
+}
+
+/**
+ * The event loop's CPU clock from the native addon, for judging inline runs (InferencePoolOptions.threadCpuMs);
+ * without the addon, or with one built before it had the clock, the pool uses the process's CPU time.
+ */
+function threadCpuClock(): { threadCpuMs?: () => number } {
+  try {
+    const addon = loadSysvShmAddon();
+    const clock = addon.threadCpuNanos?.bind(addon);
+    return clock ? { threadCpuMs: () => clock() / 1e6 } : {};
+  } catch {
+    return {}; // openSharedMemory says why the addon is missing
   }
 }
 

@@ -51,6 +51,8 @@ export interface InlineModelsOptions {
   onEvent?: (event: PoolEvent) => void;
   /** Where inline sessions live and run; default: a runner of its own (tests pass one that counts its loads). */
   runner?: InlineRunner;
+  /** This thread's CPU time in ms (InferencePoolOptions.threadCpuMs); default: the whole process's. */
+  threadCpuMs?: () => number;
 }
 
 export class InlineModels {
@@ -146,14 +148,15 @@ export class InlineModels {
     const expectedMs = entry.computeMs ?? 0;
     const charged = path === 'inline';
     const submittedAt = preciseNow();
-    const cpuBefore = process.cpuUsage();
+    const cpuMs = this.#options.threadCpuMs ?? processCpuMs;
+    const cpuBefore = cpuMs();
     let computeMs: number;
     try {
       const run = this.#runner.run(this.#sessionKeys.get(entry)!, inputs, outputSegments);
       computeMs = run.computeMs;
       this.#runs[path]++;
       if (charged) this.#budget.settle(expectedMs, computeMs);
-      const workedMs = Math.min(computeMs, cpuMsSince(cpuBefore));
+      const workedMs = Math.min(computeMs, cpuMs() - cpuBefore);
       foldComputeMs(entry, workedMs);
       this.#demoteIfTooSlow(entry, workedMs, path);
       const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
@@ -163,7 +166,7 @@ export class InlineModels {
       // request that computes for long and then fails cannot come back inline every time.
       const spentMs = preciseNow() - submittedAt;
       if (charged) this.#budget.settle(expectedMs, spentMs);
-      this.#demoteIfTooSlow(entry, Math.min(spentMs, cpuMsSince(cpuBefore)), path);
+      this.#demoteIfTooSlow(entry, Math.min(spentMs, cpuMs() - cpuBefore), path);
       return Promise.reject(error as InferenceError);
     }
   }
@@ -249,13 +252,13 @@ export class InlineModels {
 }
 
 /**
- * The CPU time the whole process spent since `before` (process.cpuUsage), in ms. An inline run is judged (and its
- * model measured) by the lesser of its wall time and this: a thread preempted mid-run on a busy machine takes long
- * without computing, which is not the model's cost; a run that computes long costs the process at least as much
- * CPU. Process-wide (Node 20 has no per-thread CPU time), so while workers compute too it errs towards demoting.
+ * The CPU time the whole process has spent, in ms (process.cpuUsage): what an inline run is judged by without a
+ * per-thread clock (see InferencePoolOptions.threadCpuMs). An inline run is judged, and its model measured, by the
+ * lesser of its wall time and the CPU spent meanwhile: a thread preempted mid-run on a busy machine takes long
+ * without computing, which is not the model's cost; a run that computes long costs its thread as much CPU.
  */
-function cpuMsSince(before: NodeJS.CpuUsage): number {
-  const { user, system } = process.cpuUsage(before);
+function processCpuMs(): number {
+  const { user, system } = process.cpuUsage();
   return (user + system) / 1000;
 }
 

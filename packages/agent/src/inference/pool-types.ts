@@ -113,6 +113,12 @@ export interface InferencePoolOptions {
   inline?: InlineBudgetOptions;
   /** Told about worker crashes and restarts (for logs and metrics). */
   onEvent?: (event: PoolEvent) => void;
+  /**
+   * The calling thread's CPU time in milliseconds (the agent passes its native addon's): an inline run is judged
+   * by the lesser of its wall time and the CPU its thread spent. Default: the whole process's (process.cpuUsage),
+   * which also counts the workers' and so errs towards judging by wall time while they compute.
+   */
+  threadCpuMs?: () => number;
 }
 
 export interface PoolStats {

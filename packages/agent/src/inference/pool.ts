@@ -48,7 +48,8 @@ const DEFAULT_MAX_QUEUED = 256;
 const DEFAULT_RESTART_DELAY = { initial: 100, max: 10_000 };
 const MAX_HOT_WAIT_MICROS = 10_000;
 
-type Settings = Required<Omit<InferencePoolOptions, 'onEvent'>> & Pick<InferencePoolOptions, 'onEvent'>;
+type Settings = Required<Omit<InferencePoolOptions, 'onEvent' | 'threadCpuMs'>> &
+  Pick<InferencePoolOptions, 'onEvent' | 'threadCpuMs'>;
 
 /**
  * A pool of inference worker threads. Each worker owns ONNX Runtime sessions for the models assigned to it;
@@ -93,6 +94,7 @@ export class InferencePool {
       models: this.#models,
       poolIdle: () => poolIsIdle(this.#workers.slots, this.#models),
       ...(settings.onEvent && { onEvent: settings.onEvent }),
+      ...(settings.threadCpuMs && { threadCpuMs: settings.threadCpuMs }),
     });
     this.#workers = new WorkerSet({
       workers: settings.workers,

@@ -52,6 +52,11 @@ export interface SysvShmAddon {
    * supplementary groups by SO_PEERGROUPS). Throws a system error (ENOTSOCK, EBADF; ENOSYS off Linux).
    */
   peerCredentials(fd: number): { pid: number; uid: number; gid: number; groups: number[] };
+  /**
+   * The calling thread's CPU time in nanoseconds (CLOCK_THREAD_CPUTIME_ID). Absent from addons built before it
+   * (a prebuilt one is kept on install), so it is not required to load.
+   */
+  threadCpuNanos?(): number;
 }
 
 /** An Error thrown by the addon for a failed system call. */

@@ -158,3 +158,17 @@ describe('sysv_shm addon', () => {
     expect(addon.stat(shmid).attachCount).toBe(0);
   });
 });
+
+describe('the addon’s thread CPU clock', () => {
+  it('counts the CPU the calling thread spends, not the time it waits', () => {
+    const clock = addon.threadCpuNanos!.bind(addon);
+    const start = clock();
+    const busyUntil = performance.now() + 20;
+    while (performance.now() < busyUntil);
+    const busy = clock() - start;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+    const waited = clock() - start - busy;
+    expect(busy).toBeGreaterThan(10e6);
+    expect(waited).toBeLessThan(10e6);
+  });
+});
