@@ -317,7 +317,11 @@ export class InferencePool {
         this.#start(idle, job, entry, 'running');
         return;
       }
-      const busy = pinned ? undefined : handAheadTo(entry, this.#models, this.#options.handAheadMaxComputeMs);
+      // A request that could join a run waits to be joined rather than be handed ahead (see runsShort).
+      const busy =
+        pinned || job.batchable
+          ? undefined
+          : handAheadTo(entry, this.#models, this.#options.handAheadMaxComputeMs);
       if (busy) this.#start(busy, job, entry, 'ahead');
       else entry.queue.push(job);
     });

@@ -172,16 +172,12 @@ export function idleSlot(entry: ModelEntry): Slot | undefined {
 }
 
 /**
- * Whether the model's requests are handed ahead to busy workers: its runs are short, and it does not batch (a
- * batching model's requests wait in its queue instead, to be joined into the next run: measured, Silero VAD with 8
- * callers makes runs of 6–7 requests that way against 2–4 when each worker is handed one ahead, and serves more).
+ * Whether the model's runs average at most `maxComputeMs` (short enough for its requests to be handed ahead to
+ * busy workers, and to wait to join a run). Requests that could join a run (dynamic batching) are never handed
+ * ahead: they wait in the queue, to be joined into the next run (measured, Silero VAD with 8 callers makes runs of
+ * 6–7 requests that way against 2–4 when each worker is handed one ahead, and serves more).
  */
-export function handsAhead(entry: ModelEntry, maxComputeMs: number): boolean {
-  return entry.batching === undefined && runsShort(entry, maxComputeMs);
-}
-
-/** The model's runs average at most `maxComputeMs`. */
-function runsShort(entry: ModelEntry, maxComputeMs: number): boolean {
+export function runsShort(entry: ModelEntry, maxComputeMs: number): boolean {
   return entry.computeMs !== undefined && entry.computeMs <= maxComputeMs;
 }
 
@@ -241,9 +237,11 @@ export function takeOldestWaiting(
   for (const [key, state] of slot.sessions) {
     if (state !== 'ready') continue;
     const entry = models.get(key);
-    if (!entry || (ahead && !handsAhead(entry, aheadMaxComputeMs))) continue;
+    if (!entry || (ahead && !runsShort(entry, aheadMaxComputeMs))) continue;
     const index = entry.queue.findIndex((job) =>
-      ahead ? job.pinned === undefined : job.pinned === undefined || job.pinned === slot,
+      ahead
+        ? job.pinned === undefined && job.batchable === undefined
+        : job.pinned === undefined || job.pinned === slot,
     );
     if (index < 0) continue;
     if (!best || entry.queue[index]!.seq < best.entry.queue[best.index]!.seq) best = { entry, index };
@@ -264,7 +262,7 @@ export function handAheadTo(
   models: ReadonlyMap<string, ModelEntry>,
   maxComputeMs: number,
 ): Slot | undefined {
-  if (!handsAhead(entry, maxComputeMs)) return undefined;
+  if (!runsShort(entry, maxComputeMs)) return undefined;
   for (const slot of entry.slots) {
     if (slot.sessions.get(entry.key) === 'ready' && takesAhead(slot, models, maxComputeMs)) return slot;
   }
