@@ -393,7 +393,7 @@ function onPoolEvent(event: PoolEvent, logger: Logger, metrics: AgentMetrics): v
     case 'inline-parked':
       logger.warn(
         event,
-        `model ${event.key} runs on the inference workers only for the next ${event.parkMs / 1000} s: ${event.demotions} of its runs on the event loop took far longer than its ceiling, each within 10 minutes of the one before`,
+        `model ${event.key} runs on the inference workers only for the next ${event.parkMs / 1000} s: ${event.demotions} of its runs on the event loop took far longer than its ceiling, none more than 10 minutes after the one before or the end of a park`,
       );
       break;
     case 'batching-unavailable':

@@ -115,8 +115,9 @@ export interface InferencePoolOptions {
   onEvent?: (event: PoolEvent) => void;
   /**
    * The calling thread's CPU time in milliseconds (the agent passes its native addon's): an inline run is judged
-   * by the lesser of its wall time and the CPU its thread spent. Default: the whole process's (process.cpuUsage),
-   * which also counts the workers' and so errs towards judging by wall time while they compute.
+   * by the lesser of its wall time and the CPU its thread spent. Used only with 1 intra-op thread (with more, ONNX
+   * Runtime's own threads do part of a run). Default: the whole process's (process.cpuUsage), which also counts
+   * the workers' and so errs towards judging by wall time while they compute.
    */
   threadCpuMs?: () => number;
 }

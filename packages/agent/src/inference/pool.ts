@@ -94,7 +94,9 @@ export class InferencePool {
       models: this.#models,
       poolIdle: () => poolIsIdle(this.#workers.slots, this.#models),
       ...(settings.onEvent && { onEvent: settings.onEvent }),
-      ...(settings.threadCpuMs && { threadCpuMs: settings.threadCpuMs }),
+      // The thread's clock counts a run's work only when ONNX Runtime does it all on that thread.
+      ...(settings.threadCpuMs &&
+        settings.session.intraOpNumThreads === 1 && { threadCpuMs: settings.threadCpuMs }),
     });
     this.#workers = new WorkerSet({
       workers: settings.workers,
@@ -425,12 +427,18 @@ export class InferencePool {
    * Requests waiting to join (waitsToJoin) wait at most about the short-run bound: then an idle instance takes
    * them, even if the run under way is still going (a large request, or one longer than the model's lone runs).
    */
-  #boundTheWait(entry: ModelEntry): void {
+  #boundTheWait(entry: ModelEntry, afterMs = this.#options.handAheadMaxComputeMs): void {
     if (entry.joinWait) return;
     entry.joinWait = setTimeout(() => {
       delete entry.joinWait;
-      if (this.#models.get(entry.key) === entry) this.#pumpIdleInstances(entry);
-    }, this.#options.handAheadMaxComputeMs);
+      if (this.#models.get(entry.key) !== entry) return;
+      // Counted from the oldest request still waiting to join (those before it were taken by a run meanwhile).
+      const oldest = entry.queue.find((job) => job.batchable);
+      if (!oldest) return;
+      const leftMs = oldest.submittedAt + this.#options.handAheadMaxComputeMs - preciseNow();
+      if (leftMs > 0) this.#boundTheWait(entry, leftMs);
+      else this.#pumpIdleInstances(entry);
+    }, afterMs);
     entry.joinWait.unref();
   }
 
