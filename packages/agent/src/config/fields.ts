@@ -287,21 +287,30 @@ export function modelList(): FieldKind<Array<z.infer<typeof PreloadModelSchema>>
   };
 }
 
-const RULE_NUMBERS = ['sampleRate', 'topScoreBelow'] as const;
-
-/** Reads numbers written as strings inside a rule ("0.01"), as the config's own numbers are read. */
-function readRule(rule: unknown): unknown {
-  if (typeof rule !== 'object' || rule === null || Array.isArray(rule)) return rule;
-  const copy: Record<string, unknown> = { ...(rule as Record<string, unknown>) };
-  for (const key of RULE_NUMBERS) {
-    const value = copy[key];
-    if (typeof value === 'string' && /^\s*[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*$/i.test(value))
-      copy[key] = Number(value);
-  }
-  for (const key of ['model', 'output'] as const)
-    if (typeof copy[key] === 'string') copy[key] = (copy[key] as string).trim();
-  return copy;
+/**
+ * Reads a rule object as the config's own values are read: its `numbers` written as strings that match `pattern`
+ * ("0.01", "8") as numbers, its `names` trimmed. Anything else is passed on for the schema to refuse.
+ */
+function ruleReader(numbers: readonly string[], pattern: RegExp, names: readonly string[]) {
+  return (rule: unknown): unknown => {
+    if (typeof rule !== 'object' || rule === null || Array.isArray(rule)) return rule;
+    const copy: Record<string, unknown> = { ...(rule as Record<string, unknown>) };
+    for (const key of numbers) {
+      const value = copy[key];
+      if (typeof value === 'string' && pattern.test(value)) copy[key] = Number(value);
+    }
+    for (const key of names) {
+      const value = copy[key];
+      if (typeof value === 'string') copy[key] = value.trim();
+    }
+    return copy;
+  };
 }
+
+const readRule = ruleReader(['sampleRate', 'topScoreBelow'], /^\s*[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*$/i, [
+  'model',
+  'output',
+]);
 
 /**
  * Automatic capture rules (AutoCaptureRuleSchema): a list of rule objects, one object for a single rule, or either
@@ -341,21 +350,10 @@ function readRuleList(v: unknown, readOne: (rule: unknown) => unknown): unknown 
   return Array.isArray(value) ? value.map(readOne) : value;
 }
 
-/**
- * Reads a batching rule's numbers written as strings ("8") and trims its names, as the config's own values are
- * read.
- */
-function readBatchingRule(rule: unknown): unknown {
-  if (typeof rule !== 'object' || rule === null || Array.isArray(rule)) return rule;
-  const copy: Record<string, unknown> = { ...(rule as Record<string, unknown>) };
-  for (const key of ['maxBatchSize', 'instances'] as const) {
-    const value = copy[key];
-    if (typeof value === 'string' && /^\s*\d{1,15}\s*$/.test(value)) copy[key] = Number(value);
-  }
-  for (const key of ['model', 'dimension'] as const)
-    if (typeof copy[key] === 'string') copy[key] = (copy[key] as string).trim();
-  return copy;
-}
+const readBatchingRule = ruleReader(['maxBatchSize', 'instances'], /^\s*\d{1,15}\s*$/, [
+  'model',
+  'dimension',
+]);
 
 /**
  * Dynamic batching rules (DynamicBatchingRuleSchema): a list, one rule without the list, or either as a JSON

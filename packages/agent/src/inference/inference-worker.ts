@@ -111,17 +111,22 @@ async function load(message: Extract<ToWorker, { op: 'load' }>): Promise<void> {
   }
 }
 
-async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
+/** The message's session; without one, the run fails ('no-session') and this answers it. */
+function sessionFor(message: { id: number; key: string }): InferenceSession | undefined {
   const session = sessions.get(message.key);
-  if (!session) {
+  if (!session)
     send({
       op: 'failed',
       id: message.id,
       kind: 'no-session',
       message: `no session ${message.key} in this worker`,
     });
-    return;
-  }
+  return session;
+}
+
+async function run(message: Extract<ToWorker, { op: 'run' }>): Promise<void> {
+  const session = sessionFor(message);
+  if (!session) return;
   let startedAt: number | undefined;
   let finishedAt: number | undefined;
   segments.beginRun();
@@ -169,16 +174,8 @@ class UnsplittableOutput extends Error {}
  * own, so that each gets the answer it would have got alone.
  */
 async function runBatch(message: RunBatch): Promise<void> {
-  const session = sessions.get(message.key);
-  if (!session) {
-    send({
-      op: 'failed',
-      id: message.id,
-      kind: 'no-session',
-      message: `no session ${message.key} in this worker`,
-    });
-    return;
-  }
+  const session = sessionFor(message);
+  if (!session) return;
   const startedAt = preciseNow();
   let results: BatchResults | undefined;
   let ranApart: string | undefined;
