@@ -394,12 +394,13 @@ export class InferencePool {
 
   /** The worker answered a request: settle it (measuring the model's run), then give the worker more. */
   #runEnded(slot: Slot, job: Job, reply: RunReply): void {
+    // The model the run was started for, if still loaded (not another loaded under its key since).
+    const entry = job.countedIn && this.#models.get(job.key) === job.countedIn ? job.countedIn : undefined;
     this.#finished(job);
     if (reply.op === 'done-batch') {
-      this.#joinedRunEnded(slot, job, reply);
+      this.#joinedRunEnded(slot, job, reply, entry);
     } else if (reply.op === 'done') {
       this.#workerRuns++;
-      const entry = this.#models.get(job.key);
       if (entry) {
         entry.workerRuns++;
         this.#inline.measured(entry, reply.finishedAt - reply.startedAt, job.inputs);
@@ -419,7 +420,6 @@ export class InferencePool {
       job.reject(new InferenceError(failureKindOf(reply.kind), reply.message));
     }
     this.#pump(slot);
-    const entry = this.#models.get(job.key);
     if (entry) this.#pumpIdleInstances(entry);
   }
 
@@ -459,19 +459,21 @@ export class InferencePool {
    * runs are not measured for the inline path (their time is not one request's). A model whose outputs did not
    * split runs its requests one at a time from now on.
    */
-  #joinedRunEnded(slot: Slot, job: Job, reply: Extract<RunReply, { op: 'done-batch' }>): void {
+  #joinedRunEnded(
+    slot: Slot,
+    job: Job,
+    reply: Extract<RunReply, { op: 'done-batch' }>,
+    entry: ModelEntry | undefined,
+  ): void {
     const members = job.batch!.members;
     const joined = reply.ranApart === undefined;
     this.#workerRuns += members.length;
     if (joined) {
       this.#batches.runs++;
       this.#batches.requests += members.length;
-    } else if (reply.unfit) {
-      const entry = this.#models.get(job.key);
-      if (entry?.batching) {
-        delete entry.batching;
-        this.#options.onEvent?.({ type: 'batching-unavailable', key: job.key, reason: reply.ranApart! });
-      }
+    } else if (reply.unfit && entry?.batching) {
+      delete entry.batching;
+      this.#options.onEvent?.({ type: 'batching-unavailable', key: job.key, reason: reply.ranApart! });
     }
     const computeMs = Math.max(0, reply.finishedAt - reply.startedAt);
     members.forEach((member, i) => {

@@ -44,8 +44,8 @@ export interface Job {
   /** Warm-up runs go to one given worker. */
   pinned?: Slot;
   /**
-   * The model entry whose `running` counts this job while it is on a worker (not looked up by key when it ends:
-   * the model may have been unloaded and loaded again under the same key meanwhile).
+   * The model entry whose `running` counts this job while it is on a worker, and which its run measures (not
+   * looked up by key when it ends: the model may have been unloaded and loaded again under the same key meanwhile).
    */
   countedIn?: ModelEntry;
   /** A request that may share a run with others of its model (dynamic batching, batching.ts). */

@@ -163,6 +163,19 @@ export class AgentMetrics {
   }
 
   /** Reports the pool's workers and input-byte paths at each scrape. */
+  /** A counter whose value is a running total the pool keeps (read when scraped: nothing per request). */
+  #poolTotal(name: string, help: string, total: () => number): void {
+    new Counter({
+      name,
+      help,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(total());
+      },
+    });
+  }
+
   watchPool(stats: () => PoolStats): void {
     new Gauge({
       name: 'edgefleet_inference_workers',
@@ -202,24 +215,16 @@ export class AgentMetrics {
         this.inc({ path: 'worker' }, runs.worker);
       },
     });
-    new Counter({
-      name: 'edgefleet_inference_batched_runs_total',
-      help: 'Worker runs that joined two or more requests into one (dynamic batching, edgefleet_dynamic_batching)',
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(stats().batches.runs);
-      },
-    });
-    new Counter({
-      name: 'edgefleet_inference_batched_requests_total',
-      help: 'Requests answered by worker runs that joined two or more requests (dynamic batching)',
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(stats().batches.requests);
-      },
-    });
+    this.#poolTotal(
+      'edgefleet_inference_batched_runs_total',
+      'Worker runs that joined two or more requests into one (dynamic batching, edgefleet_dynamic_batching)',
+      () => stats().batches.runs,
+    );
+    this.#poolTotal(
+      'edgefleet_inference_batched_requests_total',
+      'Requests answered by worker runs that joined two or more requests (dynamic batching)',
+      () => stats().batches.requests,
+    );
     new Gauge({
       name: 'edgefleet_inference_inline_models',
       help: 'Models whose requests run inline now, by path: inline (measured fast enough for the per-run ceiling) or inline_idle (only for the idle ceiling: inline while the agent has nothing else to do)',
@@ -242,33 +247,21 @@ export class AgentMetrics {
         this.set({ of: 'limit' }, inline.eventLoopShare);
       },
     });
-    new Counter({
-      name: 'edgefleet_inference_inline_over_budget_total',
-      help: 'Requests of an inline model sent to a worker because inline runs had used their event-loop share',
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(stats().inline.overBudget);
-      },
-    });
-    new Counter({
-      name: 'edgefleet_inference_inline_demotions_total',
-      help: 'Models sent back to the workers by one inline run over 4x its ceiling (the per-run or the idle one)',
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(stats().inline.demotions);
-      },
-    });
-    new Counter({
-      name: 'edgefleet_inference_inline_idle_busy_total',
-      help: 'Requests of a model measured for idle runs sent to a worker because the agent was not idle (another request in the pool, or one of such a model found another there in the last 100 ms, or the event loop had not waited for I/O since the last idle run)',
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(stats().inline.idleBusy);
-      },
-    });
+    this.#poolTotal(
+      'edgefleet_inference_inline_over_budget_total',
+      'Requests of an inline model sent to a worker because inline runs had used their event-loop share',
+      () => stats().inline.overBudget,
+    );
+    this.#poolTotal(
+      'edgefleet_inference_inline_demotions_total',
+      'Models sent back to the workers by one inline run over 4x its ceiling (the per-run or the idle one)',
+      () => stats().inline.demotions,
+    );
+    this.#poolTotal(
+      'edgefleet_inference_inline_idle_busy_total',
+      'Requests of a model measured for idle runs sent to a worker because the agent was not idle (another request in the pool, or one of such a model found another there in the last 100 ms, or the event loop had not waited for I/O since the last idle run)',
+      () => stats().inline.idleBusy,
+    );
   }
 
   /** The text exposition for a `/metrics` endpoint. */
