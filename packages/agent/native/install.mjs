@@ -10,10 +10,10 @@ import { fileURLToPath } from 'node:url';
 const nativeDir = dirname(fileURLToPath(import.meta.url));
 const addon = join(nativeDir, 'build', 'Release', 'sysv_shm.node');
 
-/** The addon loads and is this version's (an older prebuilt one, without the thread clock, is rebuilt). */
+/** The addon loads and is this version's (an older prebuilt one, without the newest function, is rebuilt). */
 function loads() {
   try {
-    return typeof createRequire(import.meta.url)(addon).threadCpuNanos === 'function';
+    return typeof createRequire(import.meta.url)(addon).setMallocThresholds === 'function';
   } catch {
     return false;
   }

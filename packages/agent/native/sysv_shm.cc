@@ -25,6 +25,10 @@
 #include <time.h>
 #include <vector>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 namespace {
 
 struct Attachment {
@@ -277,6 +281,35 @@ Napi::Value ThreadCpuNanos(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(now.tv_sec) * 1e9 + static_cast<double>(now.tv_nsec));
 }
 
+
+// Sets glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD and M_TOP_PAD (bytes, 0..INT_MAX): a heap is trimmed once more than
+// the first is free at its top, and then keeps the third; allocations below the second come from the heaps rather
+// than from mmap(). onnxruntime-node copies every output into a new ArrayBuffer, freed only when V8 collects it: with
+// glibc's own thresholds a model with large outputs got fresh pages (a page fault per 4 KiB) for each one. Returns
+// false where the C library is not glibc.
+Napi::Value SetMallocThresholds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* names[] = {"trim threshold", "mmap threshold", "top pad"};
+  int values[3];
+  for (size_t index = 0; index < 3; index++) {
+    double value = info.Length() > index && info[index].IsNumber() ? info[index].As<Napi::Number>().DoubleValue() : -1;
+    if (!std::isfinite(value) || value != std::floor(value) || value < 0 ||
+        value > static_cast<double>(std::numeric_limits<int>::max())) {
+      throw Napi::RangeError::New(env, std::string(names[index]) + " must be a whole number of bytes, 0.." +
+                                           std::to_string(std::numeric_limits<int>::max()));
+    }
+    values[index] = static_cast<int>(value);
+  }
+#ifdef __GLIBC__
+  // mallopt returns 1 on success; glibc refuses an mmap threshold over HEAP_MAX_SIZE / 2 (32 MiB on 64-bit).
+  bool applied = mallopt(M_TRIM_THRESHOLD, values[0]) == 1 && mallopt(M_MMAP_THRESHOLD, values[1]) == 1 &&
+                 mallopt(M_TOP_PAD, values[2]) == 1;
+  return Napi::Boolean::New(env, applied);
+#else
+  return Napi::Boolean::New(env, false);
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("segmentSize", Napi::Function::New(env, SegmentSize, "segmentSize"));
   exports.Set("stat", Napi::Function::New(env, Stat, "stat"));
@@ -288,6 +321,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setMode", Napi::Function::New(env, SetMode, "setMode"));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
   exports.Set("threadCpuNanos", Napi::Function::New(env, ThreadCpuNanos, "threadCpuNanos"));
+  exports.Set("setMallocThresholds", Napi::Function::New(env, SetMallocThresholds, "setMallocThresholds"));
   return exports;
 }
 

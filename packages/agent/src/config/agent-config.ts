@@ -100,6 +100,15 @@ export const AgentConfigSchema = z.object({
     }),
     /** How long a worker polls for its next request after a run (0 = it sleeps at once). */
     hotWaitMicros: z.number().int().min(0).max(10_000),
+    /**
+     * Freed memory the C library keeps for reuse (glibc's trim threshold; 0 = glibc's own, adaptive, thresholds):
+     * outputs onnxruntime-node copies into new buffers reuse pages instead of faulting fresh ones in.
+     */
+    keepFreedMemoryBytes: z
+      .number()
+      .int()
+      .min(0)
+      .max(1024 ** 3),
     /** `edgefleet_dynamic_batching`: the models whose waiting requests are joined into one run (none: off). */
     dynamicBatching: z.array(DynamicBatchingRuleSchema),
     ort: OrtSessionConfigSchema,

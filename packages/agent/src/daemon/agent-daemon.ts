@@ -21,6 +21,7 @@ import {
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { registryLogger } from './logger.js';
 import { bindUnixSocket, removeOwnSocketFile } from '../unix-socket/index.js';
+import { keepFreedMemory, threadCpuClock } from './process-tuning.js';
 import { prepareSocketPath } from './socket-path.js';
 
 /** How long shutdown lets calls in flight finish before cancelling them. */
@@ -87,6 +88,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve(cleanup()).catch(() => {});
   };
   try {
+    keepFreedMemory(config.inference.keepFreedMemoryBytes, logger);
     const metrics = new AgentMetrics();
     const pool = await InferencePool.start({
       workers: config.inference.workers,
@@ -329,20 +331,6 @@ async function loadTrust(config: AgentConfig, logger: Logger): Promise<TrustPoli
       );
     }
     throw error;
-  }
-}
-
-/**
- * The event loop's CPU clock from the native addon, for judging inline runs (InferencePoolOptions.threadCpuMs);
- * without the addon, or with one built before it had the clock, the pool uses the process's CPU time.
- */
-function threadCpuClock(): { threadCpuMs?: () => number } {
-  try {
-    const addon = loadSysvShmAddon();
-    const clock = addon.threadCpuNanos?.bind(addon);
-    return clock ? { threadCpuMs: () => clock() / 1e6 } : {};
-  } catch {
-    return {}; // openSharedMemory says why the addon is missing
   }
 }
 

@@ -57,6 +57,11 @@ export interface SysvShmAddon {
    * (a prebuilt one is kept on install), so it is not required to load.
    */
   threadCpuNanos?(): number;
+  /**
+   * glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD and M_TOP_PAD, in bytes (0..2^31-1); false where the C library is
+   * not glibc. Absent from addons built before it, like threadCpuNanos.
+   */
+  setMallocThresholds?(trimBytes: number, mmapBytes: number, topPadBytes: number): boolean;
 }
 
 /** An Error thrown by the addon for a failed system call. */

@@ -102,6 +102,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         maxQueuedRequestsPerModel: 256,
         inline: { maxRunMicros: 200, eventLoopShare: 0.25, idleMaxRunMicros: 1000 },
         hotWaitMicros: 0,
+        keepFreedMemoryBytes: 32 * 1024 ** 2,
         dynamicBatching: [],
         ort: {
           intraOpNumThreads: 2,
@@ -342,6 +343,8 @@ describe('parseAgentConfig: fatal errors name their key', () => {
     ['edgefleet_capture_spool_quota_bytes', '2 PiB', /to 1 PiB/],
     ['edgefleet_capture_spool_quota_bytes', '1.0000001 KiB', /a size in bytes/],
     ['edgefleet_capture_spool_quota_bytes', true, /a size in bytes/],
+    ['edgefleet_keep_freed_memory_bytes', '2GiB', /expected a size in bytes from 0 bytes to 1 GiB/],
+    ['edgefleet_keep_freed_memory_bytes', -1, /from 0 bytes to 1 GiB/],
     ['edgefleet_capture_s3_endpoint', 'minio.local:9000', /expected an http:\/\/ or https:\/\/ URL/],
     ['edgefleet_capture_s3_force_path_style', 'virtual', /expected true or false/],
     ['edgefleet_capture_iot_role_alias', 'has space', /expected an AWS IoT role alias/],
@@ -467,6 +470,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
         edgefleet_inline_max_run_micros: 500,
         edgefleet_inline_event_loop_percent: '10',
         edgefleet_hot_wait_micros: 300,
+        edgefleet_keep_freed_memory_bytes: '64MiB',
         edgefleet_inline_idle_max_run_micros: '0',
       },
       context,
@@ -478,6 +482,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
       maxQueuedRequestsPerModel: 16,
       inline: { maxRunMicros: 500, eventLoopShare: 0.1, idleMaxRunMicros: 0 },
       hotWaitMicros: 300,
+      keepFreedMemoryBytes: 64 * 1024 ** 2,
       dynamicBatching: [],
       ort: {
         intraOpNumThreads: 3,

@@ -1,0 +1,51 @@
+/**
+ * What the daemon sets up in its own process through the native addon (shm/sysv-shm-addon.ts), each optional: an
+ * agent without the addon, or with one built before the function, runs as before.
+ */
+import type { Logger } from 'pino';
+import { loadSysvShmAddon, type SysvShmAddon } from '../shm/index.js';
+
+/** glibc refuses a higher M_MMAP_THRESHOLD on 64-bit (HEAP_MAX_SIZE / 2). */
+const MAX_MMAP_THRESHOLD_BYTES = 32 * 1024 ** 2;
+
+function addonOrNull(): SysvShmAddon | null {
+  try {
+    return loadSysvShmAddon();
+  } catch {
+    return null; // the daemon's openSharedMemory says why the addon is missing
+  }
+}
+
+/**
+ * The event loop's CPU clock, for judging inline runs (InferencePoolOptions.threadCpuMs); without it the pool uses
+ * the process's CPU time.
+ */
+export function threadCpuClock(addon = addonOrNull()): { threadCpuMs?: () => number } {
+  const clock = addon?.threadCpuNanos?.bind(addon);
+  return clock ? { threadCpuMs: () => clock() / 1e6 } : {};
+}
+
+/**
+ * `edgefleet_keep_freed_memory_bytes`: glibc gives a heap's free top back to the kernel only past `bytes`, and then
+ * keeps `bytes` of it (trim threshold, top pad: V8 can let more garbage pile up between collections than it keeps,
+ * and a heap trimmed to nothing faulted it all in again), and serves allocations under half of it (at most 32 MiB)
+ * from its heaps rather than from mmap (mmap threshold).
+ * onnxruntime-node copies each output into a new ArrayBuffer, freed when V8 collects it: with glibc's own thresholds
+ * the freed buffers of a model with large outputs went back to the kernel and every run faulted fresh pages in (147
+ * page faults and about 180 µs per 588 KiB request, docs/benchmarks.md). The process's peak memory is unchanged; it
+ * keeps what it peaked at. 0 leaves glibc's thresholds alone. Says in the log what it did when it could not.
+ */
+export function keepFreedMemory(bytes: number, logger: Logger, addon = addonOrNull()): boolean {
+  if (bytes === 0) return false;
+  const setThresholds = addon?.setMallocThresholds?.bind(addon);
+  const mmapBytes = Math.min(Math.floor(bytes / 2), MAX_MMAP_THRESHOLD_BYTES);
+  const applied = setThresholds?.(bytes, mmapBytes, bytes) ?? false;
+  if (!applied)
+    logger.debug(
+      { keepFreedMemoryBytes: bytes },
+      setThresholds
+        ? 'edgefleet_keep_freed_memory_bytes: the C library is not glibc; its own allocator settings stay'
+        : 'edgefleet_keep_freed_memory_bytes: the native addon is missing or predates it; glibc keeps its own thresholds',
+    );
+  return applied;
+}
