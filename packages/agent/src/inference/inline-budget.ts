@@ -40,7 +40,8 @@ export const RUNS_BEFORE_INLINE = 16;
  * long for each further one, up to MAX_PARK_MS: a model whose cost depends on its inputs' values could otherwise
  * hold the event loop once per cycle of re-measuring. Each demotion before that doubles the worker runs it must
  * make again first. Not for good: a model that runs fast again comes back once the park is over and its worker runs
- * are measured again. The count starts afresh only after DEMOTION_MEMORY_MS without a demotion or a park.
+ * are measured again. The count starts afresh only after DEMOTION_MEMORY_MS without a demotion or a park. Only
+ * runs beyond `withinDemotionLimit` count: a shorter one held the loop no longer than an idle run may.
  */
 export const MAX_DEMOTIONS = 3;
 export const PARK_MS = 60_000;

@@ -178,6 +178,14 @@ export class InlineModels {
    */
   #demoteIfTooSlow(entry: ModelEntry, runMs: number, path: InlinePath): void {
     if (!this.#budget.tooSlow(runMs, path)) return;
+    // A run that held the event loop no longer than an idle run may (within 4× the looser ceiling) sends the model
+    // back to be measured again, as often as it happens, but only longer ones count towards keeping it away longer:
+    // a model near its ceiling has such runs now and then (a cold cache; a 588 KiB model, 3 in a few seconds), and
+    // counting them parked it for minutes.
+    if (this.#budget.withinDemotionLimit(runMs)) {
+      entry.inlineAfterRuns = Math.max(entry.inlineAfterRuns, entry.workerRuns + RUNS_BEFORE_INLINE);
+      return;
+    }
     const now = performance.now();
     // Counted from the end of the last park, if later: a park is no time without demotions.
     const quietSince = Math.max(entry.lastDemotionAt ?? -Infinity, entry.parkedUntil ?? -Infinity);
