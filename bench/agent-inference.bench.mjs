@@ -25,6 +25,8 @@
 // runServer). The end prints the goal table of issue 14, met or not met, each goal next to its floor on this machine
 // (printGoals). Latencies are measured in the client, which runs on the same machine as the agent (so on a 2-core
 // machine, client, agent event loop and ONNX Runtime share the 2 cores).
+// First: the same malloc thresholds as the agent's, here and in the floor servers (see there).
+import { withoutAllocatorSettings } from './support/same-allocator.mjs';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -541,10 +543,9 @@ function startAgent(mainPath, dir, configPath, socketPath, name) {
   const child = spawn(
     process.execPath,
     [...profile, mainPath, '-a', socketPath, '-c', configPath, '-m', String(64 << 20)],
-    {
-      cwd: dir,
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
+    // Without the GLIBC_TUNABLES this process runs with (support/same-allocator.mjs): an agent runs with what it
+    // sets itself, as on a device (this build keeps freed memory by default; an older one, --compare, does not).
+    { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'], env: withoutAllocatorSettings(process.env) },
   );
   return new Promise((resolve, reject) => {
     // An agent that neither listens nor exits (a hung model load) would otherwise hold the benchmark forever.
@@ -648,6 +649,9 @@ async function main() {
       `edgefleet-agent ${ready.version}; ${availableParallelism()} cores; agent: ${WORKERS} inference workers × 1 ORT thread; ` +
         `baseline: same session options; ${SECONDS} s per case in ${ROUNDS} interleaved rounds, after ` +
         `${WARMUP_ROUNDS} unmeasured rounds and ${WARMUP_SECONDS} s warm-up; load average ${loadAverage()}` +
+        (process.env.GLIBC_TUNABLES
+          ? `; baseline, clients and floors with GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES} (as the agent sets itself)`
+          : '') +
         (COMPARE_MAIN ? `; "other build": ${COMPARE_MAIN}` : '') +
         (WORKERS_ONLY ? '; "workers only": this build with the inline path off' : '') +
         (BATCHING > 0 ? `; Silero VAD with dynamic batching (at most ${BATCHING} a run)` : '') +

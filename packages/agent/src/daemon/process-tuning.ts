@@ -25,6 +25,15 @@ export function threadCpuClock(addon = addonOrNull()): { threadCpuMs?: () => num
   return clock ? { threadCpuMs: () => clock() / 1e6 } : {};
 }
 
+/** glibc's thresholds for keeping `bytes` of freed memory (see keepFreedMemory; the benchmarks set the same). */
+export function mallocThresholds(bytes: number): { trimBytes: number; mmapBytes: number; topPadBytes: number } {
+  return {
+    trimBytes: bytes,
+    mmapBytes: Math.min(Math.floor(bytes / 2), MAX_MMAP_THRESHOLD_BYTES),
+    topPadBytes: bytes,
+  };
+}
+
 /**
  * `edgefleet_keep_freed_memory_bytes`: glibc gives a heap's free top back to the kernel only past `bytes`, and then
  * keeps `bytes` of it (trim threshold, top pad: V8 can let more garbage pile up between collections than it keeps,
@@ -38,8 +47,8 @@ export function threadCpuClock(addon = addonOrNull()): { threadCpuMs?: () => num
 export function keepFreedMemory(bytes: number, logger: Logger, addon = addonOrNull()): boolean {
   if (bytes === 0) return false;
   const setThresholds = addon?.setMallocThresholds?.bind(addon);
-  const mmapBytes = Math.min(Math.floor(bytes / 2), MAX_MMAP_THRESHOLD_BYTES);
-  const applied = setThresholds?.(bytes, mmapBytes, bytes) ?? false;
+  const { trimBytes, mmapBytes, topPadBytes } = mallocThresholds(bytes);
+  const applied = setThresholds?.(trimBytes, mmapBytes, topPadBytes) ?? false;
   if (!applied)
     logger.debug(
       { keepFreedMemoryBytes: bytes },
