@@ -55,7 +55,8 @@ const AGENT_MAIN = join(root, 'packages/agent/dist/main.js');
 // `--compare workers-only`: this build again, with the inline path off (edgefleet_inline_max_run_micros 0), to
 // measure running fast models on the event loop against handing them to a worker, in one run.
 // `--compare unbatched`: this build again, with Silero VAD loaded without dynamic batching. (`--compare <build>`
-// runs the other build without batching, which it may not know: add `--batching 0` to compare like with like.)
+// gives the other build the same batching rule; a build from before dynamic batching ignores it with a warning:
+// add `--batching 0` to compare like with like.)
 const COMPARE_ARG = arg('--compare', undefined);
 const WORKERS_ONLY = COMPARE_ARG === 'workers-only';
 const UNBATCHED = COMPARE_ARG === 'unbatched';
@@ -632,7 +633,7 @@ async function main() {
       : UNBATCHED
         ? await launch('other', AGENT_MAIN, INLINE_SETTINGS)
         : COMPARE_MAIN
-          ? await launch('other', COMPARE_MAIN, INLINE_SETTINGS)
+          ? await launch('other', COMPARE_MAIN, { ...INLINE_SETTINGS, ...BATCHING_SETTINGS })
           : undefined;
     const otherLabel = WORKERS_ONLY ? 'workers only' : UNBATCHED ? 'unbatched' : 'other build';
     const { ready, target } = agent;
