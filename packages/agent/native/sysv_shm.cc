@@ -1,4 +1,6 @@
-// System V shared memory for Node.js: the segments SageMaker Edge clients pass by shmid (SharedMemoryHandle).
+// System V shared memory for Node.js: the segments SageMaker Edge clients pass by shmid (SharedMemoryHandle). Also
+// the agent's other native needs (no second addon to build): peer credentials of a Unix socket, the calling thread's
+// CPU clock, and glibc's malloc thresholds.
 //
 // Safety design:
 // - An attachment is an external ArrayBuffer over the whole segment, its length the segment's size as the
@@ -280,7 +282,6 @@ Napi::Value ThreadCpuNanos(const Napi::CallbackInfo& info) {
   if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now) != 0) throw SystemError(env, errno, "clock_gettime");
   return Napi::Number::New(env, static_cast<double>(now.tv_sec) * 1e9 + static_cast<double>(now.tv_nsec));
 }
-
 
 // Sets glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD and M_TOP_PAD (bytes, 0..INT_MAX): a heap is trimmed once more than
 // the first is free at its top, and then keeps the third; allocations below the second come from the heaps rather
