@@ -25,8 +25,6 @@
 // runServer). The end prints the goal table of issue 14, met or not met, each goal next to its floor on this machine
 // (printGoals). Latencies are measured in the client, which runs on the same machine as the agent (so on a 2-core
 // machine, client, agent event loop and ONNX Runtime share the 2 cores).
-// First: the same malloc thresholds as the agent's, here and in the floor servers (see there).
-import { withoutAllocatorSettings } from './support/same-allocator.mjs';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -39,6 +37,7 @@ import { performance } from 'node:perf_hooks';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import * as grpc from '@grpc/grpc-js';
 import { restPost, restSharedMemoryCaller, sharedMemoryRequestBody } from './support/kserve-rest.mjs';
+import { useAgentMallocThresholds } from './support/same-allocator.mjs';
 import { serveHttpEcho } from './support/http-echo.mjs';
 // ONNX Runtime with its telemetry off, in this process and the floor servers it starts (they inherit the variable).
 import { SILERO_PATH, agentSessionOptions, nativeSession, ort, sileroSamples } from './support/ort.mjs';
@@ -544,9 +543,7 @@ function startAgent(mainPath, dir, configPath, socketPath, name) {
   const child = spawn(
     process.execPath,
     [...profile, mainPath, '-a', socketPath, '-c', configPath, '-m', String(64 << 20)],
-    // Without the GLIBC_TUNABLES this process runs with (support/same-allocator.mjs): an agent runs with what it
-    // sets itself, as on a device (this build keeps freed memory by default; an older one, --compare, does not).
-    { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'], env: withoutAllocatorSettings(process.env) },
+    { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] },
   );
   return new Promise((resolve, reject) => {
     // An agent that neither listens nor exits (a hung model load) would otherwise hold the benchmark forever.
@@ -595,6 +592,8 @@ async function main() {
       process.exit(1);
     }
   }
+  // Before anything allocates: the same malloc thresholds as the agent's, for the baseline and the clients.
+  const mallocThresholds = await useAgentMallocThresholds(root);
   const core = await import(CORE);
   const dir = await mkdtemp(join(tmpdir(), 'ef-bench-agent-'));
   const cleanups = [];
@@ -650,9 +649,9 @@ async function main() {
       `edgefleet-agent ${ready.version}; ${availableParallelism()} cores; agent: ${WORKERS} inference workers × 1 ORT thread; ` +
         `baseline: same session options; ${SECONDS} s per case in ${ROUNDS} interleaved rounds, after ` +
         `${WARMUP_ROUNDS} unmeasured rounds and ${WARMUP_SECONDS} s warm-up; load average ${loadAverage()}` +
-        (process.env.GLIBC_TUNABLES
-          ? `; baseline, clients and floors with GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES} (as the agent sets itself)`
-          : '') +
+        (mallocThresholds
+          ? `; baseline, clients and floors with the agent's malloc thresholds (${mallocThresholds})`
+          : "; the agent's malloc thresholds could not be set for baseline and floors") +
         (COMPARE_MAIN ? `; "other build": ${COMPARE_MAIN}` : '') +
         (WORKERS_ONLY ? '; "workers only": this build with the inline path off' : '') +
         (BATCHING > 0 ? `; Silero VAD with dynamic batching (at most ${BATCHING} a run)` : '') +
@@ -1150,6 +1149,8 @@ function echoServer(socketPath, answer = (bytes) => bytes) {
 
 // Last, so that every declaration above is initialised. The same file is the baseline's worker thread and the
 // echo server's process.
+// A floor server runs with the malloc thresholds the benchmark process set for itself in main() (when it could).
+if (isMainThread && process.argv[2]?.endsWith('-server')) await useAgentMallocThresholds(root);
 if (!isMainThread) await baselineWorker(workerData);
 else if (process.argv[2] === '--echo-server') echoServer(process.argv[3]);
 else if (process.argv[2] === '--http-echo-server') serveHttpEcho(process.argv[3], 'ready');

@@ -283,14 +283,15 @@ Napi::Value ThreadCpuNanos(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(now.tv_sec) * 1e9 + static_cast<double>(now.tv_nsec));
 }
 
-// Sets glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD and M_TOP_PAD (bytes, 0..INT_MAX): a heap is trimmed once more than
-// the first is free at its top, and then keeps the third; allocations below the second come from the heaps rather
-// than from mmap(). onnxruntime-node copies every output into a new ArrayBuffer, freed only when V8 collects it: with
-// glibc's own thresholds a model with large outputs got fresh pages (a page fault per 4 KiB) for each one. Returns
-// false where the C library is not glibc.
+// Sets glibc's M_MMAP_THRESHOLD, M_TRIM_THRESHOLD and M_TOP_PAD (bytes, 0..INT_MAX): allocations below the first
+// come from the heaps rather than from mmap(); a heap is trimmed once more than the second is free at its top, and
+// then keeps the third. onnxruntime-node copies every output into a new ArrayBuffer, freed only when V8 collects it:
+// with glibc's own thresholds a model with large outputs got fresh pages (a page fault per 4 KiB) for each one.
+// Returns "applied", "refused" (glibc refused the mmap threshold, as some versions do over HEAP_MAX_SIZE / 2: nothing
+// was set) or "unsupported" (the C library is not glibc).
 Napi::Value SetMallocThresholds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const char* names[] = {"trim threshold", "mmap threshold", "top pad"};
+  const char* names[] = {"mmap threshold", "trim threshold", "top pad"};
   int values[3];
   for (size_t index = 0; index < 3; index++) {
     double value = info.Length() > index && info[index].IsNumber() ? info[index].As<Napi::Number>().DoubleValue() : -1;
@@ -302,12 +303,14 @@ Napi::Value SetMallocThresholds(const Napi::CallbackInfo& info) {
     values[index] = static_cast<int>(value);
   }
 #ifdef __GLIBC__
-  // mallopt returns 1 on success; glibc refuses an mmap threshold over HEAP_MAX_SIZE / 2 (32 MiB on 64-bit).
-  bool applied = mallopt(M_TRIM_THRESHOLD, values[0]) == 1 && mallopt(M_MMAP_THRESHOLD, values[1]) == 1 &&
-                 mallopt(M_TOP_PAD, values[2]) == 1;
-  return Napi::Boolean::New(env, applied);
+  // mallopt returns 1 on success. Only the mmap threshold has a limit some glibc versions check, so it goes first: a
+  // refusal leaves all three as they were, never a trim threshold without its top pad.
+  if (mallopt(M_MMAP_THRESHOLD, values[0]) != 1) return Napi::String::New(env, "refused");
+  mallopt(M_TRIM_THRESHOLD, values[1]);
+  mallopt(M_TOP_PAD, values[2]);
+  return Napi::String::New(env, "applied");
 #else
-  return Napi::Boolean::New(env, false);
+  return Napi::String::New(env, "unsupported");
 #endif
 }
 

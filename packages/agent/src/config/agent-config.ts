@@ -4,6 +4,13 @@ import { AutoCaptureRuleSchema } from './capture-rules.js';
 import { OrtSessionConfigSchema } from '../inference/session-options.js';
 
 /** The agent's configuration once read: every setting resolved (defaults applied, paths absolute). */
+/**
+ * `edgefleet_keep_freed_memory_bytes` other than 0: less than a few MiB would put common outputs above the mmap
+ * threshold (half the value), worse than glibc's adaptive one; more than 256 MiB would make every heap grow by at
+ * least that much at a time (the top pad), which a small device may not have.
+ */
+export const KEEP_FREED_MEMORY_BYTES = { min: 4 * 1024 ** 2, max: 256 * 1024 ** 2 } as const;
+
 export const AgentConfigSchema = z.object({
   device: z.object({
     /** `sagemaker_edge_core_device_name` (or its older alias `…_device_uuid`). */
@@ -101,14 +108,17 @@ export const AgentConfigSchema = z.object({
     /** How long a worker polls for its next request after a run (0 = it sleeps at once). */
     hotWaitMicros: z.number().int().min(0).max(10_000),
     /**
-     * Freed memory the C library keeps for reuse (glibc's trim threshold; 0 = glibc's own, adaptive, thresholds):
-     * outputs onnxruntime-node copies into new buffers reuse pages instead of faulting fresh ones in.
+     * Freed memory the C library keeps for reuse, per heap (glibc's trim threshold and top pad; 0 = glibc's own,
+     * adaptive, thresholds): outputs onnxruntime-node copies into new buffers reuse pages instead of faulting fresh
+     * ones in. See KEEP_FREED_MEMORY_BYTES for the range.
      */
     keepFreedMemoryBytes: z
       .number()
       .int()
-      .min(0)
-      .max(1024 ** 3),
+      .refine(
+        (bytes) =>
+          bytes === 0 || (bytes >= KEEP_FREED_MEMORY_BYTES.min && bytes <= KEEP_FREED_MEMORY_BYTES.max),
+      ),
     /** `edgefleet_dynamic_batching`: the models whose waiting requests are joined into one run (none: off). */
     dynamicBatching: z.array(DynamicBatchingRuleSchema),
     ort: OrtSessionConfigSchema,

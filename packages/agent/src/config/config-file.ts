@@ -3,13 +3,14 @@ import { z } from 'zod';
 import { DEFAULT_SPOOL_QUOTA_BYTES } from './capture-rules.js';
 import { MAX_INSTANCES } from './batching-rules.js';
 import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
-import { AgentConfigSchema, type AgentConfig } from './agent-config.js';
+import { AgentConfigSchema, KEEP_FREED_MEMORY_BYTES, type AgentConfig } from './agent-config.js';
 import { BACKEND_OPTIONS_KEY, mapBackendOptions, parseBackendOptions } from './backend-options.js';
 import { MAX_UNIX_SOCKET_PATH_BYTES } from './command-line.js';
 import { ConfigError, describeValue } from './errors.js';
 import {
   autoCaptureRules,
   byteSize,
+  byteSizeOrOff,
   choice,
   dynamicBatchingRules,
   endpoint,
@@ -72,7 +73,11 @@ export const CONFIG_FIELDS = {
   edgefleet_inline_event_loop_percent: integer(0, 90, 25),
   edgefleet_inline_idle_max_run_micros: integer(0, 10_000, 1000),
   edgefleet_hot_wait_micros: integer(0, 10_000, 0),
-  edgefleet_keep_freed_memory_bytes: byteSize(0, 1024 ** 3, '64MiB'),
+  edgefleet_keep_freed_memory_bytes: byteSizeOrOff(
+    KEEP_FREED_MEMORY_BYTES.min,
+    KEEP_FREED_MEMORY_BYTES.max,
+    '64MiB',
+  ),
   edgefleet_dynamic_batching: dynamicBatchingRules(),
   edgefleet_rest_socket_path: socketPathOrNone(),
   edgefleet_rest_tcp: listenAddress(),

@@ -133,6 +133,19 @@ export function byteSize(min: number, max: number, example: string): FieldKind<n
   };
 }
 
+/** 0 (off), or a size from `min` to `max` read as byteSize reads one. */
+export function byteSizeOrOff(min: number, max: number, example: string): FieldKind<number> {
+  const size = byteSize(min, max, example);
+  return {
+    expected: `0 (off), or ${size.expected}`,
+    read: size.read,
+    schema: z
+      .number()
+      .int()
+      .refine((bytes) => bytes === 0 || (bytes >= min && bytes <= max)),
+  };
+}
+
 const TRUE_WORDS = new Set(['true', 'yes', 'on', '1']);
 const FALSE_WORDS = new Set(['false', 'no', 'off', '0']);
 

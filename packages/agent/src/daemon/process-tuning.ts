@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import { loadSysvShmAddon, type SysvShmAddon } from '../shm/index.js';
 
-/** glibc refuses a higher M_MMAP_THRESHOLD on 64-bit (HEAP_MAX_SIZE / 2). */
+/** Where glibc's own adaptive mmap threshold stops on 64-bit (HEAP_MAX_SIZE / 2); some versions refuse a higher one. */
 const MAX_MMAP_THRESHOLD_BYTES = 32 * 1024 ** 2;
 
 function addonOrNull(): SysvShmAddon | null {
@@ -26,10 +26,14 @@ export function threadCpuClock(addon = addonOrNull()): { threadCpuMs?: () => num
 }
 
 /** glibc's thresholds for keeping `bytes` of freed memory (see keepFreedMemory; the benchmarks set the same). */
-export function mallocThresholds(bytes: number): { trimBytes: number; mmapBytes: number; topPadBytes: number } {
+export function mallocThresholds(bytes: number): {
+  mmapBytes: number;
+  trimBytes: number;
+  topPadBytes: number;
+} {
   return {
-    trimBytes: bytes,
     mmapBytes: Math.min(Math.floor(bytes / 2), MAX_MMAP_THRESHOLD_BYTES),
+    trimBytes: bytes,
     topPadBytes: bytes,
   };
 }
@@ -38,23 +42,32 @@ export function mallocThresholds(bytes: number): { trimBytes: number; mmapBytes:
  * `edgefleet_keep_freed_memory_bytes`: glibc gives a heap's free top back to the kernel only past `bytes`, and then
  * keeps `bytes` of it (trim threshold, top pad: V8 can let more garbage pile up between collections than it keeps,
  * and a heap trimmed to nothing faulted it all in again), and serves allocations under half of it (at most 32 MiB)
- * from its heaps rather than from mmap (mmap threshold).
- * onnxruntime-node copies each output into a new ArrayBuffer, freed when V8 collects it: with glibc's own thresholds
- * the freed buffers of a model with large outputs went back to the kernel and every run faulted fresh pages in (147
- * page faults and about 180 µs per 588 KiB request, docs/benchmarks.md). The process's peak memory is unchanged; it
- * keeps what it peaked at. 0 leaves glibc's thresholds alone. Says in the log what it did when it could not.
+ * from its heaps rather than from mmap (mmap threshold). onnxruntime-node copies each output into a new
+ * ArrayBuffer, freed when V8 collects it: with glibc's own thresholds the freed copies of a model with large outputs
+ * went back to the kernel, and every run faulted fresh pages in (147 page faults and about 180 µs per 588 KiB
+ * request, docs/benchmarks.md). The cost: each heap that frees large buffers (the event loop's, each inference
+ * worker's) may keep up to `bytes` it no longer uses, instead of shrinking between collections (the agent's peak
+ * resident memory was about 20 MB higher in that benchmark). 0 leaves glibc's thresholds alone. Off glibc, or
+ * without the addon (or with one that predates this), it does nothing; the log says which.
  */
 export function keepFreedMemory(bytes: number, logger: Logger, addon = addonOrNull()): boolean {
   if (bytes === 0) return false;
   const setThresholds = addon?.setMallocThresholds?.bind(addon);
-  const { trimBytes, mmapBytes, topPadBytes } = mallocThresholds(bytes);
-  const applied = setThresholds?.(trimBytes, mmapBytes, topPadBytes) ?? false;
-  if (!applied)
+  const thresholds = mallocThresholds(bytes);
+  const outcome = setThresholds?.(thresholds.mmapBytes, thresholds.trimBytes, thresholds.topPadBytes);
+  const fields = { keepFreedMemoryBytes: bytes, ...thresholds };
+  if (outcome === 'applied') logger.debug(fields, 'glibc keeps freed memory for reuse');
+  else if (outcome === 'refused')
+    logger.warn(
+      fields,
+      'edgefleet_keep_freed_memory_bytes: glibc refused the mmap threshold (a 32-bit glibc, or huge pages for its heaps?); its own thresholds stay',
+    );
+  else
     logger.debug(
-      { keepFreedMemoryBytes: bytes },
-      setThresholds
+      fields,
+      outcome === 'unsupported'
         ? 'edgefleet_keep_freed_memory_bytes: the C library is not glibc; its own allocator settings stay'
         : 'edgefleet_keep_freed_memory_bytes: the native addon is missing or predates it; glibc keeps its own thresholds',
     );
-  return applied;
+  return outcome === 'applied';
 }

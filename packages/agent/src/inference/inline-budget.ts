@@ -41,9 +41,18 @@ export const RUNS_BEFORE_INLINE = 16;
  * hold the event loop once per cycle of re-measuring. Each demotion before that doubles the worker runs it must
  * make again first. Not for good: a model that runs fast again comes back once the park is over and its worker runs
  * are measured again. The count starts afresh only after DEMOTION_MEMORY_MS without a demotion or a park. Only
- * runs beyond `withinDemotionLimit` count: a shorter one held the loop no longer than an idle run may.
+ * runs beyond `withinDemotionLimit` count; see MAX_NEAR_CEILING_DOUBLINGS for the shorter ones.
  */
 export const MAX_DEMOTIONS = 3;
+/**
+ * A run over DEMOTE_FACTOR × its ceiling but within `withinDemotionLimit` (0.8–4 ms with the defaults) is not counted
+ * towards a park: a model near its ceiling has one now and then from a cold cache (a 588 KiB model had three within
+ * seconds, and was parked for minutes). It sends the model back to the workers for RUNS_BEFORE_INLINE runs, twice as
+ * many for each further one within DEMOTION_MEMORY_MS of the one before, up to 2^this times as many (1024 runs): a
+ * client that could make such runs on purpose gets one per 1025 of its requests at most, each no longer than 4× the
+ * looser ceiling, and at most the event loop's share.
+ */
+export const MAX_NEAR_CEILING_DOUBLINGS = 6;
 export const PARK_MS = 60_000;
 export const MAX_PARK_MS = 3_600_000;
 /** A demotion this long after the model's last one, and after its last park ended, starts counting afresh. */

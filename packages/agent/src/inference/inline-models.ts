@@ -11,6 +11,7 @@ import {
   InlineBudget,
   DEMOTION_MEMORY_MS,
   MAX_DEMOTIONS,
+  MAX_NEAR_CEILING_DOUBLINGS,
   MAX_PARK_MS,
   PARK_MS,
   RUNS_BEFORE_INLINE,
@@ -178,15 +179,18 @@ export class InlineModels {
    */
   #demoteIfTooSlow(entry: ModelEntry, runMs: number, path: InlinePath): void {
     if (!this.#budget.tooSlow(runMs, path)) return;
-    // A run that held the event loop no longer than an idle run may (within 4× the looser ceiling) sends the model
-    // back to be measured again, as often as it happens, but only longer ones count towards keeping it away longer:
-    // a model near its ceiling has such runs now and then (a cold cache; a 588 KiB model, 3 in a few seconds), and
-    // counting them parked it for minutes.
+    const now = performance.now();
+    // Not far over (see MAX_NEAR_CEILING_DOUBLINGS): measured again on the workers, longer each time, never parked.
     if (this.#budget.withinDemotionLimit(runMs)) {
-      entry.inlineAfterRuns = Math.max(entry.inlineAfterRuns, entry.workerRuns + RUNS_BEFORE_INLINE);
+      if (now - (entry.lastNearCeilingAt ?? -Infinity) > DEMOTION_MEMORY_MS) entry.nearCeilingRuns = 0;
+      entry.lastNearCeilingAt = now;
+      const doublings = Math.min(entry.nearCeilingRuns++, MAX_NEAR_CEILING_DOUBLINGS);
+      entry.inlineAfterRuns = Math.max(
+        entry.inlineAfterRuns,
+        entry.workerRuns + RUNS_BEFORE_INLINE * 2 ** doublings,
+      );
       return;
     }
-    const now = performance.now();
     // Counted from the end of the last park, if later: a park is no time without demotions.
     const quietSince = Math.max(entry.lastDemotionAt ?? -Infinity, entry.parkedUntil ?? -Infinity);
     if (now - quietSince > DEMOTION_MEMORY_MS) entry.demotions = 0;

@@ -132,6 +132,13 @@ export interface ModelEntry {
   lastDemotionAt?: number;
   /** Parked on the workers until then (performance.now()) after MAX_DEMOTIONS: no inline run before. */
   parkedUntil?: number;
+  /**
+   * Inline runs over their ceiling but not far enough over to count as demotions (see withinDemotionLimit), lately:
+   * each doubles the worker runs the model makes before it comes back, up to MAX_NEAR_CEILING_DOUBLINGS times.
+   */
+  nearCeilingRuns: number;
+  /** When (performance.now()) the last of them was. */
+  lastNearCeilingAt?: number;
   /** Dynamic batching, when the model was loaded with it (and until a joined run shows it does not split). */
   batching?: BatchPlan;
   /** Armed while requests wait to join (waitsToJoin): when it fires, an idle instance takes them. */
@@ -152,6 +159,7 @@ export function newModelEntry(key: string, model: string | ModelBytes, slots: It
     inline: 'off',
     inlineAfterRuns: RUNS_BEFORE_INLINE,
     demotions: 0,
+    nearCeilingRuns: 0,
   };
 }
 

@@ -58,10 +58,15 @@ export interface SysvShmAddon {
    */
   threadCpuNanos?(): number;
   /**
-   * glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD and M_TOP_PAD, in bytes (0..2^31-1); false where the C library is
-   * not glibc. Absent from addons built before it, like threadCpuNanos.
+   * glibc's M_MMAP_THRESHOLD, M_TRIM_THRESHOLD and M_TOP_PAD, in bytes (0..2^31-1): 'applied', 'refused' (glibc
+   * refused the mmap threshold; nothing was set) or 'unsupported' (not glibc). Absent from addons built before it,
+   * like threadCpuNanos.
    */
-  setMallocThresholds?(trimBytes: number, mmapBytes: number, topPadBytes: number): boolean;
+  setMallocThresholds?(
+    mmapBytes: number,
+    trimBytes: number,
+    topPadBytes: number,
+  ): 'applied' | 'refused' | 'unsupported';
 }
 
 /** An Error thrown by the addon for a failed system call. */

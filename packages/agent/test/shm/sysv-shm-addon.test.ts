@@ -179,8 +179,22 @@ describe('the addon’s malloc thresholds', () => {
   it('refuses a threshold that is not a whole number of bytes an int holds, before setting any', () => {
     const set = addon.setMallocThresholds!.bind(addon);
     for (const bad of [-1, 0.5, 2 ** 31, Number.NaN, Infinity])
-      expect(() => set(bad, 0, 0)).toThrow(/trim threshold must be a whole number of bytes, 0\.\.2147483647/);
-    expect(() => set(0, 2 ** 31, 0)).toThrow(/mmap threshold must be/);
-    expect(() => (set as (...args: unknown[]) => boolean)(0, 0, '1')).toThrow(/top pad must be/);
+      expect(() => set(bad, 0, 0)).toThrow(/mmap threshold must be a whole number of bytes, 0\.\.2147483647/);
+    expect(() => set(0, 2 ** 31, 0)).toThrow(/trim threshold must be/);
+    expect(() => (set as (...args: unknown[]) => unknown)(0, 0, '1')).toThrow(/top pad must be/);
+  });
+
+  it('applies them on glibc, and says so (in a process of its own: the setting is process-wide)', () => {
+    // 'refused' (some glibc versions refuse an mmap threshold over HEAP_MAX_SIZE / 2) is covered with a stand-in in
+    // test/daemon/keep-freed-memory.test.ts: the glibc here accepts any.
+    const child = runChild(
+      `console.log(addon.setMallocThresholds(16 * 1024 * 1024, 32 * 1024 * 1024, 32 * 1024 * 1024))`,
+    );
+    expect(child.stderr).toBe('');
+    const glibc = Boolean(
+      (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header
+        ?.glibcVersionRuntime,
+    );
+    expect(child.stdout.trim()).toBe(glibc ? 'applied' : 'unsupported');
   });
 });
