@@ -46,13 +46,16 @@ export const RUNS_BEFORE_INLINE = 16;
 export const MAX_DEMOTIONS = 3;
 /**
  * A run over DEMOTE_FACTOR × its ceiling but within `withinDemotionLimit` (0.8–4 ms with the defaults) is not counted
- * towards a park: a model near its ceiling has one now and then from a cold cache (a 588 KiB model had three within
- * seconds, and was parked for minutes). It sends the model back to the workers for RUNS_BEFORE_INLINE runs, twice as
- * many for each further one within DEMOTION_MEMORY_MS of the one before, up to 2^this times as many (1024 runs): a
- * client that could make such runs on purpose gets one per 1025 of its requests at most, each no longer than 4× the
- * looser ceiling, and at most the event loop's share.
+ * towards a park: a model near its ceiling has one now and then from a cold cache (a 588 KiB model measured near
+ * 200 µs had three within seconds, 0.8–1.4 ms each, and was parked for minutes). It sends the model back to the
+ * workers for RUNS_BEFORE_INLINE runs when it took at most NEAR_CEILING_SHARE of the model's inline time since the
+ * one before; otherwise for twice as many as that one did, up to 2^this times as many (1024 runs). Such runs can
+ * then take a twentieth of the model's inline time at most (itself within the event loop's share) before they cost
+ * their model its inline path for longer and longer, each no longer than 4× the looser ceiling.
  */
 export const MAX_NEAR_CEILING_DOUBLINGS = 6;
+/** See MAX_NEAR_CEILING_DOUBLINGS. */
+export const NEAR_CEILING_SHARE = 0.05;
 export const PARK_MS = 60_000;
 export const MAX_PARK_MS = 3_600_000;
 /** A demotion this long after the model's last one, and after its last park ended, starts counting afresh. */

@@ -13,6 +13,7 @@ import {
   MAX_DEMOTIONS,
   MAX_NEAR_CEILING_DOUBLINGS,
   MAX_PARK_MS,
+  NEAR_CEILING_SHARE,
   PARK_MS,
   RUNS_BEFORE_INLINE,
   type InlineBudgetOptions,
@@ -158,6 +159,7 @@ export class InlineModels {
       this.#runs[path]++;
       if (charged) this.#budget.settle(expectedMs, computeMs);
       const workedMs = Math.min(computeMs, cpuMs() - cpuBefore);
+      entry.inlineMs += workedMs;
       foldComputeMs(entry, workedMs);
       this.#demoteIfTooSlow(entry, workedMs, path);
       const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
@@ -167,7 +169,9 @@ export class InlineModels {
       // request that computes for long and then fails cannot come back inline every time.
       const spentMs = preciseNow() - submittedAt;
       if (charged) this.#budget.settle(expectedMs, spentMs);
-      this.#demoteIfTooSlow(entry, Math.min(spentMs, cpuMs() - cpuBefore), path);
+      const workedMs = Math.min(spentMs, cpuMs() - cpuBefore);
+      entry.inlineMs += workedMs;
+      this.#demoteIfTooSlow(entry, workedMs, path);
       return Promise.reject(error as InferenceError);
     }
   }
@@ -180,11 +184,14 @@ export class InlineModels {
   #demoteIfTooSlow(entry: ModelEntry, runMs: number, path: InlinePath): void {
     if (!this.#budget.tooSlow(runMs, path)) return;
     const now = performance.now();
-    // Not far over (see MAX_NEAR_CEILING_DOUBLINGS): measured again on the workers, longer each time, never parked.
+    // Not far over (see MAX_NEAR_CEILING_DOUBLINGS): measured again on the workers, longer when they come close
+    // together, never parked.
     if (this.#budget.withinDemotionLimit(runMs)) {
-      if (now - (entry.lastNearCeilingAt ?? -Infinity) > DEMOTION_MEMORY_MS) entry.nearCeilingRuns = 0;
-      entry.lastNearCeilingAt = now;
-      const doublings = Math.min(entry.nearCeilingRuns++, MAX_NEAR_CEILING_DOUBLINGS);
+      const earnedMs = entry.inlineMs - runMs - entry.inlineMsAtNearCeiling;
+      const spaced = runMs <= NEAR_CEILING_SHARE * earnedMs;
+      const doublings = spaced ? 0 : Math.min(entry.nearCeilingRuns, MAX_NEAR_CEILING_DOUBLINGS);
+      entry.nearCeilingRuns = spaced ? 0 : entry.nearCeilingRuns + 1;
+      entry.inlineMsAtNearCeiling = entry.inlineMs;
       entry.inlineAfterRuns = Math.max(
         entry.inlineAfterRuns,
         entry.workerRuns + RUNS_BEFORE_INLINE * 2 ** doublings,
