@@ -592,7 +592,7 @@ async function main() {
       process.exit(1);
     }
   }
-  // Before anything allocates: the same malloc thresholds as the agent's, for the baseline and the clients.
+  // Early, as the agent does at start: the same malloc thresholds as the agent's, for the baseline and the clients.
   const mallocThresholds = await useAgentMallocThresholds(root);
   const core = await import(CORE);
   const dir = await mkdtemp(join(tmpdir(), 'ef-bench-agent-'));

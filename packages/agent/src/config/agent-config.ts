@@ -2,8 +2,8 @@ import { z } from 'zod';
 import { DynamicBatchingRuleSchema } from './batching-rules.js';
 import { AutoCaptureRuleSchema } from './capture-rules.js';
 import { OrtSessionConfigSchema } from '../inference/session-options.js';
+import { offOrWithin } from './fields.js';
 
-/** The agent's configuration once read: every setting resolved (defaults applied, paths absolute). */
 /**
  * `edgefleet_keep_freed_memory_bytes` other than 0: less than a few MiB would put common outputs above the mmap
  * threshold (half the value), worse than glibc's adaptive one; more than 256 MiB would make every heap grow by at
@@ -11,6 +11,7 @@ import { OrtSessionConfigSchema } from '../inference/session-options.js';
  */
 export const KEEP_FREED_MEMORY_BYTES = { min: 4 * 1024 ** 2, max: 256 * 1024 ** 2 } as const;
 
+/** The agent's configuration once read: every setting resolved (defaults applied, paths absolute). */
 export const AgentConfigSchema = z.object({
   device: z.object({
     /** `sagemaker_edge_core_device_name` (or its older alias `…_device_uuid`). */
@@ -112,13 +113,7 @@ export const AgentConfigSchema = z.object({
      * adaptive, thresholds): outputs onnxruntime-node copies into new buffers reuse pages instead of faulting fresh
      * ones in. See KEEP_FREED_MEMORY_BYTES for the range.
      */
-    keepFreedMemoryBytes: z
-      .number()
-      .int()
-      .refine(
-        (bytes) =>
-          bytes === 0 || (bytes >= KEEP_FREED_MEMORY_BYTES.min && bytes <= KEEP_FREED_MEMORY_BYTES.max),
-      ),
+    keepFreedMemoryBytes: offOrWithin(KEEP_FREED_MEMORY_BYTES.min, KEEP_FREED_MEMORY_BYTES.max),
     /** `edgefleet_dynamic_batching`: the models whose waiting requests are joined into one run (none: off). */
     dynamicBatching: z.array(DynamicBatchingRuleSchema),
     ort: OrtSessionConfigSchema,

@@ -133,17 +133,18 @@ export function byteSize(min: number, max: number, example: string): FieldKind<n
   };
 }
 
+/** A whole number that is 0 (off) or from `min` to `max`. */
+export function offOrWithin(min: number, max: number): z.ZodType<number> {
+  return z
+    .number()
+    .int()
+    .refine((value) => value === 0 || (value >= min && value <= max));
+}
+
 /** 0 (off), or a size from `min` to `max` read as byteSize reads one. */
 export function byteSizeOrOff(min: number, max: number, example: string): FieldKind<number> {
   const size = byteSize(min, max, example);
-  return {
-    expected: `0 (off), or ${size.expected}`,
-    read: size.read,
-    schema: z
-      .number()
-      .int()
-      .refine((bytes) => bytes === 0 || (bytes >= min && bytes <= max)),
-  };
+  return { expected: `0 (off), or ${size.expected}`, read: size.read, schema: offOrWithin(min, max) };
 }
 
 const TRUE_WORDS = new Set(['true', 'yes', 'on', '1']);

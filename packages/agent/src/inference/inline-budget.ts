@@ -40,22 +40,24 @@ export const RUNS_BEFORE_INLINE = 16;
  * long for each further one, up to MAX_PARK_MS: a model whose cost depends on its inputs' values could otherwise
  * hold the event loop once per cycle of re-measuring. Each demotion before that doubles the worker runs it must
  * make again first. Not for good: a model that runs fast again comes back once the park is over and its worker runs
- * are measured again. The count starts afresh only after DEMOTION_MEMORY_MS without a demotion or a park. Only
- * runs beyond `withinDemotionLimit` count; see MAX_NEAR_CEILING_DOUBLINGS for the shorter ones.
+ * are measured again. The count starts afresh only after DEMOTION_MEMORY_MS without a demotion or a park. A shorter
+ * run its model's credit covers does not count (see NEAR_CEILING_SHARE).
  */
 export const MAX_DEMOTIONS = 3;
 /**
- * A run over DEMOTE_FACTOR × its ceiling but within `withinDemotionLimit` (0.8–4 ms with the defaults) is not counted
- * towards a park: a model near its ceiling has one now and then from a cold cache (a 588 KiB model measured near
- * 200 µs had three within seconds, 0.8–1.4 ms each, and was parked for minutes). It sends the model back to the
- * workers for RUNS_BEFORE_INLINE runs when it took at most NEAR_CEILING_SHARE of the model's inline time since the
- * one before; otherwise for twice as many as that one did, up to 2^this times as many (1024 runs). Such runs can
- * then take a twentieth of the model's inline time at most (itself within the event loop's share) before they cost
- * their model its inline path for longer and longer, each no longer than 4× the looser ceiling.
+ * A run over DEMOTE_FACTOR × its ceiling but within `withinDemotionLimit` (0.8–4 ms with the defaults: a near-ceiling
+ * run) is paid for from its model's credit while that lasts, instead of counting as a demotion: a model near its
+ * ceiling has one now and then from a cold cache (a 588 KiB model measured near 200 µs had three within seconds,
+ * 0.8–1.4 ms each, and was parked for minutes). Such a run sends its model back to the workers for
+ * RUNS_BEFORE_INLINE runs. The credit starts full, at NEAR_CEILING_CREDIT_LIMITS × the demotion limit (16 ms with
+ * the defaults), and grows by NEAR_CEILING_SHARE of the time the model's other inline runs take (those admitted
+ * within the event loop's share), up to that; a near-ceiling run it does not cover is a demotion like any other
+ * (three within 10 minutes park the model). So near-ceiling runs take at most the full credit plus a twentieth of
+ * the model's other inline time.
  */
-export const MAX_NEAR_CEILING_DOUBLINGS = 6;
-/** See MAX_NEAR_CEILING_DOUBLINGS. */
 export const NEAR_CEILING_SHARE = 0.05;
+/** See NEAR_CEILING_SHARE. */
+export const NEAR_CEILING_CREDIT_LIMITS = 4;
 export const PARK_MS = 60_000;
 export const MAX_PARK_MS = 3_600_000;
 /** A demotion this long after the model's last one, and after its last park ended, starts counting afresh. */
@@ -144,7 +146,12 @@ export class InlineBudget {
    * inline on the strength of the model's average (ModelEntry.measuredShapes).
    */
   withinDemotionLimit(runMs: number): boolean {
-    return this.enabled && runMs <= Math.max(this.#ceilingMs, this.#idleCeilingMs) * DEMOTE_FACTOR;
+    return this.enabled && runMs <= this.demotionLimitMs;
+  }
+
+  /** DEMOTE_FACTOR × the looser of the two ceilings (see withinDemotionLimit). */
+  get demotionLimitMs(): number {
+    return Math.max(this.#ceilingMs, this.#idleCeilingMs) * DEMOTE_FACTOR;
   }
 
   /** Whether one run this long, admitted on `path`, sends its model back to the workers. */

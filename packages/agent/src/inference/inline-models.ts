@@ -11,8 +11,8 @@ import {
   InlineBudget,
   DEMOTION_MEMORY_MS,
   MAX_DEMOTIONS,
-  MAX_NEAR_CEILING_DOUBLINGS,
   MAX_PARK_MS,
+  NEAR_CEILING_CREDIT_LIMITS,
   NEAR_CEILING_SHARE,
   PARK_MS,
   RUNS_BEFORE_INLINE,
@@ -159,9 +159,8 @@ export class InlineModels {
       this.#runs[path]++;
       if (charged) this.#budget.settle(expectedMs, computeMs);
       const workedMs = Math.min(computeMs, cpuMs() - cpuBefore);
-      entry.inlineMs += workedMs;
       foldComputeMs(entry, workedMs);
-      this.#demoteIfTooSlow(entry, workedMs, path);
+      this.#judge(entry, workedMs, path);
       const queueMs = Math.max(0, preciseNow() - submittedAt - computeMs);
       return Promise.resolve({ outputs: run.outputs, queueMs, computeMs, worker: -1, batchSize: 1 });
     } catch (error) {
@@ -169,11 +168,38 @@ export class InlineModels {
       // request that computes for long and then fails cannot come back inline every time.
       const spentMs = preciseNow() - submittedAt;
       if (charged) this.#budget.settle(expectedMs, spentMs);
-      const workedMs = Math.min(spentMs, cpuMs() - cpuBefore);
-      entry.inlineMs += workedMs;
-      this.#demoteIfTooSlow(entry, workedMs, path);
+      this.#judge(entry, Math.min(spentMs, cpuMs() - cpuBefore), path);
       return Promise.reject(error as InferenceError);
     }
+  }
+
+  /**
+   * After each inline run, by the time it took (`runMs`): within 4× its ceiling it earns the model near-ceiling
+   * credit (on the share-charged path); over that it is paid for from the credit if it is a near-ceiling run the
+   * credit covers (see NEAR_CEILING_SHARE), and is a demotion otherwise.
+   */
+  #judge(entry: ModelEntry, runMs: number, path: InlinePath): void {
+    const credit = (entry.nearCeilingCredit ??= { creditMs: this.#nearCeilingCreditCapMs, earningMs: 0 });
+    if (!this.#budget.tooSlow(runMs, path)) {
+      if (path === 'inline') credit.earningMs += runMs;
+      return;
+    }
+    // Not far over, and covered by the model's credit (see NEAR_CEILING_SHARE): measured again on the workers.
+    credit.creditMs = Math.min(
+      this.#nearCeilingCreditCapMs,
+      credit.creditMs + NEAR_CEILING_SHARE * credit.earningMs,
+    );
+    credit.earningMs = 0;
+    if (this.#budget.withinDemotionLimit(runMs) && credit.creditMs >= runMs) {
+      credit.creditMs -= runMs;
+      entry.inlineAfterRuns = Math.max(entry.inlineAfterRuns, entry.workerRuns + RUNS_BEFORE_INLINE);
+      return;
+    }
+    this.#demote(entry);
+  }
+
+  get #nearCeilingCreditCapMs(): number {
+    return NEAR_CEILING_CREDIT_LIMITS * this.#budget.demotionLimitMs;
   }
 
   /**
@@ -181,23 +207,8 @@ export class InlineModels {
    * to the workers, which measure it again before it may return, twice as long after each demotion; from
    * MAX_DEMOTIONS on (within DEMOTION_MEMORY_MS of each other), parked there for a while, longer each time.
    */
-  #demoteIfTooSlow(entry: ModelEntry, runMs: number, path: InlinePath): void {
-    if (!this.#budget.tooSlow(runMs, path)) return;
+  #demote(entry: ModelEntry): void {
     const now = performance.now();
-    // Not far over (see MAX_NEAR_CEILING_DOUBLINGS): measured again on the workers, longer when they come close
-    // together, never parked.
-    if (this.#budget.withinDemotionLimit(runMs)) {
-      const earnedMs = entry.inlineMs - runMs - entry.inlineMsAtNearCeiling;
-      const spaced = runMs <= NEAR_CEILING_SHARE * earnedMs;
-      const doublings = spaced ? 0 : Math.min(entry.nearCeilingRuns, MAX_NEAR_CEILING_DOUBLINGS);
-      entry.nearCeilingRuns = spaced ? 0 : entry.nearCeilingRuns + 1;
-      entry.inlineMsAtNearCeiling = entry.inlineMs;
-      entry.inlineAfterRuns = Math.max(
-        entry.inlineAfterRuns,
-        entry.workerRuns + RUNS_BEFORE_INLINE * 2 ** doublings,
-      );
-      return;
-    }
     // Counted from the end of the last park, if later: a park is no time without demotions.
     const quietSince = Math.max(entry.lastDemotionAt ?? -Infinity, entry.parkedUntil ?? -Infinity);
     if (now - quietSince > DEMOTION_MEMORY_MS) entry.demotions = 0;

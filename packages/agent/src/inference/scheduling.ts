@@ -132,16 +132,12 @@ export interface ModelEntry {
   lastDemotionAt?: number;
   /** Parked on the workers until then (performance.now()) after MAX_DEMOTIONS: no inline run before. */
   parkedUntil?: number;
-  /** The time the model's inline runs took so far, as they were judged (InlineModels.run), in milliseconds. */
-  inlineMs: number;
   /**
-   * Inline runs in a row over their ceiling but not far enough over to count as demotions (see
-   * withinDemotionLimit), each longer than NEAR_CEILING_SHARE of the model's inline time since the one before:
-   * each doubles the worker runs the model makes before it comes back, up to MAX_NEAR_CEILING_DOUBLINGS times.
+   * What near-ceiling inline runs of the model may still take (creditMs), and the time its other inline runs
+   * admitted within the event loop's share took since the last one (earningMs), which adds to it at the next (see
+   * NEAR_CEILING_SHARE); in milliseconds. Undefined until the model's first inline run, when the credit starts full.
    */
-  nearCeilingRuns: number;
-  /** `inlineMs` when the last of them happened. */
-  inlineMsAtNearCeiling: number;
+  nearCeilingCredit?: { creditMs: number; earningMs: number };
   /** Dynamic batching, when the model was loaded with it (and until a joined run shows it does not split). */
   batching?: BatchPlan;
   /** Armed while requests wait to join (waitsToJoin): when it fires, an idle instance takes them. */
@@ -162,9 +158,6 @@ export function newModelEntry(key: string, model: string | ModelBytes, slots: It
     inline: 'off',
     inlineAfterRuns: RUNS_BEFORE_INLINE,
     demotions: 0,
-    inlineMs: 0,
-    nearCeilingRuns: 0,
-    inlineMsAtNearCeiling: 0,
   };
 }
 

@@ -23,9 +23,11 @@ import {
   untilInline,
 } from '../support/pool-models.js';
 import {
+  DEMOTE_FACTOR,
   DEMOTION_MEMORY_MS,
   InlineBudget,
   MAX_DEMOTIONS,
+  NEAR_CEILING_CREDIT_LIMITS,
   NEAR_CEILING_SHARE,
   PARK_MS,
   RUNS_BEFORE_INLINE,
@@ -275,6 +277,61 @@ describe('InferencePool: the inline path', () => {
       expect(parks).toEqual([1, 2, 4, 8, 16, 32].map((k) => k * PARK_MS));
     });
 
+    it('pays for runs over 4× the ceiling but within 4× the idle ceiling from a credit that starts full and grows with the inline time; past it they are demotions', async () => {
+      const parks: PoolEvent[] = [];
+      // Ceilings 1 ms and 10 ms: such a run takes 4–40 ms; the credit is NEAR_CEILING_CREDIT_LIMITS × 40 ms at most.
+      const pool = await startPool(1000, 0.9, 256, 10_000, (event) => {
+        if (event.type === 'inline-parked') parks.push(event);
+      });
+      const creditMs = NEAR_CEILING_CREDIT_LIMITS * DEMOTE_FACTOR * 10;
+      await pool.loadModel('tiled', paths.tiled!, 1);
+      // Rows for a run of about 12 ms (the window's middle, on a ratio scale), scaled from the quickest of three
+      // measured on a worker (a busy machine only makes a run slower).
+      let quickestMs = Infinity;
+      for (let i = 0; i < 3; i++)
+        quickestMs = Math.min(quickestMs, (await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).computeMs);
+      const rows = Math.max(1, Math.round((OVER_ANY_CEILING_ROWS * 12) / quickestMs));
+      /** One such run, inline; its time. Each sends the model back to be measured on the workers again. */
+      const nearCeilingRun = async () => {
+        await untilRunsInline(pool, 'tiled', () => tiled(1));
+        const demotions = pool.stats().inline.demotions;
+        const run = await pool.run('tiled', tiled(rows));
+        expect(run.worker).toBe(-1);
+        expect(pool.stats().inline.demotions).toBe(demotions + 1);
+        return run.computeMs;
+      };
+      // Back to back: the full credit pays for some (at least its size over the longest of them, each judged by no
+      // more than its wall time), then MAX_DEMOTIONS demotions park the model.
+      let runs = 0;
+      let longestMs = 0;
+      while (parks.length === 0) {
+        longestMs = Math.max(longestMs, await nearCeilingRun());
+        runs++;
+        // Each over 4 ms (it counted above): the credit cannot pay for more than its size over that.
+        expect(runs).toBeLessThanOrEqual(creditMs / 4 + MAX_DEMOTIONS);
+      }
+      expect(runs).toBeGreaterThanOrEqual(Math.floor(creditMs / longestMs) + MAX_DEMOTIONS);
+      // After the park: inline runs of about 0.5 ms (under the 1 ms ceiling) charged to the share earn a twentieth
+      // of their time; with twice the longest such run's worth earned, the next is paid for, not a fourth demotion
+      // (which would park it again). Runs sent to a worker (past the share) or made as idle runs earn nothing.
+      timePasses(PARK_MS + 1);
+      let inlineMs = 0;
+      for (let runs = 0; inlineMs < (2 * longestMs) / NEAR_CEILING_SHARE; runs++) {
+        expect(runs).toBeLessThan(100_000);
+        const charged = pool.stats().runs.inline;
+        const run = await pool.run('tiled', tiled(Math.max(1, Math.round(rows / 24))));
+        if (pool.stats().runs.inline > charged) inlineMs += run.computeMs;
+        else await loopWaits(); // a worker's or an idle run: let the measurements and the share settle
+      }
+      await nearCeilingRun();
+      expect(parks).toHaveLength(1);
+      // Without more earned, such runs soon are demotions again, and the first parks it.
+      for (let more = 0; parks.length === 1; more++) {
+        expect(more).toBeLessThanOrEqual(creditMs / 4);
+        await nearCeilingRun();
+      }
+    }, 120_000);
+
     it('forgets demotions older than DEMOTION_MEMORY_MS: spread out, they never park a model', async () => {
       const pool = await startPool(10_000, 0.9);
       await pool.loadModel('tiled', paths.tiled!, 1);
@@ -287,47 +344,6 @@ describe('InferencePool: the inline path', () => {
       // Re-measured after its last demotion (the first of a new count), it is back.
       await untilRunsInline(pool, 'tiled', () => tiled(1));
     });
-  });
-
-  it('sends a model back to the workers after each run over 4× its ceiling but within 4× the idle ceiling, twice as long when they come close together, and never parks it for those', async () => {
-    const parks: PoolEvent[] = [];
-    // Ceilings 1 ms and 10 ms: such a run takes 4–40 ms.
-    const pool = await startPool(1000, 0.9, 256, 10_000, (event) => {
-      if (event.type === 'inline-parked') parks.push(event);
-    });
-    await pool.loadModel('tiled', paths.tiled!, 1);
-    // Rows for a run of about 12 ms (the window's middle, on a ratio scale), scaled from the quickest of three
-    // measured on a worker (a busy machine only makes a run slower).
-    let quickestMs = Infinity;
-    for (let i = 0; i < 3; i++)
-      quickestMs = Math.min(quickestMs, (await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).computeMs);
-    const rows = Math.max(1, Math.round((OVER_ANY_CEILING_ROWS * 12) / quickestMs));
-    const inlineKeys = () => pool.stats().inline.models.map((model) => model.key);
-    /** One such run, then the worker runs the model must make before it is back inline. */
-    const nearCeilingRun = async (workerRuns: number) => {
-      await untilRunsInline(pool, 'tiled', () => tiled(1));
-      const demotions = pool.stats().inline.demotions;
-      expect((await pool.run('tiled', tiled(rows))).worker).toBe(-1);
-      expect(pool.stats().inline.demotions).toBe(demotions + 1);
-      for (let i = 0; i < workerRuns - 1; i++)
-        expect((await pool.run('tiled', tiled(1))).worker).toBeGreaterThanOrEqual(0);
-      expect(inlineKeys()).toEqual([]);
-      await pool.run('tiled', tiled(1));
-      expect(inlineKeys()).toEqual([expect.stringMatching(/^tiled/)]);
-    };
-    // Back to back (no inline run between them): RUNS_BEFORE_INLINE worker runs, twice as many after each.
-    for (let demotion = 1; demotion <= MAX_DEMOTIONS + 1; demotion++)
-      await nearCeilingRun(RUNS_BEFORE_INLINE * 2 ** (demotion - 1));
-    // Once the model's inline runs have taken far more than 1 / NEAR_CEILING_SHARE times such a run (runs of about
-    // 0.6 ms, a twentieth of one, under the 1 ms ceiling), the next costs RUNS_BEFORE_INLINE worker runs again.
-    // Those the event loop's share sends to a worker do not count.
-    let inlineMs = 0;
-    while (inlineMs < (2 * 12) / NEAR_CEILING_SHARE) {
-      const run = await pool.run('tiled', tiled(Math.max(1, Math.round(rows / 20))));
-      if (run.worker === -1) inlineMs += run.computeMs;
-    }
-    await nearCeilingRun(RUNS_BEFORE_INLINE);
-    expect(parks).toEqual([]);
   });
 
   it('judges a failed inline run by its time like any other: one that computed far over the ceiling demotes', async () => {
