@@ -52,8 +52,9 @@ export const MAX_DEMOTIONS = 3;
  * RUNS_BEFORE_INLINE runs. The credit starts full, at NEAR_CEILING_CREDIT_LIMITS × the demotion limit (16 ms with
  * the defaults), and grows by NEAR_CEILING_SHARE of the time the model's other inline runs take (those admitted
  * within the event loop's share), up to that; a near-ceiling run it does not cover is a demotion like any other
- * (three within 10 minutes park the model). So near-ceiling runs take at most the full credit plus a twentieth of
- * the model's other inline time.
+ * (three within 10 minutes park the model). So the near-ceiling runs the credit pays for take at most the full
+ * credit plus a twentieth of the model's other inline time (per model and load, judged as all inline runs are);
+ * each run after that is a demotion.
  */
 export const NEAR_CEILING_SHARE = 0.05;
 /** See NEAR_CEILING_SHARE. */

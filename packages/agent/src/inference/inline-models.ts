@@ -184,12 +184,12 @@ export class InlineModels {
       if (path === 'inline') credit.earningMs += runMs;
       return;
     }
-    // Not far over, and covered by the model's credit (see NEAR_CEILING_SHARE): measured again on the workers.
     credit.creditMs = Math.min(
       this.#nearCeilingCreditCapMs,
       credit.creditMs + NEAR_CEILING_SHARE * credit.earningMs,
     );
     credit.earningMs = 0;
+    // Not far over, and covered by the model's credit (see NEAR_CEILING_SHARE): measured again on the workers.
     if (this.#budget.withinDemotionLimit(runMs) && credit.creditMs >= runMs) {
       credit.creditMs -= runMs;
       entry.inlineAfterRuns = Math.max(entry.inlineAfterRuns, entry.workerRuns + RUNS_BEFORE_INLINE);
