@@ -62,6 +62,7 @@ export class InlineModels {
   readonly #runner: InlineRunner;
   readonly #options: InlineModelsOptions;
   readonly #runs: Record<InlinePath, number> = { inline: 0, inline_idle: 0 };
+  #nearCeilingPaid = 0;
   /**
    * Each model's session in the runner, under a key of its own per load: a model unloaded while its session was
    * being created, then loaded again under its name, can never reach (or release) the other's session.
@@ -192,6 +193,7 @@ export class InlineModels {
     // Not far over, and covered by the model's credit (see NEAR_CEILING_SHARE): measured again on the workers.
     if (this.#budget.withinDemotionLimit(runMs) && credit.creditMs >= runMs) {
       credit.creditMs -= runMs;
+      this.#nearCeilingPaid++;
       entry.inlineAfterRuns = Math.max(entry.inlineAfterRuns, entry.workerRuns + RUNS_BEFORE_INLINE);
       return;
     }
@@ -235,6 +237,7 @@ export class InlineModels {
   stats(): PoolStats['inline'] {
     return {
       ...this.#budget.stats(performance.now()),
+      nearCeilingPaid: this.#nearCeilingPaid,
       models: [...this.#options.models.values()]
         .filter(
           (entry) =>

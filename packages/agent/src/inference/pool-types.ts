@@ -155,5 +155,7 @@ export interface PoolStats {
      * share) or `inline_idle` (over the per-run ceiling, so only as idle runs).
      */
     models: Array<{ key: string; computeMicros: number; path: InlinePath }>;
+    /** Of `demotions`, the near-ceiling runs their model's credit paid for (see NEAR_CEILING_SHARE). */
+    nearCeilingPaid: number;
   };
 }

@@ -258,6 +258,11 @@ export class AgentMetrics {
       () => stats().inline.demotions,
     );
     this.#poolTotal(
+      'edgefleet_inference_inline_near_ceiling_paid_total',
+      "Of the demotions, inline runs over 4x the per-run ceiling but within 4x the idle one that their model's near-ceiling credit paid for (no step towards a park)",
+      () => stats().inline.nearCeilingPaid,
+    );
+    this.#poolTotal(
       'edgefleet_inference_inline_idle_busy_total',
       'Requests of a model measured for idle runs sent to a worker because the agent was not idle (another request in the pool, or one of such a model found another there in the last 100 ms, or the event loop had not waited for I/O since the last idle run)',
       () => stats().inline.idleBusy,

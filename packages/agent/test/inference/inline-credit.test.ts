@@ -98,17 +98,18 @@ async function inlineModel() {
     }
     throw new Error('no demotion after 1000 near-ceiling runs');
   };
-  return { entry, run, paidRuns, stats: () => models.stats() };
+  return { entry, run, paidRuns, paidTotal: () => models.stats().nearCeilingPaid };
 }
 
 describe('the near-ceiling credit', () => {
   it('starts full: pays for CREDIT / run time runs, sending the model back for RUNS_BEFORE_INLINE worker runs each, then demotes', async () => {
-    const { entry, paidRuns, run } = await inlineModel();
+    const { entry, paidRuns, paidTotal, run } = await inlineModel();
     await run(12);
     expect(entry.demotions).toBe(0);
     expect(entry.inlineAfterRuns).toBe(entry.workerRuns + RUNS_BEFORE_INLINE);
     expect(1 + (await paidRuns(12))).toBe(Math.floor(CREDIT_MS / 12));
     expect(entry.demotions).toBe(1);
+    expect(paidTotal()).toBe(Math.floor(CREDIT_MS / 12));
   });
 
   it('grows by a twentieth of the time share-charged inline runs take, and by nothing for idle runs', async () => {

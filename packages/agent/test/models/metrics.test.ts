@@ -110,6 +110,7 @@ describe('AgentMetrics: the inline path', () => {
       expect(sample(body, 'edgefleet_inference_inline_event_loop_share{of="used"}')).toBeTypeOf('number');
       expect(sample(body, 'edgefleet_inference_inline_over_budget_total')).toBe(0);
       expect(sample(body, 'edgefleet_inference_inline_demotions_total')).toBe(0);
+      expect(sample(body, 'edgefleet_inference_inline_near_ceiling_paid_total')).toBe(0);
     } finally {
       await agent.close();
     }
