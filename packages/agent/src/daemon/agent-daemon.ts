@@ -9,7 +9,7 @@ import { startDeployments, type RunningDeployments } from '../deployments/index.
 import { startFleetClient } from '../fleet/index.js';
 import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
-import { SharedMemoryReader, loadSysvShmAddon } from '../shm/index.js';
+import { SharedMemoryReader, loadSysvShmAddon, type SysvShmAddon } from '../shm/index.js';
 import {
   ModelActivity,
   agentDatabasePath,
@@ -88,7 +88,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve(cleanup()).catch(() => {});
   };
   try {
-    keepFreedMemory(config.inference.keepFreedMemoryBytes, logger);
+    const addon = loadNativeAddon(logger);
+    keepFreedMemory(config.inference.keepFreedMemoryBytes, logger, addon);
     const metrics = new AgentMetrics();
     const pool = await InferencePool.start({
       workers: config.inference.workers,
@@ -100,7 +101,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       inline: config.inference.inline,
       hotWaitMicros: config.inference.hotWaitMicros,
       onEvent: (event) => onPoolEvent(event, logger, metrics),
-      ...threadCpuClock(),
+      ...threadCpuClock(addon),
     });
     cleanups.push(() => pool.close());
     metrics.watchPool(() => pool.stats());
@@ -116,7 +117,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       logger: registryLogger(logger),
     });
     cleanups.push(() => registry.close());
-    const sharedMemory = openSharedMemory(logger);
+    const sharedMemory = addon ? new SharedMemoryReader({ addon }) : null;
     const shmSweeper = sharedMemory
       ? setInterval(() => sharedMemory.sweep(), SHM_SWEEP_INTERVAL_MS).unref()
       : undefined;
@@ -334,13 +335,14 @@ async function loadTrust(config: AgentConfig, logger: Logger): Promise<TrustPoli
   }
 }
 
-function openSharedMemory(logger: Logger): SharedMemoryReader | null {
+/** The native addon (shm/sysv-shm-addon.ts), or null, saying what is lost without it. */
+function loadNativeAddon(logger: Logger): SysvShmAddon | null {
   try {
-    return new SharedMemoryReader({ addon: loadSysvShmAddon() });
+    return loadSysvShmAddon();
   } catch (error) {
     logger.warn(
       { err: error },
-      'System V shared memory is not available: Predict requests with shared_memory_handle will be refused (FAILED_PRECONDITION)',
+      'the native addon did not load: System V shared memory is not available (Predict requests with shared_memory_handle will be refused, FAILED_PRECONDITION), inline runs are judged by the process CPU time, and glibc keeps its own malloc thresholds',
     );
     return null;
   }

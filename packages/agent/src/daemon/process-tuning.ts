@@ -1,26 +1,19 @@
 /**
- * What the daemon sets up in its own process through the native addon (shm/sysv-shm-addon.ts), each optional: an
- * agent without the addon, or with one built before the function, runs as before.
+ * What the daemon sets up in its own process through the native addon (shm/sysv-shm-addon.ts), loaded once by the
+ * daemon and passed in (null without it), each optional: an agent without the addon, or with one built before the
+ * function, runs as before.
  */
 import type { Logger } from 'pino';
-import { loadSysvShmAddon, type SysvShmAddon } from '../shm/index.js';
+import type { SysvShmAddon } from '../shm/index.js';
 
 /** Where glibc's own adaptive mmap threshold stops on 64-bit (HEAP_MAX_SIZE / 2); some versions refuse a higher one. */
 const MAX_MMAP_THRESHOLD_BYTES = 32 * 1024 ** 2;
-
-function addonOrNull(): SysvShmAddon | null {
-  try {
-    return loadSysvShmAddon();
-  } catch {
-    return null; // the daemon's openSharedMemory says why the addon is missing
-  }
-}
 
 /**
  * The event loop's CPU clock, for judging inline runs (InferencePoolOptions.threadCpuMs); without it the pool uses
  * the process's CPU time.
  */
-export function threadCpuClock(addon = addonOrNull()): { threadCpuMs?: () => number } {
+export function threadCpuClock(addon: SysvShmAddon | null): { threadCpuMs?: () => number } {
   const clock = addon?.threadCpuNanos?.bind(addon);
   return clock ? { threadCpuMs: () => clock() / 1e6 } : {};
 }
@@ -50,7 +43,7 @@ export function mallocThresholds(bytes: number): {
  * resident memory was about 20 MB higher in that benchmark). 0 leaves glibc's thresholds alone. Off glibc, or
  * without the addon (or with one that predates this), it does nothing; the log says which.
  */
-export function keepFreedMemory(bytes: number, logger: Logger, addon = addonOrNull()): boolean {
+export function keepFreedMemory(bytes: number, logger: Logger, addon: SysvShmAddon | null): boolean {
   if (bytes === 0) return false;
   const setThresholds = addon?.setMallocThresholds?.bind(addon);
   const thresholds = mallocThresholds(bytes);

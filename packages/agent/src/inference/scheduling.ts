@@ -325,9 +325,10 @@ export function gatherBatch(job: Job, entry: ModelEntry): Job[] | undefined {
  * Dynamic batching: a request that could join others waits for its model's run under way, to join the next,
  * rather than start alone on an idle instance, when the model's runs are short (at most `maxWaitMs` on average),
  * until the requests that could join it (itself included) fill a run; then they start on the idle instance at
- * once. The pool bounds the wait to about `maxWaitMs` whatever the run under way (InferencePool's #boundTheWait). One session running large joined runs leaves the other cores to the
- * agent's event loop and its clients: measured on 2 vCPUs with Silero VAD and 8 clients, that serves about 30 %
- * more than two sessions each running smaller ones. A model whose runs are longer spreads its requests over its
+ * once. The pool bounds the wait to about `maxWaitMs` whatever the run under way (InferencePool's #boundTheWait).
+ * One session running large joined runs leaves the other cores to the agent's event loop and its clients: measured
+ * on 2 vCPUs with Silero VAD and 8 clients, that serves about 30 % more than two sessions each running smaller
+ * ones. A model whose runs are longer spreads its requests over its
  * sessions at once, as unbatched; so do requests that cannot join (shared memory), and one that fills a run alone.
  */
 export function waitsToJoin(job: Job, entry: ModelEntry, maxWaitMs: number): boolean {
