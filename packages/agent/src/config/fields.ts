@@ -111,7 +111,7 @@ const BYTE_UNITS = new Map<string, number>([
 function binarySize(bytes: number): string {
   const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let unit = 0;
-  while (bytes !== 0 && unit < units.length - 1 && bytes % 1024 ** (unit + 1) === 0) unit++;
+  while (unit < units.length - 1 && bytes % 1024 ** (unit + 1) === 0) unit++;
   return `${bytes / 1024 ** unit} ${units[unit]}`;
 }
 
