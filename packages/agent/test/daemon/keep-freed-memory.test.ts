@@ -42,7 +42,8 @@ async function faultsPerRequest(name: string, keys: Record<string, unknown>): Pr
     edgefleet_rest_socket_path: restSocket,
     ...keys,
   });
-  // Without GLIBC_TUNABLES from this environment (an operator's drop-in may set it): the agent's own setting is under test.
+  // Without GLIBC_TUNABLES from this environment (an operator's drop-in may set it): the agent's own setting is
+  // under test.
   const { GLIBC_TUNABLES: _, ...env } = process.env;
   const agent = agents.spawn(['-a', socket, '-c', config], { env });
   await agent.waitFor(listening, 'listening');
