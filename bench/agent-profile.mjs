@@ -5,7 +5,7 @@
 //
 //   npm run build && node bench/agent-profile.mjs --door rest|rest-shm|grpc|http-echo --model tiny|image-identity|silero
 //     [--seconds 4] [--cpu-prof <dir>] [--agent path/to/dist/main.js] [--settings '{"edgefleet_…": …}']
-//     [--metrics <regex>] [--agent-env "NAME=value …"] [--clients N]
+//     [--metrics <regex>] [--agent-env "NAME=value …"] [--clients N] [--threads]
 //
 // Prints the p50 and p90 latency (over all clients' requests), requests per second, and the CPU time of the
 // agent's main thread per request (Linux /proc schedstat). With --cpu-prof the agent writes its profiles into <dir> when it exits; read one with
@@ -16,9 +16,11 @@
 // memory regions registered with the agent (the "REST shared memory in and out" path of agent-inference.bench.mjs;
 // catalogue models only): only JSON crosses the socket, and the first call's outputs are checked against the
 // model's reference. --metrics prints the agent's /metrics lines that match the regex once the run is over (e.g.
-// 'runs_total|compute_duration_seconds_(sum|count)': which path the runs took, and their mean time).
+// 'runs_total|compute_duration_seconds_(sum|count)': which path the runs took, and their mean time). --threads
+// also prints the CPU time per request of every agent thread, summed by thread name (the inference workers are
+// "edgefleet-worker-N"; V8's collector and compiler threads, libuv's pool and ONNX Runtime's threads have theirs).
 import { spawn } from 'node:child_process';
-import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -43,6 +45,7 @@ const settings = JSON.parse(argValue('--settings', '{}'));
 const metricsPattern = argValue('--metrics', undefined);
 // Closed-loop clients, each with a connection of its own (the 8-client rows of agent-inference.bench.mjs).
 const clients = Number(argValue('--clients', '1'));
+const perThread = process.argv.includes('--threads');
 // Environment variables for the agent alone, e.g. --agent-env GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304
 const agentEnv = Object.fromEntries(
   (argValue('--agent-env', '') || '')
@@ -239,6 +242,24 @@ async function mainThreadMicros(pid) {
   return Number(schedstat.split(' ')[0]) / 1000;
 }
 
+/** Every thread of the process: its name (main thread "main") and CPU time so far, in microseconds, by thread id. */
+async function threadMicros(pid) {
+  const threads = new Map();
+  for (const tid of await readdir(`/proc/${pid}/task`)) {
+    try {
+      const [comm, schedstat] = await Promise.all([
+        readFile(`/proc/${pid}/task/${tid}/comm`, 'utf8'),
+        readFile(`/proc/${pid}/task/${tid}/schedstat`, 'utf8'),
+      ]);
+      const name = tid === String(pid) ? 'main' : `${comm.trim()} ${tid}`;
+      threads.set(tid, { name, micros: Number(schedstat.split(' ')[0]) / 1000 });
+    } catch {
+      // the thread ended between the listing and the reads
+    }
+  }
+  return threads;
+}
+
 const { modelPath, tensors, shmModel } = await prepare();
 const { dir: packageDir } = await core.createModelPackage({
   modelPath,
@@ -268,6 +289,7 @@ try {
   const latencies = [];
   const cpuBefore = await mainThreadMicros(child.pid);
   const faultsBefore = await minorFaults(child.pid);
+  const threadsBefore = perThread ? await threadMicros(child.pid) : undefined;
   const began = performance.now();
   const end = began + seconds * 1000;
   await Promise.all(
@@ -282,6 +304,7 @@ try {
   const elapsedSeconds = (performance.now() - began) / 1000;
   const cpu = (await mainThreadMicros(child.pid)) - cpuBefore;
   const faults = (await minorFaults(child.pid)) - faultsBefore;
+  const threadsAfter = perThread ? await threadMicros(child.pid) : undefined;
   latencies.sort((a, b) => a - b);
   const at = (q) => `${(latencies[Math.floor(q * latencies.length)] * 1000).toFixed(0)} µs`;
   console.log(
@@ -289,6 +312,16 @@ try {
       `p50 ${at(0.5)}, p90 ${at(0.9)}, ${(latencies.length / elapsedSeconds).toFixed(0)} req/s, ` +
       `${door === 'http-echo' ? 'echo server' : 'agent'} main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request, ${(faults / latencies.length).toFixed(1)} page faults per request`,
   );
+  if (threadsAfter !== undefined) {
+    const byName = new Map();
+    for (const [tid, { name, micros }] of threadsAfter) {
+      const spent = micros - (threadsBefore.get(tid)?.micros ?? 0);
+      byName.set(name, (byName.get(name) ?? 0) + spent);
+    }
+    for (const [name, micros] of [...byName].sort((a, b) => b[1] - a[1]))
+      if (micros / latencies.length >= 0.5)
+        console.log(`  thread ${name}: ${(micros / latencies.length).toFixed(1)} µs CPU per request`);
+  }
   if (metricsPattern !== undefined && door !== 'http-echo')
     for (const line of await metricsLines(restSocketPath, metricsPattern)) console.log(`  ${line}`);
 } finally {
