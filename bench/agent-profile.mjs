@@ -17,8 +17,9 @@
 // catalogue models only): only JSON crosses the socket, and the first call's outputs are checked against the
 // model's reference. --metrics prints the agent's /metrics lines that match the regex once the run is over (e.g.
 // 'runs_total|compute_duration_seconds_(sum|count)': which path the runs took, and their mean time). --threads
-// also prints the CPU time per request of every agent thread, summed by thread name (the inference workers are
-// "edgefleet-worker-N"; V8's collector and compiler threads, libuv's pool and ONNX Runtime's threads have theirs).
+// also prints the CPU time per request of each of the agent's threads, by name and thread id ("main" is the event
+// loop; Node names every other thread "node": the inference workers are the busy ones on a worker path, and V8's
+// collector and compiler threads, libuv's pool and ONNX Runtime's threads the rest).
 import { spawn } from 'node:child_process';
 import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
@@ -242,7 +243,7 @@ async function mainThreadMicros(pid) {
   return Number(schedstat.split(' ')[0]) / 1000;
 }
 
-/** Every thread of the process: its name (main thread "main") and CPU time so far, in microseconds, by thread id. */
+/** Every thread of the process: its name ("main" for the main thread, else its name and id) and CPU time so far, in µs. */
 async function threadMicros(pid) {
   const threads = new Map();
   for (const tid of await readdir(`/proc/${pid}/task`)) {
@@ -313,12 +314,12 @@ try {
       `${door === 'http-echo' ? 'echo server' : 'agent'} main thread ${(cpu / latencies.length).toFixed(0)} µs CPU per request, ${(faults / latencies.length).toFixed(1)} page faults per request`,
   );
   if (threadsAfter !== undefined) {
-    const byName = new Map();
+    const byThread = new Map();
     for (const [tid, { name, micros }] of threadsAfter) {
       const spent = micros - (threadsBefore.get(tid)?.micros ?? 0);
-      byName.set(name, (byName.get(name) ?? 0) + spent);
+      byThread.set(name, (byThread.get(name) ?? 0) + spent);
     }
-    for (const [name, micros] of [...byName].sort((a, b) => b[1] - a[1]))
+    for (const [name, micros] of [...byThread].sort((a, b) => b[1] - a[1]))
       if (micros / latencies.length >= 0.5)
         console.log(`  thread ${name}: ${(micros / latencies.length).toFixed(1)} µs CPU per request`);
   }
