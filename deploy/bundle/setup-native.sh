@@ -25,9 +25,8 @@ if ! sqlite_ok; then
   Install a compiler and Node's headers (Debian: apt-get install build-essential python3 libnode-dev),
   then run $here/setup-native.sh again; or use a bundle built with the same Node.js major version."
 fi
-if ! shm_ok; then
-  (cd "$here/node_modules/@edgefleet/agent" && node native/install.mjs)
-fi
+# install.mjs keeps an addon of this version, rebuilds an older one (keeping it if the build fails) or builds one.
+(cd "$here/node_modules/@edgefleet/agent" && node native/install.mjs)
 shm_ok && echo "edgefleet-agent setup: native addons ready" >&2 ||
   echo "edgefleet-agent setup: better-sqlite3 ready; shared-memory inputs unavailable (see above)" >&2
 exit 0
