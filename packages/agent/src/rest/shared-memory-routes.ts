@@ -182,9 +182,10 @@ export class SharedMemoryRegions {
   }
 
   /**
-   * Unregisters one of the caller's regions (another user's is a 404, as an unknown one: root's too), or (no name)
-   * every region the caller's uid registered: Triton clients call that on their way out. Waits for the requests using them (new ones may not use them
-   * meanwhile); past `unregisterWaitMs` those still in use stay registered and it fails with a 409.
+   * Unregisters the caller's region of that name (a name only another user holds is a 404 as an unknown one is,
+   * to root too), or (no name) every region the caller's uid registered: Triton clients call that on their way
+   * out. Waits for the requests using them (new ones may not use them meanwhile); past `unregisterWaitMs` those
+   * still in use stay registered and it fails with a 409.
    */
   async unregister(name: string | undefined, caller: PeerCredentials | null): Promise<void> {
     this.#requireReader();
