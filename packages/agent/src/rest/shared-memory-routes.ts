@@ -8,9 +8,11 @@
  * regions, and only segments they could attach themselves: read for registering and inputs, write for outputs
  * (the same check as the gRPC door's shared memory). Each request checks again, against the segment as it is
  * then; the inference worker checks once more that the segment is still as checked (see SegmentIdentity).
- * Unlike Triton, each user (uid) may hold at most MAX_REGIONS_PER_UID regions, and a region is another user's own:
- * to a caller who is neither its owner nor root it is not registered, wherever it is named (status, unregister,
- * inference), so that no user learns another's names, shmids, sizes or uid. Register alone tells that a name is taken.
+ * Unlike Triton, region names are not one namespace for all callers: each user (uid) has its own, root included,
+ * and a region is found by (uid, name). Two users may each register "input0"; each sees, uses and unregisters only
+ * its own, and another user's region is not registered to a caller wherever it is named (register included), so
+ * that no local user learns another's names, shmids, sizes or uid, nor takes the names another's app uses first
+ * (squatting them, to make its register fail). Each user may hold at most MAX_REGIONS_PER_UID regions.
  *
  * A region is in use while a request that names it runs: unregistering it waits for those requests (at most
  * UNREGISTER_WAIT_MS), so that once unregister has answered the agent touches that memory no more.
@@ -56,7 +58,7 @@ interface Region {
   segmentId: number;
   offset: number;
   byteSize: number;
-  /** Who registered it: only they (or root) may see, use or unregister it. */
+  /** Who registered it: the namespace it is in; only they see, use or unregister it. */
   ownerUid: number;
   /** Requests running that name it (for inputs or outputs). */
   uses: number;
@@ -97,10 +99,6 @@ const unixSocketOnly = () =>
     'system shared memory is only for callers on the agent’s Unix socket, whose credentials it knows',
   );
 
-/** Whether `caller` may know of `region` at all: its owner, or root (a caller the agent does not know: never). */
-const isVisibleTo = (region: Region, caller: PeerCredentials | null) =>
-  caller !== null && (caller.uid === 0 || caller.uid === region.ownerUid);
-
 /** HTTP statuses for the shared memory errors: the client's mistakes are 400, refusals 403. */
 function restErrorOf(error: unknown): unknown {
   if (!(error instanceof SharedMemoryError)) return error;
@@ -111,7 +109,10 @@ function restErrorOf(error: unknown): unknown {
 
 /** The registered regions, and reading inputs from and writing outputs to them for one request. */
 export class SharedMemoryRegions {
-  readonly #regions = new Map<string, Region>();
+  /** By owner uid, then by name: each uid's names are its own (a uid with none has no entry). */
+  readonly #regionsByUid = new Map<number, Map<string, Region>>();
+  /** Regions across all uids (MAX_REGIONS). */
+  #count = 0;
   readonly #reader: SharedMemoryReader | null;
   readonly #unregisterWaitMs: number;
   readonly #maxRegionsPerUid: number;
@@ -147,26 +148,26 @@ export class SharedMemoryRegions {
       throw restErrorOf(error);
     }
     const uid = caller!.uid;
-    const existing = this.#regions.get(name);
-    if (existing !== undefined)
+    const owned = this.#regionsByUid.get(uid);
+    if (owned?.has(name))
       throw new RestError(
         400,
-        existing.ownerUid === uid
-          ? `a system shared memory region named ${JSON.stringify(name)} is already registered; unregister it first`
-          : `a system shared memory region named ${JSON.stringify(name)} is already registered by another user (region names are shared by all callers); choose another name`,
+        `a system shared memory region named ${JSON.stringify(name)} is already registered; unregister it first`,
       );
-    const own = this.#countOwnedBy(uid);
+    const own = owned?.size ?? 0;
     if (own >= this.#maxRegionsPerUid)
       throw new RestError(
         429,
         `uid ${uid} has ${own} system shared memory regions registered, the most one user may have at once (${this.#maxRegionsPerUid}); unregister some first (POST /v2/systemsharedmemory/region/{name}/unregister, or /v2/systemsharedmemory/unregister for all that uid ${uid} registered)`,
       );
-    if (this.#regions.size >= MAX_REGIONS)
+    if (this.#count >= MAX_REGIONS)
       throw new RestError(
         429,
         `${MAX_REGIONS} system shared memory regions are registered already, the most this agent keeps across all users; unregister some of yours, or retry once others have unregistered theirs`,
       );
-    this.#regions.set(name, {
+    const namespace = owned ?? new Map<string, Region>();
+    this.#regionsByUid.set(uid, namespace);
+    namespace.set(name, {
       name,
       key,
       segmentId,
@@ -177,23 +178,24 @@ export class SharedMemoryRegions {
       unregistering: false,
       whenIdle: [],
     });
+    this.#count++;
   }
 
   /**
-   * Unregisters one region (root: anyone's; another user's is a 404, as an unknown one), or (no name) every region
-   * the caller's uid registered, root included: Triton clients call that on their way out, and one root app's exit
-   * must not drop the regions of the others. Waits for the requests using them (new ones may not use them
-   * meanwhile); past `unregisterWaitMs` those still in use stay registered and it fails with a 409.
+   * Unregisters the caller's region of that name (a name only another user holds is a 404 as an unknown one is,
+   * to root too), or (no name) every region the caller's uid registered: Triton clients call that on their way
+   * out. Waits for the requests using them (new ones may not use them meanwhile); past `unregisterWaitMs` those
+   * still in use stay registered and it fails with a 409.
    */
   async unregister(name: string | undefined, caller: PeerCredentials | null): Promise<void> {
     this.#requireReader();
     if (caller === null) throw unixSocketOnly();
     let dropping: Region[];
     if (name === undefined) {
-      dropping = [...this.#regions.values()].filter((region) => region.ownerUid === caller.uid);
+      dropping = [...(this.#regionsByUid.get(caller.uid)?.values() ?? [])];
     } else {
-      const region = this.#regions.get(name);
-      if (region === undefined || !isVisibleTo(region, caller)) throw notRegistered(name);
+      const region = this.#find(name, caller);
+      if (region === undefined) throw notRegistered(name);
       dropping = [region];
     }
     for (const region of dropping) region.unregistering = true;
@@ -203,8 +205,8 @@ export class SharedMemoryRegions {
       if (region.uses > 0) {
         region.unregistering = false;
         busy.push(region);
-      } else if (this.#regions.get(region.name) === region) {
-        this.#regions.delete(region.name);
+      } else {
+        this.#remove(region);
       }
     }
     if (busy.length > 0)
@@ -217,14 +219,14 @@ export class SharedMemoryRegions {
   /**
    * Marks the regions a request names as in use until `release`: unregistering them waits for it. Call before
    * anything reads or writes them, and release once nothing will (outputs written, input leases released). A
-   * region being unregistered is refused; one not registered (or another user's) is left to the checks that name
-   * the tensor.
+   * region being unregistered is refused; one the caller has not registered is left to the checks that name the
+   * tensor.
    */
   use(names: Iterable<string>, caller: PeerCredentials | null): RegionUse {
     const used: Region[] = [];
     for (const name of new Set(names)) {
-      const region = this.#regions.get(name);
-      if (region === undefined || !isVisibleTo(region, caller)) continue;
+      const region = this.#find(name, caller);
+      if (region === undefined) continue;
       if (region.unregistering)
         throw new RestError(
           400,
@@ -246,10 +248,18 @@ export class SharedMemoryRegions {
     };
   }
 
-  #countOwnedBy(uid: number): number {
-    let count = 0;
-    for (const region of this.#regions.values()) if (region.ownerUid === uid) count++;
-    return count;
+  /** The caller's own region of that name (none for a caller the agent does not know). */
+  #find(name: string, caller: PeerCredentials | null): Region | undefined {
+    return caller === null ? undefined : this.#regionsByUid.get(caller.uid)?.get(name);
+  }
+
+  /** Drops a region, unless it is gone already (an unregister that raced another). */
+  #remove(region: Region): void {
+    const namespace = this.#regionsByUid.get(region.ownerUid);
+    if (namespace?.get(region.name) !== region) return;
+    namespace.delete(region.name);
+    if (namespace.size === 0) this.#regionsByUid.delete(region.ownerUid);
+    this.#count--;
   }
 
   /** Waits until none of `regions` is in use, at most `unregisterWaitMs`. */
@@ -265,16 +275,18 @@ export class SharedMemoryRegions {
   }
 
   /**
-   * The regions `caller` registered (all of them for root; none for a caller the agent does not know): unlike
-   * Triton, one user does not learn the names, keys and sizes of another's. Another user's region, by name, is a
-   * 404 as an unknown one is.
+   * The regions `caller` registered (root's own too; none for a caller the agent does not know): unlike Triton,
+   * one user does not learn the names, keys and sizes of another's. A name the caller has not registered is a
+   * 404, whoever else has.
    */
   status(name: string | undefined, caller: PeerCredentials | null): ReturnType<typeof statusOf>[] {
     this.#requireReader();
-    if (name === undefined)
-      return [...this.#regions.values()].filter((region) => isVisibleTo(region, caller)).map(statusOf);
-    const region = this.#regions.get(name);
-    if (region === undefined || !isVisibleTo(region, caller)) throw notRegistered(name);
+    if (name === undefined) {
+      if (caller === null) return [];
+      return [...(this.#regionsByUid.get(caller.uid)?.values() ?? [])].map(statusOf);
+    }
+    const region = this.#find(name, caller);
+    if (region === undefined) throw notRegistered(name);
     return [statusOf(region)];
   }
 
@@ -364,14 +376,11 @@ export class SharedMemoryRegions {
     }
   }
 
-  /**
-   * The region a tensor names, checked to hold it. Another user's region is not registered to this caller, and
-   * that is decided before the bounds, so that no size reaches the message (nor, past it, a shmid).
-   */
+  /** The caller's region a tensor names, checked to hold it (the name is looked up in the caller's uid only). */
   #within(place: SharedMemoryPlace, what: string, caller: PeerCredentials | null): Region {
     if (caller === null) throw unixSocketOnly();
-    const region = this.#regions.get(place.region);
-    if (region === undefined || !isVisibleTo(region, caller))
+    const region = this.#find(place.region, caller);
+    if (region === undefined)
       throw new RestError(
         400,
         `${what} names system shared memory region ${JSON.stringify(place.region)}, which is not registered (never, or unregistered meanwhile); expected a registered region`,

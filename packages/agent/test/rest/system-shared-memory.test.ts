@@ -11,7 +11,7 @@ import {
   MAX_REGIONS_PER_UID,
   SharedMemoryRegions,
 } from '../../src/rest/shared-memory-routes.js';
-import { SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
+import { SYSV_SHM_ADDON_PATH, SharedMemoryReader, loadSysvShmAddon } from '../../src/shm/index.js';
 import { AgentDatabase, type DeploymentModelRow } from '../../src/state/index.js';
 import { waitUntil } from '../support/wait-until.js';
 import {
@@ -22,6 +22,7 @@ import {
   startAgent,
   targetOf,
   unregisterListedRegions,
+  valuesOf,
 } from './helpers.js';
 import { makeSegment, segmentBytes, writeSegment } from '../support/segments.js';
 
@@ -37,10 +38,17 @@ let client: HttpClient;
 let socketPath: string;
 let reader: SharedMemoryReader;
 let deployments: { database: AgentDatabase; store: PackageStore; engine: UpdateEngine };
+/** Nobody registered regions in this test: the clean-up unregisters them as nobody (root sees only its own). */
+let nobodyRegistered = false;
 
 const sample = TEST_MODELS.tiny.sampleInputs();
 const x = bytesOf(sample.x!.data);
 const expectedY = bytesOf(TEST_MODELS.tiny.reference(sample).y!.data);
+/** Another input of the tiny model, and its output as JSON carries it: what nobody's own segments hold. */
+const otherSample = { x: { ...sample.x!, data: Float32Array.from({ length: 16 }, (_, i) => 100 + i) } };
+const otherX = bytesOf(otherSample.x.data);
+const otherYValues = valuesOf(TEST_MODELS.tiny.reference(otherSample).y!);
+const yValues = valuesOf(TEST_MODELS.tiny.reference(sample).y!);
 
 /** A segment of this process's user (root in CI) of `size` bytes, `bytes` at its start, with `mode`. */
 function segment(size: number, bytes: Uint8Array, mode: number): number {
@@ -170,8 +178,13 @@ beforeAll(async () => {
   await chmod(files.root, 0o755);
 });
 afterEach(async () => {
-  // Root's status lists every user's regions; unregistering all (no name) drops only root's own.
+  // Each user's regions are its own, root's too: root unregisters those its status lists, nobody all of its own.
   await unregisterListedRegions(client);
+  if (nobodyRegistered) {
+    nobodyRegistered = false;
+    const { results } = await runAsNobody([{ path: '/v2/systemsharedmemory/unregister', body: {} }]);
+    expect(results[0]!.status).toBe(200);
+  }
   for (const shmid of created.splice(0)) addon.remove(shmid);
 });
 afterAll(async () => {
@@ -432,27 +445,64 @@ describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives 
     );
   });
 
-  it('shows each user its own regions only (root all, an unknown caller none); another user’s name is a 404', async () => {
+  it('shows each user its own regions only (root too, an unknown caller none); another user’s name is a 404', async () => {
     const regions = new SharedMemoryRegions(reader);
     const shmid = segment(64, x, 0o644);
     regions.register('alice-in', { key: String(shmid), byte_size: 64 }, user(1001));
     regions.register('bob-in', { key: String(shmid), offset: 32, byte_size: 32 }, user(1002));
+    regions.register('root-in', { key: String(shmid), byte_size: 16 }, root);
     expect(regions.status(undefined, user(1001))).toEqual([
       { name: 'alice-in', key: String(shmid), offset: 0, byte_size: 64 },
     ]);
     expect(regions.status(undefined, user(1002)).map((r) => r.name)).toEqual(['bob-in']);
-    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['alice-in', 'bob-in']);
+    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['root-in']);
     expect(regions.status(undefined, null)).toEqual([]);
     expect(regions.status('bob-in', user(1002))).toHaveLength(1);
-    for (const caller of [user(1001), null])
+    for (const caller of [user(1001), root, null])
       expect(() => regions.status('bob-in', caller)).toThrow(
         /no system shared memory region named "bob-in" is registered/,
       );
-    expect(regions.status('bob-in', root)).toHaveLength(1);
-    // The name is taken for every user (one namespace, as in Triton), said without pretending they may free it.
-    expect(() => regions.register('bob-in', { key: String(shmid), byte_size: 64 }, user(1001))).toThrow(
-      /already registered by another user \(region names are shared by all callers\); choose another name/,
+  });
+
+  it('gives each uid its own namespace of names: the same name for two users is two regions, each its own', async () => {
+    const regions = new SharedMemoryRegions(reader);
+    const shmid = segment(64, x, 0o644);
+    const [alice, bob] = [user(1001), user(1002)];
+    regions.register('in', { key: String(shmid), byte_size: 64 }, alice);
+    regions.register('in', { key: String(shmid), offset: 32, byte_size: 32 }, bob);
+    regions.register('in', { key: String(shmid), offset: 48, byte_size: 16 }, root);
+    expect(regions.status('in', alice)).toEqual([
+      { name: 'in', key: String(shmid), offset: 0, byte_size: 64 },
+    ]);
+    expect(regions.status('in', bob)).toEqual([
+      { name: 'in', key: String(shmid), offset: 32, byte_size: 32 },
+    ]);
+    expect(regions.status(undefined, root)).toEqual([
+      { name: 'in', key: String(shmid), offset: 48, byte_size: 16 },
+    ]);
+    // Each reads its own region's bytes: bob's starts 32 bytes into the segment.
+    const [lease] = regions.readInputs(
+      [tensorX()],
+      [{ region: 'in', offset: 0, byteSize: 32, position: 0 }],
+      bob,
     );
+    expect([...lease!.data]).toEqual([...x.subarray(32, 64)]);
+    lease!.release();
+    // The same uid registering a name it holds is refused as it always was, and its region is kept.
+    expect(() => regions.register('in', { key: String(shmid), byte_size: 8 }, alice)).toThrow(
+      /^a system shared memory region named "in" is already registered; unregister it first$/,
+    );
+    expect(regions.status('in', alice)).toEqual([
+      { name: 'in', key: String(shmid), offset: 0, byte_size: 64 },
+    ]);
+    // One user's unregister (by name, or of all its own) leaves the others' of the same name.
+    await regions.unregister('in', bob);
+    expect(() => regions.status('in', bob)).toThrow(/no system shared memory region named "in"/);
+    await regions.unregister(undefined, root);
+    expect(regions.status('in', alice)).toHaveLength(1);
+    // Each user's quota counts its own regions only, and freed names and room are reusable.
+    regions.register('in', { key: String(shmid), byte_size: 64 }, bob);
+    expect(regions.status(undefined, bob)).toHaveLength(1);
   });
 
   /** The error `act` throws (a RestError), with `name` written as <name>, to compare with an unknown region's. */
@@ -467,7 +517,7 @@ describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives 
     throw new Error('expected a refusal');
   };
 
-  it('is not registered, to another user, wherever it is named: unregister, inputs, outputs, in use (root: all)', async () => {
+  it('is not registered, to another user, wherever it is named: unregister, inputs, outputs, in use (root too)', async () => {
     const regions = new SharedMemoryRegions(reader, { unregisterWaitMs: 5_000 });
     const shmid = segment(64, x, 0o666); // every user could read and write it: only the owner decides
     const [alice, bob] = [user(1001), user(1002)];
@@ -480,12 +530,16 @@ describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives 
       expect(theirs.statusCode).toBe(status);
       expect(theirs.message).not.toMatch(new RegExp(`${shmid}|1001|64`));
     };
-    await alike((name) => regions.unregister(name, bob), 404);
     // Past the end of the region (80 bytes at 0 of 64): the bounds would tell its size.
     const input = (name: string) => ({ region: name, offset: 0, byteSize: 80, position: 0 });
-    await alike((name) => regions.readInputs([tensorX()], [input(name)], bob), 400);
-    await alike((name) => regions.outputSegments([{ name: 'y', sharedMemory: input(name) }], bob), 400);
-    await alike((name) => regions.writeOutput('y', input(name), new Uint8Array(4), bob), 400);
+    // Root is one more user: another's region is not registered to root either.
+    for (const other of [bob, root]) {
+      await alike((name) => regions.unregister(name, other), 404);
+      await alike((name) => regions.readInputs([tensorX()], [input(name)], other), 400);
+      await alike((name) => regions.outputSegments([{ name: 'y', sharedMemory: input(name) }], other), 400);
+      await alike((name) => regions.writeOutput('y', input(name), new Uint8Array(4), other), 400);
+    }
+    expect(regions.status('alice-in', alice)).toHaveLength(1);
     // Held by one of alice's requests and being unregistered: bob is not told so either.
     const aliceUse = regions.use(['alice-in'], alice);
     const unregistering = regions.unregister('alice-in', alice);
@@ -493,16 +547,7 @@ describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives 
     regions.use(['alice-in'], bob).release();
     aliceUse.release();
     await unregistering;
-    // Root sees and uses every user's regions, and may unregister them by name.
-    regions.register('alice-in', { key: String(shmid), byte_size: 64 }, alice);
-    const [lease] = regions.readInputs([tensorX()], [{ ...input('alice-in'), byteSize: 64 }], root);
-    expect([...lease!.data]).toEqual([...x]);
-    lease!.release();
-    expect(
-      regions.outputSegments([{ name: 'y', sharedMemory: { ...input('alice-in'), byteSize: 64 } }], root),
-    ).toBeDefined();
-    await regions.unregister('alice-in', root);
-    expect(regions.status(undefined, root)).toEqual([]);
+    expect(regions.status(undefined, alice)).toEqual([]);
     // A caller the agent does not know (TCP) is refused shared memory, before any region is looked up.
     expect(
       await refusal(() => regions.readInputs([tensorX()], [input('alice-in')], null), 'alice-in'),
@@ -512,20 +557,25 @@ describe('SharedMemoryRegions among users (peer identities as SO_PEERCRED gives 
     });
   });
 
-  it('unregisters all (no name) of the caller’s own regions only, root’s included; root may still name another’s', async () => {
+  it('unregisters all (no name) of the caller’s own regions only, root’s included', async () => {
     const regions = new SharedMemoryRegions(reader);
     const shmid = segment(64, x, 0o644);
     const body = { key: String(shmid), byte_size: 64 };
-    regions.register('alice-in', body, user(1001));
-    regions.register('bob-in', body, user(1002));
+    const [alice, bob] = [user(1001), user(1002)];
+    regions.register('alice-in', body, alice);
+    regions.register('bob-in', body, bob);
     regions.register('root-in', body, root);
     // A root app's cleanup (Triton clients unregister all on their way out) leaves the other apps' regions.
     await regions.unregister(undefined, root);
-    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['alice-in', 'bob-in']);
-    await regions.unregister(undefined, user(1001));
-    expect(regions.status(undefined, root).map((r) => r.name)).toEqual(['bob-in']);
-    await regions.unregister('bob-in', root);
     expect(regions.status(undefined, root)).toEqual([]);
+    await regions.unregister(undefined, alice);
+    expect(regions.status(undefined, alice)).toEqual([]);
+    expect(regions.status(undefined, bob).map((r) => r.name)).toEqual(['bob-in']);
+    // Root may not name another's region to unregister it: it is not root's.
+    await expect(regions.unregister('bob-in', root)).rejects.toThrow(
+      /no system shared memory region named "bob-in"/,
+    );
+    expect(regions.status('bob-in', bob)).toHaveLength(1);
   });
 });
 
@@ -578,8 +628,49 @@ const PUBLIC_UPDATE_FIELDS = [
   'version',
 ];
 
-/** Runs an HTTP client as `nobody` against the agent's socket; resolves with each request's status and body. */
-function runAsNobody(requests: Array<{ path: string; body?: unknown }>) {
+/** Runs a Node.js script as `nobody` (its own process, bounded in time); resolves with what it printed. */
+function runScriptAsNobody(script: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      ['-e', script, ...args],
+      { uid: NOBODY, gid: NOBODY, timeout: 30_000, killSignal: 'SIGKILL', cwd: files.root },
+      (error, stdout, stderr) => {
+        if (error) reject(new Error(`the client failed: ${error.message}\n${stderr}`));
+        else resolve(stdout);
+      },
+    );
+  });
+}
+
+/**
+ * A segment nobody makes itself (owner nobody, mode 0600, as a client makes one) holding `bytes`; this process
+ * (root) removes it in the clean-up.
+ */
+async function segmentOfNobody(bytes: Uint8Array): Promise<number> {
+  const script = `
+    const [addonPath, base64] = process.argv.slice(1);
+    const addon = require(addonPath);
+    const bytes = Buffer.from(base64, 'base64');
+    const { shmid } = addon.create(bytes.length);
+    const mapping = addon.attachReadWrite(shmid);
+    new Uint8Array(mapping).set(bytes);
+    addon.detach(mapping);
+    process.stdout.write(String(shmid));`;
+  const shmid = Number(
+    await runScriptAsNobody(script, [SYSV_SHM_ADDON_PATH, Buffer.from(bytes).toString('base64')]),
+  );
+  created.push(shmid);
+  expect(addon.stat(shmid)).toMatchObject({ ownerUid: NOBODY, mode: 0o600 });
+  return shmid;
+}
+
+/**
+ * Runs an HTTP client as `nobody` against the agent's socket; resolves with each request's status and body. A
+ * request that registers makes the clean-up unregister nobody's regions.
+ */
+async function runAsNobody(requests: Array<{ path: string; body?: unknown }>) {
+  if (requests.some(({ path }) => path.endsWith('/register'))) nobodyRegistered = true;
   const script = `
     const http = require('node:http');
     const [socketPath, plan] = process.argv.slice(1);
@@ -599,18 +690,13 @@ function runAsNobody(requests: Array<{ path: string; body?: unknown }>) {
       for (const r of JSON.parse(plan)) results.push(await call(r));
       process.stdout.write(JSON.stringify({ uid: process.getuid(), results }));
     })();`;
-  return new Promise<{ uid: number; results: Array<{ status: number; body: string }> }>((resolve, reject) => {
-    execFile(
-      process.execPath,
-      ['-e', script, socketPath, JSON.stringify(requests)],
-      { uid: NOBODY, gid: NOBODY, timeout: 30_000, killSignal: 'SIGKILL', cwd: files.root },
-      (error, stdout, stderr) => {
-        if (error) reject(new Error(`the client failed: ${error.message}\n${stderr}`));
-        else resolve(JSON.parse(stdout) as { uid: number; results: Array<{ status: number; body: string }> });
-      },
-    );
-  });
+  const printed = await runScriptAsNobody(script, [socketPath, JSON.stringify(requests)]);
+  return JSON.parse(printed) as { uid: number; results: Array<{ status: number; body: string }> };
 }
+
+/** The output values of an inference answered in JSON (its body as text). */
+const outputValuesOf = (body: string) =>
+  (JSON.parse(body) as { outputs: Array<{ data: unknown }> }).outputs[0]!.data;
 
 describe.skipIf(!isRoot)(
   'system shared memory only for callers the segment allows (client as nobody)',
@@ -636,8 +722,6 @@ describe.skipIf(!isRoot)(
       expect(results[2]!.status).toBe(403);
       expect(results[2]!.body).toMatch(new RegExp(`may not write shared memory segment ${readable}`));
       expect([...segmentBytes(addon, readable, 0, 64)]).toEqual([...before]);
-      // Root's own regions are not nobody's to unregister.
-      expect((await client.request({ path: '/v2/systemsharedmemory/region/ro/status' })).status).toBe(200);
     });
 
     it('gives each user its own quota of regions: root filling its quota leaves nobody room', async () => {
@@ -681,38 +765,128 @@ describe.skipIf(!isRoot)(
         },
         // Its own region for the input (read as nobody may), root's for the output.
         { path: '/v2/models/tiny/infer', body: inferBodyViaRegions('nobodys', 'roots', { outputBytes: 80 }) },
+        // Root's name is free in nobody's own namespace: register tells nothing of root's either.
         {
           path: '/v2/systemsharedmemory/region/roots/register',
-          body: { key: String(nobodys), byte_size: 64 },
+          body: { key: String(nobodys), byte_size: 32 },
         },
+        { path: '/v2/systemsharedmemory/status' },
       ]);
       // The error messages, each region's name written alike (what tells them apart is the name nobody sent).
       const errors = results.map((r) =>
         (JSON.parse(r.body) as { error?: string }).error?.replace(/"(roots|nonesuch)"/g, '<name>'),
       );
       // Root's region, named by nobody, answers as one that does not exist: unregister 404, inference 400.
-      expect(results.map((r) => r.status)).toEqual([404, 404, 400, 400, 200, 400, 400]);
+      expect(results.map((r) => r.status)).toEqual([404, 404, 400, 400, 200, 400, 200, 200]);
       expect(errors[0]).toBe(errors[1]);
       expect(errors[2]).toBe(errors[3]);
       expect(errors[5]).toMatch(
         /^output "y" names system shared memory region <name>, which is not registered/,
       );
-      for (const { body } of results.slice(0, 6))
+      for (const { body } of results.slice(0, 7))
         expect(body).not.toMatch(new RegExp(`${roots}|uid 0|64 bytes`));
-      // Register is the one place that tells a name is taken (documented), and only that.
-      expect(errors[6]).toMatch(/already registered by another user/);
-      expect(results[6]!.body).not.toMatch(new RegExp(`${roots}|uid 0`));
-      // Root's region is still there for root; root's unregister-all leaves nobody's.
-      expect((await client.request({ path: '/v2/systemsharedmemory/region/roots/status' })).status).toBe(200);
+      expect(JSON.parse(results[7]!.body)).toEqual([
+        { name: 'nobodys', key: String(nobodys), offset: 0, byte_size: 64 },
+        { name: 'roots', key: String(nobodys), offset: 0, byte_size: 32 },
+      ]);
+      // Root's region is still root's, as root registered it; root's unregister-all leaves nobody's.
+      expect((await client.request({ path: '/v2/systemsharedmemory/region/roots/status' })).json()).toEqual([
+        { name: 'roots', key: String(roots), offset: 0, byte_size: 64 },
+      ]);
       expect((await post('/v2/systemsharedmemory/unregister', {})).status).toBe(200);
-      const left = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
-        name: string;
-      }>;
-      expect(left.map((r) => r.name)).toEqual(['nobodys']);
-      expect((await post('/v2/systemsharedmemory/region/nobodys/unregister', {})).status).toBe(200);
+      expect((await client.request({ path: '/v2/systemsharedmemory/status' })).json()).toEqual([]);
+      const after = await runAsNobody([{ path: '/v2/systemsharedmemory/status' }]);
+      expect((JSON.parse(after.results[0]!.body) as Array<{ name: string }>).map((r) => r.name)).toEqual([
+        'nobodys',
+        'roots',
+      ]);
     });
 
-    it('shows root every user’s regions, and model file paths to root only', async () => {
+    it('gives each user its own namespace of region names: root and nobody each register "input0" and use their own', async () => {
+      const rootsInput = segment(64, x, 0o600);
+      const nobodysInput = await segmentOfNobody(otherX);
+      const rootsStatus = [{ name: 'input0', key: String(rootsInput), offset: 0, byte_size: 64 }];
+      const nobodysStatus = [{ name: 'input0', key: String(nobodysInput), offset: 0, byte_size: 64 }];
+      const infer = { path: '/v2/models/tiny/infer', body: inferBodyViaRegions('input0', undefined) };
+      const registerNobodys = {
+        path: '/v2/systemsharedmemory/region/input0/register',
+        body: { key: String(nobodysInput), byte_size: 64 },
+      };
+      const rootInfers = async () => {
+        const result = await post('/v2/models/tiny/infer', inferBodyViaRegions('input0', undefined));
+        expect(result.status).toBe(200);
+        return outputValuesOf(result.text());
+      };
+      expect((await registerRegion(client, 'input0', rootsInput, 64)).status).toBe(200);
+      const first = await runAsNobody([
+        registerNobodys,
+        infer,
+        { path: '/v2/systemsharedmemory/status' },
+        { path: '/v2/systemsharedmemory/region/input0/status' },
+      ]);
+      expect(first.results.map((r) => r.status)).toEqual([200, 200, 200, 200]);
+      // Each inference reads its own user's segment, each status lists its own user's region only.
+      expect(outputValuesOf(first.results[1]!.body)).toEqual(otherYValues);
+      expect(JSON.parse(first.results[2]!.body)).toEqual(nobodysStatus);
+      expect(JSON.parse(first.results[3]!.body)).toEqual(nobodysStatus);
+      expect(await rootInfers()).toEqual(yValues);
+      expect((await client.request({ path: '/v2/systemsharedmemory/status' })).json()).toEqual(rootsStatus);
+      expect((await client.request({ path: '/v2/systemsharedmemory/region/input0/status' })).json()).toEqual(
+        rootsStatus,
+      );
+      // Root unregistering its "input0" leaves nobody's working; nobody unregistering its own leaves root's.
+      expect((await post('/v2/systemsharedmemory/region/input0/unregister', {})).status).toBe(200);
+      expect((await client.request({ path: '/v2/systemsharedmemory/region/input0/status' })).status).toBe(
+        404,
+      );
+      expect((await registerRegion(client, 'input0', rootsInput, 64)).status).toBe(200);
+      const second = await runAsNobody([
+        infer,
+        { path: '/v2/systemsharedmemory/region/input0/unregister', body: {} },
+        infer,
+      ]);
+      expect(second.results.map((r) => r.status)).toEqual([200, 200, 400]);
+      expect(outputValuesOf(second.results[0]!.body)).toEqual(otherYValues);
+      expect(second.results[2]!.body).toMatch(/region \\"input0\\", which is not registered/);
+      expect(await rootInfers()).toEqual(yValues);
+      expect((await client.request({ path: '/v2/systemsharedmemory/status' })).json()).toEqual(rootsStatus);
+    });
+
+    it('keeps a local user from squatting another’s names: nobody registers "input0" and "output0" first, root’s app still gets its own', async () => {
+      const nobodysInput = await segmentOfNobody(otherX);
+      const nobodysOutput = await segmentOfNobody(new Uint8Array(64));
+      const squat = await runAsNobody([
+        {
+          path: '/v2/systemsharedmemory/region/input0/register',
+          body: { key: String(nobodysInput), byte_size: 64 },
+        },
+        {
+          path: '/v2/systemsharedmemory/region/output0/register',
+          body: { key: String(nobodysOutput), byte_size: 64 },
+        },
+      ]);
+      expect(squat.results.map((r) => r.status)).toEqual([200, 200]);
+      // Root's app starts afterwards and registers the names it always uses: both succeed, on its own segments.
+      const rootsInput = segment(64, x, 0o600);
+      const rootsOutput = segment(64, new Uint8Array(0), 0o600);
+      const registered = await registerRegion(client, 'input0', rootsInput, 64);
+      expect(registered.text()).toBe('{}');
+      expect(registered.status).toBe(200);
+      expect((await registerRegion(client, 'output0', rootsOutput, 64)).status).toBe(200);
+      const result = await inferViaRegions('input0', 'output0');
+      expect(result.status).toBe(200);
+      // Root's input was read from root's segment and its output written there, nothing into nobody's.
+      expect([...segmentBytes(addon, rootsOutput, 0, 64)]).toEqual([...expectedY]);
+      expect([...segmentBytes(addon, nobodysOutput, 0, 64)]).toEqual(Array(64).fill(0));
+      // The squatter's regions are still its own, and still serve it.
+      const { results } = await runAsNobody([
+        { path: '/v2/models/tiny/infer', body: inferBodyViaRegions('input0', undefined) },
+      ]);
+      expect(results[0]!.status).toBe(200);
+      expect(outputValuesOf(results[0]!.body)).toEqual(otherYValues);
+    });
+
+    it('shows root its own regions only, and model file paths to root only', async () => {
       const shmid = segment(64, x, 0o644);
       const { results } = await runAsNobody([
         {
@@ -722,10 +896,11 @@ describe.skipIf(!isRoot)(
         { path: '/edgefleet/v1/status' },
       ]);
       expect(results[0]!.status).toBe(200);
-      const all = (await client.request({ path: '/v2/systemsharedmemory/status' })).json() as Array<{
-        name: string;
-      }>;
-      expect(all.map((r) => r.name)).toEqual(['nobodys']);
+      // Root is one more user: nobody's region is not root's to see.
+      expect((await client.request({ path: '/v2/systemsharedmemory/status' })).json()).toEqual([]);
+      expect((await client.request({ path: '/v2/systemsharedmemory/region/nobodys/status' })).status).toBe(
+        404,
+      );
       type Status = { models: Array<{ name: string; version: string; path?: string }> };
       const seenByNobody = JSON.parse(results[1]!.body) as Status;
       const seenByRoot = (await client.request({ path: '/edgefleet/v1/status' })).json() as Status;
