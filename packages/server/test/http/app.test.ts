@@ -1,10 +1,12 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { buildApp } from '../../src/http/app.js';
 import { defineRoute } from '../../src/http/routes.js';
+import { deviceCall } from '../support/device.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
 let t: TestServer;
@@ -22,21 +24,46 @@ describe('health and readiness', () => {
     });
   });
 
-  it('is not ready when the blob store cannot be used', async () => {
+  it('is not ready when the blob store cannot be used, and tells only which check fails (audit s8 #7)', async () => {
     const blocked = path.join(t.dataDir, 'not-a-folder');
     await writeFile(blocked, 'a file where the blob folder should be');
-    const broken = await startTestServer({ blob: blocked });
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+        done();
+      },
+    });
+    const broken = await startTestServer({ blob: blocked, logger: pino({ level: 'warn' }, sink) });
     try {
-      const ready = await broken.call('GET', '/readyz');
-      expect(ready.status).toBe(503);
-      expect(ready.body).toMatchObject({
-        code: 'NotReady',
-        details: { failures: { blobStore: expect.any(String) } },
-      });
+      const ca = (await broken.call('GET', '/api/v1/device-ca', { token: broken.readToken })).body
+        .certificatePem as string;
+      // Unauthenticated on both ports: the operator port, and the device port without a client certificate.
+      const answers = [
+        await broken.call('GET', '/readyz'),
+        await deviceCall(broken.server.deviceUrl, { ca }, 'GET', '/readyz'),
+      ];
+      for (const ready of answers) {
+        expect(ready.status).toBe(503);
+        expect(ready.body).toEqual({
+          code: 'NotReady',
+          message: 'not ready: blobStore failing; the server log has the reasons',
+          details: { failing: ['blobStore'] },
+        });
+        // Before the fix the body carried the error text, with the blob location's path in it.
+        expect(JSON.stringify(ready.body)).not.toContain('not-a-folder');
+      }
       expect(await broken.call('GET', '/healthz')).toMatchObject({ status: 200 });
     } finally {
       await broken.stop();
     }
+    // The reason is in the server's log, at warn, with the check's name.
+    const warnings = lines
+      .map((l) => JSON.parse(l) as { level: number; check?: string; err?: { message?: string } })
+      .filter((l) => l.check === 'blobStore');
+    expect(warnings.length).toBeGreaterThanOrEqual(2);
+    expect(warnings[0]?.level).toBe(pino.levels.values.warn);
+    expect(warnings[0]?.err?.message).toContain('not-a-folder');
   });
 });
 
