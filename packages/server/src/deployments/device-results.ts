@@ -11,6 +11,8 @@ import { planOptions, recordEvent } from './stage-progress.js';
 
 export interface ReportedResult {
   deviceName: string;
+  /** The reporting device's fleet, from its authenticated identity (never from the report's body). */
+  fleetName: string;
   result: DeploymentResult;
   receivedAt: number;
 }
@@ -76,7 +78,9 @@ function digestOf(result: DeploymentResult): string {
 /**
  * Applies reported results to the devices' target rows in the caller's transaction; returns the stages whose
  * devices changed, for settling. Results for a plan the device is not targeted by (a newcomer that got a
- * completed plan's models) are kept only in the device's record (devices/), not here.
+ * completed plan's models) are kept only in the device's record (devices/), not here. A target row is
+ * matched by plan, device name and fleet: a device of another fleet that was given a deregistered device's
+ * name must not act on that fleet's rollout.
  */
 export async function applyResults(
   trx: Transaction<DatabaseSchema>,
@@ -94,6 +98,7 @@ export async function applyResults(
     .select([
       'deployment_targets.plan_name',
       'deployment_targets.device_name',
+      'deployment_targets.fleet_name',
       'deployment_targets.stage_name',
       'deployment_targets.status',
       'deployment_targets.attempts',
@@ -107,10 +112,11 @@ export async function applyResults(
       named.map((r) => r.deviceName),
     )
     .execute();
-  const byKey = new Map(rows.map((row) => [`${row.plan_name}\u0000${row.device_name}`, row]));
+  const keyOf = (plan: string, device: string, fleet: string) => `${plan}\u0000${device}\u0000${fleet}`;
+  const byKey = new Map(rows.map((row) => [keyOf(row.plan_name, row.device_name, row.fleet_name), row]));
   const touched = new Map<string, { plan: string; stage: string }>();
   for (const report of named) {
-    const row = byKey.get(`${report.result.DeploymentName}\u0000${report.deviceName}`);
+    const row = byKey.get(keyOf(report.result.DeploymentName ?? '', report.deviceName, report.fleetName));
     // A cancelled or finished-as-failed device keeps its status: a late report does not revive it.
     if (row === undefined || !['READYTODEPLOY', 'INPROGRESS', 'DEPLOYED'].includes(row.status)) continue;
     const digest = digestOf(report.result);
@@ -121,6 +127,7 @@ export async function applyResults(
       .updateTable('deployment_targets')
       .where('plan_name', '=', row.plan_name)
       .where('device_name', '=', row.device_name)
+      .where('fleet_name', '=', row.fleet_name)
       .where('status', '=', row.status)
       .where('attempts', '=', row.attempts);
     // Another replica (or the timeout sweep) may have changed the row since it was read: its update then

@@ -1,5 +1,6 @@
 export * from './deployment-schemas.js';
 export { DeploymentService, type DeploymentServiceOptions } from './deployment-service.js';
+export { stopDeregisteredDeviceTargets } from './deregistered-device.js';
 export { classifyResult, type ReportedResult, type ResultOutcome } from './device-results.js';
 export { selectDevices, selectsNewcomer } from './device-selection.js';
 export { deploymentDeviceRoutes, deploymentResultRequestSchema, deploymentRoutes } from './routes.js';

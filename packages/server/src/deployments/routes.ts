@@ -271,7 +271,12 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{
       const device = requireDevice(request);
       assertActsAsItself(device, body);
       await deployments.recordResults([
-        { deviceName: device.deviceName, result: body.DeploymentResult, receivedAt: Date.now() },
+        {
+          deviceName: device.deviceName,
+          fleetName: device.fleetName,
+          result: body.DeploymentResult,
+          receivedAt: Date.now(),
+        },
       ]);
       return {};
     },

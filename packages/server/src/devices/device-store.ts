@@ -91,6 +91,15 @@ export interface DeviceStoreOptions {
   /** A device is online while its last heartbeat is younger than this. */
   offlineAfterMs: number;
   now?: () => number;
+  /**
+   * Run in the deregistration's transaction before the device is removed: what other capabilities end with
+   * the device (deployments: its pending targets stop). Injected so devices/ does not depend on them.
+   */
+  onDeregister?: (
+    trx: Transaction<DatabaseSchema>,
+    device: { name: string; fleetName: string },
+    now: number,
+  ) => Promise<void>;
 }
 
 /** Registered devices: their registration, tags, and the latest state their heartbeats reported. */
@@ -267,17 +276,19 @@ export class DeviceStore {
 
   /**
    * Removes the device and everything about it, and revokes every certificate it was issued: its identity
-   * is refused from now on, even if a device of the same name is registered again.
+   * is refused from now on, even if a device of the same name is registered again. Its pending deployments
+   * end in the same transaction (`onDeregister`).
    */
   async deregister(name: string): Promise<void> {
     const at = this.now();
     await this.db.transaction().execute(async (trx) => {
       const device = await trx
         .selectFrom('devices')
-        .select('name')
+        .select(['name', 'fleet_name'])
         .where('name', '=', name)
         .executeTakeFirst();
       if (device === undefined) throw notFound(`device ${name}`, { device: name });
+      await this.options.onDeregister?.(trx, { name: device.name, fleetName: device.fleet_name }, at);
       await trx
         .updateTable('device_certificates')
         .set({ revoked_at: at, revocation_reason: 'deregistered' })

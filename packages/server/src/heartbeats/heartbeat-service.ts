@@ -14,6 +14,7 @@ export interface DeploymentResultSink {
   recordResults(
     reports: {
       deviceName: string;
+      fleetName: string;
       result: NonNullable<ReceivedHeartbeat['DeploymentResult']>;
       receivedAt: number;
     }[],
@@ -128,7 +129,14 @@ export class HeartbeatService {
     const sink = this.options.deploymentResults;
     const reports = batch.flatMap(({ device, heartbeat, receivedAt }) =>
       heartbeat.DeploymentResult !== undefined
-        ? [{ deviceName: device.deviceName, result: heartbeat.DeploymentResult, receivedAt }]
+        ? [
+            {
+              deviceName: device.deviceName,
+              fleetName: device.fleetName,
+              result: heartbeat.DeploymentResult,
+              receivedAt,
+            },
+          ]
         : [],
     );
     if (sink === undefined || reports.length === 0) return;

@@ -29,6 +29,7 @@ import {
   deploymentDeviceRoutes,
   deploymentRoutes,
   startDeploymentSweeper,
+  stopDeregisteredDeviceTargets,
 } from '../deployments/index.js';
 import { DeviceStore, deviceRoutes } from '../devices/index.js';
 import { FleetStore, fleetRoutes } from '../fleets/index.js';
@@ -296,7 +297,10 @@ export async function startServer(
       ),
       compilationJobs,
       fleets: new FleetStore(database.db),
-      devices: new DeviceStore(database.db, { offlineAfterMs }),
+      devices: new DeviceStore(database.db, {
+        offlineAfterMs,
+        onDeregister: stopDeregisteredDeviceTargets,
+      }),
       identity: new DeviceIdentityService(database.db, {
         ca: deviceCa,
         certificateValidityDays: config.certificates.validityDays,
