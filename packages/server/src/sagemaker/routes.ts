@@ -14,7 +14,7 @@ import type { AuthenticatedDevice } from '../identity/index.js';
 import { AwsError, toAwsError } from './aws-errors.js';
 import type { SageMakerDispatcher } from './dispatcher.js';
 import { parseInput } from './operation.js';
-import { verifySigV4, type VerifiedSignature } from './sigv4.js';
+import { verifySigV4, type VerifiedSignature, type VerifyOptions } from './sigv4.js';
 
 /** Largest facade request body; SageMaker's own requests are far smaller. */
 export const MAX_FACADE_BODY_BYTES = 1024 * 1024;
@@ -53,7 +53,11 @@ function parseJsonBody(raw: Buffer): unknown {
   }
 }
 
-async function verify(request: FastifyRequest, accessKeys: AccessKeyStore): Promise<VerifiedSignature> {
+async function verify(
+  request: FastifyRequest,
+  accessKeys: AccessKeyStore,
+  options: VerifyOptions = {},
+): Promise<VerifiedSignature> {
   const queryAt = request.url.indexOf('?');
   return verifySigV4(
     {
@@ -64,6 +68,8 @@ async function verify(request: FastifyRequest, accessKeys: AccessKeyStore): Prom
       body: Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0),
     },
     (id) => accessKeys.findActive(id),
+    Date.now(),
+    options,
   );
 }
 
@@ -113,7 +119,9 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
     config: { auth: 'public' },
     schema: { hide: true },
     handler: async (request, reply) => {
-      const signature = await verify(request, options.accessKeys);
+      // The operation is named by X-Amz-Target, so the signature must cover it: else a signed Describe
+      // could be sent again as a Delete of the same body.
+      const signature = await verify(request, options.accessKeys, { mustSign: ['x-amz-target'] });
       const target = request.headers['x-amz-target'];
       const result = await options.dispatcher.dispatch(
         Array.isArray(target) ? target.join(',') : target,

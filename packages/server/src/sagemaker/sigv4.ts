@@ -25,6 +25,18 @@ export interface SignedRequest {
   body: Buffer;
 }
 
+/**
+ * `x-amz-*` headers a request may carry unsigned: only the payload hash, which is checked against the body
+ * itself. Every other one must be in SignedHeaders (botocore and the AWS SDKs sign every header they send but
+ * User-Agent and the like), or it could be changed or added under a captured signature, as S3 also refuses.
+ */
+const UNSIGNED_AMZ_HEADERS = new Set(['x-amz-content-sha256']);
+
+export interface VerifyOptions {
+  /** Headers that must be in SignedHeaders (and so present): what the route dispatches on, e.g. x-amz-target. */
+  mustSign?: readonly string[];
+}
+
 export interface VerifiedSignature {
   key: ActiveAccessKey;
   region: string;
@@ -198,14 +210,44 @@ function canonicalRequest(
 }
 
 /**
+ * A signature covers only the headers it lists: refuses a request whose route-deciding headers are not listed,
+ * or that carries an x-amz-* header the signature does not cover (a Describe request's signature replayed with
+ * X-Amz-Target changed to a Delete, audit s8 #4).
+ */
+function assertHeadersSigned(request: SignedRequest, parsed: ParsedSignature, mustSign: readonly string[]) {
+  const signed = new Set(parsed.signedHeaders);
+  const missing = mustSign.filter((name) => !signed.has(name));
+  if (missing.length > 0) {
+    throw new AwsError(
+      'InvalidSignatureException',
+      `SignedHeaders must include ${missing.join(', ')}: the request is dispatched on ${missing.length === 1 ? 'it' : 'them'}; ` +
+        `got SignedHeaders=${parsed.signedHeaders.join(';')}`,
+    );
+  }
+  const unsigned = Object.keys(request.headers)
+    .map((name) => name.toLowerCase())
+    .filter((name) => name.startsWith('x-amz-') && !UNSIGNED_AMZ_HEADERS.has(name) && !signed.has(name))
+    .sort();
+  if (unsigned.length > 0) {
+    throw new AwsError(
+      'InvalidSignatureException',
+      `There were headers present in the request which were not signed: ${unsigned.join(', ')}; every x-amz-* ` +
+        'header sent (but X-Amz-Content-SHA256) must be listed in SignedHeaders, as the AWS SDKs sign them',
+    );
+  }
+}
+
+/**
  * Verifies a request's SigV4 signature against the key it names. Throws an AwsError naming what was wrong:
  * MissingAuthenticationToken (unsigned), UnrecognizedClientException (unknown or revoked key),
- * InvalidSignatureException (bad signature, wrong service, skewed clock, expired presigned URL).
+ * InvalidSignatureException (bad signature, wrong service, skewed clock, expired presigned URL, an x-amz-*
+ * header or a header in `options.mustSign` not covered by the signature).
  */
 export async function verifySigV4(
   request: SignedRequest,
   findKey: (accessKeyId: string) => Promise<ActiveAccessKey | undefined>,
   now: number = Date.now(),
+  options: VerifyOptions = {},
 ): Promise<VerifiedSignature> {
   const query = queryPairs(request.rawQuery);
   const parsed = parseSignature(request, query);
@@ -231,6 +273,7 @@ export async function verifySigV4(
   if (!parsed.signedHeaders.includes('host')) {
     throw new AwsError('InvalidSignatureException', "SignedHeaders must include 'host'");
   }
+  assertHeadersSigned(request, parsed, options.mustSign ?? []);
   if (parsed.presigned) {
     if (signedAt - now > MAX_CLOCK_SKEW_MS) {
       throw new AwsError(
