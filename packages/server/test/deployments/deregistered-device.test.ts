@@ -3,7 +3,7 @@
  * device ends its pending deployments. Before the fix a device of fleet `fb` registered under a name that
  * fleet `fa` had deregistered completed (or failed) `fa`'s stage and auto-advanced its plan.
  */
-import type { DeploymentResultInput } from '@edgefleet/core';
+import type { DeploymentResult, DeploymentResultInput } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
@@ -21,7 +21,7 @@ describe.each(engines)('a deregistered device and its deployments on $engine', (
       (await admin('POST', `/api/v1/fleets/${fleet}/devices`, { devices: names.map((name) => ({ name })) }))
         .status,
     ).toBe(201);
-  const report = (plan: string, status: 'SUCCESS' | 'FAIL'): DeploymentResultInput => ({
+  const report = (plan: string, status: 'SUCCESS' | 'FAIL'): DeploymentResult => ({
     DeploymentName: plan,
     DeploymentStatus: status,
     DeploymentModels: [
