@@ -163,7 +163,8 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
     url: '/api/v1/devices/:device',
     auth: 'admin',
     tag: 'devices',
-    summary: 'Deregister a device: removes it and revokes every certificate it was issued',
+    summary:
+      'Deregister a device: removes it, revokes every certificate it was issued and stops its pending deployments',
     params: deviceParams,
     status: 204,
     handler: async ({ params }) => {

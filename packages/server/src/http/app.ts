@@ -89,7 +89,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     url: '/readyz',
     auth: 'public',
     tag: 'health',
-    summary: 'Readiness: the database and blob store answer and the server is not shutting down',
+    summary:
+      'Readiness: the database and blob store answer and the server is not shutting down (503 NotReady names the failing checks)',
     response: readySchema,
     handler: async ({ request }) => {
       if (options.isShuttingDown()) throw new ApiError(503, 'NotReady', 'the server is shutting down');
