@@ -118,6 +118,15 @@ export const serverConfigSchema = z.strictObject({
         .int()
         .min(1)
         .default(512 * 1024 * 1024),
+      /**
+       * How long one model or package upload may take, body included; other operator requests get the
+       * listener's 60 s. Counted from the request's start, so allow for the slowest link uploads come over.
+       */
+      modelUploadTimeoutSeconds: z
+        .int()
+        .min(1)
+        .max(24 * 3600)
+        .default(30 * 60),
     })
     .prefault({}),
   captures: z
