@@ -436,6 +436,11 @@ export async function startServer(
         logger: logger.child({ console: 'events' }),
       }),
       maxStreams: config.console.maxEventStreams,
+      maxStreamsPerToken: config.console.maxEventStreamsPerToken,
+      keepaliveMs: config.console.eventKeepaliveMs,
+      maxLifetimeMs: config.console.eventStreamMaxSeconds * 1000,
+      tokens: services.apiTokens,
+      sessions: services.consoleSessions,
     });
     if (config.console.enabled) {
       await operatorApp.register(consoleStaticRoutes, {
