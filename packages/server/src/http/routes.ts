@@ -136,6 +136,8 @@ export function defineRoute<
   }
   const errorJson = toJsonSchema(errorBodySchema, 'output');
   for (const code of ERROR_STATUSES) response[code] = errorJson;
+  // Its own deadline: a body not in by then is answered 408 (http/request-deadline.ts).
+  if (definition.requestTimeoutMs !== undefined) response[408] = errorJson;
 
   app.route({
     method: definition.method,
