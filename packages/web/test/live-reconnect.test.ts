@@ -16,7 +16,7 @@ import {
   startControlPlane,
   type ControlPlane,
 } from '../../../test/support/control-plane.js';
-import { launchChromium } from './browser.js';
+import { launchChromium, operatorApi } from './browser.js';
 
 const WEB_DIST = join(REPO_ROOT, 'packages/web/dist/index.html');
 
@@ -24,19 +24,8 @@ let plane: ControlPlane;
 let browser: Browser;
 let work: string;
 
-async function api(method: string, path: string, token: string, body?: unknown) {
-  const response = await fetch(`${plane.operatorUrl}${path}`, {
-    method,
-    headers: {
-      authorization: `Bearer ${token}`,
-      ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-    },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await response.text();
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read answers field by field
-  return { status: response.status, body: (text === '' ? undefined : JSON.parse(text)) as any };
-}
+const api = (method: string, path: string, token: string, body?: unknown) =>
+  operatorApi(plane.operatorUrl, method, path, token, body);
 
 beforeAll(async () => {
   requireBuilt(CLI_MAIN, WEB_DIST);
