@@ -97,7 +97,11 @@ export interface ControlPlane {
 
 /** Initialises a data dir (first admin token) and starts `edgefleet-server serve` on it. */
 export async function startControlPlane(
-  options: { heartbeatIntervalSeconds?: number } = {},
+  options: {
+    heartbeatIntervalSeconds?: number;
+    /** More server settings (file form), e.g. `{ console: { eventStreamMaxSeconds: 2 } }`. */
+    config?: Record<string, unknown>;
+  } = {},
 ): Promise<ControlPlane> {
   requireBuilt(SERVER_MAIN);
   const dataDir = await mkdtemp(join(tmpdir(), 'ef-cp-'));
@@ -114,6 +118,7 @@ export async function startControlPlane(
       deviceEndpoint,
       logLevel: 'info',
       heartbeat: { intervalSeconds: options.heartbeatIntervalSeconds ?? 30 },
+      ...options.config,
     }),
   );
   const init = await run(['init', '--config', configFile]);

@@ -24,3 +24,24 @@ export async function launchChromium(): Promise<Browser> {
     args: process.getuid?.() === 0 ? ['--no-sandbox'] : [],
   });
 }
+
+/** One operator API call with a bearer token and an optional JSON body; the answer's status and parsed body. */
+export async function operatorApi(
+  operatorUrl: string,
+  method: string,
+  path: string,
+  token: string,
+  body?: unknown,
+) {
+  const response = await fetch(`${operatorUrl}${path}`, {
+    method,
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+    },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await response.text();
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read answers field by field
+  return { status: response.status, body: (text === '' ? undefined : JSON.parse(text)) as any };
+}

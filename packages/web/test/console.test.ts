@@ -22,7 +22,7 @@ import {
   type AgentProcess,
   type ControlPlane,
 } from '../../../test/support/control-plane.js';
-import { launchChromium } from './browser.js';
+import { launchChromium, operatorApi } from './browser.js';
 
 const SCREENSHOTS = process.env.UPDATE_SCREENSHOTS === '1' ? join(REPO_ROOT, 'docs/console') : undefined;
 const WEB_DIST = join(REPO_ROOT, 'packages/web/dist/index.html');
@@ -32,19 +32,8 @@ let browser: Browser;
 let work: string;
 const agents: AgentProcess[] = [];
 
-async function api(method: string, path: string, token: string, body?: unknown) {
-  const response = await fetch(`${plane.operatorUrl}${path}`, {
-    method,
-    headers: {
-      authorization: `Bearer ${token}`,
-      ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-    },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await response.text();
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read answers field by field
-  return { status: response.status, body: (text === '' ? undefined : JSON.parse(text)) as any };
-}
+const api = (method: string, path: string, token: string, body?: unknown) =>
+  operatorApi(plane.operatorUrl, method, path, token, body);
 
 async function signIn(context: BrowserContext, token: string): Promise<Page> {
   const page = await context.newPage();

@@ -16,6 +16,9 @@ import {
 } from './blob-store.js';
 
 const TEMP_DIR = '.tmp';
+/** Blobs are models, signed packages and devices' captured inference data: owner-only, wherever the folder is. */
+const DIR_MODE = 0o700;
+const FILE_MODE = 0o600;
 
 function isNotFound(error: unknown): boolean {
   return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 'ENOENT';
@@ -37,14 +40,14 @@ export class LocalBlobStore implements BlobStore {
 
   async put(key: string, body: BlobBody): Promise<BlobInfo> {
     const target = this.pathOf(key);
-    await mkdir(path.dirname(target), { recursive: true });
-    await mkdir(path.join(this.root, TEMP_DIR), { recursive: true });
+    await mkdir(path.dirname(target), { recursive: true, mode: DIR_MODE });
+    await mkdir(path.join(this.root, TEMP_DIR), { recursive: true, mode: DIR_MODE });
     const temp = path.join(this.root, TEMP_DIR, `${randomBytes(8).toString('hex')}.part`);
     try {
       if (body instanceof Readable) {
-        await pipeline(body, createWriteStream(temp, { flags: 'wx' }));
+        await pipeline(body, createWriteStream(temp, { flags: 'wx', mode: FILE_MODE }));
       } else {
-        await writeFile(temp, body, { flag: 'wx' });
+        await writeFile(temp, body, { flag: 'wx', mode: FILE_MODE });
       }
       await rename(temp, target);
     } catch (error) {
@@ -119,7 +122,7 @@ export class LocalBlobStore implements BlobStore {
   }
 
   async check(): Promise<void> {
-    await mkdir(this.root, { recursive: true });
+    await mkdir(this.root, { recursive: true, mode: DIR_MODE });
     const info = await stat(this.root);
     if (!info.isDirectory()) throw new Error(`blob folder ${this.root} is not a directory`);
   }

@@ -118,6 +118,15 @@ export const serverConfigSchema = z.strictObject({
         .int()
         .min(1)
         .default(512 * 1024 * 1024),
+      /**
+       * How long one model or package upload may take, body included; other operator requests get the
+       * listener's 60 s. Counted from the request's start, so allow for the slowest link uploads come over.
+       */
+      modelUploadTimeoutSeconds: z
+        .int()
+        .min(1)
+        .max(24 * 3600)
+        .default(30 * 60),
     })
     .prefault({}),
   captures: z
@@ -165,6 +174,19 @@ export const serverConfigSchema = z.strictObject({
       eventPollMs: z.int().min(100).max(60_000).default(2000),
       /** Open live-update streams one server holds at most; more are refused with 429. */
       maxEventStreams: z.int().min(1).max(10_000).default(64),
+      /** Open live-update streams one API token (with its console sessions) may hold; more are refused with 429. */
+      maxEventStreamsPerToken: z.int().min(1).max(1000).default(4),
+      /**
+       * How often a quiet stream gets a keepalive comment; each tick also checks the stream's token or session
+       * again and ends the stream once it is revoked, signed out or expired.
+       */
+      eventKeepaliveMs: z.int().min(50).max(60_000).default(15_000),
+      /** A stream ends after this long; the browser's EventSource reconnects, and signs in again, by itself. */
+      eventStreamMaxSeconds: z
+        .int()
+        .min(1)
+        .max(24 * 3600)
+        .default(600),
     })
     .prefault({}),
   packaging: z

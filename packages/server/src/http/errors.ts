@@ -7,7 +7,8 @@ import { DomainError, type DomainErrorCode } from '../errors/index.js';
 export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
 
 /** Every code an answer may carry: the domain's, plus those only the HTTP layer raises. */
-export type ErrorCode = DomainErrorCode | 'UnsupportedMediaType' | 'NotReady' | 'InternalError';
+export type ErrorCode =
+  DomainErrorCode | 'UnsupportedMediaType' | 'NotReady' | 'InternalError' | 'RequestTimeout';
 
 /** The HTTP status of each domain error: the one place the domain meets HTTP. */
 const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
@@ -79,8 +80,17 @@ function fromFastifyError(error: FastifyError): ApiError | undefined {
   return undefined;
 }
 
-/** Installs the error and not-found handlers that give every failure the same body. */
+/**
+ * Installs the error and not-found handlers that give every failure the same body, and ends the connection
+ * after any error answer sent before the request body was read.
+ */
 export function installErrorHandlers(app: FastifyInstance): void {
+  // Node would otherwise keep the connection and drain the unread body, which a peer refused with 401 (or 413,
+  // 404) can trickle for as long as the request timeout allows. Added at the root so that it covers the
+  // handlers of plugins that set their own (the SageMaker facade's).
+  app.addHook('onSend', async (request, reply) => {
+    if (reply.statusCode >= 400 && !request.raw.complete) reply.header('connection', 'close');
+  });
   app.setErrorHandler((error: unknown, request, reply) => {
     let apiError: ApiError | undefined;
     if (error instanceof ApiError) apiError = error;

@@ -102,6 +102,8 @@ export interface RouteDefinition<
   status?: 200 | 201 | 202 | 204;
   /** Largest accepted request body in bytes (Fastify's default: 1 MiB). */
   bodyLimit?: number;
+  /** The route's own deadline for the whole request (uploads), instead of the app's (http/request-deadline.ts). */
+  requestTimeoutMs?: number;
   /** Content types the route consumes when it is not JSON (uploads); documented, parsed by the app. */
   consumes?: string[];
   /** The success body is a file of this content type (the handler returns a stream), not JSON. */
@@ -134,11 +136,16 @@ export function defineRoute<
   }
   const errorJson = toJsonSchema(errorBodySchema, 'output');
   for (const code of ERROR_STATUSES) response[code] = errorJson;
+  // Its own deadline: a body not in by then is answered 408 (http/request-deadline.ts).
+  if (definition.requestTimeoutMs !== undefined) response[408] = errorJson;
 
   app.route({
     method: definition.method,
     url: definition.url,
-    config: { auth: definition.auth },
+    config: {
+      auth: definition.auth,
+      ...(definition.requestTimeoutMs !== undefined ? { requestTimeoutMs: definition.requestTimeoutMs } : {}),
+    },
     ...(definition.bodyLimit !== undefined ? { bodyLimit: definition.bodyLimit } : {}),
     schema: {
       tags: [definition.tag],

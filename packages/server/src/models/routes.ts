@@ -66,10 +66,12 @@ function modelView(m: ModelRecord): z.input<typeof modelSchema> {
 const modelParams = z.object({ model: ModelNameSchema });
 const versionParams = z.object({ model: ModelNameSchema, version: ModelVersionSchema });
 
-export const modelRoutes: FastifyPluginAsync<{ models: ModelStore; maxUploadBytes: number }> = async (
-  app,
-  { models, maxUploadBytes },
-) => {
+export const modelRoutes: FastifyPluginAsync<{
+  models: ModelStore;
+  maxUploadBytes: number;
+  /** The upload route's own deadline for its whole request; other routes keep the listener's short one. */
+  uploadTimeoutMs: number;
+}> = async (app, { models, maxUploadBytes, uploadTimeoutMs }) => {
   // Uploads reach the handler as a stream; the model store spools it with its own size limit.
   app.addContentTypeParser(Object.keys(UPLOAD_CONTENT_TYPES), (_request, payload, done) =>
     done(null, payload),
@@ -82,7 +84,8 @@ export const modelRoutes: FastifyPluginAsync<{ models: ModelStore; maxUploadByte
     tag: 'models',
     summary:
       'Upload a model version: an ONNX file (application/octet-stream) or a ready package (application/gzip)',
-    description: `Streamed; at most ${maxUploadBytes} bytes. The tensor metadata is read from the model or package manifest.`,
+    description: `Streamed; at most ${maxUploadBytes} bytes, in at most ${uploadTimeoutMs / 1000} s (else 408 and the connection is closed). The tensor metadata is read from the model or package manifest.`,
+    requestTimeoutMs: uploadTimeoutMs,
     params: versionParams,
     query: z.object({ description: z.string().max(800).optional() }),
     consumes: Object.keys(UPLOAD_CONTENT_TYPES),

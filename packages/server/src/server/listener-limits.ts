@@ -15,11 +15,14 @@ export const DEVICE_LISTENER_LIMITS: ListenerLimits = {
   maxConnectionsPerAddress: 256,
 };
 
-/** The operator port: few clients; uploads of large models need a long request timeout. */
+/**
+ * The operator port: few clients. Its request timeout is as short as the device port's; the model-upload route
+ * alone (admin-authenticated before its body is read) has a longer deadline of its own (uploads.modelUploadTimeoutSeconds).
+ */
 export const OPERATOR_LISTENER_LIMITS: ListenerLimits = {
   handshakeTimeoutMs: 10_000,
   headersTimeoutMs: 10_000,
-  requestTimeoutMs: 30 * 60_000,
+  requestTimeoutMs: 60_000,
   idleTimeoutMs: 60_000,
   keepAliveTimeoutMs: 30_000,
   maxConnections: 1024,

@@ -40,6 +40,7 @@ import {
   startRetentionSweeper,
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
+import { installRequestDeadlines, listenerRequestTimeoutMs } from '../http/request-deadline.js';
 import {
   bindDeviceCa,
   DeviceCa,
@@ -371,6 +372,8 @@ export async function startServer(
       },
     });
     apps.push(operatorApp);
+    installRequestDeadlines(operatorApp, { defaultMs: operatorLimits.requestTimeoutMs });
+    const modelUploadTimeoutMs = config.uploads.modelUploadTimeoutSeconds * 1000;
     // One registration per capability: each is a Fastify plugin, so what it adds (e.g. the model upload
     // content-type parser) stays inside it.
     const identityOptions = { identity: services.identity, deviceEndpoint: endpoint };
@@ -382,6 +385,7 @@ export async function startServer(
     await operatorApp.register(modelRoutes, {
       models: services.models,
       maxUploadBytes: config.uploads.maxModelBytes,
+      uploadTimeoutMs: modelUploadTimeoutMs,
     });
     await operatorApp.register(packagingRoutes, {
       jobs: services.packagingJobs,
@@ -436,6 +440,11 @@ export async function startServer(
         logger: logger.child({ console: 'events' }),
       }),
       maxStreams: config.console.maxEventStreams,
+      maxStreamsPerToken: config.console.maxEventStreamsPerToken,
+      keepaliveMs: config.console.eventKeepaliveMs,
+      maxLifetimeMs: config.console.eventStreamMaxSeconds * 1000,
+      tokens: services.apiTokens,
+      sessions: services.consoleSessions,
     });
     if (config.console.enabled) {
       await operatorApp.register(consoleStaticRoutes, {
@@ -472,7 +481,11 @@ export async function startServer(
 
     // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on
     // the device port cannot use up the descriptors the operator port (health checks included) needs.
-    applyListenerLimits(operatorApp.server, operatorLimits);
+    // Node's timeout is the outer bound (the longest route deadline); the per-route deadlines do the rest.
+    applyListenerLimits(operatorApp.server, {
+      ...operatorLimits,
+      requestTimeoutMs: listenerRequestTimeoutMs(operatorLimits.requestTimeoutMs, [modelUploadTimeoutMs]),
+    });
     applyListenerLimits(deviceApp.server, deviceLimits);
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });

@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, statSync } from 'node:fs';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import {
@@ -94,6 +94,26 @@ export interface OpenDatabaseOptions {
   onConnectionError?: (error: Error) => void;
 }
 
+/** SQLite file modes: the database holds token hashes, CSRF tokens and sealed secrets, wherever it lies. */
+const OWNER_ONLY = 0o600;
+
+/**
+ * Creates the SQLite file owner-only before SQLite opens it (SQLite gives its -wal and -shm files the
+ * database file's mode), and takes group and other bits off a file, -wal or -shm an older release left
+ * readable. A file the server may not chmod (another owner) is left as it is: opening it still works.
+ */
+function restrictToOwner(file: string): void {
+  closeSync(openSync(file, 'a', OWNER_ONLY));
+  for (const name of [file, `${file}-wal`, `${file}-shm`]) {
+    try {
+      if ((statSync(name).mode & 0o077) !== 0) chmodSync(name, OWNER_ONLY);
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (code !== 'ENOENT' && code !== 'EPERM') throw error;
+    }
+  }
+}
+
 export async function openDatabase(
   location: DatabaseLocation,
   options: OpenDatabaseOptions = {},
@@ -101,7 +121,8 @@ export async function openDatabase(
   if (location.engine === 'sqlite') {
     let sqlite: SqliteDatabase.Database | undefined;
     try {
-      mkdirSync(path.dirname(location.file), { recursive: true });
+      mkdirSync(path.dirname(location.file), { recursive: true, mode: 0o700 });
+      restrictToOwner(location.file);
       sqlite = new SqliteDatabase(location.file);
       // WAL lets readers proceed during the heartbeat writes; NORMAL sync is durable across process crashes.
       sqlite.pragma('journal_mode = WAL');

@@ -7,6 +7,8 @@ const EVENTS_ROUTE = '/api/v1/console/events';
 
 type Listener = (topics: ChangeTopic[]) => void;
 
+const ALL_TOPICS: ChangeTopic[] = ['fleets', 'devices', 'models', 'packaging', 'tokens', 'deployments'];
+
 /** One EventSource per page, shared by every view that listens; it reconnects by itself. */
 export class LiveUpdates {
   private source: EventSource | undefined;
@@ -17,11 +19,18 @@ export class LiveUpdates {
   start(): void {
     if (this.source) return;
     const source = new EventSource(EVENTS_ROUTE);
-    source.addEventListener('open', () => this.setConnected(true));
+    let opened = false;
+    source.addEventListener('open', () => {
+      this.setConnected(true);
+      // The server ends streams (after their lifetime, at a restart): changes made while reconnecting were
+      // never sent, so every view reloads once after a reconnect.
+      if (opened) this.notify(ALL_TOPICS);
+      opened = true;
+    });
     source.addEventListener('error', () => this.setConnected(false));
     source.addEventListener('change', (event) => {
       const { topics } = JSON.parse((event as MessageEvent<string>).data) as { topics: ChangeTopic[] };
-      for (const listener of this.listeners) listener(topics);
+      this.notify(topics);
     });
     this.source = source;
   }
@@ -35,6 +44,10 @@ export class LiveUpdates {
   subscribe(listener: Listener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  private notify(topics: ChangeTopic[]) {
+    for (const listener of this.listeners) listener(topics);
   }
 
   private setConnected(connected: boolean) {
