@@ -132,6 +132,18 @@ export const serverConfigSchema = z.strictObject({
         .int()
         .min(1024)
         .default(1024 * 1024 * 1024),
+      /**
+       * A capture upload whose body is larger than this (or of unknown length) needs an upload slot before its
+       * body is read; with none free it is answered 429 with Retry-After. Bounds the memory devices' bodies take.
+       */
+      largeBodyBytes: z
+        .int()
+        .min(1024)
+        .default(256 * 1024),
+      /** Large capture uploads read at once, server-wide. */
+      maxConcurrentUploads: z.int().min(1).max(1024).default(8),
+      /** Large capture uploads read at once from any one device. */
+      maxConcurrentUploadsPerDevice: z.int().min(1).max(64).default(2),
     })
     .prefault({}),
   /** The SageMaker compatibility facade (docs/sagemaker-compatibility.md). */
