@@ -132,7 +132,10 @@ const rowsInWindow = (db: Kysely<DatabaseSchema>, query: MetricsQuery) =>
  * event loop. Rows share a last_timestamp, so a full page ends before its last timestamp, whose rows are then
  * read on their own: the next page starts after it, and no row is read twice or left out.
  */
-async function* pagesOf(db: Kysely<DatabaseSchema>, query: MetricsQuery): AsyncGenerator<{ metrics: string }> {
+async function* pagesOf(
+  db: Kysely<DatabaseSchema>,
+  query: MetricsQuery,
+): AsyncGenerator<{ metrics: string }> {
   let after: number | undefined;
   for (;;) {
     await nextTurn();
