@@ -11,6 +11,7 @@ import {
   DIMENSION_PATTERN,
   entityNameSchema,
   MAX_MESSAGE_LENGTH,
+  MAX_METRICS_PER_HEARTBEAT,
   MAX_METRICS_PER_LIST,
   MAX_MODELS_PER_HEARTBEAT,
   METRIC_NAME_PATTERN,
@@ -80,18 +81,32 @@ export const deploymentResultSchema = z.object({
 export type DeploymentResult = z.output<typeof deploymentResultSchema>;
 export type DeploymentResultInput = z.input<typeof deploymentResultSchema>;
 
-export const sendHeartbeatRequestSchema = z.object({
-  AgentMetrics: metricsList.optional(),
-  Models: z
-    .array(heartbeatModelSchema)
-    .max(MAX_MODELS_PER_HEARTBEAT)
-    .optional()
-    .describe('The models loaded on the device now (replaces the previous list); omit to leave it unchanged'),
-  AgentVersion: versionSchema,
-  DeviceName: dataPlaneNameSchema,
-  DeviceFleetName: dataPlaneNameSchema,
-  DeploymentResult: deploymentResultSchema.optional(),
-});
+export const sendHeartbeatRequestSchema = z
+  .object({
+    AgentMetrics: metricsList.optional(),
+    Models: z
+      .array(heartbeatModelSchema)
+      .max(MAX_MODELS_PER_HEARTBEAT)
+      .optional()
+      .describe(
+        'The models loaded on the device now (replaces the previous list); omit to leave it unchanged',
+      ),
+    AgentVersion: versionSchema,
+    DeviceName: dataPlaneNameSchema,
+    DeviceFleetName: dataPlaneNameSchema,
+    DeploymentResult: deploymentResultSchema.optional(),
+  })
+  .superRefine((heartbeat, ctx) => {
+    const count =
+      (heartbeat.AgentMetrics?.length ?? 0) +
+      (heartbeat.Models ?? []).reduce((sum, model) => sum + (model.ModelMetrics?.length ?? 0), 0);
+    if (count > MAX_METRICS_PER_HEARTBEAT)
+      ctx.addIssue({
+        code: 'custom',
+        path: [],
+        message: `the heartbeat carries ${count} metrics (AgentMetrics and all Models' ModelMetrics together); expected at most ${MAX_METRICS_PER_HEARTBEAT}: send the rest in the next heartbeat`,
+      });
+  });
 /** A heartbeat as a device sends it. */
 export type SendHeartbeatRequest = z.input<typeof sendHeartbeatRequestSchema>;
 /** A heartbeat as the server reads it (timestamps in epoch ms). */

@@ -38,6 +38,11 @@ export const MAX_TENSOR_ELEMENTS = 2 ** 40;
 /** Most models one heartbeat lists, and most metrics in one list. */
 export const MAX_MODELS_PER_HEARTBEAT = 256;
 export const MAX_METRICS_PER_LIST = 500;
+/**
+ * Most metrics in one heartbeat, AgentMetrics and every model's ModelMetrics together: the lists' own bounds
+ * allow 128 500. EdgeFleet's agent sends at most 8 + 6 per model (1 544 with 256 models).
+ */
+export const MAX_METRICS_PER_HEARTBEAT = 2000;
 /** Free-text fields (status messages, reasons). */
 export const MAX_MESSAGE_LENGTH = 4096;
 

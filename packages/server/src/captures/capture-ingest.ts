@@ -33,6 +33,10 @@ const isManifest = (key: string) => key.endsWith('.jsonl');
 const recordFormatOf = (key: string) =>
   key.split('/').includes('_model-monitor') ? 'model-monitor' : 'edge';
 const utcDay = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+const DAY_MS = 86_400_000;
+/** Whole seconds until the next UTC midnight (at least 1): when a daily quota renews. */
+export const secondsToNextUtcDay = (ms: number) =>
+  Math.max(1, Math.ceil((Math.floor(ms / DAY_MS) * DAY_MS + DAY_MS - ms) / 1000));
 /** Rows per IN (…) list: well under SQLite's and PostgreSQL's bind-parameter limits. */
 const CHUNK = 500;
 
@@ -169,6 +173,25 @@ export class CaptureIngest {
     };
   }
 
+  /**
+   * Capture bytes the device may still upload today, and when its quota renews: read before an upload's body,
+   * so that a device over its quota costs the server no body at all.
+   */
+  async remainingToday(device: string): Promise<{ bytes: number; renewsInSeconds: number }> {
+    const now = this.#now();
+    const row = await this.#db
+      .selectFrom('device_capture_usage')
+      .select('bytes')
+      .where('device_name', '=', device)
+      .where('day', '=', utcDay(now))
+      .executeTakeFirst();
+    const used = row === undefined ? 0 : Number(row.bytes);
+    return {
+      bytes: Math.max(0, this.#limits.dailyQuotaBytesPerDevice - used),
+      renewsInSeconds: secondsToNextUtcDay(now),
+    };
+  }
+
   /** Which of `ids` are stored for this device and format already: from another manifest than `key`, or from it. */
   async #stored(
     device: string,
@@ -216,7 +239,7 @@ export class CaptureIngest {
         throw new DomainError(
           'LimitExceeded',
           `device ${device} has uploaded ${used} capture bytes today (UTC); ${bytes} more would pass its daily quota of ${quota} (captures.dailyQuotaBytesPerDevice); the agent keeps the batch and retries`,
-          { usedBytes: used, quotaBytes: quota },
+          { usedBytes: used, quotaBytes: quota, retryAfterSeconds: secondsToNextUtcDay(this.#now()) },
         );
     });
     return day;

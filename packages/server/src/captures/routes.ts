@@ -2,6 +2,8 @@ import type { FastifyPluginAsync } from 'fastify';
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import type { BlobStore, S3ConnectionOptions } from '../blobs/index.js';
+import { DomainError } from '../errors/index.js';
+import { withRetryAfter } from '../http/retry-after.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
 import type { ServerConfig } from '../config/index.js';
@@ -9,6 +11,21 @@ import type { PackageSigningIdentity } from '../packaging/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import { CaptureIngest, type CaptureLimits } from './capture-ingest.js';
 import { FleetOutputs, parseOutputLocation } from './fleet-output.js';
+import { UploadSlots } from './upload-slots.js';
+
+const CAPTURE_FILES_URL = '/api/v1/device/captures/files';
+/** What a device told "no upload slot free" waits: an upload takes seconds at most. */
+const BUSY_RETRY_AFTER_SECONDS = 5;
+/**
+ * Bytes of a capture body allowed for what is not the file's base64: the key (1024 characters, twice that with
+ * escaped slashes), the content type and the JSON around them. A body's file is at least 3/4 of the rest.
+ */
+const MAX_JSON_OVERHEAD_BYTES = 4096;
+
+/** The smallest file a capture body of `contentLength` bytes can carry (base64 is 4 bytes per 3). */
+export function leastFileBytesIn(contentLength: number): number {
+  return Math.max(0, Math.floor(((contentLength - MAX_JSON_OVERHEAD_BYTES) * 3) / 4) - 2);
+}
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
@@ -68,26 +85,73 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   const limits: CaptureLimits = deps.config.captures;
   const ingest = new CaptureIngest({ db: deps.db, outputs, limits });
   app.addHook('onClose', async () => outputs.close());
+
+  // Before a capture body is read (the device is authenticated by then): a body that would pass the device's
+  // remaining daily quota by its length alone is refused, and a large one needs an upload slot. Refusals close
+  // the connection, so that the unread body is not read either.
+  const { largeBodyBytes, maxConcurrentUploads, maxConcurrentUploadsPerDevice } = deps.config.captures;
+  const slots = new UploadSlots({ total: maxConcurrentUploads, perDevice: maxConcurrentUploadsPerDevice });
+  app.addHook('preParsing', async (request, reply, payload) => {
+    if (request.routeOptions.url !== CAPTURE_FILES_URL) return payload;
+    const device = requireDevice(request);
+    const header = request.headers['content-length'];
+    const contentLength = header === undefined ? undefined : Number(header);
+    const refuse = (seconds: number, message: string, details: Record<string, unknown>) => {
+      reply.header('connection', 'close').header('retry-after', String(seconds));
+      return new DomainError('LimitExceeded', message, { ...details, retryAfterSeconds: seconds });
+    };
+    if (contentLength !== undefined && Number.isFinite(contentLength)) {
+      const least = leastFileBytesIn(contentLength);
+      if (least > 0) {
+        const remaining = await ingest.remainingToday(device.deviceName);
+        if (least > remaining.bytes) {
+          throw refuse(
+            remaining.renewsInSeconds,
+            `device ${device.deviceName} may upload ${remaining.bytes} more capture bytes today (UTC, captures.dailyQuotaBytesPerDevice); this body of ${contentLength} bytes carries at least ${least}; the agent keeps the batch and retries after the quota renews`,
+            { remainingBytes: remaining.bytes, contentLength },
+          );
+        }
+      }
+    }
+    if (contentLength !== undefined && contentLength <= largeBodyBytes) return payload;
+    const slot = slots.take(device.deviceName);
+    if ('refused' in slot) {
+      throw refuse(
+        BUSY_RETRY_AFTER_SECONDS,
+        slot.refused === 'device'
+          ? `device ${device.deviceName} is already uploading ${maxConcurrentUploadsPerDevice} large capture files (captures.maxConcurrentUploadsPerDevice); send one at a time and retry this one later`
+          : `the server is reading ${maxConcurrentUploads} large capture files from devices (captures.maxConcurrentUploads); retry later`,
+        { limit: slot.refused === 'device' ? 'perDevice' : 'server' },
+      );
+    }
+    // Given back once the answer is sent or the connection is gone, whichever comes first.
+    reply.raw.once('close', slot.release);
+    return payload;
+  });
   defineRoute(app, {
     method: 'POST',
-    url: '/api/v1/device/captures/files',
+    url: CAPTURE_FILES_URL,
     auth: 'device',
     tag: 'device',
     summary: "Upload a capture file to the device's fleet output location (idempotent by capture id)",
     description:
       'Body: {"key", "contentType", "data" (base64)}. A manifest (.jsonl) holds one record per line; records ' +
       'whose capture id was stored before from another manifest are left out. 413 over captures.maxFileBytes, ' +
-      "429 over the per-device daily quota, 403 for a key outside the fleet's output prefix.",
+      '429 (with Retry-After) over the per-device daily quota, judged by Content-Length before the body is read, ' +
+      'and when no upload slot is free for a large body (captures.maxConcurrentUploads, ' +
+      "captures.maxConcurrentUploadsPerDevice); 403 for a key outside the fleet's output prefix.",
     body: captureFileBodySchema,
     response: storedCaptureFileSchema,
     // base64 is 4/3 of the bytes; the JSON around it is small.
     bodyLimit: Math.ceil((limits.maxFileBytes * 4) / 3) + 64 * 1024,
-    handler: async ({ body, request }) =>
-      ingest.store(requireDevice(request), {
-        key: body.key,
-        contentType: body.contentType,
-        body: Buffer.from(body.data, 'base64'),
-      }),
+    handler: async ({ body, request, reply }) =>
+      withRetryAfter(reply, () =>
+        ingest.store(requireDevice(request), {
+          key: body.key,
+          contentType: body.contentType,
+          body: Buffer.from(body.data, 'base64'),
+        }),
+      ),
   });
 
   defineRoute(app, {

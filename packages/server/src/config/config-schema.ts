@@ -93,6 +93,22 @@ export const serverConfigSchema = z.strictObject({
        * (400), and metrics must also be newer than the retention window.
        */
       maxClockSkewSeconds: z.int().min(1).max(86_400).default(3600),
+      /** Largest SendHeartbeat body (device API and the facade's data plane); the agent's are far smaller. */
+      maxBodyBytes: z
+        .int()
+        .min(16 * 1024)
+        .max(16 * 1024 * 1024)
+        .default(256 * 1024),
+      /**
+       * Metric bytes (as stored) one device may store per clock hour; past it heartbeats are still recorded but
+       * their metrics are not (429 with Retry-After). The default fits EdgeFleet's agent with 256 models at 30 s.
+       */
+      metricBytesPerDevicePerHour: z
+        .int()
+        .min(1024)
+        .default(16 * 1024 * 1024),
+      /** Most metrics one metrics query may read; a wider window is refused (400): narrow it. */
+      maxMetricsPerQuery: z.int().min(100).default(2_000_000),
     })
     .prefault({}),
   enrollment: z
@@ -141,6 +157,18 @@ export const serverConfigSchema = z.strictObject({
         .int()
         .min(1024)
         .default(1024 * 1024 * 1024),
+      /**
+       * A capture upload whose body is larger than this (or of unknown length) needs an upload slot before its
+       * body is read; with none free it is answered 429 with Retry-After. Bounds the memory devices' bodies take.
+       */
+      largeBodyBytes: z
+        .int()
+        .min(1024)
+        .default(256 * 1024),
+      /** Large capture uploads read at once, server-wide. */
+      maxConcurrentUploads: z.int().min(1).max(1024).default(8),
+      /** Large capture uploads read at once from any one device. */
+      maxConcurrentUploadsPerDevice: z.int().min(1).max(64).default(2),
     })
     .prefault({}),
   /** The SageMaker compatibility facade (docs/sagemaker-compatibility.md). */

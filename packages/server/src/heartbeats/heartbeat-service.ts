@@ -29,6 +29,11 @@ export interface HeartbeatServiceOptions {
   metricsRetentionMs?: number;
   /** Most heartbeats written in one transaction. */
   maxBatch?: number;
+  /**
+   * Metric bytes (as stored) one device may store per clock hour; past it a heartbeat's state is recorded but
+   * its metrics are not, and it is answered 429. Default: no limit.
+   */
+  metricBytesPerDevicePerHour?: number;
   now?: () => number;
   deploymentResults?: DeploymentResultSink;
   /** Told when the sink fails (logged by the server); the heartbeats themselves are stored. */
@@ -57,6 +62,9 @@ interface PendingHeartbeat {
   resolve: () => void;
   reject: (error: unknown) => void;
 }
+
+const HOUR_MS = 3_600_000;
+const hourStart = (ms: number) => Math.floor(ms / HOUR_MS) * HOUR_MS;
 
 // Rows per multi-row INSERT: 9 columns × 500 stays far below both engines' bound-parameter limits.
 const ROWS_PER_INSERT = 500;
@@ -102,26 +110,31 @@ export class HeartbeatService {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);
         try {
-          await this.db.transaction().execute((trx) => writeBatch(trx, batch));
-          await this.passDeploymentResults(batch);
-          for (const item of batch) item.resolve();
+          await this.write(batch);
         } catch (error) {
           if (batch.length === 1) {
             batch[0]?.reject(error);
             continue;
           }
           // One bad heartbeat must not fail its neighbours: write them one by one.
-          for (const item of batch) {
-            await this.db
-              .transaction()
-              .execute((trx) => writeBatch(trx, [item]))
-              .then(() => this.passDeploymentResults([item]))
-              .then(item.resolve, item.reject);
-          }
+          for (const item of batch) await this.write([item]).catch(item.reject);
         }
       }
     } finally {
       this.writing = false;
+    }
+  }
+
+  /** Writes heartbeats in one transaction, then answers each: stored, or refused for its device's metrics quota. */
+  private async write(batch: PendingHeartbeat[]): Promise<void> {
+    const refused = await this.db
+      .transaction()
+      .execute((trx) => writeBatch(trx, batch, this.options.metricBytesPerDevicePerHour));
+    await this.passDeploymentResults(batch);
+    for (const item of batch) {
+      const refusal = refused.get(item);
+      if (refusal === undefined) item.resolve();
+      else item.reject(refusal);
     }
   }
 
@@ -237,7 +250,82 @@ function metricBatch(item: PendingHeartbeat): DeviceMetricBatchesTable | undefin
   };
 }
 
-async function writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartbeat[]): Promise<void> {
+/**
+ * Charges each device's metric rows to its usage of the hour they were received in, and keeps those that fit
+ * its quota. One upsert for the whole group: the add comes first and the check reads its result, so replicas'
+ * concurrent writes queue on the rows' locks (as capture quotas do); what did not fit is taken back.
+ */
+async function chargeMetricUsage(
+  trx: Transaction<DatabaseSchema>,
+  rows: { item: PendingHeartbeat; row: DeviceMetricBatchesTable }[],
+  quota: number,
+): Promise<Map<PendingHeartbeat, DomainError>> {
+  const refused = new Map<PendingHeartbeat, DomainError>();
+  const byUsage = new Map<string, { device: string; hour: number; rows: typeof rows; bytes: number }>();
+  for (const entry of rows) {
+    const hour = hourStart(entry.item.receivedAt);
+    const key = JSON.stringify([entry.row.device_name, hour]);
+    const usage = byUsage.get(key) ?? { device: entry.row.device_name, hour, rows: [], bytes: 0 };
+    usage.rows.push(entry);
+    usage.bytes += entry.row.metrics.length;
+    byUsage.set(key, usage);
+  }
+  const usages = [...byUsage.values()];
+  for (let i = 0; i < usages.length; i += ROWS_PER_INSERT) {
+    const charged = await trx
+      .insertInto('device_metric_usage')
+      .values(
+        usages
+          .slice(i, i + ROWS_PER_INSERT)
+          .map((u) => ({ device_name: u.device, hour_start: u.hour, bytes: u.bytes })),
+      )
+      .onConflict((oc) =>
+        oc
+          .columns(['device_name', 'hour_start'])
+          .doUpdateSet({ bytes: (eb) => eb('device_metric_usage.bytes', '+', eb.ref('excluded.bytes')) }),
+      )
+      .returning(['device_name', 'hour_start', 'bytes'])
+      .execute();
+    for (const total of charged) {
+      const usage = byUsage.get(JSON.stringify([total.device_name, Number(total.hour_start)]));
+      if (usage === undefined || Number(total.bytes) <= quota) continue;
+      // Over the quota: keep this group's heartbeats in order while they fit, refuse the rest.
+      let used = Number(total.bytes) - usage.bytes;
+      let takenBack = 0;
+      for (const { item, row } of usage.rows) {
+        const bytes = row.metrics.length;
+        if (used + bytes <= quota) {
+          used += bytes;
+          continue;
+        }
+        takenBack += bytes;
+        const retryAfterSeconds = Math.max(1, Math.ceil((usage.hour + HOUR_MS - item.receivedAt) / 1000));
+        refused.set(
+          item,
+          new DomainError(
+            'LimitExceeded',
+            `device ${usage.device} has stored ${used} bytes of metrics this hour; this heartbeat's ${bytes} more would pass its quota of ${quota} (heartbeat.metricBytesPerDevicePerHour); its state was recorded, its metrics were not: send fewer metrics, or retry in ${retryAfterSeconds} s`,
+            { usedBytes: used, quotaBytes: quota, retryAfterSeconds },
+          ),
+        );
+      }
+      await trx
+        .updateTable('device_metric_usage')
+        .set((eb) => ({ bytes: eb('bytes', '-', takenBack) }))
+        .where('device_name', '=', usage.device)
+        .where('hour_start', '=', usage.hour)
+        .execute();
+    }
+  }
+  return refused;
+}
+
+/** Writes the batch's states and metrics; answers which heartbeats' metrics were refused for their quota. */
+async function writeBatch(
+  trx: Transaction<DatabaseSchema>,
+  batch: PendingHeartbeat[],
+  metricBytesPerDevicePerHour: number | undefined,
+): Promise<Map<PendingHeartbeat, DomainError>> {
   // The devices' state is the devices capability's to write; the metric series is ours.
   await recordHeartbeatStates(
     trx,
@@ -257,11 +345,20 @@ async function writeBatch(trx: Transaction<DatabaseSchema>, batch: PendingHeartb
     })),
   );
 
-  const batches = batch.map(metricBatch).filter((b): b is DeviceMetricBatchesTable => b !== undefined);
-  for (let i = 0; i < batches.length; i += ROWS_PER_INSERT) {
+  const rows = batch.flatMap((item) => {
+    const row = metricBatch(item);
+    return row === undefined ? [] : [{ item, row }];
+  });
+  const refused =
+    metricBytesPerDevicePerHour === undefined
+      ? new Map<PendingHeartbeat, DomainError>()
+      : await chargeMetricUsage(trx, rows, metricBytesPerDevicePerHour);
+  const kept = rows.filter(({ item }) => !refused.has(item)).map(({ row }) => row);
+  for (let i = 0; i < kept.length; i += ROWS_PER_INSERT) {
     await trx
       .insertInto('device_metric_batches')
-      .values(batches.slice(i, i + ROWS_PER_INSERT))
+      .values(kept.slice(i, i + ROWS_PER_INSERT))
       .execute();
   }
+  return refused;
 }

@@ -7,8 +7,8 @@ import type { DatabaseSchema } from '../storage/index.js';
 const EXPIRED_TOKEN_GRACE_MS = 7 * 86_400_000;
 
 /**
- * Deletes metrics (whole heartbeats' worth) received before the retention window, and long-expired enrollment tokens. Idempotent, so
- * every replica may run it on its own schedule.
+ * Deletes metrics (whole heartbeats' worth) received before the retention window, past hours' metric usage,
+ * and long-expired enrollment tokens. Idempotent, so every replica may run it on its own schedule.
  */
 export async function pruneExpired(
   db: Kysely<DatabaseSchema>,
@@ -19,6 +19,11 @@ export async function pruneExpired(
     .deleteFrom('device_metric_batches')
     .where('received_at', '<', now - options.metricsRetentionMs)
     .executeTakeFirst();
+  // Hourly metric usage (the per-device quota) matters only for the hour under way; an hour's grace for clocks.
+  await db
+    .deleteFrom('device_metric_usage')
+    .where('hour_start', '<', now - 2 * 3_600_000)
+    .execute();
   const tokens = await db
     .deleteFrom('enrollment_tokens')
     .where('expires_at', '<', now - EXPIRED_TOKEN_GRACE_MS)

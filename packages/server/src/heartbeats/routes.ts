@@ -1,6 +1,7 @@
 import {
   deviceRegistrationResultSchema,
   getDeviceRegistrationRequestSchema,
+  MAX_METRICS_PER_HEARTBEAT,
   sendHeartbeatRequestSchema,
   sendHeartbeatResultSchema,
 } from '@edgefleet/core';
@@ -10,6 +11,7 @@ import { z } from 'zod';
 import type { DeviceStore } from '../devices/index.js';
 import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
 import type { FleetStore } from '../fleets/index.js';
+import { withRetryAfter } from '../http/retry-after.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
@@ -20,10 +22,11 @@ import { queryDeviceMetrics } from './metrics-query.js';
 const iso = (ms: number) => new Date(ms).toISOString();
 
 /** Device API routes (mutual TLS): SendHeartbeat and GetDeviceRegistration, native paths and SageMaker names. */
-export const heartbeatDeviceRoutes: FastifyPluginAsync<{ heartbeats: HeartbeatService }> = async (
-  app,
-  { heartbeats },
-) => {
+export const heartbeatDeviceRoutes: FastifyPluginAsync<{
+  heartbeats: HeartbeatService;
+  /** Largest SendHeartbeat body (heartbeat.maxBodyBytes). */
+  maxBodyBytes: number;
+}> = async (app, { heartbeats, maxBodyBytes }) => {
   for (const url of ['/api/v1/device/heartbeat', '/SendHeartbeat']) {
     defineRoute(app, {
       method: 'POST',
@@ -31,10 +34,16 @@ export const heartbeatDeviceRoutes: FastifyPluginAsync<{ heartbeats: HeartbeatSe
       auth: 'device',
       tag: 'device',
       summary: 'SendHeartbeat: agent version and metrics, models on the device, last deployment result',
+      description:
+        `At most ${MAX_METRICS_PER_HEARTBEAT} metrics in all (400 beyond), a body of at most ` +
+        'heartbeat.maxBodyBytes (413). 429 with Retry-After when the device has stored ' +
+        'heartbeat.metricBytesPerDevicePerHour of metrics this hour: the state (version, models, deployment ' +
+        'result, time) is recorded, the metrics are not.',
       body: sendHeartbeatRequestSchema,
       response: sendHeartbeatResultSchema,
-      handler: async ({ body, request }) => {
-        await heartbeats.record(requireDevice(request), body);
+      bodyLimit: maxBodyBytes,
+      handler: async ({ body, request, reply }) => {
+        await withRetryAfter(reply, () => heartbeats.record(requireDevice(request), body));
         return {};
       },
     });
@@ -94,6 +103,8 @@ export const heartbeatOperatorRoutes: FastifyPluginAsync<{
   fleets: FleetStore;
   devices: DeviceStore;
   offlineAfterMs: number;
+  /** Most metrics one query reads (heartbeat.maxMetricsPerQuery). */
+  maxMetricsPerQuery: number;
 }> = async (app, deps) => {
   defineRoute(app, {
     method: 'GET',
@@ -128,6 +139,9 @@ export const heartbeatOperatorRoutes: FastifyPluginAsync<{
     auth: 'read',
     tag: 'devices',
     summary: "A device's metric time series (agent and per-model), bucketed: min, max, avg, count",
+    description:
+      'A window holding more than heartbeat.maxMetricsPerQuery stored metrics (of every name) is refused (400): ' +
+      'narrow it.',
     params: z.object({ device: deviceNameSchema }),
     query: metricsQuerySchema,
     response: z.object({
@@ -162,6 +176,7 @@ export const heartbeatOperatorRoutes: FastifyPluginAsync<{
         since,
         until,
         stepMs: query.step * 1000,
+        maxMetrics: deps.maxMetricsPerQuery,
         ...(query.metricName !== undefined ? { metricName: query.metricName } : {}),
         ...(query.modelName !== undefined ? { modelName: query.modelName } : {}),
       });

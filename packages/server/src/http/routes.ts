@@ -113,7 +113,7 @@ export interface RouteDefinition<
   ): Promise<Response extends z.ZodType ? z.input<Response> : undefined>;
 }
 
-const ERROR_STATUSES = [400, 401, 403, 404, 409, 413, 415] as const;
+const ERROR_STATUSES = [400, 401, 403, 404, 409, 413, 415, 429] as const;
 
 /** Registers one route whose inputs are validated by zod and whose schemas drive the OpenAPI document. */
 export function defineRoute<

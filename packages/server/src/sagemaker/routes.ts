@@ -9,6 +9,7 @@ import type { z } from 'zod';
 import type { AccessKeyStore } from '../auth/index.js';
 import type { DeploymentService } from '../deployments/index.js';
 import type { DeviceStore } from '../devices/index.js';
+import { DomainError } from '../errors/index.js';
 import { assertActsAsItself, type HeartbeatService } from '../heartbeats/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import { AwsError, toAwsError } from './aws-errors.js';
@@ -24,6 +25,8 @@ export interface SageMakerRoutesOptions {
   accessKeys: AccessKeyStore;
   devices: DeviceStore;
   heartbeats: HeartbeatService;
+  /** Largest SendHeartbeat body (heartbeat.maxBodyBytes); default MAX_FACADE_BODY_BYTES. */
+  heartbeatBodyLimit?: number;
   deployments: Pick<DeploymentService, 'deploymentsFor'>;
   /** The S3 object of a facade-created packaging job's package (Edge Manager's S3Url), if it has one. */
   packageS3Url: (packagingJobName: string) => Promise<string | undefined>;
@@ -95,7 +98,10 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
       return sendAwsError(
         reply,
         protocol,
-        new AwsError('ValidationException', `the request body is larger than ${MAX_FACADE_BODY_BYTES} bytes`),
+        new AwsError(
+          'ValidationException',
+          `the request body is larger than ${request.routeOptions.bodyLimit ?? MAX_FACADE_BODY_BYTES} bytes`,
+        ),
       );
     }
     if (status !== undefined && status >= 400 && status < 500) {
@@ -138,10 +144,12 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
     operation: string,
     input: S,
     run: (device: AuthenticatedDevice, body: z.output<S>) => Promise<Record<string, unknown>>,
+    bodyLimit?: number,
   ) =>
     app.route({
       method: 'POST',
       url: `/${operation}`,
+      ...(bodyLimit !== undefined && { bodyLimit }),
       config: { auth: 'public' },
       schema: { hide: true },
       handler: async (request, reply) => {
@@ -173,10 +181,22 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
       },
     });
 
-  dataPlane('SendHeartbeat', sendHeartbeatRequestSchema, async (device, body) => {
-    await options.heartbeats.record(device, body);
-    return {};
-  });
+  dataPlane(
+    'SendHeartbeat',
+    sendHeartbeatRequestSchema,
+    async (device, body) => {
+      try {
+        await options.heartbeats.record(device, body);
+      } catch (error) {
+        // The device's metrics quota: a refusal to retry later, which botocore's retries know by this type.
+        if (error instanceof DomainError && error.code === 'LimitExceeded')
+          throw new AwsError('ThrottlingException', error.message);
+        throw error;
+      }
+      return {};
+    },
+    options.heartbeatBodyLimit,
+  );
   dataPlane('GetDeviceRegistration', getDeviceRegistrationRequestSchema, async (device, body) =>
     options.heartbeats.registration(device, body),
   );

@@ -313,6 +313,7 @@ export async function startServer(
         registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
         maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
+        metricBytesPerDevicePerHour: config.heartbeat.metricBytesPerDevicePerHour,
         deploymentResults: deployments,
         onDeploymentResultsError: (error) =>
           logger.warn(
@@ -422,6 +423,7 @@ export async function startServer(
       accessKeys: services.accessKeys,
       devices: services.devices,
       heartbeats: services.heartbeats,
+      heartbeatBodyLimit: config.heartbeat.maxBodyBytes,
       deployments,
       packageS3Url: facadePackageS3Url(database.db, services.packagingJobs),
     });
@@ -431,6 +433,7 @@ export async function startServer(
       fleets: services.fleets,
       devices: services.devices,
       offlineAfterMs,
+      maxMetricsPerQuery: config.heartbeat.maxMetricsPerQuery,
     });
     await operatorApp.register(consoleSessionRoutes, { sessions: services.consoleSessions });
     await operatorApp.register(consoleEventRoutes, {
@@ -464,7 +467,10 @@ export async function startServer(
     });
     apps.push(deviceApp);
     await deviceApp.register(identityDeviceRoutes, identityOptions);
-    await deviceApp.register(heartbeatDeviceRoutes, { heartbeats: services.heartbeats });
+    await deviceApp.register(heartbeatDeviceRoutes, {
+      heartbeats: services.heartbeats,
+      maxBodyBytes: config.heartbeat.maxBodyBytes,
+    });
     await deviceApp.register(packagingDeviceRoutes, {
       jobs: services.packagingJobs,
       blobs,

@@ -417,6 +417,19 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Metric bytes each device stored per hour (heartbeats/heartbeat-service.ts): the per-device metrics quota.
+  // Pruned by the retention sweep once the hour is past; no foreign key, like device_capture_usage.
+  '0012_device_metric_usage': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('device_metric_usage')
+        .addColumn('device_name', 'text', (c) => c.notNull())
+        .addColumn('hour_start', 'bigint', (c) => c.notNull())
+        .addColumn('bytes', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('device_metric_usage_pk', ['device_name', 'hour_start'])
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

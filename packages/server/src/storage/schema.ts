@@ -188,6 +188,13 @@ export interface DeviceCaptureUsageTable {
   bytes: number;
 }
 
+/** Metric bytes a device stored in one hour (hour_start: epoch ms), for the per-device metrics quota. */
+export interface DeviceMetricUsageTable {
+  device_name: string;
+  hour_start: number;
+  bytes: number;
+}
+
 /** A fleet console sign-in: the SHA-256 of the cookie's session id, and the API token it was opened with. */
 export interface ConsoleSessionsTable {
   id_hash: string;
@@ -273,6 +280,7 @@ export interface DatabaseSchema {
   packaging_jobs: PackagingJobsTable;
   device_captures: DeviceCapturesTable;
   device_capture_usage: DeviceCaptureUsageTable;
+  device_metric_usage: DeviceMetricUsageTable;
   console_sessions: ConsoleSessionsTable;
   deployment_plans: DeploymentPlansTable;
   deployment_stages: DeploymentStagesTable;

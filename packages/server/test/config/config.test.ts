@@ -35,6 +35,9 @@ describe('loadConfig', () => {
       retentionSweepSeconds: 60,
       registrationCacheTtlSeconds: 300,
       maxClockSkewSeconds: 3600,
+      maxBodyBytes: 262_144,
+      metricBytesPerDevicePerHour: 16_777_216,
+      maxMetricsPerQuery: 2_000_000,
     });
     expect(config.provided).toEqual({ deviceCa: false, deviceTls: false, signing: false });
   });

@@ -114,6 +114,8 @@ describe('SageMaker facade with boto3 (real server process)', { timeout: 180_000
         logLevel: 'info',
         s3: { endpoint: s3.endpoint, forcePathStyle: true, ...s3.credentials },
         packaging: { pollIntervalMs: 50 },
+        // Small enough for HeartbeatLimits to pass in a few heartbeats; the agents here send far less.
+        heartbeat: { metricBytesPerDevicePerHour: 1024 * 1024 },
       }),
     );
     const init = await runServerCli(['init', '-c', 'server.json'], cwd);
@@ -202,7 +204,7 @@ describe('SageMaker facade with boto3 (real server process)', { timeout: 180_000
     const result = await python.done;
     expect(result.output).toMatch(/^OK/m);
     // Every case ran (none skipped silently).
-    expect(result.output).toMatch(/^Ran 21 tests/m);
+    expect(result.output).toMatch(/^Ran 22 tests/m);
     expect(result.code, result.output).toBe(0);
 
     // The package the packaging job wrote to S3 verifies against the server's signing root.

@@ -317,6 +317,42 @@ def wait_for(describe, status_key, done=("COMPLETED", "FAILED", "STOPPED"), atte
     raise AssertionError(f"still {result[status_key]}: {result}")
 
 
+class HeartbeatLimits(unittest.TestCase):
+    # Security audit s8, finding 2: a device key cannot flood the metrics store through SendHeartbeat.
+    def test_metric_cap_body_limit_and_hourly_quota(self):
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="flood-fleet", OutputConfig=OUTPUT)
+        sm.register_devices(DeviceFleetName="flood-fleet", Devices=[{"DeviceName": "flood-dev"}])
+        created = native("POST", "/api/v1/access-keys", {"name": "flood-dev", "scope": "read-only", "deviceName": "flood-dev"})
+        edge = client("sagemaker-edge", key_id=created["accessKeyId"], secret=created["secretAccessKey"])
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def beat(count, dimension=None):
+            metrics = [dict({"MetricName": "CpuUtilization", "Value": 1.0, "Timestamp": now}, **({"Dimension": dimension} if dimension else {})) for _ in range(count)]
+            models = [{"ModelName": f"m{i}", "ModelVersion": "1", "ModelMetrics": metrics[i:i + 500]} for i in range(500, count, 500)]
+            return lambda: edge.send_heartbeat(AgentVersion="1.0", DeviceName="flood-dev", DeviceFleetName="flood-fleet", AgentMetrics=metrics[:500], Models=models)
+
+        code, _, message = error_of(beat(2001))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("expected at most 2000", message)
+        code, _, message = error_of(beat(300, "d" * 900))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("larger than 262144 bytes", message)
+        # The server runs with heartbeat.metricBytesPerDevicePerHour = 1 MiB: about ten heartbeats of 2000 metrics.
+        code, message = None, ""
+        for _ in range(30):
+            try:
+                beat(2000)()
+            except ClientError as error:
+                code, message = error.response["Error"]["Code"], error.response["Error"].get("Message", "")
+                break
+        self.assertEqual(code, "ThrottlingException")
+        self.assertIn("heartbeat.metricBytesPerDevicePerHour", message)
+        # The state is still recorded, and a heartbeat without metrics goes through.
+        edge.send_heartbeat(AgentVersion="1.1", DeviceName="flood-dev", DeviceFleetName="flood-fleet")
+        self.assertEqual(sm.describe_device(DeviceName="flood-dev", DeviceFleetName="flood-fleet")["AgentVersion"], "1.1")
+
+
 class CompilationAndPackaging(unittest.TestCase):
     def setUp(self):
         self.s3 = boto3.client("s3", endpoint_url=os.environ["EF_S3_ENDPOINT"], region_name="us-east-1",
