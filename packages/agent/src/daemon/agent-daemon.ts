@@ -149,6 +149,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     // The config carries the capture settings, the `edgefleet_capture_*` ones included (captureSettingsFromConfig).
     const capture: RunningCapture = await startCaptureService({
       config,
+      // A capture may hold what the same capture sent inline could (-m), unless edgefleet_capture_max_bytes says.
+      extras: { defaultMaxCaptureBytes: commandLine.maxMessageBytes },
       models: registry,
       ...(database && { database }),
       metricsRegistry: metrics.registry,

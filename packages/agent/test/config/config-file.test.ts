@@ -94,7 +94,10 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         healthWindowSeconds: 30,
         updateLockPath: '/greengrass/v2/work/sme/updates.lock',
         maxLockHoldSeconds: 3600,
+        maxPackageBytes: 4 * 1024 ** 3,
+        minFreeBytes: 64 * 1024 ** 2,
       },
+      limits: { grpcReceiveTimeoutMs: 30_000 },
       inference: {
         workers: 4,
         instancesPerModel: 1,
@@ -189,6 +192,8 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       healthWindowSeconds: 30,
       updateLockPath: '/srv/agent/.edgefleet/updates.lock',
       maxLockHoldSeconds: 3600,
+      maxPackageBytes: 4 * 1024 ** 3,
+      minFreeBytes: 64 * 1024 ** 2,
     });
     expect(config.inference.workers).toBe(4);
     expect(config.inference.instancesPerModel).toBe(1);

@@ -422,7 +422,9 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     await cramped.engine.apply([deployment('cramped', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
     expect(stateOf(cramped, 'detector')).toMatchObject({
       state: 'Failed',
-      reason: expect.stringMatching(/needs \d+ more bytes; the file system of .* has 0 bytes free above the 1125899906842624 bytes/),
+      reason: expect.stringMatching(
+        /needs \d+ more bytes; the file system of .* has 0 bytes free above the 1125899906842624 bytes/,
+      ),
     });
     expect(api.ranges.filter((r) => r.path === v1.path)).toEqual([]);
     expect(cramped.registry.has('detector')).toBe(false);
@@ -448,7 +450,9 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
       ),
     });
     expect(d.registry.has('detector')).toBe(false);
-    expect(await readdir(join(d.dataRoot, 'deployments', 'packages', 'detector')).catch(() => [])).toEqual([]);
+    expect(await readdir(join(d.dataRoot, 'deployments', 'packages', 'detector')).catch(() => [])).toEqual(
+      [],
+    );
   });
 
   it('refuses an older version (anti-rollback) unless the deployment is a rollback', async () => {
