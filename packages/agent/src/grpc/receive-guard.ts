@@ -98,21 +98,25 @@ export class ReceiveGuard {
     const sweep = ++this.#sweeps;
     for (const receipt of this.#receiving) {
       if (sweep - receipt.sweep <= SWEEPS_PER_TIMEOUT) continue;
-      this.#receiving.delete(receipt);
       receipt.refuse(
         status.DEADLINE_EXCEEDED,
-        `the request message was not complete ${this.#receiveTimeoutMs} ms after the call began (edgefleet_grpc_receive_timeout_seconds); the call is cancelled. Expected the whole message promptly`,
+        `the request (its message and the end of the client's stream) was not complete ${this.#receiveTimeoutMs} ms after the call began (edgefleet_grpc_receive_timeout_seconds); the call is cancelled. Expected the whole request promptly`,
       );
     }
   }
 }
 
-/** One call's request message as it arrives: its declared length, and the budget it took. */
+/**
+ * One call's request as it arrives: its message's declared length and the budget it took, until the client ends
+ * its side of the stream (a unary call's message is handled only then, so a client that sends the message and
+ * never ends the stream is held to the receive timeout too).
+ */
 class MessageReceipt {
   #seen = 0;
   #declared = 0;
   #taken = 0;
-  #done = false;
+  #counting = true;
+  #receiving = true;
 
   constructor(
     private readonly guard: ReceiveGuard,
@@ -122,6 +126,7 @@ class MessageReceipt {
     readonly sweep: number,
   ) {
     stream.on('data', this.#onData);
+    stream.once('end', this.#onEnd);
     stream.once('close', this.#onClose);
   }
 
@@ -135,37 +140,44 @@ class MessageReceipt {
     // The whole message's bytes are taken at once, as a REST body's Content-Length is.
     const bytes = PREFIX_BYTES + this.#declared;
     if (!this.guard.take(bytes)) {
-      this.#finish();
       this.refuse(status.RESOURCE_EXHAUSTED, `${this.guard.describeRefusal(bytes)}; retry shortly`);
       return;
     }
     this.#taken = bytes;
-    this.#seen = PREFIX_BYTES;
     this.#count(chunk.length - i);
   };
 
   #count(bytes: number): void {
     this.#seen += bytes;
-    if (this.#seen >= PREFIX_BYTES + this.#declared) this.#finish();
+    if (this.#seen >= PREFIX_BYTES + this.#declared) this.#stopCounting();
   }
 
-  /** The message is in (or refused): nothing more to watch until the stream closes. */
-  #finish(): void {
-    if (this.#done) return;
-    this.#done = true;
+  /** The message is in (or refused): no more chunks to look at. */
+  #stopCounting(): void {
+    if (!this.#counting) return;
+    this.#counting = false;
     this.stream.removeListener('data', this.#onData);
+  }
+
+  /** The request is in (or refused, or gone): the receive timeout no longer applies. */
+  #received(): void {
+    this.#stopCounting();
+    if (!this.#receiving) return;
+    this.#receiving = false;
     this.guard.received(this);
   }
 
+  readonly #onEnd = (): void => this.#received();
+
   readonly #onClose = (): void => {
-    this.#finish();
+    this.#received();
     this.guard.give(this.#taken);
     this.#taken = 0;
   };
 
   /** Answers the call with `code` and resets the stream, which frees whatever grpc-js had buffered for it. */
   refuse(code: status, details: string): void {
-    this.#finish();
+    this.#received();
     this.call.sendStatus({ code, details });
     // After the status (trailers) has gone out: RST_STREAM, so the client's remaining data is not read.
     setImmediate(() => {
