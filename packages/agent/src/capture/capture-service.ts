@@ -17,7 +17,8 @@ import type { CaptureDestination } from './destinations.js';
 import type { ObjectStore } from './object-store.js';
 import { PeriodicUpload } from './periodic-upload.js';
 import { renderBatch, type RenderContext, type RenderedBatch } from './records.js';
-import type { CaptureSettings } from './settings.js';
+import { defaultCaptureBufferBytes, type CaptureSettings } from './settings.js';
+import { captureBytes } from './capture-item.js';
 import { CaptureSpool } from './spool.js';
 
 export interface CaptureServiceOptions {
@@ -77,6 +78,10 @@ export class CaptureService {
   readonly #render: RenderContext;
   /** Accepted and not yet written, spooled or given up (includes those being committed). */
   #held = 0;
+  /** The bytes of the captures accepted by this process and still held (those recovered at start count 0). */
+  #heldBytes = 0;
+  readonly #bytesOf = new Map<string, number>();
+  readonly #bufferBytes: number;
   /** Committed and not yet in a batch. */
   #pending = 0;
   /** Ids being committed: not yet visible in the queue's statuses. */
@@ -100,6 +105,7 @@ export class CaptureService {
     this.#logger = options.logger;
     this.#now = options.now ?? Date.now;
     this.#random = options.random ?? Math.random;
+    this.#bufferBytes = settings.bufferBytes ?? defaultCaptureBufferBytes(settings.maxCaptureBytes);
     this.metrics =
       options.metricsRegistry &&
       new CaptureMetrics(options.metricsRegistry, {
@@ -202,7 +208,8 @@ export class CaptureService {
    * batch. Resolves once held (durably, with the local database): the capture is then acknowledged. Errors
    * (AgentError): INVALID_ARGUMENT (bad capture_id, tensor or auxiliary data), ALREADY_EXISTS (capture_id in
    * use), NOT_FOUND (model not loaded), OUT_OF_RANGE (inference_timestamp in the future), RESOURCE_EXHAUSTED
-   * (buffer full), UNAVAILABLE (shutting down), INTERNAL.
+   * (larger than maxCaptureBytes, or the buffer full by count or bytes), UNAVAILABLE (shutting down), INTERNAL.
+   * The size is checked on the request's views (inline bytes, shared memory mapped) before anything is copied.
    */
   async capture(request: CaptureRequest): Promise<void> {
     let item: CaptureItem;
@@ -226,6 +233,19 @@ export class CaptureService {
         throw new AgentError(
           'RESOURCE_EXHAUSTED',
           `the capture buffer is full (${this.#held} of ${this.settings.bufferSize} captures waiting to be written to ${this.#destination.description}); retry later, or raise sagemaker_edge_core_capture_data_buffer_size`,
+        );
+      }
+      const bytes = requestBytes(request);
+      if (bytes > this.settings.maxCaptureBytes) {
+        throw new AgentError(
+          'RESOURCE_EXHAUSTED',
+          `capture ${JSON.stringify(captureId)} holds ${bytes} bytes of tensors and auxiliary data (inline and in shared memory); this agent captures at most ${this.settings.maxCaptureBytes} bytes at once (edgefleet_capture_max_bytes, by default -m); nothing was captured. Expected a smaller capture`,
+        );
+      }
+      if (this.#heldBytes + bytes > this.#bufferBytes) {
+        throw new AgentError(
+          'RESOURCE_EXHAUSTED',
+          `the capture buffer is full (${this.#heldBytes} bytes of captures waiting to be written to ${this.#destination.description}; ${bytes} more would pass its ${this.#bufferBytes} bytes, edgefleet_capture_buffer_bytes); retry later`,
         );
       }
       item = captureItemFromRequest(request, {
@@ -306,10 +326,14 @@ export class CaptureService {
   async #admit(item: CaptureItem): Promise<void> {
     this.#reserved.add(item.captureId);
     this.#held++;
+    const bytes = captureBytes(item);
+    this.#heldBytes += bytes;
+    this.#bytesOf.set(item.captureId, bytes);
     try {
       await this.#queue.enqueue(item, item.source === 'api');
     } catch (error) {
       this.#held--;
+      this.#releaseBytes(item.captureId);
       const full = (error as { code?: string }).code === 'SQLITE_FULL';
       const failure = new AgentError(
         full ? 'RESOURCE_EXHAUSTED' : 'INTERNAL',
@@ -329,7 +353,7 @@ export class CaptureService {
 
   #takeAutomatic(item: CaptureItem): void {
     if (!this.#started || this.#closed) return;
-    if (this.#held >= this.settings.bufferSize) {
+    if (this.#held >= this.settings.bufferSize || this.#heldBytes + captureBytes(item) > this.#bufferBytes) {
       this.metrics?.autoSkipped.inc({ model: item.model, reason: 'buffer-full' });
       return;
     }
@@ -444,6 +468,7 @@ export class CaptureService {
       if (this.#queue.durable) {
         // Stays queued in the database; the next start writes it again.
         this.#held -= batch.items.length;
+        for (const item of batch.items) this.#releaseBytes(item.captureId);
         return;
       }
       this.#giveUp(batch, `${detail} (the agent was shutting down)`, error);
@@ -491,6 +516,14 @@ export class CaptureService {
       );
     }
     this.#held -= batch.items.length;
+    for (const item of batch.items) this.#releaseBytes(item.captureId);
+  }
+
+  #releaseBytes(captureId: string): void {
+    const bytes = this.#bytesOf.get(captureId);
+    if (bytes === undefined) return;
+    this.#bytesOf.delete(captureId);
+    this.#heldBytes -= bytes;
   }
 
   #prune(): void {
@@ -500,4 +533,12 @@ export class CaptureService {
       this.#logger?.warn({ err: error }, 'capture: cannot prune old capture statuses');
     }
   }
+}
+
+/** The bytes a capture request carries, as the front door found them (views: nothing copied yet). */
+function requestBytes(request: CaptureRequest): number {
+  let bytes = 0;
+  for (const list of [request.inputTensors, request.outputTensors, request.inputs, request.outputs])
+    for (const entry of list ?? []) bytes += entry.data.byteLength;
+  return bytes;
 }

@@ -6,6 +6,8 @@ export {
   CaptureSettingsSchema,
   AutoCaptureRuleSchema,
   DEFAULT_SPOOL_QUOTA_BYTES,
+  DEFAULT_MAX_CAPTURE_BYTES,
+  defaultCaptureBufferBytes,
   captureSettingsFromConfig,
   type AutoCaptureRule,
   type CaptureExtras,

@@ -30,6 +30,14 @@ export const CloudCredentialsSchema = z.discriminatedUnion('source', [
   }),
 ]);
 
+/** `-m`'s default: a capture as large as a default CaptureData message may be. */
+export const DEFAULT_MAX_CAPTURE_BYTES = 4 * 1024 * 1024;
+
+/** The capture buffer's byte budget when none is configured. */
+export function defaultCaptureBufferBytes(maxCaptureBytes: number): number {
+  return Math.max(256 * 1024 ** 2, 4 * maxCaptureBytes);
+}
+
 export const CaptureSettingsSchema = z
   .object({
     destination: z.enum(['Disk', 'Cloud', 'EdgeFleet']),
@@ -85,6 +93,16 @@ export const CaptureSettingsSchema = z
     /** Attempts at writing a batch to disk before its captures are marked FAILURE. */
     maxDiskWriteAttempts: z.number().int().min(1).default(5),
     autoCapture: z.array(AutoCaptureRuleSchema).default([]),
+    /**
+     * Most bytes one capture may hold, tensors and auxiliary data together, inline or in shared memory: by default
+     * what the same capture sent inline could carry (the agent passes `-m`). Larger ones: RESOURCE_EXHAUSTED.
+     */
+    maxCaptureBytes: z.number().int().positive().default(DEFAULT_MAX_CAPTURE_BYTES),
+    /**
+     * Most bytes the captures held (accepted, not yet written) may hold together, besides bufferSize captures;
+     * absent: max(256 MiB, 4 × maxCaptureBytes). Beyond it: RESOURCE_EXHAUSTED, as for a full buffer.
+     */
+    bufferBytes: z.number().int().positive().optional(),
   })
   .superRefine((settings, ctx) => {
     if (settings.batchSize > settings.bufferSize) {
@@ -126,6 +144,8 @@ export interface CaptureExtras {
   /** IoT role alias; default `SageMakerEdge-<fleet>` (what Edge Manager created). */
   iotRoleAlias?: string;
   autoCapture?: z.input<typeof AutoCaptureRuleSchema>[];
+  /** The largest capture when the config sets none (edgefleet_capture_max_bytes): the daemon passes `-m`. */
+  defaultMaxCaptureBytes?: number;
 }
 
 /**
@@ -147,6 +167,7 @@ export function captureSettingsFromConfig(
     s3ForcePathStyle,
     iotRoleAlias,
     autoCapture,
+    maxCaptureBytes,
     ...capture
   } = config.capture;
   const { provider, device, storage } = config;
@@ -201,5 +222,8 @@ export function captureSettingsFromConfig(
       quotaBytes: extras.spoolQuotaBytes ?? spoolQuotaBytes,
     },
     autoCapture: extras.autoCapture ?? autoCapture,
+    ...((maxCaptureBytes ?? extras.defaultMaxCaptureBytes) !== undefined && {
+      maxCaptureBytes: maxCaptureBytes ?? extras.defaultMaxCaptureBytes,
+    }),
   } satisfies CaptureSettingsInput);
 }

@@ -70,6 +70,10 @@ export const AgentConfigSchema = z.object({
     iotRoleAlias: z.string().optional(),
     /** Automatic capture of Predict traffic. */
     autoCapture: z.array(AutoCaptureRuleSchema),
+    /** Most bytes one capture may hold, tensors and auxiliary data (inline or shared memory); absent: `-m`. */
+    maxCaptureBytes: z.number().int().positive().optional(),
+    /** Most bytes the captures held in memory may hold together; absent: max(256 MiB, 4 × maxCaptureBytes). */
+    bufferBytes: z.number().int().positive().optional(),
   }),
   storage: z.object({
     localDataRootPath: z.string(),
@@ -89,6 +93,20 @@ export const AgentConfigSchema = z.object({
     updateLockPath: z.string(),
     /** After this long held, the deployment is reported HELD and retried at the next poll. */
     maxLockHoldSeconds: z.number().int().positive(),
+    /** Largest package downloaded; a deployment announcing a larger Size fails before any download. */
+    maxPackageBytes: z.number().int().positive(),
+    /** Free space downloads and extractions leave on the package store's file system. */
+    minFreeBytes: z.number().int().nonnegative(),
+  }),
+  /** Memory bounds of the two doors (docs/security.md#limits). */
+  limits: z.object({
+    /**
+     * Request bodies (REST) and messages (gRPC) being received or held, in bytes, across both doors; absent:
+     * max(256 MiB, 4 × the largest body or message).
+     */
+    bodiesInFlightBytes: z.number().int().positive().optional(),
+    /** A gRPC call whose request message is not complete this long after its headers is cancelled. */
+    grpcReceiveTimeoutMs: z.number().int().positive(),
   }),
   inference: z.object({
     workers: z.number().int().positive(),

@@ -100,6 +100,12 @@ export const CONFIG_FIELDS = {
   edgefleet_deployment_health_window_seconds: integer(0, 3600, 30),
   edgefleet_deployment_update_lock_path: path(),
   edgefleet_deployment_max_lock_hold_seconds: integer(1, 604_800, 3600),
+  edgefleet_deployment_max_package_bytes: byteSize(1024, 1024 ** 4, '4GiB'),
+  edgefleet_deployment_min_free_bytes: byteSize(0, 1024 ** 5, '64MiB'),
+  edgefleet_max_bodies_in_flight_bytes: byteSize(1024 ** 2, 1024 ** 4, '256MiB'),
+  edgefleet_grpc_receive_timeout_seconds: integer(1, 3600, 30),
+  edgefleet_capture_max_bytes: byteSize(1024, 4 * 1024 ** 3, '4MiB'),
+  edgefleet_capture_buffer_bytes: byteSize(1024 ** 2, 1024 ** 4, '256MiB'),
 } satisfies Record<string, FieldKind<unknown>>;
 
 export type ConfigKey = keyof typeof CONFIG_FIELDS;
@@ -122,6 +128,9 @@ export const DEFAULTS = {
   pollIntervalMinutes: 1440,
   deploymentHealthWindowSeconds: 30,
   deploymentMaxLockHoldSeconds: 3600,
+  deploymentMaxPackageBytes: 4 * 1024 ** 3,
+  deploymentMinFreeBytes: 64 * 1024 ** 2,
+  grpcReceiveTimeoutSeconds: 30,
   instancesPerModel: 1,
   unloadTimeoutSeconds: 30,
   maxQueuedRequests: 256,
@@ -497,6 +506,10 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
         iotRoleAlias: file.edgefleet_capture_iot_role_alias,
       }),
       autoCapture: file.edgefleet_capture_auto ?? [],
+      ...dropUndefined({
+        maxCaptureBytes: file.edgefleet_capture_max_bytes,
+        bufferBytes: file.edgefleet_capture_buffer_bytes,
+      }),
     },
     storage: {
       localDataRootPath,
@@ -516,6 +529,15 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
         abs(file.edgefleet_deployment_update_lock_path) ?? join(localDataRootPath, 'updates.lock'),
       maxLockHoldSeconds:
         file.edgefleet_deployment_max_lock_hold_seconds ?? DEFAULTS.deploymentMaxLockHoldSeconds,
+      maxPackageBytes: file.edgefleet_deployment_max_package_bytes ?? DEFAULTS.deploymentMaxPackageBytes,
+      minFreeBytes: file.edgefleet_deployment_min_free_bytes ?? DEFAULTS.deploymentMinFreeBytes,
+    },
+    limits: {
+      ...(file.edgefleet_max_bodies_in_flight_bytes !== undefined && {
+        bodiesInFlightBytes: file.edgefleet_max_bodies_in_flight_bytes,
+      }),
+      grpcReceiveTimeoutMs:
+        (file.edgefleet_grpc_receive_timeout_seconds ?? DEFAULTS.grpcReceiveTimeoutSeconds) * 1000,
     },
     inference: {
       workers,

@@ -21,6 +21,7 @@ import {
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { registryLogger } from './logger.js';
 import { bindUnixSocket, removeOwnSocketFile } from '../unix-socket/index.js';
+import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
 import { keepFreedMemory, threadCpuClock } from './process-tuning.js';
 import { prepareSocketPath } from './socket-path.js';
 
@@ -149,6 +150,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     // The config carries the capture settings, the `edgefleet_capture_*` ones included (captureSettingsFromConfig).
     const capture: RunningCapture = await startCaptureService({
       config,
+      // A capture may hold what the same capture sent inline could (-m), unless edgefleet_capture_max_bytes says.
+      extras: { defaultMaxCaptureBytes: commandLine.maxMessageBytes },
       models: registry,
       ...(database && { database }),
       metricsRegistry: metrics.registry,
@@ -171,6 +174,11 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       : undefined;
     if (deployments) cleanups.push(() => deployments.stop());
 
+    // One byte budget for request bodies and messages in flight, across both doors (docs/security.md#limits).
+    const maxBodyBytes = Math.max(DEFAULT_MAX_BODY_BYTES, commandLine.maxMessageBytes);
+    const bodyBudget = new BodyBudget(
+      config.limits.bodiesInFlightBytes ?? defaultBodyBudgetBytes(maxBodyBytes),
+    );
     let grpc: RunningGrpcServer | undefined;
     const socketInode = await bindUnixSocket(commandLine.socketPath, config.socketMode, async (bindPath) => {
       const started = await startGrpcServer({
@@ -180,6 +188,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         socketPath: bindPath,
         maxMessageBytes: commandLine.maxMessageBytes,
         capture: capture.service,
+        bodyBudget,
+        receiveTimeoutMs: config.limits.grpcReceiveTimeoutMs,
       });
       cleanups.push(() => started.close(0).then(() => undefined));
       grpc = started;
@@ -198,7 +208,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         metrics,
         logger,
         version: options.version,
-        maxBodyBytes: Math.max(DEFAULT_MAX_BODY_BYTES, commandLine.maxMessageBytes),
+        maxBodyBytes,
+        bodyBudget,
         socketMode: config.socketMode,
         closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
         sharedMemory,

@@ -1,10 +1,15 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, statfs } from 'node:fs/promises';
 import { request, type Agent } from 'node:https';
 import { join, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { extractPackageArchive, parsePackageUrl } from '@edgefleet/core';
+import {
+  DEFAULT_ARCHIVE_LIMITS,
+  PackageArchiveError,
+  extractPackageArchive,
+  parsePackageUrl,
+} from '@edgefleet/core';
 import { CurrentTls, deviceHttpsAgent, type DeviceTlsIdentity } from '../fleet/index.js';
 
 /** Why a download did not complete: `retry` (no answer, 5xx, cut off: try again later), `fail` (give up). */
@@ -33,13 +38,30 @@ export interface PackageStoreOptions {
   /** The device's certificate files as they are now (read before each download: a renewal is used at once). */
   tls: () => Promise<DeviceTlsIdentity>;
   timeoutMs: number;
-  /** Largest package accepted when the server announces no size. Default 4 GiB. */
+  /**
+   * Largest package downloaded (edgefleet_deployment_max_package_bytes): a deployment announcing a larger Size is
+   * refused before anything is downloaded; one announcing none is cut off there. Default 4 GiB.
+   */
   maxPackageBytes?: number;
+  /**
+   * Free space kept on the store's file system (edgefleet_deployment_min_free_bytes): a download or extraction
+   * that would leave less is refused, so a package cannot starve the database and capture. Default 64 MiB.
+   */
+  minFreeBytes?: number;
   /** Bytes received, for metrics. */
   onBytes?: (bytes: number) => void;
 }
 
-const DEFAULT_MAX_PACKAGE_BYTES = 4 * 1024 ** 3;
+export const DEFAULT_MAX_PACKAGE_BYTES = 4 * 1024 ** 3;
+export const DEFAULT_MIN_FREE_BYTES = 64 * 1024 ** 2;
+
+/**
+ * Extraction runs before the signature check (the signature covers the extracted files), so what an unverified
+ * archive may expand to is bounded by its own size: models compress little (float weights), so this many times
+ * the compressed size, plus some slack for small packages, is generous for real ones and stops a gzip bomb early.
+ */
+export const EXTRACTION_FACTOR = 16;
+export const EXTRACTION_SLACK_BYTES = 16 * 1024 ** 2;
 
 /**
  * The agent's package store: downloads (resumable), and extracted package folders, versioned per model handle:
@@ -55,6 +77,7 @@ export class PackageStore {
   readonly #agent: CurrentTls<Agent>;
   readonly #timeoutMs: number;
   readonly #maxBytes: number;
+  readonly #minFreeBytes: number;
   readonly #onBytes: ((bytes: number) => void) | undefined;
 
   constructor(options: PackageStoreOptions) {
@@ -63,6 +86,7 @@ export class PackageStore {
     this.#agent = new CurrentTls(options.tls, deviceHttpsAgent, (agent) => agent.destroy());
     this.#timeoutMs = options.timeoutMs;
     this.#maxBytes = options.maxPackageBytes ?? DEFAULT_MAX_PACKAGE_BYTES;
+    this.#minFreeBytes = options.minFreeBytes ?? DEFAULT_MIN_FREE_BYTES;
     this.#onBytes = options.onBytes;
   }
 
@@ -78,15 +102,30 @@ export class PackageStore {
   /**
    * Downloads the package to downloadPath(sha256), resuming a partial file with an HTTP Range request, and
    * checks its size and SHA-256. A file that does not match is removed (fail). Resolves with its path.
+   * A package announced larger than maxPackageBytes, or larger than the free space above minFreeBytes, is
+   * refused (fail) before a byte is downloaded: the deployment's Size never raises the agent's own cap.
    */
   async download(pkg: PackageDownload, signal?: AbortSignal): Promise<string> {
+    if (pkg.size !== undefined && pkg.size > this.#maxBytes) {
+      throw new PackageDownloadError(
+        'fail',
+        `the deployment announces a package of ${pkg.size} bytes; this agent downloads packages of at most ${this.#maxBytes} bytes (edgefleet_deployment_max_package_bytes); nothing was downloaded`,
+      );
+    }
     const file = this.downloadPath(pkg.sha256);
     await mkdir(join(this.root, 'downloads'), { recursive: true, mode: 0o700 });
-    const limit = pkg.size ?? this.#maxBytes;
+    const limit = Math.min(pkg.size ?? this.#maxBytes, this.#maxBytes);
     let have = (await stat(file).catch(() => undefined))?.size ?? 0;
     if (have > limit) {
       await rm(file, { force: true });
       have = 0;
+    }
+    const room = await this.#room();
+    if (pkg.size !== undefined && pkg.size - have > room) {
+      throw new PackageDownloadError(
+        'fail',
+        `the package at ${pkg.url} needs ${pkg.size - have} more bytes; the file system of ${this.root} has ${room} bytes free above the ${this.#minFreeBytes} bytes the agent keeps free (edgefleet_deployment_min_free_bytes); nothing was downloaded`,
+      );
     }
     if (pkg.size === undefined || have < pkg.size) await this.#fetch(pkg.url, file, have, limit, signal);
     const size = (await stat(file)).size;
@@ -108,11 +147,42 @@ export class PackageStore {
     return file;
   }
 
-  /** Extracts a downloaded package into packageDir (replacing what an interrupted earlier attempt left). */
+  /**
+   * Extracts a downloaded package into packageDir (replacing what an interrupted earlier attempt left). It may
+   * expand to at most EXTRACTION_FACTOR times its compressed size (plus EXTRACTION_SLACK_BYTES), and never into
+   * the free space the agent keeps (minFreeBytes): extraction comes before the signature check.
+   */
   async extract(file: string, dir: string): Promise<string> {
     await rm(dir, { recursive: true, force: true });
-    const { dir: extracted } = await extractPackageArchive(file, dir);
-    return extracted;
+    const compressed = (await stat(file)).size;
+    const proportionate = Math.min(
+      EXTRACTION_FACTOR * compressed + EXTRACTION_SLACK_BYTES,
+      DEFAULT_ARCHIVE_LIMITS.maxTotalBytes,
+    );
+    const room = await this.#room();
+    const limit = Math.min(proportionate, room);
+    try {
+      const { dir: extracted } = await extractPackageArchive(file, dir, {
+        maxTotalBytes: limit,
+        maxEntryBytes: limit,
+      });
+      return extracted;
+    } catch (error) {
+      if (
+        error instanceof PackageArchiveError &&
+        (error.reason === 'too-large' || error.reason === 'entry-too-large')
+      ) {
+        const bound =
+          limit === proportionate
+            ? `${EXTRACTION_FACTOR} times its ${compressed} compressed bytes plus ${EXTRACTION_SLACK_BYTES}`
+            : `the ${room} bytes free above the ${this.#minFreeBytes} bytes the agent keeps free (edgefleet_deployment_min_free_bytes)`;
+        throw new Error(
+          `it expands to more than ${limit} bytes (${bound}): ${error.message}; expected a model package that compresses no more than that`,
+          { cause: error },
+        );
+      }
+      throw error;
+    }
   }
 
   /** Removes a download and a package folder (what a failed deployment leaves), ignoring missing ones. */
@@ -151,6 +221,13 @@ export class PackageStore {
 
   close(): void {
     this.#agent.close();
+  }
+
+  /** Bytes the store's file system has free for it, above the space the agent keeps free (0 or more). */
+  async #room(): Promise<number> {
+    await mkdir(this.root, { recursive: true, mode: 0o700 });
+    const fs = await statfs(this.root);
+    return Math.max(0, fs.bavail * fs.bsize - this.#minFreeBytes);
   }
 
   #inside(path: string): boolean {

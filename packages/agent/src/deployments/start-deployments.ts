@@ -61,6 +61,8 @@ export async function startDeployments(
     endpoint,
     tls,
     timeoutMs,
+    maxPackageBytes: config.deployments.maxPackageBytes,
+    minFreeBytes: config.deployments.minFreeBytes,
     ...(metrics && { onBytes: (bytes: number) => metrics.downloaded(bytes) }),
   });
   const api = currentDeviceApi(endpoint, tls, { timeoutMs });

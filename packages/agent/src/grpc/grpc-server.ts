@@ -7,6 +7,8 @@ import type { ModelRegistry } from '../models/index.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { createAgentServiceHandlers, createRawRequestServiceDefinition } from './agent-service.js';
 import { SocketPeers } from './socket-peers.js';
+import { ReceiveGuard } from './receive-guard.js';
+import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
 
 export interface GrpcServerOptions {
   registry: ModelRegistry;
@@ -21,7 +23,17 @@ export interface GrpcServerOptions {
   codec?: AgentCodec;
   /** Serves CaptureData / GetCaptureDataStatus; absent: UNIMPLEMENTED. */
   capture?: Pick<CaptureService, 'capture' | 'status'>;
+  /**
+   * Bytes of request messages in flight (shared with the REST door in the agent); a call whose message would
+   * pass it is answered RESOURCE_EXHAUSTED. Default: its own, of defaultBodyBudgetBytes(maxMessageBytes).
+   */
+  bodyBudget?: BodyBudget;
+  /** A call whose request message is not complete this long after it began is cancelled. Default 30 s. */
+  receiveTimeoutMs?: number;
 }
+
+/** How long a call's request message may take to arrive, as REST's whole-request timeout (rest-limits.ts). */
+export const DEFAULT_GRPC_RECEIVE_TIMEOUT_MS = 30_000;
 
 export interface RunningGrpcServer {
   /** The gRPC target clients use: `unix://<socketPath>`. */
@@ -61,7 +73,9 @@ export const GRPC_CONNECTION_LIMITS = {
   'grpc.max_connection_idle_ms': 5 * 60_000,
   'grpc.keepalive_time_ms': 2 * 60_000,
   'grpc.keepalive_timeout_ms': 20_000,
-  'grpc.max_concurrent_streams': 1000,
+  // Each call may buffer up to -m until its message is complete: a few dozen at once per connection is plenty for
+  // real clients (who open more connections to go wider), and keeps one connection from holding hundreds.
+  'grpc.max_concurrent_streams': 32,
 } as const satisfies ChannelOptions;
 
 /** Connections the gRPC socket holds at once; more are closed on accept. */
@@ -74,7 +88,15 @@ export const GRPC_MAX_CONNECTIONS = 256;
  */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
   const codec = options.codec ?? createAgentCodec();
-  const server = new Server(grpcServerOptions(options.maxMessageBytes));
+  const guard = new ReceiveGuard({
+    budget: options.bodyBudget ?? new BodyBudget(defaultBodyBudgetBytes(options.maxMessageBytes)),
+    receiveTimeoutMs: options.receiveTimeoutMs ?? DEFAULT_GRPC_RECEIVE_TIMEOUT_MS,
+    logger: options.logger,
+  });
+  const server = new Server({
+    ...grpcServerOptions(options.maxMessageBytes),
+    interceptors: [guard.interceptor],
+  });
   const reader = options.sharedMemory;
   const peers = new SocketPeers(reader ? (socket) => reader.peerCredentialsOf(socket) : null);
   const { handlers, tracker } = createAgentServiceHandlers({
@@ -99,6 +121,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   listener.maxConnections = options.maxConnections ?? GRPC_MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     listener.once('error', (error) => {
+      guard.close();
       reject(new Error(`cannot listen on ${address}: ${error.message}`, { cause: error }));
     });
     listener.listen(options.socketPath, () => {
@@ -125,6 +148,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
         }, graceMs);
         server.tryShutdown(() => {
           clearTimeout(timer);
+          guard.close();
           resolve({ forced });
         });
       });

@@ -7,6 +7,7 @@ export {
   type RawRequestServiceDefinition,
 } from './agent-service.js';
 export {
+  DEFAULT_GRPC_RECEIVE_TIMEOUT_MS,
   grpcServerOptions,
   startGrpcServer,
   type GrpcServerOptions,

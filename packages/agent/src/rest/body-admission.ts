@@ -1,7 +1,8 @@
-import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
+import type { BodyBudget } from '../body-budget/index.js';
 import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
-import { readRequestBody, type BodyLimit, type RequestBody } from './request-body.js';
+import { readRequestBody, type BodyLimit, type BodyReservation, type RequestBody } from './request-body.js';
 import { RestError } from './rest-errors.js';
 
 /** A JSON body above this size (or of unknown size) counts against maxConcurrentJsonBodies. */
@@ -14,6 +15,33 @@ export interface BodyAdmissionLimits {
   maxJsonBodyBytes: number;
   /** Large JSON bodies being read and parsed at once. */
   maxConcurrentJsonBodies: number;
+  /** Bytes of bodies in flight, shared with the gRPC door. */
+  budget: BodyBudget;
+}
+
+/**
+ * Bodies of at most this many bytes (by Content-Length) are not counted against the body budget: the hot path
+ * of small requests stays free of it, and the connection caps bound what they hold (256 × 64 KiB per listener).
+ */
+export const UNCOUNTED_BODY_BYTES = 64 * 1024;
+
+/** The budget taken by a chunked body so far, grown as its chunks arrive and given back when it is done. */
+class ChunkedReservation implements BodyReservation {
+  #bytes = 0;
+  constructor(private readonly budget: BodyBudget) {}
+
+  grow(bytes: number): string | undefined {
+    if (this.budget.take(bytes)) {
+      this.#bytes += bytes;
+      return undefined;
+    }
+    return this.budget.describeRefusal(this.#bytes + bytes, 'this chunked request body');
+  }
+
+  readonly release = () => {
+    this.budget.give(this.#bytes);
+    this.#bytes = 0;
+  };
 }
 
 /**
@@ -25,6 +53,10 @@ export class BodyAdmission {
   readonly #jsonLimit: BodyLimit;
   readonly #maxJsonBodyBytes: number;
   readonly #maxConcurrentJsonBodies: number;
+  readonly #maxBodyBytes: number;
+  readonly #budget: BodyBudget;
+  /** Chunked requests' reservations, from admit (which sees the response) to read (which sees the chunks). */
+  readonly #chunked = new WeakMap<Readable, ChunkedReservation>();
   #jsonBodiesInFlight = 0;
   readonly #releaseJsonBody = () => {
     this.#jsonBodiesInFlight--;
@@ -33,6 +65,8 @@ export class BodyAdmission {
   constructor(limits: BodyAdmissionLimits) {
     this.#maxJsonBodyBytes = limits.maxJsonBodyBytes;
     this.#maxConcurrentJsonBodies = limits.maxConcurrentJsonBodies;
+    this.#maxBodyBytes = limits.maxBodyBytes;
+    this.#budget = limits.budget;
     this.#binaryLimit = {
       bytes: limits.maxBodyBytes,
       advice: '(maxBodyBytes); send smaller tensors, or use the gRPC API with shared memory for large ones',
@@ -46,12 +80,18 @@ export class BodyAdmission {
   /**
    * Called once a request's headers are in. Large JSON bodies are parsed one or two at a time, so that a burst
    * of them cannot multiply the memory one costs: counted from the headers until the response is done (or the
-   * connection gone). A RestError (429) when too many are in flight already; undefined when admitted.
+   * connection gone). A body over UNCOUNTED_BODY_BYTES takes its Content-Length from the body budget until then
+   * (a chunked one grows its share as it arrives, see read). A RestError (429, and the connection closed: the
+   * client may go on sending) when too many large JSON bodies are in flight already or the budget would be
+   * passed; undefined when admitted.
    */
-  admit(headers: IncomingHttpHeaders, res: ServerResponse): RestError | undefined {
+  admit(req: IncomingMessage, res: ServerResponse): RestError | undefined {
+    const { headers } = req;
     const contentLength = headers['content-length'];
     const transferEncoding = headers['transfer-encoding'];
     if (contentLength === undefined && transferEncoding === undefined) return undefined;
+    const refused = this.#reserve(req, res, contentLength, transferEncoding);
+    if (refused !== undefined) return refused;
     // A binary body's JSON part (up to maxJsonBodyBytes) is parsed the same way, so it counts by its own size:
     // else the header alone would take a large JSON body past this cap.
     const jsonPart = headers[INFERENCE_HEADER_CONTENT_LENGTH];
@@ -72,9 +112,32 @@ export class BodyAdmission {
     return undefined;
   }
 
+  #reserve(
+    req: IncomingMessage,
+    res: ServerResponse,
+    contentLength: string | undefined,
+    transferEncoding: string | undefined,
+  ): RestError | undefined {
+    if (contentLength === undefined) {
+      if (transferEncoding === undefined) return undefined;
+      const reservation = new ChunkedReservation(this.#budget);
+      this.#chunked.set(req, reservation);
+      res.once('close', reservation.release);
+      return undefined;
+    }
+    const bytes = Number(contentLength);
+    // A body over maxBodyBytes is refused (413) before it is read: nothing to reserve.
+    if (!(bytes > UNCOUNTED_BODY_BYTES) || bytes > this.#maxBodyBytes) return undefined;
+    if (!this.#budget.take(bytes))
+      return overBudget(this.#budget.describeRefusal(bytes, 'this request body'));
+    res.once('close', () => this.#budget.give(bytes));
+    return undefined;
+  }
+
   /**
    * Reads a body whatever its Content-Type (JSON and binary tensor bodies are parsed by the routes themselves),
-   * within the limit its kind has: 413 as soon as it is known to be over.
+   * within the limit its kind has: 413 as soon as it is known to be over; 429 when a chunked body's next chunk
+   * would pass the body budget.
    */
   read(
     stream: Readable,
@@ -82,8 +145,9 @@ export class BodyAdmission {
     done: (error: Error | null, body?: RequestBody) => void,
   ): void {
     const jsonPart = headers[INFERENCE_HEADER_CONTENT_LENGTH];
+    const reservation = this.#chunked.get(stream);
     if (jsonPart === undefined) {
-      readRequestBody(stream, headers['content-length'], this.#jsonLimit, done);
+      readRequestBody(stream, headers['content-length'], this.#jsonLimit, done, reservation);
     } else if (Number(jsonPart) > this.#maxJsonBodyBytes) {
       done(
         new RestError(
@@ -93,7 +157,12 @@ export class BodyAdmission {
         ),
       );
     } else {
-      readRequestBody(stream, headers['content-length'], this.#binaryLimit, done);
+      readRequestBody(stream, headers['content-length'], this.#binaryLimit, done, reservation);
     }
   }
+}
+
+/** 429, and the connection closed: the client may go on sending the body. */
+export function overBudget(reason: string): RestError {
+  return new RestError(429, `${reason}; retry shortly, or send smaller requests`, { connection: 'close' });
 }

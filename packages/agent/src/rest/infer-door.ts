@@ -1,10 +1,10 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { BodyAdmission } from './body-admission.js';
 import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
 import { JSON_RESPONSE_TYPE, writeInferResponse, type ModelInference } from './model-inference.js';
 import type { RequestBody } from './request-body.js';
-import { errorBody, httpFailureOf } from './rest-errors.js';
+import { errorBody, httpFailureOf, RestError } from './rest-errors.js';
 import type { RestRequestCounter } from './rest-metrics.js';
 
 /** The inference routes' patterns, as Fastify reports them (the route label of edgefleet_rest_requests_total). */
@@ -63,7 +63,14 @@ export class InferDoor {
     // Counted when the response is done, as Fastify's onResponse hook counts the other routes.
     const route = version === undefined ? INFER_ROUTE : VERSIONED_INFER_ROUTE;
     res.once('finish', () => requests.inc({ method: 'POST', route, status: String(res.statusCode) }));
-    const refused = admission.admit(headers, res);
+    // The model (and version) first: a request for one that is not there is refused before its body is read.
+    try {
+      this.#options.inference.checkModel(name, version);
+    } catch (error) {
+      this.#fail(req, res, withBodyUnread(error, headers));
+      return true;
+    }
+    const refused = admission.admit(req, res);
     if (refused !== undefined) {
       this.#fail(req, res, refused);
       return true;
@@ -116,4 +123,17 @@ export class InferDoor {
       res.destroy();
     }
   }
+}
+
+/**
+ * A refusal answered before the body is read: the connection is closed after it when a body was announced, so
+ * that the client's unread body is never read (or held) by the agent.
+ */
+export function withBodyUnread(error: unknown, headers: IncomingHttpHeaders): unknown {
+  const announced =
+    headers['transfer-encoding'] !== undefined ||
+    (headers['content-length'] !== undefined && headers['content-length'] !== '0');
+  if (!announced) return error;
+  const failure = httpFailureOf(error);
+  return new RestError(failure.statusCode, failure.message, { ...failure.headers, connection: 'close' });
 }

@@ -50,6 +50,14 @@ export class ModelInference {
     private readonly peerOf: PeerOf,
   ) {}
 
+  /**
+   * Throws what infer would for a model (or version) that is not there, so that a door can refuse the request
+   * before it reads the body. O(1) and no allocation when the model is loaded and no version is named.
+   */
+  checkModel(name: string, version: string | undefined): void {
+    if (version !== undefined || !this.registry.has(name)) describeAt(this.registry, name, version);
+  }
+
   async infer(call: InferCall): Promise<EncodedInferResponse> {
     const { registry, regions } = this;
     const model = describeAt(registry, call.name, call.version);

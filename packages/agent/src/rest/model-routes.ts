@@ -3,6 +3,7 @@ import type { ModelDescription, ModelRegistry } from '../models/index.js';
 import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
 import { kserveDatatype } from './kserve-datatypes.js';
 import { describeAt, writeInferResponse, type ModelInference } from './model-inference.js';
+import { withBodyUnread } from './infer-door.js';
 import type { RequestBody } from './request-body.js';
 
 /** Reported as each model's platform, as Triton names ONNX Runtime models. */
@@ -45,17 +46,31 @@ export function registerModelRoutes(
     });
 
     // Requests the lean door in front of Fastify leaves to it (infer-door.ts), and app.inject.
-    app.post<{ Params: NameParams }>(`${base}/infer`, async (request, reply) => {
-      const response = await inference.infer({
-        name: request.params.name,
-        version: request.params.version,
-        body: request.body as RequestBody | undefined,
-        jsonPartHeader: request.headers[INFERENCE_HEADER_CONTENT_LENGTH],
-        socket: request.raw.socket,
-      });
-      reply.hijack();
-      writeInferResponse(reply.raw, response);
-      return reply;
-    });
+    app.post<{ Params: NameParams }>(
+      `${base}/infer`,
+      {
+        // The model (and version) before the body is read, as the lean door does.
+        onRequest: (request, _reply, done) => {
+          try {
+            inference.checkModel(request.params.name, request.params.version);
+            done();
+          } catch (error) {
+            done(withBodyUnread(error, request.headers) as Error);
+          }
+        },
+      },
+      async (request, reply) => {
+        const response = await inference.infer({
+          name: request.params.name,
+          version: request.params.version,
+          body: request.body as RequestBody | undefined,
+          jsonPartHeader: request.headers[INFERENCE_HEADER_CONTENT_LENGTH],
+          socket: request.raw.socket,
+        });
+        reply.hijack();
+        writeInferResponse(reply.raw, response);
+        return reply;
+      },
+    );
   }
 }

@@ -60,15 +60,21 @@ export function bodyTooLarge(received: string, limit: BodyLimit): RestError {
   );
 }
 
+/** A chunked body's share of the body budget: grows by each chunk; a message when it cannot. */
+export interface BodyReservation {
+  grow(bytes: number): string | undefined;
+}
+
 /**
  * Reads a request body into a RequestBody, refusing it (413) as soon as it is known to exceed `limit`: at once
- * from a Content-Length, or when the bytes received pass it.
+ * from a Content-Length, or when the bytes received pass it; and (429) when a chunk would not fit `reservation`.
  */
 export function readRequestBody(
   stream: Readable,
   contentLength: string | undefined,
   limit: BodyLimit,
   done: (error: Error | null, body?: RequestBody) => void,
+  reservation?: BodyReservation,
 ): void {
   if (contentLength !== undefined && Number(contentLength) > limit.bytes) {
     done(bodyTooLarge(`${contentLength} bytes (Content-Length)`, limit));
@@ -88,6 +94,18 @@ export function readRequestBody(
       cleanup();
       done(bodyTooLarge(`more than ${limit.bytes} bytes`, limit));
       return;
+    }
+    if (reservation !== undefined) {
+      const refused = reservation.grow(bytes.length);
+      if (refused !== undefined) {
+        cleanup();
+        done(
+          new RestError(429, `${refused}; retry shortly, or send smaller requests`, {
+            connection: 'close',
+          }),
+        );
+        return;
+      }
     }
     chunks.push(bytes);
   };

@@ -11,6 +11,7 @@ import { registerAgentStatusRoute } from './agent-status-route.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { registerSharedMemoryRoutes, SharedMemoryRegions, type PeerOf } from './shared-memory-routes.js';
 import { BodyAdmission } from './body-admission.js';
+import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
 import { InferDoor } from './infer-door.js';
 import { ModelInference } from './model-inference.js';
 import { restRequestCounter } from './rest-metrics.js';
@@ -41,6 +42,11 @@ export interface RestAppOptions {
   maxJsonBodyBytes?: number;
   /** Large JSON bodies being read and parsed at once; more get 429. Default 2. */
   maxConcurrentJsonBodies?: number;
+  /**
+   * Bytes of request bodies in flight (shared with the gRPC door in the agent); bodies that would pass it get
+   * 429. Default: its own, of defaultBodyBudgetBytes(maxBodyBytes).
+   */
+  bodyBudget?: BodyBudget;
   /** Whether the agent serves inference (GET /v2/health/ready); default: always once listening. */
   ready?: () => boolean;
   /** The version GET /v2 reports; default: the agent package's version. */
@@ -95,7 +101,8 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   const isReady = options.ready ?? (() => true);
   const closing = hooks.closing ?? (() => false);
 
-  const admission = new BodyAdmission({ maxBodyBytes, maxJsonBodyBytes, maxConcurrentJsonBodies });
+  const budget = options.bodyBudget ?? new BodyBudget(defaultBodyBudgetBytes(maxBodyBytes));
+  const admission = new BodyAdmission({ maxBodyBytes, maxJsonBodyBytes, maxConcurrentJsonBodies, budget });
   const requests = restRequestCounter(metrics.registry);
   const regions = new SharedMemoryRegions(options.sharedMemory ?? null);
   const peerOf: PeerOf = hooks.peerOf ?? (() => null);
@@ -134,8 +141,8 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   // the routes themselves, so Fastify never JSON.parses (or copies) them.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (request, payload, done) => admission.read(payload, request.headers, done));
-  // Large JSON bodies are parsed one or two at a time (see BodyAdmission.admit).
-  app.addHook('onRequest', (request, reply, done) => done(admission.admit(request.raw.headers, reply.raw)));
+  // Large JSON bodies are parsed one or two at a time, large bodies within the budget (see BodyAdmission.admit).
+  app.addHook('onRequest', (request, reply, done) => done(admission.admit(request.raw, reply.raw)));
 
   // onResponse runs on the response's 'finish', hijacked binary responses included.
   app.addHook('onResponse', (request, reply, done) => {

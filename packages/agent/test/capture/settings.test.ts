@@ -1,5 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_SPOOL_QUOTA_BYTES, captureSettingsFromConfig } from '../../src/capture/index.js';
+import {
+  DEFAULT_MAX_CAPTURE_BYTES,
+  DEFAULT_SPOOL_QUOTA_BYTES,
+  captureSettingsFromConfig,
+} from '../../src/capture/index.js';
 import { parseAgentConfig, type ConfigContext } from '../../src/config/index.js';
 
 // The capture settings the agent starts with are those of its parsed config file: the edgefleet_capture_* keys
@@ -27,6 +31,16 @@ const settingsOf = (
 ) => captureSettingsFromConfig(parseAgentConfig(file, context).config, extras, env);
 
 describe('capture settings from the config file', () => {
+  it('sizes a capture by edgefleet_capture_max_bytes, else by the -m the daemon passes, else 4 MiB', () => {
+    expect(
+      settingsOf({ edgefleet_capture_max_bytes: '1MiB' }, { defaultMaxCaptureBytes: 8 }).maxCaptureBytes,
+    ).toBe(1024 ** 2);
+    expect(settingsOf({}, { defaultMaxCaptureBytes: 64 * 1024 ** 2 }).maxCaptureBytes).toBe(64 * 1024 ** 2);
+    expect(settingsOf({}).maxCaptureBytes).toBe(DEFAULT_MAX_CAPTURE_BYTES);
+    expect(settingsOf({ edgefleet_capture_buffer_bytes: '32MiB' }).bufferBytes).toBe(32 * 1024 ** 2);
+    expect(settingsOf({}).bufferBytes).toBeUndefined();
+  });
+
   it('takes every edgefleet_capture_* key from the file', () => {
     const settings = settingsOf(
       {

@@ -5,7 +5,11 @@ import { AgentDataType, AgentEncoding, type CaptureDataRequest, type MessageInit
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startCaptureService, type RunningCapture } from '../../src/capture/index.js';
+import {
+  startCaptureService,
+  type CaptureSettingsInput,
+  type RunningCapture,
+} from '../../src/capture/index.js';
 import { startGrpcServer, type RunningGrpcServer } from '../../src/grpc/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
@@ -30,8 +34,13 @@ let pool: InferencePool;
 let registry: ModelRegistry;
 
 /** A capture service behind a gRPC server; `sharedMemory` null: an agent without the addon. */
-async function startAgent(name: string, sharedMemory: SharedMemoryReader | null, batchSize = 1) {
-  const settings = testSettings(join(root, name), { batchSize, base64EmbedLimit: 16 });
+async function startAgent(
+  name: string,
+  sharedMemory: SharedMemoryReader | null,
+  batchSize = 1,
+  overrides: Partial<CaptureSettingsInput> = {},
+) {
+  const settings = testSettings(join(root, name), { batchSize, base64EmbedLimit: 16, ...overrides });
   const capture: RunningCapture = await startCaptureService({ settings, models: registry });
   const server: RunningGrpcServer = await startGrpcServer({
     registry,
@@ -140,5 +149,48 @@ describe('capture from System V shared memory', () => {
     expect(withReader.capture.held + withoutReader.capture.held).toBe(0);
     await withReader.close();
     await withoutReader.close();
+  });
+
+  it('refuses a capture larger than maxCaptureBytes however its bytes arrive (a segment larger than the cap), and holds captures to a byte budget', async () => {
+    const agent = await startAgent('capped', new SharedMemoryReader({ addon }), 10, {
+      maxCaptureBytes: 64 * 1024,
+      bufferBytes: 100 * 1024,
+      pushPeriodSeconds: 3600,
+    });
+    // One segment of 1 MiB named whole as auxiliary data: the message is tiny, the capture is not.
+    const big = clientSegment(new Uint8Array(1024 * 1024));
+    const aux = (segmentId: number, size: number) => ({
+      name: 'jpg',
+      encoding: AgentEncoding.NONE,
+      sharedMemoryHandle: { size, offset: 0, segmentId },
+      data: 'sharedMemoryHandle' as const,
+    });
+    const refused = await callError(
+      agent.send(captureRequest('too-big', { modelHandle: 'camera', inputs: [aux(big, 1024 * 1024)] })),
+    );
+    expect(refused.code).toBe(grpcStatus.RESOURCE_EXHAUSTED);
+    expect(refused.details).toMatch(
+      /capture "too-big" holds 10487\d\d bytes of tensors and auxiliary data .* at most 65536 bytes at once \(edgefleet_capture_max_bytes, by default -m\); nothing was captured/,
+    );
+    expect(agent.capture.held).toBe(0);
+
+    // 60 KiB fits; a second 60 KiB would pass the 100 KiB buffer while the first is held: RESOURCE_EXHAUSTED.
+    await agent.send(captureRequest('first', { modelHandle: 'camera', inputs: [aux(big, 60 * 1024)] }));
+    const full = await callError(
+      agent.send(captureRequest('second', { modelHandle: 'camera', inputs: [aux(big, 60 * 1024)] })),
+    );
+    expect(full.code).toBe(grpcStatus.RESOURCE_EXHAUSTED);
+    expect(full.details).toMatch(
+      /the capture buffer is full \(6\d{4} bytes of captures waiting .* 6\d{4} more would pass its 102400 bytes, edgefleet_capture_buffer_bytes\); retry later/,
+    );
+    expect(agent.capture.held).toBe(1);
+    // Once the first is written, the budget is free again.
+    await agent.capture.flush();
+    await agent.send(captureRequest('second', { modelHandle: 'camera', inputs: [aux(big, 60 * 1024)] }));
+    await agent.capture.flush();
+    expect(
+      (await diskRecords(agent.settings.diskPath)).map((r) => r.record.eventMetadata.eventId).sort(),
+    ).toEqual(['first', 'second']);
+    await agent.close();
   });
 });

@@ -94,7 +94,10 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         healthWindowSeconds: 30,
         updateLockPath: '/greengrass/v2/work/sme/updates.lock',
         maxLockHoldSeconds: 3600,
+        maxPackageBytes: 4 * 1024 ** 3,
+        minFreeBytes: 64 * 1024 ** 2,
       },
+      limits: { grpcReceiveTimeoutMs: 30_000 },
       inference: {
         workers: 4,
         instancesPerModel: 1,
@@ -189,6 +192,8 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       healthWindowSeconds: 30,
       updateLockPath: '/srv/agent/.edgefleet/updates.lock',
       maxLockHoldSeconds: 3600,
+      maxPackageBytes: 4 * 1024 ** 3,
+      minFreeBytes: 64 * 1024 ** 2,
     });
     expect(config.inference.workers).toBe(4);
     expect(config.inference.instancesPerModel).toBe(1);
@@ -597,6 +602,27 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
     );
     expect(cloud.warnings).toEqual([]);
     expect(cloud.config.capture.spoolQuotaBytes).toBe(256 * 1024 ** 2);
+  });
+
+  it('reads the memory and disk bounds: body budget, gRPC receive timeout, capture sizes, package size and free space', () => {
+    const { config, warnings } = parseAgentConfig(
+      {
+        edgefleet_max_bodies_in_flight_bytes: '512MiB',
+        edgefleet_grpc_receive_timeout_seconds: '10',
+        edgefleet_capture_max_bytes: '1MiB',
+        edgefleet_capture_buffer_bytes: 64 * 1024 ** 2,
+        edgefleet_deployment_max_package_bytes: '1GiB',
+        edgefleet_deployment_min_free_bytes: 0,
+      },
+      context,
+    );
+    expect(warnings).toEqual([]);
+    expect(config.limits).toEqual({ bodiesInFlightBytes: 512 * 1024 ** 2, grpcReceiveTimeoutMs: 10_000 });
+    expect(config.capture).toMatchObject({ maxCaptureBytes: 1024 ** 2, bufferBytes: 64 * 1024 ** 2 });
+    expect(config.deployments).toMatchObject({ maxPackageBytes: 1024 ** 3, minFreeBytes: 0 });
+    expect(() => parseAgentConfig({ edgefleet_max_bodies_in_flight_bytes: '100kB' }, context)).toThrow(
+      /edgefleet_max_bodies_in_flight_bytes: expected a size in bytes from 1 MiB/,
+    );
   });
 
   it('reads them leniently: strings for booleans, numbers and words, rules as a JSON string or one object', () => {

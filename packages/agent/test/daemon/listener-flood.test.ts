@@ -35,7 +35,8 @@ function slowBody(port: number): Promise<Socket> {
     const socket = connect({ host: '127.0.0.1', port });
     socket.on('error', () => {});
     socket.once('connect', () => {
-      socket.write('POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{');
+      // A route that reads its body (an inference request for a model not loaded is refused before its body).
+      socket.write('POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{');
       resolve(socket);
     });
     socket.once('close', () => resolve(socket));

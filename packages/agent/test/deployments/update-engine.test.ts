@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { readdir, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OnnxModelBuilder } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
@@ -124,6 +124,8 @@ async function device(
     maxHoldMs?: number;
     availableMemory?: () => number;
     metrics?: DeploymentMetrics;
+    maxPackageBytes?: number;
+    minFreeBytes?: number;
   } = {},
 ): Promise<Device> {
   const dataRoot = join(files.root, `device-${++counter}`);
@@ -139,6 +141,8 @@ async function device(
     endpoint: api.endpoint,
     tls: async () => api.tls,
     timeoutMs: 5000,
+    ...(options.maxPackageBytes !== undefined && { maxPackageBytes: options.maxPackageBytes }),
+    ...(options.minFreeBytes !== undefined && { minFreeBytes: options.minFreeBytes }),
     ...(options.metrics && { onBytes: (bytes: number) => options.metrics!.downloaded(bytes) }),
   });
   const logs: string[] = [];
@@ -395,6 +399,60 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     });
     expect(existsSync(d.store.downloadPath(v1.sha256))).toBe(false);
     expect(d.registry.has('detector')).toBe(false);
+  });
+
+  it("refuses a package announced larger than the agent's cap (or its free space) before downloading a byte", async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    // A compromised control plane announces a huge Size for a URL that streams bytes: the agent's own cap holds.
+    const d = await device({ maxPackageBytes: 64 * 1024 });
+    const huge = deployment('huge', [{ handle: 'detector', pkg: v1, version: '1.0' }]);
+    huge.Definitions![0]!.Size = 256 * 1024 ** 2;
+    await d.engine.apply([huge]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(
+        /announces a package of 268435456 bytes; this agent downloads packages of at most 65536 bytes \(edgefleet_deployment_max_package_bytes\); nothing was downloaded/,
+      ),
+    });
+    expect(d.engine.deploymentResult()).toMatchObject({ DeploymentName: 'huge', DeploymentStatus: 'FAIL' });
+    expect(api.ranges.filter((r) => r.path === v1.path)).toEqual([]);
+
+    // More than the file system has free above the space the agent keeps: refused before downloading too.
+    const cramped = await device({ minFreeBytes: 1024 ** 5 });
+    await cramped.engine.apply([deployment('cramped', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    expect(stateOf(cramped, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(
+        /needs \d+ more bytes; the file system of .* has 0 bytes free above the 1125899906842624 bytes/,
+      ),
+    });
+    expect(api.ranges.filter((r) => r.path === v1.path)).toEqual([]);
+    expect(cramped.registry.has('detector')).toBe(false);
+  });
+
+  it('stops extracting an archive that expands far past its compressed size, before the signature check', async () => {
+    // A signed package plus 64 MiB of zeros (a sparse file): about 64 KiB gzipped, a gzip bomb in miniature.
+    const dir = await files.custom(identityModel(), 'detector', '1.0');
+    await signer.sign(dir);
+    await writeFile(join(dir, 'padding.bin'), '');
+    await truncate(join(dir, 'padding.bin'), 64 * 1024 ** 2);
+    const bytes = await packBytes(dir, join(files.root, `bomb-${++counter}.tar.gz`));
+    expect(bytes.length).toBeLessThan(1024 ** 2);
+    const bomb = api.serve(`/api/v1/device/packages/bomb${counter}`, bytes);
+    const d = await device();
+    await d.engine.apply([deployment('bomb', [{ handle: 'detector', pkg: bomb, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(
+        new RegExp(
+          `cannot be extracted: it expands to more than ${16 * bytes.length + 16 * 1024 ** 2} bytes \\(16 times its ${bytes.length} compressed bytes`,
+        ),
+      ),
+    });
+    expect(d.registry.has('detector')).toBe(false);
+    expect(await readdir(join(d.dataRoot, 'deployments', 'packages', 'detector')).catch(() => [])).toEqual(
+      [],
+    );
   });
 
   it('refuses an older version (anti-rollback) unless the deployment is a rollback', async () => {

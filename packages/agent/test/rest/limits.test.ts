@@ -6,6 +6,7 @@ import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/i
 import { AgentMetrics } from '../../src/metrics/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { startRestServer, type RestServer, type RestServerOptions } from '../../src/rest/index.js';
+import { BodyBudget } from '../../src/body-budget/index.js';
 import { HttpClient, binaryBody, scratch, targetOf } from './helpers.js';
 
 let files: Awaited<ReturnType<typeof scratch>>;
@@ -69,7 +70,7 @@ describe('REST listener limits (issue 15: a slow body took gRPC down)', () => {
     const server = await start({ tcp, limits: { requestTimeoutMs: 400 } });
     const { socket, received } = await open(server.addresses[0]!);
     socket.write(
-      'POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{',
+      'POST /v2/models/image/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{',
     );
     await closed(socket);
     expect(received()).toMatch(/^HTTP\/1\.1 408/);
@@ -221,6 +222,93 @@ describe('JSON bodies (issue 15: a JSON request cost ~30x its size)', () => {
       client.close();
       for (const { socket } of slow) socket.destroy();
       await Promise.all(slow.map(({ socket }) => closed(socket)));
+    }
+  });
+});
+
+describe('the body budget (audit finding 2: stalled bodies held the whole limit each)', () => {
+  const KiB = 1024;
+  const binaryHeaders = (path: string, length: number) =>
+    `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n` +
+    `Inference-Header-Content-Length: 100\r\nContent-Length: ${length}\r\n\r\n`;
+
+  it('refuses a body that would pass the budget (429, connection closed) while stalled bodies hold it, and takes bodies again once they are gone', async () => {
+    const budget = new BodyBudget(1536 * KiB);
+    const server = await start({ tcp, maxBodyBytes: 1024 * KiB, bodyBudget: budget });
+    const address = server.addresses[0]!;
+    // Two bodies of 700 KiB that have begun to arrive and stall: 1400 KiB of the 1536 KiB taken.
+    const stalled = await Promise.all([1, 2].map(() => open(address)));
+    for (const { socket } of stalled)
+      socket.write(`${binaryHeaders('/v2/models/image/infer', 700 * KiB)}{"in`);
+    const client = new HttpClient(targetOf(address));
+    try {
+      await client.get('/v2/health/live');
+      expect(budget.usedBytes).toBe(1400 * KiB);
+      const third = await open(address);
+      third.socket.write(`${binaryHeaders('/v2/models/image/infer', 700 * KiB)}{"in`);
+      await closed(third.socket);
+      expect(third.received()).toMatch(/^HTTP\/1\.1 429 /);
+      expect(third.received()).toMatch(/\r\nconnection: close\r\n/i);
+      expect(third.received()).toMatch(
+        /1433600 bytes of request bodies are being received or held already; this request body \(716800 bytes\) would pass the agent's budget of 1572864 bytes for them \(edgefleet_max_bodies_in_flight_bytes\)/,
+      );
+      // A chunked body grows its share chunk by chunk: refused once a chunk would pass the budget.
+      const chunked = await open(address);
+      chunked.socket.write(
+        'POST /v2/models/image/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n' +
+          'Inference-Header-Content-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n',
+      );
+      chunked.socket.write(`${(200 * KiB).toString(16)}\r\n${'x'.repeat(200 * KiB)}\r\n`);
+      await closed(chunked.socket);
+      expect(chunked.received()).toMatch(/^HTTP\/1\.1 429 [\s\S]*this chunked request body/);
+      expect(budget.usedBytes).toBe(1400 * KiB);
+
+      for (const { socket } of stalled) socket.destroy();
+      await Promise.all(stalled.map(({ socket }) => closed(socket)));
+      const tensor = new Float32Array(3 * 224 * 224);
+      const { body, headers } = binaryBody(
+        {
+          inputs: [
+            {
+              name: 'image',
+              shape: [1, 3, 224, 224],
+              datatype: 'FP32',
+              parameters: { binary_data_size: tensor.byteLength },
+            },
+          ],
+        },
+        [new Uint8Array(tensor.buffer)],
+      );
+      const infer = () => client.request({ method: 'POST', path: '/v2/models/image/infer', headers, body });
+      let answer = await infer();
+      // The server sees the stalled connections close a moment after the client does.
+      while (answer.status === 429) answer = await infer();
+      expect(answer.status).toBe(200);
+    } finally {
+      client.close();
+    }
+    expect(budget.usedBytes).toBe(0);
+  });
+
+  it('answers 404 for a model or version that is not there before reading the body, and closes the connection', async () => {
+    const server = await start({ tcp, maxBodyBytes: 1024 * KiB });
+    const address = server.addresses[0]!;
+    const cases: Array<[string, string, RegExp]> = [
+      ['/v2/models/nosuch/infer', 'application/octet-stream', /nosuch/],
+      ['/v2/models/image/versions/99/infer', 'application/octet-stream', /, not ..99/],
+      // Content types the lean door leaves to Fastify's route take the same check.
+      ['/v2/models/nosuch/infer', 'text/plain', /nosuch/],
+    ];
+    for (const [path, type, message] of cases) {
+      const { socket, received } = await open(address);
+      // Only the headers and a few bytes of a 700 KiB body: without the check, no answer until the timeout.
+      socket.write(
+        `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: ${type}\r\nContent-Length: ${700 * KiB}\r\n\r\n{"in`,
+      );
+      await closed(socket);
+      expect(received(), path).toMatch(/^HTTP\/1\.1 404 /);
+      expect(received(), path).toMatch(/\r\nconnection: close\r\n/i);
+      expect(received(), path).toMatch(message);
     }
   });
 });
