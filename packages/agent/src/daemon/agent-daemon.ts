@@ -91,7 +91,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
   try {
     const addon = loadNativeAddon(logger);
     keepFreedMemory(config.inference.keepFreedMemoryBytes, logger, addon);
-    const metrics = new AgentMetrics();
+    const metrics = new AgentMetrics({ maxUnloadedModels: config.metrics.maxUnloadedModels });
     const pool = await InferencePool.start({
       workers: config.inference.workers,
       // ONNX Runtime writes its own log lines (ANSI-coloured) to stderr, between the agent's JSON lines, and
