@@ -113,6 +113,11 @@ export const AgentConfigSchema = z.object({
     instancesPerModel: z.number().int().positive(),
     /** How long UnLoadModel waits for in-flight predictions before failing what is still queued. */
     unloadTimeoutMs: z.number().int().nonnegative(),
+    /**
+     * How long start-up waits for each model it loads (preloaded or restored) before going on without it; the load
+     * goes on in the background.
+     */
+    startupLoadTimeoutMs: z.number().int().positive(),
     /** Requests for one model waiting for a worker; more are refused with RESOURCE_EXHAUSTED. */
     maxQueuedRequestsPerModel: z.number().int().positive(),
     /**
@@ -148,5 +153,9 @@ export const AgentConfigSchema = z.object({
   socketMode: z.number().int().min(0).max(0o7777),
   /** `edgefleet_preload_models`: loaded at start-up, in order (absent: none). */
   preloadModels: z.array(z.object({ url: z.string(), name: z.string() })).optional(),
+  metrics: z.object({
+    /** Models not loaded (unloaded, or whose loads failed) whose per-model series are kept, most recent first. */
+    maxUnloadedModels: z.number().int().nonnegative(),
+  }),
 });
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;

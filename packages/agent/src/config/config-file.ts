@@ -68,6 +68,8 @@ export const CONFIG_FIELDS = {
   edgefleet_ort_graph_optimization_level: choice(['disabled', 'basic', 'extended', 'layout', 'all']),
   edgefleet_ort_execution_providers: executionProviders(),
   edgefleet_unload_timeout_seconds: integer(0, 3600, 30),
+  edgefleet_startup_load_timeout_seconds: integer(1, 86_400, 60),
+  edgefleet_metrics_unloaded_models: integer(0, 100_000, 64),
   edgefleet_max_queued_requests: integer(1, 1_000_000, 256),
   edgefleet_inline_max_run_micros: integer(0, 10_000, 200),
   edgefleet_inline_event_loop_percent: integer(0, 90, 25),
@@ -133,6 +135,8 @@ export const DEFAULTS = {
   grpcReceiveTimeoutSeconds: 30,
   instancesPerModel: 1,
   unloadTimeoutSeconds: 30,
+  startupLoadTimeoutSeconds: 60,
+  metricsUnloadedModels: 64,
   maxQueuedRequests: 256,
   inlineMaxRunMicros: 200,
   inlineEventLoopPercent: 25,
@@ -543,6 +547,8 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       workers,
       instancesPerModel: file.edgefleet_instances_per_model ?? DEFAULTS.instancesPerModel,
       unloadTimeoutMs: (file.edgefleet_unload_timeout_seconds ?? DEFAULTS.unloadTimeoutSeconds) * 1000,
+      startupLoadTimeoutMs:
+        (file.edgefleet_startup_load_timeout_seconds ?? DEFAULTS.startupLoadTimeoutSeconds) * 1000,
       maxQueuedRequestsPerModel: file.edgefleet_max_queued_requests ?? DEFAULTS.maxQueuedRequests,
       inline: {
         maxRunMicros: inlineMaxRunMicros,
@@ -561,6 +567,9 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     },
     socketMode: file.edgefleet_socket_mode ?? DEFAULTS.socketMode,
     ...(file.edgefleet_preload_models !== undefined && { preloadModels: file.edgefleet_preload_models }),
+    metrics: {
+      maxUnloadedModels: file.edgefleet_metrics_unloaded_models ?? DEFAULTS.metricsUnloadedModels,
+    },
   };
 }
 

@@ -23,6 +23,7 @@ import { registryLogger } from './logger.js';
 import { bindUnixSocket, removeOwnSocketFile } from '../unix-socket/index.js';
 import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
 import { keepFreedMemory, threadCpuClock } from './process-tuning.js';
+import { settlesWithin } from '../retry/index.js';
 import { prepareSocketPath } from './socket-path.js';
 
 /** How long shutdown lets calls in flight finish before cancelling them. */
@@ -91,7 +92,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
   try {
     const addon = loadNativeAddon(logger);
     keepFreedMemory(config.inference.keepFreedMemoryBytes, logger, addon);
-    const metrics = new AgentMetrics();
+    const metrics = new AgentMetrics({ maxUnloadedModels: config.metrics.maxUnloadedModels });
     const pool = await InferencePool.start({
       workers: config.inference.workers,
       // ONNX Runtime writes its own log lines (ANSI-coloured) to stderr, between the agent's JSON lines, and
@@ -141,7 +142,9 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const database = opened?.database;
     if (database) {
       cleanups.push(() => database.close());
-      await restoreLoadedModels(registry, database.loadedModels, logger);
+      await restoreLoadedModels(registry, database.loadedModels, logger, {
+        deadlineMs: config.inference.startupLoadTimeoutMs,
+      });
       registry.observe(recordLoadedModels(database.loadedModels));
     }
     const activity = new ModelActivity({ ...(database && { repository: database.modelCounters }) });
@@ -361,15 +364,26 @@ function loadNativeAddon(logger: Logger): SysvShmAddon | null {
 
 /** `edgefleet_preload_models`, in order. A model that fails to load is logged; the agent serves the others. */
 async function preloadModels(config: AgentConfig, registry: ModelRegistry, logger: Logger): Promise<void> {
+  const deadlineMs = config.inference.startupLoadTimeoutMs;
   for (const { url, name } of config.preloadModels ?? []) {
-    try {
-      await registry.load({ url, name });
-    } catch (error) {
+    const failed = (error: unknown): void => {
       logger.error(
         { err: error, model: name, url, code: (error as { code?: string }).code },
         `edgefleet_preload_models: could not load ${JSON.stringify(name)} from ${url}: ${(error as Error).message}`,
       );
-    }
+    };
+    const loading = registry.load({ url, name });
+    // A load that takes longer than the deadline finishes in the background: no package can hold start-up.
+    const inTime = await settlesWithin(loading, deadlineMs).catch((error: unknown) => {
+      failed(error);
+      return true;
+    });
+    if (inTime) continue;
+    logger.warn(
+      { model: name, url, deadlineMs },
+      `edgefleet_preload_models: ${JSON.stringify(name)} (from ${url}) is still loading after ${deadlineMs / 1000} s; start-up goes on, and it keeps loading in the background (edgefleet_startup_load_timeout_seconds)`,
+    );
+    loading.catch(failed);
   }
 }
 

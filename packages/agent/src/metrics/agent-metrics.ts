@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { PoolStats } from '../inference/index.js';
+import { DEFAULT_MAX_UNLOADED_MODELS, ModelLabels } from './model-labels.js';
 
 /**
  * Seconds, 10 µs to 10 s: inference on an edge device spans tens of microseconds (a small model on the inline
@@ -49,8 +50,16 @@ export class AgentMetrics {
   readonly #modelsLoaded: Gauge;
   readonly #workerExits: Counter;
   readonly #series = new Map<string, ModelSeries>();
+  /** Which models may have series (bounded), and the error codes each has series of (to remove them). */
+  readonly #labels: ModelLabels;
+  readonly #codes = new Map<string, Set<string>>();
 
-  constructor(options: { defaultMetrics?: boolean } = {}) {
+  /**
+   * `maxUnloadedModels`: how many models not loaded (unloaded, or whose loads failed) keep their series, the
+   * most recently seen; older ones are removed (default DEFAULT_MAX_UNLOADED_MODELS).
+   */
+  constructor(options: { defaultMetrics?: boolean; maxUnloadedModels?: number } = {}) {
+    this.#labels = new ModelLabels(options.maxUnloadedModels ?? DEFAULT_MAX_UNLOADED_MODELS);
     const registry = new Registry();
     this.registry = registry;
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
@@ -128,7 +137,12 @@ export class AgentMetrics {
       series.inferenceCount.inc();
     }
     if (observation.errorCode === undefined) series.requestSuccess.inc();
-    else this.#requestFailure.inc({ model: observation.model, code: observation.errorCode });
+    else {
+      this.#requestFailure.inc({ model: observation.model, code: observation.errorCode });
+      this.#codeSeen(observation.model, observation.errorCode);
+    }
+    // A request that ends after its model was unloaded keeps the model among the recent ones.
+    this.#remove(this.#labels.seen(observation.model));
   }
 
   /** A model's labelled series, looked up once per model rather than through prom-client's labels per request. */
@@ -143,15 +157,55 @@ export class AgentMetrics {
         inferenceCount: this.#inferenceCount.labels(labels),
         requestSuccess: this.#requestSuccess.labels(labels),
       };
-      // prom-client keeps every model's series for the agent's lifetime anyway; this adds one map entry to each.
       this.#series.set(model, series);
     }
     return series;
   }
 
+  /** A load that succeeded (the model's series are kept while it is loaded) or failed (errorCode). */
   observeLoad(model: string, durationMs: number, errorCode?: string): void {
-    if (errorCode === undefined) this.#loadDuration.observe({ model }, durationMs / 1000);
-    else this.#loadFailures.inc({ model, code: errorCode });
+    if (errorCode === undefined) {
+      this.#labels.loaded(model);
+      this.#loadDuration.observe({ model }, durationMs / 1000);
+      return;
+    }
+    this.#loadFailures.inc({ model, code: errorCode });
+    this.#codeSeen(model, errorCode);
+    this.#remove(this.#labels.seen(model));
+  }
+
+  /** A model was unloaded: its series stay while it is among the most recent models not loaded. */
+  modelUnloaded(model: string): void {
+    this.#remove(this.#labels.unloaded(model));
+  }
+
+  #codeSeen(model: string, code: string): void {
+    let codes = this.#codes.get(model);
+    if (codes === undefined) this.#codes.set(model, (codes = new Set()));
+    codes.add(code);
+  }
+
+  /** Removes every series of these models. */
+  #remove(models: readonly string[]): void {
+    for (const model of models) {
+      const labels = { model };
+      for (const metric of [
+        this.#requestDuration,
+        this.#queueDuration,
+        this.#computeDuration,
+        this.#inferenceCount,
+        this.#requestSuccess,
+        this.#loadDuration,
+      ]) {
+        metric.remove(labels);
+      }
+      for (const code of this.#codes.get(model) ?? []) {
+        this.#requestFailure.remove({ model, code });
+        this.#loadFailures.remove({ model, code });
+      }
+      this.#codes.delete(model);
+      this.#series.delete(model);
+    }
   }
 
   setModelsLoaded(count: number): void {

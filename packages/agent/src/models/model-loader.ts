@@ -1,6 +1,6 @@
-import { stat } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
 import { freemem } from 'node:os';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { isAbsolute, join, posix, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   PackageVerificationError,
@@ -118,10 +118,10 @@ export class ModelLoader {
       check();
       const rule = this.#batching.get(name);
       const instances = rule?.instances ?? this.#instances;
-      await this.#checkMemory(opened, name, instances);
+      const accepted = await this.#checkMemory(opened, name, instances);
       // ONNX Runtime gets the bytes that were verified, never the path: a file swapped after verification is
-      // refused here rather than run.
-      const bytes = await readPackageModel(opened).catch((error: unknown) => {
+      // refused here rather than run, and none is read past the size the memory check accepted.
+      const bytes = await readPackageModel(opened, { maxBytes: accepted }).catch((error: unknown) => {
         throw packageFailure(error, opened.dir);
       });
       check();
@@ -232,11 +232,27 @@ export class ModelLoader {
     }
   }
 
-  /** A session needs at least its weights in memory; refuse early rather than let ONNX Runtime fail midway. */
-  async #checkMemory(opened: OpenedModelPackage, name: string, sessions: number): Promise<void> {
-    let bytes = (await stat(opened.modelPath)).size;
-    for (const file of opened.manifest.model.externalData) {
-      bytes += (await stat(join(dirname(opened.modelPath), file)).catch(() => ({ size: 0 }))).size;
+  /**
+   * A session needs at least its weights in memory; refuse early rather than let ONNX Runtime fail midway.
+   * Returns the size accepted for each file (package-relative path): what may then be read of it. Sizes come
+   * from lstat: a symlink or special file counts as its own tiny size, and is refused when read.
+   */
+  async #checkMemory(
+    opened: OpenedModelPackage,
+    name: string,
+    sessions: number,
+  ): Promise<Map<string, number>> {
+    const modelFile = opened.manifest.model.file;
+    const files = [
+      modelFile,
+      ...opened.manifest.model.externalData.map((file) => posix.join(posix.dirname(modelFile), file)),
+    ];
+    const accepted = new Map<string, number>();
+    let bytes = 0;
+    for (const file of files) {
+      const size = (await lstat(join(opened.dir, ...file.split('/'))).catch(() => ({ size: 0 }))).size;
+      accepted.set(file, size);
+      bytes += size;
     }
     const instances = Math.min(sessions, this.#pool.workerCount);
     // One copy per session, plus the verified bytes the agent keeps in memory while the model is loaded.
@@ -248,6 +264,7 @@ export class ModelLoader {
         `not enough memory to load model ${JSON.stringify(name)}: its weights take ${formatBytes(bytes)} × ${instances + 1} (${instances} session${instances > 1 ? 's' : ''} and the verified copy the agent keeps) and ${formatBytes(available)} is available; unload other models or free memory`,
       );
     }
+    return accepted;
   }
 
   /**

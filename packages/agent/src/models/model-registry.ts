@@ -310,6 +310,7 @@ export class ModelRegistry {
     delete entry.stagedLoad;
     await Promise.all([this.#retire(current), staged && this.#discardStaged(staged, stagedLoad)]);
     this.#metrics?.setModelsLoaded(this.list().length);
+    this.#metrics?.modelUnloaded(name);
     this.#logger?.info?.(`unloaded model ${name}`);
     if (!this.#closed) this.#notify((observer) => observer.onUnloaded?.(name));
   }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { elementCount, elementSize, type DataTypeName } from '@edgefleet/core';
+import { MAX_TENSOR_ELEMENTS, elementCount, elementSize, type DataTypeName } from '@edgefleet/core';
 import { fromFloat16Bits, toFloat16Bits } from './float16.js';
 import { kserveDatatype } from './kserve-datatypes.js';
 import { RestError } from './rest-errors.js';
@@ -155,6 +155,12 @@ export function jsonTensorBytes(
     throw new RestError(400, `${what}: data is ${describeValue(data)}; ${expected}`);
   }
   const count = elementCount(shape);
+  if (count > MAX_TENSOR_ELEMENTS) {
+    throw new RestError(
+      400,
+      `${what} has shape [${shape.join(', ')}], ${count} elements; at most ${MAX_TENSOR_ELEMENTS} are accepted`,
+    );
+  }
   const isFlat = data.length === 0 || !Array.isArray(data[0]);
   if (isFlat && data.length !== count) {
     throw new RestError(
@@ -162,8 +168,8 @@ export function jsonTensorBytes(
       `${what} has ${data.length} value${data.length === 1 ? '' : 's'} in data; shape [${shape.join(', ')}] needs ${count}`,
     );
   }
-  const writer = writerFor(dataType, count, exact);
   if (isFlat) {
+    const writer = writerFor(dataType, count, exact);
     for (let i = 0; i < count; i++) {
       const problem = writer.put(i, data[i]);
       if (problem !== undefined) {
@@ -175,13 +181,7 @@ export function jsonTensorBytes(
   }
   // Nested: every level must have exactly the shape's length there, values at the innermost level only.
   const at: number[] = [];
-  let index = 0;
-  const walk = (node: unknown, depth: number): void => {
-    if (depth === shape.length) {
-      const problem = writer.put(index++, node);
-      if (problem !== undefined) throw new RestError(400, `${what}: data${path(at)} ${problem}`);
-      return;
-    }
+  const checkLevel = (node: unknown, depth: number): unknown[] => {
     const want = shape[depth]!;
     if (!Array.isArray(node) || node.length !== want) {
       throw new RestError(
@@ -189,9 +189,32 @@ export function jsonTensorBytes(
         `${what}: data${path(at)} is ${describeValue(node)} where the shape [${shape.join(', ')}] puts an array of ${want} at depth ${depth}; nested data must follow the shape exactly (or send it flat, row-major)`,
       );
     }
-    for (let i = 0; i < want; i++) {
+    return node;
+  };
+  // The arrays are checked against the shape before the tensor is allocated: the declared shape alone (a few
+  // bytes of JSON) must not size an allocation; once the arrays match it, its element count is what was sent.
+  const checkArrays = (node: unknown, depth: number): void => {
+    const level = checkLevel(node, depth);
+    if (depth + 1 === shape.length) return;
+    for (let i = 0; i < level.length; i++) {
       at.push(i);
-      walk(node[i], depth + 1);
+      checkArrays(level[i], depth + 1);
+      at.pop();
+    }
+  };
+  if (shape.length > 0) checkArrays(data, 0);
+  const writer = writerFor(dataType, count, exact);
+  let index = 0;
+  const walk = (node: unknown, depth: number): void => {
+    if (depth === shape.length) {
+      const problem = writer.put(index++, node);
+      if (problem !== undefined) throw new RestError(400, `${what}: data${path(at)} ${problem}`);
+      return;
+    }
+    const level = node as unknown[];
+    for (let i = 0; i < level.length; i++) {
+      at.push(i);
+      walk(level[i], depth + 1);
       at.pop();
     }
   };

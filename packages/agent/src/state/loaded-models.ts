@@ -1,4 +1,5 @@
 import type { ModelDescription, RegistryObserver } from '../models/index.js';
+import { settlesWithin } from '../retry/index.js';
 import type { LoadedModelsRepository } from './loaded-models-repository.js';
 
 /** What restoring needs of the registry (ModelRegistry fits). */
@@ -26,30 +27,53 @@ export function recordLoadedModels(
   };
 }
 
+/** How long start-up waits for one restored load by default (`edgefleet_startup_load_timeout_seconds`). */
+export const DEFAULT_STARTUP_LOAD_TIMEOUT_MS = 60_000;
+
 /**
  * Loads again, in their original order, the models that were loaded when the agent last stopped (or crashed).
  * A model already loaded (preloaded from the config) is skipped; one whose package is gone (NOT_FOUND) is
- * forgotten; any other failure is logged and kept for the next start. Returns the names loaded.
+ * forgotten; any other failure is logged and kept for the next start. Each load is waited for at most
+ * `deadlineMs`: one still going then is logged and left to finish in the background, and start-up goes on, so
+ * no package folder (a hung mount, a FIFO or so) can keep the agent from serving; its record stays, so a crash
+ * meanwhile loses nothing. Returns the names loaded in time.
  */
 export async function restoreLoadedModels(
   registry: RestorableRegistry,
   repository: LoadedModelsRepository,
   logger?: RestoreLogger,
+  options: { deadlineMs?: number } = {},
 ): Promise<string[]> {
+  const deadlineMs = options.deadlineMs ?? DEFAULT_STARTUP_LOAD_TIMEOUT_MS;
   const restored: string[] = [];
   for (const { name, url } of repository.list()) {
     if (registry.has(name)) continue;
-    try {
-      await registry.load({ url, name });
-      restored.push(name);
-    } catch (error) {
+    const failed = (error: unknown): void => {
       const code = (error as { code?: string }).code;
       if (code === 'NOT_FOUND') repository.remove(name);
       logger?.warn(
         { err: error, model: name, url, code },
         `could not load model ${JSON.stringify(name)} again after the restart (from ${url})${code === 'NOT_FOUND' ? '; its package is gone, so it is forgotten' : '; will try again at the next start'}`,
       );
+    };
+    const loading = registry.load({ url, name });
+    try {
+      if (await settlesWithin(loading, deadlineMs)) {
+        restored.push(name);
+        continue;
+      }
+    } catch (error) {
+      failed(error);
+      continue;
     }
+    logger?.warn(
+      { model: name, url, deadlineMs },
+      `model ${JSON.stringify(name)} (from ${url}) is still loading after ${deadlineMs / 1000} s; start-up goes on without it, and it keeps loading in the background (edgefleet_startup_load_timeout_seconds)`,
+    );
+    loading.then(
+      () => logger?.info({ model: name }, `loaded model ${JSON.stringify(name)} again after the restart`),
+      failed,
+    );
   }
   if (restored.length > 0)
     logger?.info(

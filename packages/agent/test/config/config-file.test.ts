@@ -102,6 +102,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         workers: 4,
         instancesPerModel: 1,
         unloadTimeoutMs: 30_000,
+        startupLoadTimeoutMs: 60_000,
         maxQueuedRequestsPerModel: 256,
         inline: { maxRunMicros: 200, eventLoopShare: 0.25, idleMaxRunMicros: 1000 },
         hotWaitMicros: 0,
@@ -120,6 +121,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       },
       rest: { socketPath: '/tmp/edge.rest.sock', tcp: null },
       socketMode: 0o660,
+      metrics: { maxUnloadedModels: 64 },
     });
     // The original's plug-in paths are accepted, and said to be ignored.
     expect(warnings).toEqual(
@@ -477,6 +479,8 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
         edgefleet_rest_tcp: '0.0.0.0:8080',
         edgefleet_socket_mode: '0600',
         edgefleet_unload_timeout_seconds: '5',
+        edgefleet_startup_load_timeout_seconds: '7',
+        edgefleet_metrics_unloaded_models: 3,
         edgefleet_max_queued_requests: 16,
         edgefleet_inline_max_run_micros: 500,
         edgefleet_inline_event_loop_percent: '10',
@@ -490,6 +494,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
       workers: 2,
       instancesPerModel: 2,
       unloadTimeoutMs: 5000,
+      startupLoadTimeoutMs: 7000,
       maxQueuedRequestsPerModel: 16,
       inline: { maxRunMicros: 500, eventLoopShare: 0.1, idleMaxRunMicros: 0 },
       hotWaitMicros: 300,
@@ -508,6 +513,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
       tcp: { host: '0.0.0.0', port: 8080 },
     });
     expect(config.socketMode).toBe(0o600);
+    expect(config.metrics).toEqual({ maxUnloadedModels: 3 });
   });
 
   it('defaults intra-op threads so that workers × threads fits the cores', () => {

@@ -3,3 +3,4 @@ export * from './errors.js';
 export * from './archive.js';
 export * from './create.js';
 export * from './open.js';
+export * from './package-file.js';

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { lstat, stat } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
 import {
   PackageVerificationError,
@@ -9,6 +9,12 @@ import {
 } from '../signing/index.js';
 import { PackageInvalidError, PackageNotFoundError } from './errors.js';
 import { MANIFEST_FILE, PackageManifestSchema, describeZodError, type PackageManifest } from './manifest.js';
+import {
+  MAX_MANIFEST_BYTES,
+  PackageFileError,
+  jsonSyntaxErrorPosition,
+  readPackageFile,
+} from './package-file.js';
 
 export interface OpenedModelPackage {
   /** Absolute path of the package folder. */
@@ -30,12 +36,22 @@ export async function openModelPackage(
   opts: { trust: TrustPolicy | null; now?: Date },
 ): Promise<OpenedModelPackage> {
   const absolute = resolve(dir);
-  const st = await stat(absolute).catch(() => undefined);
+  // The folder itself may be a symlink (e.g. models/current -> models/v3): whoever names it could name its
+  // target as well, so a link reaches nothing more. What is refused is any *file* that is not a regular one.
+  const st = await lstat(absolute)
+    .then((found) => (found.isSymbolicLink() ? stat(absolute) : found))
+    .catch(() => undefined);
   if (!st) throw new PackageNotFoundError(absolute, 'the folder does not exist');
   if (!st.isDirectory())
     throw new PackageNotFoundError(absolute, 'it is a file; expected an extracted package folder');
-  const manifestBytes = await readFile(join(absolute, MANIFEST_FILE)).catch(() => undefined);
-  if (manifestBytes === undefined) throw new PackageNotFoundError(absolute, `it has no ${MANIFEST_FILE}`);
+  const manifestBytes = await readPackageFile(join(absolute, MANIFEST_FILE), {
+    maxBytes: MAX_MANIFEST_BYTES,
+    label: MANIFEST_FILE,
+  }).catch((error: unknown) => {
+    if (error instanceof PackageFileError && error.problem === 'missing')
+      throw new PackageNotFoundError(absolute, `it has no ${MANIFEST_FILE}`);
+    throw packageFileFailure(absolute, error);
+  });
 
   const signature = opts.trust
     ? await verifyPackage(absolute, opts.trust, opts.now ? { now: opts.now } : {})
@@ -47,18 +63,26 @@ export async function openModelPackage(
   try {
     json = JSON.parse(manifestBytes.toString('utf8'));
   } catch (error) {
-    throw new PackageInvalidError(absolute, `${MANIFEST_FILE} is not JSON (${(error as Error).message})`);
+    throw new PackageInvalidError(
+      absolute,
+      `${MANIFEST_FILE} is not JSON${jsonSyntaxErrorPosition(error)}; expected the package manifest`,
+    );
   }
   const parsed = PackageManifestSchema.safeParse(json);
   if (!parsed.success)
     throw new PackageInvalidError(absolute, `${MANIFEST_FILE}: ${describeZodError(parsed.error)}`);
   const manifest = parsed.data;
   const modelPath = join(absolute, ...manifest.model.file.split('/'));
-  const modelStat = await stat(modelPath).catch(() => undefined);
-  if (!modelStat?.isFile())
+  const modelStat = await lstat(modelPath).catch(() => undefined);
+  if (!modelStat)
     throw new PackageInvalidError(
       absolute,
       `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is missing`,
+    );
+  if (!modelStat.isFile())
+    throw new PackageInvalidError(
+      absolute,
+      `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is not a regular file (a symlink, folder or special file); expected the ONNX file itself`,
     );
   return { dir: absolute, manifest, modelPath, ...(signature && { signature }) };
 }
@@ -71,20 +95,33 @@ export interface PackageModelBytes {
   externalData: Array<{ path: string; data: Uint8Array }>;
 }
 
+export interface ReadPackageModelOptions {
+  /**
+   * Most bytes to read of each file, by package-relative path (e.g. the sizes a memory check accepted); a file
+   * now larger is refused before it is read. A file not listed is read up to its size when opened.
+   */
+  maxBytes?: ReadonlyMap<string, number>;
+}
+
 /**
- * Reads the model file and its external data files into memory. For a verified package (`opened.signature`),
- * each file's bytes must have the SHA-256 the signature lists; a file changed since it was verified is refused
+ * Reads the model file and its external data files into memory, each through readPackageFile (regular files
+ * only, no symlinks, never more than `maxBytes` allows). For a verified package (`opened.signature`), each
+ * file's bytes must have the SHA-256 the signature lists; a file changed since it was verified is refused
  * (PackageVerificationError 'file-modified'), so whoever can write the package folder cannot swap a file between
- * verification and use. Errors: PackageInvalidError (a file missing or unreadable), PackageVerificationError.
+ * verification and use. Errors: PackageInvalidError (a file missing, unreadable, not a regular file, or larger
+ * than allowed), PackageVerificationError.
  */
-export async function readPackageModel(opened: OpenedModelPackage): Promise<PackageModelBytes> {
+export async function readPackageModel(
+  opened: OpenedModelPackage,
+  options: ReadPackageModelOptions = {},
+): Promise<PackageModelBytes> {
   const modelFile = opened.manifest.model.file;
   const read = async (path: string): Promise<Uint8Array> => {
-    const bytes = await readFile(join(opened.dir, ...path.split('/'))).catch((error: unknown) => {
-      throw new PackageInvalidError(
-        opened.dir,
-        `cannot read ${path} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`,
-      );
+    const bytes = await readPackageFile(join(opened.dir, ...path.split('/')), {
+      maxBytes: options.maxBytes?.get(path) ?? Number.MAX_SAFE_INTEGER,
+      label: path,
+    }).catch((error: unknown) => {
+      throw packageFileFailure(opened.dir, error);
     });
     if (opened.signature) checkVerifiedBytes(opened.signature, path, bytes);
     return bytes;
@@ -95,6 +132,12 @@ export async function readPackageModel(opened: OpenedModelPackage): Promise<Pack
     externalData.push({ path: file, data: await read(posix.join(posix.dirname(modelFile), file)) });
   }
   return { model, externalData };
+}
+
+/** A package file that could not be read, as the package's error (the message never holds file bytes). */
+function packageFileFailure(dir: string, error: unknown): unknown {
+  if (error instanceof PackageFileError) return new PackageInvalidError(dir, error.message);
+  return error;
 }
 
 function checkVerifiedBytes(signature: VerifiedSignature, path: string, bytes: Uint8Array): void {

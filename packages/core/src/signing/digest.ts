@@ -47,8 +47,11 @@ export interface ListedFile {
  */
 const READ_SIZE = 1024 * 1024;
 
-/** Read-only, and never through a symlink swapped in after listing (where the platform can refuse one). */
-const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0);
+/**
+ * Read-only, never through a symlink swapped in after listing (where the platform can refuse one), and never
+ * blocking on a FIFO swapped in (it opens at once and reads as empty, so its hash fails).
+ */
+const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 
 /**
  * SHA-256 of every regular file under `dir` (recursive), sorted as the OpenSSF Model Signing reference sorts

@@ -1,5 +1,4 @@
 import type { KeyObject } from 'node:crypto';
-import { lstat, readFile } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import {
   parseCertificate,
@@ -15,6 +14,7 @@ import {
   type ListedFile,
 } from './digest.js';
 import { PackageVerificationError, UnsupportedFileError } from './errors.js';
+import { PackageFileError, jsonSyntaxErrorPosition, readPackageFile } from '../package/package-file.js';
 import {
   ModelSignatureStatementSchema,
   SIGNATURE_FILE,
@@ -159,36 +159,32 @@ function changedWhileVerifying(dir: string, error: unknown): unknown {
 
 async function readBundle(dir: string): Promise<SignatureBundle> {
   const path = join(dir, SIGNATURE_FILE);
-  const st = await lstat(path).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
-    throw error;
-  });
-  if (!st)
-    throw new PackageVerificationError(
-      'bundle-missing',
-      `${dir} has no ${SIGNATURE_FILE}; every package must carry its signature bundle`,
-      { path: SIGNATURE_FILE },
-    );
-  if (!st.isFile())
-    throw new PackageVerificationError(
-      'file-unsupported',
-      `${SIGNATURE_FILE} is not a regular file (a symlink or special file); expected the signature bundle JSON`,
-      { path: SIGNATURE_FILE },
-    );
-  if (st.size > MAX_BUNDLE_BYTES)
-    throw new PackageVerificationError(
-      'bundle-malformed',
-      `${SIGNATURE_FILE} is ${st.size} bytes; expected at most ${MAX_BUNDLE_BYTES}`,
-      { path: SIGNATURE_FILE },
-    );
-  const text = await readFile(path, 'utf8');
+  const bytes = await readPackageFile(path, { maxBytes: MAX_BUNDLE_BYTES, label: SIGNATURE_FILE }).catch(
+    (error: unknown) => {
+      if (!(error instanceof PackageFileError)) throw error;
+      if (error.problem === 'missing')
+        throw new PackageVerificationError(
+          'bundle-missing',
+          `${dir} has no ${SIGNATURE_FILE}; every package must carry its signature bundle`,
+          { path: SIGNATURE_FILE },
+        );
+      if (error.problem === 'too-large')
+        throw new PackageVerificationError('bundle-malformed', error.message, { path: SIGNATURE_FILE });
+      if (error.problem === 'unreadable') throw error;
+      throw new PackageVerificationError(
+        'file-unsupported',
+        `${SIGNATURE_FILE} is not a regular file (a symlink or special file); expected the signature bundle JSON`,
+        { path: SIGNATURE_FILE },
+      );
+    },
+  );
   let json: unknown;
   try {
-    json = JSON.parse(text);
+    json = JSON.parse(bytes.toString('utf8'));
   } catch (error) {
     throw new PackageVerificationError(
       'bundle-malformed',
-      `${SIGNATURE_FILE} is not JSON (${(error as Error).message}); expected a Sigstore bundle`,
+      `${SIGNATURE_FILE} is not JSON${jsonSyntaxErrorPosition(error)}; expected a Sigstore bundle`,
       { path: SIGNATURE_FILE },
     );
   }
