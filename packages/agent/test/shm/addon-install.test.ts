@@ -1,7 +1,15 @@
 // The packed agent's install step (native/install.mjs), run as npm runs it, in a copy of the native folder, with a
 // stand-in for node-gyp: its rebuild empties build/ first, as node-gyp's does, then fails or "builds".
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,7 +50,14 @@ ${
     : `fs.mkdirSync('build/Release', { recursive: true }); fs.copyFileSync(${JSON.stringify(SYSV_SHM_ADDON_PATH)}, 'build/Release/sysv_shm.node');`
 }`,
   );
-  return { dir, built, rebuildRan: () => existsSync(join(dir, 'rebuild-ran')), nodeGyp };
+  return {
+    dir,
+    built,
+    rebuildRan: () => existsSync(join(dir, 'rebuild-ran')),
+    // The older addon's copy while it rebuilds: never left behind.
+    backupLeft: () => existsSync(join(dir, 'sysv_shm.older.node')),
+    nodeGyp,
+  };
 }
 
 function install(folder: { dir: string; nodeGyp: string }) {
@@ -73,6 +88,7 @@ describe('native/install.mjs', () => {
     expect(result.stderr).toContain('built by an older version, is kept: shared memory works');
     expect(result.stderr).toContain('edgefleet_keep_freed_memory_bytes has no effect');
     expect(result.stderr).toContain('npm rebuild @edgefleet/agent');
+    expect(folder.backupLeft()).toBe(false);
   });
 
   it('replaces an older addon with the rebuilt one', () => {
@@ -81,6 +97,7 @@ describe('native/install.mjs', () => {
     expect(result.status).toBe(0);
     expect(readFileSync(folder.built).equals(readFileSync(SYSV_SHM_ADDON_PATH))).toBe(true);
     expect(result.stderr).toBe('');
+    expect(folder.backupLeft()).toBe(false);
   });
 
   it('explains, and exits 0, when there is no addon and none builds', () => {
