@@ -239,7 +239,7 @@ export class CaptureService {
       if (bytes > this.settings.maxCaptureBytes) {
         throw new AgentError(
           'RESOURCE_EXHAUSTED',
-          `capture ${JSON.stringify(captureId)} holds ${bytes} bytes of tensors and auxiliary data (inline and in shared memory); this agent captures at most ${this.settings.maxCaptureBytes} bytes at once (edgefleet_capture_max_bytes, by default -m); nothing was captured. Expected a smaller capture`,
+          `capture ${JSON.stringify(captureId)} holds ${bytes} bytes of tensors and auxiliary data (inline and in shared memory); this agent captures at most ${this.settings.maxCaptureBytes} bytes at once (edgefleet_capture_max_bytes, by default the larger of -m and 64 MiB); nothing was captured. Expected a smaller capture`,
         );
       }
       if (this.#heldBytes + bytes > this.#bufferBytes) {

@@ -1,7 +1,12 @@
 import { TrustPolicyError, loadTrustFolder, type TrustPolicy } from '@edgefleet/core';
 import type { Logger } from 'pino';
 import { ConfigError, loadAgentConfig, type AgentConfig, type CommandLineOptions } from '../config/index.js';
-import { modelActivityObserver, startCaptureService, type RunningCapture } from '../capture/index.js';
+import {
+  defaultMaxCaptureBytesFor,
+  modelActivityObserver,
+  startCaptureService,
+  type RunningCapture,
+} from '../capture/index.js';
 import { startGrpcServer, type RunningGrpcServer } from '../grpc/index.js';
 import { InferencePool, type PoolEvent } from '../inference/index.js';
 import { AgentMetrics } from '../metrics/index.js';
@@ -153,8 +158,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     // The config carries the capture settings, the `edgefleet_capture_*` ones included (captureSettingsFromConfig).
     const capture: RunningCapture = await startCaptureService({
       config,
-      // A capture may hold what the same capture sent inline could (-m), unless edgefleet_capture_max_bytes says.
-      extras: { defaultMaxCaptureBytes: commandLine.maxMessageBytes },
+      // A capture may hold max(-m, 64 MiB) (shm captures larger than -m), unless edgefleet_capture_max_bytes says.
+      extras: { defaultMaxCaptureBytes: defaultMaxCaptureBytesFor(commandLine.maxMessageBytes) },
       models: registry,
       ...(database && { database }),
       metricsRegistry: metrics.registry,
