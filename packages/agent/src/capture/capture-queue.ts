@@ -38,10 +38,11 @@ export interface CaptureQueue {
    */
   enqueue(item: CaptureItem, trackStatus?: boolean): Promise<void>;
   /**
-   * Puts up to `limit` of the oldest waiting captures in a batch. `taken` counts the waiting captures used up,
-   * which exceeds `items.length` when stored ones could not be read back (those are marked FAILURE).
+   * Puts up to `limit` of the oldest waiting captures in a batch. `damaged` names the waiting captures used up
+   * that could not be read back (they are marked FAILURE and dropped), so the caller can let go of what it held
+   * for them.
    */
-  formBatch(batchId: string, limit: number): { items: CaptureItem[]; taken: number };
+  formBatch(batchId: string, limit: number): { items: CaptureItem[]; damaged: string[] };
   /** The batch was written (SUCCESS), given up (FAILURE), or handed to the spool (null: stays IN_PROGRESS). */
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void;
   /** Ids whose status is IN_PROGRESS but that are no longer queued (handed to the spool). */
@@ -79,10 +80,10 @@ export class MemoryCaptureQueue implements CaptureQueue {
     return Promise.resolve();
   }
 
-  formBatch(batchId: string, limit: number): { items: CaptureItem[]; taken: number } {
+  formBatch(batchId: string, limit: number): { items: CaptureItem[]; damaged: string[] } {
     const items = this.#pending.splice(0, limit);
     if (items.length > 0) this.#batches.set(batchId, items);
-    return { items, taken: items.length };
+    return { items, damaged: [] };
   }
 
   inProgressOutsideQueue(): string[] {
@@ -207,12 +208,15 @@ export class SqliteCaptureQueue implements CaptureQueue {
     for (const w of waiting) w.resolve();
   }
 
-  formBatch(batchId: string, limit: number): { items: CaptureItem[]; taken: number } {
-    const rows = this.#repository.formBatch(batchId, limit);
-    const items = rows
-      .map((row) => this.#decode(row))
-      .filter((item): item is CaptureItem => item !== undefined);
-    return { items, taken: rows.length };
+  formBatch(batchId: string, limit: number): { items: CaptureItem[]; damaged: string[] } {
+    const items: CaptureItem[] = [];
+    const damaged: string[] = [];
+    for (const row of this.#repository.formBatch(batchId, limit)) {
+      const item = this.#decode(row);
+      if (item) items.push(item);
+      else damaged.push(row.captureId);
+    }
+    return { items, damaged };
   }
 
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {

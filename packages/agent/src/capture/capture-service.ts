@@ -239,7 +239,7 @@ export class CaptureService {
       if (bytes > this.settings.maxCaptureBytes) {
         throw new AgentError(
           'RESOURCE_EXHAUSTED',
-          `capture ${JSON.stringify(captureId)} holds ${bytes} bytes of tensors and auxiliary data (inline and in shared memory); this agent captures at most ${this.settings.maxCaptureBytes} bytes at once (edgefleet_capture_max_bytes, by default -m); nothing was captured. Expected a smaller capture`,
+          `capture ${JSON.stringify(captureId)} holds ${bytes} bytes of tensors and auxiliary data (inline and in shared memory); this agent captures at most ${this.settings.maxCaptureBytes} bytes at once (edgefleet_capture_max_bytes, by default the larger of -m and 64 MiB); nothing was captured. Expected a smaller capture`,
         );
       }
       if (this.#heldBytes + bytes > this.#bufferBytes) {
@@ -382,9 +382,12 @@ export class CaptureService {
     const size = this.settings.batchSize;
     while (this.#pending >= size || (all && this.#pending > 0)) {
       const batchId = randomBytes(16).toString('hex');
-      const { items, taken } = this.#queue.formBatch(batchId, size);
+      const { items, damaged } = this.#queue.formBatch(batchId, size);
+      const taken = items.length + damaged.length;
       this.#pending = taken === 0 ? 0 : this.#pending - taken;
-      this.#held -= taken - items.length;
+      // Dropped as unreadable (marked FAILURE): nothing holds them any more, their bytes included.
+      this.#held -= damaged.length;
+      for (const captureId of damaged) this.#releaseBytes(captureId);
       if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
     }
     if (this.#pending === 0 && this.#flushTimer !== undefined) {

@@ -7,6 +7,7 @@ export {
   AutoCaptureRuleSchema,
   DEFAULT_SPOOL_QUOTA_BYTES,
   DEFAULT_MAX_CAPTURE_BYTES,
+  defaultMaxCaptureBytesFor,
   defaultCaptureBufferBytes,
   captureSettingsFromConfig,
   type AutoCaptureRule,

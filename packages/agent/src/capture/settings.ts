@@ -30,8 +30,16 @@ export const CloudCredentialsSchema = z.discriminatedUnion('source', [
   }),
 ]);
 
-/** `-m`'s default: a capture as large as a default CaptureData message may be. */
-export const DEFAULT_MAX_CAPTURE_BYTES = 4 * 1024 * 1024;
+/**
+ * The least default cap on one capture. Shared memory exists for tensors larger than `-m` (4 MiB by default), so
+ * the cap is not `-m` alone: a 1080p FP32 frame (24 MiB) predicted and captured through shm must keep working.
+ */
+export const DEFAULT_MAX_CAPTURE_BYTES = 64 * 1024 ** 2;
+
+/** The cap on one capture when edgefleet_capture_max_bytes is unset: max(-m, 64 MiB). */
+export function defaultMaxCaptureBytesFor(maxMessageBytes: number): number {
+  return Math.max(maxMessageBytes, DEFAULT_MAX_CAPTURE_BYTES);
+}
 
 /** The capture buffer's byte budget when none is configured. */
 export function defaultCaptureBufferBytes(maxCaptureBytes: number): number {
@@ -95,7 +103,7 @@ export const CaptureSettingsSchema = z
     autoCapture: z.array(AutoCaptureRuleSchema).default([]),
     /**
      * Most bytes one capture may hold, tensors and auxiliary data together, inline or in shared memory: by default
-     * what the same capture sent inline could carry (the agent passes `-m`). Larger ones: RESOURCE_EXHAUSTED.
+     * max(-m, 64 MiB) (the agent passes defaultMaxCaptureBytesFor(-m)). Larger ones: RESOURCE_EXHAUSTED.
      */
     maxCaptureBytes: z.number().int().positive().default(DEFAULT_MAX_CAPTURE_BYTES),
     /**
@@ -144,7 +152,7 @@ export interface CaptureExtras {
   /** IoT role alias; default `SageMakerEdge-<fleet>` (what Edge Manager created). */
   iotRoleAlias?: string;
   autoCapture?: z.input<typeof AutoCaptureRuleSchema>[];
-  /** The largest capture when the config sets none (edgefleet_capture_max_bytes): the daemon passes `-m`. */
+  /** The largest capture when the config sets none (edgefleet_capture_max_bytes): the daemon passes max(-m, 64 MiB). */
   defaultMaxCaptureBytes?: number;
 }
 

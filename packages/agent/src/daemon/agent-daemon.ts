@@ -1,7 +1,12 @@
 import { TrustPolicyError, loadTrustFolder, type TrustPolicy } from '@edgefleet/core';
 import type { Logger } from 'pino';
 import { ConfigError, loadAgentConfig, type AgentConfig, type CommandLineOptions } from '../config/index.js';
-import { modelActivityObserver, startCaptureService, type RunningCapture } from '../capture/index.js';
+import {
+  defaultMaxCaptureBytesFor,
+  modelActivityObserver,
+  startCaptureService,
+  type RunningCapture,
+} from '../capture/index.js';
 import { startGrpcServer, type RunningGrpcServer } from '../grpc/index.js';
 import { InferencePool, type PoolEvent } from '../inference/index.js';
 import { AgentMetrics } from '../metrics/index.js';
@@ -25,6 +30,7 @@ import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
 import { keepFreedMemory, threadCpuClock } from './process-tuning.js';
 import { settlesWithin } from '../retry/index.js';
 import { prepareSocketPath } from './socket-path.js';
+import { BackgroundLoads } from './background-loads.js';
 
 /** How long shutdown lets calls in flight finish before cancelling them. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
@@ -61,7 +67,10 @@ export interface AgentDaemon {
 
 /**
  * Starts the agent: reads the config, checks the socket path, starts the inference workers, loads the preloaded
- * models, then listens (gRPC on `-a`, REST per config), so that a client that sees the socket finds them ready.
+ * models and those restored from the local database, then listens (gRPC on `-a`, REST per config). Each of those
+ * loads is waited for at most edgefleet_startup_load_timeout_seconds, so no package can keep the agent from
+ * listening: one still going then finishes in the background, and until every such load has settled the agent
+ * says it is not ready (GET /v2/health/ready), so only a client that sees it ready is sure to find them loaded.
  * Throws ConfigError (a key or option at fault) or StartupError (with its exit status); nothing is left running.
  */
 export async function startAgentDaemon(options: AgentDaemonOptions): Promise<AgentDaemon> {
@@ -129,7 +138,14 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     };
     cleanups.push(closeSharedMemory);
 
-    await preloadModels(config, registry, logger);
+    const backgroundLoads = new BackgroundLoads({
+      onSettled: () =>
+        logger.info(
+          { event: 'ready', models: registry.list().map((m) => m.name) },
+          'the start-up loads that went on in the background have finished: ready',
+        ),
+    });
+    await preloadModels(config, registry, logger, backgroundLoads);
 
     // The local database (DbEnable): the capture queue, the models to load again after a restart, counters.
     const opened = config.storage.dbEnabled
@@ -144,6 +160,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       cleanups.push(() => database.close());
       await restoreLoadedModels(registry, database.loadedModels, logger, {
         deadlineMs: config.inference.startupLoadTimeoutMs,
+        onStillLoading: (name, loading) => backgroundLoads.track(name, loading),
       });
       registry.observe(recordLoadedModels(database.loadedModels));
     }
@@ -153,8 +170,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     // The config carries the capture settings, the `edgefleet_capture_*` ones included (captureSettingsFromConfig).
     const capture: RunningCapture = await startCaptureService({
       config,
-      // A capture may hold what the same capture sent inline could (-m), unless edgefleet_capture_max_bytes says.
-      extras: { defaultMaxCaptureBytes: commandLine.maxMessageBytes },
+      // A capture may hold max(-m, 64 MiB) (shm captures larger than -m), unless edgefleet_capture_max_bytes says.
+      extras: { defaultMaxCaptureBytes: defaultMaxCaptureBytesFor(commandLine.maxMessageBytes) },
       models: registry,
       ...(database && { database }),
       metricsRegistry: metrics.registry,
@@ -216,6 +233,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         socketMode: config.socketMode,
         closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
         sharedMemory,
+        ready: () => backgroundLoads.settled,
         agentStatus: () => ({
           deployments: deployments
             ? { enabled: true, models: deployments.engine.status() }
@@ -248,6 +266,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         grpc: grpcAddress,
         rest: restAddresses,
         models: registry.list().map((m) => m.name),
+        loadingInBackground: backgroundLoads.pending,
         maxMessageBytes: commandLine.maxMessageBytes,
         workers: config.inference.workers,
         sharedMemory: sharedMemory !== null,
@@ -363,7 +382,12 @@ function loadNativeAddon(logger: Logger): SysvShmAddon | null {
 }
 
 /** `edgefleet_preload_models`, in order. A model that fails to load is logged; the agent serves the others. */
-async function preloadModels(config: AgentConfig, registry: ModelRegistry, logger: Logger): Promise<void> {
+async function preloadModels(
+  config: AgentConfig,
+  registry: ModelRegistry,
+  logger: Logger,
+  backgroundLoads: BackgroundLoads,
+): Promise<void> {
   const deadlineMs = config.inference.startupLoadTimeoutMs;
   for (const { url, name } of config.preloadModels ?? []) {
     const failed = (error: unknown): void => {
@@ -383,6 +407,7 @@ async function preloadModels(config: AgentConfig, registry: ModelRegistry, logge
       { model: name, url, deadlineMs },
       `edgefleet_preload_models: ${JSON.stringify(name)} (from ${url}) is still loading after ${deadlineMs / 1000} s; start-up goes on, and it keeps loading in the background (edgefleet_startup_load_timeout_seconds)`,
     );
+    backgroundLoads.track(name, loading);
     loading.catch(failed);
   }
 }

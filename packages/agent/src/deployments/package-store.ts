@@ -103,7 +103,8 @@ export class PackageStore {
    * Downloads the package to downloadPath(sha256), resuming a partial file with an HTTP Range request, and
    * checks its size and SHA-256. A file that does not match is removed (fail). Resolves with its path.
    * A package announced larger than maxPackageBytes, or larger than the free space above minFreeBytes, is
-   * refused (fail) before a byte is downloaded: the deployment's Size never raises the agent's own cap.
+   * refused (fail) before a byte is downloaded: the deployment's Size never raises the agent's own cap. One
+   * announcing no Size is cut off (fail) where it passes either bound.
    */
   async download(pkg: PackageDownload, signal?: AbortSignal): Promise<string> {
     if (pkg.size !== undefined && pkg.size > this.#maxBytes) {
@@ -114,20 +115,30 @@ export class PackageStore {
     }
     const file = this.downloadPath(pkg.sha256);
     await mkdir(join(this.root, 'downloads'), { recursive: true, mode: 0o700 });
-    const limit = Math.min(pkg.size ?? this.#maxBytes, this.#maxBytes);
+    const announced = Math.min(pkg.size ?? this.#maxBytes, this.#maxBytes);
     let have = (await stat(file).catch(() => undefined))?.size ?? 0;
-    if (have > limit) {
+    if (have > announced) {
       await rm(file, { force: true });
       have = 0;
     }
     const room = await this.#room();
+    const freeSpace = `the file system of ${this.root} has ${room} bytes free above the ${this.#minFreeBytes} bytes the agent keeps free (edgefleet_deployment_min_free_bytes)`;
     if (pkg.size !== undefined && pkg.size - have > room) {
       throw new PackageDownloadError(
         'fail',
-        `the package at ${pkg.url} needs ${pkg.size - have} more bytes; the file system of ${this.root} has ${room} bytes free above the ${this.#minFreeBytes} bytes the agent keeps free (edgefleet_deployment_min_free_bytes); nothing was downloaded`,
+        `the package at ${pkg.url} needs ${pkg.size - have} more bytes; ${freeSpace}; nothing was downloaded`,
       );
     }
-    if (pkg.size === undefined || have < pkg.size) await this.#fetch(pkg.url, file, have, limit, signal);
+    // A deployment without a Size (the contract allows it) is cut off at the free space too, not only at the cap.
+    const limit = Math.min(announced, have + room);
+    const bound =
+      limit < announced
+        ? freeSpace
+        : pkg.size === undefined
+          ? 'edgefleet_deployment_max_package_bytes'
+          : "the deployment's Size";
+    if (pkg.size === undefined || have < pkg.size)
+      await this.#fetch(pkg.url, file, have, { bytes: limit, bound }, signal);
     const size = (await stat(file)).size;
     if (pkg.size !== undefined && size !== pkg.size) {
       await rm(file, { force: true });
@@ -234,7 +245,14 @@ export class PackageStore {
     return resolve(path).startsWith(this.root + sep);
   }
 
-  async #fetch(path: string, file: string, have: number, limit: number, signal?: AbortSignal): Promise<void> {
+  /** `limit.bound` says what set the limit, for the message of a download cut off there. */
+  async #fetch(
+    path: string,
+    file: string,
+    have: number,
+    limit: { bytes: number; bound: string },
+    signal?: AbortSignal,
+  ): Promise<void> {
     // Only the server's package routes, never a path that climbs out of them (a row saved by an older agent
     // is checked here too, not only GetDeployments answers).
     const parsed = parsePackageUrl(path);
@@ -287,10 +305,10 @@ export class PackageStore {
           res.on('data', (chunk: Buffer) => {
             written += chunk.length;
             this.#onBytes?.(chunk.length);
-            if (written > limit) {
+            if (written > limit.bytes) {
               failure ??= new PackageDownloadError(
                 'fail',
-                `the package at ${path} is larger than ${limit} bytes`,
+                `the package at ${path} is larger than ${limit.bytes} bytes (${limit.bound}); the download was stopped there`,
               );
               res.destroy();
               return;

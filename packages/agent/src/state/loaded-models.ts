@@ -32,17 +32,21 @@ export const DEFAULT_STARTUP_LOAD_TIMEOUT_MS = 60_000;
 
 /**
  * Loads again, in their original order, the models that were loaded when the agent last stopped (or crashed).
- * A model already loaded (preloaded from the config) is skipped; one whose package is gone (NOT_FOUND) is
- * forgotten; any other failure is logged and kept for the next start. Each load is waited for at most
- * `deadlineMs`: one still going then is logged and left to finish in the background, and start-up goes on, so
- * no package folder (a hung mount, a FIFO or so) can keep the agent from serving; its record stays, so a crash
- * meanwhile loses nothing. Returns the names loaded in time.
+ * A model already loaded or still loading (preloaded from the config) is skipped; one whose package is gone
+ * (NOT_FOUND) is forgotten; any other failure is logged and kept for the next start. Each load is waited for at
+ * most `deadlineMs`: one still going then is logged, handed to `onStillLoading`, and left to finish in the
+ * background, and start-up goes on, so no package folder (a hung mount or so) can keep the agent from serving;
+ * its record stays, so a crash meanwhile loses nothing. Returns the names loaded in time.
  */
 export async function restoreLoadedModels(
   registry: RestorableRegistry,
   repository: LoadedModelsRepository,
   logger?: RestoreLogger,
-  options: { deadlineMs?: number } = {},
+  options: {
+    deadlineMs?: number;
+    /** Told of each load still going at its deadline (the daemon is not ready until they settle). */
+    onStillLoading?: (name: string, loading: Promise<unknown>) => void;
+  } = {},
 ): Promise<string[]> {
   const deadlineMs = options.deadlineMs ?? DEFAULT_STARTUP_LOAD_TIMEOUT_MS;
   const restored: string[] = [];
@@ -50,10 +54,30 @@ export async function restoreLoadedModels(
     if (registry.has(name)) continue;
     const failed = (error: unknown): void => {
       const code = (error as { code?: string }).code;
-      if (code === 'NOT_FOUND') repository.remove(name);
+      if (code === 'ALREADY_EXISTS') {
+        // A preloaded model of that name still loading in the background: not a failure, nothing to retry.
+        logger?.info(
+          { model: name, url },
+          `model ${JSON.stringify(name)} is already being loaded (edgefleet_preload_models); not loaded again from ${url}`,
+        );
+        return;
+      }
+      let forgotten = false;
+      if (code === 'NOT_FOUND') {
+        try {
+          repository.remove(name);
+          forgotten = true;
+        } catch (removeError) {
+          // A late failure (a load finished in the background) may come after shutdown closed the database.
+          logger?.warn(
+            { err: removeError, model: name },
+            `could not forget model ${JSON.stringify(name)} in the local database: ${(removeError as Error).message}`,
+          );
+        }
+      }
       logger?.warn(
         { err: error, model: name, url, code },
-        `could not load model ${JSON.stringify(name)} again after the restart (from ${url})${code === 'NOT_FOUND' ? '; its package is gone, so it is forgotten' : '; will try again at the next start'}`,
+        `could not load model ${JSON.stringify(name)} again after the restart (from ${url})${forgotten ? '; its package is gone, so it is forgotten' : '; will try again at the next start'}`,
       );
     };
     const loading = registry.load({ url, name });
@@ -70,6 +94,7 @@ export async function restoreLoadedModels(
       { model: name, url, deadlineMs },
       `model ${JSON.stringify(name)} (from ${url}) is still loading after ${deadlineMs / 1000} s; start-up goes on without it, and it keeps loading in the background (edgefleet_startup_load_timeout_seconds)`,
     );
+    options.onStillLoading?.(name, loading);
     loading.then(
       () => logger?.info({ model: name }, `loaded model ${JSON.stringify(name)} again after the restart`),
       failed,

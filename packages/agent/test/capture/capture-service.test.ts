@@ -2,6 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentDataType, AgentEncoding } from '@edgefleet/core';
+import SqliteDatabase from 'better-sqlite3';
 import fc from 'fast-check';
 import { Registry } from 'prom-client';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
@@ -9,11 +10,14 @@ import {
   CaptureService,
   DiskDestination,
   MemoryCaptureQueue,
+  SqliteCaptureQueue,
+  type CaptureQueue,
   type CaptureSettings,
 } from '../../src/capture/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import type { AgentError } from '../../src/models/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
+import { AgentDatabase } from '../../src/state/index.js';
 import type { captureRequest } from './helpers.js';
 import {
   captureInput,
@@ -59,12 +63,12 @@ afterEach(async () => {
 
 async function start(
   settings: CaptureSettings,
-  options: { registry?: Registry; destination?: DiskDestination } = {},
+  options: { registry?: Registry; destination?: DiskDestination; queue?: CaptureQueue } = {},
 ) {
   const service = new CaptureService({
     settings,
     models: registry,
-    queue: new MemoryCaptureQueue(),
+    queue: options.queue ?? new MemoryCaptureQueue(),
     destination: options.destination ?? new DiskDestination(settings.diskPath),
     ...(options.registry && { metricsRegistry: options.registry }),
   });
@@ -405,5 +409,41 @@ describe('Disk destination', () => {
       detail: expect.stringMatching(/cannot write to .*not-a-folder.*after 3 attempts/),
     });
     expect(service.held).toBe(0);
+  });
+});
+
+describe('a stored capture that cannot be read back', () => {
+  it('is marked FAILURE and gives back its place and its bytes in the buffer', async () => {
+    const database = AgentDatabase.open({ path: join(work, 'agent.db'), walSyncIntervalMs: 0 });
+    try {
+      // Each capture holds 139 bytes (two 16-float tensors and an 11-byte output): room for two, not three.
+      const settings = testSettings(work, { bufferBytes: 300, batchSize: 30, pushPeriodSeconds: 60 });
+      const queue = new SqliteCaptureQueue({ repository: database.captureQueue });
+      const service = await start(settings, { queue });
+      await service.capture(captureInput('damaged'));
+      await service.capture(captureInput('good'));
+      expect((await agentErrorOf(service.capture(captureInput('no-room')))).code).toBe('RESOURCE_EXHAUSTED');
+
+      // The stored row is damaged behind the agent's back (a bad disk sector, an older agent's format).
+      const raw = new SqliteDatabase(join(work, 'agent.db'));
+      raw.prepare("UPDATE capture_queue SET meta = 'not json' WHERE capture_id = 'damaged'").run();
+      raw.close();
+      await service.flush();
+      expect(service.status('damaged')).toMatchObject({
+        status: 'FAILURE',
+        detail: expect.stringMatching(/could not be read back/),
+      });
+      expect(service.status('good').status).toBe('SUCCESS');
+      expect(service.held).toBe(0);
+
+      // Both places and all 300 bytes are free again: two captures fit (with the damaged one's bytes still
+      // counted, the second was refused).
+      await service.capture(captureInput('after-1'));
+      await service.capture(captureInput('after-2'));
+      expect(service.held).toBe(2);
+      await service.close();
+    } finally {
+      database.close();
+    }
   });
 });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   DEFAULT_MAX_CAPTURE_BYTES,
+  defaultMaxCaptureBytesFor,
   DEFAULT_SPOOL_QUOTA_BYTES,
   captureSettingsFromConfig,
 } from '../../src/capture/index.js';
@@ -31,12 +32,17 @@ const settingsOf = (
 ) => captureSettingsFromConfig(parseAgentConfig(file, context).config, extras, env);
 
 describe('capture settings from the config file', () => {
-  it('sizes a capture by edgefleet_capture_max_bytes, else by the -m the daemon passes, else 4 MiB', () => {
+  it('sizes a capture by edgefleet_capture_max_bytes, else by the default the daemon passes, else 64 MiB', () => {
     expect(
       settingsOf({ edgefleet_capture_max_bytes: '1MiB' }, { defaultMaxCaptureBytes: 8 }).maxCaptureBytes,
     ).toBe(1024 ** 2);
     expect(settingsOf({}, { defaultMaxCaptureBytes: 64 * 1024 ** 2 }).maxCaptureBytes).toBe(64 * 1024 ** 2);
     expect(settingsOf({}).maxCaptureBytes).toBe(DEFAULT_MAX_CAPTURE_BYTES);
+    expect(DEFAULT_MAX_CAPTURE_BYTES).toBe(64 * 1024 ** 2);
+    // The daemon's default, max(-m, 64 MiB): shm captures of frames larger than the default -m (4 MiB) still fit.
+    expect(defaultMaxCaptureBytesFor(4 * 1024 ** 2)).toBe(64 * 1024 ** 2);
+    expect(defaultMaxCaptureBytesFor(24 * 1024 ** 2)).toBe(64 * 1024 ** 2);
+    expect(defaultMaxCaptureBytesFor(128 * 1024 ** 2)).toBe(128 * 1024 ** 2);
     expect(settingsOf({ edgefleet_capture_buffer_bytes: '32MiB' }).bufferBytes).toBe(32 * 1024 ** 2);
     expect(settingsOf({}).bufferBytes).toBeUndefined();
   });

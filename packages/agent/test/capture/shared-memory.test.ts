@@ -170,7 +170,7 @@ describe('capture from System V shared memory', () => {
     );
     expect(refused.code).toBe(grpcStatus.RESOURCE_EXHAUSTED);
     expect(refused.details).toMatch(
-      /capture "too-big" holds 10487\d\d bytes of tensors and auxiliary data .* at most 65536 bytes at once \(edgefleet_capture_max_bytes, by default -m\); nothing was captured/,
+      /capture "too-big" holds 10487\d\d bytes of tensors and auxiliary data .* at most 65536 bytes at once \(edgefleet_capture_max_bytes, by default the larger of -m and 64 MiB\); nothing was captured/,
     );
     expect(agent.capture.held).toBe(0);
 

@@ -430,6 +430,42 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     expect(cramped.registry.has('detector')).toBe(false);
   });
 
+  it('cuts off a download that announces no Size at the free space the agent keeps, as well as at its cap', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const unsized = (name: string) => {
+      const d = deployment(name, [{ handle: 'detector', pkg: v1, version: '1.0' }]);
+      delete d.Definitions![0]!.Size;
+      return d;
+    };
+    // A compromised control plane leaves Size out (the contract allows it) to fill the disk: no free space above
+    // what the agent keeps, so the first bytes stop it, and the message names the setting that did.
+    const cramped = await device({ minFreeBytes: 1024 ** 5 });
+    await cramped.engine.apply([unsized('unsized-cramped')]);
+    expect(stateOf(cramped, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(
+        /is larger than 0 bytes \(the file system of .* has 0 bytes free above the 1125899906842624 bytes the agent keeps free \(edgefleet_deployment_min_free_bytes\)\); the download was stopped there/,
+      ),
+    });
+    expect(existsSync(cramped.store.downloadPath(v1.sha256))).toBe(false);
+    expect(cramped.registry.has('detector')).toBe(false);
+
+    // With room to spare, the cap is what stops it.
+    const capped = await device({ maxPackageBytes: 1024 });
+    await capped.engine.apply([unsized('unsized-capped')]);
+    expect(stateOf(capped, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(
+        /is larger than 1024 bytes \(edgefleet_deployment_max_package_bytes\); the download was stopped there/,
+      ),
+    });
+
+    // Within both bounds, a package without a Size installs (its SHA-256 still decides).
+    const roomy = await device();
+    await roomy.engine.apply([unsized('unsized-roomy')]);
+    expect(stateOf(roomy, 'detector')).toMatchObject({ state: 'Committed' });
+  });
+
   it('stops extracting an archive that expands far past its compressed size, before the signature check', async () => {
     // A signed package plus 64 MiB of zeros (a sparse file): about 64 KiB gzipped, a gzip bomb in miniature.
     const dir = await files.custom(identityModel(), 'detector', '1.0');

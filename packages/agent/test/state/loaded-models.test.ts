@@ -10,6 +10,7 @@ import {
   agentDatabasePath,
   recordLoadedModels,
   restoreLoadedModels,
+  type RestorableRegistry,
 } from '../../src/state/index.js';
 
 let root: string;
@@ -65,6 +66,75 @@ describe('loaded models across restarts', () => {
     ]);
     expect(db.loadedModels.list().map((m) => m.name)).toEqual(['second', 'first']);
     await second.close();
+    db.close();
+  });
+});
+
+describe('restored loads that outlast the start-up deadline', () => {
+  it('a late failure after shutdown closed the database is logged, not thrown (the agent does not crash)', async () => {
+    const db = AgentDatabase.open({ path: agentDatabasePath(join(root, 'late-data')) });
+    db.loadedModels.record({ name: 'gone', url: join(root, 'no-such-package'), loadedAt: 1 });
+    const registry = new ModelRegistry({ pool, trust: null, cwd: root });
+    // The package folder sits on a mount that hangs: the real load only begins once the test lets it.
+    let letLoad!: () => void;
+    const hung = new Promise<void>((resolve) => (letLoad = resolve));
+    const hungMount: RestorableRegistry = {
+      load: async (request) => {
+        await hung;
+        return registry.load(request);
+      },
+      has: (name) => registry.has(name),
+    };
+    const warnings: string[] = [];
+    const stillLoading: Array<{ name: string; loading: Promise<unknown> }> = [];
+    const restored = await restoreLoadedModels(
+      hungMount,
+      db.loadedModels,
+      { info: () => {}, warn: (_details, message) => void warnings.push(message) },
+      { deadlineMs: 10, onStillLoading: (name, loading) => void stillLoading.push({ name, loading }) },
+    );
+    expect(restored).toEqual([]);
+    expect(stillLoading.map((s) => s.name)).toEqual(['gone']);
+    expect(warnings).toEqual([expect.stringMatching(/model "gone" .* is still loading after 0.01 s/)]);
+
+    // Shutdown closes the database; then the load fails (NOT_FOUND), which would forget the model's record.
+    db.close();
+    letLoad();
+    await stillLoading[0]!.loading.catch(() => {});
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(warnings.slice(1)).toEqual([
+      expect.stringMatching(/could not forget model "gone" in the local database: .*not open/),
+      expect.stringMatching(
+        /could not load model "gone" again after the restart .*; will try again at the next start/,
+      ),
+    ]);
+    await registry.close();
+  });
+
+  it('a model still being preloaded is not reported as a failure to retry at the next start', async () => {
+    const db = AgentDatabase.open({ path: agentDatabasePath(join(root, 'preloading-data')) });
+    const a = await modelPackage('preloading');
+    db.loadedModels.record({ name: 'first', url: a, loadedAt: 1 });
+    const registry = new ModelRegistry({ pool, trust: null, cwd: root });
+    // edgefleet_preload_models loads "first" and is still at it when the restore begins.
+    const preloading = registry.load({ url: a, name: 'first' });
+    const infos: string[] = [];
+    const warnings: string[] = [];
+    const restored = await restoreLoadedModels(registry, db.loadedModels, {
+      info: (_details, message) => void infos.push(message),
+      warn: (_details, message) => void warnings.push(message),
+    });
+    await preloading;
+    expect(restored).toEqual([]);
+    expect(warnings).toEqual([]);
+    expect(infos).toEqual([
+      expect.stringMatching(
+        /model "first" is already being loaded \(edgefleet_preload_models\); not loaded again/,
+      ),
+    ]);
+    expect(registry.has('first')).toBe(true);
+    expect(db.loadedModels.list().map((m) => m.name)).toEqual(['first']);
+    await registry.close();
     db.close();
   });
 });
