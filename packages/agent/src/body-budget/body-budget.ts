@@ -4,11 +4,13 @@ export function defaultBodyBudgetBytes(maxBodyBytes: number): number {
 }
 
 /**
- * One byte budget for request bodies (REST) and request messages (gRPC) being received or held until their
- * answer is sent, shared by both doors (docs/security.md#limits): without it, connections × streams × the largest
- * body is what a flood of stalled uploads may hold in memory. Bytes are taken before they are buffered (from a
- * Content-Length or a gRPC length prefix, else chunk by chunk) and given back when the request is done. Plain
- * counting: O(1), no allocation.
+ * One byte budget for request bodies (REST) and request messages (gRPC) being received, or held by the work they
+ * were handed to, shared by both doors (docs/security.md#limits): without it, connections × streams × the
+ * largest body is what a flood of stalled uploads may hold in memory. Bytes are taken as they arrive (never from
+ * an announced length alone, which costs a client nothing) and given back once nothing holds them: when the
+ * request is refused or its client gone before the body was handed on, else when the inference (REST) or the
+ * handler (gRPC) it was handed to has settled, even if the client cancelled meanwhile. Plain counting: O(1), no
+ * allocation.
  */
 export class BodyBudget {
   readonly limitBytes: number;
