@@ -221,7 +221,10 @@ describe('gRPC request messages being received', () => {
       await callMethod(client, 'ListModels', {});
       const used = budget.usedBytes;
       const stillRunning = (slow()?.running ?? 0) + (slow()?.queued ?? 0);
-      expect(stillRunning, 'the slow model finished before the cancel was seen; the check needs it running').toBe(1);
+      expect(
+        stillRunning,
+        'the slow model finished before the cancel was seen; the check needs it running',
+      ).toBe(1);
       expect(used).toBe(messageBytes);
       // Once the inference is over (its answer dropped: the call is gone), the budget is given back.
       while (budget.usedBytes > 0) await delay(10);
