@@ -4,6 +4,25 @@ export function defaultBodyBudgetBytes(maxBodyBytes: number): number {
 }
 
 /**
+ * Why a configured budget is too small, when it is smaller than the largest REST body or gRPC message the agent
+ * accepts: such a request could never fit, and would be refused (429 / RESOURCE_EXHAUSTED) every time, however
+ * idle the agent. Undefined when it is large enough.
+ */
+export function bodyBudgetWarning(
+  limitBytes: number,
+  maxBodyBytes: number,
+  maxMessageBytes: number,
+): string | undefined {
+  const largest = Math.max(maxBodyBytes, maxMessageBytes);
+  if (limitBytes >= largest) return undefined;
+  const which =
+    maxMessageBytes >= maxBodyBytes
+      ? `a gRPC message of up to -m (${maxMessageBytes} bytes)`
+      : `a REST body of up to ${maxBodyBytes} bytes`;
+  return `edgefleet_max_bodies_in_flight_bytes (${limitBytes} bytes) is smaller than the largest request the agent accepts, ${which}: requests larger than the budget are refused every time (REST 429, gRPC RESOURCE_EXHAUSTED); expected at least ${largest} bytes, or leave it unset`;
+}
+
+/**
  * One byte budget for request bodies (REST) and request messages (gRPC) being received, or held by the work they
  * were handed to, shared by both doors (docs/security.md#limits): without it, connections × streams × the
  * largest body is what a flood of stalled uploads may hold in memory. Bytes are taken as they arrive (never from
