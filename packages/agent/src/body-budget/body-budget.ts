@@ -58,8 +58,8 @@ export class BodyBudget {
     this.#usedBytes -= bytes;
   }
 
-  /** What a refusal says: how much is taken, what was asked, the limit and its key. */
-  describeRefusal(bytes: number, what: string): string {
-    return `${this.#usedBytes} bytes of request bodies are being received or held already; ${what} (${bytes} bytes) would pass the agent's budget of ${this.limitBytes} bytes for them (edgefleet_max_bodies_in_flight_bytes)`;
+  /** What a refusal says: how much is taken, what was asked (`what`, with its size), the limit and its key. */
+  describeRefusal(what: string): string {
+    return `${this.#usedBytes} bytes of request bodies are being received or held already; ${what} would pass the agent's budget of ${this.limitBytes} bytes for them (edgefleet_max_bodies_in_flight_bytes)`;
   }
 }

@@ -106,8 +106,7 @@ export class ReceiveGuard {
 
   describeRefusal(bytes: number, taken: number): string {
     return this.#budget.describeRefusal(
-      bytes,
-      `the next bytes of this call’s request message (${taken} taken so far)`,
+      `the next ${bytes} bytes of this call’s request message (after ${taken} taken for it)`,
     );
   }
 

@@ -46,8 +46,7 @@ class BodyReservation implements BodyGrowth, HeldBody {
       return undefined;
     }
     return this.budget.describeRefusal(
-      bytes,
-      `the next bytes of this request body (${this.#bytes} taken so far)`,
+      `the next ${bytes} bytes of this request body (after ${this.#bytes} taken for it)`,
     );
   }
 

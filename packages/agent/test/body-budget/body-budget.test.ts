@@ -11,8 +11,8 @@ describe('the body budget', () => {
     expect(budget.usedBytes).toBe(6);
     budget.give(6);
     expect(budget.take(10)).toBe(true);
-    expect(budget.describeRefusal(1, 'this request body')).toMatch(
-      /10 bytes of request bodies are being received or held already; this request body \(1 bytes\) would pass the agent's budget of 10 bytes/,
+    expect(budget.describeRefusal('the next 1 bytes of this request body')).toMatch(
+      /10 bytes of request bodies are being received or held already; the next 1 bytes of this request body would pass the agent's budget of 10 bytes/,
     );
   });
 

@@ -158,7 +158,7 @@ describe('gRPC request messages being received', () => {
     expect(await within(third.answer, 10_000)).toEqual({
       status: '8',
       message: expect.stringMatching(
-        /bytes of request bodies are being received or held already; the next bytes of this call’s request message \(\d+ taken so far\) \(\d+ bytes\) would pass the agent's budget of 1048576 bytes/,
+        /bytes of request bodies are being received or held already; the next \d+ bytes of this call’s request message \(after \d+ taken for it\) would pass the agent's budget of 1048576 bytes/,
       ),
     });
     // The held calls get no answer: they are still being received.
