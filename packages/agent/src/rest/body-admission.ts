@@ -157,7 +157,8 @@ export class BodyAdmission {
     }
     const reservation = new BodyReservation(this.#budget);
     this.#reservations.set(req, reservation);
-    res.once('close', reservation.onClose);
+    // on, not once: 'close' fires once anyway, and once() would wrap the listener in two more objects.
+    res.on('close', reservation.onClose);
   }
 
   /**
