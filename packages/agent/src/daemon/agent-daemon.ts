@@ -26,7 +26,7 @@ import {
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { registryLogger } from './logger.js';
 import { bindUnixSocket, removeOwnSocketFile } from '../unix-socket/index.js';
-import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
+import { BodyBudget, bodyBudgetWarning, defaultBodyBudgetBytes } from '../body-budget/index.js';
 import { keepFreedMemory, threadCpuClock } from './process-tuning.js';
 import { settlesWithin } from '../retry/index.js';
 import { prepareSocketPath } from './socket-path.js';
@@ -199,6 +199,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const bodyBudget = new BodyBudget(
       config.limits.bodiesInFlightBytes ?? defaultBodyBudgetBytes(maxBodyBytes),
     );
+    const budgetWarning = bodyBudgetWarning(bodyBudget.limitBytes, maxBodyBytes, commandLine.maxMessageBytes);
+    if (budgetWarning !== undefined) logger.warn({ config: commandLine.configPath }, budgetWarning);
     let grpc: RunningGrpcServer | undefined;
     const socketInode = await bindUnixSocket(commandLine.socketPath, config.socketMode, async (bindPath) => {
       const started = await startGrpcServer({

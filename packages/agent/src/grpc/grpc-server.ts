@@ -24,15 +24,22 @@ export interface GrpcServerOptions {
   /** Serves CaptureData / GetCaptureDataStatus; absent: UNIMPLEMENTED. */
   capture?: Pick<CaptureService, 'capture' | 'status'>;
   /**
-   * Bytes of request messages in flight (shared with the REST door in the agent); a call whose message would
-   * pass it is answered RESOURCE_EXHAUSTED. Default: its own, of defaultBodyBudgetBytes(maxMessageBytes).
+   * Bytes of request messages being received or held by a handler (shared with the REST door in the agent),
+   * counted as they arrive; a call whose next bytes would pass it is answered RESOURCE_EXHAUSTED. Default: its
+   * own, of defaultBodyBudgetBytes(maxMessageBytes).
    */
   bodyBudget?: BodyBudget;
-  /** A call whose request message is not complete this long after it began is cancelled. Default 30 s. */
+  /**
+   * A call whose request (its message, and the end of the client's side of the stream) is not complete this
+   * long after it began is cancelled. Default 30 s.
+   */
   receiveTimeoutMs?: number;
 }
 
-/** How long a call's request message may take to arrive, as REST's whole-request timeout (rest-limits.ts). */
+/**
+ * How long a call's request (its message and the end of the client's side of the stream) may take to arrive, as
+ * REST's whole-request timeout (rest-limits.ts).
+ */
 export const DEFAULT_GRPC_RECEIVE_TIMEOUT_MS = 30_000;
 
 export interface RunningGrpcServer {
@@ -91,6 +98,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const guard = new ReceiveGuard({
     budget: options.bodyBudget ?? new BodyBudget(defaultBodyBudgetBytes(options.maxMessageBytes)),
     receiveTimeoutMs: options.receiveTimeoutMs ?? DEFAULT_GRPC_RECEIVE_TIMEOUT_MS,
+    maxMessageBytes: options.maxMessageBytes,
     logger: options.logger,
   });
   const server = new Server({

@@ -1,6 +1,7 @@
 import { constants as http2, type ServerHttp2Stream } from 'node:http2';
 import {
   status,
+  type Metadata,
   type ServerInterceptingCall,
   type ServerInterceptingCallInterface,
   type ServerInterceptor,
@@ -14,20 +15,31 @@ const PREFIX_BYTES = 5;
 /** How many sweeps make up one receive timeout: a call is cancelled between 1 and 1.25 timeouts after it began. */
 const SWEEPS_PER_TIMEOUT = 4;
 
+/** What grpc-js tells a call's listener (the type is not exported by name). */
+type CallListener = Parameters<ServerInterceptingCallInterface['start']>[0];
+type CallStatus = Parameters<ServerInterceptingCallInterface['sendStatus']>[0];
+
 export interface ReceiveGuardOptions {
   budget: BodyBudget;
-  /** A call whose request message is not complete this long after its headers is cancelled (DEADLINE_EXCEEDED). */
+  /**
+   * A call whose request is not complete this long after its headers (its message, and the end of the client's
+   * side of the stream) is cancelled (DEADLINE_EXCEEDED).
+   */
   receiveTimeoutMs: number;
+  /** `-m`: a message announced larger is refused by grpc-js itself, and counts nothing here. */
+  maxMessageBytes: number;
   logger: Logger;
 }
 
 /**
  * What grpc-js does not bound by itself (docs/security.md#limits): it buffers each call's request message until
- * it is complete, up to `-m`, with no deadline. The guard watches each call's HTTP/2 stream from its headers on:
- * the message's length prefix takes that many bytes from the body budget shared with the REST door (given back
- * when the stream closes), and a call whose message is not complete within the receive timeout is cancelled.
- * Either refusal answers the call with a status and resets the stream, so grpc-js drops what it had buffered.
- * O(1) work per data chunk until the message is complete, then none.
+ * it is complete, up to `-m`, with no deadline, and the handler then holds it until it answers, whether or not
+ * the client is still there. The guard watches each call's HTTP/2 stream from its headers on: the message's
+ * bytes are taken from the body budget shared with the REST door as they arrive (at most its length prefix's
+ * worth), and given back once the stream has closed and the handler, if it was started, has answered; a call
+ * whose request (its message and the end of the client's stream) is not complete within the receive timeout is
+ * cancelled. Either refusal answers the call with a status and resets the stream, so grpc-js drops what it had
+ * buffered. O(1) work and no allocation per data chunk until the message is complete, then none.
  *
  * grpc-js (pinned exactly, see agent-service.ts) hands interceptors its call object, which holds the stream as
  * `stream`; receive-guard.test.ts fails if a new version stops doing so.
@@ -35,6 +47,7 @@ export interface ReceiveGuardOptions {
 export class ReceiveGuard {
   readonly #budget: BodyBudget;
   readonly #receiveTimeoutMs: number;
+  readonly maxMessageBytes: number;
   readonly #logger: Logger;
   readonly #receiving = new Set<MessageReceipt>();
   readonly #sweeper: NodeJS.Timeout;
@@ -44,6 +57,7 @@ export class ReceiveGuard {
   constructor(options: ReceiveGuardOptions) {
     this.#budget = options.budget;
     this.#receiveTimeoutMs = options.receiveTimeoutMs;
+    this.maxMessageBytes = options.maxMessageBytes;
     this.#logger = options.logger;
     this.#sweeper = setInterval(
       () => this.#sweep(),
@@ -52,7 +66,11 @@ export class ReceiveGuard {
     this.#sweeper.unref();
   }
 
-  /** The grpc-js server interceptor: watches the call and returns it unchanged (no wrapper on the hot path). */
+  /**
+   * The grpc-js server interceptor: the call's receipt stands in for the call (one object per call, no
+   * ServerInterceptingCall wrapper with its listener and responder objects), so that it sees when the handler
+   * is started and when it answers.
+   */
   readonly interceptor: ServerInterceptor = (_method, call) => {
     const stream = (call as unknown as { stream?: ServerHttp2Stream }).stream;
     if (stream === undefined || typeof stream.on !== 'function') {
@@ -62,14 +80,14 @@ export class ReceiveGuard {
           'gRPC: the installed grpc-js no longer exposes its calls’ streams; request messages are not held to the body budget or the receive timeout',
         );
       }
-    } else {
-      const receipt = new MessageReceipt(this, call, stream, this.#sweeps);
-      this.#receiving.add(receipt);
+      return call as ServerInterceptingCall;
     }
-    return call as ServerInterceptingCall;
+    const receipt = new MessageReceipt(this, call, stream, this.#sweeps);
+    this.#receiving.add(receipt);
+    return receipt as unknown as ServerInterceptingCall;
   };
 
-  /** Calls whose request message is still arriving. */
+  /** Calls whose request is still arriving (as of the last sweep for those whose stream has ended since). */
   get receiving(): number {
     return this.#receiving.size;
   }
@@ -86,8 +104,10 @@ export class ReceiveGuard {
     this.#budget.give(bytes);
   }
 
-  describeRefusal(bytes: number): string {
-    return this.#budget.describeRefusal(bytes, 'this call’s request message');
+  describeRefusal(bytes: number, taken: number): string {
+    return this.#budget.describeRefusal(
+      `the next ${bytes} bytes of this call’s request message (after ${taken} taken for it)`,
+    );
   }
 
   received(receipt: MessageReceipt): void {
@@ -97,26 +117,38 @@ export class ReceiveGuard {
   #sweep(): void {
     const sweep = ++this.#sweeps;
     for (const receipt of this.#receiving) {
-      if (sweep - receipt.sweep <= SWEEPS_PER_TIMEOUT) continue;
-      receipt.refuse(
-        status.DEADLINE_EXCEEDED,
-        `the request (its message and the end of the client's stream) was not complete ${this.#receiveTimeoutMs} ms after the call began (edgefleet_grpc_receive_timeout_seconds); the call is cancelled. Expected the whole request promptly`,
-      );
+      // The client ended its side: the request is complete (checked here rather than by an 'end' listener per call).
+      if (receipt.ended) receipt.received();
+      else if (sweep - receipt.sweep > SWEEPS_PER_TIMEOUT) {
+        receipt.refuse(
+          status.DEADLINE_EXCEEDED,
+          `the request (its message and the end of the client's stream) was not complete ${this.#receiveTimeoutMs} ms after the call began (edgefleet_grpc_receive_timeout_seconds); the call is cancelled. Expected the whole request promptly`,
+        );
+      }
     }
   }
 }
 
 /**
- * One call's request as it arrives: its message's declared length and the budget it took, until the client ends
- * its side of the stream (a unary call's message is handled only then, so a client that sends the message and
- * never ends the stream is held to the receive timeout too).
+ * One call's request message and the budget it holds: counted as it arrives until the length prefix's worth is
+ * in, and given back once the stream has closed and the handler, if grpc-js started it, has answered (a client
+ * that cancels a call whose message its handler still holds leaves the budget taken until then). Stands in for
+ * grpc-js's call (every method passed on) and, towards it, for the call's listener, to see both.
  */
-class MessageReceipt {
-  #seen = 0;
+class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
+  /** Bytes of the length prefix seen (0 to PREFIX_BYTES). */
+  #prefixSeen = 0;
   #declared = 0;
+  /** Bytes of the message (with its prefix) still to be counted once the prefix is known. */
+  #remaining = 0;
   #taken = 0;
   #counting = true;
   #receiving = true;
+  #listener: CallListener | undefined;
+  /** grpc-js has handed the request to the handler (on the client's half-close). */
+  #handling = false;
+  #answered = false;
+  #closed = false;
 
   constructor(
     private readonly guard: ReceiveGuard,
@@ -126,31 +158,40 @@ class MessageReceipt {
     readonly sweep: number,
   ) {
     stream.on('data', this.#onData);
-    stream.once('end', this.#onEnd);
-    stream.once('close', this.#onClose);
+    stream.on('close', this.#onClose);
+  }
+
+  /** The client has ended its side of the stream. */
+  get ended(): boolean {
+    return this.stream.readableEnded;
   }
 
   readonly #onData = (chunk: Buffer): void => {
-    if (this.#seen >= PREFIX_BYTES) return this.#count(chunk.length);
-    let i = 0;
-    // The 4 length bytes follow the compressed flag; they may arrive split across chunks.
-    for (; i < chunk.length && this.#seen < PREFIX_BYTES; i++, this.#seen++)
-      if (this.#seen > 0) this.#declared = this.#declared * 256 + chunk[i]!;
-    if (this.#seen < PREFIX_BYTES) return;
-    // The whole message's bytes are taken at once, as a REST body's Content-Length is.
-    const bytes = PREFIX_BYTES + this.#declared;
-    if (!this.guard.take(bytes)) {
-      this.refuse(status.RESOURCE_EXHAUSTED, `${this.guard.describeRefusal(bytes)}; retry shortly`);
+    let bytes = chunk.length;
+    if (this.#prefixSeen < PREFIX_BYTES) {
+      let i = 0;
+      // The 4 length bytes follow the compressed flag; they may arrive split across chunks.
+      for (; i < chunk.length && this.#prefixSeen < PREFIX_BYTES; i++, this.#prefixSeen++)
+        if (this.#prefixSeen > 0) this.#declared = this.#declared * 256 + chunk[i]!;
+      if (this.#prefixSeen < PREFIX_BYTES) return;
+      // grpc-js refuses a message over -m itself (RESOURCE_EXHAUSTED) and drops its bytes: nothing to hold.
+      if (this.#declared > this.guard.maxMessageBytes) return this.#stopCounting();
+      this.#remaining = PREFIX_BYTES + this.#declared;
+      bytes = PREFIX_BYTES + chunk.length - i;
+    }
+    // As they arrive, never past the announced length: an announcement alone takes nothing.
+    const counted = bytes < this.#remaining ? bytes : this.#remaining;
+    if (!this.guard.take(counted)) {
+      this.refuse(
+        status.RESOURCE_EXHAUSTED,
+        `${this.guard.describeRefusal(counted, this.#taken)}; retry shortly`,
+      );
       return;
     }
-    this.#taken = bytes;
-    this.#count(chunk.length - i);
+    this.#taken += counted;
+    this.#remaining -= counted;
+    if (this.#remaining === 0) this.#stopCounting();
   };
-
-  #count(bytes: number): void {
-    this.#seen += bytes;
-    if (this.#seen >= PREFIX_BYTES + this.#declared) this.#stopCounting();
-  }
 
   /** The message is in (or refused): no more chunks to look at. */
   #stopCounting(): void {
@@ -160,28 +201,112 @@ class MessageReceipt {
   }
 
   /** The request is in (or refused, or gone): the receive timeout no longer applies. */
-  #received(): void {
+  received(): void {
     this.#stopCounting();
     if (!this.#receiving) return;
     this.#receiving = false;
     this.guard.received(this);
   }
 
-  readonly #onEnd = (): void => this.#received();
-
   readonly #onClose = (): void => {
-    this.#received();
-    this.guard.give(this.#taken);
-    this.#taken = 0;
+    this.#closed = true;
+    this.received();
+    this.#settle();
   };
+
+  /** Gives the budget back once nothing holds the message: the stream is closed, and no handler runs with it. */
+  #settle(): void {
+    if (!this.#closed || (this.#handling && !this.#answered)) return;
+    const taken = this.#taken;
+    // Zeroed first: a second settle (close, then the answer) gives back nothing.
+    this.#taken = 0;
+    this.guard.give(taken);
+  }
+
+  /** The handler has answered (a message or a status): it holds the request no more. */
+  #answer(): void {
+    if (this.#answered) return;
+    this.#answered = true;
+    this.#settle();
+  }
 
   /** Answers the call with `code` and resets the stream, which frees whatever grpc-js had buffered for it. */
   refuse(code: status, details: string): void {
-    this.#received();
+    this.received();
     this.call.sendStatus({ code, details });
     // After the status (trailers) has gone out: RST_STREAM, so the client's remaining data is not read.
     setImmediate(() => {
       if (!this.stream.closed) this.stream.close(http2.NGHTTP2_CANCEL);
     });
+  }
+
+  // --- towards grpc-js: the listener of the call --------------------------------------------------------------
+
+  onReceiveMetadata(metadata: Metadata): void {
+    this.#listener!.onReceiveMetadata(metadata);
+  }
+
+  onReceiveMessage(message: unknown): void {
+    this.#listener!.onReceiveMessage(message);
+  }
+
+  onReceiveHalfClose(): void {
+    // A unary handler is started here, and holds the message until it answers.
+    this.#handling = true;
+    this.#listener!.onReceiveHalfClose();
+  }
+
+  onCancel(): void {
+    this.#listener!.onCancel();
+  }
+
+  // --- towards the handler: the call ----------------------------------------------------------------------------
+
+  start(listener: CallListener): void {
+    this.#listener = listener;
+    this.call.start(this);
+  }
+
+  sendMetadata(metadata: Metadata): void {
+    this.call.sendMetadata(metadata);
+  }
+
+  sendMessage(message: unknown, callback: () => void): void {
+    // Marked before it is passed on: on a cancelled call grpc-js drops the message and never sends the status.
+    this.#answer();
+    this.call.sendMessage(message, callback);
+  }
+
+  sendStatus(callStatus: CallStatus): void {
+    this.#answer();
+    this.call.sendStatus(callStatus);
+  }
+
+  startRead(): void {
+    this.call.startRead();
+  }
+
+  getPeer(): string {
+    return this.call.getPeer();
+  }
+
+  getDeadline() {
+    return this.call.getDeadline();
+  }
+
+  getHost(): string {
+    return this.call.getHost();
+  }
+
+  getAuthContext() {
+    return this.call.getAuthContext();
+  }
+
+  getConnectionInfo() {
+    return this.call.getConnectionInfo();
+  }
+
+  getMetricsRecorder() {
+    return this.call.getMetricsRecorder();
   }
 }

@@ -1,3 +1,6 @@
+/** What seen() returns for a loaded model (every request's case): one shared, frozen array, so no allocation. */
+const NONE: readonly string[] = Object.freeze([]);
+
 /** The default number of models not loaded whose series are kept (`edgefleet_metrics_unloaded_models`). */
 export const DEFAULT_MAX_UNLOADED_MODELS = 64;
 
@@ -23,14 +26,14 @@ export class ModelLabels {
   }
 
   /** A model was unloaded. Returns the names whose series must go now. */
-  unloaded(model: string): string[] {
+  unloaded(model: string): readonly string[] {
     this.#loaded.delete(model);
     return this.seen(model);
   }
 
   /** A series of `model` was touched (a failed load, a request that ended after its unload). Returns the names whose series must go now. */
-  seen(model: string): string[] {
-    if (this.#loaded.has(model)) return [];
+  seen(model: string): readonly string[] {
+    if (this.#loaded.has(model)) return NONE;
     this.#unloaded.delete(model);
     this.#unloaded.set(model, true);
     const evicted: string[] = [];

@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import type { Readable } from 'node:stream';
 import type { BodyBudget } from '../body-budget/index.js';
 import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
-import { readRequestBody, type BodyLimit, type BodyReservation, type RequestBody } from './request-body.js';
+import { readRequestBody, type BodyGrowth, type BodyLimit, type RequestBody } from './request-body.js';
 import { RestError } from './rest-errors.js';
 
 /** A JSON body above this size (or of unknown size) counts against maxConcurrentJsonBodies. */
@@ -25,23 +25,51 @@ export interface BodyAdmissionLimits {
  */
 export const UNCOUNTED_BODY_BYTES = 64 * 1024;
 
-/** The budget taken by a chunked body so far, grown as its chunks arrive and given back when it is done. */
-class ChunkedReservation implements BodyReservation {
+/**
+ * A counted body's share of the body budget: taken as its bytes arrive (never from the announced length, which
+ * costs a client nothing to send), and given back once, when the agent is done with the body: when the response's
+ * connection closes while the body was never handed on (refused, or the client gone mid-body), else when the work
+ * it was handed to settles (handOn, then release). A client that disconnects while its body waits in a model's
+ * queue therefore leaves the budget taken until that inference is over.
+ */
+class BodyReservation implements BodyGrowth, HeldBody {
   #bytes = 0;
+  #handedOn = false;
+  #released = false;
   constructor(private readonly budget: BodyBudget) {}
 
   grow(bytes: number): string | undefined {
+    // Given back already (the connection closed): nothing more is kept for this body.
+    if (this.#released) return undefined;
     if (this.budget.take(bytes)) {
       this.#bytes += bytes;
       return undefined;
     }
-    return this.budget.describeRefusal(this.#bytes + bytes, 'this chunked request body');
+    return this.budget.describeRefusal(
+      `the next ${bytes} bytes of this request body (after ${this.#bytes} taken for it)`,
+    );
   }
 
-  readonly release = () => {
+  handOn(): void {
+    this.#handedOn = true;
+  }
+
+  /** The response's connection closed: the body is given back unless work still holds it. */
+  readonly onClose = (): void => {
+    if (!this.#handedOn) this.release();
+  };
+
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
     this.budget.give(this.#bytes);
     this.#bytes = 0;
-  };
+  }
+}
+
+/** A body handed to work that may outlive its connection: release() gives its budget back (once; more calls do nothing). */
+export interface HeldBody {
+  release(): void;
 }
 
 /**
@@ -55,8 +83,11 @@ export class BodyAdmission {
   readonly #maxConcurrentJsonBodies: number;
   readonly #maxBodyBytes: number;
   readonly #budget: BodyBudget;
-  /** Chunked requests' reservations, from admit (which sees the response) to read (which sees the chunks). */
-  readonly #chunked = new WeakMap<Readable, ChunkedReservation>();
+  /**
+   * Counted requests' reservations, from admit (which sees the response) to read (which sees the chunks) and
+   * handOn (which the inference routes call once the body is read).
+   */
+  readonly #reservations = new WeakMap<Readable, BodyReservation>();
   #jsonBodiesInFlight = 0;
   readonly #releaseJsonBody = () => {
     this.#jsonBodiesInFlight--;
@@ -80,18 +111,17 @@ export class BodyAdmission {
   /**
    * Called once a request's headers are in. Large JSON bodies are parsed one or two at a time, so that a burst
    * of them cannot multiply the memory one costs: counted from the headers until the response is done (or the
-   * connection gone). A body over UNCOUNTED_BODY_BYTES takes its Content-Length from the body budget until then
-   * (a chunked one grows its share as it arrives, see read). A RestError (429, and the connection closed: the
-   * client may go on sending) when too many large JSON bodies are in flight already or the budget would be
-   * passed; undefined when admitted.
+   * connection gone). A body over UNCOUNTED_BODY_BYTES by its Content-Length, or chunked, is counted against
+   * the body budget as its bytes arrive (see read and BodyReservation). A RestError (429, and the connection
+   * closed: the client may go on sending) when too many large JSON bodies are in flight already; undefined when
+   * admitted.
    */
   admit(req: IncomingMessage, res: ServerResponse): RestError | undefined {
     const { headers } = req;
     const contentLength = headers['content-length'];
     const transferEncoding = headers['transfer-encoding'];
     if (contentLength === undefined && transferEncoding === undefined) return undefined;
-    const refused = this.#reserve(req, res, contentLength, transferEncoding);
-    if (refused !== undefined) return refused;
+    this.#reserve(req, res, contentLength, transferEncoding);
     // A binary body's JSON part (up to maxJsonBodyBytes) is parsed the same way, so it counts by its own size:
     // else the header alone would take a large JSON body past this cap.
     const jsonPart = headers[INFERENCE_HEADER_CONTENT_LENGTH];
@@ -117,26 +147,34 @@ export class BodyAdmission {
     res: ServerResponse,
     contentLength: string | undefined,
     transferEncoding: string | undefined,
-  ): RestError | undefined {
+  ): void {
     if (contentLength === undefined) {
-      if (transferEncoding === undefined) return undefined;
-      const reservation = new ChunkedReservation(this.#budget);
-      this.#chunked.set(req, reservation);
-      res.once('close', reservation.release);
-      return undefined;
+      if (transferEncoding === undefined) return;
+    } else {
+      const bytes = Number(contentLength);
+      // A body over maxBodyBytes is refused (413) before it is read: nothing to count.
+      if (!(bytes > UNCOUNTED_BODY_BYTES) || bytes > this.#maxBodyBytes) return;
     }
-    const bytes = Number(contentLength);
-    // A body over maxBodyBytes is refused (413) before it is read: nothing to reserve.
-    if (!(bytes > UNCOUNTED_BODY_BYTES) || bytes > this.#maxBodyBytes) return undefined;
-    if (!this.#budget.take(bytes))
-      return overBudget(this.#budget.describeRefusal(bytes, 'this request body'));
-    res.once('close', () => this.#budget.give(bytes));
-    return undefined;
+    const reservation = new BodyReservation(this.#budget);
+    this.#reservations.set(req, reservation);
+    // on, not once: 'close' fires once anyway, and once() would wrap the listener in two more objects.
+    res.on('close', reservation.onClose);
+  }
+
+  /**
+   * The body of `req` has been read and is handed to work (an inference) that may go on after the client has
+   * gone: its share of the budget is kept until the returned body's release(), which the caller must call once
+   * that work has settled. Undefined when the body was not counted (small, or none).
+   */
+  handOn(req: Readable): HeldBody | undefined {
+    const reservation = this.#reservations.get(req);
+    reservation?.handOn();
+    return reservation;
   }
 
   /**
    * Reads a body whatever its Content-Type (JSON and binary tensor bodies are parsed by the routes themselves),
-   * within the limit its kind has: 413 as soon as it is known to be over; 429 when a chunked body's next chunk
+   * within the limit its kind has: 413 as soon as it is known to be over; 429 when a counted body's next chunk
    * would pass the body budget.
    */
   read(
@@ -145,7 +183,7 @@ export class BodyAdmission {
     done: (error: Error | null, body?: RequestBody) => void,
   ): void {
     const jsonPart = headers[INFERENCE_HEADER_CONTENT_LENGTH];
-    const reservation = this.#chunked.get(stream);
+    const reservation = this.#reservations.get(stream);
     if (jsonPart === undefined) {
       readRequestBody(stream, headers['content-length'], this.#jsonLimit, done, reservation);
     } else if (Number(jsonPart) > this.#maxJsonBodyBytes) {
@@ -160,9 +198,4 @@ export class BodyAdmission {
       readRequestBody(stream, headers['content-length'], this.#binaryLimit, done, reservation);
     }
   }
-}
-
-/** 429, and the connection closed: the client may go on sending the body. */
-export function overBudget(reason: string): RestError {
-  return new RestError(429, `${reason}; retry shortly, or send smaller requests`, { connection: 'close' });
 }

@@ -89,6 +89,8 @@ export class InferDoor {
     version: string | undefined,
     body: RequestBody | undefined,
   ): Promise<void> {
+    // The body is held (queued, then run) until the inference settles, whether or not the client is still there.
+    const held = this.#options.admission.handOn(req);
     try {
       const response = await this.#options.inference.infer({
         name,
@@ -100,6 +102,8 @@ export class InferDoor {
       writeInferResponse(res, response);
     } catch (error) {
       this.#fail(req, res, error);
+    } finally {
+      held?.release();
     }
   }
 

@@ -3,6 +3,7 @@ import type { ModelDescription, ModelRegistry } from '../models/index.js';
 import { INFERENCE_HEADER_CONTENT_LENGTH } from './infer-request.js';
 import { kserveDatatype } from './kserve-datatypes.js';
 import { describeAt, writeInferResponse, type ModelInference } from './model-inference.js';
+import type { BodyAdmission } from './body-admission.js';
 import { withBodyUnread } from './infer-door.js';
 import type { RequestBody } from './request-body.js';
 
@@ -34,6 +35,7 @@ export function registerModelRoutes(
   app: FastifyInstance,
   registry: ModelRegistry,
   inference: ModelInference,
+  admission: BodyAdmission,
 ): void {
   for (const base of ['/v2/models/:name', '/v2/models/:name/versions/:version']) {
     app.get<{ Params: NameParams }>(base, async (request) =>
@@ -60,13 +62,20 @@ export function registerModelRoutes(
         },
       },
       async (request, reply) => {
-        const response = await inference.infer({
-          name: request.params.name,
-          version: request.params.version,
-          body: request.body as RequestBody | undefined,
-          jsonPartHeader: request.headers[INFERENCE_HEADER_CONTENT_LENGTH],
-          socket: request.raw.socket,
-        });
+        // The body's share of the budget is kept until the inference settles, as the lean door does.
+        const held = admission.handOn(request.raw);
+        let response;
+        try {
+          response = await inference.infer({
+            name: request.params.name,
+            version: request.params.version,
+            body: request.body as RequestBody | undefined,
+            jsonPartHeader: request.headers[INFERENCE_HEADER_CONTENT_LENGTH],
+            socket: request.raw.socket,
+          });
+        } finally {
+          held?.release();
+        }
         reply.hijack();
         writeInferResponse(reply.raw, response);
         return reply;

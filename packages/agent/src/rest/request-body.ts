@@ -60,8 +60,8 @@ export function bodyTooLarge(received: string, limit: BodyLimit): RestError {
   );
 }
 
-/** A chunked body's share of the body budget: grows by each chunk; a message when it cannot. */
-export interface BodyReservation {
+/** A counted body's share of the body budget: grows by each chunk as it arrives; a message when it cannot. */
+export interface BodyGrowth {
   grow(bytes: number): string | undefined;
 }
 
@@ -74,7 +74,7 @@ export function readRequestBody(
   contentLength: string | undefined,
   limit: BodyLimit,
   done: (error: Error | null, body?: RequestBody) => void,
-  reservation?: BodyReservation,
+  reservation?: BodyGrowth,
 ): void {
   if (contentLength !== undefined && Number(contentLength) > limit.bytes) {
     done(bodyTooLarge(`${contentLength} bytes (Content-Length)`, limit));

@@ -196,7 +196,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   const serverMetadata = JSON.stringify({ name: REST_SERVER_NAME, version, extensions });
   app.get('/v2', async (_request, reply) => reply.type(JSON_TYPE).send(serverMetadata));
 
-  registerModelRoutes(app, registry, inference);
+  registerModelRoutes(app, registry, inference, admission);
   registerSharedMemoryRoutes(app, regions, peerOf);
   registerRepositoryRoutes(app, registry);
 

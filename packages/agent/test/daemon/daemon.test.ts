@@ -1,7 +1,9 @@
 import { lstat, readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseAgentConfig } from '../../src/config/index.js';
 import { StartupError, prepareSocketPath, startAgentDaemon } from '../../src/daemon/index.js';
@@ -181,6 +183,45 @@ describe('startAgentDaemon', () => {
     }
     expect(await lstat(socketPath).catch(() => 'gone')).toBe('gone');
     client.close();
+  });
+});
+
+describe('startAgentDaemon: edgefleet_max_bodies_in_flight_bytes', () => {
+  it('warns at start when the budget is smaller than the largest body, which would then be refused every time', async () => {
+    const socketPath = join(files.root, 'budget.sock');
+    const configPath = join(files.root, 'budget.json');
+    await writeFile(
+      configPath,
+      JSON.stringify({
+        edgefleet_inference_workers: 1,
+        edgefleet_rest_socket_path: '',
+        edgefleet_max_bodies_in_flight_bytes: '16MiB',
+      }),
+    );
+    const lines: string[] = [];
+    const logger = pino(
+      { level: 'warn' },
+      new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          lines.push(chunk.toString());
+          done();
+        },
+      }),
+    );
+    const daemon = await startAgentDaemon({
+      commandLine: { socketPath, configPath, removeStaleSocket: false, maxMessageBytes: 4 << 20 },
+      cwd: files.root,
+      logger,
+      cpuCount: 2,
+      version: 'test',
+    });
+    await daemon.shutdown(0);
+    const warnings = lines.map((line) => (JSON.parse(line) as { msg: string }).msg);
+    expect(warnings).toContainEqual(
+      expect.stringMatching(
+        /^edgefleet_max_bodies_in_flight_bytes \(16777216 bytes\) is smaller than the largest request the agent accepts, a REST body of up to 67108864 bytes/,
+      ),
+    );
   });
 });
 

@@ -2,6 +2,7 @@ import { connect as connectHttp2, type ClientHttp2Session, type ClientHttp2Strea
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
+import { createAgentCodec, slowModelInput } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BodyBudget } from '../../src/body-budget/index.js';
 import { startGrpcServer, type RunningGrpcServer } from '../../src/grpc/index.js';
@@ -9,7 +10,7 @@ import type { InferencePool } from '../../src/inference/index.js';
 import { AgentMetrics } from '../../src/metrics/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { startRestServer, type RestServer } from '../../src/rest/index.js';
-import { scratch, silentLogger, startPool } from './helpers.js';
+import { callMethod, newClient, scratch, silentLogger, startPool, wireInputs } from './helpers.js';
 
 // The audit's hold scenario in miniature: raw HTTP/2 on the gRPC socket, a Predict whose length prefix announces
 // N bytes, some of them sent, then silence. grpc-js would hold each such call's bytes with no deadline.
@@ -17,6 +18,7 @@ const KiB = 1024;
 let files: Awaited<ReturnType<typeof scratch>>;
 let dir: string;
 let tinyPackage: string;
+let slowPackage: string;
 let pool: InferencePool;
 let registry: ModelRegistry;
 const servers: RunningGrpcServer[] = [];
@@ -26,6 +28,7 @@ beforeAll(async () => {
   files = await scratch('grpc-receive-');
   dir = files.root;
   tinyPackage = await files.catalogue('tiny');
+  slowPackage = await files.catalogue('slow');
   pool = await startPool(1);
   registry = new ModelRegistry({ pool, trust: null, cwd: dir });
 });
@@ -102,6 +105,22 @@ function holdPredict(
   return { stream, answer };
 }
 
+/** A ListModels call on the session, answered: the agent has read every frame sent on it before. */
+function roundTrip(http2: ClientHttp2Session): Promise<void> {
+  const stream = http2.request({
+    ':method': 'POST',
+    ':path': '/AWS.SageMaker.Edge.Agent/ListModels',
+    'content-type': 'application/grpc',
+    te: 'trailers',
+  });
+  stream.end(Buffer.alloc(5));
+  stream.resume();
+  return new Promise((resolve) => {
+    stream.on('error', () => undefined);
+    stream.on('close', () => resolve());
+  });
+}
+
 /** The answer, or "none" when there is none within `ms` (a call the agent holds). */
 function within(answer: Promise<Answer>, ms: number): Promise<Answer | 'none'> {
   return Promise.race([answer, delay(ms).then(() => 'none' as const)]);
@@ -128,16 +147,18 @@ describe('gRPC request messages being received', () => {
     expect(http2.remoteSettings.maxConcurrentStreams).toBe(32);
   });
 
-  it('refuses a message that would pass the body budget (RESOURCE_EXHAUSTED) while stalled ones hold it, and gives the budget back when they go', async () => {
+  it('takes bytes as they arrive: refuses the message whose next bytes would pass the budget (RESOURCE_EXHAUSTED) while stalled ones hold theirs, and gives the budget back when they go', async () => {
     const budget = new BodyBudget(1024 * KiB);
     const socketPath = await start({ budget, receiveTimeoutMs: 60_000 });
     const http2 = await session(socketPath);
-    const held = [holdPredict(http2, 400 * KiB, 10 * KiB), holdPredict(http2, 400 * KiB, 10 * KiB)];
-    const third = holdPredict(http2, 400 * KiB, 10 * KiB);
+    // Two messages of 400 KiB, 390 KiB of each sent: 780 KiB (and the prefixes) taken.
+    const held = [holdPredict(http2, 400 * KiB, 390 * KiB), holdPredict(http2, 400 * KiB, 390 * KiB)];
+    while (budget.usedBytes < 2 * (5 + 390 * KiB)) await delay(10);
+    const third = holdPredict(http2, 400 * KiB, 390 * KiB);
     expect(await within(third.answer, 10_000)).toEqual({
       status: '8',
       message: expect.stringMatching(
-        /819210 bytes of request bodies are being received or held already; this call’s request message \(409605 bytes\) would pass the agent's budget of 1048576 bytes/,
+        /bytes of request bodies are being received or held already; the next \d+ bytes of this call’s request message \(after \d+ taken for it\) would pass the agent's budget of 1048576 bytes/,
       ),
     });
     // The held calls get no answer: they are still being received.
@@ -150,6 +171,68 @@ describe('gRPC request messages being received', () => {
     const answer = await within(whole.answer, 10_000);
     expect(answer).not.toBe('none');
     expect((answer as Answer).status).not.toBe('8');
+    while (budget.usedBytes > 0) await delay(10);
+  });
+
+  it('takes nothing for an announced length alone, nor for a prefix over -m (which grpc-js refuses itself): neither blocks other callers', async () => {
+    // A budget larger than -m, so that a prefix over -m would fit it.
+    const budget = new BodyBudget(2560 * KiB);
+    const socketPath = await start({ budget, receiveTimeoutMs: 60_000 });
+    const http2 = await session(socketPath);
+    // A prefix announcing 2 MiB (over -m): grpc-js refuses the call, and the guard takes nothing for it.
+    const overMax = holdPredict(http2, 2048 * KiB, 10);
+    expect(await within(overMax.answer, 10_000)).toMatchObject({
+      status: '8',
+      message: expect.stringMatching(/larger than max/),
+    });
+    expect(budget.usedBytes).toBe(0);
+    // Prefixes announcing 1000 KiB each (within -m) with 10 bytes sent: at most what was sent is taken.
+    const announced = [1, 2, 3, 4].map(() => holdPredict(http2, 1000 * KiB, 10));
+    await roundTrip(http2);
+    expect(budget.usedBytes).toBeLessThanOrEqual(4 * (5 + 10));
+    // Two whole messages of 1000 KiB still fit the budget of 2560 KiB.
+    const whole = [1, 2].map(() => holdPredict(http2, 1000 * KiB, 1000 * KiB));
+    for (const w of whole) w.stream.end();
+    for (const w of whole) {
+      const answer = await within(w.answer, 10_000);
+      expect(answer).not.toBe('none');
+      expect((answer as Answer).status).not.toBe('8');
+    }
+    expect(await within(Promise.race(announced.map((h) => h.answer)), 50)).toBe('none');
+    for (const h of [...announced, overMax]) h.stream.close();
+    while (budget.usedBytes > 0) await delay(10);
+  });
+
+  it('keeps a cancelled call’s message in the budget until its handler has answered (the message is still queued or running)', async () => {
+    const budget = new BodyBudget(4096 * KiB);
+    const socketPath = await start({ budget, receiveTimeoutMs: 60_000 });
+    const client = newClient(`unix://${socketPath}`, 1024 * KiB);
+    try {
+      await registry.load({ name: 'slow', url: slowPackage });
+      const request = { handle: 'slow', tensors: wireInputs('slow', { x: slowModelInput() }) };
+      const messageBytes = createAgentCodec().encode('PredictRequest', request).length + 5;
+      const call = client.Predict(request, () => undefined);
+      const slow = () => pool.stats().models.find((m) => m.key.startsWith('slow#'));
+      // Handed on: the model runs it.
+      while ((slow()?.running ?? 0) + (slow()?.queued ?? 0) === 0) await delay(5);
+      expect(budget.usedBytes).toBe(messageBytes);
+      call.cancel();
+      // The cancel (RST_STREAM) reaches the agent before a later call on the same connection is answered.
+      await callMethod(client, 'ListModels', {});
+      const used = budget.usedBytes;
+      const stillRunning = (slow()?.running ?? 0) + (slow()?.queued ?? 0);
+      expect(
+        stillRunning,
+        'the slow model finished before the cancel was seen; the check needs it running',
+      ).toBe(1);
+      expect(used).toBe(messageBytes);
+      // Once the inference is over (its answer dropped: the call is gone), the budget is given back.
+      while (budget.usedBytes > 0) await delay(10);
+      expect((slow()?.running ?? 0) + (slow()?.queued ?? 0)).toBe(0);
+    } finally {
+      client.close();
+      await registry.unload('slow').catch(() => undefined);
+    }
   });
 
   it('shares the budget with the REST door: a stalled REST body leaves no room for a large gRPC message', async () => {
@@ -170,13 +253,15 @@ describe('gRPC request messages being received', () => {
         name: 'shared',
         url: tinyPackage,
       });
+      // 800 KiB of the body sent (bytes are taken as they arrive), the last byte held back.
       socket.write(
         'POST /v2/models/shared/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n' +
-          `Inference-Header-Content-Length: 10\r\nContent-Length: ${800 * KiB}\r\n\r\n{"in`,
+          `Inference-Header-Content-Length: 10\r\nContent-Length: ${800 * KiB + 1}\r\n\r\n`,
       );
+      socket.write(Buffer.alloc(800 * KiB, 0x20));
       while (budget.usedBytes < 800 * KiB) await delay(10);
       const http2 = await session(socketPath);
-      const call = holdPredict(http2, 400 * KiB, 10 * KiB);
+      const call = holdPredict(http2, 400 * KiB, 400 * KiB);
       expect(await within(call.answer, 10_000)).toMatchObject({ status: '8' });
     } finally {
       socket.destroy();
