@@ -209,7 +209,10 @@ export const serverConfigSchema = z.strictObject({
        * again and ends the stream once it is revoked, signed out or expired.
        */
       eventKeepaliveMs: z.int().min(50).max(60_000).default(15_000),
-      /** A stream ends after this long; the browser's EventSource reconnects, and signs in again, by itself. */
+      /**
+       * A stream ends after 80-100 % of this long (jittered, so tabs do not reconnect together); the browser's
+       * EventSource reconnects, and signs in again, by itself.
+       */
       eventStreamMaxSeconds: z
         .int()
         .min(1)
