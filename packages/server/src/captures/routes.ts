@@ -9,6 +9,7 @@ import { requireDevice } from '../identity/index.js';
 import type { ServerConfig } from '../config/index.js';
 import type { PackageSigningIdentity } from '../packaging/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
+import { captureBodyLimitBytes } from './body-limit.js';
 import { CaptureIngest, type CaptureLimits } from './capture-ingest.js';
 import { FleetOutputs, parseOutputLocation } from './fleet-output.js';
 import { UploadSlots } from './upload-slots.js';
@@ -150,8 +151,7 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
       "captures.maxConcurrentUploadsPerDevice); 403 for a key outside the fleet's output prefix.",
     body: captureFileBodySchema,
     response: storedCaptureFileSchema,
-    // base64 is 4/3 of the bytes; the JSON around it is small.
-    bodyLimit: Math.ceil((limits.maxFileBytes * 4) / 3) + 64 * 1024,
+    bodyLimit: captureBodyLimitBytes(limits.maxFileBytes),
     handler: async ({ body, request, reply }) =>
       withRetryAfter(reply, () =>
         ingest.store(requireDevice(request), {

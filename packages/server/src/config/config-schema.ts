@@ -1,5 +1,7 @@
 import { z } from 'zod';
 import type { BlobLocation } from '../blobs/index.js';
+import { captureBodyLimitBytes } from '../captures/body-limit.js';
+import { DEFAULT_MAX_METRICS_PER_QUERY } from '../heartbeats/metrics-query.js';
 import type { DatabaseLocation } from '../storage/index.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -108,7 +110,7 @@ export const serverConfigSchema = z.strictObject({
         .min(1024)
         .default(16 * 1024 * 1024),
       /** Most metrics one metrics query may read; a wider window is refused (400): narrow it. */
-      maxMetricsPerQuery: z.int().min(100).default(2_000_000),
+      maxMetricsPerQuery: z.int().min(100).default(DEFAULT_MAX_METRICS_PER_QUERY),
     })
     .prefault({}),
   enrollment: z
@@ -169,6 +171,24 @@ export const serverConfigSchema = z.strictObject({
       maxConcurrentUploads: z.int().min(1).max(1024).default(8),
       /** Large capture uploads read at once from any one device. */
       maxConcurrentUploadsPerDevice: z.int().min(1).max(64).default(2),
+    })
+    // Values that are each in range but together would quietly switch the upload slots off or never bind.
+    .superRefine((captures, context) => {
+      const bodyLimit = captureBodyLimitBytes(captures.maxFileBytes);
+      if (captures.largeBodyBytes >= bodyLimit) {
+        context.addIssue({
+          code: 'custom',
+          path: ['largeBodyBytes'],
+          message: `is ${captures.largeBodyBytes}, but the largest capture body read is ${bodyLimit} bytes (from captures.maxFileBytes = ${captures.maxFileBytes}): no upload would need a slot; expected less than ${bodyLimit}`,
+        });
+      }
+      if (captures.maxConcurrentUploadsPerDevice > captures.maxConcurrentUploads) {
+        context.addIssue({
+          code: 'custom',
+          path: ['maxConcurrentUploadsPerDevice'],
+          message: `is ${captures.maxConcurrentUploadsPerDevice}, more than captures.maxConcurrentUploads (${captures.maxConcurrentUploads}), the slots of the whole server; expected at most ${captures.maxConcurrentUploads}`,
+        });
+      }
     })
     .prefault({}),
   /** The SageMaker compatibility facade (docs/sagemaker-compatibility.md). */
