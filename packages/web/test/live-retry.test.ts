@@ -116,7 +116,7 @@ describe('console live updates when a stream is refused', { timeout: 120_000 }, 
       .toBe(true);
     const tried = second.streamRequests();
     for (let i = 0; i < 3; i += 1) await second.page.clock.fastForward(61_000);
-    await second.page.evaluate(() => new Promise((resolve) => window.setTimeout(resolve, 0)));
+    await second.page.evaluate(() => new Promise((resolve) => setTimeout(resolve, 0)));
     expect(second.streamRequests()).toBe(tried);
     expect(await liveText(second.page)).toBe('offline');
     await second.context.close();

@@ -6,6 +6,9 @@ import type { DatabaseLocation } from '../storage/index.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
+/** Capture bodies up to this many bytes are read without an upload slot, by default. */
+const DEFAULT_LARGE_BODY_BYTES = 256 * 1024;
+
 /** `host:port`, `[v6]:port` or `:port`; port 0 picks a free port (tests). */
 export const listenAddressSchema = z
   .string()
@@ -163,10 +166,7 @@ export const serverConfigSchema = z.strictObject({
        * A capture upload whose body is larger than this (or of unknown length) needs an upload slot before its
        * body is read; with none free it is answered 429 with Retry-After. Bounds the memory devices' bodies take.
        */
-      largeBodyBytes: z
-        .int()
-        .min(1024)
-        .default(256 * 1024),
+      largeBodyBytes: z.int().min(1024).default(DEFAULT_LARGE_BODY_BYTES),
       /** Large capture uploads read at once, server-wide. */
       maxConcurrentUploads: z.int().min(1).max(1024).default(8),
       /** Large capture uploads read at once from any one device. */
@@ -175,7 +175,8 @@ export const serverConfigSchema = z.strictObject({
     // Values that are each in range but together would quietly switch the upload slots off or never bind.
     .superRefine((captures, context) => {
       const bodyLimit = captureBodyLimitBytes(captures.maxFileBytes);
-      if (captures.largeBodyBytes >= bodyLimit) {
+      // Where every body the route reads is small anyway (a low maxFileBytes), no slot is needed.
+      if (captures.largeBodyBytes >= bodyLimit && bodyLimit > DEFAULT_LARGE_BODY_BYTES) {
         context.addIssue({
           code: 'custom',
           path: ['largeBodyBytes'],

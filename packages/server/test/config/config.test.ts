@@ -109,6 +109,13 @@ describe('loadConfig', () => {
     const perDevice = await refused({ maxConcurrentUploads: 2, maxConcurrentUploadsPerDevice: 3 });
     expect(perDevice).toMatch(/captures\.maxConcurrentUploadsPerDevice/);
     expect(perDevice).toMatch(/expected at most 2/);
+    // Where every body read is small anyway (1 KiB files), the default threshold is above the limit and fine.
+    const small = await loadConfig({
+      configFile: await configFile({ captures: { maxFileBytes: 1024 } }),
+      env: {},
+      cwd: dir,
+    });
+    expect(small.captures.largeBodyBytes).toBe(256 * 1024);
     // At the bounds they are taken.
     const file = await configFile({
       captures: {
