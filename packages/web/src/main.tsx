@@ -37,7 +37,10 @@ function App() {
       }),
     [holder],
   );
-  const live = useMemo(() => new LiveUpdates(), []);
+  const live = useMemo(
+    () => new LiveUpdates(async () => (await api.GET('/api/v1/console/session')).response.status !== 401),
+    [api],
+  );
 
   useEffect(() => {
     document.documentElement.dataset.theme = theme;

@@ -9,6 +9,7 @@ import { requireDevice } from '../identity/index.js';
 import type { ServerConfig } from '../config/index.js';
 import type { PackageSigningIdentity } from '../packaging/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
+import { captureBodyLimitBytes } from './body-limit.js';
 import { CaptureIngest, type CaptureLimits } from './capture-ingest.js';
 import { FleetOutputs, parseOutputLocation } from './fleet-output.js';
 import { UploadSlots } from './upload-slots.js';
@@ -86,8 +87,8 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   const ingest = new CaptureIngest({ db: deps.db, outputs, limits });
   app.addHook('onClose', async () => outputs.close());
 
-  // Before a capture body is read (the device is authenticated by then): a body that would pass the device's
-  // remaining daily quota by its length alone is refused, and a large one needs an upload slot. Refusals close
+  // Before a capture body is read (the device is authenticated by then): a large body needs an upload slot, and
+  // a body that would pass the device's remaining daily quota by its length alone is refused. Refusals close
   // the connection, so that the unread body is not read either.
   const { largeBodyBytes, maxConcurrentUploads, maxConcurrentUploadsPerDevice } = deps.config.captures;
   const slots = new UploadSlots({ total: maxConcurrentUploads, perDevice: maxConcurrentUploadsPerDevice });
@@ -100,6 +101,27 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
       reply.header('connection', 'close').header('retry-after', String(seconds));
       return new DomainError('LimitExceeded', message, { ...details, retryAfterSeconds: seconds });
     };
+    // The slot is taken before anything is awaited, and its release is tied to the connection at once: a
+    // client that went away during the awaited authentication (its 'close' already emitted) or that goes away
+    // during the quota read below gives the slot back, instead of holding it until a restart.
+    if (!(contentLength !== undefined && contentLength <= largeBodyBytes)) {
+      const slot = slots.take(device.deviceName);
+      if ('refused' in slot) {
+        throw refuse(
+          BUSY_RETRY_AFTER_SECONDS,
+          slot.refused === 'device'
+            ? `device ${device.deviceName} is already uploading ${maxConcurrentUploadsPerDevice} large capture files (captures.maxConcurrentUploadsPerDevice); send one at a time and retry this one later`
+            : `the server is reading ${maxConcurrentUploads} large capture files from devices (captures.maxConcurrentUploads); retry later`,
+          { limit: slot.refused === 'device' ? 'perDevice' : 'server' },
+        );
+      }
+      // Given back once the answer is sent or the connection is gone, whichever comes first (release is idempotent).
+      reply.raw.once('close', slot.release);
+      if (request.raw.destroyed || reply.raw.destroyed || request.raw.socket.destroyed) {
+        slot.release();
+        return payload;
+      }
+    }
     if (contentLength !== undefined && Number.isFinite(contentLength)) {
       const least = leastFileBytesIn(contentLength);
       if (least > 0) {
@@ -113,19 +135,6 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
         }
       }
     }
-    if (contentLength !== undefined && contentLength <= largeBodyBytes) return payload;
-    const slot = slots.take(device.deviceName);
-    if ('refused' in slot) {
-      throw refuse(
-        BUSY_RETRY_AFTER_SECONDS,
-        slot.refused === 'device'
-          ? `device ${device.deviceName} is already uploading ${maxConcurrentUploadsPerDevice} large capture files (captures.maxConcurrentUploadsPerDevice); send one at a time and retry this one later`
-          : `the server is reading ${maxConcurrentUploads} large capture files from devices (captures.maxConcurrentUploads); retry later`,
-        { limit: slot.refused === 'device' ? 'perDevice' : 'server' },
-      );
-    }
-    // Given back once the answer is sent or the connection is gone, whichever comes first.
-    reply.raw.once('close', slot.release);
     return payload;
   });
   defineRoute(app, {
@@ -142,8 +151,7 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
       "captures.maxConcurrentUploadsPerDevice); 403 for a key outside the fleet's output prefix.",
     body: captureFileBodySchema,
     response: storedCaptureFileSchema,
-    // base64 is 4/3 of the bytes; the JSON around it is small.
-    bodyLimit: Math.ceil((limits.maxFileBytes * 4) / 3) + 64 * 1024,
+    bodyLimit: captureBodyLimitBytes(limits.maxFileBytes),
     handler: async ({ body, request, reply }) =>
       withRetryAfter(reply, () =>
         ingest.store(requireDevice(request), {

@@ -37,9 +37,4 @@ export class UploadSlots {
       },
     };
   }
-
-  /** Slots in use now (server-wide). */
-  get inUse(): number {
-    return this.#inUse;
-  }
 }

@@ -1,8 +1,13 @@
 import { z } from 'zod';
 import type { BlobLocation } from '../blobs/index.js';
+import { captureBodyLimitBytes } from '../captures/body-limit.js';
+import { DEFAULT_MAX_METRICS_PER_QUERY } from '../heartbeats/metrics-query.js';
 import type { DatabaseLocation } from '../storage/index.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+/** Capture bodies up to this many bytes are read without an upload slot, by default. */
+const DEFAULT_LARGE_BODY_BYTES = 256 * 1024;
 
 /** `host:port`, `[v6]:port` or `:port`; port 0 picks a free port (tests). */
 export const listenAddressSchema = z
@@ -108,7 +113,7 @@ export const serverConfigSchema = z.strictObject({
         .min(1024)
         .default(16 * 1024 * 1024),
       /** Most metrics one metrics query may read; a wider window is refused (400): narrow it. */
-      maxMetricsPerQuery: z.int().min(100).default(2_000_000),
+      maxMetricsPerQuery: z.int().min(100).default(DEFAULT_MAX_METRICS_PER_QUERY),
     })
     .prefault({}),
   enrollment: z
@@ -161,14 +166,30 @@ export const serverConfigSchema = z.strictObject({
        * A capture upload whose body is larger than this (or of unknown length) needs an upload slot before its
        * body is read; with none free it is answered 429 with Retry-After. Bounds the memory devices' bodies take.
        */
-      largeBodyBytes: z
-        .int()
-        .min(1024)
-        .default(256 * 1024),
+      largeBodyBytes: z.int().min(1024).default(DEFAULT_LARGE_BODY_BYTES),
       /** Large capture uploads read at once, server-wide. */
       maxConcurrentUploads: z.int().min(1).max(1024).default(8),
       /** Large capture uploads read at once from any one device. */
       maxConcurrentUploadsPerDevice: z.int().min(1).max(64).default(2),
+    })
+    // Values that are each in range but together would quietly switch the upload slots off or never bind.
+    .superRefine((captures, context) => {
+      const bodyLimit = captureBodyLimitBytes(captures.maxFileBytes);
+      // Where every body the route reads is small anyway (a low maxFileBytes), no slot is needed.
+      if (captures.largeBodyBytes >= bodyLimit && bodyLimit > DEFAULT_LARGE_BODY_BYTES) {
+        context.addIssue({
+          code: 'custom',
+          path: ['largeBodyBytes'],
+          message: `is ${captures.largeBodyBytes}, but the largest capture body read is ${bodyLimit} bytes (from captures.maxFileBytes = ${captures.maxFileBytes}): no upload would need a slot; expected less than ${bodyLimit}`,
+        });
+      }
+      if (captures.maxConcurrentUploadsPerDevice > captures.maxConcurrentUploads) {
+        context.addIssue({
+          code: 'custom',
+          path: ['maxConcurrentUploadsPerDevice'],
+          message: `is ${captures.maxConcurrentUploadsPerDevice}, more than captures.maxConcurrentUploads (${captures.maxConcurrentUploads}), the slots of the whole server; expected at most ${captures.maxConcurrentUploads}`,
+        });
+      }
     })
     .prefault({}),
   /** The SageMaker compatibility facade (docs/sagemaker-compatibility.md). */
@@ -209,7 +230,10 @@ export const serverConfigSchema = z.strictObject({
        * again and ends the stream once it is revoked, signed out or expired.
        */
       eventKeepaliveMs: z.int().min(50).max(60_000).default(15_000),
-      /** A stream ends after this long; the browser's EventSource reconnects, and signs in again, by itself. */
+      /**
+       * A stream ends after 80-100 % of this long (jittered, so tabs do not reconnect together); the browser's
+       * EventSource reconnects, and signs in again, by itself.
+       */
       eventStreamMaxSeconds: z
         .int()
         .min(1)

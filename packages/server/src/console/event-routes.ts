@@ -15,7 +15,7 @@ export interface ConsoleEventRoutesOptions {
   maxStreamsPerToken: number;
   /** How often a keepalive comment goes out and the stream's token or session is checked again. */
   keepaliveMs: number;
-  /** A stream ends after this long; EventSource reconnects and authenticates again. */
+  /** A stream ends after 80-100 % of this long (jittered); EventSource reconnects and authenticates again. */
   maxLifetimeMs: number;
   tokens: ApiTokenStore;
   sessions: ConsoleSessionStore;
@@ -49,7 +49,7 @@ export const consoleEventRoutes: FastifyPluginAsync<ConsoleEventRoutesOptions> =
       tags: ['console'],
       summary: 'Live updates (text/event-stream): `change` events naming the topics that changed',
       description:
-        `A stream ends after ${options.maxLifetimeMs / 1000} s, and as soon as its token or session is revoked, ` +
+        `A stream ends after ${(options.maxLifetimeMs * 0.8) / 1000}-${options.maxLifetimeMs / 1000} s (jittered), and as soon as its token or session is revoked, ` +
         `signed out or expired (checked every ${options.keepaliveMs / 1000} s); EventSource reconnects by itself. ` +
         `At most ${maxStreamsPerToken} streams per API token (its console sessions included) and ${maxStreams} per server; more get 429.`,
       security: [{ bearerAuth: [] }],
@@ -94,24 +94,8 @@ export const consoleEventRoutes: FastifyPluginAsync<ConsoleEventRoutesOptions> =
       const unsubscribe = feed.subscribe((topics) => {
         raw.write(`event: change\ndata: ${JSON.stringify({ topics })}\n\n`);
       });
-      let checking = false;
-      const keepalive = setInterval(() => {
-        if (checking) return;
-        checking = true;
-        stillAuthenticated(request)
-          .then((ok) => {
-            if (ok) raw.write(': keepalive\n\n');
-            else raw.end();
-          })
-          .catch((error: unknown) => {
-            // Cannot tell (database unreachable): end it; the reconnect authenticates afresh or fails visibly.
-            request.log.warn({ err: error }, 'could not check a live-update stream credentials; ending it');
-            raw.end();
-          })
-          .finally(() => (checking = false));
-      }, options.keepaliveMs);
-      const lifetime = setTimeout(() => raw.end(), options.maxLifetimeMs);
       let closed = false;
+      /** Gives the stream's places back and stops its timers and subscription; idempotent. */
       const close = () => {
         if (closed) return;
         closed = true;
@@ -123,9 +107,36 @@ export const consoleEventRoutes: FastifyPluginAsync<ConsoleEventRoutesOptions> =
         clearTimeout(lifetime);
         unsubscribe();
       };
+      /** Ends the stream from this side; close() runs at once, not only when (or if) 'close' is emitted. */
+      const end = () => {
+        close();
+        raw.end();
+      };
+      let checking = false;
+      const keepalive = setInterval(() => {
+        if (checking) return;
+        checking = true;
+        stillAuthenticated(request)
+          .then((ok) => {
+            if (ok) raw.write(': keepalive\n\n');
+            else end();
+          })
+          .catch((error: unknown) => {
+            // Cannot tell (database unreachable): end it; the reconnect authenticates afresh or fails visibly.
+            request.log.warn({ err: error }, 'could not check a live-update stream credentials; ending it');
+            end();
+          })
+          .finally(() => (checking = false));
+      }, options.keepaliveMs);
+      // Jittered (80-100 % of the lifetime), so tabs opened together (after a restart) do not all reconnect and
+      // reload every view at the same moment, lifetime after lifetime.
+      const lifetime = setTimeout(end, options.maxLifetimeMs * (0.8 + 0.2 * Math.random()));
       request.raw.on('close', close);
       raw.on('close', close);
       raw.on('error', close);
+      // The client may have gone during the awaited authentication: its 'close' was emitted before the listeners
+      // above were attached, and would never come again.
+      if (request.raw.destroyed || raw.destroyed || raw.socket?.destroyed === true) close();
     },
   });
   // Streams end on their own only after their lifetime: end them when the server closes, or it would wait.

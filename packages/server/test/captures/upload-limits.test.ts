@@ -4,8 +4,10 @@
  * by its Content-Length is refused before it is read. Through the real device API (mutual TLS) and database.
  */
 import https from 'node:https';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { databaseEngines } from '../support/engines.js';
+import type { DatabaseLocation } from '../../src/storage/index.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
@@ -85,10 +87,12 @@ const uploadUntil = (t: TestServer, device: EnrolledDevice, body: Buffer, status
 describe.each(engines)('capture upload limits on $engine', (fixture) => {
   let t: TestServer;
   const devices: Record<string, EnrolledDevice> = {};
+  let database: DatabaseLocation;
   beforeAll(async () => {
     if (!fixture.available) return;
+    database = await fixture.createLocation();
     t = await startTestServer({
-      database: await fixture.createLocation(),
+      database,
       config: {
         captures: {
           maxFileBytes: 8192,
@@ -103,7 +107,7 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
       token: t.adminToken,
       body: { name: 'plant', outputConfig: { s3OutputLocation: 's3://captures/edge' } },
     });
-    const names = ['cam-1', 'cam-2', 'cam-3', 'cam-4'];
+    const names = ['cam-1', 'cam-2', 'cam-3', 'cam-4', 'cam-5'];
     await t.call('POST', '/api/v1/fleets/plant/devices', {
       token: t.adminToken,
       body: { devices: names.map((name) => ({ name })) },
@@ -176,4 +180,51 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
       expect(Number(late.headers['retry-after'])).toBeGreaterThan(0);
     },
   );
+
+  // Review s8 #1: a device that goes away while the server awaits the database before reading its body must not
+  // keep its upload slot. PostgreSQL makes the wait real: another session locks the table the await reads.
+  for (const [during, table] of [
+    ['its authentication', 'device_certificates'],
+    ['the quota read', 'device_capture_usage'],
+  ] as const) {
+    it.skipIf(!fixture.available || fixture.engine !== 'postgres')(
+      `gives the slot back when the device goes away during ${during}`,
+      async () => {
+        if (database.engine !== 'postgres') throw new Error('PostgreSQL only');
+        const cam5 = devices['cam-5']!;
+        const locker = new pg.Client({ connectionString: database.url });
+        await locker.connect();
+        try {
+          await locker.query('BEGIN');
+          await locker.query(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
+          const gone = startUpload(t, cam5, captureBody(key(`gone-${table}.bin`), 4000), 0);
+          const failed = gone.answer.catch(() => undefined);
+          // The server's read of the table is waiting for the lock.
+          await vi.waitFor(
+            async () => {
+              // Statistics are read once per transaction unless cleared, and the locker is inside one.
+              await locker.query('SELECT pg_stat_clear_snapshot()');
+              const waiting = await locker.query<{ count: string }>(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE $1",
+                [`%${table}%`],
+              );
+              expect(Number(waiting.rows[0]!.count)).toBeGreaterThan(0);
+            },
+            { timeout: 10_000, interval: 20 },
+          );
+          gone.abort();
+          await failed;
+          // Round trips through the server's event loop, so that it has seen the connection close.
+          for (let i = 0; i < 3; i += 1) {
+            expect((await t.call('GET', '/api/v1/fleets', { token: t.adminToken })).status).toBe(200);
+          }
+        } finally {
+          await locker.query('COMMIT');
+          await locker.end();
+        }
+        // cam-5 may hold one slot (captures.maxConcurrentUploadsPerDevice = 1): it is free again.
+        await uploadUntil(t, cam5, captureBody(key(`after-${table}.bin`), 4000), 200);
+      },
+    );
+  }
 });

@@ -95,6 +95,40 @@ describe('loadConfig', () => {
     expect(message).toMatch(/bogus/);
   });
 
+  it('cross-checks the capture upload limits, naming the key and what was expected', async () => {
+    const refused = async (captures: Record<string, number>) => {
+      const file = await configFile({ captures });
+      const error = await loadConfig({ configFile: file, env: {}, cwd: dir }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConfigError);
+      return (error as Error).message;
+    };
+    // 3 MiB files are read as bodies of at most 4 MiB + 64 KiB: a larger "large body" would need no slot.
+    const tooLarge = await refused({ maxFileBytes: 3 * 1024 * 1024, largeBodyBytes: 5 * 1024 * 1024 });
+    expect(tooLarge).toMatch(/captures\.largeBodyBytes/);
+    expect(tooLarge).toMatch(/expected less than 4259840/);
+    const perDevice = await refused({ maxConcurrentUploads: 2, maxConcurrentUploadsPerDevice: 3 });
+    expect(perDevice).toMatch(/captures\.maxConcurrentUploadsPerDevice/);
+    expect(perDevice).toMatch(/expected at most 2/);
+    // Where every body read is small anyway (1 KiB files), the default threshold is above the limit and fine.
+    const small = await loadConfig({
+      configFile: await configFile({ captures: { maxFileBytes: 1024 } }),
+      env: {},
+      cwd: dir,
+    });
+    expect(small.captures.largeBodyBytes).toBe(256 * 1024);
+    // At the bounds they are taken.
+    const file = await configFile({
+      captures: {
+        maxFileBytes: 3 * 1024 * 1024,
+        largeBodyBytes: 4259839,
+        maxConcurrentUploads: 2,
+        maxConcurrentUploadsPerDevice: 2,
+      },
+    });
+    const config = await loadConfig({ configFile: file, env: {}, cwd: dir });
+    expect(config.captures).toMatchObject({ largeBodyBytes: 4259839, maxConcurrentUploadsPerDevice: 2 });
+  });
+
   it('refuses out-of-range ports, unknown schemes, unreadable and non-JSON files', async () => {
     await expect(loadConfig({ env: {}, cwd: dir, flags: { listen: '1.2.3.4:70000' } })).rejects.toThrow(
       /out of range/,

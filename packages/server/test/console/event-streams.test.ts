@@ -2,8 +2,12 @@
  * Audit s8 finding 6 over real HTTP and SQLite: one token cannot take every live-update stream, and a stream
  * ends once its token is revoked, its session signed out, or its lifetime is over (EventSource reconnects).
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { databaseEngines } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
+
+const postgres = (await databaseEngines()).find((fixture) => fixture.engine === 'postgres')!;
 
 interface Stream {
   status: number;
@@ -145,10 +149,65 @@ describe('console live-update streams', () => {
   });
 
   it('ends every stream after its lifetime; the client reconnects with the same credentials', async () => {
-    t = await startTestServer({ config: { console: { eventKeepaliveMs: 100, eventStreamMaxSeconds: 1 } } });
+    t = await startTestServer({
+      config: { console: { eventKeepaliveMs: 100, eventStreamMaxSeconds: 1, maxEventStreamsPerToken: 1 } },
+    });
     const { cookie } = await signIn(t, t.readToken);
     const first = await openStream(t, { cookie });
     expect(await first.ended()).toMatch(/^retry: \d+/);
+    // Its place was given back when the server ended it (the token may hold one stream).
     expect((await openStream(t, { cookie })).status).toBe(200);
   });
+
+  // Review s8 #2: a client that goes away while its credentials are being checked must not keep its place.
+  // PostgreSQL makes the wait real: another session locks the token table the check reads.
+  it.skipIf(!postgres.available)(
+    'gives the place back when the client goes away during authentication',
+    async () => {
+      const database = await postgres.createLocation();
+      if (database.engine !== 'postgres') throw new Error('PostgreSQL only');
+      t = await startTestServer({ database, config: { console: { maxEventStreamsPerToken: 1 } } });
+      const server = t;
+      const locker = new pg.Client({ connectionString: database.url });
+      await locker.connect();
+      try {
+        await locker.query('BEGIN');
+        await locker.query('LOCK TABLE api_tokens IN ACCESS EXCLUSIVE MODE');
+        const abort = new AbortController();
+        const gone = fetch(`${server.url}/api/v1/console/events`, {
+          headers: { authorization: `Bearer ${server.readToken}` },
+          signal: abort.signal,
+        }).catch(() => undefined);
+        // The server's token check is waiting for the lock.
+        await vi.waitFor(
+          async () => {
+            // Statistics are read once per transaction unless cleared, and the locker is inside one.
+            await locker.query('SELECT pg_stat_clear_snapshot()');
+            const waiting = await locker.query<{ count: string }>(
+              "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%api_tokens%'",
+            );
+            expect(Number(waiting.rows[0]!.count)).toBeGreaterThan(0);
+          },
+          { timeout: 10_000, interval: 20 },
+        );
+        abort.abort();
+        await gone;
+        // Round trips through the server's event loop (no database), so that it has seen the connection close.
+        for (let i = 0; i < 3; i += 1) expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+      } finally {
+        await locker.query('COMMIT');
+        await locker.end();
+      }
+      await expect
+        .poll(
+          async () => {
+            const again = await openStream(server, { token: server.readToken });
+            again.close();
+            return again.status;
+          },
+          { timeout: 10_000, interval: 100 },
+        )
+        .toBe(200);
+    },
+  );
 });

@@ -9,12 +9,31 @@ type Listener = (topics: ChangeTopic[]) => void;
 
 const ALL_TOPICS: ChangeTopic[] = ['fleets', 'devices', 'models', 'packaging', 'tokens', 'deployments'];
 
-/** One EventSource per page, shared by every view that listens; it reconnects by itself. */
+/** Whether this browser's console session still holds: false once the server answers 401 (signed out). */
+export type SessionCheck = () => Promise<boolean>;
+
+/**
+ * How long a refused stream waits before it is opened again: 30-60 s, jittered, so that tabs refused together
+ * (a full server, a token over its stream cap) do not all come back at once.
+ */
+export function refusedRetryDelayMs(random: () => number = Math.random): number {
+  return 30_000 + Math.floor(30_000 * random());
+}
+
+/**
+ * One EventSource per page, shared by every view that listens. The browser reconnects it by itself after a
+ * network error or the end of a stream; an answer other than 200 (429 when the server or the token holds its
+ * most streams, 401) closes it for good, so then the page opens a new one after `refusedRetryDelayMs`, unless
+ * the session has ended (401 from the session route): then it stays offline.
+ */
 export class LiveUpdates {
   private source: EventSource | undefined;
+  private retry: ReturnType<typeof setTimeout> | undefined;
   private readonly listeners = new Set<Listener>();
   connected = false;
   onStateChange: (connected: boolean) => void = () => {};
+
+  constructor(private readonly sessionHolds: SessionCheck) {}
 
   start(): void {
     if (this.source) return;
@@ -27,7 +46,10 @@ export class LiveUpdates {
       if (opened) this.notify(ALL_TOPICS);
       opened = true;
     });
-    source.addEventListener('error', () => this.setConnected(false));
+    source.addEventListener('error', () => {
+      this.setConnected(false);
+      if (source.readyState === EventSource.CLOSED && this.source === source) this.refused(source);
+    });
     source.addEventListener('change', (event) => {
       const { topics } = JSON.parse((event as MessageEvent<string>).data) as { topics: ChangeTopic[] };
       this.notify(topics);
@@ -36,9 +58,28 @@ export class LiveUpdates {
   }
 
   stop(): void {
+    clearTimeout(this.retry);
+    this.retry = undefined;
     this.source?.close();
     this.source = undefined;
     this.setConnected(false);
+  }
+
+  /** The browser gave `source` up (a non-200 answer): open a new one later, unless the session has ended. */
+  private refused(source: EventSource): void {
+    source.close();
+    void this.sessionHolds()
+      .catch(() => true) // the server is unreachable: try again later all the same
+      .then((holds) => {
+        if (this.source !== source) return; // stopped (or restarted) meanwhile
+        if (!holds) return; // signed out: stays offline; the next API call shows the sign-in page
+        this.retry = setTimeout(() => {
+          this.retry = undefined;
+          if (this.source !== source) return;
+          this.source = undefined;
+          this.start();
+        }, refusedRetryDelayMs());
+      });
   }
 
   subscribe(listener: Listener): () => void {

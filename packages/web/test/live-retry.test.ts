@@ -1,0 +1,124 @@
+/**
+ * Review s8 #6 in real Chromium against a real edgefleet-server process: a tab whose live-update stream is
+ * refused (429, the token already holds its most streams) opens a new one after a jittered backoff, and once
+ * its session has ended (401) it stops trying. The page's clock is Playwright's, so the 30-60 s backoff is
+ * fast-forwarded rather than waited for.
+ */
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CLI_MAIN,
+  REPO_ROOT,
+  removeControlPlane,
+  requireBuilt,
+  startControlPlane,
+  type ControlPlane,
+} from '../../../test/support/control-plane.js';
+import { launchChromium, operatorApi } from './browser.js';
+
+const WEB_DIST = join(REPO_ROOT, 'packages/web/dist/index.html');
+const EVENTS = '/api/v1/console/events';
+const SESSION = '/api/v1/console/session';
+
+let plane: ControlPlane;
+let browser: Browser;
+let work: string;
+
+const api = (method: string, path: string, token: string, body?: unknown) =>
+  operatorApi(plane.operatorUrl, method, path, token, body);
+
+beforeAll(async () => {
+  requireBuilt(CLI_MAIN, WEB_DIST);
+  plane = await startControlPlane({
+    config: { console: { eventPollMs: 200, eventKeepaliveMs: 200, maxEventStreamsPerToken: 1 } },
+  });
+  browser = await launchChromium();
+  work = await mkdtemp(join(tmpdir(), 'ef-live-retry-'));
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await removeControlPlane(plane, work);
+});
+
+/** A signed-in console tab in its own browser context, recording its stream requests and answers. */
+async function openTab(token: string) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.clock.install();
+  const streams: number[] = [];
+  const answers: { path: string; method: string; status: number }[] = [];
+  let streamRequests = 0;
+  page.on('request', (request) => {
+    if (request.url().endsWith(EVENTS)) streamRequests += 1;
+  });
+  page.on('response', (response) => {
+    const path = new URL(response.url()).pathname;
+    answers.push({ path, method: response.request().method(), status: response.status() });
+    if (path === EVENTS) streams.push(response.status());
+  });
+  await page.goto(plane.operatorUrl);
+  await page.getByLabel('Operator API token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Overview' }).waitFor();
+  return { context, page, streams, answers, streamRequests: () => streamRequests };
+}
+
+const liveText = (page: Page) => page.getByTestId('live').textContent();
+
+describe('console live updates when a stream is refused', { timeout: 120_000 }, () => {
+  it('retries a 429 after the backoff and gets the stream once a place is free; stops after a 401', async () => {
+    const viewer = await api('POST', '/api/v1/tokens', plane.adminToken, {
+      name: 'viewer',
+      scope: 'read-only',
+    });
+    expect(viewer.status).toBe(201);
+    const token = viewer.body.token as string;
+
+    const first = await openTab(token);
+    await expect.poll(() => liveText(first.page), { timeout: 30_000 }).toBe('live');
+    // The token may hold one stream: a second tab is refused, and the browser alone would never try again.
+    const second = await openTab(token);
+    await expect.poll(() => second.streams.includes(429), { timeout: 30_000 }).toBe(true);
+    expect(await liveText(second.page)).toBe('offline');
+
+    // The first tab goes; after the backoff the second opens a stream by itself.
+    await first.context.close();
+    await expect
+      .poll(
+        async () => {
+          await second.page.clock.fastForward(61_000);
+          return second.streams.at(-1);
+        },
+        { timeout: 30_000, interval: 500 },
+      )
+      .toBe(200);
+    await expect.poll(() => liveText(second.page), { timeout: 30_000 }).toBe('live');
+
+    // Revoked: the stream ends, the browser's reconnect gets 401, the session route says signed out: no more tries.
+    const seen = second.answers.length;
+    expect((await api('DELETE', `/api/v1/tokens/${viewer.body.id as string}`, plane.adminToken)).status).toBe(
+      204,
+    );
+    await expect
+      .poll(
+        () =>
+          second.answers
+            .slice(seen)
+            .some((a) => a.path === SESSION && a.method === 'GET' && a.status === 401),
+        {
+          timeout: 30_000,
+        },
+      )
+      .toBe(true);
+    const tried = second.streamRequests();
+    for (let i = 0; i < 3; i += 1) await second.page.clock.fastForward(61_000);
+    await second.page.evaluate(() => new Promise((resolve) => setTimeout(resolve, 0)));
+    expect(second.streamRequests()).toBe(tried);
+    expect(await liveText(second.page)).toBe('offline');
+    await second.context.close();
+  });
+});
