@@ -270,7 +270,11 @@ async function chargeMetricUsage(
     usage.bytes += entry.row.metrics.length;
     byUsage.set(key, usage);
   }
-  const usages = [...byUsage.values()];
+  // In one order on every replica, so that two replicas' batches holding the same devices lock their usage
+  // rows in the same order instead of deadlocking on PostgreSQL.
+  const usages = [...byUsage.values()].sort((a, b) =>
+    a.device < b.device ? -1 : a.device > b.device ? 1 : a.hour - b.hour,
+  );
   for (let i = 0; i < usages.length; i += ROWS_PER_INSERT) {
     const charged = await trx
       .insertInto('device_metric_usage')
