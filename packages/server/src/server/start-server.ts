@@ -319,6 +319,17 @@ export async function startServer(
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
         metricBytesPerDevicePerHour: config.heartbeat.metricBytesPerDevicePerHour,
         deploymentResults: deployments,
+        // Once per device and clock hour (the service's rate limit), so a device over its quota cannot flood the log.
+        onMetricsDropped: (device, dropped) =>
+          logger.warn(
+            {
+              device: device.deviceName,
+              fleet: device.fleetName,
+              usedBytes: dropped.UsedBytes,
+              quotaBytes: dropped.QuotaBytes,
+            },
+            `device ${device.deviceName} is over heartbeat.metricBytesPerDevicePerHour; its heartbeats are recorded but their metrics dropped for the next ${dropped.RetryAfterSeconds} s (logged once an hour)`,
+          ),
         onDeploymentResultsError: (error) =>
           logger.warn(
             { err: error },
