@@ -2,11 +2,12 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFleetClient, type FleetTiming } from '../../src/fleet/index.js';
+import { startFleetClient } from '../../src/fleet/index.js';
 import {
   agentConfig,
   captureLogger,
   enrollDevice,
+  FAST_TIMING,
   operator,
   removeControlPlane,
   startControlPlane,
@@ -18,12 +19,6 @@ import {
  * Review s8 #4: a device past the server's hourly metric quota must not look offline or stop renewing. The
  * server records its heartbeats and drops their metrics; the agent counts them as sent, with no backoff.
  */
-const FAST: Partial<FleetTiming> = {
-  heartbeatIntervalMs: 200,
-  initialBackoffMs: 50,
-  maxBackoffMs: 400,
-  requestTimeoutMs: 5000,
-};
 
 let plane: ControlPlane;
 let work: string;
@@ -47,7 +42,7 @@ describe('a device over its hourly metric quota', () => {
       registry: { list: () => [] },
       logger,
       agentVersion: '0.1.0',
-      timing: FAST,
+      timing: FAST_TIMING,
     });
     try {
       await until(() => (client.status().heartbeatsSent >= 10 ? true : undefined), 'ten heartbeats');
