@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAgentConfig } from '../../src/config/index.js';
-import { startFleetClient, type FleetClient, type FleetTiming } from '../../src/fleet/index.js';
+import { startFleetClient, type FleetClient } from '../../src/fleet/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { AgentMetrics } from '../../src/metrics/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
@@ -12,6 +12,7 @@ import {
   agentConfig,
   captureLogger,
   enrollDevice,
+  FAST_TIMING,
   operator,
   reenroll,
   removeControlPlane,
@@ -19,14 +20,6 @@ import {
   until,
   type ControlPlane,
 } from './support.js';
-
-/** Fast cadence for tests: heartbeats every 200 ms, retries from 50 ms up to 400 ms. */
-const FAST: Partial<FleetTiming> = {
-  heartbeatIntervalMs: 200,
-  initialBackoffMs: 50,
-  maxBackoffMs: 400,
-  requestTimeoutMs: 5000,
-};
 
 let plane: ControlPlane;
 let work: string;
@@ -98,7 +91,7 @@ describe('startFleetClient', () => {
         metrics,
         logger,
         agentVersion: '0.1.0',
-        timing: FAST,
+        timing: FAST_TIMING,
       });
       for (let i = 0; i < 3; i++) await registry.predict('mlp', predictTensors('mlp'));
       const before = client.status().heartbeatsSent;
@@ -188,7 +181,7 @@ describe('startFleetClient', () => {
         registry: { list: () => [] },
         logger,
         agentVersion: '0.1.0',
-        timing: { ...FAST, initialBackoffMs: 600_000, maxBackoffMs: 600_000 },
+        timing: { ...FAST_TIMING, initialBackoffMs: 600_000, maxBackoffMs: 600_000 },
       });
       await until(() => (client.status().consecutiveFailures >= 1 ? true : undefined), 'the first failure');
       await client.stop(); // would take ten minutes if the wait were not cancelled (the test times out first)
@@ -208,7 +201,7 @@ describe('startFleetClient', () => {
       registry: { list: () => [] },
       logger,
       agentVersion: '0.1.0',
-      timing: FAST,
+      timing: FAST_TIMING,
     });
     try {
       await until(() => (client.status().heartbeatsSent >= 1 ? true : undefined), 'a heartbeat');

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { parseAgentConfig, type AgentConfig } from '../../src/config/index.js';
+import type { FleetTiming } from '../../src/fleet/index.js';
 import {
   CLI_MAIN,
   enrollWithCliProcess,
@@ -18,6 +19,14 @@ import {
 } from '../../../../test/support/control-plane.js';
 
 export { removeControlPlane, startControlPlane, type ControlPlane };
+
+/** Fast cadence for tests: heartbeats every 200 ms, retries from 50 ms up to 400 ms. */
+export const FAST_TIMING: Partial<FleetTiming> = {
+  heartbeatIntervalMs: 200,
+  initialBackoffMs: 50,
+  maxBackoffMs: 400,
+  requestTimeoutMs: 5000,
+};
 
 /** One call to the operator API as admin; throws on an unexpected status. */
 export async function operator(

@@ -112,7 +112,23 @@ export type SendHeartbeatRequest = z.input<typeof sendHeartbeatRequestSchema>;
 /** A heartbeat as the server reads it (timestamps in epoch ms). */
 export type ReceivedHeartbeat = z.output<typeof sendHeartbeatRequestSchema>;
 
-export const sendHeartbeatResultSchema = z.object({});
+export const sendHeartbeatResultSchema = z.object({
+  /**
+   * EdgeFleet's addition, absent from SageMaker's answer: the heartbeat's state was recorded but its metrics
+   * were dropped, because the device has stored its hourly metric quota. Clients may ignore it (the agent
+   * does): the heartbeat succeeded.
+   */
+  MetricsDropped: z
+    .object({
+      Message: z.string(),
+      QuotaBytes: z.int(),
+      UsedBytes: z.int(),
+      /** Seconds until the quota's clock hour ends. */
+      RetryAfterSeconds: z.int(),
+    })
+    .optional(),
+});
+export type SendHeartbeatResult = z.infer<typeof sendHeartbeatResultSchema>;
 
 /** The device's own names, which its certificate must match (GetDeviceRegistration, GetDeployments). */
 export const deviceIdsSchema = z.object({

@@ -1,3 +1,4 @@
+import { MAX_METRICS_PER_HEARTBEAT } from '@edgefleet/core';
 import { z } from 'zod';
 import type { BlobLocation } from '../blobs/index.js';
 import { captureBodyLimitBytes } from '../captures/body-limit.js';
@@ -32,6 +33,20 @@ const filePair = z.strictObject({ certFile: z.string().min(1), keyFile: z.string
  * command-line flags override single keys (see loadConfig). Relative paths resolve against the working
  * directory; `dataDir`-relative defaults are filled in by loadConfig.
  */
+/**
+ * Generous stored size of one metric: its JSON row entry with a 63-character model name (the longest) and a
+ * long metric name, e.g. `["InferenceLatencyP99",null,"<63 chars>","1.0.0",12.345678,1765000000000],`.
+ */
+export const STORED_METRIC_BYTES = 160;
+
+/**
+ * The hourly metric quota that fits the most an agent can send at the configured interval: a full heartbeat
+ * (MAX_METRICS_PER_HEARTBEAT metrics) every interval. At the default 30 s, about 36.6 MiB.
+ */
+export function defaultMetricBytesPerDevicePerHour(intervalSeconds: number): number {
+  return Math.ceil(3600 / intervalSeconds) * MAX_METRICS_PER_HEARTBEAT * STORED_METRIC_BYTES;
+}
+
 export const serverConfigSchema = z.strictObject({
   /** Holds the SQLite file, the blob folder and generated keys unless configured elsewhere. */
   dataDir: z.string().min(1).default('./.edgefleet/server'),
@@ -105,16 +120,20 @@ export const serverConfigSchema = z.strictObject({
         .max(16 * 1024 * 1024)
         .default(256 * 1024),
       /**
-       * Metric bytes (as stored) one device may store per clock hour; past it heartbeats are still recorded but
-       * their metrics are not (429 with Retry-After). The default fits EdgeFleet's agent with 256 models at 30 s.
+       * Metric bytes (as stored) one device may store per clock hour; past it heartbeats still succeed and are
+       * recorded, but their metrics are dropped. Default: a full heartbeat (MAX_METRICS_PER_HEARTBEAT metrics of
+       * STORED_METRIC_BYTES) at every interval of the hour, see defaultMetricBytesPerDevicePerHour.
        */
-      metricBytesPerDevicePerHour: z
-        .int()
-        .min(1024)
-        .default(16 * 1024 * 1024),
+      metricBytesPerDevicePerHour: z.int().min(1024).optional(),
       /** Most metrics one metrics query may read; a wider window is refused (400): narrow it. */
       maxMetricsPerQuery: z.int().min(100).default(DEFAULT_MAX_METRICS_PER_QUERY),
     })
+    .transform((heartbeat) => ({
+      ...heartbeat,
+      metricBytesPerDevicePerHour:
+        heartbeat.metricBytesPerDevicePerHour ??
+        defaultMetricBytesPerDevicePerHour(heartbeat.intervalSeconds),
+    }))
     .prefault({}),
   enrollment: z
     .strictObject({

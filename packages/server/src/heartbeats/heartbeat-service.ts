@@ -1,4 +1,4 @@
-import type { EdgeMetric, ReceivedHeartbeat } from '@edgefleet/core';
+import type { EdgeMetric, ReceivedHeartbeat, SendHeartbeatResult } from '@edgefleet/core';
 import type { Kysely, Transaction } from 'kysely';
 import { recordHeartbeatStates } from '../devices/index.js';
 import { DomainError } from '../errors/index.js';
@@ -30,10 +30,12 @@ export interface HeartbeatServiceOptions {
   /** Most heartbeats written in one transaction. */
   maxBatch?: number;
   /**
-   * Metric bytes (as stored) one device may store per clock hour; past it a heartbeat's state is recorded but
-   * its metrics are not, and it is answered 429. Default: no limit.
+   * Metric bytes (as stored) one device may store per clock hour; past it a heartbeat's state is recorded and
+   * it succeeds, but its metrics are dropped (the answer's `MetricsDropped` says so). Default: no limit.
    */
   metricBytesPerDevicePerHour?: number;
+  /** Told of a device's first heartbeat in a clock hour whose metrics were dropped (the server logs a warning). */
+  onMetricsDropped?: (device: AuthenticatedDevice, dropped: MetricsDropped) => void;
   now?: () => number;
   deploymentResults?: DeploymentResultSink;
   /** Told when the sink fails (logged by the server); the heartbeats themselves are stored. */
@@ -55,11 +57,14 @@ export function assertActsAsItself(
   }
 }
 
+/** Why a recorded heartbeat's metrics were not stored. */
+export type MetricsDropped = NonNullable<SendHeartbeatResult['MetricsDropped']>;
+
 interface PendingHeartbeat {
   device: AuthenticatedDevice;
   heartbeat: ReceivedHeartbeat;
   receivedAt: number;
-  resolve: () => void;
+  resolve: (result: SendHeartbeatResult) => void;
   reject: (error: unknown) => void;
 }
 
@@ -83,6 +88,8 @@ export class HeartbeatService {
   private readonly maxBatch: number;
   private queue: PendingHeartbeat[] = [];
   private writing = false;
+  /** The clock hour each device was last reported for (onMetricsDropped), so that it is told once an hour. */
+  private readonly droppedReported = new Map<string, number>();
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
@@ -92,10 +99,14 @@ export class HeartbeatService {
     this.maxBatch = options.maxBatch ?? 256;
   }
 
-  record(device: AuthenticatedDevice, heartbeat: ReceivedHeartbeat): Promise<void> {
+  /**
+   * Records a heartbeat. Over its device's hourly metric quota it still succeeds (the state is recorded, so the
+   * device stays online and goes on renewing), and the answer's `MetricsDropped` says its metrics were not kept.
+   */
+  record(device: AuthenticatedDevice, heartbeat: ReceivedHeartbeat): Promise<SendHeartbeatResult> {
     assertActsAsItself(device, heartbeat);
     this.assertTimestampsInWindow(heartbeat);
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<SendHeartbeatResult>((resolve, reject) => {
       this.queue.push({ device, heartbeat, receivedAt: this.now(), resolve, reject });
       if (!this.writing) {
         // Start on the next turn of the event loop, so heartbeats that arrive in this one join the batch.
@@ -125,17 +136,34 @@ export class HeartbeatService {
     }
   }
 
-  /** Writes heartbeats in one transaction, then answers each: stored, or refused for its device's metrics quota. */
+  /** Writes heartbeats in one transaction, then answers each: stored, or its metrics dropped for the quota. */
   private async write(batch: PendingHeartbeat[]): Promise<void> {
-    const refused = await this.db
+    const dropped = await this.db
       .transaction()
       .execute((trx) => writeBatch(trx, batch, this.options.metricBytesPerDevicePerHour));
     await this.passDeploymentResults(batch);
     for (const item of batch) {
-      const refusal = refused.get(item);
-      if (refusal === undefined) item.resolve();
-      else item.reject(refusal);
+      const drop = dropped.get(item);
+      if (drop === undefined) {
+        item.resolve({});
+        continue;
+      }
+      this.reportDropped(item, drop);
+      item.resolve({ MetricsDropped: drop });
     }
+  }
+
+  /** Tells onMetricsDropped of a device's first drop in each clock hour, not of every heartbeat after it. */
+  private reportDropped(item: PendingHeartbeat, drop: MetricsDropped): void {
+    const hour = hourStart(item.receivedAt);
+    const name = item.device.deviceName;
+    if (this.droppedReported.get(name) === hour) return;
+    // Entries of past hours are of no more use: a new hour's first report clears them.
+    for (const [device, reported] of this.droppedReported) {
+      if (reported < hour) this.droppedReported.delete(device);
+    }
+    this.droppedReported.set(name, hour);
+    this.options.onMetricsDropped?.(item.device, drop);
   }
 
   private async passDeploymentResults(batch: PendingHeartbeat[]): Promise<void> {
@@ -252,15 +280,15 @@ function metricBatch(item: PendingHeartbeat): DeviceMetricBatchesTable | undefin
 
 /**
  * Charges each device's metric rows to its usage of the hour they were received in, and keeps those that fit
- * its quota. One upsert for the whole group: the add comes first and the check reads its result, so replicas'
+ * its quota; answers why the others were dropped. One upsert for the whole group: the add comes first and the check reads its result, so replicas'
  * concurrent writes queue on the rows' locks (as capture quotas do); what did not fit is taken back.
  */
 async function chargeMetricUsage(
   trx: Transaction<DatabaseSchema>,
   rows: { item: PendingHeartbeat; row: DeviceMetricBatchesTable }[],
   quota: number,
-): Promise<Map<PendingHeartbeat, DomainError>> {
-  const refused = new Map<PendingHeartbeat, DomainError>();
+): Promise<Map<PendingHeartbeat, MetricsDropped>> {
+  const dropped = new Map<PendingHeartbeat, MetricsDropped>();
   const byUsage = new Map<string, { device: string; hour: number; rows: typeof rows; bytes: number }>();
   for (const entry of rows) {
     const hour = hourStart(entry.item.receivedAt);
@@ -270,7 +298,11 @@ async function chargeMetricUsage(
     usage.bytes += entry.row.metrics.length;
     byUsage.set(key, usage);
   }
-  const usages = [...byUsage.values()];
+  // In one order on every replica, so that two replicas' batches holding the same devices lock their usage
+  // rows in the same order instead of deadlocking on PostgreSQL.
+  const usages = [...byUsage.values()].sort((a, b) =>
+    a.device < b.device ? -1 : a.device > b.device ? 1 : a.hour - b.hour,
+  );
   for (let i = 0; i < usages.length; i += ROWS_PER_INSERT) {
     const charged = await trx
       .insertInto('device_metric_usage')
@@ -289,7 +321,7 @@ async function chargeMetricUsage(
     for (const total of charged) {
       const usage = byUsage.get(JSON.stringify([total.device_name, Number(total.hour_start)]));
       if (usage === undefined || Number(total.bytes) <= quota) continue;
-      // Over the quota: keep this group's heartbeats in order while they fit, refuse the rest.
+      // Over the quota: keep this group's heartbeats in order while they fit, drop the rest's metrics.
       let used = Number(total.bytes) - usage.bytes;
       let takenBack = 0;
       for (const { item, row } of usage.rows) {
@@ -300,14 +332,12 @@ async function chargeMetricUsage(
         }
         takenBack += bytes;
         const retryAfterSeconds = Math.max(1, Math.ceil((usage.hour + HOUR_MS - item.receivedAt) / 1000));
-        refused.set(
-          item,
-          new DomainError(
-            'LimitExceeded',
-            `device ${usage.device} has stored ${used} bytes of metrics this hour; this heartbeat's ${bytes} more would pass its quota of ${quota} (heartbeat.metricBytesPerDevicePerHour); its state was recorded, its metrics were not: send fewer metrics, or retry in ${retryAfterSeconds} s`,
-            { usedBytes: used, quotaBytes: quota, retryAfterSeconds },
-          ),
-        );
+        dropped.set(item, {
+          Message: `device ${usage.device} has stored ${used} bytes of metrics this hour; this heartbeat's ${bytes} more would pass its quota of ${quota} (heartbeat.metricBytesPerDevicePerHour); its state was recorded, its metrics were dropped: send fewer metrics (the quota starts again in ${retryAfterSeconds} s)`,
+          QuotaBytes: quota,
+          UsedBytes: used,
+          RetryAfterSeconds: retryAfterSeconds,
+        });
       }
       await trx
         .updateTable('device_metric_usage')
@@ -317,15 +347,15 @@ async function chargeMetricUsage(
         .execute();
     }
   }
-  return refused;
+  return dropped;
 }
 
-/** Writes the batch's states and metrics; answers which heartbeats' metrics were refused for their quota. */
+/** Writes the batch's states and metrics; answers which heartbeats' metrics were dropped for their quota. */
 async function writeBatch(
   trx: Transaction<DatabaseSchema>,
   batch: PendingHeartbeat[],
   metricBytesPerDevicePerHour: number | undefined,
-): Promise<Map<PendingHeartbeat, DomainError>> {
+): Promise<Map<PendingHeartbeat, MetricsDropped>> {
   // The devices' state is the devices capability's to write; the metric series is ours.
   await recordHeartbeatStates(
     trx,
@@ -349,16 +379,16 @@ async function writeBatch(
     const row = metricBatch(item);
     return row === undefined ? [] : [{ item, row }];
   });
-  const refused =
+  const dropped =
     metricBytesPerDevicePerHour === undefined
-      ? new Map<PendingHeartbeat, DomainError>()
+      ? new Map<PendingHeartbeat, MetricsDropped>()
       : await chargeMetricUsage(trx, rows, metricBytesPerDevicePerHour);
-  const kept = rows.filter(({ item }) => !refused.has(item)).map(({ row }) => row);
+  const kept = rows.filter(({ item }) => !dropped.has(item)).map(({ row }) => row);
   for (let i = 0; i < kept.length; i += ROWS_PER_INSERT) {
     await trx
       .insertInto('device_metric_batches')
       .values(kept.slice(i, i + ROWS_PER_INSERT))
       .execute();
   }
-  return refused;
+  return dropped;
 }

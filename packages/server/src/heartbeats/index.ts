@@ -4,6 +4,7 @@ export {
   HeartbeatService,
   type DeploymentResultSink,
   type HeartbeatServiceOptions,
+  type MetricsDropped,
   type StoredMetric,
 } from './heartbeat-service.js';
 export {

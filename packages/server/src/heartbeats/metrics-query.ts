@@ -161,6 +161,11 @@ async function* pagesOf(
         .orderBy('received_at')
         .orderBy('first_timestamp')
         .orderBy('metric_count')
+        // The table has no key: ordering by every column left makes the order total (rows still equal are
+        // identical), so that OFFSET pages neither skip nor repeat a row on PostgreSQL, whose top-N sort may
+        // order equal keys differently for different LIMIT + OFFSET.
+        .orderBy('fleet_name')
+        .orderBy('metrics')
         .limit(ROWS_PER_PAGE)
         .offset(offset)
         .execute();

@@ -11,7 +11,6 @@ import { z } from 'zod';
 import type { DeviceStore } from '../devices/index.js';
 import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
 import type { FleetStore } from '../fleets/index.js';
-import { withRetryAfter } from '../http/retry-after.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
@@ -36,16 +35,13 @@ export const heartbeatDeviceRoutes: FastifyPluginAsync<{
       summary: 'SendHeartbeat: agent version and metrics, models on the device, last deployment result',
       description:
         `At most ${MAX_METRICS_PER_HEARTBEAT} metrics in all (400 beyond), a body of at most ` +
-        'heartbeat.maxBodyBytes (413). 429 with Retry-After when the device has stored ' +
-        'heartbeat.metricBytesPerDevicePerHour of metrics this hour: the state (version, models, deployment ' +
-        'result, time) is recorded, the metrics are not.',
+        'heartbeat.maxBodyBytes (413). When the device has stored heartbeat.metricBytesPerDevicePerHour of ' +
+        'metrics this hour, the state (version, models, deployment result, time) is still recorded and the ' +
+        'answer is 200, but the metrics are dropped and MetricsDropped says so.',
       body: sendHeartbeatRequestSchema,
       response: sendHeartbeatResultSchema,
       bodyLimit: maxBodyBytes,
-      handler: async ({ body, request, reply }) => {
-        await withRetryAfter(reply, () => heartbeats.record(requireDevice(request), body));
-        return {};
-      },
+      handler: async ({ body, request }) => heartbeats.record(requireDevice(request), body),
     });
   }
   for (const url of ['/api/v1/device/registration', '/GetDeviceRegistration']) {

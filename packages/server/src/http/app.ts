@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { installAuth, type Authenticators } from './auth-hooks.js';
 import { ApiError, installErrorHandlers } from './errors.js';
 import { redactRequestUrl } from './log-redaction.js';
+import { installRequestDeadlines } from './request-deadline.js';
 import { defineRoute, installZodCompilers } from './routes.js';
 
 export interface ReadinessCheck {
@@ -22,6 +23,13 @@ export interface AppOptions {
   isShuttingDown: () => boolean;
   /** HTTPS options (certificate, key, and for mTLS: ca, requestCert). Absent: plain HTTP. */
   https?: HttpsServerOptions;
+  /**
+   * How long any request, body included, may take (ms; 0: no deadline); a route may set its own
+   * (`requestTimeoutMs`), granted after authentication.
+   */
+  requestTimeoutMs: number;
+  /** The largest request body any route takes unless it sets its own `bodyLimit` (bytes; Fastify's default 1 MiB). */
+  bodyLimit?: number;
   /** Document the routes at GET /api/docs (OpenAPI 3). */
   openapi?: { title: string; description: string; version: string };
 }
@@ -37,13 +45,16 @@ const readySchema = z.object({ status: z.literal('ready'), checks: z.record(z.st
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   // Fastify's own request logging writes two lines per request; the onResponse hook below writes one.
   const logController = new LogController({ disableRequestLogging: true });
+  const bodyLimit = options.bodyLimit === undefined ? {} : { bodyLimit: options.bodyLimit };
   const app = (options.https
-    ? Fastify({ loggerInstance: options.logger, https: options.https, logController })
-    : Fastify({ loggerInstance: options.logger, logController })) as unknown as FastifyInstance;
+    ? Fastify({ loggerInstance: options.logger, https: options.https, logController, ...bodyLimit })
+    : Fastify({ loggerInstance: options.logger, logController, ...bodyLimit })) as unknown as FastifyInstance;
 
   installZodCompilers(app);
   installErrorHandlers(app);
   installAuth(app, options.authenticators);
+  // After the auth hook: a route's own (longer) deadline is granted only to an authenticated request.
+  installRequestDeadlines(app, { defaultMs: options.requestTimeoutMs });
   // One line per request, after the answer: failures at info (server errors at warn), the rest at debug, so
   // thousands of heartbeats a second do not flood the log.
   app.addHook('onResponse', async (request, reply) => {

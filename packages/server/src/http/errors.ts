@@ -81,16 +81,10 @@ function fromFastifyError(error: FastifyError): ApiError | undefined {
 }
 
 /**
- * Installs the error and not-found handlers that give every failure the same body, and ends the connection
- * after any error answer sent before the request body was read.
+ * Installs the error and not-found handlers that give every failure the same body. (The connection is ended
+ * after any answer sent before the request body was read: see request-deadline.ts.)
  */
 export function installErrorHandlers(app: FastifyInstance): void {
-  // Node would otherwise keep the connection and drain the unread body, which a peer refused with 401 (or 413,
-  // 404) can trickle for as long as the request timeout allows. Added at the root so that it covers the
-  // handlers of plugins that set their own (the SageMaker facade's).
-  app.addHook('onSend', async (request, reply) => {
-    if (reply.statusCode >= 400 && !request.raw.complete) reply.header('connection', 'close');
-  });
   app.setErrorHandler((error: unknown, request, reply) => {
     let apiError: ApiError | undefined;
     if (error instanceof ApiError) apiError = error;

@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { ErrorBody } from './errors.js';
 
@@ -15,20 +16,31 @@ export function listenerRequestTimeoutMs(defaultMs: number, routeDeadlinesMs: re
 }
 
 /**
- * A deadline per request for its body: the app's default, or the route's own (`config.requestTimeoutMs`).
- * Node's own request timeout is one value per listener, so a port that takes long model uploads would
- * otherwise give every route (and every unauthenticated peer) that long to trickle a body. A request whose
- * body is not in by then is answered 408, like Node's own timeout, and its connection closed.
+ * Two rules for every request on the app's listener, enforced on the raw Node server below Fastify, because
+ * Fastify writes some answers itself without running hooks (a malformed URL's 400, the 414, the 503 while
+ * closing):
+ * - A deadline for the request's body: the app's default, or the route's own (`config.requestTimeoutMs`),
+ *   which replaces it in an `onRequest` hook, after authentication. Node's own request timeout is one value
+ *   per listener, so a port that takes long model uploads would otherwise give every request (and every
+ *   unauthenticated peer) that long to trickle a body. A body not in by then is answered 408, like Node's own
+ *   timeout, and the connection closed.
+ * - Any answer sent before the body was read in full carries `Connection: close`, and Node ends the connection
+ *   after it. Node would otherwise keep the connection and drain the unread body, which a refused peer could
+ *   trickle until the deadline.
  */
 export function installRequestDeadlines(app: FastifyInstance, options: { defaultMs: number }): void {
-  app.addHook('onRequest', async (request, reply) => {
-    const deadlineMs = request.routeOptions.config?.requestTimeoutMs ?? options.defaultMs;
-    if (deadlineMs <= 0 || request.raw.complete) return;
+  const timers = new WeakMap<IncomingMessage, NodeJS.Timeout>();
+  const log = app.log;
+
+  const startDeadline = (req: IncomingMessage, res: ServerResponse, deadlineMs: number) => {
+    clearTimeout(timers.get(req));
+    timers.delete(req);
+    if (deadlineMs <= 0 || req.complete) return;
     const timer = setTimeout(() => {
-      if (request.raw.complete) return;
-      const socket = request.raw.socket;
-      request.log.info({ deadlineMs }, 'request body not received in time; closing the connection');
-      if (!reply.raw.headersSent && socket.writable) {
+      if (req.complete) return;
+      const socket = req.socket;
+      log.info({ deadlineMs }, 'request body not received in time; closing the connection');
+      if (!res.headersSent && socket.writable) {
         const body: ErrorBody = {
           code: 'RequestTimeout',
           message: `the request was not received in full within ${deadlineMs} ms; send the body faster, or in smaller requests`,
@@ -43,6 +55,29 @@ export function installRequestDeadlines(app: FastifyInstance, options: { default
       socket.destroy();
     }, deadlineMs);
     timer.unref();
-    request.raw.once('close', () => clearTimeout(timer));
+    timers.set(req, timer);
+  };
+
+  // Prepended so that it runs before Fastify's own listener, which may answer at once.
+  app.server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+    startDeadline(req, res, options.defaultMs);
+    const stop = () => {
+      clearTimeout(timers.get(req));
+      timers.delete(req);
+    };
+    req.once('end', stop);
+    res.once('close', stop);
+    // Every way of answering (writeHead, or end/write without it) goes through writeHead, so the header is
+    // added there, when it is known whether the body was read.
+    const writeHead = res.writeHead;
+    res.writeHead = function (this: ServerResponse, ...args: unknown[]) {
+      if (!req.complete && !this.headersSent) this.setHeader('connection', 'close');
+      return (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
+    } as typeof res.writeHead;
+  });
+
+  app.addHook('onRequest', async (request, reply) => {
+    const routeDeadlineMs = request.routeOptions.config?.requestTimeoutMs;
+    if (routeDeadlineMs !== undefined) startDeadline(request.raw, reply.raw, routeDeadlineMs);
   });
 }

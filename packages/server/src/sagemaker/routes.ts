@@ -9,7 +9,6 @@ import type { z } from 'zod';
 import type { AccessKeyStore } from '../auth/index.js';
 import type { DeploymentService } from '../deployments/index.js';
 import type { DeviceStore } from '../devices/index.js';
-import { DomainError } from '../errors/index.js';
 import { assertActsAsItself, type HeartbeatService } from '../heartbeats/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import { AwsError, toAwsError } from './aws-errors.js';
@@ -184,17 +183,9 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
   dataPlane(
     'SendHeartbeat',
     sendHeartbeatRequestSchema,
-    async (device, body) => {
-      try {
-        await options.heartbeats.record(device, body);
-      } catch (error) {
-        // The device's metrics quota: a refusal to retry later, which botocore's retries know by this type.
-        if (error instanceof DomainError && error.code === 'LimitExceeded')
-          throw new AwsError('ThrottlingException', error.message);
-        throw error;
-      }
-      return {};
-    },
+    // Over the device's metric quota the heartbeat still succeeds, its metrics dropped (MetricsDropped, which
+    // AWS SDKs ignore as an unknown member), as on the device API.
+    (device, body) => options.heartbeats.record(device, body),
     options.heartbeatBodyLimit,
   );
   dataPlane('GetDeviceRegistration', getDeviceRegistrationRequestSchema, async (device, body) =>

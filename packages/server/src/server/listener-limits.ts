@@ -28,3 +28,10 @@ export const OPERATOR_LISTENER_LIMITS: ListenerLimits = {
   maxConnections: 1024,
   maxConnectionsPerAddress: 128,
 };
+
+/**
+ * The device port's body limit for every route that sets none of its own: devices send small JSON bodies
+ * (registration, identity, deployment results), and an unauthenticated peer's body (a 404 included) is read
+ * before it is refused. The heartbeat and capture routes set their own (`heartbeat.maxBodyBytes`, captures).
+ */
+export const DEVICE_BODY_LIMIT_BYTES = 64 * 1024;

@@ -40,7 +40,7 @@ import {
   startRetentionSweeper,
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
-import { installRequestDeadlines, listenerRequestTimeoutMs } from '../http/request-deadline.js';
+import { listenerRequestTimeoutMs } from '../http/request-deadline.js';
 import {
   bindDeviceCa,
   DeviceCa,
@@ -81,7 +81,11 @@ import {
   tlsServerLimitOptions,
   type ListenerLimits,
 } from '@edgefleet/core';
-import { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-limits.js';
+import {
+  DEVICE_BODY_LIMIT_BYTES,
+  DEVICE_LISTENER_LIMITS,
+  OPERATOR_LISTENER_LIMITS,
+} from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
@@ -315,6 +319,17 @@ export async function startServer(
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
         metricBytesPerDevicePerHour: config.heartbeat.metricBytesPerDevicePerHour,
         deploymentResults: deployments,
+        // Once per device and clock hour (the service's rate limit), so a device over its quota cannot flood the log.
+        onMetricsDropped: (device, dropped) =>
+          logger.warn(
+            {
+              device: device.deviceName,
+              fleet: device.fleetName,
+              usedBytes: dropped.UsedBytes,
+              quotaBytes: dropped.QuotaBytes,
+            },
+            `device ${device.deviceName} is over heartbeat.metricBytesPerDevicePerHour; its heartbeats are recorded but their metrics dropped for the next ${dropped.RetryAfterSeconds} s (logged once an hour)`,
+          ),
         onDeploymentResultsError: (error) =>
           logger.warn(
             { err: error },
@@ -355,6 +370,7 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
+      requestTimeoutMs: operatorLimits.requestTimeoutMs,
       ...(config.tls
         ? {
             https: {
@@ -373,7 +389,6 @@ export async function startServer(
       },
     });
     apps.push(operatorApp);
-    installRequestDeadlines(operatorApp, { defaultMs: operatorLimits.requestTimeoutMs });
     const modelUploadTimeoutMs = config.uploads.modelUploadTimeoutSeconds * 1000;
     // One registration per capability: each is a Fastify plugin, so what it adds (e.g. the model upload
     // content-type parser) stays inside it.
@@ -463,6 +478,9 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
+      requestTimeoutMs: deviceLimits.requestTimeoutMs,
+      // Devices send small JSON bodies; the routes that take larger ones (heartbeats, captures) set their own.
+      bodyLimit: DEVICE_BODY_LIMIT_BYTES,
       https: await deviceTlsOptions(config, deviceCa, deviceLimits),
     });
     apps.push(deviceApp);

@@ -36,10 +36,28 @@ describe('loadConfig', () => {
       registrationCacheTtlSeconds: 300,
       maxClockSkewSeconds: 3600,
       maxBodyBytes: 262_144,
-      metricBytesPerDevicePerHour: 16_777_216,
+      // A full heartbeat (2000 metrics of 160 bytes) every 30 s for an hour (review s8 #4).
+      metricBytesPerDevicePerHour: 120 * 2000 * 160,
       maxMetricsPerQuery: 2_000_000,
     });
     expect(config.provided).toEqual({ deviceCa: false, deviceTls: false, signing: false });
+  });
+
+  it('scales the default hourly metric quota with heartbeat.intervalSeconds; a set quota is kept', async () => {
+    const every10s = await loadConfig({
+      env: {},
+      cwd: dir,
+      configFile: await configFile({ heartbeat: { intervalSeconds: 10 } }),
+    });
+    expect(every10s.heartbeat.metricBytesPerDevicePerHour).toBe(360 * 2000 * 160);
+    const set = await loadConfig({
+      env: {},
+      cwd: dir,
+      configFile: await configFile({
+        heartbeat: { intervalSeconds: 10, metricBytesPerDevicePerHour: 1_000_000 },
+      }),
+    });
+    expect(set.heartbeat.metricBytesPerDevicePerHour).toBe(1_000_000);
   });
 
   it('reads allowEmptyDatabase from the environment as a boolean, refusing anything else', async () => {

@@ -134,12 +134,32 @@ describe('error bodies', () => {
   });
 });
 
+describe('device port body limit (review s8 #5)', () => {
+  it('refuses an unauthenticated body over 64 KiB to an unknown device-port URL with 413, before reading it', async () => {
+    const ca = (await t.call('GET', '/api/v1/device-ca', { token: t.readToken })).body
+      .certificatePem as string;
+    // Just under Fastify's default 1 MiB, which the device port took for every route before the fix.
+    const body = { padding: 'x'.repeat(1024 * 1024 - 100) };
+    const answer = await deviceCall(t.server.deviceUrl, { ca }, 'POST', '/api/v1/device/nothing-here', {
+      body,
+    });
+    expect(answer.status).toBe(413);
+    expect(answer.body).toMatchObject({ code: 'PayloadTooLarge' });
+    // A small body to the same URL is read and answered as usual.
+    const small = await deviceCall(t.server.deviceUrl, { ca }, 'POST', '/api/v1/device/nothing-here', {
+      body: { padding: 'x' },
+    });
+    expect(small.status).toBe(404);
+  });
+});
+
 describe('route registration', () => {
   const options = {
     logger: pino({ level: 'silent' }),
     authenticators: {},
     readiness: [],
     isShuttingDown: () => false,
+    requestTimeoutMs: 60_000,
   };
 
   it('refuses a route that declares no auth requirement', async () => {

@@ -65,6 +65,16 @@ describe('slow request bodies on the operator port', () => {
     expect((await server.call('GET', '/healthz')).status).toBe(200);
   });
 
+  // Review s8 #3: Fastify answers a malformed URL itself (no hooks run), so the rule is enforced below it.
+  it("closes the connection after Fastify's own 400 for a malformed URL instead of draining a trickled body", async () => {
+    const server = await start();
+    const slow = trickle(server.url, post('/%ZZ', 'Content-Type: application/json\r\n', 100_000_000));
+    await slow.closed;
+    expect(slow.answer()).toMatch(/^HTTP\/1\.1 400 /);
+    expect(slow.answer()).toMatch(/\r\nconnection: close\r\n/i);
+    expect((await server.call('GET', '/healthz')).status).toBe(200);
+  });
+
   // Fastify already ended this one before the fix; kept so that the facade's own error handler stays covered.
   it('closes the connection after the facade refuses an oversized body before reading it', async () => {
     const server = await start();
