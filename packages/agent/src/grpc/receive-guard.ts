@@ -131,7 +131,7 @@ export class ReceiveGuard {
 
 /**
  * One call's request message and the budget it holds: counted as it arrives until the length prefix's worth is
- * in, and given back once the stream has closed and the handler, if grpc-js started it, has answered (a client
+ * in (a compressed message, or any byte after the message, is refused: every method takes one), and given back once the stream has closed and the handler, if grpc-js started it, has answered (a client
  * that cancels a call whose message its handler still holds leaves the budget taken until then). Stands in for
  * grpc-js's call (every method passed on) and, towards it, for the call's listener, to see both.
  */
@@ -139,6 +139,8 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
   /** Bytes of the length prefix seen (0 to PREFIX_BYTES). */
   #prefixSeen = 0;
   #declared = 0;
+  /** The prefix's compressed flag was set. */
+  #compressed = false;
   /** Bytes of the message (with its prefix) still to be counted once the prefix is known. */
   #remaining = 0;
   #taken = 0;
@@ -171,26 +173,39 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
     if (this.#prefixSeen < PREFIX_BYTES) {
       let i = 0;
       // The 4 length bytes follow the compressed flag; they may arrive split across chunks.
-      for (; i < chunk.length && this.#prefixSeen < PREFIX_BYTES; i++, this.#prefixSeen++)
-        if (this.#prefixSeen > 0) this.#declared = this.#declared * 256 + chunk[i]!;
+      for (; i < chunk.length && this.#prefixSeen < PREFIX_BYTES; i++, this.#prefixSeen++) {
+        if (this.#prefixSeen === 0) this.#compressed = chunk[i] !== 0;
+        else this.#declared = this.#declared * 256 + chunk[i]!;
+      }
       if (this.#prefixSeen < PREFIX_BYTES) return;
+      // A compressed message holds up to -m once inflated, however few bytes it took to send.
+      if (this.#compressed)
+        return this.refuse(
+          status.UNIMPLEMENTED,
+          'compressed request messages are not accepted (the agent holds request bytes to a budget as they arrive, and an inflated message would hold more than it sent); expected the message uncompressed',
+        );
       // grpc-js refuses a message over -m itself (RESOURCE_EXHAUSTED) and drops its bytes: nothing to hold.
       if (this.#declared > this.guard.maxMessageBytes) return this.#stopCounting();
       this.#remaining = PREFIX_BYTES + this.#declared;
       bytes = PREFIX_BYTES + chunk.length - i;
     }
+    // grpc-js goes on reading a unary call after its message, and would buffer a second one (up to -m) uncounted:
+    // the listener stays until the client ends its side, and a byte past the message is refused.
+    if (bytes > this.#remaining)
+      return this.refuse(
+        status.INVALID_ARGUMENT,
+        'the call sent more after its request message; expected one request message per call',
+      );
     // As they arrive, never past the announced length: an announcement alone takes nothing.
-    const counted = bytes < this.#remaining ? bytes : this.#remaining;
-    if (!this.guard.take(counted)) {
+    if (!this.guard.take(bytes)) {
       this.refuse(
         status.RESOURCE_EXHAUSTED,
-        `${this.guard.describeRefusal(counted, this.#taken)}; retry shortly`,
+        `${this.guard.describeRefusal(bytes, this.#taken)}; retry shortly`,
       );
       return;
     }
-    this.#taken += counted;
-    this.#remaining -= counted;
-    if (this.#remaining === 0) this.#stopCounting();
+    this.#taken += bytes;
+    this.#remaining -= bytes;
   };
 
   /** The message is in (or refused): no more chunks to look at. */

@@ -203,6 +203,43 @@ describe('gRPC request messages being received', () => {
     while (budget.usedBytes > 0) await delay(10);
   });
 
+  it('refuses bytes after a call’s one request message (grpc-js would buffer a second message uncounted), and compressed messages', async () => {
+    const budget = new BodyBudget(2560 * KiB);
+    const socketPath = await start({ budget, receiveTimeoutMs: 60_000 });
+    const http2 = await session(socketPath);
+    // An empty message, then a second prefix announcing -m and a few bytes of it, the stream left open.
+    const second = holdPredict(http2, 0, 0);
+    const prefix = Buffer.alloc(5);
+    prefix.writeUInt32BE(1024 * KiB, 1);
+    second.stream.write(Buffer.concat([prefix, Buffer.alloc(10)]));
+    expect(await within(second.answer, 10_000)).toEqual({
+      status: '3',
+      message: 'the call sent more after its request message; expected one request message per call',
+    });
+    // A compressed message (the prefix's flag set) is refused before its bytes are taken.
+    const compressed = http2.request({
+      ':method': 'POST',
+      ':path': '/AWS.SageMaker.Edge.Agent/Predict',
+      'content-type': 'application/grpc',
+      'grpc-encoding': 'gzip',
+      te: 'trailers',
+    });
+    const flagged = Buffer.alloc(5);
+    flagged[0] = 1;
+    flagged.writeUInt32BE(100, 1);
+    compressed.write(Buffer.concat([flagged, Buffer.alloc(20)]));
+    const refused = await new Promise<string>((resolve) => {
+      const take = (headers: Record<string, unknown>) => {
+        if (headers['grpc-status'] !== undefined) resolve(String(headers['grpc-status']));
+      };
+      compressed.on('response', take);
+      compressed.on('trailers', take);
+      compressed.on('error', () => undefined);
+    });
+    expect(refused).toBe('12');
+    while (budget.usedBytes > 0) await delay(10);
+  });
+
   it('keeps a cancelled call’s message in the budget until its handler has answered (the message is still queued or running)', async () => {
     const budget = new BodyBudget(4096 * KiB);
     const socketPath = await start({ budget, receiveTimeoutMs: 60_000 });
