@@ -210,7 +210,9 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{
   deployments: DeploymentService;
   models: Pick<ModelStore, 'getVersion'>;
   blobs: BlobStore;
-}> = async (app, { deployments, models, blobs }) => {
+  /** The result route's body limit: a DeploymentResult's, as inside SendHeartbeat (heartbeat.maxBodyBytes). */
+  resultBodyLimit: number;
+}> = async (app, { deployments, models, blobs, resultBodyLimit }) => {
   for (const url of ['/api/v1/device/deployments', '/GetDeployments']) {
     defineRoute(app, {
       method: 'POST',
@@ -265,6 +267,8 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{
     auth: 'device',
     tag: 'device',
     summary: 'Report a DeploymentResult now, without waiting for the next heartbeat',
+    // Its reasons per model make a legal result larger than the device port's default body limit.
+    bodyLimit: resultBodyLimit,
     body: deploymentResultRequestSchema,
     response: sendHeartbeatResultSchema,
     handler: async ({ body, request }) => {

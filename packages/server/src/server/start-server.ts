@@ -494,7 +494,12 @@ export async function startServer(
       blobs,
       access: deployments,
     });
-    await deviceApp.register(deploymentDeviceRoutes, { deployments, models, blobs });
+    await deviceApp.register(deploymentDeviceRoutes, {
+      deployments,
+      models,
+      blobs,
+      resultBodyLimit: config.heartbeat.maxBodyBytes,
+    });
     await deviceApp.register(captureDeviceRoutes, {
       db: database.db,
       blobs,

@@ -255,14 +255,23 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       await getDeployments('d2');
       await heartbeat('d2', success('p1'));
       await getDeployments('d3');
-      // The result also has a call of its own.
+      // The result also has a call of its own, which takes a result as large as SendHeartbeat does (here over the
+      // device port's default body limit of 64 KiB: reasons of 4096 characters for 20 models).
+      const large = success('p1');
+      large.DeploymentModels!.push(
+        ...Array.from({ length: 20 }, (_, i) => ({
+          ModelHandle: `other-${i}`,
+          Status: 'SUCCESS' as const,
+          StatusReason: 'r'.repeat(4096),
+        })),
+      );
       const own = await deviceCall(
         t.server.deviceUrl,
         devices.get('d3')!.tls,
         'POST',
         '/api/v1/device/deployments/result',
         {
-          body: { DeviceName: 'd3', DeviceFleetName: 'f', DeploymentResult: success('p1') },
+          body: { DeviceName: 'd3', DeviceFleetName: 'f', DeploymentResult: large },
         },
       );
       expect(own.status).toBe(200);
