@@ -29,7 +29,13 @@ function judge(path) {
     { encoding: 'utf8' },
   );
   if (probe.status !== 0) return { version: 'none' };
-  const { current, clock } = JSON.parse(probe.stdout);
+  let current, clock;
+  try {
+    // The last line: a preload (NODE_OPTIONS=--require …) may print before it.
+    ({ current, clock } = JSON.parse(probe.stdout.trim().split('\n').pop()));
+  } catch {
+    return { version: 'none' };
+  }
   return current ? { version: 'current' } : { version: 'older', lacksClock: !clock };
 }
 
