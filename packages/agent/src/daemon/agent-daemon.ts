@@ -235,7 +235,10 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         socketMode: config.socketMode,
         closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
         sharedMemory,
-        ready: () => backgroundLoads.settled,
+        notReadyBecause: () =>
+          backgroundLoads.settled
+            ? undefined
+            : `still loading in the background, past edgefleet_startup_load_timeout_seconds: ${backgroundLoads.pending.join(', ')}`,
         agentStatus: () => ({
           deployments: deployments
             ? { enabled: true, models: deployments.engine.status() }

@@ -47,8 +47,11 @@ export interface RestAppOptions {
    * 429. Default: its own, of defaultBodyBudgetBytes(maxBodyBytes).
    */
   bodyBudget?: BodyBudget;
-  /** Whether the agent serves inference (GET /v2/health/ready); default: always once listening. */
-  ready?: () => boolean;
+  /**
+   * Why the agent does not serve inference yet (GET /v2/health/ready answers 400 with it), or undefined when it
+   * does; default: it always does once listening.
+   */
+  notReadyBecause?: () => string | undefined;
   /** The version GET /v2 reports; default: the agent package's version. */
   version?: string;
   /** System V shared memory for the system shared memory extension; null or absent: the extension is off. */
@@ -98,7 +101,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   const maxJsonBodyBytes = Math.min(maxBodyBytes, options.maxJsonBodyBytes ?? DEFAULT_MAX_JSON_BODY_BYTES);
   const maxConcurrentJsonBodies = options.maxConcurrentJsonBodies ?? DEFAULT_MAX_CONCURRENT_JSON_BODIES;
   const version = options.version ?? agentVersion();
-  const isReady = options.ready ?? (() => true);
+  const notReadyBecause = options.notReadyBecause ?? (() => undefined);
   const closing = hooks.closing ?? (() => false);
 
   const budget = options.bodyBudget ?? new BodyBudget(defaultBodyBudgetBytes(maxBodyBytes));
@@ -188,7 +191,8 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
 
   app.get('/v2/health/ready', async (_request, reply) => {
     if (closing()) throw new RestError(400, 'the agent is shutting down; it takes no new inference requests');
-    if (!isReady()) throw new RestError(400, 'the agent is not ready for inference yet');
+    const reason = notReadyBecause();
+    if (reason !== undefined) throw new RestError(400, `the agent is not ready for inference yet: ${reason}`);
     return reply.type(JSON_TYPE).send('{"ready":true}');
   });
 

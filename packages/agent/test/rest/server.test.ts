@@ -181,9 +181,9 @@ describe('connections', () => {
 });
 
 describe('buildRestApp', () => {
-  it('serves the same routes without listening (app.inject), and readiness follows the ready option', async () => {
-    let ready = false;
-    const app = buildRestApp({ registry, metrics, logger, ready: () => ready, version: '9.9.9' });
+  it('serves the same routes without listening (app.inject), and readiness follows the notReadyBecause option', async () => {
+    let reason: string | undefined = 'still loading in the background: a, b';
+    const app = buildRestApp({ registry, metrics, logger, notReadyBecause: () => reason, version: '9.9.9' });
     const server = await app.inject({ method: 'GET', url: '/v2' });
     expect(server.json()).toEqual({
       name: 'edgefleet-agent',
@@ -193,9 +193,9 @@ describe('buildRestApp', () => {
     const notReady = await app.inject({ method: 'GET', url: '/v2/health/ready' });
     expect([notReady.statusCode, notReady.json()]).toEqual([
       400,
-      { error: 'the agent is not ready for inference yet' },
+      { error: 'the agent is not ready for inference yet: still loading in the background: a, b' },
     ]);
-    ready = true;
+    reason = undefined;
     expect((await app.inject({ method: 'GET', url: '/v2/health/ready' })).statusCode).toBe(200);
     expect((await app.inject({ method: 'GET', url: '/v2/health/live' })).json()).toEqual({ live: true });
     await app.close();
