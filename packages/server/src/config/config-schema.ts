@@ -10,13 +10,18 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 /** Capture bodies up to this many bytes are read without an upload slot, by default. */
 const DEFAULT_LARGE_BODY_BYTES = 256 * 1024;
 
-/** `host:port`, `[v6]:port` or `:port`; port 0 picks a free port (tests). */
+/**
+ * `host:port`, `[v6]:port` or `:port`; port 0 picks a free port (tests). `localhost` is 127.0.0.1: given
+ * `localhost`, Fastify listens on each address it resolves to through servers of its own, which the listener
+ * limits and request deadlines (applied to its main server) would not reach.
+ */
 export const listenAddressSchema = z
   .string()
   .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, 'expected host:port, e.g. 0.0.0.0:8080')
   .transform((value, ctx) => {
     const colon = value.lastIndexOf(':');
-    const host = value.slice(0, colon).replace(/^\[|\]$/g, '') || '0.0.0.0';
+    const named = value.slice(0, colon).replace(/^\[|\]$/g, '') || '0.0.0.0';
+    const host = named.toLowerCase() === 'localhost' ? '127.0.0.1' : named;
     const port = Number(value.slice(colon + 1));
     if (port > 65535) {
       ctx.addIssue({ code: 'custom', message: `port ${port} is out of range 0-65535` });

@@ -147,6 +147,11 @@ describe('loadConfig', () => {
     expect(config.captures).toMatchObject({ largeBodyBytes: 4259839, maxConcurrentUploadsPerDevice: 2 });
   });
 
+  it('listens on 127.0.0.1 for localhost (one address, which the listener limits reach)', async () => {
+    const config = await loadConfig({ env: {}, cwd: dir, flags: { listen: 'localhost:9000' } });
+    expect(config.listen).toEqual({ host: '127.0.0.1', port: 9000 });
+  });
+
   it('refuses out-of-range ports, unknown schemes, unreadable and non-JSON files', async () => {
     await expect(loadConfig({ env: {}, cwd: dir, flags: { listen: '1.2.3.4:70000' } })).rejects.toThrow(
       /out of range/,
