@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { ErrorBody } from './errors.js';
 
@@ -15,6 +15,27 @@ export function listenerRequestTimeoutMs(defaultMs: number, routeDeadlinesMs: re
   return all.includes(0) ? 0 : Math.max(...all);
 }
 
+/** The request's deadline timer, on the request itself (no map entry per request). */
+const DEADLINE = Symbol('edgefleet.requestDeadline');
+type TimedRequest = IncomingMessage & { [DEADLINE]?: NodeJS.Timeout };
+
+const { writeHead } = ServerResponse.prototype;
+
+/**
+ * `writeHead` for every response: adds `Connection: close` when the request's body has not been read in full.
+ * Every way of answering (writeHead, or end/write without it) goes through it. One function for all responses,
+ * set on each: no closure per request.
+ */
+function writeHeadClosingEarly(this: ServerResponse, ...args: unknown[]): ServerResponse {
+  if (!this.req.complete && !this.headersSent) this.setHeader('connection', 'close');
+  return (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
+}
+
+/** The response is done (or the connection gone): its request's deadline no longer applies. */
+function clearDeadline(this: ServerResponse): void {
+  clearTimeout((this.req as TimedRequest)[DEADLINE]);
+}
+
 /**
  * Two rules for every request on the app's listener, enforced on the raw Node server below Fastify, because
  * Fastify writes some answers itself without running hooks (a malformed URL's 400, the 414, the 503 while
@@ -29,12 +50,10 @@ export function listenerRequestTimeoutMs(defaultMs: number, routeDeadlinesMs: re
  *   trickle until the deadline.
  */
 export function installRequestDeadlines(app: FastifyInstance, options: { defaultMs: number }): void {
-  const timers = new WeakMap<IncomingMessage, NodeJS.Timeout>();
   const log = app.log;
 
-  const startDeadline = (req: IncomingMessage, res: ServerResponse, deadlineMs: number) => {
-    clearTimeout(timers.get(req));
-    timers.delete(req);
+  const startDeadline = (req: TimedRequest, res: ServerResponse, deadlineMs: number) => {
+    clearTimeout(req[DEADLINE]);
     if (deadlineMs <= 0 || req.complete) return;
     const timer = setTimeout(() => {
       if (req.complete) return;
@@ -55,25 +74,15 @@ export function installRequestDeadlines(app: FastifyInstance, options: { default
       socket.destroy();
     }, deadlineMs);
     timer.unref();
-    timers.set(req, timer);
+    req[DEADLINE] = timer;
   };
 
   // Prepended so that it runs before Fastify's own listener, which may answer at once.
   app.server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
     startDeadline(req, res, options.defaultMs);
-    const stop = () => {
-      clearTimeout(timers.get(req));
-      timers.delete(req);
-    };
-    req.once('end', stop);
-    res.once('close', stop);
-    // Every way of answering (writeHead, or end/write without it) goes through writeHead, so the header is
-    // added there, when it is known whether the body was read.
-    const writeHead = res.writeHead;
-    res.writeHead = function (this: ServerResponse, ...args: unknown[]) {
-      if (!req.complete && !this.headersSent) this.setHeader('connection', 'close');
-      return (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
-    } as typeof res.writeHead;
+    // A timer that fires once the body is in does nothing; the response's end clears it.
+    res.on('close', clearDeadline);
+    res.writeHead = writeHeadClosingEarly as typeof res.writeHead;
   });
 
   app.addHook('onRequest', async (request, reply) => {
