@@ -12,6 +12,7 @@ import {
 
 /** Files written (and fsynced) at the same time by the Disk destination. */
 const DISK_WRITE_CONCURRENCY = 8;
+import type { DiskQuota } from './disk-quota.js';
 import type { ObjectStore } from './object-store.js';
 import type { RenderedFile } from './records.js';
 
@@ -26,6 +27,10 @@ export interface CaptureDestination {
   /** The URL a record's `data-ref` gives for a key. */
   urlFor(key: string): string;
   write(files: readonly RenderedFile[]): Promise<void>;
+  /** Called once by CaptureService.start, before any write. */
+  open?(): Promise<void>;
+  /** Why nothing more can be written, as far as the destination knows now (checking again if due); else undefined. */
+  fullReason?(): Promise<string | undefined>;
 }
 
 /** Disk: `<capture_data_disk_path>/<key>`, keys laid out as in the bucket. */
@@ -33,10 +38,25 @@ export class DiskDestination implements CaptureDestination {
   readonly kind = 'disk';
   readonly root: string;
   readonly description: string;
+  readonly #quota: DiskQuota | undefined;
 
-  constructor(root: string) {
+  /** With a quota, a write that would pass it throws CaptureDiskFullError and writes nothing. */
+  constructor(root: string, options: { quota?: DiskQuota } = {}) {
     this.root = root;
     this.description = root;
+    this.#quota = options.quota;
+  }
+
+  /** Counts the bytes already under root (the quota's starting point). */
+  async open(): Promise<void> {
+    await this.#quota?.rescan();
+  }
+
+  async fullReason(): Promise<string | undefined> {
+    if (this.#quota?.fullReason === undefined) return undefined;
+    // Known full: check again (the user may have collected and removed files), at most as often as the quota walks.
+    await this.#quota.check(0).catch(() => undefined);
+    return this.#quota.fullReason;
   }
 
   urlFor(key: string): string {
@@ -60,6 +80,10 @@ export class DiskDestination implements CaptureDestination {
   async write(files: readonly RenderedFile[]): Promise<void> {
     const folders = new Set(files.map((f) => dirname(this.pathOf(f.key))));
     for (const folder of folders) await mkdir(folder, { recursive: true, mode: CAPTURE_FOLDER_MODE });
+    const bytes = files.reduce((sum, f) => sum + f.body.byteLength, 0);
+    await this.#quota?.check(bytes);
+    // Counted before writing (on the safe side if the write fails): a batch written meanwhile checks against it.
+    this.#quota?.added(bytes);
     const staged: StagedFile[] = new Array(files.length);
     try {
       await eachLimit([...files.keys()], DISK_WRITE_CONCURRENCY, async (i) => {
