@@ -52,11 +52,9 @@ export class DiskDestination implements CaptureDestination {
     await this.#quota?.rescan();
   }
 
+  /** Known full: checked again (the user may have collected and removed files), walking root at most so often. */
   async fullReason(): Promise<string | undefined> {
-    if (this.#quota?.fullReason === undefined) return undefined;
-    // Known full: check again (the user may have collected and removed files), at most as often as the quota walks.
-    await this.#quota.check(0).catch(() => undefined);
-    return this.#quota.fullReason;
+    return this.#quota?.stillFull();
   }
 
   urlFor(key: string): string {

@@ -37,8 +37,9 @@ export class DiskQuota {
   #usedBytes = 0;
   #scannedAt = Number.NEGATIVE_INFINITY;
   #scanning: Promise<void> | undefined;
-  /** Why the last check refused; undefined once a check passes. */
+  /** Why the last check refused, and for how many bytes; undefined once a check passes. */
   #fullReason: string | undefined;
+  #refusedBytes = 0;
 
   constructor(options: DiskQuotaOptions) {
     this.root = options.root;
@@ -55,6 +56,17 @@ export class DiskQuota {
 
   /** Why the destination is full as far as it knows, without checking again; undefined when not known full. */
   get fullReason(): string | undefined {
+    return this.#fullReason;
+  }
+
+  /**
+   * While known full: checks again (walking root if due) whether the batch last refused would fit now; the reason
+   * when it would not, else undefined.
+   */
+  async stillFull(): Promise<string | undefined> {
+    if (this.#fullReason === undefined) return undefined;
+    // Refused again, or the check itself failed (statfs): either way, still known full.
+    await this.check(this.#refusedBytes).catch(() => undefined);
     return this.#fullReason;
   }
 
@@ -84,12 +96,14 @@ export class DiskQuota {
     if (free - bytes < this.minFreeBytes) {
       this.#refuse(
         `the file system of the Disk capture folder ${this.root} has ${free} bytes free; ${bytes} more would leave less than the ${this.minFreeBytes} bytes the agent keeps free (edgefleet_capture_min_free_bytes). Nothing was written; free space on it, or lower the floor`,
+        bytes,
       );
     }
     // Compared after the last await: the caller counts its bytes (added) before any other check runs.
     if (this.#usedBytes + bytes > this.quotaBytes) {
       this.#refuse(
         `the Disk capture folder ${this.root} holds ${this.#usedBytes} bytes; ${bytes} more would pass its quota of ${this.quotaBytes} bytes (edgefleet_capture_disk_quota_bytes). Nothing was written; collect and remove capture files, or raise the quota`,
+        bytes,
       );
     }
     this.#fullReason = undefined;
@@ -100,8 +114,9 @@ export class DiskQuota {
     this.#usedBytes += bytes;
   }
 
-  #refuse(reason: string): never {
+  #refuse(reason: string, bytes: number): never {
     this.#fullReason = reason;
+    this.#refusedBytes = bytes;
     throw new CaptureDiskFullError(reason);
   }
 }
