@@ -220,6 +220,15 @@ export class CaptureService {
   async capture(request: CaptureRequest): Promise<void> {
     let item: CaptureItem;
     try {
+      // First, as it may await (checking a full destination again): every check below runs after it, unbroken.
+      const checkingFull = this.#destination.fullReason?.();
+      const full = checkingFull && (await checkingFull);
+      if (full !== undefined) {
+        throw new AgentError(
+          'RESOURCE_EXHAUSTED',
+          `capture ${JSON.stringify(request.captureId)} was not taken: ${full}`,
+        );
+      }
       if (!this.#started || this.#closed) {
         throw new AgentError(
           'UNAVAILABLE',
@@ -253,10 +262,6 @@ export class CaptureService {
           'RESOURCE_EXHAUSTED',
           `the capture buffer is full (${this.#heldBytes} bytes of captures waiting to be written to ${this.#destination.description}; ${bytes} more would pass its ${this.#bufferBytes} bytes, edgefleet_capture_buffer_bytes); retry later`,
         );
-      }
-      const full = await this.#destination.fullReason?.();
-      if (full !== undefined) {
-        throw new AgentError('RESOURCE_EXHAUSTED', `capture ${JSON.stringify(captureId)} was not taken: ${full}`);
       }
       item = captureItemFromRequest(request, {
         models: this.#models,

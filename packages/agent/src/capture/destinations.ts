@@ -29,8 +29,11 @@ export interface CaptureDestination {
   write(files: readonly RenderedFile[]): Promise<void>;
   /** Called once by CaptureService.start, before any write. */
   open?(): Promise<void>;
-  /** Why nothing more can be written, as far as the destination knows now (checking again if due); else undefined. */
-  fullReason?(): Promise<string | undefined>;
+  /**
+   * Why nothing more can be written: undefined at once when not known full, else a check again (resolving to the
+   * reason, or undefined when room came back).
+   */
+  fullReason?(): Promise<string | undefined> | undefined;
 }
 
 /** Disk: `<capture_data_disk_path>/<key>`, keys laid out as in the bucket. */
@@ -53,8 +56,8 @@ export class DiskDestination implements CaptureDestination {
   }
 
   /** Known full: checked again (the user may have collected and removed files), walking root at most so often. */
-  async fullReason(): Promise<string | undefined> {
-    return this.#quota?.stillFull();
+  fullReason(): Promise<string | undefined> | undefined {
+    return this.#quota?.fullReason === undefined ? undefined : this.#quota.stillFull();
   }
 
   urlFor(key: string): string {
