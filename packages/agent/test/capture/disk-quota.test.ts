@@ -7,6 +7,7 @@ import {
   DiskDestination,
   DiskQuota,
   MemoryCaptureQueue,
+  startCaptureService,
   type CaptureLogger,
   type CaptureSettings,
 } from '../../src/capture/index.js';
@@ -177,6 +178,34 @@ describe('Disk capture quota (edgefleet_capture_disk_quota_bytes)', () => {
     await second.service.flush();
     expect(second.service.status('later').status).toBe('FAILURE');
     expect((await listFiles(settings.diskPath)).length).toBe(written);
+  });
+});
+
+describe('startCaptureService', () => {
+  it("gives the Disk destination the settings' quota and floor", async () => {
+    const quotaOf = async (settings: CaptureSettings, id: string) => {
+      const capture = await startCaptureService({ settings, models: registry });
+      try {
+        await capture.service.capture(captureInput(id));
+        await capture.service.flush();
+        return capture.service.status(id);
+      } finally {
+        await capture.close();
+      }
+    };
+    const full = testSettings(work, { batchSize: 1, diskQuotaBytes: 100_000 });
+    await userFile(full, 100_000);
+    expect((await quotaOf(full, 'over-quota')).detail).toMatch(/edgefleet_capture_disk_quota_bytes/);
+    const fs = await statfs(work);
+    const floor = testSettings(join(work, 'floor'), {
+      batchSize: 1,
+      diskMinFreeBytes: fs.bavail * fs.bsize + 1024 ** 3,
+    });
+    expect((await quotaOf(floor, 'below-floor')).detail).toMatch(/edgefleet_capture_min_free_bytes/);
+    // The defaults leave room for a small capture.
+    expect((await quotaOf(testSettings(join(work, 'defaults'), { batchSize: 1 }), 'fits')).status).toBe(
+      'SUCCESS',
+    );
   });
 });
 
