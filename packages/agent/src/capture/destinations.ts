@@ -73,11 +73,7 @@ export class DiskDestination implements CaptureDestination {
     return join(this.root, ...key.split('/'));
   }
 
-  /**
-   * Every file is written and fsynced under a temporary name first (several at a time: fsyncs are slow alone,
-   * cheap together), then side files are renamed into place and their folders fsynced, and only then the
-   * manifests: a manifest is never visible before the side files it references.
-   */
+  /** Checks the quota and free-space floor (CaptureDiskFullError: nothing written), then writes the files. */
   async write(files: readonly RenderedFile[]): Promise<void> {
     const folders = new Set(files.map((f) => dirname(this.pathOf(f.key))));
     for (const folder of folders) await mkdir(folder, { recursive: true, mode: CAPTURE_FOLDER_MODE });
@@ -85,6 +81,19 @@ export class DiskDestination implements CaptureDestination {
     await this.#quota?.check(bytes);
     // Counted before writing (on the safe side if the write fails): a batch written meanwhile checks against it.
     this.#quota?.added(bytes);
+    try {
+      await this.#writeFiles(files);
+    } finally {
+      this.#quota?.finished(bytes);
+    }
+  }
+
+  /**
+   * Every file is written and fsynced under a temporary name first (several at a time: fsyncs are slow alone,
+   * cheap together), then side files are renamed into place and their folders fsynced, and only then the
+   * manifests: a manifest is never visible before the side files it references.
+   */
+  async #writeFiles(files: readonly RenderedFile[]): Promise<void> {
     const staged: StagedFile[] = new Array(files.length);
     try {
       await eachLimit([...files.keys()], DISK_WRITE_CONCURRENCY, async (i) => {

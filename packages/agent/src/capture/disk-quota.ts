@@ -25,8 +25,8 @@ export interface DiskQuotaOptions {
 /**
  * The bytes under the Disk destination's root: walked once at open, counted up as batches are written, and
  * walked again, at most every rescanIntervalMs, when a write would pass the quota (the user may have removed
- * files). Replaced files (a batch written again after a crash) are counted twice until the next walk: the error
- * is on the safe side.
+ * files). Replaced files (a batch written again after a crash), a write that failed, and a write in flight during
+ * a walk may be counted twice until the next walk: every error is on the safe side.
  */
 export class DiskQuota {
   readonly root: string;
@@ -35,6 +35,8 @@ export class DiskQuota {
   readonly #rescanIntervalMs: number;
   readonly #now: () => number;
   #usedBytes = 0;
+  /** Counted (added) by writes not yet finished: a walk meanwhile may not see their files yet. */
+  #writingBytes = 0;
   #scannedAt = Number.NEGATIVE_INFINITY;
   #scanning: Promise<void> | undefined;
   /** Why the last check refused, and for how many bytes; undefined once a check passes. */
@@ -74,7 +76,11 @@ export class DiskQuota {
   rescan(): Promise<void> {
     this.#scanning ??= (async () => {
       try {
-        this.#usedBytes = await bytesUnder(this.root);
+        const writing = this.#writingBytes;
+        // Writes that started during the walk are counted once: their bytes were added meanwhile.
+        const before = this.#usedBytes;
+        const found = await bytesUnder(this.root);
+        this.#usedBytes = found + writing + (this.#usedBytes - before);
         this.#scannedAt = this.#now();
       } finally {
         this.#scanning = undefined;
@@ -109,9 +115,14 @@ export class DiskQuota {
     this.#fullReason = undefined;
   }
 
-  /** Counts bytes written under root. */
+  /** Counts bytes about to be written under root; call finished(bytes) once the write has ended (either way). */
   added(bytes: number): void {
     this.#usedBytes += bytes;
+    this.#writingBytes += bytes;
+  }
+
+  finished(bytes: number): void {
+    this.#writingBytes -= bytes;
   }
 
   #refuse(reason: string, bytes: number): never {
