@@ -54,7 +54,7 @@ export class CaptureMetrics {
     });
     this.dropped = new Counter({
       name: 'edgefleet_capture_dropped_total',
-      help: 'Captures given up: spool over its disk quota (oldest first), a destination that kept failing, or one that refused them for good',
+      help: 'Captures given up: spool over its disk quota (oldest first), a destination that kept failing, one that refused them for good, or a full Disk destination (quota or free-space floor)',
       labelNames: ['reason'],
       registers,
     });

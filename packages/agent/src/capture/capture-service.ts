@@ -14,6 +14,7 @@ import {
   type CaptureRequest,
 } from './capture-request.js';
 import type { CaptureDestination } from './destinations.js';
+import { CaptureDiskFullError } from './disk-quota.js';
 import type { ObjectStore } from './object-store.js';
 import { PeriodicUpload } from './periodic-upload.js';
 import { renderBatch, type RenderContext, type RenderedBatch } from './records.js';
@@ -94,6 +95,9 @@ export class CaptureService {
   #idleWaiters: (() => void)[] = [];
   #started = false;
   #closed = false;
+  /** When the last "destination full" warning was logged, and the batches refused since. */
+  #fullWarnedAt = Number.NEGATIVE_INFINITY;
+  #fullUnwarned = 0;
 
   constructor(options: CaptureServiceOptions) {
     const { settings } = options;
@@ -164,6 +168,7 @@ export class CaptureService {
   async start(): Promise<void> {
     if (this.#started) return;
     this.#started = true;
+    await this.#destination.open?.();
     await this.#spool?.open();
     const recovered = this.#queue.recover();
     this.#pending = recovered.pending;
@@ -208,12 +213,22 @@ export class CaptureService {
    * batch. Resolves once held (durably, with the local database): the capture is then acknowledged. Errors
    * (AgentError): INVALID_ARGUMENT (bad capture_id, tensor or auxiliary data), ALREADY_EXISTS (capture_id in
    * use), NOT_FOUND (model not loaded), OUT_OF_RANGE (inference_timestamp in the future), RESOURCE_EXHAUSTED
-   * (larger than maxCaptureBytes, or the buffer full by count or bytes), UNAVAILABLE (shutting down), INTERNAL.
+   * (larger than maxCaptureBytes, the buffer full by count or bytes, or the Disk destination known full: its
+   * quota or free-space floor), UNAVAILABLE (shutting down), INTERNAL.
    * The size is checked on the request's views (inline bytes, shared memory mapped) before anything is copied.
    */
   async capture(request: CaptureRequest): Promise<void> {
     let item: CaptureItem;
     try {
+      // First, as it may await (checking a full destination again): every check below runs after it, unbroken.
+      const checkingFull = this.#destination.fullReason?.();
+      const full = checkingFull && (await checkingFull);
+      if (full !== undefined) {
+        throw new AgentError(
+          'RESOURCE_EXHAUSTED',
+          `capture ${JSON.stringify(request.captureId)} was not taken: ${full}`,
+        );
+      }
       if (!this.#started || this.#closed) {
         throw new AgentError(
           'UNAVAILABLE',
@@ -433,6 +448,11 @@ export class CaptureService {
       await this.#destination.write(rendered.files);
     } catch (error) {
       this.metrics?.writeFailures.inc({ destination: this.#destination.kind });
+      if (error instanceof CaptureDiskFullError) {
+        // Not retried: the captures fail with the reason, and nothing the user has is removed to make room.
+        this.#refuseFull(batch, error);
+        return;
+      }
       if (this.#spool) {
         this.#logger?.warn(
           { err: error, batchId: batch.batchId, captures: batch.items.length },
@@ -508,6 +528,20 @@ export class CaptureService {
     this.#complete(batch, 'FAILURE', detail);
   }
 
+  #refuseFull(batch: Batch, error: CaptureDiskFullError): void {
+    this.metrics?.dropped.inc({ reason: 'destination-full' }, batch.items.length);
+    this.#complete(batch, 'FAILURE', error.message);
+    // Rate-limited: a client capturing in a loop would otherwise log every batch.
+    this.#fullUnwarned++;
+    if (this.#now() - this.#fullWarnedAt < FULL_WARNING_INTERVAL_MS) return;
+    this.#logger?.warn(
+      { batches: this.#fullUnwarned, batchId: batch.batchId, captures: batch.items.length },
+      `capture: batches not written (marked FAILURE): ${error.message}`,
+    );
+    this.#fullWarnedAt = this.#now();
+    this.#fullUnwarned = 0;
+  }
+
   #complete(batch: Batch, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {
     try {
       this.#queue.completeBatch(batch.batchId, status, detail);
@@ -537,6 +571,9 @@ export class CaptureService {
     }
   }
 }
+
+/** At most one "destination full" warning this often. */
+const FULL_WARNING_INTERVAL_MS = 60_000;
 
 /** The bytes a capture request carries, as the front door found them (views: nothing copied yet). */
 function requestBytes(request: CaptureRequest): number {

@@ -12,6 +12,7 @@ import {
 
 /** Files written (and fsynced) at the same time by the Disk destination. */
 const DISK_WRITE_CONCURRENCY = 8;
+import type { DiskQuota } from './disk-quota.js';
 import type { ObjectStore } from './object-store.js';
 import type { RenderedFile } from './records.js';
 
@@ -26,6 +27,13 @@ export interface CaptureDestination {
   /** The URL a record's `data-ref` gives for a key. */
   urlFor(key: string): string;
   write(files: readonly RenderedFile[]): Promise<void>;
+  /** Called once by CaptureService.start, before any write. */
+  open?(): Promise<void>;
+  /**
+   * Why nothing more can be written: undefined at once when not known full, else a check again (resolving to the
+   * reason, or undefined when room came back).
+   */
+  fullReason?(): Promise<string | undefined> | undefined;
 }
 
 /** Disk: `<capture_data_disk_path>/<key>`, keys laid out as in the bucket. */
@@ -33,10 +41,23 @@ export class DiskDestination implements CaptureDestination {
   readonly kind = 'disk';
   readonly root: string;
   readonly description: string;
+  readonly #quota: DiskQuota | undefined;
 
-  constructor(root: string) {
+  /** With a quota, a write that would pass it throws CaptureDiskFullError and writes nothing. */
+  constructor(root: string, options: { quota?: DiskQuota } = {}) {
     this.root = root;
     this.description = root;
+    this.#quota = options.quota;
+  }
+
+  /** Counts the bytes already under root (the quota's starting point). */
+  async open(): Promise<void> {
+    await this.#quota?.rescan();
+  }
+
+  /** Known full: checked again (the user may have collected and removed files), walking root at most so often. */
+  fullReason(): Promise<string | undefined> | undefined {
+    return this.#quota?.fullReason === undefined ? undefined : this.#quota.stillFull();
   }
 
   urlFor(key: string): string {
@@ -52,14 +73,27 @@ export class DiskDestination implements CaptureDestination {
     return join(this.root, ...key.split('/'));
   }
 
+  /** Checks the quota and free-space floor (CaptureDiskFullError: nothing written), then writes the files. */
+  async write(files: readonly RenderedFile[]): Promise<void> {
+    const folders = new Set(files.map((f) => dirname(this.pathOf(f.key))));
+    for (const folder of folders) await mkdir(folder, { recursive: true, mode: CAPTURE_FOLDER_MODE });
+    const bytes = files.reduce((sum, f) => sum + f.body.byteLength, 0);
+    await this.#quota?.check(bytes);
+    // Counted before writing (on the safe side if the write fails): a batch written meanwhile checks against it.
+    this.#quota?.added(bytes);
+    try {
+      await this.#writeFiles(files);
+    } finally {
+      this.#quota?.finished(bytes);
+    }
+  }
+
   /**
    * Every file is written and fsynced under a temporary name first (several at a time: fsyncs are slow alone,
    * cheap together), then side files are renamed into place and their folders fsynced, and only then the
    * manifests: a manifest is never visible before the side files it references.
    */
-  async write(files: readonly RenderedFile[]): Promise<void> {
-    const folders = new Set(files.map((f) => dirname(this.pathOf(f.key))));
-    for (const folder of folders) await mkdir(folder, { recursive: true, mode: CAPTURE_FOLDER_MODE });
+  async #writeFiles(files: readonly RenderedFile[]): Promise<void> {
     const staged: StagedFile[] = new Array(files.length);
     try {
       await eachLimit([...files.keys()], DISK_WRITE_CONCURRENCY, async (i) => {

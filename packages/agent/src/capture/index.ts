@@ -45,6 +45,13 @@ export {
 } from './capture-queue.js';
 export { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
 export {
+  CaptureDiskFullError,
+  DEFAULT_CAPTURE_DISK_QUOTA_BYTES,
+  DEFAULT_CAPTURE_MIN_FREE_BYTES,
+  DiskQuota,
+  type DiskQuotaOptions,
+} from './disk-quota.js';
+export {
   RefusedByStoreError,
   S3ObjectStore,
   type ObjectStore,

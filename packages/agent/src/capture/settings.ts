@@ -1,7 +1,13 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { AutoCaptureRuleSchema, DEFAULT_SPOOL_QUOTA_BYTES, type AgentConfig } from '../config/index.js';
+import {
+  AutoCaptureRuleSchema,
+  DEFAULT_CAPTURE_DISK_QUOTA_BYTES,
+  DEFAULT_CAPTURE_MIN_FREE_BYTES,
+  DEFAULT_SPOOL_QUOTA_BYTES,
+  type AgentConfig,
+} from '../config/index.js';
 
 // The config owns what its file may say about capture; capture builds on it (never the other way round).
 export { AutoCaptureRuleSchema, DEFAULT_SPOOL_QUOTA_BYTES };
@@ -85,6 +91,10 @@ export const CaptureSettingsSchema = z
     modelMonitorFormat: z.boolean().default(false),
     /** Periodic upload: keep Disk captures after uploading them (marked) instead of removing them. */
     keepUploadedFiles: z.boolean().default(false),
+    /** Bytes the Disk destination's files may take (edgefleet_capture_disk_quota_bytes). */
+    diskQuotaBytes: z.number().int().positive().default(DEFAULT_CAPTURE_DISK_QUOTA_BYTES),
+    /** Free bytes Disk captures leave on their file system (edgefleet_capture_min_free_bytes). */
+    diskMinFreeBytes: z.number().int().nonnegative().default(DEFAULT_CAPTURE_MIN_FREE_BYTES),
     spool: z.object({
       dir: z.string().min(1),
       quotaBytes: z.number().int().positive(),

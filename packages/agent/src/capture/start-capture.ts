@@ -6,6 +6,7 @@ import type { CaptureLogger } from './capture-metrics.js';
 import { MemoryCaptureQueue, SqliteCaptureQueue, type CaptureQueue } from './capture-queue.js';
 import type { CaptureModelCatalog } from './capture-request.js';
 import { CaptureService } from './capture-service.js';
+import { DiskQuota } from './disk-quota.js';
 import { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
 import { EdgeFleetObjectStore } from './edgefleet-store.js';
 import { S3ObjectStore, type ObjectStore } from './object-store.js';
@@ -65,7 +66,13 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
   const destination: CaptureDestination =
     (settings.destination === 'Cloud' || settings.destination === 'EdgeFleet') && store
       ? new ObjectStoreDestination(store)
-      : new DiskDestination(settings.diskPath);
+      : new DiskDestination(settings.diskPath, {
+          quota: new DiskQuota({
+            root: settings.diskPath,
+            quotaBytes: settings.diskQuotaBytes,
+            minFreeBytes: settings.diskMinFreeBytes,
+          }),
+        });
   const { logger, database } = options;
   const queue: CaptureQueue = database
     ? new SqliteCaptureQueue({

@@ -62,6 +62,10 @@ export const AgentConfigSchema = z.object({
     keepUploadedFiles: z.boolean(),
     /** Disk space the offline spool of Cloud batches may use before it drops the oldest. */
     spoolQuotaBytes: z.number().int().positive(),
+    /** Disk space the Disk destination's files may take; past it a batch is not written (FAILURE), nothing removed. */
+    diskQuotaBytes: z.number().int().positive(),
+    /** Free space Disk captures leave on their file system; past it a batch is not written (FAILURE). */
+    diskMinFreeBytes: z.number().int().nonnegative(),
     /** S3-compatible endpoint of the bucket; absent: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS. */
     s3Endpoint: z.string().optional(),
     /** Path-style bucket addressing; absent: on when an endpoint is set. */

@@ -22,3 +22,7 @@ export type AutoCaptureRule = z.infer<typeof AutoCaptureRuleSchema>;
 
 /** Default spool quota: 1 GiB. */
 export const DEFAULT_SPOOL_QUOTA_BYTES = 1024 ** 3;
+/** Default edgefleet_capture_disk_quota_bytes: what the Disk destination's files may take. */
+export const DEFAULT_CAPTURE_DISK_QUOTA_BYTES = 1024 ** 3;
+/** Default edgefleet_capture_min_free_bytes: free space Disk captures leave on their file system. */
+export const DEFAULT_CAPTURE_MIN_FREE_BYTES = 64 * 1024 ** 2;

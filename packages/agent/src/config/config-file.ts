@@ -1,6 +1,10 @@
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { z } from 'zod';
-import { DEFAULT_SPOOL_QUOTA_BYTES } from './capture-rules.js';
+import {
+  DEFAULT_CAPTURE_DISK_QUOTA_BYTES,
+  DEFAULT_CAPTURE_MIN_FREE_BYTES,
+  DEFAULT_SPOOL_QUOTA_BYTES,
+} from './capture-rules.js';
 import { MAX_INSTANCES } from './batching-rules.js';
 import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
 import { AgentConfigSchema, KEEP_FREED_MEMORY_BYTES, type AgentConfig } from './agent-config.js';
@@ -90,6 +94,8 @@ export const CONFIG_FIELDS = {
   edgefleet_capture_model_monitor_format: flag(),
   edgefleet_capture_keep_uploaded_files: flag(),
   edgefleet_capture_spool_quota_bytes: byteSize(1024 ** 2, 1024 ** 5, '512MiB'),
+  edgefleet_capture_disk_quota_bytes: byteSize(1024 ** 2, 1024 ** 5, '4GiB'),
+  edgefleet_capture_min_free_bytes: byteSize(0, 1024 ** 5, '64MiB'),
   edgefleet_capture_s3_endpoint: httpUrl(),
   edgefleet_capture_s3_force_path_style: flag(),
   edgefleet_capture_iot_role_alias: matching(
@@ -323,6 +329,11 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     warnings.push(
       'edgefleet_capture_spool_quota_bytes limits the offline spool of Cloud and EdgeFleet captures; ignored with sagemaker_edge_core_capture_data_destination Disk',
     );
+  for (const key of ['edgefleet_capture_disk_quota_bytes', 'edgefleet_capture_min_free_bytes'] as const)
+    if (file[key] !== undefined && destination !== 'Disk')
+      warnings.push(
+        `${key} limits the files of Disk captures; ignored with sagemaker_edge_core_capture_data_destination ${destination}`,
+      );
   if (destination !== 'Cloud' && !effectivePeriodicUpload) {
     for (const key of ['edgefleet_capture_s3_endpoint', 'edgefleet_capture_s3_force_path_style'] as const)
       if (file[key] !== undefined)
@@ -504,6 +515,8 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       modelMonitorFormat: file.edgefleet_capture_model_monitor_format ?? false,
       keepUploadedFiles: file.edgefleet_capture_keep_uploaded_files ?? false,
       spoolQuotaBytes: file.edgefleet_capture_spool_quota_bytes ?? DEFAULT_SPOOL_QUOTA_BYTES,
+      diskQuotaBytes: file.edgefleet_capture_disk_quota_bytes ?? DEFAULT_CAPTURE_DISK_QUOTA_BYTES,
+      diskMinFreeBytes: file.edgefleet_capture_min_free_bytes ?? DEFAULT_CAPTURE_MIN_FREE_BYTES,
       ...dropUndefined({
         s3Endpoint: file.edgefleet_capture_s3_endpoint,
         s3ForcePathStyle: file.edgefleet_capture_s3_force_path_style,

@@ -111,7 +111,8 @@ const BYTE_UNITS = new Map<string, number>([
 function binarySize(bytes: number): string {
   const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let unit = 0;
-  while (unit < units.length - 1 && bytes % 1024 ** (unit + 1) === 0) unit++;
+  // 0 is a multiple of every unit: without the first test it would read "0 PiB".
+  while (bytes !== 0 && unit < units.length - 1 && bytes % 1024 ** (unit + 1) === 0) unit++;
   return `${bytes / 1024 ** unit} ${units[unit]}`;
 }
 

@@ -19,5 +19,11 @@ export {
 } from './config-file.js';
 export { loadAgentConfig, checkPaths } from './load.js';
 export { parseBackendOptions, mapBackendOptions } from './backend-options.js';
-export { AutoCaptureRuleSchema, DEFAULT_SPOOL_QUOTA_BYTES, type AutoCaptureRule } from './capture-rules.js';
+export {
+  AutoCaptureRuleSchema,
+  DEFAULT_CAPTURE_DISK_QUOTA_BYTES,
+  DEFAULT_CAPTURE_MIN_FREE_BYTES,
+  DEFAULT_SPOOL_QUOTA_BYTES,
+  type AutoCaptureRule,
+} from './capture-rules.js';
 export { DynamicBatchingRuleSchema, type DynamicBatchingRule } from './batching-rules.js';

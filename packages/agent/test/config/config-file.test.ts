@@ -84,6 +84,8 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
         modelMonitorFormat: false,
         keepUploadedFiles: false,
         spoolQuotaBytes: 1024 ** 3,
+        diskQuotaBytes: 1024 ** 3,
+        diskMinFreeBytes: 64 * 1024 ** 2,
         autoCapture: [],
       },
       storage: { localDataRootPath: '/greengrass/v2/work/sme', dbEnabled: true, dbSynchronous: 'NORMAL' },
@@ -180,6 +182,8 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
       modelMonitorFormat: false,
       keepUploadedFiles: false,
       spoolQuotaBytes: 1024 ** 3,
+      diskQuotaBytes: 1024 ** 3,
+      diskMinFreeBytes: 64 * 1024 ** 2,
       autoCapture: [],
     });
     expect(config.storage).toEqual({
@@ -350,6 +354,11 @@ describe('parseAgentConfig: fatal errors name their key', () => {
     ['edgefleet_capture_spool_quota_bytes', '2 PiB', /to 1 PiB/],
     ['edgefleet_capture_spool_quota_bytes', '1.0000001 KiB', /a size in bytes/],
     ['edgefleet_capture_spool_quota_bytes', true, /a size in bytes/],
+    ['edgefleet_capture_disk_quota_bytes', 1000, /expected a size in bytes from 1 MiB to 1 PiB/],
+    ['edgefleet_capture_disk_quota_bytes', '2 PiB', /to 1 PiB/],
+    ['edgefleet_capture_disk_quota_bytes', 'lots', /a size in bytes/],
+    ['edgefleet_capture_min_free_bytes', -1, /expected a size in bytes from 0 bytes to 1 PiB/],
+    ['edgefleet_capture_min_free_bytes', '1.5 B', /a size in bytes/],
     [
       'edgefleet_keep_freed_memory_bytes',
       '1MiB',
@@ -629,6 +638,32 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
     expect(() => parseAgentConfig({ edgefleet_max_bodies_in_flight_bytes: '100kB' }, context)).toThrow(
       /edgefleet_max_bodies_in_flight_bytes: expected a size in bytes from 1 MiB/,
     );
+  });
+
+  it('reads the Disk capture quota and free-space floor, with defaults of 1 GiB and 64 MiB', () => {
+    const defaults = parseAgentConfig({}, context).config.capture;
+    expect(defaults).toMatchObject({ diskQuotaBytes: 1024 ** 3, diskMinFreeBytes: 64 * 1024 ** 2 });
+    const { config, warnings } = parseAgentConfig(
+      { edgefleet_capture_disk_quota_bytes: '2 GiB', edgefleet_capture_min_free_bytes: 0 },
+      context,
+    );
+    expect(warnings).toEqual([]);
+    expect(config.capture).toMatchObject({ diskQuotaBytes: 2 * 1024 ** 3, diskMinFreeBytes: 0 });
+    // Both limit Disk files only: with a bucket destination they are warned about.
+    const cloud = parseAgentConfig(
+      {
+        ...uploading,
+        sagemaker_edge_core_capture_data_periodic_upload: false,
+        sagemaker_edge_core_capture_data_destination: 'Cloud',
+        edgefleet_capture_disk_quota_bytes: '10MiB',
+        edgefleet_capture_min_free_bytes: '1MiB',
+      },
+      context,
+    );
+    expect(cloud.warnings).toEqual([
+      expect.stringMatching(/^edgefleet_capture_disk_quota_bytes limits the files of Disk captures; ignored/),
+      expect.stringMatching(/^edgefleet_capture_min_free_bytes limits the files of Disk captures; ignored/),
+    ]);
   });
 
   it('reads them leniently: strings for booleans, numbers and words, rules as a JSON string or one object', () => {
