@@ -1,8 +1,7 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import {
   CaptureService,
   DiskDestination,
@@ -11,39 +10,24 @@ import {
   topScore,
   type AutoCaptureRule,
 } from '../../src/capture/index.js';
-import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
-import { ModelRegistry, type PredictTensor } from '../../src/models/index.js';
+import { type PredictTensor } from '../../src/models/index.js';
 import { ModelActivity } from '../../src/state/index.js';
-import { diskRecords, modelPackage, testSettings } from './helpers.js';
+import { diskRecords, testSettings, useModelRegistry } from './helpers.js';
 
-let root: string;
-let pool: InferencePool;
-let registry: ModelRegistry;
+const loaded = useModelRegistry('edgefleet-auto-capture-', { tiny: 'tiny', mlp: 'flowers' });
 const detach: (() => void)[] = [];
 const services: CaptureService[] = [];
 
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'edgefleet-auto-capture-'));
-  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
-  registry = new ModelRegistry({ pool, trust: null, cwd: root });
-  await registry.load({ url: await modelPackage(root, 'tiny'), name: 'tiny' });
-  await registry.load({ url: await modelPackage(root, 'mlp'), name: 'flowers' });
-});
 afterEach(async () => {
   for (const d of detach.splice(0)) d();
   for (const s of services.splice(0)) await s.close();
-});
-afterAll(async () => {
-  await registry?.close();
-  await pool?.close();
-  await rm(root, { recursive: true, force: true });
 });
 
 async function autoService(
   rules: AutoCaptureRule[],
   options: { random?: () => number; bufferSize?: number; metrics?: Registry } = {},
 ) {
-  const work = await mkdtemp(join(root, 'case-'));
+  const work = await mkdtemp(join(loaded.root, 'case-'));
   const settings = testSettings(work, {
     autoCapture: rules,
     batchSize: 1,
@@ -51,7 +35,7 @@ async function autoService(
   });
   const service = new CaptureService({
     settings,
-    models: registry,
+    models: loaded.registry,
     queue: new MemoryCaptureQueue(),
     destination: new DiskDestination(settings.diskPath),
     ...(options.random && { random: options.random }),
@@ -59,7 +43,7 @@ async function autoService(
   });
   await service.start();
   services.push(service);
-  detach.push(registry.observe(service.autoCapture));
+  detach.push(loaded.registry.observe(service.autoCapture));
   return { service, settings };
 }
 
@@ -90,7 +74,7 @@ function flower(features: number[]): PredictTensor {
 describe('automatic capture', () => {
   it('captures every prediction at sampleRate 1: the model inputs and outputs, named as the model names them', async () => {
     const { service, settings } = await autoService([{ model: 'tiny', sampleRate: 1 }]);
-    for (const v of [1, 2, 3]) await registry.predict('tiny', [tinyInput(v)]);
+    for (const v of [1, 2, 3]) await loaded.registry.predict('tiny', [tinyInput(v)]);
     await service.flush();
     const records = (await diskRecords(settings.diskPath)).map((r) => r.record);
     expect(records).toHaveLength(3);
@@ -121,8 +105,8 @@ describe('automatic capture', () => {
     const { service, settings } = await autoService([{ model: 'tiny', sampleRate: 0.1 }], {
       random: () => draws[i++ % draws.length]!,
     });
-    for (let k = 0; k < 5; k++) await registry.predict('tiny', [tinyInput(k)]);
-    await registry.predict('flowers', [flower([5.1, 3.5, 1.4, 0.2])]);
+    for (let k = 0; k < 5; k++) await loaded.registry.predict('tiny', [tinyInput(k)]);
+    await loaded.registry.predict('flowers', [flower([5.1, 3.5, 1.4, 0.2])]);
     await service.flush();
     const records = await diskRecords(settings.diskPath);
     const captured = records.map((r) => floats(r.record.deviceFleetInputs[0].data)[0]).sort();
@@ -132,10 +116,10 @@ describe('automatic capture', () => {
   it('keeps transferred inputs intact only while a rule needs them (transfer otherwise stays zero-copy)', async () => {
     const { service } = await autoService([{ model: 'tiny', sampleRate: 1 }]);
     const sampled = tinyInput(1);
-    await registry.predict('tiny', [sampled], { transferInputs: true });
+    await loaded.registry.predict('tiny', [sampled], { transferInputs: true });
     expect(sampled.data.byteLength).toBe(64);
     const other = flower([5.1, 3.5, 1.4, 0.2]);
-    await registry.predict('flowers', [other], { transferInputs: true });
+    await loaded.registry.predict('flowers', [other], { transferInputs: true });
     expect(other.data.byteLength).toBe(0);
     await service.flush();
   });
@@ -152,7 +136,7 @@ describe('automatic capture', () => {
     ];
     const unsure: number[] = [];
     for (const [k, features] of flowers.entries()) {
-      const result = await registry.predict('flowers', [flower(features)]);
+      const result = await loaded.registry.predict('flowers', [flower(features)]);
       if (topScore(result.outputs)! < 0.9) unsure.push(k);
     }
     expect(unsure.length).toBeGreaterThan(0);
@@ -169,7 +153,7 @@ describe('automatic capture', () => {
     const metrics = new Registry();
     const { service } = await autoService([{ model: 'tiny', sampleRate: 1 }], { bufferSize: 2, metrics });
     const results = await Promise.all(
-      Array.from({ length: 6 }, (_, k) => registry.predict('tiny', [tinyInput(k)])),
+      Array.from({ length: 6 }, (_, k) => loaded.registry.predict('tiny', [tinyInput(k)])),
     );
     expect(results).toHaveLength(6);
     await service.flush();
@@ -186,9 +170,9 @@ describe('automatic capture', () => {
 
   it('counts inferences per model for the heartbeat through the same hook', async () => {
     const activity = new ModelActivity();
-    detach.push(registry.observe(modelActivityObserver(activity)));
-    await registry.predict('tiny', [tinyInput(1)]);
-    await registry.predict('tiny', [tinyInput(2)]);
+    detach.push(loaded.registry.observe(modelActivityObserver(activity)));
+    await loaded.registry.predict('tiny', [tinyInput(1)]);
+    await loaded.registry.predict('tiny', [tinyInput(2)]);
     const tiny = activity.snapshot().find((c) => c.model === 'tiny')!;
     expect(tiny.inferences).toBe(2);
     expect(tiny.lastInferenceAt).toBeGreaterThan(Date.now() - 60_000);
@@ -196,12 +180,12 @@ describe('automatic capture', () => {
 
   it('an observer that throws never fails the prediction', async () => {
     detach.push(
-      registry.observe({
+      loaded.registry.observe({
         onPredict: () => {
           throw new Error('observer bug');
         },
       }),
-      registry.observe({
+      loaded.registry.observe({
         onPredict: () => ({
           readsInputs: false,
           readsOutputs: false,
@@ -211,7 +195,7 @@ describe('automatic capture', () => {
         }),
       }),
     );
-    const result = await registry.predict('tiny', [tinyInput(1)]);
+    const result = await loaded.registry.predict('tiny', [tinyInput(1)]);
     expect(result.outputs).toHaveLength(1);
   });
 });

@@ -1,11 +1,10 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentDataType, AgentEncoding } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
 import fc from 'fast-check';
 import { Registry } from 'prom-client';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   CaptureService,
   DiskDestination,
@@ -14,9 +13,7 @@ import {
   type CaptureQueue,
   type CaptureSettings,
 } from '../../src/capture/index.js';
-import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import type { AgentError } from '../../src/models/index.js';
-import { ModelRegistry } from '../../src/models/index.js';
 import { AgentDatabase } from '../../src/state/index.js';
 import type { captureRequest } from './helpers.js';
 import {
@@ -24,32 +21,18 @@ import {
   diskRecords,
   floatTensor,
   listFiles,
-  modelPackage,
   readDataRef,
   testSettings,
+  useModelRegistry,
 } from './helpers.js';
 import { agentErrorOf } from '../support/agent-error.js';
 
-let root: string;
-let pool: InferencePool;
-let registry: ModelRegistry;
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'edgefleet-capture-'));
-  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
-  registry = new ModelRegistry({ pool, trust: null, cwd: root });
-  await registry.load({ url: await modelPackage(root, 'tiny'), name: 'tiny' });
-});
-afterAll(async () => {
-  await registry?.close();
-  await pool?.close();
-  await rm(root, { recursive: true, force: true });
-});
+const loaded = useModelRegistry('edgefleet-capture-', { tiny: 'tiny' });
 
 let work: string;
 let services: CaptureService[] = [];
 beforeEach(async () => {
-  work = await mkdtemp(join(root, 'case-'));
+  work = await mkdtemp(join(loaded.root, 'case-'));
   vi.useFakeTimers({
     toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'],
     now: Date.UTC(2024, 0, 2, 3, 4, 5),
@@ -67,7 +50,7 @@ async function start(
 ) {
   const service = new CaptureService({
     settings,
-    models: registry,
+    models: loaded.registry,
     queue: options.queue ?? new MemoryCaptureQueue(),
     destination: options.destination ?? new DiskDestination(settings.diskPath),
     ...(options.registry && { metricsRegistry: options.registry }),

@@ -1,7 +1,6 @@
 import { mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   CaptureService,
   DiskDestination,
@@ -11,31 +10,22 @@ import {
   type CaptureLogger,
   type CaptureSettings,
 } from '../../src/capture/index.js';
-import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
-import { ModelRegistry } from '../../src/models/index.js';
 import { agentErrorOf } from '../support/agent-error.js';
-import { captureInput, diskRecords, floatTensor, listFiles, modelPackage, testSettings } from './helpers.js';
+import {
+  captureInput,
+  diskRecords,
+  floatTensor,
+  listFiles,
+  testSettings,
+  useModelRegistry,
+} from './helpers.js';
 
-let root: string;
-let pool: InferencePool;
-let registry: ModelRegistry;
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'edgefleet-disk-quota-'));
-  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
-  registry = new ModelRegistry({ pool, trust: null, cwd: root });
-  await registry.load({ url: await modelPackage(root, 'tiny'), name: 'tiny' });
-});
-afterAll(async () => {
-  await registry?.close();
-  await pool?.close();
-  await rm(root, { recursive: true, force: true });
-});
+const loaded = useModelRegistry('edgefleet-disk-quota-', { tiny: 'tiny' });
 
 let work: string;
 let services: CaptureService[] = [];
 beforeEach(async () => {
-  work = await mkdtemp(join(root, 'case-'));
+  work = await mkdtemp(join(loaded.root, 'case-'));
 });
 afterEach(async () => {
   for (const service of services) await service.close();
@@ -70,7 +60,7 @@ async function start(
   });
   const service = new CaptureService({
     settings,
-    models: registry,
+    models: loaded.registry,
     queue: new MemoryCaptureQueue(),
     destination,
     logger,
@@ -184,7 +174,7 @@ describe('Disk capture quota (edgefleet_capture_disk_quota_bytes)', () => {
 describe('startCaptureService', () => {
   it("gives the Disk destination the settings' quota and floor", async () => {
     const quotaOf = async (settings: CaptureSettings, id: string) => {
-      const capture = await startCaptureService({ settings, models: registry });
+      const capture = await startCaptureService({ settings, models: loaded.registry });
       try {
         await capture.service.capture(captureInput(id));
         await capture.service.flush();

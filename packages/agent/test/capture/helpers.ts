@@ -23,6 +23,8 @@ import {
   type CaptureSettingsInput,
 } from '../../src/capture/index.js';
 import { fromWireCaptureRequest } from '../../src/grpc/index.js';
+import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
+import { ModelRegistry } from '../../src/models/index.js';
 import {
   buildAgent,
   listening,
@@ -147,6 +149,37 @@ export async function modelPackage(
     outDir: join(root, `pkg-${name}`),
   });
   return dir;
+}
+
+/** A test file's real inference pool (one worker) and registry, with catalogue models loaded under `root`. */
+export interface ModelRegistryFixture {
+  root: string;
+  pool: InferencePool;
+  registry: ModelRegistry;
+}
+
+/**
+ * Starts a pool and a registry before the file's tests and loads `models` (catalogue model → registry name) into
+ * it; closes them and removes the folder after.
+ */
+export function useModelRegistry(
+  prefix: string,
+  models: Partial<Record<TestModelName, string>>,
+): ModelRegistryFixture {
+  const fixture = {} as ModelRegistryFixture;
+  beforeAll(async () => {
+    fixture.root = await mkdtemp(join(tmpdir(), prefix));
+    fixture.pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
+    fixture.registry = new ModelRegistry({ pool: fixture.pool, trust: null, cwd: fixture.root });
+    for (const [model, name] of Object.entries(models) as [TestModelName, string][])
+      await fixture.registry.load({ url: await modelPackage(fixture.root, model), name });
+  });
+  afterAll(async () => {
+    await fixture.registry?.close();
+    await fixture.pool?.close();
+    if (fixture.root) await rm(fixture.root, { recursive: true, force: true });
+  });
+  return fixture;
 }
 
 /** A real S3 wire protocol: s3rver on 127.0.0.1, stoppable and restartable on the same port and folder. */

@@ -1,44 +1,27 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentDataType, AgentEncoding } from '@edgefleet/core';
 import { Registry } from 'prom-client';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { startCaptureService, type RunningCapture } from '../../src/capture/index.js';
-import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
-import { ModelRegistry } from '../../src/models/index.js';
 import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
 import {
   captureInput,
   floatTensor,
   listFiles,
-  modelPackage,
   startS3,
   testSettings,
   type TestS3,
+  useModelRegistry,
 } from './helpers.js';
 
-let root: string;
-let pool: InferencePool;
-let registry: ModelRegistry;
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'edgefleet-capture-s3-'));
-  pool = await InferencePool.start({ workers: 1, session: DEFAULT_ORT_SESSION_CONFIG });
-  registry = new ModelRegistry({ pool, trust: null, cwd: root });
-  await registry.load({ url: await modelPackage(root, 'image-identity'), name: 'resnet' });
-});
-afterAll(async () => {
-  await registry?.close();
-  await pool?.close();
-  await rm(root, { recursive: true, force: true });
-});
+const loaded = useModelRegistry('edgefleet-capture-s3-', { 'image-identity': 'resnet' });
 
 let work: string;
 let s3: TestS3;
 let running: RunningCapture[] = [];
 beforeEach(async () => {
-  work = await mkdtemp(join(root, 'case-'));
+  work = await mkdtemp(join(loaded.root, 'case-'));
   s3 = await startS3(join(work, 's3'));
 });
 afterEach(async () => {
@@ -59,7 +42,7 @@ async function start(
   settings: ReturnType<typeof testSettings>,
   extra: Partial<Parameters<typeof startCaptureService>[0]> = {},
 ) {
-  const capture = await startCaptureService({ settings, models: registry, ...extra });
+  const capture = await startCaptureService({ settings, models: loaded.registry, ...extra });
   running.push(capture);
   return capture;
 }
@@ -253,7 +236,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
   it('with the local database, spooled captures and their statuses survive a restart and are delivered after it', async () => {
     const settings = cloudSettings({ batchSize: 2 });
     let database = AgentDatabase.open({ path: agentDatabasePath(join(work, 'data')), synchronous: 'NORMAL' });
-    const first = await startCaptureService({ settings, models: registry, database });
+    const first = await startCaptureService({ settings, models: loaded.registry, database });
     await s3.stop();
     for (const id of ['r1', 'r2', 'r3'])
       await first.service.capture(captureInput(id, { modelHandle: 'resnet' }));
@@ -323,7 +306,7 @@ describe('periodic upload of Disk captures', () => {
       path: agentDatabasePath(join(work, 'data')),
       synchronous: 'NORMAL',
     });
-    const capture = await startCaptureService({ settings, models: registry, database });
+    const capture = await startCaptureService({ settings, models: loaded.registry, database });
     await capture.service.capture(captureInput('k1', { modelHandle: 'resnet' }));
     await capture.service.whenIdle();
     expect(await capture.service.uploadNow()).toBe(1);
