@@ -50,9 +50,13 @@ export class DiskDestination implements CaptureDestination {
     this.#quota = options.quota;
   }
 
-  /** Counts the bytes already under root (the quota's starting point). */
+  /**
+   * Starts counting the bytes already under root (the quota's starting point) in the background: a folder of many
+   * captures would otherwise hold up the agent's start. The first write waits for the count; a count that fails
+   * is walked again by it.
+   */
   async open(): Promise<void> {
-    await this.#quota?.rescan();
+    this.#quota?.rescan().catch(() => undefined);
   }
 
   /** Known full: checked again (the user may have collected and removed files), walking root at most so often. */

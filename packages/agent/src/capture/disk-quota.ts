@@ -38,6 +38,8 @@ export class DiskQuota {
   /** Counted (added) by writes not yet finished: a walk meanwhile may not see their files yet. */
   #writingBytes = 0;
   #scannedAt = Number.NEGATIVE_INFINITY;
+  /** A walk has completed: usedBytes counts what was there before this run's writes. */
+  #counted = false;
   #scanning: Promise<void> | undefined;
   /** Why the last check refused, and for how many bytes; undefined once a check passes. */
   #fullReason: string | undefined;
@@ -82,6 +84,7 @@ export class DiskQuota {
         const found = await bytesUnder(this.root);
         this.#usedBytes = found + writing + (this.#usedBytes - before);
         this.#scannedAt = this.#now();
+        this.#counted = true;
       } finally {
         this.#scanning = undefined;
       }
@@ -95,7 +98,12 @@ export class DiskQuota {
    * calls added(bytes) at once, before awaiting anything.
    */
   async check(bytes: number): Promise<void> {
-    if (this.#usedBytes + bytes > this.quotaBytes && this.#now() - this.#scannedAt >= this.#rescanIntervalMs)
+    // The first walk (started at open, in the background) must have counted what an earlier run left.
+    if (this.#scanning) await this.#scanning.catch(() => undefined);
+    if (
+      !this.#counted ||
+      (this.#usedBytes + bytes > this.quotaBytes && this.#now() - this.#scannedAt >= this.#rescanIntervalMs)
+    )
       await this.rescan();
     const fs = await statfs(this.root);
     const free = fs.bavail * fs.bsize;
