@@ -2,46 +2,21 @@ import { lstat, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { AgentDataType, slowModelInput, slowModelReference } from '@edgefleet/core';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bytesOf,
-  callError,
-  callMethod,
-  newClient,
-  referenceBytes,
-  scratch,
-  wireInputs,
-} from '../grpc/helpers.js';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-helpers.js';
+import { describe, expect, it } from 'vitest';
+import { bytesOf, callError, callMethod, newClient, referenceBytes, wireInputs } from '../grpc/helpers.js';
+import { listening, spawnAgent, useAgentScratch, type AgentProcess } from './process-helpers.js';
 
-let files: Awaited<ReturnType<typeof scratch>>;
-let tinyPackage: string;
-let slowPackage: string;
-const running: AgentProcess[] = [];
-const clients: grpc.Client[] = [];
-
-beforeAll(async () => {
-  buildAgent();
-  files = await scratch('agent-process-');
-  tinyPackage = await files.catalogue('tiny');
-  slowPackage = await files.catalogue('slow');
-}, 120_000);
-afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
-  for (const agent of running.splice(0)) agent.child.kill('SIGKILL');
-});
-afterAll(async () => {
-  await files?.cleanup();
-});
+const agents = useAgentScratch('agent-process-', ['tiny', 'slow']);
+const { running, clients } = agents;
 
 async function writeConfig(name: string, config: Record<string, unknown>): Promise<string> {
-  const path = join(files.root, `${name}.json`);
+  const path = join(agents.files.root, `${name}.json`);
   await writeFile(path, JSON.stringify({ edgefleet_inference_workers: 1, ...config }));
   return path;
 }
 
 function start(args: string[]): AgentProcess {
-  const agent = spawnAgent(args, files.root);
+  const agent = spawnAgent(args, agents.files.root);
   running.push(agent);
   return agent;
 }
@@ -61,19 +36,19 @@ async function exists(path: string): Promise<boolean> {
 
 describe('the edgefleet-agent process', () => {
   it('starts with preloaded models, serves them, and on SIGTERM finishes the call in flight, removes its sockets and exits 0', async () => {
-    const socket = join(files.root, 'a.sock');
+    const socket = join(agents.files.root, 'a.sock');
     const config = await writeConfig('preload', {
       sagemaker_edge_log_verbose: 'true',
       edgefleet_preload_models: [
-        { url: tinyPackage, name: 'tiny' },
-        { url: slowPackage, name: 'slow' },
+        { url: agents.packageOf('tiny'), name: 'tiny' },
+        { url: agents.packageOf('slow'), name: 'slow' },
       ],
     });
     const agent = start(['-a', socket, '-c', config]);
     const ready = await agent.waitFor(listening, 'that it listens');
     expect(ready).toMatchObject({
       grpc: `unix://${socket}`,
-      rest: [`unix:${join(files.root, 'a.rest.sock')}`],
+      rest: [`unix:${join(agents.files.root, 'a.rest.sock')}`],
       models: ['tiny', 'slow'],
     });
     expect((await lstat(socket)).mode & 0o777).toBe(0o660);
@@ -110,11 +85,11 @@ describe('the edgefleet-agent process', () => {
       expect.arrayContaining(['listening', 'stopping', 'stopped']),
     );
     expect(await exists(socket)).toBe(false);
-    expect(await exists(join(files.root, 'a.rest.sock'))).toBe(false);
+    expect(await exists(join(agents.files.root, 'a.rest.sock'))).toBe(false);
   });
 
   it('after SIGKILL leaves a stale socket: refused without -f (exit 3), started with -f; a live agent’s socket is never taken', async () => {
-    const socket = join(files.root, 'b.sock');
+    const socket = join(agents.files.root, 'b.sock');
     const config = await writeConfig('plain', {});
     const first = start(['-a', socket, '-c', config]);
     await first.waitFor(listening, 'that it listens');
@@ -135,7 +110,7 @@ describe('the edgefleet-agent process', () => {
     const restarted = start(['-a', socket, '-c', config, '-f']);
     await restarted.waitFor(listening, 'that it listens');
     expect(restarted.lines.some((l) => /removed a stale socket file/.test(l.msg))).toBe(true);
-    await callMethod(client(socket) as never, 'LoadModel', { url: tinyPackage, handle: 'tiny' });
+    await callMethod(client(socket) as never, 'LoadModel', { url: agents.packageOf('tiny'), handle: 'tiny' });
     const response = await callMethod(client(socket) as never, 'Predict', {
       handle: 'tiny',
       tensors: wireInputs('tiny'),
@@ -147,7 +122,7 @@ describe('the edgefleet-agent process', () => {
   });
 
   it('-f does not remove a file that is not a socket (exit 3)', async () => {
-    const path = join(files.root, 'not-a-socket.sock');
+    const path = join(agents.files.root, 'not-a-socket.sock');
     await writeFile(path, 'precious');
     const agent = start(['-a', path, '-c', await writeConfig('plain2', {}), '-f']);
     expect((await agent.exited).code).toBe(3);
@@ -156,7 +131,7 @@ describe('the edgefleet-agent process', () => {
   });
 
   it('a broken config stops start-up with exit 2 and a message naming the key', async () => {
-    const socket = join(files.root, 'c.sock');
+    const socket = join(agents.files.root, 'c.sock');
     const cases: Array<[string, RegExp]> = [
       [
         JSON.stringify({ sagemaker_edge_core_capture_data_buffer_size: 'lots' }),
@@ -167,17 +142,17 @@ describe('the edgefleet-agent process', () => {
         /edgefleet_socket_mode: 0666 lets every user connect/,
       ],
       [
-        JSON.stringify({ edgefleet_preload_models: [{ url: tinyPackage, name: 'bad_name' }] }),
+        JSON.stringify({ edgefleet_preload_models: [{ url: agents.packageOf('tiny'), name: 'bad_name' }] }),
         /edgefleet_preload_models: expected a list of \{"url"/,
       ],
       [
-        JSON.stringify({ sagemaker_edge_core_root_certs_path: join(files.root, 'no-certs-here') }),
+        JSON.stringify({ sagemaker_edge_core_root_certs_path: join(agents.files.root, 'no-certs-here') }),
         /sagemaker_edge_core_root_certs_path: .*does not exist/,
       ],
       ['{"sagemaker_edge_core_device_name": ', /is not valid JSON/],
     ];
     for (const [text, message] of cases) {
-      const config = join(files.root, 'broken.json');
+      const config = join(agents.files.root, 'broken.json');
       await writeFile(config, text);
       const agent = start(['-a', socket, '-c', config]);
       expect((await agent.exited).code, text).toBe(2);
@@ -191,7 +166,7 @@ describe('the edgefleet-agent process', () => {
   });
 
   it('verifies signatures when root certificates are configured: an unsigned preloaded model is refused, the agent serves on', async () => {
-    const certs = join(files.root, 'certs');
+    const certs = join(agents.files.root, 'certs');
     await mkdir(certs, { recursive: true });
     const { createRootCa } = await import('@edgefleet/core');
     await writeFile(
@@ -199,10 +174,10 @@ describe('the edgefleet-agent process', () => {
       createRootCa({ commonName: 'Process Test Root', validityDays: 1, keyType: 'ecdsa-p256' })
         .certificatePem,
     );
-    const socket = join(files.root, 'd.sock');
+    const socket = join(agents.files.root, 'd.sock');
     const config = await writeConfig('signed', {
       sagemaker_edge_core_root_certs_path: certs,
-      edgefleet_preload_models: [{ url: tinyPackage, name: 'tiny' }],
+      edgefleet_preload_models: [{ url: agents.packageOf('tiny'), name: 'tiny' }],
     });
     const agent = start(['-a', socket, '-c', config]);
     const ready = await agent.waitFor(listening, 'that it listens');
@@ -213,7 +188,7 @@ describe('the edgefleet-agent process', () => {
       msg: expect.stringMatching(/could not load "tiny" .*failed signature verification \(bundle-missing\)/),
     });
     const error = await callError(
-      callMethod(client(socket) as never, 'LoadModel', { url: tinyPackage, handle: 'tiny' }),
+      callMethod(client(socket) as never, 'LoadModel', { url: agents.packageOf('tiny'), handle: 'tiny' }),
     );
     expect(error.code).toBe(grpc.status.FAILED_PRECONDITION);
     expect(error.details).toMatch(/bundle-missing/);

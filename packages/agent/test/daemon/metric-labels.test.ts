@@ -1,8 +1,8 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { HttpClient, scratch, targetOf } from '../rest/helpers.js';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-helpers.js';
+import { describe, expect, it } from 'vitest';
+import { HttpClient, targetOf } from '../rest/helpers.js';
+import { listening, spawnAgent, useAgentScratch } from './process-helpers.js';
 
 // Audit s8 finding 4: every failed load of a made-up name became a permanent Prometheus series, so a loop of
 // loads grew the agent's memory and /metrics without bound. Now only loaded models and the most recent
@@ -10,23 +10,8 @@ import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-
 
 const KEPT = 5;
 
-let files: Awaited<ReturnType<typeof scratch>>;
-let tinyPackage: string;
-const running: AgentProcess[] = [];
-const clients: HttpClient[] = [];
-
-beforeAll(async () => {
-  buildAgent();
-  files = await scratch('agent-metric-labels-');
-  tinyPackage = await files.catalogue('tiny');
-}, 120_000);
-afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
-  for (const agent of running.splice(0)) agent.child.kill('SIGKILL');
-});
-afterAll(async () => {
-  await files?.cleanup();
-});
+const agents = useAgentScratch('agent-metric-labels-', ['tiny']);
+const { running, clients } = agents;
 
 /** The distinct `model` label values in an exposition. */
 function modelLabels(text: string): Set<string> {
@@ -35,12 +20,12 @@ function modelLabels(text: string): Set<string> {
 
 describe('per-model metric series', () => {
   it('many failed loads of distinct names, and load/unload cycles under new names, leave /metrics bounded', async () => {
-    const config = join(files.root, 'agent.json');
+    const config = join(agents.files.root, 'agent.json');
     await writeFile(
       config,
       JSON.stringify({ edgefleet_inference_workers: 1, edgefleet_metrics_unloaded_models: KEPT }),
     );
-    const agent = spawnAgent(['-a', join(files.root, 'a.sock'), '-c', config], files.root);
+    const agent = spawnAgent(['-a', join(agents.files.root, 'a.sock'), '-c', config], agents.files.root);
     running.push(agent);
     const ready = await agent.waitFor(listening, 'that it listens');
     const client = new HttpClient(targetOf((ready.rest as string[])[0]!));
@@ -49,7 +34,7 @@ describe('per-model metric series', () => {
       client.postJson(`/v2/repository/models/${name}/load`, { parameters: { url } });
     const scrape = async () => (await client.get('/metrics')).text();
 
-    expect((await load('kept', tinyPackage)).status).toBe(200);
+    expect((await load('kept', agents.packageOf('tiny'))).status).toBe(200);
     const infer = await client.postJson('/v2/models/kept/infer', {
       inputs: [{ name: 'x', shape: [1, 16], datatype: 'FP32', data: Array.from({ length: 16 }, () => 1) }],
     });
@@ -57,11 +42,11 @@ describe('per-model metric series', () => {
 
     const longName = (i: number) => `flood-${i}-${'x'.repeat(180)}`;
     for (let i = 0; i < 20; i++) {
-      expect((await load(longName(i), join(files.root, 'no-such-package'))).status).toBe(404);
+      expect((await load(longName(i), join(agents.files.root, 'no-such-package'))).status).toBe(404);
     }
     const after20 = await scrape();
     for (let i = 20; i < 400; i++) {
-      expect((await load(longName(i), join(files.root, 'no-such-package'))).status).toBe(404);
+      expect((await load(longName(i), join(agents.files.root, 'no-such-package'))).status).toBe(404);
     }
     const after400 = await scrape();
     // The loaded model and the KEPT most recent failures; the page did not grow with the flood.
@@ -74,7 +59,7 @@ describe('per-model metric series', () => {
 
     // Models loaded and unloaded under new names: the most recent KEPT keep their series, the loaded one stays.
     for (let i = 0; i < 12; i++) {
-      expect((await load(`cycle${i}`, tinyPackage)).status).toBe(200);
+      expect((await load(`cycle${i}`, agents.packageOf('tiny'))).status).toBe(200);
       expect((await client.postJson(`/v2/repository/models/cycle${i}/unload`, {})).status).toBe(200);
     }
     const cycled = modelLabels(await scrape());

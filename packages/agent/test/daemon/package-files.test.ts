@@ -3,9 +3,9 @@ import { cp, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/pro
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { AgentClient } from '@edgefleet/core';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { callError, callMethod, newClient, referenceBytes, scratch, wireInputs } from '../grpc/helpers.js';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-helpers.js';
+import { describe, expect, it } from 'vitest';
+import { callError, callMethod, newClient, referenceBytes, wireInputs } from '../grpc/helpers.js';
+import { listening, spawnAgent, useAgentScratch } from './process-helpers.js';
 
 // Audit s8 finding 1: LoadModel reads files of a folder its caller chooses. A FIFO, a device or a link to
 // another file must be refused without reading it, and without wedging the agent or echoing any bytes.
@@ -13,36 +13,19 @@ import { buildAgent, listening, spawnAgent, type AgentProcess } from './process-
 /** How long a load may take to be refused here: generous for a loaded machine; before the fix they hung. */
 const LOAD_DEADLINE_MS = 20_000;
 
-let files: Awaited<ReturnType<typeof scratch>>;
-let tinyPackage: string;
-let externalPackage: string;
-const running: AgentProcess[] = [];
-const clients: grpc.Client[] = [];
+const agents = useAgentScratch('agent-package-files-', ['tiny', 'external-data']);
+const { running, clients } = agents;
 let counter = 0;
-
-beforeAll(async () => {
-  buildAgent();
-  files = await scratch('agent-package-files-');
-  tinyPackage = await files.catalogue('tiny');
-  externalPackage = await files.catalogue('external-data');
-}, 120_000);
-afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
-  for (const agent of running.splice(0)) agent.child.kill('SIGKILL');
-});
-afterAll(async () => {
-  await files?.cleanup();
-});
 
 async function startAgent(keys: Record<string, unknown> = {}) {
   const id = ++counter;
-  const socket = join(files.root, `a${id}.sock`);
-  const config = join(files.root, `a${id}.json`);
+  const socket = join(agents.files.root, `a${id}.sock`);
+  const config = join(agents.files.root, `a${id}.json`);
   await writeFile(
     config,
     JSON.stringify({ edgefleet_inference_workers: 1, edgefleet_rest_socket_path: 'none', ...keys }),
   );
-  const agent = spawnAgent(['-a', socket, '-c', config], files.root);
+  const agent = spawnAgent(['-a', socket, '-c', config], agents.files.root);
   running.push(agent);
   const ready = await agent.waitFor(listening, 'that it listens');
   const client = newClient(`unix://${socket}`);
@@ -73,7 +56,7 @@ async function expectServes(client: AgentClient, name: string): Promise<void> {
 
 /** A copy of a package folder, to be tampered with. */
 async function copyOf(pkg: string): Promise<string> {
-  const dir = join(files.root, `copy-${++counter}`);
+  const dir = join(agents.files.root, `copy-${++counter}`);
   await cp(pkg, dir, { recursive: true });
   return dir;
 }
@@ -93,7 +76,7 @@ describe('package files that are not regular files', () => {
     // More than libuv's 4 threads: before, each open() of a FIFO held one forever, and every fs call queued.
     const folders: string[] = [];
     for (let i = 0; i < 6; i++) {
-      const dir = join(files.root, `fifo-${++counter}`);
+      const dir = join(agents.files.root, `fifo-${++counter}`);
       await mkdir(dir);
       mkfifo(join(dir, 'manifest.json'));
       folders.push(dir);
@@ -105,10 +88,10 @@ describe('package files that are not regular files', () => {
         /manifest\.json is not a regular file \(it is a FIFO\); expected a regular file/,
       );
     }
-    const missing = await callError(loadModel(client, 'missing', join(files.root, 'no-such-folder')));
+    const missing = await callError(loadModel(client, 'missing', join(agents.files.root, 'no-such-folder')));
     expect(missing.code).toBe(grpc.status.NOT_FOUND);
     // The names are free again, and the agent loads and serves.
-    await loadModel(client, 'fifo0', tinyPackage);
+    await loadModel(client, 'fifo0', agents.packageOf('tiny'));
     await expectServes(client, 'fifo0');
     agent.child.kill('SIGTERM');
     expect(await agent.exited).toEqual({ code: 0, signal: null });
@@ -116,9 +99,9 @@ describe('package files that are not regular files', () => {
 
   it('a manifest linked to a file outside the package is refused without echoing its bytes', async () => {
     const { client } = await startAgent();
-    const secret = join(files.root, 'shadow');
+    const secret = join(agents.files.root, 'shadow');
     await writeFile(secret, 'root:*:20000:0:99999:7:::\nSECRET-LINE\n');
-    const linked = join(files.root, `leak-${++counter}`);
+    const linked = join(agents.files.root, `leak-${++counter}`);
     await mkdir(linked);
     await symlink(secret, join(linked, 'manifest.json'));
     const viaLink = await callError(loadModel(client, 'leak', linked));
@@ -126,7 +109,7 @@ describe('package files that are not regular files', () => {
     expect(viaLink.details).toMatch(/manifest\.json is a symbolic link; expected a regular file/);
 
     // A regular manifest that is not JSON: the error gives a position, never the text.
-    const garbled = await copyOf(tinyPackage);
+    const garbled = await copyOf(agents.packageOf('tiny'));
     await writeFile(join(garbled, 'manifest.json'), 'root:*:20000:0:99999:7:::\nSECRET-LINE\n');
     const notJson = await callError(loadModel(client, 'garbled', garbled));
     expect(notJson.code).toBe(grpc.status.FAILED_PRECONDITION);
@@ -135,12 +118,12 @@ describe('package files that are not regular files', () => {
     );
 
     // The model file as a link to a file elsewhere (here the real model, so only the link is wrong).
-    const modelLinked = await copyOf(tinyPackage);
+    const modelLinked = await copyOf(agents.packageOf('tiny'));
     const manifest = JSON.parse(await readFile(join(modelLinked, 'manifest.json'), 'utf8')) as {
       model: { file: string };
     };
-    await rename(join(modelLinked, manifest.model.file), join(files.root, `moved-${counter}.onnx`));
-    await symlink(join(files.root, `moved-${counter}.onnx`), join(modelLinked, manifest.model.file));
+    await rename(join(modelLinked, manifest.model.file), join(agents.files.root, `moved-${counter}.onnx`));
+    await symlink(join(agents.files.root, `moved-${counter}.onnx`), join(modelLinked, manifest.model.file));
     const viaModelLink = await callError(loadModel(client, 'modellink', modelLinked));
     expect(viaModelLink.code).toBe(grpc.status.FAILED_PRECONDITION);
     expect(viaModelLink.details).toMatch(/is not a regular file/);
@@ -153,14 +136,14 @@ describe('package files that are not regular files', () => {
   it('/dev/zero linked as the manifest or as external data is refused without reading it', async () => {
     const { agent, client } = await startAgent();
     const before = await residentBytes(agent.child.pid!);
-    const zeroManifest = join(files.root, `zero-${++counter}`);
+    const zeroManifest = join(agents.files.root, `zero-${++counter}`);
     await mkdir(zeroManifest);
     await symlink('/dev/zero', join(zeroManifest, 'manifest.json'));
     const manifestError = await callError(loadModel(client, 'zero', zeroManifest));
     expect(manifestError.code).toBe(grpc.status.FAILED_PRECONDITION);
     expect(manifestError.details).toMatch(/manifest\.json is a symbolic link/);
 
-    const zeroData = await copyOf(externalPackage);
+    const zeroData = await copyOf(agents.packageOf('external-data'));
     const manifest = JSON.parse(await readFile(join(zeroData, 'manifest.json'), 'utf8')) as {
       model: { externalData: string[] };
     };
@@ -173,20 +156,20 @@ describe('package files that are not regular files', () => {
 
     // Nothing was read: well under the GBs a read of /dev/zero reaches (4.6 GB in 45 s in the audit).
     expect((await residentBytes(agent.child.pid!)) - before).toBeLessThan(256 * 1024 ** 2);
-    await loadModel(client, 'tiny', tinyPackage);
+    await loadModel(client, 'tiny', agents.packageOf('tiny'));
     await expectServes(client, 'tiny');
   }, 60_000);
 });
 
 describe('restoring loaded models at start-up', () => {
   it("a recorded model's manifest replaced by a FIFO: the agent still starts and serves, and the model comes back once its package is whole again", async () => {
-    const dataRoot = join(files.root, `data-${++counter}`);
+    const dataRoot = join(agents.files.root, `data-${++counter}`);
     const keys = {
       sagemaker_edge_db_module_path: 'builtin',
       sagemaker_edge_local_data_root_path: dataRoot,
       edgefleet_startup_load_timeout_seconds: 10,
     };
-    const victim = await copyOf(tinyPackage);
+    const victim = await copyOf(agents.packageOf('tiny'));
     const first = await startAgent(keys);
     await loadModel(first.client, 'victim', victim);
     first.agent.child.kill('SIGTERM');
@@ -205,7 +188,7 @@ describe('restoring loaded models at start-up', () => {
         ),
       ),
     ).toBe(true);
-    await loadModel(second.client, 'tiny', tinyPackage);
+    await loadModel(second.client, 'tiny', agents.packageOf('tiny'));
     await expectServes(second.client, 'tiny');
     second.agent.child.kill('SIGTERM');
     expect(await second.agent.exited).toEqual({ code: 0, signal: null });

@@ -2,6 +2,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
+import type { TestModelName } from '@edgefleet/core';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import { scratch } from '../support/model-packages.js';
 import {
   watchAgentProcess,
   type AgentLogLine,
@@ -66,4 +69,45 @@ export async function writeAgentConfig(path: string, keys: Record<string, unknow
       ...keys,
     }),
   );
+}
+
+/** A test file's scratch folder with catalogue packages, and the agents and clients its tests start. */
+export interface AgentScratch {
+  files: Awaited<ReturnType<typeof scratch>>;
+  /** A catalogue model's package folder (one of the file's `models`). */
+  packageOf(model: TestModelName): string;
+  /** Agents a test started: killed (SIGKILL) after each test. */
+  running: AgentProcess[];
+  /** Clients a test opened: closed after each test. */
+  clients: { close(): void }[];
+}
+
+/**
+ * Builds the agent and packs `models` before the file's tests; kills its agents and closes its clients after
+ * each test, and removes the folder after them all.
+ */
+export function useAgentScratch(prefix: string, models: readonly TestModelName[]): AgentScratch {
+  const packages = new Map<TestModelName, string>();
+  const fixture = {
+    running: [],
+    clients: [],
+    packageOf(model: TestModelName): string {
+      const folder = packages.get(model);
+      if (folder === undefined) throw new Error(`${model} is not one of this file's packages`);
+      return folder;
+    },
+  } as unknown as AgentScratch;
+  beforeAll(async () => {
+    buildAgent();
+    fixture.files = await scratch(prefix);
+    for (const model of models) packages.set(model, await fixture.files.catalogue(model));
+  }, 120_000);
+  afterEach(() => {
+    for (const client of fixture.clients.splice(0)) client.close();
+    for (const agent of fixture.running.splice(0)) agent.child.kill('SIGKILL');
+  });
+  afterAll(async () => {
+    await fixture.files?.cleanup();
+  });
+  return fixture;
 }
