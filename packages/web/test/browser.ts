@@ -3,7 +3,19 @@
  * playwright-core. Nothing is downloaded; a missing browser fails the suite with the command that installs it.
  */
 import { existsSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
+import { afterAll, beforeAll } from 'vitest';
+import {
+  CLI_MAIN,
+  REPO_ROOT,
+  removeControlPlane,
+  requireBuilt,
+  startControlPlane,
+  type ControlPlane,
+} from '../../../test/support/control-plane.js';
 
 const CANDIDATES = [process.env.CHROMIUM_PATH, '/usr/bin/chromium', '/usr/bin/chromium-browser'];
 
@@ -44,4 +56,32 @@ export async function operatorApi(
   const text = await response.text();
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read answers field by field
   return { status: response.status, body: (text === '' ? undefined : JSON.parse(text)) as any };
+}
+
+/** A test file's control plane (with `config`), the built console it serves, and Chromium. */
+export interface ConsoleFixture {
+  plane: ControlPlane;
+  browser: Browser;
+  /** An operator API call on the plane (see operatorApi). */
+  api(method: string, path: string, token: string, body?: unknown): ReturnType<typeof operatorApi>;
+}
+
+/** Starts the plane and Chromium before the file's tests (the console must be built); stops both after. */
+export function useConsoleServer(config: Record<string, unknown>): ConsoleFixture {
+  let work: string;
+  const fixture = {
+    api: (method: string, path: string, token: string, body?: unknown) =>
+      operatorApi(fixture.plane.operatorUrl, method, path, token, body),
+  } as ConsoleFixture;
+  beforeAll(async () => {
+    requireBuilt(CLI_MAIN, join(REPO_ROOT, 'packages/web/dist/index.html'));
+    fixture.plane = await startControlPlane({ config });
+    fixture.browser = await launchChromium();
+    work = await mkdtemp(join(tmpdir(), 'ef-console-live-'));
+  });
+  afterAll(async () => {
+    await fixture.browser?.close();
+    await removeControlPlane(fixture.plane, work);
+  });
+  return fixture;
 }

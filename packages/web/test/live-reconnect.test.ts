@@ -3,58 +3,28 @@
  * (audit s8 finding 6): the page reconnects by itself after a stream's lifetime and keeps updating, and shows
  * itself offline once its token is revoked.
  */
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { Browser } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  CLI_MAIN,
-  REPO_ROOT,
-  removeControlPlane,
-  requireBuilt,
-  startControlPlane,
-  type ControlPlane,
-} from '../../../test/support/control-plane.js';
-import { launchChromium, operatorApi } from './browser.js';
+import { describe, expect, it } from 'vitest';
+import { useConsoleServer } from './browser.js';
 
-const WEB_DIST = join(REPO_ROOT, 'packages/web/dist/index.html');
-
-let plane: ControlPlane;
-let browser: Browser;
-let work: string;
-
-const api = (method: string, path: string, token: string, body?: unknown) =>
-  operatorApi(plane.operatorUrl, method, path, token, body);
-
-beforeAll(async () => {
-  requireBuilt(CLI_MAIN, WEB_DIST);
-  plane = await startControlPlane({
-    config: { console: { eventPollMs: 200, eventKeepaliveMs: 200, eventStreamMaxSeconds: 1 } },
-  });
-  browser = await launchChromium();
-  work = await mkdtemp(join(tmpdir(), 'ef-live-'));
+const ui = useConsoleServer({
+  console: { eventPollMs: 200, eventKeepaliveMs: 200, eventStreamMaxSeconds: 1 },
 });
-
-afterAll(async () => {
-  await browser?.close();
-  await removeControlPlane(plane, work);
-});
+const { api } = ui;
 
 describe('console live updates when the server ends streams', { timeout: 120_000 }, () => {
   it('reconnects after each stream lifetime and keeps updating; goes offline once its token is revoked', async () => {
-    const viewer = await api('POST', '/api/v1/tokens', plane.adminToken, {
+    const viewer = await api('POST', '/api/v1/tokens', ui.plane.adminToken, {
       name: 'viewer',
       scope: 'read-only',
     });
     expect(viewer.status).toBe(201);
-    const context = await browser.newContext();
+    const context = await ui.browser.newContext();
     const page = await context.newPage();
     const streamsOpened: number[] = [];
     page.on('response', (response) => {
       if (response.url().endsWith('/api/v1/console/events')) streamsOpened.push(response.status());
     });
-    await page.goto(plane.operatorUrl);
+    await page.goto(ui.plane.operatorUrl);
     await page.getByLabel('Operator API token').fill(viewer.body.token as string);
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
@@ -65,7 +35,7 @@ describe('console live updates when the server ends streams', { timeout: 120_000
     await expect.poll(() => page.getByTestId('live').textContent(), { timeout: 30_000 }).toBe('live');
 
     // A change made elsewhere still reaches the page, over a reconnected stream.
-    const created = await api('POST', '/api/v1/fleets', plane.adminToken, {
+    const created = await api('POST', '/api/v1/fleets', ui.plane.adminToken, {
       name: 'after-reconnect',
       outputConfig: { s3OutputLocation: 's3://captures/after-reconnect' },
     });
@@ -73,9 +43,9 @@ describe('console live updates when the server ends streams', { timeout: 120_000
     await page.getByText('after-reconnect').first().waitFor({ timeout: 30_000 });
 
     // Revoked: its stream ends at the next check and the reconnect is refused, so the page shows it is offline.
-    expect((await api('DELETE', `/api/v1/tokens/${viewer.body.id as string}`, plane.adminToken)).status).toBe(
-      204,
-    );
+    expect(
+      (await api('DELETE', `/api/v1/tokens/${viewer.body.id as string}`, ui.plane.adminToken)).status,
+    ).toBe(204);
     await expect.poll(() => streamsOpened.includes(401), { timeout: 30_000 }).toBe(true);
     await expect.poll(() => page.getByTestId('live').textContent(), { timeout: 30_000 }).toBe('offline');
     await context.close();

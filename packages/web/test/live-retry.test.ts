@@ -4,49 +4,21 @@
  * its session has ended (401) it stops trying. The page's clock is Playwright's, so the 30-60 s backoff is
  * fast-forwarded rather than waited for.
  */
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { Browser, Page } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  CLI_MAIN,
-  REPO_ROOT,
-  removeControlPlane,
-  requireBuilt,
-  startControlPlane,
-  type ControlPlane,
-} from '../../../test/support/control-plane.js';
-import { launchChromium, operatorApi } from './browser.js';
+import type { Page } from 'playwright-core';
+import { describe, expect, it } from 'vitest';
+import { useConsoleServer } from './browser.js';
 
-const WEB_DIST = join(REPO_ROOT, 'packages/web/dist/index.html');
 const EVENTS = '/api/v1/console/events';
 const SESSION = '/api/v1/console/session';
 
-let plane: ControlPlane;
-let browser: Browser;
-let work: string;
-
-const api = (method: string, path: string, token: string, body?: unknown) =>
-  operatorApi(plane.operatorUrl, method, path, token, body);
-
-beforeAll(async () => {
-  requireBuilt(CLI_MAIN, WEB_DIST);
-  plane = await startControlPlane({
-    config: { console: { eventPollMs: 200, eventKeepaliveMs: 200, maxEventStreamsPerToken: 1 } },
-  });
-  browser = await launchChromium();
-  work = await mkdtemp(join(tmpdir(), 'ef-live-retry-'));
+const ui = useConsoleServer({
+  console: { eventPollMs: 200, eventKeepaliveMs: 200, maxEventStreamsPerToken: 1 },
 });
-
-afterAll(async () => {
-  await browser?.close();
-  await removeControlPlane(plane, work);
-});
+const { api } = ui;
 
 /** A signed-in console tab in its own browser context, recording its stream requests and answers. */
 async function openTab(token: string) {
-  const context = await browser.newContext();
+  const context = await ui.browser.newContext();
   const page = await context.newPage();
   await page.clock.install();
   const streams: number[] = [];
@@ -60,7 +32,7 @@ async function openTab(token: string) {
     answers.push({ path, method: response.request().method(), status: response.status() });
     if (path === EVENTS) streams.push(response.status());
   });
-  await page.goto(plane.operatorUrl);
+  await page.goto(ui.plane.operatorUrl);
   await page.getByLabel('Operator API token').fill(token);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByRole('heading', { name: 'Overview' }).waitFor();
@@ -71,7 +43,7 @@ const liveText = (page: Page) => page.getByTestId('live').textContent();
 
 describe('console live updates when a stream is refused', { timeout: 120_000 }, () => {
   it('retries a 429 after the backoff and gets the stream once a place is free; stops after a 401', async () => {
-    const viewer = await api('POST', '/api/v1/tokens', plane.adminToken, {
+    const viewer = await api('POST', '/api/v1/tokens', ui.plane.adminToken, {
       name: 'viewer',
       scope: 'read-only',
     });
@@ -100,9 +72,9 @@ describe('console live updates when a stream is refused', { timeout: 120_000 }, 
 
     // Revoked: the stream ends, the browser's reconnect gets 401, the session route says signed out: no more tries.
     const seen = second.answers.length;
-    expect((await api('DELETE', `/api/v1/tokens/${viewer.body.id as string}`, plane.adminToken)).status).toBe(
-      204,
-    );
+    expect(
+      (await api('DELETE', `/api/v1/tokens/${viewer.body.id as string}`, ui.plane.adminToken)).status,
+    ).toBe(204);
     await expect
       .poll(
         () =>
