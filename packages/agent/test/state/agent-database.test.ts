@@ -143,9 +143,9 @@ describe('schema version 3: large capture payloads as files', () => {
 
       queue.enqueue([row('taken')]);
       const again = await queue.storePayload([Buffer.alloc(1000, 2)]);
-      expect(() => queue.enqueue([{ ...row('taken'), payload: Buffer.alloc(0), payloadFile: again }])).toThrow(
-        /UNIQUE/,
-      );
+      expect(() =>
+        queue.enqueue([{ ...row('taken'), payload: Buffer.alloc(0), payloadFile: again }]),
+      ).toThrow(/UNIQUE/);
       await queue.payloadRemovalsDone();
       expect(await readdir(capturePayloadFolder(db.path))).toEqual([]);
     } finally {
