@@ -301,7 +301,11 @@ export class SqliteCaptureQueue implements CaptureQueue {
       return decodeCaptureItem(row.meta, await this.#repository.readPayload(row));
     } catch (error) {
       const detail = `the stored capture could not be read back: ${(error as Error).message}`;
-      this.#repository.discard(row.captureId, this.#now(), detail);
+      try {
+        this.#repository.discard(row.captureId, this.#now(), detail);
+      } catch {
+        // Left in its batch: the next start reads it again (and fails it then). The batch is taken either way.
+      }
       this.#onDamaged?.(row.captureId, error as Error);
       return undefined;
     }

@@ -32,7 +32,6 @@ const TEMP_PREFIX = '.tmp-';
 export class CapturePayloadFiles {
   readonly dir: string;
   readonly #walPath: string;
-  #made: Promise<void> | undefined;
   /** Names written by this process that no committed row names yet (being written, or awaiting their row). */
   readonly #unsettled = new Set<string>();
   #removals: Promise<void> = Promise.resolve();
@@ -44,18 +43,12 @@ export class CapturePayloadFiles {
 
   /** Writes the chunks as one new file, durably; returns its name for the row. The name stays unsettled. */
   async write(chunks: readonly Uint8Array[]): Promise<string> {
-    // The folder holds model inputs and outputs: the agent's user alone, as the database's folder.
-    this.#made ??= mkdir(this.dir, { recursive: true, mode: 0o700 }).then(() => undefined);
-    await this.#made.catch((error: unknown) => {
-      this.#made = undefined;
-      throw error;
-    });
     const name = `${randomBytes(16).toString('hex')}.payload`;
     const temp = `${TEMP_PREFIX}${name}`;
     this.#unsettled.add(name);
     this.#unsettled.add(temp);
     try {
-      const handle = await open(join(this.dir, temp), 'wx', 0o600);
+      const handle = await this.#create(temp);
       try {
         await writeAll(handle, chunks);
         await handle.sync();
@@ -136,6 +129,17 @@ export class CapturePayloadFiles {
     await syncPath(this.#walPath);
     await Promise.all(orphans.map((name) => rm(join(this.dir, name), { force: true })));
     return orphans.length;
+  }
+
+  /** Creates a new file (owner-only: it holds model inputs and outputs), making the folder when missing. */
+  async #create(name: string): Promise<Awaited<ReturnType<typeof open>>> {
+    try {
+      return await open(join(this.dir, name), 'wx', 0o600);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      return open(join(this.dir, name), 'wx', 0o600);
+    }
   }
 
   async #remove(names: readonly string[]): Promise<void> {

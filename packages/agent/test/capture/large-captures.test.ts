@@ -1,7 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
-import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { createServer, get } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -97,6 +97,7 @@ describe('a large capture', () => {
     const stored = await open(join(payloads, rows[0]!.payload_file!));
     expect((await stored.stat()).mode & 0o777).toBe(0o600);
     await stored.close();
+    expect((await stat(payloads)).mode & 0o777).toBe(0o700);
 
     const refused = await agentErrorOf(
       service.capture(captureInput('no-room', { inputTensors: [randomTensor('x', 1024 * 1024).tensor] })),
