@@ -124,33 +124,42 @@ describe('a large capture', () => {
     const fifos = Array.from({ length: threads }, (_, i) => join(work, `gate-${i}`));
     execFileSync('mkfifo', fifos);
     const held = fifos.map((fifo) => open(fifo, 'r'));
-
+    let released = false;
+    const release = async () => {
+      if (released) return;
+      released = true;
+      for (const fifo of fifos) closeSync(openSync(fifo, 'w'));
+      for (const handle of held) await (await handle).close();
+    };
     const events: string[] = [];
     const big = randomTensor('x', 8 * 1024 * 1024);
     const bigCapture = service
       .capture(captureInput('big', { inputTensors: [big.tensor] }))
       .then(() => events.push('big acknowledged'));
+    try {
+      await service.capture(captureInput('small'));
+      events.push('small acknowledged');
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      events.push('timer');
+      const server = createServer((_, response) => response.end('pong'));
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const answer = await new Promise<string>((resolve, reject) => {
+        get(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`, (response) => {
+          let body = '';
+          response.on('data', (chunk: Buffer) => (body += chunk.toString()));
+          response.on('end', () => resolve(body));
+        }).on('error', reject);
+      });
+      server.close();
+      events.push(`http ${answer}`);
+      expect(service.status('big').status).toBe('IN_PROGRESS');
 
-    await service.capture(captureInput('small'));
-    events.push('small acknowledged');
-    await new Promise((resolve) => setTimeout(resolve, 1));
-    events.push('timer');
-    const server = createServer((_, response) => response.end('pong'));
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const answer = await new Promise<string>((resolve, reject) => {
-      get(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`, (response) => {
-        let body = '';
-        response.on('data', (chunk: Buffer) => (body += chunk.toString()));
-        response.on('end', () => resolve(body));
-      }).on('error', reject);
-    });
-    server.close();
-    events.push(`http ${answer}`);
-    expect(service.status('big').status).toBe('IN_PROGRESS');
-
-    // Let the pool go: the write finishes and the capture is acknowledged.
-    for (const fifo of fifos) closeSync(openSync(fifo, 'w'));
-    for (const handle of held) await (await handle).close();
+      // Let the pool go: the write finishes and the capture is acknowledged.
+      await release();
+    } finally {
+      // A failed assertion above must not leave the pool blocked for the rest of the file.
+      await release();
+    }
     await bigCapture;
     expect(events).toEqual(['small acknowledged', 'timer', 'http pong', 'big acknowledged']);
 
