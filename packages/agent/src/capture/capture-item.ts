@@ -75,6 +75,15 @@ const CaptureMetaSchema = z.object({
 type CaptureMeta = z.infer<typeof CaptureMetaSchema>;
 
 export function encodeCaptureItem(item: CaptureItem): { meta: string; payload: Buffer } {
+  const { meta, chunks, bytes } = encodeCaptureItemParts(item);
+  return { meta, payload: Buffer.concat(chunks, bytes) };
+}
+
+/**
+ * encodeCaptureItem without joining the bytes: the payload is `chunks` in order (views of the capture's own
+ * buffers), `bytes` long. A large payload is written from these as they are, with no copy on the event loop.
+ */
+export function encodeCaptureItemParts(item: CaptureItem): { meta: string; chunks: Buffer[]; bytes: number } {
   const chunks: Buffer[] = [];
   const tensor = (t: CapturedTensor) => {
     chunks.push(t.data);
@@ -97,7 +106,7 @@ export function encodeCaptureItem(item: CaptureItem): { meta: string; payload: B
     inputs: item.inputs.map(auxiliary),
     outputs: item.outputs.map(auxiliary),
   };
-  return { meta: JSON.stringify(meta), payload: Buffer.concat(chunks) };
+  return { meta: JSON.stringify(meta), chunks, bytes: captureBytes(item) };
 }
 
 /** The inverse of encodeCaptureItem. Throws when the stored form is damaged (meta invalid, bytes missing). */

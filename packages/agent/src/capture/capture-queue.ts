@@ -1,5 +1,10 @@
-import type { CaptureQueueRepository } from '../state/index.js';
-import { decodeCaptureItem, encodeCaptureItem, type CaptureItem } from './capture-item.js';
+import {
+  DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES,
+  type BatchedCaptureRow,
+  type CaptureQueueRepository,
+  type QueuedCaptureRow,
+} from '../state/index.js';
+import { decodeCaptureItem, encodeCaptureItemParts, type CaptureItem } from './capture-item.js';
 
 export type CaptureStatus = 'IN_PROGRESS' | 'SUCCESS' | 'FAILURE';
 
@@ -22,6 +27,8 @@ export interface RecoveredQueue {
   pending: number;
   /** Batches formed but never completed (a crash interrupted their write): to be written again, same ids. */
   openBatches: { batchId: string; items: CaptureItem[] }[];
+  /** Payload files a crash left that no queued capture names, removed. */
+  orphansRemoved: number;
 }
 
 /**
@@ -31,7 +38,7 @@ export interface RecoveredQueue {
  */
 export interface CaptureQueue {
   readonly durable: boolean;
-  recover(): RecoveredQueue;
+  recover(): Promise<RecoveredQueue>;
   /**
    * Resolves once the capture is held (for sqlite: committed). Ids must be new (the caller checks). With
    * `trackStatus` false no status is kept (automatic captures: nobody knows their ids to ask).
@@ -42,7 +49,7 @@ export interface CaptureQueue {
    * that could not be read back (they are marked FAILURE and dropped), so the caller can let go of what it held
    * for them.
    */
-  formBatch(batchId: string, limit: number): { items: CaptureItem[]; damaged: string[] };
+  formBatch(batchId: string, limit: number): Promise<{ items: CaptureItem[]; damaged: string[] }>;
   /** The batch was written (SUCCESS), given up (FAILURE), or handed to the spool (null: stays IN_PROGRESS). */
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void;
   /** Ids whose status is IN_PROGRESS but that are no longer queued (handed to the spool). */
@@ -51,7 +58,8 @@ export interface CaptureQueue {
   setStatuses(captureIds: readonly string[], status: CaptureStatus, detail?: string): void;
   status(captureId: string): StatusRecord | undefined;
   pruneStatuses(retention: StatusRetention): number;
-  close(): void;
+  /** Commits what is being enqueued (large payloads still being written: once written), then stops taking more. */
+  close(): Promise<void>;
 }
 
 /** The queue in memory. */
@@ -67,11 +75,12 @@ export class MemoryCaptureQueue implements CaptureQueue {
     this.#now = options.now ?? Date.now;
   }
 
-  recover(): RecoveredQueue {
-    return {
+  recover(): Promise<RecoveredQueue> {
+    return Promise.resolve({
       pending: this.#pending.length,
       openBatches: [...this.#batches].map(([batchId, items]) => ({ batchId, items })),
-    };
+      orphansRemoved: 0,
+    });
   }
 
   enqueue(item: CaptureItem, trackStatus = true): Promise<void> {
@@ -80,10 +89,10 @@ export class MemoryCaptureQueue implements CaptureQueue {
     return Promise.resolve();
   }
 
-  formBatch(batchId: string, limit: number): { items: CaptureItem[]; damaged: string[] } {
+  formBatch(batchId: string, limit: number): Promise<{ items: CaptureItem[]; damaged: string[] }> {
     const items = this.#pending.splice(0, limit);
     if (items.length > 0) this.#batches.set(batchId, items);
-    return { items, damaged: [] };
+    return Promise.resolve({ items, damaged: [] });
   }
 
   inProgressOutsideQueue(): string[] {
@@ -130,7 +139,9 @@ export class MemoryCaptureQueue implements CaptureQueue {
     return removed;
   }
 
-  close(): void {}
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
 
   #set(id: string, record: StatusRecord): void {
     this.#statuses.delete(id);
@@ -140,46 +151,75 @@ export class MemoryCaptureQueue implements CaptureQueue {
 
 /**
  * The queue in the local database. Captures arriving together are committed together: `enqueue` calls made in
- * the same turn of the event loop share one transaction (one fsync), committed on the next turn.
+ * the same turn of the event loop share one transaction (one fsync), committed on the next turn. A capture whose
+ * bytes pass `inlinePayloadLimitBytes` is first written as a file on the thread pool (the event loop keeps
+ * serving meanwhile), then its row joins the next commit; it is acknowledged once that row is committed.
  */
 export class SqliteCaptureQueue implements CaptureQueue {
   readonly durable = true;
   readonly #repository: CaptureQueueRepository;
   readonly #now: () => number;
   readonly #onDamaged: ((captureId: string, error: Error) => void) | undefined;
+  readonly #inlineLimit: number;
   #waiting: {
-    item: CaptureItem;
-    trackStatus: boolean;
+    row: QueuedCaptureRow;
     resolve: () => void;
     reject: (error: unknown) => void;
   }[] = [];
   #scheduled = false;
+  /** Large payloads being written: close waits for them, then commits their rows. */
+  readonly #storing = new Set<Promise<unknown>>();
+  #closed = false;
 
   constructor(options: {
     repository: CaptureQueueRepository;
     now?: () => number;
     /** Told of a stored capture that cannot be read back (it is marked FAILURE and dropped). */
     onDamaged?: (captureId: string, error: Error) => void;
+    /** Payloads larger than this are written as files, off the event loop (default 64 KiB). */
+    inlinePayloadLimitBytes?: number;
   }) {
     this.#repository = options.repository;
     this.#now = options.now ?? Date.now;
     this.#onDamaged = options.onDamaged;
+    this.#inlineLimit = options.inlinePayloadLimitBytes ?? DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES;
   }
 
-  recover(): RecoveredQueue {
-    const openBatches = this.#repository.openBatches().map(({ batchId, rows }) => ({
-      batchId,
-      items: rows.map((row) => this.#decode(row)).filter((item): item is CaptureItem => item !== undefined),
-    }));
-    return {
-      pending: this.#repository.pendingCount(),
-      openBatches: openBatches.filter((b) => b.items.length > 0),
+  async recover(): Promise<RecoveredQueue> {
+    const orphansRemoved = await this.#repository.removeOrphanPayloads();
+    const openBatches: RecoveredQueue['openBatches'] = [];
+    for (const { batchId, rows } of this.#repository.openBatches()) {
+      const items = await this.#decodeAll(rows);
+      if (items.items.length > 0) openBatches.push({ batchId, items: items.items });
+    }
+    return { pending: this.#repository.pendingCount(), openBatches, orphansRemoved };
+  }
+
+  async enqueue(item: CaptureItem, trackStatus = true): Promise<void> {
+    if (this.#closed) throw new Error('the capture queue is closed');
+    const { meta, chunks, bytes } = encodeCaptureItemParts(item);
+    const row: QueuedCaptureRow & { payloadFile: string | null } = {
+      captureId: item.captureId,
+      model: item.model,
+      meta,
+      enqueuedAt: item.receivedAt,
+      trackStatus,
+      payload: EMPTY,
+      payloadFile: null,
     };
-  }
-
-  enqueue(item: CaptureItem, trackStatus = true): Promise<void> {
+    if (bytes > this.#inlineLimit) {
+      const storing = this.#repository.storePayload(chunks);
+      this.#storing.add(storing);
+      try {
+        row.payloadFile = await storing;
+      } finally {
+        this.#storing.delete(storing);
+      }
+    } else {
+      row.payload = Buffer.concat(chunks, bytes);
+    }
     return new Promise((resolve, reject) => {
-      this.#waiting.push({ item, trackStatus, resolve, reject });
+      this.#waiting.push({ row, resolve, reject });
       if (!this.#scheduled) {
         this.#scheduled = true;
         setImmediate(() => this.#commit());
@@ -191,16 +231,10 @@ export class SqliteCaptureQueue implements CaptureQueue {
     this.#scheduled = false;
     const waiting = this.#waiting;
     this.#waiting = [];
+    if (waiting.length === 0) return;
     try {
-      this.#repository.enqueue(
-        waiting.map(({ item, trackStatus }) => ({
-          captureId: item.captureId,
-          model: item.model,
-          enqueuedAt: item.receivedAt,
-          trackStatus,
-          ...encodeCaptureItem(item),
-        })),
-      );
+      // Removes the rows' payload files itself when it throws.
+      this.#repository.enqueue(waiting.map(({ row }) => row));
     } catch (error) {
       for (const w of waiting) w.reject(error);
       return;
@@ -208,15 +242,8 @@ export class SqliteCaptureQueue implements CaptureQueue {
     for (const w of waiting) w.resolve();
   }
 
-  formBatch(batchId: string, limit: number): { items: CaptureItem[]; damaged: string[] } {
-    const items: CaptureItem[] = [];
-    const damaged: string[] = [];
-    for (const row of this.#repository.formBatch(batchId, limit)) {
-      const item = this.#decode(row);
-      if (item) items.push(item);
-      else damaged.push(row.captureId);
-    }
-    return { items, damaged };
+  async formBatch(batchId: string, limit: number): Promise<{ items: CaptureItem[]; damaged: string[] }> {
+    return this.#decodeAll(this.#repository.formBatch(batchId, limit));
   }
 
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {
@@ -249,18 +276,40 @@ export class SqliteCaptureQueue implements CaptureQueue {
     });
   }
 
-  close(): void {
-    if (this.#waiting.length > 0) this.#commit();
+  async close(): Promise<void> {
+    // Writes under way were accepted before the close: let them finish and commit them with the rest.
+    while (this.#storing.size > 0) await Promise.allSettled([...this.#storing]);
+    this.#closed = true;
+    this.#commit();
+    await this.#repository.payloadRemovalsDone();
   }
 
-  #decode(row: { captureId: string; meta: string; payload: Buffer }): CaptureItem | undefined {
+  /** Reads the rows' captures back, in order; those that cannot be read are marked FAILURE and named in damaged. */
+  async #decodeAll(rows: readonly BatchedCaptureRow[]): Promise<{ items: CaptureItem[]; damaged: string[] }> {
+    const decoded = await Promise.all(rows.map((row) => this.#decode(row)));
+    const items: CaptureItem[] = [];
+    const damaged: string[] = [];
+    decoded.forEach((item, i) => {
+      if (item) items.push(item);
+      else damaged.push(rows[i]!.captureId);
+    });
+    return { items, damaged };
+  }
+
+  async #decode(row: BatchedCaptureRow): Promise<CaptureItem | undefined> {
     try {
-      return decodeCaptureItem(row.meta, row.payload);
+      return decodeCaptureItem(row.meta, await this.#repository.readPayload(row));
     } catch (error) {
       const detail = `the stored capture could not be read back: ${(error as Error).message}`;
-      this.#repository.discard(row.captureId, this.#now(), detail);
+      try {
+        this.#repository.discard(row.captureId, this.#now(), detail);
+      } catch {
+        // Left in its batch: the next start reads it again (and fails it then). The batch is taken either way.
+      }
       this.#onDamaged?.(row.captureId, error as Error);
       return undefined;
     }
   }
 }
+
+const EMPTY = Buffer.alloc(0);

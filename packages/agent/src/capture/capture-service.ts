@@ -91,6 +91,8 @@ export class CaptureService {
   #pruneTimer: NodeJS.Timeout | undefined;
   readonly #batches: Batch[] = [];
   readonly #retryTimers = new Set<NodeJS.Timeout>();
+  /** Batches being formed: taken from the queue, their captures being read back (large ones from files). */
+  #forming = 0;
   #writing = 0;
   #idleWaiters: (() => void)[] = [];
   #started = false;
@@ -170,7 +172,13 @@ export class CaptureService {
     this.#started = true;
     await this.#destination.open?.();
     await this.#spool?.open();
-    const recovered = this.#queue.recover();
+    const recovered = await this.#queue.recover();
+    if (recovered.orphansRemoved > 0) {
+      this.#logger?.info(
+        { files: recovered.orphansRemoved },
+        'capture: removed payload files of captures that were never queued, or already written, before the restart',
+      );
+    }
     this.#pending = recovered.pending;
     this.#held = recovered.pending;
     const spooled = this.#spool?.captureIds() ?? new Set<string>();
@@ -299,7 +307,7 @@ export class CaptureService {
   /** Resolves when no batch is being written or waiting to be (captures still short of a batch may wait). */
   async whenIdle(): Promise<void> {
     this.#drive();
-    if (this.#batches.length === 0 && this.#writing === 0 && this.#retryTimers.size === 0) return;
+    if (this.#idle()) return;
     await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
   }
 
@@ -317,7 +325,7 @@ export class CaptureService {
     if (this.#started) await this.flush();
     await this.#spool?.close();
     await this.#periodic?.close();
-    this.#queue.close();
+    await this.#queue.close();
   }
 
   /** The periodic upload, for an immediate round (tests, shutdown hooks). */
@@ -349,7 +357,8 @@ export class CaptureService {
     } catch (error) {
       this.#held--;
       this.#releaseBytes(item.captureId);
-      const full = (error as { code?: string }).code === 'SQLITE_FULL';
+      // The database or the payload file's file system is full (or over the user's disk quota).
+      const full = ['SQLITE_FULL', 'ENOSPC', 'EDQUOT'].includes((error as { code?: string }).code ?? '');
       const failure = new AgentError(
         full ? 'RESOURCE_EXHAUSTED' : 'INTERNAL',
         `capture ${JSON.stringify(item.captureId)} could not be queued in the local database: ${(error as Error).message}`,
@@ -384,32 +393,56 @@ export class CaptureService {
   /** Batch now when batchSize are waiting; otherwise make sure the push-period timer runs while any wait. */
   #schedule(): void {
     if (this.#pending >= this.settings.batchSize) this.#formBatches(false);
+    this.#armFlushTimer();
+    this.#drive();
+  }
+
+  #armFlushTimer(): void {
     if (this.#pending > 0 && this.#flushTimer === undefined && !this.#closed) {
       this.#flushTimer = setTimeout(() => {
         this.#flushTimer = undefined;
         this.#formBatches(true);
       }, this.settings.pushPeriodSeconds * 1000);
     }
-    this.#drive();
   }
 
   #formBatches(all: boolean): void {
     const size = this.settings.batchSize;
     while (this.#pending >= size || (all && this.#pending > 0)) {
-      const batchId = randomBytes(16).toString('hex');
-      const { items, damaged } = this.#queue.formBatch(batchId, size);
-      const taken = items.length + damaged.length;
-      this.#pending = taken === 0 ? 0 : this.#pending - taken;
-      // Dropped as unreadable (marked FAILURE): nothing holds them any more, their bytes included.
-      this.#held -= damaged.length;
-      for (const captureId of damaged) this.#releaseBytes(captureId);
-      if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
+      // Counted out now: the batch is taken in the database at once, its captures read back after.
+      const limit = Math.min(size, this.#pending);
+      this.#pending -= limit;
+      this.#forming++;
+      void this.#formBatch(limit).finally(() => {
+        this.#forming--;
+        this.#drive();
+        this.#notifyIdle();
+      });
     }
     if (this.#pending === 0 && this.#flushTimer !== undefined) {
       clearTimeout(this.#flushTimer);
       this.#flushTimer = undefined;
     }
     this.#drive();
+  }
+
+  async #formBatch(limit: number): Promise<void> {
+    const batchId = randomBytes(16).toString('hex');
+    let formed: { items: CaptureItem[]; damaged: string[] };
+    try {
+      formed = await this.#queue.formBatch(batchId, limit);
+    } catch (error) {
+      // Nothing was taken (one transaction): they wait for the next push period.
+      this.#pending += limit;
+      this.#logger?.error({ err: error }, 'capture: cannot take a batch from the local database');
+      this.#armFlushTimer();
+      return;
+    }
+    const { items, damaged } = formed;
+    // Dropped as unreadable (marked FAILURE): nothing holds them any more, their bytes included.
+    this.#held -= damaged.length;
+    for (const captureId of damaged) this.#releaseBytes(captureId);
+    if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
   }
 
   #drive(): void {
@@ -424,8 +457,14 @@ export class CaptureService {
     }
   }
 
+  #idle(): boolean {
+    return (
+      this.#batches.length === 0 && this.#forming === 0 && this.#writing === 0 && this.#retryTimers.size === 0
+    );
+  }
+
   #notifyIdle(): void {
-    if (this.#batches.length > 0 || this.#writing > 0 || this.#retryTimers.size > 0) return;
+    if (!this.#idle()) return;
     const waiters = this.#idleWaiters;
     this.#idleWaiters = [];
     for (const resolve of waiters) resolve();

@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import SqliteDatabase, { type Database } from 'better-sqlite3';
+import { capturePayloadFolder } from './capture-payload-files.js';
 import { CaptureQueueRepository } from './capture-queue-repository.js';
 import { DeploymentsRepository } from './deployments-repository.js';
 import { LoadedModelsRepository } from './loaded-models-repository.js';
@@ -69,7 +70,7 @@ export class AgentDatabase {
       }, walSyncIntervalMs);
       this.#walTimer.unref();
     }
-    this.captureQueue = new CaptureQueueRepository(db);
+    this.captureQueue = new CaptureQueueRepository(db, { payloadDir: capturePayloadFolder(path) });
     this.loadedModels = new LoadedModelsRepository(db);
     this.modelCounters = new ModelCountersRepository(db);
     this.uploadLedger = new UploadLedgerRepository(db);

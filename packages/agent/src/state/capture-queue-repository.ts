@@ -1,4 +1,5 @@
 import type { Database, Statement } from 'better-sqlite3';
+import { CapturePayloadFiles } from './capture-payload-files.js';
 
 export type StoredCaptureStatus = 'IN_PROGRESS' | 'SUCCESS' | 'FAILURE';
 
@@ -7,13 +8,17 @@ export interface QueuedCaptureRow {
   captureId: string;
   model: string;
   meta: string;
+  /** The bytes, kept in the row; empty when payloadFile names them. */
   payload: Buffer;
+  /** A file written with storePayload that holds the bytes instead (a large capture). */
+  payloadFile?: string | null;
   enqueuedAt: number;
   /** Keep a status for GetCaptureDataStatus (default true; automatic captures have no one to ask). */
   trackStatus?: boolean;
 }
 
 export interface BatchedCaptureRow extends QueuedCaptureRow {
+  payloadFile: string | null;
   batchId: string;
 }
 
@@ -30,6 +35,7 @@ interface RawQueueRow {
   model: string;
   meta: string;
   payload: Buffer;
+  payload_file: string | null;
   enqueued_at: number;
   batch_id: string | null;
 }
@@ -45,19 +51,24 @@ interface RawStatusRow {
 /**
  * The durable capture queue: captures waiting to be written, the batch each was put in, and every capture's
  * status. Synchronous (better-sqlite3): each method is one transaction, committed (and, with synchronous=FULL,
- * fsynced) when it returns.
+ * fsynced) when it returns. A large payload is not written into the database (that would hold the event loop for
+ * the whole write): storePayload writes it as a file first, off the event loop, and the row names the file (see
+ * CapturePayloadFiles for the order of writes and removals that keeps rows and files consistent across crashes).
  */
 export class CaptureQueueRepository {
   readonly #db: Database;
+  readonly #files: CapturePayloadFiles;
   readonly #insertCapture: Statement;
   readonly #insertStatus: Statement;
   readonly #selectStatus: Statement;
   readonly #updateStatus: Statement;
 
-  constructor(db: Database) {
+  /** `payloadDir`: where large payloads are kept (capturePayloadFolder of the database's path). */
+  constructor(db: Database, options: { payloadDir: string }) {
     this.#db = db;
+    this.#files = new CapturePayloadFiles({ dir: options.payloadDir, walPath: `${db.name}-wal` });
     this.#insertCapture = db.prepare(
-      'INSERT INTO capture_queue (capture_id, model, meta, payload, enqueued_at) VALUES (?, ?, ?, ?, ?)',
+      'INSERT INTO capture_queue (capture_id, model, meta, payload, payload_file, enqueued_at) VALUES (?, ?, ?, ?, ?, ?)',
     );
     // A status left from an earlier capture with the same id (pruned by age, or the caller checked) is replaced.
     this.#insertStatus = db.prepare(
@@ -69,16 +80,73 @@ export class CaptureQueueRepository {
     );
   }
 
-  /** Adds captures and (unless trackStatus is false) their IN_PROGRESS statuses, all or none. Throws SQLITE_CONSTRAINT_UNIQUE on an id queued twice. */
+  /**
+   * Adds captures and (unless trackStatus is false) their IN_PROGRESS statuses, all or none. Throws
+   * SQLITE_CONSTRAINT_UNIQUE on an id queued twice. When it throws, the payload files the rows named are removed.
+   */
   enqueue(rows: readonly QueuedCaptureRow[]): void {
-    this.#db
-      .transaction(() => {
-        for (const row of rows) {
-          this.#insertCapture.run(row.captureId, row.model, row.meta, row.payload, row.enqueuedAt);
-          if (row.trackStatus !== false) this.#insertStatus.run(row.captureId, row.model, row.enqueuedAt);
-        }
-      })
-      .immediate();
+    const files = rows.flatMap((row) => (row.payloadFile ? [row.payloadFile] : []));
+    try {
+      this.#db
+        .transaction(() => {
+          for (const row of rows) {
+            this.#insertCapture.run(
+              row.captureId,
+              row.model,
+              row.meta,
+              row.payload,
+              row.payloadFile ?? null,
+              row.enqueuedAt,
+            );
+            if (row.trackStatus !== false) this.#insertStatus.run(row.captureId, row.model, row.enqueuedAt);
+          }
+        })
+        .immediate();
+    } catch (error) {
+      this.#files.removeUnreferenced(files);
+      throw error;
+    }
+    for (const name of files) this.#files.settle(name);
+  }
+
+  /**
+   * Writes a large payload as a file, durably (fsynced, renamed, folder fsynced), on the thread pool; resolves
+   * with the name to give enqueue as payloadFile. A file no row comes to name is removed at the next start.
+   */
+  storePayload(chunks: readonly Uint8Array[]): Promise<string> {
+    return this.#files.write(chunks);
+  }
+
+  /** Removes a file from storePayload that will not be enqueued after all. */
+  dropStoredPayload(name: string): void {
+    this.#files.removeUnreferenced([name]);
+  }
+
+  /** A row's bytes: its own, or its file's (read on the thread pool). Rejects when the file cannot be read. */
+  async readPayload(row: Pick<BatchedCaptureRow, 'payload' | 'payloadFile'>): Promise<Buffer> {
+    return row.payloadFile === null ? row.payload : this.#files.read(row.payloadFile);
+  }
+
+  /**
+   * Removes the payload files no row names (left by a crash between a file's write and its row's insert, or
+   * before a finished row's file was removed); files being written now are left alone. Returns how many.
+   */
+  removeOrphanPayloads(): Promise<number> {
+    return this.#files.sweep(
+      () =>
+        new Set(
+          (
+            this.#db
+              .prepare('SELECT payload_file FROM capture_queue WHERE payload_file IS NOT NULL')
+              .all() as { payload_file: string }[]
+          ).map((row) => row.payload_file),
+        ),
+    );
+  }
+
+  /** Resolves once the payload files of the rows removed so far are removed too. */
+  payloadRemovalsDone(): Promise<void> {
+    return this.#files.idle();
   }
 
   /** Captures held: waiting, or in a batch not yet written. */
@@ -135,26 +203,32 @@ export class CaptureQueueRepository {
     at: number,
     detail?: string,
   ): void {
-    this.#db
+    const removed = this.#db
       .transaction(() => {
         const ids = this.#db
-          .prepare('DELETE FROM capture_queue WHERE batch_id = ? RETURNING capture_id')
-          .all(batchId) as { capture_id: string }[];
+          .prepare('DELETE FROM capture_queue WHERE batch_id = ? RETURNING capture_id, payload_file')
+          .all(batchId) as { capture_id: string; payload_file: string | null }[];
         if (status !== null) {
           for (const { capture_id } of ids) this.#updateStatus.run(status, at, detail ?? null, capture_id);
         }
+        return ids;
       })
       .immediate();
+    this.#files.removeCommitted(removed.flatMap((row) => (row.payload_file ? [row.payload_file] : [])));
   }
 
   /** Drops one capture from the queue (its stored form is unreadable) and marks it FAILURE. */
   discard(captureId: string, at: number, detail: string): void {
-    this.#db
+    const removed = this.#db
       .transaction(() => {
-        this.#db.prepare('DELETE FROM capture_queue WHERE capture_id = ?').run(captureId);
+        const rows = this.#db
+          .prepare('DELETE FROM capture_queue WHERE capture_id = ? RETURNING payload_file')
+          .all(captureId) as { payload_file: string | null }[];
         this.#updateStatus.run('FAILURE', at, detail, captureId);
+        return rows;
       })
       .immediate();
+    this.#files.removeCommitted(removed.flatMap((row) => (row.payload_file ? [row.payload_file] : [])));
   }
 
   /** Sets the statuses of captures no longer in the queue (delivered or dropped from the spool). */
@@ -212,6 +286,7 @@ function toBatched(row: RawQueueRow): BatchedCaptureRow {
     model: row.model,
     meta: row.meta,
     payload: row.payload,
+    payloadFile: row.payload_file,
     enqueuedAt: row.enqueued_at,
     batchId: row.batch_id!,
   };

@@ -11,6 +11,11 @@ export {
 export { openAgentDatabase, type DatabaseRecovery, type OpenedAgentDatabase } from './database-recovery.js';
 export { LATEST_SCHEMA_VERSION, MIGRATIONS, migrate, type Migration } from './migrations.js';
 export {
+  capturePayloadFolder,
+  CapturePayloadFiles,
+  DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES,
+} from './capture-payload-files.js';
+export {
   CaptureQueueRepository,
   type BatchedCaptureRow,
   type CaptureStatusRow,

@@ -104,6 +104,17 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 3,
+    description: 'capture queue: large payloads kept as files beside the database',
+    sql: `
+      -- A payload above the inline limit (state/capture-payload-files.ts) is written, off the event loop, to a file
+      -- in the folder <database>-payloads before its row is inserted; the row names the file here and keeps an
+      -- empty payload. Rows queued before this version keep their bytes inline (payload_file NULL).
+      ALTER TABLE capture_queue ADD COLUMN payload_file TEXT
+        CHECK (payload_file IS NULL OR length(payload) = 0);
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -1,7 +1,15 @@
-import { AgentCaptureDataStatus, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
+import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import {
+  AgentCaptureDataStatus,
+  AgentDataType,
+  type CaptureDataRequest,
+  type MessageInit,
+} from '@edgefleet/core';
 import { describe, expect, it } from 'vitest';
+import { agentDatabasePath, capturePayloadFolder } from '../../src/state/index.js';
 import { seeded } from '../support/seeded.js';
-import { agentClient, captureRequest, diskRecords, useAgentProcesses } from './helpers.js';
+import { agentClient, captureRequest, diskRecords, readDataRef, useAgentProcesses } from './helpers.js';
 
 // The durability promise of the local database, tested on the real agent process (dist/main.js): captures
 // acknowledged by CaptureData survive SIGKILL at random moments and are delivered exactly once after restarts.
@@ -83,5 +91,95 @@ describe('crash safety with the local database (real agent process, SIGKILL)', (
     const missing = [...acknowledged].filter((id) => !counts.has(id));
     const twice = [...counts].filter(([, n]) => n > 1).map(([id]) => id);
     expect({ missing, twice }, `seed ${seed}`).toEqual({ missing: [], twice: [] });
+  }, 180_000);
+
+  it('keeps large captures (payload files beside the database) intact across kills, and leaves no file behind', async () => {
+    const { tiny } = agents;
+    const seed = Number(process.env.CAPTURE_CRASH_SEED ?? Date.now() % 2 ** 31);
+    const random = seeded(seed);
+    const { socket, diskPath, dataRoot, start } = await agents.databaseAgent({
+      sagemaker_edge_core_folder_prefix: 'sme-large',
+      sagemaker_edge_core_capture_data_buffer_size: '100',
+      sagemaker_edge_core_capture_data_batch_size: '3',
+      sagemaker_edge_core_capture_data_push_period_seconds: '1',
+    });
+    const diskFolder = `${diskPath}/sme-large`;
+    // 256 KiB per capture (above the 64 KiB inline limit), bytes derived from the id so a mix-up shows.
+    const bytesOf = (id: string) => Buffer.alloc(256 * 1024, createHash('sha256').update(id).digest());
+    const request = (id: string) =>
+      captureRequest(id, {
+        inputTensors: [
+          {
+            tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: [1, 65536] },
+            byteData: bytesOf(id),
+            data: 'byteData',
+          },
+        ],
+      }) as MessageInit<CaptureDataRequest>;
+
+    const acknowledged = new Set<string>();
+    let next = 0;
+    const kills = 3;
+    let agent = await start();
+    let client = agentClient(`unix://${socket}`);
+    // The fixture's data folder is shared with the test above, whose database may have brought the model back.
+    if (!(await client.call('ListModels', {})).models.some((m) => m.handle === 'tiny'))
+      await client.call('LoadModel', { url: tiny, handle: 'tiny' });
+    for (let round = 0; round <= kills; round++) {
+      if (round > 0) {
+        agent = await start();
+        client = agentClient(`unix://${socket}`);
+      }
+      if (round === kills) break;
+      let dead = false;
+      const sender = async () => {
+        while (!dead) {
+          const id = `large-${next++}`;
+          try {
+            await client.call('CaptureData', request(id));
+            if (!dead) acknowledged.add(id);
+          } catch {
+            if (!dead) await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+        }
+      };
+      const senders = Array.from({ length: 3 }, sender);
+      await new Promise((resolve) => setTimeout(resolve, 150 + random() * 1200));
+      dead = true;
+      agent.child.kill('SIGKILL');
+      await agent.exited;
+      await Promise.all(senders);
+      client.close();
+    }
+
+    const until = Date.now() + 30_000;
+    const pending = new Set(acknowledged);
+    while (pending.size > 0 && Date.now() < until) {
+      for (const id of [...pending]) {
+        const { status } = await client.call('GetCaptureDataStatus', { captureId: id });
+        expect([id, status]).not.toEqual([id, AgentCaptureDataStatus.FAILURE]);
+        if (status === AgentCaptureDataStatus.SUCCESS) pending.delete(id);
+      }
+      if (pending.size > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect([...pending], `seed ${seed}: acknowledged but never delivered`).toEqual([]);
+    client.close();
+    agent.child.kill('SIGTERM');
+    await agent.exited;
+
+    const damaged: string[] = [];
+    const counts = new Map<string, number>();
+    for (const { record } of await diskRecords(diskFolder)) {
+      const id = record.eventMetadata.eventId as string;
+      counts.set(id, (counts.get(id) ?? 0) + 1);
+      const written = await readDataRef(record.deviceFleetInputs[0]['data-ref'] as string);
+      if (!written.equals(bytesOf(id))) damaged.push(id);
+    }
+    expect(acknowledged.size, `seed ${seed}`).toBeGreaterThan(5);
+    const missing = [...acknowledged].filter((id) => !counts.has(id));
+    const twice = [...counts].filter(([, n]) => n > 1).map(([id]) => id);
+    expect({ missing, twice, damaged }, `seed ${seed}`).toEqual({ missing: [], twice: [], damaged: [] });
+    // Orphans of each kill were removed at the next start; the files of delivered captures once written.
+    expect(await readdir(capturePayloadFolder(agentDatabasePath(dataRoot)))).toEqual([]);
   }, 180_000);
 });

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
@@ -8,8 +8,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   AgentDatabase,
   LATEST_SCHEMA_VERSION,
+  MIGRATIONS,
   ModelActivity,
   agentDatabasePath,
+  capturePayloadFolder,
   migrate,
   type Migration,
 } from '../../src/state/index.js';
@@ -93,6 +95,73 @@ describe('opening the agent database', () => {
     expect(raw.pragma('user_version', { simple: true })).toBe(2);
     expect(raw.prepare("SELECT name FROM sqlite_master WHERE name = 'c'").get()).toBeUndefined();
     raw.close();
+  });
+});
+
+describe('schema version 3: large capture payloads as files', () => {
+  it('upgrades a version 2 database: captures it queued keep their bytes inline, new large ones go to files', async () => {
+    const path = agentDatabasePath(root);
+    const old = new SqliteDatabase(path);
+    old.pragma('journal_mode = WAL');
+    expect(migrate(old, MIGRATIONS.slice(0, 2))).toEqual([1, 2]);
+    old
+      .prepare(
+        "INSERT INTO capture_queue (capture_id, model, meta, payload, enqueued_at) VALUES ('queued-by-v2', 'm', '{}', ?, 1)",
+      )
+      .run(Buffer.from('bytes kept inline'));
+    old.close();
+
+    const db = AgentDatabase.open({ path });
+    try {
+      expect(db.schemaVersion).toBe(3);
+      const name = await db.captureQueue.storePayload([Buffer.from('large '), Buffer.from('bytes')]);
+      db.captureQueue.enqueue([{ ...row('queued-by-v3'), payload: Buffer.alloc(0), payloadFile: name }]);
+      const batch = db.captureQueue.formBatch('b', 10);
+      expect(batch.map((r) => [r.captureId, r.payloadFile])).toEqual([
+        ['queued-by-v2', null],
+        ['queued-by-v3', name],
+      ]);
+      expect((await db.captureQueue.readPayload(batch[0]!)).toString()).toBe('bytes kept inline');
+      expect((await db.captureQueue.readPayload(batch[1]!)).toString()).toBe('large bytes');
+      expect(await readdir(capturePayloadFolder(path))).toEqual([name]);
+      db.captureQueue.completeBatch('b', 'SUCCESS', 2);
+      await db.captureQueue.payloadRemovalsDone();
+      expect(await readdir(capturePayloadFolder(path))).toEqual([]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('keeps rows and files consistent: a row names a file or holds bytes, never both; a failed insert removes its file', async () => {
+    const db = AgentDatabase.open({ path: agentDatabasePath(root) });
+    try {
+      const queue = db.captureQueue;
+      const name = await queue.storePayload([Buffer.alloc(1000, 1)]);
+      expect(() => queue.enqueue([{ ...row('both'), payloadFile: name }])).toThrow(/CHECK constraint/);
+      await queue.payloadRemovalsDone();
+      expect(await readdir(capturePayloadFolder(db.path))).toEqual([]);
+
+      queue.enqueue([row('taken')]);
+      const again = await queue.storePayload([Buffer.alloc(1000, 2)]);
+      expect(() =>
+        queue.enqueue([{ ...row('taken'), payload: Buffer.alloc(0), payloadFile: again }]),
+      ).toThrow(/UNIQUE/);
+      await queue.payloadRemovalsDone();
+      expect(await readdir(capturePayloadFolder(db.path))).toEqual([]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('never follows a row naming a file the agent did not write (a path out of the folder)', async () => {
+    const db = AgentDatabase.open({ path: agentDatabasePath(root) });
+    try {
+      await expect(
+        db.captureQueue.readPayload({ payload: Buffer.alloc(0), payloadFile: '../agent.db' }),
+      ).rejects.toThrow(/names a payload file "\.\.\/agent\.db"; expected a name the agent writes/);
+    } finally {
+      db.close();
+    }
   });
 });
 

@@ -4,7 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AgentDatabase, agentDatabasePath, openAgentDatabase } from '../../src/state/index.js';
+import {
+  AgentDatabase,
+  agentDatabasePath,
+  capturePayloadFolder,
+  openAgentDatabase,
+} from '../../src/state/index.js';
 
 let root: string;
 let path: string;
@@ -130,6 +135,33 @@ describe('a damaged agent.db (issue 15 item 6)', () => {
       status: 'FAILURE',
       detail: expect.stringMatching(/damaged/),
     });
+    database.close();
+  });
+
+  it('keeps the payload files of the captures it salvages; the files of lost ones are orphans, removed by the sweep', async () => {
+    const db = AgentDatabase.open({ path });
+    for (let i = 0; i < 30; i++) {
+      const payloadFile = await db.captureQueue.storePayload([Buffer.alloc(2000, i)]);
+      // A long meta, so that the rows span many pages.
+      const meta = JSON.stringify({ i, pad: 'm'.repeat(1500) });
+      db.captureQueue.enqueue([
+        { captureId: `c${i}`, model: 'm', meta, payload: Buffer.alloc(0), payloadFile, enqueuedAt: 1000 + i },
+      ]);
+    }
+    db.close();
+    await damagePage(leafPages('capture_queue')[2]!);
+
+    const { database, recovery } = openAgentDatabase({ path });
+    const lost = recovery!.lostCaptureIds;
+    expect(lost.length).toBeGreaterThan(0);
+    expect(await database.captureQueue.removeOrphanPayloads()).toBe(lost.length);
+    const batch = database.captureQueue.formBatch('b', 100);
+    expect(batch).toHaveLength(30 - lost.length);
+    for (const row of batch) {
+      const i = Number(row.captureId.slice(1));
+      expect(await database.captureQueue.readPayload(row)).toEqual(Buffer.alloc(2000, i));
+    }
+    expect(await readdir(capturePayloadFolder(path))).toHaveLength(batch.length);
     database.close();
   });
 });
