@@ -6,7 +6,7 @@
 // the end; `npm test` is left to CI's own step. Slow (npm ci): .ci/run runs it as its own step.
 // Usage: node scripts/check-fresh-clone.mjs [--keep]
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -128,13 +128,6 @@ try {
     // `npm start` takes 127.0.0.1:8080 "or another free port if that one is taken": use the one it printed.
     const port = /REST, KServe v2:\s+http:\/\/127\.0\.0\.1:(\d+)/.exec(demo?.output() ?? '')?.[1];
     if (port) toRun = toRun.replaceAll('127.0.0.1:8080', `127.0.0.1:${port}`);
-    // "with your own model": the demo's model stands in for my-model.onnx.
-    if (/\bmy-model\.onnx\b/.test(toRun)) {
-      const demoDir = join(clone, '.edgefleet', 'demo');
-      const onnx = readdirSync(demoDir).find((f) => f.endsWith('.onnx'));
-      if (!onnx) throw new Error(`no .onnx model in ${demoDir} to use as my-model.onnx`);
-      copyFileSync(join(demoDir, onnx), join(clone, 'my-model.onnx'));
-    }
     const result = must(toRun);
     if (toRun.startsWith('curl')) {
       if (!/"outputs"/.test(result.stdout))

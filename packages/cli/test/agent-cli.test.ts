@@ -213,5 +213,13 @@ describe('edgefleet agent', () => {
       'edgefleet: input features: given 2 values of shape [2], but the model expects [-1, 4] (-1: any size); ' +
         'nest the list to the shape, or give {"shape": […], "data": […]}\n',
     );
+    // `--input @inputs.json` before writing the file (the README's last step): what is missing, and what it holds.
+    const missing = join(work, 'inputs.json');
+    const noFile = await agentCli('predict', 'demo', '--input', `@${missing}`);
+    expect(noFile.code).toBe(1);
+    expect(noFile.stderr).toBe(
+      `edgefleet: --input @${missing}: cannot read ${missing}: no such file or folder; expected a JSON file ` +
+        'holding an object keyed by tensor name, as --input takes inline, e.g. {"<tensor>": [[1, 2, 3]]}\n',
+    );
   });
 });

@@ -51,6 +51,17 @@ async function configFrom(options: CommonOptions): Promise<ServerConfig> {
   return loadConfig({ configFile: options.config, flags });
 }
 
+/** `token create` for a second admin token, on the same state as the command given `options` used. */
+function tokenCreateCommand(options: CommonOptions): string {
+  const same = [
+    ['--config', options.config],
+    ['--data-dir', options.dataDir],
+  ].flatMap(([flag, value]) => (value === undefined ? [] : [`${flag} ${JSON.stringify(value)}`]));
+  // A database URL may hold a password: named, not printed.
+  if (options.database !== undefined) same.push('--database <the same database>');
+  return ['edgefleet-server token create --name admin-2 --scope admin', ...same].join(' ');
+}
+
 async function serve(options: CommonOptions): Promise<void> {
   const server = await startServer(await configFrom(options));
   let signals = 0;
@@ -104,8 +115,12 @@ addCommonOptions(
     process.stderr.write('first admin API token (shown once; store it now):\n');
     process.stdout.write(`${result.adminToken}\n`);
   } else {
+    // Shown when the data dir was initialised before (by an earlier init, or by `npm start`'s demo, which shares
+    // ./.edgefleet/server): the command must run as printed, as it is the way out for whoever lost that token.
     process.stderr.write(
-      'an active admin token already exists; create another with `edgefleet-server token create --scope admin`\n',
+      'no token printed: an active admin token already exists (printed by the first init, or by `npm start`); ' +
+        `create another with \`${tokenCreateCommand(options)}\` ` +
+        '(`npx edgefleet-server …` in a clone of the repository)\n',
     );
   }
 });

@@ -169,8 +169,9 @@ function SignIn({ api, onSignedIn }: { api: AppContext['api']; onSignedIn(sessio
         <button type="submit">Sign in</button>
         <ErrorNote error={error} />
         <p class="muted">
-          Create a token with <code>edgefleet token create</code>. It is exchanged for a session cookie and
-          not kept by the browser.
+          Use the admin token <code>edgefleet-server init</code> (or <code>npm start</code>) printed, or one
+          made with <code>edgefleet token create</code>. It is exchanged for a session cookie and not kept by
+          the browser.
         </p>
       </form>
     </main>

@@ -12,7 +12,7 @@ import {
   type Model,
   type Tensor,
 } from '@edgefleet/core';
-import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, describeFsError, table, type Output } from '../cli-io.js';
 import { fetchAgentStatus, printAgentStatus } from './agent-status.js';
 import { resolveInput } from './input-shape.js';
 import { decodeTensor, encodeTensor } from './tensor-values.js';
@@ -285,8 +285,20 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     });
 }
 
+/** `--input @file`: a file that cannot be read is named with the reason and what the file should hold. */
+async function readTensorFile(flag: string, file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (error) {
+    throw new CliError(
+      `${flag} @${file}: cannot read ${file}: ${describeFsError(error)}; expected a JSON file holding an ` +
+        `object keyed by tensor name, as ${flag} takes inline, e.g. {"<tensor>": [[1, 2, 3]]}`,
+    );
+  }
+}
+
 async function readTensorJson(flag: string, value: string): Promise<Record<string, unknown>> {
-  const text = value.startsWith('@') ? await readFile(value.slice(1), 'utf8') : value;
+  const text = value.startsWith('@') ? await readTensorFile(flag, value.slice(1)) : value;
   let given: unknown;
   try {
     given = JSON.parse(text);

@@ -130,7 +130,8 @@ export function registerDemoCommand(program: Command, output: () => Output): voi
       const result = await runDemo(raw.dir, out);
       out.result(result, () => [
         '',
-        'Try: edgefleet package inspect ' + relative(process.cwd(), result.archive),
+        // npx, as every command in the README: in a clone `edgefleet` is not on PATH.
+        'Try: npx edgefleet package inspect ' + relative(process.cwd(), result.archive),
       ]);
     });
 }

@@ -149,6 +149,31 @@ function stageOf(plan: DeploymentPlan, stageName: string): DeploymentStage {
   return stage;
 }
 
+const DEVICE_FINISHED = new Set(['DEPLOYED', 'FAILED', 'STOPPED']);
+const NAMES_SHOWN = 5;
+
+function someNames(names: string[]): string {
+  const more = names.length - NAMES_SHOWN;
+  return `${names.slice(0, NAMES_SHOWN).join(', ')}${more > 0 ? ` and ${more} more` : ''}`;
+}
+
+/**
+ * Which devices a stage under way waits for, and which of them never sent a heartbeat: a device that was
+ * registered but never enrolled, or whose agent is not running, keeps a stage waiting until its timeout, and
+ * the counts alone do not say so.
+ */
+function waitingFor(devices: StageDevice[]): string {
+  const pending = devices.filter((d) => !DEVICE_FINISHED.has(d.status));
+  if (pending.length === 0) return '';
+  const neverSeen = pending.filter((d) => d.lastSeenAt === undefined).map((d) => d.deviceName);
+  return (
+    `; waiting for ${someNames(pending.map((d) => d.deviceName))}` +
+    (neverSeen.length === 0
+      ? ''
+      : `; never seen (no heartbeat yet: is it enrolled, is its agent running?): ${someNames(neverSeen)}`)
+  );
+}
+
 /**
  * `devices --watch`: polls until the stage finishes. On a terminal the view is redrawn in place; elsewhere
  * (logs, pipes) and under --json one line is printed per change. Exit status 1 when the stage ends FAILED.
@@ -167,7 +192,8 @@ async function watchStage(
     const described = await client.getDeploymentPlan(plan);
     const stage = stageOf(described, stageName);
     const devices = await client.stageDevices(plan, stageName);
-    const summary = `${plan}/${stageName}: ${stage.status} — ${stage.successCount} deployed, ${stage.pendingCount} pending, ${stage.failedCount} failed`;
+    const counts = `${plan}/${stageName}: ${stage.status} — ${stage.successCount} deployed, ${stage.pendingCount} pending, ${stage.failedCount} failed`;
+    const summary = FINISHED.has(stage.status) ? counts : `${counts}${waitingFor(devices)}`;
     if (tty) {
       stdout.write(`\x1b[H\x1b[2J${summary}\n${stage.statusMessage ?? ''}\n\n${devicesTable(devices)}\n`);
     } else if (summary !== last) {

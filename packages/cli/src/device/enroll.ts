@@ -23,6 +23,7 @@ export const FOLDER_PREFIX_KEY = 'sagemaker_edge_core_folder_prefix';
 export const REST_TCP_KEY = 'edgefleet_rest_tcp';
 export const HEARTBEAT_INTERVAL_KEY = 'edgefleet_heartbeat_interval_seconds';
 export const DEPLOYMENT_LIB_KEY = 'sagemaker_edge_deployment_lib_path';
+export const DB_MODULE_KEY = 'sagemaker_edge_db_module_path';
 export const DEPLOYMENT_POLL_KEY = 'edgefleet_deployment_poll_interval_seconds';
 
 /**
@@ -251,8 +252,11 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     [DATA_ROOT_KEY]: dataDir,
     ...(options.restPort !== undefined && { [REST_TCP_KEY]: `127.0.0.1:${options.restPort}` }),
     // Edge Manager's key turns deployments on by its presence; the agent does not use the path itself.
+    // Deployments need the local database, whose key likewise works by its presence: set here, so that the
+    // agent does not warn at every start that it turned the database on by itself.
     ...(options.deploymentPollSeconds !== undefined && {
       [DEPLOYMENT_LIB_KEY]: join(dataDir, 'deployments'),
+      [DB_MODULE_KEY]: join(dataDir, 'db'),
       [DEPLOYMENT_POLL_KEY]: String(options.deploymentPollSeconds),
     }),
   };

@@ -1,7 +1,9 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { PassThrough, Writable } from 'node:stream';
 import { writeTestModel } from '@edgefleet/core';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../../src/cli.js';
 import { parseStage } from '../../src/deployment/deployment-command.js';
 import { useOperatorCli } from '../run-cli.js';
 
@@ -91,7 +93,42 @@ describe('edgefleet deployment', () => {
       /model handle classifier is being rolled out to fleet cams by plan rollout.*409/,
     );
 
+    // Devices registered but never enrolled keep the stage waiting: --watch names them as it waits, and its
+    // last line, once the stage is stopped, is the counts alone.
+    let watchOutput = '';
+    let onWatchOutput = (): void => undefined;
+    const waitingLine = new Promise<void>((resolve) => {
+      onWatchOutput = () => {
+        if (watchOutput.includes('\n')) resolve();
+      };
+    });
+    const watchStdout = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        watchOutput += chunk.toString();
+        onWatchOutput();
+        done();
+      },
+    });
+    const watchStderr = new PassThrough();
+    const watching = runCli(
+      ['deployment', 'devices', 'rollout', 'canary', '--watch', '--interval', '1'].concat([
+        '--server',
+        cli.plane.operatorUrl,
+        '--token',
+        cli.plane.adminToken,
+      ]),
+      { stdout: watchStdout, stderr: watchStderr as unknown as NodeJS.WriteStream },
+    );
+    await waitingLine;
     await json('deployment', 'stop-stage', 'rollout', 'canary');
+    expect(await watching).toBe(0);
+    expect(watchOutput.split('\n')).toEqual([
+      'rollout/canary: INPROGRESS — 0 deployed, 2 pending, 0 failed; waiting for cam-1, cam-2; never seen ' +
+        '(no heartbeat yet: is it enrolled, is its agent running?): cam-1, cam-2',
+      'rollout/canary: STOPPED — 0 deployed, 0 pending, 0 failed',
+      '',
+    ]);
+
     const stopped = await ef('deployment', 'devices', 'rollout', 'canary', '--watch', '--json');
     expect(JSON.parse(stopped.stdout.trim())).toMatchObject({ status: 'STOPPED', pendingCount: 0 });
 

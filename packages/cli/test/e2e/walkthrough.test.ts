@@ -91,6 +91,9 @@ describe(
         expect(enrolled).not.toMatch(/warning/);
         const agent = fleet.startAgent(join(device.dir, 'agent.sock'), config, device.dir);
         await agent.waitFor((l) => l.event === 'listening', `${device.name} listening`);
+        // The config enrollment wrote runs as it is: no warning at start (one on every start teaches
+        // operators to ignore the agent's warnings).
+        expect(agent.lines.filter((l) => l.level >= 40).map((l) => l.msg)).toEqual([]);
       }
 
       // The model reaches the devices by a deployment plan: a canary, then everyone. Each device downloads the

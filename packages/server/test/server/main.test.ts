@@ -33,6 +33,23 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
     expect(second.stderr).toMatch(/already exists/);
   });
 
+  it('a second init names a token command that runs as printed, on the same data dir', async () => {
+    // A data dir given on the command line: the printed command must carry it, or it would make a token in
+    // another (fresh) database.
+    const dataDir = path.join(cwd, 'elsewhere');
+    expect((await runServerCli(['init', '--data-dir', dataDir], cwd)).code).toBe(0);
+    const again = await runServerCli(['init', '--data-dir', dataDir], cwd);
+    expect(again.code).toBe(0);
+    const printed = /`edgefleet-server (token create [^`]+)`/.exec(again.stderr)?.[1];
+    expect(printed, again.stderr).toBeDefined();
+    const args = (printed ?? '').split(' ').map((arg) => (arg.startsWith('"') ? JSON.parse(arg) : arg));
+    const created = await runServerCli(args as string[], cwd);
+    expect(created.code, created.stderr).toBe(0);
+    expect(created.stdout.trim()).toMatch(/^efo_/);
+    const listed = await runServerCli(['token', 'list', '--data-dir', dataDir], cwd);
+    expect(listed.stdout).toMatch(/admin-2/);
+  });
+
   it('serves with that token, shuts down cleanly on SIGTERM and keeps its state across restarts', async () => {
     const created = await runServerCli(['token', 'create', '--name', 'reader', '--scope', 'read-only'], cwd);
     expect(created.code).toBe(0);
