@@ -339,11 +339,16 @@ function checkedLength(body: Readable, length: number, key: string): Readable {
   const checked = new Transform({
     transform(chunk: Buffer, _encoding, done: TransformCallback) {
       seen += chunk.length;
-      if (seen > length) done(new Error(`the capture file ${key} is longer than its Content-Length of ${length}`));
+      if (seen > length)
+        done(new Error(`the capture file ${key} is longer than its Content-Length of ${length}`));
       else done(null, chunk);
     },
     flush(done: TransformCallback) {
-      done(seen === length ? null : new Error(`the capture file ${key} ended after ${seen} of its ${length} bytes`));
+      done(
+        seen === length
+          ? null
+          : new Error(`the capture file ${key} ended after ${seen} of its ${length} bytes`),
+      );
     },
   });
   // pipeline, not pipe: an error of the request (the connection closed) reaches the store's side as well.

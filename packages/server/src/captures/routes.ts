@@ -39,7 +39,9 @@ const captureKeySchema = z
   .string()
   .min(1)
   .max(1024)
-  .describe('The capture key: <prefix>/<fleet>/<model>/YYYY/MM/DD/HH/<file> (packages/agent/docs/capture.md)');
+  .describe(
+    'The capture key: <prefix>/<fleet>/<model>/YYYY/MM/DD/HH/<file> (packages/agent/docs/capture.md)',
+  );
 /** The stored object's Content-Type: printable ASCII, so that it can never break the S3 request's headers. */
 const captureContentTypeSchema = z
   .string()
@@ -201,7 +203,8 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     url: RAW_CAPTURE_FILES_URL,
     auth: 'device',
     tag: 'device',
-    summary: "Upload a capture file as the raw body to the device's fleet output location (idempotent by capture id)",
+    summary:
+      "Upload a capture file as the raw body to the device's fleet output location (idempotent by capture id)",
     description:
       `Body: the file (${RAW_CONTENT_TYPE}, with Content-Length; else 415, 411); its key and media type in the ` +
       'query (?key=…&contentType=…). A side file is streamed to the output as it arrives; a manifest (.jsonl) is ' +
@@ -263,7 +266,11 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
  * The raw form's body must say what it is and how long it is before any of it is read: the stream goes to the
  * store, which needs its length up front, and a file over captures.maxFileBytes is refused unread.
  */
-function checkRawBody(contentType: string | undefined, contentLength: number | undefined, limits: CaptureLimits) {
+function checkRawBody(
+  contentType: string | undefined,
+  contentLength: number | undefined,
+  limits: CaptureLimits,
+) {
   const type = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
   if (type !== RAW_CONTENT_TYPE)
     throw new ApiError(
@@ -275,7 +282,7 @@ function checkRawBody(contentType: string | undefined, contentLength: number | u
     throw new ApiError(
       411,
       'ValidationError',
-      'a raw capture upload needs a Content-Length header (the file is streamed to the store, which needs its length first); expected the file\'s size in bytes',
+      "a raw capture upload needs a Content-Length header (the file is streamed to the store, which needs its length first); expected the file's size in bytes",
     );
   if (contentLength > limits.maxFileBytes)
     throw new DomainError(

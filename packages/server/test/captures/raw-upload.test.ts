@@ -80,14 +80,26 @@ function startRaw(
 const queryOf = (fileKey: string, contentType = 'application/octet-stream') =>
   new URLSearchParams({ key: fileKey, contentType }).toString();
 
-const uploadRaw = (t: TestServer, device: EnrolledDevice, fileKey: string, body: Buffer, contentType?: string) => {
+const uploadRaw = (
+  t: TestServer,
+  device: EnrolledDevice,
+  fileKey: string,
+  body: Buffer,
+  contentType?: string,
+) => {
   const started = startRaw(t, device, queryOf(fileKey, contentType), body);
   started.send();
   return started.answer;
 };
 
 /** Uploads until the answer is `status` (a slot given back is seen by the server only a moment later). */
-const uploadRawUntil = (t: TestServer, device: EnrolledDevice, fileKey: string, body: Buffer, status: number) =>
+const uploadRawUntil = (
+  t: TestServer,
+  device: EnrolledDevice,
+  fileKey: string,
+  body: Buffer,
+  status: number,
+) =>
   vi.waitFor(
     async () => {
       const answer = await uploadRaw(t, device, fileKey, body);
@@ -224,13 +236,20 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       upload.abort();
       expect(answer.status).toBe(413);
       expect(answer.headers.connection).toBe('close');
-      expect(answer.body).toMatchObject({ code: 'PayloadTooLarge', details: { maxFileBytes: MAX_FILE_BYTES } });
+      expect(answer.body).toMatchObject({
+        code: 'PayloadTooLarge',
+        details: { maxFileBytes: MAX_FILE_BYTES },
+      });
       expect(answer.body.message).toMatch(
-        new RegExp(`is ${MAX_FILE_BYTES + 1} bytes; the server accepts at most ${MAX_FILE_BYTES} .*captures\\.maxFileBytes`),
+        new RegExp(
+          `is ${MAX_FILE_BYTES + 1} bytes; the server accepts at most ${MAX_FILE_BYTES} .*captures\\.maxFileBytes`,
+        ),
       );
       expect(await exists(key('huge.bin'))).toBe(false);
       // It took no slot (cam-2 has one): a large upload goes through at once.
-      expect((await uploadRaw(t, devices['cam-2']!, key('fits.bin'), Buffer.alloc(4096, 2))).status).toBe(200);
+      expect((await uploadRaw(t, devices['cam-2']!, key('fits.bin'), Buffer.alloc(4096, 2))).status).toBe(
+        200,
+      );
     },
   );
 
@@ -314,7 +333,7 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       const body = Buffer.from('side file');
       const suffix = fc.oneof(
         fc.string({ unit: 'binary', maxLength: 40 }),
-        fc.stringMatching(/^[A-Za-z0-9._\/-]{1,40}$/),
+        fc.stringMatching(/^[A-Za-z0-9._/-]{1,40}$/),
         fc.constantFrom('..', '../x', 'a/../b', 'x.jsonl', 'a//b', '%00', 'a\u0000b', ' ', '#x', '?x', 'é'),
       );
       const contentType = fc.oneof(
@@ -322,7 +341,11 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
         fc.string({ unit: 'binary', maxLength: 30 }),
       );
       // Each run's accepted file in a folder of its own, so that no run's file is another's folder.
-      const prefix = fc.constantFrom((n: number) => `edge/plant/fuzz/${n}/`, () => 'edge/doors/', () => '');
+      const prefix = fc.constantFrom(
+        (n: number) => `edge/plant/fuzz/${n}/`,
+        () => 'edge/doors/',
+        () => '',
+      );
       let n = 0;
       await fc.assert(
         fc.asyncProperty(prefix, suffix, contentType, fc.boolean(), async (pre, rest, type, extra) => {
@@ -348,7 +371,9 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
             expect(await readFile(storedPath(fileKey), 'utf8')).toBe('side file');
             return;
           }
-          expect([400, 403], `${n}: ${fileKey} ${type}: ${JSON.stringify(answer.body)}`).toContain(answer.status);
+          expect([400, 403], `${n}: ${fileKey} ${type}: ${JSON.stringify(answer.body)}`).toContain(
+            answer.status,
+          );
           expect(answer.body.code).toMatch(/^(ValidationError|Forbidden)$/);
           if (!query.success || extra)
             // Says which part of the query was wrong.
