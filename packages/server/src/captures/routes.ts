@@ -108,8 +108,18 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   app.addHook('onClose', async () => outputs.close());
 
   // The raw form's body reaches its handler as the request stream, which CaptureIngest streams to the store. Only
-  // this plugin's routes (the captures) get the parser; the JSON route refuses such a body by its schema.
-  app.addContentTypeParser(RAW_CONTENT_TYPE, (_request, payload, done) => done(null, payload));
+  // this plugin's routes (the captures) get the parser, and only the raw route takes such a body.
+  app.addContentTypeParser(RAW_CONTENT_TYPE, (request, payload, done) => {
+    if (request.routeOptions.url === RAW_CAPTURE_FILES_URL) done(null, payload);
+    else
+      done(
+        new ApiError(
+          415,
+          'UnsupportedMediaType',
+          `${request.routeOptions.url ?? 'this route'} takes JSON; send a raw ${RAW_CONTENT_TYPE} body to ${RAW_CAPTURE_FILES_URL}`,
+        ),
+      );
+  });
 
   // Before a capture body is read (the device is authenticated by then): a large body needs an upload slot, and
   // a body that would pass the device's remaining daily quota by its length alone is refused. Refusals close

@@ -80,6 +80,33 @@ function startRaw(
 const queryOf = (fileKey: string, contentType = 'application/octet-stream') =>
   new URLSearchParams({ key: fileKey, contentType }).toString();
 
+/** One whole request of the device to `urlPath` with these headers and body. */
+function deviceRequest(
+  t: TestServer,
+  device: EnrolledDevice,
+  urlPath: string,
+  headers: Record<string, string>,
+  body: Buffer,
+): Promise<Answer> {
+  return new Promise<Answer>((resolve, reject) => {
+    const request = https.request(`${t.server.deviceUrl}${urlPath}`, {
+      method: 'POST',
+      ...device.tls,
+      agent: false,
+      headers,
+    });
+    request.on('response', (response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      response.on('end', () =>
+        resolve({ status: response.statusCode ?? 0, headers: response.headers, body: JSON.parse(text) }),
+      );
+    });
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
 const uploadRaw = (
   t: TestServer,
   device: EnrolledDevice,
@@ -186,30 +213,20 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       );
       expect(first.body).toMatchObject({ records: 2, duplicates: 0 });
       // The JSON form: r-b was stored from another manifest, so it is left out.
-      const json = await new Promise<Answer>((resolve, reject) => {
-        const body = Buffer.from(
-          JSON.stringify({
-            key: manifestKey(2),
-            contentType: 'application/jsonl',
-            data: Buffer.from(`${record('r-b')}\n${record('r-c')}\n`).toString('base64'),
-          }),
-        );
-        const request = https.request(`${t.server.deviceUrl}/api/v1/device/captures/files`, {
-          method: 'POST',
-          ...devices['cam-1']!.tls,
-          agent: false,
-          headers: { 'content-type': 'application/json', 'content-length': String(body.length) },
-        });
-        request.on('response', (response) => {
-          let text = '';
-          response.on('data', (chunk: Buffer) => (text += chunk.toString()));
-          response.on('end', () =>
-            resolve({ status: response.statusCode ?? 0, headers: response.headers, body: JSON.parse(text) }),
-          );
-        });
-        request.on('error', reject);
-        request.end(body);
-      });
+      const jsonBody = Buffer.from(
+        JSON.stringify({
+          key: manifestKey(2),
+          contentType: 'application/jsonl',
+          data: Buffer.from(`${record('r-b')}\n${record('r-c')}\n`).toString('base64'),
+        }),
+      );
+      const json = await deviceRequest(
+        t,
+        devices['cam-1']!,
+        '/api/v1/device/captures/files',
+        { 'content-type': 'application/json', 'content-length': String(jsonBody.length) },
+        jsonBody,
+      );
       expect(json.status).toBe(200);
       expect(json.body).toMatchObject({ records: 1, duplicates: 1 });
       expect(await readFile(storedPath(manifestKey(2)), 'utf8')).toBe(`${record('r-c')}\n`);
@@ -264,24 +281,24 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       expect(typed.status).toBe(415);
       expect(typed.body.message).toMatch(/Content-Type application\/octet-stream; got "application\/json"/);
 
-      const chunked = await new Promise<Answer>((resolve, reject) => {
-        const request = https.request(`${t.server.deviceUrl}${RAW_PATH}?${queryOf(key('chunked.bin'))}`, {
-          method: 'POST',
-          ...devices['cam-2']!.tls,
-          agent: false,
-          headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
-        });
-        request.on('response', (response) => {
-          let text = '';
-          response.on('data', (chunk: Buffer) => (text += chunk.toString()));
-          response.on('end', () =>
-            resolve({ status: response.statusCode ?? 0, headers: response.headers, body: JSON.parse(text) }),
-          );
-        });
-        request.on('error', reject);
-        request.end(Buffer.alloc(10));
-      });
+      const chunked = await deviceRequest(
+        t,
+        devices['cam-2']!,
+        `${RAW_PATH}?${queryOf(key('chunked.bin'))}`,
+        { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
+        Buffer.alloc(10),
+      );
       expect(chunked.status).toBe(411);
+      // And the JSON route takes no raw body.
+      const toJson = await deviceRequest(
+        t,
+        devices['cam-2']!,
+        '/api/v1/device/captures/files',
+        { 'content-type': 'application/octet-stream', 'content-length': '10' },
+        Buffer.alloc(10),
+      );
+      expect(toJson.status).toBe(415);
+      expect(toJson.body.message).toMatch(/takes JSON; send a raw application\/octet-stream body to .*\/raw/);
       expect(chunked.body.message).toMatch(/needs a Content-Length header/);
       expect(await exists(key('typed.bin'))).toBe(false);
       expect(await exists(key('chunked.bin'))).toBe(false);
