@@ -80,7 +80,14 @@ export class CaptureIngest {
     file: CaptureFile,
   ): Promise<StoredCaptureFile> {
     this.#checkSize(file.key, file.body.length);
-    const { store, storedKey } = await this.#targetOf(device, file.key);
+    return this.#storeWhole(device, file, await this.#targetOf(device, file.key));
+  }
+
+  async #storeWhole(
+    device: { deviceName: string; fleetName: string },
+    file: CaptureFile,
+    { store, storedKey }: { store: BlobStore; storedKey: string },
+  ): Promise<StoredCaptureFile> {
     let body = file.body;
     let records: string[] = [];
     let duplicates = 0;
@@ -151,11 +158,12 @@ export class CaptureIngest {
     file: CaptureFileStream,
   ): Promise<StoredCaptureFile> {
     this.#checkSize(file.key, file.contentLength);
+    const target = await this.#targetOf(device, file.key);
     if (isManifest(file.key)) {
       const body = await readExactly(file.body, file.contentLength, file.key);
-      return this.store(device, { key: file.key, contentType: file.contentType, body });
+      return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
     }
-    const { store, storedKey } = await this.#targetOf(device, file.key);
+    const { store, storedKey } = target;
     const day = await this.#charge(device.deviceName, file.contentLength);
     try {
       await store.put(storedKey, checkedLength(file.body, file.contentLength, file.key), {
@@ -163,8 +171,8 @@ export class CaptureIngest {
         contentLength: file.contentLength,
       });
     } catch (error) {
-      // As in store(): a failed write is not paid for. The request's own stream is done with either way.
-      file.body.destroy();
+      // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
+      // with Connection: close (http/request-deadline.ts), so that the device still learns why.
       await this.#refund(device.deviceName, day, file.contentLength).catch(() => undefined);
       throw error;
     }
