@@ -195,6 +195,11 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       bytes: file.length,
     });
     expect((await readFile(storedPath(key('big.bin')))).equals(file)).toBe(true);
+    // An empty file is a file too.
+    expect((await uploadRaw(t, devices['cam-1']!, key('empty.bin'), Buffer.alloc(0))).body).toMatchObject({
+      bytes: 0,
+    });
+    expect((await readFile(storedPath(key('empty.bin')))).length).toBe(0);
     // Sent again (the agent's retry): the same file, the same answer.
     expect((await uploadRaw(t, devices['cam-1']!, key('big.bin'), file)).status).toBe(200);
     expect((await readFile(storedPath(key('big.bin')))).equals(file)).toBe(true);
