@@ -2,7 +2,13 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { currentDeviceApi, DeviceApiError, type CurrentTls, type DeviceApiClient } from '../fleet/index.js';
-import { RefusedByStoreError, type ObjectStore } from './object-store.js';
+import {
+  RefusedByStoreError,
+  RetryAfterGate,
+  RetryLaterError,
+  retryAfterMs,
+  type ObjectStore,
+} from './object-store.js';
 
 /** The control plane's answer to a capture file (packages/server/src/captures/routes.ts). */
 const storedCaptureFileSchema = z.looseObject({
@@ -22,25 +28,38 @@ export interface EdgeFleetStoreOptions {
   bucket?: string;
   /** Per upload. Default 60 s. */
   timeoutMs?: number;
+  /** The clock Retry-After waits are measured on (tests). Default Date.now. */
+  now?: () => number;
 }
+
+const RAW_FILES = 'api/v1/device/captures/files/raw';
+/** The form of servers before the raw one (base64 in JSON): used when the server has no raw route. */
+const JSON_FILES = 'api/v1/device/captures/files';
 
 /** The control plane's answers that no retry of the same file can change: 400, 403, 413. */
 const REFUSED_FOR_GOOD = new Set([400, 403, 413]);
+/** Answers whose Retry-After the agent honours. */
+const ASKS_TO_WAIT = new Set([429, 503]);
 
 /**
  * Destination `EdgeFleet`: capture files go to the control plane over the device's mutual-TLS identity
- * (`POST /api/v1/device/captures/files`), which writes them to the fleet's output location. No cloud
- * credentials on the device. Failures throw, so the capture service keeps the batch in its offline spool and
- * retries (at least once; the server stores each capture id once).
+ * (`POST /api/v1/device/captures/files/raw`, the file as the body), which writes them to the fleet's output
+ * location. No cloud credentials on the device. Failures throw, so the capture service keeps the batch in its
+ * offline spool and retries (at least once; the server stores each capture id once). A 429 or 503 with
+ * Retry-After throws RetryLaterError, and no request is made until that time has passed.
  */
 export class EdgeFleetObjectStore implements ObjectStore {
   readonly description: string;
   readonly #bucket: string | undefined;
   readonly #api: CurrentTls<DeviceApiClient>;
+  readonly #gate: RetryAfterGate;
+  /** The server answered that it has no raw route (an older server): the JSON form from then on. */
+  #jsonOnly = false;
 
   constructor(options: EdgeFleetStoreOptions) {
     this.description = `the EdgeFleet control plane at ${options.endpoint}`;
     this.#bucket = options.bucket;
+    this.#gate = new RetryAfterGate(options.now);
     // Read now too, so that a missing or unreadable file stops the agent at start with its name.
     for (const file of [options.certFile, options.keyFile, options.caFile]) {
       if (file !== undefined) readFileSync(file);
@@ -63,15 +82,32 @@ export class EdgeFleetObjectStore implements ObjectStore {
   }
 
   async put(key: string, body: Buffer, contentType: string): Promise<void> {
+    this.#gate.check(this.description);
     try {
       const client = await this.#api.get();
+      if (!this.#jsonOnly) {
+        try {
+          await client.postRaw(RAW_FILES, { key, contentType }, body, storedCaptureFileSchema);
+          return;
+        } catch (error) {
+          if (!isMissingRoute(error)) throw error;
+          this.#jsonOnly = true;
+        }
+      }
       await client.post(
-        'api/v1/device/captures/files',
+        JSON_FILES,
         { key, contentType, data: body.toString('base64') },
         storedCaptureFileSchema,
       );
     } catch (error) {
       if (error instanceof DeviceApiError) {
+        const wait = ASKS_TO_WAIT.has(error.status ?? 0)
+          ? retryAfterMs(error.retryAfter, this.#gate.now)
+          : undefined;
+        if (wait !== undefined) {
+          this.#gate.waitFor(wait);
+          throw new RetryLaterError(`${key}: ${error.message}`, wait, { cause: error });
+        }
         // A bad file, a key outside the fleet's output, or one too large: refused whatever the retries (unlike a
         // quota, a timeout or a fleet output the operator has yet to fix, which a later retry can get past).
         const ErrorType = REFUSED_FOR_GOOD.has(error.status ?? 0) ? RefusedByStoreError : Error;
@@ -84,4 +120,9 @@ export class EdgeFleetObjectStore implements ObjectStore {
   close(): void {
     this.#api.close();
   }
+}
+
+/** The server's 404 for a route it does not have (packages/server/src/http/errors.ts), not one of the upload's own. */
+function isMissingRoute(error: unknown): boolean {
+  return error instanceof DeviceApiError && error.status === 404 && /: no route POST /.test(error.message);
 }

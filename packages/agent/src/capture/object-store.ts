@@ -12,6 +12,81 @@ export class RefusedByStoreError extends Error {
   override readonly name = 'RefusedByStoreError';
 }
 
+/**
+ * The store answered 429 or 503 with `Retry-After` (or it did so a moment ago, and that time has not passed):
+ * the spool waits `retryAfterMs` before its next attempt instead of its own, shorter, backoff.
+ */
+export class RetryLaterError extends Error {
+  override readonly name = 'RetryLaterError';
+  constructor(
+    message: string,
+    /** How long from now, capped at MAX_RETRY_AFTER_MS. */
+    readonly retryAfterMs: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/**
+ * The longest wait a store's Retry-After imposes: a server over a daily quota may name the next midnight, hours
+ * away, and a broken one any time at all; past this the agent tries again anyway (and is told to wait again).
+ */
+export const MAX_RETRY_AFTER_MS = 60 * 60 * 1000;
+
+/**
+ * The wait a `Retry-After` value asks for, in ms from `now`, capped at MAX_RETRY_AFTER_MS: delay-seconds (`120`)
+ * or an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`). Undefined when absent or not one of those (0 for a date
+ * already past).
+ */
+export function retryAfterMs(value: string | undefined, now: number): number | undefined {
+  if (value === undefined) return undefined;
+  const text = value.trim();
+  let ms: number;
+  if (/^\d+$/.test(text)) ms = Number(text) * 1000;
+  else {
+    // Only the HTTP date forms (a weekday name first); Date.parse alone takes far more than HTTP allows.
+    if (!/^[A-Za-z]{3},? /.test(text)) return undefined;
+    const at = Date.parse(text);
+    if (!Number.isFinite(at)) return undefined;
+    ms = at - now;
+  }
+  return Math.min(MAX_RETRY_AFTER_MS, Math.max(0, ms));
+}
+
+/**
+ * Remembers until when a store asked not to be called (its last Retry-After): every put until then fails at once
+ * with RetryLaterError, making no request. So the capture service's direct writes honour the wait too, not only
+ * the spool.
+ */
+export class RetryAfterGate {
+  readonly #now: () => number;
+  #until = 0;
+
+  constructor(now: () => number = Date.now) {
+    this.#now = now;
+  }
+
+  get now(): number {
+    return this.#now();
+  }
+
+  /** The store asked to wait `ms` from now. */
+  waitFor(ms: number): void {
+    this.#until = Math.max(this.#until, this.#now() + ms);
+  }
+
+  /** Throws RetryLaterError while a wait the store asked for lasts. */
+  check(description: string): void {
+    const left = this.#until - this.#now();
+    if (left > 0)
+      throw new RetryLaterError(
+        `${description} asked to wait (Retry-After); ${Math.ceil(left / 1000)} s left before the next attempt`,
+        left,
+      );
+  }
+}
+
 /** The one operation capture needs from a bucket. */
 export interface ObjectStore {
   readonly description: string;
@@ -43,6 +118,8 @@ export interface S3ObjectStoreOptions {
   connectionTimeoutMs?: number;
   /** Attempts the SDK makes per put before reporting failure (capture adds its own backoff). Default 2. */
   maxAttempts?: number;
+  /** The clock Retry-After waits are measured on (tests). Default Date.now. */
+  now?: () => number;
 }
 
 /** A bucket in any S3-compatible store through the AWS SDK v3. */
@@ -50,9 +127,11 @@ export class S3ObjectStore implements ObjectStore {
   readonly description: string;
   readonly bucket: string;
   readonly client: S3Client;
+  readonly #gate: RetryAfterGate;
 
   constructor(options: S3ObjectStoreOptions) {
     this.bucket = options.bucket;
+    this.#gate = new RetryAfterGate(options.now);
     this.description = `s3://${options.bucket}${options.endpoint ? ` at ${options.endpoint}` : ''}`;
     const ca =
       options.caFile === undefined ? undefined : [...rootCertificates, readFileSync(options.caFile, 'utf8')];
@@ -79,15 +158,24 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async put(key: string, body: Buffer, contentType: string): Promise<void> {
-    await this.client.send(
-      new PutObjectCommand({
-        Bucket: this.bucket,
-        Key: key,
-        Body: body,
-        ContentType: contentType,
-        ContentLength: body.byteLength,
-      }),
-    );
+    this.#gate.check(this.description);
+    try {
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Body: body,
+          ContentType: contentType,
+          ContentLength: body.byteLength,
+        }),
+      );
+    } catch (error) {
+      // S3's SlowDown (503) and throttling answers may say how long to back off; the SDK's own retries are spent.
+      const wait = s3RetryAfterMs(error, this.#gate.now);
+      if (wait === undefined) throw error;
+      this.#gate.waitFor(wait);
+      throw new RetryLaterError(`${key}: ${(error as Error).message}`, wait, { cause: error });
+    }
   }
 
   close(): void {
@@ -112,4 +200,17 @@ function credentialsFor(
       return iotCredentialProvider(iot);
     }
   }
+}
+
+/** The Retry-After of an SDK error for a 429 or 503 answer (the raw answer is on the error's hidden $response). */
+function s3RetryAfterMs(error: unknown, now: number): number | undefined {
+  const e = error as {
+    $metadata?: { httpStatusCode?: number };
+    $response?: { headers?: Record<string, string> };
+  };
+  const status = e?.$metadata?.httpStatusCode;
+  if (status !== 429 && status !== 503) return undefined;
+  const headers = e.$response?.headers ?? {};
+  const name = Object.keys(headers).find((h) => h.toLowerCase() === 'retry-after');
+  return retryAfterMs(name === undefined ? undefined : headers[name], now);
 }

@@ -6,7 +6,12 @@ import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import { putAll } from './destinations.js';
-import { RefusedByStoreError, type ObjectStore } from './object-store.js';
+import {
+  MAX_RETRY_AFTER_MS,
+  RefusedByStoreError,
+  RetryLaterError,
+  type ObjectStore,
+} from './object-store.js';
 import type { RenderedBatch, RenderedFile } from './records.js';
 
 const BATCH_FILE = 'batch.json';
@@ -52,7 +57,8 @@ export interface CaptureSpoolOptions {
 
 /**
  * Batches for the bucket that could not be put there, kept on local disk and retried with exponential backoff
- * and jitter until they are. Each batch is a folder `<batch id>/` (its rendered files and a `batch.json` naming
+ * and jitter until they are; when the store said how long to wait (Retry-After on a 429 or 503), at least that
+ * long (at most MAX_RETRY_AFTER_MS). Each batch is a folder `<batch id>/` (its rendered files and a `batch.json` naming
  * their keys and captures), created under a temporary name and renamed into place, so a crash never leaves half
  * a batch. The folder is the record: it survives restarts with or without the local database. Past the quota,
  * the oldest batches go first, counted and logged.
@@ -209,18 +215,28 @@ export class CaptureSpool {
       }
       if (batch.evicted) await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
       this.#failures++;
-      const delay = backoffDelay(this.#options.retry, this.#failures, this.#random);
+      const backoff = backoffDelay(this.#options.retry, this.#failures, this.#random);
+      // The store's own word on when it can take more beats a guess. Up to a tenth more, drawn at random, so that
+      // the devices a server told the same time do not all come back at once.
+      const asked =
+        error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
+      const delay =
+        asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
       this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
+      // One line per wait; the store's message carries no credentials (the answer's text, the key).
       this.#options.logger?.warn(
         {
           err: error,
           batchId: batch.batchId,
           failures: this.#failures,
           retryInMs: delay,
+          ...(asked !== undefined && { retryAfterMs: asked }),
           spooledBatches: this.#batches.length,
           spooledBytes: this.#bytes,
         },
-        `capture spool: cannot upload to ${this.#options.store.description}; retrying in ${Math.round(delay / 1000)} s`,
+        asked === undefined
+          ? `capture spool: cannot upload to ${this.#options.store.description}; retrying in ${Math.round(delay / 1000)} s`
+          : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s`,
       );
       if (!this.#closed) {
         this.#timer = setTimeout(() => {

@@ -25,11 +25,18 @@ export class DeviceApiError extends Error {
     message: string,
     readonly status?: number,
     readonly code?: string,
-    options?: { cause?: unknown },
+    options?: {
+      cause?: unknown;
+      /** The answer's Retry-After header as sent (a 429 or 503 may carry one): when to try again. */
+      retryAfter?: string;
+    },
   ) {
     super(message, options);
     this.name = 'DeviceApiError';
+    this.retryAfter = options?.retryAfter;
   }
+
+  readonly retryAfter: string | undefined;
 }
 
 /** The HTTPS agent of the device's mutual-TLS identity: one kept-alive connection at most, TLS 1.2 or later. */
@@ -71,8 +78,38 @@ export class DeviceApiClient {
     signal?: AbortSignal,
   ): Promise<z.output<S>> {
     const url = new URL(operation.replace(/^\/+/, ''), this.#endpoint);
-    const payload = Buffer.from(JSON.stringify(body));
-    const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+    return this.#send(operation, url, 'application/json', Buffer.from(JSON.stringify(body)), schema, signal);
+  }
+
+  /**
+   * `POST <endpoint>/<operation>?<query>` with `body` as it is (application/octet-stream, no JSON or base64
+   * around it): for files. The answer is JSON, read as post() reads it.
+   */
+  async postRaw<S extends z.ZodType>(
+    operation: string,
+    query: Record<string, string>,
+    body: Buffer,
+    schema: S,
+    signal?: AbortSignal,
+  ): Promise<z.output<S>> {
+    const url = new URL(operation.replace(/^\/+/, ''), this.#endpoint);
+    for (const [name, value] of Object.entries(query)) url.searchParams.set(name, value);
+    return this.#send(operation, url, 'application/octet-stream', body, schema, signal);
+  }
+
+  async #send<S extends z.ZodType>(
+    operation: string,
+    url: URL,
+    contentType: string,
+    payload: Buffer,
+    schema: S,
+    signal: AbortSignal | undefined,
+  ): Promise<z.output<S>> {
+    const { status, text, retryAfter } = await new Promise<{
+      status: number;
+      text: string;
+      retryAfter: string | undefined;
+    }>((resolve, reject) => {
       const fail = (error: unknown) =>
         reject(
           error instanceof DeviceApiError
@@ -87,7 +124,7 @@ export class DeviceApiClient {
         {
           method: 'POST',
           agent: this.#agent,
-          headers: { 'content-type': 'application/json', 'content-length': payload.length },
+          headers: { 'content-type': contentType, 'content-length': payload.length },
           timeout: this.#timeoutMs,
           ...(signal ? { signal } : {}),
         },
@@ -108,7 +145,11 @@ export class DeviceApiClient {
             chunks.push(chunk);
           });
           res.on('end', () =>
-            resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }),
+            resolve({
+              status: res.statusCode ?? 0,
+              text: Buffer.concat(chunks).toString('utf8'),
+              retryAfter: singleHeader(res.headers['retry-after']),
+            }),
           );
           res.on('error', fail);
         },
@@ -126,6 +167,8 @@ export class DeviceApiClient {
         'server',
         `${operation} answered HTTP ${status} with a body that is not JSON`,
         status,
+        undefined,
+        retryAfter === undefined ? undefined : { retryAfter },
       );
     }
     if (status < 200 || status >= 300) {
@@ -139,6 +182,7 @@ export class DeviceApiClient {
         `${operation} failed with HTTP ${status}${code ? ` ${code}` : ''}${message ? `: ${message}` : ''}`,
         status,
         code,
+        retryAfter === undefined ? undefined : { retryAfter },
       );
     }
     const parsed = schema.safeParse(json);
@@ -164,4 +208,8 @@ function describeNetworkError(error: unknown): string {
     (p): p is string => typeof p === 'string' && p !== '',
   );
   return parts.length > 0 ? [...new Set(parts)].join(': ') : String(error);
+}
+
+function singleHeader(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
 }

@@ -1,10 +1,12 @@
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, readdir } from 'node:fs/promises';
+import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CaptureSpool, RefusedByStoreError } from '../../src/capture/index.js';
 import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
-import { X509Certificate } from 'node:crypto';
+import { RetryLaterError } from '../../src/capture/object-store.js';
 import {
   enrollDevice,
   operator,
@@ -16,20 +18,26 @@ import {
 } from '../fleet/support.js';
 
 // The EdgeFleet destination against a real control plane: a file the server refuses for good (here a key
-// outside the fleet's output prefix, 403) fails its captures at once and does not hold back later batches.
+// outside the fleet's output prefix, 403) fails its captures at once and does not hold back later batches; files
+// go as raw bodies; a 429's Retry-After is honoured.
 let plane: ControlPlane;
 let store: EdgeFleetObjectStore;
 let dir: string;
 let certFile: string;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the enrolled agent config, read key by key
+let config: any;
 
 beforeAll(async () => {
-  plane = await startControlPlane();
+  // Bodies over 1 KiB need an upload slot, one per device: a test holds cam-1's to be told 429, Retry-After 5.
+  plane = await startControlPlane({
+    config: { captures: { largeBodyBytes: 1024, maxConcurrentUploads: 2, maxConcurrentUploadsPerDevice: 1 } },
+  });
   dir = await mkdtemp(join(tmpdir(), 'ef-dest-'));
   await operator(plane, 'POST', '/api/v1/fleets', {
     name: 'plant',
     outputConfig: { s3OutputLocation: 's3://captures/edge' },
   });
-  const config = JSON.parse(await readFile(await enrollDevice(plane, 'plant', 'cam-1', dir), 'utf8'));
+  config = JSON.parse(await readFile(await enrollDevice(plane, 'plant', 'cam-1', dir), 'utf8'));
   certFile = config.sagemaker_edge_provider_aws_cert_file;
   store = new EdgeFleetObjectStore({
     endpoint: plane.deviceEndpoint,
@@ -43,6 +51,55 @@ afterAll(async () => {
   store?.close();
   await removeControlPlane(plane, dir);
 });
+
+/** Where the control plane (local blob folder) writes the fleet's capture `key`. */
+const storedPath = (key: string) =>
+  join(plane.dataDir, 'blobs', 'fleet-output', 'captures', ...key.split('/'));
+const sideKey = (name: string) => `edge/plant/mlp/2026/12/06/05/raw-data/${name}`;
+
+/**
+ * A raw upload of cam-1 of 2 KiB (over the 1 KiB that needs a slot) whose first `sent` bytes go now, the rest
+ * on `finish` (resolving to the answer's status).
+ */
+async function rawUpload(name: string, sent: number): Promise<{ finish(): Promise<number> }> {
+  const tls = {
+    cert: await readFile(config.sagemaker_edge_provider_aws_cert_file, 'utf8'),
+    key: await readFile(config.sagemaker_edge_provider_aws_cert_pk_file, 'utf8'),
+    ca: await readFile(config.sagemaker_edge_provider_aws_ca_cert_file, 'utf8'),
+  };
+  const body = Buffer.alloc(2048, 1);
+  const query = new URLSearchParams({ key: sideKey(name), contentType: 'application/octet-stream' });
+  const request = https.request(`${plane.deviceEndpoint}/api/v1/device/captures/files/raw?${query}`, {
+    method: 'POST',
+    ...tls,
+    agent: false,
+    headers: { 'content-type': 'application/octet-stream', 'content-length': String(body.length) },
+  });
+  const status = new Promise<number>((resolve, reject) => {
+    request.on('response', (response) => {
+      response.resume();
+      response.on('end', () => resolve(response.statusCode ?? 0));
+    });
+    request.on('error', reject);
+  });
+  request.write(body.subarray(0, sent));
+  return {
+    finish: () => {
+      request.end(body.subarray(sent));
+      return status;
+    },
+  };
+}
+
+/** Holds cam-1's one upload slot until `finish`: resolves once another large upload of it is refused (429). */
+async function holdSlot(name: string): Promise<{ finish(): Promise<number> }> {
+  const held = await rawUpload(name, 10);
+  await vi.waitFor(async () => expect(await (await rawUpload(`probe-${name}`, 0)).finish()).toBe(429), {
+    timeout: 10_000,
+    interval: 50,
+  });
+  return held;
+}
 
 const manifest = (id: string) =>
   Buffer.from(`${JSON.stringify({ eventVersion: '0', eventMetadata: { eventId: id, modelName: 'mlp' } })}\n`);
@@ -93,5 +150,88 @@ describe('EdgeFleet capture destination', () => {
     expect(await serialOf()).not.toBe(oldSerial);
     await operator(plane, 'POST', '/api/v1/devices/cam-1/certificates/revoke', { serial: oldSerial });
     await store.put(key('after'), manifest('after'), 'application/jsonl');
+  });
+
+  it('sends a multi-MiB file as the raw body; it arrives byte for byte', async () => {
+    const file = randomBytes(5 * 1024 * 1024 + 3);
+    await store.put(sideKey('big.bin'), file, 'image/png');
+    expect((await readFile(storedPath(sideKey('big.bin')))).equals(file)).toBe(true);
+  });
+
+  it("makes no request before the server's Retry-After has passed (429 for a busy upload slot)", async () => {
+    let now = 1_000_000;
+    const waiting = new EdgeFleetObjectStore({
+      endpoint: plane.deviceEndpoint,
+      certFile: config.sagemaker_edge_provider_aws_cert_file,
+      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
+      caFile: config.sagemaker_edge_provider_aws_ca_cert_file,
+      now: () => now,
+    });
+    try {
+      const held = await holdSlot('held-1.bin');
+      const file = Buffer.alloc(4096, 7);
+      const refused = await waiting
+        .put(sideKey('gated.bin'), file, 'application/octet-stream')
+        .catch((e) => e);
+      expect(refused).toBeInstanceOf(RetryLaterError);
+      expect(refused.retryAfterMs).toBe(5000);
+      expect(refused.message).toMatch(/HTTP 429 LimitExceeded: device cam-1 is already uploading/);
+      // The slot is free again, so a request now would be taken: the store must not make one yet.
+      expect(await held.finish()).toBe(200);
+      now += 4000;
+      const early = await waiting.put(sideKey('gated.bin'), file, 'application/octet-stream').catch((e) => e);
+      expect(early).toBeInstanceOf(RetryLaterError);
+      expect(early.retryAfterMs).toBe(1000);
+      await expect(readFile(storedPath(sideKey('gated.bin')))).rejects.toThrow(/ENOENT/);
+      now += 1000;
+      await waiting.put(sideKey('gated.bin'), file, 'application/octet-stream');
+      expect((await readFile(storedPath(sideKey('gated.bin')))).equals(file)).toBe(true);
+    } finally {
+      waiting.close();
+    }
+  });
+
+  it("waits the server's Retry-After before the spool's next attempt, not its own shorter backoff", async () => {
+    const held = await holdSlot('held-2.bin');
+    const warnings: { fields: Record<string, unknown>; message: string }[] = [];
+    const logger = {
+      info: () => undefined,
+      warn: (fields: object, message: string) =>
+        warnings.push({ fields: fields as Record<string, unknown>, message }),
+      error: () => undefined,
+    };
+    const spool = new CaptureSpool({
+      dir: join(dir, 'spool-retry-after'),
+      quotaBytes: 1024 * 1024,
+      store,
+      // Its own backoff would retry within 20 ms.
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: () => undefined,
+      onDropped: () => undefined,
+      logger,
+    });
+    try {
+      await spool.open();
+      await spool.add({
+        batchId: 'cccc'.padEnd(32, '0'),
+        captureIds: ['cccc'],
+        oldestReceivedAt: 1,
+        files: [
+          { key: sideKey('c.bin'), contentType: 'application/octet-stream', body: Buffer.alloc(4096, 3) },
+        ],
+      });
+      const told = await until(
+        () => warnings.find((w) => w.fields.retryAfterMs !== undefined),
+        'the spool is told to wait',
+        20_000,
+      );
+      expect(told.fields.retryAfterMs).toBe(5000);
+      expect(told.fields.retryInMs).toBeGreaterThanOrEqual(5000);
+      expect(told.message).toMatch(/asked to wait 5 s \(Retry-After\); retrying in [56] s/);
+      expect(JSON.stringify(told)).not.toMatch(/PRIVATE KEY|BEGIN CERTIFICATE/);
+    } finally {
+      await spool.close();
+      await held.finish();
+    }
   });
 });

@@ -1,5 +1,6 @@
+import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Kysely } from 'kysely';
-import { assertValidBlobKey } from '../blobs/index.js';
+import { assertValidBlobKey, type BlobStore } from '../blobs/index.js';
 import { DomainError } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import type { FleetOutputs } from './fleet-output.js';
@@ -16,6 +17,14 @@ export interface CaptureFile {
   key: string;
   contentType: string;
   body: Buffer;
+}
+
+/** A capture file still arriving (the device API's raw form): exactly `contentLength` bytes will come. */
+export interface CaptureFileStream {
+  key: string;
+  contentType: string;
+  body: Readable;
+  contentLength: number;
 }
 
 export interface StoredCaptureFile {
@@ -70,50 +79,15 @@ export class CaptureIngest {
     device: { deviceName: string; fleetName: string },
     file: CaptureFile,
   ): Promise<StoredCaptureFile> {
-    if (file.body.length > this.#limits.maxFileBytes)
-      throw new DomainError(
-        'PayloadTooLarge',
-        `the capture file ${file.key} is ${file.body.length} bytes; the server accepts at most ${this.#limits.maxFileBytes} per file (captures.maxFileBytes)`,
-      );
-    try {
-      assertValidBlobKey(file.key);
-    } catch (error) {
-      throw new DomainError('ValidationError', (error as Error).message);
-    }
-    const fleet = await this.#db
-      .selectFrom('fleets')
-      .select('output_s3_location')
-      .where('name', '=', device.fleetName)
-      .executeTakeFirst();
-    if (fleet === undefined) throw new DomainError('NotFound', `fleet ${device.fleetName} does not exist`);
-    const target = this.#outputs.targetFor(fleet.output_s3_location);
-    if (target === undefined)
-      throw new DomainError(
-        'Conflict',
-        `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} is not an s3://bucket/prefix URI; update it with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
-      );
-    // A device writes only its own fleet's captures, under the fleet's output prefix.
-    const expected = [...(target.prefix === '' ? [] : [target.prefix]), device.fleetName];
-    // With no prefix the fleet's name is still the first segment: else a device could write over another
-    // fleet's captures, or the server's own blobs when they share the bucket.
-    const underPrefix = target.prefix === '' || file.key.startsWith(`${target.prefix}/`);
-    const fleetAt = target.prefix === '' ? 0 : target.prefix.split('/').length;
-    if (!underPrefix || file.key.split('/')[fleetAt] !== device.fleetName)
-      throw new DomainError(
-        'Forbidden',
-        `capture key ${file.key} is outside fleet ${device.fleetName}'s output; expected keys under ${expected.join('/')}/ (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
-      );
+    this.#checkSize(file.key, file.body.length);
+    return this.#storeWhole(device, file, await this.#targetOf(device, file.key));
+  }
 
-    // A fleet output that shares the server's own blob space (same bucket, overlapping prefix) must not let a
-    // device write over models or packages the server signs and serves; the operator has to move the output.
-    const reserved = target.reservedPrefix;
-    const storedKey = target.keyFor(file.key);
-    if (reserved !== undefined && (reserved === '' || storedKey.startsWith(`${reserved}/`)))
-      throw new DomainError(
-        'Conflict',
-        `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} overlaps the server's own blob store (s3://${reserved === '' ? '<bucket>' : `<bucket>/${reserved}`}); captures are not written there; move the output with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
-      );
-
+  async #storeWhole(
+    device: { deviceName: string; fleetName: string },
+    file: CaptureFile,
+    { store, storedKey }: { store: BlobStore; storedKey: string },
+  ): Promise<StoredCaptureFile> {
     let body = file.body;
     let records: string[] = [];
     let duplicates = 0;
@@ -129,7 +103,7 @@ export class CaptureIngest {
       duplicates = lines.length - kept.length;
       if (kept.length === 0)
         return {
-          location: target.store.locationOf(target.keyFor(file.key)),
+          location: store.locationOf(storedKey),
           records: 0,
           duplicates,
           bytes: 0,
@@ -139,9 +113,8 @@ export class CaptureIngest {
     }
 
     const day = await this.#charge(device.deviceName, body.length);
-    const key = target.keyFor(file.key);
     try {
-      await target.store.put(key, body, { contentType: file.contentType, contentLength: body.length });
+      await store.put(storedKey, body, { contentType: file.contentType, contentLength: body.length });
     } catch (error) {
       // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
       // fleet's bucket fills the day's quota with bytes that never landed).
@@ -166,11 +139,99 @@ export class CaptureIngest {
           .execute();
     }
     return {
-      location: target.store.locationOf(key),
+      location: store.locationOf(storedKey),
       records: records.length,
       duplicates,
       bytes: body.length,
     };
+  }
+
+  /**
+   * A capture file sent raw: every check that needs no byte of it (size, key, fleet output, quota) comes before
+   * the body is read. A side file is streamed to the fleet's output as it arrives, never held whole; a manifest
+   * (at most captures.maxFileBytes, and read for its capture ids anyway) is read into memory and stored as
+   * store() does. A body that ends short of its length (the device went away, the request deadline cut it off)
+   * fails the write: nothing is stored and its charge is taken back.
+   */
+  async storeStream(
+    device: { deviceName: string; fleetName: string },
+    file: CaptureFileStream,
+  ): Promise<StoredCaptureFile> {
+    this.#checkSize(file.key, file.contentLength);
+    const target = await this.#targetOf(device, file.key);
+    if (isManifest(file.key)) {
+      const body = await readExactly(file.body, file.contentLength, file.key);
+      return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
+    }
+    const { store, storedKey } = target;
+    const day = await this.#charge(device.deviceName, file.contentLength);
+    try {
+      await store.put(storedKey, checkedLength(file.body, file.contentLength, file.key), {
+        contentType: file.contentType,
+        contentLength: file.contentLength,
+      });
+    } catch (error) {
+      // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
+      // with Connection: close (http/request-deadline.ts), so that the device still learns why.
+      await this.#refund(device.deviceName, day, file.contentLength).catch(() => undefined);
+      throw error;
+    }
+    return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: file.contentLength };
+  }
+
+  #checkSize(key: string, bytes: number): void {
+    if (bytes > this.#limits.maxFileBytes)
+      throw new DomainError(
+        'PayloadTooLarge',
+        `the capture file ${key} is ${bytes} bytes; the server accepts at most ${this.#limits.maxFileBytes} per file (captures.maxFileBytes)`,
+        { maxFileBytes: this.#limits.maxFileBytes },
+      );
+  }
+
+  /** Where the device's capture `key` goes: refused unless it is a valid key under its own fleet's output. */
+  async #targetOf(
+    device: { deviceName: string; fleetName: string },
+    key: string,
+  ): Promise<{ store: BlobStore; storedKey: string }> {
+    try {
+      assertValidBlobKey(key);
+    } catch (error) {
+      throw new DomainError('ValidationError', (error as Error).message);
+    }
+    const fleet = await this.#db
+      .selectFrom('fleets')
+      .select('output_s3_location')
+      .where('name', '=', device.fleetName)
+      .executeTakeFirst();
+    if (fleet === undefined) throw new DomainError('NotFound', `fleet ${device.fleetName} does not exist`);
+    const target = this.#outputs.targetFor(fleet.output_s3_location);
+    if (target === undefined)
+      throw new DomainError(
+        'Conflict',
+        `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} is not an s3://bucket/prefix URI; update it with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
+      );
+    // A device writes only its own fleet's captures, under the fleet's output prefix.
+    const expected = [...(target.prefix === '' ? [] : [target.prefix]), device.fleetName];
+    // With no prefix the fleet's name is still the first segment: else a device could write over another
+    // fleet's captures, or the server's own blobs when they share the bucket.
+    const underPrefix = target.prefix === '' || key.startsWith(`${target.prefix}/`);
+    const fleetAt = target.prefix === '' ? 0 : target.prefix.split('/').length;
+    if (!underPrefix || key.split('/')[fleetAt] !== device.fleetName)
+      throw new DomainError(
+        'Forbidden',
+        `capture key ${key} is outside fleet ${device.fleetName}'s output; expected keys under ${expected.join('/')}/ (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
+      );
+
+    // A fleet output that shares the server's own blob space (same bucket, overlapping prefix) must not let a
+    // device write over models or packages the server signs and serves; the operator has to move the output.
+    const reserved = target.reservedPrefix;
+    const storedKey = target.keyFor(key);
+    if (reserved !== undefined && (reserved === '' || storedKey.startsWith(`${reserved}/`)))
+      throw new DomainError(
+        'Conflict',
+        `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} overlaps the server's own blob store (s3://${reserved === '' ? '<bucket>' : `<bucket>/${reserved}`}); captures are not written there; move the output with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
+      );
+    return { store: target.store, storedKey };
   }
 
   /**
@@ -274,4 +335,38 @@ function captureIdOf(line: string, key: string, lineNumber: number): string {
       `${key} line ${lineNumber} has no eventMetadata.eventId (the capture id, 1-256 characters); expected a capture record`,
     );
   return id;
+}
+
+/**
+ * `body`, which must be exactly `length` bytes: one that ends short or breaks off (the device went away) fails the
+ * stream, so that no store keeps part of a file; one that runs long too (HTTP framing prevents it; this keeps
+ * the length given to the store true regardless).
+ */
+function checkedLength(body: Readable, length: number, key: string): Readable {
+  let seen = 0;
+  const checked = new Transform({
+    transform(chunk: Buffer, _encoding, done: TransformCallback) {
+      seen += chunk.length;
+      if (seen > length)
+        done(new Error(`the capture file ${key} is longer than its Content-Length of ${length}`));
+      else done(null, chunk);
+    },
+    flush(done: TransformCallback) {
+      done(
+        seen === length
+          ? null
+          : new Error(`the capture file ${key} ended after ${seen} of its ${length} bytes`),
+      );
+    },
+  });
+  // pipeline, not pipe: an error of the request (the connection closed) reaches the store's side as well.
+  pipeline(body, checked, () => undefined);
+  return checked;
+}
+
+/** The whole body, which must be exactly `length` bytes (a manifest, bounded by captures.maxFileBytes). */
+async function readExactly(body: Readable, length: number, key: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of checkedLength(body, length, key)) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks, length);
 }

@@ -1,6 +1,7 @@
 export {
   CaptureIngest,
   type CaptureFile,
+  type CaptureFileStream,
   type CaptureLimits,
   type StoredCaptureFile,
 } from './capture-ingest.js';
@@ -9,5 +10,6 @@ export {
   agentSettingsSchema,
   captureFileBodySchema,
   captureDeviceRoutes,
+  rawCaptureFileQuerySchema,
   storedCaptureFileSchema,
 } from './routes.js';

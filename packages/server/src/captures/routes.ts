@@ -1,8 +1,10 @@
+import type { Readable } from 'node:stream';
 import type { FastifyPluginAsync } from 'fastify';
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import type { BlobStore, S3ConnectionOptions } from '../blobs/index.js';
 import { DomainError } from '../errors/index.js';
+import { ApiError } from '../http/errors.js';
 import { withRetryAfter } from '../http/retry-after.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
@@ -15,6 +17,9 @@ import { FleetOutputs, parseOutputLocation } from './fleet-output.js';
 import { UploadSlots } from './upload-slots.js';
 
 const CAPTURE_FILES_URL = '/api/v1/device/captures/files';
+/** The same upload with the file as the raw body (what the agent sends); the JSON form stays for older agents. */
+const RAW_CAPTURE_FILES_URL = '/api/v1/device/captures/files/raw';
+const RAW_CONTENT_TYPE = 'application/octet-stream';
 /** What a device told "no upload slot free" waits: an upload takes seconds at most. */
 const BUSY_RETRY_AFTER_SECONDS = 5;
 /**
@@ -30,16 +35,31 @@ export function leastFileBytesIn(contentLength: number): number {
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
+const captureKeySchema = z
+  .string()
+  .min(1)
+  .max(1024)
+  .describe(
+    'The capture key: <prefix>/<fleet>/<model>/YYYY/MM/DD/HH/<file> (packages/agent/docs/capture.md)',
+  );
+/** The stored object's Content-Type: printable ASCII, so that it can never break the S3 request's headers. */
+const captureContentTypeSchema = z
+  .string()
+  .min(1)
+  .max(200)
+  .regex(/^[\x20-\x7e]+$/, 'expected a media type such as application/jsonl (printable ASCII)')
+  .describe("The file's media type, stored with it");
+
 export const captureFileBodySchema = z.strictObject({
-  key: z
-    .string()
-    .min(1)
-    .max(1024)
-    .describe(
-      'The capture key: <prefix>/<fleet>/<model>/YYYY/MM/DD/HH/<file> (packages/agent/docs/capture.md)',
-    ),
-  contentType: z.string().min(1).max(200),
+  key: captureKeySchema,
+  contentType: captureContentTypeSchema,
   data: z.string().regex(BASE64, 'expected base64').describe('The file, base64'),
+});
+
+/** The raw form's query: what the JSON form's fields other than `data` say. */
+export const rawCaptureFileQuerySchema = z.strictObject({
+  key: captureKeySchema,
+  contentType: captureContentTypeSchema,
 });
 
 export const storedCaptureFileSchema = z.object({
@@ -87,19 +107,50 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   const ingest = new CaptureIngest({ db: deps.db, outputs, limits });
   app.addHook('onClose', async () => outputs.close());
 
+  // The raw form's body reaches its handler as the request stream, which CaptureIngest streams to the store. Only
+  // this plugin's routes (the captures) get the parser, and only the raw route takes such a body.
+  app.addContentTypeParser(RAW_CONTENT_TYPE, (request, payload, done) => {
+    if (request.routeOptions.url === RAW_CAPTURE_FILES_URL) done(null, payload);
+    else
+      done(
+        new ApiError(
+          415,
+          'UnsupportedMediaType',
+          `${request.routeOptions.url ?? 'this route'} takes JSON; send a raw ${RAW_CONTENT_TYPE} body to ${RAW_CAPTURE_FILES_URL}`,
+        ),
+      );
+  });
+
   // Before a capture body is read (the device is authenticated by then): a large body needs an upload slot, and
   // a body that would pass the device's remaining daily quota by its length alone is refused. Refusals close
   // the connection, so that the unread body is not read either.
   const { largeBodyBytes, maxConcurrentUploads, maxConcurrentUploadsPerDevice } = deps.config.captures;
   const slots = new UploadSlots({ total: maxConcurrentUploads, perDevice: maxConcurrentUploadsPerDevice });
   app.addHook('preParsing', async (request, reply, payload) => {
-    if (request.routeOptions.url !== CAPTURE_FILES_URL) return payload;
+    const url = request.routeOptions.url;
+    if (url !== CAPTURE_FILES_URL && url !== RAW_CAPTURE_FILES_URL) return payload;
+    const raw = url === RAW_CAPTURE_FILES_URL;
     const device = requireDevice(request);
     const header = request.headers['content-length'];
     const contentLength = header === undefined ? undefined : Number(header);
+    const known = contentLength !== undefined && Number.isFinite(contentLength);
+    if (raw) checkRawBody(request.headers['content-type'], known ? contentLength : undefined, limits);
+    // The least the body's file can be: the raw body is the file; a JSON body's base64 is 4/3 of it.
+    const least = !known ? 0 : raw ? contentLength : leastFileBytesIn(contentLength);
     const refuse = (seconds: number, message: string, details: Record<string, unknown>) => {
       reply.header('connection', 'close').header('retry-after', String(seconds));
       return new DomainError('LimitExceeded', message, { ...details, retryAfterSeconds: seconds });
+    };
+    /** The refusal when the device's remaining quota today cannot take the body (or nothing at all is left). */
+    const overQuota = async (evenEmpty: boolean) => {
+      if (least <= 0 && !evenEmpty) return undefined;
+      const remaining = await ingest.remainingToday(device.deviceName);
+      if (least <= remaining.bytes && !(evenEmpty && remaining.bytes === 0)) return undefined;
+      return refuse(
+        remaining.renewsInSeconds,
+        `device ${device.deviceName} may upload ${remaining.bytes} more capture bytes today (UTC, captures.dailyQuotaBytesPerDevice); this body of ${contentLength ?? 'unknown'} bytes carries at least ${least}; the agent keeps the batch and retries after the quota renews`,
+        { remainingBytes: remaining.bytes, ...(known && { contentLength }) },
+      );
     };
     // The slot is taken before anything is awaited, and its release is tied to the connection at once: a
     // client that went away during the awaited authentication (its 'close' already emitted) or that goes away
@@ -107,6 +158,10 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     if (!(contentLength !== undefined && contentLength <= largeBodyBytes)) {
       const slot = slots.take(device.deviceName);
       if ('refused' in slot) {
+        // A device over its quota learns when the quota renews (hours away, maybe), not to retry in seconds for
+        // a slot and be refused for the quota then.
+        const quota = await overQuota(true);
+        if (quota !== undefined) throw quota;
         throw refuse(
           BUSY_RETRY_AFTER_SECONDS,
           slot.refused === 'device'
@@ -122,21 +177,15 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
         return payload;
       }
     }
-    if (contentLength !== undefined && Number.isFinite(contentLength)) {
-      const least = leastFileBytesIn(contentLength);
-      if (least > 0) {
-        const remaining = await ingest.remainingToday(device.deviceName);
-        if (least > remaining.bytes) {
-          throw refuse(
-            remaining.renewsInSeconds,
-            `device ${device.deviceName} may upload ${remaining.bytes} more capture bytes today (UTC, captures.dailyQuotaBytesPerDevice); this body of ${contentLength} bytes carries at least ${least}; the agent keeps the batch and retries after the quota renews`,
-            { remainingBytes: remaining.bytes, contentLength },
-          );
-        }
-      }
-    }
+    const quota = await overQuota(false);
+    if (quota !== undefined) throw quota;
     return payload;
   });
+  const limitsText =
+    '413 over captures.maxFileBytes, 429 (with Retry-After) over the per-device daily quota, judged by ' +
+    'Content-Length before the body is read, and when no upload slot is free for a large body ' +
+    '(captures.maxConcurrentUploads, captures.maxConcurrentUploadsPerDevice; a device also over its quota is ' +
+    "told when the quota renews); 403 for a key outside the fleet's output prefix.";
   defineRoute(app, {
     method: 'POST',
     url: CAPTURE_FILES_URL,
@@ -144,11 +193,9 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     tag: 'device',
     summary: "Upload a capture file to the device's fleet output location (idempotent by capture id)",
     description:
-      'Body: {"key", "contentType", "data" (base64)}. A manifest (.jsonl) holds one record per line; records ' +
-      'whose capture id was stored before from another manifest are left out. 413 over captures.maxFileBytes, ' +
-      '429 (with Retry-After) over the per-device daily quota, judged by Content-Length before the body is read, ' +
-      'and when no upload slot is free for a large body (captures.maxConcurrentUploads, ' +
-      "captures.maxConcurrentUploadsPerDevice); 403 for a key outside the fleet's output prefix.",
+      'Body: {"key", "contentType", "data" (base64)}: the form of agents before the raw one (POST ' +
+      `${RAW_CAPTURE_FILES_URL}), kept for them. A manifest (.jsonl) holds one record per line; records ` +
+      `whose capture id was stored before from another manifest are left out. ${limitsText}`,
     body: captureFileBodySchema,
     response: storedCaptureFileSchema,
     bodyLimit: captureBodyLimitBytes(limits.maxFileBytes),
@@ -158,6 +205,32 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
           key: body.key,
           contentType: body.contentType,
           body: Buffer.from(body.data, 'base64'),
+        }),
+      ),
+  });
+  defineRoute(app, {
+    method: 'POST',
+    url: RAW_CAPTURE_FILES_URL,
+    auth: 'device',
+    tag: 'device',
+    summary:
+      "Upload a capture file as the raw body to the device's fleet output location (idempotent by capture id)",
+    description:
+      `Body: the file (${RAW_CONTENT_TYPE}, with Content-Length; else 415, 411); its key and media type in the ` +
+      'query (?key=…&contentType=…). A side file is streamed to the output as it arrives; a manifest (.jsonl) is ' +
+      `read whole and handled as in the JSON form. The device listener's request deadline covers the body: one not ` +
+      `in by then is cut off (408), and nothing of it is stored. ${limitsText}`,
+    query: rawCaptureFileQuerySchema,
+    consumes: [RAW_CONTENT_TYPE],
+    response: storedCaptureFileSchema,
+    handler: async ({ query, request, reply }) =>
+      withRetryAfter(reply, () =>
+        ingest.storeStream(requireDevice(request), {
+          key: query.key,
+          contentType: query.contentType,
+          body: request.body as Readable,
+          // Checked in preParsing: present, a number, within captures.maxFileBytes.
+          contentLength: Number(request.headers['content-length']),
         }),
       ),
   });
@@ -198,3 +271,33 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     },
   });
 };
+
+/**
+ * The raw form's body must say what it is and how long it is before any of it is read: the stream goes to the
+ * store, which needs its length up front, and a file over captures.maxFileBytes is refused unread.
+ */
+function checkRawBody(
+  contentType: string | undefined,
+  contentLength: number | undefined,
+  limits: CaptureLimits,
+) {
+  const type = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== RAW_CONTENT_TYPE)
+    throw new ApiError(
+      415,
+      'UnsupportedMediaType',
+      `a raw capture upload's body is the file, Content-Type ${RAW_CONTENT_TYPE}; got "${type}" (send JSON to ${CAPTURE_FILES_URL})`,
+    );
+  if (contentLength === undefined || !Number.isSafeInteger(contentLength) || contentLength < 0)
+    throw new ApiError(
+      411,
+      'ValidationError',
+      "a raw capture upload needs a Content-Length header (the file is streamed to the store, which needs its length first); expected the file's size in bytes",
+    );
+  if (contentLength > limits.maxFileBytes)
+    throw new DomainError(
+      'PayloadTooLarge',
+      `the capture file is ${contentLength} bytes; the server accepts at most ${limits.maxFileBytes} per file (captures.maxFileBytes)`,
+      { maxFileBytes: limits.maxFileBytes },
+    );
+}

@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm } from 'node:fs/promises';
+import https from 'node:https';
 import path from 'node:path';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -202,6 +204,37 @@ describe('captures through the control plane, with S3 blobs', () => {
     });
     const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
     expect(await object.Body!.transformToString()).toBe(manifest('s-1').toString());
+    client.destroy();
+  });
+
+  it('streams a raw side file into the bucket byte for byte, with its media type', async () => {
+    const key = `plant-captures/plant/${HOUR}/raw-data/ffff.bin`;
+    const file = randomBytes(3 * 1024 * 1024 + 5);
+    const status = await new Promise<number>((resolve, reject) => {
+      const query = new URLSearchParams({ key, contentType: 'image/png' });
+      const request = https.request(`${t.server.deviceUrl}/api/v1/device/captures/files/raw?${query}`, {
+        method: 'POST',
+        ...cam1.tls,
+        agent: false,
+        headers: { 'content-type': 'application/octet-stream', 'content-length': String(file.length) },
+      });
+      request.on('response', (response) => {
+        response.resume();
+        response.on('end', () => resolve(response.statusCode ?? 0));
+      });
+      request.on('error', reject);
+      request.end(file);
+    });
+    expect(status).toBe(200);
+    const client = new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: s3.credentials,
+    });
+    const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+    expect(object.ContentType).toBe('image/png');
+    expect(Buffer.from(await object.Body!.transformToByteArray()).equals(file)).toBe(true);
     client.destroy();
   });
 

@@ -117,6 +117,10 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
   afterAll(() => t?.stop());
 
   const key = (file: string) => `edge/plant/${HOUR}/raw-data/${file}`;
+  // What a probe for a refusal sends: a key outside the fleet's output, so that a probe that gets through before
+  // the held upload has its slot is refused (403) without being stored or charged to the device's daily quota
+  // (a loaded machine lets many through, and their charges had used up the quota the test relies on).
+  const probeKey = (file: string) => `elsewhere/plant/${HOUR}/raw-data/${file}`;
 
   it.skipIf(!fixture.available)(
     'reads large bodies only with a free slot, per device and server-wide; 429 with Retry-After for the rest',
@@ -127,7 +131,7 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
       // cam-1 holds a slot: its body is only partly sent.
       const held = startUpload(t, cam1, captureBody(key('held.bin'), 4000), 100);
 
-      const busyDevice = await uploadUntil(t, cam1, captureBody(key('second.bin'), 3000), 429);
+      const busyDevice = await uploadUntil(t, cam1, captureBody(probeKey('second.bin'), 3000), 429);
       expect(busyDevice.body).toMatchObject({ code: 'LimitExceeded', details: { limit: 'perDevice' } });
       expect(busyDevice.body.message).toMatch(/captures\.maxConcurrentUploadsPerDevice/);
       expect(busyDevice.headers['retry-after']).toBe('5');
@@ -137,7 +141,7 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
 
       // cam-2 takes the server's other slot: now a third device is refused too.
       const held2 = startUpload(t, cam2, captureBody(key('held2.bin'), 4000), 100);
-      const busyServer = await uploadUntil(t, cam3, captureBody(key('third.bin'), 3000), 429);
+      const busyServer = await uploadUntil(t, cam3, captureBody(probeKey('third.bin'), 3000), 429);
       expect(busyServer.body).toMatchObject({ code: 'LimitExceeded', details: { limit: 'server' } });
       expect(busyServer.body.message).toMatch(/captures\.maxConcurrentUploads\b/);
       expect(busyServer.headers['retry-after']).toBe('5');

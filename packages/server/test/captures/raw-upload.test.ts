@@ -1,0 +1,461 @@
+/**
+ * Capture files sent as the raw body (`POST /api/v1/device/captures/files/raw`, application/octet-stream, the key
+ * and media type in the query): streamed to the fleet's output through the same limits as the JSON form, which
+ * older agents still send. Through the real device API (mutual TLS), database and blob folder.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import https from 'node:https';
+import path from 'node:path';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { assertValidBlobKey } from '../../src/blobs/index.js';
+import { rawCaptureFileQuerySchema } from '../../src/captures/index.js';
+import { secondsToNextUtcDay } from '../../src/captures/capture-ingest.js';
+import { databaseEngines } from '../support/engines.js';
+import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+const HOUR = 'mlp/2026/12/06/05';
+const RAW_PATH = '/api/v1/device/captures/files/raw';
+const key = (file: string) => `edge/plant/${HOUR}/raw-data/${file}`;
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests assert on bodies field by field
+  body: any;
+}
+
+interface RawUpload {
+  /** The server's answer, or the error that ended the request (the connection was cut). */
+  answer: Promise<Answer>;
+  /** Sends the rest of the body. */
+  send(): void;
+  abort(): void;
+}
+
+/**
+ * A raw upload whose headers go at once and whose body goes only when `send` is called (`sent` bytes of it now).
+ * `query` is the URL's query as given (so that tests can send what the agent never would).
+ */
+function startRaw(
+  t: TestServer,
+  device: EnrolledDevice,
+  query: string,
+  body: Buffer,
+  options: { sent?: number; headers?: Record<string, string> } = {},
+): RawUpload {
+  const request = https.request(`${t.server.deviceUrl}${RAW_PATH}?${query}`, {
+    method: 'POST',
+    ...device.tls,
+    agent: false,
+    headers: {
+      'content-type': 'application/octet-stream',
+      'content-length': String(body.length),
+      ...options.headers,
+    },
+  });
+  const answer = new Promise<Answer>((resolve, reject) => {
+    request.on('response', (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        resolve({
+          status: response.statusCode ?? 0,
+          headers: response.headers,
+          body: text === '' ? undefined : JSON.parse(text),
+        });
+      });
+    });
+    request.on('error', reject);
+  });
+  const sent = options.sent ?? 0;
+  if (sent > 0) request.write(body.subarray(0, sent));
+  else request.flushHeaders();
+  return { answer, send: () => request.end(body.subarray(sent)), abort: () => request.destroy() };
+}
+
+const queryOf = (fileKey: string, contentType = 'application/octet-stream') =>
+  new URLSearchParams({ key: fileKey, contentType }).toString();
+
+/** One whole request of the device to `urlPath` with these headers and body. */
+function deviceRequest(
+  t: TestServer,
+  device: EnrolledDevice,
+  urlPath: string,
+  headers: Record<string, string>,
+  body: Buffer,
+): Promise<Answer> {
+  return new Promise<Answer>((resolve, reject) => {
+    const request = https.request(`${t.server.deviceUrl}${urlPath}`, {
+      method: 'POST',
+      ...device.tls,
+      agent: false,
+      headers,
+    });
+    request.on('response', (response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      response.on('end', () =>
+        resolve({ status: response.statusCode ?? 0, headers: response.headers, body: JSON.parse(text) }),
+      );
+    });
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
+const uploadRaw = (
+  t: TestServer,
+  device: EnrolledDevice,
+  fileKey: string,
+  body: Buffer,
+  contentType?: string,
+) => {
+  const started = startRaw(t, device, queryOf(fileKey, contentType), body);
+  started.send();
+  return started.answer;
+};
+
+/** Uploads until the answer is `status` (a slot given back is seen by the server only a moment later). */
+const uploadRawUntil = (
+  t: TestServer,
+  device: EnrolledDevice,
+  fileKey: string,
+  body: Buffer,
+  status: number,
+) =>
+  vi.waitFor(
+    async () => {
+      const answer = await uploadRaw(t, device, fileKey, body);
+      expect(answer.status).toBe(status);
+      return answer;
+    },
+    { timeout: 10_000, interval: 50 },
+  );
+
+/** One Edge Manager capture record line for `captureId`. */
+const record = (captureId: string) =>
+  JSON.stringify({ eventVersion: '0', eventMetadata: { eventId: captureId, modelName: 'mlp' } });
+
+const MAX_FILE_BYTES = 8 * 1024 * 1024;
+
+async function setUpFleet(t: TestServer, names: string[]): Promise<Record<string, EnrolledDevice>> {
+  await t.call('POST', '/api/v1/fleets', {
+    token: t.adminToken,
+    body: { name: 'plant', outputConfig: { s3OutputLocation: 's3://captures/edge' } },
+  });
+  await t.call('POST', '/api/v1/fleets/plant/devices', {
+    token: t.adminToken,
+    body: { devices: names.map((name) => ({ name })) },
+  });
+  const devices: Record<string, EnrolledDevice> = {};
+  for (const name of names) devices[name] = await enrollDevice(t, name);
+  return devices;
+}
+
+describe.each(engines)('raw capture uploads on $engine', (fixture) => {
+  let t: TestServer;
+  let devices: Record<string, EnrolledDevice>;
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    t = await startTestServer({
+      database: await fixture.createLocation(),
+      config: {
+        captures: {
+          maxFileBytes: MAX_FILE_BYTES,
+          dailyQuotaBytesPerDevice: 2 * MAX_FILE_BYTES,
+          largeBodyBytes: 1024,
+          maxConcurrentUploads: 4,
+          maxConcurrentUploadsPerDevice: 1,
+        },
+      },
+    });
+    devices = await setUpFleet(t, ['cam-1', 'cam-2', 'cam-3', 'cam-q']);
+  });
+  afterAll(() => t?.stop());
+
+  const storedPath = (fileKey: string) => path.join(t.dataDir, 'blobs', 'fleet-output', 'captures', fileKey);
+  const exists = (fileKey: string) =>
+    stat(storedPath(fileKey)).then(
+      () => true,
+      () => false,
+    );
+
+  it.skipIf(!fixture.available)('stores a multi-MiB file sent raw byte for byte', async () => {
+    const file = randomBytes(6 * 1024 * 1024 + 17);
+    const answer = await uploadRaw(t, devices['cam-1']!, key('big.bin'), file, 'image/png');
+    expect(answer.status).toBe(200);
+    expect(answer.body).toEqual({
+      location: expect.stringMatching(/fleet-output\/captures\/edge\/plant\/.*\/big\.bin$/),
+      records: 0,
+      duplicates: 0,
+      bytes: file.length,
+    });
+    expect((await readFile(storedPath(key('big.bin')))).equals(file)).toBe(true);
+    // An empty file is a file too.
+    expect((await uploadRaw(t, devices['cam-1']!, key('empty.bin'), Buffer.alloc(0))).body).toMatchObject({
+      bytes: 0,
+    });
+    expect((await readFile(storedPath(key('empty.bin')))).length).toBe(0);
+    // Sent again (the agent's retry): the same file, the same answer.
+    expect((await uploadRaw(t, devices['cam-1']!, key('big.bin'), file)).status).toBe(200);
+    expect((await readFile(storedPath(key('big.bin')))).equals(file)).toBe(true);
+  });
+
+  it.skipIf(!fixture.available)(
+    'stores a raw manifest once per capture id, and takes the JSON form of older agents alike',
+    async () => {
+      const manifestKey = (n: number) => `edge/plant/${HOUR}/m${n}.jsonl`;
+      const first = await uploadRaw(
+        t,
+        devices['cam-1']!,
+        manifestKey(1),
+        Buffer.from(`${record('r-a')}\n${record('r-b')}\n`),
+        'application/jsonl',
+      );
+      expect(first.body).toMatchObject({ records: 2, duplicates: 0 });
+      // The JSON form: r-b was stored from another manifest, so it is left out.
+      const jsonBody = Buffer.from(
+        JSON.stringify({
+          key: manifestKey(2),
+          contentType: 'application/jsonl',
+          data: Buffer.from(`${record('r-b')}\n${record('r-c')}\n`).toString('base64'),
+        }),
+      );
+      const json = await deviceRequest(
+        t,
+        devices['cam-1']!,
+        '/api/v1/device/captures/files',
+        { 'content-type': 'application/json', 'content-length': String(jsonBody.length) },
+        jsonBody,
+      );
+      expect(json.status).toBe(200);
+      expect(json.body).toMatchObject({ records: 1, duplicates: 1 });
+      expect(await readFile(storedPath(manifestKey(2)), 'utf8')).toBe(`${record('r-c')}\n`);
+      // Raw again, with r-c stored from the JSON one.
+      const third = await uploadRaw(
+        t,
+        devices['cam-1']!,
+        manifestKey(3),
+        Buffer.from(`${record('r-c')}\n${record('r-d')}\n`),
+        'application/jsonl',
+      );
+      expect(third.body).toMatchObject({ records: 1, duplicates: 1 });
+      expect(await readFile(storedPath(manifestKey(3)), 'utf8')).toBe(`${record('r-d')}\n`);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'refuses an oversize raw body with 413 before reading it, and stores nothing',
+    async () => {
+      const body = Buffer.alloc(MAX_FILE_BYTES + 1, 1);
+      // Not one byte of the body is sent: the answer must come without it.
+      const upload = startRaw(t, devices['cam-2']!, queryOf(key('huge.bin')), body);
+      const answer = await upload.answer;
+      upload.abort();
+      expect(answer.status).toBe(413);
+      expect(answer.headers.connection).toBe('close');
+      expect(answer.body).toMatchObject({
+        code: 'PayloadTooLarge',
+        details: { maxFileBytes: MAX_FILE_BYTES },
+      });
+      expect(answer.body.message).toMatch(
+        new RegExp(
+          `is ${MAX_FILE_BYTES + 1} bytes; the server accepts at most ${MAX_FILE_BYTES} .*captures\\.maxFileBytes`,
+        ),
+      );
+      expect(await exists(key('huge.bin'))).toBe(false);
+      // It took no slot (cam-2 has one): a large upload goes through at once.
+      expect((await uploadRaw(t, devices['cam-2']!, key('fits.bin'), Buffer.alloc(4096, 2))).status).toBe(
+        200,
+      );
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'refuses a raw body of another media type (415) or of unknown length (411)',
+    async () => {
+      const other = startRaw(t, devices['cam-2']!, queryOf(key('typed.bin')), Buffer.alloc(10), {
+        headers: { 'content-type': 'application/json' },
+      });
+      other.send();
+      const typed = await other.answer;
+      expect(typed.status).toBe(415);
+      expect(typed.body.message).toMatch(/Content-Type application\/octet-stream; got "application\/json"/);
+
+      const chunked = await deviceRequest(
+        t,
+        devices['cam-2']!,
+        `${RAW_PATH}?${queryOf(key('chunked.bin'))}`,
+        { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
+        Buffer.alloc(10),
+      );
+      expect(chunked.status).toBe(411);
+      // And the JSON route takes no raw body.
+      const toJson = await deviceRequest(
+        t,
+        devices['cam-2']!,
+        '/api/v1/device/captures/files',
+        { 'content-type': 'application/octet-stream', 'content-length': '10' },
+        Buffer.alloc(10),
+      );
+      expect(toJson.status).toBe(415);
+      expect(toJson.body.message).toMatch(/takes JSON; send a raw application\/octet-stream body to .*\/raw/);
+      expect(chunked.body.message).toMatch(/needs a Content-Length header/);
+      expect(await exists(key('typed.bin'))).toBe(false);
+      expect(await exists(key('chunked.bin'))).toBe(false);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'tells a device that is over its quota and out of upload slots when the quota renews, not to retry in seconds',
+    async () => {
+      const cam = devices['cam-q']!;
+      // Leaves 5000 bytes of today's quota (two files of at most captures.maxFileBytes).
+      for (const [i, bytes] of [MAX_FILE_BYTES, MAX_FILE_BYTES - 5000].entries()) {
+        expect((await uploadRaw(t, cam, key(`q${i}.bin`), Buffer.alloc(bytes, 3))).status).toBe(200);
+      }
+      // cam-q's one slot is held by a body that fits the quota; its bytes are charged before it streams.
+      const held = startRaw(t, cam, queryOf(key('held.bin')), Buffer.alloc(2000, 4), { sent: 10 });
+      await vi.waitFor(
+        async () => {
+          const usage = await t.server.database.db
+            .selectFrom('device_capture_usage')
+            .select('bytes')
+            .where('device_name', '=', 'cam-q')
+            .executeTakeFirstOrThrow();
+          expect(Number(usage.bytes)).toBe(2 * MAX_FILE_BYTES - 3000);
+        },
+        { timeout: 10_000, interval: 20 },
+      );
+      // Fits the quota: only the slot is missing, and it frees in seconds.
+      const busy = await uploadRaw(t, cam, key('busy.bin'), Buffer.alloc(2500, 5));
+      expect(busy.status).toBe(429);
+      expect(busy.headers['retry-after']).toBe('5');
+      expect(busy.body.details).toMatchObject({ limit: 'perDevice' });
+      // Does not fit: the quota's Retry-After.
+      const over = await uploadRaw(t, cam, key('over.bin'), Buffer.alloc(6000, 5));
+      const expected = secondsToNextUtcDay(Date.now());
+      expect(over.status).toBe(429);
+      expect(over.body).toMatchObject({ code: 'LimitExceeded', details: { remainingBytes: 3000 } });
+      expect(over.body.message).toMatch(/captures\.dailyQuotaBytesPerDevice/);
+      expect(Math.abs(Number(over.headers['retry-after']) - expected)).toBeLessThanOrEqual(2);
+      held.send();
+      expect((await held.answer).status).toBe(200);
+      expect(await exists(key('over.bin'))).toBe(false);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'answers any query with the file stored at its key, or a 400/403 that names the problem and stores nothing',
+    async () => {
+      const body = Buffer.from('side file');
+      const suffix = fc.oneof(
+        fc.string({ unit: 'binary', maxLength: 40 }),
+        fc.stringMatching(/^[A-Za-z0-9._/-]{1,40}$/),
+        fc.constantFrom('..', '../x', 'a/../b', 'x.jsonl', 'a//b', '%00', 'a\u0000b', ' ', '#x', '?x', 'é'),
+      );
+      const contentType = fc.oneof(
+        fc.constantFrom('application/octet-stream', 'image/jpeg', 'text/plain; charset=utf-8'),
+        fc.string({ unit: 'binary', maxLength: 30 }),
+      );
+      // Each run's accepted file in a folder of its own, so that no run's file is another's folder.
+      const prefix = fc.constantFrom(
+        (n: number) => `edge/plant/fuzz/${n}/`,
+        () => 'edge/doors/',
+        () => '',
+      );
+      let n = 0;
+      await fc.assert(
+        fc.asyncProperty(prefix, suffix, contentType, fc.boolean(), async (pre, rest, type, extra) => {
+          n += 1;
+          const fileKey = `${pre(n)}${rest}`;
+          const params = new URLSearchParams({ key: fileKey, contentType: type });
+          if (extra) params.append('unexpected', '1');
+          const upload = startRaw(t, devices['cam-3']!, params.toString(), body);
+          upload.send();
+          const answer = await upload.answer;
+          const query = rawCaptureFileQuerySchema.safeParse({ key: fileKey, contentType: type });
+          let validKey = true;
+          try {
+            assertValidBlobKey(fileKey);
+          } catch {
+            validKey = false;
+          }
+          const nul = fileKey.includes('\u0000') || type.includes('\u0000');
+          const ours = fileKey.startsWith('edge/plant/') || /^edge\/plant($|\/)/.test(fileKey);
+          const accepted = query.success && !extra && !nul && validKey && ours && !fileKey.endsWith('.jsonl');
+          if (accepted) {
+            expect(answer.status, `${n}: ${JSON.stringify(answer.body)}`).toBe(200);
+            expect(await readFile(storedPath(fileKey), 'utf8')).toBe('side file');
+            return;
+          }
+          expect([400, 403], `${n}: ${fileKey} ${type}: ${JSON.stringify(answer.body)}`).toContain(
+            answer.status,
+          );
+          expect(answer.body.code).toMatch(/^(ValidationError|Forbidden)$/);
+          if (!query.success || extra)
+            // Says which part of the query was wrong.
+            expect(answer.body.message).toMatch(/key|contentType|unexpected|Unrecognized/);
+          if (validKey) expect(await exists(fileKey)).toBe(false);
+        }),
+        { numRuns: 60 },
+      );
+    },
+  );
+});
+
+describe('a raw capture body not sent in time', () => {
+  let t: TestServer;
+  let devices: Record<string, EnrolledDevice>;
+  beforeAll(async () => {
+    const [sqlite] = engines;
+    t = await startTestServer({
+      database: await sqlite!.createLocation(),
+      config: {
+        captures: {
+          maxFileBytes: 1024 * 1024,
+          largeBodyBytes: 1024,
+          maxConcurrentUploads: 1,
+          maxConcurrentUploadsPerDevice: 1,
+        },
+      },
+      // The device listener's deadline for a whole request, body included.
+      start: { listenerLimits: { device: { requestTimeoutMs: 1500 } } },
+    });
+    devices = await setUpFleet(t, ['cam-1', 'cam-2']);
+  });
+  afterAll(() => t?.stop());
+
+  it('is cut off at the deadline: nothing stored, its quota charge and its upload slot given back', async () => {
+    const stalled = startRaw(t, devices['cam-1']!, queryOf(key('stalled.bin')), Buffer.alloc(256 * 1024, 9), {
+      sent: 64 * 1024,
+    });
+    // The server answers 408 on the socket and closes it (or the client sees the connection cut).
+    const ended = await stalled.answer.then(
+      (answer) => answer.status,
+      (error: Error) => error.message,
+    );
+    expect([408, 'socket hang up', 'read ECONNRESET']).toContain(ended);
+    expect(
+      await stat(path.join(t.dataDir, 'blobs', 'fleet-output', 'captures', key('stalled.bin'))).catch(
+        () => undefined,
+      ),
+    ).toBeUndefined();
+    // The server's one slot is free again: another device's large upload is taken.
+    const file = randomBytes(200 * 1024);
+    await uploadRawUntil(t, devices['cam-2']!, key('next.bin'), file, 200);
+    // The stalled device paid nothing for the bytes that never landed.
+    const usage = await t.server.database.db
+      .selectFrom('device_capture_usage')
+      .select(['device_name', 'bytes'])
+      .execute();
+    expect(usage.map((u) => [u.device_name, Number(u.bytes)]).sort()).toEqual([
+      ['cam-1', 0],
+      ['cam-2', file.length],
+    ]);
+  });
+});
