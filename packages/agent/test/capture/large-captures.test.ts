@@ -235,7 +235,7 @@ describe('a large capture whose file is gone', () => {
     await service.flush();
     expect(service.status('lost')).toMatchObject({
       status: 'FAILURE',
-      detail: expect.stringMatching(/could not be read back: ENOENT/),
+      detail: expect.stringMatching(/could not be read back: its payload file [0-9a-f]{32}\.payload is gone \(ENOENT\)/),
     });
     expect(service.status('kept').status).toBe('SUCCESS');
     expect([...(await writtenInputs(settings.diskPath)).keys()]).toEqual(['kept']);
@@ -310,7 +310,13 @@ describe('SIGKILL around a large capture (real processes)', () => {
 
     database = AgentDatabase.open({ path, walSyncIntervalMs: 0 });
     const queue = new SqliteCaptureQueue({ repository: database.captureQueue });
-    expect(await queue.recover()).toEqual({ pending: 0, openBatches: [], orphansRemoved: 1 });
+    expect(await queue.recover()).toEqual({
+      pending: 0,
+      pendingBytes: new Map(),
+      openBatches: [],
+      orphansRemoved: 1,
+      problems: [],
+    });
     expect(await readdir(folder)).toEqual([]);
     expect(queue.status('never-acknowledged')).toBeUndefined();
     await queue.close();
