@@ -214,7 +214,9 @@ export class SqliteCaptureQueue implements CaptureQueue {
     try {
       const swept = await this.#repository.removeOrphanPayloads();
       orphansRemoved = swept.removed;
-      problems.push(...swept.failed.map((failure) => `a leftover payload file could not be removed: ${failure}`));
+      problems.push(
+        ...swept.failed.map((failure) => `a leftover payload file could not be removed: ${failure}`),
+      );
     } catch (error) {
       // Orphans only waste disk: the agent starts without removing them.
       problems.push(`the payload folder was not swept: ${(error as Error).message}`);
@@ -223,7 +225,9 @@ export class SqliteCaptureQueue implements CaptureQueue {
     for (const { batchId, rows } of this.#repository.openBatches()) {
       const { items, deferred } = await this.#decodeAll(batchId, rows);
       problems.push(
-        ...deferred.map(({ captureId, error }) => `capture ${captureId} could not be read now: ${error.message}`),
+        ...deferred.map(
+          ({ captureId, error }) => `capture ${captureId} could not be read now: ${error.message}`,
+        ),
       );
       if (items.length > 0) openBatches.push({ batchId, items });
     }

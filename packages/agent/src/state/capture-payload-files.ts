@@ -134,7 +134,10 @@ export class CapturePayloadFiles {
     } finally {
       this.#unsettled.delete(temp);
     }
-    this.#sizes.set(name, chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0));
+    this.#sizes.set(
+      name,
+      chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0),
+    );
     return name;
   }
 
@@ -162,7 +165,9 @@ export class CapturePayloadFiles {
       );
     }
     if ((await this.#checkFolder()) === 'missing') {
-      throw new DamagedPayloadError(`its payload file ${name} is gone (ENOENT: the folder ${this.dir} is gone)`);
+      throw new DamagedPayloadError(
+        `its payload file ${name} is gone (ENOENT: the folder ${this.dir} is gone)`,
+      );
     }
     let handle: FileHandle;
     try {
@@ -187,7 +192,9 @@ export class CapturePayloadFiles {
             ? `holds ${stats.size} bytes; its row names ${bytes}`
             : undefined;
       if (problem !== undefined) {
-        throw new DamagedPayloadError(`its payload file ${name} ${problem}; expected the file the agent wrote`);
+        throw new DamagedPayloadError(
+          `its payload file ${name} ${problem}; expected the file the agent wrote`,
+        );
       }
       const payload = Buffer.allocUnsafe(bytes);
       let offset = 0;

@@ -204,7 +204,9 @@ export class CaptureQueueRepository {
   returnToQueue(captureIds: readonly string[]): void {
     if (captureIds.length === 0) return;
     this.#db
-      .prepare('UPDATE capture_queue SET batch_id = NULL WHERE capture_id IN (SELECT value FROM json_each(?))')
+      .prepare(
+        'UPDATE capture_queue SET batch_id = NULL WHERE capture_id IN (SELECT value FROM json_each(?))',
+      )
       .run(JSON.stringify(captureIds));
   }
 
