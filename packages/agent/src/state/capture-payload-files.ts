@@ -29,6 +29,9 @@ const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBL
 
 type FileHandle = fsp.FileHandle;
 
+/** Payload files written at once (see CapturePayloadFiles.#writing). */
+const WRITES_AT_ONCE = 2;
+
 /**
  * The file operations the payload files use: node:fs/promises, and fsync. A constructor argument so that a test
  * can record the order of writes, fsyncs, renames and removals (a SIGKILL cannot show a missing fsync).
@@ -99,6 +102,14 @@ export class CapturePayloadFiles {
   /** The size of each file written and not yet settled: its row records it, and a read checks it. */
   readonly #sizes = new Map<string, number>();
   #removals: Promise<void> = Promise.resolve();
+  /** The folder being made, for writes that find it missing meanwhile: none goes on before it is durable. */
+  #making: Promise<void> | undefined;
+  /**
+   * Writes under way, at most WRITES_AT_ONCE: each holds a descriptor and takes turns on libuv's four threads
+   * with fsyncs that take seconds on an SD card; model reads, the Disk destination and DNS wait behind them.
+   */
+  #writing = 0;
+  readonly #waitingToWrite: (() => void)[] = [];
 
   constructor(options: { dir: string; walPath: string; fileSystem?: PayloadFileSystem }) {
     this.dir = options.dir;
@@ -111,9 +122,26 @@ export class CapturePayloadFiles {
    * with UnsafePayloadFolderError, having written nothing, when the folder is not safe to use.
    */
   async write(chunks: readonly Uint8Array[]): Promise<string> {
+    if (this.#writing >= WRITES_AT_ONCE)
+      await new Promise<void>((resolve) => this.#waitingToWrite.push(resolve));
+    else this.#writing++;
+    try {
+      return await this.#write(chunks);
+    } finally {
+      // The slot passes to the next write waiting, if any.
+      const next = this.#waitingToWrite.shift();
+      if (next) next();
+      else this.#writing--;
+    }
+  }
+
+  async #write(chunks: readonly Uint8Array[]): Promise<string> {
     const name = `${randomBytes(16).toString('hex')}.payload`;
     const temp = `${TEMP_PREFIX}${name}`;
-    if ((await this.#checkFolder()) === 'missing') await this.#makeFolder();
+    if ((await this.#checkFolder()) === 'missing') {
+      this.#making ??= this.#makeFolder().finally(() => (this.#making = undefined));
+      await this.#making;
+    }
     this.#unsettled.add(name);
     this.#unsettled.add(temp);
     try {
@@ -295,7 +323,7 @@ export class CapturePayloadFiles {
       await this.#fs.mkdir(this.dir, FOLDER_MODE);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      // Made by a write running beside this one: checked like any other.
+      // Made (and made durable) by an earlier write since this one looked: checked like any other.
       await this.#checkFolder();
       return;
     }

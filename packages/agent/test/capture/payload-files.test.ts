@@ -259,14 +259,44 @@ describe('the start-up sweep of the payload folder', () => {
   });
 });
 
+/** A queue repository over a fresh database whose payload files go through `fileSystem`. */
+async function repositoryWith(fileSystem: PayloadFileSystem): Promise<CaptureQueueRepository> {
+  await mkdir(dirname(path), { recursive: true });
+  const db = new SqliteDatabase(path);
+  opened.push(db);
+  db.pragma('journal_mode = WAL');
+  migrate(db);
+  return new CaptureQueueRepository(db, { payloadDir: folder, fileSystem });
+}
+
+describe('payload writes at once', () => {
+  it('are at most two, so they leave libuv threads and descriptors to the rest of the agent; all complete', async () => {
+    let writing = 0;
+    let most = 0;
+    const fileSystem: PayloadFileSystem = {
+      ...NODE_PAYLOAD_FILE_SYSTEM,
+      open: async (p, flags, mode) => {
+        const handle = await NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
+        if (flags === 'wx') most = Math.max(most, ++writing);
+        return handle;
+      },
+      rename: async (from, to) => {
+        await NODE_PAYLOAD_FILE_SYSTEM.rename(from, to);
+        writing--;
+      },
+    };
+    const repository = await repositoryWith(fileSystem);
+    const names = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => repository.storePayload([Buffer.alloc(100_000, i)])),
+    );
+    expect(most).toBe(2);
+    expect((await readdir(folder)).sort()).toEqual([...names].sort());
+  });
+});
+
 describe('the order of writes, fsyncs and removals (recorded through the file-system seam)', () => {
   it('makes the file, its name and a new folder durable before a row names it, and removes it after the WAL fsync', async () => {
     const dataRoot = dirname(path);
-    await mkdir(dataRoot, { recursive: true });
-    const db = new SqliteDatabase(path);
-    opened.push(db);
-    db.pragma('journal_mode = WAL');
-    migrate(db);
     const steps: string[] = [];
     const label = (p: string) => relative(dataRoot, p).replace(/[0-9a-f]{32}/, 'N') || '.';
     const fileSystem: PayloadFileSystem = {
@@ -297,7 +327,7 @@ describe('the order of writes, fsyncs and removals (recorded through the file-sy
         steps.push(`chmod ${label(p)} ${mode.toString(8)}`);
       },
     };
-    const repository = new CaptureQueueRepository(db, { payloadDir: folder, fileSystem });
+    const repository = await repositoryWith(fileSystem);
     const name = await repository.storePayload([Buffer.alloc(1000, 1)]);
     steps.push('stored');
     repository.enqueue([
