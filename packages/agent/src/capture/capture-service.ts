@@ -441,7 +441,7 @@ export class CaptureService {
       return;
     }
     const { items, damaged, deferred } = formed;
-    // Dropped as unreadable (marked FAILURE): nothing holds them any more, their bytes included.
+    // Dropped as unreadable (marked FAILURE, or left to the next start): nothing holds them, bytes included.
     this.#held -= damaged.length;
     for (const captureId of damaged) this.#releaseBytes(captureId);
     if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
