@@ -1,10 +1,12 @@
 import {
+  DamagedPayloadError,
   DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES,
+  UnsafePayloadFolderError,
   type BatchedCaptureRow,
   type CaptureQueueRepository,
   type QueuedCaptureRow,
 } from '../state/index.js';
-import { decodeCaptureItem, encodeCaptureItemParts, type CaptureItem } from './capture-item.js';
+import { captureBytes, decodeCaptureItem, encodeCaptureItemParts, type CaptureItem } from './capture-item.js';
 
 export type CaptureStatus = 'IN_PROGRESS' | 'SUCCESS' | 'FAILURE';
 
@@ -25,10 +27,30 @@ export interface StatusRetention {
 export interface RecoveredQueue {
   /** Captures waiting for a batch. */
   pending: number;
+  /** The bytes of each capture waiting for a batch, by id: what they hold of the buffer's byte cap. */
+  pendingBytes: ReadonlyMap<string, number>;
   /** Batches formed but never completed (a crash interrupted their write): to be written again, same ids. */
   openBatches: { batchId: string; items: CaptureItem[] }[];
   /** Payload files a crash left that no queued capture names, removed. */
   orphansRemoved: number;
+  /** What went wrong with the payload folder at start (an orphan not removed, the folder unsafe): to log. */
+  problems: string[];
+}
+
+/** What formBatch took. */
+export interface FormedBatch {
+  /** The batch's captures, oldest first. */
+  items: CaptureItem[];
+  /**
+   * Captures the caller lets go of: they could not be read back and are marked FAILURE (or, when even that could
+   * not be recorded, left in their batch for the next start).
+   */
+  damaged: string[];
+  /**
+   * Captures whose stored bytes could not be read now (EMFILE, EIO, the payload folder unsafe, …) but are not
+   * known to be damaged: not in the batch, they wait again in their place, to be taken by a later batch.
+   */
+  deferred: { captureId: string; error: Error }[];
 }
 
 /**
@@ -44,12 +66,8 @@ export interface CaptureQueue {
    * `trackStatus` false no status is kept (automatic captures: nobody knows their ids to ask).
    */
   enqueue(item: CaptureItem, trackStatus?: boolean): Promise<void>;
-  /**
-   * Puts up to `limit` of the oldest waiting captures in a batch. `damaged` names the waiting captures used up
-   * that could not be read back (they are marked FAILURE and dropped), so the caller can let go of what it held
-   * for them.
-   */
-  formBatch(batchId: string, limit: number): Promise<{ items: CaptureItem[]; damaged: string[] }>;
+  /** Puts up to `limit` of the oldest waiting captures in a batch (see FormedBatch). */
+  formBatch(batchId: string, limit: number): Promise<FormedBatch>;
   /** The batch was written (SUCCESS), given up (FAILURE), or handed to the spool (null: stays IN_PROGRESS). */
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void;
   /** Ids whose status is IN_PROGRESS but that are no longer queued (handed to the spool). */
@@ -78,8 +96,10 @@ export class MemoryCaptureQueue implements CaptureQueue {
   recover(): Promise<RecoveredQueue> {
     return Promise.resolve({
       pending: this.#pending.length,
+      pendingBytes: new Map(this.#pending.map((item) => [item.captureId, captureBytes(item)])),
       openBatches: [...this.#batches].map(([batchId, items]) => ({ batchId, items })),
       orphansRemoved: 0,
+      problems: [],
     });
   }
 
@@ -89,10 +109,10 @@ export class MemoryCaptureQueue implements CaptureQueue {
     return Promise.resolve();
   }
 
-  formBatch(batchId: string, limit: number): Promise<{ items: CaptureItem[]; damaged: string[] }> {
+  formBatch(batchId: string, limit: number): Promise<FormedBatch> {
     const items = this.#pending.splice(0, limit);
     if (items.length > 0) this.#batches.set(batchId, items);
-    return Promise.resolve({ items, damaged: [] });
+    return Promise.resolve({ items, damaged: [], deferred: [] });
   }
 
   inProgressOutsideQueue(): string[] {
@@ -153,7 +173,8 @@ export class MemoryCaptureQueue implements CaptureQueue {
  * The queue in the local database. Captures arriving together are committed together: `enqueue` calls made in
  * the same turn of the event loop share one transaction (one fsync), committed on the next turn. A capture whose
  * bytes pass `inlinePayloadLimitBytes` is first written as a file on the thread pool (the event loop keeps
- * serving meanwhile), then its row joins the next commit; it is acknowledged once that row is committed.
+ * serving meanwhile), then its row joins the next commit; it is acknowledged once that row is committed. While
+ * the payload folder is unsafe to use (see CapturePayloadFiles), large payloads are kept in their rows instead.
  */
 export class SqliteCaptureQueue implements CaptureQueue {
   readonly durable = true;
@@ -169,6 +190,8 @@ export class SqliteCaptureQueue implements CaptureQueue {
   #scheduled = false;
   /** Large payloads being written: close waits for them, then commits their rows. */
   readonly #storing = new Set<Promise<unknown>>();
+  /** Per batch: captures that are not in what the caller writes but could not be taken out of the batch. */
+  readonly #leftInBatch = new Map<string, string[]>();
   #closed = false;
 
   constructor(options: {
@@ -186,13 +209,30 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }
 
   async recover(): Promise<RecoveredQueue> {
-    const orphansRemoved = await this.#repository.removeOrphanPayloads();
+    const problems: string[] = [];
+    let orphansRemoved = 0;
+    try {
+      const swept = await this.#repository.removeOrphanPayloads();
+      orphansRemoved = swept.removed;
+      problems.push(
+        ...swept.failed.map((failure) => `a leftover payload file could not be removed: ${failure}`),
+      );
+    } catch (error) {
+      // Orphans only waste disk: the agent starts without removing them.
+      problems.push(`the payload folder was not swept: ${(error as Error).message}`);
+    }
     const openBatches: RecoveredQueue['openBatches'] = [];
     for (const { batchId, rows } of this.#repository.openBatches()) {
-      const items = await this.#decodeAll(rows);
-      if (items.items.length > 0) openBatches.push({ batchId, items: items.items });
+      const { items, deferred } = await this.#decodeAll(batchId, rows);
+      problems.push(
+        ...deferred.map(
+          ({ captureId, error }) => `capture ${captureId} could not be read now: ${error.message}`,
+        ),
+      );
+      if (items.length > 0) openBatches.push({ batchId, items });
     }
-    return { pending: this.#repository.pendingCount(), openBatches, orphansRemoved };
+    const pendingBytes = this.#repository.pendingBytes();
+    return { pending: pendingBytes.size, pendingBytes, openBatches, orphansRemoved, problems };
   }
 
   async enqueue(item: CaptureItem, trackStatus = true): Promise<void> {
@@ -212,12 +252,14 @@ export class SqliteCaptureQueue implements CaptureQueue {
       this.#storing.add(storing);
       try {
         row.payloadFile = await storing;
+      } catch (error) {
+        // Nothing was written: kept in the row (on the event loop), as before large captures had files.
+        if (!(error instanceof UnsafePayloadFolderError)) throw error;
       } finally {
         this.#storing.delete(storing);
       }
-    } else {
-      row.payload = Buffer.concat(chunks, bytes);
     }
+    if (row.payloadFile === null) row.payload = Buffer.concat(chunks, bytes);
     return new Promise((resolve, reject) => {
       this.#waiting.push({ row, resolve, reject });
       if (!this.#scheduled) {
@@ -242,12 +284,14 @@ export class SqliteCaptureQueue implements CaptureQueue {
     for (const w of waiting) w.resolve();
   }
 
-  async formBatch(batchId: string, limit: number): Promise<{ items: CaptureItem[]; damaged: string[] }> {
-    return this.#decodeAll(this.#repository.formBatch(batchId, limit));
+  async formBatch(batchId: string, limit: number): Promise<FormedBatch> {
+    return this.#decodeAll(batchId, this.#repository.formBatch(batchId, limit));
   }
 
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {
-    this.#repository.completeBatch(batchId, status, this.#now(), detail);
+    const leave = this.#leftInBatch.get(batchId) ?? [];
+    this.#leftInBatch.delete(batchId);
+    this.#repository.completeBatch(batchId, status, this.#now(), detail, leave);
   }
 
   setStatuses(captureIds: readonly string[], status: CaptureStatus, detail?: string): void {
@@ -284,30 +328,57 @@ export class SqliteCaptureQueue implements CaptureQueue {
     await this.#repository.payloadRemovalsDone();
   }
 
-  /** Reads the rows' captures back, in order; those that cannot be read are marked FAILURE and named in damaged. */
-  async #decodeAll(rows: readonly BatchedCaptureRow[]): Promise<{ items: CaptureItem[]; damaged: string[] }> {
-    const decoded = await Promise.all(rows.map((row) => this.#decode(row)));
-    const items: CaptureItem[] = [];
-    const damaged: string[] = [];
-    decoded.forEach((item, i) => {
-      if (item) items.push(item);
-      else damaged.push(rows[i]!.captureId);
+  /**
+   * Reads the rows' captures back, in order. Those that cannot be read because they are damaged (file gone or
+   * not the one written, bytes not matching the meta) are marked FAILURE and named in damaged; those that cannot
+   * be read now for any other reason go back to the queue, in their place, and are named in deferred.
+   */
+  async #decodeAll(batchId: string, rows: readonly BatchedCaptureRow[]): Promise<FormedBatch> {
+    const read = await Promise.all(rows.map((row) => this.#read(row)));
+    const formed: FormedBatch = { items: [], damaged: [], deferred: [] };
+    const left: string[] = [];
+    read.forEach((outcome, i) => {
+      const { captureId } = rows[i]!;
+      if ('item' in outcome) formed.items.push(outcome.item);
+      else if ('damaged' in outcome) {
+        formed.damaged.push(captureId);
+        const detail = `the stored capture could not be read back: ${outcome.damaged.message}`;
+        try {
+          this.#repository.discard(captureId, this.#now(), detail);
+        } catch {
+          // Left in its batch, out of what is written: the next start reads it again (and fails it then).
+          left.push(captureId);
+        }
+        this.#onDamaged?.(captureId, outcome.damaged);
+      } else formed.deferred.push({ captureId, error: outcome.deferred });
     });
-    return { items, damaged };
+    if (formed.deferred.length > 0) {
+      try {
+        this.#repository.returnToQueue(formed.deferred.map((d) => d.captureId));
+      } catch {
+        // They stay in the batch, out of what is written, for the next start; the caller lets go of them.
+        left.push(...formed.deferred.map((d) => d.captureId));
+        formed.damaged.push(...formed.deferred.map((d) => d.captureId));
+        formed.deferred = [];
+      }
+    }
+    if (left.length > 0) this.#leftInBatch.set(batchId, left);
+    return formed;
   }
 
-  async #decode(row: BatchedCaptureRow): Promise<CaptureItem | undefined> {
+  async #read(
+    row: BatchedCaptureRow,
+  ): Promise<{ item: CaptureItem } | { damaged: Error } | { deferred: Error }> {
+    let payload: Buffer;
     try {
-      return decodeCaptureItem(row.meta, await this.#repository.readPayload(row));
+      payload = await this.#repository.readPayload(row);
     } catch (error) {
-      const detail = `the stored capture could not be read back: ${(error as Error).message}`;
-      try {
-        this.#repository.discard(row.captureId, this.#now(), detail);
-      } catch {
-        // Left in its batch: the next start reads it again (and fails it then). The batch is taken either way.
-      }
-      this.#onDamaged?.(row.captureId, error as Error);
-      return undefined;
+      return error instanceof DamagedPayloadError ? { damaged: error } : { deferred: error as Error };
+    }
+    try {
+      return { item: decodeCaptureItem(row.meta, payload) };
+    } catch (error) {
+      return { damaged: error as Error };
     }
   }
 }

@@ -6,7 +6,7 @@ import { backoffDelay } from '../retry/index.js';
 import { AutoCapture } from './auto-capture.js';
 import type { CaptureItem } from './capture-item.js';
 import { CaptureMetrics, type CaptureLogger } from './capture-metrics.js';
-import type { CaptureQueue, StatusRecord } from './capture-queue.js';
+import type { CaptureQueue, FormedBatch, StatusRecord } from './capture-queue.js';
 import {
   captureItemFromRequest,
   checkCaptureId,
@@ -179,8 +179,11 @@ export class CaptureService {
         'capture: removed payload files of captures that were never queued, or already written, before the restart',
       );
     }
+    for (const problem of recovered.problems) this.#logger?.warn({}, `capture: ${problem}`);
     this.#pending = recovered.pending;
     this.#held = recovered.pending;
+    // What the queue holds counts in the byte cap again (it bounds the payload folder's disk use too).
+    for (const [captureId, bytes] of recovered.pendingBytes) this.#holdBytes(captureId, bytes);
     const spooled = this.#spool?.captureIds() ?? new Set<string>();
     for (const batch of recovered.openBatches) {
       if (batch.items.every((item) => spooled.has(item.captureId))) {
@@ -189,6 +192,7 @@ export class CaptureService {
         continue;
       }
       this.#held += batch.items.length;
+      for (const item of batch.items) this.#holdBytes(item.captureId, captureBytes(item));
       this.#batches.push({ batchId: batch.batchId, items: batch.items, attempts: 0 });
     }
     const lost = this.#queue.inProgressOutsideQueue().filter((id) => !spooled.has(id));
@@ -349,9 +353,7 @@ export class CaptureService {
   async #admit(item: CaptureItem): Promise<void> {
     this.#reserved.add(item.captureId);
     this.#held++;
-    const bytes = captureBytes(item);
-    this.#heldBytes += bytes;
-    this.#bytesOf.set(item.captureId, bytes);
+    this.#holdBytes(item.captureId, captureBytes(item));
     try {
       await this.#queue.enqueue(item, item.source === 'api');
     } catch (error) {
@@ -428,7 +430,7 @@ export class CaptureService {
 
   async #formBatch(limit: number): Promise<void> {
     const batchId = randomBytes(16).toString('hex');
-    let formed: { items: CaptureItem[]; damaged: string[] };
+    let formed: FormedBatch;
     try {
       formed = await this.#queue.formBatch(batchId, limit);
     } catch (error) {
@@ -438,11 +440,20 @@ export class CaptureService {
       this.#armFlushTimer();
       return;
     }
-    const { items, damaged } = formed;
-    // Dropped as unreadable (marked FAILURE): nothing holds them any more, their bytes included.
+    const { items, damaged, deferred } = formed;
+    // Dropped as unreadable (marked FAILURE, or left to the next start): nothing holds them, bytes included.
     this.#held -= damaged.length;
     for (const captureId of damaged) this.#releaseBytes(captureId);
     if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
+    if (deferred.length > 0) {
+      // Not known to be damaged (too many open files, an I/O error, …): waiting again, for the next push period.
+      this.#pending += deferred.length;
+      this.#logger?.warn(
+        { err: deferred[0]!.error, captures: deferred.map((d) => d.captureId) },
+        'capture: queued captures could not be read back from their payload files now; retrying at the next push period',
+      );
+      this.#armFlushTimer();
+    }
   }
 
   #drive(): void {
@@ -593,6 +604,11 @@ export class CaptureService {
     }
     this.#held -= batch.items.length;
     for (const item of batch.items) this.#releaseBytes(item.captureId);
+  }
+
+  #holdBytes(captureId: string, bytes: number): void {
+    this.#heldBytes += bytes;
+    this.#bytesOf.set(captureId, bytes);
   }
 
   #releaseBytes(captureId: string): void {

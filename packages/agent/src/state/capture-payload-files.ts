@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { constants, type Dirent, type Stats } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 
 /**
  * A capture payload larger than this is written as a file beside the database instead of into it. better-sqlite3
@@ -19,67 +20,223 @@ export function capturePayloadFolder(databasePath: string): string {
 const PAYLOAD_FILE_NAME = /^[0-9a-f]{32}\.payload$/;
 /** Files being written; never named by a row, so a crash's leftovers are orphans like any other. */
 const TEMP_PREFIX = '.tmp-';
+const TEMP_FILE_NAME = /^\.tmp-[0-9a-f]{32}\.payload$/;
+/** Owner-only: the files hold model inputs and outputs. */
+const FOLDER_MODE = 0o700;
+const FILE_MODE = 0o600;
+/** Never follows a symbolic link in the folder, and never blocks on a FIFO put there. */
+const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+type FileHandle = fsp.FileHandle;
+
+/** Payload files written at once (see CapturePayloadFiles.#writing). */
+const WRITES_AT_ONCE = 2;
+
+/**
+ * The file operations the payload files use: node:fs/promises, and fsync. A constructor argument so that a test
+ * can record the order of writes, fsyncs, renames and removals (a SIGKILL cannot show a missing fsync).
+ */
+export interface PayloadFileSystem {
+  open(path: string, flags: string | number, mode?: number): Promise<FileHandle>;
+  /** fsync of an open file or folder; `path` says which. */
+  fsync(handle: FileHandle, path: string): Promise<void>;
+  rename(from: string, to: string): Promise<void>;
+  rm(path: string): Promise<void>;
+  mkdir(path: string, mode: number): Promise<void>;
+  chmod(path: string, mode: number): Promise<void>;
+  lstat(path: string): Promise<Stats>;
+  /** Entries with their types, as lstat sees them (a symbolic link is a link, not what it points at). */
+  readdir(path: string): Promise<Dirent[]>;
+}
+
+export const NODE_PAYLOAD_FILE_SYSTEM: PayloadFileSystem = {
+  open: (path, flags, mode) => fsp.open(path, flags, mode),
+  fsync: (handle) => handle.sync(),
+  rename: (from, to) => fsp.rename(from, to),
+  rm: (path) => fsp.rm(path, { force: true }),
+  mkdir: async (path, mode) => {
+    await fsp.mkdir(path, { mode });
+  },
+  chmod: (path, mode) => fsp.chmod(path, mode),
+  lstat: (path) => fsp.lstat(path),
+  readdir: (path) => fsp.readdir(path, { withFileTypes: true }),
+};
+
+/**
+ * The file a row names is gone, or is not the file the agent wrote (a symbolic link, not a regular file, another
+ * owner, another size): its capture cannot be delivered and is marked FAILURE.
+ */
+export class DamagedPayloadError extends Error {
+  override readonly name = 'DamagedPayloadError';
+}
+
+/**
+ * The payload folder is not one the agent can trust (a symbolic link, not a directory, another owner, writable by
+ * others). Nothing is written, read or removed in it; large captures are kept inline until it is fixed.
+ */
+export class UnsafePayloadFolderError extends Error {
+  override readonly name = 'UnsafePayloadFolderError';
+}
 
 /**
  * The payload files of the capture queue. The queue keeps these rules, so a crash never leaves a row naming a
  * missing or partial file and never leaks one for good:
- * - a file is written under a temporary name, fsynced, renamed, and its folder fsynced, before a row names it;
+ * - a file is written under a temporary name, fsynced, renamed, and its folder fsynced (and, when the folder was
+ *   just made, the data root too), before a row names it;
  * - a file is removed only once the deletion of its row is durable (the WAL fsynced after the commit);
  * - at start, files that no row names (a crash between the write and the insert, or before the removal) are
- *   removed by `sweep`.
+ *   removed by `sweep`: only names this class writes, only regular files or links (never what a link points at).
+ * The folder is checked (lstat) before each use: it must be a real directory of the agent's user that nobody else
+ * can write, so that nobody else can put a file or link where a row's name points.
  * Every file operation runs on libuv's thread pool, never on the event loop.
  */
 export class CapturePayloadFiles {
   readonly dir: string;
   readonly #walPath: string;
-  /** Names written by this process that no committed row names yet (being written, or awaiting their row). */
+  readonly #fs: PayloadFileSystem;
+  /**
+   * Names written by this process that no committed row names yet (being written, or awaiting their row). Only a
+   * sweep run while writes are in flight needs it; the agent sweeps before it takes captures, so it is defensive.
+   */
   readonly #unsettled = new Set<string>();
+  /** The size of each file written and not yet settled: its row records it, and a read checks it. */
+  readonly #sizes = new Map<string, number>();
   #removals: Promise<void> = Promise.resolve();
+  /** The folder being made, for writes that find it missing meanwhile: none goes on before it is durable. */
+  #making: Promise<void> | undefined;
+  /**
+   * Writes under way, at most WRITES_AT_ONCE: each holds a descriptor and takes turns on libuv's four threads
+   * with fsyncs that take seconds on an SD card; model reads, the Disk destination and DNS wait behind them.
+   */
+  #writing = 0;
+  readonly #waitingToWrite: (() => void)[] = [];
 
-  constructor(options: { dir: string; walPath: string }) {
+  constructor(options: { dir: string; walPath: string; fileSystem?: PayloadFileSystem }) {
     this.dir = options.dir;
     this.#walPath = options.walPath;
+    this.#fs = options.fileSystem ?? NODE_PAYLOAD_FILE_SYSTEM;
   }
 
-  /** Writes the chunks as one new file, durably; returns its name for the row. The name stays unsettled. */
+  /**
+   * Writes the chunks as one new file, durably; returns its name for the row. The name stays unsettled. Rejects
+   * with UnsafePayloadFolderError, having written nothing, when the folder is not safe to use.
+   */
   async write(chunks: readonly Uint8Array[]): Promise<string> {
+    if (this.#writing >= WRITES_AT_ONCE)
+      await new Promise<void>((resolve) => this.#waitingToWrite.push(resolve));
+    else this.#writing++;
+    try {
+      return await this.#write(chunks);
+    } finally {
+      // The slot passes to the next write waiting, if any.
+      const next = this.#waitingToWrite.shift();
+      if (next) next();
+      else this.#writing--;
+    }
+  }
+
+  async #write(chunks: readonly Uint8Array[]): Promise<string> {
     const name = `${randomBytes(16).toString('hex')}.payload`;
     const temp = `${TEMP_PREFIX}${name}`;
+    if ((await this.#checkFolder()) === 'missing') {
+      this.#making ??= this.#makeFolder().finally(() => (this.#making = undefined));
+      await this.#making;
+    }
     this.#unsettled.add(name);
     this.#unsettled.add(temp);
     try {
-      const handle = await this.#create(temp);
+      const handle = await this.#fs.open(join(this.dir, temp), 'wx', FILE_MODE);
       try {
         await writeAll(handle, chunks);
-        await handle.sync();
+        await this.#fs.fsync(handle, join(this.dir, temp));
       } finally {
         await handle.close();
       }
-      await rename(join(this.dir, temp), join(this.dir, name));
-      await syncPath(this.dir);
+      await this.#fs.rename(join(this.dir, temp), join(this.dir, name));
+      await this.#sync(this.dir);
     } catch (error) {
-      await rm(join(this.dir, temp), { force: true }).catch(() => undefined);
-      await rm(join(this.dir, name), { force: true }).catch(() => undefined);
+      await this.#fs.rm(join(this.dir, temp)).catch(() => undefined);
+      await this.#fs.rm(join(this.dir, name)).catch(() => undefined);
       this.#unsettled.delete(name);
       throw error;
     } finally {
       this.#unsettled.delete(temp);
     }
+    this.#sizes.set(
+      name,
+      chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0),
+    );
     return name;
+  }
+
+  /** The size of a file this process wrote whose row is not committed yet; undefined for any other name. */
+  writtenSize(name: string): number | undefined {
+    return this.#sizes.get(name);
   }
 
   /** A committed row names the file now (or it was removed): the sweep judges it by the rows from here on. */
   settle(name: string): void {
     this.#unsettled.delete(name);
+    this.#sizes.delete(name);
   }
 
-  async read(name: string): Promise<Buffer> {
+  /**
+   * The file's bytes, which must be `bytes` long. Rejects with DamagedPayloadError when the file is gone or is not
+   * what the agent wrote (never following a link, never reading a FIFO or device, never more than `bytes`), with
+   * UnsafePayloadFolderError when the folder is not safe to use, and with the error as it came for anything else
+   * (EMFILE, EIO, …: the file may be fine, so the caller tries again later).
+   */
+  async read(name: string, bytes: number): Promise<Buffer> {
     if (!PAYLOAD_FILE_NAME.test(name)) {
-      throw new Error(
+      throw new DamagedPayloadError(
         `the queue names a payload file ${JSON.stringify(name)}; expected a name the agent writes (32 hex digits, .payload)`,
       );
     }
-    return readFile(join(this.dir, name));
+    if ((await this.#checkFolder()) === 'missing') {
+      throw new DamagedPayloadError(
+        `its payload file ${name} is gone (ENOENT: the folder ${this.dir} is gone)`,
+      );
+    }
+    let handle: FileHandle;
+    try {
+      handle = await this.#fs.open(join(this.dir, name), READ_FLAGS);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new DamagedPayloadError(`its payload file ${name} is gone (ENOENT)`);
+      if (code === 'ELOOP') {
+        throw new DamagedPayloadError(
+          `its payload file ${name} was replaced by a symbolic link (not followed); expected the file the agent wrote`,
+        );
+      }
+      throw error;
+    }
+    try {
+      const stats = await handle.stat();
+      const problem = !stats.isFile()
+        ? 'is not a regular file'
+        : stats.uid !== (process.geteuid?.() ?? stats.uid)
+          ? `is owned by uid ${stats.uid}, not the agent's user`
+          : stats.size !== bytes
+            ? `holds ${stats.size} bytes; its row names ${bytes}`
+            : undefined;
+      if (problem !== undefined) {
+        throw new DamagedPayloadError(
+          `its payload file ${name} ${problem}; expected the file the agent wrote`,
+        );
+      }
+      const payload = Buffer.allocUnsafe(bytes);
+      let offset = 0;
+      while (offset < bytes) {
+        const { bytesRead } = await handle.read(payload, offset, bytes - offset, offset);
+        if (bytesRead === 0) {
+          throw new DamagedPayloadError(`its payload file ${name} ended after ${offset} of ${bytes} bytes`);
+        }
+        offset += bytesRead;
+      }
+      return payload;
+    } finally {
+      await handle.close();
+    }
   }
 
   /**
@@ -91,7 +248,7 @@ export class CapturePayloadFiles {
     if (names.length === 0) return;
     this.#removals = this.#removals
       .then(async () => {
-        await syncPath(this.#walPath);
+        await this.#sync(this.#walPath);
         await this.#remove(names);
       })
       // The WAL could not be fsynced: the files stay, for the sweep at the next start.
@@ -110,58 +267,103 @@ export class CapturePayloadFiles {
   }
 
   /**
-   * Removes every file in the folder that `referenced()` (read at once, after listing) does not name and that
-   * this process is not writing: what a crash left. Returns how many.
+   * Removes the files in the folder that `referenced()` (read at once, after listing) does not name and that this
+   * process is not writing: what a crash left. Only names this class writes, and only regular files or symbolic
+   * links (the link, never its target); anything else is left alone. One that cannot be removed is named in
+   * `failed` and left. Rejects with UnsafePayloadFolderError when the folder is not safe to use.
    */
-  async sweep(referenced: () => ReadonlySet<string>): Promise<number> {
-    let names: string[];
-    try {
-      names = await readdir(this.dir);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 0;
-      throw error;
-    }
+  async sweep(referenced: () => ReadonlySet<string>): Promise<{ removed: number; failed: string[] }> {
+    if ((await this.#checkFolder()) === 'missing') return { removed: 0, failed: [] };
+    const entries = await this.#fs.readdir(this.dir);
     // In the same turn as the listing: a file listed is named by a row now, being written, or an orphan.
     const keep = referenced();
-    const orphans = names.filter((name) => !keep.has(name) && !this.#unsettled.has(name));
-    if (orphans.length === 0) return 0;
+    const orphans = entries
+      .filter((entry) => PAYLOAD_FILE_NAME.test(entry.name) || TEMP_FILE_NAME.test(entry.name))
+      .filter((entry) => entry.isFile() || entry.isSymbolicLink())
+      .map((entry) => entry.name)
+      .filter((name) => !keep.has(name) && !this.#unsettled.has(name));
+    if (orphans.length === 0) return { removed: 0, failed: [] };
     // A row deleted before the listing (its file not yet removed when the agent stopped) must stay deleted.
-    await syncPath(this.#walPath);
-    await Promise.all(orphans.map((name) => rm(join(this.dir, name), { force: true })));
-    return orphans.length;
+    await this.#sync(this.#walPath);
+    const results = await Promise.allSettled(orphans.map((name) => this.#fs.rm(join(this.dir, name))));
+    const failed = results.flatMap((result, i) =>
+      result.status === 'rejected' ? [`${orphans[i]!}: ${(result.reason as Error).message}`] : [],
+    );
+    return { removed: orphans.length - failed.length, failed };
   }
 
-  /** Creates a new file (owner-only: it holds model inputs and outputs), making the folder when missing. */
-  async #create(name: string): Promise<Awaited<ReturnType<typeof open>>> {
+  /** Whether the folder exists; throws UnsafePayloadFolderError when it is there but not safe to use. */
+  async #checkFolder(): Promise<'ready' | 'missing'> {
+    let stats: Stats;
     try {
-      return await open(join(this.dir, name), 'wx', 0o600);
+      stats = await this.#fs.lstat(this.dir);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-      await mkdir(this.dir, { recursive: true, mode: 0o700 });
-      return open(join(this.dir, name), 'wx', 0o600);
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+      throw error;
     }
+    const euid = process.geteuid?.();
+    const problem = stats.isSymbolicLink()
+      ? 'a symbolic link'
+      : !stats.isDirectory()
+        ? 'not a directory'
+        : euid !== undefined && stats.uid !== euid
+          ? `owned by uid ${stats.uid}`
+          : (stats.mode & 0o022) !== 0
+            ? `writable by its group or others (mode ${(stats.mode & 0o777).toString(8)})`
+            : undefined;
+    if (problem === undefined) return 'ready';
+    throw new UnsafePayloadFolderError(
+      `the capture payload folder ${this.dir} is ${problem}; expected a directory (not a link) owned by the agent's user${euid === undefined ? '' : ` (uid ${euid})`} that only it can write. Remove it (the agent makes it again) or fix its owner and mode; until then large captures are kept in the database`,
+    );
+  }
+
+  /** Makes the folder (owner-only, whatever the umask), and fsyncs the data root so that its entry is durable. */
+  async #makeFolder(): Promise<void> {
+    try {
+      await this.#fs.mkdir(this.dir, FOLDER_MODE);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      // Made (and made durable) by an earlier write since this one looked: checked like any other.
+      await this.#checkFolder();
+      return;
+    }
+    await this.#fs.chmod(this.dir, FOLDER_MODE);
+    await this.#sync(dirname(this.dir));
   }
 
   async #remove(names: readonly string[]): Promise<void> {
     await Promise.all(
       names.map(async (name) => {
         try {
-          await rm(join(this.dir, name), { force: true });
+          await this.#fs.rm(join(this.dir, name));
         } catch {
           // Left for the sweep at the next start.
         } finally {
-          this.#unsettled.delete(name);
+          this.settle(name);
         }
       }),
     );
   }
+
+  /** fsync of a file or folder through a descriptor of our own; a missing one (no WAL yet) is fine. */
+  async #sync(path: string): Promise<void> {
+    let handle: FileHandle;
+    try {
+      handle = await this.#fs.open(path, 'r');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw error;
+    }
+    try {
+      await this.#fs.fsync(handle, path);
+    } finally {
+      await handle.close();
+    }
+  }
 }
 
 /** Writes every chunk, in order, however the kernel splits the writes. */
-async function writeAll(
-  handle: Awaited<ReturnType<typeof open>>,
-  chunks: readonly Uint8Array[],
-): Promise<void> {
+async function writeAll(handle: FileHandle, chunks: readonly Uint8Array[]): Promise<void> {
   let pending = chunks.filter((chunk) => chunk.byteLength > 0);
   while (pending.length > 0) {
     let { bytesWritten } = await handle.writev(pending as Uint8Array[]);
@@ -174,21 +376,5 @@ async function writeAll(
       }
     }
     pending = rest;
-  }
-}
-
-/** fsync of a file or folder through a descriptor of our own; a missing one (no WAL yet) is fine. */
-async function syncPath(path: string): Promise<void> {
-  let handle;
-  try {
-    handle = await open(path, 'r');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw error;
-  }
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }

@@ -1,5 +1,5 @@
 import type { Database, Statement } from 'better-sqlite3';
-import { CapturePayloadFiles } from './capture-payload-files.js';
+import { CapturePayloadFiles, DamagedPayloadError, type PayloadFileSystem } from './capture-payload-files.js';
 
 export type StoredCaptureStatus = 'IN_PROGRESS' | 'SUCCESS' | 'FAILURE';
 
@@ -10,7 +10,7 @@ export interface QueuedCaptureRow {
   meta: string;
   /** The bytes, kept in the row; empty when payloadFile names them. */
   payload: Buffer;
-  /** A file written with storePayload that holds the bytes instead (a large capture). */
+  /** A file written with storePayload that holds the bytes instead (a large capture); its size is recorded. */
   payloadFile?: string | null;
   enqueuedAt: number;
   /** Keep a status for GetCaptureDataStatus (default true; automatic captures have no one to ask). */
@@ -19,6 +19,8 @@ export interface QueuedCaptureRow {
 
 export interface BatchedCaptureRow extends QueuedCaptureRow {
   payloadFile: string | null;
+  /** The payload file's size, as written (null when the bytes are in the row). */
+  payloadBytes: number | null;
   batchId: string;
 }
 
@@ -36,6 +38,7 @@ interface RawQueueRow {
   meta: string;
   payload: Buffer;
   payload_file: string | null;
+  payload_bytes: number | null;
   enqueued_at: number;
   batch_id: string | null;
 }
@@ -63,12 +66,19 @@ export class CaptureQueueRepository {
   readonly #selectStatus: Statement;
   readonly #updateStatus: Statement;
 
-  /** `payloadDir`: where large payloads are kept (capturePayloadFolder of the database's path). */
-  constructor(db: Database, options: { payloadDir: string }) {
+  /**
+   * `payloadDir`: where large payloads are kept (capturePayloadFolder of the database's path). `fileSystem`: the
+   * payload files' operations (default node:fs; a test records their order).
+   */
+  constructor(db: Database, options: { payloadDir: string; fileSystem?: PayloadFileSystem }) {
     this.#db = db;
-    this.#files = new CapturePayloadFiles({ dir: options.payloadDir, walPath: `${db.name}-wal` });
+    this.#files = new CapturePayloadFiles({
+      dir: options.payloadDir,
+      walPath: `${db.name}-wal`,
+      ...(options.fileSystem && { fileSystem: options.fileSystem }),
+    });
     this.#insertCapture = db.prepare(
-      'INSERT INTO capture_queue (capture_id, model, meta, payload, payload_file, enqueued_at) VALUES (?, ?, ?, ?, ?, ?)',
+      'INSERT INTO capture_queue (capture_id, model, meta, payload, payload_file, payload_bytes, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
     );
     // A status left from an earlier capture with the same id (pruned by age, or the caller checked) is replaced.
     this.#insertStatus = db.prepare(
@@ -83,9 +93,19 @@ export class CaptureQueueRepository {
   /**
    * Adds captures and (unless trackStatus is false) their IN_PROGRESS statuses, all or none. Throws
    * SQLITE_CONSTRAINT_UNIQUE on an id queued twice. When it throws, the payload files the rows named are removed.
+   * A payload file must be one storePayload returned and no row names yet (its size is recorded from the write).
    */
   enqueue(rows: readonly QueuedCaptureRow[]): void {
     const files = rows.flatMap((row) => (row.payloadFile ? [row.payloadFile] : []));
+    const sizes = files.map((name) => {
+      const size = this.#files.writtenSize(name);
+      if (size === undefined) {
+        throw new Error(
+          `a capture names the payload file ${JSON.stringify(name)}, which this queue is not holding for a row; expected a name storePayload returned, used once`,
+        );
+      }
+      return size;
+    });
     try {
       this.#db
         .transaction(() => {
@@ -96,6 +116,7 @@ export class CaptureQueueRepository {
               row.meta,
               row.payload,
               row.payloadFile ?? null,
+              row.payloadFile ? sizes[files.indexOf(row.payloadFile)] : null,
               row.enqueuedAt,
             );
             if (row.trackStatus !== false) this.#insertStatus.run(row.captureId, row.model, row.enqueuedAt);
@@ -117,21 +138,27 @@ export class CaptureQueueRepository {
     return this.#files.write(chunks);
   }
 
-  /** Removes a file from storePayload that will not be enqueued after all. */
-  dropStoredPayload(name: string): void {
-    this.#files.removeUnreferenced([name]);
-  }
-
-  /** A row's bytes: its own, or its file's (read on the thread pool). Rejects when the file cannot be read. */
-  async readPayload(row: Pick<BatchedCaptureRow, 'payload' | 'payloadFile'>): Promise<Buffer> {
-    return row.payloadFile === null ? row.payload : this.#files.read(row.payloadFile);
+  /**
+   * A row's bytes: its own, or its file's (read on the thread pool). Rejects with DamagedPayloadError when the
+   * file is gone or is not the one written; with UnsafePayloadFolderError or the file system's error (EMFILE,
+   * EIO, …) when it cannot be read now but may be later.
+   */
+  async readPayload(
+    row: Pick<BatchedCaptureRow, 'payload' | 'payloadFile' | 'payloadBytes'>,
+  ): Promise<Buffer> {
+    if (row.payloadFile === null) return row.payload;
+    if (row.payloadBytes === null) {
+      throw new DamagedPayloadError(`its row names the payload file ${row.payloadFile} but not its size`);
+    }
+    return this.#files.read(row.payloadFile, row.payloadBytes);
   }
 
   /**
    * Removes the payload files no row names (left by a crash between a file's write and its row's insert, or
-   * before a finished row's file was removed); files being written now are left alone. Returns how many.
+   * before a finished row's file was removed); files being written now are left alone. Returns how many, and
+   * those it could not remove. Rejects (nothing removed) when the folder is not safe to use.
    */
-  removeOrphanPayloads(): Promise<number> {
+  removeOrphanPayloads(): Promise<{ removed: number; failed: string[] }> {
     return this.#files.sweep(
       () =>
         new Set(
@@ -161,6 +188,26 @@ export class CaptureQueueRepository {
         n: number;
       }
     ).n;
+  }
+
+  /** The bytes of each capture not yet in a batch, by id (what it holds of the buffer's byte cap). */
+  pendingBytes(): Map<string, number> {
+    const rows = this.#db
+      .prepare(
+        'SELECT capture_id, coalesce(payload_bytes, length(payload)) AS bytes FROM capture_queue WHERE batch_id IS NULL',
+      )
+      .all() as { capture_id: string; bytes: number }[];
+    return new Map(rows.map((row) => [row.capture_id, row.bytes]));
+  }
+
+  /** Takes captures out of their batch: they wait again, in their place (a read of their files failed for now). */
+  returnToQueue(captureIds: readonly string[]): void {
+    if (captureIds.length === 0) return;
+    this.#db
+      .prepare(
+        'UPDATE capture_queue SET batch_id = NULL WHERE capture_id IN (SELECT value FROM json_each(?))',
+      )
+      .run(JSON.stringify(captureIds));
   }
 
   /** Puts up to `limit` of the oldest waiting captures in batch `batchId`; returns them, oldest first. */
@@ -195,19 +242,24 @@ export class CaptureQueueRepository {
 
   /**
    * Removes a batch's captures from the queue and, unless `status` is null (the batch went to the spool and
-   * stays IN_PROGRESS until uploaded), sets their statuses. One transaction.
+   * stays IN_PROGRESS until uploaded), sets their statuses. One transaction. Captures named in `leave` were not
+   * in what was written (they could not be read, nor dropped): they stay in the batch for the next start.
    */
   completeBatch(
     batchId: string,
     status: Exclude<StoredCaptureStatus, 'IN_PROGRESS'> | null,
     at: number,
     detail?: string,
+    leave: readonly string[] = [],
   ): void {
     const removed = this.#db
       .transaction(() => {
         const ids = this.#db
-          .prepare('DELETE FROM capture_queue WHERE batch_id = ? RETURNING capture_id, payload_file')
-          .all(batchId) as { capture_id: string; payload_file: string | null }[];
+          .prepare(
+            `DELETE FROM capture_queue WHERE batch_id = ? AND capture_id NOT IN (SELECT value FROM json_each(?))
+             RETURNING capture_id, payload_file`,
+          )
+          .all(batchId, JSON.stringify(leave)) as { capture_id: string; payload_file: string | null }[];
         if (status !== null) {
           for (const { capture_id } of ids) this.#updateStatus.run(status, at, detail ?? null, capture_id);
         }
@@ -287,6 +339,7 @@ function toBatched(row: RawQueueRow): BatchedCaptureRow {
     meta: row.meta,
     payload: row.payload,
     payloadFile: row.payload_file,
+    payloadBytes: row.payload_bytes,
     enqueuedAt: row.enqueued_at,
     batchId: row.batch_id!,
   };

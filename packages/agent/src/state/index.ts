@@ -12,8 +12,11 @@ export { openAgentDatabase, type DatabaseRecovery, type OpenedAgentDatabase } fr
 export { LATEST_SCHEMA_VERSION, MIGRATIONS, migrate, type Migration } from './migrations.js';
 export {
   capturePayloadFolder,
-  CapturePayloadFiles,
+  DamagedPayloadError,
   DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES,
+  NODE_PAYLOAD_FILE_SYSTEM,
+  UnsafePayloadFolderError,
+  type PayloadFileSystem,
 } from './capture-payload-files.js';
 export {
   CaptureQueueRepository,

@@ -113,6 +113,10 @@ export const MIGRATIONS: readonly Migration[] = [
       -- empty payload. Rows queued before this version keep their bytes inline (payload_file NULL).
       ALTER TABLE capture_queue ADD COLUMN payload_file TEXT
         CHECK (payload_file IS NULL OR length(payload) = 0);
+      -- The file's size as written: a read takes exactly this many bytes, and a restart restores the buffer's
+      -- byte count from it.
+      ALTER TABLE capture_queue ADD COLUMN payload_bytes INTEGER
+        CHECK ((payload_file IS NULL) = (payload_bytes IS NULL) AND (payload_bytes IS NULL OR payload_bytes >= 0));
     `,
   },
 ];

@@ -1,7 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
-import { mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { createServer, get } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -235,7 +235,9 @@ describe('a large capture whose file is gone', () => {
     await service.flush();
     expect(service.status('lost')).toMatchObject({
       status: 'FAILURE',
-      detail: expect.stringMatching(/could not be read back: ENOENT/),
+      detail: expect.stringMatching(
+        /could not be read back: its payload file [0-9a-f]{32}\.payload is gone \(ENOENT\)/,
+      ),
     });
     expect(service.status('kept').status).toBe('SUCCESS');
     expect([...(await writtenInputs(settings.diskPath)).keys()]).toEqual(['kept']);
@@ -310,9 +312,142 @@ describe('SIGKILL around a large capture (real processes)', () => {
 
     database = AgentDatabase.open({ path, walSyncIntervalMs: 0 });
     const queue = new SqliteCaptureQueue({ repository: database.captureQueue });
-    expect(await queue.recover()).toEqual({ pending: 0, openBatches: [], orphansRemoved: 1 });
+    expect(await queue.recover()).toEqual({
+      pending: 0,
+      pendingBytes: new Map(),
+      openBatches: [],
+      orphansRemoved: 1,
+      problems: [],
+    });
     expect(await readdir(folder)).toEqual([]);
     expect(queue.status('never-acknowledged')).toBeUndefined();
     await queue.close();
+  });
+});
+
+/**
+ * Runs `script` like killAfter, to its end, with at most `files` open descriptors (ulimit -n); returns the lines
+ * it printed.
+ */
+async function runLimited(script: string, files: number): Promise<string[]> {
+  const state = new URL('../../src/state/index.ts', import.meta.url).pathname;
+  const capture = new URL('../../src/capture/index.ts', import.meta.url).pathname;
+  const source = `
+    import * as state from ${JSON.stringify(state)};
+    import * as capture from ${JSON.stringify(capture)};
+    const say = (line) => process.stdout.write(line + '\\n');
+    ${script}
+  `;
+  const child = spawn(
+    'sh',
+    [
+      '-c',
+      `ulimit -n ${files} && exec "$@"`,
+      'sh',
+      process.execPath,
+      '--import',
+      'tsx',
+      '--input-type=module',
+      '-e',
+      source,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  if (code !== 0) throw new Error(`the child exited with ${code}: ${stderr}`);
+  return stdout.split('\n').filter((line) => line !== '');
+}
+
+describe('a large capture whose file cannot be read for now', () => {
+  it('out of file descriptors (EMFILE): stays queued, in its place, and is delivered intact once they are back', async () => {
+    const path = agentDatabasePath(join(work, 'data'));
+    const lines = await runLimited(
+      `
+      const { openSync, closeSync } = await import('node:fs');
+      const db = state.AgentDatabase.open({ path: ${JSON.stringify(path)}, walSyncIntervalMs: 0 });
+      const queue = new capture.SqliteCaptureQueue({ repository: db.captureQueue });
+      await queue.enqueue(${itemScript('acknowledged', 256 * 1024, 4)});
+      // Every descriptor the limit allows is taken, as by a burst of connections.
+      const taken = [];
+      try { for (;;) taken.push(openSync('/dev/null', 'r')); } catch (error) { if (error.code !== 'EMFILE') throw error; }
+      const short = await queue.formBatch('short', 10);
+      for (const fd of taken) closeSync(fd);
+      say(JSON.stringify({
+        items: short.items.length,
+        damaged: short.damaged,
+        deferred: short.deferred.map((d) => [d.captureId, d.error.code]),
+        status: queue.status('acknowledged').status,
+      }));
+      const later = await queue.formBatch('later', 10);
+      say(JSON.stringify({
+        items: later.items.map((item) => item.captureId),
+        bytes: later.items[0].inputTensors[0].data.toString('base64'),
+      }));
+      queue.completeBatch('later', 'SUCCESS');
+      await queue.close();
+      say(queue.status('acknowledged').status);
+      db.close();
+      `,
+      256,
+    );
+    expect(JSON.parse(lines[0]!)).toEqual({
+      items: 0,
+      damaged: [],
+      deferred: [['acknowledged', 'EMFILE']],
+      status: 'IN_PROGRESS',
+    });
+    const later = JSON.parse(lines[1]!) as { items: string[]; bytes: string };
+    expect(later.items).toEqual(['acknowledged']);
+    expect(Buffer.from(later.bytes, 'base64').equals(expectedBytes(256 * 1024, 4))).toBe(true);
+    expect(lines[2]).toBe('SUCCESS');
+  });
+
+  it('in an unsafe folder: the service keeps it waiting (not FAILURE) and writes it once the folder is fixed', async () => {
+    const { service, settings, payloads } = await startService();
+    const big = randomTensor('x', 1024 * 1024);
+    await service.capture(captureInput('big', { inputTensors: [big.tensor] }));
+    await chmod(payloads, 0o777);
+    await service.flush();
+    expect(service.status('big').status).toBe('IN_PROGRESS');
+    expect(service.held).toBe(1);
+
+    await chmod(payloads, 0o700);
+    await service.flush();
+    expect(service.status('big').status).toBe('SUCCESS');
+    expect((await writtenInputs(settings.diskPath)).get('big')?.equals(big.data)).toBe(true);
+    expect(service.held).toBe(0);
+  });
+});
+
+describe('the buffer byte cap after a restart', () => {
+  it('counts the captures still queued, so the payload folder holds no more than the cap across restarts', async () => {
+    const path = agentDatabasePath(join(work, 'data'));
+    await killAfter(
+      `
+      const db = state.AgentDatabase.open({ path: ${JSON.stringify(path)}, walSyncIntervalMs: 0 });
+      const queue = new capture.SqliteCaptureQueue({ repository: db.captureQueue });
+      await queue.enqueue(${itemScript('queued', 1024 * 1024, 2)});
+      say('acknowledged');
+      `,
+      'acknowledged',
+    );
+    const { service } = await startService(
+      testSettings(work, { batchSize: 10, pushPeriodSeconds: 600, bufferBytes: 1.5 * 1024 * 1024 }),
+    );
+    expect(service.held).toBe(1);
+    const refused = await agentErrorOf(
+      service.capture(captureInput('no-room', { inputTensors: [randomTensor('x', 1024 * 1024).tensor] })),
+    );
+    expect(refused.code).toBe('RESOURCE_EXHAUSTED');
+    expect(refused.message).toMatch(/1048576 bytes of captures waiting/);
+
+    await service.flush();
+    expect(service.status('queued').status).toBe('SUCCESS');
+    // Written, it gave its bytes back.
+    await service.capture(captureInput('fits', { inputTensors: [randomTensor('x', 1024 * 1024).tensor] }));
   });
 });

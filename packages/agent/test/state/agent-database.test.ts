@@ -157,7 +157,11 @@ describe('schema version 3: large capture payloads as files', () => {
     const db = AgentDatabase.open({ path: agentDatabasePath(root) });
     try {
       await expect(
-        db.captureQueue.readPayload({ payload: Buffer.alloc(0), payloadFile: '../agent.db' }),
+        db.captureQueue.readPayload({
+          payload: Buffer.alloc(0),
+          payloadFile: '../agent.db',
+          payloadBytes: 10,
+        }),
       ).rejects.toThrow(/names a payload file "\.\.\/agent\.db"; expected a name the agent writes/);
     } finally {
       db.close();

@@ -1,0 +1,356 @@
+import { execFileSync } from 'node:child_process';
+import {
+  chmod,
+  chown,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { SqliteCaptureQueue, type CaptureItem } from '../../src/capture/index.js';
+import {
+  AgentDatabase,
+  agentDatabasePath,
+  capturePayloadFolder,
+  CaptureQueueRepository,
+  migrate,
+  NODE_PAYLOAD_FILE_SYSTEM,
+  type PayloadFileSystem,
+} from '../../src/state/index.js';
+
+// The payload files of large captures, against what can be found in their folder: files, links, FIFOs and folders
+// put there by someone else, a folder that is a link or that others can write, files that cannot be read now.
+// Real files, real SQLite.
+
+let root: string;
+let path: string;
+let folder: string;
+let database: AgentDatabase | undefined;
+const opened: SqliteDatabase.Database[] = [];
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'edgefleet-payload-files-'));
+  path = agentDatabasePath(join(root, 'data'));
+  folder = capturePayloadFolder(path);
+});
+afterEach(async () => {
+  database?.close();
+  database = undefined;
+  for (const db of opened.splice(0)) db.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+function open(options: { busyTimeoutMs?: number } = {}): {
+  database: AgentDatabase;
+  queue: SqliteCaptureQueue;
+  damaged: string[];
+} {
+  database?.close();
+  database = AgentDatabase.open({ path, walSyncIntervalMs: 0, ...options });
+  const damaged: string[] = [];
+  const queue = new SqliteCaptureQueue({
+    repository: database.captureQueue,
+    onDamaged: (captureId) => damaged.push(captureId),
+  });
+  return { database, queue, damaged };
+}
+
+/** A capture of one input tensor of `bytes` bytes, all `fill`. */
+function item(captureId: string, bytes: number, fill = 1): CaptureItem {
+  return {
+    captureId,
+    model: 'm',
+    modelVersion: '1',
+    inferenceTime: 1,
+    receivedAt: 1,
+    source: 'api',
+    inputTensors: [
+      { name: 'x', dataType: 'FLOAT32', shape: [1, bytes / 4], data: Buffer.alloc(bytes, fill) },
+    ],
+    outputTensors: [],
+    inputs: [],
+    outputs: [],
+  };
+}
+
+/** The payload file each queued capture's row names (null: its bytes are in the row). */
+function payloadFiles(): Map<string, string | null> {
+  const raw = new SqliteDatabase(path, { readonly: true });
+  opened.push(raw);
+  const rows = raw.prepare('SELECT capture_id, payload_file FROM capture_queue').all() as {
+    capture_id: string;
+    payload_file: string | null;
+  }[];
+  return new Map(rows.map((row) => [row.capture_id, row.payload_file]));
+}
+
+describe('a queued capture whose payload file was replaced', () => {
+  const secret = Buffer.alloc(256 * 1024, 0x53);
+  const cases: [string, (file: string) => Promise<void>, RegExp][] = [
+    [
+      'by a symbolic link to another file of the same size',
+      async (file) => {
+        await writeFile(join(root, 'secret'), secret);
+        await symlink(join(root, 'secret'), file);
+      },
+      /was replaced by a symbolic link \(not followed\)/,
+    ],
+    ['by a FIFO', async (file) => void execFileSync('mkfifo', [file]), /is not a regular file/],
+    ['by a folder', async (file) => mkdir(file), /is not a regular file/],
+    [
+      'by a longer file',
+      async (file) => writeFile(file, Buffer.alloc(512 * 1024, 7)),
+      /holds 524288 bytes; its row names 262144/,
+    ],
+  ];
+  it.each(cases)(
+    '%s: is marked FAILURE, and nothing else is read or delivered',
+    async (_, replace, reason) => {
+      const { queue, damaged } = open();
+      await queue.enqueue(item('replaced', 256 * 1024));
+      await queue.enqueue(item('kept', 100));
+      const file = join(folder, payloadFiles().get('replaced')!);
+      await rm(file);
+      await replace(file);
+
+      const formed = await queue.formBatch('b', 10);
+      expect(formed.items.map((i) => i.captureId)).toEqual(['kept']);
+      expect(formed.damaged).toEqual(['replaced']);
+      expect(formed.deferred).toEqual([]);
+      expect(damaged).toEqual(['replaced']);
+      expect(queue.status('replaced')).toMatchObject({
+        status: 'FAILURE',
+        detail: expect.stringMatching(reason),
+      });
+      queue.completeBatch('b', 'SUCCESS');
+      await queue.close();
+    },
+  );
+});
+
+describe('a payload file that cannot be read now', () => {
+  it('leaves its capture queued, in its place, while the folder is unsafe; it is delivered once fixed', async () => {
+    const { queue } = open();
+    await queue.enqueue(item('first', 256 * 1024, 3));
+    await queue.enqueue(item('second', 100));
+    // Group- and world-writable: a file in it may not be the agent's, so nothing in it is read.
+    await chmod(folder, 0o777);
+
+    const held = await queue.formBatch('b1', 10);
+    expect(held.items.map((i) => i.captureId)).toEqual(['second']);
+    expect(held.damaged).toEqual([]);
+    expect(held.deferred.map((d) => d.captureId)).toEqual(['first']);
+    expect(held.deferred[0]!.error.message).toMatch(/writable by its group or others \(mode 777\)/);
+    expect(queue.status('first')?.status).toBe('IN_PROGRESS');
+    queue.completeBatch('b1', 'SUCCESS');
+
+    await chmod(folder, 0o700);
+    const later = await queue.formBatch('b2', 10);
+    expect(later.items.map((i) => i.captureId)).toEqual(['first']);
+    expect(later.items[0]!.inputTensors[0]!.data.equals(Buffer.alloc(256 * 1024, 3))).toBe(true);
+    queue.completeBatch('b2', 'SUCCESS');
+    await queue.close();
+    expect(queue.status('first')?.status).toBe('SUCCESS');
+    expect(await readdir(folder)).toEqual([]);
+  });
+});
+
+describe('a capture that cannot be read back nor dropped', () => {
+  it('is left out of the batch written (never marked SUCCESS) and failed at the next start', async () => {
+    // A write that finds the lock taken fails at once (SQLITE_BUSY) instead of waiting for it.
+    const { database, queue } = open({ busyTimeoutMs: 0 });
+    await queue.enqueue(item('gone', 256 * 1024));
+    await queue.enqueue(item('kept', 100));
+    await rm(join(folder, payloadFiles().get('gone')!));
+    // Another connection holds the write lock while the batch is read back: the discard cannot commit.
+    const other = new SqliteDatabase(database.path, { timeout: 0 });
+    opened.push(other);
+    const forming = queue.formBatch('b', 10);
+    other.prepare('BEGIN IMMEDIATE').run();
+    const formed = await forming;
+    other.prepare('COMMIT').run();
+    expect(formed.items.map((i) => i.captureId)).toEqual(['kept']);
+    expect(formed.damaged).toEqual(['gone']);
+    expect(queue.status('gone')?.status).toBe('IN_PROGRESS');
+
+    queue.completeBatch('b', 'SUCCESS');
+    expect(queue.status('kept')?.status).toBe('SUCCESS');
+    expect(queue.status('gone')?.status).toBe('IN_PROGRESS');
+    await queue.close();
+
+    const again = open();
+    expect((await again.queue.recover()).openBatches).toEqual([]);
+    expect(again.damaged).toEqual(['gone']);
+    expect(again.queue.status('gone')).toMatchObject({
+      status: 'FAILURE',
+      detail: expect.stringMatching(/ENOENT/),
+    });
+    await again.queue.close();
+  });
+});
+
+describe('the start-up sweep of the payload folder', () => {
+  it("removes only the agent's own leftover names (a leftover link, never its target), and starts whatever it finds", async () => {
+    const { queue } = open();
+    await queue.enqueue(item('queued', 256 * 1024));
+    const kept = payloadFiles().get('queued')!;
+    const hex = (c: string) => c.repeat(32);
+    await writeFile(join(root, 'target'), 'not the agent’s');
+    await writeFile(join(folder, `${hex('a')}.payload`), 'orphan');
+    await writeFile(join(folder, `.tmp-${hex('b')}.payload`), 'interrupted write');
+    await symlink(join(root, 'target'), join(folder, `${hex('c')}.payload`));
+    // Not the agent's: left alone.
+    await writeFile(join(folder, 'notes.txt'), 'a user file');
+    await mkdir(join(folder, 'lost+found'));
+    await mkdir(join(folder, `${hex('d')}.payload`));
+    await queue.close();
+
+    const again = open();
+    const recovered = await again.queue.recover();
+    expect(recovered).toMatchObject({ pending: 1, orphansRemoved: 3, problems: [] });
+    expect((await readdir(folder)).sort()).toEqual(
+      [kept, 'lost+found', 'notes.txt', `${hex('d')}.payload`].sort(),
+    );
+    expect(await readFile(join(root, 'target'), 'utf8')).toBe('not the agent’s');
+    await again.queue.close();
+  });
+
+  it('does not use a folder that is a symbolic link: nothing in its target is removed; large captures stay inline', async () => {
+    const elsewhere = join(root, 'models');
+    await mkdir(elsewhere);
+    await writeFile(join(elsewhere, 'model.onnx'), 'weights');
+    await writeFile(join(elsewhere, `${'e'.repeat(32)}.payload`), 'looks like a leftover');
+    await mkdir(dirname(folder), { recursive: true });
+    await symlink(elsewhere, folder);
+
+    const { queue } = open();
+    const recovered = await queue.recover();
+    expect(recovered.orphansRemoved).toBe(0);
+    expect(recovered.problems).toEqual([
+      expect.stringMatching(/not swept: .* is a symbolic link; expected a directory/),
+    ]);
+    expect((await readdir(elsewhere)).sort()).toEqual([`${'e'.repeat(32)}.payload`, 'model.onnx']);
+
+    await queue.enqueue(item('large', 256 * 1024, 9));
+    expect(payloadFiles().get('large')).toBeNull();
+    const formed = await queue.formBatch('b', 10);
+    expect(formed.items[0]!.inputTensors[0]!.data.equals(Buffer.alloc(256 * 1024, 9))).toBe(true);
+    queue.completeBatch('b', 'SUCCESS');
+    await queue.close();
+    expect((await lstat(folder)).isSymbolicLink()).toBe(true);
+  });
+
+  // Only root can give the folder away.
+  it.skipIf(process.geteuid?.() !== 0)('does not use a folder another user owns', async () => {
+    await mkdir(folder, { recursive: true, mode: 0o700 });
+    await chown(folder, 65534, 65534);
+    const { queue } = open();
+    expect((await queue.recover()).problems).toEqual([expect.stringMatching(/is owned by uid 65534/)]);
+    await queue.enqueue(item('large', 256 * 1024));
+    expect(payloadFiles().get('large')).toBeNull();
+    await queue.close();
+  });
+});
+
+/** A queue repository over a fresh database whose payload files go through `fileSystem`. */
+async function repositoryWith(fileSystem: PayloadFileSystem): Promise<CaptureQueueRepository> {
+  await mkdir(dirname(path), { recursive: true });
+  const db = new SqliteDatabase(path);
+  opened.push(db);
+  db.pragma('journal_mode = WAL');
+  migrate(db);
+  return new CaptureQueueRepository(db, { payloadDir: folder, fileSystem });
+}
+
+describe('payload writes at once', () => {
+  it('are at most two, so they leave libuv threads and descriptors to the rest of the agent; all complete', async () => {
+    let writing = 0;
+    let most = 0;
+    const fileSystem: PayloadFileSystem = {
+      ...NODE_PAYLOAD_FILE_SYSTEM,
+      open: async (p, flags, mode) => {
+        const handle = await NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
+        if (flags === 'wx') most = Math.max(most, ++writing);
+        return handle;
+      },
+      rename: async (from, to) => {
+        await NODE_PAYLOAD_FILE_SYSTEM.rename(from, to);
+        writing--;
+      },
+    };
+    const repository = await repositoryWith(fileSystem);
+    const names = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => repository.storePayload([Buffer.alloc(100_000, i)])),
+    );
+    expect(most).toBe(2);
+    expect((await readdir(folder)).sort()).toEqual([...names].sort());
+  });
+});
+
+describe('the order of writes, fsyncs and removals (recorded through the file-system seam)', () => {
+  it('makes the file, its name and a new folder durable before a row names it, and removes it after the WAL fsync', async () => {
+    const dataRoot = dirname(path);
+    const steps: string[] = [];
+    const label = (p: string) => relative(dataRoot, p).replace(/[0-9a-f]{32}/, 'N') || '.';
+    const fileSystem: PayloadFileSystem = {
+      ...NODE_PAYLOAD_FILE_SYSTEM,
+      open: async (p, flags, mode) => {
+        const handle = await NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
+        if (flags === 'wx') steps.push(`create ${label(p)}`);
+        return handle;
+      },
+      fsync: async (handle, p) => {
+        await NODE_PAYLOAD_FILE_SYSTEM.fsync(handle, p);
+        steps.push(`fsync ${label(p)}`);
+      },
+      rename: async (from, to) => {
+        await NODE_PAYLOAD_FILE_SYSTEM.rename(from, to);
+        steps.push(`rename ${label(from)} ${label(to)}`);
+      },
+      rm: async (p) => {
+        await NODE_PAYLOAD_FILE_SYSTEM.rm(p);
+        steps.push(`remove ${label(p)}`);
+      },
+      mkdir: async (p, mode) => {
+        await NODE_PAYLOAD_FILE_SYSTEM.mkdir(p, mode);
+        steps.push(`mkdir ${label(p)}`);
+      },
+      chmod: async (p, mode) => {
+        await NODE_PAYLOAD_FILE_SYSTEM.chmod(p, mode);
+        steps.push(`chmod ${label(p)} ${mode.toString(8)}`);
+      },
+    };
+    const repository = await repositoryWith(fileSystem);
+    const name = await repository.storePayload([Buffer.alloc(1000, 1)]);
+    steps.push('stored');
+    repository.enqueue([
+      { captureId: 'c', model: 'm', meta: '{}', payload: Buffer.alloc(0), payloadFile: name, enqueuedAt: 1 },
+    ]);
+    steps.push('row committed');
+    repository.formBatch('b', 10);
+    repository.completeBatch('b', 'SUCCESS', 2);
+    steps.push('row deleted');
+    await repository.payloadRemovalsDone();
+    expect(steps).toEqual([
+      'mkdir agent.db-payloads',
+      'chmod agent.db-payloads 700',
+      'fsync .',
+      'create agent.db-payloads/.tmp-N.payload',
+      'fsync agent.db-payloads/.tmp-N.payload',
+      'rename agent.db-payloads/.tmp-N.payload agent.db-payloads/N.payload',
+      'fsync agent.db-payloads',
+      'stored',
+      'row committed',
+      'row deleted',
+      'fsync agent.db-wal',
+      'remove agent.db-payloads/N.payload',
+    ]);
+  });
+});
