@@ -94,10 +94,10 @@ const untilRunsInline = (pool: InferencePool, key: string, input: () => PoolTens
 const OVER_ANY_CEILING_ROWS = Math.ceil(slowModelFlops() / slowModelFlops({ ...SCALABLE, rows: 1 }));
 
 /**
- * The least CPU time (this thread's) of three runs of the model on this thread, in ms: what the pool judges an
+ * The least CPU time (this thread's) of `runs` runs of the model on this thread, in ms: what the pool judges an
  * inline run by (threadCpuMs).
  */
-async function threadCpuCost(model: string, input: () => PoolTensor[]): Promise<number> {
+async function threadCpuCost(model: string, input: () => PoolTensor[], runs = 3): Promise<number> {
   const runner = new InlineRunner();
   try {
     // The pool's session options: one thread, so that the run's CPU time is all this thread's.
@@ -105,7 +105,7 @@ async function threadCpuCost(model: string, input: () => PoolTensor[]): Promise<
       true,
     );
     let least = Infinity;
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < runs; i++) {
       const inputs = input();
       const before = threadCpuMs!();
       runner.run(model, inputs);
@@ -332,13 +332,24 @@ describe('InferencePool: the inline path', () => {
       const creditMs = NEAR_CEILING_CREDIT_LIMITS * DEMOTE_FACTOR * 10;
       await pool.loadModel('tiled', paths.tiled!, 1);
       // Rows for a run of about 12 ms of CPU (the window's middle, on a ratio scale), scaled from the least CPU
-      // time of three runs on this thread: the pool judges inline runs by that clock (threadCpuMs), and a loaded
-      // machine stretches a run's wall time, not its CPU time (scaled by wall time, the rows came out too few).
-      const cpuMsOf = await threadCpuCost('tiled', () => tiled(OVER_ANY_CEILING_ROWS));
-      const rows = Math.max(1, Math.round((OVER_ANY_CEILING_ROWS * 12) / cpuMsOf));
+      // time of runs on this thread: the pool judges inline runs by that clock (threadCpuMs), and a loaded machine
+      // stretches a run's wall time, not its CPU time (scaled by wall time, the rows came out too few). Sized
+      // again before each run: even the CPU time of a row drifts on a loaded machine (cores, caches shared).
+      const TARGET_MS = 12;
+      let rows = Math.max(
+        1,
+        Math.round(
+          (OVER_ANY_CEILING_ROWS * TARGET_MS) /
+            (await threadCpuCost('tiled', () => tiled(OVER_ANY_CEILING_ROWS))),
+        ),
+      );
       /** One such run, inline; its time. Each sends the model back to be measured on the workers again. */
       const nearCeilingRun = async () => {
         await untilRunsInline(pool, 'tiled', () => tiled(1));
+        rows = Math.max(
+          1,
+          Math.round((rows * TARGET_MS) / (await threadCpuCost('tiled', () => tiled(rows), 2))),
+        );
         // The event loop's share spent on the last ones (tens of ms each) decays first, or the run goes to a worker.
         timePasses(10 * WINDOW_MS);
         const demotions = pool.stats().inline.demotions;
