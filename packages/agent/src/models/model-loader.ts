@@ -1,11 +1,11 @@
-import { lstat } from 'node:fs/promises';
 import { freemem } from 'node:os';
-import { isAbsolute, join, posix, resolve } from 'node:path';
+import { isAbsolute, posix, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   PackageVerificationError,
   dataTypeFromOrt,
   openModelPackage,
+  packageFileSize,
   readPackageModel,
   shapeMismatch,
   type OpenedModelPackage,
@@ -235,7 +235,8 @@ export class ModelLoader {
   /**
    * A session needs at least its weights in memory; refuse early rather than let ONNX Runtime fail midway.
    * Returns the size accepted for each file (package-relative path): what may then be read of it. Sizes come
-   * from lstat: a symlink or special file counts as its own tiny size, and is refused when read.
+   * from packageFileSize, which refuses a link below the package folder as the read will (its size never counts);
+   * a file that cannot be opened counts as 0 here and is refused, with its reason, when read.
    */
   async #checkMemory(
     opened: OpenedModelPackage,
@@ -250,7 +251,7 @@ export class ModelLoader {
     const accepted = new Map<string, number>();
     let bytes = 0;
     for (const file of files) {
-      const size = (await lstat(join(opened.dir, ...file.split('/'))).catch(() => ({ size: 0 }))).size;
+      const size = await packageFileSize(opened.dir, file).catch(() => 0);
       accepted.set(file, size);
       bytes += size;
     }

@@ -133,6 +133,34 @@ describe('package files that are not regular files', () => {
     }
   }, 60_000);
 
+  it('a model in a folder linked elsewhere is refused, naming the link; the same folder real loads', async () => {
+    const { client } = await startAgent();
+    const secret = join(agents.files.root, `secret-folder-${++counter}`);
+    await mkdir(secret);
+    await writeFile(join(secret, 'model.onnx'), 'root:*:20000:0:99999:7:::\nSECRET-LINE\n');
+    const linked = await copyOf(agents.packageOf('tiny'));
+    const manifestPath = join(linked, 'manifest.json');
+    const manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as { model: { file: string } };
+    // The model moves into m/, which is then a link to a folder elsewhere holding a file of that name.
+    await mkdir(join(linked, 'm'));
+    await rename(join(linked, manifest.model.file), join(linked, 'm', 'model.onnx'));
+    await writeFile(
+      manifestPath,
+      JSON.stringify({ ...manifest, model: { ...manifest.model, file: 'm/model.onnx' } }),
+    );
+    const real = await copyOf(linked);
+    await rm(join(linked, 'm'), { recursive: true });
+    await symlink(secret, join(linked, 'm'));
+    const error = await callError(loadModel(client, 'linkedfolder', linked));
+    expect(error.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(error.details).toContain(
+      'm/model.onnx is reached through m, a symbolic link; expected a folder of the package',
+    );
+    expect(error.details).not.toMatch(/root|SECRET|20000/);
+    await loadModel(client, 'realfolder', real);
+    await expectServes(client, 'realfolder');
+  }, 60_000);
+
   it('/dev/zero linked as the manifest or as external data is refused without reading it', async () => {
     const { agent, client } = await startAgent();
     const before = await residentBytes(agent.child.pid!);

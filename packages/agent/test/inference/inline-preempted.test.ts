@@ -28,24 +28,37 @@ afterAll(async () => {
 
 describe('an inline run that took long without computing', () => {
   /**
-   * A runner whose next run's thread is off the CPU for `stallMs` inside the run, as a preempted thread on a busy
-   * machine is: the wall time ONNX Runtime's run took grows by that, the process's CPU time does not.
+   * A runner whose next run's thread is off the CPU inside the run, as a preempted thread on a busy machine is:
+   * for at least `minMs`, and until the process's other threads have spent `othersCpuMs` of CPU meanwhile (this
+   * one spends next to none: it sleeps, waking every few ms to look). The wall time ONNX Runtime's run took grows
+   * by the stall, this thread's CPU time does not. Waiting for the CPU rather than for a fixed time: on a loaded
+   * machine another thread may get little of it in any given time.
    */
   class PreemptedRunner extends InlineRunner {
-    stallMs = 0;
+    stall: { minMs: number; othersCpuMs: number } | undefined;
     override run(...args: Parameters<InlineRunner['run']>): ReturnType<InlineRunner['run']> {
-      const stallMs = this.stallMs;
-      this.stallMs = 0;
+      const stall = this.stall;
+      this.stall = undefined;
       const result = super.run(...args);
-      if (stallMs === 0) return result;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, stallMs);
-      return { ...result, computeMs: result.computeMs + stallMs };
+      if (stall === undefined) return result;
+      const cell = new Int32Array(new SharedArrayBuffer(4));
+      const startedAt = performance.now();
+      const cpuBefore = processCpuMs();
+      while (performance.now() - startedAt < stall.minMs || processCpuMs() - cpuBefore < stall.othersCpuMs)
+        Atomics.wait(cell, 0, 0, 5);
+      return { ...result, computeMs: result.computeMs + (performance.now() - startedAt) };
     }
   }
 
+  const processCpuMs = () => {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1000;
+  };
+
   /**
    * Runs the tiny model inline 20 times, then once with its thread off the CPU for 200 ms (five times the demotion
-   * limit, 4 × 10 ms), optionally while another thread of the process computes; returns the demotions.
+   * limit, 4 × 10 ms), optionally while another thread of the process computes (until it has spent 100 ms of CPU
+   * meanwhile, over the limit too); returns the demotions.
    */
   async function demotionsAfterAStall(options: { threadCpuMs?: () => number; busyThread: boolean }) {
     const runner = new PreemptedRunner();
@@ -59,9 +72,8 @@ describe('an inline run that took long without computing', () => {
       runner,
       ...(options.threadCpuMs && { threadCpuMs: options.threadCpuMs }),
     });
-    const busy = options.busyThread
-      ? new Worker('const until = Date.now() + 400; while (Date.now() < until);', { eval: true })
-      : undefined;
+    // Computes until terminated.
+    const busy = options.busyThread ? new Worker('for (;;);', { eval: true }) : undefined;
     try {
       const input = [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
       for (let i = 0; i < RUNS_BEFORE_INLINE; i++) {
@@ -72,7 +84,7 @@ describe('an inline run that took long without computing', () => {
       expect(inline.pathFor(entry, input)).toBe('inline');
       for (let i = 0; i < 20; i++) await inline.run(entry, input, 'inline', undefined);
       if (busy) await new Promise((resolve) => busy.once('online', resolve));
-      runner.stallMs = 200;
+      runner.stall = { minMs: 200, othersCpuMs: busy ? 100 : 0 };
       const stalled = await inline.run(entry, input, 'inline', undefined);
       expect(stalled.computeMs).toBeGreaterThanOrEqual(200);
       return inline.stats().demotions;

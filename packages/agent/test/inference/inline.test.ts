@@ -9,6 +9,7 @@ import {
   type PoolEvent,
   type PoolTensor,
   type RunResult,
+  toOrtSessionOptions,
 } from '../../src/inference/index.js';
 import {
   asPoolTensor,
@@ -35,11 +36,19 @@ import {
 import { IDLE_REQUESTS_BEFORE_SESSION, InlineModels } from '../../src/inference/inline-models.js';
 import { InlineRunner } from '../../src/inference/inline-runner.js';
 import { newModelEntry } from '../../src/inference/scheduling.js';
+import { threadCpuClock } from '../../src/daemon/process-tuning.js';
+import { loadSysvShmAddon } from '../../src/shm/index.js';
 import { reshapeNeedsEvenModel } from '../models/helpers.js';
 import { waitUntil } from '../support/wait-until.js';
 
 let dir: string;
 const paths: Record<string, string> = {};
+const addon = loadSysvShmAddon();
+/**
+ * The daemon's clock for judging inline runs (the event loop's own CPU time): a run preempted on a loaded machine
+ * takes long without computing, and is not judged by that (inline-preempted.test.ts checks both clocks).
+ */
+const { threadCpuMs } = threadCpuClock(addon);
 const pools: InferencePool[] = [];
 
 const tinyInput = () => [asPoolTensor('x', TEST_MODELS.tiny.sampleInputs().x!)];
@@ -63,6 +72,7 @@ async function startPool(
     inline: { maxRunMicros, eventLoopShare, idleMaxRunMicros },
     maxQueuedPerModel,
     ...(onEvent && { onEvent }),
+    ...(threadCpuMs && { threadCpuMs }),
   });
   pools.push(pool);
   return pool;
@@ -82,6 +92,30 @@ const untilRunsInline = (pool: InferencePool, key: string, input: () => PoolTens
  * with one row (always under 10 ms) whatever the machine's speed.
  */
 const OVER_ANY_CEILING_ROWS = Math.ceil(slowModelFlops() / slowModelFlops({ ...SCALABLE, rows: 1 }));
+
+/**
+ * The least CPU time (this thread's) of `runs` runs of the model on this thread, in ms: what the pool judges an
+ * inline run by (threadCpuMs).
+ */
+async function threadCpuCost(model: string, input: () => PoolTensor[], runs = 3): Promise<number> {
+  const runner = new InlineRunner();
+  try {
+    // The pool's session options: one thread, so that the run's CPU time is all this thread's.
+    expect(await runner.load(model, paths[model]!, toOrtSessionOptions(DEFAULT_ORT_SESSION_CONFIG))).toBe(
+      true,
+    );
+    let least = Infinity;
+    for (let i = 0; i < runs; i++) {
+      const inputs = input();
+      const before = threadCpuMs!();
+      runner.run(model, inputs);
+      least = Math.min(least, threadCpuMs!() - before);
+    }
+    return least;
+  } finally {
+    await runner.close();
+  }
+}
 
 /** Waits out the hold on idle runs after a request found another in flight (WINDOW_MS). */
 const windowPasses = () => new Promise((resolve) => setTimeout(resolve, WINDOW_MS + 5));
@@ -170,12 +204,12 @@ describe('InferencePool: the inline path', () => {
   });
 
   it('keeps a model whose runs are over the ceiling on the workers', async () => {
+    // A ceiling of 1 µs: the scalable model's one row always takes longer (and far less than the slow model, whose
+    // 20 runs could outlast the test's timeout on a loaded machine).
     const pool = await startPool(1, 0.9);
-    await pool.loadModel('slow', paths.slow!, 1);
+    await pool.loadModel('scalable', paths.scalable!, 1);
     for (let i = 0; i < RUNS_BEFORE_INLINE + 4; i++)
-      expect((await pool.run('slow', [asPoolTensor('x', slowModelInput())])).worker).toBeGreaterThanOrEqual(
-        0,
-      );
+      expect((await pool.run('scalable', scalable(1))).worker).toBeGreaterThanOrEqual(0);
     expect(pool.stats().inline.models).toEqual([]);
     expect(pool.stats().runs.inline).toBe(0);
   });
@@ -226,6 +260,11 @@ describe('InferencePool: the inline path', () => {
   });
 
   describe('with the clock moved on', () => {
+    /**
+     * The park tests make hundreds of worker runs (a demoted model is measured again, twice as long after each
+     * demotion) and up to eight runs of 50–300 ms inline: over the default 30 s on a loaded machine.
+     */
+    const PARK_TEST_TIMEOUT_MS = 120_000;
     const realNow = performance.now.bind(performance);
     let skippedMs = 0;
     /** Moves performance.now() (the pool's clock for demotions) on, as if that much time had passed. */
@@ -238,43 +277,51 @@ describe('InferencePool: the inline path', () => {
       skippedMs = 0;
     });
 
-    it('parks a model on the workers after MAX_DEMOTIONS demotions, then lets it back', async () => {
-      const pool = await startPool(10_000, 0.9);
-      await pool.loadModel('tiled', paths.tiled!, 1);
-      for (let demotion = 1; demotion <= MAX_DEMOTIONS; demotion++) {
+    it(
+      'parks a model on the workers after MAX_DEMOTIONS demotions, then lets it back',
+      async () => {
+        const pool = await startPool(10_000, 0.9);
+        await pool.loadModel('tiled', paths.tiled!, 1);
+        for (let demotion = 1; demotion <= MAX_DEMOTIONS; demotion++) {
+          await untilRunsInline(pool, 'tiled', () => tiled(1));
+          expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
+          expect(pool.stats().inline.demotions).toBe(demotion);
+        }
+        // Far more worker runs than any re-measuring needs: none of them is followed by an inline one while parked.
+        const inlineRuns = pool.stats().runs.inline;
+        for (let i = 0; i < 8 * RUNS_BEFORE_INLINE; i++) {
+          expect((await pool.run('tiled', tiled(1))).worker).toBeGreaterThanOrEqual(0);
+          await loopWaits();
+        }
+        expect(pool.stats().runs.inline).toBe(inlineRuns);
+        expect(pool.stats().inline.models).toEqual([]);
+        // Once the park is over, it comes back (its inline session was kept).
+        timePasses(PARK_MS + 1);
         await untilRunsInline(pool, 'tiled', () => tiled(1));
-        expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
-        expect(pool.stats().inline.demotions).toBe(demotion);
-      }
-      // Far more worker runs than any re-measuring needs: none of them is followed by an inline one while parked.
-      const inlineRuns = pool.stats().runs.inline;
-      for (let i = 0; i < 8 * RUNS_BEFORE_INLINE; i++) {
-        expect((await pool.run('tiled', tiled(1))).worker).toBeGreaterThanOrEqual(0);
-        await loopWaits();
-      }
-      expect(pool.stats().runs.inline).toBe(inlineRuns);
-      expect(pool.stats().inline.models).toEqual([]);
-      // Once the park is over, it comes back (its inline session was kept).
-      timePasses(PARK_MS + 1);
-      await untilRunsInline(pool, 'tiled', () => tiled(1));
-    });
+      },
+      PARK_TEST_TIMEOUT_MS,
+    );
 
-    it('parks twice as long after each further demotion, counting the quiet time from the end of a park', async () => {
-      const parks: number[] = [];
-      const pool = await startPool(10_000, 0.9, 256, 0, (event) => {
-        if (event.type === 'inline-parked') parks.push(event.parkMs);
-      });
-      await pool.loadModel('tiled', paths.tiled!, 1);
-      // Eight demotions, each just after the park before it ended: parks of 1 to 32 minutes, the later ones
-      // longer than DEMOTION_MEMORY_MS, which must not restart the count.
-      for (let demotion = 1; demotion <= MAX_DEMOTIONS + 5; demotion++) {
-        await untilRunsInline(pool, 'tiled', () => tiled(1));
-        expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
-        timePasses((demotion >= MAX_DEMOTIONS ? parks.at(-1)! : 0) + 1);
-      }
-      expect(PARK_MS * 2 ** 4).toBeGreaterThan(DEMOTION_MEMORY_MS);
-      expect(parks).toEqual([1, 2, 4, 8, 16, 32].map((k) => k * PARK_MS));
-    });
+    it(
+      'parks twice as long after each further demotion, counting the quiet time from the end of a park',
+      async () => {
+        const parks: number[] = [];
+        const pool = await startPool(10_000, 0.9, 256, 0, (event) => {
+          if (event.type === 'inline-parked') parks.push(event.parkMs);
+        });
+        await pool.loadModel('tiled', paths.tiled!, 1);
+        // Eight demotions, each just after the park before it ended: parks of 1 to 32 minutes, the later ones
+        // longer than DEMOTION_MEMORY_MS, which must not restart the count.
+        for (let demotion = 1; demotion <= MAX_DEMOTIONS + 5; demotion++) {
+          await untilRunsInline(pool, 'tiled', () => tiled(1));
+          expect((await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).worker).toBe(-1);
+          timePasses((demotion >= MAX_DEMOTIONS ? parks.at(-1)! : 0) + 1);
+        }
+        expect(PARK_MS * 2 ** 4).toBeGreaterThan(DEMOTION_MEMORY_MS);
+        expect(parks).toEqual([1, 2, 4, 8, 16, 32].map((k) => k * PARK_MS));
+      },
+      PARK_TEST_TIMEOUT_MS,
+    );
 
     it('pays for runs over 4× the ceiling but within 4× the idle ceiling from a credit that starts full; past it they are demotions (counted exactly in inline-credit.test.ts)', async () => {
       const parks: PoolEvent[] = [];
@@ -284,15 +331,25 @@ describe('InferencePool: the inline path', () => {
       });
       const creditMs = NEAR_CEILING_CREDIT_LIMITS * DEMOTE_FACTOR * 10;
       await pool.loadModel('tiled', paths.tiled!, 1);
-      // Rows for a run of about 12 ms (the window's middle, on a ratio scale), scaled from the quickest of three
-      // measured on a worker (a busy machine only makes a run slower).
-      let quickestMs = Infinity;
-      for (let i = 0; i < 3; i++)
-        quickestMs = Math.min(quickestMs, (await pool.run('tiled', tiled(OVER_ANY_CEILING_ROWS))).computeMs);
-      const rows = Math.max(1, Math.round((OVER_ANY_CEILING_ROWS * 12) / quickestMs));
+      // Rows for a run of about 12 ms of CPU (the window's middle, on a ratio scale), scaled from the least CPU
+      // time of runs on this thread: the pool judges inline runs by that clock (threadCpuMs), and a loaded machine
+      // stretches a run's wall time, not its CPU time (scaled by wall time, the rows came out too few). Sized
+      // again before each run: even the CPU time of a row drifts on a loaded machine (cores, caches shared).
+      const TARGET_MS = 12;
+      let rows = Math.max(
+        1,
+        Math.round(
+          (OVER_ANY_CEILING_ROWS * TARGET_MS) /
+            (await threadCpuCost('tiled', () => tiled(OVER_ANY_CEILING_ROWS))),
+        ),
+      );
       /** One such run, inline; its time. Each sends the model back to be measured on the workers again. */
       const nearCeilingRun = async () => {
         await untilRunsInline(pool, 'tiled', () => tiled(1));
+        rows = Math.max(
+          1,
+          Math.round((rows * TARGET_MS) / (await threadCpuCost('tiled', () => tiled(rows), 2))),
+        );
         // The event loop's share spent on the last ones (tens of ms each) decays first, or the run goes to a worker.
         timePasses(10 * WINDOW_MS);
         const demotions = pool.stats().inline.demotions;

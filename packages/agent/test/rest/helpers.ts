@@ -216,13 +216,16 @@ export async function startAgent(
     tcp?: boolean;
     workers?: number;
     inline?: InferencePoolOptions['inline'];
+    /** How inline runs are judged (the daemon's is the event loop's own CPU clock: threadCpuClock). */
+    threadCpuMs?: InferencePoolOptions['threadCpuMs'];
   } & Partial<Omit<RestServerOptions, 'tcp'>> = {},
 ) {
-  const { socketPath, tcp, workers, inline, ...rest } = options;
+  const { socketPath, tcp, workers, inline, threadCpuMs, ...rest } = options;
   const pool = await InferencePool.start({
     workers: workers ?? 1,
     session: DEFAULT_ORT_SESSION_CONFIG,
     ...(inline && { inline }),
+    ...(threadCpuMs && { threadCpuMs }),
   });
   const metrics = new AgentMetrics({ defaultMetrics: false });
   metrics.watchPool(() => pool.stats());

@@ -25,6 +25,7 @@ import {
   valuesOf,
 } from './helpers.js';
 import { makeSegment, segmentBytes, writeSegment } from '../support/segments.js';
+import { ROW, pairInputs, pairModel, pairReference } from '../support/direct-output-models.js';
 
 // The KServe v2 system shared memory extension over System V segments: regions registered by name, inputs read
 // from them and outputs written into them, only for callers whose socket credentials allow the segment.
@@ -265,6 +266,65 @@ describe('KServe v2 system shared memory', () => {
     // Region offset 64 + output offset 32.
     expect([...segmentBytes(addon, output, 96, 64)]).toEqual([...expectedY]);
     expect([...segmentBytes(addon, output, 0, 96)]).toEqual(Array(96).fill(0));
+  });
+
+  it('answers right on the workers when an output region lies over an input (one region, or two over one segment)', async () => {
+    // The layouts system-shared-memory-inline.test.ts runs on the event loop, here on this agent's workers (its
+    // inline path is off): the worker writes each output once the run has read every input.
+    await agent.registry.load({ name: 'pair', url: await files.custom(pairModel(), 'pair') });
+    try {
+      const { a, b } = pairInputs();
+      const expected = pairReference({ a, b });
+      const size = a.byteLength;
+      const original = Buffer.concat([bytesOf(a), bytesOf(b)]);
+      const place = (region: string, offset = 0) => ({
+        shared_memory_region: region,
+        shared_memory_byte_size: size,
+        ...(offset !== 0 && { shared_memory_offset: offset }),
+      });
+      /** a from `regionA`, b from `regionB` (at `offsetB`), sum and product into `outputRegion`, on a worker. */
+      const pairOnAWorker = async (
+        regionA: string,
+        regionB: string,
+        offsetB: number,
+        outputRegion: string,
+      ) => {
+        const runs = agent.pool.stats().runs;
+        const result = await client.postJson('/v2/models/pair/infer', {
+          inputs: [
+            { name: 'a', shape: [1, ROW], datatype: 'FP32', parameters: place(regionA) },
+            { name: 'b', shape: [1, ROW], datatype: 'FP32', parameters: place(regionB, offsetB) },
+          ],
+          outputs: [
+            { name: 'sum', parameters: place(outputRegion) },
+            { name: 'product', parameters: place(outputRegion, size) },
+          ],
+        });
+        expect(result.status).toBe(200);
+        expect(agent.pool.stats().runs).toMatchObject({ inline: 0, worker: runs.worker + 1 });
+      };
+      const floatsAt = (shmid: number, offset: number) =>
+        new Float32Array(segmentBytes(addon, shmid, offset, size).buffer);
+
+      // One region for both inputs and both outputs: each output over the input it is computed from after the other.
+      const both = segment(2 * size, original, 0o600);
+      expect((await registerRegion(client, 'both', both, 2 * size)).status).toBe(200);
+      await pairOnAWorker('both', 'both', size, 'both');
+      expect(floatsAt(both, 0)).toEqual(expected.sum);
+      expect(floatsAt(both, size)).toEqual(expected.product);
+
+      // Two regions over one segment, at different offsets: inputs through 'left' and 'right', outputs through
+      // 'whole' (the same bytes).
+      const shared = segment(2 * size, original, 0o600);
+      expect((await registerRegion(client, 'left', shared, size)).status).toBe(200);
+      expect((await registerRegion(client, 'right', shared, size, size)).status).toBe(200);
+      expect((await registerRegion(client, 'whole', shared, 2 * size)).status).toBe(200);
+      await pairOnAWorker('left', 'right', 0, 'whole');
+      expect(floatsAt(shared, 0)).toEqual(expected.sum);
+      expect(floatsAt(shared, size)).toEqual(expected.product);
+    } finally {
+      await agent.registry.unload('pair');
+    }
   });
 
   it('refuses regions past the segment, tensors past the region, and unknown or unregistered regions, clearly', async () => {

@@ -87,8 +87,17 @@ export async function inferenceError(promise: Promise<unknown>): Promise<Inferen
   return error as InferenceError;
 }
 
-/** Lets the event loop wait for I/O with nothing to do (a timer), as it does between a lone client's requests. */
-export const loopWaits = () => new Promise((resolve) => setTimeout(resolve, 2));
+/**
+ * Lets the event loop wait for I/O with nothing to do, as it does between a lone client's requests: timers of 2 ms
+ * until its idle time (what idle runs are admitted by, InlineBudget.admitIdle) has grown. One timer is not enough:
+ * on a loaded machine this thread may be off the CPU past the timer's time, and then the loop finds it due
+ * without ever blocking, which libuv does not count as idle.
+ */
+export async function loopWaits(): Promise<void> {
+  const idleBefore = performance.eventLoopUtilization().idle;
+  do await new Promise((resolve) => setTimeout(resolve, 2));
+  while (performance.eventLoopUtilization().idle <= idleBefore);
+}
 
 /**
  * Calls `step` (a request) until the pool runs `key` inline (any model when absent; a registry's `name#n` key

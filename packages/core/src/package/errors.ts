@@ -45,3 +45,19 @@ export class PackageArchiveError extends Error {
     super(message);
   }
 }
+
+export type PackageFileProblem =
+  'bad-path' | 'missing' | 'symlink' | 'not-regular' | 'too-large' | 'unreadable';
+
+/** A package file that cannot be read as one. The message names the file and what was expected, never its bytes. */
+export class PackageFileError extends Error {
+  override readonly name = 'PackageFileError';
+  constructor(
+    readonly problem: PackageFileProblem,
+    /** The path as the caller named it (package-relative where the caller gave one). */
+    readonly file: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}

@@ -7,12 +7,12 @@ import {
   type TrustPolicy,
   type VerifiedSignature,
 } from '../signing/index.js';
-import { PackageInvalidError, PackageNotFoundError } from './errors.js';
+import { PackageFileError, PackageInvalidError, PackageNotFoundError } from './errors.js';
 import { MANIFEST_FILE, PackageManifestSchema, describeZodError, type PackageManifest } from './manifest.js';
 import {
   MAX_MANIFEST_BYTES,
-  PackageFileError,
   jsonSyntaxErrorPosition,
+  packageFileSize,
   readPackageFile,
 } from './package-file.js';
 
@@ -37,16 +37,16 @@ export async function openModelPackage(
 ): Promise<OpenedModelPackage> {
   const absolute = resolve(dir);
   // The folder itself may be a symlink (e.g. models/current -> models/v3): whoever names it could name its
-  // target as well, so a link reaches nothing more. What is refused is any *file* that is not a regular one.
+  // target as well, so a link reaches nothing more. What is refused is any link below it, to a file or a folder,
+  // and any file that is not a regular one (readPackageFile).
   const st = await lstat(absolute)
     .then((found) => (found.isSymbolicLink() ? stat(absolute) : found))
     .catch(() => undefined);
   if (!st) throw new PackageNotFoundError(absolute, 'the folder does not exist');
   if (!st.isDirectory())
     throw new PackageNotFoundError(absolute, 'it is a file; expected an extracted package folder');
-  const manifestBytes = await readPackageFile(join(absolute, MANIFEST_FILE), {
+  const manifestBytes = await readPackageFile(absolute, MANIFEST_FILE, {
     maxBytes: MAX_MANIFEST_BYTES,
-    label: MANIFEST_FILE,
   }).catch((error: unknown) => {
     if (error instanceof PackageFileError && error.problem === 'missing')
       throw new PackageNotFoundError(absolute, `it has no ${MANIFEST_FILE}`);
@@ -73,17 +73,15 @@ export async function openModelPackage(
     throw new PackageInvalidError(absolute, `${MANIFEST_FILE}: ${describeZodError(parsed.error)}`);
   const manifest = parsed.data;
   const modelPath = join(absolute, ...manifest.model.file.split('/'));
-  const modelStat = await lstat(modelPath).catch(() => undefined);
-  if (!modelStat)
+  await packageFileSize(absolute, manifest.model.file).catch((error: unknown) => {
+    if (!(error instanceof PackageFileError)) throw error;
     throw new PackageInvalidError(
       absolute,
-      `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is missing`,
+      error.problem === 'missing'
+        ? `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is missing`
+        : `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is not a regular file of the package: ${error.message}`,
     );
-  if (!modelStat.isFile())
-    throw new PackageInvalidError(
-      absolute,
-      `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is not a regular file (a symlink, folder or special file); expected the ONNX file itself`,
-    );
+  });
   return { dir: absolute, manifest, modelPath, ...(signature && { signature }) };
 }
 
@@ -105,7 +103,7 @@ export interface ReadPackageModelOptions {
 
 /**
  * Reads the model file and its external data files into memory, each through readPackageFile (regular files
- * only, no symlinks, never more than `maxBytes` allows). For a verified package (`opened.signature`), each
+ * only, no symlink to a file or on the way to one, never more than `maxBytes` allows). For a verified package (`opened.signature`), each
  * file's bytes must have the SHA-256 the signature lists; a file changed since it was verified is refused
  * (PackageVerificationError 'file-modified'), so whoever can write the package folder cannot swap a file between
  * verification and use. Errors: PackageInvalidError (a file missing, unreadable, not a regular file, or larger
@@ -117,9 +115,8 @@ export async function readPackageModel(
 ): Promise<PackageModelBytes> {
   const modelFile = opened.manifest.model.file;
   const read = async (path: string): Promise<Uint8Array> => {
-    const bytes = await readPackageFile(join(opened.dir, ...path.split('/')), {
+    const bytes = await readPackageFile(opened.dir, path, {
       maxBytes: options.maxBytes?.get(path) ?? Number.MAX_SAFE_INTEGER,
-      label: path,
     }).catch((error: unknown) => {
       throw packageFileFailure(opened.dir, error);
     });

@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
-import { constants } from 'node:fs';
 import type { Dirent } from 'node:fs';
-import { lstat, open, readdir, type FileHandle } from 'node:fs/promises';
+import { lstat, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { PackageFileError } from '../package/errors.js';
+import { badPackagePathReason, openPackagePath } from '../package/package-path.js';
 import { UnsupportedFileError, type UnsupportedFileKind } from './errors.js';
 
 /** One regular file of a package and its SHA-256. */
@@ -46,12 +47,6 @@ export interface ListedFile {
  * reads measured no faster and cost memory on small devices.
  */
 const READ_SIZE = 1024 * 1024;
-
-/**
- * Read-only, never through a symlink swapped in after listing (where the platform can refuse one), and never
- * blocking on a FIFO swapped in (it opens at once and reads as empty, so its hash fails).
- */
-const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 
 /**
  * SHA-256 of every regular file under `dir` (recursive), sorted as the OpenSSF Model Signing reference sorts
@@ -98,7 +93,10 @@ export async function hashListedFiles(
   const bytesTotal = files.reduce((sum, f) => sum + f.size, 0);
   let bytesBefore = 0;
   const out: FileDigest[] = [];
-  const reader = new PipelinedReader(files.map((f) => join(dir, f.path)));
+  const reader = new PipelinedReader(
+    dir,
+    files.map((f) => f.path),
+  );
   try {
     for (const [i, file] of files.entries()) {
       const report = onProgress
@@ -131,13 +129,16 @@ interface Prefetched {
  * is the end, as POSIX guarantees for regular files.
  */
 class PipelinedReader {
+  readonly #dir: string;
   readonly #paths: readonly string[];
   readonly #buffers: [Buffer, Buffer] = [Buffer.allocUnsafe(READ_SIZE), Buffer.allocUnsafe(READ_SIZE)];
   /** Which buffer the next file's first read goes into. */
   #nextBuffer = 0;
   #prefetched: Promise<Prefetched> | undefined;
 
-  constructor(paths: readonly string[]) {
+  /** `paths`: package-relative, under `dir`. */
+  constructor(dir: string, paths: readonly string[]) {
+    this.#dir = dir;
     this.#paths = paths;
   }
 
@@ -185,7 +186,22 @@ class PipelinedReader {
 
   #prefetch(index: number): Promise<Prefetched> {
     const buffer = this.#buffers[this.#nextBuffer as 0 | 1];
-    const prefetched = open(this.#paths[index] as string, OPEN_FLAGS).then((handle) => {
+    // Never through a symlink swapped in after listing, the file's or a folder's on its way (openPackagePath);
+    // never blocking on a FIFO or reading a device swapped in (refused by fstat before a byte is read).
+    const path = this.#paths[index] as string;
+    const prefetched = openPackagePath(this.#dir, path).then(async (handle) => {
+      const st = await handle.stat().catch(async (error: unknown) => {
+        await handle.close();
+        throw error;
+      });
+      if (!st.isFile()) {
+        await handle.close();
+        throw new PackageFileError(
+          'not-regular',
+          path,
+          `${path} is not a regular file; expected a regular file`,
+        );
+      }
       const first = handle.read(buffer, 0, READ_SIZE, 0);
       first.catch(() => undefined); // handled when awaited; until then, not an unhandled rejection
       return { handle, first };
@@ -225,13 +241,7 @@ function compareCodePoints(a: string, b: string): number {
  * Guards verification against names that would reach outside the package folder.
  */
 export function invalidResourcePathReason(name: string): string | undefined {
-  if (name.length === 0) return 'it is empty';
-  if (name.includes('\0')) return 'it contains a NUL character';
-  if (name.includes('\\')) return 'it contains a backslash';
-  if (name.startsWith('/')) return 'it is absolute';
-  if (name.split('/').some((part) => part === '' || part === '.' || part === '..'))
-    return 'it has an empty, "." or ".." component';
-  return undefined;
+  return badPackagePathReason(name);
 }
 
 function normalizeIgnorePath(path: string): string {

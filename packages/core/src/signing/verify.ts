@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { join, relative, resolve, sep } from 'node:path';
+import { resolve } from 'node:path';
 import {
   parseCertificate,
   parseCertificatePem,
@@ -14,7 +14,8 @@ import {
   type ListedFile,
 } from './digest.js';
 import { PackageVerificationError, UnsupportedFileError } from './errors.js';
-import { PackageFileError, jsonSyntaxErrorPosition, readPackageFile } from '../package/package-file.js';
+import { PackageFileError } from '../package/errors.js';
+import { jsonSyntaxErrorPosition, readPackageFile } from '../package/package-file.js';
 import {
   ModelSignatureStatementSchema,
   SIGNATURE_FILE,
@@ -124,7 +125,7 @@ export async function verifyPackage(
         { path: file.path },
       );
   }).catch((error: unknown) => {
-    throw changedWhileVerifying(absolute, error);
+    throw changedWhileVerifying(error);
   });
 
   const subject = statement.subject[0] as ModelSignatureStatement['subject'][number];
@@ -137,29 +138,29 @@ export async function verifyPackage(
   };
 }
 
-/** A file removed, or replaced by a symlink, between listing and hashing: still a verdict on the package. */
-function changedWhileVerifying(dir: string, error: unknown): unknown {
-  const e = error as NodeJS.ErrnoException;
-  if (!e?.path || (e.code !== 'ENOENT' && e.code !== 'ELOOP')) return error;
-  const path = relative(dir, e.path).split(sep).join('/');
-  return e.code === 'ENOENT'
-    ? new PackageVerificationError(
-        'file-missing',
-        `file ${path} disappeared while the package was being verified`,
-        {
-          path,
-        },
-      )
-    : new PackageVerificationError(
-        'file-unsupported',
-        `file ${path} became a symlink while the package was being verified; expected a regular file`,
-        { path },
-      );
+/**
+ * A file removed, or replaced by a symlink (itself or a folder on its way), between listing and hashing: still a
+ * verdict on the package.
+ */
+function changedWhileVerifying(error: unknown): unknown {
+  if (!(error instanceof PackageFileError)) return error;
+  if (error.problem === 'missing')
+    return new PackageVerificationError(
+      'file-missing',
+      `file ${error.file} disappeared while the package was being verified`,
+      { path: error.file },
+    );
+  if (error.problem === 'symlink' || error.problem === 'not-regular')
+    return new PackageVerificationError(
+      'file-unsupported',
+      `file ${error.file} became ${error.problem === 'symlink' ? 'a symlink' : 'something other than a regular file'} while the package was being verified: ${error.message}`,
+      { path: error.file },
+    );
+  return error;
 }
 
 async function readBundle(dir: string): Promise<SignatureBundle> {
-  const path = join(dir, SIGNATURE_FILE);
-  const bytes = await readPackageFile(path, { maxBytes: MAX_BUNDLE_BYTES, label: SIGNATURE_FILE }).catch(
+  const bytes = await readPackageFile(dir, SIGNATURE_FILE, { maxBytes: MAX_BUNDLE_BYTES }).catch(
     (error: unknown) => {
       if (!(error instanceof PackageFileError)) throw error;
       if (error.problem === 'missing')

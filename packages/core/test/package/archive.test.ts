@@ -133,6 +133,14 @@ describe('the adversarial archive corpus', () => {
   it('hard link to a file outside', async () => {
     await expectRefused([{ name: 'hard', type: 'link', linkname: '../../etc/passwd' }], 'link');
   });
+  it('hard link to a file inside, and a symlinked folder to a folder inside (still links)', async () => {
+    const inside = { name: 'model/model.onnx', body: Buffer.from('x') };
+    await expectRefused([inside, { name: 'copy.onnx', type: 'link', linkname: 'model/model.onnx' }], 'link');
+    await expectRefused([inside, { name: 'alias', type: 'symlink', linkname: 'model' }], 'link');
+  });
+  it('a link named with ./ and a trailing slash, as `tar -C dir .` writes folders', async () => {
+    await expectRefused([{ name: './model/', type: 'symlink', linkname: '/etc' }], 'link');
+  });
   it('device file', async () => {
     await expectRefused(
       [{ name: 'dev', type: 'character-device', devmajor: 1, devminor: 3 }],

@@ -1,0 +1,104 @@
+import { cp, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeTestModel } from '../../src/onnx/index.js';
+import {
+  MANIFEST_FILE,
+  PACKAGE_MODEL_FILE,
+  PackageInvalidError,
+  createModelPackage,
+  openModelPackage,
+  readPackageModel,
+} from '../../src/package/index.js';
+import { generateKeyPair, signPackage } from '../../src/signing/index.js';
+
+// A package whose model sits in a folder that is a link (to another folder, anywhere) is refused where it is
+// opened and where it is read: O_NOFOLLOW alone checks only a path's last component. Real files, real links.
+
+let work: string;
+/** An unsigned package of the tiny model, its manifest's model file moved into the folder `m/`. */
+let base: string;
+let counter = 0;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'ef-open-links-'));
+  base = join(work, 'base');
+  await createModelPackage({
+    modelPath: await writeTestModel('tiny', join(work, 'model')),
+    name: 'tiny',
+    version: '1',
+    outDir: base,
+  });
+  await mkdir(join(base, 'm'));
+  await rename(join(base, PACKAGE_MODEL_FILE), join(base, 'm', PACKAGE_MODEL_FILE));
+  const manifest = JSON.parse(await readFile(join(base, MANIFEST_FILE), 'utf8')) as {
+    model: { file: string };
+  };
+  manifest.model.file = `m/${PACKAGE_MODEL_FILE}`;
+  await writeFile(join(base, MANIFEST_FILE), JSON.stringify(manifest));
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+/** A copy of the base package, and a folder outside it holding a copy of its `m/`. */
+async function copies(): Promise<{ dir: string; elsewhere: string }> {
+  const dir = join(work, `copy-${++counter}`);
+  const elsewhere = join(work, `elsewhere-${counter}`);
+  await cp(base, dir, { recursive: true });
+  await cp(join(base, 'm'), elsewhere, { recursive: true });
+  return { dir, elsewhere };
+}
+
+/** Replaces the package's `m/` with a link to `target`. */
+async function linkModelFolder(dir: string, target: string): Promise<void> {
+  await rm(join(dir, 'm'), { recursive: true });
+  await symlink(target, join(dir, 'm'));
+}
+
+const modelFile = `m/${PACKAGE_MODEL_FILE}`;
+
+describe('a package with a linked folder on the way to its model', () => {
+  it('is opened and read with its folder real', async () => {
+    const { dir } = await copies();
+    const opened = await openModelPackage(dir, { trust: null });
+    const bytes = await readPackageModel(opened);
+    expect(bytes.model).toEqual(await readFile(join(dir, modelFile)));
+  });
+
+  it('is refused by openModelPackage, naming the package, the file and the linked folder', async () => {
+    const { dir, elsewhere } = await copies();
+    await linkModelFolder(dir, elsewhere);
+    const error = await openModelPackage(dir, { trust: null }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(PackageInvalidError);
+    expect((error as Error).message).toBe(
+      `model package ${dir} is not valid: the model file ${modelFile} named by ${MANIFEST_FILE} is not a regular file of the package: ${modelFile} is reached through m, a symbolic link; expected a folder of the package (links are not followed in a package)`,
+    );
+  });
+
+  it('is refused by readPackageModel when the folder became a link after opening', async () => {
+    const { dir, elsewhere } = await copies();
+    const opened = await openModelPackage(dir, { trust: null });
+    await linkModelFolder(dir, elsewhere);
+    await expect(readPackageModel(opened)).rejects.toThrow(
+      new PackageInvalidError(
+        dir,
+        `${modelFile} is reached through m, a symbolic link; expected a folder of the package (links are not followed in a package)`,
+      ),
+    );
+  });
+
+  it('is refused by signature verification (a link is never a signed file), signed with its folder real', async () => {
+    const { dir, elsewhere } = await copies();
+    const keys = generateKeyPair('ed25519');
+    await signPackage(dir, { method: 'key', privateKeyPem: keys.privateKeyPem });
+    const trust = { publicKeysPem: [keys.publicKeyPem] };
+    await expect(openModelPackage(dir, { trust })).resolves.toMatchObject({ manifest: { name: 'tiny' } });
+    await linkModelFolder(dir, elsewhere); // the same bytes, through a link
+    await expect(openModelPackage(dir, { trust })).rejects.toMatchObject({ reason: 'file-unsupported' });
+  });
+});
