@@ -28,7 +28,10 @@ export interface EdgeFleetStoreOptions {
   bucket?: string;
   /** Per upload. Default 60 s. */
   timeoutMs?: number;
-  /** The clock Retry-After waits are measured on (tests). Default Date.now. */
+  /**
+   * The monotonic clock (ms) Retry-After waits and the raw-route re-probe are measured on (tests). Default
+   * performance.now. An HTTP-date Retry-After is turned into a wait with the wall clock once, when it arrives.
+   */
   now?: () => number;
 }
 
@@ -102,7 +105,7 @@ export class EdgeFleetObjectStore implements ObjectStore {
     } catch (error) {
       if (error instanceof DeviceApiError) {
         const wait = ASKS_TO_WAIT.has(error.status ?? 0)
-          ? retryAfterMs(error.retryAfter, this.#gate.now)
+          ? retryAfterMs(error.retryAfter, Date.now())
           : undefined;
         if (wait !== undefined) {
           this.#gate.waitFor(wait);
