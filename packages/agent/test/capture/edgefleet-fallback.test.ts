@@ -88,7 +88,8 @@ beforeAll(async () => {
   });
   // Counts a raw request the older server has no route for as well.
   app.addHook('onRequest', async (request) => {
-    if (rawRoute === 'absent' && request.url.startsWith('/api/v1/device/captures/files/raw')) requests.raw += 1;
+    if (rawRoute === 'absent' && request.url.startsWith('/api/v1/device/captures/files/raw'))
+      requests.raw += 1;
   });
   await app.listen({ host: '127.0.0.1', port: 0 });
   endpoint = `https://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
@@ -122,7 +123,10 @@ describe('EdgeFleet destination and a server without the raw route', () => {
       expect(stored.get(file('a.bin'))).toEqual({ via: 'json', body: a });
       expect(requests).toEqual({ raw: 1, json: 1 });
       expect(logged).toHaveLength(1);
-      expect(logged[0]).toMatchObject({ level: 'warn', details: { event: 'capture_json_fallback', status: 404 } });
+      expect(logged[0]).toMatchObject({
+        level: 'warn',
+        details: { event: 'capture_json_fallback', status: 404 },
+      });
       expect(logged[0]!.message).toMatch(/has no raw upload route .*base64 JSON/);
       // Within the while: JSON at once, no raw attempt.
       await store.put(file('b.bin'), Buffer.from('b'), 'application/octet-stream');
@@ -144,7 +148,10 @@ describe('EdgeFleet destination and a server without the raw route', () => {
       await store.put(file('d.bin'), d, 'application/octet-stream');
       expect(stored.get(file('d.bin'))).toEqual({ via: 'json', body: d });
       expect(requests).toEqual({ raw: 3, json: 3 });
-      expect(logged[2]).toMatchObject({ level: 'warn', details: { event: 'capture_json_fallback', status: 411 } });
+      expect(logged[2]).toMatchObject({
+        level: 'warn',
+        details: { event: 'capture_json_fallback', status: 411 },
+      });
       await store.put(file('e.bin'), Buffer.from('e'), 'application/octet-stream');
       expect(requests).toEqual({ raw: 3, json: 4 });
     } finally {

@@ -68,7 +68,9 @@ export class S3BlobStore implements BlobStore {
       ...((options.socketTimeoutMs !== undefined || options.connectionTimeoutMs !== undefined) && {
         requestHandler: {
           ...(options.socketTimeoutMs !== undefined && { socketTimeout: options.socketTimeoutMs }),
-          ...(options.connectionTimeoutMs !== undefined && { connectionTimeout: options.connectionTimeoutMs }),
+          ...(options.connectionTimeoutMs !== undefined && {
+            connectionTimeout: options.connectionTimeoutMs,
+          }),
         },
       }),
       // Checksums only where the operation demands them: many S3-compatible stores reject the

@@ -317,7 +317,10 @@ describe('raw captures cut off mid-body, with S3 blobs', () => {
       const cut = startRawUpload(t.server.deviceUrl, cam1.tls, rawQueryOf(key), file, { sent: 200 * 1024 });
       cut.answer.catch(() => undefined);
       // Charged: the server has begun writing it to S3.
-      await vi.waitFor(async () => expect(await usage()).toBe(file.length), { timeout: 10_000, interval: 20 });
+      await vi.waitFor(async () => expect(await usage()).toBe(file.length), {
+        timeout: 10_000,
+        interval: 20,
+      });
       cut.abort();
       // The write failed at once and its charge came back (a write still open would keep it charged).
       await vi.waitFor(async () => expect(await usage()).toBe(0), { timeout: 15_000, interval: 50 });

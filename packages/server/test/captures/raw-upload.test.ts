@@ -13,12 +13,7 @@ import { rawCaptureFileQuerySchema } from '../../src/captures/index.js';
 import { secondsToNextUtcDay } from '../../src/captures/capture-ingest.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
-import {
-  rawQueryOf,
-  startRawUpload,
-  uploadRawFile,
-  type RawAnswer,
-} from '../support/raw-upload.js';
+import { rawQueryOf, startRawUpload, uploadRawFile, type RawAnswer } from '../support/raw-upload.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
@@ -130,7 +125,7 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
     );
 
   it.skipIf(!fixture.available)(
-    'refuses a key that is a stored key\'s folder, or lies under a stored key, with a 400 naming it, storing nothing and charging nothing',
+    "refuses a key that is a stored key's folder, or lies under a stored key, with a 400 naming it, storing nothing and charging nothing",
     async () => {
       const cam = devices['cam-3']!;
       const usageOf = async () =>
