@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -122,13 +122,15 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
     'charges the quota only for files stored: failed writes cost nothing',
     async () => {
       const side = `edge/plant/${HOUR}/raw-data/blocked.bin`;
-      // A folder where the file must go: every write of it fails.
-      const blocker = path.join(t.dataDir, 'blobs', 'fleet-output', 'captures', side);
-      await mkdir(path.join(blocker, 'inside'), { recursive: true });
+      // A file where the blob folder's temporary folder must be: every write fails (a fault of the server's
+      // storage, not of the upload).
+      const temp = path.join(t.dataDir, 'blobs', '.tmp');
+      await rm(temp, { recursive: true, force: true });
+      await writeFile(temp, 'in the way');
       for (let i = 0; i < 6; i++) {
         expect((await upload(cam1, side, Buffer.alloc(4000), 'application/octet-stream')).status).toBe(500);
       }
-      await rm(blocker, { recursive: true });
+      await rm(temp);
       expect((await upload(cam1, side, Buffer.alloc(4000), 'application/octet-stream')).status).toBe(200);
     },
   );
