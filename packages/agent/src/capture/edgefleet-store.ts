@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
+import type { CaptureLogger } from './capture-metrics.js';
 import { currentDeviceApi, DeviceApiError, type CurrentTls, type DeviceApiClient } from '../fleet/index.js';
 import {
   RefusedByStoreError,
@@ -28,13 +29,30 @@ export interface EdgeFleetStoreOptions {
   bucket?: string;
   /** Per upload. Default 60 s. */
   timeoutMs?: number;
-  /** The clock Retry-After waits are measured on (tests). Default Date.now. */
+  /**
+   * The monotonic clock (ms) Retry-After waits and the raw-route re-probe are measured on (tests). Default
+   * performance.now. An HTTP-date Retry-After is turned into a wait with the wall clock once, when it arrives.
+   */
   now?: () => number;
+  /** Where the switch to the JSON form (and back) is told. */
+  logger?: Pick<CaptureLogger, 'info' | 'warn'>;
 }
 
 const RAW_FILES = 'api/v1/device/captures/files/raw';
 /** The form of servers before the raw one (base64 in JSON): used when the server has no raw route. */
 const JSON_FILES = 'api/v1/device/captures/files';
+
+/**
+ * How long the JSON form is used after the raw route was missing or refused (411, 415): then the raw route is
+ * tried again, so that one answer (an old replica during a rolling upgrade, a proxy since reconfigured) does not
+ * cost base64 for the rest of the agent's life.
+ */
+export const RAW_REPROBE_MS = 60 * 60 * 1000;
+/**
+ * The raw route's answers that the JSON form can get past: 411, from a proxy that forwards the body chunked
+ * (dropping Content-Length, which the JSON form does not need), and 415, from one that rewrites its type.
+ */
+const RAW_REFUSED = new Set([411, 415]);
 
 /** The control plane's answers that no retry of the same file can change: 400, 403, 413. */
 const REFUSED_FOR_GOOD = new Set([400, 403, 413]);
@@ -53,13 +71,20 @@ export class EdgeFleetObjectStore implements ObjectStore {
   readonly #bucket: string | undefined;
   readonly #api: CurrentTls<DeviceApiClient>;
   readonly #gate: RetryAfterGate;
-  /** The server answered that it has no raw route (an older server): the JSON form from then on. */
-  #jsonOnly = false;
+  readonly #now: () => number;
+  readonly #logger: Pick<CaptureLogger, 'info' | 'warn'> | undefined;
+  /**
+   * Until when (on #now) files go in the JSON form: the server had no raw route (an older server), or a proxy
+   * in between refused the raw body (411, 415).
+   */
+  #jsonUntil = Number.NEGATIVE_INFINITY;
 
   constructor(options: EdgeFleetStoreOptions) {
     this.description = `the EdgeFleet control plane at ${options.endpoint}`;
     this.#bucket = options.bucket;
-    this.#gate = new RetryAfterGate(options.now);
+    this.#now = options.now ?? (() => performance.now());
+    this.#gate = new RetryAfterGate(this.#now);
+    this.#logger = options.logger;
     // Read now too, so that a missing or unreadable file stops the agent at start with its name.
     for (const file of [options.certFile, options.keyFile, options.caFile]) {
       if (file !== undefined) readFileSync(file);
@@ -85,13 +110,30 @@ export class EdgeFleetObjectStore implements ObjectStore {
     this.#gate.check(this.description);
     try {
       const client = await this.#api.get();
-      if (!this.#jsonOnly) {
+      const json = this.#now() < this.#jsonUntil;
+      if (!json) {
         try {
           await client.postRaw(RAW_FILES, { key, contentType }, body, storedCaptureFileSchema);
+          if (this.#jsonUntil !== Number.NEGATIVE_INFINITY) {
+            this.#jsonUntil = Number.NEGATIVE_INFINITY;
+            this.#logger?.info(
+              { event: 'capture_raw_upload' },
+              `${this.description} takes raw uploads again`,
+            );
+          }
           return;
         } catch (error) {
-          if (!isMissingRoute(error)) throw error;
-          this.#jsonOnly = true;
+          const why = rawRefusal(error);
+          if (why === undefined) throw error;
+          this.#jsonUntil = this.#now() + RAW_REPROBE_MS;
+          this.#logger?.warn(
+            {
+              event: 'capture_json_fallback',
+              status: (error as DeviceApiError).status,
+              retryRawInMs: RAW_REPROBE_MS,
+            },
+            `${this.description} ${why}: capture files go as base64 JSON (POST /${JSON_FILES}) for the next ${RAW_REPROBE_MS / 60_000} min, then the raw form is tried again`,
+          );
         }
       }
       await client.post(
@@ -102,7 +144,7 @@ export class EdgeFleetObjectStore implements ObjectStore {
     } catch (error) {
       if (error instanceof DeviceApiError) {
         const wait = ASKS_TO_WAIT.has(error.status ?? 0)
-          ? retryAfterMs(error.retryAfter, this.#gate.now)
+          ? retryAfterMs(error.retryAfter, Date.now())
           : undefined;
         if (wait !== undefined) {
           this.#gate.waitFor(wait);
@@ -122,7 +164,20 @@ export class EdgeFleetObjectStore implements ObjectStore {
   }
 }
 
-/** The server's 404 for a route it does not have (packages/server/src/http/errors.ts), not one of the upload's own. */
-function isMissingRoute(error: unknown): boolean {
-  return error instanceof DeviceApiError && error.status === 404 && /: no route POST /.test(error.message);
+/**
+ * Why the raw form cannot be used but the JSON form can, or undefined: the server's own 404 for a route it does
+ * not have (packages/server/src/http/errors.ts; an older server), not one of the upload's own 404s nor a proxy's
+ * page; or a 411 or 415 (a proxy that re-frames or re-types the body).
+ */
+function rawRefusal(error: unknown): string | undefined {
+  if (!(error instanceof DeviceApiError)) return undefined;
+  if (
+    error.status === 404 &&
+    error.code === 'NotFound' &&
+    /: no route POST \S*\/captures\/files\/raw\b/.test(error.message)
+  )
+    return 'has no raw upload route (an older server)';
+  if (RAW_REFUSED.has(error.status ?? 0))
+    return `refused the raw upload with HTTP ${error.status} (a proxy in between that re-frames or re-types the body?)`;
+  return undefined;
 }

@@ -57,28 +57,29 @@ export function retryAfterMs(value: string | undefined, now: number): number | u
 /**
  * Remembers until when a store asked not to be called (its last Retry-After): every put until then fails at once
  * with RetryLaterError, making no request. So the capture service's direct writes honour the wait too, not only
- * the spool.
+ * the spool. Measured on a monotonic clock: a wall clock stepped back (NTP correcting a fast RTC, a manual set)
+ * would otherwise stretch the wait by the step; and what is left is capped at MAX_RETRY_AFTER_MS regardless.
  */
 export class RetryAfterGate {
   readonly #now: () => number;
   #until = 0;
 
-  constructor(now: () => number = Date.now) {
+  /** `now`: a monotonic clock in ms (tests inject one). */
+  constructor(now: () => number = () => performance.now()) {
     this.#now = now;
-  }
-
-  get now(): number {
-    return this.#now();
   }
 
   /** The store asked to wait `ms` from now. */
   waitFor(ms: number): void {
-    this.#until = Math.max(this.#until, this.#now() + ms);
+    this.#until = Math.max(this.#until, this.#now() + Math.min(ms, MAX_RETRY_AFTER_MS));
   }
 
   /** Throws RetryLaterError while a wait the store asked for lasts. */
   check(description: string): void {
-    const left = this.#until - this.#now();
+    const now = this.#now();
+    // More left than any wait can be means the clock went back: the wait restarts from now, at most the cap.
+    if (this.#until - now > MAX_RETRY_AFTER_MS) this.#until = now + MAX_RETRY_AFTER_MS;
+    const left = this.#until - now;
     if (left > 0)
       throw new RetryLaterError(
         `${description} asked to wait (Retry-After); ${Math.ceil(left / 1000)} s left before the next attempt`,
@@ -118,7 +119,10 @@ export interface S3ObjectStoreOptions {
   connectionTimeoutMs?: number;
   /** Attempts the SDK makes per put before reporting failure (capture adds its own backoff). Default 2. */
   maxAttempts?: number;
-  /** The clock Retry-After waits are measured on (tests). Default Date.now. */
+  /**
+   * The monotonic clock (ms) Retry-After waits are measured on (tests). Default performance.now. An HTTP-date
+   * Retry-After is turned into a wait with the wall clock once, when it arrives.
+   */
   now?: () => number;
 }
 
@@ -171,7 +175,7 @@ export class S3ObjectStore implements ObjectStore {
       );
     } catch (error) {
       // S3's SlowDown (503) and throttling answers may say how long to back off; the SDK's own retries are spent.
-      const wait = s3RetryAfterMs(error, this.#gate.now);
+      const wait = s3RetryAfterMs(error, Date.now());
       if (wait === undefined) throw error;
       this.#gate.waitFor(wait);
       throw new RetryLaterError(`${key}: ${(error as Error).message}`, wait, { cause: error });

@@ -53,7 +53,19 @@ export interface CaptureSpoolOptions {
   metrics?: CaptureMetrics;
   logger?: CaptureLogger;
   random?: () => number;
+  /** Schedules the next attempt (tests run it when they choose). Default setTimeout/clearTimeout. */
+  timers?: SpoolTimers;
 }
+
+export interface SpoolTimers {
+  set(run: () => void, ms: number): unknown;
+  clear(handle: unknown): void;
+}
+
+const REAL_TIMERS: SpoolTimers = {
+  set: (run, ms) => setTimeout(run, ms),
+  clear: (handle) => clearTimeout(handle as NodeJS.Timeout | undefined),
+};
 
 /**
  * Batches for the bucket that could not be put there, kept on local disk and retried with exponential backoff
@@ -70,7 +82,8 @@ export class CaptureSpool {
   #batches: SpooledBatch[] = [];
   #bytes = 0;
   #failures = 0;
-  #timer: NodeJS.Timeout | undefined;
+  readonly #timers: SpoolTimers;
+  #timer: unknown;
   #uploading: SpooledBatch | undefined;
   #idle: Promise<void> = Promise.resolve();
   #closed = false;
@@ -78,6 +91,7 @@ export class CaptureSpool {
   constructor(options: CaptureSpoolOptions) {
     this.#options = options;
     this.#random = options.random ?? Math.random;
+    this.#timers = options.timers ?? REAL_TIMERS;
   }
 
   /** Batches waiting. */
@@ -177,13 +191,13 @@ export class CaptureSpool {
   /** Stops retrying; waits for an upload in progress. What is spooled stays for the next run. */
   async close(): Promise<void> {
     this.#closed = true;
-    clearTimeout(this.#timer);
+    if (this.#timer !== undefined) this.#timers.clear(this.#timer);
     this.#timer = undefined;
     await this.#idle;
   }
 
   #kick(): void {
-    if (this.#closed || this.#uploading || this.#timer || this.#batches.length === 0) return;
+    if (this.#closed || this.#uploading || this.#timer !== undefined || this.#batches.length === 0) return;
     const batch = this.#batches[0]!;
     this.#uploading = batch;
     this.#idle = this.#upload(batch).finally(() => {
@@ -239,7 +253,7 @@ export class CaptureSpool {
           : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s`,
       );
       if (!this.#closed) {
-        this.#timer = setTimeout(() => {
+        this.#timer = this.#timers.set(() => {
           this.#timer = undefined;
           this.#kick();
         }, delay);

@@ -53,7 +53,7 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
     );
   const cloud = settings.cloud;
   const store: (ObjectStore & { close(): void }) | undefined = settings.edgefleet
-    ? new EdgeFleetObjectStore(settings.edgefleet)
+    ? new EdgeFleetObjectStore({ ...settings.edgefleet, ...(options.logger && { logger: options.logger }) })
     : cloud &&
       new S3ObjectStore({
         bucket: cloud.bucket,

@@ -1,12 +1,11 @@
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, readdir } from 'node:fs/promises';
-import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CaptureSpool, RefusedByStoreError } from '../../src/capture/index.js';
 import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
-import { RetryLaterError } from '../../src/capture/object-store.js';
+import { RetryLaterError, type ObjectStore } from '../../src/capture/object-store.js';
 import {
   enrollDevice,
   operator,
@@ -16,6 +15,7 @@ import {
   until,
   type ControlPlane,
 } from '../fleet/support.js';
+import { rawQueryOf, startRawUpload } from '../../../server/test/support/raw-upload.js';
 
 // The EdgeFleet destination against a real control plane: a file the server refuses for good (here a key
 // outside the fleet's output prefix, 403) fails its captures at once and does not hold back later batches; files
@@ -58,46 +58,36 @@ const storedPath = (key: string) =>
 const sideKey = (name: string) => `edge/plant/mlp/2026/12/06/05/raw-data/${name}`;
 
 /**
- * A raw upload of cam-1 of 2 KiB (over the 1 KiB that needs a slot) whose first `sent` bytes go now, the rest
- * on `finish` (resolving to the answer's status).
+ * A raw upload of cam-1 of 2 KiB (over the 1 KiB that needs a slot) under `key` whose first `sent` bytes go now,
+ * the rest on `finish` (resolving to the answer's status).
  */
-async function rawUpload(name: string, sent: number): Promise<{ finish(): Promise<number> }> {
+async function rawUpload(key: string, sent: number): Promise<{ finish(): Promise<number> }> {
   const tls = {
     cert: await readFile(config.sagemaker_edge_provider_aws_cert_file, 'utf8'),
     key: await readFile(config.sagemaker_edge_provider_aws_cert_pk_file, 'utf8'),
     ca: await readFile(config.sagemaker_edge_provider_aws_ca_cert_file, 'utf8'),
   };
-  const body = Buffer.alloc(2048, 1);
-  const query = new URLSearchParams({ key: sideKey(name), contentType: 'application/octet-stream' });
-  const request = https.request(`${plane.deviceEndpoint}/api/v1/device/captures/files/raw?${query}`, {
-    method: 'POST',
-    ...tls,
-    agent: false,
-    headers: { 'content-type': 'application/octet-stream', 'content-length': String(body.length) },
-  });
-  const status = new Promise<number>((resolve, reject) => {
-    request.on('response', (response) => {
-      response.resume();
-      response.on('end', () => resolve(response.statusCode ?? 0));
-    });
-    request.on('error', reject);
-  });
-  request.write(body.subarray(0, sent));
+  const upload = startRawUpload(plane.deviceEndpoint, tls, rawQueryOf(key), Buffer.alloc(2048, 1), { sent });
+  upload.answer.catch(() => undefined);
   return {
-    finish: () => {
-      request.end(body.subarray(sent));
-      return status;
+    finish: async () => {
+      upload.send();
+      return (await upload.answer).status;
     },
   };
 }
 
-/** Holds cam-1's one upload slot until `finish`: resolves once another large upload of it is refused (429). */
+/**
+ * Holds cam-1's one upload slot until `finish`: resolves once another large upload of it is refused (429). The
+ * probes' key is outside the fleet's output, so that one that gets in before the held upload owns the slot is
+ * refused (403), neither stored nor charged.
+ */
 async function holdSlot(name: string): Promise<{ finish(): Promise<number> }> {
-  const held = await rawUpload(name, 10);
-  await vi.waitFor(async () => expect(await (await rawUpload(`probe-${name}`, 0)).finish()).toBe(429), {
-    timeout: 10_000,
-    interval: 50,
-  });
+  const held = await rawUpload(sideKey(name), 10);
+  await vi.waitFor(
+    async () => expect(await (await rawUpload(`elsewhere/plant/probe-${name}`, 0)).finish()).toBe(429),
+    { timeout: 10_000, interval: 50 },
+  );
   return held;
 }
 
@@ -191,34 +181,61 @@ describe('EdgeFleet capture destination', () => {
     }
   });
 
-  it("waits the server's Retry-After before the spool's next attempt, not its own shorter backoff", async () => {
+  it("waits the server's Retry-After before the spool's next attempt, not its own shorter backoff, then delivers", async () => {
     const held = await holdSlot('held-2.bin');
-    const warnings: { fields: Record<string, unknown>; message: string }[] = [];
-    const logger = {
-      info: () => undefined,
-      warn: (fields: object, message: string) =>
-        warnings.push({ fields: fields as Record<string, unknown>, message }),
-      error: () => undefined,
+    let now = 5_000_000;
+    const gated = new EdgeFleetObjectStore({
+      endpoint: plane.deviceEndpoint,
+      certFile: config.sagemaker_edge_provider_aws_cert_file,
+      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
+      caFile: config.sagemaker_edge_provider_aws_ca_cert_file,
+      now: () => now,
+    });
+    // The real store, its puts counted.
+    let attempts = 0;
+    const counted: ObjectStore = {
+      description: gated.description,
+      urlFor: (key) => gated.urlFor(key),
+      put: (key, body, contentType) => {
+        attempts += 1;
+        return gated.put(key, body, contentType);
+      },
     };
+    // The spool's next attempt runs when the test says, after moving the store's clock by the delay.
+    const scheduled: { run: () => void; ms: number }[] = [];
+    const warnings: { fields: Record<string, unknown>; message: string }[] = [];
+    const delivered: string[] = [];
     const spool = new CaptureSpool({
       dir: join(dir, 'spool-retry-after'),
       quotaBytes: 1024 * 1024,
-      store,
+      store: counted,
       // Its own backoff would retry within 20 ms.
       retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: () => undefined,
+      onDelivered: (ids) => delivered.push(...ids),
       onDropped: () => undefined,
-      logger,
+      logger: {
+        info: () => undefined,
+        warn: (fields: object, message: string) =>
+          warnings.push({ fields: fields as Record<string, unknown>, message }),
+        error: () => undefined,
+      },
+      timers: {
+        set: (run, ms) => {
+          const timer = { run, ms };
+          scheduled.push(timer);
+          return timer;
+        },
+        clear: (timer) => scheduled.splice(scheduled.indexOf(timer as (typeof scheduled)[number]), 1),
+      },
     });
+    const file = Buffer.alloc(4096, 3);
     try {
       await spool.open();
       await spool.add({
         batchId: 'cccc'.padEnd(32, '0'),
         captureIds: ['cccc'],
         oldestReceivedAt: 1,
-        files: [
-          { key: sideKey('c.bin'), contentType: 'application/octet-stream', body: Buffer.alloc(4096, 3) },
-        ],
+        files: [{ key: sideKey('c.bin'), contentType: 'application/octet-stream', body: file }],
       });
       const told = await until(
         () => warnings.find((w) => w.fields.retryAfterMs !== undefined),
@@ -226,12 +243,26 @@ describe('EdgeFleet capture destination', () => {
         20_000,
       );
       expect(told.fields.retryAfterMs).toBe(5000);
-      expect(told.fields.retryInMs).toBeGreaterThanOrEqual(5000);
       expect(told.message).toMatch(/asked to wait 5 s \(Retry-After\); retrying in [56] s/);
       expect(JSON.stringify(told)).not.toMatch(/PRIVATE KEY|BEGIN CERTIFICATE/);
+      // One attempt, and the next one not before the wait.
+      expect(attempts).toBe(1);
+      expect(scheduled).toHaveLength(1);
+      expect(scheduled[0]!.ms).toBeGreaterThanOrEqual(5000);
+      expect(delivered).toEqual([]);
+
+      expect(await held.finish()).toBe(200);
+      const next = scheduled.shift()!;
+      now += next.ms;
+      next.run();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the batch is delivered', 20_000);
+      expect(delivered).toEqual(['cccc']);
+      expect(attempts).toBe(2);
+      expect((await readFile(storedPath(sideKey('c.bin')))).equals(file)).toBe(true);
     } finally {
       await spool.close();
-      await held.finish();
+      gated.close();
+      await held.finish().catch(() => undefined);
     }
   });
 });

@@ -17,6 +17,8 @@ export interface PutBlobOptions {
   /** Required when `body` is a stream (S3 PutObject needs it up front). */
   contentLength?: number;
   contentType?: string;
+  /** Aborts the write (the stream body failed): the store stops it and rejects, keeping nothing of it. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -47,6 +49,25 @@ export class BlobNotFoundError extends Error {
   constructor(readonly key: string) {
     super(`blob "${key}" does not exist`);
     this.name = 'BlobNotFoundError';
+  }
+}
+
+/**
+ * A key that cannot be stored beside one already there: in a folder store a key is a file, so it cannot also
+ * be a folder of other keys (`a/x` then `a/x/y`, or the reverse). S3 has no folders and never throws it.
+ */
+export class BlobKeyConflictError extends Error {
+  constructor(
+    readonly key: string,
+    /** The stored key in the way: a file where `key` needs a folder, or `key` itself when it is a folder. */
+    readonly conflictingKey: string,
+  ) {
+    super(
+      conflictingKey === key
+        ? `blob "${key}" cannot be stored: keys under "${key}/" are stored, and in a folder store a key cannot be both a file and a folder of other keys`
+        : `blob "${key}" cannot be stored: "${conflictingKey}" is stored, and in a folder store a key cannot be both a file and a folder of other keys`,
+    );
+    this.name = 'BlobKeyConflictError';
   }
 }
 

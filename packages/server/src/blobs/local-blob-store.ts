@@ -8,11 +8,13 @@ import { pathToFileURL } from 'node:url';
 import {
   assertValidBlobKey,
   assertValidBlobPrefix,
+  BlobKeyConflictError,
   BlobNotFoundError,
   type BlobBody,
   type BlobInfo,
   type BlobStore,
   type ByteRange,
+  type PutBlobOptions,
 } from './blob-store.js';
 
 const TEMP_DIR = '.tmp';
@@ -20,8 +22,12 @@ const TEMP_DIR = '.tmp';
 const DIR_MODE = 0o700;
 const FILE_MODE = 0o600;
 
+function codeOf(error: unknown): unknown {
+  return typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
+}
+
 function isNotFound(error: unknown): boolean {
-  return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 'ENOENT';
+  return codeOf(error) === 'ENOENT';
 }
 
 /** Blobs as files under one folder. Writes go to a temporary file first and are renamed into place. */
@@ -38,24 +44,55 @@ export class LocalBlobStore implements BlobStore {
     return path.join(this.root, ...key.split('/'));
   }
 
-  async put(key: string, body: BlobBody): Promise<BlobInfo> {
+  async put(key: string, body: BlobBody, options: PutBlobOptions = {}): Promise<BlobInfo> {
     const target = this.pathOf(key);
-    await mkdir(path.dirname(target), { recursive: true, mode: DIR_MODE });
+    // Checked before the body is read: a key that is a stored key's folder, or under a stored key.
+    await this.#checkNoConflict(key);
+    try {
+      await mkdir(path.dirname(target), { recursive: true, mode: DIR_MODE });
+    } catch (error) {
+      // A file where the key needs a folder, stored since the check.
+      if (codeOf(error) === 'EEXIST' || codeOf(error) === 'ENOTDIR') await this.#checkNoConflict(key);
+      throw error;
+    }
     await mkdir(path.join(this.root, TEMP_DIR), { recursive: true, mode: DIR_MODE });
     const temp = path.join(this.root, TEMP_DIR, `${randomBytes(8).toString('hex')}.part`);
     try {
       if (body instanceof Readable) {
-        await pipeline(body, createWriteStream(temp, { flags: 'wx', mode: FILE_MODE }));
+        await pipeline(
+          body,
+          createWriteStream(temp, { flags: 'wx', mode: FILE_MODE }),
+          ...(options.signal !== undefined ? [{ signal: options.signal }] : []),
+        );
       } else {
         await writeFile(temp, body, { flag: 'wx', mode: FILE_MODE });
       }
       await rename(temp, target);
     } catch (error) {
       await rm(temp, { force: true });
+      // A folder made at the key since the check.
+      if (codeOf(error) === 'EISDIR' || codeOf(error) === 'ENOTEMPTY') await this.#checkNoConflict(key);
       throw error;
     }
     const { size } = await stat(target);
     return { key, size };
+  }
+
+  /** Throws BlobKeyConflictError when `key` is a folder here, or one of its folders is a file (a stored key). */
+  async #checkNoConflict(key: string): Promise<void> {
+    const segments = key.split('/');
+    for (let i = 1; i <= segments.length; i++) {
+      const prefix = segments.slice(0, i).join('/');
+      let info;
+      try {
+        info = await stat(path.join(this.root, ...segments.slice(0, i)));
+      } catch (error) {
+        if (isNotFound(error)) return;
+        throw error;
+      }
+      if (i < segments.length && !info.isDirectory()) throw new BlobKeyConflictError(key, prefix);
+      if (i === segments.length && info.isDirectory()) throw new BlobKeyConflictError(key, key);
+    }
   }
 
   async get(key: string, range?: ByteRange): Promise<Readable> {

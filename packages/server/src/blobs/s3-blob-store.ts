@@ -30,6 +30,13 @@ export interface S3BlobStoreOptions {
   forcePathStyle?: boolean;
   /** Explicit credentials; otherwise the AWS SDK default chain (env, profile, …). */
   credentials?: { accessKeyId: string; secretAccessKey: string };
+  /**
+   * A request whose socket sends and receives nothing this long fails (default: none, the SDK's). An endpoint
+   * that stops answering mid-request then frees its socket instead of holding it for good.
+   */
+  socketTimeoutMs?: number;
+  /** Connecting to the endpoint fails after this long (default: none, the SDK's). */
+  connectionTimeoutMs?: number;
 }
 
 function statusOf(error: unknown): number | undefined {
@@ -58,6 +65,14 @@ export class S3BlobStore implements BlobStore {
       forcePathStyle: options.forcePathStyle ?? options.endpoint !== undefined,
       ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
       ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
+      ...((options.socketTimeoutMs !== undefined || options.connectionTimeoutMs !== undefined) && {
+        requestHandler: {
+          ...(options.socketTimeoutMs !== undefined && { socketTimeout: options.socketTimeoutMs }),
+          ...(options.connectionTimeoutMs !== undefined && {
+            connectionTimeout: options.connectionTimeoutMs,
+          }),
+        },
+      }),
       // Checksums only where the operation demands them: many S3-compatible stores reject the
       // aws-chunked trailers the SDK would otherwise send.
       requestChecksumCalculation: 'WHEN_REQUIRED',
@@ -92,6 +107,9 @@ export class S3BlobStore implements BlobStore {
         ContentLength: contentLength,
         ContentType: options.contentType ?? 'application/octet-stream',
       }),
+      // The SDK pipes a stream body into the request, and pipe passes no error on: without the abort, a body
+      // that fails leaves the PUT open with a short body until the endpoint gives up (s3rver never does).
+      options.signal !== undefined ? { abortSignal: options.signal } : {},
     );
     return { key, size: contentLength };
   }

@@ -1,6 +1,6 @@
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Kysely } from 'kysely';
-import { assertValidBlobKey, type BlobStore } from '../blobs/index.js';
+import { assertValidBlobKey, BlobKeyConflictError, type BlobStore } from '../blobs/index.js';
 import { DomainError } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import type { FleetOutputs } from './fleet-output.js';
@@ -48,6 +48,20 @@ export const secondsToNextUtcDay = (ms: number) =>
   Math.max(1, Math.ceil((Math.floor(ms / DAY_MS) * DAY_MS + DAY_MS - ms) / 1000));
 /** Rows per IN (…) list: well under SQLite's and PostgreSQL's bind-parameter limits. */
 const CHUNK = 500;
+
+/** The 413 for a capture file over captures.maxFileBytes (`key` unknown: a raw body refused before its query is checked). */
+export function checkCaptureFileSize(
+  key: string | undefined,
+  bytes: number,
+  limits: Pick<CaptureLimits, 'maxFileBytes'>,
+): void {
+  if (bytes > limits.maxFileBytes)
+    throw new DomainError(
+      'PayloadTooLarge',
+      `the capture file${key === undefined ? '' : ` ${key}`} is ${bytes} bytes; the server accepts at most ${limits.maxFileBytes} per file (captures.maxFileBytes)`,
+      { maxFileBytes: limits.maxFileBytes },
+    );
+}
 
 /**
  * Capture files devices upload through the control plane, written to their fleet's output location.
@@ -119,7 +133,7 @@ export class CaptureIngest {
       // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
       // fleet's bucket fills the day's quota with bytes that never landed).
       await this.#refund(device.deviceName, day, body.length).catch(() => undefined);
-      throw error;
+      throw conflictOf(error, file.key) ?? error;
     }
     if (records.length > 0) {
       const at = this.#now();
@@ -165,27 +179,27 @@ export class CaptureIngest {
     }
     const { store, storedKey } = target;
     const day = await this.#charge(device.deviceName, file.contentLength);
+    // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
+    const abort = new AbortController();
+    const body = checkedLength(file.body, file.contentLength, file.key);
+    body.once('error', (error) => abort.abort(error));
     try {
-      await store.put(storedKey, checkedLength(file.body, file.contentLength, file.key), {
+      await store.put(storedKey, body, {
         contentType: file.contentType,
         contentLength: file.contentLength,
+        signal: abort.signal,
       });
     } catch (error) {
       // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
       // with Connection: close (http/request-deadline.ts), so that the device still learns why.
       await this.#refund(device.deviceName, day, file.contentLength).catch(() => undefined);
-      throw error;
+      throw conflictOf(error, file.key) ?? error;
     }
     return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: file.contentLength };
   }
 
   #checkSize(key: string, bytes: number): void {
-    if (bytes > this.#limits.maxFileBytes)
-      throw new DomainError(
-        'PayloadTooLarge',
-        `the capture file ${key} is ${bytes} bytes; the server accepts at most ${this.#limits.maxFileBytes} per file (captures.maxFileBytes)`,
-        { maxFileBytes: this.#limits.maxFileBytes },
-      );
+    checkCaptureFileSize(key, bytes, this.#limits);
   }
 
   /** Where the device's capture `key` goes: refused unless it is a valid key under its own fleet's output. */
@@ -315,6 +329,28 @@ export class CaptureIngest {
       .where('day', '=', day)
       .execute();
   }
+}
+
+/**
+ * The 400 for a capture key the server's local blob folder cannot hold beside one stored before (a key that is a
+ * folder of another). 400, not 409: no retry can change it, and the agent drops a file refused with 400 (it
+ * retries a 409, which for a fleet output the operator has yet to fix may pass later). S3 outputs have no such
+ * conflict.
+ */
+function conflictOf(error: unknown, key: string): DomainError | undefined {
+  if (!(error instanceof BlobKeyConflictError)) return undefined;
+  const conflicting = error.conflictingKey === error.key ? undefined : error.conflictingKey;
+  // The blob keys carry the server's fleet-output/<bucket>/ folder; the device knows its own keys only.
+  const folder = error.key.length - key.length;
+  const theirs =
+    conflicting === undefined || conflicting.length <= folder ? conflicting : conflicting.slice(folder);
+  return new DomainError(
+    'ValidationError',
+    theirs === undefined
+      ? `the capture key ${key} cannot be stored: keys under ${key}/ are stored, and the server's local blob folder cannot hold a key that is also a folder of other keys; expected capture keys that are not prefixes of each other (S3 outputs have no such limit)`
+      : `the capture key ${key} cannot be stored: ${theirs} is stored, and the server's local blob folder cannot hold a key that is also a folder of other keys; expected capture keys that are not prefixes of each other (S3 outputs have no such limit)`,
+    { conflictingKey: theirs ?? key },
+  );
 }
 
 /** The capture id of one manifest line: its `eventMetadata.eventId` (Edge Manager and Model Monitor records). */

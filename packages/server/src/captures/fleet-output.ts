@@ -1,6 +1,13 @@
 import type { BlobStore, S3ConnectionOptions } from '../blobs/index.js';
 import { S3BlobStore } from '../blobs/index.js';
 
+/**
+ * Timeouts of the fleet-output S3 clients: a bucket endpoint that stops answering fails the upload (refunded, the
+ * agent retries) instead of holding one of the client's sockets, which every fleet writing to that bucket shares.
+ * Idle time, not total time, so that a large capture streamed slowly from a device is not cut off.
+ */
+export const FLEET_OUTPUT_S3_TIMEOUTS = { socketTimeoutMs: 60_000, connectionTimeoutMs: 10_000 } as const;
+
 /** Where a fleet's captures are written: a store and the key a device's capture key maps to in it. */
 export interface FleetOutputTarget {
   store: BlobStore;
@@ -60,7 +67,7 @@ export class FleetOutputs {
       };
     let store = this.#buckets.get(bucket);
     if (store === undefined) {
-      store = new S3BlobStore({ ...this.#s3, bucket, prefix: '' });
+      store = new S3BlobStore({ ...FLEET_OUTPUT_S3_TIMEOUTS, ...this.#s3, bucket, prefix: '' });
       this.#buckets.set(bucket, store);
     }
     const reserved = this.#serverBlobs?.bucket === bucket ? { reservedPrefix: this.#serverBlobs.prefix } : {};

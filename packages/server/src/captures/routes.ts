@@ -12,7 +12,7 @@ import type { ServerConfig } from '../config/index.js';
 import type { PackageSigningIdentity } from '../packaging/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import { captureBodyLimitBytes } from './body-limit.js';
-import { CaptureIngest, type CaptureLimits } from './capture-ingest.js';
+import { CaptureIngest, checkCaptureFileSize, type CaptureLimits } from './capture-ingest.js';
 import { FleetOutputs, parseOutputLocation } from './fleet-output.js';
 import { UploadSlots } from './upload-slots.js';
 
@@ -134,7 +134,16 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     const header = request.headers['content-length'];
     const contentLength = header === undefined ? undefined : Number(header);
     const known = contentLength !== undefined && Number.isFinite(contentLength);
-    if (raw) checkRawBody(request.headers['content-type'], known ? contentLength : undefined, limits);
+    if (raw) {
+      // The query is not validated yet (the route's schema comes later): the key is only named in a refusal.
+      const key = (request.query as { key?: unknown } | undefined)?.key;
+      checkRawBody(
+        typeof key === 'string' && key.length <= 1024 ? key : undefined,
+        request.headers['content-type'],
+        known ? contentLength : undefined,
+        limits,
+      );
+    }
     // The least the body's file can be: the raw body is the file; a JSON body's base64 is 4/3 of it.
     const least = !known ? 0 : raw ? contentLength : leastFileBytesIn(contentLength);
     const refuse = (seconds: number, message: string, details: Record<string, unknown>) => {
@@ -154,7 +163,8 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     };
     // The slot is taken before anything is awaited, and its release is tied to the connection at once: a
     // client that went away during the awaited authentication (its 'close' already emitted) or that goes away
-    // during the quota read below gives the slot back, instead of holding it until a restart.
+    // during the quota read below gives the slot back, instead of holding it until a restart. (A refused slot
+    // awaits one read, of the quota, before its answer: it holds nothing meanwhile.)
     if (!(contentLength !== undefined && contentLength <= largeBodyBytes)) {
       const slot = slots.take(device.deviceName);
       if ('refused' in slot) {
@@ -277,6 +287,7 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
  * store, which needs its length up front, and a file over captures.maxFileBytes is refused unread.
  */
 function checkRawBody(
+  key: string | undefined,
   contentType: string | undefined,
   contentLength: number | undefined,
   limits: CaptureLimits,
@@ -294,10 +305,5 @@ function checkRawBody(
       'ValidationError',
       "a raw capture upload needs a Content-Length header (the file is streamed to the store, which needs its length first); expected the file's size in bytes",
     );
-  if (contentLength > limits.maxFileBytes)
-    throw new DomainError(
-      'PayloadTooLarge',
-      `the capture file is ${contentLength} bytes; the server accepts at most ${limits.maxFileBytes} per file (captures.maxFileBytes)`,
-      { maxFileBytes: limits.maxFileBytes },
-    );
+  checkCaptureFileSize(key, contentLength, limits);
 }

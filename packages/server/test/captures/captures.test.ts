@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm } from 'node:fs/promises';
-import https from 'node:https';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { deviceCall } from '../support/device.js';
+import { rawQueryOf, startRawUpload, uploadRawFile } from '../support/raw-upload.js';
 import { databaseEngines } from '../support/engines.js';
 import { startTestS3, type TestS3 } from '../support/s3.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
@@ -122,13 +122,15 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
     'charges the quota only for files stored: failed writes cost nothing',
     async () => {
       const side = `edge/plant/${HOUR}/raw-data/blocked.bin`;
-      // A folder where the file must go: every write of it fails.
-      const blocker = path.join(t.dataDir, 'blobs', 'fleet-output', 'captures', side);
-      await mkdir(path.join(blocker, 'inside'), { recursive: true });
+      // A file where the blob folder's temporary folder must be: every write fails (a fault of the server's
+      // storage, not of the upload).
+      const temp = path.join(t.dataDir, 'blobs', '.tmp');
+      await rm(temp, { recursive: true, force: true });
+      await writeFile(temp, 'in the way');
       for (let i = 0; i < 6; i++) {
         expect((await upload(cam1, side, Buffer.alloc(4000), 'application/octet-stream')).status).toBe(500);
       }
-      await rm(blocker, { recursive: true });
+      await rm(temp);
       expect((await upload(cam1, side, Buffer.alloc(4000), 'application/octet-stream')).status).toBe(200);
     },
   );
@@ -210,21 +212,7 @@ describe('captures through the control plane, with S3 blobs', () => {
   it('streams a raw side file into the bucket byte for byte, with its media type', async () => {
     const key = `plant-captures/plant/${HOUR}/raw-data/ffff.bin`;
     const file = randomBytes(3 * 1024 * 1024 + 5);
-    const status = await new Promise<number>((resolve, reject) => {
-      const query = new URLSearchParams({ key, contentType: 'image/png' });
-      const request = https.request(`${t.server.deviceUrl}/api/v1/device/captures/files/raw?${query}`, {
-        method: 'POST',
-        ...cam1.tls,
-        agent: false,
-        headers: { 'content-type': 'application/octet-stream', 'content-length': String(file.length) },
-      });
-      request.on('response', (response) => {
-        response.resume();
-        response.on('end', () => resolve(response.statusCode ?? 0));
-      });
-      request.on('error', reject);
-      request.end(file);
-    });
+    const { status } = await uploadRawFile(t.server.deviceUrl, cam1.tls, key, file, 'image/png');
     expect(status).toBe(200);
     const client = new S3Client({
       endpoint: s3.endpoint,
@@ -288,4 +276,76 @@ describe('captures through the control plane, with S3 blobs', () => {
     expect(refused).toMatchObject({ status: 409, body: { code: 'Conflict' } });
     expect(refused.body.message).toMatch(/overlaps the server's own blob store/);
   });
+});
+
+describe('raw captures cut off mid-body, with S3 blobs', () => {
+  let s3: TestS3;
+  let t: TestServer;
+  let cam1: EnrolledDevice;
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    // One upload slot in the whole server: a cut-off upload that still held it would refuse the next.
+    t = await startTestServer({
+      blob: `s3://${s3.bucket}/server`,
+      config: {
+        s3: { endpoint: s3.endpoint, ...s3.credentials },
+        captures: { largeBodyBytes: 1024, maxConcurrentUploads: 1, maxConcurrentUploadsPerDevice: 1 },
+      },
+    });
+    ({ cam1 } = await setUp(t, `s3://${s3.bucket}/plant-captures`));
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await s3?.stop();
+  });
+
+  const usage = async () =>
+    Number(
+      (
+        await t.server.database.db
+          .selectFrom('device_capture_usage')
+          .select('bytes')
+          .where('device_name', '=', 'cam-1')
+          .executeTakeFirst()
+      )?.bytes ?? 0,
+    );
+
+  it('aborts the S3 write: the charge is taken back and the slot and the bucket client are free for the next', async () => {
+    const file = randomBytes(1024 * 1024);
+    // Several in a row: each would otherwise hold one of the bucket client's sockets (s3rver never gives up on a
+    // short body, and the fleet-output client's idle timeout is far longer than this test's).
+    for (let i = 0; i < 3; i++) {
+      const key = `plant-captures/plant/${HOUR}/raw-data/cut-${i}.bin`;
+      const cut = startRawUpload(t.server.deviceUrl, cam1.tls, rawQueryOf(key), file, { sent: 200 * 1024 });
+      cut.answer.catch(() => undefined);
+      // Charged: the server has begun writing it to S3.
+      await vi.waitFor(async () => expect(await usage()).toBe(file.length), {
+        timeout: 10_000,
+        interval: 20,
+      });
+      cut.abort();
+      // The write failed at once and its charge came back (a write still open would keep it charged).
+      await vi.waitFor(async () => expect(await usage()).toBe(0), { timeout: 15_000, interval: 50 });
+    }
+    const key = `plant-captures/plant/${HOUR}/raw-data/whole.bin`;
+    const whole = await vi.waitFor(
+      async () => {
+        const answer = await uploadRawFile(t.server.deviceUrl, cam1.tls, key, file);
+        expect(answer.status).toBe(200);
+        return answer;
+      },
+      { timeout: 10_000, interval: 50 },
+    );
+    expect(whole.body).toMatchObject({ bytes: file.length });
+    expect(await usage()).toBe(file.length);
+    const client = new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: s3.credentials,
+    });
+    const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+    expect(Buffer.from(await object.Body!.transformToByteArray()).equals(file)).toBe(true);
+    client.destroy();
+  }, 60_000);
 });
