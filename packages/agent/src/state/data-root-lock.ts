@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import SqliteDatabase, { type Database } from 'better-sqlite3';
 
@@ -92,7 +92,6 @@ export class DataRootLock {
       // In exclusive locking mode the lock an exclusive transaction takes is kept after it ends.
       db.exec('BEGIN EXCLUSIVE');
       db.exec('COMMIT');
-      return new DataRootLock(dataRoot, path, db);
     } catch (error) {
       db.close();
       if ((error as { code?: unknown }).code === 'SQLITE_BUSY')
@@ -103,6 +102,14 @@ export class DataRootLock {
         { cause: error },
       );
     }
+    // Owner-only: whoever can open the file can take a lock on it and so keep the agent from starting. By path,
+    // not by a descriptor (closing one would drop the lock); best effort, as the lock is held either way.
+    try {
+      chmodSync(path, 0o600);
+    } catch {
+      // A file the agent can lock but not chmod (another owner, as root once made it) still serves as the lock.
+    }
+    return new DataRootLock(dataRoot, path, db);
   }
 
   /** Whether the lock is still held (until release). */
@@ -118,32 +125,34 @@ export class DataRootLock {
 }
 
 /**
- * The pid of the process holding a write lock on `path`, as /proc/locks lists it, or undefined: not Linux, no
- * /proc, several holders, or the holder in a pid namespace this process cannot see (listed as pid 0).
+ * The pid of the process holding a lock on `path`, as /proc/locks lists it, or undefined: not Linux, no /proc,
+ * several holders, or the holder in a pid namespace this process cannot see (listed as pid 0). Called once this
+ * process's own attempt is closed, so the one listed holds the lock (an agent, or a tool keeping a read open).
  */
 export function lockHolderPid(path: string, procLocksPath = '/proc/locks'): number | undefined {
   try {
     const { dev, ino } = statSync(path, { bigint: true });
-    return writeLockHolder(readFileSync(procLocksPath, 'utf8'), dev, ino);
+    return lockHolder(readFileSync(procLocksPath, 'utf8'), dev, ino);
   } catch {
     return undefined;
   }
 }
 
 /**
- * The one pid holding a POSIX (or open-file-description) write lock on the file `dev`/`ino` in /proc/locks
- * text, or undefined. Lines look like `1: POSIX  ADVISORY  WRITE 4321 fe:00:2272354 1073741824 1073742335`;
- * waiters (`1: -> POSIX …`) hold nothing and are skipped.
+ * The one pid holding POSIX (or open-file-description) locks on the file `dev`/`ino` in /proc/locks text, or
+ * undefined. Lines look like `1: POSIX  ADVISORY  WRITE 4321 fe:00:2272354 1073741824 1073742335`; waiters
+ * (`1: -> POSIX …`) hold nothing and are skipped, and so are flock() locks, which SQLite does not take.
  */
-export function writeLockHolder(procLocks: string, dev: bigint, ino: bigint): number | undefined {
+export function lockHolder(procLocks: string, dev: bigint, ino: bigint): number | undefined {
   // glibc's dev_t encoding (gnu_dev_major/minor); /proc/locks prints the major and minor in hex.
   const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
   const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
   const pids = new Set<number>();
   for (const line of procLocks.split('\n')) {
-    const match = /^\d+:\s+(?:POSIX|OFDLCK)\s+\S+\s+WRITE\s+(-?\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s/.exec(
-      line,
-    );
+    const match =
+      /^\d+:\s+(?:POSIX|OFDLCK)\s+\S+\s+(?:READ|WRITE)\s+(-?\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s/.exec(
+        line,
+      );
     if (!match) continue;
     const [, pid, lineMajor, lineMinor, lineIno] = match;
     if (BigInt(`0x${lineMajor}`) !== major || BigInt(`0x${lineMinor}`) !== minor || BigInt(lineIno!) !== ino)

@@ -14,7 +14,7 @@ export {
   DataRootLock,
   DataRootLockError,
   lockHolderPid,
-  writeLockHolder,
+  lockHolder,
   type DataRootLockOptions,
 } from './data-root-lock.js';
 export { openAgentDatabase, type DatabaseRecovery, type OpenedAgentDatabase } from './database-recovery.js';

@@ -10,9 +10,9 @@ import {
   DataRootInUseError,
   DataRootLock,
   DataRootLockError,
-  writeLockHolder,
+  lockHolder,
 } from '../../src/state/index.js';
-import { buildAgent } from '../daemon/process-helpers.js';
+import { REPO_ROOT, buildAgent } from '../daemon/process-helpers.js';
 
 const LOCK_MODULE = fileURLToPath(new URL('../../dist/state/data-root-lock.js', import.meta.url));
 
@@ -55,14 +55,21 @@ function exitOf(child: ChildProcess): Promise<unknown> {
 }
 
 /** Another process that takes the lock on `dataRoot` with the agent's module and holds it until killed. */
-async function holdInAnotherProcess(dataRoot: string): Promise<ChildProcess> {
-  const script = `
+function holdInAnotherProcess(dataRoot: string): Promise<ChildProcess> {
+  return runInAnotherProcess(`
     const { DataRootLock } = await import(${JSON.stringify(LOCK_MODULE)});
     DataRootLock.acquire(${JSON.stringify(dataRoot)});
+  `);
+}
+
+/** Runs `setup` (an ES module's code) in another process, which then says so and lives until killed. */
+async function runInAnotherProcess(setup: string): Promise<ChildProcess> {
+  const script = `${setup}
     process.stdout.write('held\\n');
     setInterval(() => {}, 60_000);
   `;
   const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    cwd: REPO_ROOT, // where better-sqlite3 resolves
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.push(child);
@@ -84,7 +91,8 @@ describe('DataRootLock', () => {
     expect(lock.held).toBe(true);
     expect(lock.path).toBe(join(dataRoot, DATA_ROOT_LOCK_FILE));
     expect((await stat(dataRoot)).mode & 0o777).toBe(0o700);
-    expect((await stat(lock.path)).isFile()).toBe(true);
+    // Owner-only whatever the umask: whoever can open it could lock it and keep the agent from starting.
+    expect((await stat(lock.path)).mode & 0o777).toBe(0o600);
 
     // A second lock in this process (two daemons in one test process) is refused like another process's.
     const error = refusal(dataRoot);
@@ -111,6 +119,18 @@ describe('DataRootLock', () => {
     holder.kill('SIGKILL');
     await exitOf(holder);
     expect(acquire(dataRoot).held).toBe(true);
+  });
+
+  it('a tool keeping a read open on the lock file holds it too, and is named', async () => {
+    const dataRoot = join(root, 'read-open');
+    acquire(dataRoot).release();
+    const reader = await runInAnotherProcess(`
+      const { default: Database } = await import('better-sqlite3');
+      const db = new Database(${JSON.stringify(join(dataRoot, DATA_ROOT_LOCK_FILE))});
+      db.exec('BEGIN');
+      db.prepare('SELECT count(*) FROM sqlite_master').get();
+    `);
+    expect(refusal(dataRoot)).toMatchObject({ dataRoot, holderPid: reader.pid });
   });
 
   it('without /proc/locks the holder is not named, and the refusal stands', async () => {
@@ -163,14 +183,14 @@ describe('DataRootLock', () => {
   });
 });
 
-describe('writeLockHolder', () => {
+describe('lockHolder', () => {
   // fe:00 is major 254, minor 0: dev 0xfe00 in glibc's encoding.
   const dev = 0xfe00n;
   const ino = 2272354n;
 
-  it('finds the one process holding a write lock on the file, skipping waiters, readers and other files', () => {
+  it('finds the one process holding locks on the file, skipping waiters, flock() locks and other files', () => {
     const text = [
-      '1: POSIX  ADVISORY  READ 111 fe:00:2272354 128 128',
+      '1: POSIX  ADVISORY  READ 4321 fe:00:2272354 128 128',
       '2: POSIX  ADVISORY  WRITE 4321 fe:00:2272354 1073741824 1073742335',
       '2: -> POSIX  ADVISORY  WRITE 999 fe:00:2272354 1073741824 1073742335',
       '3: POSIX  ADVISORY  WRITE 222 fe:01:2272354 1073741824 1073742335',
@@ -178,22 +198,26 @@ describe('writeLockHolder', () => {
       '5: FLOCK  ADVISORY  WRITE 444 fe:00:2272354 0 EOF',
       '',
     ].join('\n');
-    expect(writeLockHolder(text, dev, ino)).toBe(4321);
+    expect(lockHolder(text, dev, ino)).toBe(4321);
+    // A tool keeping a read transaction open on the file holds it too (a shared lock): it is named.
+    expect(lockHolder('7: POSIX  ADVISORY  READ 555 fe:00:2272354 1073741826 1073742335\n', dev, ino)).toBe(
+      555,
+    );
   });
 
   it('names nobody when several processes or none hold it, or the holder is hidden (pid 0, or -1 for OFD locks)', () => {
     const line = (pid: number) => `1: POSIX  ADVISORY  WRITE ${pid} fe:00:2272354 1073741824 1073742335`;
-    expect(writeLockHolder([line(1), line(2)].join('\n'), dev, ino)).toBeUndefined();
-    expect(writeLockHolder('', dev, ino)).toBeUndefined();
-    expect(writeLockHolder(line(0), dev, ino)).toBeUndefined();
+    expect(lockHolder([line(1), line(2)].join('\n'), dev, ino)).toBeUndefined();
+    expect(lockHolder('', dev, ino)).toBeUndefined();
+    expect(lockHolder(line(0), dev, ino)).toBeUndefined();
     expect(
-      writeLockHolder('1: OFDLCK ADVISORY  WRITE -1 fe:00:2272354 1073741824 1073742335', dev, ino),
+      lockHolder('1: OFDLCK ADVISORY  WRITE -1 fe:00:2272354 1073741824 1073742335', dev, ino),
     ).toBeUndefined();
   });
 
   it('decodes large device numbers as glibc encodes them (major and minor above 8 bits)', () => {
     // major 0x103, minor 0x1234 → (0x103 << 8) | 0x34 | (0x12 << 20) in glibc's dev_t.
     const bigDev = (0x103n << 8n) | 0x34n | (0x12n << 20n);
-    expect(writeLockHolder('1: POSIX  ADVISORY  WRITE 77 103:1234:5 0 EOF', bigDev, 5n)).toBe(77);
+    expect(lockHolder('1: POSIX  ADVISORY  WRITE 77 103:1234:5 0 EOF', bigDev, 5n)).toBe(77);
   });
 });
