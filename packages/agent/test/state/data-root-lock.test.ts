@@ -62,6 +62,26 @@ function holdInAnotherProcess(dataRoot: string): Promise<ChildProcess> {
   `);
 }
 
+/** Tries to take the lock from another process: 'taken', or the error's name and the holder's pid. */
+async function tryInAnotherProcess(dataRoot: string): Promise<string> {
+  const script = `
+    const { DataRootLock } = await import(${JSON.stringify(LOCK_MODULE)});
+    try {
+      DataRootLock.acquire(${JSON.stringify(dataRoot)}).release();
+      process.stdout.write('taken');
+    } catch (error) {
+      process.stdout.write(error.name + ' ' + error.holderPid);
+    }
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
+  await new Promise((resolve) => child.once('close', resolve)); // 'close': its output read to the end
+  return out;
+}
+
 /** Runs `setup` (an ES module's code) in another process, which then says so and lives until killed. */
 async function runInAnotherProcess(setup: string): Promise<ChildProcess> {
   const script = `${setup}
@@ -102,6 +122,10 @@ describe('DataRootLock', () => {
       `the data root ${dataRoot} (sagemaker_edge_local_data_root_path) is in use by another edgefleet-agent (pid ${process.pid}); one agent per data root: stop that agent, or give this one a data root of its own`,
     );
 
+    // The refused attempt closed its own connection to the file: POSIX locks are the process's and a close can
+    // drop them, so another process must still find the data root held.
+    expect(await tryInAnotherProcess(dataRoot)).toBe(`DataRootInUseError ${process.pid}`);
+
     lock.release();
     lock.release(); // twice is fine
     expect(lock.held).toBe(false);
@@ -119,6 +143,7 @@ describe('DataRootLock', () => {
     holder.kill('SIGKILL');
     await exitOf(holder);
     expect(acquire(dataRoot).held).toBe(true);
+    expect(await tryInAnotherProcess(dataRoot)).toBe(`DataRootInUseError ${process.pid}`);
   });
 
   it('a tool keeping a read open on the lock file holds it too, and is named', async () => {
