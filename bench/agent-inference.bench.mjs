@@ -615,6 +615,8 @@ async function main() {
           edgefleet_ort_intra_op_threads: 1,
           edgefleet_ort_inter_op_threads: 1,
           edgefleet_rest_socket_path: restSocketPath,
+          // Each agent its own data root: two agents may not share one (the second would exit 4).
+          sagemaker_edge_local_data_root_path: join(dir, `${name}-data`),
           edgefleet_preload_models: models.map((m) => ({ url: m.packageDir, name: m.key })),
           ...settings,
         }),

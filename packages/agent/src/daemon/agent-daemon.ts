@@ -16,6 +16,9 @@ import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
 import { SharedMemoryReader, loadSysvShmAddon, type SysvShmAddon } from '../shm/index.js';
 import {
+  DataRootInUseError,
+  DataRootLock,
+  DataRootLockError,
   ModelActivity,
   agentDatabasePath,
   openAgentDatabase,
@@ -66,12 +69,14 @@ export interface AgentDaemon {
 }
 
 /**
- * Starts the agent: reads the config, checks the socket path, starts the inference workers, loads the preloaded
- * models and those restored from the local database, then listens (gRPC on `-a`, REST per config). Each of those
- * loads is waited for at most edgefleet_startup_load_timeout_seconds, so no package can keep the agent from
- * listening: one still going then finishes in the background, and until every such load has settled the agent
- * says it is not ready (GET /v2/health/ready), so only a client that sees it ready is sure to find them loaded.
- * Throws ConfigError (a key or option at fault) or StartupError (with its exit status); nothing is left running.
+ * Starts the agent: reads the config, locks the data root (one agent per data root: see DataRootLock), checks
+ * the socket path, starts the inference workers, loads the preloaded models and those restored from the local
+ * database, then listens (gRPC on `-a`, REST per config). Each of those loads is waited for at most
+ * edgefleet_startup_load_timeout_seconds, so no package can keep the agent from listening: one still going then
+ * finishes in the background, and until every such load has settled the agent says it is not ready
+ * (GET /v2/health/ready), so only a client that sees it ready is sure to find them loaded.
+ * Throws ConfigError (a key or option at fault) or StartupError (with its exit status); nothing is left running,
+ * and the data root is let go.
  */
 export async function startAgentDaemon(options: AgentDaemonOptions): Promise<AgentDaemon> {
   const { commandLine, logger } = options;
@@ -88,17 +93,25 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       `edgefleet_socket_mode: ${config.socketMode.toString(8).padStart(4, '0')} lets every user connect to the agent and load or unload models; expected a mode without "others write", such as 0660 or 0600`,
     );
   }
-  const trust = await loadTrust(config, logger);
-  await prepareSocketPath(commandLine.socketPath, commandLine.removeStaleSocket).then(({ removedStale }) => {
-    if (removedStale) logger.warn({ socket: commandLine.socketPath }, 'removed a stale socket file (-f)');
-  });
+  // One agent per data root, held until the process ends: taken before anything opens or changes a file there
+  // (the database and its recovery, the sweep of orphaned payload files, deployments, the capture spool) and
+  // before the socket checks, which a second agent with another socket, or one started while the first is
+  // still loading models (its socket not bound yet), would pass.
+  const dataRootLock = lockDataRoot(config.storage.localDataRootPath);
+  logger.debug({ dataRoot: dataRootLock.dataRoot, lock: dataRootLock.path }, 'holding the data root');
 
   // Everything started from here is stopped again if a later step fails.
-  const cleanups: Array<() => Promise<void> | void> = [];
+  const cleanups: Array<() => Promise<void> | void> = [() => dataRootLock.release()];
   const unwind = async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve(cleanup()).catch(() => {});
   };
   try {
+    const trust = await loadTrust(config, logger);
+    await prepareSocketPath(commandLine.socketPath, commandLine.removeStaleSocket).then(
+      ({ removedStale }) => {
+        if (removedStale) logger.warn({ socket: commandLine.socketPath }, 'removed a stale socket file (-f)');
+      },
+    );
     const addon = loadNativeAddon(logger);
     keepFreedMemory(config.inference.keepFreedMemoryBytes, logger, addon);
     const metrics = new AgentMetrics({ maxUnloadedModels: config.metrics.maxUnloadedModels });
@@ -268,6 +281,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       {
         event: 'listening',
         version: options.version,
+        dataRoot: dataRootLock.dataRoot,
         grpc: grpcAddress,
         rest: restAddresses,
         models: registry.list().map((m) => m.name),
@@ -316,6 +330,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
           closeSharedMemory();
           activity.close();
           database?.close();
+          // Last: everything that writes in the data root has stopped.
+          dataRootLock.release();
           logger.info({ event: 'stopped', ms: Date.now() - began }, 'stopped');
         })();
         return stopping;
@@ -323,6 +339,22 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     };
   } catch (error) {
     await unwind();
+    throw error;
+  }
+}
+
+/** The data root's lock (state/data-root-lock.ts), as a StartupError (held elsewhere) or a ConfigError. */
+function lockDataRoot(dataRoot: string): DataRootLock {
+  try {
+    return DataRootLock.acquire(dataRoot);
+  } catch (error) {
+    if (error instanceof DataRootInUseError)
+      throw new StartupError(EXIT_CODES.DATA_ROOT_IN_USE, error.message, { cause: error });
+    if (error instanceof DataRootLockError)
+      throw new ConfigError(
+        'sagemaker_edge_local_data_root_path',
+        `sagemaker_edge_local_data_root_path: ${error.message}`,
+      );
     throw error;
   }
 }

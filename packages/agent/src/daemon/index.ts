@@ -1,4 +1,5 @@
-// The agent process: start-up (config, socket, workers, preloaded models, listeners), logging, graceful shutdown.
+// The agent process: start-up (config, the data root's lock, socket, workers, preloaded models, listeners),
+// logging, graceful shutdown.
 export {
   DEFAULT_SHUTDOWN_GRACE_MS,
   startAgentDaemon,

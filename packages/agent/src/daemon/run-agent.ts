@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, constants } from 'node:os';
 import type { Logger } from 'pino';
 import { ConfigError, parseCommandLine } from '../config/index.js';
+import { DataRootInUseError } from '../state/index.js';
 import { startAgentDaemon, type AgentDaemon } from './agent-daemon.js';
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { createAgentLogger } from './logger.js';
@@ -67,6 +68,11 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
         event: 'start-failed',
         exitCode,
         ...(error instanceof ConfigError && { key: error.key }),
+        ...(error instanceof StartupError &&
+          error.cause instanceof DataRootInUseError && {
+            dataRoot: error.cause.dataRoot,
+            holderPid: error.cause.holderPid,
+          }),
         ...(exitCode === EXIT_CODES.FAILURE && { err: error }),
       },
       `cannot start: ${message}`,

@@ -8,6 +8,15 @@ export {
   type OpenAgentDatabaseOptions,
   type SalvageableTable,
 } from './agent-database.js';
+export {
+  DATA_ROOT_LOCK_FILE,
+  DataRootInUseError,
+  DataRootLock,
+  DataRootLockError,
+  lockHolderPid,
+  lockHolder,
+  type DataRootLockOptions,
+} from './data-root-lock.js';
 export { openAgentDatabase, type DatabaseRecovery, type OpenedAgentDatabase } from './database-recovery.js';
 export { LATEST_SCHEMA_VERSION, MIGRATIONS, migrate, type Migration } from './migrations.js';
 export {

@@ -94,7 +94,16 @@ describe('the edgefleet-agent process', () => {
     const first = start(['-a', socket, '-c', config]);
     await first.waitFor(listening, 'that it listens');
 
-    const rival = start(['-a', socket, '-c', config, '-f']);
+    // Its own data root: on the first's it would stop at the data root's lock (data-root-lock.test.ts).
+    const rival = start([
+      '-a',
+      socket,
+      '-c',
+      await writeConfig('rival', {
+        sagemaker_edge_local_data_root_path: join(agents.files.root, 'rival-data'),
+      }),
+      '-f',
+    ]);
     expect((await rival.exited).code).toBe(3);
     expect(rival.stderr()).toMatch(/a process is already serving on .*b\.sock/);
 

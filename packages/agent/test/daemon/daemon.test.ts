@@ -7,6 +7,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseAgentConfig } from '../../src/config/index.js';
 import { StartupError, prepareSocketPath, startAgentDaemon } from '../../src/daemon/index.js';
+import { DataRootLock } from '../../src/state/index.js';
 import { bindUnixSocket, removeOwnSocketFile } from '../../src/unix-socket/index.js';
 import { captureRequest, listFiles } from '../capture/helpers.js';
 import { callError, callMethod, newClient, scratch, silentLogger, wireInputs } from '../grpc/helpers.js';
@@ -183,6 +184,35 @@ describe('startAgentDaemon', () => {
     }
     expect(await lstat(socketPath).catch(() => 'gone')).toBe('gone');
     client.close();
+  });
+});
+
+describe('startAgentDaemon: the data root', () => {
+  it('holds it while running (a second daemon is refused, exit 4) and lets it go on shutdown and on a failed start', async () => {
+    const dataRoot = join(files.root, 'held-data');
+    const configPath = join(files.root, 'held.json');
+    await writeFile(
+      configPath,
+      JSON.stringify({
+        edgefleet_inference_workers: 1,
+        edgefleet_rest_socket_path: '',
+        sagemaker_edge_local_data_root_path: dataRoot,
+      }),
+    );
+    const daemon = await startDaemon(join(files.root, 'held-1.sock'), configPath);
+    const refused = await startDaemon(join(files.root, 'held-2.sock'), configPath).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(StartupError);
+    expect(refused).toMatchObject({ exitCode: 4, cause: { dataRoot, holderPid: process.pid } });
+    await daemon.shutdown(0);
+    // Let go on shutdown: the lock is free for this process's next take.
+    DataRootLock.acquire(dataRoot).release();
+
+    // A start that fails after taking the lock (here at the socket: a regular file is there) lets it go too.
+    const blocked = join(files.root, 'held-blocked.sock');
+    await writeFile(blocked, 'not a socket');
+    const failed = await startDaemon(blocked, configPath).catch((e: unknown) => e);
+    expect(failed).toMatchObject({ exitCode: 3 });
+    DataRootLock.acquire(dataRoot).release();
   });
 });
 

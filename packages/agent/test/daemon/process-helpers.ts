@@ -76,15 +76,15 @@ export interface AgentScratch {
   files: Awaited<ReturnType<typeof scratch>>;
   /** A catalogue model's package folder (one of the file's `models`). */
   packageOf(model: TestModelName): string;
-  /** Agents a test started: killed (SIGKILL) after each test. */
+  /** Agents a test started: killed (SIGKILL) after each test, and waited for. */
   running: AgentProcess[];
   /** Clients a test opened: closed after each test. */
   clients: { close(): void }[];
 }
 
 /**
- * Builds the agent and packs `models` before the file's tests; kills its agents and closes its clients after
- * each test, and removes the folder after them all.
+ * Builds the agent and packs `models` before the file's tests; kills its agents (waiting for them to exit) and
+ * closes its clients after each test, and removes the folder after them all.
  */
 export function useAgentScratch(prefix: string, models: readonly TestModelName[]): AgentScratch {
   const packages = new Map<TestModelName, string>();
@@ -102,9 +102,12 @@ export function useAgentScratch(prefix: string, models: readonly TestModelName[]
     fixture.files = await scratch(prefix);
     for (const model of models) packages.set(model, await fixture.files.catalogue(model));
   }, 120_000);
-  afterEach(() => {
+  afterEach(async () => {
     for (const client of fixture.clients.splice(0)) client.close();
-    for (const agent of fixture.running.splice(0)) agent.child.kill('SIGKILL');
+    const killed = fixture.running.splice(0);
+    for (const agent of killed) agent.child.kill('SIGKILL');
+    // Gone before the next test starts one: the kernel lets go of a data root's lock only once the process is.
+    await Promise.all(killed.map((agent) => agent.exited));
   });
   afterAll(async () => {
     await fixture.files?.cleanup();

@@ -1,0 +1,164 @@
+import { chmodSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import SqliteDatabase, { type Database } from 'better-sqlite3';
+
+/** The lock file's name under `sagemaker_edge_local_data_root_path`. */
+export const DATA_ROOT_LOCK_FILE = 'agent.lock';
+
+/** Another process (another edgefleet-agent) holds the data root's lock. */
+export class DataRootInUseError extends Error {
+  override readonly name = 'DataRootInUseError';
+  constructor(
+    readonly dataRoot: string,
+    /** The holder's pid, when the kernel says (Linux /proc/locks); undefined when it cannot be known. */
+    readonly holderPid: number | undefined,
+  ) {
+    super(
+      `the data root ${dataRoot} (sagemaker_edge_local_data_root_path) is in use by another edgefleet-agent` +
+        `${holderPid === undefined ? '' : ` (pid ${holderPid})`}; one agent per data root: stop that agent, or give this one a data root of its own`,
+    );
+  }
+}
+
+/** The lock could not be taken for a reason other than another holder (a folder that cannot be made or written). */
+export class DataRootLockError extends Error {
+  override readonly name = 'DataRootLockError';
+  constructor(
+    readonly dataRoot: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface DataRootLockOptions {
+  /** Where the kernel lists file locks (default /proc/locks); read only to name the holder's pid. */
+  procLocksPath?: string;
+}
+
+/**
+ * An exclusive hold on an agent's data root (agent.db, its payload files, deployments, the capture spool): one
+ * agent per data root, for the agent's whole life. It is SQLite's POSIX lock on `<data root>/agent.lock`,
+ * held by a connection in `locking_mode=EXCLUSIVE` after an exclusive transaction, so the kernel drops it when
+ * the process ends in any way (SIGKILL, OOM killer, power cut): there is never a stale lock to clean up. The file
+ * stays; removing it on release would let a third agent lock a new file while a second holds the old one.
+ *
+ * Nothing else in the process may open agent.lock: a POSIX lock is the process's, and closing any descriptor of
+ * the file drops it (SQLite keeps its own descriptors open until the lock is released; a stat is harmless).
+ * Readers of agent.db (tools, tests, database recovery) are not affected: the lock is on agent.lock only.
+ */
+export class DataRootLock {
+  readonly dataRoot: string;
+  /** The lock file. */
+  readonly path: string;
+  #db: Database | undefined;
+
+  private constructor(dataRoot: string, path: string, db: Database) {
+    this.dataRoot = dataRoot;
+    this.path = path;
+    this.#db = db;
+  }
+
+  /**
+   * Takes the lock, creating the data root (0700) and the lock file when missing; never waits. Throws
+   * DataRootInUseError when another process (or another lock in this one) holds it, DataRootLockError when the
+   * folder or file cannot be made or locked.
+   */
+  static acquire(dataRoot: string, options: DataRootLockOptions = {}): DataRootLock {
+    const path = join(dataRoot, DATA_ROOT_LOCK_FILE);
+    try {
+      mkdirSync(dataRoot, { recursive: true, mode: 0o700 });
+    } catch (error) {
+      throw new DataRootLockError(
+        dataRoot,
+        `cannot create the data root ${dataRoot}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a folder the agent can create and write`,
+        { cause: error },
+      );
+    }
+    let db: Database;
+    try {
+      // timeout 0: a held lock is reported at once instead of being waited for.
+      db = new SqliteDatabase(path, { timeout: 0 });
+    } catch (error) {
+      throw new DataRootLockError(
+        dataRoot,
+        `cannot open the lock file ${path}: ${(error as Error).message}; expected a file the agent can create and write in its data root`,
+        { cause: error },
+      );
+    }
+    try {
+      db.pragma('locking_mode = EXCLUSIVE');
+      // In exclusive locking mode the lock an exclusive transaction takes is kept after it ends.
+      db.exec('BEGIN EXCLUSIVE');
+      db.exec('COMMIT');
+    } catch (error) {
+      db.close();
+      if ((error as { code?: unknown }).code === 'SQLITE_BUSY')
+        throw new DataRootInUseError(dataRoot, lockHolderPid(path, options.procLocksPath));
+      throw new DataRootLockError(
+        dataRoot,
+        `cannot lock ${path}: ${(error as Error).message}; expected a SQLite lock file the agent can write (it keeps nothing: remove it if it is damaged)`,
+        { cause: error },
+      );
+    }
+    // Owner-only: whoever can open the file can take a lock on it and so keep the agent from starting. By path,
+    // not by a descriptor (closing one would drop the lock); best effort, as the lock is held either way.
+    try {
+      chmodSync(path, 0o600);
+    } catch {
+      // A file the agent can lock but not chmod (another owner, as root once made it) still serves as the lock.
+    }
+    return new DataRootLock(dataRoot, path, db);
+  }
+
+  /** Whether the lock is still held (until release). */
+  get held(): boolean {
+    return this.#db !== undefined;
+  }
+
+  /** Lets the lock go. Safe to call more than once. */
+  release(): void {
+    this.#db?.close();
+    this.#db = undefined;
+  }
+}
+
+/**
+ * The pid of the process holding a lock on `path`, as /proc/locks lists it, or undefined: not Linux, no /proc,
+ * several holders, or the holder in a pid namespace this process cannot see (listed as pid 0). Called once this
+ * process's own attempt is closed, so the one listed holds the lock (an agent, or a tool keeping a read open).
+ */
+export function lockHolderPid(path: string, procLocksPath = '/proc/locks'): number | undefined {
+  try {
+    const { dev, ino } = statSync(path, { bigint: true });
+    return lockHolder(readFileSync(procLocksPath, 'utf8'), dev, ino);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The one pid holding POSIX (or open-file-description) locks on the file `dev`/`ino` in /proc/locks text, or
+ * undefined. Lines look like `1: POSIX  ADVISORY  WRITE 4321 fe:00:2272354 1073741824 1073742335`; waiters
+ * (`1: -> POSIX …`) hold nothing and are skipped, and so are flock() locks, which SQLite does not take.
+ */
+export function lockHolder(procLocks: string, dev: bigint, ino: bigint): number | undefined {
+  // glibc's dev_t encoding (gnu_dev_major/minor); /proc/locks prints the major and minor in hex.
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+  const pids = new Set<number>();
+  for (const line of procLocks.split('\n')) {
+    const match =
+      /^\d+:\s+(?:POSIX|OFDLCK)\s+\S+\s+(?:READ|WRITE)\s+(-?\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s/.exec(
+        line,
+      );
+    if (!match) continue;
+    const [, pid, lineMajor, lineMinor, lineIno] = match;
+    if (BigInt(`0x${lineMajor}`) !== major || BigInt(`0x${lineMinor}`) !== minor || BigInt(lineIno!) !== ino)
+      continue;
+    pids.add(Number(pid));
+  }
+  const [only] = pids;
+  return pids.size === 1 && only !== undefined && only > 0 ? only : undefined;
+}
