@@ -390,7 +390,10 @@ export class SqliteCaptureQueue implements CaptureQueue {
    * and named in damaged; those that cannot be read now for any other reason go back to the queue, in their
    * place, and are named in deferred.
    */
-  async #decodeAll(batchId: string, rows: readonly BatchedCaptureRow[]): Promise<Omit<FormedBatch, 'untaken'>> {
+  async #decodeAll(
+    batchId: string,
+    rows: readonly BatchedCaptureRow[],
+  ): Promise<Omit<FormedBatch, 'untaken'>> {
     // Each read waits for one of the payload files' read slots: rows are all asked for at once.
     const read = await Promise.all(rows.map((row) => this.#read(row)));
     const formed: Omit<FormedBatch, 'untaken'> = { items: [], damaged: [], deferred: [] };

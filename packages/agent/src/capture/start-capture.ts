@@ -88,7 +88,10 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
                 { err: problem },
                 'capture: the payload folder is unsafe; large captures are kept in the local database (on the event loop) until it is fixed',
               )
-            : logger?.info({}, 'capture: the payload folder is safe again; large captures are written as files'),
+            : logger?.info(
+                {},
+                'capture: the payload folder is safe again; large captures are written as files',
+              ),
       })
     : new MemoryCaptureQueue();
   const service = new CaptureService({

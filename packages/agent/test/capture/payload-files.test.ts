@@ -513,7 +513,11 @@ describe('captures that cannot be read for a lasting reason (C2)', () => {
       [3000, 'b3'],
     ] as const) {
       clock = at - 1;
-      expect(await queue.formBatch(`${label}-early`, 3)).toMatchObject({ items: [], deferred: [], untaken: 3 });
+      expect(await queue.formBatch(`${label}-early`, 3)).toMatchObject({
+        items: [],
+        deferred: [],
+        untaken: 3,
+      });
       clock = at;
       expect((await queue.formBatch(label, 3)).deferred.map((d) => d.captureId)).toEqual(bigs);
     }
@@ -524,7 +528,9 @@ describe('captures that cannot be read for a lasting reason (C2)', () => {
     for (const id of bigs) {
       expect(queue.status(id)).toMatchObject({
         status: 'FAILURE',
-        detail: expect.stringMatching(/could not be read back in 4 tries \(the last: .*writable by its group/),
+        detail: expect.stringMatching(
+          /could not be read back in 4 tries \(the last: .*writable by its group/,
+        ),
       });
     }
     await queue.close();
