@@ -42,16 +42,37 @@ export interface FormedBatch {
   /** The batch's captures, oldest first. */
   items: CaptureItem[];
   /**
-   * Captures the caller lets go of: they could not be read back and are marked FAILURE (or, when even that could
-   * not be recorded, left in their batch for the next start).
+   * Captures the caller lets go of: they could not be read back (damaged, or deferred too many times) and are
+   * marked FAILURE (or, when even that could not be recorded, set aside in a new batch for the next start).
    */
   damaged: string[];
   /**
    * Captures whose stored bytes could not be read now (EMFILE, EIO, the payload folder unsafe, …) but are not
-   * known to be damaged: not in the batch, they wait again in their place, to be taken by a later batch.
+   * known to be damaged: not in the batch, they wait again in their place, passed over by the batches formed
+   * before their next try (see DeferralPolicy).
    */
   deferred: { captureId: string; error: Error }[];
+  /** How many of the `limit` asked for were not taken: nothing more was waiting, or only deferred captures. */
+  untaken: number;
 }
+
+/**
+ * How captures that cannot be read now are tried again: after a delay doubling from `firstDelayMs` up to
+ * `maxDelayMs`, passed over by the batches formed meanwhile (so that the others go on), and marked FAILURE on the
+ * `maxTries`-th failed read. Counted in memory: a restart starts the count again.
+ */
+export interface DeferralPolicy {
+  firstDelayMs: number;
+  maxDelayMs: number;
+  maxTries: number;
+}
+
+/** 15 tries at least 1 s, 2 s, 4 s, … up to 10 min apart: about an hour (1023 s + 4 × 600 s) at the least. */
+export const DEFAULT_DEFERRAL_POLICY: DeferralPolicy = {
+  firstDelayMs: 1_000,
+  maxDelayMs: 600_000,
+  maxTries: 15,
+};
 
 /**
  * The queue of accepted captures and the status of each. `memory` keeps everything in the process (a crash loses
@@ -112,7 +133,7 @@ export class MemoryCaptureQueue implements CaptureQueue {
   formBatch(batchId: string, limit: number): Promise<FormedBatch> {
     const items = this.#pending.splice(0, limit);
     if (items.length > 0) this.#batches.set(batchId, items);
-    return Promise.resolve({ items, damaged: [], deferred: [] });
+    return Promise.resolve({ items, damaged: [], deferred: [], untaken: limit - items.length });
   }
 
   inProgressOutsideQueue(): string[] {
@@ -181,7 +202,13 @@ export class SqliteCaptureQueue implements CaptureQueue {
   readonly #repository: CaptureQueueRepository;
   readonly #now: () => number;
   readonly #onDamaged: ((captureId: string, error: Error) => void) | undefined;
+  readonly #onPayloadFolder: ((problem: Error | undefined) => void) | undefined;
   readonly #inlineLimit: number;
+  readonly #deferral: DeferralPolicy;
+  /** Captures whose last read failed for now: how many times, and when they may be tried again. */
+  readonly #deferrals = new Map<string, { tries: number; notBefore: number }>();
+  /** Whether the last large payload went inline because the folder was unsafe (logged once per change). */
+  #folderUnsafe = false;
   #waiting: {
     row: QueuedCaptureRow;
     resolve: () => void;
@@ -197,15 +224,27 @@ export class SqliteCaptureQueue implements CaptureQueue {
   constructor(options: {
     repository: CaptureQueueRepository;
     now?: () => number;
-    /** Told of a stored capture that cannot be read back (it is marked FAILURE and dropped). */
+    /**
+     * Told of a stored capture that cannot be read back (damaged, or deferred `deferral.maxTries` times): it is
+     * marked FAILURE and dropped.
+     */
     onDamaged?: (captureId: string, error: Error) => void;
+    /**
+     * Told when large payloads start going into the database because the payload folder is unsafe (with why), and
+     * when they go to files again (undefined): once per change.
+     */
+    onPayloadFolder?: (problem: Error | undefined) => void;
     /** Payloads larger than this are written as files, off the event loop (default 64 KiB). */
     inlinePayloadLimitBytes?: number;
+    /** How captures that cannot be read now are tried again (default DEFAULT_DEFERRAL_POLICY). */
+    deferral?: DeferralPolicy;
   }) {
     this.#repository = options.repository;
     this.#now = options.now ?? Date.now;
     this.#onDamaged = options.onDamaged;
+    this.#onPayloadFolder = options.onPayloadFolder;
     this.#inlineLimit = options.inlinePayloadLimitBytes ?? DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES;
+    this.#deferral = options.deferral ?? DEFAULT_DEFERRAL_POLICY;
   }
 
   async recover(): Promise<RecoveredQueue> {
@@ -230,6 +269,8 @@ export class SqliteCaptureQueue implements CaptureQueue {
         ),
       );
       if (items.length > 0) openBatches.push({ batchId, items });
+      // Never completed: what was left stays under this id, never written, for the next start.
+      else this.#leftInBatch.delete(batchId);
     }
     const pendingBytes = this.#repository.pendingBytes();
     return { pending: pendingBytes.size, pendingBytes, openBatches, orphansRemoved, problems };
@@ -252,9 +293,11 @@ export class SqliteCaptureQueue implements CaptureQueue {
       this.#storing.add(storing);
       try {
         row.payloadFile = await storing;
+        this.#folderState(undefined);
       } catch (error) {
         // Nothing was written: kept in the row (on the event loop), as before large captures had files.
         if (!(error instanceof UnsafePayloadFolderError)) throw error;
+        this.#folderState(error);
       } finally {
         this.#storing.delete(storing);
       }
@@ -285,7 +328,13 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }
 
   async formBatch(batchId: string, limit: number): Promise<FormedBatch> {
-    return this.#decodeAll(batchId, this.#repository.formBatch(batchId, limit));
+    const now = this.#now();
+    const waiting = [...this.#deferrals].filter(([, d]) => d.notBefore > now).map(([captureId]) => captureId);
+    const rows = this.#repository.formBatch(batchId, limit, waiting);
+    const formed = await this.#decodeAll(batchId, rows);
+    // Never completed (nothing is written under it): what was left stays under this id for the next start.
+    if (formed.items.length === 0) this.#leftInBatch.delete(batchId);
+    return { ...formed, untaken: limit - rows.length };
   }
 
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {
@@ -328,36 +377,68 @@ export class SqliteCaptureQueue implements CaptureQueue {
     await this.#repository.payloadRemovalsDone();
   }
 
+  /** Large payloads go inline (problem) or to files again (undefined): told once per change. */
+  #folderState(problem: Error | undefined): void {
+    if (this.#folderUnsafe === (problem !== undefined)) return;
+    this.#folderUnsafe = problem !== undefined;
+    this.#onPayloadFolder?.(problem);
+  }
+
   /**
    * Reads the rows' captures back, in order. Those that cannot be read because they are damaged (file gone or
-   * not the one written, bytes not matching the meta) are marked FAILURE and named in damaged; those that cannot
-   * be read now for any other reason go back to the queue, in their place, and are named in deferred.
+   * not the one written, bytes not matching the meta), or could not be read `maxTries` times, are marked FAILURE
+   * and named in damaged; those that cannot be read now for any other reason go back to the queue, in their
+   * place, and are named in deferred.
    */
-  async #decodeAll(batchId: string, rows: readonly BatchedCaptureRow[]): Promise<FormedBatch> {
+  async #decodeAll(
+    batchId: string,
+    rows: readonly BatchedCaptureRow[],
+  ): Promise<Omit<FormedBatch, 'untaken'>> {
+    // Each read waits for one of the payload files' read slots: rows are all asked for at once.
     const read = await Promise.all(rows.map((row) => this.#read(row)));
-    const formed: FormedBatch = { items: [], damaged: [], deferred: [] };
+    const formed: Omit<FormedBatch, 'untaken'> = { items: [], damaged: [], deferred: [] };
     const left: string[] = [];
+    const drop = (captureId: string, error: Error, detail: string): void => {
+      formed.damaged.push(captureId);
+      try {
+        this.#repository.discard(captureId, this.#now(), detail);
+      } catch {
+        // Out of what is written: set aside in a new batch by completeBatch, read again at the next start.
+        left.push(captureId);
+      }
+      this.#onDamaged?.(captureId, error);
+    };
     read.forEach((outcome, i) => {
       const { captureId } = rows[i]!;
+      const tries = (this.#deferrals.get(captureId)?.tries ?? 0) + ('deferred' in outcome ? 1 : 0);
+      if (!('deferred' in outcome) || tries >= this.#deferral.maxTries) this.#deferrals.delete(captureId);
       if ('item' in outcome) formed.items.push(outcome.item);
       else if ('damaged' in outcome) {
-        formed.damaged.push(captureId);
-        const detail = `the stored capture could not be read back: ${outcome.damaged.message}`;
-        try {
-          this.#repository.discard(captureId, this.#now(), detail);
-        } catch {
-          // Left in its batch, out of what is written: the next start reads it again (and fails it then).
-          left.push(captureId);
-        }
-        this.#onDamaged?.(captureId, outcome.damaged);
-      } else formed.deferred.push({ captureId, error: outcome.deferred });
+        drop(
+          captureId,
+          outcome.damaged,
+          `the stored capture could not be read back: ${outcome.damaged.message}`,
+        );
+      } else if (tries >= this.#deferral.maxTries) {
+        const error = new Error(
+          `the stored capture could not be read back in ${tries} tries (the last: ${outcome.deferred.message}); given up`,
+          { cause: outcome.deferred },
+        );
+        drop(captureId, error, error.message);
+      } else {
+        const delay = Math.min(this.#deferral.firstDelayMs * 2 ** (tries - 1), this.#deferral.maxDelayMs);
+        this.#deferrals.set(captureId, { tries, notBefore: this.#now() + delay });
+        formed.deferred.push({ captureId, error: outcome.deferred });
+      }
     });
     if (formed.deferred.length > 0) {
       try {
         this.#repository.returnToQueue(formed.deferred.map((d) => d.captureId));
       } catch {
-        // They stay in the batch, out of what is written, for the next start; the caller lets go of them.
+        // Set aside in a new batch (by completeBatch), out of what is written, for the next start; the caller
+        // lets go of them.
         left.push(...formed.deferred.map((d) => d.captureId));
+        for (const { captureId } of formed.deferred) this.#deferrals.delete(captureId);
         formed.damaged.push(...formed.deferred.map((d) => d.captureId));
         formed.deferred = [];
       }

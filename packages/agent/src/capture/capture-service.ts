@@ -440,20 +440,23 @@ export class CaptureService {
       this.#armFlushTimer();
       return;
     }
-    const { items, damaged, deferred } = formed;
+    const { items, damaged, deferred, untaken } = formed;
     // Dropped as unreadable (marked FAILURE, or left to the next start): nothing holds them, bytes included.
     this.#held -= damaged.length;
     for (const captureId of damaged) this.#releaseBytes(captureId);
     if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
+    // Not taken: passed over (deferred captures before their next try) or no longer waiting; counted again.
+    this.#pending += untaken;
     if (deferred.length > 0) {
-      // Not known to be damaged (too many open files, an I/O error, …): waiting again, for the next push period.
+      // Not known to be damaged (too many open files, an I/O error, …): waiting again, passed over by the batches
+      // formed until their next try (after a growing delay; marked FAILURE after a bounded number of tries).
       this.#pending += deferred.length;
       this.#logger?.warn(
         { err: deferred[0]!.error, captures: deferred.map((d) => d.captureId) },
-        'capture: queued captures could not be read back from their payload files now; retrying at the next push period',
+        'capture: queued captures could not be read back from their payload files now; tried again later, after a growing delay',
       );
-      this.#armFlushTimer();
     }
+    if (untaken > 0 || deferred.length > 0) this.#armFlushTimer();
   }
 
   #drive(): void {

@@ -82,6 +82,16 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
             { err: error, captureId },
             'capture: a queued capture could not be read back from the local database; marked FAILURE',
           ),
+        onPayloadFolder: (problem) =>
+          problem
+            ? logger?.warn(
+                { err: problem },
+                'capture: the payload folder is unsafe; large captures are kept in the local database (on the event loop) until it is fixed',
+              )
+            : logger?.info(
+                {},
+                'capture: the payload folder is safe again; large captures are written as files',
+              ),
       })
     : new MemoryCaptureQueue();
   const service = new CaptureService({

@@ -29,8 +29,11 @@ const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBL
 
 type FileHandle = fsp.FileHandle;
 
-/** Payload files written at once (see CapturePayloadFiles.#writing). */
+/** Payload files written at once, and read at once (see CapturePayloadFiles.#writes). */
 const WRITES_AT_ONCE = 2;
+const READS_AT_ONCE = 2;
+/** Tries to make the folder when it keeps disappearing between being made and being checked. */
+const FOLDER_TRIES = 3;
 
 /**
  * The file operations the payload files use: node:fs/promises, and fsync. A constructor argument so that a test
@@ -81,13 +84,16 @@ export class UnsafePayloadFolderError extends Error {
 /**
  * The payload files of the capture queue. The queue keeps these rules, so a crash never leaves a row naming a
  * missing or partial file and never leaks one for good:
- * - a file is written under a temporary name, fsynced, renamed, and its folder fsynced (and, when the folder was
- *   just made, the data root too), before a row names it;
+ * - a file is written under a temporary name, fsynced, renamed, and its folder fsynced, before a row names it;
+ *   and no write starts before this process has fsynced the data root once the folder is there (so that the
+ *   folder's own entry is durable, whoever made it: an earlier run killed before its fsync, or another write);
  * - a file is removed only once the deletion of its row is durable (the WAL fsynced after the commit);
  * - at start, files that no row names (a crash between the write and the insert, or before the removal) are
  *   removed by `sweep`: only names this class writes, only regular files or links (never what a link points at).
- * The folder is checked (lstat) before each use: it must be a real directory of the agent's user that nobody else
- * can write, so that nobody else can put a file or link where a row's name points.
+ * The folder is checked (lstat) before each use (write, read, removal, sweep): it must be a real directory of the
+ * agent's user that nobody else can write, so that nobody else can put a file or link where a row's name points.
+ * The file operations are this class's own, not capture/atomic-files' alike (stageFile, syncFolder): they go through
+ * the PayloadFileSystem seam, which records their order in tests.
  * Every file operation runs on libuv's thread pool, never on the event loop.
  */
 export class CapturePayloadFiles {
@@ -102,14 +108,18 @@ export class CapturePayloadFiles {
   /** The size of each file written and not yet settled: its row records it, and a read checks it. */
   readonly #sizes = new Map<string, number>();
   #removals: Promise<void> = Promise.resolve();
-  /** The folder being made, for writes that find it missing meanwhile: none goes on before it is durable. */
-  #making: Promise<void> | undefined;
   /**
-   * Writes under way, at most WRITES_AT_ONCE: each holds a descriptor and takes turns on libuv's four threads
-   * with fsyncs that take seconds on an SD card; model reads, the Disk destination and DNS wait behind them.
+   * The folder made (if missing) and checked, and the data root fsynced, once per process: every write awaits it.
+   * Cleared when it fails (the next write tries again, fsync included) or when a write finds the folder gone.
    */
-  #writing = 0;
-  readonly #waitingToWrite: (() => void)[] = [];
+  #folderReady: Promise<void> | undefined;
+  /**
+   * Writes (and reads) under way, at most WRITES_AT_ONCE (READS_AT_ONCE): each holds a descriptor and takes turns
+   * on libuv's four threads with fsyncs or reads that take seconds on an SD card; model reads, the Disk
+   * destination and DNS wait behind them.
+   */
+  readonly #writes = new Slots(WRITES_AT_ONCE);
+  readonly #reads = new Slots(READS_AT_ONCE);
 
   constructor(options: { dir: string; walPath: string; fileSystem?: PayloadFileSystem }) {
     this.dir = options.dir;
@@ -121,27 +131,14 @@ export class CapturePayloadFiles {
    * Writes the chunks as one new file, durably; returns its name for the row. The name stays unsettled. Rejects
    * with UnsafePayloadFolderError, having written nothing, when the folder is not safe to use.
    */
-  async write(chunks: readonly Uint8Array[]): Promise<string> {
-    if (this.#writing >= WRITES_AT_ONCE)
-      await new Promise<void>((resolve) => this.#waitingToWrite.push(resolve));
-    else this.#writing++;
-    try {
-      return await this.#write(chunks);
-    } finally {
-      // The slot passes to the next write waiting, if any.
-      const next = this.#waitingToWrite.shift();
-      if (next) next();
-      else this.#writing--;
-    }
+  write(chunks: readonly Uint8Array[]): Promise<string> {
+    return this.#writes.run(() => this.#write(chunks));
   }
 
   async #write(chunks: readonly Uint8Array[]): Promise<string> {
     const name = `${randomBytes(16).toString('hex')}.payload`;
     const temp = `${TEMP_PREFIX}${name}`;
-    if ((await this.#checkFolder()) === 'missing') {
-      this.#making ??= this.#makeFolder().finally(() => (this.#making = undefined));
-      await this.#making;
-    }
+    await this.#folderIsReady();
     this.#unsettled.add(name);
     this.#unsettled.add(temp);
     try {
@@ -186,7 +183,11 @@ export class CapturePayloadFiles {
    * UnsafePayloadFolderError when the folder is not safe to use, and with the error as it came for anything else
    * (EMFILE, EIO, …: the file may be fine, so the caller tries again later).
    */
-  async read(name: string, bytes: number): Promise<Buffer> {
+  read(name: string, bytes: number): Promise<Buffer> {
+    return this.#reads.run(() => this.#read(name, bytes));
+  }
+
+  async #read(name: string, bytes: number): Promise<Buffer> {
     if (!PAYLOAD_FILE_NAME.test(name)) {
       throw new DamagedPayloadError(
         `the queue names a payload file ${JSON.stringify(name)}; expected a name the agent writes (32 hex digits, .payload)`,
@@ -317,29 +318,64 @@ export class CapturePayloadFiles {
     );
   }
 
-  /** Makes the folder (owner-only, whatever the umask), and fsyncs the data root so that its entry is durable. */
-  async #makeFolder(): Promise<void> {
-    try {
-      await this.#fs.mkdir(this.dir, FOLDER_MODE);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      // Made (and made durable) by an earlier write since this one looked: checked like any other.
-      await this.#checkFolder();
-      return;
+  /**
+   * Resolves once the folder is there, safe, and its entry in the data root durable; rejects with
+   * UnsafePayloadFolderError (or the error of the mkdir or fsync that failed) otherwise.
+   */
+  async #folderIsReady(): Promise<void> {
+    for (let tries = 1; ; tries++) {
+      const ready = (this.#folderReady ??= this.#prepareFolder().catch((error: unknown) => {
+        // Not ready: the next write tries again from the start (its fsync included).
+        this.#folderReady = undefined;
+        throw error;
+      }));
+      await ready;
+      if ((await this.#checkFolder()) === 'ready') return;
+      // Removed since it was made durable: made again, and the data root fsynced again.
+      if (this.#folderReady === ready) this.#folderReady = undefined;
+      if (tries === FOLDER_TRIES) {
+        throw new Error(
+          `the capture payload folder ${this.dir} was removed each time it was made (${tries} times); expected it to stay`,
+        );
+      }
     }
-    await this.#fs.chmod(this.dir, FOLDER_MODE);
+  }
+
+  /**
+   * Makes the folder when it is missing (owner-only, whatever the umask), checks it, and fsyncs the data root, so
+   * that its entry is durable before any file in it is: also when an earlier run made it and was killed before
+   * its fsync.
+   */
+  async #prepareFolder(): Promise<void> {
+    if ((await this.#checkFolder()) === 'missing') {
+      try {
+        await this.#fs.mkdir(this.dir, FOLDER_MODE);
+        await this.#fs.chmod(this.dir, FOLDER_MODE);
+      } catch (error) {
+        // Made by someone else since we looked: checked below like any other.
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      }
+      await this.#checkFolder();
+    }
     await this.#sync(dirname(this.dir));
   }
 
   async #remove(names: readonly string[]): Promise<void> {
+    try {
+      // Nothing is removed in a folder that is gone or unsafe (it may be a link to elsewhere by now).
+      if ((await this.#checkFolder()) === 'missing') return;
+    } catch {
+      // Left for the sweep at the next start, which checks the folder again.
+      return;
+    } finally {
+      for (const name of names) this.settle(name);
+    }
     await Promise.all(
       names.map(async (name) => {
         try {
           await this.#fs.rm(join(this.dir, name));
         } catch {
           // Left for the sweep at the next start.
-        } finally {
-          this.settle(name);
         }
       }),
     );
@@ -358,6 +394,30 @@ export class CapturePayloadFiles {
       await this.#fs.fsync(handle, path);
     } finally {
       await handle.close();
+    }
+  }
+}
+
+/** At most `size` tasks run at once; the others wait, first come first served. */
+class Slots {
+  readonly #size: number;
+  #busy = 0;
+  readonly #waiting: (() => void)[] = [];
+
+  constructor(size: number) {
+    this.#size = size;
+  }
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.#busy >= this.#size) await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    else this.#busy++;
+    try {
+      return await task();
+    } finally {
+      // The slot passes to the next task waiting, if any.
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#busy--;
     }
   }
 }

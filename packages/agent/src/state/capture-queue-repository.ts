@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { Database, Statement } from 'better-sqlite3';
 import { CapturePayloadFiles, DamagedPayloadError, type PayloadFileSystem } from './capture-payload-files.js';
 
@@ -200,7 +201,10 @@ export class CaptureQueueRepository {
     return new Map(rows.map((row) => [row.capture_id, row.bytes]));
   }
 
-  /** Takes captures out of their batch: they wait again, in their place (a read of their files failed for now). */
+  /**
+   * Takes captures out of their batch: they wait again, in their place (a read of their files failed for now; the
+   * caller keeps them out of the next batches for a while, see formBatch's `skip`).
+   */
   returnToQueue(captureIds: readonly string[]): void {
     if (captureIds.length === 0) return;
     this.#db
@@ -210,17 +214,22 @@ export class CaptureQueueRepository {
       .run(JSON.stringify(captureIds));
   }
 
-  /** Puts up to `limit` of the oldest waiting captures in batch `batchId`; returns them, oldest first. */
-  formBatch(batchId: string, limit: number): BatchedCaptureRow[] {
+  /**
+   * Puts up to `limit` of the oldest waiting captures in batch `batchId`, passing over those named in `skip`
+   * (deferred ones waiting for their next try); returns them, oldest first.
+   */
+  formBatch(batchId: string, limit: number, skip: readonly string[] = []): BatchedCaptureRow[] {
     return this.#db
       .transaction(() => {
         const raw = this.#db
           .prepare(
             `UPDATE capture_queue SET batch_id = ?
-             WHERE seq IN (SELECT seq FROM capture_queue WHERE batch_id IS NULL ORDER BY seq LIMIT ?)
+             WHERE seq IN (SELECT seq FROM capture_queue
+                           WHERE batch_id IS NULL AND capture_id NOT IN (SELECT value FROM json_each(?))
+                           ORDER BY seq LIMIT ?)
              RETURNING *`,
           )
-          .all(batchId, limit) as (RawQueueRow & { seq: number })[];
+          .all(batchId, JSON.stringify(skip), limit) as (RawQueueRow & { seq: number })[];
         return raw.sort((a, b) => a.seq - b.seq).map(toBatched);
       })
       .immediate();
@@ -243,7 +252,9 @@ export class CaptureQueueRepository {
   /**
    * Removes a batch's captures from the queue and, unless `status` is null (the batch went to the spool and
    * stays IN_PROGRESS until uploaded), sets their statuses. One transaction. Captures named in `leave` were not
-   * in what was written (they could not be read, nor dropped): they stay in the batch for the next start.
+   * in what was written (they could not be read, nor dropped): they are moved to a new batch, read again at the
+   * next start. Never left under `batchId`: a batch written again under its id would replace what was written
+   * (its manifest names are derived from the id), and the captures delivered in it would vanish.
    */
   completeBatch(
     batchId: string,
@@ -254,12 +265,16 @@ export class CaptureQueueRepository {
   ): void {
     const removed = this.#db
       .transaction(() => {
+        if (leave.length > 0) {
+          this.#db
+            .prepare(
+              'UPDATE capture_queue SET batch_id = ? WHERE batch_id = ? AND capture_id IN (SELECT value FROM json_each(?))',
+            )
+            .run(randomBytes(16).toString('hex'), batchId, JSON.stringify(leave));
+        }
         const ids = this.#db
-          .prepare(
-            `DELETE FROM capture_queue WHERE batch_id = ? AND capture_id NOT IN (SELECT value FROM json_each(?))
-             RETURNING capture_id, payload_file`,
-          )
-          .all(batchId, JSON.stringify(leave)) as { capture_id: string; payload_file: string | null }[];
+          .prepare('DELETE FROM capture_queue WHERE batch_id = ? RETURNING capture_id, payload_file')
+          .all(batchId) as { capture_id: string; payload_file: string | null }[];
         if (status !== null) {
           for (const { capture_id } of ids) this.#updateStatus.run(status, at, detail ?? null, capture_id);
         }

@@ -21,8 +21,11 @@ const loaded = useModelRegistry('edgefleet-large-capture-', { tiny: 'tiny' });
 let work: string;
 let database: AgentDatabase | undefined;
 let services: CaptureService[] = [];
+/** The queue's clock (ms): deferred captures wait for it to pass their next try. */
+let clock = 0;
 beforeEach(async () => {
   work = await mkdtemp(join(loaded.root, 'case-'));
+  clock = 0;
 });
 afterEach(async () => {
   for (const service of services) await service.close();
@@ -44,9 +47,14 @@ function randomTensor(name: string, bytes: number): { tensor: Tensor; data: Buff
   };
 }
 
-async function startService(settings = testSettings(work, { batchSize: 10, pushPeriodSeconds: 600 })) {
+async function startService(
+  settings = testSettings(work, { batchSize: 10, pushPeriodSeconds: 600 }),
+  /** Runs before the service starts, with its queue: what an earlier run left queued. */
+  before?: (queue: SqliteCaptureQueue, payloads: string) => Promise<void>,
+) {
   database = AgentDatabase.open({ path: agentDatabasePath(join(work, 'data')), walSyncIntervalMs: 0 });
-  const queue = new SqliteCaptureQueue({ repository: database.captureQueue });
+  const queue = new SqliteCaptureQueue({ repository: database.captureQueue, now: () => clock });
+  await before?.(queue, capturePayloadFolder(database.path));
   const service = new CaptureService({
     settings,
     models: loaded.registry,
@@ -369,7 +377,11 @@ describe('a large capture whose file cannot be read for now', () => {
       `
       const { openSync, closeSync } = await import('node:fs');
       const db = state.AgentDatabase.open({ path: ${JSON.stringify(path)}, walSyncIntervalMs: 0 });
-      const queue = new capture.SqliteCaptureQueue({ repository: db.captureQueue });
+      // Tried again at once (no delay between tries).
+      const queue = new capture.SqliteCaptureQueue({
+        repository: db.captureQueue,
+        deferral: { firstDelayMs: 0, maxDelayMs: 0, maxTries: 15 },
+      });
       await queue.enqueue(${itemScript('acknowledged', 256 * 1024, 4)});
       // Every descriptor the limit allows is taken, as by a burst of connections.
       const taken = [];
@@ -416,9 +428,58 @@ describe('a large capture whose file cannot be read for now', () => {
     expect(service.held).toBe(1);
 
     await chmod(payloads, 0o700);
+    // At its next try (1 s after the failed read).
+    clock += 1000;
     await service.flush();
     expect(service.status('big').status).toBe('SUCCESS');
     expect((await writtenInputs(settings.diskPath)).get('big')?.equals(big.data)).toBe(true);
+    expect(service.held).toBe(0);
+  });
+});
+
+describe('a full batch of captures that cannot be read for now, at the head of the queue', () => {
+  it('does not hold back the captures behind it: they are written; it is written once it can be read', async () => {
+    const bigs = [randomTensor('x', 256 * 1024), randomTensor('x', 256 * 1024)];
+    const { service, settings, payloads } = await startService(
+      testSettings(work, { batchSize: 2, pushPeriodSeconds: 600 }),
+      async (queue, folder) => {
+        for (const [i, big] of bigs.entries()) {
+          await queue.enqueue({
+            captureId: `big${i}`,
+            model: 'tiny',
+            modelVersion: '1',
+            inferenceTime: 1,
+            receivedAt: 1,
+            source: 'api',
+            inputTensors: [{ name: 'x', dataType: 'FLOAT32', shape: [1, 64 * 1024], data: big.data }],
+            outputTensors: [],
+            inputs: [],
+            outputs: [],
+          });
+        }
+        // Lasting until an admin fixes it: the folder made group-writable.
+        await chmod(folder, 0o770);
+      },
+    );
+    // The service's first batch (at start: two waiting) could not read either.
+    await service.whenIdle();
+    // Each capture brings the waiting ones to batchSize: its batch passes over the two deferred ones, and it is
+    // written at once (not at the push period, 600 s away).
+    for (let i = 0; i < 3; i++) {
+      await service.capture(captureInput(`small${i}`, { inputTensors: [randomTensor('x', 64).tensor] }));
+      await service.whenIdle();
+      expect(service.status(`small${i}`).status).toBe('SUCCESS');
+    }
+    expect(service.status('big0').status).toBe('IN_PROGRESS');
+    expect(service.held).toBe(2);
+
+    await chmod(payloads, 0o700);
+    clock += 1000;
+    await service.flush();
+    expect(service.status('big0').status).toBe('SUCCESS');
+    expect(service.status('big1').status).toBe('SUCCESS');
+    const written = await writtenInputs(settings.diskPath);
+    expect(written.get('big1')?.equals(bigs[1]!.data)).toBe(true);
     expect(service.held).toBe(0);
   });
 });

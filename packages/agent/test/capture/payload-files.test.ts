@@ -35,7 +35,10 @@ let path: string;
 let folder: string;
 let database: AgentDatabase | undefined;
 const opened: SqliteDatabase.Database[] = [];
+/** The queues' clock (ms): deferred captures wait for it to pass their next try. */
+let clock = 0;
 beforeEach(async () => {
+  clock = 0;
   root = await mkdtemp(join(tmpdir(), 'edgefleet-payload-files-'));
   path = agentDatabasePath(join(root, 'data'));
   folder = capturePayloadFolder(path);
@@ -47,7 +50,10 @@ afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-function open(options: { busyTimeoutMs?: number } = {}): {
+function open(
+  options: { busyTimeoutMs?: number } = {},
+  queueOptions: Partial<ConstructorParameters<typeof SqliteCaptureQueue>[0]> = {},
+): {
   database: AgentDatabase;
   queue: SqliteCaptureQueue;
   damaged: string[];
@@ -58,6 +64,8 @@ function open(options: { busyTimeoutMs?: number } = {}): {
   const queue = new SqliteCaptureQueue({
     repository: database.captureQueue,
     onDamaged: (captureId) => damaged.push(captureId),
+    now: () => clock,
+    ...queueOptions,
   });
   return { database, queue, damaged };
 }
@@ -152,6 +160,9 @@ describe('a payload file that cannot be read now', () => {
     queue.completeBatch('b1', 'SUCCESS');
 
     await chmod(folder, 0o700);
+    // Passed over until its next try (1 s after the first failed read).
+    expect(await queue.formBatch('b2', 10)).toMatchObject({ items: [], deferred: [], untaken: 10 });
+    clock += 1000;
     const later = await queue.formBatch('b2', 10);
     expect(later.items.map((i) => i.captureId)).toEqual(['first']);
     expect(later.items[0]!.inputTensors[0]!.data.equals(Buffer.alloc(256 * 1024, 3))).toBe(true);
@@ -352,5 +363,239 @@ describe('the order of writes, fsyncs and removals (recorded through the file-sy
       'fsync agent.db-wal',
       'remove agent.db-payloads/N.payload',
     ]);
+  });
+});
+
+describe('payload reads at once', () => {
+  it('are at most two, however many captures a batch reads back; all are delivered', async () => {
+    let reading = 0;
+    let most = 0;
+    const fileSystem: PayloadFileSystem = {
+      ...NODE_PAYLOAD_FILE_SYSTEM,
+      open: async (p, flags, mode) => {
+        const handle = await NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
+        if (typeof flags === 'number') {
+          most = Math.max(most, ++reading);
+          const close = handle.close.bind(handle);
+          handle.close = () => {
+            reading--;
+            return close();
+          };
+        }
+        return handle;
+      },
+    };
+    const queue = new SqliteCaptureQueue({ repository: await repositoryWith(fileSystem) });
+    await Promise.all(Array.from({ length: 6 }, (_, i) => queue.enqueue(item(`c${i}`, 100_000, i))));
+    const formed = await queue.formBatch('b', 10);
+    expect(formed.items.map((i) => i.captureId).sort()).toEqual(['c0', 'c1', 'c2', 'c3', 'c4', 'c5']);
+    expect(most).toBe(2);
+    queue.completeBatch('b', 'SUCCESS');
+    await queue.close();
+  });
+});
+
+describe('the payload folder made durable (C1: no row commits before the data root fsync)', () => {
+  /** A seam that records folder and file steps; `rootSync` runs before each fsync of the data root. */
+  function recording(rootSync: () => Promise<void>): { steps: string[]; fileSystem: PayloadFileSystem } {
+    const dataRoot = dirname(path);
+    const steps: string[] = [];
+    const label = (p: string) => relative(dataRoot, p).replace(/[0-9a-f]{32}/, 'N') || '.';
+    const fileSystem: PayloadFileSystem = {
+      ...NODE_PAYLOAD_FILE_SYSTEM,
+      open: async (p, flags, mode) => {
+        const handle = await NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
+        if (flags === 'wx') steps.push(`create ${label(p)}`);
+        return handle;
+      },
+      mkdir: async (p, mode) => {
+        await NODE_PAYLOAD_FILE_SYSTEM.mkdir(p, mode);
+        steps.push(`mkdir ${label(p)}`);
+      },
+      fsync: async (handle, p) => {
+        if (p === dataRoot) {
+          try {
+            await rootSync();
+          } catch (error) {
+            steps.push(`fsync . failed`);
+            throw error;
+          }
+        }
+        await NODE_PAYLOAD_FILE_SYSTEM.fsync(handle, p);
+        steps.push(`fsync ${label(p)}`);
+      },
+    };
+    return { steps, fileSystem };
+  }
+  const row = (captureId: string, payloadFile: string) => ({
+    captureId,
+    model: 'm',
+    meta: '{}',
+    payload: Buffer.alloc(0),
+    payloadFile,
+    enqueuedAt: 1,
+  });
+
+  it('a write started while another is making the folder waits for the data root fsync', async () => {
+    let releaseRootSync!: () => void;
+    const rootSyncGate = new Promise<void>((resolve) => (releaseRootSync = resolve));
+    const { steps, fileSystem } = recording(() => rootSyncGate); // a slow SD card
+    const repository = await repositoryWith(fileSystem);
+    const first = repository.storePayload([Buffer.alloc(1000, 1)]);
+    while (!steps.includes('mkdir agent.db-payloads')) await new Promise((resolve) => setImmediate(resolve));
+    const second = repository.storePayload([Buffer.alloc(1000, 2)]);
+    // Long enough for the second write to finish if it did not wait (it is not timed: the order is checked).
+    for (let i = 0; i < 50; i++) await new Promise((resolve) => setImmediate(resolve));
+    releaseRootSync();
+    repository.enqueue([row('B', await second)]);
+    steps.push('row B committed');
+    await first;
+    expect(steps.indexOf('fsync .')).toBeGreaterThan(-1);
+    expect(steps.indexOf('fsync .')).toBeLessThan(steps.indexOf('create agent.db-payloads/.tmp-N.payload'));
+    expect(steps.indexOf('fsync .')).toBeLessThan(steps.indexOf('row B committed'));
+  });
+
+  it('a failed data root fsync is tried again by the next write, before it writes anything', async () => {
+    let fail = true;
+    const { steps, fileSystem } = recording(() => {
+      if (!fail) return Promise.resolve();
+      fail = false;
+      return Promise.reject(Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }));
+    });
+    const repository = await repositoryWith(fileSystem);
+    await expect(repository.storePayload([Buffer.alloc(1000, 1)])).rejects.toThrow(/EIO/);
+    const name = await repository.storePayload([Buffer.alloc(1000, 2)]);
+    repository.enqueue([row('B', name)]);
+    expect(steps.slice(0, 4)).toEqual([
+      'mkdir agent.db-payloads',
+      'fsync . failed',
+      'fsync .',
+      'create agent.db-payloads/.tmp-N.payload',
+    ]);
+  });
+
+  it('a folder an earlier run made (killed before its fsync) is made durable before the first write', async () => {
+    await mkdir(folder, { recursive: true, mode: 0o700 });
+    const { steps, fileSystem } = recording(() => Promise.resolve());
+    const repository = await repositoryWith(fileSystem);
+    await repository.storePayload([Buffer.alloc(1000, 1)]);
+    await repository.storePayload([Buffer.alloc(1000, 2)]);
+    // Once per process: the second write does not fsync the data root again.
+    expect(steps.filter((step) => !step.startsWith('fsync agent.db-payloads'))).toEqual([
+      'fsync .',
+      'create agent.db-payloads/.tmp-N.payload',
+      'create agent.db-payloads/.tmp-N.payload',
+    ]);
+  });
+});
+
+describe('captures that cannot be read for a lasting reason (C2)', () => {
+  it('are passed over until their next try, so newer captures go on; FAILURE after the bounded tries', async () => {
+    const { queue, damaged } = open({}, { deferral: { firstDelayMs: 1000, maxDelayMs: 4000, maxTries: 4 } });
+    for (let i = 0; i < 3; i++) await queue.enqueue(item(`big${i}`, 256 * 1024));
+    await queue.enqueue(item('small', 100));
+    // Lasting: an admin made the folder group-writable.
+    await chmod(folder, 0o770);
+    const bigs = ['big0', 'big1', 'big2'];
+
+    const first = await queue.formBatch('b0', 3);
+    expect(first.items).toEqual([]);
+    expect(first.deferred.map((d) => d.captureId)).toEqual(bigs);
+    const next = await queue.formBatch('b1', 3);
+    expect(next.items.map((i) => i.captureId)).toEqual(['small']);
+    expect(next).toMatchObject({ deferred: [], untaken: 2 });
+    queue.completeBatch('b1', 'SUCCESS');
+    expect(queue.status('small')?.status).toBe('SUCCESS');
+
+    // Tried again 1 s, then 2 s, then 4 s (the cap) after each failed read; on the 4th, given up.
+    for (const [at, label] of [
+      [1000, 'b2'],
+      [3000, 'b3'],
+    ] as const) {
+      clock = at - 1;
+      expect(await queue.formBatch(`${label}-early`, 3)).toMatchObject({
+        items: [],
+        deferred: [],
+        untaken: 3,
+      });
+      clock = at;
+      expect((await queue.formBatch(label, 3)).deferred.map((d) => d.captureId)).toEqual(bigs);
+    }
+    clock = 7000;
+    const last = await queue.formBatch('b4', 3);
+    expect(last).toMatchObject({ items: [], deferred: [], damaged: bigs });
+    expect(damaged).toEqual(bigs);
+    for (const id of bigs) {
+      expect(queue.status(id)).toMatchObject({
+        status: 'FAILURE',
+        detail: expect.stringMatching(
+          /could not be read back in 4 tries \(the last: .*writable by its group/,
+        ),
+      });
+    }
+    await queue.close();
+  });
+});
+
+describe('a capture set aside when its batch is written (C3)', () => {
+  it('is moved to a new batch, so the next start never writes the written batch id again', async () => {
+    const { database, queue } = open({ busyTimeoutMs: 0 });
+    await queue.enqueue(item('first', 256 * 1024, 3));
+    await queue.enqueue(item('second', 100));
+    await chmod(folder, 0o777); // 'first' cannot be read now
+    // Another connection holds the write lock while the batch is read back: 'first' cannot go back to the queue.
+    const other = new SqliteDatabase(database.path, { timeout: 0 });
+    opened.push(other);
+    const forming = queue.formBatch('b', 10);
+    other.prepare('BEGIN IMMEDIATE').run();
+    const formed = await forming;
+    other.prepare('COMMIT').run();
+    expect(formed.items.map((i) => i.captureId)).toEqual(['second']);
+    queue.completeBatch('b', 'SUCCESS'); // the destination holds b = [second]
+    expect(queue.status('second')?.status).toBe('SUCCESS');
+    await queue.close();
+
+    await chmod(folder, 0o700);
+    const again = open();
+    const recovered = await again.queue.recover();
+    expect(recovered.openBatches.map((b) => b.items.map((i) => i.captureId))).toEqual([['first']]);
+    expect(recovered.openBatches[0]!.batchId).not.toBe('b');
+    expect(recovered.openBatches[0]!.batchId).toMatch(/^[0-9a-f]{32}$/);
+    again.queue.completeBatch(recovered.openBatches[0]!.batchId, 'SUCCESS');
+    expect(again.queue.status('first')?.status).toBe('SUCCESS');
+    await again.queue.close();
+  });
+});
+
+describe('the payload folder turning unsafe while the agent runs (C4, C5)', () => {
+  it('is told once per change, and nothing is removed in it while it is unsafe', async () => {
+    const told: (string | undefined)[] = [];
+    const { queue } = open({}, { onPayloadFolder: (problem) => told.push(problem?.message) });
+    await queue.enqueue(item('written', 256 * 1024));
+    const written = payloadFiles().get('written')!;
+    const formed = await queue.formBatch('b', 10);
+    expect(formed.items.map((i) => i.captureId)).toEqual(['written']);
+
+    await chmod(folder, 0o777);
+    // Its row is deleted, but its file is left to the next start's sweep: the folder may not be the agent's now.
+    queue.completeBatch('b', 'SUCCESS');
+    await queue.enqueue(item('inline1', 256 * 1024));
+    await queue.enqueue(item('inline2', 256 * 1024));
+    await database!.captureQueue.payloadRemovalsDone();
+    expect(await readdir(folder)).toEqual([written]);
+    expect(told).toEqual([expect.stringMatching(/writable by its group or others \(mode 777\)/)]);
+
+    await chmod(folder, 0o700);
+    await queue.enqueue(item('file1', 256 * 1024));
+    await queue.enqueue(item('file2', 256 * 1024));
+    expect(told).toEqual([expect.stringMatching(/mode 777/), undefined]);
+    expect(payloadFiles().get('inline1')).toBeNull();
+    expect(payloadFiles().get('file1')).not.toBeNull();
+    await queue.close();
+
+    const again = open();
+    expect((await again.queue.recover()).orphansRemoved).toBe(1);
+    expect(await readdir(folder)).not.toContain(written);
+    await again.queue.close();
   });
 });
