@@ -1,7 +1,7 @@
 /**
- * Exit statuses of `edgefleet-agent` (documented in packages/agent/README.md). systemd units and Greengrass
- * restart on anything but 0; 2 and 3 need a person (the same start would fail the same way); 4 clears when
- * the other agent stops.
+ * Exit statuses of `edgefleet-agent` (documented in packages/agent/README.md). 2, 3 and 4 need a person: the same
+ * start would fail the same way, so the shipped systemd unit does not restart on them (RestartPreventExitStatus);
+ * a supervisor that restarts on 4 anyway gets the agent running once the other agent stops.
  */
 export const EXIT_CODES = {
   /** Stopped cleanly (SIGTERM/SIGINT), or printed --help / --version. */
@@ -12,7 +12,7 @@ export const EXIT_CODES = {
   BAD_CONFIG: 2,
   /** The socket path cannot be served: a file is there (no -f), a live process answers on it, or bind failed. */
   SOCKET_UNAVAILABLE: 3,
-  /** Another agent holds the data root (sagemaker_edge_local_data_root_path); a restart works once it stops. */
+  /** Another agent holds the data root (sagemaker_edge_local_data_root_path): stop it, then start this one. */
   DATA_ROOT_IN_USE: 4,
 } as const;
 export type ExitCode = (typeof EXIT_CODES)[keyof typeof EXIT_CODES];

@@ -1,4 +1,14 @@
-import { chmodSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  fstatSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  statSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import SqliteDatabase, { type Database } from 'better-sqlite3';
 
@@ -35,6 +45,8 @@ export class DataRootLockError extends Error {
 export interface DataRootLockOptions {
   /** Where the kernel lists file locks (default /proc/locks); read only to name the holder's pid. */
   procLocksPath?: string;
+  /** Opens the lock file as a SQLite database (default better-sqlite3, no busy wait). */
+  openDatabase?: (path: string) => Database;
 }
 
 /**
@@ -61,9 +73,9 @@ export class DataRootLock {
   }
 
   /**
-   * Takes the lock, creating the data root (0700) and the lock file when missing; never waits. Throws
+   * Takes the lock, creating the data root (0700) and the lock file (0600) when missing; never waits. Throws
    * DataRootInUseError when another process (or another lock in this one) holds it, DataRootLockError when the
-   * folder or file cannot be made or locked.
+   * folder or file cannot be made or locked, or the lock file is a link, not a regular file, or another user's.
    */
   static acquire(dataRoot: string, options: DataRootLockOptions = {}): DataRootLock {
     const path = join(dataRoot, DATA_ROOT_LOCK_FILE);
@@ -76,10 +88,10 @@ export class DataRootLock {
         { cause: error },
       );
     }
+    prepareLockFile(dataRoot, path);
     let db: Database;
     try {
-      // timeout 0: a held lock is reported at once instead of being waited for.
-      db = new SqliteDatabase(path, { timeout: 0 });
+      db = (options.openDatabase ?? openLockDatabase)(path);
     } catch (error) {
       throw new DataRootLockError(
         dataRoot,
@@ -102,13 +114,6 @@ export class DataRootLock {
         { cause: error },
       );
     }
-    // Owner-only: whoever can open the file can take a lock on it and so keep the agent from starting. By path,
-    // not by a descriptor (closing one would drop the lock); best effort, as the lock is held either way.
-    try {
-      chmodSync(path, 0o600);
-    } catch {
-      // A file the agent can lock but not chmod (another owner, as root once made it) still serves as the lock.
-    }
     return new DataRootLock(dataRoot, path, db);
   }
 
@@ -121,6 +126,75 @@ export class DataRootLock {
   release(): void {
     this.#db?.close();
     this.#db = undefined;
+  }
+}
+
+// timeout 0: a held lock is reported at once instead of being waited for.
+function openLockDatabase(path: string): Database {
+  return new SqliteDatabase(path, { timeout: 0 });
+}
+
+/**
+ * Makes sure the lock file is the agent's own regular file, mode 0600, before SQLite opens it: whoever can open
+ * it, even read-only and only for a moment (a descriptor outlives a later chmod), can hold a read lock on it and
+ * keep the agent from ever starting again. A new file is created 0600 (never the umask's 0640/0644 that SQLite
+ * would give it); a link, anything but a regular file, or a file of another user is refused, and no link is
+ * ever followed (so nothing outside the data root is created, chmodded or locked).
+ *
+ * A descriptor is opened only to create the file or to tighten an older run's mode: closing a descriptor drops
+ * this process's POSIX locks on the file, and a 0600 file of ours, which another lock in this process would
+ * have left, needs only an lstat.
+ */
+function prepareLockFile(dataRoot: string, path: string): void {
+  const refuse = (found: string) =>
+    new DataRootLockError(
+      dataRoot,
+      `the lock file ${path} is ${found}; expected a regular file owned by the agent's user (uid ${process.getuid?.()}), or none (the agent creates it): remove it (it keeps nothing)`,
+    );
+  const cannot = (error: unknown) =>
+    new DataRootLockError(
+      dataRoot,
+      `cannot create the lock file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a file the agent can create and write in its data root`,
+      { cause: error },
+    );
+  let found;
+  try {
+    found = lstatSync(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw cannot(error);
+  }
+  if (found) {
+    if (found.isSymbolicLink()) throw refuse('a symbolic link');
+    if (!found.isFile()) throw refuse('not a regular file');
+    if (process.getuid && found.uid !== process.getuid()) throw refuse(`owned by uid ${found.uid}`);
+    if ((found.mode & 0o777) === 0o600) return;
+  }
+  const { O_CREAT, O_EXCL, O_RDWR, O_NOFOLLOW, O_NONBLOCK } = constants;
+  let fd;
+  try {
+    // O_NOFOLLOW and O_NONBLOCK: a link or a FIFO put there since the lstat is refused, not followed or waited on.
+    fd = openSync(
+      path,
+      found ? O_RDWR | O_NOFOLLOW | O_NONBLOCK : O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW,
+      0o600,
+    );
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') throw refuse('a symbolic link');
+    // Another agent starting at the same moment made it first: check its file as any existing one.
+    if (code === 'EEXIST') return prepareLockFile(dataRoot, path);
+    throw cannot(error);
+  }
+  try {
+    const opened = fstatSync(fd);
+    if (!opened.isFile()) throw refuse('not a regular file');
+    if (process.getuid && opened.uid !== process.getuid()) throw refuse(`owned by uid ${opened.uid}`);
+    // Through the descriptor, so no link is followed; also undoes a umask that took the owner's own bits.
+    if ((opened.mode & 0o777) !== 0o600) fchmodSync(fd, 0o600);
+  } finally {
+    // Nothing holds a lock on a file this call created; one found loose was not made 0600 by a lock of this
+    // process (acquire does that before locking), so no lock of ours is dropped unless it was chmodded since.
+    closeSync(fd);
   }
 }
 

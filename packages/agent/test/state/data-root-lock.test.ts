@@ -1,5 +1,18 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { statSync } from 'node:fs';
+import {
+  chmod,
+  chown,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -194,6 +207,103 @@ describe('DataRootLock', () => {
       `cannot create the data root ${join(file, 'data')}: ENOTDIR; expected a folder the agent can create and write`,
     );
   });
+
+  it('the lock file is 0600 from its creation, even with umask 0: no moment when another user could open it', () => {
+    // In a child: a worker thread cannot set the umask. The mode is read just before SQLite opens the file, while
+    // the lock is not yet taken: a chmod after locking is too late (a descriptor opened before it outlives it).
+    const dataRoot = join(root, 'umask-0');
+    const script = `
+      const { statSync } = await import('node:fs');
+      const { default: Database } = await import('better-sqlite3');
+      const { DataRootLock } = await import(${JSON.stringify(LOCK_MODULE)});
+      process.umask(0);
+      DataRootLock.acquire(${JSON.stringify(dataRoot)}, {
+        openDatabase(path) {
+          process.stdout.write((statSync(path).mode & 0o777).toString(8));
+          return new Database(path, { timeout: 0 });
+        },
+      }).release();
+    `;
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+    });
+    expect(child.stderr).toBe('');
+    expect(child.stdout).toBe('600');
+  });
+
+  it('an older run’s lock file with a loose mode is made 0600 before SQLite opens it', async () => {
+    const dataRoot = join(root, 'loose');
+    await mkdir(dataRoot, { recursive: true });
+    const path = join(dataRoot, DATA_ROOT_LOCK_FILE);
+    await writeFile(path, '', { mode: 0o644 });
+    await chmod(path, 0o644);
+    const seen: number[] = [];
+    acquire(dataRoot, {
+      openDatabase(opened) {
+        seen.push(statSync(opened).mode & 0o777);
+        return new SqliteDatabase(opened, { timeout: 0 });
+      },
+    });
+    expect(seen).toEqual([0o600]);
+    expect((await stat(path)).mode & 0o777).toBe(0o600);
+  });
+
+  it('a symbolic link at agent.lock is refused, and neither its target nor a missing target is touched', async () => {
+    const dataRoot = join(root, 'linked');
+    await mkdir(dataRoot, { recursive: true });
+    const path = join(dataRoot, DATA_ROOT_LOCK_FILE);
+    const target = join(root, 'link-target');
+    await writeFile(target, '');
+    await chmod(target, 0o644);
+    await symlink(target, path);
+    const error = refusal(dataRoot);
+    expect(error).toBeInstanceOf(DataRootLockError);
+    expect((error as Error).message).toBe(
+      `the lock file ${path} is a symbolic link; expected a regular file owned by the agent's user (uid ${process.getuid!()}), or none (the agent creates it): remove it (it keeps nothing)`,
+    );
+    expect((await stat(target)).mode & 0o777).toBe(0o644);
+    expect(await readFile(target, 'utf8')).toBe('');
+    expect((await lstat(path)).isSymbolicLink()).toBe(true);
+
+    // A dangling link: following it would create a file wherever it points.
+    const dangling = join(root, 'dangling');
+    await rm(path);
+    await symlink(join(dangling, 'agent.lock'), path);
+    await mkdir(dangling);
+    await rm(dangling, { recursive: true });
+    expect((refusal(dataRoot) as Error).message).toContain('is a symbolic link');
+    await expect(stat(dangling)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('a folder or a FIFO at agent.lock is refused as not a regular file, without blocking', async () => {
+    const folder = join(root, 'folder-lock');
+    await mkdir(join(folder, DATA_ROOT_LOCK_FILE), { recursive: true });
+    expect((refusal(folder) as Error).message).toBe(
+      `the lock file ${join(folder, DATA_ROOT_LOCK_FILE)} is not a regular file; expected a regular file owned by the agent's user (uid ${process.getuid!()}), or none (the agent creates it): remove it (it keeps nothing)`,
+    );
+    const fifo = join(root, 'fifo-lock');
+    await mkdir(fifo, { recursive: true });
+    execFileSync('mkfifo', ['-m', '600', join(fifo, DATA_ROOT_LOCK_FILE)]);
+    expect(refusal(fifo)).toBeInstanceOf(DataRootLockError);
+    expect((refusal(fifo) as Error).message).toContain('is not a regular file');
+  });
+
+  // Only root can give a file to another user.
+  it.skipIf(process.getuid?.() !== 0)(
+    'a lock file owned by another user is refused, and left as it was (that user could hold it)',
+    async () => {
+      const dataRoot = join(root, 'other-owner');
+      await mkdir(dataRoot, { recursive: true });
+      const path = join(dataRoot, DATA_ROOT_LOCK_FILE);
+      await writeFile(path, '', { mode: 0o600 });
+      await chown(path, 65534, 65534);
+      const error = refusal(dataRoot);
+      expect(error).toBeInstanceOf(DataRootLockError);
+      expect((error as Error).message).toContain(`is owned by uid 65534; expected a regular file owned by`);
+      expect(await stat(path)).toMatchObject({ uid: 65534, size: 0 });
+    },
+  );
 
   it('a lock file that is not a SQLite file is a DataRootLockError, and is left as it was', async () => {
     const dataRoot = join(root, 'damaged');
