@@ -70,7 +70,7 @@ const REAL_TIMERS: SpoolTimers = {
 /**
  * Batches for the bucket that could not be put there, kept on local disk and retried with exponential backoff
  * and jitter until they are; when the store said how long to wait (Retry-After on a 429 or 503), at least that
- * long (at most MAX_RETRY_AFTER_MS). Each batch is a folder `<batch id>/` (its rendered files and a `batch.json` naming
+ * long (capped at MAX_RETRY_AFTER_MS, then up to a tenth more of jitter: at most 66 min). Each batch is a folder `<batch id>/` (its rendered files and a `batch.json` naming
  * their keys and captures), created under a temporary name and renamed into place, so a crash never leaves half
  * a batch. The folder is the record: it survives restarts with or without the local database. Past the quota,
  * the oldest batches go first, counted and logged.

@@ -98,6 +98,11 @@ const OVER_ANY_CEILING_ROWS = Math.ceil(slowModelFlops() / slowModelFlops({ ...S
  * inline run by (threadCpuMs).
  */
 async function threadCpuCost(model: string, input: () => PoolTensor[], runs = 3): Promise<number> {
+  // The clock is the native addon's: without it, say what is missing instead of "not a function".
+  if (!threadCpuMs)
+    throw new Error(
+      'the thread CPU clock comes from the native addon (packages/agent/native), and loadSysvShmAddon() found none: build it with `npm run build:native -w @edgefleet/agent` (node-gyp, a C++ compiler, Python 3)',
+    );
   const runner = new InlineRunner();
   try {
     // The pool's session options: one thread, so that the run's CPU time is all this thread's.
@@ -107,9 +112,9 @@ async function threadCpuCost(model: string, input: () => PoolTensor[], runs = 3)
     let least = Infinity;
     for (let i = 0; i < runs; i++) {
       const inputs = input();
-      const before = threadCpuMs!();
+      const before = threadCpuMs();
       runner.run(model, inputs);
-      least = Math.min(least, threadCpuMs!() - before);
+      least = Math.min(least, threadCpuMs() - before);
     }
     return least;
   } finally {
