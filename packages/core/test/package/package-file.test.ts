@@ -140,14 +140,24 @@ describe('readPackageFile', () => {
     await mkdir(join(dir, 'model'), { recursive: true });
     await writeFile(join(dir, 'model', 'model.onnx'), 'inside: model');
     await symlink(outside, join(dir, 'link'));
-    // A real process swapping `model` between the folder and the link to `outside` as fast as it can.
+    // A real process swapping `model` between the folder and the link to `outside` as fast as it can. It says
+    // so after its first swap (stdout to a pipe is written at once on Linux): reading starts only then, so that
+    // its start-up, long on a loaded machine, cannot take up the reads.
     const swapper = spawn(process.execPath, [
       '-e',
       `const { renameSync } = require('node:fs'); const d = ${JSON.stringify(dir)};
-       for (;;) { renameSync(d + '/model', d + '/real'); renameSync(d + '/link', d + '/model');
-                  renameSync(d + '/model', d + '/link'); renameSync(d + '/real', d + '/model'); }`,
+       const swap = () => { renameSync(d + '/model', d + '/real'); renameSync(d + '/link', d + '/model');
+                            renameSync(d + '/model', d + '/link'); renameSync(d + '/real', d + '/model'); };
+       swap(); process.stdout.write('swapping\\n');
+       for (;;) swap();`,
     ]);
     try {
+      await new Promise<void>((resolve, reject) => {
+        swapper.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+          if (chunk.includes('swapping')) resolve();
+        });
+        swapper.once('exit', (code) => reject(new Error(`the swapper exited (${code}) before swapping`)));
+      });
       let read = 0;
       let refused = 0;
       for (let i = 0; i < 2000; i++) {
