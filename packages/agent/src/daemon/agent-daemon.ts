@@ -320,8 +320,14 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
           await removeOwnSocketFile(commandLine.socketPath, socketInode);
           // Write what capture holds (with the database, what does not make it stays queued for the next start).
           const captureLeft = Math.max(0, graceMs - (Date.now() - began));
+          let captureClosed = false;
+          const closingCapture = capture.close();
+          closingCapture.then(
+            () => (captureClosed = true),
+            () => (captureClosed = true),
+          );
           await Promise.race([
-            capture.close(),
+            closingCapture,
             new Promise((resolve) => setTimeout(resolve, captureLeft).unref()),
           ]);
           const left = Math.max(0, graceMs - (Date.now() - began));
@@ -330,8 +336,17 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
           closeSharedMemory();
           activity.close();
           database?.close();
-          // Last: everything that writes in the data root has stopped.
-          dataRootLock.release();
+          // Last: everything that writes in the data root has stopped. A capture write still running past the
+          // grace period keeps the data root until it ends, so that another daemon in this process (an embedding,
+          // a test) cannot sweep its payload files beside it; the binary exits at once, which cuts it off.
+          if (captureClosed) dataRootLock.release();
+          else {
+            logger.warn(
+              { graceMs },
+              'capture still writing after the grace period: the data root stays held until it ends',
+            );
+            closingCapture.finally(() => dataRootLock.release()).catch(() => {});
+          }
           logger.info({ event: 'stopped', ms: Date.now() - began }, 'stopped');
         })();
         return stopping;
