@@ -1,12 +1,12 @@
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EdgeFleetObjectStore, RAW_REPROBE_MS } from '../../src/capture/edgefleet-store.js';
+import { issueMtlsCertificates } from '../support/openssl-mtls.js';
 
 // The EdgeFleet destination against a control plane without the raw upload route. The peer is a real HTTPS
 // (mutual TLS) Fastify app that serves only the JSON route, as servers before the raw route did, and answers
@@ -21,39 +21,9 @@ let rawRoute: 'absent' | 'present' | '411' = 'absent';
 const stored = new Map<string, { via: 'raw' | 'json'; body: Buffer }>();
 const requests = { raw: 0, json: 0 };
 
-function openssl(...args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-}
-const NEW_EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout'];
-function issueByCa(name: string, subject: string, ...x509Args: string[]): void {
-  openssl('req', ...NEW_EC_KEY, `${name}.key`, '-out', `${name}.csr`, '-subj', subject);
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    `${name}.csr`,
-    '-CA',
-    'ca.pem',
-    '-CAkey',
-    'ca.key',
-    '-CAcreateserial',
-    '-out',
-    `${name}.pem`,
-    '-days',
-    '1',
-    ...x509Args,
-  );
-}
-
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'ef-fallback-'));
-  openssl('req', '-x509', ...NEW_EC_KEY, 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=test-ca');
-  await writeFile(join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1\n');
-  issueByCa('server', '/CN=127.0.0.1', '-extfile', 'server.ext');
-  issueByCa('device', '/CN=cam-1');
-  const [key, cert, ca] = await Promise.all(
-    ['server.key', 'server.pem', 'ca.pem'].map((f) => readFile(join(dir, f))),
-  );
+  const { key, cert, ca } = await issueMtlsCertificates(dir, 'cam-1');
   app = Fastify({
     https: { key, cert, ca, requestCert: true, rejectUnauthorized: true },
     bodyLimit: 16 * 1024 * 1024,

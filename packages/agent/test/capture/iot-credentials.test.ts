@@ -1,11 +1,11 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fetchIotCredentials, iotCredentialProvider } from '../../src/capture/index.js';
+import { issueMtlsCertificates } from '../support/openssl-mtls.js';
 
 // A real AWS IoT credentials provider stand-in: HTTPS with client certificates (mTLS), certificates made by
 // OpenSSL: a CA, a server certificate for 127.0.0.1, and a device certificate.
@@ -14,43 +14,9 @@ let server: Server;
 let endpoint: string;
 const seen: { thing?: string; path?: string; clientSubject?: string }[] = [];
 
-function openssl(...args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-}
-
-/** `openssl req` arguments for a new unencrypted EC P-256 key, written to the file named next. */
-const NEW_EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout'];
-
-/** `<name>.key` (EC P-256) and `<name>.pem`, a certificate for `subject` the test CA issues for a day. */
-function issueByCa(name: string, subject: string, ...x509Args: string[]): void {
-  openssl('req', ...NEW_EC_KEY, `${name}.key`, '-out', `${name}.csr`, '-subj', subject);
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    `${name}.csr`,
-    '-CA',
-    'ca.pem',
-    '-CAkey',
-    'ca.key',
-    '-CAcreateserial',
-    '-out',
-    `${name}.pem`,
-    '-days',
-    '1',
-    ...x509Args,
-  );
-}
-
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'edgefleet-iot-'));
-  openssl('req', '-x509', ...NEW_EC_KEY, 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=test-ca');
-  await writeFile(join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1\n');
-  issueByCa('server', '/CN=127.0.0.1', '-extfile', 'server.ext');
-  issueByCa('device', '/CN=device-1');
-  const [key, cert, ca] = await Promise.all(
-    ['server.key', 'server.pem', 'ca.pem'].map((f) => readFile(join(dir, f))),
-  );
+  const { key, cert, ca } = await issueMtlsCertificates(dir, 'device-1');
   server = createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: true }, (req, res) => {
     const peer = (req.socket as TLSSocket).getPeerCertificate();
     seen.push({
