@@ -139,7 +139,8 @@ function openLockDatabase(path: string): Database {
  * it, even read-only and only for a moment (a descriptor outlives a later chmod), can hold a read lock on it and
  * keep the agent from ever starting again. A new file is created 0600 (never the umask's 0640/0644 that SQLite
  * would give it); a link, anything but a regular file, or a file of another user is refused, and no link is
- * ever followed (so nothing outside the data root is created, chmodded or locked).
+ * followed here (so nothing outside the data root is created or chmodded). SQLite then opens the file by path: a
+ * link swapped in after this check needs write access to the data root, which the agent makes 0700.
  *
  * A descriptor is opened only to create the file or to tighten an older run's mode: closing a descriptor drops
  * this process's POSIX locks on the file, and a 0600 file of ours, which another lock in this process would
@@ -154,7 +155,7 @@ function prepareLockFile(dataRoot: string, path: string): void {
   const cannot = (error: unknown) =>
     new DataRootLockError(
       dataRoot,
-      `cannot create the lock file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a file the agent can create and write in its data root`,
+      `cannot create or open the lock file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a file the agent can create and write in its data root`,
       { cause: error },
     );
   let found;
@@ -169,13 +170,14 @@ function prepareLockFile(dataRoot: string, path: string): void {
     if (process.getuid && found.uid !== process.getuid()) throw refuse(`owned by uid ${found.uid}`);
     if ((found.mode & 0o777) === 0o600) return;
   }
-  const { O_CREAT, O_EXCL, O_RDWR, O_NOFOLLOW, O_NONBLOCK } = constants;
+  const { O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_NOFOLLOW, O_NONBLOCK } = constants;
   let fd;
   try {
     // O_NOFOLLOW and O_NONBLOCK: a link or a FIFO put there since the lstat is refused, not followed or waited on.
     fd = openSync(
       path,
-      found ? O_RDWR | O_NOFOLLOW | O_NONBLOCK : O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW,
+      // Read-only is enough for fchmod, so an older file the owner cannot write is still tightened.
+      found ? O_RDONLY | O_NOFOLLOW | O_NONBLOCK : O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW,
       0o600,
     );
   } catch (error) {
