@@ -31,6 +31,11 @@ export interface RecoveredQueue {
   pendingBytes: ReadonlyMap<string, number>;
   /** Batches formed but never completed (a crash interrupted their write): to be written again, same ids. */
   openBatches: { batchId: string; items: CaptureItem[] }[];
+  /**
+   * The bytes, by id, of the captures of open batches set aside whole until the next start (one of their captures
+   * could not be read now): they still hold their place and bytes in the buffer.
+   */
+  heldAside: ReadonlyMap<string, number>;
   /** Payload files a crash left that no queued capture names, removed. */
   orphansRemoved: number;
   /** What went wrong with the payload folder at start (an orphan not removed, the folder unsafe): to log. */
@@ -56,10 +61,15 @@ export interface FormedBatch {
   untaken: number;
 }
 
+/** What became of a capture that could not be read back: marked FAILURE, or (when even that failed) set aside. */
+export type UnreadableOutcome = 'marked FAILURE' | 'set aside until the next start';
+
 /**
- * How captures that cannot be read now are tried again: after a delay doubling from `firstDelayMs` up to
- * `maxDelayMs`, passed over by the batches formed meanwhile (so that the others go on), and marked FAILURE on the
- * `maxTries`-th failed read. Counted in memory: a restart starts the count again.
+ * How captures that cannot be read now are tried again: not before a delay doubling from `firstDelayMs` up to
+ * `maxDelayMs` (a try happens only when a batch is formed), passed over by the batches formed meanwhile (so that the
+ * others go on), and marked FAILURE on the `maxTries`-th failed read. A read refused because the payload folder is
+ * unsafe is not counted as a try: that is a fact about the folder (logged once per change), not the capture, and an
+ * admin can fix it. Counted in memory: a restart starts the count again.
  */
 export interface DeferralPolicy {
   firstDelayMs: number;
@@ -89,6 +99,8 @@ export interface CaptureQueue {
   enqueue(item: CaptureItem, trackStatus?: boolean): Promise<void>;
   /** Puts up to `limit` of the oldest waiting captures in a batch (see FormedBatch). */
   formBatch(batchId: string, limit: number): Promise<FormedBatch>;
+  /** How many waiting captures a batch formed now would pass over (deferred, before their next try). */
+  passedOver(): number;
   /** The batch was written (SUCCESS), given up (FAILURE), or handed to the spool (null: stays IN_PROGRESS). */
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void;
   /** Ids whose status is IN_PROGRESS but that are no longer queued (handed to the spool). */
@@ -119,6 +131,7 @@ export class MemoryCaptureQueue implements CaptureQueue {
       pending: this.#pending.length,
       pendingBytes: new Map(this.#pending.map((item) => [item.captureId, captureBytes(item)])),
       openBatches: [...this.#batches].map(([batchId, items]) => ({ batchId, items })),
+      heldAside: new Map(),
       orphansRemoved: 0,
       problems: [],
     });
@@ -134,6 +147,10 @@ export class MemoryCaptureQueue implements CaptureQueue {
     const items = this.#pending.splice(0, limit);
     if (items.length > 0) this.#batches.set(batchId, items);
     return Promise.resolve({ items, damaged: [], deferred: [], untaken: limit - items.length });
+  }
+
+  passedOver(): number {
+    return 0;
   }
 
   inProgressOutsideQueue(): string[] {
@@ -201,12 +218,16 @@ export class SqliteCaptureQueue implements CaptureQueue {
   readonly durable = true;
   readonly #repository: CaptureQueueRepository;
   readonly #now: () => number;
-  readonly #onDamaged: ((captureId: string, error: Error) => void) | undefined;
+  readonly #monotonic: () => number;
+  readonly #onDamaged: ((captureId: string, error: Error, outcome: UnreadableOutcome) => void) | undefined;
   readonly #onPayloadFolder: ((problem: Error | undefined) => void) | undefined;
   readonly #inlineLimit: number;
   readonly #deferral: DeferralPolicy;
-  /** Captures whose last read failed for now: how many times, and when they may be tried again. */
-  readonly #deferrals = new Map<string, { tries: number; notBefore: number }>();
+  /**
+   * Captures whose last read failed for now: the tries counted towards the limit, the reads failed (the delay's
+   * step, unsafe folder included), and when they may be tried again (on the monotonic clock).
+   */
+  readonly #deferrals = new Map<string, { tries: number; failures: number; notBefore: number }>();
   /** Whether the last large payload went inline because the folder was unsafe (logged once per change). */
   #folderUnsafe = false;
   #waiting: {
@@ -223,12 +244,19 @@ export class SqliteCaptureQueue implements CaptureQueue {
 
   constructor(options: {
     repository: CaptureQueueRepository;
+    /** Wall clock (ms), for statuses. */
     now?: () => number;
     /**
-     * Told of a stored capture that cannot be read back (damaged, or deferred `deferral.maxTries` times): it is
-     * marked FAILURE and dropped.
+     * Monotonic clock (ms) the deferral delays are measured on, so that a wall clock stepped back never holds a
+     * deferred capture for the step (default performance.now).
      */
-    onDamaged?: (captureId: string, error: Error) => void;
+    monotonic?: () => number;
+    /**
+     * Told of a stored capture that cannot be read back (damaged, or deferred `deferral.maxTries` times) and of
+     * what became of it: marked FAILURE and dropped, or, when that could not be recorded, set aside for the next
+     * start.
+     */
+    onDamaged?: (captureId: string, error: Error, outcome: UnreadableOutcome) => void;
     /**
      * Told when large payloads start going into the database because the payload folder is unsafe (with why), and
      * when they go to files again (undefined): once per change.
@@ -241,6 +269,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }) {
     this.#repository = options.repository;
     this.#now = options.now ?? Date.now;
+    this.#monotonic = options.monotonic ?? (() => performance.now());
     this.#onDamaged = options.onDamaged;
     this.#onPayloadFolder = options.onPayloadFolder;
     this.#inlineLimit = options.inlinePayloadLimitBytes ?? DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES;
@@ -261,19 +290,27 @@ export class SqliteCaptureQueue implements CaptureQueue {
       problems.push(`the payload folder was not swept: ${(error as Error).message}`);
     }
     const openBatches: RecoveredQueue['openBatches'] = [];
+    const heldAside = new Map<string, number>();
     for (const { batchId, rows } of this.#repository.openBatches()) {
-      const { items, deferred } = await this.#decodeAll(batchId, rows);
-      problems.push(
-        ...deferred.map(
-          ({ captureId, error }) => `capture ${captureId} could not be read now: ${error.message}`,
-        ),
-      );
+      const read = await Promise.all(rows.map((row) => this.#read(row)));
+      const unreadable = read.findIndex((outcome) => 'deferred' in outcome);
+      if (unreadable >= 0) {
+        // Never split: the batch may have been written before the crash, and a capture taken out of it would be
+        // written again under another id (its old manifest keeps it). Kept whole under its id for the next start.
+        const error = (read[unreadable] as { deferred: Error }).deferred;
+        problems.push(
+          `interrupted batch ${batchId} (${rows.length} captures) is set aside until the next start, kept whole: its capture ${rows[unreadable]!.captureId} could not be read now: ${error.message}`,
+        );
+        for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
+        continue;
+      }
+      const { items } = this.#sort(batchId, rows, read);
       if (items.length > 0) openBatches.push({ batchId, items });
       // Never completed: what was left stays under this id, never written, for the next start.
       else this.#leftInBatch.delete(batchId);
     }
     const pendingBytes = this.#repository.pendingBytes();
-    return { pending: pendingBytes.size, pendingBytes, openBatches, orphansRemoved, problems };
+    return { pending: pendingBytes.size, pendingBytes, openBatches, heldAside, orphansRemoved, problems };
   }
 
   async enqueue(item: CaptureItem, trackStatus = true): Promise<void> {
@@ -328,13 +365,23 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }
 
   async formBatch(batchId: string, limit: number): Promise<FormedBatch> {
-    const now = this.#now();
-    const waiting = [...this.#deferrals].filter(([, d]) => d.notBefore > now).map(([captureId]) => captureId);
-    const rows = this.#repository.formBatch(batchId, limit, waiting);
-    const formed = await this.#decodeAll(batchId, rows);
+    const rows = this.#repository.formBatch(batchId, limit, this.#waitingForTry());
+    // Each read waits for one of the payload files' slots: rows are all asked for at once.
+    const read = await Promise.all(rows.map((row) => this.#read(row)));
+    const formed = this.#sort(batchId, rows, read);
     // Never completed (nothing is written under it): what was left stays under this id for the next start.
     if (formed.items.length === 0) this.#leftInBatch.delete(batchId);
     return { ...formed, untaken: limit - rows.length };
+  }
+
+  passedOver(): number {
+    return this.#waitingForTry().length;
+  }
+
+  /** Deferred captures before their next try. */
+  #waitingForTry(): string[] {
+    const now = this.#monotonic();
+    return [...this.#deferrals].filter(([, d]) => d.notBefore > now).map(([captureId]) => captureId);
   }
 
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {
@@ -385,17 +432,12 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }
 
   /**
-   * Reads the rows' captures back, in order. Those that cannot be read because they are damaged (file gone or
-   * not the one written, bytes not matching the meta), or could not be read `maxTries` times, are marked FAILURE
-   * and named in damaged; those that cannot be read now for any other reason go back to the queue, in their
+   * Sorts what was read of the rows' captures, in order. Those that cannot be read because they are damaged (file
+   * gone or not the one written, bytes not matching the meta), or could not be read `maxTries` times, are marked
+   * FAILURE and named in damaged; those that cannot be read now for any other reason go back to the queue, in their
    * place, and are named in deferred.
    */
-  async #decodeAll(
-    batchId: string,
-    rows: readonly BatchedCaptureRow[],
-  ): Promise<Omit<FormedBatch, 'untaken'>> {
-    // Each read waits for one of the payload files' read slots: rows are all asked for at once.
-    const read = await Promise.all(rows.map((row) => this.#read(row)));
+  #sort(batchId: string, rows: readonly BatchedCaptureRow[], read: readonly ReadOutcome[]): Omit<FormedBatch, 'untaken'> {
     const formed: Omit<FormedBatch, 'untaken'> = { items: [], damaged: [], deferred: [] };
     const left: string[] = [];
     const drop = (captureId: string, error: Error, detail: string): void => {
@@ -405,13 +447,20 @@ export class SqliteCaptureQueue implements CaptureQueue {
       } catch {
         // Out of what is written: set aside in a new batch by completeBatch, read again at the next start.
         left.push(captureId);
+        this.#onDamaged?.(captureId, error, 'set aside until the next start');
+        return;
       }
-      this.#onDamaged?.(captureId, error);
+      this.#onDamaged?.(captureId, error, 'marked FAILURE');
     };
     read.forEach((outcome, i) => {
       const { captureId } = rows[i]!;
-      const tries = (this.#deferrals.get(captureId)?.tries ?? 0) + ('deferred' in outcome ? 1 : 0);
-      if (!('deferred' in outcome) || tries >= this.#deferral.maxTries) this.#deferrals.delete(captureId);
+      const before = this.#deferrals.get(captureId);
+      const deferred = 'deferred' in outcome;
+      // An unsafe folder is known and logged once per change: not counted against the capture.
+      const counted = deferred && !(outcome.deferred instanceof UnsafePayloadFolderError);
+      const tries = (before?.tries ?? 0) + (counted ? 1 : 0);
+      const failures = (before?.failures ?? 0) + (deferred ? 1 : 0);
+      if (!deferred || tries >= this.#deferral.maxTries) this.#deferrals.delete(captureId);
       if ('item' in outcome) formed.items.push(outcome.item);
       else if ('damaged' in outcome) {
         drop(
@@ -426,8 +475,8 @@ export class SqliteCaptureQueue implements CaptureQueue {
         );
         drop(captureId, error, error.message);
       } else {
-        const delay = Math.min(this.#deferral.firstDelayMs * 2 ** (tries - 1), this.#deferral.maxDelayMs);
-        this.#deferrals.set(captureId, { tries, notBefore: this.#now() + delay });
+        const delay = Math.min(this.#deferral.firstDelayMs * 2 ** (failures - 1), this.#deferral.maxDelayMs);
+        this.#deferrals.set(captureId, { tries, failures, notBefore: this.#monotonic() + delay });
         formed.deferred.push({ captureId, error: outcome.deferred });
       }
     });
@@ -438,7 +487,10 @@ export class SqliteCaptureQueue implements CaptureQueue {
         // Set aside in a new batch (by completeBatch), out of what is written, for the next start; the caller
         // lets go of them.
         left.push(...formed.deferred.map((d) => d.captureId));
-        for (const { captureId } of formed.deferred) this.#deferrals.delete(captureId);
+        for (const { captureId, error } of formed.deferred) {
+          this.#deferrals.delete(captureId);
+          this.#onDamaged?.(captureId, error, 'set aside until the next start');
+        }
         formed.damaged.push(...formed.deferred.map((d) => d.captureId));
         formed.deferred = [];
       }
@@ -447,9 +499,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
     return formed;
   }
 
-  async #read(
-    row: BatchedCaptureRow,
-  ): Promise<{ item: CaptureItem } | { damaged: Error } | { deferred: Error }> {
+  async #read(row: BatchedCaptureRow): Promise<ReadOutcome> {
     let payload: Buffer;
     try {
       payload = await this.#repository.readPayload(row);
@@ -463,5 +513,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
     }
   }
 }
+
+type ReadOutcome = { item: CaptureItem } | { damaged: Error } | { deferred: Error };
 
 const EMPTY = Buffer.alloc(0);

@@ -77,10 +77,10 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
   const queue: CaptureQueue = database
     ? new SqliteCaptureQueue({
         repository: database.captureQueue,
-        onDamaged: (captureId, error) =>
+        onDamaged: (captureId, error, outcome) =>
           logger?.error(
             { err: error, captureId },
-            'capture: a queued capture could not be read back from the local database; marked FAILURE',
+            `capture: a queued capture could not be read back from its stored form (its row or payload file); ${outcome}`,
           ),
         onPayloadFolder: (problem) =>
           problem
