@@ -489,6 +489,23 @@ describe('a full batch of captures that cannot be read for now, at the head of t
   });
 });
 
+describe('an interrupted batch that cannot be read whole at start (F1)', () => {
+  it('is set aside whole: still held in the buffer, and none of it is written under another batch id', async () => {
+    const big = randomTensor('x', 256 * 1024);
+    const { service, settings } = await startService(undefined, async (queue, folder) => {
+      await queue.enqueue(captureItem('big', big.data));
+      await queue.formBatch('interrupted', 10); // formed (maybe written), then killed before completeBatch
+      await chmod(folder, 0o770);
+    });
+    expect(service.held).toBe(1);
+    clock += 3_600_000;
+    await service.flush();
+    expect(service.status('big').status).toBe('IN_PROGRESS');
+    expect(await writtenInputs(settings.diskPath)).toEqual(new Map());
+    expect(service.held).toBe(1);
+  });
+});
+
 describe('the buffer byte cap after a restart', () => {
   it('counts the captures still queued, so the payload folder holds no more than the cap across restarts', async () => {
     const path = agentDatabasePath(join(work, 'data'));
