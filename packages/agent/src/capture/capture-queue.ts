@@ -437,7 +437,11 @@ export class SqliteCaptureQueue implements CaptureQueue {
    * FAILURE and named in damaged; those that cannot be read now for any other reason go back to the queue, in their
    * place, and are named in deferred.
    */
-  #sort(batchId: string, rows: readonly BatchedCaptureRow[], read: readonly ReadOutcome[]): Omit<FormedBatch, 'untaken'> {
+  #sort(
+    batchId: string,
+    rows: readonly BatchedCaptureRow[],
+    read: readonly ReadOutcome[],
+  ): Omit<FormedBatch, 'untaken'> {
     const formed: Omit<FormedBatch, 'untaken'> = { items: [], damaged: [], deferred: [] };
     const left: string[] = [];
     const drop = (captureId: string, error: Error, detail: string): void => {

@@ -434,7 +434,10 @@ describe('payload reads at once', () => {
 });
 
 describe('the payload folder made durable (C1: no row commits before the data root fsync)', () => {
-  function recording(beforeRootSync: () => Promise<void>): { steps: string[]; fileSystem: PayloadFileSystem } {
+  function recording(beforeRootSync: () => Promise<void>): {
+    steps: string[];
+    fileSystem: PayloadFileSystem;
+  } {
     const steps: string[] = [];
     return { steps, fileSystem: recordingFileSystem(steps, { beforeRootSync }) };
   }
@@ -504,7 +507,11 @@ describe('the payload folder made durable (C1: no row commits before the data ro
 });
 
 /** A queue whose payload file reads fail with EIO (a bad SD-card block) while `failing.reads` is true. */
-async function queueWithFailingReads(deferral: { firstDelayMs: number; maxDelayMs: number; maxTries: number }) {
+async function queueWithFailingReads(deferral: {
+  firstDelayMs: number;
+  maxDelayMs: number;
+  maxTries: number;
+}) {
   const failing = { reads: false };
   const fileSystem: PayloadFileSystem = {
     ...NODE_PAYLOAD_FILE_SYSTEM,
@@ -567,9 +574,7 @@ describe('captures that cannot be read for a lasting reason (C2)', () => {
     for (const id of bigs) {
       expect(queue.status(id)).toMatchObject({
         status: 'FAILURE',
-        detail: expect.stringMatching(
-          /could not be read back in 4 tries \(the last: EIO: i\/o error/,
-        ),
+        detail: expect.stringMatching(/could not be read back in 4 tries \(the last: EIO: i\/o error/),
       });
     }
     await queue.close();
