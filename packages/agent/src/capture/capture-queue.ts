@@ -304,7 +304,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
         for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
         continue;
       }
-      const { items } = this.#sort(batchId, rows, read);
+      const { items } = this.#classify(batchId, rows, read);
       if (items.length > 0) openBatches.push({ batchId, items });
       // Never completed: what was left stays under this id, never written, for the next start.
       else this.#leftInBatch.delete(batchId);
@@ -368,7 +368,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
     const rows = this.#repository.formBatch(batchId, limit, this.#waitingForTry());
     // Each read waits for one of the payload files' slots: rows are all asked for at once.
     const read = await Promise.all(rows.map((row) => this.#read(row)));
-    const formed = this.#sort(batchId, rows, read);
+    const formed = this.#classify(batchId, rows, read);
     // Never completed (nothing is written under it): what was left stays under this id for the next start.
     if (formed.items.length === 0) this.#leftInBatch.delete(batchId);
     return { ...formed, untaken: limit - rows.length };
@@ -432,12 +432,12 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }
 
   /**
-   * Sorts what was read of the rows' captures, in order. Those that cannot be read because they are damaged (file
+   * Classifies what was read of the rows' captures, in order. Those that cannot be read because they are damaged (file
    * gone or not the one written, bytes not matching the meta), or could not be read `maxTries` times, are marked
    * FAILURE and named in damaged; those that cannot be read now for any other reason go back to the queue, in their
    * place, and are named in deferred.
    */
-  #sort(
+  #classify(
     batchId: string,
     rows: readonly BatchedCaptureRow[],
     read: readonly ReadOutcome[],
