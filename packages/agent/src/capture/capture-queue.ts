@@ -2,7 +2,7 @@ import {
   DamagedPayloadError,
   DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES,
   UnsafePayloadFolderError,
-  type BatchedCaptureRow,
+  type StoredCaptureRow,
   type CaptureQueueRepository,
   type QueuedCaptureRow,
 } from '../state/index.js';
@@ -47,8 +47,8 @@ export interface FormedBatch {
   /** The batch's captures, oldest first. */
   items: CaptureItem[];
   /**
-   * Captures the caller lets go of: they could not be read back (damaged, or deferred too many times) and are
-   * marked FAILURE (or, when even that could not be recorded, set aside in a new batch for the next start).
+   * Captures the caller lets go of: they could not be read back (damaged, or deferred too many times), and are
+   * dropped and marked FAILURE in the same transaction that records the batch.
    */
   damaged: string[];
   /**
@@ -60,9 +60,6 @@ export interface FormedBatch {
   /** How many of the `limit` asked for were not taken: nothing more was waiting, or only deferred captures. */
   untaken: number;
 }
-
-/** What became of a capture that could not be read back: marked FAILURE, or (when even that failed) set aside. */
-export type UnreadableOutcome = 'marked FAILURE' | 'set aside until the next start';
 
 /**
  * How captures that cannot be read now are tried again: not before a delay doubling from `firstDelayMs` up to
@@ -219,7 +216,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
   readonly #repository: CaptureQueueRepository;
   readonly #now: () => number;
   readonly #monotonic: () => number;
-  readonly #onDamaged: ((captureId: string, error: Error, outcome: UnreadableOutcome) => void) | undefined;
+  readonly #onDamaged: ((captureId: string, error: Error) => void) | undefined;
   readonly #onPayloadFolder: ((problem: Error | undefined) => void) | undefined;
   readonly #inlineLimit: number;
   readonly #deferral: DeferralPolicy;
@@ -227,7 +224,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
    * Captures whose last read failed for now: the tries counted towards the limit, the reads failed (the delay's
    * step, unsafe folder included), and when they may be tried again (on the monotonic clock).
    */
-  readonly #deferrals = new Map<string, { tries: number; failures: number; notBefore: number }>();
+  readonly #deferrals = new Map<string, Deferral>();
   /** Whether the last large payload went inline because the folder was unsafe (logged once per change). */
   #folderUnsafe = false;
   #waiting: {
@@ -238,8 +235,8 @@ export class SqliteCaptureQueue implements CaptureQueue {
   #scheduled = false;
   /** Large payloads being written: close waits for them, then commits their rows. */
   readonly #storing = new Set<Promise<unknown>>();
-  /** Per batch: captures that are not in what the caller writes but could not be taken out of the batch. */
-  readonly #leftInBatch = new Map<string, string[]>();
+  /** Captures a formation is reading back: the formations started meanwhile pass over them. */
+  readonly #reading = new Set<string>();
   #closed = false;
 
   constructor(options: {
@@ -252,11 +249,10 @@ export class SqliteCaptureQueue implements CaptureQueue {
      */
     monotonic?: () => number;
     /**
-     * Told of a stored capture that cannot be read back (damaged, or deferred `deferral.maxTries` times) and of
-     * what became of it: marked FAILURE and dropped, or, when that could not be recorded, set aside for the next
-     * start.
+     * Told of a stored capture that cannot be read back (damaged, or deferred `deferral.maxTries` times), once it
+     * is marked FAILURE and dropped.
      */
-    onDamaged?: (captureId: string, error: Error, outcome: UnreadableOutcome) => void;
+    onDamaged?: (captureId: string, error: Error) => void;
     /**
      * Told when large payloads start going into the database because the payload folder is unsafe (with why), and
      * when they go to files again (undefined): once per change.
@@ -304,10 +300,18 @@ export class SqliteCaptureQueue implements CaptureQueue {
         for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
         continue;
       }
-      const { items } = this.#classify(batchId, rows, read);
+      const { items, damaged } = this.#classify(rows, read);
+      try {
+        this.#discard(damaged);
+      } catch (error) {
+        // Kept whole as well: written again without them, the batch would not replace every manifest it wrote.
+        problems.push(
+          `interrupted batch ${batchId} (${rows.length} captures) is set aside until the next start, kept whole: its unreadable captures could not be marked FAILURE: ${(error as Error).message}`,
+        );
+        for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
+        continue;
+      }
       if (items.length > 0) openBatches.push({ batchId, items });
-      // Never completed: what was left stays under this id, never written, for the next start.
-      else this.#leftInBatch.delete(batchId);
     }
     const pendingBytes = this.#repository.pendingBytes();
     return { pending: pendingBytes.size, pendingBytes, openBatches, heldAside, orphansRemoved, problems };
@@ -364,14 +368,42 @@ export class SqliteCaptureQueue implements CaptureQueue {
     for (const w of waiting) w.resolve();
   }
 
+  /**
+   * Reads the captures first, then records the batch (and drops the damaged ones) in one transaction: a capture
+   * that cannot be read now is never in a batch, and a kill or a failed transaction leaves every row as it was.
+   */
   async formBatch(batchId: string, limit: number): Promise<FormedBatch> {
-    const rows = this.#repository.formBatch(batchId, limit, this.#waitingForTry());
-    // Each read waits for one of the payload files' slots: rows are all asked for at once.
-    const read = await Promise.all(rows.map((row) => this.#read(row)));
-    const formed = this.#classify(batchId, rows, read);
-    // Never completed (nothing is written under it): what was left stays under this id for the next start.
-    if (formed.items.length === 0) this.#leftInBatch.delete(batchId);
-    return { ...formed, untaken: limit - rows.length };
+    const rows = this.#repository.waiting(limit, [...this.#waitingForTry(), ...this.#reading]);
+    for (const row of rows) this.#reading.add(row.captureId);
+    try {
+      // Each read waits for one of the payload files' slots: rows are all asked for at once.
+      const read = await Promise.all(rows.map((row) => this.#read(row)));
+      const { items, damaged, deferred, deferrals } = this.#classify(rows, read);
+      const assigned = new Set(
+        this.#repository.assignBatch(
+          batchId,
+          items.map((item) => item.captureId),
+          damaged.map(({ captureId, detail }) => ({ captureId, detail })),
+          this.#now(),
+        ),
+      );
+      // Recorded: now the tries count.
+      for (const [captureId, deferral] of deferrals) {
+        if (deferral) this.#deferrals.set(captureId, deferral);
+        else this.#deferrals.delete(captureId);
+      }
+      for (const { captureId, error } of damaged) this.#onDamaged?.(captureId, error);
+      const taken = items.filter((item) => assigned.has(item.captureId));
+      return {
+        items: taken,
+        damaged: damaged.map((d) => d.captureId),
+        deferred,
+        // Items not assigned (no longer waiting) are not held by this batch either.
+        untaken: limit - rows.length + items.length - taken.length,
+      };
+    } finally {
+      for (const row of rows) this.#reading.delete(row.captureId);
+    }
   }
 
   passedOver(): number {
@@ -385,9 +417,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }
 
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {
-    const leave = this.#leftInBatch.get(batchId) ?? [];
-    this.#leftInBatch.delete(batchId);
-    this.#repository.completeBatch(batchId, status, this.#now(), detail, leave);
+    this.#repository.completeBatch(batchId, status, this.#now(), detail);
   }
 
   setStatuses(captureIds: readonly string[], status: CaptureStatus, detail?: string): void {
@@ -431,79 +461,60 @@ export class SqliteCaptureQueue implements CaptureQueue {
     this.#onPayloadFolder?.(problem);
   }
 
+  /** Drops unreadable captures, marked FAILURE (one transaction), then tells of them. */
+  #discard(damaged: Classified['damaged']): void {
+    this.#repository.discard(damaged, this.#now());
+    for (const { captureId, error } of damaged) this.#onDamaged?.(captureId, error);
+  }
+
   /**
-   * Classifies what was read of the rows' captures, in order. Those that cannot be read because they are damaged (file
-   * gone or not the one written, bytes not matching the meta), or could not be read `maxTries` times, are marked
-   * FAILURE and named in damaged; those that cannot be read now for any other reason go back to the queue, in their
-   * place, and are named in deferred.
+   * Classifies what was read of the rows' captures, in order; changes nothing. Those damaged (file gone or not the
+   * one written, bytes not matching the meta), or that could not be read `maxTries` times, are to be dropped,
+   * marked FAILURE; those that cannot be read now for any other reason are deferred. `deferrals` is what the
+   * deferral records become once that is recorded (undefined: forgotten).
    */
-  #classify(
-    batchId: string,
-    rows: readonly BatchedCaptureRow[],
-    read: readonly ReadOutcome[],
-  ): Omit<FormedBatch, 'untaken'> {
-    const formed: Omit<FormedBatch, 'untaken'> = { items: [], damaged: [], deferred: [] };
-    const left: string[] = [];
-    const drop = (captureId: string, error: Error, detail: string): void => {
-      formed.damaged.push(captureId);
-      try {
-        this.#repository.discard(captureId, this.#now(), detail);
-      } catch {
-        // Out of what is written: set aside in a new batch by completeBatch, read again at the next start.
-        left.push(captureId);
-        this.#onDamaged?.(captureId, error, 'set aside until the next start');
-        return;
-      }
-      this.#onDamaged?.(captureId, error, 'marked FAILURE');
+  #classify(rows: readonly StoredCaptureRow[], read: readonly ReadOutcome[]): Classified {
+    const sorted: Classified = {
+      items: [],
+      damaged: [],
+      deferred: [],
+      deferrals: new Map(),
     };
     read.forEach((outcome, i) => {
       const { captureId } = rows[i]!;
+      if ('item' in outcome) {
+        sorted.items.push(outcome.item);
+        sorted.deferrals.set(captureId, undefined);
+        return;
+      }
+      if ('damaged' in outcome) {
+        const detail = `the stored capture could not be read back: ${outcome.damaged.message}`;
+        sorted.damaged.push({ captureId, error: outcome.damaged, detail });
+        sorted.deferrals.set(captureId, undefined);
+        return;
+      }
       const before = this.#deferrals.get(captureId);
-      const deferred = 'deferred' in outcome;
       // An unsafe folder is known and logged once per change: not counted against the capture.
-      const counted = deferred && !(outcome.deferred instanceof UnsafePayloadFolderError);
+      const counted = !(outcome.deferred instanceof UnsafePayloadFolderError);
       const tries = (before?.tries ?? 0) + (counted ? 1 : 0);
-      const failures = (before?.failures ?? 0) + (deferred ? 1 : 0);
-      if (!deferred || tries >= this.#deferral.maxTries) this.#deferrals.delete(captureId);
-      if ('item' in outcome) formed.items.push(outcome.item);
-      else if ('damaged' in outcome) {
-        drop(
-          captureId,
-          outcome.damaged,
-          `the stored capture could not be read back: ${outcome.damaged.message}`,
-        );
-      } else if (tries >= this.#deferral.maxTries) {
+      const failures = (before?.failures ?? 0) + 1;
+      if (tries >= this.#deferral.maxTries) {
         const error = new Error(
           `the stored capture could not be read back in ${tries} tries (the last: ${outcome.deferred.message}); given up`,
           { cause: outcome.deferred },
         );
-        drop(captureId, error, error.message);
-      } else {
-        const delay = Math.min(this.#deferral.firstDelayMs * 2 ** (failures - 1), this.#deferral.maxDelayMs);
-        this.#deferrals.set(captureId, { tries, failures, notBefore: this.#monotonic() + delay });
-        formed.deferred.push({ captureId, error: outcome.deferred });
+        sorted.damaged.push({ captureId, error, detail: error.message });
+        sorted.deferrals.set(captureId, undefined);
+        return;
       }
+      const delay = Math.min(this.#deferral.firstDelayMs * 2 ** (failures - 1), this.#deferral.maxDelayMs);
+      sorted.deferrals.set(captureId, { tries, failures, notBefore: this.#monotonic() + delay });
+      sorted.deferred.push({ captureId, error: outcome.deferred });
     });
-    if (formed.deferred.length > 0) {
-      try {
-        this.#repository.returnToQueue(formed.deferred.map((d) => d.captureId));
-      } catch {
-        // Set aside in a new batch (by completeBatch), out of what is written, for the next start; the caller
-        // lets go of them.
-        left.push(...formed.deferred.map((d) => d.captureId));
-        for (const { captureId, error } of formed.deferred) {
-          this.#deferrals.delete(captureId);
-          this.#onDamaged?.(captureId, error, 'set aside until the next start');
-        }
-        formed.damaged.push(...formed.deferred.map((d) => d.captureId));
-        formed.deferred = [];
-      }
-    }
-    if (left.length > 0) this.#leftInBatch.set(batchId, left);
-    return formed;
+    return sorted;
   }
 
-  async #read(row: BatchedCaptureRow): Promise<ReadOutcome> {
+  async #read(row: StoredCaptureRow): Promise<ReadOutcome> {
     let payload: Buffer;
     try {
       payload = await this.#repository.readPayload(row);
@@ -516,6 +527,21 @@ export class SqliteCaptureQueue implements CaptureQueue {
       return { damaged: error as Error };
     }
   }
+}
+
+/** A deferred capture: tries counted towards the limit, reads failed (the delay's step), next try (monotonic). */
+interface Deferral {
+  tries: number;
+  failures: number;
+  notBefore: number;
+}
+
+/** What a formation read, sorted (see SqliteCaptureQueue.#classify). */
+interface Classified {
+  items: CaptureItem[];
+  damaged: { captureId: string; error: Error; detail: string }[];
+  deferred: FormedBatch['deferred'];
+  deferrals: Map<string, Deferral | undefined>;
 }
 
 type ReadOutcome = { item: CaptureItem } | { damaged: Error } | { deferred: Error };

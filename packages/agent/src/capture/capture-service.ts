@@ -454,7 +454,7 @@ export class CaptureService {
       return;
     }
     const { items, damaged, deferred, untaken } = formed;
-    // Dropped as unreadable (marked FAILURE, or left to the next start): nothing holds them, bytes included.
+    // Dropped as unreadable (marked FAILURE): nothing holds them, bytes included.
     this.#held -= damaged.length;
     for (const captureId of damaged) this.#releaseBytes(captureId);
     if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });

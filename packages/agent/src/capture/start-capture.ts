@@ -77,10 +77,10 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
   const queue: CaptureQueue = database
     ? new SqliteCaptureQueue({
         repository: database.captureQueue,
-        onDamaged: (captureId, error, outcome) =>
+        onDamaged: (captureId, error) =>
           logger?.error(
             { err: error, captureId },
-            `capture: a queued capture could not be read back from its stored form (its row or payload file); ${outcome}`,
+            'capture: a queued capture could not be read back from its stored form (its row or payload file); marked FAILURE',
           ),
         onPayloadFolder: (problem) =>
           problem

@@ -25,6 +25,7 @@ import {
   NODE_PAYLOAD_FILE_SYSTEM,
   type PayloadFileSystem,
 } from '../../src/state/index.js';
+import { formBatch } from '../state/form-batch.js';
 import { captureItem } from './helpers.js';
 
 // The payload files of large captures, against what can be found in their folder: files, links, FIFOs and folders
@@ -159,40 +160,6 @@ describe('a payload file that cannot be read now', () => {
     await queue.close();
     expect(queue.status('first')?.status).toBe('SUCCESS');
     expect(await readdir(folder)).toEqual([]);
-  });
-});
-
-describe('a capture that cannot be read back nor dropped', () => {
-  it('is left out of the batch written (never marked SUCCESS) and failed at the next start', async () => {
-    // A write that finds the lock taken fails at once (SQLITE_BUSY) instead of waiting for it.
-    const { database, queue } = open({ busyTimeoutMs: 0 });
-    await queue.enqueue(item('gone', 256 * 1024));
-    await queue.enqueue(item('kept', 100));
-    await rm(join(folder, payloadFiles().get('gone')!));
-    // Another connection holds the write lock while the batch is read back: the discard cannot commit.
-    const other = new SqliteDatabase(database.path, { timeout: 0 });
-    opened.push(other);
-    const forming = queue.formBatch('b', 10);
-    other.prepare('BEGIN IMMEDIATE').run();
-    const formed = await forming;
-    other.prepare('COMMIT').run();
-    expect(formed.items.map((i) => i.captureId)).toEqual(['kept']);
-    expect(formed.damaged).toEqual(['gone']);
-    expect(queue.status('gone')?.status).toBe('IN_PROGRESS');
-
-    queue.completeBatch('b', 'SUCCESS');
-    expect(queue.status('kept')?.status).toBe('SUCCESS');
-    expect(queue.status('gone')?.status).toBe('IN_PROGRESS');
-    await queue.close();
-
-    const again = open();
-    expect((await again.queue.recover()).openBatches).toEqual([]);
-    expect(again.damaged).toEqual(['gone']);
-    expect(again.queue.status('gone')).toMatchObject({
-      status: 'FAILURE',
-      detail: expect.stringMatching(/ENOENT/),
-    });
-    await again.queue.close();
   });
 });
 
@@ -352,7 +319,7 @@ describe('the order of writes, fsyncs and removals (recorded through the file-sy
       { captureId: 'c', model: 'm', meta: '{}', payload: Buffer.alloc(0), payloadFile: name, enqueuedAt: 1 },
     ]);
     steps.push('row committed');
-    repository.formBatch('b', 10);
+    formBatch(repository, 'b', 10);
     repository.completeBatch('b', 'SUCCESS', 2);
     steps.push('row deleted');
     await repository.payloadRemovalsDone();
@@ -581,36 +548,6 @@ describe('captures that cannot be read for a lasting reason (C2)', () => {
   });
 });
 
-describe('a capture set aside when its batch is written (C3)', () => {
-  it('is moved to a new batch, so the next start never writes the written batch id again', async () => {
-    const { database, queue } = open({ busyTimeoutMs: 0 });
-    await queue.enqueue(item('first', 256 * 1024, 3));
-    await queue.enqueue(item('second', 100));
-    await chmod(folder, 0o777); // 'first' cannot be read now
-    // Another connection holds the write lock while the batch is read back: 'first' cannot go back to the queue.
-    const other = new SqliteDatabase(database.path, { timeout: 0 });
-    opened.push(other);
-    const forming = queue.formBatch('b', 10);
-    other.prepare('BEGIN IMMEDIATE').run();
-    const formed = await forming;
-    other.prepare('COMMIT').run();
-    expect(formed.items.map((i) => i.captureId)).toEqual(['second']);
-    queue.completeBatch('b', 'SUCCESS'); // the destination holds b = [second]
-    expect(queue.status('second')?.status).toBe('SUCCESS');
-    await queue.close();
-
-    await chmod(folder, 0o700);
-    const again = open();
-    const recovered = await again.queue.recover();
-    expect(recovered.openBatches.map((b) => b.items.map((i) => i.captureId))).toEqual([['first']]);
-    expect(recovered.openBatches[0]!.batchId).not.toBe('b');
-    expect(recovered.openBatches[0]!.batchId).toMatch(/^[0-9a-f]{32}$/);
-    again.queue.completeBatch(recovered.openBatches[0]!.batchId, 'SUCCESS');
-    expect(again.queue.status('first')?.status).toBe('SUCCESS');
-    await again.queue.close();
-  });
-});
-
 describe('the payload folder turning unsafe while the agent runs (C4, C5)', () => {
   it('is told once per change, and nothing is removed in it while it is unsafe', async () => {
     const told: (string | undefined)[] = [];
@@ -729,28 +666,56 @@ describe('captures in a payload folder left unsafe (N3)', () => {
   });
 });
 
-describe('a capture that cannot be read back nor dropped (N4)', () => {
-  it('is told as set aside until the next start, not as marked FAILURE', async () => {
-    const outcomes: string[] = [];
+describe('a batch whose record the database refuses (N5: read first, then record the batch)', () => {
+  it('changes nothing: no capture is left in a batch, none is failed or told; the next formation takes them', async () => {
+    // A write that finds the lock taken fails at once (SQLITE_BUSY) instead of waiting for it.
+    const told: string[] = [];
     const { database, queue } = open(
       { busyTimeoutMs: 0 },
-      { onDamaged: (captureId, _error, outcome) => outcomes.push(`${captureId}: ${outcome}`) },
+      { onDamaged: (captureId, error) => told.push(`${captureId}: ${error.message}`) },
     );
     await queue.enqueue(item('gone', 256 * 1024, 3));
-    await queue.enqueue(item('small', 100));
+    await queue.enqueue(item('unsafe-now', 256 * 1024, 4));
+    await queue.enqueue(item('kept', 100));
     await rm(join(folder, payloadFiles().get('gone')!));
-    // Another connection holds the write lock while the batch is read back: nothing can be recorded.
+    // Another connection holds the write lock while the batch is read back: the batch cannot be recorded.
     const other = new SqliteDatabase(database.path, { timeout: 0 });
     opened.push(other);
     const forming = queue.formBatch('b', 10);
     other.prepare('BEGIN IMMEDIATE').run();
-    const formed = await forming;
+    await expect(forming).rejects.toThrow(/locked|busy/i);
     other.prepare('COMMIT').run();
-    expect(formed.items.map((i) => i.captureId)).toEqual(['small']);
-    expect(formed.damaged).toEqual(['gone']);
-    expect(outcomes).toEqual(['gone: set aside until the next start']);
+    expect(told).toEqual([]);
     expect(queue.status('gone')?.status).toBe('IN_PROGRESS');
-    queue.completeBatch('b', 'SUCCESS');
+    expect(queue.passedOver()).toBe(0);
+    const raw = new SqliteDatabase(path, { readonly: true });
+    opened.push(raw);
+    expect(raw.prepare('SELECT count(*) AS n FROM capture_queue WHERE batch_id IS NOT NULL').get()).toEqual({
+      n: 0,
+    });
+
+    await chmod(folder, 0o770); // 'unsafe-now' (and 'gone') cannot be read at this formation
+    const formed = await queue.formBatch('b2', 10);
+    expect(formed.items.map((i) => i.captureId)).toEqual(['kept']);
+    expect(formed.deferred.map((d) => d.captureId)).toEqual(['gone', 'unsafe-now']);
+    await chmod(folder, 0o700);
+    clock += 1000;
+    const next = await queue.formBatch('b3', 10);
+    expect(next.items.map((i) => i.captureId)).toEqual(['unsafe-now']);
+    expect(next.damaged).toEqual(['gone']);
+    expect(told).toEqual([expect.stringMatching(/^gone: its payload file .* is gone \(ENOENT\)$/)]);
+    expect(queue.status('gone')).toMatchObject({
+      status: 'FAILURE',
+      detail: expect.stringMatching(/ENOENT/),
+    });
+    queue.completeBatch('b2', 'SUCCESS');
+    queue.completeBatch('b3', 'SUCCESS');
+    expect(queue.status('unsafe-now')?.status).toBe('SUCCESS');
     await queue.close();
+
+    // Nothing is left for the next start.
+    const again = open();
+    expect(await again.queue.recover()).toMatchObject({ pending: 0, openBatches: [] });
+    await again.queue.close();
   });
 });
