@@ -2,7 +2,7 @@ import {
   DamagedPayloadError,
   DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES,
   UnsafePayloadFolderError,
-  type BatchedCaptureRow,
+  type StoredCaptureRow,
   type CaptureQueueRepository,
   type QueuedCaptureRow,
 } from '../state/index.js';
@@ -31,6 +31,11 @@ export interface RecoveredQueue {
   pendingBytes: ReadonlyMap<string, number>;
   /** Batches formed but never completed (a crash interrupted their write): to be written again, same ids. */
   openBatches: { batchId: string; items: CaptureItem[] }[];
+  /**
+   * The bytes, by id, of the captures of open batches set aside whole until the next start (one of their captures
+   * could not be read now): they still hold their place and bytes in the buffer.
+   */
+  heldAside: ReadonlyMap<string, number>;
   /** Payload files a crash left that no queued capture names, removed. */
   orphansRemoved: number;
   /** What went wrong with the payload folder at start (an orphan not removed, the folder unsafe): to log. */
@@ -42,8 +47,8 @@ export interface FormedBatch {
   /** The batch's captures, oldest first. */
   items: CaptureItem[];
   /**
-   * Captures the caller lets go of: they could not be read back (damaged, or deferred too many times) and are
-   * marked FAILURE (or, when even that could not be recorded, set aside in a new batch for the next start).
+   * Captures the caller lets go of: they could not be read back (damaged, or deferred too many times), and are
+   * dropped and marked FAILURE in the same transaction that records the batch.
    */
   damaged: string[];
   /**
@@ -57,9 +62,11 @@ export interface FormedBatch {
 }
 
 /**
- * How captures that cannot be read now are tried again: after a delay doubling from `firstDelayMs` up to
- * `maxDelayMs`, passed over by the batches formed meanwhile (so that the others go on), and marked FAILURE on the
- * `maxTries`-th failed read. Counted in memory: a restart starts the count again.
+ * How captures that cannot be read now are tried again: not before a delay doubling from `firstDelayMs` up to
+ * `maxDelayMs` (a try happens only when a batch is formed), passed over by the batches formed meanwhile (so that the
+ * others go on), and marked FAILURE on the `maxTries`-th failed read. A read refused because the payload folder is
+ * unsafe is not counted as a try: that is a fact about the folder (logged once per change), not the capture, and an
+ * admin can fix it. Counted in memory: a restart starts the count again.
  */
 export interface DeferralPolicy {
   firstDelayMs: number;
@@ -89,6 +96,8 @@ export interface CaptureQueue {
   enqueue(item: CaptureItem, trackStatus?: boolean): Promise<void>;
   /** Puts up to `limit` of the oldest waiting captures in a batch (see FormedBatch). */
   formBatch(batchId: string, limit: number): Promise<FormedBatch>;
+  /** How many waiting captures a batch formed now would pass over (deferred, before their next try). */
+  passedOver(): number;
   /** The batch was written (SUCCESS), given up (FAILURE), or handed to the spool (null: stays IN_PROGRESS). */
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void;
   /** Ids whose status is IN_PROGRESS but that are no longer queued (handed to the spool). */
@@ -119,6 +128,7 @@ export class MemoryCaptureQueue implements CaptureQueue {
       pending: this.#pending.length,
       pendingBytes: new Map(this.#pending.map((item) => [item.captureId, captureBytes(item)])),
       openBatches: [...this.#batches].map(([batchId, items]) => ({ batchId, items })),
+      heldAside: new Map(),
       orphansRemoved: 0,
       problems: [],
     });
@@ -134,6 +144,10 @@ export class MemoryCaptureQueue implements CaptureQueue {
     const items = this.#pending.splice(0, limit);
     if (items.length > 0) this.#batches.set(batchId, items);
     return Promise.resolve({ items, damaged: [], deferred: [], untaken: limit - items.length });
+  }
+
+  passedOver(): number {
+    return 0;
   }
 
   inProgressOutsideQueue(): string[] {
@@ -201,12 +215,16 @@ export class SqliteCaptureQueue implements CaptureQueue {
   readonly durable = true;
   readonly #repository: CaptureQueueRepository;
   readonly #now: () => number;
+  readonly #monotonic: () => number;
   readonly #onDamaged: ((captureId: string, error: Error) => void) | undefined;
   readonly #onPayloadFolder: ((problem: Error | undefined) => void) | undefined;
   readonly #inlineLimit: number;
   readonly #deferral: DeferralPolicy;
-  /** Captures whose last read failed for now: how many times, and when they may be tried again. */
-  readonly #deferrals = new Map<string, { tries: number; notBefore: number }>();
+  /**
+   * Captures whose last read failed for now: the tries counted towards the limit, the reads failed (the delay's
+   * step, unsafe folder included), and when they may be tried again (on the monotonic clock).
+   */
+  readonly #deferrals = new Map<string, Deferral>();
   /** Whether the last large payload went inline because the folder was unsafe (logged once per change). */
   #folderUnsafe = false;
   #waiting: {
@@ -217,16 +235,22 @@ export class SqliteCaptureQueue implements CaptureQueue {
   #scheduled = false;
   /** Large payloads being written: close waits for them, then commits their rows. */
   readonly #storing = new Set<Promise<unknown>>();
-  /** Per batch: captures that are not in what the caller writes but could not be taken out of the batch. */
-  readonly #leftInBatch = new Map<string, string[]>();
+  /** Captures a formation is reading back: the formations started meanwhile pass over them. */
+  readonly #reading = new Set<string>();
   #closed = false;
 
   constructor(options: {
     repository: CaptureQueueRepository;
+    /** Wall clock (ms), for statuses. */
     now?: () => number;
     /**
-     * Told of a stored capture that cannot be read back (damaged, or deferred `deferral.maxTries` times): it is
-     * marked FAILURE and dropped.
+     * Monotonic clock (ms) the deferral delays are measured on, so that a wall clock stepped back never holds a
+     * deferred capture for the step (default performance.now).
+     */
+    monotonic?: () => number;
+    /**
+     * Told of a stored capture that cannot be read back (damaged, or deferred `deferral.maxTries` times), once it
+     * is marked FAILURE and dropped.
      */
     onDamaged?: (captureId: string, error: Error) => void;
     /**
@@ -241,6 +265,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }) {
     this.#repository = options.repository;
     this.#now = options.now ?? Date.now;
+    this.#monotonic = options.monotonic ?? (() => performance.now());
     this.#onDamaged = options.onDamaged;
     this.#onPayloadFolder = options.onPayloadFolder;
     this.#inlineLimit = options.inlinePayloadLimitBytes ?? DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES;
@@ -261,19 +286,35 @@ export class SqliteCaptureQueue implements CaptureQueue {
       problems.push(`the payload folder was not swept: ${(error as Error).message}`);
     }
     const openBatches: RecoveredQueue['openBatches'] = [];
+    const heldAside = new Map<string, number>();
     for (const { batchId, rows } of this.#repository.openBatches()) {
-      const { items, deferred } = await this.#decodeAll(batchId, rows);
-      problems.push(
-        ...deferred.map(
-          ({ captureId, error }) => `capture ${captureId} could not be read now: ${error.message}`,
-        ),
-      );
+      const read = await Promise.all(rows.map((row) => this.#read(row)));
+      const unreadable = read.findIndex((outcome) => 'deferred' in outcome);
+      if (unreadable >= 0) {
+        // Never split: the batch may have been written before the crash, and a capture taken out of it would be
+        // written again under another id (its old manifest keeps it). Kept whole under its id for the next start.
+        const error = (read[unreadable] as { deferred: Error }).deferred;
+        problems.push(
+          `interrupted batch ${batchId} (${rows.length} captures) is set aside until the next start, kept whole: its capture ${rows[unreadable]!.captureId} could not be read now: ${error.message}`,
+        );
+        for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
+        continue;
+      }
+      const { items, damaged } = this.#classify(rows, read);
+      try {
+        this.#discard(damaged);
+      } catch (error) {
+        // Kept whole as well: written again without them, the batch would not replace every manifest it wrote.
+        problems.push(
+          `interrupted batch ${batchId} (${rows.length} captures) is set aside until the next start, kept whole: its unreadable captures could not be marked FAILURE: ${(error as Error).message}`,
+        );
+        for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
+        continue;
+      }
       if (items.length > 0) openBatches.push({ batchId, items });
-      // Never completed: what was left stays under this id, never written, for the next start.
-      else this.#leftInBatch.delete(batchId);
     }
     const pendingBytes = this.#repository.pendingBytes();
-    return { pending: pendingBytes.size, pendingBytes, openBatches, orphansRemoved, problems };
+    return { pending: pendingBytes.size, pendingBytes, openBatches, heldAside, orphansRemoved, problems };
   }
 
   async enqueue(item: CaptureItem, trackStatus = true): Promise<void> {
@@ -327,20 +368,56 @@ export class SqliteCaptureQueue implements CaptureQueue {
     for (const w of waiting) w.resolve();
   }
 
+  /**
+   * Reads the captures first, then records the batch (and drops the damaged ones) in one transaction: a capture
+   * that cannot be read now is never in a batch, and a kill or a failed transaction leaves every row as it was.
+   */
   async formBatch(batchId: string, limit: number): Promise<FormedBatch> {
-    const now = this.#now();
-    const waiting = [...this.#deferrals].filter(([, d]) => d.notBefore > now).map(([captureId]) => captureId);
-    const rows = this.#repository.formBatch(batchId, limit, waiting);
-    const formed = await this.#decodeAll(batchId, rows);
-    // Never completed (nothing is written under it): what was left stays under this id for the next start.
-    if (formed.items.length === 0) this.#leftInBatch.delete(batchId);
-    return { ...formed, untaken: limit - rows.length };
+    const rows = this.#repository.waiting(limit, [...this.#waitingForTry(), ...this.#reading]);
+    for (const row of rows) this.#reading.add(row.captureId);
+    try {
+      // Each read waits for one of the payload files' slots: rows are all asked for at once.
+      const read = await Promise.all(rows.map((row) => this.#read(row)));
+      const { items, damaged, deferred, deferrals } = this.#classify(rows, read);
+      const assigned = new Set(
+        this.#repository.assignBatch(
+          batchId,
+          items.map((item) => item.captureId),
+          damaged.map(({ captureId, detail }) => ({ captureId, detail })),
+          this.#now(),
+        ),
+      );
+      // Recorded: now the tries count.
+      for (const [captureId, deferral] of deferrals) {
+        if (deferral) this.#deferrals.set(captureId, deferral);
+        else this.#deferrals.delete(captureId);
+      }
+      for (const { captureId, error } of damaged) this.#onDamaged?.(captureId, error);
+      const taken = items.filter((item) => assigned.has(item.captureId));
+      return {
+        items: taken,
+        damaged: damaged.map((d) => d.captureId),
+        deferred,
+        // Items not assigned (no longer waiting) are not held by this batch either.
+        untaken: limit - rows.length + items.length - taken.length,
+      };
+    } finally {
+      for (const row of rows) this.#reading.delete(row.captureId);
+    }
+  }
+
+  passedOver(): number {
+    return this.#waitingForTry().length;
+  }
+
+  /** Deferred captures before their next try. */
+  #waitingForTry(): string[] {
+    const now = this.#monotonic();
+    return [...this.#deferrals].filter(([, d]) => d.notBefore > now).map(([captureId]) => captureId);
   }
 
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void {
-    const leave = this.#leftInBatch.get(batchId) ?? [];
-    this.#leftInBatch.delete(batchId);
-    this.#repository.completeBatch(batchId, status, this.#now(), detail, leave);
+    this.#repository.completeBatch(batchId, status, this.#now(), detail);
   }
 
   setStatuses(captureIds: readonly string[], status: CaptureStatus, detail?: string): void {
@@ -384,72 +461,60 @@ export class SqliteCaptureQueue implements CaptureQueue {
     this.#onPayloadFolder?.(problem);
   }
 
+  /** Drops unreadable captures, marked FAILURE (one transaction), then tells of them. */
+  #discard(damaged: Classified['damaged']): void {
+    this.#repository.discard(damaged, this.#now());
+    for (const { captureId, error } of damaged) this.#onDamaged?.(captureId, error);
+  }
+
   /**
-   * Reads the rows' captures back, in order. Those that cannot be read because they are damaged (file gone or
-   * not the one written, bytes not matching the meta), or could not be read `maxTries` times, are marked FAILURE
-   * and named in damaged; those that cannot be read now for any other reason go back to the queue, in their
-   * place, and are named in deferred.
+   * Classifies what was read of the rows' captures, in order; changes nothing. Those damaged (file gone or not the
+   * one written, bytes not matching the meta), or that could not be read `maxTries` times, are to be dropped,
+   * marked FAILURE; those that cannot be read now for any other reason are deferred. `deferrals` is what the
+   * deferral records become once that is recorded (undefined: forgotten).
    */
-  async #decodeAll(
-    batchId: string,
-    rows: readonly BatchedCaptureRow[],
-  ): Promise<Omit<FormedBatch, 'untaken'>> {
-    // Each read waits for one of the payload files' read slots: rows are all asked for at once.
-    const read = await Promise.all(rows.map((row) => this.#read(row)));
-    const formed: Omit<FormedBatch, 'untaken'> = { items: [], damaged: [], deferred: [] };
-    const left: string[] = [];
-    const drop = (captureId: string, error: Error, detail: string): void => {
-      formed.damaged.push(captureId);
-      try {
-        this.#repository.discard(captureId, this.#now(), detail);
-      } catch {
-        // Out of what is written: set aside in a new batch by completeBatch, read again at the next start.
-        left.push(captureId);
-      }
-      this.#onDamaged?.(captureId, error);
+  #classify(rows: readonly StoredCaptureRow[], read: readonly ReadOutcome[]): Classified {
+    const sorted: Classified = {
+      items: [],
+      damaged: [],
+      deferred: [],
+      deferrals: new Map(),
     };
     read.forEach((outcome, i) => {
       const { captureId } = rows[i]!;
-      const tries = (this.#deferrals.get(captureId)?.tries ?? 0) + ('deferred' in outcome ? 1 : 0);
-      if (!('deferred' in outcome) || tries >= this.#deferral.maxTries) this.#deferrals.delete(captureId);
-      if ('item' in outcome) formed.items.push(outcome.item);
-      else if ('damaged' in outcome) {
-        drop(
-          captureId,
-          outcome.damaged,
-          `the stored capture could not be read back: ${outcome.damaged.message}`,
-        );
-      } else if (tries >= this.#deferral.maxTries) {
+      if ('item' in outcome) {
+        sorted.items.push(outcome.item);
+        sorted.deferrals.set(captureId, undefined);
+        return;
+      }
+      if ('damaged' in outcome) {
+        const detail = `the stored capture could not be read back: ${outcome.damaged.message}`;
+        sorted.damaged.push({ captureId, error: outcome.damaged, detail });
+        sorted.deferrals.set(captureId, undefined);
+        return;
+      }
+      const before = this.#deferrals.get(captureId);
+      // An unsafe folder is known and logged once per change: not counted against the capture.
+      const counted = !(outcome.deferred instanceof UnsafePayloadFolderError);
+      const tries = (before?.tries ?? 0) + (counted ? 1 : 0);
+      const failures = (before?.failures ?? 0) + 1;
+      if (tries >= this.#deferral.maxTries) {
         const error = new Error(
           `the stored capture could not be read back in ${tries} tries (the last: ${outcome.deferred.message}); given up`,
           { cause: outcome.deferred },
         );
-        drop(captureId, error, error.message);
-      } else {
-        const delay = Math.min(this.#deferral.firstDelayMs * 2 ** (tries - 1), this.#deferral.maxDelayMs);
-        this.#deferrals.set(captureId, { tries, notBefore: this.#now() + delay });
-        formed.deferred.push({ captureId, error: outcome.deferred });
+        sorted.damaged.push({ captureId, error, detail: error.message });
+        sorted.deferrals.set(captureId, undefined);
+        return;
       }
+      const delay = Math.min(this.#deferral.firstDelayMs * 2 ** (failures - 1), this.#deferral.maxDelayMs);
+      sorted.deferrals.set(captureId, { tries, failures, notBefore: this.#monotonic() + delay });
+      sorted.deferred.push({ captureId, error: outcome.deferred });
     });
-    if (formed.deferred.length > 0) {
-      try {
-        this.#repository.returnToQueue(formed.deferred.map((d) => d.captureId));
-      } catch {
-        // Set aside in a new batch (by completeBatch), out of what is written, for the next start; the caller
-        // lets go of them.
-        left.push(...formed.deferred.map((d) => d.captureId));
-        for (const { captureId } of formed.deferred) this.#deferrals.delete(captureId);
-        formed.damaged.push(...formed.deferred.map((d) => d.captureId));
-        formed.deferred = [];
-      }
-    }
-    if (left.length > 0) this.#leftInBatch.set(batchId, left);
-    return formed;
+    return sorted;
   }
 
-  async #read(
-    row: BatchedCaptureRow,
-  ): Promise<{ item: CaptureItem } | { damaged: Error } | { deferred: Error }> {
+  async #read(row: StoredCaptureRow): Promise<ReadOutcome> {
     let payload: Buffer;
     try {
       payload = await this.#repository.readPayload(row);
@@ -463,5 +528,22 @@ export class SqliteCaptureQueue implements CaptureQueue {
     }
   }
 }
+
+/** A deferred capture: tries counted towards the limit, reads failed (the delay's step), next try (monotonic). */
+interface Deferral {
+  tries: number;
+  failures: number;
+  notBefore: number;
+}
+
+/** What a formation read, sorted (see SqliteCaptureQueue.#classify). */
+interface Classified {
+  items: CaptureItem[];
+  damaged: { captureId: string; error: Error; detail: string }[];
+  deferred: FormedBatch['deferred'];
+  deferrals: Map<string, Deferral | undefined>;
+}
+
+type ReadOutcome = { item: CaptureItem } | { damaged: Error } | { deferred: Error };
 
 const EMPTY = Buffer.alloc(0);

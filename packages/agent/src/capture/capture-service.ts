@@ -184,6 +184,9 @@ export class CaptureService {
     this.#held = recovered.pending;
     // What the queue holds counts in the byte cap again (it bounds the payload folder's disk use too).
     for (const [captureId, bytes] of recovered.pendingBytes) this.#holdBytes(captureId, bytes);
+    // Interrupted batches kept whole for the next start (see recover): still on disk, so still held.
+    this.#held += recovered.heldAside.size;
+    for (const [captureId, bytes] of recovered.heldAside) this.#holdBytes(captureId, bytes);
     const spooled = this.#spool?.captureIds() ?? new Set<string>();
     for (const batch of recovered.openBatches) {
       if (batch.items.every((item) => spooled.has(item.captureId))) {
@@ -392,9 +395,12 @@ export class CaptureService {
     });
   }
 
-  /** Batch now when batchSize are waiting; otherwise make sure the push-period timer runs while any wait. */
+  /**
+   * Batch now when batchSize are waiting, not counting those the queue passes over (deferred, before their next
+   * try); otherwise make sure the push-period timer runs while any wait.
+   */
   #schedule(): void {
-    if (this.#pending >= this.settings.batchSize) this.#formBatches(false);
+    if (this.#ready() >= this.settings.batchSize) this.#formBatches(false);
     this.#armFlushTimer();
     this.#drive();
   }
@@ -408,11 +414,16 @@ export class CaptureService {
     }
   }
 
+  /** Waiting captures a batch would take now: deferred ones before their next try are passed over. */
+  #ready(): number {
+    return Math.max(0, this.#pending - this.#queue.passedOver());
+  }
+
   #formBatches(all: boolean): void {
     const size = this.settings.batchSize;
-    while (this.#pending >= size || (all && this.#pending > 0)) {
+    for (let ready = this.#ready(); ready >= size || (all && ready > 0); ready = this.#ready()) {
       // Counted out now: the batch is taken in the database at once, its captures read back after.
-      const limit = Math.min(size, this.#pending);
+      const limit = Math.min(size, ready);
       this.#pending -= limit;
       this.#forming++;
       void this.#formBatch(limit).finally(() => {
@@ -425,6 +436,8 @@ export class CaptureService {
       clearTimeout(this.#flushTimer);
       this.#flushTimer = undefined;
     }
+    // Captures passed over stay counted: the timer comes back for them at the next push period.
+    this.#armFlushTimer();
     this.#drive();
   }
 
@@ -441,7 +454,7 @@ export class CaptureService {
       return;
     }
     const { items, damaged, deferred, untaken } = formed;
-    // Dropped as unreadable (marked FAILURE, or left to the next start): nothing holds them, bytes included.
+    // Dropped as unreadable (marked FAILURE): nothing holds them, bytes included.
     this.#held -= damaged.length;
     for (const captureId of damaged) this.#releaseBytes(captureId);
     if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });

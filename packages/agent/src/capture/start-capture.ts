@@ -80,7 +80,7 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
         onDamaged: (captureId, error) =>
           logger?.error(
             { err: error, captureId },
-            'capture: a queued capture could not be read back from the local database; marked FAILURE',
+            'capture: a queued capture could not be read back from its stored form (its row or payload file); marked FAILURE',
           ),
         onPayloadFolder: (problem) =>
           problem

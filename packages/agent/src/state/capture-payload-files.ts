@@ -29,9 +29,8 @@ const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBL
 
 type FileHandle = fsp.FileHandle;
 
-/** Payload files written at once, and read at once (see CapturePayloadFiles.#writes). */
-const WRITES_AT_ONCE = 2;
-const READS_AT_ONCE = 2;
+/** Payload files written or read at once, together (see CapturePayloadFiles.#slots). */
+const PAYLOAD_IO_AT_ONCE = 2;
 /** Tries to make the folder when it keeps disappearing between being made and being checked. */
 const FOLDER_TRIES = 3;
 
@@ -114,12 +113,12 @@ export class CapturePayloadFiles {
    */
   #folderReady: Promise<void> | undefined;
   /**
-   * Writes (and reads) under way, at most WRITES_AT_ONCE (READS_AT_ONCE): each holds a descriptor and takes turns
-   * on libuv's four threads with fsyncs or reads that take seconds on an SD card; model reads, the Disk
-   * destination and DNS wait behind them.
+   * Writes and reads under way, at most PAYLOAD_IO_AT_ONCE of both together: each holds a descriptor and takes
+   * turns on libuv's four threads with fsyncs or reads that take seconds on an SD card. One shared limit, so that
+   * captures arriving while a batch is read back never take all four threads from model reads, the Disk
+   * destination and DNS.
    */
-  readonly #writes = new Slots(WRITES_AT_ONCE);
-  readonly #reads = new Slots(READS_AT_ONCE);
+  readonly #slots = new Slots(PAYLOAD_IO_AT_ONCE);
 
   constructor(options: { dir: string; walPath: string; fileSystem?: PayloadFileSystem }) {
     this.dir = options.dir;
@@ -132,7 +131,7 @@ export class CapturePayloadFiles {
    * with UnsafePayloadFolderError, having written nothing, when the folder is not safe to use.
    */
   write(chunks: readonly Uint8Array[]): Promise<string> {
-    return this.#writes.run(() => this.#write(chunks));
+    return this.#slots.run(() => this.#write(chunks));
   }
 
   async #write(chunks: readonly Uint8Array[]): Promise<string> {
@@ -184,7 +183,7 @@ export class CapturePayloadFiles {
    * (EMFILE, EIO, …: the file may be fine, so the caller tries again later).
    */
   read(name: string, bytes: number): Promise<Buffer> {
-    return this.#reads.run(() => this.#read(name, bytes));
+    return this.#slots.run(() => this.#read(name, bytes));
   }
 
   async #read(name: string, bytes: number): Promise<Buffer> {

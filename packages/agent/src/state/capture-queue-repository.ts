@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import type { Database, Statement } from 'better-sqlite3';
 import { CapturePayloadFiles, DamagedPayloadError, type PayloadFileSystem } from './capture-payload-files.js';
 
@@ -18,11 +17,21 @@ export interface QueuedCaptureRow {
   trackStatus?: boolean;
 }
 
-export interface BatchedCaptureRow extends QueuedCaptureRow {
+/** A queued capture as stored. */
+export interface StoredCaptureRow extends QueuedCaptureRow {
   payloadFile: string | null;
   /** The payload file's size, as written (null when the bytes are in the row). */
   payloadBytes: number | null;
+}
+
+export interface BatchedCaptureRow extends StoredCaptureRow {
   batchId: string;
+}
+
+/** A capture to drop from the queue as unreadable, marked FAILURE with `detail`. */
+export interface DiscardedCapture {
+  captureId: string;
+  detail: string;
 }
 
 export interface CaptureStatusRow {
@@ -145,7 +154,7 @@ export class CaptureQueueRepository {
    * EIO, …) when it cannot be read now but may be later.
    */
   async readPayload(
-    row: Pick<BatchedCaptureRow, 'payload' | 'payloadFile' | 'payloadBytes'>,
+    row: Pick<StoredCaptureRow, 'payload' | 'payloadFile' | 'payloadBytes'>,
   ): Promise<Buffer> {
     if (row.payloadFile === null) return row.payload;
     if (row.payloadBytes === null) {
@@ -202,37 +211,44 @@ export class CaptureQueueRepository {
   }
 
   /**
-   * Takes captures out of their batch: they wait again, in their place (a read of their files failed for now; the
-   * caller keeps them out of the next batches for a while, see formBatch's `skip`).
+   * Up to `limit` of the oldest captures not in a batch, passing over those named in `skip` (deferred ones waiting
+   * for their next try, those another formation is reading); oldest first. Changes nothing: see assignBatch.
    */
-  returnToQueue(captureIds: readonly string[]): void {
-    if (captureIds.length === 0) return;
-    this.#db
+  waiting(limit: number, skip: readonly string[] = []): StoredCaptureRow[] {
+    const raw = this.#db
       .prepare(
-        'UPDATE capture_queue SET batch_id = NULL WHERE capture_id IN (SELECT value FROM json_each(?))',
+        `SELECT * FROM capture_queue
+         WHERE batch_id IS NULL AND capture_id NOT IN (SELECT value FROM json_each(?))
+         ORDER BY seq LIMIT ?`,
       )
-      .run(JSON.stringify(captureIds));
+      .all(JSON.stringify(skip), limit) as RawQueueRow[];
+    return raw.map(toStored);
   }
 
   /**
-   * Puts up to `limit` of the oldest waiting captures in batch `batchId`, passing over those named in `skip`
-   * (deferred ones waiting for their next try); returns them, oldest first.
+   * One transaction: puts the captures named in `captureIds` that are not in a batch into batch `batchId`, and
+   * drops those in `discards` (marked FAILURE). Returns the ids put in the batch. When it throws, nothing changed.
    */
-  formBatch(batchId: string, limit: number, skip: readonly string[] = []): BatchedCaptureRow[] {
-    return this.#db
+  assignBatch(
+    batchId: string,
+    captureIds: readonly string[],
+    discards: readonly DiscardedCapture[],
+    at: number,
+  ): string[] {
+    const { assigned, files } = this.#db
       .transaction(() => {
-        const raw = this.#db
+        const rows = this.#db
           .prepare(
             `UPDATE capture_queue SET batch_id = ?
-             WHERE seq IN (SELECT seq FROM capture_queue
-                           WHERE batch_id IS NULL AND capture_id NOT IN (SELECT value FROM json_each(?))
-                           ORDER BY seq LIMIT ?)
-             RETURNING *`,
+             WHERE batch_id IS NULL AND capture_id IN (SELECT value FROM json_each(?))
+             RETURNING capture_id`,
           )
-          .all(batchId, JSON.stringify(skip), limit) as (RawQueueRow & { seq: number })[];
-        return raw.sort((a, b) => a.seq - b.seq).map(toBatched);
+          .all(batchId, JSON.stringify(captureIds)) as { capture_id: string }[];
+        return { assigned: rows.map((row) => row.capture_id), files: this.#discard(discards, at) };
       })
       .immediate();
+    this.#files.removeCommitted(files);
+    return assigned;
   }
 
   /** Batches formed but not completed (what a crash interrupted), each oldest capture first. */
@@ -251,27 +267,16 @@ export class CaptureQueueRepository {
 
   /**
    * Removes a batch's captures from the queue and, unless `status` is null (the batch went to the spool and
-   * stays IN_PROGRESS until uploaded), sets their statuses. One transaction. Captures named in `leave` were not
-   * in what was written (they could not be read, nor dropped): they are moved to a new batch, read again at the
-   * next start. Never left under `batchId`: a batch written again under its id would replace what was written
-   * (its manifest names are derived from the id), and the captures delivered in it would vanish.
+   * stays IN_PROGRESS until uploaded), sets their statuses. One transaction.
    */
   completeBatch(
     batchId: string,
     status: Exclude<StoredCaptureStatus, 'IN_PROGRESS'> | null,
     at: number,
     detail?: string,
-    leave: readonly string[] = [],
   ): void {
     const removed = this.#db
       .transaction(() => {
-        if (leave.length > 0) {
-          this.#db
-            .prepare(
-              'UPDATE capture_queue SET batch_id = ? WHERE batch_id = ? AND capture_id IN (SELECT value FROM json_each(?))',
-            )
-            .run(randomBytes(16).toString('hex'), batchId, JSON.stringify(leave));
-        }
         const ids = this.#db
           .prepare('DELETE FROM capture_queue WHERE batch_id = ? RETURNING capture_id, payload_file')
           .all(batchId) as { capture_id: string; payload_file: string | null }[];
@@ -284,18 +289,21 @@ export class CaptureQueueRepository {
     this.#files.removeCommitted(removed.flatMap((row) => (row.payload_file ? [row.payload_file] : [])));
   }
 
-  /** Drops one capture from the queue (its stored form is unreadable) and marks it FAILURE. */
-  discard(captureId: string, at: number, detail: string): void {
-    const removed = this.#db
-      .transaction(() => {
-        const rows = this.#db
-          .prepare('DELETE FROM capture_queue WHERE capture_id = ? RETURNING payload_file')
-          .all(captureId) as { payload_file: string | null }[];
-        this.#updateStatus.run('FAILURE', at, detail, captureId);
-        return rows;
-      })
-      .immediate();
-    this.#files.removeCommitted(removed.flatMap((row) => (row.payload_file ? [row.payload_file] : [])));
+  /** Drops captures from the queue (their stored forms are unreadable) and marks them FAILURE. One transaction. */
+  discard(discards: readonly DiscardedCapture[], at: number): void {
+    if (discards.length === 0) return;
+    const files = this.#db.transaction(() => this.#discard(discards, at)).immediate();
+    this.#files.removeCommitted(files);
+  }
+
+  /** Inside a transaction: drops the captures and marks them FAILURE; returns their payload files to remove. */
+  #discard(discards: readonly DiscardedCapture[], at: number): string[] {
+    const remove = this.#db.prepare('DELETE FROM capture_queue WHERE capture_id = ? RETURNING payload_file');
+    return discards.flatMap(({ captureId, detail }) => {
+      const rows = remove.all(captureId) as { payload_file: string | null }[];
+      this.#updateStatus.run('FAILURE', at, detail, captureId);
+      return rows.flatMap((row) => (row.payload_file ? [row.payload_file] : []));
+    });
   }
 
   /** Sets the statuses of captures no longer in the queue (delivered or dropped from the spool). */
@@ -347,7 +355,7 @@ export class CaptureQueueRepository {
   }
 }
 
-function toBatched(row: RawQueueRow): BatchedCaptureRow {
+function toStored(row: RawQueueRow): StoredCaptureRow {
   return {
     captureId: row.capture_id,
     model: row.model,
@@ -356,8 +364,11 @@ function toBatched(row: RawQueueRow): BatchedCaptureRow {
     payloadFile: row.payload_file,
     payloadBytes: row.payload_bytes,
     enqueuedAt: row.enqueued_at,
-    batchId: row.batch_id!,
   };
+}
+
+function toBatched(row: RawQueueRow): BatchedCaptureRow {
+  return { ...toStored(row), batchId: row.batch_id! };
 }
 
 function toStatus(row: RawStatusRow): CaptureStatusRow {

@@ -31,7 +31,9 @@ export {
   CaptureQueueRepository,
   type BatchedCaptureRow,
   type CaptureStatusRow,
+  type DiscardedCapture,
   type QueuedCaptureRow,
+  type StoredCaptureRow,
   type StoredCaptureStatus,
 } from './capture-queue-repository.js';
 export { DeploymentsRepository, type DeploymentModelRow } from './deployments-repository.js';

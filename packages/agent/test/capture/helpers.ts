@@ -18,6 +18,7 @@ import {
 import { afterAll, beforeAll } from 'vitest';
 import {
   CaptureSettingsSchema,
+  type CaptureItem,
   type CaptureRequest,
   type CaptureSettings,
   type CaptureSettingsInput,
@@ -34,6 +35,22 @@ import {
   type SpawnAgentOptions,
 } from '../daemon/process-helpers.js';
 import { callMethod, newClient } from '../grpc/helpers.js';
+
+/** A capture as the queue holds it: one FLOAT32 input tensor holding `data`, received at 1. */
+export function captureItem(captureId: string, data: Buffer, model = 'tiny'): CaptureItem {
+  return {
+    captureId,
+    model,
+    modelVersion: '1',
+    inferenceTime: 1,
+    receivedAt: 1,
+    source: 'api',
+    inputTensors: [{ name: 'x', dataType: 'FLOAT32', shape: [1, data.byteLength / 4], data }],
+    outputTensors: [],
+    inputs: [],
+    outputs: [],
+  };
+}
 
 /** Settings for tests: a Disk destination under `root`, small numbers, overridable. */
 export function testSettings(root: string, overrides: Partial<CaptureSettingsInput> = {}): CaptureSettings {

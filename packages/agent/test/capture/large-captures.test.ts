@@ -11,7 +11,14 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CaptureService, DiskDestination, SqliteCaptureQueue } from '../../src/capture/index.js';
 import { AgentDatabase, agentDatabasePath, capturePayloadFolder } from '../../src/state/index.js';
 import { agentErrorOf } from '../support/agent-error.js';
-import { captureInput, diskRecords, readDataRef, testSettings, useModelRegistry } from './helpers.js';
+import {
+  captureInput,
+  captureItem,
+  diskRecords,
+  readDataRef,
+  testSettings,
+  useModelRegistry,
+} from './helpers.js';
 
 // Captures larger than the inline limit (64 KiB) are written as files beside the database, off the event loop,
 // before their rows are committed. Real SQLite, real files, real processes killed with SIGKILL.
@@ -53,7 +60,11 @@ async function startService(
   before?: (queue: SqliteCaptureQueue, payloads: string) => Promise<void>,
 ) {
   database = AgentDatabase.open({ path: agentDatabasePath(join(work, 'data')), walSyncIntervalMs: 0 });
-  const queue = new SqliteCaptureQueue({ repository: database.captureQueue, now: () => clock });
+  const queue = new SqliteCaptureQueue({
+    repository: database.captureQueue,
+    now: () => clock,
+    monotonic: () => clock,
+  });
   await before?.(queue, capturePayloadFolder(database.path));
   const service = new CaptureService({
     settings,
@@ -323,6 +334,7 @@ describe('SIGKILL around a large capture (real processes)', () => {
     expect(await queue.recover()).toEqual({
       pending: 0,
       pendingBytes: new Map(),
+      heldAside: new Map(),
       openBatches: [],
       orphansRemoved: 1,
       problems: [],
@@ -443,32 +455,25 @@ describe('a full batch of captures that cannot be read for now, at the head of t
     const { service, settings, payloads } = await startService(
       testSettings(work, { batchSize: 2, pushPeriodSeconds: 600 }),
       async (queue, folder) => {
-        for (const [i, big] of bigs.entries()) {
-          await queue.enqueue({
-            captureId: `big${i}`,
-            model: 'tiny',
-            modelVersion: '1',
-            inferenceTime: 1,
-            receivedAt: 1,
-            source: 'api',
-            inputTensors: [{ name: 'x', dataType: 'FLOAT32', shape: [1, 64 * 1024], data: big.data }],
-            outputTensors: [],
-            inputs: [],
-            outputs: [],
-          });
-        }
+        for (const [i, big] of bigs.entries()) await queue.enqueue(captureItem(`big${i}`, big.data));
         // Lasting until an admin fixes it: the folder made group-writable.
         await chmod(folder, 0o770);
       },
     );
     // The service's first batch (at start: two waiting) could not read either.
     await service.whenIdle();
-    // Each capture brings the waiting ones to batchSize: its batch passes over the two deferred ones, and it is
-    // written at once (not at the push period, 600 s away).
-    for (let i = 0; i < 3; i++) {
-      await service.capture(captureInput(`small${i}`, { inputTensors: [randomTensor('x', 64).tensor] }));
+    // The deferred ones, passed over until their next try, do not count towards batchSize: a capture alone
+    // waits (no batch of one per arrival); the second makes a full batch, written at once (not at the push
+    // period, 600 s away).
+    for (let round = 0; round < 2; round++) {
+      const [first, second] = [`small${2 * round}`, `small${2 * round + 1}`];
+      await service.capture(captureInput(first, { inputTensors: [randomTensor('x', 64).tensor] }));
       await service.whenIdle();
-      expect(service.status(`small${i}`).status).toBe('SUCCESS');
+      expect(service.status(first).status).toBe('IN_PROGRESS');
+      await service.capture(captureInput(second, { inputTensors: [randomTensor('x', 64).tensor] }));
+      await service.whenIdle();
+      expect(service.status(first).status).toBe('SUCCESS');
+      expect(service.status(second).status).toBe('SUCCESS');
     }
     expect(service.status('big0').status).toBe('IN_PROGRESS');
     expect(service.held).toBe(2);
@@ -481,6 +486,24 @@ describe('a full batch of captures that cannot be read for now, at the head of t
     const written = await writtenInputs(settings.diskPath);
     expect(written.get('big1')?.equals(bigs[1]!.data)).toBe(true);
     expect(service.held).toBe(0);
+  });
+});
+
+describe('an interrupted batch that cannot be read whole at start (F1)', () => {
+  it('is set aside whole: still held in the buffer, and none of it is written under another batch id', async () => {
+    const big = randomTensor('x', 256 * 1024);
+    const { service, settings, payloads } = await startService(undefined, async (queue, folder) => {
+      await queue.enqueue(captureItem('big', big.data));
+      await queue.formBatch('interrupted', 10); // formed (maybe written), then killed before completeBatch
+      await chmod(folder, 0o770);
+    });
+    expect(service.held).toBe(1);
+    await chmod(payloads, 0o700); // fixed while the agent runs: the batch waits for the next start all the same
+    clock += 3_600_000;
+    await service.flush();
+    expect(service.status('big').status).toBe('IN_PROGRESS');
+    expect(await writtenInputs(settings.diskPath)).toEqual(new Map());
+    expect(service.held).toBe(1);
   });
 });
 

@@ -15,6 +15,7 @@ import {
   migrate,
   type Migration,
 } from '../../src/state/index.js';
+import { formBatch } from './form-batch.js';
 
 let root: string;
 beforeEach(async () => {
@@ -116,7 +117,7 @@ describe('schema version 3: large capture payloads as files', () => {
       expect(db.schemaVersion).toBe(3);
       const name = await db.captureQueue.storePayload([Buffer.from('large '), Buffer.from('bytes')]);
       db.captureQueue.enqueue([{ ...row('queued-by-v3'), payload: Buffer.alloc(0), payloadFile: name }]);
-      const batch = db.captureQueue.formBatch('b', 10);
+      const batch = formBatch(db.captureQueue, 'b', 10);
       expect(batch.map((r) => [r.captureId, r.payloadFile])).toEqual([
         ['queued-by-v2', null],
         ['queued-by-v3', name],
@@ -197,10 +198,10 @@ describe('capture queue repository', () => {
   it('forms batches oldest first, reopens them after a restart, and completes them with statuses', () => {
     const queue = db.captureQueue;
     queue.enqueue(['a', 'b', 'c', 'd', 'e'].map((id) => row(id)));
-    const first = queue.formBatch('batch-1', 2);
+    const first = formBatch(queue, 'batch-1', 2);
     expect(first.map((r) => r.captureId)).toEqual(['a', 'b']);
     expect(first[0]!.payload.toString()).toBe('bytes of a');
-    expect(queue.formBatch('batch-2', 2).map((r) => r.captureId)).toEqual(['c', 'd']);
+    expect(formBatch(queue, 'batch-2', 2).map((r) => r.captureId)).toEqual(['c', 'd']);
     expect(queue.pendingCount()).toBe(1);
     expect(queue.heldCount()).toBe(5);
     db.close();
@@ -226,7 +227,7 @@ describe('capture queue repository', () => {
   it('prunes finished statuses by age and count, never IN_PROGRESS ones', () => {
     const queue = db.captureQueue;
     queue.enqueue(['old', 'mid', 'new', 'busy'].map((id, i) => row(id, 'm', i)));
-    queue.formBatch('b', 3);
+    formBatch(queue, 'b', 3);
     queue.completeBatch('b', 'SUCCESS', 0);
     queue.setStatuses(['mid'], 'FAILURE', 50);
     queue.setStatuses(['new'], 'SUCCESS', 100);
@@ -262,7 +263,7 @@ describe('capture queue repository', () => {
           for (const [i, step] of steps.entries()) {
             if ('enqueue' in step)
               queue.enqueue(Array.from({ length: step.enqueue }, () => row(`c${next++}`)));
-            else batched.push(...queue.formBatch(`b${i}`, step.batch).map((r) => r.captureId));
+            else batched.push(...formBatch(queue, `b${i}`, step.batch).map((r) => r.captureId));
           }
           const open = queue.openBatches().flatMap((b) => b.rows.map((r) => r.captureId));
           expect(open).toEqual(batched);

@@ -10,6 +10,7 @@ import {
   capturePayloadFolder,
   openAgentDatabase,
 } from '../../src/state/index.js';
+import { formBatch } from './form-batch.js';
 
 let root: string;
 let path: string;
@@ -108,7 +109,7 @@ describe('a damaged agent.db (issue 15 item 6)', () => {
     expect(database.captureQueue.heldCount()).toBe(20);
     // Their statuses are back (in progress), and the batches form from the salvaged rows.
     expect(database.captureQueue.status('c7')?.status).toBe('IN_PROGRESS');
-    const batch = database.captureQueue.formBatch('b', 100);
+    const batch = formBatch(database.captureQueue, 'b', 100);
     expect(batch.map((row) => row.captureId)).toEqual(Array.from({ length: 20 }, (_, i) => `c${i}`));
     expect(batch[7]!.payload).toEqual(Buffer.alloc(1500, 7));
     expect(database.loadedModels.list().map((m) => m.name)).toEqual(['m']);
@@ -155,7 +156,7 @@ describe('a damaged agent.db (issue 15 item 6)', () => {
     const lost = recovery!.lostCaptureIds;
     expect(lost.length).toBeGreaterThan(0);
     expect(await database.captureQueue.removeOrphanPayloads()).toEqual({ removed: lost.length, failed: [] });
-    const batch = database.captureQueue.formBatch('b', 100);
+    const batch = formBatch(database.captureQueue, 'b', 100);
     expect(batch).toHaveLength(30 - lost.length);
     for (const row of batch) {
       const i = Number(row.captureId.slice(1));
