@@ -301,16 +301,7 @@ describe('raw captures cut off mid-body, with S3 blobs', () => {
     await s3?.stop();
   });
 
-  const usage = async () =>
-    Number(
-      (
-        await t.server.database.db
-          .selectFrom('device_capture_usage')
-          .select('bytes')
-          .where('device_name', '=', 'cam-1')
-          .executeTakeFirst()
-      )?.bytes ?? 0,
-    );
+  const usage = () => captureUsageOf(t, 'cam-1');
 
   it('aborts the S3 write: the charge is taken back and the slot and the bucket client are free for the next', async () => {
     const file = randomBytes(1024 * 1024);
@@ -386,7 +377,12 @@ describe("one device's slow raw uploads and a bucket other fleets share, with S3
   });
 
   const client = () =>
-    new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: s3.credentials });
+    new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: s3.credentials,
+    });
   const stored = async (key: string) => {
     const s3Client = client();
     try {
@@ -407,7 +403,12 @@ describe("one device's slow raw uploads and a bucket other fleets share, with S3
     });
     await Promise.all(held.map((h) => h.upload.started));
     const answered = new Set<number>();
-    held.forEach((h, i) => h.upload.answer.then(() => answered.add(i), () => answered.add(i)));
+    held.forEach((h, i) =>
+      h.upload.answer.then(
+        () => answered.add(i),
+        () => answered.add(i),
+      ),
+    );
     return { held, answered };
   };
   /** door-1's (fleet doors) upload of a 10-byte file to the shared bucket. */
