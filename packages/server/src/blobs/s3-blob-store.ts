@@ -43,12 +43,14 @@ export interface S3BlobStoreOptions {
   warn?: (message: string) => void;
 }
 
-/** The SDK's logger interface with only warnings (and errors, which it also throws) passed on. */
+/** The SDK's logger interface with only its warnings (text) passed on. */
 function sdkLoggerOf(warn: (message: string) => void) {
-  const pass = (...content: unknown[]) => warn(content.map(String).join(' '));
-  // info would log every request (the SDK's logger middleware); debug and trace are as loud.
+  const pass = (...content: unknown[]) =>
+    warn(content.map((part) => (part instanceof Error ? part.message : String(part))).join(' '));
+  // info logs every request and error every failed one, each with the command's input (the SDK's logger
+  // middleware): a failure is thrown to the caller anyway. debug and trace are as loud.
   const drop = () => undefined;
-  return { trace: drop, debug: drop, info: drop, warn: pass, error: pass };
+  return { trace: drop, debug: drop, info: drop, warn: pass, error: drop };
 }
 
 function statusOf(error: unknown): number | undefined {

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { rawQueryOf, startRawUpload, uploadRawFile } from '../support/raw-upload.js';
@@ -349,10 +351,18 @@ describe("one device's slow raw uploads and a bucket other fleets share, with S3
   let t: TestServer;
   let cam1: EnrolledDevice;
   let door: EnrolledDevice;
+  const logLines: string[] = [];
   beforeAll(async () => {
     s3 = await startTestS3();
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        logLines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+        done();
+      },
+    });
     // More upload slots than the S3 SDK's default 50 sockets, all of them cam-1's to take.
     t = await startTestServer({
+      logger: pino({ level: 'debug' }, sink),
       blob: `s3://${s3.bucket}/server`,
       config: {
         s3: { endpoint: s3.endpoint, ...s3.credentials },
@@ -450,11 +460,23 @@ describe("one device's slow raw uploads and a bucket other fleets share, with S3
     expect(answer.status).toBe(200);
     expect((await stored(key)).toString()).toBe('0123456789');
     expect(answered.size).toBe(0);
+    const consoleWarn = vi.spyOn(console, 'warn');
     for (const h of held) h.upload.abort();
     // Cut off, the uploads are not paid for.
     await vi.waitFor(async () => expect(await captureUsageOf(t, 'cam-1')).toBe(before), {
       timeout: 15_000,
       interval: 50,
     });
+    // The S3 SDK's warning for each failed streamed PUT, which a device causes at will, is in the server's log
+    // at debug, not on stderr.
+    const warnings = logLines
+      .map((line) => JSON.parse(line) as { level: number; component?: string; msg?: string })
+      .filter((entry) => entry.component === 'fleet-output-s3');
+    expect(warnings.length).toBeGreaterThan(0);
+    expect(warnings.every((entry) => entry.level === 20 && /streaming request/.test(entry.msg ?? ''))).toBe(
+      true,
+    );
+    expect(consoleWarn).not.toHaveBeenCalled();
+    consoleWarn.mockRestore();
   }, 60_000);
 });

@@ -145,6 +145,37 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
     },
   );
 
+  it.skipIf(!fixture.available)(
+    'reads a small file (within captures.largeBodyBytes, no upload slot) whole before it opens a temp file for it',
+    async () => {
+      const body = Buffer.alloc(1000, 7);
+      const held = startRawUpload(
+        t.server.deviceUrl,
+        devices['cam-2']!.tls,
+        rawQueryOf(key('slow-small.bin')),
+        body,
+        {
+          sent: 100,
+        },
+      );
+      held.answer.catch(() => undefined);
+      await held.started;
+      // Another device's upload, sent after it, is stored meanwhile.
+      const other = await uploadRawFile(
+        t.server.deviceUrl,
+        devices['cam-1']!.tls,
+        key('beside.bin'),
+        Buffer.from('b'),
+      );
+      expect(other.status).toBe(200);
+      // No temp file waits for the small file's body (else each slow small upload held a descriptor).
+      expect(await readdir(path.join(t.dataDir, 'blobs', '.tmp'))).toEqual([]);
+      held.send();
+      expect((await held.answer).status).toBe(200);
+      expect((await readFile(storedPath(key('slow-small.bin')))).equals(body)).toBe(true);
+    },
+  );
+
   it.skipIf(!fixture.available)('stores a multi-MiB file sent raw byte for byte', async () => {
     const file = randomBytes(6 * 1024 * 1024 + 17);
     const answer = await uploadRawFile(
