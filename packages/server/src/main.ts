@@ -51,12 +51,22 @@ async function configFrom(options: CommonOptions): Promise<ServerConfig> {
   return loadConfig({ configFile: options.config, flags });
 }
 
+/**
+ * `value` as one POSIX shell word that the shell takes literally: as is when it is plain, else single-quoted
+ * (inside which only `'` is special: closed, escaped, reopened), so that `$`, backticks and `!` in a path are not
+ * expanded when the command is pasted.
+ */
+function shellWord(value: string): string {
+  if (/^[A-Za-z0-9_./-]+$/.test(value)) return value;
+  return `'${value.replaceAll("'", `'\\''`)}'`;
+}
+
 /** `token create` for a second admin token, on the same state as the command given `options` used. */
 function tokenCreateCommand(options: CommonOptions): string {
   const same = [
     ['--config', options.config],
     ['--data-dir', options.dataDir],
-  ].flatMap(([flag, value]) => (value === undefined ? [] : [`${flag} ${JSON.stringify(value)}`]));
+  ].flatMap(([flag, value]) => (value === undefined ? [] : [`${flag} ${shellWord(value)}`]));
   // A database URL may hold a password: named, not printed.
   if (options.database !== undefined) same.push('--database <the same database>');
   return ['edgefleet-server token create --name admin-2 --scope admin', ...same].join(' ');

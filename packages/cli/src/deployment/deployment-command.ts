@@ -159,8 +159,8 @@ function someNames(names: string[]): string {
 
 /**
  * Which devices a stage under way waits for, and which of them never sent a heartbeat: a device that was
- * registered but never enrolled, or whose agent is not running, keeps a stage waiting until its timeout, and
- * the counts alone do not say so.
+ * registered but never enrolled, or whose agent is not running, keeps a stage waiting (no timeout applies before
+ * it asks for the deployment), and the counts alone do not say so.
  */
 function waitingFor(devices: StageDevice[]): string {
   const pending = devices.filter((d) => !DEVICE_FINISHED.has(d.status));

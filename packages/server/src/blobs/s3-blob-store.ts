@@ -37,6 +37,20 @@ export interface S3BlobStoreOptions {
   socketTimeoutMs?: number;
   /** Connecting to the endpoint fails after this long (default: none, the SDK's). */
   connectionTimeoutMs?: number;
+  /** Sockets the client keeps open to the endpoint at most; more requests queue for one (default: the SDK's 50). */
+  maxSockets?: number;
+  /** Where the SDK's warnings go (default: the console, outside the server's log); its other chatter is dropped. */
+  warn?: (message: string) => void;
+}
+
+/** The SDK's logger interface with only its warnings (text) passed on. */
+function sdkLoggerOf(warn: (message: string) => void) {
+  const pass = (...content: unknown[]) =>
+    warn(content.map((part) => (part instanceof Error ? part.message : String(part))).join(' '));
+  // info logs every request and error every failed one, each with the command's input (the SDK's logger
+  // middleware): a failure is thrown to the caller anyway. debug and trace are as loud.
+  const drop = () => undefined;
+  return { trace: drop, debug: drop, info: drop, warn: pass, error: drop };
 }
 
 function statusOf(error: unknown): number | undefined {
@@ -65,12 +79,22 @@ export class S3BlobStore implements BlobStore {
       forcePathStyle: options.forcePathStyle ?? options.endpoint !== undefined,
       ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
       ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
-      ...((options.socketTimeoutMs !== undefined || options.connectionTimeoutMs !== undefined) && {
+      ...(options.warn !== undefined && { logger: sdkLoggerOf(options.warn) }),
+      ...((options.socketTimeoutMs !== undefined ||
+        options.connectionTimeoutMs !== undefined ||
+        options.maxSockets !== undefined ||
+        options.warn !== undefined) && {
         requestHandler: {
           ...(options.socketTimeoutMs !== undefined && { socketTimeout: options.socketTimeoutMs }),
           ...(options.connectionTimeoutMs !== undefined && {
             connectionTimeout: options.connectionTimeoutMs,
           }),
+          ...(options.maxSockets !== undefined && {
+            httpAgent: { maxSockets: options.maxSockets },
+            httpsAgent: { maxSockets: options.maxSockets },
+          }),
+          // The handler's own warning (every socket in use and requests queued) goes the same way.
+          ...(options.warn !== undefined && { logger: sdkLoggerOf(options.warn) }),
         },
       }),
       // Checksums only where the operation demands them: many S3-compatible stores reject the

@@ -10,6 +10,11 @@ export interface CaptureLimits {
   maxFileBytes: number;
   /** Bytes one device may upload per UTC day. */
   dailyQuotaBytesPerDevice: number;
+  /**
+   * A raw file up to this many bytes (captures.largeBodyBytes) takes no upload slot, so it is read whole before
+   * it is stored; only larger ones, whose number the slots bound, are streamed to the store as they arrive.
+   */
+  largeBodyBytes: number;
 }
 
 export interface CaptureFile {
@@ -162,10 +167,13 @@ export class CaptureIngest {
 
   /**
    * A capture file sent raw: every check that needs no byte of it (size, key, fleet output, quota) comes before
-   * the body is read. A side file is streamed to the fleet's output as it arrives, never held whole; a manifest
-   * (at most captures.maxFileBytes, and read for its capture ids anyway) is read into memory and stored as
-   * store() does. A body that ends short of its length (the device went away, the request deadline cut it off)
-   * fails the write: nothing is stored and its charge is taken back.
+   * the body is read. A side file larger than captures.largeBodyBytes (it holds an upload slot) is streamed to the
+   * fleet's output as it arrives, never held whole; a smaller one, which holds no slot, and a manifest (at most
+   * captures.maxFileBytes, and read for its capture ids anyway) are read into memory first and stored as store()
+   * does. So no store request (an S3 socket, a temp file) is held open while a device sends, beyond the slots: a
+   * device trickling many small files would otherwise take every socket of its bucket's S3 client, which other
+   * fleets share. A body that ends short of its length (the device went away, the request deadline cut it off)
+   * fails the upload: nothing is stored and its charge (if taken) is taken back.
    */
   async storeStream(
     device: { deviceName: string; fleetName: string },
@@ -173,7 +181,7 @@ export class CaptureIngest {
   ): Promise<StoredCaptureFile> {
     this.#checkSize(file.key, file.contentLength);
     const target = await this.#targetOf(device, file.key);
-    if (isManifest(file.key)) {
+    if (isManifest(file.key) || file.contentLength <= this.#limits.largeBodyBytes) {
       const body = await readExactly(file.body, file.contentLength, file.key);
       return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
     }
@@ -400,7 +408,7 @@ function checkedLength(body: Readable, length: number, key: string): Readable {
   return checked;
 }
 
-/** The whole body, which must be exactly `length` bytes (a manifest, bounded by captures.maxFileBytes). */
+/** The whole body, which must be exactly `length` bytes (a manifest or a small file, bounded by captures.maxFileBytes). */
 async function readExactly(body: Readable, length: number, key: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of checkedLength(body, length, key)) chunks.push(chunk as Buffer);

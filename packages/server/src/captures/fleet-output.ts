@@ -8,6 +8,13 @@ import { S3BlobStore } from '../blobs/index.js';
  */
 export const FLEET_OUTPUT_S3_TIMEOUTS = { socketTimeoutMs: 60_000, connectionTimeoutMs: 10_000 } as const;
 
+/**
+ * Sockets of a fleet-output S3 client beyond the upload slots: streamed uploads (one per slot) hold a socket while
+ * a device sends, and the rest, bodies already read whole, need one only for their PUT; the spare keeps those
+ * from queueing behind a full set of slow streamed uploads. (The SDK's own default is 50 in all.)
+ */
+export const FLEET_OUTPUT_SPARE_SOCKETS = 50;
+
 /** Where a fleet's captures are written: a store and the key a device's capture key maps to in it. */
 export interface FleetOutputTarget {
   store: BlobStore;
@@ -41,17 +48,30 @@ export class FleetOutputs {
   readonly #blobs: BlobStore;
   readonly #s3: S3ConnectionOptions | undefined;
   readonly #serverBlobs: { bucket: string; prefix: string } | undefined;
+  readonly #maxSockets: number;
+  readonly #warn: ((message: string) => void) | undefined;
   readonly #buckets = new Map<string, S3BlobStore>();
 
-  /** `serverBlobs`: the server's own S3 blob location, when its blobs are in S3. */
+  /**
+   * `serverBlobs`: the server's own S3 blob location, when its blobs are in S3. `uploadSlots`:
+   * captures.maxConcurrentUploads, the streamed uploads at once; each bucket's client gets that many sockets plus
+   * FLEET_OUTPUT_SPARE_SOCKETS. `warn`: where the S3 SDK's warnings go (one per failed streamed PUT, which a
+   * device can cause at will: kept out of stderr and at a quiet level by the caller).
+   */
   constructor(
     blobs: BlobStore,
     s3: S3ConnectionOptions | undefined,
-    serverBlobs?: { bucket: string; prefix: string },
+    options: {
+      serverBlobs?: { bucket: string; prefix: string } | undefined;
+      uploadSlots: number;
+      warn?: (message: string) => void;
+    },
   ) {
     this.#blobs = blobs;
     this.#s3 = s3;
-    this.#serverBlobs = serverBlobs;
+    this.#serverBlobs = options.serverBlobs;
+    this.#maxSockets = options.uploadSlots + FLEET_OUTPUT_SPARE_SOCKETS;
+    this.#warn = options.warn;
   }
 
   targetFor(location: string): FleetOutputTarget | undefined {
@@ -67,7 +87,14 @@ export class FleetOutputs {
       };
     let store = this.#buckets.get(bucket);
     if (store === undefined) {
-      store = new S3BlobStore({ ...FLEET_OUTPUT_S3_TIMEOUTS, ...this.#s3, bucket, prefix: '' });
+      store = new S3BlobStore({
+        ...FLEET_OUTPUT_S3_TIMEOUTS,
+        ...this.#s3,
+        bucket,
+        prefix: '',
+        maxSockets: this.#maxSockets,
+        ...(this.#warn !== undefined && { warn: this.#warn }),
+      });
       this.#buckets.set(bucket, store);
     }
     const reserved = this.#serverBlobs?.bucket === bucket ? { reservedPrefix: this.#serverBlobs.prefix } : {};

@@ -98,11 +98,12 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
 }> = async (app, deps) => {
   const { blobLocation } = deps.config;
-  const outputs = new FleetOutputs(
-    deps.blobs,
-    blobLocation.kind === 's3' ? deps.s3 : undefined,
-    blobLocation.kind === 's3' ? blobLocation : undefined,
-  );
+  const outputs = new FleetOutputs(deps.blobs, blobLocation.kind === 's3' ? deps.s3 : undefined, {
+    serverBlobs: blobLocation.kind === 's3' ? blobLocation : undefined,
+    uploadSlots: deps.config.captures.maxConcurrentUploads,
+    // One SDK warning per cut-off streamed upload, which a device causes at will: in the log, at debug.
+    warn: (message) => app.log.debug({ component: 'fleet-output-s3' }, message),
+  });
   const limits: CaptureLimits = deps.config.captures;
   const ingest = new CaptureIngest({ db: deps.db, outputs, limits });
   app.addHook('onClose', async () => outputs.close());
@@ -227,8 +228,9 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
       "Upload a capture file as the raw body to the device's fleet output location (idempotent by capture id)",
     description:
       `Body: the file (${RAW_CONTENT_TYPE}, with Content-Length; else 415, 411); its key and media type in the ` +
-      'query (?key=…&contentType=…). A side file is streamed to the output as it arrives; a manifest (.jsonl) is ' +
-      `read whole and handled as in the JSON form. The device listener's request deadline covers the body: one not ` +
+      'query (?key=…&contentType=…). A side file over captures.largeBodyBytes (it holds an upload slot) is ' +
+      'streamed to the output as it arrives; a smaller one is read whole first, and so is a manifest (.jsonl), ' +
+      `which is handled as in the JSON form. The device listener's request deadline covers the body: one not ` +
       `in by then is cut off (408), and nothing of it is stored. ${limitsText}`,
     query: rawCaptureFileQuerySchema,
     consumes: [RAW_CONTENT_TYPE],

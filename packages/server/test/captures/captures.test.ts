@@ -1,11 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { rawQueryOf, startRawUpload, uploadRawFile } from '../support/raw-upload.js';
 import { databaseEngines } from '../support/engines.js';
+import { FLEET_OUTPUT_SPARE_SOCKETS } from '../../src/captures/fleet-output.js';
+import { captureUsageOf } from '../support/capture-usage.js';
 import { startTestS3, type TestS3 } from '../support/s3.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
@@ -299,16 +303,7 @@ describe('raw captures cut off mid-body, with S3 blobs', () => {
     await s3?.stop();
   });
 
-  const usage = async () =>
-    Number(
-      (
-        await t.server.database.db
-          .selectFrom('device_capture_usage')
-          .select('bytes')
-          .where('device_name', '=', 'cam-1')
-          .executeTakeFirst()
-      )?.bytes ?? 0,
-    );
+  const usage = () => captureUsageOf(t, 'cam-1');
 
   it('aborts the S3 write: the charge is taken back and the slot and the bucket client are free for the next', async () => {
     const file = randomBytes(1024 * 1024);
@@ -347,5 +342,141 @@ describe('raw captures cut off mid-body, with S3 blobs', () => {
     const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
     expect(Buffer.from(await object.Body!.transformToByteArray()).equals(file)).toBe(true);
     client.destroy();
+  }, 60_000);
+});
+
+describe("one device's slow raw uploads and a bucket other fleets share, with S3 blobs", () => {
+  const SLOTS = 60;
+  let s3: TestS3;
+  let t: TestServer;
+  let cam1: EnrolledDevice;
+  let door: EnrolledDevice;
+  const logLines: string[] = [];
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        logLines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+        done();
+      },
+    });
+    // More upload slots than the S3 SDK's default 50 sockets, all of them cam-1's to take.
+    t = await startTestServer({
+      logger: pino({ level: 'debug' }, sink),
+      blob: `s3://${s3.bucket}/server`,
+      config: {
+        s3: { endpoint: s3.endpoint, ...s3.credentials },
+        captures: {
+          largeBodyBytes: 1024,
+          maxConcurrentUploads: SLOTS,
+          maxConcurrentUploadsPerDevice: SLOTS,
+        },
+      },
+    });
+    // Both fleets write to the one bucket, so through one S3 client.
+    ({ cam1, door } = await setUp(t, `s3://${s3.bucket}/plant-captures`));
+    const moved = await t.call('PATCH', '/api/v1/fleets/doors', {
+      token: t.adminToken,
+      body: { outputConfig: { s3OutputLocation: `s3://${s3.bucket}/door-captures` } },
+    });
+    expect(moved.status).toBe(200);
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await s3?.stop();
+  });
+
+  const client = () =>
+    new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: s3.credentials,
+    });
+  const stored = async (key: string) => {
+    const s3Client = client();
+    try {
+      const object = await s3Client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+      return Buffer.from(await object.Body!.transformToByteArray());
+    } finally {
+      s3Client.destroy();
+    }
+  };
+  /** Starts `count` raw uploads of cam-1 that send `sent` bytes of `size` and wait; resolves once all are sent. */
+  const holdUploads = async (name: string, count: number, size: number, sent: number) => {
+    const held = Array.from({ length: count }, (_, i) => {
+      const key = `plant-captures/plant/${HOUR}/raw-data/${name}-${i}.bin`;
+      const body = Buffer.alloc(size, i);
+      const upload = startRawUpload(t.server.deviceUrl, cam1.tls, rawQueryOf(key), body, { sent });
+      upload.answer.catch(() => undefined);
+      return { key, body, upload };
+    });
+    await Promise.all(held.map((h) => h.upload.started));
+    const answered = new Set<number>();
+    held.forEach((h, i) =>
+      h.upload.answer.then(
+        () => answered.add(i),
+        () => answered.add(i),
+      ),
+    );
+    return { held, answered };
+  };
+  /** door-1's (fleet doors) upload of a 10-byte file to the shared bucket. */
+  const doorUpload = async (name: string) => {
+    const key = `door-captures/doors/${HOUR}/raw-data/${name}.bin`;
+    const answer = await uploadRawFile(t.server.deviceUrl, door.tls, key, Buffer.from('0123456789'));
+    return { key, answer };
+  };
+
+  it("stores another fleet's file while the device trickles more small files (no slot each) than the bucket client has sockets", async () => {
+    // More than the client's sockets: the slots' and the spare ones.
+    const count = SLOTS + FLEET_OUTPUT_SPARE_SOCKETS + 10;
+    const { held, answered } = await holdUploads('small', count, 1000, 100);
+    const { key, answer } = await doorUpload('during-small');
+    // Before the fix the small files' PUTs, opened before their bodies came, took every socket: this was a 500.
+    expect(answer.status).toBe(200);
+    expect((await stored(key)).toString()).toBe('0123456789');
+    // cam-1 still held every one of its uploads meanwhile, and charged nothing for bodies not yet in.
+    expect(answered.size).toBe(0);
+    expect(await captureUsageOf(t, 'cam-1')).toBe(0);
+    // Its files, once whole, are stored: read whole, they lose nothing.
+    for (const h of held) h.upload.send();
+    const answers = await Promise.all(held.map((h) => h.upload.answer));
+    expect(answers.map((a) => a.status)).toEqual(held.map(() => 200));
+    expect((await stored(held[count - 1]!.key)).equals(held[count - 1]!.body)).toBe(true);
+    expect(await captureUsageOf(t, 'cam-1')).toBe(count * 1000);
+  }, 60_000);
+
+  it("stores another fleet's file while the device holds every upload slot with large files streamed slowly", async () => {
+    const before = await captureUsageOf(t, 'cam-1');
+    const { held, answered } = await holdUploads('large', SLOTS, 4096, 1024);
+    // Charged: every one of them is streaming to S3, a socket each.
+    await vi.waitFor(async () => expect(await captureUsageOf(t, 'cam-1')).toBe(before + SLOTS * 4096), {
+      timeout: 15_000,
+      interval: 50,
+    });
+    const { key, answer } = await doorUpload('during-large');
+    // The bucket's client has a socket per slot and spare ones: else this waited for a socket and failed (500).
+    expect(answer.status).toBe(200);
+    expect((await stored(key)).toString()).toBe('0123456789');
+    expect(answered.size).toBe(0);
+    const consoleWarn = vi.spyOn(console, 'warn');
+    for (const h of held) h.upload.abort();
+    // Cut off, the uploads are not paid for.
+    await vi.waitFor(async () => expect(await captureUsageOf(t, 'cam-1')).toBe(before), {
+      timeout: 15_000,
+      interval: 50,
+    });
+    // The S3 SDK's warning for each failed streamed PUT, which a device causes at will, is in the server's log
+    // at debug, not on stderr.
+    const warnings = logLines
+      .map((line) => JSON.parse(line) as { level: number; component?: string; msg?: string })
+      .filter((entry) => entry.component === 'fleet-output-s3');
+    expect(warnings.length).toBeGreaterThan(0);
+    expect(warnings.every((entry) => entry.level === 20 && /streaming request/.test(entry.msg ?? ''))).toBe(
+      true,
+    );
+    expect(consoleWarn).not.toHaveBeenCalled();
+    consoleWarn.mockRestore();
   }, 60_000);
 });

@@ -13,6 +13,7 @@ import { rawCaptureFileQuerySchema } from '../../src/captures/index.js';
 import { secondsToNextUtcDay } from '../../src/captures/capture-ingest.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
+import { captureUsageOf } from '../support/capture-usage.js';
 import { rawQueryOf, startRawUpload, uploadRawFile, type RawAnswer } from '../support/raw-upload.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
@@ -22,18 +23,6 @@ const RAW_PATH = '/api/v1/device/captures/files/raw';
 const utcDayOf = (ms: number) => Math.floor(ms / 86_400_000);
 const key = (file: string) => `edge/plant/${HOUR}/raw-data/${file}`;
 
-type Answer = RawAnswer;
-
-const startRaw = (
-  t: TestServer,
-  device: EnrolledDevice,
-  query: string,
-  body: Buffer,
-  options: { sent?: number; headers?: Record<string, string> } = {},
-) => startRawUpload(t.server.deviceUrl, device.tls, query, body, options);
-
-const queryOf = rawQueryOf;
-
 /** One whole request of the device to `urlPath` with these headers and body. */
 function deviceRequest(
   t: TestServer,
@@ -41,7 +30,7 @@ function deviceRequest(
   urlPath: string,
   headers: Record<string, string>,
   body: Buffer,
-): Promise<Answer> {
+): Promise<RawAnswer> {
   const [pathOnly, query = ''] = urlPath.split('?');
   const started = startRawUpload(t.server.deviceUrl, device.tls, query, body, {
     urlPath: pathOnly!,
@@ -50,14 +39,6 @@ function deviceRequest(
   started.send();
   return started.answer;
 }
-
-const uploadRaw = (
-  t: TestServer,
-  device: EnrolledDevice,
-  fileKey: string,
-  body: Buffer,
-  contentType?: string,
-) => uploadRawFile(t.server.deviceUrl, device.tls, fileKey, body, contentType);
 
 /** Uploads until the answer is `status` (a slot given back is seen by the server only a moment later). */
 const uploadRawUntil = (
@@ -69,7 +50,7 @@ const uploadRawUntil = (
 ) =>
   vi.waitFor(
     async () => {
-      const answer = await uploadRaw(t, device, fileKey, body);
+      const answer = await uploadRawFile(t.server.deviceUrl, device.tls, fileKey, body);
       expect(answer.status).toBe(status);
       return answer;
     },
@@ -128,22 +109,17 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
     "refuses a key that is a stored key's folder, or lies under a stored key, with a 400 naming it, storing nothing and charging nothing",
     async () => {
       const cam = devices['cam-3']!;
-      const usageOf = async () =>
-        Number(
-          (
-            await t.server.database.db
-              .selectFrom('device_capture_usage')
-              .select('bytes')
-              .where('device_name', '=', 'cam-3')
-              .executeTakeFirst()
-          )?.bytes ?? 0,
-        );
+      const usageOf = () => captureUsageOf(t, 'cam-3');
       const jsonUpload = (fileKey: string, body: Buffer) =>
         deviceCall(t.server.deviceUrl, cam.tls, 'POST', '/api/v1/device/captures/files', {
           body: { key: fileKey, contentType: 'application/octet-stream', data: body.toString('base64') },
         });
-      expect((await uploadRaw(t, cam, key('nest/x'), Buffer.from('x'))).status).toBe(200);
-      expect((await uploadRaw(t, cam, key('tree/a/b'), Buffer.from('b'))).status).toBe(200);
+      expect((await uploadRawFile(t.server.deviceUrl, cam.tls, key('nest/x'), Buffer.from('x'))).status).toBe(
+        200,
+      );
+      expect(
+        (await uploadRawFile(t.server.deviceUrl, cam.tls, key('tree/a/b'), Buffer.from('b'))).status,
+      ).toBe(200);
       const charged = await usageOf();
       // Under a stored key (its file is where a folder is needed), then a stored key's folder; raw and JSON.
       for (const [fileKey, conflicting] of [
@@ -151,7 +127,7 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
         [key('tree/a'), key('tree/a')],
       ] as const) {
         for (const answer of [
-          await uploadRaw(t, cam, fileKey, Buffer.alloc(3000, 1)),
+          await uploadRawFile(t.server.deviceUrl, cam.tls, fileKey, Buffer.alloc(3000, 1)),
           await jsonUpload(fileKey, Buffer.alloc(300, 1)),
         ]) {
           expect(answer).toMatchObject({
@@ -169,9 +145,46 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
     },
   );
 
+  it.skipIf(!fixture.available)(
+    'reads a small file (within captures.largeBodyBytes, no upload slot) whole before it opens a temp file for it',
+    async () => {
+      const body = Buffer.alloc(1000, 7);
+      const held = startRawUpload(
+        t.server.deviceUrl,
+        devices['cam-2']!.tls,
+        rawQueryOf(key('slow-small.bin')),
+        body,
+        {
+          sent: 100,
+        },
+      );
+      held.answer.catch(() => undefined);
+      await held.started;
+      // Another device's upload, sent after it, is stored meanwhile.
+      const other = await uploadRawFile(
+        t.server.deviceUrl,
+        devices['cam-1']!.tls,
+        key('beside.bin'),
+        Buffer.from('b'),
+      );
+      expect(other.status).toBe(200);
+      // No temp file waits for the small file's body (else each slow small upload held a descriptor).
+      expect(await readdir(path.join(t.dataDir, 'blobs', '.tmp'))).toEqual([]);
+      held.send();
+      expect((await held.answer).status).toBe(200);
+      expect((await readFile(storedPath(key('slow-small.bin')))).equals(body)).toBe(true);
+    },
+  );
+
   it.skipIf(!fixture.available)('stores a multi-MiB file sent raw byte for byte', async () => {
     const file = randomBytes(6 * 1024 * 1024 + 17);
-    const answer = await uploadRaw(t, devices['cam-1']!, key('big.bin'), file, 'image/png');
+    const answer = await uploadRawFile(
+      t.server.deviceUrl,
+      devices['cam-1']!.tls,
+      key('big.bin'),
+      file,
+      'image/png',
+    );
     expect(answer.status).toBe(200);
     expect(answer.body).toEqual({
       location: expect.stringMatching(/fleet-output\/captures\/edge\/plant\/.*\/big\.bin$/),
@@ -181,12 +194,17 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
     });
     expect((await readFile(storedPath(key('big.bin')))).equals(file)).toBe(true);
     // An empty file is a file too.
-    expect((await uploadRaw(t, devices['cam-1']!, key('empty.bin'), Buffer.alloc(0))).body).toMatchObject({
+    expect(
+      (await uploadRawFile(t.server.deviceUrl, devices['cam-1']!.tls, key('empty.bin'), Buffer.alloc(0)))
+        .body,
+    ).toMatchObject({
       bytes: 0,
     });
     expect((await readFile(storedPath(key('empty.bin')))).length).toBe(0);
     // Sent again (the agent's retry): the same file, the same answer.
-    expect((await uploadRaw(t, devices['cam-1']!, key('big.bin'), file)).status).toBe(200);
+    expect(
+      (await uploadRawFile(t.server.deviceUrl, devices['cam-1']!.tls, key('big.bin'), file)).status,
+    ).toBe(200);
     expect((await readFile(storedPath(key('big.bin')))).equals(file)).toBe(true);
   });
 
@@ -194,9 +212,9 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
     'stores a raw manifest once per capture id, and takes the JSON form of older agents alike',
     async () => {
       const manifestKey = (n: number) => `edge/plant/${HOUR}/m${n}.jsonl`;
-      const first = await uploadRaw(
-        t,
-        devices['cam-1']!,
+      const first = await uploadRawFile(
+        t.server.deviceUrl,
+        devices['cam-1']!.tls,
         manifestKey(1),
         Buffer.from(`${record('r-a')}\n${record('r-b')}\n`),
         'application/jsonl',
@@ -221,9 +239,9 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       expect(json.body).toMatchObject({ records: 1, duplicates: 1 });
       expect(await readFile(storedPath(manifestKey(2)), 'utf8')).toBe(`${record('r-c')}\n`);
       // Raw again, with r-c stored from the JSON one.
-      const third = await uploadRaw(
-        t,
-        devices['cam-1']!,
+      const third = await uploadRawFile(
+        t.server.deviceUrl,
+        devices['cam-1']!.tls,
         manifestKey(3),
         Buffer.from(`${record('r-c')}\n${record('r-d')}\n`),
         'application/jsonl',
@@ -238,7 +256,12 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
     async () => {
       const body = Buffer.alloc(MAX_FILE_BYTES + 1, 1);
       // Not one byte of the body is sent: the answer must come without it.
-      const upload = startRaw(t, devices['cam-2']!, queryOf(key('huge.bin')), body);
+      const upload = startRawUpload(
+        t.server.deviceUrl,
+        devices['cam-2']!.tls,
+        rawQueryOf(key('huge.bin')),
+        body,
+      );
       const answer = await upload.answer;
       upload.abort();
       expect(answer.status).toBe(413);
@@ -254,18 +277,31 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       );
       expect(await exists(key('huge.bin'))).toBe(false);
       // It took no slot (cam-2 has one): a large upload goes through at once.
-      expect((await uploadRaw(t, devices['cam-2']!, key('fits.bin'), Buffer.alloc(4096, 2))).status).toBe(
-        200,
-      );
+      expect(
+        (
+          await uploadRawFile(
+            t.server.deviceUrl,
+            devices['cam-2']!.tls,
+            key('fits.bin'),
+            Buffer.alloc(4096, 2),
+          )
+        ).status,
+      ).toBe(200);
     },
   );
 
   it.skipIf(!fixture.available)(
     'refuses a raw body of another media type (415) or of unknown length (411)',
     async () => {
-      const other = startRaw(t, devices['cam-2']!, queryOf(key('typed.bin')), Buffer.alloc(10), {
-        headers: { 'content-type': 'application/json' },
-      });
+      const other = startRawUpload(
+        t.server.deviceUrl,
+        devices['cam-2']!.tls,
+        rawQueryOf(key('typed.bin')),
+        Buffer.alloc(10),
+        {
+          headers: { 'content-type': 'application/json' },
+        },
+      );
       other.send();
       const typed = await other.answer;
       expect(typed.status).toBe(415);
@@ -274,7 +310,7 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       const chunked = await deviceRequest(
         t,
         devices['cam-2']!,
-        `${RAW_PATH}?${queryOf(key('chunked.bin'))}`,
+        `${RAW_PATH}?${rawQueryOf(key('chunked.bin'))}`,
         { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
         Buffer.alloc(10),
       );
@@ -302,29 +338,32 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       const cam = devices['cam-q']!;
       // Leaves 5000 bytes of today's quota (two files of at most captures.maxFileBytes).
       for (const [i, bytes] of [MAX_FILE_BYTES, MAX_FILE_BYTES - 5000].entries()) {
-        expect((await uploadRaw(t, cam, key(`q${i}.bin`), Buffer.alloc(bytes, 3))).status).toBe(200);
+        expect(
+          (await uploadRawFile(t.server.deviceUrl, cam.tls, key(`q${i}.bin`), Buffer.alloc(bytes, 3))).status,
+        ).toBe(200);
       }
       // cam-q's one slot is held by a body that fits the quota; its bytes are charged before it streams.
-      const held = startRaw(t, cam, queryOf(key('held.bin')), Buffer.alloc(2000, 4), { sent: 10 });
+      const held = startRawUpload(
+        t.server.deviceUrl,
+        cam.tls,
+        rawQueryOf(key('held.bin')),
+        Buffer.alloc(2000, 4),
+        { sent: 10 },
+      );
       await vi.waitFor(
         async () => {
-          const usage = await t.server.database.db
-            .selectFrom('device_capture_usage')
-            .select('bytes')
-            .where('device_name', '=', 'cam-q')
-            .executeTakeFirstOrThrow();
-          expect(Number(usage.bytes)).toBe(2 * MAX_FILE_BYTES - 3000);
+          expect(await captureUsageOf(t, 'cam-q')).toBe(2 * MAX_FILE_BYTES - 3000);
         },
         { timeout: 10_000, interval: 20 },
       );
       // Fits the quota: only the slot is missing, and it frees in seconds.
-      const busy = await uploadRaw(t, cam, key('busy.bin'), Buffer.alloc(2500, 5));
+      const busy = await uploadRawFile(t.server.deviceUrl, cam.tls, key('busy.bin'), Buffer.alloc(2500, 5));
       expect(busy.status).toBe(429);
       expect(busy.headers['retry-after']).toBe('5');
       expect(busy.body.details).toMatchObject({ limit: 'perDevice' });
       // Does not fit: the quota's Retry-After.
       const before = Date.now();
-      const over = await uploadRaw(t, cam, key('over.bin'), Buffer.alloc(6000, 5));
+      const over = await uploadRawFile(t.server.deviceUrl, cam.tls, key('over.bin'), Buffer.alloc(6000, 5));
       const after = Date.now();
       // The quota is per UTC day: a test that ran across midnight saw it renew, and proves nothing either way.
       if (utcDayOf(after) !== dayAtStart) context.skip();
@@ -366,7 +405,7 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
           const fileKey = `${pre(n)}${rest}`;
           const params = new URLSearchParams({ key: fileKey, contentType: type });
           if (extra) params.append('unexpected', '1');
-          const upload = startRaw(t, devices['cam-3']!, params.toString(), body);
+          const upload = startRawUpload(t.server.deviceUrl, devices['cam-3']!.tls, params.toString(), body);
           upload.send();
           const answer = await upload.answer;
           const query = rawCaptureFileQuerySchema.safeParse({ key: fileKey, contentType: type });
@@ -422,9 +461,15 @@ describe('a raw capture body not sent in time', () => {
   afterAll(() => t?.stop());
 
   it('is cut off at the deadline: nothing stored, its quota charge and its upload slot given back', async () => {
-    const stalled = startRaw(t, devices['cam-1']!, queryOf(key('stalled.bin')), Buffer.alloc(256 * 1024, 9), {
-      sent: 64 * 1024,
-    });
+    const stalled = startRawUpload(
+      t.server.deviceUrl,
+      devices['cam-1']!.tls,
+      rawQueryOf(key('stalled.bin')),
+      Buffer.alloc(256 * 1024, 9),
+      {
+        sent: 64 * 1024,
+      },
+    );
     // The server answers 408 on the socket and closes it (or the client sees the connection cut).
     const ended = await stalled.answer.then(
       (answer) => answer.status,
@@ -440,13 +485,7 @@ describe('a raw capture body not sent in time', () => {
     const file = randomBytes(200 * 1024);
     await uploadRawUntil(t, devices['cam-2']!, key('next.bin'), file, 200);
     // The stalled device paid nothing for the bytes that never landed.
-    const usage = await t.server.database.db
-      .selectFrom('device_capture_usage')
-      .select(['device_name', 'bytes'])
-      .execute();
-    expect(usage.map((u) => [u.device_name, Number(u.bytes)]).sort()).toEqual([
-      ['cam-1', 0],
-      ['cam-2', file.length],
-    ]);
+    expect(await captureUsageOf(t, 'cam-1')).toBe(0);
+    expect(await captureUsageOf(t, 'cam-2')).toBe(file.length);
   });
 });

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCsr, deviceCall, deviceKey } from '../support/device.js';
-import { runServerCli, startServerProcess } from '../support/process.js';
+import { runServerCli, runServerCliInShell, startServerProcess } from '../support/process.js';
 
 let cwd: string;
 beforeAll(async () => {
@@ -33,17 +33,16 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
     expect(second.stderr).toMatch(/already exists/);
   });
 
-  it('a second init names a token command that runs as printed, on the same data dir', async () => {
+  it('a second init names a token command that runs as printed in a shell, on the same data dir', async () => {
     // A data dir given on the command line: the printed command must carry it, or it would make a token in
-    // another (fresh) database.
-    const dataDir = path.join(cwd, 'elsewhere');
+    // another (fresh) database. Its name holds what a shell would expand or end a word at, were it not quoted.
+    const dataDir = path.join(cwd, "it's $HOME and `false` dir");
     expect((await runServerCli(['init', '--data-dir', dataDir], cwd)).code).toBe(0);
     const again = await runServerCli(['init', '--data-dir', dataDir], cwd);
     expect(again.code).toBe(0);
-    const printed = /`edgefleet-server (token create [^`]+)`/.exec(again.stderr)?.[1];
+    const printed = /create another with `(edgefleet-server token create .*)` \(`npx/.exec(again.stderr)?.[1];
     expect(printed, again.stderr).toBeDefined();
-    const args = (printed ?? '').split(' ').map((arg) => (arg.startsWith('"') ? JSON.parse(arg) : arg));
-    const created = await runServerCli(args as string[], cwd);
+    const created = await runServerCliInShell(printed!, cwd);
     expect(created.code, created.stderr).toBe(0);
     expect(created.stdout.trim()).toMatch(/^efo_/);
     const listed = await runServerCli(['token', 'list', '--data-dir', dataDir], cwd);

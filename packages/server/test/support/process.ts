@@ -36,6 +36,32 @@ export function runServerCli(args: string[], cwd: string, env?: Record<string, s
   });
 }
 
+/**
+ * Runs `commandLine`, which starts with `edgefleet-server `, in a POSIX shell (sh -c), as a person pasting it would,
+ * with that first word running this source: so that a test sees how the shell reads the rest of a printed command.
+ */
+export function runServerCliInShell(commandLine: string, cwd: string): Promise<CliResult> {
+  const program = 'edgefleet-server ';
+  if (!commandLine.startsWith(program)) throw new Error(`expected a command line starting with ${program}`);
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      'sh',
+      ['-c', `"$EF_NODE" --import "$EF_TSX" "$EF_MAIN" ${commandLine.slice(program.length)}`],
+      {
+        cwd,
+        env: { ...process.env, EF_NODE: process.execPath, EF_TSX: TSX_LOADER, EF_MAIN: MAIN },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
 export interface ServerProcess {
   child: ChildProcess;
   operatorUrl: string;

@@ -17,6 +17,8 @@ export interface RawAnswer {
 export interface RawUpload {
   /** The server's answer, or the error that ended the request (the connection was cut). */
   answer: Promise<RawAnswer>;
+  /** Settles once the headers and the first bytes have been handed to the connection (TLS set up). */
+  started: Promise<void>;
   /** Sends the rest of the body. */
   send(): void;
   /** Cuts the connection, the body unfinished. */
@@ -73,9 +75,19 @@ export function startRawUpload(
     request.on('error', reject);
   });
   const sent = options.sent ?? 0;
-  if (sent > 0) request.write(body.subarray(0, sent));
-  else request.flushHeaders();
-  return { answer, send: () => request.end(body.subarray(sent)), abort: () => request.destroy() };
+  const started = new Promise<void>((resolve) => {
+    if (sent > 0) request.write(body.subarray(0, sent), () => resolve());
+    else {
+      request.flushHeaders();
+      request.once('socket', (socket) => socket.once('secureConnect', () => resolve()));
+    }
+  });
+  return {
+    answer,
+    started,
+    send: () => request.end(body.subarray(sent)),
+    abort: () => request.destroy(),
+  };
 }
 
 /** A whole raw upload of `body` under `fileKey`. */
