@@ -32,14 +32,23 @@ export interface RecoveredQueue {
   /** Batches formed but never completed (a crash interrupted their write): to be written again, same ids. */
   openBatches: { batchId: string; items: CaptureItem[] }[];
   /**
-   * The bytes, by id, of the captures of open batches set aside whole until the next start (one of their captures
-   * could not be read now): they still hold their place and bytes in the buffer.
+   * The bytes, by id, of the captures of open batches set aside whole (one of their captures could not be read
+   * now): they still hold their place and bytes in the buffer until retrySetAside gives them back.
    */
   heldAside: ReadonlyMap<string, number>;
   /** Payload files a crash left that no queued capture names, removed. */
   orphansRemoved: number;
   /** What went wrong with the payload folder at start (an orphan not removed, the folder unsafe): to log. */
   problems: string[];
+}
+
+/** A set-aside batch tried again (see CaptureQueue.retrySetAside). */
+export interface RetriedBatch {
+  batchId: string;
+  /** To be written again under the batch's own id (empty: nothing of it is left to write; it is recorded). */
+  items: CaptureItem[];
+  /** Captures dropped from it, marked FAILURE: damaged, or unreadable `maxTries` times. */
+  damaged: string[];
 }
 
 /** What formBatch took. */
@@ -98,6 +107,14 @@ export interface CaptureQueue {
   formBatch(batchId: string, limit: number): Promise<FormedBatch>;
   /** How many waiting captures a batch formed now would pass over (deferred, before their next try). */
   passedOver(): number;
+  /**
+   * Reads again, whole, the interrupted batches that recover set aside and whose next try has come (DeferralPolicy):
+   * those now readable (a capture unreadable `maxTries` times dropped as FAILURE) come back, to be written under
+   * their own ids; the others stay aside.
+   */
+  retrySetAside(): Promise<RetriedBatch[]>;
+  /** In how many ms the next set-aside batch is due a try (undefined: none set aside). */
+  nextSetAsideTryInMs(): number | undefined;
   /** The batch was written (SUCCESS), given up (FAILURE), or handed to the spool (null: stays IN_PROGRESS). */
   completeBatch(batchId: string, status: 'SUCCESS' | 'FAILURE' | null, detail?: string): void;
   /** Ids whose status is IN_PROGRESS but that are no longer queued (handed to the spool). */
@@ -148,6 +165,14 @@ export class MemoryCaptureQueue implements CaptureQueue {
 
   passedOver(): number {
     return 0;
+  }
+
+  retrySetAside(): Promise<RetriedBatch[]> {
+    return Promise.resolve([]);
+  }
+
+  nextSetAsideTryInMs(): number | undefined {
+    return undefined;
   }
 
   inProgressOutsideQueue(): string[] {
@@ -235,6 +260,13 @@ export class SqliteCaptureQueue implements CaptureQueue {
   #scheduled = false;
   /** Large payloads being written: close waits for them, then commits their rows. */
   readonly #storing = new Set<Promise<unknown>>();
+  /**
+   * Interrupted batches set aside whole by recover, by id: their rows, and the deferral records of their captures
+   * (apart from #deferrals: these captures are not waiting, so no formation passes them over).
+   */
+  readonly #setAside = new Map<string, SetAsideBatch>();
+  /** Set-aside batches being read again. */
+  readonly #retrying = new Set<string>();
   /** Captures a formation is reading back: the formations started meanwhile pass over them. */
   readonly #reading = new Set<string>();
   #closed = false;
@@ -288,30 +320,15 @@ export class SqliteCaptureQueue implements CaptureQueue {
     const openBatches: RecoveredQueue['openBatches'] = [];
     const heldAside = new Map<string, number>();
     for (const { batchId, rows } of this.#repository.openBatches()) {
-      const read = await Promise.all(rows.map((row) => this.#read(row)));
-      const unreadable = read.findIndex((outcome) => 'deferred' in outcome);
-      if (unreadable >= 0) {
-        // Never split: the batch may have been written before the crash, and a capture taken out of it would be
-        // written again under another id (its old manifest keeps it). Kept whole under its id for the next start.
-        const error = (read[unreadable] as { deferred: Error }).deferred;
-        problems.push(
-          `interrupted batch ${batchId} (${rows.length} captures) is set aside until the next start, kept whole: its capture ${rows[unreadable]!.captureId} could not be read now: ${error.message}`,
-        );
-        for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
+      const outcome = await this.#tryOpenBatch(batchId, rows, new Map());
+      if ('items' in outcome) {
+        if (outcome.items.length > 0) openBatches.push({ batchId, items: outcome.items });
         continue;
       }
-      const { items, damaged } = this.#classify(rows, read);
-      try {
-        this.#discard(damaged);
-      } catch (error) {
-        // Kept whole as well: written again without them, the batch would not replace every manifest it wrote.
-        problems.push(
-          `interrupted batch ${batchId} (${rows.length} captures) is set aside until the next start, kept whole: its unreadable captures could not be marked FAILURE: ${(error as Error).message}`,
-        );
-        for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
-        continue;
-      }
-      if (items.length > 0) openBatches.push({ batchId, items });
+      problems.push(
+        `interrupted batch ${batchId} (${rows.length} captures) is set aside, kept whole, and tried again later: ${outcome.why}`,
+      );
+      for (const row of rows) heldAside.set(row.captureId, row.payloadBytes ?? row.payload.byteLength);
     }
     const pendingBytes = this.#repository.pendingBytes();
     return { pending: pendingBytes.size, pendingBytes, openBatches, heldAside, orphansRemoved, problems };
@@ -410,6 +427,74 @@ export class SqliteCaptureQueue implements CaptureQueue {
     return this.#waitingForTry().length;
   }
 
+  async retrySetAside(): Promise<RetriedBatch[]> {
+    const now = this.#monotonic();
+    const due = [...this.#setAside].filter(
+      ([batchId, aside]) => aside.notBefore <= now && !this.#retrying.has(batchId),
+    );
+    const retried: RetriedBatch[] = [];
+    for (const [batchId] of due) this.#retrying.add(batchId);
+    try {
+      for (const [batchId, aside] of due) {
+        const outcome = await this.#tryOpenBatch(batchId, aside.rows, aside.deferrals);
+        if (!('items' in outcome)) continue;
+        this.#setAside.delete(batchId);
+        retried.push({ batchId, items: outcome.items, damaged: outcome.damaged });
+      }
+    } finally {
+      for (const [batchId] of due) this.#retrying.delete(batchId);
+    }
+    return retried;
+  }
+
+  nextSetAsideTryInMs(): number | undefined {
+    if (this.#setAside.size === 0) return undefined;
+    const next = Math.min(...[...this.#setAside.values()].map((aside) => aside.notBefore));
+    return Math.max(0, next - this.#monotonic());
+  }
+
+  /**
+   * Reads an interrupted batch whole. Never split: the batch may have been written before the crash, and a
+   * capture taken out of it would be written again under another id (its old manifest keeps it). So when one of
+   * its captures cannot be read now, the whole batch is set aside under its id (why), tried again after the
+   * deferral delay; a capture unreadable `maxTries` times (counted in `deferrals`) is then dropped as FAILURE, as a
+   * damaged one, and the rest written under the same id: the old manifest keeps it or is replaced without it, so
+   * it is delivered at most once.
+   */
+  async #tryOpenBatch(
+    batchId: string,
+    rows: StoredCaptureRow[],
+    deferrals: Map<string, Deferral>,
+  ): Promise<{ items: CaptureItem[]; damaged: string[] } | { why: string }> {
+    const read = await Promise.all(rows.map((row) => this.#read(row)));
+    const classified = this.#classify(rows, read, deferrals);
+    const setAside = (why: string): { why: string } => {
+      // Records only the failed reads: a capture given up stays counted, so its next failure gives it up again.
+      for (const [captureId, deferral] of classified.deferrals)
+        if (deferral) deferrals.set(captureId, deferral);
+      const notBefore = Math.min(...[...deferrals.values()].map((d) => d.notBefore));
+      this.#setAside.set(batchId, {
+        rows,
+        deferrals,
+        notBefore: Number.isFinite(notBefore) ? notBefore : this.#monotonic() + this.#deferral.firstDelayMs,
+      });
+      return { why };
+    };
+    const unreadable = classified.deferred[0];
+    if (unreadable) {
+      return setAside(
+        `its capture ${unreadable.captureId} could not be read now: ${unreadable.error.message}`,
+      );
+    }
+    try {
+      this.#discard(classified.damaged);
+    } catch (error) {
+      // Written again without them, the batch would not replace every manifest it wrote.
+      return setAside(`its unreadable captures could not be marked FAILURE: ${(error as Error).message}`);
+    }
+    return { items: classified.items, damaged: classified.damaged.map((d) => d.captureId) };
+  }
+
   /** Deferred captures before their next try. */
   #waitingForTry(): string[] {
     const now = this.#monotonic();
@@ -473,7 +558,11 @@ export class SqliteCaptureQueue implements CaptureQueue {
    * marked FAILURE; those that cannot be read now for any other reason are deferred. `deferrals` is what the
    * deferral records become once that is recorded (undefined: forgotten).
    */
-  #classify(rows: readonly StoredCaptureRow[], read: readonly ReadOutcome[]): Classified {
+  #classify(
+    rows: readonly StoredCaptureRow[],
+    read: readonly ReadOutcome[],
+    previous: ReadonlyMap<string, Deferral> = this.#deferrals,
+  ): Classified {
     const sorted: Classified = {
       items: [],
       damaged: [],
@@ -493,7 +582,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
         sorted.deferrals.set(captureId, undefined);
         return;
       }
-      const before = this.#deferrals.get(captureId);
+      const before = previous.get(captureId);
       // An unsafe folder is known and logged once per change: not counted against the capture.
       const counted = !(outcome.deferred instanceof UnsafePayloadFolderError);
       const tries = (before?.tries ?? 0) + (counted ? 1 : 0);
@@ -533,6 +622,14 @@ export class SqliteCaptureQueue implements CaptureQueue {
 interface Deferral {
   tries: number;
   failures: number;
+  notBefore: number;
+}
+
+/** An interrupted batch set aside whole (see SqliteCaptureQueue.#tryOpenBatch). */
+interface SetAsideBatch {
+  rows: StoredCaptureRow[];
+  deferrals: Map<string, Deferral>;
+  /** Its next try (monotonic): the earliest of its captures'. */
   notBefore: number;
 }
 

@@ -89,6 +89,8 @@ export class CaptureService {
   readonly #reserved = new Set<string>();
   #flushTimer: NodeJS.Timeout | undefined;
   #pruneTimer: NodeJS.Timeout | undefined;
+  /** Comes back for the interrupted batches set aside at start (see CaptureQueue.retrySetAside) at their next try. */
+  #setAsideTimer: NodeJS.Timeout | undefined;
   readonly #batches: Batch[] = [];
   readonly #retryTimers = new Set<NodeJS.Timeout>();
   /** Batches being formed: taken from the queue, their captures being read back (large ones from files). */
@@ -184,7 +186,7 @@ export class CaptureService {
     this.#held = recovered.pending;
     // What the queue holds counts in the byte cap again (it bounds the payload folder's disk use too).
     for (const [captureId, bytes] of recovered.pendingBytes) this.#holdBytes(captureId, bytes);
-    // Interrupted batches kept whole for the next start (see recover): still on disk, so still held.
+    // Interrupted batches set aside whole (see recover): still on disk, so still held until tried again.
     this.#held += recovered.heldAside.size;
     for (const [captureId, bytes] of recovered.heldAside) this.#holdBytes(captureId, bytes);
     const spooled = this.#spool?.captureIds() ?? new Set<string>();
@@ -219,6 +221,7 @@ export class CaptureService {
     this.#pruneTimer = setInterval(() => this.#prune(), 60_000);
     this.#pruneTimer.unref();
     this.#periodic?.start();
+    this.#armSetAsideTimer();
     this.#schedule();
     this.#drive();
   }
@@ -327,6 +330,7 @@ export class CaptureService {
     this.#closed = true;
     clearTimeout(this.#flushTimer);
     clearInterval(this.#pruneTimer);
+    clearTimeout(this.#setAsideTimer);
     for (const timer of this.#retryTimers) clearTimeout(timer);
     this.#retryTimers.clear();
     if (this.#started) await this.flush();
@@ -422,7 +426,7 @@ export class CaptureService {
   #formBatches(all: boolean): void {
     const size = this.settings.batchSize;
     for (let ready = this.#ready(); ready >= size || (all && ready > 0); ready = this.#ready()) {
-      // Counted out now: the batch is taken in the database at once, its captures read back after.
+      // Counted out now: the queue reads them back, then records the batch.
       const limit = Math.min(size, ready);
       this.#pending -= limit;
       this.#forming++;
@@ -438,7 +442,51 @@ export class CaptureService {
     }
     // Captures passed over stay counted: the timer comes back for them at the next push period.
     this.#armFlushTimer();
+    if (this.#queue.nextSetAsideTryInMs() === 0) this.#retrySetAside();
     this.#drive();
+  }
+
+  #armSetAsideTimer(): void {
+    clearTimeout(this.#setAsideTimer);
+    this.#setAsideTimer = undefined;
+    const delay = this.#queue.nextSetAsideTryInMs();
+    if (delay === undefined || this.#closed) return;
+    this.#setAsideTimer = setTimeout(() => {
+      this.#setAsideTimer = undefined;
+      this.#retrySetAside();
+    }, delay);
+  }
+
+  /**
+   * Tries the set-aside interrupted batches due a try: those readable now go to be written under their own ids;
+   * captures given up (marked FAILURE) give back their place and bytes.
+   */
+  #retrySetAside(): void {
+    this.#forming++;
+    void this.#queue
+      .retrySetAside()
+      .then(
+        (retried) => {
+          for (const { batchId, items, damaged } of retried) {
+            this.#held -= damaged.length;
+            for (const captureId of damaged) this.#releaseBytes(captureId);
+            if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
+            this.#logger?.info(
+              { batchId, captures: items.length, givenUp: damaged.length },
+              'capture: an interrupted batch set aside at start can be read again; writing it under its own id',
+            );
+          }
+        },
+        (error: unknown) => {
+          this.#logger?.error({ err: error }, 'capture: cannot try again the interrupted batches set aside');
+        },
+      )
+      .finally(() => {
+        this.#forming--;
+        this.#armSetAsideTimer();
+        this.#drive();
+        this.#notifyIdle();
+      });
   }
 
   async #formBatch(limit: number): Promise<void> {

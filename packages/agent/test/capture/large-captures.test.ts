@@ -1,15 +1,22 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
-import { chmod, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { createServer, get } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { AgentDataType, type Tensor } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CaptureService, DiskDestination, SqliteCaptureQueue } from '../../src/capture/index.js';
-import { AgentDatabase, agentDatabasePath, capturePayloadFolder } from '../../src/state/index.js';
+import {
+  AgentDatabase,
+  agentDatabasePath,
+  capturePayloadFolder,
+  CaptureQueueRepository,
+  migrate,
+  NODE_PAYLOAD_FILE_SYSTEM,
+} from '../../src/state/index.js';
 import { agentErrorOf } from '../support/agent-error.js';
 import {
   captureInput,
@@ -489,21 +496,127 @@ describe('a full batch of captures that cannot be read for now, at the head of t
   });
 });
 
-describe('an interrupted batch that cannot be read whole at start (F1)', () => {
-  it('is set aside whole: still held in the buffer, and none of it is written under another batch id', async () => {
+/** The name the Disk destination gives batch `batchId`'s records of model 'tiny' (captureItem's hour). */
+function recordsFileOf(batchId: string): string {
+  const name = createHash('sha256').update(`${batchId}\0tiny\x001970/01/01/00`).digest('hex').slice(0, 32);
+  return `${name}.jsonl`;
+}
+
+/** The file each written capture's record is in, by capture id. */
+async function recordFiles(diskPath: string): Promise<Map<string, string>> {
+  const found = new Map<string, string>();
+  for (const { file, record } of await diskRecords(diskPath))
+    found.set(record.eventMetadata.eventId as string, basename(file));
+  return found;
+}
+
+describe('an interrupted batch that cannot be read whole at start (F1, G1)', () => {
+  it('is set aside whole, still held, and written under its own id once it can be read, without a restart', async () => {
     const big = randomTensor('x', 256 * 1024);
     const { service, settings, payloads } = await startService(undefined, async (queue, folder) => {
       await queue.enqueue(captureItem('big', big.data));
+      await queue.enqueue(captureItem('small', Buffer.alloc(64)));
       await queue.formBatch('interrupted', 10); // formed (maybe written), then killed before completeBatch
       await chmod(folder, 0o770);
     });
-    expect(service.held).toBe(1);
-    await chmod(payloads, 0o700); // fixed while the agent runs: the batch waits for the next start all the same
-    clock += 3_600_000;
-    await service.flush();
+    expect(service.held).toBe(2);
+    // An unsafe folder is not counted against the capture: tried for hours (the default's 15 tries), never given up.
+    for (let hour = 0; hour < 20; hour++) {
+      clock += 3_600_000;
+      await service.flush();
+    }
     expect(service.status('big').status).toBe('IN_PROGRESS');
     expect(await writtenInputs(settings.diskPath)).toEqual(new Map());
-    expect(service.held).toBe(1);
+    expect(service.held).toBe(2);
+
+    await chmod(payloads, 0o700); // fixed while the agent runs
+    clock += 600_000; // its next try (the delay's cap)
+    await service.flush();
+    expect(service.status('big').status).toBe('SUCCESS');
+    expect(service.status('small').status).toBe('SUCCESS');
+    expect((await writtenInputs(settings.diskPath)).get('big')?.equals(big.data)).toBe(true);
+    // Under its own id: the records replace what it may have written before the kill.
+    expect(await recordFiles(settings.diskPath)).toEqual(
+      new Map([
+        ['big', recordsFileOf('interrupted')],
+        ['small', recordsFileOf('interrupted')],
+      ]),
+    );
+    expect(service.held).toBe(0);
+  });
+
+  it('with a capture that cannot be read for a lasting reason (EIO): tried again while the agent runs, then given up (FAILURE), the rest written under its id and the bytes given back', async () => {
+    const dataPath = agentDatabasePath(join(work, 'data'));
+    await mkdir(dirname(dataPath), { recursive: true });
+    const db = new SqliteDatabase(dataPath);
+    db.pragma('journal_mode = WAL');
+    migrate(db);
+    const failing = { reads: false, tried: 0 };
+    const repository = new CaptureQueueRepository(db, {
+      payloadDir: capturePayloadFolder(dataPath),
+      fileSystem: {
+        ...NODE_PAYLOAD_FILE_SYSTEM,
+        // A bad SD-card block: every read of a payload file fails.
+        open: (p, flags, mode) => {
+          if (!failing.reads || typeof flags !== 'number')
+            return NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
+          failing.tried++;
+          return Promise.reject(Object.assign(new Error(`EIO: i/o error, open '${p}'`), { code: 'EIO' }));
+        },
+      },
+    });
+    const settings = testSettings(work, { batchSize: 10, pushPeriodSeconds: 600, bufferBytes: 300 * 1024 });
+    const deferral = { firstDelayMs: 1000, maxDelayMs: 4000, maxTries: 3 };
+    try {
+      const before = new SqliteCaptureQueue({ repository, now: () => clock, monotonic: () => clock });
+      await before.enqueue(captureItem('bad', randomBytes(256 * 1024)));
+      await before.enqueue(captureItem('good', Buffer.alloc(64, 7))); // inline: read from its row
+      await before.formBatch('interrupted', 10); // then killed before completeBatch
+      await before.close();
+
+      failing.reads = true;
+      const queue = new SqliteCaptureQueue({
+        repository,
+        now: () => clock,
+        monotonic: () => clock,
+        deferral,
+      });
+      const service = new CaptureService({
+        settings,
+        models: loaded.registry,
+        queue,
+        destination: new DiskDestination(settings.diskPath),
+      });
+      await service.start(); // the first try
+      services.push(service);
+      expect(failing.tried).toBe(1);
+      expect(service.held).toBe(2);
+      const noRoom = () =>
+        service.capture(captureInput('later', { inputTensors: [randomTensor('x', 64 * 1024).tensor] }));
+      expect((await agentErrorOf(noRoom())).code).toBe('RESOURCE_EXHAUSTED');
+
+      clock += 1000; // the second try, during the run
+      await service.flush();
+      expect(failing.tried).toBe(2);
+      expect(service.status('bad').status).toBe('IN_PROGRESS');
+      expect(service.status('good').status).toBe('IN_PROGRESS');
+
+      clock += 2000; // the third: the last
+      await service.flush();
+      expect(failing.tried).toBe(3);
+      expect(service.status('bad')).toMatchObject({
+        status: 'FAILURE',
+        detail: expect.stringMatching(/could not be read back in 3 tries \(the last: EIO: i\/o error/),
+      });
+      expect(service.status('good').status).toBe('SUCCESS');
+      expect(await recordFiles(settings.diskPath)).toEqual(new Map([['good', recordsFileOf('interrupted')]]));
+      expect(service.held).toBe(0);
+      // Its bytes are given back.
+      await noRoom();
+      await service.close();
+    } finally {
+      db.close();
+    }
   });
 });
 
