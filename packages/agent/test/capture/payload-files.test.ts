@@ -340,32 +340,40 @@ describe('the order of writes, fsyncs and removals (recorded through the file-sy
   });
 });
 
-describe('payload reads and writes at once (N2)', () => {
-  it('are at most two together, so captures arriving while a batch is read back leave libuv threads free', async () => {
-    let busy = 0;
-    let most = 0;
-    const fileSystem: PayloadFileSystem = {
-      ...NODE_PAYLOAD_FILE_SYSTEM,
-      open: async (p, flags, mode) => {
-        const handle = await NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
-        most = Math.max(most, ++busy);
+/** A seam that counts the payload files open at once (`most`: the peak), of the opens `counted` picks. */
+function countingFileSystem(counted: (flags: Parameters<PayloadFileSystem['open']>[1]) => boolean) {
+  const counts = { most: 0, fileSystem: NODE_PAYLOAD_FILE_SYSTEM };
+  let busy = 0;
+  counts.fileSystem = {
+    ...NODE_PAYLOAD_FILE_SYSTEM,
+    open: async (p, flags, mode) => {
+      const handle = await NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
+      if (counted(flags)) {
+        counts.most = Math.max(counts.most, ++busy);
         const close = handle.close.bind(handle);
         handle.close = () => {
           busy--;
           return close();
         };
-        return handle;
-      },
-    };
-    const queue = new SqliteCaptureQueue({ repository: await repositoryWith(fileSystem) });
+      }
+      return handle;
+    },
+  };
+  return counts;
+}
+
+describe('payload reads and writes at once (N2)', () => {
+  it('are at most two together, so captures arriving while a batch is read back leave libuv threads free', async () => {
+    const counting = countingFileSystem(() => true);
+    const queue = new SqliteCaptureQueue({ repository: await repositoryWith(counting.fileSystem) });
     await Promise.all(Array.from({ length: 4 }, (_, i) => queue.enqueue(item(`old${i}`, 100_000, i))));
-    most = 0;
+    counting.most = 0;
     const forming = queue.formBatch('b', 4);
     const arriving = Array.from({ length: 4 }, (_, i) => queue.enqueue(item(`new${i}`, 100_000, i)));
     const formed = await forming;
     await Promise.all(arriving);
     expect(formed.items.map((i) => i.captureId).sort()).toEqual(['old0', 'old1', 'old2', 'old3']);
-    expect(most).toBe(2);
+    expect(counting.most).toBe(2);
     queue.completeBatch('b', 'SUCCESS');
     await queue.close();
   });
@@ -373,28 +381,13 @@ describe('payload reads and writes at once (N2)', () => {
 
 describe('payload reads at once', () => {
   it('are at most two, however many captures a batch reads back; all are delivered', async () => {
-    let reading = 0;
-    let most = 0;
-    const fileSystem: PayloadFileSystem = {
-      ...NODE_PAYLOAD_FILE_SYSTEM,
-      open: async (p, flags, mode) => {
-        const handle = await NODE_PAYLOAD_FILE_SYSTEM.open(p, flags, mode);
-        if (typeof flags === 'number') {
-          most = Math.max(most, ++reading);
-          const close = handle.close.bind(handle);
-          handle.close = () => {
-            reading--;
-            return close();
-          };
-        }
-        return handle;
-      },
-    };
-    const queue = new SqliteCaptureQueue({ repository: await repositoryWith(fileSystem) });
+    // Reads only (opened with numeric flags).
+    const counting = countingFileSystem((flags) => typeof flags === 'number');
+    const queue = new SqliteCaptureQueue({ repository: await repositoryWith(counting.fileSystem) });
     await Promise.all(Array.from({ length: 6 }, (_, i) => queue.enqueue(item(`c${i}`, 100_000, i))));
     const formed = await queue.formBatch('b', 10);
     expect(formed.items.map((i) => i.captureId).sort()).toEqual(['c0', 'c1', 'c2', 'c3', 'c4', 'c5']);
-    expect(most).toBe(2);
+    expect(counting.most).toBe(2);
     queue.completeBatch('b', 'SUCCESS');
     await queue.close();
   });
@@ -604,24 +597,56 @@ describe('an interrupted batch with a capture that cannot be read at the next st
     // The sweep's own complaint about the folder comes first.
     expect(recovered.problems.filter((p) => p.startsWith('interrupted'))).toEqual([
       expect.stringMatching(
-        /^interrupted batch b1 \(2 captures\) is set aside until the next start, kept whole: its capture a could not be read now: .*writable by its group/,
+        /^interrupted batch b1 \(2 captures\) is set aside, kept whole, and tried again later: its capture a could not be read now: .*writable by its group/,
       ),
     ]);
     await chmod(folder, 0o700);
-    clock += 3_600_000;
     // Nothing of b1 is formed under another id.
     expect(await again.queue.formBatch('b2', 10)).toMatchObject({ items: [], untaken: 10 });
+    // Tried again whole at its next try (1 s after the failed read), not before.
+    expect(again.queue.nextSetAsideTryInMs()).toBe(1000);
+    clock += 999;
+    expect(await again.queue.retrySetAside()).toEqual([]);
     expect(again.queue.status('a')?.status).toBe('IN_PROGRESS');
-    await again.queue.close();
-
-    const third = open();
-    const resumed = await third.queue.recover();
-    expect(resumed.openBatches.map((b) => [b.batchId, b.items.map((i) => i.captureId)])).toEqual([
-      ['b1', ['a', 'b']],
+    clock += 1;
+    const retried = await again.queue.retrySetAside();
+    expect(retried.map((b) => [b.batchId, b.items.map((i) => i.captureId), b.damaged])).toEqual([
+      ['b1', ['a', 'b'], []],
     ]);
-    third.queue.completeBatch('b1', 'SUCCESS');
-    expect(third.queue.status('a')?.status).toBe('SUCCESS');
-    await third.queue.close();
+    expect(again.queue.nextSetAsideTryInMs()).toBeUndefined();
+    again.queue.completeBatch('b1', 'SUCCESS');
+    expect(again.queue.status('a')?.status).toBe('SUCCESS');
+    await again.queue.close();
+  });
+});
+
+describe('an interrupted batch with a capture that cannot be read for a lasting reason (G1)', () => {
+  it('is tried again whole on the deferral delays; after maxTries the capture is FAILURE and the rest comes back under the same id', async () => {
+    const { queue, damaged, failing } = await queueWithFailingReads({
+      firstDelayMs: 1000,
+      maxDelayMs: 4000,
+      maxTries: 3,
+    });
+    await queue.enqueue(item('bad', 256 * 1024, 3));
+    await queue.enqueue(item('good', 100));
+    await queue.formBatch('b1', 10); // then killed before completeBatch
+    failing.reads = true; // a bad block under 'bad''s file
+    expect((await queue.recover()).heldAside.size).toBe(2); // the first try
+    clock += 1000;
+    expect(await queue.retrySetAside()).toEqual([]); // the second
+    expect(queue.nextSetAsideTryInMs()).toBe(2000);
+    clock += 2000;
+    const [retried] = await queue.retrySetAside(); // the third: the last
+    expect(retried).toMatchObject({ batchId: 'b1', damaged: ['bad'] });
+    expect(retried!.items.map((i) => i.captureId)).toEqual(['good']);
+    expect(damaged).toEqual(['bad']);
+    expect(queue.status('bad')).toMatchObject({
+      status: 'FAILURE',
+      detail: expect.stringMatching(/could not be read back in 3 tries \(the last: EIO/),
+    });
+    queue.completeBatch('b1', 'SUCCESS');
+    expect(queue.status('good')?.status).toBe('SUCCESS');
+    await queue.close();
   });
 });
 
