@@ -448,8 +448,10 @@ export class SqliteCaptureQueue implements CaptureQueue {
   }
 
   nextSetAsideTryInMs(): number | undefined {
-    if (this.#setAside.size === 0) return undefined;
-    const next = Math.min(...[...this.#setAside.values()].map((aside) => aside.notBefore));
+    // Those being read now are not due: their try, once over, tells when they are.
+    const waiting = [...this.#setAside].filter(([batchId]) => !this.#retrying.has(batchId));
+    if (waiting.length === 0) return undefined;
+    const next = Math.min(...waiting.map(([, aside]) => aside.notBefore));
     return Math.max(0, next - this.#monotonic());
   }
 
@@ -470,9 +472,12 @@ export class SqliteCaptureQueue implements CaptureQueue {
     const classified = this.#classify(rows, read, deferrals);
     const setAside = (why: string): { why: string } => {
       // Records only the failed reads: a capture given up stays counted, so its next failure gives it up again.
-      for (const [captureId, deferral] of classified.deferrals)
-        if (deferral) deferrals.set(captureId, deferral);
-      const notBefore = Math.min(...[...deferrals.values()].map((d) => d.notBefore));
+      const failed = [...classified.deferrals].flatMap(([captureId, deferral]) =>
+        deferral ? [[captureId, deferral] as const] : [],
+      );
+      for (const [captureId, deferral] of failed) deferrals.set(captureId, deferral);
+      // The next try: the earliest of this try's failed reads (none: the discard failed; after the first delay).
+      const notBefore = Math.min(...failed.map(([, d]) => d.notBefore));
       this.#setAside.set(batchId, {
         rows,
         deferrals,

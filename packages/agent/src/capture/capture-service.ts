@@ -470,10 +470,15 @@ export class CaptureService {
           for (const { batchId, items, damaged } of retried) {
             this.#held -= damaged.length;
             for (const captureId of damaged) this.#releaseBytes(captureId);
-            if (items.length > 0) this.#batches.push({ batchId, items, attempts: 0 });
+            const batch = { batchId, items, attempts: 0 };
+            // Spooled just before the crash, not yet recorded: the spool has it (as at start).
+            const spooled = this.#spool?.captureIds() ?? new Set<string>();
+            if (items.length > 0 && items.every((item) => spooled.has(item.captureId)))
+              this.#complete(batch, null);
+            else if (items.length > 0) this.#batches.push(batch);
             this.#logger?.info(
               { batchId, captures: items.length, givenUp: damaged.length },
-              'capture: an interrupted batch set aside at start can be read again; writing it under its own id',
+              'capture: an interrupted batch set aside at start was read again whole; writing what is left of it under its own id',
             );
           }
         },
