@@ -16,6 +16,59 @@ import { agentClient, captureRequest, diskRecords, readDataRef, useAgentProcesse
 
 const agents = useAgentProcesses('edgefleet-capture-crash-');
 
+type Client = ReturnType<typeof agentClient>;
+
+/**
+ * `senders` clients send captures back to back until the agent is SIGKILLed after a random delay; the ids of the
+ * captures acknowledged before the kill was decided are added to `acknowledged` (later ones are not counted: the
+ * client cannot know).
+ */
+async function captureUntilKilled(options: {
+  client: Client;
+  agent: { child: { kill(signal: NodeJS.Signals): unknown }; exited: Promise<unknown> };
+  request: (id: string) => MessageInit<CaptureDataRequest>;
+  nextId: () => string;
+  senders: number;
+  random: () => number;
+  acknowledged: Set<string>;
+}): Promise<void> {
+  const { client, agent, request, nextId, acknowledged } = options;
+  let dead = false;
+  const sender = async () => {
+    while (!dead) {
+      const id = nextId();
+      try {
+        await client.call('CaptureData', request(id));
+        if (!dead) acknowledged.add(id);
+      } catch {
+        if (!dead) await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    }
+  };
+  const senders = Array.from({ length: options.senders }, sender);
+  await new Promise((resolve) => setTimeout(resolve, 150 + options.random() * 1200));
+  dead = true;
+  agent.child.kill('SIGKILL');
+  await agent.exited;
+  await Promise.all(senders);
+  client.close();
+}
+
+/** Every acknowledged capture reaches SUCCESS (none FAILURE) within 30 s after the last restart. */
+async function expectAllDelivered(client: Client, acknowledged: Set<string>, seed: number): Promise<void> {
+  const until = Date.now() + 30_000;
+  const pending = new Set(acknowledged);
+  while (pending.size > 0 && Date.now() < until) {
+    for (const id of [...pending]) {
+      const { status } = await client.call('GetCaptureDataStatus', { captureId: id });
+      expect([id, status]).not.toEqual([id, AgentCaptureDataStatus.FAILURE]);
+      if (status === AgentCaptureDataStatus.SUCCESS) pending.delete(id);
+    }
+    if (pending.size > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  expect([...pending], `seed ${seed}: acknowledged but never delivered`).toEqual([]);
+}
+
 describe('crash safety with the local database (real agent process, SIGKILL)', () => {
   it('delivers every acknowledged capture exactly once across kills at random moments and restarts', async () => {
     const { tiny } = agents;
@@ -44,40 +97,19 @@ describe('crash safety with the local database (real agent process, SIGKILL)', (
       }
       if (round === kills) break;
       // Four clients send captures back to back; the agent is killed after a random delay.
-      let dead = false;
-      const sender = async () => {
-        while (!dead) {
-          const id = `crash-${next++}`;
-          try {
-            await client.call('CaptureData', captureRequest(id) as MessageInit<CaptureDataRequest>);
-            if (!dead) acknowledged.add(id);
-          } catch {
-            if (!dead) await new Promise((resolve) => setTimeout(resolve, 5));
-          }
-        }
-      };
-      const senders = Array.from({ length: 4 }, sender);
-      await new Promise((resolve) => setTimeout(resolve, 150 + random() * 1200));
-      // Acknowledgements that arrive after the kill was decided are not counted: the client cannot know.
-      dead = true;
-      agent.child.kill('SIGKILL');
-      await agent.exited;
-      await Promise.all(senders);
-      client.close();
+      await captureUntilKilled({
+        client,
+        agent,
+        request: (id) => captureRequest(id) as MessageInit<CaptureDataRequest>,
+        nextId: () => `crash-${next++}`,
+        senders: 4,
+        random,
+        acknowledged,
+      });
     }
 
     // Everything acknowledged is reported, and reaches SUCCESS, after the last restart.
-    const until = Date.now() + 30_000;
-    const pending = new Set(acknowledged);
-    while (pending.size > 0 && Date.now() < until) {
-      for (const id of [...pending]) {
-        const { status } = await client.call('GetCaptureDataStatus', { captureId: id });
-        expect([id, status]).not.toEqual([id, AgentCaptureDataStatus.FAILURE]);
-        if (status === AgentCaptureDataStatus.SUCCESS) pending.delete(id);
-      }
-      if (pending.size > 0) await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    expect([...pending], `seed ${seed}: acknowledged but never delivered`).toEqual([]);
+    await expectAllDelivered(client, acknowledged, seed);
     client.close();
     agent.child.kill('SIGTERM');
     await agent.exited;
@@ -131,38 +163,18 @@ describe('crash safety with the local database (real agent process, SIGKILL)', (
         client = agentClient(`unix://${socket}`);
       }
       if (round === kills) break;
-      let dead = false;
-      const sender = async () => {
-        while (!dead) {
-          const id = `large-${next++}`;
-          try {
-            await client.call('CaptureData', request(id));
-            if (!dead) acknowledged.add(id);
-          } catch {
-            if (!dead) await new Promise((resolve) => setTimeout(resolve, 5));
-          }
-        }
-      };
-      const senders = Array.from({ length: 3 }, sender);
-      await new Promise((resolve) => setTimeout(resolve, 150 + random() * 1200));
-      dead = true;
-      agent.child.kill('SIGKILL');
-      await agent.exited;
-      await Promise.all(senders);
-      client.close();
+      await captureUntilKilled({
+        client,
+        agent,
+        request,
+        nextId: () => `large-${next++}`,
+        senders: 3,
+        random,
+        acknowledged,
+      });
     }
 
-    const until = Date.now() + 30_000;
-    const pending = new Set(acknowledged);
-    while (pending.size > 0 && Date.now() < until) {
-      for (const id of [...pending]) {
-        const { status } = await client.call('GetCaptureDataStatus', { captureId: id });
-        expect([id, status]).not.toEqual([id, AgentCaptureDataStatus.FAILURE]);
-        if (status === AgentCaptureDataStatus.SUCCESS) pending.delete(id);
-      }
-      if (pending.size > 0) await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    expect([...pending], `seed ${seed}: acknowledged but never delivered`).toEqual([]);
+    await expectAllDelivered(client, acknowledged, seed);
     client.close();
     agent.child.kill('SIGTERM');
     await agent.exited;
