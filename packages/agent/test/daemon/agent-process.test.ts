@@ -3,11 +3,10 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { AgentDataType, slowModelInput, slowModelReference } from '@edgefleet/core';
 import { describe, expect, it } from 'vitest';
-import { bytesOf, callError, callMethod, newClient, referenceBytes, wireInputs } from '../grpc/helpers.js';
-import { listening, spawnAgent, useAgentScratch, type AgentProcess } from './process-helpers.js';
+import { bytesOf, callError, callMethod, referenceBytes, wireInputs } from '../grpc/helpers.js';
+import { listening, useAgentScratch } from './process-helpers.js';
 
 const agents = useAgentScratch('agent-process-', ['tiny', 'slow']);
-const { running, clients } = agents;
 
 async function writeConfig(name: string, config: Record<string, unknown>): Promise<string> {
   const path = join(agents.files.root, `${name}.json`);
@@ -15,17 +14,7 @@ async function writeConfig(name: string, config: Record<string, unknown>): Promi
   return path;
 }
 
-function start(args: string[]): AgentProcess {
-  const agent = spawnAgent(args, agents.files.root);
-  running.push(agent);
-  return agent;
-}
-
-function client(socket: string) {
-  const c = newClient(`unix://${socket}`);
-  clients.push(c);
-  return c;
-}
+const { start, client } = agents;
 
 async function exists(path: string): Promise<boolean> {
   return lstat(path).then(

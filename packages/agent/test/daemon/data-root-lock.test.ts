@@ -4,11 +4,10 @@ import { lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
-import { callMethod, newClient, wireInputs } from '../grpc/helpers.js';
-import { listening, spawnAgent, useAgentScratch, type AgentProcess } from './process-helpers.js';
+import { callMethod, wireInputs } from '../grpc/helpers.js';
+import { listening, useAgentScratch } from './process-helpers.js';
 
 const agents = useAgentScratch('data-root-lock-', ['tiny']);
-const { running, clients } = agents;
 
 /** An agent config with the local database on (as deployments and queued captures have it), in `dataRoot`. */
 async function writeConfig(name: string, dataRoot: string): Promise<string> {
@@ -26,17 +25,7 @@ async function writeConfig(name: string, dataRoot: string): Promise<string> {
   return path;
 }
 
-function start(args: string[]): AgentProcess {
-  const agent = spawnAgent(args, agents.files.root);
-  running.push(agent);
-  return agent;
-}
-
-function client(socket: string) {
-  const c = newClient(`unix://${socket}`);
-  clients.push(c);
-  return c;
-}
+const { start, client } = agents;
 
 async function servesTiny(socket: string): Promise<void> {
   const response = await callMethod(client(socket) as never, 'Predict', {

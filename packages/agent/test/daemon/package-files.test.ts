@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { AgentClient } from '@edgefleet/core';
 import { describe, expect, it } from 'vitest';
-import { callError, callMethod, newClient, referenceBytes, wireInputs } from '../grpc/helpers.js';
-import { listening, spawnAgent, useAgentScratch } from './process-helpers.js';
+import { callError, callMethod, referenceBytes, wireInputs } from '../grpc/helpers.js';
+import { listening, useAgentScratch } from './process-helpers.js';
 
 // Audit s8 finding 1: LoadModel reads files of a folder its caller chooses. A FIFO, a device or a link to
 // another file must be refused without reading it, and without wedging the agent or echoing any bytes.
@@ -14,7 +14,6 @@ import { listening, spawnAgent, useAgentScratch } from './process-helpers.js';
 const LOAD_DEADLINE_MS = 20_000;
 
 const agents = useAgentScratch('agent-package-files-', ['tiny', 'external-data']);
-const { running, clients } = agents;
 let counter = 0;
 
 async function startAgent(keys: Record<string, unknown> = {}) {
@@ -25,12 +24,9 @@ async function startAgent(keys: Record<string, unknown> = {}) {
     config,
     JSON.stringify({ edgefleet_inference_workers: 1, edgefleet_rest_socket_path: 'none', ...keys }),
   );
-  const agent = spawnAgent(['-a', socket, '-c', config], agents.files.root);
-  running.push(agent);
+  const agent = agents.start(['-a', socket, '-c', config]);
   const ready = await agent.waitFor(listening, 'that it listens');
-  const client = newClient(`unix://${socket}`);
-  clients.push(client as unknown as grpc.Client);
-  return { agent, client, ready };
+  return { agent, client: agents.client(socket), ready };
 }
 
 /** LoadModel with a deadline, so that a hung load fails the test instead of hanging it. */

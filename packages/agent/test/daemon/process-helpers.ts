@@ -2,8 +2,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import type { TestModelName } from '@edgefleet/core';
+import type { AgentClient, TestModelName } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll } from 'vitest';
+import { newClient } from '../grpc/helpers.js';
 import { scratch } from '../support/model-packages.js';
 import {
   watchAgentProcess,
@@ -80,6 +81,10 @@ export interface AgentScratch {
   running: AgentProcess[];
   /** Clients a test opened: closed after each test. */
   clients: { close(): void }[];
+  /** Starts `edgefleet-agent args…` in the scratch folder, killed after the test. */
+  start(args: string[]): AgentProcess;
+  /** A gRPC client of the agent on Unix socket `socket`, closed after the test. */
+  client(socket: string): AgentClient;
 }
 
 /**
@@ -95,6 +100,16 @@ export function useAgentScratch(prefix: string, models: readonly TestModelName[]
       const folder = packages.get(model);
       if (folder === undefined) throw new Error(`${model} is not one of this file's packages`);
       return folder;
+    },
+    start(args: string[]): AgentProcess {
+      const agent = spawnAgent(args, fixture.files.root);
+      fixture.running.push(agent);
+      return agent;
+    },
+    client(socket: string): AgentClient {
+      const client = newClient(`unix://${socket}`);
+      fixture.clients.push(client);
+      return client;
     },
   } as unknown as AgentScratch;
   beforeAll(async () => {
