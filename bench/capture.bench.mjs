@@ -279,49 +279,24 @@ for (const [model, label] of [
 // ---- 2. Sustained captures per second ----
 
 const models = { describe: (name) => ({ name, version: '1.0' }) };
+// CaptureDataRequests as the gRPC door hands them to CaptureService.capture (grpc/wire-tensors.ts decodes them):
+// tensors with their data type's name and bytes, auxiliary data with its encoding.
 const smallRequest = (id) => ({
   modelName: '',
   modelHandle: 'bench',
   captureId: id,
   inferenceTimestamp: null,
-  inputTensors: [
-    {
-      tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: [1, 16] },
-      byteData: Buffer.alloc(64, 1),
-      data: 'byteData',
-    },
-  ],
-  outputTensors: [
-    {
-      tensorMetadata: { name: Buffer.from('y'), dataType: AgentDataType.FLOAT32, shape: [1, 16] },
-      byteData: Buffer.alloc(64, 2),
-      data: 'byteData',
-    },
-  ],
+  inputTensors: [{ name: Buffer.from('x'), dataType: 'FLOAT32', shape: [1, 16], data: Buffer.alloc(64, 1) }],
+  outputTensors: [{ name: Buffer.from('y'), dataType: 'FLOAT32', shape: [1, 16], data: Buffer.alloc(64, 2) }],
   inputs: [],
   outputs: [
-    {
-      name: 'json',
-      encoding: AgentEncoding.JSON,
-      byteData: Buffer.from('{"label":"cat","score":0.93}'),
-      data: 'byteData',
-    },
+    { name: 'json', encoding: AgentEncoding.JSON, data: Buffer.from('{"label":"cat","score":0.93}') },
   ],
 });
 const image = Buffer.alloc(3 * 224 * 224 * 4, 7);
 const imageRequest = (id) => ({
   ...smallRequest(id),
-  inputTensors: [
-    {
-      tensorMetadata: {
-        name: Buffer.from('image'),
-        dataType: AgentDataType.FLOAT32,
-        shape: [1, 3, 224, 224],
-      },
-      byteData: image,
-      data: 'byteData',
-    },
-  ],
+  inputTensors: [{ name: Buffer.from('image'), dataType: 'FLOAT32', shape: [1, 3, 224, 224], data: image }],
 });
 
 const s3dir = join(work, 's3');
