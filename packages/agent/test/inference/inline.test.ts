@@ -348,20 +348,32 @@ describe('InferencePool: the inline path', () => {
             (await threadCpuCost('tiled', () => tiled(OVER_ANY_CEILING_ROWS))),
         ),
       );
-      /** One such run, inline; its time. Each sends the model back to be measured on the workers again. */
+      /**
+       * One such run, inline; its time. Each sends the model back to be measured on the workers again. On a loaded
+       * machine the sizing run can take several times the CPU of the run it sizes, so that the run is judged within
+       * 4× the ceiling: an ordinary inline run, which is no demotion and leaves the model inline. Such a run is tried
+       * again, sized for more (at most 4 tries, up to 30 ms: still within 4× the idle ceiling).
+       */
       const nearCeilingRun = async () => {
-        await untilRunsInline(pool, 'tiled', () => tiled(1));
-        rows = Math.max(
-          1,
-          Math.round((rows * TARGET_MS) / (await threadCpuCost('tiled', () => tiled(rows), 2))),
-        );
-        // The event loop's share spent on the last ones (tens of ms each) decays first, or the run goes to a worker.
-        timePasses(10 * WINDOW_MS);
-        const demotions = pool.stats().inline.demotions;
-        const run = await pool.run('tiled', tiled(rows));
-        expect(run.worker).toBe(-1);
-        expect(pool.stats().inline.demotions).toBe(demotions + 1);
-        return run.computeMs;
+        for (let attempt = 0; ; attempt++) {
+          await untilRunsInline(pool, 'tiled', () => tiled(1));
+          const targetMs = Math.min(30, TARGET_MS * (1 + attempt / 2));
+          rows = Math.max(
+            1,
+            Math.round((rows * targetMs) / (await threadCpuCost('tiled', () => tiled(rows), 2))),
+          );
+          // The event loop's share spent on the last ones (tens of ms each) decays first, or the run goes to a worker.
+          timePasses(10 * WINDOW_MS);
+          const demotions = pool.stats().inline.demotions;
+          const run = await pool.run('tiled', tiled(rows));
+          expect(run.worker).toBe(-1);
+          const counted = pool.stats().inline.demotions - demotions;
+          if (counted === 1 || attempt === 3) {
+            expect(counted, `a run of ${rows} rows sized for ${targetMs} ms of CPU`).toBe(1);
+            return run.computeMs;
+          }
+          expect(counted).toBe(0);
+        }
       };
       // Back to back: the full credit pays for some (at least its size over the longest of them, each judged by no
       // more than its wall time), then MAX_DEMOTIONS demotions park the model.
