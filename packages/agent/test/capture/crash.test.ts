@@ -9,7 +9,14 @@ import {
 import { describe, expect, it } from 'vitest';
 import { agentDatabasePath, capturePayloadFolder } from '../../src/state/index.js';
 import { seeded } from '../support/seeded.js';
-import { agentClient, captureRequest, diskRecords, readDataRef, useAgentProcesses } from './helpers.js';
+import {
+  agentClient,
+  captureRequest,
+  diskRecords,
+  readDataRef,
+  useAgentProcesses,
+  type FoundRecord,
+} from './helpers.js';
 
 // The durability promise of the local database, tested on the real agent process (dist/main.js): captures
 // acknowledged by CaptureData survive SIGKILL at random moments and are delivered exactly once after restarts.
@@ -52,6 +59,19 @@ async function captureUntilKilled(options: {
   await agent.exited;
   await Promise.all(senders);
   client.close();
+}
+
+/** Acknowledged captures with no record in `records` (missing), and ids with more than one record (twice). */
+function deliveryGaps(acknowledged: Set<string>, records: FoundRecord[]) {
+  const counts = new Map<string, number>();
+  for (const { record } of records) {
+    const id = record.eventMetadata.eventId as string;
+    counts.set(id, (counts.get(id) ?? 0) + 1);
+  }
+  return {
+    missing: [...acknowledged].filter((id) => !counts.has(id)),
+    twice: [...counts].filter(([, n]) => n > 1).map(([id]) => id),
+  };
 }
 
 /** Every acknowledged capture reaches SUCCESS (none FAILURE) within 30 s after the last restart. */
@@ -114,15 +134,11 @@ describe('crash safety with the local database (real agent process, SIGKILL)', (
     agent.child.kill('SIGTERM');
     await agent.exited;
 
-    const counts = new Map<string, number>();
-    for (const { record } of await diskRecords(diskPath)) {
-      const id = record.eventMetadata.eventId as string;
-      counts.set(id, (counts.get(id) ?? 0) + 1);
-    }
     expect(acknowledged.size, `seed ${seed}`).toBeGreaterThan(20);
-    const missing = [...acknowledged].filter((id) => !counts.has(id));
-    const twice = [...counts].filter(([, n]) => n > 1).map(([id]) => id);
-    expect({ missing, twice }, `seed ${seed}`).toEqual({ missing: [], twice: [] });
+    expect(deliveryGaps(acknowledged, await diskRecords(diskPath)), `seed ${seed}`).toEqual({
+      missing: [],
+      twice: [],
+    });
   }, 180_000);
 
   it('keeps large captures (payload files beside the database) intact across kills, and leaves no file behind', async () => {
@@ -179,18 +195,19 @@ describe('crash safety with the local database (real agent process, SIGKILL)', (
     agent.child.kill('SIGTERM');
     await agent.exited;
 
+    const records = await diskRecords(diskFolder);
     const damaged: string[] = [];
-    const counts = new Map<string, number>();
-    for (const { record } of await diskRecords(diskFolder)) {
+    for (const { record } of records) {
       const id = record.eventMetadata.eventId as string;
-      counts.set(id, (counts.get(id) ?? 0) + 1);
       const written = await readDataRef(record.deviceFleetInputs[0]['data-ref'] as string);
       if (!written.equals(bytesOf(id))) damaged.push(id);
     }
     expect(acknowledged.size, `seed ${seed}`).toBeGreaterThan(5);
-    const missing = [...acknowledged].filter((id) => !counts.has(id));
-    const twice = [...counts].filter(([, n]) => n > 1).map(([id]) => id);
-    expect({ missing, twice, damaged }, `seed ${seed}`).toEqual({ missing: [], twice: [], damaged: [] });
+    expect({ ...deliveryGaps(acknowledged, records), damaged }, `seed ${seed}`).toEqual({
+      missing: [],
+      twice: [],
+      damaged: [],
+    });
     // Orphans of each kill were removed at the next start; the files of delivered captures once written.
     expect(await readdir(capturePayloadFolder(agentDatabasePath(dataRoot)))).toEqual([]);
   }, 180_000);
