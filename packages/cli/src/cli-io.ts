@@ -31,6 +31,11 @@ export class CliError extends Error {
 
 export interface Output {
   json: boolean;
+  /**
+   * How the user started this CLI (`npx edgefleet` or `edgefleet`, from `commandPrefix`): every hint that names a
+   * command to run next starts with it, so it can be pasted as is.
+   */
+  invocation: string;
   /** A line for people; suppressed under --json. */
   say(line?: string): void;
   /** The command's result: printed as JSON under --json, else as the given human text. */
@@ -45,6 +50,7 @@ export interface Progress {
 
 export function createOutput(opts: {
   json: boolean;
+  invocation: string;
   stdout?: NodeJS.WritableStream;
   stderr?: NodeJS.WriteStream;
 }): Output {
@@ -52,6 +58,7 @@ export function createOutput(opts: {
   const stderr = opts.stderr ?? process.stderr;
   return {
     json: opts.json,
+    invocation: opts.invocation,
     say(line = '') {
       if (!opts.json) stdout.write(`${line}\n`);
     },

@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { commandPrefix } from '@edgefleet/core';
 import { CliError, EXIT, createOutput, describeFsError, isFsError, type Output } from './cli-io.js';
 import { registerPkiCommands } from './pki/pki-command.js';
 import { registerPackageCommands } from './package/package-command.js';
@@ -11,10 +12,18 @@ import { registerModelCommands } from './model/model-command.js';
 import { registerPackagingCommands } from './packaging/packaging-command.js';
 import { registerDeploymentCommands } from './deployment/deployment-command.js';
 
+/**
+ * What the CLI reads and writes besides its arguments: its output streams, and the environment it was started in
+ * (only to tell how it was started, for the hints it prints).
+ */
+export interface CliIo {
+  stdout?: NodeJS.WritableStream;
+  stderr?: NodeJS.WriteStream;
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
 /** Builds the `edgefleet` program. Exported so tests drive it in-process with their own streams. */
-export function buildProgram(
-  io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WriteStream } = {},
-): Command {
+export function buildProgram(io: CliIo = {}): Command {
   const program = new Command('edgefleet')
     .description(
       'EdgeFleet: package and sign ONNX models, manage fleets and devices on a control plane, talk to a local agent',
@@ -32,7 +41,8 @@ export function buildProgram(
     });
   }
   let json = false;
-  const output = (): Output => createOutput({ json, ...io });
+  const invocation = commandPrefix('edgefleet', io.env ?? process.env);
+  const output = (): Output => createOutput({ json, invocation, ...io });
   registerPkiCommands(program, output);
   registerPackageCommands(program, output);
   registerDemoCommand(program, output);
@@ -55,10 +65,7 @@ export function buildProgram(
 }
 
 /** Runs the CLI and returns its exit code; every failure becomes one clear line on stderr. */
-export async function runCli(
-  argv: string[],
-  io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WriteStream } = {},
-): Promise<number> {
+export async function runCli(argv: string[], io: CliIo = {}): Promise<number> {
   const stderr = io.stderr ?? process.stderr;
   const program = buildProgram(io);
   try {

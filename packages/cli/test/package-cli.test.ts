@@ -147,6 +147,30 @@ describe('edgefleet pki + package', () => {
     expect(error).toMatchObject({ code: 1, stderr: expect.stringContaining('does not exist') });
     expect((error as { stderr: string }).stderr).not.toContain('    at ');
   });
+
+  it('hints name the command as the user started it: npx edgefleet through npx, else edgefleet', async () => {
+    const run = promisify(execFile);
+    const repo = join(import.meta.dirname, '..', '..', '..');
+    // Vitest itself may run under npx: the installed-binary run gets an environment without npm's variables.
+    const plainEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('npm_')));
+    const installed = await run(
+      process.execPath,
+      [
+        join(repo, 'packages', 'cli', 'bin', 'edgefleet.js'),
+        'pki',
+        'init',
+        '--out',
+        join(work, 'pki-hint-1'),
+      ],
+      { env: plainEnv },
+    );
+    expect(installed.stdout).toMatch(/^Sign a package: edgefleet package sign /m);
+    const throughNpx = await run('npx', ['edgefleet', 'pki', 'init', '--out', join(work, 'pki-hint-2')], {
+      cwd: repo,
+      env: plainEnv,
+    });
+    expect(throughNpx.stdout).toMatch(/^Sign a package: npx edgefleet package sign /m);
+  });
 });
 
 describe('edgefleet demo', () => {

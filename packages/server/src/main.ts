@@ -7,6 +7,7 @@
  *   edgefleet-server backup --out FILE | restore --from FILE
  */
 import { Command, Option } from 'commander';
+import { commandPrefix } from '@edgefleet/core';
 import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
 import { registerBackupCommands } from './backup/index.js';
 import {
@@ -61,15 +62,21 @@ function shellWord(value: string): string {
   return `'${value.replaceAll("'", `'\\''`)}'`;
 }
 
-/** `token create` for a second admin token, on the same state as the command given `options` used. */
-function tokenCreateCommand(options: CommonOptions): string {
+/**
+ * `token create` for a second admin token, on the same state as the command given `options` used, started the
+ * way this server was (`npx edgefleet-server` through npx, else `edgefleet-server`).
+ */
+function tokenCreateCommand(options: CommonOptions, env: NodeJS.ProcessEnv): string {
   const same = [
     ['--config', options.config],
     ['--data-dir', options.dataDir],
   ].flatMap(([flag, value]) => (value === undefined ? [] : [`${flag} ${shellWord(value)}`]));
   // A database URL may hold a password: named, not printed.
   if (options.database !== undefined) same.push('--database <the same database>');
-  return ['edgefleet-server token create --name admin-2 --scope admin', ...same].join(' ');
+  return [
+    `${commandPrefix('edgefleet-server', env)} token create --name admin-2 --scope admin`,
+    ...same,
+  ].join(' ');
 }
 
 async function serve(options: CommonOptions): Promise<void> {
@@ -129,8 +136,7 @@ addCommonOptions(
     // ./.edgefleet/server): the command must run as printed, as it is the way out for whoever lost that token.
     process.stderr.write(
       'no token printed: an active admin token already exists (printed by the first init, or by `npm start`); ' +
-        `create another with \`${tokenCreateCommand(options)}\` ` +
-        '(`npx edgefleet-server …` in a clone of the repository)\n',
+        `create another with \`${tokenCreateCommand(options, process.env)}\`\n`,
     );
   }
 });

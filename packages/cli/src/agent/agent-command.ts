@@ -186,9 +186,10 @@ export function registerAgentCommands(program: Command, output: () => Output): v
           shape: t.tensorMetadata?.shape ?? [],
           data: decodeTensor(t.tensorMetadata?.dataType ?? -1, t.byteData ?? Buffer.alloc(0)),
         }));
-        output().result({ outputs: decoded, ...(result.capture && { capture: result.capture }) }, () => [
+        const out = output();
+        out.result({ outputs: decoded, ...(result.capture && { capture: result.capture }) }, () => [
           ...decoded.map((t) => `${t.name} ${t.dataType} [${t.shape.join(', ')}]: ${JSON.stringify(t.data)}`),
-          ...(result.capture ? [captureLine(result.capture)] : []),
+          ...(result.capture ? [captureLine(result.capture, out.invocation)] : []),
         ]);
       },
     );
@@ -261,7 +262,8 @@ export function registerAgentCommands(program: Command, output: () => Output): v
           });
           return captureStatus(a, captureId, raw.wait);
         });
-        output().result(status, () => captureLine(status));
+        const out = output();
+        out.result(status, () => captureLine(status, out.invocation));
         if (status.status === 'FAILURE')
           throw new CliError(`capture ${captureId} failed: the agent gave up writing it (see its log)`);
       },
@@ -275,7 +277,8 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     .option(...socketOption)
     .action(async (captureId: string, raw: { wait?: number; socket?: string }) => {
       const status = await withAgent(raw.socket, (a) => captureStatus(a, captureId, raw.wait));
-      output().result(status, () => captureLine(status));
+      const out = output();
+      out.result(status, () => captureLine(status, out.invocation));
       if (status.status === 'NOT_FOUND')
         throw new CliError(
           `the agent knows no capture ${captureId} (never sent, or its status was forgotten)`,
@@ -389,8 +392,8 @@ async function captureStatus(
   }
 }
 
-const captureLine = (c: CaptureStatus) =>
-  `capture ${c.captureId}: ${c.status}${c.status === 'IN_PROGRESS' ? ' (ask again: edgefleet agent capture status <id>)' : ''}`;
+const captureLine = (c: CaptureStatus, invocation: string) =>
+  `capture ${c.captureId}: ${c.status}${c.status === 'IN_PROGRESS' ? ` (ask again: ${invocation} agent capture status ${c.captureId})` : ''}`;
 
 function parseWait(value: string): number {
   const n = Number(value);

@@ -130,8 +130,7 @@ export function registerDemoCommand(program: Command, output: () => Output): voi
       const result = await runDemo(raw.dir, out);
       out.result(result, () => [
         '',
-        // npx, as every command in the README: in a clone `edgefleet` is not on PATH.
-        'Try: npx edgefleet package inspect ' + relative(process.cwd(), result.archive),
+        `Try: ${out.invocation} package inspect ${relative(process.cwd(), result.archive)}`,
       ]);
     });
 }

@@ -117,7 +117,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
       );
       out.result({ devices }, () => [
         `Registered ${devices.length} device${devices.length === 1 ? '' : 's'} in fleet ${fleet}: ${devices.map((d) => d.name).join(', ')}`,
-        `Next, on each device: edgefleet device enroll --server <url> --token $(edgefleet device enrollment-token <name> …) --config <agent config>`,
+        `Next, on each device: ${out.invocation} device enroll --server <url> --token $(${out.invocation} device enrollment-token <name> …) --config <agent config>`,
       ]);
     },
   );
@@ -379,7 +379,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
         const enrollmentToken = opts.token ?? (process.env.EDGEFLEET_ENROLLMENT_TOKEN || undefined);
         if (enrollmentToken === undefined)
           throw new CliError(
-            'no enrollment token: pass --token efe_… or set EDGEFLEET_ENROLLMENT_TOKEN (an operator creates one with "edgefleet device enrollment-token <device>")',
+            `no enrollment token: pass --token efe_… or set EDGEFLEET_ENROLLMENT_TOKEN (an operator creates one with "${out.invocation} device enrollment-token <device>")`,
             EXIT.usage,
           );
         const configFile = resolve(opts.config);
@@ -407,9 +407,10 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
               ...(opts.restPort !== undefined && { restPort: opts.restPort }),
               ...(opts.deployments !== undefined && { deploymentPollSeconds: opts.deployments }),
               keyType: opts.keyType,
+              invocation: out.invocation,
             });
           } catch (error) {
-            throw cliErrorFrom(error, 'enrollment-token');
+            throw cliErrorFrom(error, { credential: 'enrollment-token', invocation: out.invocation });
           }
         })();
         out.result(result, () => [

@@ -57,6 +57,8 @@ export interface EnrollOptions {
   restPort?: number;
   /** Turn deployments on, polling every this many seconds (`edgefleet_deployment_poll_interval_seconds`). */
   deploymentPollSeconds?: number;
+  /** How the user started the CLI (`Output.invocation`), for the command a refusal suggests. */
+  invocation: string;
 }
 
 export interface EnrollResult {
@@ -206,7 +208,7 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
   const token = options.enrollmentToken.trim();
   if (!token.startsWith(ENROLLMENT_TOKEN_PREFIX))
     throw new CliError(
-      `the enrollment token should start with ${ENROLLMENT_TOKEN_PREFIX} (an operator creates one with "edgefleet device enrollment-token <device>")`,
+      `the enrollment token should start with ${ENROLLMENT_TOKEN_PREFIX} (an operator creates one with "${options.invocation} device enrollment-token <device>")`,
       EXIT.usage,
     );
   const configFile = resolve(options.configFile);

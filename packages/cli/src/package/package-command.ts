@@ -173,7 +173,7 @@ export function registerPackageCommands(program: Command, output: () => Output):
             table(['', 'tensor', 'type', 'shape'], tensorRows(created.manifest)),
             signed
               ? `Signed (${SIGNATURE_FILE}, ${signed.files.length} files)`
-              : `Not signed: edgefleet package sign ${created.dir} --key <pem> [--cert <pem>]`,
+              : `Not signed: ${out.invocation} package sign ${created.dir} --key <pem> [--cert <pem>]`,
             ...(archive ? [`Archive ${archive.path} (${formatBytes(archive.bytes)})`] : []),
           ],
         );
@@ -272,7 +272,7 @@ export function registerPackageCommands(program: Command, output: () => Output):
           ),
           '',
           signed
-            ? `signed: ${SIGNATURE_FILE} present (run "edgefleet package verify" to check it)`
+            ? `signed: ${SIGNATURE_FILE} present (run "${out.invocation} package verify" to check it)`
             : 'signed: no',
         ]);
       });

@@ -31,7 +31,12 @@ function describeJob(job: PackagingJob): string {
 }
 
 /** Polls until the job is COMPLETED (returned) or FAILED (an error with its message), or `timeoutS` passes. */
-async function waitForJob(client: ServerClient, name: string, timeoutS: number): Promise<PackagingJob> {
+async function waitForJob(
+  client: ServerClient,
+  name: string,
+  timeoutS: number,
+  invocation: string,
+): Promise<PackagingJob> {
   const deadline = Date.now() + timeoutS * 1000;
   for (;;) {
     const job = await client.getPackagingJob(name);
@@ -40,7 +45,7 @@ async function waitForJob(client: ServerClient, name: string, timeoutS: number):
       throw new CliError(`packaging job ${name} FAILED: ${job.statusMessage ?? 'no reason given'}`);
     if (Date.now() >= deadline)
       throw new CliError(
-        `packaging job ${name} is still ${job.status} after ${timeoutS} s; check later with "edgefleet packaging describe ${name}"`,
+        `packaging job ${name} is still ${job.status} after ${timeoutS} s; check later with "${invocation} packaging describe ${name}"`,
       );
     await new Promise((done) => setTimeout(done, POLL_MS));
   }
@@ -85,7 +90,7 @@ export function registerPackagingCommands(program: Command, output: () => Output
           modelVersion: opts.version,
           ...(opts.output !== undefined && { outputS3Location: opts.output }),
         });
-        return opts.wait ? waitForJob(client, name, opts.timeout) : created;
+        return opts.wait ? waitForJob(client, name, opts.timeout, out.invocation) : created;
       });
       out.result(job, () => [
         opts.wait ? `Packaged ${job.modelName} ${job.modelVersion}` : `Started packaging job ${job.name}`,

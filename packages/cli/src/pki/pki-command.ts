@@ -88,14 +88,15 @@ export function registerPkiCommands(program: Command, output: () => Output): voi
         if (!Number.isInteger(days) || days < 1)
           throw new CliError(`--days must be a positive whole number, not ${raw.days}`, 2);
         const files = await initPki({ ...raw, keyType: raw.keyType, days });
-        output().result(files, () => [
+        const out = output();
+        out.result(files, () => [
           `Root CA certificate      ${files.rootCertificate}`,
           `Root CA private key      ${files.rootKey}  (keep offline; 0600)`,
           `Code-signing certificate ${files.signingCertificate}`,
           `Code-signing private key ${files.signingKey}  (0600)`,
           `Device trust folder      ${files.trustFolder}  (set sagemaker_edge_core_root_certs_path to it)`,
           '',
-          `Sign a package: edgefleet package sign <dir> --key ${files.signingKey} --cert ${files.signingCertificate}`,
+          `Sign a package: ${out.invocation} package sign <dir> --key ${files.signingKey} --cert ${files.signingCertificate}`,
           'This PKI is for development and tests. In production, use your own CA and keep its key offline.',
         ]);
       },

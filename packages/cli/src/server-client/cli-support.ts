@@ -19,12 +19,13 @@ export function addServerOptions(command: Command): Command {
 }
 
 /**
- * A failure of the server client, as the one line and exit code the user sees. `credential` says which
- * credential a 401 is about: the operator's API token (default), or a device's single-use enrollment token.
+ * A failure of the server client, as the one line and exit code the user sees. A 401 is about the operator's API
+ * token, unless `enrollment` says it is about a device's single-use enrollment token (its hint names the command
+ * that makes one, started as the user started the CLI: `invocation`).
  */
 export function cliErrorFrom(
   error: unknown,
-  credential: 'api-token' | 'enrollment-token' = 'api-token',
+  enrollment?: { credential: 'enrollment-token'; invocation: string },
 ): unknown {
   if (error instanceof ConnectionConfigError) return new CliError(error.message, EXIT.usage);
   if (error instanceof ServerUnreachableError || error instanceof ServerResponseError)
@@ -32,8 +33,8 @@ export function cliErrorFrom(
   if (error instanceof ServerApiError) {
     const hint =
       error.status === 401
-        ? credential === 'enrollment-token'
-          ? ' (enrollment tokens are single-use and expire: an operator makes a new one with "edgefleet device enrollment-token <device>"; pass it with --token or EDGEFLEET_ENROLLMENT_TOKEN)'
+        ? enrollment
+          ? ` (enrollment tokens are single-use and expire: an operator makes a new one with "${enrollment.invocation} device enrollment-token <device>"; pass it with --token or EDGEFLEET_ENROLLMENT_TOKEN)`
           : ' (check --token, EDGEFLEET_TOKEN or the profile)'
         : error.status === 403 && error.code === 'Forbidden'
           ? ' (use an admin token)'

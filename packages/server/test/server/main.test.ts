@@ -38,15 +38,19 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
     // another (fresh) database. Its name holds what a shell would expand or end a word at, were it not quoted.
     const dataDir = path.join(cwd, "it's $HOME and `false` dir");
     expect((await runServerCli(['init', '--data-dir', dataDir], cwd)).code).toBe(0);
-    const again = await runServerCli(['init', '--data-dir', dataDir], cwd);
+    // Installed (no npx): the bare name. Vitest may itself run under npx, so npm's marker is cleared.
+    const again = await runServerCli(['init', '--data-dir', dataDir], cwd, { npm_command: '' });
     expect(again.code).toBe(0);
-    const printed = /create another with `(edgefleet-server token create .*)` \(`npx/.exec(again.stderr)?.[1];
+    const printed = /create another with `(edgefleet-server token create .*)`$/m.exec(again.stderr)?.[1];
     expect(printed, again.stderr).toBeDefined();
     const created = await runServerCliInShell(printed!, cwd);
     expect(created.code, created.stderr).toBe(0);
     expect(created.stdout.trim()).toMatch(/^efo_/);
     const listed = await runServerCli(['token', 'list', '--data-dir', dataDir], cwd);
     expect(listed.stdout).toMatch(/admin-2/);
+    // Through npx (npm sets npm_command=exec), the command names npx too: in a clone the binary is not on PATH.
+    const throughNpx = await runServerCli(['init', '--data-dir', dataDir], cwd, { npm_command: 'exec' });
+    expect(throughNpx.stderr).toMatch(/create another with `npx edgefleet-server token create /);
   });
 
   it('serves with that token, shuts down cleanly on SIGTERM and keeps its state across restarts', async () => {
