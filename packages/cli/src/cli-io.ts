@@ -1,5 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
+import type { Command } from 'commander';
 
 /**
  * What every command shares: how results are printed (human text or `--json`), progress on long work, and how
@@ -165,4 +166,38 @@ export function isFsError(error: unknown): error is NodeJS.ErrnoException & { pa
     typeof e.syscall === 'string' &&
     typeof e.path === 'string'
   );
+}
+
+/**
+ * Makes a command that takes no arguments (a `list`: it filters by options) refuse one with a usage error that
+ * says what was probably meant, e.g. `device list plant-a` → "add --fleet plant-a", instead of commander's bare
+ * "too many arguments". `meant` gets the first stray argument as a shell word, and how the CLI was started.
+ */
+export function refuseArguments(
+  command: Command,
+  output: () => Output,
+  meant: (arg: string, invocation: string) => string,
+): Command {
+  return command.allowExcessArguments().hook('preAction', (_, action) => {
+    const [first, ...rest] = action.args;
+    if (first === undefined) return;
+    const got = [first, ...rest].map(shellWord).join(' ');
+    throw new CliError(
+      `${commandPath(action)} takes no arguments (got ${got}); ${meant(shellWord(first), output().invocation)}`,
+      EXIT.usage,
+    );
+  });
+}
+
+/** `value` as one POSIX shell word taken literally, so that a suggested command can be pasted. */
+function shellWord(value: string): string {
+  if (/^[A-Za-z0-9_.:@/=+-]+$/.test(value)) return value;
+  return `'${value.replaceAll("'", `'\\''`)}'`;
+}
+
+/** `device list`: a command's names from below the program down to it. */
+function commandPath(command: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = command; c?.parent; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
 }

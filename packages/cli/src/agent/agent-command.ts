@@ -12,7 +12,7 @@ import {
   type Model,
   type Tensor,
 } from '@edgefleet/core';
-import { CliError, EXIT, describeFsError, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, refuseArguments, describeFsError, table, type Output } from '../cli-io.js';
 import { fetchAgentStatus, printAgentStatus } from './agent-status.js';
 import { resolveInput } from './input-shape.js';
 import { decodeTensor, encodeTensor } from './tensor-values.js';
@@ -92,8 +92,11 @@ export function registerAgentCommands(program: Command, output: () => Output): v
       printAgentStatus(await fetchAgentStatus(raw.restSocket), output());
     });
 
-  agent
-    .command('list')
+  refuseArguments(
+    agent.command('list'),
+    output,
+    (arg, invocation) => `one loaded model: ${invocation} agent describe ${arg}`,
+  )
     .description('models the agent has loaded')
     .option(...socketOption)
     .action(async (raw: { socket?: string }) => {

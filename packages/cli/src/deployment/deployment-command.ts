@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, refuseArguments, table, type Output } from '../cli-io.js';
 import {
   addServerOptions,
   collect,
@@ -328,8 +328,12 @@ export function registerDeploymentCommands(
   );
 
   addServerOptions(
-    deployment
-      .command('list')
+    refuseArguments(
+      deployment.command('list'),
+      output,
+      (arg, invocation) =>
+        `to list one fleet's plans add --fleet ${arg}; one plan: ${invocation} deployment describe ${arg}`,
+    )
       .description('list deployment plans')
       .option('--fleet <fleet>', 'only plans for this fleet')
       .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),

@@ -1,6 +1,6 @@
 import { dirname, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, refuseArguments, table, type Output } from '../cli-io.js';
 import {
   ServerClient,
   addServerOptions,
@@ -123,8 +123,12 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
   );
 
   addServerOptions(
-    device
-      .command('list')
+    refuseArguments(
+      device.command('list'),
+      output,
+      (arg) =>
+        `to list one fleet's devices add --fleet ${arg}; other filters: --tag, --name-contains, --status, --model`,
+    )
       .description('list devices, optionally filtered')
       .option('--fleet <name>', 'only this fleet')
       .option('--tag <key[=value]>', 'only devices with this tag (repeatable: all must match)', collect, [])

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, refuseArguments, table, type Output } from '../cli-io.js';
 import {
   addServerOptions,
   addTagUpdateOptions,
@@ -109,8 +109,12 @@ export function registerFleetCommands(program: Command, output: () => Output): v
   );
 
   addServerOptions(
-    fleet
-      .command('list')
+    refuseArguments(
+      fleet.command('list'),
+      output,
+      (arg, invocation) =>
+        `to find fleets by name add --name-contains ${arg}; one fleet: ${invocation} fleet describe ${arg}`,
+    )
       .description('list fleets')
       .option('--name-contains <text>', 'only fleets whose name contains this')
       .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),

@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { CliError, EXIT, formatBytes, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, refuseArguments, formatBytes, table, type Output } from '../cli-io.js';
 import {
   addServerOptions,
   fields,
@@ -70,8 +70,11 @@ export function registerModelCommands(program: Command, output: () => Output): v
   );
 
   addServerOptions(
-    model
-      .command('list')
+    refuseArguments(
+      model.command('list'),
+      output,
+      (arg, invocation) => `one model and its versions: ${invocation} model describe ${arg}`,
+    )
       .description('list models')
       .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),
   ).action(async (opts: ConnectionFlags & { limit?: number }) => {

@@ -1,7 +1,15 @@
 import { stat, writeFile } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { CliError, EXIT, formatBytes, prepareOutFile, table, type Output } from '../cli-io.js';
+import {
+  CliError,
+  EXIT,
+  refuseArguments,
+  formatBytes,
+  prepareOutFile,
+  table,
+  type Output,
+} from '../cli-io.js';
 import {
   addServerOptions,
   fields,
@@ -100,8 +108,12 @@ export function registerPackagingCommands(program: Command, output: () => Output
   );
 
   addServerOptions(
-    packaging
-      .command('list')
+    refuseArguments(
+      packaging.command('list'),
+      output,
+      (arg, invocation) =>
+        `to list jobs in one state add --status ${arg}; one job: ${invocation} packaging describe ${arg}`,
+    )
       .description('list packaging jobs')
       .addOption(new Option('--status <status>', 'only jobs in this state').choices(STATUSES))
       .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),

@@ -1,5 +1,5 @@
 import { Option, type Command } from 'commander';
-import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import { CliError, EXIT, refuseArguments, table, type Output } from '../cli-io.js';
 import {
   addServerOptions,
   fields,
@@ -51,8 +51,7 @@ export function registerTokenCommands(program: Command, output: () => Output): v
   );
 
   addServerOptions(
-    token
-      .command('list')
+    refuseArguments(token.command('list'), output, () => 'it lists every API token (add --limit for fewer)')
       .description('list API tokens (never their secrets)')
       .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),
   ).action(async (opts: ConnectionFlags & { limit?: number }) => {
@@ -83,8 +82,11 @@ export function registerTokenCommands(program: Command, output: () => Output): v
   });
 
   addServerOptions(
-    token
-      .command('list-aws')
+    refuseArguments(
+      token.command('list-aws'),
+      output,
+      () => 'it lists every access key (add --limit for fewer)',
+    )
       .description('list access keys for the SageMaker API (never their secrets)')
       .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),
   ).action(async (opts: ConnectionFlags & { limit?: number }) => {
