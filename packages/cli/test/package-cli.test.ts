@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -130,6 +130,53 @@ describe('edgefleet pki + package', () => {
     );
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/name.*letters and digits/);
+  });
+
+  it('reads the manifest of a package folder as devices do: no link followed, no huge file, clear errors', async () => {
+    const dir = join(work, 'manifests');
+    const created = await edgefleet(
+      'package',
+      'create',
+      model,
+      '--name',
+      'm',
+      '--version',
+      '1',
+      '--out',
+      dir,
+    );
+    expect(created.code, created.stderr).toBe(0);
+    const manifest = join(dir, 'manifest.json');
+    const outside = join(work, 'outside-manifest.json');
+    await rename(manifest, outside);
+
+    // A link to a valid manifest outside the folder: refused, not followed.
+    await symlink(outside, manifest);
+    for (const command of ['inspect', 'pack', 'sign']) {
+      const args = command === 'sign' ? ['--key', join(work, 'pki', 'signing.key')] : [];
+      const linked = await edgefleet('package', command, dir, ...args);
+      expect(linked.code, `package ${command}`).toBe(1);
+      expect(linked.stderr).toBe(
+        `edgefleet: ${manifest} is a symbolic link; expected a regular file (links are not followed in a package)\n`,
+      );
+    }
+
+    // Larger than any manifest can be: refused from its size, before it is read.
+    await unlink(manifest);
+    await writeFile(manifest, ' '.repeat(1024 * 1024 + 1));
+    const huge = await edgefleet('package', 'inspect', dir);
+    expect(huge.code).toBe(1);
+    expect(huge.stderr).toBe(`edgefleet: ${manifest} is 1048577 bytes; expected at most 1048576\n`);
+
+    // Not JSON: the user's input, not a bug (exit 1, no stack trace).
+    await writeFile(manifest, '{"name": ');
+    const broken = await edgefleet('package', 'inspect', dir);
+    expect(broken.code).toBe(1);
+    expect(broken.stderr).toMatch(/manifest\.json is not JSON.*; expected the package manifest\n$/);
+
+    await unlink(manifest);
+    await rename(outside, manifest);
+    expect((await edgefleet('package', 'inspect', dir)).code).toBe(0);
   });
 
   it('reports usage errors with exit code 2', async () => {

@@ -4,15 +4,20 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import {
   MANIFEST_FILE,
+  MAX_MANIFEST_BYTES,
+  PackageFileError,
   PackageManifestSchema,
   SIGNATURE_FILE,
   archiveFileName,
   createModelPackage,
+  describeZodError,
   extractPackageArchive,
+  jsonSyntaxErrorPosition,
   loadSigner,
   listRegularFiles,
   loadTrustFolder,
   packModelPackage,
+  readPackageFile,
   signPackage,
   verifyPackage,
   type PackageManifest,
@@ -40,13 +45,33 @@ async function withPackageFolder<T>(path: string, fn: (dir: string) => Promise<T
   }
 }
 
+/**
+ * The manifest of a package folder the user named, read as the agent and server read one (readPackageFile): at
+ * most MAX_MANIFEST_BYTES, a regular file, never through a symlink; so a huge, linked or FIFO manifest is one
+ * clear line, not a hang or a read of a file outside the folder.
+ */
 async function readManifest(dir: string): Promise<PackageManifest> {
-  const text = await readFile(join(dir, MANIFEST_FILE), 'utf8').catch(() => {
-    throw new CliError(`${dir} has no ${MANIFEST_FILE}; is it a model package?`);
+  const label = join(dir, MANIFEST_FILE);
+  const bytes = await readPackageFile(resolve(dir), MANIFEST_FILE, {
+    maxBytes: MAX_MANIFEST_BYTES,
+    label,
+  }).catch((error: unknown) => {
+    if (!(error instanceof PackageFileError)) throw error;
+    if (error.problem === 'missing')
+      throw new CliError(`${dir} has no ${MANIFEST_FILE}; is it a model package?`);
+    throw new CliError(error.message);
   });
-  const parsed = PackageManifestSchema.safeParse(JSON.parse(text));
+  let json: unknown;
+  try {
+    json = JSON.parse(bytes.toString('utf8'));
+  } catch (error) {
+    throw new CliError(
+      `${label} is not JSON${jsonSyntaxErrorPosition(error)}; expected the package manifest`,
+    );
+  }
+  const parsed = PackageManifestSchema.safeParse(json);
   if (!parsed.success)
-    throw new CliError(`${join(dir, MANIFEST_FILE)} is not a valid manifest: ${parsed.error.message}`);
+    throw new CliError(`${label} is not a valid manifest: ${describeZodError(parsed.error)}`);
   return parsed.data;
 }
 
