@@ -26,7 +26,10 @@ export interface ReceiveGuardOptions {
    * side of the stream) is cancelled (DEADLINE_EXCEEDED).
    */
   receiveTimeoutMs: number;
-  /** `-m`: a message announced larger is refused by grpc-js itself, and counts nothing here. */
+  /**
+   * `-m`: a message announced larger is refused here, before grpc-js sees its bytes, with a status that names the
+   * option (grpc-js's own check, which stays, would say only "Received message larger than max (X vs Y)").
+   */
   maxMessageBytes: number;
   logger: Logger;
 }
@@ -159,7 +162,9 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
     /** The guard's sweep count when the call began. */
     readonly sweep: number,
   ) {
-    stream.on('data', this.#onData);
+    // Before grpc-js's own listener (added when it made the call): each chunk is counted (or refused) before grpc-js
+    // buffers it, and a length prefix over -m is answered here, with the option named, before grpc-js's check.
+    stream.prependListener('data', this.#onData);
     stream.on('close', this.#onClose);
   }
 
@@ -184,8 +189,17 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
           status.UNIMPLEMENTED,
           'compressed request messages are not accepted (the agent holds request bytes to a budget as they arrive, and an inflated message would hold more than it sent); expected the message uncompressed',
         );
-      // grpc-js refuses a message over -m itself (RESOURCE_EXHAUSTED) and drops its bytes: nothing to hold.
-      if (this.#declared > this.guard.maxMessageBytes) return this.#stopCounting();
+      // Refused before a byte is held: the status (trailers only) marks grpc-js's call cancelled, so it drops the
+      // rest of the message as it arrives, as it does after its own check. No reset: nothing is buffered to free,
+      // and a client still sending (grpcio) would report the reset (CANCELLED) instead of this status.
+      if (this.#declared > this.guard.maxMessageBytes) {
+        this.received();
+        this.call.sendStatus({
+          code: status.RESOURCE_EXHAUSTED,
+          details: `the request message is ${this.#declared} bytes, larger than the agent's limit of ${this.guard.maxMessageBytes} bytes (its -m / --max-message-size option); expected a smaller message (tensors in shared memory do not count), or an agent started with a larger -m`,
+        });
+        return;
+      }
       this.#remaining = PREFIX_BYTES + this.#declared;
       bytes = PREFIX_BYTES + chunk.length - i;
     }

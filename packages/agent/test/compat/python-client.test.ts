@@ -165,7 +165,9 @@ describe.skipIf('missing' in found)('a Python SageMaker Edge client (grpcio, pro
       [
         'predict_oversized',
         'RESOURCE_EXHAUSTED',
-        new RegExp(`larger than max \\(\\d+ vs\\.? ${MAX_MESSAGE_BYTES}\\)`),
+        new RegExp(
+          `^the request message is \\d+ bytes, larger than the agent's limit of ${MAX_MESSAGE_BYTES} bytes \\(its -m / --max-message-size option\\)`,
+        ),
       ],
       ['capture_duplicate', 'ALREADY_EXISTS', /capture-python-1/],
       ['capture_future', 'OUT_OF_RANGE', /in the future/],

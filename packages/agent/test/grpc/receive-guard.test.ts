@@ -174,16 +174,18 @@ describe('gRPC request messages being received', () => {
     while (budget.usedBytes > 0) await delay(10);
   });
 
-  it('takes nothing for an announced length alone, nor for a prefix over -m (which grpc-js refuses itself): neither blocks other callers', async () => {
+  it('takes nothing for an announced length alone, nor for a prefix over -m (refused, naming -m): neither blocks other callers', async () => {
     // A budget larger than -m, so that a prefix over -m would fit it.
     const budget = new BodyBudget(2560 * KiB);
     const socketPath = await start({ budget, receiveTimeoutMs: 60_000 });
     const http2 = await session(socketPath);
-    // A prefix announcing 2 MiB (over -m): grpc-js refuses the call, and the guard takes nothing for it.
+    // A prefix announcing 2 MiB (over -m): refused from the prefix, naming the option; nothing is taken for it.
     const overMax = holdPredict(http2, 2048 * KiB, 10);
     expect(await within(overMax.answer, 10_000)).toMatchObject({
       status: '8',
-      message: expect.stringMatching(/larger than max/),
+      message: expect.stringMatching(
+        /^the request message is 2097152 bytes, larger than the agent's limit of 1048576 bytes \(its -m \/ --max-message-size option\)/,
+      ),
     });
     expect(budget.usedBytes).toBe(0);
     // Prefixes announcing 1000 KiB each (within -m) with 10 bytes sent: at most what was sent is taken.
