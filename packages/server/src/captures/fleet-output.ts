@@ -1,12 +1,8 @@
 import type { BlobStore, S3ConnectionOptions } from '../blobs/index.js';
 import { S3BlobStore } from '../blobs/index.js';
+import type { FleetOutputS3Timeouts } from './fleet-output-timeouts.js';
 
-/**
- * Timeouts of the fleet-output S3 clients: a bucket endpoint that stops answering fails the upload (refunded, the
- * agent retries) instead of holding one of the client's sockets, which every fleet writing to that bucket shares.
- * Idle time, not total time, so that a large capture streamed slowly from a device is not cut off.
- */
-export const FLEET_OUTPUT_S3_TIMEOUTS = { socketTimeoutMs: 60_000, connectionTimeoutMs: 10_000 } as const;
+export { FLEET_OUTPUT_S3_TIMEOUTS, type FleetOutputS3Timeouts } from './fleet-output-timeouts.js';
 
 /**
  * Sockets of a fleet-output S3 client beyond the upload slots: streamed uploads (one per slot) hold a socket while
@@ -49,13 +45,15 @@ export class FleetOutputs {
   readonly #s3: S3ConnectionOptions | undefined;
   readonly #serverBlobs: { bucket: string; prefix: string } | undefined;
   readonly #maxSockets: number;
+  readonly #timeouts: FleetOutputS3Timeouts;
   readonly #warn: ((message: string) => void) | undefined;
   readonly #buckets = new Map<string, S3BlobStore>();
 
   /**
    * `serverBlobs`: the server's own S3 blob location, when its blobs are in S3. `uploadSlots`:
    * captures.maxConcurrentUploads, the streamed uploads at once; each bucket's client gets that many sockets plus
-   * FLEET_OUTPUT_SPARE_SOCKETS. `warn`: where the S3 SDK's warnings go (one per failed streamed PUT, which a
+   * FLEET_OUTPUT_SPARE_SOCKETS. `timeouts`: each bucket's client's (captures.outputS3SocketTimeoutMs and
+   * captures.outputS3ConnectionTimeoutMs). `warn`: where the S3 SDK's warnings go (one per failed streamed PUT, which a
    * device can cause at will: kept out of stderr and at a quiet level by the caller).
    */
   constructor(
@@ -64,6 +62,7 @@ export class FleetOutputs {
     options: {
       serverBlobs?: { bucket: string; prefix: string } | undefined;
       uploadSlots: number;
+      timeouts: FleetOutputS3Timeouts;
       warn?: (message: string) => void;
     },
   ) {
@@ -71,6 +70,7 @@ export class FleetOutputs {
     this.#s3 = s3;
     this.#serverBlobs = options.serverBlobs;
     this.#maxSockets = options.uploadSlots + FLEET_OUTPUT_SPARE_SOCKETS;
+    this.#timeouts = options.timeouts;
     this.#warn = options.warn;
   }
 
@@ -88,8 +88,9 @@ export class FleetOutputs {
     let store = this.#buckets.get(bucket);
     if (store === undefined) {
       store = new S3BlobStore({
-        ...FLEET_OUTPUT_S3_TIMEOUTS,
         ...this.#s3,
+        socketTimeoutMs: this.#timeouts.socketTimeoutMs,
+        connectionTimeoutMs: this.#timeouts.connectionTimeoutMs,
         bucket,
         prefix: '',
         maxSockets: this.#maxSockets,

@@ -101,6 +101,10 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   const outputs = new FleetOutputs(deps.blobs, blobLocation.kind === 's3' ? deps.s3 : undefined, {
     serverBlobs: blobLocation.kind === 's3' ? blobLocation : undefined,
     uploadSlots: deps.config.captures.maxConcurrentUploads,
+    timeouts: {
+      socketTimeoutMs: deps.config.captures.outputS3SocketTimeoutMs,
+      connectionTimeoutMs: deps.config.captures.outputS3ConnectionTimeoutMs,
+    },
     // One SDK warning per cut-off streamed upload, which a device causes at will: in the log, at debug.
     warn: (message) => app.log.debug({ component: 'fleet-output-s3' }, message),
   });

@@ -2,6 +2,7 @@ import { MAX_METRICS_PER_HEARTBEAT } from '@edgefleet/core';
 import { z } from 'zod';
 import type { BlobLocation } from '../blobs/index.js';
 import { captureBodyLimitBytes } from '../captures/body-limit.js';
+import { FLEET_OUTPUT_S3_TIMEOUTS } from '../captures/fleet-output-timeouts.js';
 import { DEFAULT_MAX_METRICS_PER_QUERY } from '../heartbeats/metrics-query.js';
 import type { DatabaseLocation } from '../storage/index.js';
 
@@ -195,6 +196,21 @@ export const serverConfigSchema = z.strictObject({
       maxConcurrentUploads: z.int().min(1).max(1024).default(8),
       /** Large capture uploads read at once from any one device. */
       maxConcurrentUploadsPerDevice: z.int().min(1).max(64).default(2),
+      /**
+       * A fleet-output S3 request whose socket sends and receives nothing this long fails (the upload is refunded;
+       * the agent retries), so that a stalled bucket endpoint cannot hold a socket its bucket's client shares.
+       */
+      outputS3SocketTimeoutMs: z
+        .int()
+        .min(1000)
+        .max(60 * 60_000)
+        .default(FLEET_OUTPUT_S3_TIMEOUTS.socketTimeoutMs),
+      /** Connecting to a fleet-output bucket's endpoint fails after this long. */
+      outputS3ConnectionTimeoutMs: z
+        .int()
+        .min(1000)
+        .max(10 * 60_000)
+        .default(FLEET_OUTPUT_S3_TIMEOUTS.connectionTimeoutMs),
     })
     // Values that are each in range but together would quietly switch the upload slots off or never bind.
     .superRefine((captures, context) => {

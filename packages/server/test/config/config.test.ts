@@ -147,6 +147,42 @@ describe('loadConfig', () => {
     expect(config.captures).toMatchObject({ largeBodyBytes: 4259839, maxConcurrentUploadsPerDevice: 2 });
   });
 
+  it('reads the fleet-output S3 timeouts, refusing values out of range or not whole milliseconds', async () => {
+    const defaults = await loadConfig({ env: {}, cwd: dir });
+    expect(defaults.captures).toMatchObject({
+      outputS3SocketTimeoutMs: 60_000,
+      outputS3ConnectionTimeoutMs: 10_000,
+    });
+    const set = await loadConfig({
+      configFile: await configFile({
+        captures: { outputS3SocketTimeoutMs: 120_000, outputS3ConnectionTimeoutMs: 2500 },
+      }),
+      env: {},
+      cwd: dir,
+    });
+    expect(set.captures).toMatchObject({
+      outputS3SocketTimeoutMs: 120_000,
+      outputS3ConnectionTimeoutMs: 2500,
+    });
+    const refused = async (captures: Record<string, unknown>) => {
+      const error = await loadConfig({ configFile: await configFile({ captures }), env: {}, cwd: dir }).catch(
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(ConfigError);
+      return (error as Error).message;
+    };
+    // 0 would mean no timeout at all in the S3 SDK: a stalled endpoint would hold its socket for good.
+    expect(await refused({ outputS3SocketTimeoutMs: 0 })).toMatch(
+      /captures\.outputS3SocketTimeoutMs: .*>=1000/,
+    );
+    expect(await refused({ outputS3ConnectionTimeoutMs: 1.5 })).toMatch(
+      /captures\.outputS3ConnectionTimeoutMs: .*expected int/i,
+    );
+    expect(await refused({ outputS3ConnectionTimeoutMs: '10s' })).toMatch(
+      /captures\.outputS3ConnectionTimeoutMs: .*expected number/i,
+    );
+  });
+
   it('listens on 127.0.0.1 for localhost (one address, which the listener limits reach)', async () => {
     const config = await loadConfig({ env: {}, cwd: dir, flags: { listen: 'localhost:9000' } });
     expect(config.listen).toEqual({ host: '127.0.0.1', port: 9000 });
