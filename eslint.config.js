@@ -15,4 +15,28 @@ export default tseslint.config(
   },
   // The fleet console runs in the browser.
   { files: ['packages/web/src/**'], languageOptions: { globals: globals.browser } },
+  // A package's tests never reach into another package's test folder: what tests of several packages share lives
+  // in the root test/support/.
+  {
+    files: ['packages/*/test/**'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              group: [
+                '**/core/test/**',
+                '**/agent/test/**',
+                '**/server/test/**',
+                '**/cli/test/**',
+                '**/web/test/**',
+              ],
+              message: "another package's test folder: move what is shared to the root test/support/",
+            },
+          ],
+        },
+      ],
+    },
+  },
 );

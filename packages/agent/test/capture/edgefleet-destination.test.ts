@@ -15,7 +15,7 @@ import {
   until,
   type ControlPlane,
 } from '../fleet/support.js';
-import { rawQueryOf, startRawUpload } from '../../../server/test/support/raw-upload.js';
+import { rawQueryOf, startRawUpload } from '../../../../test/support/raw-upload.js';
 
 // The EdgeFleet destination against a real control plane: a file the server refuses for good (here a key
 // outside the fleet's output prefix, 403) fails its captures at once and does not hold back later batches; files

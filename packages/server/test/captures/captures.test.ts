@@ -6,7 +6,7 @@ import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { deviceCall } from '../support/device.js';
-import { rawQueryOf, startRawUpload, uploadRawFile } from '../support/raw-upload.js';
+import { rawQueryOf, startRawUpload, uploadRawFile } from '../../../../test/support/raw-upload.js';
 import { databaseEngines } from '../support/engines.js';
 import { FLEET_OUTPUT_SPARE_SOCKETS } from '../../src/captures/fleet-output.js';
 import { captureUsageOf } from '../support/capture-usage.js';

@@ -14,7 +14,12 @@ import { secondsToNextUtcDay } from '../../src/captures/capture-ingest.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
 import { captureUsageOf } from '../support/capture-usage.js';
-import { rawQueryOf, startRawUpload, uploadRawFile, type RawAnswer } from '../support/raw-upload.js';
+import {
+  rawQueryOf,
+  startRawUpload,
+  uploadRawFile,
+  type RawAnswer,
+} from '../../../../test/support/raw-upload.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();

@@ -14,6 +14,7 @@ import {
   RelativeDistinguishedName,
   SubjectPublicKeyInfo,
 } from '@peculiar/asn1-x509';
+import type { TlsIdentity } from '../../../../test/support/device-tls.js';
 
 export type DeviceKeyType = 'ecdsa-p256' | 'ecdsa-p384' | 'ed25519' | 'rsa';
 
@@ -81,12 +82,7 @@ export function createCsr(key: DeviceKey, commonName: string, options: { tamper?
   return toPem('CERTIFICATE REQUEST', der);
 }
 
-export interface TlsIdentity {
-  /** Trust for the server's certificate (the device CA). */
-  ca: string;
-  cert?: string;
-  key?: string;
-}
+export type { TlsIdentity };
 
 export interface DeviceResponse {
   status: number;

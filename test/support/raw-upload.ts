@@ -1,9 +1,10 @@
 /**
  * The device's raw capture upload (`POST /api/v1/device/captures/files/raw`), for tests: one request whose headers
- * go at once and whose body goes when the test says, over a fresh mutual-TLS connection.
+ * go at once and whose body goes when the test says, over a fresh mutual-TLS connection. Here, not in the server's
+ * test folder, because the agent's tests drive the same route against a real server.
  */
 import https from 'node:https';
-import type { TlsIdentity } from './device.js';
+import type { TlsIdentity } from './device-tls.js';
 
 export const RAW_CAPTURE_PATH = '/api/v1/device/captures/files/raw';
 
