@@ -38,7 +38,7 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
     // another (fresh) database. Its name holds what a shell would expand or end a word at, were it not quoted.
     const dataDir = path.join(cwd, "it's $HOME and `false` dir");
     expect((await runServerCli(['init', '--data-dir', dataDir], cwd)).code).toBe(0);
-    // Installed (no npx): the bare name. Vitest may itself run under npx, so npm's marker is cleared.
+    // Started from a shell, not by npm: the bare name. Vitest may itself run under npx: npm's marker is cleared.
     const again = await runServerCli(['init', '--data-dir', dataDir], cwd, { npm_command: '' });
     expect(again.code).toBe(0);
     const printed = /create another with `(edgefleet-server token create .*)`$/m.exec(again.stderr)?.[1];
