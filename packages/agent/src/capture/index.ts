@@ -45,6 +45,12 @@ export {
 } from './capture-queue.js';
 export { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
 export {
+  CAPTURE_FOLDER_LOCK_FILE,
+  CaptureFolderInUseError,
+  CaptureFolderLockError,
+  lockCaptureFolder,
+} from './disk-folder-lock.js';
+export {
   CaptureDiskFullError,
   DEFAULT_CAPTURE_DISK_QUOTA_BYTES,
   DEFAULT_CAPTURE_MIN_FREE_BYTES,
