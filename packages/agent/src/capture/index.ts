@@ -35,6 +35,7 @@ export {
   type CaptureRequest,
 } from './capture-request.js';
 export {
+  DEFAULT_DEFERRAL_POLICY,
   MemoryCaptureQueue,
   SqliteCaptureQueue,
   type CaptureQueue,

@@ -33,6 +33,7 @@ export {
 export {
   CaptureQueueRepository,
   type BatchedCaptureRow,
+  type CaptureReadTries,
   type CaptureStatusRow,
   type DiscardedCapture,
   type QueuedCaptureRow,
