@@ -1,7 +1,7 @@
 // The failed reads of a queued capture's payload file count across restarts, with real agent processes: an agent
 // killed after every try (a crash loop) still gives up a payload that can never be read, on its 15th try.
 import { spawn } from 'node:child_process';
-import { chmod, chown, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { chmod, chown, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentCaptureDataStatus } from '@edgefleet/core';
