@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { PredictEvent, PredictListener, PredictObserver, PredictOutput } from '../models/index.js';
 import type { ModelActivity } from '../state/index.js';
-import type { CaptureItem } from './capture-item.js';
+import { keptBytes, type CaptureItem } from './capture-item.js';
 import { tensorNameText } from './capture-request.js';
 import { tensorValues } from './records.js';
 import type { AutoCaptureRule } from './settings.js';
@@ -76,13 +76,16 @@ export class AutoCapture implements PredictObserver {
         name: t.name,
         dataType: t.dataType,
         shape: [...t.shape],
-        data: Buffer.from(t.data),
+        // A view of the gRPC message's bytes; a copy of anything else: shared memory the client may overwrite
+        // once answered, a REST body or an embedding caller's buffers, not known to be this request's alone.
+        data: keptBytes(t.data, event.ownedBuffer),
       })),
       outputTensors: event.outputs.map((t) => ({
         name: tensorNameText(t.name),
         dataType: t.dataType,
         shape: [...t.shape],
-        data: Buffer.from(t.data),
+        // A view: fresh buffers made for this request alone, each exactly its output (PredictEvent.outputs).
+        data: Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength),
       })),
       inputs: [],
       outputs: [],

@@ -37,6 +37,19 @@ export interface CaptureItem {
   outputs: CapturedAuxiliary[];
 }
 
+/**
+ * The bytes a capture keeps of `data`: a view, with no copy on the event loop, when `data` lies in `owned`
+ * (memory of this request alone that nothing writes again: a gRPC request message, which grpc-js assembles per
+ * message, see the gRPC door's messageMemory), else a copy (a shared memory segment the client may overwrite once
+ * answered, a caller's buffer it may reuse). A view keeps `owned` alive while the capture is held: about the
+ * capture's own size, as the message is mostly the bytes captured.
+ */
+export function keptBytes(data: Uint8Array, owned: ArrayBuffer | undefined): Buffer {
+  return owned !== undefined && data.buffer === owned
+    ? Buffer.from(owned, data.byteOffset, data.byteLength)
+    : Buffer.from(data);
+}
+
 /** Bytes of data a capture holds (what its buffering and spooling cost). */
 export function captureBytes(item: CaptureItem): number {
   let bytes = 0;

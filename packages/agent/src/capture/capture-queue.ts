@@ -2,6 +2,7 @@ import {
   DamagedPayloadError,
   DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES,
   UnsafePayloadFolderError,
+  type CaptureReadTries,
   type StoredCaptureRow,
   type CaptureQueueRepository,
   type QueuedCaptureRow,
@@ -75,7 +76,9 @@ export interface FormedBatch {
  * `maxDelayMs` (a try happens only when a batch is formed), passed over by the batches formed meanwhile (so that the
  * others go on), and marked FAILURE on the `maxTries`-th failed read. A read refused because the payload folder is
  * unsafe is not counted as a try: that is a fact about the folder (logged once per change), not the capture, and an
- * admin can fix it. Counted in memory: a restart starts the count again.
+ * admin can fix it. The tries are kept in the local database with the capture (`read_tries`), so a restart goes
+ * on counting: a payload that can never be read (EIO) is given up even by an agent restarted more often than the
+ * tries take; the delay starts again from `firstDelayMs` after a restart.
  */
 export interface DeferralPolicy {
   firstDelayMs: number;
@@ -402,6 +405,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
           items.map((item) => item.captureId),
           damaged.map(({ captureId, detail }) => ({ captureId, detail })),
           this.#now(),
+          readTriesToRecord(rows, deferrals),
         ),
       );
       // Recorded: now the tries count.
@@ -476,6 +480,11 @@ export class SqliteCaptureQueue implements CaptureQueue {
         deferral ? [[captureId, deferral] as const] : [],
       );
       for (const [captureId, deferral] of failed) deferrals.set(captureId, deferral);
+      try {
+        this.#repository.recordReadTries(readTriesToRecord(rows, classified.deferrals));
+      } catch {
+        // Counted in memory still: only a restart before the next recorded try would count these again.
+      }
       // The next try: the earliest of this try's failed reads (none: the discard failed; after the first delay).
       const notBefore = Math.min(...failed.map(([, d]) => d.notBefore));
       this.#setAside.set(batchId, {
@@ -590,7 +599,8 @@ export class SqliteCaptureQueue implements CaptureQueue {
       const before = previous.get(captureId);
       // An unsafe folder is known and logged once per change: not counted against the capture.
       const counted = !(outcome.deferred instanceof UnsafePayloadFolderError);
-      const tries = (before?.tries ?? 0) + (counted ? 1 : 0);
+      // Counted on from the database at a capture's first try in this run: a restart does not start it again.
+      const tries = (before?.tries ?? rows[i]!.readTries) + (counted ? 1 : 0);
       const failures = (before?.failures ?? 0) + 1;
       if (tries >= this.#deferral.maxTries) {
         const error = new Error(
@@ -621,6 +631,17 @@ export class SqliteCaptureQueue implements CaptureQueue {
       return { damaged: error as Error };
     }
   }
+}
+
+/** The deferred captures whose count of tries grew (not those only refused by an unsafe folder): to record. */
+function readTriesToRecord(
+  rows: readonly StoredCaptureRow[],
+  deferrals: ReadonlyMap<string, Deferral | undefined>,
+): CaptureReadTries[] {
+  return rows.flatMap((row) => {
+    const tries = deferrals.get(row.captureId)?.tries;
+    return tries !== undefined && tries !== row.readTries ? [{ captureId: row.captureId, tries }] : [];
+  });
 }
 
 /** A deferred capture: tries counted towards the limit, reads failed (the delay's step), next try (monotonic). */

@@ -2,6 +2,7 @@ import { elementSize, type CaptureDataRequest, MAX_TENSOR_ELEMENTS, MAX_TENSOR_R
 import { AgentError, checkModelName, showTensorName, type PredictTensor } from '../models/index.js';
 import {
   AUXILIARY_ENCODINGS,
+  keptBytes,
   type CaptureItem,
   type CapturedAuxiliary,
   type CapturedTensor,
@@ -23,7 +24,7 @@ export interface CaptureAuxiliaryInput {
   name: string;
   /** The wire's Encoding value (CSV=0, JSON=1, NONE=2, BASE64=3); others are refused here. */
   encoding: number;
-  /** A view the capture copies: it may lie in the request or a shared memory segment. */
+  /** A view into the request (kept, see CaptureRequest.ownedBuffer) or a shared memory segment (copied). */
   data: Uint8Array;
 }
 
@@ -39,6 +40,11 @@ export type CaptureRequest = Omit<
   outputTensors: PredictTensor[];
   inputs: CaptureAuxiliaryInput[];
   outputs: CaptureAuxiliaryInput[];
+  /**
+   * Memory of this request alone that nothing writes again (its gRPC message, see keptBytes): data that lie in it
+   * are kept as views; any other data (shared memory, an embedding caller's buffers) is copied.
+   */
+  ownedBuffer?: ArrayBuffer;
 };
 
 export interface CaptureRequestContext {
@@ -51,7 +57,8 @@ export interface CaptureRequestContext {
  * Checks a CaptureDataRequest and turns it into a capture: the model (model_handle, or the deprecated
  * model_name; the handle wins) must be loaded; the id non-empty, at most 256 characters, no control characters;
  * the timestamp valid and not in the future; every tensor's shape whole and non-negative, and data exactly
- * shape × element size bytes; every auxiliary item's encoding known. Bytes are copied: the capture owns them.
+ * shape × element size bytes; every auxiliary item's encoding known. The capture owns its bytes: views of those
+ * in request.ownedBuffer, copies of the rest.
  * Throws AgentError (INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE).
  */
 export function captureItemFromRequest(request: CaptureRequest, context: CaptureRequestContext): CaptureItem {
@@ -67,6 +74,7 @@ export function captureItemFromRequest(request: CaptureRequest, context: Capture
   const model = context.models.describe(name);
   const inferenceTime = inferenceTimeOf(request, context);
   const label = `capture ${JSON.stringify(captureId)}`;
+  const owned = request.ownedBuffer;
   const item: CaptureItem = {
     captureId,
     model: model.name,
@@ -75,14 +83,16 @@ export function captureItemFromRequest(request: CaptureRequest, context: Capture
     receivedAt: context.now,
     source: 'api',
     inputTensors: (request.inputTensors ?? []).map((t, i) =>
-      capturedTensor(t, `${label}: input tensor #${i + 1}`),
+      capturedTensor(t, `${label}: input tensor #${i + 1}`, owned),
     ),
     outputTensors: (request.outputTensors ?? []).map((t, i) =>
-      capturedTensor(t, `${label}: output tensor #${i + 1}`),
+      capturedTensor(t, `${label}: output tensor #${i + 1}`, owned),
     ),
-    inputs: (request.inputs ?? []).map((a, i) => capturedAuxiliary(a, `${label}: auxiliary input #${i + 1}`)),
+    inputs: (request.inputs ?? []).map((a, i) =>
+      capturedAuxiliary(a, `${label}: auxiliary input #${i + 1}`, owned),
+    ),
     outputs: (request.outputs ?? []).map((a, i) =>
-      capturedAuxiliary(a, `${label}: auxiliary output #${i + 1}`),
+      capturedAuxiliary(a, `${label}: auxiliary output #${i + 1}`, owned),
     ),
   };
   if (item.inputTensors.length + item.outputTensors.length + item.inputs.length + item.outputs.length === 0) {
@@ -147,7 +157,11 @@ function inferenceTimeOf(request: CaptureRequest, context: CaptureRequestContext
   return ms;
 }
 
-function capturedTensor(tensor: PredictTensor, label: string): CapturedTensor {
+function capturedTensor(
+  tensor: PredictTensor,
+  label: string,
+  owned: ArrayBuffer | undefined,
+): CapturedTensor {
   const where = `${label} (${showTensorName(tensor.name)})`;
   const { dataType, shape } = tensor;
   if (shape.length > MAX_TENSOR_RANK || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
@@ -170,10 +184,21 @@ function capturedTensor(tensor: PredictTensor, label: string): CapturedTensor {
       `${where} has ${tensor.data.byteLength} bytes of data; shape [${shape.join(', ')}] of ${dataType} needs ${expected} (${elements} elements × ${elementSize(dataType)} bytes)`,
     );
   }
-  return { name: tensorNameText(tensor.name), dataType, shape: [...shape], data: Buffer.from(tensor.data) };
+  // A view of the gRPC message's bytes (nothing writes them again; no 64 MiB copy on the event loop); a copy of
+  // shared memory, which the client may overwrite once answered, and of anything else (keptBytes).
+  return {
+    name: tensorNameText(tensor.name),
+    dataType,
+    shape: [...shape],
+    data: keptBytes(tensor.data, owned),
+  };
 }
 
-function capturedAuxiliary(item: CaptureAuxiliaryInput, label: string): CapturedAuxiliary {
+function capturedAuxiliary(
+  item: CaptureAuxiliaryInput,
+  label: string,
+  owned: ArrayBuffer | undefined,
+): CapturedAuxiliary {
   const encoding = AUXILIARY_ENCODINGS[item.encoding];
   if (encoding === undefined) {
     throw new AgentError(
@@ -187,7 +212,8 @@ function capturedAuxiliary(item: CaptureAuxiliaryInput, label: string): Captured
       `${label} has a name of ${item.name.length} characters; expected at most ${MAX_CONTENT_TYPE_LENGTH} (what the data is: "jpg", "json", …)`,
     );
   }
-  return { contentType: item.name, encoding, data: Buffer.from(item.data) };
+  // As a tensor's bytes: a view of the gRPC message, a copy of shared memory or anything else (keptBytes).
+  return { contentType: item.name, encoding, data: keptBytes(item.data, owned) };
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });

@@ -35,6 +35,7 @@ export {
   type CaptureRequest,
 } from './capture-request.js';
 export {
+  DEFAULT_DEFERRAL_POLICY,
   MemoryCaptureQueue,
   SqliteCaptureQueue,
   type CaptureQueue,
@@ -44,6 +45,12 @@ export {
   type StatusRetention,
 } from './capture-queue.js';
 export { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
+export {
+  CAPTURE_FOLDER_LOCK_FILE,
+  CaptureFolderInUseError,
+  CaptureFolderLockError,
+  lockCaptureFolder,
+} from './disk-folder-lock.js';
 export {
   CaptureDiskFullError,
   DEFAULT_CAPTURE_DISK_QUOTA_BYTES,

@@ -1,13 +1,14 @@
 import type { Registry } from 'prom-client';
 import type { AgentConfig } from '../config/index.js';
 import type { PredictObserver } from '../models/index.js';
-import type { AgentDatabase, ModelActivity } from '../state/index.js';
+import type { AgentDatabase, FolderLock, ModelActivity } from '../state/index.js';
 import type { CaptureLogger } from './capture-metrics.js';
 import { MemoryCaptureQueue, SqliteCaptureQueue, type CaptureQueue } from './capture-queue.js';
 import type { CaptureModelCatalog } from './capture-request.js';
 import { CaptureService } from './capture-service.js';
 import { DiskQuota } from './disk-quota.js';
 import { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
+import { lockCaptureFolder } from './disk-folder-lock.js';
 import { EdgeFleetObjectStore } from './edgefleet-store.js';
 import { S3ObjectStore, type ObjectStore } from './object-store.js';
 import { captureSettingsFromConfig, type CaptureExtras, type CaptureSettings } from './settings.js';
@@ -39,6 +40,8 @@ export interface RunningCapture {
  * Wires capture from the agent's configuration: the queue (SQLite with the local database, else memory), the
  * destination (Disk folder, or the bucket for Cloud), the bucket client for the spool and the periodic upload,
  * and automatic capture on the registry's Predict path. Resumes what an earlier run left. What the daemon calls.
+ * A Disk destination's folder is locked first (lockCaptureFolder: CaptureFolderInUseError when another agent
+ * holds it, CaptureFolderLockError when it cannot be locked) and held until close.
  */
 export async function startCaptureService(options: StartCaptureOptions): Promise<RunningCapture> {
   const settings =
@@ -51,6 +54,21 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
       options.extras,
       options.env,
     );
+  // Before anything reads or changes a file there (the sweep, the quota's walk, writes, the periodic upload).
+  const folderLock = settings.destination === 'Disk' ? lockCaptureFolder(settings.diskPath) : undefined;
+  try {
+    return await startLocked(options, settings, folderLock);
+  } catch (error) {
+    folderLock?.release();
+    throw error;
+  }
+}
+
+async function startLocked(
+  options: StartCaptureOptions,
+  settings: CaptureSettings,
+  folderLock: FolderLock | undefined,
+): Promise<RunningCapture> {
   const cloud = settings.cloud;
   const store: (ObjectStore & { close(): void }) | undefined = settings.edgefleet
     ? new EdgeFleetObjectStore({ ...settings.edgefleet, ...(options.logger && { logger: options.logger }) })
@@ -136,8 +154,13 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
     service,
     async close() {
       detach?.();
-      await service.close();
-      store?.close();
+      try {
+        await service.close();
+        store?.close();
+      } finally {
+        // Last: nothing of this capture writes in the folder any more.
+        folderLock?.release();
+      }
     },
   };
 }

@@ -2,6 +2,8 @@ import { TrustPolicyError, loadTrustFolder, type TrustPolicy } from '@edgefleet/
 import type { Logger } from 'pino';
 import { ConfigError, loadAgentConfig, type AgentConfig, type CommandLineOptions } from '../config/index.js';
 import {
+  CaptureFolderInUseError,
+  CaptureFolderLockError,
   defaultMaxCaptureBytesFor,
   modelActivityObserver,
   startCaptureService,
@@ -191,7 +193,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       activity,
       logger,
       env: process.env,
-    });
+    }).catch(captureFolderRefusal);
     cleanups.push(() => capture.close());
 
     // The update engine (sagemaker_edge_deployment_lib_path): it first resumes what a crash interrupted.
@@ -372,6 +374,22 @@ function lockDataRoot(dataRoot: string): DataRootLock {
       );
     throw error;
   }
+}
+
+/**
+ * The Disk capture folder's lock (capture/disk-folder-lock.ts), refused as the data root's is: held by another
+ * agent, a StartupError with exit 4 (the same cause: another agent on something this one must own); not
+ * lockable, a ConfigError naming the capture path's key.
+ */
+function captureFolderRefusal(error: unknown): never {
+  if (error instanceof CaptureFolderInUseError)
+    throw new StartupError(EXIT_CODES.DATA_ROOT_IN_USE, error.message, { cause: error });
+  if (error instanceof CaptureFolderLockError)
+    throw new ConfigError(
+      'sagemaker_edge_core_capture_data_disk_path',
+      `sagemaker_edge_core_capture_data_disk_path: ${error.message}`,
+    );
+  throw error;
 }
 
 /** A damaged database was replaced: loud, with where the damaged copy is and what could not be saved. */

@@ -12,7 +12,10 @@ export const EXIT_CODES = {
   BAD_CONFIG: 2,
   /** The socket path cannot be served: a file is there (no -f), a live process answers on it, or bind failed. */
   SOCKET_UNAVAILABLE: 3,
-  /** Another agent holds the data root (sagemaker_edge_local_data_root_path): stop it, then start this one. */
+  /**
+   * Another agent holds the data root (sagemaker_edge_local_data_root_path) or the Disk capture folder
+   * (sagemaker_edge_core_capture_data_disk_path): stop it, then start this one.
+   */
   DATA_ROOT_IN_USE: 4,
 } as const;
 export type ExitCode = (typeof EXIT_CODES)[keyof typeof EXIT_CODES];

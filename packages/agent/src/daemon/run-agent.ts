@@ -3,6 +3,7 @@ import { availableParallelism, constants } from 'node:os';
 import type { Logger } from 'pino';
 import { ConfigError, parseCommandLine } from '../config/index.js';
 import { DataRootInUseError } from '../state/index.js';
+import { CaptureFolderInUseError } from '../capture/index.js';
 import { startAgentDaemon, type AgentDaemon } from './agent-daemon.js';
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { createAgentLogger } from './logger.js';
@@ -71,6 +72,11 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
         ...(error instanceof StartupError &&
           error.cause instanceof DataRootInUseError && {
             dataRoot: error.cause.dataRoot,
+            holderPid: error.cause.holderPid,
+          }),
+        ...(error instanceof StartupError &&
+          error.cause instanceof CaptureFolderInUseError && {
+            captureFolder: error.cause.folder,
             holderPid: error.cause.holderPid,
           }),
         ...(exitCode === EXIT_CODES.FAILURE && { err: error }),

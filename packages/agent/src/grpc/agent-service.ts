@@ -194,7 +194,10 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
       ? unary('CaptureData', async (request, call) => {
           const segments = segmentSource(call);
           try {
-            await capture.capture(fromWireCaptureRequest(request, segments));
+            const decoded = fromWireCaptureRequest(request, segments);
+            // The message's own memory: the capture keeps views of its bytes instead of copying them.
+            const ownedBuffer = messageMemory(call.request);
+            await capture.capture(ownedBuffer ? { ...decoded, ownedBuffer } : decoded);
             return {};
           } finally {
             for (const lease of segments.leases) lease.release();
@@ -248,7 +251,8 @@ const GRPC_MESSAGE_PREFIX_BYTES = 5;
  * The request message's own memory, when it has some: grpc-js assembles each message with Buffer.concat (prefix
  * and body), and Node gives a Buffer of half its pool size or more an ArrayBuffer of its own; smaller ones are
  * slices of the shared pool. Predict's input tensors are views into the message, so handing its own memory to the
- * worker moves them all without a copy; nothing reads the request after the prediction. Anything that does not
+ * worker moves them all without a copy; nothing reads the request after the prediction. Nothing writes it either,
+ * so capture (CaptureData, and automatic capture of Predict) keeps views of its bytes instead of copies. Anything that does not
  * look exactly like that (a pool slice, another layout) is left alone and copied as before. This depends on how
  * grpc-js 1.14.7 frames messages (stream-decoder.js, server-interceptors.js), which is why that version is pinned
  * exactly; request-memory.test.ts fails if a new version stops matching it.

@@ -66,8 +66,21 @@ export interface PredictOptions {
 export interface PredictEvent {
   model: string;
   version: string;
-  /** In the model's input order, named as the model names them. Belong to the caller: copy what you keep. */
+  /**
+   * In the model's input order, named as the model names them. Belong to the caller: copy what you keep, except
+   * the bytes that lie in ownedBuffer.
+   */
   inputs: readonly PoolTensor[];
+  /**
+   * The request's own memory (PredictOptions.ownedBuffer, kept whole: not given up to a worker, as a listener reads
+   * the inputs), which nothing writes again: inputs that are views into it may be kept as views.
+   */
+  ownedBuffer?: ArrayBuffer;
+  /**
+   * Belong to this request alone: buffers made for it (a worker's, transferred; or ONNX Runtime's own on the
+   * event loop, fresh for each run, see outputToWire), each exactly its output's bytes, which nothing writes
+   * again: they may be kept as views.
+   */
   outputs: readonly PredictOutput[];
   /** Epoch milliseconds when the request arrived. */
   at: number;
@@ -381,10 +394,11 @@ export class ModelRegistry {
       const requestMs = performance.now() - began;
       this.#countRequest(description, name, began, { queueMs: result.queueMs, computeMs: result.computeMs });
       if (listeners.length > 0) {
-        const event = {
+        const event: PredictEvent = {
           model: name,
           version: description.version,
           inputs,
+          ...(!giveUp && options.ownedBuffer && { ownedBuffer: options.ownedBuffer }),
           outputs,
           at: Date.now() - requestMs,
         };

@@ -22,6 +22,14 @@ export interface StoredCaptureRow extends QueuedCaptureRow {
   payloadFile: string | null;
   /** The payload file's size, as written (null when the bytes are in the row). */
   payloadBytes: number | null;
+  /** Failed reads of the payload counted towards giving it up, over every run (see recordReadTries). */
+  readTries: number;
+}
+
+/** How many failed reads of a capture's payload count towards giving it up, now. */
+export interface CaptureReadTries {
+  captureId: string;
+  tries: number;
 }
 
 export interface BatchedCaptureRow extends StoredCaptureRow {
@@ -49,6 +57,7 @@ interface RawQueueRow {
   payload: Buffer;
   payload_file: string | null;
   payload_bytes: number | null;
+  read_tries: number;
   enqueued_at: number;
   batch_id: string | null;
 }
@@ -226,14 +235,16 @@ export class CaptureQueueRepository {
   }
 
   /**
-   * One transaction: puts the captures named in `captureIds` that are not in a batch into batch `batchId`, and
-   * drops those in `discards` (marked FAILURE). Returns the ids put in the batch. When it throws, nothing changed.
+   * One transaction: puts the captures named in `captureIds` that are not in a batch into batch `batchId`, drops
+   * those in `discards` (marked FAILURE), and records `readTries` (see recordReadTries). Returns the ids put in the
+   * batch. When it throws, nothing changed.
    */
   assignBatch(
     batchId: string,
     captureIds: readonly string[],
     discards: readonly DiscardedCapture[],
     at: number,
+    readTries: readonly CaptureReadTries[] = [],
   ): string[] {
     const { assigned, files } = this.#db
       .transaction(() => {
@@ -244,11 +255,28 @@ export class CaptureQueueRepository {
              RETURNING capture_id`,
           )
           .all(batchId, JSON.stringify(captureIds)) as { capture_id: string }[];
+        this.#recordReadTries(readTries);
         return { assigned: rows.map((row) => row.capture_id), files: this.#discard(discards, at) };
       })
       .immediate();
     this.#files.removeCommitted(files);
     return assigned;
+  }
+
+  /**
+   * Records how many failed reads of each capture's payload count towards giving it up, so that a restart goes on
+   * counting (a payload that can never be read is given up even by an agent restarted more often than the tries
+   * take). One transaction; captures no longer queued are passed over.
+   */
+  recordReadTries(readTries: readonly CaptureReadTries[]): void {
+    if (readTries.length === 0) return;
+    this.#db.transaction(() => this.#recordReadTries(readTries)).immediate();
+  }
+
+  #recordReadTries(readTries: readonly CaptureReadTries[]): void {
+    if (readTries.length === 0) return;
+    const update = this.#db.prepare('UPDATE capture_queue SET read_tries = ? WHERE capture_id = ?');
+    for (const { captureId, tries } of readTries) update.run(tries, captureId);
   }
 
   /** Batches formed but not completed (what a crash interrupted), each oldest capture first. */
@@ -363,6 +391,7 @@ function toStored(row: RawQueueRow): StoredCaptureRow {
     payload: row.payload,
     payloadFile: row.payload_file,
     payloadBytes: row.payload_bytes,
+    readTries: row.read_tries,
     enqueuedAt: row.enqueued_at,
   };
 }

@@ -48,55 +48,70 @@ export interface DataRootLockOptions {
   /** Opens the lock file as a SQLite database (default better-sqlite3, no busy wait). */
   openDatabase?: (path: string) => Database;
 }
+export type FolderLockOptions = DataRootLockOptions;
+
+/** What a FolderLock guards: its lock file's name, the folder's mode when made, and the errors it throws. */
+export interface LockedFolderKind {
+  /** For messages: "the data root", "the Disk capture folder". */
+  label: string;
+  /** The lock file's name in the folder. */
+  lockFileName: string;
+  /** The folder's mode when the lock creates it. */
+  folderMode: number;
+  /** Another process (or another lock in this one) holds the folder. */
+  inUse(folder: string, holderPid: number | undefined): Error;
+  /** Anything else: the folder or the lock file cannot be made, opened or locked, or is not safe to use. */
+  failed(folder: string, message: string, cause?: unknown): Error;
+}
 
 /**
- * An exclusive hold on an agent's data root (agent.db, its payload files, deployments, the capture spool): one
- * agent per data root, for the agent's whole life. It is SQLite's POSIX lock on `<data root>/agent.lock`,
- * held by a connection in `locking_mode=EXCLUSIVE` after an exclusive transaction, so the kernel drops it when
- * the process ends in any way (SIGKILL, OOM killer, power cut): there is never a stale lock to clean up. The file
- * stays; removing it on release would let a third agent lock a new file while a second holds the old one.
+ * An exclusive hold on a folder, for the agent's whole life: SQLite's POSIX lock on `<folder>/<lock file>`, held
+ * by a connection in `locking_mode=EXCLUSIVE` after an exclusive transaction, so the kernel drops it when the
+ * process ends in any way (SIGKILL, OOM killer, power cut): there is never a stale lock to clean up. The file
+ * stays; removing it on release would let a third process lock a new file while a second holds the old one.
+ * DataRootLock is one (one agent per data root); the Disk capture folder's lock is another.
  *
- * Nothing else in the process may open agent.lock: a POSIX lock is the process's, and closing any descriptor of
- * the file drops it (SQLite keeps its own descriptors open until the lock is released; a stat is harmless).
- * Readers of agent.db (tools, tests, database recovery) are not affected: the lock is on agent.lock only.
+ * Nothing else in the process may open the lock file: a POSIX lock is the process's, and closing any descriptor
+ * of the file drops it (SQLite keeps its own descriptors open until the lock is released; a stat is harmless).
+ * Other files in the folder are not affected: the lock is on the lock file only.
  */
-export class DataRootLock {
-  readonly dataRoot: string;
+export class FolderLock {
+  readonly folder: string;
   /** The lock file. */
   readonly path: string;
   #db: Database | undefined;
 
-  private constructor(dataRoot: string, path: string, db: Database) {
-    this.dataRoot = dataRoot;
+  private constructor(folder: string, path: string, db: Database) {
+    this.folder = folder;
     this.path = path;
     this.#db = db;
   }
 
   /**
-   * Takes the lock, creating the data root (0700) and the lock file (0600) when missing; never waits. Throws
-   * DataRootInUseError when another process (or another lock in this one) holds it, DataRootLockError when the
-   * folder or file cannot be made or locked, or the lock file is a link, not a regular file, or another user's.
+   * Takes the lock, creating the folder (kind.folderMode) and the lock file (0600) when missing; never waits.
+   * Throws kind.inUse when another process (or another lock in this one) holds it, kind.failed when the folder
+   * or file cannot be made or locked, or the lock file is a link, not a regular file, or another user's.
    */
-  static acquire(dataRoot: string, options: DataRootLockOptions = {}): DataRootLock {
-    const path = join(dataRoot, DATA_ROOT_LOCK_FILE);
+  static acquire(folder: string, kind: LockedFolderKind, options: FolderLockOptions = {}): FolderLock {
+    const path = join(folder, kind.lockFileName);
     try {
-      mkdirSync(dataRoot, { recursive: true, mode: 0o700 });
+      mkdirSync(folder, { recursive: true, mode: kind.folderMode });
     } catch (error) {
-      throw new DataRootLockError(
-        dataRoot,
-        `cannot create the data root ${dataRoot}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a folder the agent can create and write`,
-        { cause: error },
+      throw kind.failed(
+        folder,
+        `cannot create ${kind.label} ${folder}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a folder the agent can create and write`,
+        error,
       );
     }
-    prepareLockFile(dataRoot, path);
+    prepareLockFile(folder, path, kind);
     let db: Database;
     try {
       db = (options.openDatabase ?? openLockDatabase)(path);
     } catch (error) {
-      throw new DataRootLockError(
-        dataRoot,
-        `cannot open the lock file ${path}: ${(error as Error).message}; expected a file the agent can create and write in its data root`,
-        { cause: error },
+      throw kind.failed(
+        folder,
+        `cannot open the lock file ${path}: ${(error as Error).message}; expected a file the agent can create and write in ${kind.label}`,
+        error,
       );
     }
     try {
@@ -107,14 +122,14 @@ export class DataRootLock {
     } catch (error) {
       db.close();
       if ((error as { code?: unknown }).code === 'SQLITE_BUSY')
-        throw new DataRootInUseError(dataRoot, lockHolderPid(path, options.procLocksPath));
-      throw new DataRootLockError(
-        dataRoot,
+        throw kind.inUse(folder, lockHolderPid(path, options.procLocksPath));
+      throw kind.failed(
+        folder,
         `cannot lock ${path}: ${(error as Error).message}; expected a SQLite lock file the agent can write (it keeps nothing: remove it if it is damaged)`,
-        { cause: error },
+        error,
       );
     }
-    return new DataRootLock(dataRoot, path, db);
+    return new FolderLock(folder, path, db);
   }
 
   /** Whether the lock is still held (until release). */
@@ -129,6 +144,50 @@ export class DataRootLock {
   }
 }
 
+const DATA_ROOT: LockedFolderKind = {
+  label: 'the data root',
+  lockFileName: DATA_ROOT_LOCK_FILE,
+  folderMode: 0o700,
+  inUse: (folder, holderPid) => new DataRootInUseError(folder, holderPid),
+  failed: (folder, message, cause) =>
+    new DataRootLockError(folder, message, cause === undefined ? undefined : { cause }),
+};
+
+/**
+ * One agent per data root (agent.db, its payload files, deployments, the capture spool): a FolderLock on
+ * `<data root>/agent.lock`, the data root made 0700. Readers of agent.db (tools, tests, database recovery) are not
+ * affected.
+ */
+export class DataRootLock {
+  readonly #lock: FolderLock;
+
+  private constructor(lock: FolderLock) {
+    this.#lock = lock;
+  }
+
+  /** Takes the lock (see FolderLock.acquire): DataRootInUseError when held elsewhere, else DataRootLockError. */
+  static acquire(dataRoot: string, options: DataRootLockOptions = {}): DataRootLock {
+    return new DataRootLock(FolderLock.acquire(dataRoot, DATA_ROOT, options));
+  }
+
+  get dataRoot(): string {
+    return this.#lock.folder;
+  }
+
+  /** The lock file. */
+  get path(): string {
+    return this.#lock.path;
+  }
+
+  get held(): boolean {
+    return this.#lock.held;
+  }
+
+  release(): void {
+    this.#lock.release();
+  }
+}
+
 // timeout 0: a held lock is reported at once instead of being waited for.
 function openLockDatabase(path: string): Database {
   return new SqliteDatabase(path, { timeout: 0 });
@@ -139,24 +198,24 @@ function openLockDatabase(path: string): Database {
  * it, even read-only and only for a moment (a descriptor outlives a later chmod), can hold a read lock on it and
  * keep the agent from ever starting again. A new file is created 0600 (never the umask's 0640/0644 that SQLite
  * would give it); a link, anything but a regular file, or a file of another user is refused, and no link is
- * followed here (so nothing outside the data root is created or chmodded). SQLite then opens the file by path: a
- * link swapped in after this check needs write access to the data root, which the agent makes 0700.
+ * followed here (so nothing outside the folder is created or chmodded). SQLite then opens the file by path: a
+ * link swapped in after this check needs write access to the folder (the agent makes the data root 0700).
  *
  * A descriptor is opened only to create the file or to tighten an older run's mode: closing a descriptor drops
  * this process's POSIX locks on the file, and a 0600 file of ours, which another lock in this process would
  * have left, needs only an lstat.
  */
-function prepareLockFile(dataRoot: string, path: string): void {
+function prepareLockFile(folder: string, path: string, kind: LockedFolderKind): void {
   const refuse = (found: string) =>
-    new DataRootLockError(
-      dataRoot,
+    kind.failed(
+      folder,
       `the lock file ${path} is ${found}; expected a regular file owned by the agent's user (uid ${process.getuid?.()}), or none (the agent creates it): remove it (it keeps nothing)`,
     );
   const cannot = (error: unknown) =>
-    new DataRootLockError(
-      dataRoot,
-      `cannot create or open the lock file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a file the agent can create and write in its data root`,
-      { cause: error },
+    kind.failed(
+      folder,
+      `cannot create or open the lock file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a file the agent can create and write in ${kind.label}`,
+      error,
     );
   let found;
   try {
@@ -184,7 +243,7 @@ function prepareLockFile(dataRoot: string, path: string): void {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ELOOP') throw refuse('a symbolic link');
     // Another agent starting at the same moment made it first: check its file as any existing one.
-    if (code === 'EEXIST') return prepareLockFile(dataRoot, path);
+    if (code === 'EEXIST') return prepareLockFile(folder, path, kind);
     throw cannot(error);
   }
   try {

@@ -13,9 +13,12 @@ export {
   DataRootInUseError,
   DataRootLock,
   DataRootLockError,
+  FolderLock,
   lockHolderPid,
   lockHolder,
   type DataRootLockOptions,
+  type FolderLockOptions,
+  type LockedFolderKind,
 } from './data-root-lock.js';
 export { openAgentDatabase, type DatabaseRecovery, type OpenedAgentDatabase } from './database-recovery.js';
 export { LATEST_SCHEMA_VERSION, MIGRATIONS, migrate, type Migration } from './migrations.js';
@@ -30,6 +33,7 @@ export {
 export {
   CaptureQueueRepository,
   type BatchedCaptureRow,
+  type CaptureReadTries,
   type CaptureStatusRow,
   type DiscardedCapture,
   type QueuedCaptureRow,

@@ -119,6 +119,16 @@ export const MIGRATIONS: readonly Migration[] = [
         CHECK ((payload_file IS NULL) = (payload_bytes IS NULL) AND (payload_bytes IS NULL OR payload_bytes >= 0));
     `,
   },
+  {
+    version: 4,
+    description: 'capture queue: failed reads of a payload counted across restarts',
+    sql: `
+      -- The failed reads of the capture's payload that count towards giving it up (capture-queue.ts
+      -- DeferralPolicy.maxTries): kept here so that an agent restarted more often than the tries take (a crash
+      -- loop, power cycles) still gives up a payload that can never be read (EIO), instead of holding it forever.
+      ALTER TABLE capture_queue ADD COLUMN read_tries INTEGER NOT NULL DEFAULT 0 CHECK (read_tries >= 0);
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

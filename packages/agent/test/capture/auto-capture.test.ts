@@ -25,12 +25,13 @@ afterEach(async () => {
 
 async function autoService(
   rules: AutoCaptureRule[],
-  options: { random?: () => number; bufferSize?: number; metrics?: Registry } = {},
+  options: { random?: () => number; bufferSize?: number; batchSize?: number; metrics?: Registry } = {},
 ) {
   const work = await mkdtemp(join(loaded.root, 'case-'));
   const settings = testSettings(work, {
     autoCapture: rules,
-    batchSize: 1,
+    batchSize: options.batchSize ?? 1,
+    pushPeriodSeconds: 3600,
     bufferSize: options.bufferSize ?? 30,
   });
   const service = new CaptureService({
@@ -111,6 +112,32 @@ describe('automatic capture', () => {
     const records = await diskRecords(settings.diskPath);
     const captured = records.map((r) => floats(r.record.deviceFleetInputs[0].data)[0]).sort();
     expect(captured).toEqual([0, 2, 4]);
+  });
+
+  it('keeps what was predicted though the caller reuses its input buffer at once; keeps views of the request’s own memory', async () => {
+    const { service, settings } = await autoService([{ model: 'tiny', sampleRate: 1 }], { batchSize: 10 });
+    // An embedding caller's buffer, filled again for its next frame as soon as predict resolves: copied.
+    const reused = tinyInput(1);
+    await loaded.registry.predict('tiny', [reused]);
+    new Float32Array(reused.data.buffer).fill(9);
+    // A request's own memory (a gRPC message, PredictOptions.ownedBuffer): kept as a view, so a write into it
+    // (which nothing does) would show in the capture.
+    const message = new ArrayBuffer(64);
+    new Float32Array(message).fill(2);
+    await loaded.registry.predict('tiny', [{ ...tinyInput(0), data: new Uint8Array(message) }], {
+      ownedBuffer: message,
+    });
+    new Float32Array(message).fill(4);
+    expect(service.held).toBe(2);
+    await service.flush();
+    const captured = (await diskRecords(settings.diskPath)).map((r) => [
+      floats(r.record.deviceFleetInputs[0].data)[0],
+      floats(r.record.deviceFleetOutputs[0].data)[0],
+    ]);
+    expect(captured.sort()).toEqual([
+      [1, 3],
+      [4, 5],
+    ]);
   });
 
   it('keeps transferred inputs intact only while a rule needs them (transfer otherwise stays zero-copy)', async () => {

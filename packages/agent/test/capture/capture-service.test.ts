@@ -60,6 +60,40 @@ async function start(
   return service;
 }
 
+describe('the bytes a capture keeps', () => {
+  /** A record input's bytes, embedded (base64) or in a side file. */
+  const inputBytes = async (input: { data?: string; 'data-ref'?: string }): Promise<Buffer> =>
+    input.data !== undefined ? Buffer.from(input.data, 'base64') : readDataRef(input['data-ref']!);
+
+  it('copies a caller’s buffer (reused at once: the capture keeps what was sent); keeps a view of the request’s own memory (ownedBuffer)', async () => {
+    const settings = testSettings(work, { batchSize: 10 });
+    const service = await start(settings);
+    const sent = Buffer.from(new Float32Array(16).fill(1).buffer);
+    const copied = captureInput('copied', { outputTensors: [], outputs: [] });
+    const callerBuffer = copied.inputTensors[0]!.data;
+    expect(Buffer.from(callerBuffer).equals(sent)).toBe(true);
+    await service.capture(copied);
+    callerBuffer.fill(0xee);
+
+    // The gRPC door's case: views into the message's own memory, which nothing writes again; a write into it
+    // (made here only to tell a view from a copy) shows in the capture.
+    const message = new ArrayBuffer(64);
+    const viewed = captureInput('viewed', { outputTensors: [], outputs: [] });
+    await service.capture({
+      ...viewed,
+      inputTensors: [{ ...viewed.inputTensors[0]!, data: new Uint8Array(message) }],
+      ownedBuffer: message,
+    });
+    new Uint8Array(message).fill(0x42);
+    await service.flush();
+    const kept = new Map<string, Buffer>();
+    for (const { record } of await diskRecords(settings.diskPath))
+      kept.set(record.eventMetadata.eventId, await inputBytes(record.deviceFleetInputs[0]));
+    expect(kept.get('copied')!.equals(sent)).toBe(true);
+    expect(kept.get('viewed')!.equals(Buffer.alloc(64, 0x42))).toBe(true);
+  });
+});
+
 describe('batching', () => {
   it('writes a batch as soon as batch_size captures are buffered, without waiting for the period', async () => {
     const settings = testSettings(work, { batchSize: 3 });

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promise
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  CaptureFolderInUseError,
   CaptureService,
   DiskDestination,
   DiskQuota,
@@ -196,6 +197,31 @@ describe('startCaptureService', () => {
     expect((await quotaOf(testSettings(join(work, 'defaults'), { batchSize: 1 }), 'fits')).status).toBe(
       'SUCCESS',
     );
+  });
+
+  it('holds the Disk folder until close: a second capture service on it is refused, naming it, and nothing of the first is touched', async () => {
+    const settings = testSettings(work, { batchSize: 1 });
+    const first = await startCaptureService({ settings, models: loaded.registry });
+    try {
+      await first.service.capture(captureInput('first'));
+      await first.service.flush();
+      // A temporary file of a writer that is gone: the second service's start-up sweep would remove it.
+      const leftover = join(settings.diskPath, `.tmp-x-2147483646-${'0'.repeat(8)}`);
+      await writeFile(leftover, 'left');
+      const refused = await startCaptureService({ settings, models: loaded.registry }).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      expect(refused).toBeInstanceOf(CaptureFolderInUseError);
+      expect((refused as Error).message).toContain(
+        `the Disk capture folder ${settings.diskPath} (sagemaker_edge_core_capture_data_disk_path) is in use`,
+      );
+      expect(await readFile(leftover, 'utf8')).toBe('left');
+    } finally {
+      await first.close();
+    }
+    const next = await startCaptureService({ settings, models: loaded.registry });
+    await next.close();
   });
 });
 

@@ -17,6 +17,7 @@ import {
 } from '@edgefleet/core';
 import { afterAll, beforeAll } from 'vitest';
 import {
+  CAPTURE_FOLDER_LOCK_FILE,
   CaptureSettingsSchema,
   type CaptureItem,
   type CaptureRequest,
@@ -117,7 +118,10 @@ export interface FoundRecord {
   record: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- records are checked field by field
 }
 
-/** Every file under a folder, relative paths with '/' separators. */
+/**
+ * Every file under a folder, relative paths with '/' separators; not the Disk capture folder's lock file (and its
+ * SQLite journal), which the agent holds there while it runs.
+ */
 export async function listFiles(root: string): Promise<string[]> {
   const out: string[] = [];
   const walk = async (dir: string): Promise<void> => {
@@ -130,7 +134,8 @@ export async function listFiles(root: string): Promise<string[]> {
     for (const e of entries) {
       const path = join(dir, e.name);
       if (e.isDirectory()) await walk(path);
-      else out.push(relative(root, path).split(sep).join('/'));
+      else if (!e.name.startsWith(CAPTURE_FOLDER_LOCK_FILE))
+        out.push(relative(root, path).split(sep).join('/'));
     }
   };
   await walk(root);

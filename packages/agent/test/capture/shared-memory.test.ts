@@ -1,7 +1,13 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AgentDataType, AgentEncoding, type CaptureDataRequest, type MessageInit } from '@edgefleet/core';
+import {
+  AgentDataType,
+  AgentEncoding,
+  type CaptureDataRequest,
+  type MessageInit,
+  type PredictRequest,
+} from '@edgefleet/core';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,7 +29,7 @@ import {
   testSettings,
 } from './helpers.js';
 import { callError } from '../grpc/helpers.js';
-import { makeSegment } from '../support/segments.js';
+import { makeSegment, writeSegment } from '../support/segments.js';
 
 // CaptureData with data in shared memory, through the gRPC door (whose decoder, the one Predict uses, reads the
 // segments) over a real Unix socket.
@@ -56,6 +62,7 @@ async function startAgent(
     capture: capture.service,
     send: (request: CaptureDataRequest) =>
       client.call('CaptureData', request as MessageInit<CaptureDataRequest>),
+    predict: (request: MessageInit<PredictRequest>) => client.call('Predict', request),
     async close() {
       client.close();
       await server.close(1000);
@@ -121,6 +128,82 @@ describe('capture from System V shared memory', () => {
     ).toBe(true);
     expect((await readDataRef(record.deviceFleetAuxiliaryInputs[0]['data-ref'])).equals(jpeg)).toBe(true);
     expect(record.deviceFleetInputs[0].observedContentType).toBe('Tensor[FLOAT32; 1, 64]');
+    await agent.close();
+  });
+
+  it('keeps the bytes sent though the client overwrites its segments as soon as CaptureData returns (a copy, not a view)', async () => {
+    const agent = await startAgent('overwritten', new SharedMemoryReader({ addon }), 10, {
+      pushPeriodSeconds: 3600,
+    });
+    const tensor = new Float32Array(64).map((_, i) => i + 0.25);
+    const jpeg = Buffer.alloc(3000, 0xd8);
+    // 0600: the client keeps writing its own segments, to reuse them for its next frame.
+    const tensorSegment = makeSegment(addon, segments, new Uint8Array(tensor.buffer), { mode: 0o600 });
+    const auxSegment = makeSegment(addon, segments, jpeg, { mode: 0o600 });
+    await agent.send(
+      captureRequest('reused-segments', {
+        modelHandle: 'camera',
+        inputTensors: [
+          {
+            tensorMetadata: { name: Buffer.from('pixels'), dataType: AgentDataType.FLOAT32, shape: [1, 64] },
+            sharedMemoryHandle: { size: 0, offset: 0, segmentId: tensorSegment },
+            data: 'sharedMemoryHandle',
+          },
+        ],
+        inputs: [
+          {
+            name: 'jpg',
+            encoding: AgentEncoding.NONE,
+            sharedMemoryHandle: { size: 3000, offset: 0, segmentId: auxSegment },
+            data: 'sharedMemoryHandle',
+          },
+        ],
+      }),
+    );
+    // The next frame, written into the same segments before the capture is written out.
+    writeSegment(addon, tensorSegment, new Uint8Array(256).fill(0xff));
+    writeSegment(addon, auxSegment, Buffer.alloc(3000, 0x11));
+    expect(agent.capture.held).toBe(1);
+    await agent.capture.flush();
+    const { record } = (await diskRecords(agent.settings.diskPath))[0]!;
+    expect(
+      (await readDataRef(record.deviceFleetInputs[0]['data-ref'])).equals(Buffer.from(tensor.buffer)),
+    ).toBe(true);
+    expect((await readDataRef(record.deviceFleetAuxiliaryInputs[0]['data-ref'])).equals(jpeg)).toBe(true);
+    await agent.close();
+  });
+
+  it('an automatic capture of Predict keeps the input sent from shared memory though the client overwrites it after the answer', async () => {
+    const agent = await startAgent('auto-overwritten', new SharedMemoryReader({ addon }), 10, {
+      pushPeriodSeconds: 3600,
+      autoCapture: [{ model: 'camera', sampleRate: 1 }],
+    });
+    const x = new Float32Array(16).map((_, i) => i - 3.5);
+    const segment = makeSegment(addon, segments, new Uint8Array(x.buffer), { mode: 0o600 });
+    const answer = await agent.predict({
+      handle: 'camera',
+      tensors: [
+        {
+          tensorMetadata: { name: Buffer.from('x'), dataType: AgentDataType.FLOAT32, shape: [1, 16] },
+          sharedMemoryHandle: { size: 0, offset: 0, segmentId: segment },
+          data: 'sharedMemoryHandle',
+        },
+      ],
+    });
+    writeSegment(addon, segment, new Uint8Array(64).fill(0xff));
+    expect(agent.capture.held).toBe(1);
+    await agent.capture.flush();
+    const { record } = (await diskRecords(agent.settings.diskPath))[0]!;
+    expect(record.eventMetadata.eventId).toMatch(/^auto-/);
+    expect((await readDataRef(record.deviceFleetInputs[0]['data-ref'])).equals(Buffer.from(x.buffer))).toBe(
+      true,
+    );
+    // The output (a buffer of this request alone, kept as a view) is the one answered.
+    expect(
+      (await readDataRef(record.deviceFleetOutputs[0]['data-ref'])).equals(
+        Buffer.from(answer.tensors[0]!.byteData!),
+      ),
+    ).toBe(true);
     await agent.close();
   });
 

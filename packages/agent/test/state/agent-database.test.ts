@@ -99,6 +99,53 @@ describe('opening the agent database', () => {
   });
 });
 
+describe('schema version 4: failed reads of a payload counted across restarts', () => {
+  it('upgrades a version 3 database (its queued captures at 0 tries); the tries recorded are read back after a reopen', () => {
+    const path = agentDatabasePath(root);
+    const old = new SqliteDatabase(path);
+    old.pragma('journal_mode = WAL');
+    expect(migrate(old, MIGRATIONS.slice(0, 3))).toEqual([1, 2, 3]);
+    old
+      .prepare(
+        "INSERT INTO capture_queue (capture_id, model, meta, payload, enqueued_at) VALUES ('queued-by-v3', 'm', '{}', ?, 1)",
+      )
+      .run(Buffer.from('bytes'));
+    old.close();
+
+    let db = AgentDatabase.open({ path });
+    try {
+      expect(db.schemaVersion).toBe(4);
+      db.captureQueue.enqueue([row('queued-by-v4')]);
+      expect(db.captureQueue.waiting(10).map((r) => [r.captureId, r.readTries])).toEqual([
+        ['queued-by-v3', 0],
+        ['queued-by-v4', 0],
+      ]);
+      db.captureQueue.recordReadTries([
+        { captureId: 'queued-by-v3', tries: 2 },
+        { captureId: 'gone-meanwhile', tries: 5 },
+      ]);
+      expect(() => db.captureQueue.recordReadTries([{ captureId: 'queued-by-v4', tries: -1 }])).toThrow(
+        /CHECK constraint/,
+      );
+      // In the batch's own transaction: taken together with the batch.
+      db.captureQueue.assignBatch('b', ['queued-by-v3'], [], 2, [{ captureId: 'queued-by-v4', tries: 1 }]);
+    } finally {
+      db.close();
+    }
+    db = AgentDatabase.open({ path });
+    try {
+      expect(db.captureQueue.waiting(10).map((r) => [r.captureId, r.readTries])).toEqual([
+        ['queued-by-v4', 1],
+      ]);
+      expect(db.captureQueue.openBatches()[0]!.rows.map((r) => [r.captureId, r.readTries])).toEqual([
+        ['queued-by-v3', 2],
+      ]);
+    } finally {
+      db.close();
+    }
+  });
+});
+
 describe('schema version 3: large capture payloads as files', () => {
   it('upgrades a version 2 database: captures it queued keep their bytes inline, new large ones go to files', async () => {
     const path = agentDatabasePath(root);
@@ -114,7 +161,7 @@ describe('schema version 3: large capture payloads as files', () => {
 
     const db = AgentDatabase.open({ path });
     try {
-      expect(db.schemaVersion).toBe(3);
+      expect(db.schemaVersion).toBe(LATEST_SCHEMA_VERSION);
       const name = await db.captureQueue.storePayload([Buffer.from('large '), Buffer.from('bytes')]);
       db.captureQueue.enqueue([{ ...row('queued-by-v3'), payload: Buffer.alloc(0), payloadFile: name }]);
       const batch = formBatch(db.captureQueue, 'b', 10);
