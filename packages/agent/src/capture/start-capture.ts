@@ -28,6 +28,11 @@ export interface StartCaptureOptions {
   logger?: CaptureLogger;
   /** Environment for AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (default: none read). */
   env?: Readonly<Record<string, string | undefined>>;
+  /**
+   * The Disk folder's lock, when the caller took it already (the daemon takes it at start, before loading models);
+   * the capture then owns it and releases it on close. Otherwise a Disk destination's folder is locked here.
+   */
+  folderLock?: FolderLock;
 }
 
 export interface RunningCapture {
@@ -55,7 +60,9 @@ export async function startCaptureService(options: StartCaptureOptions): Promise
       options.env,
     );
   // Before anything reads or changes a file there (the sweep, the quota's walk, writes, the periodic upload).
-  const folderLock = settings.destination === 'Disk' ? lockCaptureFolder(settings.diskPath) : undefined;
+  const folderLock =
+    options.folderLock ??
+    (settings.destination === 'Disk' ? lockCaptureFolder(settings.diskPath) : undefined);
   try {
     return await startLocked(options, settings, folderLock);
   } catch (error) {

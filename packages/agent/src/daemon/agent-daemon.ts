@@ -4,7 +4,9 @@ import { ConfigError, loadAgentConfig, type AgentConfig, type CommandLineOptions
 import {
   CaptureFolderInUseError,
   CaptureFolderLockError,
+  captureSettingsFromConfig,
   defaultMaxCaptureBytesFor,
+  lockCaptureFolder,
   modelActivityObserver,
   startCaptureService,
   type RunningCapture,
@@ -22,6 +24,7 @@ import {
   DataRootLock,
   DataRootLockError,
   ModelActivity,
+  type FolderLock,
   agentDatabasePath,
   openAgentDatabase,
   recordLoadedModels,
@@ -71,7 +74,8 @@ export interface AgentDaemon {
 }
 
 /**
- * Starts the agent: reads the config, locks the data root (one agent per data root: see DataRootLock), checks
+ * Starts the agent: reads the config, locks the data root (one agent per data root: see DataRootLock) and a Disk
+ * capture folder (one agent per capture folder), checks
  * the socket path, starts the inference workers, loads the preloaded models and those restored from the local
  * database, then listens (gRPC on `-a`, REST per config). Each of those loads is waited for at most
  * edgefleet_startup_load_timeout_seconds, so no package can keep the agent from listening: one still going then
@@ -108,6 +112,20 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve(cleanup()).catch(() => {});
   };
   try {
+    // The config carries the capture settings, the `edgefleet_capture_*` ones included. A Disk destination's
+    // folder is locked now, like the data root (one agent per capture folder), so that a second agent is refused
+    // before it loads any model; the capture owns the lock from its start on.
+    const captureSettings = captureSettingsFromConfig(
+      config,
+      // A capture may hold max(-m, 64 MiB) (shm captures larger than -m), unless edgefleet_capture_max_bytes says.
+      { defaultMaxCaptureBytes: defaultMaxCaptureBytesFor(commandLine.maxMessageBytes) },
+      process.env,
+    );
+    const captureFolderLock =
+      captureSettings.destination === 'Disk'
+        ? lockCaptureFolderOrRefuse(captureSettings.diskPath)
+        : undefined;
+    if (captureFolderLock) cleanups.push(() => captureFolderLock.release());
     const trust = await loadTrust(config, logger);
     await prepareSocketPath(commandLine.socketPath, commandLine.removeStaleSocket).then(
       ({ removedStale }) => {
@@ -182,18 +200,16 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const activity = new ModelActivity({ ...(database && { repository: database.modelCounters }) });
     cleanups.push(() => activity.close());
     registry.observe(modelActivityObserver(activity));
-    // The config carries the capture settings, the `edgefleet_capture_*` ones included (captureSettingsFromConfig).
     const capture: RunningCapture = await startCaptureService({
-      config,
-      // A capture may hold max(-m, 64 MiB) (shm captures larger than -m), unless edgefleet_capture_max_bytes says.
-      extras: { defaultMaxCaptureBytes: defaultMaxCaptureBytesFor(commandLine.maxMessageBytes) },
+      settings: captureSettings,
+      ...(captureFolderLock && { folderLock: captureFolderLock }),
       models: registry,
       ...(database && { database }),
       metricsRegistry: metrics.registry,
       activity,
       logger,
       env: process.env,
-    }).catch(captureFolderRefusal);
+    });
     cleanups.push(() => capture.close());
 
     // The update engine (sagemaker_edge_deployment_lib_path): it first resumes what a crash interrupted.
@@ -381,15 +397,19 @@ function lockDataRoot(dataRoot: string): DataRootLock {
  * agent, a StartupError with exit 4 (the same cause: another agent on something this one must own); not
  * lockable, a ConfigError naming the capture path's key.
  */
-function captureFolderRefusal(error: unknown): never {
-  if (error instanceof CaptureFolderInUseError)
-    throw new StartupError(EXIT_CODES.DATA_ROOT_IN_USE, error.message, { cause: error });
-  if (error instanceof CaptureFolderLockError)
-    throw new ConfigError(
-      'sagemaker_edge_core_capture_data_disk_path',
-      `sagemaker_edge_core_capture_data_disk_path: ${error.message}`,
-    );
-  throw error;
+function lockCaptureFolderOrRefuse(folder: string): FolderLock {
+  try {
+    return lockCaptureFolder(folder);
+  } catch (error) {
+    if (error instanceof CaptureFolderInUseError)
+      throw new StartupError(EXIT_CODES.DATA_ROOT_IN_USE, error.message, { cause: error });
+    if (error instanceof CaptureFolderLockError)
+      throw new ConfigError(
+        'sagemaker_edge_core_capture_data_disk_path',
+        `sagemaker_edge_core_capture_data_disk_path: ${error.message}`,
+      );
+    throw error;
+  }
 }
 
 /** A damaged database was replaced: loud, with where the damaged copy is and what could not be saved. */

@@ -75,6 +75,9 @@ describe('one agent per Disk capture folder', () => {
       holderPid: first.child.pid,
     });
     expect(await lstat(secondSocket).catch(() => 'absent')).toBe('absent');
+    // Refused at start, with the data root: before it loaded (and held the memory of) any model.
+    expect(second.lines.filter((l) => String(l.msg).startsWith('loaded model'))).toEqual([]);
+    expect(first.lines.filter((l) => String(l.msg).startsWith('loaded model'))).not.toEqual([]);
 
     await capturesInto(firstSocket, folder, 'first-2');
     expect(first.child.exitCode).toBeNull();
