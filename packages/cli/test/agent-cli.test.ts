@@ -131,6 +131,8 @@ describe('edgefleet agent', () => {
   it('captures: agent capture send/status, and predict --capture', async () => {
     const frame = join(work, 'frame.jpg');
     await writeFile(frame, Buffer.from([0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]));
+    const note = join(work, 'note');
+    await writeFile(note, 'a person at the door');
     const sent = await agentCli(
       'capture',
       'send',
@@ -142,7 +144,9 @@ describe('edgefleet agent', () => {
       '--output',
       '{"probabilities": [0.1, 0.2, 0.7]}',
       '--aux-input',
-      `frame=@${frame}`,
+      `@${frame}`,
+      '--aux-output',
+      `text/plain=@${note}`,
       '--wait',
       '30',
     );
@@ -185,8 +189,22 @@ describe('edgefleet agent', () => {
         files.filter((f) => f.endsWith('.jsonl')).map((f) => readFile(join(work, 'captures', f), 'utf8')),
       )
     ).join('');
-    expect(text).toContain('cli-capture-1');
     expect(text).toContain(capture.captureId);
+    const record = text
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line))
+      .find((r) => r.eventMetadata.eventId === 'cli-capture-1');
+    // The type given (or the file's extension) is the content type recorded; the items are numbered.
+    expect(record.deviceFleetAuxiliaryInputs).toEqual([
+      expect.objectContaining({ name: 'Input-1', observedContentType: 'jpg', encoding: 'NONE' }),
+    ]);
+    expect(record.deviceFleetAuxiliaryOutputs).toEqual([
+      expect.objectContaining({ name: 'Output-1', observedContentType: 'text/plain', encoding: 'NONE' }),
+    ]);
+    const noType = await agentCli('capture', 'send', 'demo', '--aux-input', `@${note}`);
+    expect(noType.code).toBe(2);
+    expect(noType.stderr).toMatch(/has no extension to take the content type from; expected TYPE=@FILE/);
   });
 
   it('unloads and loads again; errors name the gRPC status and the reason', async () => {
