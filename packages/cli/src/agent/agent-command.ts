@@ -269,6 +269,7 @@ export function registerAgentCommands(program: Command, output: () => Output): v
         out.result(status, () => captureLine(status, out.invocation));
         if (status.status === 'FAILURE')
           throw new CliError(`capture ${captureId} failed: the agent gave up writing it (see its log)`);
+        refuseRanOut(status, raw.wait, out.invocation);
       },
     );
 
@@ -288,6 +289,7 @@ export function registerAgentCommands(program: Command, output: () => Output): v
         );
       if (status.status === 'FAILURE')
         throw new CliError(`capture ${captureId} failed (see the agent's log)`);
+      refuseRanOut(status, raw.wait, out.invocation);
     });
 }
 
@@ -401,6 +403,16 @@ async function captureStatus(
     if (name !== 'IN_PROGRESS' || Date.now() >= deadline) return { captureId, status: name };
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
+}
+
+/** With --wait, a capture still IN_PROGRESS when the wait ran out is not a success: it exits 4, saying so. */
+function refuseRanOut(status: CaptureStatus, waitSeconds: number | undefined, invocation: string): void {
+  if (waitSeconds === undefined || status.status !== 'IN_PROGRESS') return;
+  throw new CliError(
+    `--wait ${waitSeconds} ran out: capture ${status.captureId} is still IN_PROGRESS (not yet written to the ` +
+      `agent's destination; it may still be); ask again: ${invocation} agent capture status ${status.captureId} --wait <seconds>`,
+    EXIT.waitRanOut,
+  );
 }
 
 const captureLine = (c: CaptureStatus, invocation: string) =>
