@@ -81,6 +81,22 @@ export interface DeploymentModelStatus {
   startedAt: string;
   updatedAt: string;
   endedAt: string | null;
+  /**
+   * The handle's last deployment that ended RolledBack or Failed, when that is not this one: it stays visible
+   * after the server gave up on it and the handle is back on (or moved past) what was committed.
+   */
+  lastFailure: DeploymentFailureStatus | null;
+}
+
+/** A failed deployment of a handle, as the status keeps it. */
+export interface DeploymentFailureStatus {
+  deployment: string;
+  state: 'RolledBack' | 'Failed';
+  version: string | null;
+  reason: string | null;
+  rollbackFailureReason: string | null;
+  startedAt: string;
+  endedAt: string;
 }
 
 /** A step's outcome: go on, wait for the next pass (download retry, lock held), or stop (a final state). */
@@ -170,7 +186,23 @@ export class UpdateEngine {
         startedAt: new Date(row.startedAt).toISOString(),
         updatedAt: new Date(row.updatedAt).toISOString(),
         endedAt: row.endedAt === null ? null : new Date(row.endedAt).toISOString(),
+        lastFailure: this.#lastFailure(row),
       }));
+  }
+
+  #lastFailure(row: DeploymentModelRow): DeploymentFailureStatus | null {
+    const failure = this.#o.repository.outcome(row.handle, 'failed');
+    if (!failure || (failure.deploymentName === row.deploymentName && failure.startedAt === row.startedAt))
+      return null;
+    return {
+      deployment: failure.deploymentName,
+      state: failure.state === 'RolledBack' ? 'RolledBack' : 'Failed',
+      version: failure.version,
+      reason: failure.reason,
+      rollbackFailureReason: failure.rollbackFailureReason,
+      startedAt: new Date(failure.startedAt).toISOString(),
+      endedAt: new Date(failure.endedAt).toISOString(),
+    };
   }
 
   /**
@@ -372,10 +404,24 @@ export class UpdateEngine {
         if (served?.url === row.packageDir) {
           // Already serving exactly this package (another plan naming it again): nothing to install, and its
           // folder must not be extracted over.
-          const keepPrevious = existing?.packageDir === row.packageDir;
-          row.previousUrl = keepPrevious ? existing.previousUrl : null;
-          row.previousVersion = keepPrevious ? existing.previousVersion : null;
-          this.#transition(row, 'Committed', { ended: true, committedVersion: row.version });
+          const committed = this.#o.repository.outcome(handle, 'committed');
+          if (committed?.deploymentName === name && committed.packageDir === row.packageDir) {
+            // The deployment committed before, offered again (the server's choice once it gave up on a newer
+            // one): it is that commit still, with its own times and previous version, not a new one.
+            row.previousUrl = committed.previousUrl;
+            row.previousVersion = committed.previousVersion;
+            row.startedAt = committed.startedAt;
+            this.#transition(row, 'Committed', {
+              ended: true,
+              committedVersion: row.version,
+              at: committed.endedAt,
+            });
+          } else {
+            const keepPrevious = existing?.packageDir === row.packageDir;
+            row.previousUrl = keepPrevious ? existing.previousUrl : null;
+            row.previousVersion = keepPrevious ? existing.previousVersion : null;
+            this.#transition(row, 'Committed', { ended: true, committedVersion: row.version });
+          }
         } else this.#transition(row, 'Downloading');
       }
       rows.push(row);
@@ -728,10 +774,12 @@ export class UpdateEngine {
       ended?: boolean;
       rollbackFailureReason?: string;
       committedVersion?: string | null;
+      /** When it happened, when not now (a commit restored as it was). */
+      at?: number;
     } = {},
   ): void {
     this.#check(row, to);
-    const now = this.#now();
+    const now = changes.at ?? this.#now();
     row.state = to;
     row.updatedAt = now;
     if (changes.reason !== undefined) row.reason = changes.reason;
