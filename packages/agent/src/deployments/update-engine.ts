@@ -213,8 +213,15 @@ export class UpdateEngine {
   deploymentResult(): DeploymentResultInput | undefined {
     const rows = this.#o.repository.list();
     const pending = rows.filter((row) => !row.reported).sort((a, b) => b.updatedAt - a.updatedAt)[0];
-    if (!pending) return this.#echoes.values().next().value;
-    return this.#resultFor(rows.filter((row) => row.deploymentName === pending.deploymentName));
+    if (pending) return this.#resultFor(rows.filter((row) => row.deploymentName === pending.deploymentName));
+    for (const [name, echo] of this.#echoes) {
+      // Only while it is still the deployment's result: once the server's retry started it over, the old
+      // result would read as a failure (or success) of the new attempt.
+      const models = rows.filter((row) => row.deploymentName === name);
+      if (models.length > 0 && JSON.stringify(this.#resultFor(models)) === JSON.stringify(echo)) return echo;
+      this.#echoes.delete(name);
+    }
+    return undefined;
   }
 
   /**
