@@ -16,6 +16,8 @@ export const EXIT = {
   usage: 2,
   /** A package was checked and refused: signature, digest or certificate did not verify. */
   refused: 3,
+  /** A --wait ran out while the thing waited for was still in progress (it may still finish). */
+  waitRanOut: 4,
   /** A bug in edgefleet itself; the stack trace is printed. */
   internal: 70,
 } as const;

@@ -34,22 +34,34 @@ beforeAll(async () => {
       ],
     }),
   );
-  agent = spawn(process.execPath, [agentBin, '-a', socket, '-c', config], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  await new Promise<void>((resolve, reject) => {
-    agent.once('exit', (code) => reject(new Error(`agent exited with ${code}`)));
-    createInterface({ input: agent.stdout! }).on('line', (line) => {
-      if (line.includes('"event":"listening"')) resolve();
-    });
-  });
+  agent = await startAgent(socket, config);
 }, 60_000);
 
 afterAll(async () => {
-  agent?.kill('SIGTERM');
-  await new Promise((resolve) => agent?.once('exit', resolve));
+  await stopAgent(agent);
   await rm(work, { recursive: true, force: true });
 });
+
+/** A real agent on `socket`, once it listens. */
+async function startAgent(socket: string, config: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [agentBin, '-a', socket, '-c', config], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`agent exited with ${code}`)));
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (line.includes('"event":"listening"')) resolve();
+    });
+  });
+  return child;
+}
+
+async function stopAgent(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+}
 
 describe('edgefleet agent', () => {
   it('lists and describes the loaded model with its tensors', async () => {
@@ -131,6 +143,8 @@ describe('edgefleet agent', () => {
   it('captures: agent capture send/status, and predict --capture', async () => {
     const frame = join(work, 'frame.jpg');
     await writeFile(frame, Buffer.from([0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]));
+    const note = join(work, 'note');
+    await writeFile(note, 'a person at the door');
     const sent = await agentCli(
       'capture',
       'send',
@@ -142,7 +156,9 @@ describe('edgefleet agent', () => {
       '--output',
       '{"probabilities": [0.1, 0.2, 0.7]}',
       '--aux-input',
-      `frame=@${frame}`,
+      `@${frame}`,
+      '--aux-output',
+      `text/plain=@${note}`,
       '--wait',
       '30',
     );
@@ -185,8 +201,63 @@ describe('edgefleet agent', () => {
         files.filter((f) => f.endsWith('.jsonl')).map((f) => readFile(join(work, 'captures', f), 'utf8')),
       )
     ).join('');
-    expect(text).toContain('cli-capture-1');
     expect(text).toContain(capture.captureId);
+    const record = text
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line))
+      .find((r) => r.eventMetadata.eventId === 'cli-capture-1');
+    // The type given (or the file's extension) is the content type recorded; the items are numbered.
+    expect(record.deviceFleetAuxiliaryInputs).toEqual([
+      expect.objectContaining({ name: 'Input-1', observedContentType: 'jpg', encoding: 'NONE' }),
+    ]);
+    expect(record.deviceFleetAuxiliaryOutputs).toEqual([
+      expect.objectContaining({ name: 'Output-1', observedContentType: 'text/plain', encoding: 'NONE' }),
+    ]);
+    const noType = await agentCli('capture', 'send', 'demo', '--aux-input', `@${note}`);
+    expect(noType.code).toBe(2);
+    expect(noType.stderr).toMatch(/has no extension to take the content type from; expected TYPE=@FILE/);
+  });
+
+  it('capture --wait that runs out while the capture is still IN_PROGRESS says so and exits 4', async () => {
+    // An agent that writes a lone capture only after a day: it stays IN_PROGRESS for the whole test.
+    const slowSocket = join(work, 'slow.sock');
+    const slowConfig = join(work, 'slow.json');
+    await writeFile(
+      slowConfig,
+      JSON.stringify({
+        sagemaker_edge_core_device_name: 'cli-test-slow',
+        sagemaker_edge_core_root_certs_path: join(work, 'demo', 'pki', 'trust'),
+        sagemaker_edge_local_data_root_path: join(work, 'slow-data'),
+        edgefleet_rest_socket_path: 'none',
+        sagemaker_edge_core_capture_data_destination: 'Disk',
+        sagemaker_edge_core_capture_data_disk_path: join(work, 'slow-captures'),
+        sagemaker_edge_core_capture_data_push_period_seconds: 86_400,
+        edgefleet_preload_models: [
+          { url: join(work, 'demo', 'device', 'models', 'demo-classifier'), name: 'demo' },
+        ],
+      }),
+    );
+    const slow = await startAgent(slowSocket, slowConfig);
+    try {
+      const slowCli = (...args: string[]) => edgefleet('agent', ...args, '--socket', slowSocket);
+      const args = ['--id', 'cli-slow-1', '--input', '{"features": [6.7, 3.0, 5.2, 2.3]}'];
+      const sent = await slowCli('capture', 'send', 'demo', ...args, '--wait', '1');
+      expect(sent.code).toBe(4);
+      expect(sent.stdout).toMatch(/^capture cli-slow-1: IN_PROGRESS/);
+      expect(sent.stderr).toMatch(
+        /^edgefleet: --wait 1 ran out: capture cli-slow-1 is still IN_PROGRESS .*agent capture status cli-slow-1 --wait <seconds>\n$/,
+      );
+      const status = await slowCli('capture', 'status', 'cli-slow-1', '--wait', '0', '--json');
+      expect(status.code).toBe(4);
+      expect(JSON.parse(status.stdout)).toEqual({ captureId: 'cli-slow-1', status: 'IN_PROGRESS' });
+      expect(status.stderr).toMatch(/--wait 0 ran out/);
+      // Without --wait, IN_PROGRESS is the answer asked for: exit 0.
+      const once = await slowCli('capture', 'status', 'cli-slow-1');
+      expect([once.code, once.stderr]).toEqual([0, '']);
+    } finally {
+      await stopAgent(slow);
+    }
   });
 
   it('unloads and loads again; errors name the gRPC status and the reason', async () => {

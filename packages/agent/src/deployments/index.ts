@@ -25,6 +25,13 @@ export {
   type UpdateLock,
 } from './update-engine.js';
 export {
+  DEPLOYMENT_RESULT_PATH,
+  MAX_RESULTS_PER_PASS,
+  ResultReporter,
+  type DeploymentResultSink,
+  type ResultReporterOptions,
+} from './result-reporter.js';
+export {
   DEPLOYMENTS_FOLDER,
   startDeployments,
   type RunningDeployments,

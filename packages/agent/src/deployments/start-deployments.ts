@@ -7,6 +7,7 @@ import type { DeploymentsRepository } from '../state/index.js';
 import { DeploymentMetrics } from './deployment-metrics.js';
 import { startDeploymentPoller, type DeploymentsSource } from './deployment-poller.js';
 import { PackageStore } from './package-store.js';
+import { ResultReporter, type DeploymentResultSink } from './result-reporter.js';
 import { UpdateEngine, type DeployableRegistry, type EngineLogger } from './update-engine.js';
 
 export interface StartDeploymentsOptions {
@@ -69,6 +70,10 @@ export async function startDeployments(
   const source: DeploymentsSource = {
     post: async (path, body, schema, signal) => (await api.get()).post(path, body, schema, signal),
   };
+  const sink: DeploymentResultSink = {
+    post: async (path, body, schema, signal) => (await api.get()).post(path, body, schema, signal),
+  };
+  const ids = { DeviceName: config.device.name!, DeviceFleetName: config.device.fleetName! };
   const engine = new UpdateEngine({
     registry: options.registry,
     repository: options.repository,
@@ -82,11 +87,19 @@ export async function startDeployments(
     },
     logger,
     ...(metrics && { metrics }),
+    // The engine tells the reporter of final states (only once it runs, after both exist); the reporter asks
+    // the engine for their results.
+    onFinal: () => results.kick(),
   });
+  const results = new ResultReporter({ engine, sink, ids, logger });
   const poller = startDeploymentPoller({
-    engine,
+    // After each pass too: results a failed send (or a crash) left unreported are tried again at every poll.
+    engine: {
+      resume: () => engine.resume().finally(() => results.kick()),
+      apply: (deployments) => engine.apply(deployments).finally(() => results.kick()),
+    },
     source,
-    ids: { DeviceName: config.device.name!, DeviceFleetName: config.device.fleetName! },
+    ids,
     intervalMs: config.deployments.pollIntervalSeconds * 1000,
     logger,
   });
@@ -97,7 +110,7 @@ export async function startDeployments(
   return {
     engine,
     async stop() {
-      await Promise.all([poller.stop(), engine.close()]);
+      await Promise.all([poller.stop(), engine.close(), results.stop()]);
       api.close();
       store.close();
     },

@@ -59,6 +59,11 @@ export interface UpdateEngineOptions {
   logger: EngineLogger;
   metrics?: DeploymentMetrics;
   now?: () => number;
+  /**
+   * Called when a model reaches a final state (Committed, RolledBack, Failed): a deployment's final result may be
+   * ready to report (result-reporter.ts sends it at once, not at the next heartbeat). Must not throw.
+   */
+  onFinal?: () => void;
 }
 
 /** One model handle's update, as `edgefleet agent status` shows it. */
@@ -76,6 +81,22 @@ export interface DeploymentModelStatus {
   startedAt: string;
   updatedAt: string;
   endedAt: string | null;
+  /**
+   * The handle's last deployment that ended RolledBack or Failed, when that is not this one: it stays visible
+   * after the server gave up on it and the handle is back on (or moved past) what was committed.
+   */
+  lastFailure: DeploymentFailureStatus | null;
+}
+
+/** A failed deployment of a handle, as the status keeps it. */
+export interface DeploymentFailureStatus {
+  deployment: string;
+  state: 'RolledBack' | 'Failed';
+  version: string | null;
+  reason: string | null;
+  rollbackFailureReason: string | null;
+  startedAt: string;
+  endedAt: string;
 }
 
 /** A step's outcome: go on, wait for the next pass (download retry, lock held), or stop (a final state). */
@@ -94,6 +115,8 @@ const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set([
   'WarmingUp',
 ]);
 const LOCK_POLL_MS = 500;
+/** Final results sent on their own that the next heartbeats repeat (so the server's device record has them too). */
+const MAX_ECHOES = 16;
 
 /**
  * The crash-safe update engine: applies GetDeployments answers to the model registry through the persisted
@@ -106,6 +129,11 @@ export class UpdateEngine {
   readonly #maxRestarts: number;
   readonly #held = new Set<string>();
   readonly #abort = new AbortController();
+  /**
+   * Final results the server accepted on their own (reportedAlone), by deployment: heartbeats carry them once
+   * more when nothing else is pending, as the device's last result. In memory only: losing it loses no result.
+   */
+  readonly #echoes = new Map<string, DeploymentResultInput>();
   #running: Promise<void> = Promise.resolve();
 
   constructor(options: UpdateEngineOptions) {
@@ -158,25 +186,74 @@ export class UpdateEngine {
         startedAt: new Date(row.startedAt).toISOString(),
         updatedAt: new Date(row.updatedAt).toISOString(),
         endedAt: row.endedAt === null ? null : new Date(row.endedAt).toISOString(),
+        lastFailure: this.#lastFailure(row),
       }));
+  }
+
+  #lastFailure(row: DeploymentModelRow): DeploymentFailureStatus | null {
+    const failure = this.#o.repository.outcome(row.handle, 'failed');
+    if (!failure || (failure.deploymentName === row.deploymentName && failure.startedAt === row.startedAt))
+      return null;
+    return {
+      deployment: failure.deploymentName,
+      state: failure.state === 'RolledBack' ? 'RolledBack' : 'Failed',
+      version: failure.version,
+      reason: failure.reason,
+      rollbackFailureReason: failure.rollbackFailureReason,
+      startedAt: new Date(failure.startedAt).toISOString(),
+      endedAt: new Date(failure.endedAt).toISOString(),
+    };
   }
 
   /**
    * The DeploymentResult for the next heartbeat: the most recently changed deployment whose final result the
-   * server has not yet accepted (in progress or held ones too), or undefined when there is nothing to report.
+   * server has not yet accepted (in progress or held ones too); else a final result the server accepted on its
+   * own and no heartbeat carried yet; else undefined.
    */
   deploymentResult(): DeploymentResultInput | undefined {
     const rows = this.#o.repository.list();
     const pending = rows.filter((row) => !row.reported).sort((a, b) => b.updatedAt - a.updatedAt)[0];
-    if (!pending) return undefined;
-    const models = rows.filter((row) => row.deploymentName === pending.deploymentName);
+    if (pending) return this.#resultFor(rows.filter((row) => row.deploymentName === pending.deploymentName));
+    for (const [name, echo] of this.#echoes) {
+      // Only while it is still the deployment's result: once the server's retry started it over, the old
+      // result would read as a failure (or success) of the new attempt.
+      const models = rows.filter((row) => row.deploymentName === name);
+      if (models.length > 0 && JSON.stringify(this.#resultFor(models)) === JSON.stringify(echo)) return echo;
+      this.#echoes.delete(name);
+    }
+    return undefined;
+  }
+
+  /**
+   * Final results the server has not yet accepted, every model of their deployment final, oldest first (at most
+   * `limit`): what result-reporter.ts sends at once.
+   */
+  finalResults(limit: number): DeploymentResultInput[] {
+    const rows = this.#o.repository.list();
+    const byDeployment = new Map<string, DeploymentModelRow[]>();
+    for (const row of rows) {
+      const models = byDeployment.get(row.deploymentName) ?? [];
+      models.push(row);
+      byDeployment.set(row.deploymentName, models);
+    }
+    return [...byDeployment.values()]
+      .filter(
+        (models) =>
+          models.some((row) => !row.reported) && models.every((row) => FINAL_STATES.has(state(row))),
+      )
+      .sort((a, b) => latest(a) - latest(b))
+      .slice(0, limit)
+      .map((models) => this.#resultFor(models));
+  }
+
+  #resultFor(models: DeploymentModelRow[]): DeploymentResultInput {
     const final = models.every((row) => FINAL_STATES.has(state(row)));
     const failed = models.filter((row) => FAILED_STATES.has(state(row)));
     const held = models.some((row) => this.#held.has(row.handle));
     const status = !final ? (held ? 'HELD' : 'INPROGRESS') : failed.length > 0 ? 'FAIL' : 'SUCCESS';
     const ended = models.map((row) => row.endedAt).filter((t): t is number => t !== null);
     return {
-      DeploymentName: pending.deploymentName,
+      DeploymentName: models[0]!.deploymentName,
       DeploymentStatus: status,
       DeploymentStatusMessage: truncate(
         failed.length > 0
@@ -208,12 +285,37 @@ export class UpdateEngine {
 
   /** The server accepted a heartbeat carrying `result`: final results in it are not sent again. */
   reported(result: DeploymentResultInput): void {
+    if (result.DeploymentName !== undefined) this.#echoes.delete(result.DeploymentName);
+    this.#markReported(result);
+  }
+
+  /**
+   * The server accepted `result` on its own (the device API's result route): it is not sent again, except once
+   * in a heartbeat when nothing else is pending.
+   */
+  reportedAlone(result: DeploymentResultInput): void {
+    if (!this.#markReported(result) || result.DeploymentName === undefined) return;
+    this.#echoes.delete(result.DeploymentName);
+    this.#echoes.set(result.DeploymentName, result);
+    for (const name of this.#echoes.keys()) {
+      if (this.#echoes.size <= MAX_ECHOES) break;
+      this.#echoes.delete(name);
+    }
+  }
+
+  /** Marks the rows of a final result reported; false when it was not final or not theirs (anymore). */
+  #markReported(result: DeploymentResultInput): boolean {
+    if (result.DeploymentStatus === 'INPROGRESS' || result.DeploymentStatus === 'HELD') return false;
     const rows = this.#o.repository
       .list()
       .filter((row) => row.deploymentName === result.DeploymentName && !row.reported);
-    if (rows.length === 0 || !rows.every((row) => FINAL_STATES.has(state(row)))) return;
-    if (result.DeploymentStatus === 'INPROGRESS' || result.DeploymentStatus === 'HELD') return;
+    if (rows.length === 0 || !rows.every((row) => FINAL_STATES.has(state(row)))) return false;
+    // A result composed before the deployment started over (the server's retry) is not the new attempt's.
+    const endedBy =
+      typeof result.DeploymentEndTime === 'number' ? Math.round(result.DeploymentEndTime * 1000) : Infinity;
+    if (rows.some((row) => row.endedAt === null || row.endedAt > endedBy)) return false;
     this.#o.repository.saveAll(rows.map((row) => ({ ...row, reported: true })));
+    return true;
   }
 
   /** Stops at the next step (waits are cut short); what is in progress resumes at the next start. */
@@ -309,10 +411,24 @@ export class UpdateEngine {
         if (served?.url === row.packageDir) {
           // Already serving exactly this package (another plan naming it again): nothing to install, and its
           // folder must not be extracted over.
-          const keepPrevious = existing?.packageDir === row.packageDir;
-          row.previousUrl = keepPrevious ? existing.previousUrl : null;
-          row.previousVersion = keepPrevious ? existing.previousVersion : null;
-          this.#transition(row, 'Committed', { ended: true, committedVersion: row.version });
+          const committed = this.#o.repository.outcome(handle, 'committed');
+          if (committed?.deploymentName === name && committed.packageDir === row.packageDir) {
+            // The deployment committed before, offered again (the server's choice once it gave up on a newer
+            // one): it is that commit still, with its own times and previous version, not a new one.
+            row.previousUrl = committed.previousUrl;
+            row.previousVersion = committed.previousVersion;
+            row.startedAt = committed.startedAt;
+            this.#transition(row, 'Committed', {
+              ended: true,
+              committedVersion: row.version,
+              at: committed.endedAt,
+            });
+          } else {
+            const keepPrevious = existing?.packageDir === row.packageDir;
+            row.previousUrl = keepPrevious ? existing.previousUrl : null;
+            row.previousVersion = keepPrevious ? existing.previousVersion : null;
+            this.#transition(row, 'Committed', { ended: true, committedVersion: row.version });
+          }
         } else this.#transition(row, 'Downloading');
       }
       rows.push(row);
@@ -355,6 +471,7 @@ export class UpdateEngine {
         return { ...next, state: 'Committed', updatedAt: now, endedAt: now };
       });
       this.#o.repository.saveAll(committed);
+      this.#o.onFinal?.();
       for (const row of committed) {
         Object.assign(rows[rows.findIndex((r) => r.handle === row.handle)]!, row);
         this.#o.metrics?.setState(row.handle, 'Committed');
@@ -664,10 +781,12 @@ export class UpdateEngine {
       ended?: boolean;
       rollbackFailureReason?: string;
       committedVersion?: string | null;
+      /** When it happened, when not now (a commit restored as it was). */
+      at?: number;
     } = {},
   ): void {
     this.#check(row, to);
-    const now = this.#now();
+    const now = changes.at ?? this.#now();
     row.state = to;
     row.updatedAt = now;
     if (changes.reason !== undefined) row.reason = changes.reason;
@@ -678,6 +797,7 @@ export class UpdateEngine {
     if (FINAL_STATES.has(to)) row.reported = false;
     this.#o.repository.save(row);
     this.#o.metrics?.setState(row.handle, to);
+    if (FINAL_STATES.has(to)) this.#o.onFinal?.();
   }
 
   #served(handle: string): ModelDescription | undefined {
@@ -688,6 +808,11 @@ export class UpdateEngine {
   #sleep(ms: number): Promise<void> {
     return sleepUnlessAborted(ms, this.#abort.signal);
   }
+}
+
+/** When a deployment's models last ended (or changed). */
+function latest(models: readonly DeploymentModelRow[]): number {
+  return Math.max(...models.map((row) => row.endedAt ?? row.updatedAt));
 }
 
 function state(row: DeploymentModelRow): DeploymentState {

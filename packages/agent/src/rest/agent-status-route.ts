@@ -51,6 +51,17 @@ const PublicDeploymentModelSchema = z.object({
   startedAt: z.string(),
   updatedAt: z.string(),
   endedAt: z.string().nullable(),
+  lastFailure: z
+    .object({
+      deployment: z.string(),
+      state: z.enum(['RolledBack', 'Failed']),
+      version: z.string().nullable(),
+      reason: WithheldReasonSchema,
+      rollbackFailureReason: WithheldReasonSchema,
+      startedAt: z.string(),
+      endedAt: z.string(),
+    })
+    .nullable(),
 });
 
 /** `deployments` as the daemon gives it: `models` is parsed apart, so that a bad update drops the updates only. */

@@ -52,6 +52,32 @@ const COLUMNS: ReadonlyArray<[keyof DeploymentModelRow, string]> = [
   ['reported', 'reported'],
 ];
 
+/** How a handle's deployment ended, kept past the next deployment for the handle (table deployment_outcomes). */
+export type DeploymentOutcome = 'committed' | 'failed';
+
+/** The last deployment of a handle that ended one way (DeploymentOutcome). */
+export interface DeploymentOutcomeRow {
+  handle: string;
+  outcome: DeploymentOutcome;
+  deploymentName: string;
+  /** Committed, or RolledBack / Failed. */
+  state: string;
+  version: string | null;
+  packageDir: string | null;
+  previousUrl: string | null;
+  previousVersion: string | null;
+  reason: string | null;
+  rollbackFailureReason: string | null;
+  startedAt: number;
+  endedAt: number;
+}
+
+const OUTCOME_OF: Readonly<Record<string, DeploymentOutcome>> = {
+  Committed: 'committed',
+  RolledBack: 'failed',
+  Failed: 'failed',
+};
+
 type Stored = Record<string, unknown>;
 
 function toRow(stored: Stored): DeploymentModelRow {
@@ -91,15 +117,65 @@ export class DeploymentsRepository {
     return (this.#db.prepare('SELECT * FROM deployment_models ORDER BY handle').all() as Stored[]).map(toRow);
   }
 
-  /** Inserts or replaces the handle's row. */
+  /**
+   * Inserts or replaces the handle's row; a row that ended (Committed, RolledBack, Failed) also becomes the
+   * handle's last outcome of that kind, in the same transaction.
+   */
   save(row: DeploymentModelRow): void {
     const columns = COLUMNS.map(([, column]) => column);
-    this.#db
-      .prepare(
-        `INSERT OR REPLACE INTO deployment_models (${columns.join(', ')})
-         VALUES (${columns.map((c) => `@${c}`).join(', ')})`,
-      )
-      .run(toStored(row));
+    this.#db.transaction(() => {
+      this.#db
+        .prepare(
+          `INSERT OR REPLACE INTO deployment_models (${columns.join(', ')})
+           VALUES (${columns.map((c) => `@${c}`).join(', ')})`,
+        )
+        .run(toStored(row));
+      const outcome = OUTCOME_OF[row.state];
+      if (outcome === undefined || row.endedAt === null) return;
+      this.#db
+        .prepare(
+          `INSERT OR REPLACE INTO deployment_outcomes (handle, outcome, deployment_name, state, version,
+             package_dir, previous_url, previous_version, reason, rollback_failure_reason, started_at, ended_at)
+           VALUES (@handle, @outcome, @deploymentName, @state, @version, @packageDir, @previousUrl,
+             @previousVersion, @reason, @rollbackFailureReason, @startedAt, @endedAt)`,
+        )
+        .run({
+          handle: row.handle,
+          outcome,
+          deploymentName: row.deploymentName,
+          state: row.state,
+          version: row.version,
+          packageDir: row.packageDir,
+          previousUrl: row.previousUrl,
+          previousVersion: row.previousVersion,
+          reason: row.reason,
+          rollbackFailureReason: row.rollbackFailureReason,
+          startedAt: row.startedAt,
+          endedAt: row.endedAt,
+        });
+    })();
+  }
+
+  /** The handle's last deployment that ended `outcome`, or undefined. */
+  outcome(handle: string, outcome: DeploymentOutcome): DeploymentOutcomeRow | undefined {
+    const stored = this.#db
+      .prepare('SELECT * FROM deployment_outcomes WHERE handle = ? AND outcome = ?')
+      .get(handle, outcome) as Stored | undefined;
+    if (!stored) return undefined;
+    return {
+      handle: stored.handle as string,
+      outcome: stored.outcome as DeploymentOutcome,
+      deploymentName: stored.deployment_name as string,
+      state: stored.state as string,
+      version: stored.version as string | null,
+      packageDir: stored.package_dir as string | null,
+      previousUrl: stored.previous_url as string | null,
+      previousVersion: stored.previous_version as string | null,
+      reason: stored.reason as string | null,
+      rollbackFailureReason: stored.rollback_failure_reason as string | null,
+      startedAt: stored.started_at as number,
+      endedAt: stored.ended_at as number,
+    };
   }
 
   /** Several rows in one transaction (a deployment's models change together on commit or rollback). */

@@ -40,7 +40,12 @@ export {
   type StoredCaptureRow,
   type StoredCaptureStatus,
 } from './capture-queue-repository.js';
-export { DeploymentsRepository, type DeploymentModelRow } from './deployments-repository.js';
+export {
+  DeploymentsRepository,
+  type DeploymentModelRow,
+  type DeploymentOutcome,
+  type DeploymentOutcomeRow,
+} from './deployments-repository.js';
 export { LoadedModelsRepository, type LoadedModelRow } from './loaded-models-repository.js';
 export { ModelCountersRepository, type ModelCounters } from './model-counters-repository.js';
 export {

@@ -129,6 +129,37 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE capture_queue ADD COLUMN read_tries INTEGER NOT NULL DEFAULT 0 CHECK (read_tries >= 0);
     `,
   },
+  {
+    version: 5,
+    description: 'deployments: the last committed and the last failed deployment per model handle',
+    sql: `
+      -- deployment_models keeps one row per handle, replaced by each new deployment; this keeps, per handle, the
+      -- last deployment that ended Committed ('committed') and the last that ended RolledBack or Failed
+      -- ('failed'), so that the agent's status still shows a failure after the server gave up on it and offered
+      -- the previous deployment again, and that one keeps its own times. Written with the row, in its transaction.
+      CREATE TABLE deployment_outcomes (
+        handle TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'failed')),
+        deployment_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        version TEXT,
+        package_dir TEXT,
+        previous_url TEXT,
+        previous_version TEXT,
+        reason TEXT,
+        rollback_failure_reason TEXT,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER NOT NULL,
+        PRIMARY KEY (handle, outcome)
+      );
+      INSERT INTO deployment_outcomes
+        SELECT handle, CASE state WHEN 'Committed' THEN 'committed' ELSE 'failed' END, deployment_name, state,
+               version, package_dir, previous_url, previous_version, reason, rollback_failure_reason, started_at,
+               ended_at
+        FROM deployment_models
+        WHERE state IN ('Committed', 'RolledBack', 'Failed') AND ended_at IS NOT NULL;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

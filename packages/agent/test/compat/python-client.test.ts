@@ -49,7 +49,7 @@ function printedJson(run: PythonRun): Record<string, unknown> {
 
 describe.skipIf('missing' in found)('a Python SageMaker Edge client (grpcio, protoc stubs)', () => {
   const tools = (found as { tools: PythonGrpcTools }).tools;
-  const agents = useAgentScratch('agent-python-client-', ['tiny', 'multi-io', 'int-types']);
+  const agents = useAgentScratch('agent-python-client-', ['tiny', 'mlp', 'multi-io', 'int-types']);
   let stubsDir: string;
   let config: string;
   let captureDir: string;
@@ -64,7 +64,7 @@ describe.skipIf('missing' in found)('a Python SageMaker Edge client (grpcio, pro
     const pki = devPki('Python Client Test Root', 'Python Client Test Publisher');
     const certs = join(root, 'certs');
     await trustFolder(certs, pki.root);
-    for (const model of ['tiny', 'multi-io', 'int-types'] as const)
+    for (const model of ['tiny', 'mlp', 'multi-io', 'int-types'] as const)
       await signPackage(agents.packageOf(model), pki.signer);
     unsignedPackage = await agents.files.catalogue('tiny', 'unsigned');
     captureDir = join(root, 'capture');
@@ -251,20 +251,45 @@ describe.skipIf('missing' in found)('a Python SageMaker Edge client (grpcio, pro
     await writeFile(example, blocks[0]!);
     const socket = await startAgent('example.sock');
 
-    const x = Float32Array.from({ length: 16 }, (_, i) => 0.5 * i);
-    const y = TEST_MODELS.tiny.reference({ x: { dataType: 'FLOAT32', shape: [1, 16], data: x } }).y!;
-    for (const attempt of ['first', 'again']) {
-      const run = await runPython(tools, example, {
-        args: [socket, agents.packageOf('tiny'), 'demo'],
-        stubsDir,
-        signal: pythonRuns.signal,
-      });
-      expect(run.code, `${attempt}: ${run.stderr}`).toBe(0);
-      const printed = /^(\S+) (\[[^\]]*\]) (\[.*\])\n$/.exec(run.stdout);
-      expect(printed, `${attempt}: ${run.stdout}`).not.toBeNull();
-      expect(printed![1]).toBe('y');
-      expect(JSON.parse(printed![2]!)).toEqual([1, 16]);
-      expect(JSON.parse(printed![3]!)).toEqual([...y.data]);
+    // A fixed shape ([1, 16]), and the demo model's dynamic batch ([-1, 4]), which the example sends as [1, 4].
+    const tinyX = Float32Array.from({ length: 16 }, (_, i) => 0.5 * i);
+    const mlpX = Float32Array.from({ length: 4 }, (_, i) => 0.5 * i);
+    const cases = [
+      {
+        model: 'tiny' as const,
+        name: 'demo',
+        output: 'y',
+        shape: [1, 16],
+        expected: TEST_MODELS.tiny.reference({ x: { dataType: 'FLOAT32', shape: [1, 16], data: tinyX } }).y!,
+      },
+      {
+        model: 'mlp' as const,
+        name: 'demo-batch',
+        output: 'probabilities',
+        shape: [1, 3],
+        expected: TEST_MODELS.mlp.reference({
+          features: { dataType: 'FLOAT32', shape: [1, 4], data: mlpX },
+        }).probabilities!,
+      },
+    ];
+    for (const { model, name, output, shape, expected } of cases) {
+      for (const attempt of ['first', 'again']) {
+        const run = await runPython(tools, example, {
+          args: [socket, agents.packageOf(model), name],
+          stubsDir,
+          signal: pythonRuns.signal,
+        });
+        expect(run.code, `${model} ${attempt}: ${run.stderr}`).toBe(0);
+        const printed = /^(\S+) (\[[^\]]*\]) (\[.*\])\n$/.exec(run.stdout);
+        expect(printed, `${model} ${attempt}: ${run.stdout}`).not.toBeNull();
+        expect(printed![1]).toBe(output);
+        expect(JSON.parse(printed![2]!)).toEqual(shape);
+        const values = JSON.parse(printed![3]!) as number[];
+        expect(values).toHaveLength(expected.data.length);
+        values.forEach((value, i) =>
+          expect(value, `${model} ${output}[${i}]`).toBeCloseTo(Number(expected.data[i]), 5),
+        );
+      }
     }
   });
 });

@@ -667,6 +667,58 @@ describe('UpdateEngine, more', () => {
     expect(d.registry.describe('detector').version).toBe('2.0');
   });
 
+  it('final results for the result route: each deployment once; the heartbeat repeats one only while it is current', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const o1 = await publish(identityModel(), '1.0', { model: 'other' });
+    const d = await device();
+    await d.engine.apply([
+      deployment('left', [{ handle: 'detector', pkg: v1, version: '1.0' }]),
+      deployment('right', [{ handle: 'other', pkg: o1, version: '1.0' }]),
+    ]);
+    // Both final at once: both to send, oldest first (a heartbeat would carry only the newest).
+    const results = d.engine.finalResults(16);
+    expect(results.map((r) => [r.DeploymentName, r.DeploymentStatus])).toEqual([
+      ['left', 'SUCCESS'],
+      ['right', 'SUCCESS'],
+    ]);
+    expect(d.engine.finalResults(1)).toHaveLength(1);
+    for (const result of results) d.engine.reportedAlone(result);
+    expect(d.engine.finalResults(16)).toEqual([]);
+    // The heartbeats repeat each once (the server's record of the device's last result), then nothing.
+    const echoed = [d.engine.deploymentResult()!, undefined, undefined];
+    d.engine.reported(echoed[0]!);
+    echoed[1] = d.engine.deploymentResult();
+    d.engine.reported(echoed[1]!);
+    echoed[2] = d.engine.deploymentResult();
+    expect(echoed).toEqual([results[0], results[1], undefined]);
+
+    // A failure sent alone, then the server's retry starts it over before a heartbeat carried it: the old
+    // FAIL is not repeated (it would read as the new attempt's).
+    api.faults.set(v2.path, [{ status: 404 }]);
+    const upgrade = deployment('up', [{ handle: 'detector', pkg: v2, version: '2.0' }]);
+    await d.engine.apply([upgrade]);
+    const [failure] = d.engine.finalResults(16);
+    expect(failure).toMatchObject({ DeploymentName: 'up', DeploymentStatus: 'FAIL' });
+    d.engine.reportedAlone(failure!);
+    api.faults.set(v2.path, [{ status: 503 }]);
+    await d.engine.apply([upgrade]);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'up', state: 'Downloading' });
+    expect(d.engine.deploymentResult()).toMatchObject({
+      DeploymentName: 'up',
+      DeploymentStatus: 'INPROGRESS',
+    });
+    await d.engine.apply([upgrade]);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'up', state: 'Committed' });
+    const [success] = d.engine.finalResults(16);
+    expect(success).toMatchObject({ DeploymentName: 'up', DeploymentStatus: 'SUCCESS' });
+    // The old failure, arriving late, does not mark the new attempt reported.
+    d.engine.reportedAlone(failure!);
+    expect(d.engine.finalResults(16)).toEqual([success]);
+    d.engine.reportedAlone(success!);
+    expect(d.engine.deploymentResult()).toEqual(success);
+  });
+
   it('a deployment of the package already serving is committed at once, without a download', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const d = await device();

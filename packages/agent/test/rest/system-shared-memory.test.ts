@@ -661,6 +661,39 @@ describe('the agent status for a caller who is not an operator', () => {
       warn,
     );
     expect(changed).toEqual({ deployments: { enabled: true } });
+    // A handle's last failed deployment: its reasons are withheld like the update's own.
+    const withFailure = publicAgentStatus(
+      {
+        deployments: {
+          enabled: true,
+          models: [
+            {
+              ...updates[0],
+              lastFailure: {
+                deployment: 'broken',
+                state: 'Failed',
+                version: '9.0',
+                reason: 'cannot read /secret/lock',
+                rollbackFailureReason: null,
+                startedAt: '2026-01-01T00:00:00.000Z',
+                endedAt: '2026-01-01T00:00:01.000Z',
+                packageDir: '/secret/dir',
+              },
+            },
+          ],
+        },
+      },
+      warn,
+    ) as { deployments: { models: Array<{ lastFailure: unknown }> } };
+    expect(withFailure.deployments.models[0]!.lastFailure).toEqual({
+      deployment: 'broken',
+      state: 'Failed',
+      version: '9.0',
+      reason: REASON_WITHHELD,
+      rollbackFailureReason: null,
+      startedAt: '2026-01-01T00:00:00.000Z',
+      endedAt: '2026-01-01T00:00:01.000Z',
+    });
     expect(publicAgentStatus({ deployments: '/secret/dir' }, warn)).toEqual({});
     expect(publicAgentStatus({ deployments: { enabled: false } }, warn)).toEqual({
       deployments: { enabled: false },
@@ -679,6 +712,7 @@ const PUBLIC_UPDATE_FIELDS = [
   'endedAt',
   'handle',
   'held',
+  'lastFailure',
   'previousVersion',
   'reason',
   'rollbackFailureReason',

@@ -114,7 +114,7 @@ describe('schema version 4: failed reads of a payload counted across restarts', 
 
     let db = AgentDatabase.open({ path });
     try {
-      expect(db.schemaVersion).toBe(4);
+      expect(db.schemaVersion).toBe(LATEST_SCHEMA_VERSION);
       db.captureQueue.enqueue([row('queued-by-v4')]);
       expect(db.captureQueue.waiting(10).map((r) => [r.captureId, r.readTries])).toEqual([
         ['queued-by-v3', 0],
@@ -422,5 +422,90 @@ describe('durability', () => {
     for (const id of acknowledged) expect(db.captureQueue.status(id)?.status).toBe('IN_PROGRESS');
     expect(db.captureQueue.heldCount()).toBeGreaterThanOrEqual(acknowledged.length);
     db.close();
+  });
+});
+
+describe('schema version 5: the last committed and failed deployment per handle', () => {
+  const deploymentRow = (handle: string, name: string, state: string, startedAt: number) => ({
+    handle,
+    deploymentName: name,
+    state,
+    desired: 'DEPLOY' as const,
+    failurePolicy: 'ROLLBACK_ON_FAILURE',
+    allowDowngrade: false,
+    modelName: handle,
+    version: '2.0',
+    packageUrl: null,
+    sha256: null,
+    size: null,
+    packageDir: `/pkg/${handle}/2.0`,
+    previousUrl: `/pkg/${handle}/1.0`,
+    previousVersion: '1.0',
+    committedVersion: '1.0',
+    reason: state === 'Committed' ? null : 'did not load',
+    rollbackFailureReason: null,
+    restarts: 0,
+    startedAt,
+    updatedAt: startedAt + 5,
+    endedAt: state === 'Downloading' ? null : startedAt + 5,
+    reported: true,
+  });
+
+  it('upgrades a version 4 database, taking the outcomes its rows already show; a new deployment keeps them', () => {
+    const path = agentDatabasePath(root);
+    const old = new SqliteDatabase(path);
+    old.pragma('journal_mode = WAL');
+    expect(migrate(old, MIGRATIONS.slice(0, 4))).toEqual([1, 2, 3, 4]);
+    old
+      .prepare(
+        `INSERT INTO deployment_models (handle, deployment_name, state, desired, failure_policy, version,
+           package_dir, previous_version, reason, started_at, updated_at, ended_at, reported)
+         VALUES ('a', 'broken', 'RolledBack', 'DEPLOY', 'ROLLBACK_ON_FAILURE', '2.0', '/pkg/a/2.0', '1.0',
+           'failed its health window', 100, 105, 105, 1),
+                ('b', 'good', 'Committed', 'DEPLOY', 'ROLLBACK_ON_FAILURE', '3.0', '/pkg/b/3.0', NULL,
+           NULL, 200, 205, 205, 1),
+                ('c', 'going', 'Downloading', 'DEPLOY', 'ROLLBACK_ON_FAILURE', '1.0', NULL, NULL,
+           NULL, 300, 300, NULL, 0)`,
+      )
+      .run();
+    old.close();
+
+    const db = AgentDatabase.open({ path });
+    try {
+      expect(db.schemaVersion).toBe(LATEST_SCHEMA_VERSION);
+      expect(db.deployments.outcome('a', 'failed')).toMatchObject({
+        deploymentName: 'broken',
+        state: 'RolledBack',
+        reason: 'failed its health window',
+        startedAt: 100,
+        endedAt: 105,
+      });
+      expect(db.deployments.outcome('a', 'committed')).toBeUndefined();
+      expect(db.deployments.outcome('b', 'committed')).toMatchObject({
+        deploymentName: 'good',
+        endedAt: 205,
+      });
+      expect(db.deployments.outcome('c', 'committed')).toBeUndefined();
+      expect(db.deployments.outcome('c', 'failed')).toBeUndefined();
+
+      // A new deployment replaces the handle's row; the outcomes stay until one of the same kind replaces them.
+      db.deployments.save(deploymentRow('a', 'next', 'Downloading', 400));
+      expect(db.deployments.outcome('a', 'failed')).toMatchObject({ deploymentName: 'broken' });
+      db.deployments.save(deploymentRow('a', 'next', 'Committed', 400));
+      expect(db.deployments.outcome('a', 'committed')).toMatchObject({
+        deploymentName: 'next',
+        endedAt: 405,
+      });
+      expect(db.deployments.outcome('a', 'failed')).toMatchObject({ deploymentName: 'broken' });
+      db.deployments.save(deploymentRow('a', 'later', 'Failed', 500));
+      expect(db.deployments.outcome('a', 'failed')).toMatchObject({
+        deploymentName: 'later',
+        state: 'Failed',
+        reason: 'did not load',
+      });
+      expect(db.deployments.outcome('a', 'committed')).toMatchObject({ deploymentName: 'next' });
+    } finally {
+      db.close();
+    }
   });
 });

@@ -210,14 +210,14 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     .option('--input <json|@file>', 'input tensors, keyed by the model’s input names')
     .option('--output <json|@file>', 'output tensors, keyed by the model’s output names')
     .option(
-      '--aux-input <name=@file>',
-      'auxiliary input data from a file, e.g. frame=@frame.jpg (repeatable; .json/.csv are sent as JSON/CSV)',
+      '--aux-input <[type=]@file>',
+      'auxiliary input data from a file, recorded with content type TYPE (Edge Manager’s AuxilaryData.name; the items are named Input-1, Input-2, …): jpg=@frame.jpg, or @frame.jpg to take the type from the file’s extension (repeatable; .json/.csv are sent as JSON/CSV)',
       (value: string, previous: string[]) => [...previous, value],
       [],
     )
     .option(
-      '--aux-output <name=@file>',
-      'auxiliary output data from a file (repeatable)',
+      '--aux-output <[type=]@file>',
+      'auxiliary output data from a file, as --aux-input (named Output-1, …; repeatable)',
       (value: string, previous: string[]) => [...previous, value],
       [],
     )
@@ -269,6 +269,7 @@ export function registerAgentCommands(program: Command, output: () => Output): v
         out.result(status, () => captureLine(status, out.invocation));
         if (status.status === 'FAILURE')
           throw new CliError(`capture ${captureId} failed: the agent gave up writing it (see its log)`);
+        refuseRanOut(status, raw.wait, out.invocation);
       },
     );
 
@@ -288,6 +289,7 @@ export function registerAgentCommands(program: Command, output: () => Output): v
         );
       if (status.status === 'FAILURE')
         throw new CliError(`capture ${captureId} failed (see the agent's log)`);
+      refuseRanOut(status, raw.wait, out.invocation);
     });
 }
 
@@ -347,17 +349,25 @@ function buildTensors(
 
 const AUX_ENCODINGS: Record<string, number> = { '.json': AgentEncoding.JSON, '.csv': AgentEncoding.CSV };
 
-/** `name=@file` → auxiliary data with the file's bytes (JSON/CSV by extension, else NONE: raw bytes). */
+/**
+ * `type=@file` or `@file` → auxiliary data with the file's bytes (JSON/CSV by extension, else NONE: raw bytes).
+ * The type goes into AuxilaryData.name, which Edge Manager (and the agent) record as the item's content type, not
+ * as a name; without one it is the file's extension (`@frame.jpg` → `jpg`).
+ */
 async function readAux(flag: string, value: string): Promise<AuxiliaryData> {
-  const match = /^([^=]+)=@(.+)$/.exec(value);
-  if (!match)
+  const expected = `expected TYPE=@FILE (TYPE is recorded as the content type, e.g. jpg=@frame.jpg) or @FILE (the type is the file's extension)`;
+  const match = /^(?:([^=@]+)=)?@(.+)$/.exec(value);
+  if (!match) throw new CliError(`${flag} ${JSON.stringify(value)}: ${expected}`, EXIT.usage);
+  const file = match[2]!;
+  const extension = extname(file).toLowerCase();
+  const type = match[1] ?? extension.slice(1);
+  if (type === '')
     throw new CliError(
-      `${flag} ${JSON.stringify(value)}: expected NAME=@FILE, e.g. frame=@frame.jpg`,
+      `${flag} ${JSON.stringify(value)}: ${file} has no extension to take the content type from; ${expected}`,
       EXIT.usage,
     );
-  const [, name, file] = match as unknown as [string, string, string];
-  const encoding = AUX_ENCODINGS[extname(file).toLowerCase()] ?? AgentEncoding.NONE;
-  return { name, encoding, byteData: await readFile(file), data: 'byteData' };
+  const encoding = AUX_ENCODINGS[extension] ?? AgentEncoding.NONE;
+  return { name: type, encoding, byteData: await readFile(file), data: 'byteData' };
 }
 
 function captureRequest(model: string, captureId: string, inputs: Tensor[], outputs: Tensor[]) {
@@ -393,6 +403,16 @@ async function captureStatus(
     if (name !== 'IN_PROGRESS' || Date.now() >= deadline) return { captureId, status: name };
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
+}
+
+/** With --wait, a capture still IN_PROGRESS when the wait ran out is not a success: it exits 4, saying so. */
+function refuseRanOut(status: CaptureStatus, waitSeconds: number | undefined, invocation: string): void {
+  if (waitSeconds === undefined || status.status !== 'IN_PROGRESS') return;
+  throw new CliError(
+    `--wait ${waitSeconds} ran out: capture ${status.captureId} is still IN_PROGRESS (not yet written to the ` +
+      `agent's destination; it may still be); ask again: ${invocation} agent capture status ${status.captureId} --wait <seconds>`,
+    EXIT.waitRanOut,
+  );
 }
 
 const captureLine = (c: CaptureStatus, invocation: string) =>

@@ -28,6 +28,17 @@ export const agentStatusSchema = z.looseObject({
             held: z.boolean(),
             reason: z.string().nullable(),
             updatedAt: z.string(),
+            // An older agent does not send it.
+            lastFailure: z
+              .looseObject({
+                deployment: z.string(),
+                state: z.string(),
+                version: z.string().nullable(),
+                reason: z.string().nullable(),
+                endedAt: z.string(),
+              })
+              .nullable()
+              .optional(),
           }),
         )
         .optional(),
@@ -106,14 +117,30 @@ export function printAgentStatus(status: AgentStatus, output: Output): void {
       lines.push(
         table(
           ['model', 'deployment', 'state', 'version', 'previous', 'updated at', 'reason'],
-          deployments.models.map((d) => [
-            d.handle,
-            d.deployment,
-            d.held ? `${d.state} (HELD)` : d.state,
-            d.version ?? '-',
-            d.previousVersion ?? '-',
-            d.updatedAt,
-            d.reason ?? '',
+          // Each handle's update, then the last deployment of it that failed (when that is another one).
+          deployments.models.flatMap((d) => [
+            [
+              d.handle,
+              d.deployment,
+              d.held ? `${d.state} (HELD)` : d.state,
+              d.version ?? '-',
+              d.previousVersion ?? '-',
+              d.updatedAt,
+              d.reason ?? '',
+            ],
+            ...(d.lastFailure
+              ? [
+                  [
+                    d.handle,
+                    d.lastFailure.deployment,
+                    `${d.lastFailure.state} (last failure)`,
+                    d.lastFailure.version ?? '-',
+                    '-',
+                    d.lastFailure.endedAt,
+                    d.lastFailure.reason ?? '',
+                  ],
+                ]
+              : []),
           ]),
         ),
       );

@@ -34,6 +34,24 @@ import {
 } from './enroll.js';
 import { describeMetrics } from './metrics-table.js';
 
+/**
+ * `--token`'s value. A value that looks like an option is refused: `--token $(edgefleet device enrollment-token …)`
+ * whose inner command failed leaves `--token` followed by the next option, which would become the token and
+ * turn the real mistake into a confusing "required option" error.
+ */
+export function enrollmentTokenOption(value: string): string {
+  const fix =
+    'run the command that prints the token on its own, or stop on its failure: TOKEN=$(edgefleet device enrollment-token <device>) && edgefleet device enroll --token "$TOKEN" …';
+  if (value.trim() === '')
+    throw new CliError(`--token is empty: expected the efe_… token; ${fix}`, EXIT.usage);
+  if (value.startsWith('-'))
+    throw new CliError(
+      `--token is missing: it is followed by ${JSON.stringify(value)}, an option, not the efe_… token — probably because the command that prints the token failed (see its message above); ${fix}`,
+      EXIT.usage,
+    );
+  return value;
+}
+
 function describeDevice(device: Device): string[] {
   const cert = device.identity.certificate;
   const lines = [
@@ -117,7 +135,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
       );
       out.result({ devices }, () => [
         `Registered ${devices.length} device${devices.length === 1 ? '' : 's'} in fleet ${fleet}: ${devices.map((d) => d.name).join(', ')}`,
-        `Next, on each device: ${out.invocation} device enroll --server <url> --token $(${out.invocation} device enrollment-token <name> …) --config <agent config>`,
+        `Next, for each device: TOKEN=$(${out.invocation} device enrollment-token <name>) && ${out.invocation} device enroll --server <url> --token "$TOKEN" --config <agent config>`,
       ]);
     },
   );
@@ -330,7 +348,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
       'on the device: make a key pair and CSR, get a certificate with an enrollment token, and write the agent config',
     )
     .option('--server <url>', 'the EdgeFleet server’s operator API (env EDGEFLEET_SERVER)')
-    .option('--token <efe_…>', 'the enrollment token (env EDGEFLEET_ENROLLMENT_TOKEN)')
+    .option('--token <efe_…>', 'the enrollment token (env EDGEFLEET_ENROLLMENT_TOKEN)', enrollmentTokenOption)
     .option('--profile <name>', 'take the server URL from this profile')
     .requiredOption('--config <file>', 'the agent’s JSON config to create or merge into')
     .option(

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet, useOperatorCli } from '../run-cli.js';
-import { deviceEnrollArgs } from '../../../../test/support/control-plane.js';
+import { REPO_ROOT, deviceEnrollArgs } from '../../../../test/support/control-plane.js';
 
 const execFileAsync = promisify(execFile);
 const cli = useOperatorCli('ef-enroll-');
@@ -162,6 +162,49 @@ describe('edgefleet device enroll', () => {
     expect(await readFile(result.files.privateKey, 'utf8')).not.toBe(keyBefore);
     expect(JSON.parse(await readFile(configFile, 'utf8')).edgefleet_inference_workers).toBe(2);
     expect((await admin('device', 'certificates', 'crane-1', '--json')).stdout).toContain(result.serial);
+  });
+
+  it('refuses a --token followed by an option: the command meant to print the token failed', async () => {
+    const configFile = join(cli.work, 'no-token', 'agent.json');
+    // What `--token $(edgefleet device enrollment-token <unregistered>) --config …` becomes once the inner
+    // command failed and printed nothing.
+    const shifted = await edgefleet(
+      'device',
+      'enroll',
+      '--server',
+      cli.plane.operatorUrl,
+      '--token',
+      '--config',
+      configFile,
+    );
+    expect(shifted.code).toBe(2);
+    expect(shifted.stderr).toMatch(
+      /--token is missing: it is followed by "--config", an option, not the efe_… token — probably because the command that prints the token failed/,
+    );
+    expect(shifted.stderr).not.toMatch(/required option|Usage:/);
+    const empty = await edgefleet(...deviceEnrollArgs(cli.plane, '', configFile));
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toMatch(/--token is empty: expected the efe_… token/);
+    await expect(stat(configFile)).rejects.toThrow(/ENOENT/);
+  });
+
+  it("the README's enrollment line stops at a failed enrollment-token, with its message alone", async () => {
+    const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
+    const line = readme.split('\n').find((l) => l.includes('device enroll --token') && l.includes('cam-01'));
+    expect(line).toBeDefined();
+    // As an operator runs it, in a shell; cam-01 is not registered on this control plane, so the inner
+    // command fails.
+    const cliMain = join(REPO_ROOT, 'packages/cli/dist/main.js');
+    const run = await execFileAsync('sh', ['-c', line!.replaceAll('npx edgefleet', `node ${cliMain}`)], {
+      cwd: cli.work,
+      env: { ...process.env, EDGEFLEET_SERVER: cli.plane.operatorUrl, EDGEFLEET_TOKEN: cli.plane.adminToken },
+    }).then(
+      () => ({ code: 0, stderr: '' }),
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(run.code).toBe(1);
+    expect(run.stderr.trim()).toBe('edgefleet: device cam-01 does not exist [HTTP 404 NotFound]');
+    await expect(stat(join(cli.work, 'cam-01'))).rejects.toThrow(/ENOENT/);
   });
 
   it('refuses a config that is not a JSON object before spending the token', async () => {
