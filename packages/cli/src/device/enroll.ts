@@ -6,7 +6,7 @@ import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
 import { CliError, EXIT } from '../cli-io.js';
 import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
-import { createCsr, generateDeviceKey, type DeviceKeyType } from '@edgefleet/core';
+import { createCsr, generateDeviceKey, isLoopbackHost, type DeviceKeyType } from '@edgefleet/core';
 
 export const ENROLLMENT_TOKEN_PREFIX = 'efe_';
 
@@ -267,6 +267,13 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
   // The rest comes from the device API, asked with the new certificate (which shows that it works): the
   // package-signing root for the trust folder, and the fleet's output location for captures.
   const warnings: string[] = [];
+  const serverHost = new URL(options.client.server).hostname;
+  const endpointHost = new URL(issued.deviceEndpoint).hostname;
+  // Reached over the network, the server is elsewhere: its loopback endpoint would be this device's own.
+  if (!isLoopbackHost(serverHost) && isLoopbackHost(endpointHost))
+    warnings.push(
+      `the server at ${options.client.server} handed out ${issued.deviceEndpoint} as its device API, a loopback address: an agent on another host than the server would call itself; the server's operator sets deviceEndpoint (--device-endpoint) and deviceServerNames (--device-server-names) to the address devices reach, then set ${ENDPOINT_KEY} in ${configFile} to it (or enroll again)`,
+    );
   const capture = options.capture ?? 'edgefleet';
   let settings: AgentSettings | undefined;
   try {

@@ -1,14 +1,5 @@
-import { isIP } from 'node:net';
+import { isLoopbackHost } from '@edgefleet/core';
 import type { ListenAddress } from '../config/index.js';
-
-/** Whether `host` (an address or host name) names this machine only: 127.0.0.0/8, ::1 or localhost. */
-export function isLoopbackHost(host: string): boolean {
-  const bare = host.replace(/^\[|\]$/g, '').toLowerCase();
-  if (bare === 'localhost' || bare.endsWith('.localhost')) return true;
-  if (isIP(bare) === 4) return bare.startsWith('127.');
-  if (isIP(bare) === 6) return bare === '::1' || /^::ffff:127\./.test(bare);
-  return false;
-}
 
 export interface NetworkSettings {
   listen: ListenAddress;
