@@ -4,7 +4,7 @@
  * tokens, CSRF, CSP, sign-out, page weight and the 10,000-device list. With UPDATE_SCREENSHOTS=1 it also
  * writes the screenshots docs/console.md shows.
  */
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
@@ -253,12 +253,23 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(blocked).toMatch(/^script-src/);
     expect(await page.evaluate('window.__inline')).toBeUndefined();
 
-    // A packaging job, followed live to COMPLETED, and its package downloaded with the session.
+    // A packaging job, followed live to COMPLETED, and its package downloaded with the session. A newer
+    // version uploaded since: the form offers it first, but any uploaded version can be packaged (C7).
+    const newer = await fetch(`${plane.operatorUrl}/api/v1/models/mlp/versions/3.0`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${plane.adminToken}`, 'content-type': 'application/octet-stream' },
+      body: await readFile(join(work, 'model', 'mlp.onnx')),
+    });
+    expect(newer.status).toBe(201);
     await page.getByRole('link', { name: 'Packaging' }).click();
     const start = page.getByRole('form', { name: 'Start packaging job' });
     await start.getByLabel('Job name').fill('mlp-2');
+    await expect.poll(() => start.getByLabel(/^Model/).inputValue()).toBe('mlp');
+    await expect.poll(() => start.getByLabel(/^Version/).inputValue()).toBe('3.0');
+    await start.getByLabel(/^Version/).selectOption('2.0');
     await start.getByRole('button', { name: 'Start' }).click();
     const job = page.locator('tr[data-job="mlp-2"]');
+    await job.getByText('mlp 2.0').waitFor();
     await job.getByTestId('job-status').getByText('COMPLETED').waitFor({ timeout: 60_000 });
     const artifact = await job.getByRole('link', { name: /Download/ }).getAttribute('href');
     expect(await page.evaluate(`fetch(${JSON.stringify(artifact)}).then((r) => r.status)`)).toBe(200);
