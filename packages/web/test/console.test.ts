@@ -195,6 +195,18 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       )
       .toBeGreaterThan(0);
     await page.locator('canvas').first().waitFor();
+    // Failed requests have a chart of their own, next to the counts (C2).
+    await expect
+      .poll(
+        async () =>
+          Number(
+            await page
+              .getByRole('img', { name: 'Inference failures per heartbeat chart' })
+              .getAttribute('data-points'),
+          ),
+        { timeout: 30_000 },
+      )
+      .toBeGreaterThan(0);
     await page.getByRole('button', { name: 'Done' }).click();
     expect(await page.getByTestId('secret').count()).toBe(0);
     if (SCREENSHOTS !== undefined) {
@@ -411,6 +423,15 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       })
       .toContain('classifier');
     await screenshot(page, 'deployment');
+    // The device's page shows the result it reported, read out rather than as raw JSON (C2).
+    await page.goto(`${plane.operatorUrl}/#/devices/unit-1`);
+    const result = page.getByRole('group', { name: 'Last deployment result' });
+    await result.getByRole('link', { name: 'rollout-1' }).waitFor({ timeout: 30_000 });
+    await result.getByTestId('deployment-result-status').getByText('SUCCESS').waitFor();
+    const resultModel = result.locator('tr[data-result-model="classifier"]');
+    await resultModel.getByRole('cell', { name: 'mlp', exact: true }).waitFor();
+    await resultModel.getByRole('cell', { name: '2.0', exact: true }).waitFor();
+    expect(await page.getByText('"DeploymentName"').count()).toBe(0);
     await page.getByRole('link', { name: 'Deployments' }).click();
     await row.waitFor();
     await screenshot(page, 'deployments');
@@ -464,6 +485,13 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     // The reason is shown with the device.
     await stopped.getByText('the stage was stopped').waitFor();
     await page.locator('li[data-event="StageStopped"]').waitFor();
+    // The cancelled device's page lists what happened to its deployment, with the plan (C2).
+    await page.goto(`${plane.operatorUrl}/#/devices/unit-3`);
+    const cancelledEvent = page
+      .getByTestId('device-deployment-events')
+      .locator('li[data-event="DeviceCancelled"]');
+    await cancelledEvent.getByRole('link', { name: 'hold-1' }).waitFor();
+    await cancelledEvent.getByText(/stage offline: cancelled by an operator/).waitFor();
     await page.getByRole('link', { name: 'Overview' }).click();
     await page.getByText('No rollout under way.').waitFor();
     await context.close();

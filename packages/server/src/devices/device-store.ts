@@ -48,6 +48,15 @@ export interface DeviceCertificateRecord {
   revokedAt: number | null;
 }
 
+export interface DeviceDeploymentEvent {
+  id: string;
+  planName: string;
+  stageName: string | null;
+  kind: string;
+  message: string;
+  at: number;
+}
+
 export interface DeviceRecord {
   name: string;
   fleetName: string;
@@ -302,6 +311,32 @@ export class DeviceStore {
   }
 
   /** The device's identity: its newest certificate issued since it was registered, and that one's state. */
+  /**
+   * The device's deployment events (retried, failed, timed out, cancelled, rolled back), newest first, from its
+   * current registration on (not those of an earlier device of the same name); keyset-paged on the event id.
+   */
+  async deploymentEvents(
+    device: Pick<DeviceRecord, 'name' | 'registeredAt'>,
+    page: { limit: number; before?: string },
+  ): Promise<DeviceDeploymentEvent[]> {
+    let query = this.db
+      .selectFrom('deployment_events')
+      .selectAll()
+      .where('device_name', '=', device.name)
+      .where('at', '>=', device.registeredAt)
+      .orderBy('id', 'desc')
+      .limit(page.limit);
+    if (page.before !== undefined) query = query.where('id', '<', page.before);
+    return (await query.execute()).map((row) => ({
+      id: row.id,
+      planName: row.plan_name,
+      stageName: row.stage_name,
+      kind: row.kind,
+      message: row.message,
+      at: Number(row.at),
+    }));
+  }
+
   async identity(device: Pick<DeviceRecord, 'name' | 'registeredAt'>): Promise<DeviceIdentity> {
     const row = await this.db
       .selectFrom('device_certificates')
