@@ -219,8 +219,11 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     options.dataDir ??
       (typeof configured === 'string' && configured !== '' ? configured : options.defaultDataDir),
   );
-  await mkdir(dirname(configFile), { recursive: true });
-  await mkdir(certDir, { recursive: true, mode: 0o700 });
+  // The folders this makes (mkdir answers the first one it created), removed if enrollment fails (below).
+  const made = [
+    await mkdir(dirname(configFile), { recursive: true }),
+    await mkdir(certDir, { recursive: true, mode: 0o700 }),
+  ].filter((folder): folder is string => folder !== undefined);
   const dirStat = await stat(certDir);
   if (!dirStat.isDirectory())
     throw new CliError(`${certDir} is not a folder; expected where to put the device key`);
@@ -233,8 +236,15 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
 
   const key = generateDeviceKey(options.keyType);
   const csr = createCsr(key.privateKey, hostname().slice(0, 64) || 'edgefleet-device');
-  const issued = await options.client.enroll(token, csr);
-  checkIssued(issued, key.publicKeyPem);
+  let issued: IssuedCertificate;
+  try {
+    issued = await options.client.enroll(token, csr);
+    checkIssued(issued, key.publicKeyPem);
+  } catch (error) {
+    // Nothing is written yet: a spent token or an unreachable server leaves no empty certs/ behind.
+    for (const folder of made.reverse()) await rm(folder, { recursive: true, force: true });
+    throw error;
+  }
 
   const files: EnrollResult['files'] = {
     privateKey: join(certDir, 'device.key'),

@@ -418,4 +418,21 @@ describe('edgefleet device enroll', () => {
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/EnrollmentTokenInvalid/);
   });
+
+  it('leaves no folder it made behind when enrollment fails (N6)', async () => {
+    // A config in folders that do not exist yet: none of them stays.
+    const fresh = join(cli.work, 'failed-fresh');
+    const refused = await enroll('efe_not-a-real-token', join(fresh, 'device', 'agent.json'));
+    expect(refused.code).toBe(1);
+    await expect(stat(fresh)).rejects.toThrow(/ENOENT/);
+    // A folder that was there stays, with what it held; the certs/ made for the failed try does not.
+    const existing = join(cli.work, 'failed-existing');
+    await mkdir(existing);
+    await writeFile(join(existing, 'agent.json'), '{}');
+    const spent = await enrollmentToken('crane-6');
+    expect((await enroll(spent, join(cli.work, 'crane-6', 'agent.json'))).code).toBe(0);
+    const reused = await enroll(spent, join(existing, 'agent.json'));
+    expect(reused.code).toBe(1);
+    expect(await readdir(existing)).toEqual(['agent.json']);
+  });
 });
