@@ -386,6 +386,8 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await form.getByRole('alert').filter({ hasText: 'uploaded as ONNX' }).waitFor();
     await firstModel.getByLabel(/^Source/).selectOption('job');
     await firstModel.getByLabel(/^Packaging job/).selectOption('mlp-2');
+    // A rollback plan may be made here too (N11).
+    await form.getByLabel(/Allow downgrade/).check();
     await form.getByRole('button', { name: 'Create plan' }).click();
     await page.locator('tr[data-plan="cleanup-1"]').getByText('tracker (undeploy)').waitFor();
     const cleanup = await api('GET', '/api/v1/deployment-plans/cleanup-1', plane.adminToken);
@@ -393,6 +395,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       { modelHandle: 'scorer', state: 'DEPLOY', packagingJobName: 'mlp-2' },
       { modelHandle: 'tracker', state: 'UNDEPLOY' },
     ]);
+    expect(cleanup.body.options.allowDowngrade).toBe(true);
     const stored = await api('GET', '/api/v1/deployment-plans/rollout-1', plane.adminToken);
     expect(stored.body.stages.map((stage: { name: string }) => stage.name)).toEqual(['canary', 'rest']);
     expect(stored.body.stages[0].deviceSelection).toEqual({
@@ -402,9 +405,11 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(stored.body.stages[1].failureHandlingPolicy).toBe('DO_NOTHING');
     expect(stored.body.options).toMatchObject({ deviceTimeoutSeconds: 3600, abort: { failedPercent: 50 } });
     expect(stored.body.options.autoAdvance).toBeUndefined();
+    expect(stored.body.options.allowDowngrade).toBe(false);
 
     // Start the canary from the plan's page and watch it, without reloading, until the agent has deployed.
     await row.getByRole('link', { name: 'rollout-1' }).click();
+    await expect.poll(() => page.getByTestId('plan-downgrade').textContent()).toBe('refused (anti-rollback)');
     const canaryCard = page.getByRole('region', { name: 'Stage canary' });
     await canaryCard.getByText('Not started').waitFor();
     await page.getByRole('button', { name: 'Start stage canary' }).click();
