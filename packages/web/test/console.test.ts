@@ -490,6 +490,25 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     // The reason is shown with the device.
     await stopped.getByText('the stage was stopped').waitFor();
     await page.locator('li[data-event="StageStopped"]').waitFor();
+    // A stage stopped before it started says it never will, not that it chooses devices when it starts (N8).
+    expect(
+      (
+        await api('POST', '/api/v1/deployment-plans', plane.adminToken, {
+          name: 'never-1',
+          fleetName: 'depot',
+          modelConfigs: [{ modelHandle: 'ranker', state: 'UNDEPLOY' }],
+          stages: [{ name: 'first', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+        })
+      ).status,
+    ).toBe(201);
+    expect(
+      (await api('POST', '/api/v1/deployment-plans/never-1/stages/first/stop', plane.adminToken)).status,
+    ).toBe(200);
+    await page.goto(`${plane.operatorUrl}/#/deployments/never-1`);
+    const neverStarted = page.getByRole('region', { name: 'Stage first' }).getByTestId('stage-not-started');
+    await expect
+      .poll(() => neverStarted.textContent())
+      .toBe('Never started: STOPPED before it started, so no device was chosen; it cannot be started.');
     // The cancelled device's page lists what happened to its deployment, with the plan (C2).
     await page.goto(`${plane.operatorUrl}/#/devices/unit-3`);
     const cancelledEvent = page

@@ -619,7 +619,12 @@ function StageCard({
             </tbody>
           </table>
         ) : (
-          <p class="muted">Not started: its devices are chosen when it starts.</p>
+          <p class="muted" data-testid="stage-not-started">
+            {stage.status === 'READYTODEPLOY'
+              ? 'Not started: its devices are chosen when it starts.'
+              : // Stopped (or its plan aborted) before it started: no device was chosen, and it cannot start now.
+                `Never started: ${stage.status} before it started, so no device was chosen; it cannot be started.`}
+          </p>
         )}
       </div>
     </Section>
