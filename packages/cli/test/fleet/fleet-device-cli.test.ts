@@ -245,4 +245,18 @@ describe('edgefleet token, auth and connection errors', () => {
     expect(away.stderr).toMatch(/^edgefleet: cannot reach the EdgeFleet server at http:\/\/127\.0\.0\.1:9: /);
     expect(away.stderr).not.toContain('efo_secret_value');
   });
+
+  it('says so when --server names the device API instead of the operator API (N3)', async () => {
+    const devicePort = new URL(cli.plane.deviceEndpoint).port;
+    for (const scheme of ['http', 'https']) {
+      const server = `${scheme}://127.0.0.1:${devicePort}`;
+      const wrongPort = await edgefleet('fleet', 'list', '--server', server, '--token', cli.plane.adminToken);
+      expect(wrongPort.code).toBe(1);
+      expect(wrongPort.stderr).toMatch(
+        new RegExp(
+          `^edgefleet: ${server.replaceAll('.', '\\.')} is an EdgeFleet server's device API \\(mutual TLS, for agents\\), not its operator API: pass the operator API's URL as --server`,
+        ),
+      );
+    }
+  });
 });
