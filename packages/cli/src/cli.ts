@@ -52,7 +52,7 @@ export function buildProgram(io: CliIo = {}): Command {
   registerTokenCommands(program, output);
   registerModelCommands(program, output);
   registerPackagingCommands(program, output);
-  registerDeploymentCommands(program, output, io.stdout);
+  registerDeploymentCommands(program, output, io.stdout, io.stderr);
   // `--json` is accepted after the command name too: every leaf command gets it.
   const leaves = (cmd: Command): Command[] =>
     cmd.commands.length === 0 ? [cmd] : cmd.commands.flatMap(leaves);
