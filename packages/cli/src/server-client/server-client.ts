@@ -112,7 +112,7 @@ export interface DeviceListFilter {
   /** `key` or `key=value`. */
   tags?: string[];
   nameContains?: string;
-  status?: 'online' | 'offline';
+  status?: 'online' | 'offline' | 'never-seen';
   modelName?: string;
   latestHeartbeatAfter?: string;
 }

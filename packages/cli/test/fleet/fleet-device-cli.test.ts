@@ -113,7 +113,11 @@ describe('edgefleet device', () => {
     expect(registered.devices.map((d: { name: string }) => d.name)).toEqual(['press-1', 'press-2']);
 
     const table = await ef('device', 'list', '--fleet', 'plant');
-    expect(table.stdout).toMatch(/^press-1\s+plant\s+offline\s+-\s+-\s+-$/m);
+    expect(table.stdout).toMatch(/^press-1\s+plant\s+never seen\s+-\s+-\s+-$/m);
+    // They can be listed as such (N13); neither has been heard from.
+    const neverSeen = await json('device', 'list', '--fleet', 'plant', '--status', 'never-seen');
+    expect(neverSeen.devices.map((d: { name: string }) => d.name)).toEqual(['press-1', 'press-2']);
+    expect((await json('device', 'list', '--fleet', 'plant', '--status', 'online')).devices).toEqual([]);
     expect((await json('device', 'list', '--tag', 'line=a', '--name-contains', '2')).devices).toHaveLength(1);
 
     const described = await json('device', 'describe', 'press-1');

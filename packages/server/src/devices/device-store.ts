@@ -91,7 +91,7 @@ export interface DeviceListFilters {
   fleet?: string;
   tags?: { key: string; value?: string }[];
   nameContains?: string;
-  status?: 'online' | 'offline';
+  status?: 'online' | 'offline' | 'never-seen';
   modelName?: string;
   latestHeartbeatAfter?: number;
 }
@@ -231,6 +231,7 @@ export class DeviceStore {
     if (filters.nameContains !== undefined)
       query = query.where(containsIgnoringCase('name', filters.nameContains));
     if (filters.status === 'online') query = query.where('last_heartbeat_at', '>=', threshold);
+    if (filters.status === 'never-seen') query = query.where('last_heartbeat_at', 'is', null);
     if (filters.status === 'offline') {
       query = query.where((eb) =>
         eb.or([eb('last_heartbeat_at', 'is', null), eb('last_heartbeat_at', '<', threshold)]),

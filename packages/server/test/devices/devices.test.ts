@@ -94,6 +94,12 @@ describe.each(engines)('device routes on $engine', (fixture) => {
       .set({ last_heartbeat_at: Date.now(), agent_version: '1.2.0' })
       .where('name', 'in', ['cam-2', 'gate-1'])
       .execute();
+    // gate-2 was heard from a day ago: offline, but not never seen.
+    await t.server.database.db
+      .updateTable('devices')
+      .set({ last_heartbeat_at: Date.now() - 86_400_000 })
+      .where('name', '=', 'gate-2')
+      .execute();
     await t.server.database.db
       .insertInto('device_models')
       .values({
@@ -117,6 +123,9 @@ describe.each(engines)('device routes on $engine', (fixture) => {
     expect(await list('nameContains=GATE')).toEqual(['gate-1', 'gate-2']);
     expect(await list('status=online')).toEqual(['cam-2', 'gate-1']);
     expect(await list('status=offline&fleet=cams')).toEqual(['cam-1', 'cam-3']);
+    expect(await list('status=offline')).toEqual(['cam-1', 'cam-3', 'gate-2']);
+    // No heartbeat ever (N13): what the console and the fleet report call never seen.
+    expect(await list('status=never-seen')).toEqual(['cam-1', 'cam-3']);
     expect(await list('modelName=resnet')).toEqual(['gate-2']);
     expect(await list(`latestHeartbeatAfter=${new Date(Date.now() - 60_000).toISOString()}`)).toEqual([
       'cam-2',
