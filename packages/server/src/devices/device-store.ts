@@ -135,17 +135,23 @@ export class DeviceStore {
         if (fleet === undefined) throw notFound(`fleet ${fleetName}`, { fleet: fleetName });
         const existing = await trx
           .selectFrom('devices')
-          .select('name')
+          .select(['name', 'fleet_name'])
           .where(
             'name',
             'in',
             devices.map((d) => d.name),
           )
+          .orderBy('name')
           .execute();
         if (existing.length > 0) {
-          throw conflict(`device(s) already registered: ${existing.map((d) => d.name).join(', ')}`, {
-            devices: existing.map((d) => d.name),
-          });
+          // Each with its fleet: a name taken in another fleet is a different fix from a repeated registration.
+          throw conflict(
+            `device(s) already registered: ${existing.map((d) => `${d.name} (in fleet ${d.fleet_name})`).join(', ')}; device names are unique across fleets: deregister one first to move it`,
+            {
+              devices: existing.map((d) => d.name),
+              fleets: Object.fromEntries(existing.map((d) => [d.name, d.fleet_name])),
+            },
+          );
         }
         await trx
           .insertInto('devices')

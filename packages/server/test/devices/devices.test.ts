@@ -59,7 +59,14 @@ describe.each(engines)('device routes on $engine', (fixture) => {
 
   it.skipIf(!fixture.available)('registers all or none', async () => {
     const clash = await register('gates', { devices: [{ name: 'gate-1' }, { name: 'cam-2' }] });
-    expect(clash).toMatchObject({ status: 409, body: { code: 'Conflict', details: { devices: ['cam-2'] } } });
+    expect(clash).toMatchObject({
+      status: 409,
+      body: { code: 'Conflict', details: { devices: ['cam-2'], fleets: { 'cam-2': 'cams' } } },
+    });
+    // The fleet it is in is named (N4).
+    expect(clash.body.message).toBe(
+      'device(s) already registered: cam-2 (in fleet cams); device names are unique across fleets: deregister one first to move it',
+    );
     expect((await t.call('GET', '/api/v1/devices/gate-1', { token: t.readToken })).status).toBe(404);
 
     const unknownFleet = await register('no-fleet', { devices: [{ name: 'x-1' }] });
