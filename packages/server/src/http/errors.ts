@@ -8,7 +8,7 @@ export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
 
 /** Every code an answer may carry: the domain's, plus those only the HTTP layer raises. */
 export type ErrorCode =
-  DomainErrorCode | 'UnsupportedMediaType' | 'NotReady' | 'InternalError' | 'RequestTimeout';
+  DomainErrorCode | 'UnsupportedMediaType' | 'UriTooLong' | 'NotReady' | 'InternalError' | 'RequestTimeout';
 
 /** The HTTP status of each domain error: the one place the domain meets HTTP. */
 const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
