@@ -250,6 +250,17 @@ describe('edgefleet token, auth and connection errors', () => {
     expect(away.stderr).not.toContain('efo_secret_value');
   });
 
+  it('names an unknown option even when a required one is missing (N5)', async () => {
+    const misspelt = await ef('fleet', 'create', 'plant-c', '--output-location', 's3://x');
+    expect(misspelt.code).toBe(2);
+    expect(misspelt.stderr).toMatch(/^error: unknown option '--output-location'$/m);
+    expect(misspelt.stderr).not.toMatch(/required option/);
+    // Without an unknown option, the missing one is still what is said; after `--` nothing is an option.
+    const missing = await ef('fleet', 'create', 'plant-c');
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/^error: required option '--output <s3uri>' not specified$/m);
+  });
+
   it('says so when --server names the device API instead of the operator API (N3)', async () => {
     const devicePort = new URL(cli.plane.deviceEndpoint).port;
     for (const scheme of ['http', 'https']) {
