@@ -1,4 +1,5 @@
-import { Command, CommanderError } from 'commander';
+import type { Command } from 'commander';
+import { CommanderError } from 'commander';
 import { commandPrefix } from '@edgefleet/core';
 import { CliError, EXIT, createOutput, describeFsError, isFsError, type Output } from './cli-io.js';
 import { registerPkiCommands } from './pki/pki-command.js';
@@ -10,6 +11,7 @@ import { registerDeviceCommands } from './device/device-command.js';
 import { registerTokenCommands } from './token/token-command.js';
 import { registerModelCommands } from './model/model-command.js';
 import { registerPackagingCommands } from './packaging/packaging-command.js';
+import { EdgefleetCommand } from './edgefleet-command.js';
 import { registerDeploymentCommands } from './deployment/deployment-command.js';
 
 /**
@@ -24,7 +26,7 @@ export interface CliIo {
 
 /** Builds the `edgefleet` program. Exported so tests drive it in-process with their own streams. */
 export function buildProgram(io: CliIo = {}): Command {
-  const program = new Command('edgefleet')
+  const program = new EdgefleetCommand('edgefleet')
     .description(
       'EdgeFleet: package and sign ONNX models, manage fleets and devices on a control plane, talk to a local agent',
     )
@@ -52,7 +54,7 @@ export function buildProgram(io: CliIo = {}): Command {
   registerTokenCommands(program, output);
   registerModelCommands(program, output);
   registerPackagingCommands(program, output);
-  registerDeploymentCommands(program, output, io.stdout);
+  registerDeploymentCommands(program, output, io.stdout, io.stderr);
   // `--json` is accepted after the command name too: every leaf command gets it.
   const leaves = (cmd: Command): Command[] =>
     cmd.commands.length === 0 ? [cmd] : cmd.commands.flatMap(leaves);

@@ -24,9 +24,13 @@ function addCommonOptions(command: Command): Command {
   command.option('-c, --config <file>', 'JSON config file (env EDGEFLEET_CONFIG)');
   const help: Record<OverridableSetting, string> = {
     'data-dir': 'data folder: SQLite file, blobs, keys (default ./.edgefleet/server)',
-    listen: 'operator API address host:port (default 0.0.0.0:8080)',
+    listen:
+      'operator API address host:port (default 127.0.0.1:8080; 0.0.0.0:8080 serves the network: set tls then)',
     'device-listen': 'device API (mTLS) address host:port (default 0.0.0.0:8443)',
-    'device-endpoint': 'device API URL as devices reach it (default https://<first server name>:<port>)',
+    'device-endpoint':
+      'device API URL as devices reach it, handed out at enrollment (default https://<first server name>:<port>)',
+    'device-server-names':
+      'comma-separated host names/IPs for the device API certificate (default localhost,127.0.0.1)',
     database: 'postgres://… or a SQLite file (default <data-dir>/state.db)',
     'allow-empty-database': 'true: start on an empty database although the data dir has keys or blobs',
     blob: 's3://bucket/prefix or a folder (default <data-dir>/blobs)',
@@ -81,6 +85,8 @@ function tokenCreateCommand(options: CommonOptions, env: NodeJS.ProcessEnv): str
 
 async function serve(options: CommonOptions): Promise<void> {
   const server = await startServer(await configFrom(options));
+  // Logged as JSON too; printed plainly so that whoever started the server by hand reads them.
+  for (const warning of server.warnings) process.stderr.write(`edgefleet-server: warning: ${warning}\n`);
   let signals = 0;
   const stop = (signal: NodeJS.Signals) => {
     signals += 1;

@@ -4,7 +4,7 @@
  * tokens, CSRF, CSP, sign-out, page weight and the 10,000-device list. With UPDATE_SCREENSHOTS=1 it also
  * writes the screenshots docs/console.md shows.
  */
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
@@ -195,6 +195,18 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       )
       .toBeGreaterThan(0);
     await page.locator('canvas').first().waitFor();
+    // Failed requests have a chart of their own, next to the counts (C2).
+    await expect
+      .poll(
+        async () =>
+          Number(
+            await page
+              .getByRole('img', { name: 'Inference failures per heartbeat chart' })
+              .getAttribute('data-points'),
+          ),
+        { timeout: 30_000 },
+      )
+      .toBeGreaterThan(0);
     await page.getByRole('button', { name: 'Done' }).click();
     expect(await page.getByTestId('secret').count()).toBe(0);
     if (SCREENSHOTS !== undefined) {
@@ -253,12 +265,23 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(blocked).toMatch(/^script-src/);
     expect(await page.evaluate('window.__inline')).toBeUndefined();
 
-    // A packaging job, followed live to COMPLETED, and its package downloaded with the session.
+    // A packaging job, followed live to COMPLETED, and its package downloaded with the session. A newer
+    // version uploaded since: the form offers it first, but any uploaded version can be packaged (C7).
+    const newer = await fetch(`${plane.operatorUrl}/api/v1/models/mlp/versions/3.0`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${plane.adminToken}`, 'content-type': 'application/octet-stream' },
+      body: await readFile(join(work, 'model', 'mlp.onnx')),
+    });
+    expect(newer.status).toBe(201);
     await page.getByRole('link', { name: 'Packaging' }).click();
     const start = page.getByRole('form', { name: 'Start packaging job' });
     await start.getByLabel('Job name').fill('mlp-2');
+    await expect.poll(() => start.getByLabel(/^Model/).inputValue()).toBe('mlp');
+    await expect.poll(() => start.getByLabel(/^Version/).inputValue()).toBe('3.0');
+    await start.getByLabel(/^Version/).selectOption('2.0');
     await start.getByRole('button', { name: 'Start' }).click();
     const job = page.locator('tr[data-job="mlp-2"]');
+    await job.getByText('mlp 2.0').waitFor();
     await job.getByTestId('job-status').getByText('COMPLETED').waitFor({ timeout: 60_000 });
     const artifact = await job.getByRole('link', { name: /Download/ }).getAttribute('href');
     expect(await page.evaluate(`fetch(${JSON.stringify(artifact)}).then((r) => r.status)`)).toBe(200);
@@ -363,6 +386,8 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await form.getByRole('alert').filter({ hasText: 'uploaded as ONNX' }).waitFor();
     await firstModel.getByLabel(/^Source/).selectOption('job');
     await firstModel.getByLabel(/^Packaging job/).selectOption('mlp-2');
+    // A rollback plan may be made here too (N11).
+    await form.getByLabel(/Allow downgrade/).check();
     await form.getByRole('button', { name: 'Create plan' }).click();
     await page.locator('tr[data-plan="cleanup-1"]').getByText('tracker (undeploy)').waitFor();
     const cleanup = await api('GET', '/api/v1/deployment-plans/cleanup-1', plane.adminToken);
@@ -370,6 +395,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       { modelHandle: 'scorer', state: 'DEPLOY', packagingJobName: 'mlp-2' },
       { modelHandle: 'tracker', state: 'UNDEPLOY' },
     ]);
+    expect(cleanup.body.options.allowDowngrade).toBe(true);
     const stored = await api('GET', '/api/v1/deployment-plans/rollout-1', plane.adminToken);
     expect(stored.body.stages.map((stage: { name: string }) => stage.name)).toEqual(['canary', 'rest']);
     expect(stored.body.stages[0].deviceSelection).toEqual({
@@ -379,9 +405,11 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(stored.body.stages[1].failureHandlingPolicy).toBe('DO_NOTHING');
     expect(stored.body.options).toMatchObject({ deviceTimeoutSeconds: 3600, abort: { failedPercent: 50 } });
     expect(stored.body.options.autoAdvance).toBeUndefined();
+    expect(stored.body.options.allowDowngrade).toBe(false);
 
     // Start the canary from the plan's page and watch it, without reloading, until the agent has deployed.
     await row.getByRole('link', { name: 'rollout-1' }).click();
+    await expect.poll(() => page.getByTestId('plan-downgrade').textContent()).toBe('refused (anti-rollback)');
     const canaryCard = page.getByRole('region', { name: 'Stage canary' });
     await canaryCard.getByText('Not started').waitFor();
     await page.getByRole('button', { name: 'Start stage canary' }).click();
@@ -400,6 +428,15 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       })
       .toContain('classifier');
     await screenshot(page, 'deployment');
+    // The device's page shows the result it reported, read out rather than as raw JSON (C2).
+    await page.goto(`${plane.operatorUrl}/#/devices/unit-1`);
+    const result = page.getByRole('group', { name: 'Last deployment result' });
+    await result.getByRole('link', { name: 'rollout-1' }).waitFor({ timeout: 30_000 });
+    await result.getByTestId('deployment-result-status').getByText('SUCCESS').waitFor();
+    const resultModel = result.locator('tr[data-result-model="classifier"]');
+    await resultModel.getByRole('cell', { name: 'mlp', exact: true }).waitFor();
+    await resultModel.getByRole('cell', { name: '2.0', exact: true }).waitFor();
+    expect(await page.getByText('"DeploymentName"').count()).toBe(0);
     await page.getByRole('link', { name: 'Deployments' }).click();
     await row.waitFor();
     await screenshot(page, 'deployments');
@@ -453,6 +490,32 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     // The reason is shown with the device.
     await stopped.getByText('the stage was stopped').waitFor();
     await page.locator('li[data-event="StageStopped"]').waitFor();
+    // A stage stopped before it started says it never will, not that it chooses devices when it starts (N8).
+    expect(
+      (
+        await api('POST', '/api/v1/deployment-plans', plane.adminToken, {
+          name: 'never-1',
+          fleetName: 'depot',
+          modelConfigs: [{ modelHandle: 'ranker', state: 'UNDEPLOY' }],
+          stages: [{ name: 'first', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+        })
+      ).status,
+    ).toBe(201);
+    expect(
+      (await api('POST', '/api/v1/deployment-plans/never-1/stages/first/stop', plane.adminToken)).status,
+    ).toBe(200);
+    await page.goto(`${plane.operatorUrl}/#/deployments/never-1`);
+    const neverStarted = page.getByRole('region', { name: 'Stage first' }).getByTestId('stage-not-started');
+    await expect
+      .poll(() => neverStarted.textContent())
+      .toBe('Never started: STOPPED before it started, so no device was chosen; it cannot be started.');
+    // The cancelled device's page lists what happened to its deployment, with the plan (C2).
+    await page.goto(`${plane.operatorUrl}/#/devices/unit-3`);
+    const cancelledEvent = page
+      .getByTestId('device-deployment-events')
+      .locator('li[data-event="DeviceCancelled"]');
+    await cancelledEvent.getByRole('link', { name: 'hold-1' }).waitFor();
+    await cancelledEvent.getByText(/stage offline: cancelled by an operator/).waitFor();
     await page.getByRole('link', { name: 'Overview' }).click();
     await page.getByText('No rollout under way.').waitFor();
     await context.close();

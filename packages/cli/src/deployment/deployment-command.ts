@@ -7,6 +7,7 @@ import {
   fields,
   formatTime,
   intOption,
+  ServerUnreachableError,
   withServer,
   type ConnectionFlags,
   type DeploymentPlan,
@@ -16,6 +17,8 @@ import {
 } from '../server-client/index.js';
 
 const FINISHED = new Set(['DEPLOYED', 'FAILED', 'STOPPED']);
+/** The longest pause between reads of a --watch whose server does not answer. */
+const MAX_WATCH_RETRY_DELAY_MS = 30_000;
 
 /**
  * `--stage <name>:<rule>[:<option>…]`: rule `percentage=<n>`, `devices=<a,b,…>` or `name-contains=<text>`;
@@ -181,17 +184,41 @@ function waitingFor(devices: StageDevice[]): string {
 async function watchStage(
   client: ServerClient,
   out: Output,
-  stdout: NodeJS.WritableStream,
+  io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream },
   plan: string,
   stageName: string,
-  intervalMs: number,
+  timing: { intervalMs: number; retryForMs: number },
 ): Promise<DeploymentStage> {
+  const { stdout } = io;
   const tty = !out.json && (stdout as NodeJS.WriteStream).isTTY === true;
   let last = '';
+  // A restart or a network blip must not end the watch: reads that get no answer are retried, backing off,
+  // until the server has not answered for retryForMs (then the last failure is the command's).
+  let outageStart: number | undefined;
+  let retryDelayMs = timing.intervalMs;
   for (;;) {
-    const described = await client.getDeploymentPlan(plan);
+    let described: Awaited<ReturnType<ServerClient['getDeploymentPlan']>>;
+    let devices: Awaited<ReturnType<ServerClient['stageDevices']>>;
+    try {
+      described = await client.getDeploymentPlan(plan);
+      devices = await client.stageDevices(plan, stageName);
+    } catch (error) {
+      if (!(error instanceof ServerUnreachableError)) throw error;
+      outageStart ??= Date.now();
+      const leftMs = outageStart + timing.retryForMs - Date.now();
+      if (leftMs <= 0) throw error;
+      const waitMs = Math.min(retryDelayMs, leftMs);
+      io.stderr.write(
+        `edgefleet: ${error.message}; retrying in ${Math.ceil(waitMs / 1000)} s (gives up after ${Math.round(timing.retryForMs / 1000)} s without an answer)\n`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, waitMs));
+      retryDelayMs = Math.min(retryDelayMs * 2, MAX_WATCH_RETRY_DELAY_MS);
+      continue;
+    }
+    if (outageStart !== undefined) io.stderr.write('edgefleet: the server answers again\n');
+    outageStart = undefined;
+    retryDelayMs = timing.intervalMs;
     const stage = stageOf(described, stageName);
-    const devices = await client.stageDevices(plan, stageName);
     const counts = `${plan}/${stageName}: ${stage.status} — ${stage.successCount} deployed, ${stage.pendingCount} pending, ${stage.failedCount} failed`;
     const summary = FINISHED.has(stage.status) ? counts : `${counts}${waitingFor(devices)}`;
     if (tty) {
@@ -205,7 +232,7 @@ async function watchStage(
     }
     last = summary;
     if (FINISHED.has(stage.status)) return stage;
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+    await new Promise((resolve) => setTimeout(resolve, timing.intervalMs));
   }
 }
 
@@ -213,6 +240,7 @@ export function registerDeploymentCommands(
   program: Command,
   output: () => Output,
   stdout: NodeJS.WritableStream = process.stdout,
+  stderr: NodeJS.WritableStream = process.stderr,
 ): void {
   const deployment = program
     .command('deployment')
@@ -415,13 +443,26 @@ export function registerDeploymentCommands(
         'with --watch: seconds between reads',
         intOption('--interval', 1, 3600),
         2,
+      )
+      .option(
+        '--retry-for <seconds>',
+        'with --watch: keep retrying (backing off up to 30 s) while the server does not answer, this long',
+        intOption('--retry-for', 0, 86_400),
+        300,
       ),
   ).action(
-    async (plan: string, stage: string, opts: ConnectionFlags & { watch?: boolean; interval: number }) => {
+    async (
+      plan: string,
+      stage: string,
+      opts: ConnectionFlags & { watch?: boolean; interval: number; retryFor: number },
+    ) => {
       const out = output();
       if (opts.watch) {
         const final = await withServer(opts, (client) =>
-          watchStage(client, out, stdout, plan, stage, opts.interval * 1000),
+          watchStage(client, out, { stdout, stderr }, plan, stage, {
+            intervalMs: opts.interval * 1000,
+            retryForMs: opts.retryFor * 1000,
+          }),
         );
         if (final.status === 'FAILED') {
           throw new CliError(`stage ${stage} of ${plan} FAILED: ${final.statusMessage ?? 'see its devices'}`);

@@ -151,7 +151,12 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
       .option('--fleet <name>', 'only this fleet')
       .option('--tag <key[=value]>', 'only devices with this tag (repeatable: all must match)', collect, [])
       .option('--name-contains <text>', 'name contains (case-insensitive)')
-      .addOption(new Option('--status <status>', 'online or offline').choices(['online', 'offline']))
+      .addOption(
+        new Option(
+          '--status <status>',
+          'online, offline (never-seen devices included) or never-seen (no heartbeat yet)',
+        ).choices(['online', 'offline', 'never-seen']),
+      )
       .option('--model <name>', 'only devices that reported this model')
       .option('--heartbeat-after <iso time>', 'only devices heard from after this time')
       .option('--limit <n>', 'at most this many', intOption('--limit', 1, 1_000_000)),
@@ -161,7 +166,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
         fleet?: string;
         tag: string[];
         nameContains?: string;
-        status?: 'online' | 'offline';
+        status?: 'online' | 'offline' | 'never-seen';
         model?: string;
         heartbeatAfter?: string;
         limit?: number;
@@ -189,7 +194,8 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
               devices.map((d) => [
                 d.name,
                 d.fleetName,
-                d.status,
+                // As the console and fleet report say it: a device that never reported is not merely offline.
+                d.latestHeartbeat === undefined ? 'never seen' : d.status,
                 formatTime(d.latestHeartbeat),
                 d.agentVersion ?? '-',
                 d.models.map((m) => `${m.name}@${m.version}`).join(',') || '-',

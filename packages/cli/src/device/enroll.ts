@@ -6,7 +6,7 @@ import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
 import { CliError, EXIT } from '../cli-io.js';
 import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
-import { createCsr, generateDeviceKey, type DeviceKeyType } from '@edgefleet/core';
+import { createCsr, generateDeviceKey, isLoopbackHost, type DeviceKeyType } from '@edgefleet/core';
 
 export const ENROLLMENT_TOKEN_PREFIX = 'efe_';
 
@@ -219,8 +219,11 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     options.dataDir ??
       (typeof configured === 'string' && configured !== '' ? configured : options.defaultDataDir),
   );
-  await mkdir(dirname(configFile), { recursive: true });
-  await mkdir(certDir, { recursive: true, mode: 0o700 });
+  // The folders this makes (mkdir answers the first one it created), removed if enrollment fails (below).
+  const made = [
+    await mkdir(dirname(configFile), { recursive: true }),
+    await mkdir(certDir, { recursive: true, mode: 0o700 }),
+  ].filter((folder): folder is string => folder !== undefined);
   const dirStat = await stat(certDir);
   if (!dirStat.isDirectory())
     throw new CliError(`${certDir} is not a folder; expected where to put the device key`);
@@ -233,8 +236,15 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
 
   const key = generateDeviceKey(options.keyType);
   const csr = createCsr(key.privateKey, hostname().slice(0, 64) || 'edgefleet-device');
-  const issued = await options.client.enroll(token, csr);
-  checkIssued(issued, key.publicKeyPem);
+  let issued: IssuedCertificate;
+  try {
+    issued = await options.client.enroll(token, csr);
+    checkIssued(issued, key.publicKeyPem);
+  } catch (error) {
+    // Nothing is written yet: a spent token or an unreachable server leaves no empty certs/ behind.
+    for (const folder of made.reverse()) await rm(folder, { recursive: true, force: true });
+    throw error;
+  }
 
   const files: EnrollResult['files'] = {
     privateKey: join(certDir, 'device.key'),
@@ -267,6 +277,13 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
   // The rest comes from the device API, asked with the new certificate (which shows that it works): the
   // package-signing root for the trust folder, and the fleet's output location for captures.
   const warnings: string[] = [];
+  const serverHost = new URL(options.client.server).hostname;
+  const endpointHost = new URL(issued.deviceEndpoint).hostname;
+  // Reached over the network, the server is elsewhere: its loopback endpoint would be this device's own.
+  if (!isLoopbackHost(serverHost) && isLoopbackHost(endpointHost))
+    warnings.push(
+      `the server at ${options.client.server} handed out ${issued.deviceEndpoint} as its device API, a loopback address: an agent on another host than the server would call itself; the server's operator sets deviceEndpoint (--device-endpoint) and deviceServerNames (--device-server-names) to the address devices reach, then set ${ENDPOINT_KEY} in ${configFile} to it (or enroll again)`,
+    );
   const capture = options.capture ?? 'edgefleet';
   let settings: AgentSettings | undefined;
   try {

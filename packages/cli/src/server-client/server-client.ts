@@ -49,6 +49,7 @@ import {
   type PackagingJob,
   type Tag,
 } from './schemas.js';
+import { looksLikeTlsPort, probeTlsPort } from './device-port-probe.js';
 
 /** The server answered with an error body (4xx/5xx): its status, stable code and message. */
 export class ServerApiError extends Error {
@@ -111,7 +112,7 @@ export interface DeviceListFilter {
   /** `key` or `key=value`. */
   tags?: string[];
   nameContains?: string;
-  status?: 'online' | 'offline';
+  status?: 'online' | 'offline' | 'never-seen';
   modelName?: string;
   latestHeartbeatAfter?: string;
 }
@@ -582,7 +583,7 @@ export class ServerClient {
         ...(options.timeout === false ? {} : { signal: AbortSignal.timeout(this.#timeoutMs) }),
       } as RequestInit);
     } catch (error) {
-      throw unreachable(this.#connection.server, error);
+      throw await explainedUnreachable(this.#connection.server, error);
     }
   }
 
@@ -631,6 +632,28 @@ export class ServerClient {
 /** One path segment, encoded (names are validated by the server; this keeps odd input from changing the route). */
 function seg(value: string): string {
   return encodeURIComponent(value);
+}
+
+/**
+ * unreachable(), and when the failure looks like a TLS port, what answers there: the device API (an operator's
+ * likely slip: its port is the one enrollment prints) gets a message saying where the operator API is.
+ */
+async function explainedUnreachable(server: string, error: unknown): Promise<ServerUnreachableError> {
+  const plain = unreachable(server, error);
+  const code = (error as { cause?: { code?: string } }).cause?.code;
+  if (!looksLikeTlsPort(code)) return plain;
+  const answering = await probeTlsPort(server);
+  if (answering === 'device-api')
+    return new ServerUnreachableError(
+      `${server} is an EdgeFleet server's device API (mutual TLS, for agents), not its operator API: pass the operator API's URL as --server (or EDGEFLEET_SERVER), by default http://<host>:8080 (the server's "listen" setting) (${code})`,
+      { cause: error },
+    );
+  if (answering === 'tls' && new URL(server).protocol === 'http:')
+    return new ServerUnreachableError(
+      `${plain.message}; that port speaks TLS: use https:// if it is the operator API served with tls`,
+      { cause: error },
+    );
+  return plain;
 }
 
 function unreachable(server: string, error: unknown): ServerUnreachableError {

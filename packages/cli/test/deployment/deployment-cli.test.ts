@@ -164,4 +164,68 @@ describe('edgefleet deployment', () => {
     expect(onnxOnly.code).toBe(1);
     expect(onnxOnly.stderr).toMatch(/uploaded as ONNX, not as a package/);
   });
+
+  // Last: it restarts the server the other tests use.
+  it('--watch rides out a server restart, saying so, and ends with the stage (N12)', async () => {
+    expect(
+      (
+        await ef(
+          'deployment',
+          'create',
+          'through-restart',
+          '--fleet',
+          'cams',
+          '--undeploy',
+          'gone',
+          '--stage',
+          'all:devices=cam-3',
+        )
+      ).code,
+    ).toBe(0);
+    expect((await ef('deployment', 'start-stage', 'through-restart', 'all')).code).toBe(0);
+    let watchOut = '';
+    let watchErr = '';
+    const waiters: { test: () => boolean; resolve: () => void }[] = [];
+    const until = (test: () => boolean) =>
+      new Promise<void>((resolve) => {
+        waiters.push({ test, resolve });
+        settle();
+      });
+    const settle = () => {
+      for (const waiter of waiters.splice(0)) (waiter.test() ? waiter.resolve : () => waiters.push(waiter))();
+    };
+    const sink = (append: (text: string) => void) =>
+      new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          append(chunk.toString());
+          settle();
+          done();
+        },
+      });
+    const watching = runCli(
+      ['deployment', 'devices', 'through-restart', 'all', '--watch', '--interval', '1'].concat([
+        '--server',
+        cli.plane.operatorUrl,
+        '--token',
+        cli.plane.adminToken,
+      ]),
+      {
+        stdout: sink((text) => (watchOut += text)),
+        stderr: sink((text) => (watchErr += text)) as unknown as NodeJS.WriteStream,
+      },
+    );
+    await until(() => watchOut.includes('\n'));
+    expect(await cli.plane.stop()).toBe(0);
+    await until(() => /retrying in \d+ s/.test(watchErr));
+    await cli.plane.start();
+    await until(() => watchErr.includes('the server answers again'));
+    await json('deployment', 'stop-stage', 'through-restart', 'all');
+    expect(await watching).toBe(0);
+    expect(watchErr).toMatch(
+      /^edgefleet: cannot reach the EdgeFleet server at http:\/\/127\.0\.0\.1:\d+: \w+; retrying in 1 s \(gives up after 300 s without an answer\)$/m,
+    );
+    expect(watchOut.trim().split('\n').at(-1)).toBe(
+      'through-restart/all: STOPPED — 0 deployed, 0 pending, 0 failed',
+    );
+  });
 });

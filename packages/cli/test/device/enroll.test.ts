@@ -9,6 +9,8 @@ import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet, useOperatorCli } from '../run-cli.js';
 import { REPO_ROOT, deviceEnrollArgs } from '../../../../test/support/control-plane.js';
+import { enrollDevice } from '../../src/device/enroll.js';
+import { ServerClient } from '../../src/server-client/index.js';
 
 const execFileAsync = promisify(execFile);
 const cli = useOperatorCli('ef-enroll-');
@@ -415,6 +417,30 @@ describe('edgefleet device enroll', () => {
     },
   );
 
+  it('warns when a server reached over the network hands out a loopback device API (W3)', async () => {
+    expect((await admin('device', 'register', 'yard', 'crane-far')).code).toBe(0);
+    const folder = join(cli.work, 'crane-far');
+    // The device reaches the server by a network name; the test resolves that name itself (to the real server on
+    // loopback, which hands out its loopback device endpoint, as an unconfigured server does).
+    const operator = new URL(cli.plane.operatorUrl);
+    const server = `http://fleet.example:${operator.port}`;
+    const resolveName: typeof fetch = (input, init) =>
+      fetch(String(input).replace(server, cli.plane.operatorUrl), init);
+    const result = await enrollDevice({
+      client: new ServerClient({ server }, { fetch: resolveName }),
+      enrollmentToken: await enrollmentToken('crane-far'),
+      configFile: join(folder, 'agent.json'),
+      certDir: join(folder, 'certs'),
+      trustDir: join(folder, 'trust'),
+      defaultDataDir: join(folder, 'data'),
+      invocation: 'edgefleet',
+    });
+    expect(result.deviceEndpoint).toBe(cli.plane.deviceEndpoint);
+    expect(result.warnings).toEqual([
+      `the server at ${server} handed out ${cli.plane.deviceEndpoint} as its device API, a loopback address: an agent on another host than the server would call itself; the server's operator sets deviceEndpoint (--device-endpoint) and deviceServerNames (--device-server-names) to the address devices reach, then set sagemaker_edge_core_endpoint_override in ${join(folder, 'agent.json')} to it (or enroll again)`,
+    ]);
+  });
+
   it('asks for a token of the right kind', async () => {
     const config = join(cli.work, 'x.json');
     const missing = await edgefleet(
@@ -434,5 +460,22 @@ describe('edgefleet device enroll', () => {
     const unknown = await enroll('efe_not-a-real-token', config);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/EnrollmentTokenInvalid/);
+  });
+
+  it('leaves no folder it made behind when enrollment fails (N6)', async () => {
+    // A config in folders that do not exist yet: none of them stays.
+    const fresh = join(cli.work, 'failed-fresh');
+    const refused = await enroll('efe_not-a-real-token', join(fresh, 'device', 'agent.json'));
+    expect(refused.code).toBe(1);
+    await expect(stat(fresh)).rejects.toThrow(/ENOENT/);
+    // A folder that was there stays, with what it held; the certs/ made for the failed try does not.
+    const existing = join(cli.work, 'failed-existing');
+    await mkdir(existing);
+    await writeFile(join(existing, 'agent.json'), '{}');
+    const spent = await enrollmentToken('crane-6');
+    expect((await enroll(spent, join(cli.work, 'crane-6', 'agent.json'))).code).toBe(0);
+    const reused = await enroll(spent, join(existing, 'agent.json'));
+    expect(reused.code).toBe(1);
+    expect(await readdir(existing)).toEqual(['agent.json']);
   });
 });

@@ -113,7 +113,11 @@ describe('edgefleet device', () => {
     expect(registered.devices.map((d: { name: string }) => d.name)).toEqual(['press-1', 'press-2']);
 
     const table = await ef('device', 'list', '--fleet', 'plant');
-    expect(table.stdout).toMatch(/^press-1\s+plant\s+offline\s+-\s+-\s+-$/m);
+    expect(table.stdout).toMatch(/^press-1\s+plant\s+never seen\s+-\s+-\s+-$/m);
+    // They can be listed as such (N13); neither has been heard from.
+    const neverSeen = await json('device', 'list', '--fleet', 'plant', '--status', 'never-seen');
+    expect(neverSeen.devices.map((d: { name: string }) => d.name)).toEqual(['press-1', 'press-2']);
+    expect((await json('device', 'list', '--fleet', 'plant', '--status', 'online')).devices).toEqual([]);
     expect((await json('device', 'list', '--tag', 'line=a', '--name-contains', '2')).devices).toHaveLength(1);
 
     const described = await json('device', 'describe', 'press-1');
@@ -244,5 +248,30 @@ describe('edgefleet token, auth and connection errors', () => {
     expect(away.code).toBe(1);
     expect(away.stderr).toMatch(/^edgefleet: cannot reach the EdgeFleet server at http:\/\/127\.0\.0\.1:9: /);
     expect(away.stderr).not.toContain('efo_secret_value');
+  });
+
+  it('names an unknown option even when a required one is missing (N5)', async () => {
+    const misspelt = await ef('fleet', 'create', 'plant-c', '--output-location', 's3://x');
+    expect(misspelt.code).toBe(2);
+    expect(misspelt.stderr).toMatch(/^error: unknown option '--output-location'$/m);
+    expect(misspelt.stderr).not.toMatch(/required option/);
+    // Without an unknown option, the missing one is still what is said; after `--` nothing is an option.
+    const missing = await ef('fleet', 'create', 'plant-c');
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/^error: required option '--output <s3uri>' not specified$/m);
+  });
+
+  it('says so when --server names the device API instead of the operator API (N3)', async () => {
+    const devicePort = new URL(cli.plane.deviceEndpoint).port;
+    for (const scheme of ['http', 'https']) {
+      const server = `${scheme}://127.0.0.1:${devicePort}`;
+      const wrongPort = await edgefleet('fleet', 'list', '--server', server, '--token', cli.plane.adminToken);
+      expect(wrongPort.code).toBe(1);
+      expect(wrongPort.stderr).toMatch(
+        new RegExp(
+          `^edgefleet: ${server.replaceAll('.', '\\.')} is an EdgeFleet server's device API \\(mutual TLS, for agents\\), not its operator API: pass the operator API's URL as --server`,
+        ),
+      );
+    }
   });
 });

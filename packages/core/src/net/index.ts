@@ -1,2 +1,3 @@
 export * from './connection-limits.js';
 export * from './listener-limits.js';
+export * from './loopback.js';

@@ -21,7 +21,7 @@ export class S3Objects {
     } catch (error) {
       await store.close();
       if (error instanceof BlobNotFoundError) throw invalid(`${uri} does not exist or cannot be read`);
-      throw error;
+      throw this.explained('read', uri, error);
     }
     // The client goes once the body has been read (or abandoned), not before: that would cut it.
     body.once('close', () => void store.close());
@@ -32,9 +32,31 @@ export class S3Objects {
     const { store, key } = this.storeFor(uri);
     try {
       await store.put(key, body, options);
+    } catch (error) {
+      throw this.explained('write', uri, error);
     } finally {
       await store.close();
     }
+  }
+
+  /**
+   * The store's own error (often the AWS SDK's, e.g. "Could not load credentials from any providers" on a server
+   * with no S3 settings) with what it was doing, where, and which settings decide it: a SageMaker client does
+   * not know that the server reads its s3:// URIs with its own settings.
+   */
+  private explained(action: 'read' | 'write', uri: string, error: unknown): Error {
+    const where =
+      this.connection.endpoint !== undefined ? `the S3 endpoint ${this.connection.endpoint}` : 'AWS S3';
+    const credentials =
+      this.connection.credentials !== undefined
+        ? 'with the configured s3.accessKeyId'
+        : "with no credentials configured (the AWS SDK's default chain)";
+    const cause = error instanceof Error ? error.message : String(error);
+    return new Error(
+      // The store's words last: a stored failure reason is cut at 1 KiB, and the settings matter more.
+      `cannot ${action} ${uri} on ${where} ${credentials}. The server reaches s3:// URIs through its own S3 settings: set s3.accessKeyId and s3.secretAccessKey (config file; or the AWS SDK's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), and for an S3-compatible store --blob-endpoint (EDGEFLEET_BLOB_ENDPOINT, s3.endpoint) and --blob-region (s3.region). The store said: ${cause}`,
+      { cause: error },
+    );
   }
 
   private storeFor(uri: string): { store: S3BlobStore; key: string } {

@@ -56,14 +56,31 @@ export function defaultMetricBytesPerDevicePerHour(intervalSeconds: number): num
 export const serverConfigSchema = z.strictObject({
   /** Holds the SQLite file, the blob folder and generated keys unless configured elsewhere. */
   dataDir: z.string().min(1).default('./.edgefleet/server'),
-  /** Operator API (REST, OpenAPI, health). */
-  listen: listenAddressSchema.prefault('0.0.0.0:8080'),
+  /**
+   * Operator API (REST, OpenAPI, health, console). Loopback by default: it carries bearer tokens and console
+   * session cookies, in clear unless `tls` is set, so serving it to the network is the operator's explicit choice.
+   */
+  listen: listenAddressSchema.prefault('127.0.0.1:8080'),
   /** Device API: HTTPS with mutual TLS. */
   deviceListen: listenAddressSchema.prefault('0.0.0.0:8443'),
   /** The device API's URL as devices reach it; handed to devices when they enroll. */
   deviceEndpoint: z.url().optional(),
-  /** Host names and IP addresses put in the device API's generated TLS certificate. */
-  deviceServerNames: z.array(z.string().min(1)).min(1).default(['localhost', '127.0.0.1']),
+  /**
+   * Host names and IP addresses put in the device API's generated TLS certificate; from a flag or environment
+   * variable, a comma-separated list.
+   */
+  deviceServerNames: z
+    .preprocess(
+      (value) =>
+        typeof value === 'string'
+          ? value
+              .split(',')
+              .map((name) => name.trim())
+              .filter((name) => name !== '')
+          : value,
+      z.array(z.string().min(1)).min(1, 'expected at least one host name or IP address'),
+    )
+    .default(['localhost', '127.0.0.1']),
   /** `postgres://…` or a SQLite file path; default `<dataDir>/state.db`. */
   database: z.string().min(1).optional(),
   /**

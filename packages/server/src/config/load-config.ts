@@ -10,6 +10,7 @@ export const overridableSettings = {
   listen: { env: 'EDGEFLEET_LISTEN', path: ['listen'] },
   'device-listen': { env: 'EDGEFLEET_DEVICE_LISTEN', path: ['deviceListen'] },
   'device-endpoint': { env: 'EDGEFLEET_DEVICE_ENDPOINT', path: ['deviceEndpoint'] },
+  'device-server-names': { env: 'EDGEFLEET_DEVICE_SERVER_NAMES', path: ['deviceServerNames'] },
   database: { env: 'EDGEFLEET_DATABASE', path: ['database'] },
   'allow-empty-database': { env: 'EDGEFLEET_ALLOW_EMPTY_DATABASE', path: ['allowEmptyDatabase'] },
   blob: { env: 'EDGEFLEET_BLOB', path: ['blob'] },

@@ -65,7 +65,10 @@ export const deviceListQuerySchema = z.object({
     .max(63)
     .optional()
     .describe('Case-insensitive substring of the device name'),
-  status: z.enum(['online', 'offline']).optional(),
+  status: z
+    .enum(['online', 'offline', 'never-seen'])
+    .optional()
+    .describe('online; offline (not online, never-seen devices included); never-seen (no heartbeat yet)'),
   modelName: z.string().min(1).max(255).optional().describe('Devices that reported this model'),
   latestHeartbeatAfter: z.iso.datetime().optional(),
   sortBy: deviceSortKeySchema

@@ -48,6 +48,15 @@ export interface DeviceCertificateRecord {
   revokedAt: number | null;
 }
 
+export interface DeviceDeploymentEvent {
+  id: string;
+  planName: string;
+  stageName: string | null;
+  kind: string;
+  message: string;
+  at: number;
+}
+
 export interface DeviceRecord {
   name: string;
   fleetName: string;
@@ -82,7 +91,7 @@ export interface DeviceListFilters {
   fleet?: string;
   tags?: { key: string; value?: string }[];
   nameContains?: string;
-  status?: 'online' | 'offline';
+  status?: 'online' | 'offline' | 'never-seen';
   modelName?: string;
   latestHeartbeatAfter?: number;
 }
@@ -126,17 +135,23 @@ export class DeviceStore {
         if (fleet === undefined) throw notFound(`fleet ${fleetName}`, { fleet: fleetName });
         const existing = await trx
           .selectFrom('devices')
-          .select('name')
+          .select(['name', 'fleet_name'])
           .where(
             'name',
             'in',
             devices.map((d) => d.name),
           )
+          .orderBy('name')
           .execute();
         if (existing.length > 0) {
-          throw conflict(`device(s) already registered: ${existing.map((d) => d.name).join(', ')}`, {
-            devices: existing.map((d) => d.name),
-          });
+          // Each with its fleet: a name taken in another fleet is a different fix from a repeated registration.
+          throw conflict(
+            `device(s) already registered: ${existing.map((d) => `${d.name} (in fleet ${d.fleet_name})`).join(', ')}; device names are unique across fleets: deregister one first to move it`,
+            {
+              devices: existing.map((d) => d.name),
+              fleets: Object.fromEntries(existing.map((d) => [d.name, d.fleet_name])),
+            },
+          );
         }
         await trx
           .insertInto('devices')
@@ -222,6 +237,7 @@ export class DeviceStore {
     if (filters.nameContains !== undefined)
       query = query.where(containsIgnoringCase('name', filters.nameContains));
     if (filters.status === 'online') query = query.where('last_heartbeat_at', '>=', threshold);
+    if (filters.status === 'never-seen') query = query.where('last_heartbeat_at', 'is', null);
     if (filters.status === 'offline') {
       query = query.where((eb) =>
         eb.or([eb('last_heartbeat_at', 'is', null), eb('last_heartbeat_at', '<', threshold)]),
@@ -302,6 +318,32 @@ export class DeviceStore {
   }
 
   /** The device's identity: its newest certificate issued since it was registered, and that one's state. */
+  /**
+   * The device's deployment events (retried, failed, timed out, cancelled, rolled back), newest first, from its
+   * current registration on (not those of an earlier device of the same name); keyset-paged on the event id.
+   */
+  async deploymentEvents(
+    device: Pick<DeviceRecord, 'name' | 'registeredAt'>,
+    page: { limit: number; before?: string },
+  ): Promise<DeviceDeploymentEvent[]> {
+    let query = this.db
+      .selectFrom('deployment_events')
+      .selectAll()
+      .where('device_name', '=', device.name)
+      .where('at', '>=', device.registeredAt)
+      .orderBy('id', 'desc')
+      .limit(page.limit);
+    if (page.before !== undefined) query = query.where('id', '<', page.before);
+    return (await query.execute()).map((row) => ({
+      id: row.id,
+      planName: row.plan_name,
+      stageName: row.stage_name,
+      kind: row.kind,
+      message: row.message,
+      at: Number(row.at),
+    }));
+  }
+
   async identity(device: Pick<DeviceRecord, 'name' | 'registeredAt'>): Promise<DeviceIdentity> {
     const row = await this.db
       .selectFrom('device_certificates')

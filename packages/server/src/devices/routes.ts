@@ -14,6 +14,7 @@ import {
   type DeviceView,
 } from './device-schemas.js';
 import { ApiError } from '../http/errors.js';
+import { deploymentEventSchema, type DeploymentEventKind } from '../deployments/deployment-schemas.js';
 import {
   deviceSortKeyOf,
   type DeviceCertificateRecord,
@@ -141,6 +142,41 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
     params: deviceParams,
     response: deviceSchema,
     handler: async ({ params }) => describe(params.device),
+  });
+
+  defineRoute(app, {
+    method: 'GET',
+    url: '/api/v1/devices/:device/deployment-events',
+    auth: 'read',
+    tag: 'devices',
+    summary:
+      "A device's deployment events, newest first: device failed, retried, timed out, cancelled, rolled back",
+    description:
+      "Every plan's events that name this device (GET /api/v1/deployment-plans/{plan}/events has a plan's, stage events included), since the device was registered.",
+    params: deviceParams,
+    query: pageQuerySchema,
+    response: z.object({ events: z.array(deploymentEventSchema), nextToken: z.string().optional() }),
+    handler: async ({ params, query }) => {
+      const device = await devices.get(params.device);
+      const before = decodePageToken('device-deployment-events', query.nextToken);
+      const rows = await devices.deploymentEvents(device, {
+        limit: query.limit + 1,
+        ...(before !== undefined && { before }),
+      });
+      const page = toPage('device-deployment-events', rows, query.limit, (e) => e.id);
+      return {
+        events: page.items.map((e) => ({
+          id: e.id,
+          planName: e.planName,
+          ...(e.stageName !== null && { stageName: e.stageName }),
+          deviceName: device.name,
+          kind: e.kind as DeploymentEventKind,
+          message: e.message,
+          at: iso(e.at),
+        })),
+        ...(page.nextToken && { nextToken: page.nextToken }),
+      };
+    },
   });
 
   defineRoute(app, {

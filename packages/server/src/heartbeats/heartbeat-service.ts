@@ -50,7 +50,7 @@ export function assertActsAsItself(
   if (claimed.DeviceName !== device.deviceName || claimed.DeviceFleetName !== device.fleetName) {
     throw new DomainError(
       'Forbidden',
-      `this certificate belongs to device ${device.deviceName} of fleet ${device.fleetName}; it cannot act as ` +
+      `${device.credential ?? 'this certificate'} belongs to device ${device.deviceName} of fleet ${device.fleetName}; it cannot act as ` +
         `${claimed.DeviceName} of fleet ${claimed.DeviceFleetName}`,
       { certificateDevice: device.deviceName, certificateFleet: device.fleetName },
     );

@@ -4,7 +4,7 @@ import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { installAuth, type Authenticators } from './auth-hooks.js';
-import { ApiError, installErrorHandlers } from './errors.js';
+import { answerRouterError, ApiError, installErrorHandlers, MAX_PATH_PARAM_LENGTH } from './errors.js';
 import { redactRequestUrl } from './log-redaction.js';
 import { installRequestDeadlines } from './request-deadline.js';
 import { defineRoute, installZodCompilers } from './routes.js';
@@ -46,9 +46,17 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   // Fastify's own request logging writes two lines per request; the onResponse hook below writes one.
   const logController = new LogController({ disableRequestLogging: true });
   const bodyLimit = options.bodyLimit === undefined ? {} : { bodyLimit: options.bodyLimit };
+  const common = {
+    loggerInstance: options.logger,
+    logController,
+    routerOptions: { maxParamLength: MAX_PATH_PARAM_LENGTH },
+    // Errors of the router itself (a path segment too long, bad percent-encoding) get our error body.
+    frameworkErrors: answerRouterError,
+    ...bodyLimit,
+  };
   const app = (options.https
-    ? Fastify({ loggerInstance: options.logger, https: options.https, logController, ...bodyLimit })
-    : Fastify({ loggerInstance: options.logger, logController, ...bodyLimit })) as unknown as FastifyInstance;
+    ? Fastify({ ...common, https: options.https })
+    : Fastify(common)) as unknown as FastifyInstance;
 
   installZodCompilers(app);
   installErrorHandlers(app);

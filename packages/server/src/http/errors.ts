@@ -1,5 +1,5 @@
 import type { ErrorBody } from '@edgefleet/core';
-import type { FastifyError, FastifyInstance } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import { DomainError, type DomainErrorCode } from '../errors/index.js';
 
@@ -8,7 +8,7 @@ export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
 
 /** Every code an answer may carry: the domain's, plus those only the HTTP layer raises. */
 export type ErrorCode =
-  DomainErrorCode | 'UnsupportedMediaType' | 'NotReady' | 'InternalError' | 'RequestTimeout';
+  DomainErrorCode | 'UnsupportedMediaType' | 'UriTooLong' | 'NotReady' | 'InternalError' | 'RequestTimeout';
 
 /** The HTTP status of each domain error: the one place the domain meets HTTP. */
 const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
@@ -67,6 +67,35 @@ export class RequestValidationError extends Error {
     );
     this.name = 'RequestValidationError';
   }
+}
+
+/**
+ * The longest path segment the router matches (Fastify's maxParamLength): far above every name (63) and version
+ * (64), whose own limits the routes' schemas check, so that a too-long segment is refused before any route runs.
+ */
+export const MAX_PATH_PARAM_LENGTH = 100;
+
+/**
+ * Fastify's `frameworkErrors`: the router's own refusals, which never reach the error handler, in our error
+ * body, saying what was wrong and what is allowed (the raw path is not echoed whole: it may be very long).
+ */
+export function answerRouterError(error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const path = (request.raw.url ?? '').split('?')[0] ?? '';
+  const shown = path.length > 60 ? `${path.slice(0, 60)}…` : path;
+  const where = `${request.raw.method ?? ''} ${shown}`;
+  const apiError =
+    error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+      ? new ApiError(
+          414,
+          'UriTooLong',
+          `a path segment of ${where} is ${Math.max(...path.split('/').map((segment) => segment.length))} characters long; a path segment (a name or version) may be at most ${MAX_PATH_PARAM_LENGTH} (names at most 63, versions 64)`,
+        )
+      : new ApiError(
+          400,
+          'ValidationError',
+          `${where} is not a valid URL: a path segment has a malformed %-escape; expected UTF-8 percent-encoding`,
+        );
+  void reply.status(apiError.statusCode).type('application/json').send(apiError.toBody());
 }
 
 /** Maps Fastify's own errors (body parsing, limits) onto our codes. */

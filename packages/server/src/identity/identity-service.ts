@@ -12,6 +12,8 @@ export const ENROLLMENT_TOKEN_PREFIX = 'efe_';
 export interface AuthenticatedDevice {
   deviceName: string;
   fleetName: string;
+  /** What it proved who it is with, as messages name it; absent: its client certificate. */
+  credential?: string;
   serial: string;
   notAfter: number;
 }

@@ -174,6 +174,7 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
           deviceName: record.name,
           fleetName: record.fleetName,
           serial: `access-key:${key.accessKeyId}`,
+          credential: `access key ${key.accessKeyId}`,
           notAfter: Number.MAX_SAFE_INTEGER,
         };
         return reply.type('application/json').send(JSON.stringify(await run(device, parsed)));

@@ -87,6 +87,7 @@ import {
   OPERATOR_LISTENER_LIMITS,
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
+import { networkWarnings } from './network-warnings.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
 
@@ -115,6 +116,8 @@ export interface ServerHandle {
   readonly deviceUrl: string;
   /** What devices are told to use (config deviceEndpoint, or derived from the first server name). */
   readonly deviceEndpoint: string;
+  /** Network set-up warnings logged at start (see networkWarnings); `serve` also prints them. */
+  readonly warnings: readonly string[];
   readonly config: ServerConfig;
   readonly database: ServerDatabase;
   readonly blobs: BlobStore;
@@ -536,6 +539,15 @@ export async function startServer(
     const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
     const deviceUrl = urlOf(deviceApp, 'https');
     deviceEndpoint ||= `https://${config.deviceServerNames[0]}:${(deviceApp.server.address() as AddressInfo).port}`;
+    const warnings = networkWarnings({
+      listen: config.listen,
+      operatorTls: config.tls !== undefined,
+      deviceListen: config.deviceListen,
+      deviceEndpoint,
+      deviceServerNames: config.deviceServerNames,
+      generatedDeviceCertificate: !config.provided.deviceTls,
+    });
+    for (const warning of warnings) logger.warn(warning);
     logger.info(
       { operatorUrl, deviceUrl, deviceEndpoint, database: database.description, blobs: blobs.description },
       'edgefleet-server started',
@@ -546,6 +558,7 @@ export async function startServer(
       operatorUrl,
       deviceUrl,
       deviceEndpoint,
+      warnings,
       config,
       database,
       blobs,

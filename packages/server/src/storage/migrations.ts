@@ -430,6 +430,17 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // A device's deployment events, newest first (GET /api/v1/devices/{device}/deployment-events, the console's
+  // device page): an index range scan instead of a scan of every plan's events.
+  '0013_deployment_events_by_device': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createIndex('deployment_events_device')
+        .on('deployment_events')
+        .columns(['device_name', 'id'])
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -80,6 +80,39 @@ describe.each(engines)('compilation jobs on $engine (ONNX imported from s3rver)'
     await expect(jobs.stop('garbage-job')).rejects.toThrow(/FAILED; only INPROGRESS jobs stop/);
   });
 
+  it.skipIf(!fixture.available)(
+    'a store it cannot use fails the job naming the URI, the store and the settings to set (C4)',
+    async () => {
+      // The store answers, but not to these credentials: as for a server with no or wrong S3 settings.
+      const wrong = new S3Objects({
+        endpoint: s3.endpoint,
+        forcePathStyle: true,
+        credentials: { accessKeyId: 'NOT-S3RVER', secretAccessKey: 'nope' },
+      });
+      const refused = new CompilationJobStore(database.db, {
+        models,
+        openS3Object: (uri) => wrong.get(uri),
+        logger: pino({ level: 'silent' }),
+      });
+      await refused.create({
+        name: 'no-access-job',
+        framework: 'ONNX',
+        inputS3Uri: 's3://neo-inputs/models/tiny.onnx',
+        roleArn: 'arn:aws:iam::123456789012:role/neo',
+        outputS3Location: 's3://neo-inputs/out',
+        tags: [],
+      });
+      await refused.settle();
+      const job = await jobs.get('no-access-job');
+      expect(job.status).toBe('FAILED');
+      expect(job.failureReason).toMatch(
+        new RegExp(
+          `^cannot read s3://neo-inputs/models/tiny\\.onnx on the S3 endpoint ${s3.endpoint.replaceAll('.', '\\.')} with the configured s3\\.accessKeyId\\. The server reaches s3:// URIs through its own S3 settings: set s3\\.accessKeyId and s3\\.secretAccessKey .*--blob-endpoint \\(EDGEFLEET_BLOB_ENDPOINT, s3\\.endpoint\\) and --blob-region \\(s3\\.region\\)\\. The store said: .+`,
+        ),
+      );
+    },
+  );
+
   it.skipIf(!fixture.available)('refuses other frameworks and duplicate names', async () => {
     await expect(create('tf-job', 's3://neo-inputs/models/m.tar.gz', 'TENSORFLOW')).rejects.toThrow(
       /TENSORFLOW is not supported.*ONNX/,

@@ -20,7 +20,9 @@ describe('loadConfig', () => {
   it('needs no set-up: everything defaults under ./.edgefleet/server', async () => {
     const config = await loadConfig({ env: {}, cwd: dir });
     expect(config.dataDir).toBe(path.join(dir, '.edgefleet/server'));
-    expect(config.listen).toEqual({ host: '0.0.0.0', port: 8080 });
+    // The operator API carries tokens and session cookies: loopback unless the operator says otherwise (W4).
+    expect(config.listen).toEqual({ host: '127.0.0.1', port: 8080 });
+    expect(config.deviceServerNames).toEqual(['localhost', '127.0.0.1']);
     expect(config.deviceListen).toEqual({ host: '0.0.0.0', port: 8443 });
     expect(config.databaseLocation).toEqual({
       engine: 'sqlite',
@@ -94,6 +96,29 @@ describe('loadConfig', () => {
     expect(config.logLevel).toBe('debug');
     expect(config.heartbeat.intervalSeconds).toBe(10);
     expect(config.heartbeat.offlineAfterMissed).toBe(3);
+  });
+
+  it('reads deviceServerNames as a comma-separated list from the environment or a flag (W3)', async () => {
+    const fromEnv = await loadConfig({
+      env: { EDGEFLEET_DEVICE_SERVER_NAMES: 'fleet.example, 192.0.2.2' },
+      cwd: dir,
+    });
+    expect(fromEnv.deviceServerNames).toEqual(['fleet.example', '192.0.2.2']);
+    const fromFlag = await loadConfig({
+      env: { EDGEFLEET_DEVICE_SERVER_NAMES: 'ignored.example' },
+      flags: { 'device-server-names': 'edge.example' },
+      cwd: dir,
+    });
+    expect(fromFlag.deviceServerNames).toEqual(['edge.example']);
+    const fromFile = await loadConfig({
+      env: {},
+      cwd: dir,
+      configFile: await configFile({ deviceServerNames: ['a.example', 'b.example'] }),
+    });
+    expect(fromFile.deviceServerNames).toEqual(['a.example', 'b.example']);
+    await expect(loadConfig({ env: {}, flags: { 'device-server-names': ' , ' }, cwd: dir })).rejects.toThrow(
+      /deviceServerNames: expected at least one host name or IP address/,
+    );
   });
 
   it('finds the file through EDGEFLEET_CONFIG', async () => {

@@ -59,7 +59,14 @@ describe.each(engines)('device routes on $engine', (fixture) => {
 
   it.skipIf(!fixture.available)('registers all or none', async () => {
     const clash = await register('gates', { devices: [{ name: 'gate-1' }, { name: 'cam-2' }] });
-    expect(clash).toMatchObject({ status: 409, body: { code: 'Conflict', details: { devices: ['cam-2'] } } });
+    expect(clash).toMatchObject({
+      status: 409,
+      body: { code: 'Conflict', details: { devices: ['cam-2'], fleets: { 'cam-2': 'cams' } } },
+    });
+    // The fleet it is in is named (N4).
+    expect(clash.body.message).toBe(
+      'device(s) already registered: cam-2 (in fleet cams); device names are unique across fleets: deregister one first to move it',
+    );
     expect((await t.call('GET', '/api/v1/devices/gate-1', { token: t.readToken })).status).toBe(404);
 
     const unknownFleet = await register('no-fleet', { devices: [{ name: 'x-1' }] });
@@ -94,6 +101,12 @@ describe.each(engines)('device routes on $engine', (fixture) => {
       .set({ last_heartbeat_at: Date.now(), agent_version: '1.2.0' })
       .where('name', 'in', ['cam-2', 'gate-1'])
       .execute();
+    // gate-2 was heard from a day ago: offline, but not never seen.
+    await t.server.database.db
+      .updateTable('devices')
+      .set({ last_heartbeat_at: Date.now() - 86_400_000 })
+      .where('name', '=', 'gate-2')
+      .execute();
     await t.server.database.db
       .insertInto('device_models')
       .values({
@@ -117,6 +130,9 @@ describe.each(engines)('device routes on $engine', (fixture) => {
     expect(await list('nameContains=GATE')).toEqual(['gate-1', 'gate-2']);
     expect(await list('status=online')).toEqual(['cam-2', 'gate-1']);
     expect(await list('status=offline&fleet=cams')).toEqual(['cam-1', 'cam-3']);
+    expect(await list('status=offline')).toEqual(['cam-1', 'cam-3', 'gate-2']);
+    // No heartbeat ever (N13): what the console and the fleet report call never seen.
+    expect(await list('status=never-seen')).toEqual(['cam-1', 'cam-3']);
     expect(await list('modelName=resnet')).toEqual(['gate-2']);
     expect(await list(`latestHeartbeatAfter=${new Date(Date.now() - 60_000).toISOString()}`)).toEqual([
       'cam-2',

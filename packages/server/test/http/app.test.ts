@@ -132,6 +132,28 @@ describe('error bodies', () => {
     });
     expect(huge).toMatchObject({ status: 413, body: { code: 'PayloadTooLarge' } });
   });
+
+  it('name the limit when a path segment is too long to be a name (N10)', async () => {
+    const version = 'a'.repeat(200);
+    const long = await t.call('POST', `/api/v1/models/my-model/versions/${version}`, {
+      token: t.adminToken,
+      body: 'x',
+      headers: { 'content-type': 'application/octet-stream' },
+    });
+    expect(long).toMatchObject({
+      status: 414,
+      body: {
+        code: 'UriTooLong',
+        // The path is cut at 60 characters.
+        message: `a path segment of POST /api/v1/models/my-model/versions/${'a'.repeat(27)}… is 200 characters long; a path segment (a name or version) may be at most 100 (names at most 63, versions 64)`,
+      },
+    });
+    // The router's other refusal, a malformed %-escape, has the same body.
+    expect(await t.call('GET', '/api/v1/devices/bad%E0%A4%A', { token: t.adminToken })).toMatchObject({
+      status: 400,
+      body: { code: 'ValidationError', message: expect.stringMatching(/malformed %-escape/) },
+    });
+  });
 });
 
 describe('device port body limit (review s8 #5)', () => {

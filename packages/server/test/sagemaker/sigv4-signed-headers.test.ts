@@ -238,4 +238,28 @@ describe('SigV4 on the SageMaker facade: every header that matters is signed (au
     });
     expect(await fleetExists('fc')).toBe(true);
   });
+
+  it('a device key speaking for another device is told that its access key, not a certificate, belongs elsewhere (N9)', async () => {
+    const registered = await t.call('POST', '/api/v1/fleets/fb/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'b-02' }, { name: 'b-03' }] },
+    });
+    expect(registered.status).toBe(201);
+    const created = await t.call('POST', '/api/v1/access-keys', {
+      token: t.adminToken,
+      body: { name: 'b-02 agent', scope: 'read-only', deviceName: 'b-02' },
+    });
+    expect(created.status).toBe(201);
+    const deviceKey = created.body as SigningKey;
+    const heartbeat = sign(t.url, deviceKey, {
+      path: '/SendHeartbeat',
+      headers: { 'content-type': 'application/json' },
+      signed: ['content-type'],
+      body: JSON.stringify({ AgentVersion: '1.0', DeviceName: 'b-03', DeviceFleetName: 'fb' }),
+    });
+    const refused = await send(heartbeat);
+    expect(refused.body.message).toBe(
+      `access key ${deviceKey.accessKeyId} belongs to device b-02 of fleet fb; it cannot act as b-03 of fleet fb`,
+    );
+  });
 });

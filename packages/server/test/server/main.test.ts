@@ -1,6 +1,7 @@
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCsr, deviceCall, deviceKey } from '../support/device.js';
 import { runServerCli, runServerCliInShell, startServerProcess } from '../support/process.js';
@@ -161,6 +162,54 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
     const missing = await runServerCli(['token', 'revoke', id], cwd);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/no active token/);
+  });
+
+  it('warns at start when it serves the operator API in clear, or hands devices a loopback endpoint (W3, W4)', async () => {
+    const exposed = await startServerProcess(
+      ['--listen', '0.0.0.0:0', '--device-listen', '0.0.0.0:0', '--log-level', 'info'],
+      cwd,
+    );
+    try {
+      const warned = exposed.logs.filter((l) => l.level === 40).map((l) => String(l.msg));
+      expect(warned).toEqual([
+        expect.stringMatching(/operator API listens on 0\.0\.0\.0:\d+ over plain HTTP.*set tls/),
+        expect.stringMatching(
+          /enrollment hands devices https:\/\/localhost:\d+, this machine's loopback address.*--device-endpoint.*--device-server-names/,
+        ),
+      ]);
+    } finally {
+      expect(await exposed.stop()).toBe(0);
+    }
+    // serve prints them too, for whoever started it by hand.
+    expect(exposed.stderr()).toMatch(/^edgefleet-server: warning: the operator API listens on 0\.0\.0\.0/m);
+    expect(exposed.stderr()).toMatch(/^edgefleet-server: warning: the device API listens on 0\.0\.0\.0/m);
+
+    // Set as the warning says: no warning, and the generated certificate carries the name devices are given.
+    const named = await startServerProcess(
+      [
+        ...flags,
+        '--device-endpoint',
+        'https://fleet.example:8443',
+        '--device-server-names',
+        'fleet.example,192.0.2.2',
+      ],
+      cwd,
+    );
+    try {
+      expect(named.logs.filter((l) => l.level === 40)).toEqual([]);
+      const port = Number(new URL(named.deviceUrl!).port);
+      const names = await new Promise<string>((resolve, reject) => {
+        const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
+          resolve(socket.getPeerCertificate().subjectaltname ?? '');
+          socket.destroy();
+        });
+        socket.once('error', reject);
+      });
+      expect(names).toBe('DNS:fleet.example, IP Address:192.0.2.2');
+    } finally {
+      expect(await named.stop()).toBe(0);
+    }
+    expect(named.stderr()).not.toMatch(/warning/);
   });
 
   it('fails with a clear message on bad configuration', async () => {

@@ -68,6 +68,8 @@ export interface ServerProcess {
   deviceUrl?: string;
   /** Log lines (JSON) seen so far. */
   logs: Record<string, unknown>[];
+  /** What it wrote on stderr so far. */
+  stderr(): string;
   /** Sends SIGTERM and resolves with the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
@@ -103,6 +105,7 @@ export function startServerProcess(
             operatorUrl: String(entry.operatorUrl),
             ...(entry.deviceUrl !== undefined ? { deviceUrl: String(entry.deviceUrl) } : {}),
             logs,
+            stderr: () => stderr,
             stop: async (signal = 'SIGTERM') => {
               if (child.exitCode === null) child.kill(signal);
               return exited;

@@ -183,6 +183,7 @@ function planOptions(form: FormData): PlanOptions | undefined {
     ...(timeout !== undefined && { deviceTimeoutSeconds: timeout }),
     ...(advance !== undefined && { autoAdvance: { successPercent: advance } }),
     ...(abort !== undefined && { abort: { failedPercent: abort } }),
+    ...(form.get('allowDowngrade') !== null && { allowDowngrade: true }),
   };
   return Object.keys(options).length > 0 ? options : undefined;
 }
@@ -250,6 +251,9 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
           </label>
           <label>
             Abort at (% failed) <input name="abort" type="number" min={1} max={100} />
+          </label>
+          <label title="A rollback plan: devices may install a version older than the one they run (anti-rollback lets only such a plan do it)">
+            <input name="allowDowngrade" type="checkbox" /> Allow downgrade (rollback plan)
           </label>
         </div>
         <fieldset>
@@ -429,6 +433,10 @@ export function DeploymentPage({ params }: { params: Record<string, string> }) {
             <dt>Device timeout</dt>
             <dd>
               {view.options.deviceTimeoutSeconds} s, {view.options.maxRetries} retries
+            </dd>
+            <dt>Downgrade</dt>
+            <dd data-testid="plan-downgrade">
+              {view.options.allowDowngrade ? 'allowed (rollback plan)' : 'refused (anti-rollback)'}
             </dd>
             <dt>Created</dt>
             <dd>
@@ -611,7 +619,12 @@ function StageCard({
             </tbody>
           </table>
         ) : (
-          <p class="muted">Not started: its devices are chosen when it starts.</p>
+          <p class="muted" data-testid="stage-not-started">
+            {stage.status === 'READYTODEPLOY'
+              ? 'Not started: its devices are chosen when it starts.'
+              : // Stopped (or its plan aborted) before it started: no device was chosen, and it cannot start now.
+                `Never started: ${stage.status} before it started, so no device was chosen; it cannot be started.`}
+          </p>
         )}
       </div>
     </Section>

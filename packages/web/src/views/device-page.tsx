@@ -7,6 +7,7 @@ import { ErrorNote, Section, ShownOnce, StatusBadge, TableHead, When } from '../
 import { useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
+import { DeploymentResultView, readDeploymentResult } from './deployment-result.js';
 
 /** Chart windows on offer; the server aggregates the stored series into about 120 buckets per window. */
 const CHART_WINDOWS = [
@@ -75,11 +76,21 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
     );
     return { series, range: [since.getTime() / 1000, until.getTime() / 1000] as [number, number] };
   }, [name, windowMs]);
+  const deploymentEvents = useLoad(
+    async () =>
+      must(
+        await api.GET('/api/v1/devices/{device}/deployment-events', {
+          params: { path: { device: name }, query: { limit: 20 } },
+        }),
+      ).events,
+    [name],
+  );
   useLive(live, ['devices'], () => {
     device.reload();
     certificates.reload();
     metrics.reload();
   });
+  useLive(live, ['deployments'], deploymentEvents.reload);
 
   if (device.data === undefined) {
     return <ErrorNote error={device.error} />;
@@ -93,6 +104,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
   const series = metrics.data?.series ?? [];
   const range = metrics.data?.range;
   const pick = (metricName: string) => series.filter((s) => s.metricName === metricName);
+  const lastResult = readDeploymentResult(d.deploymentResult);
 
   return (
     <>
@@ -241,6 +253,14 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
               {...chartData(pick('InferenceCount'))}
             />
           ) : null}
+          {pick('InferenceFailures').length > 0 ? (
+            // Requests the model failed: a failing release shows here, not in the counts above.
+            <TimeChart
+              range={range}
+              title="Inference failures per heartbeat"
+              {...chartData(pick('InferenceFailures'))}
+            />
+          ) : null}
           {pick('LatencyAvgMs').length > 0 ? (
             <TimeChart
               range={range}
@@ -267,11 +287,22 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
             ))}
           </tbody>
         </table>
-        {d.deploymentResult !== undefined ? (
-          <p>
-            Last deployment result: <code>{JSON.stringify(d.deploymentResult)}</code>
-          </p>
+        {lastResult !== undefined ? <DeploymentResultView result={lastResult} /> : null}
+      </Section>
+      <Section title="Deployment events">
+        <ErrorNote error={deploymentEvents.error} />
+        {(deploymentEvents.data ?? []).length === 0 && !deploymentEvents.loading ? (
+          <p class="muted">No deployment event for this device.</p>
         ) : null}
+        <ol class="plain" data-testid="device-deployment-events">
+          {(deploymentEvents.data ?? []).map((event) => (
+            <li key={event.id} data-event={event.kind}>
+              <When at={event.at} /> <strong>{event.kind}</strong> plan{' '}
+              <a href={href(`/deployments/${encodeURIComponent(event.planName)}`)}>{event.planName}</a>
+              {event.stageName !== undefined ? ` stage ${event.stageName}` : ''}: {event.message}
+            </li>
+          ))}
+        </ol>
       </Section>
       <Section title="Events">
         <ul class="plain">

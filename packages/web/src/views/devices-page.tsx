@@ -11,10 +11,14 @@ const PAGE_SIZE = 50;
 
 interface Filters {
   fleet: string;
-  status: '' | 'online' | 'offline';
+  status: '' | 'online' | 'offline' | 'never-seen';
   tag: string;
   modelName: string;
   nameContains: string;
+}
+
+function statusFilter(value: string | null): Filters['status'] {
+  return value === 'online' || value === 'offline' || value === 'never-seen' ? value : '';
 }
 
 function filtersFromHash(): Filters {
@@ -22,7 +26,7 @@ function filtersFromHash(): Filters {
   const status = query.get('status');
   return {
     fleet: query.get('fleet') ?? '',
-    status: status === 'online' || status === 'offline' ? status : '',
+    status: statusFilter(status),
     tag: query.get('tag') ?? '',
     modelName: query.get('modelName') ?? '',
     nameContains: query.get('nameContains') ?? '',
@@ -121,7 +125,7 @@ export function DevicesPage() {
             const status = String(form.get('status') ?? '');
             applyFilters({
               fleet: String(form.get('fleet') ?? ''),
-              status: status === 'online' || status === 'offline' ? status : '',
+              status: statusFilter(status),
               tag: String(form.get('tag') ?? '').trim(),
               modelName: String(form.get('modelName') ?? '').trim(),
               nameContains: String(form.get('nameContains') ?? '').trim(),
@@ -148,6 +152,7 @@ export function DevicesPage() {
               <option value="">Any</option>
               <option value="online">Online</option>
               <option value="offline">Offline</option>
+              <option value="never-seen">Never seen</option>
             </select>
           </label>
           <label>

@@ -1,3 +1,4 @@
+import { useState } from 'preact/hooks';
 import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
@@ -57,20 +58,44 @@ export function PackagingPage() {
 function StartJob({ onStarted }: { onStarted(): void }) {
   const { api } = useApp();
   const action = useAction();
+  const [chosenModel, setChosenModel] = useState<string | undefined>();
   const models = useLoad(
     async () => must(await api.GET('/api/v1/models', { params: { query: { limit: 500 } } })).models,
     [],
   );
+  const uploaded = (models.data ?? []).filter((model) => model.latestVersion !== undefined);
+  const model = uploaded.find((m) => m.name === chosenModel) ?? uploaded[0];
+  // Every uploaded version of the chosen model, not only its latest: an older one (or a hotfix uploaded
+  // before a newer version) must be packageable too.
+  const versions = useLoad(
+    async () =>
+      model === undefined
+        ? { model: undefined, versions: [] }
+        : {
+            model: model.name,
+            versions: must(
+              await api.GET('/api/v1/models/{model}/versions', {
+                params: { path: { model: model.name }, query: { limit: 500 } },
+              }),
+            ).versions.map((version) => version.version),
+          },
+    [model?.name],
+  );
+  // Until the chosen model's versions arrive, offer none rather than the previous model's.
+  const offered = versions.data?.model === model?.name ? (versions.data?.versions ?? []) : [];
   return (
     <Section title="Start a packaging job">
       <form
         class="inline-form"
         aria-label="Start packaging job"
         onSubmit={submitForm(action, async (form) => {
-          const [modelName = '', modelVersion = ''] = String(form.get('model') ?? '').split('\n');
           must(
             await api.POST('/api/v1/packaging-jobs', {
-              body: { name: String(form.get('name') ?? ''), modelName, modelVersion },
+              body: {
+                name: String(form.get('name') ?? ''),
+                modelName: String(form.get('model') ?? ''),
+                modelVersion: String(form.get('version') ?? ''),
+              },
             }),
           );
           onStarted();
@@ -80,19 +105,35 @@ function StartJob({ onStarted }: { onStarted(): void }) {
           Job name <input name="name" required autoComplete="off" />
         </label>
         <label>
-          Model version
-          <select name="model" required>
-            {(models.data ?? [])
-              .filter((model) => model.latestVersion !== undefined)
-              .map((model) => (
-                <option key={model.name} value={`${model.name}\n${model.latestVersion ?? ''}`}>
-                  {model.name} {model.latestVersion}
-                </option>
-              ))}
+          Model
+          <select
+            name="model"
+            required
+            value={model?.name ?? ''}
+            onChange={(event) => setChosenModel(event.currentTarget.value)}
+          >
+            {uploaded.map((m) => (
+              <option key={m.name} value={m.name}>
+                {m.name}
+              </option>
+            ))}
+          </select>
+        </label>
+        <label>
+          Version
+          {/* Keyed by the model, so that a newly chosen model starts at its latest version. */}
+          <select name="version" required key={model?.name}>
+            {offered.map((version) => (
+              <option key={version} value={version} selected={version === model?.latestVersion}>
+                {version}
+                {version === model?.latestVersion ? ' (latest)' : ''}
+              </option>
+            ))}
           </select>
         </label>
         <button type="submit">Start</button>
         <ErrorNote error={action.error} />
+        <ErrorNote error={versions.error} />
       </form>
     </Section>
   );

@@ -1,0 +1,44 @@
+import { isLoopbackHost } from '@edgefleet/core';
+import type { ListenAddress } from '../config/index.js';
+
+export interface NetworkSettings {
+  listen: ListenAddress;
+  /** Whether the operator API is served over HTTPS. */
+  operatorTls: boolean;
+  deviceListen: ListenAddress;
+  /** The device API URL enrollment hands to devices. */
+  deviceEndpoint: string;
+  deviceServerNames: readonly string[];
+  /** Whether the device API's certificate is generated from deviceServerNames (not the operator's own). */
+  generatedDeviceCertificate: boolean;
+}
+
+/**
+ * What the operator should hear at start about how the server meets the network: an operator API served in clear
+ * to other hosts, and a device API that devices on other hosts would be told to reach at this machine's own
+ * loopback address, or under a name its certificate does not carry.
+ */
+export function networkWarnings(settings: NetworkSettings): string[] {
+  const warnings: string[] = [];
+  if (!isLoopbackHost(settings.listen.host) && !settings.operatorTls) {
+    warnings.push(
+      `the operator API listens on ${settings.listen.host}:${settings.listen.port} over plain HTTP: API tokens and console session cookies cross the network in clear; set tls (certFile, keyFile) to serve it over HTTPS, or listen on 127.0.0.1 behind a TLS proxy`,
+    );
+  }
+  const endpointHost = new URL(settings.deviceEndpoint).hostname;
+  if (!isLoopbackHost(settings.deviceListen.host) && isLoopbackHost(endpointHost)) {
+    warnings.push(
+      `the device API listens on ${settings.deviceListen.host}:${settings.deviceListen.port}, but enrollment hands devices ${settings.deviceEndpoint}, this machine's loopback address: devices on other hosts would call themselves; set deviceEndpoint (--device-endpoint, EDGEFLEET_DEVICE_ENDPOINT) to the URL devices reach, and deviceServerNames (--device-server-names, EDGEFLEET_DEVICE_SERVER_NAMES) to its host name`,
+    );
+  } else if (
+    settings.generatedDeviceCertificate &&
+    !settings.deviceServerNames.some(
+      (name) => name.toLowerCase() === endpointHost.replace(/^\[|\]$/g, '').toLowerCase(),
+    )
+  ) {
+    warnings.push(
+      `enrollment hands devices ${settings.deviceEndpoint}, but the device API's certificate names only ${settings.deviceServerNames.join(', ')}: devices would refuse it; add ${endpointHost} to deviceServerNames (--device-server-names, EDGEFLEET_DEVICE_SERVER_NAMES)`,
+    );
+  }
+  return warnings;
+}
