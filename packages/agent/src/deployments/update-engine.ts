@@ -620,7 +620,7 @@ export class UpdateEngine {
       compareVersions(manifest.version, row.committedVersion) < 0
     )
       throw new DeploymentFailure(
-        `anti-rollback: version ${manifest.version} is older than the committed version ${row.committedVersion}; only a deployment marked as a rollback (AllowDowngrade) may install it`,
+        `anti-rollback: version ${manifest.version} is older than the committed version ${row.committedVersion}; only a deployment plan marked as a rollback may install it (AllowDowngrade: "edgefleet deployment create … --allow-downgrade", or the console's "Allow downgrade" box)`,
       );
     this.#transition(row, 'Loading');
     return 'next';

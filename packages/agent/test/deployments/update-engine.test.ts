@@ -499,7 +499,7 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     await d.engine.apply([deployment('down', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
     expect(stateOf(d, 'detector')).toMatchObject({
       state: 'Failed',
-      reason: expect.stringMatching(/anti-rollback/),
+      reason: expect.stringMatching(/anti-rollback: .*--allow-downgrade/),
     });
     expect(d.registry.describe('detector').version).toBe('2.0');
     await d.engine.apply([
