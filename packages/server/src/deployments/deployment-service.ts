@@ -37,6 +37,7 @@ import {
   settleStage,
   startStage,
   stopUnstartedDevices,
+  unknownSelectedDevices,
 } from './stage-progress.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -147,6 +148,7 @@ export class DeploymentService implements DevicePackageAccess {
           throw notFound(`fleet ${plan.fleetName}`, { fleet: plan.fleetName });
         throw error;
       }
+      await this.assertSelectedDevicesExist(trx, plan.fleetName, plan.stages);
       await this.insertStages(trx, plan.name, plan.stages, 0, at);
       await this.takeHandles(trx, plan.name, plan.fleetName, configs);
       await recordEvent(
@@ -215,6 +217,7 @@ export class DeploymentService implements DevicePackageAccess {
           modelConfigSchema.array().parse(JSON.parse(plan.model_configs)),
         );
       }
+      await this.assertSelectedDevicesExist(trx, plan.fleet_name, parsed);
       const last = existing[existing.length - 1]?.position ?? -1;
       await this.insertStages(trx, planName, parsed, Number(last) + 1, at);
     });
@@ -638,6 +641,44 @@ export class DeploymentService implements DevicePackageAccess {
     return plans.some((plan) =>
       modelConfigSchema.array().parse(JSON.parse(plan.model_configs)).some(matches),
     );
+  }
+
+  /**
+   * A SELECTION stage names devices of the plan's fleet: a name that is not one (a typo, a device of another
+   * fleet) is a 400 naming each such device, and the fleet any of them is registered in instead.
+   */
+  private async assertSelectedDevicesExist(
+    trx: Transaction<DatabaseSchema>,
+    fleetName: string,
+    stages: ReturnType<typeof stageInputSchema.parse>[],
+  ): Promise<void> {
+    const problems: string[] = [];
+    const unknownDevices: Record<string, string[]> = {};
+    for (const stage of stages) {
+      const unknown = await unknownSelectedDevices(trx, fleetName, stage.deviceSelection);
+      if (unknown.length === 0) continue;
+      const elsewhere = new Map(
+        (
+          await trx
+            .selectFrom('devices')
+            .select(['name', 'fleet_name'])
+            .where('name', 'in', unknown)
+            .execute()
+        ).map((d) => [d.name, d.fleet_name]),
+      );
+      const named = unknown.map((name) =>
+        elsewhere.has(name) ? `${name} (in fleet ${elsewhere.get(name)})` : name,
+      );
+      problems.push(`stage ${stage.name} names ${named.join(', ')}`);
+      unknownDevices[stage.name] = unknown;
+    }
+    if (problems.length > 0) {
+      throw invalid(
+        `device(s) not registered in fleet ${fleetName}: ${problems.join('; ')}; a SELECTION stage deploys ` +
+          `only to devices of the plan's fleet: register them in ${fleetName} first, or fix the names`,
+        { fleet: fleetName, unknownDevices },
+      );
+    }
   }
 
   private async insertStages(
