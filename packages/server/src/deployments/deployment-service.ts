@@ -224,13 +224,44 @@ export class DeploymentService implements DevicePackageAccess {
     return this.describePlan(planName);
   }
 
-  /** Starts a stage (StartEdgeDeploymentStage): snapshots the devices it targets. */
-  async startStage(planName: string, stageName: string): Promise<PlanView> {
+  /**
+   * Starts a stage (StartEdgeDeploymentStage): snapshots the devices it targets. When an earlier stage of the
+   * plan FAILED, only with `force` (a canary exists to stop the rollout); the SageMaker facade forces, as AWS
+   * does not refuse.
+   */
+  async startStage(
+    planName: string,
+    stageName: string,
+    options: { force: boolean } = { force: false },
+  ): Promise<PlanView> {
     const at = this.now();
     await this.db.transaction().execute(async (trx) => {
-      await this.stageRow(trx, planName, stageName);
+      const stage = await this.stageRow(trx, planName, stageName);
+      const failed = await trx
+        .selectFrom('deployment_stages')
+        .select(['name', 'status_message'])
+        .where('plan_name', '=', planName)
+        .where('position', '<', stage.position)
+        .where('status', '=', 'FAILED')
+        .orderBy('position')
+        .execute();
+      if (failed.length > 0 && !options.force) {
+        const first = failed[0]!;
+        throw conflict(
+          `stage ${first.name} of plan ${planName} FAILED` +
+            (first.status_message !== null ? ` (${first.status_message})` : '') +
+            `; stage ${stageName} comes after it and was not started. Look at why it failed ` +
+            `(edgefleet deployment devices ${planName} ${first.name}); to start ${stageName} anyway, ` +
+            'force it (force: true, edgefleet deployment start-stage --force)',
+          { plan: planName, stage: stageName, failedStages: failed.map((s) => s.name) },
+        );
+      }
+      const reason =
+        failed.length > 0
+          ? `started by an operator, forced although stage(s) ${failed.map((s) => s.name).join(', ')} FAILED`
+          : 'started by an operator';
       try {
-        await startStage(trx, planName, stageName, at, 'started by an operator');
+        await startStage(trx, planName, stageName, at, reason);
       } catch (error) {
         // Two stages of one plan started at the same moment can pick the same device; one of them waits.
         if (isUniqueViolation(error)) {

@@ -182,4 +182,49 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
       expect((await plan('empty-canary')).stages[1]).toMatchObject({ status: 'INPROGRESS' });
     },
   );
+  it.skipIf(!fixture.available)(
+    'refuses to start a stage after an earlier one FAILED, naming it, unless forced',
+    async () => {
+      expect(
+        (
+          await createPlan('after-fail', [selection('canary', ['cam-01']), selection('rest', ['cam-02'])], {
+            maxRetries: 0,
+          })
+        ).status,
+      ).toBe(201);
+      expect((await admin('POST', '/api/v1/deployment-plans/after-fail/stages/canary/start')).status).toBe(
+        200,
+      );
+      // The device takes the deployment, then reports its failure.
+      await t.server.services.deployments.deploymentsFor({ deviceName: 'cam-01', fleetName: 'fa' });
+      await report('after-fail', 'cam-01', 'FAIL');
+      expect((await plan('after-fail')).stages[0]).toMatchObject({ status: 'FAILED', failedCount: 1 });
+
+      for (const body of [undefined, {}, { force: false }]) {
+        const refused = await admin('POST', '/api/v1/deployment-plans/after-fail/stages/rest/start', body);
+        expect(refused.status).toBe(409);
+        expect(refused.body.message).toBe(
+          'stage canary of plan after-fail FAILED (1 of 1 device(s) failed); stage rest comes after it and ' +
+            'was not started. Look at why it failed (edgefleet deployment devices after-fail canary); to ' +
+            'start rest anyway, force it (force: true, edgefleet deployment start-stage --force)',
+        );
+      }
+      expect((await plan('after-fail')).stages[1]).toMatchObject({ status: 'READYTODEPLOY' });
+      const bad = await admin('POST', '/api/v1/deployment-plans/after-fail/stages/rest/start', {
+        force: 'yes',
+      });
+      expect(bad.status).toBe(400);
+
+      const forced = await admin('POST', '/api/v1/deployment-plans/after-fail/stages/rest/start', {
+        force: true,
+      });
+      expect(forced.status).toBe(200);
+      expect(forced.body.stages[1]).toMatchObject({ status: 'INPROGRESS', pendingCount: 1 });
+      expect((await events('after-fail')).filter((e) => e.kind === 'StageStarted').at(-1)).toMatchObject({
+        stageName: 'rest',
+        message:
+          'stage started (started by an operator, forced although stage(s) canary FAILED); it targets 1 device(s)',
+      });
+    },
+  );
 });
