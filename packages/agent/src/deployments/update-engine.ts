@@ -94,6 +94,8 @@ const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set([
   'WarmingUp',
 ]);
 const LOCK_POLL_MS = 500;
+/** Why a healthy model goes back: another model of its ROLLBACK_ON_FAILURE deployment failed. */
+const ROLLED_BACK_WITH_DEPLOYMENT = 'rolled back with the deployment (ROLLBACK_ON_FAILURE)';
 
 /**
  * The crash-safe update engine: applies GetDeployments answers to the model registry through the persisted
@@ -198,6 +200,7 @@ export class UpdateEngine {
         ...(FINAL_STATES.has(state(row)) && {
           Status: state(row) === 'Committed' ? ('SUCCESS' as const) : ('FAIL' as const),
         }),
+        ...(FAILED_STATES.has(state(row)) && { FailedAfterSwitch: failedAfterSwitch(row) }),
         ...(row.reason !== null && { StatusReason: truncate(row.reason) }),
         ...(row.rollbackFailureReason !== null && {
           RollbackFailureReason: truncate(row.rollbackFailureReason),
@@ -345,7 +348,7 @@ export class UpdateEngine {
     const failed = rows.filter((row) => FAILED_STATES.has(state(row)));
     const healthy = rows.filter((row) => state(row) === 'HealthCheck');
     if (failed.length > 0 && policy === 'ROLLBACK_ON_FAILURE') {
-      const why = `rolled back with the deployment (ROLLBACK_ON_FAILURE): ${failed.map((row) => `${row.handle} failed`).join(', ')}`;
+      const why = `${ROLLED_BACK_WITH_DEPLOYMENT}: ${failed.map((row) => `${row.handle} failed`).join(', ')}`;
       for (const row of healthy) await this.#rollBack(row, why);
     } else if (healthy.length > 0) {
       const now = this.#now();
@@ -688,6 +691,17 @@ export class UpdateEngine {
   #sleep(ms: number): Promise<void> {
     return sleepUnlessAborted(ms, this.#abort.signal);
   }
+}
+
+/**
+ * Whether a failed model's own new version served and failed (health window, crash loop, a failure after
+ * its switch), or could not be rolled back: the server then does not retry, which would switch the failing
+ * version in again. A model that failed before its switch (the old version kept serving), or a healthy one
+ * rolled back only because another model of the deployment failed, is not.
+ */
+function failedAfterSwitch(row: DeploymentModelRow): boolean {
+  if (row.rollbackFailureReason !== null) return true;
+  return state(row) === 'RolledBack' && !(row.reason ?? '').startsWith(ROLLED_BACK_WITH_DEPLOYMENT);
 }
 
 function state(row: DeploymentModelRow): DeploymentState {
