@@ -115,6 +115,11 @@ describe('edgefleet device', () => {
     const table = await ef('device', 'list', '--fleet', 'plant');
     expect(table.stdout).toMatch(/^press-1\s+plant\s+offline\s+-\s+-\s+-$/m);
     expect((await json('device', 'list', '--tag', 'line=a', '--name-contains', '2')).devices).toHaveLength(1);
+    // A fleet that does not exist is not an empty fleet: the server's 404, exit 1.
+    const typo = await ef('device', 'list', '--fleet', 'plant-x');
+    expect(typo.code).toBe(1);
+    expect(typo.stdout).toBe('');
+    expect(typo.stderr).toMatch(/^edgefleet: fleet plant-x does not exist/);
 
     const described = await json('device', 'describe', 'press-1');
     expect(described).toMatchObject({

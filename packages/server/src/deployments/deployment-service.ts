@@ -477,8 +477,16 @@ export class DeploymentService implements DevicePackageAccess {
     };
   }
 
-  /** Plans in name order (ListEdgeDeploymentPlans), optionally of one fleet. */
+  /** Plans in name order (ListEdgeDeploymentPlans), optionally of one fleet (a 404 when it does not exist). */
   async listPlans(query: { limit: number; after?: string; fleetName?: string }): Promise<PlanView[]> {
+    if (query.fleetName !== undefined) {
+      const fleet = await this.db
+        .selectFrom('fleets')
+        .select('name')
+        .where('name', '=', query.fleetName)
+        .executeTakeFirst();
+      if (fleet === undefined) throw notFound(`fleet ${query.fleetName}`, { fleet: query.fleetName });
+    }
     let rows = this.db.selectFrom('deployment_plans').select('name').orderBy('name').limit(query.limit);
     if (query.after !== undefined) rows = rows.where('name', '>', query.after);
     if (query.fleetName !== undefined) rows = rows.where('fleet_name', '=', query.fleetName);

@@ -62,6 +62,7 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     auth: 'read',
     tag: 'deployments',
     summary: 'List deployment plans in name order (ListEdgeDeploymentPlans)',
+    description: '404 when `fleetName` names no fleet (a typo must not look like a fleet without plans).',
     query: pageQuerySchema.extend({ fleetName: fleetNameSchema.optional() }),
     response: z.object({ plans: z.array(planViewSchema), nextToken: z.string().optional() }),
     handler: async ({ query }) => {

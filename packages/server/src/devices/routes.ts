@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
+import type { FleetStore } from '../fleets/index.js';
 import {
   deviceListQuerySchema,
   deviceSchema,
@@ -73,7 +74,11 @@ export function deviceView(device: DeviceRecord, identity: DeviceIdentity): Devi
 
 const deviceParams = z.object({ device: deviceNameSchema });
 
-export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async (app, { devices }) => {
+export const deviceRoutes: FastifyPluginAsync<{
+  devices: DeviceStore;
+  /** A fleet filter naming no fleet is a 404, not an empty list a typo would hide behind. */
+  fleets: Pick<FleetStore, 'get'>;
+}> = async (app, { devices, fleets }) => {
   const describe = async (name: string) => {
     const device = await devices.get(name);
     return deviceView(device, await devices.identity(device));
@@ -102,11 +107,13 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
     tag: 'devices',
     summary:
       'List devices sorted by name, last heartbeat or registration time, filtered by fleet, tags, name, online status, model',
+    description: '404 when `fleet` names no fleet (a typo must not look like an empty fleet).',
     query: pageQuerySchema.extend(deviceListQuerySchema.shape),
     response: z.object({ devices: z.array(deviceSummarySchema), nextToken: z.string().optional() }),
     handler: async ({ query }) => {
       // A token names the order it was taken in, so it cannot continue a listing sorted another way.
       const listing = `devices by ${query.sortBy} ${query.sortOrder}`;
+      if (query.fleet !== undefined) await fleets.get(query.fleet);
       const after = decodeDevicePosition(listing, query.sortBy, query.nextToken);
       const rows = await devices.list({
         limit: query.limit + 1,
