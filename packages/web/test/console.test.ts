@@ -7,7 +7,7 @@
 import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createModelPackage, writeTestModel } from '@edgefleet/core';
+import { createModelPackage, packModelPackage, writeTestModel } from '@edgefleet/core';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -241,7 +241,24 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(await page.evaluate('window.__injected')).toBeUndefined();
     await page.getByRole('button', { name: 'mlp' }).click();
     await page.getByRole('article', { name: 'Version 2.0' }).getByText('FLOAT32').first().waitFor();
+    expect(await page.getByTestId('upload-warning').count()).toBe(0);
     await screenshot(page, 'models');
+
+    // An unsigned package: uploaded, with the server's warning that its devices will refuse it.
+    const unsignedPackage = await createModelPackage({
+      modelPath: join(work, 'model', 'mlp.onnx'),
+      name: 'mlp-unsigned',
+      version: '1',
+      outDir: join(work, 'mlp-unsigned'),
+    });
+    await packModelPackage(unsignedPackage.dir, join(work, 'mlp-unsigned.tar.gz'));
+    await upload.getByLabel('Model name').fill('mlp-unsigned');
+    await upload.getByLabel('Version').fill('1');
+    await upload.getByLabel('File').setInputFiles(join(work, 'mlp-unsigned.tar.gz'));
+    await upload.getByRole('button', { name: 'Upload' }).click();
+    await expect
+      .poll(() => page.getByTestId('upload-warning').textContent())
+      .toMatch(/^Uploaded, but: package mlp-unsigned 1 is not signed: devices enrolled by this server/);
 
     // The CSP blocks an injected inline script.
     const blocked = await page.evaluate(`new Promise((resolve) => {

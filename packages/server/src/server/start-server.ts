@@ -277,6 +277,7 @@ export async function startServer(
       blobs,
       workDir,
       maxUploadBytes: config.uploads.maxModelBytes,
+      deviceTrustRootPem: signing.rootCertificatePem,
     });
     const packagingJobs = new PackagingJobStore(database.db, models);
     const s3Objects = new S3Objects(s3ConnectionOf(config));
