@@ -3,7 +3,7 @@
  * not in the plan's fleet is refused; a stage that deployed no device never auto-advances; the next stage
  * after a FAILED one starts only when forced.
  */
-import type { DeploymentResultInput } from '@edgefleet/core';
+import type { DeploymentResult } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { databaseEngines } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
@@ -35,7 +35,7 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
     deviceSelection: { subsetType: 'SELECTION', deviceNames },
   });
   const report = async (planName: string, deviceName: string, status: 'SUCCESS' | 'FAIL') => {
-    const result: DeploymentResultInput = {
+    const result: DeploymentResult = {
       DeploymentName: planName,
       DeploymentStatus: status,
       DeploymentModels: [
