@@ -3,7 +3,6 @@ import { z } from 'zod';
 import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
-import type { FleetStore } from '../fleets/index.js';
 import {
   deviceListQuerySchema,
   deviceSchema,
@@ -76,8 +75,11 @@ const deviceParams = z.object({ device: deviceNameSchema });
 
 export const deviceRoutes: FastifyPluginAsync<{
   devices: DeviceStore;
-  /** A fleet filter naming no fleet is a 404, not an empty list a typo would hide behind. */
-  fleets: Pick<FleetStore, 'get'>;
+  /**
+   * A fleet filter naming no fleet is a 404, not an empty list a typo would hide behind. (FleetStore's `get`,
+   * typed here by its shape: the fleets module depends on this one.)
+   */
+  fleets: { get(name: string): Promise<unknown> };
 }> = async (app, { devices, fleets }) => {
   const describe = async (name: string) => {
     const device = await devices.get(name);
