@@ -7,7 +7,7 @@
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createModelPackage, writeTestModel } from '@edgefleet/core';
+import { createModelPackage, OnnxModelBuilder, packModelPackage, writeTestModel } from '@edgefleet/core';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -253,7 +253,24 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(await page.evaluate('window.__injected')).toBeUndefined();
     await page.getByRole('button', { name: 'mlp' }).click();
     await page.getByRole('article', { name: 'Version 2.0' }).getByText('FLOAT32').first().waitFor();
+    expect(await page.getByTestId('upload-warning').count()).toBe(0);
     await screenshot(page, 'models');
+
+    // An unsigned package: uploaded, with the server's warning that its devices will refuse it.
+    const unsignedPackage = await createModelPackage({
+      modelPath: join(work, 'model', 'mlp.onnx'),
+      name: 'mlp-unsigned',
+      version: '1',
+      outDir: join(work, 'mlp-unsigned'),
+    });
+    await packModelPackage(unsignedPackage.dir, join(work, 'mlp-unsigned.tar.gz'));
+    await upload.getByLabel('Model name').fill('mlp-unsigned');
+    await upload.getByLabel('Version').fill('1');
+    await upload.getByLabel('File').setInputFiles(join(work, 'mlp-unsigned.tar.gz'));
+    await upload.getByRole('button', { name: 'Upload' }).click();
+    await expect
+      .poll(() => page.getByTestId('upload-warning').textContent())
+      .toMatch(/^Uploaded, but: package mlp-unsigned 1 is not signed: devices enrolled by this server/);
 
     // The CSP blocks an injected inline script.
     const blocked = await page.evaluate(`new Promise((resolve) => {
@@ -518,6 +535,75 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await cancelledEvent.getByText(/stage offline: cancelled by an operator/).waitFor();
     await page.getByRole('link', { name: 'Overview' }).click();
     await page.getByText('No rollout under way.').waitFor();
+
+    // A canary that FAILED (unit-1 cannot load a model with an operator ONNX Runtime lacks): Start on the next
+    // stage names the failed stage and asks; dismissed, nothing starts; confirmed, it starts (forced).
+    const unloadable = join(work, 'unloadable.onnx');
+    await writeFile(
+      unloadable,
+      new OnnxModelBuilder({ graphName: 'unloadable' })
+        .input('features', 'FLOAT32', ['batch', 4])
+        .node('NoSuchOperator', ['features'], ['probabilities'])
+        .output('probabilities', 'FLOAT32', ['batch', 3])
+        .build(),
+    );
+    const unloadablePackage = await createModelPackage({
+      modelPath: unloadable,
+      name: 'unloadable',
+      version: '1',
+      outDir: join(work, 'unloadable'),
+    });
+    await packModelPackage(unloadablePackage.dir, join(work, 'unloadable.tar.gz'));
+    const uploaded = await fetch(`${plane.operatorUrl}/api/v1/models/unloadable/versions/1`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${plane.adminToken}`, 'content-type': 'application/gzip' },
+      body: await readFile(join(work, 'unloadable.tar.gz')),
+    });
+    expect(uploaded.status).toBe(201);
+    const afterFail = await api('POST', '/api/v1/deployment-plans', plane.adminToken, {
+      name: 'after-fail',
+      fleetName: 'depot',
+      modelConfigs: [{ modelHandle: 'refused', modelName: 'unloadable', modelVersion: '1' }],
+      stages: [
+        { name: 'canary', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['unit-1'] } },
+        { name: 'rest', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['unit-2'] } },
+      ],
+      options: { maxRetries: 0 },
+    });
+    expect(afterFail.status).toBe(201);
+    expect(
+      (await api('POST', '/api/v1/deployment-plans/after-fail/stages/canary/start', plane.adminToken)).status,
+    ).toBe(200);
+    const stageStatuses = async () =>
+      (await api('GET', '/api/v1/deployment-plans/after-fail', plane.adminToken)).body.stages.map(
+        (s: { status: string }) => s.status,
+      );
+    await expect.poll(stageStatuses, { timeout: 60_000 }).toEqual(['FAILED', 'READYTODEPLOY']);
+    await page.goto(`${plane.operatorUrl}/#/deployments/after-fail`);
+    const dialogs: string[] = [];
+    // This page's default handler accepts every dialog; this one is answered by hand.
+    page.removeAllListeners('dialog');
+    page.once('dialog', (dialog) => {
+      dialogs.push(dialog.message());
+      void dialog.dismiss();
+    });
+    await page.getByRole('button', { name: 'Start stage rest' }).click();
+    await expect.poll(() => dialogs.length).toBe(1);
+    expect(dialogs[0]).toMatch(
+      /^Stage canary FAILED \(1 of 1 device\(s\) failed\)\.\nStart stage rest anyway\?$/,
+    );
+    expect(await stageStatuses()).toEqual(['FAILED', 'READYTODEPLOY']);
+    page.once('dialog', (dialog) => void dialog.accept());
+    await page.getByRole('button', { name: 'Start stage rest' }).click();
+    await page
+      .getByRole('region', { name: 'Stage rest' })
+      .getByTestId('stage-status')
+      .getByText('INPROGRESS')
+      .waitFor();
+    expect(await stageStatuses()).toEqual(['FAILED', 'INPROGRESS']);
+    expect(
+      (await api('POST', '/api/v1/deployment-plans/after-fail/stages/rest/stop', plane.adminToken)).status,
+    ).toBe(200);
     await context.close();
   });
 

@@ -118,6 +118,9 @@ const LOCK_POLL_MS = 500;
 /** Final results sent on their own that the next heartbeats repeat (so the server's device record has them too). */
 const MAX_ECHOES = 16;
 
+/** Why a healthy model goes back: another model of its ROLLBACK_ON_FAILURE deployment failed. */
+const ROLLED_BACK_WITH_DEPLOYMENT = 'rolled back with the deployment (ROLLBACK_ON_FAILURE)';
+
 /**
  * The crash-safe update engine: applies GetDeployments answers to the model registry through the persisted
  * state machine of deployment-state.ts (one row per model handle in the local database). One pass at a time:
@@ -275,6 +278,7 @@ export class UpdateEngine {
         ...(FINAL_STATES.has(state(row)) && {
           Status: state(row) === 'Committed' ? ('SUCCESS' as const) : ('FAIL' as const),
         }),
+        ...(FAILED_STATES.has(state(row)) && { FailedAfterSwitch: failedAfterSwitch(row) }),
         ...(row.reason !== null && { StatusReason: truncate(row.reason) }),
         ...(row.rollbackFailureReason !== null && {
           RollbackFailureReason: truncate(row.rollbackFailureReason),
@@ -461,7 +465,7 @@ export class UpdateEngine {
     const failed = rows.filter((row) => FAILED_STATES.has(state(row)));
     const healthy = rows.filter((row) => state(row) === 'HealthCheck');
     if (failed.length > 0 && policy === 'ROLLBACK_ON_FAILURE') {
-      const why = `rolled back with the deployment (ROLLBACK_ON_FAILURE): ${failed.map((row) => `${row.handle} failed`).join(', ')}`;
+      const why = `${ROLLED_BACK_WITH_DEPLOYMENT}: ${failed.map((row) => `${row.handle} failed`).join(', ')}`;
       for (const row of healthy) await this.#rollBack(row, why);
     } else if (healthy.length > 0) {
       const now = this.#now();
@@ -813,6 +817,17 @@ export class UpdateEngine {
 /** When a deployment's models last ended (or changed). */
 function latest(models: readonly DeploymentModelRow[]): number {
   return Math.max(...models.map((row) => row.endedAt ?? row.updatedAt));
+}
+
+/**
+ * Whether a failed model's own new version served and failed (health window, crash loop, a failure after
+ * its switch), or could not be rolled back: the server then does not retry, which would switch the failing
+ * version in again. A model that failed before its switch (the old version kept serving), or a healthy one
+ * rolled back only because another model of the deployment failed, is not.
+ */
+function failedAfterSwitch(row: DeploymentModelRow): boolean {
+  if (row.rollbackFailureReason !== null) return true;
+  return state(row) === 'RolledBack' && !(row.reason ?? '').startsWith(ROLLED_BACK_WITH_DEPLOYMENT);
 }
 
 function state(row: DeploymentModelRow): DeploymentState {

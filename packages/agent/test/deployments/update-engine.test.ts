@@ -329,7 +329,10 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
       expect(d.engine.deploymentResult()).toMatchObject({
         DeploymentName: name,
         DeploymentStatus: 'FAIL',
-        DeploymentModels: [{ Status: 'FAIL', StatusReason: expect.stringMatching(reason) }],
+        // Before the switch: the old version kept serving, so the server may retry it.
+        DeploymentModels: [
+          { Status: 'FAIL', StatusReason: expect.stringMatching(reason), FailedAfterSwitch: false },
+        ],
       });
       expect(d.registry.describe('detector').version).toBe('1.0');
       // Nothing half-installed stays: only version 1's folder, no download.
@@ -535,7 +538,8 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     expect(d.registry.describe('detector').version).toBe('1.0');
     expect(d.engine.deploymentResult()).toMatchObject({
       DeploymentStatus: 'FAIL',
-      DeploymentModels: [{ Status: 'FAIL', State: 'DEPLOY' }],
+      // It served and failed: the server must not switch it in again.
+      DeploymentModels: [{ Status: 'FAIL', State: 'DEPLOY', FailedAfterSwitch: true }],
     });
   });
 
@@ -560,6 +564,18 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
         expect(d.registry.describe('a').version).toBe('2.0');
       }
       expect(d.engine.deploymentResult()).toMatchObject({ DeploymentName: 'two', DeploymentStatus: 'FAIL' });
+      // b failed before its switch; a (healthy) went back only with it: neither failed after a switch.
+      const reported = d.engine.deploymentResult()!.DeploymentModels!;
+      expect(
+        reported.filter((m) => m.Status === 'FAIL').map((m) => [m.ModelHandle, m.FailedAfterSwitch]),
+      ).toEqual(
+        policy === 'ROLLBACK_ON_FAILURE'
+          ? expect.arrayContaining([
+              ['a', false],
+              ['b', false],
+            ])
+          : [['b', false]],
+      );
       // Registries of one pool would share its session keys: one device at a time.
       await devices.pop()!.close();
     }

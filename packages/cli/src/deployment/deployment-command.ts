@@ -404,10 +404,13 @@ export function registerDeploymentCommands(
       .command('start-stage')
       .description('start a stage: the devices it selects now are its devices')
       .argument('<plan>')
-      .argument('<stage>'),
-  ).action(async (plan: string, stage: string, opts: ConnectionFlags) => {
+      .argument('<stage>')
+      .option('--force', 'start it even though an earlier stage of the plan FAILED (refused otherwise)'),
+  ).action(async (plan: string, stage: string, opts: ConnectionFlags & { force?: boolean }) => {
     const out = output();
-    const updated = await withServer(opts, (client) => client.startDeploymentStage(plan, stage));
+    const updated = await withServer(opts, (client) =>
+      client.startDeploymentStage(plan, stage, { force: opts.force === true }),
+    );
     out.result(updated, () => [`Started stage ${stage} of ${plan}`, ...describePlan(updated)]);
   });
 

@@ -65,6 +65,7 @@ export function registerModelCommands(program: Command, output: () => Output): v
       out.result(uploaded, () => [
         `Uploaded ${uploaded.modelName} ${uploaded.version}`,
         ...describeVersion(uploaded),
+        ...(uploaded.warning !== undefined ? [`warning: ${uploaded.warning}`] : []),
       ]);
     },
   );

@@ -211,6 +211,8 @@ export const modelVersionSchema = z.looseObject({
   inputs: z.array(tensorSchema),
   outputs: z.array(tensorSchema),
   createdAt: isoTime,
+  /** Upload answers only: devices enrolled by the server will refuse this package (and why). */
+  warning: z.string().optional(),
 });
 export type ModelVersion = z.infer<typeof modelVersionSchema>;
 export const modelVersionListSchema = z.looseObject({

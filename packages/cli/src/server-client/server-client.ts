@@ -463,11 +463,13 @@ export class ServerClient {
     await this.#call('DELETE', `/api/v1/deployment-plans/${seg(name)}`, null);
   }
 
-  startDeploymentStage(plan: string, stage: string) {
+  /** `force`: start it even though an earlier stage of the plan FAILED (the server refuses otherwise). */
+  startDeploymentStage(plan: string, stage: string, options: { force?: boolean } = {}) {
     return this.#call(
       'POST',
       `/api/v1/deployment-plans/${seg(plan)}/stages/${seg(stage)}/start`,
       deploymentPlanSchema,
+      options.force === true ? { body: { force: true } } : {},
     );
   }
 

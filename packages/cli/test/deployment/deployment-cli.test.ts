@@ -134,6 +134,9 @@ describe('edgefleet deployment', () => {
 
     const listed = await json('deployment', 'list', '--fleet', 'cams');
     expect(listed.plans.map((p: { name: string }) => p.name)).toEqual(['rollout']);
+    const typo = await ef('deployment', 'list', '--fleet', 'nope');
+    expect(typo.code).toBe(1);
+    expect(typo.stderr).toMatch(/^edgefleet: fleet nope does not exist/);
     const events = await ef('deployment', 'events', 'rollout');
     expect(events.stdout).toMatch(/StageStarted[\s\S]*StageDeployed[\s\S]*StageStarted[\s\S]*StageStopped/);
     expect((await ef('deployment', 'delete', 'rollout')).code).toBe(0);

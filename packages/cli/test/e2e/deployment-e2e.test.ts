@@ -81,6 +81,19 @@ function unloadableModel(): Uint8Array {
     .build();
 }
 
+/**
+ * A model that loads and warms up but fails every request an application makes ([1, 4] features): a release
+ * that fails its health window, after its switch.
+ */
+function widerInputModel(): Uint8Array {
+  return new OnnxModelBuilder({ graphName: 'wider' })
+    .input('features', 'FLOAT32', ['batch', 5])
+    .initializer('w', 'FLOAT32', [5, 3], new Float32Array(15).fill(0.1))
+    .node('MatMul', ['features', 'w'], ['probabilities'])
+    .output('probabilities', 'FLOAT32', ['batch', 3])
+    .build();
+}
+
 describe('deployment plans to three enrolled agents (real processes)', { timeout: 300_000 }, () => {
   it('rolls out, upgrades, and handles a broken release per failure policy', async () => {
     const { plane, work } = fleet;
@@ -90,10 +103,13 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
     const mlp = await writeTestModel('mlp', join(work, 'src'));
     const broken = join(work, 'src', 'broken.onnx');
     await writeFile(broken, unloadableModel());
+    const wider = join(work, 'src', 'wider.onnx');
+    await writeFile(wider, widerInputModel());
     for (const [name, version, onnx] of [
       ['mlp', '1.0', mlp],
       ['mlp', '2.0', mlp],
       ['mlp', '3.0', broken],
+      ['mlp', '4.0', wider],
       ['aux', '1.0', mlp],
       ['aux', '2.0', mlp],
       ['aux', '3.0', mlp],
@@ -305,7 +321,16 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
       /aux: rolled back with the deployment \(ROLLBACK_ON_FAILURE\)/,
     );
 
-    await cli('deployment', 'start-stage', 'mixed', 'lenient');
+    // The canary (strict) FAILED: the next stage starts only when forced.
+    const operator = (...args: string[]) =>
+      edgefleet(...args, '--server', plane.operatorUrl, '--token', plane.adminToken);
+    const refusedStart = await operator('deployment', 'start-stage', 'mixed', 'lenient');
+    expect(refusedStart.code).toBe(1);
+    expect(refusedStart.stderr).toMatch(/stage strict of plan mixed FAILED .*--force/);
+    expect((await cli('deployment', 'describe', 'mixed')).stages[1]).toMatchObject({
+      status: 'READYTODEPLOY',
+    });
+    expect((await operator('deployment', 'start-stage', 'mixed', 'lenient', '--force')).code).toBe(0);
     const lenient = await stageReaches('mixed', 'lenient', 'FAILED');
     expect(lenient.devices[0].statusMessage ?? lenient.devices[0].reason).toMatch(/mlp.*did not load/);
     expect(await served(dev2)).toEqual({ mlp: '2.0', aux: '2.0' });
@@ -335,6 +360,56 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
     }
     const events = await cli('deployment', 'events', 'mixed');
     expect(JSON.stringify(events)).toMatch(/DeviceRolledBack/);
+
+    // A release that fails its health window (after its switch) on dev-1, while a client calls it: rolled
+    // back, and FAILED at once although a retry is left — a retry would switch it in again, a second outage.
+    const windowClient = connectAgent(`unix://${dev1.socket}`);
+    let windowFailures = 0;
+    let callingDuringWindow = true;
+    const windowCalls = (async () => {
+      while (callingDuringWindow) {
+        await windowClient
+          .call('Predict', {
+            name: 'mlp',
+            handle: 'mlp',
+            tensors: [
+              {
+                tensorMetadata: { name: Buffer.from('features'), dataType: 5, shape: [1, 4] },
+                byteData: features,
+              },
+            ],
+          })
+          .catch(() => windowFailures++);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    })();
+    await cli(
+      'deployment',
+      'create',
+      'wider',
+      '--fleet',
+      'line',
+      '--model',
+      'mlp=mlp-4-0',
+      '--stage',
+      'canary:devices=dev-1',
+      '--max-retries',
+      '1',
+    );
+    await cli('deployment', 'start-stage', 'wider', 'canary');
+    const health = await stageReaches('wider', 'canary', 'FAILED');
+    callingDuringWindow = false;
+    await windowCalls;
+    windowClient.close();
+    expect(windowFailures).toBeGreaterThan(0);
+    expect(health.devices[0]).toMatchObject({ attempts: 1 });
+    expect(health.devices[0].statusMessage).toMatch(/failed its health window.*\(not retried: /);
+    expect(await served(dev1)).toEqual({ mlp: '2.0', aux: '1.0' });
+    const windowEvents = (await cli('deployment', 'events', 'wider')).events.map(
+      (e: { kind: string }) => e.kind,
+    );
+    expect(windowEvents).not.toContain('DeviceRetried');
+    expect(windowEvents).toContain('DeviceFailed');
 
     // An uploaded package (not a packaging job) reaches the device through its own device API route.
     await cli(

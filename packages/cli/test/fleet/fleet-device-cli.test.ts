@@ -119,6 +119,11 @@ describe('edgefleet device', () => {
     expect(neverSeen.devices.map((d: { name: string }) => d.name)).toEqual(['press-1', 'press-2']);
     expect((await json('device', 'list', '--fleet', 'plant', '--status', 'online')).devices).toEqual([]);
     expect((await json('device', 'list', '--tag', 'line=a', '--name-contains', '2')).devices).toHaveLength(1);
+    // A fleet that does not exist is not an empty fleet: the server's 404, exit 1.
+    const typo = await ef('device', 'list', '--fleet', 'plant-x');
+    expect(typo.code).toBe(1);
+    expect(typo.stdout).toBe('');
+    expect(typo.stderr).toMatch(/^edgefleet: fleet plant-x does not exist/);
 
     const described = await json('device', 'describe', 'press-1');
     expect(described).toMatchObject({

@@ -114,6 +114,10 @@ describe('edgefleet model + packaging', () => {
     );
     expect(code).toBe(0);
     expect(stdout.text).toMatch(/^Uploaded iris 2\.0\n[\s\S]*uploaded as\s+package archive/);
+    // Unsigned: accepted, and the server's warning is printed (the devices it enrolls will refuse it).
+    expect(stdout.text).toMatch(
+      /^warning: package iris 2\.0 is not signed: devices enrolled by this server require a signature that leads to the server's package-signing root \(.*SHA-256 [0-9a-f]{64}\) and will refuse it/m,
+    );
     expect(stderr.text).toContain('\r\x1b[Kuploading 100% ');
 
     expect(

@@ -73,6 +73,16 @@ export const deploymentResultSchema = z.object({
         Status: deploymentModelStatusSchema.optional(),
         StatusReason: textSchema(MAX_MESSAGE_LENGTH).optional(),
         RollbackFailureReason: textSchema(MAX_MESSAGE_LENGTH).optional(),
+        // EdgeFleet's (optional, so an older agent's result still parses): the server retries only failures
+        // before the switch, where the old version kept serving.
+        FailedAfterSwitch: z
+          .boolean()
+          .optional()
+          .describe(
+            "With Status FAIL: true when this model's new version was switched in and then failed (health " +
+              'window, crash loop) or could not be rolled back; false when it failed before its switch, or ' +
+              'was rolled back only because another model of the deployment failed. Absent: not known',
+          ),
       }),
     )
     .max(MAX_MODELS_PER_HEARTBEAT)

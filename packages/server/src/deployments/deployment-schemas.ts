@@ -260,6 +260,7 @@ export const deploymentEventSchema = z.object({
     'DeviceTimedOut',
     'DeviceCancelled',
     'DeviceRolledBack',
+    'AutoAdvanceHeld',
   ]),
   message: z.string(),
   at: iso,

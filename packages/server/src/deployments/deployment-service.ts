@@ -37,6 +37,7 @@ import {
   settleStage,
   startStage,
   stopUnstartedDevices,
+  unknownSelectedDevices,
 } from './stage-progress.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -147,6 +148,7 @@ export class DeploymentService implements DevicePackageAccess {
           throw notFound(`fleet ${plan.fleetName}`, { fleet: plan.fleetName });
         throw error;
       }
+      await this.assertSelectedDevicesExist(trx, plan.fleetName, plan.stages);
       await this.insertStages(trx, plan.name, plan.stages, 0, at);
       await this.takeHandles(trx, plan.name, plan.fleetName, configs);
       await recordEvent(
@@ -215,19 +217,51 @@ export class DeploymentService implements DevicePackageAccess {
           modelConfigSchema.array().parse(JSON.parse(plan.model_configs)),
         );
       }
+      await this.assertSelectedDevicesExist(trx, plan.fleet_name, parsed);
       const last = existing[existing.length - 1]?.position ?? -1;
       await this.insertStages(trx, planName, parsed, Number(last) + 1, at);
     });
     return this.describePlan(planName);
   }
 
-  /** Starts a stage (StartEdgeDeploymentStage): snapshots the devices it targets. */
-  async startStage(planName: string, stageName: string): Promise<PlanView> {
+  /**
+   * Starts a stage (StartEdgeDeploymentStage): snapshots the devices it targets. When an earlier stage of the
+   * plan FAILED, only with `force` (a canary exists to stop the rollout); the SageMaker facade forces, as AWS
+   * does not refuse.
+   */
+  async startStage(
+    planName: string,
+    stageName: string,
+    options: { force: boolean } = { force: false },
+  ): Promise<PlanView> {
     const at = this.now();
     await this.db.transaction().execute(async (trx) => {
-      await this.stageRow(trx, planName, stageName);
+      const stage = await this.stageRow(trx, planName, stageName);
+      const failed = await trx
+        .selectFrom('deployment_stages')
+        .select(['name', 'status_message'])
+        .where('plan_name', '=', planName)
+        .where('position', '<', stage.position)
+        .where('status', '=', 'FAILED')
+        .orderBy('position')
+        .execute();
+      if (failed.length > 0 && !options.force) {
+        const first = failed[0]!;
+        throw conflict(
+          `stage ${first.name} of plan ${planName} FAILED` +
+            (first.status_message !== null ? ` (${first.status_message})` : '') +
+            `; stage ${stageName} comes after it and was not started. Look at why it failed ` +
+            `(edgefleet deployment devices ${planName} ${first.name}); to start ${stageName} anyway, ` +
+            'force it (force: true, edgefleet deployment start-stage --force)',
+          { plan: planName, stage: stageName, failedStages: failed.map((s) => s.name) },
+        );
+      }
+      const reason =
+        failed.length > 0
+          ? `started by an operator, forced although stage(s) ${failed.map((s) => s.name).join(', ')} FAILED`
+          : 'started by an operator';
       try {
-        await startStage(trx, planName, stageName, at, 'started by an operator');
+        await startStage(trx, planName, stageName, at, reason);
       } catch (error) {
         // Two stages of one plan started at the same moment can pick the same device; one of them waits.
         if (isUniqueViolation(error)) {
@@ -443,8 +477,16 @@ export class DeploymentService implements DevicePackageAccess {
     };
   }
 
-  /** Plans in name order (ListEdgeDeploymentPlans), optionally of one fleet. */
+  /** Plans in name order (ListEdgeDeploymentPlans), optionally of one fleet (a 404 when it does not exist). */
   async listPlans(query: { limit: number; after?: string; fleetName?: string }): Promise<PlanView[]> {
+    if (query.fleetName !== undefined) {
+      const fleet = await this.db
+        .selectFrom('fleets')
+        .select('name')
+        .where('name', '=', query.fleetName)
+        .executeTakeFirst();
+      if (fleet === undefined) throw notFound(`fleet ${query.fleetName}`, { fleet: query.fleetName });
+    }
     let rows = this.db.selectFrom('deployment_plans').select('name').orderBy('name').limit(query.limit);
     if (query.after !== undefined) rows = rows.where('name', '>', query.after);
     if (query.fleetName !== undefined) rows = rows.where('fleet_name', '=', query.fleetName);
@@ -638,6 +680,44 @@ export class DeploymentService implements DevicePackageAccess {
     return plans.some((plan) =>
       modelConfigSchema.array().parse(JSON.parse(plan.model_configs)).some(matches),
     );
+  }
+
+  /**
+   * A SELECTION stage names devices of the plan's fleet: a name that is not one (a typo, a device of another
+   * fleet) is a 400 naming each such device, and the fleet any of them is registered in instead.
+   */
+  private async assertSelectedDevicesExist(
+    trx: Transaction<DatabaseSchema>,
+    fleetName: string,
+    stages: ReturnType<typeof stageInputSchema.parse>[],
+  ): Promise<void> {
+    const problems: string[] = [];
+    const unknownDevices: Record<string, string[]> = {};
+    for (const stage of stages) {
+      const unknown = await unknownSelectedDevices(trx, fleetName, stage.deviceSelection);
+      if (unknown.length === 0) continue;
+      const elsewhere = new Map(
+        (
+          await trx
+            .selectFrom('devices')
+            .select(['name', 'fleet_name'])
+            .where('name', 'in', unknown)
+            .execute()
+        ).map((d) => [d.name, d.fleet_name]),
+      );
+      const named = unknown.map((name) =>
+        elsewhere.has(name) ? `${name} (in fleet ${elsewhere.get(name)})` : name,
+      );
+      problems.push(`stage ${stage.name} names ${named.join(', ')}`);
+      unknownDevices[stage.name] = unknown;
+    }
+    if (problems.length > 0) {
+      throw invalid(
+        `device(s) not registered in fleet ${fleetName}: ${problems.join('; ')}; a SELECTION stage deploys ` +
+          `only to devices of the plan's fleet: register them in ${fleetName} first, or fix the names`,
+        { fleet: fleetName, unknownDevices },
+      );
+    }
   }
 
   private async insertStages(

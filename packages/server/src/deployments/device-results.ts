@@ -1,6 +1,6 @@
 /**
  * What a device's DeploymentResult means for its target row: success, failure (then a retry while attempts
- * remain, else FAILED), or still under way. Heartbeats repeat the last result; a result identical to the
+ * remain and the failure came before the switch, else FAILED), or still under way. Heartbeats repeat the last result; a result identical to the
  * one applied before (same digest) changes nothing, so a failure is counted once per attempt.
  */
 import { createHash } from 'node:crypto';
@@ -19,7 +19,16 @@ export interface ReportedResult {
 
 export type ResultOutcome =
   | { kind: 'success'; message: string | null }
-  | { kind: 'failure'; message: string }
+  | {
+      kind: 'failure';
+      message: string;
+      /**
+       * A model's new version was switched in and failed (the agent's FailedAfterSwitch): final, never
+       * retried, since a retry would switch the failing version in again. False when the device does not say
+       * (an older agent): retried as any failure.
+       */
+      afterSwitch: boolean;
+    }
   | { kind: 'progress'; message: string | null };
 
 const SUCCESS_STATUSES = new Set(['SUCCESS', 'SUCCEEDED', 'DEPLOYED', 'COMPLETED', 'COMMITTED']);
@@ -47,7 +56,11 @@ export function classifyResult(result: DeploymentResult): ResultOutcome {
     // The device's message may already name each failed model (the agent's does): say each reason once.
     const overall = result.DeploymentStatusMessage ?? '';
     const message = [overall, ...reasons.filter((r) => !overall.includes(r))].filter(Boolean).join('; ');
-    return { kind: 'failure', message: message || `the device reported ${status || 'FAIL'}` };
+    return {
+      kind: 'failure',
+      message: message || `the device reported ${status || 'FAIL'}`,
+      afterSwitch: failed.some((m) => m.FailedAfterSwitch === true),
+    };
   }
   const allSucceeded = models.length > 0 && models.every((m) => m.Status === 'SUCCESS');
   if (SUCCESS_STATUSES.has(status) || (status === '' && allSucceeded)) {
@@ -161,7 +174,7 @@ export async function applyResults(
       // (A failure for a device not holding the deployment now is an old attempt's: its retry is pending.)
       const options = await planOptions(trx, row.plan_name);
       const retriesLeft = options.maxRetries + 1 - Number(row.attempts);
-      if (retriesLeft > 0 && row.stage_status === 'INPROGRESS') {
+      if (retriesLeft > 0 && row.stage_status === 'INPROGRESS' && !outcome.afterSwitch) {
         const message = `attempt ${row.attempts} failed: ${outcome.message}; retrying (${retriesLeft} attempt(s) left)`;
         const retried = await updated(
           where
@@ -171,11 +184,16 @@ export async function applyResults(
         if (!retried) continue;
         await recordEvent(trx, { ...device, kind: 'DeviceRetried', message }, at);
       } else {
+        const message =
+          outcome.afterSwitch && retriesLeft > 0
+            ? `${outcome.message} (not retried: the new version failed after its switch, and a retry would ` +
+              'switch it in again)'
+            : outcome.message;
         const failed = await updated(
           where
             .set({
               status: 'FAILED',
-              status_message: outcome.message,
+              status_message: message,
               result_digest: digest,
               ended_at: at,
               updated_at: at,
@@ -183,7 +201,7 @@ export async function applyResults(
             .execute(),
         );
         if (!failed) continue;
-        await recordEvent(trx, { ...device, kind: 'DeviceFailed', message: outcome.message }, at);
+        await recordEvent(trx, { ...device, kind: 'DeviceFailed', message }, at);
         if (row.failure_policy === 'ROLLBACK_ON_FAILURE') {
           await recordEvent(
             trx,

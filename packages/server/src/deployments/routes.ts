@@ -32,6 +32,9 @@ import type { DeploymentService } from './deployment-service.js';
 const planParams = z.object({ plan: entityNameSchema });
 const stageParams = planParams.extend({ stage: entityNameSchema });
 const deviceParams = planParams.extend({ device: deviceNameSchema });
+const startStageBodySchema = z.strictObject({
+  force: z.boolean().default(false).describe('Start it even though an earlier stage of the plan FAILED'),
+});
 
 /** Operator routes: plans, stages, stage devices and events (SageMaker's deployment plan operations). */
 export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentService }> = async (
@@ -59,6 +62,7 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     auth: 'read',
     tag: 'deployments',
     summary: 'List deployment plans in name order (ListEdgeDeploymentPlans)',
+    description: '404 when `fleetName` names no fleet (a typo must not look like a fleet without plans).',
     query: pageQuerySchema.extend({ fleetName: fleetNameSchema.optional() }),
     response: z.object({ plans: z.array(planViewSchema), nextToken: z.string().optional() }),
     handler: async ({ query }) => {
@@ -129,9 +133,15 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     auth: 'admin',
     tag: 'deployments',
     summary: 'Start a stage (StartEdgeDeploymentStage): the devices it selects now are its devices',
+    description:
+      '409 naming the stage when an earlier stage of the plan FAILED (a canary exists to stop the rollout), ' +
+      'unless the body says force: true.',
     params: stageParams,
+    // No body (as the CLI sent before --force) reads as null: not forced.
+    body: startStageBodySchema.nullish(),
     response: planViewSchema,
-    handler: async ({ params }) => deployments.startStage(params.plan, params.stage),
+    handler: async ({ params, body }) =>
+      deployments.startStage(params.plan, params.stage, { force: body?.force ?? false }),
   });
 
   defineRoute(app, {

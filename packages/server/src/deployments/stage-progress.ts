@@ -13,6 +13,7 @@ import {
   storedDeviceSelectionSchema,
   planOptionsSchema,
   type DeploymentEventKind,
+  type DeviceSelection,
   type PlanOptions,
   type StageStatus,
 } from './deployment-schemas.js';
@@ -55,6 +56,23 @@ export async function recordEvent(
       at,
     })
     .execute();
+}
+
+/** Records the event unless the same one (plan, stage, kind, message) was recorded before: settling repeats. */
+async function recordEventOnce(
+  db: Executor,
+  event: { plan: string; stage: string; kind: DeploymentEventKind; message: string },
+  at: number,
+): Promise<void> {
+  const earlier = await db
+    .selectFrom('deployment_events')
+    .select('id')
+    .where('plan_name', '=', event.plan)
+    .where('stage_name', '=', event.stage)
+    .where('kind', '=', event.kind)
+    .where('message', '=', event.message)
+    .executeTakeFirst();
+  if (earlier === undefined) await recordEvent(db, event, at);
 }
 
 export async function planOptions(db: Executor, planName: string): Promise<PlanOptions> {
@@ -100,6 +118,22 @@ export async function stageCounts(db: Executor, planName: string, stageName: str
 }
 
 /**
+ * The names a SELECTION stage gives that are not devices of the fleet now (none for the other subset types,
+ * whose rules may rightly select nothing). A name the operator spelled out must exist: a typo would otherwise
+ * make a stage that deploys to nobody and "succeeds".
+ */
+export async function unknownSelectedDevices(
+  db: Executor,
+  fleetName: string,
+  selection: DeviceSelection,
+): Promise<string[]> {
+  if (selection.subsetType !== 'SELECTION') return [];
+  const names = [...new Set(selection.deviceNames ?? [])];
+  const found = new Set((await selectableDevices(db, fleetName, names)).map((d) => d.name));
+  return names.filter((name) => !found.has(name));
+}
+
+/**
  * Starts a READYTODEPLOY stage: marks it INPROGRESS and writes its snapshot, the devices it targets, chosen
  * from the fleet's devices now (devices registered later are not added; see device-selection.ts). Earlier
  * stages must have been started first, so percentages are taken in order.
@@ -119,6 +153,21 @@ export async function startStage(
     .execute();
   const stage = stages.find((s) => s.name === stageName);
   if (stage === undefined) throw conflict(`stage ${stageName} of plan ${planName} does not exist`);
+  const plan = await trx
+    .selectFrom('deployment_plans')
+    .select('fleet_name')
+    .where('name', '=', planName)
+    .executeTakeFirstOrThrow();
+  const selection = storedDeviceSelectionSchema.parse(JSON.parse(stage.selection));
+  // Checked when the stage was added; a named device deregistered since then is refused here, not skipped.
+  const unknown = await unknownSelectedDevices(trx, plan.fleet_name, selection);
+  if (unknown.length > 0) {
+    throw conflict(
+      `stage ${stageName} of plan ${planName} names device(s) no longer registered in fleet ` +
+        `${plan.fleet_name}: ${unknown.join(', ')}; delete the stage and add it again with devices that exist`,
+      { plan: planName, stage: stageName, fleet: plan.fleet_name, unknownDevices: unknown },
+    );
+  }
   const waiting = stages.find((s) => s.position < stage.position && s.status === 'READYTODEPLOY');
   if (waiting !== undefined) {
     throw conflict(
@@ -140,17 +189,11 @@ export async function startStage(
       { plan: planName, stage: stageName, status: stage.status },
     );
   }
-  const plan = await trx
-    .selectFrom('deployment_plans')
-    .select('fleet_name')
-    .where('name', '=', planName)
-    .executeTakeFirstOrThrow();
   const taken = await trx
     .selectFrom('deployment_targets')
     .select('device_name')
     .where('plan_name', '=', planName)
     .execute();
-  const selection = storedDeviceSelectionSchema.parse(JSON.parse(stage.selection));
   const names = selection.subsetType === 'SELECTION' ? selection.deviceNames : undefined;
   const fleet = await selectableDevices(trx, plan.fleet_name, names);
   const chosen = selectDevices(planName, selection, fleet, new Set(taken.map((t) => t.device_name)));
@@ -298,20 +341,48 @@ export async function settleStage(
   ) {
     const next = await trx
       .selectFrom('deployment_stages')
-      .select(['name', 'status'])
+      .select(['name', 'status', 'selection'])
       .where('plan_name', '=', planName)
       .where('position', '>', stage.position)
       .orderBy('position')
       .executeTakeFirst();
     if (next?.status === 'READYTODEPLOY') {
-      await startStage(
+      const plan = await trx
+        .selectFrom('deployment_plans')
+        .select('fleet_name')
+        .where('name', '=', planName)
+        .executeTakeFirstOrThrow();
+      const unknown = await unknownSelectedDevices(
         trx,
-        planName,
-        next.name,
-        now,
-        `auto-advance: ${counts.DEPLOYED} of ${counts.total} device(s) of stage ${stageName} deployed`,
+        plan.fleet_name,
+        storedDeviceSelectionSchema.parse(JSON.parse(next.selection)),
       );
-      await settleStage(trx, planName, next.name, now);
+      // A stage that deployed no device proved nothing (0 of 0 would count as every device): auto-advance
+      // waits for an operator, as it does for a next stage that names devices no longer in the fleet.
+      const held =
+        counts.DEPLOYED === 0
+          ? `auto-advance does not start stage ${next.name}: stage ${stageName} deployed no device (it ` +
+            'selected none); start the next stage by hand'
+          : unknown.length > 0
+            ? `auto-advance does not start stage ${next.name}: it names device(s) no longer registered in ` +
+              `fleet ${plan.fleet_name}: ${unknown.join(', ')}`
+            : undefined;
+      if (held !== undefined) {
+        await recordEventOnce(
+          trx,
+          { plan: planName, stage: stageName, kind: 'AutoAdvanceHeld', message: held },
+          now,
+        );
+      } else {
+        await startStage(
+          trx,
+          planName,
+          next.name,
+          now,
+          `auto-advance: ${counts.DEPLOYED} of ${counts.total} device(s) of stage ${stageName} deployed`,
+        );
+        await settleStage(trx, planName, next.name, now);
+      }
     }
   }
   await releaseFinishedPlan(trx, planName);

@@ -74,7 +74,14 @@ export function deviceView(device: DeviceRecord, identity: DeviceIdentity): Devi
 
 const deviceParams = z.object({ device: deviceNameSchema });
 
-export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async (app, { devices }) => {
+export const deviceRoutes: FastifyPluginAsync<{
+  devices: DeviceStore;
+  /**
+   * A fleet filter naming no fleet is a 404, not an empty list a typo would hide behind. (FleetStore's `get`,
+   * typed here by its shape: the fleets module depends on this one.)
+   */
+  fleets: { get(name: string): Promise<unknown> };
+}> = async (app, { devices, fleets }) => {
   const describe = async (name: string) => {
     const device = await devices.get(name);
     return deviceView(device, await devices.identity(device));
@@ -103,11 +110,13 @@ export const deviceRoutes: FastifyPluginAsync<{ devices: DeviceStore }> = async 
     tag: 'devices',
     summary:
       'List devices sorted by name, last heartbeat or registration time, filtered by fleet, tags, name, online status, model',
+    description: '404 when `fleet` names no fleet (a typo must not look like an empty fleet).',
     query: pageQuerySchema.extend(deviceListQuerySchema.shape),
     response: z.object({ devices: z.array(deviceSummarySchema), nextToken: z.string().optional() }),
     handler: async ({ query }) => {
       // A token names the order it was taken in, so it cannot continue a listing sorted another way.
       const listing = `devices by ${query.sortBy} ${query.sortOrder}`;
+      if (query.fleet !== undefined) await fleets.get(query.fleet);
       const after = decodeDevicePosition(listing, query.sortBy, query.nextToken);
       const rows = await devices.list({
         limit: query.limit + 1,

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -7,7 +7,9 @@ import type { Readable } from 'node:stream';
 import {
   extractPackageArchive,
   openModelPackage,
+  PackageVerificationError,
   readOnnxModelInfo,
+  UnsupportedFileError,
   type TensorMetadata,
 } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
@@ -48,7 +50,19 @@ export interface ModelStoreOptions {
   /** Where uploads are spooled and inspected. */
   workDir: string;
   maxUploadBytes: number;
+  /**
+   * The server's package-signing root certificate: what devices enrolled by this server trust. An uploaded
+   * package whose signature does not lead to it is still accepted (an operator may give devices their own
+   * root too), with a warning in the answer.
+   */
+  deviceTrustRootPem?: string;
   now?: () => number;
+}
+
+/** An upload the server accepted, with what the operator should know about it. */
+export interface UploadedModelVersion extends ModelVersionRecord {
+  /** Why devices enrolled by this server will refuse the package (its signature does not lead to their root). */
+  warning?: string;
 }
 
 function toVersion(row: ModelVersionsTable): ModelVersionRecord {
@@ -103,7 +117,7 @@ export class ModelStore {
     kind: ModelSourceKind;
     body: Readable;
     description?: string;
-  }): Promise<ModelVersionRecord> {
+  }): Promise<UploadedModelVersion> {
     if (await this.findVersion(input.name, input.version)) {
       input.body.resume();
       throw conflict(`model ${input.name} version ${input.version} already exists`, {
@@ -116,7 +130,7 @@ export class ModelStore {
       maxBytes: this.options.maxUploadBytes,
     });
     try {
-      const tensors = await this.inspect(spooled.file, input).catch((error: unknown) =>
+      const { tensors, warning } = await this.inspect(spooled.file, input).catch((error: unknown) =>
         asValidationError(error, this.options.workDir),
       );
       const blobKey = `models/${input.name}/${input.version.replace(/ /g, '_')}/${randomBytes(4).toString('hex')}-${
@@ -166,7 +180,7 @@ export class ModelStore {
         }
         throw error;
       }
-      return toVersion(row);
+      return { ...toVersion(row), ...(warning !== undefined && { warning }) };
     } finally {
       await spooled.remove();
     }
@@ -175,10 +189,10 @@ export class ModelStore {
   private async inspect(
     file: string,
     input: { name: string; version: string; kind: ModelSourceKind },
-  ): Promise<ModelTensors> {
+  ): Promise<{ tensors: ModelTensors; warning?: string }> {
     if (input.kind === 'onnx') {
       const info = await readOnnxModelInfo(file);
-      return { inputs: info.inputs, outputs: info.outputs };
+      return { tensors: { inputs: info.inputs, outputs: info.outputs } };
     }
     const dir = await mkdtemp(path.join(this.options.workDir, 'inspect-'));
     try {
@@ -192,9 +206,48 @@ export class ModelStore {
             `${input.name} version ${input.version}`,
         );
       }
-      return { inputs: opened.manifest.inputs, outputs: opened.manifest.outputs };
+      const tensors = { inputs: opened.manifest.inputs, outputs: opened.manifest.outputs };
+      const warning = await this.deviceTrustWarning(extracted, input);
+      return { tensors, ...(warning !== undefined && { warning }) };
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Verifies the package as an enrolled device will (its trust: the server's signing root); says why it will
+   * be refused, naming the signer (in the verifier's reason) and the root devices trust. Nothing is weakened:
+   * this is advice to the operator, the device verifies again itself.
+   */
+  private async deviceTrustWarning(
+    dir: string,
+    input: { name: string; version: string },
+  ): Promise<string | undefined> {
+    const root = this.options.deviceTrustRootPem;
+    if (root === undefined) return undefined;
+    try {
+      await openModelPackage(dir, { trust: { rootCertificatesPem: [root] }, now: new Date(this.now()) });
+      return undefined;
+    } catch (error) {
+      // (What the verifier refuses; anything else is not the package's fault and is not hidden as advice.)
+      if (!(error instanceof PackageVerificationError || error instanceof UnsupportedFileError)) throw error;
+      const certificate = new X509Certificate(root);
+      const fingerprint = certificate.fingerprint256.replace(/:/g, '').toLowerCase();
+      const trusted = `the server's package-signing root (${certificate.subject.replace(/\n/g, ', ')}, SHA-256 ${fingerprint})`;
+      if (error instanceof PackageVerificationError && error.reason === 'bundle-missing') {
+        return (
+          `package ${input.name} ${input.version} is not signed: devices enrolled by this server require a ` +
+          `signature that leads to ${trusted} and will refuse it; sign it under that root (edgefleet package ` +
+          "sign with the server's signing key and certificate)"
+        );
+      }
+      // The verifier's reason names files by path: the server's scratch folder is not the client's business.
+      const reason = error.message.replace(dir, 'the package');
+      return (
+        `devices enrolled by this server will refuse package ${input.name} ${input.version}: ${reason}. ` +
+        `They trust ${trusted}; to deploy this package, add the root of its signer to their root-certs ` +
+        "folder (sagemaker_edge_core_root_certs_path), or sign it under the server's root"
+      );
     }
   }
 

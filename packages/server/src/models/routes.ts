@@ -52,6 +52,17 @@ export function modelVersionView(v: ModelVersionRecord): z.input<typeof modelVer
   };
 }
 
+/** The upload's answer: the version, and what the operator should know about it. */
+export const uploadedModelVersionSchema = modelVersionSchema.extend({
+  warning: z
+    .string()
+    .optional()
+    .describe(
+      "A package whose signature does not lead to the server's package-signing root (what enrolled devices " +
+        'trust): accepted, but those devices will refuse it; names the signer and that root',
+    ),
+});
+
 function modelView(m: ModelRecord): z.input<typeof modelSchema> {
   return {
     name: m.name,
@@ -89,7 +100,7 @@ export const modelRoutes: FastifyPluginAsync<{
     params: versionParams,
     query: z.object({ description: z.string().max(800).optional() }),
     consumes: Object.keys(UPLOAD_CONTENT_TYPES),
-    response: modelVersionSchema,
+    response: uploadedModelVersionSchema,
     status: 201,
     handler: async ({ params, query, request }) => {
       const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
@@ -118,7 +129,10 @@ export const modelRoutes: FastifyPluginAsync<{
         body: request.body as Readable,
         ...(query.description !== undefined ? { description: query.description } : {}),
       });
-      return modelVersionView(version);
+      return {
+        ...modelVersionView(version),
+        ...(version.warning !== undefined && { warning: version.warning }),
+      };
     },
   });
 

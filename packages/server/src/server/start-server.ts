@@ -280,6 +280,7 @@ export async function startServer(
       blobs,
       workDir,
       maxUploadBytes: config.uploads.maxModelBytes,
+      deviceTrustRootPem: signing.rootCertificatePem,
     });
     const packagingJobs = new PackagingJobStore(database.db, models);
     const s3Objects = new S3Objects(s3ConnectionOf(config));
@@ -398,7 +399,7 @@ export async function startServer(
     const identityOptions = { identity: services.identity, deviceEndpoint: endpoint };
     await operatorApp.register(apiTokenRoutes, { tokens: services.apiTokens });
     await operatorApp.register(fleetRoutes, { fleets: services.fleets });
-    await operatorApp.register(deviceRoutes, { devices: services.devices });
+    await operatorApp.register(deviceRoutes, { devices: services.devices, fleets: services.fleets });
     await operatorApp.register(identityOperatorRoutes, identityOptions);
     await operatorApp.register(enrollmentRoutes, identityOptions);
     await operatorApp.register(modelRoutes, {

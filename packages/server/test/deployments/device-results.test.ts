@@ -33,12 +33,32 @@ describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
       DeploymentStatusMessage: 'mlp: version 3.0 of mlp did not load',
       DeploymentModels: [failedModel],
     });
-    expect(outcome).toEqual({ kind: 'failure', message: 'mlp: version 3.0 of mlp did not load' });
+    expect(outcome).toEqual({
+      kind: 'failure',
+      message: 'mlp: version 3.0 of mlp did not load',
+      afterSwitch: false,
+    });
   });
 
   it('still reads reports without an overall status by their models', () => {
     expect(
       classifyResult({ DeploymentName: 'p', DeploymentModels: [{ ...failedModel, StatusReason: 'bad' }] }),
-    ).toEqual({ kind: 'failure', message: 'mlp: bad' });
+    ).toEqual({ kind: 'failure', message: 'mlp: bad', afterSwitch: false });
+  });
+
+  it('tells a failure after the switch by any failed model saying so (absent: an older agent, not after)', () => {
+    const report = (flags: (boolean | undefined)[]) =>
+      classifyResult({
+        DeploymentName: 'p',
+        DeploymentStatus: 'FAIL',
+        DeploymentModels: flags.map((flag, i) => ({
+          ...failedModel,
+          ModelHandle: `m${i}`,
+          ...(flag !== undefined && { FailedAfterSwitch: flag }),
+        })),
+      });
+    expect(report([undefined])).toMatchObject({ kind: 'failure', afterSwitch: false });
+    expect(report([false, false])).toMatchObject({ kind: 'failure', afterSwitch: false });
+    expect(report([false, true])).toMatchObject({ kind: 'failure', afterSwitch: true });
   });
 });

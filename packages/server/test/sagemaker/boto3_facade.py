@@ -712,6 +712,51 @@ def signed_raw(path, body, target=None):
     return send(urllib.request.Request(prepared.url, data=body, method="POST", headers=dict(prepared.headers)))
 
 
+class NativeStricterThanAws(unittest.TestCase):
+    """Where the native API refuses an operator's mistake, the facade keeps or follows AWS (sagemaker-compatibility.md)."""
+
+    def test_list_devices_of_a_fleet_that_does_not_exist_is_empty(self):
+        # AWS documents DeviceFleetName as a filter, with no ResourceNotFound: an empty list (native: 404).
+        self.assertEqual(client().list_devices(DeviceFleetName="no-such-fleet")["DeviceSummaries"], [])
+
+    def test_selection_naming_devices_outside_the_fleet_is_refused(self):
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="sel-fleet", OutputConfig=OUTPUT)
+        sm.register_devices(DeviceFleetName="sel-fleet", Devices=[{"DeviceName": "sel-1"}])
+        # A plan with no stages (its UNDEPLOY config needs no packaging job), then a stage naming a typo.
+        native("POST", "/api/v1/deployment-plans", {
+            "name": "sel-plan", "fleetName": "sel-fleet", "modelConfigs": [{"modelHandle": "sel-h", "state": "UNDEPLOY"}]})
+        code, _, message = error_of(lambda: sm.create_edge_deployment_stage(EdgeDeploymentPlanName="sel-plan", Stages=[
+            {"StageName": "s", "DeviceSelectionConfig": {"DeviceSubsetType": "SELECTION", "DeviceNames": ["sel-l"]}}]))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("sel-l", message)
+        self.assertIn("sel-fleet", message)
+
+    def test_start_stage_after_a_failed_stage_is_accepted(self):
+        # AWS starts it; the native API would refuse without force.
+        sm = client()
+        sm.create_device_fleet(DeviceFleetName="after-fail-fleet", OutputConfig=OUTPUT)
+        sm.register_devices(DeviceFleetName="after-fail-fleet", Devices=[{"DeviceName": "af-1"}, {"DeviceName": "af-2"}])
+        native("POST", "/api/v1/deployment-plans", {
+            "name": "after-fail", "fleetName": "after-fail-fleet",
+            "modelConfigs": [{"modelHandle": "af-h", "state": "UNDEPLOY"}],
+            "stages": [{"name": "canary", "deviceSelection": {"subsetType": "SELECTION", "deviceNames": ["af-1"]}},
+                       {"name": "rest", "deviceSelection": {"subsetType": "SELECTION", "deviceNames": ["af-2"]}}],
+            "options": {"maxRetries": 0}})
+        sm.start_edge_deployment_stage(EdgeDeploymentPlanName="after-fail", StageName="canary")
+        key = native("POST", "/api/v1/access-keys", {"name": "af-1 agent", "scope": "read-only", "deviceName": "af-1"})
+        edge = client("sagemaker-edge", key_id=key["accessKeyId"], secret=key["secretAccessKey"])
+        edge.get_deployments(DeviceName="af-1", DeviceFleetName="after-fail-fleet")
+        edge.send_heartbeat(AgentVersion="1.0", DeviceName="af-1", DeviceFleetName="after-fail-fleet", DeploymentResult={
+            "DeploymentName": "after-fail", "DeploymentStatus": "FAIL",
+            "DeploymentModels": [{"ModelHandle": "af-h", "Status": "FAIL", "StatusReason": "could not remove it"}]})
+        plan = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="after-fail")
+        self.assertEqual([s["DeploymentStatus"]["StageStatus"] for s in plan["Stages"]], ["FAILED", "READYTODEPLOY"])
+        sm.start_edge_deployment_stage(EdgeDeploymentPlanName="after-fail", StageName="rest")
+        plan = sm.describe_edge_deployment_plan(EdgeDeploymentPlanName="after-fail")
+        self.assertEqual(plan["Stages"][1]["DeploymentStatus"]["StageStatus"], "INPROGRESS")
+
+
 class Fuzz(unittest.TestCase):
     """Malformed JSON, wrong types, huge bodies and unknown members, on every supported operation."""
 

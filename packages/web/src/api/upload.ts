@@ -14,7 +14,7 @@ export function uploadModel(options: {
   file: File;
   csrfToken: string | undefined;
   onProgress(fraction: number): void;
-}): Promise<void> {
+}): Promise<{ warning?: string }> {
   const path = UPLOAD_ROUTE.replace('{model}', encodeURIComponent(options.model)).replace(
     '{version}',
     encodeURIComponent(options.version),
@@ -37,7 +37,14 @@ export function uploadModel(options: {
     request.onload = () => {
       if (request.status >= 200 && request.status < 300) {
         options.onProgress(1);
-        resolve();
+        // The server's warning, if any (a package the devices it enrolled will refuse).
+        let warning: string | undefined;
+        try {
+          warning = (JSON.parse(request.responseText) as { warning?: unknown }).warning as string | undefined;
+        } catch {
+          // An answer that is not JSON carries no warning.
+        }
+        resolve(typeof warning === 'string' ? { warning } : {});
         return;
       }
       let message = `upload failed (${request.status})`;

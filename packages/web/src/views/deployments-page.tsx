@@ -445,11 +445,12 @@ export function DeploymentPage({ params }: { params: Record<string, string> }) {
           </dl>
         </Section>
       ) : null}
-      {(view?.stages ?? []).map((stage) => (
+      {(view?.stages ?? []).map((stage, index, stages) => (
         <StageCard
           key={stage.name}
           planName={name}
           stage={stage}
+          failedBefore={stages.slice(0, index).filter((earlier) => earlier.status === 'FAILED')}
           canWrite={canWrite}
           onChanged={plan.reload}
         />
@@ -481,11 +482,14 @@ const CANCELLABLE = new Set(['READYTODEPLOY', 'INPROGRESS']);
 function StageCard({
   planName,
   stage,
+  failedBefore,
   canWrite,
   onChanged,
 }: {
   planName: string;
   stage: StageView;
+  /** Earlier stages of the plan that FAILED: the server starts this one only when forced. */
+  failedBefore: StageView[];
   canWrite: boolean;
   onChanged(): void;
 }) {
@@ -517,7 +521,26 @@ function StageCard({
           type="button"
           onClick={() =>
             action.run(async () => {
-              must(await api.POST('/api/v1/deployment-plans/{plan}/stages/{stage}/start', stageParams));
+              // A canary exists to stop the rollout: going on after a FAILED stage is a decision, asked for.
+              const force = failedBefore.length > 0;
+              if (
+                force &&
+                !window.confirm(
+                  `${failedBefore
+                    .map(
+                      (failed) =>
+                        `Stage ${failed.name} FAILED${failed.statusMessage !== undefined ? ` (${failed.statusMessage})` : ''}.`,
+                    )
+                    .join('\n')}\nStart stage ${stage.name} anyway?`,
+                )
+              )
+                return;
+              must(
+                await api.POST('/api/v1/deployment-plans/{plan}/stages/{stage}/start', {
+                  ...stageParams,
+                  body: { force },
+                }),
+              );
               onChanged();
             })
           }

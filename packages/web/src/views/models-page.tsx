@@ -99,6 +99,8 @@ export function ModelsPage() {
 function UploadModel({ onUploaded }: { onUploaded(): void }) {
   const { csrfToken } = useApp();
   const [progress, setProgress] = useState<number | undefined>();
+  // The last upload's warning (a package the server's devices will refuse): shown until the next upload.
+  const [warning, setWarning] = useState<string | undefined>();
   const action = useAction();
   return (
     <Section title="Upload a model">
@@ -115,10 +117,12 @@ function UploadModel({ onUploaded }: { onUploaded(): void }) {
             return;
           }
           setProgress(0);
+          setWarning(undefined);
           await action.run(async () => {
             const description = String(form.get('description') ?? '');
+            let answer: { warning?: string };
             try {
-              await uploadModel({
+              answer = await uploadModel({
                 model: String(form.get('model') ?? ''),
                 version: String(form.get('version') ?? ''),
                 ...(description !== '' ? { description } : {}),
@@ -130,6 +134,7 @@ function UploadModel({ onUploaded }: { onUploaded(): void }) {
               setProgress(undefined);
               throw failure;
             }
+            setWarning(answer.warning);
             formElement.reset();
             onUploaded();
           });
@@ -154,6 +159,11 @@ function UploadModel({ onUploaded }: { onUploaded(): void }) {
           </progress>
         ) : null}
         <ErrorNote error={action.error} />
+        {warning !== undefined ? (
+          <p class="warning" role="status" data-testid="upload-warning">
+            Uploaded, but: {warning}
+          </p>
+        ) : null}
       </form>
     </Section>
   );

@@ -142,7 +142,9 @@ export function deploymentPlanOperations({
       mutating: true,
       input: stageRef,
       run: async (input) => {
-        await deployments.startStage(input.EdgeDeploymentPlanName, input.StageName);
+        // AWS starts a stage whatever became of the stages before it; the native API's refusal after a
+        // FAILED stage is not applied here (docs/sagemaker-compatibility.md).
+        await deployments.startStage(input.EdgeDeploymentPlanName, input.StageName, { force: true });
         return {};
       },
     }),

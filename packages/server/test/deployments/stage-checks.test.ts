@@ -1,0 +1,230 @@
+/**
+ * What an operator's mistake in a plan's stages leads to (s10 W1, C3): a SELECTION naming devices that are
+ * not in the plan's fleet is refused; a stage that deployed no device never auto-advances; the next stage
+ * after a FAILED one starts only when forced.
+ */
+import type { DeploymentResult } from '@edgefleet/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { databaseEngines } from '../support/engines.js';
+import { startTestServer, type TestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+
+describe.each(engines)('stage checks on $engine', (fixture) => {
+  let t: TestServer;
+
+  const admin = (method: string, urlPath: string, body?: unknown) =>
+    t.call(method, urlPath, { token: t.adminToken, ...(body !== undefined && { body }) });
+  const register = async (fleet: string, names: string[]) =>
+    expect(
+      (await admin('POST', `/api/v1/fleets/${fleet}/devices`, { devices: names.map((name) => ({ name })) }))
+        .status,
+    ).toBe(201);
+  const plan = async (name: string) =>
+    (await t.call('GET', `/api/v1/deployment-plans/${name}`, { token: t.readToken })).body as {
+      stages: { name: string; status: string; successCount: number; failedCount: number }[];
+    };
+  const events = async (name: string) =>
+    (
+      (await t.call('GET', `/api/v1/deployment-plans/${name}/events`, { token: t.readToken })).body as {
+        events: { kind: string; stageName?: string; deviceName?: string; message: string }[];
+      }
+    ).events;
+  const selection = (name: string, deviceNames: string[]) => ({
+    name,
+    deviceSelection: { subsetType: 'SELECTION', deviceNames },
+  });
+  const report = async (planName: string, deviceName: string, status: 'SUCCESS' | 'FAIL') => {
+    const result: DeploymentResult = {
+      DeploymentName: planName,
+      DeploymentStatus: status,
+      DeploymentModels: [
+        status === 'SUCCESS'
+          ? { ModelHandle: 'h', Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
+          : { ModelHandle: 'h', Status: 'FAIL', StatusReason: 'could not remove it' },
+      ],
+    };
+    await t.server.services.deployments.recordResults([
+      { deviceName, fleetName: 'fa', result, receivedAt: Date.now() },
+    ]);
+  };
+  const createPlan = (name: string, stages: unknown[], options: Record<string, unknown> = {}) =>
+    admin('POST', '/api/v1/deployment-plans', {
+      name,
+      fleetName: 'fa',
+      modelConfigs: [{ modelHandle: `h-${name}`, state: 'UNDEPLOY' }],
+      stages,
+      options,
+    });
+
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    t = await startTestServer({
+      database: await fixture.createLocation(),
+      config: { deployments: { sweepIntervalMs: 3_600_000 } },
+    });
+    for (const fleet of ['fa', 'fb']) {
+      await admin('POST', '/api/v1/fleets', {
+        name: fleet,
+        outputConfig: { s3OutputLocation: `s3://c/${fleet}` },
+      });
+    }
+    await register('fa', ['cam-01', 'cam-02', 'cam-03']);
+    await register('fb', ['b-01']);
+  });
+  afterAll(() => t?.stop());
+
+  it.skipIf(!fixture.available)(
+    'refuses a SELECTION naming devices not registered in the fleet, at create and when stages are added',
+    async () => {
+      const created = await createPlan('typo', [
+        selection('canary', ['cam-0l', 'cam-01']),
+        selection('other', ['b-01']),
+        { name: 'rest', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
+      ]);
+      expect(created.status).toBe(400);
+      expect(created.body.message).toBe(
+        'device(s) not registered in fleet fa: stage canary names cam-0l; stage other names b-01 (in fleet ' +
+          "fb); a SELECTION stage deploys only to devices of the plan's fleet: register them in fa first, or " +
+          'fix the names',
+      );
+      expect(created.body.details).toEqual({
+        fleet: 'fa',
+        unknownDevices: { canary: ['cam-0l'], other: ['b-01'] },
+      });
+      // Nothing was created: the name is free and the handle is not held.
+      expect((await t.call('GET', '/api/v1/deployment-plans/typo', { token: t.readToken })).status).toBe(404);
+
+      expect((await createPlan('typo', [selection('canary', ['cam-01'])])).status).toBe(201);
+      const added = await admin('POST', '/api/v1/deployment-plans/typo/stages', {
+        stages: [selection('rest', ['cam-02', 'cam-99'])],
+      });
+      expect(added.status).toBe(400);
+      expect(added.body.message).toMatch(/^device\(s\) not registered in fleet fa: stage rest names cam-99;/);
+      expect((await plan('typo')).stages.map((s) => s.name)).toEqual(['canary']);
+      expect((await admin('DELETE', '/api/v1/deployment-plans/typo')).status).toBe(204);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'refuses to start a stage naming a device deregistered since, and auto-advance does not start it',
+    async () => {
+      await register('fa', ['gone-1', 'gone-2']);
+      expect((await createPlan('dereg', [selection('s1', ['gone-1'])])).status).toBe(201);
+      expect((await admin('DELETE', '/api/v1/devices/gone-1')).status).toBe(204);
+      const started = await admin('POST', '/api/v1/deployment-plans/dereg/stages/s1/start');
+      expect(started.status).toBe(409);
+      expect(started.body.message).toBe(
+        'stage s1 of plan dereg names device(s) no longer registered in fleet fa: gone-1; delete the stage ' +
+          'and add it again with devices that exist',
+      );
+      expect((await plan('dereg')).stages[0]).toMatchObject({ status: 'READYTODEPLOY' });
+
+      // Auto-advance: s1 deploys cam-03, then s2's gone-2 has been deregistered: s2 waits, and one event says why.
+      expect(
+        (
+          await createPlan('dereg-auto', [selection('s1', ['cam-03']), selection('s2', ['gone-2'])], {
+            autoAdvance: { successPercent: 100 },
+          })
+        ).status,
+      ).toBe(201);
+      expect((await admin('POST', '/api/v1/deployment-plans/dereg-auto/stages/s1/start')).status).toBe(200);
+      expect((await admin('DELETE', '/api/v1/devices/gone-2')).status).toBe(204);
+      await report('dereg-auto', 'cam-03', 'SUCCESS');
+      await t.server.services.deployments.sweep();
+      expect((await plan('dereg-auto')).stages.map((s) => s.status)).toEqual(['DEPLOYED', 'READYTODEPLOY']);
+      expect((await events('dereg-auto')).filter((e) => e.kind === 'AutoAdvanceHeld')).toMatchObject([
+        {
+          stageName: 's1',
+          message:
+            'auto-advance does not start stage s2: it names device(s) no longer registered in fleet fa: gone-2',
+        },
+      ]);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'does not auto-advance from a stage that deployed no device, and says why once',
+    async () => {
+      const created = await createPlan(
+        'empty-canary',
+        [
+          { name: 'canary', deviceSelection: { subsetType: 'NAMECONTAINS', deviceNameContains: 'nomatch' } },
+          { name: 'rest', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
+        ],
+        { autoAdvance: { successPercent: 100 } },
+      );
+      expect(created.status).toBe(201);
+      expect((await admin('POST', '/api/v1/deployment-plans/empty-canary/stages/canary/start')).status).toBe(
+        200,
+      );
+      // Settling runs again on every sweep: still held, one event.
+      await t.server.services.deployments.sweep();
+      await t.server.services.deployments.sweep();
+      expect((await plan('empty-canary')).stages).toMatchObject([
+        { name: 'canary', status: 'DEPLOYED', successCount: 0 },
+        { name: 'rest', status: 'READYTODEPLOY' },
+      ]);
+      expect((await events('empty-canary')).map((e) => `${e.kind} ${e.stageName ?? ''}`.trim())).toEqual([
+        'PlanCreated',
+        'StageStarted canary',
+        'StageDeployed canary',
+        'AutoAdvanceHeld canary',
+      ]);
+      expect((await events('empty-canary'))[3]!.message).toBe(
+        'auto-advance does not start stage rest: stage canary deployed no device (it selected none); start ' +
+          'the next stage by hand',
+      );
+      // An operator may still start it.
+      expect((await admin('POST', '/api/v1/deployment-plans/empty-canary/stages/rest/start')).status).toBe(
+        200,
+      );
+      expect((await plan('empty-canary')).stages[1]).toMatchObject({ status: 'INPROGRESS' });
+    },
+  );
+  it.skipIf(!fixture.available)(
+    'refuses to start a stage after an earlier one FAILED, naming it, unless forced',
+    async () => {
+      expect(
+        (
+          await createPlan('after-fail', [selection('canary', ['cam-01']), selection('rest', ['cam-02'])], {
+            maxRetries: 0,
+          })
+        ).status,
+      ).toBe(201);
+      expect((await admin('POST', '/api/v1/deployment-plans/after-fail/stages/canary/start')).status).toBe(
+        200,
+      );
+      // The device takes the deployment, then reports its failure.
+      await t.server.services.deployments.deploymentsFor({ deviceName: 'cam-01', fleetName: 'fa' });
+      await report('after-fail', 'cam-01', 'FAIL');
+      expect((await plan('after-fail')).stages[0]).toMatchObject({ status: 'FAILED', failedCount: 1 });
+
+      for (const body of [undefined, {}, { force: false }]) {
+        const refused = await admin('POST', '/api/v1/deployment-plans/after-fail/stages/rest/start', body);
+        expect(refused.status).toBe(409);
+        expect(refused.body.message).toBe(
+          'stage canary of plan after-fail FAILED (1 of 1 device(s) failed); stage rest comes after it and ' +
+            'was not started. Look at why it failed (edgefleet deployment devices after-fail canary); to ' +
+            'start rest anyway, force it (force: true, edgefleet deployment start-stage --force)',
+        );
+      }
+      expect((await plan('after-fail')).stages[1]).toMatchObject({ status: 'READYTODEPLOY' });
+      const bad = await admin('POST', '/api/v1/deployment-plans/after-fail/stages/rest/start', {
+        force: 'yes',
+      });
+      expect(bad.status).toBe(400);
+
+      const forced = await admin('POST', '/api/v1/deployment-plans/after-fail/stages/rest/start', {
+        force: true,
+      });
+      expect(forced.status).toBe(200);
+      expect(forced.body.stages[1]).toMatchObject({ status: 'INPROGRESS', pendingCount: 1 });
+      expect((await events('after-fail')).filter((e) => e.kind === 'StageStarted').at(-1)).toMatchObject({
+        stageName: 'rest',
+        message:
+          'stage started (started by an operator, forced although stage(s) canary FAILED); it targets 1 device(s)',
+      });
+    },
+  );
+});
