@@ -190,10 +190,12 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
           'compressed request messages are not accepted (the agent holds request bytes to a budget as they arrive, and an inflated message would hold more than it sent); expected the message uncompressed',
         );
       // Refused before a byte is held: the status (trailers only) marks grpc-js's call cancelled, so it drops the
-      // rest of the message as it arrives, as it does after its own check. No reset: nothing is buffered to free,
-      // and a client still sending (grpcio) would report the reset (CANCELLED) instead of this status.
+      // rest of the message as it arrives, as it does after its own check. No reset now: nothing is buffered to
+      // free, and a client still sending (grpcio) would report the reset (CANCELLED) instead of this status. The
+      // call stays in the sweep: grpc-js goes on reading (and dropping) what the client sends, so a client that
+      // does not end its side is reset at the receive timeout like any other.
       if (this.#declared > this.guard.maxMessageBytes) {
-        this.received();
+        this.#stopCounting();
         this.call.sendStatus({
           code: status.RESOURCE_EXHAUSTED,
           details: `the request message is ${this.#declared} bytes, larger than the agent's limit of ${this.guard.maxMessageBytes} bytes (its -m / --max-message-size option); expected a smaller message (tensors in shared memory do not count), or an agent started with a larger -m`,

@@ -205,6 +205,23 @@ describe('gRPC request messages being received', () => {
     while (budget.usedBytes > 0) await delay(10);
   });
 
+  it('resets a call refused for -m whose client keeps sending, at the receive timeout (grpc-js reads and drops what it sends until then)', async () => {
+    const socketPath = await start({ receiveTimeoutMs: 300 });
+    const http2 = await session(socketPath);
+    const overMax = holdPredict(http2, 2048 * KiB, 10);
+    expect(await within(overMax.answer, 10_000)).toMatchObject({ status: '8' });
+    // The client goes on sending its announced message (and more): the refused call stays under the receive
+    // timeout, so the agent resets it rather than reading whatever comes for as long as the client likes. The
+    // writes stop after 150 (10 times the timeout), long after the reset is due.
+    const chunk = Buffer.alloc(64 * KiB);
+    for (let writes = 0; !overMax.stream.closed && writes < 150; writes++) {
+      overMax.stream.write(chunk);
+      await delay(20);
+    }
+    expect(overMax.stream.closed).toBe(true);
+    expect(overMax.stream.rstCode).toBe(8); // NGHTTP2_CANCEL: the agent's reset
+  });
+
   it('refuses bytes after a call’s one request message (grpc-js would buffer a second message uncounted), and compressed messages', async () => {
     const budget = new BodyBudget(2560 * KiB);
     const socketPath = await start({ budget, receiveTimeoutMs: 60_000 });
