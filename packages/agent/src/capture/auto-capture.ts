@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { PredictEvent, PredictListener, PredictObserver, PredictOutput } from '../models/index.js';
 import type { ModelActivity } from '../state/index.js';
-import { keptBytes, type CaptureItem } from './capture-item.js';
+import { keptBytes, viewableMemory, type CaptureItem } from './capture-item.js';
 import { tensorNameText } from './capture-request.js';
 import { tensorValues } from './records.js';
 import type { AutoCaptureRule } from './settings.js';
@@ -65,6 +65,11 @@ export class AutoCapture implements PredictObserver {
   }
 
   #itemOf(event: PredictEvent): CaptureItem {
+    // Views only when the inputs are most of the message (viewableMemory), else copies.
+    const owned = viewableMemory(
+      event.ownedBuffer,
+      event.inputs.map((t) => t.data),
+    );
     return {
       captureId: `auto-${randomUUID()}`,
       model: event.model,
@@ -76,9 +81,9 @@ export class AutoCapture implements PredictObserver {
         name: t.name,
         dataType: t.dataType,
         shape: [...t.shape],
-        // A view of the gRPC message's bytes; a copy of anything else: shared memory the client may overwrite
+        // A view of the gRPC message's bytes (when they are most of it); a copy of anything else: shared memory the client may overwrite
         // once answered, a REST body or an embedding caller's buffers, not known to be this request's alone.
-        data: keptBytes(t.data, event.ownedBuffer),
+        data: keptBytes(t.data, owned),
       })),
       outputTensors: event.outputs.map((t) => ({
         name: tensorNameText(t.name),

@@ -10,7 +10,7 @@ export interface CapturedTensor {
   name: string;
   dataType: DataTypeName;
   shape: number[];
-  /** Little-endian, row-major; owned by the capture (never a view into a request or shared memory). */
+  /** Little-endian, row-major; the capture's own: a copy, or a view of request memory nothing writes again (keptBytes). */
   data: Buffer;
 }
 
@@ -38,11 +38,30 @@ export interface CaptureItem {
 }
 
 /**
+ * `owned` when the bytes of `data` that lie in it cover at least half of it, else undefined (so that keptBytes
+ * copies them all). A view keeps the whole of `owned` alive while the capture is held (until written: up to a
+ * push period), but the capture buffer's byte budget (edgefleet_capture_buffer_bytes) counts only the bytes
+ * captured; what else the message carries is the client's choice (an unknown field, which the codec skips, or a
+ * repeated bytes field, of which the last wins), so a 4-byte tensor in a message of -m bytes would hold -m for 4
+ * bytes charged. With this rule a capture holds at most twice what it is charged, and a copy is made only of
+ * bytes fewer than the rest of the message it came in.
+ */
+export function viewableMemory(
+  owned: ArrayBuffer | undefined,
+  data: Iterable<Uint8Array>,
+): ArrayBuffer | undefined {
+  if (owned === undefined) return undefined;
+  let viewed = 0;
+  for (const d of data) if (d.buffer === owned) viewed += d.byteLength;
+  return viewed * 2 >= owned.byteLength ? owned : undefined;
+}
+
+/**
  * The bytes a capture keeps of `data`: a view, with no copy on the event loop, when `data` lies in `owned`
  * (memory of this request alone that nothing writes again: a gRPC request message, which grpc-js assembles per
  * message, see the gRPC door's messageMemory), else a copy (a shared memory segment the client may overwrite once
- * answered, a caller's buffer it may reuse). A view keeps `owned` alive while the capture is held: about the
- * capture's own size, as the message is mostly the bytes captured.
+ * answered, a caller's buffer it may reuse). A view keeps `owned` alive while the capture is held: callers pass
+ * `owned` only when the capture's bytes are most of it (viewableMemory).
  */
 export function keptBytes(data: Uint8Array, owned: ArrayBuffer | undefined): Buffer {
   return owned !== undefined && data.buffer === owned

@@ -3,6 +3,7 @@ import { AgentError, checkModelName, showTensorName, type PredictTensor } from '
 import {
   AUXILIARY_ENCODINGS,
   keptBytes,
+  viewableMemory,
   type CaptureItem,
   type CapturedAuxiliary,
   type CapturedTensor,
@@ -58,7 +59,7 @@ export interface CaptureRequestContext {
  * model_name; the handle wins) must be loaded; the id non-empty, at most 256 characters, no control characters;
  * the timestamp valid and not in the future; every tensor's shape whole and non-negative, and data exactly
  * shape × element size bytes; every auxiliary item's encoding known. The capture owns its bytes: views of those
- * in request.ownedBuffer, copies of the rest.
+ * in request.ownedBuffer when they are most of it (viewableMemory), copies of the rest.
  * Throws AgentError (INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE).
  */
 export function captureItemFromRequest(request: CaptureRequest, context: CaptureRequestContext): CaptureItem {
@@ -74,7 +75,13 @@ export function captureItemFromRequest(request: CaptureRequest, context: Capture
   const model = context.models.describe(name);
   const inferenceTime = inferenceTimeOf(request, context);
   const label = `capture ${JSON.stringify(captureId)}`;
-  const owned = request.ownedBuffer;
+  // Views only when the captured bytes are most of the message (viewableMemory), else copies.
+  const owned = viewableMemory(request.ownedBuffer, [
+    ...(request.inputTensors ?? []).map((t) => t.data),
+    ...(request.outputTensors ?? []).map((t) => t.data),
+    ...(request.inputs ?? []).map((a) => a.data),
+    ...(request.outputs ?? []).map((a) => a.data),
+  ]);
   const item: CaptureItem = {
     captureId,
     model: model.name,

@@ -140,6 +140,19 @@ describe('automatic capture', () => {
     ]);
   });
 
+  it('copies the inputs of a request message that carries far more than its inputs (a view would hold the whole message, counted as the inputs alone)', async () => {
+    const { service, settings } = await autoService([{ model: 'tiny', sampleRate: 1 }]);
+    // 64 bytes of input in a message of 1 MiB (the rest, say, an unknown field the codec skipped).
+    const message = new ArrayBuffer(1024 * 1024);
+    const input = new Uint8Array(message, 0, 64);
+    new Float32Array(message, 0, 16).fill(2);
+    await loaded.registry.predict('tiny', [{ ...tinyInput(0), data: input }], { ownedBuffer: message });
+    new Float32Array(message, 0, 16).fill(4);
+    await service.flush();
+    const [found] = await diskRecords(settings.diskPath);
+    expect(floats(found!.record.deviceFleetInputs[0].data)[0]).toBe(2);
+  });
+
   it('keeps transferred inputs intact only while a rule needs them (transfer otherwise stays zero-copy)', async () => {
     const { service } = await autoService([{ model: 'tiny', sampleRate: 1 }]);
     const sampled = tinyInput(1);

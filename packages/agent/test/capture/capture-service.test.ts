@@ -1,6 +1,6 @@
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AgentDataType, AgentEncoding } from '@edgefleet/core';
+import { AgentDataType, AgentEncoding, createAgentCodec } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
 import fc from 'fast-check';
 import { Registry } from 'prom-client';
@@ -13,11 +13,12 @@ import {
   type CaptureQueue,
   type CaptureSettings,
 } from '../../src/capture/index.js';
+import { fromWireCaptureRequest } from '../../src/grpc/index.js';
 import type { AgentError } from '../../src/models/index.js';
 import { AgentDatabase } from '../../src/state/index.js';
-import type { captureRequest } from './helpers.js';
 import {
   captureInput,
+  captureRequest,
   diskRecords,
   floatTensor,
   listFiles,
@@ -91,6 +92,40 @@ describe('the bytes a capture keeps', () => {
       kept.set(record.eventMetadata.eventId, await inputBytes(record.deviceFleetInputs[0]));
     expect(kept.get('copied')!.equals(sent)).toBe(true);
     expect(kept.get('viewed')!.equals(Buffer.alloc(64, 0x42))).toBe(true);
+  });
+
+  it('copies the bytes of a gRPC message that carries far more than it captures (padded with an unknown field): a view would hold the whole message while the buffer counts only the captured bytes', async () => {
+    const settings = testSettings(work, { batchSize: 10 });
+    const service = await start(settings);
+    const codec = createAgentCodec();
+    const encoded = codec.encode(
+      'CaptureDataRequest',
+      captureRequest('padded', { outputTensors: [], outputs: [] }),
+    );
+    // Field 99, length-delimited (tag 0x9a 0x06, length 0x80 0x80 0x40 = 1 MiB): unknown to the agent's codec,
+    // which skips it. The message's own memory, as grpc-js assembles it (the gRPC door's messageMemory).
+    const padding = Buffer.concat([Buffer.from([0x9a, 0x06, 0x80, 0x80, 0x40]), Buffer.alloc(1024 * 1024)]);
+    const message = new ArrayBuffer(encoded.length + padding.length);
+    const bytes = Buffer.from(message);
+    bytes.set(encoded);
+    bytes.set(padding, encoded.length);
+    const decoded = fromWireCaptureRequest(codec.decode('CaptureDataRequest', bytes), {
+      reader: null,
+      caller: null,
+      leases: [],
+    });
+    // The decoder's tensor is a view of the message: 64 bytes of it.
+    expect(decoded.inputTensors[0]!.data.buffer).toBe(message);
+    await service.capture({ ...decoded, ownedBuffer: message });
+    // A write into the message (made only to tell a view from a copy) does not show in the capture: it was copied.
+    bytes.fill(0x42);
+    await service.flush();
+    const [found] = await diskRecords(settings.diskPath);
+    expect(
+      (await inputBytes(found!.record.deviceFleetInputs[0])).equals(
+        Buffer.from(new Float32Array(16).fill(1).buffer),
+      ),
+    ).toBe(true);
   });
 });
 
