@@ -1,12 +1,18 @@
 import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
-import { chmod, mkdir, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, realpath, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
 import { CliError, EXIT } from '../cli-io.js';
 import type { IssuedCertificate, ServerClient } from '../server-client/index.js';
-import { createCsr, generateDeviceKey, isLoopbackHost, type DeviceKeyType } from '@edgefleet/core';
+import {
+  createCsr,
+  generateDeviceKey,
+  isLoopbackHost,
+  type DeviceKeyPair,
+  type DeviceKeyType,
+} from '@edgefleet/core';
 
 export const ENROLLMENT_TOKEN_PREFIX = 'efe_';
 
@@ -170,6 +176,29 @@ async function trustFolderWarnings(givenTrustFolder: string, givenCertDir: strin
   return warnings;
 }
 
+/**
+ * mkdir -p `folder`: the folders it created, the top one first (mkdir answers the first one it made; the others
+ * are the path from there down to `folder`).
+ */
+async function mkdirTracked(folder: string, mode?: number): Promise<string[]> {
+  const first = await mkdir(folder, { recursive: true, ...(mode !== undefined && { mode }) });
+  if (first === undefined) return [];
+  const created: string[] = [];
+  for (let f = folder; ; f = dirname(f)) {
+    created.unshift(f);
+    if (f === first || dirname(f) === f) return created;
+  }
+}
+
+/**
+ * Removes `made` (in the order they were created), leaf up, each only if empty (rmdir): another process (a second
+ * enroll into the same new folder) may have written there meanwhile, and what it wrote, with the folders above
+ * it, stays. Best effort: a folder that cannot be removed is left, and the enrollment's own error is what counts.
+ */
+async function removeEmptyFolders(made: readonly string[]): Promise<void> {
+  for (const folder of [...made].reverse()) await rmdir(folder).catch(() => undefined);
+}
+
 /** The issued certificate must be for our key, signed by the CA handed with it, and name the device and fleet. */
 function checkIssued(issued: IssuedCertificate, publicKeyPem: string): void {
   let cert: X509Certificate;
@@ -219,30 +248,29 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     options.dataDir ??
       (typeof configured === 'string' && configured !== '' ? configured : options.defaultDataDir),
   );
-  // The folders this makes (mkdir answers the first one it created), removed if enrollment fails (below).
-  const made = [
-    await mkdir(dirname(configFile), { recursive: true }),
-    await mkdir(certDir, { recursive: true, mode: 0o700 }),
-  ].filter((folder): folder is string => folder !== undefined);
-  const dirStat = await stat(certDir);
-  if (!dirStat.isDirectory())
-    throw new CliError(`${certDir} is not a folder; expected where to put the device key`);
   const trustDir = resolve(options.trustDir);
-  const trustStat = await stat(trustDir).catch(() => undefined);
-  if (trustStat !== undefined && !trustStat.isDirectory())
-    throw new CliError(
-      `${trustDir} is not a folder; expected where to put the package-signing root (--trust-dir)`,
-    );
-
-  const key = generateDeviceKey(options.keyType);
-  const csr = createCsr(key.privateKey, hostname().slice(0, 64) || 'edgefleet-device');
+  // The folders this makes, removed (those left empty) if enrollment fails before anything is written.
+  const made: string[] = [];
+  let key: DeviceKeyPair;
   let issued: IssuedCertificate;
   try {
+    made.push(...(await mkdirTracked(dirname(configFile))));
+    made.push(...(await mkdirTracked(certDir, 0o700)));
+    const dirStat = await stat(certDir);
+    if (!dirStat.isDirectory())
+      throw new CliError(`${certDir} is not a folder; expected where to put the device key`);
+    const trustStat = await stat(trustDir).catch(() => undefined);
+    if (trustStat !== undefined && !trustStat.isDirectory())
+      throw new CliError(
+        `${trustDir} is not a folder; expected where to put the package-signing root (--trust-dir)`,
+      );
+    key = generateDeviceKey(options.keyType);
+    const csr = createCsr(key.privateKey, hostname().slice(0, 64) || 'edgefleet-device');
     issued = await options.client.enroll(token, csr);
     checkIssued(issued, key.publicKeyPem);
   } catch (error) {
     // Nothing is written yet: a spent token or an unreachable server leaves no empty certs/ behind.
-    for (const folder of made.reverse()) await rm(folder, { recursive: true, force: true });
+    await removeEmptyFolders(made);
     throw error;
   }
 

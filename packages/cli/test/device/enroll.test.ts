@@ -478,4 +478,36 @@ describe('edgefleet device enroll', () => {
     expect(reused.code).toBe(1);
     expect(await readdir(existing)).toEqual(['agent.json']);
   });
+
+  it('removes only the folders it made that are still empty: what another process wrote there meanwhile stays (N1)', async () => {
+    const enrollInto = (folder: string, trustDir: string, fetchHook?: typeof fetch) =>
+      enrollDevice({
+        client: new ServerClient({ server: cli.plane.operatorUrl }, fetchHook && { fetch: fetchHook }),
+        enrollmentToken: 'efe_not-a-real-token',
+        configFile: join(folder, 'agent.json'),
+        certDir: join(folder, 'certs'),
+        trustDir,
+        defaultDataDir: join(folder, 'data'),
+        invocation: 'edgefleet',
+      });
+    // A second enroll into the same new folder (a provisioning script run twice) writes its config there while
+    // this one waits for the server, which refuses this one's token.
+    const shared = join(cli.work, 'failed-shared', 'device');
+    const theirs = join(shared, 'agent.json.theirs');
+    const writeMeanwhile: typeof fetch = async (input, init) => {
+      await writeFile(theirs, '{"theirs":true}');
+      return fetch(input, init);
+    };
+    await expect(enrollInto(shared, join(shared, 'trust'), writeMeanwhile)).rejects.toThrow(
+      /the enrollment token is unknown/,
+    );
+    expect(await readdir(shared)).toEqual(['agent.json.theirs']);
+    expect(await readFile(theirs, 'utf8')).toBe('{"theirs":true}');
+    // A check that fails after the folders were made (a --trust-dir that is a file): none of them stays.
+    const checked = join(cli.work, 'failed-check');
+    const trustFile = join(cli.work, 'trust-is-a-file');
+    await writeFile(trustFile, '');
+    await expect(enrollInto(join(checked, 'device'), trustFile)).rejects.toThrow(/is not a folder/);
+    await expect(stat(checked)).rejects.toThrow(/ENOENT/);
+  });
 });
