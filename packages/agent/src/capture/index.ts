@@ -45,12 +45,7 @@ export {
   type StatusRetention,
 } from './capture-queue.js';
 export { DiskDestination, ObjectStoreDestination, type CaptureDestination } from './destinations.js';
-export {
-  CAPTURE_FOLDER_LOCK_FILE,
-  CaptureFolderInUseError,
-  CaptureFolderLockError,
-  lockCaptureFolder,
-} from './disk-folder-lock.js';
+export { CAPTURE_FOLDER, CAPTURE_FOLDER_LOCK_FILE, lockCaptureFolder } from './disk-folder-lock.js';
 export {
   CaptureDiskFullError,
   DEFAULT_CAPTURE_DISK_QUOTA_BYTES,

@@ -45,8 +45,8 @@ export interface RunningCapture {
  * Wires capture from the agent's configuration: the queue (SQLite with the local database, else memory), the
  * destination (Disk folder, or the bucket for Cloud), the bucket client for the spool and the periodic upload,
  * and automatic capture on the registry's Predict path. Resumes what an earlier run left. What the daemon calls.
- * A Disk destination's folder is locked first (lockCaptureFolder: CaptureFolderInUseError when another agent
- * holds it, CaptureFolderLockError when it cannot be locked) and held until close.
+ * A Disk destination's folder is locked first (lockCaptureFolder: FolderInUseError when another agent
+ * holds it, FolderLockError when it cannot be locked) and held until close.
  */
 export async function startCaptureService(options: StartCaptureOptions): Promise<RunningCapture> {
   const settings =

@@ -7,8 +7,9 @@ export class ConfigError extends Error {
   constructor(
     readonly key: string | null,
     message: string,
+    options?: { cause?: unknown },
   ) {
-    super(message);
+    super(message, options);
   }
 }
 

@@ -2,8 +2,6 @@ import { TrustPolicyError, loadTrustFolder, type TrustPolicy } from '@edgefleet/
 import type { Logger } from 'pino';
 import { ConfigError, loadAgentConfig, type AgentConfig, type CommandLineOptions } from '../config/index.js';
 import {
-  CaptureFolderInUseError,
-  CaptureFolderLockError,
   captureSettingsFromConfig,
   defaultMaxCaptureBytesFor,
   lockCaptureFolder,
@@ -20,11 +18,10 @@ import { ModelRegistry } from '../models/index.js';
 import { DEFAULT_MAX_BODY_BYTES, startRestServer, type RestServer } from '../rest/index.js';
 import { SharedMemoryReader, loadSysvShmAddon, type SysvShmAddon } from '../shm/index.js';
 import {
-  DataRootInUseError,
   DataRootLock,
-  DataRootLockError,
+  FolderInUseError,
+  FolderLockError,
   ModelActivity,
-  type FolderLock,
   agentDatabasePath,
   openAgentDatabase,
   recordLoadedModels,
@@ -103,7 +100,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
   // (the database and its recovery, the sweep of orphaned payload files, deployments, the capture spool) and
   // before the socket checks, which a second agent with another socket, or one started while the first is
   // still loading models (its socket not bound yet), would pass.
-  const dataRootLock = lockDataRoot(config.storage.localDataRootPath);
+  const dataRootLock = lockOrRefuse(() => DataRootLock.acquire(config.storage.localDataRootPath));
   logger.debug({ dataRoot: dataRootLock.dataRoot, lock: dataRootLock.path }, 'holding the data root');
 
   // Everything started from here is stopped again if a later step fails.
@@ -123,7 +120,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     );
     const captureFolderLock =
       captureSettings.destination === 'Disk'
-        ? lockCaptureFolderOrRefuse(captureSettings.diskPath)
+        ? lockOrRefuse(() => lockCaptureFolder(captureSettings.diskPath))
         : undefined;
     if (captureFolderLock) cleanups.push(() => captureFolderLock.release());
     const trust = await loadTrust(config, logger);
@@ -376,38 +373,21 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
   }
 }
 
-/** The data root's lock (state/data-root-lock.ts), as a StartupError (held elsewhere) or a ConfigError. */
-function lockDataRoot(dataRoot: string): DataRootLock {
-  try {
-    return DataRootLock.acquire(dataRoot);
-  } catch (error) {
-    if (error instanceof DataRootInUseError)
-      throw new StartupError(EXIT_CODES.DATA_ROOT_IN_USE, error.message, { cause: error });
-    if (error instanceof DataRootLockError)
-      throw new ConfigError(
-        'sagemaker_edge_local_data_root_path',
-        `sagemaker_edge_local_data_root_path: ${error.message}`,
-      );
-    throw error;
-  }
-}
-
 /**
- * The Disk capture folder's lock (capture/disk-folder-lock.ts), refused as the data root's is: held by another
- * agent, a StartupError with exit 4 (the same cause: another agent on something this one must own); not
- * lockable, a ConfigError naming the capture path's key.
+ * Takes a folder's lock (the data root's, state/data-root-lock.ts, or the Disk capture folder's,
+ * capture/disk-folder-lock.ts), refused alike: held by another agent, a StartupError with exit 4; not lockable, a
+ * ConfigError naming the folder's key (the lock's error as its cause).
  */
-function lockCaptureFolderOrRefuse(folder: string): FolderLock {
+function lockOrRefuse<Lock>(acquire: () => Lock): Lock {
   try {
-    return lockCaptureFolder(folder);
+    return acquire();
   } catch (error) {
-    if (error instanceof CaptureFolderInUseError)
+    if (error instanceof FolderInUseError)
       throw new StartupError(EXIT_CODES.DATA_ROOT_IN_USE, error.message, { cause: error });
-    if (error instanceof CaptureFolderLockError)
-      throw new ConfigError(
-        'sagemaker_edge_core_capture_data_disk_path',
-        `sagemaker_edge_core_capture_data_disk_path: ${error.message}`,
-      );
+    if (error instanceof FolderLockError)
+      throw new ConfigError(error.kind.configKey, `${error.kind.configKey}: ${error.message}`, {
+        cause: error,
+      });
     throw error;
   }
 }

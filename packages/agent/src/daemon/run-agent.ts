@@ -2,8 +2,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, constants } from 'node:os';
 import type { Logger } from 'pino';
 import { ConfigError, parseCommandLine } from '../config/index.js';
-import { DataRootInUseError } from '../state/index.js';
-import { CaptureFolderInUseError } from '../capture/index.js';
+import { FolderInUseError } from '../state/index.js';
 import { startAgentDaemon, type AgentDaemon } from './agent-daemon.js';
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { createAgentLogger } from './logger.js';
@@ -70,13 +69,8 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
         exitCode,
         ...(error instanceof ConfigError && { key: error.key }),
         ...(error instanceof StartupError &&
-          error.cause instanceof DataRootInUseError && {
-            dataRoot: error.cause.dataRoot,
-            holderPid: error.cause.holderPid,
-          }),
-        ...(error instanceof StartupError &&
-          error.cause instanceof CaptureFolderInUseError && {
-            captureFolder: error.cause.folder,
+          error.cause instanceof FolderInUseError && {
+            [error.cause.kind.logField]: error.cause.folder,
             holderPid: error.cause.holderPid,
           }),
         ...(exitCode === EXIT_CODES.FAILURE && { err: error }),

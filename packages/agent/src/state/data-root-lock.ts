@@ -15,33 +15,6 @@ import SqliteDatabase, { type Database } from 'better-sqlite3';
 /** The lock file's name under `sagemaker_edge_local_data_root_path`. */
 export const DATA_ROOT_LOCK_FILE = 'agent.lock';
 
-/** Another process (another edgefleet-agent) holds the data root's lock. */
-export class DataRootInUseError extends Error {
-  override readonly name = 'DataRootInUseError';
-  constructor(
-    readonly dataRoot: string,
-    /** The holder's pid, when the kernel says (Linux /proc/locks); undefined when it cannot be known. */
-    readonly holderPid: number | undefined,
-  ) {
-    super(
-      `the data root ${dataRoot} (sagemaker_edge_local_data_root_path) is in use by another edgefleet-agent` +
-        `${holderPid === undefined ? '' : ` (pid ${holderPid})`}; one agent per data root: stop that agent, or give this one a data root of its own`,
-    );
-  }
-}
-
-/** The lock could not be taken for a reason other than another holder (a folder that cannot be made or written). */
-export class DataRootLockError extends Error {
-  override readonly name = 'DataRootLockError';
-  constructor(
-    readonly dataRoot: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-}
-
 export interface DataRootLockOptions {
   /** Where the kernel lists file locks (default /proc/locks); read only to name the holder's pid. */
   procLocksPath?: string;
@@ -50,18 +23,54 @@ export interface DataRootLockOptions {
 }
 export type FolderLockOptions = DataRootLockOptions;
 
-/** What a FolderLock guards: its lock file's name, the folder's mode when made, and the errors it throws. */
+/** What a FolderLock guards: its lock file's name, the folder's mode when made, and how its refusals read. */
 export interface LockedFolderKind {
   /** For messages: "the data root", "the Disk capture folder". */
   label: string;
+  /** The config key that names the folder. */
+  configKey: string;
+  /** The field naming the folder in the agent's start-failed log line: "dataRoot", "captureFolder". */
+  logField: string;
+  /** Why a second agent is refused, for the in-use message: "one agent per data root". */
+  onePerFolder: string;
+  /** What to give a second agent instead: "a data root of its own". */
+  ownFolder: string;
   /** The lock file's name in the folder. */
   lockFileName: string;
   /** The folder's mode when the lock creates it. */
   folderMode: number;
-  /** Another process (or another lock in this one) holds the folder. */
-  inUse(folder: string, holderPid: number | undefined): Error;
-  /** Anything else: the folder or the lock file cannot be made, opened or locked, or is not safe to use. */
-  failed(folder: string, message: string, cause?: unknown): Error;
+}
+
+/** Another process (another edgefleet-agent, or another lock in this one) holds a folder's lock. */
+export class FolderInUseError extends Error {
+  override readonly name = 'FolderInUseError';
+  constructor(
+    readonly kind: LockedFolderKind,
+    readonly folder: string,
+    /** The holder's pid, when the kernel says (Linux /proc/locks); undefined when it cannot be known. */
+    readonly holderPid: number | undefined,
+  ) {
+    super(
+      `${kind.label} ${folder} (${kind.configKey}) is in use by another edgefleet-agent` +
+        `${holderPid === undefined ? '' : ` (pid ${holderPid})`}; ${kind.onePerFolder}: stop that agent, or give this one ${kind.ownFolder}`,
+    );
+  }
+}
+
+/**
+ * A folder's lock could not be taken for a reason other than another holder: the folder or the lock file cannot
+ * be made, opened or locked, or the lock file is not safe to use.
+ */
+export class FolderLockError extends Error {
+  override readonly name = 'FolderLockError';
+  constructor(
+    readonly kind: LockedFolderKind,
+    readonly folder: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
 }
 
 /**
@@ -89,18 +98,19 @@ export class FolderLock {
 
   /**
    * Takes the lock, creating the folder (kind.folderMode) and the lock file (0600) when missing; never waits.
-   * Throws kind.inUse when another process (or another lock in this one) holds it, kind.failed when the folder
-   * or file cannot be made or locked, or the lock file is a link, not a regular file, or another user's.
+   * Throws FolderInUseError when another process (or another lock in this one) holds it, FolderLockError when
+   * the folder or file cannot be made or locked, or the lock file is a link, not a regular file, or another user's.
    */
   static acquire(folder: string, kind: LockedFolderKind, options: FolderLockOptions = {}): FolderLock {
     const path = join(folder, kind.lockFileName);
     try {
       mkdirSync(folder, { recursive: true, mode: kind.folderMode });
     } catch (error) {
-      throw kind.failed(
+      throw new FolderLockError(
+        kind,
         folder,
         `cannot create ${kind.label} ${folder}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a folder the agent can create and write`,
-        error,
+        { cause: error },
       );
     }
     prepareLockFile(folder, path, kind);
@@ -108,10 +118,11 @@ export class FolderLock {
     try {
       db = (options.openDatabase ?? openLockDatabase)(path);
     } catch (error) {
-      throw kind.failed(
+      throw new FolderLockError(
+        kind,
         folder,
         `cannot open the lock file ${path}: ${(error as Error).message}; expected a file the agent can create and write in ${kind.label}`,
-        error,
+        { cause: error },
       );
     }
     try {
@@ -122,11 +133,12 @@ export class FolderLock {
     } catch (error) {
       db.close();
       if ((error as { code?: unknown }).code === 'SQLITE_BUSY')
-        throw kind.inUse(folder, lockHolderPid(path, options.procLocksPath));
-      throw kind.failed(
+        throw new FolderInUseError(kind, folder, lockHolderPid(path, options.procLocksPath));
+      throw new FolderLockError(
+        kind,
         folder,
         `cannot lock ${path}: ${(error as Error).message}; expected a SQLite lock file the agent can write (it keeps nothing: remove it if it is damaged)`,
-        error,
+        { cause: error },
       );
     }
     return new FolderLock(folder, path, db);
@@ -144,13 +156,14 @@ export class FolderLock {
   }
 }
 
-const DATA_ROOT: LockedFolderKind = {
+export const DATA_ROOT_FOLDER: LockedFolderKind = {
   label: 'the data root',
+  configKey: 'sagemaker_edge_local_data_root_path',
+  logField: 'dataRoot',
+  onePerFolder: 'one agent per data root',
+  ownFolder: 'a data root of its own',
   lockFileName: DATA_ROOT_LOCK_FILE,
   folderMode: 0o700,
-  inUse: (folder, holderPid) => new DataRootInUseError(folder, holderPid),
-  failed: (folder, message, cause) =>
-    new DataRootLockError(folder, message, cause === undefined ? undefined : { cause }),
 };
 
 /**
@@ -165,9 +178,9 @@ export class DataRootLock {
     this.#lock = lock;
   }
 
-  /** Takes the lock (see FolderLock.acquire): DataRootInUseError when held elsewhere, else DataRootLockError. */
+  /** Takes the lock (see FolderLock.acquire): FolderInUseError when held elsewhere, else FolderLockError. */
   static acquire(dataRoot: string, options: DataRootLockOptions = {}): DataRootLock {
-    return new DataRootLock(FolderLock.acquire(dataRoot, DATA_ROOT, options));
+    return new DataRootLock(FolderLock.acquire(dataRoot, DATA_ROOT_FOLDER, options));
   }
 
   get dataRoot(): string {
@@ -207,15 +220,17 @@ function openLockDatabase(path: string): Database {
  */
 function prepareLockFile(folder: string, path: string, kind: LockedFolderKind): void {
   const refuse = (found: string) =>
-    kind.failed(
+    new FolderLockError(
+      kind,
       folder,
       `the lock file ${path} is ${found}; expected a regular file owned by the agent's user (uid ${process.getuid?.()}), or none (the agent creates it): remove it (it keeps nothing)`,
     );
   const cannot = (error: unknown) =>
-    kind.failed(
+    new FolderLockError(
+      kind,
       folder,
       `cannot create or open the lock file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a file the agent can create and write in ${kind.label}`,
-      error,
+      { cause: error },
     );
   let found;
   try {

@@ -9,11 +9,12 @@ export {
   type SalvageableTable,
 } from './agent-database.js';
 export {
+  DATA_ROOT_FOLDER,
   DATA_ROOT_LOCK_FILE,
-  DataRootInUseError,
   DataRootLock,
-  DataRootLockError,
+  FolderInUseError,
   FolderLock,
+  FolderLockError,
   lockHolderPid,
   lockHolder,
   type DataRootLockOptions,

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promise
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  CaptureFolderInUseError,
+  CAPTURE_FOLDER,
   CaptureService,
   DiskDestination,
   DiskQuota,
@@ -11,6 +11,7 @@ import {
   type CaptureLogger,
   type CaptureSettings,
 } from '../../src/capture/index.js';
+import { FolderInUseError } from '../../src/state/index.js';
 import { agentErrorOf } from '../support/agent-error.js';
 import {
   captureInput,
@@ -212,7 +213,8 @@ describe('startCaptureService', () => {
         () => undefined,
         (error: unknown) => error,
       );
-      expect(refused).toBeInstanceOf(CaptureFolderInUseError);
+      expect(refused).toBeInstanceOf(FolderInUseError);
+      expect(refused).toMatchObject({ kind: CAPTURE_FOLDER, folder: settings.diskPath });
       expect((refused as Error).message).toContain(
         `the Disk capture folder ${settings.diskPath} (sagemaker_edge_core_capture_data_disk_path) is in use`,
       );

@@ -1,4 +1,4 @@
-import { lstat, readFile, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -7,7 +7,8 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseAgentConfig } from '../../src/config/index.js';
 import { StartupError, prepareSocketPath, startAgentDaemon } from '../../src/daemon/index.js';
-import { DataRootLock } from '../../src/state/index.js';
+import { CAPTURE_FOLDER, CAPTURE_FOLDER_LOCK_FILE } from '../../src/capture/index.js';
+import { DataRootLock, FolderLockError } from '../../src/state/index.js';
 import { bindUnixSocket, removeOwnSocketFile } from '../../src/unix-socket/index.js';
 import { captureRequest, listFiles } from '../capture/helpers.js';
 import { callError, callMethod, newClient, scratch, silentLogger, wireInputs } from '../grpc/helpers.js';
@@ -202,7 +203,7 @@ describe('startAgentDaemon: the data root', () => {
     const daemon = await startDaemon(join(files.root, 'held-1.sock'), configPath);
     const refused = await startDaemon(join(files.root, 'held-2.sock'), configPath).catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(StartupError);
-    expect(refused).toMatchObject({ exitCode: 4, cause: { dataRoot, holderPid: process.pid } });
+    expect(refused).toMatchObject({ exitCode: 4, cause: { folder: dataRoot, holderPid: process.pid } });
     await daemon.shutdown(0);
     // Let go on shutdown: the lock is free for this process's next take.
     DataRootLock.acquire(dataRoot).release();
@@ -213,6 +214,33 @@ describe('startAgentDaemon: the data root', () => {
     const failed = await startDaemon(blocked, configPath).catch((e: unknown) => e);
     expect(failed).toMatchObject({ exitCode: 3 });
     DataRootLock.acquire(dataRoot).release();
+  });
+
+  it('a capture folder whose lock file cannot be used is a ConfigError naming its key, with the lock’s error as its cause', async () => {
+    const captures = join(files.root, 'linked-captures');
+    await mkdir(captures);
+    await symlink(join(files.root, 'not-a-lock'), join(captures, CAPTURE_FOLDER_LOCK_FILE));
+    const configPath = join(files.root, 'linked.json');
+    await writeFile(
+      configPath,
+      JSON.stringify({
+        edgefleet_inference_workers: 1,
+        edgefleet_rest_socket_path: '',
+        sagemaker_edge_local_data_root_path: join(files.root, 'linked-data'),
+        sagemaker_edge_core_capture_data_destination: 'Disk',
+        sagemaker_edge_core_capture_data_disk_path: captures,
+      }),
+    );
+    const refused = await startDaemon(join(files.root, 'linked.sock'), configPath).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(ConfigError);
+    expect(refused).toMatchObject({
+      key: 'sagemaker_edge_core_capture_data_disk_path',
+      message: expect.stringMatching(
+        /^sagemaker_edge_core_capture_data_disk_path: the lock file .* is a symbolic link/,
+      ),
+    });
+    expect((refused as Error).cause).toBeInstanceOf(FolderLockError);
+    expect((refused as Error).cause).toMatchObject({ kind: CAPTURE_FOLDER, folder: captures });
   });
 });
 

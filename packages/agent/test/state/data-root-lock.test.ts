@@ -19,10 +19,11 @@ import { fileURLToPath } from 'node:url';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
+  DATA_ROOT_FOLDER,
   DATA_ROOT_LOCK_FILE,
-  DataRootInUseError,
   DataRootLock,
-  DataRootLockError,
+  FolderInUseError,
+  FolderLockError,
   lockHolder,
 } from '../../src/state/index.js';
 import { REPO_ROOT, buildAgent } from '../daemon/process-helpers.js';
@@ -129,15 +130,15 @@ describe('DataRootLock', () => {
 
     // A second lock in this process (two daemons in one test process) is refused like another process's.
     const error = refusal(dataRoot);
-    expect(error).toBeInstanceOf(DataRootInUseError);
-    expect(error).toMatchObject({ dataRoot, holderPid: process.pid });
+    expect(error).toBeInstanceOf(FolderInUseError);
+    expect(error).toMatchObject({ kind: DATA_ROOT_FOLDER, folder: dataRoot, holderPid: process.pid });
     expect((error as Error).message).toBe(
       `the data root ${dataRoot} (sagemaker_edge_local_data_root_path) is in use by another edgefleet-agent (pid ${process.pid}); one agent per data root: stop that agent, or give this one a data root of its own`,
     );
 
     // The refused attempt closed its own connection to the file: POSIX locks are the process's and a close can
     // drop them, so another process must still find the data root held.
-    expect(await tryInAnotherProcess(dataRoot)).toBe(`DataRootInUseError ${process.pid}`);
+    expect(await tryInAnotherProcess(dataRoot)).toBe(`FolderInUseError ${process.pid}`);
 
     lock.release();
     lock.release(); // twice is fine
@@ -149,14 +150,14 @@ describe('DataRootLock', () => {
     const dataRoot = join(root, 'shared');
     const holder = await holdInAnotherProcess(dataRoot);
     const error = refusal(dataRoot);
-    expect(error).toBeInstanceOf(DataRootInUseError);
-    expect(error).toMatchObject({ dataRoot, holderPid: holder.pid });
+    expect(error).toBeInstanceOf(FolderInUseError);
+    expect(error).toMatchObject({ kind: DATA_ROOT_FOLDER, folder: dataRoot, holderPid: holder.pid });
     expect((error as Error).message).toContain(`(pid ${holder.pid})`);
 
     holder.kill('SIGKILL');
     await exitOf(holder);
     expect(acquire(dataRoot).held).toBe(true);
-    expect(await tryInAnotherProcess(dataRoot)).toBe(`DataRootInUseError ${process.pid}`);
+    expect(await tryInAnotherProcess(dataRoot)).toBe(`FolderInUseError ${process.pid}`);
   });
 
   it('a tool keeping a read open on the lock file holds it too, and is named', async () => {
@@ -168,15 +169,19 @@ describe('DataRootLock', () => {
       db.exec('BEGIN');
       db.prepare('SELECT count(*) FROM sqlite_master').get();
     `);
-    expect(refusal(dataRoot)).toMatchObject({ dataRoot, holderPid: reader.pid });
+    expect(refusal(dataRoot)).toMatchObject({
+      kind: DATA_ROOT_FOLDER,
+      folder: dataRoot,
+      holderPid: reader.pid,
+    });
   });
 
   it('without /proc/locks the holder is not named, and the refusal stands', async () => {
     const dataRoot = join(root, 'no-proc');
     await holdInAnotherProcess(dataRoot);
     const error = refusal(dataRoot, { procLocksPath: join(root, 'no-such-proc-locks') });
-    expect(error).toBeInstanceOf(DataRootInUseError);
-    expect((error as DataRootInUseError).holderPid).toBeUndefined();
+    expect(error).toBeInstanceOf(FolderInUseError);
+    expect((error as FolderInUseError).holderPid).toBeUndefined();
     expect((error as Error).message).not.toContain('pid');
   });
 
@@ -198,11 +203,11 @@ describe('DataRootLock', () => {
     }
   });
 
-  it('a data root that cannot be made is a DataRootLockError saying what was expected', async () => {
+  it('a data root that cannot be made is a FolderLockError saying what was expected', async () => {
     const file = join(root, 'a-file');
     await writeFile(file, 'not a folder');
     const error = refusal(join(file, 'data'));
-    expect(error).toBeInstanceOf(DataRootLockError);
+    expect(error).toBeInstanceOf(FolderLockError);
     expect((error as Error).message).toBe(
       `cannot create the data root ${join(file, 'data')}: ENOTDIR; expected a folder the agent can create and write`,
     );
@@ -258,7 +263,7 @@ describe('DataRootLock', () => {
     await chmod(target, 0o644);
     await symlink(target, path);
     const error = refusal(dataRoot);
-    expect(error).toBeInstanceOf(DataRootLockError);
+    expect(error).toBeInstanceOf(FolderLockError);
     expect((error as Error).message).toBe(
       `the lock file ${path} is a symbolic link; expected a regular file owned by the agent's user (uid ${process.getuid!()}), or none (the agent creates it): remove it (it keeps nothing)`,
     );
@@ -285,7 +290,7 @@ describe('DataRootLock', () => {
     const fifo = join(root, 'fifo-lock');
     await mkdir(fifo, { recursive: true });
     execFileSync('mkfifo', ['-m', '600', join(fifo, DATA_ROOT_LOCK_FILE)]);
-    expect(refusal(fifo)).toBeInstanceOf(DataRootLockError);
+    expect(refusal(fifo)).toBeInstanceOf(FolderLockError);
     expect((refusal(fifo) as Error).message).toContain('is not a regular file');
   });
 
@@ -299,20 +304,20 @@ describe('DataRootLock', () => {
       await writeFile(path, '', { mode: 0o600 });
       await chown(path, 65534, 65534);
       const error = refusal(dataRoot);
-      expect(error).toBeInstanceOf(DataRootLockError);
+      expect(error).toBeInstanceOf(FolderLockError);
       expect((error as Error).message).toContain(`is owned by uid 65534; expected a regular file owned by`);
       expect(await stat(path)).toMatchObject({ uid: 65534, size: 0 });
     },
   );
 
-  it('a lock file that is not a SQLite file is a DataRootLockError, and is left as it was', async () => {
+  it('a lock file that is not a SQLite file is a FolderLockError, and is left as it was', async () => {
     const dataRoot = join(root, 'damaged');
     await rm(dataRoot, { recursive: true, force: true });
     acquire(dataRoot).release();
     const garbage = 'x'.repeat(4096);
     await writeFile(join(dataRoot, DATA_ROOT_LOCK_FILE), garbage);
     const error = refusal(dataRoot);
-    expect(error).toBeInstanceOf(DataRootLockError);
+    expect(error).toBeInstanceOf(FolderLockError);
     expect((error as Error).message).toMatch(/^cannot lock .*agent\.lock: .*; expected a SQLite lock file/);
     expect(await readFile(join(dataRoot, DATA_ROOT_LOCK_FILE), 'utf8')).toBe(garbage);
   });
