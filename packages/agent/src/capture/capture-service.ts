@@ -1,7 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { AgentError, isAgentError, type PredictObserver } from '../models/index.js';
-import { MemoryUploadLedger, type ModelActivity, type UploadLedger } from '../state/index.js';
+import {
+  MemoryUploadLedger,
+  type FolderLock,
+  type ModelActivity,
+  type UploadLedger,
+} from '../state/index.js';
 import { backoffDelay } from '../retry/index.js';
 import { AutoCapture } from './auto-capture.js';
 import type { CaptureItem } from './capture-item.js';
@@ -40,6 +45,11 @@ export interface CaptureServiceOptions {
   /** Counts captured samples per model for the heartbeat. */
   activity?: ModelActivity;
   logger?: CaptureLogger;
+  /**
+   * The Disk folder's lock (lockCaptureFolder), held by the caller: checked with the periodic status pruning, so
+   * that a lock file removed or replaced under it (which lets a second agent in) is reported.
+   */
+  folderLock?: FolderLock;
   now?: () => number;
   random?: () => number;
 }
@@ -102,6 +112,9 @@ export class CaptureService {
   /** When the last "destination full" warning was logged, and the batches refused since. */
   #fullWarnedAt = Number.NEGATIVE_INFINITY;
   #fullUnwarned = 0;
+  readonly #folderLock: FolderLock | undefined;
+  /** What the last check found of the folder lock's file (undefined: still the file locked). */
+  #folderLockChange: string | undefined;
 
   constructor(options: CaptureServiceOptions) {
     const { settings } = options;
@@ -111,6 +124,7 @@ export class CaptureService {
     this.#destination = options.destination;
     this.#activity = options.activity;
     this.#logger = options.logger;
+    this.#folderLock = options.folderLock;
     this.#now = options.now ?? Date.now;
     this.#random = options.random ?? Math.random;
     this.#bufferBytes = settings.bufferBytes ?? defaultCaptureBufferBytes(settings.maxCaptureBytes);
@@ -693,6 +707,21 @@ export class CaptureService {
     } catch (error) {
       this.#logger?.warn({ err: error }, 'capture: cannot prune old capture statuses');
     }
+    this.#checkFolderLock();
+  }
+
+  /** Reports the Disk folder's lock file removed or replaced, once per change (it stays so until a restart). */
+  #checkFolderLock(): void {
+    const lock = this.#folderLock;
+    if (lock === undefined) return;
+    const change = lock.lockFileChange();
+    if (change !== undefined && change !== this.#folderLockChange) {
+      this.#logger?.error(
+        { folder: lock.folder, lockFile: lock.path },
+        `capture: the Disk capture folder's lock file ${lock.path} was ${change} while this agent holds the folder: another agent can now lock the folder too and write, upload and count its files alongside this one. Restart this agent to lock the folder again, and keep the lock file out of clean-ups of the capture folder (it must stay)`,
+      );
+    }
+    this.#folderLockChange = change;
   }
 }
 

@@ -129,6 +129,7 @@ async function startLocked(
     ...(options.metricsRegistry && { metricsRegistry: options.metricsRegistry }),
     ...(options.activity && { activity: options.activity }),
     ...(logger && { logger }),
+    ...(folderLock && { folderLock }),
   });
   if (destination instanceof DiskDestination) {
     const swept = await destination.sweep().catch((error: unknown) => {

@@ -89,11 +89,14 @@ export class FolderLock {
   /** The lock file. */
   readonly path: string;
   #db: Database | undefined;
+  /** The locked file's identity, to tell when another file has taken its path. */
+  readonly #file: { dev: bigint; ino: bigint } | undefined;
 
   private constructor(folder: string, path: string, db: Database) {
     this.folder = folder;
     this.path = path;
     this.#db = db;
+    this.#file = fileIdentity(path);
   }
 
   /**
@@ -149,6 +152,19 @@ export class FolderLock {
     return this.#db !== undefined;
   }
 
+  /**
+   * What became of the lock file since it was locked: undefined while it is still the file locked, else
+   * "removed" or "replaced by another file". Either way the lock no longer keeps a second agent out: it locks the
+   * file now at the path (a clean-up of old files may remove the lock file, which is never written). An lstat
+   * only (opening the file would drop the lock).
+   */
+  lockFileChange(): 'removed' | 'replaced by another file' | undefined {
+    if (this.#file === undefined) return undefined;
+    const now = fileIdentity(this.path);
+    if (now === undefined) return 'removed';
+    return now.dev === this.#file.dev && now.ino === this.#file.ino ? undefined : 'replaced by another file';
+  }
+
   /** Lets the lock go. Safe to call more than once. */
   release(): void {
     this.#db?.close();
@@ -198,6 +214,16 @@ export class DataRootLock {
 
   release(): void {
     this.#lock.release();
+  }
+}
+
+/** The device and inode of what is at `path` (no link followed), or undefined when nothing is there. */
+function fileIdentity(path: string): { dev: bigint; ino: bigint } | undefined {
+  try {
+    const { dev, ino } = lstatSync(path, { bigint: true });
+    return { dev, ino };
+  } catch {
+    return undefined;
   }
 }
 

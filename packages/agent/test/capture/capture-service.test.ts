@@ -1,4 +1,4 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentDataType, AgentEncoding, createAgentCodec } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   CaptureService,
   DiskDestination,
+  lockCaptureFolder,
   MemoryCaptureQueue,
   SqliteCaptureQueue,
   type CaptureQueue,
@@ -126,6 +127,48 @@ describe('the bytes a capture keeps', () => {
         Buffer.from(new Float32Array(16).fill(1).buffer),
       ),
     ).toBe(true);
+  });
+});
+
+describe('the Disk folder lock', () => {
+  it('reports a lock file removed or replaced while the folder is held (an age-based clean-up of the capture folder), once per change', async () => {
+    const settings = testSettings(work, { batchSize: 10 });
+    const lock = lockCaptureFolder(settings.diskPath);
+    const logged: string[] = [];
+    const service = new CaptureService({
+      settings,
+      models: loaded.registry,
+      queue: new MemoryCaptureQueue(),
+      destination: new DiskDestination(settings.diskPath),
+      logger: {
+        info: () => undefined,
+        warn: (_, message) => logged.push(message),
+        error: (_, message) => logged.push(message),
+      },
+      folderLock: lock,
+    });
+    services.push(service);
+    try {
+      await service.start();
+      vi.advanceTimersByTime(60_000);
+      expect(logged).toEqual([]);
+      await rm(lock.path);
+      vi.advanceTimersByTime(60_000);
+      expect(logged).toEqual([
+        `capture: the Disk capture folder's lock file ${lock.path} was removed while this agent holds the folder: another agent can now lock the folder too and write, upload and count its files alongside this one. Restart this agent to lock the folder again, and keep the lock file out of clean-ups of the capture folder (it must stay)`,
+      ]);
+      vi.advanceTimersByTime(120_000);
+      expect(logged).toHaveLength(1);
+      // What that allows: a second lock on the folder (another agent's) is taken, on a new file.
+      lockCaptureFolder(settings.diskPath).release();
+      vi.advanceTimersByTime(60_000);
+      expect(logged).toHaveLength(2);
+      expect(logged[1]).toMatch(
+        /lock file .* was replaced by another file while this agent holds the folder/,
+      );
+    } finally {
+      lock.release();
+    }
   });
 });
 
