@@ -39,9 +39,8 @@ import { describeMetrics } from './metrics-table.js';
  * whose inner command failed leaves `--token` followed by the next option, which would become the token and
  * turn the real mistake into a confusing "required option" error.
  */
-export function enrollmentTokenOption(value: string): string {
-  const fix =
-    'run the command that prints the token on its own, or stop on its failure: TOKEN=$(edgefleet device enrollment-token <device>) && edgefleet device enroll --token "$TOKEN" …';
+export function enrollmentTokenOption(value: string, invocation: string): string {
+  const fix = `run the command that prints the token on its own, or stop on its failure: TOKEN=$(${invocation} device enrollment-token <device>) && ${invocation} device enroll --token "$TOKEN" …`;
   if (value.trim() === '')
     throw new CliError(`--token is empty: expected the efe_… token; ${fix}`, EXIT.usage);
   if (value.startsWith('-'))
@@ -354,7 +353,10 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
       'on the device: make a key pair and CSR, get a certificate with an enrollment token, and write the agent config',
     )
     .option('--server <url>', 'the EdgeFleet server’s operator API (env EDGEFLEET_SERVER)')
-    .option('--token <efe_…>', 'the enrollment token (env EDGEFLEET_ENROLLMENT_TOKEN)', enrollmentTokenOption)
+    .option('--token <efe_…>', 'the enrollment token (env EDGEFLEET_ENROLLMENT_TOKEN)', (value: string) =>
+      // Parsed before the action runs; the hint names the command as the user started it (npx or not).
+      enrollmentTokenOption(value, output().invocation),
+    )
     .option('--profile <name>', 'take the server URL from this profile')
     .requiredOption('--config <file>', 'the agent’s JSON config to create or merge into')
     .option(

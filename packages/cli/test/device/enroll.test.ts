@@ -5,10 +5,12 @@ import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } 
 import { tmpdir } from 'node:os';
 import { request } from 'node:https';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { edgefleet, useOperatorCli } from '../run-cli.js';
 import { REPO_ROOT, deviceEnrollArgs } from '../../../../test/support/control-plane.js';
+import { runCli } from '../../src/cli.js';
 import { enrollDevice } from '../../src/device/enroll.js';
 import { ServerClient } from '../../src/server-client/index.js';
 
@@ -188,6 +190,31 @@ describe('edgefleet device enroll', () => {
     expect(empty.code).toBe(2);
     expect(empty.stderr).toMatch(/--token is empty: expected the efe_… token/);
     await expect(stat(configFile)).rejects.toThrow(/ENOENT/);
+  });
+
+  it('names the command as the user started it in the --token refusal’s hint: npx edgefleet through npm, else edgefleet (N4)', async () => {
+    const refusal = async (env: Record<string, string>) => {
+      let stderr = '';
+      const sink = new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          stderr += chunk.toString();
+          done();
+        },
+      });
+      const code = await runCli(['device', 'enroll', '--token', '--config', join(cli.work, 'hint.json')], {
+        stdout: sink,
+        stderr: sink as unknown as NodeJS.WriteStream,
+        env,
+      });
+      expect(code).toBe(2);
+      return stderr;
+    };
+    expect(await refusal({})).toContain(
+      'TOKEN=$(edgefleet device enrollment-token <device>) && edgefleet device enroll',
+    );
+    expect(await refusal({ npm_command: 'exec' })).toContain(
+      'TOKEN=$(npx edgefleet device enrollment-token <device>) && npx edgefleet device enroll',
+    );
   });
 
   it("the README's enrollment line stops at a failed enrollment-token, with its message alone", async () => {
