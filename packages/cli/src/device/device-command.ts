@@ -40,7 +40,7 @@ import { describeMetrics } from './metrics-table.js';
  * turn the real mistake into a confusing "required option" error.
  */
 export function enrollmentTokenOption(value: string, invocation: string): string {
-  const fix = `run the command that prints the token on its own, or stop on its failure: TOKEN=$(${invocation} device enrollment-token <device>) && ${invocation} device enroll --token "$TOKEN" …`;
+  const fix = `run the command that prints the token on its own, or stop on its failure: TOKEN=$(${invocation} device enrollment-token <device>) && EDGEFLEET_ENROLLMENT_TOKEN="$TOKEN" ${invocation} device enroll …`;
   if (value.trim() === '')
     throw new CliError(`--token is empty: expected the efe_… token; ${fix}`, EXIT.usage);
   if (value.startsWith('-'))
@@ -134,7 +134,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
       );
       out.result({ devices }, () => [
         `Registered ${devices.length} device${devices.length === 1 ? '' : 's'} in fleet ${fleet}: ${devices.map((d) => d.name).join(', ')}`,
-        `Next, for each device: TOKEN=$(${out.invocation} device enrollment-token <name>) && ${out.invocation} device enroll --server <url> --token "$TOKEN" --config <agent config>`,
+        `Next, for each device: TOKEN=$(${out.invocation} device enrollment-token <name>) && EDGEFLEET_ENROLLMENT_TOKEN="$TOKEN" ${out.invocation} device enroll --server <url> --config <agent config>`,
       ]);
     },
   );
@@ -353,9 +353,12 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
       'on the device: make a key pair and CSR, get a certificate with an enrollment token, and write the agent config',
     )
     .option('--server <url>', 'the EdgeFleet server’s operator API (env EDGEFLEET_SERVER)')
-    .option('--token <efe_…>', 'the enrollment token (env EDGEFLEET_ENROLLMENT_TOKEN)', (value: string) =>
-      // Parsed before the action runs; the hint names the command as the user started it (npx or not).
-      enrollmentTokenOption(value, output().invocation),
+    .option(
+      '--token <efe_…>',
+      'the enrollment token; better in env EDGEFLEET_ENROLLMENT_TOKEN (a command line is visible to other local users)',
+      (value: string) =>
+        // Parsed before the action runs; the hint names the command as the user started it (npx or not).
+        enrollmentTokenOption(value, output().invocation),
     )
     .option('--profile <name>', 'take the server URL from this profile')
     .requiredOption('--config <file>', 'the agent’s JSON config to create or merge into')
@@ -409,7 +412,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
         const enrollmentToken = opts.token ?? (process.env.EDGEFLEET_ENROLLMENT_TOKEN || undefined);
         if (enrollmentToken === undefined)
           throw new CliError(
-            `no enrollment token: pass --token efe_… or set EDGEFLEET_ENROLLMENT_TOKEN (an operator creates one with "${out.invocation} device enrollment-token <device>")`,
+            `no enrollment token: set EDGEFLEET_ENROLLMENT_TOKEN=efe_… (or pass --token efe_…, which other local users can read in the process list) (an operator creates one with "${out.invocation} device enrollment-token <device>")`,
             EXIT.usage,
           );
         const configFile = resolve(opts.config);

@@ -210,16 +210,16 @@ describe('edgefleet device enroll', () => {
       return stderr;
     };
     expect(await refusal({})).toContain(
-      'TOKEN=$(edgefleet device enrollment-token <device>) && edgefleet device enroll',
+      'TOKEN=$(edgefleet device enrollment-token <device>) && EDGEFLEET_ENROLLMENT_TOKEN="$TOKEN" edgefleet device enroll',
     );
     expect(await refusal({ npm_command: 'exec' })).toContain(
-      'TOKEN=$(npx edgefleet device enrollment-token <device>) && npx edgefleet device enroll',
+      'TOKEN=$(npx edgefleet device enrollment-token <device>) && EDGEFLEET_ENROLLMENT_TOKEN="$TOKEN" npx edgefleet device enroll',
     );
   });
 
   it("the README's enrollment line stops at a failed enrollment-token, with its message alone", async () => {
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
-    const line = readme.split('\n').find((l) => l.includes('device enroll --token') && l.includes('cam-01'));
+    const line = readme.split('\n').find((l) => l.includes('device enroll') && l.includes('cam-01'));
     expect(line).toBeDefined();
     // As an operator runs it, in a shell; cam-01 is not registered on this control plane, so the inner
     // command fails.
