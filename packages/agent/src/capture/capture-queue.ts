@@ -246,6 +246,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
   readonly #monotonic: () => number;
   readonly #onDamaged: ((captureId: string, error: Error) => void) | undefined;
   readonly #onPayloadFolder: ((problem: Error | undefined) => void) | undefined;
+  readonly #onReadTriesRecording: ((problem: Error | undefined) => void) | undefined;
   readonly #inlineLimit: number;
   readonly #deferral: DeferralPolicy;
   /**
@@ -255,6 +256,8 @@ export class SqliteCaptureQueue implements CaptureQueue {
   readonly #deferrals = new Map<string, Deferral>();
   /** Whether the last large payload went inline because the folder was unsafe (logged once per change). */
   #folderUnsafe = false;
+  /** Whether the last recording of read tries failed (told once per change). */
+  #readTriesUnrecorded = false;
   #waiting: {
     row: QueuedCaptureRow;
     resolve: () => void;
@@ -293,6 +296,12 @@ export class SqliteCaptureQueue implements CaptureQueue {
      * when they go to files again (undefined): once per change.
      */
     onPayloadFolder?: (problem: Error | undefined) => void;
+    /**
+     * Told when the failed reads of an interrupted batch's captures cannot be recorded in the database (with why:
+     * they are still counted in memory, but a restart would count from the last recorded try), and when they are
+     * recorded again (undefined): once per change.
+     */
+    onReadTriesRecording?: (problem: Error | undefined) => void;
     /** Payloads larger than this are written as files, off the event loop (default 64 KiB). */
     inlinePayloadLimitBytes?: number;
     /** How captures that cannot be read now are tried again (default DEFAULT_DEFERRAL_POLICY). */
@@ -303,6 +312,7 @@ export class SqliteCaptureQueue implements CaptureQueue {
     this.#monotonic = options.monotonic ?? (() => performance.now());
     this.#onDamaged = options.onDamaged;
     this.#onPayloadFolder = options.onPayloadFolder;
+    this.#onReadTriesRecording = options.onReadTriesRecording;
     this.#inlineLimit = options.inlinePayloadLimitBytes ?? DEFAULT_INLINE_PAYLOAD_LIMIT_BYTES;
     this.#deferral = options.deferral ?? DEFAULT_DEFERRAL_POLICY;
   }
@@ -482,8 +492,16 @@ export class SqliteCaptureQueue implements CaptureQueue {
       for (const [captureId, deferral] of failed) deferrals.set(captureId, deferral);
       try {
         this.#repository.recordReadTries(readTriesToRecord(rows, classified.deferrals));
-      } catch {
+        if (this.#readTriesUnrecorded) {
+          this.#readTriesUnrecorded = false;
+          this.#onReadTriesRecording?.(undefined);
+        }
+      } catch (error) {
         // Counted in memory still: only a restart before the next recorded try would count these again.
+        if (!this.#readTriesUnrecorded) {
+          this.#readTriesUnrecorded = true;
+          this.#onReadTriesRecording?.(error instanceof Error ? error : new Error(String(error)));
+        }
       }
       // The next try: the earliest of this try's failed reads (none: the discard failed; after the first delay).
       const notBefore = Math.min(...failed.map(([, d]) => d.notBefore));

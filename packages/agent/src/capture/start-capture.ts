@@ -117,6 +117,13 @@ async function startLocked(
                 {},
                 'capture: the payload folder is safe again; large captures are written as files',
               ),
+        onReadTriesRecording: (problem) =>
+          problem
+            ? logger?.warn(
+                { err: problem },
+                'capture: the failed reads of queued captures cannot be recorded in the local database; they are counted in memory, so a restart counts them again from the last recorded try',
+              )
+            : logger?.info({}, 'capture: the failed reads of queued captures are recorded again'),
       })
     : new MemoryCaptureQueue();
   const service = new CaptureService({

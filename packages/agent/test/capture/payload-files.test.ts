@@ -227,9 +227,14 @@ describe('the start-up sweep of the payload folder', () => {
 });
 
 /** A queue repository over a fresh database whose payload files go through `fileSystem`. */
-async function repositoryWith(fileSystem: PayloadFileSystem): Promise<CaptureQueueRepository> {
+async function repositoryWith(
+  fileSystem: PayloadFileSystem,
+  options: { busyTimeoutMs?: number } = {},
+): Promise<CaptureQueueRepository> {
   await mkdir(dirname(path), { recursive: true });
-  const db = new SqliteDatabase(path);
+  const db = new SqliteDatabase(path, {
+    ...(options.busyTimeoutMs !== undefined && { timeout: options.busyTimeoutMs }),
+  });
   opened.push(db);
   db.pragma('journal_mode = WAL');
   migrate(db);
@@ -467,11 +472,17 @@ describe('the payload folder made durable (C1: no row commits before the data ro
 });
 
 /** A queue whose payload file reads fail with EIO (a bad SD-card block) while `failing.reads` is true. */
-async function queueWithFailingReads(deferral: {
-  firstDelayMs: number;
-  maxDelayMs: number;
-  maxTries: number;
-}) {
+async function queueWithFailingReads(
+  deferral: {
+    firstDelayMs: number;
+    maxDelayMs: number;
+    maxTries: number;
+  },
+  options: {
+    busyTimeoutMs?: number;
+    onReadTriesRecording?: (problem: Error | undefined) => void;
+  } = {},
+) {
   const failing = { reads: false };
   const fileSystem: PayloadFileSystem = {
     ...NODE_PAYLOAD_FILE_SYSTEM,
@@ -482,11 +493,12 @@ async function queueWithFailingReads(deferral: {
   };
   const damaged: string[] = [];
   const queue = new SqliteCaptureQueue({
-    repository: await repositoryWith(fileSystem),
+    repository: await repositoryWith(fileSystem, options),
     onDamaged: (captureId) => damaged.push(captureId),
     now: () => clock,
     monotonic: () => clock,
     deferral,
+    ...(options.onReadTriesRecording && { onReadTriesRecording: options.onReadTriesRecording }),
   });
   return { queue, damaged, failing };
 }
@@ -646,6 +658,41 @@ describe('an interrupted batch with a capture that cannot be read for a lasting 
     });
     queue.completeBatch('b1', 'SUCCESS');
     expect(queue.status('good')?.status).toBe('SUCCESS');
+    await queue.close();
+  });
+});
+
+describe('failed reads of an interrupted batch that the database refuses to record (N7)', () => {
+  it('are told once per change (refused, then recorded again); the batch is tried again as before', async () => {
+    const told: (string | undefined)[] = [];
+    const { queue, failing } = await queueWithFailingReads(
+      { firstDelayMs: 1000, maxDelayMs: 4000, maxTries: 10 },
+      // A write that finds the lock taken fails at once (SQLITE_BUSY) instead of waiting for it.
+      { busyTimeoutMs: 0, onReadTriesRecording: (problem) => told.push(problem?.message) },
+    );
+    await queue.enqueue(item('bad', 256 * 1024, 3));
+    await queue.formBatch('b1', 10); // then killed before completeBatch
+    failing.reads = true; // a bad block under its file
+    expect((await queue.recover()).heldAside.size).toBe(1); // the first try, recorded: nothing told
+    expect(told).toEqual([]);
+    // Another connection holds the write lock through the next two tries: neither can be recorded.
+    const other = new SqliteDatabase(path, { timeout: 0 });
+    opened.push(other);
+    other.prepare('BEGIN IMMEDIATE').run();
+    clock += 1000;
+    expect(await queue.retrySetAside()).toEqual([]);
+    clock += 2000;
+    expect(await queue.retrySetAside()).toEqual([]);
+    expect(told).toEqual([expect.stringMatching(/locked|busy/i)]);
+    other.prepare('COMMIT').run();
+    clock += 4000;
+    expect(await queue.retrySetAside()).toEqual([]);
+    expect(told).toEqual([expect.stringMatching(/locked|busy/i), undefined]);
+    failing.reads = false;
+    clock += 4000;
+    const [retried] = await queue.retrySetAside();
+    expect(retried?.items.map((i) => i.captureId)).toEqual(['bad']);
+    queue.completeBatch('b1', 'SUCCESS');
     await queue.close();
   });
 });
