@@ -412,7 +412,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
         const enrollmentToken = opts.token ?? (process.env.EDGEFLEET_ENROLLMENT_TOKEN || undefined);
         if (enrollmentToken === undefined)
           throw new CliError(
-            `no enrollment token: set EDGEFLEET_ENROLLMENT_TOKEN=efe_… (or pass --token efe_…, which other local users can read in the process list) (an operator creates one with "${out.invocation} device enrollment-token <device>")`,
+            `no enrollment token: set EDGEFLEET_ENROLLMENT_TOKEN=efe_…, or pass --token efe_… (which other local users can read in the process list); an operator creates one with "${out.invocation} device enrollment-token <device>"`,
             EXIT.usage,
           );
         const configFile = resolve(opts.config);
