@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { isLoopbackHost } from '@edgefleet/core';
 import type { ListenAddress } from '../config/index.js';
 
@@ -11,6 +12,11 @@ export interface NetworkSettings {
   deviceServerNames: readonly string[];
   /** Whether the device API's certificate is generated from deviceServerNames (not the operator's own). */
   generatedDeviceCertificate: boolean;
+}
+
+/** The device API URL for a server name and port; an IPv6 address goes in brackets, as a URL needs. */
+export function deviceEndpointFor(serverName: string, port: number): string {
+  return `https://${isIP(serverName) === 6 ? `[${serverName}]` : serverName}:${port}`;
 }
 
 /**

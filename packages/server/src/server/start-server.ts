@@ -87,7 +87,7 @@ import {
   OPERATOR_LISTENER_LIMITS,
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
-import { networkWarnings } from './network-warnings.js';
+import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
 
@@ -539,7 +539,10 @@ export async function startServer(
     );
     const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
     const deviceUrl = urlOf(deviceApp, 'https');
-    deviceEndpoint ||= `https://${config.deviceServerNames[0]}:${(deviceApp.server.address() as AddressInfo).port}`;
+    deviceEndpoint ||= deviceEndpointFor(
+      config.deviceServerNames[0]!,
+      (deviceApp.server.address() as AddressInfo).port,
+    );
     const warnings = networkWarnings({
       listen: config.listen,
       operatorTls: config.tls !== undefined,
