@@ -74,7 +74,11 @@ export class ServerUnreachableError extends Error {
 
 /** An answer that is not what this CLI understands (another service on that port, an incompatible server). */
 export class ServerResponseError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    /** The HTTP status of the answer, when there was one (a proxy's HTML error page, for one). */
+    readonly status?: number,
+  ) {
     super(message);
     this.name = 'ServerResponseError';
   }
@@ -605,6 +609,7 @@ export class ServerClient {
       } catch {
         throw new ServerResponseError(
           `${where} answered HTTP ${response.status} with something that is not JSON; is ${this.#connection.server} an EdgeFleet server?`,
+          response.status,
         );
       }
     }
