@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { isLoopbackHost } from '@edgefleet/core';
+import { canonicalHost, isLoopbackHost } from '@edgefleet/core';
 import type { ListenAddress } from '../config/index.js';
 
 export interface NetworkSettings {
@@ -40,9 +40,7 @@ export function networkWarnings(settings: NetworkSettings): string[] {
     );
   } else if (
     settings.generatedDeviceCertificate &&
-    !settings.deviceServerNames.some(
-      (name) => name.toLowerCase() === endpointHost.replace(/^\[|\]$/g, '').toLowerCase(),
-    )
+    !settings.deviceServerNames.some((name) => canonicalHost(name) === canonicalHost(endpointHost))
   ) {
     warnings.push(
       `enrollment hands devices ${settings.deviceEndpoint}, but the device API's certificate names only ${settings.deviceServerNames.join(', ')}: devices would refuse it; add ${endpointHost} to deviceServerNames (--device-server-names, EDGEFLEET_DEVICE_SERVER_NAMES)`,

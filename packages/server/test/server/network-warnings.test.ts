@@ -61,13 +61,13 @@ describe('networkWarnings', () => {
       ),
     ]);
     expect(networkWarnings({ ...unnamed, generatedDeviceCertificate: false })).toEqual([]);
-    // Names compare without regard to case, and an IPv6 endpoint host without its brackets.
+    // Names compare without regard to case, and IPv6 addresses as addresses, however written (N4).
     expect(networkWarnings({ ...fleet, deviceEndpoint: 'https://FLEET.example:8443' })).toEqual([]);
     expect(
       networkWarnings({
         ...fleet,
         deviceEndpoint: 'https://[2001:db8::2]:8443',
-        deviceServerNames: ['2001:db8::2'],
+        deviceServerNames: ['2001:DB8:0::2'],
       }),
     ).toEqual([]);
   });
