@@ -652,7 +652,7 @@ async function explainedUnreachable(server: string, error: unknown): Promise<Ser
   const answering = await probeTlsPort(server);
   if (answering === 'device-api')
     return new ServerUnreachableError(
-      `${server} is an EdgeFleet server's device API (mutual TLS, for agents), not its operator API: pass the operator API's URL as --server (or EDGEFLEET_SERVER), by default http://<host>:8080 (the server's "listen" setting) (${code})`,
+      `${server} is an EdgeFleet server's device API (mutual TLS, for agents), not its operator API: pass the operator API's URL as --server (or EDGEFLEET_SERVER): the server's "listen" address (by default 127.0.0.1:8080, on the server's own host) (${code})`,
       { cause: error },
     );
   if (answering === 'tls' && new URL(server).protocol === 'http:')
