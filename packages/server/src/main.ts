@@ -85,8 +85,11 @@ function tokenCreateCommand(options: CommonOptions, env: NodeJS.ProcessEnv): str
 
 async function serve(options: CommonOptions): Promise<void> {
   const server = await startServer(await configFrom(options));
-  // Logged as JSON too; printed plainly so that whoever started the server by hand reads them.
-  for (const warning of server.warnings) process.stderr.write(`edgefleet-server: warning: ${warning}\n`);
+  // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:
+  // under systemd both streams go to the journal, which would hold every warning twice.
+  if (process.stderr.isTTY) {
+    for (const warning of server.warnings) process.stderr.write(`edgefleet-server: warning: ${warning}\n`);
+  }
   let signals = 0;
   const stop = (signal: NodeJS.Signals) => {
     signals += 1;

@@ -116,7 +116,7 @@ export interface ServerHandle {
   readonly deviceUrl: string;
   /** What devices are told to use (config deviceEndpoint, or derived from the first server name). */
   readonly deviceEndpoint: string;
-  /** Network set-up warnings logged at start (see networkWarnings); `serve` also prints them. */
+  /** Network set-up warnings logged at start (see networkWarnings); `serve` also prints them at a terminal. */
   readonly warnings: readonly string[];
   readonly config: ServerConfig;
   readonly database: ServerDatabase;
