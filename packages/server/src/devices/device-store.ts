@@ -9,6 +9,7 @@ import {
   type DeviceCertificatesTable,
   type DevicesTable,
 } from '../storage/index.js';
+import { eventIdFloor } from '../deployments/event-id.js';
 import type { DeviceInput, DeviceSortKey, IdentityStatus, UpdateDeviceInput } from './device-schemas.js';
 
 /** The value a device is sorted by under `sortBy`, as a page token stores it. */
@@ -330,6 +331,9 @@ export class DeviceStore {
       .selectFrom('deployment_events')
       .selectAll()
       .where('device_name', '=', device.name)
+      // Ids begin with the event's time: a bound on the (device_name, id) index range, so that the events of an
+      // earlier device of the same name are not walked; `at` states the rule.
+      .where('id', '>=', eventIdFloor(device.registeredAt))
       .where('at', '>=', device.registeredAt)
       .orderBy('id', 'desc')
       .limit(page.limit);
