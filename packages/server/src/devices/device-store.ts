@@ -318,7 +318,6 @@ export class DeviceStore {
     });
   }
 
-  /** The device's identity: its newest certificate issued since it was registered, and that one's state. */
   /**
    * The device's deployment events (retried, failed, timed out, cancelled, rolled back), newest first, from its
    * current registration on (not those of an earlier device of the same name); keyset-paged on the event id.
@@ -348,6 +347,7 @@ export class DeviceStore {
     }));
   }
 
+  /** The device's identity: its newest certificate issued since it was registered, and that one's state. */
   async identity(device: Pick<DeviceRecord, 'name' | 'registeredAt'>): Promise<DeviceIdentity> {
     const row = await this.db
       .selectFrom('device_certificates')
