@@ -7,7 +7,7 @@
  *   edgefleet-server backup --out FILE | restore --from FILE
  */
 import { Command, Option } from 'commander';
-import { commandPrefix } from '@edgefleet/core';
+import { commandPrefix, shellWord } from '@edgefleet/core';
 import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
 import { registerBackupCommands } from './backup/index.js';
 import {
@@ -54,16 +54,6 @@ async function configFrom(options: CommonOptions): Promise<ServerConfig> {
     if (value !== undefined) flags[flag] = value;
   }
   return loadConfig({ configFile: options.config, flags });
-}
-
-/**
- * `value` as one POSIX shell word that the shell takes literally: as is when it is plain, else single-quoted
- * (inside which only `'` is special: closed, escaped, reopened), so that `$`, backticks and `!` in a path are not
- * expanded when the command is pasted.
- */
-function shellWord(value: string): string {
-  if (/^[A-Za-z0-9_./-]+$/.test(value)) return value;
-  return `'${value.replaceAll("'", `'\\''`)}'`;
 }
 
 /**
