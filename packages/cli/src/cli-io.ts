@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
+import { shellWord } from '@edgefleet/core';
 
 /**
  * What every command shares: how results are printed (human text or `--json`), progress on long work, and how
@@ -189,12 +190,6 @@ export function refuseArguments(
       EXIT.usage,
     );
   });
-}
-
-/** `value` as one POSIX shell word taken literally, so that a suggested command can be pasted. */
-function shellWord(value: string): string {
-  if (/^[A-Za-z0-9_.:@/=+-]+$/.test(value)) return value;
-  return `'${value.replaceAll("'", `'\\''`)}'`;
 }
 
 /** `device list`: a command's names from below the program down to it. */

@@ -3,7 +3,10 @@ import { Command, type Option } from 'commander';
 /**
  * commander's Command, but an unknown option is named even when a required option is missing: commander checks
  * required options first, so `fleet create x --output-location s3://…` said only that `--output` was missing,
- * never that `--output-location` is not an option (the user's actual slip).
+ * never that `--output-location` is not an option (the user's actual slip). It overrides and calls commander's
+ * private `missingMandatoryOptionValue` and `unknownOption`, which a release may rename without notice (the
+ * override would then silently not run): packages/cli/package.json pins commander to ~14.0.x, and
+ * test/fleet/fleet-device-cli.test.ts checks the behaviour on each upgrade.
  */
 export class EdgefleetCommand extends Command {
   override createCommand(name?: string): EdgefleetCommand {

@@ -7,7 +7,7 @@
  *   edgefleet-server backup --out FILE | restore --from FILE
  */
 import { Command, Option } from 'commander';
-import { commandPrefix } from '@edgefleet/core';
+import { commandPrefix, shellWord } from '@edgefleet/core';
 import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
 import { registerBackupCommands } from './backup/index.js';
 import {
@@ -57,16 +57,6 @@ async function configFrom(options: CommonOptions): Promise<ServerConfig> {
 }
 
 /**
- * `value` as one POSIX shell word that the shell takes literally: as is when it is plain, else single-quoted
- * (inside which only `'` is special: closed, escaped, reopened), so that `$`, backticks and `!` in a path are not
- * expanded when the command is pasted.
- */
-function shellWord(value: string): string {
-  if (/^[A-Za-z0-9_./-]+$/.test(value)) return value;
-  return `'${value.replaceAll("'", `'\\''`)}'`;
-}
-
-/**
  * `token create` for a second admin token, on the same state as the command given `options` used, started the
  * way this server was (`npx edgefleet-server` through npx, else `edgefleet-server`).
  */
@@ -85,8 +75,11 @@ function tokenCreateCommand(options: CommonOptions, env: NodeJS.ProcessEnv): str
 
 async function serve(options: CommonOptions): Promise<void> {
   const server = await startServer(await configFrom(options));
-  // Logged as JSON too; printed plainly so that whoever started the server by hand reads them.
-  for (const warning of server.warnings) process.stderr.write(`edgefleet-server: warning: ${warning}\n`);
+  // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:
+  // under systemd both streams go to the journal, which would hold every warning twice.
+  if (process.stderr.isTTY) {
+    for (const warning of server.warnings) process.stderr.write(`edgefleet-server: warning: ${warning}\n`);
+  }
   let signals = 0;
   const stop = (signal: NodeJS.Signals) => {
     signals += 1;

@@ -295,6 +295,13 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await start.getByLabel('Job name').fill('mlp-2');
     await expect.poll(() => start.getByLabel(/^Model/).inputValue()).toBe('mlp');
     await expect.poll(() => start.getByLabel(/^Version/).inputValue()).toBe('3.0');
+    // Newest first, not in name order (N7).
+    expect(
+      await start
+        .getByLabel(/^Version/)
+        .locator('option')
+        .allTextContents(),
+    ).toEqual(['3.0 (latest)', '2.0']);
     await start.getByLabel(/^Version/).selectOption('2.0');
     await start.getByRole('button', { name: 'Start' }).click();
     const job = page.locator('tr[data-job="mlp-2"]');

@@ -7,6 +7,8 @@ import {
   fields,
   formatTime,
   intOption,
+  ServerApiError,
+  ServerResponseError,
   ServerUnreachableError,
   withServer,
   type ConnectionFlags,
@@ -19,6 +21,18 @@ import {
 const FINISHED = new Set(['DEPLOYED', 'FAILED', 'STOPPED']);
 /** The longest pause between reads of a --watch whose server does not answer. */
 const MAX_WATCH_RETRY_DELAY_MS = 30_000;
+/** What a TLS proxy answers while the server behind it restarts; Fastify answers 503 while it closes. */
+const SERVER_AWAY_STATUSES = new Set([502, 503, 504]);
+
+/** Whether a read failed because the server is away for now (restarting, a network blip), not for good. */
+function serverAway(error: unknown): error is Error {
+  if (error instanceof ServerUnreachableError) return true;
+  return (
+    (error instanceof ServerApiError || error instanceof ServerResponseError) &&
+    error.status !== undefined &&
+    SERVER_AWAY_STATUSES.has(error.status)
+  );
+}
 
 /**
  * `--stage <name>:<rule>[:<option>…]`: rule `percentage=<n>`, `devices=<a,b,…>` or `name-contains=<text>`;
@@ -192,8 +206,10 @@ async function watchStage(
   const { stdout } = io;
   const tty = !out.json && (stdout as NodeJS.WriteStream).isTTY === true;
   let last = '';
-  // A restart or a network blip must not end the watch: reads that get no answer are retried, backing off,
-  // until the server has not answered for retryForMs (then the last failure is the command's).
+  // A restart or a network blip must not end the watch: reads that get no answer (or a proxy's 502-504) are
+  // retried, backing off, until the server has not answered for retryForMs (then the last failure is the
+  // command's). Only once a read has succeeded: before that, a wrong --server fails at once, as in any command.
+  let answered = false;
   let outageStart: number | undefined;
   let retryDelayMs = timing.intervalMs;
   for (;;) {
@@ -203,7 +219,7 @@ async function watchStage(
       described = await client.getDeploymentPlan(plan);
       devices = await client.stageDevices(plan, stageName);
     } catch (error) {
-      if (!(error instanceof ServerUnreachableError)) throw error;
+      if (!answered || !serverAway(error)) throw error;
       outageStart ??= Date.now();
       const leftMs = outageStart + timing.retryForMs - Date.now();
       if (leftMs <= 0) throw error;
@@ -215,6 +231,7 @@ async function watchStage(
       retryDelayMs = Math.min(retryDelayMs * 2, MAX_WATCH_RETRY_DELAY_MS);
       continue;
     }
+    answered = true;
     if (outageStart !== undefined) io.stderr.write('edgefleet: the server answers again\n');
     outageStart = undefined;
     retryDelayMs = timing.intervalMs;

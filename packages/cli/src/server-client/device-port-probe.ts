@@ -26,9 +26,12 @@ export function looksLikeTlsPort(code: string | undefined): boolean {
 /**
  * What answers at `server`'s host and port when it speaks TLS: 'device-api' when its certificate is issued by an
  * EdgeFleet device CA, 'tls' for any other TLS service, undefined when no TLS handshake completes. Reads the
- * certificate only (nothing is trusted or sent), within a few seconds.
+ * certificate only (nothing is trusted or sent), within `timeoutMs` in all.
  */
-export function probeTlsPort(server: string): Promise<'device-api' | 'tls' | undefined> {
+export function probeTlsPort(
+  server: string,
+  timeoutMs = PROBE_TIMEOUT_MS,
+): Promise<'device-api' | 'tls' | undefined> {
   const url = new URL(server);
   const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
   const host = url.hostname.replace(/^\[|\]$/g, '');
@@ -39,8 +42,13 @@ export function probeTlsPort(server: string): Promise<'device-api' | 'tls' | und
       socket.destroy();
       resolve(names.includes(DEVICE_CA_NAME) ? 'device-api' : 'tls');
     });
-    socket.setTimeout(PROBE_TIMEOUT_MS, () => {
+    // A limit on the whole probe, not socket.setTimeout's idle one, whose reset by bytes is Node's detail.
+    const timer = setTimeout(() => {
       socket.destroy();
+      resolve(undefined);
+    }, timeoutMs);
+    socket.once('close', () => {
+      clearTimeout(timer);
       resolve(undefined);
     });
     socket.once('error', () => resolve(undefined));

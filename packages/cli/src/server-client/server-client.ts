@@ -74,7 +74,11 @@ export class ServerUnreachableError extends Error {
 
 /** An answer that is not what this CLI understands (another service on that port, an incompatible server). */
 export class ServerResponseError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    /** The HTTP status of the answer, when there was one (a proxy's HTML error page, for one). */
+    readonly status?: number,
+  ) {
     super(message);
     this.name = 'ServerResponseError';
   }
@@ -605,6 +609,7 @@ export class ServerClient {
       } catch {
         throw new ServerResponseError(
           `${where} answered HTTP ${response.status} with something that is not JSON; is ${this.#connection.server} an EdgeFleet server?`,
+          response.status,
         );
       }
     }
@@ -647,7 +652,7 @@ async function explainedUnreachable(server: string, error: unknown): Promise<Ser
   const answering = await probeTlsPort(server);
   if (answering === 'device-api')
     return new ServerUnreachableError(
-      `${server} is an EdgeFleet server's device API (mutual TLS, for agents), not its operator API: pass the operator API's URL as --server (or EDGEFLEET_SERVER), by default http://<host>:8080 (the server's "listen" setting) (${code})`,
+      `${server} is an EdgeFleet server's device API (mutual TLS, for agents), not its operator API: pass the operator API's URL as --server (or EDGEFLEET_SERVER): the server's "listen" address (by default 127.0.0.1:8080, on the server's own host) (${code})`,
       { cause: error },
     );
   if (answering === 'tls' && new URL(server).protocol === 'http:')

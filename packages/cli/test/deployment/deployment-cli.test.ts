@@ -1,11 +1,13 @@
 import { writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { writeTestModel } from '@edgefleet/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli.js';
 import { parseStage } from '../../src/deployment/deployment-command.js';
-import { useOperatorCli } from '../run-cli.js';
+import { edgefleet, useOperatorCli } from '../run-cli.js';
 
 const cli = useOperatorCli('edgefleet-deployment-cli-');
 const { ef, json } = cli;
@@ -166,6 +168,127 @@ describe('edgefleet deployment', () => {
     const onnxOnly = await ef('deployment', 'create', 'x', '--fleet', 'cams', '--package', 'h=tiny@1');
     expect(onnxOnly.code).toBe(1);
     expect(onnxOnly.stderr).toMatch(/uploaded as ONNX, not as a package/);
+  });
+
+  it('--watch against a wrong --server fails at once, without retrying (F3)', async () => {
+    const closed = http.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((resolve) => closed.close(resolve));
+    const watched = await edgefleet(
+      ...['deployment', 'devices', 'rollout', 'canary', '--watch', '--interval', '1', '--retry-for', '30'],
+      ...['--server', `http://127.0.0.1:${port}`, '--token', cli.plane.adminToken],
+    );
+    expect(watched.code).not.toBe(0);
+    expect(watched.stderr).toMatch(
+      /cannot reach the EdgeFleet server at http:\/\/127\.0\.0\.1:\d+: ECONNREFUSED/,
+    );
+    expect(watched.stderr).not.toMatch(/retrying/);
+  });
+
+  it('--watch rides out a proxy answering 502 and 503 while the server behind it is away (F3)', async () => {
+    expect((await ef('device', 'register', 'cams', 'cam-proxied')).code).toBe(0);
+    expect(
+      (
+        await ef(
+          'deployment',
+          'create',
+          'through-proxy',
+          '--fleet',
+          'cams',
+          '--undeploy',
+          'gone',
+          '--stage',
+          'all:devices=cam-proxied',
+        )
+      ).code,
+    ).toBe(0);
+    expect((await ef('deployment', 'start-stage', 'through-proxy', 'all')).code).toBe(0);
+    // A real HTTP proxy in front of the control plane: it forwards, or answers as a proxy does while its upstream
+    // restarts (an HTML 502 page; a 503 as Fastify's own while it closes).
+    let away: 502 | 503 | undefined;
+    const upstream = new URL(cli.plane.operatorUrl);
+    const proxy = http.createServer((request, response) => {
+      if (away === 502) {
+        response
+          .writeHead(502, { 'content-type': 'text/html' })
+          .end('<html><body>502 Bad Gateway</body></html>');
+        return;
+      }
+      if (away === 503) {
+        response
+          .writeHead(503, { 'content-type': 'application/json' })
+          .end(
+            JSON.stringify({ statusCode: 503, error: 'Service Unavailable', message: 'Service Unavailable' }),
+          );
+        return;
+      }
+      const forwarded = http.request(
+        {
+          host: upstream.hostname,
+          port: upstream.port,
+          path: request.url,
+          method: request.method,
+          headers: request.headers,
+        },
+        (answer) => {
+          response.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(response);
+        },
+      );
+      forwarded.on('error', () => response.destroy());
+      request.pipe(forwarded);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      let watchOut = '';
+      let watchErr = '';
+      const waiters: { test: () => boolean; resolve: () => void }[] = [];
+      const until = (test: () => boolean) =>
+        new Promise<void>((resolve) => {
+          waiters.push({ test, resolve });
+          settle();
+        });
+      const settle = () => {
+        for (const waiter of waiters.splice(0))
+          (waiter.test() ? waiter.resolve : () => waiters.push(waiter))();
+      };
+      const sink = (append: (text: string) => void) =>
+        new Writable({
+          write(chunk: Buffer, _encoding, done) {
+            append(chunk.toString());
+            settle();
+            done();
+          },
+        });
+      const watching = runCli(
+        ['deployment', 'devices', 'through-proxy', 'all', '--watch', '--interval', '1'].concat([
+          '--server',
+          `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
+          '--token',
+          cli.plane.adminToken,
+        ]),
+        {
+          stdout: sink((text) => (watchOut += text)),
+          stderr: sink((text) => (watchErr += text)) as unknown as NodeJS.WriteStream,
+        },
+      );
+      await until(() => watchOut.includes('\n'));
+      away = 502;
+      await until(() => /HTTP 502.*retrying in \d+ s/.test(watchErr));
+      away = 503;
+      await until(() => /HTTP 503.*retrying in \d+ s/.test(watchErr));
+      away = undefined;
+      await until(() => watchErr.includes('the server answers again'));
+      await json('deployment', 'stop-stage', 'through-proxy', 'all');
+      expect(await watching).toBe(0);
+      expect(watchOut.trim().split('\n').at(-1)).toBe(
+        'through-proxy/all: STOPPED — 0 deployed, 0 pending, 0 failed',
+      );
+    } finally {
+      proxy.closeAllConnections();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 
   // Last: it restarts the server the other tests use.

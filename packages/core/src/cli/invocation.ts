@@ -10,3 +10,13 @@ export function commandPrefix(bin: string, env: Readonly<Record<string, string |
   const throughNpm = (env.npm_command ?? '') !== '' || /[\\/]npx-cli\.js$/.test(env.npm_execpath ?? '');
   return throughNpm ? `npx ${bin}` : bin;
 }
+
+/**
+ * `value` as one POSIX shell word that the shell takes literally, so that a printed command can be pasted: as is
+ * when it is plain, else single-quoted (inside which only `'` is special: closed, escaped, reopened), so that `$`,
+ * backticks, `!` and spaces are not expanded or split.
+ */
+export function shellWord(value: string): string {
+  if (/^[A-Za-z0-9_.:@/=+-]+$/.test(value)) return value;
+  return `'${value.replaceAll("'", `'\\''`)}'`;
+}

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { MAX_METRICS_PER_HEARTBEAT } from '@edgefleet/core';
 import { z } from 'zod';
 import type { BlobLocation } from '../blobs/index.js';
@@ -53,6 +54,18 @@ export function defaultMetricBytesPerDevicePerHour(intervalSeconds: number): num
   return Math.ceil(3600 / intervalSeconds) * MAX_METRICS_PER_HEARTBEAT * STORED_METRIC_BYTES;
 }
 
+/** DNS labels (a wildcard first label allowed) of at most 63 characters, 253 in all. */
+const DNS_NAME = /^(?=.{1,253}$)([a-z0-9*]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
+
+/**
+ * Whether `name` can go in a certificate's subjectAltName: an IP address, or a DNS name whose last label is not all
+ * digits (`1.2.3` is a mistyped address, not a name). People write `host:port` or a URL here; those are refused.
+ */
+function isServerName(name: string): boolean {
+  if (isIP(name) !== 0) return true;
+  return DNS_NAME.test(name) && !/^\d+$/.test(name.slice(name.lastIndexOf('.') + 1));
+}
+
 export const serverConfigSchema = z.strictObject({
   /** Holds the SQLite file, the blob folder and generated keys unless configured elsewhere. */
   dataDir: z.string().min(1).default('./.edgefleet/server'),
@@ -78,7 +91,17 @@ export const serverConfigSchema = z.strictObject({
               .map((name) => name.trim())
               .filter((name) => name !== '')
           : value,
-      z.array(z.string().min(1)).min(1, 'expected at least one host name or IP address'),
+      z
+        .array(z.string().min(1))
+        .min(1, 'expected at least one host name or IP address')
+        .superRefine((names, ctx) => {
+          for (const name of names.filter((n) => !isServerName(n))) {
+            ctx.addIssue({
+              code: 'custom',
+              message: `${JSON.stringify(name)} is not a host name or IP address (no port or scheme)`,
+            });
+          }
+        }),
     )
     .default(['localhost', '127.0.0.1']),
   /** `postgres://…` or a SQLite file path; default `<dataDir>/state.db`. */

@@ -4,7 +4,6 @@
  * record events. Every status change is a conditional UPDATE (`… where status = <what it was>`), so when two
  * replicas race, exactly one makes the change and records its event; the other changes nothing.
  */
-import { randomBytes } from 'node:crypto';
 import type { Kysely, Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
 import { conflict } from '../errors/index.js';
@@ -18,6 +17,7 @@ import {
   type StageStatus,
 } from './deployment-schemas.js';
 import { selectDevices } from './device-selection.js';
+import { eventId } from './event-id.js';
 
 export type Executor = Kysely<DatabaseSchema> | Transaction<DatabaseSchema>;
 
@@ -28,16 +28,6 @@ const ROWS_PER_INSERT = 500;
 export const FINISHED_STAGE: readonly StageStatus[] = ['DEPLOYED', 'FAILED', 'STOPPED'];
 /** Device statuses still waiting for the device: not taken yet, or taken and not reported. */
 export const PENDING_DEVICE = ['READYTODEPLOY', 'INPROGRESS'] as const;
-
-/**
- * Event ids sort in time order: the event's millisecond, then the process's monotonic clock (events of one
- * millisecond, e.g. a device's failure and the stage it fails, keep the order they were written in), then
- * random bytes against collisions between replicas.
- */
-export function eventId(at: number): string {
-  const tick = process.hrtime.bigint().toString().padStart(20, '0');
-  return `${String(at).padStart(15, '0')}-${tick}-${randomBytes(4).toString('hex')}`;
-}
 
 export async function recordEvent(
   db: Executor,

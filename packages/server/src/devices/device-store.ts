@@ -9,6 +9,7 @@ import {
   type DeviceCertificatesTable,
   type DevicesTable,
 } from '../storage/index.js';
+import { eventIdFloor } from '../deployments/event-id.js';
 import type { DeviceInput, DeviceSortKey, IdentityStatus, UpdateDeviceInput } from './device-schemas.js';
 
 /** The value a device is sorted by under `sortBy`, as a page token stores it. */
@@ -317,7 +318,6 @@ export class DeviceStore {
     });
   }
 
-  /** The device's identity: its newest certificate issued since it was registered, and that one's state. */
   /**
    * The device's deployment events (retried, failed, timed out, cancelled, rolled back), newest first, from its
    * current registration on (not those of an earlier device of the same name); keyset-paged on the event id.
@@ -330,6 +330,9 @@ export class DeviceStore {
       .selectFrom('deployment_events')
       .selectAll()
       .where('device_name', '=', device.name)
+      // Ids begin with the event's time: a bound on the (device_name, id) index range, so that the events of an
+      // earlier device of the same name are not walked; `at` states the rule.
+      .where('id', '>=', eventIdFloor(device.registeredAt))
       .where('at', '>=', device.registeredAt)
       .orderBy('id', 'desc')
       .limit(page.limit);
@@ -344,6 +347,7 @@ export class DeviceStore {
     }));
   }
 
+  /** The device's identity: its newest certificate issued since it was registered, and that one's state. */
   async identity(device: Pick<DeviceRecord, 'name' | 'registeredAt'>): Promise<DeviceIdentity> {
     const row = await this.db
       .selectFrom('device_certificates')

@@ -2,6 +2,7 @@ import type { ErrorBody } from '@edgefleet/core';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import { DomainError, type DomainErrorCode } from '../errors/index.js';
+import { redactRequestUrl } from './log-redaction.js';
 
 // The body of every error answer, on every route: part of the device contract, so defined in core.
 export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
@@ -77,25 +78,50 @@ export const MAX_PATH_PARAM_LENGTH = 100;
 
 /**
  * Fastify's `frameworkErrors`: the router's own refusals, which never reach the error handler, in our error
- * body, saying what was wrong and what is allowed (the raw path is not echoed whole: it may be very long).
+ * body, saying what was wrong and what is allowed (the raw path is not echoed whole: it may be very long). They
+ * skip the onResponse hook too, so they write their access-log line here.
  */
 export function answerRouterError(error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
-  const path = (request.raw.url ?? '').split('?')[0] ?? '';
+  const url = request.raw.url ?? '';
+  const path = url.split('?')[0] ?? '';
   const shown = path.length > 60 ? `${path.slice(0, 60)}…` : path;
   const where = `${request.raw.method ?? ''} ${shown}`;
-  const apiError =
-    error.code === 'FST_ERR_MAX_PARAM_LENGTH'
-      ? new ApiError(
-          414,
-          'UriTooLong',
-          `a path segment of ${where} is ${Math.max(...path.split('/').map((segment) => segment.length))} characters long; a path segment (a name or version) may be at most ${MAX_PATH_PARAM_LENGTH} (names at most 63, versions 64)`,
-        )
-      : new ApiError(
-          400,
-          'ValidationError',
-          `${where} is not a valid URL: a path segment has a malformed %-escape; expected UTF-8 percent-encoding`,
-        );
-  void reply.status(apiError.statusCode).type('application/json').send(apiError.toBody());
+  let apiError: ApiError;
+  if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    apiError = new ApiError(
+      414,
+      'UriTooLong',
+      `a path segment of ${where} is ${longestDecodedSegment(path)} characters long; a path segment (a name or version) may be at most ${MAX_PATH_PARAM_LENGTH} (names at most 63, versions 64)`,
+    );
+  } else if (error.code === 'FST_ERR_BAD_URL') {
+    apiError = new ApiError(
+      400,
+      'ValidationError',
+      `${where} is not a valid URL: a path segment has a malformed %-escape; expected UTF-8 percent-encoding`,
+    );
+  } else {
+    request.log.error({ err: error }, 'request failed in the router');
+    apiError = new ApiError(500, 'InternalError', 'the server failed to handle the request; see its log');
+  }
+  const status = apiError.statusCode;
+  request.log[status >= 500 ? 'warn' : 'info'](
+    { method: request.raw.method, url: redactRequestUrl(url), status },
+    'request',
+  );
+  void reply.status(status).type('application/json').send(apiError.toBody());
+}
+
+/** The length the router checks: a segment's decoded length (`%41` is one character), the longest of the path's. */
+function longestDecodedSegment(path: string): number {
+  return Math.max(
+    ...path.split('/').map((segment) => {
+      try {
+        return decodeURIComponent(segment).length;
+      } catch {
+        return segment.length;
+      }
+    }),
+  );
 }
 
 /** Maps Fastify's own errors (body parsing, limits) onto our codes. */

@@ -1,5 +1,6 @@
 import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { createRootCa, generateKeyPair, issueCertificate, type CertificateAuthority } from '@edgefleet/core';
 import { createOnce, fileExists, readSecretFile } from './key-files.js';
 
@@ -137,7 +138,7 @@ export class DeviceCa {
     validityDays = 825,
   ): { certificatePem: string; privateKeyPem: string } {
     const keys = generateKeyPair('ecdsa-p256');
-    const ipAddresses = names.filter((n) => /^[\d.]+$/.test(n) || n.includes(':'));
+    const ipAddresses = names.filter((n) => isIP(n) !== 0);
     const dnsNames = names.filter((n) => !ipAddresses.includes(n));
     const certificatePem = issueCertificate(this.authority, {
       subject: { commonName: names[0] ?? 'edgefleet-server', organization: 'EdgeFleet' },

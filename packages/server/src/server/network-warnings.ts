@@ -1,4 +1,5 @@
-import { isLoopbackHost } from '@edgefleet/core';
+import { isIP } from 'node:net';
+import { canonicalHost, isLoopbackHost } from '@edgefleet/core';
 import type { ListenAddress } from '../config/index.js';
 
 export interface NetworkSettings {
@@ -13,10 +14,16 @@ export interface NetworkSettings {
   generatedDeviceCertificate: boolean;
 }
 
+/** The device API URL for a server name and port; an IPv6 address goes in brackets, as a URL needs. */
+export function deviceEndpointFor(serverName: string, port: number): string {
+  return `https://${isIP(serverName) === 6 ? `[${serverName}]` : serverName}:${port}`;
+}
+
 /**
  * What the operator should hear at start about how the server meets the network: an operator API served in clear
- * to other hosts, and a device API that devices on other hosts would be told to reach at this machine's own
- * loopback address, or under a name its certificate does not carry.
+ * to other hosts; a device API that devices on other hosts would be told to reach at this machine's own loopback
+ * address, or under a name its certificate does not carry; and a device API served to other hosts while the operator
+ * API, through which devices enroll, is not.
  */
 export function networkWarnings(settings: NetworkSettings): string[] {
   const warnings: string[] = [];
@@ -26,18 +33,23 @@ export function networkWarnings(settings: NetworkSettings): string[] {
     );
   }
   const endpointHost = new URL(settings.deviceEndpoint).hostname;
-  if (!isLoopbackHost(settings.deviceListen.host) && isLoopbackHost(endpointHost)) {
+  const deviceApiOffHost = !isLoopbackHost(settings.deviceListen.host);
+  if (deviceApiOffHost && isLoopbackHost(endpointHost)) {
     warnings.push(
       `the device API listens on ${settings.deviceListen.host}:${settings.deviceListen.port}, but enrollment hands devices ${settings.deviceEndpoint}, this machine's loopback address: devices on other hosts would call themselves; set deviceEndpoint (--device-endpoint, EDGEFLEET_DEVICE_ENDPOINT) to the URL devices reach, and deviceServerNames (--device-server-names, EDGEFLEET_DEVICE_SERVER_NAMES) to its host name`,
     );
   } else if (
     settings.generatedDeviceCertificate &&
-    !settings.deviceServerNames.some(
-      (name) => name.toLowerCase() === endpointHost.replace(/^\[|\]$/g, '').toLowerCase(),
-    )
+    !settings.deviceServerNames.some((name) => canonicalHost(name) === canonicalHost(endpointHost))
   ) {
     warnings.push(
       `enrollment hands devices ${settings.deviceEndpoint}, but the device API's certificate names only ${settings.deviceServerNames.join(', ')}: devices would refuse it; add ${endpointHost} to deviceServerNames (--device-server-names, EDGEFLEET_DEVICE_SERVER_NAMES)`,
+    );
+  }
+  if (deviceApiOffHost && isLoopbackHost(settings.listen.host)) {
+    // `edgefleet device enroll` posts to the operator API: the device API needs a certificate it cannot have yet.
+    warnings.push(
+      `the device API listens on ${settings.deviceListen.host}:${settings.deviceListen.port}, but the operator API only on ${settings.listen.host}:${settings.listen.port}: devices on other hosts cannot enroll, since \`edgefleet device enroll\` posts to the operator API; set listen (--listen, EDGEFLEET_LISTEN) off loopback with tls (certFile, keyFile), or serve it to them through a TLS proxy`,
     );
   }
   return warnings;

@@ -87,7 +87,7 @@ import {
   OPERATOR_LISTENER_LIMITS,
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
-import { networkWarnings } from './network-warnings.js';
+import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
 
@@ -116,7 +116,7 @@ export interface ServerHandle {
   readonly deviceUrl: string;
   /** What devices are told to use (config deviceEndpoint, or derived from the first server name). */
   readonly deviceEndpoint: string;
-  /** Network set-up warnings logged at start (see networkWarnings); `serve` also prints them. */
+  /** Network set-up warnings logged at start (see networkWarnings); `serve` also prints them at a terminal. */
   readonly warnings: readonly string[];
   readonly config: ServerConfig;
   readonly database: ServerDatabase;
@@ -539,7 +539,10 @@ export async function startServer(
     );
     const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
     const deviceUrl = urlOf(deviceApp, 'https');
-    deviceEndpoint ||= `https://${config.deviceServerNames[0]}:${(deviceApp.server.address() as AddressInfo).port}`;
+    deviceEndpoint ||= deviceEndpointFor(
+      config.deviceServerNames[0]!,
+      (deviceApp.server.address() as AddressInfo).port,
+    );
     const warnings = networkWarnings({
       listen: config.listen,
       operatorTls: config.tls !== undefined,

@@ -121,6 +121,23 @@ describe('loadConfig', () => {
     );
   });
 
+  it('refuses a deviceServerNames entry that is not a host name or IP address, naming it and what was expected', async () => {
+    // People write host:port or a URL here; each used to crash serve with a bare "Invalid IPv6 address".
+    for (const given of ['fleet.example:8443', 'https://fleet.example', '1.2.3']) {
+      await expect(
+        loadConfig({ env: {}, flags: { 'device-server-names': `localhost,${given}` }, cwd: dir }),
+      ).rejects.toThrow(
+        `deviceServerNames: ${JSON.stringify(given)} is not a host name or IP address (no port or scheme)`,
+      );
+    }
+    // An IPv6 address first is a valid setting (it used to crash serve with "Invalid URL"); so is a wildcard name.
+    const v6 = await loadConfig({
+      env: { EDGEFLEET_DEVICE_SERVER_NAMES: '::1,localhost,*.fleet.example' },
+      cwd: dir,
+    });
+    expect(v6.deviceServerNames).toEqual(['::1', 'localhost', '*.fleet.example']);
+  });
+
   it('finds the file through EDGEFLEET_CONFIG', async () => {
     const file = await configFile({ deviceListen: ':9443' });
     const config = await loadConfig({ env: { EDGEFLEET_CONFIG: file }, cwd: dir });

@@ -1,10 +1,13 @@
 import { writeFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
+import Fastify from 'fastify';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { buildApp } from '../../src/http/app.js';
+import { answerRouterError } from '../../src/http/errors.js';
 import { defineRoute } from '../../src/http/routes.js';
 import { deviceCall } from '../support/device.js';
 import { startTestServer, type TestServer } from '../support/server.js';
@@ -153,6 +156,87 @@ describe('error bodies', () => {
       status: 400,
       body: { code: 'ValidationError', message: expect.stringMatching(/malformed %-escape/) },
     });
+  });
+
+  it('counts a segment as the router does, decoded, and logs each router refusal (N3)', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+        done();
+      },
+    });
+    const logged = await startTestServer({ logger: pino({ level: 'info' }, sink) });
+    try {
+      // 101 characters decoded (303 raw), beside a longer raw segment of 150 that is within the limit decoded.
+      const escaped = '%41'.repeat(101);
+      const long = await logged.call('GET', `/api/v1/devices/${escaped}/${'%42'.repeat(50)}`, {
+        token: logged.adminToken,
+      });
+      expect(long).toMatchObject({
+        status: 414,
+        body: { code: 'UriTooLong', message: expect.stringMatching(/ is 101 characters long; /) },
+      });
+      expect(
+        (await logged.call('GET', '/api/v1/devices/bad%E0%A4%A?token=secret', { token: logged.adminToken }))
+          .status,
+      ).toBe(400);
+      const requests = lines.map((line) => JSON.parse(line)).filter((line) => line.msg === 'request');
+      expect(requests).toEqual([
+        expect.objectContaining({
+          method: 'GET',
+          status: 414,
+          url: expect.stringMatching(/^\/api\/v1\/devices\//),
+        }),
+        expect.objectContaining({
+          method: 'GET',
+          status: 400,
+          url: expect.stringMatching(/^\/api\/v1\/devices\/bad/),
+        }),
+      ]);
+      expect(lines.join('\n')).not.toContain('secret');
+    } finally {
+      await logged.stop();
+    }
+  });
+
+  it('answers any other router failure with a 500, not the %-escape 400 (N3)', async () => {
+    // A real router error of another kind: an asynchronous route constraint that fails. (Fastify's types know only
+    // the synchronous deriveConstraint, hence the cast.)
+    const failingConstraint = {
+      name: 'tenant',
+      storage: () => {
+        const handlers = new Map<unknown, unknown>();
+        return {
+          get: (value: unknown) => handlers.get(value) ?? null,
+          set: (value: unknown, store: unknown) => void handlers.set(value, store),
+        };
+      },
+      deriveConstraint: (
+        _request: unknown,
+        _context: unknown,
+        done: (error: Error | null, value?: string) => void,
+      ) => done(new Error('the constraint failed')),
+      mustMatchWhenDerived: true,
+      validate: () => true,
+    };
+    const app = Fastify({
+      logger: false,
+      frameworkErrors: answerRouterError,
+      constraints: { tenant: failingConstraint as never },
+    });
+    app.get('/x', { constraints: { tenant: 'a' } }, async () => 'ok');
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const answer = await fetch(`http://127.0.0.1:${(app.server.address() as AddressInfo).port}/x`);
+      expect(answer.status).toBe(500);
+      expect(await answer.json()).toEqual({
+        code: 'InternalError',
+        message: 'the server failed to handle the request; see its log',
+      });
+    } finally {
+      await app.close();
+    }
   });
 });
 

@@ -180,9 +180,9 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
     } finally {
       expect(await exposed.stop()).toBe(0);
     }
-    // serve prints them too, for whoever started it by hand.
-    expect(exposed.stderr()).toMatch(/^edgefleet-server: warning: the operator API listens on 0\.0\.0\.0/m);
-    expect(exposed.stderr()).toMatch(/^edgefleet-server: warning: the device API listens on 0\.0\.0\.0/m);
+    // serve prints them plainly only at a terminal: with stderr not one (as under systemd, where stdout and stderr
+    // both go to the journal), each warning is written once, in the log (N6).
+    expect(exposed.stderr()).not.toMatch(/warning/);
 
     // Set as the warning says: no warning, and the generated certificate carries the name devices are given.
     const named = await startServerProcess(

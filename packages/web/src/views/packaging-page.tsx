@@ -55,6 +55,21 @@ export function PackagingPage() {
   );
 }
 
+/**
+ * Version names newest first, the model's latest at the top: the server lists them by name, where `10.0` comes
+ * before `2.0`. The latest is offered even when it is not among the (at most 500) listed.
+ */
+function newestFirst(
+  versions: readonly { version: string; createdAt: string }[],
+  latest: string | undefined,
+): string[] {
+  const names = [...versions]
+    .sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+    .map((v) => v.version)
+    .filter((name) => name !== latest);
+  return latest === undefined || versions.length === 0 ? names : [latest, ...names];
+}
+
 function StartJob({ onStarted }: { onStarted(): void }) {
   const { api } = useApp();
   const action = useAction();
@@ -77,12 +92,15 @@ function StartJob({ onStarted }: { onStarted(): void }) {
               await api.GET('/api/v1/models/{model}/versions', {
                 params: { path: { model: model.name }, query: { limit: 500 } },
               }),
-            ).versions.map((version) => version.version),
+            ).versions,
           },
     [model?.name],
   );
   // Until the chosen model's versions arrive, offer none rather than the previous model's.
-  const offered = versions.data?.model === model?.name ? (versions.data?.versions ?? []) : [];
+  const offered = newestFirst(
+    versions.data?.model === model?.name ? (versions.data?.versions ?? []) : [],
+    model?.latestVersion,
+  );
   return (
     <Section title="Start a packaging job">
       <form
