@@ -121,10 +121,39 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
       const started = await admin('POST', '/api/v1/deployment-plans/dereg/stages/s1/start');
       expect(started.status).toBe(409);
       expect(started.body.message).toBe(
-        'stage s1 of plan dereg names device(s) no longer registered in fleet fa: gone-1; delete the stage ' +
+        'stage s1 of plan dereg names device(s) no longer registered in fleet fa: gone-1; delete stage s1 ' +
           'and add it again with devices that exist',
       );
       expect((await plan('dereg')).stages[0]).toMatchObject({ status: 'READYTODEPLOY' });
+
+      // A stage that already started is told so, not to delete it (which is refused for a started stage); a
+      // middle stage is told that adding it again puts it last, and which stages to add again after it.
+      await register('fa', ['gone-3', 'gone-4']);
+      expect(
+        (
+          await createPlan('redo', [
+            selection('s1', ['gone-3']),
+            selection('s2', ['gone-4']),
+            { name: 's3', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
+          ])
+        ).status,
+      ).toBe(201);
+      expect((await admin('POST', '/api/v1/deployment-plans/redo/stages/s1/start')).status).toBe(200);
+      expect((await admin('DELETE', '/api/v1/devices/gone-3')).status).toBe(204);
+      expect((await admin('DELETE', '/api/v1/devices/gone-4')).status).toBe(204);
+      const again = await admin('POST', '/api/v1/deployment-plans/redo/stages/s1/start');
+      expect(again.status).toBe(409);
+      expect(again.body.message).toMatch(
+        /^stage s1 of plan redo is [A-Z]+; only a READYTODEPLOY stage can start$/,
+      );
+      const middle = await admin('POST', '/api/v1/deployment-plans/redo/stages/s2/start');
+      expect(middle.status).toBe(409);
+      expect(middle.body.message).toBe(
+        'stage s2 of plan redo names device(s) no longer registered in fleet fa: gone-4; a stage added again ' +
+          'goes after the last one, so to keep the order delete stages s2, s3 and add them again in that ' +
+          'order, s2 with devices that exist',
+      );
+      expect((await plan('redo')).stages.map((s) => s.name)).toEqual(['s1', 's2', 's3']);
 
       // Auto-advance: s1 deploys cam-03, then s2's gone-2 has been deregistered: s2 waits, and one event says why.
       expect(
