@@ -184,8 +184,9 @@ export async function applyResults(
         if (!retried) continue;
         await recordEvent(trx, { ...device, kind: 'DeviceRetried', message }, at);
       } else {
+        // Said only where it is why: a stopping stage, or one out of retries, retries nothing anyway.
         const message =
-          outcome.afterSwitch && retriesLeft > 0
+          outcome.afterSwitch && retriesLeft > 0 && row.stage_status === 'INPROGRESS'
             ? `${outcome.message} (not retried: the new version failed after its switch, and a retry would ` +
               'switch it in again)'
             : outcome.message;
