@@ -3,8 +3,8 @@
  * not in the plan's fleet is refused; a stage that deployed no device never auto-advances; the next stage
  * after a FAILED one starts only when forced.
  */
-import type { DeploymentResult } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
@@ -13,13 +13,7 @@ const engines = await databaseEngines();
 describe.each(engines)('stage checks on $engine', (fixture) => {
   let t: TestServer;
 
-  const admin = (method: string, urlPath: string, body?: unknown) =>
-    t.call(method, urlPath, { token: t.adminToken, ...(body !== undefined && { body }) });
-  const register = async (fleet: string, names: string[]) =>
-    expect(
-      (await admin('POST', `/api/v1/fleets/${fleet}/devices`, { devices: names.map((name) => ({ name })) }))
-        .status,
-    ).toBe(201);
+  const { admin, register } = adminCalls(() => t);
   const plan = async (name: string) =>
     (await t.call('GET', `/api/v1/deployment-plans/${name}`, { token: t.readToken })).body as {
       stages: { name: string; status: string; successCount: number; failedCount: number }[];
@@ -40,18 +34,13 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
     status: 'SUCCESS' | 'FAIL',
     statusMessage?: string,
   ) => {
-    const result: DeploymentResult = {
-      DeploymentName: planName,
-      DeploymentStatus: status,
-      ...(statusMessage !== undefined && { DeploymentStatusMessage: statusMessage }),
-      DeploymentModels: [
-        status === 'SUCCESS'
-          ? { ModelHandle: 'h', Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
-          : { ModelHandle: 'h', Status: 'FAIL', StatusReason: 'could not remove it' },
-      ],
-    };
     await t.server.services.deployments.recordResults([
-      { deviceName, fleetName: 'fa', result, receivedAt: Date.now() },
+      {
+        deviceName,
+        fleetName: 'fa',
+        result: undeployResult(planName, status, statusMessage),
+        receivedAt: Date.now(),
+      },
     ]);
   };
   const createPlan = (name: string, stages: unknown[], options: Record<string, unknown> = {}) =>
