@@ -182,7 +182,9 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
           ...written,
           edgefleet_heartbeat_interval_seconds: 1,
           edgefleet_inference_workers: 1,
-          edgefleet_deployment_health_window_seconds: 1,
+          // dev-1's is longer: its health-window case below calls the new version once the agent says it is
+          // in its window, and must land there however slowly this machine runs.
+          edgefleet_deployment_health_window_seconds: name === 'dev-1' ? 5 : 1,
         }),
       );
       if (name === 'dev-3')
@@ -363,26 +365,6 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
 
     // A release that fails its health window (after its switch) on dev-1, while a client calls it: rolled
     // back, and FAILED at once although a retry is left — a retry would switch it in again, a second outage.
-    const windowClient = connectAgent(`unix://${dev1.socket}`);
-    let windowFailures = 0;
-    let callingDuringWindow = true;
-    const windowCalls = (async () => {
-      while (callingDuringWindow) {
-        await windowClient
-          .call('Predict', {
-            name: 'mlp',
-            handle: 'mlp',
-            tensors: [
-              {
-                tensorMetadata: { name: Buffer.from('features'), dataType: 5, shape: [1, 4] },
-                byteData: features,
-              },
-            ],
-          })
-          .catch(() => windowFailures++);
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
-    })();
     await cli(
       'deployment',
       'create',
@@ -397,11 +379,40 @@ describe('deployment plans to three enrolled agents (real processes)', { timeout
       '1',
     );
     await cli('deployment', 'start-stage', 'wider', 'canary');
-    const health = await stageReaches('wider', 'canary', 'FAILED');
-    callingDuringWindow = false;
-    await windowCalls;
+    // Calls made once the agent says the new version is in its health window, until the agent has counted a
+    // failed one against it (what its health check reads): no dependence on a call rate.
+    await until(async () => {
+      const status = await agentStatus(dev1);
+      return status.deployments?.models?.some(
+        (m) => m.deployment === 'wider' && m.handle === 'mlp' && m.state === 'HealthCheck',
+      )
+        ? true
+        : undefined;
+    }, 'dev-1 serving mlp 4.0 in its health window');
+    const windowClient = connectAgent(`unix://${dev1.socket}`);
+    await until(async () => {
+      const answer = await windowClient
+        .call('Predict', {
+          name: 'mlp',
+          handle: 'mlp',
+          tensors: [
+            {
+              tensorMetadata: { name: Buffer.from('features'), dataType: 5, shape: [1, 4] },
+              byteData: features,
+            },
+          ],
+        })
+        .then(
+          () => 'answered',
+          () => 'refused',
+        );
+      const mlp = (await agentStatus(dev1)).models.find((m) => m.name === 'mlp');
+      if (mlp?.version !== '4.0') throw new Error(`dev-1 serves mlp ${mlp?.version}, not 4.0`);
+      expect(answer).toBe('refused');
+      return (mlp.requests?.failed ?? 0) > 0 ? true : undefined;
+    }, 'dev-1 counting a failed request on mlp 4.0');
     windowClient.close();
-    expect(windowFailures).toBeGreaterThan(0);
+    const health = await stageReaches('wider', 'canary', 'FAILED');
     expect(health.devices[0]).toMatchObject({ attempts: 1 });
     expect(health.devices[0].statusMessage).toMatch(/failed its health window.*\(not retried: /);
     expect(await served(dev1)).toEqual({ mlp: '2.0', aux: '1.0' });

@@ -32,7 +32,8 @@ export type ResultOutcome =
   | { kind: 'progress'; message: string | null };
 
 const SUCCESS_STATUSES = new Set(['SUCCESS', 'SUCCEEDED', 'DEPLOYED', 'COMPLETED', 'COMMITTED']);
-const FAILURE_STATUSES = new Set(['FAIL', 'FAILED', 'ROLLEDBACK', 'ROLLED-BACK', 'ERROR']);
+const ROLLED_BACK_STATUSES = new Set(['ROLLEDBACK', 'ROLLED-BACK']);
+const FAILURE_STATUSES = new Set(['FAIL', 'FAILED', ...ROLLED_BACK_STATUSES, 'ERROR']);
 /**
  * Overall statuses that say the device is not done: one model may already be FAIL while the device still
  * rolls the others back (ROLLBACK_ON_FAILURE), so only the final report decides.
@@ -59,7 +60,12 @@ export function classifyResult(result: DeploymentResult): ResultOutcome {
     return {
       kind: 'failure',
       message: message || `the device reported ${status || 'FAIL'}`,
-      afterSwitch: failed.some((m) => m.FailedAfterSwitch === true),
+      // A result without the member (an older agent, Edge Manager's agent over the facade) still says it when
+      // a rollback was attempted: a failed rollback, or an overall ROLLEDBACK (the version had been switched in).
+      afterSwitch: failed.some(
+        (m) =>
+          m.FailedAfterSwitch ?? (m.RollbackFailureReason !== undefined || ROLLED_BACK_STATUSES.has(status)),
+      ),
     };
   }
   const allSucceeded = models.length > 0 && models.every((m) => m.Status === 'SUCCESS');
@@ -184,8 +190,9 @@ export async function applyResults(
         if (!retried) continue;
         await recordEvent(trx, { ...device, kind: 'DeviceRetried', message }, at);
       } else {
+        // Said only where it is why: a stopping stage, or one out of retries, retries nothing anyway.
         const message =
-          outcome.afterSwitch && retriesLeft > 0
+          outcome.afterSwitch && retriesLeft > 0 && row.stage_status === 'INPROGRESS'
             ? `${outcome.message} (not retried: the new version failed after its switch, and a retry would ` +
               'switch it in again)'
             : outcome.message;

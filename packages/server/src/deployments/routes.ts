@@ -192,7 +192,8 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     auth: 'read',
     tag: 'deployments',
     summary:
-      "A plan's events in time order: stage started/deployed/failed/aborted/stopped, device failed, rollback",
+      "A plan's events in time order: plan created, stage started/deployed/failed/aborted/stopped, device " +
+      'failed/retried/timed out/cancelled/rolled back, auto-advance held (why the next stage did not start)',
     params: planParams,
     query: pageQuerySchema,
     response: z.object({ events: z.array(deploymentEventSchema), nextToken: z.string().optional() }),

@@ -123,6 +123,13 @@ export async function unknownSelectedDevices(
   return names.filter((name) => !found.has(name));
 }
 
+function notReady(planName: string, stageName: string, status: string): Error {
+  return conflict(
+    `stage ${stageName} of plan ${planName} is ${status}; only a READYTODEPLOY stage can start`,
+    { plan: planName, stage: stageName, status },
+  );
+}
+
 /**
  * Starts a READYTODEPLOY stage: marks it INPROGRESS and writes its snapshot, the devices it targets, chosen
  * from the fleet's devices now (devices registered later are not added; see device-selection.ts). Earlier
@@ -148,22 +155,32 @@ export async function startStage(
     .select('fleet_name')
     .where('name', '=', planName)
     .executeTakeFirstOrThrow();
-  const selection = storedDeviceSelectionSchema.parse(JSON.parse(stage.selection));
-  // Checked when the stage was added; a named device deregistered since then is refused here, not skipped.
-  const unknown = await unknownSelectedDevices(trx, plan.fleet_name, selection);
-  if (unknown.length > 0) {
-    throw conflict(
-      `stage ${stageName} of plan ${planName} names device(s) no longer registered in fleet ` +
-        `${plan.fleet_name}: ${unknown.join(', ')}; delete the stage and add it again with devices that exist`,
-      { plan: planName, stage: stageName, fleet: plan.fleet_name, unknownDevices: unknown },
-    );
-  }
+  // Its own status first: a stage that already ran gets no advice meant for one that never started.
+  if (stage.status !== 'READYTODEPLOY') throw notReady(planName, stageName, stage.status);
   const waiting = stages.find((s) => s.position < stage.position && s.status === 'READYTODEPLOY');
   if (waiting !== undefined) {
     throw conflict(
       `stage ${stageName} of plan ${planName} cannot start before stage ${waiting.name}, which comes first; ` +
         'start the stages in order',
       { plan: planName, stage: stageName, before: waiting.name },
+    );
+  }
+  const selection = storedDeviceSelectionSchema.parse(JSON.parse(stage.selection));
+  // Checked when the stage was added; a named device deregistered since then is refused here, not skipped.
+  const unknown = await unknownSelectedDevices(trx, plan.fleet_name, selection);
+  if (unknown.length > 0) {
+    // A stage added again goes last: say so, and name the (never started) stages to add again after it.
+    const later = stages.filter((s) => s.position > stage.position).map((s) => s.name);
+    const redo =
+      later.length === 0
+        ? `delete stage ${stageName} and add it again with devices that exist`
+        : `a stage added again goes after the last one, so to keep the order delete stages ` +
+          `${[stageName, ...later].join(', ')} and add them again in that order, ${stageName} with devices ` +
+          'that exist';
+    throw conflict(
+      `stage ${stageName} of plan ${planName} names device(s) no longer registered in fleet ` +
+        `${plan.fleet_name}: ${unknown.join(', ')}; ${redo}`,
+      { plan: planName, stage: stageName, fleet: plan.fleet_name, unknownDevices: unknown },
     );
   }
   const started = await trx
@@ -174,10 +191,10 @@ export async function startStage(
     .where('status', '=', 'READYTODEPLOY')
     .executeTakeFirst();
   if (Number(started.numUpdatedRows) === 0) {
-    throw conflict(
-      `stage ${stageName} of plan ${planName} is ${stage.status}; only a READYTODEPLOY stage can start`,
-      { plan: planName, stage: stageName, status: stage.status },
-    );
+    throw conflict(`stage ${stageName} of plan ${planName} was started by another request at the same time`, {
+      plan: planName,
+      stage: stageName,
+    });
   }
   const taken = await trx
     .selectFrom('deployment_targets')

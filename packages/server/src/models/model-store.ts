@@ -1,4 +1,4 @@
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -7,15 +7,14 @@ import type { Readable } from 'node:stream';
 import {
   extractPackageArchive,
   openModelPackage,
-  PackageVerificationError,
   readOnnxModelInfo,
-  UnsupportedFileError,
   type TensorMetadata,
 } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
 import type { BlobStore } from '../blobs/index.js';
 import { conflict, DomainError, notFound } from '../errors/index.js';
 import { isUniqueViolation, type DatabaseSchema, type ModelVersionsTable } from '../storage/index.js';
+import { deviceTrustWarning } from './device-trust.js';
 import { spoolUpload } from './upload.js';
 
 export type ModelSourceKind = 'onnx' | 'package';
@@ -53,7 +52,7 @@ export interface ModelStoreOptions {
   /**
    * The server's package-signing root certificate: what devices enrolled by this server trust. An uploaded
    * package whose signature does not lead to it is still accepted (an operator may give devices their own
-   * root too), with a warning in the answer.
+   * root too), with a warning in the answer; one altered after it was signed is refused (device-trust.ts).
    */
   deviceTrustRootPem?: string;
   now?: () => number;
@@ -61,7 +60,7 @@ export interface ModelStoreOptions {
 
 /** An upload the server accepted, with what the operator should know about it. */
 export interface UploadedModelVersion extends ModelVersionRecord {
-  /** Why devices enrolled by this server will refuse the package (its signature does not lead to their root). */
+  /** Why devices enrolled by this server will refuse the package, and what to do about it. */
   warning?: string;
 }
 
@@ -207,47 +206,14 @@ export class ModelStore {
         );
       }
       const tensors = { inputs: opened.manifest.inputs, outputs: opened.manifest.outputs };
-      const warning = await this.deviceTrustWarning(extracted, input);
+      const root = this.options.deviceTrustRootPem;
+      const warning =
+        root === undefined
+          ? undefined
+          : await deviceTrustWarning(extracted, input, root, new Date(this.now()));
       return { tensors, ...(warning !== undefined && { warning }) };
     } finally {
       await rm(dir, { recursive: true, force: true });
-    }
-  }
-
-  /**
-   * Verifies the package as an enrolled device will (its trust: the server's signing root); says why it will
-   * be refused, naming the signer (in the verifier's reason) and the root devices trust. Nothing is weakened:
-   * this is advice to the operator, the device verifies again itself.
-   */
-  private async deviceTrustWarning(
-    dir: string,
-    input: { name: string; version: string },
-  ): Promise<string | undefined> {
-    const root = this.options.deviceTrustRootPem;
-    if (root === undefined) return undefined;
-    try {
-      await openModelPackage(dir, { trust: { rootCertificatesPem: [root] }, now: new Date(this.now()) });
-      return undefined;
-    } catch (error) {
-      // (What the verifier refuses; anything else is not the package's fault and is not hidden as advice.)
-      if (!(error instanceof PackageVerificationError || error instanceof UnsupportedFileError)) throw error;
-      const certificate = new X509Certificate(root);
-      const fingerprint = certificate.fingerprint256.replace(/:/g, '').toLowerCase();
-      const trusted = `the server's package-signing root (${certificate.subject.replace(/\n/g, ', ')}, SHA-256 ${fingerprint})`;
-      if (error instanceof PackageVerificationError && error.reason === 'bundle-missing') {
-        return (
-          `package ${input.name} ${input.version} is not signed: devices enrolled by this server require a ` +
-          `signature that leads to ${trusted} and will refuse it; sign it under that root (edgefleet package ` +
-          "sign with the server's signing key and certificate)"
-        );
-      }
-      // The verifier's reason names files by path: the server's scratch folder is not the client's business.
-      const reason = error.message.replace(dir, 'the package');
-      return (
-        `devices enrolled by this server will refuse package ${input.name} ${input.version}: ${reason}. ` +
-        `They trust ${trusted}; to deploy this package, add the root of its signer to their root-certs ` +
-        "folder (sagemaker_edge_core_root_certs_path), or sign it under the server's root"
-      );
     }
   }
 

@@ -58,8 +58,9 @@ export const uploadedModelVersionSchema = modelVersionSchema.extend({
     .string()
     .optional()
     .describe(
-      "A package whose signature does not lead to the server's package-signing root (what enrolled devices " +
-        'trust): accepted, but those devices will refuse it; names the signer and that root',
+      "A package enrolled devices will refuse (unsigned, or its signature does not lead to the server's " +
+        'package-signing root, which they trust, or its certificate is not valid now): accepted, with why and ' +
+        'what to do. (A package signed under that root and altered after signing is refused: 400.)',
     ),
 });
 

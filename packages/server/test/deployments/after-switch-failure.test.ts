@@ -88,9 +88,9 @@ describe.each(engines)('failures after the switch on $engine', (fixture) => {
     });
     await admin('POST', '/api/v1/fleets', { name: 'fs', outputConfig: { s3OutputLocation: 's3://c/fs' } });
     await admin('POST', '/api/v1/fleets/fs/devices', {
-      devices: [{ name: 'sw-1' }, { name: 'sw-2' }, { name: 'sw-3' }],
+      devices: [{ name: 'sw-1' }, { name: 'sw-2' }, { name: 'sw-3' }, { name: 'sw-4' }],
     });
-    for (const name of ['sw-1', 'sw-2', 'sw-3']) devices.set(name, await enrollDevice(t, name));
+    for (const name of ['sw-1', 'sw-2', 'sw-3', 'sw-4']) devices.set(name, await enrollDevice(t, name));
   });
   afterAll(() => t?.stop());
 
@@ -136,6 +136,18 @@ describe.each(engines)('failures after the switch on $engine', (fixture) => {
             'attempt 1 failed: h: version 4.0 of h did not load: no such operator; retrying (2 attempt(s) left)',
         });
       }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'does not blame the switch for no retry when the stage was stopping anyway',
+    async () => {
+      await startPlan('stopping', 'sw-4');
+      await take('sw-4');
+      expect((await admin('POST', '/api/v1/deployment-plans/stopping/stages/s/stop')).status).toBe(200);
+      const reason = 'version 4.0 of h failed its health window: 3 of 3 requests failed';
+      await heartbeat('sw-4', failure('stopping', reason, true));
+      expect(await target('stopping')).toMatchObject({ status: 'FAILED', statusMessage: `h: ${reason}` });
     },
   );
 });

@@ -3,8 +3,9 @@
  * device ends its pending deployments. Before the fix a device of fleet `fb` registered under a name that
  * fleet `fa` had deregistered completed (or failed) `fa`'s stage and auto-advanced its plan.
  */
-import type { DeploymentResult, DeploymentResultInput } from '@edgefleet/core';
+import type { DeploymentResultInput } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
@@ -14,22 +15,8 @@ const engines = await databaseEngines();
 describe.each(engines)('a deregistered device and its deployments on $engine', (fixture) => {
   let t: TestServer;
 
-  const admin = (method: string, urlPath: string, body?: unknown) =>
-    t.call(method, urlPath, { token: t.adminToken, ...(body !== undefined && { body }) });
-  const register = async (fleet: string, names: string[]) =>
-    expect(
-      (await admin('POST', `/api/v1/fleets/${fleet}/devices`, { devices: names.map((name) => ({ name })) }))
-        .status,
-    ).toBe(201);
-  const report = (plan: string, status: 'SUCCESS' | 'FAIL'): DeploymentResult => ({
-    DeploymentName: plan,
-    DeploymentStatus: status,
-    DeploymentModels: [
-      status === 'SUCCESS'
-        ? { ModelHandle: 'h', Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
-        : { ModelHandle: 'h', Status: 'FAIL', StatusReason: 'could not remove it' },
-    ],
-  });
+  const { admin, register } = adminCalls(() => t);
+  const report = undeployResult;
   /** Both ways a device reports: in a heartbeat, and on its own call. */
   const reportBothWays = async (device: EnrolledDevice, fleet: string, result: DeploymentResultInput) => {
     const identity = { DeviceName: device.deviceName, DeviceFleetName: fleet };

@@ -46,7 +46,7 @@ describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
     ).toEqual({ kind: 'failure', message: 'mlp: bad', afterSwitch: false });
   });
 
-  it('tells a failure after the switch by any failed model saying so (absent: an older agent, not after)', () => {
+  it('tells a failure after the switch by any failed model saying so (absent, and nothing else says: not after)', () => {
     const report = (flags: (boolean | undefined)[]) =>
       classifyResult({
         DeploymentName: 'p',
@@ -60,5 +60,30 @@ describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
     expect(report([undefined])).toMatchObject({ kind: 'failure', afterSwitch: false });
     expect(report([false, false])).toMatchObject({ kind: 'failure', afterSwitch: false });
     expect(report([false, true])).toMatchObject({ kind: 'failure', afterSwitch: true });
+  });
+
+  it('infers a failure after the switch from a result without the member that says a rollback was attempted', () => {
+    const withoutMember = (status: string, model: Record<string, string> = {}) =>
+      classifyResult({
+        DeploymentName: 'p',
+        DeploymentStatus: status,
+        DeploymentModels: [{ ...failedModel, ...model }],
+      });
+    expect(withoutMember('FAIL', { RollbackFailureReason: 'version 2.0 did not load again' })).toMatchObject({
+      kind: 'failure',
+      afterSwitch: true,
+    });
+    expect(withoutMember('ROLLEDBACK')).toMatchObject({ kind: 'failure', afterSwitch: true });
+    expect(withoutMember('Rolled-Back')).toMatchObject({ kind: 'failure', afterSwitch: true });
+    expect(withoutMember('FAIL')).toMatchObject({ kind: 'failure', afterSwitch: false });
+    // The member, where present, is the agent's word: an EdgeFleet agent's rollback of a model that failed
+    // before its switch is retried.
+    expect(
+      classifyResult({
+        DeploymentName: 'p',
+        DeploymentStatus: 'ROLLEDBACK',
+        DeploymentModels: [{ ...failedModel, FailedAfterSwitch: false }],
+      }),
+    ).toMatchObject({ kind: 'failure', afterSwitch: false });
   });
 });

@@ -3,8 +3,8 @@
  * not in the plan's fleet is refused; a stage that deployed no device never auto-advances; the next stage
  * after a FAILED one starts only when forced.
  */
-import type { DeploymentResult } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
@@ -13,13 +13,7 @@ const engines = await databaseEngines();
 describe.each(engines)('stage checks on $engine', (fixture) => {
   let t: TestServer;
 
-  const admin = (method: string, urlPath: string, body?: unknown) =>
-    t.call(method, urlPath, { token: t.adminToken, ...(body !== undefined && { body }) });
-  const register = async (fleet: string, names: string[]) =>
-    expect(
-      (await admin('POST', `/api/v1/fleets/${fleet}/devices`, { devices: names.map((name) => ({ name })) }))
-        .status,
-    ).toBe(201);
+  const { admin, register } = adminCalls(() => t);
   const plan = async (name: string) =>
     (await t.call('GET', `/api/v1/deployment-plans/${name}`, { token: t.readToken })).body as {
       stages: { name: string; status: string; successCount: number; failedCount: number }[];
@@ -34,18 +28,19 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
     name,
     deviceSelection: { subsetType: 'SELECTION', deviceNames },
   });
-  const report = async (planName: string, deviceName: string, status: 'SUCCESS' | 'FAIL') => {
-    const result: DeploymentResult = {
-      DeploymentName: planName,
-      DeploymentStatus: status,
-      DeploymentModels: [
-        status === 'SUCCESS'
-          ? { ModelHandle: 'h', Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
-          : { ModelHandle: 'h', Status: 'FAIL', StatusReason: 'could not remove it' },
-      ],
-    };
+  const report = async (
+    planName: string,
+    deviceName: string,
+    status: 'SUCCESS' | 'FAIL',
+    statusMessage?: string,
+  ) => {
     await t.server.services.deployments.recordResults([
-      { deviceName, fleetName: 'fa', result, receivedAt: Date.now() },
+      {
+        deviceName,
+        fleetName: 'fa',
+        result: undeployResult(planName, status, statusMessage),
+        receivedAt: Date.now(),
+      },
     ]);
   };
   const createPlan = (name: string, stages: unknown[], options: Record<string, unknown> = {}) =>
@@ -115,10 +110,39 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
       const started = await admin('POST', '/api/v1/deployment-plans/dereg/stages/s1/start');
       expect(started.status).toBe(409);
       expect(started.body.message).toBe(
-        'stage s1 of plan dereg names device(s) no longer registered in fleet fa: gone-1; delete the stage ' +
+        'stage s1 of plan dereg names device(s) no longer registered in fleet fa: gone-1; delete stage s1 ' +
           'and add it again with devices that exist',
       );
       expect((await plan('dereg')).stages[0]).toMatchObject({ status: 'READYTODEPLOY' });
+
+      // A stage that already started is told so, not to delete it (which is refused for a started stage); a
+      // middle stage is told that adding it again puts it last, and which stages to add again after it.
+      await register('fa', ['gone-3', 'gone-4']);
+      expect(
+        (
+          await createPlan('redo', [
+            selection('s1', ['gone-3']),
+            selection('s2', ['gone-4']),
+            { name: 's3', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
+          ])
+        ).status,
+      ).toBe(201);
+      expect((await admin('POST', '/api/v1/deployment-plans/redo/stages/s1/start')).status).toBe(200);
+      expect((await admin('DELETE', '/api/v1/devices/gone-3')).status).toBe(204);
+      expect((await admin('DELETE', '/api/v1/devices/gone-4')).status).toBe(204);
+      const again = await admin('POST', '/api/v1/deployment-plans/redo/stages/s1/start');
+      expect(again.status).toBe(409);
+      expect(again.body.message).toMatch(
+        /^stage s1 of plan redo is [A-Z]+; only a READYTODEPLOY stage can start$/,
+      );
+      const middle = await admin('POST', '/api/v1/deployment-plans/redo/stages/s2/start');
+      expect(middle.status).toBe(409);
+      expect(middle.body.message).toBe(
+        'stage s2 of plan redo names device(s) no longer registered in fleet fa: gone-4; a stage added again ' +
+          'goes after the last one, so to keep the order delete stages s2, s3 and add them again in that ' +
+          'order, s2 with devices that exist',
+      );
+      expect((await plan('redo')).stages.map((s) => s.name)).toEqual(['s1', 's2', 's3']);
 
       // Auto-advance: s1 deploys cam-03, then s2's gone-2 has been deregistered: s2 waits, and one event says why.
       expect(
@@ -131,6 +155,8 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
       expect((await admin('POST', '/api/v1/deployment-plans/dereg-auto/stages/s1/start')).status).toBe(200);
       expect((await admin('DELETE', '/api/v1/devices/gone-2')).status).toBe(204);
       await report('dereg-auto', 'cam-03', 'SUCCESS');
+      // Another, different report from the stage's device settles the stage again: still held, one event.
+      await report('dereg-auto', 'cam-03', 'SUCCESS', 'still serving');
       await t.server.services.deployments.sweep();
       expect((await plan('dereg-auto')).stages.map((s) => s.status)).toEqual(['DEPLOYED', 'READYTODEPLOY']);
       expect((await events('dereg-auto')).filter((e) => e.kind === 'AutoAdvanceHeld')).toMatchObject([
@@ -144,7 +170,7 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
   );
 
   it.skipIf(!fixture.available)(
-    'does not auto-advance from a stage that deployed no device, and says why once',
+    'does not auto-advance from a stage that deployed no device, and says why',
     async () => {
       const created = await createPlan(
         'empty-canary',
@@ -158,9 +184,6 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
       expect((await admin('POST', '/api/v1/deployment-plans/empty-canary/stages/canary/start')).status).toBe(
         200,
       );
-      // Settling runs again on every sweep: still held, one event.
-      await t.server.services.deployments.sweep();
-      await t.server.services.deployments.sweep();
       expect((await plan('empty-canary')).stages).toMatchObject([
         { name: 'canary', status: 'DEPLOYED', successCount: 0 },
         { name: 'rest', status: 'READYTODEPLOY' },

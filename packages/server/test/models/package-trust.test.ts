@@ -1,15 +1,17 @@
 /**
  * s10 C5: an uploaded package whose signature does not lead to the server's package-signing root (what the
  * devices it enrolls trust) is accepted — an operator may give devices their own root too — with a warning
- * naming the signer and that root. Real HTTP, real packages signed with real certificates.
+ * naming the signer and that root. The warning's advice follows why devices will refuse it, and a package
+ * altered after it was signed is refused (400). Real HTTP, real packages signed with real certificates.
  */
-import { X509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createPublicKey, X509Certificate } from 'node:crypto';
+import { appendFile, mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
   createModelPackage,
   createRootCa,
+  generateKeyPair,
   issueCodeSigningCertificate,
   packModelPackage,
   signPackage,
@@ -32,10 +34,15 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-/** A package of the tiny model, signed by `signer` (or not at all), as a .tar.gz's bytes. */
+/**
+ * A package of the tiny model, signed by `signer` (with a certificate chain, leaf first; with a bare key; or not
+ * at all), then
+ * passed to `alter` (after signing), as a .tar.gz's bytes.
+ */
 async function packageOf(
   name: string,
-  signer?: { privateKeyPem: string; certificatePem: string },
+  signer?: { privateKeyPem: string; certificatePem?: string | string[] },
+  alter?: (dir: string) => Promise<void>,
 ): Promise<Buffer> {
   const built = await createModelPackage({
     modelPath: onnx,
@@ -44,11 +51,17 @@ async function packageOf(
     outDir: path.join(work, name),
   });
   if (signer !== undefined)
-    await signPackage(built.dir, {
-      method: 'certificate',
-      privateKeyPem: signer.privateKeyPem,
-      certificateChainPem: [signer.certificatePem],
-    });
+    await signPackage(
+      built.dir,
+      signer.certificatePem === undefined
+        ? { method: 'key', privateKeyPem: signer.privateKeyPem }
+        : {
+            method: 'certificate',
+            privateKeyPem: signer.privateKeyPem,
+            certificateChainPem: [signer.certificatePem].flat(),
+          },
+    );
+  await alter?.(built.dir);
   const archive = path.join(work, `${name}.tar.gz`);
   await packModelPackage(built.dir, archive);
   return readFile(archive);
@@ -62,7 +75,7 @@ const upload = async (name: string, body: Buffer, type = 'application/gzip') => 
   });
   return {
     status: response.status,
-    body: (await response.json()) as { warning?: string; modelName: string },
+    body: (await response.json()) as { warning?: string; modelName: string; message?: string },
   };
 };
 
@@ -114,5 +127,94 @@ describe('uploading a package the devices will not trust', () => {
     const model = await upload('plain', await readFile(onnx), 'application/octet-stream');
     expect(model.status).toBe(201);
     expect(model.body).not.toHaveProperty('warning');
+  });
+
+  it("refuses a package signed under the server's root and altered afterwards, storing nothing", async () => {
+    const serverSigner = {
+      privateKeyPem: await readFile(path.join(t.dataDir, 'signing', 'signing.key'), 'utf8'),
+      certificatePem: await readFile(path.join(t.dataDir, 'signing', 'signing.crt'), 'utf8'),
+    };
+    const tampered = await upload(
+      'tampered',
+      await packageOf('tampered', serverSigner, (dir) => appendFile(path.join(dir, 'model.onnx'), 'x')),
+    );
+    expect(tampered.status).toBe(400);
+    expect(tampered.body.message).toMatch(
+      /^package tampered 1 was altered or damaged after it was signed, so no device will accept it: file model\.onnx was modified: its SHA-256 is [0-9a-f]{64}, the signature expects [0-9a-f]{64}; pack it again from the signed files, or sign it again$/,
+    );
+    expect(tampered.body.message).not.toContain('root of its signer');
+    expect(tampered.body.message).not.toContain(t.dataDir);
+    expect((await t.call('GET', '/api/v1/models/tampered/versions/1', { token: t.readToken })).status).toBe(
+      404,
+    );
+  });
+
+  it('tells a key-signed package to bring its public key, not a root', async () => {
+    const key = generateKeyPair('ecdsa-p256');
+    const answer = await upload('keyed', await packageOf('keyed', { privateKeyPem: key.privateKeyPem }));
+    expect(answer.status).toBe(201);
+    expect(answer.body.warning).toMatch(
+      /^devices enrolled by this server will refuse package keyed 1: model\.sig is signed with a key \(hint [^)]+\), but the trust policy holds no public keys\. It is signed with a key, and devices trust only the public keys and roots in their root-certs folder \(sagemaker_edge_core_root_certs_path\); to deploy it, add the public key of its signer \(PEM\) there, or sign it under the server's package-signing root/,
+    );
+    expect(answer.body.warning).not.toContain('root of its signer');
+  });
+
+  it("tells a signing certificate under the server's root that is expired, not yet valid or badly chained to sign again with a valid one", async () => {
+    const rootKeyPem = await readFile(path.join(t.dataDir, 'signing', 'root.key'), 'utf8');
+    const serverRoot = {
+      certificatePem: await readFile(path.join(t.dataDir, 'signing', 'root.crt'), 'utf8'),
+      privateKeyPem: rootKeyPem,
+      publicKeyPem: createPublicKey(rootKeyPem).export({ type: 'spki', format: 'pem' }) as string,
+    };
+    const day = 86_400_000;
+    const expired = issueCodeSigningCertificate({
+      issuer: serverRoot,
+      commonName: 'Expired signer',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+      notBefore: new Date(Date.now() - 3 * day),
+      notAfter: new Date(Date.now() - 2 * day),
+    });
+    const future = issueCodeSigningCertificate({
+      issuer: serverRoot,
+      commonName: 'Future signer',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+      notBefore: new Date(Date.now() + 2 * day),
+    });
+    const old = await upload('old', await packageOf('old', expired));
+    expect(old.status).toBe(201);
+    expect(old.body.warning).toMatch(
+      /^devices enrolled by this server will refuse package old 1: signing certificate .*CN=Expired signer.* expired at .*\. Devices check the certificates at the time they install the package; sign it again with a signing certificate that is valid now \(renew it if it expired\)$/,
+    );
+    // A chain that reaches the server's root through a link that is not a CA: no other root would help.
+    const notCa = issueCodeSigningCertificate({
+      issuer: serverRoot,
+      commonName: 'Not a CA',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+    });
+    const below = issueCodeSigningCertificate({
+      issuer: notCa,
+      commonName: 'Below a leaf',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+    });
+    const broken = await upload(
+      'broken',
+      await packageOf('broken', {
+        privateKeyPem: below.privateKeyPem,
+        certificatePem: [below.certificatePem, notCa.certificatePem],
+      }),
+    );
+    expect(broken.status).toBe(201);
+    expect(broken.body.warning).toMatch(
+      /^devices enrolled by this server will refuse package broken 1: .*CN=Not a CA.*\. Its certificate chain leads to the server's package-signing root .* but is not valid; sign it again with the server's signing certificate$/,
+    );
+    const early = await upload('early', await packageOf('early', future));
+    expect(early.status).toBe(201);
+    expect(early.body.warning).toMatch(
+      /^devices enrolled by this server will refuse package early 1: signing certificate .*CN=Future signer.* is not valid until .*\. Devices check the certificates/,
+    );
   });
 });
