@@ -62,10 +62,15 @@ export function classifyResult(result: DeploymentResult): ResultOutcome {
       message: message || `the device reported ${status || 'FAIL'}`,
       // A result without the member (an older agent, Edge Manager's agent over the facade) still says it when
       // a rollback was attempted: a failed rollback, or an overall ROLLEDBACK (the version had been switched in).
-      afterSwitch: failed.some(
-        (m) =>
-          m.FailedAfterSwitch ?? (m.RollbackFailureReason !== undefined || ROLLED_BACK_STATUSES.has(status)),
-      ),
+      // With no failed model listed, the overall status alone says it.
+      afterSwitch:
+        failed.length === 0
+          ? ROLLED_BACK_STATUSES.has(status)
+          : failed.some(
+              (m) =>
+                m.FailedAfterSwitch ??
+                (m.RollbackFailureReason !== undefined || ROLLED_BACK_STATUSES.has(status)),
+            ),
     };
   }
   const allSucceeded = models.length > 0 && models.every((m) => m.Status === 'SUCCESS');

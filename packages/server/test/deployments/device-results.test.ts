@@ -76,6 +76,23 @@ describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
     expect(withoutMember('ROLLEDBACK')).toMatchObject({ kind: 'failure', afterSwitch: true });
     expect(withoutMember('Rolled-Back')).toMatchObject({ kind: 'failure', afterSwitch: true });
     expect(withoutMember('FAIL')).toMatchObject({ kind: 'failure', afterSwitch: false });
+    // No failed model listed (none at all, or none marked FAIL): the overall status alone says it.
+    for (const DeploymentModels of [undefined, [], [{ ModelHandle: 'mlp', Status: 'SUCCESS' as const }]]) {
+      expect(
+        classifyResult({
+          DeploymentName: 'p',
+          DeploymentStatus: 'ROLLEDBACK',
+          ...(DeploymentModels && { DeploymentModels }),
+        }),
+      ).toMatchObject({ kind: 'failure', afterSwitch: true });
+      expect(
+        classifyResult({
+          DeploymentName: 'p',
+          DeploymentStatus: 'FAIL',
+          ...(DeploymentModels && { DeploymentModels }),
+        }),
+      ).toMatchObject({ kind: 'failure', afterSwitch: false });
+    }
     // The member, where present, is the agent's word: an EdgeFleet agent's rollback of a model that failed
     // before its switch is retried.
     expect(
