@@ -90,7 +90,7 @@ export class ReceiveGuard {
     return receipt as unknown as ServerInterceptingCall;
   };
 
-  /** Calls whose request is still arriving (as of the last sweep for those whose stream has ended since). */
+  /** Calls under the receive timeout: request still arriving, or refused (-m) while the client sends on (as of the last sweep for those whose stream has ended since). */
   get receiving(): number {
     return this.#receiving.size;
   }

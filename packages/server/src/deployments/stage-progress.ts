@@ -191,10 +191,14 @@ export async function startStage(
     .where('status', '=', 'READYTODEPLOY')
     .executeTakeFirst();
   if (Number(started.numUpdatedRows) === 0) {
-    throw conflict(`stage ${stageName} of plan ${planName} was started by another request at the same time`, {
-      plan: planName,
-      stage: stageName,
-    });
+    // Another request changed it between the read above and this update: started, stopped or deleted it.
+    throw conflict(
+      `stage ${stageName} of plan ${planName} was changed by another request meanwhile (started, stopped or deleted); look at the plan again`,
+      {
+        plan: planName,
+        stage: stageName,
+      },
+    );
   }
   const taken = await trx
     .selectFrom('deployment_targets')

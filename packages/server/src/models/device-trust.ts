@@ -12,9 +12,10 @@ import { z } from 'zod';
 import { DomainError } from '../errors/index.js';
 
 /**
- * Reasons that say the package's files or its signature bundle are not what was signed. The verifier checks
- * files only once the signer is trusted, so these come from a package signed under the server's root that was
- * changed afterwards: no device will ever accept it, whatever roots it holds.
+ * Reasons that say the package's files or its signature bundle are not what was signed: a damaged model.sig (any
+ * signer's: the bundle is read before the trust check), or files changed after a signature under the server's
+ * root (files are checked once the signer is trusted). A device that checks signatures (the default) refuses
+ * it whatever roots it holds.
  */
 const ALTERED: ReadonlySet<PackageVerificationReason> = new Set([
   'bundle-malformed',
@@ -69,7 +70,7 @@ export async function deviceTrustWarning(
     if (ALTERED.has(reason)) {
       throw new DomainError(
         'ValidationError',
-        `${pkg} was altered or damaged after it was signed, so no device will accept it: ${why}; ` +
+        `${pkg} is damaged, or was altered after it was signed, so devices that check signatures (the default) will refuse it: ${why}; ` +
           'pack it again from the signed files, or sign it again',
         { reason },
       );
