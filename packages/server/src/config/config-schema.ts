@@ -54,15 +54,20 @@ export function defaultMetricBytesPerDevicePerHour(intervalSeconds: number): num
   return Math.ceil(3600 / intervalSeconds) * MAX_METRICS_PER_HEARTBEAT * STORED_METRIC_BYTES;
 }
 
-/** DNS labels (a wildcard first label allowed) of at most 63 characters, 253 in all. */
-const DNS_NAME = /^(?=.{1,253}$)([a-z0-9*]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
+/**
+ * DNS labels of at most 63 characters, 253 in all; a first label may be a whole `*` (a wildcard name), and labels
+ * may hold `_` (container host names do).
+ */
+const DNS_NAME =
+  /^(?=.{1,253}$)(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/i;
 
 /**
  * Whether `name` can go in a certificate's subjectAltName: an IP address, or a DNS name whose last label is not all
  * digits (`1.2.3` is a mistyped address, not a name). People write `host:port` or a URL here; those are refused.
  */
 function isServerName(name: string): boolean {
-  if (isIP(name) !== 0) return true;
+  // An IPv6 zone (fe80::1%eth0) means nothing to another host, and a certificate cannot carry it.
+  if (isIP(name) !== 0) return !name.includes('%');
   return DNS_NAME.test(name) && !/^\d+$/.test(name.slice(name.lastIndexOf('.') + 1));
 }
 
@@ -88,7 +93,8 @@ export const serverConfigSchema = z.strictObject({
         typeof value === 'string'
           ? value
               .split(',')
-              .map((name) => name.trim())
+              // A fully qualified name's trailing dot (fleet.example.) is the same name.
+              .map((name) => name.trim().replace(/(?<=[^.])\.$/, ''))
               .filter((name) => name !== '')
           : value,
       z

@@ -94,6 +94,14 @@ export async function loadConfig(sources: ConfigSources = {}): Promise<ServerCon
     throw new ConfigError(`invalid server configuration${where}:\n${issues.join('\n')}`);
   }
   const parsed = result.data;
+  if (
+    parsed.deviceEndpoint === undefined &&
+    parsed.deviceServerNames.every((name) => name.startsWith('*.'))
+  ) {
+    throw new ConfigError(
+      `invalid server configuration${configFile ? ` (file ${configFile}, environment and flags)` : ''}:\n  - deviceServerNames: only wildcard names (${parsed.deviceServerNames.join(', ')}), and no deviceEndpoint says which URL devices reach; set deviceEndpoint (--device-endpoint, EDGEFLEET_DEVICE_ENDPOINT) or add the device API's own host name`,
+    );
+  }
   const dataDir = path.resolve(cwd, parsed.dataDir);
   const abs = (file: string) => path.resolve(cwd, file);
   const caDir = path.join(dataDir, 'ca');

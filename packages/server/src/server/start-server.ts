@@ -540,7 +540,7 @@ export async function startServer(
     const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
     const deviceUrl = urlOf(deviceApp, 'https');
     deviceEndpoint ||= deviceEndpointFor(
-      config.deviceServerNames[0]!,
+      endpointServerName(config.deviceServerNames),
       (deviceApp.server.address() as AddressInfo).port,
     );
     const warnings = networkWarnings({
@@ -581,4 +581,10 @@ export async function startServer(
     await releaseAll();
     throw error;
   }
+}
+
+/** The name devices are handed when no deviceEndpoint is set: the first that is not a wildcard (loadConfig
+ * refuses a list of wildcards only without a deviceEndpoint). */
+function endpointServerName(names: readonly string[]): string {
+  return names.find((n) => !n.startsWith('*.')) ?? names[0]!;
 }

@@ -136,6 +136,32 @@ describe('loadConfig', () => {
       cwd: dir,
     });
     expect(v6.deviceServerNames).toEqual(['::1', 'localhost', '*.fleet.example']);
+    // An IPv6 zone means nothing to another host; a wildcard is a whole first label only.
+    for (const given of ['fe80::1%eth0', 'a.*b.example', 'fleet.*.example']) {
+      await expect(
+        loadConfig({ env: {}, flags: { 'device-server-names': `localhost,${given}` }, cwd: dir }),
+      ).rejects.toThrow(
+        `deviceServerNames: ${JSON.stringify(given)} is not a host name or IP address (no port or scheme)`,
+      );
+    }
+    // Container host names hold underscores; a fully qualified name's trailing dot is dropped.
+    const named = await loadConfig({
+      env: { EDGEFLEET_DEVICE_SERVER_NAMES: 'edge_server,fleet.example.' },
+      cwd: dir,
+    });
+    expect(named.deviceServerNames).toEqual(['edge_server', 'fleet.example']);
+    // Only wildcards, and nothing saying which URL devices reach: refused, naming what to set.
+    await expect(
+      loadConfig({ env: { EDGEFLEET_DEVICE_SERVER_NAMES: '*.fleet.example' }, cwd: dir }),
+    ).rejects.toThrow(/deviceServerNames: only wildcard names \(\*\.fleet\.example\).*set deviceEndpoint/);
+    const withEndpoint = await loadConfig({
+      env: {
+        EDGEFLEET_DEVICE_SERVER_NAMES: '*.fleet.example',
+        EDGEFLEET_DEVICE_ENDPOINT: 'https://edge.fleet.example:8443',
+      },
+      cwd: dir,
+    });
+    expect(withEndpoint.deviceServerNames).toEqual(['*.fleet.example']);
   });
 
   it('finds the file through EDGEFLEET_CONFIG', async () => {
