@@ -27,27 +27,42 @@ export interface ServerDatabase {
 /**
  * Reads a `--database` value: `postgres://…` / `postgresql://…` selects PostgreSQL; `sqlite:<path>`,
  * `file:<path>` or a plain path selects a SQLite file (relative paths resolve against `baseDir`).
+ * Errors show the value with any password masked: they reach the terminal and the journal.
  */
 export function parseDatabaseLocation(value: string, baseDir: string): DatabaseLocation {
   const trimmed = value.trim();
   if (trimmed === '')
     throw new Error('database location is empty; expected postgres://… or a SQLite file path');
   if (/^postgres(ql)?:\/\//i.test(trimmed)) return { engine: 'postgres', url: trimmed };
+  const unsupported = (why: string): Error =>
+    new Error(
+      `unsupported database location "${maskUrlCredentials(value)}" (${why}); ` +
+        'expected postgres://user:password@host:port/database or a SQLite file path (sqlite:<path> for a path with a colon)',
+    );
+  const prefixed = /^(sqlite|file):/i.test(trimmed);
+  // A typo in a URL ("postgress://", "postgres:/", "postgres//") must not quietly become a SQLite file
+  // named after the URL, password included.
+  if (!prefixed && /^[a-z][a-z0-9+.-]+:/i.test(trimmed)) throw unsupported('not a postgres:// URL');
   const file = trimmed.replace(/^(sqlite|file):(\/\/)?/i, '');
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(file)) {
-    throw new Error(`unsupported database location "${value}"; expected postgres://… or a SQLite file path`);
-  }
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(file)) throw unsupported('not a postgres:// URL');
+  if (!prefixed && /:[^/]*@/.test(file)) throw unsupported('looks like a URL with a password');
   return { engine: 'sqlite', file: path.resolve(baseDir, file) };
 }
 
-function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return 'postgres://(unparseable url)';
-  }
+/**
+ * Replaces the password of a URL-like value (`scheme://user:password@host…`, also when malformed, and a
+ * `password=` query parameter) with `***`. Works on the text, not a URL parser, so that a value the parser
+ * refuses is masked too; when in doubt it masks more (the user name, the host) rather than less.
+ */
+export function maskUrlCredentials(value: string): string {
+  const masked = value.replace(/([?&;]password=)[^&#;]*/gi, '$1***');
+  const at = masked.lastIndexOf('@');
+  if (at < 0) return masked;
+  const schemeEnd = masked.indexOf('://');
+  const userStart = schemeEnd >= 0 && schemeEnd < at ? schemeEnd + 3 : 0;
+  const colon = masked.indexOf(':', userStart);
+  if (colon < 0 || colon > at) return masked;
+  return `${masked.slice(0, colon + 1)}***${masked.slice(at)}`;
 }
 
 // bigint (int8, e.g. epoch milliseconds and COUNT(*)) arrives as a string from pg; our values fit in a double.
@@ -161,11 +176,11 @@ export async function openDatabase(
   } catch (error) {
     await db.destroy();
     throw new Error(
-      `cannot connect to PostgreSQL at ${redactUrl(location.url)}: ${error instanceof Error ? error.message : String(error)}`,
+      `cannot connect to PostgreSQL at ${maskUrlCredentials(location.url)}: ${error instanceof Error ? error.message : String(error)}`,
       { cause: error },
     );
   }
-  return { engine: 'postgres', db, description: redactUrl(location.url), close: () => db.destroy() };
+  return { engine: 'postgres', db, description: maskUrlCredentials(location.url), close: () => db.destroy() };
 }
 
 /** True when the database answers a trivial query (readiness). */

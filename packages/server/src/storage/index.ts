@@ -1,5 +1,6 @@
 export {
   openDatabase,
+  maskUrlCredentials,
   parseDatabaseLocation,
   pingDatabase,
   type DatabaseEngine,
