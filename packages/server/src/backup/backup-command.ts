@@ -1,15 +1,17 @@
 import type { Command } from 'commander';
-import type { ServerConfig } from '../config/index.js';
+import { keyMaterialToBackUp, type ServerConfig } from '../config/index.js';
 import { BackupError, backupSqlite, restoreSqlite } from './sqlite-backup.js';
 
 /** What `backup` says for a PostgreSQL state database: its own tools make the consistent copy. */
-export function postgresBackupGuidance(): string {
+export function postgresBackupGuidance(config: ServerConfig): string {
   return [
     "the state database is PostgreSQL; back it up with PostgreSQL's tools, online and consistent:",
     '  pg_dump --format=custom --file edgefleet.dump "$EDGEFLEET_DATABASE"',
     'and restore into an empty database with the server stopped:',
     '  pg_restore --no-owner --dbname "$EDGEFLEET_DATABASE" edgefleet.dump',
-    'Blobs (S3 or the blob folder) and the data dir keys (ca/, signing/) are backed up separately.',
+    `Copy these key files with every dump (the database is tied to them; a server refuses to start without them):`,
+    ...keyMaterialToBackUp(config).map((place) => `  ${place}`),
+    `and back up the blobs (${config.blob}) separately.`,
   ].join('\n');
 }
 
@@ -35,14 +37,16 @@ export function registerBackupCommands<Options extends object>(
     .action(async (options: Options & { out: string }) => {
       const config = await deps.configFrom(options);
       const location = config.databaseLocation;
-      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance());
+      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance(config));
       const result = await backupSqlite(location.file, options.out);
       say(
         `backed up ${location.file} to ${result.file} (${result.bytes} bytes, schema ${result.migrations.at(-1)})`,
       );
       say(
-        `also keep ${config.dataDir}/ca and ${config.dataDir}/signing (keys) and the blobs (${config.blob})`,
+        'copy these key files with it (the database is tied to them; a server refuses to start without them):',
       );
+      for (const place of keyMaterialToBackUp(config)) say(`  ${place}`);
+      say(`and back up the blobs (${config.blob}) separately`);
     });
   deps
     .addCommonOptions(
@@ -54,9 +58,11 @@ export function registerBackupCommands<Options extends object>(
     .action(async (options: Options & { from: string }) => {
       const config = await deps.configFrom(options);
       const location = config.databaseLocation;
-      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance());
+      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance(config));
       const result = await restoreSqlite(options.from, location.file);
       say(`restored ${options.from} to ${result.file} (schema ${result.migrations.at(-1)})`);
       if (result.previous) say(`the database it replaced is kept as ${result.previous}`);
+      say('the key files backed up with it must be in place before the server starts:');
+      for (const place of keyMaterialToBackUp(config)) say(`  ${place}`);
     });
 }

@@ -1,5 +1,5 @@
-import { ApiTokenStore } from '../auth/index.js';
-import type { ServerConfig } from '../config/index.js';
+import { ApiTokenStore, openAccessKeyEncryptionKey } from '../auth/index.js';
+import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
 import { openDeviceCa, openPackageSigning, openStores } from './start-server.js';
 
 export interface InitResult {
@@ -26,6 +26,8 @@ export async function initServer(config: ServerConfig): Promise<InitResult> {
     await blobs.check();
     const ca = await openDeviceCa(config, database);
     const signing = await openPackageSigning(config, database);
+    // Created now so that a backup taken right after init already has every key file.
+    await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config));
     const tokens = new ApiTokenStore(database.db);
     const result: InitResult = {
       dataDir: config.dataDir,

@@ -8,13 +8,13 @@ import {
   accessKeyRoutes,
   ApiTokenStore,
   apiTokenRoutes,
-  loadAccessKeyEncryptionKey,
+  openAccessKeyEncryptionKey,
   operatorAuthenticators,
 } from '../auth/index.js';
 import { createBlobStore, S3Objects, type BlobStore, type S3ConnectionOptions } from '../blobs/index.js';
 import { CompilationJobStore } from '../compilation/index.js';
 import { captureDeviceRoutes } from '../captures/index.js';
-import type { ServerConfig } from '../config/index.js';
+import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
 import {
   ChangeFeed,
   ConsoleSessionStore,
@@ -297,12 +297,7 @@ export async function startServer(
       apiTokens: new ApiTokenStore(database.db),
       accessKeys: new AccessKeyStore(
         database.db,
-        await loadAccessKeyEncryptionKey(
-          path.resolve(
-            config.dataDir,
-            config.sagemaker.accessKeyEncryptionKeyFile ?? path.join('access-keys', 'encryption.key'),
-          ),
-        ),
+        await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config)),
       ),
       compilationJobs,
       fleets: new FleetStore(database.db),

@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -37,6 +37,8 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
     try {
       const api = operator(server, token);
       expect((await api('POST', '/api/v1/fleets', fleet('before-backup'))).status).toBe(201);
+      // A SageMaker access key: its secret is encrypted with a key file the backup must carry.
+      expect((await api('POST', '/api/v1/access-keys', { name: 'boto', scope: 'admin' })).status).toBe(201);
       // Writes keep arriving during the backup: it copies one consistent snapshot regardless.
       writes = Promise.all(
         Array.from({ length: 20 }, (_, i) =>
@@ -46,6 +48,10 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
       const backup = await runServerCli(['backup', '--out', backupFile], cwd);
       expect(backup.stderr).toMatch(/backed up .*state\.db to .*state\.backup\.db/);
       expect(backup.code).toBe(0);
+      const keyFile = path.join(cwd, '.edgefleet', 'server', 'access-keys', 'encryption.key');
+      expect(backup.stderr).toContain(`  ${keyFile}\n`);
+      expect(backup.stderr).toContain(`  ${path.join(cwd, '.edgefleet', 'server', 'ca')}\n`);
+      expect(backup.stderr).toContain(`  ${path.join(cwd, '.edgefleet', 'server', 'signing')}\n`);
       expect(await writes).toEqual(Array(20).fill(201));
       expect(inspectStateFile(backupFile)).toEqual(migrationNames);
 
@@ -78,6 +84,18 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
     } finally {
       expect(await restarted.stop()).toBe(0);
     }
+
+    // A restore without the access-key encryption key: the server refuses to start, naming the file,
+    // rather than making a new key and failing every SageMaker request later. Nothing is created.
+    const keyFile = path.join(cwd, '.edgefleet', 'server', 'access-keys', 'encryption.key');
+    await rename(keyFile, `${keyFile}.away`);
+    const refused = await runServerCli(['serve', ...flags], cwd);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(
+      /holds SageMaker access keys encrypted with the key in .*encryption\.key \(sagemaker\.accessKeyEncryptionKeyFile\), but that file does not exist: restore the key file/,
+    );
+    await expect(stat(keyFile)).rejects.toThrow(/ENOENT/);
+    await rename(`${keyFile}.away`, keyFile);
     // The replaced database still holds what was written after the backup.
     const kept = (await readdir(path.dirname(stateFile()))).find((f) => f.includes('before-restore'))!;
     const previous = await openDatabase({
@@ -111,6 +129,7 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
     expect(result.stderr).toMatch(/pg_dump --format=custom/);
     expect(result.stderr).toMatch(/pg_restore/);
     expect(result.stderr).not.toMatch(/s3cret-pw/);
+    expect(result.stderr).toMatch(/access-keys\/encryption\.key\n/);
   });
 });
 
