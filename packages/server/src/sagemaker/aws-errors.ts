@@ -24,6 +24,8 @@ const STATUS_BY_AWS_TYPE = {
   // sagemaker-edge's one documented error.
   InternalServiceException: 500,
   InternalFailure: 500,
+  // A dependency (database, S3) cannot be used now; AWS SDKs retry it with backoff.
+  ServiceUnavailable: 503,
 } as const;
 
 export type AwsErrorType = keyof typeof STATUS_BY_AWS_TYPE;
@@ -59,6 +61,7 @@ const AWS_TYPE_BY_DOMAIN_CODE: Record<DomainErrorCode, AwsErrorType> = {
   EnrollmentTokenInvalid: 'AccessDeniedException',
   EnrollmentTokenExpired: 'AccessDeniedException',
   EnrollmentTokenUsed: 'AccessDeniedException',
+  DependencyUnavailable: 'ServiceUnavailable',
 };
 
 /** Any error a facade handler raised, as an AWS error; undefined for an unexpected (internal) failure. */

@@ -13,7 +13,7 @@ import {
 } from '../auth/index.js';
 import { createBlobStore, S3Objects, type BlobStore, type S3ConnectionOptions } from '../blobs/index.js';
 import { CompilationJobStore } from '../compilation/index.js';
-import { captureDeviceRoutes } from '../captures/index.js';
+import { captureDeviceRoutes, FleetOutputs } from '../captures/index.js';
 import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
 import {
   ChangeFeed,
@@ -293,6 +293,19 @@ export async function startServer(
     background.push({ stop: () => compilationJobs.settle() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const deployments = new DeploymentService(database.db, { packagingJobs, models });
+    // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with.
+    const fleetOutputCheck = new FleetOutputs(
+      blobs,
+      config.blobLocation.kind === 's3' ? s3ConnectionOf(config) : undefined,
+      {
+        uploadSlots: 0,
+        timeouts: {
+          socketTimeoutMs: config.captures.outputS3SocketTimeoutMs,
+          connectionTimeoutMs: config.captures.outputS3ConnectionTimeoutMs,
+        },
+      },
+    );
+    background.push({ stop: () => fleetOutputCheck.close() });
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
       accessKeys: new AccessKeyStore(
@@ -300,7 +313,7 @@ export async function startServer(
         await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config)),
       ),
       compilationJobs,
-      fleets: new FleetStore(database.db),
+      fleets: new FleetStore(database.db, Date.now, (location) => fleetOutputCheck.check(location)),
       devices: new DeviceStore(database.db, {
         offlineAfterMs,
         onDeregister: stopDeregisteredDeviceTargets,
