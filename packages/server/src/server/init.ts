@@ -1,6 +1,6 @@
 import { ApiTokenStore, openAccessKeyEncryptionKey } from '../auth/index.js';
 import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
-import { openDeviceCa, openPackageSigning, openStores } from './start-server.js';
+import { checkBlobStore, openDeviceCa, openPackageSigning, openStores } from './start-server.js';
 
 export interface InitResult {
   /** The first admin token, when this run created it (shown once). */
@@ -23,7 +23,7 @@ export interface InitResult {
 export async function initServer(config: ServerConfig): Promise<InitResult> {
   const { database, blobs } = await openStores(config);
   try {
-    await blobs.check();
+    await checkBlobStore(blobs);
     const ca = await openDeviceCa(config, database);
     const signing = await openPackageSigning(config, database);
     // Created now so that a backup taken right after init already has every key file.

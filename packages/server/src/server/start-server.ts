@@ -11,7 +11,14 @@ import {
   openAccessKeyEncryptionKey,
   operatorAuthenticators,
 } from '../auth/index.js';
-import { createBlobStore, S3Objects, type BlobStore, type S3ConnectionOptions } from '../blobs/index.js';
+import {
+  BlobStoreUnavailableError,
+  createBlobStore,
+  S3Objects,
+  type BlobStore,
+  type BlobStoreProblem,
+  type S3ConnectionOptions,
+} from '../blobs/index.js';
 import { CompilationJobStore } from '../compilation/index.js';
 import { captureDeviceRoutes, FleetOutputs } from '../captures/index.js';
 import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
@@ -166,6 +173,30 @@ export async function openStores(
   }
   const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   return { database, blobs };
+}
+
+/** The settings that fix each reason the server's blob store cannot be used. */
+const BLOB_SETTING_BY_PROBLEM: Record<BlobStoreProblem, string> = {
+  'missing-bucket': 'the bucket is named by blob (--blob, EDGEFLEET_BLOB: s3://bucket/prefix)',
+  forbidden:
+    'the credentials are s3.accessKeyId and s3.secretAccessKey (config file), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY',
+  credentials:
+    'the credentials are s3.accessKeyId and s3.secretAccessKey (config file), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY',
+  unreachable:
+    'the endpoint is --blob-endpoint (EDGEFLEET_BLOB_ENDPOINT, s3.endpoint; unset: AWS S3 in --blob-region)',
+};
+
+/**
+ * Checks that the server's blob store answers (HeadBucket for S3), with an error that names the store, its
+ * bucket, the reason and the setting to fix, instead of the S3 SDK's own words (`UnknownError`).
+ */
+export async function checkBlobStore(blobs: BlobStore): Promise<void> {
+  try {
+    await blobs.check();
+  } catch (error) {
+    if (!(error instanceof BlobStoreUnavailableError)) throw error;
+    throw new Error(`${error.message} (${BLOB_SETTING_BY_PROBLEM[error.problem]})`, { cause: error });
+  }
 }
 
 /** How the server reaches its S3-compatible store (blobs, and the SageMaker facade's model inputs and outputs). */
