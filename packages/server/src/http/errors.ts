@@ -1,7 +1,7 @@
 import type { ErrorBody } from '@edgefleet/core';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
-import { DomainError, type DomainErrorCode } from '../errors/index.js';
+import { dependencyUnavailableOf, DomainError, type DomainErrorCode } from '../errors/index.js';
 import { redactRequestUrl } from './log-redaction.js';
 import { retryAfterSecondsOf } from './retry-after.js';
 
@@ -142,8 +142,12 @@ function fromFastifyError(error: FastifyError): ApiError | undefined {
  * after any answer sent before the request body was read: see request-deadline.ts.)
  */
 export function installErrorHandlers(app: FastifyInstance): void {
-  app.setErrorHandler((error: unknown, request, reply) => {
+  app.setErrorHandler((thrown: unknown, request, reply) => {
     let apiError: ApiError | undefined;
+    // The database or blob store down: 503 naming it (logged at warn, the cause included), not a 500.
+    const outage = dependencyUnavailableOf(thrown);
+    if (outage !== undefined) request.log.warn({ err: thrown }, outage.message);
+    const error = outage ?? thrown;
     if (error instanceof ApiError) apiError = error;
     else if (error instanceof DomainError) apiError = fromDomainError(error);
     else if (error instanceof RequestValidationError) {

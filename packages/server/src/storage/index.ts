@@ -1,5 +1,7 @@
 export {
   openDatabase,
+  DatabaseUnavailableError,
+  isDatabaseOutage,
   maskUrlCredentials,
   parseDatabaseLocation,
   pingDatabase,
