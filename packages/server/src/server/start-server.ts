@@ -1,4 +1,4 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -95,6 +95,7 @@ import {
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
+import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
 
@@ -240,16 +241,16 @@ export async function openPackageSigning(
 }
 
 async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa, limits: ListenerLimits) {
-  const pair = config.provided.deviceTls
-    ? {
-        certificatePem: await readFile(config.deviceTls.certFile, 'utf8'),
-        privateKeyPem: await readFile(config.deviceTls.keyFile, 'utf8'),
-      }
+  const generated = config.provided.deviceTls
+    ? undefined
     : // Generated at every start: devices trust the CA, not this certificate.
       ca.issueServerCertificate(config.deviceServerNames);
+  const pair = generated
+    ? { cert: generated.certificatePem, key: generated.privateKeyPem }
+    : await readTlsPair('deviceTls', config.deviceTls);
   return {
-    cert: pair.certificatePem,
-    key: pair.privateKeyPem,
+    cert: pair.cert,
+    key: pair.key,
     ca: [ca.certificatePem],
     // Ask every client for a certificate but let the request through, so that device routes can answer
     // with a precise error (expired, unknown, revoked) and enrollment can work without one.
@@ -417,8 +418,7 @@ export async function startServer(
       ...(config.tls
         ? {
             https: {
-              cert: await readFile(config.tls.certFile),
-              key: await readFile(config.tls.keyFile),
+              ...(await readTlsPair('tls', config.tls)),
               ...tlsServerLimitOptions(operatorLimits),
             },
           }
