@@ -1,14 +1,36 @@
+import { shellWord } from '@edgefleet/core';
 import type { Command } from 'commander';
 import { keyMaterialToBackUp, type ServerConfig } from '../config/index.js';
+import { maskUrlCredentials } from '../storage/index.js';
 import { BackupError, backupSqlite, restoreSqlite } from './sqlite-backup.js';
+
+/**
+ * The configured PostgreSQL URL without its password, for a command line the operator runs: pg_dump and
+ * pg_restore then take it from PGPASSWORD or ~/.pgpass, or ask for it. (A value the URL parser refuses is
+ * shown masked instead: the operator has to write it out.)
+ */
+function urlWithoutPassword(url: string): string {
+  try {
+    const parsed = new URL(url);
+    parsed.password = '';
+    parsed.searchParams.delete('password');
+    return parsed.toString();
+  } catch {
+    return maskUrlCredentials(url);
+  }
+}
 
 /** What `backup` says for a PostgreSQL state database: its own tools make the consistent copy. */
 export function postgresBackupGuidance(config: ServerConfig): string {
+  const location = config.databaseLocation;
+  const database = shellWord(location.engine === 'postgres' ? urlWithoutPassword(location.url) : '');
   return [
-    "the state database is PostgreSQL; back it up with PostgreSQL's tools, online and consistent:",
-    '  pg_dump --format=custom --file edgefleet.dump "$EDGEFLEET_DATABASE"',
+    "the state database is PostgreSQL; back it up with PostgreSQL's tools, online and consistent (the dump",
+    'holds token hashes and encrypted secrets: umask 077 keeps it to its owner; the password comes from',
+    'PGPASSWORD or ~/.pgpass, or pg_dump asks for it):',
+    `  (umask 077 && pg_dump --format=custom --file edgefleet.dump ${database})`,
     'and restore into an empty database with the server stopped:',
-    '  pg_restore --no-owner --dbname "$EDGEFLEET_DATABASE" edgefleet.dump',
+    `  pg_restore --no-owner --dbname ${database} edgefleet.dump`,
     `Copy these key files with every dump (the database is tied to them; a server refuses to start without them):`,
     ...keyMaterialToBackUp(config).map((place) => `  ${place}`),
     `and back up the blobs (${config.blob}) separately.`,
