@@ -6,6 +6,7 @@
 #   - /etc/edgefleet/trust (root 0755): package-signing roots, where `device enroll` puts them by default,
 #   - /var/lib/edgefleet-agent (edgefleet-agent 0750: database, packages, capture),
 #   - the systemd unit, enabled but not started (edit the config first, then: systemctl start edgefleet-agent).
+# Run again over an installed agent, it replaces the program and keeps the config; restart the agent afterwards.
 # --root DIR installs into DIR as a system image (users in DIR/etc/passwd; no systemctl); for image builds and tests.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,7 +49,9 @@ chown -R 0:0 "$root$prefix.new"
 chmod -R u+rwX,go+rX,go-w "$root$prefix.new"
 [ -z "$root" ] && "$root$prefix.new/setup-native.sh"
 rm -rf "$root$prefix.old"
-[ -d "$root$prefix" ] && mv "$root$prefix" "$root$prefix.old"
+# An upgrade: a running agent keeps the old program until it is restarted.
+upgrade=""
+[ -d "$root$prefix" ] && { mv "$root$prefix" "$root$prefix.old"; upgrade=1; }
 mv "$root$prefix.new" "$root$prefix"
 rm -rf "$root$prefix.old"
 
@@ -67,7 +70,13 @@ install -o 0 -g 0 -m 0644 "$here/edgefleet-agent.service" "$root/etc/systemd/sys
 if [ -z "$root" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable edgefleet-agent.service
-  echo "installed; edit /etc/edgefleet/agent.json, then: systemctl start edgefleet-agent" >&2
+  if [ -n "$upgrade" ]; then
+    echo "upgraded (config /etc/edgefleet/agent.json kept); a running agent runs the old program until: systemctl restart edgefleet-agent" >&2
+  else
+    echo "installed; edit /etc/edgefleet/agent.json, then: systemctl start edgefleet-agent" >&2
+  fi
+elif [ -n "$upgrade" ]; then
+  echo "upgraded in ${root:-/} (config kept); restart the agent (systemctl restart edgefleet-agent) to run the new program" >&2
 else
   echo "installed into ${root:-/}; enable with: systemctl enable --now edgefleet-agent" >&2
 fi

@@ -26,7 +26,8 @@ function addCommonOptions(command: Command): Command {
     'data-dir': 'data folder: SQLite file, blobs, keys (default ./.edgefleet/server)',
     listen:
       'operator API address host:port (default 127.0.0.1:8080; 0.0.0.0:8080 serves the network: set tls then)',
-    'device-listen': 'device API (mTLS) address host:port (default 0.0.0.0:8443)',
+    'device-listen':
+      'device API (mTLS) address host:port (default 127.0.0.1:8443; 0.0.0.0:8443 serves devices on other hosts)',
     'device-endpoint':
       'device API URL as devices reach it, handed out at enrollment (default https://<first server name>:<port>)',
     'device-server-names':

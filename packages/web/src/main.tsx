@@ -26,6 +26,7 @@ function App() {
   const [session, setSession] = useState<Session | null | undefined>(undefined);
   const [theme, setTheme] = useState<Theme>(initialTheme);
   const [connected, setConnected] = useState(false);
+  const [ended, setEnded] = useState<string | undefined>();
   const path = useHashPath();
   const holder = useMemo(() => ({ session: undefined as Session | undefined }), []);
   holder.session = session ?? undefined;
@@ -33,7 +34,10 @@ function App() {
     () =>
       createApiClient({
         csrfToken: () => holder.session?.csrfToken,
-        onSignedOut: () => setSession(null),
+        onSignedOut: (why) => {
+          setEnded(why);
+          setSession(null);
+        },
       }),
     [holder],
   );
@@ -49,6 +53,10 @@ function App() {
 
   useEffect(() => {
     void api.GET('/api/v1/console/session').then((result) => {
+      const error = result.error as { message?: string; details?: { sessionEnded?: string } } | undefined;
+      // A cookie whose session ended (its token revoked, expired): say so above the sign-in form.
+      if (error?.details?.sessionEnded === 'revoked' || error?.details?.sessionEnded === 'expired')
+        setEnded(error.message);
       setSession(
         result.data !== undefined
           ? { operator: result.data.operator, csrfToken: result.data.csrfToken }
@@ -65,7 +73,17 @@ function App() {
   }, [session, live]);
 
   if (session === undefined) return <p class="loading">Loading…</p>;
-  if (session === null) return <SignIn api={api} onSignedIn={setSession} />;
+  if (session === null)
+    return (
+      <SignIn
+        api={api}
+        ended={ended}
+        onSignedIn={(signedIn) => {
+          setEnded(undefined);
+          setSession(signedIn);
+        }}
+      />
+    );
 
   const context: AppContext = {
     api,
@@ -141,11 +159,25 @@ function App() {
   );
 }
 
-function SignIn({ api, onSignedIn }: { api: AppContext['api']; onSignedIn(session: Session): void }) {
+function SignIn({
+  api,
+  ended,
+  onSignedIn,
+}: {
+  api: AppContext['api'];
+  /** Why the previous session ended, when the server said (its token revoked, expired). */
+  ended: string | undefined;
+  onSignedIn(session: Session): void;
+}) {
   const [error, setError] = useState<string | undefined>();
   return (
     <main class="sign-in" id="main">
       <h1>EdgeFleet console</h1>
+      {ended !== undefined ? (
+        <p role="status" class="note" data-testid="session-ended">
+          {ended}
+        </p>
+      ) : null}
       <form
         aria-label="Sign in"
         onSubmit={async (event) => {

@@ -614,6 +614,30 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await context.close();
   });
 
+  it("says why it shows the sign-in page when the session's token was revoked", async () => {
+    const created = (
+      await api('POST', '/api/v1/tokens', plane.adminToken, { name: 'ops2', scope: 'read-only' })
+    ).body as { id: string; token: string };
+    const context = await signedInContext(created.token);
+    try {
+      const page = await context.newPage();
+      await page.goto(plane.operatorUrl);
+      await page.getByRole('heading', { name: 'Overview' }).waitFor();
+      expect((await api('DELETE', `/api/v1/tokens/${created.id}`, plane.adminToken)).status).toBe(204);
+      await page.getByRole('link', { name: 'Devices' }).click();
+      await page.getByRole('button', { name: 'Sign in' }).waitFor();
+      expect(await page.getByTestId('session-ended').textContent()).toBe(
+        'the console session ended: its API token "ops2" was revoked; sign in with another token',
+      );
+      // Opened afresh with the same cookie: the same words.
+      await page.reload();
+      await page.getByRole('button', { name: 'Sign in' }).waitFor();
+      expect(await page.getByTestId('session-ended').textContent()).toMatch(/API token "ops2" was revoked/);
+    } finally {
+      await context.close();
+    }
+  });
+
   it('shows a read-only token everything but no write controls', async () => {
     const created = await api('POST', '/api/v1/tokens', plane.adminToken, {
       name: 'viewer',

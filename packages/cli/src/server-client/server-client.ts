@@ -663,6 +663,24 @@ async function explainedUnreachable(server: string, error: unknown): Promise<Ser
   return plain;
 }
 
+/** Node's codes for a server certificate that no CA it trusts issued (a private CA, a self-signed certificate). */
+const UNTRUSTED_CERTIFICATE_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+]);
+
+/** What to do about a certificate the CLI refused: trust its CA, or use a name it holds. */
+function certificateHint(code: string | undefined): string {
+  if (code !== undefined && UNTRUSTED_CERTIFICATE_CODES.has(code))
+    return "; the server's certificate is not trusted: set NODE_EXTRA_CA_CERTS to the file of the CA that issued it (e.g. NODE_EXTRA_CA_CERTS=/etc/edgefleet/operator-ca.crt)";
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID')
+    return "; the server's certificate does not name the host in --server: use a host name or address it holds";
+  return '';
+}
+
 function unreachable(server: string, error: unknown): ServerUnreachableError {
   const cause = (error as { cause?: { code?: string; message?: string } }).cause;
   const name = (error as Error).name;
@@ -670,7 +688,8 @@ function unreachable(server: string, error: unknown): ServerUnreachableError {
     name === 'TimeoutError'
       ? 'no answer in time'
       : (cause?.code ?? cause?.message ?? (error as Error).message ?? String(error));
-  return new ServerUnreachableError(`cannot reach the EdgeFleet server at ${server}: ${reason}`, {
-    cause: error,
-  });
+  return new ServerUnreachableError(
+    `cannot reach the EdgeFleet server at ${server}: ${reason}${certificateHint(cause?.code)}`,
+    { cause: error },
+  );
 }

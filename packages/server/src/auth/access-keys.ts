@@ -1,9 +1,9 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Kysely } from 'kysely';
 import { DomainError } from '../errors/index.js';
 import { createOnce, fileExists } from '../identity/key-files.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
 import { tokenScopeSchema, type TokenScope } from './api-tokens.js';
 
 /** AWS access key ids are 20 upper-case characters; ours start with AKEF so they are easy to recognise. */
@@ -46,6 +46,67 @@ export async function loadAccessKeyEncryptionKey(file: string): Promise<Buffer> 
   const key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64');
   if (key.length !== 32) {
     throw new Error(`${file} must hold 32 bytes, base64-encoded (it holds ${key.length})`);
+  }
+  return key;
+}
+
+const KEY_FINGERPRINT_SETTING = 'access_key_encryption_key_fingerprint';
+
+/** Identifies a key without revealing it: an HMAC under the key itself, not a hash a guess could be checked against cheaply. */
+export function accessKeyEncryptionKeyFingerprint(key: Buffer): string {
+  return createHmac('sha256', key).update('edgefleet access-key encryption key fingerprint').digest('hex');
+}
+
+/** Thrown when the key file cannot decrypt the access keys the database holds: the server must not start. */
+export class AccessKeyEncryptionKeyMismatch extends Error {}
+
+/**
+ * Loads the access-key encryption key (creating it only when the database holds no access key it would
+ * have to read) and ties the database to it by a fingerprint, as the device CA and the signing root are.
+ * A restored database started with a new or another key file would otherwise answer every SigV4 request
+ * with an error; starting is refused instead, naming the file to restore.
+ */
+export async function openAccessKeyEncryptionKey(db: Kysely<DatabaseSchema>, file: string): Promise<Buffer> {
+  const stored = await db
+    .selectFrom('access_keys')
+    .select(['access_key_id', 'secret_ciphertext'])
+    .where('revoked_at', 'is', null)
+    .limit(1)
+    .executeTakeFirst();
+  const fix =
+    'restore the key file that was backed up with this database (see "Backup and restore" in ' +
+    'packages/server/README.md); every replica must use the same file';
+  if (stored !== undefined && !(await fileExists(file))) {
+    throw new AccessKeyEncryptionKeyMismatch(
+      `the database holds SageMaker access keys encrypted with the key in ${file} ` +
+        `(sagemaker.accessKeyEncryptionKeyFile), but that file does not exist: ${fix}`,
+    );
+  }
+  const key = await loadAccessKeyEncryptionKey(file);
+  const fingerprint = accessKeyEncryptionKeyFingerprint(key);
+  const mismatch = (why: string) =>
+    new AccessKeyEncryptionKeyMismatch(
+      `the database holds SageMaker access keys that the key in ${file} (sagemaker.accessKeyEncryptionKeyFile, ` +
+        `fingerprint ${fingerprint.slice(0, 16)}) cannot decrypt (${why}): ${fix}`,
+    );
+  if (stored !== undefined) {
+    // Databases from before the fingerprint was recorded: one active key tells whether this key reads them.
+    try {
+      new AccessKeyStore(db, key).decryptStored(stored.secret_ciphertext, stored.access_key_id);
+    } catch {
+      throw mismatch(`access key ${stored.access_key_id} does not decrypt`);
+    }
+  }
+  const bound = await claimServerSetting(db, KEY_FINGERPRINT_SETTING, fingerprint);
+  if (bound !== fingerprint) {
+    if (stored !== undefined)
+      throw mismatch(`they were encrypted with the key of fingerprint ${bound.slice(0, 16)}`);
+    // No active access key to lose: this key simply becomes the database's key.
+    await db
+      .updateTable('server_settings')
+      .set({ value: fingerprint })
+      .where('key', '=', KEY_FINGERPRINT_SETTING)
+      .execute();
   }
   return key;
 }
@@ -146,6 +207,11 @@ export class AccessKeyStore {
     cipher.setAAD(Buffer.from(accessKeyId, 'utf8'));
     const ciphertext = Buffer.concat([cipher.update(secret, 'utf8'), cipher.final()]);
     return Buffer.concat([iv, cipher.getAuthTag(), ciphertext]).toString('base64url');
+  }
+
+  /** Decrypts a stored secret; throws when this store's key is not the one it was encrypted with. */
+  decryptStored(stored: string, accessKeyId: string): string {
+    return this.decrypt(stored, accessKeyId);
   }
 
   private decrypt(stored: string, accessKeyId: string): string {

@@ -9,6 +9,9 @@ export {
 export {
   AccessKeyStore,
   loadAccessKeyEncryptionKey,
+  openAccessKeyEncryptionKey,
+  accessKeyEncryptionKeyFingerprint,
+  AccessKeyEncryptionKeyMismatch,
   type AccessKeyRecord,
   type ActiveAccessKey,
 } from './access-keys.js';

@@ -1,15 +1,39 @@
+import { shellWord } from '@edgefleet/core';
 import type { Command } from 'commander';
-import type { ServerConfig } from '../config/index.js';
+import { keyMaterialToBackUp, type ServerConfig } from '../config/index.js';
+import { maskUrlCredentials } from '../storage/index.js';
 import { BackupError, backupSqlite, restoreSqlite } from './sqlite-backup.js';
 
+/**
+ * The configured PostgreSQL URL without its password, for a command line the operator runs: pg_dump and
+ * pg_restore then take it from PGPASSWORD or ~/.pgpass, or ask for it. (A value the URL parser refuses is
+ * shown masked instead: the operator has to write it out.)
+ */
+function urlWithoutPassword(url: string): string {
+  try {
+    const parsed = new URL(url);
+    parsed.password = '';
+    parsed.searchParams.delete('password');
+    return parsed.toString();
+  } catch {
+    return maskUrlCredentials(url);
+  }
+}
+
 /** What `backup` says for a PostgreSQL state database: its own tools make the consistent copy. */
-export function postgresBackupGuidance(): string {
+export function postgresBackupGuidance(config: ServerConfig): string {
+  const location = config.databaseLocation;
+  const database = shellWord(location.engine === 'postgres' ? urlWithoutPassword(location.url) : '');
   return [
-    "the state database is PostgreSQL; back it up with PostgreSQL's tools, online and consistent:",
-    '  pg_dump --format=custom --file edgefleet.dump "$EDGEFLEET_DATABASE"',
+    "the state database is PostgreSQL; back it up with PostgreSQL's tools, online and consistent (the dump",
+    'holds token hashes and encrypted secrets: umask 077 keeps it to its owner; the password comes from',
+    'PGPASSWORD or ~/.pgpass, or pg_dump asks for it):',
+    `  (umask 077 && pg_dump --format=custom --file edgefleet.dump ${database})`,
     'and restore into an empty database with the server stopped:',
-    '  pg_restore --no-owner --dbname "$EDGEFLEET_DATABASE" edgefleet.dump',
-    'Blobs (S3 or the blob folder) and the data dir keys (ca/, signing/) are backed up separately.',
+    `  pg_restore --no-owner --dbname ${database} edgefleet.dump`,
+    `Copy these key files with every dump (the database is tied to them; a server refuses to start without them):`,
+    ...keyMaterialToBackUp(config).map((place) => `  ${place}`),
+    `and back up the blobs (${config.blob}) separately.`,
   ].join('\n');
 }
 
@@ -35,14 +59,16 @@ export function registerBackupCommands<Options extends object>(
     .action(async (options: Options & { out: string }) => {
       const config = await deps.configFrom(options);
       const location = config.databaseLocation;
-      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance());
+      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance(config));
       const result = await backupSqlite(location.file, options.out);
       say(
         `backed up ${location.file} to ${result.file} (${result.bytes} bytes, schema ${result.migrations.at(-1)})`,
       );
       say(
-        `also keep ${config.dataDir}/ca and ${config.dataDir}/signing (keys) and the blobs (${config.blob})`,
+        'copy these key files with it (the database is tied to them; a server refuses to start without them):',
       );
+      for (const place of keyMaterialToBackUp(config)) say(`  ${place}`);
+      say(`and back up the blobs (${config.blob}) separately`);
     });
   deps
     .addCommonOptions(
@@ -54,9 +80,11 @@ export function registerBackupCommands<Options extends object>(
     .action(async (options: Options & { from: string }) => {
       const config = await deps.configFrom(options);
       const location = config.databaseLocation;
-      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance());
+      if (location.engine !== 'sqlite') throw new BackupError(postgresBackupGuidance(config));
       const result = await restoreSqlite(options.from, location.file);
       say(`restored ${options.from} to ${result.file} (schema ${result.migrations.at(-1)})`);
       if (result.previous) say(`the database it replaced is kept as ${result.previous}`);
+      say('the key files backed up with it must be in place before the server starts:');
+      for (const place of keyMaterialToBackUp(config)) say(`  ${place}`);
     });
 }

@@ -89,3 +89,27 @@ export function assertValidBlobPrefix(prefix: string): void {
   if (prefix === '') return;
   assertValidBlobKey(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
 }
+
+/** Why a store cannot be used now: each asks for a different fix. */
+export type BlobStoreProblem = 'missing-bucket' | 'forbidden' | 'credentials' | 'unreachable';
+
+/**
+ * A store that cannot be used now (its bucket does not exist, no credentials or no permission, its endpoint
+ * unreachable or failing), as opposed to a request the store refused. The message names the store, where it
+ * is and the reason; `problem` tells the operator's mistakes (a bucket, credentials) from an outage.
+ */
+export class BlobStoreUnavailableError extends Error {
+  constructor(
+    /** `s3://bucket/prefix` */
+    readonly store: string,
+    /** Where the store is reached: its endpoint, or "AWS S3 (region …)". */
+    readonly endpoint: string,
+    readonly problem: BlobStoreProblem,
+    /** What is wrong and what would fix it, without the store's name. */
+    readonly reason: string,
+    options?: ErrorOptions,
+  ) {
+    super(`cannot use the blob store ${store} at ${endpoint}: ${reason}`, options);
+    this.name = 'BlobStoreUnavailableError';
+  }
+}

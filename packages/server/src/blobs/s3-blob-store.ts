@@ -12,7 +12,9 @@ import {
   assertValidBlobKey,
   assertValidBlobPrefix,
   BlobNotFoundError,
+  BlobStoreUnavailableError,
   type BlobBody,
+  type BlobStoreProblem,
   type BlobInfo,
   type BlobStore,
   type ByteRange,
@@ -59,7 +61,67 @@ function statusOf(error: unknown): number | undefined {
 
 function isMissing(error: unknown): boolean {
   const name = (error as { name?: unknown } | undefined)?.name;
+  if (name === 'NoSuchBucket') return false;
   return name === 'NoSuchKey' || name === 'NotFound' || statusOf(error) === 404;
+}
+
+const NETWORK_ERROR_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EPIPE',
+]);
+
+/**
+ * What an S3 failure says about the store itself, or undefined for a failure of the one request (a missing
+ * key, an aborted upload). `bucketRequest`: a request about the bucket (HeadBucket), whose 404 has no body to
+ * name it NoSuchBucket.
+ */
+export function s3ProblemOf(
+  error: unknown,
+  bucket: string,
+  endpoint: string,
+  bucketRequest = false,
+): { problem: BlobStoreProblem; reason: string } | undefined {
+  const { name, code, message } = (error ?? {}) as { name?: unknown; code?: unknown; message?: unknown };
+  const status = statusOf(error);
+  if (name === 'AbortError') return undefined;
+  if (name === 'NoSuchBucket' || (bucketRequest && status === 404))
+    return {
+      problem: 'missing-bucket',
+      reason: `bucket ${bucket} does not exist (404); create it, or name an existing bucket`,
+    };
+  if (
+    status === 403 ||
+    name === 'AccessDenied' ||
+    name === 'InvalidAccessKeyId' ||
+    name === 'SignatureDoesNotMatch'
+  )
+    return {
+      problem: 'forbidden',
+      reason: `access to bucket ${bucket} denied (${status ?? 403}${typeof name === 'string' && name !== 'Forbidden' ? ` ${name}` : ''}); check the credentials and that they may read and write the bucket`,
+    };
+  if (name === 'CredentialsProviderError' || /could not load credentials/i.test(String(message)))
+    return {
+      problem: 'credentials',
+      reason:
+        'no S3 credentials: set s3.accessKeyId and s3.secretAccessKey (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile)',
+    };
+  if (typeof code === 'string' && NETWORK_ERROR_CODES.has(code))
+    return {
+      problem: 'unreachable',
+      reason: `cannot reach ${endpoint} (${code}); is the endpoint right and up?`,
+    };
+  if (name === 'TimeoutError' || (typeof status === 'number' && status >= 500))
+    return {
+      problem: 'unreachable',
+      reason: `${endpoint} is not answering (${status !== undefined ? `HTTP ${status}` : String(name)}); try again later`,
+    };
+  return undefined;
 }
 
 /** Blobs in any S3-compatible object store, through the AWS SDK. */
@@ -68,12 +130,15 @@ export class S3BlobStore implements BlobStore {
   private readonly client: S3Client;
   private readonly bucket: string;
   private readonly prefix: string;
+  /** Where the store is reached, for messages. */
+  private readonly endpoint: string;
 
   constructor(options: S3BlobStoreOptions) {
     this.bucket = options.bucket;
     this.prefix = options.prefix.replace(/^\/+|\/+$/g, '');
     if (this.prefix !== '') assertValidBlobKey(this.prefix);
     this.description = `s3://${this.bucket}/${this.prefix}`;
+    this.endpoint = options.endpoint ?? `AWS S3 (region ${options.region ?? 'us-east-1'})`;
     this.client = new S3Client({
       region: options.region ?? 'us-east-1',
       forcePathStyle: options.forcePathStyle ?? options.endpoint !== undefined,
@@ -104,6 +169,19 @@ export class S3BlobStore implements BlobStore {
     });
   }
 
+  /** Runs an S3 request; a failure that says the store cannot be used becomes BlobStoreUnavailableError. */
+  private async guard<T>(request: () => Promise<T>, bucketRequest = false): Promise<T> {
+    try {
+      return await request();
+    } catch (error) {
+      const found = s3ProblemOf(error, this.bucket, this.endpoint, bucketRequest);
+      if (found === undefined) throw error;
+      throw new BlobStoreUnavailableError(this.description, this.endpoint, found.problem, found.reason, {
+        cause: error,
+      });
+    }
+  }
+
   private objectKey(key: string): string {
     assertValidBlobKey(key);
     return this.prefix === '' ? key : `${this.prefix}/${key}`;
@@ -123,29 +201,33 @@ export class S3BlobStore implements BlobStore {
     } else {
       contentLength = typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength;
     }
-    await this.client.send(
-      new PutObjectCommand({
-        Bucket: this.bucket,
-        Key: objectKey,
-        Body: body,
-        ContentLength: contentLength,
-        ContentType: options.contentType ?? 'application/octet-stream',
-      }),
-      // The SDK pipes a stream body into the request, and pipe passes no error on: without the abort, a body
-      // that fails leaves the PUT open with a short body until the endpoint gives up (s3rver never does).
-      options.signal !== undefined ? { abortSignal: options.signal } : {},
+    await this.guard(() =>
+      this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: objectKey,
+          Body: body,
+          ContentLength: contentLength,
+          ContentType: options.contentType ?? 'application/octet-stream',
+        }),
+        // The SDK pipes a stream body into the request, and pipe passes no error on: without the abort, a body
+        // that fails leaves the PUT open with a short body until the endpoint gives up (s3rver never does).
+        options.signal !== undefined ? { abortSignal: options.signal } : {},
+      ),
     );
     return { key, size: contentLength };
   }
 
   async get(key: string, range?: ByteRange): Promise<Readable> {
     try {
-      const result = await this.client.send(
-        new GetObjectCommand({
-          Bucket: this.bucket,
-          Key: this.objectKey(key),
-          ...(range && { Range: `bytes=${range.start}-${range.end ?? ''}` }),
-        }),
+      const result = await this.guard(() =>
+        this.client.send(
+          new GetObjectCommand({
+            Bucket: this.bucket,
+            Key: this.objectKey(key),
+            ...(range && { Range: `bytes=${range.start}-${range.end ?? ''}` }),
+          }),
+        ),
       );
       if (!(result.Body instanceof Readable)) throw new Error(`get "${key}": S3 returned no readable body`);
       return result.Body;
@@ -157,8 +239,8 @@ export class S3BlobStore implements BlobStore {
 
   async head(key: string): Promise<BlobInfo | undefined> {
     try {
-      const result = await this.client.send(
-        new HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }),
+      const result = await this.guard(() =>
+        this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) })),
       );
       return { key, size: result.ContentLength ?? 0 };
     } catch (error) {
@@ -168,7 +250,9 @@ export class S3BlobStore implements BlobStore {
   }
 
   async delete(key: string): Promise<void> {
-    await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+    await this.guard(() =>
+      this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) })),
+    );
   }
 
   async list(prefix: string): Promise<BlobInfo[]> {
@@ -177,12 +261,15 @@ export class S3BlobStore implements BlobStore {
     const found: BlobInfo[] = [];
     let continuationToken: string | undefined;
     do {
-      const page = await this.client.send(
-        new ListObjectsV2Command({
-          Bucket: this.bucket,
-          Prefix: fullPrefix,
-          ...(continuationToken !== undefined ? { ContinuationToken: continuationToken } : {}),
-        }),
+      const token = continuationToken;
+      const page = await this.guard(() =>
+        this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: fullPrefix,
+            ...(token !== undefined ? { ContinuationToken: token } : {}),
+          }),
+        ),
       );
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue;
@@ -198,7 +285,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async check(): Promise<void> {
-    await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+    await this.guard(() => this.client.send(new HeadBucketCommand({ Bucket: this.bucket })), true);
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,11 @@
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Kysely } from 'kysely';
-import { assertValidBlobKey, BlobKeyConflictError, type BlobStore } from '../blobs/index.js';
+import {
+  assertValidBlobKey,
+  BlobKeyConflictError,
+  BlobStoreUnavailableError,
+  type BlobStore,
+} from '../blobs/index.js';
 import { DomainError } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import type { FleetOutputs } from './fleet-output.js';
@@ -43,6 +48,19 @@ export interface StoredCaptureFile {
   bytes: number;
 }
 
+/** Where one capture file goes: the store, its key there, and the fleet's output location (for messages). */
+interface OutputTarget {
+  store: BlobStore;
+  storedKey: string;
+  location: string;
+}
+
+/** Where CaptureIngest reports a fleet output that stopped or started working again (the server's logger). */
+export interface FleetOutputLog {
+  warn(fields: Record<string, unknown>, message: string): void;
+  info(fields: Record<string, unknown>, message: string): void;
+}
+
 const isManifest = (key: string) => key.endsWith('.jsonl');
 const recordFormatOf = (key: string) =>
   key.split('/').includes('_model-monitor') ? 'model-monitor' : 'edge';
@@ -81,17 +99,59 @@ export class CaptureIngest {
   readonly #outputs: FleetOutputs;
   readonly #limits: CaptureLimits;
   readonly #now: () => number;
+  readonly #log: FleetOutputLog | undefined;
+  /** Output locations whose last write failed because the store cannot be used: logged once, not per upload. */
+  readonly #failing = new Set<string>();
 
   constructor(options: {
     db: Kysely<DatabaseSchema>;
     outputs: FleetOutputs;
     limits: CaptureLimits;
     now?: () => number;
+    /** Hears a fleet output becoming unusable (once, until it works again) and working again. */
+    log?: FleetOutputLog;
   }) {
     this.#db = options.db;
     this.#outputs = options.outputs;
     this.#limits = options.limits;
     this.#now = options.now ?? Date.now;
+    this.#log = options.log;
+  }
+
+  /**
+   * A write to a fleet's output that failed because the store cannot be used (its bucket missing, no access,
+   * S3 down) becomes a 503 with Retry-After naming the output and the reason: the agent keeps the capture and
+   * sends it again later. The first such failure of a location is logged; the next ones are not, until a write
+   * there succeeds again.
+   */
+  #unavailable(error: unknown, fleet: string, location: string): DomainError | undefined {
+    if (!(error instanceof BlobStoreUnavailableError)) return undefined;
+    if (!this.#failing.has(location)) {
+      this.#failing.add(location);
+      this.#log?.warn(
+        { event: 'fleet_output_unavailable', fleet, outputLocation: location, problem: error.problem },
+        `captures of fleet ${fleet} cannot be written to ${location}: ${error.reason}; devices keep them and retry (logged once until it works again)`,
+      );
+    }
+    const operatorMistake = error.problem !== 'unreachable';
+    return new DomainError(
+      'DependencyUnavailable',
+      `fleet ${fleet}'s output location ${location} cannot be written now: ${error.reason}; keep the capture and send it again later${operatorMistake ? ` (the server's operator must fix the bucket or the fleet's output: "edgefleet fleet update ${fleet} --output s3://…")` : ''}`,
+      {
+        fleet,
+        outputLocation: location,
+        problem: error.problem,
+        retryAfterSeconds: operatorMistake ? 60 : 15,
+      },
+    );
+  }
+
+  #written(fleet: string, location: string): void {
+    if (this.#failing.delete(location))
+      this.#log?.info(
+        { event: 'fleet_output_available', fleet, outputLocation: location },
+        `captures of fleet ${fleet} are written to ${location} again`,
+      );
   }
 
   async store(
@@ -105,7 +165,7 @@ export class CaptureIngest {
   async #storeWhole(
     device: { deviceName: string; fleetName: string },
     file: CaptureFile,
-    { store, storedKey }: { store: BlobStore; storedKey: string },
+    { store, storedKey, location }: OutputTarget,
   ): Promise<StoredCaptureFile> {
     let body = file.body;
     let records: string[] = [];
@@ -138,8 +198,9 @@ export class CaptureIngest {
       // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
       // fleet's bucket fills the day's quota with bytes that never landed).
       await this.#refund(device.deviceName, day, body.length).catch(() => undefined);
-      throw conflictOf(error, file.key) ?? error;
+      throw conflictOf(error, file.key) ?? this.#unavailable(error, device.fleetName, location) ?? error;
     }
+    this.#written(device.fleetName, location);
     if (records.length > 0) {
       const at = this.#now();
       for (let i = 0; i < records.length; i += CHUNK)
@@ -185,7 +246,7 @@ export class CaptureIngest {
       const body = await readExactly(file.body, file.contentLength, file.key);
       return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
     }
-    const { store, storedKey } = target;
+    const { store, storedKey, location } = target;
     const day = await this.#charge(device.deviceName, file.contentLength);
     // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
     const abort = new AbortController();
@@ -201,8 +262,9 @@ export class CaptureIngest {
       // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
       // with Connection: close (http/request-deadline.ts), so that the device still learns why.
       await this.#refund(device.deviceName, day, file.contentLength).catch(() => undefined);
-      throw conflictOf(error, file.key) ?? error;
+      throw conflictOf(error, file.key) ?? this.#unavailable(error, device.fleetName, location) ?? error;
     }
+    this.#written(device.fleetName, location);
     return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: file.contentLength };
   }
 
@@ -211,10 +273,7 @@ export class CaptureIngest {
   }
 
   /** Where the device's capture `key` goes: refused unless it is a valid key under its own fleet's output. */
-  async #targetOf(
-    device: { deviceName: string; fleetName: string },
-    key: string,
-  ): Promise<{ store: BlobStore; storedKey: string }> {
+  async #targetOf(device: { deviceName: string; fleetName: string }, key: string): Promise<OutputTarget> {
     try {
       assertValidBlobKey(key);
     } catch (error) {
@@ -253,7 +312,7 @@ export class CaptureIngest {
         'Conflict',
         `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} overlaps the server's own blob store (s3://${reserved === '' ? '<bucket>' : `<bucket>/${reserved}`}); captures are not written there; move the output with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
       );
-    return { store: target.store, storedKey };
+    return { store: target.store, storedKey, location: fleet.output_s3_location };
   }
 
   /**

@@ -1,5 +1,6 @@
 import type { BlobStore, S3ConnectionOptions } from '../blobs/index.js';
-import { S3BlobStore } from '../blobs/index.js';
+import { BlobStoreUnavailableError, S3BlobStore } from '../blobs/index.js';
+import { DomainError } from '../errors/index.js';
 import type { FleetOutputS3Timeouts } from './fleet-output-timeouts.js';
 
 export { FLEET_OUTPUT_S3_TIMEOUTS, type FleetOutputS3Timeouts } from './fleet-output-timeouts.js';
@@ -100,6 +101,32 @@ export class FleetOutputs {
     }
     const reserved = this.#serverBlobs?.bucket === bucket ? { reservedPrefix: this.#serverBlobs.prefix } : {};
     return { store, keyFor: (key) => key, location, prefix, ...reserved };
+  }
+
+  /**
+   * Checks that the server can write a fleet's output location with its own S3 connection (HeadBucket on the
+   * fleet's bucket), before a fleet takes it: a bucket that does not exist or that the server's credentials
+   * may not use is refused (400), an S3 endpoint that does not answer is a 503. With a local blob folder there
+   * is no bucket to check. A location that is not an s3:// URI is the fleet schema's to refuse.
+   */
+  async check(location: string): Promise<void> {
+    const target = this.targetFor(location);
+    if (target === undefined || this.#s3 === undefined) return;
+    try {
+      await target.store.check();
+    } catch (error) {
+      if (!(error instanceof BlobStoreUnavailableError)) throw error;
+      const operatorMistake = error.problem === 'missing-bucket' || error.problem === 'forbidden';
+      throw new DomainError(
+        operatorMistake ? 'ValidationError' : 'DependencyUnavailable',
+        `the output location ${location} cannot be used: ${error.reason} (the server writes captures there through ${error.endpoint}, with its own s3 settings)`,
+        {
+          outputLocation: location,
+          problem: error.problem,
+          ...(operatorMistake ? {} : { retryAfterSeconds: 15 }),
+        },
+      );
+    }
   }
 
   async close(): Promise<void> {

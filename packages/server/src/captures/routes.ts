@@ -109,7 +109,7 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     warn: (message) => app.log.debug({ component: 'fleet-output-s3' }, message),
   });
   const limits: CaptureLimits = deps.config.captures;
-  const ingest = new CaptureIngest({ db: deps.db, outputs, limits });
+  const ingest = new CaptureIngest({ db: deps.db, outputs, limits, log: app.log });
   app.addHook('onClose', async () => outputs.close());
 
   // The raw form's body reaches its handler as the request stream, which CaptureIngest streams to the store. Only

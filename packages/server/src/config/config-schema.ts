@@ -79,8 +79,12 @@ export const serverConfigSchema = z.strictObject({
    * session cookies, in clear unless `tls` is set, so serving it to the network is the operator's explicit choice.
    */
   listen: listenAddressSchema.prefault('127.0.0.1:8080'),
-  /** Device API: HTTPS with mutual TLS. */
-  deviceListen: listenAddressSchema.prefault('0.0.0.0:8443'),
+  /**
+   * Device API: HTTPS with mutual TLS. Loopback by default, like `listen`, so that a default server is one
+   * coherent single-host set-up; devices on other hosts need this, `listen` with `tls`, `deviceEndpoint` and
+   * `deviceServerNames` set together.
+   */
+  deviceListen: listenAddressSchema.prefault('127.0.0.1:8443'),
   /** The device API's URL as devices reach it; handed to devices when they enroll. */
   deviceEndpoint: z.url().optional(),
   /**

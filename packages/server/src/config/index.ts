@@ -12,3 +12,4 @@ export {
   type ConfigSources,
   type OverridableSetting,
 } from './load-config.js';
+export { accessKeyEncryptionKeyFileOf, keyMaterialToBackUp } from './key-material.js';

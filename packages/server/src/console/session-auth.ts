@@ -37,9 +37,16 @@ export function consoleSessionAuthenticator(
     if (sessionId === undefined) return undefined;
     const session = await sessions.find(sessionId);
     if (session === undefined) {
+      const ended = await sessions.whyEnded(sessionId);
+      // details.sessionEnded lets the console say why it shows the sign-in page again.
       throw new DomainError(
         'Unauthenticated',
-        'the console session has expired or was signed out (or its API token was revoked); sign in again',
+        ended.reason === 'revoked'
+          ? `the console session ended: its API token "${ended.tokenName}" was revoked; sign in with another token`
+          : ended.reason === 'expired'
+            ? 'the console session expired (console.sessionTtlSeconds); sign in again'
+            : 'the console session was signed out or is unknown; sign in again',
+        { sessionEnded: ended.reason },
       );
     }
     if (!SAFE_METHODS.has(request.method)) {

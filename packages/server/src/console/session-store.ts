@@ -76,6 +76,28 @@ export class ConsoleSessionStore {
     };
   }
 
+  /**
+   * Why a cookie's session is not live, for the message that sends its browser back to sign-in: its API token
+   * was revoked (named), it expired, or it is unknown (signed out, or never was).
+   */
+  async whyEnded(
+    sessionId: string,
+  ): Promise<{ reason: 'revoked'; tokenName: string } | { reason: 'expired' | 'unknown' }> {
+    const row = await this.db
+      .selectFrom('console_sessions')
+      .innerJoin('api_tokens', 'api_tokens.id', 'console_sessions.token_id')
+      .select([
+        'api_tokens.name as name',
+        'api_tokens.revoked_at as revokedAt',
+        'console_sessions.expires_at as expiresAt',
+      ])
+      .where('console_sessions.id_hash', '=', hashSecret(sessionId))
+      .executeTakeFirst();
+    if (row === undefined) return { reason: 'unknown' };
+    if (row.revokedAt !== null) return { reason: 'revoked', tokenName: row.name };
+    return { reason: 'expired' };
+  }
+
   async close(sessionId: string): Promise<void> {
     await this.db.deleteFrom('console_sessions').where('id_hash', '=', hashSecret(sessionId)).execute();
   }

@@ -12,6 +12,8 @@ export type DomainErrorCode =
   | 'ResourceInUse'
   | 'PayloadTooLarge'
   | 'LimitExceeded'
+  /** Something the server depends on (its database, a blob store or bucket) cannot be used now: try later. */
+  | 'DependencyUnavailable'
   | 'CertificateRequired'
   | 'CertificateInvalid'
   | 'CertificateExpired'

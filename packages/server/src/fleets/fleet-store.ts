@@ -44,9 +44,15 @@ export class FleetStore {
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly now: () => number = Date.now,
+    /**
+     * Checks that the server can write an output location (its bucket exists and answers), throwing a
+     * DomainError that says why not; called before a fleet takes a new location. Default: no check.
+     */
+    private readonly checkOutput: (location: string) => Promise<void> = async () => undefined,
   ) {}
 
   async create(input: CreateFleetInput): Promise<FleetRecord> {
+    await this.checkOutput(input.outputConfig.s3OutputLocation);
     const at = this.now();
     const row: FleetsTable = {
       name: input.name,
@@ -98,6 +104,7 @@ export class FleetStore {
     if (patch.roleArn !== undefined) changes.role_arn = patch.roleArn;
     if (patch.tags !== undefined) changes.tags = JSON.stringify(patch.tags);
     if (patch.outputConfig !== undefined) {
+      await this.checkOutput(patch.outputConfig.s3OutputLocation);
       changes.output_s3_location = patch.outputConfig.s3OutputLocation;
       changes.output_kms_key_id = patch.outputConfig.kmsKeyId ?? null;
     }

@@ -1,8 +1,9 @@
 import type { ErrorBody } from '@edgefleet/core';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
-import { DomainError, type DomainErrorCode } from '../errors/index.js';
+import { dependencyUnavailableOf, DomainError, type DomainErrorCode } from '../errors/index.js';
 import { redactRequestUrl } from './log-redaction.js';
+import { retryAfterSecondsOf } from './retry-after.js';
 
 // The body of every error answer, on every route: part of the device contract, so defined in core.
 export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
@@ -28,6 +29,7 @@ const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
   ResourceInUse: 409,
   PayloadTooLarge: 413,
   LimitExceeded: 429,
+  DependencyUnavailable: 503,
 };
 
 /** An error that becomes an HTTP answer with the consistent body. Thrown by handlers and hooks. */
@@ -140,8 +142,12 @@ function fromFastifyError(error: FastifyError): ApiError | undefined {
  * after any answer sent before the request body was read: see request-deadline.ts.)
  */
 export function installErrorHandlers(app: FastifyInstance): void {
-  app.setErrorHandler((error: unknown, request, reply) => {
+  app.setErrorHandler((thrown: unknown, request, reply) => {
     let apiError: ApiError | undefined;
+    // The database or blob store down: 503 naming it (logged at warn, the cause included), not a 500.
+    const outage = dependencyUnavailableOf(thrown);
+    if (outage !== undefined) request.log.warn({ err: thrown }, outage.message);
+    const error = outage ?? thrown;
     if (error instanceof ApiError) apiError = error;
     else if (error instanceof DomainError) apiError = fromDomainError(error);
     else if (error instanceof RequestValidationError) {
@@ -155,9 +161,13 @@ export function installErrorHandlers(app: FastifyInstance): void {
     if (apiError === undefined) {
       request.log.error({ err: error }, 'request failed');
       apiError = new ApiError(500, 'InternalError', 'the server failed to handle the request; see its log');
-    } else if (apiError.statusCode >= 500) {
+    } else if (apiError.statusCode >= 500 && apiError.code !== 'DependencyUnavailable') {
+      // A dependency that cannot be used is logged where it is found (once per outage), not per request.
       request.log.error({ err: error }, apiError.message);
     }
+    const retryAfter = retryAfterSecondsOf(error);
+    if (retryAfter !== undefined && !reply.hasHeader('retry-after'))
+      void reply.header('retry-after', String(retryAfter));
     return reply.status(apiError.statusCode).type('application/json').send(apiError.toBody());
   });
   app.setNotFoundHandler((request, reply) =>

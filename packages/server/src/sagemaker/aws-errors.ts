@@ -1,4 +1,4 @@
-import { DomainError, type DomainErrorCode } from '../errors/index.js';
+import { dependencyUnavailableOf, DomainError, type DomainErrorCode } from '../errors/index.js';
 
 /**
  * The AWS error types the facade answers with, and the HTTP status AWS uses for each. botocore reads the
@@ -24,6 +24,8 @@ const STATUS_BY_AWS_TYPE = {
   // sagemaker-edge's one documented error.
   InternalServiceException: 500,
   InternalFailure: 500,
+  // A dependency (database, S3) cannot be used now; AWS SDKs retry it with backoff.
+  ServiceUnavailable: 503,
 } as const;
 
 export type AwsErrorType = keyof typeof STATUS_BY_AWS_TYPE;
@@ -59,11 +61,13 @@ const AWS_TYPE_BY_DOMAIN_CODE: Record<DomainErrorCode, AwsErrorType> = {
   EnrollmentTokenInvalid: 'AccessDeniedException',
   EnrollmentTokenExpired: 'AccessDeniedException',
   EnrollmentTokenUsed: 'AccessDeniedException',
+  DependencyUnavailable: 'ServiceUnavailable',
 };
 
 /** Any error a facade handler raised, as an AWS error; undefined for an unexpected (internal) failure. */
-export function toAwsError(error: unknown): AwsError | undefined {
-  if (error instanceof AwsError) return error;
+export function toAwsError(thrown: unknown): AwsError | undefined {
+  if (thrown instanceof AwsError) return thrown;
+  const error = dependencyUnavailableOf(thrown) ?? thrown;
   if (error instanceof DomainError) return new AwsError(AWS_TYPE_BY_DOMAIN_CODE[error.code], error.message);
   return undefined;
 }

@@ -91,6 +91,8 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
   app.setErrorHandler((error: unknown, request, reply) => {
     const protocol: Protocol = request.url.split('?')[0] === '/' ? 'json' : 'rest-json';
     const aws = toAwsError(error);
+    // An outage (database, blob store): the answer names only the component; the cause goes to the log.
+    if (aws?.type === 'ServiceUnavailable') request.log.warn({ err: error }, aws.message);
     if (aws !== undefined) return sendAwsError(reply, protocol, aws);
     const status = (error as FastifyError).statusCode;
     if (status === 413) {

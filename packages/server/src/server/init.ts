@@ -1,6 +1,6 @@
-import { ApiTokenStore } from '../auth/index.js';
-import type { ServerConfig } from '../config/index.js';
-import { openDeviceCa, openPackageSigning, openStores } from './start-server.js';
+import { ApiTokenStore, openAccessKeyEncryptionKey } from '../auth/index.js';
+import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
+import { checkBlobStore, openDeviceCa, openPackageSigning, openStores } from './start-server.js';
 
 export interface InitResult {
   /** The first admin token, when this run created it (shown once). */
@@ -23,9 +23,11 @@ export interface InitResult {
 export async function initServer(config: ServerConfig): Promise<InitResult> {
   const { database, blobs } = await openStores(config);
   try {
-    await blobs.check();
+    await checkBlobStore(blobs);
     const ca = await openDeviceCa(config, database);
     const signing = await openPackageSigning(config, database);
+    // Created now so that a backup taken right after init already has every key file.
+    await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config));
     const tokens = new ApiTokenStore(database.db);
     const result: InitResult = {
       dataDir: config.dataDir,

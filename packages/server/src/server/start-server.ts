@@ -1,4 +1,4 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -8,13 +8,20 @@ import {
   accessKeyRoutes,
   ApiTokenStore,
   apiTokenRoutes,
-  loadAccessKeyEncryptionKey,
+  openAccessKeyEncryptionKey,
   operatorAuthenticators,
 } from '../auth/index.js';
-import { createBlobStore, S3Objects, type BlobStore, type S3ConnectionOptions } from '../blobs/index.js';
+import {
+  BlobStoreUnavailableError,
+  createBlobStore,
+  S3Objects,
+  type BlobStore,
+  type BlobStoreProblem,
+  type S3ConnectionOptions,
+} from '../blobs/index.js';
 import { CompilationJobStore } from '../compilation/index.js';
-import { captureDeviceRoutes } from '../captures/index.js';
-import type { ServerConfig } from '../config/index.js';
+import { captureDeviceRoutes, FleetOutputs } from '../captures/index.js';
+import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
 import {
   ChangeFeed,
   ConsoleSessionStore,
@@ -88,6 +95,7 @@ import {
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
+import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
 
@@ -168,6 +176,30 @@ export async function openStores(
   return { database, blobs };
 }
 
+/** The settings that fix each reason the server's blob store cannot be used. */
+const BLOB_SETTING_BY_PROBLEM: Record<BlobStoreProblem, string> = {
+  'missing-bucket': 'the bucket is named by blob (--blob, EDGEFLEET_BLOB: s3://bucket/prefix)',
+  forbidden:
+    'the credentials are s3.accessKeyId and s3.secretAccessKey (config file), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY',
+  credentials:
+    'the credentials are s3.accessKeyId and s3.secretAccessKey (config file), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY',
+  unreachable:
+    'the endpoint is --blob-endpoint (EDGEFLEET_BLOB_ENDPOINT, s3.endpoint; unset: AWS S3 in --blob-region)',
+};
+
+/**
+ * Checks that the server's blob store answers (HeadBucket for S3), with an error that names the store, its
+ * bucket, the reason and the setting to fix, instead of the S3 SDK's own words (`UnknownError`).
+ */
+export async function checkBlobStore(blobs: BlobStore): Promise<void> {
+  try {
+    await blobs.check();
+  } catch (error) {
+    if (!(error instanceof BlobStoreUnavailableError)) throw error;
+    throw new Error(`${error.message} (${BLOB_SETTING_BY_PROBLEM[error.problem]})`, { cause: error });
+  }
+}
+
 /** How the server reaches its S3-compatible store (blobs, and the SageMaker facade's model inputs and outputs). */
 export function s3ConnectionOf(config: ServerConfig): S3ConnectionOptions {
   return {
@@ -209,16 +241,16 @@ export async function openPackageSigning(
 }
 
 async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa, limits: ListenerLimits) {
-  const pair = config.provided.deviceTls
-    ? {
-        certificatePem: await readFile(config.deviceTls.certFile, 'utf8'),
-        privateKeyPem: await readFile(config.deviceTls.keyFile, 'utf8'),
-      }
+  const generated = config.provided.deviceTls
+    ? undefined
     : // Generated at every start: devices trust the CA, not this certificate.
       ca.issueServerCertificate(config.deviceServerNames);
+  const pair = generated
+    ? { cert: generated.certificatePem, key: generated.privateKeyPem }
+    : await readTlsPair('deviceTls', config.deviceTls);
   return {
-    cert: pair.certificatePem,
-    key: pair.privateKeyPem,
+    cert: pair.cert,
+    key: pair.key,
     ca: [ca.certificatePem],
     // Ask every client for a certificate but let the request through, so that device routes can answer
     // with a precise error (expired, unknown, revoked) and enrollment can work without one.
@@ -293,19 +325,27 @@ export async function startServer(
     background.push({ stop: () => compilationJobs.settle() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const deployments = new DeploymentService(database.db, { packagingJobs, models });
+    // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with.
+    const fleetOutputCheck = new FleetOutputs(
+      blobs,
+      config.blobLocation.kind === 's3' ? s3ConnectionOf(config) : undefined,
+      {
+        uploadSlots: 0,
+        timeouts: {
+          socketTimeoutMs: config.captures.outputS3SocketTimeoutMs,
+          connectionTimeoutMs: config.captures.outputS3ConnectionTimeoutMs,
+        },
+      },
+    );
+    background.push({ stop: () => fleetOutputCheck.close() });
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db),
       accessKeys: new AccessKeyStore(
         database.db,
-        await loadAccessKeyEncryptionKey(
-          path.resolve(
-            config.dataDir,
-            config.sagemaker.accessKeyEncryptionKeyFile ?? path.join('access-keys', 'encryption.key'),
-          ),
-        ),
+        await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config)),
       ),
       compilationJobs,
-      fleets: new FleetStore(database.db),
+      fleets: new FleetStore(database.db, Date.now, (location) => fleetOutputCheck.check(location)),
       devices: new DeviceStore(database.db, {
         offlineAfterMs,
         onDeregister: stopDeregisteredDeviceTargets,
@@ -378,8 +418,7 @@ export async function startServer(
       ...(config.tls
         ? {
             https: {
-              cert: await readFile(config.tls.certFile),
-              key: await readFile(config.tls.keyFile),
+              ...(await readTlsPair('tls', config.tls)),
               ...tlsServerLimitOptions(operatorLimits),
             },
           }

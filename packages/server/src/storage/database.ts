@@ -6,6 +6,8 @@ import {
   PostgresDialect,
   SqliteDialect,
   sql,
+  type PostgresPool,
+  type PostgresPoolClient,
   type SqliteDatabase as KyselySqliteDatabase,
 } from 'kysely';
 import pg from 'pg';
@@ -27,27 +29,117 @@ export interface ServerDatabase {
 /**
  * Reads a `--database` value: `postgres://…` / `postgresql://…` selects PostgreSQL; `sqlite:<path>`,
  * `file:<path>` or a plain path selects a SQLite file (relative paths resolve against `baseDir`).
+ * Errors show the value with any password masked: they reach the terminal and the journal.
  */
 export function parseDatabaseLocation(value: string, baseDir: string): DatabaseLocation {
   const trimmed = value.trim();
   if (trimmed === '')
     throw new Error('database location is empty; expected postgres://… or a SQLite file path');
   if (/^postgres(ql)?:\/\//i.test(trimmed)) return { engine: 'postgres', url: trimmed };
+  const unsupported = (why: string): Error =>
+    new Error(
+      `unsupported database location "${maskUrlCredentials(value)}" (${why}); ` +
+        'expected postgres://user:password@host:port/database or a SQLite file path (sqlite:<path> for a path with a colon)',
+    );
+  const prefixed = /^(sqlite|file):/i.test(trimmed);
+  // A typo in a URL ("postgress://", "postgres:/", "postgres//") must not quietly become a SQLite file
+  // named after the URL, password included.
+  if (!prefixed && /^[a-z][a-z0-9+.-]+:/i.test(trimmed)) throw unsupported('not a postgres:// URL');
   const file = trimmed.replace(/^(sqlite|file):(\/\/)?/i, '');
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(file)) {
-    throw new Error(`unsupported database location "${value}"; expected postgres://… or a SQLite file path`);
-  }
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(file)) throw unsupported('not a postgres:// URL');
+  if (!prefixed && /:[^/]*@/.test(file)) throw unsupported('looks like a URL with a password');
   return { engine: 'sqlite', file: path.resolve(baseDir, file) };
 }
 
-function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return 'postgres://(unparseable url)';
+/**
+ * Replaces the password of a URL-like value (`scheme://user:password@host…`, also when malformed, and a
+ * `password=` query parameter) with `***`. Works on the text, not a URL parser, so that a value the parser
+ * refuses is masked too; when in doubt it masks more (the user name, the host) rather than less.
+ */
+export function maskUrlCredentials(value: string): string {
+  const masked = value.replace(/([?&;]password=)[^&#;]*/gi, '$1***');
+  const at = masked.lastIndexOf('@');
+  if (at < 0) return masked;
+  const schemeEnd = masked.indexOf('://');
+  const userStart = schemeEnd >= 0 && schemeEnd < at ? schemeEnd + 3 : 0;
+  const colon = masked.indexOf(':', userStart);
+  if (colon < 0 || colon > at) return masked;
+  return `${masked.slice(0, colon + 1)}***${masked.slice(at)}`;
+}
+
+/**
+ * The database cannot be used now (unreachable, shutting down, out of connections, busy): an outage of a
+ * dependency, not a fault of the request, which the HTTP layer answers with 503.
+ */
+export class DatabaseUnavailableError extends Error {
+  constructor(
+    /** Where the state lives, password masked. */
+    readonly database: string,
+    cause: unknown,
+  ) {
+    super(
+      `the database ${database} cannot be used now: ${cause instanceof Error ? cause.message : String(cause)}`,
+      {
+        cause,
+      },
+    );
+    this.name = 'DatabaseUnavailableError';
   }
+}
+
+const NETWORK_ERROR_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EPIPE',
+]);
+
+/**
+ * A failure of the connection rather than of the statement: a socket error, pg's own connection messages, or
+ * a SQLSTATE of class 08 (connection exception), 57P01-57P03 (server shutting down or starting), 3D000 (the
+ * database dropped under a running server) or 53300 (too
+ * many connections); SQLite's SQLITE_BUSY (another writer held the file past busy_timeout).
+ */
+export function isDatabaseOutage(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string') {
+    if (NETWORK_ERROR_CODES.has(code) || code.startsWith('08')) return true;
+    if (['57P01', '57P02', '57P03', '53300', '3D000', 'SQLITE_BUSY'].includes(code)) return true;
+  }
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
+    String(message),
+  );
+}
+
+/** The pool as Kysely sees it, its connection failures turned into DatabaseUnavailableError. */
+function outageAwarePool(pool: pg.Pool, database: string): PostgresPool {
+  const translate = (error: unknown) =>
+    isDatabaseOutage(error) ? new DatabaseUnavailableError(database, error) : error;
+  return {
+    connect: async () => {
+      let client: pg.PoolClient;
+      try {
+        client = await pool.connect();
+      } catch (error) {
+        throw translate(error);
+      }
+      const query = (...args: unknown[]): unknown => {
+        const result = (client.query as (...a: unknown[]) => unknown)(...args);
+        // A cursor (streamed query) is returned as it is; its reads fail in their own way.
+        return result instanceof Promise
+          ? result.catch((error: unknown) => {
+              throw translate(error);
+            })
+          : result;
+      };
+      return { query: query as PostgresPoolClient['query'], release: () => client.release() };
+    },
+    end: () => pool.end(),
+  };
 }
 
 // bigint (int8, e.g. epoch milliseconds and COUNT(*)) arrives as a string from pg; our values fit in a double.
@@ -155,17 +247,21 @@ export async function openDatabase(
     types: pgTypes,
   });
   pool.on('error', (error) => options.onConnectionError?.(error));
-  const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
+  const description = maskUrlCredentials(location.url);
+  const db = new Kysely<DatabaseSchema>({
+    dialect: new PostgresDialect({ pool: outageAwarePool(pool, description) }),
+  });
   try {
     await sql`select 1`.execute(db);
-  } catch (error) {
+  } catch (caught) {
     await db.destroy();
+    const error = caught instanceof DatabaseUnavailableError ? caught.cause : caught;
     throw new Error(
-      `cannot connect to PostgreSQL at ${redactUrl(location.url)}: ${error instanceof Error ? error.message : String(error)}`,
+      `cannot connect to PostgreSQL at ${description}: ${error instanceof Error ? error.message : String(error)}`,
       { cause: error },
     );
   }
-  return { engine: 'postgres', db, description: redactUrl(location.url), close: () => db.destroy() };
+  return { engine: 'postgres', db, description, close: () => db.destroy() };
 }
 
 /** True when the database answers a trivial query (readiness). */

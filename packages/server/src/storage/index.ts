@@ -1,5 +1,8 @@
 export {
   openDatabase,
+  DatabaseUnavailableError,
+  isDatabaseOutage,
+  maskUrlCredentials,
   parseDatabaseLocation,
   pingDatabase,
   type DatabaseEngine,

@@ -1,9 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AccessKeyStore, loadAccessKeyEncryptionKey } from '../../src/auth/index.js';
+import {
+  AccessKeyStore,
+  loadAccessKeyEncryptionKey,
+  openAccessKeyEncryptionKey,
+} from '../../src/auth/index.js';
+import { fileExists } from '../../src/identity/key-files.js';
 import type { ServerDatabase } from '../../src/storage/index.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
@@ -35,6 +40,62 @@ describe.each(engines)('access key store on $engine', (fixture) => {
       expect(await keys.revoke(record.accessKeyId)).toBe(true);
       expect(await keys.findActive(record.accessKeyId)).toBeUndefined();
       expect(await keys.revoke(record.accessKeyId)).toBe(false);
+    },
+  );
+});
+
+describe.each(engines)('access-key encryption key bound to the database on $engine', (fixture) => {
+  let database: ServerDatabase;
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-akey-bind-'));
+    if (fixture.available) database = await openFreshDatabase(fixture);
+  });
+  afterAll(async () => {
+    await database?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it.skipIf(!fixture.available)(
+    'refuses a missing or different key file while access keys exist, instead of making a new key',
+    async () => {
+      const file = path.join(dir, 'access-keys', 'encryption.key');
+      const key = await openAccessKeyEncryptionKey(database.db, file);
+      expect(await openAccessKeyEncryptionKey(database.db, file)).toEqual(key);
+      const keys = new AccessKeyStore(database.db, key);
+      const { record } = await keys.create({ name: 'boto', scope: 'admin' });
+
+      // A restore that forgot the key file: refused, and no new key is written in its place.
+      await rm(file);
+      await expect(openAccessKeyEncryptionKey(database.db, file)).rejects.toThrow(
+        /holds SageMaker access keys .*sagemaker\.accessKeyEncryptionKeyFile.*does not exist: restore the key file/,
+      );
+      expect(await fileExists(file)).toBe(false);
+
+      // Another server's key: refused by the fingerprint.
+      await writeFile(file, `${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
+      await expect(openAccessKeyEncryptionKey(database.db, file)).rejects.toThrow(/cannot decrypt/);
+
+      // A database from before the fingerprint: the stored keys themselves tell.
+      await database.db
+        .deleteFrom('server_settings')
+        .where('key', '=', 'access_key_encryption_key_fingerprint')
+        .execute();
+      await expect(openAccessKeyEncryptionKey(database.db, file)).rejects.toThrow(
+        new RegExp(`access key ${record.accessKeyId} does not decrypt`),
+      );
+
+      // The right key restored: accepted, and the secrets read.
+      await writeFile(file, `${key.toString('base64')}\n`);
+      expect(await openAccessKeyEncryptionKey(database.db, file)).toEqual(key);
+      expect(await keys.findActive(record.accessKeyId)).toBeDefined();
+
+      // With no active access key nothing is lost: a new key becomes the database's key.
+      await keys.revoke(record.accessKeyId);
+      await rm(file);
+      const fresh = await openAccessKeyEncryptionKey(database.db, file);
+      expect(fresh).not.toEqual(key);
+      expect(await openAccessKeyEncryptionKey(database.db, file)).toEqual(fresh);
     },
   );
 });

@@ -1,9 +1,13 @@
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupSqlite, inspectStateFile, restoreSqlite } from '../../src/backup/index.js';
 import { migrateToLatest, migrationNames, openDatabase } from '../../src/storage/index.js';
+import { startTestPostgres, type TestPostgres } from '../support/postgres.js';
 import { runServerCli, startServerProcess, type ServerProcess } from '../support/process.js';
 
 let cwd: string;
@@ -37,6 +41,8 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
     try {
       const api = operator(server, token);
       expect((await api('POST', '/api/v1/fleets', fleet('before-backup'))).status).toBe(201);
+      // A SageMaker access key: its secret is encrypted with a key file the backup must carry.
+      expect((await api('POST', '/api/v1/access-keys', { name: 'boto', scope: 'admin' })).status).toBe(201);
       // Writes keep arriving during the backup: it copies one consistent snapshot regardless.
       writes = Promise.all(
         Array.from({ length: 20 }, (_, i) =>
@@ -46,6 +52,10 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
       const backup = await runServerCli(['backup', '--out', backupFile], cwd);
       expect(backup.stderr).toMatch(/backed up .*state\.db to .*state\.backup\.db/);
       expect(backup.code).toBe(0);
+      const keyFile = path.join(cwd, '.edgefleet', 'server', 'access-keys', 'encryption.key');
+      expect(backup.stderr).toContain(`  ${keyFile}\n`);
+      expect(backup.stderr).toContain(`  ${path.join(cwd, '.edgefleet', 'server', 'ca')}\n`);
+      expect(backup.stderr).toContain(`  ${path.join(cwd, '.edgefleet', 'server', 'signing')}\n`);
       expect(await writes).toEqual(Array(20).fill(201));
       expect(inspectStateFile(backupFile)).toEqual(migrationNames);
 
@@ -78,6 +88,18 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
     } finally {
       expect(await restarted.stop()).toBe(0);
     }
+
+    // A restore without the access-key encryption key: the server refuses to start, naming the file,
+    // rather than making a new key and failing every SageMaker request later. Nothing is created.
+    const keyFile = path.join(cwd, '.edgefleet', 'server', 'access-keys', 'encryption.key');
+    await rename(keyFile, `${keyFile}.away`);
+    const refused = await runServerCli(['serve', ...flags], cwd);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(
+      /holds SageMaker access keys encrypted with the key in .*encryption\.key \(sagemaker\.accessKeyEncryptionKeyFile\), but that file does not exist: restore the key file/,
+    );
+    await expect(stat(keyFile)).rejects.toThrow(/ENOENT/);
+    await rename(`${keyFile}.away`, keyFile);
     // The replaced database still holds what was written after the backup.
     const kept = (await readdir(path.dirname(stateFile()))).find((f) => f.includes('before-restore'))!;
     const previous = await openDatabase({
@@ -108,9 +130,49 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
       cwd,
     );
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/pg_dump --format=custom/);
-    expect(result.stderr).toMatch(/pg_restore/);
-    expect(result.stderr).not.toMatch(/s3cret-pw/);
+    // The configured database itself, as a shell word, not "$EDGEFLEET_DATABASE" (which a config file does not set).
+    expect(result.stderr).toContain(
+      '  (umask 077 && pg_dump --format=custom --file edgefleet.dump postgres://edge@127.0.0.1:1/fleet)\n',
+    );
+    expect(result.stderr).toContain(
+      '  pg_restore --no-owner --dbname postgres://edge@127.0.0.1:1/fleet edgefleet.dump\n',
+    );
+    expect(result.stderr).not.toMatch(/s3cret-pw|EDGEFLEET_DATABASE/);
+    expect(result.stderr).toMatch(/access-keys\/encryption\.key\n/);
+  });
+});
+
+describe('the pg_dump command backup prints, run as printed (real PostgreSQL)', { timeout: 120_000 }, () => {
+  const pgBin = ['15', '16', '17', '14', '13']
+    .map((v) => `/usr/lib/postgresql/${v}/bin`)
+    .find((dir) => existsSync(path.join(dir, 'pg_dump')));
+  let postgres: TestPostgres | undefined;
+  beforeAll(async () => {
+    if (pgBin !== undefined) postgres = await startTestPostgres();
+  });
+  afterAll(() => postgres?.stop());
+
+  it.skipIf(pgBin === undefined)('dumps the configured database into an owner-only file', async () => {
+    const url = await postgres!.createDatabase();
+    const dir = await mkdtemp(path.join(cwd, 'pg-'));
+    // The database in a config file, as deploy/README.md sets it: no EDGEFLEET_DATABASE in the environment.
+    await writeFile(path.join(dir, 'server.json'), JSON.stringify({ database: url }));
+    expect((await runServerCli(['init', '-c', 'server.json'], dir)).code).toBe(0);
+    const guidance = await runServerCli(['backup', '-c', 'server.json', '--out', 'x'], dir);
+    expect(guidance.code).toBe(1);
+    const line = guidance.stderr
+      .split('\n')
+      .find((l) => l.includes('pg_dump --format'))!
+      .trim();
+    const { EDGEFLEET_DATABASE: _unset, ...env } = process.env;
+    await promisify(execFile)('sh', ['-c', line], {
+      cwd: dir,
+      env: { ...env, PATH: `${pgBin}:${env.PATH}` },
+    });
+    const dump = path.join(dir, 'edgefleet.dump');
+    expect((await stat(dump)).mode & 0o077).toBe(0);
+    const { stdout } = await promisify(execFile)(path.join(pgBin!, 'pg_restore'), ['--list', dump]);
+    expect(stdout).toMatch(/TABLE public fleets/);
   });
 });
 

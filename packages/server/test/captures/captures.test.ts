@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { deviceCall } from '../support/device.js';
@@ -26,15 +26,21 @@ const record = (captureId: string) =>
 const manifest = (...ids: string[]) => Buffer.from(`${ids.map(record).join('\n')}\n`);
 const HOUR = 'mlp/2026/12/06/05';
 
-async function setUp(t: TestServer, output: string): Promise<{ cam1: EnrolledDevice; door: EnrolledDevice }> {
+/** Fleets plant (cam-1) and doors (door-1); with S3 blobs both outputs must be buckets that exist. */
+async function setUp(
+  t: TestServer,
+  output: string,
+  doorsOutput = 's3://other-bucket/doors',
+): Promise<{ cam1: EnrolledDevice; door: EnrolledDevice }> {
   for (const [fleet, device, location] of [
     ['plant', 'cam-1', output],
-    ['doors', 'door-1', 's3://other-bucket/doors'],
+    ['doors', 'door-1', doorsOutput],
   ] as const) {
-    await t.call('POST', '/api/v1/fleets', {
+    const created = await t.call('POST', '/api/v1/fleets', {
       token: t.adminToken,
       body: { name: fleet, outputConfig: { s3OutputLocation: location } },
     });
+    expect(created.status).toBe(201);
     await t.call('POST', `/api/v1/fleets/${fleet}/devices`, {
       token: t.adminToken,
       body: { devices: [{ name: device }] },
@@ -189,7 +195,7 @@ describe('captures through the control plane, with S3 blobs', () => {
       blob: `s3://${s3.bucket}/server`,
       config: { s3: { endpoint: s3.endpoint, ...s3.credentials } },
     });
-    ({ cam1 } = await setUp(t, `s3://${s3.bucket}/plant-captures`));
+    ({ cam1 } = await setUp(t, `s3://${s3.bucket}/plant-captures`, `s3://${s3.bucket}/doors`));
   });
   afterAll(async () => {
     await t?.stop();
@@ -282,6 +288,105 @@ describe('captures through the control plane, with S3 blobs', () => {
   });
 });
 
+describe('a fleet output bucket that does not exist, with S3 blobs', () => {
+  let s3: TestS3;
+  let t: TestServer;
+  let cam1: EnrolledDevice;
+  let client: S3Client;
+  const logLines: string[] = [];
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        logLines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+        done();
+      },
+    });
+    t = await startTestServer({
+      logger: pino({ level: 'info' }, sink),
+      blob: `s3://${s3.bucket}/server`,
+      config: { s3: { endpoint: s3.endpoint, ...s3.credentials } },
+    });
+    client = new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: s3.credentials,
+    });
+    await client.send(new CreateBucketCommand({ Bucket: 'plant-output' }));
+    ({ cam1 } = await setUp(t, 's3://plant-output/edge', `s3://${s3.bucket}/doors`));
+  });
+  afterAll(async () => {
+    client?.destroy();
+    await t?.stop();
+    await s3?.stop();
+  });
+
+  it('refuses a fleet whose output bucket does not exist (create and update), naming the bucket', async () => {
+    const created = await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'typo', outputConfig: { s3OutputLocation: 's3://captures/typo' } },
+    });
+    expect(created).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
+    expect(created.body.message).toMatch(
+      /^the output location s3:\/\/captures\/typo cannot be used: bucket captures does not exist \(404\); create it, or name an existing bucket \(the server writes captures there through http:\/\/127\.0\.0\.1:\d+/,
+    );
+    expect((await t.call('GET', '/api/v1/fleets/typo', { token: t.adminToken })).status).toBe(404);
+
+    const moved = await t.call('PATCH', '/api/v1/fleets/plant', {
+      token: t.adminToken,
+      body: { outputConfig: { s3OutputLocation: 's3://captures/plant' } },
+    });
+    expect(moved).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
+    expect(moved.body.message).toMatch(/bucket captures does not exist/);
+    const plant = await t.call('GET', '/api/v1/fleets/plant', { token: t.adminToken });
+    expect(plant.body.outputConfig.s3OutputLocation).toBe('s3://plant-output/edge');
+  });
+
+  it('answers an upload to a bucket gone since with 503 and Retry-After, logs it once, and takes it once the bucket is back', async () => {
+    await client.send(new DeleteBucketCommand({ Bucket: 'plant-output' }));
+    const key = `edge/plant/${HOUR}/gone.jsonl`;
+    const viaJson = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
+      body: { key, contentType: 'application/jsonl', data: manifest('g-1').toString('base64') },
+    });
+    expect(viaJson).toMatchObject({
+      status: 503,
+      body: {
+        code: 'DependencyUnavailable',
+        details: { fleet: 'plant', outputLocation: 's3://plant-output/edge', problem: 'missing-bucket' },
+      },
+    });
+    expect(viaJson.body.message).toMatch(
+      /^fleet plant's output location s3:\/\/plant-output\/edge cannot be written now: bucket plant-output does not exist \(404\).*keep the capture and send it again later/,
+    );
+    // The raw form, as the agent sends it: the 503's Retry-After makes the agent hold the capture and wait.
+    const raw = await uploadRawFile(t.server.deviceUrl, cam1.tls, key, manifest('g-1'), 'application/jsonl');
+    expect(raw.status).toBe(503);
+    expect(raw.headers['retry-after']).toBe('60');
+    expect(raw.body.code).toBe('DependencyUnavailable');
+
+    const unavailable = () =>
+      logLines.filter((line) => JSON.parse(line).event === 'fleet_output_unavailable');
+    expect(unavailable()).toHaveLength(1);
+    expect(JSON.parse(unavailable()[0]!).msg).toMatch(
+      /captures of fleet plant cannot be written to s3:\/\/plant-output\/edge/,
+    );
+    // No stack per upload at error level: the outage is logged once, above.
+    expect(logLines.filter((line) => JSON.parse(line).level >= 50)).toEqual([]);
+
+    await client.send(new CreateBucketCommand({ Bucket: 'plant-output' }));
+    const delivered = await uploadRawFile(
+      t.server.deviceUrl,
+      cam1.tls,
+      key,
+      manifest('g-1'),
+      'application/jsonl',
+    );
+    expect(delivered).toMatchObject({ status: 200, body: { records: 1 } });
+    expect(logLines.filter((line) => JSON.parse(line).event === 'fleet_output_available')).toHaveLength(1);
+  });
+});
+
 describe('raw captures cut off mid-body, with S3 blobs', () => {
   let s3: TestS3;
   let t: TestServer;
@@ -296,7 +401,7 @@ describe('raw captures cut off mid-body, with S3 blobs', () => {
         captures: { largeBodyBytes: 1024, maxConcurrentUploads: 1, maxConcurrentUploadsPerDevice: 1 },
       },
     });
-    ({ cam1 } = await setUp(t, `s3://${s3.bucket}/plant-captures`));
+    ({ cam1 } = await setUp(t, `s3://${s3.bucket}/plant-captures`, `s3://${s3.bucket}/doors`));
   });
   afterAll(async () => {
     await t?.stop();
@@ -374,7 +479,7 @@ describe("one device's slow raw uploads and a bucket other fleets share, with S3
       },
     });
     // Both fleets write to the one bucket, so through one S3 client.
-    ({ cam1, door } = await setUp(t, `s3://${s3.bucket}/plant-captures`));
+    ({ cam1, door } = await setUp(t, `s3://${s3.bucket}/plant-captures`, `s3://${s3.bucket}/doors`));
     const moved = await t.call('PATCH', '/api/v1/fleets/doors', {
       token: t.adminToken,
       body: { outputConfig: { s3OutputLocation: `s3://${s3.bucket}/door-captures` } },

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config/index.js';
+import { deviceEndpointFor, networkWarnings } from '../../src/server/network-warnings.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -23,7 +24,18 @@ describe('loadConfig', () => {
     // The operator API carries tokens and session cookies: loopback unless the operator says otherwise (W4).
     expect(config.listen).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(config.deviceServerNames).toEqual(['localhost', '127.0.0.1']);
-    expect(config.deviceListen).toEqual({ host: '0.0.0.0', port: 8443 });
+    // Both APIs on loopback: one coherent single-host set-up, which start-up has nothing to warn about.
+    expect(config.deviceListen).toEqual({ host: '127.0.0.1', port: 8443 });
+    expect(
+      networkWarnings({
+        listen: config.listen,
+        operatorTls: config.tls !== undefined,
+        deviceListen: config.deviceListen,
+        deviceEndpoint: deviceEndpointFor(config.deviceServerNames[0]!, config.deviceListen.port),
+        deviceServerNames: config.deviceServerNames,
+        generatedDeviceCertificate: !config.provided.deviceTls,
+      }),
+    ).toEqual([]);
     expect(config.databaseLocation).toEqual({
       engine: 'sqlite',
       file: path.join(config.dataDir, 'state.db'),

@@ -191,9 +191,19 @@ describe('console sessions and CSRF', () => {
       200,
     );
     await t.call('DELETE', `/api/v1/tokens/${created.body.id}`, { token: t.adminToken });
-    expect((await t.call('GET', '/api/v1/fleets', { headers: { cookie: revocable.cookie } })).status).toBe(
-      401,
-    );
+    // The answer says why, so that the console can tell its operator.
+    expect(await t.call('GET', '/api/v1/fleets', { headers: { cookie: revocable.cookie } })).toMatchObject({
+      status: 401,
+      body: {
+        code: 'Unauthenticated',
+        message:
+          'the console session ended: its API token "short-lived" was revoked; sign in with another token',
+        details: { sessionEnded: 'revoked' },
+      },
+    });
+    expect(
+      (await t.call('GET', '/api/v1/fleets', { headers: { cookie: admin.cookie } })).body.details,
+    ).toEqual({ sessionEnded: 'unknown' });
   });
 
   it('streams changes from the database, and caps the number of open streams', async () => {

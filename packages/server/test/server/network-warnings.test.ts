@@ -79,7 +79,8 @@ describe('networkWarnings', () => {
         /device API listens on 0\.0\.0\.0:8443, but the operator API only on 127\.0\.0\.1:8080: devices on other hosts cannot enroll.*device enroll.*set listen.*with tls.*TLS proxy/,
       ),
     ]);
-    // The defaults: a loopback endpoint, and no enrolling from other hosts.
+    // Only the device API off-host (the defaults before both were loopback): a loopback endpoint, and no
+    // enrolling from other hosts.
     expect(networkWarnings({ ...local, deviceListen: { host: '0.0.0.0', port: 8443 } })).toEqual([
       expect.stringMatching(/this machine's loopback address/),
       expect.stringMatching(/devices on other hosts cannot enroll/),

@@ -1,9 +1,11 @@
 import { sql } from 'kysely';
+import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   appliedMigrations,
   isForeignKeyViolation,
   isUniqueViolation,
+  maskUrlCredentials,
   migrateToLatest,
   migrationNames,
   openDatabase,
@@ -32,7 +34,74 @@ describe('parseDatabaseLocation', () => {
     expect(() => parseDatabaseLocation('  ', '/base')).toThrow(/empty/);
     expect(() => parseDatabaseLocation('mysql://h/db', '/base')).toThrow(/unsupported database location/);
   });
+
+  it('masks the password of a mistyped or malformed URL in its error', () => {
+    const typos = [
+      'postgress://edgefleet:secret@127.0.0.1:55432/edgefleet',
+      'postgres:/edgefleet:secret@127.0.0.1/edgefleet',
+      'postgres//edgefleet:secret@127.0.0.1/edgefleet',
+      'postgres:edgefleet:secret@127.0.0.1/edgefleet',
+      'mysql://edgefleet:se@cr:et@host/db',
+      'edgefleet:secret@127.0.0.1:5432/edgefleet',
+    ];
+    for (const typo of typos) {
+      const message = errorOf(() => parseDatabaseLocation(typo, '/base'));
+      expect(message).toMatch(/unsupported database location .*expected postgres:\/\//);
+      expect(message).not.toContain('secret');
+      expect(message).not.toMatch(/cr:et/);
+    }
+    expect(errorOf(() => parseDatabaseLocation('postgress://edgefleet:secret@h:5/db', '/base'))).toContain(
+      '"postgress://edgefleet:***@h:5/db"',
+    );
+  });
+
+  it('never shows the password of any URL-like value it refuses (property)', () => {
+    const word = fc.stringMatching(/^[a-z0-9.-]{1,12}$/);
+    fc.assert(
+      fc.property(
+        fc.constantFrom('postgress://', 'mysql://', 'postgres:/', 'postgres//', 'pg:', ''),
+        word,
+        // Any characters at all, unescaped as a typo would leave them; the marker makes the check exact.
+        fc.string({ unit: 'grapheme', maxLength: 20 }),
+        word,
+        fc.constantFrom('', ':5432', '/db', ':5432/db?sslmode=require'),
+        (scheme, user, secret, host, rest) => {
+          const password = `PW${secret}`;
+          const url = `${scheme}${user}:${password}@${host}${rest}`;
+          let message = '';
+          try {
+            parseDatabaseLocation(url, '/base');
+          } catch (error) {
+            message = (error as Error).message;
+          }
+          expect(message).toMatch(/unsupported database location/);
+          expect(message).not.toContain(password);
+        },
+      ),
+    );
+  });
 });
+
+describe('maskUrlCredentials', () => {
+  it('masks user:password@ and password= forms, and leaves values without a password alone', () => {
+    expect(maskUrlCredentials('postgres://u:p@h:5432/db')).toBe('postgres://u:***@h:5432/db');
+    expect(maskUrlCredentials('postgres://u:p@ss:w@rd@h/db')).toBe('postgres://u:***@h/db');
+    expect(maskUrlCredentials('postgres://h/db?user=u&password=p&sslmode=require')).toBe(
+      'postgres://h/db?user=u&password=***&sslmode=require',
+    );
+    expect(maskUrlCredentials('postgres://u@h/db')).toBe('postgres://u@h/db');
+    expect(maskUrlCredentials('postgres://h:5432/db')).toBe('postgres://h:5432/db');
+  });
+});
+
+function errorOf(run: () => unknown): string {
+  try {
+    run();
+  } catch (error) {
+    return (error as Error).message;
+  }
+  throw new Error('expected an error');
+}
 
 describe.each(engines)('state database on $engine', (fixture) => {
   const opened: ServerDatabase[] = [];

@@ -13,7 +13,8 @@ export interface ApiErrorBody {
 /** What the session gives every request: the CSRF token for writes, and what to do when it has ended. */
 export interface ClientSession {
   csrfToken(): string | undefined;
-  onSignedOut(): void;
+  /** `why`: the server's words when it said why the session ended (token revoked, session expired). */
+  onSignedOut(why?: string): void;
 }
 
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
@@ -27,8 +28,14 @@ export function createApiClient(session: ClientSession) {
       if (!SAFE.has(request.method) && csrf !== undefined) request.headers.set('x-csrf-token', csrf);
       return request;
     },
-    onResponse({ response, request }) {
-      if (response.status === 401 && !request.url.endsWith('/api/v1/console/session')) session.onSignedOut();
+    async onResponse({ response, request }) {
+      if (response.status === 401 && !request.url.endsWith('/api/v1/console/session')) {
+        const body = (await response
+          .clone()
+          .json()
+          .catch(() => undefined)) as (ApiErrorBody & { details?: { sessionEnded?: unknown } }) | undefined;
+        session.onSignedOut(body?.details?.sessionEnded !== undefined ? body.message : undefined);
+      }
       return response;
     },
   };

@@ -1,0 +1,52 @@
+/**
+ * deploy/bundle/install.sh into a scratch system image (--root), without building a bundle: the script with
+ * the files it copies. Run twice, as an upgrade is: the second run says to restart the agent.
+ */
+import { execFile } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const run = promisify(execFile);
+const deployDir = path.resolve(import.meta.dirname, '..');
+const isRoot = process.getuid?.() === 0;
+const haveUseradd = await run('sh', ['-c', 'command -v useradd']).then(
+  () => true,
+  () => false,
+);
+
+let scratch: string | undefined;
+afterAll(() => (scratch ? rm(scratch, { recursive: true, force: true }) : undefined));
+
+// install.sh creates a user and sets owners: root only (CI's bundle check runs as root too).
+describe.skipIf(!isRoot || !haveUseradd)('install.sh', () => {
+  it('says "installed" the first time, and "restart the agent" over an installed one, keeping the config', async () => {
+    scratch = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-install-'));
+    const bundle = path.join(scratch, 'edgefleet-agent');
+    await mkdir(bundle);
+    await copyFile(path.join(deployDir, 'bundle', 'install.sh'), path.join(bundle, 'install.sh'));
+    await copyFile(path.join(deployDir, 'bundle', 'agent.json'), path.join(bundle, 'agent.json'));
+    await copyFile(
+      path.join(deployDir, 'systemd', 'edgefleet-agent.service'),
+      path.join(bundle, 'edgefleet-agent.service'),
+    );
+    await writeFile(path.join(bundle, 'bundle.json'), JSON.stringify({ arch: 'x64' }));
+    const image = path.join(scratch, 'image');
+    const install = () => run('sh', [path.join(bundle, 'install.sh'), '--root', image]);
+
+    const first = await install();
+    expect(first.stderr).toMatch(
+      /installed into .*image; enable with: systemctl enable --now edgefleet-agent/,
+    );
+    const config = path.join(image, 'etc/edgefleet/agent.json');
+    await writeFile(config, '{"edited": true}\n');
+
+    const second = await install();
+    expect(second.stderr).toMatch(
+      /upgraded in .*image \(config kept\); restart the agent \(systemctl restart edgefleet-agent\)/,
+    );
+    expect(await readFile(config, 'utf8')).toBe('{"edited": true}\n');
+  });
+});

@@ -1,0 +1,25 @@
+import path from 'node:path';
+import type { ServerConfig } from './config-schema.js';
+
+/** Where the key encrypting SageMaker access-key secrets lives (backups must carry it with the database). */
+export function accessKeyEncryptionKeyFileOf(config: ServerConfig): string {
+  return path.resolve(
+    config.dataDir,
+    config.sagemaker.accessKeyEncryptionKeyFile ?? path.join('access-keys', 'encryption.key'),
+  );
+}
+
+/**
+ * The key folders and files a backup must carry with the database: the database is tied to each of them
+ * (device CA, package-signing root, access-key encryption key), and a server refuses to start without them.
+ */
+export function keyMaterialToBackUp(config: ServerConfig): string[] {
+  const places = [
+    path.dirname(config.deviceCa.keyFile),
+    path.dirname(config.deviceTls.keyFile),
+    path.dirname(config.signing.keyFile),
+    path.dirname(config.signing.rootKeyFile ?? config.signing.keyFile),
+    accessKeyEncryptionKeyFileOf(config),
+  ];
+  return [...new Set(places)];
+}
