@@ -761,13 +761,28 @@ export class DeploymentService implements DevicePackageAccess {
         .where('fleet_name', '=', fleetName)
         .where('model_handle', '=', config.modelHandle)
         .executeTakeFirst();
-      const refuse = (holderName: string) =>
+      const refuse = (holderName: string, open = '') =>
         conflict(
-          `model handle ${config.modelHandle} is being rolled out to fleet ${fleetName} by plan ${holderName}; ` +
+          `model handle ${config.modelHandle} is being rolled out to fleet ${fleetName} by plan ${holderName}${open}; ` +
             'finish, stop or delete that plan first (one unfinished plan per model handle and fleet)',
           { modelHandle: config.modelHandle, fleet: fleetName, plan: holderName },
         );
-      if (holder !== undefined) throw refuse(holder.plan_name);
+      if (holder !== undefined) {
+        // Which of its stages keep it unfinished: an operator who stopped one stage may not see the next, unrun.
+        const unfinished = await trx
+          .selectFrom('deployment_stages')
+          .select(['name', 'status'])
+          .where('plan_name', '=', holder.plan_name)
+          .where('status', 'in', ['READYTODEPLOY', 'INPROGRESS', 'STOPPING'])
+          .orderBy('position')
+          .execute();
+        throw refuse(
+          holder.plan_name,
+          unfinished.length === 0
+            ? ''
+            : ` (its stage${unfinished.length > 1 ? 's' : ''} ${unfinished.map((st) => `${st.name} ${st.status}`).join(', ')} ${unfinished.length > 1 ? 'have' : 'has'} not ended)`,
+        );
+      }
       try {
         await trx
           .insertInto('deployment_handle_locks')

@@ -49,7 +49,7 @@ export function networkWarnings(settings: NetworkSettings): string[] {
   if (deviceApiOffHost && isLoopbackHost(settings.listen.host)) {
     // `edgefleet device enroll` posts to the operator API: the device API needs a certificate it cannot have yet.
     warnings.push(
-      `the device API listens on ${settings.deviceListen.host}:${settings.deviceListen.port}, but the operator API only on ${settings.listen.host}:${settings.listen.port}: devices on other hosts cannot enroll, since \`edgefleet device enroll\` posts to the operator API; set listen (--listen, EDGEFLEET_LISTEN) off loopback with tls (certFile, keyFile), or serve it to them through a TLS proxy`,
+      `the device API listens on ${settings.deviceListen.host}:${settings.deviceListen.port}, but the operator API only on ${settings.listen.host}:${settings.listen.port}: devices on other hosts cannot enroll, since \`edgefleet device enroll\` posts to the operator API; set listen (--listen, EDGEFLEET_LISTEN) off loopback with tls (certFile, keyFile), or serve it to them through a TLS proxy (behind one, this warning is expected)`,
     );
   }
   return warnings;

@@ -250,4 +250,26 @@ describe.each(engines)('stage checks on $engine', (fixture) => {
       });
     },
   );
+
+  it.skipIf(!fixture.available)(
+    'a plan refused for a held handle names the holder plan stages that have not ended (one stopped, the next never run)',
+    async () => {
+      const holder = (name: string) =>
+        admin('POST', '/api/v1/deployment-plans', {
+          name,
+          fleetName: 'fa',
+          modelConfigs: [{ modelHandle: 'h-held', state: 'UNDEPLOY' }],
+          stages: [selection('canary', ['cam-01']), selection('rest', ['cam-02'])],
+        });
+      expect((await holder('held-1')).status).toBe(201);
+      expect((await admin('POST', '/api/v1/deployment-plans/held-1/stages/canary/start')).status).toBe(200);
+      expect((await admin('POST', '/api/v1/deployment-plans/held-1/stages/canary/stop')).status).toBe(200);
+      const refused = await holder('held-2');
+      expect(refused.status).toBe(409);
+      expect(refused.body.message).toBe(
+        'model handle h-held is being rolled out to fleet fa by plan held-1 (its stage rest READYTODEPLOY has ' +
+          'not ended); finish, stop or delete that plan first (one unfinished plan per model handle and fleet)',
+      );
+    },
+  );
 });
