@@ -22,8 +22,9 @@ export function deviceEndpointFor(serverName: string, port: number): string {
 /**
  * What the operator should hear at start about how the server meets the network: an operator API served in clear
  * to other hosts; a device API that devices on other hosts would be told to reach at this machine's own loopback
- * address, or under a name its certificate does not carry; and a device API served to other hosts while the operator
- * API, through which devices enroll, is not.
+ * address, or under a name its certificate does not carry; devices handed a URL on another host while the device API
+ * listens on loopback only; and a device API served to other hosts while the operator API, through which devices
+ * enroll, is not.
  */
 export function networkWarnings(settings: NetworkSettings): string[] {
   const warnings: string[] = [];
@@ -44,6 +45,13 @@ export function networkWarnings(settings: NetworkSettings): string[] {
   ) {
     warnings.push(
       `enrollment hands devices ${settings.deviceEndpoint}, but the device API's certificate names only ${settings.deviceServerNames.join(', ')}: devices would refuse it; add ${endpointHost} to deviceServerNames (--device-server-names, EDGEFLEET_DEVICE_SERVER_NAMES)`,
+    );
+  }
+  if (!deviceApiOffHost && !isLoopbackHost(endpointHost)) {
+    // Before deviceListen defaulted to loopback, setting deviceEndpoint alone served other hosts: an upgraded
+    // server.env that does so now turns every remote device away, and nothing else would say why.
+    warnings.push(
+      `enrollment hands devices ${settings.deviceEndpoint}, but the device API listens on ${settings.deviceListen.host}:${settings.deviceListen.port} only: devices on other hosts cannot reach it; set deviceListen (--device-listen, EDGEFLEET_DEVICE_LISTEN) to 0.0.0.0:${settings.deviceListen.port} (its default changed to 127.0.0.1:8443 in this version), or ignore this if a TCP proxy on this host forwards to it`,
     );
   }
   if (deviceApiOffHost && isLoopbackHost(settings.listen.host)) {

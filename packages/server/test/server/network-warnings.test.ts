@@ -72,6 +72,23 @@ describe('networkWarnings', () => {
     ).toEqual([]);
   });
 
+  it('warns when devices are handed a URL on another host while the device API listens on loopback only', () => {
+    // A server.env from before deviceListen defaulted to loopback: only the endpoint, names and operator API set.
+    const upgraded = { ...fleet, deviceListen: { host: '127.0.0.1', port: 8443 } };
+    expect(networkWarnings(upgraded)).toEqual([
+      expect.stringMatching(
+        /hands devices https:\/\/fleet\.example:8443, but the device API listens on 127\.0\.0\.1:8443 only.*set deviceListen \(--device-listen, EDGEFLEET_DEVICE_LISTEN\) to 0\.0\.0\.0:8443.*default changed.*TCP proxy/,
+      ),
+    ]);
+    expect(networkWarnings({ ...upgraded, deviceListen: { host: '::1', port: 8443 } })).toEqual([
+      expect.stringMatching(/listens on ::1:8443 only/),
+    ]);
+    // A loopback endpoint on a loopback device API is the single-host set-up.
+    expect(
+      networkWarnings({ ...local, deviceEndpoint: 'https://[::1]:8443', deviceServerNames: ['::1'] }),
+    ).toEqual([]);
+  });
+
   it('warns that devices on other hosts cannot enroll while the operator API listens on loopback only', () => {
     const operatorLocal = { ...fleet, listen: { host: '127.0.0.1', port: 8080 }, operatorTls: false };
     expect(networkWarnings(operatorLocal)).toEqual([
