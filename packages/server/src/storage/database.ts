@@ -26,6 +26,9 @@ export interface ServerDatabase {
   close(): Promise<void>;
 }
 
+/** Two or more `keyword=value` pairs separated by whitespace, as libpq's connection strings are written. */
+const LIBPQ_KEYWORD_STRING = /^[a-z_]+\s*=\s*\S*\s+[a-z_]+\s*=/i;
+
 /**
  * Reads a `--database` value: `postgres://…` / `postgresql://…` selects PostgreSQL; `sqlite:<path>`,
  * `file:<path>` or a plain path selects a SQLite file (relative paths resolve against `baseDir`).
@@ -47,17 +50,25 @@ export function parseDatabaseLocation(value: string, baseDir: string): DatabaseL
   if (!prefixed && /^[a-z][a-z0-9+.-]+:/i.test(trimmed)) throw unsupported('not a postgres:// URL');
   const file = trimmed.replace(/^(sqlite|file):(\/\/)?/i, '');
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(file)) throw unsupported('not a postgres:// URL');
-  if (!prefixed && /:[^/]*@/.test(file)) throw unsupported('looks like a URL with a password');
+  // Any '@' after a ':', even past a '/': a password may hold '/' ("postgres//u:p/w@h").
+  if (!prefixed && /:[\s\S]*@/.test(file)) throw unsupported('looks like a URL with a password');
+  // A libpq keyword string ("host=h user=u password=…") would otherwise become a SQLite file named after it,
+  // password included, and `init` would print that name.
+  if (/(^|[\s?&;])password\s*=/i.test(file) || (!prefixed && LIBPQ_KEYWORD_STRING.test(file)))
+    throw unsupported('a libpq keyword string is not supported');
   return { engine: 'sqlite', file: path.resolve(baseDir, file) };
 }
 
 /**
- * Replaces the password of a URL-like value (`scheme://user:password@host…`, also when malformed, and a
- * `password=` query parameter) with `***`. Works on the text, not a URL parser, so that a value the parser
- * refuses is masked too; when in doubt it masks more (the user name, the host) rather than less.
+ * Replaces the password of a URL-like value (`scheme://user:password@host…`, also when malformed, a
+ * `password=` query parameter, and a libpq keyword string's `password=value` or `password='quoted value'`) with
+ * `***`. Works on the text, not a URL parser, so that a value the parser refuses is masked too; when in doubt it
+ * masks more (the user name, the host) rather than less.
  */
 export function maskUrlCredentials(value: string): string {
-  const masked = value.replace(/([?&;]password=)[^&#;]*/gi, '$1***');
+  const masked = value
+    .replace(/([?&;]password=)[^&#;]*/gi, '$1***')
+    .replace(/((?:^|\s)password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)/gi, '$1***');
   const at = masked.lastIndexOf('@');
   if (at < 0) return masked;
   const schemeEnd = masked.indexOf('://');

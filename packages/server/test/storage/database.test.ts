@@ -43,6 +43,8 @@ describe('parseDatabaseLocation', () => {
       'postgres:edgefleet:secret@127.0.0.1/edgefleet',
       'mysql://edgefleet:se@cr:et@host/db',
       'edgefleet:secret@127.0.0.1:5432/edgefleet',
+      // A '/' in the password, once found by the property below.
+      'postgres//edgefleet:se/cret@127.0.0.1/edgefleet',
     ];
     for (const typo of typos) {
       const message = errorOf(() => parseDatabaseLocation(typo, '/base'));
@@ -53,6 +55,28 @@ describe('parseDatabaseLocation', () => {
     expect(errorOf(() => parseDatabaseLocation('postgress://edgefleet:secret@h:5/db', '/base'))).toContain(
       '"postgress://edgefleet:***@h:5/db"',
     );
+  });
+
+  it('refuses a libpq keyword string, or a path holding password=, without showing the password', () => {
+    const refused = [
+      'host=h user=u password=secret dbname=e',
+      "host=h password='se cret' dbname=e",
+      'host = h password = secret',
+      'password=secret',
+      'sqlite:/var/lib/x.db?password=secret',
+      '/var/lib/host=h password=secret',
+    ];
+    for (const value of refused) {
+      const message = errorOf(() => parseDatabaseLocation(value, '/base'));
+      expect(message).toMatch(/unsupported database location .*libpq keyword string is not supported/);
+      expect(message).not.toMatch(/secret|cret/);
+    }
+    expect(errorOf(() => parseDatabaseLocation('host=h dbname=e', '/base'))).toMatch(/libpq keyword string/);
+    // One '=' in a path is a file name, not a keyword string.
+    expect(parseDatabaseLocation('/var/lib/a=b.db', '/base')).toEqual({
+      engine: 'sqlite',
+      file: '/var/lib/a=b.db',
+    });
   });
 
   it('never shows the password of any URL-like value it refuses (property)', () => {
@@ -80,6 +104,30 @@ describe('parseDatabaseLocation', () => {
       ),
     );
   });
+
+  it('never shows the password of any libpq keyword string it refuses (property)', () => {
+    const word = fc.stringMatching(/^[a-z0-9.-]{1,12}$/);
+    fc.assert(
+      fc.property(
+        fc.constantFrom('', 'sqlite:', 'file:', '/var/lib/'),
+        word,
+        // Any characters at all: quoted as libpq needs them when they hold whitespace or quotes.
+        fc.string({ unit: 'grapheme', maxLength: 20 }),
+        fc.boolean(),
+        fc.constantFrom(' ', '  ', '\t', '\n'),
+        fc.constantFrom('', ' dbname=e', ' sslmode=require'),
+        (prefix, host, secret, quote, space, rest) => {
+          const password = `PW${secret}`;
+          const value =
+            quote || /[\s'\\]/.test(password) ? `'${password.replace(/[\\']/g, '\\$&')}'` : password;
+          const dsn = `${prefix}host=${host}${space}password=${value}${rest}`;
+          const message = errorOf(() => parseDatabaseLocation(dsn, '/base'));
+          expect(message).toMatch(/unsupported database location/);
+          expect(message).not.toContain(password);
+        },
+      ),
+    );
+  });
 });
 
 describe('maskUrlCredentials', () => {
@@ -88,6 +136,10 @@ describe('maskUrlCredentials', () => {
     expect(maskUrlCredentials('postgres://u:p@ss:w@rd@h/db')).toBe('postgres://u:***@h/db');
     expect(maskUrlCredentials('postgres://h/db?user=u&password=p&sslmode=require')).toBe(
       'postgres://h/db?user=u&password=***&sslmode=require',
+    );
+    expect(maskUrlCredentials('host=h password=p dbname=e')).toBe('host=h password=*** dbname=e');
+    expect(maskUrlCredentials("host=h\tPASSWORD = 'p \\' q' dbname=e")).toBe(
+      'host=h\tPASSWORD = *** dbname=e',
     );
     expect(maskUrlCredentials('postgres://u@h/db')).toBe('postgres://u@h/db');
     expect(maskUrlCredentials('postgres://h:5432/db')).toBe('postgres://h:5432/db');
