@@ -7,13 +7,17 @@ import { BackupError, backupSqlite, restoreSqlite } from './sqlite-backup.js';
 /**
  * The configured PostgreSQL URL without its password, for a command line the operator runs: pg_dump and
  * pg_restore then take it from PGPASSWORD or ~/.pgpass, or ask for it. (A value the URL parser refuses is
- * shown masked instead: the operator has to write it out.)
+ * shown masked instead: the operator has to write it out.) The query is left as written, but for a `password`
+ * parameter removed as text: re-serialising it (searchParams) would turn `%20` into `+`, which libpq reads as
+ * a plus sign.
  */
-function urlWithoutPassword(url: string): string {
+export function urlWithoutPassword(url: string): string {
   try {
     const parsed = new URL(url);
     parsed.password = '';
-    parsed.searchParams.delete('password');
+    const parameters = parsed.search.slice(1).split('&');
+    const kept = parameters.filter((parameter) => parameter.split('=')[0] !== 'password');
+    if (kept.length !== parameters.length) parsed.search = kept.length > 0 ? `?${kept.join('&')}` : '';
     return parsed.toString();
   } catch {
     return maskUrlCredentials(url);
@@ -23,7 +27,8 @@ function urlWithoutPassword(url: string): string {
 /** What `backup` says for a PostgreSQL state database: its own tools make the consistent copy. */
 export function postgresBackupGuidance(config: ServerConfig): string {
   const location = config.databaseLocation;
-  const database = shellWord(location.engine === 'postgres' ? urlWithoutPassword(location.url) : '');
+  const url = location.engine === 'postgres' ? urlWithoutPassword(location.url) : '';
+  const database = shellWord(url);
   return [
     "the state database is PostgreSQL; back it up with PostgreSQL's tools, online and consistent (the dump",
     'holds token hashes and encrypted secrets: umask 077 keeps it to its owner; the password comes from',
@@ -31,6 +36,12 @@ export function postgresBackupGuidance(config: ServerConfig): string {
     `  (umask 077 && pg_dump --format=custom --file edgefleet.dump ${database})`,
     'and restore into an empty database with the server stopped:',
     `  pg_restore --no-owner --dbname ${database} edgefleet.dump`,
+    ...(url.includes('?')
+      ? [
+          'libpq, which these tools use, refuses parameters only node-pg knows (sslmode=no-verify, ssl=true):',
+          'take those out of the URL for them.',
+        ]
+      : []),
     `Copy these key files with every dump (the database is tied to them; a server refuses to start without them):`,
     ...keyMaterialToBackUp(config).map((place) => `  ${place}`),
     `and back up the blobs (${config.blob}) separately.`,

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupSqlite, inspectStateFile, restoreSqlite } from '../../src/backup/index.js';
+import { urlWithoutPassword } from '../../src/backup/backup-command.js';
 import { migrateToLatest, migrationNames, openDatabase } from '../../src/storage/index.js';
 import { startTestPostgres, type TestPostgres } from '../support/postgres.js';
 import { runServerCli, startServerProcess, type ServerProcess } from '../support/process.js';
@@ -139,6 +140,22 @@ describe('edgefleet-server backup and restore (real processes)', { timeout: 120_
     );
     expect(result.stderr).not.toMatch(/s3cret-pw|EDGEFLEET_DATABASE/);
     expect(result.stderr).toMatch(/access-keys\/encryption\.key\n/);
+  });
+});
+
+describe('urlWithoutPassword', () => {
+  it('removes the password and a password parameter, and leaves the rest of the query as written', () => {
+    expect(urlWithoutPassword('postgres://edge:pw@h:5432/fleet?options=-c%20search_path%3Dx')).toBe(
+      'postgres://edge@h:5432/fleet?options=-c%20search_path%3Dx',
+    );
+    expect(
+      urlWithoutPassword('postgres://edge@h/fleet?options=-c%20search_path%3Dx&password=pw&sslmode=require'),
+    ).toBe('postgres://edge@h/fleet?options=-c%20search_path%3Dx&sslmode=require');
+    expect(urlWithoutPassword('postgres://edge@h/fleet?password=pw')).toBe('postgres://edge@h/fleet');
+    // A parameter that only starts with "password" is another parameter.
+    expect(urlWithoutPassword('postgres://edge@h/fleet?passwordfile=x')).toBe(
+      'postgres://edge@h/fleet?passwordfile=x',
+    );
   });
 });
 
