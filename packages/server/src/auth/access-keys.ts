@@ -66,7 +66,11 @@ export class AccessKeyEncryptionKeyMismatch extends Error {}
  * A restored database started with a new or another key file would otherwise answer every SigV4 request
  * with an error; starting is refused instead, naming the file to restore.
  */
-export async function openAccessKeyEncryptionKey(db: Kysely<DatabaseSchema>, file: string): Promise<Buffer> {
+export async function openAccessKeyEncryptionKey(
+  db: Kysely<DatabaseSchema>,
+  file: string,
+  options: { warn?: (message: string) => void } = {},
+): Promise<Buffer> {
   const stored = await db
     .selectFrom('access_keys')
     .select(['access_key_id', 'secret_ciphertext'])
@@ -92,7 +96,7 @@ export async function openAccessKeyEncryptionKey(db: Kysely<DatabaseSchema>, fil
   if (stored !== undefined) {
     // Databases from before the fingerprint was recorded: one active key tells whether this key reads them.
     try {
-      new AccessKeyStore(db, key).decryptStored(stored.secret_ciphertext, stored.access_key_id);
+      new AccessKeyStore(db, key).decrypt(stored.secret_ciphertext, stored.access_key_id);
     } catch {
       throw mismatch(`access key ${stored.access_key_id} does not decrypt`);
     }
@@ -100,13 +104,34 @@ export async function openAccessKeyEncryptionKey(db: Kysely<DatabaseSchema>, fil
   const bound = await claimServerSetting(db, KEY_FINGERPRINT_SETTING, fingerprint);
   if (bound !== fingerprint) {
     if (stored !== undefined)
-      throw mismatch(`they were encrypted with the key of fingerprint ${bound.slice(0, 16)}`);
-    // No active access key to lose: this key simply becomes the database's key.
-    await db
+      throw mismatch(`the database is bound to the key of fingerprint ${bound.slice(0, 16)}`);
+    // No active access key to lose: this key becomes the database's key. Compare-and-swap, and only while still
+    // no active key exists: a replica that started with another key file and has bound it (or created keys under
+    // it) since is not overwritten.
+    const rebound = await db
       .updateTable('server_settings')
       .set({ value: fingerprint })
       .where('key', '=', KEY_FINGERPRINT_SETTING)
-      .execute();
+      .where('value', '=', bound)
+      .where(({ not, exists, selectFrom }) =>
+        not(exists(selectFrom('access_keys').select('access_key_id').where('revoked_at', 'is', null))),
+      )
+      .executeTakeFirst();
+    if (Number(rebound.numUpdatedRows) === 0) {
+      const now = await claimServerSetting(db, KEY_FINGERPRINT_SETTING, fingerprint);
+      if (now !== fingerprint)
+        throw new AccessKeyEncryptionKeyMismatch(
+          `another server bound the database to the access-key encryption key of fingerprint ${now.slice(0, 16)} ` +
+            `while this one started with the key in ${file} (sagemaker.accessKeyEncryptionKeyFile, fingerprint ` +
+            `${fingerprint.slice(0, 16)}): ${fix}`,
+        );
+    } else {
+      options.warn?.(
+        `the database's access-key encryption key changes from fingerprint ${bound.slice(0, 16)} to ` +
+          `${fingerprint.slice(0, 16)} (${file}): it holds no active access key, so none is lost; a replica ` +
+          'still using the other key file is refused at its next start',
+      );
+    }
   }
   return key;
 }
@@ -210,11 +235,7 @@ export class AccessKeyStore {
   }
 
   /** Decrypts a stored secret; throws when this store's key is not the one it was encrypted with. */
-  decryptStored(stored: string, accessKeyId: string): string {
-    return this.decrypt(stored, accessKeyId);
-  }
-
-  private decrypt(stored: string, accessKeyId: string): string {
+  decrypt(stored: string, accessKeyId: string): string {
     const bytes = Buffer.from(stored, 'base64url');
     const decipher = createDecipheriv('aes-256-gcm', this.encryptionKey, bytes.subarray(0, 12));
     decipher.setAAD(Buffer.from(accessKeyId, 'utf8'));

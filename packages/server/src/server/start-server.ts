@@ -342,7 +342,9 @@ export async function startServer(
       apiTokens: new ApiTokenStore(database.db),
       accessKeys: new AccessKeyStore(
         database.db,
-        await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config)),
+        await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config), {
+          warn: (message) => logger.warn(message),
+        }),
       ),
       compilationJobs,
       fleets: new FleetStore(database.db, Date.now, (location) => fleetOutputCheck.check(location)),

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AccessKeyStore,
+  accessKeyEncryptionKeyFingerprint,
   loadAccessKeyEncryptionKey,
   openAccessKeyEncryptionKey,
 } from '../../src/auth/index.js';
@@ -72,9 +73,11 @@ describe.each(engines)('access-key encryption key bound to the database on $engi
       );
       expect(await fileExists(file)).toBe(false);
 
-      // Another server's key: refused by the fingerprint.
+      // Another server's key: refused, since the stored keys do not decrypt under it.
       await writeFile(file, `${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
-      await expect(openAccessKeyEncryptionKey(database.db, file)).rejects.toThrow(/cannot decrypt/);
+      await expect(openAccessKeyEncryptionKey(database.db, file)).rejects.toThrow(
+        new RegExp(`cannot decrypt \\(access key ${record.accessKeyId} does not decrypt\\)`),
+      );
 
       // A database from before the fingerprint: the stored keys themselves tell.
       await database.db
@@ -90,12 +93,38 @@ describe.each(engines)('access-key encryption key bound to the database on $engi
       expect(await openAccessKeyEncryptionKey(database.db, file)).toEqual(key);
       expect(await keys.findActive(record.accessKeyId)).toBeDefined();
 
-      // With no active access key nothing is lost: a new key becomes the database's key.
+      // Keys under K but the database bound to K' (a replica that overwrote the binding): refused by the
+      // fingerprint itself, even though K reads the keys.
+      const otherFingerprint = accessKeyEncryptionKeyFingerprint(randomBytes(32));
+      await database.db
+        .updateTable('server_settings')
+        .set({ value: otherFingerprint })
+        .where('key', '=', 'access_key_encryption_key_fingerprint')
+        .execute();
+      await expect(openAccessKeyEncryptionKey(database.db, file)).rejects.toThrow(
+        new RegExp(`the database is bound to the key of fingerprint ${otherFingerprint.slice(0, 16)}\\)`),
+      );
+
+      await database.db
+        .updateTable('server_settings')
+        .set({ value: accessKeyEncryptionKeyFingerprint(key) })
+        .where('key', '=', 'access_key_encryption_key_fingerprint')
+        .execute();
+
+      // With no active access key nothing is lost: a new key becomes the database's key, with a warning.
       await keys.revoke(record.accessKeyId);
       await rm(file);
-      const fresh = await openAccessKeyEncryptionKey(database.db, file);
+      const warnings: string[] = [];
+      const warn = (message: string) => warnings.push(message);
+      const fresh = await openAccessKeyEncryptionKey(database.db, file, { warn });
       expect(fresh).not.toEqual(key);
-      expect(await openAccessKeyEncryptionKey(database.db, file)).toEqual(fresh);
+      expect(warnings).toEqual([
+        expect.stringMatching(
+          `access-key encryption key changes from fingerprint ${accessKeyEncryptionKeyFingerprint(key).slice(0, 16)} to ${accessKeyEncryptionKeyFingerprint(fresh).slice(0, 16)}`,
+        ),
+      ]);
+      expect(await openAccessKeyEncryptionKey(database.db, file, { warn })).toEqual(fresh);
+      expect(warnings).toHaveLength(1);
     },
   );
 });
