@@ -12,11 +12,12 @@ export function accessKeyEncryptionKeyFileOf(config: ServerConfig): string {
 /**
  * The key folders and files a backup must carry with the database: the database is tied to each of them
  * (device CA, package-signing root, access-key encryption key), and a server refuses to start without them.
+ * Not deviceTls: generated at every start unless the operator provides it, and then it is the operator's own
+ * TLS files (a folder such as /etc/letsencrypt/live/…), which the database is not tied to.
  */
 export function keyMaterialToBackUp(config: ServerConfig): string[] {
   const places = [
     path.dirname(config.deviceCa.keyFile),
-    path.dirname(config.deviceTls.keyFile),
     path.dirname(config.signing.keyFile),
     path.dirname(config.signing.rootKeyFile ?? config.signing.keyFile),
     accessKeyEncryptionKeyFileOf(config),

@@ -2,7 +2,12 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../src/config/index.js';
+import {
+  accessKeyEncryptionKeyFileOf,
+  ConfigError,
+  keyMaterialToBackUp,
+  loadConfig,
+} from '../../src/config/index.js';
 import { deviceEndpointFor, networkWarnings } from '../../src/server/network-warnings.js';
 
 let dir: string;
@@ -55,6 +60,23 @@ describe('loadConfig', () => {
       maxMetricsPerQuery: 2_000_000,
     });
     expect(config.provided).toEqual({ deviceCa: false, deviceTls: false, signing: false });
+  });
+
+  it('lists the key material a backup carries, without an operator-provided deviceTls folder', async () => {
+    const config = await loadConfig({
+      env: {},
+      cwd: dir,
+      configFile: await configFile({
+        deviceTls: {
+          certFile: '/etc/letsencrypt/live/fleet/fullchain.pem',
+          keyFile: '/etc/letsencrypt/live/fleet/privkey.pem',
+        },
+      }),
+    });
+    const places = keyMaterialToBackUp(config);
+    expect(places).toContain(path.dirname(config.deviceCa.keyFile));
+    expect(places).toContain(accessKeyEncryptionKeyFileOf(config));
+    expect(places).not.toContain('/etc/letsencrypt/live/fleet');
   });
 
   it('scales the default hourly metric quota with heartbeat.intervalSeconds; a set quota is kept', async () => {
