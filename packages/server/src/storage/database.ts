@@ -126,10 +126,15 @@ export function isDatabaseOutage(error: unknown): boolean {
   );
 }
 
-/** The pool as Kysely sees it, its connection failures turned into DatabaseUnavailableError. */
-function outageAwarePool(pool: pg.Pool, database: string): PostgresPool {
+/**
+ * The pool as Kysely sees it, its connection failures turned into DatabaseUnavailableError. One wrapper per pg
+ * client, kept as long as the client: Kysely caches its connection object by the client it is handed, so a new
+ * wrapper per checkout would make a new connection object (and run any onCreateConnection) every time.
+ */
+export function outageAwarePool(pool: pg.Pool, database: string): PostgresPool {
   const translate = (error: unknown) =>
     isDatabaseOutage(error) ? new DatabaseUnavailableError(database, error) : error;
+  const wrappers = new WeakMap<pg.PoolClient, PostgresPoolClient>();
   return {
     connect: async () => {
       let client: pg.PoolClient;
@@ -138,6 +143,8 @@ function outageAwarePool(pool: pg.Pool, database: string): PostgresPool {
       } catch (error) {
         throw translate(error);
       }
+      const known = wrappers.get(client);
+      if (known) return known;
       const query = (...args: unknown[]): unknown => {
         const result = (client.query as (...a: unknown[]) => unknown)(...args);
         // A cursor (streamed query) is returned as it is; its reads fail in their own way.
@@ -147,7 +154,12 @@ function outageAwarePool(pool: pg.Pool, database: string): PostgresPool {
             })
           : result;
       };
-      return { query: query as PostgresPoolClient['query'], release: () => client.release() };
+      const wrapper: PostgresPoolClient = {
+        query: query as PostgresPoolClient['query'],
+        release: () => client.release(),
+      };
+      wrappers.set(client, wrapper);
+      return wrapper;
     },
     end: () => pool.end(),
   };

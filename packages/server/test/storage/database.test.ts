@@ -1,4 +1,5 @@
-import { sql } from 'kysely';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -12,6 +13,7 @@ import {
   parseDatabaseLocation,
   type ServerDatabase,
 } from '../../src/storage/index.js';
+import { outageAwarePool } from '../../src/storage/database.js';
 import { databaseEngines } from '../support/engines.js';
 
 const engines = await databaseEngines();
@@ -284,4 +286,33 @@ describe.each(engines)('state database on $engine', (fixture) => {
     );
     expect(rows.rows).toEqual([{ value: 'v' }]);
   });
+});
+
+const postgresFixture = engines.find((fixture) => fixture.engine === 'postgres')!;
+
+describe('the PostgreSQL pool as Kysely sees it', () => {
+  it.skipIf(!postgresFixture.available)(
+    'hands Kysely the same client object for the same connection, so its per-connection set-up runs once',
+    async () => {
+      const location = await postgresFixture.createLocation();
+      if (location.engine !== 'postgres') throw new Error('expected a PostgreSQL location');
+      const pool = new pg.Pool({ connectionString: location.url, max: 1 });
+      let created = 0;
+      const db = new Kysely<Record<string, never>>({
+        dialect: new PostgresDialect({
+          pool: outageAwarePool(pool, 'test'),
+          onCreateConnection: () => {
+            created += 1;
+            return Promise.resolve();
+          },
+        }),
+      });
+      try {
+        for (let i = 0; i < 3; i += 1) await sql`select 1`.execute(db);
+        expect(created).toBe(1);
+      } finally {
+        await db.destroy();
+      }
+    },
+  );
 });
