@@ -11,6 +11,7 @@ import {
   type SqliteDatabase as KyselySqliteDatabase,
 } from 'kysely';
 import pg from 'pg';
+import { NETWORK_ERROR_CODES } from '../errors/network-error-codes.js';
 import type { DatabaseSchema } from './schema.js';
 
 export type DatabaseEngine = 'sqlite' | 'postgres';
@@ -97,17 +98,6 @@ export class DatabaseUnavailableError extends Error {
     this.name = 'DatabaseUnavailableError';
   }
 }
-
-const NETWORK_ERROR_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EPIPE',
-]);
 
 /**
  * A failure of the connection rather than of the statement: a socket error, pg's own connection messages, or
