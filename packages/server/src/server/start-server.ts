@@ -195,9 +195,36 @@ export async function checkBlobStore(blobs: BlobStore): Promise<void> {
   try {
     await blobs.check();
   } catch (error) {
-    if (!(error instanceof BlobStoreUnavailableError)) throw error;
-    throw new Error(`${error.message} (${BLOB_SETTING_BY_PROBLEM[error.problem]})`, { cause: error });
+    if (error instanceof BlobStoreUnavailableError)
+      throw new Error(`${error.message} (${BLOB_SETTING_BY_PROBLEM[error.problem]})`, { cause: error });
+    const answer = s3AnswerOf(error);
+    if (answer === undefined) throw error;
+    // Any other answer (a 301 from AWS for a bucket in another region, a 400) would otherwise reach the operator
+    // as the SDK's own name for it ("UnknownError"), which says nothing of what to change.
+    const fix =
+      answer.bucketRegion !== undefined
+        ? `the bucket is in region ${answer.bucketRegion}: set --blob-region (EDGEFLEET_BLOB_REGION, s3.region) to it`
+        : 'check blob (--blob, EDGEFLEET_BLOB), --blob-endpoint (EDGEFLEET_BLOB_ENDPOINT, s3.endpoint) and --blob-region (EDGEFLEET_BLOB_REGION, s3.region)';
+    throw new Error(
+      `cannot use the blob store ${blobs.description}: checking its bucket was answered with HTTP ${answer.status}; ${fix}`,
+      { cause: error },
+    );
   }
+}
+
+/** The HTTP status of an S3 SDK error, and the region S3 names for the bucket (a 301 carries it as a header). */
+function s3AnswerOf(error: unknown): { status: number; bucketRegion: string | undefined } | undefined {
+  const { $metadata, $response } = (error ?? {}) as {
+    $metadata?: { httpStatusCode?: number };
+    $response?: { headers?: Record<string, string | undefined> };
+  };
+  const status = $metadata?.httpStatusCode;
+  if (status === undefined) return undefined;
+  const region = $response?.headers?.['x-amz-bucket-region'];
+  return {
+    status,
+    bucketRegion: region !== undefined && /^[a-z0-9-]{1,64}$/.test(region) ? region : undefined,
+  };
 }
 
 /** How the server reaches its S3-compatible store (blobs, and the SageMaker facade's model inputs and outputs). */

@@ -3,6 +3,7 @@
  * not the S3 SDK's own words (`UnknownError`, `Could not load credentials from any providers`).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -85,5 +86,42 @@ describe('edgefleet-server init with an S3 blob store it cannot use', { timeout:
       ),
     );
     expect(result.stderr).not.toMatch(/Could not load credentials from any providers/);
+  });
+
+  it.each([
+    [
+      301,
+      { 'x-amz-bucket-region': 'eu-west-2' },
+      /answered with HTTP 301; the bucket is in region eu-west-2: set --blob-region \(EDGEFLEET_BLOB_REGION, s3\.region\)/,
+    ],
+    [400, {}, /answered with HTTP 400; check blob \(--blob.*--blob-endpoint.*--blob-region/],
+  ])('names an answer outside the table (HTTP %i) and what to set', async (status, headers, expected) => {
+    // An S3 endpoint answering every request so, without a body, as AWS answers HeadBucket.
+    const endpoint: Server = createHttpServer((request, response) => {
+      response.writeHead(status, headers).end();
+    });
+    await new Promise<void>((resolve) => endpoint.listen(0, '127.0.0.1', resolve));
+    const { port } = endpoint.address() as { port: number };
+    try {
+      const result = await runServerCli(
+        [
+          'init',
+          '--data-dir',
+          `status-${status}`,
+          '--blob',
+          's3://fleet-blobs/edgefleet',
+          '--blob-endpoint',
+          `http://127.0.0.1:${port}`,
+        ],
+        cwd,
+        withCredentials,
+      );
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/cannot use the blob store s3:\/\/fleet-blobs\/edgefleet/);
+      expect(result.stderr).toMatch(expected);
+      expect(result.stderr).not.toMatch(/UnknownError/);
+    } finally {
+      await new Promise((resolve) => endpoint.close(resolve));
+    }
   });
 });
