@@ -43,6 +43,8 @@ export interface S3BlobStoreOptions {
   maxSockets?: number;
   /** Where the SDK's warnings go (default: the console, outside the server's log); its other chatter is dropped. */
   warn?: (message: string) => void;
+  /** Tries per request, retries included (default: the SDK's 3). */
+  maxAttempts?: number;
 }
 
 /** The SDK's logger interface with only its warnings (text) passed on. */
@@ -145,6 +147,7 @@ export class S3BlobStore implements BlobStore {
       ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
       ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
       ...(options.warn !== undefined && { logger: sdkLoggerOf(options.warn) }),
+      ...(options.maxAttempts !== undefined && { maxAttempts: options.maxAttempts }),
       ...((options.socketTimeoutMs !== undefined ||
         options.connectionTimeoutMs !== undefined ||
         options.maxSockets !== undefined ||

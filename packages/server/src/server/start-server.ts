@@ -325,7 +325,8 @@ export async function startServer(
     background.push({ stop: () => compilationJobs.settle() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const deployments = new DeploymentService(database.db, { packagingJobs, models });
-    // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with.
+    // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
+    // client per check, closed after it: nothing is kept per bucket a client names).
     const fleetOutputCheck = new FleetOutputs(
       blobs,
       config.blobLocation.kind === 's3' ? s3ConnectionOf(config) : undefined,
@@ -345,7 +346,12 @@ export async function startServer(
         await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config)),
       ),
       compilationJobs,
-      fleets: new FleetStore(database.db, Date.now, (location) => fleetOutputCheck.check(location)),
+      fleets: new FleetStore(database.db, Date.now, async (location) => {
+        const answer = await fleetOutputCheck.check(location);
+        if (answer.warning !== undefined)
+          logger.warn({ event: 'fleet_output_unchecked', outputLocation: location }, answer.warning);
+        return answer;
+      }),
       devices: new DeviceStore(database.db, {
         offlineAfterMs,
         onDeregister: stopDeregisteredDeviceTargets,
