@@ -10,7 +10,7 @@ export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
 
 /** Every code an answer may carry: the domain's, plus those only the HTTP layer raises. */
 export type ErrorCode =
-  DomainErrorCode | 'UnsupportedMediaType' | 'UriTooLong' | 'NotReady' | 'InternalError' | 'RequestTimeout';
+  DomainErrorCode | 'UnsupportedMediaType' | 'UriTooLong' | 'NotReady' | 'InternalError';
 
 /** The HTTP status of each domain error: the one place the domain meets HTTP. */
 const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
@@ -30,6 +30,7 @@ const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
   PayloadTooLarge: 413,
   LimitExceeded: 429,
   DependencyUnavailable: 503,
+  RequestTimeout: 408,
 };
 
 /** An error that becomes an HTTP answer with the consistent body. Thrown by handlers and hooks. */

@@ -4,10 +4,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import os from 'node:os';
+import { PassThrough } from 'node:stream';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalBlobStore } from '../../src/blobs/index.js';
+import { CaptureIngest } from '../../src/captures/capture-ingest.js';
 import { FleetOutputs } from '../../src/captures/fleet-output.js';
 import { DomainError } from '../../src/errors/index.js';
 import { FleetStore } from '../../src/fleets/index.js';
@@ -110,7 +112,7 @@ describe('fleet-output S3 timeouts', () => {
 });
 
 /**
- * A real HTTP server as the S3 endpoint, answering HeadBucket by bucket name with what AWS answers (no body):
+ * A real HTTP server as the S3 endpoint, answering HeadBucket by bucket name with what AWS answers (no body) once the request's body is in:
  * 200 for `present`, 403 for `no-list` (a policy with s3:PutObject only), 301 and the bucket's region for
  * `eu-bucket`, 400 for `bad-name`, 503 for `down`, 404 for anything else. It counts the requests per bucket.
  */
@@ -127,18 +129,20 @@ async function fakeS3(): Promise<{ endpoint: string; requests: Map<string, numbe
     const bucket = (request.url ?? '/').split(/[/?]/)[1]!;
     requests.set(bucket, (requests.get(bucket) ?? 0) + 1);
     const [status, headers] = answers[bucket] ?? [404, {}];
-    response.writeHead(status, headers).end();
+    // Answers once the whole body is in (a PUT's), as S3 does.
+    request.resume();
+    request.once('end', () => response.writeHead(status, headers).end());
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
   return { endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}`, requests };
 }
 
-function checkerFor(endpoint: string) {
+function checkerFor(endpoint: string, socketTimeoutMs = 60_000) {
   const outputs = new FleetOutputs(
     new LocalBlobStore(dir),
     { endpoint, region: 'us-east-1', forcePathStyle: true, credentials },
-    { uploadSlots: 0, timeouts: { socketTimeoutMs: 60_000, connectionTimeoutMs: 10_000 } },
+    { uploadSlots: 1, timeouts: { socketTimeoutMs, connectionTimeoutMs: 10_000 } },
   );
   cleanups.push(() => outputs.close());
   return outputs;
@@ -200,7 +204,7 @@ describe('the output check at fleet create/update', () => {
 
   it('checks only a changed location, after the fleet name answers (409, 404)', async () => {
     const s3 = await fakeS3();
-    const database = await openDatabase({ engine: 'sqlite', file: path.join(dir, 'state.db') });
+    const database = await openDatabase({ engine: 'sqlite', file: path.join(dir, 'fleets.db') });
     await migrateToLatest(database.db);
     cleanups.push(() => database.close());
     const outputs = checkerFor(s3.endpoint);
@@ -235,4 +239,62 @@ describe('the output check at fleet create/update', () => {
     expect(moved.outputConfig.s3OutputLocation).toBe('s3://no-list/edge');
     expect(moved.warnings).toEqual([expect.stringMatching(/HeadBucket needs s3:ListBucket/)]);
   });
+});
+
+describe('capture writes to a fleet output that cannot be used', () => {
+  /** A capture ingest writing fleet plant's captures to `s3://<bucket>/edge` on the fake S3; its log lines kept. */
+  async function ingestFor(bucket: string, socketTimeoutMs = 60_000) {
+    const s3 = await fakeS3();
+    const database = await openDatabase({ engine: 'sqlite', file: path.join(dir, `${bucket}.db`) });
+    await migrateToLatest(database.db);
+    cleanups.push(() => database.close());
+    await new FleetStore(database.db).create({
+      name: 'plant',
+      outputConfig: { s3OutputLocation: `s3://${bucket}/edge` },
+    });
+    const warnings: string[] = [];
+    const ingest = new CaptureIngest({
+      db: database.db,
+      outputs: checkerFor(s3.endpoint, socketTimeoutMs),
+      limits: { maxFileBytes: 1 << 20, dailyQuotaBytesPerDevice: 1 << 30, largeBodyBytes: 1000 },
+      log: { warn: (_fields, message) => warnings.push(message), info: () => undefined },
+    });
+    return { s3, ingest, warnings };
+  }
+  const device = { deviceName: 'cam-1', fleetName: 'plant' };
+  const key = 'edge/plant/model/2026/12/07/04/raw-data/one.bin';
+
+  it('tells the device the location and the problem, never the S3 endpoint (that goes to the log)', async () => {
+    const { s3, ingest, warnings } = await ingestFor('down');
+    const error = await refusal(
+      ingest.store(device, { key, contentType: 'application/octet-stream', body: Buffer.from('x') }),
+    );
+    expect(error.code).toBe('DependencyUnavailable');
+    expect(error.message).toMatch(
+      /^fleet plant's output location s3:\/\/down\/edge cannot be written now: its object store is not answering \(unreachable\); keep the capture/,
+    );
+    expect(error.message).not.toContain(s3.endpoint);
+    expect(warnings).toEqual([expect.stringContaining(s3.endpoint)]);
+  });
+
+  it('answers a streamed upload whose device paused past the socket timeout 408, without an outage of the output', async () => {
+    const { ingest, warnings } = await ingestFor('present', 1000);
+    const body = new PassThrough();
+    cleanups.push(() => void body.destroy());
+    body.write(Buffer.alloc(2000));
+    // The rest of the 10000 bytes never comes: the device stalled.
+    const error = await refusal(
+      ingest.storeStream(device, {
+        key,
+        contentType: 'application/octet-stream',
+        body,
+        contentLength: 10_000,
+      }),
+    );
+    expect(error.code).toBe('RequestTimeout');
+    expect(error.message).toMatch(
+      /the capture file .*one\.bin stopped arriving before its 10000 bytes were in/,
+    );
+    expect(warnings).toEqual([]);
+  }, 30_000);
 });
