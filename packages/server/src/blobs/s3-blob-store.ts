@@ -78,6 +78,9 @@ const NETWORK_ERROR_CODES = new Set([
   'EPIPE',
 ]);
 
+/** The HTTP statuses of an S3 endpoint that is down or overloaded for now. */
+const OUTAGE_STATUSES = new Set([500, 502, 503, 504]);
+
 /**
  * What an S3 failure says about the store itself, or undefined for a failure of the one request (a missing
  * key, an aborted upload). `bucketRequest`: a request about the bucket (HeadBucket), whose 404 has no body to
@@ -118,7 +121,9 @@ export function s3ProblemOf(
       problem: 'unreachable',
       reason: `cannot reach ${endpoint} (${code}); is the endpoint right and up?`,
     };
-  if (name === 'TimeoutError' || (typeof status === 'number' && status >= 500))
+  // Only answers that say "try again": a 501 NotImplemented (a header this endpoint does not support) and the
+  // like are permanent, the request's failure, not an outage.
+  if (name === 'TimeoutError' || name === 'SlowDown' || (status !== undefined && OUTAGE_STATUSES.has(status)))
     return {
       problem: 'unreachable',
       reason: `${endpoint} is not answering (${status !== undefined ? `HTTP ${status}` : String(name)}); try again later`,

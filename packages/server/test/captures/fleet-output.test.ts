@@ -114,7 +114,8 @@ describe('fleet-output S3 timeouts', () => {
 /**
  * A real HTTP server as the S3 endpoint, answering HeadBucket by bucket name with what AWS answers (no body) once the request's body is in:
  * 200 for `present`, 403 for `no-list` (a policy with s3:PutObject only), 301 and the bucket's region for
- * `eu-bucket`, 400 for `bad-name`, 503 for `down`, 404 for anything else. It counts the requests per bucket.
+ * `eu-bucket`, 400 for `bad-name`, 503 for `down`, 502 for `bad-gateway`, 501 for `not-implemented`, 404 for
+ * anything else. It counts the requests per bucket.
  */
 async function fakeS3(): Promise<{ endpoint: string; requests: Map<string, number> }> {
   const requests = new Map<string, number>();
@@ -124,6 +125,8 @@ async function fakeS3(): Promise<{ endpoint: string; requests: Map<string, numbe
     'eu-bucket': [301, { 'x-amz-bucket-region': 'eu-west-1' }],
     'bad-name': [400, {}],
     down: [503, {}],
+    'bad-gateway': [502, {}],
+    'not-implemented': [501, {}],
   };
   const server = createHttpServer((request, response) => {
     const bucket = (request.url ?? '/').split(/[/?]/)[1]!;
@@ -200,6 +203,15 @@ describe('the output check at fleet create/update', () => {
     const error = await refusal(checkerFor(s3.endpoint).check('s3://down/edge'));
     expect(error.code).toBe('DependencyUnavailable');
     expect(s3.requests.get('down')).toBe(1);
+  });
+
+  it('takes only 500/502/503/504 for an outage: a 501 is refused for good (400), a 502 is a 503', async () => {
+    const s3 = await fakeS3();
+    const checker = checkerFor(s3.endpoint);
+    const notImplemented = await refusal(checker.check('s3://not-implemented/edge'));
+    expect(notImplemented.code).toBe('ValidationError');
+    expect(notImplemented.message).toMatch(/HeadBucket on bucket not-implemented answered HTTP 501/);
+    expect((await refusal(checker.check('s3://bad-gateway/edge'))).code).toBe('DependencyUnavailable');
   });
 
   it('checks only a changed location, after the fleet name answers (409, 404)', async () => {
