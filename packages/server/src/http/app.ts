@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { installAuth, type Authenticators } from './auth-hooks.js';
 import { answerRouterError, ApiError, installErrorHandlers, MAX_PATH_PARAM_LENGTH } from './errors.js';
 import { redactRequestUrl } from './log-redaction.js';
+import { OutageLog } from './outage-log.js';
 import { installRequestDeadlines } from './request-deadline.js';
 import { defineRoute, installZodCompilers } from './routes.js';
 
@@ -30,6 +31,8 @@ export interface AppOptions {
   requestTimeoutMs: number;
   /** The largest request body any route takes unless it sets its own `bodyLimit` (bytes; Fastify's default 1 MiB). */
   bodyLimit?: number;
+  /** Where requests failed by an outage are logged (shared by a server's listeners); default: this app's own. */
+  outageLog?: OutageLog;
   /** Document the routes at GET /api/docs (OpenAPI 3). */
   openapi?: { title: string; description: string; version: string };
 }
@@ -59,7 +62,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     : Fastify(common)) as unknown as FastifyInstance;
 
   installZodCompilers(app);
-  installErrorHandlers(app);
+  installErrorHandlers(app, options.outageLog ?? new OutageLog());
   installAuth(app, options.authenticators);
   // After the auth hook: a route's own (longer) deadline is granted only to an authenticated request.
   installRequestDeadlines(app, { defaultMs: options.requestTimeoutMs });

@@ -47,6 +47,7 @@ import {
   startRetentionSweeper,
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
+import { OutageLog } from '../http/outage-log.js';
 import { listenerRequestTimeoutMs } from '../http/request-deadline.js';
 import {
   bindDeviceCa,
@@ -412,8 +413,11 @@ export async function startServer(
     let deviceEndpoint = config.deviceEndpoint ?? '';
     const endpoint = () => deviceEndpoint;
 
+    // One for both listeners and the facade: an outage is logged once a minute, not per listener.
+    const outageLog = new OutageLog();
     const operatorApp = await buildApp({
       logger: logger.child({ api: 'operator' }),
+      outageLog,
       authenticators: {
         ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
         'enrollment-token': enrollmentTokenAuthenticator,
@@ -461,6 +465,7 @@ export async function startServer(
     await operatorApp.register(accessKeyRoutes, { accessKeys: services.accessKeys });
     // The SageMaker facade: one operation module per capability.
     await operatorApp.register(sageMakerRoutes, {
+      outageLog,
       dispatcher: new SageMakerDispatcher(
         [
           fleetOperations({ db: database.db, fleets: services.fleets, offlineAfterMs }),
@@ -521,6 +526,7 @@ export async function startServer(
 
     const deviceApp = await buildApp({
       logger: logger.child({ api: 'device' }),
+      outageLog,
       authenticators: {
         device: deviceAuthenticator(services.identity),
         'enrollment-token': enrollmentTokenAuthenticator,
