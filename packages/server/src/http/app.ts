@@ -66,11 +66,12 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   installAuth(app, options.authenticators);
   // After the auth hook: a route's own (longer) deadline is granted only to an authenticated request.
   installRequestDeadlines(app, { defaultMs: options.requestTimeoutMs });
-  // One line per request, after the answer: failures at info (server errors at warn), the rest at debug, so
-  // thousands of heartbeats a second do not flood the log.
+  // One line per request, after the answer: failures at info (server errors at warn, but a 503's: an outage,
+  // logged once a minute by OutageLog, or not ready), the rest at debug, so thousands of heartbeats a second, or
+  // of devices retrying through an outage, do not flood the log at warn.
   app.addHook('onResponse', async (request, reply) => {
     const status = reply.statusCode;
-    const level = status >= 500 ? 'warn' : status >= 400 ? 'info' : 'debug';
+    const level = status >= 500 && status !== 503 ? 'warn' : status >= 400 ? 'info' : 'debug';
     request.log[level](
       {
         method: request.method,

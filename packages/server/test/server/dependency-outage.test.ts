@@ -28,7 +28,17 @@ describe('the database down at run time', { timeout: 60_000 }, () => {
   });
 
   it.skipIf(postgres === undefined)('answers 503 naming the database, and the CLI says so', async () => {
-    t = await startTestServer({ database: { engine: 'postgres', url: await postgres!.createDatabase() } });
+    const lines: Array<{ level: number; msg: string }> = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) lines.push(JSON.parse(line));
+        done();
+      },
+    });
+    t = await startTestServer({
+      logger: pino({ level: 'info' }, sink),
+      database: { engine: 'postgres', url: await postgres!.createDatabase() },
+    });
     expect((await t.call('GET', '/api/v1/fleets', { token: t.adminToken })).status).toBe(200);
 
     await postgres!.stop();
@@ -42,6 +52,15 @@ describe('the database down at run time', { timeout: 60_000 }, () => {
     // The host and port stay in the server's log, as /readyz keeps them.
     expect(answer.body.message).not.toMatch(/127\.0\.0\.1/);
     expect((await t.call('GET', '/readyz')).body.details).toEqual({ failing: ['database'] });
+    // Retries through the outage: one warn line for it (with the cause), none per request.
+    for (let i = 0; i < 3; i++)
+      expect((await t.call('GET', '/api/v1/fleets', { token: t.adminToken })).status).toBe(503);
+    const warned = lines.filter(
+      (line) => line.level >= 40 && (line.msg === 'request' || /database cannot be used/.test(line.msg)),
+    );
+    expect(warned).toEqual([
+      expect.objectContaining({ msg: expect.stringMatching(/database cannot be used/) }),
+    ]);
 
     const cli = await run(process.execPath, [CLI_MAIN, 'fleet', 'list'], {
       env: { ...process.env, EDGEFLEET_SERVER: t.server.operatorUrl, EDGEFLEET_TOKEN: t.adminToken },
