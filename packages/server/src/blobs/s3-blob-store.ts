@@ -43,6 +43,8 @@ export interface S3BlobStoreOptions {
   maxSockets?: number;
   /** Where the SDK's warnings go (default: the console, outside the server's log); its other chatter is dropped. */
   warn?: (message: string) => void;
+  /** Tries per request, retries included (default: the SDK's 3). */
+  maxAttempts?: number;
 }
 
 /** The SDK's logger interface with only its warnings (text) passed on. */
@@ -75,6 +77,9 @@ const NETWORK_ERROR_CODES = new Set([
   'ENETUNREACH',
   'EPIPE',
 ]);
+
+/** The HTTP statuses of an S3 endpoint that is down or overloaded for now. */
+const OUTAGE_STATUSES = new Set([500, 502, 503, 504]);
 
 /**
  * What an S3 failure says about the store itself, or undefined for a failure of the one request (a missing
@@ -116,7 +121,9 @@ export function s3ProblemOf(
       problem: 'unreachable',
       reason: `cannot reach ${endpoint} (${code}); is the endpoint right and up?`,
     };
-  if (name === 'TimeoutError' || (typeof status === 'number' && status >= 500))
+  // Only answers that say "try again": a 501 NotImplemented (a header this endpoint does not support) and the
+  // like are permanent, the request's failure, not an outage.
+  if (name === 'TimeoutError' || name === 'SlowDown' || (status !== undefined && OUTAGE_STATUSES.has(status)))
     return {
       problem: 'unreachable',
       reason: `${endpoint} is not answering (${status !== undefined ? `HTTP ${status}` : String(name)}); try again later`,
@@ -145,6 +152,7 @@ export class S3BlobStore implements BlobStore {
       ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
       ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
       ...(options.warn !== undefined && { logger: sdkLoggerOf(options.warn) }),
+      ...(options.maxAttempts !== undefined && { maxAttempts: options.maxAttempts }),
       ...((options.socketTimeoutMs !== undefined ||
         options.connectionTimeoutMs !== undefined ||
         options.maxSockets !== undefined ||

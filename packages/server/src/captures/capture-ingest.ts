@@ -5,6 +5,7 @@ import {
   BlobKeyConflictError,
   BlobStoreUnavailableError,
   type BlobStore,
+  type BlobStoreProblem,
 } from '../blobs/index.js';
 import { DomainError } from '../errors/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
@@ -60,6 +61,14 @@ export interface FleetOutputLog {
   warn(fields: Record<string, unknown>, message: string): void;
   info(fields: Record<string, unknown>, message: string): void;
 }
+
+/** What a device is told of a fleet output that cannot be used: the problem, never where the store is. */
+const DEVICE_PROBLEM_TEXT: Record<BlobStoreProblem, string> = {
+  'missing-bucket': 'its bucket does not exist',
+  forbidden: 'the server may not write to its bucket',
+  credentials: 'the server has no S3 credentials',
+  unreachable: 'its object store is not answering',
+};
 
 const isManifest = (key: string) => key.endsWith('.jsonl');
 const recordFormatOf = (key: string) =>
@@ -120,8 +129,8 @@ export class CaptureIngest {
 
   /**
    * A write to a fleet's output that failed because the store cannot be used (its bucket missing, no access,
-   * S3 down) becomes a 503 with Retry-After naming the output and the reason: the agent keeps the capture and
-   * sends it again later. The first such failure of a location is logged; the next ones are not, until a write
+   * S3 down) becomes a 503 with Retry-After naming the output and the problem: the agent keeps the capture and
+   * sends it again later. The reason (it names the S3 endpoint, an internal host) goes only to the log. The first such failure of a location is logged; the next ones are not, until a write
    * there succeeds again.
    */
   #unavailable(error: unknown, fleet: string, location: string): DomainError | undefined {
@@ -136,7 +145,7 @@ export class CaptureIngest {
     const operatorMistake = error.problem !== 'unreachable';
     return new DomainError(
       'DependencyUnavailable',
-      `fleet ${fleet}'s output location ${location} cannot be written now: ${error.reason}; keep the capture and send it again later${operatorMistake ? ` (the server's operator must fix the bucket or the fleet's output: "edgefleet fleet update ${fleet} --output s3://…")` : ''}`,
+      `fleet ${fleet}'s output location ${location} cannot be written now: ${DEVICE_PROBLEM_TEXT[error.problem]} (${error.problem}); keep the capture and send it again later${operatorMistake ? ` (the server's operator must fix the bucket or the fleet's output: "edgefleet fleet update ${fleet} --output s3://…")` : ''}`,
       {
         fleet,
         outputLocation: location,
@@ -252,6 +261,8 @@ export class CaptureIngest {
     const abort = new AbortController();
     const body = checkedLength(file.body, file.contentLength, file.key);
     body.once('error', (error) => abort.abort(error));
+    let bodyEnded = false;
+    body.once('end', () => (bodyEnded = true));
     try {
       await store.put(storedKey, body, {
         contentType: file.contentType,
@@ -262,6 +273,13 @@ export class CaptureIngest {
       // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
       // with Connection: close (http/request-deadline.ts), so that the device still learns why.
       await this.#refund(device.deviceName, day, file.contentLength).catch(() => undefined);
+      // A store that stopped answering while the device had not sent all of its body: the device paused longer
+      // than the store's socket timeout, which says nothing about the store (no outage logged or marked).
+      if (!bodyEnded && isTimeout(error))
+        throw new DomainError(
+          'RequestTimeout',
+          `the capture file ${file.key} stopped arriving before its ${file.contentLength} bytes were in (the write to the fleet's output timed out waiting for them); send it again`,
+        );
       throw conflictOf(error, file.key) ?? this.#unavailable(error, device.fleetName, location) ?? error;
     }
     this.#written(device.fleetName, location);
@@ -445,6 +463,12 @@ function captureIdOf(line: string, key: string, lineNumber: number): string {
  * stream, so that no store keeps part of a file; one that runs long too (HTTP framing prevents it; this keeps
  * the length given to the store true regardless).
  */
+/** The S3 client's socket timeout (as the store's "not answering", or raw). */
+function isTimeout(error: unknown): boolean {
+  const cause = error instanceof BlobStoreUnavailableError ? error.cause : error;
+  return (cause as { name?: unknown } | undefined)?.name === 'TimeoutError';
+}
+
 function checkedLength(body: Readable, length: number, key: string): Readable {
   let seen = 0;
   const checked = new Transform({

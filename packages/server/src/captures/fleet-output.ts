@@ -12,6 +12,9 @@ export { FLEET_OUTPUT_S3_TIMEOUTS, type FleetOutputS3Timeouts } from './fleet-ou
  */
 export const FLEET_OUTPUT_SPARE_SOCKETS = 50;
 
+/** The output check's connect and socket timeout at most: a fleet create waits on it, once. */
+export const FLEET_OUTPUT_CHECK_TIMEOUT_MS = 5000;
+
 /** Where a fleet's captures are written: a store and the key a device's capture key maps to in it. */
 export interface FleetOutputTarget {
   store: BlobStore;
@@ -104,29 +107,82 @@ export class FleetOutputs {
   }
 
   /**
-   * Checks that the server can write a fleet's output location with its own S3 connection (HeadBucket on the
-   * fleet's bucket), before a fleet takes it: a bucket that does not exist or that the server's credentials
-   * may not use is refused (400), an S3 endpoint that does not answer is a 503. With a local blob folder there
-   * is no bucket to check. A location that is not an s3:// URI is the fleet schema's to refuse.
+   * Checks a fleet's new output location with the server's own S3 connection (HeadBucket on the fleet's bucket),
+   * before a fleet takes it. Only a bucket that does not exist is refused (400 ValidationError). A 403 is accepted
+   * and answered with a warning: HeadBucket needs s3:ListBucket while writing captures needs only s3:PutObject, so
+   * a least-privilege policy refuses the check and still lets captures through. An endpoint that does not answer
+   * is a 503; any other answer (a 301 for a bucket in another region, a 400) a 400 naming it. With a local blob
+   * folder there is no bucket to check; a location that is not an s3:// URI is the fleet schema's to refuse.
+   * The check uses its own client, closed after, with one attempt and short timeouts: a client's input must
+   * neither hold a request for minutes nor leave a client behind for each bucket it names.
    */
-  async check(location: string): Promise<void> {
-    const target = this.targetFor(location);
-    if (target === undefined || this.#s3 === undefined) return;
+  async check(location: string): Promise<{ warning?: string }> {
+    const parsed = parseOutputLocation(location);
+    if (parsed === undefined || this.#s3 === undefined) return {};
+    const store = new S3BlobStore({
+      ...this.#s3,
+      bucket: parsed.bucket,
+      prefix: '',
+      maxAttempts: 1,
+      socketTimeoutMs: Math.min(this.#timeouts.socketTimeoutMs, FLEET_OUTPUT_CHECK_TIMEOUT_MS),
+      connectionTimeoutMs: Math.min(this.#timeouts.connectionTimeoutMs, FLEET_OUTPUT_CHECK_TIMEOUT_MS),
+      maxSockets: 1,
+      ...(this.#warn !== undefined && { warn: this.#warn }),
+    });
     try {
-      await target.store.check();
+      await store.check();
+      return {};
     } catch (error) {
-      if (!(error instanceof BlobStoreUnavailableError)) throw error;
-      const operatorMistake = error.problem === 'missing-bucket' || error.problem === 'forbidden';
+      return this.#answerTo(error, location, parsed.bucket);
+    } finally {
+      await store.close();
+    }
+  }
+
+  #answerTo(error: unknown, location: string, bucket: string): { warning: string } {
+    const through = `the server writes captures there through ${
+      this.#s3?.endpoint ?? `AWS S3 (region ${this.#s3?.region ?? 'us-east-1'})`
+    }, with its own s3 settings`;
+    if (error instanceof BlobStoreUnavailableError) {
+      if (error.problem === 'forbidden')
+        return {
+          warning: `cannot check the bucket of ${location}: HeadBucket was refused (403); HeadBucket needs s3:ListBucket, captures need only s3:PutObject on the prefix, so the location was accepted: if the credentials may not write there either, captures will fail (${through})`,
+        };
+      const missing = error.problem === 'missing-bucket';
       throw new DomainError(
-        operatorMistake ? 'ValidationError' : 'DependencyUnavailable',
-        `the output location ${location} cannot be used: ${error.reason} (the server writes captures there through ${error.endpoint}, with its own s3 settings)`,
-        {
-          outputLocation: location,
-          problem: error.problem,
-          ...(operatorMistake ? {} : { retryAfterSeconds: 15 }),
-        },
+        missing ? 'ValidationError' : 'DependencyUnavailable',
+        `the output location ${location} cannot be used: ${error.reason} (${through})`,
+        { outputLocation: location, problem: error.problem, ...(missing ? {} : { retryAfterSeconds: 15 }) },
       );
     }
+    const { name, code, message, $metadata, $response } = (error ?? {}) as {
+      name?: unknown;
+      code?: unknown;
+      message?: unknown;
+      $metadata?: { httpStatusCode?: unknown };
+      $response?: { headers?: Record<string, string | undefined> };
+    };
+    const status = typeof $metadata?.httpStatusCode === 'number' ? $metadata.httpStatusCode : undefined;
+    const region = $response?.headers?.['x-amz-bucket-region'];
+    const why =
+      status === 301
+        ? `bucket ${bucket} is in another region (HTTP 301${
+            region !== undefined ? `, region ${region}` : ''
+          }) than the server's s3.region ${this.#s3?.region ?? 'us-east-1'}; captures are written through the server's one S3 connection, so name a bucket in its region`
+        : status !== undefined
+          ? `HeadBucket on bucket ${bucket} answered HTTP ${status}${
+              typeof name === 'string' && name !== 'UnknownError' && name !== String(status) ? ` ${name}` : ''
+            }; expected an existing bucket the server can reach`
+          : `HeadBucket on bucket ${bucket} failed (${typeof code === 'string' ? code : String(name)}: ${String(message)})`;
+    throw new DomainError(
+      'ValidationError',
+      `the output location ${location} cannot be used: ${why} (${through})`,
+      {
+        outputLocation: location,
+        ...(status !== undefined && { status }),
+        ...(region !== undefined && { bucketRegion: region }),
+      },
+    );
   }
 
   async close(): Promise<void> {

@@ -14,6 +14,8 @@ export type DomainErrorCode =
   | 'LimitExceeded'
   /** Something the server depends on (its database, a blob store or bucket) cannot be used now: try later. */
   | 'DependencyUnavailable'
+  /** The request's body stopped arriving before it was all in: the client may send it again. */
+  | 'RequestTimeout'
   | 'CertificateRequired'
   | 'CertificateInvalid'
   | 'CertificateExpired'

@@ -49,6 +49,10 @@ export const fleetSchema = z.object({
   deviceCount: z.int(),
   createdAt: z.iso.datetime(),
   updatedAt: z.iso.datetime(),
+  warnings: z
+    .array(z.string())
+    .optional()
+    .describe('Only in a create or update answer: what the server could not check (e.g. the output bucket)'),
 });
 export type FleetView = z.input<typeof fleetSchema>;
 

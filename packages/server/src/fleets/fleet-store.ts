@@ -20,6 +20,8 @@ export interface FleetRecord {
   deviceCount: number;
   createdAt: number;
   updatedAt: number;
+  /** What the answer to a create or update should tell its caller (e.g. that the output bucket could not be checked). */
+  warnings?: string[];
 }
 
 function toRecord(row: FleetsTable, deviceCount: number): FleetRecord {
@@ -46,13 +48,20 @@ export class FleetStore {
     private readonly now: () => number = Date.now,
     /**
      * Checks that the server can write an output location (its bucket exists and answers), throwing a
-     * DomainError that says why not; called before a fleet takes a new location. Default: no check.
+     * DomainError that says why not, or answering a warning; called when a fleet takes a new location, after
+     * the cheaper checks (the fleet's name) so those answer first. Default: no check.
      */
-    private readonly checkOutput: (location: string) => Promise<void> = async () => undefined,
+    private readonly checkOutput: (location: string) => Promise<{ warning?: string }> = async () => ({}),
   ) {}
 
   async create(input: CreateFleetInput): Promise<FleetRecord> {
-    await this.checkOutput(input.outputConfig.s3OutputLocation);
+    const existing = await this.db
+      .selectFrom('fleets')
+      .select('name')
+      .where('name', '=', input.name)
+      .executeTakeFirst();
+    if (existing !== undefined) throw conflict(`fleet ${input.name} already exists`, { fleet: input.name });
+    const { warning } = await this.checkOutput(input.outputConfig.s3OutputLocation);
     const at = this.now();
     const row: FleetsTable = {
       name: input.name,
@@ -71,7 +80,7 @@ export class FleetStore {
         throw conflict(`fleet ${input.name} already exists`, { fleet: input.name });
       throw error;
     }
-    return toRecord(row, 0);
+    return { ...toRecord(row, 0), ...(warning !== undefined && { warnings: [warning] }) };
   }
 
   async find(name: string): Promise<FleetRecord | undefined> {
@@ -103,8 +112,17 @@ export class FleetStore {
     if (patch.description !== undefined) changes.description = patch.description;
     if (patch.roleArn !== undefined) changes.role_arn = patch.roleArn;
     if (patch.tags !== undefined) changes.tags = JSON.stringify(patch.tags);
+    let warning: string | undefined;
     if (patch.outputConfig !== undefined) {
-      await this.checkOutput(patch.outputConfig.s3OutputLocation);
+      const current = await this.db
+        .selectFrom('fleets')
+        .select('output_s3_location')
+        .where('name', '=', name)
+        .executeTakeFirst();
+      if (current === undefined) throw notFound(`fleet ${name}`, { fleet: name });
+      // UpdateDeviceFleet always carries the output: an unchanged one needs no check (nor S3 up).
+      if (current.output_s3_location !== patch.outputConfig.s3OutputLocation)
+        ({ warning } = await this.checkOutput(patch.outputConfig.s3OutputLocation));
       changes.output_s3_location = patch.outputConfig.s3OutputLocation;
       changes.output_kms_key_id = patch.outputConfig.kmsKeyId ?? null;
     }
@@ -114,7 +132,8 @@ export class FleetStore {
       .where('name', '=', name)
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) === 0) throw notFound(`fleet ${name}`, { fleet: name });
-    return this.get(name);
+    const fleet = await this.get(name);
+    return warning !== undefined ? { ...fleet, warnings: [warning] } : fleet;
   }
 
   /** Deletes an empty fleet; refuses (409 ResourceInUse) while devices remain registered in it. */

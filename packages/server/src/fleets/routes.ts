@@ -29,6 +29,7 @@ export function fleetView(fleet: FleetRecord): FleetView {
     deviceCount: fleet.deviceCount,
     createdAt: iso(fleet.createdAt),
     updatedAt: iso(fleet.updatedAt),
+    ...(fleet.warnings !== undefined && { warnings: fleet.warnings }),
   };
 }
 

@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { installAuth, type Authenticators } from './auth-hooks.js';
 import { answerRouterError, ApiError, installErrorHandlers, MAX_PATH_PARAM_LENGTH } from './errors.js';
 import { redactRequestUrl } from './log-redaction.js';
+import { OutageLog } from './outage-log.js';
 import { installRequestDeadlines } from './request-deadline.js';
 import { defineRoute, installZodCompilers } from './routes.js';
 
@@ -30,6 +31,8 @@ export interface AppOptions {
   requestTimeoutMs: number;
   /** The largest request body any route takes unless it sets its own `bodyLimit` (bytes; Fastify's default 1 MiB). */
   bodyLimit?: number;
+  /** Where requests failed by an outage are logged (shared by a server's listeners); default: this app's own. */
+  outageLog?: OutageLog;
   /** Document the routes at GET /api/docs (OpenAPI 3). */
   openapi?: { title: string; description: string; version: string };
 }
@@ -59,15 +62,16 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     : Fastify(common)) as unknown as FastifyInstance;
 
   installZodCompilers(app);
-  installErrorHandlers(app);
+  installErrorHandlers(app, options.outageLog ?? new OutageLog());
   installAuth(app, options.authenticators);
   // After the auth hook: a route's own (longer) deadline is granted only to an authenticated request.
   installRequestDeadlines(app, { defaultMs: options.requestTimeoutMs });
-  // One line per request, after the answer: failures at info (server errors at warn), the rest at debug, so
-  // thousands of heartbeats a second do not flood the log.
+  // One line per request, after the answer: failures at info (server errors at warn, but a 503's: an outage,
+  // logged once a minute by OutageLog, or not ready), the rest at debug, so thousands of heartbeats a second, or
+  // of devices retrying through an outage, do not flood the log at warn.
   app.addHook('onResponse', async (request, reply) => {
     const status = reply.statusCode;
-    const level = status >= 500 ? 'warn' : status >= 400 ? 'info' : 'debug';
+    const level = status >= 500 && status !== 503 ? 'warn' : status >= 400 ? 'info' : 'debug';
     request.log[level](
       {
         method: request.method,

@@ -3,6 +3,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import type { z } from 'zod';
 import { dependencyUnavailableOf, DomainError, type DomainErrorCode } from '../errors/index.js';
 import { redactRequestUrl } from './log-redaction.js';
+import type { OutageLog } from './outage-log.js';
 import { retryAfterSecondsOf } from './retry-after.js';
 
 // The body of every error answer, on every route: part of the device contract, so defined in core.
@@ -10,7 +11,7 @@ export { errorBodySchema, type ErrorBody } from '@edgefleet/core';
 
 /** Every code an answer may carry: the domain's, plus those only the HTTP layer raises. */
 export type ErrorCode =
-  DomainErrorCode | 'UnsupportedMediaType' | 'UriTooLong' | 'NotReady' | 'InternalError' | 'RequestTimeout';
+  DomainErrorCode | 'UnsupportedMediaType' | 'UriTooLong' | 'NotReady' | 'InternalError';
 
 /** The HTTP status of each domain error: the one place the domain meets HTTP. */
 const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
@@ -30,6 +31,7 @@ const STATUS_BY_DOMAIN_CODE: Record<DomainErrorCode, number> = {
   PayloadTooLarge: 413,
   LimitExceeded: 429,
   DependencyUnavailable: 503,
+  RequestTimeout: 408,
 };
 
 /** An error that becomes an HTTP answer with the consistent body. Thrown by handlers and hooks. */
@@ -141,12 +143,13 @@ function fromFastifyError(error: FastifyError): ApiError | undefined {
  * Installs the error and not-found handlers that give every failure the same body. (The connection is ended
  * after any answer sent before the request body was read: see request-deadline.ts.)
  */
-export function installErrorHandlers(app: FastifyInstance): void {
+export function installErrorHandlers(app: FastifyInstance, outageLog: OutageLog): void {
   app.setErrorHandler((thrown: unknown, request, reply) => {
     let apiError: ApiError | undefined;
-    // The database or blob store down: 503 naming it (logged at warn, the cause included), not a 500.
+    // The database or blob store down: 503 naming it (logged with the cause, once a minute), not a 500.
     const outage = dependencyUnavailableOf(thrown);
-    if (outage !== undefined) request.log.warn({ err: thrown }, outage.message);
+    if (outage !== undefined)
+      outageLog.log(request.log, String(outage.details?.component), thrown, outage.message);
     const error = outage ?? thrown;
     if (error instanceof ApiError) apiError = error;
     else if (error instanceof DomainError) apiError = fromDomainError(error);

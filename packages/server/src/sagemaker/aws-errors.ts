@@ -62,6 +62,7 @@ const AWS_TYPE_BY_DOMAIN_CODE: Record<DomainErrorCode, AwsErrorType> = {
   EnrollmentTokenExpired: 'AccessDeniedException',
   EnrollmentTokenUsed: 'AccessDeniedException',
   DependencyUnavailable: 'ServiceUnavailable',
+  RequestTimeout: 'ValidationException',
 };
 
 /** Any error a facade handler raised, as an AWS error; undefined for an unexpected (internal) failure. */

@@ -9,7 +9,9 @@ import type { z } from 'zod';
 import type { AccessKeyStore } from '../auth/index.js';
 import type { DeploymentService } from '../deployments/index.js';
 import type { DeviceStore } from '../devices/index.js';
+import { dependencyUnavailableOf, DomainError } from '../errors/index.js';
 import { assertActsAsItself, type HeartbeatService } from '../heartbeats/index.js';
+import type { OutageLog } from '../http/outage-log.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
 import { AwsError, toAwsError } from './aws-errors.js';
 import type { SageMakerDispatcher } from './dispatcher.js';
@@ -29,6 +31,8 @@ export interface SageMakerRoutesOptions {
   deployments: Pick<DeploymentService, 'deploymentsFor'>;
   /** The S3 object of a facade-created packaging job's package (Edge Manager's S3Url), if it has one. */
   packageS3Url: (packagingJobName: string) => Promise<string | undefined>;
+  /** Where requests failed by an outage are logged, once a minute per component (the operator app's). */
+  outageLog: OutageLog;
 }
 
 type Protocol = 'json' | 'rest-json';
@@ -92,7 +96,16 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
     const protocol: Protocol = request.url.split('?')[0] === '/' ? 'json' : 'rest-json';
     const aws = toAwsError(error);
     // An outage (database, blob store): the answer names only the component; the cause goes to the log.
-    if (aws?.type === 'ServiceUnavailable') request.log.warn({ err: error }, aws.message);
+    if (aws?.type === 'ServiceUnavailable') {
+      const details = (dependencyUnavailableOf(error) ?? (error instanceof DomainError ? error : undefined))
+        ?.details;
+      options.outageLog.log(
+        request.log,
+        String(details?.component ?? details?.outputLocation ?? 'unknown'),
+        error,
+        aws.message,
+      );
+    }
     if (aws !== undefined) return sendAwsError(reply, protocol, aws);
     const status = (error as FastifyError).statusCode;
     if (status === 413) {

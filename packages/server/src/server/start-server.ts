@@ -47,6 +47,7 @@ import {
   startRetentionSweeper,
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
+import { OutageLog } from '../http/outage-log.js';
 import { listenerRequestTimeoutMs } from '../http/request-deadline.js';
 import {
   bindDeviceCa,
@@ -352,7 +353,8 @@ export async function startServer(
     background.push({ stop: () => compilationJobs.settle() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const deployments = new DeploymentService(database.db, { packagingJobs, models });
-    // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with.
+    // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
+    // client per check, closed after it: nothing is kept per bucket a client names).
     const fleetOutputCheck = new FleetOutputs(
       blobs,
       config.blobLocation.kind === 's3' ? s3ConnectionOf(config) : undefined,
@@ -374,7 +376,12 @@ export async function startServer(
         }),
       ),
       compilationJobs,
-      fleets: new FleetStore(database.db, Date.now, (location) => fleetOutputCheck.check(location)),
+      fleets: new FleetStore(database.db, Date.now, async (location) => {
+        const answer = await fleetOutputCheck.check(location);
+        if (answer.warning !== undefined)
+          logger.warn({ event: 'fleet_output_unchecked', outputLocation: location }, answer.warning);
+        return answer;
+      }),
       devices: new DeviceStore(database.db, {
         offlineAfterMs,
         onDeregister: stopDeregisteredDeviceTargets,
@@ -435,8 +442,11 @@ export async function startServer(
     let deviceEndpoint = config.deviceEndpoint ?? '';
     const endpoint = () => deviceEndpoint;
 
+    // One for both listeners and the facade: an outage is logged once a minute, not per listener.
+    const outageLog = new OutageLog();
     const operatorApp = await buildApp({
       logger: logger.child({ api: 'operator' }),
+      outageLog,
       authenticators: {
         ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
         'enrollment-token': enrollmentTokenAuthenticator,
@@ -484,6 +494,7 @@ export async function startServer(
     await operatorApp.register(accessKeyRoutes, { accessKeys: services.accessKeys });
     // The SageMaker facade: one operation module per capability.
     await operatorApp.register(sageMakerRoutes, {
+      outageLog,
       dispatcher: new SageMakerDispatcher(
         [
           fleetOperations({ db: database.db, fleets: services.fleets, offlineAfterMs }),
@@ -544,6 +555,7 @@ export async function startServer(
 
     const deviceApp = await buildApp({
       logger: logger.child({ api: 'device' }),
+      outageLog,
       authenticators: {
         device: deviceAuthenticator(services.identity),
         'enrollment-token': enrollmentTokenAuthenticator,

@@ -357,7 +357,7 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
       },
     });
     expect(viaJson.body.message).toMatch(
-      /^fleet plant's output location s3:\/\/plant-output\/edge cannot be written now: bucket plant-output does not exist \(404\).*keep the capture and send it again later/,
+      /^fleet plant's output location s3:\/\/plant-output\/edge cannot be written now: its bucket does not exist \(missing-bucket\); keep the capture and send it again later/,
     );
     // The raw form, as the agent sends it: the 503's Retry-After makes the agent hold the capture and wait.
     const raw = await uploadRawFile(t.server.deviceUrl, cam1.tls, key, manifest('g-1'), 'application/jsonl');
