@@ -20,6 +20,7 @@ import {
   type ByteRange,
   type PutBlobOptions,
 } from './blob-store.js';
+import { NETWORK_ERROR_CODES } from '../errors/network-error-codes.js';
 
 export interface S3BlobStoreOptions {
   bucket: string;
@@ -66,17 +67,6 @@ function isMissing(error: unknown): boolean {
   if (name === 'NoSuchBucket') return false;
   return name === 'NoSuchKey' || name === 'NotFound' || statusOf(error) === 404;
 }
-
-const NETWORK_ERROR_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EPIPE',
-]);
 
 /** The HTTP statuses of an S3 endpoint that is down or overloaded for now. */
 const OUTAGE_STATUSES = new Set([500, 502, 503, 504]);
