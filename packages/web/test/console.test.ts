@@ -626,9 +626,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       expect((await api('DELETE', `/api/v1/tokens/${created.id}`, plane.adminToken)).status).toBe(204);
       // The next request of the open console finds the session gone: a page change, or the live updates, which may
       // get there first (the Devices link is then gone already, so the change is made by URL, not by a click).
-      await page.evaluate(() => {
-        window.location.hash = '#/devices';
-      });
+      await page.evaluate("window.location.hash = '#/devices'");
       await page.getByRole('button', { name: 'Sign in' }).waitFor();
       expect(await page.getByTestId('session-ended').textContent()).toBe(
         'the console session ended: its API token "ops2" was revoked; sign in with another token',

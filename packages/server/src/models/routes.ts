@@ -123,13 +123,23 @@ export const modelRoutes: FastifyPluginAsync<{
           },
         );
       }
-      const version = await models.upload({
-        name: params.model,
-        version: params.version,
-        kind,
-        body: request.body as Readable,
-        ...(query.description !== undefined ? { description: query.description } : {}),
-      });
+      const body = request.body as Readable;
+      let version;
+      try {
+        version = await models.upload({
+          name: params.model,
+          version: params.version,
+          kind,
+          body,
+          ...(query.description !== undefined ? { description: query.description } : {}),
+        });
+      } catch (error) {
+        // Refused before the body was read (the version exists): an answer sent now closes the connection under
+        // a client still sending, which then sees EPIPE instead of the answer. This peer is an admin, and the
+        // body is within the limit and the route's deadline: read the rest, then answer.
+        if (!request.raw.complete && declared <= maxUploadBytes) await drain(body);
+        throw error;
+      }
       return {
         ...modelVersionView(version),
         ...(version.warning !== undefined && { warning: version.warning }),
@@ -213,3 +223,15 @@ export const modelRoutes: FastifyPluginAsync<{
     },
   });
 };
+
+/** Reads a request body to its end (or its failure), keeping nothing. */
+function drain(body: Readable): Promise<void> {
+  if (body.destroyed || body.readableEnded) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    body
+      .once('end', resolve)
+      .once('error', () => resolve())
+      .once('close', resolve);
+    body.resume();
+  });
+}
