@@ -105,22 +105,29 @@ export async function startControlPlane(
 ): Promise<ControlPlane> {
   requireBuilt(SERVER_MAIN);
   const dataDir = await mkdtemp(join(tmpdir(), 'ef-cp-'));
-  const [operatorPort, devicePort] = [await freePort(), await freePort()];
-  const operatorUrl = `http://127.0.0.1:${operatorPort}`;
-  const deviceEndpoint = `https://127.0.0.1:${devicePort}`;
   const configFile = join(dataDir, 'server.json');
-  await writeFile(
-    configFile,
-    JSON.stringify({
-      dataDir,
-      listen: `127.0.0.1:${operatorPort}`,
-      deviceListen: `127.0.0.1:${devicePort}`,
-      deviceEndpoint,
-      logLevel: 'info',
-      heartbeat: { intervalSeconds: options.heartbeatIntervalSeconds ?? 30 },
-      ...options.config,
-    }),
-  );
+  /** Picks two free ports and writes the config with them (again, when another process took one meanwhile). */
+  const choosePorts = async () => {
+    const [operatorPort, devicePort] = [await freePort(), await freePort()];
+    const ports = {
+      operatorUrl: `http://127.0.0.1:${operatorPort}`,
+      deviceEndpoint: `https://127.0.0.1:${devicePort}`,
+    };
+    await writeFile(
+      configFile,
+      JSON.stringify({
+        dataDir,
+        listen: `127.0.0.1:${operatorPort}`,
+        deviceListen: `127.0.0.1:${devicePort}`,
+        deviceEndpoint: ports.deviceEndpoint,
+        logLevel: 'info',
+        heartbeat: { intervalSeconds: options.heartbeatIntervalSeconds ?? 30 },
+        ...options.config,
+      }),
+    );
+    return ports;
+  };
+  const { operatorUrl, deviceEndpoint } = await choosePorts();
   const init = await run(['init', '--config', configFile]);
   if (init.code !== 0) {
     await rm(dataDir, { recursive: true, force: true });
@@ -164,7 +171,16 @@ export async function startControlPlane(
     },
   };
   try {
-    await plane.start();
+    // A free port can be taken by a parallel test between freePort and the server's listen: choose again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await plane.start();
+        break;
+      } catch (error) {
+        if (attempt >= 3 || !String((error as Error).message).includes('EADDRINUSE')) throw error;
+        Object.assign(plane, await choosePorts());
+      }
+    }
   } catch (error) {
     await rm(dataDir, { recursive: true, force: true }); // the caller gets no plane to remove
     throw error;
