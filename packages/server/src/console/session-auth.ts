@@ -35,20 +35,20 @@ export function consoleSessionAuthenticator(
   return async (request) => {
     const sessionId = sessionIdOf(request);
     if (sessionId === undefined) return undefined;
-    const session = await sessions.find(sessionId);
-    if (session === undefined) {
-      const ended = await sessions.whyEnded(sessionId);
+    const found = await sessions.lookup(sessionId);
+    if (!('live' in found)) {
       // details.sessionEnded lets the console say why it shows the sign-in page again.
       throw new DomainError(
         'Unauthenticated',
-        ended.reason === 'revoked'
-          ? `the console session ended: its API token "${ended.tokenName}" was revoked; sign in with another token`
-          : ended.reason === 'expired'
+        found.ended === 'revoked'
+          ? `the console session ended: its API token "${found.tokenName}" was revoked; sign in with another token`
+          : found.ended === 'expired'
             ? 'the console session expired (console.sessionTtlSeconds); sign in again'
             : 'the console session was signed out or is unknown; sign in again',
-        { sessionEnded: ended.reason },
+        { sessionEnded: found.ended },
       );
     }
+    const session = found.live;
     if (!SAFE_METHODS.has(request.method)) {
       const presented = request.headers[CSRF_HEADER];
       if (typeof presented !== 'string' || !csrfTokenMatches(presented, session.csrfToken)) {

@@ -17,6 +17,10 @@ export interface ActiveSession {
   expiresAt: number;
 }
 
+/** A cookie's session: live, or why it is not. */
+export type SessionLookup =
+  { live: ActiveSession } | { ended: 'revoked'; tokenName: string } | { ended: 'expired' | 'unknown' };
+
 /**
  * Console sign-ins, stored in the database so that any replica recognises a cookie another one issued. A
  * session is only as good as the API token it was opened with: revoking the token ends its sessions.
@@ -52,8 +56,11 @@ export class ConsoleSessionStore {
     return { sessionId, csrfToken, identity, expiresAt };
   }
 
-  /** The live session behind a cookie value, or undefined if it is unknown, expired or its token revoked. */
-  async find(sessionId: string): Promise<ActiveSession | undefined> {
+  /**
+   * The session behind a cookie value, in one read: live, or why not (its API token was revoked, named; it
+   * expired; or it is unknown: signed out, or never was), for the message that sends a browser back to sign-in.
+   */
+  async lookup(sessionId: string): Promise<SessionLookup> {
     const row = await this.db
       .selectFrom('console_sessions')
       .innerJoin('api_tokens', 'api_tokens.id', 'console_sessions.token_id')
@@ -61,41 +68,29 @@ export class ConsoleSessionStore {
         'api_tokens.id as tokenId',
         'api_tokens.name as name',
         'api_tokens.scope as scope',
+        'api_tokens.revoked_at as revokedAt',
         'console_sessions.csrf_token as csrfToken',
         'console_sessions.expires_at as expiresAt',
       ])
       .where('console_sessions.id_hash', '=', hashSecret(sessionId))
-      .where('console_sessions.expires_at', '>', this.now())
-      .where('api_tokens.revoked_at', 'is', null)
       .executeTakeFirst();
-    if (row === undefined) return undefined;
+    if (row === undefined) return { ended: 'unknown' };
+    if (row.revokedAt !== null) return { ended: 'revoked', tokenName: row.name };
+    const expiresAt = Number(row.expiresAt);
+    if (expiresAt <= this.now()) return { ended: 'expired' };
     return {
-      identity: { tokenId: row.tokenId, name: row.name, scope: tokenScopeSchema.parse(row.scope) },
-      csrfToken: row.csrfToken,
-      expiresAt: Number(row.expiresAt),
+      live: {
+        identity: { tokenId: row.tokenId, name: row.name, scope: tokenScopeSchema.parse(row.scope) },
+        csrfToken: row.csrfToken,
+        expiresAt,
+      },
     };
   }
 
-  /**
-   * Why a cookie's session is not live, for the message that sends its browser back to sign-in: its API token
-   * was revoked (named), it expired, or it is unknown (signed out, or never was).
-   */
-  async whyEnded(
-    sessionId: string,
-  ): Promise<{ reason: 'revoked'; tokenName: string } | { reason: 'expired' | 'unknown' }> {
-    const row = await this.db
-      .selectFrom('console_sessions')
-      .innerJoin('api_tokens', 'api_tokens.id', 'console_sessions.token_id')
-      .select([
-        'api_tokens.name as name',
-        'api_tokens.revoked_at as revokedAt',
-        'console_sessions.expires_at as expiresAt',
-      ])
-      .where('console_sessions.id_hash', '=', hashSecret(sessionId))
-      .executeTakeFirst();
-    if (row === undefined) return { reason: 'unknown' };
-    if (row.revokedAt !== null) return { reason: 'revoked', tokenName: row.name };
-    return { reason: 'expired' };
+  /** The live session behind a cookie value, or undefined if it is unknown, expired or its token revoked. */
+  async find(sessionId: string): Promise<ActiveSession | undefined> {
+    const found = await this.lookup(sessionId);
+    return 'live' in found ? found.live : undefined;
   }
 
   async close(sessionId: string): Promise<void> {
