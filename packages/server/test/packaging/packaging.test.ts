@@ -1,6 +1,7 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { request as httpRequest } from 'node:http';
 import { Readable } from 'node:stream';
 import {
   createModelPackage,
@@ -126,6 +127,31 @@ describe.each(setups)('models and packaging on $name', ({ fixture, blob }) => {
     async () => {
       const bytes = await readFile(onnx.tiny);
       expect(await upload('tiny', '1.0', bytes)).toMatchObject({ status: 409, body: { code: 'Conflict' } });
+      // A duplicate whose body is still coming: the store refuses before reading it; the rest is read (an
+      // admin's, within the limit) before the 409, so the answer keeps the connection instead of cutting it
+      // under a client still sending (which then saw EPIPE, not the answer). The second part is held back until
+      // after the first is sent, so the body cannot be complete when a refusal that did not wait is written.
+      const answer = await new Promise<{ status: number; connection: string | undefined }>(
+        (resolve, reject) => {
+          const request = httpRequest(`${t.url}/api/v1/models/tiny/versions/1.0`, {
+            method: 'POST',
+            headers: {
+              authorization: `Bearer ${t.adminToken}`,
+              'content-type': 'application/octet-stream',
+              'content-length': String(48 * 1024),
+            },
+          });
+          request.on('error', reject);
+          request.on('response', (response) => {
+            response.resume();
+            resolve({ status: response.statusCode ?? 0, connection: response.headers.connection });
+          });
+          request.write(Buffer.alloc(16 * 1024, 1), () =>
+            setTimeout(() => request.end(Buffer.alloc(32 * 1024, 1)), 300),
+          );
+        },
+      );
+      expect(answer).toEqual({ status: 409, connection: 'keep-alive' });
       const junk = await upload('junk', '1', Buffer.from('not a model'));
       expect(junk).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
       // The message is about the upload, never the server's scratch file.
