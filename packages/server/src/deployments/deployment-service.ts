@@ -1,7 +1,7 @@
 import type { GetDeploymentsResult } from '@edgefleet/core';
 import type { Kysely, Transaction } from 'kysely';
 import { z } from 'zod';
-import { selectableDevices } from '../devices/index.js';
+import { recordDeploymentResult, selectableDevices } from '../devices/index.js';
 import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
 import { tagListSchema, type Tag } from '../fields/index.js';
 import type { ModelStore } from '../models/index.js';
@@ -571,6 +571,20 @@ export class DeploymentService implements DevicePackageAccess {
   async recordResults(reports: ReportedResult[]): Promise<void> {
     await this.db.transaction().execute(async (trx) => {
       const stages = await applyResults(trx, reports);
+      const at = this.now();
+      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at);
+    });
+  }
+
+  /**
+   * A DeploymentResult a device sent on its own call (POST /api/v1/device/deployments/result): kept as the
+   * device's last result, as a heartbeat carrying it would keep it, and applied to its deployment, in one
+   * transaction. A heartbeat repeating it later is no news (the target row's digest).
+   */
+  async recordDeviceResult(report: ReportedResult): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await recordDeploymentResult(trx, report, report.result, report.receivedAt);
+      const stages = await applyResults(trx, [report]);
       const at = this.now();
       for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at);
     });

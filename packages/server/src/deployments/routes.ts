@@ -278,6 +278,10 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{
     auth: 'device',
     tag: 'device',
     summary: 'Report a DeploymentResult now, without waiting for the next heartbeat',
+    description:
+      "Kept as the device's last DeploymentResult (shown by the device read APIs and the console at once, as " +
+      'one a heartbeat carries) and applied to its deployment; a heartbeat without one keeps it, and a ' +
+      'heartbeat repeating it changes nothing.',
     // Its reasons per model make a legal result larger than the device port's default body limit.
     bodyLimit: resultBodyLimit,
     body: deploymentResultRequestSchema,
@@ -285,14 +289,12 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{
     handler: async ({ body, request }) => {
       const device = requireDevice(request);
       assertActsAsItself(device, body);
-      await deployments.recordResults([
-        {
-          deviceName: device.deviceName,
-          fleetName: device.fleetName,
-          result: body.DeploymentResult,
-          receivedAt: Date.now(),
-        },
-      ]);
+      await deployments.recordDeviceResult({
+        deviceName: device.deviceName,
+        fleetName: device.fleetName,
+        result: body.DeploymentResult,
+        receivedAt: Date.now(),
+      });
       return {};
     },
   });

@@ -123,6 +123,26 @@ export async function recordHeartbeatStates(
   }
 }
 
+/**
+ * Records a DeploymentResult a device reported on its own call (not in a heartbeat) as its last one, as a
+ * heartbeat carrying it would, in the caller's transaction. It bumps updated_at, which the console's change
+ * feed watches, so a device page shows the result at once; it leaves last_heartbeat_at alone (the call is
+ * not a heartbeat). The row is matched by name and fleet: the reporting device's authenticated identity.
+ */
+export async function recordDeploymentResult(
+  db: Executor,
+  device: { deviceName: string; fleetName: string },
+  result: unknown,
+  at: number,
+): Promise<void> {
+  await db
+    .updateTable('devices')
+    .set({ deployment_result: JSON.stringify(result), updated_at: at })
+    .where('name', '=', device.deviceName)
+    .where('fleet_name', '=', device.fleetName)
+    .execute();
+}
+
 /** A device as deployment selection sees it: name, tags, when it registered and when it was last heard from. */
 export interface SelectableDevice {
   name: string;

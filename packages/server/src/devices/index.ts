@@ -29,6 +29,7 @@ export {
   deviceFleet,
   fleetDeviceStats,
   lockDevice,
+  recordDeploymentResult,
   recordHeartbeatStates,
   selectableDevices,
   type DeviceHeartbeatState,
