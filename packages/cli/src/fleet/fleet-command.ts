@@ -45,6 +45,7 @@ export function describeReport(report: FleetReport): string[] {
         `${connectedDeviceCount} connected of ${registeredDeviceCount} registered` +
           (neverSeenDeviceCount ? ` (${neverSeenDeviceCount} never seen)` : ''),
       ],
+      ['output', report.outputOutage?.message ?? report.outputConfig.s3OutputLocation],
     ]),
     '',
     report.agentVersions.length === 0

@@ -111,6 +111,8 @@ export const fleetReportSchema = z.looseObject({
   description: z.string().optional(),
   outputConfig: z.looseObject({ s3OutputLocation: z.string() }),
   reportGenerated: isoTime,
+  /** Capture uploads to the fleet's output fail now; older servers leave it out. */
+  outputOutage: z.looseObject({ message: z.string() }).optional(),
   deviceStats: z.looseObject({
     connectedDeviceCount: z.number(),
     registeredDeviceCount: z.number(),

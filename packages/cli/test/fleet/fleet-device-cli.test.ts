@@ -61,7 +61,10 @@ describe('edgefleet fleet', () => {
       agentVersions: [],
       modelStats: [],
     });
-    expect((await ef('fleet', 'report', 'vision')).stdout).toMatch(/devices\s+0 connected of 0 registered/);
+    const reportText = (await ef('fleet', 'report', 'vision')).stdout;
+    expect(reportText).toMatch(/devices\s+0 connected of 0 registered/);
+    // No outage of the output location: the location alone.
+    expect(reportText).toMatch(/\noutput\s+s3:\/\/captures\/vision\n/);
 
     await json('device', 'register', 'vision', 'cam-1');
     const refused = await ef('fleet', 'delete', 'vision');

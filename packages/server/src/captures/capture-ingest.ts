@@ -8,6 +8,7 @@ import {
   type BlobStoreProblem,
 } from '../blobs/index.js';
 import { DomainError } from '../errors/index.js';
+import { clearOutputOutage, markOutputOutage } from '../fleets/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import type { FleetOutputs } from './fleet-output.js';
 
@@ -54,6 +55,8 @@ interface OutputTarget {
   store: BlobStore;
   storedKey: string;
   location: string;
+  /** The outage the fleet's row records now (its problem), read with the location; null: none. */
+  outageProblem: string | null;
 }
 
 /** Where CaptureIngest reports a fleet output that stopped or started working again (the server's logger). */
@@ -69,6 +72,16 @@ const DEVICE_PROBLEM_TEXT: Record<BlobStoreProblem, string> = {
   credentials: 'the server has no S3 credentials',
   unreachable: 'its object store is not answering',
 };
+
+/**
+ * An outage's reason as the fleet report shows it: the store's own reason with the S3 endpoint (the server's
+ * s3.endpoint, which may be an internal host or carry credentials in its URL) replaced by the setting's name.
+ * The reason names no credential: S3 errors carry none, and its hints name settings, never their values.
+ */
+export function operatorReasonOf(error: BlobStoreUnavailableError): string {
+  if (error.endpoint === '') return error.reason;
+  return error.reason.split(error.endpoint).join("the server's S3 endpoint (s3.endpoint)");
+}
 
 const isManifest = (key: string) => key.endsWith('.jsonl');
 const recordFormatOf = (key: string) =>
@@ -133,8 +146,24 @@ export class CaptureIngest {
    * sends it again later. The reason (it names the S3 endpoint, an internal host) goes only to the log. The first such failure of a location is logged; the next ones are not, until a write
    * there succeeds again.
    */
-  #unavailable(error: unknown, fleet: string, location: string): DomainError | undefined {
+  async #unavailable(
+    error: unknown,
+    fleet: string,
+    { location, outageProblem }: OutputTarget,
+  ): Promise<DomainError | undefined> {
     if (!(error instanceof BlobStoreUnavailableError)) return undefined;
+    // The operator sees it in the fleet report and console: written when the state changes, not per upload.
+    if (outageProblem !== error.problem)
+      await markOutputOutage(this.#db, fleet, location, {
+        problem: error.problem,
+        reason: operatorReasonOf(error),
+        at: this.#now(),
+      }).catch((failure: unknown) =>
+        this.#log?.warn(
+          { event: 'fleet_output_outage_not_recorded', fleet, err: failure },
+          `could not record the outage of fleet ${fleet}'s output in the database`,
+        ),
+      );
     if (!this.#failing.has(location)) {
       this.#failing.add(location);
       this.#log?.warn(
@@ -155,7 +184,15 @@ export class CaptureIngest {
     );
   }
 
-  #written(fleet: string, location: string): void {
+  async #written(fleet: string, { location, outageProblem }: OutputTarget): Promise<void> {
+    // The upload has landed: a failure to clear the mark must not fail it (the next upload clears it).
+    if (outageProblem !== null)
+      await clearOutputOutage(this.#db, fleet, location).catch((failure: unknown) =>
+        this.#log?.warn(
+          { event: 'fleet_output_outage_not_cleared', fleet, err: failure },
+          `could not clear the recorded outage of fleet ${fleet}'s output in the database`,
+        ),
+      );
     if (this.#failing.delete(location))
       this.#log?.info(
         { event: 'fleet_output_available', fleet, outputLocation: location },
@@ -174,8 +211,9 @@ export class CaptureIngest {
   async #storeWhole(
     device: { deviceName: string; fleetName: string },
     file: CaptureFile,
-    { store, storedKey, location }: OutputTarget,
+    target: OutputTarget,
   ): Promise<StoredCaptureFile> {
+    const { store, storedKey } = target;
     let body = file.body;
     let records: string[] = [];
     let duplicates = 0;
@@ -207,9 +245,11 @@ export class CaptureIngest {
       // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
       // fleet's bucket fills the day's quota with bytes that never landed).
       await this.#refund(device.deviceName, day, body.length).catch(() => undefined);
-      throw conflictOf(error, file.key) ?? this.#unavailable(error, device.fleetName, location) ?? error;
+      throw (
+        conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
+      );
     }
-    this.#written(device.fleetName, location);
+    await this.#written(device.fleetName, target);
     if (records.length > 0) {
       const at = this.#now();
       for (let i = 0; i < records.length; i += CHUNK)
@@ -255,7 +295,7 @@ export class CaptureIngest {
       const body = await readExactly(file.body, file.contentLength, file.key);
       return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
     }
-    const { store, storedKey, location } = target;
+    const { store, storedKey } = target;
     const day = await this.#charge(device.deviceName, file.contentLength);
     // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
     const abort = new AbortController();
@@ -280,9 +320,11 @@ export class CaptureIngest {
           'RequestTimeout',
           `the capture file ${file.key} stopped arriving before its ${file.contentLength} bytes were in (the write to the fleet's output timed out waiting for them); send it again`,
         );
-      throw conflictOf(error, file.key) ?? this.#unavailable(error, device.fleetName, location) ?? error;
+      throw (
+        conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
+      );
     }
-    this.#written(device.fleetName, location);
+    await this.#written(device.fleetName, target);
     return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: file.contentLength };
   }
 
@@ -299,7 +341,7 @@ export class CaptureIngest {
     }
     const fleet = await this.#db
       .selectFrom('fleets')
-      .select('output_s3_location')
+      .select(['output_s3_location', 'output_outage_problem'])
       .where('name', '=', device.fleetName)
       .executeTakeFirst();
     if (fleet === undefined) throw new DomainError('NotFound', `fleet ${device.fleetName} does not exist`);
@@ -330,7 +372,12 @@ export class CaptureIngest {
         'Conflict',
         `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} overlaps the server's own blob store (s3://${reserved === '' ? '<bucket>' : `<bucket>/${reserved}`}); captures are not written there; move the output with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
       );
-    return { store: target.store, storedKey, location: fleet.output_s3_location };
+    return {
+      store: target.store,
+      storedKey,
+      location: fleet.output_s3_location,
+      outageProblem: fleet.output_outage_problem,
+    };
   }
 
   /**

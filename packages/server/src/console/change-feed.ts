@@ -25,6 +25,12 @@ export function snapshotQuery(db: Kysely<DatabaseSchema>, onlineSince: number) {
       .selectFrom('fleets')
       .select((e) => e.fn.max('updated_at').as('v'))
       .as('fleets_t'),
+    // An output outage starting or ending (captures/capture-ingest.ts) writes no updated_at: the fleet was not
+    // edited. The sum of the outages' start times changes with either; fleets are few, so reading them is cheap.
+    eb
+      .selectFrom('fleets')
+      .select((e) => e.fn.sum('output_outage_since').as('v'))
+      .as('fleets_outages'),
     // Devices: the count (which catches deletions) reads the whole table, or its smallest index, on every
     // poll; the other three are each one entry of an index (0010's devices_updated_at, 0008's
     // devices_last_seen). They are spelt as `order by … limit 1` rather than max()/min() so the plan shows
@@ -92,7 +98,7 @@ export async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: numb
   const row = await snapshotQuery(db, onlineSince).executeTakeFirstOrThrow();
   const fingerprint = (...values: unknown[]) => JSON.stringify(values);
   return {
-    fleets: fingerprint(row.fleets_n, row.fleets_t),
+    fleets: fingerprint(row.fleets_n, row.fleets_t, row.fleets_outages),
     devices: fingerprint(
       row.devices_n,
       row.devices_u,

@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import type { Kysely, Selectable, Updateable } from 'kysely';
 import { deviceCountsByFleet } from '../devices/index.js';
 import { splitS3Uri, tagListSchema, type Tag } from '../fields/index.js';
 import { conflict, DomainError, notFound } from '../errors/index.js';
@@ -10,6 +10,7 @@ import {
   type FleetsTable,
 } from '../storage/index.js';
 import type { CreateFleetInput, UpdateFleetInput } from './fleet-schemas.js';
+import type { FleetOutputOutage } from './output-outage.js';
 
 export interface FleetRecord {
   name: string;
@@ -20,11 +21,14 @@ export interface FleetRecord {
   deviceCount: number;
   createdAt: number;
   updatedAt: number;
+  /** Capture uploads cannot write to the output location now (fleets/output-outage.ts); absent: they can. */
+  outputOutage?: FleetOutputOutage;
   /** What the answer to a create or update should tell its caller (e.g. that the output bucket could not be checked). */
   warnings?: string[];
 }
 
-function toRecord(row: FleetsTable, deviceCount: number): FleetRecord {
+function toRecord(row: Selectable<FleetsTable>, deviceCount: number): FleetRecord {
+  const outage = row.output_outage_since ?? null;
   return {
     name: row.name,
     description: row.description,
@@ -38,6 +42,14 @@ function toRecord(row: FleetsTable, deviceCount: number): FleetRecord {
     deviceCount,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
+    ...(outage !== null && {
+      outputOutage: {
+        outputLocation: row.output_s3_location,
+        since: Number(outage),
+        problem: row.output_outage_problem ?? 'unreachable',
+        reason: row.output_outage_reason ?? '',
+      },
+    }),
   };
 }
 
@@ -63,7 +75,7 @@ export class FleetStore {
     if (existing !== undefined) throw conflict(`fleet ${input.name} already exists`, { fleet: input.name });
     const { warning } = await this.checkOutput(input.outputConfig.s3OutputLocation);
     const at = this.now();
-    const row: FleetsTable = {
+    const row: Selectable<FleetsTable> = {
       name: input.name,
       description: input.description ?? null,
       output_s3_location: input.outputConfig.s3OutputLocation,
@@ -72,6 +84,9 @@ export class FleetStore {
       tags: JSON.stringify(input.tags ?? []),
       created_at: at,
       updated_at: at,
+      output_outage_since: null,
+      output_outage_problem: null,
+      output_outage_reason: null,
     };
     try {
       await this.db.insertInto('fleets').values(row).execute();
@@ -108,7 +123,7 @@ export class FleetStore {
   }
 
   async update(name: string, patch: UpdateFleetInput): Promise<FleetRecord> {
-    const changes: Partial<FleetsTable> = { updated_at: this.now() };
+    const changes: Updateable<FleetsTable> = { updated_at: this.now() };
     if (patch.description !== undefined) changes.description = patch.description;
     if (patch.roleArn !== undefined) changes.role_arn = patch.roleArn;
     if (patch.tags !== undefined) changes.tags = JSON.stringify(patch.tags);
@@ -121,8 +136,13 @@ export class FleetStore {
         .executeTakeFirst();
       if (current === undefined) throw notFound(`fleet ${name}`, { fleet: name });
       // UpdateDeviceFleet always carries the output: an unchanged one needs no check (nor S3 up).
-      if (current.output_s3_location !== patch.outputConfig.s3OutputLocation)
+      if (current.output_s3_location !== patch.outputConfig.s3OutputLocation) {
         ({ warning } = await this.checkOutput(patch.outputConfig.s3OutputLocation));
+        // An outage of the old location says nothing about the new one.
+        changes.output_outage_since = null;
+        changes.output_outage_problem = null;
+        changes.output_outage_reason = null;
+      }
       changes.output_s3_location = patch.outputConfig.s3OutputLocation;
       changes.output_kms_key_id = patch.outputConfig.kmsKeyId ?? null;
     }

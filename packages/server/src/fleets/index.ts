@@ -9,3 +9,4 @@ export {
 } from './fleet-schemas.js';
 export { FleetStore, type FleetRecord } from './fleet-store.js';
 export { fleetView, fleetRoutes } from './routes.js';
+export { clearOutputOutage, markOutputOutage, type FleetOutputOutage } from './output-outage.js';

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import { fleetDeviceStats } from '../devices/index.js';
-import type { FleetStore } from '../fleets/index.js';
+import type { FleetOutputOutage, FleetStore } from '../fleets/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 export interface FleetReport {
@@ -8,6 +8,8 @@ export interface FleetReport {
   description: string | null;
   outputConfig: { s3OutputLocation: string; kmsKeyId: string | null };
   reportGenerated: number;
+  /** Capture uploads cannot write to the fleet's output now (fleets/output-outage.ts); absent: they can. */
+  outputOutage?: FleetOutputOutage;
   /** neverSeenDeviceCount is ours (SageMaker's report has only the other two): registered, never heard from. */
   deviceStats: { connectedDeviceCount: number; registeredDeviceCount: number; neverSeenDeviceCount: number };
   agentVersions: { version: string; agentCount: number }[];
@@ -45,6 +47,7 @@ export async function fleetReport(
       kmsKeyId: fleet.outputConfig.kmsKeyId,
     },
     reportGenerated: now,
+    ...(fleet.outputOutage !== undefined && { outputOutage: fleet.outputOutage }),
     deviceStats: {
       connectedDeviceCount: stats.connected,
       registeredDeviceCount: stats.registered,

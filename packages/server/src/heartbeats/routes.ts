@@ -10,7 +10,7 @@ import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import type { DeviceStore } from '../devices/index.js';
 import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
-import type { FleetStore } from '../fleets/index.js';
+import type { FleetOutputOutage, FleetStore } from '../fleets/index.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
@@ -63,6 +63,25 @@ const fleetReportSchema = z.object({
   description: z.string().optional(),
   outputConfig: z.object({ s3OutputLocation: z.string(), kmsKeyId: z.string().optional() }),
   reportGenerated: z.iso.datetime(),
+  outputOutage: z
+    .object({
+      outputLocation: z.string(),
+      since: z.iso.datetime().describe('When the first upload of this outage failed'),
+      problem: z
+        .enum(['missing-bucket', 'forbidden', 'credentials', 'unreachable'])
+        .describe(
+          "missing-bucket, forbidden and credentials are the operator's to fix; unreachable may pass",
+        ),
+      reason: z
+        .string()
+        .describe('What is wrong and what would fix it (never the S3 endpoint or credentials)'),
+      message: z.string().describe('The whole of it in one sentence, as the CLI and console show it'),
+    })
+    .optional()
+    .describe(
+      "Capture uploads to the fleet's output location fail (answered 503: devices keep their captures and " +
+        'retry); absent while they land. Cleared by the next upload that lands, or a new output location.',
+    ),
   deviceStats: z.object({
     connectedDeviceCount: z.int(),
     registeredDeviceCount: z.int(),
@@ -93,6 +112,28 @@ const metricsQuerySchema = z.object({
   modelName: z.string().min(1).max(255).optional(),
 });
 
+const OUTAGE_PROBLEM_TEXT: Record<z.infer<typeof outageProblemSchema>, string> = {
+  'missing-bucket': 'missing bucket',
+  forbidden: 'access refused',
+  credentials: 'no credentials',
+  unreachable: 'unreachable',
+};
+const outageProblemSchema = fleetReportSchema.shape.outputOutage.unwrap().shape.problem;
+
+function outageView(outage: FleetOutputOutage) {
+  const problem = outageProblemSchema.catch('unreachable').parse(outage.problem);
+  const since = iso(outage.since);
+  return {
+    outputLocation: outage.outputLocation,
+    since,
+    problem,
+    reason: outage.reason,
+    message:
+      `output location ${outage.outputLocation} ${OUTAGE_PROBLEM_TEXT[problem]} since ${since}: ${outage.reason}` +
+      '; devices keep their captures and retry',
+  };
+}
+
 /** Operator routes: the fleet report and device metric series. */
 export const heartbeatOperatorRoutes: FastifyPluginAsync<{
   db: Kysely<DatabaseSchema>;
@@ -122,6 +163,7 @@ export const heartbeatOperatorRoutes: FastifyPluginAsync<{
           ...(report.outputConfig.kmsKeyId !== null ? { kmsKeyId: report.outputConfig.kmsKeyId } : {}),
         },
         reportGenerated: iso(report.reportGenerated),
+        ...(report.outputOutage !== undefined && { outputOutage: outageView(report.outputOutage) }),
         deviceStats: report.deviceStats,
         agentVersions: report.agentVersions,
         modelStats: report.modelStats,

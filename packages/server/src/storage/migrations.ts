@@ -441,6 +441,17 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // A fleet's output location that capture uploads found unusable (fleets/output-outage.ts): shown in the fleet
+  // report and the console, written only when the state changes (not per upload), cleared by the next upload
+  // that lands or by a new output location.
+  '0014_fleet_output_outage': {
+    async up(db: Kysely<any>): Promise<void> {
+      // One column per statement: SQLite's ALTER TABLE adds one at a time.
+      await db.schema.alterTable('fleets').addColumn('output_outage_since', 'bigint').execute();
+      await db.schema.alterTable('fleets').addColumn('output_outage_problem', 'text').execute();
+      await db.schema.alterTable('fleets').addColumn('output_outage_reason', 'text').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -2,6 +2,10 @@
  * Row types of every table, as Kysely sees them. Times are epoch milliseconds (bigint columns, parsed
  * to numbers on both engines); JSON documents are stored as text.
  */
+import type { ColumnType } from 'kysely';
+
+/** A column added after its table: null unless set, and optional in an INSERT (rows written before it). */
+type Nullable<T> = ColumnType<T | null, T | null | undefined, T | null>;
 
 export interface ServerSettingsTable {
   key: string;
@@ -68,6 +72,11 @@ export interface FleetsTable {
   tags: string;
   created_at: number;
   updated_at: number;
+  /** Since when capture uploads find the output location unusable (null: they do not); 0014. */
+  output_outage_since: Nullable<number>;
+  /** Why (a BlobStoreProblem) and what to do, without the S3 endpoint or credentials. */
+  output_outage_problem: Nullable<string>;
+  output_outage_reason: Nullable<string>;
 }
 
 export interface DevicesTable {

@@ -2,13 +2,21 @@ import { randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { CreateBucketCommand, DeleteBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import {
+  CreateBucketCommand,
+  DeleteBucketCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  S3Client,
+} from '@aws-sdk/client-s3';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { rawQueryOf, startRawUpload, uploadRawFile } from '../../../../test/support/raw-upload.js';
 import { databaseEngines } from '../support/engines.js';
 import { FLEET_OUTPUT_SPARE_SOCKETS } from '../../src/captures/fleet-output.js';
+import { readSnapshot } from '../../src/console/change-feed.js';
 import { captureUsageOf } from '../support/capture-usage.js';
 import { startTestS3, type TestS3 } from '../support/s3.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
@@ -384,6 +392,68 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
     );
     expect(delivered).toMatchObject({ status: 200, body: { records: 1 } });
     expect(logLines.filter((line) => JSON.parse(line).event === 'fleet_output_available')).toHaveLength(1);
+  });
+
+  it('shows the outage in the fleet report (and to the console) until an upload lands, without the endpoint or credentials', async () => {
+    const report = async () =>
+      (await t.call('GET', '/api/v1/fleets/plant/report', { token: t.readToken })).body as {
+        outputOutage?: { since: string; problem: string; reason: string; message: string };
+      };
+    const fleetsFingerprint = async () => (await readSnapshot(t.server.database.db, 0)).fleets;
+    const deleteBucket = async () => {
+      const listed = await client.send(new ListObjectsV2Command({ Bucket: 'plant-output' }));
+      for (const { Key } of listed.Contents ?? [])
+        await client.send(new DeleteObjectCommand({ Bucket: 'plant-output', Key }));
+      await client.send(new DeleteBucketCommand({ Bucket: 'plant-output' }));
+    };
+    expect((await report()).outputOutage).toBeUndefined();
+    const before = await fleetsFingerprint();
+
+    await deleteBucket();
+    const key = `edge/plant/${HOUR}/outage.jsonl`;
+    const upload = () =>
+      uploadRawFile(t.server.deviceUrl, cam1.tls, key, manifest('o-1'), 'application/jsonl');
+    expect((await upload()).status).toBe(503);
+    const outage = (await report()).outputOutage;
+    expect(outage).toMatchObject({
+      outputLocation: 's3://plant-output/edge',
+      problem: 'missing-bucket',
+      reason: 'bucket plant-output does not exist (404); create it, or name an existing bucket',
+    });
+    expect(outage!.message).toBe(
+      `output location s3://plant-output/edge missing bucket since ${outage!.since}: bucket plant-output does not ` +
+        'exist (404); create it, or name an existing bucket; devices keep their captures and retry',
+    );
+    const shown = JSON.stringify(await report());
+    for (const secret of [
+      s3.endpoint,
+      '127.0.0.1',
+      s3.credentials.accessKeyId,
+      s3.credentials.secretAccessKey,
+    ])
+      expect(shown).not.toContain(secret);
+    const during = await fleetsFingerprint();
+    expect(during).not.toBe(before);
+    // Another failure is the same outage: its start stays, and the console sees no change.
+    expect((await upload()).status).toBe(503);
+    expect((await report()).outputOutage?.since).toBe(outage!.since);
+    expect(await fleetsFingerprint()).toBe(during);
+
+    await client.send(new CreateBucketCommand({ Bucket: 'plant-output' }));
+    expect((await upload()).status).toBe(200);
+    expect((await report()).outputOutage).toBeUndefined();
+    expect(await fleetsFingerprint()).not.toBe(during);
+
+    // An outage ends with the location it was of: the fleet moved elsewhere has none.
+    await deleteBucket();
+    expect((await upload()).status).toBe(503);
+    expect((await report()).outputOutage?.problem).toBe('missing-bucket');
+    const moved = await t.call('PATCH', '/api/v1/fleets/plant', {
+      token: t.adminToken,
+      body: { outputConfig: { s3OutputLocation: `s3://${s3.bucket}/plant` } },
+    });
+    expect(moved.status).toBe(200);
+    expect((await report()).outputOutage).toBeUndefined();
   });
 });
 

@@ -93,6 +93,11 @@ export function OverviewPage() {
                     {report.fleetName}
                   </a>
                   {report.description ? <div class="muted">{report.description}</div> : null}
+                  {report.outputOutage ? (
+                    <div class="warning" role="alert" data-testid="fleet-output-outage">
+                      {report.outputOutage.message}
+                    </div>
+                  ) : null}
                 </td>
                 <td>{report.deviceStats.registeredDeviceCount}</td>
                 <td data-testid="fleet-online">{report.deviceStats.connectedDeviceCount}</td>

@@ -1,0 +1,62 @@
+/**
+ * A fleet's output location that capture uploads cannot use (its bucket gone, access refused, S3 not
+ * answering): kept on the fleet's row so that every replica's fleet report and console show it, not only the
+ * log of the replica that saw it. Written on a change of state only (the first failure, a different problem,
+ * the first upload that lands again), never per upload: the upload path reads the state with the fleet's
+ * output location, which it reads anyway.
+ */
+import type { Kysely } from 'kysely';
+import type { DatabaseSchema } from '../storage/index.js';
+
+/** What the fleet report says of an output that cannot be used; absent while uploads land. */
+export interface FleetOutputOutage {
+  /** The output location the failing uploads were written to (the fleet's current one). */
+  outputLocation: string;
+  /** Epoch ms of the first failed upload of this outage. */
+  since: number;
+  /** The BlobStoreProblem: missing-bucket, forbidden, credentials, unreachable. */
+  problem: string;
+  /** What is wrong and what would fix it; never the S3 endpoint or credentials. */
+  reason: string;
+}
+
+/** Longest reason kept: an S3 error's name and code, not a document. */
+const MAX_REASON_CHARS = 500;
+
+/**
+ * Marks the fleet's output `location` unusable for `problem`, keeping the time of an outage already marked (a
+ * new problem replaces the reason only). Does nothing when the fleet's output is no longer `location` (an
+ * operator moved it while the upload ran).
+ */
+export async function markOutputOutage(
+  db: Kysely<DatabaseSchema>,
+  fleet: string,
+  location: string,
+  outage: { problem: string; reason: string; at: number },
+): Promise<void> {
+  await db
+    .updateTable('fleets')
+    .set((eb) => ({
+      output_outage_since: eb.fn.coalesce('output_outage_since', eb.val(outage.at)),
+      output_outage_problem: outage.problem,
+      output_outage_reason: outage.reason.slice(0, MAX_REASON_CHARS),
+    }))
+    .where('name', '=', fleet)
+    .where('output_s3_location', '=', location)
+    .execute();
+}
+
+/** Clears an outage of the fleet's output `location`: an upload there landed. */
+export async function clearOutputOutage(
+  db: Kysely<DatabaseSchema>,
+  fleet: string,
+  location: string,
+): Promise<void> {
+  await db
+    .updateTable('fleets')
+    .set({ output_outage_since: null, output_outage_problem: null, output_outage_reason: null })
+    .where('name', '=', fleet)
+    .where('output_s3_location', '=', location)
+    .where('output_outage_since', 'is not', null)
+    .execute();
+}
