@@ -110,7 +110,8 @@ export class FleetOutputs {
    * Checks a fleet's new output location with the server's own S3 connection (HeadBucket on the fleet's bucket),
    * before a fleet takes it. Only a bucket that does not exist is refused (400 ValidationError). A 403 is accepted
    * and answered with a warning: HeadBucket needs s3:ListBucket while writing captures needs only s3:PutObject, so
-   * a least-privilege policy refuses the check and still lets captures through. An endpoint that does not answer
+   * a least-privilege policy refuses the check and still lets captures through. A server without S3 credentials
+   * is a 400 naming the settings (its configuration, not an outage). An endpoint that does not answer
    * is a 503; any other answer (a 301 for a bucket in another region, a 400) a 400 naming it. With a local blob
    * folder there is no bucket to check; a location that is not an s3:// URI is the fleet schema's to refuse.
    * The check uses its own client, closed after, with one attempt and short timeouts: a client's input must
@@ -148,6 +149,21 @@ export class FleetOutputs {
         return {
           warning: `cannot check the bucket of ${location}: HeadBucket was refused (403); HeadBucket needs s3:ListBucket, captures need only s3:PutObject on the prefix, so the location was accepted: if the credentials may not write there either, captures will fail (${through})`,
         };
+      // No credentials is the server's configuration, not an outage: a retry cannot succeed until the operator
+      // gives the server credentials, so it is a 400 naming the settings, as a bucket that does not exist is.
+      if (error.problem === 'credentials')
+        throw new DomainError(
+          'ValidationError',
+          `the output location ${location} cannot be used: the server has no S3 credentials to check it and ` +
+            "write captures there with; give the server's own S3 connection credentials: s3.accessKeyId and " +
+            's3.secretAccessKey in its config file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS ' +
+            `profile, AWS_PROFILE) in its environment, then restart it and try again (${through})`,
+          {
+            outputLocation: location,
+            problem: error.problem,
+            settings: ['s3.accessKeyId', 's3.secretAccessKey', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'],
+          },
+        );
       const missing = error.problem === 'missing-bucket';
       throw new DomainError(
         missing ? 'ValidationError' : 'DependencyUnavailable',

@@ -457,6 +457,60 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
   });
 });
 
+describe('a fleet output with S3 blobs and no S3 credentials', () => {
+  let s3: TestS3;
+  let t: TestServer;
+  // The S3 SDK's default chain, emptied for this in-process server: no key, profile, metadata or container.
+  const noCredentials: Record<string, string> = {
+    AWS_ACCESS_KEY_ID: '',
+    AWS_SECRET_ACCESS_KEY: '',
+    AWS_SESSION_TOKEN: '',
+    AWS_PROFILE: '',
+    AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/edgefleet-no-credentials',
+    AWS_CONFIG_FILE: '/nonexistent/edgefleet-no-config',
+    AWS_EC2_METADATA_DISABLED: 'true',
+    AWS_CONTAINER_CREDENTIALS_RELATIVE_URI: '',
+    AWS_CONTAINER_CREDENTIALS_FULL_URI: '',
+    AWS_WEB_IDENTITY_TOKEN_FILE: '',
+  };
+  const saved = new Map<string, string | undefined>();
+  beforeAll(async () => {
+    for (const [name, value] of Object.entries(noCredentials)) {
+      saved.set(name, process.env[name]);
+      process.env[name] = value;
+    }
+    s3 = await startTestS3();
+    t = await startTestServer({
+      blob: `s3://${s3.bucket}/server`,
+      config: { s3: { endpoint: s3.endpoint } },
+    });
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await s3?.stop();
+    for (const [name, value] of saved) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  });
+
+  it('refuses a fleet output the server has no credentials for with a 400 naming the settings, not a 503', async () => {
+    const created = await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'plant', outputConfig: { s3OutputLocation: `s3://${s3.bucket}/plant` } },
+    });
+    expect(created).toMatchObject({
+      status: 400,
+      body: { code: 'ValidationError', details: { problem: 'credentials' } },
+    });
+    expect(created.headers.get('retry-after')).toBeNull();
+    expect(created.body.message).toMatch(
+      /^the output location s3:\/\/edgefleet-test\/plant cannot be used: the server has no S3 credentials .*s3\.accessKeyId and s3\.secretAccessKey in its config file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY/,
+    );
+    expect((await t.call('GET', '/api/v1/fleets/plant', { token: t.adminToken })).status).toBe(404);
+  });
+});
+
 describe('raw captures cut off mid-body, with S3 blobs', () => {
   let s3: TestS3;
   let t: TestServer;
