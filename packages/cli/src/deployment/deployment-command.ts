@@ -368,7 +368,11 @@ export function registerDeploymentCommands(
       const created = await withServer(opts, (client) =>
         client.createDeploymentPlan({ ...base, name, fleetName, modelConfigs, stages, options }),
       );
-      out.result(created, () => [`Created deployment plan ${created.name}`, ...describePlan(created)]);
+      out.result(created, () => [
+        `Created deployment plan ${created.name}`,
+        ...describePlan(created),
+        ...(created.warnings ?? []).map((warning) => `warning: ${warning}`),
+      ]);
     },
   );
 

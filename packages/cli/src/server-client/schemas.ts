@@ -282,6 +282,11 @@ export const deploymentPlanSchema = z.looseObject({
   createdAt: isoTime,
   updatedAt: isoTime,
 });
+
+/** The create's answer: the plan, and warnings about uploaded packages devices will refuse (older servers: none). */
+export const createdDeploymentPlanSchema = deploymentPlanSchema.extend({
+  warnings: z.array(z.string()).optional(),
+});
 export type DeploymentPlan = z.infer<typeof deploymentPlanSchema>;
 export const deploymentPlanListSchema = z.looseObject({
   plans: z.array(deploymentPlanSchema),

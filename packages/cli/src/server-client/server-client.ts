@@ -14,6 +14,7 @@ import {
   createdApiTokenSchema,
   deploymentEventListSchema,
   deploymentPlanListSchema,
+  createdDeploymentPlanSchema,
   deploymentPlanSchema,
   deviceCaSchema,
   stageDeviceListSchema,
@@ -446,7 +447,7 @@ export class ServerClient {
 
   /** Creates a deployment plan; `plan` is the server's body (name, fleetName, modelConfigs, stages, options). */
   createDeploymentPlan(plan: Record<string, unknown>) {
-    return this.#call('POST', '/api/v1/deployment-plans', deploymentPlanSchema, { body: plan });
+    return this.#call('POST', '/api/v1/deployment-plans', createdDeploymentPlanSchema, { body: plan });
   }
 
   listDeploymentPlans(filter: { fleetName?: string } = {}, max?: number): Promise<DeploymentPlan[]> {

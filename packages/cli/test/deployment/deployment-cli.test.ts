@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
-import { writeTestModel } from '@edgefleet/core';
+import { createModelPackage, packModelPackage, writeTestModel } from '@edgefleet/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli.js';
 import { parseStage } from '../../src/deployment/deployment-command.js';
@@ -168,6 +168,33 @@ describe('edgefleet deployment', () => {
     const onnxOnly = await ef('deployment', 'create', 'x', '--fleet', 'cams', '--package', 'h=tiny@1');
     expect(onnxOnly.code).toBe(1);
     expect(onnxOnly.stderr).toMatch(/uploaded as ONNX, not as a package/);
+  });
+
+  it("prints the server's warning for an uploaded package the devices will refuse (unsigned)", async () => {
+    const onnx = await writeTestModel('tiny', join(cli.work, 'unsigned-src'));
+    const built = await createModelPackage({
+      modelPath: onnx,
+      name: 'unsigned-pkg',
+      version: '1',
+      outDir: join(cli.work, 'unsigned-pkg'),
+    });
+    const archive = join(cli.work, 'unsigned-pkg.tar.gz');
+    await packModelPackage(built.dir, archive);
+    expect((await ef('model', 'upload', archive, '--name', 'unsigned-pkg', '--version', '1')).code).toBe(0);
+    const created = await ef(
+      'deployment',
+      'create',
+      'unsigned',
+      '--fleet',
+      'cams',
+      '--package',
+      'u=unsigned-pkg@1',
+    );
+    expect(created.code).toBe(0);
+    expect(created.stdout).toMatch(
+      /\nwarning: model handle u: package unsigned-pkg 1 is not signed: devices enrolled by this server require a signature/,
+    );
+    expect((await ef('deployment', 'delete', 'unsigned')).code).toBe(0);
   });
 
   it('--watch against a wrong --server fails at once, without retrying (F3)', async () => {

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { recordDeploymentResult, selectableDevices } from '../devices/index.js';
 import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
 import { tagListSchema, type Tag } from '../fields/index.js';
-import type { ModelStore } from '../models/index.js';
+import type { ModelStore, ModelVersionRecord } from '../models/index.js';
 import type { DevicePackageAccess, PackagingJobStore } from '../packaging/index.js';
 import {
   containsLoosely,
@@ -45,7 +45,7 @@ const iso = (ms: number) => new Date(ms).toISOString();
 export interface DeploymentServiceOptions {
   packagingJobs: PackagingJobStore;
   /** For plans that deploy uploaded packages (model versions uploaded as a signed .tar.gz). */
-  models: Pick<ModelStore, 'getVersion'>;
+  models: Pick<ModelStore, 'getVersion' | 'deviceTrustWarningFor'>;
   now?: () => number;
 }
 
@@ -69,7 +69,12 @@ export class DeploymentService implements DevicePackageAccess {
    * plan takes its model handles on the fleet until it finishes: a plan created while another still rolls
    * out one of its handles is a 409 (a database constraint decides, so two replicas cannot both win).
    */
-  async createPlan(input: CreatePlanInput): Promise<PlanView> {
+  /**
+   * Creates a plan. `warnings`: for each uploaded package it deploys that devices enrolled by this server will
+   * refuse (models/device-trust.ts), why and what to do, as the package's upload said; the plan is created all the
+   * same (an operator may give devices other roots). Packaging jobs' packages are the server's own signing.
+   */
+  async createPlan(input: CreatePlanInput): Promise<PlanView & { warnings?: string[] }> {
     const parsed = createPlanSchema.safeParse(input);
     if (!parsed.success) throw invalid(`deployment plan: ${z.prettifyError(parsed.error)}`);
     const plan = parsed.data;
@@ -82,6 +87,7 @@ export class DeploymentService implements DevicePackageAccess {
       'stage name',
     );
     const configs: ModelConfig[] = [];
+    const uploaded: { handle: string; version: ModelVersionRecord }[] = [];
     for (const config of plan.modelConfigs) {
       if (config.state === 'UNDEPLOY') {
         configs.push({ modelHandle: config.modelHandle, state: 'UNDEPLOY' });
@@ -107,6 +113,7 @@ export class DeploymentService implements DevicePackageAccess {
           sha256: version.sha256,
           sizeBytes: version.sizeBytes,
         });
+        uploaded.push({ handle: config.modelHandle, version });
         continue;
       }
       const job = await this.options.packagingJobs.get(config.packagingJobName);
@@ -167,7 +174,20 @@ export class DeploymentService implements DevicePackageAccess {
         at,
       );
     });
-    return this.describePlan(plan.name);
+    const view = await this.describePlan(plan.name);
+    // Checked once the plan exists (each reads its package): a plan refused for its name or a clash costs none.
+    const warnings: string[] = [];
+    for (const { handle, version } of uploaded) {
+      const warning = await this.options.models
+        .deviceTrustWarningFor(version)
+        .catch(
+          (error: unknown) =>
+            `could not check whether devices will take package ${version.modelName} ${version.version} ` +
+            `(${error instanceof Error ? error.message : String(error)}); the plan was created`,
+        );
+      if (warning !== undefined) warnings.push(`model handle ${handle}: ${warning}`);
+    }
+    return warnings.length > 0 ? { ...view, warnings } : view;
   }
 
   /** Adds stages at the end of a plan (CreateEdgeDeploymentStage). */

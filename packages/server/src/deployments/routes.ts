@@ -36,6 +36,19 @@ const startStageBodySchema = z.strictObject({
   force: z.boolean().default(false).describe('Start it even though an earlier stage of the plan FAILED'),
 });
 
+/** The create's answer: the plan, and what the operator should know about the packages it deploys. */
+const createdPlanSchema = planViewSchema.extend({
+  warnings: z
+    .array(z.string())
+    .optional()
+    .describe(
+      'For each uploaded package (modelName/modelVersion) that devices enrolled by this server will refuse ' +
+        "(unsigned, signed with a key or under a root other than the server's package-signing root, or with a " +
+        'certificate not valid now), why and what to do, as its upload warned, checked again now; the plan is ' +
+        'created all the same. Absent when there is nothing to say.',
+    ),
+});
+
 /** Operator routes: plans, stages, stage devices and events (SageMaker's deployment plan operations). */
 export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentService }> = async (
   app,
@@ -51,7 +64,7 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
       'A DEPLOY model config names a COMPLETED packaging job; UNDEPLOY removes the model handle from devices. ' +
       '409 when another unfinished plan rolls out one of the model handles to the same fleet.',
     body: createPlanSchema,
-    response: planViewSchema,
+    response: createdPlanSchema,
     status: 201,
     handler: async ({ body }) => deployments.createPlan(body),
   });

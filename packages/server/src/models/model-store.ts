@@ -217,6 +217,39 @@ export class ModelStore {
     }
   }
 
+  /**
+   * Why devices enrolled by this server will refuse an uploaded package now (as the upload's warning says, checked
+   * again at `now`: a signing certificate may have expired since), or undefined when they will take it, or it is
+   * not an uploaded package (ONNX; packaging jobs' packages are the server's own signing). Reads the package from
+   * the blob store into the work folder once; deployment plan create calls it for each uploaded package it names.
+   */
+  async deviceTrustWarningFor(version: ModelVersionRecord): Promise<string | undefined> {
+    const root = this.options.deviceTrustRootPem;
+    if (root === undefined || version.sourceKind !== 'package') return undefined;
+    const spooled = await spoolUpload(await this.options.blobs.get(version.blobKey), {
+      dir: this.options.workDir,
+      maxBytes: version.sizeBytes,
+    });
+    const dir = await mkdtemp(path.join(this.options.workDir, 'trust-'));
+    try {
+      const extracted = path.join(dir, 'package');
+      await extractPackageArchive(spooled.file, extracted, {
+        maxTotalBytes: this.options.maxUploadBytes * 4,
+      });
+      const input = { name: version.modelName, version: version.version };
+      return await deviceTrustWarning(extracted, input, root, new Date(this.now())).catch(
+        (error: unknown) => {
+          // Altered since it was accepted (the upload refuses such a package): devices refuse it all the same.
+          if (error instanceof DomainError) return error.message;
+          throw error;
+        },
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+      await spooled.remove();
+    }
+  }
+
   async findVersion(name: string, version: string): Promise<ModelVersionRecord | undefined> {
     const row = await this.db
       .selectFrom('model_versions')

@@ -218,3 +218,47 @@ describe('uploading a package the devices will not trust', () => {
     );
   });
 });
+
+describe('a deployment plan deploying a package the devices will not trust', () => {
+  it('is created with a warning for each such package, and none for one signed under the server root', async () => {
+    expect((await upload('plan-unsigned', await packageOf('plan-unsigned'))).status).toBe(201);
+    const serverSigner = {
+      privateKeyPem: await readFile(path.join(t.dataDir, 'signing', 'signing.key'), 'utf8'),
+      certificatePem: await readFile(path.join(t.dataDir, 'signing', 'signing.crt'), 'utf8'),
+    };
+    expect((await upload('plan-own', await packageOf('plan-own', serverSigner))).status).toBe(201);
+    const fleet = await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'trust', outputConfig: { s3OutputLocation: 's3://c/trust' } },
+    });
+    expect(fleet.status).toBe(201);
+    const plan = (name: string, models: string[]) =>
+      t.call('POST', '/api/v1/deployment-plans', {
+        token: t.adminToken,
+        body: {
+          name,
+          fleetName: 'trust',
+          modelConfigs: models.map((model) => ({
+            // A handle per plan: two unfinished plans may not roll out one handle to a fleet.
+            modelHandle: `${name}-${model}`,
+            modelName: model,
+            modelVersion: '1',
+          })),
+        },
+      });
+
+    const mixed = await plan('mixed', ['plan-unsigned', 'plan-own']);
+    expect(mixed.status).toBe(201);
+    expect(mixed.body.warnings).toHaveLength(1);
+    expect(mixed.body.warnings[0]).toMatch(
+      /^model handle mixed-plan-unsigned: package plan-unsigned 1 is not signed: devices enrolled by this server require a signature that leads to the server's package-signing root \(O=EdgeFleet, CN=EdgeFleet package signing root, SHA-256 [0-9a-f]{64}\) and will refuse it/,
+    );
+    expect(mixed.body.warnings[0]).not.toContain(t.dataDir);
+    // Created all the same: an operator may give devices other roots.
+    expect((await t.call('GET', '/api/v1/deployment-plans/mixed', { token: t.readToken })).status).toBe(200);
+
+    const trusted = await plan('trusted', ['plan-own']);
+    expect(trusted.status).toBe(201);
+    expect(trusted.body).not.toHaveProperty('warnings');
+  });
+});

@@ -1,3 +1,4 @@
+import { useState } from 'preact/hooks';
 import { must, type ApiPaths } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
@@ -193,6 +194,8 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
   const action = useAction();
   const stages = useDraftList(newStage);
   const models = useDraftList(newModelConfig);
+  // The last create's warnings (uploaded packages the server's devices will refuse): shown until the next create.
+  const [warnings, setWarnings] = useState<string[]>([]);
   const fleets = useLoad(
     async () => must(await api.GET('/api/v1/fleets', { params: { query: { limit: 500 } } })).fleets,
     [],
@@ -212,8 +215,9 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
         class="plan-form"
         aria-label="Create deployment plan"
         onSubmit={submitForm(action, async (form) => {
+          setWarnings([]);
           const options = planOptions(form);
-          must(
+          const created = must(
             await api.POST('/api/v1/deployment-plans', {
               body: {
                 name: String(form.get('name') ?? ''),
@@ -224,6 +228,7 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
               },
             }),
           );
+          setWarnings(created.warnings ?? []);
           stages.reset();
           models.reset();
           onCreated();
@@ -386,6 +391,11 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
         </fieldset>
         <button type="submit">Create plan</button>
         <ErrorNote error={action.error} />
+        {warnings.map((warning) => (
+          <p key={warning} class="warning" role="status" data-testid="plan-warning">
+            Created, but: {warning}
+          </p>
+        ))}
       </form>
     </Section>
   );

@@ -125,6 +125,8 @@ export function deploymentPlanOperations({
           stages: input.Stages ?? [],
           tags: fromAwsTags(input.Tags ?? []),
         });
+        // (Only packaging jobs here, which the server signs: createPlan's warnings, about uploaded packages, do
+        // not arise, and AWS's answer has no place for them.)
         return { EdgeDeploymentPlanArn: arns.edgeDeploymentPlan(plan.name) };
       },
     }),
