@@ -230,7 +230,7 @@ export class ModelStore {
       dir: this.options.workDir,
       maxBytes: version.sizeBytes,
     });
-    const dir = await mkdtemp(path.join(this.options.workDir, 'trust-'));
+    const dir = await mkdtemp(path.join(this.options.workDir, 'inspect-'));
     try {
       const extracted = path.join(dir, 'package');
       await extractPackageArchive(spooled.file, extracted, {

@@ -4,6 +4,9 @@ import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
 import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from '../storage/index.js';
 
+/** packaging.leaseSeconds' default, in ms. */
+export const DEFAULT_LEASE_MS = 120_000;
+
 /** STARTING → INPROGRESS → COMPLETED | FAILED, as Edge Manager's packaging jobs. */
 export type PackagingJobStatus = 'STARTING' | 'INPROGRESS' | 'COMPLETED' | 'FAILED';
 
@@ -35,13 +38,40 @@ export interface PackagingClaim {
   token: string;
 }
 
-function toRecord(row: PackagingJobsTable): PackagingJobRecord {
+/** How often a runner renews its lease of `leaseMs`: well within it, so a slow round trip never loses it. */
+export function leaseRenewalIntervalMs(leaseMs: number): number {
+  return Math.min(20_000, leaseMs / 4);
+}
+
+/**
+ * What an INPROGRESS job's row says of its runner, read at `now`: nothing while it renews its lease; once two
+ * renewals are missed (its server was killed, crashed or stalled), that it waits for its lease to expire and
+ * when it will be resumed.
+ */
+function leaseNote(row: PackagingJobsTable, now: number, leaseMs: number): string | undefined {
+  if (row.status !== 'INPROGRESS' || now - row.updated_at <= 2 * leaseRenewalIntervalMs(leaseMs))
+    return undefined;
+  const renewed = new Date(row.updated_at).toISOString();
+  const expires = row.updated_at + leaseMs;
+  return (
+    `its runner has not renewed the job's lease since ${renewed}: the server running it was interrupted ` +
+    '(killed, crashed or stalled); ' +
+    (now < expires
+      ? `it is resumed by a server once the lease expires at ${new Date(expires).toISOString()} ` +
+        '(at once if that same server restarts)'
+      : `the lease expired at ${new Date(expires).toISOString()}: the next server to look for jobs resumes it`)
+  );
+}
+
+function toRecord(row: PackagingJobsTable, now: number, leaseMs: number): PackagingJobRecord {
+  const note = leaseNote(row, now, leaseMs);
   return {
     name: row.name,
     modelName: row.model_name,
     modelVersion: row.model_version,
     status: row.status as PackagingJobStatus,
-    statusMessage: row.status_message,
+    statusMessage:
+      note === undefined ? row.status_message : [row.status_message, note].filter(Boolean).join('; '),
     outputS3Location: row.output_s3_location,
     artifactKey: row.artifact_key,
     artifactLocation: row.artifact_location,
@@ -56,13 +86,62 @@ function toRecord(row: PackagingJobsTable): PackagingJobRecord {
 /** Packaging jobs as rows: any replica may create one, and exactly one replica claims and runs it. */
 export class PackagingJobStore {
   private readonly now: () => number;
+  private readonly instanceId: string | undefined;
+  private readonly leaseMs: number;
 
+  /**
+   * `options.instanceId`: this server's persisted identity (server/instance-id.ts); it prefixes the claim tokens
+   * this store writes, so that the same server, restarted, knows its interrupted jobs (reclaimOwnInterrupted).
+   * `options.leaseMs`: packaging.leaseSeconds, for what a job waiting on an interrupted runner's lease says.
+   */
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly models: ModelStore,
     now?: () => number,
+    options: { instanceId?: string; leaseMs?: number } = {},
   ) {
     this.now = now ?? Date.now;
+    this.instanceId = options.instanceId;
+    this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+  }
+
+  private record(row: PackagingJobsTable): PackagingJobRecord {
+    return toRecord(row, this.now(), this.leaseMs);
+  }
+
+  /**
+   * Called once when this server's packaging worker starts, before it claims anything: the INPROGRESS jobs whose
+   * claim this same server (its instance identity) wrote were interrupted with it — nothing of this process
+   * runs them — so their leases are ended now and the worker resumes them at once instead of after the lease.
+   * Safe with replicas: a replica's claims carry its own identity; and were a data dir copied (two servers with
+   * one identity), a live runner whose job is taken loses its claim and writes nothing (the claim tokens fence
+   * it): work is repeated, never mixed. Returns the jobs released.
+   */
+  async releaseOwnInterrupted(): Promise<string[]> {
+    if (this.instanceId === undefined) return [];
+    const own = await this.db
+      .selectFrom('packaging_jobs')
+      .select(['name', 'claim_token'])
+      .where('status', '=', 'INPROGRESS')
+      .where('claim_token', 'like', `${this.instanceId}.%`)
+      .execute();
+    const released: string[] = [];
+    for (const job of own) {
+      const result = await this.db
+        .updateTable('packaging_jobs')
+        .set({
+          status_message: 'interrupted: the server running it restarted; resuming it',
+          // An expired lease is what claimNext resumes; the claim stays until then, so any stray runner of it
+          // still finds its token current only until the job is claimed again.
+          updated_at: this.now() - this.leaseMs - 1,
+        })
+        .where('name', '=', job.name)
+        .where('status', '=', 'INPROGRESS')
+        .where('claim_token', '=', job.claim_token)
+        .executeTakeFirst();
+      if (Number(result.numUpdatedRows) === 1) released.push(job.name);
+    }
+    return released;
   }
 
   async create(input: {
@@ -96,7 +175,7 @@ export class PackagingJobStore {
         throw conflict(`packaging job ${input.name} already exists`, { job: input.name });
       throw error;
     }
-    return toRecord(row);
+    return this.record(row);
   }
 
   async get(name: string): Promise<PackagingJobRecord> {
@@ -106,7 +185,7 @@ export class PackagingJobStore {
       .where('name', '=', name)
       .executeTakeFirst();
     if (row === undefined) throw notFound(`packaging job ${name}`, { job: name });
-    return toRecord(row);
+    return this.record(row);
   }
 
   async list(options: {
@@ -117,7 +196,7 @@ export class PackagingJobStore {
     let query = this.db.selectFrom('packaging_jobs').selectAll().orderBy('name').limit(options.limit);
     if (options.after !== undefined) query = query.where('name', '>', options.after);
     if (options.status !== undefined) query = query.where('status', '=', options.status);
-    return (await query.execute()).map(toRecord);
+    return (await query.execute()).map((row) => this.record(row));
   }
 
   /**
@@ -144,7 +223,9 @@ export class PackagingJobStore {
         .executeTakeFirst();
       if (next === undefined) return undefined;
       const resumed = next.status === 'INPROGRESS';
-      const token = randomBytes(12).toString('hex');
+      // Prefixed with this server's identity: its own interrupted claims are known after a restart.
+      const random = randomBytes(12).toString('hex');
+      const token = this.instanceId === undefined ? random : `${this.instanceId}.${random}`;
       const result = await this.db
         .updateTable('packaging_jobs')
         .set({

@@ -15,7 +15,13 @@ import {
 import type { Logger } from 'pino';
 import type { BlobStore } from '../blobs/index.js';
 import type { ModelStore } from '../models/index.js';
-import type { PackagingClaim, PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
+import {
+  DEFAULT_LEASE_MS,
+  leaseRenewalIntervalMs,
+  type PackagingClaim,
+  type PackagingJobRecord,
+  type PackagingJobStore,
+} from './packaging-jobs.js';
 import type { PackageSigningIdentity } from './signing-keys.js';
 
 export interface PackagingWorkerOptions {
@@ -37,8 +43,6 @@ export interface PackagingWorkerOptions {
   leaseMs?: number;
 }
 
-const DEFAULT_LEASE_MS = 120_000;
-
 /**
  * The object key of a job's package: Edge Manager's `<name>-<version>.tar.gz`, under the job's name and the
  * claim that built it, so a runner that lost its claim never overwrites the package the job records.
@@ -47,7 +51,9 @@ export function artifactKeyOf(
   job: Pick<PackagingJobRecord, 'name' | 'modelName' | 'modelVersion'>,
   claim: Pick<PackagingClaim, 'token'>,
 ): string {
-  return `packages/${job.name}/${claim.token}/${job.modelName}-${job.modelVersion.replace(/ /g, '_')}.tar.gz`;
+  // The token's random part only: the server identity before it (packaging-jobs.ts) is no business of a key.
+  const unique = claim.token.slice(claim.token.lastIndexOf('.') + 1);
+  return `packages/${job.name}/${unique}/${job.modelName}-${job.modelVersion.replace(/ /g, '_')}.tar.gz`;
 }
 
 /** A runner found its claim taken by a replica that resumed the job: it stops, writing nothing more. */
@@ -71,6 +77,8 @@ export class PackagingWorker {
   private running: Promise<void> | undefined;
   private stopped = false;
   private again = false;
+  /** Whether this server's own interrupted jobs (from before a restart) were released; done once, first. */
+  private releasedOwn = false;
 
   constructor(private readonly options: PackagingWorkerOptions) {}
 
@@ -107,6 +115,16 @@ export class PackagingWorker {
   async drain(): Promise<void> {
     try {
       const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
+      if (!this.releasedOwn) {
+        // Before this worker claims anything, so none of the claims it matches is one of this process's.
+        const released = await this.options.jobs.releaseOwnInterrupted();
+        this.releasedOwn = true;
+        if (released.length > 0)
+          this.options.logger.info(
+            { packagingJobs: released },
+            'this server was interrupted while running packaging jobs; resuming them now, not after their lease',
+          );
+      }
       for (
         let claimed = await this.options.jobs.claimNext(leaseMs);
         claimed && !this.stopped;
@@ -138,17 +156,14 @@ export class PackagingWorker {
     // Renewed well within the lease, so a slow database round trip never lets another replica take the job.
     const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
     let lost = false;
-    const touch = setInterval(
-      () => {
-        jobs.touch(claim, 'packaging').then(
-          (held) => {
-            if (!held) lost = true;
-          },
-          () => undefined,
-        );
-      },
-      Math.min(20_000, leaseMs / 4),
-    );
+    const touch = setInterval(() => {
+      jobs.touch(claim, 'packaging').then(
+        (held) => {
+          if (!held) lost = true;
+        },
+        () => undefined,
+      );
+    }, leaseRenewalIntervalMs(leaseMs));
     const check: ClaimCheck = {
       stopIfLost: (step) => {
         if (lost) throw new ClaimLostError(`lost the claim on the job before ${step}`);

@@ -48,6 +48,7 @@ import {
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
 import { OutageLog } from '../http/outage-log.js';
+import { loadInstanceId } from './instance-id.js';
 import { listenerRequestTimeoutMs } from '../http/request-deadline.js';
 import {
   bindDeviceCa,
@@ -342,7 +343,10 @@ export async function startServer(
       maxUploadBytes: config.uploads.maxModelBytes,
       deviceTrustRootPem: signing.rootCertificatePem,
     });
-    const packagingJobs = new PackagingJobStore(database.db, models);
+    const packagingJobs = new PackagingJobStore(database.db, models, Date.now, {
+      instanceId: await loadInstanceId(config.dataDir),
+      leaseMs: config.packaging.leaseSeconds * 1000,
+    });
     const s3Objects = new S3Objects(s3ConnectionOf(config));
     const compilationJobs = new CompilationJobStore(database.db, {
       models,

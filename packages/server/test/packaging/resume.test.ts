@@ -141,6 +141,86 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
   );
 
   it.skipIf(!fixture.available)(
+    'says it waits for an interrupted runner’s lease; the same server restarted resumes its job at once',
+    async () => {
+      const database = await fixture.createLocation();
+      const dataDir = await mkdtemp(path.join(work, `${fixture.engine}-restart-`));
+      // The default lease (120 s): only the restart may resume the job within this test.
+      const config = { packaging: { pollIntervalMs: 3_600_000 } };
+      let t = await startTestServer({ database, dataDir, config });
+      let claimer: ReturnType<typeof spawn> | undefined;
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-restart-model`));
+        const { config: serverConfig, services } = t.server;
+        await services.packagingJobs.create({ name: 'job-own', modelName: 'tiny', modelVersion: '1' });
+        // This server's runner, as a process of its own with its identity, claims the job and is killed.
+        const instanceId = (await readFile(path.join(dataDir, 'instance-id'), 'utf8')).trim();
+        const blobRoot = serverConfig.blobLocation.kind === 'local' ? serverConfig.blobLocation.root : '';
+        claimer = spawn(
+          process.execPath,
+          [
+            '--import',
+            TSX_LOADER,
+            CLAIMER,
+            JSON.stringify(serverConfig.databaseLocation),
+            blobRoot,
+            path.join(dataDir, 'tmp'),
+            String(LEASE_MS),
+            instanceId,
+          ],
+          { stdio: ['ignore', 'pipe', 'inherit'] },
+        );
+        const child = claimer;
+        const exited = new Promise((done) => child.once('exit', done));
+        const said = await new Promise<string>((resolve, reject) => {
+          let out = '';
+          child.stdout?.on('data', (chunk: Buffer) => {
+            out += chunk.toString();
+            if (out.includes('\n')) resolve(out.trim());
+          });
+          child.once('exit', (code) => reject(new Error(`claimer exited (${code}) before claiming`)));
+        });
+        expect(said).toBe('claimed job-own');
+        child.kill('SIGKILL');
+        await exited;
+
+        // Any other server waits for the lease (this one's worker started before the claim: it is another's).
+        await services.packagingWorker.drain();
+        const job = async () =>
+          (await t.call('GET', '/api/v1/packaging-jobs/job-own', { token: t.readToken })).body as {
+            status: string;
+            statusMessage?: string;
+          };
+        expect((await job()).status).toBe('INPROGRESS');
+        // Read a minute later (two lease renewals missed), the job says why it waits and until when.
+        const { db } = t.server.database;
+        const later = new PackagingJobStore(db, services.models, () => Date.now() + 60_000, {
+          leaseMs: LEASE_MS,
+        });
+        const waiting = await later.get('job-own');
+        expect(waiting.statusMessage).toMatch(
+          /^packaging; its runner has not renewed the job's lease since \S+: the server running it was interrupted \(killed, crashed or stalled\); it is resumed by a server once the lease expires at \S+ \(at once if that same server restarts\)$/,
+        );
+        const renewed = Date.parse(/since (\S+):/.exec(waiting.statusMessage!)![1]!);
+        expect(Date.parse(/expires at (\S+) /.exec(waiting.statusMessage!)![1]!)).toBe(renewed + LEASE_MS);
+
+        // The same server restarts (its data dir, so its identity): it resumes its job without waiting.
+        await t.stop();
+        t = await startTestServer({ database, dataDir, config });
+        for (let attempt = 0; attempt < 100 && (await job()).status === 'INPROGRESS'; attempt++) {
+          await t.server.services.packagingWorker.drain();
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        expect(await job()).toMatchObject({ status: 'COMPLETED' });
+      } finally {
+        if (claimer?.exitCode === null && claimer.signalCode === null) claimer.kill('SIGKILL');
+        await t.stop();
+      }
+    },
+    60_000,
+  );
+
+  it.skipIf(!fixture.available)(
     "publishes only the claim holder's package when two runners hold one job",
     async () => {
       const t = await startTestServer({
