@@ -23,6 +23,8 @@ import {
   type ControlPlane,
 } from '../../../test/support/control-plane.js';
 import { launchChromium, operatorApi } from './browser.js';
+// The server's build, as scripts/openapi.mjs reads it: the web package does not depend on the server's.
+import { openDatabase } from '../../server/dist/index.js';
 
 const SCREENSHOTS = process.env.UPDATE_SCREENSHOTS === '1' ? join(REPO_ROOT, 'docs/console') : undefined;
 const WEB_DIST = join(REPO_ROOT, 'packages/web/dist/index.html');
@@ -145,6 +147,38 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await fleetForm.getByLabel('Name').fill('shop');
     await fleetForm.getByRole('button', { name: 'Create' }).click();
     await page.locator('tr[data-fleet="shop"]').waitFor();
+
+    // An outage of the fleet's output bucket, as capture uploads record it on the fleet's row (the server's own
+    // SQLite file, written beside it): shown on the fleet's row, and gone once it ends.
+    const outage = page.locator('tr[data-fleet="shop"]').getByTestId('fleet-output-outage');
+    expect(await outage.count()).toBe(0);
+    const state = await openDatabase({ engine: 'sqlite', file: join(plane.dataDir, 'state.db') });
+    try {
+      const setOutage = (since: number | null) =>
+        state.db
+          .updateTable('fleets')
+          .set({
+            output_outage_since: since,
+            output_outage_problem: since === null ? null : 'unreachable',
+            output_outage_reason:
+              since === null ? null : "the server's S3 endpoint (s3.endpoint) is not answering",
+          })
+          .where('name', '=', 'shop')
+          .execute();
+      await setOutage(Date.parse('2026-12-07T06:00:00.000Z'));
+      // (That the change feed names the fleets topic for it is the server's test, captures.test.ts: here a reload.)
+      await page.reload();
+      await outage.waitFor();
+      expect(await outage.textContent()).toMatch(
+        /^output location s3:\/\/\S+ unreachable since 2026-12-07T06:00:00\.000Z: the server's S3 endpoint/,
+      );
+      await setOutage(null);
+      await page.reload();
+      await page.locator('tr[data-fleet="shop"]').waitFor();
+      expect(await outage.count()).toBe(0);
+    } finally {
+      await state.close();
+    }
 
     // A device, from the devices page.
     await page.getByRole('link', { name: 'Devices' }).click();
@@ -430,6 +464,23 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     expect(stored.body.options).toMatchObject({ deviceTimeoutSeconds: 3600, abort: { failedPercent: 50 } });
     expect(stored.body.options.autoAdvance).toBeUndefined();
     expect(stored.body.options.allowDowngrade).toBe(false);
+
+    // An uploaded package the server's devices will refuse (unsigned, uploaded above): created, with the
+    // server's warning on the form.
+    expect(await form.getByTestId('plan-warning').count()).toBe(0);
+    await form.getByLabel(/^Plan name/).fill('unsigned-1');
+    const onlyModel = form.getByRole('group', { name: 'Model 1' });
+    await onlyModel.getByLabel(/^Model handle/).fill('unsigned');
+    await onlyModel.getByLabel(/^Source/).selectOption('uploaded');
+    await onlyModel.getByLabel(/^Model name/).fill('mlp-unsigned');
+    await onlyModel.getByLabel(/^Model version/).fill('1');
+    await form.getByRole('button', { name: 'Create plan' }).click();
+    await expect
+      .poll(() => form.getByTestId('plan-warning').textContent())
+      .toMatch(
+        /^Created, but: model handle unsigned: package mlp-unsigned 1 is not signed: devices enrolled/,
+      );
+    expect((await api('DELETE', '/api/v1/deployment-plans/unsigned-1', plane.adminToken)).status).toBe(204);
 
     // Start the canary from the plan's page and watch it, without reloading, until the agent has deployed.
     await row.getByRole('link', { name: 'rollout-1' }).click();
