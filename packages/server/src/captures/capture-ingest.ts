@@ -143,8 +143,9 @@ export class CaptureIngest {
   /**
    * A write to a fleet's output that failed because the store cannot be used (its bucket missing, no access,
    * S3 down) becomes a 503 with Retry-After naming the output and the problem: the agent keeps the capture and
-   * sends it again later. The reason (it names the S3 endpoint, an internal host) goes only to the log. The first such failure of a location is logged; the next ones are not, until a write
-   * there succeeds again.
+   * sends it again later. The reason (it names the S3 endpoint, an internal host) goes to the log, never to the
+   * device; the fleet's row records the outage (its reason without the endpoint) for the fleet report. The first
+   * such failure of a location is logged; the next ones are not, until a write there succeeds again.
    */
   async #unavailable(
     error: unknown,
