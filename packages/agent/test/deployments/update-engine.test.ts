@@ -5,10 +5,17 @@ import { OnnxModelBuilder } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
-import { DeploymentMetrics, PackageStore, UpdateEngine } from '../../src/deployments/index.js';
+import {
+  DeploymentMetrics,
+  PackageStore,
+  ResultReporter,
+  UpdateEngine,
+} from '../../src/deployments/index.js';
+import { DeviceApiClient } from '../../src/fleet/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
 import { AgentDatabase, MIGRATIONS, migrate } from '../../src/state/index.js';
+import { until } from '../fleet/support.js';
 import { rankLyingModel } from '../models/helpers.js';
 import { scratch } from '../support/model-packages.js';
 import {
@@ -629,8 +636,22 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
          previous_url, previous_version, reason, started_at, updated_at, ended_at, reported)
        VALUES (?, 'two', ?, 'DEPLOY', 'ROLLBACK_ON_FAILURE', '2.0', '/pkg/2.0', '/pkg/1.0', '1.0', ?, ?, ?, ?, 0)`,
     );
-    insert.run('a', 'RolledBack', 'rolled back with the deployment (ROLLBACK_ON_FAILURE): c failed', now, now, now);
-    insert.run('b', 'RolledBack', 'version 2.0 of b failed its health window: 3 of 3 requests failed', now, now, now);
+    insert.run(
+      'a',
+      'RolledBack',
+      'rolled back with the deployment (ROLLBACK_ON_FAILURE): c failed',
+      now,
+      now,
+      now,
+    );
+    insert.run(
+      'b',
+      'RolledBack',
+      'version 2.0 of b failed its health window: 3 of 3 requests failed',
+      now,
+      now,
+      now,
+    );
     insert.run('c', 'Failed', 'bad checksum', now, now, now);
     old.close();
     const upgraded = AgentDatabase.open({ path, walSyncIntervalMs: 0 });
@@ -804,6 +825,36 @@ describe('UpdateEngine, more', () => {
     d.engine.reported(success!);
     expect(d.engine.finalResults(16)).toEqual([]);
     expect(d.engine.deploymentResult()).toBeUndefined();
+  });
+
+  it('a final result the result route accepted is not sent again: not by the route, not in a heartbeat', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const d = await device();
+    const client = new DeviceApiClient(api.endpoint, api.tls, { timeoutMs: 5000 });
+    const reporter = new ResultReporter({
+      engine: d.engine,
+      sink: client,
+      ids: { DeviceName: 'device-1', DeviceFleetName: 'fleet-1' },
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+    });
+    api.acceptResults = true;
+    try {
+      await d.engine.apply([deployment('alone', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+      reporter.kick();
+      await until(() => (d.engine.finalResults(16).length === 0 ? true : undefined), 'the result accepted');
+      expect(api.results.filter((r) => r.DeploymentName === 'alone')).toMatchObject([
+        { DeploymentStatus: 'SUCCESS' },
+      ]);
+      // The server records the device's last result from the route: the heartbeat has nothing to carry.
+      expect(d.engine.deploymentResult()).toBeUndefined();
+      reporter.kick();
+      await reporter.stop();
+      expect(api.results.filter((r) => r.DeploymentName === 'alone')).toHaveLength(1);
+    } finally {
+      api.acceptResults = false;
+      await reporter.stop();
+      client.close();
+    }
   });
 
   it('a deployment of the package already serving is committed at once, without a download', async () => {
