@@ -27,8 +27,9 @@
  *   Loading, Switching → if the new version already serves the handle, HealthCheck; else stage it again;
  *   WarmingUp   → as Loading (back to Loading first: the staged version did not survive the crash);
  *   HealthCheck → the window starts again (a restart counts; too many restarts roll back);
- *   (a restart counts only where the new version serves the handle: one before the switch is no sign of it);
  *   RollingBack → roll back again (idempotent: it ends with the previous version serving).
+ * A restart counts only where the new version serves the handle (after its switch): one before the switch, while
+ * the old version still serves, is no sign of a bad version.
  */
 export const DEPLOYMENT_STATES = [
   'Idle',
