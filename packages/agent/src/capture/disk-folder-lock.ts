@@ -1,4 +1,14 @@
-import { FolderLock, type FolderLockOptions, type LockedFolderKind } from '../state/index.js';
+import { lstatSync, readdirSync, realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
+import {
+  FolderInUseError,
+  FolderLock,
+  lockHolderPid,
+  type FolderLockOptions,
+  type LockedFolderKind,
+  type NestedFolder,
+} from '../state/index.js';
 import { CAPTURE_FOLDER_MODE } from './atomic-files.js';
 
 /**
@@ -22,8 +32,87 @@ export const CAPTURE_FOLDER: LockedFolderKind = {
 /**
  * One agent per Disk capture folder, as per data root (FolderLock): agents with different data roots but the
  * same capture folder would otherwise write, sweep, upload and count each other's files against their quotas.
- * Throws FolderInUseError when held elsewhere, FolderLockError when it cannot be taken.
+ * Nested folders share files just the same (the outer agent sweeps, uploads and counts the inner one's), so the
+ * folder is refused too when another agent holds a capture folder inside it or around it, compared by real path
+ * (no symbolic link or `..` hides one). Throws FolderInUseError when held elsewhere (with `nested` for such a
+ * folder), FolderLockError when it cannot be taken.
  */
 export function lockCaptureFolder(folder: string, options: FolderLockOptions = {}): FolderLock {
-  return FolderLock.acquire(folder, CAPTURE_FOLDER, options);
+  const lock = FolderLock.acquire(folder, CAPTURE_FOLDER, options);
+  try {
+    // After taking its own lock: of two agents starting at once on nested folders, at least one sees the other.
+    const nested = heldNestedFolder(realpathSync(folder), options);
+    if (nested)
+      throw new FolderInUseError(
+        CAPTURE_FOLDER,
+        folder,
+        lockHolderPid(join(nested.folder, CAPTURE_FOLDER_LOCK_FILE), options.procLocksPath),
+        nested,
+      );
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
+  return lock;
+}
+
+/**
+ * A capture folder another agent holds around `real` (an ancestor's lock file) or inside it (a lock file anywhere
+ * below, symbolic links not followed: the agent's sweeps and uploads do not follow them either), or undefined.
+ * Lock files no process holds (an agent that stopped) do not count.
+ */
+function heldNestedFolder(real: string, options: FolderLockOptions): NestedFolder | undefined {
+  for (let dir = dirname(real); ; dir = dirname(dir)) {
+    if (heldByAnother(join(dir, CAPTURE_FOLDER_LOCK_FILE), options))
+      return { folder: dir, relation: 'inside' };
+    if (dir === dirname(dir)) break;
+  }
+  const below = (dir: string): NestedFolder | undefined => {
+    let entries;
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return undefined; // gone meanwhile, or not ours to read: nothing the agent sweeps either
+    }
+    for (const entry of entries) {
+      if (!entry.isDirectory()) continue;
+      const sub = join(dir, entry.name);
+      if (heldByAnother(join(sub, CAPTURE_FOLDER_LOCK_FILE), options))
+        return { folder: sub, relation: 'contains' };
+      const found = below(sub);
+      if (found) return found;
+    }
+    return undefined;
+  };
+  return below(real);
+}
+
+/**
+ * Whether a process holds the capture folder lock file at `path`. /proc/locks first, without opening the file:
+ * a lock of this very process (another FolderLock in it) would be dropped by closing a descriptor of the file.
+ * Where it cannot tell (no /proc/locks, a holder in another pid namespace), a read of the file is refused
+ * (SQLITE_BUSY) while an agent keeps its exclusive lock. Only a regular file is looked at (no link followed, no
+ * FIFO waited on). Never called on this agent's own lock file.
+ */
+function heldByAnother(path: string, options: FolderLockOptions): boolean {
+  try {
+    if (!lstatSync(path).isFile()) return false;
+  } catch {
+    return false;
+  }
+  if (lockHolderPid(path, options.procLocksPath) !== undefined) return true;
+  let db;
+  try {
+    db = new SqliteDatabase(path, { readonly: true, fileMustExist: true, timeout: 0 });
+  } catch {
+    return false; // not ours to open (another user's, 0600), and not listed as held
+  }
+  try {
+    db.prepare('SELECT count(*) FROM sqlite_master').get();
+    return false;
+  } catch (error) {
+    return (error as { code?: unknown }).code === 'SQLITE_BUSY';
+  } finally {
+    db.close();
+  }
 }

@@ -28,6 +28,8 @@
  *   WarmingUp   → as Loading (back to Loading first: the staged version did not survive the crash);
  *   HealthCheck → the window starts again (a restart counts; too many restarts roll back);
  *   RollingBack → roll back again (idempotent: it ends with the previous version serving).
+ * A restart counts only where the new version serves the handle (after its switch): one before the switch, while
+ * the old version still serves, is no sign of a bad version.
  */
 export const DEPLOYMENT_STATES = [
   'Idle',

@@ -23,7 +23,7 @@ export interface DeploymentResultSink {
 }
 
 export interface ResultReporterOptions {
-  engine: Pick<UpdateEngine, 'finalResults' | 'reportedAlone'>;
+  engine: Pick<UpdateEngine, 'finalResults' | 'reported'>;
   sink: DeploymentResultSink;
   ids: DeviceIds;
   logger: EngineLogger;
@@ -100,7 +100,7 @@ export class ResultReporter {
       return false;
     }
     this.#lastError = '';
-    this.#o.engine.reportedAlone(result);
+    this.#o.engine.reported(result);
     this.#o.logger.info(
       {
         event: 'deployment-result-sent',

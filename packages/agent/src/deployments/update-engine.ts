@@ -115,10 +115,11 @@ const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set([
   'WarmingUp',
 ]);
 const LOCK_POLL_MS = 500;
-/** Final results sent on their own that the next heartbeats repeat (so the server's device record has them too). */
-const MAX_ECHOES = 16;
 
-/** Why a healthy model goes back: another model of its ROLLBACK_ON_FAILURE deployment failed. */
+/**
+ * Why a healthy model goes back: another model of its ROLLBACK_ON_FAILURE deployment failed (the row's
+ * rolledBackWithDeployment says so; the schema 6 migration recognised rows written before it by these words).
+ */
 const ROLLED_BACK_WITH_DEPLOYMENT = 'rolled back with the deployment (ROLLBACK_ON_FAILURE)';
 
 /**
@@ -132,11 +133,6 @@ export class UpdateEngine {
   readonly #maxRestarts: number;
   readonly #held = new Set<string>();
   readonly #abort = new AbortController();
-  /**
-   * Final results the server accepted on their own (reportedAlone), by deployment: heartbeats carry them once
-   * more when nothing else is pending, as the device's last result. In memory only: losing it loses no result.
-   */
-  readonly #echoes = new Map<string, DeploymentResultInput>();
   #running: Promise<void> = Promise.resolve();
 
   constructor(options: UpdateEngineOptions) {
@@ -147,11 +143,17 @@ export class UpdateEngine {
       if (isDeploymentState(row.state)) options.metrics?.setState(row.handle, row.state);
   }
 
-  /** After a restart: every update that was not final counts a restart and is driven on to a final state. */
+  /**
+   * After a restart: every update that was not final is driven on to a final state. The restart counts against
+   * an update only when its new version serves the handle (restored as it served before the restart): a restart
+   * before the switch (downloading, staging, waiting on the update lock) is no sign of a bad version, and the old
+   * version still serves then.
+   */
   resume(): Promise<void> {
     return this.#serial(async () => {
       const open = this.#o.repository.list().filter((row) => !FINAL_STATES.has(state(row)));
       for (const row of open) {
+        if (!this.#newVersionServes(row)) continue;
         row.restarts += 1;
         this.#o.repository.save(row);
       }
@@ -210,20 +212,14 @@ export class UpdateEngine {
 
   /**
    * The DeploymentResult for the next heartbeat: the most recently changed deployment whose final result the
-   * server has not yet accepted (in progress or held ones too); else a final result the server accepted on its
-   * own and no heartbeat carried yet; else undefined.
+   * server has not yet accepted (in progress or held ones too), or undefined. A final result the server accepted
+   * (through the result route or a heartbeat) is not sent again: the server records the device's last result
+   * from either.
    */
   deploymentResult(): DeploymentResultInput | undefined {
     const rows = this.#o.repository.list();
     const pending = rows.filter((row) => !row.reported).sort((a, b) => b.updatedAt - a.updatedAt)[0];
     if (pending) return this.#resultFor(rows.filter((row) => row.deploymentName === pending.deploymentName));
-    for (const [name, echo] of this.#echoes) {
-      // Only while it is still the deployment's result: once the server's retry started it over, the old
-      // result would read as a failure (or success) of the new attempt.
-      const models = rows.filter((row) => row.deploymentName === name);
-      if (models.length > 0 && JSON.stringify(this.#resultFor(models)) === JSON.stringify(echo)) return echo;
-      this.#echoes.delete(name);
-    }
     return undefined;
   }
 
@@ -287,39 +283,21 @@ export class UpdateEngine {
     };
   }
 
-  /** The server accepted a heartbeat carrying `result`: final results in it are not sent again. */
-  reported(result: DeploymentResultInput): void {
-    if (result.DeploymentName !== undefined) this.#echoes.delete(result.DeploymentName);
-    this.#markReported(result);
-  }
-
   /**
-   * The server accepted `result` on its own (the device API's result route): it is not sent again, except once
-   * in a heartbeat when nothing else is pending.
+   * The server accepted `result`, in a heartbeat or on its own (the device API's result route): a final result is
+   * not sent again, by either. One composed before its deployment started over (the server's retry) marks nothing.
    */
-  reportedAlone(result: DeploymentResultInput): void {
-    if (!this.#markReported(result) || result.DeploymentName === undefined) return;
-    this.#echoes.delete(result.DeploymentName);
-    this.#echoes.set(result.DeploymentName, result);
-    for (const name of this.#echoes.keys()) {
-      if (this.#echoes.size <= MAX_ECHOES) break;
-      this.#echoes.delete(name);
-    }
-  }
-
-  /** Marks the rows of a final result reported; false when it was not final or not theirs (anymore). */
-  #markReported(result: DeploymentResultInput): boolean {
-    if (result.DeploymentStatus === 'INPROGRESS' || result.DeploymentStatus === 'HELD') return false;
+  reported(result: DeploymentResultInput): void {
+    if (result.DeploymentStatus === 'INPROGRESS' || result.DeploymentStatus === 'HELD') return;
     const rows = this.#o.repository
       .list()
       .filter((row) => row.deploymentName === result.DeploymentName && !row.reported);
-    if (rows.length === 0 || !rows.every((row) => FINAL_STATES.has(state(row)))) return false;
+    if (rows.length === 0 || !rows.every((row) => FINAL_STATES.has(state(row)))) return;
     // A result composed before the deployment started over (the server's retry) is not the new attempt's.
     const endedBy =
       typeof result.DeploymentEndTime === 'number' ? Math.round(result.DeploymentEndTime * 1000) : Infinity;
-    if (rows.some((row) => row.endedAt === null || row.endedAt > endedBy)) return false;
+    if (rows.some((row) => row.endedAt === null || row.endedAt > endedBy)) return;
     this.#o.repository.saveAll(rows.map((row) => ({ ...row, reported: true })));
-    return true;
   }
 
   /** Stops at the next step (waits are cut short); what is in progress resumes at the next start. */
@@ -397,6 +375,7 @@ export class UpdateEngine {
         committedVersion: existing?.committedVersion ?? served?.version ?? null,
         reason: null,
         rollbackFailureReason: null,
+        rolledBackWithDeployment: false,
         restarts: 0,
         startedAt: now,
         updatedAt: now,
@@ -466,7 +445,7 @@ export class UpdateEngine {
     const healthy = rows.filter((row) => state(row) === 'HealthCheck');
     if (failed.length > 0 && policy === 'ROLLBACK_ON_FAILURE') {
       const why = `${ROLLED_BACK_WITH_DEPLOYMENT}: ${failed.map((row) => `${row.handle} failed`).join(', ')}`;
-      for (const row of healthy) await this.#rollBack(row, why);
+      for (const row of healthy) await this.#rollBack(row, why, { withDeployment: true });
     } else if (healthy.length > 0) {
       const now = this.#now();
       const committed = healthy.map((row) => {
@@ -514,12 +493,24 @@ export class UpdateEngine {
       );
   }
 
-  /** A version that keeps taking the agent down (restarts while it is switched) is not given another chance. */
+  /**
+   * A version that keeps taking the agent down (restarts while it served, see resume) is not given another
+   * chance: it is rolled back, a failure after its switch.
+   */
   async #tooManyRestarts(row: DeploymentModelRow): Promise<boolean> {
     const s = state(row);
-    if (row.restarts <= this.#maxRestarts || (s !== 'HealthCheck' && s !== 'Switching')) return false;
-    await this.#rollBack(row, `the agent restarted ${row.restarts} times during this update`);
+    if (row.restarts <= this.#maxRestarts || FINAL_STATES.has(s) || s === 'RollingBack') return false;
+    if (!this.#newVersionServes(row)) return false;
+    await this.#rollBack(
+      row,
+      `the agent restarted ${row.restarts} times while version ${row.version} of ${row.handle} served (a crash loop)`,
+    );
     return true;
+  }
+
+  /** Whether the update's new version is the one serving its handle (it was switched in). */
+  #newVersionServes(row: DeploymentModelRow): boolean {
+    return row.packageDir !== null && this.#served(row.handle)?.url === row.packageDir;
   }
 
   /** Takes one model as far as it goes before the health window. */
@@ -720,8 +711,17 @@ export class UpdateEngine {
     return undefined;
   }
 
-  async #rollBack(row: DeploymentModelRow, why: string): Promise<void> {
-    if (state(row) !== 'RollingBack') this.#transition(row, 'RollingBack', { reason: why });
+  /** `withDeployment`: healthy, it goes back only because another model of its deployment failed. */
+  async #rollBack(
+    row: DeploymentModelRow,
+    why: string,
+    options: { withDeployment?: boolean } = {},
+  ): Promise<void> {
+    if (state(row) !== 'RollingBack') {
+      // Recorded with the state (a rollback resumed after a crash keeps it).
+      row.rolledBackWithDeployment = options.withDeployment === true;
+      this.#transition(row, 'RollingBack', { reason: why });
+    }
     try {
       const served = this.#served(row.handle);
       if (row.previousUrl) {
@@ -827,7 +827,7 @@ function latest(models: readonly DeploymentModelRow[]): number {
  */
 function failedAfterSwitch(row: DeploymentModelRow): boolean {
   if (row.rollbackFailureReason !== null) return true;
-  return state(row) === 'RolledBack' && !(row.reason ?? '').startsWith(ROLLED_BACK_WITH_DEPLOYMENT);
+  return state(row) === 'RolledBack' && !row.rolledBackWithDeployment;
 }
 
 function state(row: DeploymentModelRow): DeploymentState {

@@ -41,7 +41,18 @@ export interface LockedFolderKind {
   folderMode: number;
 }
 
-/** Another process (another edgefleet-agent, or another lock in this one) holds a folder's lock. */
+/** Where another agent's folder lies, when it is not this folder itself but one inside or around it. */
+export interface NestedFolder {
+  /** The other agent's folder (its real path). */
+  folder: string;
+  /** "inside": this folder lies inside the other; "contains": the other lies inside this one. */
+  relation: 'inside' | 'contains';
+}
+
+/**
+ * Another process (another edgefleet-agent, or another lock in this one) holds a folder's lock: this folder's, or
+ * (`nested`) that of a folder inside or around it, which the same files would be shared through.
+ */
 export class FolderInUseError extends Error {
   override readonly name = 'FolderInUseError';
   constructor(
@@ -49,10 +60,13 @@ export class FolderInUseError extends Error {
     readonly folder: string,
     /** The holder's pid, when the kernel says (Linux /proc/locks); undefined when it cannot be known. */
     readonly holderPid: number | undefined,
+    readonly nested?: NestedFolder,
   ) {
+    const holder = `another edgefleet-agent${holderPid === undefined ? '' : ` (pid ${holderPid})`}`;
     super(
-      `${kind.label} ${folder} (${kind.configKey}) is in use by another edgefleet-agent` +
-        `${holderPid === undefined ? '' : ` (pid ${holderPid})`}; ${kind.onePerFolder}: stop that agent, or give this one ${kind.ownFolder}`,
+      nested === undefined
+        ? `${kind.label} ${folder} (${kind.configKey}) is in use by ${holder}; ${kind.onePerFolder}: stop that agent, or give this one ${kind.ownFolder}`
+        : `${kind.label} ${folder} (${kind.configKey}) ${nested.relation === 'inside' ? 'lies inside' : 'contains'} ${nested.folder}, ${kind.label} of ${holder}; ${kind.onePerFolder}: stop that agent, or give this one ${kind.ownFolder}, neither inside nor containing another agent's`,
     );
   }
 }

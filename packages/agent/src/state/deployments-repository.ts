@@ -20,6 +20,12 @@ export interface DeploymentModelRow {
   committedVersion: string | null;
   reason: string | null;
   rollbackFailureReason: string | null;
+  /**
+   * Rolled back (or rolling back) only because another model of its ROLLBACK_ON_FAILURE deployment failed: not
+   * a failure of this model's own version.
+   */
+  rolledBackWithDeployment: boolean;
+  /** Restarts of the agent while this update's new version served the handle (a crash loop it may cause). */
   restarts: number;
   startedAt: number;
   updatedAt: number;
@@ -45,6 +51,7 @@ const COLUMNS: ReadonlyArray<[keyof DeploymentModelRow, string]> = [
   ['committedVersion', 'committed_version'],
   ['reason', 'reason'],
   ['rollbackFailureReason', 'rollback_failure_reason'],
+  ['rolledBackWithDeployment', 'rolled_back_with_deployment'],
   ['restarts', 'restarts'],
   ['startedAt', 'started_at'],
   ['updatedAt', 'updated_at'],
@@ -84,6 +91,7 @@ function toRow(stored: Stored): DeploymentModelRow {
   const row: Record<string, unknown> = {};
   for (const [field, column] of COLUMNS) row[field] = stored[column];
   row.allowDowngrade = stored.allow_downgrade === 1;
+  row.rolledBackWithDeployment = stored.rolled_back_with_deployment === 1;
   row.reported = stored.reported === 1;
   return row as unknown as DeploymentModelRow;
 }
@@ -92,6 +100,7 @@ function toStored(row: DeploymentModelRow): Stored {
   const stored: Stored = {};
   for (const [field, column] of COLUMNS) stored[column] = row[field];
   stored.allow_downgrade = row.allowDowngrade ? 1 : 0;
+  stored.rolled_back_with_deployment = row.rolledBackWithDeployment ? 1 : 0;
   stored.reported = row.reported ? 1 : 0;
   return stored;
 }

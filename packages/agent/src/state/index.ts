@@ -20,6 +20,7 @@ export {
   type DataRootLockOptions,
   type FolderLockOptions,
   type LockedFolderKind,
+  type NestedFolder,
 } from './data-root-lock.js';
 export { openAgentDatabase, type DatabaseRecovery, type OpenedAgentDatabase } from './database-recovery.js';
 export { LATEST_SCHEMA_VERSION, MIGRATIONS, migrate, type Migration } from './migrations.js';

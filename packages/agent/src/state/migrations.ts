@@ -160,6 +160,20 @@ export const MIGRATIONS: readonly Migration[] = [
         WHERE state IN ('Committed', 'RolledBack', 'Failed') AND ended_at IS NOT NULL;
     `,
   },
+  {
+    version: 6,
+    description: 'deployments: a model rolled back only because another model of its deployment failed',
+    sql: `
+      -- 1 when the model's rollback was not its own failure: healthy, it went back because another model of its
+      -- ROLLBACK_ON_FAILURE deployment failed (the result then says FailedAfterSwitch false, so the server may
+      -- retry). Before this version only the reason's opening words told it: rows written then keep that meaning.
+      ALTER TABLE deployment_models ADD COLUMN rolled_back_with_deployment INTEGER NOT NULL DEFAULT 0
+        CHECK (rolled_back_with_deployment IN (0, 1));
+      UPDATE deployment_models SET rolled_back_with_deployment = 1
+        WHERE state IN ('RollingBack', 'RolledBack', 'Failed')
+          AND substr(reason, 1, 53) = 'rolled back with the deployment (ROLLBACK_ON_FAILURE)';
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -1,10 +1,11 @@
 // One agent per Disk capture folder, with real agent processes: agents with data roots of their own but the same
 // capture folder would write, sweep, upload and quota-count each other's files; the second stops before it
 // listens, the first captures on; a SIGKILLed agent's folder is free at once.
-import { lstat, mkdir, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, realpath, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
-import { CAPTURE_FOLDER_LOCK_FILE } from '../../src/capture/index.js';
+import { CAPTURE_FOLDER_LOCK_FILE, lockCaptureFolder } from '../../src/capture/index.js';
+import { FolderInUseError } from '../../src/state/index.js';
 import { captureRequest, diskRecords } from '../capture/helpers.js';
 import { callMethod } from '../grpc/helpers.js';
 import { listening, useAgentScratch, type AgentProcess } from './process-helpers.js';
@@ -101,6 +102,66 @@ describe('one agent per Disk capture folder', () => {
     await own.waitFor(listening, 'that it listens');
     await capturesInto(ownSocket, join(agents.files.root, 'own-data'), 'own-1');
   }, 60_000);
+
+  it('nested capture folders are refused either way round, exit 4 naming both folders and the holder; a symbolic link does not hide one', async () => {
+    const outer = join(agents.files.root, 'nested-captures');
+    const realOuter = await realpath(agents.files.root).then((root) => join(root, 'nested-captures'));
+    const refusal = (folder: string, relation: string, other: string, pid: number | undefined) =>
+      `edgefleet-agent: cannot start: the Disk capture folder ${folder} (sagemaker_edge_core_capture_data_disk_path) ${relation} ${other}, the Disk capture folder of another edgefleet-agent (pid ${pid}); one agent per capture folder (each writes, uploads and counts the quota of the whole folder): stop that agent, or give this one a capture folder of its own, neither inside nor containing another agent's\n`;
+    const refused = async (name: string, folder: string) => {
+      const agent = start([
+        '-a',
+        join(agents.files.root, `${name}.sock`),
+        '-c',
+        await writeConfig(name, folder),
+      ]);
+      expect(await listens(agent), `an agent on ${folder} started`).toBe(false);
+      expect((await agent.exited).code).toBe(4);
+      return agent;
+    };
+
+    const outerSocket = join(agents.files.root, 'outer.sock');
+    const first = start(['-a', outerSocket, '-c', await writeConfig('outer', outer)]);
+    await first.waitFor(listening, 'that it listens');
+    // Inside the held folder: directly, and through a symbolic link to it.
+    const inner = await refused('inner', join(outer, 'sub'));
+    expect(inner.stderr()).toBe(refusal(join(outer, 'sub'), 'lies inside', realOuter, first.child.pid));
+    expect(inner.lines.find((l) => l.event === 'start-failed')).toMatchObject({
+      exitCode: 4,
+      captureFolder: join(outer, 'sub'),
+      holderPid: first.child.pid,
+    });
+    const alias = join(agents.files.root, 'alias-of-captures');
+    await symlink(outer, alias);
+    const linked = await refused('linked-inner', join(alias, 'deeper'));
+    expect(linked.stderr()).toBe(refusal(join(alias, 'deeper'), 'lies inside', realOuter, first.child.pid));
+    await capturesInto(outerSocket, outer, 'outer-1');
+    // Where /proc/locks cannot tell (a holder in another pid namespace), a read of the lock file does.
+    let unlisted: unknown;
+    try {
+      lockCaptureFolder(join(outer, 'sub'), {
+        procLocksPath: join(agents.files.root, 'no-proc-locks'),
+      }).release();
+    } catch (error) {
+      unlisted = error;
+    }
+    expect(unlisted).toBeInstanceOf(FolderInUseError);
+    expect(unlisted).toMatchObject({
+      holderPid: undefined,
+      nested: { folder: realOuter, relation: 'inside' },
+    });
+
+    // The other way round: an agent holds the inner folder (the outer's lock file, left by a killed agent, and
+    // the inner's, left by a refused one, are held by nobody and count for nothing).
+    first.child.kill('SIGKILL');
+    await first.exited;
+    const innerSocket = join(agents.files.root, 'inner-now.sock');
+    const second = start(['-a', innerSocket, '-c', await writeConfig('inner-now', join(outer, 'sub')), '-f']);
+    await second.waitFor(listening, 'that it listens');
+    const around = await refused('around', outer);
+    expect(around.stderr()).toBe(refusal(outer, 'contains', join(realOuter, 'sub'), second.child.pid));
+    await capturesInto(innerSocket, join(outer, 'sub'), 'inner-1');
+  }, 90_000);
 
   it('a symbolic link at the capture folder’s lock file stops start-up with exit 2 naming the key, and is left alone', async () => {
     const folder = join(agents.files.root, 'linked-captures');

@@ -47,6 +47,13 @@ export interface FakeDeviceApi {
   throttle: { chunkBytes: number; delayMs: number } | undefined;
   /** Heartbeats received (SendHeartbeat bodies). */
   heartbeats: Array<{ DeploymentResult?: Record<string, unknown> }>;
+  /**
+   * Whether the device API's result route (POST /api/v1/device/deployments/result) answers; off by default, as
+   * a server without it (404): results then reach it in heartbeats only.
+   */
+  acceptResults: boolean;
+  /** DeploymentResults the result route accepted. */
+  results: Array<Record<string, unknown>>;
   serve(path: string, bytes: Buffer): ServedPackage;
   close(): Promise<void>;
 }
@@ -75,6 +82,8 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
     ranges: [] as Array<{ path: string; range: string | undefined }>,
     refused: 0,
     heartbeats: [] as Array<{ DeploymentResult?: Record<string, unknown> }>,
+    acceptResults: false,
+    results: [] as Array<Record<string, unknown>>,
     throttle: undefined as { chunkBytes: number; delayMs: number } | undefined,
   };
   const server: Server = createServer(
@@ -95,6 +104,16 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
             api.heartbeats.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
           res.writeHead(200, { 'content-type': 'application/json' });
           res.end(path === '/SendHeartbeat' ? '{}' : JSON.stringify({ DeviceRegistration: 'REGISTERED' }));
+        });
+        return;
+      }
+      if (req.method === 'POST' && path === '/api/v1/device/deployments/result' && api.acceptResults) {
+        const chunks: Buffer[] = [];
+        req.on('data', (chunk: Buffer) => chunks.push(chunk));
+        req.on('end', () => {
+          api.results.push(JSON.parse(Buffer.concat(chunks).toString('utf8')).DeploymentResult);
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.end('{}');
         });
         return;
       }

@@ -5,18 +5,17 @@
  * (EDGEFLEET_TORTURE_UPDATES, EDGEFLEET_TORTURE_SEED).
  */
 import { execFile } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { OnnxModelBuilder } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildAgent, listening, spawnAgent, type AgentProcess } from '../daemon/process-helpers.js';
+import { buildAgent } from '../daemon/process-helpers.js';
 import { promisify } from 'node:util';
 import { CLI_MAIN, requireBuilt } from '../../../../test/support/control-plane.js';
 import { until } from '../fleet/support.js';
 import { scratch } from '../support/model-packages.js';
 import { seeded } from '../support/seeded.js';
+import { deviceAgent, getStatus, type DeviceAgent } from './device-agent.js';
 import {
   deployment,
   packageSigner,
@@ -65,31 +64,9 @@ function scaleModel(k: number): Uint8Array {
     .build();
 }
 
-interface AgentStatus {
-  models: Array<{ name: string; version: string; signatureVerified: boolean }>;
-  deployments: {
-    enabled: boolean;
-    models?: Array<{ handle: string; deployment: string; state: string; version: string }>;
-  };
-}
-
-function getStatus(socket: string): Promise<AgentStatus> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: socket, path: '/edgefleet/v1/status', timeout: 5000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
-      res.on('end', () =>
-        res.statusCode === 200 ? resolve(JSON.parse(body) as AgentStatus) : reject(new Error(body)),
-      );
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
 let files: Awaited<ReturnType<typeof scratch>>;
 let api: FakeDeviceApi;
-let agent: AgentProcess | undefined;
+let agent: DeviceAgent | undefined;
 
 beforeAll(async () => {
   buildAgent();
@@ -97,8 +74,7 @@ beforeAll(async () => {
   api = await startFakeDeviceApi();
 });
 afterAll(async () => {
-  agent?.child.kill('SIGKILL');
-  await agent?.exited;
+  await agent?.kill();
   await api?.close();
   await files?.cleanup();
 });
@@ -110,42 +86,10 @@ describe(`torture: ${UPDATES} updates, the agent SIGKILLed at a random moment of
     async () => {
       const random = seeded(SEED);
       const signer = await packageSigner(files.root);
-      const dir = join(files.root, 'device');
-      await mkdir(dir);
-      const file = (name: string, text: string) =>
-        writeFile(join(dir, name), text).then(() => join(dir, name));
-      const socket = join(dir, 'agent.sock');
-      const restSocket = join(dir, 'rest.sock');
-      const dataRoot = join(dir, 'data');
-      const config = await file(
-        'agent.json',
-        JSON.stringify({
-          sagemaker_edge_core_device_name: 'device-1',
-          sagemaker_edge_core_device_fleet_name: 'fleet-1',
-          sagemaker_edge_provider_provider: 'Aws',
-          sagemaker_edge_core_endpoint_override: api.endpoint,
-          sagemaker_edge_provider_aws_cert_file: await file('device.pem', api.tls.certPem),
-          sagemaker_edge_provider_aws_cert_pk_file: await file('device.key', api.tls.keyPem),
-          sagemaker_edge_provider_aws_ca_cert_file: await file('ca.pem', api.tls.caPem!),
-          sagemaker_edge_core_root_certs_path: signer.trustDir,
-          sagemaker_edge_local_data_root_path: dataRoot,
-          sagemaker_edge_deployment_lib_path: '/usr/lib/deployment.so',
-          edgefleet_deployment_poll_interval_seconds: 1,
-          edgefleet_deployment_health_window_seconds: 1,
-          edgefleet_heartbeat_interval_seconds: 1,
-          edgefleet_rest_socket_path: restSocket,
-          edgefleet_inference_workers: 1,
-          edgefleet_require_signatures: true,
-        }),
-      );
-      const start = async () => {
-        agent = spawnAgent(['-a', socket, '-c', config, '-f'], dir);
-        await agent.waitFor(listening, 'listening');
-      };
-      const kill = async () => {
-        agent!.child.kill('SIGKILL');
-        await agent!.exited;
-      };
+      agent = await deviceAgent(join(files.root, 'device'), api, signer.trustDir);
+      const { dataRoot, restSocket } = agent;
+      const start = () => agent!.start();
+      const kill = () => agent!.kill();
       const statesAtKill: string[] = [];
       const packages: ServedPackage[] = [];
       api.throttle = { chunkBytes: 256, delayMs: 15 };

@@ -5,10 +5,17 @@ import { OnnxModelBuilder } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
-import { DeploymentMetrics, PackageStore, UpdateEngine } from '../../src/deployments/index.js';
+import {
+  DeploymentMetrics,
+  PackageStore,
+  ResultReporter,
+  UpdateEngine,
+} from '../../src/deployments/index.js';
+import { DeviceApiClient } from '../../src/fleet/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
-import { AgentDatabase } from '../../src/state/index.js';
+import { AgentDatabase, MIGRATIONS, migrate } from '../../src/state/index.js';
+import { until } from '../fleet/support.js';
 import { rankLyingModel } from '../models/helpers.js';
 import { scratch } from '../support/model-packages.js';
 import {
@@ -581,6 +588,92 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     }
   });
 
+  it('"rolled back only with the deployment" is the row\'s recorded fact, not its message; rows of schema 5 keep their meaning', async () => {
+    const d = await device();
+    const now = Date.now();
+    const row = {
+      handle: 'a',
+      deploymentName: 'two',
+      state: 'RolledBack',
+      desired: 'DEPLOY' as const,
+      failurePolicy: 'ROLLBACK_ON_FAILURE',
+      allowDowngrade: false,
+      modelName: null,
+      version: '2.0',
+      packageUrl: null,
+      sha256: null,
+      size: null,
+      packageDir: '/pkg/2.0',
+      previousUrl: '/pkg/1.0',
+      previousVersion: '1.0',
+      committedVersion: '1.0',
+      reason: 'rolled back with the deployment (ROLLBACK_ON_FAILURE): b failed',
+      rollbackFailureReason: null,
+      rolledBackWithDeployment: true,
+      restarts: 0,
+      startedAt: now,
+      updatedAt: now,
+      endedAt: now,
+      reported: false,
+    };
+    const failedAfterSwitch = (engine: UpdateEngine) =>
+      Object.fromEntries(
+        engine.finalResults(16)[0]!.DeploymentModels!.map((m) => [m.ModelHandle, m.FailedAfterSwitch]),
+      );
+    // The flag decides, whatever the words: a reason is for people.
+    d.database.deployments.saveAll([
+      { ...row, handle: 'a', reason: 'b of this deployment failed' },
+      { ...row, handle: 'b', rolledBackWithDeployment: false },
+    ]);
+    expect(failedAfterSwitch(d.engine)).toEqual({ a: false, b: true });
+
+    // A database written by schema 5 (no flag): a row whose reason says so is still a rollback with the deployment.
+    const path = join(files.root, `schema-5-${++counter}.db`);
+    const old = new SqliteDatabase(path);
+    migrate(old, MIGRATIONS.slice(0, 5));
+    const insert = old.prepare(
+      `INSERT INTO deployment_models (handle, deployment_name, state, desired, failure_policy, version, package_dir,
+         previous_url, previous_version, reason, started_at, updated_at, ended_at, reported)
+       VALUES (?, 'two', ?, 'DEPLOY', 'ROLLBACK_ON_FAILURE', '2.0', '/pkg/2.0', '/pkg/1.0', '1.0', ?, ?, ?, ?, 0)`,
+    );
+    insert.run(
+      'a',
+      'RolledBack',
+      'rolled back with the deployment (ROLLBACK_ON_FAILURE): c failed',
+      now,
+      now,
+      now,
+    );
+    insert.run(
+      'b',
+      'RolledBack',
+      'version 2.0 of b failed its health window: 3 of 3 requests failed',
+      now,
+      now,
+      now,
+    );
+    insert.run('c', 'Failed', 'bad checksum', now, now, now);
+    old.close();
+    const upgraded = AgentDatabase.open({ path, walSyncIntervalMs: 0 });
+    try {
+      const engine = new UpdateEngine({
+        registry: d.registry,
+        repository: upgraded.deployments,
+        store: d.store,
+        trust: signer.trust,
+        requireSignatures: true,
+        healthWindowMs: 10,
+        logger: { info: () => {}, warn: () => {}, error: () => {} },
+      });
+      expect(failedAfterSwitch(engine)).toEqual({ a: false, b: true, c: false });
+      expect(upgraded.deployments.get('a')?.rolledBackWithDeployment).toBe(true);
+      expect(upgraded.deployments.get('b')?.rolledBackWithDeployment).toBe(false);
+      await engine.close();
+    } finally {
+      upgraded.close();
+    }
+  });
+
   it('the update lock defers the switch; held past its maximum, the deployment is reported HELD, then completes', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const v2 = await publish(doublingModel(), '2.0');
@@ -683,7 +776,7 @@ describe('UpdateEngine, more', () => {
     expect(d.registry.describe('detector').version).toBe('2.0');
   });
 
-  it('final results for the result route: each deployment once; the heartbeat repeats one only while it is current', async () => {
+  it('final results for the result route: each deployment once; one the server accepted alone is not sent again, in a heartbeat either', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const v2 = await publish(doublingModel(), '2.0');
     const o1 = await publish(identityModel(), '1.0', { model: 'other' });
@@ -699,24 +792,21 @@ describe('UpdateEngine, more', () => {
       ['right', 'SUCCESS'],
     ]);
     expect(d.engine.finalResults(1)).toHaveLength(1);
-    for (const result of results) d.engine.reportedAlone(result);
+    // Before the server took them, the heartbeat carries the newest too.
+    expect(d.engine.deploymentResult()).toEqual(results[1]);
+    for (const result of results) d.engine.reported(result);
     expect(d.engine.finalResults(16)).toEqual([]);
-    // The heartbeats repeat each once (the server's record of the device's last result), then nothing.
-    const echoed = [d.engine.deploymentResult()!, undefined, undefined];
-    d.engine.reported(echoed[0]!);
-    echoed[1] = d.engine.deploymentResult();
-    d.engine.reported(echoed[1]!);
-    echoed[2] = d.engine.deploymentResult();
-    expect(echoed).toEqual([results[0], results[1], undefined]);
+    // The server records the device's last result from the result route as well: no heartbeat repeats it.
+    expect(d.engine.deploymentResult()).toBeUndefined();
 
-    // A failure sent alone, then the server's retry starts it over before a heartbeat carried it: the old
-    // FAIL is not repeated (it would read as the new attempt's).
+    // A failure the server accepted alone is not sent again; the server's retry then starts it over.
     api.faults.set(v2.path, [{ status: 404 }]);
     const upgrade = deployment('up', [{ handle: 'detector', pkg: v2, version: '2.0' }]);
     await d.engine.apply([upgrade]);
     const [failure] = d.engine.finalResults(16);
     expect(failure).toMatchObject({ DeploymentName: 'up', DeploymentStatus: 'FAIL' });
-    d.engine.reportedAlone(failure!);
+    d.engine.reported(failure!);
+    expect(d.engine.deploymentResult()).toBeUndefined();
     api.faults.set(v2.path, [{ status: 503 }]);
     await d.engine.apply([upgrade]);
     expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'up', state: 'Downloading' });
@@ -729,10 +819,42 @@ describe('UpdateEngine, more', () => {
     const [success] = d.engine.finalResults(16);
     expect(success).toMatchObject({ DeploymentName: 'up', DeploymentStatus: 'SUCCESS' });
     // The old failure, arriving late, does not mark the new attempt reported.
-    d.engine.reportedAlone(failure!);
+    d.engine.reported(failure!);
     expect(d.engine.finalResults(16)).toEqual([success]);
-    d.engine.reportedAlone(success!);
     expect(d.engine.deploymentResult()).toEqual(success);
+    d.engine.reported(success!);
+    expect(d.engine.finalResults(16)).toEqual([]);
+    expect(d.engine.deploymentResult()).toBeUndefined();
+  });
+
+  it('a final result the result route accepted is not sent again: not by the route, not in a heartbeat', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const d = await device();
+    const client = new DeviceApiClient(api.endpoint, api.tls, { timeoutMs: 5000 });
+    const reporter = new ResultReporter({
+      engine: d.engine,
+      sink: client,
+      ids: { DeviceName: 'device-1', DeviceFleetName: 'fleet-1' },
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+    });
+    api.acceptResults = true;
+    try {
+      await d.engine.apply([deployment('alone', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+      reporter.kick();
+      await until(() => (d.engine.finalResults(16).length === 0 ? true : undefined), 'the result accepted');
+      expect(api.results.filter((r) => r.DeploymentName === 'alone')).toMatchObject([
+        { DeploymentStatus: 'SUCCESS' },
+      ]);
+      // The server records the device's last result from the route: the heartbeat has nothing to carry.
+      expect(d.engine.deploymentResult()).toBeUndefined();
+      reporter.kick();
+      await reporter.stop();
+      expect(api.results.filter((r) => r.DeploymentName === 'alone')).toHaveLength(1);
+    } finally {
+      api.acceptResults = false;
+      await reporter.stop();
+      client.close();
+    }
   });
 
   it('a deployment of the package already serving is committed at once, without a download', async () => {

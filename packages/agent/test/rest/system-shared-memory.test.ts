@@ -128,6 +128,7 @@ function updateEngineWithAFailedRollback(root: string) {
     committedVersion: '2.0',
     reason: null,
     rollbackFailureReason: null,
+    rolledBackWithDeployment: false,
     restarts: 0,
     startedAt: now - 2000,
     updatedAt: now - 1000,

@@ -444,6 +444,7 @@ describe('schema version 5: the last committed and failed deployment per handle'
     committedVersion: '1.0',
     reason: state === 'Committed' ? null : 'did not load',
     rollbackFailureReason: null,
+    rolledBackWithDeployment: false,
     restarts: 0,
     startedAt,
     updatedAt: startedAt + 5,
