@@ -8,7 +8,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildAgent, type LogLine } from '../daemon/process-helpers.js';
-import { until } from '../fleet/support.js';
+import { until as untilWithin } from '../fleet/support.js';
 import { scratch } from '../support/model-packages.js';
 import { deviceAgent, getStatus, type DeviceAgent } from './device-agent.js';
 import {
@@ -22,6 +22,10 @@ import {
 
 /** More than the engine's restarts bound (UpdateEngine's maxRestarts, 3). */
 const KILLS = 4;
+/** Each restart re-verifies and reloads a package: slow beside a full parallel test run, so waits are generous. */
+const LOADED_MACHINE_MS = 60_000;
+const until = <T>(check: () => Promise<T | undefined>, what: string): Promise<T> =>
+  untilWithin(check, what, LOADED_MACHINE_MS);
 
 let files: Awaited<ReturnType<typeof scratch>>;
 let api: FakeDeviceApi;
@@ -117,7 +121,7 @@ describe('restarts during an update (a real agent, SIGKILLed)', () => {
       async () => (heardResult('locked-upgrade')?.DeploymentStatus === 'SUCCESS' ? true : undefined),
       'the SUCCESS result in a heartbeat',
     );
-  }, 120_000);
+  }, 420_000);
 
   it(`killed ${KILLS} times in HealthCheck (the new version serving), it rolls back as a crash loop, reported FailedAfterSwitch`, async () => {
     const [v1, v2] = await twoVersions('looping');
@@ -164,5 +168,5 @@ describe('restarts during an update (a real agent, SIGKILLed)', () => {
         },
       ],
     });
-  }, 120_000);
+  }, 420_000);
 });
