@@ -114,6 +114,11 @@ const BEFORE_SWITCH: ReadonlySet<DeploymentState> = new Set([
   'Loading',
   'WarmingUp',
 ]);
+/**
+ * States in which the new version's own code runs beside the old one (its sessions created, then warmed up): a
+ * restart found there may be the version's doing (a native crash, an OOM kill), so it counts.
+ */
+const STAGING: ReadonlySet<DeploymentState> = new Set(['Loading', 'WarmingUp']);
 const LOCK_POLL_MS = 500;
 
 /**
@@ -145,15 +150,15 @@ export class UpdateEngine {
 
   /**
    * After a restart: every update that was not final is driven on to a final state. The restart counts against
-   * an update only when its new version serves the handle (restored as it served before the restart): a restart
-   * before the switch (downloading, staging, waiting on the update lock) is no sign of a bad version, and the old
-   * version still serves then.
+   * an update when its new version serves the handle (restored as it served before the restart) or was being
+   * staged (Loading, WarmingUp: its code was running). One while downloading, verifying or waiting on the update
+   * lock is no sign of a bad version: the old version serves then, and the update goes on.
    */
   resume(): Promise<void> {
     return this.#serial(async () => {
       const open = this.#o.repository.list().filter((row) => !FINAL_STATES.has(state(row)));
       for (const row of open) {
-        if (!this.#newVersionServes(row)) continue;
+        if (!this.#newVersionServes(row) && !STAGING.has(state(row))) continue;
         row.restarts += 1;
         this.#o.repository.save(row);
       }
@@ -494,17 +499,17 @@ export class UpdateEngine {
   }
 
   /**
-   * A version that keeps taking the agent down (restarts while it served, see resume) is not given another
-   * chance: it is rolled back, a failure after its switch.
+   * A version that keeps taking the agent down (counted restarts, see resume) is not given another chance: one
+   * that served is rolled back (a failure after its switch); one being staged ends Failed before its switch (the
+   * old version serves; the server may retry).
    */
   async #tooManyRestarts(row: DeploymentModelRow): Promise<boolean> {
     const s = state(row);
     if (row.restarts <= this.#maxRestarts || FINAL_STATES.has(s) || s === 'RollingBack') return false;
-    if (!this.#newVersionServes(row)) return false;
-    await this.#rollBack(
-      row,
-      `the agent restarted ${row.restarts} times while version ${row.version} of ${row.handle} served (a crash loop)`,
-    );
+    const loop = `the agent restarted ${row.restarts} times while version ${row.version} of ${row.handle}`;
+    if (this.#newVersionServes(row)) await this.#rollBack(row, `${loop} served (a crash loop)`);
+    else if (STAGING.has(s)) await this.#fail(row, `${loop} was being staged (a crash loop)`);
+    else return false;
     return true;
   }
 

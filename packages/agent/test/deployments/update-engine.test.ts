@@ -989,6 +989,47 @@ describe('UpdateEngine, more', () => {
     ]);
   });
 
+  it('a version whose staging keeps taking the agent down ends Failed before its switch, the old one serving', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device();
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    const base = d.database.deployments.get('detector')!;
+    // What the fourth crash during version 2's warm-up leaves: three restarts counted already, version 2 verified
+    // and extracted, version 1 serving.
+    const v2Dir = d.store.packageDir('detector', '2.0', v2.sha256);
+    await d.store.extract(await d.store.download({ url: v2.path, sha256: v2.sha256 }), v2Dir);
+    const now = Date.now();
+    d.database.deployments.save({
+      ...base,
+      deploymentName: 'crashing',
+      state: 'WarmingUp',
+      version: '2.0',
+      sha256: v2.sha256,
+      packageUrl: v2.path,
+      packageDir: v2Dir,
+      previousUrl: base.packageDir,
+      previousVersion: '1.0',
+      reported: false,
+      restarts: 3,
+      endedAt: null,
+      startedAt: now,
+      updatedAt: now,
+    });
+    await d.engine.resume();
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: 'the agent restarted 4 times while version 2.0 of detector was being staged (a crash loop)',
+    });
+    expect(d.database.deployments.get('detector')!.restarts).toBe(4);
+    expect(d.registry.describe('detector')).toMatchObject({ version: '1.0' });
+    expect(d.registry.describe('detector').staged).toBeUndefined();
+    expect(d.engine.deploymentResult()?.DeploymentModels?.[0]).toMatchObject({
+      Status: 'FAIL',
+      FailedAfterSwitch: false,
+    });
+  });
+
   it('counts in edgefleet_deployment_* metrics', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const registry = new Registry();
