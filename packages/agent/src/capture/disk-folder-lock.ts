@@ -59,7 +59,7 @@ export function lockCaptureFolder(folder: string, options: FolderLockOptions = {
 /**
  * A capture folder another agent holds around `real` (an ancestor's lock file) or inside it (a lock file anywhere
  * below, symbolic links not followed: the agent's sweeps and uploads do not follow them either), or undefined.
- * Lock files no process holds (an agent that stopped) do not count.
+ * Lock files no process holds (an agent that stopped), and other users' files, do not count.
  */
 function heldNestedFolder(real: string, options: FolderLockOptions): NestedFolder | undefined {
   for (let dir = dirname(real); ; dir = dirname(dir)) {
@@ -67,6 +67,8 @@ function heldNestedFolder(real: string, options: FolderLockOptions): NestedFolde
       return { folder: dir, relation: 'inside' };
     if (dir === dirname(dir)) break;
   }
+  // Not across mount points: another filesystem mounted below (a dead NFS mount included) is not walked.
+  const device = lstatSync(real).dev;
   const below = (dir: string): NestedFolder | undefined => {
     let entries;
     try {
@@ -77,6 +79,7 @@ function heldNestedFolder(real: string, options: FolderLockOptions): NestedFolde
     for (const entry of entries) {
       if (!entry.isDirectory()) continue;
       const sub = join(dir, entry.name);
+      if (!onDevice(sub, device)) continue;
       if (heldByAnother(join(sub, CAPTURE_FOLDER_LOCK_FILE), options))
         return { folder: sub, relation: 'contains' };
       const found = below(sub);
@@ -96,7 +99,10 @@ function heldNestedFolder(real: string, options: FolderLockOptions): NestedFolde
  */
 function heldByAnother(path: string, options: FolderLockOptions): boolean {
   try {
-    if (!lstatSync(path).isFile()) return false;
+    const stats = lstatSync(path);
+    // Only an agent's lock file: one of this user's (or root's). Another local user's file in a shared folder
+    // above (/tmp) must not be able to keep this agent from starting.
+    if (!stats.isFile() || (stats.uid !== process.getuid?.() && stats.uid !== 0)) return false;
   } catch {
     return false;
   }
@@ -114,5 +120,13 @@ function heldByAnother(path: string, options: FolderLockOptions): boolean {
     return (error as { code?: unknown }).code === 'SQLITE_BUSY';
   } finally {
     db.close();
+  }
+}
+
+function onDevice(path: string, device: number): boolean {
+  try {
+    return lstatSync(path).dev === device;
+  } catch {
+    return false;
   }
 }

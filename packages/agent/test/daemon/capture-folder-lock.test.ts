@@ -1,7 +1,7 @@
 // One agent per Disk capture folder, with real agent processes: agents with data roots of their own but the same
 // capture folder would write, sweep, upload and quota-count each other's files; the second stops before it
 // listens, the first captures on; a SIGKILLed agent's folder is free at once.
-import { lstat, mkdir, realpath, symlink, writeFile } from 'node:fs/promises';
+import { chown, lstat, mkdir, realpath, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import { CAPTURE_FOLDER_LOCK_FILE, lockCaptureFolder } from '../../src/capture/index.js';
@@ -150,6 +150,17 @@ describe('one agent per Disk capture folder', () => {
       holderPid: undefined,
       nested: { folder: realOuter, relation: 'inside' },
     });
+    // A held lock file another user owns (one they planted in a shared folder above, such as /tmp) is not an
+    // agent's: it cannot keep this one from starting. Changing a file's owner needs root, as CI runs.
+    if (process.getuid?.() === 0) {
+      const outerLock = join(outer, '.edgefleet-capture.lock');
+      await chown(outerLock, 54321, 54321);
+      try {
+        lockCaptureFolder(join(outer, 'sub')).release();
+      } finally {
+        await chown(outerLock, 0, 0);
+      }
+    }
 
     // The other way round: an agent holds the inner folder (the outer's lock file, left by a killed agent, and
     // the inner's, left by a refused one, are held by nobody and count for nothing).
