@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
+import { leaseExpiredBefore, newClaimToken } from '../background/index.js';
 import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
 import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from '../storage/index.js';
@@ -136,7 +136,7 @@ export class PackagingJobStore {
         .where((eb) =>
           eb.or([
             eb('status', '=', 'STARTING'),
-            eb.and([eb('status', '=', 'INPROGRESS'), eb('updated_at', '<', this.now() - leaseMs)]),
+            eb.and([eb('status', '=', 'INPROGRESS'), eb('updated_at', '<', leaseExpiredBefore(this.now(), leaseMs))]),
           ]),
         )
         .orderBy('created_at')
@@ -144,7 +144,7 @@ export class PackagingJobStore {
         .executeTakeFirst();
       if (next === undefined) return undefined;
       const resumed = next.status === 'INPROGRESS';
-      const token = randomBytes(12).toString('hex');
+      const token = newClaimToken();
       const result = await this.db
         .updateTable('packaging_jobs')
         .set({
