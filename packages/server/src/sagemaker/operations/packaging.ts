@@ -110,6 +110,13 @@ export async function packagingJobTags(
 ): Promise<{ tags: Tag[]; write: (tags: Tag[]) => Promise<void> }> {
   const source = await sourceOf(db, jobName);
   if (source === undefined) {
+    const exists = await db
+      .selectFrom('packaging_jobs')
+      .select('name')
+      .where('name', '=', jobName)
+      .executeTakeFirst();
+    if (exists === undefined)
+      throw new AwsError('ResourceNotFound', `edge packaging job ${jobName} does not exist`);
     throw new AwsError(
       'ResourceNotFound',
       `edge packaging job ${jobName} was not created through the SageMaker API; only those carry tags`,
