@@ -5,12 +5,7 @@ import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import { extract } from 'tar-stream';
 import { z } from 'zod';
-import {
-  DEFAULT_LEASE_MS,
-  leaseExpiredBefore,
-  newClaimToken,
-  renewLease,
-} from '../background/index.js';
+import { DEFAULT_LEASE_MS, leaseExpiredBefore, newClaimToken, renewLease } from '../background/index.js';
 import { DomainError, conflict, invalid, notFound } from '../errors/index.js';
 import { tagListSchema, type Tag } from '../fields/index.js';
 import type { ModelStore } from '../models/index.js';
@@ -95,7 +90,9 @@ function toRecord(row: CompilationJobsTable): CompilationJobRecord {
     outputS3Location: row.output_s3_location,
     targetDevice: row.target_device,
     stoppingCondition:
-      row.stopping_condition === null ? {} : stoppingConditionSchema.parse(JSON.parse(row.stopping_condition)),
+      row.stopping_condition === null
+        ? {}
+        : stoppingConditionSchema.parse(JSON.parse(row.stopping_condition)),
     dataInputConfig: row.data_input_config,
     modelName: row.model_name,
     modelVersion: row.model_version,
@@ -191,7 +188,9 @@ export class CompilationJobStore {
       if (isUniqueViolation(error)) throw conflict(`compilation job ${input.name} already exists`);
       throw error;
     }
-    const run = this.runImport(toRecord(row), row.claim_token as string).finally(() => this.running.delete(input.name));
+    const run = this.runImport(toRecord(row), row.claim_token as string).finally(() =>
+      this.running.delete(input.name),
+    );
     this.running.set(input.name, run);
     return toRecord(row);
   }

@@ -136,7 +136,10 @@ export class PackagingJobStore {
         .where((eb) =>
           eb.or([
             eb('status', '=', 'STARTING'),
-            eb.and([eb('status', '=', 'INPROGRESS'), eb('updated_at', '<', leaseExpiredBefore(this.now(), leaseMs))]),
+            eb.and([
+              eb('status', '=', 'INPROGRESS'),
+              eb('updated_at', '<', leaseExpiredBefore(this.now(), leaseMs)),
+            ]),
           ]),
         )
         .orderBy('created_at')

@@ -134,10 +134,7 @@ export class PackagingWorker {
   async run(job: PackagingJobRecord, claim: PackagingClaim): Promise<void> {
     const { jobs, blobs } = this.options;
     const log = this.options.logger.child({ packagingJob: job.name });
-    const lease = renewLease(
-      () => jobs.touch(claim, 'packaging'),
-      this.options.leaseMs ?? DEFAULT_LEASE_MS,
-    );
+    const lease = renewLease(() => jobs.touch(claim, 'packaging'), this.options.leaseMs ?? DEFAULT_LEASE_MS);
     const check: ClaimCheck = {
       stopIfLost: (step) => {
         if (lease.lost) throw new ClaimLostError(`lost the claim on the job before ${step}`);
