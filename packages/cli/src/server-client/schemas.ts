@@ -179,6 +179,7 @@ export const accessKeySchema = z.looseObject({
   deviceName: z.string().optional(),
   createdAt: isoTime,
   revokedAt: isoTime.optional(),
+  endedReason: z.string().optional(),
 });
 export type AccessKey = z.infer<typeof accessKeySchema>;
 export const createdAccessKeySchema = accessKeySchema.extend({ secretAccessKey: z.string() });

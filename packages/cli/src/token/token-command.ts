@@ -1,3 +1,4 @@
+import { awsProfileName } from '@edgefleet/core';
 import { Option, type Command } from 'commander';
 import { CliError, EXIT, refuseArguments, table, type Output } from '../cli-io.js';
 import {
@@ -100,7 +101,7 @@ export function registerTokenCommands(program: Command, output: () => Output): v
             keys.map((k) => [
               k.accessKeyId,
               k.scope,
-              k.revokedAt ? 'revoked' : 'active',
+              k.revokedAt ? 'revoked' : k.endedReason ? `ended (${k.endedReason})` : 'active',
               k.deviceName ?? '-',
               k.createdAt,
               k.name,
@@ -126,7 +127,7 @@ export function registerTokenCommands(program: Command, output: () => Output): v
 
 /** A profile for ~/.aws/credentials; the profile name is the key's name made safe for an INI section. */
 export function awsCredentialsProfile(name: string, accessKeyId: string, secretAccessKey: string): string {
-  const profile = name.replace(/[^A-Za-z0-9_-]+/g, '-');
+  const profile = awsProfileName(name);
   return [
     `# Add to ~/.aws/credentials; the secret is shown only now.`,
     `[${profile}]`,

@@ -1,1 +1,2 @@
 export * from './invocation.js';
+export * from './aws-profile.js';

@@ -18,6 +18,12 @@ export const accessKeySchema = z.object({
   deviceName: z.string().optional().describe('Set for data-plane keys: the device they speak for'),
   createdAt: z.iso.datetime(),
   revokedAt: z.iso.datetime().optional(),
+  state: z
+    .enum(['active', 'revoked', 'ended'])
+    .describe(
+      'ended: a device key whose device was deregistered (SigV4 calls with it are refused); revoke it to tidy up',
+    ),
+  endedReason: z.string().optional().describe('Why an ended key ended'),
 });
 
 function toApi(record: AccessKeyRecord): z.input<typeof accessKeySchema> {
@@ -28,6 +34,8 @@ function toApi(record: AccessKeyRecord): z.input<typeof accessKeySchema> {
     ...(record.deviceName !== null ? { deviceName: record.deviceName } : {}),
     createdAt: new Date(record.createdAt).toISOString(),
     ...(record.revokedAt !== null ? { revokedAt: new Date(record.revokedAt).toISOString() } : {}),
+    state: record.revokedAt !== null ? 'revoked' : record.endedReason !== undefined ? 'ended' : 'active',
+    ...(record.endedReason !== undefined ? { endedReason: record.endedReason } : {}),
   };
 }
 
@@ -41,7 +49,8 @@ export const accessKeyRoutes: FastifyPluginAsync<{ accessKeys: AccessKeyStore }>
     url: '/api/v1/access-keys',
     auth: 'admin',
     tag: 'tokens',
-    summary: 'Create an AWS-style access key pair for the SageMaker API (the secret is returned once)',
+    summary:
+      'Create an AWS-style access key pair for the SageMaker API (the secret is returned once); 409 Conflict when an unrevoked key already has the name (as a ~/.aws/credentials profile name)',
     body: z.strictObject({
       name: keyNameSchema,
       scope: tokenScopeSchema,
@@ -85,7 +94,12 @@ export const accessKeyRoutes: FastifyPluginAsync<{ accessKeys: AccessKeyStore }>
     tag: 'tokens',
     summary: 'Revoke an access key',
     params: z.object({
-      accessKeyId: z.string().regex(/^AKEF[A-Z2-7]{16}$/, 'expected an access key id (AKEF…, 20 characters)'),
+      accessKeyId: z
+        .string()
+        .regex(
+          /^AKEF[A-Z2-7]{16}$/,
+          'expected an access key id: AKEF and 16 more of A-Z and 2-7 (20 characters, as edgefleet token list-aws shows them)',
+        ),
     }),
     status: 204,
     handler: async ({ params }) => {

@@ -1,7 +1,8 @@
 import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { awsProfileName } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
-import { DomainError } from '../errors/index.js';
+import { DomainError, conflict } from '../errors/index.js';
 import { createOnce, fileExists } from '../identity/key-files.js';
 import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
 import { tokenScopeSchema, type TokenScope } from './api-tokens.js';
@@ -18,6 +19,11 @@ export interface AccessKeyRecord {
   deviceName: string | null;
   createdAt: number;
   revokedAt: number | null;
+  /**
+   * Set (by `list`) for an unrevoked device key that no longer speaks for its device: the device was
+   * deregistered (and perhaps registered again since; a key issued before that registration is refused).
+   */
+  endedReason?: string;
 }
 
 /** What SigV4 verification needs about an active key. */
@@ -172,6 +178,7 @@ export class AccessKeyStore {
         });
       }
     }
+    await this.refuseProfileNameInUse(record.name);
     await this.db
       .insertInto('access_keys')
       .values({
@@ -208,10 +215,51 @@ export class AccessKeyStore {
     return { ...toRecord(row), secretAccessKey };
   }
 
+  /** Keys by id; an unrevoked device key whose device was deregistered since carries `endedReason`. */
   async list(options: { after?: string; limit: number }): Promise<AccessKeyRecord[]> {
-    let query = this.db.selectFrom('access_keys').selectAll().orderBy('access_key_id').limit(options.limit);
+    let query = this.db
+      .selectFrom('access_keys')
+      .leftJoin('devices', 'devices.name', 'access_keys.device_name')
+      .selectAll('access_keys')
+      .select('devices.registered_at')
+      .orderBy('access_key_id')
+      .limit(options.limit);
     if (options.after !== undefined) query = query.where('access_key_id', '>', options.after);
-    return (await query.execute()).map(toRecord);
+    return (await query.execute()).map((row) => {
+      const record = toRecord(row);
+      if (record.deviceName === null || record.revokedAt !== null) return record;
+      // As the data plane decides (sagemaker/routes.ts): the device is gone, or registered after the key.
+      if (row.registered_at === null)
+        return { ...record, endedReason: `device ${record.deviceName} was deregistered` };
+      if (record.createdAt < Number(row.registered_at))
+        return {
+          ...record,
+          endedReason: `device ${record.deviceName} was deregistered and registered again after the key was issued`,
+        };
+      return record;
+    });
+  }
+
+  /**
+   * Refuses a name whose ~/.aws/credentials profile an unrevoked key already has: `token create --aws` would
+   * print a second section of that name, and botocore refuses a file with two.
+   */
+  private async refuseProfileNameInUse(name: string): Promise<void> {
+    const profile = awsProfileName(name);
+    const unrevoked = await this.db
+      .selectFrom('access_keys')
+      .select(['access_key_id', 'name'])
+      .where('revoked_at', 'is', null)
+      .orderBy('access_key_id')
+      .execute();
+    const taken = unrevoked.find((key) => awsProfileName(key.name) === profile);
+    if (taken === undefined) return;
+    throw conflict(
+      `access key ${taken.access_key_id} (name "${taken.name}") already has the ~/.aws/credentials profile ` +
+        `[${profile}]; to rotate it, revoke that key (edgefleet token revoke ${taken.access_key_id}) and create ` +
+        `the new one, or choose another name`,
+      { accessKeyId: taken.access_key_id, profile },
+    );
   }
 
   /** Revokes a key; false if there is no such (unrevoked) key. */

@@ -1,1 +1,9 @@
 export { startPeriodicTask, type PeriodicTask } from './periodic-task.js';
+export {
+  DEFAULT_LEASE_MS,
+  leaseExpiredBefore,
+  leaseRenewalIntervalMs,
+  newClaimToken,
+  renewLease,
+  type LeaseRenewal,
+} from './lease.js';

@@ -4,10 +4,17 @@ import { createGunzip } from 'node:zlib';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import { extract } from 'tar-stream';
+import { z } from 'zod';
+import { DEFAULT_LEASE_MS, leaseExpiredBefore, newClaimToken, renewLease } from '../background/index.js';
 import { DomainError, conflict, invalid, notFound } from '../errors/index.js';
 import { tagListSchema, type Tag } from '../fields/index.js';
 import type { ModelStore } from '../models/index.js';
-import { isUniqueViolation, type CompilationJobsTable, type DatabaseSchema } from '../storage/index.js';
+import {
+  containsIgnoringCase,
+  isUniqueViolation,
+  type CompilationJobsTable,
+  type DatabaseSchema,
+} from '../storage/index.js';
 
 /** Edge Manager packaged the output of a SageMaker Neo compilation job; EdgeFleet imports ONNX as is. */
 export type CompilationJobStatus = 'INPROGRESS' | 'COMPLETED' | 'FAILED' | 'STOPPED';
@@ -22,6 +29,10 @@ export interface CompilationJobRecord {
   roleArn: string;
   outputS3Location: string;
   targetDevice: string | null;
+  /** CreateCompilationJob's StoppingCondition as sent (EdgeFleet imports without a time limit). */
+  stoppingCondition: StoppingCondition;
+  /** CreateCompilationJob's InputConfig.DataInputConfig as sent (unused: ONNX carries its input shapes). */
+  dataInputConfig: string | null;
   /** The model registry entry the import created (`compilation-<job>`, version 1). */
   modelName: string;
   modelVersion: string;
@@ -32,6 +43,13 @@ export interface CompilationJobRecord {
   updatedAt: number;
 }
 
+export const stoppingConditionSchema = z.object({
+  MaxRuntimeInSeconds: z.int().min(1).max(31_536_000).optional(),
+  MaxWaitTimeInSeconds: z.int().min(1).max(31_536_000).optional(),
+  MaxPendingTimeInSeconds: z.int().min(7200).max(2_419_200).optional(),
+});
+export type StoppingCondition = z.infer<typeof stoppingConditionSchema>;
+
 export interface CreateCompilationJobInput {
   name: string;
   framework: string;
@@ -40,14 +58,23 @@ export interface CreateCompilationJobInput {
   roleArn: string;
   outputS3Location: string;
   targetDevice?: string | undefined;
+  stoppingCondition?: StoppingCondition | undefined;
+  dataInputConfig?: string | undefined;
   tags: Tag[];
 }
+
+/** The FailureReason of a job whose importing server stopped renewing its lease. */
+export const INTERRUPTED_IMPORT_REASON =
+  'the server importing this job stopped (it crashed, was killed or restarted) before the import finished; ' +
+  'create a new compilation job with another name (a job name stays taken, as in SageMaker)';
 
 export interface CompilationJobsOptions {
   models: ModelStore;
   /** Opens an `s3://bucket/key` object on the S3-compatible store the server is configured for. */
   openS3Object: (uri: string) => Promise<Readable>;
   logger: Logger;
+  /** An INPROGRESS import whose server stopped renewing it this long is failed (see failExpired). */
+  leaseMs?: number;
   now?: () => number;
 }
 
@@ -62,6 +89,11 @@ function toRecord(row: CompilationJobsTable): CompilationJobRecord {
     roleArn: row.role_arn,
     outputS3Location: row.output_s3_location,
     targetDevice: row.target_device,
+    stoppingCondition:
+      row.stopping_condition === null
+        ? {}
+        : stoppingConditionSchema.parse(JSON.parse(row.stopping_condition)),
+    dataInputConfig: row.data_input_config,
     modelName: row.model_name,
     modelVersion: row.model_version,
     modelSha256: row.model_sha256,
@@ -98,11 +130,13 @@ async function onnxFromTarGz(archive: Readable): Promise<Readable> {
 /**
  * SageMaker compilation jobs, mapped onto the model registry: CreateCompilationJob with Framework ONNX
  * imports `InputConfig.S3Uri` (a `.onnx`, or a `.tar.gz` holding one), validates it as every upload is
- * validated, and completes without compiling. Imports run in this process; one a restart interrupted is
- * marked FAILED at start-up (call `failInterrupted`).
+ * validated, and completes without compiling. An import runs in the process that created the job, which
+ * holds the job's claim and renews its lease; any replica fails an import whose lease ran out (its server
+ * crashed or was killed: call `failExpired` at start-up and periodically), never a live replica's.
  */
 export class CompilationJobStore {
   private readonly now: () => number;
+  private readonly leaseMs: number;
   private readonly running = new Map<string, Promise<void>>();
 
   constructor(
@@ -110,6 +144,7 @@ export class CompilationJobStore {
     private readonly options: CompilationJobsOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
   }
 
   async create(input: CreateCompilationJobInput): Promise<CompilationJobRecord> {
@@ -135,6 +170,10 @@ export class CompilationJobStore {
       role_arn: input.roleArn,
       output_s3_location: input.outputS3Location,
       target_device: input.targetDevice ?? null,
+      stopping_condition:
+        input.stoppingCondition === undefined ? null : JSON.stringify(input.stoppingCondition),
+      data_input_config: input.dataInputConfig ?? null,
+      claim_token: newClaimToken(),
       model_name: `compilation-${input.name}`,
       model_version: '1',
       model_sha256: null,
@@ -149,7 +188,9 @@ export class CompilationJobStore {
       if (isUniqueViolation(error)) throw conflict(`compilation job ${input.name} already exists`);
       throw error;
     }
-    const run = this.runImport(toRecord(row)).finally(() => this.running.delete(input.name));
+    const run = this.runImport(toRecord(row), row.claim_token as string).finally(() =>
+      this.running.delete(input.name),
+    );
     this.running.set(input.name, run);
     return toRecord(row);
   }
@@ -173,9 +214,10 @@ export class CompilationJobStore {
     let query = this.db.selectFrom('compilation_jobs').selectAll().orderBy('name').limit(options.limit);
     if (options.after !== undefined) query = query.where('name', '>', options.after);
     if (options.status !== undefined) query = query.where('status', '=', options.status);
-    const rows = (await query.execute()).map(toRecord);
-    const contains = options.nameContains?.toLowerCase();
-    return contains === undefined ? rows : rows.filter((r) => r.name.toLowerCase().includes(contains));
+    // In SQL, before the limit: a page filtered after it could come back short or empty and end the listing.
+    if (options.nameContains !== undefined)
+      query = query.where(containsIgnoringCase('name', options.nameContains));
+    return (await query.execute()).map(toRecord);
   }
 
   /** Replaces the job's tags. */
@@ -205,17 +247,31 @@ export class CompilationJobStore {
     }
   }
 
-  /** Marks imports a previous process left unfinished as FAILED. */
-  async failInterrupted(): Promise<void> {
-    await this.db
-      .updateTable('compilation_jobs')
-      .set({
-        status: 'FAILED',
-        failure_reason: 'the server restarted during the import; create the job again',
-        updated_at: this.now(),
-      })
+  /**
+   * Fails the imports whose lease ran out: their server stopped renewing them (crashed, killed, restarted).
+   * A live server's imports, on this replica or another, are renewed well within the lease and left alone.
+   * Returns the names of the jobs failed.
+   */
+  async failExpired(): Promise<string[]> {
+    const expired = await this.db
+      .selectFrom('compilation_jobs')
+      .select(['name', 'updated_at'])
       .where('status', '=', 'INPROGRESS')
+      .where('updated_at', '<', leaseExpiredBefore(this.now(), this.leaseMs))
       .execute();
+    const failed: string[] = [];
+    for (const job of expired) {
+      // Conditional on the time read: a renewal that came in meanwhile keeps the job.
+      const result = await this.db
+        .updateTable('compilation_jobs')
+        .set({ status: 'FAILED', failure_reason: INTERRUPTED_IMPORT_REASON, updated_at: this.now() })
+        .where('name', '=', job.name)
+        .where('status', '=', 'INPROGRESS')
+        .where('updated_at', '=', job.updated_at)
+        .executeTakeFirst();
+      if (Number(result.numUpdatedRows) === 1) failed.push(job.name);
+    }
+    return failed;
   }
 
   /** Waits for imports in flight (server shutdown, tests). */
@@ -223,7 +279,8 @@ export class CompilationJobStore {
     await Promise.allSettled([...this.running.values()]);
   }
 
-  private async runImport(job: CompilationJobRecord): Promise<void> {
+  private async runImport(job: CompilationJobRecord, token: string): Promise<void> {
+    const lease = renewLease(() => this.renew(job.name, token), this.leaseMs);
     try {
       const object = await this.options.openS3Object(job.inputS3Uri);
       const body = /\.tar\.gz$/i.test(job.inputS3Uri) ? await onnxFromTarGz(object) : object;
@@ -234,28 +291,49 @@ export class CompilationJobStore {
         body,
         description: `imported by compilation job ${job.name} from ${job.inputS3Uri}`,
       });
-      const stopped = await this.finish(job.name, {
+      const ended = await this.finish(job.name, token, {
         status: 'COMPLETED',
         model_sha256: version.sha256,
         model_size_bytes: version.sizeBytes,
       });
-      if (stopped) await this.options.models.deleteVersion(job.modelName, job.modelVersion);
+      // Stopped, or failed by a replica once this import's lease ran out: the job has no model.
+      if (ended) await this.options.models.deleteVersion(job.modelName, job.modelVersion);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       this.options.logger.warn({ err: error, job: job.name }, 'compilation job import failed');
-      await this.finish(job.name, { status: 'FAILED', failure_reason: message.slice(0, 1024) }).catch(
-        () => undefined,
-      );
+      await this.finish(job.name, token, {
+        status: 'FAILED',
+        failure_reason: message.slice(0, 1024),
+      }).catch(() => undefined);
+    } finally {
+      lease.stop();
     }
   }
 
-  /** Records the outcome unless the job was stopped meanwhile; true if it was. */
-  private async finish(name: string, changes: Partial<CompilationJobsTable>): Promise<boolean> {
+  /** Renews the import's lease; false once the job is no longer this import's (stopped or failed). */
+  private async renew(name: string, token: string): Promise<boolean> {
+    const result = await this.db
+      .updateTable('compilation_jobs')
+      .set({ updated_at: this.now() })
+      .where('name', '=', name)
+      .where('status', '=', 'INPROGRESS')
+      .where('claim_token', '=', token)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) === 1;
+  }
+
+  /** Records the outcome unless the job ended meanwhile (stopped, or its lease ran out); true if it did. */
+  private async finish(
+    name: string,
+    token: string,
+    changes: Partial<CompilationJobsTable>,
+  ): Promise<boolean> {
     const result = await this.db
       .updateTable('compilation_jobs')
       .set({ ...changes, updated_at: this.now() })
       .where('name', '=', name)
       .where('status', '=', 'INPROGRESS')
+      .where('claim_token', '=', token)
       .executeTakeFirst();
     return Number(result.numUpdatedRows) === 0;
   }

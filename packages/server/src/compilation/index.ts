@@ -1,7 +1,11 @@
 export {
   CompilationJobStore,
+  INTERRUPTED_IMPORT_REASON,
+  stoppingConditionSchema,
+  type StoppingCondition,
   type CompilationJobRecord,
   type CompilationJobStatus,
   type CompilationJobsOptions,
   type CreateCompilationJobInput,
 } from './compilation-jobs.js';
+export { failExpiredImports, startCompilationLeaseSweeper } from './lease-sweeper.js';

@@ -342,6 +342,15 @@ export const serverConfigSchema = z.strictObject({
       leaseSeconds: z.int().min(1).max(3600).default(120),
     })
     .prefault({}),
+  compilation: z
+    .strictObject({
+      /**
+       * A SageMaker compilation job's import lease: the server importing it renews it; any replica fails an
+       * import whose lease ran out (its server crashed or was killed). Not resumed: S3 may have changed since.
+       */
+      leaseSeconds: z.int().min(1).max(3600).default(120),
+    })
+    .prefault({}),
   deployments: z
     .strictObject({
       /** How often a server ends timed-out device deployments and settles unfinished stages (deployments/). */

@@ -40,6 +40,13 @@ import {
   unknownSelectedDevices,
 } from './stage-progress.js';
 
+/** Zod's issues on one line, each with its path: messages travel in HTTP bodies and botocore errors. */
+function oneLine(error: z.ZodError): string {
+  return error.issues
+    .map((i) => `${i.path.length > 0 ? i.path.map(String).join('.') : '(input)'}: ${i.message}`)
+    .join('; ');
+}
+
 const iso = (ms: number) => new Date(ms).toISOString();
 
 export interface DeploymentServiceOptions {
@@ -76,7 +83,7 @@ export class DeploymentService implements DevicePackageAccess {
    */
   async createPlan(input: CreatePlanInput): Promise<PlanView & { warnings?: string[] }> {
     const parsed = createPlanSchema.safeParse(input);
-    if (!parsed.success) throw invalid(`deployment plan: ${z.prettifyError(parsed.error)}`);
+    if (!parsed.success) throw invalid(`deployment plan: ${oneLine(parsed.error)}`);
     const plan = parsed.data;
     assertUnique(
       plan.modelConfigs.map((c) => c.modelHandle),
@@ -193,7 +200,7 @@ export class DeploymentService implements DevicePackageAccess {
   /** Adds stages at the end of a plan (CreateEdgeDeploymentStage). */
   async addStages(planName: string, stages: StageInput[]): Promise<PlanView> {
     const checked = stageInputSchema.array().min(1).safeParse(stages);
-    if (!checked.success) throw invalid(`deployment stages: ${z.prettifyError(checked.error)}`);
+    if (!checked.success) throw invalid(`deployment stages: ${oneLine(checked.error)}`);
     const parsed = checked.data;
     const at = this.now();
     await this.db.transaction().execute(async (trx) => {
@@ -436,7 +443,7 @@ export class DeploymentService implements DevicePackageAccess {
   /** Replaces a plan's tags (the SageMaker facade's AddTags/DeleteTags on an edge deployment plan). */
   async setPlanTags(planName: string, tags: Tag[]): Promise<PlanView> {
     const checked = tagListSchema.safeParse(tags);
-    if (!checked.success) throw invalid(`deployment plan tags: ${z.prettifyError(checked.error)}`);
+    if (!checked.success) throw invalid(`deployment plan tags: ${oneLine(checked.error)}`);
     const result = await this.db
       .updateTable('deployment_plans')
       .set({ tags: JSON.stringify(checked.data), updated_at: this.now() })

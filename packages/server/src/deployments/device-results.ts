@@ -77,9 +77,13 @@ export function classifyResult(result: DeploymentResult): ResultOutcome {
   if (SUCCESS_STATUSES.has(status) || (status === '' && allSucceeded)) {
     return { kind: 'success', message: result.DeploymentStatusMessage ?? null };
   }
+  // A device message that only restates the status ("INPROGRESS" and "in progress") is said once.
+  const plain = (text: string) => text.toLowerCase().replace(/[\s_-]/g, '');
+  const detail = result.DeploymentStatusMessage;
+  const restated = detail !== undefined && plain(detail) === plain(status);
   return {
     kind: 'progress',
-    message: [status, result.DeploymentStatusMessage].filter(Boolean).join(': ') || null,
+    message: [status, restated ? undefined : detail].filter(Boolean).join(': ') || null,
   };
 }
 

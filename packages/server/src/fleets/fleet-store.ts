@@ -156,22 +156,41 @@ export class FleetStore {
     return warning !== undefined ? { ...fleet, warnings: [warning] } : fleet;
   }
 
-  /** Deletes an empty fleet; refuses (409 ResourceInUse) while devices remain registered in it. */
+  /**
+   * Deletes an empty fleet; refuses (409 ResourceInUse) while devices remain registered in it or deployment
+   * plans name it, naming which.
+   */
   async delete(name: string): Promise<void> {
-    const count = (await this.deviceCounts([name])).get(name) ?? 0;
-    const inUse = () =>
+    const devicesInUse = (count: number) =>
       new DomainError(
         'ResourceInUse',
         `fleet ${name} still has ${count || 'some'} registered device(s); deregister them first`,
         { fleet: name, deviceCount: count },
       );
-    if (count > 0) throw inUse();
+    const count = (await this.deviceCounts([name])).get(name) ?? 0;
+    if (count > 0) throw devicesInUse(count);
     try {
       const result = await this.db.deleteFrom('fleets').where('name', '=', name).executeTakeFirst();
       if (Number(result.numDeletedRows) === 0) throw notFound(`fleet ${name}`, { fleet: name });
     } catch (error) {
-      if (isForeignKeyViolation(error)) throw inUse();
-      throw error;
+      if (!isForeignKeyViolation(error)) throw error;
+      // Devices and deployment plans reference a fleet: say which kept it.
+      const plans = await this.db
+        .selectFrom('deployment_plans')
+        .select('name')
+        .where('fleet_name', '=', name)
+        .orderBy('name')
+        .execute();
+      if (plans.length > 0) {
+        const shown = plans.slice(0, 5).map((p) => p.name);
+        const more = plans.length > shown.length ? ` and ${plans.length - shown.length} more` : '';
+        throw new DomainError(
+          'ResourceInUse',
+          `fleet ${name} has deployment plan(s) ${shown.join(', ')}${more}; delete them first`,
+          { fleet: name, deploymentPlans: plans.map((p) => p.name) },
+        );
+      }
+      throw devicesInUse((await this.deviceCounts([name])).get(name) ?? 0);
     }
   }
 

@@ -96,7 +96,8 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetStore }> = async (ap
     url: '/api/v1/fleets/:fleet',
     auth: 'admin',
     tag: 'fleets',
-    summary: 'Delete a fleet; refused (409 ResourceInUse) while devices remain in it',
+    summary:
+      'Delete a fleet; refused (409 ResourceInUse, naming them) while devices remain in it or deployment plans name it',
     params: fleetParams,
     status: 204,
     handler: async ({ params }) => {

@@ -1,11 +1,13 @@
-import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
+import {
+  DEFAULT_LEASE_MS,
+  leaseExpiredBefore,
+  leaseRenewalIntervalMs,
+  newClaimToken,
+} from '../background/index.js';
 import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
 import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from '../storage/index.js';
-
-/** packaging.leaseSeconds' default, in ms. */
-export const DEFAULT_LEASE_MS = 120_000;
 
 /** STARTING → INPROGRESS → COMPLETED | FAILED, as Edge Manager's packaging jobs. */
 export type PackagingJobStatus = 'STARTING' | 'INPROGRESS' | 'COMPLETED' | 'FAILED';
@@ -36,11 +38,6 @@ export interface PackagingJobRecord {
 export interface PackagingClaim {
   jobName: string;
   token: string;
-}
-
-/** How often a runner renews its lease of `leaseMs`: well within it, so a slow round trip never loses it. */
-export function leaseRenewalIntervalMs(leaseMs: number): number {
-  return Math.min(20_000, leaseMs / 4);
 }
 
 /**
@@ -215,7 +212,10 @@ export class PackagingJobStore {
         .where((eb) =>
           eb.or([
             eb('status', '=', 'STARTING'),
-            eb.and([eb('status', '=', 'INPROGRESS'), eb('updated_at', '<', this.now() - leaseMs)]),
+            eb.and([
+              eb('status', '=', 'INPROGRESS'),
+              eb('updated_at', '<', leaseExpiredBefore(this.now(), leaseMs)),
+            ]),
           ]),
         )
         .orderBy('created_at')
@@ -223,9 +223,7 @@ export class PackagingJobStore {
         .executeTakeFirst();
       if (next === undefined) return undefined;
       const resumed = next.status === 'INPROGRESS';
-      // Prefixed with this server's identity: its own interrupted claims are known after a restart.
-      const random = randomBytes(12).toString('hex');
-      const token = this.instanceId === undefined ? random : `${this.instanceId}.${random}`;
+      const token = newClaimToken(this.instanceId);
       const result = await this.db
         .updateTable('packaging_jobs')
         .set({

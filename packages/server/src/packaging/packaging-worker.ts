@@ -13,11 +13,10 @@ import {
   SIGNATURE_FILE,
 } from '@edgefleet/core';
 import type { Logger } from 'pino';
+import { DEFAULT_LEASE_MS, renewLease } from '../background/index.js';
 import type { BlobStore } from '../blobs/index.js';
 import type { ModelStore } from '../models/index.js';
 import {
-  DEFAULT_LEASE_MS,
-  leaseRenewalIntervalMs,
   type PackagingClaim,
   type PackagingJobRecord,
   type PackagingJobStore,
@@ -153,20 +152,10 @@ export class PackagingWorker {
   async run(job: PackagingJobRecord, claim: PackagingClaim): Promise<void> {
     const { jobs, blobs } = this.options;
     const log = this.options.logger.child({ packagingJob: job.name });
-    // Renewed well within the lease, so a slow database round trip never lets another replica take the job.
-    const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
-    let lost = false;
-    const touch = setInterval(() => {
-      jobs.touch(claim, 'packaging').then(
-        (held) => {
-          if (!held) lost = true;
-        },
-        () => undefined,
-      );
-    }, leaseRenewalIntervalMs(leaseMs));
+    const lease = renewLease(() => jobs.touch(claim, 'packaging'), this.options.leaseMs ?? DEFAULT_LEASE_MS);
     const check: ClaimCheck = {
       stopIfLost: (step) => {
-        if (lost) throw new ClaimLostError(`lost the claim on the job before ${step}`);
+        if (lease.lost) throw new ClaimLostError(`lost the claim on the job before ${step}`);
       },
       assertHeld: async (step) => {
         check.stopIfLost(step);
@@ -193,7 +182,7 @@ export class PackagingWorker {
       // A package stored under this claim is never the job's: remove it.
       if (stored !== undefined) await blobs.delete(stored).catch(() => undefined);
     } finally {
-      clearInterval(touch);
+      lease.stop();
       await rm(dir, { recursive: true, force: true });
     }
   }

@@ -19,7 +19,11 @@ import {
   type BlobStoreProblem,
   type S3ConnectionOptions,
 } from '../blobs/index.js';
-import { CompilationJobStore } from '../compilation/index.js';
+import {
+  CompilationJobStore,
+  failExpiredImports,
+  startCompilationLeaseSweeper,
+} from '../compilation/index.js';
 import { captureDeviceRoutes, FleetOutputs } from '../captures/index.js';
 import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
 import {
@@ -352,8 +356,10 @@ export async function startServer(
       models,
       openS3Object: (uri) => s3Objects.get(uri),
       logger: logger.child({ capability: 'compilation' }),
+      leaseMs: config.compilation.leaseSeconds * 1000,
     });
-    await compilationJobs.failInterrupted();
+    // Only imports whose server stopped renewing them: other replicas' imports in flight are left alone.
+    await failExpiredImports(compilationJobs, logger.child({ capability: 'compilation' }));
     background.push({ stop: () => compilationJobs.settle() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const deployments = new DeploymentService(database.db, { packagingJobs, models });
@@ -612,6 +618,12 @@ export async function startServer(
       startDeploymentSweeper(deployments, {
         intervalMs: config.deployments.sweepIntervalMs,
         logger: logger.child({ worker: 'deployments' }),
+      }),
+    );
+    background.push(
+      startCompilationLeaseSweeper(compilationJobs, {
+        leaseMs: config.compilation.leaseSeconds * 1000,
+        logger: logger.child({ capability: 'compilation' }),
       }),
     );
     background.push(

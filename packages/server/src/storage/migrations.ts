@@ -452,6 +452,16 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('fleets').addColumn('output_outage_reason', 'text').execute();
     },
   },
+  // Compilation imports get the packaging jobs' claim and lease (compilation/compilation-jobs.ts): only a job
+  // whose runner stopped renewing is failed, not every INPROGRESS one whenever a replica starts. Also what
+  // CreateCompilationJob was sent that DescribeCompilationJob echoes (StoppingCondition, DataInputConfig).
+  '0015_compilation_claims': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('compilation_jobs').addColumn('claim_token', 'text').execute();
+      await db.schema.alterTable('compilation_jobs').addColumn('stopping_condition', 'text').execute();
+      await db.schema.alterTable('compilation_jobs').addColumn('data_input_config', 'text').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -52,7 +52,14 @@ export interface CompilationJobsTable {
   model_size_bytes: number | null;
   tags: string;
   created_at: number;
+  /** Renewed by the importing server while it imports (its lease; see background/lease.ts). */
   updated_at: number;
+  /** The importing server's claim: a runner whose token is gone writes nothing more. */
+  claim_token: string | null;
+  /** CreateCompilationJob's StoppingCondition, JSON, echoed by DescribeCompilationJob. */
+  stopping_condition: string | null;
+  /** CreateCompilationJob's InputConfig.DataInputConfig, as sent. */
+  data_input_config: string | null;
 }
 
 /** The facade's side of a packaging job: the compilation job it packaged, its role and tags. */

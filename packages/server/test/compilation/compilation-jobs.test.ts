@@ -5,7 +5,7 @@ import { writeTestModel } from '@edgefleet/core';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalBlobStore, S3Objects } from '../../src/blobs/index.js';
-import { CompilationJobStore } from '../../src/compilation/index.js';
+import { CompilationJobStore, INTERRUPTED_IMPORT_REASON } from '../../src/compilation/index.js';
 import { ModelStore } from '../../src/models/index.js';
 import type { ServerDatabase } from '../../src/storage/index.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
@@ -19,13 +19,14 @@ describe.each(engines)('compilation jobs on $engine (ONNX imported from s3rver)'
   let s3: TestS3;
   let jobs: CompilationJobStore;
   let models: ModelStore;
+  let objects: S3Objects;
 
   beforeAll(async () => {
     if (!fixture.available) return;
     database = await openFreshDatabase(fixture);
     dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-compilation-'));
     s3 = await startTestS3('neo-inputs');
-    const objects = new S3Objects({
+    objects = new S3Objects({
       endpoint: s3.endpoint,
       forcePathStyle: true,
       credentials: s3.credentials,
@@ -119,4 +120,83 @@ describe.each(engines)('compilation jobs on $engine (ONNX imported from s3rver)'
     );
     await expect(create('tiny-job', 's3://neo-inputs/models/tiny.onnx')).rejects.toThrow(/already exists/);
   });
+  it.skipIf(!fixture.available)(
+    'fails only an import whose lease ran out; its server finishing late leaves no model (F-compile-replicas)',
+    async () => {
+      const at = Date.now();
+      const lease = 60_000;
+      // A server that started an import ten minutes ago and never renewed it (killed), and a live one.
+      let release!: () => void;
+      const gate = new Promise<void>((resolve) => (release = resolve));
+      // Both imports are held in flight until the test lets them go.
+      const held = async (uri: string) => {
+        await gate;
+        return objects.get(uri);
+      };
+      const dead = new CompilationJobStore(database.db, {
+        models,
+        openS3Object: held,
+        logger: pino({ level: 'silent' }),
+        leaseMs: lease,
+        now: () => at - 10 * 60_000,
+      });
+      const sweeper = new CompilationJobStore(database.db, {
+        models,
+        openS3Object: () => Promise.reject(new Error('not used')),
+        logger: pino({ level: 'silent' }),
+        leaseMs: lease,
+      });
+      const live = new CompilationJobStore(database.db, {
+        models,
+        openS3Object: held,
+        logger: pino({ level: 'silent' }),
+        leaseMs: lease,
+      });
+      const input = (name: string) => ({
+        name,
+        framework: 'ONNX',
+        inputS3Uri: 's3://neo-inputs/models/tiny.onnx',
+        roleArn: 'arn:aws:iam::123456789012:role/neo',
+        outputS3Location: 's3://neo-inputs/out',
+        tags: [],
+      });
+      await dead.create(input('lease-dead'));
+      await live.create(input('lease-live'));
+      expect(await sweeper.failExpired()).toEqual(['lease-dead']);
+      expect(await jobs.get('lease-dead')).toMatchObject({
+        status: 'FAILED',
+        failureReason: INTERRUPTED_IMPORT_REASON,
+      });
+      expect((await jobs.get('lease-live')).status).toBe('INPROGRESS');
+      // The dead server was only stalled: its import completes, but the job stays FAILED, with no model.
+      release();
+      await dead.settle();
+      expect((await jobs.get('lease-dead')).status).toBe('FAILED');
+      await expect(models.getVersion('compilation-lease-dead', '1')).rejects.toThrow(
+        /does not exist|not found/i,
+      );
+      await live.settle();
+      expect((await jobs.get('lease-live')).status).toBe('COMPLETED');
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'NameContains filters before the page limit: a page never ends short of a match (F-compile-page)',
+    async () => {
+      const input = (name: string) => ({
+        name,
+        framework: 'ONNX',
+        inputS3Uri: 's3://neo-inputs/models/tiny.onnx',
+        roleArn: 'arn:aws:iam::123456789012:role/neo',
+        outputS3Location: 's3://neo-inputs/out',
+        tags: [],
+      });
+      for (let i = 0; i < 5; i++) await jobs.create(input(`page-aa-${i}`));
+      await jobs.create(input('page-zz-MATCH'));
+      await jobs.settle();
+      expect((await jobs.list({ limit: 3, nameContains: 'match' })).map((j) => j.name)).toEqual([
+        'page-zz-MATCH',
+      ]);
+    },
+  );
 });

@@ -155,6 +155,40 @@ describe.each(engines)('deployments on $engine', (fixture) => {
   afterAll(() => t?.stop());
 
   it.skipIf(!fixture.available)(
+    'a fleet delete blocked by deployment plans names them, not devices (F-fleet-delete-msg)',
+    async () => {
+      await admin('POST', '/api/v1/fleets', {
+        name: 'planned',
+        outputConfig: { s3OutputLocation: 's3://c/p' },
+      });
+      // One unfinished plan per model handle and fleet: two handles.
+      for (const [name, handle] of [
+        ['planned-b', 'classifier'],
+        ['planned-a', 'detector'],
+      ]) {
+        const plan = await admin('POST', '/api/v1/deployment-plans', {
+          name,
+          fleetName: 'planned',
+          modelConfigs: [{ modelHandle: handle, packagingJobName: 'pack-v1-0' }],
+          stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+        });
+        expect(plan.status, JSON.stringify(plan.body)).toBe(201);
+      }
+      expect(await admin('DELETE', '/api/v1/fleets/planned')).toMatchObject({
+        status: 409,
+        body: {
+          code: 'ResourceInUse',
+          message: 'fleet planned has deployment plan(s) planned-a, planned-b; delete them first',
+          details: { deploymentPlans: ['planned-a', 'planned-b'] },
+        },
+      });
+      for (const name of ['planned-a', 'planned-b'])
+        expect((await admin('DELETE', `/api/v1/deployment-plans/${name}`)).status).toBe(204);
+      expect((await admin('DELETE', '/api/v1/fleets/planned')).status).toBe(204);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
     'rolls a plan out stage by stage: snapshot, GetDeployments, resumable download, results, counts, events',
     async () => {
       const created = await admin('POST', '/api/v1/deployment-plans', {

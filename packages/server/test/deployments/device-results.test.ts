@@ -26,6 +26,24 @@ describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
       ).toMatchObject({ kind: 'progress' });
   });
 
+  it('says a progress status once when the device message only restates it (F-stage-status-msg)', () => {
+    const progress = (DeploymentStatus: string, DeploymentStatusMessage?: string) =>
+      classifyResult({
+        DeploymentName: 'p',
+        DeploymentStatus,
+        ...(DeploymentStatusMessage ? { DeploymentStatusMessage } : {}),
+      });
+    expect(progress('INPROGRESS', 'in progress')).toEqual({ kind: 'progress', message: 'INPROGRESS' });
+    expect(progress('INPROGRESS', 'health window: 3 s left')).toEqual({
+      kind: 'progress',
+      message: 'INPROGRESS: health window: 3 s left',
+    });
+    expect(progress('HELD', 'held by the application')).toEqual({
+      kind: 'progress',
+      message: 'HELD: held by the application',
+    });
+  });
+
   it('fails a final FAIL report, naming each reason once', () => {
     const outcome = classifyResult({
       DeploymentName: 'mixed',

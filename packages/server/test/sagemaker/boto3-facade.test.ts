@@ -209,7 +209,7 @@ describe('SageMaker facade with boto3 (real server process)', { timeout: 180_000
     const result = await python.done;
     expect(result.output).toMatch(/^OK/m);
     // Every case ran (none skipped silently).
-    expect(result.output).toMatch(/^Ran 26 tests/m);
+    expect(result.output).toMatch(/^Ran 28 tests/m);
     expect(result.code, result.output).toBe(0);
 
     // The package the packaging job wrote to S3 verifies against the server's signing root.

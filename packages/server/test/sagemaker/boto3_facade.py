@@ -447,6 +447,100 @@ class CompilationAndPackaging(unittest.TestCase):
         self.assertEqual(job["CompilationJobStatus"], "COMPLETED", job)
 
 
+    def test_paging_echo_version_collision_and_blocked_fleet_delete(self):
+        sm = client()
+        role = "arn:aws:iam::123456789012:role/neo"
+        with open(os.environ["EF_MODEL_FILE"], "rb") as model:
+            self.s3.put_object(Bucket=self.bucket, Key="inputs/paged.onnx", Body=model.read())
+
+        def compile_job(name):
+            sm.create_compilation_job(
+                CompilationJobName=name, RoleArn=role,
+                InputConfig={"S3Uri": f"s3://{self.bucket}/inputs/paged.onnx", "Framework": "ONNX", "DataInputConfig": DATA_INPUT_CONFIG},
+                OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/compiled", "TargetDevice": "jetson_nano"},
+                StoppingCondition={"MaxRuntimeInSeconds": 900})
+            return wait_for(lambda: sm.describe_compilation_job(CompilationJobName=name), "CompilationJobStatus")
+
+        # F-compile-page: eleven names before the match, more than a default page: the paginator still finds it.
+        for i in range(11):
+            compile_job(f"pg-aa-{i:02d}")
+        matched = compile_job("pg-zz-match")
+        found = [j["CompilationJobName"] for page in sm.get_paginator("list_compilation_jobs").paginate(NameContains="match")
+                 for j in page["CompilationJobSummaries"]]
+        self.assertEqual(found, ["pg-zz-match"])
+        self.assertEqual(len([j for page in sm.get_paginator("list_compilation_jobs").paginate(
+            NameContains="pg-", PaginationConfig={"PageSize": 5}) for j in page["CompilationJobSummaries"]]), 12)
+        # F-compile-echo: what was sent comes back; a failed job has no artifact.
+        self.assertEqual(matched["StoppingCondition"], {"MaxRuntimeInSeconds": 900})
+        self.assertEqual(matched["InputConfig"]["DataInputConfig"], DATA_INPUT_CONFIG)
+        self.assertEqual(matched["ModelArtifacts"], {"S3ModelArtifacts": f"s3://{self.bucket}/inputs/paged.onnx"})
+        sm.create_compilation_job(
+            CompilationJobName="pg-missing", RoleArn=role,
+            InputConfig={"S3Uri": f"s3://{self.bucket}/inputs/none.onnx", "Framework": "ONNX", "DataInputConfig": DATA_INPUT_CONFIG},
+            OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/compiled"}, StoppingCondition={})
+        failed = wait_for(lambda: sm.describe_compilation_job(CompilationJobName="pg-missing"), "CompilationJobStatus")
+        self.assertEqual(failed["CompilationJobStatus"], "FAILED")
+        self.assertNotIn("ModelArtifacts", failed)
+
+        # F-artifact-collision: "v1 beta" is written as detector-v1_beta.tar.gz; "v1_beta" would overwrite it.
+        out = {"S3OutputLocation": f"s3://{self.bucket}/collide"}
+        sm.create_edge_packaging_job(EdgePackagingJobName="pv-v1-beta", CompilationJobName="pg-zz-match",
+                                     ModelName="collider", ModelVersion="v1 beta", RoleArn=role, OutputConfig=out)
+        packaged = wait_for(lambda: sm.describe_edge_packaging_job(EdgePackagingJobName="pv-v1-beta"), "EdgePackagingJobStatus")
+        self.assertEqual(packaged["ModelArtifact"], f"s3://{self.bucket}/collide/collider-v1_beta.tar.gz")
+        code, _, message = error_of(lambda: sm.create_edge_packaging_job(
+            EdgePackagingJobName="pv-other", CompilationJobName="pg-aa-00", ModelName="collider", ModelVersion="v1_beta",
+            RoleArn=role, OutputConfig=out))
+        self.assertEqual(code, "ValidationException")
+        self.assertIn("'ModelVersion'", message)
+        self.assertIn("edge packaging job pv-v1-beta's, of ModelVersion 'v1 beta'", message)
+        code, _, _ = error_of(lambda: sm.describe_edge_packaging_job(EdgePackagingJobName="pv-other"))
+        self.assertEqual(code, "ResourceNotFound")
+        # Elsewhere, the object is its own.
+        sm.create_edge_packaging_job(EdgePackagingJobName="pv-other", CompilationJobName="pg-aa-00", ModelName="collider",
+                                     ModelVersion="v1_beta", RoleArn=role, OutputConfig={"S3OutputLocation": f"s3://{self.bucket}/other"})
+
+        # F-tags-msg: a job that does not exist is said not to exist.
+        code, _, message = error_of(lambda: sm.list_tags(ResourceArn=f"arn:aws:sagemaker:{REGION}:000000000000:edge-packaging-job/nosuch"))
+        self.assertEqual((code, message), ("ResourceNotFound", "edge packaging job nosuch does not exist"))
+
+        # F-fleet-delete-msg: a fleet kept by a plan names the plan, not devices.
+        sm.create_device_fleet(DeviceFleetName="planned-fleet", OutputConfig=OUTPUT)
+        sm.create_edge_deployment_plan(EdgeDeploymentPlanName="keeps-fleet", DeviceFleetName="planned-fleet",
+                                       ModelConfigs=[{"ModelHandle": "h", "EdgePackagingJobName": "pv-v1-beta"}])
+        code, _, message = error_of(lambda: sm.delete_device_fleet(DeviceFleetName="planned-fleet"))
+        self.assertEqual((code, message), ("ResourceInUse", "fleet planned-fleet has deployment plan(s) keeps-fleet; delete them first"))
+        sm.delete_edge_deployment_plan(EdgeDeploymentPlanName="keeps-fleet")
+        sm.delete_device_fleet(DeviceFleetName="planned-fleet")
+
+DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "docs", "sagemaker-compatibility.md")
+
+
+class DocumentedExample(unittest.TestCase):
+    def test_using_it_python_block_runs_as_printed(self):
+        """docs/sagemaker-compatibility.md "Using it": the boto3 block, only its endpoint and bucket changed."""
+        with open(DOC, encoding="utf8") as doc:
+            text = doc.read()
+        section = text[text.index("## Using it"):text.index("## Signatures")]
+        blocks = section.split("```python\n")[1:]
+        self.assertEqual(len(blocks), 1, "expected one python block in Using it")
+        code = blocks[0].split("```")[0]
+        bucket = os.environ["EF_S3_BUCKET"]
+        s3 = boto3.client("s3", endpoint_url=os.environ["EF_S3_ENDPOINT"], region_name="us-east-1",
+                          aws_access_key_id="S3RVER", aws_secret_access_key="S3RVER", config=CONFIG)
+        with open(os.environ["EF_MODEL_FILE"], "rb") as model:
+            s3.put_object(Bucket=bucket, Key="detector/model.onnx", Body=model.read())
+        code = code.replace("http://edgefleet.example:8080", ENDPOINT).replace("s3://models/", f"s3://{bucket}/")
+        printed = io.StringIO()
+        # The script's boto3 finds its key as a reader of the docs would have it (their AWS_PROFILE=ci).
+        keys = {"AWS_ACCESS_KEY_ID": os.environ["EF_ADMIN_KEY_ID"], "AWS_SECRET_ACCESS_KEY": os.environ["EF_ADMIN_SECRET"],
+                "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+        with mock.patch.dict(os.environ, keys), mock.patch("sys.stdout", printed):
+            exec(compile(code, DOC, "exec"), {"__name__": "documented_example"})
+        lines = printed.getvalue().splitlines()
+        self.assertEqual(lines, [f"s3://{bucket}/packaged/detector-2.0.tar.gz", "[('cam-01', 'READYTODEPLOY')]",
+                                 "['cam-01', 'cam-02']"])
+
 def wait_for_file(path, timeout_s=120):
     """The Vitest side's half of the handshake: it writes `path` once it has done its part."""
     deadline = time.monotonic() + timeout_s
@@ -631,6 +725,14 @@ class DeploymentPlanErrors(unittest.TestCase):
             Stages=[{"StageName": "s", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE", "Percentage": 101}}]))
         self.assertEqual(code, "ValidationException")
         self.assertIn("Percentage", message)
+        # F-stage-msg: a rule across members, said in one line naming the AWS member.
+        code, _, message = error_of(lambda: sm.create_edge_deployment_plan(
+            EdgeDeploymentPlanName="dp-err", ModelConfigs=[{"ModelHandle": "m", "EdgePackagingJobName": "j"}],
+            DeviceFleetName="dp-err-fleet",
+            Stages=[{"StageName": "s", "DeviceSelectionConfig": {"DeviceSubsetType": "PERCENTAGE"}}]))
+        self.assertEqual((code, message), ("ValidationException",
+                                           "1 validation error detected: Value at 'Stages.0.DeviceSelectionConfig.Percentage' "
+                                           "failed to satisfy constraint: required when DeviceSubsetType is PERCENTAGE"))
         # A SELECTION stage names at most 1000 devices, refused in the facade's own terms.
         code, _, message = error_of(lambda: sm.create_edge_deployment_plan(
             EdgeDeploymentPlanName="dp-err", ModelConfigs=[{"ModelHandle": "m", "EdgePackagingJobName": "j"}],

@@ -1,5 +1,9 @@
 import { z } from 'zod';
-import type { CompilationJobRecord, CompilationJobStore } from '../../compilation/index.js';
+import {
+  stoppingConditionSchema,
+  type CompilationJobRecord,
+  type CompilationJobStore,
+} from '../../compilation/index.js';
 import { entityNameSchema, roleArnSchema, s3UriSchema } from '../../fields/index.js';
 import type { ArnBuilder } from '../arns.js';
 import { defineOperation, epochSeconds, present, type OperationModule } from '../operation.js';
@@ -16,18 +20,21 @@ function describe(job: CompilationJobRecord, arns: ArnBuilder) {
     CompilationJobStatus: job.status,
     CompilationStartTime: epochSeconds(job.createdAt),
     CompilationEndTime: ended,
-    StoppingCondition: {},
+    // As sent (EdgeFleet imports without a time limit); {} when none was.
+    StoppingCondition: job.stoppingCondition,
     CreationTime: epochSeconds(job.createdAt),
     LastModifiedTime: epochSeconds(job.updatedAt),
     FailureReason: job.failureReason ?? '',
-    // Nothing is compiled: the artifact is the imported model itself.
-    ModelArtifacts: { S3ModelArtifacts: job.inputS3Uri },
+    // Nothing is compiled: the artifact is the imported model itself, once imported (none while importing,
+    // nor for a failed or stopped import).
+    ModelArtifacts: job.status === 'COMPLETED' ? { S3ModelArtifacts: job.inputS3Uri } : null,
     ModelDigests: job.modelSha256 === null ? null : { ArtifactDigest: `sha256:${job.modelSha256}` },
     RoleArn: job.roleArn,
     InputConfig: present({
       S3Uri: job.inputS3Uri,
       Framework: job.framework,
       FrameworkVersion: job.frameworkVersion,
+      DataInputConfig: job.dataInputConfig,
     }),
     OutputConfig: present({ S3OutputLocation: job.outputS3Location, TargetDevice: job.targetDevice }),
   });
@@ -51,7 +58,7 @@ export function compilationOperations({ jobs }: { jobs: CompilationJobStore }): 
           S3OutputLocation: s3UriSchema,
           TargetDevice: z.string().max(64).optional(),
         }),
-        StoppingCondition: z.object({}).optional(),
+        StoppingCondition: stoppingConditionSchema.optional(),
         Tags: awsTagList.optional(),
       }),
       run: async (input, { arns }) => {
@@ -64,6 +71,8 @@ export function compilationOperations({ jobs }: { jobs: CompilationJobStore }): 
           roleArn: input.RoleArn,
           outputS3Location: input.OutputConfig.S3OutputLocation,
           targetDevice: input.OutputConfig.TargetDevice,
+          stoppingCondition: input.StoppingCondition,
+          dataInputConfig: input.InputConfig.DataInputConfig,
           tags: fromAwsTags(input.Tags ?? []),
         });
         return { CompilationJobArn: arns.compilationJob(job.name) };

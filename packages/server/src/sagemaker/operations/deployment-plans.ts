@@ -23,12 +23,28 @@ import {
 const deploymentStage = z
   .object({
     StageName: entityNameSchema,
-    DeviceSelectionConfig: z.object({
-      DeviceSubsetType: z.enum(['PERCENTAGE', 'SELECTION', 'NAMECONTAINS']),
-      Percentage: z.int().min(0).max(100).optional(),
-      DeviceNames: z.array(deviceNameSchema).min(1).max(MAX_SELECTED_DEVICE_NAMES).optional(),
-      DeviceNameContains: deviceNameSchema.optional(),
-    }),
+    DeviceSelectionConfig: z
+      .object({
+        DeviceSubsetType: z.enum(['PERCENTAGE', 'SELECTION', 'NAMECONTAINS']),
+        Percentage: z.int().min(0).max(100).optional(),
+        DeviceNames: z.array(deviceNameSchema).min(1).max(MAX_SELECTED_DEVICE_NAMES).optional(),
+        DeviceNameContains: deviceNameSchema.optional(),
+      })
+      .superRefine((selection, ctx) => {
+        // Said here in SageMaker's member names (the native rule names its own).
+        const needs = {
+          PERCENTAGE: 'Percentage',
+          SELECTION: 'DeviceNames',
+          NAMECONTAINS: 'DeviceNameContains',
+        } as const;
+        const member = needs[selection.DeviceSubsetType];
+        if (selection[member] === undefined)
+          ctx.addIssue({
+            code: 'custom',
+            path: [member],
+            message: `required when DeviceSubsetType is ${selection.DeviceSubsetType}`,
+          });
+      }),
     DeploymentConfig: z
       .object({ FailureHandlingPolicy: z.enum(['ROLLBACK_ON_FAILURE', 'DO_NOTHING']) })
       .optional(),

@@ -22,7 +22,11 @@ import { defineOperation, epochSeconds, present, type OperationModule } from '..
 import { pageOf, pagingInput, requireNameOrder, timeFilterInput, withinTimeFilters } from './paging.js';
 import { awsTagList, fromAwsTags } from './aws-tags.js';
 
-/** Edge Manager's package object: `<S3OutputLocation>/<ModelName>-<ModelVersion>.tar.gz`. */
+/**
+ * Edge Manager's package object: `<S3OutputLocation>/<ModelName>-<ModelVersion>.tar.gz`, spaces in the version
+ * written as `_`. Two versions that differ only so would share an object: CreateEdgePackagingJob refuses the
+ * second (see collidingPackage).
+ */
 export function packageObjectUri(
   job: Pick<PackagingJobRecord, 'outputS3Location' | 'modelName' | 'modelVersion'>,
 ) {
@@ -36,6 +40,33 @@ export interface PackagingOperationDeps {
   compilationJobs: CompilationJobStore;
   /** Wakes the packaging worker after a job is created. */
   kick: () => void;
+}
+
+/**
+ * A facade packaging job of another version of the model whose package object is the one `job` would write
+ * (`v1 beta` and `v1_beta` into one S3OutputLocation), or undefined.
+ */
+async function collidingPackage(
+  db: Kysely<DatabaseSchema>,
+  job: { modelName: string; modelVersion: string; outputS3Location: string },
+): Promise<{ name: string; modelVersion: string } | undefined> {
+  const uri = packageObjectUri(job);
+  const others = await db
+    .selectFrom('packaging_jobs')
+    .innerJoin('edge_packaging_job_sources', 'edge_packaging_job_sources.job_name', 'packaging_jobs.name')
+    .select(['packaging_jobs.name', 'packaging_jobs.model_version', 'packaging_jobs.output_s3_location'])
+    .where('packaging_jobs.model_name', '=', job.modelName)
+    .where('packaging_jobs.model_version', '<>', job.modelVersion)
+    .execute();
+  const hit = others.find(
+    (other) =>
+      packageObjectUri({
+        modelName: job.modelName,
+        modelVersion: other.model_version,
+        outputS3Location: other.output_s3_location,
+      }) === uri,
+  );
+  return hit === undefined ? undefined : { name: hit.name, modelVersion: hit.model_version };
 }
 
 async function sourceOf(db: Kysely<DatabaseSchema>, jobName: string) {
@@ -79,6 +110,13 @@ export async function packagingJobTags(
 ): Promise<{ tags: Tag[]; write: (tags: Tag[]) => Promise<void> }> {
   const source = await sourceOf(db, jobName);
   if (source === undefined) {
+    const exists = await db
+      .selectFrom('packaging_jobs')
+      .select('name')
+      .where('name', '=', jobName)
+      .executeTakeFirst();
+    if (exists === undefined)
+      throw new AwsError('ResourceNotFound', `edge packaging job ${jobName} does not exist`);
     throw new AwsError(
       'ResourceNotFound',
       `edge packaging job ${jobName} was not created through the SageMaker API; only those carry tags`,
@@ -147,6 +185,21 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
           throw new AwsError(
             'ValidationException',
             `compilation job ${compilation.name} is ${compilation.status}; package a COMPLETED one`,
+          );
+        }
+        const target = {
+          modelName: input.ModelName,
+          modelVersion: input.ModelVersion,
+          outputS3Location: input.OutputConfig.S3OutputLocation,
+        };
+        const collision = await collidingPackage(db, target);
+        if (collision !== undefined) {
+          throw new AwsError(
+            'ValidationException',
+            `1 validation error detected: Value '${input.ModelVersion}' at 'ModelVersion' failed to satisfy constraint: ` +
+              `its package object ${packageObjectUri(target)} is already edge packaging job ${collision.name}'s, ` +
+              `of ModelVersion '${collision.modelVersion}' (a space in ModelVersion is written as _ in the object ` +
+              `name); choose another ModelVersion or S3OutputLocation`,
           );
         }
         // The compiled model becomes the model version the package is named after.
