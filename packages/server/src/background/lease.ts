@@ -41,17 +41,14 @@ export interface LeaseRenewal {
  */
 export function renewLease(renew: () => Promise<boolean>, leaseMs: number): LeaseRenewal {
   let lost = false;
-  const timer = setInterval(
-    () => {
-      renew().then(
-        (held) => {
-          if (!held) lost = true;
-        },
-        () => undefined,
-      );
-    },
-    leaseRenewalIntervalMs(leaseMs),
-  );
+  const timer = setInterval(() => {
+    renew().then(
+      (held) => {
+        if (!held) lost = true;
+      },
+      () => undefined,
+    );
+  }, leaseRenewalIntervalMs(leaseMs));
   return {
     get lost() {
       return lost;

@@ -16,11 +16,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_LEASE_MS, renewLease } from '../background/index.js';
 import type { BlobStore } from '../blobs/index.js';
 import type { ModelStore } from '../models/index.js';
-import {
-  type PackagingClaim,
-  type PackagingJobRecord,
-  type PackagingJobStore,
-} from './packaging-jobs.js';
+import { type PackagingClaim, type PackagingJobRecord, type PackagingJobStore } from './packaging-jobs.js';
 import type { PackageSigningIdentity } from './signing-keys.js';
 
 export interface PackagingWorkerOptions {
