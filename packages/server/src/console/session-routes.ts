@@ -4,7 +4,7 @@ import { requireOperator, tokenScopeSchema } from '../auth/index.js';
 import { DomainError } from '../errors/index.js';
 import { defineRoute } from '../http/routes.js';
 import { clearSessionCookie, sessionIdOf, setSessionCookie } from './session-auth.js';
-import type { ConsoleSessionStore } from './session-store.js';
+import { EXPIRED_SESSION_KEPT_MS, type ConsoleSessionStore } from './session-store.js';
 
 const consoleSessionSchema = z.object({
   operator: z.object({ name: z.string(), scope: tokenScopeSchema }),
@@ -35,7 +35,13 @@ export const consoleSessionRoutes: FastifyPluginAsync<{ sessions: ConsoleSession
         );
       }
       const opened = await sessions.open(requireOperator(request));
-      setSessionCookie(reply, request, opened.sessionId, Math.floor((opened.expiresAt - Date.now()) / 1000));
+      // The cookie outlives the session (the server refuses it once expired) so the browser can be told why.
+      setSessionCookie(
+        reply,
+        request,
+        opened.sessionId,
+        Math.floor((opened.expiresAt + EXPIRED_SESSION_KEPT_MS - Date.now()) / 1000),
+      );
       return {
         operator: { name: opened.identity.name, scope: opened.identity.scope },
         csrfToken: opened.csrfToken,
