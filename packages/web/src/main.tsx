@@ -112,6 +112,7 @@ function App() {
     .map((view) => ({ view, params: matchRoute(view.path, pathOnly ?? '/') }))
     .find((entry) => entry.params !== undefined);
   const Page = matched?.view.component;
+  const subject = Object.values(matched?.params ?? {})[0];
   return (
     <AppContextValue.Provider value={context}>
       {reauth ? (
@@ -168,6 +169,9 @@ function App() {
           Sign out
         </button>
       </header>
+      <DocumentTitle
+        title={`${matched?.view.title ?? 'Not found'}${subject !== undefined ? ` ${subject}` : ''}`}
+      />
       <main id="main" tabIndex={-1} inert={reauth}>
         <h1>{matched?.view.title ?? 'Not found'}</h1>
         {Page !== undefined && matched?.params !== undefined ? (
@@ -180,6 +184,14 @@ function App() {
       </main>
     </AppContextValue.Provider>
   );
+}
+
+/** Tabs, history and screen readers tell pages apart by the title: the page, and what it shows (a device, a plan). */
+function DocumentTitle({ title }: { title: string }) {
+  useEffect(() => {
+    document.title = `${title} — EdgeFleet console`;
+  }, [title]);
+  return null;
 }
 
 function SignIn({
@@ -198,6 +210,7 @@ function SignIn({
   const [error, setError] = useState<string | undefined>();
   const content = (
     <>
+      {inDialog ? null : <DocumentTitle title="Sign in" />}
       {inDialog ? <h2>Sign in again</h2> : <h1>EdgeFleet console</h1>}
       {ended !== undefined ? (
         <p role="status" class="note" data-testid="session-ended">

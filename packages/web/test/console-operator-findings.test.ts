@@ -2,12 +2,16 @@
  * Findings of the s11 console walkthrough, in real Chromium against a real edgefleet-server process: an expired
  * session says so and keeps what was typed; the plan form refuses a stage tag without `=`; a started stage that
  * selected no device says so; Stop stage and Cancel <device> ask first; register-devices names a bad entry by
- * its value.
+ * its value; and the smaller ones (tokens, device page, models, titles, a 400 px window).
  */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { writeTestModel } from '@edgefleet/core';
 import Database from 'better-sqlite3';
 import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
+import { enrollWithCliProcess } from '../../../test/support/control-plane.js';
 import { useConsoleServer } from './browser.js';
 
 const ui = useConsoleServer({});
@@ -175,6 +179,115 @@ describe('console operator findings (s11)', { timeout: 120_000 }, () => {
     page.once('dialog', (dialog) => void dialog.accept());
     await page.getByRole('button', { name: 'Stop stage cranes' }).click();
     await cranes.getByTestId('stage-status').getByText('STOPPED').waitFor();
+    await page.context().close();
+  });
+
+  it('tokens: each Revoke names its token, and the one signed in with is not offered', async () => {
+    const ops = await api('POST', '/api/v1/tokens', ui.plane.adminToken, { name: 'ops', scope: 'read-only' });
+    expect(ops.status).toBe(201);
+    const page = await signIn(ui.plane.adminToken);
+    await page.getByRole('link', { name: 'Tokens' }).click();
+    await page.getByRole('button', { name: 'Revoke ops', exact: true }).waitFor();
+    expect(await page.title()).toBe('API tokens — EdgeFleet console');
+    const own = (await page.evaluate(`fetch('/api/v1/console/session').then((r) => r.json())`)) as {
+      operator: { name: string };
+    };
+    const ownRow = page.locator(`tr[data-token="${own.operator.name}"]`);
+    await ownRow.getByText('signed in with it').waitFor();
+    expect(await ownRow.getByRole('button').count()).toBe(0);
+    await page.context().close();
+  });
+
+  it('device page: never seen, the enrollment token with its expiry and command, a revoked certificate; models expand; titles; 400 px', async () => {
+    const long = `d${'x'.repeat(61)}1`;
+    expect(
+      (
+        await api('POST', '/api/v1/fleets', ui.plane.adminToken, {
+          name: 'gates',
+          outputConfig: { s3OutputLocation: 's3://gates/' },
+        })
+      ).status,
+    ).toBe(201);
+    expect(
+      (
+        await api('POST', '/api/v1/fleets/gates/devices', ui.plane.adminToken, {
+          devices: [{ name: 'gate-1' }, { name: long }],
+        })
+      ).status,
+    ).toBe(201);
+    const page = await signIn(ui.plane.adminToken);
+    await page.goto(`${ui.plane.operatorUrl}/#/devices/gate-1`);
+    await expect
+      .poll(() => page.getByTestId('no-models').textContent())
+      .toBe('No agent has reported for this device yet: its models show here after its first heartbeat.');
+    expect(await page.title()).toBe('Device gate-1 — EdgeFleet console');
+
+    await page.getByRole('button', { name: 'Create enrollment token' }).click();
+    const how = (await page.getByTestId('enrollment-how').textContent()) ?? '';
+    expect(how).toMatch(/^Single use; expires \S.*\(at .+\)\. On the device/);
+    const expires = await page.getByTestId('enrollment-how').locator('time').getAttribute('datetime');
+    expect(Date.parse(expires ?? '')).toBeGreaterThan(Date.now());
+    expect(how).toContain(
+      `EDGEFLEET_ENROLLMENT_TOKEN="$TOKEN" edgefleet device enroll --server ${ui.plane.operatorUrl} --config /etc/edgefleet/agent.json`,
+    );
+
+    // Enrolled (the CLI, as on a device), then its certificate revoked: the Certificate row says so.
+    const work = await mkdtemp(join(tmpdir(), 'ef-console-findings-'));
+    try {
+      const token = (await api('POST', '/api/v1/devices/gate-1/enrollment-tokens', ui.plane.adminToken, {}))
+        .body.token as string;
+      await enrollWithCliProcess(ui.plane, token, join(work, 'agent.json'), '--data-dir', work);
+      await page.reload();
+      await expect.poll(() => page.getByTestId('identity-status').textContent()).toBe('ENROLLED');
+      expect(await page.getByTestId('certificate-revoked').count()).toBe(0);
+      page.once('dialog', (dialog) => void dialog.accept());
+      await page.getByRole('button', { name: 'Revoke certificate' }).click();
+      await expect.poll(() => page.getByTestId('identity-status').textContent()).toBe('REVOKED');
+      await expect.poll(() => page.getByTestId('certificate-revoked').textContent()).toMatch(/^revoked .*, was to expire $/);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+
+    // Models: the name button opens and closes its versions, and says which.
+    const modelDir = await mkdtemp(join(tmpdir(), 'ef-console-model-'));
+    try {
+      const uploaded = await fetch(`${ui.plane.operatorUrl}/api/v1/models/mlp/versions/1.0`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${ui.plane.adminToken}`,
+          'content-type': 'application/octet-stream',
+        },
+        body: await readFile(await writeTestModel('mlp', modelDir)),
+      });
+      expect(uploaded.status).toBe(201);
+    } finally {
+      await rm(modelDir, { recursive: true, force: true });
+    }
+    await page.getByRole('link', { name: 'Models' }).click();
+    const expand = page.getByRole('button', { name: 'mlp', exact: true });
+    await expect.poll(() => expand.getAttribute('aria-expanded')).toBe('false');
+    await expand.click();
+    await page.getByRole('article', { name: 'Version 1.0' }).waitFor();
+    expect(await expand.getAttribute('aria-expanded')).toBe('true');
+    await expand.click();
+    await page.getByRole('article', { name: 'Version 1.0' }).waitFor({ state: 'detached' });
+    expect(await expand.getAttribute('aria-expanded')).toBe('false');
+
+    // 400 px: the navigation wraps and a 63-character name wraps; nothing scrolls the page sideways.
+    await page.setViewportSize({ width: 400, height: 800 });
+    const overflow = () =>
+      page.evaluate('document.documentElement.scrollWidth - document.documentElement.clientWidth');
+    await page.getByRole('link', { name: 'Devices' }).click();
+    await page.locator('tr[data-device="gate-1"]').waitFor();
+    expect(await overflow()).toBe(0);
+    await page.goto(`${ui.plane.operatorUrl}/#/devices/${long}`);
+    await page.getByRole('heading', { name: `Device ${long}` }).waitFor();
+    expect(await overflow()).toBe(0);
+    const heading = await page.getByRole('heading', { name: `Device ${long}` }).evaluate((h) => {
+      const card = h.closest('.card')?.getBoundingClientRect();
+      return { right: h.getBoundingClientRect().right, cardRight: card?.right ?? 0 };
+    });
+    expect(heading.right).toBeLessThanOrEqual(heading.cardRight);
     await page.context().close();
   });
 });

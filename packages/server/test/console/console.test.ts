@@ -138,6 +138,10 @@ describe('console sessions and CSRF', () => {
     expect((await t.call('GET', '/api/v1/fleets', { headers: { cookie } })).status).toBe(200);
     const session = await t.call('GET', '/api/v1/console/session', { headers: { cookie } });
     expect(session.body).toMatchObject({ operator: { name: 'test-admin', scope: 'admin' }, csrfToken });
+    // The session's token is named by id, so the console can leave it out of its Revoke buttons.
+    const listed = await t.call('GET', '/api/v1/tokens', { token: t.adminToken });
+    const own = (listed.body.tokens as { id: string; name: string }[]).find((x) => x.name === 'test-admin');
+    expect(session.body.operator.tokenId).toBe(own?.id);
     // The cookie outlives the session by a day (the default session lasts 8 h), so that after the session
     // expires the browser still sends it and is told "expired" rather than nothing.
     const maxAge = Number(/Max-Age=(\d+)/i.exec(setCookie)?.[1]);
