@@ -243,7 +243,9 @@ describe('console operator findings (s11)', { timeout: 120_000 }, () => {
       page.once('dialog', (dialog) => void dialog.accept());
       await page.getByRole('button', { name: 'Revoke certificate' }).click();
       await expect.poll(() => page.getByTestId('identity-status').textContent()).toBe('REVOKED');
-      await expect.poll(() => page.getByTestId('certificate-revoked').textContent()).toMatch(/^revoked .*, was to expire $/);
+      await expect
+        .poll(() => page.getByTestId('certificate-revoked').textContent())
+        .toMatch(/^revoked .*, was to expire $/);
     } finally {
       await rm(work, { recursive: true, force: true });
     }

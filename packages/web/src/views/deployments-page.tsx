@@ -311,8 +311,8 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
               ) : null}
               {model.source === 'job' && jobs.data?.length === 0 ? (
                 <p class="muted" data-testid="no-job-hint">
-                  No completed packaging job yet: start one on <a href={href('/packaging')}>Packaging</a>,
-                  or choose another source.
+                  No completed packaging job yet: start one on <a href={href('/packaging')}>Packaging</a>, or
+                  choose another source.
                 </p>
               ) : null}
               {model.source === 'uploaded' ? (

@@ -285,8 +285,8 @@ function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void 
         ) : null}
         {fleets.length === 0 ? (
           <p class="muted" data-testid="no-fleet-hint">
-            A device is registered in a fleet: create one first on the{' '}
-            <a href={href('/')}>Overview</a> (Create fleet).
+            A device is registered in a fleet: create one first on the <a href={href('/')}>Overview</a>{' '}
+            (Create fleet).
           </p>
         ) : null}
       </form>
