@@ -6,6 +6,8 @@ import type { LiveUpdates } from './api/live.js';
 export interface Operator {
   name: string;
   scope: 'admin' | 'read-only';
+  /** The API token this session was opened with. */
+  tokenId: string;
 }
 
 /** What every view needs, passed down once instead of held in module globals. */

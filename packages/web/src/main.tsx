@@ -26,7 +26,13 @@ function App() {
   const [session, setSession] = useState<Session | null | undefined>(undefined);
   const [theme, setTheme] = useState<Theme>(initialTheme);
   const [connected, setConnected] = useState(false);
+  const [refusal, setRefusal] = useState<string | undefined>();
   const [ended, setEnded] = useState<string | undefined>();
+  /**
+   * The session ended while a page was open: the page stays (inert, behind the sign-in dialog) so that what was
+   * typed in its forms is still there after signing in again.
+   */
+  const [reauth, setReauth] = useState(false);
   const path = useHashPath();
   const holder = useMemo(() => ({ session: undefined as Session | undefined }), []);
   holder.session = session ?? undefined;
@@ -36,7 +42,8 @@ function App() {
         csrfToken: () => holder.session?.csrfToken,
         onSignedOut: (why) => {
           setEnded(why);
-          setSession(null);
+          if (holder.session !== undefined) setReauth(true);
+          else setSession(null);
         },
       }),
     [holder],
@@ -66,24 +73,30 @@ function App() {
   }, [api]);
 
   useEffect(() => {
-    if (session === null || session === undefined) return undefined;
+    if (session === null || session === undefined || reauth) return undefined;
     live.onStateChange = setConnected;
+    live.onRefusal = setRefusal;
     live.start();
     return () => live.stop();
-  }, [session, live]);
+  }, [session, live, reauth]);
 
   if (session === undefined) return <p class="loading">Loading…</p>;
-  if (session === null)
-    return (
-      <SignIn
-        api={api}
-        ended={ended}
-        onSignedIn={(signedIn) => {
-          setEnded(undefined);
-          setSession(signedIn);
-        }}
-      />
-    );
+  const signIn = (
+    <SignIn
+      api={api}
+      ended={ended}
+      inDialog={reauth}
+      onSignedIn={(signedIn) => {
+        setEnded(undefined);
+        setSession(signedIn);
+        if (reauth) {
+          setReauth(false);
+          live.reloadAll();
+        }
+      }}
+    />
+  );
+  if (session === null) return signIn;
 
   const context: AppContext = {
     api,
@@ -99,12 +112,18 @@ function App() {
     .map((view) => ({ view, params: matchRoute(view.path, pathOnly ?? '/') }))
     .find((entry) => entry.params !== undefined);
   const Page = matched?.view.component;
+  const subject = Object.values(matched?.params ?? {})[0];
   return (
     <AppContextValue.Provider value={context}>
-      <a class="skip" href="#main">
+      {reauth ? (
+        <div class="sign-in-again" role="dialog" aria-modal="true" aria-label="Sign in again">
+          {signIn}
+        </div>
+      ) : null}
+      <a class="skip" href="#main" inert={reauth}>
         Skip to content
       </a>
-      <header class="top">
+      <header class="top" inert={reauth}>
         <span class="brand">EdgeFleet</span>
         <nav aria-label="Main">
           {visible
@@ -122,6 +141,11 @@ function App() {
         <span class={connected ? 'live live-on' : 'live'} title="Live updates" data-testid="live">
           {connected ? 'live' : 'offline'}
         </span>
+        {!connected && refusal !== undefined ? (
+          <p class="warning live-refused" role="status" data-testid="live-refused">
+            Live updates paused: {refusal}. This tab tries again by itself every 30-60 s.
+          </p>
+        ) : null}
         <span class="who" data-testid="operator">
           {session.operator.name} ({session.operator.scope})
         </span>
@@ -145,7 +169,10 @@ function App() {
           Sign out
         </button>
       </header>
-      <main id="main" tabIndex={-1}>
+      <DocumentTitle
+        title={`${matched?.view.title ?? 'Not found'}${subject !== undefined ? ` ${subject}` : ''}`}
+      />
+      <main id="main" tabIndex={-1} inert={reauth}>
         <h1>{matched?.view.title ?? 'Not found'}</h1>
         {Page !== undefined && matched?.params !== undefined ? (
           <Page key={path} params={matched.params} />
@@ -159,20 +186,32 @@ function App() {
   );
 }
 
+/** Tabs, history and screen readers tell pages apart by the title: the page, and what it shows (a device, a plan). */
+function DocumentTitle({ title }: { title: string }) {
+  useEffect(() => {
+    document.title = `${title} — EdgeFleet console`;
+  }, [title]);
+  return null;
+}
+
 function SignIn({
   api,
   ended,
+  inDialog,
   onSignedIn,
 }: {
   api: AppContext['api'];
+  /** Over the page the session ended on (that page keeps what was typed), rather than the whole window. */
+  inDialog: boolean;
   /** Why the previous session ended, when the server said (its token revoked, expired). */
   ended: string | undefined;
   onSignedIn(session: Session): void;
 }) {
   const [error, setError] = useState<string | undefined>();
-  return (
-    <main class="sign-in" id="main">
-      <h1>EdgeFleet console</h1>
+  const content = (
+    <>
+      {inDialog ? null : <DocumentTitle title="Sign in" />}
+      {inDialog ? <h2>Sign in again</h2> : <h1>EdgeFleet console</h1>}
       {ended !== undefined ? (
         <p role="status" class="note" data-testid="session-ended">
           {ended}
@@ -205,7 +244,17 @@ function SignIn({
           made with <code>edgefleet token create</code>. It is exchanged for a session cookie and not kept by
           the browser.
         </p>
+        {inDialog ? (
+          <p class="muted">The page behind keeps what you typed: send it again once signed in.</p>
+        ) : null}
       </form>
+    </>
+  );
+  return inDialog ? (
+    <div class="sign-in">{content}</div>
+  ) : (
+    <main class="sign-in" id="main">
+      {content}
     </main>
   );
 }

@@ -229,6 +229,13 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       )
       .toBeGreaterThan(0);
     await page.locator('canvas').first().waitFor();
+    // A screen reader gets the values the canvas draws: latest, lowest and highest, with the unit.
+    expect(await page.getByRole('img', { name: 'CPU % chart' }).getAttribute('aria-label')).toMatch(
+      /^CPU % chart: CPU \(%\): latest [\d.]+ %, min [\d.]+ %, max [\d.]+ %$/,
+    );
+    expect(
+      await page.getByRole('img', { name: 'Memory (RSS, MiB) chart' }).getAttribute('aria-label'),
+    ).toMatch(/^Memory \(RSS, MiB\) chart: Memory RSS \(MiB\): latest [\d.]+ MiB, /);
     // Failed requests have a chart of their own, next to the counts (C2).
     await expect
       .poll(

@@ -56,6 +56,13 @@ describe('console live updates when a stream is refused', { timeout: 120_000 }, 
     const second = await openTab(token);
     await expect.poll(() => second.streams.includes(429), { timeout: 30_000 }).toBe(true);
     expect(await liveText(second.page)).toBe('offline');
+    // It says why, in words next to the indicator: the server's 429 message.
+    await expect
+      .poll(() => second.page.getByTestId('live-refused').textContent(), { timeout: 30_000 })
+      .toMatch(
+        /^Live updates paused: token "viewer" already holds 1 live-update streams, .*\(console\.maxEventStreamsPerToken\); close one \(another console tab\) or try again later\. This tab tries again/,
+      );
+    expect(await first.page.getByTestId('live-refused').count()).toBe(0);
 
     // The first tab goes; after the backoff the second opens a stream by itself.
     await first.context.close();
@@ -69,6 +76,7 @@ describe('console live updates when a stream is refused', { timeout: 120_000 }, 
       )
       .toBe(200);
     await expect.poll(() => liveText(second.page), { timeout: 30_000 }).toBe('live');
+    expect(await second.page.getByTestId('live-refused').count()).toBe(0);
 
     // Revoked: the stream ends, the browser's reconnect gets 401, the session route says signed out: no more tries.
     const seen = second.answers.length;

@@ -62,6 +62,13 @@ export function parseStage(spec: string): Record<string, unknown> {
     if (option.startsWith('tag=')) {
       const [key, ...rest] = option.slice(4).split('=');
       if (!key) throw new CliError(usage, EXIT.usage);
+      // A bare key would select only devices whose tag is empty, not every device with the key: say it as key=.
+      if (rest.length === 0) {
+        throw new CliError(
+          `--stage ${spec}: tag=${key}: expected tag=<key>=<value> (tag=${key}= selects devices whose ${key} tag is empty)`,
+          EXIT.usage,
+        );
+      }
       tags[key] = rest.join('=');
     } else if (option === 'policy=ROLLBACK_ON_FAILURE' || option === 'policy=DO_NOTHING') {
       stage.failureHandlingPolicy = option.slice(7);

@@ -36,6 +36,13 @@ describe('edgefleet deployment', () => {
       deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100, tags: { site: 'oslo' } },
     });
     expect(() => parseStage('oops:everything')).toThrow(/expected <name>:<rule>/);
+    // A bare tag key is refused, not sent as the empty value; key= says that on purpose.
+    expect(() => parseStage('rest:percentage=100:tag=site')).toThrow(
+      '--stage rest:percentage=100:tag=site: tag=site: expected tag=<key>=<value> (tag=site= selects devices whose site tag is empty)',
+    );
+    expect(parseStage('rest:percentage=100:tag=site=')).toMatchObject({
+      deviceSelection: { tags: { site: '' } },
+    });
   });
 
   it('creates a plan, starts and stops stages, follows one with --watch, lists events and deletes it', async () => {

@@ -4,10 +4,15 @@ import { requireOperator, tokenScopeSchema } from '../auth/index.js';
 import { DomainError } from '../errors/index.js';
 import { defineRoute } from '../http/routes.js';
 import { clearSessionCookie, sessionIdOf, setSessionCookie } from './session-auth.js';
-import type { ConsoleSessionStore } from './session-store.js';
+import { EXPIRED_SESSION_KEPT_MS, type ConsoleSessionStore } from './session-store.js';
 
 const consoleSessionSchema = z.object({
-  operator: z.object({ name: z.string(), scope: tokenScopeSchema }),
+  operator: z.object({
+    name: z.string(),
+    scope: tokenScopeSchema,
+    /** The API token's id (as GET /api/v1/tokens lists it): the console does not offer to revoke it. */
+    tokenId: z.string(),
+  }),
   /** Send it back as the X-CSRF-Token header on every write. */
   csrfToken: z.string(),
   expiresAt: z.iso.datetime(),
@@ -35,9 +40,19 @@ export const consoleSessionRoutes: FastifyPluginAsync<{ sessions: ConsoleSession
         );
       }
       const opened = await sessions.open(requireOperator(request));
-      setSessionCookie(reply, request, opened.sessionId, Math.floor((opened.expiresAt - Date.now()) / 1000));
+      // The cookie outlives the session (the server refuses it once expired) so the browser can be told why.
+      setSessionCookie(
+        reply,
+        request,
+        opened.sessionId,
+        Math.floor((opened.expiresAt + EXPIRED_SESSION_KEPT_MS - Date.now()) / 1000),
+      );
       return {
-        operator: { name: opened.identity.name, scope: opened.identity.scope },
+        operator: {
+          name: opened.identity.name,
+          scope: opened.identity.scope,
+          tokenId: opened.identity.tokenId,
+        },
         csrfToken: opened.csrfToken,
         expiresAt: new Date(opened.expiresAt).toISOString(),
       };
@@ -61,7 +76,7 @@ export const consoleSessionRoutes: FastifyPluginAsync<{ sessions: ConsoleSession
         );
       }
       return {
-        operator: { name: operator.name, scope: operator.scope },
+        operator: { name: operator.name, scope: operator.scope, tokenId: operator.tokenId },
         csrfToken: session.csrfToken,
         expiresAt: new Date(session.expiresAt).toISOString(),
       };

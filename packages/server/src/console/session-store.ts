@@ -22,6 +22,14 @@ export type SessionLookup =
   { live: ActiveSession } | { ended: 'revoked'; tokenName: string } | { ended: 'expired' | 'unknown' };
 
 /**
+ * How long a session's cookie, and its row, outlive the session. The server still refuses the session once it
+ * has expired; the cookie lets the browser come back to be told so ("the console session expired; sign in
+ * again", details.sessionEnded "expired") rather than arrive with no cookie and get a generic sign-in refusal.
+ * A day, so an operator returning the next morning to a tab left open is told why.
+ */
+export const EXPIRED_SESSION_KEPT_MS = 24 * 3600 * 1000;
+
+/**
  * Console sign-ins, stored in the database so that any replica recognises a cookie another one issued. A
  * session is only as good as the API token it was opened with: revoking the token ends its sessions.
  */
@@ -38,8 +46,12 @@ export class ConsoleSessionStore {
   /** Opens a session for an operator whose API token was just verified; the token itself is not kept. */
   async open(identity: OperatorIdentity): Promise<OpenedSession> {
     const now = this.now();
-    // Expired rows are removed here, at sign-in, rather than by a timer: sign-ins are rare and any replica may do it.
-    await this.db.deleteFrom('console_sessions').where('expires_at', '<=', now).execute();
+    // Expired rows are removed here, at sign-in, rather than by a timer: sign-ins are rare and any replica may do
+    // it. They are kept as long as their cookies (EXPIRED_SESSION_KEPT_MS), to say why a returning cookie fails.
+    await this.db
+      .deleteFrom('console_sessions')
+      .where('expires_at', '<=', now - EXPIRED_SESSION_KEPT_MS)
+      .execute();
     const sessionId = randomBytes(32).toString('base64url');
     const csrfToken = randomBytes(32).toString('base64url');
     const expiresAt = now + this.options.ttlMs;

@@ -91,7 +91,7 @@ export const deviceSelectionSchema = z
       .describe(
         `EdgeFleet: only devices carrying every one of these tags (key → value); at most ${MAX_SELECTION_TAGS} ` +
           'tags, keys 1-128 and values 0-256 characters (letters, digits, spaces and _ . : / = + - @), as ' +
-          "SageMaker's tags",
+          "SageMaker's tags. An empty value matches only devices whose tag is empty, not every device with the key",
       ),
   })
   .superRefine((selection, ctx) => {

@@ -64,14 +64,37 @@ export class RequestValidationError extends Error {
   constructor(
     readonly part: string,
     readonly issues: readonly z.core.$ZodIssue[],
+    /** The request part as sent: an entry of a list is then named by its value, not only by its index. */
+    input?: unknown,
   ) {
     super(
       `invalid request ${part}: ${issues
-        .map((i) => `${i.path.length > 0 ? i.path.join('.') : '(root)'}: ${i.message}`)
+        .map((i) => `${i.path.length > 0 ? describeIssuePath(i.path, input) : '(root)'}: ${i.message}`)
         .join('; ')}`,
     );
     this.name = 'RequestValidationError';
   }
+}
+
+/** Longest value an error message quotes; longer ones are named by their path only. */
+const MAX_QUOTED_VALUE = 100;
+
+/**
+ * An issue's path, led by the offending value when the path goes through a list (`"bad_name" (devices.1.name)`):
+ * among 60 pasted device names, an index alone makes the operator count. Only short strings are quoted, as JSON
+ * (control characters escaped).
+ */
+function describeIssuePath(path: readonly PropertyKey[], input: unknown): string {
+  const joined = path.map(String).join('.');
+  if (!path.some((key) => typeof key === 'number')) return joined;
+  let value = input;
+  for (const key of path) {
+    if (value === null || typeof value !== 'object') return joined;
+    value = (value as Record<PropertyKey, unknown>)[key];
+  }
+  return typeof value === 'string' && value.length <= MAX_QUOTED_VALUE
+    ? `${JSON.stringify(value)} (${joined})`
+    : joined;
 }
 
 /**

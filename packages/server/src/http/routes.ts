@@ -67,7 +67,7 @@ export function installZodCompilers(app: FastifyInstance): void {
       const result = zodSchema.safeParse(data);
       return result.success
         ? { value: result.data }
-        : { error: new RequestValidationError(httpPart ?? 'input', result.error.issues) };
+        : { error: new RequestValidationError(httpPart ?? 'input', result.error.issues, data) };
     };
   });
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));

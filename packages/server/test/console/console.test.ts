@@ -10,7 +10,7 @@ import path from 'node:path';
 import { brotliCompressSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiTokenStore } from '../../src/auth/index.js';
-import { ConsoleSessionStore } from '../../src/console/index.js';
+import { ConsoleSessionStore, EXPIRED_SESSION_KEPT_MS } from '../../src/console/index.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
@@ -138,6 +138,15 @@ describe('console sessions and CSRF', () => {
     expect((await t.call('GET', '/api/v1/fleets', { headers: { cookie } })).status).toBe(200);
     const session = await t.call('GET', '/api/v1/console/session', { headers: { cookie } });
     expect(session.body).toMatchObject({ operator: { name: 'test-admin', scope: 'admin' }, csrfToken });
+    // The session's token is named by id, so the console can leave it out of its Revoke buttons.
+    const listed = await t.call('GET', '/api/v1/tokens', { token: t.adminToken });
+    const own = (listed.body.tokens as { id: string; name: string }[]).find((x) => x.name === 'test-admin');
+    expect(session.body.operator.tokenId).toBe(own?.id);
+    // The cookie outlives the session by a day (the default session lasts 8 h), so that after the session
+    // expires the browser still sends it and is told "expired" rather than nothing.
+    const maxAge = Number(/Max-Age=(\d+)/i.exec(setCookie)?.[1]);
+    expect(maxAge).toBeGreaterThan(8 * 3600 + 23 * 3600);
+    expect(maxAge).toBeLessThanOrEqual(8 * 3600 + 24 * 3600);
 
     const fleet = { name: 'f1', outputConfig: { s3OutputLocation: 's3://c/f1' } };
     // A forged request: the browser sends the cookie, but the attacker cannot know the CSRF token.
@@ -267,7 +276,7 @@ describe('console sessions and CSRF', () => {
 });
 
 describe('console session expiry', () => {
-  it('ends a session at its expiry time', async () => {
+  it('ends a session at its expiry time; keeps its row while the cookie lasts, to say why', async () => {
     const database = await openFreshDatabase(sqlite);
     try {
       const tokens = new ApiTokenStore(database.db);
@@ -279,6 +288,14 @@ describe('console session expiry', () => {
       expect((await sessions.find(opened.sessionId))?.identity.name).toBe('op');
       now += 1;
       expect(await sessions.find(opened.sessionId)).toBeUndefined();
+      // Another sign-in clears old rows, but not one whose cookie the browser still holds: it says "expired".
+      now += EXPIRED_SESSION_KEPT_MS - 1;
+      await sessions.open((await tokens.verify(token))!);
+      expect(await sessions.lookup(opened.sessionId)).toEqual({ ended: 'expired' });
+      // Once the cookie is gone too, the row goes at the next sign-in.
+      now += 1;
+      await sessions.open((await tokens.verify(token))!);
+      expect(await sessions.lookup(opened.sessionId)).toEqual({ ended: 'unknown' });
     } finally {
       await database.close();
     }

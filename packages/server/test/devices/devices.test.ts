@@ -57,6 +57,24 @@ describe.each(engines)('device routes on $engine', (fixture) => {
     expect((await t.call('GET', '/api/v1/fleets/cams', { token: t.readToken })).body.deviceCount).toBe(3);
   });
 
+  it.skipIf(!fixture.available)(
+    'names a refused list entry by its value, not only its index (among 60 pasted names, no counting)',
+    async () => {
+      const refused = await register('gates', {
+        devices: [{ name: 'good-1' }, { name: 'bad_name' }, { name: 'good-2' }, { name: 'x'.repeat(101) }],
+      });
+      expect(refused.status).toBe(400);
+      const message = refused.body.message as string;
+      expect(message).toMatch(
+        /^invalid request body: "bad_name" \(devices\.1\.name\): expected 1-63 letters, digits and inner hyphens/,
+      );
+      // A value too long to quote is named by its path only.
+      expect(message).toContain('; devices.3.name: ');
+      expect(message).not.toContain('x'.repeat(101));
+      expect((await t.call('GET', '/api/v1/devices/good-1', { token: t.readToken })).status).toBe(404);
+    },
+  );
+
   it.skipIf(!fixture.available)('registers all or none', async () => {
     const clash = await register('gates', { devices: [{ name: 'gate-1' }, { name: 'cam-2' }] });
     expect(clash).toMatchObject({

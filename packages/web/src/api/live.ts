@@ -32,6 +32,11 @@ export class LiveUpdates {
   private readonly listeners = new Set<Listener>();
   connected = false;
   onStateChange: (connected: boolean) => void = () => {};
+  /**
+   * Why the stream is refused, in the server's words (429: too many streams for the token or the server), or
+   * undefined once one is open again. Without it a refused tab shows only "offline" while everything else works.
+   */
+  onRefusal: (reason: string | undefined) => void = () => {};
 
   constructor(private readonly sessionHolds: SessionCheck) {}
 
@@ -41,6 +46,7 @@ export class LiveUpdates {
     let opened = false;
     source.addEventListener('open', () => {
       this.setConnected(true);
+      this.onRefusal(undefined);
       // The server ends streams (after their lifetime, at a restart): changes made while reconnecting were
       // never sent, so every view reloads once after a reconnect.
       if (opened) this.notify(ALL_TOPICS);
@@ -73,6 +79,9 @@ export class LiveUpdates {
       .then((holds) => {
         if (this.source !== source) return; // stopped (or restarted) meanwhile
         if (!holds) return; // signed out: stays offline; the next API call shows the sign-in page
+        void this.whyRefused().then((reason) => {
+          if (this.source === source && reason !== undefined) this.onRefusal(reason);
+        });
         this.retry = setTimeout(() => {
           this.retry = undefined;
           if (this.source !== source) return;
@@ -80,6 +89,29 @@ export class LiveUpdates {
           this.start();
         }, refusedRetryDelayMs());
       });
+  }
+
+  /**
+   * EventSource does not tell why it was refused; one plain request to the same route does (the 429's message).
+   * It is aborted at once, so an accepted one (a place freed meanwhile) holds its place only for a moment.
+   */
+  private async whyRefused(): Promise<string | undefined> {
+    const controller = new AbortController();
+    try {
+      const response = await fetch(EVENTS_ROUTE, { signal: controller.signal, credentials: 'same-origin' });
+      if (response.status !== 429) return undefined;
+      const body = (await response.json().catch(() => undefined)) as { message?: unknown } | undefined;
+      return typeof body?.message === 'string' ? body.message : 'the server refused the live-update stream';
+    } catch {
+      return undefined; // unreachable: "offline" says it
+    } finally {
+      controller.abort();
+    }
+  }
+
+  /** Every view reloads (after signing in again: what they loaded meanwhile failed). */
+  reloadAll(): void {
+    this.notify(ALL_TOPICS);
   }
 
   subscribe(listener: Listener): () => void {

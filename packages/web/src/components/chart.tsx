@@ -63,6 +63,24 @@ export function TimeChart({
     return () => plot.destroy();
   }, [title, times, series, unit, range?.[0], range?.[1], theme]);
   return (
-    <div class="chart" ref={container} role="img" aria-label={`${title} chart`} data-points={times.length} />
+    <div
+      class="chart"
+      ref={container}
+      role="img"
+      aria-label={`${title} chart: ${describeSeries(series, unit)}`}
+      data-points={times.length}
+    />
   );
+}
+
+/** What a screen reader gets instead of the canvas: each series' latest, lowest and highest value. */
+export function describeSeries(series: ChartSeries[], unit: string | undefined): string {
+  const withUnit = (value: number) => (unit !== undefined ? `${value} ${unit}` : String(value));
+  return series
+    .map((s) => {
+      const values = s.values.filter((v): v is number => v !== null);
+      if (values.length === 0) return `${s.label}: no values`;
+      return `${s.label}: latest ${withUnit(values[values.length - 1] ?? 0)}, min ${withUnit(Math.min(...values))}, max ${withUnit(Math.max(...values))}`;
+    })
+    .join('; ');
 }

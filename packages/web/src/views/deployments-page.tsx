@@ -140,8 +140,12 @@ function newStage(key: number, index: number): StageDraft {
   };
 }
 
-/** A draft as the API wants it; the server validates the rest and its message is shown as it is. */
-function toStageInput(draft: StageDraft): StageInput {
+/**
+ * A draft as the API wants it; the server validates the rest and its message is shown as it is. A tag without
+ * `=` is refused here, as the CLI refuses it: sent as `key: ""` it would select only devices whose tag is the
+ * empty string (usually none), not every device carrying the key. `key=` says that on purpose.
+ */
+function toStageInput(draft: StageDraft, index: number): StageInput {
   const tags = Object.fromEntries(
     draft.tags
       .split(',')
@@ -149,7 +153,13 @@ function toStageInput(draft: StageDraft): StageInput {
       .filter((pair) => pair !== '')
       .map((pair) => {
         const at = pair.indexOf('=');
-        return at < 0 ? [pair, ''] : [pair.slice(0, at).trim(), pair.slice(at + 1).trim()];
+        if (at <= 0) {
+          throw new Error(
+            `stage ${index + 1} (${draft.name.trim()}): tag ${JSON.stringify(pair)}: expected key=value ` +
+              '(devices must carry the tag with that value; key= for an empty value)',
+          );
+        }
+        return [pair.slice(0, at).trim(), pair.slice(at + 1).trim()];
       }),
   );
   const selection: StageInput['deviceSelection'] =
@@ -248,6 +258,11 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
               ))}
             </select>
           </label>
+          {fleets.data?.length === 0 ? (
+            <p class="muted" data-testid="no-fleet-hint">
+              A plan deploys to a fleet: create one first on the <a href={href('/')}>Overview</a>.
+            </p>
+          ) : null}
           <label>
             Device timeout (s) <input name="timeout" type="number" min={10} placeholder="3600" />
           </label>
@@ -298,6 +313,12 @@ function CreatePlan({ onCreated }: { onCreated(): void }) {
                     ))}
                   </select>
                 </label>
+              ) : null}
+              {model.source === 'job' && jobs.data?.length === 0 ? (
+                <p class="muted" data-testid="no-job-hint">
+                  No completed packaging job yet: start one on <a href={href('/packaging')}>Packaging</a>, or
+                  choose another source.
+                </p>
               ) : null}
               {model.source === 'uploaded' ? (
                 <>
@@ -459,6 +480,7 @@ export function DeploymentPage({ params }: { params: Record<string, string> }) {
         <StageCard
           key={stage.name}
           planName={name}
+          fleetName={view?.fleetName ?? ''}
           stage={stage}
           failedBefore={stages.slice(0, index).filter((earlier) => earlier.status === 'FAILED')}
           canWrite={canWrite}
@@ -491,12 +513,14 @@ const CANCELLABLE = new Set(['READYTODEPLOY', 'INPROGRESS']);
 
 function StageCard({
   planName,
+  fleetName,
   stage,
   failedBefore,
   canWrite,
   onChanged,
 }: {
   planName: string;
+  fleetName: string;
   stage: StageView;
   /** Earlier stages of the plan that FAILED: the server starts this one only when forced. */
   failedBefore: StageView[];
@@ -524,6 +548,12 @@ function StageCard({
     devices.data?.complete === true
       ? shown.filter((device) => device.status === 'INPROGRESS').length
       : undefined;
+  // A started stage that chose no device finishes DEPLOYED at once: say so, or it reads as a success.
+  const selectedNone =
+    started &&
+    stage.pendingCount + stage.successCount + stage.failedCount + stage.stoppedCount === 0 &&
+    devices.data?.complete === true &&
+    shown.length === 0;
   const controls = canWrite ? (
     <div class="row">
       {stage.status === 'READYTODEPLOY' ? (
@@ -564,6 +594,13 @@ function StageCard({
           class="danger"
           onClick={() =>
             action.run(async () => {
+              // Irreversible: a stopped stage cannot be started again.
+              if (
+                !window.confirm(
+                  `Stop stage ${stage.name}? Devices not finished are stopped, and the stage cannot be started again.`,
+                )
+              )
+                return;
               must(await api.POST('/api/v1/deployment-plans/{plan}/stages/{stage}/stop', stageParams));
               onChanged();
             })
@@ -596,6 +633,12 @@ function StageCard({
           <Stat label="Stopped" value={stage.stoppedCount} />
         </div>
         <ErrorNote error={action.error ?? devices.error} />
+        {selectedNone ? (
+          <p class="warning" data-testid="stage-selected-none">
+            This stage selected no device: none of fleet {fleetName}'s devices matched{' '}
+            {describeSelection(stage.deviceSelection)} when it started, so it deployed nothing.
+          </p>
+        ) : null}
         {started ? (
           <table>
             <thead>
@@ -632,6 +675,13 @@ function StageCard({
                           class="danger"
                           onClick={() =>
                             action.run(async () => {
+                              // Irreversible: the device is STOPPED for this plan.
+                              if (
+                                !window.confirm(
+                                  `Cancel ${device.deviceName}'s deployment? It is stopped for this plan and goes back to what earlier plans gave it.`,
+                                )
+                              )
+                                return;
                               must(
                                 await api.POST('/api/v1/deployment-plans/{plan}/devices/{device}/cancel', {
                                   params: { path: { plan: planName, device: device.deviceName } },

@@ -26,6 +26,12 @@ interface MetricSeries {
   points: { timestamp: string; avg: number }[];
 }
 
+/** Legend names of the device-wide metrics (the per-model ones are named by their model). */
+const DEVICE_METRIC_LABELS: Record<string, string> = {
+  CpuUtilization: 'CPU (%)',
+  MemoryRssBytes: 'Memory RSS (MiB)',
+};
+
 /** Aligns several series on one time axis (uPlot's data shape), one series per model or per metric. */
 function chartData(series: MetricSeries[], scale = 1): { times: number[]; series: ChartSeries[] } {
   const times = [...new Set(series.flatMap((s) => s.points.map((p) => Date.parse(p.timestamp) / 1000)))].sort(
@@ -36,7 +42,10 @@ function chartData(series: MetricSeries[], scale = 1): { times: number[]; series
     series: series.map((s) => {
       const byTime = new Map(s.points.map((p) => [Date.parse(p.timestamp) / 1000, p.avg / scale]));
       return {
-        label: s.modelName !== undefined ? `${s.modelName} ${s.modelVersion ?? ''}`.trim() : s.metricName,
+        label:
+          s.modelName !== undefined
+            ? `${s.modelName} ${s.modelVersion ?? ''}`.trim()
+            : (DEVICE_METRIC_LABELS[s.metricName] ?? s.metricName),
         values: times.map((t) => {
           const value = byTime.get(t);
           return value === undefined ? null : Math.round(value * 100) / 100;
@@ -49,7 +58,7 @@ function chartData(series: MetricSeries[], scale = 1): { times: number[]; series
 export function DevicePage({ params }: { params: Record<string, string> }) {
   const name = params.device ?? '';
   const { api, live, canWrite } = useApp();
-  const [secret, setSecret] = useState<string | undefined>();
+  const [enrollment, setEnrollment] = useState<{ token: string; expiresAt: string } | undefined>();
   const action = useAction();
   const [windowMs, setWindowMs] = useState(CHART_WINDOWS[0]?.ms ?? 3600_000);
   const device = useLoad(
@@ -133,7 +142,15 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
               '–'
             ) : (
               <>
-                serial <code>{certificate.serial}</code>, expires <When at={certificate.notAfter} />
+                serial <code>{certificate.serial}</code>,{' '}
+                {certificate.revokedAt !== undefined ? (
+                  <span data-testid="certificate-revoked">
+                    <StatusBadge status="revoked" /> <When at={certificate.revokedAt} />, was to expire{' '}
+                  </span>
+                ) : (
+                  'expires '
+                )}
+                <When at={certificate.notAfter} />
                 {expiresSoon ? (
                   <span class="badge badge-warning" role="note">
                     expires soon
@@ -163,7 +180,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
                       body: {},
                     }),
                   );
-                  setSecret(created.token);
+                  setEnrollment({ token: created.token, expiresAt: created.expiresAt });
                 })
               }
             >
@@ -210,8 +227,24 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
           </div>
         ) : null}
         <ErrorNote error={action.error} />
-        {secret !== undefined ? (
-          <ShownOnce label="Enrollment token" secret={secret} onDismiss={() => setSecret(undefined)} />
+        {enrollment !== undefined ? (
+          <>
+            <ShownOnce
+              label="Enrollment token"
+              secret={enrollment.token}
+              onDismiss={() => setEnrollment(undefined)}
+            />
+            <p data-testid="enrollment-how">
+              Single use; expires <When at={enrollment.expiresAt} /> (at{' '}
+              {new Date(enrollment.expiresAt).toLocaleString()}). On the device, with the token in{' '}
+              <code>TOKEN</code> (<code>read -rs TOKEN</code> keeps it out of the shell's history):{' '}
+              <code>
+                EDGEFLEET_ENROLLMENT_TOKEN="$TOKEN" edgefleet device enroll --server {window.location.origin}{' '}
+                --config /etc/edgefleet/agent.json
+              </code>{' '}
+              (the server as this browser reaches it; see docs/cli.md, "Enrolling a device").
+            </p>
+          </>
         ) : null}
       </Section>
       <Section
@@ -272,7 +305,13 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
         </div>
       </Section>
       <Section title="Models">
-        {d.models.length === 0 ? <p class="muted">The agent reports no loaded model.</p> : null}
+        {d.models.length === 0 ? (
+          <p class="muted" data-testid="no-models">
+            {d.latestHeartbeat === undefined
+              ? 'No agent has reported for this device yet: its models show here after its first heartbeat.'
+              : 'The agent reports no loaded model.'}
+          </p>
+        ) : null}
         <table>
           <TableHead columns={['Model', 'Version', 'Last inference']} />
           <tbody>

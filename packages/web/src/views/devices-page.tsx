@@ -233,6 +233,8 @@ export function DevicesPage() {
 function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void }) {
   const { api } = useApp();
   const action = useAction();
+  // The list is sorted by name and paged: a new device may land on another page, so the form says what it did.
+  const [registered, setRegistered] = useState<string | undefined>();
   return (
     <Section title="Register devices">
       <form
@@ -243,11 +245,18 @@ function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void 
             .split(/[\s,]+/)
             .filter(Boolean);
           if (names.length === 0) throw new Error('name at least one device');
-          must(
+          setRegistered(undefined);
+          const fleet = String(form.get('fleet') ?? '');
+          const done = must(
             await api.POST('/api/v1/fleets/{fleet}/devices', {
-              params: { path: { fleet: String(form.get('fleet') ?? '') } },
+              params: { path: { fleet } },
               body: { devices: names.map((name) => ({ name })) },
             }),
+          ).devices;
+          const shown = done.slice(0, 5).map((device) => device.name);
+          setRegistered(
+            `Registered ${done.length} device${done.length === 1 ? '' : 's'} in fleet ${fleet}: ` +
+              `${shown.join(', ')}${done.length > shown.length ? ', …' : ''}.`,
           );
           onDone();
         })}
@@ -269,6 +278,17 @@ function RegisterDevices({ fleets, onDone }: { fleets: string[]; onDone(): void 
           Register
         </button>
         <ErrorNote error={action.error} />
+        {registered !== undefined && action.error === undefined ? (
+          <p role="status" data-testid="registered">
+            {registered}
+          </p>
+        ) : null}
+        {fleets.length === 0 ? (
+          <p class="muted" data-testid="no-fleet-hint">
+            A device is registered in a fleet: create one first on the <a href={href('/')}>Overview</a>{' '}
+            (Create fleet).
+          </p>
+        ) : null}
       </form>
     </Section>
   );

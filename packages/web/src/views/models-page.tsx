@@ -43,7 +43,13 @@ export function ModelsPage() {
             {(models.data ?? []).map((model) => (
               <tr key={model.name} data-model={model.name}>
                 <td>
-                  <button type="button" class="link" onClick={() => setSelected(model.name)}>
+                  <button
+                    type="button"
+                    class="link"
+                    // It opens (and closes) the model's versions below the table.
+                    aria-expanded={selected === model.name}
+                    onClick={() => setSelected(selected === model.name ? undefined : model.name)}
+                  >
                     {model.name}
                   </button>
                 </td>

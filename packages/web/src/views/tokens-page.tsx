@@ -7,7 +7,7 @@ import { submitForm, useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 
 export function TokensPage() {
-  const { api, live, canWrite } = useApp();
+  const { api, live, canWrite, operator } = useApp();
   const [secret, setSecret] = useState<string | undefined>();
   const action = useAction();
   const tokens = useLoad(
@@ -74,10 +74,15 @@ export function TokensPage() {
                 </td>
                 {canWrite ? (
                   <td>
-                    {token.revokedAt === undefined ? (
+                    {token.id === operator.tokenId ? (
+                      // The server refuses a token revoking itself (409): not offered.
+                      <span class="muted">signed in with it</span>
+                    ) : token.revokedAt === undefined ? (
                       <button
                         type="button"
                         class="danger"
+                        // A screen reader's list of buttons says which token each one revokes.
+                        aria-label={`Revoke ${token.name}`}
                         onClick={async () => {
                           if (
                             !window.confirm(
