@@ -28,6 +28,9 @@ export const agentStatusSchema = z.looseObject({
             held: z.boolean(),
             reason: z.string().nullable(),
             updatedAt: z.string(),
+            // An older agent sends neither: it does not tell.
+            loaded: z.boolean().optional(),
+            notLoadedReason: z.string().nullable().optional(),
             // An older agent does not send it.
             lastFailure: z
               .looseObject({
@@ -122,11 +125,11 @@ export function printAgentStatus(status: AgentStatus, output: Output): void {
             [
               d.handle,
               d.deployment,
-              d.held ? `${d.state} (HELD)` : d.state,
+              d.held ? `${d.state} (HELD)` : d.notLoadedReason ? `${d.state} (NOT LOADED)` : d.state,
               d.version ?? '-',
               d.previousVersion ?? '-',
               d.updatedAt,
-              d.reason ?? '',
+              d.notLoadedReason ?? d.reason ?? '',
             ],
             ...(d.lastFailure
               ? [
