@@ -274,7 +274,7 @@ export class UpdateEngine {
       return null;
     if (row.unloadedByApplicationAt != null)
       return `unloaded by an application (UnLoadModel or the REST unload) at ${new Date(row.unloadedByApplicationAt).toISOString()}; not loaded again, also after a restart, until the handle is loaded or deployed again`;
-    return 'not loaded: it did not load when the agent started (its log says why)';
+    return 'not loaded since the agent started: still loading, or its load failed (the agent log says why)';
   }
 
   #lastFailure(row: DeploymentModelRow): DeploymentFailureStatus | null {
