@@ -293,4 +293,119 @@ describe('edgefleet agent', () => {
         'holding an object keyed by tensor name, as --input takes inline, e.g. {"<tensor>": [[1, 2, 3]]}\n',
     );
   });
+
+  it('predict --capture with a used capture id prints the prediction, then says the capture was refused', async () => {
+    const input = '{"features": [6.7, 3.0, 5.2, 2.3]}';
+    const first = await agentCli('predict', 'demo', '--input', input, '--capture', '--capture-id', 'dup-1');
+    expect(first.code).toBe(0);
+    const again = await agentCli('predict', 'demo', '--input', input, '--capture', '--capture-id', 'dup-1');
+    expect(again.code).toBe(1);
+    expect(again.stdout).toMatch(/^probabilities FLOAT32 \[1, 3\]: \[[-\d.e,]+\]\n$/);
+    expect(again.stderr).toMatch(
+      /^edgefleet: the prediction ran \(its outputs are above\), but the agent refused its capture: ALREADY_EXISTS: capture_id "dup-1" was used already/,
+    );
+    const json = await agentCli(
+      'predict',
+      'demo',
+      '--input',
+      input,
+      '--capture',
+      '--capture-id',
+      'dup-1',
+      '--json',
+    );
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      outputs: [{ name: 'probabilities', shape: [1, 3] }],
+      captureRefused: expect.stringMatching(/^ALREADY_EXISTS: /),
+    });
+  });
+
+  it('FLOAT32: an input outside its range is refused; NaN outputs print as NaN (--json: "NaN")', async () => {
+    const outside = await agentCli('predict', 'demo', '--input', '{"features": [1e39, 2, 3, 4]}');
+    expect(outside.code).toBe(2);
+    expect(outside.stderr).toBe(
+      "edgefleet: input features[0] is 1e+39, outside FLOAT32's range (±3.4028235e38); expected a value FLOAT32 holds\n",
+    );
+    // In range, but large enough that the model's arithmetic overflows: its outputs are NaN.
+    const big = '{"features": [3e38, -3e38, 3e38, -3e38]}';
+    const text = await agentCli('predict', 'demo', '--input', big);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toBe('probabilities FLOAT32 [1, 3]: [NaN,NaN,NaN]\n');
+    const json = await agentCli('predict', 'demo', '--input', big, '--json');
+    expect(JSON.parse(json.stdout).outputs[0].data).toEqual(['NaN', 'NaN', 'NaN']);
+  });
+});
+
+describe('edgefleet agent against a hung agent, and agent status finding the REST socket', () => {
+  let dir: string;
+  let grpcSocket: string;
+  let hung: ChildProcess;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ef-agent-cli-hung-'));
+    grpcSocket = join(dir, 'agent.sock');
+    const config = join(dir, 'agent.json');
+    // The REST socket is the agent's default: agent.rest.sock beside agent.sock.
+    await writeFile(
+      config,
+      JSON.stringify({
+        sagemaker_edge_core_device_name: 'cli-hung',
+        sagemaker_edge_local_data_root_path: dir,
+      }),
+    );
+    hung = await startAgent(grpcSocket, config);
+  }, 60_000);
+  afterAll(async () => {
+    hung?.kill('SIGCONT');
+    await stopAgent(hung);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('agent status: --socket and EDGEFLEET_AGENT_SOCKET find the REST socket beside the gRPC one', async () => {
+    const bySocket = await edgefleet('agent', 'status', '--socket', grpcSocket);
+    expect(bySocket.stderr).toBe('');
+    expect(bySocket.stdout).toMatch(/^edgefleet-agent \S+\n\nno models loaded\n/);
+    const before = process.env.EDGEFLEET_AGENT_SOCKET;
+    process.env.EDGEFLEET_AGENT_SOCKET = grpcSocket;
+    try {
+      const byEnv = await edgefleet('agent', 'status', '--json');
+      expect(byEnv.code).toBe(0);
+      expect(JSON.parse(byEnv.stdout)).toMatchObject({ models: [] });
+    } finally {
+      if (before === undefined) delete process.env.EDGEFLEET_AGENT_SOCKET;
+      else process.env.EDGEFLEET_AGENT_SOCKET = before;
+    }
+    // The gRPC socket given as the REST one: said so, with the REST socket's path.
+    const mistaken = await edgefleet('agent', 'status', '--rest-socket', grpcSocket);
+    expect(mistaken.code).toBe(1);
+    expect(mistaken.stderr).toBe(
+      `edgefleet: ${grpcSocket} answers, but not in HTTP/1.1: it is the agent's gRPC socket (-a), not its REST socket; the REST socket is ${join(dir, 'agent.rest.sock')} unless edgefleet_rest_socket_path says otherwise (--socket ${grpcSocket} finds it)\n`,
+    );
+  });
+
+  it('a stopped agent (SIGSTOP): list, describe and status say it did not answer within the wait', async () => {
+    hung.kill('SIGSTOP');
+    try {
+      const said = (seconds: number) =>
+        `the agent on ${grpcSocket} accepted the connection but did not answer within ${seconds} s (is it stopped or overloaded? --timeout <seconds> waits longer)`;
+      const list = await edgefleet('agent', 'list', '--socket', grpcSocket, '--timeout', '1');
+      expect(list.code).toBe(1);
+      expect(list.stderr).toBe(`edgefleet: ${said(1)}\n`);
+      const described = await edgefleet('agent', 'describe', 'x', '--socket', grpcSocket, '--timeout', '2');
+      expect(described.stderr).toBe(`edgefleet: ${said(2)}\n`);
+      // Read-only calls wait 10 s by default, not a load's 60.
+      const byDefault = await edgefleet('agent', 'list', '--socket', grpcSocket);
+      expect(byDefault.stderr).toBe(`edgefleet: ${said(10)}\n`);
+      const status = await edgefleet('agent', 'status', '--socket', grpcSocket, '--timeout', '1');
+      expect(status.code).toBe(1);
+      expect(status.stderr).toBe(
+        `edgefleet: the agent on ${join(dir, 'agent.rest.sock')} accepted the connection but did not answer within 1 s (is it stopped or overloaded? --timeout <seconds> waits longer)\n`,
+      );
+      const bad = await edgefleet('agent', 'list', '--socket', grpcSocket, '--timeout', '0');
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('--timeout "0": expected whole seconds from 1 to 3600');
+    } finally {
+      hung.kill('SIGCONT');
+    }
+  }, 60_000);
 });

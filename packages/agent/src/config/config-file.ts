@@ -1,5 +1,6 @@
-import { basename, dirname, extname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { defaultRestSocketPath } from '@edgefleet/core';
 import {
   DEFAULT_CAPTURE_DISK_QUOTA_BYTES,
   DEFAULT_CAPTURE_MIN_FREE_BYTES,
@@ -586,12 +587,8 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
   };
 }
 
-/** `/tmp/agent.sock` → `/tmp/agent.rest.sock`; a path without `.sock` gets `.rest.sock` appended. */
-export function defaultRestSocketPath(grpcSocketPath: string): string {
-  const ext = extname(grpcSocketPath);
-  const stem = ext === '.sock' ? basename(grpcSocketPath, ext) : basename(grpcSocketPath);
-  return join(dirname(grpcSocketPath), `${stem}.rest.sock`);
-}
+// `/tmp/agent.sock` → `/tmp/agent.rest.sock` (in core: the CLI derives it the same way).
+export { defaultRestSocketPath };
 
 function dropUndefined<T extends Record<string, unknown>>(value: T): T {
   return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as T;

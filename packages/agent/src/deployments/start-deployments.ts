@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { TrustPolicy } from '@edgefleet/core';
 import type { Registry } from 'prom-client';
 import type { AgentConfig } from '../config/index.js';
+import type { RegistryObserver } from '../models/index.js';
 import { currentDeviceApi, fleetDisabledReason, readDeviceTls } from '../fleet/index.js';
 import type { DeploymentsRepository } from '../state/index.js';
 import { DeploymentMetrics } from './deployment-metrics.js';
@@ -12,7 +13,8 @@ import { UpdateEngine, type DeployableRegistry, type EngineLogger } from './upda
 
 export interface StartDeploymentsOptions {
   config: AgentConfig;
-  registry: DeployableRegistry;
+  /** The agent's models; the engine observes applications' loads and unloads of deployed handles. */
+  registry: DeployableRegistry & { observe(observer: RegistryObserver): () => void };
   repository: DeploymentsRepository;
   trust: TrustPolicy | null;
   metricsRegistry?: Registry;
@@ -92,6 +94,7 @@ export async function startDeployments(
     onFinal: () => results.kick(),
   });
   const results = new ResultReporter({ engine, sink, ids, logger });
+  const stopObserving = options.registry.observe(engine.registryObserver());
   const poller = startDeploymentPoller({
     // After each pass too: results a failed send (or a crash) left unreported are tried again at every poll.
     engine: {
@@ -110,6 +113,7 @@ export async function startDeployments(
   return {
     engine,
     async stop() {
+      stopObserving();
       await Promise.all([poller.stop(), engine.close(), results.stop()]);
       api.close();
       store.close();

@@ -3,11 +3,17 @@ import {
   MAX_MODELS_PER_HEARTBEAT,
   PackageVerificationError,
   openModelPackage,
+  type DeployedModelNotLoadedInput,
   type DeploymentResultInput,
   type EdgeDeployment,
   type TrustPolicy,
 } from '@edgefleet/core';
-import type { LoadHooks, ModelDescription, StagedVersionDescription } from '../models/index.js';
+import type {
+  LoadHooks,
+  ModelDescription,
+  RegistryObserver,
+  StagedVersionDescription,
+} from '../models/index.js';
 import type { DeploymentModelRow, DeploymentsRepository } from '../state/index.js';
 import { sleepUnlessAborted } from '../retry/index.js';
 import type { DeploymentMetrics } from './deployment-metrics.js';
@@ -82,11 +88,23 @@ export interface DeploymentModelStatus {
   updatedAt: string;
   endedAt: string | null;
   /**
+   * Whether the handle serves a model now. False for a Committed deployment means its model was taken out of
+   * service afterwards: `notLoadedReason` says how.
+   */
+  loaded: boolean;
+  /** Why a deployed (Committed, DEPLOY) handle serves nothing; null when it serves or was not deployed. */
+  notLoadedReason: string | null;
+  /** When an application unloaded the deployed model (ISO 8601); null unless it did. */
+  unloadedByApplicationAt: string | null;
+  /**
    * The handle's last deployment that ended RolledBack or Failed, when that is not this one: it stays visible
    * after the server gave up on it and the handle is back on (or moved past) what was committed.
    */
   lastFailure: DeploymentFailureStatus | null;
 }
+
+/** A deployed handle serving nothing (SendHeartbeat.DeployedModelsNotLoaded, EdgeFleet's). */
+export type DeployedModelNotLoaded = DeployedModelNotLoadedInput;
 
 /** A failed deployment of a handle, as the status keeps it. */
 export interface DeploymentFailureStatus {
@@ -191,6 +209,10 @@ export class UpdateEngine {
         previousVersion: row.previousVersion,
         committedVersion: row.committedVersion,
         held: this.#held.has(row.handle),
+        loaded: this.#o.registry.has(row.handle),
+        notLoadedReason: this.#notLoadedReason(row),
+        unloadedByApplicationAt:
+          row.unloadedByApplicationAt == null ? null : new Date(row.unloadedByApplicationAt).toISOString(),
         reason: row.reason,
         rollbackFailureReason: row.rollbackFailureReason,
         startedAt: new Date(row.startedAt).toISOString(),
@@ -198,6 +220,66 @@ export class UpdateEngine {
         endedAt: row.endedAt === null ? null : new Date(row.endedAt).toISOString(),
         lastFailure: this.#lastFailure(row),
       }));
+  }
+
+  /**
+   * Deployed handles (their deployment Committed, desired DEPLOY) that serve nothing now, and why: what the
+   * heartbeat's DeployedModelsNotLoaded carries, so the server can tell "deployed" from "serving".
+   */
+  deployedModelsNotLoaded(): DeployedModelNotLoaded[] {
+    return this.#o.repository.list().flatMap((row) => {
+      const reason = this.#notLoadedReason(row);
+      if (reason === null) return [];
+      return [
+        {
+          ModelHandle: row.handle,
+          DeploymentName: row.deploymentName,
+          ...(row.modelName !== null && { ModelName: row.modelName }),
+          ...(row.version !== null && { ModelVersion: row.version }),
+          UnloadedByApplication: row.unloadedByApplicationAt != null,
+          ...(row.unloadedByApplicationAt != null && { Since: row.unloadedByApplicationAt / 1000 }),
+          Reason: truncate(reason),
+        },
+      ];
+    });
+  }
+
+  /**
+   * The registry's observer for what applications do to deployed handles (startDeployments registers it). An
+   * application's UnLoadModel (or REST unload) of a deployed model is obeyed, as Edge Manager's agent did: apps
+   * written for it unload models themselves. The handle's row remembers it, so status and heartbeats say the
+   * deployed model is not loaded, and why; the local database then no longer lists the model, so it stays
+   * unloaded across restarts, until something loads the handle again (LoadModel, or its next deployment).
+   * The engine's own unloads are of rows not Committed-DEPLOY (undeploy, rollback), so they are not taken for
+   * an application's.
+   */
+  registryObserver(): RegistryObserver {
+    return {
+      onUnloaded: (name) => {
+        const row = this.#o.repository.get(name);
+        if (!row || state(row) !== 'Committed' || row.desired !== 'DEPLOY') return;
+        row.unloadedByApplicationAt = this.#now();
+        this.#o.repository.save(row);
+        this.#o.logger.warn(
+          { event: 'deployment-model-unloaded', model: name, deployment: row.deploymentName },
+          `an application unloaded ${name}, deployed by ${row.deploymentName} (version ${row.version ?? 'unknown'}): the device serves nothing under that handle until it is loaded again or deployed anew; status and heartbeats say so`,
+        );
+      },
+      onLoaded: (model) => {
+        const row = this.#o.repository.get(model.name);
+        if (row?.unloadedByApplicationAt == null) return;
+        row.unloadedByApplicationAt = null;
+        this.#o.repository.save(row);
+      },
+    };
+  }
+
+  #notLoadedReason(row: DeploymentModelRow): string | null {
+    if (state(row) !== 'Committed' || row.desired !== 'DEPLOY' || this.#o.registry.has(row.handle))
+      return null;
+    if (row.unloadedByApplicationAt != null)
+      return `unloaded by an application (UnLoadModel or the REST unload) at ${new Date(row.unloadedByApplicationAt).toISOString()}; not loaded again, also after a restart, until the handle is loaded or deployed again`;
+    return 'not loaded since the agent started: still loading, or its load failed (the agent log says why)';
   }
 
   #lastFailure(row: DeploymentModelRow): DeploymentFailureStatus | null {

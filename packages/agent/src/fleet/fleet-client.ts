@@ -15,7 +15,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import {
+  type DeployedModelNotLoadedInput,
   type DeploymentResultInput,
+  MAX_MODELS_PER_HEARTBEAT,
   deploymentResultSchema,
   deviceRegistrationResultSchema,
   sendHeartbeatRequestSchema,
@@ -61,6 +63,8 @@ export interface FleetClientOptions {
 export interface DeploymentResultSource {
   deploymentResult(): DeploymentResultInput | undefined;
   reported(result: DeploymentResultInput): void;
+  /** Deployed handles serving nothing now (SendHeartbeat.DeployedModelsNotLoaded, EdgeFleet's). */
+  deployedModelsNotLoaded?(): DeployedModelNotLoadedInput[];
 }
 
 export interface FleetTiming {
@@ -307,6 +311,9 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
           deploymentResult = undefined;
         }
         if (deploymentResult) heartbeat.DeploymentResult = deploymentResult;
+        // Every heartbeat, empty too: the server replaces its list, so a handle loaded again drops out of it.
+        const notLoaded = options.deployments?.deployedModelsNotLoaded?.();
+        if (notLoaded) heartbeat.DeployedModelsNotLoaded = notLoaded.slice(0, MAX_MODELS_PER_HEARTBEAT);
         // Checked against the contract, sent as composed (parsing would turn its seconds into the server's ms).
         sendHeartbeatRequestSchema.parse(heartbeat);
         await client.post('SendHeartbeat', heartbeat, sendHeartbeatResultSchema, abort.signal);

@@ -77,9 +77,29 @@ export class ComponentParameterError extends Error {
 export interface RenderContext {
   /** The core device's IoT thing name (`{iot:thingName}`): the device name, as Edge Manager required. */
   thingName: string;
-  /** Config keys written by `edgefleet device enroll` (endpoint, certificate files, provider), merged last (but RootCertsPath, when set, wins). */
+  /**
+   * The config file `edgefleet device enroll` wrote. Only its identity keys ({@link ENROLLED_IDENTITY_KEYS}) are
+   * taken: the rest of that file is enroll's defaults (capture, data folder, heartbeat), which would otherwise
+   * override the component's parameters.
+   */
   identity?: Record<string, unknown>;
 }
+
+/**
+ * What an enrollment decides and no component parameter does: who the device is (its certificate, bound to its
+ * device and fleet names), where its server is and how it authenticates, and the package-signing trust folder
+ * (unless RootCertsPath names one). EdgeFleetEndpoint, when set, wins over the enrolled endpoint.
+ */
+export const ENROLLED_IDENTITY_KEYS = [
+  'sagemaker_edge_core_device_name',
+  'sagemaker_edge_core_device_fleet_name',
+  'sagemaker_edge_core_endpoint_override',
+  'sagemaker_edge_provider_provider',
+  'sagemaker_edge_provider_aws_cert_file',
+  'sagemaker_edge_provider_aws_cert_pk_file',
+  'sagemaker_edge_provider_aws_ca_cert_file',
+  'sagemaker_edge_core_root_certs_path',
+] as const;
 
 export interface RenderedConfig {
   /** The agent's JSON config. */
@@ -109,6 +129,27 @@ function flag(parameter: ComponentParameter, value: string): boolean {
     );
   }
   return known;
+}
+
+/**
+ * The original's default destination, Cloud, needs a server and a bucket: said here in parameter terms, since
+ * the agent's own check names config keys (sagemaker_edge_provider_provider) no component parameter sets.
+ */
+function checkCloudCapture(
+  values: Record<ComponentParameter, string>,
+  config: Record<string, unknown>,
+): void {
+  if (values.CaptureDataDestination.toLowerCase() !== 'cloud') return;
+  if (config.sagemaker_edge_provider_provider === undefined)
+    throw new ComponentParameterError(
+      'CaptureDataDestination',
+      `CaptureDataDestination is Cloud${values.CaptureDataDestination === COMPONENT_PARAMETERS.CaptureDataDestination.default ? ' (the default)' : ''}, which uploads captures to BucketName through the EdgeFleet server, but no server is set: set EdgeFleetEndpoint (or EnrollmentServerUrl and EnrollmentToken) and BucketName, or CaptureDataDestination to Disk`,
+    );
+  if (values.BucketName === '')
+    throw new ComponentParameterError(
+      'BucketName',
+      "BucketName: required when CaptureDataDestination is Cloud (captures go to that bucket); set it, or CaptureDataDestination to EdgeFleet (an enrolled device: the fleet's output location) or Disk",
+    );
 }
 
 /**
@@ -157,10 +198,20 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
     config[key] = values[name];
   }
   if (values.EdgeFleetEndpoint !== '') config.sagemaker_edge_provider_provider = 'Custom';
-  Object.assign(config, context.identity ?? {});
+  const warnings: string[] = [];
+  const identity = context.identity ?? {};
+  for (const key of ENROLLED_IDENTITY_KEYS) if (identity[key] !== undefined) config[key] = identity[key];
+  const enrolledFleet = identity.sagemaker_edge_core_device_fleet_name;
+  if (enrolledFleet !== undefined && enrolledFleet !== values.DeviceFleetName)
+    warnings.push(
+      `DeviceFleetName is ${JSON.stringify(values.DeviceFleetName)} but this device was enrolled in fleet ${JSON.stringify(enrolledFleet)}, which its certificate names; the enrolled fleet is used`,
+    );
+  if (values.EdgeFleetEndpoint !== '')
+    config.sagemaker_edge_core_endpoint_override = values.EdgeFleetEndpoint;
   // An operator's RootCertsPath (a folder root owns, say) wins over the trust folder enrollment wrote: that one is
   // in the work folder, which the component's user owns and could so swap (deploy/README.md).
   if (values.RootCertsPath !== '') config.sagemaker_edge_core_root_certs_path = values.RootCertsPath;
+  checkCloudCapture(values, config);
 
   const keyToParameter = new Map<string, ComponentParameter>(
     COMPONENT_PARAMETER_NAMES.flatMap((n) => {
@@ -183,7 +234,7 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
       config,
       socketPath: values.UnixSocketName,
       effective: parsed.config,
-      warnings: parsed.warnings.map(named),
+      warnings: [...warnings, ...parsed.warnings.map(named)],
     };
   } catch (error) {
     if (error instanceof ConfigError) {

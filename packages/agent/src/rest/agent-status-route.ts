@@ -46,6 +46,10 @@ const PublicDeploymentModelSchema = z.object({
   previousVersion: z.string().nullable(),
   committedVersion: z.string().nullable(),
   held: z.boolean(),
+  // Not failure messages: whether the handle serves, and (for a deployed one that does not) the agent's own words.
+  loaded: z.boolean(),
+  notLoadedReason: z.string().nullable(),
+  unloadedByApplicationAt: z.string().nullable(),
   reason: WithheldReasonSchema,
   rollbackFailureReason: WithheldReasonSchema,
   startedAt: z.string(),

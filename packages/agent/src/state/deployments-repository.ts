@@ -27,6 +27,11 @@ export interface DeploymentModelRow {
   rolledBackWithDeployment: boolean;
   /** Restarts of the agent while this update's new version served the handle (a crash loop it may cause). */
   restarts: number;
+  /**
+   * When an application unloaded this handle's deployed (Committed) model through the agent's API; null (or
+   * absent) while it serves, and once the handle is loaded again.
+   */
+  unloadedByApplicationAt?: number | null;
   startedAt: number;
   updatedAt: number;
   endedAt: number | null;
@@ -53,6 +58,7 @@ const COLUMNS: ReadonlyArray<[keyof DeploymentModelRow, string]> = [
   ['rollbackFailureReason', 'rollback_failure_reason'],
   ['rolledBackWithDeployment', 'rolled_back_with_deployment'],
   ['restarts', 'restarts'],
+  ['unloadedByApplicationAt', 'unloaded_by_application_at'],
   ['startedAt', 'started_at'],
   ['updatedAt', 'updated_at'],
   ['endedAt', 'ended_at'],
@@ -98,7 +104,7 @@ function toRow(stored: Stored): DeploymentModelRow {
 
 function toStored(row: DeploymentModelRow): Stored {
   const stored: Stored = {};
-  for (const [field, column] of COLUMNS) stored[column] = row[field];
+  for (const [field, column] of COLUMNS) stored[column] = row[field] ?? null;
   stored.allow_downgrade = row.allowDowngrade ? 1 : 0;
   stored.rolled_back_with_deployment = row.rolledBackWithDeployment ? 1 : 0;
   stored.reported = row.reported ? 1 : 0;

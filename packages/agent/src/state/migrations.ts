@@ -174,6 +174,15 @@ export const MIGRATIONS: readonly Migration[] = [
           AND substr(reason, 1, 53) = 'rolled back with the deployment (ROLLBACK_ON_FAILURE)';
     `,
   },
+  {
+    version: 7,
+    description: 'deployments: a deployed model an application unloaded',
+    sql: `
+      -- When an application's UnLoadModel (or the REST unload) took the Committed model of the handle out of
+      -- service; NULL while it serves. The agent obeys the application and says so in its status and heartbeats.
+      ALTER TABLE deployment_models ADD COLUMN unloaded_by_application_at INTEGER;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

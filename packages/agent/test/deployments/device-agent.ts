@@ -11,7 +11,7 @@ import { listening, spawnAgent, type AgentProcess } from '../daemon/process-help
 import type { FakeDeviceApi } from './support.js';
 
 export interface AgentStatus {
-  models: Array<{ name: string; version: string; signatureVerified: boolean }>;
+  models: Array<{ name: string; version: string; signatureVerified: boolean; path?: string }>;
   deployments: {
     enabled: boolean;
     models?: Array<{
@@ -20,6 +20,9 @@ export interface AgentStatus {
       state: string;
       version: string;
       reason: string | null;
+      loaded: boolean;
+      notLoadedReason: string | null;
+      unloadedByApplicationAt: string | null;
     }>;
   };
 }

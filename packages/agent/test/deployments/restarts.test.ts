@@ -7,6 +7,7 @@
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectAgent } from '@edgefleet/core';
 import { buildAgent, type LogLine } from '../daemon/process-helpers.js';
 import { until as untilWithin } from '../fleet/support.js';
 import { scratch } from '../support/model-packages.js';
@@ -168,5 +169,78 @@ describe('restarts during an update (a real agent, SIGKILLed)', () => {
         },
       ],
     });
+  }, 420_000);
+
+  it("an application's UnLoadModel of a deployed model: obeyed, said in status and heartbeats, kept across a restart, cleared by a load", async () => {
+    const [v1] = await twoVersions('unloaded');
+    const agent = await agentOnVersion1('unloaded', v1);
+    const before = await getStatus(agent.restSocket);
+    const packageDir = before.models.find((m) => m.name === 'detector')!.path!;
+    const notLoaded = () =>
+      (api.heartbeats as Array<{ DeployedModelsNotLoaded?: Array<Record<string, unknown>> }>).at(-1)
+        ?.DeployedModelsNotLoaded;
+    const client = connectAgent(`unix://${join(agent.dir, 'agent.sock')}`);
+    try {
+      // Edge Manager's apps unload models themselves: the agent obeys.
+      await client.call('UnLoadModel', { name: 'detector' });
+      const expectNotLoaded = async () => {
+        const status = await getStatus(agent.restSocket);
+        expect(status.models).toEqual([]);
+        expect(status.deployments.models).toMatchObject([
+          {
+            handle: 'detector',
+            deployment: 'unloaded-base',
+            state: 'Committed',
+            loaded: false,
+            notLoadedReason: expect.stringMatching(
+              /^unloaded by an application \(UnLoadModel or the REST unload\) at .*; not loaded again, also after a restart, until the handle is loaded or deployed again$/,
+            ),
+            unloadedByApplicationAt: expect.any(String),
+          },
+        ]);
+        await until(async () => (notLoaded()?.length === 1 ? true : undefined), 'a heartbeat saying so');
+        expect(notLoaded()).toMatchObject([
+          {
+            ModelHandle: 'detector',
+            DeploymentName: 'unloaded-base',
+            ModelVersion: '1.0',
+            UnloadedByApplication: true,
+            Reason: expect.stringMatching(/^unloaded by an application/),
+          },
+        ]);
+      };
+      await expectNotLoaded();
+      expect(agent.process!.lines.some((l: LogLine) => l.event === 'deployment-model-unloaded')).toBe(true);
+
+      // A restart does not load it again: the application's unload stands.
+      await agent.kill();
+      api.heartbeats.length = 0;
+      await agent.start();
+      await expectNotLoaded();
+    } finally {
+      client.close();
+    }
+    // Loaded again (here by the application): serving, and the heartbeats' list empties.
+    const again = connectAgent(`unix://${join(agent.dir, 'agent.sock')}`);
+    try {
+      await again.call('LoadModel', { name: 'detector', url: packageDir });
+    } finally {
+      again.close();
+    }
+    const status = await getStatus(agent.restSocket);
+    expect(status.deployments.models).toMatchObject([
+      {
+        handle: 'detector',
+        state: 'Committed',
+        loaded: true,
+        notLoadedReason: null,
+        unloadedByApplicationAt: null,
+      },
+    ]);
+    api.heartbeats.length = 0;
+    await until(
+      async () => (notLoaded()?.length === 0 ? true : undefined),
+      'a heartbeat with none not loaded',
+    );
   }, 420_000);
 });

@@ -14,6 +14,7 @@ import {
 } from '../../src/greengrass/index.js';
 import { buildAgent, type LogLine } from '../daemon/process-helpers.js';
 import { captureRequest, diskRecords, modelPackage } from '../capture/helpers.js';
+import { operator, removeControlPlane, startControlPlane } from '../fleet/support.js';
 
 const run = promisify(execFile);
 const REPO = fileURLToPath(new URL('../../../../', import.meta.url));
@@ -307,10 +308,14 @@ describe(
           /CaptureDataBatchSize/,
         ],
         [{ CaptureDataDestination: 'Disk' }, /DeviceFleetName: required/],
-        // The original's default destination needs a provider and a bucket.
+        // The original's default destination needs a server and a bucket: said in parameter terms.
         [
           { DeviceFleetName: 'f' },
-          /CaptureDataDestination \(sagemaker_edge_core_capture_data_destination\): is Cloud/,
+          /^edgefleet greengrass config: CaptureDataDestination is Cloud \(the default\), which uploads captures to BucketName through the EdgeFleet server, but no server is set: set EdgeFleetEndpoint \(or EnrollmentServerUrl and EnrollmentToken\) and BucketName, or CaptureDataDestination to Disk$/m,
+        ],
+        [
+          { DeviceFleetName: 'f', EdgeFleetEndpoint: 'https://127.0.0.1:9' },
+          /BucketName: required when CaptureDataDestination is Cloud .*or Disk$/m,
         ],
       ];
       for (const [update, message] of cases) {
@@ -319,6 +324,84 @@ describe(
         );
         expect(result.code, JSON.stringify(update)).toBe(2);
         expect(result.stderr).toMatch(message);
+        expect(result.stderr).not.toMatch(/sagemaker_edge_provider_provider/);
+      }
+    });
+
+    // Last in this block: it leaves an enrolled identity in the work folder, as a real first install does.
+    it('on an enrolled device, takes only the identity from enrollment: every component parameter wins', async () => {
+      const plane = await startControlPlane({ heartbeatIntervalSeconds: 7 });
+      try {
+        await operator(plane, 'POST', '/api/v1/fleets', {
+          name: 'plant-a',
+          outputConfig: { s3OutputLocation: 's3://fleet-bucket/fleet-prefix' },
+        });
+        await operator(plane, 'POST', '/api/v1/fleets/plant-a/devices', { devices: [{ name: 'gg-core-1' }] });
+        const { token } = await operator(plane, 'POST', '/api/v1/devices/gg-core-1/enrollment-tokens', {});
+        const base = recipe.ComponentConfiguration.DefaultConfiguration;
+        const first = mergeConfiguration(base, {
+          DeviceFleetName: 'plant-a',
+          EnrollmentServerUrl: plane.operatorUrl,
+          EnrollmentToken: token as string,
+          CaptureDataDestination: 'Disk',
+          LocalDataRootPath: join(root, 'enrolled-data'),
+          HeartbeatIntervalSeconds: '10',
+          FolderPrefix: 'myprefix',
+          BucketName: 'mybucket',
+        });
+        const installed = await install(first);
+        expect(installed.stderr).not.toMatch(/edgefleet greengrass config:/);
+        expect(installed.code).toBe(0);
+        const identity = JSON.parse(
+          await readFile(join(work, 'identity', 'agent-identity.json'), 'utf8'),
+        ) as Record<string, unknown>;
+        // What enroll wrote for capture, data folder and heartbeat is not what was asked for...
+        expect(identity).toMatchObject({
+          sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+          edgefleet_heartbeat_interval_seconds: '7',
+        });
+        const rendered = async () =>
+          JSON.parse(await readFile(join(work, 'agent-config.json'), 'utf8')) as Record<string, unknown>;
+        // ...and the parameters win; the identity (certificate, server, trust folder) is the enrolled one.
+        expect(await rendered()).toMatchObject({
+          sagemaker_edge_core_capture_data_destination: 'Disk',
+          sagemaker_edge_local_data_root_path: join(root, 'enrolled-data'),
+          edgefleet_heartbeat_interval_seconds: '10',
+          sagemaker_edge_core_folder_prefix: 'myprefix',
+          sagemaker_edge_provider_s3_bucket_name: 'mybucket',
+          sagemaker_edge_core_device_name: 'gg-core-1',
+          sagemaker_edge_core_device_fleet_name: 'plant-a',
+          sagemaker_edge_core_endpoint_override: plane.deviceEndpoint,
+          sagemaker_edge_provider_provider: 'Aws',
+          sagemaker_edge_provider_aws_cert_file: identity.sagemaker_edge_provider_aws_cert_file,
+          sagemaker_edge_provider_aws_cert_pk_file: identity.sagemaker_edge_provider_aws_cert_pk_file,
+          sagemaker_edge_provider_aws_ca_cert_file: identity.sagemaker_edge_provider_aws_ca_cert_file,
+          sagemaker_edge_core_root_certs_path: join(work, 'identity', 'trust'),
+        });
+
+        // A merge update re-runs Install (no new enrollment: the token is spent); its parameters win again.
+        const second = mergeConfiguration(first, {
+          CaptureDataDestination: 'EdgeFleet',
+          HeartbeatIntervalSeconds: '12',
+        });
+        const reinstalled = await install(second);
+        expect(reinstalled.stderr).not.toMatch(/edgefleet greengrass config:/);
+        expect(reinstalled.code).toBe(0);
+        expect(await rendered()).toMatchObject({
+          sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+          edgefleet_heartbeat_interval_seconds: '12',
+          sagemaker_edge_core_folder_prefix: 'myprefix',
+          sagemaker_edge_provider_aws_cert_file: identity.sagemaker_edge_provider_aws_cert_file,
+        });
+        // Another fleet than the certificate's: the enrolled one is used, and Install says so.
+        const third = await install(mergeConfiguration(second, { DeviceFleetName: 'plant-b' }));
+        expect(third.code).toBe(0);
+        expect(third.stderr).toMatch(
+          /warning: DeviceFleetName is "plant-b" but this device was enrolled in fleet "plant-a", which its certificate names; the enrolled fleet is used/,
+        );
+        expect(await rendered()).toMatchObject({ sagemaker_edge_core_device_fleet_name: 'plant-a' });
+      } finally {
+        await removeControlPlane(plane);
       }
     });
   },

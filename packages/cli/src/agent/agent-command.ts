@@ -15,7 +15,7 @@ import {
 import { CliError, EXIT, refuseArguments, describeFsError, table, type Output } from '../cli-io.js';
 import { fetchAgentStatus, printAgentStatus } from './agent-status.js';
 import { resolveInput } from './input-shape.js';
-import { decodeTensor, encodeTensor } from './tensor-values.js';
+import { decodeTensor, encodeTensor, jsonNumbers, numbersText } from './tensor-values.js';
 
 const GRPC_CODE_NAMES: Record<number, string> = {
   3: 'INVALID_ARGUMENT',
@@ -30,24 +30,60 @@ const GRPC_CODE_NAMES: Record<number, string> = {
   14: 'UNAVAILABLE',
 };
 
-/** Runs one call against the agent, turning gRPC failures into one clear line. */
+/**
+ * How long each call waits for the agent by default: read-only calls (list, describe, capture status) answer at
+ * once from a healthy agent, so a stopped or wedged one is said soon; a load or a prediction may take long.
+ */
+export const READ_TIMEOUT_SECONDS = 10;
+export const WORK_TIMEOUT_SECONDS = 60;
+
+/** The commands' `--timeout <seconds>` (whole seconds, 1 to 3600). */
+export function parseTimeout(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 3600)
+    throw new CliError(
+      `--timeout ${JSON.stringify(value)}: expected whole seconds from 1 to 3600`,
+      EXIT.usage,
+    );
+  return n;
+}
+
+const timeoutOption = (defaultSeconds: number) =>
+  [
+    '--timeout <seconds>',
+    `how long to wait for each answer of the agent (default: ${defaultSeconds})`,
+    parseTimeout,
+    defaultSeconds,
+  ] as const;
+
+/** Runs calls against the agent, each waiting at most `timeoutSeconds`, turning gRPC failures into one clear line. */
 async function withAgent<T>(
   socket: string | undefined,
+  timeoutSeconds: number,
   fn: (agent: AgentConnection) => Promise<T>,
 ): Promise<T> {
   const path = socket ?? process.env.EDGEFLEET_AGENT_SOCKET;
   if (!path) throw new CliError('say which agent: --socket <path> or EDGEFLEET_AGENT_SOCKET', EXIT.usage);
-  const agent = connectAgent(path.startsWith('unix:') ? path : `unix://${resolve(path)}`);
+  const connection = connectAgent(path.startsWith('unix:') ? path : `unix://${resolve(path)}`);
+  const agent: AgentConnection = {
+    call: (method, request) => connection.call(method, request, timeoutSeconds * 1000),
+    close: () => connection.close(),
+  };
   try {
     return await fn(agent);
   } catch (error) {
     const { code, details } = error as { code?: number; details?: string };
     if (code === 14) throw new CliError(`no agent answers on ${path} (is it running? is the path right?)`);
+    // grpc-js's own deadline (its details list its internal phases); the agent's own DEADLINE_EXCEEDED says more.
+    if (code === 4 && details?.startsWith('Deadline exceeded'))
+      throw new CliError(
+        `the agent on ${path} accepted the connection but did not answer within ${timeoutSeconds} s (is it stopped or overloaded? --timeout <seconds> waits longer)`,
+      );
     if (code !== undefined)
       throw new CliError(`agent: ${GRPC_CODE_NAMES[code] ?? `status ${code}`}: ${details}`);
     throw error;
   } finally {
-    agent.close();
+    connection.close();
   }
 }
 
@@ -87,9 +123,24 @@ export function registerAgentCommands(program: Command, output: () => Output): v
   agent
     .command('status')
     .description('what the agent runs and what its update engine is doing (its REST socket)')
-    .option('--rest-socket <path>', 'the agent’s REST Unix socket (default: $EDGEFLEET_AGENT_REST_SOCKET)')
-    .action(async (raw: { restSocket?: string }) => {
-      printAgentStatus(await fetchAgentStatus(raw.restSocket), output());
+    .option(
+      '--socket <path>',
+      'the agent’s gRPC Unix socket: asks the REST socket beside it (agent.sock → agent.rest.sock), the agent’s default (default: $EDGEFLEET_AGENT_SOCKET)',
+    )
+    .option(
+      '--rest-socket <path>',
+      'the agent’s REST Unix socket, when edgefleet_rest_socket_path moved it (default: $EDGEFLEET_AGENT_REST_SOCKET)',
+    )
+    .option(...timeoutOption(READ_TIMEOUT_SECONDS))
+    .action(async (raw: { socket?: string; restSocket?: string; timeout: number }) => {
+      printAgentStatus(
+        await fetchAgentStatus({
+          restSocket: raw.restSocket,
+          socket: raw.socket,
+          timeoutSeconds: raw.timeout,
+        }),
+        output(),
+      );
     });
 
   refuseArguments(
@@ -99,8 +150,13 @@ export function registerAgentCommands(program: Command, output: () => Output): v
   )
     .description('models the agent has loaded')
     .option(...socketOption)
-    .action(async (raw: { socket?: string }) => {
-      const models = await withAgent(raw.socket, async (a) => (await a.call('ListModels', {})).models);
+    .option(...timeoutOption(READ_TIMEOUT_SECONDS))
+    .action(async (raw: { socket?: string; timeout: number }) => {
+      const models = await withAgent(
+        raw.socket,
+        raw.timeout,
+        async (a) => (await a.call('ListModels', {})).models,
+      );
       output().result(models.map(modelJson), () =>
         models.length === 0
           ? 'no models loaded'
@@ -121,8 +177,9 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     .description('one loaded model and its tensors')
     .argument('<model>', 'the model’s name (handle)')
     .option(...socketOption)
-    .action(async (name: string, raw: { socket?: string }) => {
-      const model = await withAgent(raw.socket, (a) => describeModel(a, name));
+    .option(...timeoutOption(READ_TIMEOUT_SECONDS))
+    .action(async (name: string, raw: { socket?: string; timeout: number }) => {
+      const model = await withAgent(raw.socket, raw.timeout, (a) => describeModel(a, name));
       output().result(modelJson(model), () => [
         `${model.handle || model.name}  (${model.url})`,
         ...model.inputTensorMetadatas.map((t) => `  input  ${tensorText(t)}`),
@@ -136,8 +193,9 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     .argument('<model>', 'name to serve it under')
     .argument('<package-dir>', 'the extracted package folder (as the agent sees the path)')
     .option(...socketOption)
-    .action(async (name: string, dir: string, raw: { socket?: string }) => {
-      const response = await withAgent(raw.socket, (a) =>
+    .option(...timeoutOption(WORK_TIMEOUT_SECONDS))
+    .action(async (name: string, dir: string, raw: { socket?: string; timeout: number }) => {
+      const response = await withAgent(raw.socket, raw.timeout, (a) =>
         a.call('LoadModel', { url: resolve(dir), name, handle: name }),
       );
       output().result(
@@ -151,8 +209,9 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     .description('unload a model')
     .argument('<model>', 'the model’s name (handle)')
     .option(...socketOption)
-    .action(async (name: string, raw: { socket?: string }) => {
-      await withAgent(raw.socket, (a) => a.call('UnLoadModel', { name, handle: name }));
+    .option(...timeoutOption(WORK_TIMEOUT_SECONDS))
+    .action(async (name: string, raw: { socket?: string; timeout: number }) => {
+      await withAgent(raw.socket, raw.timeout, (a) => a.call('UnLoadModel', { name, handle: name }));
       output().result({ unloaded: name }, () => `Unloaded ${name}`);
     });
 
@@ -166,21 +225,29 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     .option('--capture', 'also capture the inputs and outputs (CaptureData) and print the capture id')
     .option('--capture-id <id>', 'with --capture: the capture id (default: a new cli-<uuid>)')
     .option(...socketOption)
+    .option(...timeoutOption(WORK_TIMEOUT_SECONDS))
     .action(
       async (
         name: string,
-        raw: { input: string; capture?: boolean; captureId?: string; socket?: string },
+        raw: { input: string; capture?: boolean; captureId?: string; socket?: string; timeout: number },
       ) => {
         if (raw.captureId !== undefined && !raw.capture)
           throw new CliError('--capture-id goes with --capture', EXIT.usage);
         const given = await readTensorJson('--input', raw.input);
-        const result = await withAgent(raw.socket, async (a) => {
+        const result = await withAgent(raw.socket, raw.timeout, async (a) => {
           const model = await describeModel(a, name);
           const tensors = buildTensors('--input', model.inputTensorMetadatas, given);
           const outputs = (await a.call('Predict', { name, handle: name, tensors })).tensors;
           if (!raw.capture) return { outputs };
           const captureId = raw.captureId ?? `cli-${randomUUID()}`;
-          await a.call('CaptureData', captureRequest(name, captureId, tensors, outputs));
+          try {
+            await a.call('CaptureData', captureRequest(name, captureId, tensors, outputs));
+          } catch (error) {
+            const { code, details } = error as { code?: number; details?: string };
+            // The prediction ran: it is printed, and the refusal after it.
+            if (code === undefined || code === 4 || code === 14) throw error;
+            return { outputs, captureRefused: `${GRPC_CODE_NAMES[code] ?? `status ${code}`}: ${details}` };
+          }
           return { outputs, capture: await captureStatus(a, captureId) };
         });
         const decoded = result.outputs.map((t) => ({
@@ -190,10 +257,21 @@ export function registerAgentCommands(program: Command, output: () => Output): v
           data: decodeTensor(t.tensorMetadata?.dataType ?? -1, t.byteData ?? Buffer.alloc(0)),
         }));
         const out = output();
-        out.result({ outputs: decoded, ...(result.capture && { capture: result.capture }) }, () => [
-          ...decoded.map((t) => `${t.name} ${t.dataType} [${t.shape.join(', ')}]: ${JSON.stringify(t.data)}`),
-          ...(result.capture ? [captureLine(result.capture, out.invocation)] : []),
-        ]);
+        out.result(
+          {
+            outputs: decoded.map((t) => ({ ...t, data: jsonNumbers(t.data) })),
+            ...(result.capture && { capture: result.capture }),
+            ...(result.captureRefused !== undefined && { captureRefused: result.captureRefused }),
+          },
+          () => [
+            ...decoded.map((t) => `${t.name} ${t.dataType} [${t.shape.join(', ')}]: ${numbersText(t.data)}`),
+            ...(result.capture ? [captureLine(result.capture, out.invocation)] : []),
+          ],
+        );
+        if (result.captureRefused !== undefined)
+          throw new CliError(
+            `the prediction ran (its outputs are above), but the agent refused its capture: ${result.captureRefused}`,
+          );
       },
     );
 
@@ -228,10 +306,12 @@ export function registerAgentCommands(program: Command, output: () => Output): v
       parseWait,
     )
     .option(...socketOption)
+    .option(...timeoutOption(WORK_TIMEOUT_SECONDS))
     .action(
       async (
         name: string,
         raw: {
+          timeout: number;
           input?: string;
           output?: string;
           auxInput: string[];
@@ -251,7 +331,7 @@ export function registerAgentCommands(program: Command, output: () => Output): v
         const auxInputs = await Promise.all(raw.auxInput.map((v) => readAux('--aux-input', v)));
         const auxOutputs = await Promise.all(raw.auxOutput.map((v) => readAux('--aux-output', v)));
         const captureId = raw.id ?? `cli-${randomUUID()}`;
-        const status = await withAgent(raw.socket, async (a) => {
+        const status = await withAgent(raw.socket, raw.timeout, async (a) => {
           const model = await describeModel(a, name);
           await a.call('CaptureData', {
             ...captureRequest(
@@ -279,8 +359,9 @@ export function registerAgentCommands(program: Command, output: () => Output): v
     .argument('<capture-id>')
     .option('--wait <seconds>', 'wait until it is SUCCESS or FAILURE', parseWait)
     .option(...socketOption)
-    .action(async (captureId: string, raw: { wait?: number; socket?: string }) => {
-      const status = await withAgent(raw.socket, (a) => captureStatus(a, captureId, raw.wait));
+    .option(...timeoutOption(READ_TIMEOUT_SECONDS))
+    .action(async (captureId: string, raw: { wait?: number; socket?: string; timeout: number }) => {
+      const status = await withAgent(raw.socket, raw.timeout, (a) => captureStatus(a, captureId, raw.wait));
       const out = output();
       out.result(status, () => captureLine(status, out.invocation));
       if (status.status === 'NOT_FOUND')

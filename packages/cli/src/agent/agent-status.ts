@@ -1,6 +1,7 @@
 import { request } from 'node:http';
 import { resolve } from 'node:path';
 import { z } from 'zod';
+import { defaultRestSocketPath } from '@edgefleet/core';
 import { CliError, EXIT, table, type Output } from '../cli-io.js';
 
 /** The agent's GET /edgefleet/v1/status answer (its REST socket); fields the CLI does not show pass through. */
@@ -28,6 +29,9 @@ export const agentStatusSchema = z.looseObject({
             held: z.boolean(),
             reason: z.string().nullable(),
             updatedAt: z.string(),
+            // An older agent sends neither: it does not tell.
+            loaded: z.boolean().optional(),
+            notLoadedReason: z.string().nullable().optional(),
             // An older agent does not send it.
             lastFailure: z
               .looseObject({
@@ -49,31 +53,64 @@ export type AgentStatus = z.infer<typeof agentStatusSchema>;
 
 const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
 
+export interface AgentStatusTarget {
+  /** `--rest-socket`: the REST socket itself. */
+  restSocket?: string | undefined;
+  /** `--socket`: the gRPC socket, beside which the agent puts its REST socket by default. */
+  socket?: string | undefined;
+  timeoutSeconds: number;
+}
+
+const socketPath = (socket: string) => resolve(socket.replace(/^unix:(\/\/)?/, ''));
+
+/**
+ * The REST socket to ask: `--rest-socket`, else the default one beside `--socket`'s gRPC socket (as the agent
+ * derives it), else $EDGEFLEET_AGENT_REST_SOCKET, else beside $EDGEFLEET_AGENT_SOCKET.
+ */
+export function restSocketOf(target: Omit<AgentStatusTarget, 'timeoutSeconds'>): string {
+  if (target.restSocket) return socketPath(target.restSocket);
+  if (target.socket) return defaultRestSocketPath(socketPath(target.socket));
+  if (process.env.EDGEFLEET_AGENT_REST_SOCKET) return socketPath(process.env.EDGEFLEET_AGENT_REST_SOCKET);
+  if (process.env.EDGEFLEET_AGENT_SOCKET)
+    return defaultRestSocketPath(socketPath(process.env.EDGEFLEET_AGENT_SOCKET));
+  throw new CliError(
+    'say which agent: --socket <its gRPC socket> (the REST socket beside it is asked), --rest-socket <path> (its edgefleet_rest_socket_path), EDGEFLEET_AGENT_SOCKET or EDGEFLEET_AGENT_REST_SOCKET',
+    EXIT.usage,
+  );
+}
+
 /** Asks the agent on its REST Unix socket what it runs and what its update engine is doing. */
-export async function fetchAgentStatus(socketOption: string | undefined): Promise<AgentStatus> {
-  const socket = socketOption ?? process.env.EDGEFLEET_AGENT_REST_SOCKET;
-  if (!socket)
-    throw new CliError(
-      'say which agent: --rest-socket <path> (its edgefleet_rest_socket_path) or EDGEFLEET_AGENT_REST_SOCKET',
-      EXIT.usage,
-    );
-  const path = resolve(socket.replace(/^unix:(\/\/)?/, ''));
+export async function fetchAgentStatus(target: AgentStatusTarget): Promise<AgentStatus> {
+  const path = restSocketOf(target);
+  const { timeoutSeconds } = target;
   const { status, body } = await new Promise<{ status: number; body: string }>((done, fail) => {
-    const req = request({ socketPath: path, path: '/edgefleet/v1/status', timeout: 10_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (chunk: string) => {
-        body += chunk;
-        if (body.length > MAX_ANSWER_BYTES) req.destroy(new Error('the answer is too large'));
-      });
-      res.on('end', () => done({ status: res.statusCode ?? 0, body }));
+    const req = request(
+      { socketPath: path, path: '/edgefleet/v1/status', timeout: timeoutSeconds * 1000 },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (chunk: string) => {
+          body += chunk;
+          if (body.length > MAX_ANSWER_BYTES) req.destroy(new Error('the answer is too large'));
+        });
+        res.on('end', () => done({ status: res.statusCode ?? 0, body }));
+      },
+    );
+    let timedOut = false;
+    req.on('timeout', () => {
+      timedOut = true;
+      req.destroy();
     });
-    req.on('timeout', () => req.destroy(new Error('no answer within 10 s')));
     req.on('error', (error: NodeJS.ErrnoException) =>
       fail(
         new CliError(
-          error.code === 'ENOENT' || error.code === 'ECONNREFUSED'
-            ? `no agent answers on ${path} (is it running? is it the REST socket, edgefleet_rest_socket_path?)`
-            : `agent ${path}: ${error.message}`,
+          timedOut
+            ? `the agent on ${path} accepted the connection but did not answer within ${timeoutSeconds} s (is it stopped or overloaded? --timeout <seconds> waits longer)`
+            : error.code === 'ENOENT' || error.code === 'ECONNREFUSED'
+              ? `no agent answers on ${path} (is it running? is it the REST socket, edgefleet_rest_socket_path?)`
+              : error.code?.startsWith('HPE_')
+                ? // Node's HTTP parser on an HTTP/2 answer: the gRPC socket, the natural mistake.
+                  `${path} answers, but not in HTTP/1.1: it is the agent's gRPC socket (-a), not its REST socket; the REST socket is ${defaultRestSocketPath(path)} unless edgefleet_rest_socket_path says otherwise (--socket ${path} finds it)`
+                : `agent ${path}: ${error.message}`,
         ),
       ),
     );
@@ -122,11 +159,11 @@ export function printAgentStatus(status: AgentStatus, output: Output): void {
             [
               d.handle,
               d.deployment,
-              d.held ? `${d.state} (HELD)` : d.state,
+              d.held ? `${d.state} (HELD)` : d.notLoadedReason ? `${d.state} (NOT LOADED)` : d.state,
               d.version ?? '-',
               d.previousVersion ?? '-',
               d.updatedAt,
-              d.reason ?? '',
+              d.notLoadedReason ?? d.reason ?? '',
             ],
             ...(d.lastFailure
               ? [

@@ -25,6 +25,22 @@ function arrayFor(dataType: DataTypeName, length: number): TypedArray {
   }
 }
 
+/** The largest finite FLOAT32. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+
+/**
+ * Output values as text: NaN, Infinity and -Infinity as such (JSON.stringify would print null, which reads as
+ * "no value").
+ */
+export function numbersText(values: readonly number[]): string {
+  return `[${values.map(String).join(',')}]`;
+}
+
+/** Output values for --json: NaN and ±Infinity as the strings "NaN", "Infinity", "-Infinity" (proto3's JSON mapping). */
+export function jsonNumbers(values: readonly number[]): Array<number | string> {
+  return values.map((n) => (Number.isFinite(n) ? n : String(n)));
+}
+
 /** Numbers (flat, row-major) → the little-endian bytes the agent expects for this type and shape. */
 export function encodeTensor(name: string, dataType: DataTypeName, shape: number[], flat: unknown[]): Buffer {
   const count = elementCount(shape);
@@ -38,6 +54,12 @@ export function encodeTensor(name: string, dataType: DataTypeName, shape: number
   flat.forEach((value, i) => {
     if (typeof value !== 'number')
       throw new CliError(`input ${name}[${i}] is ${JSON.stringify(value)}; expected a number`, EXIT.usage);
+    // Float32Array would take it as Infinity without a word, and the model would answer NaN.
+    if (out instanceof Float32Array && Number.isFinite(value) && Math.abs(value) > FLOAT32_MAX)
+      throw new CliError(
+        `input ${name}[${i}] is ${value}, outside FLOAT32's range (±3.4028235e38); expected a value FLOAT32 holds`,
+        EXIT.usage,
+      );
     if (out instanceof BigInt64Array) out[i] = BigInt(Math.trunc(value));
     else out[i] = value;
   });

@@ -91,6 +91,24 @@ export const deploymentResultSchema = z.object({
 export type DeploymentResult = z.output<typeof deploymentResultSchema>;
 export type DeploymentResultInput = z.input<typeof deploymentResultSchema>;
 
+/**
+ * EdgeFleet's: a handle whose deployment is committed on the device but that serves nothing now (an application
+ * unloaded it through the agent's API, or it did not load at the agent's start). Edge Manager had no word for it.
+ */
+export const deployedModelNotLoadedSchema = z.object({
+  ModelHandle: entityNameSchema,
+  DeploymentName: entityNameSchema,
+  ModelName: modelNameSchema.optional(),
+  ModelVersion: versionSchema.optional(),
+  UnloadedByApplication: z
+    .boolean()
+    .describe('true when an application unloaded it (UnLoadModel, REST unload)'),
+  Since: timestampSchema.optional().describe('When the application unloaded it'),
+  Reason: textSchema(MAX_MESSAGE_LENGTH),
+});
+export type DeployedModelNotLoaded = z.output<typeof deployedModelNotLoadedSchema>;
+export type DeployedModelNotLoadedInput = z.input<typeof deployedModelNotLoadedSchema>;
+
 export const sendHeartbeatRequestSchema = z
   .object({
     AgentMetrics: metricsList.optional(),
@@ -105,6 +123,13 @@ export const sendHeartbeatRequestSchema = z
     DeviceName: dataPlaneNameSchema,
     DeviceFleetName: dataPlaneNameSchema,
     DeploymentResult: deploymentResultSchema.optional(),
+    DeployedModelsNotLoaded: z
+      .array(deployedModelNotLoadedSchema)
+      .max(MAX_MODELS_PER_HEARTBEAT)
+      .optional()
+      .describe(
+        "EdgeFleet's: deployed handles serving nothing now (replaces the previous list; empty: all serve); omit to leave it unchanged",
+      ),
   })
   .superRefine((heartbeat, ctx) => {
     const count =

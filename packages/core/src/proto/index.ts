@@ -15,4 +15,5 @@ export type {
   AgentUnaryClientMethod,
 } from './agent-service.js';
 export { connectAgent } from './agent-client.js';
+export { defaultRestSocketPath } from './agent-sockets.js';
 export type { AgentConnection } from './agent-client.js';
