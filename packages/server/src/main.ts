@@ -17,6 +17,7 @@ import {
   type ServerConfig,
 } from './config/index.js';
 import { initServer, openStores, startServer } from './server/index.js';
+import { DatabaseInUseError } from './storage/index.js';
 
 type CommonOptions = { config?: string } & Partial<Record<string, string>>;
 
@@ -184,5 +185,6 @@ registerBackupCommands(program, { addCommonOptions, configFrom });
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   process.stderr.write(`edgefleet-server: ${error instanceof Error ? error.message : String(error)}\n`);
-  process.exit(1);
+  // 4, as the agent's for its data root: a person must stop the other server; restarting would fail alike.
+  process.exit(error instanceof DatabaseInUseError ? error.exitCode : 1);
 });

@@ -1,4 +1,9 @@
-import { FolderLock, type FolderLockOptions, type LockedFolderKind } from '../state/index.js';
+import {
+  acquireAgentFolderLock,
+  type FolderLock,
+  type FolderLockOptions,
+  type LockedFolderKind,
+} from '../state/index.js';
 import { CAPTURE_FOLDER_MODE } from './atomic-files.js';
 
 /**
@@ -15,6 +20,8 @@ export const CAPTURE_FOLDER: LockedFolderKind = {
   onePerFolder:
     'one agent per capture folder (each writes, uploads and counts the quota of the whole folder)',
   ownFolder: 'a capture folder of its own',
+  program: 'edgefleet-agent',
+  holder: 'agent',
   lockFileName: CAPTURE_FOLDER_LOCK_FILE,
   folderMode: CAPTURE_FOLDER_MODE,
 };
@@ -25,5 +32,5 @@ export const CAPTURE_FOLDER: LockedFolderKind = {
  * Throws FolderInUseError when held elsewhere, FolderLockError when it cannot be taken.
  */
 export function lockCaptureFolder(folder: string, options: FolderLockOptions = {}): FolderLock {
-  return FolderLock.acquire(folder, CAPTURE_FOLDER, options);
+  return acquireAgentFolderLock(folder, CAPTURE_FOLDER, options);
 }

@@ -81,7 +81,13 @@ import {
   sageMakerRoutes,
   tagOperations,
 } from '../sagemaker/index.js';
-import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
+import {
+  lockSqliteDatabase,
+  migrateToLatest,
+  openDatabase,
+  pingDatabase,
+  type ServerDatabase,
+} from '../storage/index.js';
 import {
   applyListenerLimits,
   fitConnectionCaps,
@@ -314,7 +320,20 @@ export async function startServer(
       `the open file limit (${fileLimit}) is too low for the listeners' connection caps; lowered them to ${operatorLimits.maxConnections} (operator) and ${deviceLimits.maxConnections} (device) so that a flood cannot use up every descriptor; raise the limit (systemd LimitNOFILE=, ulimit -n) to serve more devices`,
     );
   }
-  const { database, blobs } = await openStores(config, logger);
+  // One `serve` per SQLite file, taken before anything touches the database (migrations, start-up clean-ups,
+  // sweepers): a second process would run its own on the same file.
+  const databaseLock =
+    config.databaseLocation.engine === 'sqlite'
+      ? lockSqliteDatabase(config.databaseLocation.file)
+      : undefined;
+  let stores: Awaited<ReturnType<typeof openStores>>;
+  try {
+    stores = await openStores(config, logger);
+  } catch (error) {
+    databaseLock?.release();
+    throw error;
+  }
+  const { database, blobs } = stores;
   const apps: FastifyInstance[] = [];
   const background: { stop(): Promise<void> }[] = [];
   const releaseAll = async () => {
@@ -322,6 +341,7 @@ export async function startServer(
     for (const task of background) await task.stop();
     await blobs.close();
     await database.close();
+    databaseLock?.release();
   };
 
   try {

@@ -1,0 +1,10 @@
+export {
+  FolderInUseError,
+  FolderLock,
+  FolderLockError,
+  lockHolder,
+  lockHolderPid,
+  type FolderLockOptions,
+  type LockConnection,
+  type LockedFolderKind,
+} from './folder-lock.js';
