@@ -83,6 +83,7 @@ import {
 } from '../sagemaker/index.js';
 import {
   lockSqliteDatabase,
+  maskUrlCredentials,
   migrateToLatest,
   openDatabase,
   pingDatabase,
@@ -101,6 +102,7 @@ import {
   OPERATOR_LISTENER_LIMITS,
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
+import { BlobStoreMismatchError, blobStoreBinder } from './blob-store-binding.js';
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
@@ -181,6 +183,13 @@ export async function openStores(
   }
   const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   return { database, blobs };
+}
+
+/** The blob store for messages: where it is, and for S3 where it is reached (credentials masked). */
+export function blobStoreLocationOf(config: ServerConfig, blobs: BlobStore): string {
+  if (config.blobLocation.kind !== 's3') return blobs.description;
+  const endpoint = config.s3.endpoint;
+  return `${blobs.description} at ${endpoint !== undefined ? maskUrlCredentials(endpoint) : `AWS S3 (region ${config.s3.region ?? 'us-east-1'})`}`;
 }
 
 /** The settings that fix each reason the server's blob store cannot be used. */
@@ -348,6 +357,16 @@ export async function startServer(
     let shuttingDown = false;
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
+    const bindBlobs = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs));
+    try {
+      await bindBlobs();
+    } catch (error) {
+      if (error instanceof BlobStoreMismatchError) throw error;
+      logger.warn(
+        { err: error, blobs: blobs.description },
+        'cannot check that the blob store is the one this database uses (it did not answer); /readyz reports the blob store not ready until that check passes',
+      );
+    }
     const workDir = path.join(config.dataDir, 'tmp');
     const swept = await sweepStaleTempFiles(workDir);
     if (swept.removed.length > 0) {
@@ -457,7 +476,13 @@ export async function startServer(
     };
     const readiness: ReadinessCheck[] = [
       { name: 'database', check: () => pingDatabase(database) },
-      { name: 'blobStore', check: () => blobs.check() },
+      {
+        name: 'blobStore',
+        check: async () => {
+          await blobs.check();
+          await bindBlobs();
+        },
+      },
     ];
     let deviceEndpoint = config.deviceEndpoint ?? '';
     const endpoint = () => deviceEndpoint;
