@@ -3,7 +3,7 @@
  * the files it copies. Run twice, as an upgrade is: the second run says to restart the agent.
  */
 import { execFile, spawn } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -97,6 +97,56 @@ describe.skipIf(!isRoot || !haveUseradd)('install.sh', () => {
         `trust folder ${path.join(image, 'etc/edgefleet/trust')} holds no *.pem or *.crt files; expected root certificates or public keys`,
       );
       expect(code).toBe(2);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('writes the node it finds on PATH into the unit, and without node says what is missing', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-node-path-'));
+    try {
+      const bundle = path.join(dir, 'edgefleet-agent');
+      await mkdir(bundle);
+      for (const file of ['install.sh', 'agent.json'])
+        await copyFile(path.join(deployDir, 'bundle', file), path.join(bundle, file));
+      await copyFile(
+        path.join(deployDir, 'systemd', 'edgefleet-agent.service'),
+        path.join(bundle, 'edgefleet-agent.service'),
+      );
+      await writeFile(path.join(bundle, 'bundle.json'), JSON.stringify({ arch: 'x64' }));
+      const image = path.join(dir, 'image');
+      // A Node.js outside /usr/bin, as nodejs.org's tarball or `n` installs it (/usr/local/bin).
+      const localBin = path.join(dir, 'local', 'bin');
+      await mkdir(localBin, { recursive: true });
+      await symlink(process.execPath, path.join(localBin, 'node'));
+      const installed = await run('sh', [path.join(bundle, 'install.sh'), '--root', image], {
+        env: { ...process.env, PATH: `${localBin}:/usr/sbin:/usr/bin:/sbin:/bin` },
+      });
+      const unit = await readFile(path.join(image, 'etc/systemd/system/edgefleet-agent.service'), 'utf8');
+      expect(unit).toContain(`\nExecStart=${localBin}/node /opt/edgefleet-agent/bin/edgefleet-agent.js `);
+      expect(unit).not.toContain('/usr/bin/node /opt');
+      expect(installed.stderr).toContain(`the unit runs ${localBin}/node, which ${image} lacks`);
+
+      // No node at all: the script's own message, before anything is installed (not the shell's "node: not found").
+      const tools = path.join(dir, 'tools');
+      await mkdir(tools);
+      for (const tool of ['dirname', 'id', 'cat', 'uname'])
+        await symlink((await run('sh', ['-c', `command -v ${tool}`])).stdout.trim(), path.join(tools, tool));
+      const refused = await run(
+        '/bin/sh',
+        [path.join(bundle, 'install.sh'), '--root', path.join(dir, 'image2')],
+        {
+          env: { PATH: tools },
+        },
+      ).then(
+        () => ({ code: 0, stderr: '' }),
+        (error: { code: number; stderr: string }) => error,
+      );
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toBe(
+        'install.sh: node is not installed; expected Node.js >= 20.19 on PATH (the unit runs the node found there)\n',
+      );
+      await expect(readFile(path.join(dir, 'image2', 'etc', 'passwd'))).rejects.toThrow(/ENOENT/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
