@@ -13,6 +13,7 @@ import { registerBackupCommands } from './backup/index.js';
 import {
   loadConfig,
   overridableSettings,
+  secretConfigFileWarning,
   type OverridableSetting,
   type ServerConfig,
 } from './config/index.js';
@@ -76,7 +77,11 @@ function tokenCreateCommand(options: CommonOptions, env: NodeJS.ProcessEnv): str
 }
 
 async function serve(options: CommonOptions): Promise<void> {
-  const server = await startServer(await configFrom(options));
+  const config = await configFrom(options);
+  const configFile = options.config ?? process.env.EDGEFLEET_CONFIG;
+  const fileWarning =
+    configFile === undefined || configFile === '' ? undefined : await secretConfigFileWarning(configFile);
+  const server = await startServer(config, { warnings: fileWarning === undefined ? [] : [fileWarning] });
   // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:
   // under systemd both streams go to the journal, which would hold every warning twice.
   if (process.stderr.isTTY) {

@@ -150,6 +150,8 @@ export interface StartServerOptions {
   listenerLimits?: { operator?: Partial<ListenerLimits>; device?: Partial<ListenerLimits> };
   /** The process's open file limit, which the caps must fit in; default: read from the system. */
   openFileLimit?: number;
+  /** Warnings found before the start (serve: the config file's mode), logged and returned with the others. */
+  warnings?: readonly string[];
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -668,14 +670,17 @@ export async function startServer(
       endpointServerName(config.deviceServerNames),
       (deviceApp.server.address() as AddressInfo).port,
     );
-    const warnings = networkWarnings({
-      listen: config.listen,
-      operatorTls: config.tls !== undefined,
-      deviceListen: config.deviceListen,
-      deviceEndpoint,
-      deviceServerNames: config.deviceServerNames,
-      generatedDeviceCertificate: !config.provided.deviceTls,
-    });
+    const warnings = [
+      ...(options.warnings ?? []),
+      ...networkWarnings({
+        listen: config.listen,
+        operatorTls: config.tls !== undefined,
+        deviceListen: config.deviceListen,
+        deviceEndpoint,
+        deviceServerNames: config.deviceServerNames,
+        generatedDeviceCertificate: !config.provided.deviceTls,
+      }),
+    ];
     for (const warning of warnings) logger.warn(warning);
     logger.info(
       { operatorUrl, deviceUrl, deviceEndpoint, database: database.description, blobs: blobs.description },
