@@ -3,8 +3,9 @@
 // {x64,arm64}.tar.gz. Each holds the agent, the CLI (for `edgefleet device enroll`) and their production
 // dependencies, ONNX Runtime's binary for that architecture only (onnxruntime-node ships both linux builds),
 // native addons prebuilt when the bundle's architecture is this machine's (else built on the device by
-// setup-native.sh), install.sh, setup-native.sh, the systemd unit and a starter config. Nothing is downloaded:
-// npm installs from its cache (or the registry) and the packed workspaces.
+// setup-native.sh), install.sh, setup-native.sh, the systemd unit and a starter config. The dependencies are
+// installed with `npm ci` from a lock derived from package-lock.json (bundle-lock.mjs: the versions the tests
+// ran), out of npm's cache or else the npm registry; nothing else is downloaded.
 // Usage: node deploy/bundle/build.mjs [--arch x64|arm64 ...] [--out DIR]   (after `npm run build`)
 import { spawnSync } from 'node:child_process';
 import {
@@ -19,8 +20,9 @@ import {
   writeFileSync,
 } from 'node:fs';
 import os from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BUNDLED_WORKSPACES, bundleLock } from './bundle-lock.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const args = process.argv.slice(2);
@@ -29,6 +31,9 @@ const arches = option('--arch').length > 0 ? option('--arch') : ['x64', 'arm64']
 const outDir = resolve(option('--out')[0] ?? join(root, 'bundles'));
 const version = JSON.parse(readFileSync(join(root, 'packages/agent/package.json'), 'utf8')).version;
 const hostArch = os.arch();
+const repoLock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8'));
+const rootManifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+const WORKSPACES = BUNDLED_WORKSPACES;
 
 for (const arch of arches) {
   if (!['x64', 'arm64'].includes(arch)) throw new Error(`--arch ${arch}: expected x64 or arm64`);
@@ -77,29 +82,35 @@ try {
   for (const arch of arches) {
     const stage = join(work, arch, 'edgefleet-agent');
     mkdirSync(stage, { recursive: true });
-    writeFileSync(
-      join(stage, 'package.json'),
-      `${JSON.stringify(
-        {
-          name: 'edgefleet-agent-bundle',
-          version,
-          private: true,
-          type: 'module',
-          dependencies: {
-            '@edgefleet/agent': `file:${tarball('agent')}`,
-            '@edgefleet/cli': `file:${tarball('cli')}`,
-            '@edgefleet/core': `file:${tarball('core')}`,
-          },
-        },
-        null,
-        2,
-      )}\n`,
+    // The workspaces' tarballs by a path relative to the bundle folder, and every other package at the version
+    // and place package-lock.json gives it (bundle-lock.mjs): `npm ci` installs that tree and nothing newer.
+    const tarballSpecs = Object.fromEntries(
+      Object.keys(WORKSPACES).map((name) => [
+        name,
+        `file:${relative(stage, tarball(name.slice('@edgefleet/'.length)))}`,
+      ]),
     );
-    // No install scripts: onnxruntime-node's would download; native addons are handled below.
-    run(
+    const manifest = {
+      name: 'edgefleet-agent-bundle',
+      version,
+      private: true,
+      type: 'module',
+      dependencies: tarballSpecs,
+      // The repository's overrides shape its lock (cookie 1 for fastify's light-my-request): npm ci checks the
+      // lock against them, and a later `npm rebuild` on the device reads them too.
+      ...(rootManifest.overrides !== undefined ? { overrides: rootManifest.overrides } : {}),
+    };
+    writeFileSync(join(stage, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+    writeFileSync(
+      join(stage, 'package-lock.json'),
+      `${JSON.stringify(bundleLock(repoLock, WORKSPACES, manifest, tarballSpecs), null, 2)}\n`,
+    );
+    // No install scripts: onnxruntime-node's would download; native addons are handled below. Packages come from
+    // npm's cache, or the registry when the cache lacks them, at the locked versions and integrity hashes.
+    const installed = spawnSync(
       'npm',
       [
-        'install',
+        'ci',
         '--omit=dev',
         '--ignore-scripts',
         '--prefer-offline',
@@ -107,7 +118,18 @@ try {
         '--no-fund',
         '--install-links',
       ],
-      stage,
+      { cwd: stage, stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' },
+    );
+    process.stderr.write(installed.stderr);
+    if (installed.status !== 0) throw new Error(`npm ci failed (${installed.status ?? installed.signal})`);
+    // A package that declares a newer Node than the one the docs promise must not reach devices unnoticed.
+    if (/EBADENGINE/.test(installed.stderr))
+      throw new Error('npm ci warned EBADENGINE: a locked dependency needs a newer Node than this one');
+    // The device has no tarballs: its package.json names the versions it holds, so that `npm ls` and
+    // setup-native.sh's `npm rebuild` see a valid tree rather than this machine's temporary paths.
+    writeFileSync(
+      join(stage, 'package.json'),
+      `${JSON.stringify({ ...manifest, dependencies: Object.fromEntries(Object.keys(WORKSPACES).map((name) => [name, version])) }, null, 2)}\n`,
     );
     rmSync(join(stage, 'package-lock.json'), { force: true });
 

@@ -3,16 +3,20 @@
 // bundle, runs its install.sh into a scratch root (--root), checks the user, owners and modes, and runs the
 // installed agent serving the bundle CLI's signed demo package. Usage: node deploy/bundle/check.mjs [DIR]
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import os from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve, sep } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { BUNDLED_WORKSPACES, productionClosure } from './bundle-lock.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const bundles = resolve(process.argv[2] ?? join(root, 'bundles'));
 const version = JSON.parse(readFileSync(join(root, 'packages/agent/package.json'), 'utf8')).version;
 const bundle = join(bundles, `edgefleet-agent-${version}-linux-${os.arch()}.tar.gz`);
+/** The oldest Node.js the docs promise devices (deploy/README.md, setup-native.sh). */
+const MIN_NODE = '20.19.0';
 const scratch = mkdtempSync(join(os.tmpdir(), 'edgefleet-bundle-check-'));
 
 function run(command, args, options = {}) {
@@ -28,6 +32,66 @@ function run(command, args, options = {}) {
 function expectThat(ok, what) {
   if (!ok) throw new Error(what);
   console.log(`   ok: ${what}`);
+}
+
+/**
+ * The installed bundle holds exactly the packages package-lock.json gives the bundled workspaces, at its
+ * versions (what the tests ran), and none needs a newer Node than the docs promise: an EBADENGINE on a device.
+ */
+function checkLockedTree(prefix) {
+  const repoLock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8'));
+  const expected = new Map(
+    [...productionClosure(repoLock, BUNDLED_WORKSPACES)].map(([lockPath, bundlePath]) => [
+      bundlePath,
+      repoLock.packages[lockPath].version ?? version,
+    ]),
+  );
+  const installed = installedPackages(prefix);
+  const differences = [];
+  for (const [path, want] of expected) {
+    const got = installed.get(path);
+    if (got === undefined) differences.push(`${path}: missing (lock: ${want})`);
+    else if (got.version !== want) differences.push(`${path}: ${got.version}, lock: ${want}`);
+  }
+  for (const path of installed.keys())
+    if (!expected.has(path)) differences.push(`${path}: not in the lock's production tree`);
+  expectThat(
+    differences.length === 0,
+    `the bundle's ${installed.size} packages are package-lock.json's versions${differences.length ? `; differ:\n  ${differences.join('\n  ')}` : ''}`,
+  );
+  const semver = createRequire(join(root, 'package.json'))('semver');
+  const tooNew = [...installed]
+    .filter(([, p]) => p.engines?.node !== undefined && !semver.satisfies(MIN_NODE, p.engines.node))
+    .map(([path, p]) => `${path}@${p.version} needs node ${p.engines.node}`);
+  expectThat(
+    tooNew.length === 0,
+    `every bundled package runs on Node ${MIN_NODE} (no EBADENGINE)${tooNew.length ? `; not:\n  ${tooNew.join('\n  ')}` : ''}`,
+  );
+}
+
+/** Every package under `prefix`/node_modules, nested ones included: path → its package.json. */
+function installedPackages(prefix) {
+  const found = new Map();
+  const walk = (modules) => {
+    if (!existsSync(modules)) return;
+    for (const name of readdirSync(modules)) {
+      if (name.startsWith('.')) continue;
+      const dirs = name.startsWith('@')
+        ? readdirSync(join(modules, name)).map((inner) => join(name, inner))
+        : [name];
+      for (const dir of dirs) {
+        const manifest = join(modules, dir, 'package.json');
+        if (!existsSync(manifest)) continue;
+        found.set(
+          relative(prefix, join(modules, dir)).split(sep).join('/'),
+          JSON.parse(readFileSync(manifest, 'utf8')),
+        );
+        walk(join(modules, dir, 'node_modules'));
+      }
+    }
+  };
+  walk(join(prefix, 'node_modules'));
+  return found;
 }
 
 let failed = false;
@@ -67,6 +131,7 @@ try {
   expectThat(mode('etc/systemd/system/edgefleet-agent.service') === 0o644, 'systemd unit installed');
 
   const prefix = join(image, 'opt/edgefleet-agent');
+  checkLockedTree(prefix);
   run('sh', [join(prefix, 'setup-native.sh')], { stdio: 'inherit' });
   const agentVersion = run(process.execPath, [join(prefix, 'bin/edgefleet-agent.js'), '--version']).stdout;
   expectThat(agentVersion.includes(version), `installed edgefleet-agent --version says ${version}`);

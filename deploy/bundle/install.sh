@@ -5,7 +5,8 @@
 #   - /etc/edgefleet/agent.json (root:edgefleet-agent 0640) if there is none,
 #   - /etc/edgefleet/trust (root 0755): package-signing roots, where `device enroll` puts them by default,
 #   - /var/lib/edgefleet-agent (edgefleet-agent 0750: database, packages, capture),
-#   - the systemd unit, enabled but not started (edit the config first, then: systemctl start edgefleet-agent).
+#   - the systemd unit, enabled but not started (edit the config first, then: systemctl start edgefleet-agent),
+#     running the node found on PATH (Node.js >= 20.19, checked).
 # Run again over an installed agent, it replaces the program and keeps the config; restart the agent afterwards.
 # --root DIR installs into DIR as a system image (users in DIR/etc/passwd; no systemctl); for image builds and tests.
 set -eu
@@ -21,7 +22,25 @@ done
 prefix=/opt/edgefleet-agent
 user=edgefleet-agent
 
-bundle_arch=$(cat "$here/bundle.json" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).arch))')
+# The unit runs the node found here (its absolute path is written into the installed unit): a Node.js from
+# nodejs.org or `n` lives in /usr/local/bin, NodeSource's in /usr/bin.
+node=$(command -v node) || {
+  echo "install.sh: node is not installed; expected Node.js >= 20.19 on PATH (the unit runs the node found there)" >&2
+  exit 1
+}
+case "$node" in
+  /*) ;;
+  *) echo "install.sh: node on PATH is $node, a relative path; expected an absolute one (fix PATH)" >&2; exit 1 ;;
+esac
+case "$node" in
+  *[!A-Za-z0-9/._+-]*) echo "install.sh: node's path $node holds characters a systemd unit would split; expected one without spaces or quotes" >&2; exit 1 ;;
+esac
+"$node" -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' || {
+  echo "install.sh: $node is Node.js $("$node" --version), too old; expected >= 20.19" >&2
+  exit 1
+}
+
+bundle_arch=$(cat "$here/bundle.json" | "$node" -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).arch))')
 case "$(uname -m)" in x86_64) machine=x64 ;; aarch64|arm64) machine=arm64 ;; *) machine=$(uname -m) ;; esac
 if [ -z "$root" ] && [ "$bundle_arch" != "$machine" ]; then
   echo "install.sh: this bundle is for linux-$bundle_arch, this machine is $machine" >&2; exit 1
@@ -66,7 +85,11 @@ install -d -o 0 -g 0 -m 0755 "$root/etc/edgefleet/trust"
 install -d -o "$uid" -g "$gid" -m 0750 "$root/var/lib/edgefleet-agent"
 
 install -d -m 0755 "$root/etc/systemd/system"
-install -o 0 -g 0 -m 0644 "$here/edgefleet-agent.service" "$root/etc/systemd/system/edgefleet-agent.service"
+sed "s#/usr/bin/node #$node #g" "$here/edgefleet-agent.service" >"$root/etc/systemd/system/edgefleet-agent.service.new"
+chown 0:0 "$root/etc/systemd/system/edgefleet-agent.service.new"
+chmod 0644 "$root/etc/systemd/system/edgefleet-agent.service.new"
+mv "$root/etc/systemd/system/edgefleet-agent.service.new" "$root/etc/systemd/system/edgefleet-agent.service"
+[ -x "$root$node" ] || echo "install.sh: warning: the unit runs $node, which ${root:-/} lacks; install Node.js >= 20.19 there" >&2
 if [ -z "$root" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable edgefleet-agent.service

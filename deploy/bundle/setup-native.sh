@@ -15,8 +15,11 @@ shm_ok() { node -e 'require(process.argv[1])' "$here/node_modules/@edgefleet/age
 
 rebuild() {
   command -v npm >/dev/null 2>&1 || return 1
-  # No download: build from source (prebuild-install would fetch a binary from GitHub).
-  (cd "$here" && npm_config_build_from_source=true npm rebuild "$1" --no-audit --no-fund --foreground-scripts >&2)
+  # No download: build from source (prebuild-install would fetch a binary from GitHub). Said in prebuild-install's
+  # own config file, which it looks for up from the package: npm 11 deprecates npm_config_build_from_source (an
+  # npm config npm does not know), and sh drops a prebuild-install_* variable (not a valid shell name).
+  printf 'buildFromSource=true\n' >"$here/.prebuild-installrc" || return 1
+  (cd "$here" && npm rebuild "$1" --no-audit --no-fund --foreground-scripts >&2)
 }
 
 if ! sqlite_ok; then

@@ -2,8 +2,8 @@
  * deploy/bundle/install.sh into a scratch system image (--root), without building a bundle: the script with
  * the files it copies. Run twice, as an upgrade is: the second run says to restart the agent.
  */
-import { execFile } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -11,6 +11,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 const run = promisify(execFile);
 const deployDir = path.resolve(import.meta.dirname, '..');
+// The agent as built by `npm run build` (the bundle runs the same dist).
+const AGENT_MAIN = path.resolve(deployDir, '..', 'packages/agent/dist/main.js');
 const isRoot = process.getuid?.() === 0;
 const haveUseradd = await run('sh', ['-c', 'command -v useradd']).then(
   () => true,
@@ -48,5 +50,105 @@ describe.skipIf(!isRoot || !haveUseradd)('install.sh', () => {
       /upgraded in .*image \(config kept\); restart the agent \(systemctl restart edgefleet-agent\)/,
     );
     expect(await readFile(config, 'utf8')).toBe('{"edited": true}\n');
+  });
+
+  it('installs a starter config that verifies package signatures with /etc/edgefleet/trust: the agent refuses to start while it is empty', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-starter-'));
+    try {
+      const bundle = path.join(dir, 'edgefleet-agent');
+      await mkdir(bundle);
+      for (const file of ['install.sh', 'agent.json'])
+        await copyFile(path.join(deployDir, 'bundle', file), path.join(bundle, file));
+      await copyFile(
+        path.join(deployDir, 'systemd', 'edgefleet-agent.service'),
+        path.join(bundle, 'edgefleet-agent.service'),
+      );
+      await writeFile(path.join(bundle, 'bundle.json'), JSON.stringify({ arch: 'x64' }));
+      const image = path.join(dir, 'image');
+      await run('sh', [path.join(bundle, 'install.sh'), '--root', image]);
+
+      // The installed config as the unit runs it, its absolute paths moved into the image.
+      const installed = await readFile(path.join(image, 'etc/edgefleet/agent.json'), 'utf8');
+      const config = path.join(dir, 'agent.json');
+      await writeFile(
+        config,
+        installed.replace(
+          /"\/(etc\/edgefleet|var\/lib\/edgefleet-agent|run\/edgefleet-agent)/g,
+          `"${image}/$1`,
+        ),
+      );
+      await mkdir(path.join(image, 'run/edgefleet-agent'), { recursive: true });
+      const agent = spawn(process.execPath, [
+        AGENT_MAIN,
+        '-a',
+        path.join(image, 'run/edgefleet-agent/agent.sock'),
+        '-c',
+        config,
+      ]);
+      let output = '';
+      agent.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      agent.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      // An agent that starts (signatures unchecked) is stopped here once it listens, and the test fails.
+      agent.stdout.on('data', () => {
+        if (output.includes('"event":"listening"')) agent.kill('SIGKILL');
+      });
+      const code = await new Promise<number | null>((done) => agent.once('exit', (c) => done(c)));
+      expect(output).toContain(
+        `trust folder ${path.join(image, 'etc/edgefleet/trust')} holds no *.pem or *.crt files; expected root certificates or public keys`,
+      );
+      expect(code).toBe(2);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('writes the node it finds on PATH into the unit, and without node says what is missing', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-node-path-'));
+    try {
+      const bundle = path.join(dir, 'edgefleet-agent');
+      await mkdir(bundle);
+      for (const file of ['install.sh', 'agent.json'])
+        await copyFile(path.join(deployDir, 'bundle', file), path.join(bundle, file));
+      await copyFile(
+        path.join(deployDir, 'systemd', 'edgefleet-agent.service'),
+        path.join(bundle, 'edgefleet-agent.service'),
+      );
+      await writeFile(path.join(bundle, 'bundle.json'), JSON.stringify({ arch: 'x64' }));
+      const image = path.join(dir, 'image');
+      // A Node.js outside /usr/bin, as nodejs.org's tarball or `n` installs it (/usr/local/bin).
+      const localBin = path.join(dir, 'local', 'bin');
+      await mkdir(localBin, { recursive: true });
+      await symlink(process.execPath, path.join(localBin, 'node'));
+      const installed = await run('sh', [path.join(bundle, 'install.sh'), '--root', image], {
+        env: { ...process.env, PATH: `${localBin}:/usr/sbin:/usr/bin:/sbin:/bin` },
+      });
+      const unit = await readFile(path.join(image, 'etc/systemd/system/edgefleet-agent.service'), 'utf8');
+      expect(unit).toContain(`\nExecStart=${localBin}/node /opt/edgefleet-agent/bin/edgefleet-agent.js `);
+      expect(unit).not.toContain('/usr/bin/node /opt');
+      expect(installed.stderr).toContain(`the unit runs ${localBin}/node, which ${image} lacks`);
+
+      // No node at all: the script's own message, before anything is installed (not the shell's "node: not found").
+      const tools = path.join(dir, 'tools');
+      await mkdir(tools);
+      for (const tool of ['dirname', 'id', 'cat', 'uname'])
+        await symlink((await run('sh', ['-c', `command -v ${tool}`])).stdout.trim(), path.join(tools, tool));
+      const refused = await run(
+        '/bin/sh',
+        [path.join(bundle, 'install.sh'), '--root', path.join(dir, 'image2')],
+        {
+          env: { PATH: tools },
+        },
+      ).then(
+        () => ({ code: 0, stderr: '' }),
+        (error: { code: number; stderr: string }) => error,
+      );
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toBe(
+        'install.sh: node is not installed; expected Node.js >= 20.19 on PATH (the unit runs the node found there)\n',
+      );
+      await expect(readFile(path.join(dir, 'image2', 'etc', 'passwd'))).rejects.toThrow(/ENOENT/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

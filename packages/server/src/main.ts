@@ -13,10 +13,12 @@ import { registerBackupCommands } from './backup/index.js';
 import {
   loadConfig,
   overridableSettings,
+  secretConfigFileWarning,
   type OverridableSetting,
   type ServerConfig,
 } from './config/index.js';
 import { initServer, openStores, startServer } from './server/index.js';
+import { DatabaseInUseError } from './storage/index.js';
 
 type CommonOptions = { config?: string } & Partial<Record<string, string>>;
 
@@ -75,7 +77,11 @@ function tokenCreateCommand(options: CommonOptions, env: NodeJS.ProcessEnv): str
 }
 
 async function serve(options: CommonOptions): Promise<void> {
-  const server = await startServer(await configFrom(options));
+  const config = await configFrom(options);
+  const configFile = options.config ?? process.env.EDGEFLEET_CONFIG;
+  const fileWarning =
+    configFile === undefined || configFile === '' ? undefined : await secretConfigFileWarning(configFile);
+  const server = await startServer(config, { warnings: fileWarning === undefined ? [] : [fileWarning] });
   // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:
   // under systemd both streams go to the journal, which would hold every warning twice.
   if (process.stderr.isTTY) {
@@ -184,5 +190,6 @@ registerBackupCommands(program, { addCommonOptions, configFrom });
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   process.stderr.write(`edgefleet-server: ${error instanceof Error ? error.message : String(error)}\n`);
-  process.exit(1);
+  // 4, as the agent's for its data root: a person must stop the other server; restarting would fail alike.
+  process.exit(error instanceof DatabaseInUseError ? error.exitCode : 1);
 });

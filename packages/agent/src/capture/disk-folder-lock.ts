@@ -2,9 +2,10 @@ import { lstatSync, readdirSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import {
+  acquireAgentFolderLock,
   FolderInUseError,
-  FolderLock,
   lockHolderPid,
+  type FolderLock,
   type FolderLockOptions,
   type LockedFolderKind,
   type NestedFolder,
@@ -25,6 +26,8 @@ export const CAPTURE_FOLDER: LockedFolderKind = {
   onePerFolder:
     'one agent per capture folder (each writes, uploads and counts the quota of the whole folder)',
   ownFolder: 'a capture folder of its own',
+  program: 'edgefleet-agent',
+  holder: 'agent',
   lockFileName: CAPTURE_FOLDER_LOCK_FILE,
   folderMode: CAPTURE_FOLDER_MODE,
 };
@@ -38,7 +41,7 @@ export const CAPTURE_FOLDER: LockedFolderKind = {
  * folder), FolderLockError when it cannot be taken.
  */
 export function lockCaptureFolder(folder: string, options: FolderLockOptions = {}): FolderLock {
-  const lock = FolderLock.acquire(folder, CAPTURE_FOLDER, options);
+  const lock = acquireAgentFolderLock(folder, CAPTURE_FOLDER, options);
   try {
     // After taking its own lock: of two agents starting at once on nested folders, at least one sees the other.
     const nested = heldNestedFolder(realpathSync(folder), options);

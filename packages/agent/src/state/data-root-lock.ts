@@ -1,16 +1,24 @@
 import {
-  closeSync,
-  constants,
-  fchmodSync,
-  fstatSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  statSync,
-} from 'node:fs';
-import { join } from 'node:path';
+  FolderInUseError,
+  FolderLock,
+  FolderLockError,
+  lockHolder,
+  lockHolderPid,
+  type LockedFolderKind,
+  type NestedFolder,
+} from '@edgefleet/core';
 import SqliteDatabase, { type Database } from 'better-sqlite3';
+
+// The lock itself (FolderLock) is shared with the server's SQLite database lock: it lives in @edgefleet/core.
+export {
+  FolderInUseError,
+  FolderLock,
+  FolderLockError,
+  lockHolder,
+  lockHolderPid,
+  type LockedFolderKind,
+  type NestedFolder,
+};
 
 /** The lock file's name under `sagemaker_edge_local_data_root_path`. */
 export const DATA_ROOT_LOCK_FILE = 'agent.lock';
@@ -23,167 +31,16 @@ export interface DataRootLockOptions {
 }
 export type FolderLockOptions = DataRootLockOptions;
 
-/** What a FolderLock guards: its lock file's name, the folder's mode when made, and how its refusals read. */
-export interface LockedFolderKind {
-  /** For messages: "the data root", "the Disk capture folder". */
-  label: string;
-  /** The config key that names the folder. */
-  configKey: string;
-  /** The field naming the folder in the agent's start-failed log line: "dataRoot", "captureFolder". */
-  logField: string;
-  /** Why a second agent is refused, for the in-use message: "one agent per data root". */
-  onePerFolder: string;
-  /** What to give a second agent instead: "a data root of its own". */
-  ownFolder: string;
-  /** The lock file's name in the folder. */
-  lockFileName: string;
-  /** The folder's mode when the lock creates it. */
-  folderMode: number;
-}
-
-/** Where another agent's folder lies, when it is not this folder itself but one inside or around it. */
-export interface NestedFolder {
-  /** The other agent's folder (its real path). */
-  folder: string;
-  /** "inside": this folder lies inside the other; "contains": the other lies inside this one. */
-  relation: 'inside' | 'contains';
-}
-
-/**
- * Another process (another edgefleet-agent, or another lock in this one) holds a folder's lock: this folder's, or
- * (`nested`) that of a folder inside or around it, which the same files would be shared through.
- */
-export class FolderInUseError extends Error {
-  override readonly name = 'FolderInUseError';
-  constructor(
-    readonly kind: LockedFolderKind,
-    readonly folder: string,
-    /** The holder's pid, when the kernel says (Linux /proc/locks); undefined when it cannot be known. */
-    readonly holderPid: number | undefined,
-    readonly nested?: NestedFolder,
-  ) {
-    const holder = `another edgefleet-agent${holderPid === undefined ? '' : ` (pid ${holderPid})`}`;
-    super(
-      nested === undefined
-        ? `${kind.label} ${folder} (${kind.configKey}) is in use by ${holder}; ${kind.onePerFolder}: stop that agent, or give this one ${kind.ownFolder}`
-        : `${kind.label} ${folder} (${kind.configKey}) ${nested.relation === 'inside' ? 'lies inside' : 'contains'} ${nested.folder}, ${kind.label} of ${holder}; ${kind.onePerFolder}: stop that agent, or give this one ${kind.ownFolder}, neither inside nor containing another agent's`,
-    );
-  }
-}
-
-/**
- * A folder's lock could not be taken for a reason other than another holder: the folder or the lock file cannot
- * be made, opened or locked, or the lock file is not safe to use.
- */
-export class FolderLockError extends Error {
-  override readonly name = 'FolderLockError';
-  constructor(
-    readonly kind: LockedFolderKind,
-    readonly folder: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-}
-
-/**
- * An exclusive hold on a folder, for the agent's whole life: SQLite's POSIX lock on `<folder>/<lock file>`, held
- * by a connection in `locking_mode=EXCLUSIVE` after an exclusive transaction, so the kernel drops it when the
- * process ends in any way (SIGKILL, OOM killer, power cut): there is never a stale lock to clean up. The file
- * stays; removing it on release would let a third process lock a new file while a second holds the old one.
- * DataRootLock is one (one agent per data root); the Disk capture folder's lock is another.
- *
- * Nothing else in the process may open the lock file: a POSIX lock is the process's, and closing any descriptor
- * of the file drops it (SQLite keeps its own descriptors open until the lock is released; a stat is harmless).
- * Other files in the folder are not affected: the lock is on the lock file only.
- */
-export class FolderLock {
-  readonly folder: string;
-  /** The lock file. */
-  readonly path: string;
-  #db: Database | undefined;
-  /** The locked file's identity, to tell when another file has taken its path. */
-  readonly #file: { dev: bigint; ino: bigint } | undefined;
-
-  private constructor(folder: string, path: string, db: Database) {
-    this.folder = folder;
-    this.path = path;
-    this.#db = db;
-    this.#file = fileIdentity(path);
-  }
-
-  /**
-   * Takes the lock, creating the folder (kind.folderMode) and the lock file (0600) when missing; never waits.
-   * Throws FolderInUseError when another process (or another lock in this one) holds it, FolderLockError when
-   * the folder or file cannot be made or locked, or the lock file is a link, not a regular file, or another user's.
-   */
-  static acquire(folder: string, kind: LockedFolderKind, options: FolderLockOptions = {}): FolderLock {
-    const path = join(folder, kind.lockFileName);
-    try {
-      mkdirSync(folder, { recursive: true, mode: kind.folderMode });
-    } catch (error) {
-      throw new FolderLockError(
-        kind,
-        folder,
-        `cannot create ${kind.label} ${folder}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a folder the agent can create and write`,
-        { cause: error },
-      );
-    }
-    prepareLockFile(folder, path, kind);
-    let db: Database;
-    try {
-      db = (options.openDatabase ?? openLockDatabase)(path);
-    } catch (error) {
-      throw new FolderLockError(
-        kind,
-        folder,
-        `cannot open the lock file ${path}: ${(error as Error).message}; expected a file the agent can create and write in ${kind.label}`,
-        { cause: error },
-      );
-    }
-    try {
-      db.pragma('locking_mode = EXCLUSIVE');
-      // In exclusive locking mode the lock an exclusive transaction takes is kept after it ends.
-      db.exec('BEGIN EXCLUSIVE');
-      db.exec('COMMIT');
-    } catch (error) {
-      db.close();
-      if ((error as { code?: unknown }).code === 'SQLITE_BUSY')
-        throw new FolderInUseError(kind, folder, lockHolderPid(path, options.procLocksPath));
-      throw new FolderLockError(
-        kind,
-        folder,
-        `cannot lock ${path}: ${(error as Error).message}; expected a SQLite lock file the agent can write (it keeps nothing: remove it if it is damaged)`,
-        { cause: error },
-      );
-    }
-    return new FolderLock(folder, path, db);
-  }
-
-  /** Whether the lock is still held (until release). */
-  get held(): boolean {
-    return this.#db !== undefined;
-  }
-
-  /**
-   * What became of the lock file since it was locked: undefined while it is still the file locked, else
-   * "removed" or "replaced by another file". Either way the lock no longer keeps a second agent out: it locks the
-   * file now at the path (a clean-up of old files may remove the lock file, which is never written). An lstat
-   * only (opening the file would drop the lock).
-   */
-  lockFileChange(): 'removed' | 'replaced by another file' | undefined {
-    if (this.#file === undefined) return undefined;
-    const now = fileIdentity(this.path);
-    if (now === undefined) return 'removed';
-    return now.dev === this.#file.dev && now.ino === this.#file.ino ? undefined : 'replaced by another file';
-  }
-
-  /** Lets the lock go. Safe to call more than once. */
-  release(): void {
-    this.#db?.close();
-    this.#db = undefined;
-  }
+/** Takes an agent's folder lock (see FolderLock.acquire), opening the lock file with better-sqlite3 unless told. */
+export function acquireAgentFolderLock(
+  folder: string,
+  kind: LockedFolderKind,
+  options: FolderLockOptions = {},
+): FolderLock {
+  return FolderLock.acquire(folder, kind, {
+    ...options,
+    openDatabase: options.openDatabase ?? openLockDatabase,
+  });
 }
 
 export const DATA_ROOT_FOLDER: LockedFolderKind = {
@@ -192,6 +49,8 @@ export const DATA_ROOT_FOLDER: LockedFolderKind = {
   logField: 'dataRoot',
   onePerFolder: 'one agent per data root',
   ownFolder: 'a data root of its own',
+  program: 'edgefleet-agent',
+  holder: 'agent',
   lockFileName: DATA_ROOT_LOCK_FILE,
   folderMode: 0o700,
 };
@@ -210,7 +69,7 @@ export class DataRootLock {
 
   /** Takes the lock (see FolderLock.acquire): FolderInUseError when held elsewhere, else FolderLockError. */
   static acquire(dataRoot: string, options: DataRootLockOptions = {}): DataRootLock {
-    return new DataRootLock(FolderLock.acquire(dataRoot, DATA_ROOT_FOLDER, options));
+    return new DataRootLock(acquireAgentFolderLock(dataRoot, DATA_ROOT_FOLDER, options));
   }
 
   get dataRoot(): string {
@@ -231,124 +90,7 @@ export class DataRootLock {
   }
 }
 
-/** The device and inode of what is at `path` (no link followed), or undefined when nothing is there. */
-function fileIdentity(path: string): { dev: bigint; ino: bigint } | undefined {
-  try {
-    const { dev, ino } = lstatSync(path, { bigint: true });
-    return { dev, ino };
-  } catch {
-    return undefined;
-  }
-}
-
 // timeout 0: a held lock is reported at once instead of being waited for.
 function openLockDatabase(path: string): Database {
   return new SqliteDatabase(path, { timeout: 0 });
-}
-
-/**
- * Makes sure the lock file is the agent's own regular file, mode 0600, before SQLite opens it: whoever can open
- * it, even read-only and only for a moment (a descriptor outlives a later chmod), can hold a read lock on it and
- * keep the agent from ever starting again. A new file is created 0600 (never the umask's 0640/0644 that SQLite
- * would give it); a link, anything but a regular file, or a file of another user is refused, and no link is
- * followed here (so nothing outside the folder is created or chmodded). SQLite then opens the file by path: a
- * link swapped in after this check needs write access to the folder (the agent makes the data root 0700).
- *
- * A descriptor is opened only to create the file or to tighten an older run's mode: closing a descriptor drops
- * this process's POSIX locks on the file, and a 0600 file of ours, which another lock in this process would
- * have left, needs only an lstat.
- */
-function prepareLockFile(folder: string, path: string, kind: LockedFolderKind): void {
-  const refuse = (found: string) =>
-    new FolderLockError(
-      kind,
-      folder,
-      `the lock file ${path} is ${found}; expected a regular file owned by the agent's user (uid ${process.getuid?.()}), or none (the agent creates it): remove it (it keeps nothing)`,
-    );
-  const cannot = (error: unknown) =>
-    new FolderLockError(
-      kind,
-      folder,
-      `cannot create or open the lock file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a file the agent can create and write in ${kind.label}`,
-      { cause: error },
-    );
-  let found;
-  try {
-    found = lstatSync(path);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw cannot(error);
-  }
-  if (found) {
-    if (found.isSymbolicLink()) throw refuse('a symbolic link');
-    if (!found.isFile()) throw refuse('not a regular file');
-    if (process.getuid && found.uid !== process.getuid()) throw refuse(`owned by uid ${found.uid}`);
-    if ((found.mode & 0o777) === 0o600) return;
-  }
-  const { O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_NOFOLLOW, O_NONBLOCK } = constants;
-  let fd;
-  try {
-    // O_NOFOLLOW and O_NONBLOCK: a link or a FIFO put there since the lstat is refused, not followed or waited on.
-    fd = openSync(
-      path,
-      // Read-only is enough for fchmod, so an older file the owner cannot write is still tightened.
-      found ? O_RDONLY | O_NOFOLLOW | O_NONBLOCK : O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW,
-      0o600,
-    );
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP') throw refuse('a symbolic link');
-    // Another agent starting at the same moment made it first: check its file as any existing one.
-    if (code === 'EEXIST') return prepareLockFile(folder, path, kind);
-    throw cannot(error);
-  }
-  try {
-    const opened = fstatSync(fd);
-    if (!opened.isFile()) throw refuse('not a regular file');
-    if (process.getuid && opened.uid !== process.getuid()) throw refuse(`owned by uid ${opened.uid}`);
-    // Through the descriptor, so no link is followed; also undoes a umask that took the owner's own bits.
-    if ((opened.mode & 0o777) !== 0o600) fchmodSync(fd, 0o600);
-  } finally {
-    // Nothing holds a lock on a file this call created; one found loose was not made 0600 by a lock of this
-    // process (acquire does that before locking), so no lock of ours is dropped unless it was chmodded since.
-    closeSync(fd);
-  }
-}
-
-/**
- * The pid of the process holding a lock on `path`, as /proc/locks lists it, or undefined: not Linux, no /proc,
- * several holders, or the holder in a pid namespace this process cannot see (listed as pid 0). Called once this
- * process's own attempt is closed, so the one listed holds the lock (an agent, or a tool keeping a read open).
- */
-export function lockHolderPid(path: string, procLocksPath = '/proc/locks'): number | undefined {
-  try {
-    const { dev, ino } = statSync(path, { bigint: true });
-    return lockHolder(readFileSync(procLocksPath, 'utf8'), dev, ino);
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * The one pid holding POSIX (or open-file-description) locks on the file `dev`/`ino` in /proc/locks text, or
- * undefined. Lines look like `1: POSIX  ADVISORY  WRITE 4321 fe:00:2272354 1073741824 1073742335`; waiters
- * (`1: -> POSIX …`) hold nothing and are skipped, and so are flock() locks, which SQLite does not take.
- */
-export function lockHolder(procLocks: string, dev: bigint, ino: bigint): number | undefined {
-  // glibc's dev_t encoding (gnu_dev_major/minor); /proc/locks prints the major and minor in hex.
-  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
-  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
-  const pids = new Set<number>();
-  for (const line of procLocks.split('\n')) {
-    const match =
-      /^\d+:\s+(?:POSIX|OFDLCK)\s+\S+\s+(?:READ|WRITE)\s+(-?\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s/.exec(
-        line,
-      );
-    if (!match) continue;
-    const [, pid, lineMajor, lineMinor, lineIno] = match;
-    if (BigInt(`0x${lineMajor}`) !== major || BigInt(`0x${lineMinor}`) !== minor || BigInt(lineIno!) !== ino)
-      continue;
-    pids.add(Number(pid));
-  }
-  const [only] = pids;
-  return pids.size === 1 && only !== undefined && only > 0 ? only : undefined;
 }

@@ -9,6 +9,7 @@ export {
   type SalvageableTable,
 } from './agent-database.js';
 export {
+  acquireAgentFolderLock,
   DATA_ROOT_FOLDER,
   DATA_ROOT_LOCK_FILE,
   DataRootLock,

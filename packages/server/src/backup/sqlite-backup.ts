@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { access, chmod, mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
-import { migrationNames } from '../storage/index.js';
+import type { FolderLock } from '@edgefleet/core';
+import { DatabaseInUseError, lockSqliteDatabase, migrationNames } from '../storage/index.js';
 
 export interface BackupResult {
   file: string;
@@ -124,6 +125,8 @@ export async function restoreSqlite(
   const from = path.resolve(backup);
   const migrations = inspectStateFile(from);
   await mkdir(path.dirname(target), { recursive: true, mode: 0o700 });
+  // Held through the swap, so a server cannot start on the database half-way through it.
+  const lock = lockForRestore(target);
   const partial = partialName(target);
   let previous: string | undefined;
   try {
@@ -157,5 +160,22 @@ export async function restoreSqlite(
     return { file: target, migrations, ...(previous !== undefined ? { previous } : {}) };
   } finally {
     await rm(partial, { force: true });
+    lock.release();
+  }
+}
+
+/** The lock `serve` holds on the database (a running server's pid named), refused as a restore error. */
+function lockForRestore(target: string): FolderLock {
+  try {
+    return lockSqliteDatabase(target);
+  } catch (error) {
+    if (!(error instanceof DatabaseInUseError)) throw error;
+    const pid = error.holderPid === undefined ? '' : ` (pid ${error.holderPid})`;
+    throw new BackupError(
+      `${target} is in use by edgefleet-server${pid}; stop edgefleet-server before restoring`,
+      {
+        cause: error,
+      },
+    );
   }
 }

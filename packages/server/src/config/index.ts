@@ -13,3 +13,4 @@ export {
   type OverridableSetting,
 } from './load-config.js';
 export { accessKeyEncryptionKeyFileOf, keyMaterialToBackUp } from './key-material.js';
+export { secretConfigFileWarning } from './secret-file-mode.js';

@@ -1,6 +1,13 @@
 import { ApiTokenStore, openAccessKeyEncryptionKey } from '../auth/index.js';
 import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
-import { checkBlobStore, openDeviceCa, openPackageSigning, openStores } from './start-server.js';
+import { bindBlobStore } from './blob-store-binding.js';
+import {
+  blobStoreLocationOf,
+  checkBlobStore,
+  openDeviceCa,
+  openPackageSigning,
+  openStores,
+} from './start-server.js';
 
 export interface InitResult {
   /** The first admin token, when this run created it (shown once). */
@@ -26,6 +33,7 @@ export async function initServer(config: ServerConfig): Promise<InitResult> {
     await checkBlobStore(blobs);
     const ca = await openDeviceCa(config, database);
     const signing = await openPackageSigning(config, database);
+    await bindBlobStore(database.db, blobs, blobStoreLocationOf(config, blobs));
     // Created now so that a backup taken right after init already has every key file.
     await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config));
     const tokens = new ApiTokenStore(database.db);

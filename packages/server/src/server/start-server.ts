@@ -86,7 +86,14 @@ import {
   sageMakerRoutes,
   tagOperations,
 } from '../sagemaker/index.js';
-import { migrateToLatest, openDatabase, pingDatabase, type ServerDatabase } from '../storage/index.js';
+import {
+  lockSqliteDatabase,
+  maskUrlCredentials,
+  migrateToLatest,
+  openDatabase,
+  pingDatabase,
+  type ServerDatabase,
+} from '../storage/index.js';
 import {
   applyListenerLimits,
   fitConnectionCaps,
@@ -100,6 +107,7 @@ import {
   OPERATOR_LISTENER_LIMITS,
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
+import { BlobStoreMismatchError, blobStoreBinder } from './blob-store-binding.js';
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
@@ -147,6 +155,8 @@ export interface StartServerOptions {
   listenerLimits?: { operator?: Partial<ListenerLimits>; device?: Partial<ListenerLimits> };
   /** The process's open file limit, which the caps must fit in; default: read from the system. */
   openFileLimit?: number;
+  /** Warnings found before the start (serve: the config file's mode), logged and returned with the others. */
+  warnings?: readonly string[];
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -180,6 +190,13 @@ export async function openStores(
   }
   const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   return { database, blobs };
+}
+
+/** The blob store for messages: where it is, and for S3 where it is reached (credentials masked). */
+export function blobStoreLocationOf(config: ServerConfig, blobs: BlobStore): string {
+  if (config.blobLocation.kind !== 's3') return blobs.description;
+  const endpoint = config.s3.endpoint;
+  return `${blobs.description} at ${endpoint !== undefined ? maskUrlCredentials(endpoint) : `AWS S3 (region ${config.s3.region ?? 'us-east-1'})`}`;
 }
 
 /** The settings that fix each reason the server's blob store cannot be used. */
@@ -319,7 +336,20 @@ export async function startServer(
       `the open file limit (${fileLimit}) is too low for the listeners' connection caps; lowered them to ${operatorLimits.maxConnections} (operator) and ${deviceLimits.maxConnections} (device) so that a flood cannot use up every descriptor; raise the limit (systemd LimitNOFILE=, ulimit -n) to serve more devices`,
     );
   }
-  const { database, blobs } = await openStores(config, logger);
+  // One `serve` per SQLite file, taken before anything touches the database (migrations, start-up clean-ups,
+  // sweepers): a second process would run its own on the same file.
+  const databaseLock =
+    config.databaseLocation.engine === 'sqlite'
+      ? lockSqliteDatabase(config.databaseLocation.file)
+      : undefined;
+  let stores: Awaited<ReturnType<typeof openStores>>;
+  try {
+    stores = await openStores(config, logger);
+  } catch (error) {
+    databaseLock?.release();
+    throw error;
+  }
+  const { database, blobs } = stores;
   const apps: FastifyInstance[] = [];
   const background: { stop(): Promise<void> }[] = [];
   const releaseAll = async () => {
@@ -327,12 +357,23 @@ export async function startServer(
     for (const task of background) await task.stop();
     await blobs.close();
     await database.close();
+    databaseLock?.release();
   };
 
   try {
     let shuttingDown = false;
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
+    const bindBlobs = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs));
+    try {
+      await bindBlobs();
+    } catch (error) {
+      if (error instanceof BlobStoreMismatchError) throw error;
+      logger.warn(
+        { err: error, blobs: blobs.description },
+        'cannot check that the blob store is the one this database uses (it did not answer); /readyz reports the blob store not ready until that check passes',
+      );
+    }
     const workDir = path.join(config.dataDir, 'tmp');
     const swept = await sweepStaleTempFiles(workDir);
     if (swept.removed.length > 0) {
@@ -447,7 +488,13 @@ export async function startServer(
     };
     const readiness: ReadinessCheck[] = [
       { name: 'database', check: () => pingDatabase(database) },
-      { name: 'blobStore', check: () => blobs.check() },
+      {
+        name: 'blobStore',
+        check: async () => {
+          await blobs.check();
+          await bindBlobs();
+        },
+      },
     ];
     let deviceEndpoint = config.deviceEndpoint ?? '';
     const endpoint = () => deviceEndpoint;
@@ -639,14 +686,17 @@ export async function startServer(
       endpointServerName(config.deviceServerNames),
       (deviceApp.server.address() as AddressInfo).port,
     );
-    const warnings = networkWarnings({
-      listen: config.listen,
-      operatorTls: config.tls !== undefined,
-      deviceListen: config.deviceListen,
-      deviceEndpoint,
-      deviceServerNames: config.deviceServerNames,
-      generatedDeviceCertificate: !config.provided.deviceTls,
-    });
+    const warnings = [
+      ...(options.warnings ?? []),
+      ...networkWarnings({
+        listen: config.listen,
+        operatorTls: config.tls !== undefined,
+        deviceListen: config.deviceListen,
+        deviceEndpoint,
+        deviceServerNames: config.deviceServerNames,
+        generatedDeviceCertificate: !config.provided.deviceTls,
+      }),
+    ];
     for (const warning of warnings) logger.warn(warning);
     logger.info(
       { operatorUrl, deviceUrl, deviceEndpoint, database: database.description, blobs: blobs.description },

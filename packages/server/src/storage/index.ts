@@ -21,4 +21,10 @@ export {
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
 export { containsIgnoringCase, containsLoosely } from './filters.js';
 export { claimServerSetting } from './server-settings.js';
+export {
+  DATABASE_IN_USE_EXIT_CODE,
+  DatabaseInUseError,
+  lockSqliteDatabase,
+  sqliteLockFileOf,
+} from './sqlite-lock.js';
 export type * from './schema.js';

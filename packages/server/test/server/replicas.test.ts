@@ -1,6 +1,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeviceCa } from '../../src/identity/index.js';
@@ -30,6 +31,16 @@ describe.skipIf(!postgres.available)('two replicas on one PostgreSQL', () => {
     await a?.stop();
     await b?.stop();
     await rm(shared, { recursive: true, force: true });
+  });
+
+  it('a replica given another blob store is refused, naming both stores, and the set keeps serving', async () => {
+    const other = path.join(shared, 'other-blobs');
+    await expect(
+      startTestServer({ database: { engine: 'postgres', url }, dataDir: shared, blob: other }),
+    ).rejects.toThrow(
+      `the blob store ${pathToFileURL(other).toString()} is not this database's: the database's blobs are in ${pathToFileURL(path.join(shared, 'blobs')).toString()}`,
+    );
+    expect((await b.call('GET', '/api/v1/whoami', { token: a.adminToken })).status).toBe(200);
   });
 
   it('behave as one: what one writes, the other reads, tokens included', async () => {

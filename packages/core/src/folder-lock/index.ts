@@ -1,0 +1,11 @@
+export {
+  FolderInUseError,
+  FolderLock,
+  FolderLockError,
+  lockHolder,
+  lockHolderPid,
+  type FolderLockOptions,
+  type LockConnection,
+  type LockedFolderKind,
+  type NestedFolder,
+} from './folder-lock.js';

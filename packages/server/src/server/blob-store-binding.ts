@@ -1,0 +1,134 @@
+import { randomUUID } from 'node:crypto';
+import { text } from 'node:stream/consumers';
+import type { Kysely } from 'kysely';
+import { BlobNotFoundError, type BlobStore } from '../blobs/index.js';
+import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
+
+/** The marker object at the root of the blob store (under its prefix): the store's id, which the database records. */
+export const BLOB_STORE_MARKER_KEY = 'edgefleet-store-id';
+const ID_SETTING = 'blob_store_id';
+/** Where the store was when its id was recorded or last confirmed: only for messages. */
+const LOCATION_SETTING = 'blob_store_location';
+const ID = /^[0-9a-f-]{36}$/;
+
+/** What the settings that choose the blob store are, for messages. */
+const BLOB_SETTINGS =
+  'blob (--blob, EDGEFLEET_BLOB) and, for S3, --blob-endpoint (EDGEFLEET_BLOB_ENDPOINT, s3.endpoint)';
+
+/**
+ * Ties the database to one blob store, as it is to one device CA: every blob key in the database means something
+ * in one store only, so a server (or replica) given another store would record uploads the others cannot read
+ * and fail every read of what they wrote. The store holds a marker object with a random id; the database records
+ * that id. A store without a marker next to a database without an id (the first start, or a database from before
+ * this check) gets one; the same id on both sides is the same store, wherever it is reached from (another
+ * endpoint name, a moved folder): a store moved with its objects, the marker among them, keeps working. A
+ * store without the marker, or with another database's, is refused, naming both places and the setting to fix.
+ *
+ * `location` names this store for messages: no credentials in it.
+ */
+export async function bindBlobStore(
+  db: Kysely<DatabaseSchema>,
+  blobs: BlobStore,
+  location: string,
+): Promise<void> {
+  const recorded = await readSetting(db, ID_SETTING);
+  const marker = await readMarker(blobs);
+  if (recorded === undefined) {
+    // Written before the database records it, so a start cut short in between leaves the marker (taken up by the
+    // next start), never a recorded id without one. Replicas starting together on a fresh store each write
+    // theirs; a loser writes the winner's after the winner wrote its own, so the marker ends as the recorded id.
+    const wrote = marker === undefined;
+    const proposed = marker ?? randomUUID();
+    if (wrote) await writeMarker(blobs, proposed);
+    const claimed = await claimServerSetting(db, ID_SETTING, proposed);
+    if (claimed !== proposed) {
+      // A marker this start did not write is another database's store: never overwritten.
+      if (!wrote) throw refusal(await recordedLocation(db), claimed, location, marker);
+      await writeMarker(blobs, claimed);
+    }
+    await claimServerSetting(db, LOCATION_SETTING, location);
+    return;
+  }
+  if (marker !== recorded) throw refusal(await recordedLocation(db), recorded, location, marker);
+  // The same store under another name (moved, another endpoint): the next refusal names where it is now.
+  await db
+    .insertInto('server_settings')
+    .values({ key: LOCATION_SETTING, value: location })
+    .onConflict((oc) => oc.column('key').doUpdateSet({ value: location }))
+    .execute();
+}
+
+/** The configured blob store is not the one the database's blobs are in. */
+export class BlobStoreMismatchError extends Error {
+  override readonly name = 'BlobStoreMismatchError';
+}
+
+/**
+ * bindBlobStore as a check to repeat until it passes once: a store that does not answer at start is checked when
+ * it answers again (the readiness check calls it), so an outage does not keep the server from starting, and a
+ * wrong store is still found before it is ready. Throws BlobStoreMismatchError for the wrong store, the store's
+ * own error while it does not answer.
+ */
+export function blobStoreBinder(
+  db: Kysely<DatabaseSchema>,
+  blobs: BlobStore,
+  location: string,
+): () => Promise<void> {
+  let bound = false;
+  return async () => {
+    if (bound) return;
+    await bindBlobStore(db, blobs, location);
+    bound = true;
+  };
+}
+
+function refusal(
+  recordedAt: string,
+  recordedId: string,
+  location: string,
+  marker: string | undefined,
+): Error {
+  const found =
+    marker === undefined
+      ? `holds no ${BLOB_STORE_MARKER_KEY} marker`
+      : `belongs to another database (its ${BLOB_STORE_MARKER_KEY} is ${marker})`;
+  return new BlobStoreMismatchError(
+    `the blob store ${location} is not this database's: the database's blobs are in ${recordedAt} ` +
+      `(store id ${recordedId}), and ${location} ${found}; give every server the store the others use ` +
+      `(${BLOB_SETTINGS}). To move the blobs, copy every object of the old store, ${BLOB_STORE_MARKER_KEY} ` +
+      'included, to the new one, then point the blob setting at it',
+  );
+}
+
+async function recordedLocation(db: Kysely<DatabaseSchema>): Promise<string> {
+  return (await readSetting(db, LOCATION_SETTING)) ?? 'the store it was first started with';
+}
+
+async function readSetting(db: Kysely<DatabaseSchema>, key: string): Promise<string | undefined> {
+  const row = await db
+    .selectFrom('server_settings')
+    .select('value')
+    .where('key', '=', key)
+    .executeTakeFirst();
+  return row?.value;
+}
+
+async function readMarker(blobs: BlobStore): Promise<string | undefined> {
+  let body: string;
+  try {
+    body = (await text(await blobs.get(BLOB_STORE_MARKER_KEY))).trim();
+  } catch (error) {
+    if (error instanceof BlobNotFoundError) return undefined;
+    throw error;
+  }
+  if (!ID.test(body))
+    throw new Error(
+      `the blob store's ${BLOB_STORE_MARKER_KEY} object is damaged (${JSON.stringify(body.slice(0, 40))}); ` +
+        'expected the id the database records (server_settings blob_store_id): write that id into it',
+    );
+  return body;
+}
+
+async function writeMarker(blobs: BlobStore, id: string): Promise<void> {
+  await blobs.put(BLOB_STORE_MARKER_KEY, `${id}\n`, { contentType: 'text/plain' });
+}

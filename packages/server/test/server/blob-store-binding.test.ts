@@ -1,0 +1,101 @@
+import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import SqliteDatabase from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runServerCli, startServerProcess } from '../support/process.js';
+
+let cwd: string;
+beforeAll(async () => {
+  cwd = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-blob-binding-'));
+});
+afterAll(() => rm(cwd, { recursive: true, force: true }));
+
+const flags = ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0', '--log-level', 'info'];
+const folderUrl = (folder: string) => pathToFileURL(folder).toString();
+
+/** Runs serve; resolves with its stderr when it exits before listening, or 'it started' (then stopped). */
+async function serveOutcome(args: string[], dir = cwd): Promise<string> {
+  return startServerProcess([...flags, ...args], dir).then(
+    async (started) => {
+      expect(await started.stop()).toBe(0);
+      return 'it started';
+    },
+    (error: Error) => error.message,
+  );
+}
+
+function settings(stateFile: string): Record<string, string> {
+  const db = new SqliteDatabase(stateFile, { readonly: true });
+  try {
+    const rows = db.prepare("SELECT key, value FROM server_settings WHERE key LIKE 'blob_store%'").all() as {
+      key: string;
+      value: string;
+    }[];
+    return Object.fromEntries(rows.map((r) => [r.key, r.value]));
+  } finally {
+    db.close();
+  }
+}
+
+// Each CLI run starts Node with tsx; on a busy two-core machine that takes seconds.
+describe(
+  'a server refuses a blob store its database does not use (real processes)',
+  { timeout: 180_000 },
+  () => {
+    it('records the store at init, refuses another (naming both and the setting), and follows a store moved with its objects', async () => {
+      const dataDir = path.join(cwd, '.edgefleet', 'server');
+      const stateFile = path.join(dataDir, 'state.db');
+      const blobs = path.join(dataDir, 'blobs');
+      expect((await runServerCli(['init'], cwd)).code).toBe(0);
+      const marker = (await readFile(path.join(blobs, 'edgefleet-store-id'), 'utf8')).trim();
+      expect(settings(stateFile)).toEqual({ blob_store_id: marker, blob_store_location: folderUrl(blobs) });
+
+      // Another store (a replica's server.env without EDGEFLEET_BLOB, a typo): refused before it serves.
+      const other = path.join(cwd, 'other-blobs');
+      const refused = await serveOutcome(['--blob', other]);
+      expect(refused).toContain('exited (1) before listening');
+      expect(refused).toContain(
+        `the blob store ${folderUrl(other)} is not this database's: the database's blobs are in ${folderUrl(blobs)} (store id ${marker}), and ${folderUrl(other)} holds no edgefleet-store-id marker; give every server the store the others use (blob (--blob, EDGEFLEET_BLOB)`,
+      );
+
+      // Another database's store: its marker says so.
+      const elsewhere = await mkdtemp(path.join(cwd, 'elsewhere-'));
+      expect((await runServerCli(['init'], elsewhere)).code).toBe(0);
+      const elsewhereBlobs = path.join(elsewhere, '.edgefleet', 'server', 'blobs');
+      const foreign = (await readFile(path.join(elsewhereBlobs, 'edgefleet-store-id'), 'utf8')).trim();
+      expect(await serveOutcome(['--blob', elsewhereBlobs])).toContain(
+        `and ${folderUrl(elsewhereBlobs)} belongs to another database (its edgefleet-store-id is ${foreign})`,
+      );
+      // Nothing was written into either store by the refusals.
+      expect((await readFile(path.join(elsewhereBlobs, 'edgefleet-store-id'), 'utf8')).trim()).toBe(foreign);
+
+      // A deliberate move: copy every object, the marker among them, then point the setting at the copy.
+      const moved = path.join(cwd, 'moved-blobs');
+      await cp(blobs, moved, { recursive: true });
+      expect(await serveOutcome(['--blob', moved])).toBe('it started');
+      expect(settings(stateFile)).toEqual({ blob_store_id: marker, blob_store_location: folderUrl(moved) });
+    });
+
+    it('a database from before the check (no store recorded) records its store at the next start', async () => {
+      const dir = await mkdtemp(path.join(cwd, 'older-'));
+      expect((await runServerCli(['init'], dir)).code).toBe(0);
+      const dataDir = path.join(dir, '.edgefleet', 'server');
+      const stateFile = path.join(dataDir, 'state.db');
+      // As an older server left it: no settings, no marker.
+      const db = new SqliteDatabase(stateFile);
+      db.prepare("DELETE FROM server_settings WHERE key LIKE 'blob_store%'").run();
+      db.close();
+      await rm(path.join(dataDir, 'blobs', 'edgefleet-store-id'));
+
+      expect(await serveOutcome([], dir)).toBe('it started');
+      const marker = (await readFile(path.join(dataDir, 'blobs', 'edgefleet-store-id'), 'utf8')).trim();
+      expect(marker).toMatch(/^[0-9a-f-]{36}$/);
+      expect(settings(stateFile)).toEqual({
+        blob_store_id: marker,
+        blob_store_location: folderUrl(path.join(dataDir, 'blobs')),
+      });
+    });
+  },
+);

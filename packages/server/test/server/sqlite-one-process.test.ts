@@ -1,0 +1,74 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runServerCli, startServerProcess, type ServerProcess } from '../support/process.js';
+
+let cwd: string;
+beforeAll(async () => {
+  cwd = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-sqlite-one-'));
+});
+afterAll(() => rm(cwd, { recursive: true, force: true }));
+
+const flags = ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0', '--log-level', 'info'];
+
+// Each CLI run starts Node with tsx; on a busy two-core machine that takes seconds.
+describe('one edgefleet-server per SQLite database (real processes)', { timeout: 120_000 }, () => {
+  it('refuses a second serve (exit 4, naming the file and the holder), keeps init, token and backup working, and frees the database when the first is SIGKILLed', async () => {
+    const init = await runServerCli(['init'], cwd);
+    expect(init.code).toBe(0);
+    const token = init.stdout.trim();
+    const stateFile = path.join(cwd, '.edgefleet', 'server', 'state.db');
+
+    const first = await startServerProcess(flags, cwd);
+    let replacement: ServerProcess | undefined;
+    try {
+      // Started as a server (not a CLI run), so that without the lock it is stopped here rather than left serving.
+      const second = await startServerProcess(flags, cwd).then(
+        async (started) => {
+          await started.stop('SIGKILL');
+          return 'it started';
+        },
+        (error: Error) => error.message,
+      );
+      expect(second).toContain(
+        `exited (4) before listening: edgefleet-server: database ${stateFile} is in use by another edgefleet-server (pid ${first.child.pid}); SQLite serves one process: stop that server, or use PostgreSQL`,
+      );
+      expect(second).toMatch(/for replicas\n$/);
+      // Refused before it touched anything: the first still serves.
+      const fleets = await fetch(`${first.operatorUrl}/api/v1/fleets`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      expect(fleets.status).toBe(200);
+
+      // The commands documented to run beside a server still do: they do not take serve's lock.
+      const again = await runServerCli(['init'], cwd);
+      expect(again.code).toBe(0);
+      expect(again.stderr).toMatch(/no token printed: an active admin token already exists/);
+      const created = await runServerCli(
+        ['token', 'create', '--name', 'beside', '--scope', 'read-only'],
+        cwd,
+      );
+      expect(created.code).toBe(0);
+      const backup = await runServerCli(['backup', '--out', path.join(cwd, 'online.db')], cwd);
+      expect(backup.code).toBe(0);
+      // restore is not: it names the server that holds the database.
+      const restore = await runServerCli(['restore', '--from', path.join(cwd, 'online.db')], cwd);
+      expect(restore.code).toBe(1);
+      expect(restore.stderr).toContain(
+        `${stateFile} is in use by edgefleet-server (pid ${first.child.pid}); stop edgefleet-server before restoring`,
+      );
+
+      // The kernel drops the lock with the process, however it ends: no stale lock to clear by hand.
+      expect(await first.stop('SIGKILL')).toBe(null);
+      replacement = await startServerProcess(flags, cwd);
+      const after = await fetch(`${replacement.operatorUrl}/api/v1/fleets`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      expect(after.status).toBe(200);
+    } finally {
+      await first.stop('SIGKILL');
+      if (replacement) expect(await replacement.stop()).toBe(0);
+    }
+  });
+});
