@@ -425,3 +425,38 @@ describe('renderAgentConfig: the trust folder', () => {
     ).toMatchObject({ sagemaker_edge_core_root_certs_path: '/etc/edgefleet/trust' });
   });
 });
+
+describe('renderAgentConfig: an enrolled device left on the default CaptureDataDestination', () => {
+  const enrolled = {
+    sagemaker_edge_core_device_fleet_name: 'plant-a',
+    sagemaker_edge_core_capture_data_destination: 'Cloud',
+    sagemaker_edge_provider_s3_bucket_name: 'captures',
+    sagemaker_edge_core_folder_prefix: 'plant-a',
+    sagemaker_edge_core_endpoint_override: 'https://fleet.example:8443',
+    sagemaker_edge_provider_provider: 'Custom',
+  };
+
+  it('keeps the capture target enrollment chose (the default Cloud with no bucket cannot capture), and says so', () => {
+    const rendered = renderAgentConfig(
+      { ...defaultComponentConfiguration(), DeviceFleetName: 'plant-a' },
+      { thingName: 'gg-1', identity: enrolled },
+    );
+    expect(rendered.config).toMatchObject({
+      sagemaker_edge_core_capture_data_destination: 'Cloud',
+      sagemaker_edge_provider_s3_bucket_name: 'captures',
+      sagemaker_edge_core_folder_prefix: 'plant-a',
+    });
+    expect(rendered.warnings).toContainEqual(
+      expect.stringMatching(
+        /^CaptureDataDestination is the default Cloud with no BucketName, which cannot capture; the destination enrollment chose \(Cloud\) is used/,
+      ),
+    );
+    // Set by the operator, the parameters win.
+    const disk = renderAgentConfig(
+      { ...defaultComponentConfiguration(), DeviceFleetName: 'plant-a', CaptureDataDestination: 'Disk' },
+      { thingName: 'gg-1', identity: enrolled },
+    );
+    expect(disk.config).toMatchObject({ sagemaker_edge_core_capture_data_destination: 'Disk' });
+    expect(disk.warnings.join('\n')).not.toMatch(/enrollment chose/);
+  });
+});
