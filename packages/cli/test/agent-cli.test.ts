@@ -382,7 +382,7 @@ describe('edgefleet agent against a hung agent, and agent status finding the RES
     expect(mistaken.stderr).toBe(
       `edgefleet: ${grpcSocket} answers, but not in HTTP/1.1: it is the agent's gRPC socket (-a), not its REST socket; the REST socket is ${join(dir, 'agent.rest.sock')} unless edgefleet_rest_socket_path says otherwise (--socket ${grpcSocket} finds it)\n`,
     );
-  });
+  }, 60_000); // four CLI processes: slow beside a full parallel run
 
   it('a stopped agent (SIGSTOP): list, describe and status say it did not answer within the wait', async () => {
     hung.kill('SIGSTOP');
