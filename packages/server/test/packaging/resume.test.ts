@@ -204,7 +204,13 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         const renewed = Date.parse(/since (\S+):/.exec(waiting.statusMessage!)![1]!);
         expect(Date.parse(/expires at (\S+) /.exec(waiting.statusMessage!)![1]!)).toBe(renewed + LEASE_MS);
 
-        // The same server restarts (its data dir, so its identity): it resumes its job without waiting.
+        // The same server restarts a minute later (its data dir, so its identity): it resumes its job without
+        // waiting for the lease (no runner renewed it for two renewal intervals, so none is alive).
+        await db
+          .updateTable('packaging_jobs')
+          .set((eb) => ({ updated_at: eb('updated_at', '-', 60_000) }))
+          .where('name', '=', 'job-own')
+          .execute();
         await t.stop();
         t = await startTestServer({ database, dataDir, config });
         for (let attempt = 0; attempt < 100 && (await job()).status === 'INPROGRESS'; attempt++) {
@@ -218,6 +224,78 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       }
     },
     60_000,
+  );
+
+  // Review N2: replicas sharing a data dir share its identity; a restart must not take the live one's jobs.
+  it.skipIf(!fixture.available)(
+    "a restarted server leaves a job renewed lately to its live runner of the same identity, and resumes one that wasn't renewed",
+    async () => {
+      const dataDir = await mkdtemp(path.join(work, `${fixture.engine}-shared-`));
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        dataDir,
+        config: { packaging: { pollIntervalMs: 3_600_000 } },
+      });
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-shared-model`));
+        const { database, blobs, services } = t.server;
+        const instanceId = (await readFile(path.join(dataDir, 'instance-id'), 'utf8')).trim();
+        const sameIdentity = (now?: () => number) =>
+          new PackagingJobStore(database.db, services.models, now, { instanceId, leaseMs: LEASE_MS });
+        // The other replica on the shared data dir: alive, it renewed its job a moment ago.
+        const live = sameIdentity();
+        await live.create({ name: 'job-shared-live', modelName: 'tiny', modelVersion: '1' });
+        const liveClaim = await live.claimNext(LEASE_MS);
+        expect(liveClaim?.job.name).toBe('job-shared-live');
+        // This server's own runner before its restart: last renewed a minute ago (within the 120 s lease).
+        const before = sameIdentity(() => Date.now() - 60_000);
+        await before.create({ name: 'job-shared-dead', modelName: 'tiny', modelVersion: '1' });
+        expect((await before.claimNext(LEASE_MS))?.job.name).toBe('job-shared-dead');
+
+        const token = async (name: string) =>
+          (
+            await database.db
+              .selectFrom('packaging_jobs')
+              .select(['claim_token', 'status'])
+              .where('name', '=', name)
+              .executeTakeFirstOrThrow()
+          ).claim_token;
+        const liveToken = await token('job-shared-live');
+        const restarted = new PackagingWorker({
+          jobs: sameIdentity(),
+          models: services.models,
+          blobs,
+          signing: services.signing,
+          workDir: path.join(work, `${fixture.engine}-shared-restarted`),
+          pollIntervalMs: 3_600_000,
+          leaseMs: LEASE_MS,
+          logger: t.server.logger,
+        });
+        await restarted.drain();
+        await restarted.stop();
+        const status = async (name: string) =>
+          (await t.call('GET', `/api/v1/packaging-jobs/${name}`, { token: t.readToken })).body.status;
+        expect(await status('job-shared-dead')).toBe('COMPLETED');
+        // Not released, so not claimed again: the live runner still holds it and may finish it.
+        expect(await status('job-shared-live')).toBe('INPROGRESS');
+        expect(await token('job-shared-live')).toBe(liveToken);
+        expect(await live.touch(liveClaim!.claim, 'packaging')).toBe(true);
+
+        // Once two renewal intervals pass: a job renewed meanwhile is kept; one that was not is released.
+        const seen = await sameIdentity().ownClaims();
+        expect(seen).toEqual({
+          stale: [],
+          recent: [expect.objectContaining({ name: 'job-shared-live', token: liveToken })],
+        });
+        const renewing = sameIdentity(() => Date.now() + 1_000);
+        expect(await renewing.touch(liveClaim!.claim, 'packaging')).toBe(true);
+        expect(await sameIdentity().releaseUnrenewed(seen.recent)).toEqual([]);
+        const unrenewed = await sameIdentity().ownClaims();
+        expect(await sameIdentity().releaseUnrenewed(unrenewed.recent)).toEqual(['job-shared-live']);
+      } finally {
+        await t.stop();
+      }
+    },
   );
 
   it.skipIf(!fixture.available)(
