@@ -159,6 +159,8 @@ export class S3BlobStore implements BlobStore {
   private readonly prefix: string;
   /** Where the store is reached, for messages. */
   private readonly endpoint: string;
+  /** Whether `endpoint` is the s3.endpoint setting (else AWS S3, described by its region). */
+  private readonly endpointConfigured: boolean;
 
   constructor(options: S3BlobStoreOptions) {
     this.bucket = options.bucket;
@@ -166,6 +168,7 @@ export class S3BlobStore implements BlobStore {
     if (this.prefix !== '') assertValidBlobKey(this.prefix);
     this.description = `s3://${this.bucket}/${this.prefix}`;
     this.endpoint = options.endpoint ?? `AWS S3 (region ${options.region ?? 'us-east-1'})`;
+    this.endpointConfigured = options.endpoint !== undefined;
     this.client = new S3Client({
       region: options.region ?? 'us-east-1',
       forcePathStyle: options.forcePathStyle ?? options.endpoint !== undefined,
@@ -206,6 +209,7 @@ export class S3BlobStore implements BlobStore {
       if (found === undefined) throw error;
       throw new BlobStoreUnavailableError(this.description, this.endpoint, found.problem, found.reason, {
         cause: error,
+        endpointConfigured: this.endpointConfigured,
       });
     }
   }

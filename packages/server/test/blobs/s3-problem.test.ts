@@ -4,8 +4,11 @@
  * answers with a 400 saying to configure them). The errors are shaped as the AWS SDK's providers throw them:
  * fromHttp wraps the request's failure as text (`String(e)`), others keep it as the cause.
  */
+import net from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { BlobStoreUnavailableError, S3BlobStore } from '../../src/blobs/index.js';
 import { s3ProblemOf } from '../../src/blobs/s3-blob-store.js';
+import { operatorReasonOf } from '../../src/captures/capture-ingest.js';
 
 const providerError = (message: string, cause?: unknown) =>
   Object.assign(new Error(message, cause !== undefined ? { cause } : undefined), {
@@ -40,5 +43,45 @@ describe('an S3 credentials failure', () => {
     ).toMatchObject({
       problem: 'credentials',
     });
+  });
+});
+
+// Review N7: the fleet report's reason hides the s3.endpoint setting, and keeps AWS's "AWS S3 (region …)".
+describe("an outage's reason as the fleet report shows it", () => {
+  it('names the setting for a configured endpoint (a real one, closed), and keeps the AWS description', async () => {
+    const closed = await new Promise<number>((resolve) => {
+      const server = net.createServer();
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as net.AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
+    const endpoint = `http://127.0.0.1:${closed}`;
+    const store = new S3BlobStore({
+      bucket: 'b',
+      prefix: 'p',
+      endpoint,
+      credentials: { accessKeyId: 'k', secretAccessKey: 's' },
+      maxAttempts: 1,
+    });
+    const failure = await store.check().then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    await store.close();
+    expect(failure).toBeInstanceOf(BlobStoreUnavailableError);
+    const reason = operatorReasonOf(failure as BlobStoreUnavailableError);
+    expect(reason).toContain("the server's S3 endpoint (s3.endpoint)");
+    expect(reason).not.toContain(endpoint);
+
+    const aws = 'AWS S3 (region eu-west-1)';
+    const onAws = new BlobStoreUnavailableError(
+      's3://b/p',
+      aws,
+      'unreachable',
+      `${aws} is not answering (HTTP 503); try again later`,
+      { endpointConfigured: false },
+    );
+    expect(operatorReasonOf(onAws)).toBe(`${aws} is not answering (HTTP 503); try again later`);
   });
 });
