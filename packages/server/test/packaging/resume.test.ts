@@ -7,6 +7,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { S3Objects } from '../../src/blobs/index.js';
+import type { ServerConfig } from '../../src/config/index.js';
 import { PackagingJobStore, PackagingWorker } from '../../src/packaging/index.js';
 import { exportFacadePackages } from '../../src/sagemaker/index.js';
 import { databaseEngines } from '../support/engines.js';
@@ -22,6 +23,52 @@ const CLAIMER = fileURLToPath(new URL('../support/claim-packaging-job.ts', impor
 const TSX_LOADER = pathToFileURL(
   path.resolve(path.dirname(CLAIMER), '../../../../node_modules/tsx/dist/loader.mjs'),
 ).toString();
+
+/** A runner process of its own (support/claim-packaging-job.ts) that claimed a job and hangs until killed. */
+interface Claimer {
+  /** What it said once it claimed: `claimed <job>`; rejected if it exits first. */
+  claimed: Promise<string>;
+  /** SIGKILL (unless it already exited), then its exit. */
+  kill(): Promise<void>;
+}
+
+/**
+ * Starts a claimer on the server's database and blobs with a lease of `leaseMs`, claiming as the server whose
+ * identity is `instanceId` (none: as an anonymous replica).
+ */
+function spawnClaimer(config: ServerConfig, leaseMs: number, instanceId?: string): Claimer {
+  const blobRoot = config.blobLocation.kind === 'local' ? config.blobLocation.root : '';
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      TSX_LOADER,
+      CLAIMER,
+      JSON.stringify(config.databaseLocation),
+      blobRoot,
+      path.join(config.dataDir, 'tmp'),
+      String(leaseMs),
+      ...(instanceId !== undefined ? [instanceId] : []),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const exited = new Promise<void>((done) => child.once('exit', () => done()));
+  const claimed = new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      if (out.includes('\n')) resolve(out.trim());
+    });
+    child.once('exit', (code) => reject(new Error(`claimer exited (${code}) before claiming`)));
+  });
+  return {
+    claimed,
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
 
 const uploadTiny = async (url: string, token: string, dir: string) => {
   const onnx = await writeTestModel('tiny', dir);
@@ -83,7 +130,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         database: await fixture.createLocation(),
         config: { packaging: { pollIntervalMs: 3_600_000, leaseSeconds: 1 } },
       });
-      let claimer: ReturnType<typeof spawn> | undefined;
+      let claimer: Claimer | undefined;
       try {
         await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-kill`));
         const { config, database, services } = t.server;
@@ -92,33 +139,9 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
           modelName: 'tiny',
           modelVersion: '1',
         });
-        const blobRoot = config.blobLocation.kind === 'local' ? config.blobLocation.root : '';
-        claimer = spawn(
-          process.execPath,
-          [
-            '--import',
-            TSX_LOADER,
-            CLAIMER,
-            JSON.stringify(config.databaseLocation),
-            blobRoot,
-            path.join(config.dataDir, 'tmp'),
-            '1000',
-          ],
-          { stdio: ['ignore', 'pipe', 'inherit'] },
-        );
-        const child = claimer;
-        const exited = new Promise((done) => child.once('exit', done));
-        const said = await new Promise<string>((resolve, reject) => {
-          let out = '';
-          child.stdout?.on('data', (chunk: Buffer) => {
-            out += chunk.toString();
-            if (out.includes('\n')) resolve(out.trim());
-          });
-          child.once('exit', (code) => reject(new Error(`claimer exited (${code}) before claiming`)));
-        });
-        expect(said).toBe('claimed job-crashed');
-        child.kill('SIGKILL');
-        await exited;
+        claimer = spawnClaimer(config, 1000);
+        expect(await claimer.claimed).toBe('claimed job-crashed');
+        await claimer.kill();
         const job = async () =>
           (await t.call('GET', '/api/v1/packaging-jobs/job-crashed', { token: t.readToken })).body as {
             status: string;
@@ -133,7 +156,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         expect(await job()).toMatchObject({ status: 'COMPLETED' });
       } finally {
         // Never leave the claimer behind, whatever failed.
-        if (claimer?.exitCode === null && claimer.signalCode === null) claimer.kill('SIGKILL');
+        await claimer?.kill();
         await t.stop();
       }
     },
@@ -148,41 +171,16 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       // The default lease (120 s): only the restart may resume the job within this test.
       const config = { packaging: { pollIntervalMs: 3_600_000 } };
       let t = await startTestServer({ database, dataDir, config });
-      let claimer: ReturnType<typeof spawn> | undefined;
+      let claimer: Claimer | undefined;
       try {
         await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-restart-model`));
         const { config: serverConfig, services } = t.server;
         await services.packagingJobs.create({ name: 'job-own', modelName: 'tiny', modelVersion: '1' });
         // This server's runner, as a process of its own with its identity, claims the job and is killed.
         const instanceId = (await readFile(path.join(dataDir, 'instance-id'), 'utf8')).trim();
-        const blobRoot = serverConfig.blobLocation.kind === 'local' ? serverConfig.blobLocation.root : '';
-        claimer = spawn(
-          process.execPath,
-          [
-            '--import',
-            TSX_LOADER,
-            CLAIMER,
-            JSON.stringify(serverConfig.databaseLocation),
-            blobRoot,
-            path.join(dataDir, 'tmp'),
-            String(LEASE_MS),
-            instanceId,
-          ],
-          { stdio: ['ignore', 'pipe', 'inherit'] },
-        );
-        const child = claimer;
-        const exited = new Promise((done) => child.once('exit', done));
-        const said = await new Promise<string>((resolve, reject) => {
-          let out = '';
-          child.stdout?.on('data', (chunk: Buffer) => {
-            out += chunk.toString();
-            if (out.includes('\n')) resolve(out.trim());
-          });
-          child.once('exit', (code) => reject(new Error(`claimer exited (${code}) before claiming`)));
-        });
-        expect(said).toBe('claimed job-own');
-        child.kill('SIGKILL');
-        await exited;
+        claimer = spawnClaimer(serverConfig, LEASE_MS, instanceId);
+        expect(await claimer.claimed).toBe('claimed job-own');
+        await claimer.kill();
 
         // Any other server waits for the lease (this one's worker started before the claim: it is another's).
         await services.packagingWorker.drain();
@@ -219,7 +217,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         }
         expect(await job()).toMatchObject({ status: 'COMPLETED' });
       } finally {
-        if (claimer?.exitCode === null && claimer.signalCode === null) claimer.kill('SIGKILL');
+        await claimer?.kill();
         await t.stop();
       }
     },
