@@ -462,6 +462,14 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('compilation_jobs').addColumn('data_input_config', 'text').execute();
     },
   },
+  // What an uploaded package's signature check found (models/device-trust.ts DeviceTrustFacts, JSON), so plan
+  // create and the versions API warn at their own time without reading the package. Null: an ONNX model, no
+  // signing root configured, or a version uploaded before this column.
+  '0016_model_version_device_trust': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('model_versions').addColumn('device_trust', 'text').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -166,6 +166,8 @@ export interface ModelVersionsTable {
   size_bytes: number;
   sha256: string;
   tensors: string;
+  /** JSON DeviceTrustFacts (models/device-trust.ts); null: not a checked package upload. */
+  device_trust: string | null;
   created_at: number;
 }
 
