@@ -462,6 +462,44 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('compilation_jobs').addColumn('data_input_config', 'text').execute();
     },
   },
+  // The S3 object a facade packaging job writes its package to, unique (sagemaker/operations/packaging.ts): two
+  // CreateEdgePackagingJob calls naming one object (`v1 beta` and `v1_beta`, or one version twice, into one
+  // S3OutputLocation) cannot both be created, however close together. Existing jobs get theirs, the oldest
+  // first; a later job already sharing an object (created before this check) keeps none, so nothing fails here.
+  '0016_packaging_object_uri': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .alterTable('edge_packaging_job_sources')
+        .addColumn('package_object_uri', 'text')
+        .execute();
+      const jobs = await db
+        .selectFrom('edge_packaging_job_sources as s')
+        .innerJoin('packaging_jobs as j', 'j.name', 's.job_name')
+        .select(['s.job_name', 'j.model_name', 'j.model_version', 'j.output_s3_location'])
+        .where('j.output_s3_location', 'is not', null)
+        .orderBy('j.created_at')
+        .orderBy('s.job_name')
+        .execute();
+      const taken = new Set<string>();
+      for (const job of jobs) {
+        // packageObjectUri as of this migration (a copy: a migration must not change when that code does).
+        const uri = `${String(job.output_s3_location).replace(/\/+$/, '')}/${job.model_name}-${String(job.model_version).replace(/ /g, '_')}.tar.gz`;
+        if (taken.has(uri)) continue;
+        taken.add(uri);
+        await db
+          .updateTable('edge_packaging_job_sources')
+          .set({ package_object_uri: uri })
+          .where('job_name', '=', job.job_name)
+          .execute();
+      }
+      await db.schema
+        .createIndex('edge_packaging_job_sources_package_object_uri')
+        .on('edge_packaging_job_sources')
+        .column('package_object_uri')
+        .unique()
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

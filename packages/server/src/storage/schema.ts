@@ -68,6 +68,8 @@ export interface EdgePackagingJobSourcesTable {
   compilation_job_name: string;
   role_arn: string;
   tags: string;
+  /** The S3 object the job writes its package to (unique); null for a job created before it was recorded. */
+  package_object_uri: string | null;
 }
 
 export interface FleetsTable {
