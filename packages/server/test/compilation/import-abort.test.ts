@@ -20,8 +20,10 @@ import {
   type StoppingCondition,
 } from '../../src/compilation/index.js';
 import { ModelStore } from '../../src/models/index.js';
-import type { ServerDatabase } from '../../src/storage/index.js';
+import { openDatabase, type ServerDatabase } from '../../src/storage/index.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
+import { sagemakerCall, type AccessKey } from '../support/sagemaker-call.js';
+import { startTestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
 
@@ -254,6 +256,69 @@ describe.each(engines)(
         expect(await jobs.get('bad-stored')).toMatchObject({ stoppingCondition: {}, tags: [] });
         expect((await jobs.list({ limit: 100 })).map((job) => job.name)).toContain('bad-stored');
         await stalling.stop();
+      },
+    );
+
+    it.skipIf(!fixture.available)(
+      'a server reads imports with compilation.s3SocketTimeoutMs, and its shutdown ends a stalled import',
+      async () => {
+        const stalling = await stallingEndpoint('silent');
+        const location = await fixture.createLocation();
+        const t = await startTestServer({
+          database: location,
+          config: {
+            s3: {
+              endpoint: stalling.endpoint,
+              forcePathStyle: true,
+              accessKeyId: 'S3RVER',
+              secretAccessKey: 'S3RVER',
+            },
+            compilation: { s3SocketTimeoutMs: 1000 },
+          },
+        });
+        let stopped = false;
+        try {
+          const created = await t.call('POST', '/api/v1/access-keys', {
+            token: t.adminToken,
+            body: { name: 'stall', scope: 'admin' },
+          });
+          const key = created.body as AccessKey;
+          const create = (name: string, stoppingCondition: Record<string, number> = {}) =>
+            sagemakerCall(t.url, key, 'CreateCompilationJob', {
+              CompilationJobName: name,
+              RoleArn: 'arn:aws:iam::123456789012:role/neo',
+              InputConfig: { S3Uri: 's3://neo/models/big.onnx', Framework: 'ONNX' },
+              OutputConfig: { S3OutputLocation: 's3://neo/out' },
+              StoppingCondition: stoppingCondition,
+            });
+          expect((await create('server-timeout')).status).toBe(200);
+          await t.server.services.compilationJobs.settle();
+          const timedOut = await sagemakerCall(t.url, key, 'DescribeCompilationJob', {
+            CompilationJobName: 'server-timeout',
+          });
+          expect(timedOut.body).toMatchObject({ CompilationJobStatus: 'FAILED' });
+          expect(timedOut.body.FailureReason).toMatch(/timed out|not answering/);
+
+          // Another stalled import, then the server shuts down (as on SIGTERM): close returns.
+          expect((await create('server-shutdown', { MaxRuntimeInSeconds: 3600 })).status).toBe(200);
+          await stalling.connected();
+          await t.stop();
+          stopped = true;
+          const database = await openDatabase(location);
+          try {
+            const job = await database.db
+              .selectFrom('compilation_jobs')
+              .select(['status', 'failure_reason'])
+              .where('name', '=', 'server-shutdown')
+              .executeTakeFirstOrThrow();
+            expect(job).toEqual({ status: 'FAILED', failure_reason: SHUTDOWN_IMPORT_REASON });
+          } finally {
+            await database.close();
+          }
+        } finally {
+          if (!stopped) await t.stop();
+          await stalling.stop();
+        }
       },
     );
   },
