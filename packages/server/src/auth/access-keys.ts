@@ -4,7 +4,7 @@ import { awsProfileName } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
 import { DomainError, conflict } from '../errors/index.js';
 import { createOnce, fileExists } from '../identity/key-files.js';
-import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
+import { claimServerSetting, isUniqueViolation, type DatabaseSchema } from '../storage/index.js';
 import { tokenScopeSchema, type TokenScope } from './api-tokens.js';
 
 /** AWS access key ids are 20 upper-case characters; ours start with AKEF so they are easy to recognise. */
@@ -179,18 +179,26 @@ export class AccessKeyStore {
       }
     }
     await this.refuseProfileNameInUse(record.name);
-    await this.db
-      .insertInto('access_keys')
-      .values({
-        access_key_id: record.accessKeyId,
-        name: record.name,
-        scope: record.scope,
-        device_name: record.deviceName,
-        secret_ciphertext: this.encrypt(secretAccessKey, record.accessKeyId),
-        created_at: record.createdAt,
-        revoked_at: null,
-      })
-      .execute();
+    try {
+      await this.db
+        .insertInto('access_keys')
+        .values({
+          access_key_id: record.accessKeyId,
+          name: record.name,
+          scope: record.scope,
+          device_name: record.deviceName,
+          secret_ciphertext: this.encrypt(secretAccessKey, record.accessKeyId),
+          created_at: record.createdAt,
+          revoked_at: null,
+          aws_profile: awsProfileName(record.name),
+        })
+        .execute();
+    } catch (error) {
+      // Another create of this profile won the race (a unique index among unrevoked keys): it is named.
+      if (!isUniqueViolation(error)) throw error;
+      await this.refuseProfileNameInUse(record.name);
+      throw error;
+    }
     return { secretAccessKey, record };
   }
 

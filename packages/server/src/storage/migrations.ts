@@ -7,6 +7,7 @@ import {
   type MigrationProvider,
   type MigrationResult,
 } from 'kysely';
+import { awsProfileName } from '@edgefleet/core';
 
 /**
  * Versioned schema migrations, held in code (not read from a folder) so that they run the same from `src`
@@ -498,6 +499,36 @@ const migrations: Record<string, Migration> = {
         .column('package_object_uri')
         .unique()
         .execute();
+    },
+  },
+  // The ~/.aws/credentials profile an access key's name gives (auth/access-keys.ts), unique among unrevoked keys:
+  // two keys created at once with names of one profile cannot both be, so `token create --aws` never prints two
+  // sections of one name. Existing unrevoked keys get theirs, the oldest first; a later one already sharing a
+  // profile keeps none (it is as it was; revoke one of them), so nothing fails here.
+  '0017_access_key_profiles': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('access_keys').addColumn('aws_profile', 'text').execute();
+      const keys = await db
+        .selectFrom('access_keys')
+        .select(['access_key_id', 'name'])
+        .where('revoked_at', 'is', null)
+        .orderBy('created_at')
+        .orderBy('access_key_id')
+        .execute();
+      const taken = new Set<string>();
+      for (const key of keys) {
+        const profile = awsProfileName(String(key.name));
+        if (taken.has(profile)) continue;
+        taken.add(profile);
+        await db
+          .updateTable('access_keys')
+          .set({ aws_profile: profile })
+          .where('access_key_id', '=', key.access_key_id)
+          .execute();
+      }
+      await sql`create unique index access_keys_unrevoked_aws_profile on access_keys (aws_profile) where revoked_at is null`.execute(
+        db,
+      );
     },
   },
 };

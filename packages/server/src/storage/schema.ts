@@ -31,6 +31,8 @@ export interface AccessKeysTable {
   secret_ciphertext: string;
   created_at: number;
   revoked_at: number | null;
+  /** The ~/.aws/credentials profile its name gives (awsProfileName); unique among unrevoked keys. */
+  aws_profile: string | null;
 }
 
 /** A SageMaker compilation job: an ONNX model imported from S3 (compilation/). */
