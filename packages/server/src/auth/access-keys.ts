@@ -142,6 +142,22 @@ export async function openAccessKeyEncryptionKey(
   return key;
 }
 
+/**
+ * Why a device key no longer speaks for its device, or undefined while it does: the device is gone, or it was
+ * registered (again) after the key was issued, so the key belongs to an earlier device of that name, whose
+ * identity deregistration ended (as it revokes that device's certificates). The one rule the data plane
+ * (sagemaker/routes.ts, which refuses the key) and the key listing (which shows it ended) both apply.
+ */
+export function keyEndedReason(
+  key: { deviceName: string; createdAt: number },
+  device: { registeredAt: number } | undefined,
+): string | undefined {
+  if (device === undefined) return `device ${key.deviceName} was deregistered`;
+  if (key.createdAt < device.registeredAt)
+    return `device ${key.deviceName} was deregistered and registered again after the key was issued`;
+  return undefined;
+}
+
 /** AWS-style access key pairs bound to a token scope; the secret is shown once, at creation. */
 export class AccessKeyStore {
   constructor(
@@ -236,15 +252,11 @@ export class AccessKeyStore {
     return (await query.execute()).map((row) => {
       const record = toRecord(row);
       if (record.deviceName === null || record.revokedAt !== null) return record;
-      // As the data plane decides (sagemaker/routes.ts): the device is gone, or registered after the key.
-      if (row.registered_at === null)
-        return { ...record, endedReason: `device ${record.deviceName} was deregistered` };
-      if (record.createdAt < Number(row.registered_at))
-        return {
-          ...record,
-          endedReason: `device ${record.deviceName} was deregistered and registered again after the key was issued`,
-        };
-      return record;
+      const endedReason = keyEndedReason(
+        { deviceName: record.deviceName, createdAt: record.createdAt },
+        row.registered_at === null ? undefined : { registeredAt: Number(row.registered_at) },
+      );
+      return endedReason === undefined ? record : { ...record, endedReason };
     });
   }
 
