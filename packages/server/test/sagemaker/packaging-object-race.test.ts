@@ -101,6 +101,19 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
         expect((await pack('race-elsewhere', version, 's3://neo/third')).body.__type).toMatch(
           /ResourceInUse|Conflict/,
         );
+        // Let the winner's packaging finish first, so that only this test changes its status.
+        await t.server.services.packagingWorker.drain();
+        // A FAILED job's object is no package of it: a retry takes it over (here the job is failed in the
+        // database, as a packaging failure would leave it).
+        await t.server.database.db
+          .updateTable('packaging_jobs')
+          .set({ status: 'FAILED', status_message: 'failed for the test' })
+          .where('name', '=', winner)
+          .execute();
+        expect((await pack('race-retry', version)).status).toBe(200);
+        expect((await pack('race-retry-2', version)).body.message).toContain(
+          `edge packaging job race-retry's`,
+        );
       } finally {
         await t.stop();
         await s3.stop();

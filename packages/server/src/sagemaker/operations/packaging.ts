@@ -63,6 +63,24 @@ async function packageHolder(
     : { name: holder.job_name, modelVersion: holder.model_version ?? undefined };
 }
 
+/** Frees `uri` from the FAILED facade job that holds it, if one does; true if it did. */
+async function releaseFailedHolder(db: Kysely<DatabaseSchema>, uri: string): Promise<boolean> {
+  const result = await db
+    .updateTable('edge_packaging_job_sources')
+    .set({ package_object_uri: null })
+    .where('package_object_uri', '=', uri)
+    .where(({ exists, selectFrom }) =>
+      exists(
+        selectFrom('packaging_jobs')
+          .select('packaging_jobs.name')
+          .whereRef('packaging_jobs.name', '=', 'edge_packaging_job_sources.job_name')
+          .where('packaging_jobs.status', '=', 'FAILED'),
+      ),
+    )
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows) > 0;
+}
+
 async function sourceOf(db: Kysely<DatabaseSchema>, jobName: string) {
   return db
     .selectFrom('edge_packaging_job_sources')
@@ -189,8 +207,8 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
         const packageUri = packageObjectUri(target);
         // First, so that the job's name and its package object are taken before anything is written: the
         // unique index on package_object_uri refuses the second of two jobs naming one object, however close.
-        try {
-          await db
+        const insertSource = () =>
+          db
             .insertInto('edge_packaging_job_sources')
             .values({
               job_name: input.EdgePackagingJobName,
@@ -200,6 +218,15 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
               package_object_uri: packageUri,
             })
             .execute();
+        try {
+          try {
+            await insertSource();
+          } catch (error) {
+            // A FAILED job's object is no package of it (it has no ModelArtifact): a job may take it over, as a
+            // retry would. Conditional, so of two takeovers at once the index still lets one in.
+            if (!isUniqueViolation(error) || !(await releaseFailedHolder(db, packageUri))) throw error;
+            await insertSource();
+          }
         } catch (error) {
           if (!isUniqueViolation(error)) throw error;
           const holder = await packageHolder(db, packageUri, input.EdgePackagingJobName);
