@@ -250,7 +250,8 @@ export class S3BlobStore implements BlobStore {
     return { key, size: contentLength };
   }
 
-  async get(key: string, range?: ByteRange): Promise<Readable> {
+  /** `signal`: aborting it ends the request, before or after the body began (the body stream then errors). */
+  async get(key: string, range?: ByteRange, options: { signal?: AbortSignal } = {}): Promise<Readable> {
     try {
       const result = await this.guard(() =>
         this.client.send(
@@ -259,6 +260,7 @@ export class S3BlobStore implements BlobStore {
             Key: this.objectKey(key),
             ...(range && { Range: `bytes=${range.start}-${range.end ?? ''}` }),
           }),
+          ...(options.signal !== undefined ? [{ abortSignal: options.signal }] : []),
         ),
       );
       if (!(result.Body instanceof Readable)) throw new Error(`get "${key}": S3 returned no readable body`);
