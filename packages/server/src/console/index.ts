@@ -7,9 +7,5 @@ export {
   SESSION_COOKIE,
 } from './session-auth.js';
 export { consoleSessionRoutes } from './session-routes.js';
-export {
-  ConsoleSessionStore,
-  EXPIRED_SESSION_KEPT_MS,
-  MAX_SESSIONS_PER_TOKEN,
-} from './session-store.js';
+export { ConsoleSessionStore, EXPIRED_SESSION_KEPT_MS, MAX_SESSIONS_PER_TOKEN } from './session-store.js';
 export { CONSOLE_CSP, consoleStaticRoutes, defaultConsoleDir } from './static-files.js';

@@ -368,8 +368,12 @@ describe('console session expiry', () => {
     const database = await openFreshDatabase(sqlite);
     try {
       const tokens = new ApiTokenStore(database.db);
-      const looping = (await tokens.verify((await tokens.create({ name: 'loop', scope: 'read-only' })).token))!;
-      const other = (await tokens.verify((await tokens.create({ name: 'other', scope: 'read-only' })).token))!;
+      const looping = (await tokens.verify(
+        (await tokens.create({ name: 'loop', scope: 'read-only' })).token,
+      ))!;
+      const other = (await tokens.verify(
+        (await tokens.create({ name: 'other', scope: 'read-only' })).token,
+      ))!;
       let now = 1_000_000;
       const sessions = new ConsoleSessionStore(database.db, { ttlMs: 60_000, now: () => now });
       const othersSession = await sessions.open(other);
@@ -378,7 +382,8 @@ describe('console session expiry', () => {
         now += 1;
         opened.push(await sessions.open(looping));
       }
-      const live = async (session: { sessionId: string }) => 'live' in (await sessions.lookup(session.sessionId));
+      const live = async (session: { sessionId: string }) =>
+        'live' in (await sessions.lookup(session.sessionId));
       expect(await live(opened[0]!)).toBe(true);
       // One more: the oldest goes, the rest (and another token's session) stay.
       now += 1;
