@@ -213,6 +213,12 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
     warnings.push(
       `DeviceFleetName is ${JSON.stringify(values.DeviceFleetName)} but this device was enrolled in fleet ${JSON.stringify(enrolledFleet)}, which its certificate names; the enrolled fleet is used`,
     );
+  // A core device provisioned again under a new thing name, its work folder (and identity file) kept.
+  const enrolledName = identity.sagemaker_edge_core_device_name;
+  if (enrolledName !== undefined && enrolledName !== context.thingName)
+    warnings.push(
+      `the Greengrass thing name is ${JSON.stringify(context.thingName)} but this device was enrolled as ${JSON.stringify(enrolledName)}, which its certificate names; the enrolled name is used`,
+    );
   if (values.EdgeFleetEndpoint !== '')
     config.sagemaker_edge_core_endpoint_override = values.EdgeFleetEndpoint;
   // An operator's RootCertsPath (a folder root owns, say) wins over the trust folder enrollment wrote: that one is

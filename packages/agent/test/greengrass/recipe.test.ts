@@ -407,6 +407,29 @@ describe(
   },
 );
 
+describe('renderAgentConfig: an enrolled identity that disagrees with the parameters', () => {
+  const configuration = {
+    ...defaultComponentConfiguration(),
+    DeviceFleetName: 'plant-a',
+    CaptureDataDestination: 'Disk',
+  };
+  const identity = {
+    sagemaker_edge_core_device_name: 'gg-old',
+    sagemaker_edge_core_device_fleet_name: 'plant-a',
+  };
+
+  it('a thing name other than the enrolled device name: the enrolled name is used, with a warning', () => {
+    const renamed = renderAgentConfig(configuration, { thingName: 'gg-new', identity });
+    expect(renamed.config).toMatchObject({ sagemaker_edge_core_device_name: 'gg-old' });
+    expect(renamed.warnings).toContain(
+      'the Greengrass thing name is "gg-new" but this device was enrolled as "gg-old", which its certificate names; the enrolled name is used',
+    );
+    // The same name: nothing to say.
+    const same = renderAgentConfig(configuration, { thingName: 'gg-old', identity });
+    expect(same.warnings.join('\n')).not.toMatch(/thing name/);
+  });
+});
+
 describe('renderAgentConfig: the trust folder', () => {
   const configuration = {
     ...defaultComponentConfiguration(),

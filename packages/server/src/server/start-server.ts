@@ -31,6 +31,7 @@ import {
   ConsoleSessionStore,
   consoleEventRoutes,
   consoleSessionAuthenticator,
+  consoleSignOutAuthenticator,
   consoleSessionRoutes,
   consoleStaticRoutes,
   defaultConsoleDir,
@@ -523,6 +524,7 @@ export async function startServer(
       outageLog,
       authenticators: {
         ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
+        'console-session': consoleSignOutAuthenticator(services.consoleSessions),
         'enrollment-token': enrollmentTokenAuthenticator,
       },
       readiness,
