@@ -1,12 +1,4 @@
-import {
-  FolderInUseError,
-  FolderLock,
-  FolderLockError,
-  lockHolder,
-  lockHolderPid,
-  type LockedFolderKind,
-  type NestedFolder,
-} from '@edgefleet/core';
+import { FolderLock, type LockedFolderKind } from '@edgefleet/core';
 import SqliteDatabase, { type Database } from 'better-sqlite3';
 
 // The lock itself (FolderLock) is shared with the server's SQLite database lock: it lives in @edgefleet/core.
@@ -18,7 +10,7 @@ export {
   lockHolderPid,
   type LockedFolderKind,
   type NestedFolder,
-};
+} from '@edgefleet/core';
 
 /** The lock file's name under `sagemaker_edge_local_data_root_path`. */
 export const DATA_ROOT_LOCK_FILE = 'agent.lock';

@@ -14,7 +14,7 @@ import {
 import { DeviceApiClient } from '../../src/fleet/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
-import { AgentDatabase, MIGRATIONS, migrate } from '../../src/state/index.js';
+import { AgentDatabase, MIGRATIONS, migrate, type DeploymentModelRow } from '../../src/state/index.js';
 import { until } from '../fleet/support.js';
 import { rankLyingModel } from '../models/helpers.js';
 import { scratch } from '../support/model-packages.js';
@@ -950,21 +950,23 @@ describe('UpdateEngine, more', () => {
     expect(d.registry.describe('a').version).toBe('1.0');
   });
 
-  it('resumes an update recorded in WarmingUp as from Loading: stages the version again, then switches', async () => {
-    const v1 = await publish(identityModel(), '1.0');
-    const v2 = await publish(doublingModel(), '2.0');
-    const d = await device();
-    const statesOf = recordStates(d);
+  /**
+   * What a crash during version 2's warm-up leaves on a device that serves version 1: version 2 verified,
+   * extracted and recorded in WarmingUp (`row` overrides), its staged sessions gone with the process.
+   */
+  async function crashedDuringWarmUp(
+    d: Device,
+    v1: ServedPackage,
+    v2: ServedPackage,
+    row: Partial<DeploymentModelRow>,
+  ): Promise<void> {
     await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
     const base = d.database.deployments.get('detector')!;
-    // What a crash during the warm-up leaves: version 2 verified and recorded in WarmingUp; its staged sessions
-    // died with the process, version 1 serves (restored from loaded_models).
     const v2Dir = d.store.packageDir('detector', '2.0', v2.sha256);
     await d.store.extract(await d.store.download({ url: v2.path, sha256: v2.sha256 }), v2Dir);
     const now = Date.now();
     d.database.deployments.save({
       ...base,
-      deploymentName: 'warm',
       state: 'WarmingUp',
       version: '2.0',
       sha256: v2.sha256,
@@ -975,7 +977,18 @@ describe('UpdateEngine, more', () => {
       endedAt: null,
       startedAt: now,
       updatedAt: now,
+      ...row,
     });
+  }
+
+  it('resumes an update recorded in WarmingUp as from Loading: stages the version again, then switches', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device();
+    const statesOf = recordStates(d);
+    // What a crash during the warm-up leaves: version 2 verified and recorded in WarmingUp; its staged sessions
+    // died with the process, version 1 serves (restored from loaded_models).
+    await crashedDuringWarmUp(d, v1, v2, { deploymentName: 'warm' });
     await d.engine.resume();
     expect(stateOf(d, 'detector')).toMatchObject({ state: 'Committed', version: '2.0' });
     expect(d.registry.describe('detector').version).toBe('2.0');
@@ -993,29 +1006,8 @@ describe('UpdateEngine, more', () => {
     const v1 = await publish(identityModel(), '1.0');
     const v2 = await publish(doublingModel(), '2.0');
     const d = await device();
-    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
-    const base = d.database.deployments.get('detector')!;
-    // What the fourth crash during version 2's warm-up leaves: three restarts counted already, version 2 verified
-    // and extracted, version 1 serving.
-    const v2Dir = d.store.packageDir('detector', '2.0', v2.sha256);
-    await d.store.extract(await d.store.download({ url: v2.path, sha256: v2.sha256 }), v2Dir);
-    const now = Date.now();
-    d.database.deployments.save({
-      ...base,
-      deploymentName: 'crashing',
-      state: 'WarmingUp',
-      version: '2.0',
-      sha256: v2.sha256,
-      packageUrl: v2.path,
-      packageDir: v2Dir,
-      previousUrl: base.packageDir,
-      previousVersion: '1.0',
-      reported: false,
-      restarts: 3,
-      endedAt: null,
-      startedAt: now,
-      updatedAt: now,
-    });
+    // What the fourth crash during version 2's warm-up leaves: three restarts counted already.
+    await crashedDuringWarmUp(d, v1, v2, { deploymentName: 'crashing', reported: false, restarts: 3 });
     await d.engine.resume();
     expect(stateOf(d, 'detector')).toMatchObject({
       state: 'Failed',
