@@ -327,8 +327,9 @@ describe('edgefleet agent', () => {
     expect(outside.stderr).toBe(
       "edgefleet: input features[0] is 1e+39, outside FLOAT32's range (±3.4028235e38); expected a value FLOAT32 holds\n",
     );
-    // In range, but large enough that the model's arithmetic overflows: its outputs are NaN.
-    const big = '{"features": [3e38, -3e38, 3e38, -3e38]}';
+    // In range (3.4028235e38 is FLOAT32's maximum as numpy prints it, and rounds to it), but large enough that
+    // the model's arithmetic overflows: its outputs are NaN.
+    const big = '{"features": [3.4028235e38, -3e38, 3e38, -3e38]}';
     const text = await agentCli('predict', 'demo', '--input', big);
     expect(text.code).toBe(0);
     expect(text.stdout).toBe('probabilities FLOAT32 [1, 3]: [NaN,NaN,NaN]\n');
@@ -381,7 +382,7 @@ describe('edgefleet agent against a hung agent, and agent status finding the RES
     expect(mistaken.stderr).toBe(
       `edgefleet: ${grpcSocket} answers, but not in HTTP/1.1: it is the agent's gRPC socket (-a), not its REST socket; the REST socket is ${join(dir, 'agent.rest.sock')} unless edgefleet_rest_socket_path says otherwise (--socket ${grpcSocket} finds it)\n`,
     );
-  });
+  }, 60_000); // four CLI processes: slow beside a full parallel run
 
   it('a stopped agent (SIGSTOP): list, describe and status say it did not answer within the wait', async () => {
     hung.kill('SIGSTOP');

@@ -29,21 +29,26 @@ function App() {
   const [refusal, setRefusal] = useState<string | undefined>();
   const [ended, setEnded] = useState<string | undefined>();
   /**
-   * The session ended while a page was open: the page stays (inert, behind the sign-in dialog) so that what was
-   * typed in its forms is still there after signing in again.
+   * The session expired while a page was open: the page stays (inert, behind the sign-in dialog) so that what
+   * was typed in its forms is still there after signing in again. Only then: after a revocation or a sign-out
+   * (another tab's) the page goes, so that another token cannot send what the earlier operator typed.
    */
   const [reauth, setReauth] = useState(false);
   const path = useHashPath();
-  const holder = useMemo(() => ({ session: undefined as Session | undefined }), []);
+  const holder = useMemo(() => ({ session: undefined as Session | undefined, signIns: 0 }), []);
   holder.session = session ?? undefined;
   const api = useMemo(
     () =>
       createApiClient({
         csrfToken: () => holder.session?.csrfToken,
-        onSignedOut: (why) => {
-          setEnded(why);
-          if (holder.session !== undefined) setReauth(true);
-          else setSession(null);
+        signIns: () => holder.signIns,
+        onSignedOut: (ended) => {
+          setEnded(ended?.message);
+          if (holder.session !== undefined && ended?.reason === 'expired') setReauth(true);
+          else {
+            setReauth(false);
+            setSession(null);
+          }
         },
       }),
     [holder],
@@ -87,6 +92,7 @@ function App() {
       ended={ended}
       inDialog={reauth}
       onSignedIn={(signedIn) => {
+        holder.signIns += 1;
         setEnded(undefined);
         setSession(signedIn);
         if (reauth) {
@@ -163,6 +169,8 @@ function App() {
           onClick={async () => {
             await api.DELETE('/api/v1/console/session');
             live.stop();
+            // A 401 answered meanwhile (the session had ended) may have asked to sign in again over this page.
+            setReauth(false);
             setSession(null);
           }}
         >

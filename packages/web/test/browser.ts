@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll } from 'vitest';
 import {
@@ -84,4 +85,18 @@ export function useConsoleServer(config: Record<string, unknown>): ConsoleFixtur
     await removeControlPlane(fixture.plane, work);
   });
   return fixture;
+}
+
+/**
+ * Ends every console session of the plane in `dataDir` now, as if its time had passed: its expiry is moved into
+ * the past in the server's own database (the server process has no clock to move, and the shortest
+ * sessionTtlSeconds is a minute).
+ */
+export function expireConsoleSessionsNow(dataDir: string): void {
+  const db = new Database(join(dataDir, 'state.db'), { timeout: 10_000 });
+  try {
+    db.prepare('UPDATE console_sessions SET expires_at = ?').run(Date.now() - 1000);
+  } finally {
+    db.close();
+  }
 }

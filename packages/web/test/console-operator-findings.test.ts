@@ -9,11 +9,10 @@ import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeTestModel } from '@edgefleet/core';
-import Database from 'better-sqlite3';
 import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { enrollWithCliProcess } from '../../../test/support/control-plane.js';
-import { useConsoleServer } from './browser.js';
+import { expireConsoleSessionsNow, useConsoleServer } from './browser.js';
 
 const ui = useConsoleServer({});
 const { api } = ui;
@@ -26,19 +25,6 @@ async function signIn(token: string): Promise<Page> {
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByRole('heading', { name: 'Overview' }).waitFor();
   return page;
-}
-
-/**
- * Ends every console session now, as if its time had passed: its expiry is moved into the past in the server's
- * own database (the server process has no clock to move, and the shortest sessionTtlSeconds is a minute).
- */
-function expireSessionsNow(dataDir: string): void {
-  const db = new Database(join(dataDir, 'state.db'), { timeout: 10_000 });
-  try {
-    db.prepare('UPDATE console_sessions SET expires_at = ?').run(Date.now() - 1000);
-  } finally {
-    db.close();
-  }
 }
 
 /**
@@ -92,7 +78,7 @@ describe('console operator findings (s11)', { timeout: 120_000 }, () => {
     await page.getByRole('button', { name: 'Create fleet' }).click();
     const form = page.getByRole('form', { name: 'Create fleet' });
     await form.getByLabel('Name').fill('typed-before-expiry');
-    expireSessionsNow(ui.plane.dataDir);
+    expireConsoleSessionsNow(ui.plane.dataDir);
     await form.getByRole('button', { name: 'Create' }).click();
 
     // Told why, over the page it was on.

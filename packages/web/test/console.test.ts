@@ -312,6 +312,13 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
     await expect
       .poll(() => page.getByTestId('upload-warning').textContent())
       .toMatch(/^Uploaded, but: package mlp-unsigned 1 is not signed: devices enrolled by this server/);
+    // Kept with the version (review F3: "the upload warning is not kept"): shown whenever it is listed.
+    await page.getByRole('button', { name: 'mlp-unsigned' }).click();
+    await expect
+      .poll(() =>
+        page.getByRole('article', { name: 'Version 1' }).getByTestId('version-warning').textContent(),
+      )
+      .toMatch(/^package mlp-unsigned 1 is not signed: devices enrolled by this server/);
 
     // The CSP blocks an injected inline script.
     const blocked = await page.evaluate(`new Promise((resolve) => {

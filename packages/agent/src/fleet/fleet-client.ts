@@ -18,6 +18,7 @@ import {
   type DeployedModelNotLoadedInput,
   type DeploymentResultInput,
   MAX_MODELS_PER_HEARTBEAT,
+  deployedModelNotLoadedSchema,
   deploymentResultSchema,
   deviceRegistrationResultSchema,
   sendHeartbeatRequestSchema,
@@ -313,7 +314,21 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
         if (deploymentResult) heartbeat.DeploymentResult = deploymentResult;
         // Every heartbeat, empty too: the server replaces its list, so a handle loaded again drops out of it.
         const notLoaded = options.deployments?.deployedModelsNotLoaded?.();
-        if (notLoaded) heartbeat.DeployedModelsNotLoaded = notLoaded.slice(0, MAX_MODELS_PER_HEARTBEAT);
+        if (notLoaded) {
+          // Entry by entry, as the Models list: one that does not fit the contract is left out, not the heartbeat.
+          const fitting = notLoaded.filter((entry) => deployedModelNotLoadedSchema.safeParse(entry).success);
+          if (fitting.length < notLoaded.length)
+            logger.debug(
+              {
+                event: 'fleet-not-loaded-skipped',
+                handles: notLoaded
+                  .filter((entry) => !fitting.includes(entry))
+                  .map((entry) => entry.ModelHandle),
+              },
+              'deployed models not loaded left out of the heartbeat: they do not fit its contract',
+            );
+          heartbeat.DeployedModelsNotLoaded = fitting.slice(0, MAX_MODELS_PER_HEARTBEAT);
+        }
         // Checked against the contract, sent as composed (parsing would turn its seconds into the server's ms).
         sendHeartbeatRequestSchema.parse(heartbeat);
         await client.post('SendHeartbeat', heartbeat, sendHeartbeatResultSchema, abort.signal);

@@ -101,6 +101,13 @@ export const ENROLLED_IDENTITY_KEYS = [
   'sagemaker_edge_core_root_certs_path',
 ] as const;
 
+/** The capture target enrollment chose, kept while CaptureDataDestination is left on its unusable default. */
+const ENROLLED_CAPTURE_KEYS = [
+  'sagemaker_edge_core_capture_data_destination',
+  'sagemaker_edge_provider_s3_bucket_name',
+  'sagemaker_edge_core_folder_prefix',
+] as const;
+
 export interface RenderedConfig {
   /** The agent's JSON config. */
   config: Record<string, unknown>;
@@ -206,11 +213,33 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
     warnings.push(
       `DeviceFleetName is ${JSON.stringify(values.DeviceFleetName)} but this device was enrolled in fleet ${JSON.stringify(enrolledFleet)}, which its certificate names; the enrolled fleet is used`,
     );
+  // A core device provisioned again under a new thing name, its work folder (and identity file) kept.
+  const enrolledName = identity.sagemaker_edge_core_device_name;
+  if (enrolledName !== undefined && enrolledName !== context.thingName)
+    warnings.push(
+      `the Greengrass thing name is ${JSON.stringify(context.thingName)} but this device was enrolled as ${JSON.stringify(enrolledName)}, which its certificate names; the enrolled name is used`,
+    );
   if (values.EdgeFleetEndpoint !== '')
     config.sagemaker_edge_core_endpoint_override = values.EdgeFleetEndpoint;
   // An operator's RootCertsPath (a folder root owns, say) wins over the trust folder enrollment wrote: that one is
   // in the work folder, which the component's user owns and could so swap (deploy/README.md).
   if (values.RootCertsPath !== '') config.sagemaker_edge_core_root_certs_path = values.RootCertsPath;
+  // Left on the original's default (Cloud, no bucket), which cannot capture, an enrolled device keeps the
+  // capture target enrollment chose (the fleet's output location, or Disk), as before parameters won: a
+  // component update must not fail Install on devices that never set these.
+  const enrolledDestination = identity.sagemaker_edge_core_capture_data_destination;
+  if (
+    values.CaptureDataDestination === COMPONENT_PARAMETERS.CaptureDataDestination.default &&
+    values.BucketName === '' &&
+    typeof enrolledDestination === 'string'
+  ) {
+    for (const key of ENROLLED_CAPTURE_KEYS) if (identity[key] !== undefined) config[key] = identity[key];
+    values.CaptureDataDestination = enrolledDestination;
+    values.BucketName = String(identity.sagemaker_edge_provider_s3_bucket_name ?? '');
+    warnings.push(
+      `CaptureDataDestination is the default Cloud with no BucketName, which cannot capture; the destination enrollment chose (${enrolledDestination}) is used: set CaptureDataDestination (EdgeFleet, Disk, or Cloud with BucketName) to choose`,
+    );
+  }
   checkCloudCapture(values, config);
 
   const keyToParameter = new Map<string, ComponentParameter>(

@@ -170,6 +170,40 @@ describe('startFleetClient', () => {
     expect(client.status().state).toBe('stopped');
   });
 
+  it('leaves a DeployedModelsNotLoaded entry the contract refuses out of the heartbeat, not the heartbeat', async () => {
+    const dir = join(work, 'cam-3');
+    const config = await agentConfig(await enrollDevice(plane, 'yard', 'cam-3', dir), dir);
+    const { logger, lines } = captureLogger();
+    const fits = {
+      ModelHandle: 'detector',
+      DeploymentName: 'plan-1',
+      UnloadedByApplication: true,
+      Reason: 'unloaded by an application',
+    };
+    const client = await startFleetClient({
+      config,
+      registry: { list: () => [] },
+      logger,
+      agentVersion: '0.1.0',
+      timing: FAST_TIMING,
+      deployments: {
+        deploymentResult: () => undefined,
+        reported: () => {},
+        deployedModelsNotLoaded: () => [fits, { ...fits, ModelHandle: 'bad handle!' }],
+      },
+    });
+    try {
+      await until(() => (client.status().heartbeatsSent >= 1 ? true : undefined), 'a heartbeat');
+      expect(client.status().consecutiveFailures).toBe(0);
+      expect(lines.find((l) => l.event === 'fleet-not-loaded-skipped')).toMatchObject({
+        level: 20,
+        handles: ['bad handle!'],
+      });
+    } finally {
+      await client.stop();
+    }
+  });
+
   it('stops promptly while waiting out a long backoff', async () => {
     const dir = join(work, 'cam-2');
     const config = await agentConfig(await enrollDevice(plane, 'yard', 'cam-2', dir), dir);

@@ -407,6 +407,29 @@ describe(
   },
 );
 
+describe('renderAgentConfig: an enrolled identity that disagrees with the parameters', () => {
+  const configuration = {
+    ...defaultComponentConfiguration(),
+    DeviceFleetName: 'plant-a',
+    CaptureDataDestination: 'Disk',
+  };
+  const identity = {
+    sagemaker_edge_core_device_name: 'gg-old',
+    sagemaker_edge_core_device_fleet_name: 'plant-a',
+  };
+
+  it('a thing name other than the enrolled device name: the enrolled name is used, with a warning', () => {
+    const renamed = renderAgentConfig(configuration, { thingName: 'gg-new', identity });
+    expect(renamed.config).toMatchObject({ sagemaker_edge_core_device_name: 'gg-old' });
+    expect(renamed.warnings).toContain(
+      'the Greengrass thing name is "gg-new" but this device was enrolled as "gg-old", which its certificate names; the enrolled name is used',
+    );
+    // The same name: nothing to say.
+    const same = renderAgentConfig(configuration, { thingName: 'gg-old', identity });
+    expect(same.warnings.join('\n')).not.toMatch(/thing name/);
+  });
+});
+
 describe('renderAgentConfig: the trust folder', () => {
   const configuration = {
     ...defaultComponentConfiguration(),
@@ -423,5 +446,40 @@ describe('renderAgentConfig: the trust folder', () => {
         { thingName: 'gg-1', identity },
       ).config,
     ).toMatchObject({ sagemaker_edge_core_root_certs_path: '/etc/edgefleet/trust' });
+  });
+});
+
+describe('renderAgentConfig: an enrolled device left on the default CaptureDataDestination', () => {
+  const enrolled = {
+    sagemaker_edge_core_device_fleet_name: 'plant-a',
+    sagemaker_edge_core_capture_data_destination: 'Cloud',
+    sagemaker_edge_provider_s3_bucket_name: 'captures',
+    sagemaker_edge_core_folder_prefix: 'plant-a',
+    sagemaker_edge_core_endpoint_override: 'https://fleet.example:8443',
+    sagemaker_edge_provider_provider: 'Custom',
+  };
+
+  it('keeps the capture target enrollment chose (the default Cloud with no bucket cannot capture), and says so', () => {
+    const rendered = renderAgentConfig(
+      { ...defaultComponentConfiguration(), DeviceFleetName: 'plant-a' },
+      { thingName: 'gg-1', identity: enrolled },
+    );
+    expect(rendered.config).toMatchObject({
+      sagemaker_edge_core_capture_data_destination: 'Cloud',
+      sagemaker_edge_provider_s3_bucket_name: 'captures',
+      sagemaker_edge_core_folder_prefix: 'plant-a',
+    });
+    expect(rendered.warnings).toContainEqual(
+      expect.stringMatching(
+        /^CaptureDataDestination is the default Cloud with no BucketName, which cannot capture; the destination enrollment chose \(Cloud\) is used/,
+      ),
+    );
+    // Set by the operator, the parameters win.
+    const disk = renderAgentConfig(
+      { ...defaultComponentConfiguration(), DeviceFleetName: 'plant-a', CaptureDataDestination: 'Disk' },
+      { thingName: 'gg-1', identity: enrolled },
+    );
+    expect(disk.config).toMatchObject({ sagemaker_edge_core_capture_data_destination: 'Disk' });
+    expect(disk.warnings.join('\n')).not.toMatch(/enrollment chose/);
   });
 });

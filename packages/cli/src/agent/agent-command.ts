@@ -14,6 +14,7 @@ import {
 } from '@edgefleet/core';
 import { CliError, EXIT, refuseArguments, describeFsError, table, type Output } from '../cli-io.js';
 import { fetchAgentStatus, printAgentStatus } from './agent-status.js';
+import { agentTimedOut } from './agent-timeout.js';
 import { resolveInput } from './input-shape.js';
 import { decodeTensor, encodeTensor, jsonNumbers, numbersText } from './tensor-values.js';
 
@@ -75,10 +76,7 @@ async function withAgent<T>(
     const { code, details } = error as { code?: number; details?: string };
     if (code === 14) throw new CliError(`no agent answers on ${path} (is it running? is the path right?)`);
     // grpc-js's own deadline (its details list its internal phases); the agent's own DEADLINE_EXCEEDED says more.
-    if (code === 4 && details?.startsWith('Deadline exceeded'))
-      throw new CliError(
-        `the agent on ${path} accepted the connection but did not answer within ${timeoutSeconds} s (is it stopped or overloaded? --timeout <seconds> waits longer)`,
-      );
+    if (code === 4 && details?.startsWith('Deadline exceeded')) throw agentTimedOut(path, timeoutSeconds);
     if (code !== undefined)
       throw new CliError(`agent: ${GRPC_CODE_NAMES[code] ?? `status ${code}`}: ${details}`);
     throw error;

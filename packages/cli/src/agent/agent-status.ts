@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import { defaultRestSocketPath } from '@edgefleet/core';
 import { CliError, EXIT, table, type Output } from '../cli-io.js';
+import { agentTimedOut } from './agent-timeout.js';
 
 /** The agent's GET /edgefleet/v1/status answer (its REST socket); fields the CLI does not show pass through. */
 export const agentStatusSchema = z.looseObject({
@@ -102,16 +103,16 @@ export async function fetchAgentStatus(target: AgentStatusTarget): Promise<Agent
     });
     req.on('error', (error: NodeJS.ErrnoException) =>
       fail(
-        new CliError(
-          timedOut
-            ? `the agent on ${path} accepted the connection but did not answer within ${timeoutSeconds} s (is it stopped or overloaded? --timeout <seconds> waits longer)`
-            : error.code === 'ENOENT' || error.code === 'ECONNREFUSED'
-              ? `no agent answers on ${path} (is it running? is it the REST socket, edgefleet_rest_socket_path?)`
-              : error.code?.startsWith('HPE_')
-                ? // Node's HTTP parser on an HTTP/2 answer: the gRPC socket, the natural mistake.
-                  `${path} answers, but not in HTTP/1.1: it is the agent's gRPC socket (-a), not its REST socket; the REST socket is ${defaultRestSocketPath(path)} unless edgefleet_rest_socket_path says otherwise (--socket ${path} finds it)`
-                : `agent ${path}: ${error.message}`,
-        ),
+        timedOut
+          ? agentTimedOut(path, timeoutSeconds)
+          : new CliError(
+              error.code === 'ENOENT' || error.code === 'ECONNREFUSED'
+                ? `no agent answers on ${path} (is it running? is it the REST socket, edgefleet_rest_socket_path?)`
+                : error.code?.startsWith('HPE_')
+                  ? // Node's HTTP parser on an HTTP/2 answer: the gRPC socket, the natural mistake.
+                    `${path} answers, but not in HTTP/1.1: it is the agent's gRPC socket (-a), not its REST socket; the REST socket is ${defaultRestSocketPath(path)} unless edgefleet_rest_socket_path says otherwise (--socket ${path} finds it)`
+                  : `agent ${path}: ${error.message}`,
+            ),
       ),
     );
     req.end();

@@ -25,9 +25,6 @@ function arrayFor(dataType: DataTypeName, length: number): TypedArray {
   }
 }
 
-/** The largest finite FLOAT32. */
-const FLOAT32_MAX = 3.4028234663852886e38;
-
 /**
  * Output values as text: NaN, Infinity and -Infinity as such (JSON.stringify would print null, which reads as
  * "no value").
@@ -55,7 +52,8 @@ export function encodeTensor(name: string, dataType: DataTypeName, shape: number
     if (typeof value !== 'number')
       throw new CliError(`input ${name}[${i}] is ${JSON.stringify(value)}; expected a number`, EXIT.usage);
     // Float32Array would take it as Infinity without a word, and the model would answer NaN.
-    if (out instanceof Float32Array && Number.isFinite(value) && Math.abs(value) > FLOAT32_MAX)
+    // Exactly what FLOAT32 rounds to ±Infinity (3.4028235e38, as numpy prints its maximum, rounds to it).
+    if (out instanceof Float32Array && Number.isFinite(value) && !Number.isFinite(Math.fround(value)))
       throw new CliError(
         `input ${name}[${i}] is ${value}, outside FLOAT32's range (±3.4028235e38); expected a value FLOAT32 holds`,
         EXIT.usage,

@@ -4,7 +4,7 @@ import { awsProfileName } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
 import { DomainError, conflict } from '../errors/index.js';
 import { createOnce, fileExists } from '../identity/key-files.js';
-import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
+import { claimServerSetting, isUniqueViolation, type DatabaseSchema } from '../storage/index.js';
 import { tokenScopeSchema, type TokenScope } from './api-tokens.js';
 
 /** AWS access key ids are 20 upper-case characters; ours start with AKEF so they are easy to recognise. */
@@ -142,6 +142,22 @@ export async function openAccessKeyEncryptionKey(
   return key;
 }
 
+/**
+ * Why a device key no longer speaks for its device, or undefined while it does: the device is gone, or it was
+ * registered (again) after the key was issued, so the key belongs to an earlier device of that name, whose
+ * identity deregistration ended (as it revokes that device's certificates). The one rule the data plane
+ * (sagemaker/routes.ts, which refuses the key) and the key listing (which shows it ended) both apply.
+ */
+export function keyEndedReason(
+  key: { deviceName: string; createdAt: number },
+  device: { registeredAt: number } | undefined,
+): string | undefined {
+  if (device === undefined) return `device ${key.deviceName} was deregistered`;
+  if (key.createdAt < device.registeredAt)
+    return `device ${key.deviceName} was deregistered and registered again after the key was issued`;
+  return undefined;
+}
+
 /** AWS-style access key pairs bound to a token scope; the secret is shown once, at creation. */
 export class AccessKeyStore {
   constructor(
@@ -179,18 +195,26 @@ export class AccessKeyStore {
       }
     }
     await this.refuseProfileNameInUse(record.name);
-    await this.db
-      .insertInto('access_keys')
-      .values({
-        access_key_id: record.accessKeyId,
-        name: record.name,
-        scope: record.scope,
-        device_name: record.deviceName,
-        secret_ciphertext: this.encrypt(secretAccessKey, record.accessKeyId),
-        created_at: record.createdAt,
-        revoked_at: null,
-      })
-      .execute();
+    try {
+      await this.db
+        .insertInto('access_keys')
+        .values({
+          access_key_id: record.accessKeyId,
+          name: record.name,
+          scope: record.scope,
+          device_name: record.deviceName,
+          secret_ciphertext: this.encrypt(secretAccessKey, record.accessKeyId),
+          created_at: record.createdAt,
+          revoked_at: null,
+          aws_profile: awsProfileName(record.name),
+        })
+        .execute();
+    } catch (error) {
+      // Another create of this profile won the race (a unique index among unrevoked keys): it is named.
+      if (!isUniqueViolation(error)) throw error;
+      await this.refuseProfileNameInUse(record.name);
+      throw error;
+    }
     return { secretAccessKey, record };
   }
 
@@ -228,15 +252,11 @@ export class AccessKeyStore {
     return (await query.execute()).map((row) => {
       const record = toRecord(row);
       if (record.deviceName === null || record.revokedAt !== null) return record;
-      // As the data plane decides (sagemaker/routes.ts): the device is gone, or registered after the key.
-      if (row.registered_at === null)
-        return { ...record, endedReason: `device ${record.deviceName} was deregistered` };
-      if (record.createdAt < Number(row.registered_at))
-        return {
-          ...record,
-          endedReason: `device ${record.deviceName} was deregistered and registered again after the key was issued`,
-        };
-      return record;
+      const endedReason = keyEndedReason(
+        { deviceName: record.deviceName, createdAt: record.createdAt },
+        row.registered_at === null ? undefined : { registeredAt: Number(row.registered_at) },
+      );
+      return endedReason === undefined ? record : { ...record, endedReason };
     });
   }
 

@@ -8,6 +8,7 @@ export {
 } from './api-tokens.js';
 export {
   AccessKeyStore,
+  keyEndedReason,
   loadAccessKeyEncryptionKey,
   openAccessKeyEncryptionKey,
   accessKeyEncryptionKeyFingerprint,

@@ -37,17 +37,30 @@ export interface LeaseRenewal {
 
 /**
  * Calls `renew` (true while the claim holds) every quarter lease, at most every 20 s, so a slow database
- * round trip never lets another replica take a live runner's job. A failed renewal is retried at the next tick.
+ * round trip never lets another replica take a live runner's job. A failed renewal is retried at the next tick;
+ * a tick while a renewal is still in flight is skipped, so a stalled database never piles renewals up.
+ * `onLost` is called once, when a renewal finds the claim gone (the runner should stop its work).
  */
-export function renewLease(renew: () => Promise<boolean>, leaseMs: number): LeaseRenewal {
+export function renewLease(
+  renew: () => Promise<boolean>,
+  leaseMs: number,
+  onLost?: () => void,
+): LeaseRenewal {
   let lost = false;
+  let inFlight = false;
   const timer = setInterval(() => {
-    renew().then(
-      (held) => {
-        if (!held) lost = true;
-      },
-      () => undefined,
-    );
+    if (inFlight || lost) return;
+    inFlight = true;
+    renew()
+      .then(
+        (held) => {
+          if (held || lost) return;
+          lost = true;
+          onLost?.();
+        },
+        () => undefined,
+      )
+      .finally(() => (inFlight = false));
   }, leaseRenewalIntervalMs(leaseMs));
   return {
     get lost() {

@@ -107,9 +107,14 @@ export class BlobStoreUnavailableError extends Error {
     readonly problem: BlobStoreProblem,
     /** What is wrong and what would fix it, without the store's name. */
     readonly reason: string,
-    options?: ErrorOptions,
+    /** `endpointConfigured`: `endpoint` is the s3.endpoint setting (default), not a description such as AWS's. */
+    options?: ErrorOptions & { endpointConfigured?: boolean },
   ) {
     super(`cannot use the blob store ${store} at ${endpoint}: ${reason}`, options);
     this.name = 'BlobStoreUnavailableError';
+    this.endpointConfigured = options?.endpointConfigured ?? true;
   }
+
+  /** Whether `endpoint` is the server's s3.endpoint setting (which may be an internal host): hidden from reports. */
+  readonly endpointConfigured: boolean;
 }

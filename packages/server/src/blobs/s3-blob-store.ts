@@ -100,12 +100,21 @@ export function s3ProblemOf(
       problem: 'forbidden',
       reason: `access to bucket ${bucket} denied (${status ?? 403}${typeof name === 'string' && name !== 'Forbidden' ? ` ${name}` : ''}); check the credentials and that they may read and write the bucket`,
     };
-  if (name === 'CredentialsProviderError' || /could not load credentials/i.test(String(message)))
+  if (name === 'CredentialsProviderError' || /could not load credentials/i.test(String(message))) {
+    // A credential source that did not answer (the container credentials endpoint, STS for a web identity:
+    // the SDK keeps its error as the message or the cause) is an outage, and a retry may succeed.
+    const network = networkFailureIn(error);
+    if (network !== undefined)
+      return {
+        problem: 'unreachable',
+        reason: `the source of the server's S3 credentials did not answer (${network}); try again later`,
+      };
     return {
       problem: 'credentials',
       reason:
         'no S3 credentials: set s3.accessKeyId and s3.secretAccessKey (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile)',
     };
+  }
   if (typeof code === 'string' && NETWORK_ERROR_CODES.has(code))
     return {
       problem: 'unreachable',
@@ -121,6 +130,27 @@ export function s3ProblemOf(
   return undefined;
 }
 
+const NETWORK_MESSAGE = new RegExp(
+  `\\b(TimeoutError|timed? ?out|Unable to connect|socket hang up|${[...NETWORK_ERROR_CODES].join('|')})\\b`,
+  'i',
+);
+
+/**
+ * The network failure (a timeout, a refused or dropped connection) an error or one of its causes is, in a few
+ * words, or undefined. Credential providers wrap what failed: as a cause, or only as text in their message.
+ */
+function networkFailureIn(error: unknown): string | undefined {
+  let current = error as { name?: unknown; code?: unknown; message?: unknown; cause?: unknown } | undefined;
+  for (let depth = 0; depth < 5 && current !== undefined && current !== null; depth++) {
+    if (typeof current.code === 'string' && NETWORK_ERROR_CODES.has(current.code)) return current.code;
+    if (current.name === 'TimeoutError') return 'TimeoutError';
+    const found = NETWORK_MESSAGE.exec(String(current.message ?? ''));
+    if (found !== null) return found[1];
+    current = current.cause as typeof current;
+  }
+  return undefined;
+}
+
 /** Blobs in any S3-compatible object store, through the AWS SDK. */
 export class S3BlobStore implements BlobStore {
   readonly description: string;
@@ -129,6 +159,8 @@ export class S3BlobStore implements BlobStore {
   private readonly prefix: string;
   /** Where the store is reached, for messages. */
   private readonly endpoint: string;
+  /** Whether `endpoint` is the s3.endpoint setting (else AWS S3, described by its region). */
+  private readonly endpointConfigured: boolean;
 
   constructor(options: S3BlobStoreOptions) {
     this.bucket = options.bucket;
@@ -136,6 +168,7 @@ export class S3BlobStore implements BlobStore {
     if (this.prefix !== '') assertValidBlobKey(this.prefix);
     this.description = `s3://${this.bucket}/${this.prefix}`;
     this.endpoint = options.endpoint ?? `AWS S3 (region ${options.region ?? 'us-east-1'})`;
+    this.endpointConfigured = options.endpoint !== undefined;
     this.client = new S3Client({
       region: options.region ?? 'us-east-1',
       forcePathStyle: options.forcePathStyle ?? options.endpoint !== undefined,
@@ -176,6 +209,7 @@ export class S3BlobStore implements BlobStore {
       if (found === undefined) throw error;
       throw new BlobStoreUnavailableError(this.description, this.endpoint, found.problem, found.reason, {
         cause: error,
+        endpointConfigured: this.endpointConfigured,
       });
     }
   }
@@ -216,7 +250,8 @@ export class S3BlobStore implements BlobStore {
     return { key, size: contentLength };
   }
 
-  async get(key: string, range?: ByteRange): Promise<Readable> {
+  /** `signal`: aborting it ends the request, before or after the body began (the body stream then errors). */
+  async get(key: string, range?: ByteRange, options: { signal?: AbortSignal } = {}): Promise<Readable> {
     try {
       const result = await this.guard(() =>
         this.client.send(
@@ -225,6 +260,7 @@ export class S3BlobStore implements BlobStore {
             Key: this.objectKey(key),
             ...(range && { Range: `bytes=${range.start}-${range.end ?? ''}` }),
           }),
+          ...(options.signal !== undefined ? [{ abortSignal: options.signal }] : []),
         ),
       );
       if (!(result.Body instanceof Readable)) throw new Error(`get "${key}": S3 returned no readable body`);

@@ -13,15 +13,28 @@ import { S3BlobStore } from './s3-blob-store.js';
 export class S3Objects {
   constructor(private readonly connection: S3ConnectionOptions) {}
 
-  async get(uri: string): Promise<Readable> {
+  /**
+   * `signal`: aborting it ends the read wherever it is (waiting for the answer, or mid-body: the body stream is
+   * destroyed with the signal's reason) and frees its socket.
+   */
+  async get(uri: string, options: { signal?: AbortSignal } = {}): Promise<Readable> {
     const { store, key } = this.storeFor(uri);
+    const { signal } = options;
     let body: Readable;
     try {
-      body = await store.get(key);
+      signal?.throwIfAborted();
+      body = await store.get(key, undefined, signal !== undefined ? { signal } : {});
     } catch (error) {
       await store.close();
+      if (signal?.aborted) throw signal.reason;
       if (error instanceof BlobNotFoundError) throw invalid(`${uri} does not exist or cannot be read`);
       throw this.explained('read', uri, error);
+    }
+    if (signal !== undefined) {
+      const abort = () => body.destroy(signal.reason instanceof Error ? signal.reason : undefined);
+      if (signal.aborted) abort();
+      signal.addEventListener('abort', abort, { once: true });
+      body.once('close', () => signal.removeEventListener('abort', abort));
     }
     // The client goes once the body has been read (or abandoned), not before: that would cut it.
     body.once('close', () => void store.close());

@@ -76,10 +76,11 @@ const DEVICE_PROBLEM_TEXT: Record<BlobStoreProblem, string> = {
 /**
  * An outage's reason as the fleet report shows it: the store's own reason with the S3 endpoint (the server's
  * s3.endpoint, which may be an internal host or carry credentials in its URL) replaced by the setting's name.
- * The reason names no credential: S3 errors carry none, and its hints name settings, never their values.
+ * On AWS (no s3.endpoint) the reason's "AWS S3 (region …)" stays: it is no secret, and there is no such setting
+ * to name. The reason names no credential: S3 errors carry none, and its hints name settings, never their values.
  */
 export function operatorReasonOf(error: BlobStoreUnavailableError): string {
-  if (error.endpoint === '') return error.reason;
+  if (error.endpoint === '' || !error.endpointConfigured) return error.reason;
   return error.reason.split(error.endpoint).join("the server's S3 endpoint (s3.endpoint)");
 }
 

@@ -29,7 +29,7 @@ export interface CompilationJobRecord {
   roleArn: string;
   outputS3Location: string;
   targetDevice: string | null;
-  /** CreateCompilationJob's StoppingCondition as sent (EdgeFleet imports without a time limit). */
+  /** CreateCompilationJob's StoppingCondition as sent; MaxRuntimeInSeconds is the import's deadline. */
   stoppingCondition: StoppingCondition;
   /** CreateCompilationJob's InputConfig.DataInputConfig as sent (unused: ONNX carries its input shapes). */
   dataInputConfig: string | null;
@@ -68,17 +68,56 @@ export const INTERRUPTED_IMPORT_REASON =
   'the server importing this job stopped (it crashed, was killed or restarted) before the import finished; ' +
   'create a new compilation job with another name (a job name stays taken, as in SageMaker)';
 
+/** The FailureReason of an import its server ended as it shut down (imports are not resumed). */
+export const SHUTDOWN_IMPORT_REASON =
+  'the server importing this job shut down before the import finished; ' +
+  'create a new compilation job with another name (a job name stays taken, as in SageMaker)';
+
+/** The FailureReason of an import that ran past its StoppingCondition.MaxRuntimeInSeconds. */
+export function deadlineReason(maxRuntimeSeconds: number): string {
+  return `the import ran longer than StoppingCondition.MaxRuntimeInSeconds (${maxRuntimeSeconds} s) and was ended`;
+}
+
 export interface CompilationJobsOptions {
   models: ModelStore;
-  /** Opens an `s3://bucket/key` object on the S3-compatible store the server is configured for. */
-  openS3Object: (uri: string) => Promise<Readable>;
+  /**
+   * Opens an `s3://bucket/key` object on the S3-compatible store the server is configured for. Aborting `signal`
+   * must end the read, waiting or mid-body (StopCompilationJob, a lost lease, the deadline, shutdown).
+   */
+  openS3Object: (uri: string, signal: AbortSignal) => Promise<Readable>;
   logger: Logger;
   /** An INPROGRESS import whose server stopped renewing it this long is failed (see failExpired). */
   leaseMs?: number;
+  /**
+   * This server's persisted identity (server/instance-id.ts): it prefixes the claim tokens this store writes,
+   * so that the same server, restarted, fails its own interrupted imports at once (failOwnInterrupted).
+   */
+  instanceId?: string;
   now?: () => number;
 }
 
-function toRecord(row: CompilationJobsTable): CompilationJobRecord {
+/**
+ * A stored JSON value read leniently: a value a later, stricter schema rejects (or that is not JSON) is shown
+ * as `fallback` and reported, so that one bad row cannot fail every Describe and List.
+ */
+function storedValue<T>(schema: z.ZodType<T>, text: string, fallback: T, onBad: (issue: string) => void): T {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    onBad(error instanceof Error ? error.message : String(error));
+    return fallback;
+  }
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  onBad(z.prettifyError(parsed.error));
+  return fallback;
+}
+
+function toRecord(
+  row: CompilationJobsTable,
+  onBad: (column: string, issue: string) => void = () => undefined,
+): CompilationJobRecord {
   return {
     name: row.name,
     status: row.status as CompilationJobStatus,
@@ -92,13 +131,15 @@ function toRecord(row: CompilationJobsTable): CompilationJobRecord {
     stoppingCondition:
       row.stopping_condition === null
         ? {}
-        : stoppingConditionSchema.parse(JSON.parse(row.stopping_condition)),
+        : storedValue(stoppingConditionSchema, row.stopping_condition, {}, (issue) =>
+            onBad('stopping_condition', issue),
+          ),
     dataInputConfig: row.data_input_config,
     modelName: row.model_name,
     modelVersion: row.model_version,
     modelSha256: row.model_sha256,
     modelSizeBytes: row.model_size_bytes === null ? null : Number(row.model_size_bytes),
-    tags: tagListSchema.parse(JSON.parse(row.tags)),
+    tags: storedValue(tagListSchema, row.tags, [], (issue) => onBad('tags', issue)),
     createdAt: Number(row.created_at),
     updatedAt: Number(row.updated_at),
   };
@@ -132,12 +173,14 @@ async function onnxFromTarGz(archive: Readable): Promise<Readable> {
  * imports `InputConfig.S3Uri` (a `.onnx`, or a `.tar.gz` holding one), validates it as every upload is
  * validated, and completes without compiling. An import runs in the process that created the job, which
  * holds the job's claim and renews its lease; any replica fails an import whose lease ran out (its server
- * crashed or was killed: call `failExpired` at start-up and periodically), never a live replica's.
+ * crashed or was killed: call `failExpired` at start-up and periodically), never a live replica's. An import
+ * is aborted, wherever its S3 read is, when the job is stopped, its lease is lost, it runs past
+ * MaxRuntimeInSeconds, or the server shuts down (`close`).
  */
 export class CompilationJobStore {
   private readonly now: () => number;
   private readonly leaseMs: number;
-  private readonly running = new Map<string, Promise<void>>();
+  private readonly running = new Map<string, { done: Promise<void>; abort: AbortController }>();
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
@@ -173,7 +216,7 @@ export class CompilationJobStore {
       stopping_condition:
         input.stoppingCondition === undefined ? null : JSON.stringify(input.stoppingCondition),
       data_input_config: input.dataInputConfig ?? null,
-      claim_token: newClaimToken(),
+      claim_token: newClaimToken(this.options.instanceId),
       model_name: `compilation-${input.name}`,
       model_version: '1',
       model_sha256: null,
@@ -188,11 +231,12 @@ export class CompilationJobStore {
       if (isUniqueViolation(error)) throw conflict(`compilation job ${input.name} already exists`);
       throw error;
     }
-    const run = this.runImport(toRecord(row), row.claim_token as string).finally(() =>
+    const abort = new AbortController();
+    const done = this.runImport(this.record(row), row.claim_token as string, abort).finally(() =>
       this.running.delete(input.name),
     );
-    this.running.set(input.name, run);
-    return toRecord(row);
+    this.running.set(input.name, { done, abort });
+    return this.record(row);
   }
 
   async get(name: string): Promise<CompilationJobRecord> {
@@ -202,7 +246,7 @@ export class CompilationJobStore {
       .where('name', '=', name)
       .executeTakeFirst();
     if (row === undefined) throw notFound(`compilation job ${name}`, { job: name });
-    return toRecord(row);
+    return this.record(row);
   }
 
   async list(options: {
@@ -217,20 +261,24 @@ export class CompilationJobStore {
     // In SQL, before the limit: a page filtered after it could come back short or empty and end the listing.
     if (options.nameContains !== undefined)
       query = query.where(containsIgnoringCase('name', options.nameContains));
-    return (await query.execute()).map(toRecord);
+    return (await query.execute()).map((row) => this.record(row));
   }
 
   /** Replaces the job's tags. */
   async setTags(name: string, tags: Tag[]): Promise<void> {
     const result = await this.db
       .updateTable('compilation_jobs')
-      .set({ tags: JSON.stringify(tags), updated_at: this.now() })
+      // Not updated_at: it is also the import's lease, which only the importing server may renew.
+      .set({ tags: JSON.stringify(tags) })
       .where('name', '=', name)
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) === 0) throw notFound(`compilation job ${name}`, { job: name });
   }
 
-  /** Stops a job still importing (its result is discarded); a finished one cannot be stopped. */
+  /**
+   * Stops a job still importing (its result is discarded); a finished one cannot be stopped. An import on this
+   * server is aborted now; one on another replica when its next lease renewal finds the job stopped.
+   */
   async stop(name: string): Promise<void> {
     const result = await this.db
       .updateTable('compilation_jobs')
@@ -245,6 +293,36 @@ export class CompilationJobStore {
         `compilation job ${name} is ${job.status}; only INPROGRESS jobs stop`,
       );
     }
+    this.running.get(name)?.abort.abort(new Error(`compilation job ${name} was stopped`));
+  }
+
+  /**
+   * Called once at start-up, before this store creates anything: the INPROGRESS imports whose claim this same
+   * server (its instance identity) wrote were interrupted with it — imports are not resumed — so they are failed
+   * now rather than after their lease. Returns the names of the jobs failed.
+   */
+  async failOwnInterrupted(): Promise<string[]> {
+    const { instanceId } = this.options;
+    if (instanceId === undefined) return [];
+    const own = await this.db
+      .selectFrom('compilation_jobs')
+      .select('name')
+      .where('status', '=', 'INPROGRESS')
+      .where('claim_token', 'like', `${instanceId}.%`)
+      .execute();
+    const failed: string[] = [];
+    for (const job of own) {
+      if (this.running.has(job.name)) continue;
+      const result = await this.db
+        .updateTable('compilation_jobs')
+        .set({ status: 'FAILED', failure_reason: INTERRUPTED_IMPORT_REASON, updated_at: this.now() })
+        .where('name', '=', job.name)
+        .where('status', '=', 'INPROGRESS')
+        .where('claim_token', 'like', `${instanceId}.%`)
+        .executeTakeFirst();
+      if (Number(result.numUpdatedRows) === 1) failed.push(job.name);
+    }
+    return failed;
   }
 
   /**
@@ -274,15 +352,46 @@ export class CompilationJobStore {
     return failed;
   }
 
-  /** Waits for imports in flight (server shutdown, tests). */
+  /** Waits for imports in flight (tests). */
   async settle(): Promise<void> {
-    await Promise.allSettled([...this.running.values()]);
+    await Promise.allSettled([...this.running.values()].map((run) => run.done));
   }
 
-  private async runImport(job: CompilationJobRecord, token: string): Promise<void> {
-    const lease = renewLease(() => this.renew(job.name, token), this.leaseMs);
+  /** Server shutdown: aborts the imports in flight (each fails with SHUTDOWN_IMPORT_REASON) and waits for them. */
+  async close(): Promise<void> {
+    for (const run of this.running.values()) run.abort.abort(new Error(SHUTDOWN_IMPORT_REASON));
+    await this.settle();
+  }
+
+  private record(row: CompilationJobsTable): CompilationJobRecord {
+    return toRecord(row, (column, issue) =>
+      this.options.logger.warn(
+        { job: row.name, column, issue },
+        'compilation job has a stored value this server does not accept; shown as empty',
+      ),
+    );
+  }
+
+  private async runImport(job: CompilationJobRecord, token: string, abort: AbortController): Promise<void> {
+    const { signal } = abort;
+    const lease = renewLease(
+      () => this.renew(job.name, token),
+      this.leaseMs,
+      // Stopped, or failed by a replica: nothing this import writes would count any more.
+      () => abort.abort(new Error(`compilation job ${job.name} is no longer this server's import`)),
+    );
+    const maxRuntime = job.stoppingCondition.MaxRuntimeInSeconds;
+    const deadline =
+      maxRuntime === undefined
+        ? undefined
+        : setTimeout(
+            () => abort.abort(new Error(deadlineReason(maxRuntime))),
+            Math.max(0, job.createdAt + maxRuntime * 1000 - this.now()),
+          );
+    // Neither keeps a process that is otherwise done alive.
+    deadline?.unref();
     try {
-      const object = await this.options.openS3Object(job.inputS3Uri);
+      const object = await this.options.openS3Object(job.inputS3Uri, signal);
       const body = /\.tar\.gz$/i.test(job.inputS3Uri) ? await onnxFromTarGz(object) : object;
       const version = await this.options.models.upload({
         name: job.modelName,
@@ -298,7 +407,9 @@ export class CompilationJobStore {
       });
       // Stopped, or failed by a replica once this import's lease ran out: the job has no model.
       if (ended) await this.options.models.deleteVersion(job.modelName, job.modelVersion);
-    } catch (error) {
+    } catch (caught) {
+      // Aborted: why it was aborted, not how the read broke off.
+      const error: unknown = signal.aborted ? signal.reason : caught;
       const message = error instanceof Error ? error.message : String(error);
       this.options.logger.warn({ err: error, job: job.name }, 'compilation job import failed');
       await this.finish(job.name, token, {
@@ -307,6 +418,7 @@ export class CompilationJobStore {
       }).catch(() => undefined);
     } finally {
       lease.stop();
+      clearTimeout(deadline);
     }
   }
 

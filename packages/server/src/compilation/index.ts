@@ -1,6 +1,8 @@
 export {
   CompilationJobStore,
   INTERRUPTED_IMPORT_REASON,
+  SHUTDOWN_IMPORT_REASON,
+  deadlineReason,
   stoppingConditionSchema,
   type StoppingCondition,
   type CompilationJobRecord,

@@ -349,6 +349,21 @@ export const serverConfigSchema = z.strictObject({
        * import whose lease ran out (its server crashed or was killed). Not resumed: S3 may have changed since.
        */
       leaseSeconds: z.int().min(1).max(3600).default(120),
+      /**
+       * An import's S3 read whose socket sends and receives nothing this long fails the job (per try; the SDK
+       * tries 3 times), so that an endpoint that stops answering cannot hold an import INPROGRESS for good.
+       */
+      s3SocketTimeoutMs: z
+        .int()
+        .min(1000)
+        .max(60 * 60_000)
+        .default(60_000),
+      /** Connecting to the S3 endpoint an import reads from fails after this long. */
+      s3ConnectionTimeoutMs: z
+        .int()
+        .min(1000)
+        .max(10 * 60_000)
+        .default(10_000),
     })
     .prefault({}),
   deployments: z

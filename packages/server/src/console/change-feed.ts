@@ -8,6 +8,11 @@ export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'token
 
 type Snapshot = Record<ChangeTopic, string>;
 
+/** A fleet's output outage problem (fleets/output-outage.ts) as a weight; no outage: 0. */
+const OUTAGE_PROBLEM_WEIGHT = sql<number>`case output_outage_problem
+  when 'missing-bucket' then 1 when 'forbidden' then 1000 when 'credentials' then 1000000
+  when 'unreachable' then 1000000000 else 0 end`;
+
 /** A device's last heartbeat, -1 for never, spelt as the devices_last_seen index (migration 0008) has it. */
 const lastSeen = sql<number>`coalesce(last_heartbeat_at, -1)`;
 
@@ -31,6 +36,12 @@ export function snapshotQuery(db: Kysely<DatabaseSchema>, onlineSince: number) {
       .selectFrom('fleets')
       .select((e) => e.fn.sum('output_outage_since').as('v'))
       .as('fleets_outages'),
+    // An outage whose problem changes (forbidden, then missing-bucket) keeps its start time: the count of
+    // fleets with each problem, one per thousand's digit group, changes with it (exact below 1000 fleets each).
+    eb
+      .selectFrom('fleets')
+      .select(sql<number>`sum(${OUTAGE_PROBLEM_WEIGHT})`.as('v'))
+      .as('fleets_problems'),
     // Devices: the count (which catches deletions) reads the whole table, or its smallest index, on every
     // poll; the other three are each one entry of an index (0010's devices_updated_at, 0008's
     // devices_last_seen). They are spelt as `order by … limit 1` rather than max()/min() so the plan shows
@@ -98,7 +109,7 @@ export async function readSnapshot(db: Kysely<DatabaseSchema>, onlineSince: numb
   const row = await snapshotQuery(db, onlineSince).executeTakeFirstOrThrow();
   const fingerprint = (...values: unknown[]) => JSON.stringify(values);
   return {
-    fleets: fingerprint(row.fleets_n, row.fleets_t, row.fleets_outages),
+    fleets: fingerprint(row.fleets_n, row.fleets_t, row.fleets_outages, row.fleets_problems),
     devices: fingerprint(
       row.devices_n,
       row.devices_u,

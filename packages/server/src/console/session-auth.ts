@@ -49,18 +49,45 @@ export function consoleSessionAuthenticator(
       );
     }
     const session = found.live;
-    if (!SAFE_METHODS.has(request.method)) {
-      const presented = request.headers[CSRF_HEADER];
-      if (typeof presented !== 'string' || !csrfTokenMatches(presented, session.csrfToken)) {
-        throw new DomainError(
-          'Forbidden',
-          `a console write must carry the ${CSRF_HEADER} header with the token its sign-in returned; it was missing or wrong`,
-        );
-      }
-    }
+    requireCsrfToken(request, session);
     request.consoleSession = { ...session, sessionId };
     return session.identity;
   };
+}
+
+/**
+ * Sign-out's check (auth `console-session`): the request must carry the session cookie. A live session's sign-out
+ * must also carry its CSRF token (other sites cannot sign you out); an ended one (expired, its token revoked,
+ * unknown) grants nothing, so it passes, and the handler removes its row and tells the browser to drop the cookie.
+ */
+export function consoleSignOutAuthenticator(
+  sessions: ConsoleSessionStore,
+): (request: FastifyRequest) => Promise<void> {
+  return async (request) => {
+    const sessionId = sessionIdOf(request);
+    if (sessionId === undefined) {
+      throw new DomainError(
+        'Unauthenticated',
+        `signing out needs the console session cookie (${SESSION_COOKIE}); this request carried none`,
+      );
+    }
+    const found = await sessions.lookup(sessionId);
+    if ('live' in found) {
+      requireCsrfToken(request, found.live);
+      request.consoleSession = { ...found.live, sessionId };
+    }
+  };
+}
+
+function requireCsrfToken(request: FastifyRequest, session: ActiveSession): void {
+  if (SAFE_METHODS.has(request.method)) return;
+  const presented = request.headers[CSRF_HEADER];
+  if (typeof presented !== 'string' || !csrfTokenMatches(presented, session.csrfToken)) {
+    throw new DomainError(
+      'Forbidden',
+      `a console write must carry the ${CSRF_HEADER} header with the token its sign-in returned; it was missing or wrong`,
+    );
+  }
 }
 
 export function setSessionCookie(

@@ -86,10 +86,11 @@ export const consoleSessionRoutes: FastifyPluginAsync<{ sessions: ConsoleSession
   defineRoute(app, {
     method: 'DELETE',
     url: '/api/v1/console/session',
-    auth: 'read',
+    auth: 'console-session',
     tag: 'console',
     summary:
-      'Sign out: ends the console session (writes need the CSRF token, so other sites cannot sign you out)',
+      'Sign out: ends the console session and clears its cookie (a live session needs the CSRF token, so other ' +
+      'sites cannot sign you out; an ended one, expired or revoked, needs only its cookie)',
     status: 204,
     handler: async ({ request, reply }) => {
       const sessionId = sessionIdOf(request);

@@ -30,6 +30,13 @@ export type SessionLookup =
 export const EXPIRED_SESSION_KEPT_MS = 24 * 3600 * 1000;
 
 /**
+ * The most session rows one API token keeps, live or expired-but-kept: a sign-in beyond it removes that token's
+ * oldest, so a token (even a read-only one) signing in over and over cannot grow the table without bound. Ample
+ * for a team sharing a token across browsers: a row lasts the session's lifetime plus a day.
+ */
+export const MAX_SESSIONS_PER_TOKEN = 32;
+
+/**
  * Console sign-ins, stored in the database so that any replica recognises a cookie another one issued. A
  * session is only as good as the API token it was opened with: revoking the token ends its sessions.
  */
@@ -55,17 +62,36 @@ export class ConsoleSessionStore {
     const sessionId = randomBytes(32).toString('base64url');
     const csrfToken = randomBytes(32).toString('base64url');
     const expiresAt = now + this.options.ttlMs;
+    const idHash = hashSecret(sessionId);
     await this.db
       .insertInto('console_sessions')
       .values({
-        id_hash: hashSecret(sessionId),
+        id_hash: idHash,
         token_id: identity.tokenId,
         csrf_token: csrfToken,
         created_at: now,
         expires_at: expiresAt,
       })
       .execute();
+    await this.removeOldestBeyondCap(identity.tokenId, idHash);
     return { sessionId, csrfToken, identity, expiresAt };
+  }
+
+  /** Keeps the token's newest MAX_SESSIONS_PER_TOKEN rows, the one just opened (`keep`) among them. */
+  private async removeOldestBeyondCap(tokenId: string, keep: string): Promise<void> {
+    // At most the cap plus concurrent sign-ins: the cap holds it there.
+    const others = await this.db
+      .selectFrom('console_sessions')
+      .select('id_hash')
+      .where('token_id', '=', tokenId)
+      .where('id_hash', '!=', keep)
+      .orderBy('created_at', 'desc')
+      .orderBy('id_hash')
+      .execute();
+    const beyond = others.slice(MAX_SESSIONS_PER_TOKEN - 1).map((row) => row.id_hash);
+    if (beyond.length > 0) {
+      await this.db.deleteFrom('console_sessions').where('id_hash', 'in', beyond).execute();
+    }
   }
 
   /**

@@ -182,16 +182,10 @@ export class DeploymentService implements DevicePackageAccess {
       );
     });
     const view = await this.describePlan(plan.name);
-    // Checked once the plan exists (each reads its package): a plan refused for its name or a clash costs none.
+    // From what each upload's check kept (no package read: a plan that was created answers at once).
     const warnings: string[] = [];
     for (const { handle, version } of uploaded) {
-      const warning = await this.options.models
-        .deviceTrustWarningFor(version)
-        .catch(
-          (error: unknown) =>
-            `could not check whether devices will take package ${version.modelName} ${version.version} ` +
-            `(${error instanceof Error ? error.message : String(error)}); the plan was created`,
-        );
+      const warning = this.options.models.deviceTrustWarningFor(version);
       if (warning !== undefined) warnings.push(`model handle ${handle}: ${warning}`);
     }
     return warnings.length > 0 ? { ...view, warnings } : view;

@@ -6,8 +6,12 @@
 import { createHash } from 'node:crypto';
 import type { DeploymentResult } from '@edgefleet/core';
 import type { Transaction } from 'kysely';
+import { lastDeploymentResults } from '../devices/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
+import { classifyResult, isStaleProgress } from './result-outcome.js';
 import { planOptions, recordEvent } from './stage-progress.js';
+
+export { classifyResult, type ResultOutcome } from './result-outcome.js';
 
 export interface ReportedResult {
   deviceName: string;
@@ -15,76 +19,6 @@ export interface ReportedResult {
   fleetName: string;
   result: DeploymentResult;
   receivedAt: number;
-}
-
-export type ResultOutcome =
-  | { kind: 'success'; message: string | null }
-  | {
-      kind: 'failure';
-      message: string;
-      /**
-       * A model's new version was switched in and failed (the agent's FailedAfterSwitch): final, never
-       * retried, since a retry would switch the failing version in again. False when the device does not say
-       * (an older agent): retried as any failure.
-       */
-      afterSwitch: boolean;
-    }
-  | { kind: 'progress'; message: string | null };
-
-const SUCCESS_STATUSES = new Set(['SUCCESS', 'SUCCEEDED', 'DEPLOYED', 'COMPLETED', 'COMMITTED']);
-const ROLLED_BACK_STATUSES = new Set(['ROLLEDBACK', 'ROLLED-BACK']);
-const FAILURE_STATUSES = new Set(['FAIL', 'FAILED', ...ROLLED_BACK_STATUSES, 'ERROR']);
-/**
- * Overall statuses that say the device is not done: one model may already be FAIL while the device still
- * rolls the others back (ROLLBACK_ON_FAILURE), so only the final report decides.
- */
-const UNDER_WAY_STATUSES = new Set(['INPROGRESS', 'IN_PROGRESS', 'HELD', 'PENDING']);
-
-/**
- * Reads a device's report: a final one with any model FAIL (or a failed overall status) is a failure; all
- * SUCCESS is success; an overall status that is still under way (INPROGRESS, HELD) is progress.
- */
-export function classifyResult(result: DeploymentResult): ResultOutcome {
-  const models = result.DeploymentModels ?? [];
-  const failed = models.filter((m) => m.Status === 'FAIL');
-  const status = (result.DeploymentStatus ?? '').toUpperCase();
-  if (!UNDER_WAY_STATUSES.has(status) && (failed.length > 0 || FAILURE_STATUSES.has(status))) {
-    const reasons = failed.map(
-      (m) =>
-        `${m.ModelHandle ?? m.ModelName ?? 'model'}: ${m.StatusReason ?? 'failed'}` +
-        (m.RollbackFailureReason !== undefined ? ` (rollback failed: ${m.RollbackFailureReason})` : ''),
-    );
-    // The device's message may already name each failed model (the agent's does): say each reason once.
-    const overall = result.DeploymentStatusMessage ?? '';
-    const message = [overall, ...reasons.filter((r) => !overall.includes(r))].filter(Boolean).join('; ');
-    return {
-      kind: 'failure',
-      message: message || `the device reported ${status || 'FAIL'}`,
-      // A result without the member (an older agent, Edge Manager's agent over the facade) still says it when
-      // a rollback was attempted: a failed rollback, or an overall ROLLEDBACK (the version had been switched in).
-      // With no failed model listed, the overall status alone says it.
-      afterSwitch:
-        failed.length === 0
-          ? ROLLED_BACK_STATUSES.has(status)
-          : failed.some(
-              (m) =>
-                m.FailedAfterSwitch ??
-                (m.RollbackFailureReason !== undefined || ROLLED_BACK_STATUSES.has(status)),
-            ),
-    };
-  }
-  const allSucceeded = models.length > 0 && models.every((m) => m.Status === 'SUCCESS');
-  if (SUCCESS_STATUSES.has(status) || (status === '' && allSucceeded)) {
-    return { kind: 'success', message: result.DeploymentStatusMessage ?? null };
-  }
-  // A device message that only restates the status ("INPROGRESS" and "in progress") is said once.
-  const plain = (text: string) => text.toLowerCase().replace(/[\s_-]/g, '');
-  const detail = result.DeploymentStatusMessage;
-  const restated = detail !== undefined && plain(detail) === plain(status);
-  return {
-    kind: 'progress',
-    message: [status, restated ? undefined : detail].filter(Boolean).join(': ') || null,
-  };
 }
 
 /**
@@ -142,6 +76,11 @@ export async function applyResults(
     .execute();
   const keyOf = (plan: string, device: string, fleet: string) => `${plan}\u0000${device}\u0000${fleet}`;
   const byKey = new Map(rows.map((row) => [keyOf(row.plan_name, row.device_name, row.fleet_name), row]));
+  // A progress report that the device's kept final result of the same attempt outranks is stale (a heartbeat
+  // written after the device's result call): it must not put "in progress" on a DEPLOYED target's message,
+  // nor on a failed attempt's "retrying" one.
+  const progress = named.filter((r) => classifyResult(r.result).kind === 'progress');
+  const kept = await lastDeploymentResults(trx, progress);
   const touched = new Map<string, { plan: string; stage: string }>();
   for (const report of named) {
     const row = byKey.get(keyOf(report.result.DeploymentName ?? '', report.deviceName, report.fleetName));
@@ -150,6 +89,7 @@ export async function applyResults(
     const digest = digestOf(report.result);
     if (row.result_digest === digest) continue;
     const outcome = classifyResult(report.result);
+    if (outcome.kind === 'progress' && isStaleProgress(kept.get(report.deviceName), report.result)) continue;
     const at = report.receivedAt;
     const where = trx
       .updateTable('deployment_targets')

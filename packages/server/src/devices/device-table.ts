@@ -4,8 +4,9 @@
  * tables' shape can change in one place. Each takes the executor to run on, so callers can include the
  * work in their own transaction.
  */
-import type { DeployedModelNotLoaded } from '@edgefleet/core';
 import { sql, type Kysely, type Transaction } from 'kysely';
+import type { DeployedModelNotLoaded, DeploymentResult } from '@edgefleet/core';
+import { classifyResult, isStaleProgress } from '../deployments/result-outcome.js';
 import type { DatabaseSchema, DeviceModelsTable } from '../storage/index.js';
 
 type Executor = Kysely<DatabaseSchema> | Transaction<DatabaseSchema>;
@@ -20,7 +21,7 @@ export interface DeviceHeartbeatState {
   /** By the server's clock. */
   heartbeatAt: number;
   /** The last DeploymentResult, as reported; absent: keep the previous one. */
-  deploymentResult?: unknown;
+  deploymentResult?: DeploymentResult;
   /** The models loaded now (replacing the previous list); absent: keep the list. */
   models?: { name: string; version: string; latestSampleTime?: number; latestInferenceTime?: number }[];
   /**
@@ -73,7 +74,9 @@ export async function deviceCountsByFleet(db: Executor, fleetNames: string[]): P
 /**
  * Records the state of many heartbeats in the caller's transaction: one UPDATE … FROM (VALUES …) for the
  * whole batch, a device's last heartbeat in it winning (a statement per device would cost a round trip each
- * on PostgreSQL); each device's last model list replaces what it had.
+ * on PostgreSQL); each device's last model list replaces what it had. A progress result (INPROGRESS, HELD)
+ * never replaces a final result of the same attempt (isStaleProgress): the device's own result call may
+ * have stored that while this heartbeat waited to be written.
  */
 export async function recordHeartbeatStates(
   trx: Transaction<DatabaseSchema>,
@@ -82,10 +85,13 @@ export async function recordHeartbeatStates(
   if (states.length === 0) return;
   const latest = new Map<string, DeviceHeartbeatState>();
   for (const state of states) latest.set(state.deviceName, state);
+  const stale = await staleProgressResults(trx, [...latest.values()]);
   const values = [...latest.values()].map(
     (state) =>
       sql`(${state.deviceName}, ${state.agentVersion}, ${state.heartbeatAt}, ${
-        state.deploymentResult !== undefined ? JSON.stringify(state.deploymentResult) : null
+        state.deploymentResult !== undefined && !stale.has(state.deviceName)
+          ? JSON.stringify(state.deploymentResult)
+          : null
       }, ${state.deployedModelsNotLoaded !== undefined ? JSON.stringify(state.deployedModelsNotLoaded) : null})`,
   );
   // A changed not-loaded list bumps updated_at, which the console's change feed watches, so a device page
@@ -139,6 +145,38 @@ export async function recordHeartbeatStates(
 }
 
 /**
+ * The devices among `states` whose heartbeat carries a progress result that their stored final result
+ * outranks. Their rows are locked first (a no-op UPDATE … RETURNING: PostgreSQL's row lock, SQLite's write
+ * lock), so a result call committing meanwhile is either seen here or waits for this transaction. Only
+ * heartbeats carrying progress are looked at, so most batches cost nothing more.
+ */
+async function staleProgressResults(
+  trx: Transaction<DatabaseSchema>,
+  states: DeviceHeartbeatState[],
+): Promise<Set<string>> {
+  const progress = new Map<string, DeploymentResult>();
+  for (const state of states) {
+    if (state.deploymentResult !== undefined && classifyResult(state.deploymentResult).kind === 'progress')
+      progress.set(state.deviceName, state.deploymentResult);
+  }
+  if (progress.size === 0) return new Set();
+  const stored = await trx
+    .updateTable('devices')
+    .set((eb) => ({ updated_at: eb.ref('updated_at') }))
+    .where('name', 'in', [...progress.keys()])
+    .returning(['name', 'deployment_result'])
+    .execute();
+  return new Set(
+    stored
+      .filter((row) => {
+        const incoming = progress.get(row.name);
+        return incoming !== undefined && isStaleProgress(row.deployment_result, incoming);
+      })
+      .map((row) => row.name),
+  );
+}
+
+/**
  * Records a DeploymentResult a device reported on its own call (not in a heartbeat) as its last one, as a
  * heartbeat carrying it would, in the caller's transaction. It bumps updated_at, which the console's change
  * feed watches, so a device page shows the result at once; it leaves last_heartbeat_at alone (the call is
@@ -156,6 +194,28 @@ export async function recordDeploymentResult(
     .where('name', '=', device.deviceName)
     .where('fleet_name', '=', device.fleetName)
     .execute();
+}
+
+/**
+ * The kept last DeploymentResult (JSON text, or null) of each of these devices, matched by name and fleet
+ * (the reporting devices' authenticated identities); devices not registered are absent.
+ */
+export async function lastDeploymentResults(
+  db: Executor,
+  devices: { deviceName: string; fleetName: string }[],
+): Promise<Map<string, string | null>> {
+  if (devices.length === 0) return new Map();
+  const fleetOf = new Map(devices.map((d) => [d.deviceName, d.fleetName]));
+  const rows = await db
+    .selectFrom('devices')
+    .select(['name', 'fleet_name', 'deployment_result'])
+    .where('name', 'in', [...fleetOf.keys()])
+    .execute();
+  return new Map(
+    rows
+      .filter((row) => fleetOf.get(row.name) === row.fleet_name)
+      .map((row) => [row.name, row.deployment_result]),
+  );
 }
 
 /** A device as deployment selection sees it: name, tags, when it registered and when it was last heard from. */

@@ -28,6 +28,7 @@ export {
   deviceCountsByFleet,
   deviceFleet,
   fleetDeviceStats,
+  lastDeploymentResults,
   lockDevice,
   recordDeploymentResult,
   recordHeartbeatStates,

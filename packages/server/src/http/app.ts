@@ -91,6 +91,12 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
         components: {
           securitySchemes: {
             bearerAuth: { type: 'http', scheme: 'bearer', description: 'Operator API token (efo_…)' },
+            consoleSession: {
+              type: 'apiKey',
+              in: 'cookie',
+              name: 'edgefleet_session',
+              description: 'Console session cookie (POST /api/v1/console/session sets it)',
+            },
           },
         },
       },

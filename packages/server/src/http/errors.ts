@@ -80,9 +80,16 @@ export class RequestValidationError extends Error {
 const MAX_QUOTED_VALUE = 100;
 
 /**
+ * Characters a quoted value must not carry: JSON leaves C1 controls (U+009B is a CSI on some terminals), format
+ * characters (bidi overrides such as U+202E) and U+2028/U+2029 as they are, and the CLI prints these messages to
+ * terminals.
+ */
+const UNQUOTABLE = /[\p{Cc}\p{Cf}\u2028\u2029]/u;
+
+/**
  * An issue's path, led by the offending value when the path goes through a list (`"bad_name" (devices.1.name)`):
- * among 60 pasted device names, an index alone makes the operator count. Only short strings are quoted, as JSON
- * (control characters escaped).
+ * among 60 pasted device names, an index alone makes the operator count. Only short strings free of control and
+ * format characters are quoted (as JSON); other values are named by their path alone.
  */
 function describeIssuePath(path: readonly PropertyKey[], input: unknown): string {
   const joined = path.map(String).join('.');
@@ -92,7 +99,7 @@ function describeIssuePath(path: readonly PropertyKey[], input: unknown): string
     if (value === null || typeof value !== 'object') return joined;
     value = (value as Record<PropertyKey, unknown>)[key];
   }
-  return typeof value === 'string' && value.length <= MAX_QUOTED_VALUE
+  return typeof value === 'string' && value.length <= MAX_QUOTED_VALUE && !UNQUOTABLE.test(value)
     ? `${JSON.stringify(value)} (${joined})`
     : joined;
 }

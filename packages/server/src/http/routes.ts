@@ -10,8 +10,10 @@ import { errorBodySchema, RequestValidationError } from './errors.js';
  * - read / admin: operator bearer API token of (at least) that scope
  * - enrollment-token: `Authorization: Bearer <enrollment token>` (checked and consumed by the handler)
  * - device: a client certificate issued by the device CA, current and not revoked (device API only)
+ * - console-session: the console's session cookie, live or ended (sign-out only: an ended one is accepted so that
+ *   it can be cleared; a live one's writes need its CSRF token)
  */
-export type AuthRequirement = 'public' | 'read' | 'admin' | 'enrollment-token' | 'device';
+export type AuthRequirement = 'public' | 'read' | 'admin' | 'enrollment-token' | 'device' | 'console-session';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -157,7 +159,9 @@ export function defineRoute<
       ...(definition.consumes !== undefined ? { consumes: definition.consumes } : {}),
       ...(definition.auth === 'read' || definition.auth === 'admin' || definition.auth === 'enrollment-token'
         ? { security: [{ bearerAuth: [] }] }
-        : {}),
+        : definition.auth === 'console-session'
+          ? { security: [{ consoleSession: [] }] }
+          : {}),
       response,
     },
     handler: async (request, reply) => {

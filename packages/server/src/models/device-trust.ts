@@ -34,6 +34,115 @@ const BundleCertificatesSchema = z.object({
   }),
 });
 
+const TIME_ADVICE =
+  ' Devices check the certificates at the time they install the package; sign it again ' +
+  'with a signing certificate that is valid now (renew it if it expired)';
+
+const fingerprintOf = (certificate: X509Certificate) =>
+  certificate.fingerprint256.replace(/:/g, '').toLowerCase();
+
+const oneLine = (name: string) => name.split('\n').filter(Boolean).join(', ');
+
+function describeRoot(root: X509Certificate): string {
+  return `the server's package-signing root (${oneLine(root.subject)}, SHA-256 ${fingerprintOf(root)})`;
+}
+
+/** A certificate of the chain from the package's signer to the root, and the time it is valid in (ms). */
+const chainCertificateSchema = z.object({
+  /** As the verifier names it: "signing certificate CN=…", "intermediate …", "root …". */
+  certificate: z.string(),
+  notBefore: z.number(),
+  notAfter: z.number(),
+});
+
+/**
+ * What the upload's signature check found, kept on the version row (model_versions.device_trust), so that a
+ * later check (plan create, the versions API) answers at its own `now` without reading the package: which
+ * root it was checked against, why devices refuse it whatever the time, and the validity of each certificate
+ * from its signer to that root, in the verifier's order (absent: the signature does not lead to that root,
+ * so time changes nothing).
+ */
+export const deviceTrustFactsSchema = z.object({
+  /** SHA-256 (hex) of the package-signing root the check trusted. */
+  root: z.string(),
+  warning: z.string().optional(),
+  chain: z.array(chainCertificateSchema).optional(),
+});
+export type DeviceTrustFacts = z.infer<typeof deviceTrustFactsSchema>;
+
+/**
+ * Checks an extracted package as deviceTrustWarning does (the upload's `warning`, at `now`), and answers the
+ * facts to keep. A package refused at `now` only for its certificates' time is checked again at a time inside
+ * their validity, so the kept warning is what stays true at any time.
+ */
+export async function checkDeviceTrust(
+  dir: string,
+  input: { name: string; version: string },
+  rootPem: string,
+  now: Date,
+): Promise<{ facts: DeviceTrustFacts; warning?: string }> {
+  const warning = await deviceTrustWarning(dir, input, rootPem, now);
+  const root = new X509Certificate(rootPem);
+  const chain = await chainToRoot(dir, root);
+  let timeless = warning;
+  if (chain !== undefined && timeFault(chain, now) !== undefined) {
+    const from = Math.max(...chain.map((c) => c.notBefore));
+    // (No time when all are valid: never valid, so the warning at `now` stays true.)
+    if (from <= Math.min(...chain.map((c) => c.notAfter))) {
+      timeless = await deviceTrustWarning(dir, input, rootPem, new Date(from)).catch((error: unknown) => {
+        if (error instanceof DomainError) return error.message;
+        throw error;
+      });
+    }
+  }
+  return {
+    facts: {
+      root: fingerprintOf(root),
+      ...(timeless !== undefined && { warning: timeless }),
+      ...(chain !== undefined && { chain }),
+    },
+    ...(warning !== undefined && { warning }),
+  };
+}
+
+/** The verifier's time check (certificates.ts): the first certificate, signer first, not valid at `now`. */
+function timeFault(chain: z.infer<typeof chainCertificateSchema>[], now: Date): string | undefined {
+  const t = now.getTime();
+  for (const c of chain) {
+    if (t < c.notBefore)
+      return `${c.certificate} is not valid until ${new Date(c.notBefore).toISOString()} (now is ${now.toISOString()})`;
+    if (t > c.notAfter)
+      return `${c.certificate} expired at ${new Date(c.notAfter).toISOString()} (now is ${now.toISOString()})`;
+  }
+  return undefined;
+}
+
+/**
+ * Why devices enrolled by this server will refuse the package at `now`, from the facts its upload kept; no
+ * package read. Undefined when they will take it.
+ */
+export function deviceTrustWarningAt(
+  facts: DeviceTrustFacts,
+  input: { name: string; version: string },
+  rootPem: string,
+  now: Date,
+): string | undefined {
+  const root = new X509Certificate(rootPem);
+  const pkg = `package ${input.name} ${input.version}`;
+  if (facts.root !== fingerprintOf(root)) {
+    return (
+      `${pkg} was checked at its upload against another package-signing root (SHA-256 ${facts.root}), not ` +
+      `${describeRoot(root)}, so whether devices enrolled by this server will take it is not known; they ` +
+      'verify it when they install it'
+    );
+  }
+  if (facts.warning !== undefined) return facts.warning;
+  const fault = facts.chain !== undefined ? timeFault(facts.chain, now) : undefined;
+  return fault === undefined
+    ? undefined
+    : `devices enrolled by this server will refuse ${pkg}: ${fault}.${TIME_ADVICE}`;
+}
+
 /**
  * Verifies an extracted package as an enrolled device will (trusting the server's package-signing root at
  * `now`) and answers what the operator should know. A package altered after signing is refused (400: it was
@@ -53,9 +162,7 @@ export async function deviceTrustWarning(
     // (What the verifier refuses; anything else is not the package's fault and is not hidden as advice.)
     if (!(error instanceof PackageVerificationError || error instanceof UnsupportedFileError)) throw error;
     const root = new X509Certificate(rootPem);
-    const trusted =
-      `the server's package-signing root (${root.subject.replace(/\n/g, ', ')}, SHA-256 ` +
-      `${root.fingerprint256.replace(/:/g, '').toLowerCase()})`;
+    const trusted = describeRoot(root);
     const pkg = `package ${input.name} ${input.version}`;
     const reason = error instanceof PackageVerificationError ? error.reason : 'file-unsupported';
     if (reason === 'bundle-missing') {
@@ -85,10 +192,7 @@ export async function deviceTrustWarning(
         );
       case 'certificate-expired':
       case 'certificate-not-yet-valid':
-        return (
-          `${refuse} Devices check the certificates at the time they install the package; sign it again ` +
-          'with a signing certificate that is valid now (renew it if it expired)'
-        );
+        return `${refuse}${TIME_ADVICE}`;
       case 'certificate-not-code-signing':
         return (
           `${refuse} Sign it with a code-signing certificate (keyUsage digitalSignature, extendedKeyUsage ` +
@@ -107,8 +211,8 @@ export async function deviceTrustWarning(
   }
 }
 
-/** Whether a certificate in the package's model.sig was issued by `root` (its chain reaches the server's root). */
-async function issuedUnder(dir: string, root: X509Certificate): Promise<boolean> {
+/** The certificates in the package's model.sig (leaf first), or none when it has none or cannot be read. */
+async function bundleCertificates(dir: string): Promise<X509Certificate[]> {
   let parsed;
   try {
     // (The verifier has read this bounded file already; it parsed, or the reason would be bundle-malformed.)
@@ -116,18 +220,62 @@ async function issuedUnder(dir: string, root: X509Certificate): Promise<boolean>
       JSON.parse(await readFile(path.join(dir, SIGNATURE_FILE), 'utf8')),
     );
   } catch {
-    return false;
+    return [];
   }
-  if (!parsed.success) return false;
+  if (!parsed.success) return [];
   const material = parsed.data.verificationMaterial;
   const raw =
     material.x509CertificateChain?.certificates ?? (material.certificate ? [material.certificate] : []);
-  return raw.some(({ rawBytes }) => {
+  return raw.flatMap(({ rawBytes }) => {
     try {
-      const certificate = new X509Certificate(Buffer.from(rawBytes, 'base64'));
-      return certificate.checkIssued(root) && certificate.verify(root.publicKey);
+      return [new X509Certificate(Buffer.from(rawBytes, 'base64'))];
     } catch {
-      return false;
+      return [];
     }
   });
+}
+
+const issuedBy = (certificate: X509Certificate, issuer: X509Certificate) => {
+  try {
+    return certificate.checkIssued(issuer) && certificate.verify(issuer.publicKey);
+  } catch {
+    return false;
+  }
+};
+
+/** Whether a certificate in the package's model.sig was issued by `root` (its chain reaches the server's root). */
+async function issuedUnder(dir: string, root: X509Certificate): Promise<boolean> {
+  return (await bundleCertificates(dir)).some((certificate) => issuedBy(certificate, root));
+}
+
+// As the verifier's bound on a chain's length.
+const MAX_CHAIN_LENGTH = 10;
+
+/**
+ * The chain from model.sig's signing certificate to `root` (root included), in the verifier's order, with
+ * each certificate's validity; undefined when no chain leads there.
+ */
+async function chainToRoot(
+  dir: string,
+  root: X509Certificate,
+): Promise<z.infer<typeof chainCertificateSchema>[] | undefined> {
+  const certificates = await bundleCertificates(dir);
+  const leaf = certificates[0];
+  if (leaf === undefined) return undefined;
+  const chain = [leaf];
+  for (;;) {
+    const current = chain[chain.length - 1] as X509Certificate;
+    if (issuedBy(current, root)) break;
+    const next = certificates.find((c) => !chain.includes(c) && issuedBy(current, c));
+    if (next === undefined || chain.length >= MAX_CHAIN_LENGTH) return undefined;
+    chain.push(next);
+  }
+  const all = [...chain, root];
+  const role = (i: number) =>
+    i === 0 ? 'signing certificate' : i === all.length - 1 ? 'root' : 'intermediate';
+  return all.map((certificate, i) => ({
+    certificate: `${role(i)} ${oneLine(certificate.subject)}`,
+    notBefore: Date.parse(certificate.validFrom),
+    notAfter: Date.parse(certificate.validTo),
+  }));
 }

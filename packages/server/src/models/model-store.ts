@@ -14,7 +14,12 @@ import type { Kysely } from 'kysely';
 import type { BlobStore } from '../blobs/index.js';
 import { conflict, DomainError, notFound } from '../errors/index.js';
 import { isUniqueViolation, type DatabaseSchema, type ModelVersionsTable } from '../storage/index.js';
-import { deviceTrustWarning } from './device-trust.js';
+import {
+  checkDeviceTrust,
+  deviceTrustFactsSchema,
+  deviceTrustWarningAt,
+  type DeviceTrustFacts,
+} from './device-trust.js';
 import { spoolUpload } from './upload.js';
 
 export type ModelSourceKind = 'onnx' | 'package';
@@ -32,6 +37,8 @@ export interface ModelVersionRecord {
   sizeBytes: number;
   sha256: string;
   tensors: ModelTensors;
+  /** What the upload's signature check found; null: not a checked package upload (see device-trust.ts). */
+  deviceTrust: DeviceTrustFacts | null;
   createdAt: number;
 }
 
@@ -73,8 +80,20 @@ function toVersion(row: ModelVersionsTable): ModelVersionRecord {
     sizeBytes: row.size_bytes,
     sha256: row.sha256,
     tensors: JSON.parse(row.tensors) as ModelTensors,
+    deviceTrust: storedTrustFacts(row.device_trust),
     createdAt: row.created_at,
   };
+}
+
+/** The kept facts, or null (none kept, or a shape this build does not know: treated as not checked). */
+function storedTrustFacts(text: string | null): DeviceTrustFacts | null {
+  if (text === null) return null;
+  try {
+    const parsed = deviceTrustFactsSchema.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -129,8 +148,8 @@ export class ModelStore {
       maxBytes: this.options.maxUploadBytes,
     });
     try {
-      const { tensors, warning } = await this.inspect(spooled.file, input).catch((error: unknown) =>
-        asValidationError(error, this.options.workDir),
+      const { tensors, warning, deviceTrust } = await this.inspect(spooled.file, input).catch(
+        (error: unknown) => asValidationError(error, this.options.workDir),
       );
       const blobKey = `models/${input.name}/${input.version.replace(/ /g, '_')}/${randomBytes(4).toString('hex')}-${
         input.kind === 'onnx' ? 'model.onnx' : 'package.tar.gz'
@@ -148,6 +167,7 @@ export class ModelStore {
         size_bytes: spooled.size,
         sha256: spooled.sha256,
         tensors: JSON.stringify(tensors),
+        device_trust: deviceTrust !== undefined ? JSON.stringify(deviceTrust) : null,
         created_at: at,
       };
       try {
@@ -188,7 +208,7 @@ export class ModelStore {
   private async inspect(
     file: string,
     input: { name: string; version: string; kind: ModelSourceKind },
-  ): Promise<{ tensors: ModelTensors; warning?: string }> {
+  ): Promise<{ tensors: ModelTensors; warning?: string; deviceTrust?: DeviceTrustFacts }> {
     if (input.kind === 'onnx') {
       const info = await readOnnxModelInfo(file);
       return { tensors: { inputs: info.inputs, outputs: info.outputs } };
@@ -207,47 +227,32 @@ export class ModelStore {
       }
       const tensors = { inputs: opened.manifest.inputs, outputs: opened.manifest.outputs };
       const root = this.options.deviceTrustRootPem;
-      const warning =
-        root === undefined
-          ? undefined
-          : await deviceTrustWarning(extracted, input, root, new Date(this.now()));
-      return { tensors, ...(warning !== undefined && { warning }) };
+      if (root === undefined) return { tensors };
+      const { facts, warning } = await checkDeviceTrust(extracted, input, root, new Date(this.now()));
+      return { tensors, deviceTrust: facts, ...(warning !== undefined && { warning }) };
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
   }
 
   /**
-   * Why devices enrolled by this server will refuse an uploaded package now (as the upload's warning says, checked
-   * again at `now`: a signing certificate may have expired since), or undefined when they will take it, or it is
-   * not an uploaded package (ONNX; packaging jobs' packages are the server's own signing). Reads the package from
-   * the blob store into the work folder once; deployment plan create calls it for each uploaded package it names.
+   * Why devices enrolled by this server will refuse an uploaded package now (as the upload's warning said, at
+   * `now`: a signing certificate may have expired since), or undefined when they will take it, or it is not
+   * an uploaded package (ONNX; packaging jobs' packages are the server's own signing). Built from the facts
+   * the upload kept, with no package read, so plan create and version listings cost nothing more. A version
+   * uploaded before the facts were kept says it was not checked.
    */
-  async deviceTrustWarningFor(version: ModelVersionRecord): Promise<string | undefined> {
+  deviceTrustWarningFor(version: ModelVersionRecord): string | undefined {
     const root = this.options.deviceTrustRootPem;
     if (root === undefined || version.sourceKind !== 'package') return undefined;
-    const spooled = await spoolUpload(await this.options.blobs.get(version.blobKey), {
-      dir: this.options.workDir,
-      maxBytes: version.sizeBytes,
-    });
-    const dir = await mkdtemp(path.join(this.options.workDir, 'inspect-'));
-    try {
-      const extracted = path.join(dir, 'package');
-      await extractPackageArchive(spooled.file, extracted, {
-        maxTotalBytes: this.options.maxUploadBytes * 4,
-      });
-      const input = { name: version.modelName, version: version.version };
-      return await deviceTrustWarning(extracted, input, root, new Date(this.now())).catch(
-        (error: unknown) => {
-          // Altered since it was accepted (the upload refuses such a package): devices refuse it all the same.
-          if (error instanceof DomainError) return error.message;
-          throw error;
-        },
+    const input = { name: version.modelName, version: version.version };
+    if (version.deviceTrust === null)
+      return (
+        `package ${input.name} ${input.version} was uploaded before this server kept what its signature check ` +
+        'found, so whether devices enrolled by this server will take it was not checked; they verify it when ' +
+        'they install it'
       );
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-      await spooled.remove();
-    }
+    return deviceTrustWarningAt(version.deviceTrust, input, root, new Date(this.now()));
   }
 
   async findVersion(name: string, version: string): Promise<ModelVersionRecord | undefined> {

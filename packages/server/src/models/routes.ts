@@ -28,6 +28,15 @@ export const modelVersionSchema = z.object({
   inputs: z.array(TensorMetadataSchema),
   outputs: z.array(TensorMetadataSchema),
   createdAt: z.iso.datetime(),
+  warning: z
+    .string()
+    .optional()
+    .describe(
+      "A package enrolled devices will refuse (unsigned, or its signature does not lead to the server's " +
+        'package-signing root, which they trust, or its certificate is not valid now): why and what to do, ' +
+        "as of this answer (from what the upload's check kept; the package is not read again). " +
+        '(A package signed under that root and altered after signing is refused at upload: 400.)',
+    ),
 });
 
 export const modelSchema = z.object({
@@ -39,7 +48,11 @@ export const modelSchema = z.object({
   updatedAt: z.iso.datetime(),
 });
 
-export function modelVersionView(v: ModelVersionRecord): z.input<typeof modelVersionSchema> {
+/** A version as the API shows it; `warning`: why devices will refuse it now (ModelStore.deviceTrustWarningFor). */
+export function modelVersionView(
+  v: ModelVersionRecord,
+  warning?: string,
+): z.input<typeof modelVersionSchema> {
   return {
     modelName: v.modelName,
     version: v.version,
@@ -49,20 +62,12 @@ export function modelVersionView(v: ModelVersionRecord): z.input<typeof modelVer
     inputs: v.tensors.inputs,
     outputs: v.tensors.outputs,
     createdAt: iso(v.createdAt),
+    ...(warning !== undefined && { warning }),
   };
 }
 
-/** The upload's answer: the version, and what the operator should know about it. */
-export const uploadedModelVersionSchema = modelVersionSchema.extend({
-  warning: z
-    .string()
-    .optional()
-    .describe(
-      "A package enrolled devices will refuse (unsigned, or its signature does not lead to the server's " +
-        'package-signing root, which they trust, or its certificate is not valid now): accepted, with why and ' +
-        'what to do. (A package signed under that root and altered after signing is refused: 400.)',
-    ),
-});
+/** The upload's answer: the version, and what the operator should know about it (checked at the upload). */
+export const uploadedModelVersionSchema = modelVersionSchema;
 
 function modelView(m: ModelRecord): z.input<typeof modelSchema> {
   return {
@@ -140,10 +145,7 @@ export const modelRoutes: FastifyPluginAsync<{
         if (!request.raw.complete && declared <= maxUploadBytes) await drain(body);
         throw error;
       }
-      return {
-        ...modelVersionView(version),
-        ...(version.warning !== undefined && { warning: version.warning }),
-      };
+      return modelVersionView(version, version.warning);
     },
   });
 
@@ -192,7 +194,7 @@ export const modelRoutes: FastifyPluginAsync<{
       });
       const page = toPage(list, rows, query.limit, (v) => v.version);
       return {
-        versions: page.items.map(modelVersionView),
+        versions: page.items.map((v) => modelVersionView(v, models.deviceTrustWarningFor(v))),
         ...(page.nextToken ? { nextToken: page.nextToken } : {}),
       };
     },
@@ -206,7 +208,10 @@ export const modelRoutes: FastifyPluginAsync<{
     summary: 'Describe a model version, with its tensor metadata',
     params: versionParams,
     response: modelVersionSchema,
-    handler: async ({ params }) => modelVersionView(await models.getVersion(params.model, params.version)),
+    handler: async ({ params }) => {
+      const version = await models.getVersion(params.model, params.version);
+      return modelVersionView(version, models.deviceTrustWarningFor(version));
+    },
   });
 
   defineRoute(app, {

@@ -40,6 +40,13 @@ export interface PackagingClaim {
   token: string;
 }
 
+/** An INPROGRESS job claimed under this server's identity, as read at one time (PackagingJobStore.ownClaims). */
+export interface SeenClaim {
+  name: string;
+  token: string;
+  updatedAt: number;
+}
+
 /**
  * What an INPROGRESS job's row says of its runner, read at `now`: nothing while it renews its lease; once two
  * renewals are missed (its server was killed, crashed or stalled), that it waits for its lease to expire and
@@ -108,22 +115,41 @@ export class PackagingJobStore {
 
   /**
    * Called once when this server's packaging worker starts, before it claims anything: the INPROGRESS jobs whose
-   * claim this same server (its instance identity) wrote were interrupted with it — nothing of this process
-   * runs them — so their leases are ended now and the worker resumes them at once instead of after the lease.
-   * Safe with replicas: a replica's claims carry its own identity; and were a data dir copied (two servers with
-   * one identity), a live runner whose job is taken loses its claim and writes nothing (the claim tokens fence
-   * it): work is repeated, never mixed. Returns the jobs released.
+   * claim this same server identity wrote. Such a job was interrupted with this server's last run, unless a live
+   * process with the same identity holds it (a data dir shared by replicas, or copied). `stale`: not renewed for
+   * two renewal intervals (leaseRenewalIntervalMs), so no live runner holds them: release them now. `recent`:
+   * renewed since, so release only those that stay unrenewed for two intervals more (releaseUnrenewed).
    */
-  async releaseOwnInterrupted(): Promise<string[]> {
-    if (this.instanceId === undefined) return [];
-    const own = await this.db
+  async ownClaims(): Promise<{ stale: SeenClaim[]; recent: SeenClaim[] }> {
+    if (this.instanceId === undefined) return { stale: [], recent: [] };
+    const rows = await this.db
       .selectFrom('packaging_jobs')
-      .select(['name', 'claim_token'])
+      .select(['name', 'claim_token', 'updated_at'])
       .where('status', '=', 'INPROGRESS')
       .where('claim_token', 'like', `${this.instanceId}.%`)
       .execute();
+    const seen = rows.map((row) => ({
+      name: row.name,
+      token: row.claim_token ?? '',
+      updatedAt: Number(row.updated_at),
+    }));
+    const cutoff = this.now() - 2 * leaseRenewalIntervalMs(this.leaseMs);
+    return {
+      stale: seen.filter((job) => job.updatedAt < cutoff),
+      recent: seen.filter((job) => job.updatedAt >= cutoff),
+    };
+  }
+
+  /**
+   * Ends the leases of the jobs of `seen` (ownClaims) that no runner renewed since, so the worker resumes them at
+   * once instead of after the lease. For `recent` jobs, call it once two renewal intervals have passed since they
+   * were read: a live runner renews every interval, so a job still as it was has lost its runner, and a live
+   * process's job is left alone. Were a runner to stall past that (and so a job be taken from it),
+   * its claim token fences it: work is repeated, never mixed. Returns the jobs released.
+   */
+  async releaseUnrenewed(seen: SeenClaim[]): Promise<string[]> {
     const released: string[] = [];
-    for (const job of own) {
+    for (const job of seen) {
       const result = await this.db
         .updateTable('packaging_jobs')
         .set({
@@ -134,7 +160,8 @@ export class PackagingJobStore {
         })
         .where('name', '=', job.name)
         .where('status', '=', 'INPROGRESS')
-        .where('claim_token', '=', job.claim_token)
+        .where('claim_token', '=', job.token)
+        .where('updated_at', '=', job.updatedAt)
         .executeTakeFirst();
       if (Number(result.numUpdatedRows) === 1) released.push(job.name);
     }

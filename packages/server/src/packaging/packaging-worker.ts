@@ -13,10 +13,15 @@ import {
   SIGNATURE_FILE,
 } from '@edgefleet/core';
 import type { Logger } from 'pino';
-import { DEFAULT_LEASE_MS, renewLease } from '../background/index.js';
+import { DEFAULT_LEASE_MS, leaseRenewalIntervalMs, renewLease } from '../background/index.js';
 import type { BlobStore } from '../blobs/index.js';
 import type { ModelStore } from '../models/index.js';
-import { type PackagingClaim, type PackagingJobRecord, type PackagingJobStore } from './packaging-jobs.js';
+import {
+  type PackagingClaim,
+  type PackagingJobRecord,
+  type PackagingJobStore,
+  type SeenClaim,
+} from './packaging-jobs.js';
 import type { PackageSigningIdentity } from './signing-keys.js';
 
 export interface PackagingWorkerOptions {
@@ -72,8 +77,11 @@ export class PackagingWorker {
   private running: Promise<void> | undefined;
   private stopped = false;
   private again = false;
-  /** Whether this server's own interrupted jobs (from before a restart) were released; done once, first. */
-  private releasedOwn = false;
+  /** Whether this server's own interrupted jobs (from before a restart) were looked for; done once, first. */
+  private lookedForOwn = false;
+  /** Releasing them, once a round of lease renewals has passed (releaseOwnLater). */
+  private releasingOwn: Promise<void> | undefined;
+  private readonly stopping = new AbortController();
 
   constructor(private readonly options: PackagingWorkerOptions) {}
 
@@ -103,22 +111,21 @@ export class PackagingWorker {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    this.stopping.abort();
     await this.running;
+    await this.releasingOwn;
   }
 
   /** Runs jobs until none is waiting; resolves when idle (tests await it). */
   async drain(): Promise<void> {
     try {
       const leaseMs = this.options.leaseMs ?? DEFAULT_LEASE_MS;
-      if (!this.releasedOwn) {
-        // Before this worker claims anything, so none of the claims it matches is one of this process's.
-        const released = await this.options.jobs.releaseOwnInterrupted();
-        this.releasedOwn = true;
-        if (released.length > 0)
-          this.options.logger.info(
-            { packagingJobs: released },
-            'this server was interrupted while running packaging jobs; resuming them now, not after their lease',
-          );
+      if (!this.lookedForOwn) {
+        // Before this worker claims anything, so none of the claims it reads is one of this process's.
+        const { stale, recent } = await this.options.jobs.ownClaims();
+        this.lookedForOwn = true;
+        this.logReleased(await this.options.jobs.releaseUnrenewed(stale));
+        if (recent.length > 0) this.releasingOwn = this.releaseOwnLater(recent, leaseMs);
       }
       for (
         let claimed = await this.options.jobs.claimNext(leaseMs);
@@ -135,6 +142,35 @@ export class PackagingWorker {
       }
     } catch (error) {
       this.options.logger.warn({ err: error }, 'packaging worker: could not look for jobs; will retry');
+    }
+  }
+
+  private logReleased(released: string[]): void {
+    if (released.length === 0) return;
+    this.options.logger.info(
+      { packagingJobs: released },
+      'this server was interrupted while running packaging jobs; resuming them now, not after their lease',
+    );
+  }
+
+  /**
+   * Releases this server identity's jobs that were renewed shortly before this worker started, once two renewal
+   * intervals passed without a renewal (a live runner renews every interval; two leave room for a slow round
+   * trip): those were interrupted with this server's last run and are resumed now, while a live process sharing
+   * the identity (a shared or copied data dir) keeps its jobs. Meanwhile the worker runs other jobs.
+   */
+  private async releaseOwnLater(seen: SeenClaim[], leaseMs: number): Promise<void> {
+    try {
+      await sleep(2 * leaseRenewalIntervalMs(leaseMs), undefined, { signal: this.stopping.signal });
+      const released = await this.options.jobs.releaseUnrenewed(seen);
+      this.logReleased(released);
+      if (released.length > 0) this.kick();
+    } catch (error) {
+      if (this.stopping.signal.aborted) return;
+      this.options.logger.warn(
+        { err: error },
+        'packaging worker: could not release the jobs this server was running before it restarted; they are resumed once their lease expires',
+      );
     }
   }
 

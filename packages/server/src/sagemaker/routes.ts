@@ -6,7 +6,7 @@ import {
 } from '@edgefleet/core';
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
-import type { AccessKeyStore } from '../auth/index.js';
+import { keyEndedReason, type AccessKeyStore } from '../auth/index.js';
 import type { DeploymentService } from '../deployments/index.js';
 import type { DeviceStore } from '../devices/index.js';
 import { dependencyUnavailableOf, DomainError } from '../errors/index.js';
@@ -177,12 +177,11 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
         const body = parseJsonBody(Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0));
         const parsed = parseInput(input, body);
         const record = await options.devices.find(key.deviceName);
-        // A key issued before the device was (re-)registered belongs to an earlier device of that name, whose
-        // identity deregistration ended, as it revokes that device's certificates.
-        if (record === undefined || key.createdAt < record.registeredAt) {
+        const ended = keyEndedReason({ deviceName: key.deviceName, createdAt: key.createdAt }, record);
+        if (record === undefined || ended !== undefined) {
           throw new AwsError(
             'AccessDeniedException',
-            `access key ${key.accessKeyId} was issued for a device ${key.deviceName} that is no longer registered; create a new key`,
+            `access key ${key.accessKeyId} was issued for a device ${key.deviceName} that is no longer registered (${ended}); create a new key`,
           );
         }
         const device: AuthenticatedDevice = {

@@ -5,7 +5,7 @@
  * which costs repeated work, never mixed results (claims are fenced by their tokens). Delete the file in the copy.
  */
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { link, open, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 export const INSTANCE_ID_FILE = 'instance-id';
@@ -28,12 +28,37 @@ export async function loadInstanceId(dataDir: string): Promise<string> {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
   }
   const id = randomBytes(16).toString('hex');
+  // Written whole and synced under a name of its own, then linked into place: `instance-id` never exists
+  // empty or half-written, neither for a server starting beside this one nor after a power cut.
+  const temp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
   try {
-    // 'wx': two processes starting on one data dir at once keep the first one's id.
-    await writeFile(file, `${id}\n`, { mode: 0o600, flag: 'wx' });
+    const handle = await open(temp, 'wx', 0o600);
+    try {
+      await handle.writeFile(`${id}\n`);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    try {
+      // Exclusive: two processes starting on one data dir at once keep the first one's id.
+      await link(temp, file);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') return await read();
+      throw error;
+    }
+    await syncDir(dataDir);
     return id;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return read();
-    throw error;
+  } finally {
+    await rm(temp, { force: true });
+  }
+}
+
+/** Makes the new name durable (the link is in the folder's entries). */
+async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }

@@ -31,6 +31,7 @@ import {
   ConsoleSessionStore,
   consoleEventRoutes,
   consoleSessionAuthenticator,
+  consoleSignOutAuthenticator,
   consoleSessionRoutes,
   consoleStaticRoutes,
   defaultConsoleDir,
@@ -388,20 +389,37 @@ export async function startServer(
       maxUploadBytes: config.uploads.maxModelBytes,
       deviceTrustRootPem: signing.rootCertificatePem,
     });
+    const instanceId = await loadInstanceId(config.dataDir);
     const packagingJobs = new PackagingJobStore(database.db, models, Date.now, {
-      instanceId: await loadInstanceId(config.dataDir),
+      instanceId,
       leaseMs: config.packaging.leaseSeconds * 1000,
     });
     const s3Objects = new S3Objects(s3ConnectionOf(config));
+    // Imports read through clients with timeouts: an endpoint that stops answering fails the import.
+    const importObjects = new S3Objects({
+      ...s3ConnectionOf(config),
+      socketTimeoutMs: config.compilation.s3SocketTimeoutMs,
+      connectionTimeoutMs: config.compilation.s3ConnectionTimeoutMs,
+    });
+    const compilationLogger = logger.child({ capability: 'compilation' });
     const compilationJobs = new CompilationJobStore(database.db, {
       models,
-      openS3Object: (uri) => s3Objects.get(uri),
-      logger: logger.child({ capability: 'compilation' }),
+      openS3Object: (uri, signal) => importObjects.get(uri, { signal }),
+      logger: compilationLogger,
       leaseMs: config.compilation.leaseSeconds * 1000,
+      instanceId,
     });
-    // Only imports whose server stopped renewing them: other replicas' imports in flight are left alone.
-    await failExpiredImports(compilationJobs, logger.child({ capability: 'compilation' }));
-    background.push({ stop: () => compilationJobs.settle() });
+    // This server's own imports, interrupted when it stopped, at once; then only imports whose server stopped
+    // renewing them: other replicas' imports in flight are left alone.
+    const interrupted = await compilationJobs.failOwnInterrupted();
+    if (interrupted.length > 0)
+      compilationLogger.warn(
+        { compilationJobs: interrupted },
+        'failed compilation imports this server was running when it stopped',
+      );
+    await failExpiredImports(compilationJobs, compilationLogger);
+    // Aborts the imports in flight: a stalled S3 read must not hold shutdown.
+    background.push({ stop: () => compilationJobs.close() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const deployments = new DeploymentService(database.db, { packagingJobs, models });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
@@ -506,6 +524,7 @@ export async function startServer(
       outageLog,
       authenticators: {
         ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
+        'console-session': consoleSignOutAuthenticator(services.consoleSessions),
         'enrollment-token': enrollmentTokenAuthenticator,
       },
       readiness,

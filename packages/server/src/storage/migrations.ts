@@ -7,6 +7,7 @@ import {
   type MigrationProvider,
   type MigrationResult,
 } from 'kysely';
+import { awsProfileName } from '@edgefleet/core';
 
 /**
  * Versioned schema migrations, held in code (not read from a folder) so that they run the same from `src`
@@ -462,10 +463,86 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('compilation_jobs').addColumn('data_input_config', 'text').execute();
     },
   },
+  // What an uploaded package's signature check found (models/device-trust.ts DeviceTrustFacts, JSON), so plan
+  // create and the versions API warn at their own time without reading the package. Null: an ONNX model, no
+  // signing root configured, or a version uploaded before this column.
+  '0016_model_version_device_trust': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('model_versions').addColumn('device_trust', 'text').execute();
+    },
+  },
+  // The S3 object a facade packaging job writes its package to, unique (sagemaker/operations/packaging.ts): two
+  // CreateEdgePackagingJob calls naming one object (`v1 beta` and `v1_beta`, or one version twice, into one
+  // S3OutputLocation) cannot both be created, however close together. Existing jobs get theirs, the oldest
+  // first; a later job already sharing an object (created before this check) keeps none, so nothing fails here.
+  '0017_packaging_object_uri': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .alterTable('edge_packaging_job_sources')
+        .addColumn('package_object_uri', 'text')
+        .execute();
+      const jobs = await db
+        .selectFrom('edge_packaging_job_sources as s')
+        .innerJoin('packaging_jobs as j', 'j.name', 's.job_name')
+        .select(['s.job_name', 'j.model_name', 'j.model_version', 'j.output_s3_location'])
+        .where('j.output_s3_location', 'is not', null)
+        .orderBy('j.created_at')
+        .orderBy('s.job_name')
+        .execute();
+      const taken = new Set<string>();
+      for (const job of jobs) {
+        // packageObjectUri as of this migration (a copy: a migration must not change when that code does).
+        const uri = `${String(job.output_s3_location).replace(/\/+$/, '')}/${job.model_name}-${String(job.model_version).replace(/ /g, '_')}.tar.gz`;
+        if (taken.has(uri)) continue;
+        taken.add(uri);
+        await db
+          .updateTable('edge_packaging_job_sources')
+          .set({ package_object_uri: uri })
+          .where('job_name', '=', job.job_name)
+          .execute();
+      }
+      await db.schema
+        .createIndex('edge_packaging_job_sources_package_object_uri')
+        .on('edge_packaging_job_sources')
+        .column('package_object_uri')
+        .unique()
+        .execute();
+    },
+  },
+  // The ~/.aws/credentials profile an access key's name gives (auth/access-keys.ts), unique among unrevoked keys:
+  // two keys created at once with names of one profile cannot both be, so `token create --aws` never prints two
+  // sections of one name. Existing unrevoked keys get theirs, the oldest first; a later one already sharing a
+  // profile keeps none (it is as it was; revoke one of them), so nothing fails here.
+  '0018_access_key_profiles': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('access_keys').addColumn('aws_profile', 'text').execute();
+      const keys = await db
+        .selectFrom('access_keys')
+        .select(['access_key_id', 'name'])
+        .where('revoked_at', 'is', null)
+        .orderBy('created_at')
+        .orderBy('access_key_id')
+        .execute();
+      const taken = new Set<string>();
+      for (const key of keys) {
+        const profile = awsProfileName(String(key.name));
+        if (taken.has(profile)) continue;
+        taken.add(profile);
+        await db
+          .updateTable('access_keys')
+          .set({ aws_profile: profile })
+          .where('access_key_id', '=', key.access_key_id)
+          .execute();
+      }
+      await sql`create unique index access_keys_unrevoked_aws_profile on access_keys (aws_profile) where revoked_at is null`.execute(
+        db,
+      );
+    },
+  },
   // The deployed model handles a device's agent reports as not loaded (heartbeat DeployedModelsNotLoaded, JSON):
   // shown on the device's API answer, `edgefleet device describe` and the console. Null: its agent does not
   // report them (an older agent, deployments off, Edge Manager's agent).
-  '0016_devices_deployed_models_not_loaded': {
+  '0019_devices_deployed_models_not_loaded': {
     async up(db: Kysely<any>): Promise<void> {
       await db.schema.alterTable('devices').addColumn('deployed_models_not_loaded', 'text').execute();
     },

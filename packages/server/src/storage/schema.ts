@@ -31,6 +31,8 @@ export interface AccessKeysTable {
   secret_ciphertext: string;
   created_at: number;
   revoked_at: number | null;
+  /** The ~/.aws/credentials profile its name gives (awsProfileName); unique among unrevoked keys. */
+  aws_profile: string | null;
 }
 
 /** A SageMaker compilation job: an ONNX model imported from S3 (compilation/). */
@@ -68,6 +70,8 @@ export interface EdgePackagingJobSourcesTable {
   compilation_job_name: string;
   role_arn: string;
   tags: string;
+  /** The S3 object the job writes its package to (unique); null for a job created before it was recorded. */
+  package_object_uri: string | null;
 }
 
 export interface FleetsTable {
@@ -168,6 +172,8 @@ export interface ModelVersionsTable {
   size_bytes: number;
   sha256: string;
   tensors: string;
+  /** JSON DeviceTrustFacts (models/device-trust.ts); null: not a checked package upload. */
+  device_trust: string | null;
   created_at: number;
 }
 

@@ -43,6 +43,25 @@ describe.each(engines)('access key store on $engine', (fixture) => {
       expect(await keys.revoke(record.accessKeyId)).toBe(false);
     },
   );
+
+  it.skipIf(!fixture.available)(
+    'of two keys created at once with names of one ~/.aws/credentials profile, one is refused (review N9)',
+    async () => {
+      const keys = new AccessKeyStore(database.db, randomBytes(32));
+      // `ci bot` and `ci.bot` are both profile [ci-bot].
+      const results = await Promise.allSettled([
+        keys.create({ name: 'ci bot', scope: 'admin' }),
+        keys.create({ name: 'ci.bot', scope: 'admin' }),
+      ]);
+      expect(results.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected']);
+      const refused = results.find((r) => r.status === 'rejected')!;
+      expect(String(refused.reason)).toMatch(/already has the ~\/\.aws\/credentials profile \[ci-bot\]/);
+      // Revoked, the profile is free again.
+      const kept = results.find((r) => r.status === 'fulfilled')!;
+      expect(await keys.revoke(kept.value.record.accessKeyId)).toBe(true);
+      expect((await keys.create({ name: 'ci bot', scope: 'admin' })).record.name).toBe('ci bot');
+    },
+  );
 });
 
 describe.each(engines)('access-key encryption key bound to the database on $engine', (fixture) => {

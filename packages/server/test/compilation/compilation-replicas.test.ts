@@ -5,7 +5,7 @@
  * with SIGKILL; imports read from s3rver, or from an S3 endpoint that accepts and never answers (an import
  * that is still running, as a large object being read would be).
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,11 +36,10 @@ describe.skipIf(!postgres.available)(
     let a: ServerProcess;
     let b: ServerProcess;
 
-    const start = async (configFile: string) => {
-      const server = await startServerProcess(
-        ['-c', configFile, '--data-dir', path.join(cwd, 'shared')],
-        cwd,
-      );
+    // Each replica its own data dir, so its own identity (instance-id), as the README says: a server fails the
+    // imports its own identity claimed when it starts. B's is a copy of A's (the key material) without it.
+    const start = async (configFile: string, dataDir = 'shared') => {
+      const server = await startServerProcess(['-c', configFile, '--data-dir', path.join(cwd, dataDir)], cwd);
       servers.push(server);
       return server;
     };
@@ -90,7 +89,9 @@ describe.skipIf(!postgres.available)(
       const init = await runServerCli(['init', '-c', 'a.json', '--data-dir', path.join(cwd, 'shared')], cwd);
       expect(init.code, init.stderr).toBe(0);
       a = await start('a.json');
-      b = await start('b.json');
+      await cp(path.join(cwd, 'shared'), path.join(cwd, 'b-data'), { recursive: true });
+      await rm(path.join(cwd, 'b-data', 'instance-id'), { force: true });
+      b = await start('b.json', 'b-data');
       const created = await fetch(`${a.operatorUrl}/api/v1/access-keys`, {
         method: 'POST',
         headers: { authorization: `Bearer ${init.stdout.trim()}`, 'content-type': 'application/json' },

@@ -285,6 +285,24 @@ describe('loadConfig', () => {
     );
   });
 
+  it('reads the compilation import S3 timeouts, refusing 0 (no timeout at all)', async () => {
+    const defaults = await loadConfig({ env: {}, cwd: dir });
+    expect(defaults.compilation).toMatchObject({ s3SocketTimeoutMs: 60_000, s3ConnectionTimeoutMs: 10_000 });
+    const set = await loadConfig({
+      configFile: await configFile({ compilation: { s3SocketTimeoutMs: 5000, s3ConnectionTimeoutMs: 2000 } }),
+      env: {},
+      cwd: dir,
+    });
+    expect(set.compilation).toMatchObject({ s3SocketTimeoutMs: 5000, s3ConnectionTimeoutMs: 2000 });
+    const error = await loadConfig({
+      configFile: await configFile({ compilation: { s3SocketTimeoutMs: 0 } }),
+      env: {},
+      cwd: dir,
+    }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toMatch(/compilation\.s3SocketTimeoutMs: .*>=1000/);
+  });
+
   it('listens on 127.0.0.1 for localhost (one address, which the listener limits reach)', async () => {
     const config = await loadConfig({ env: {}, cwd: dir, flags: { listen: 'localhost:9000' } });
     expect(config.listen).toEqual({ host: '127.0.0.1', port: 9000 });

@@ -8,9 +8,15 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { brotliCompressSync, gzipSync } from 'node:zlib';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiTokenStore } from '../../src/auth/index.js';
-import { ConsoleSessionStore, EXPIRED_SESSION_KEPT_MS } from '../../src/console/index.js';
+import {
+  ConsoleSessionStore,
+  EXPIRED_SESSION_KEPT_MS,
+  MAX_SESSIONS_PER_TOKEN,
+} from '../../src/console/index.js';
+import type { DatabaseLocation } from '../../src/storage/index.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
@@ -57,6 +63,7 @@ async function openEvents(t: TestServer, cookie: string) {
 describe('console sessions and CSRF', () => {
   let t: TestServer;
   let staticDir: string;
+  let location: DatabaseLocation;
   beforeAll(async () => {
     staticDir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-console-static-'));
     await mkdir(path.join(staticDir, 'assets'));
@@ -68,8 +75,9 @@ describe('console sessions and CSRF', () => {
     await writeFile(path.join(staticDir, 'assets', 'app-1.js'), script);
     await writeFile(path.join(staticDir, 'assets', 'app-1.js.br'), brotliCompressSync(script));
     await writeFile(path.join(staticDir, 'assets', 'app-1.js.gz'), gzipSync(script));
+    location = await sqlite.createLocation();
     t = await startTestServer({
-      database: await sqlite.createLocation(),
+      database: location,
       config: { console: { staticDir, eventPollMs: 100, maxEventStreams: 2 } },
     });
   });
@@ -215,6 +223,61 @@ describe('console sessions and CSRF', () => {
     ).toEqual({ sessionEnded: 'unknown' });
   });
 
+  it("signing out with an ended session's cookie (expired, revoked, unknown) clears the cookie and the row", async () => {
+    const whyRefused = async (cookie: string) =>
+      (await t.call('GET', '/api/v1/fleets', { headers: { cookie } })).body.details?.sessionEnded as unknown;
+    const signOut = (headers: Record<string, string>) =>
+      t.call('DELETE', '/api/v1/console/session', { headers });
+
+    // Expired: its row is kept (to say "expired") until signed out; no CSRF token is needed, it grants nothing.
+    const expiring = await signIn(t, t.adminToken);
+    const db = new Database(location.engine === 'sqlite' ? location.file : '', { timeout: 10_000 });
+    try {
+      db.prepare('UPDATE console_sessions SET expires_at = ? WHERE expires_at > ?').run(
+        Date.now() - 1000,
+        Date.now(),
+      );
+    } finally {
+      db.close();
+    }
+    expect(await whyRefused(expiring.cookie)).toBe('expired');
+    const expired = await signOut({ cookie: expiring.cookie });
+    expect(expired.status).toBe(204);
+    expect(expired.headers.get('set-cookie')).toMatch(/^edgefleet_session=;.*Max-Age=0/i);
+    expect(await whyRefused(expiring.cookie)).toBe('unknown');
+
+    // Revoked: the same.
+    const created = await t.call('POST', '/api/v1/tokens', {
+      token: t.adminToken,
+      body: { name: 'signed-out-after-revocation', scope: 'read-only' },
+    });
+    const revocable = await signIn(t, created.body.token);
+    await t.call('DELETE', `/api/v1/tokens/${created.body.id}`, { token: t.adminToken });
+    expect(await whyRefused(revocable.cookie)).toBe('revoked');
+    const revoked = await signOut({ cookie: revocable.cookie });
+    expect(revoked.status).toBe(204);
+    expect(revoked.headers.get('set-cookie')).toMatch(/Max-Age=0/i);
+    expect(await whyRefused(revocable.cookie)).toBe('unknown');
+
+    // Unknown (already signed out, or never was): the browser is still told to drop it.
+    const unknown = await signOut({ cookie: 'edgefleet_session=never-was' });
+    expect(unknown.status).toBe(204);
+    expect(unknown.headers.get('set-cookie')).toMatch(/Max-Age=0/i);
+
+    // A live session still needs its CSRF token, and keeps working when it is missing.
+    const live = await signIn(t, t.adminToken);
+    const forged = await signOut({ cookie: live.cookie });
+    expect(forged.status).toBe(403);
+    expect(forged.headers.get('set-cookie')).toBeNull();
+    expect((await t.call('GET', '/api/v1/fleets', { headers: { cookie: live.cookie } })).status).toBe(200);
+    // Without the cookie there is nothing to sign out; a bearer token does not stand in for it.
+    const noCookie = await t.call('DELETE', '/api/v1/console/session', { token: t.adminToken });
+    expect(noCookie.status).toBe(401);
+    expect(noCookie.body.message).toBe(
+      'signing out needs the console session cookie (edgefleet_session); this request carried none',
+    );
+  });
+
   it('streams changes from the database, and caps the number of open streams', async () => {
     const { cookie, csrfToken } = await signIn(t, t.readToken);
     const unauthenticated = await fetch(`${t.url}/api/v1/console/events`);
@@ -296,6 +359,44 @@ describe('console session expiry', () => {
       now += 1;
       await sessions.open((await tokens.verify(token))!);
       expect(await sessions.lookup(opened.sessionId)).toEqual({ ended: 'unknown' });
+    } finally {
+      await database.close();
+    }
+  });
+
+  it(`keeps at most ${MAX_SESSIONS_PER_TOKEN} sessions per API token: a sign-in beyond that removes its oldest`, async () => {
+    const database = await openFreshDatabase(sqlite);
+    try {
+      const tokens = new ApiTokenStore(database.db);
+      const looping = (await tokens.verify(
+        (await tokens.create({ name: 'loop', scope: 'read-only' })).token,
+      ))!;
+      const other = (await tokens.verify(
+        (await tokens.create({ name: 'other', scope: 'read-only' })).token,
+      ))!;
+      let now = 1_000_000;
+      const sessions = new ConsoleSessionStore(database.db, { ttlMs: 60_000, now: () => now });
+      const othersSession = await sessions.open(other);
+      const opened = [];
+      for (let i = 0; i < MAX_SESSIONS_PER_TOKEN; i += 1) {
+        now += 1;
+        opened.push(await sessions.open(looping));
+      }
+      const live = async (session: { sessionId: string }) =>
+        'live' in (await sessions.lookup(session.sessionId));
+      expect(await live(opened[0]!)).toBe(true);
+      // One more: the oldest goes, the rest (and another token's session) stay.
+      now += 1;
+      opened.push(await sessions.open(looping));
+      expect(await sessions.lookup(opened[0]!.sessionId)).toEqual({ ended: 'unknown' });
+      for (const session of opened.slice(1)) expect(await live(session)).toBe(true);
+      expect(await live(othersSession)).toBe(true);
+      const rows = await database.db
+        .selectFrom('console_sessions')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .where('token_id', '=', looping.tokenId)
+        .executeTakeFirstOrThrow();
+      expect(Number(rows.n)).toBe(MAX_SESSIONS_PER_TOKEN);
     } finally {
       await database.close();
     }

@@ -71,7 +71,7 @@ describe('health and readiness', () => {
 });
 
 describe('OpenAPI document', () => {
-  it('is served at /api/docs and documents every API route with bearer auth', async () => {
+  it('is served at /api/docs and documents every API route with bearer auth (sign-out: the session cookie)', async () => {
     const docs = await t.call('GET', '/api/docs');
     expect(docs.status).toBe(200);
     expect(docs.body.openapi).toBe('3.0.3');
@@ -85,7 +85,11 @@ describe('OpenAPI document', () => {
     for (const [route, operations] of Object.entries(paths)) {
       if (!route.startsWith('/api/v1/')) continue;
       for (const [method, operation] of Object.entries(operations)) {
-        expect(operation.security, `${method} ${route}`).toEqual([{ bearerAuth: [] }]);
+        // Signing out takes the session cookie alone, ended or not, so that an ended one can be cleared.
+        const signOut = method === 'delete' && route === '/api/v1/console/session';
+        expect(operation.security, `${method} ${route}`).toEqual([
+          signOut ? { consoleSession: [] } : { bearerAuth: [] },
+        ]);
         expect(Object.keys(operation.responses), `${method} ${route}`).toEqual(
           expect.arrayContaining(['400', '401']),
         );

@@ -261,4 +261,56 @@ describe('a deployment plan deploying a package the devices will not trust', () 
     expect(trusted.status).toBe(201);
     expect(trusted.body).not.toHaveProperty('warnings');
   });
+
+  // Review F3/F4: the warning is built from what the upload's check kept; plan create reads no package (a
+  // slow or failing read used to turn a created plan into a client timeout, or show the store's error text).
+  it("warns from what the upload kept, with the package gone from the blob store, and shows no server's internals", async () => {
+    expect((await upload('gone-unsigned', await packageOf('gone-unsigned'))).status).toBe(201);
+    const { blob_key: key } = await t.server.database.db
+      .selectFrom('model_versions')
+      .select('blob_key')
+      .where('model_name', '=', 'gone-unsigned')
+      .executeTakeFirstOrThrow();
+    await t.server.blobs.delete(key);
+    const created = await t.call('POST', '/api/v1/deployment-plans', {
+      token: t.adminToken,
+      body: {
+        name: 'gone',
+        fleetName: 'trust',
+        modelConfigs: [{ modelHandle: 'gone-h', modelName: 'gone-unsigned', modelVersion: '1' }],
+      },
+    });
+    expect(created.status).toBe(201);
+    expect(created.body.warnings).toEqual([
+      expect.stringMatching(
+        /^model handle gone-h: package gone-unsigned 1 is not signed: devices enrolled by this server require a signature/,
+      ),
+    ]);
+    // Neither the store's error text (its key, endpoint or paths) nor the server's work folder.
+    expect(JSON.stringify(created.body)).not.toContain(t.dataDir);
+    expect(JSON.stringify(created.body)).not.toContain(key);
+  });
+
+  it('shows the warning on the versions API too, "not checked" for a version uploaded before the facts were kept', async () => {
+    expect((await upload('listed', await packageOf('listed'))).status).toBe(201);
+    const described = await t.call('GET', '/api/v1/models/listed/versions/1', { token: t.readToken });
+    expect(described.body.warning).toMatch(/^package listed 1 is not signed: /);
+    const listed = await t.call('GET', '/api/v1/models/listed/versions', { token: t.readToken });
+    expect(listed.body.versions[0].warning).toBe(described.body.warning);
+    const own = await t.call('GET', '/api/v1/models/plan-own/versions/1', { token: t.readToken });
+    expect(own.status).toBe(200);
+    expect(own.body).not.toHaveProperty('warning');
+
+    // As a row from before migration 0015 reads.
+    await t.server.database.db
+      .updateTable('model_versions')
+      .set({ device_trust: null })
+      .where('model_name', '=', 'listed')
+      .execute();
+    expect(
+      (await t.call('GET', '/api/v1/models/listed/versions/1', { token: t.readToken })).body.warning,
+    ).toMatch(
+      /^package listed 1 was uploaded before this server kept what its signature check found, so whether devices enrolled by this server will take it was not checked/,
+    );
+  });
 });

@@ -7,6 +7,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { S3Objects } from '../../src/blobs/index.js';
+import type { ServerConfig } from '../../src/config/index.js';
 import { PackagingJobStore, PackagingWorker } from '../../src/packaging/index.js';
 import { exportFacadePackages } from '../../src/sagemaker/index.js';
 import { databaseEngines } from '../support/engines.js';
@@ -22,6 +23,52 @@ const CLAIMER = fileURLToPath(new URL('../support/claim-packaging-job.ts', impor
 const TSX_LOADER = pathToFileURL(
   path.resolve(path.dirname(CLAIMER), '../../../../node_modules/tsx/dist/loader.mjs'),
 ).toString();
+
+/** A runner process of its own (support/claim-packaging-job.ts) that claimed a job and hangs until killed. */
+interface Claimer {
+  /** What it said once it claimed: `claimed <job>`; rejected if it exits first. */
+  claimed: Promise<string>;
+  /** SIGKILL (unless it already exited), then its exit. */
+  kill(): Promise<void>;
+}
+
+/**
+ * Starts a claimer on the server's database and blobs with a lease of `leaseMs`, claiming as the server whose
+ * identity is `instanceId` (none: as an anonymous replica).
+ */
+function spawnClaimer(config: ServerConfig, leaseMs: number, instanceId?: string): Claimer {
+  const blobRoot = config.blobLocation.kind === 'local' ? config.blobLocation.root : '';
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      TSX_LOADER,
+      CLAIMER,
+      JSON.stringify(config.databaseLocation),
+      blobRoot,
+      path.join(config.dataDir, 'tmp'),
+      String(leaseMs),
+      ...(instanceId !== undefined ? [instanceId] : []),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const exited = new Promise<void>((done) => child.once('exit', () => done()));
+  const claimed = new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      if (out.includes('\n')) resolve(out.trim());
+    });
+    child.once('exit', (code) => reject(new Error(`claimer exited (${code}) before claiming`)));
+  });
+  return {
+    claimed,
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
 
 const uploadTiny = async (url: string, token: string, dir: string) => {
   const onnx = await writeTestModel('tiny', dir);
@@ -83,7 +130,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         database: await fixture.createLocation(),
         config: { packaging: { pollIntervalMs: 3_600_000, leaseSeconds: 1 } },
       });
-      let claimer: ReturnType<typeof spawn> | undefined;
+      let claimer: Claimer | undefined;
       try {
         await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-kill`));
         const { config, database, services } = t.server;
@@ -92,33 +139,9 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
           modelName: 'tiny',
           modelVersion: '1',
         });
-        const blobRoot = config.blobLocation.kind === 'local' ? config.blobLocation.root : '';
-        claimer = spawn(
-          process.execPath,
-          [
-            '--import',
-            TSX_LOADER,
-            CLAIMER,
-            JSON.stringify(config.databaseLocation),
-            blobRoot,
-            path.join(config.dataDir, 'tmp'),
-            '1000',
-          ],
-          { stdio: ['ignore', 'pipe', 'inherit'] },
-        );
-        const child = claimer;
-        const exited = new Promise((done) => child.once('exit', done));
-        const said = await new Promise<string>((resolve, reject) => {
-          let out = '';
-          child.stdout?.on('data', (chunk: Buffer) => {
-            out += chunk.toString();
-            if (out.includes('\n')) resolve(out.trim());
-          });
-          child.once('exit', (code) => reject(new Error(`claimer exited (${code}) before claiming`)));
-        });
-        expect(said).toBe('claimed job-crashed');
-        child.kill('SIGKILL');
-        await exited;
+        claimer = spawnClaimer(config, 1000);
+        expect(await claimer.claimed).toBe('claimed job-crashed');
+        await claimer.kill();
         const job = async () =>
           (await t.call('GET', '/api/v1/packaging-jobs/job-crashed', { token: t.readToken })).body as {
             status: string;
@@ -133,7 +156,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         expect(await job()).toMatchObject({ status: 'COMPLETED' });
       } finally {
         // Never leave the claimer behind, whatever failed.
-        if (claimer?.exitCode === null && claimer.signalCode === null) claimer.kill('SIGKILL');
+        await claimer?.kill();
         await t.stop();
       }
     },
@@ -148,41 +171,16 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       // The default lease (120 s): only the restart may resume the job within this test.
       const config = { packaging: { pollIntervalMs: 3_600_000 } };
       let t = await startTestServer({ database, dataDir, config });
-      let claimer: ReturnType<typeof spawn> | undefined;
+      let claimer: Claimer | undefined;
       try {
         await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-restart-model`));
         const { config: serverConfig, services } = t.server;
         await services.packagingJobs.create({ name: 'job-own', modelName: 'tiny', modelVersion: '1' });
         // This server's runner, as a process of its own with its identity, claims the job and is killed.
         const instanceId = (await readFile(path.join(dataDir, 'instance-id'), 'utf8')).trim();
-        const blobRoot = serverConfig.blobLocation.kind === 'local' ? serverConfig.blobLocation.root : '';
-        claimer = spawn(
-          process.execPath,
-          [
-            '--import',
-            TSX_LOADER,
-            CLAIMER,
-            JSON.stringify(serverConfig.databaseLocation),
-            blobRoot,
-            path.join(dataDir, 'tmp'),
-            String(LEASE_MS),
-            instanceId,
-          ],
-          { stdio: ['ignore', 'pipe', 'inherit'] },
-        );
-        const child = claimer;
-        const exited = new Promise((done) => child.once('exit', done));
-        const said = await new Promise<string>((resolve, reject) => {
-          let out = '';
-          child.stdout?.on('data', (chunk: Buffer) => {
-            out += chunk.toString();
-            if (out.includes('\n')) resolve(out.trim());
-          });
-          child.once('exit', (code) => reject(new Error(`claimer exited (${code}) before claiming`)));
-        });
-        expect(said).toBe('claimed job-own');
-        child.kill('SIGKILL');
-        await exited;
+        claimer = spawnClaimer(serverConfig, LEASE_MS, instanceId);
+        expect(await claimer.claimed).toBe('claimed job-own');
+        await claimer.kill();
 
         // Any other server waits for the lease (this one's worker started before the claim: it is another's).
         await services.packagingWorker.drain();
@@ -204,7 +202,13 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         const renewed = Date.parse(/since (\S+):/.exec(waiting.statusMessage!)![1]!);
         expect(Date.parse(/expires at (\S+) /.exec(waiting.statusMessage!)![1]!)).toBe(renewed + LEASE_MS);
 
-        // The same server restarts (its data dir, so its identity): it resumes its job without waiting.
+        // The same server restarts a minute later (its data dir, so its identity): it resumes its job without
+        // waiting for the lease (no runner renewed it for two renewal intervals, so none is alive).
+        await db
+          .updateTable('packaging_jobs')
+          .set((eb) => ({ updated_at: eb('updated_at', '-', 60_000) }))
+          .where('name', '=', 'job-own')
+          .execute();
         await t.stop();
         t = await startTestServer({ database, dataDir, config });
         for (let attempt = 0; attempt < 100 && (await job()).status === 'INPROGRESS'; attempt++) {
@@ -213,11 +217,83 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         }
         expect(await job()).toMatchObject({ status: 'COMPLETED' });
       } finally {
-        if (claimer?.exitCode === null && claimer.signalCode === null) claimer.kill('SIGKILL');
+        await claimer?.kill();
         await t.stop();
       }
     },
     60_000,
+  );
+
+  // Review N2: replicas sharing a data dir share its identity; a restart must not take the live one's jobs.
+  it.skipIf(!fixture.available)(
+    "a restarted server leaves a job renewed lately to its live runner of the same identity, and resumes one that wasn't renewed",
+    async () => {
+      const dataDir = await mkdtemp(path.join(work, `${fixture.engine}-shared-`));
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        dataDir,
+        config: { packaging: { pollIntervalMs: 3_600_000 } },
+      });
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-shared-model`));
+        const { database, blobs, services } = t.server;
+        const instanceId = (await readFile(path.join(dataDir, 'instance-id'), 'utf8')).trim();
+        const sameIdentity = (now?: () => number) =>
+          new PackagingJobStore(database.db, services.models, now, { instanceId, leaseMs: LEASE_MS });
+        // The other replica on the shared data dir: alive, it renewed its job a moment ago.
+        const live = sameIdentity();
+        await live.create({ name: 'job-shared-live', modelName: 'tiny', modelVersion: '1' });
+        const liveClaim = await live.claimNext(LEASE_MS);
+        expect(liveClaim?.job.name).toBe('job-shared-live');
+        // This server's own runner before its restart: last renewed a minute ago (within the 120 s lease).
+        const before = sameIdentity(() => Date.now() - 60_000);
+        await before.create({ name: 'job-shared-dead', modelName: 'tiny', modelVersion: '1' });
+        expect((await before.claimNext(LEASE_MS))?.job.name).toBe('job-shared-dead');
+
+        const token = async (name: string) =>
+          (
+            await database.db
+              .selectFrom('packaging_jobs')
+              .select(['claim_token', 'status'])
+              .where('name', '=', name)
+              .executeTakeFirstOrThrow()
+          ).claim_token;
+        const liveToken = await token('job-shared-live');
+        const restarted = new PackagingWorker({
+          jobs: sameIdentity(),
+          models: services.models,
+          blobs,
+          signing: services.signing,
+          workDir: path.join(work, `${fixture.engine}-shared-restarted`),
+          pollIntervalMs: 3_600_000,
+          leaseMs: LEASE_MS,
+          logger: t.server.logger,
+        });
+        await restarted.drain();
+        await restarted.stop();
+        const status = async (name: string) =>
+          (await t.call('GET', `/api/v1/packaging-jobs/${name}`, { token: t.readToken })).body.status;
+        expect(await status('job-shared-dead')).toBe('COMPLETED');
+        // Not released, so not claimed again: the live runner still holds it and may finish it.
+        expect(await status('job-shared-live')).toBe('INPROGRESS');
+        expect(await token('job-shared-live')).toBe(liveToken);
+        expect(await live.touch(liveClaim!.claim, 'packaging')).toBe(true);
+
+        // Once two renewal intervals pass: a job renewed meanwhile is kept; one that was not is released.
+        const seen = await sameIdentity().ownClaims();
+        expect(seen).toEqual({
+          stale: [],
+          recent: [expect.objectContaining({ name: 'job-shared-live', token: liveToken })],
+        });
+        const renewing = sameIdentity(() => Date.now() + 1_000);
+        expect(await renewing.touch(liveClaim!.claim, 'packaging')).toBe(true);
+        expect(await sameIdentity().releaseUnrenewed(seen.recent)).toEqual([]);
+        const unrenewed = await sameIdentity().ownClaims();
+        expect(await sameIdentity().releaseUnrenewed(unrenewed.recent)).toEqual(['job-shared-live']);
+      } finally {
+        await t.stop();
+      }
+    },
   );
 
   it.skipIf(!fixture.available)(

@@ -311,6 +311,8 @@ class DataPlane(unittest.TestCase):
         code, _, message = error_of(lambda: edge.get_device_registration(DeviceName="edge-dev", DeviceFleetName="edge-fleet"))
         self.assertEqual(code, "AccessDeniedException")
         self.assertIn("no longer registered", message)
+        # The data plane's reason is the key listing's (one rule, auth/access-keys.ts keyEndedReason).
+        self.assertIn("(device edge-dev was deregistered and registered again after the key was issued)", message)
 
 
 def wait_for(describe, status_key, done=("COMPLETED", "FAILED", "STOPPED"), attempts=300):

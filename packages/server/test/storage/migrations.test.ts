@@ -100,6 +100,42 @@ describe.each(engines)('schema migrations on $engine', (fixture) => {
   );
 
   it.skipIf(!fixture.available)(
+    'from 0017: unrevoked access keys sharing a profile do not break 0018; the oldest keeps the profile',
+    async () => {
+      const { db } = await open();
+      await migrateTo(db, '0017_packaging_object_uri');
+      const key = (id: string, name: string, at: number, revoked: number | null = null) => ({
+        access_key_id: id,
+        name,
+        scope: 'admin',
+        device_name: null,
+        secret_ciphertext: 'x',
+        created_at: at,
+        revoked_at: revoked,
+      });
+      await db
+        .insertInto('access_keys')
+        .values([
+          key('AKEF-NEW', 'ci.bot', 2000),
+          key('AKEF-OLD', 'ci bot', 1000),
+          key('AKEF-REVOKED', 'ci-bot', 500, 600),
+        ] as never)
+        .execute();
+      await migrateToLatest(db);
+      const rows = await db
+        .selectFrom('access_keys')
+        .select(['access_key_id', 'aws_profile'])
+        .orderBy('access_key_id')
+        .execute();
+      expect(rows).toEqual([
+        { access_key_id: 'AKEF-NEW', aws_profile: null },
+        { access_key_id: 'AKEF-OLD', aws_profile: 'ci-bot' },
+        { access_key_id: 'AKEF-REVOKED', aws_profile: null },
+      ]);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
     'from 0010: devices stopped unstarted before then get their stop time as ended_at, other rows are kept',
     async () => {
       const { db } = await open();

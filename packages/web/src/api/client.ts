@@ -10,33 +10,66 @@ export interface ApiErrorBody {
   message?: string;
 }
 
+/** Why the server says a session ended (details.sessionEnded), with its words for the operator. */
+export interface SessionEnded {
+  reason: 'expired' | 'revoked' | 'unknown';
+  message: string;
+}
+
 /** What the session gives every request: the CSRF token for writes, and what to do when it has ended. */
 export interface ClientSession {
   csrfToken(): string | undefined;
-  /** `why`: the server's words when it said why the session ended (token revoked, session expired). */
-  onSignedOut(why?: string): void;
+  /**
+   * Counts sign-ins: a 401 to a request sent before the latest one is about the session before it, which the
+   * new one replaced, so it is ignored.
+   */
+  signIns(): number;
+  /** `ended`: when the server said why (token revoked, session expired); absent for a request with no cookie. */
+  onSignedOut(ended?: SessionEnded): void;
 }
+
+const ENDED_REASONS = new Set<unknown>(['expired', 'revoked', 'unknown']);
 
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 /** A client on this origin: the HttpOnly session cookie goes along by itself; writes add the CSRF header. */
 export function createApiClient(session: ClientSession) {
   const client = createClient<paths>({ baseUrl: '', credentials: 'same-origin' });
+  /** The sign-in count when each request in flight was sent, by openapi-fetch's request id. */
+  const sentAfter = new Map<string, number>();
   const middleware: Middleware = {
-    onRequest({ request }) {
+    onRequest({ request, id }) {
+      sentAfter.set(id, session.signIns());
       const csrf = session.csrfToken();
       if (!SAFE.has(request.method) && csrf !== undefined) request.headers.set('x-csrf-token', csrf);
       return request;
     },
-    async onResponse({ response, request }) {
-      if (response.status === 401 && !request.url.endsWith('/api/v1/console/session')) {
+    async onResponse({ response, request, id }) {
+      const sentWith = sentAfter.get(id);
+      sentAfter.delete(id);
+      if (
+        response.status === 401 &&
+        !request.url.endsWith('/api/v1/console/session') &&
+        sentWith === session.signIns()
+      ) {
         const body = (await response
           .clone()
           .json()
           .catch(() => undefined)) as (ApiErrorBody & { details?: { sessionEnded?: unknown } }) | undefined;
-        session.onSignedOut(body?.details?.sessionEnded !== undefined ? body.message : undefined);
+        const reason = body?.details?.sessionEnded;
+        session.onSignedOut(
+          ENDED_REASONS.has(reason)
+            ? {
+                reason: reason as SessionEnded['reason'],
+                message: body?.message ?? 'the console session ended',
+              }
+            : undefined,
+        );
       }
       return response;
+    },
+    onError({ id }) {
+      sentAfter.delete(id);
     },
   };
   client.use(middleware);

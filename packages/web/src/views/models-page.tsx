@@ -78,6 +78,11 @@ export function ModelsPage() {
               <p class="muted">
                 sha256 <code>{version.sha256}</code>, uploaded <When at={version.createdAt} />
               </p>
+              {version.warning !== undefined ? (
+                <p class="warning" data-testid="version-warning">
+                  {version.warning}
+                </p>
+              ) : null}
               <table>
                 <TableHead columns={['Tensor', 'Kind', 'Type', 'Shape']} />
                 <tbody>

@@ -24,8 +24,8 @@ import { awsTagList, fromAwsTags } from './aws-tags.js';
 
 /**
  * Edge Manager's package object: `<S3OutputLocation>/<ModelName>-<ModelVersion>.tar.gz`, spaces in the version
- * written as `_`. Two versions that differ only so would share an object: CreateEdgePackagingJob refuses the
- * second (see collidingPackage).
+ * written as `_`. Two jobs naming one object (two versions that differ only so, or one version twice) would
+ * overwrite each other's package: CreateEdgePackagingJob refuses the second (a unique index, race-free).
  */
 export function packageObjectUri(
   job: Pick<PackagingJobRecord, 'outputS3Location' | 'modelName' | 'modelVersion'>,
@@ -43,30 +43,42 @@ export interface PackagingOperationDeps {
 }
 
 /**
- * A facade packaging job of another version of the model whose package object is the one `job` would write
- * (`v1 beta` and `v1_beta` into one S3OutputLocation), or undefined.
+ * The facade packaging job, other than `jobName`, whose package object is `uri` (with its ModelVersion when its
+ * packaging job exists yet), or undefined. Read after the unique index on the object refused a new job.
  */
-async function collidingPackage(
+async function packageHolder(
   db: Kysely<DatabaseSchema>,
-  job: { modelName: string; modelVersion: string; outputS3Location: string },
-): Promise<{ name: string; modelVersion: string } | undefined> {
-  const uri = packageObjectUri(job);
-  const others = await db
-    .selectFrom('packaging_jobs')
-    .innerJoin('edge_packaging_job_sources', 'edge_packaging_job_sources.job_name', 'packaging_jobs.name')
-    .select(['packaging_jobs.name', 'packaging_jobs.model_version', 'packaging_jobs.output_s3_location'])
-    .where('packaging_jobs.model_name', '=', job.modelName)
-    .where('packaging_jobs.model_version', '<>', job.modelVersion)
-    .execute();
-  const hit = others.find(
-    (other) =>
-      packageObjectUri({
-        modelName: job.modelName,
-        modelVersion: other.model_version,
-        outputS3Location: other.output_s3_location,
-      }) === uri,
-  );
-  return hit === undefined ? undefined : { name: hit.name, modelVersion: hit.model_version };
+  uri: string,
+  jobName: string,
+): Promise<{ name: string; modelVersion: string | undefined } | undefined> {
+  const holder = await db
+    .selectFrom('edge_packaging_job_sources')
+    .leftJoin('packaging_jobs', 'packaging_jobs.name', 'edge_packaging_job_sources.job_name')
+    .select(['edge_packaging_job_sources.job_name', 'packaging_jobs.model_version'])
+    .where('edge_packaging_job_sources.package_object_uri', '=', uri)
+    .where('edge_packaging_job_sources.job_name', '<>', jobName)
+    .executeTakeFirst();
+  return holder === undefined
+    ? undefined
+    : { name: holder.job_name, modelVersion: holder.model_version ?? undefined };
+}
+
+/** Frees `uri` from the FAILED facade job that holds it, if one does; true if it did. */
+async function releaseFailedHolder(db: Kysely<DatabaseSchema>, uri: string): Promise<boolean> {
+  const result = await db
+    .updateTable('edge_packaging_job_sources')
+    .set({ package_object_uri: null })
+    .where('package_object_uri', '=', uri)
+    .where(({ exists, selectFrom }) =>
+      exists(
+        selectFrom('packaging_jobs')
+          .select('packaging_jobs.name')
+          .whereRef('packaging_jobs.name', '=', 'edge_packaging_job_sources.job_name')
+          .where('packaging_jobs.status', '=', 'FAILED'),
+      ),
+    )
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows) > 0;
 }
 
 async function sourceOf(db: Kysely<DatabaseSchema>, jobName: string) {
@@ -192,51 +204,64 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
           modelVersion: input.ModelVersion,
           outputS3Location: input.OutputConfig.S3OutputLocation,
         };
-        const collision = await collidingPackage(db, target);
-        if (collision !== undefined) {
-          throw new AwsError(
-            'ValidationException',
-            `1 validation error detected: Value '${input.ModelVersion}' at 'ModelVersion' failed to satisfy constraint: ` +
-              `its package object ${packageObjectUri(target)} is already edge packaging job ${collision.name}'s, ` +
-              `of ModelVersion '${collision.modelVersion}' (a space in ModelVersion is written as _ in the object ` +
-              `name); choose another ModelVersion or S3OutputLocation`,
-          );
-        }
-        // The compiled model becomes the model version the package is named after.
-        const existing = await models.findVersion(input.ModelName, input.ModelVersion);
-        if (existing === undefined) {
-          const source = await models.getVersion(compilation.modelName, compilation.modelVersion);
-          await models.upload({
-            name: input.ModelName,
-            version: input.ModelVersion,
-            kind: 'onnx',
-            body: await models.openSource(source),
-            description: `from compilation job ${compilation.name}`,
-          });
-        } else if (existing.sha256 !== compilation.modelSha256) {
-          throw new DomainError(
-            'Conflict',
-            `model ${input.ModelName} version ${input.ModelVersion} already exists with other content than compilation job ${compilation.name}'s; choose another ModelVersion`,
-          );
-        }
-        try {
-          await db
+        const packageUri = packageObjectUri(target);
+        // First, so that the job's name and its package object are taken before anything is written: the
+        // unique index on package_object_uri refuses the second of two jobs naming one object, however close.
+        const insertSource = () =>
+          db
             .insertInto('edge_packaging_job_sources')
             .values({
               job_name: input.EdgePackagingJobName,
               compilation_job_name: compilation.name,
               role_arn: input.RoleArn,
               tags: JSON.stringify(fromAwsTags(input.Tags ?? [])),
+              package_object_uri: packageUri,
             })
             .execute();
+        try {
+          try {
+            await insertSource();
+          } catch (error) {
+            // A FAILED job's object is no package of it (it has no ModelArtifact): a job may take it over, as a
+            // retry would. Conditional, so of two takeovers at once the index still lets one in.
+            if (!isUniqueViolation(error) || !(await releaseFailedHolder(db, packageUri))) throw error;
+            await insertSource();
+          }
         } catch (error) {
           if (!isUniqueViolation(error)) throw error;
-          throw new DomainError(
-            'Conflict',
-            `edge packaging job ${input.EdgePackagingJobName} already exists`,
+          const holder = await packageHolder(db, packageUri, input.EdgePackagingJobName);
+          if (holder === undefined)
+            throw new DomainError(
+              'Conflict',
+              `edge packaging job ${input.EdgePackagingJobName} already exists`,
+            );
+          throw new AwsError(
+            'ValidationException',
+            `1 validation error detected: Value '${input.ModelVersion}' at 'ModelVersion' failed to satisfy constraint: ` +
+              `its package object ${packageUri} is already edge packaging job ${holder.name}'s` +
+              (holder.modelVersion === undefined ? '' : `, of ModelVersion '${holder.modelVersion}'`) +
+              ` (one package object per job; a space in ModelVersion is written as _ in the object name); ` +
+              `choose another ModelVersion or S3OutputLocation`,
           );
         }
         try {
+          // The compiled model becomes the model version the package is named after.
+          const existing = await models.findVersion(input.ModelName, input.ModelVersion);
+          if (existing === undefined) {
+            const source = await models.getVersion(compilation.modelName, compilation.modelVersion);
+            await models.upload({
+              name: input.ModelName,
+              version: input.ModelVersion,
+              kind: 'onnx',
+              body: await models.openSource(source),
+              description: `from compilation job ${compilation.name}`,
+            });
+          } else if (existing.sha256 !== compilation.modelSha256) {
+            throw new DomainError(
+              'Conflict',
+              `model ${input.ModelName} version ${input.ModelVersion} already exists with other content than compilation job ${compilation.name}'s; choose another ModelVersion`,
+            );
+          }
           await jobs.create({
             name: input.EdgePackagingJobName,
             modelName: input.ModelName,

@@ -1,0 +1,172 @@
+/**
+ * Review E2 (and N3): two CreateEdgePackagingJob calls whose package objects are one (`v1 beta` and `v1_beta`,
+ * or one ModelVersion twice, into one S3OutputLocation) cannot both be created, even fired together: a unique
+ * index on the object, not a check before the insert. A real server, real SigV4-signed HTTP, s3rver.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { writeTestModel } from '@edgefleet/core';
+import { afterAll, describe, expect, it } from 'vitest';
+import { S3Objects } from '../../src/blobs/index.js';
+import { migrateTo, migrateToLatest, openDatabase } from '../../src/storage/index.js';
+import { databaseEngines } from '../support/engines.js';
+import { startTestS3 } from '../support/s3.js';
+import { sagemakerCall, type AccessKey } from '../support/sagemaker-call.js';
+import { startTestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+const work = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-package-race-'));
+afterAll(() => rm(work, { recursive: true, force: true }));
+const ROLE = 'arn:aws:iam::123456789012:role/SageMakerRole';
+
+describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_000 }, (fixture) => {
+  it.skipIf(!fixture.available)(
+    'of two creates fired together naming one package object, exactly one is created',
+    async () => {
+      const s3 = await startTestS3('neo');
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: {
+          s3: {
+            endpoint: s3.endpoint,
+            forcePathStyle: true,
+            accessKeyId: s3.credentials.accessKeyId,
+            secretAccessKey: s3.credentials.secretAccessKey,
+          },
+        },
+      });
+      try {
+        const objects = new S3Objects({
+          endpoint: s3.endpoint,
+          forcePathStyle: true,
+          credentials: s3.credentials,
+        });
+        await objects.put(
+          's3://neo/models/tiny.onnx',
+          await readFile(await writeTestModel('tiny', path.join(work, fixture.engine))),
+        );
+        const created = await t.call('POST', '/api/v1/access-keys', {
+          token: t.adminToken,
+          body: { name: 'race', scope: 'admin' },
+        });
+        expect(created.status).toBe(201);
+        const key = created.body as AccessKey;
+        const call = (operation: string, input: Record<string, unknown>) =>
+          sagemakerCall(t.url, key, operation, input);
+        expect(
+          (
+            await call('CreateCompilationJob', {
+              CompilationJobName: 'race-compile',
+              RoleArn: ROLE,
+              InputConfig: { S3Uri: 's3://neo/models/tiny.onnx', Framework: 'ONNX' },
+              OutputConfig: { S3OutputLocation: 's3://neo/compiled' },
+              StoppingCondition: {},
+            })
+          ).status,
+        ).toBe(200);
+        await t.server.services.compilationJobs.settle();
+        const pack = (name: string, version: string, location = 's3://neo/race') =>
+          call('CreateEdgePackagingJob', {
+            EdgePackagingJobName: name,
+            CompilationJobName: 'race-compile',
+            ModelName: 'racer',
+            ModelVersion: version,
+            RoleArn: ROLE,
+            OutputConfig: { S3OutputLocation: location },
+          });
+
+        const answers = await Promise.all([pack('race-a', 'v1 beta'), pack('race-b', 'v1_beta')]);
+        expect(answers.map((a) => a.status).sort()).toEqual([200, 400]);
+        const refused = answers.find((a) => a.status === 400)!;
+        expect(refused.body.__type).toMatch(/ValidationException/);
+        const winner = answers[0]!.status === 200 ? 'race-a' : 'race-b';
+        expect(refused.body.message).toContain(
+          `its package object s3://neo/race/racer-v1_beta.tar.gz is already edge packaging job ${winner}'s`,
+        );
+        // The refused job does not exist.
+        const loser = winner === 'race-a' ? 'race-b' : 'race-a';
+        expect((await call('DescribeEdgePackagingJob', { EdgePackagingJobName: loser })).body.__type).toMatch(
+          /ResourceNotFound/,
+        );
+
+        // N3: the same ModelVersion again into the same location would overwrite it too.
+        const version = winner === 'race-a' ? 'v1 beta' : 'v1_beta';
+        const again = await pack('race-again', version);
+        expect(again.status).toBe(400);
+        expect(again.body.message).toContain(`edge packaging job ${winner}'s, of ModelVersion '${version}'`);
+        // Elsewhere, the object is its own.
+        expect((await pack('race-elsewhere', version, 's3://neo/elsewhere')).status).toBe(200);
+        // A job name taken is still a conflict, not a package collision.
+        expect((await pack('race-elsewhere', version, 's3://neo/third')).body.__type).toMatch(
+          /ResourceInUse|Conflict/,
+        );
+        // Let the winner's packaging finish first, so that only this test changes its status.
+        await t.server.services.packagingWorker.drain();
+        // A FAILED job's object is no package of it: a retry takes it over (here the job is failed in the
+        // database, as a packaging failure would leave it).
+        await t.server.database.db
+          .updateTable('packaging_jobs')
+          .set({ status: 'FAILED', status_message: 'failed for the test' })
+          .where('name', '=', winner)
+          .execute();
+        expect((await pack('race-retry', version)).status).toBe(200);
+        expect((await pack('race-retry-2', version)).body.message).toContain(
+          `edge packaging job race-retry's`,
+        );
+      } finally {
+        await t.stop();
+        await s3.stop();
+      }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'the migration gives existing jobs their object, the oldest first; jobs already sharing one do not break it',
+    async () => {
+      const database = await openDatabase(await fixture.createLocation());
+      try {
+        const { db } = database;
+        await migrateTo(db, '0015_compilation_claims');
+        const job = (name: string, version: string, at: number) => ({
+          name,
+          model_name: 'racer',
+          model_version: version,
+          status: 'COMPLETED',
+          status_message: null,
+          output_s3_location: 's3://neo/race/',
+          artifact_key: null,
+          artifact_location: null,
+          artifact_size_bytes: null,
+          artifact_sha256: null,
+          signature: null,
+          claim_token: null,
+          created_at: at,
+          updated_at: at,
+        });
+        await db
+          .insertInto('packaging_jobs')
+          .values([job('old-b', 'v1 beta', 1000), job('old-a', 'v1_beta', 2000), job('old-c', 'v2', 3000)])
+          .execute();
+        for (const name of ['old-a', 'old-b', 'old-c'])
+          await db
+            .insertInto('edge_packaging_job_sources')
+            .values({ job_name: name, compilation_job_name: 'c', role_arn: ROLE, tags: '[]' } as never)
+            .execute();
+        await migrateToLatest(db);
+        const rows = await db
+          .selectFrom('edge_packaging_job_sources')
+          .select(['job_name', 'package_object_uri'])
+          .orderBy('job_name')
+          .execute();
+        expect(rows).toEqual([
+          { job_name: 'old-a', package_object_uri: null },
+          { job_name: 'old-b', package_object_uri: 's3://neo/race/racer-v1_beta.tar.gz' },
+          { job_name: 'old-c', package_object_uri: 's3://neo/race/racer-v2.tar.gz' },
+        ]);
+      } finally {
+        await database.close();
+      }
+    },
+  );
+});
