@@ -202,6 +202,9 @@ function DocumentTitle({ title }: { title: string }) {
   return null;
 }
 
+/** An operator API token as the server makes them (efo_ and base64url): one word, no spaces. */
+const OPERATOR_TOKEN_PATTERN = /^efo_\S+$/;
+
 function SignIn({
   api,
   ended,
@@ -230,6 +233,14 @@ function SignIn({
         onSubmit={async (event) => {
           event.preventDefault();
           const token = String(new FormData(event.currentTarget).get('token') ?? '').trim();
+          // Said here in the console's words: sent, a token with spaces is no bearer token at all, and the
+          // server's answer would be about the Authorization header.
+          if (!OPERATOR_TOKEN_PATTERN.test(token)) {
+            setError(
+              'that is not an EdgeFleet token: an operator API token is one word beginning with efo_ (as edgefleet-server init or edgefleet token create printed it)',
+            );
+            return;
+          }
           // The token goes once, as the bearer token; from then on the HttpOnly cookie stands in for it.
           const result = await api.POST('/api/v1/console/session', {
             headers: { authorization: `Bearer ${token}` },

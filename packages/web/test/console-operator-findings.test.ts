@@ -5,6 +5,7 @@
  * its value; and the smaller ones (tokens, device page, models, titles, a 400 px window).
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeTestModel } from '@edgefleet/core';
@@ -24,6 +25,35 @@ async function signIn(token: string): Promise<Page> {
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByRole('heading', { name: 'Overview' }).waitFor();
   return page;
+}
+
+/**
+ * Sends one heartbeat as the device enrolled with `configFile` (its certificate and key, the server's CA and its
+ * device endpoint, as the agent would read them); resolves with the HTTP status.
+ */
+async function sendHeartbeat(configFile: string, body: Record<string, unknown>): Promise<number> {
+  const config = JSON.parse(await readFile(configFile, 'utf8')) as Record<string, string>;
+  const [cert, key, ca] = await Promise.all(
+    [
+      'sagemaker_edge_provider_aws_cert_file',
+      'sagemaker_edge_provider_aws_cert_pk_file',
+      'sagemaker_edge_provider_aws_ca_cert_file',
+    ].map((name) => readFile(config[name] ?? '', 'utf8')),
+  );
+  const endpoint = config.sagemaker_edge_core_endpoint_override ?? '';
+  const url = new URL('api/v1/device/heartbeat', endpoint.endsWith('/') ? endpoint : `${endpoint}/`);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      { method: 'POST', cert, key, ca, headers: { 'content-type': 'application/json' } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
 }
 
 describe('console operator findings (s11)', { timeout: 120_000 }, () => {
@@ -277,5 +307,127 @@ describe('console operator findings (s11)', { timeout: 120_000 }, () => {
     });
     expect(heading.right).toBeLessThanOrEqual(heading.cardRight);
     await page.context().close();
+  });
+
+  it('sign-in with a token that has spaces says it is not an EdgeFleet token, sending nothing', async () => {
+    const context = await ui.browser.newContext();
+    const page = await context.newPage();
+    const signIns: string[] = [];
+    page.on('request', (r) => {
+      if (r.url().endsWith('/api/v1/console/session') && r.method() === 'POST') signIns.push(r.url());
+    });
+    await page.goto(ui.plane.operatorUrl);
+    await page.getByLabel('Operator API token').fill('garbage with spaces');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page
+      .getByRole('alert')
+      .filter({
+        hasText:
+          'that is not an EdgeFleet token: an operator API token is one word beginning with efo_ (as edgefleet-server init or edgefleet token create printed it)',
+      })
+      .waitFor();
+    expect(signIns).toEqual([]);
+    // A token of the right form that the server does not know still gets the server's word.
+    await page.getByLabel('Operator API token').fill('efo_not-a-real-token');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('alert').filter({ hasText: 'unknown or revoked' }).waitFor();
+    await context.close();
+  });
+
+  it('device page: a deployed model the device does not serve shows as a warning, live, and goes when loaded again', async () => {
+    expect(
+      (
+        await api('POST', '/api/v1/fleets', ui.plane.adminToken, {
+          name: 'berths',
+          outputConfig: { s3OutputLocation: 's3://berths/' },
+        })
+      ).status,
+    ).toBe(201);
+    expect(
+      (
+        await api('POST', '/api/v1/fleets/berths/devices', ui.plane.adminToken, {
+          devices: [{ name: 'berth-1' }],
+        })
+      ).status,
+    ).toBe(201);
+    const work = await mkdtemp(join(tmpdir(), 'ef-console-not-loaded-'));
+    try {
+      const configFile = join(work, 'agent.json');
+      const token = (await api('POST', '/api/v1/devices/berth-1/enrollment-tokens', ui.plane.adminToken, {}))
+        .body.token as string;
+      await enrollWithCliProcess(ui.plane, token, configFile, '--data-dir', work);
+      const base = { DeviceName: 'berth-1', DeviceFleetName: 'berths', AgentVersion: '2.0.0' };
+      expect(await sendHeartbeat(configFile, { ...base, Models: [], DeployedModelsNotLoaded: [] })).toBe(200);
+
+      const page = await signIn(ui.plane.adminToken);
+      await page.goto(`${ui.plane.operatorUrl}/#/devices/berth-1`);
+      await page.getByRole('heading', { name: 'Device berth-1' }).waitFor();
+      await page.getByTestId('no-models').waitFor();
+      expect(await page.getByTestId('models-not-loaded').count()).toBe(0);
+      // The change feed takes its first snapshot a poll after the page opened its stream; a heartbeat before
+      // that is in it, unannounced. Heartbeats of new agent versions until the page shows one: live from then on.
+      let beat = 0;
+      await expect
+        .poll(
+          async () => {
+            beat += 1;
+            expect(
+              await sendHeartbeat(configFile, {
+                ...base,
+                AgentVersion: `2.0.${beat}`,
+                Models: [],
+                DeployedModelsNotLoaded: [],
+              }),
+            ).toBe(200);
+            return page.getByTestId('agent-version').textContent();
+          },
+          { timeout: 30_000 },
+        )
+        .toMatch(/^2\.0\.[1-9]/);
+
+      // An application on the device unloads the deployed detector: the next heartbeat says so, and the open
+      // page shows it without a reload (the change feed).
+      const unloadedAt = new Date(Date.now() - 5 * 60_000);
+      expect(
+        await sendHeartbeat(configFile, {
+          ...base,
+          Models: [],
+          DeployedModelsNotLoaded: [
+            {
+              ModelHandle: 'detector',
+              DeploymentName: 'dock-rollout',
+              ModelName: 'detector',
+              ModelVersion: '1.0',
+              UnloadedByApplication: true,
+              Since: unloadedAt.getTime() / 1000,
+              Reason: `unloaded by an application (UnLoadModel or the REST unload) at ${unloadedAt.toISOString()}`,
+            },
+          ],
+        }),
+      ).toBe(200);
+      const warning = page.getByRole('list', { name: 'Deployed models not loaded' }).getByRole('listitem');
+      await expect
+        .poll(() => warning.textContent(), { timeout: 30_000 })
+        .toBe(
+          `detector 1.0 (deployment dock-rollout) is not loaded: unloaded by an application 5 minutes ago (at ${unloadedAt.toLocaleString('en-US')}); it stays unloaded until it is loaded or deployed again`,
+        );
+      expect(await warning.getByRole('link', { name: 'dock-rollout' }).getAttribute('href')).toBe(
+        '#/deployments/dock-rollout',
+      );
+      await page.getByRole('link', { name: 'Devices', exact: true }).click();
+      await expect
+        .poll(() => page.locator('tr[data-device="berth-1"]').getByTestId('not-loaded-count').textContent())
+        .toBe('1 not loaded');
+
+      // Loaded again: the next heartbeat's empty list, and the warning is gone (the same page load, so its
+      // stream, and the feed's snapshot, go on).
+      await page.locator('tr[data-device="berth-1"]').getByRole('link', { name: 'berth-1' }).click();
+      await warning.waitFor();
+      expect(await sendHeartbeat(configFile, { ...base, Models: [], DeployedModelsNotLoaded: [] })).toBe(200);
+      await page.getByTestId('models-not-loaded').waitFor({ state: 'detached', timeout: 30_000 });
+      await page.context().close();
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
   });
 });

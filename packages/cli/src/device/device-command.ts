@@ -51,6 +51,20 @@ export function enrollmentTokenOption(value: string, invocation: string): string
   return value;
 }
 
+type NotLoadedModel = NonNullable<Device['deployedModelsNotLoaded']>[number];
+
+/** "detector 1.0 (deployment rollout-9) is not loaded: unloaded by an application at …", as the console says it. */
+export function notLoadedLine(model: NotLoadedModel): string {
+  const named =
+    model.modelName !== undefined && model.modelName !== model.modelHandle
+      ? `${model.modelHandle} (model ${model.modelName})`
+      : model.modelHandle;
+  const why = model.unloadedByApplication
+    ? `unloaded by an application${model.since !== undefined ? ` at ${formatTime(model.since)}` : ''}; it stays unloaded until it is loaded or deployed again`
+    : model.reason;
+  return `  ${named}${model.modelVersion !== undefined ? ` ${model.modelVersion}` : ''} (deployment ${model.deploymentName}) is not loaded: ${why}`;
+}
+
 function describeDevice(device: Device): string[] {
   const cert = device.identity.certificate;
   const lines = [
@@ -85,6 +99,9 @@ function describeDevice(device: Device): string[] {
           ]),
         ),
   ];
+  const notLoaded = device.deployedModelsNotLoaded ?? [];
+  if (notLoaded.length > 0)
+    lines.push('', `deployed but NOT LOADED (${notLoaded.length}):`, ...notLoaded.map(notLoadedLine));
   if (device.deploymentResult !== undefined) {
     const result = device.deploymentResult as { DeploymentName?: string; DeploymentStatus?: string };
     lines.push(
@@ -197,7 +214,9 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
                 d.latestHeartbeat === undefined ? 'never seen' : d.status,
                 formatTime(d.latestHeartbeat),
                 d.agentVersion ?? '-',
-                d.models.map((m) => `${m.name}@${m.version}`).join(',') || '-',
+                (d.models.map((m) => `${m.name}@${m.version}`).join(',') || '-') +
+                  // Deployed, yet serving nothing under those handles: `device describe` says which and why.
+                  (d.deployedModelsNotLoadedCount ? ` (${d.deployedModelsNotLoadedCount} NOT LOADED)` : ''),
               ]),
             ),
       );

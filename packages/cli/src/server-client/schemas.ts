@@ -43,6 +43,7 @@ export const deviceSummarySchema = z.looseObject({
   agentVersion: z.string().optional(),
   status: z.enum(['online', 'offline']),
   models: z.array(z.looseObject({ name: z.string(), version: z.string() })),
+  deployedModelsNotLoadedCount: z.number().int().optional(),
 });
 export type DeviceSummary = z.infer<typeof deviceSummarySchema>;
 
@@ -69,6 +70,19 @@ export const deviceSchema = deviceSummarySchema.extend({
   ),
   identity: z.looseObject({ status: z.string(), certificate: certificateSchema.optional() }),
   deploymentResult: z.unknown().optional(),
+  deployedModelsNotLoaded: z
+    .array(
+      z.looseObject({
+        modelHandle: z.string(),
+        deploymentName: z.string(),
+        modelName: z.string().optional(),
+        modelVersion: z.string().optional(),
+        unloadedByApplication: z.boolean(),
+        since: isoTime.optional(),
+        reason: z.string(),
+      }),
+    )
+    .optional(),
 });
 export type Device = z.infer<typeof deviceSchema>;
 

@@ -128,7 +128,7 @@ export const sendHeartbeatRequestSchema = z
       .max(MAX_MODELS_PER_HEARTBEAT)
       .optional()
       .describe(
-        "EdgeFleet's: deployed handles serving nothing now (replaces the previous list; empty: all serve); omit to leave it unchanged",
+        "EdgeFleet's: deployed handles serving nothing now (replaces the previous list; empty: all serve). Send it in every heartbeat: omitted, the server keeps no list (the agent does not report it: an older one, or deployments off)",
       ),
   })
   .superRefine((heartbeat, ctx) => {

@@ -259,6 +259,25 @@ export async function stopUnstartedDevices(
     .execute();
 }
 
+/** How a cancelled device's status message begins (deployment-service.ts cancelDevice, deregistered-device.ts). */
+const CANCELLED_PREFIX = 'cancelled';
+
+/**
+ * How many of the stage's STOPPED devices were cancelled (an operator's cancel, a deregistration) rather than
+ * left unstarted by a stop or an abort ("not started: …"): only their status message tells them apart.
+ */
+async function cancelledCount(db: Executor, planName: string, stageName: string): Promise<number> {
+  const row = await db
+    .selectFrom('deployment_targets')
+    .select((eb) => eb.fn.countAll<number>().as('count'))
+    .where('plan_name', '=', planName)
+    .where('stage_name', '=', stageName)
+    .where('status', '=', 'STOPPED')
+    .where('status_message', 'like', `${CANCELLED_PREFIX}%`)
+    .executeTakeFirstOrThrow();
+  return Number(row.count);
+}
+
 /**
  * Brings a started stage's status in line with its devices: aborts it when failures pass the plan's
  * threshold (its devices not yet started are then not started), finishes it when no device is pending
@@ -318,7 +337,10 @@ export async function settleStage(
 
   if ((status === 'INPROGRESS' || status === 'STOPPING') && counts.READYTODEPLOY + counts.INPROGRESS === 0) {
     if (status === 'STOPPING') {
-      const message = `stopped: ${counts.DEPLOYED} deployed, ${counts.FAILED} failed, ${counts.STOPPED} not started`;
+      const cancelled = await cancelledCount(trx, planName, stageName);
+      const message = `stopped: ${counts.DEPLOYED} deployed, ${counts.FAILED} failed, ${
+        cancelled > 0 ? `${cancelled} cancelled, ` : ''
+      }${counts.STOPPED - cancelled} not started`;
       if (await setStage('STOPPING', 'STOPPED', message)) {
         await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageStopped', message }, now);
         status = 'STOPPED';

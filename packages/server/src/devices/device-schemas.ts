@@ -98,6 +98,20 @@ export const deviceCertificateSchema = z.object({
 export const identityStatusSchema = z.enum(['NOT_ENROLLED', 'ENROLLED', 'EXPIRED', 'REVOKED']);
 export type IdentityStatus = z.infer<typeof identityStatusSchema>;
 
+export const deployedModelNotLoadedSchema = z.object({
+  modelHandle: z.string(),
+  deploymentName: z.string().describe('The deployment that put the model on the device'),
+  modelName: z.string().optional(),
+  modelVersion: z.string().optional(),
+  unloadedByApplication: z
+    .boolean()
+    .describe(
+      'true: an application on the device unloaded it (UnLoadModel, REST unload); false: not loaded since the agent started (still loading, or its load failed)',
+    ),
+  since: z.iso.datetime().optional().describe('When the application unloaded it (by the device clock)'),
+  reason: z.string().describe("The agent's words"),
+});
+
 export const deviceSummarySchema = z.object({
   name: z.string(),
   fleetName: z.string(),
@@ -111,6 +125,12 @@ export const deviceSummarySchema = z.object({
     .enum(['online', 'offline'])
     .describe(`offline once the configured number of heartbeats is missed`),
   models: z.array(z.object({ name: z.string(), version: z.string() })),
+  deployedModelsNotLoadedCount: z
+    .int()
+    .optional()
+    .describe(
+      'How many deployed model handles the last heartbeat said are not loaded (the device serves nothing under them); absent: its agent does not report it',
+    ),
 });
 
 export const deviceSchema = deviceSummarySchema.extend({
@@ -122,6 +142,12 @@ export const deviceSchema = deviceSummarySchema.extend({
     certificate: deviceCertificateSchema.optional().describe('The newest certificate issued to the device'),
   }),
   deploymentResult: z.unknown().optional().describe('The last DeploymentResult the device reported'),
+  deployedModelsNotLoaded: z
+    .array(deployedModelNotLoadedSchema)
+    .optional()
+    .describe(
+      'Deployed model handles the last heartbeat said are not loaded, and why (empty: all serve). Absent: its agent does not report it (older than schema 7, deployments off, an Edge Manager agent)',
+    ),
 });
 export type DeviceView = z.input<typeof deviceSchema>;
 export type DeviceSummaryView = z.input<typeof deviceSummarySchema>;

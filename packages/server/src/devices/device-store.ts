@@ -1,4 +1,5 @@
 import { sql, type Expression, type Kysely, type Transaction } from 'kysely';
+import { z } from 'zod';
 import { tagListSchema, type Tag } from '../fields/index.js';
 import { conflict, notFound } from '../errors/index.js';
 import {
@@ -58,6 +59,45 @@ export interface DeviceDeploymentEvent {
   at: number;
 }
 
+/** A deployed model handle the device's agent reported as not loaded (heartbeat DeployedModelsNotLoaded). */
+export interface DeployedModelNotLoadedRecord {
+  modelHandle: string;
+  deploymentName: string;
+  modelName?: string;
+  modelVersion?: string;
+  /** An application unloaded it (UnLoadModel, REST unload); false: still loading, or its load failed. */
+  unloadedByApplication: boolean;
+  /** When the application unloaded it (epoch ms, by the device's clock). */
+  since?: number;
+  reason: string;
+}
+
+/** The stored column: the heartbeat's entries as the server parsed them (Since in epoch ms). */
+const storedNotLoadedSchema = z.array(
+  z.object({
+    ModelHandle: z.string(),
+    DeploymentName: z.string(),
+    ModelName: z.string().optional(),
+    ModelVersion: z.string().optional(),
+    UnloadedByApplication: z.boolean(),
+    Since: z.number().optional(),
+    Reason: z.string(),
+  }),
+);
+
+function notLoadedRecords(column: string | null): DeployedModelNotLoadedRecord[] | null {
+  if (column === null) return null;
+  return storedNotLoadedSchema.parse(JSON.parse(column)).map((m) => ({
+    modelHandle: m.ModelHandle,
+    deploymentName: m.DeploymentName,
+    ...(m.ModelName !== undefined && { modelName: m.ModelName }),
+    ...(m.ModelVersion !== undefined && { modelVersion: m.ModelVersion }),
+    unloadedByApplication: m.UnloadedByApplication,
+    ...(m.Since !== undefined && { since: m.Since }),
+    reason: m.Reason,
+  }));
+}
+
 export interface DeviceRecord {
   name: string;
   fleetName: string;
@@ -71,6 +111,8 @@ export interface DeviceRecord {
   online: boolean;
   deploymentResult: unknown;
   models: DeviceModelState[];
+  /** As of the last heartbeat; null: the agent does not report it (older agent, deployments off). */
+  deployedModelsNotLoaded: DeployedModelNotLoadedRecord[] | null;
 }
 
 export interface DeviceIdentity {
@@ -168,6 +210,7 @@ export class DeviceStore {
               agent_version: null,
               last_heartbeat_at: null,
               deployment_result: null,
+              deployed_models_not_loaded: null,
             })),
           )
           .execute();
@@ -379,6 +422,7 @@ export class DeviceStore {
       online: row.last_heartbeat_at !== null && row.last_heartbeat_at >= threshold,
       deploymentResult: row.deployment_result === null ? null : JSON.parse(row.deployment_result),
       models,
+      deployedModelsNotLoaded: notLoadedRecords(row.deployed_models_not_loaded),
     };
   }
 

@@ -5,7 +5,7 @@
  * work in their own transaction.
  */
 import { sql, type Kysely, type Transaction } from 'kysely';
-import type { DeploymentResult } from '@edgefleet/core';
+import type { DeployedModelNotLoaded, DeploymentResult } from '@edgefleet/core';
 import { classifyResult, isStaleProgress } from '../deployments/result-outcome.js';
 import type { DatabaseSchema, DeviceModelsTable } from '../storage/index.js';
 
@@ -24,6 +24,12 @@ export interface DeviceHeartbeatState {
   deploymentResult?: DeploymentResult;
   /** The models loaded now (replacing the previous list); absent: keep the list. */
   models?: { name: string; version: string; latestSampleTime?: number; latestInferenceTime?: number }[];
+  /**
+   * The deployed handles not loaded now (replacing the previous list). Absent: the agent does not report them
+   * (older than that field, or its deployments off), so none is kept: a list an agent once sent must not
+   * outlive it, as it would were absent to mean "unchanged".
+   */
+  deployedModelsNotLoaded?: DeployedModelNotLoaded[];
 }
 
 /** A device's name and fleet, or undefined when it is not registered. */
@@ -86,15 +92,23 @@ export async function recordHeartbeatStates(
         state.deploymentResult !== undefined && !stale.has(state.deviceName)
           ? JSON.stringify(state.deploymentResult)
           : null
-      })`,
+      }, ${state.deployedModelsNotLoaded !== undefined ? JSON.stringify(state.deployedModelsNotLoaded) : null})`,
   );
+  // A changed not-loaded list bumps updated_at, which the console's change feed watches, so a device page
+  // shows it at once (as recordDeploymentResult does), whatever the heartbeat times of other devices.
   await sql`update devices set
       agent_version = v.agent_version,
       last_heartbeat_at = v.last_heartbeat_at,
-      deployment_result = coalesce(v.deployment_result, devices.deployment_result)
+      deployment_result = coalesce(v.deployment_result, devices.deployment_result),
+      deployed_models_not_loaded = v.deployed_models_not_loaded,
+      updated_at = case
+        when v.deployed_models_not_loaded is distinct from devices.deployed_models_not_loaded
+          then v.last_heartbeat_at
+        else devices.updated_at
+      end
     from (
       select column1 as name, column2 as agent_version, cast(column3 as bigint) as last_heartbeat_at,
-             column4 as deployment_result
+             column4 as deployment_result, column5 as deployed_models_not_loaded
       from (values ${sql.join(values)}) as t
     ) as v
     where devices.name = v.name`.execute(trx);

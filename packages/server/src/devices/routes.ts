@@ -38,6 +38,9 @@ export function deviceSummaryView(device: DeviceRecord): DeviceSummaryView {
     ...(device.agentVersion !== null ? { agentVersion: device.agentVersion } : {}),
     status: device.online ? 'online' : 'offline',
     models: device.models.map((m) => ({ name: m.name, version: m.version })),
+    ...(device.deployedModelsNotLoaded !== null && {
+      deployedModelsNotLoadedCount: device.deployedModelsNotLoaded.length,
+    }),
   };
 }
 
@@ -69,6 +72,12 @@ export function deviceView(device: DeviceRecord, identity: DeviceIdentity): Devi
       ...(identity.certificate ? { certificate: certificateView(identity.certificate) } : {}),
     },
     ...(device.deploymentResult !== null ? { deploymentResult: device.deploymentResult } : {}),
+    ...(device.deployedModelsNotLoaded !== null && {
+      deployedModelsNotLoaded: device.deployedModelsNotLoaded.map(({ since, ...model }) => ({
+        ...model,
+        ...(since !== undefined && { since: iso(since) }),
+      })),
+    }),
   };
 }
 

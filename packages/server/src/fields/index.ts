@@ -4,14 +4,19 @@
  */
 import { z } from 'zod';
 
+const ENTITY_NAME_MESSAGE = 'expected 1-63 letters, digits and inner hyphens (e.g. fleet-1)';
+
 /** EntityName: fleets, devices (control plane), models, packaging jobs, deployment plans. */
 export const entityNameSchema = z
   .string()
-  .max(63)
-  .regex(
-    /^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$/,
-    'expected 1-63 letters, digits and inner hyphens (e.g. fleet-1)',
-  );
+  // The pattern alone would let any number of hyphens through; a name too long says so once (abort), not
+  // once more for the pattern.
+  .max(63, {
+    error: (issue) =>
+      `${ENTITY_NAME_MESSAGE}; this one is ${typeof issue.input === 'string' ? issue.input.length : 'over 63'} characters long`,
+    abort: true,
+  })
+  .regex(/^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$/, ENTITY_NAME_MESSAGE);
 
 export const fleetNameSchema = entityNameSchema.describe('Fleet name');
 export const deviceNameSchema = entityNameSchema.describe('Device name, unique across fleets');

@@ -75,8 +75,8 @@ const hourStart = (ms: number) => Math.floor(ms / HOUR_MS) * HOUR_MS;
 const ROWS_PER_INSERT = 500;
 
 /**
- * Ingests heartbeats: the device's latest state (agent version, models, deployment result, time of the
- * heartbeat by the server's clock) and its metrics as a time series.
+ * Ingests heartbeats: the device's latest state (agent version, models, deployment result, deployed models
+ * not loaded, time of the heartbeat by the server's clock) and its metrics as a time series.
  *
  * Heartbeats that arrive while a write is under way are written together in the next transaction (group
  * commit): a commit costs about the same for one heartbeat as for a hundred, so this is what lets one server
@@ -225,6 +225,9 @@ export class HeartbeatService {
     });
     check('DeploymentResult.DeploymentStartTime', heartbeat.DeploymentResult?.DeploymentStartTime);
     check('DeploymentResult.DeploymentEndTime', heartbeat.DeploymentResult?.DeploymentEndTime);
+    heartbeat.DeployedModelsNotLoaded?.forEach((model, i) =>
+      check(`DeployedModelsNotLoaded.${i}.Since`, model.Since),
+    );
   }
 
   /** GetDeviceRegistration: a device that passed certificate checks is registered, by construction. */
@@ -364,6 +367,9 @@ async function writeBatch(
       agentVersion: heartbeat.AgentVersion,
       heartbeatAt: receivedAt,
       ...(heartbeat.DeploymentResult !== undefined && { deploymentResult: heartbeat.DeploymentResult }),
+      ...(heartbeat.DeployedModelsNotLoaded !== undefined && {
+        deployedModelsNotLoaded: heartbeat.DeployedModelsNotLoaded,
+      }),
       ...(heartbeat.Models !== undefined && {
         models: heartbeat.Models.map((m) => ({
           name: m.ModelName,

@@ -539,6 +539,14 @@ const migrations: Record<string, Migration> = {
       );
     },
   },
+  // The deployed model handles a device's agent reports as not loaded (heartbeat DeployedModelsNotLoaded, JSON):
+  // shown on the device's API answer, `edgefleet device describe` and the console. Null: its agent does not
+  // report them (an older agent, deployments off, Edge Manager's agent).
+  '0019_devices_deployed_models_not_loaded': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('devices').addColumn('deployed_models_not_loaded', 'text').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -101,6 +101,8 @@ export interface DevicesTable {
   agent_version: string | null;
   last_heartbeat_at: number | null;
   deployment_result: string | null;
+  /** JSON DeployedModelNotLoaded[] of the last heartbeat (Since in epoch ms); null: its agent reports none. */
+  deployed_models_not_loaded: string | null;
 }
 
 export interface DeviceTagsTable {

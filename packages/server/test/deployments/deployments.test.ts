@@ -616,6 +616,31 @@ describe.each(engines)('deployments on $engine', (fixture) => {
   );
 
   it.skipIf(!fixture.available)(
+    'stopping a stage counts its cancelled devices as cancelled, not as not started',
+    async () => {
+      await admin('POST', '/api/v1/fleets/f/devices', { devices: [{ name: 'd9' }] });
+      await admin('POST', '/api/v1/deployment-plans', {
+        name: 'p9',
+        fleetName: 'f',
+        modelConfigs: [{ modelHandle: 'stopper', packagingJobName: 'pack-v1-0' }],
+        stages: [
+          { name: 's1', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['d4', 'd5', 'd6', 'd9'] } },
+        ],
+      });
+      await admin('POST', '/api/v1/deployment-plans/p9/stages/s1/start');
+      // One cancelled by an operator, one by its deregistration; the other two never started.
+      expect((await admin('POST', '/api/v1/deployment-plans/p9/devices/d5/cancel')).status).toBe(200);
+      expect((await admin('DELETE', '/api/v1/devices/d9')).status).toBe(204);
+      const stopped = await admin('POST', '/api/v1/deployment-plans/p9/stages/s1/stop');
+      expect(stopped.body.stages[0]).toMatchObject({
+        status: 'STOPPED',
+        stoppedCount: 4,
+        statusMessage: 'stopped: 0 deployed, 0 failed, 2 cancelled, 2 not started',
+      });
+    },
+  );
+
+  it.skipIf(!fixture.available)(
     'deploys an uploaded package, downloadable only by the fleet it is deployed to',
     async () => {
       const pkgDir = path.join(work, `pkg-${fixture.engine}`);

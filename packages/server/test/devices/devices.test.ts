@@ -71,6 +71,11 @@ describe.each(engines)('device routes on $engine', (fixture) => {
       // A value too long to quote is named by its path only.
       expect(message).toContain('; devices.3.name: ');
       expect(message).not.toContain('x'.repeat(101));
+      // Said once, with its length (not once for the length and again for the pattern).
+      expect(message.split('devices.3.name').length).toBe(2);
+      expect(message).toMatch(
+        /devices\.3\.name: expected 1-63 letters, digits and inner hyphens \(e\.g\. fleet-1\); this one is 101 characters long$/,
+      );
       expect((await t.call('GET', '/api/v1/devices/good-1', { token: t.readToken })).status).toBe(404);
     },
   );

@@ -30,6 +30,16 @@ describe('entity names (the spec pattern [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}, max 6
       }),
     );
   });
+
+  it('says what is wrong with a name too long once, with its length', () => {
+    const issues = entityNameSchema.safeParse(`a${'b'.repeat(69)}`).error?.issues ?? [];
+    expect(issues.map((issue) => issue.message)).toEqual([
+      'expected 1-63 letters, digits and inner hyphens (e.g. fleet-1); this one is 70 characters long',
+    ]);
+    expect(entityNameSchema.safeParse('bad_name').error?.issues.map((issue) => issue.message)).toEqual([
+      'expected 1-63 letters, digits and inner hyphens (e.g. fleet-1)',
+    ]);
+  });
 });
 
 describe('tags', () => {

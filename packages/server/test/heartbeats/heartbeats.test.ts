@@ -104,6 +104,106 @@ describe.each(engines)('heartbeats on $engine', (fixture) => {
     expect(await models()).toEqual([{ name: 'b', version: '2' }]);
   });
 
+  it.skipIf(!fixture.available)(
+    'keeps the deployed models not loaded: each heartbeat replaces the list, one without it keeps none',
+    async () => {
+      // A fleet of its own, so the fleet report below counts what it did before.
+      await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: 'yards', outputConfig: { s3OutputLocation: 's3://captures/yards' } },
+      });
+      await t.call('POST', '/api/v1/fleets/yards/devices', {
+        token: t.adminToken,
+        body: { devices: [{ name: 'cam-7' }] },
+      });
+      const cam7 = await enrollDevice(t, 'cam-7');
+      const base = { DeviceName: 'cam-7', DeviceFleetName: 'yards', AgentVersion: '2.0.0' };
+      const unloadedAt = Date.now() - 60_000;
+      const detector = {
+        ModelHandle: 'detector',
+        DeploymentName: 'rollout-9',
+        ModelName: 'detector',
+        ModelVersion: '1.0',
+        UnloadedByApplication: true,
+        Since: seconds(unloadedAt),
+        Reason: 'unloaded by an application (UnLoadModel or the REST unload)',
+      };
+      const loading = {
+        ModelHandle: 'counter',
+        DeploymentName: 'rollout-8',
+        UnloadedByApplication: false,
+        Reason: 'not loaded since the agent started: still loading, or its load failed',
+      };
+      const describe = async () =>
+        (await t.call('GET', '/api/v1/devices/cam-7', { token: t.readToken })).body;
+      const listed = async () =>
+        (await t.call('GET', '/api/v1/devices?nameContains=cam-7', { token: t.readToken })).body.devices[0];
+
+      expect(
+        await heartbeat(cam7, { ...base, Models: [], DeployedModelsNotLoaded: [detector, loading] }),
+      ).toEqual({ status: 200, body: {} });
+      const first = await describe();
+      expect(first.deployedModelsNotLoaded).toEqual([
+        {
+          modelHandle: 'detector',
+          deploymentName: 'rollout-9',
+          modelName: 'detector',
+          modelVersion: '1.0',
+          unloadedByApplication: true,
+          since: new Date(unloadedAt).toISOString(),
+          reason: 'unloaded by an application (UnLoadModel or the REST unload)',
+        },
+        {
+          modelHandle: 'counter',
+          deploymentName: 'rollout-8',
+          unloadedByApplication: false,
+          reason: 'not loaded since the agent started: still loading, or its load failed',
+        },
+      ]);
+      expect(first.deployedModelsNotLoadedCount).toBe(2);
+      expect((await listed()).deployedModelsNotLoadedCount).toBe(2);
+      // A changed list moves updatedAt (the console's change feed watches it) to that heartbeat; the same list
+      // again leaves it.
+      expect(first.updatedAt).toBe(first.latestHeartbeat);
+      await heartbeat(cam7, { ...base, DeployedModelsNotLoaded: [detector, loading] });
+      expect((await describe()).updatedAt).toBe(first.updatedAt);
+
+      // Loaded again: the next heartbeat's empty list says every deployed handle serves.
+      await heartbeat(cam7, { ...base, DeployedModelsNotLoaded: [] });
+      const loaded = await describe();
+      expect(loaded.deployedModelsNotLoaded).toEqual([]);
+      expect(loaded.deployedModelsNotLoadedCount).toBe(0);
+      expect(loaded.updatedAt).toBe(loaded.latestHeartbeat);
+
+      // An agent that does not report it (an older one, deployments off): nothing is kept, nothing stale shown.
+      await heartbeat(cam7, { ...base, DeployedModelsNotLoaded: [detector] });
+      expect((await describe()).deployedModelsNotLoadedCount).toBe(1);
+      await heartbeat(cam7, { ...base, AgentVersion: '1.0.0' });
+      const older = await describe();
+      expect(older.agentVersion).toBe('1.0.0');
+      expect(older).not.toHaveProperty('deployedModelsNotLoaded');
+      expect(older).not.toHaveProperty('deployedModelsNotLoadedCount');
+      expect(await listed()).not.toHaveProperty('deployedModelsNotLoadedCount');
+
+      // Its time is checked as the others are; a bad entry is refused whole, naming what was wrong.
+      const ahead = await heartbeat(cam7, {
+        ...base,
+        DeployedModelsNotLoaded: [{ ...detector, Since: seconds(Date.now()) + 30 * 86_400 }],
+      });
+      expect(ahead).toMatchObject({
+        status: 400,
+        body: { code: 'ValidationError', details: { field: 'DeployedModelsNotLoaded.0.Since' } },
+      });
+      const nameless = await heartbeat(cam7, {
+        ...base,
+        DeployedModelsNotLoaded: [{ ...detector, ModelHandle: undefined }],
+      });
+      expect(nameless).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
+      expect(nameless.body.message).toContain('DeployedModelsNotLoaded.0.ModelHandle');
+      expect(await describe()).not.toHaveProperty('deployedModelsNotLoaded');
+    },
+  );
+
   it.skipIf(!fixture.available)('answers the SageMaker operation names too', async () => {
     const response = await heartbeat(
       other,

@@ -133,7 +133,7 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
             <When at={d.latestHeartbeat} />
           </dd>
           <dt>Agent version</dt>
-          <dd>{d.agentVersion ?? '–'}</dd>
+          <dd data-testid="agent-version">{d.agentVersion ?? '–'}</dd>
           <dt>Identity</dt>
           <dd data-testid="identity-status">{d.identity.status}</dd>
           <dt>Certificate</dt>
@@ -311,6 +311,40 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
               ? 'No agent has reported for this device yet: its models show here after its first heartbeat.'
               : 'The agent reports no loaded model.'}
           </p>
+        ) : null}
+        {(d.deployedModelsNotLoaded ?? []).length > 0 ? (
+          <ul class="plain" aria-label="Deployed models not loaded" data-testid="models-not-loaded">
+            {(d.deployedModelsNotLoaded ?? []).map((model) => (
+              <li key={model.modelHandle} class="warning" data-model-handle={model.modelHandle}>
+                <strong>
+                  {model.modelHandle}
+                  {model.modelName !== undefined && model.modelName !== model.modelHandle
+                    ? ` (model ${model.modelName})`
+                    : ''}
+                  {model.modelVersion !== undefined ? ` ${model.modelVersion}` : ''}
+                </strong>{' '}
+                (deployment{' '}
+                <a href={href(`/deployments/${encodeURIComponent(model.deploymentName)}`)}>
+                  {model.deploymentName}
+                </a>
+                ) is not loaded:{' '}
+                {model.unloadedByApplication ? (
+                  <>
+                    unloaded by an application
+                    {model.since !== undefined ? (
+                      <>
+                        {' '}
+                        <When at={model.since} /> (at {new Date(model.since).toLocaleString()})
+                      </>
+                    ) : null}
+                    ; it stays unloaded until it is loaded or deployed again
+                  </>
+                ) : (
+                  model.reason
+                )}
+              </li>
+            ))}
+          </ul>
         ) : null}
         <table>
           <TableHead columns={['Model', 'Version', 'Last inference']} />

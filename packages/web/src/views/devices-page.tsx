@@ -198,7 +198,18 @@ export function DevicesPage() {
                   <When at={device.registeredAt} />
                 </td>
                 <td>{device.agentVersion ?? '–'}</td>
-                <td>{device.models.map((m) => `${m.name} ${m.version}`).join(', ') || '–'}</td>
+                <td>
+                  {device.models.map((m) => `${m.name} ${m.version}`).join(', ') || '–'}
+                  {device.deployedModelsNotLoadedCount ? (
+                    // Deployed, yet serving nothing under those handles: the device page says which and why.
+                    <>
+                      {' '}
+                      <span class="badge badge-warning" data-testid="not-loaded-count">
+                        {device.deployedModelsNotLoadedCount} not loaded
+                      </span>
+                    </>
+                  ) : null}
+                </td>
               </tr>
             ))}
           </tbody>
