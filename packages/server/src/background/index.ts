@@ -7,3 +7,4 @@ export {
   renewLease,
   type LeaseRenewal,
 } from './lease.js';
+export { armDeadline, type Deadline } from './deadline.js';

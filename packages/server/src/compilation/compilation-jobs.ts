@@ -5,7 +5,13 @@ import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import { extract } from 'tar-stream';
 import { z } from 'zod';
-import { DEFAULT_LEASE_MS, leaseExpiredBefore, newClaimToken, renewLease } from '../background/index.js';
+import {
+  armDeadline,
+  DEFAULT_LEASE_MS,
+  leaseExpiredBefore,
+  newClaimToken,
+  renewLease,
+} from '../background/index.js';
 import { DomainError, conflict, invalid, notFound } from '../errors/index.js';
 import { tagListSchema, type Tag } from '../fields/index.js';
 import type { ModelStore } from '../models/index.js';
@@ -384,12 +390,11 @@ export class CompilationJobStore {
     const deadline =
       maxRuntime === undefined
         ? undefined
-        : setTimeout(
+        : armDeadline(
+            job.createdAt + maxRuntime * 1000,
             () => abort.abort(new Error(deadlineReason(maxRuntime))),
-            Math.max(0, job.createdAt + maxRuntime * 1000 - this.now()),
+            this.now,
           );
-    // Neither keeps a process that is otherwise done alive.
-    deadline?.unref();
     try {
       const object = await this.options.openS3Object(job.inputS3Uri, signal);
       const body = /\.tar\.gz$/i.test(job.inputS3Uri) ? await onnxFromTarGz(object) : object;
@@ -418,7 +423,7 @@ export class CompilationJobStore {
       }).catch(() => undefined);
     } finally {
       lease.stop();
-      clearTimeout(deadline);
+      deadline?.clear();
     }
   }
 

@@ -7,7 +7,6 @@ import {
   type MigrationProvider,
   type MigrationResult,
 } from 'kysely';
-import { awsProfileName } from '@edgefleet/core';
 
 /**
  * Versioned schema migrations, held in code (not read from a folder) so that they run the same from `src`
@@ -473,8 +472,9 @@ const migrations: Record<string, Migration> = {
   },
   // The S3 object a facade packaging job writes its package to, unique (sagemaker/operations/packaging.ts): two
   // CreateEdgePackagingJob calls naming one object (`v1 beta` and `v1_beta`, or one version twice, into one
-  // S3OutputLocation) cannot both be created, however close together. Existing jobs get theirs, the oldest
-  // first; a later job already sharing an object (created before this check) keeps none, so nothing fails here.
+  // S3OutputLocation) cannot both be created, however close together. Existing jobs get theirs; of jobs already
+  // sharing one (created before this check), the newest that did not fail keeps it and the others none, so
+  // nothing fails here.
   '0017_packaging_object_uri': {
     async up(db: Kysely<any>): Promise<void> {
       await db.schema
@@ -484,11 +484,15 @@ const migrations: Record<string, Migration> = {
       const jobs = await db
         .selectFrom('edge_packaging_job_sources as s')
         .innerJoin('packaging_jobs as j', 'j.name', 's.job_name')
-        .select(['s.job_name', 'j.model_name', 'j.model_version', 'j.output_s3_location'])
+        .select(['s.job_name', 'j.model_name', 'j.model_version', 'j.output_s3_location', 'j.status'])
         .where('j.output_s3_location', 'is not', null)
-        .orderBy('j.created_at')
-        .orderBy('s.job_name')
+        .orderBy('j.created_at', 'desc')
+        .orderBy('s.job_name', 'desc')
         .execute();
+      // Jobs sharing an object: it holds the package of the last one that wrote it, the newest that did not fail
+      // (a COMPLETED retry of a FAILED job, or of the same version, as the old code allowed). That job keeps it,
+      // so a later takeover of a FAILED job's object never overwrites a live package.
+      jobs.sort((a, b) => Number(a.status === 'FAILED') - Number(b.status === 'FAILED'));
       const taken = new Set<string>();
       for (const job of jobs) {
         // packageObjectUri as of this migration (a copy: a migration must not change when that code does).
@@ -525,7 +529,8 @@ const migrations: Record<string, Migration> = {
         .execute();
       const taken = new Set<string>();
       for (const key of keys) {
-        const profile = awsProfileName(String(key.name));
+        // awsProfileName as of this migration (a copy: a migration must not change when that code does).
+        const profile = String(key.name).replace(/[^A-Za-z0-9_-]+/g, '-');
         if (taken.has(profile)) continue;
         taken.add(profile);
         await db

@@ -122,17 +122,17 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
   );
 
   it.skipIf(!fixture.available)(
-    'the migration gives existing jobs their object, the oldest first; jobs already sharing one do not break it',
+    'the migration gives existing jobs their object; of jobs sharing one, the newest that did not fail keeps it',
     async () => {
       const database = await openDatabase(await fixture.createLocation());
       try {
         const { db } = database;
         await migrateTo(db, '0015_compilation_claims');
-        const job = (name: string, version: string, at: number) => ({
+        const job = (name: string, version: string, at: number, status = 'COMPLETED') => ({
           name,
           model_name: 'racer',
           model_version: version,
-          status: 'COMPLETED',
+          status,
           status_message: null,
           output_s3_location: 's3://neo/race/',
           artifact_key: null,
@@ -146,9 +146,18 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
         });
         await db
           .insertInto('packaging_jobs')
-          .values([job('old-b', 'v1 beta', 1000), job('old-a', 'v1_beta', 2000), job('old-c', 'v2', 3000)])
+          .values([
+            job('old-b', 'v1 beta', 1000),
+            job('old-a', 'v1_beta', 2000),
+            job('old-c', 'v2', 3000),
+            // A COMPLETED retry of a FAILED job, and a later FAILED one: the COMPLETED job's package is the
+            // object's, so it keeps it (the FAILED ones' objects may be taken over, and would overwrite it).
+            job('old-d', 'v3', 4000, 'FAILED'),
+            job('old-e', 'v3', 5000),
+            job('old-f', 'v3', 6000, 'FAILED'),
+          ])
           .execute();
-        for (const name of ['old-a', 'old-b', 'old-c'])
+        for (const name of ['old-a', 'old-b', 'old-c', 'old-d', 'old-e', 'old-f'])
           await db
             .insertInto('edge_packaging_job_sources')
             .values({ job_name: name, compilation_job_name: 'c', role_arn: ROLE, tags: '[]' } as never)
@@ -159,10 +168,14 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
           .select(['job_name', 'package_object_uri'])
           .orderBy('job_name')
           .execute();
+        // old-a wrote last: the object holds its package.
         expect(rows).toEqual([
-          { job_name: 'old-a', package_object_uri: null },
-          { job_name: 'old-b', package_object_uri: 's3://neo/race/racer-v1_beta.tar.gz' },
+          { job_name: 'old-a', package_object_uri: 's3://neo/race/racer-v1_beta.tar.gz' },
+          { job_name: 'old-b', package_object_uri: null },
           { job_name: 'old-c', package_object_uri: 's3://neo/race/racer-v2.tar.gz' },
+          { job_name: 'old-d', package_object_uri: null },
+          { job_name: 'old-e', package_object_uri: 's3://neo/race/racer-v3.tar.gz' },
+          { job_name: 'old-f', package_object_uri: null },
         ]);
       } finally {
         await database.close();
