@@ -34,6 +34,8 @@ function App() {
    * (another tab's) the page goes, so that another token cannot send what the earlier operator typed.
    */
   const [reauth, setReauth] = useState(false);
+  /** Part of the page's key: a new value mounts the page afresh, dropping what was typed in it. */
+  const [pageGeneration, setPageGeneration] = useState(0);
   const path = useHashPath();
   const holder = useMemo(() => ({ session: undefined as Session | undefined, signIns: 0 }), []);
   holder.session = session ?? undefined;
@@ -94,6 +96,10 @@ function App() {
       onSignedIn={(signedIn) => {
         holder.signIns += 1;
         setEnded(undefined);
+        // Another token signed in over an expired session: the earlier operator's page (and what was typed in
+        // it) is not this one's to send; it starts afresh.
+        if (reauth && signedIn.operator.tokenId !== holder.session?.operator.tokenId)
+          setPageGeneration((n) => n + 1);
         setSession(signedIn);
         if (reauth) {
           setReauth(false);
@@ -183,7 +189,7 @@ function App() {
       <main id="main" tabIndex={-1} inert={reauth}>
         <h1>{matched?.view.title ?? 'Not found'}</h1>
         {Page !== undefined && matched?.params !== undefined ? (
-          <Page key={path} params={matched.params} />
+          <Page key={`${pageGeneration} ${path}`} params={matched.params} />
         ) : (
           <p>
             No such page. <a href={href('/')}>Go to the overview</a>.

@@ -1,7 +1,7 @@
 /**
  * How the console's session ends, in real Chromium against a real edgefleet-server process (review N1, N3, N4):
  * Sign out after the session ended clears the cookie and shows the plain sign-in page; a revoked token's page is
- * dropped (only an expired session keeps it); a 401 to a request sent before signing in again is ignored.
+ * dropped (only an expired session keeps it, and only for the same token); a 401 to a request sent before signing in again is ignored.
  * Requests are held back with the browser's own interception, to put answers in the order each case needs;
  * every answer is the real server's.
  */
@@ -103,6 +103,29 @@ describe('console session endings (review N1, N3, N4)', { timeout: 120_000 }, ()
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
     expect(await page.getByRole('form', { name: 'Create fleet' }).count()).toBe(0);
+    await page.context().close();
+  });
+
+  it('another token signing in over an expired session gets the page afresh: the earlier typing is not kept', async () => {
+    const created = await api('POST', '/api/v1/tokens', ui.plane.adminToken, {
+      name: 'expired-while-typing',
+      scope: 'admin',
+    });
+    expect(created.status).toBe(201);
+    const page = await signIn(created.body.token as string);
+    await page.getByRole('button', { name: 'Create fleet' }).click();
+    await page.getByRole('form', { name: 'Create fleet' }).getByLabel('Name').fill('typed-by-the-first');
+    expireConsoleSessionsNow(ui.plane.dataDir);
+    await page.getByRole('form', { name: 'Create fleet' }).getByRole('button', { name: 'Create' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Sign in again' });
+    await dialog.waitFor();
+    await dialog.getByLabel('Operator API token').fill(ui.plane.adminToken);
+    await dialog.getByRole('button', { name: 'Sign in' }).click();
+    await dialog.waitFor({ state: 'detached' });
+    const typedLeft = await page.evaluate(
+      `[...document.querySelectorAll('input')].some((input) => input.value === 'typed-by-the-first')`,
+    );
+    expect(typedLeft).toBe(false);
     await page.context().close();
   });
 
