@@ -225,9 +225,11 @@ export class HeartbeatService {
     });
     check('DeploymentResult.DeploymentStartTime', heartbeat.DeploymentResult?.DeploymentStartTime);
     check('DeploymentResult.DeploymentEndTime', heartbeat.DeploymentResult?.DeploymentEndTime);
-    heartbeat.DeployedModelsNotLoaded?.forEach((model, i) =>
-      check(`DeployedModelsNotLoaded.${i}.Since`, model.Since),
-    );
+    // Shown only, and sent unchanged by the agent until the model is loaded again: a time stamped by a clock
+    // that ran ahead would refuse every later heartbeat (the device offline, no deployments) even once the clock
+    // is right. It is left out instead.
+    for (const model of heartbeat.DeployedModelsNotLoaded ?? [])
+      if (model.Since !== undefined && model.Since > latest) delete model.Since;
   }
 
   /** GetDeviceRegistration: a device that passed certificate checks is registered, by construction. */
