@@ -54,9 +54,23 @@ export interface FakeDeviceApi {
   acceptResults: boolean;
   /** DeploymentResults the result route accepted. */
   results: Array<Record<string, unknown>>;
+  /**
+   * Whether a final FAIL with a model FailedAfterSwitch withdraws its deployment before it is answered, as the
+   * real server does (the device FAILED, never offered it again); off by default: the deployment stays offered,
+   * which the agent takes for the server's retry.
+   */
+  withdrawFailedAfterSwitch: boolean;
   serve(path: string, bytes: Buffer): ServedPackage;
   close(): Promise<void>;
 }
+
+type FakeHeartbeat = {
+  DeploymentResult?: {
+    DeploymentName?: string;
+    DeploymentStatus?: string;
+    DeploymentModels?: Array<{ FailedAfterSwitch?: boolean }>;
+  } & Record<string, unknown>;
+};
 
 export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
   const ca = createRootCa({ commonName: 'Device API test CA', validityDays: 2, keyType: 'ecdsa-p256' });
@@ -84,7 +98,13 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
     heartbeats: [] as Array<{ DeploymentResult?: Record<string, unknown> }>,
     acceptResults: false,
     results: [] as Array<Record<string, unknown>>,
+    withdrawFailedAfterSwitch: false,
     throttle: undefined as { chunkBytes: number; delayMs: number } | undefined,
+  };
+  const withdrawIfFailedAfterSwitch = (result: FakeHeartbeat['DeploymentResult']) => {
+    if (!api.withdrawFailedAfterSwitch || result?.DeploymentStatus !== 'FAIL') return;
+    if (!(result.DeploymentModels ?? []).some((model) => model.FailedAfterSwitch === true)) return;
+    api.deployments = api.deployments.filter((d) => d.DeploymentName !== result.DeploymentName);
   };
   const server: Server = createServer(
     {
@@ -100,8 +120,11 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
         const chunks: Buffer[] = [];
         req.on('data', (chunk: Buffer) => chunks.push(chunk));
         req.on('end', () => {
-          if (path === '/SendHeartbeat')
-            api.heartbeats.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+          if (path === '/SendHeartbeat') {
+            const heartbeat = JSON.parse(Buffer.concat(chunks).toString('utf8')) as FakeHeartbeat;
+            api.heartbeats.push(heartbeat);
+            withdrawIfFailedAfterSwitch(heartbeat.DeploymentResult);
+          }
           res.writeHead(200, { 'content-type': 'application/json' });
           res.end(path === '/SendHeartbeat' ? '{}' : JSON.stringify({ DeviceRegistration: 'REGISTERED' }));
         });
@@ -111,7 +134,10 @@ export async function startFakeDeviceApi(): Promise<FakeDeviceApi> {
         const chunks: Buffer[] = [];
         req.on('data', (chunk: Buffer) => chunks.push(chunk));
         req.on('end', () => {
-          api.results.push(JSON.parse(Buffer.concat(chunks).toString('utf8')).DeploymentResult);
+          const result = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as FakeHeartbeat)
+            .DeploymentResult;
+          api.results.push(result!);
+          withdrawIfFailedAfterSwitch(result);
           res.writeHead(200, { 'content-type': 'application/json' });
           res.end('{}');
         });
