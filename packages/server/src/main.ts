@@ -35,7 +35,8 @@ function addCommonOptions(command: Command): Command {
     'device-server-names':
       'comma-separated host names/IPs for the device API certificate (default localhost,127.0.0.1)',
     database: 'postgres://… or a SQLite file (default <data-dir>/state.db)',
-    'allow-empty-database': 'true: start on an empty database although the data dir has keys or blobs',
+    'allow-empty-database':
+      "true: start on an empty database although the data dir has keys or blobs, or the blob store holds another database's marker",
     blob: 's3://bucket/prefix or a folder (default <data-dir>/blobs)',
     'blob-endpoint': 'S3 endpoint URL for S3-compatible stores (MinIO, Ceph)',
     'blob-region': 'S3 region (default us-east-1)',

@@ -58,6 +58,36 @@ export async function bindBlobStore(
     .execute();
 }
 
+/**
+ * Refuses to create a new database's schema on a blob store that already holds another database's marker: the
+ * new database would take that store's id as its own and share it, and each would then delete the other's
+ * objects under the same keys (a packaging job's folder, for one). Called before the first migration, while the
+ * database is still empty, so a start that fails here (the store is another's, or does not answer) leaves it
+ * empty and the next start checks again. A database that has its schema is not new: one from before this check,
+ * or one whose first start stopped between writing the marker and recording it, takes up the marker it finds
+ * (bindBlobStore).
+ *
+ * `database` and `location` name the two for messages: no credentials in them.
+ */
+export async function refuseAnotherDatabasesStore(
+  blobs: BlobStore,
+  location: string,
+  database: string,
+  isStillEmpty: () => Promise<boolean>,
+): Promise<void> {
+  const marker = await readMarker(blobs);
+  if (marker === undefined) return;
+  // A replica of the same database may have created the schema and written the marker since this start looked.
+  if (!(await isStillEmpty())) return;
+  throw new BlobStoreMismatchError(
+    `the blob store ${location} holds another database's blobs (its ${BLOB_STORE_MARKER_KEY} is ${marker}), ` +
+      `and the database ${database} is new (empty): give this server an empty blob store or prefix of its own ` +
+      `(${BLOB_SETTINGS}), or point --database (EDGEFLEET_DATABASE) at that store's database. Only if that ` +
+      'database is gone for good and this one replaces it: set allowEmptyDatabase (--allow-empty-database ' +
+      'true, or EDGEFLEET_ALLOW_EMPTY_DATABASE=true) to take the store over',
+  );
+}
+
 /** The configured blob store is not the one the database's blobs are in. */
 export class BlobStoreMismatchError extends Error {
   override readonly name = 'BlobStoreMismatchError';

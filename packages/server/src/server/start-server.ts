@@ -87,6 +87,7 @@ import {
   tagOperations,
 } from '../sagemaker/index.js';
 import {
+  hasNoSchema,
   lockSqliteDatabase,
   maskUrlCredentials,
   migrateToLatest,
@@ -107,7 +108,11 @@ import {
   OPERATOR_LISTENER_LIMITS,
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
-import { BlobStoreMismatchError, blobStoreBinder } from './blob-store-binding.js';
+import {
+  BlobStoreMismatchError,
+  blobStoreBinder,
+  refuseAnotherDatabasesStore,
+} from './blob-store-binding.js';
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
@@ -165,7 +170,11 @@ function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
   return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${address.port}`;
 }
 
-/** Opens the state and blob stores the configuration names, migrating the schema to this build's. */
+/**
+ * Opens the state and blob stores the configuration names, migrating the schema to this build's. A new (empty)
+ * database is refused when the data dir shows an earlier run (refuseSilentFreshInstall) or the blob store is
+ * another database's (refuseAnotherDatabasesStore), unless allowEmptyDatabase says that is intended.
+ */
 export async function openStores(
   config: ServerConfig,
   logger?: Logger,
@@ -176,11 +185,28 @@ export async function openStores(
     onConnectionError: (error) =>
       logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
   });
+  const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   try {
     await refuseSilentFreshInstall(config, database);
+    if (!config.allowEmptyDatabase && (await hasNoSchema(database.db))) {
+      try {
+        // checkBlobStore first: an outage or a wrong setting is reported in its words, naming what to fix.
+        await checkBlobStore(blobs);
+        await refuseAnotherDatabasesStore(
+          blobs,
+          blobStoreLocationOf(config, blobs),
+          database.description,
+          () => hasNoSchema(database.db),
+        );
+      } catch (error) {
+        throw new BlobStoreCheckError(error);
+      }
+    }
     await migrateToLatest(database.db);
   } catch (error) {
+    await blobs.close();
     await database.close();
+    if (error instanceof BlobStoreCheckError) throw error.cause;
     if (error instanceof EmptyDatabaseError) throw error;
     // Name the database in every error about it: the operator may run several.
     throw new Error(
@@ -188,8 +214,14 @@ export async function openStores(
       { cause: error },
     );
   }
-  const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   return { database, blobs };
+}
+
+/** Carries an error about the blob store past openStores' wording for database errors. */
+class BlobStoreCheckError extends Error {
+  constructor(override readonly cause: unknown) {
+    super('blob store check failed', { cause });
+  }
 }
 
 /** The blob store for messages: where it is, and for S3 where it is reached (credentials masked). */

@@ -5,25 +5,43 @@ import { pathToFileURL } from 'node:url';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runServerCli, startServerProcess } from '../support/process.js';
+import { startTestS3, type TestS3 } from '../support/s3.js';
 
 let cwd: string;
+let s3: TestS3;
 beforeAll(async () => {
   cwd = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-blob-binding-'));
+  s3 = await startTestS3();
 });
-afterAll(() => rm(cwd, { recursive: true, force: true }));
+afterAll(async () => {
+  await s3?.stop();
+  await rm(cwd, { recursive: true, force: true });
+});
 
 const flags = ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0', '--log-level', 'info'];
 const folderUrl = (folder: string) => pathToFileURL(folder).toString();
 
 /** Runs serve; resolves with its stderr when it exits before listening, or 'it started' (then stopped). */
-async function serveOutcome(args: string[], dir = cwd): Promise<string> {
-  return startServerProcess([...flags, ...args], dir).then(
+async function serveOutcome(args: string[], dir = cwd, env?: Record<string, string>): Promise<string> {
+  return startServerProcess([...flags, ...args], dir, env).then(
     async (started) => {
       expect(await started.stop()).toBe(0);
       return 'it started';
     },
     (error: Error) => error.message,
   );
+}
+
+/** The tables of a SQLite file: none while nothing created its schema. */
+function tables(stateFile: string): string[] {
+  const db = new SqliteDatabase(stateFile, { readonly: true });
+  try {
+    return (
+      db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]
+    ).map((row) => row.name);
+  } finally {
+    db.close();
+  }
 }
 
 function settings(stateFile: string): Record<string, string> {
@@ -96,6 +114,55 @@ describe(
         blob_store_id: marker,
         blob_store_location: folderUrl(path.join(dataDir, 'blobs')),
       });
+    });
+
+    it("a new database is refused on an S3 store that holds another database's marker, at init and at serve, and stays empty", async () => {
+      const s3Env = {
+        EDGEFLEET_BLOB: `s3://${s3.bucket}/shared`,
+        EDGEFLEET_BLOB_ENDPOINT: s3.endpoint,
+        AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
+      };
+      const location = `s3://${s3.bucket}/shared at ${s3.endpoint}`;
+      const first = await mkdtemp(path.join(cwd, 's3-first-'));
+      expect((await runServerCli(['init'], first, s3Env)).code).toBe(0);
+      const firstState = path.join(first, '.edgefleet', 'server', 'state.db');
+      const id = settings(firstState).blob_store_id;
+      expect(id).toMatch(/^[0-9a-f-]{36}$/);
+
+      // An unrelated install (a staging server given production's bucket, a mistyped database): refused.
+      const second = await mkdtemp(path.join(cwd, 's3-second-'));
+      const secondState = path.join(second, '.edgefleet', 'server', 'state.db');
+      const expected =
+        `the blob store ${location} holds another database's blobs (its edgefleet-store-id is ${id}), and the ` +
+        `database sqlite:${secondState} is new (empty): give this server an empty blob store or prefix of its own`;
+      const init = await runServerCli(['init'], second, s3Env);
+      expect(init.code).toBe(1);
+      expect(init.stdout).toBe('');
+      expect(init.stderr).toContain(expected);
+      expect(tables(secondState)).toEqual([]);
+      const served = await serveOutcome([], second, s3Env);
+      expect(served).toContain('exited (1) before listening');
+      expect(served).toContain(expected);
+      expect(tables(secondState)).toEqual([]);
+
+      // Its own prefix works; and allowEmptyDatabase takes the store over, as it says.
+      const ownPrefix = await runServerCli(['init'], second, {
+        ...s3Env,
+        EDGEFLEET_BLOB: `s3://${s3.bucket}/second`,
+      });
+      expect(ownPrefix.code).toBe(0);
+      expect(settings(secondState).blob_store_id).not.toBe(id);
+      const third = await mkdtemp(path.join(cwd, 's3-third-'));
+      const takeover = await runServerCli(['init'], third, {
+        ...s3Env,
+        EDGEFLEET_ALLOW_EMPTY_DATABASE: 'true',
+      });
+      expect(takeover.code).toBe(0);
+      expect(settings(path.join(third, '.edgefleet', 'server', 'state.db')).blob_store_id).toBe(id);
+      // The first database still starts on its store.
+      expect(settings(firstState).blob_store_id).toBe(id);
+      expect(await serveOutcome([], first, s3Env)).toBe('it started');
     });
   },
 );
