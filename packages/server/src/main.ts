@@ -7,7 +7,7 @@
  *   edgefleet-server backup --out FILE | restore --from FILE
  */
 import { Command, Option } from 'commander';
-import { commandPrefix, shellWord } from '@edgefleet/core';
+import { commandPrefix, FolderLockError, shellWord } from '@edgefleet/core';
 import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
 import { registerBackupCommands } from './backup/index.js';
 import {
@@ -191,6 +191,16 @@ registerBackupCommands(program, { addCommonOptions, configFrom });
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   process.stderr.write(`edgefleet-server: ${error instanceof Error ? error.message : String(error)}\n`);
-  // 4, as the agent's for its data root: a person must stop the other server; restarting would fail alike.
-  process.exit(error instanceof DatabaseInUseError ? error.exitCode : 1);
+  process.exit(exitCodeOf(error));
 });
+
+/**
+ * As the agent's for its data root, codes the unit does not restart on (RestartPreventExitStatus): 4, another
+ * server holds the SQLite database (a person must stop it); 2, its lock file cannot be used (a link, not a
+ * regular file, another user's: a person must remove or chown it). Restarting would fail alike every 2 s.
+ */
+function exitCodeOf(error: unknown): number {
+  if (error instanceof DatabaseInUseError) return error.exitCode;
+  if (error instanceof FolderLockError) return 2;
+  return 1;
+}

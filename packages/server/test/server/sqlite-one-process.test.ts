@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readlink, rm, symlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -70,5 +70,24 @@ describe('one edgefleet-server per SQLite database (real processes)', { timeout:
       await first.stop('SIGKILL');
       if (replacement) expect(await replacement.stop()).toBe(0);
     }
+  });
+
+  it('exits 2 (not restarted by the unit) on a lock file it must not use, naming it, and leaves it as it is', async () => {
+    const dir = await mkdtemp(path.join(cwd, 'link-'));
+    const dataDir = path.join(dir, '.edgefleet', 'server');
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const lockFile = path.join(dataDir, 'state.db.lock');
+    // As someone could plant it to make the server lock (and so open) a file of their choosing.
+    await symlink(path.join(dir, 'elsewhere'), lockFile);
+    const refused = await startServerProcess(flags, dir).then(
+      async (started) => {
+        await started.stop('SIGKILL');
+        return 'it started';
+      },
+      (error: Error) => error.message,
+    );
+    expect(refused).toContain(`exited (2) before listening: edgefleet-server: the lock file ${lockFile} is `);
+    expect((await lstat(lockFile)).isSymbolicLink()).toBe(true);
+    expect(await readlink(lockFile)).toBe(path.join(dir, 'elsewhere'));
   });
 });
