@@ -82,7 +82,11 @@ async function serve(options: CommonOptions): Promise<void> {
   const configFile = options.config ?? process.env.EDGEFLEET_CONFIG;
   const fileWarning =
     configFile === undefined || configFile === '' ? undefined : await secretConfigFileWarning(configFile);
-  const server = await startServer(config, { warnings: fileWarning === undefined ? [] : [fileWarning] });
+  const server = await startServer(config, {
+    warnings: fileWarning === undefined ? [] : [fileWarning],
+    // Logged by the server; 2, which the unit does not restart: the blob setting must be fixed by a person.
+    onStoppedForWrongBlobStore: () => process.exit(2),
+  });
   // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:
   // under systemd both streams go to the journal, which would hold every warning twice.
   if (process.stderr.isTTY) {

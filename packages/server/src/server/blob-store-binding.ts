@@ -32,7 +32,7 @@ export async function bindBlobStore(
   location: string,
 ): Promise<void> {
   const recorded = await readSetting(db, ID_SETTING);
-  const marker = await readMarker(blobs);
+  const marker = await readMarker(blobs, location);
   if (recorded === undefined) {
     // Written before the database records it, so a start cut short in between leaves the marker (taken up by the
     // next start), never a recorded id without one. Replicas starting together on a fresh store each write
@@ -75,7 +75,7 @@ export async function refuseAnotherDatabasesStore(
   database: string,
   isStillEmpty: () => Promise<boolean>,
 ): Promise<void> {
-  const marker = await readMarker(blobs);
+  const marker = await readMarker(blobs, location);
   if (marker === undefined) return;
   // A replica of the same database may have created the schema and written the marker since this start looked.
   if (!(await isStillEmpty())) return;
@@ -95,9 +95,10 @@ export class BlobStoreMismatchError extends Error {
 
 /**
  * bindBlobStore as a check to repeat until it passes once: a store that does not answer at start is checked when
- * it answers again (the readiness check calls it), so an outage does not keep the server from starting, and a
- * wrong store is still found before it is ready. Throws BlobStoreMismatchError for the wrong store, the store's
- * own error while it does not answer.
+ * it answers again (watchBlobStoreBinding, and the readiness check), so an outage does not keep the server from
+ * starting, and a wrong store is still found. One check at a time: callers while one runs share it (each would
+ * read the marker, and on a fresh store write one of its own). Throws BlobStoreMismatchError for the wrong store
+ * (or a damaged marker), the store's own error while it does not answer.
  */
 export function blobStoreBinder(
   db: Kysely<DatabaseSchema>,
@@ -105,10 +106,69 @@ export function blobStoreBinder(
   location: string,
 ): () => Promise<void> {
   let bound = false;
-  return async () => {
-    if (bound) return;
-    await bindBlobStore(db, blobs, location);
-    bound = true;
+  let inFlight: Promise<void> | undefined;
+  return () => {
+    if (bound) return Promise.resolve();
+    inFlight ??= bindBlobStore(db, blobs, location)
+      .then(() => {
+        bound = true;
+      })
+      .finally(() => {
+        inFlight = undefined;
+      });
+    return inFlight;
+  };
+}
+
+export interface BindingWatchOptions {
+  /** Called once, when the store turns out not to be the database's. */
+  onMismatch: (error: BlobStoreMismatchError) => void;
+  /** The first wait, doubled after each failed check up to maxDelayMs. */
+  initialDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+/**
+ * Repeats `bind` in the background until it passes or finds the wrong store, so that the check does not wait for
+ * a readiness poll that may never come (a plain `serve`; devices never poll): the server serves meanwhile, and
+ * the sooner it learns the store is another database's, the fewer blobs it writes there.
+ */
+export function watchBlobStoreBinding(
+  bind: () => Promise<void>,
+  options: BindingWatchOptions,
+): { stop(): Promise<void> } {
+  const maxDelayMs = options.maxDelayMs ?? 30_000;
+  let delayMs = options.initialDelayMs ?? 1000;
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const attempt = async () => {
+    try {
+      await bind();
+      return;
+    } catch (error) {
+      if (error instanceof BlobStoreMismatchError) {
+        stopped = true;
+        options.onMismatch(error);
+        return;
+      }
+      // Still not answering: the readiness check reports it meanwhile.
+    }
+    if (stopped) return;
+    delayMs = Math.min(delayMs * 2, maxDelayMs);
+    schedule();
+  };
+  const schedule = () => {
+    timer = setTimeout(() => void attempt(), delayMs);
+    // Never what keeps the process alive.
+    timer.unref();
+  };
+  schedule();
+  return {
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+      return Promise.resolve();
+    },
   };
 }
 
@@ -143,7 +203,7 @@ async function readSetting(db: Kysely<DatabaseSchema>, key: string): Promise<str
   return row?.value;
 }
 
-async function readMarker(blobs: BlobStore): Promise<string | undefined> {
+async function readMarker(blobs: BlobStore, location: string): Promise<string | undefined> {
   let body: string;
   try {
     body = (await text(await blobs.get(BLOB_STORE_MARKER_KEY))).trim();
@@ -152,9 +212,10 @@ async function readMarker(blobs: BlobStore): Promise<string | undefined> {
     throw error;
   }
   if (!ID.test(body))
-    throw new Error(
-      `the blob store's ${BLOB_STORE_MARKER_KEY} object is damaged (${JSON.stringify(body.slice(0, 40))}); ` +
-        'expected the id the database records (server_settings blob_store_id): write that id into it',
+    throw new BlobStoreMismatchError(
+      `the blob store ${location} cannot be told apart from another database's: its ${BLOB_STORE_MARKER_KEY} ` +
+        `object is damaged (${JSON.stringify(body.slice(0, 40))}); expected a store id (36 characters of 0-9, ` +
+        'a-f and -): write into it the id the database records (server_settings blob_store_id)',
     );
   return body;
 }

@@ -112,6 +112,7 @@ import {
   BlobStoreMismatchError,
   blobStoreBinder,
   refuseAnotherDatabasesStore,
+  watchBlobStoreBinding,
 } from './blob-store-binding.js';
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
@@ -162,6 +163,13 @@ export interface StartServerOptions {
   openFileLimit?: number;
   /** Warnings found before the start (serve: the config file's mode), logged and returned with the others. */
   warnings?: readonly string[];
+  /**
+   * Called once the server has stopped itself because its blob store, unchecked at start (it did not answer),
+   * turned out to be another database's (serve: exits 2, as a person must fix the setting).
+   */
+  onStoppedForWrongBlobStore?: (error: BlobStoreMismatchError) => void;
+  /** The first wait before the blob store is checked again when it did not answer at start (tests: short). */
+  blobStoreRecheckMs?: number;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -394,16 +402,40 @@ export async function startServer(
 
   try {
     let shuttingDown = false;
+    let closing: Promise<void> | undefined;
+    const close = () => {
+      closing ??= (async () => {
+        shuttingDown = true;
+        await releaseAll();
+        logger.info('edgefleet-server stopped');
+      })();
+      return closing;
+    };
+    let stoppingForWrongStore = false;
+    const stopForWrongStore = (error: BlobStoreMismatchError) => {
+      if (stoppingForWrongStore) return;
+      stoppingForWrongStore = true;
+      logger.error({ err: error, blobs: blobs.description }, `stopping: ${error.message}`);
+      void close().then(
+        () => options.onStoppedForWrongBlobStore?.(error),
+        (closeError: unknown) => {
+          logger.error({ err: closeError }, 'shutdown failed');
+          options.onStoppedForWrongBlobStore?.(error);
+        },
+      );
+    };
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
     const bindBlobs = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs));
+    let bindingUnchecked = false;
     try {
       await bindBlobs();
     } catch (error) {
       if (error instanceof BlobStoreMismatchError) throw error;
+      bindingUnchecked = true;
       logger.warn(
         { err: error, blobs: blobs.description },
-        'cannot check that the blob store is the one this database uses (it did not answer); /readyz reports the blob store not ready until that check passes',
+        "cannot check that the blob store is the one this database uses (it did not answer); it is checked again in the background, and /readyz reports the blob store not ready until that check passes; a store found to be another database's stops the server",
       );
     }
     const workDir = path.join(config.dataDir, 'tmp');
@@ -524,7 +556,12 @@ export async function startServer(
         name: 'blobStore',
         check: async () => {
           await blobs.check();
-          await bindBlobs();
+          try {
+            await bindBlobs();
+          } catch (error) {
+            if (error instanceof BlobStoreMismatchError) stopForWrongStore(error);
+            throw error;
+          }
         },
       },
     ];
@@ -712,6 +749,14 @@ export async function startServer(
         logger,
       }),
     );
+    if (bindingUnchecked && !stoppingForWrongStore) {
+      background.push(
+        watchBlobStoreBinding(bindBlobs, {
+          onMismatch: stopForWrongStore,
+          ...(options.blobStoreRecheckMs !== undefined ? { initialDelayMs: options.blobStoreRecheckMs } : {}),
+        }),
+      );
+    }
     const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
     const deviceUrl = urlOf(deviceApp, 'https');
     deviceEndpoint ||= deviceEndpointFor(
@@ -735,7 +780,6 @@ export async function startServer(
       'edgefleet-server started',
     );
 
-    let closing: Promise<void> | undefined;
     return {
       operatorUrl,
       deviceUrl,
@@ -746,14 +790,7 @@ export async function startServer(
       blobs,
       logger,
       services,
-      close: () => {
-        closing ??= (async () => {
-          shuttingDown = true;
-          await releaseAll();
-          logger.info('edgefleet-server stopped');
-        })();
-        return closing;
-      },
+      close,
     };
   } catch (error) {
     await releaseAll();

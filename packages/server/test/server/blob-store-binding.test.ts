@@ -1,4 +1,4 @@
-import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -163,6 +163,59 @@ describe(
       // The first database still starts on its store.
       expect(settings(firstState).blob_store_id).toBe(id);
       expect(await serveOutcome([], first, s3Env)).toBe('it started');
+    });
+
+    it("a store that did not answer at start, found to be another database's when it answers, stops the server (exit 2) with no readiness poll", async () => {
+      const store = await startTestS3();
+      const envFor = (prefix: string) => ({
+        EDGEFLEET_BLOB: `s3://${store.bucket}/${prefix}`,
+        EDGEFLEET_BLOB_ENDPOINT: store.endpoint,
+        AWS_ACCESS_KEY_ID: store.credentials.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: store.credentials.secretAccessKey,
+      });
+      const a = await mkdtemp(path.join(cwd, 'late-a-'));
+      const b = await mkdtemp(path.join(cwd, 'late-b-'));
+      expect((await runServerCli(['init'], a, envFor('a'))).code).toBe(0);
+      expect((await runServerCli(['init'], b, envFor('b'))).code).toBe(0);
+      await store.stop({ keepObjects: true });
+
+      // B's database given A's store while it does not answer: it starts, as an outage must not keep it down.
+      const server = await startServerProcess(flags, b, envFor('a'));
+      const exited = new Promise<number | null>((done) => {
+        if (server.child.exitCode !== null) done(server.child.exitCode);
+        else server.child.once('exit', (code) => done(code));
+      });
+      expect(server.logs).toContainEqual(
+        expect.objectContaining({ msg: expect.stringContaining('cannot check that the blob store') }),
+      );
+      const back = await startTestS3(store.bucket, { port: store.port, directory: store.directory });
+      try {
+        // Nothing polls /readyz: the background check finds it.
+        expect(await exited).toBe(2);
+        expect(server.logs).toContainEqual(
+          expect.objectContaining({
+            level: 50,
+            msg: expect.stringContaining(
+              `stopping: the blob store s3://${store.bucket}/a at ${store.endpoint} is not this database's`,
+            ),
+          }),
+        );
+      } finally {
+        await server.stop('SIGKILL');
+        await back.stop();
+      }
+    });
+
+    it('a damaged marker is refused at start as the wrong store, not taken for an outage', async () => {
+      const dir = await mkdtemp(path.join(cwd, 'damaged-'));
+      expect((await runServerCli(['init'], dir)).code).toBe(0);
+      const blobs = path.join(dir, '.edgefleet', 'server', 'blobs');
+      await writeFile(path.join(blobs, 'edgefleet-store-id'), 'not an id\n');
+      const refused = await serveOutcome([], dir);
+      expect(refused).toContain('exited (1) before listening');
+      expect(refused).toContain(
+        `the blob store ${folderUrl(blobs)} cannot be told apart from another database's: its edgefleet-store-id object is damaged ("not an id")`,
+      );
     });
   },
 );
