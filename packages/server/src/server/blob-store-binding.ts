@@ -10,6 +10,8 @@ const ID_SETTING = 'blob_store_id';
 /** Where the store was when its id was recorded or last confirmed: only for messages. */
 const LOCATION_SETTING = 'blob_store_location';
 const ID = /^[0-9a-f-]{36}$/;
+/** `<prefix><id>`: an id a start of this database wrote into the store as its marker before the claim. */
+const PROPOSAL_SETTING_PREFIX = 'blob_store_proposal:';
 
 /** What the settings that choose the blob store are, for messages. */
 const BLOB_SETTINGS =
@@ -39,17 +41,33 @@ export async function bindBlobStore(
     // theirs; a loser writes the winner's after the winner wrote its own, so the marker ends as the recorded id.
     const wrote = marker === undefined;
     const proposed = marker ?? randomUUID();
-    if (wrote) await writeMarker(blobs, proposed);
+    if (wrote) {
+      // Noted before the marker is written: a loser that stops before it writes the winner's id leaves a marker
+      // the next start can tell is this database's own (and puts right) instead of refusing it for ever.
+      await db
+        .insertInto('server_settings')
+        .values({ key: `${PROPOSAL_SETTING_PREFIX}${proposed}`, value: location })
+        .onConflict((oc) => oc.column('key').doNothing())
+        .execute();
+      await writeMarker(blobs, proposed);
+    }
     const claimed = await claimServerSetting(db, ID_SETTING, proposed);
     if (claimed !== proposed) {
-      // A marker this start did not write is another database's store: never overwritten.
-      if (!wrote) throw refusal(await recordedLocation(db), claimed, location, marker);
+      // A marker this start did not write, and no replica of this database did, is another database's store:
+      // never overwritten.
+      if (!wrote && !(await isOwnProposal(db, proposed)))
+        throw refusal(await recordedLocation(db), claimed, location, marker);
       await writeMarker(blobs, claimed);
     }
     await claimServerSetting(db, LOCATION_SETTING, location);
     return;
   }
-  if (marker !== recorded) throw refusal(await recordedLocation(db), recorded, location, marker);
+  if (marker !== recorded) {
+    if (marker === undefined || !(await isOwnProposal(db, marker)))
+      throw refusal(await recordedLocation(db), recorded, location, marker);
+    // A replica of this database lost the first start's race and stopped before it put the recorded id back.
+    await writeMarker(blobs, recorded);
+  }
   // The same store under another name (moved, another endpoint): the next refusal names where it is now.
   await db
     .insertInto('server_settings')
@@ -192,6 +210,10 @@ function refusal(
 
 async function recordedLocation(db: Kysely<DatabaseSchema>): Promise<string> {
   return (await readSetting(db, LOCATION_SETTING)) ?? 'the store it was first started with';
+}
+
+async function isOwnProposal(db: Kysely<DatabaseSchema>, id: string): Promise<boolean> {
+  return (await readSetting(db, `${PROPOSAL_SETTING_PREFIX}${id}`)) !== undefined;
 }
 
 async function readSetting(db: Kysely<DatabaseSchema>, key: string): Promise<string | undefined> {

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -47,7 +48,9 @@ function tables(stateFile: string): string[] {
 function settings(stateFile: string): Record<string, string> {
   const db = new SqliteDatabase(stateFile, { readonly: true });
   try {
-    const rows = db.prepare("SELECT key, value FROM server_settings WHERE key LIKE 'blob_store%'").all() as {
+    const rows = db
+      .prepare("SELECT key, value FROM server_settings WHERE key IN ('blob_store_id', 'blob_store_location')")
+      .all() as {
       key: string;
       value: string;
     }[];
@@ -216,6 +219,26 @@ describe(
       expect(refused).toContain(
         `the blob store ${folderUrl(blobs)} cannot be told apart from another database's: its edgefleet-store-id object is damaged ("not an id")`,
       );
+    });
+
+    it('a marker a replica of this database wrote, left by a replica that lost the first start and stopped, is put right', async () => {
+      const dir = await mkdtemp(path.join(cwd, 'replica-race-'));
+      expect((await runServerCli(['init'], dir)).code).toBe(0);
+      const dataDir = path.join(dir, '.edgefleet', 'server');
+      const markerFile = path.join(dataDir, 'blobs', 'edgefleet-store-id');
+      const recorded = (await readFile(markerFile, 'utf8')).trim();
+      // As such a replica leaves it: its own id noted in the database, then written into the store.
+      const lost = randomUUID();
+      const db = new SqliteDatabase(path.join(dataDir, 'state.db'));
+      db.prepare('INSERT INTO server_settings (key, value) VALUES (?, ?)').run(
+        `blob_store_proposal:${lost}`,
+        folderUrl(path.join(dataDir, 'blobs')),
+      );
+      db.close();
+      await writeFile(markerFile, `${lost}\n`);
+
+      expect(await serveOutcome([], dir)).toBe('it started');
+      expect((await readFile(markerFile, 'utf8')).trim()).toBe(recorded);
     });
   },
 );
