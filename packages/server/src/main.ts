@@ -113,7 +113,7 @@ async function serve(options: CommonOptions): Promise<void> {
 }
 
 async function withTokens<T>(options: CommonOptions, use: (tokens: ApiTokenStore) => Promise<T>): Promise<T> {
-  const { database, blobs } = await openStores(await configFrom(options));
+  const { database, blobs } = await openStores(await configFrom(options), undefined, { besideServer: true });
   try {
     return await use(new ApiTokenStore(database.db));
   } finally {

@@ -28,7 +28,7 @@ export interface InitResult {
  * is harmless: it creates no second admin token while an active one exists.
  */
 export async function initServer(config: ServerConfig): Promise<InitResult> {
-  const { database, blobs } = await openStores(config);
+  const { database, blobs } = await openStores(config, undefined, { besideServer: true });
   try {
     await checkBlobStore(blobs);
     const ca = await openDeviceCa(config, database);

@@ -87,10 +87,13 @@ import {
   tagOperations,
 } from '../sagemaker/index.js';
 import {
+  appliedMigrations,
+  DatabaseInUseError,
   hasNoSchema,
   lockSqliteDatabase,
   maskUrlCredentials,
   migrateToLatest,
+  migrationNames,
   openDatabase,
   pingDatabase,
   type ServerDatabase,
@@ -186,6 +189,7 @@ function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
 export async function openStores(
   config: ServerConfig,
   logger?: Logger,
+  options: { besideServer?: boolean } = {},
 ): Promise<{ database: ServerDatabase; blobs: BlobStore }> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const database = await openDatabase(config.databaseLocation, {
@@ -210,6 +214,7 @@ export async function openStores(
         throw new BlobStoreCheckError(error);
       }
     }
+    if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
     await migrateToLatest(database.db);
   } catch (error) {
     await blobs.close();
@@ -223,6 +228,31 @@ export async function openStores(
     );
   }
   return { database, blobs };
+}
+
+/**
+ * For a command run beside `serve` (init, token): refuses to migrate a SQLite database a running server holds,
+ * when this build has migrations it lacks (a package upgraded, the server not restarted yet): the old server
+ * would run on a schema it does not know. PostgreSQL does not say whether a server runs: the same version only.
+ */
+async function refuseMigratingUnderServer(config: ServerConfig, database: ServerDatabase): Promise<void> {
+  if (config.databaseLocation.engine !== 'sqlite' || (await hasNoSchema(database.db))) return;
+  const applied = new Set(await appliedMigrations(database.db));
+  const pending = migrationNames.filter((name) => !applied.has(name));
+  if (pending.length === 0) return;
+  try {
+    // Released at once: only whether a server holds it matters (a server started now migrates itself).
+    lockSqliteDatabase(config.databaseLocation.file).release();
+  } catch (error) {
+    if (!(error instanceof DatabaseInUseError)) throw error;
+    throw new Error(
+      `a running edgefleet-server${error.holderPid === undefined ? '' : ` (pid ${error.holderPid})`} holds ` +
+        `this database, and its schema is older than this version's (${pending.length} migration(s) to apply, ` +
+        `${pending.join(', ')}): migrating it would change the schema under that server. Restart the server ` +
+        'with this version first (it migrates at start; systemctl restart edgefleet-server), then run this again',
+      { cause: error },
+    );
+  }
 }
 
 /** Carries an error about the blob store past openStores' wording for database errors. */
