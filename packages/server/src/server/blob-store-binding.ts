@@ -12,6 +12,8 @@ const LOCATION_SETTING = 'blob_store_location';
 const ID = /^[0-9a-f-]{36}$/;
 /** `<prefix><id>`: an id a start of this database wrote into the store as its marker before the claim. */
 const PROPOSAL_SETTING_PREFIX = 'blob_store_proposal:';
+/** Set while a database made on a store that did not answer has not recorded its store yet. */
+const NEW_DATABASE_SETTING = 'blob_store_unchecked_new_database';
 
 /** What the settings that choose the blob store are, for messages. */
 const BLOB_SETTINGS =
@@ -32,10 +34,22 @@ export async function bindBlobStore(
   db: Kysely<DatabaseSchema>,
   blobs: BlobStore,
   location: string,
+  options: { allowTakeover?: boolean } = {},
 ): Promise<void> {
   const recorded = await readSetting(db, ID_SETTING);
   const marker = await readMarker(blobs, location);
   if (recorded === undefined) {
+    if (
+      marker !== undefined &&
+      options.allowTakeover !== true &&
+      (await readSetting(db, NEW_DATABASE_SETTING)) !== undefined &&
+      !(await isOwnProposal(db, marker))
+    )
+      throw newDatabaseRefusal(
+        location,
+        marker,
+        'this database is new (its first start could not check the store, which did not answer)',
+      );
     // Written before the database records it, so a start cut short in between leaves the marker (taken up by the
     // next start), never a recorded id without one. Replicas starting together on a fresh store each write
     // theirs; a loser writes the winner's after the winner wrote its own, so the marker ends as the recorded id.
@@ -60,6 +74,7 @@ export async function bindBlobStore(
       await writeMarker(blobs, claimed);
     }
     await claimServerSetting(db, LOCATION_SETTING, location);
+    await db.deleteFrom('server_settings').where('key', '=', NEW_DATABASE_SETTING).execute();
     return;
   }
   if (marker !== recorded) {
@@ -80,8 +95,8 @@ export async function bindBlobStore(
  * Refuses to create a new database's schema on a blob store that already holds another database's marker: the
  * new database would take that store's id as its own and share it, and each would then delete the other's
  * objects under the same keys (a packaging job's folder, for one). Called before the first migration, while the
- * database is still empty, so a start that fails here (the store is another's, or does not answer) leaves it
- * empty and the next start checks again. A database that has its schema is not new: one from before this check,
+ * database is still empty, so a start refused here leaves it empty and the next start checks again (a store
+ * that does not answer is checked later instead: markStoreUncheckedForNewDatabase). A database that has its schema is not new: one from before this check,
  * or one whose first start stopped between writing the marker and recording it, takes up the marker it finds
  * (bindBlobStore).
  *
@@ -97,9 +112,26 @@ export async function refuseAnotherDatabasesStore(
   if (marker === undefined) return;
   // A replica of the same database may have created the schema and written the marker since this start looked.
   if (!(await isStillEmpty())) return;
-  throw new BlobStoreMismatchError(
+  throw newDatabaseRefusal(location, marker, `the database ${database} is new (empty)`);
+}
+
+/**
+ * Notes in a new database that its store was not checked before its schema was made (the store did not answer):
+ * bindBlobStore then refuses a marker it finds unless this database wrote it, as refuseAnotherDatabasesStore
+ * would have. Removed once the database records its store.
+ */
+export async function markStoreUncheckedForNewDatabase(db: Kysely<DatabaseSchema>): Promise<void> {
+  await db
+    .insertInto('server_settings')
+    .values({ key: NEW_DATABASE_SETTING, value: 'true' })
+    .onConflict((oc) => oc.column('key').doNothing())
+    .execute();
+}
+
+function newDatabaseRefusal(location: string, marker: string, database: string): BlobStoreMismatchError {
+  return new BlobStoreMismatchError(
     `the blob store ${location} holds another database's blobs (its ${BLOB_STORE_MARKER_KEY} is ${marker}), ` +
-      `and the database ${database} is new (empty): give this server an empty blob store or prefix of its own ` +
+      `and ${database}: give this server an empty blob store or prefix of its own ` +
       `(${BLOB_SETTINGS}), or point --database (EDGEFLEET_DATABASE) at that store's database. Only if that ` +
       'database is gone for good and this one replaces it: set allowEmptyDatabase (--allow-empty-database ' +
       'true, or EDGEFLEET_ALLOW_EMPTY_DATABASE=true) to take the store over',
@@ -122,12 +154,13 @@ export function blobStoreBinder(
   db: Kysely<DatabaseSchema>,
   blobs: BlobStore,
   location: string,
+  options: { allowTakeover?: boolean } = {},
 ): () => Promise<void> {
   let bound = false;
   let inFlight: Promise<void> | undefined;
   return () => {
     if (bound) return Promise.resolve();
-    inFlight ??= bindBlobStore(db, blobs, location)
+    inFlight ??= bindBlobStore(db, blobs, location, options)
       .then(() => {
         bound = true;
       })

@@ -114,6 +114,7 @@ import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-gu
 import {
   BlobStoreMismatchError,
   blobStoreBinder,
+  markStoreUncheckedForNewDatabase,
   refuseAnotherDatabasesStore,
   watchBlobStoreBinding,
 } from './blob-store-binding.js';
@@ -200,22 +201,32 @@ export async function openStores(
   const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   try {
     await refuseSilentFreshInstall(config, database);
+    let storeUnchecked = false;
     if (!config.allowEmptyDatabase && (await hasNoSchema(database.db))) {
+      let answers = true;
       try {
-        // checkBlobStore first: an outage or a wrong setting is reported in its words, naming what to fix.
         await checkBlobStore(blobs);
-        await refuseAnotherDatabasesStore(
-          blobs,
-          blobStoreLocationOf(config, blobs),
-          database.description,
-          () => hasNoSchema(database.db),
-        );
-      } catch (error) {
-        throw new BlobStoreCheckError(error);
+      } catch {
+        // An outage must not keep a server from starting: the store is checked once it answers (bindBlobStore).
+        answers = false;
+        storeUnchecked = true;
+      }
+      if (answers) {
+        try {
+          await refuseAnotherDatabasesStore(
+            blobs,
+            blobStoreLocationOf(config, blobs),
+            database.description,
+            () => hasNoSchema(database.db),
+          );
+        } catch (error) {
+          throw new BlobStoreCheckError(error);
+        }
       }
     }
     if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
     await migrateToLatest(database.db);
+    if (storeUnchecked) await markStoreUncheckedForNewDatabase(database.db);
   } catch (error) {
     await blobs.close();
     await database.close();
@@ -456,7 +467,9 @@ export async function startServer(
     };
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
-    const bindBlobs = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs));
+    const bindBlobs = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs), {
+      allowTakeover: config.allowEmptyDatabase,
+    });
     let bindingUnchecked = false;
     try {
       await bindBlobs();

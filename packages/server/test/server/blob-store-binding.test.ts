@@ -209,6 +209,45 @@ describe(
       }
     });
 
+    it("a new database started while its store did not answer is stopped (exit 2) once the store answers with another database's marker", async () => {
+      const store = await startTestS3();
+      const env = {
+        EDGEFLEET_BLOB: `s3://${store.bucket}/taken`,
+        EDGEFLEET_BLOB_ENDPOINT: store.endpoint,
+        AWS_ACCESS_KEY_ID: store.credentials.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: store.credentials.secretAccessKey,
+      };
+      const owner = await mkdtemp(path.join(cwd, 'taken-owner-'));
+      expect((await runServerCli(['init'], owner, env)).code).toBe(0);
+      const id = settings(path.join(owner, '.edgefleet', 'server', 'state.db')).blob_store_id;
+      await store.stop({ keepObjects: true });
+
+      // An outage does not keep a new server from starting...
+      const fresh = await mkdtemp(path.join(cwd, 'taken-new-'));
+      const server = await startServerProcess(flags, fresh, env);
+      const exited = new Promise<number | null>((done) => {
+        if (server.child.exitCode !== null) done(server.child.exitCode);
+        else server.child.once('exit', (code) => done(code));
+      });
+      const back = await startTestS3(store.bucket, { port: store.port, directory: store.directory });
+      try {
+        // ...but it does not take over the store it finds another database's when it answers.
+        expect(await exited).toBe(2);
+        expect(server.logs).toContainEqual(
+          expect.objectContaining({
+            level: 50,
+            msg: expect.stringContaining(
+              `stopping: the blob store s3://${store.bucket}/taken at ${store.endpoint} holds another database's blobs (its edgefleet-store-id is ${id}), and this database is new (its first start could not check the store, which did not answer)`,
+            ),
+          }),
+        );
+        expect(settings(path.join(fresh, '.edgefleet', 'server', 'state.db')).blob_store_id).toBeUndefined();
+      } finally {
+        await server.stop('SIGKILL');
+        await back.stop();
+      }
+    });
+
     it('a damaged marker is refused at start as the wrong store, not taken for an outage', async () => {
       const dir = await mkdtemp(path.join(cwd, 'damaged-'));
       expect((await runServerCli(['init'], dir)).code).toBe(0);
