@@ -17,7 +17,7 @@ import {
   type OverridableSetting,
   type ServerConfig,
 } from './config/index.js';
-import { initServer, openStores, startServer } from './server/index.js';
+import { BlobStoreMismatchError, initServer, openStores, startServer } from './server/index.js';
 import { DatabaseInUseError } from './storage/index.js';
 
 type CommonOptions = { config?: string } & Partial<Record<string, string>>;
@@ -201,10 +201,11 @@ program.parseAsync(process.argv).catch((error: unknown) => {
 /**
  * As the agent's for its data root, codes the unit does not restart on (RestartPreventExitStatus): 4, another
  * server holds the SQLite database (a person must stop it); 2, its lock file cannot be used (a link, not a
- * regular file, another user's: a person must remove or chown it). Restarting would fail alike every 2 s.
+ * regular file, another user's: a person must remove or chown it), or the blob store is another database's (a
+ * person must give the right store). Restarting would fail alike every 2 s.
  */
 function exitCodeOf(error: unknown): number {
   if (error instanceof DatabaseInUseError) return error.exitCode;
-  if (error instanceof FolderLockError) return 2;
+  if (error instanceof FolderLockError || error instanceof BlobStoreMismatchError) return 2;
   return 1;
 }

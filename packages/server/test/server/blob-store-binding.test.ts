@@ -76,7 +76,7 @@ describe(
       // Another store (a replica's server.env without EDGEFLEET_BLOB, a typo): refused before it serves.
       const other = path.join(cwd, 'other-blobs');
       const refused = await serveOutcome(['--blob', other]);
-      expect(refused).toContain('exited (1) before listening');
+      expect(refused).toContain('exited (2) before listening');
       expect(refused).toContain(
         `the blob store ${folderUrl(other)} is not this database's: the database's blobs are in ${folderUrl(blobs)} (store id ${marker}), and ${folderUrl(other)} holds no edgefleet-store-id marker; give every server the store the others use (blob (--blob, EDGEFLEET_BLOB)`,
       );
@@ -140,12 +140,12 @@ describe(
         `the blob store ${location} holds another database's blobs (its edgefleet-store-id is ${id}), and the ` +
         `database sqlite:${secondState} is new (empty): give this server an empty blob store or prefix of its own`;
       const init = await runServerCli(['init'], second, s3Env);
-      expect(init.code).toBe(1);
+      expect(init.code).toBe(2);
       expect(init.stdout).toBe('');
       expect(init.stderr).toContain(expected);
       expect(tables(secondState)).toEqual([]);
       const served = await serveOutcome([], second, s3Env);
-      expect(served).toContain('exited (1) before listening');
+      expect(served).toContain('exited (2) before listening');
       expect(served).toContain(expected);
       expect(tables(secondState)).toEqual([]);
 
@@ -254,7 +254,7 @@ describe(
       const blobs = path.join(dir, '.edgefleet', 'server', 'blobs');
       await writeFile(path.join(blobs, 'edgefleet-store-id'), 'not an id\n');
       const refused = await serveOutcome([], dir);
-      expect(refused).toContain('exited (1) before listening');
+      expect(refused).toContain('exited (2) before listening');
       expect(refused).toContain(
         `the blob store ${folderUrl(blobs)} cannot be told apart from another database's: its edgefleet-store-id object is damaged ("not an id")`,
       );
