@@ -6,7 +6,8 @@
 #   - /etc/edgefleet/trust (root 0755): package-signing roots, where `device enroll` puts them by default,
 #   - /var/lib/edgefleet-agent (edgefleet-agent 0750: database, packages, capture),
 #   - the systemd unit, enabled but not started (edit the config first, then: systemctl start edgefleet-agent),
-#     running the node found on PATH (Node.js >= 20.19, checked).
+#     running the node found on PATH (Node.js >= 20.19, outside /root, /home and /run/user, and runnable by the
+#     agent's user: checked).
 # Run again over an installed agent, it replaces the program and keeps the config; restart the agent afterwards.
 # --root DIR installs into DIR as a system image (users in DIR/etc/passwd; no systemctl); for image builds and tests.
 set -eu
@@ -40,6 +41,19 @@ esac
   exit 1
 }
 
+# The unit runs node as the agent's user with ProtectHome=yes: /root, /home and /run/user are hidden from it, so a
+# node from nvm, fnm or volta there would fail every start (203/EXEC). Checked on the path and where it leads.
+real_node=$(readlink -f "$node") || real_node=$node
+shown_node=$node
+[ "$real_node" = "$node" ] || shown_node="$node (a link to $real_node)"
+for candidate in "$node" "$real_node"; do
+  case "$candidate" in
+    /root/*|/home/*|/run/user/*)
+      echo "install.sh: node on PATH is $shown_node, under /root, /home or /run/user, which the agent's unit cannot reach (ProtectHome=yes, and it runs as $user, not as you); expected a Node.js >= 20.19 installed system-wide, in /usr/bin or /usr/local/bin (NodeSource, nodejs.org's tarball, n), first on PATH" >&2
+      exit 1 ;;
+  esac
+done
+
 bundle_arch=$(cat "$here/bundle.json" | "$node" -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).arch))')
 case "$(uname -m)" in x86_64) machine=x64 ;; aarch64|arm64) machine=arm64 ;; *) machine=$(uname -m) ;; esac
 if [ -z "$root" ] && [ "$bundle_arch" != "$machine" ]; then
@@ -59,6 +73,21 @@ if ! grep -q "^$user:" "$root/etc/passwd" 2>/dev/null; then
 fi
 uid=$(awk -F: -v u="$user" '$1 == u { print $3 }' "$root/etc/passwd")
 gid=$(awk -F: -v u="$user" '$1 == u { print $3 }' "$root/etc/group")
+
+# The unit runs node as the agent's user: a folder on the way to it that the user cannot enter (a 0700 one, a
+# home folder) would fail every start. Checked with the agent's ids, before the program is installed; through sh,
+# as setpriv's own exec still holds root's capabilities (it would reach what the agent cannot).
+if command -v setpriv >/dev/null 2>&1; then
+  as_agent_error=$(setpriv --reuid="$uid" --regid="$gid" --clear-groups -- /bin/sh -c '"$1" --version' sh "$node" 2>&1 >/dev/null) || {
+    echo "install.sh: the agent's user $user (uid $uid) cannot run $node: ${as_agent_error:-it failed}; the unit runs node as that user: expected a Node.js >= 20.19 every user can run, installed system-wide (/usr/bin, /usr/local/bin)" >&2
+    exit 1
+  }
+elif [ -z "$root" ]; then
+  as_agent_error=$(su -s /bin/sh "$user" -c '"$1" --version' sh "$node" 2>&1 >/dev/null) || {
+    echo "install.sh: the agent's user $user cannot run $node: ${as_agent_error:-it failed}; the unit runs node as that user: expected a Node.js >= 20.19 every user can run, installed system-wide (/usr/bin, /usr/local/bin)" >&2
+    exit 1
+  }
+fi
 
 # The program: root-owned, so the agent cannot change its own code.
 rm -rf "$root$prefix.new"

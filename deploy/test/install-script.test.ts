@@ -3,7 +3,7 @@
  * the files it copies. Run twice, as an upgrade is: the second run says to restart the agent.
  */
 import { execFile, spawn } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -115,7 +115,9 @@ describe.skipIf(!isRoot || !haveUseradd)('install.sh', () => {
       );
       await writeFile(path.join(bundle, 'bundle.json'), JSON.stringify({ arch: 'x64' }));
       const image = path.join(dir, 'image');
-      // A Node.js outside /usr/bin, as nodejs.org's tarball or `n` installs it (/usr/local/bin).
+      // A Node.js outside /usr/bin, as nodejs.org's tarball or `n` installs it (/usr/local/bin): every user can
+      // reach it (mkdtemp makes a 0700 folder, which the agent's user could not enter).
+      await chmod(dir, 0o755);
       const localBin = path.join(dir, 'local', 'bin');
       await mkdir(localBin, { recursive: true });
       await symlink(process.execPath, path.join(localBin, 'node'));
@@ -147,6 +149,44 @@ describe.skipIf(!isRoot || !haveUseradd)('install.sh', () => {
         'install.sh: node is not installed; expected Node.js >= 20.19 on PATH (the unit runs the node found there)\n',
       );
       await expect(readFile(path.join(dir, 'image2', 'etc', 'passwd'))).rejects.toThrow(/ENOENT/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses a node the agent's user cannot run (behind a 0700 folder, as nvm's under /root is), before installing the program", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-node-private-'));
+    try {
+      await chmod(dir, 0o755);
+      const bundle = path.join(dir, 'edgefleet-agent');
+      await mkdir(bundle);
+      for (const file of ['install.sh', 'agent.json'])
+        await copyFile(path.join(deployDir, 'bundle', file), path.join(bundle, file));
+      await copyFile(
+        path.join(deployDir, 'systemd', 'edgefleet-agent.service'),
+        path.join(bundle, 'edgefleet-agent.service'),
+      );
+      await writeFile(path.join(bundle, 'bundle.json'), JSON.stringify({ arch: 'x64' }));
+      // root's own folder, as /root is (0700): root runs node from it, the agent's user cannot reach it.
+      const privateBin = path.join(dir, 'private', 'bin');
+      await mkdir(privateBin, { recursive: true });
+      await chmod(path.join(dir, 'private'), 0o700);
+      await symlink(process.execPath, path.join(privateBin, 'node'));
+      const image = path.join(dir, 'image');
+      const refused = await run('sh', [path.join(bundle, 'install.sh'), '--root', image], {
+        env: { ...process.env, PATH: `${privateBin}:/usr/sbin:/usr/bin:/sbin:/bin` },
+      }).then(
+        () => ({ code: 0, stderr: '' }),
+        (error: { code: number; stderr: string }) => error,
+      );
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(
+        new RegExp(
+          `(^|\\n)install\\.sh: the agent's user edgefleet-agent \\(uid \\d+\\) cannot run ${privateBin}/node: .*Permission denied.*; the unit runs node as that user: expected a Node\\.js >= 20\\.19 every user can run, installed system-wide \\(/usr/bin, /usr/local/bin\\)\n$`,
+        ),
+      );
+      await expect(stat(path.join(image, 'opt', 'edgefleet-agent'))).rejects.toThrow(/ENOENT/);
+      await expect(stat(path.join(image, 'etc', 'systemd'))).rejects.toThrow(/ENOENT/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

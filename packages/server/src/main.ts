@@ -7,7 +7,7 @@
  *   edgefleet-server backup --out FILE | restore --from FILE
  */
 import { Command, Option } from 'commander';
-import { commandPrefix, shellWord } from '@edgefleet/core';
+import { commandPrefix, FolderLockError, shellWord } from '@edgefleet/core';
 import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
 import { registerBackupCommands } from './backup/index.js';
 import {
@@ -17,7 +17,7 @@ import {
   type OverridableSetting,
   type ServerConfig,
 } from './config/index.js';
-import { initServer, openStores, startServer } from './server/index.js';
+import { BlobStoreMismatchError, initServer, openStores, startServer } from './server/index.js';
 import { DatabaseInUseError } from './storage/index.js';
 
 type CommonOptions = { config?: string } & Partial<Record<string, string>>;
@@ -35,7 +35,8 @@ function addCommonOptions(command: Command): Command {
     'device-server-names':
       'comma-separated host names/IPs for the device API certificate (default localhost,127.0.0.1)',
     database: 'postgres://… or a SQLite file (default <data-dir>/state.db)',
-    'allow-empty-database': 'true: start on an empty database although the data dir has keys or blobs',
+    'allow-empty-database':
+      "true: start on an empty database although the data dir has keys or blobs, or the blob store holds another database's marker",
     blob: 's3://bucket/prefix or a folder (default <data-dir>/blobs)',
     'blob-endpoint': 'S3 endpoint URL for S3-compatible stores (MinIO, Ceph)',
     'blob-region': 'S3 region (default us-east-1)',
@@ -81,7 +82,11 @@ async function serve(options: CommonOptions): Promise<void> {
   const configFile = options.config ?? process.env.EDGEFLEET_CONFIG;
   const fileWarning =
     configFile === undefined || configFile === '' ? undefined : await secretConfigFileWarning(configFile);
-  const server = await startServer(config, { warnings: fileWarning === undefined ? [] : [fileWarning] });
+  const server = await startServer(config, {
+    warnings: fileWarning === undefined ? [] : [fileWarning],
+    // Logged by the server; 2, which the unit does not restart: the blob setting must be fixed by a person.
+    onStoppedForWrongBlobStore: () => process.exit(2),
+  });
   // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:
   // under systemd both streams go to the journal, which would hold every warning twice.
   if (process.stderr.isTTY) {
@@ -108,7 +113,7 @@ async function serve(options: CommonOptions): Promise<void> {
 }
 
 async function withTokens<T>(options: CommonOptions, use: (tokens: ApiTokenStore) => Promise<T>): Promise<T> {
-  const { database, blobs } = await openStores(await configFrom(options));
+  const { database, blobs } = await openStores(await configFrom(options), undefined, { besideServer: true });
   try {
     return await use(new ApiTokenStore(database.db));
   } finally {
@@ -190,6 +195,17 @@ registerBackupCommands(program, { addCommonOptions, configFrom });
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   process.stderr.write(`edgefleet-server: ${error instanceof Error ? error.message : String(error)}\n`);
-  // 4, as the agent's for its data root: a person must stop the other server; restarting would fail alike.
-  process.exit(error instanceof DatabaseInUseError ? error.exitCode : 1);
+  process.exit(exitCodeOf(error));
 });
+
+/**
+ * As the agent's for its data root, codes the unit does not restart on (RestartPreventExitStatus): 4, another
+ * server holds the SQLite database (a person must stop it); 2, its lock file cannot be used (a link, not a
+ * regular file, another user's: a person must remove or chown it), or the blob store is another database's (a
+ * person must give the right store). Restarting would fail alike every 2 s.
+ */
+function exitCodeOf(error: unknown): number {
+  if (error instanceof DatabaseInUseError) return error.exitCode;
+  if (error instanceof FolderLockError || error instanceof BlobStoreMismatchError) return 2;
+  return 1;
+}

@@ -2,9 +2,9 @@ import { readFile, stat } from 'node:fs/promises';
 import { maskUrlCredentials } from '../storage/index.js';
 
 /**
- * A warning when the config file holds secrets (the S3 secret key, a database URL with a password) and users
- * other than the server's can read it: world-readable, or group-readable by a group the server's process is not
- * in. A file readable by the server's own group (root:edgefleet-server 0640) is how a service reads its config.
+ * A warning when the config file holds secrets (the S3 secret key, a database URL with a password, an S3
+ * endpoint URL with credentials) and users other than the server's can read it: world-readable, or
+ * group-readable by a group the server's process is not in. A file readable by the server's own group (root:edgefleet-server 0640) is how a service reads its config.
  * Undefined when there is nothing to say. Only the file: systemd reads an EnvironmentFile as root, and the
  * process cannot tell which one it came from.
  */
@@ -13,7 +13,7 @@ export async function secretConfigFileWarning(
   ownGroups: readonly number[] = processGroups(),
 ): Promise<string | undefined> {
   const settings = JSON.parse(await readFile(file, 'utf8')) as {
-    s3?: { secretAccessKey?: unknown };
+    s3?: { secretAccessKey?: unknown; endpoint?: unknown };
     database?: unknown;
   };
   const secrets = [
@@ -22,6 +22,11 @@ export async function secretConfigFileWarning(
       : []),
     ...(typeof settings.database === 'string' && maskUrlCredentials(settings.database) !== settings.database
       ? ['the password in database']
+      : []),
+    // https://user:pass@minio…: the store's credentials, in the URL.
+    ...(typeof settings.s3?.endpoint === 'string' &&
+    maskUrlCredentials(settings.s3.endpoint) !== settings.s3.endpoint
+      ? ['the credentials in s3.endpoint']
       : []),
   ];
   if (secrets.length === 0) return undefined;

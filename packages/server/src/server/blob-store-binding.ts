@@ -10,6 +10,10 @@ const ID_SETTING = 'blob_store_id';
 /** Where the store was when its id was recorded or last confirmed: only for messages. */
 const LOCATION_SETTING = 'blob_store_location';
 const ID = /^[0-9a-f-]{36}$/;
+/** `<prefix><id>`: an id a start of this database wrote into the store as its marker before the claim. */
+const PROPOSAL_SETTING_PREFIX = 'blob_store_proposal:';
+/** Set while a database made on a store that did not answer has not recorded its store yet. */
+const NEW_DATABASE_SETTING = 'blob_store_unchecked_new_database';
 
 /** What the settings that choose the blob store are, for messages. */
 const BLOB_SETTINGS =
@@ -30,32 +34,108 @@ export async function bindBlobStore(
   db: Kysely<DatabaseSchema>,
   blobs: BlobStore,
   location: string,
+  options: { allowTakeover?: boolean } = {},
 ): Promise<void> {
   const recorded = await readSetting(db, ID_SETTING);
-  const marker = await readMarker(blobs);
+  const marker = await readMarker(blobs, location);
   if (recorded === undefined) {
+    if (
+      marker !== undefined &&
+      options.allowTakeover !== true &&
+      (await readSetting(db, NEW_DATABASE_SETTING)) !== undefined &&
+      !(await isOwnProposal(db, marker))
+    )
+      throw newDatabaseRefusal(
+        location,
+        marker,
+        'this database is new (its first start could not check the store, which did not answer)',
+      );
     // Written before the database records it, so a start cut short in between leaves the marker (taken up by the
     // next start), never a recorded id without one. Replicas starting together on a fresh store each write
     // theirs; a loser writes the winner's after the winner wrote its own, so the marker ends as the recorded id.
     const wrote = marker === undefined;
     const proposed = marker ?? randomUUID();
-    if (wrote) await writeMarker(blobs, proposed);
+    if (wrote) {
+      // Noted before the marker is written: a loser that stops before it writes the winner's id leaves a marker
+      // the next start can tell is this database's own (and puts right) instead of refusing it for ever.
+      await db
+        .insertInto('server_settings')
+        .values({ key: `${PROPOSAL_SETTING_PREFIX}${proposed}`, value: location })
+        .onConflict((oc) => oc.column('key').doNothing())
+        .execute();
+      await writeMarker(blobs, proposed);
+    }
     const claimed = await claimServerSetting(db, ID_SETTING, proposed);
     if (claimed !== proposed) {
-      // A marker this start did not write is another database's store: never overwritten.
-      if (!wrote) throw refusal(await recordedLocation(db), claimed, location, marker);
+      // A marker this start did not write, and no replica of this database did, is another database's store:
+      // never overwritten.
+      if (!wrote && !(await isOwnProposal(db, proposed)))
+        throw refusal(await recordedLocation(db), claimed, location, marker);
       await writeMarker(blobs, claimed);
     }
     await claimServerSetting(db, LOCATION_SETTING, location);
+    await db.deleteFrom('server_settings').where('key', '=', NEW_DATABASE_SETTING).execute();
     return;
   }
-  if (marker !== recorded) throw refusal(await recordedLocation(db), recorded, location, marker);
+  if (marker !== recorded) {
+    if (marker === undefined || !(await isOwnProposal(db, marker)))
+      throw refusal(await recordedLocation(db), recorded, location, marker);
+    // A replica of this database lost the first start's race and stopped before it put the recorded id back.
+    await writeMarker(blobs, recorded);
+  }
   // The same store under another name (moved, another endpoint): the next refusal names where it is now.
   await db
     .insertInto('server_settings')
     .values({ key: LOCATION_SETTING, value: location })
     .onConflict((oc) => oc.column('key').doUpdateSet({ value: location }))
     .execute();
+}
+
+/**
+ * Refuses to create a new database's schema on a blob store that already holds another database's marker: the
+ * new database would take that store's id as its own and share it, and each would then delete the other's
+ * objects under the same keys (a packaging job's folder, for one). Called before the first migration, while the
+ * database is still empty, so a start refused here leaves it empty and the next start checks again (a store
+ * that does not answer is checked later instead: markStoreUncheckedForNewDatabase). A database that has its schema is not new: one from before this check,
+ * or one whose first start stopped between writing the marker and recording it, takes up the marker it finds
+ * (bindBlobStore).
+ *
+ * `database` and `location` name the two for messages: no credentials in them.
+ */
+export async function refuseAnotherDatabasesStore(
+  blobs: BlobStore,
+  location: string,
+  database: string,
+  isStillEmpty: () => Promise<boolean>,
+): Promise<void> {
+  const marker = await readMarker(blobs, location);
+  if (marker === undefined) return;
+  // A replica of the same database may have created the schema and written the marker since this start looked.
+  if (!(await isStillEmpty())) return;
+  throw newDatabaseRefusal(location, marker, `the database ${database} is new (empty)`);
+}
+
+/**
+ * Notes in a new database that its store was not checked before its schema was made (the store did not answer):
+ * bindBlobStore then refuses a marker it finds unless this database wrote it, as refuseAnotherDatabasesStore
+ * would have. Removed once the database records its store.
+ */
+export async function markStoreUncheckedForNewDatabase(db: Kysely<DatabaseSchema>): Promise<void> {
+  await db
+    .insertInto('server_settings')
+    .values({ key: NEW_DATABASE_SETTING, value: 'true' })
+    .onConflict((oc) => oc.column('key').doNothing())
+    .execute();
+}
+
+function newDatabaseRefusal(location: string, marker: string, database: string): BlobStoreMismatchError {
+  return new BlobStoreMismatchError(
+    `the blob store ${location} holds another database's blobs (its ${BLOB_STORE_MARKER_KEY} is ${marker}), ` +
+      `and ${database}: give this server an empty blob store or prefix of its own ` +
+      `(${BLOB_SETTINGS}), or point --database (EDGEFLEET_DATABASE) at that store's database. Only if that ` +
+      'database is gone for good and this one replaces it: set allowEmptyDatabase (--allow-empty-database ' +
+      'true, or EDGEFLEET_ALLOW_EMPTY_DATABASE=true) to take the store over',
+  );
 }
 
 /** The configured blob store is not the one the database's blobs are in. */
@@ -65,20 +145,81 @@ export class BlobStoreMismatchError extends Error {
 
 /**
  * bindBlobStore as a check to repeat until it passes once: a store that does not answer at start is checked when
- * it answers again (the readiness check calls it), so an outage does not keep the server from starting, and a
- * wrong store is still found before it is ready. Throws BlobStoreMismatchError for the wrong store, the store's
- * own error while it does not answer.
+ * it answers again (watchBlobStoreBinding, and the readiness check), so an outage does not keep the server from
+ * starting, and a wrong store is still found. One check at a time: callers while one runs share it (each would
+ * read the marker, and on a fresh store write one of its own). Throws BlobStoreMismatchError for the wrong store
+ * (or a damaged marker), the store's own error while it does not answer.
  */
 export function blobStoreBinder(
   db: Kysely<DatabaseSchema>,
   blobs: BlobStore,
   location: string,
+  options: { allowTakeover?: boolean } = {},
 ): () => Promise<void> {
   let bound = false;
-  return async () => {
-    if (bound) return;
-    await bindBlobStore(db, blobs, location);
-    bound = true;
+  let inFlight: Promise<void> | undefined;
+  return () => {
+    if (bound) return Promise.resolve();
+    inFlight ??= bindBlobStore(db, blobs, location, options)
+      .then(() => {
+        bound = true;
+      })
+      .finally(() => {
+        inFlight = undefined;
+      });
+    return inFlight;
+  };
+}
+
+export interface BindingWatchOptions {
+  /** Called once, when the store turns out not to be the database's. */
+  onMismatch: (error: BlobStoreMismatchError) => void;
+  /** The first wait, doubled after each failed check up to maxDelayMs. */
+  initialDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+/**
+ * Repeats `bind` in the background until it passes or finds the wrong store, so that the check does not wait for
+ * a readiness poll that may never come (a plain `serve`; devices never poll): the server serves meanwhile, and
+ * the sooner it learns the store is another database's, the fewer blobs it writes there.
+ */
+export function watchBlobStoreBinding(
+  bind: () => Promise<void>,
+  options: BindingWatchOptions,
+): { stop(): Promise<void> } {
+  const maxDelayMs = options.maxDelayMs ?? 30_000;
+  let delayMs = options.initialDelayMs ?? 1000;
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const attempt = async () => {
+    try {
+      await bind();
+      return;
+    } catch (error) {
+      if (error instanceof BlobStoreMismatchError) {
+        stopped = true;
+        options.onMismatch(error);
+        return;
+      }
+      // Still not answering: the readiness check reports it meanwhile.
+    }
+    if (stopped) return;
+    delayMs = Math.min(delayMs * 2, maxDelayMs);
+    schedule();
+  };
+  const schedule = () => {
+    timer = setTimeout(() => void attempt(), delayMs);
+    // Never what keeps the process alive.
+    timer.unref();
+  };
+  schedule();
+  return {
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+      return Promise.resolve();
+    },
   };
 }
 
@@ -104,6 +245,10 @@ async function recordedLocation(db: Kysely<DatabaseSchema>): Promise<string> {
   return (await readSetting(db, LOCATION_SETTING)) ?? 'the store it was first started with';
 }
 
+async function isOwnProposal(db: Kysely<DatabaseSchema>, id: string): Promise<boolean> {
+  return (await readSetting(db, `${PROPOSAL_SETTING_PREFIX}${id}`)) !== undefined;
+}
+
 async function readSetting(db: Kysely<DatabaseSchema>, key: string): Promise<string | undefined> {
   const row = await db
     .selectFrom('server_settings')
@@ -113,7 +258,7 @@ async function readSetting(db: Kysely<DatabaseSchema>, key: string): Promise<str
   return row?.value;
 }
 
-async function readMarker(blobs: BlobStore): Promise<string | undefined> {
+async function readMarker(blobs: BlobStore, location: string): Promise<string | undefined> {
   let body: string;
   try {
     body = (await text(await blobs.get(BLOB_STORE_MARKER_KEY))).trim();
@@ -122,9 +267,10 @@ async function readMarker(blobs: BlobStore): Promise<string | undefined> {
     throw error;
   }
   if (!ID.test(body))
-    throw new Error(
-      `the blob store's ${BLOB_STORE_MARKER_KEY} object is damaged (${JSON.stringify(body.slice(0, 40))}); ` +
-        'expected the id the database records (server_settings blob_store_id): write that id into it',
+    throw new BlobStoreMismatchError(
+      `the blob store ${location} cannot be told apart from another database's: its ${BLOB_STORE_MARKER_KEY} ` +
+        `object is damaged (${JSON.stringify(body.slice(0, 40))}); expected a store id (36 characters of 0-9, ` +
+        'a-f and -): write into it the id the database records (server_settings blob_store_id)',
     );
   return body;
 }

@@ -10,3 +10,4 @@ export {
   type StartServerOptions,
 } from './start-server.js';
 export { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-limits.js';
+export { BlobStoreMismatchError } from './blob-store-binding.js';

@@ -28,12 +28,14 @@ export interface InitResult {
  * is harmless: it creates no second admin token while an active one exists.
  */
 export async function initServer(config: ServerConfig): Promise<InitResult> {
-  const { database, blobs } = await openStores(config);
+  const { database, blobs } = await openStores(config, undefined, { besideServer: true });
   try {
     await checkBlobStore(blobs);
     const ca = await openDeviceCa(config, database);
     const signing = await openPackageSigning(config, database);
-    await bindBlobStore(database.db, blobs, blobStoreLocationOf(config, blobs));
+    await bindBlobStore(database.db, blobs, blobStoreLocationOf(config, blobs), {
+      allowTakeover: config.allowEmptyDatabase,
+    });
     // Created now so that a backup taken right after init already has every key file.
     await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config));
     const tokens = new ApiTokenStore(database.db);

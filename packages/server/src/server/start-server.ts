@@ -88,9 +88,13 @@ import {
   tagOperations,
 } from '../sagemaker/index.js';
 import {
+  appliedMigrations,
+  DatabaseInUseError,
+  hasNoSchema,
   lockSqliteDatabase,
   maskUrlCredentials,
   migrateToLatest,
+  migrationNames,
   openDatabase,
   pingDatabase,
   type ServerDatabase,
@@ -108,7 +112,13 @@ import {
   OPERATOR_LISTENER_LIMITS,
 } from './listener-limits.js';
 import { EmptyDatabaseError, refuseSilentFreshInstall } from './fresh-install-guard.js';
-import { BlobStoreMismatchError, blobStoreBinder } from './blob-store-binding.js';
+import {
+  BlobStoreMismatchError,
+  blobStoreBinder,
+  markStoreUncheckedForNewDatabase,
+  refuseAnotherDatabasesStore,
+  watchBlobStoreBinding,
+} from './blob-store-binding.js';
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
@@ -158,6 +168,13 @@ export interface StartServerOptions {
   openFileLimit?: number;
   /** Warnings found before the start (serve: the config file's mode), logged and returned with the others. */
   warnings?: readonly string[];
+  /**
+   * Called once the server has stopped itself because its blob store, unchecked at start (it did not answer),
+   * turned out to be another database's (serve: exits 2, as a person must fix the setting).
+   */
+  onStoppedForWrongBlobStore?: (error: BlobStoreMismatchError) => void;
+  /** The first wait before the blob store is checked again when it did not answer at start (tests: short). */
+  blobStoreRecheckMs?: number;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -166,10 +183,15 @@ function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
   return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${address.port}`;
 }
 
-/** Opens the state and blob stores the configuration names, migrating the schema to this build's. */
+/**
+ * Opens the state and blob stores the configuration names, migrating the schema to this build's. A new (empty)
+ * database is refused when the data dir shows an earlier run (refuseSilentFreshInstall) or the blob store is
+ * another database's (refuseAnotherDatabasesStore), unless allowEmptyDatabase says that is intended.
+ */
 export async function openStores(
   config: ServerConfig,
   logger?: Logger,
+  options: { besideServer?: boolean } = {},
 ): Promise<{ database: ServerDatabase; blobs: BlobStore }> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const database = await openDatabase(config.databaseLocation, {
@@ -177,11 +199,39 @@ export async function openStores(
     onConnectionError: (error) =>
       logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
   });
+  const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   try {
     await refuseSilentFreshInstall(config, database);
+    let storeUnchecked = false;
+    if (!config.allowEmptyDatabase && (await hasNoSchema(database.db))) {
+      let answers = true;
+      try {
+        await checkBlobStore(blobs);
+      } catch {
+        // An outage must not keep a server from starting: the store is checked once it answers (bindBlobStore).
+        answers = false;
+        storeUnchecked = true;
+      }
+      if (answers) {
+        try {
+          await refuseAnotherDatabasesStore(
+            blobs,
+            blobStoreLocationOf(config, blobs),
+            database.description,
+            () => hasNoSchema(database.db),
+          );
+        } catch (error) {
+          throw new BlobStoreCheckError(error);
+        }
+      }
+    }
+    if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
     await migrateToLatest(database.db);
+    if (storeUnchecked) await markStoreUncheckedForNewDatabase(database.db);
   } catch (error) {
+    await blobs.close();
     await database.close();
+    if (error instanceof BlobStoreCheckError) throw error.cause;
     if (error instanceof EmptyDatabaseError) throw error;
     // Name the database in every error about it: the operator may run several.
     throw new Error(
@@ -189,8 +239,39 @@ export async function openStores(
       { cause: error },
     );
   }
-  const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   return { database, blobs };
+}
+
+/**
+ * For a command run beside `serve` (init, token): refuses to migrate a SQLite database a running server holds,
+ * when this build has migrations it lacks (a package upgraded, the server not restarted yet): the old server
+ * would run on a schema it does not know. PostgreSQL does not say whether a server runs: the same version only.
+ */
+async function refuseMigratingUnderServer(config: ServerConfig, database: ServerDatabase): Promise<void> {
+  if (config.databaseLocation.engine !== 'sqlite' || (await hasNoSchema(database.db))) return;
+  const applied = new Set(await appliedMigrations(database.db));
+  const pending = migrationNames.filter((name) => !applied.has(name));
+  if (pending.length === 0) return;
+  try {
+    // Released at once: only whether a server holds it matters (a server started now migrates itself).
+    lockSqliteDatabase(config.databaseLocation.file).release();
+  } catch (error) {
+    if (!(error instanceof DatabaseInUseError)) throw error;
+    throw new Error(
+      `a running edgefleet-server${error.holderPid === undefined ? '' : ` (pid ${error.holderPid})`} holds ` +
+        `this database, and its schema is older than this version's (${pending.length} migration(s) to apply, ` +
+        `${pending.join(', ')}): migrating it would change the schema under that server. Restart the server ` +
+        'with this version first (it migrates at start; systemctl restart edgefleet-server), then run this again',
+      { cause: error },
+    );
+  }
+}
+
+/** Carries an error about the blob store past openStores' wording for database errors. */
+class BlobStoreCheckError extends Error {
+  constructor(override readonly cause: unknown) {
+    super('blob store check failed', { cause });
+  }
 }
 
 /** The blob store for messages: where it is, and for S3 where it is reached (credentials masked). */
@@ -363,16 +444,42 @@ export async function startServer(
 
   try {
     let shuttingDown = false;
+    let closing: Promise<void> | undefined;
+    const close = () => {
+      closing ??= (async () => {
+        shuttingDown = true;
+        await releaseAll();
+        logger.info('edgefleet-server stopped');
+      })();
+      return closing;
+    };
+    let stoppingForWrongStore = false;
+    const stopForWrongStore = (error: BlobStoreMismatchError) => {
+      if (stoppingForWrongStore) return;
+      stoppingForWrongStore = true;
+      logger.error({ err: error, blobs: blobs.description }, `stopping: ${error.message}`);
+      void close().then(
+        () => options.onStoppedForWrongBlobStore?.(error),
+        (closeError: unknown) => {
+          logger.error({ err: closeError }, 'shutdown failed');
+          options.onStoppedForWrongBlobStore?.(error);
+        },
+      );
+    };
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
-    const bindBlobs = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs));
+    const bindBlobs = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs), {
+      allowTakeover: config.allowEmptyDatabase,
+    });
+    let bindingUnchecked = false;
     try {
       await bindBlobs();
     } catch (error) {
       if (error instanceof BlobStoreMismatchError) throw error;
+      bindingUnchecked = true;
       logger.warn(
         { err: error, blobs: blobs.description },
-        'cannot check that the blob store is the one this database uses (it did not answer); /readyz reports the blob store not ready until that check passes',
+        "cannot check that the blob store is the one this database uses (it did not answer); it is checked again in the background, and /readyz reports the blob store not ready until that check passes; a store found to be another database's stops the server",
       );
     }
     const workDir = path.join(config.dataDir, 'tmp');
@@ -510,7 +617,12 @@ export async function startServer(
         name: 'blobStore',
         check: async () => {
           await blobs.check();
-          await bindBlobs();
+          try {
+            await bindBlobs();
+          } catch (error) {
+            if (error instanceof BlobStoreMismatchError) stopForWrongStore(error);
+            throw error;
+          }
         },
       },
     ];
@@ -699,6 +811,14 @@ export async function startServer(
         logger,
       }),
     );
+    if (bindingUnchecked && !stoppingForWrongStore) {
+      background.push(
+        watchBlobStoreBinding(bindBlobs, {
+          onMismatch: stopForWrongStore,
+          ...(options.blobStoreRecheckMs !== undefined ? { initialDelayMs: options.blobStoreRecheckMs } : {}),
+        }),
+      );
+    }
     const operatorUrl = urlOf(operatorApp, config.tls ? 'https' : 'http');
     const deviceUrl = urlOf(deviceApp, 'https');
     deviceEndpoint ||= deviceEndpointFor(
@@ -722,7 +842,6 @@ export async function startServer(
       'edgefleet-server started',
     );
 
-    let closing: Promise<void> | undefined;
     return {
       operatorUrl,
       deviceUrl,
@@ -733,14 +852,7 @@ export async function startServer(
       blobs,
       logger,
       services,
-      close: () => {
-        closing ??= (async () => {
-          shuttingDown = true;
-          await releaseAll();
-          logger.info('edgefleet-server stopped');
-        })();
-        return closing;
-      },
+      close,
     };
   } catch (error) {
     await releaseAll();

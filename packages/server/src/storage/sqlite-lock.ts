@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { FolderInUseError, FolderLock, type LockedFolderKind } from '@edgefleet/core';
@@ -37,6 +38,7 @@ export function sqliteLockFileOf(file: string): string {
  * file and what was expected) when it cannot be taken.
  */
 export function lockSqliteDatabase(file: string, options: { procLocksPath?: string } = {}): FolderLock {
+  const real = realFileOf(file);
   const kind: LockedFolderKind = {
     label: 'the SQLite database folder',
     configKey: 'database (--database, EDGEFLEET_DATABASE; default <data-dir>/state.db)',
@@ -45,12 +47,12 @@ export function lockSqliteDatabase(file: string, options: { procLocksPath?: stri
     ownFolder: 'a database of its own',
     program: 'edgefleet-server',
     holder: 'server',
-    lockFileName: path.basename(sqliteLockFileOf(file)),
+    lockFileName: path.basename(sqliteLockFileOf(real)),
     // As the data dir is made (start-server.ts openStores).
     folderMode: 0o700,
   };
   try {
-    return FolderLock.acquire(path.dirname(file), kind, {
+    return FolderLock.acquire(path.dirname(real), kind, {
       ...options,
       // timeout 0: a held lock is reported at once instead of being waited for.
       openDatabase: (lockFile) => new SqliteDatabase(lockFile, { timeout: 0 }),
@@ -59,5 +61,22 @@ export function lockSqliteDatabase(file: string, options: { procLocksPath?: stri
     if (error instanceof FolderInUseError)
       throw new DatabaseInUseError(file, error.holderPid, { cause: error });
     throw error;
+  }
+}
+
+/**
+ * The database file as the kernel finds it (links resolved: a link to state.db and state.db itself are one
+ * database, so they take one lock), or, before it exists, in its folder's real path; the path as given when
+ * neither exists yet (the lock creates the folder).
+ */
+function realFileOf(file: string): string {
+  try {
+    return realpathSync(file);
+  } catch {
+    try {
+      return path.join(realpathSync(path.dirname(file)), path.basename(file));
+    } catch {
+      return file;
+    }
   }
 }

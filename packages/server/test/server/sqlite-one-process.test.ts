@@ -1,7 +1,14 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readlink, rm, symlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  appliedMigrations,
+  lockSqliteDatabase,
+  migrateTo,
+  migrationNames,
+  openDatabase,
+} from '../../src/storage/index.js';
 import { runServerCli, startServerProcess, type ServerProcess } from '../support/process.js';
 
 let cwd: string;
@@ -70,5 +77,65 @@ describe('one edgefleet-server per SQLite database (real processes)', { timeout:
       await first.stop('SIGKILL');
       if (replacement) expect(await replacement.stop()).toBe(0);
     }
+  });
+
+  it('exits 2 (not restarted by the unit) on a lock file it must not use, naming it, and leaves it as it is', async () => {
+    const dir = await mkdtemp(path.join(cwd, 'link-'));
+    const dataDir = path.join(dir, '.edgefleet', 'server');
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const lockFile = path.join(dataDir, 'state.db.lock');
+    // As someone could plant it to make the server lock (and so open) a file of their choosing.
+    await symlink(path.join(dir, 'elsewhere'), lockFile);
+    const refused = await startServerProcess(flags, dir).then(
+      async (started) => {
+        await started.stop('SIGKILL');
+        return 'it started';
+      },
+      (error: Error) => error.message,
+    );
+    expect(refused).toContain(`exited (2) before listening: edgefleet-server: the lock file ${lockFile} is `);
+    expect((await lstat(lockFile)).isSymbolicLink()).toBe(true);
+    expect(await readlink(lockFile)).toBe(path.join(dir, 'elsewhere'));
+  });
+
+  it('token and init refuse to migrate a database an older running server holds, and migrate it once none does', async () => {
+    const dir = await mkdtemp(path.join(cwd, 'older-'));
+    const dataDir = path.join(dir, '.edgefleet', 'server');
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const stateFile = path.join(dataDir, 'state.db');
+    // As the previous version left it.
+    const older = migrationNames[migrationNames.length - 2]!;
+    const db = await openDatabase({ engine: 'sqlite', file: stateFile });
+    await migrateTo(db.db, older);
+    await db.close();
+    const schema = async () => {
+      const opened = await openDatabase({ engine: 'sqlite', file: stateFile });
+      try {
+        return await appliedMigrations(opened.db);
+      } finally {
+        await opened.close();
+      }
+    };
+    const before = await schema();
+    expect(before.at(-1)).toBe(older);
+
+    // That version's server runs (here: this test process holds its lock), the package was upgraded.
+    const server = lockSqliteDatabase(stateFile);
+    try {
+      for (const args of [['token', 'create', '--name', 'ci'], ['init']]) {
+        const refused = await runServerCli(args, dir);
+        expect(refused.code).toBe(1);
+        expect(refused.stdout).toBe('');
+        expect(refused.stderr).toContain(
+          `edgefleet-server: database sqlite:${stateFile}: a running edgefleet-server (pid ${process.pid}) holds this database, and its schema is older than this version's (1 migration(s) to apply, ${migrationNames.at(-1)}): migrating it would change the schema under that server. Restart the server with this version first`,
+        );
+        expect(await schema()).toEqual(before);
+      }
+    } finally {
+      server.release();
+    }
+    const created = await runServerCli(['token', 'create', '--name', 'ci'], dir);
+    expect(created.code).toBe(0);
+    expect(await schema()).toEqual(migrationNames);
   });
 });

@@ -8,14 +8,20 @@ export interface TestS3 {
   endpoint: string;
   bucket: string;
   credentials: { accessKeyId: string; secretAccessKey: string };
-  stop(): Promise<void>;
+  /** Where its objects are: `keepObjects` leaves them, for a later startTestS3 on the same port and folder. */
+  directory: string;
+  port: number;
+  stop(options?: { keepObjects?: boolean }): Promise<void>;
 }
 
-export async function startTestS3(bucket = 'edgefleet-test'): Promise<TestS3> {
-  const directory = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-s3-'));
+export async function startTestS3(
+  bucket = 'edgefleet-test',
+  at: { port?: number; directory?: string } = {},
+): Promise<TestS3> {
+  const directory = at.directory ?? (await mkdtemp(path.join(os.tmpdir(), 'edgefleet-s3-')));
   const server = new S3rver({
     address: '127.0.0.1',
-    port: 0,
+    port: at.port ?? 0,
     silent: true,
     directory,
     configureBuckets: [{ name: bucket }],
@@ -26,9 +32,11 @@ export async function startTestS3(bucket = 'edgefleet-test'): Promise<TestS3> {
     bucket,
     // s3rver's built-in key pair.
     credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
-    stop: async () => {
+    directory,
+    port,
+    stop: async (options = {}) => {
       await server.close();
-      await rm(directory, { recursive: true, force: true });
+      if (options.keepObjects !== true) await rm(directory, { recursive: true, force: true });
     },
   };
 }
