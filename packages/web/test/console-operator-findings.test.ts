@@ -364,8 +364,8 @@ describe('console operator findings (s11)', { timeout: 120_000 }, () => {
       await page.getByRole('heading', { name: 'Device berth-1' }).waitFor();
       await page.getByTestId('no-models').waitFor();
       expect(await page.getByTestId('models-not-loaded').count()).toBe(0);
-      // The change feed takes its first snapshot a poll after the page opened its stream; a heartbeat before
-      // that is in it, unannounced. Heartbeats of new agent versions until the page shows one: live from then on.
+      // Heartbeats of new agent versions until the page shows one (the page reloads once its stream is ready,
+      // which may or may not be before the first): live from then on.
       let beat = 0;
       await expect
         .poll(

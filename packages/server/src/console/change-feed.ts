@@ -135,6 +135,8 @@ export class ChangeFeed {
   private readonly listeners = new Set<ChangeListener>();
   private task: PeriodicTask | undefined;
   private last: Snapshot | undefined;
+  /** The first snapshot of the current task, taken at once when it starts (not one poll later). */
+  private baseline: Promise<void> | undefined;
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
@@ -153,13 +155,25 @@ export class ChangeFeed {
   subscribe(listener: ChangeListener): () => void {
     this.listeners.add(listener);
     if (this.task === undefined) {
-      const task: PeriodicTask = startPeriodicTask(() => this.poll(task), {
-        intervalMs: this.options.pollMs,
-        logger: this.options.logger,
-        // A lost connection is replaced by the pool; the next poll tries again.
-        failureMessage: 'console change feed: database poll failed',
-      });
+      const failureMessage = 'console change feed: database poll failed';
+      // Polls wait for the baseline, so that two never run at once.
+      const task: PeriodicTask = startPeriodicTask(
+        async () => {
+          await baseline;
+          await this.poll(task);
+        },
+        {
+          intervalMs: this.options.pollMs,
+          logger: this.options.logger,
+          // A lost connection is replaced by the pool; the next poll tries again.
+          failureMessage,
+        },
+      );
       this.task = task;
+      const baseline = this.poll(task).catch((error: unknown) =>
+        this.options.logger.warn({ err: error }, failureMessage),
+      );
+      this.baseline = baseline;
     }
     return () => {
       this.listeners.delete(listener);
@@ -167,10 +181,20 @@ export class ChangeFeed {
     };
   }
 
+  /**
+   * Resolves once the feed holds the snapshot that later changes are told against: a change after it reaches
+   * every listener subscribed before it. A stream says so to its console ("ready"), which then reloads what it
+   * showed, so that nothing changed between its page's load and that snapshot is missed.
+   */
+  ready(): Promise<void> {
+    return this.baseline ?? Promise.resolve();
+  }
+
   /** Stops polling (until the next subscriber) and waits for a poll under way. */
   async stop(): Promise<void> {
     const task = this.task;
     this.task = undefined;
+    this.baseline = undefined;
     this.last = undefined;
     await task?.stop();
   }

@@ -22,7 +22,8 @@ export interface ConsoleEventRoutesOptions {
 }
 
 /**
- * Live updates for the console as Server-Sent Events: `event: change` with the topics that changed. The
+ * Live updates for the console as Server-Sent Events: `event: ready` once every later change is sent, then
+ * `event: change` with the topics that changed. The
  * browser's EventSource reconnects by itself (after a restart, a replica switch, or the stream's lifetime).
  * A stream holds its identity only as long as the token or session does: each keepalive tick checks it again.
  */
@@ -47,7 +48,8 @@ export const consoleEventRoutes: FastifyPluginAsync<ConsoleEventRoutesOptions> =
     config: { auth: 'read' },
     schema: {
       tags: ['console'],
-      summary: 'Live updates (text/event-stream): `change` events naming the topics that changed',
+      summary:
+        'Live updates (text/event-stream): `ready` once every later change is sent, then `change` events naming the topics that changed',
       description:
         `A stream ends after ${(options.maxLifetimeMs * 0.8) / 1000}-${options.maxLifetimeMs / 1000} s (jittered), and as soon as its token or session is revoked, ` +
         `signed out or expired (checked every ${options.keepaliveMs / 1000} s); EventSource reconnects by itself. ` +
@@ -137,6 +139,11 @@ export const consoleEventRoutes: FastifyPluginAsync<ConsoleEventRoutesOptions> =
       // The client may have gone during the awaited authentication: its 'close' was emitted before the listeners
       // above were attached, and would never come again.
       if (request.raw.destroyed || raw.destroyed || raw.socket?.destroyed === true) close();
+      // Every change after this event reaches this stream: the console reloads what it shows then (its page was
+      // loaded before the feed's snapshot, or while it reconnected).
+      void feed.ready().then(() => {
+        if (!closed) raw.write('event: ready\ndata: {}\n\n');
+      });
     },
   });
   // Streams end on their own only after their lifetime: end them when the server closes, or it would wait.

@@ -44,6 +44,19 @@ async function openEvents(t: TestServer, cookie: string) {
   return {
     status: response.status,
     contentType: response.headers.get('content-type'),
+    /** Resolves at the stream's "ready" event: every change after it is sent. */
+    async ready(): Promise<void> {
+      for (;;) {
+        const at = buffered.indexOf('event: ready\n');
+        if (at >= 0) {
+          buffered = buffered.slice(at);
+          return;
+        }
+        const chunk = await reader!.read();
+        if (chunk.done) throw new Error('the event stream ended');
+        buffered += new TextDecoder().decode(chunk.value);
+      }
+    },
     async next(): Promise<string[]> {
       for (;;) {
         const match = /event: change\ndata: (.*)\n\n/.exec(buffered);
@@ -290,7 +303,8 @@ describe('console sessions and CSRF', () => {
     expect(refused.status).toBe(429);
     second.close();
 
-    await new Promise((resolve) => setTimeout(resolve, 300)); // let the feed take its first snapshot
+    // No wait for the feed's first snapshot: once the stream says "ready", a change made at once is sent.
+    await first.ready();
     await t.call('POST', '/api/v1/fleets', {
       token: t.adminToken,
       body: { name: 'f2', outputConfig: { s3OutputLocation: 's3://c/f2' } },
@@ -316,7 +330,7 @@ describe('console sessions and CSRF', () => {
     });
     const events = await openEvents(t, cookie);
     expect(events.status).toBe(200);
-    await new Promise((resolve) => setTimeout(resolve, 300)); // let the feed take its first snapshot
+    await events.ready();
     // An undeploy plan needs no package; a stage that selects no device is DEPLOYED at once.
     const created = await t.call('POST', '/api/v1/deployment-plans', {
       token: t.adminToken,
@@ -424,7 +438,7 @@ describe.skipIf(!postgres.available)('console live updates across replicas on Po
     const { cookie, csrfToken } = await signIn(a, a.adminToken);
     const stream = await openEvents(b, cookie);
     expect(stream.status).toBe(200);
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await stream.ready();
     const created = await a.call('POST', '/api/v1/fleets', {
       headers: { cookie, 'x-csrf-token': csrfToken },
       body: { name: 'replicated', outputConfig: { s3OutputLocation: 's3://c/r' } },

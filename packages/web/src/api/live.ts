@@ -43,15 +43,13 @@ export class LiveUpdates {
   start(): void {
     if (this.source) return;
     const source = new EventSource(EVENTS_ROUTE);
-    let opened = false;
     source.addEventListener('open', () => {
       this.setConnected(true);
       this.onRefusal(undefined);
-      // The server ends streams (after their lifetime, at a restart): changes made while reconnecting were
-      // never sent, so every view reloads once after a reconnect.
-      if (opened) this.notify(ALL_TOPICS);
-      opened = true;
     });
+    // From this event on, every change is sent. What changed before it (since the page loaded, or while
+    // reconnecting after the server ended a stream) was not: every view reloads once.
+    source.addEventListener('ready', () => this.notify(ALL_TOPICS));
     source.addEventListener('error', () => {
       this.setConnected(false);
       if (source.readyState === EventSource.CLOSED && this.source === source) this.refused(source);
