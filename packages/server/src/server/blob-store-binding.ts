@@ -10,6 +10,8 @@ const ID_SETTING = 'blob_store_id';
 /** Where the store was when its id was recorded or last confirmed: only for messages. */
 const LOCATION_SETTING = 'blob_store_location';
 const ID = /^[0-9a-f-]{36}$/;
+/** A marker is an id and a newline; a few bytes more tell a damaged one. */
+const MARKER_READ_BYTES = 64;
 /** `<prefix><id>`: an id a start of this database wrote into the store as its marker before the claim. */
 const PROPOSAL_SETTING_PREFIX = 'blob_store_proposal:';
 /** Set while a database made on a store that did not answer has not recorded its store yet. */
@@ -261,7 +263,11 @@ async function readSetting(db: Kysely<DatabaseSchema>, key: string): Promise<str
 async function readMarker(blobs: BlobStore, location: string): Promise<string | undefined> {
   let body: string;
   try {
-    body = (await text(await blobs.get(BLOB_STORE_MARKER_KEY))).trim();
+    // At most MARKER_READ_BYTES: whatever else lies at that key (a large object someone put there) is damaged,
+    // and is not read into memory whole.
+    body = (
+      await text(await blobs.get(BLOB_STORE_MARKER_KEY, { start: 0, end: MARKER_READ_BYTES - 1 }))
+    ).trim();
   } catch (error) {
     if (error instanceof BlobNotFoundError) return undefined;
     throw error;

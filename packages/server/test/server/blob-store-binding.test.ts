@@ -258,6 +258,11 @@ describe(
       expect(refused).toContain(
         `the blob store ${folderUrl(blobs)} cannot be told apart from another database's: its edgefleet-store-id object is damaged ("not an id")`,
       );
+      // A large object there is damaged too, and only its first bytes are read.
+      await writeFile(path.join(blobs, 'edgefleet-store-id'), 'x'.repeat(64 * 1024 * 1024));
+      const large = await serveOutcome([], dir);
+      expect(large).toContain('exited (2) before listening');
+      expect(large).toContain(`its edgefleet-store-id object is damaged ("${'x'.repeat(40)}")`);
     });
 
     it('a marker a replica of this database wrote, left by a replica that lost the first start and stopped, is put right', async () => {
