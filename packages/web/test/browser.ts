@@ -7,7 +7,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { chromium, type Browser } from 'playwright-core';
+import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll } from 'vitest';
 import {
   CLI_MAIN,
@@ -65,6 +65,8 @@ export interface ConsoleFixture {
   browser: Browser;
   /** An operator API call on the plane (see operatorApi). */
   api(method: string, path: string, token: string, body?: unknown): ReturnType<typeof operatorApi>;
+  /** A page in a browser context of its own, signed in to the console with `token`, on the overview. */
+  signIn(token: string): Promise<Page>;
 }
 
 /** Starts the plane and Chromium before the file's tests (the console must be built); stops both after. */
@@ -73,6 +75,14 @@ export function useConsoleServer(config: Record<string, unknown>): ConsoleFixtur
   const fixture = {
     api: (method: string, path: string, token: string, body?: unknown) =>
       operatorApi(fixture.plane.operatorUrl, method, path, token, body),
+    async signIn(token: string): Promise<Page> {
+      const page = await (await fixture.browser.newContext()).newPage();
+      await page.goto(fixture.plane.operatorUrl);
+      await page.getByLabel('Operator API token').fill(token);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByRole('heading', { name: 'Overview' }).waitFor();
+      return page;
+    },
   } as ConsoleFixture;
   beforeAll(async () => {
     requireBuilt(CLI_MAIN, join(REPO_ROOT, 'packages/web/dist/index.html'));

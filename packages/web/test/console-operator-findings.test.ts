@@ -9,23 +9,12 @@ import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeTestModel } from '@edgefleet/core';
-import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { enrollWithCliProcess } from '../../../test/support/control-plane.js';
 import { expireConsoleSessionsNow, useConsoleServer } from './browser.js';
 
 const ui = useConsoleServer({});
-const { api } = ui;
-
-async function signIn(token: string): Promise<Page> {
-  const context = await ui.browser.newContext();
-  const page = await context.newPage();
-  await page.goto(ui.plane.operatorUrl);
-  await page.getByLabel('Operator API token').fill(token);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByRole('heading', { name: 'Overview' }).waitFor();
-  return page;
-}
+const { api, signIn } = ui;
 
 /**
  * Sends one heartbeat as the device enrolled with `configFile` (its certificate and key, the server's CA and its

@@ -5,22 +5,12 @@
  * Requests are held back with the browser's own interception, to put answers in the order each case needs;
  * every answer is the real server's.
  */
-import type { BrowserContext, Page, Route } from 'playwright-core';
+import type { BrowserContext, Route } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import { expireConsoleSessionsNow, useConsoleServer } from './browser.js';
 
 const ui = useConsoleServer({});
-const { api } = ui;
-
-async function signIn(token: string): Promise<Page> {
-  const context = await ui.browser.newContext();
-  const page = await context.newPage();
-  await page.goto(ui.plane.operatorUrl);
-  await page.getByLabel('Operator API token').fill(token);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByRole('heading', { name: 'Overview' }).waitFor();
-  return page;
-}
+const { api, signIn } = ui;
 
 async function sessionCookie(context: BrowserContext): Promise<string | undefined> {
   const cookie = (await context.cookies()).find((c) => c.name === 'edgefleet_session');
