@@ -41,6 +41,13 @@ export const deviceDeploymentStatusSchema = z.enum([
 ]);
 export type DeviceDeploymentStatus = z.infer<typeof deviceDeploymentStatusSchema>;
 
+/**
+ * Why a device's deployment ended STOPPED (EdgeFleet's, kept with the row when it is stopped): an operator
+ * cancelled it, the device was deregistered, or it had not started when its stage was stopped or aborted.
+ */
+export const stopReasonSchema = z.enum(['cancelled', 'deregistered', 'stage-stopped', 'stage-aborted']);
+export type StopReason = z.infer<typeof stopReasonSchema>;
+
 export const MAX_SELECTED_DEVICE_NAMES = 1000;
 export const MAX_STAGES = 20;
 export const MAX_MODEL_CONFIGS = 20;
@@ -236,6 +243,11 @@ export const stageDeviceSchema = z.object({
   deviceName: z.string(),
   status: deviceDeploymentStatusSchema,
   statusMessage: z.string().optional(),
+  stopReason: stopReasonSchema
+    .optional()
+    .describe(
+      'Why a STOPPED device stopped: cancelled (by an operator), deregistered, or not started when its stage was stopped (stage-stopped) or aborted (stage-aborted)',
+    ),
   attempts: z.int().describe('Times the device took the deployment'),
   startedAt: iso.optional().describe('When the device last took it (DeploymentStartTime)'),
   endedAt: iso.optional(),

@@ -19,6 +19,7 @@ import {
   modelConfigSchema,
   planOptionsSchema,
   stageInputSchema,
+  stopReasonSchema,
   type CreatePlanInput,
   type DeploymentEvent,
   type DeviceDeploymentStatus,
@@ -27,6 +28,7 @@ import {
   type StageDeviceView,
   type StageInput,
   type StageStatus,
+  type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
 import { applyResults, isHeldMessage, type ReportedResult } from './device-results.js';
@@ -330,7 +332,7 @@ export class DeploymentService implements DevicePackageAccess {
         .executeTakeFirst();
       if (Number(changed.numUpdatedRows) === 0)
         throw conflict(`stage ${stageName} changed meanwhile; try again`);
-      await stopUnstartedDevices(trx, planName, stageName, 'not started: the stage was stopped', at);
+      await stopUnstartedDevices(trx, planName, stageName, 'stage-stopped', at);
       if (to === 'STOPPED') {
         await recordEvent(
           trx,
@@ -368,7 +370,13 @@ export class DeploymentService implements DevicePackageAccess {
       }
       await trx
         .updateTable('deployment_targets')
-        .set({ status: 'STOPPED', status_message: 'cancelled by an operator', ended_at: at, updated_at: at })
+        .set({
+          status: 'STOPPED',
+          stop_reason: 'cancelled' satisfies StopReason,
+          status_message: 'cancelled by an operator',
+          ended_at: at,
+          updated_at: at,
+        })
         .where('plan_name', '=', planName)
         .where('device_name', '=', deviceName)
         .where('status', '=', target.status)
@@ -553,6 +561,8 @@ export class DeploymentService implements DevicePackageAccess {
         deviceName: t.device_name,
         status: t.status as DeviceDeploymentStatus,
         ...(t.status_message !== null && { statusMessage: t.status_message }),
+        ...(t.status === 'STOPPED' &&
+          t.stop_reason !== null && { stopReason: stopReasonSchema.parse(t.stop_reason) }),
         attempts: Number(t.attempts),
         ...(t.started_at !== null && { startedAt: iso(t.started_at) }),
         ...(t.ended_at !== null && { endedAt: iso(t.ended_at) }),

@@ -6,6 +6,7 @@
  */
 import type { Transaction } from 'kysely';
 import type { DatabaseSchema } from '../storage/index.js';
+import type { StopReason } from './deployment-schemas.js';
 import { PENDING_DEVICE, recordEvent, settleStage } from './stage-progress.js';
 
 /** Runs in the deregistration's transaction (DeviceStore's `onDeregister`), before the device row goes. */
@@ -28,7 +29,13 @@ export async function stopDeregisteredDeviceTargets(
     // Conditional, as every status change is: a replica that changed the row first keeps its change.
     const stopped = await trx
       .updateTable('deployment_targets')
-      .set({ status: 'STOPPED', status_message: message, ended_at: now, updated_at: now })
+      .set({
+        status: 'STOPPED',
+        stop_reason: 'deregistered' satisfies StopReason,
+        status_message: message,
+        ended_at: now,
+        updated_at: now,
+      })
       .where('plan_name', '=', target.plan_name)
       .where('device_name', '=', device.name)
       .where('status', '=', target.status)

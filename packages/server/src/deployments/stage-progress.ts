@@ -15,6 +15,7 @@ import {
   type DeviceSelection,
   type PlanOptions,
   type StageStatus,
+  type StopReason,
 } from './deployment-schemas.js';
 import { selectDevices } from './device-selection.js';
 import { eventId } from './event-id.js';
@@ -215,6 +216,7 @@ export async function startStage(
     fleet_name: plan.fleet_name,
     status: 'READYTODEPLOY',
     status_message: null,
+    stop_reason: null,
     attempts: 0,
     result_digest: null,
     started_at: null,
@@ -240,40 +242,40 @@ export async function startStage(
 }
 
 /**
- * The stage's devices that have not taken the deployment (READYTODEPLOY) will not: STOPPED with `message`, and
- * ended then (a stopped device's deployment is over, as a failed or deployed one's is).
+ * The stage's devices that have not taken the deployment (READYTODEPLOY) will not: STOPPED because the stage
+ * was stopped or aborted, and ended then (a stopped device's deployment is over, as a failed or deployed one's is).
  */
 export async function stopUnstartedDevices(
   db: Executor,
   planName: string,
   stageName: string,
-  message: string,
+  reason: Extract<StopReason, 'stage-stopped' | 'stage-aborted'>,
   now: number,
 ): Promise<void> {
+  const message =
+    reason === 'stage-stopped' ? 'not started: the stage was stopped' : 'not started: the stage was aborted';
   await db
     .updateTable('deployment_targets')
-    .set({ status: 'STOPPED', status_message: message, ended_at: now, updated_at: now })
+    .set({ status: 'STOPPED', stop_reason: reason, status_message: message, ended_at: now, updated_at: now })
     .where('plan_name', '=', planName)
     .where('stage_name', '=', stageName)
     .where('status', '=', 'READYTODEPLOY')
     .execute();
 }
 
-/** How a cancelled device's status message begins (deployment-service.ts cancelDevice, deregistered-device.ts). */
-const CANCELLED_PREFIX = 'cancelled';
-
 /**
  * How many of the stage's STOPPED devices were cancelled (an operator's cancel, a deregistration) rather than
- * left unstarted by a stop or an abort ("not started: …"): only their status message tells them apart.
+ * left unstarted by a stop or an abort: their stop_reason, recorded when they were stopped, says which.
  */
 async function cancelledCount(db: Executor, planName: string, stageName: string): Promise<number> {
+  const cancelled: StopReason[] = ['cancelled', 'deregistered'];
   const row = await db
     .selectFrom('deployment_targets')
     .select((eb) => eb.fn.countAll<number>().as('count'))
     .where('plan_name', '=', planName)
     .where('stage_name', '=', stageName)
     .where('status', '=', 'STOPPED')
-    .where('status_message', 'like', `${CANCELLED_PREFIX}%`)
+    .where('stop_reason', 'in', cancelled)
     .executeTakeFirstOrThrow();
   return Number(row.count);
 }
@@ -328,7 +330,7 @@ export async function settleStage(
           .filter(Boolean)
           .join(' or ')}, after ${abort.minDevices}); devices not yet started will not start`;
       if (await setStage('INPROGRESS', 'FAILED', message)) {
-        await stopUnstartedDevices(trx, planName, stageName, 'not started: the stage was aborted', now);
+        await stopUnstartedDevices(trx, planName, stageName, 'stage-aborted', now);
         await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageAborted', message }, now);
         status = 'FAILED';
       }

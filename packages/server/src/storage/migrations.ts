@@ -552,6 +552,29 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('devices').addColumn('deployed_models_not_loaded', 'text').execute();
     },
   },
+  // Why a device's deployment ended STOPPED (deployments/ StopReason), kept with the row: a stopped stage's
+  // message counts cancelled devices apart from unstarted ones by it, not by the status message's words. Rows
+  // stopped before this column get theirs from the messages the writers gave them then; a STOPPED row with any
+  // other message was counted "not started", and stays so.
+  '0020_deployment_targets_stop_reason': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('deployment_targets').addColumn('stop_reason', 'text').execute();
+      const stopped = (reason: string) =>
+        db.updateTable('deployment_targets').set({ stop_reason: reason }).where('status', '=', 'STOPPED');
+      // The words of deregistered-device.ts and cancelDevice as of this migration (a copy, as 0017's is).
+      await stopped('deregistered')
+        .where('status_message', 'like', 'cancelled: device % was deregistered')
+        .execute();
+      await stopped('cancelled')
+        .where('stop_reason', 'is', null)
+        .where('status_message', 'like', 'cancelled%')
+        .execute();
+      await stopped('stage-aborted')
+        .where('status_message', '=', 'not started: the stage was aborted')
+        .execute();
+      await stopped('stage-stopped').where('stop_reason', 'is', null).execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -261,6 +261,8 @@ export interface DeploymentTargetsTable {
   fleet_name: string;
   status: string;
   status_message: string | null;
+  /** Why a STOPPED device stopped (deployments/ StopReason); null for every other status. */
+  stop_reason: string | null;
   attempts: number;
   /** SHA-256 of the last DeploymentResult applied: heartbeats repeat it, and a repeat is not news. */
   result_digest: string | null;

@@ -102,6 +102,7 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       deviceName: string;
       status: string;
       statusMessage?: string;
+      stopReason?: string;
       attempts: number;
       lastSeenAt?: string;
       startedAt?: string;
@@ -637,6 +638,15 @@ describe.each(engines)('deployments on $engine', (fixture) => {
         stoppedCount: 4,
         statusMessage: 'stopped: 0 deployed, 0 failed, 2 cancelled, 2 not started',
       });
+      // Why each stopped is recorded with it (the count above is taken from it, not from their messages).
+      expect(
+        (await stageDevices('p9', 's1')).map((d) => [d.deviceName, d.status, d.stopReason, d.statusMessage]),
+      ).toEqual([
+        ['d4', 'STOPPED', 'stage-stopped', 'not started: the stage was stopped'],
+        ['d5', 'STOPPED', 'cancelled', 'cancelled by an operator'],
+        ['d6', 'STOPPED', 'stage-stopped', 'not started: the stage was stopped'],
+        ['d9', 'STOPPED', 'deregistered', 'cancelled: device d9 was deregistered'],
+      ]);
     },
   );
 

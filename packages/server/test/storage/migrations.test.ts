@@ -221,6 +221,100 @@ describe.each(engines)('schema migrations on $engine', (fixture) => {
     },
   );
 
+  it.skipIf(!fixture.available)(
+    'from 0019: stopped devices get their stop reason from the words their message was written with',
+    async () => {
+      const { db } = await open();
+      await migrateTo(db, '0019_devices_deployed_models_not_loaded');
+      const at = 1_800_000_000_000;
+      await db
+        .insertInto('fleets')
+        .values({
+          name: 'plant-a',
+          description: null,
+          output_s3_location: 's3://captures/plant-a',
+          output_kms_key_id: null,
+          role_arn: null,
+          tags: '[]',
+          created_at: at,
+          updated_at: at,
+        })
+        .execute();
+      await db
+        .insertInto('deployment_plans')
+        .values({
+          name: 'rollout',
+          fleet_name: 'plant-a',
+          model_configs: '[]',
+          options: '{}',
+          tags: '[]',
+          created_at: at,
+          updated_at: at,
+        })
+        .execute();
+      await db
+        .insertInto('deployment_stages')
+        .values({
+          plan_name: 'rollout',
+          name: 'canary',
+          position: 0,
+          selection: '{}',
+          failure_policy: '{}',
+          status: 'STOPPING',
+          status_message: 'stopped by an operator',
+          started_at: at,
+          ended_at: null,
+          updated_at: at,
+        })
+        .execute();
+      const target = (device: string, status: string, message: string | null) => ({
+        plan_name: 'rollout',
+        device_name: device,
+        stage_name: 'canary',
+        fleet_name: 'plant-a',
+        status,
+        status_message: message,
+        attempts: 0,
+        result_digest: null,
+        started_at: null,
+        ended_at: at,
+        updated_at: at,
+      });
+      // What 0019's writers left: each way a device was stopped, one STOPPED row without a message (an older
+      // version's; it was counted "not started"), and a failed device, which gets no reason.
+      await db
+        .insertInto('deployment_targets')
+        .values([
+          target('cam-aborted', 'STOPPED', 'not started: the stage was aborted'),
+          target('cam-cancelled', 'STOPPED', 'cancelled by an operator'),
+          target('cam-deregistered', 'STOPPED', 'cancelled: device cam-deregistered was deregistered'),
+          target('cam-failed', 'FAILED', 'cancelled the update: no disk space'),
+          target('cam-old', 'STOPPED', null),
+          target('cam-stopped', 'STOPPED', 'not started: the stage was stopped'),
+        ])
+        .execute();
+
+      await migrateToLatest(db);
+      const rows = await db
+        .selectFrom('deployment_targets')
+        .select(['device_name', 'stop_reason', 'status_message'])
+        .orderBy('device_name')
+        .execute();
+      expect(rows.map((r) => [r.device_name, r.stop_reason])).toEqual([
+        ['cam-aborted', 'stage-aborted'],
+        ['cam-cancelled', 'cancelled'],
+        ['cam-deregistered', 'deregistered'],
+        ['cam-failed', null],
+        ['cam-old', 'stage-stopped'],
+        ['cam-stopped', 'stage-stopped'],
+      ]);
+      // Messages are kept as they were.
+      expect(rows.find((r) => r.device_name === 'cam-cancelled')?.status_message).toBe(
+        'cancelled by an operator',
+      );
+    },
+  );
+
   it.skipIf(!fixture.available)('refuses an unknown target migration by name', async () => {
     const { db } = await open();
     await expect(migrateTo(db, '9999_nope')).rejects.toThrow(
