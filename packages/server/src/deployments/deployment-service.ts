@@ -10,6 +10,7 @@ import {
   containsLoosely,
   isForeignKeyViolation,
   isUniqueViolation,
+  laterOf,
   type DatabaseSchema,
 } from '../storage/index.js';
 import {
@@ -205,7 +206,7 @@ export class DeploymentService implements DevicePackageAccess {
       // takes its single write lock before anything is read. So the count below cannot be stale.
       const touched = await trx
         .updateTable('deployment_plans')
-        .set({ updated_at: at })
+        .set({ updated_at: laterOf('updated_at', at) })
         .where('name', '=', planName)
         .executeTakeFirst();
       if (Number(touched.numUpdatedRows) === 0)
@@ -322,7 +323,7 @@ export class DeploymentService implements DevicePackageAccess {
         .updateTable('deployment_stages')
         .set({
           status: to,
-          updated_at: at,
+          updated_at: laterOf('updated_at', at),
           status_message: 'stopped by an operator',
           ...(to === 'STOPPED' && { ended_at: at }),
         })
@@ -375,7 +376,7 @@ export class DeploymentService implements DevicePackageAccess {
           stop_reason: 'cancelled' satisfies StopReason,
           status_message: 'cancelled by an operator',
           ended_at: at,
-          updated_at: at,
+          updated_at: laterOf('updated_at', at),
         })
         .where('plan_name', '=', planName)
         .where('device_name', '=', deviceName)
@@ -448,7 +449,7 @@ export class DeploymentService implements DevicePackageAccess {
     if (!checked.success) throw invalid(`deployment plan tags: ${oneLine(checked.error)}`);
     const result = await this.db
       .updateTable('deployment_plans')
-      .set({ tags: JSON.stringify(checked.data), updated_at: this.now() })
+      .set({ tags: JSON.stringify(checked.data), updated_at: laterOf('updated_at', this.now()) })
       .where('name', '=', planName)
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) === 0)
@@ -656,7 +657,7 @@ export class DeploymentService implements DevicePackageAccess {
             .set({
               status: retry ? 'READYTODEPLOY' : 'FAILED',
               status_message: message,
-              updated_at: at,
+              updated_at: laterOf('updated_at', at),
               ...(!retry && { ended_at: at }),
             })
             .where('plan_name', '=', stage.plan_name)

@@ -5,7 +5,7 @@
  * for them.
  */
 import type { Transaction } from 'kysely';
-import type { DatabaseSchema } from '../storage/index.js';
+import { laterOf, type DatabaseSchema } from '../storage/index.js';
 import type { StopReason } from './deployment-schemas.js';
 import { PENDING_DEVICE, recordEvent, settleStage } from './stage-progress.js';
 
@@ -34,7 +34,7 @@ export async function stopDeregisteredDeviceTargets(
         stop_reason: 'deregistered' satisfies StopReason,
         status_message: message,
         ended_at: now,
-        updated_at: now,
+        updated_at: laterOf('updated_at', now),
       })
       .where('plan_name', '=', target.plan_name)
       .where('device_name', '=', device.name)

@@ -13,7 +13,7 @@
 import { packageUrlOf, type EdgeDeployment, type GetDeploymentsResult } from '@edgefleet/core';
 import type { Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import { laterOf, type DatabaseSchema } from '../storage/index.js';
 import {
   storedDeviceSelectionSchema,
   modelConfigSchema,
@@ -172,7 +172,7 @@ export async function desiredDeployments(
         attempts: eb('attempts', '+', 1),
         started_at: now,
         status_message: null,
-        updated_at: now,
+        updated_at: laterOf('updated_at', now),
       }))
       .where('device_name', '=', device.deviceName)
       .where('plan_name', 'in', taken)

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import type { DeploymentResult } from '@edgefleet/core';
 import type { Transaction } from 'kysely';
 import { lastDeploymentResults } from '../devices/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import { laterOf, type DatabaseSchema } from '../storage/index.js';
 import { classifyResult, isStaleProgress } from './result-outcome.js';
 import { planOptions, recordEvent } from './stage-progress.js';
 
@@ -112,7 +112,7 @@ export async function applyResults(
               status_message: outcome.message,
               result_digest: digest,
               ended_at: at,
-              updated_at: at,
+              updated_at: laterOf('updated_at', at),
             })
             .execute(),
         ))
@@ -121,7 +121,13 @@ export async function applyResults(
     } else if (outcome.kind === 'progress') {
       if (
         !(await updated(
-          where.set({ status_message: outcome.message, result_digest: digest, updated_at: at }).execute(),
+          where
+            .set({
+              status_message: outcome.message,
+              result_digest: digest,
+              updated_at: laterOf('updated_at', at),
+            })
+            .execute(),
         ))
       )
         continue;
@@ -133,7 +139,12 @@ export async function applyResults(
         const message = `attempt ${row.attempts} failed: ${outcome.message}; retrying (${retriesLeft} attempt(s) left)`;
         const retried = await updated(
           where
-            .set({ status: 'READYTODEPLOY', status_message: message, result_digest: digest, updated_at: at })
+            .set({
+              status: 'READYTODEPLOY',
+              status_message: message,
+              result_digest: digest,
+              updated_at: laterOf('updated_at', at),
+            })
             .execute(),
         );
         if (!retried) continue;
@@ -152,7 +163,7 @@ export async function applyResults(
               status_message: message,
               result_digest: digest,
               ended_at: at,
-              updated_at: at,
+              updated_at: laterOf('updated_at', at),
             })
             .execute(),
         );

@@ -7,7 +7,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
 import { conflict } from '../errors/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import { laterOf, type DatabaseSchema } from '../storage/index.js';
 import {
   storedDeviceSelectionSchema,
   planOptionsSchema,
@@ -186,7 +186,12 @@ export async function startStage(
   }
   const started = await trx
     .updateTable('deployment_stages')
-    .set({ status: 'INPROGRESS', started_at: now, updated_at: now, status_message: null })
+    .set({
+      status: 'INPROGRESS',
+      started_at: now,
+      updated_at: laterOf('updated_at', now),
+      status_message: null,
+    })
     .where('plan_name', '=', planName)
     .where('name', '=', stageName)
     .where('status', '=', 'READYTODEPLOY')
@@ -256,7 +261,13 @@ export async function stopUnstartedDevices(
     reason === 'stage-stopped' ? 'not started: the stage was stopped' : 'not started: the stage was aborted';
   await db
     .updateTable('deployment_targets')
-    .set({ status: 'STOPPED', stop_reason: reason, status_message: message, ended_at: now, updated_at: now })
+    .set({
+      status: 'STOPPED',
+      stop_reason: reason,
+      status_message: message,
+      ended_at: now,
+      updated_at: laterOf('updated_at', now),
+    })
     .where('plan_name', '=', planName)
     .where('stage_name', '=', stageName)
     .where('status', '=', 'READYTODEPLOY')
@@ -305,7 +316,7 @@ export async function settleStage(
   const setStage = async (from: StageStatus, to: StageStatus, message: string | null) => {
     const result = await trx
       .updateTable('deployment_stages')
-      .set({ status: to, status_message: message, ended_at: now, updated_at: now })
+      .set({ status: to, status_message: message, ended_at: now, updated_at: laterOf('updated_at', now) })
       .where('plan_name', '=', planName)
       .where('name', '=', stageName)
       .where('status', '=', from)

@@ -20,6 +20,7 @@ export {
 } from './migrations.js';
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
 export { containsIgnoringCase, containsLoosely } from './filters.js';
+export { laterOf } from './later-of.js';
 export { claimServerSetting } from './server-settings.js';
 export {
   DATABASE_IN_USE_EXIT_CODE,
