@@ -102,7 +102,37 @@ function issuedBy(cert: ParsedCertificate, issuer: ParsedCertificate): boolean {
   }
 }
 
+/** Most certificates the verifier takes from a bundle for a path to a trusted root (the signer's included). */
 const MAX_CHAIN_LENGTH = 8;
+
+/**
+ * The path the verifier checks: the signing certificate (`chain[0]`), then certificates of `chain` (in any
+ * order) each issuing the one before, up to the first trusted root that issued the last (`anchor`). No anchor:
+ * no path of at most MAX_CHAIN_LENGTH certificates leads to one of `roots`, and `path` ends where it stopped.
+ * It checks nothing more (constraints, validity, usage: verifyCertificateChain); exported so that what reports
+ * on a chain (the server's trust facts) follows the path the verifier checks, bound included.
+ */
+export function certificatePath(
+  chain: readonly ParsedCertificate[],
+  roots: readonly ParsedCertificate[],
+): { path: ParsedCertificate[]; anchor?: ParsedCertificate } {
+  const leaf = chain[0];
+  if (!leaf) return { path: [] };
+  const path: ParsedCertificate[] = [leaf];
+  for (;;) {
+    const current = path[path.length - 1] as ParsedCertificate;
+    const anchor = roots.find((r) => issuedBy(current, r));
+    if (anchor) return { path, anchor };
+    const next = chain.find((c) => !path.includes(c) && issuedBy(current, c));
+    if (!next || path.length >= MAX_CHAIN_LENGTH) return { path };
+    path.push(next);
+  }
+}
+
+/** How the verifier names the certificate at `index` of a path of `length` certificates, root included. */
+export function pathRole(index: number, length: number): string {
+  return index === 0 ? 'signing certificate' : index === length - 1 ? 'root' : 'intermediate';
+}
 
 /**
  * Validates a signing certificate chain (leaf first, then any intermediates, in any order) against trusted
@@ -125,27 +155,20 @@ export function verifyCertificateChain(
     );
 
   // Build the path leaf → … → root from the bundle's certificates; stop at the first trusted root.
-  const path: ParsedCertificate[] = [leaf];
-  let anchor: ParsedCertificate | undefined;
-  for (;;) {
+  const { path, anchor } = certificatePath(chain, roots);
+  if (!anchor) {
     const current = path[path.length - 1] as ParsedCertificate;
-    anchor = roots.find((r) => issuedBy(current, r));
-    if (anchor) break;
-    const next = chain.find((c) => !path.includes(c) && issuedBy(current, c));
-    if (!next || path.length >= MAX_CHAIN_LENGTH)
-      throw new PackageVerificationError(
-        'untrusted-chain',
-        `the certificate chain in model.sig does not lead to a trusted root: ${current.subject} was issued by ` +
-          `${current.issuer}, which is neither in the bundle nor one of the ${roots.length} trusted root(s) ` +
-          `(${roots.map((r) => r.subject).join('; ')})`,
-        { path: 'model.sig', certificate: current.subject },
-      );
-    path.push(next);
+    throw new PackageVerificationError(
+      'untrusted-chain',
+      `the certificate chain in model.sig does not lead to a trusted root: ${current.subject} was issued by ` +
+        `${current.issuer}, which is neither in the bundle nor one of the ${roots.length} trusted root(s) ` +
+        `(${roots.map((r) => r.subject).join('; ')})`,
+      { path: 'model.sig', certificate: current.subject },
+    );
   }
 
   const all = [...path, anchor];
-  const role = (i: number) =>
-    i === 0 ? 'signing certificate' : i === all.length - 1 ? 'root' : 'intermediate';
+  const role = (i: number) => pathRole(i, all.length);
 
   for (const [i, cert] of all.entries()) {
     const fault = { path: 'model.sig', certificate: cert.subject };

@@ -21,6 +21,8 @@ export type {
   LoadSignerOptions,
 } from './sign.js';
 export { verifyPackage } from './verify.js';
+export { certificatePath, parseCertificate, pathRole } from './certificates.js';
+export type { ParsedCertificate } from './certificates.js';
 export type { VerifiedSignature, VerifyPackageOptions } from './verify.js';
 export { loadTrustFolder, TrustPolicySchema } from './trust.js';
 export type { TrustPolicy } from './trust.js';

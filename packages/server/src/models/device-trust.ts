@@ -2,8 +2,11 @@ import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
+  certificatePath,
   openModelPackage,
   PackageVerificationError,
+  parseCertificate,
+  pathRole,
   SIGNATURE_FILE,
   UnsupportedFileError,
   type PackageVerificationReason,
@@ -73,7 +76,9 @@ export type DeviceTrustFacts = z.infer<typeof deviceTrustFactsSchema>;
 /**
  * Checks an extracted package as deviceTrustWarning does (the upload's `warning`, at `now`), and answers the
  * facts to keep. A package refused at `now` only for its certificates' time is checked again at a time inside
- * their validity, so the kept warning is what stays true at any time.
+ * their validity, so the kept warning is what stays true at any time; when there is no such time (its
+ * certificates are never all valid at once), no warning is kept for it: deviceTrustWarningAt says, at its own
+ * time, which certificate is not valid yet or has expired then.
  */
 export async function checkDeviceTrust(
   dir: string,
@@ -81,19 +86,19 @@ export async function checkDeviceTrust(
   rootPem: string,
   now: Date,
 ): Promise<{ facts: DeviceTrustFacts; warning?: string }> {
-  const warning = await deviceTrustWarning(dir, input, rootPem, now);
+  const checked = await trustCheck(dir, input, rootPem, now);
   const root = new X509Certificate(rootPem);
   const chain = await chainToRoot(dir, root);
-  let timeless = warning;
-  if (chain !== undefined && timeFault(chain, now) !== undefined) {
+  let timeless = checked.warning;
+  if (chain !== undefined && checked.reason !== undefined && TIME_REASONS.has(checked.reason)) {
     const from = Math.max(...chain.map((c) => c.notBefore));
-    // (No time when all are valid: never valid, so the warning at `now` stays true.)
-    if (from <= Math.min(...chain.map((c) => c.notAfter))) {
-      timeless = await deviceTrustWarning(dir, input, rootPem, new Date(from)).catch((error: unknown) => {
-        if (error instanceof DomainError) return error.message;
-        throw error;
-      });
-    }
+    timeless =
+      from <= Math.min(...chain.map((c) => c.notAfter))
+        ? await deviceTrustWarning(dir, input, rootPem, new Date(from)).catch((error: unknown) => {
+            if (error instanceof DomainError) return error.message;
+            throw error;
+          })
+        : undefined;
   }
   return {
     facts: {
@@ -101,9 +106,15 @@ export async function checkDeviceTrust(
       ...(timeless !== undefined && { warning: timeless }),
       ...(chain !== undefined && { chain }),
     },
-    ...(warning !== undefined && { warning }),
+    ...(checked.warning !== undefined && { warning: checked.warning }),
   };
 }
+
+/** The verifier's refusals for a certificate's time: what a check at another time may not repeat. */
+const TIME_REASONS: ReadonlySet<PackageVerificationReason> = new Set([
+  'certificate-expired',
+  'certificate-not-yet-valid',
+]);
 
 /** The verifier's time check (certificates.ts): the first certificate, signer first, not valid at `now`. */
 function timeFault(chain: z.infer<typeof chainCertificateSchema>[], now: Date): string | undefined {
@@ -155,9 +166,19 @@ export async function deviceTrustWarning(
   rootPem: string,
   now: Date,
 ): Promise<string | undefined> {
+  return (await trustCheck(dir, input, rootPem, now)).warning;
+}
+
+/** deviceTrustWarning's check, with the verifier's reason for the refusal the warning is about. */
+async function trustCheck(
+  dir: string,
+  input: { name: string; version: string },
+  rootPem: string,
+  now: Date,
+): Promise<{ warning?: string; reason?: PackageVerificationReason }> {
   try {
     await openModelPackage(dir, { trust: { rootCertificatesPem: [rootPem] }, now });
-    return undefined;
+    return {};
   } catch (error) {
     // (What the verifier refuses; anything else is not the package's fault and is not hidden as advice.)
     if (!(error instanceof PackageVerificationError || error instanceof UnsupportedFileError)) throw error;
@@ -165,11 +186,12 @@ export async function deviceTrustWarning(
     const trusted = describeRoot(root);
     const pkg = `package ${input.name} ${input.version}`;
     const reason = error instanceof PackageVerificationError ? error.reason : 'file-unsupported';
+    const refused = (warning: string) => ({ warning, reason });
     if (reason === 'bundle-missing') {
-      return (
+      return refused(
         `${pkg} is not signed: devices enrolled by this server require a signature that leads to ${trusted} ` +
-        "and will refuse it; sign it under that root (edgefleet package sign with the server's signing key " +
-        'and certificate)'
+          "and will refuse it; sign it under that root (edgefleet package sign with the server's signing key " +
+          'and certificate)',
       );
     }
     // The verifier's reason names files by path: the server's scratch folder is not the client's business.
@@ -185,27 +207,29 @@ export async function deviceTrustWarning(
     const refuse = `devices enrolled by this server will refuse ${pkg}: ${why}.`;
     switch (reason) {
       case 'untrusted-key':
-        return (
+        return refused(
           `${refuse} It is signed with a key, and devices trust only the public keys and roots in their ` +
-          'root-certs folder (sagemaker_edge_core_root_certs_path); to deploy it, add the public key of its ' +
-          `signer (PEM) there, or sign it under ${trusted}`
+            'root-certs folder (sagemaker_edge_core_root_certs_path); to deploy it, add the public key of its ' +
+            `signer (PEM) there, or sign it under ${trusted}`,
         );
       case 'certificate-expired':
       case 'certificate-not-yet-valid':
-        return `${refuse}${TIME_ADVICE}`;
+        return refused(`${refuse}${TIME_ADVICE}`);
       case 'certificate-not-code-signing':
-        return (
+        return refused(
           `${refuse} Sign it with a code-signing certificate (keyUsage digitalSignature, extendedKeyUsage ` +
-          `codeSigning) under ${trusted}`
+            `codeSigning) under ${trusted}`,
         );
       default:
         if (await issuedUnder(dir, root)) {
           // The chain reaches the server's root, but a link in it is not a valid CA (or is otherwise unusable).
-          return `${refuse} Its certificate chain leads to ${trusted} but is not valid; sign it again with the server's signing certificate`;
+          return refused(
+            `${refuse} Its certificate chain leads to ${trusted} but is not valid; sign it again with the server's signing certificate`,
+          );
         }
-        return (
+        return refused(
           `${refuse} They trust ${trusted}; to deploy this package, add the root of its signer to their ` +
-          "root-certs folder (sagemaker_edge_core_root_certs_path), or sign it under the server's root"
+            "root-certs folder (sagemaker_edge_core_root_certs_path), or sign it under the server's root",
         );
     }
   }
@@ -248,34 +272,28 @@ async function issuedUnder(dir: string, root: X509Certificate): Promise<boolean>
   return (await bundleCertificates(dir)).some((certificate) => issuedBy(certificate, root));
 }
 
-// As the verifier's bound on a chain's length.
-const MAX_CHAIN_LENGTH = 10;
-
 /**
- * The chain from model.sig's signing certificate to `root` (root included), in the verifier's order, with
- * each certificate's validity; undefined when no chain leads there.
+ * The chain from model.sig's signing certificate to `root` (root included), the path the verifier builds (core's
+ * certificatePath, its bound included), with each certificate's validity and the verifier's name for it;
+ * undefined when no path leads there.
  */
 async function chainToRoot(
   dir: string,
   root: X509Certificate,
 ): Promise<z.infer<typeof chainCertificateSchema>[] | undefined> {
-  const certificates = await bundleCertificates(dir);
-  const leaf = certificates[0];
-  if (leaf === undefined) return undefined;
-  const chain = [leaf];
-  for (;;) {
-    const current = chain[chain.length - 1] as X509Certificate;
-    if (issuedBy(current, root)) break;
-    const next = certificates.find((c) => !chain.includes(c) && issuedBy(current, c));
-    if (next === undefined || chain.length >= MAX_CHAIN_LENGTH) return undefined;
-    chain.push(next);
-  }
-  const all = [...chain, root];
-  const role = (i: number) =>
-    i === 0 ? 'signing certificate' : i === all.length - 1 ? 'root' : 'intermediate';
+  const certificates = (await bundleCertificates(dir)).flatMap((certificate) => {
+    try {
+      return [parseCertificate(certificate.raw)];
+    } catch {
+      return [];
+    }
+  });
+  const { path: found, anchor } = certificatePath(certificates, [parseCertificate(root.raw)]);
+  if (anchor === undefined) return undefined;
+  const all = [...found, anchor];
   return all.map((certificate, i) => ({
-    certificate: `${role(i)} ${oneLine(certificate.subject)}`,
-    notBefore: Date.parse(certificate.validFrom),
-    notAfter: Date.parse(certificate.validTo),
+    certificate: `${pathRole(i, all.length)} ${certificate.subject}`,
+    notBefore: certificate.notBefore.getTime(),
+    notAfter: certificate.notAfter.getTime(),
   }));
 }

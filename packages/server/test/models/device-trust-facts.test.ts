@@ -7,6 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
+  createIntermediateCa,
   createModelPackage,
   createRootCa,
   issueCodeSigningCertificate,
@@ -32,7 +33,11 @@ beforeAll(async () => {
 });
 afterAll(() => rm(work, { recursive: true, force: true }));
 
-async function signedPackage(name: string, signer: { privateKeyPem: string; certificatePem: string }) {
+async function signedPackage(
+  name: string,
+  signer: { privateKeyPem: string; certificatePem: string },
+  intermediatesPem: string[] = [],
+) {
   const built = await createModelPackage({
     modelPath: onnx,
     name,
@@ -42,7 +47,7 @@ async function signedPackage(name: string, signer: { privateKeyPem: string; cert
   await signPackage(built.dir, {
     method: 'certificate',
     privateKeyPem: signer.privateKeyPem,
-    certificateChainPem: [signer.certificatePem],
+    certificateChainPem: [signer.certificatePem, ...intermediatesPem],
   });
   return built.dir;
 }
@@ -108,6 +113,76 @@ describe('the trust facts an upload keeps', () => {
     expect(timeless).toMatch(/may not sign code/);
     expect(checked.facts.warning).toBe(timeless);
     expect(deviceTrustWarningAt(checked.facts, input2, root.certificatePem, inside)).toBe(timeless);
+  });
+
+  it('of a chain never valid at one time say, at each later time, which certificate is at fault then', async () => {
+    const now = Date.now();
+    // Signed by a certificate whose validity begins after the root's ends: refused at any time, for one
+    // certificate's time or the other's. Before the fix the upload's refusal was kept as it was at upload
+    // ("not valid until …, now is <upload time>"), and said even once the signing certificate was valid.
+    const rootEnds = now - 10 * DAY + 30 * DAY;
+    const signer = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'Too-late signer',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+      notBefore: new Date(rootEnds + 5 * DAY),
+      notAfter: new Date(rootEnds + 10 * DAY),
+    });
+    const dir = await signedPackage('never', signer);
+    const input = { name: 'never', version: '1' };
+    const { facts, warning } = await checkDeviceTrust(dir, input, root.certificatePem, new Date(now));
+    expect(warning).toMatch(/signing certificate CN=Too-late signer is not valid until/);
+    expect(facts.warning).toBeUndefined();
+    for (const at of [now, rootEnds + 7 * DAY, now - DAY]) {
+      const fromFacts = deviceTrustWarningAt(facts, input, root.certificatePem, new Date(at));
+      expect(fromFacts).toBe(await deviceTrustWarning(dir, input, root.certificatePem, new Date(at)));
+      expect(fromFacts).toContain(`(now is ${new Date(at).toISOString()})`);
+    }
+    expect(deviceTrustWarningAt(facts, input, root.certificatePem, new Date(rootEnds + 7 * DAY))).toMatch(
+      /root CN=Trust facts root expired at/,
+    );
+  });
+
+  it("keep no chain where the verifier's bound on a path's length finds none", async () => {
+    // The signer under seven intermediates is a path of eight certificates below the root, the verifier's
+    // most; under eight, the verifier finds no path (before the fix the facts kept one, built with a bound of 10).
+    const underIntermediates = async (count: number) => {
+      const cas = [];
+      let issuer = root;
+      for (let i = 0; i < count; i += 1) {
+        issuer = createIntermediateCa({
+          issuer,
+          commonName: `Intermediate ${count}-${i}`,
+          validityDays: 10,
+          keyType: 'ecdsa-p256',
+        });
+        cas.push(issuer);
+      }
+      const signer = issueCodeSigningCertificate({
+        issuer,
+        commonName: `Signer under ${count}`,
+        validityDays: 1,
+        keyType: 'ecdsa-p256',
+      });
+      const name = `deep-${count}`;
+      const dir = await signedPackage(
+        name,
+        signer,
+        cas.map((ca) => ca.certificatePem),
+      );
+      return checkDeviceTrust(dir, { name, version: '1' }, root.certificatePem, new Date());
+    };
+    const within = await underIntermediates(7);
+    expect(within.warning).toBeUndefined();
+    expect(within.facts.chain?.map((c) => c.certificate.split(' ')[0])).toEqual([
+      'signing',
+      ...Array<string>(7).fill('intermediate'),
+      'root',
+    ]);
+    const beyond = await underIntermediates(8);
+    expect(beyond.warning).toMatch(/does not lead to a trusted root/);
+    expect(beyond.facts.chain).toBeUndefined();
   });
 
   it('say so when the server now trusts another root', async () => {
