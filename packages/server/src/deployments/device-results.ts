@@ -8,7 +8,7 @@ import type { DeploymentResult } from '@edgefleet/core';
 import type { Transaction } from 'kysely';
 import { lastDeploymentResults } from '../devices/index.js';
 import { laterOf, type DatabaseSchema } from '../storage/index.js';
-import { classifyResult, isStaleProgress } from './result-outcome.js';
+import { classifyResult, isProgressOfEndedAttempt } from './result-outcome.js';
 import { planOptions, recordEvent } from './stage-progress.js';
 
 export { classifyResult, type ResultOutcome } from './result-outcome.js';
@@ -76,9 +76,13 @@ export async function applyResults(
     .execute();
   const keyOf = (plan: string, device: string, fleet: string) => `${plan}\u0000${device}\u0000${fleet}`;
   const byKey = new Map(rows.map((row) => [keyOf(row.plan_name, row.device_name, row.fleet_name), row]));
-  // A progress report that the device's kept final result of the same attempt outranks is stale (a heartbeat
-  // written after the device's result call): it must not put "in progress" on a DEPLOYED target's message,
-  // nor on a failed attempt's "retrying" one.
+  // A progress report is news only for a target the device holds now (INPROGRESS: the server handed it an
+  // attempt that has not ended). Any other status says the attempt it reports on has ended, whatever start time
+  // it carries (a heartbeat written after the device's result call): it must not put "in progress" on a
+  // DEPLOYED target's message, nor on a failed attempt's "retrying" one. On an INPROGRESS target it is stale
+  // only when it carries the start time of the attempt the device's kept final result ended (the device took
+  // the retry since); without start times the device holds an attempt, so it is that attempt's news (a HELD
+  // must reach the target, or the timeout sweep fails a device that waits by design).
   const progress = named.filter((r) => classifyResult(r.result).kind === 'progress');
   const kept = await lastDeploymentResults(trx, progress);
   const touched = new Map<string, { plan: string; stage: string }>();
@@ -89,7 +93,11 @@ export async function applyResults(
     const digest = digestOf(report.result);
     if (row.result_digest === digest) continue;
     const outcome = classifyResult(report.result);
-    if (outcome.kind === 'progress' && isStaleProgress(kept.get(report.deviceName), report.result)) continue;
+    if (
+      outcome.kind === 'progress' &&
+      (row.status !== 'INPROGRESS' || isProgressOfEndedAttempt(kept.get(report.deviceName), report.result))
+    )
+      continue;
     const at = report.receivedAt;
     const where = trx
       .updateTable('deployment_targets')

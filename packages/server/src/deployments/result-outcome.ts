@@ -88,29 +88,57 @@ export function classifyResult(result: DeploymentResult): ResultOutcome {
 }
 
 /**
- * True when `incoming` is a progress report (INPROGRESS, HELD, …) of the deployment attempt that `stored`
- * already ended (a success or failure of the same DeploymentName and DeploymentStartTime; both absent
- * counts as the same). Such a report is stale: the agent's heartbeat loop and its result call are not
- * ordered, so a heartbeat built while the update ran can be written after the final result, and the agent
- * never repeats a result it has reported. `stored` is the device's last result as kept (JSON text or
- * parsed); anything that does not parse as a result outranks nothing.
+ * True when `incoming` is a progress report (INPROGRESS, HELD, …) that must not replace `stored`, the device's
+ * last result as kept (JSON text or parsed): a success or failure of the same DeploymentName that the report
+ * cannot be shown to be newer than. The agent's heartbeat loop and its result call are not ordered, so a
+ * heartbeat built while the update ran can be written after the final result, and the agent never repeats a
+ * result it has reported. Only DeploymentStartTime tells attempts apart, and EdgeFleet's agent sends it on
+ * every result, progress and final: when both carry one, a different one is a new attempt's report. When
+ * either lacks it (another Edge Manager client; the member is optional), the two cannot be told apart, and the
+ * final result stays: dropping a new attempt's progress only delays what that attempt's final result will
+ * show, while keeping a stale progress report would show the device under way until its next deployment.
+ * (A target row needs none of this: the server knows which attempt it handed out; see device-results.ts.)
+ * Anything that does not parse as a result outranks nothing.
  */
 export function isStaleProgress(stored: unknown, incoming: DeploymentResult): boolean {
   if (classifyResult(incoming).kind !== 'progress') return false;
+  const final = storedFinalResult(stored);
+  if (final === undefined || final.DeploymentName !== incoming.DeploymentName) return false;
+  return !(
+    final.DeploymentStartTime !== undefined &&
+    incoming.DeploymentStartTime !== undefined &&
+    final.DeploymentStartTime !== incoming.DeploymentStartTime
+  );
+}
+
+/**
+ * True when `incoming` is a progress report of the very attempt that `stored` (the device's kept result) ended:
+ * both carry the same DeploymentName and DeploymentStartTime. Without a start time on both, false: nothing
+ * shows it to be that attempt's.
+ */
+export function isProgressOfEndedAttempt(stored: unknown, incoming: DeploymentResult): boolean {
+  if (classifyResult(incoming).kind !== 'progress') return false;
+  const final = storedFinalResult(stored);
+  return (
+    final !== undefined &&
+    final.DeploymentName === incoming.DeploymentName &&
+    final.DeploymentStartTime !== undefined &&
+    final.DeploymentStartTime === incoming.DeploymentStartTime
+  );
+}
+
+/** The kept result when it is a final one (success or failure); undefined for progress or what does not parse. */
+function storedFinalResult(stored: unknown): DeploymentResult | undefined {
   let value = stored;
   if (typeof stored === 'string') {
     try {
       value = JSON.parse(stored);
     } catch {
-      return false;
+      return undefined;
     }
   }
   const parsed = storedResultSchema.safeParse(value);
-  if (!parsed.success) return false;
+  if (!parsed.success) return undefined;
   const final = parsed.data as DeploymentResult;
-  return (
-    final.DeploymentName === incoming.DeploymentName &&
-    final.DeploymentStartTime === incoming.DeploymentStartTime &&
-    classifyResult(final).kind !== 'progress'
-  );
+  return classifyResult(final).kind === 'progress' ? undefined : final;
 }

@@ -75,8 +75,8 @@ export async function deviceCountsByFleet(db: Executor, fleetNames: string[]): P
  * Records the state of many heartbeats in the caller's transaction: one UPDATE … FROM (VALUES …) for the
  * whole batch, a device's last heartbeat in it winning (a statement per device would cost a round trip each
  * on PostgreSQL); each device's last model list replaces what it had. A progress result (INPROGRESS, HELD)
- * never replaces a final result of the same attempt (isStaleProgress): the device's own result call may
- * have stored that while this heartbeat waited to be written.
+ * never replaces a final result of the same deployment unless its start time shows a newer attempt
+ * (isStaleProgress): the device's own result call may have stored that while this heartbeat waited to be written.
  */
 export async function recordHeartbeatStates(
   trx: Transaction<DatabaseSchema>,

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { classifyResult } from '../../src/deployments/device-results.js';
+import { isProgressOfEndedAttempt, isStaleProgress } from '../../src/deployments/result-outcome.js';
 
 describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
   const failedModel = {
@@ -120,5 +121,40 @@ describe('classifyResult (a DeploymentResult as the agent sends it)', () => {
         DeploymentModels: [{ ...failedModel, FailedAfterSwitch: false }],
       }),
     ).toMatchObject({ kind: 'failure', afterSwitch: false });
+  });
+});
+
+describe('which progress reports a kept final result outranks', () => {
+  const final = (start?: number) =>
+    JSON.stringify({
+      DeploymentName: 'p',
+      DeploymentStatus: 'SUCCESS',
+      ...(start !== undefined && { DeploymentStartTime: start }),
+    });
+  const progress = (start?: number, name = 'p') => ({
+    DeploymentName: name,
+    DeploymentStatus: 'INPROGRESS',
+    ...(start !== undefined && { DeploymentStartTime: start }),
+  });
+
+  it("on the device's row: stale unless both start times are there and differ, or it is another deployment", () => {
+    expect(isStaleProgress(final(100), progress(100))).toBe(true);
+    expect(isStaleProgress(final(100), progress(160))).toBe(false);
+    // Without a start time on either, nothing shows it newer: the final result stays (before: kept only when
+    // both lacked one).
+    expect(isStaleProgress(final(), progress())).toBe(true);
+    expect(isStaleProgress(final(100), progress())).toBe(true);
+    expect(isStaleProgress(final(), progress(100))).toBe(true);
+    expect(isStaleProgress(final(100), progress(100, 'q'))).toBe(false);
+    expect(isStaleProgress(JSON.stringify(progress(100)), progress(100))).toBe(false);
+    expect(isStaleProgress('not json', progress(100))).toBe(false);
+  });
+
+  it("on an INPROGRESS target: only a report carrying the ended attempt's start time", () => {
+    expect(isProgressOfEndedAttempt(final(100), progress(100))).toBe(true);
+    expect(isProgressOfEndedAttempt(final(100), progress(160))).toBe(false);
+    expect(isProgressOfEndedAttempt(final(), progress())).toBe(false);
+    expect(isProgressOfEndedAttempt(final(100), progress())).toBe(false);
+    expect(isProgressOfEndedAttempt(final(), progress(100))).toBe(false);
   });
 });

@@ -13,6 +13,7 @@
 import type { DeploymentResult } from '@edgefleet/core';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DeploymentService } from '../../src/deployments/index.js';
 import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
@@ -151,6 +152,104 @@ describe.each(engines)('a stale progress heartbeat on $engine', (fixture) => {
       // Another attempt (another start time) is news: its progress replaces the old final result.
       await heartbeat(camA, 'cam-a', { ...progress, DeploymentStartTime: STARTED + 60 });
       expect((await described()).deploymentResult).toMatchObject({ DeploymentStatus: 'INPROGRESS' });
+    },
+  );
+
+  /**
+   * Reports without DeploymentStartTime (optional in the API; another Edge Manager client) cannot be told
+   * apart by attempt. The target is judged by what the server handed out instead: progress is news only while
+   * the device holds an attempt (INPROGRESS). Before, a kept final result of the same name outranked any
+   * progress without a start time, so the retry's HELD was dropped and the sweep timed out a device that
+   * waits by design.
+   */
+  it.skipIf(!fixture.available)(
+    'without start times: a target takes progress only while the device holds an attempt, in either order',
+    async () => {
+      await register('fa', ['cam-c']);
+      const camC = await enrollDevice(t, 'cam-c');
+      expect(
+        (
+          await admin('POST', '/api/v1/deployment-plans', {
+            name: 'nostart',
+            fleetName: 'fa',
+            modelConfigs: [{ modelHandle: 'h', state: 'UNDEPLOY' }],
+            options: { maxRetries: 1 },
+            stages: [{ name: 's1', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['cam-c'] } }],
+          })
+        ).status,
+      ).toBe(201);
+      expect((await admin('POST', '/api/v1/deployment-plans/nostart/stages/s1/start')).status).toBe(200);
+      const take = async () =>
+        expect(
+          (
+            await deviceCall(t.server.deviceUrl, camC.tls, 'POST', '/api/v1/device/deployments', {
+              body: identity('cam-c'),
+            })
+          ).status,
+        ).toBe(200);
+      const postResult = async (result: DeploymentResult) =>
+        expect(
+          (
+            await deviceCall(t.server.deviceUrl, camC.tls, 'POST', '/api/v1/device/deployments/result', {
+              body: { ...identity('cam-c'), DeploymentResult: result },
+            })
+          ).status,
+        ).toBe(200);
+      const target = async () =>
+        (
+          (await t.call('GET', '/api/v1/deployment-plans/nostart/stages/s1/devices', { token: t.readToken }))
+            .body as { devices: { status: string; statusMessage?: string; attempts: number }[] }
+        ).devices[0];
+      const deviceResult = async () =>
+        (
+          (await t.call('GET', '/api/v1/devices/cam-c', { token: t.readToken })).body as {
+            deploymentResult?: { DeploymentStatus?: string };
+          }
+        ).deploymentResult?.DeploymentStatus;
+      const progress = (status: string, message: string): DeploymentResult => ({
+        DeploymentName: 'nostart',
+        DeploymentStatus: status,
+        DeploymentStatusMessage: message,
+      });
+
+      // Progress, then the final result: each is news.
+      await take();
+      await heartbeat(camC, 'cam-c', progress('INPROGRESS', 'removing h'));
+      expect(await target()).toMatchObject({ status: 'INPROGRESS', statusMessage: 'INPROGRESS: removing h' });
+      await postResult(undeployResult('nostart', 'FAIL', 'could not remove h'));
+      expect(await target()).toMatchObject({ status: 'READYTODEPLOY', attempts: 1 });
+      const retrying = (await target())?.statusMessage;
+      expect(retrying).toMatch(/^attempt 1 failed: .*; retrying/);
+
+      // The final result, then a heartbeat built before it: the attempt has ended, the target keeps its words,
+      // and the device its final result.
+      await heartbeat(camC, 'cam-c', progress('INPROGRESS', 'still removing h'));
+      expect(await target()).toMatchObject({ status: 'READYTODEPLOY', statusMessage: retrying });
+      expect(await deviceResult()).toBe('FAIL');
+
+      // The device takes the retry and its application holds the update lock: the target shows HELD (the
+      // device's last result stays the failure until this attempt ends: without start times it cannot be
+      // told from a late report of the failed one), and the timeout sweep leaves it alone.
+      await take();
+      await heartbeat(camC, 'cam-c', progress('HELD', 'the update lock is held'));
+      expect(await target()).toMatchObject({
+        status: 'INPROGRESS',
+        attempts: 2,
+        statusMessage: 'HELD: the update lock is held',
+      });
+      expect(await deviceResult()).toBe('FAIL');
+      const sweeper = new DeploymentService(t.server.database.db, {
+        packagingJobs: t.server.services.packagingJobs,
+        models: t.server.services.models,
+        now: () => Date.now() + 2 * 3_600_000,
+      });
+      expect(await sweeper.sweep()).toEqual({ timedOut: 0 });
+
+      // It succeeds; a heartbeat built before that changes neither the target nor the device's result.
+      await postResult(undeployResult('nostart', 'SUCCESS', 'removed'));
+      await heartbeat(camC, 'cam-c', progress('INPROGRESS', 'removing h again'));
+      expect(await target()).toMatchObject({ status: 'DEPLOYED', statusMessage: 'removed' });
+      expect(await deviceResult()).toBe('SUCCESS');
     },
   );
 });
