@@ -7,7 +7,7 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { DeployedModelNotLoaded, DeploymentResult } from '@edgefleet/core';
 import { classifyResult, isStaleProgress } from '../deployments/result-outcome.js';
-import type { DatabaseSchema, DeviceModelsTable } from '../storage/index.js';
+import { lockingRows, type DatabaseSchema, type DeviceModelsTable } from '../storage/index.js';
 
 type Executor = Kysely<DatabaseSchema> | Transaction<DatabaseSchema>;
 
@@ -46,17 +46,32 @@ export async function deviceFleet(
 }
 
 /**
- * Holds the device's row until the caller's transaction ends, changing nothing (PostgreSQL's row lock; on
- * SQLite the write lock), so that writers of one device's rows run one after the other and each reads what
- * the one before committed. False when the device is not registered.
+ * Holds the device's row until the caller's transaction ends, changing nothing (lockedDevices), so that writers
+ * of one device's rows run one after the other and each reads what the one before committed. False when the
+ * device is not registered.
  */
 export async function lockDevice(trx: Transaction<DatabaseSchema>, deviceName: string): Promise<boolean> {
-  const result = await trx
-    .updateTable('devices')
-    .set((eb) => ({ updated_at: eb.ref('updated_at') }))
-    .where('name', '=', deviceName)
-    .executeTakeFirst();
-  return Number(result.numUpdatedRows) > 0;
+  return (await lockedDevices(trx, [deviceName])).length > 0;
+}
+
+/**
+ * The rows of these devices (those registered: name and kept DeploymentResult), held until the caller's
+ * transaction ends (storage lockingRows: PostgreSQL's FOR UPDATE; SQLite runs one transaction at a time). Taken
+ * in name order, so two transactions locking overlapping devices cannot each wait for the other.
+ */
+async function lockedDevices(
+  trx: Transaction<DatabaseSchema>,
+  deviceNames: string[],
+): Promise<{ name: string; deployment_result: string | null }[]> {
+  if (deviceNames.length === 0) return [];
+  return lockingRows(
+    trx,
+    trx
+      .selectFrom('devices')
+      .select(['name', 'deployment_result'])
+      .where('name', 'in', deviceNames)
+      .orderBy('name'),
+  ).execute();
 }
 
 /** How many devices each of these fleets has (fleets without devices are absent). */
@@ -146,9 +161,10 @@ export async function recordHeartbeatStates(
 
 /**
  * The devices among `states` whose heartbeat carries a progress result that their stored final result
- * outranks. Their rows are locked first (a no-op UPDATE … RETURNING: PostgreSQL's row lock, SQLite's write
- * lock), so a result call committing meanwhile is either seen here or waits for this transaction. Only
- * heartbeats carrying progress are looked at, so most batches cost nothing more.
+ * outranks. Their rows are read locked (lockedDevices), so a result call committing meanwhile is either seen
+ * here or waits for this transaction: read unlocked, a result committed between this read and the batch's
+ * UPDATE would be overwritten by the progress it outranks (stale-progress.test.ts). Only heartbeats carrying
+ * progress are looked at, so most batches cost nothing more.
  */
 async function staleProgressResults(
   trx: Transaction<DatabaseSchema>,
@@ -160,12 +176,7 @@ async function staleProgressResults(
       progress.set(state.deviceName, state.deploymentResult);
   }
   if (progress.size === 0) return new Set();
-  const stored = await trx
-    .updateTable('devices')
-    .set((eb) => ({ updated_at: eb.ref('updated_at') }))
-    .where('name', 'in', [...progress.keys()])
-    .returning(['name', 'deployment_result'])
-    .execute();
+  const stored = await lockedDevices(trx, [...progress.keys()]);
   return new Set(
     stored
       .filter((row) => {

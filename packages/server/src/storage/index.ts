@@ -21,6 +21,7 @@ export {
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
 export { containsIgnoringCase, containsLoosely } from './filters.js';
 export { laterOf } from './later-of.js';
+export { lockingRows } from './row-lock.js';
 export { claimServerSetting } from './server-settings.js';
 export {
   DATABASE_IN_USE_EXIT_CODE,

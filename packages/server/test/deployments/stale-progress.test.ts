@@ -10,10 +10,11 @@
  * commits. SQLite has one writer connection (holding it would hold the result call too), so there the stale
  * heartbeat simply arrives after the result call: the same order of writes.
  */
-import type { DeploymentResult } from '@edgefleet/core';
+import { deploymentResultSchema, type DeploymentResult } from '@edgefleet/core';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentService } from '../../src/deployments/index.js';
+import { recordDeploymentResult } from '../../src/devices/index.js';
 import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
@@ -54,6 +55,17 @@ describe.each(engines)('a stale progress heartbeat on $engine', (fixture) => {
    * Locks `name`'s row in a transaction of its own and sends that device's heartbeat, which the writer then
    * waits on (seen in pg_locks); every heartbeat after it queues behind. Returns what ends the hold.
    */
+  /** Until a statement of another transaction waits for a lock (PostgreSQL's pg_locks). */
+  const someoneWaits = async () => {
+    for (;;) {
+      const waiting = await sql<{
+        n: number;
+      }>`select count(*)::int as n from pg_locks where not granted`.execute(t.server.database.db);
+      if ((waiting.rows[0]?.n ?? 0) > 0) return;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  };
+
   const holdHeartbeatWriter = async (device: EnrolledDevice, name: string) => {
     const db = t.server.database.db;
     let release!: () => void;
@@ -67,13 +79,7 @@ describe.each(engines)('a stale progress heartbeat on $engine', (fixture) => {
     });
     await isLocked;
     const held = heartbeat(device, name);
-    for (;;) {
-      const waiting = await sql<{
-        n: number;
-      }>`select count(*)::int as n from pg_locks where not granted`.execute(db);
-      if ((waiting.rows[0]?.n ?? 0) > 0) break;
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
+    await someoneWaits();
     return async () => {
       release();
       await holder;
@@ -250,6 +256,63 @@ describe.each(engines)('a stale progress heartbeat on $engine', (fixture) => {
       await heartbeat(camC, 'cam-c', progress('INPROGRESS', 'removing h again'));
       expect(await target()).toMatchObject({ status: 'DEPLOYED', statusMessage: 'removed' });
       expect(await deviceResult()).toBe('SUCCESS');
+    },
+  );
+
+  /**
+   * The heartbeat writer reads a device's kept result to judge its progress report, then writes the batch. A
+   * result call committing between the two would be overwritten by the progress it outranks, unless the read
+   * locks the row. Forced here, not timed: a transaction writes the final result as the result call does and
+   * stays open, so the heartbeat's writer waits on the row (seen in pg_locks): at its read with the lock (and
+   * then reads the final result), at its UPDATE without it (having read the progress before). PostgreSQL
+   * only: SQLite runs one transaction at a time (one connection), so nothing comes between the two there.
+   */
+  it.skipIf(!fixture.available || fixture.engine !== 'postgres')(
+    'a progress heartbeat that reads while a final result commits does not overwrite it (the row lock)',
+    async () => {
+      await register('fa', ['cam-d']);
+      const camD = await enrollDevice(t, 'cam-d');
+      const progress: DeploymentResult = {
+        DeploymentName: 'locked',
+        DeploymentStatus: 'INPROGRESS',
+        DeploymentStatusMessage: 'removing h',
+        DeploymentStartTime: STARTED,
+      };
+      await heartbeat(camD, 'cam-d', progress);
+
+      const db = t.server.database.db;
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let written!: () => void;
+      const isWritten = new Promise<void>((resolve) => (written = resolve));
+      const resultCall = db.transaction().execute(async (trx) => {
+        await recordDeploymentResult(
+          trx,
+          { deviceName: 'cam-d', fleetName: 'fa' },
+          // As the result route keeps it: parsed (times in milliseconds).
+          deploymentResultSchema.parse({
+            ...undeployResult('locked', 'SUCCESS', 'removed'),
+            DeploymentStartTime: STARTED,
+          }),
+          Date.now(),
+        );
+        written();
+        await released;
+      });
+      await isWritten;
+      const stale = heartbeat(camD, 'cam-d', { ...progress, DeploymentStatusMessage: 'still removing h' });
+      await someoneWaits();
+      release();
+      await resultCall;
+      await stale;
+
+      const described = (await t.call('GET', '/api/v1/devices/cam-d', { token: t.readToken })).body as {
+        deploymentResult?: { DeploymentStatus?: string; DeploymentStatusMessage?: string };
+      };
+      expect(described.deploymentResult).toMatchObject({
+        DeploymentStatus: 'SUCCESS',
+        DeploymentStatusMessage: 'removed',
+      });
     },
   );
 });
