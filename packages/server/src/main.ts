@@ -6,11 +6,12 @@
  *   edgefleet-server token create|list|revoke
  *   edgefleet-server backup --out FILE | restore --from FILE
  */
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { commandPrefix, FolderLockError, shellWord } from '@edgefleet/core';
 import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
 import { registerBackupCommands } from './backup/index.js';
 import {
+  ConfigError,
   loadConfig,
   overridableSettings,
   secretConfigFileWarning,
@@ -18,7 +19,7 @@ import {
   type ServerConfig,
 } from './config/index.js';
 import { BlobStoreMismatchError, initServer, openStores, startServer } from './server/index.js';
-import { DatabaseInUseError } from './storage/index.js';
+import { DatabaseInUseError, DatabaseOpenError } from './storage/index.js';
 
 type CommonOptions = { config?: string } & Partial<Record<string, string>>;
 
@@ -124,7 +125,10 @@ async function withTokens<T>(options: CommonOptions, use: (tokens: ApiTokenStore
 
 const program = new Command('edgefleet-server')
   .description('EdgeFleet control plane: fleets, devices and identities, model packaging, heartbeats')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Thrown, not exited with commander's 1: a wrong command line is exit 2 (exitCodeOf). Inherited by the
+  // subcommands added below.
+  .exitOverride();
 
 addCommonOptions(program.command('serve', { isDefault: true }).description('run the server')).action(serve);
 
@@ -194,18 +198,25 @@ addCommonOptions(token.command('revoke').description('revoke a token by id').arg
 registerBackupCommands(program, { addCommonOptions, configFrom });
 
 program.parseAsync(process.argv).catch((error: unknown) => {
-  process.stderr.write(`edgefleet-server: ${error instanceof Error ? error.message : String(error)}\n`);
+  // Commander printed its own message (and the help, for a usage error).
+  if (!(error instanceof CommanderError))
+    process.stderr.write(`edgefleet-server: ${error instanceof Error ? error.message : String(error)}\n`);
   process.exit(exitCodeOf(error));
 });
 
 /**
- * As the agent's for its data root, codes the unit does not restart on (RestartPreventExitStatus): 4, another
- * server holds the SQLite database (a person must stop it); 2, its lock file cannot be used (a link, not a
- * regular file, another user's: a person must remove or chown it), or the blob store is another database's (a
- * person must give the right store). Restarting would fail alike every 2 s.
+ * The exit codes (packages/server/README.md, "Exit codes"). As the agent's, 2 and 4 are the codes the unit does
+ * not restart on (RestartPreventExitStatus): a person must act, and restarting would fail alike every 2 s. 4:
+ * another server holds the SQLite database (stop it). 2: the command line or the config cannot be used; the
+ * SQLite database's lock file cannot be used (a link, not a regular file, another user's, damaged) or it or the
+ * database may not be written (permissions, a read-only filesystem); the blob store is another database's. 1: anything
+ * else, a lock that failed for a reason that may pass (an I/O error, a full disk) included: the unit restarts it.
  */
 function exitCodeOf(error: unknown): number {
+  if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2;
   if (error instanceof DatabaseInUseError) return error.exitCode;
-  if (error instanceof FolderLockError || error instanceof BlobStoreMismatchError) return 2;
+  if (error instanceof FolderLockError || error instanceof DatabaseOpenError)
+    return error.problem === 'failed' ? 1 : 2;
+  if (error instanceof ConfigError || error instanceof BlobStoreMismatchError) return 2;
   return 1;
 }

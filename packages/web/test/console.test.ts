@@ -162,6 +162,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
             output_outage_problem: since === null ? null : 'unreachable',
             output_outage_reason:
               since === null ? null : "the server's S3 endpoint (s3.endpoint) is not answering",
+            output_outage_last_failure_at: since === null ? null : since + 120_000,
           })
           .where('name', '=', 'shop')
           .execute();
@@ -170,7 +171,7 @@ describe('fleet console in Chromium', { timeout: 180_000 }, () => {
       await page.reload();
       await outage.waitFor();
       expect(await outage.textContent()).toMatch(
-        /^output location s3:\/\/\S+ unreachable since 2026-12-07T06:00:00\.000Z: the server's S3 endpoint/,
+        /^output location s3:\/\/\S+ unreachable since 2026-12-07T06:00:00\.000Z \(last failed upload 2026-12-07T06:02:00\.000Z\): the server's S3 endpoint/,
       );
       await setOutage(null);
       await page.reload();

@@ -209,7 +209,7 @@ describe('DataRootLock', () => {
     const error = refusal(join(file, 'data'));
     expect(error).toBeInstanceOf(FolderLockError);
     expect((error as Error).message).toBe(
-      `cannot create the data root ${join(file, 'data')}: ENOTDIR; expected a folder the agent can create and write`,
+      `cannot create the data root ${join(file, 'data')}: a part of its path is a file, not a folder (ENOTDIR); expected a folder the agent can create and write: fix the folder's permissions or mount, or set sagemaker_edge_local_data_root_path to a folder the agent's user (uid ${process.getuid!()}) can write`,
     );
   });
 

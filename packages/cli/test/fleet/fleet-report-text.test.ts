@@ -14,7 +14,8 @@ describe('fleet report text', () => {
 
   it("says an outage of the fleet's output location as the server words it", () => {
     const message =
-      'output location s3://b/p missing bucket since 2026-12-07T05:59:00.000Z: bucket b does not exist (404); ' +
+      'output location s3://b/p missing bucket since 2026-12-07T05:59:00.000Z (last failed upload ' +
+      '2026-12-07T06:00:00.000Z): bucket b does not exist (404); ' +
       'create it, or name an existing bucket; devices keep their captures and retry';
     const text = describeReport(
       fleetReportSchema.parse({

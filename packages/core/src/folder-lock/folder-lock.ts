@@ -82,19 +82,86 @@ export class FolderInUseError extends Error {
 }
 
 /**
+ * Why a lock could not be taken, for the holder's exit code: whether starting again can help.
+ * - `unsafe`: the lock file is a link, not a regular file, another user's, or not a SQLite file: a person must
+ *   remove it (or chown it).
+ * - `access`: the folder or the file may not be made or written: permissions, a read-only filesystem, a part of
+ *   the path that is a file. A person must fix the permissions or the mount, or name another folder.
+ * - `failed`: anything else (an I/O error, no space or no inodes left, no file descriptors): it may pass.
+ */
+export type FolderLockProblem = 'unsafe' | 'access' | 'failed';
+
+/**
  * A folder's lock could not be taken for a reason other than another holder: the folder or the lock file cannot
- * be made, opened or locked, or the lock file is not safe to use.
+ * be made, opened or locked, or the lock file is not safe to use. The message names the path and the cause.
  */
 export class FolderLockError extends Error {
   override readonly name = 'FolderLockError';
+  readonly problem: FolderLockProblem;
   constructor(
     readonly kind: LockedFolderKind,
     readonly folder: string,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; problem?: FolderLockProblem },
   ) {
-    super(message, options);
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.problem = options?.problem ?? 'failed';
   }
+}
+
+/** File system error codes a person must fix (permissions, the mount, the path), with what each means. */
+const ACCESS_ERRNO: Record<string, string> = {
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EROFS: 'the filesystem is read-only',
+  // mkdir (recursive) of a path that is a file.
+  EEXIST: 'a file is there, not a folder',
+  ENOTDIR: 'a part of its path is a file, not a folder',
+  EISDIR: 'a folder is in the way',
+  ENAMETOOLONG: 'the path is too long',
+  ELOOP: 'too many symbolic links in its path',
+};
+
+/** Other file system error codes, in words: they may pass. */
+const FAILED_ERRNO: Record<string, string> = {
+  ENOSPC: 'no space or no inodes left on its filesystem',
+  EDQUOT: "the user's disk quota is used up",
+  EIO: 'an I/O error',
+  EMFILE: 'this process has too many files open',
+  ENFILE: 'the system has too many files open',
+  ENOMEM: 'out of memory',
+  EAGAIN: 'the resource is busy',
+};
+
+/** SQLite result codes (better-sqlite3's `code`) a person must fix, and the one for a file that is not SQLite's. */
+const ACCESS_SQLITE = new Set(['SQLITE_READONLY', 'SQLITE_CANTOPEN', 'SQLITE_PERM', 'SQLITE_AUTH']);
+const DAMAGED_SQLITE = new Set(['SQLITE_NOTADB', 'SQLITE_CORRUPT']);
+
+/**
+ * A file system or SQLite error as "what it means (CODE)", and whether a person must fix it ('access', 'unsafe':
+ * a SQLite file that is not one) or it may pass ('failed'). For holders' other files too (the server's database).
+ */
+export function describeFileError(error: unknown): { words: string; problem: FolderLockProblem } {
+  const code = String((error as { code?: unknown }).code ?? '');
+  if (code.startsWith('SQLITE_')) return { words: sqliteWords(error), problem: sqliteProblem(error) };
+  return fsCause(error);
+}
+
+/** A file system error as "what it means (CODE)", and whether a person must fix it. */
+function fsCause(error: unknown): { words: string; problem: FolderLockProblem } {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code !== undefined && code in ACCESS_ERRNO)
+    return { words: `${ACCESS_ERRNO[code]} (${code})`, problem: 'access' };
+  if (code !== undefined && code in FAILED_ERRNO)
+    return { words: `${FAILED_ERRNO[code]} (${code})`, problem: 'failed' };
+  return { words: code ?? (error as Error).message, problem: 'failed' };
+}
+
+/** What to do, for a lock that cannot be taken because of `problem`, in `folder`. */
+function adviceFor(problem: FolderLockProblem, kind: LockedFolderKind): string {
+  return problem === 'access'
+    ? `: fix the folder's permissions or mount, or set ${kind.configKey} to a folder the ${kind.holder}'s user (uid ${process.getuid?.()}) can write`
+    : `; starting the ${kind.holder} again may succeed once that passes`;
 }
 
 /**
@@ -133,11 +200,12 @@ export class FolderLock {
     try {
       mkdirSync(folder, { recursive: true, mode: kind.folderMode });
     } catch (error) {
+      const { words, problem } = fsCause(error);
       throw new FolderLockError(
         kind,
         folder,
-        `cannot create ${kind.label} ${folder}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a folder the ${kind.holder} can create and write`,
-        { cause: error },
+        `cannot create ${kind.label} ${folder}: ${words}; expected a folder the ${kind.holder} can create and write${adviceFor(problem, kind)}`,
+        { cause: error, problem },
       );
     }
     prepareLockFile(folder, path, kind);
@@ -145,11 +213,12 @@ export class FolderLock {
     try {
       db = options.openDatabase(path);
     } catch (error) {
+      const problem = sqliteProblem(error);
       throw new FolderLockError(
         kind,
         folder,
-        `cannot open the lock file ${path}: ${(error as Error).message}; expected a file the ${kind.holder} can create and write in ${kind.label}`,
-        { cause: error },
+        `cannot open the lock file ${path}: ${sqliteWords(error)}; expected a file the ${kind.holder} can create and write in ${kind.label}${adviceFor(problem, kind)}`,
+        { cause: error, problem },
       );
     }
     try {
@@ -161,11 +230,17 @@ export class FolderLock {
       db.close();
       if ((error as { code?: unknown }).code === 'SQLITE_BUSY')
         throw new FolderInUseError(kind, folder, lockHolderPid(path, options.procLocksPath));
+      const problem = sqliteProblem(error);
       throw new FolderLockError(
         kind,
         folder,
-        `cannot lock ${path}: ${(error as Error).message}; expected a SQLite lock file the ${kind.holder} can write (it keeps nothing: remove it if it is damaged)`,
-        { cause: error },
+        `cannot lock ${path}: ${sqliteWords(error)}; expected a SQLite lock file the ${kind.holder} can write` +
+          (problem === 'unsafe'
+            ? ': it is not one (it keeps nothing: remove it)'
+            : problem === 'access'
+              ? ` (its filesystem is read-only, or the ${kind.holder}'s user may not write it)${adviceFor(problem, kind)}`
+              : adviceFor(problem, kind)),
+        { cause: error, problem },
       );
     }
     return new FolderLock(folder, path, db);
@@ -196,6 +271,21 @@ export class FolderLock {
   }
 }
 
+/** A SQLite (better-sqlite3) error opening or locking the lock file: whether a person must act. */
+function sqliteProblem(error: unknown): FolderLockProblem {
+  const code = String((error as { code?: unknown }).code ?? '');
+  if (DAMAGED_SQLITE.has(code)) return 'unsafe';
+  if (ACCESS_SQLITE.has(code)) return 'access';
+  return fsCause(error).problem;
+}
+
+/** SQLite's message with its code, e.g. "attempt to write a readonly database (SQLITE_READONLY)". */
+function sqliteWords(error: unknown): string {
+  const code = (error as { code?: unknown }).code;
+  const message = (error as Error).message;
+  return typeof code === 'string' && !message.includes(code) ? `${message} (${code})` : message;
+}
+
 /** The device and inode of what is at `path` (no link followed), or undefined when nothing is there. */
 function fileIdentity(path: string): { dev: bigint; ino: bigint } | undefined {
   try {
@@ -224,14 +314,17 @@ function prepareLockFile(folder: string, path: string, kind: LockedFolderKind): 
       kind,
       folder,
       `the lock file ${path} is ${found}; expected a regular file owned by the ${kind.holder}'s user (uid ${process.getuid?.()}), or none (the ${kind.holder} creates it): remove it (it keeps nothing)`,
+      { problem: 'unsafe' },
     );
-  const cannot = (error: unknown) =>
-    new FolderLockError(
+  const cannot = (error: unknown) => {
+    const { words, problem } = fsCause(error);
+    return new FolderLockError(
       kind,
       folder,
-      `cannot create or open the lock file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; expected a file the ${kind.holder} can create and write in ${kind.label}`,
-      { cause: error },
+      `cannot create or open the lock file ${path}: ${words}; expected a file the ${kind.holder} can create and write in ${kind.label}${adviceFor(problem, kind)}`,
+      { cause: error, problem },
     );
+  };
   let found;
   try {
     found = lstatSync(path);

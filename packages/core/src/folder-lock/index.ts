@@ -1,10 +1,12 @@
 export {
+  describeFileError,
   FolderInUseError,
   FolderLock,
   FolderLockError,
   lockHolder,
   lockHolderPid,
   type FolderLockOptions,
+  type FolderLockProblem,
   type LockConnection,
   type LockedFolderKind,
   type NestedFolder,

@@ -21,6 +21,7 @@ import {
   type PutBlobOptions,
 } from './blob-store.js';
 import { NETWORK_ERROR_CODES } from '../errors/network-error-codes.js';
+import { CredentialSourceUnavailableError, serverCredentialDefaultProvider } from './credential-source.js';
 
 export interface S3BlobStoreOptions {
   bucket: string;
@@ -31,8 +32,13 @@ export interface S3BlobStoreOptions {
   region?: string;
   /** Path-style addressing (`endpoint/bucket/key`); what most S3-compatible stores need. */
   forcePathStyle?: boolean;
-  /** Explicit credentials; otherwise the AWS SDK default chain (env, profile, …). */
+  /**
+   * Explicit credentials; otherwise the AWS SDK default chain (env, profile, …), whose instance-metadata timeout
+   * is told from no credentials at all (credential-source.ts).
+   */
   credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** The environment that chooses the instance metadata endpoint the server checks (default: process.env). */
+  env?: NodeJS.ProcessEnv;
   /**
    * A request whose socket sends and receives nothing this long fails (default: none, the SDK's). An endpoint
    * that stops answering mid-request then frees its socket instead of holding it for good.
@@ -85,6 +91,8 @@ export function s3ProblemOf(
   const { name, code, message } = (error ?? {}) as { name?: unknown; code?: unknown; message?: unknown };
   const status = statusOf(error);
   if (name === 'AbortError') return undefined;
+  const source = credentialSourceFailureIn(error);
+  if (source !== undefined) return { problem: 'unreachable', reason: source.message };
   if (name === 'NoSuchBucket' || (bucketRequest && status === 404))
     return {
       problem: 'missing-bucket',
@@ -127,6 +135,16 @@ export function s3ProblemOf(
       problem: 'unreachable',
       reason: `${endpoint} is not answering (${status !== undefined ? `HTTP ${status}` : String(name)}); try again later`,
     };
+  return undefined;
+}
+
+/** The CredentialSourceUnavailableError an error is, or wraps as a cause. */
+function credentialSourceFailureIn(error: unknown): CredentialSourceUnavailableError | undefined {
+  let current = error;
+  for (let depth = 0; depth < 5 && current !== undefined && current !== null; depth++) {
+    if (current instanceof CredentialSourceUnavailableError) return current;
+    current = (current as { cause?: unknown }).cause;
+  }
   return undefined;
 }
 
@@ -173,7 +191,9 @@ export class S3BlobStore implements BlobStore {
       region: options.region ?? 'us-east-1',
       forcePathStyle: options.forcePathStyle ?? options.endpoint !== undefined,
       ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
-      ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
+      ...(options.credentials !== undefined
+        ? { credentials: options.credentials }
+        : { credentialDefaultProvider: serverCredentialDefaultProvider(options.env ?? process.env) }),
       ...(options.warn !== undefined && { logger: sdkLoggerOf(options.warn) }),
       ...(options.maxAttempts !== undefined && { maxAttempts: options.maxAttempts }),
       ...((options.socketTimeoutMs !== undefined ||

@@ -8,7 +8,7 @@ import {
   type BlobStoreProblem,
 } from '../blobs/index.js';
 import { DomainError } from '../errors/index.js';
-import { clearOutputOutage, markOutputOutage } from '../fleets/index.js';
+import { clearOutputOutage, markOutputOutage, outageNeedsRecording } from '../fleets/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import type { FleetOutputs } from './fleet-output.js';
 
@@ -57,6 +57,8 @@ interface OutputTarget {
   location: string;
   /** The outage the fleet's row records now (its problem), read with the location; null: none. */
   outageProblem: string | null;
+  /** When the recorded outage's last failure was (null: none recorded). */
+  outageLastFailureAt: number | null;
 }
 
 /** Where CaptureIngest reports a fleet output that stopped or started working again (the server's logger). */
@@ -151,15 +153,22 @@ export class CaptureIngest {
   async #unavailable(
     error: unknown,
     fleet: string,
-    { location, outageProblem }: OutputTarget,
+    { location, outageProblem, outageLastFailureAt }: OutputTarget,
   ): Promise<DomainError | undefined> {
     if (!(error instanceof BlobStoreUnavailableError)) return undefined;
-    // The operator sees it in the fleet report and console: written when the state changes, not per upload.
-    if (outageProblem !== error.problem)
+    // The operator sees it in the fleet report and console: written when the state changes, and to move the
+    // last failure's time on at most once a minute, not per upload.
+    const at = this.#now();
+    if (
+      outageNeedsRecording(
+        { problem: outageProblem, lastFailureAt: outageLastFailureAt },
+        { problem: error.problem, at },
+      )
+    )
       await markOutputOutage(this.#db, fleet, location, {
         problem: error.problem,
         reason: operatorReasonOf(error),
-        at: this.#now(),
+        at,
       }).catch((failure: unknown) =>
         this.#log?.warn(
           { event: 'fleet_output_outage_not_recorded', fleet, err: failure },
@@ -343,7 +352,7 @@ export class CaptureIngest {
     }
     const fleet = await this.#db
       .selectFrom('fleets')
-      .select(['output_s3_location', 'output_outage_problem'])
+      .select(['output_s3_location', 'output_outage_problem', 'output_outage_last_failure_at'])
       .where('name', '=', device.fleetName)
       .executeTakeFirst();
     if (fleet === undefined) throw new DomainError('NotFound', `fleet ${device.fleetName} does not exist`);
@@ -379,6 +388,8 @@ export class CaptureIngest {
       storedKey,
       location: fleet.output_s3_location,
       outageProblem: fleet.output_outage_problem,
+      outageLastFailureAt:
+        fleet.output_outage_last_failure_at === null ? null : Number(fleet.output_outage_last_failure_at),
     };
   }
 

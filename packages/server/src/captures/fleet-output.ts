@@ -151,17 +151,15 @@ export class FleetOutputs {
         };
       // No credentials is the server's configuration, not an outage: a retry cannot succeed until the operator
       // gives the server credentials, so it is a 400 naming the settings, as a bucket that does not exist is.
-      // (A credential source that timed out is `unreachable`, a 503. Only EC2's instance metadata is ambiguous:
-      // the SDK's default chain reports its timeout as it reports no credentials at all, so the message says so.)
+      // (A credential source that did not answer, EC2's instance metadata included, is `unreachable`: a 503.)
       if (error.problem === 'credentials')
         throw new DomainError(
           'ValidationError',
           `the output location ${location} cannot be used: the server has no S3 credentials to check it and ` +
             "write captures there with; give the server's own S3 connection credentials: s3.accessKeyId and " +
             's3.secretAccessKey in its config file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS ' +
-            'profile, AWS_PROFILE) in its environment, then restart it and try again. Where credentials come ' +
-            "from the host's role (EC2, ECS, EKS), the AWS SDK also says this when the metadata endpoint does not " +
-            `answer: if the server has a role, try again (${through})`,
+            'profile, AWS_PROFILE) in its environment, or give the host a role (EC2, ECS, EKS), then restart it ' +
+            `and try again (${through})`,
           {
             outputLocation: location,
             problem: error.problem,

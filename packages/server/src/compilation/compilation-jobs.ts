@@ -85,7 +85,8 @@ export function deadlineReason(maxRuntimeSeconds: number): string {
 }
 
 export interface CompilationJobsOptions {
-  models: ModelStore;
+  /** Where an import stores its model; the clean-up of an interrupted import removes what it stored. */
+  models: Pick<ModelStore, 'upload' | 'findVersion' | 'deleteVersion'>;
   /**
    * Opens an `s3://bucket/key` object on the S3-compatible store the server is configured for. Aborting `signal`
    * must end the read, waiting or mid-body (StopCompilationJob, a lost lease, the deadline, shutdown).
@@ -312,7 +313,7 @@ export class CompilationJobStore {
     if (instanceId === undefined) return [];
     const own = await this.db
       .selectFrom('compilation_jobs')
-      .select('name')
+      .select(['name', 'model_name', 'model_version', 'created_at'])
       .where('status', '=', 'INPROGRESS')
       .where('claim_token', 'like', `${instanceId}.%`)
       .execute();
@@ -326,7 +327,10 @@ export class CompilationJobStore {
         .where('status', '=', 'INPROGRESS')
         .where('claim_token', 'like', `${instanceId}.%`)
         .executeTakeFirst();
-      if (Number(result.numUpdatedRows) === 1) failed.push(job.name);
+      if (Number(result.numUpdatedRows) === 1) {
+        failed.push(job.name);
+        await this.removeInterruptedModel(job);
+      }
     }
     return failed;
   }
@@ -339,7 +343,7 @@ export class CompilationJobStore {
   async failExpired(): Promise<string[]> {
     const expired = await this.db
       .selectFrom('compilation_jobs')
-      .select(['name', 'updated_at'])
+      .select(['name', 'updated_at', 'model_name', 'model_version', 'created_at'])
       .where('status', '=', 'INPROGRESS')
       .where('updated_at', '<', leaseExpiredBefore(this.now(), this.leaseMs))
       .execute();
@@ -353,9 +357,51 @@ export class CompilationJobStore {
         .where('status', '=', 'INPROGRESS')
         .where('updated_at', '=', job.updated_at)
         .executeTakeFirst();
-      if (Number(result.numUpdatedRows) === 1) failed.push(job.name);
+      if (Number(result.numUpdatedRows) === 1) {
+        failed.push(job.name);
+        await this.removeInterruptedModel(job);
+      }
     }
     return failed;
+  }
+
+  /**
+   * After failing an interrupted import: its server may have died after storing the model and before recording
+   * the job COMPLETED, which would leave `compilation-<job>` version 1 with no job to show for it. A version
+   * stored before the job was created is not the import's (the import's upload was refused as a duplicate) and
+   * stays. An import still running somewhere (stalled past its lease) that stores the model later finds its job
+   * failed and removes the model itself (runImport). A removal that fails is logged, not retried: the job is
+   * already FAILED, and the operator can delete the version.
+   */
+  private async removeInterruptedModel(job: {
+    name: string;
+    model_name: string;
+    model_version: string;
+    created_at: number | bigint | string;
+  }): Promise<void> {
+    try {
+      const version = await this.options.models.findVersion(job.model_name, job.model_version);
+      if (version === undefined || version.createdAt < Number(job.created_at)) return;
+      await this.removeModel(job.model_name, job.model_version);
+      this.options.logger.warn(
+        { job: job.name, model: job.model_name, version: job.model_version },
+        'removed the model an interrupted compilation import stored before its server stopped',
+      );
+    } catch (error) {
+      this.options.logger.error(
+        { err: error, job: job.name, model: job.model_name, version: job.model_version },
+        'could not remove the model an interrupted compilation import stored; delete that model version',
+      );
+    }
+  }
+
+  /** Deletes the import's model version; one already gone (another replica's clean-up) is not an error. */
+  private async removeModel(name: string, version: string): Promise<void> {
+    try {
+      await this.options.models.deleteVersion(name, version);
+    } catch (error) {
+      if (!(error instanceof DomainError && error.code === 'NotFound')) throw error;
+    }
   }
 
   /** Waits for imports in flight (tests). */
@@ -411,7 +457,7 @@ export class CompilationJobStore {
         model_size_bytes: version.sizeBytes,
       });
       // Stopped, or failed by a replica once this import's lease ran out: the job has no model.
-      if (ended) await this.options.models.deleteVersion(job.modelName, job.modelVersion);
+      if (ended) await this.removeModel(job.modelName, job.modelVersion);
     } catch (caught) {
       // Aborted: why it was aborted, not how the read broke off.
       const error: unknown = signal.aborted ? signal.reason : caught;

@@ -30,11 +30,12 @@ export function snapshotQuery(db: Kysely<DatabaseSchema>, onlineSince: number) {
       .selectFrom('fleets')
       .select((e) => e.fn.max('updated_at').as('v'))
       .as('fleets_t'),
-    // An output outage starting or ending (captures/capture-ingest.ts) writes no updated_at: the fleet was not
-    // edited. The sum of the outages' start times changes with either; fleets are few, so reading them is cheap.
+    // An output outage starting, ending or failing again (captures/capture-ingest.ts) writes no updated_at: the
+    // fleet was not edited. The sum of the outages' start and last failure times changes with each (the last
+    // failure moves at most once a minute); fleets are few, so reading them is cheap.
     eb
       .selectFrom('fleets')
-      .select((e) => e.fn.sum('output_outage_since').as('v'))
+      .select(sql<number>`sum(output_outage_since + coalesce(output_outage_last_failure_at, 0))`.as('v'))
       .as('fleets_outages'),
     // An outage whose problem changes (forbidden, then missing-bucket) keeps its start time: the count of
     // fleets with each problem, one per thousand's digit group, changes with it (exact below 1000 fleets each).

@@ -46,6 +46,7 @@ function toRecord(row: Selectable<FleetsTable>, deviceCount: number): FleetRecor
       outputOutage: {
         outputLocation: row.output_s3_location,
         since: Number(outage),
+        lastFailureAt: Number(row.output_outage_last_failure_at ?? outage),
         problem: row.output_outage_problem ?? 'unreachable',
         reason: row.output_outage_reason ?? '',
       },
@@ -87,6 +88,7 @@ export class FleetStore {
       output_outage_since: null,
       output_outage_problem: null,
       output_outage_reason: null,
+      output_outage_last_failure_at: null,
     };
     try {
       await this.db.insertInto('fleets').values(row).execute();
@@ -142,6 +144,7 @@ export class FleetStore {
         changes.output_outage_since = null;
         changes.output_outage_problem = null;
         changes.output_outage_reason = null;
+        changes.output_outage_last_failure_at = null;
       }
       changes.output_s3_location = patch.outputConfig.s3OutputLocation;
       changes.output_kms_key_id = patch.outputConfig.kmsKeyId ?? null;

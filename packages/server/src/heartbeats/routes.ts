@@ -67,6 +67,11 @@ const fleetReportSchema = z.object({
     .object({
       outputLocation: z.string(),
       since: z.iso.datetime().describe('When the first upload of this outage failed'),
+      lastFailure: z.iso
+        .datetime()
+        .describe(
+          'When an upload last failed in this outage (recorded at most once a minute: within a minute)',
+        ),
       problem: z
         .enum(['missing-bucket', 'forbidden', 'credentials', 'unreachable'])
         .describe(
@@ -123,14 +128,16 @@ const outageProblemSchema = fleetReportSchema.shape.outputOutage.unwrap().shape.
 function outageView(outage: FleetOutputOutage) {
   const problem = outageProblemSchema.catch('unreachable').parse(outage.problem);
   const since = iso(outage.since);
+  const lastFailure = iso(outage.lastFailureAt);
   return {
     outputLocation: outage.outputLocation,
     since,
+    lastFailure,
     problem,
     reason: outage.reason,
     message:
-      `output location ${outage.outputLocation} ${OUTAGE_PROBLEM_TEXT[problem]} since ${since}: ${outage.reason}` +
-      '; devices keep their captures and retry',
+      `output location ${outage.outputLocation} ${OUTAGE_PROBLEM_TEXT[problem]} since ${since} ` +
+      `(last failed upload ${lastFailure}): ${outage.reason}; devices keep their captures and retry`,
   };
 }
 

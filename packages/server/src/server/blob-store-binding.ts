@@ -30,14 +30,16 @@ const BLOB_SETTINGS =
  * endpoint name, a moved folder): a store moved with its objects, the marker among them, keeps working. A
  * store without the marker, or with another database's, is refused, naming both places and the setting to fix.
  *
- * `location` names this store for messages: no credentials in it.
+ * `location` names this store for messages: no credentials in it. Once `signal` is aborted (the server is
+ * stopping) the check writes nothing more, to the store or the database, and rejects with the signal's reason.
  */
 export async function bindBlobStore(
   db: Kysely<DatabaseSchema>,
   blobs: BlobStore,
   location: string,
-  options: { allowTakeover?: boolean } = {},
+  options: { allowTakeover?: boolean; signal?: AbortSignal } = {},
 ): Promise<void> {
+  const beforeWrite = () => options.signal?.throwIfAborted();
   const recorded = await readSetting(db, ID_SETTING);
   const marker = await readMarker(blobs, location);
   if (recorded === undefined) {
@@ -60,22 +62,28 @@ export async function bindBlobStore(
     if (wrote) {
       // Noted before the marker is written: a loser that stops before it writes the winner's id leaves a marker
       // the next start can tell is this database's own (and puts right) instead of refusing it for ever.
+      beforeWrite();
       await db
         .insertInto('server_settings')
         .values({ key: `${PROPOSAL_SETTING_PREFIX}${proposed}`, value: location })
         .onConflict((oc) => oc.column('key').doNothing())
         .execute();
+      beforeWrite();
       await writeMarker(blobs, proposed);
     }
+    beforeWrite();
     const claimed = await claimServerSetting(db, ID_SETTING, proposed);
     if (claimed !== proposed) {
       // A marker this start did not write, and no replica of this database did, is another database's store:
       // never overwritten.
       if (!wrote && !(await isOwnProposal(db, proposed)))
         throw refusal(await recordedLocation(db), claimed, location, marker);
+      beforeWrite();
       await writeMarker(blobs, claimed);
     }
+    beforeWrite();
     await claimServerSetting(db, LOCATION_SETTING, location);
+    beforeWrite();
     await db.deleteFrom('server_settings').where('key', '=', NEW_DATABASE_SETTING).execute();
     return;
   }
@@ -83,9 +91,11 @@ export async function bindBlobStore(
     if (marker === undefined || !(await isOwnProposal(db, marker)))
       throw refusal(await recordedLocation(db), recorded, location, marker);
     // A replica of this database lost the first start's race and stopped before it put the recorded id back.
+    beforeWrite();
     await writeMarker(blobs, recorded);
   }
   // The same store under another name (moved, another endpoint): the next refusal names where it is now.
+  beforeWrite();
   await db
     .insertInto('server_settings')
     .values({ key: LOCATION_SETTING, value: location })
@@ -145,31 +155,52 @@ export class BlobStoreMismatchError extends Error {
   override readonly name = 'BlobStoreMismatchError';
 }
 
+/** bindBlobStore as a check to repeat until it passes once (blobStoreBinder). */
+export interface BlobStoreBinder {
+  /**
+   * Checks the store unless a check passed already. Throws BlobStoreMismatchError for the wrong store (or a
+   * damaged marker), the store's own error while it does not answer, and an error once stop was called.
+   */
+  bind(): Promise<void>;
+  /**
+   * Server shutdown: a check in flight writes nothing more (to the store or the database, which close next) and
+   * is waited for; later checks are refused.
+   */
+  stop(): Promise<void>;
+}
+
 /**
  * bindBlobStore as a check to repeat until it passes once: a store that does not answer at start is checked when
  * it answers again (watchBlobStoreBinding, and the readiness check), so an outage does not keep the server from
  * starting, and a wrong store is still found. One check at a time: callers while one runs share it (each would
- * read the marker, and on a fresh store write one of its own). Throws BlobStoreMismatchError for the wrong store
- * (or a damaged marker), the store's own error while it does not answer.
+ * read the marker, and on a fresh store write one of its own).
  */
 export function blobStoreBinder(
   db: Kysely<DatabaseSchema>,
   blobs: BlobStore,
   location: string,
   options: { allowTakeover?: boolean } = {},
-): () => Promise<void> {
+): BlobStoreBinder {
+  const stopping = new AbortController();
   let bound = false;
   let inFlight: Promise<void> | undefined;
-  return () => {
-    if (bound) return Promise.resolve();
-    inFlight ??= bindBlobStore(db, blobs, location, options)
-      .then(() => {
-        bound = true;
-      })
-      .finally(() => {
-        inFlight = undefined;
-      });
-    return inFlight;
+  return {
+    bind: () => {
+      if (bound) return Promise.resolve();
+      if (stopping.signal.aborted) return Promise.reject(stopping.signal.reason as Error);
+      inFlight ??= bindBlobStore(db, blobs, location, { ...options, signal: stopping.signal })
+        .then(() => {
+          bound = true;
+        })
+        .finally(() => {
+          inFlight = undefined;
+        });
+      return inFlight;
+    },
+    stop: async () => {
+      stopping.abort(new Error('the blob store check ended: the server is stopping'));
+      await inFlight?.catch(() => undefined);
+    },
   };
 }
 
@@ -184,7 +215,8 @@ export interface BindingWatchOptions {
 /**
  * Repeats `bind` in the background until it passes or finds the wrong store, so that the check does not wait for
  * a readiness poll that may never come (a plain `serve`; devices never poll): the server serves meanwhile, and
- * the sooner it learns the store is another database's, the fewer blobs it writes there.
+ * the sooner it learns the store is another database's, the fewer blobs it writes there. `stop` waits for a check
+ * already running (stop the binder first, so that it writes nothing more).
  */
 export function watchBlobStoreBinding(
   bind: () => Promise<void>,
@@ -194,6 +226,8 @@ export function watchBlobStoreBinding(
   let delayMs = options.initialDelayMs ?? 1000;
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
+  /** The check now running, which stop waits for: it may still write (the marker, the database's record). */
+  let running: Promise<void> | undefined;
   const attempt = async () => {
     try {
       await bind();
@@ -211,16 +245,20 @@ export function watchBlobStoreBinding(
     schedule();
   };
   const schedule = () => {
-    timer = setTimeout(() => void attempt(), delayMs);
+    timer = setTimeout(() => {
+      running = attempt().finally(() => {
+        running = undefined;
+      });
+    }, delayMs);
     // Never what keeps the process alive.
     timer.unref();
   };
   schedule();
   return {
-    stop: () => {
+    stop: async () => {
       stopped = true;
       clearTimeout(timer);
-      return Promise.resolve();
+      await running;
     },
   };
 }

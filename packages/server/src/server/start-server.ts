@@ -468,9 +468,13 @@ export async function startServer(
     };
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
-    const bindBlobs = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs), {
+    const blobBinder = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs), {
       allowTakeover: config.allowEmptyDatabase,
     });
+    // Stopped before the store and the database close: a check still running (the readiness check's, the
+    // background one's) writes nothing more, and is waited for.
+    background.push(blobBinder);
+    const bindBlobs = () => blobBinder.bind();
     let bindingUnchecked = false;
     try {
       await bindBlobs();

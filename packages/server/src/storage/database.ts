@@ -1,6 +1,7 @@
 import { chmodSync, closeSync, mkdirSync, openSync, statSync } from 'node:fs';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
+import { describeFileError, type FolderLockProblem } from '@edgefleet/core';
 import {
   Kysely,
   PostgresDialect,
@@ -77,6 +78,21 @@ export function maskUrlCredentials(value: string): string {
   const colon = masked.indexOf(':', userStart);
   if (colon < 0 || colon > at) return masked;
   return `${masked.slice(0, colon + 1)}***${masked.slice(at)}`;
+}
+
+/**
+ * The SQLite database file cannot be opened at start. `problem` (as core's describeFileError): 'failed' may pass
+ * (an I/O error, a full disk); the others need a person (permissions, a read-only filesystem, not a SQLite file).
+ */
+export class DatabaseOpenError extends Error {
+  override readonly name = 'DatabaseOpenError';
+  constructor(
+    message: string,
+    readonly problem: FolderLockProblem,
+    options: { cause: unknown },
+  ) {
+    super(message, options);
+  }
 }
 
 /**
@@ -238,8 +254,13 @@ export async function openDatabase(
       sqlite.pragma('cache_size = -65536');
     } catch (error) {
       sqlite?.close();
-      throw new Error(
-        `cannot open the SQLite database ${location.file}: ${error instanceof Error ? error.message : String(error)}`,
+      const { words, problem } = describeFileError(error);
+      throw new DatabaseOpenError(
+        `cannot open the SQLite database ${location.file}: ${words}` +
+          (problem === 'failed'
+            ? ''
+            : `; expected a database file the server can create and write: fix its folder's permissions or mount, or set database (--database, EDGEFLEET_DATABASE) to a file the server's user (uid ${process.getuid?.()}) can write`),
+        problem,
         { cause: error },
       );
     }

@@ -1,5 +1,6 @@
 export {
   openDatabase,
+  DatabaseOpenError,
   DatabaseUnavailableError,
   isDatabaseOutage,
   maskUrlCredentials,

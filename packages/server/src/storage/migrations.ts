@@ -575,6 +575,19 @@ const migrations: Record<string, Migration> = {
       await stopped('stage-stopped').where('stop_reason', 'is', null).execute();
     },
   },
+  // When a capture upload last failed during a fleet's output outage (fleets/output-outage.ts), to within
+  // OUTAGE_LAST_FAILURE_RESOLUTION_MS: one column on the fleet's row, not a log. An outage already recorded gets
+  // its start, the only failure time known of it.
+  '0021_fleet_output_outage_last_failure': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('fleets').addColumn('output_outage_last_failure_at', 'bigint').execute();
+      await db
+        .updateTable('fleets')
+        .set({ output_outage_last_failure_at: sql`output_outage_since` })
+        .where('output_outage_since', 'is not', null)
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -88,6 +88,8 @@ export interface FleetsTable {
   /** Why (a BlobStoreProblem) and what to do, without the S3 endpoint or credentials. */
   output_outage_problem: Nullable<string>;
   output_outage_reason: Nullable<string>;
+  /** When an upload last failed in this outage, to within a minute (0021); null: no outage. */
+  output_outage_last_failure_at: Nullable<number>;
 }
 
 export interface DevicesTable {

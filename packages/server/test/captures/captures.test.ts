@@ -397,7 +397,13 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
   it('shows the outage in the fleet report (and to the console) until an upload lands, without the endpoint or credentials', async () => {
     const report = async () =>
       (await t.call('GET', '/api/v1/fleets/plant/report', { token: t.readToken })).body as {
-        outputOutage?: { since: string; problem: string; reason: string; message: string };
+        outputOutage?: {
+          since: string;
+          lastFailure: string;
+          problem: string;
+          reason: string;
+          message: string;
+        };
       };
     const fleetsFingerprint = async () => (await readSnapshot(t.server.database.db, 0)).fleets;
     const deleteBucket = async () => {
@@ -420,9 +426,11 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
       problem: 'missing-bucket',
       reason: 'bucket plant-output does not exist (404); create it, or name an existing bucket',
     });
+    expect(outage!.lastFailure).toBe(outage!.since);
     expect(outage!.message).toBe(
-      `output location s3://plant-output/edge missing bucket since ${outage!.since}: bucket plant-output does not ` +
-        'exist (404); create it, or name an existing bucket; devices keep their captures and retry',
+      `output location s3://plant-output/edge missing bucket since ${outage!.since} (last failed upload ` +
+        `${outage!.lastFailure}): bucket plant-output does not exist (404); create it, or name an existing ` +
+        'bucket; devices keep their captures and retry',
     );
     const shown = JSON.stringify(await report());
     for (const secret of [
@@ -438,11 +446,30 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
     expect((await upload()).status).toBe(503);
     expect((await report()).outputOutage?.since).toBe(outage!.since);
     expect(await fleetsFingerprint()).toBe(during);
+    // Failures go on after the recorded last one is stale (here: set an hour back): the next one moves it on,
+    // once, and the console hears of it; the outage's start stays.
+    const hourBefore = Date.parse(outage!.since) - 3_600_000;
+    await t.server.database.db
+      .updateTable('fleets')
+      .set({ output_outage_since: hourBefore, output_outage_last_failure_at: hourBefore })
+      .where('name', '=', 'plant')
+      .execute();
+    const stale = await fleetsFingerprint();
+    expect((await upload()).status).toBe(503);
+    const goingOn = (await report()).outputOutage!;
+    expect(goingOn.since).toBe(new Date(hourBefore).toISOString());
+    expect(Date.parse(goingOn.lastFailure)).toBeGreaterThanOrEqual(Date.parse(outage!.since));
+    expect(goingOn.message).toContain(`(last failed upload ${goingOn.lastFailure})`);
+    const movedOn = await fleetsFingerprint();
+    expect(movedOn).not.toBe(stale);
+    expect((await upload()).status).toBe(503);
+    expect((await report()).outputOutage?.lastFailure).toBe(goingOn.lastFailure);
+    expect(await fleetsFingerprint()).toBe(movedOn);
 
     await client.send(new CreateBucketCommand({ Bucket: 'plant-output' }));
     expect((await upload()).status).toBe(200);
     expect((await report()).outputOutage).toBeUndefined();
-    expect(await fleetsFingerprint()).not.toBe(during);
+    expect(await fleetsFingerprint()).not.toBe(movedOn);
 
     // An outage ends with the location it was of: the fleet moved elsewhere has none.
     await deleteBucket();

@@ -1,6 +1,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { writeTestModel } from '@edgefleet/core';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -177,6 +178,134 @@ describe.each(engines)('compilation jobs on $engine (ONNX imported from s3rver)'
       );
       await live.settle();
       expect((await jobs.get('lease-live')).status).toBe('COMPLETED');
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'a server that dies between storing the model and recording the job leaves no model behind; a retry under a new name completes',
+    async () => {
+      const input = (name: string) => ({
+        name,
+        framework: 'ONNX',
+        inputS3Uri: 's3://neo-inputs/models/tiny.onnx',
+        roleArn: 'arn:aws:iam::123456789012:role/neo',
+        outputS3Location: 's3://neo-inputs/out',
+        tags: [],
+      });
+      // The crash point: the model is stored, then the process is gone before the job's row is written (its
+      // upload never returns). `die` ends that never-returning upload once the test is done with it.
+      const crashAfterStore = () => {
+        let die!: (error: Error) => void;
+        const dead = new Promise<never>((_resolve, reject) => (die = reject));
+        let stored!: () => void;
+        const storedModel = new Promise<void>((resolve) => (stored = resolve));
+        const crashing: Pick<ModelStore, 'upload' | 'findVersion' | 'deleteVersion'> = {
+          upload: async (upload) => {
+            await models.upload(upload);
+            stored();
+            return dead;
+          },
+          findVersion: (name, version) => models.findVersion(name, version),
+          deleteVersion: (name, version) => models.deleteVersion(name, version),
+        };
+        return { crashing, storedModel, die: () => die(new Error('the process was killed')) };
+      };
+
+      // Restarted with the same identity: the server fails its own interrupted import at once.
+      const first = crashAfterStore();
+      const killed = new CompilationJobStore(database.db, {
+        models: first.crashing,
+        openS3Object: (uri) => objects.get(uri),
+        logger: pino({ level: 'silent' }),
+        instanceId: 'crashing-server',
+      });
+      await killed.create(input('crash-own'));
+      await first.storedModel;
+      expect((await models.getVersion('compilation-crash-own', '1')).modelName).toBe('compilation-crash-own');
+      const restarted = new CompilationJobStore(database.db, {
+        models,
+        openS3Object: (uri) => objects.get(uri),
+        logger: pino({ level: 'silent' }),
+        instanceId: 'crashing-server',
+      });
+      expect(await restarted.failOwnInterrupted()).toEqual(['crash-own']);
+      expect(await jobs.get('crash-own')).toMatchObject({
+        status: 'FAILED',
+        failureReason: INTERRUPTED_IMPORT_REASON,
+      });
+      expect(await models.findVersion('compilation-crash-own', '1')).toBeUndefined();
+
+      // Another replica, once the lease ran out.
+      const second = crashAfterStore();
+      const lease = 60_000;
+      const at = Date.now();
+      const killedLongAgo = new CompilationJobStore(database.db, {
+        models: second.crashing,
+        openS3Object: (uri) => objects.get(uri),
+        logger: pino({ level: 'silent' }),
+        leaseMs: lease,
+        now: () => at - 10 * 60_000,
+      });
+      await killedLongAgo.create(input('crash-lease'));
+      await second.storedModel;
+      const replica = new CompilationJobStore(database.db, {
+        models,
+        openS3Object: (uri) => objects.get(uri),
+        logger: pino({ level: 'silent' }),
+        leaseMs: lease,
+      });
+      expect(await replica.failExpired()).toEqual(['crash-lease']);
+      expect(await models.findVersion('compilation-crash-lease', '1')).toBeUndefined();
+
+      // A version that was there before the job (the import's upload was refused as a duplicate) is not its.
+      // (Stored a second earlier: a version stored in the same millisecond as the job could be the import's.)
+      const earlier = new ModelStore(database.db, {
+        blobs: new LocalBlobStore(path.join(dir, 'blobs')),
+        workDir: path.join(dir, 'work'),
+        maxUploadBytes: 1024 * 1024,
+        now: () => Date.now() - 1000,
+      });
+      await earlier.upload({
+        name: 'compilation-crash-kept',
+        version: '1',
+        kind: 'onnx',
+        body: Readable.from(await readFile(await writeTestModel('tiny', dir))),
+      });
+      const third = crashAfterStore();
+      const stuck = new CompilationJobStore(database.db, {
+        models: third.crashing,
+        // A read that never answers (until the store is closed below).
+        openS3Object: (_uri, signal) =>
+          new Promise<Readable>((_resolve, reject) =>
+            signal.addEventListener('abort', () => reject(signal.reason as Error)),
+          ),
+        logger: pino({ level: 'silent' }),
+        instanceId: 'stuck-server',
+      });
+      await stuck.create(input('crash-kept'));
+      const stuckRestarted = new CompilationJobStore(database.db, {
+        models,
+        openS3Object: (uri) => objects.get(uri),
+        logger: pino({ level: 'silent' }),
+        instanceId: 'stuck-server',
+      });
+      expect(await stuckRestarted.failOwnInterrupted()).toEqual(['crash-kept']);
+      expect(await models.findVersion('compilation-crash-kept', '1')).toBeDefined();
+
+      // The "killed" imports end (in a real crash their process is gone): they write nothing more.
+      first.die();
+      second.die();
+      await killed.settle();
+      await killedLongAgo.settle();
+      await stuck.close();
+      expect((await jobs.get('crash-own')).status).toBe('FAILED');
+      expect((await jobs.get('crash-lease')).status).toBe('FAILED');
+
+      // The client retries under a new name (the failed job's name stays taken): it completes.
+      await jobs.create(input('crash-own-retry'));
+      await jobs.settle();
+      expect(await jobs.get('crash-own-retry')).toMatchObject({ status: 'COMPLETED' });
+      expect(await models.findVersion('compilation-crash-own-retry', '1')).toBeDefined();
     },
   );
 

@@ -9,8 +9,9 @@ import path from 'node:path';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { S3Objects } from '../../src/blobs/index.js';
+import { claimPackageObject } from '../../src/sagemaker/operations/package-object-claim.js';
 import { migrateTo, migrateToLatest, openDatabase } from '../../src/storage/index.js';
-import { databaseEngines } from '../support/engines.js';
+import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 import { startTestS3 } from '../support/s3.js';
 import { sagemakerCall, type AccessKey } from '../support/sagemaker-call.js';
 import { startTestServer } from '../support/server.js';
@@ -117,6 +118,99 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
       } finally {
         await t.stop();
         await s3.stop();
+      }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    "of two takeovers of a FAILED job's object, the one that loses is told which job has it, never that its own name is taken",
+    async () => {
+      const database = await openFreshDatabase(fixture);
+      try {
+        const { db } = database;
+        const uri = 's3://neo/race/racer-v9.tar.gz';
+        await db
+          .insertInto('packaging_jobs')
+          .values({
+            name: 'failed-holder',
+            model_name: 'racer',
+            model_version: 'v9',
+            status: 'FAILED',
+            status_message: 'failed for the test',
+            output_s3_location: 's3://neo/race',
+            artifact_key: null,
+            artifact_location: null,
+            artifact_size_bytes: null,
+            artifact_sha256: null,
+            signature: null,
+            claim_token: null,
+            created_at: 1000,
+            updated_at: 1000,
+          })
+          .execute();
+        const source = (name: string) => ({
+          job_name: name,
+          compilation_job_name: 'c',
+          role_arn: ROLE,
+          tags: '[]',
+          package_object_uri: uri,
+        });
+        await db.insertInto('edge_packaging_job_sources').values(source('failed-holder')).execute();
+
+        // Played in this order: B finds the FAILED job holding the object; A frees it (its takeover) and has
+        // not inserted yet when B looks again; then A inserts.
+        let bConflicted!: () => void;
+        const bHasConflicted = new Promise<void>((resolve) => (bConflicted = resolve));
+        let aReleased!: () => void;
+        const aHasReleased = new Promise<void>((resolve) => (aReleased = resolve));
+        let bWaited = false;
+        const b = claimPackageObject(db, source('takeover-b'), 'v9', {
+          afterConflict: async () => {
+            if (bWaited) return;
+            bWaited = true;
+            bConflicted();
+            await aHasReleased;
+          },
+        });
+        await bHasConflicted;
+        const a = claimPackageObject(db, source('takeover-a'), 'v9', {
+          afterRelease: async () => {
+            aReleased();
+            await b.catch(() => undefined);
+          },
+        });
+        const [bOutcome, aOutcome] = await Promise.allSettled([b, a]);
+        // B retried once the object was free, and has it.
+        expect(bOutcome.status).toBe('fulfilled');
+        // A lost it to B, created at the same time, and is told so.
+        expect(aOutcome.status).toBe('rejected');
+        const refused = (aOutcome as PromiseRejectedResult).reason as Error;
+        expect(refused.name).toBe('AwsError');
+        expect(refused.message).toContain(
+          `its package object ${uri} is already edge packaging job takeover-b's, which was created at the same ` +
+            'time as this job and took the object over from the FAILED job failed-holder first',
+        );
+        expect(
+          await db
+            .selectFrom('edge_packaging_job_sources')
+            .select(['job_name', 'package_object_uri'])
+            .orderBy('job_name')
+            .execute(),
+        ).toEqual([
+          { job_name: 'failed-holder', package_object_uri: null },
+          { job_name: 'takeover-b', package_object_uri: uri },
+        ]);
+
+        // A name that is taken is still a conflict of the name.
+        await expect(
+          claimPackageObject(
+            db,
+            { ...source('takeover-b'), package_object_uri: 's3://neo/other.tar.gz' },
+            'v9',
+          ),
+        ).rejects.toThrow(/edge packaging job takeover-b already exists/);
+      } finally {
+        await database.close();
       }
     },
   );

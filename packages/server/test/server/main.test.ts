@@ -218,9 +218,9 @@ describe('edgefleet-server (real processes)', { timeout: 90_000 }, () => {
     expect(named.stderr()).not.toMatch(/warning/);
   });
 
-  it('fails with a clear message on bad configuration', async () => {
+  it('fails with a clear message on bad configuration, exit 2 (which the unit does not restart)', async () => {
     const result = await runServerCli(['serve', '--listen', 'nowhere'], cwd);
-    expect(result.code).toBe(1);
+    expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/invalid server configuration[\s\S]*listen[\s\S]*host:port/);
   });
 });

@@ -24,6 +24,11 @@ function spawnMain(args: string[], cwd: string, env: Record<string, string> = {}
   });
 }
 
+/** The command that runs this source's edgefleet-server: node, its tsx loader, main.ts; arguments follow. */
+export function serverCommand(): string[] {
+  return [process.execPath, '--import', TSX_LOADER, MAIN];
+}
+
 export function runServerCli(args: string[], cwd: string, env?: Record<string, string>): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawnMain(args, cwd, env);

@@ -15,12 +15,13 @@ import {
 } from '../../fields/index.js';
 import type { ModelStore } from '../../models/index.js';
 import type { PackagingJobRecord, PackagingJobStore } from '../../packaging/index.js';
-import { isUniqueViolation, type DatabaseSchema } from '../../storage/index.js';
+import type { DatabaseSchema } from '../../storage/index.js';
 import { AwsError } from '../aws-errors.js';
 import type { ArnBuilder } from '../arns.js';
 import { defineOperation, epochSeconds, present, type OperationModule } from '../operation.js';
 import { pageOf, pagingInput, requireNameOrder, timeFilterInput, withinTimeFilters } from './paging.js';
 import { awsTagList, fromAwsTags } from './aws-tags.js';
+import { claimPackageObject } from './package-object-claim.js';
 
 /**
  * Edge Manager's package object: `<S3OutputLocation>/<ModelName>-<ModelVersion>.tar.gz`, spaces in the version
@@ -40,45 +41,6 @@ export interface PackagingOperationDeps {
   compilationJobs: CompilationJobStore;
   /** Wakes the packaging worker after a job is created. */
   kick: () => void;
-}
-
-/**
- * The facade packaging job, other than `jobName`, whose package object is `uri` (with its ModelVersion when its
- * packaging job exists yet), or undefined. Read after the unique index on the object refused a new job.
- */
-async function packageHolder(
-  db: Kysely<DatabaseSchema>,
-  uri: string,
-  jobName: string,
-): Promise<{ name: string; modelVersion: string | undefined } | undefined> {
-  const holder = await db
-    .selectFrom('edge_packaging_job_sources')
-    .leftJoin('packaging_jobs', 'packaging_jobs.name', 'edge_packaging_job_sources.job_name')
-    .select(['edge_packaging_job_sources.job_name', 'packaging_jobs.model_version'])
-    .where('edge_packaging_job_sources.package_object_uri', '=', uri)
-    .where('edge_packaging_job_sources.job_name', '<>', jobName)
-    .executeTakeFirst();
-  return holder === undefined
-    ? undefined
-    : { name: holder.job_name, modelVersion: holder.model_version ?? undefined };
-}
-
-/** Frees `uri` from the FAILED facade job that holds it, if one does; true if it did. */
-async function releaseFailedHolder(db: Kysely<DatabaseSchema>, uri: string): Promise<boolean> {
-  const result = await db
-    .updateTable('edge_packaging_job_sources')
-    .set({ package_object_uri: null })
-    .where('package_object_uri', '=', uri)
-    .where(({ exists, selectFrom }) =>
-      exists(
-        selectFrom('packaging_jobs')
-          .select('packaging_jobs.name')
-          .whereRef('packaging_jobs.name', '=', 'edge_packaging_job_sources.job_name')
-          .where('packaging_jobs.status', '=', 'FAILED'),
-      ),
-    )
-    .executeTakeFirst();
-  return Number(result.numUpdatedRows) > 0;
 }
 
 async function sourceOf(db: Kysely<DatabaseSchema>, jobName: string) {
@@ -205,45 +167,18 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
           outputS3Location: input.OutputConfig.S3OutputLocation,
         };
         const packageUri = packageObjectUri(target);
-        // First, so that the job's name and its package object are taken before anything is written: the
-        // unique index on package_object_uri refuses the second of two jobs naming one object, however close.
-        const insertSource = () =>
-          db
-            .insertInto('edge_packaging_job_sources')
-            .values({
-              job_name: input.EdgePackagingJobName,
-              compilation_job_name: compilation.name,
-              role_arn: input.RoleArn,
-              tags: JSON.stringify(fromAwsTags(input.Tags ?? [])),
-              package_object_uri: packageUri,
-            })
-            .execute();
-        try {
-          try {
-            await insertSource();
-          } catch (error) {
-            // A FAILED job's object is no package of it (it has no ModelArtifact): a job may take it over, as a
-            // retry would. Conditional, so of two takeovers at once the index still lets one in.
-            if (!isUniqueViolation(error) || !(await releaseFailedHolder(db, packageUri))) throw error;
-            await insertSource();
-          }
-        } catch (error) {
-          if (!isUniqueViolation(error)) throw error;
-          const holder = await packageHolder(db, packageUri, input.EdgePackagingJobName);
-          if (holder === undefined)
-            throw new DomainError(
-              'Conflict',
-              `edge packaging job ${input.EdgePackagingJobName} already exists`,
-            );
-          throw new AwsError(
-            'ValidationException',
-            `1 validation error detected: Value '${input.ModelVersion}' at 'ModelVersion' failed to satisfy constraint: ` +
-              `its package object ${packageUri} is already edge packaging job ${holder.name}'s` +
-              (holder.modelVersion === undefined ? '' : `, of ModelVersion '${holder.modelVersion}'`) +
-              ` (one package object per job; a space in ModelVersion is written as _ in the object name); ` +
-              `choose another ModelVersion or S3OutputLocation`,
-          );
-        }
+        // First, so that the job's name and its package object are taken before anything is written.
+        await claimPackageObject(
+          db,
+          {
+            job_name: input.EdgePackagingJobName,
+            compilation_job_name: compilation.name,
+            role_arn: input.RoleArn,
+            tags: JSON.stringify(fromAwsTags(input.Tags ?? [])),
+            package_object_uri: packageUri,
+          },
+          input.ModelVersion,
+        );
         try {
           // The compiled model becomes the model version the package is named after.
           const existing = await models.findVersion(input.ModelName, input.ModelVersion);
