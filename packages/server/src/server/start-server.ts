@@ -2,6 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
+import type { MigrationResult } from 'kysely';
 import type { Logger } from 'pino';
 import {
   AccessKeyStore,
@@ -122,6 +123,7 @@ import {
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
+import { serverVersion } from './server-version.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
@@ -226,7 +228,8 @@ export async function openStores(
       }
     }
     if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
-    await migrateToLatest(database.db);
+    const results = await migrateToLatest(database.db);
+    if (logger !== undefined) await logSchema(logger, database, results);
     if (storeUnchecked) await markStoreUncheckedForNewDatabase(database.db);
   } catch (error) {
     await blobs.close();
@@ -240,6 +243,35 @@ export async function openStores(
     );
   }
   return { database, blobs };
+}
+
+/**
+ * After an upgrade, the log says which version runs on which schema, and what changed it: one line per migration
+ * this start applied (none on a start that applied none). The database is named as `description` masks it.
+ */
+async function logSchema(
+  logger: Logger,
+  database: ServerDatabase,
+  results: readonly MigrationResult[],
+): Promise<void> {
+  const applied = results.filter((result) => result.status === 'Success').map((r) => r.migrationName);
+  const schemaVersion = (await appliedMigrations(database.db)).at(-1) ?? 'none';
+  const version = serverVersion();
+  logger.info(
+    {
+      event: 'database_opened',
+      serverVersion: version,
+      database: database.description,
+      schemaVersion,
+      migrationsApplied: applied.length,
+    },
+    `edgefleet-server ${version}: database ${database.description} at schema ${schemaVersion}`,
+  );
+  for (const migration of applied)
+    logger.info(
+      { event: 'migration_applied', migration, database: database.description },
+      `applied database migration ${migration}`,
+    );
 }
 
 /**
