@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { MigrationResult } from 'kysely';
 import type { Logger } from 'pino';
+import { FleetEventLog } from '../audit/index.js';
 import {
   AccessKeyStore,
   accessKeyRoutes,
@@ -560,7 +561,9 @@ export async function startServer(
     // Aborts the imports in flight: a stalled S3 read must not hold shutdown.
     background.push({ stop: () => compilationJobs.close() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
-    const deployments = new DeploymentService(database.db, { packagingJobs, models });
+    // The operator's log of fleet events (docs/operations.md, "Fleet events"): services log what they did.
+    const fleetEvents = new FleetEventLog(logger.child({ log: 'fleet-events' }));
+    const deployments = new DeploymentService(database.db, { packagingJobs, models, events: fleetEvents });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
     // client per check, closed after it: nothing is kept per bucket a client names).
     const fleetOutputCheck = new FleetOutputs(
@@ -576,12 +579,14 @@ export async function startServer(
     );
     background.push({ stop: () => fleetOutputCheck.close() });
     const services: ServerServices = {
-      apiTokens: new ApiTokenStore(database.db),
+      apiTokens: new ApiTokenStore(database.db, Date.now, fleetEvents),
       accessKeys: new AccessKeyStore(
         database.db,
         await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config), {
           warn: (message) => logger.warn(message),
         }),
+        Date.now,
+        fleetEvents,
       ),
       compilationJobs,
       fleets: new FleetStore(database.db, Date.now, async (location) => {
@@ -592,13 +597,18 @@ export async function startServer(
       }),
       devices: new DeviceStore(database.db, {
         offlineAfterMs,
-        onDeregister: stopDeregisteredDeviceTargets,
+        onDeregister: async (trx, device, now, by) => {
+          const recorded = await stopDeregisteredDeviceTargets(trx, device, now);
+          return () => deployments.logRecorded(recorded, by);
+        },
+        events: fleetEvents,
       }),
       identity: new DeviceIdentityService(database.db, {
         ca: deviceCa,
         certificateValidityDays: config.certificates.validityDays,
         enrollmentTokenTtlSeconds: config.enrollment.tokenTtlSeconds,
         maxEnrollmentTokenTtlSeconds: config.enrollment.maxTokenTtlSeconds,
+        events: fleetEvents,
       }),
       deviceCa,
       heartbeats: new HeartbeatService(database.db, {
