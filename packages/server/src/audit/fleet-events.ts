@@ -88,7 +88,8 @@ export class FleetEventLog {
   private write(level: 'info' | 'warn', actor: Actor, event: FleetEvent): void {
     const object = Object.fromEntries(Object.entries(event.object).filter((entry) => entry[1] !== undefined));
     this.logger[level](
-      { event: event.event, outcome: event.outcome, actor, ...object },
+      // The objects first: none of them can stand in for the event, its outcome or its actor.
+      { ...object, event: event.event, outcome: event.outcome, actor },
       `${event.message} (by ${describe(actor)})`,
     );
   }

@@ -880,7 +880,14 @@ export async function startServer(
     ];
     for (const warning of warnings) logger.warn(warning);
     logger.info(
-      { operatorUrl, deviceUrl, deviceEndpoint, database: database.description, blobs: blobs.description },
+      {
+        serverVersion: serverVersion(),
+        operatorUrl,
+        deviceUrl,
+        deviceEndpoint,
+        database: database.description,
+        blobs: blobs.description,
+      },
       'edgefleet-server started',
     );
 

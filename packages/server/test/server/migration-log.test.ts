@@ -79,6 +79,9 @@ describe.each(engines)('migrations in the server log ($engine)', ({ engine, avai
       const start = upgrade.find((line) => line.event === 'database_opened');
       expect(start).toMatchObject({ serverVersion, schemaVersion: latest, migrationsApplied: 3 });
       expect(start!.msg).toContain(serverVersion);
+      expect(upgrade.find((line) => line.msg === 'edgefleet-server started')).toMatchObject({
+        serverVersion,
+      });
       expect(upgrade.filter((l) => l.event === 'migration_applied').map((l) => l.migration)).toEqual(
         migrationNames.slice(-3),
       );
