@@ -9,6 +9,9 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { createCsr, deviceCall, deviceKey } from '../support/device.js';
+import { sagemakerCall } from '../support/sagemaker-call.js';
+import { FleetEventLog } from '../../src/audit/index.js';
+import { DeploymentService } from '../../src/deployments/index.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
 interface LogLine {
@@ -159,12 +162,45 @@ describe('fleet events in the server log (real server, SQLite)', () => {
     ).toBe(200);
     expect((await asBot('POST', '/api/v1/deployment-plans/p2/stages/rest/stop')).status).toBe(200);
 
+    // A device that takes a deployment and goes quiet: the sweep (a replica whose clock is past the plan's
+    // timeout) fails it, on no one's request.
+    expect(
+      (
+        await asBot('POST', '/api/v1/deployment-plans', {
+          name: 'p3',
+          fleetName: 'fa',
+          modelConfigs: [{ modelHandle: 'h', state: 'UNDEPLOY' }],
+          options: { maxRetries: 0, deviceTimeoutSeconds: 10 },
+          stages: [{ name: 's1', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['cam-1'] } }],
+        })
+      ).status,
+    ).toBe(201);
+    expect((await asBot('POST', '/api/v1/deployment-plans/p3/stages/s1/start')).status).toBe(200);
+    expect(
+      (await deviceCall(t.server.deviceUrl, tls, 'POST', '/api/v1/device/deployments', { body: identity }))
+        .status,
+    ).toBe(200);
+    const later = new DeploymentService(t.server.database.db, {
+      packagingJobs: t.server.services.packagingJobs,
+      models: t.server.services.models,
+      events: new FleetEventLog(t.server.logger),
+      now: () => Date.now() + 60_000,
+    });
+    expect(await later.sweep()).toEqual({ timedOut: 1 });
+
     // Revocations, then the revoked certificate presented again.
     expect((await asBot('POST', '/api/v1/devices/cam-1/certificates/revoke', {})).status).toBe(200);
     const refused = await deviceCall(t.server.deviceUrl, tls, 'POST', '/api/v1/device/heartbeat', {
       body: { AgentVersion: '1.0', ...identity },
     });
     expect(refused.status).toBeGreaterThanOrEqual(400);
+    // Through the SageMaker API, the access key that signed the call is the actor.
+    const sdk = { accessKeyId, secretAccessKey: secrets.accessKey! };
+    for (const [operation, input] of [
+      ['RegisterDevices', { DeviceFleetName: 'fa', Devices: [{ DeviceName: 'cam-4' }] }],
+      ['DeregisterDevices', { DeviceFleetName: 'fa', DeviceNames: ['cam-4'] }],
+    ] as const)
+      expect((await sagemakerCall(t.url, sdk, operation, input)).status, operation).toBe(200);
     expect((await asBot('DELETE', `/api/v1/access-keys/${accessKeyId}`)).status).toBe(204);
     expect((await admin('DELETE', `/api/v1/tokens/${bot.id}`)).status).toBe(204);
     await register('fa', ['cam-2']);
@@ -189,8 +225,12 @@ describe('fleet events in the server log (real server, SQLite)', () => {
       // Its device had not taken the deployment: the stage stops at once.
       ['stage_stop_requested', INFO, { actor: operator, plan: 'p2', stage: 'rest', outcome: 'stopped' }],
       ['stage_stopped', INFO, { actor: operator, plan: 'p2', stage: 'rest' }],
+      ['device_timed_out', WARN, { actor: { kind: 'server' }, plan: 'p3', device: 'cam-1' }],
+      ['stage_failed', WARN, { actor: { kind: 'server' }, plan: 'p3', stage: 's1' }],
       ['certificate_revoked', INFO, { actor: operator, device: 'cam-1', count: 1 }],
       ['revoked_certificate_used', WARN, { actor: { kind: 'device', device: 'cam-1' }, outcome: 'refused' }],
+      ['device_registered', INFO, { actor: { kind: 'access-key', accessKeyId }, device: 'cam-4' }],
+      ['device_deregistered', INFO, { actor: { kind: 'access-key', accessKeyId }, device: 'cam-4' }],
       ['access_key_revoked', INFO, { actor: operator, accessKeyId }],
       ['api_token_revoked', INFO, { actor: admins, tokenId: bot.id }],
       ['device_registered', INFO, { actor: admins, device: 'cam-2' }],
