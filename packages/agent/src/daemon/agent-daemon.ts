@@ -26,6 +26,7 @@ import {
   openAgentDatabase,
   recordLoadedModels,
   restoreLoadedModels,
+  type AgentDatabase,
   type DatabaseRecovery,
 } from '../state/index.js';
 import { EXIT_CODES, StartupError } from './exit-codes.js';
@@ -186,6 +187,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       : undefined;
     if (opened?.recovery) reportRecovery(opened.recovery, logger);
     const database = opened?.database;
+    if (database) reportSchema(database, options.version, logger);
     if (database) {
       cleanups.push(() => database.close());
       await restoreLoadedModels(registry, database.loadedModels, logger, {
@@ -393,6 +395,26 @@ function lockOrRefuse<Lock>(acquire: () => Lock): Lock {
 }
 
 /** A damaged database was replaced: loud, with where the damaged copy is and what could not be saved. */
+/** After an upgrade, the log says which schema the agent runs on and what changed it: one line per migration. */
+function reportSchema(database: AgentDatabase, agentVersion: string, logger: Logger): void {
+  logger.info(
+    {
+      event: 'database-opened',
+      database: database.path,
+      agentVersion,
+      schemaVersion: database.schema.version,
+      migrationsApplied: database.schema.applied.length,
+    },
+    `agent database ${database.path}: schema version ${database.schema.version} (edgefleet-agent ${agentVersion})`,
+  );
+  for (const migration of database.schema.applied) {
+    logger.info(
+      { event: 'migration-applied', database: database.path, version: migration.version },
+      `applied agent database migration ${migration.version}: ${migration.description}`,
+    );
+  }
+}
+
 function reportRecovery(recovery: DatabaseRecovery, logger: Logger): void {
   const { salvaged, lostCaptureIds } = recovery;
   const lost =

@@ -6,7 +6,7 @@ import { capturePayloadFolder } from './capture-payload-files.js';
 import { CaptureQueueRepository } from './capture-queue-repository.js';
 import { DeploymentsRepository } from './deployments-repository.js';
 import { LoadedModelsRepository } from './loaded-models-repository.js';
-import { migrate } from './migrations.js';
+import { MIGRATIONS, migrate, type Migration } from './migrations.js';
 import { ModelCountersRepository } from './model-counters-repository.js';
 import { UploadLedgerRepository } from './upload-ledger-repository.js';
 
@@ -52,6 +52,8 @@ export interface OpenAgentDatabaseOptions {
  */
 export class AgentDatabase {
   readonly path: string;
+  /** The schema version now (PRAGMA user_version), and the migrations this open applied (start-up log). */
+  readonly schema: { readonly version: number; readonly applied: readonly Migration[] };
   readonly captureQueue: CaptureQueueRepository;
   readonly loadedModels: LoadedModelsRepository;
   readonly modelCounters: ModelCountersRepository;
@@ -61,8 +63,14 @@ export class AgentDatabase {
   #walTimer: NodeJS.Timeout | undefined;
   #walSync: Promise<void> = Promise.resolve();
 
-  private constructor(path: string, db: Database, walSyncIntervalMs: number) {
+  private constructor(
+    path: string,
+    db: Database,
+    walSyncIntervalMs: number,
+    schema: AgentDatabase['schema'],
+  ) {
     this.path = path;
+    this.schema = schema;
     this.#db = db;
     if (walSyncIntervalMs > 0) {
       this.#walTimer = setInterval(() => {
@@ -98,11 +106,15 @@ export class AgentDatabase {
       db.pragma(`synchronous = ${synchronous}`);
       // Keep the WAL from staying large after a burst of big captures.
       db.pragma('journal_size_limit = 67108864');
-      migrate(db);
+      const applied = migrate(db);
       return new AgentDatabase(
         options.path,
         db,
         synchronous === 'NORMAL' ? (options.walSyncIntervalMs ?? 1000) : 0,
+        {
+          version: db.pragma('user_version', { simple: true }) as number,
+          applied: MIGRATIONS.filter((m) => applied.includes(m.version)),
+        },
       );
     } catch (error) {
       db.close();

@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { operatorActorOf } from '../audit/index.js';
 import { z } from 'zod';
 import { deviceNameSchema } from '../fields/index.js';
 import { notFound } from '../errors/index.js';
@@ -62,8 +63,8 @@ export const accessKeyRoutes: FastifyPluginAsync<{ accessKeys: AccessKeyStore }>
       secretAccessKey: z.string().describe('The secret access key; store it now'),
     }),
     status: 201,
-    handler: async ({ body }) => {
-      const { secretAccessKey, record } = await accessKeys.create(body);
+    handler: async ({ body, request }) => {
+      const { secretAccessKey, record } = await accessKeys.create(body, operatorActorOf(request));
       return { ...toApi(record), secretAccessKey };
     },
   });
@@ -102,8 +103,8 @@ export const accessKeyRoutes: FastifyPluginAsync<{ accessKeys: AccessKeyStore }>
         ),
     }),
     status: 204,
-    handler: async ({ params }) => {
-      if (!(await accessKeys.revoke(params.accessKeyId))) {
+    handler: async ({ params, request }) => {
+      if (!(await accessKeys.revoke(params.accessKeyId, operatorActorOf(request)))) {
         throw notFound(`active access key ${params.accessKeyId}`);
       }
       return undefined;

@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { readFile } from 'node:fs/promises';
 import { awsProfileName } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
@@ -164,15 +165,20 @@ export class AccessKeyStore {
     private readonly db: Kysely<DatabaseSchema>,
     private readonly encryptionKey: Buffer,
     private readonly now: () => number = Date.now,
+    /** Where creations and revocations are logged; absent: nowhere (commands beside the server, tests). */
+    private readonly events?: FleetEventLog,
   ) {
     if (encryptionKey.length !== 32) throw new Error('the access-key encryption key must be 32 bytes');
   }
 
-  async create(input: {
-    name: string;
-    scope: TokenScope;
-    deviceName?: string | undefined;
-  }): Promise<{ secretAccessKey: string; record: AccessKeyRecord }> {
+  async create(
+    input: {
+      name: string;
+      scope: TokenScope;
+      deviceName?: string | undefined;
+    },
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<{ secretAccessKey: string; record: AccessKeyRecord }> {
     const secretAccessKey = randomBytes(30).toString('base64').replace(/[+/]/g, 'A');
     const record: AccessKeyRecord = {
       accessKeyId: newAccessKeyId(),
@@ -215,6 +221,17 @@ export class AccessKeyStore {
       await this.refuseProfileNameInUse(record.name);
       throw error;
     }
+    this.events?.info(by, {
+      event: 'access_key_created',
+      outcome: 'created',
+      object: {
+        accessKeyId: record.accessKeyId,
+        accessKeyName: record.name,
+        scope: record.scope,
+        device: record.deviceName ?? undefined,
+      },
+      message: `access key ${record.accessKeyId} ("${record.name}", ${record.scope}${record.deviceName !== null ? `, device ${record.deviceName}` : ''}) created`,
+    });
     return { secretAccessKey, record };
   }
 
@@ -283,14 +300,22 @@ export class AccessKeyStore {
   }
 
   /** Revokes a key; false if there is no such (unrevoked) key. */
-  async revoke(accessKeyId: string): Promise<boolean> {
+  async revoke(accessKeyId: string, by: Actor = LOCAL_ACTOR): Promise<boolean> {
     const result = await this.db
       .updateTable('access_keys')
       .set({ revoked_at: this.now() })
       .where('access_key_id', '=', accessKeyId)
       .where('revoked_at', 'is', null)
       .executeTakeFirst();
-    return Number(result.numUpdatedRows) > 0;
+    const revoked = Number(result.numUpdatedRows) > 0;
+    if (revoked)
+      this.events?.info(by, {
+        event: 'access_key_revoked',
+        outcome: 'revoked',
+        object: { accessKeyId },
+        message: `access key ${accessKeyId} revoked`,
+      });
+    return revoked;
   }
 
   // The key id is the associated data: a ciphertext copied onto another row does not decrypt there.

@@ -1,4 +1,5 @@
 import type { Kysely } from 'kysely';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { z } from 'zod';
 import type { DatabaseSchema } from '../storage/index.js';
 import { hashSecret, newId, newSecret } from './secrets.js';
@@ -27,12 +28,17 @@ export class ApiTokenStore {
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly now: () => number = Date.now,
+    /** Where creations and revocations are logged; absent: nowhere (commands beside the server, tests). */
+    private readonly events?: FleetEventLog,
   ) {}
 
-  async create(input: {
-    name: string;
-    scope: TokenScope;
-  }): Promise<{ token: string; record: ApiTokenRecord }> {
+  async create(
+    input: {
+      name: string;
+      scope: TokenScope;
+    },
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<{ token: string; record: ApiTokenRecord }> {
     const token = newSecret(API_TOKEN_PREFIX);
     const record: ApiTokenRecord = {
       id: newId(),
@@ -52,6 +58,12 @@ export class ApiTokenStore {
         revoked_at: null,
       })
       .execute();
+    this.events?.info(by, {
+      event: 'api_token_created',
+      outcome: 'created',
+      object: { tokenId: record.id, tokenName: record.name, scope: record.scope },
+      message: `API token "${record.name}" (${record.id}, ${record.scope}) created`,
+    });
     return { token, record };
   }
 
@@ -83,14 +95,22 @@ export class ApiTokenStore {
   }
 
   /** Revokes a token; false if there is no such (unrevoked) token. */
-  async revoke(id: string): Promise<boolean> {
+  async revoke(id: string, by: Actor = LOCAL_ACTOR): Promise<boolean> {
     const result = await this.db
       .updateTable('api_tokens')
       .set({ revoked_at: this.now() })
       .where('id', '=', id)
       .where('revoked_at', 'is', null)
       .executeTakeFirst();
-    return Number(result.numUpdatedRows) > 0;
+    const revoked = Number(result.numUpdatedRows) > 0;
+    if (revoked)
+      this.events?.info(by, {
+        event: 'api_token_revoked',
+        outcome: 'revoked',
+        object: { tokenId: id },
+        message: `API token ${id} revoked`,
+      });
+    return revoked;
   }
 
   async hasActiveAdmin(): Promise<boolean> {

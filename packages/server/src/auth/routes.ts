@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { operatorActorOf } from '../audit/index.js';
 import { z } from 'zod';
 import { DomainError, notFound } from '../errors/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
@@ -38,8 +39,8 @@ export const apiTokenRoutes: FastifyPluginAsync<{ tokens: ApiTokenStore }> = asy
     body: z.strictObject({ name: tokenNameSchema, scope: tokenScopeSchema }),
     response: apiTokenSchema.extend({ token: z.string().describe('The bearer token; store it now') }),
     status: 201,
-    handler: async ({ body }) => {
-      const { token, record } = await tokens.create(body);
+    handler: async ({ body, request }) => {
+      const { token, record } = await tokens.create(body, operatorActorOf(request));
       return { ...toApi(record), token };
     },
   });
@@ -72,7 +73,8 @@ export const apiTokenRoutes: FastifyPluginAsync<{ tokens: ApiTokenStore }> = asy
       if (requireOperator(request).tokenId === params.id) {
         throw new DomainError('Conflict', 'a token cannot revoke itself; use another admin token');
       }
-      if (!(await tokens.revoke(params.id))) throw notFound(`active API token ${params.id}`);
+      if (!(await tokens.revoke(params.id, operatorActorOf(request))))
+        throw notFound(`active API token ${params.id}`);
       return undefined;
     },
   });

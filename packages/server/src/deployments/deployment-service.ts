@@ -1,6 +1,7 @@
 import type { GetDeploymentsResult } from '@edgefleet/core';
 import type { Kysely, Transaction } from 'kysely';
 import type { z } from 'zod';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { recordDeploymentResult, selectableDevices } from '../devices/index.js';
 import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
 import { tagListSchema, type Tag } from '../fields/index.js';
@@ -23,6 +24,7 @@ import {
   stopReasonSchema,
   type CreatePlanInput,
   type DeploymentEvent,
+  type DeploymentEventKind,
   type DeviceDeploymentStatus,
   type ModelConfig,
   type PlanView,
@@ -41,6 +43,7 @@ import {
   startStage,
   stopUnstartedDevices,
   unknownSelectedDevices,
+  type RecordedEvent,
 } from './stage-progress.js';
 
 /** Zod's issues on one line, each with its path: messages travel in HTTP bodies and botocore errors. */
@@ -52,10 +55,60 @@ function oneLine(error: z.ZodError): string {
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
+/** The timeout sweep acts on no one's request. */
+const SWEEPER: Actor = { kind: 'server', worker: 'deployment sweep' };
+
+/** Deployment events an operator must act on: logged at warn. */
+const WARNED: ReadonlySet<DeploymentEventKind> = new Set<DeploymentEventKind>([
+  'StageFailed',
+  'StageAborted',
+  'DeviceFailed',
+  'DeviceRetried',
+  'DeviceTimedOut',
+  'DeviceRolledBack',
+  'AutoAdvanceHeld',
+]);
+
+/** What came of each deployment event, for the log line's `outcome`. */
+const OUTCOME_OF: Record<DeploymentEventKind, string> = {
+  PlanCreated: 'created',
+  StageStarted: 'started',
+  StageStopped: 'stopped',
+  StageDeployed: 'deployed',
+  StageFailed: 'failed',
+  StageAborted: 'aborted',
+  DeviceFailed: 'failed',
+  DeviceRetried: 'retrying',
+  DeviceTimedOut: 'timed-out',
+  DeviceCancelled: 'cancelled',
+  DeviceRolledBack: 'rolled-back',
+  AutoAdvanceHeld: 'held',
+};
+
+/** PlanCreated → plan_created: the log's event names. */
+function snakeCase(kind: string): string {
+  return kind.replace(/(?<=[a-z])([A-Z])/g, '_$1').toLowerCase();
+}
+
+/** The devices whose reports a batch applies: one names itself; a heartbeat batch of several, the server. */
+function reportersOf(reports: readonly ReportedResult[]): Actor {
+  const devices = new Set(reports.map((r) => r.deviceName));
+  return devices.size === 1
+    ? { kind: 'device', device: [...devices][0]! }
+    : { kind: 'server', worker: `heartbeats of ${devices.size} devices` };
+}
+
+/** Whether a stop request stopped the stage at once, or left it STOPPING until its devices report. */
+function stopOutcome(recorded: readonly RecordedEvent[]): string {
+  return recorded.some((e) => e.kind === 'StageStopped') ? 'stopped' : 'stopping';
+}
+
 export interface DeploymentServiceOptions {
   packagingJobs: PackagingJobStore;
   /** For plans that deploy uploaded packages (model versions uploaded as a signed .tar.gz). */
   models: Pick<ModelStore, 'getVersion' | 'deviceTrustWarningFor'>;
+  /** Where each recorded deployment event is logged once its change commits; absent: nowhere (commands, tests). */
+  events?: FleetEventLog;
   now?: () => number;
 }
 
@@ -84,7 +137,10 @@ export class DeploymentService implements DevicePackageAccess {
    * refuse (models/device-trust.ts), why and what to do, as the package's upload said; the plan is created all the
    * same (an operator may give devices other roots). Packaging jobs' packages are the server's own signing.
    */
-  async createPlan(input: CreatePlanInput): Promise<PlanView & { warnings?: string[] }> {
+  async createPlan(
+    input: CreatePlanInput,
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<PlanView & { warnings?: string[] }> {
     const parsed = createPlanSchema.safeParse(input);
     if (!parsed.success) throw invalid(`deployment plan: ${oneLine(parsed.error)}`);
     const plan = parsed.data;
@@ -144,6 +200,7 @@ export class DeploymentService implements DevicePackageAccess {
       });
     }
     const at = this.now();
+    const recorded: RecordedEvent[] = [];
     await this.db.transaction().execute(async (trx) => {
       try {
         await trx
@@ -182,8 +239,10 @@ export class DeploymentService implements DevicePackageAccess {
             .join(', ')}`,
         },
         at,
+        recorded,
       );
     });
+    this.logRecorded(recorded, by, { fleet: plan.fleetName });
     const view = await this.describePlan(plan.name);
     // From what each upload's check kept (no package read: a plan that was created answers at once).
     const warnings: string[] = [];
@@ -257,8 +316,10 @@ export class DeploymentService implements DevicePackageAccess {
     planName: string,
     stageName: string,
     options: { force: boolean } = { force: false },
+    by: Actor = LOCAL_ACTOR,
   ): Promise<PlanView> {
     const at = this.now();
+    const recorded: RecordedEvent[] = [];
     await this.db.transaction().execute(async (trx) => {
       const stage = await this.stageRow(trx, planName, stageName);
       const failed = await trx
@@ -285,7 +346,7 @@ export class DeploymentService implements DevicePackageAccess {
           ? `started by an operator, forced although stage(s) ${failed.map((s) => s.name).join(', ')} FAILED`
           : 'started by an operator';
       try {
-        await startStage(trx, planName, stageName, at, reason);
+        await startStage(trx, planName, stageName, at, reason, recorded);
       } catch (error) {
         // Two stages of one plan started at the same moment can pick the same device; one of them waits.
         if (isUniqueViolation(error)) {
@@ -295,8 +356,9 @@ export class DeploymentService implements DevicePackageAccess {
         }
         throw error;
       }
-      await settleStage(trx, planName, stageName, at);
+      await settleStage(trx, planName, stageName, at, recorded);
     });
+    this.logRecorded(recorded, by);
     return this.describePlan(planName);
   }
 
@@ -305,8 +367,9 @@ export class DeploymentService implements DevicePackageAccess {
    * (STOPPED); devices mid-update finish, or roll back, and report. The stage is STOPPING until they have,
    * or until they time out, then STOPPED. A READYTODEPLOY stage becomes STOPPED at once.
    */
-  async stopStage(planName: string, stageName: string): Promise<PlanView> {
+  async stopStage(planName: string, stageName: string, by: Actor = LOCAL_ACTOR): Promise<PlanView> {
     const at = this.now();
+    const recorded: RecordedEvent[] = [];
     await this.db.transaction().execute(async (trx) => {
       const stage = await this.stageRow(trx, planName, stageName);
       const from = stage.status as StageStatus;
@@ -339,11 +402,20 @@ export class DeploymentService implements DevicePackageAccess {
           trx,
           { plan: planName, stage: stageName, kind: 'StageStopped', message: 'stopped before it started' },
           at,
+          recorded,
         );
         await releaseFinishedPlan(trx, planName);
       }
-      await settleStage(trx, planName, stageName, at);
+      await settleStage(trx, planName, stageName, at, recorded);
     });
+    // A stage still STOPPING records its event once its devices have reported: the request is logged now.
+    this.options.events?.info(by, {
+      event: 'stage_stop_requested',
+      outcome: stopOutcome(recorded),
+      object: { plan: planName, stage: stageName },
+      message: `stage ${stageName} of plan ${planName}: stop requested`,
+    });
+    this.logRecorded(recorded, by);
     return this.describePlan(planName);
   }
 
@@ -351,8 +423,13 @@ export class DeploymentService implements DevicePackageAccess {
    * Cancels one device's deployment at any time: it is STOPPED with the reason, the deployment leaves its
    * desired state (the device goes back to what earlier plans gave it), and a late report is ignored.
    */
-  async cancelDevice(planName: string, deviceName: string): Promise<StageDeviceView> {
+  async cancelDevice(
+    planName: string,
+    deviceName: string,
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<StageDeviceView> {
     const at = this.now();
+    const recorded: RecordedEvent[] = [];
     await this.db.transaction().execute(async (trx) => {
       const target = await trx
         .selectFrom('deployment_targets')
@@ -392,16 +469,18 @@ export class DeploymentService implements DevicePackageAccess {
           message: 'cancelled by an operator',
         },
         at,
+        recorded,
       );
-      await settleStage(trx, planName, target.stage_name, at);
+      await settleStage(trx, planName, target.stage_name, at, recorded);
     });
+    this.logRecorded(recorded, by);
     const [view] = await this.stageDevices(planName, undefined, { limit: 1, deviceName });
     if (view === undefined) throw notFound(`device ${deviceName} in deployment plan ${planName}`);
     return view;
   }
 
   /** Deletes a plan (DeleteEdgeDeploymentPlan) whose stages are all finished or never started. */
-  async deletePlan(planName: string): Promise<void> {
+  async deletePlan(planName: string, by: Actor = LOCAL_ACTOR): Promise<void> {
     await this.db.transaction().execute(async (trx) => {
       await this.planRow(trx, planName);
       const active = await trx
@@ -420,6 +499,12 @@ export class DeploymentService implements DevicePackageAccess {
       await trx.deleteFrom('deployment_targets').where('plan_name', '=', planName).execute();
       await trx.deleteFrom('deployment_plans').where('name', '=', planName).execute();
       await trx.deleteFrom('deployment_events').where('plan_name', '=', planName).execute();
+    });
+    this.options.events?.info(by, {
+      event: 'plan_deleted',
+      outcome: 'deleted',
+      object: { plan: planName },
+      message: `deployment plan ${planName} deleted`,
     });
   }
 
@@ -601,11 +686,13 @@ export class DeploymentService implements DevicePackageAccess {
 
   /** Applies devices' DeploymentResults (from heartbeats, or their own call) and settles their stages. */
   async recordResults(reports: ReportedResult[]): Promise<void> {
+    const recorded: RecordedEvent[] = [];
     await this.db.transaction().execute(async (trx) => {
-      const stages = await applyResults(trx, reports);
+      const stages = await applyResults(trx, reports, recorded);
       const at = this.now();
-      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at);
+      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at, recorded);
     });
+    this.logRecorded(recorded, reportersOf(reports), { devicesReported: true });
   }
 
   /**
@@ -614,12 +701,14 @@ export class DeploymentService implements DevicePackageAccess {
    * transaction. A heartbeat repeating it later is no news (the target row's digest).
    */
   async recordDeviceResult(report: ReportedResult): Promise<void> {
+    const recorded: RecordedEvent[] = [];
     await this.db.transaction().execute(async (trx) => {
       await recordDeploymentResult(trx, report, report.result, report.receivedAt);
-      const stages = await applyResults(trx, [report]);
+      const stages = await applyResults(trx, [report], recorded);
       const at = this.now();
-      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at);
+      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at, recorded);
     });
+    this.logRecorded(recorded, reportersOf([report]), { devicesReported: true });
   }
 
   /**
@@ -636,6 +725,7 @@ export class DeploymentService implements DevicePackageAccess {
       .execute();
     let timedOut = 0;
     for (const stage of active) {
+      const recorded: RecordedEvent[] = [];
       await this.db.transaction().execute(async (trx) => {
         const options = await planOptions(trx, stage.plan_name);
         const cutoff = at - options.deviceTimeoutSeconds * 1000;
@@ -677,12 +767,46 @@ export class DeploymentService implements DevicePackageAccess {
               message,
             },
             at,
+            recorded,
           );
         }
-        await settleStage(trx, stage.plan_name, stage.name, at);
+        await settleStage(trx, stage.plan_name, stage.name, at, recorded);
       });
+      this.logRecorded(recorded, SWEEPER);
     }
     return { timedOut };
+  }
+
+  /**
+   * Logs the deployment events a committed change recorded, each naming `by` (whose call or report caused it,
+   * auto-advance and settling included). Failures an operator must look at are warnings.
+   */
+  logRecorded(
+    recorded: readonly RecordedEvent[],
+    by: Actor,
+    options: { fleet?: string; devicesReported?: boolean } = {},
+  ): void {
+    const log = this.options.events;
+    if (log === undefined) return;
+    const { devicesReported = false, ...extra } = options;
+    for (const event of recorded) {
+      // In a batch of devices' reports, what happened to one device was its own report's doing.
+      const actor: Actor =
+        devicesReported && event.device !== undefined ? { kind: 'device', device: event.device } : by;
+      // An auto-advance is a stage started by a device's report (or the sweep): named as the advance it is.
+      const advanced =
+        event.kind === 'StageStarted' && event.message.startsWith('stage started (auto-advance');
+      const line = {
+        event: advanced ? 'stage_advanced' : snakeCase(event.kind),
+        outcome: OUTCOME_OF[event.kind],
+        object: { plan: event.plan, stage: event.stage, device: event.device, ...extra },
+        message: `deployment plan ${event.plan}${event.stage !== undefined ? ` stage ${event.stage}` : ''}${
+          event.device !== undefined ? ` device ${event.device}` : ''
+        }: ${event.message}`,
+      };
+      if (WARNED.has(event.kind)) log.warn(actor, line);
+      else log.info(actor, line);
+    }
   }
 
   /** DevicePackageAccess: a packaging job's package is downloadable by a fleet that a plan deploys it to. */

@@ -7,14 +7,18 @@
 import type { Transaction } from 'kysely';
 import { laterOf, type DatabaseSchema } from '../storage/index.js';
 import type { StopReason } from './deployment-schemas.js';
-import { PENDING_DEVICE, recordEvent, settleStage } from './stage-progress.js';
+import { PENDING_DEVICE, recordEvent, settleStage, type RecordedEvent } from './stage-progress.js';
 
-/** Runs in the deregistration's transaction (DeviceStore's `onDeregister`), before the device row goes. */
+/**
+ * Runs in the deregistration's transaction (DeviceStore's `onDeregister`), before the device row goes; returns
+ * the events it recorded, for the log once that transaction has committed.
+ */
 export async function stopDeregisteredDeviceTargets(
   trx: Transaction<DatabaseSchema>,
   device: { name: string; fleetName: string },
   now: number,
-): Promise<void> {
+): Promise<RecordedEvent[]> {
+  const recorded: RecordedEvent[] = [];
   const pending = await trx
     .selectFrom('deployment_targets')
     .select(['plan_name', 'stage_name', 'status'])
@@ -51,11 +55,13 @@ export async function stopDeregisteredDeviceTargets(
         message,
       },
       now,
+      recorded,
     );
     stages.set(`${target.plan_name}\u0000${target.stage_name}`, {
       plan: target.plan_name,
       stage: target.stage_name,
     });
   }
-  for (const { plan, stage } of stages.values()) await settleStage(trx, plan, stage, now);
+  for (const { plan, stage } of stages.values()) await settleStage(trx, plan, stage, now, recorded);
+  return recorded;
 }

@@ -9,7 +9,7 @@ import type { Transaction } from 'kysely';
 import { lastDeploymentResults } from '../devices/index.js';
 import { laterOf, type DatabaseSchema } from '../storage/index.js';
 import { classifyResult, isProgressOfEndedAttempt } from './result-outcome.js';
-import { planOptions, recordEvent } from './stage-progress.js';
+import { planOptions, recordEvent, type RecordedEvent } from './stage-progress.js';
 
 export { classifyResult, type ResultOutcome } from './result-outcome.js';
 
@@ -47,6 +47,7 @@ function digestOf(result: DeploymentResult): string {
 export async function applyResults(
   trx: Transaction<DatabaseSchema>,
   reports: ReportedResult[],
+  recorded: RecordedEvent[],
 ): Promise<{ plan: string; stage: string }[]> {
   const named = reports.filter((r) => r.result.DeploymentName !== undefined);
   if (named.length === 0) return [];
@@ -156,7 +157,7 @@ export async function applyResults(
             .execute(),
         );
         if (!retried) continue;
-        await recordEvent(trx, { ...device, kind: 'DeviceRetried', message }, at);
+        await recordEvent(trx, { ...device, kind: 'DeviceRetried', message }, at, recorded);
       } else {
         // Said only where it is why: a stopping stage, or one out of retries, retries nothing anyway.
         const message =
@@ -176,7 +177,7 @@ export async function applyResults(
             .execute(),
         );
         if (!failed) continue;
-        await recordEvent(trx, { ...device, kind: 'DeviceFailed', message }, at);
+        await recordEvent(trx, { ...device, kind: 'DeviceFailed', message }, at, recorded);
         if (row.failure_policy === 'ROLLBACK_ON_FAILURE') {
           await recordEvent(
             trx,
@@ -187,6 +188,7 @@ export async function applyResults(
                 'ROLLBACK_ON_FAILURE: the device returns every model of this deployment to its previous version',
             },
             at,
+            recorded,
           );
         }
       }

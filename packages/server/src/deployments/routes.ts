@@ -8,6 +8,7 @@ import {
   sendHeartbeatResultSchema,
   UPLOADED_PACKAGE_ROUTE,
 } from '@edgefleet/core';
+import { operatorActorOf } from '../audit/index.js';
 import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import type { BlobStore } from '../blobs/index.js';
@@ -66,7 +67,7 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     body: createPlanSchema,
     response: createdPlanSchema,
     status: 201,
-    handler: async ({ body }) => deployments.createPlan(body),
+    handler: async ({ body, request }) => deployments.createPlan(body, operatorActorOf(request)),
   });
 
   defineRoute(app, {
@@ -110,8 +111,8 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     summary: 'Delete a deployment plan with no stage under way (DeleteEdgeDeploymentPlan)',
     params: planParams,
     status: 204,
-    handler: async ({ params }) => {
-      await deployments.deletePlan(params.plan);
+    handler: async ({ params, request }) => {
+      await deployments.deletePlan(params.plan, operatorActorOf(request));
       return undefined;
     },
   });
@@ -153,8 +154,13 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     // No body (as the CLI sent before --force) reads as null: not forced.
     body: startStageBodySchema.nullish(),
     response: planViewSchema,
-    handler: async ({ params, body }) =>
-      deployments.startStage(params.plan, params.stage, { force: body?.force ?? false }),
+    handler: async ({ params, body, request }) =>
+      deployments.startStage(
+        params.plan,
+        params.stage,
+        { force: body?.force ?? false },
+        operatorActorOf(request),
+      ),
   });
 
   defineRoute(app, {
@@ -165,7 +171,8 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     summary: 'Stop a stage (StopEdgeDeploymentStage): devices not started are not; those mid-update finish',
     params: stageParams,
     response: planViewSchema,
-    handler: async ({ params }) => deployments.stopStage(params.plan, params.stage),
+    handler: async ({ params, request }) =>
+      deployments.stopStage(params.plan, params.stage, operatorActorOf(request)),
   });
 
   defineRoute(app, {
@@ -196,7 +203,8 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     summary: "Cancel one device's deployment: it is STOPPED and goes back to what earlier plans gave it",
     params: deviceParams,
     response: stageDeviceSchema,
-    handler: async ({ params }) => deployments.cancelDevice(params.plan, params.device),
+    handler: async ({ params, request }) =>
+      deployments.cancelDevice(params.plan, params.device, operatorActorOf(request)),
   });
 
   defineRoute(app, {

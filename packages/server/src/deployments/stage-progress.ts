@@ -30,10 +30,24 @@ export const FINISHED_STAGE: readonly StageStatus[] = ['DEPLOYED', 'FAILED', 'ST
 /** Device statuses still waiting for the device: not taken yet, or taken and not reported. */
 export const PENDING_DEVICE = ['READYTODEPLOY', 'INPROGRESS'] as const;
 
+/** A deployment event as recorded: what the server's log says of it once its transaction commits. */
+export interface RecordedEvent {
+  plan: string;
+  stage?: string;
+  device?: string;
+  kind: DeploymentEventKind;
+  message: string;
+}
+
+/**
+ * Records the event, and adds it to `recorded`: the caller logs what its transaction recorded once it has
+ * committed (a rolled-back change must not show in the log).
+ */
 export async function recordEvent(
   db: Executor,
-  event: { plan: string; stage?: string; device?: string; kind: DeploymentEventKind; message: string },
+  event: RecordedEvent,
   at: number,
+  recorded: RecordedEvent[],
 ): Promise<void> {
   await db
     .insertInto('deployment_events')
@@ -47,6 +61,7 @@ export async function recordEvent(
       at,
     })
     .execute();
+  recorded.push(event);
 }
 
 /** Records the event unless the same one (plan, stage, kind, message) was recorded before: settling repeats. */
@@ -54,6 +69,7 @@ async function recordEventOnce(
   db: Executor,
   event: { plan: string; stage: string; kind: DeploymentEventKind; message: string },
   at: number,
+  recorded: RecordedEvent[],
 ): Promise<void> {
   const earlier = await db
     .selectFrom('deployment_events')
@@ -63,7 +79,7 @@ async function recordEventOnce(
     .where('kind', '=', event.kind)
     .where('message', '=', event.message)
     .executeTakeFirst();
-  if (earlier === undefined) await recordEvent(db, event, at);
+  if (earlier === undefined) await recordEvent(db, event, at, recorded);
 }
 
 export async function planOptions(db: Executor, planName: string): Promise<PlanOptions> {
@@ -142,6 +158,7 @@ export async function startStage(
   stageName: string,
   now: number,
   reason: string,
+  recorded: RecordedEvent[],
 ): Promise<void> {
   const stages = await trx
     .selectFrom('deployment_stages')
@@ -243,6 +260,7 @@ export async function startStage(
       message: `stage started (${reason}); it targets ${rows.length} device(s)`,
     },
     now,
+    recorded,
   );
 }
 
@@ -303,6 +321,7 @@ export async function settleStage(
   planName: string,
   stageName: string,
   now: number,
+  recorded: RecordedEvent[],
 ): Promise<void> {
   const stage = await trx
     .selectFrom('deployment_stages')
@@ -342,7 +361,12 @@ export async function settleStage(
           .join(' or ')}, after ${abort.minDevices}); devices not yet started will not start`;
       if (await setStage('INPROGRESS', 'FAILED', message)) {
         await stopUnstartedDevices(trx, planName, stageName, 'stage-aborted', now);
-        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageAborted', message }, now);
+        await recordEvent(
+          trx,
+          { plan: planName, stage: stageName, kind: 'StageAborted', message },
+          now,
+          recorded,
+        );
         status = 'FAILED';
       }
     }
@@ -355,25 +379,45 @@ export async function settleStage(
         cancelled > 0 ? `${cancelled} cancelled, ` : ''
       }${counts.STOPPED - cancelled} not started`;
       if (await setStage('STOPPING', 'STOPPED', message)) {
-        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageStopped', message }, now);
+        await recordEvent(
+          trx,
+          { plan: planName, stage: stageName, kind: 'StageStopped', message },
+          now,
+          recorded,
+        );
         status = 'STOPPED';
       }
     } else if (counts.DEPLOYED === 0 && counts.STOPPED > 0 && counts.FAILED === 0) {
       const message = `stopped: every device (${counts.STOPPED}) was cancelled`;
       if (await setStage('INPROGRESS', 'STOPPED', message)) {
-        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageStopped', message }, now);
+        await recordEvent(
+          trx,
+          { plan: planName, stage: stageName, kind: 'StageStopped', message },
+          now,
+          recorded,
+        );
         status = 'STOPPED';
       }
     } else if (counts.FAILED > 0) {
       const message = `${counts.FAILED} of ${counts.total} device(s) failed`;
       if (await setStage('INPROGRESS', 'FAILED', message)) {
-        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageFailed', message }, now);
+        await recordEvent(
+          trx,
+          { plan: planName, stage: stageName, kind: 'StageFailed', message },
+          now,
+          recorded,
+        );
         status = 'FAILED';
       }
     } else {
       const message = `${counts.DEPLOYED} device(s) deployed`;
       if (await setStage('INPROGRESS', 'DEPLOYED', null)) {
-        await recordEvent(trx, { plan: planName, stage: stageName, kind: 'StageDeployed', message }, now);
+        await recordEvent(
+          trx,
+          { plan: planName, stage: stageName, kind: 'StageDeployed', message },
+          now,
+          recorded,
+        );
         status = 'DEPLOYED';
       }
     }
@@ -418,6 +462,7 @@ export async function settleStage(
           trx,
           { plan: planName, stage: stageName, kind: 'AutoAdvanceHeld', message: held },
           now,
+          recorded,
         );
       } else {
         await startStage(
@@ -426,8 +471,9 @@ export async function settleStage(
           next.name,
           now,
           `auto-advance: ${counts.DEPLOYED} of ${counts.total} device(s) of stage ${stageName} deployed`,
+          recorded,
         );
-        await settleStage(trx, planName, next.name, now);
+        await settleStage(trx, planName, next.name, now, recorded);
       }
     }
   }

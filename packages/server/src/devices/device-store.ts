@@ -1,4 +1,5 @@
 import { sql, type Expression, type Kysely, type Transaction } from 'kysely';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { z } from 'zod';
 import { tagListSchema, type Tag } from '../fields/index.js';
 import { conflict, notFound } from '../errors/index.js';
@@ -151,7 +152,10 @@ export interface DeviceStoreOptions {
     trx: Transaction<DatabaseSchema>,
     device: { name: string; fleetName: string },
     now: number,
-  ) => Promise<void>;
+    by: Actor,
+  ) => Promise<(() => void) | void>;
+  /** Where registrations and deregistrations are logged; absent: nowhere (commands, tests). */
+  events?: FleetEventLog;
 }
 
 /** Registered devices: their registration, tags, and the latest state their heartbeats reported. */
@@ -166,7 +170,12 @@ export class DeviceStore {
   }
 
   /** Registers devices into a fleet, all or none; 404 for an unknown fleet, 409 naming existing devices. */
-  async register(fleetName: string, devices: DeviceInput[], tags: Tag[]): Promise<DeviceRecord[]> {
+  async register(
+    fleetName: string,
+    devices: DeviceInput[],
+    tags: Tag[],
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<DeviceRecord[]> {
     const at = this.now();
     try {
       await this.db.transaction().execute(async (trx) => {
@@ -228,6 +237,13 @@ export class DeviceStore {
       if (isForeignKeyViolation(error)) throw notFound(`fleet ${fleetName}`, { fleet: fleetName });
       throw error;
     }
+    for (const device of devices)
+      this.options.events?.info(by, {
+        event: 'device_registered',
+        outcome: 'registered',
+        object: { device: device.name, fleet: fleetName },
+        message: `device ${device.name} registered in fleet ${fleetName}`,
+      });
     return Promise.all(devices.map((d) => this.get(d.name)));
   }
 
@@ -339,8 +355,10 @@ export class DeviceStore {
    * is refused from now on, even if a device of the same name is registered again. Its pending deployments
    * end in the same transaction (`onDeregister`).
    */
-  async deregister(name: string): Promise<void> {
+  async deregister(name: string, by: Actor = LOCAL_ACTOR): Promise<void> {
     const at = this.now();
+    let fleetName = '';
+    const afterCommit: (() => void)[] = [];
     await this.db.transaction().execute(async (trx) => {
       const device = await trx
         .selectFrom('devices')
@@ -348,7 +366,14 @@ export class DeviceStore {
         .where('name', '=', name)
         .executeTakeFirst();
       if (device === undefined) throw notFound(`device ${name}`, { device: name });
-      await this.options.onDeregister?.(trx, { name: device.name, fleetName: device.fleet_name }, at);
+      fleetName = device.fleet_name;
+      const then = await this.options.onDeregister?.(
+        trx,
+        { name: device.name, fleetName: device.fleet_name },
+        at,
+        by,
+      );
+      if (then !== undefined) afterCommit.push(then);
       await trx
         .updateTable('device_certificates')
         .set({ revoked_at: at, revocation_reason: 'deregistered' })
@@ -359,6 +384,13 @@ export class DeviceStore {
       // device_tags, device_models and enrollment_tokens go by ON DELETE CASCADE.
       await trx.deleteFrom('devices').where('name', '=', name).execute();
     });
+    this.options.events?.info(by, {
+      event: 'device_deregistered',
+      outcome: 'deregistered',
+      object: { device: name, fleet: fleetName },
+      message: `device ${name} deregistered from fleet ${fleetName}; its certificates are revoked`,
+    });
+    for (const then of afterCommit) then();
   }
 
   /**

@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { operatorActorOf } from '../audit/index.js';
 import { z } from 'zod';
 import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
@@ -106,8 +107,13 @@ export const deviceRoutes: FastifyPluginAsync<{
     body: registerDevicesSchema,
     response: z.object({ devices: z.array(deviceSchema) }),
     status: 201,
-    handler: async ({ params, body }) => {
-      const registered = await devices.register(params.fleet, body.devices, body.tags);
+    handler: async ({ params, body, request }) => {
+      const registered = await devices.register(
+        params.fleet,
+        body.devices,
+        body.tags,
+        operatorActorOf(request),
+      );
       return { devices: registered.map((d) => deviceView(d, { status: 'NOT_ENROLLED' })) };
     },
   });
@@ -221,8 +227,8 @@ export const deviceRoutes: FastifyPluginAsync<{
       'Deregister a device: removes it, revokes every certificate it was issued and stops its pending deployments',
     params: deviceParams,
     status: 204,
-    handler: async ({ params }) => {
-      await devices.deregister(params.device);
+    handler: async ({ params, request }) => {
+      await devices.deregister(params.device, operatorActorOf(request));
       return undefined;
     },
   });

@@ -1,4 +1,5 @@
 import type { Kysely } from 'kysely';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { hashSecret, newId, newSecret } from '../auth/index.js';
 import { deviceFleet, lockDevice, toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
 import { DomainError, notFound } from '../errors/index.js';
@@ -45,8 +46,15 @@ export interface IdentityServiceOptions {
   certificateValidityDays: number;
   enrollmentTokenTtlSeconds: number;
   maxEnrollmentTokenTtlSeconds: number;
+  /** Where enrollments, renewals, revocations and revoked certificates presented are logged; absent: nowhere. */
+  events?: FleetEventLog;
   now?: () => number;
 }
+
+/** A revoked certificate presented again is logged at most this often per certificate (a device retries). */
+const REVOKED_USE_LOG_INTERVAL_MS = 60 * 60 * 1000;
+/** Certificates whose last such line is remembered; past this, the oldest are forgotten (bounded memory). */
+const MAX_REVOKED_USES_REMEMBERED = 1000;
 
 /** What a client certificate presented on the device API looks like to us. */
 export interface PresentedCertificate {
@@ -77,6 +85,8 @@ export class DeviceIdentityService {
     { resolve: (row: CertificateRow | undefined) => void; reject: (e: unknown) => void }[]
   >();
   private lookupScheduled = false;
+  // When each revoked certificate presented was last logged (by serial): a device retries every few seconds.
+  private readonly revokedUseLoggedAt = new Map<string, number>();
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
@@ -90,7 +100,11 @@ export class DeviceIdentityService {
   }
 
   /** A single-use token with which the device may enroll once, before it expires. */
-  async createEnrollmentToken(deviceName: string, ttlSeconds?: number): Promise<EnrollmentToken> {
+  async createEnrollmentToken(
+    deviceName: string,
+    ttlSeconds?: number,
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<EnrollmentToken> {
     const ttl = ttlSeconds ?? this.options.enrollmentTokenTtlSeconds;
     if (ttl > this.options.maxEnrollmentTokenTtlSeconds) {
       throw new DomainError(
@@ -115,6 +129,12 @@ export class DeviceIdentityService {
         used_at: null,
       })
       .execute();
+    this.options.events?.info(by, {
+      event: 'enrollment_token_created',
+      outcome: 'created',
+      object: { device: deviceName, fleet: device.fleetName, expiresAt: new Date(expiresAt).toISOString() },
+      message: `enrollment token created for device ${deviceName}`,
+    });
     return { token, deviceName, fleetName: device.fleetName, expiresAt };
   }
 
@@ -131,6 +151,41 @@ export class DeviceIdentityService {
     }
     const at = this.now();
     const tokenHash = hashSecret(token);
+    let issued: IssuedDeviceCertificate;
+    try {
+      issued = await this.consumeAndIssue(tokenHash, publicKeyPem, at);
+    } catch (error) {
+      // Said without the token: its code (used, expired, unknown) is what an operator needs.
+      if (error instanceof DomainError)
+        this.options.events?.info(
+          { kind: 'enrollment-token' },
+          {
+            event: 'device_enrollment_refused',
+            outcome: 'refused',
+            object: { reason: error.code },
+            message: `enrollment refused: ${error.message}`,
+          },
+        );
+      throw error;
+    }
+    this.options.events?.info(
+      { kind: 'enrollment-token', device: issued.deviceName },
+      {
+        event: 'device_enrolled',
+        outcome: 'enrolled',
+        object: { device: issued.deviceName, fleet: issued.fleetName, serial: issued.serial },
+        message: `device ${issued.deviceName} of fleet ${issued.fleetName} enrolled; certificate ${issued.serial} issued`,
+      },
+    );
+    return issued;
+  }
+
+  /** The enrollment's transaction: the token consumed and the certificate recorded together. */
+  private async consumeAndIssue(
+    tokenHash: string,
+    publicKeyPem: string,
+    at: number,
+  ): Promise<IssuedDeviceCertificate> {
     return this.db.transaction().execute(async (trx) => {
       const consumed = await trx
         .updateTable('enrollment_tokens')
@@ -219,6 +274,15 @@ export class DeviceIdentityService {
         .execute();
       await this.record(trx, device.deviceName, device.fleetName, issued, at);
     });
+    this.options.events?.info(
+      { kind: 'device', device: device.deviceName },
+      {
+        event: 'certificate_renewed',
+        outcome: 'issued',
+        object: { device: device.deviceName, fleet: device.fleetName, serial: issued.serial },
+        message: `device ${device.deviceName} renewed its certificate: ${issued.serial} issued, its others revoked as superseded`,
+      },
+    );
     return {
       ...issued,
       deviceName: device.deviceName,
@@ -271,7 +335,11 @@ export class DeviceIdentityService {
   }
 
   /** Revokes one certificate (by serial) or every active one of the device; returns how many. */
-  async revoke(deviceName: string, options: { serial?: string; reason?: string } = {}): Promise<number> {
+  async revoke(
+    deviceName: string,
+    options: { serial?: string; reason?: string } = {},
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<number> {
     const device = await deviceFleet(this.db, deviceName);
     if (device === undefined) throw notFound(`device ${deviceName}`, { device: deviceName });
     let query = this.db
@@ -285,7 +353,38 @@ export class DeviceIdentityService {
     if (options.serial !== undefined && count === 0) {
       throw notFound(`active certificate ${options.serial} of device ${deviceName}`);
     }
+    this.options.events?.info(by, {
+      event: 'certificate_revoked',
+      outcome: count > 0 ? 'revoked' : 'none-active',
+      object: { device: deviceName, fleet: device.fleetName, serial: options.serial, count },
+      message: `${count} certificate(s) of device ${deviceName} revoked${options.serial !== undefined ? ` (${options.serial})` : ''}: ${options.reason ?? 'revoked by operator'}`,
+    });
     return count;
+  }
+
+  /**
+   * A revoked certificate presented: someone holds a key the operator took away (a stolen device, or one
+   * deregistered and still running). A warning, once an hour per certificate, as the device retries.
+   */
+  private logRevokedUse(row: CertificateRow): void {
+    const at = this.now();
+    const last = this.revokedUseLoggedAt.get(row.serial);
+    if (last !== undefined && at - last < REVOKED_USE_LOG_INTERVAL_MS) return;
+    this.revokedUseLoggedAt.delete(row.serial);
+    if (this.revokedUseLoggedAt.size >= MAX_REVOKED_USES_REMEMBERED) {
+      const oldest = this.revokedUseLoggedAt.keys().next().value;
+      if (oldest !== undefined) this.revokedUseLoggedAt.delete(oldest);
+    }
+    this.revokedUseLoggedAt.set(row.serial, at);
+    this.options.events?.warn(
+      { kind: 'device', device: row.device_name },
+      {
+        event: 'revoked_certificate_used',
+        outcome: 'refused',
+        object: { device: row.device_name, fleet: row.fleet_name, serial: row.serial },
+        message: `a revoked certificate (${row.serial}) of device ${row.device_name} was presented and refused (logged once an hour per certificate)`,
+      },
+    );
   }
 
   async certificates(deviceName: string): Promise<DeviceCertificateRecord[]> {
@@ -375,8 +474,10 @@ export class DeviceIdentityService {
         'the client certificate is not (or no longer) valid for any registered device',
       );
     }
-    if (row.revoked_at !== null)
+    if (row.revoked_at !== null) {
+      this.logRevokedUse(row);
       throw new DomainError('CertificateRevoked', 'the client certificate has been revoked');
+    }
     if (row.not_after <= this.now()) {
       throw new DomainError(
         'CertificateExpired',

@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { operatorActorOf } from '../audit/index.js';
 import { z } from 'zod';
 import { bearerTokenOf } from '../auth/index.js';
 import { deviceCertificateSchema } from '../devices/index.js';
@@ -105,8 +106,12 @@ export const identityOperatorRoutes: FastifyPluginAsync<IdentityRoutesOptions> =
       deviceEndpoint: z.string(),
     }),
     status: 201,
-    handler: async ({ params, body }) => {
-      const created = await identity.createEnrollmentToken(params.device, body.ttlSeconds);
+    handler: async ({ params, body, request }) => {
+      const created = await identity.createEnrollmentToken(
+        params.device,
+        body.ttlSeconds,
+        operatorActorOf(request),
+      );
       return { ...created, expiresAt: iso(created.expiresAt), deviceEndpoint: deviceEndpoint() };
     },
   });
@@ -147,7 +152,9 @@ export const identityOperatorRoutes: FastifyPluginAsync<IdentityRoutesOptions> =
       reason: z.string().max(200).optional(),
     }),
     response: z.object({ revoked: z.int() }),
-    handler: async ({ params, body }) => ({ revoked: await identity.revoke(params.device, body) }),
+    handler: async ({ params, body, request }) => ({
+      revoked: await identity.revoke(params.device, body, operatorActorOf(request)),
+    }),
   });
 
   defineRoute(app, {

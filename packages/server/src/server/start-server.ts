@@ -2,7 +2,9 @@ import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
+import type { MigrationResult } from 'kysely';
 import type { Logger } from 'pino';
+import { FleetEventLog } from '../audit/index.js';
 import {
   AccessKeyStore,
   accessKeyRoutes,
@@ -122,6 +124,7 @@ import {
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
+import { serverVersion } from './server-version.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
@@ -226,7 +229,8 @@ export async function openStores(
       }
     }
     if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
-    await migrateToLatest(database.db);
+    const results = await migrateToLatest(database.db);
+    if (logger !== undefined) await logSchema(logger, database, results);
     if (storeUnchecked) await markStoreUncheckedForNewDatabase(database.db);
   } catch (error) {
     await blobs.close();
@@ -240,6 +244,35 @@ export async function openStores(
     );
   }
   return { database, blobs };
+}
+
+/**
+ * After an upgrade, the log says which version runs on which schema, and what changed it: one line per migration
+ * this start applied (none on a start that applied none). The database is named as `description` masks it.
+ */
+async function logSchema(
+  logger: Logger,
+  database: ServerDatabase,
+  results: readonly MigrationResult[],
+): Promise<void> {
+  const applied = results.filter((result) => result.status === 'Success').map((r) => r.migrationName);
+  const schemaVersion = (await appliedMigrations(database.db)).at(-1) ?? 'none';
+  const version = serverVersion();
+  logger.info(
+    {
+      event: 'database_opened',
+      serverVersion: version,
+      database: database.description,
+      schemaVersion,
+      migrationsApplied: applied.length,
+    },
+    `edgefleet-server ${version}: database ${database.description} at schema ${schemaVersion}`,
+  );
+  for (const migration of applied)
+    logger.info(
+      { event: 'migration_applied', migration, database: database.description },
+      `applied database migration ${migration}`,
+    );
 }
 
 /**
@@ -532,7 +565,9 @@ export async function startServer(
     // Aborts the imports in flight: a stalled S3 read must not hold shutdown.
     background.push({ stop: () => compilationJobs.close() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
-    const deployments = new DeploymentService(database.db, { packagingJobs, models });
+    // The operator's log of fleet events (docs/operations.md, "Fleet events"): services log what they did.
+    const fleetEvents = new FleetEventLog(logger.child({ log: 'fleet-events' }));
+    const deployments = new DeploymentService(database.db, { packagingJobs, models, events: fleetEvents });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
     // client per check, closed after it: nothing is kept per bucket a client names).
     const fleetOutputCheck = new FleetOutputs(
@@ -548,12 +583,14 @@ export async function startServer(
     );
     background.push({ stop: () => fleetOutputCheck.close() });
     const services: ServerServices = {
-      apiTokens: new ApiTokenStore(database.db),
+      apiTokens: new ApiTokenStore(database.db, Date.now, fleetEvents),
       accessKeys: new AccessKeyStore(
         database.db,
         await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config), {
           warn: (message) => logger.warn(message),
         }),
+        Date.now,
+        fleetEvents,
       ),
       compilationJobs,
       fleets: new FleetStore(database.db, Date.now, async (location) => {
@@ -564,13 +601,18 @@ export async function startServer(
       }),
       devices: new DeviceStore(database.db, {
         offlineAfterMs,
-        onDeregister: stopDeregisteredDeviceTargets,
+        onDeregister: async (trx, device, now, by) => {
+          const recorded = await stopDeregisteredDeviceTargets(trx, device, now);
+          return () => deployments.logRecorded(recorded, by);
+        },
+        events: fleetEvents,
       }),
       identity: new DeviceIdentityService(database.db, {
         ca: deviceCa,
         certificateValidityDays: config.certificates.validityDays,
         enrollmentTokenTtlSeconds: config.enrollment.tokenTtlSeconds,
         maxEnrollmentTokenTtlSeconds: config.enrollment.maxTokenTtlSeconds,
+        events: fleetEvents,
       }),
       deviceCa,
       heartbeats: new HeartbeatService(database.db, {
@@ -842,7 +884,14 @@ export async function startServer(
     ];
     for (const warning of warnings) logger.warn(warning);
     logger.info(
-      { operatorUrl, deviceUrl, deviceEndpoint, database: database.description, blobs: blobs.description },
+      {
+        serverVersion: serverVersion(),
+        operatorUrl,
+        deviceUrl,
+        deviceEndpoint,
+        database: database.description,
+        blobs: blobs.description,
+      },
       'edgefleet-server started',
     );
 

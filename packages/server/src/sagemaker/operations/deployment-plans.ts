@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { accessKeyActor } from '../../audit/index.js';
 import {
   MAX_SELECTED_DEVICE_NAMES,
   type DeploymentService,
@@ -130,17 +131,20 @@ export function deploymentPlanOperations({
         Stages: z.array(deploymentStage).optional(),
         Tags: awsTagList.optional(),
       }),
-      run: async (input, { arns }) => {
-        const plan = await deployments.createPlan({
-          name: input.EdgeDeploymentPlanName,
-          fleetName: input.DeviceFleetName,
-          modelConfigs: input.ModelConfigs.map((config) => ({
-            modelHandle: config.ModelHandle,
-            packagingJobName: config.EdgePackagingJobName,
-          })),
-          stages: input.Stages ?? [],
-          tags: fromAwsTags(input.Tags ?? []),
-        });
+      run: async (input, { arns, key }) => {
+        const plan = await deployments.createPlan(
+          {
+            name: input.EdgeDeploymentPlanName,
+            fleetName: input.DeviceFleetName,
+            modelConfigs: input.ModelConfigs.map((config) => ({
+              modelHandle: config.ModelHandle,
+              packagingJobName: config.EdgePackagingJobName,
+            })),
+            stages: input.Stages ?? [],
+            tags: fromAwsTags(input.Tags ?? []),
+          },
+          accessKeyActor(key),
+        );
         // (Only packaging jobs here, which the server signs: createPlan's warnings, about uploaded packages, do
         // not arise, and AWS's answer has no place for them.)
         return { EdgeDeploymentPlanArn: arns.edgeDeploymentPlan(plan.name) };
@@ -159,10 +163,15 @@ export function deploymentPlanOperations({
     StartEdgeDeploymentStage: defineOperation({
       mutating: true,
       input: stageRef,
-      run: async (input) => {
+      run: async (input, { key }) => {
         // AWS starts a stage whatever became of the stages before it; the native API's refusal after a
         // FAILED stage is not applied here (docs/sagemaker-compatibility.md).
-        await deployments.startStage(input.EdgeDeploymentPlanName, input.StageName, { force: true });
+        await deployments.startStage(
+          input.EdgeDeploymentPlanName,
+          input.StageName,
+          { force: true },
+          accessKeyActor(key),
+        );
         return {};
       },
     }),
@@ -170,8 +179,8 @@ export function deploymentPlanOperations({
     StopEdgeDeploymentStage: defineOperation({
       mutating: true,
       input: stageRef,
-      run: async (input) => {
-        await deployments.stopStage(input.EdgeDeploymentPlanName, input.StageName);
+      run: async (input, { key }) => {
+        await deployments.stopStage(input.EdgeDeploymentPlanName, input.StageName, accessKeyActor(key));
         return {};
       },
     }),
@@ -179,8 +188,8 @@ export function deploymentPlanOperations({
     DeleteEdgeDeploymentPlan: defineOperation({
       mutating: true,
       input: z.object(planName),
-      run: async (input) => {
-        await deployments.deletePlan(input.EdgeDeploymentPlanName);
+      run: async (input, { key }) => {
+        await deployments.deletePlan(input.EdgeDeploymentPlanName, accessKeyActor(key));
         return {};
       },
     }),

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { accessKeyActor } from '../../audit/index.js';
 import type { DeviceRecord, DeviceStore } from '../../devices/index.js';
 import { MAX_DEVICES_PER_REGISTRATION } from '../../devices/index.js';
 import {
@@ -58,13 +59,14 @@ export function deviceOperations({ fleets, devices }: DeviceOperationDeps): Oper
     RegisterDevices: defineOperation({
       mutating: true,
       input: z.object({ DeviceFleetName: fleetNameSchema, Devices: deviceList, Tags: awsTagList.optional() }),
-      run: async (input) => {
+      run: async (input, { key }) => {
         await devices.register(
           input.DeviceFleetName,
           input.Devices.map((d) =>
             present({ name: d.DeviceName, description: d.Description, iotThingName: d.IotThingName }),
           ) as { name: string; description?: string; iotThingName?: string }[],
           fromAwsTags(input.Tags ?? []),
+          accessKeyActor(key),
         );
         return {};
       },
@@ -92,10 +94,10 @@ export function deviceOperations({ fleets, devices }: DeviceOperationDeps): Oper
         DeviceFleetName: fleetNameSchema,
         DeviceNames: z.array(deviceNameSchema).min(1).max(MAX_DEVICES_PER_REGISTRATION),
       }),
-      run: async (input) => {
+      run: async (input, { key }) => {
         await fleets.get(input.DeviceFleetName);
         for (const name of input.DeviceNames) await deviceInFleet(devices, input.DeviceFleetName, name);
-        for (const name of input.DeviceNames) await devices.deregister(name);
+        for (const name of input.DeviceNames) await devices.deregister(name, accessKeyActor(key));
         return {};
       },
     }),
