@@ -87,7 +87,7 @@ export function operatorReasonOf(error: BlobStoreUnavailableError): string {
 }
 
 const isManifest = (key: string) => key.endsWith('.jsonl');
-const recordFormatOf = (key: string) =>
+const recordFormatOf = (key: string): 'edge' | 'model-monitor' =>
   key.split('/').includes('_model-monitor') ? 'model-monitor' : 'edge';
 const utcDay = (ms: number) => new Date(ms).toISOString().slice(0, 10);
 const DAY_MS = 86_400_000;
@@ -234,7 +234,7 @@ export class CaptureIngest {
         .toString('utf8')
         .split('\n')
         .filter((l) => l.trim() !== '');
-      const ids = lines.map((line, i) => captureIdOf(line, file.key, i + 1));
+      const ids = lines.map((line, i) => captureIdOf(line, file.key, i + 1, device, format));
       const { storedElsewhere, storedHere } = await this.#stored(device.deviceName, format, file.key, ids);
       const kept = lines.filter((_, i) => !storedElsewhere.has(ids[i]!));
       duplicates = lines.length - kept.length;
@@ -498,8 +498,20 @@ function conflictOf(error: unknown, key: string): DomainError | undefined {
   );
 }
 
-/** The capture id of one manifest line: its `eventMetadata.eventId` (Edge Manager and Model Monitor records). */
-function captureIdOf(line: string, key: string, lineNumber: number): string {
+/**
+ * The capture id of one manifest line: its `eventMetadata.eventId` (Edge Manager and Model Monitor records). A
+ * device reports only for itself: an Edge Manager record names its device and fleet (`eventMetadata.deviceId`,
+ * `deviceFleetName`; the agent always writes both), which must be the certificate's, else a device could put
+ * records in another device's or fleet's name into the data sets built from them. Model Monitor records name
+ * neither; one that does must name the certificate's too.
+ */
+function captureIdOf(
+  line: string,
+  key: string,
+  lineNumber: number,
+  device: { deviceName: string; fleetName: string },
+  format: 'edge' | 'model-monitor',
+): string {
   let record: unknown;
   try {
     record = JSON.parse(line);
@@ -509,12 +521,29 @@ function captureIdOf(line: string, key: string, lineNumber: number): string {
       `${key} line ${lineNumber} is not JSON; expected one capture record per line`,
     );
   }
-  const id = (record as { eventMetadata?: { eventId?: unknown } } | null)?.eventMetadata?.eventId;
+  const metadata = (record as { eventMetadata?: Record<string, unknown> } | null)?.eventMetadata;
+  const id = metadata?.eventId;
   if (typeof id !== 'string' || id === '' || id.length > 256)
     throw new DomainError(
       'ValidationError',
       `${key} line ${lineNumber} has no eventMetadata.eventId (the capture id, 1-256 characters); expected a capture record`,
     );
+  for (const [field, expected] of [
+    ['deviceId', device.deviceName],
+    ['deviceFleetName', device.fleetName],
+  ] as const) {
+    const found = metadata?.[field];
+    if (found === undefined && format === 'model-monitor') continue;
+    if (found !== expected) {
+      // Quoted and cut short: the value is the device's, of any size.
+      const shown = found === undefined ? 'missing' : JSON.stringify(found).slice(0, 80);
+      throw new DomainError(
+        'ValidationError',
+        `${key} line ${lineNumber} (capture ${id.slice(0, 80)}) has eventMetadata.${field} ${shown}; expected ${JSON.stringify(expected)}, the uploading device's ${field === 'deviceId' ? 'name' : 'fleet'} (a device uploads only its own captures)`,
+        { field: `eventMetadata.${field}`, expected, found: shown },
+      );
+    }
+  }
   return id;
 }
 

@@ -23,15 +23,17 @@ import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } f
 
 const engines = await databaseEngines();
 
-/** One Edge Manager capture record line for `captureId`. */
-const record = (captureId: string) =>
+/** One Edge Manager capture record line for `captureId`, of cam-1 in plant unless `by` says otherwise. */
+const record = (captureId: string, by = { device: 'cam-1', fleet: 'plant' }) =>
   JSON.stringify({
     eventVersion: '0',
-    eventMetadata: { deviceFleetName: 'plant', deviceId: 'cam-1', eventId: captureId, modelName: 'mlp' },
+    eventMetadata: { deviceFleetName: by.fleet, deviceId: by.device, eventId: captureId, modelName: 'mlp' },
     deviceFleetInputs: [],
     deviceFleetOutputs: [],
   });
-const manifest = (...ids: string[]) => Buffer.from(`${ids.map(record).join('\n')}\n`);
+const manifest = (...ids: string[]) => Buffer.from(`${ids.map((id) => record(id)).join('\n')}\n`);
+const manifestOf = (by: { device: string; fleet: string }, ...ids: string[]) =>
+  Buffer.from(`${ids.map((id) => record(id, by)).join('\n')}\n`);
 const HOUR = 'mlp/2026/12/06/05';
 
 /** Fleets plant (cam-1) and doors (door-1); with S3 blobs both outputs must be buckets that exist. */
@@ -132,7 +134,9 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
       expect(await stored(side)).toBe('\x01\x02\x03');
       // Another device's capture ids are its own.
       const doorKey = `doors/doors/${HOUR}/dddd.jsonl`;
-      expect((await upload(door, doorKey, manifest('c-1'))).body).toMatchObject({ records: 1 });
+      expect(
+        (await upload(door, doorKey, manifestOf({ device: 'door-1', fleet: 'doors' }, 'c-1'))).body,
+      ).toMatchObject({ records: 1 });
     },
   );
 
@@ -256,7 +260,11 @@ describe('captures through the control plane, with S3 blobs', () => {
     const lobby = await enrollDevice(t, 'lobby-1');
     const upload = (key: string) =>
       deviceCall(t.server.deviceUrl, lobby.tls, 'POST', '/api/v1/device/captures/files', {
-        body: { key, contentType: 'application/jsonl', data: manifest('l-1').toString('base64') },
+        body: {
+          key,
+          contentType: 'application/jsonl',
+          data: manifestOf({ device: 'lobby-1', fleet: 'lobby' }, 'l-1').toString('base64'),
+        },
       });
     // The server's own blobs live under server/ in this bucket; another fleet's captures under plant/.
     for (const key of [`server/models/x.jsonl`, `plant/${HOUR}/ffff.jsonl`]) {
