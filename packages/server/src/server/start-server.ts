@@ -532,7 +532,12 @@ export async function startServer(
     // Aborts the imports in flight: a stalled S3 read must not hold shutdown.
     background.push({ stop: () => compilationJobs.close() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
-    const deployments = new DeploymentService(database.db, { packagingJobs, models });
+    const deployments = new DeploymentService(database.db, {
+      packagingJobs,
+      models,
+      maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
+      log: logger,
+    });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
     // client per check, closed after it: nothing is kept per bucket a client names).
     const fleetOutputCheck = new FleetOutputs(
