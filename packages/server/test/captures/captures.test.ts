@@ -107,7 +107,7 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
       expect(answer.body.location).toMatch(/fleet-output\/captures\/edge\/plant\/mlp\/.*\/aaaa\.jsonl$/);
       expect(await stored(first)).toBe(manifest('c-1', 'c-2').toString());
 
-      // The agent's retry of the same file (at-least-once): written again whole, nothing new recorded.
+      // The agent's retry of the same file (at-least-once): answered as stored, nothing written or recorded.
       expect((await upload(cam1, first, manifest('c-1', 'c-2'))).body).toMatchObject({
         records: 0,
         duplicates: 0,
@@ -128,7 +128,7 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
       );
       await expect(stored(third)).rejects.toThrow(/ENOENT/);
 
-      // Side files are stored as they come (named after their capture id: a retry replaces them with themselves).
+      // Side files are stored as they come (written once, as manifests: device-claims.test.ts).
       const side = `edge/plant/${HOUR}/raw-data/c-1-input-1.bin`;
       expect((await upload(cam1, side, Buffer.from([1, 2, 3]), 'application/octet-stream')).status).toBe(200);
       expect(await stored(side)).toBe('\x01\x02\x03');
@@ -424,9 +424,16 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
     const before = await fleetsFingerprint();
 
     await deleteBucket();
-    const key = `edge/plant/${HOUR}/outage.jsonl`;
-    const upload = () =>
-      uploadRawFile(t.server.deviceUrl, cam1.tls, key, manifest('o-1'), 'application/jsonl');
+    // A file once stored is not written again (a retry of it is answered as stored): after the upload that
+    // lands, a new file.
+    const upload = (name = 'outage', id = 'o-1') =>
+      uploadRawFile(
+        t.server.deviceUrl,
+        cam1.tls,
+        `edge/plant/${HOUR}/${name}.jsonl`,
+        manifest(id),
+        'application/jsonl',
+      );
     expect((await upload()).status).toBe(503);
     const outage = (await report()).outputOutage;
     expect(outage).toMatchObject({
@@ -481,7 +488,7 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
 
     // An outage ends with the location it was of: the fleet moved elsewhere has none.
     await deleteBucket();
-    expect((await upload()).status).toBe(503);
+    expect((await upload('outage-2', 'o-2')).status).toBe(503);
     expect((await report()).outputOutage?.problem).toBe('missing-bucket');
     const moved = await t.call('PATCH', '/api/v1/fleets/plant', {
       token: t.adminToken,
