@@ -654,6 +654,21 @@ export class DeploymentService implements DevicePackageAccess {
     return this.db.transaction().execute((trx) => desiredDeployments(trx, device, at));
   }
 
+  /** The fleet of each of these plans that exists (for the heartbeats' results, in their transaction). */
+  async fleetsOfPlans(trx: Transaction<DatabaseSchema>, plans: string[]): Promise<Map<string, string>> {
+    const fleets = new Map<string, string>();
+    // Plans per IN (…) list: well under both engines' bind-parameter limits.
+    for (let i = 0; i < plans.length; i += 500) {
+      const rows = await trx
+        .selectFrom('deployment_plans')
+        .select(['name', 'fleet_name'])
+        .where('name', 'in', plans.slice(i, i + 500))
+        .execute();
+      for (const row of rows) fleets.set(row.name, row.fleet_name);
+    }
+    return fleets;
+  }
+
   /** Applies devices' DeploymentResults (from heartbeats, or their own call) and settles their stages. */
   async recordResults(reports: ReportedResult[]): Promise<void> {
     await this.db.transaction().execute(async (trx) => {
@@ -674,15 +689,7 @@ export class DeploymentService implements DevicePackageAccess {
   async recordDeviceResult(report: ReportedResult): Promise<void> {
     await this.db.transaction().execute(async (trx) => {
       const name = report.result.DeploymentName;
-      if (
-        name !== undefined &&
-        (await trx
-          .selectFrom('deployment_plans')
-          .select('name')
-          .where('name', '=', name)
-          .where('fleet_name', '=', report.fleetName)
-          .executeTakeFirst()) === undefined
-      ) {
+      if (name !== undefined && (await this.fleetsOfPlans(trx, [name])).get(name) !== report.fleetName) {
         this.logIgnored(report, `fleet ${report.fleetName} has no deployment plan named ${name}`, {});
         return;
       }

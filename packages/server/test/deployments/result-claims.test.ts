@@ -154,7 +154,7 @@ describe.each(engines)('what a device result may change on $engine', (fixture) =
   );
 
   it.skipIf(!fixture.available)(
-    "neither applies nor keeps a result naming a plan that is not one of the device's fleet's",
+    "neither applies nor keeps a result naming a plan that is not one of the device's fleet's, on the result call or in a heartbeat",
     async () => {
       await startPlan('fb-plan', 'fb', 'rb-1');
       const own = { ...undeployResult('fb-plan', 'SUCCESS', 'removed'), ...at(nowSeconds()) };
@@ -172,6 +172,12 @@ describe.each(engines)('what a device result may change on $engine', (fixture) =
           DeploymentStatus: 'SUCCESS',
         });
       }
+      // Nor in a heartbeat: the heartbeat is recorded, its result left out.
+      await heartbeat('rb-1', { ...undeployResult('replayed', 'FAIL', 'forged'), ...at(nowSeconds()) });
+      expect(await lastResultOf('rb-1')).toMatchObject({
+        DeploymentName: 'fb-plan',
+        DeploymentStatus: 'SUCCESS',
+      });
       expect(await target('replayed')).toMatchObject({ status: 'DEPLOYED' });
       expect(
         ignoredLines()
