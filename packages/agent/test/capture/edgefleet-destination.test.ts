@@ -91,8 +91,11 @@ async function holdSlot(name: string): Promise<{ finish(): Promise<number> }> {
   return held;
 }
 
+/** A manifest of one cam-1 record (the server refuses records naming another device or fleet). */
 const manifest = (id: string) =>
-  Buffer.from(`${JSON.stringify({ eventVersion: '0', eventMetadata: { eventId: id, modelName: 'mlp' } })}\n`);
+  Buffer.from(
+    `${JSON.stringify({ eventVersion: '0', eventMetadata: { deviceFleetName: 'plant', deviceId: 'cam-1', eventId: id, modelName: 'mlp' } })}\n`,
+  );
 
 describe('EdgeFleet capture destination', () => {
   it('marks a refused batch FAILURE with the server reason and delivers the next one', async () => {

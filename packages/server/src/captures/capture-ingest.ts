@@ -1,3 +1,4 @@
+import { createHash, type Hash } from 'node:crypto';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Kysely } from 'kysely';
 import {
@@ -10,7 +11,7 @@ import {
 import { DomainError } from '../errors/index.js';
 import { clearOutputOutage, markOutputOutage, outageNeedsRecording } from '../fleets/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
-import type { FleetOutputs } from './fleet-output.js';
+import { parseOutputLocation, type FleetOutputs } from './fleet-output.js';
 
 export interface CaptureLimits {
   /** Largest file accepted. */
@@ -59,7 +60,16 @@ interface OutputTarget {
   outageProblem: string | null;
   /** When the recorded outage's last failure was (null: none recorded). */
   outageLastFailureAt: number | null;
+  /** The object's address, `s3://<bucket>/<key>`, whatever store holds it: what capture_objects records. */
+  objectUrl: string;
 }
+
+/** What capture_objects says of an object's address when a device claims it (see #claim). */
+type Claim =
+  /** No write of it landed yet (new, or an earlier one failed): write it. */
+  | { stored: false }
+  /** A write landed: this upload is the same file again, or other content (refused). */
+  | { stored: true; sha256: string; bytes: number };
 
 /** Where CaptureIngest reports a fleet output that stopped or started working again (the server's logger). */
 export interface FleetOutputLog {
@@ -87,7 +97,7 @@ export function operatorReasonOf(error: BlobStoreUnavailableError): string {
 }
 
 const isManifest = (key: string) => key.endsWith('.jsonl');
-const recordFormatOf = (key: string) =>
+const recordFormatOf = (key: string): 'edge' | 'model-monitor' =>
   key.split('/').includes('_model-monitor') ? 'model-monitor' : 'edge';
 const utcDay = (ms: number) => new Date(ms).toISOString().slice(0, 10);
 const DAY_MS = 86_400_000;
@@ -115,9 +125,10 @@ export function checkCaptureFileSize(
  * Capture files devices upload through the control plane, written to their fleet's output location.
  *
  * Idempotent by capture id: a manifest's records (one JSON line each, `eventMetadata.eventId` = capture id) are
- * recorded per device and record format; a record already stored from another manifest is left out, and a
- * manifest sent again under the same key (the agent's at-least-once retry) is written again whole, which
- * changes nothing. Side files are named after their capture id, so writing one again replaces it with itself.
+ * recorded per device and record format; a record already stored from another manifest is left out. Objects
+ * are written once (capture_objects): the device that claimed a key first is the only one that may write it,
+ * and once a write of it landed, the same file sent again (the agent's at-least-once retry) is answered without
+ * writing, while other content is refused.
  */
 export class CaptureIngest {
   readonly #db: Kysely<DatabaseSchema>;
@@ -229,22 +240,35 @@ export class CaptureIngest {
     let records: string[] = [];
     let duplicates = 0;
     const format = recordFormatOf(file.key);
+    const sent = { sha256: sha256Of(file.body), bytes: file.body.length };
+    let lines: string[] = [];
+    let ids: string[] = [];
     if (isManifest(file.key)) {
-      const lines = file.body
+      lines = file.body
         .toString('utf8')
         .split('\n')
         .filter((l) => l.trim() !== '');
-      const ids = lines.map((line, i) => captureIdOf(line, file.key, i + 1));
+      ids = lines.map((line, i) => captureIdOf(line, file.key, i + 1, device, format));
+    }
+    const claim = await this.#claim(device.deviceName, file.key, target, isManifest(file.key));
+    if (claim.stored) {
+      this.#checkSameFile(file.key, claim, sent);
+      // The same file again (the agent's retry after an answer it did not get): it is stored, as it was.
+      return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: 0 };
+    }
+    if (isManifest(file.key)) {
       const { storedElsewhere, storedHere } = await this.#stored(device.deviceName, format, file.key, ids);
       const kept = lines.filter((_, i) => !storedElsewhere.has(ids[i]!));
       duplicates = lines.length - kept.length;
-      if (kept.length === 0)
+      if (kept.length === 0) {
+        await this.#markStored(device.deviceName, target, sent);
         return {
           location: store.locationOf(storedKey),
           records: 0,
           duplicates,
           bytes: 0,
         };
+      }
       records = [...new Set(ids)].filter((id) => !storedElsewhere.has(id) && !storedHere.has(id));
       if (duplicates > 0) body = Buffer.from(`${kept.join('\n')}\n`);
     }
@@ -278,6 +302,8 @@ export class CaptureIngest {
           .onConflict((oc) => oc.columns(['device_name', 'capture_id', 'record_format']).doNothing())
           .execute();
     }
+    // Last: a retry after anything above failed writes again (and records what is missing).
+    await this.#markStored(device.deviceName, target, sent);
     return {
       location: store.locationOf(storedKey),
       records: records.length,
@@ -307,10 +333,23 @@ export class CaptureIngest {
       return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
     }
     const { store, storedKey } = target;
+    const claim = await this.#claim(device.deviceName, file.key, target, false);
+    if (claim.stored) {
+      // Its digest is known only once all of it is in: read (bounded by captures.maxFileBytes, no store
+      // request open), then compared. Another length is other content without reading a byte.
+      if (claim.bytes === file.contentLength) {
+        const hash = createHash('sha256');
+        for await (const chunk of checkedLength(file.body, file.contentLength, file.key, hash)) void chunk;
+        this.#checkSameFile(file.key, claim, { sha256: hash.digest('hex'), bytes: file.contentLength });
+        return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: 0 };
+      }
+      this.#checkSameFile(file.key, claim, { sha256: '', bytes: file.contentLength });
+    }
     const day = await this.#charge(device.deviceName, file.contentLength);
     // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
     const abort = new AbortController();
-    const body = checkedLength(file.body, file.contentLength, file.key);
+    const hash = createHash('sha256');
+    const body = checkedLength(file.body, file.contentLength, file.key, hash);
     body.once('error', (error) => abort.abort(error));
     let bodyEnded = false;
     body.once('end', () => (bodyEnded = true));
@@ -336,6 +375,10 @@ export class CaptureIngest {
       );
     }
     await this.#written(device.fleetName, target);
+    await this.#markStored(device.deviceName, target, {
+      sha256: hash.digest('hex'),
+      bytes: file.contentLength,
+    });
     return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: file.contentLength };
   }
 
@@ -386,11 +429,86 @@ export class CaptureIngest {
     return {
       store: target.store,
       storedKey,
+      // targetFor took the location, so it parses.
+      objectUrl: `s3://${parseOutputLocation(fleet.output_s3_location)!.bucket}/${key}`,
       location: fleet.output_s3_location,
       outageProblem: fleet.output_outage_problem,
       outageLastFailureAt:
         fleet.output_outage_last_failure_at === null ? null : Number(fleet.output_outage_last_failure_at),
     };
+  }
+
+  /**
+   * Claims the object's address for the device, or finds it claimed: capture objects are written once, by the
+   * device that claimed them first (its retries included), so that no fleet-mate can write over them. A key
+   * claimed by another device is 409; so is a manifest at a key whose records another device stored before
+   * capture_objects existed (their device_captures rows name it). The first insert wins, on every replica.
+   */
+  async #claim(device: string, key: string, target: OutputTarget, manifest: boolean): Promise<Claim> {
+    const taken = () =>
+      new DomainError(
+        'Conflict',
+        `capture key ${key} holds another device's capture; capture objects are written once, by the device that stored them; expected a key of this device's own (the agent names each file after its batch)`,
+        { key },
+      );
+    if (manifest) {
+      const other = await this.#db
+        .selectFrom('device_captures')
+        .select('device_name')
+        .where('object_key', '=', key)
+        .where('device_name', '<>', device)
+        .limit(1)
+        .executeTakeFirst();
+      if (other !== undefined) throw taken();
+    }
+    await this.#db
+      .insertInto('capture_objects')
+      .values({
+        object_url: target.objectUrl,
+        device_name: device,
+        sha256: null,
+        bytes: null,
+        claimed_at: this.#now(),
+      })
+      .onConflict((oc) => oc.column('object_url').doNothing())
+      .execute();
+    const row = await this.#db
+      .selectFrom('capture_objects')
+      .select(['device_name', 'sha256', 'bytes'])
+      .where('object_url', '=', target.objectUrl)
+      .executeTakeFirstOrThrow();
+    if (row.device_name !== device) throw taken();
+    return row.sha256 === null || row.bytes === null
+      ? { stored: false }
+      : { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
+  }
+
+  /** A stored object sent again must be the same file (a retry), else 409: objects are written once. */
+  #checkSameFile(
+    key: string,
+    stored: { sha256: string; bytes: number },
+    sent: { sha256: string; bytes: number },
+  ): void {
+    if (stored.sha256 === sent.sha256 && stored.bytes === sent.bytes) return;
+    throw new DomainError(
+      'Conflict',
+      `capture key ${key} is stored already with other content (${stored.bytes} bytes, SHA-256 ${stored.sha256}; this file: ${sent.bytes} bytes); capture objects are written once; expected the same file again, or a new key`,
+      { key, storedBytes: stored.bytes, storedSha256: stored.sha256 },
+    );
+  }
+
+  /** Records what the device's write of the object was, once it landed (a retry of it is then no write). */
+  async #markStored(
+    device: string,
+    target: OutputTarget,
+    sent: { sha256: string; bytes: number },
+  ): Promise<void> {
+    await this.#db
+      .updateTable('capture_objects')
+      .set({ sha256: sent.sha256, bytes: sent.bytes })
+      .where('object_url', '=', target.objectUrl)
+      .where('device_name', '=', device)
+      .execute();
   }
 
   /**
@@ -498,8 +616,20 @@ function conflictOf(error: unknown, key: string): DomainError | undefined {
   );
 }
 
-/** The capture id of one manifest line: its `eventMetadata.eventId` (Edge Manager and Model Monitor records). */
-function captureIdOf(line: string, key: string, lineNumber: number): string {
+/**
+ * The capture id of one manifest line: its `eventMetadata.eventId` (Edge Manager and Model Monitor records). A
+ * device reports only for itself: an Edge Manager record names its device and fleet (`eventMetadata.deviceId`,
+ * `deviceFleetName`; the agent always writes both), which must be the certificate's, else a device could put
+ * records in another device's or fleet's name into the data sets built from them. Model Monitor records name
+ * neither; one that does must name the certificate's too.
+ */
+function captureIdOf(
+  line: string,
+  key: string,
+  lineNumber: number,
+  device: { deviceName: string; fleetName: string },
+  format: 'edge' | 'model-monitor',
+): string {
   let record: unknown;
   try {
     record = JSON.parse(line);
@@ -509,12 +639,29 @@ function captureIdOf(line: string, key: string, lineNumber: number): string {
       `${key} line ${lineNumber} is not JSON; expected one capture record per line`,
     );
   }
-  const id = (record as { eventMetadata?: { eventId?: unknown } } | null)?.eventMetadata?.eventId;
+  const metadata = (record as { eventMetadata?: Record<string, unknown> } | null)?.eventMetadata;
+  const id = metadata?.eventId;
   if (typeof id !== 'string' || id === '' || id.length > 256)
     throw new DomainError(
       'ValidationError',
       `${key} line ${lineNumber} has no eventMetadata.eventId (the capture id, 1-256 characters); expected a capture record`,
     );
+  for (const [field, expected] of [
+    ['deviceId', device.deviceName],
+    ['deviceFleetName', device.fleetName],
+  ] as const) {
+    const found = metadata?.[field];
+    if (found === undefined && format === 'model-monitor') continue;
+    if (found !== expected) {
+      // Quoted and cut short: the value is the device's, of any size.
+      const shown = found === undefined ? 'missing' : JSON.stringify(found).slice(0, 80);
+      throw new DomainError(
+        'ValidationError',
+        `${key} line ${lineNumber} (capture ${id.slice(0, 80)}) has eventMetadata.${field} ${shown}; expected ${JSON.stringify(expected)}, the uploading device's ${field === 'deviceId' ? 'name' : 'fleet'} (a device uploads only its own captures)`,
+        { field: `eventMetadata.${field}`, expected, found: shown },
+      );
+    }
+  }
   return id;
 }
 
@@ -529,11 +676,12 @@ function isTimeout(error: unknown): boolean {
   return (cause as { name?: unknown } | undefined)?.name === 'TimeoutError';
 }
 
-function checkedLength(body: Readable, length: number, key: string): Readable {
+function checkedLength(body: Readable, length: number, key: string, hash?: Hash): Readable {
   let seen = 0;
   const checked = new Transform({
     transform(chunk: Buffer, _encoding, done: TransformCallback) {
       seen += chunk.length;
+      hash?.update(chunk);
       if (seen > length)
         done(new Error(`the capture file ${key} is longer than its Content-Length of ${length}`));
       else done(null, chunk);
@@ -550,6 +698,8 @@ function checkedLength(body: Readable, length: number, key: string): Readable {
   pipeline(body, checked, () => undefined);
   return checked;
 }
+
+const sha256Of = (body: Buffer) => createHash('sha256').update(body).digest('hex');
 
 /** The whole body, which must be exactly `length` bytes (a manifest or a small file, bounded by captures.maxFileBytes). */
 async function readExactly(body: Readable, length: number, key: string): Promise<Buffer> {

@@ -200,7 +200,9 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     '413 over captures.maxFileBytes, 429 (with Retry-After) over the per-device daily quota, judged by ' +
     'Content-Length before the body is read, and when no upload slot is free for a large body ' +
     '(captures.maxConcurrentUploads, captures.maxConcurrentUploadsPerDevice; a device also over its quota is ' +
-    "told when the quota renews); 403 for a key outside the fleet's output prefix.";
+    "told when the quota renews); 403 for a key outside the fleet's output prefix; 400 for a record naming " +
+    'another device or fleet; 409 for a key another device stored, or other content at one this device ' +
+    'stored (objects are written once; the same file again is answered as stored, nothing written).';
   defineRoute(app, {
     method: 'POST',
     url: CAPTURE_FILES_URL,

@@ -34,7 +34,7 @@ import {
   type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
-import { applyResults, isHeldMessage, type ReportedResult } from './device-results.js';
+import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
 import {
   planOptions,
   recordEvent,
@@ -110,7 +110,17 @@ export interface DeploymentServiceOptions {
   /** Where each recorded deployment event is logged once its change commits; absent: nowhere (commands, tests). */
   events?: FleetEventLog;
   now?: () => number;
+  /**
+   * heartbeat.maxClockSkewSeconds in ms (default 1 h): a device's failure that ended longer than this before the
+   * attempt it would end was handed out is stale, and left out.
+   */
+  maxClockSkewMs?: number;
+  /** Hears device results left out (stale failures, results naming no plan of the device's fleet). */
+  log?: { info(fields: Record<string, unknown>, message: string): void };
 }
+
+/** Devices whose last left-out result was logged (their digest of it), so a heartbeat repeating it logs nothing. */
+const LOGGED_IGNORED_LIMIT = 1000;
 
 /**
  * Deployment plans (issue 9, server half): the in-process API that REST routes, the CLI and the SageMaker
@@ -120,11 +130,56 @@ export interface DeploymentServiceOptions {
 export class DeploymentService implements DevicePackageAccess {
   private readonly now: () => number;
 
+  /** Device → what its last logged left-out result was: heartbeats repeat a result every interval. */
+  private readonly loggedIgnored = new Map<string, string>();
+
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly options: DeploymentServiceOptions,
   ) {
     this.now = options.now ?? Date.now;
+  }
+
+  /** Logs a device result left out, once while the device keeps sending the same one. */
+  private logIgnored(report: ReportedResult, why: string, fields: Record<string, unknown>): void {
+    const log = this.options.log;
+    if (log === undefined) return;
+    const seen = `${why}\u0000${JSON.stringify(report.result)}`;
+    if (this.loggedIgnored.get(report.deviceName) === seen) return;
+    this.loggedIgnored.delete(report.deviceName);
+    if (this.loggedIgnored.size >= LOGGED_IGNORED_LIMIT) {
+      const oldest = this.loggedIgnored.keys().next().value;
+      if (oldest !== undefined) this.loggedIgnored.delete(oldest);
+    }
+    this.loggedIgnored.set(report.deviceName, seen);
+    log.info(
+      {
+        event: 'deployment_result_ignored',
+        reason: why,
+        device: report.deviceName,
+        fleet: report.fleetName,
+        deployment: report.result.DeploymentName,
+        status: report.result.DeploymentStatus,
+        ...fields,
+      },
+      `deployment result of device ${report.deviceName} for ${report.result.DeploymentName ?? 'no deployment'} left out: ${why}`,
+    );
+  }
+
+  private get staleRule(): StaleResultRule {
+    return {
+      maxClockSkewMs: this.options.maxClockSkewMs ?? 3_600_000,
+      onStale: (report, attemptStartedAt) =>
+        this.logIgnored(
+          report,
+          "the failure ended before the attempt it would end was handed out (beyond heartbeat.maxClockSkewSeconds): an earlier attempt's, or a replay",
+          {
+            attemptStartedAt: new Date(attemptStartedAt).toISOString(),
+            reportedEndTime: timeOf(report.result.DeploymentEndTime),
+            reportedStartTime: timeOf(report.result.DeploymentStartTime),
+          },
+        ),
+    };
   }
 
   /**
@@ -684,11 +739,26 @@ export class DeploymentService implements DevicePackageAccess {
     return this.db.transaction().execute((trx) => desiredDeployments(trx, device, at));
   }
 
+  /** The fleet of each of these plans that exists (for the heartbeats' results, in their transaction). */
+  async fleetsOfPlans(trx: Transaction<DatabaseSchema>, plans: string[]): Promise<Map<string, string>> {
+    const fleets = new Map<string, string>();
+    // Plans per IN (…) list: well under both engines' bind-parameter limits.
+    for (let i = 0; i < plans.length; i += 500) {
+      const rows = await trx
+        .selectFrom('deployment_plans')
+        .select(['name', 'fleet_name'])
+        .where('name', 'in', plans.slice(i, i + 500))
+        .execute();
+      for (const row of rows) fleets.set(row.name, row.fleet_name);
+    }
+    return fleets;
+  }
+
   /** Applies devices' DeploymentResults (from heartbeats, or their own call) and settles their stages. */
   async recordResults(reports: ReportedResult[]): Promise<void> {
     const recorded: RecordedEvent[] = [];
     await this.db.transaction().execute(async (trx) => {
-      const stages = await applyResults(trx, reports, recorded);
+      const stages = await applyResults(trx, reports, this.staleRule, recorded);
       const at = this.now();
       for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at, recorded);
     });
@@ -698,13 +768,21 @@ export class DeploymentService implements DevicePackageAccess {
   /**
    * A DeploymentResult a device sent on its own call (POST /api/v1/device/deployments/result): kept as the
    * device's last result, as a heartbeat carrying it would keep it, and applied to its deployment, in one
-   * transaction. A heartbeat repeating it later is no news (the target row's digest).
+   * transaction. A heartbeat repeating it later is no news (the target row's digest). A result naming a plan
+   * that is not one of the device's fleet's (another fleet's, one deleted since, none) is left out, logged: not
+   * kept as the device's last result, nor applied. Not refused: the agent would hold it and the results behind
+   * it, retrying, where the plan was deleted under an honest device.
    */
   async recordDeviceResult(report: ReportedResult): Promise<void> {
     const recorded: RecordedEvent[] = [];
     await this.db.transaction().execute(async (trx) => {
+      const name = report.result.DeploymentName;
+      if (name !== undefined && (await this.fleetsOfPlans(trx, [name])).get(name) !== report.fleetName) {
+        this.logIgnored(report, `fleet ${report.fleetName} has no deployment plan named ${name}`, {});
+        return;
+      }
       await recordDeploymentResult(trx, report, report.result, report.receivedAt);
-      const stages = await applyResults(trx, [report], recorded);
+      const stages = await applyResults(trx, [report], this.staleRule, recorded);
       const at = this.now();
       for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at, recorded);
     });
@@ -1003,4 +1081,9 @@ function assertUnique(values: string[], what: string): void {
       throw invalid(`${what} ${value} appears twice; each ${what} must be unique`, { [what]: value });
     seen.add(value);
   }
+}
+
+/** An epoch-ms time of a device's report as ISO text, for the log. */
+function timeOf(at: number | undefined): string | undefined {
+  return at === undefined ? undefined : new Date(at).toISOString();
 }

@@ -44,9 +44,38 @@ function digestOf(result: DeploymentResult): string {
  * matched by plan, device name and fleet: a device of another fleet that was given a deregistered device's
  * name must not act on that fleet's rollout.
  */
+/** How applyResults judges a failure older than the attempt it would end. */
+export interface StaleResultRule {
+  /**
+   * How far behind the server's clock a device's may be (heartbeat.maxClockSkewSeconds, the window heartbeat
+   * times are held to): a failure that ended more than this before the attempt was handed out is not its.
+   */
+  maxClockSkewMs: number;
+  /** Hears each failure left out as stale (the attempt's start, epoch ms). */
+  onStale?: (report: ReportedResult, attemptStartedAt: number) => void;
+}
+
+/**
+ * A failure that ended (or, with no end time, started) before the attempt the server handed out, beyond the clock
+ * window: an earlier attempt's, or a replay. Only failures are judged so: a success may rightly carry old times
+ * (the agent reports a deployment it committed before, offered again, with that commit's times), and what it
+ * claims is the device's own state either way; a failure would end an attempt, or fail a DEPLOYED target.
+ */
+function isFailureBeforeAttempt(
+  result: DeploymentResult,
+  attemptStartedAt: number | null,
+  maxClockSkewMs: number,
+): attemptStartedAt is number {
+  const reportedAt = result.DeploymentEndTime ?? result.DeploymentStartTime;
+  return (
+    attemptStartedAt !== null && reportedAt !== undefined && reportedAt < attemptStartedAt - maxClockSkewMs
+  );
+}
+
 export async function applyResults(
   trx: Transaction<DatabaseSchema>,
   reports: ReportedResult[],
+  stale: StaleResultRule,
   recorded: RecordedEvent[],
 ): Promise<{ plan: string; stage: string }[]> {
   const named = reports.filter((r) => r.result.DeploymentName !== undefined);
@@ -66,6 +95,7 @@ export async function applyResults(
       'deployment_targets.status',
       'deployment_targets.attempts',
       'deployment_targets.result_digest',
+      'deployment_targets.started_at',
       'deployment_stages.status as stage_status',
       'deployment_stages.failure_policy',
     ])
@@ -94,6 +124,14 @@ export async function applyResults(
     const digest = digestOf(report.result);
     if (row.result_digest === digest) continue;
     const outcome = classifyResult(report.result);
+    const attemptStartedAt = row.started_at === null ? null : Number(row.started_at);
+    if (
+      outcome.kind === 'failure' &&
+      isFailureBeforeAttempt(report.result, attemptStartedAt, stale.maxClockSkewMs)
+    ) {
+      stale.onStale?.(report, attemptStartedAt);
+      continue;
+    }
     if (
       outcome.kind === 'progress' &&
       (row.status !== 'INPROGRESS' || isProgressOfEndedAttempt(kept.get(report.deviceName), report.result))

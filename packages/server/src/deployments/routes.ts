@@ -302,7 +302,8 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{
     description:
       "Kept as the device's last DeploymentResult (shown by the device read APIs and the console at once, as " +
       'one a heartbeat carries) and applied to its deployment; a heartbeat without one keeps it, and a ' +
-      'heartbeat repeating it changes nothing.',
+      "heartbeat repeating it changes nothing. A result naming a plan that is not one of the fleet's, or a " +
+      'failure from before the attempt it would end (beyond heartbeat.maxClockSkewSeconds), is left out (200, logged).',
     // Its reasons per model make a legal result larger than the device port's default body limit.
     bodyLimit: resultBodyLimit,
     body: deploymentResultRequestSchema,

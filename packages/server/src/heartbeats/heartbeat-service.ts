@@ -11,6 +11,11 @@ import type { DatabaseSchema, DeviceMetricBatchesTable } from '../storage/index.
  * the last result, the next one delivers it again.
  */
 export interface DeploymentResultSink {
+  /**
+   * The fleet of each of these plans that exists (read in the heartbeats' transaction): a heartbeat's result
+   * naming a plan that is not one of its device's fleet's is left out, neither kept nor passed on.
+   */
+  fleetsOfPlans?(db: Transaction<DatabaseSchema>, plans: string[]): Promise<Map<string, string>>;
   recordResults(
     reports: {
       deviceName: string;
@@ -138,9 +143,10 @@ export class HeartbeatService {
 
   /** Writes heartbeats in one transaction, then answers each: stored, or its metrics dropped for the quota. */
   private async write(batch: PendingHeartbeat[]): Promise<void> {
-    const dropped = await this.db
-      .transaction()
-      .execute((trx) => writeBatch(trx, batch, this.options.metricBytesPerDevicePerHour));
+    const dropped = await this.db.transaction().execute(async (trx) => {
+      await this.leaveOutForeignResults(trx, batch);
+      return writeBatch(trx, batch, this.options.metricBytesPerDevicePerHour);
+    });
     await this.passDeploymentResults(batch);
     for (const item of batch) {
       const drop = dropped.get(item);
@@ -164,6 +170,26 @@ export class HeartbeatService {
     }
     this.droppedReported.set(name, hour);
     this.options.onMetricsDropped?.(item.device, drop);
+  }
+
+  /**
+   * Drops each heartbeat's DeploymentResult that names a plan not of its device's fleet (another fleet's, one
+   * deleted since, none): a device reports only on its own fleet's plans, and its last result must not show
+   * another's. The heartbeat itself is kept; the result call leaves such a result out the same way.
+   */
+  private async leaveOutForeignResults(
+    trx: Transaction<DatabaseSchema>,
+    batch: PendingHeartbeat[],
+  ): Promise<void> {
+    const lookup = this.options.deploymentResults?.fleetsOfPlans?.bind(this.options.deploymentResults);
+    const named = batch.filter((item) => item.heartbeat.DeploymentResult?.DeploymentName !== undefined);
+    if (lookup === undefined || named.length === 0) return;
+    const fleets = await lookup(trx, [
+      ...new Set(named.map((item) => item.heartbeat.DeploymentResult!.DeploymentName!)),
+    ]);
+    for (const item of named)
+      if (fleets.get(item.heartbeat.DeploymentResult!.DeploymentName!) !== item.device.fleetName)
+        delete item.heartbeat.DeploymentResult;
   }
 
   private async passDeploymentResults(batch: PendingHeartbeat[]): Promise<void> {

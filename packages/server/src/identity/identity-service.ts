@@ -395,6 +395,10 @@ export class DeviceIdentityService {
       .orderBy('issued_at', 'desc')
       .orderBy('serial')
       .execute();
+    // A deregistered device's certificates stay (revoked) for the record; a name never registered is 404, as on
+    // every other device route, not an empty list that reads as "registered, never enrolled".
+    if (rows.length === 0 && (await deviceFleet(this.db, deviceName)) === undefined)
+      throw notFound(`device ${deviceName}`, { device: deviceName });
     return rows.map(toCertificate);
   }
 

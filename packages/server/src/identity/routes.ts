@@ -122,6 +122,8 @@ export const identityOperatorRoutes: FastifyPluginAsync<IdentityRoutesOptions> =
     auth: 'read',
     tag: 'identity',
     summary: "Every certificate issued to the device's name, newest first",
+    description:
+      "A deregistered device's certificates stay listed (revoked); a name that is not registered and was never issued one is 404.",
     params: deviceParams,
     response: z.object({ certificates: z.array(deviceCertificateSchema) }),
     handler: async ({ params }) => ({

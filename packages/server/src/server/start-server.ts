@@ -567,7 +567,13 @@ export async function startServer(
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     // The operator's log of fleet events (docs/operations.md, "Fleet events"): services log what they did.
     const fleetEvents = new FleetEventLog(logger.child({ log: 'fleet-events' }));
-    const deployments = new DeploymentService(database.db, { packagingJobs, models, events: fleetEvents });
+    const deployments = new DeploymentService(database.db, {
+      packagingJobs,
+      models,
+      events: fleetEvents,
+      maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
+      log: logger,
+    });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
     // client per check, closed after it: nothing is kept per bucket a client names).
     const fleetOutputCheck = new FleetOutputs(

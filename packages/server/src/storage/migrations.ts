@@ -588,6 +588,27 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Capture objects are written once per device (captures/capture-ingest.ts): who claimed each object's address
+  // first, and what it sent once the write landed, so a fleet-mate cannot write over it and the same device's
+  // retry is told apart from other content. The index finds a manifest's records by key (objects stored before
+  // this migration have no claim: their device_captures rows name the device).
+  '0022_capture_objects': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('capture_objects')
+        .addColumn('object_url', 'text', (c) => c.primaryKey())
+        .addColumn('device_name', 'text', (c) => c.notNull())
+        .addColumn('sha256', 'text')
+        .addColumn('bytes', 'bigint')
+        .addColumn('claimed_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createIndex('device_captures_object_key')
+        .on('device_captures')
+        .column('object_key')
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -207,6 +207,21 @@ export interface DeviceCapturesTable {
   stored_at: number;
 }
 
+/**
+ * A capture object (manifest or side file) a device uploaded through the control plane, by its address
+ * `s3://<bucket>/<key>`: objects are written once, by the device that claimed the key first (captures/).
+ */
+export interface CaptureObjectsTable {
+  object_url: string;
+  device_name: string;
+  /** SHA-256 (hex) of the file as the device sent it, once a write of it landed; null while none has. */
+  sha256: string | null;
+  /** Its length in bytes, with sha256. */
+  bytes: number | null;
+  /** When the device claimed the key. */
+  claimed_at: number;
+}
+
 /** Capture bytes a device uploaded on one UTC day (`YYYY-MM-DD`), for its quota. */
 export interface DeviceCaptureUsageTable {
   device_name: string;
@@ -308,6 +323,7 @@ export interface DatabaseSchema {
   packaging_jobs: PackagingJobsTable;
   device_captures: DeviceCapturesTable;
   device_capture_usage: DeviceCaptureUsageTable;
+  capture_objects: CaptureObjectsTable;
   device_metric_usage: DeviceMetricUsageTable;
   console_sessions: ConsoleSessionsTable;
   deployment_plans: DeploymentPlansTable;

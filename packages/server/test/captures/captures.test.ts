@@ -23,15 +23,17 @@ import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } f
 
 const engines = await databaseEngines();
 
-/** One Edge Manager capture record line for `captureId`. */
-const record = (captureId: string) =>
+/** One Edge Manager capture record line for `captureId`, of cam-1 in plant unless `by` says otherwise. */
+const record = (captureId: string, by = { device: 'cam-1', fleet: 'plant' }) =>
   JSON.stringify({
     eventVersion: '0',
-    eventMetadata: { deviceFleetName: 'plant', deviceId: 'cam-1', eventId: captureId, modelName: 'mlp' },
+    eventMetadata: { deviceFleetName: by.fleet, deviceId: by.device, eventId: captureId, modelName: 'mlp' },
     deviceFleetInputs: [],
     deviceFleetOutputs: [],
   });
-const manifest = (...ids: string[]) => Buffer.from(`${ids.map(record).join('\n')}\n`);
+const manifest = (...ids: string[]) => Buffer.from(`${ids.map((id) => record(id)).join('\n')}\n`);
+const manifestOf = (by: { device: string; fleet: string }, ...ids: string[]) =>
+  Buffer.from(`${ids.map((id) => record(id, by)).join('\n')}\n`);
 const HOUR = 'mlp/2026/12/06/05';
 
 /** Fleets plant (cam-1) and doors (door-1); with S3 blobs both outputs must be buckets that exist. */
@@ -105,7 +107,7 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
       expect(answer.body.location).toMatch(/fleet-output\/captures\/edge\/plant\/mlp\/.*\/aaaa\.jsonl$/);
       expect(await stored(first)).toBe(manifest('c-1', 'c-2').toString());
 
-      // The agent's retry of the same file (at-least-once): written again whole, nothing new recorded.
+      // The agent's retry of the same file (at-least-once): answered as stored, nothing written or recorded.
       expect((await upload(cam1, first, manifest('c-1', 'c-2'))).body).toMatchObject({
         records: 0,
         duplicates: 0,
@@ -126,13 +128,15 @@ describe.each(engines)('captures through the control plane on $engine', (fixture
       );
       await expect(stored(third)).rejects.toThrow(/ENOENT/);
 
-      // Side files are stored as they come (named after their capture id: a retry replaces them with themselves).
+      // Side files are stored as they come (written once, as manifests: device-claims.test.ts).
       const side = `edge/plant/${HOUR}/raw-data/c-1-input-1.bin`;
       expect((await upload(cam1, side, Buffer.from([1, 2, 3]), 'application/octet-stream')).status).toBe(200);
       expect(await stored(side)).toBe('\x01\x02\x03');
       // Another device's capture ids are its own.
       const doorKey = `doors/doors/${HOUR}/dddd.jsonl`;
-      expect((await upload(door, doorKey, manifest('c-1'))).body).toMatchObject({ records: 1 });
+      expect(
+        (await upload(door, doorKey, manifestOf({ device: 'door-1', fleet: 'doors' }, 'c-1'))).body,
+      ).toMatchObject({ records: 1 });
     },
   );
 
@@ -256,7 +260,11 @@ describe('captures through the control plane, with S3 blobs', () => {
     const lobby = await enrollDevice(t, 'lobby-1');
     const upload = (key: string) =>
       deviceCall(t.server.deviceUrl, lobby.tls, 'POST', '/api/v1/device/captures/files', {
-        body: { key, contentType: 'application/jsonl', data: manifest('l-1').toString('base64') },
+        body: {
+          key,
+          contentType: 'application/jsonl',
+          data: manifestOf({ device: 'lobby-1', fleet: 'lobby' }, 'l-1').toString('base64'),
+        },
       });
     // The server's own blobs live under server/ in this bucket; another fleet's captures under plant/.
     for (const key of [`server/models/x.jsonl`, `plant/${HOUR}/ffff.jsonl`]) {
@@ -416,9 +424,16 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
     const before = await fleetsFingerprint();
 
     await deleteBucket();
-    const key = `edge/plant/${HOUR}/outage.jsonl`;
-    const upload = () =>
-      uploadRawFile(t.server.deviceUrl, cam1.tls, key, manifest('o-1'), 'application/jsonl');
+    // A file once stored is not written again (a retry of it is answered as stored): after the upload that
+    // lands, a new file.
+    const upload = (name = 'outage', id = 'o-1') =>
+      uploadRawFile(
+        t.server.deviceUrl,
+        cam1.tls,
+        `edge/plant/${HOUR}/${name}.jsonl`,
+        manifest(id),
+        'application/jsonl',
+      );
     expect((await upload()).status).toBe(503);
     const outage = (await report()).outputOutage;
     expect(outage).toMatchObject({
@@ -473,7 +488,7 @@ describe('a fleet output bucket that does not exist, with S3 blobs', () => {
 
     // An outage ends with the location it was of: the fleet moved elsewhere has none.
     await deleteBucket();
-    expect((await upload()).status).toBe(503);
+    expect((await upload('outage-2', 'o-2')).status).toBe(503);
     expect((await report()).outputOutage?.problem).toBe('missing-bucket');
     const moved = await t.call('PATCH', '/api/v1/fleets/plant', {
       token: t.adminToken,

@@ -62,9 +62,12 @@ const uploadRawUntil = (
     { timeout: 10_000, interval: 50 },
   );
 
-/** One Edge Manager capture record line for `captureId`. */
+/** One Edge Manager capture record line of cam-1 for `captureId`. */
 const record = (captureId: string) =>
-  JSON.stringify({ eventVersion: '0', eventMetadata: { eventId: captureId, modelName: 'mlp' } });
+  JSON.stringify({
+    eventVersion: '0',
+    eventMetadata: { deviceFleetName: 'plant', deviceId: 'cam-1', eventId: captureId, modelName: 'mlp' },
+  });
 
 const MAX_FILE_BYTES = 8 * 1024 * 1024;
 

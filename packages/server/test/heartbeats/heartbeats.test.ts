@@ -30,6 +30,17 @@ describe.each(engines)('heartbeats on $engine', (fixture) => {
     cam1 = await enrollDevice(t, 'cam-1');
     cam2 = await enrollDevice(t, 'cam-2');
     other = await enrollDevice(t, 'door-1');
+    // A plan of fleet cams for cam-1's results to name (a result naming none of its fleet's plans is left out).
+    const plan = await t.call('POST', '/api/v1/deployment-plans', {
+      token: t.adminToken,
+      body: {
+        name: 'rollout-1',
+        fleetName: 'cams',
+        modelConfigs: [{ modelHandle: 'main', state: 'UNDEPLOY' }],
+        stages: [{ name: 's1', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['cam-1'] } }],
+      },
+    });
+    expect(plan.status).toBe(201);
   });
   afterAll(() => t?.stop());
 

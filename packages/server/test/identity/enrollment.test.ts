@@ -21,7 +21,18 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
     const registered = await t.call('POST', '/api/v1/fleets/plant/devices', {
       token: t.adminToken,
       body: {
-        devices: ['dev-a', 'dev-b', 'dev-c', 'dev-d', 'dev-e', 'dev-f', 'dev-r', 'dev-burst'].map((name) => ({
+        devices: [
+          'dev-a',
+          'dev-b',
+          'dev-c',
+          'dev-d',
+          'dev-e',
+          'dev-f',
+          'dev-r',
+          'dev-burst',
+          'dev-g',
+          'dev-h',
+        ].map((name) => ({
           name,
         })),
       },
@@ -200,6 +211,26 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
       'EXPIRED',
     );
   });
+
+  it.skipIf(!fixture.available)(
+    "lists a device's certificates: 404 for a name never registered, a deregistered one's kept (revoked)",
+    async () => {
+      const list = (device: string) =>
+        t.call('GET', `/api/v1/devices/${device}/certificates`, { token: t.readToken });
+      const missing = await list('never-registered');
+      expect(missing).toMatchObject({ status: 404, body: { code: 'NotFound' } });
+      expect(missing.body.message).toMatch(/device never-registered does not exist/);
+      // Registered, not enrolled yet: no certificate, and that is an answer.
+      expect(await list('dev-g')).toMatchObject({ status: 200, body: { certificates: [] } });
+      const enrolled = await enrollDevice(t, 'dev-h');
+      expect((await t.call('DELETE', '/api/v1/devices/dev-h', { token: t.adminToken })).status).toBe(204);
+      const kept = await list('dev-h');
+      expect(kept.status).toBe(200);
+      expect(kept.body.certificates).toEqual([
+        expect.objectContaining({ serial: enrolled.serial, revokedAt: expect.any(String) }),
+      ]);
+    },
+  );
 
   it.skipIf(!fixture.available)(
     'refuses a revoked certificate, and the device can enroll again',
