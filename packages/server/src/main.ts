@@ -18,8 +18,14 @@ import {
   type OverridableSetting,
   type ServerConfig,
 } from './config/index.js';
-import { BlobStoreMismatchError, initServer, openStores, startServer } from './server/index.js';
-import { DatabaseInUseError, DatabaseOpenError } from './storage/index.js';
+import {
+  BlobStoreMismatchError,
+  initServer,
+  openStores,
+  serverVersion,
+  startServer,
+} from './server/index.js';
+import { DatabaseInUseError, DatabaseOpenError, NewerDatabaseError } from './storage/index.js';
 
 type CommonOptions = { config?: string } & Partial<Record<string, string>>;
 
@@ -125,6 +131,7 @@ async function withTokens<T>(options: CommonOptions, use: (tokens: ApiTokenStore
 
 const program = new Command('edgefleet-server')
   .description('EdgeFleet control plane: fleets, devices and identities, model packaging, heartbeats')
+  .version(serverVersion(), '-v, --version', 'print the version and exit')
   .showHelpAfterError()
   // Thrown, not exited with commander's 1: a wrong command line is exit 2 (exitCodeOf). Inherited by the
   // subcommands added below.
@@ -209,7 +216,8 @@ program.parseAsync(process.argv).catch((error: unknown) => {
  * not restart on (RestartPreventExitStatus): a person must act, and restarting would fail alike every 2 s. 4:
  * another server holds the SQLite database (stop it). 2: the command line or the config cannot be used; the
  * SQLite database's lock file cannot be used (a link, not a regular file, another user's, damaged) or it or the
- * database may not be written (permissions, a read-only filesystem); the blob store is another database's. 1: anything
+ * database may not be written (permissions, a read-only filesystem); the blob store is another database's; a newer
+ * build migrated the database (a downgrade: run that build, or restore the pre-upgrade backup). 1: anything
  * else, a lock that failed for a reason that may pass (an I/O error, a full disk) included: the unit restarts it.
  */
 function exitCodeOf(error: unknown): number {
@@ -217,6 +225,11 @@ function exitCodeOf(error: unknown): number {
   if (error instanceof DatabaseInUseError) return error.exitCode;
   if (error instanceof FolderLockError || error instanceof DatabaseOpenError)
     return error.problem === 'failed' ? 1 : 2;
-  if (error instanceof ConfigError || error instanceof BlobStoreMismatchError) return 2;
+  if (
+    error instanceof ConfigError ||
+    error instanceof BlobStoreMismatchError ||
+    error instanceof NewerDatabaseError
+  )
+    return 2;
   return 1;
 }

@@ -11,3 +11,4 @@ export {
 } from './start-server.js';
 export { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-limits.js';
 export { BlobStoreMismatchError } from './blob-store-binding.js';
+export { schemaVersion, serverVersion } from './version.js';

@@ -95,8 +95,10 @@ import {
   maskUrlCredentials,
   migrateToLatest,
   migrationNames,
+  NewerDatabaseError,
   openDatabase,
   pingDatabase,
+  refuseNewerDatabase,
   type ServerDatabase,
 } from '../storage/index.js';
 import {
@@ -123,6 +125,7 @@ import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
+import { schemaVersion, serverVersion } from './version.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
 export interface ServerServices {
@@ -225,6 +228,8 @@ export async function openStores(
         }
       }
     }
+    // Before anything else writes: kysely would call a newer build's schema "corrupted" (exit 1, restarted).
+    await refuseNewerDatabase(database.db, database.description, serverVersion());
     if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
     await migrateToLatest(database.db);
     if (storeUnchecked) await markStoreUncheckedForNewDatabase(database.db);
@@ -232,7 +237,7 @@ export async function openStores(
     await blobs.close();
     await database.close();
     if (error instanceof BlobStoreCheckError) throw error.cause;
-    if (error instanceof EmptyDatabaseError) throw error;
+    if (error instanceof EmptyDatabaseError || error instanceof NewerDatabaseError) throw error;
     // Name the database in every error about it: the operator may run several.
     throw new Error(
       `database ${database.description}: ${error instanceof Error ? error.message : String(error)}`,
@@ -645,6 +650,7 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
+      build: { version: serverVersion(), schema: schemaVersion() },
       requestTimeoutMs: operatorLimits.requestTimeoutMs,
       ...(config.tls
         ? {
@@ -659,7 +665,7 @@ export async function startServer(
         description:
           'Operator API of edgefleet-server: fleets, devices, identities, models, packaging, deployments, heartbeats. ' +
           'Device routes (/api/v1/device/…) are served on the separate mutual-TLS port.',
-        version: '1',
+        version: serverVersion(),
       },
     });
     apps.push(operatorApp);
@@ -754,6 +760,7 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
+      build: { version: serverVersion(), schema: schemaVersion() },
       requestTimeoutMs: deviceLimits.requestTimeoutMs,
       // Devices send small JSON bodies; the routes that take larger ones (heartbeats, captures) set their own.
       bodyLimit: DEVICE_BODY_LIMIT_BYTES,
@@ -842,7 +849,15 @@ export async function startServer(
     ];
     for (const warning of warnings) logger.warn(warning);
     logger.info(
-      { operatorUrl, deviceUrl, deviceEndpoint, database: database.description, blobs: blobs.description },
+      {
+        version: serverVersion(),
+        schema: schemaVersion(),
+        operatorUrl,
+        deviceUrl,
+        deviceEndpoint,
+        database: database.description,
+        blobs: blobs.description,
+      },
       'edgefleet-server started',
     );
 

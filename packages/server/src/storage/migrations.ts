@@ -669,3 +669,53 @@ export async function hasNoSchema(db: Kysely<any>): Promise<boolean> {
   const tables = await db.introspection.getTables();
   return !tables.some((table) => table.name === 'edgefleet_migrations');
 }
+
+/** The migrations a database records that this build does not know: it was made by a newer build. */
+export function unknownMigrations(recorded: readonly string[]): string[] {
+  return recorded.filter((name) => !migrationNames.includes(name));
+}
+
+/** The words, shared by start/init/token and restore, for a database a newer build migrated. */
+export function newerDatabaseWords(unknown: readonly string[], version: string): string {
+  return (
+    `made by a newer EdgeFleet: migration${unknown.length === 1 ? '' : 's'} ${unknown.join(', ')} ` +
+    `${unknown.length === 1 ? 'is' : 'are'} unknown to this build (version ${version}, schema ` +
+    `${migrationNames[migrationNames.length - 1]})`
+  );
+}
+
+/**
+ * A database a newer build migrated: this build must not run on it (it does not know the schema) nor migrate it
+ * (kysely would call it "corrupted"). A person must act: run the newer build, or restore the backup taken before
+ * the upgrade with this one.
+ */
+export class NewerDatabaseError extends Error {
+  constructor(
+    readonly database: string,
+    readonly unknown: readonly string[],
+    version: string,
+  ) {
+    super(
+      `database ${database}: ${newerDatabaseWords(unknown, version)}; run the newer build, or restore the ` +
+        'backup taken before the upgrade (edgefleet-server restore) with this one. The database was not changed',
+    );
+    this.name = 'NewerDatabaseError';
+  }
+}
+
+/** Every migration name the database records, known to this build or not ([] without a schema). */
+export async function recordedMigrations(db: Kysely<any>): Promise<string[]> {
+  if (await hasNoSchema(db)) return [];
+  const rows = await db.selectFrom('edgefleet_migrations').select('name').orderBy('name').execute();
+  return rows.map((row: { name: string }) => row.name);
+}
+
+/** Throws NewerDatabaseError, before anything is written, when a newer build migrated this database. */
+export async function refuseNewerDatabase(
+  db: Kysely<any>,
+  description: string,
+  version: string,
+): Promise<void> {
+  const unknown = unknownMigrations(await recordedMigrations(db));
+  if (unknown.length > 0) throw new NewerDatabaseError(description, unknown, version);
+}
