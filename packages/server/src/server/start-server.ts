@@ -98,6 +98,7 @@ import {
   NewerDatabaseError,
   openDatabase,
   pingDatabase,
+  recordedMigrations,
   refuseNewerDatabase,
   type ServerDatabase,
 } from '../storage/index.js';
@@ -125,6 +126,11 @@ import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
+import {
+  refuseMigratingUnderRunningServers,
+  registerServer,
+  ServersRunningError,
+} from './server-registry.js';
 import { schemaVersion, serverVersion } from './version.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
@@ -178,6 +184,8 @@ export interface StartServerOptions {
   onStoppedForWrongBlobStore?: (error: BlobStoreMismatchError) => void;
   /** The first wait before the blob store is checked again when it did not answer at start (tests: short). */
   blobStoreRecheckMs?: number;
+  /** serve --force-migrate: migrate although servers ran on the database lately (logged at warn). */
+  forceMigrate?: boolean;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -194,7 +202,13 @@ function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
 export async function openStores(
   config: ServerConfig,
   logger?: Logger,
-  options: { besideServer?: boolean } = {},
+  options: {
+    besideServer?: boolean;
+    /** Migrate although servers ran on the database lately (refuseMigratingUnderRunningServers), with a warning. */
+    forceMigrate?: boolean;
+    /** Where that warning goes without a logger (init, token: stderr). */
+    warn?: (message: string) => void;
+  } = {},
 ): Promise<{ database: ServerDatabase; blobs: BlobStore }> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const database = await openDatabase(config.databaseLocation, {
@@ -231,13 +245,26 @@ export async function openStores(
     // Before anything else writes: kysely would call a newer build's schema "corrupted" (exit 1, restarted).
     await refuseNewerDatabase(database.db, database.description, serverVersion());
     if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
+    const recorded = new Set(await recordedMigrations(database.db));
+    await refuseMigratingUnderRunningServers(database.db, {
+      database: database.description,
+      pending: migrationNames.filter((name) => !recorded.has(name)),
+      schemaVersion: schemaVersion(),
+      force: options.forceMigrate === true,
+      warn: (message) => (logger ? logger.warn(message) : options.warn?.(message)),
+    });
     await migrateToLatest(database.db);
     if (storeUnchecked) await markStoreUncheckedForNewDatabase(database.db);
   } catch (error) {
     await blobs.close();
     await database.close();
     if (error instanceof BlobStoreCheckError) throw error.cause;
-    if (error instanceof EmptyDatabaseError || error instanceof NewerDatabaseError) throw error;
+    if (
+      error instanceof EmptyDatabaseError ||
+      error instanceof NewerDatabaseError ||
+      error instanceof ServersRunningError
+    )
+      throw error;
     // Name the database in every error about it: the operator may run several.
     throw new Error(
       `database ${database.description}: ${error instanceof Error ? error.message : String(error)}`,
@@ -431,7 +458,7 @@ export async function startServer(
       : undefined;
   let stores: Awaited<ReturnType<typeof openStores>>;
   try {
-    stores = await openStores(config, logger);
+    stores = await openStores(config, logger, { forceMigrate: options.forceMigrate === true });
   } catch (error) {
     databaseLock?.release();
     throw error;
@@ -801,6 +828,14 @@ export async function startServer(
     applyListenerLimits(deviceApp.server, deviceLimits);
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
+    // Seen by a newer build before it migrates the schema under this one (server-registry.ts).
+    background.push(
+      await registerServer(database.db, {
+        version: serverVersion(),
+        schemaVersion: schemaVersion(),
+        logger,
+      }),
+    );
     services.packagingWorker.start();
     background.push(services.packagingWorker);
     background.push(

@@ -588,6 +588,24 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // The servers running on this database, each refreshing its row (server/server-registry.ts): a build that would
+  // migrate the schema sees whether a server of another version still runs on it.
+  '0022_server_instances': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('server_instances')
+        // A rerun finds it (tests take the record away to stand for an older build's database).
+        .ifNotExists()
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('host', 'text', (c) => c.notNull())
+        .addColumn('pid', 'integer', (c) => c.notNull())
+        .addColumn('version', 'text', (c) => c.notNull())
+        .addColumn('schema_version', 'text', (c) => c.notNull())
+        .addColumn('started_at', 'bigint', (c) => c.notNull())
+        .addColumn('last_seen_at', 'bigint', (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {
