@@ -18,8 +18,15 @@ import {
   type OverridableSetting,
   type ServerConfig,
 } from './config/index.js';
-import { BlobStoreMismatchError, initServer, openStores, startServer } from './server/index.js';
-import { DatabaseInUseError, DatabaseOpenError } from './storage/index.js';
+import {
+  BlobStoreMismatchError,
+  initServer,
+  openStores,
+  ServersRunningError,
+  serverVersion,
+  startServer,
+} from './server/index.js';
+import { DatabaseInUseError, DatabaseOpenError, NewerDatabaseError } from './storage/index.js';
 
 type CommonOptions = { config?: string } & Partial<Record<string, string>>;
 
@@ -49,6 +56,19 @@ function addCommonOptions(command: Command): Command {
     );
   }
   return command;
+}
+
+/** For the commands that migrate the schema (serve, init, token): see refuseMigratingUnderRunningServers. */
+function addForceMigrate(command: Command): Command {
+  return command.option(
+    '--force-migrate',
+    'apply new migrations although servers (of an older version) ran on the database within the last minute; they break on the new schema: stop them first',
+  );
+}
+
+/** Whether --force-migrate was given (commander sets it true; the common options are strings). */
+function forceMigrateOf(options: CommonOptions): boolean {
+  return (options as { forceMigrate?: unknown }).forceMigrate === true;
 }
 
 async function configFrom(options: CommonOptions): Promise<ServerConfig> {
@@ -87,6 +107,7 @@ async function serve(options: CommonOptions): Promise<void> {
     warnings: fileWarning === undefined ? [] : [fileWarning],
     // Logged by the server; 2, which the unit does not restart: the blob setting must be fixed by a person.
     onStoppedForWrongBlobStore: () => process.exit(2),
+    forceMigrate: forceMigrateOf(options),
   });
   // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:
   // under systemd both streams go to the journal, which would hold every warning twice.
@@ -113,8 +134,15 @@ async function serve(options: CommonOptions): Promise<void> {
   process.on('SIGINT', stop);
 }
 
+const warnOnStderr = (message: string) =>
+  void process.stderr.write(`edgefleet-server: warning: ${message}\n`);
+
 async function withTokens<T>(options: CommonOptions, use: (tokens: ApiTokenStore) => Promise<T>): Promise<T> {
-  const { database, blobs } = await openStores(await configFrom(options), undefined, { besideServer: true });
+  const { database, blobs } = await openStores(await configFrom(options), undefined, {
+    besideServer: true,
+    forceMigrate: forceMigrateOf(options),
+    warn: warnOnStderr,
+  });
   try {
     return await use(new ApiTokenStore(database.db));
   } finally {
@@ -125,19 +153,27 @@ async function withTokens<T>(options: CommonOptions, use: (tokens: ApiTokenStore
 
 const program = new Command('edgefleet-server')
   .description('EdgeFleet control plane: fleets, devices and identities, model packaging, heartbeats')
+  .version(serverVersion(), '-v, --version', 'print the version and exit')
   .showHelpAfterError()
   // Thrown, not exited with commander's 1: a wrong command line is exit 2 (exitCodeOf). Inherited by the
   // subcommands added below.
   .exitOverride();
 
-addCommonOptions(program.command('serve', { isDefault: true }).description('run the server')).action(serve);
+addForceMigrate(
+  addCommonOptions(program.command('serve', { isDefault: true }).description('run the server')),
+).action(serve);
 
-addCommonOptions(
-  program
-    .command('init')
-    .description('prepare the data dir and database; print the first admin API token (once) on stdout'),
+addForceMigrate(
+  addCommonOptions(
+    program
+      .command('init')
+      .description('prepare the data dir and database; print the first admin API token (once) on stdout'),
+  ),
 ).action(async (options: CommonOptions) => {
-  const result = await initServer(await configFrom(options));
+  const result = await initServer(await configFrom(options), {
+    forceMigrate: forceMigrateOf(options),
+    warn: warnOnStderr,
+  });
   process.stderr.write(`initialised ${result.dataDir} (state: ${result.database}, blobs: ${result.blobs})\n`);
   process.stderr.write(`device CA ${result.deviceCaFile} (SHA-256 ${result.deviceCaSha256})\n`);
   process.stderr.write(
@@ -157,16 +193,18 @@ addCommonOptions(
 });
 
 const token = program.command('token').description('operator API tokens (works on the database directly)');
-addCommonOptions(
-  token
-    .command('create')
-    .description('create a token and print it (once) on stdout')
-    .requiredOption('--name <name>', 'what the token is for')
-    .addOption(
-      new Option('--scope <scope>', 'admin or read-only')
-        .choices(tokenScopeSchema.options)
-        .default('read-only'),
-    ),
+addForceMigrate(
+  addCommonOptions(
+    token
+      .command('create')
+      .description('create a token and print it (once) on stdout')
+      .requiredOption('--name <name>', 'what the token is for')
+      .addOption(
+        new Option('--scope <scope>', 'admin or read-only')
+          .choices(tokenScopeSchema.options)
+          .default('read-only'),
+      ),
+  ),
 ).action(async (options: CommonOptions & { name: string; scope: string }) => {
   const created = await withTokens(options, (tokens) =>
     tokens.create({ name: options.name, scope: tokenScopeSchema.parse(options.scope) }),
@@ -176,24 +214,22 @@ addCommonOptions(
   );
   process.stdout.write(`${created.token}\n`);
 });
-addCommonOptions(token.command('list').description('list tokens (id, scope, name, state)')).action(
-  async (options: CommonOptions) => {
-    const records = await withTokens(options, (tokens) => tokens.list({ limit: 10_000 }));
-    for (const r of records) {
-      process.stdout.write(
-        `${r.id}\t${r.scope}\t${r.revokedAt === null ? 'active' : 'revoked'}\t${r.name}\n`,
-      );
-    }
-  },
-);
-addCommonOptions(token.command('revoke').description('revoke a token by id').argument('<id>')).action(
-  async (id: string, options: CommonOptions) => {
-    if (!(await withTokens(options, (tokens) => tokens.revoke(id)))) {
-      process.stderr.write(`no active token with id ${id}\n`);
-      process.exitCode = 1;
-    }
-  },
-);
+addForceMigrate(
+  addCommonOptions(token.command('list').description('list tokens (id, scope, name, state)')),
+).action(async (options: CommonOptions) => {
+  const records = await withTokens(options, (tokens) => tokens.list({ limit: 10_000 }));
+  for (const r of records) {
+    process.stdout.write(`${r.id}\t${r.scope}\t${r.revokedAt === null ? 'active' : 'revoked'}\t${r.name}\n`);
+  }
+});
+addForceMigrate(
+  addCommonOptions(token.command('revoke').description('revoke a token by id').argument('<id>')),
+).action(async (id: string, options: CommonOptions) => {
+  if (!(await withTokens(options, (tokens) => tokens.revoke(id)))) {
+    process.stderr.write(`no active token with id ${id}\n`);
+    process.exitCode = 1;
+  }
+});
 
 registerBackupCommands(program, { addCommonOptions, configFrom });
 
@@ -207,16 +243,22 @@ program.parseAsync(process.argv).catch((error: unknown) => {
 /**
  * The exit codes (packages/server/README.md, "Exit codes"). As the agent's, 2 and 4 are the codes the unit does
  * not restart on (RestartPreventExitStatus): a person must act, and restarting would fail alike every 2 s. 4:
- * another server holds the SQLite database (stop it). 2: the command line or the config cannot be used; the
+ * another server holds the SQLite database, or servers ran lately on a database this build would migrate (stop them). 2: the command line or the config cannot be used; the
  * SQLite database's lock file cannot be used (a link, not a regular file, another user's, damaged) or it or the
- * database may not be written (permissions, a read-only filesystem); the blob store is another database's. 1: anything
+ * database may not be written (permissions, a read-only filesystem); the blob store is another database's; a newer
+ * build migrated the database (a downgrade: run that build, or restore the pre-upgrade backup). 1: anything
  * else, a lock that failed for a reason that may pass (an I/O error, a full disk) included: the unit restarts it.
  */
 function exitCodeOf(error: unknown): number {
   if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2;
-  if (error instanceof DatabaseInUseError) return error.exitCode;
+  if (error instanceof DatabaseInUseError || error instanceof ServersRunningError) return error.exitCode;
   if (error instanceof FolderLockError || error instanceof DatabaseOpenError)
     return error.problem === 'failed' ? 1 : 2;
-  if (error instanceof ConfigError || error instanceof BlobStoreMismatchError) return 2;
+  if (
+    error instanceof ConfigError ||
+    error instanceof BlobStoreMismatchError ||
+    error instanceof NewerDatabaseError
+  )
+    return 2;
   return 1;
 }

@@ -4,6 +4,7 @@ import { pathToFileURL } from 'node:url';
 import type { UploadLedger } from '../state/index.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import type { ObjectStore } from './object-store.js';
+import { uploadFailureFields } from './upload-failure.js';
 
 export interface PeriodicUploadOptions {
   /** `capture_data_disk_path`: keys are paths relative to it. */
@@ -103,8 +104,13 @@ export class PeriodicUpload {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
         this.#options.metrics?.writeFailures.inc({ destination: 'periodic-upload' });
         this.#options.logger?.warn(
-          { err: error, key: file.key, remaining: todo.length - uploaded },
-          `capture periodic upload: cannot upload to ${this.#options.store.description}; retrying next period`,
+          {
+            event: 'capture-upload-failed',
+            ...uploadFailureFields(error),
+            key: file.key,
+            remaining: todo.length - uploaded,
+          },
+          `capture periodic upload: cannot upload to ${this.#options.store.description} (${(error as Error).message}); retrying next period`,
         );
         break;
       }

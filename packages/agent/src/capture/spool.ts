@@ -13,6 +13,9 @@ import {
   type ObjectStore,
 } from './object-store.js';
 import type { RenderedBatch, RenderedFile } from './records.js';
+import { uploadFailureFields } from './upload-failure.js';
+
+const errorMessage = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
 const BATCH_FILE = 'batch.json';
 
@@ -139,7 +142,7 @@ export class CaptureSpool {
     this.#bytes = this.#batches.reduce((n, b) => n + b.bytes, 0);
     if (this.#batches.length > 0) {
       this.#options.logger?.info(
-        { batches: this.#batches.length, bytes: this.#bytes },
+        { event: 'capture-spool-resuming', batches: this.#batches.length, bytes: this.#bytes },
         'capture spool: resuming the upload of batches left by an earlier run',
       );
     }
@@ -240,7 +243,8 @@ export class CaptureSpool {
       // One line per wait; the store's message carries no credentials (the answer's text, the key).
       this.#options.logger?.warn(
         {
-          err: error,
+          event: 'capture-upload-failed',
+          ...uploadFailureFields(error),
           batchId: batch.batchId,
           failures: this.#failures,
           retryInMs: delay,
@@ -249,7 +253,7 @@ export class CaptureSpool {
           spooledBytes: this.#bytes,
         },
         asked === undefined
-          ? `capture spool: cannot upload to ${this.#options.store.description}; retrying in ${Math.round(delay / 1000)} s`
+          ? `capture spool: cannot upload to ${this.#options.store.description} (${errorMessage(error)}); retrying in ${Math.round(delay / 1000)} s`
           : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s`,
       );
       if (!this.#closed) {
@@ -262,7 +266,7 @@ export class CaptureSpool {
     }
     if (this.#failures > 0) {
       this.#options.logger?.info(
-        { store: this.#options.store.description },
+        { event: 'capture-upload-resumed', store: this.#options.store.description, failures: this.#failures },
         'capture spool: the store is reachable again',
       );
     }
@@ -290,8 +294,13 @@ export class CaptureSpool {
       this.#options.metrics?.dropped.inc({ reason: 'refused' }, batch.captureIds.length);
     }
     this.#options.logger?.warn(
-      { err: error, batchId: batch.batchId, captures: batch.captureIds.length },
-      `capture spool: ${this.#options.store.description} refused a batch for good; dropped it (${batch.captureIds.length} captures)`,
+      {
+        event: 'capture-upload-refused',
+        ...uploadFailureFields(error),
+        batchId: batch.batchId,
+        captures: batch.captureIds.length,
+      },
+      `capture spool: ${this.#options.store.description} refused a batch for good (${error.message}); dropped it (${batch.captureIds.length} captures)`,
     );
     await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
   }

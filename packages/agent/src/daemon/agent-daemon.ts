@@ -23,6 +23,7 @@ import {
   FolderLockError,
   ModelActivity,
   agentDatabasePath,
+  NewerAgentDatabaseError,
   openAgentDatabase,
   recordLoadedModels,
   restoreLoadedModels,
@@ -180,10 +181,12 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
 
     // The local database (DbEnable): the capture queue, the models to load again after a restart, counters.
     const opened = config.storage.dbEnabled
-      ? openAgentDatabase({
-          path: agentDatabasePath(config.storage.localDataRootPath),
-          synchronous: config.storage.dbSynchronous,
-        })
+      ? refuseNewerDatabase(() =>
+          openAgentDatabase({
+            path: agentDatabasePath(config.storage.localDataRootPath),
+            synchronous: config.storage.dbSynchronous,
+          }),
+        )
       : undefined;
     if (opened?.recovery) reportRecovery(opened.recovery, logger);
     const database = opened?.database;
@@ -390,6 +393,17 @@ function lockOrRefuse<Lock>(acquire: () => Lock): Lock {
       throw new ConfigError(error.kind.configKey, `${error.kind.configKey}: ${error.message}`, {
         cause: error,
       });
+    throw error;
+  }
+}
+
+/** A newer agent's database: a StartupError a person must act on (not restarted), its message said once. */
+function refuseNewerDatabase<T>(open: () => T): T {
+  try {
+    return open();
+  } catch (error) {
+    if (error instanceof NewerAgentDatabaseError)
+      throw new StartupError(EXIT_CODES.NEWER_DATABASE, error.message, { cause: error });
     throw error;
   }
 }

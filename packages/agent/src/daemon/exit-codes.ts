@@ -10,6 +10,11 @@ export const EXIT_CODES = {
   FAILURE: 1,
   /** The command line or the config file cannot be used; the message names the option or key. */
   BAD_CONFIG: 2,
+  /**
+   * The data root's database was written by a newer agent (a downgrade): a person must act, as for a bad config,
+   * so the same code, which the unit does not restart on.
+   */
+  NEWER_DATABASE: 2,
   /** The socket path cannot be served: a file is there (no -f), a live process answers on it, or bind failed. */
   SOCKET_UNAVAILABLE: 3,
   /**

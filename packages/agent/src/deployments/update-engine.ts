@@ -145,6 +145,18 @@ const LOCK_POLL_MS = 500;
  */
 const ROLLED_BACK_WITH_DEPLOYMENT = 'rolled back with the deployment (ROLLBACK_ON_FAILURE)';
 
+/** What entering each state of the life cycle means, for its log line (the final states log their own). */
+const STEP_WORDS: Partial<Record<DeploymentState, (row: DeploymentModelRow) => string>> = {
+  Downloading: () => 'received; downloading the package',
+  Verifying: () => 'downloaded; verifying the package',
+  Loading: () => 'verified; loading it',
+  WarmingUp: () => 'loaded beside the serving version; warming up',
+  Switching: (row) =>
+    row.desired === 'UNDEPLOY' ? 'received; unloading the model' : 'ready; switching to it',
+  HealthCheck: () => 'switched; serving it, health window open',
+  RollingBack: (row) => `rolling back${row.reason === null ? '' : `: ${row.reason}`}`,
+};
+
 /**
  * The crash-safe update engine: applies GetDeployments answers to the model registry through the persisted
  * state machine of deployment-state.ts (one row per model handle in the local database). One pass at a time:
@@ -888,6 +900,21 @@ export class UpdateEngine {
     if (FINAL_STATES.has(to)) row.reported = false;
     this.#o.repository.save(row);
     this.#o.metrics?.setState(row.handle, to);
+    const step = STEP_WORDS[to];
+    if (step !== undefined) {
+      // Each step of the life cycle, so that the journal shows a deployment from its arrival, not only its end
+      // (the final states have lines of their own).
+      this.#o.logger.info(
+        {
+          event: 'deployment-step',
+          deployment: row.deploymentName,
+          model: row.handle,
+          version: row.version,
+          state: to,
+        },
+        `deployment ${row.deploymentName}: ${row.handle}${row.version === null ? '' : ` ${row.version}`}: ${step(row)}`,
+      );
+    }
     if (FINAL_STATES.has(to)) this.#o.onFinal?.();
   }
 

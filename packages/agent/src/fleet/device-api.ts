@@ -204,10 +204,12 @@ export class DeviceApiClient {
 function describeNetworkError(error: unknown): string {
   const e = error as NodeJS.ErrnoException & { reason?: string };
   if (e?.name === 'AbortError') return 'stopped';
-  const parts = [e?.code, e?.reason ?? e?.message].filter(
+  const text = e?.reason ?? e?.message;
+  // Node's messages name the code already ('connect ECONNREFUSED 127.0.0.1:8443'): said once.
+  const parts = [text?.includes(e?.code ?? '\0') ? undefined : e?.code, text].filter(
     (p): p is string => typeof p === 'string' && p !== '',
   );
-  return parts.length > 0 ? [...new Set(parts)].join(': ') : String(error);
+  return parts.length > 0 ? parts.join(': ') : String(error);
 }
 
 function singleHeader(value: string | string[] | undefined): string | undefined {

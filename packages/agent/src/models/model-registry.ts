@@ -187,6 +187,8 @@ export class ModelRegistry {
       this.#metrics?.observeLoad(name, performance.now() - began);
       this.#metrics?.setModelsLoaded(this.list().length);
       this.#logger?.info?.(`loaded model ${name}`, {
+        event: 'model-loaded',
+        model: name,
         url: request.url,
         path: version.description.path,
         version: version.description.version,
@@ -243,7 +245,13 @@ export class ModelRegistry {
       }
       version.description = description;
       version.state = 'ready';
-      this.#logger?.info?.(`staged model ${name}`, { url, version: description.version, key: version.key });
+      this.#logger?.info?.(`staged model ${name}`, {
+        event: 'model-staged',
+        model: name,
+        url,
+        version: description.version,
+        key: version.key,
+      });
       return stagedDescription(name, version);
     } catch (error) {
       if (entry.staged === version) entry.staged = undefined;
@@ -278,6 +286,8 @@ export class ModelRegistry {
     delete entry.stagedLoad;
     const description = staged.description!;
     this.#logger?.info?.(`promoted model ${name}`, {
+      event: 'model-promoted',
+      model: name,
       url: staged.url,
       version: description.version,
       replaced: previous.description?.version,
@@ -324,7 +334,7 @@ export class ModelRegistry {
     await Promise.all([this.#retire(current), staged && this.#discardStaged(staged, stagedLoad)]);
     this.#metrics?.setModelsLoaded(this.list().length);
     this.#metrics?.modelUnloaded(name);
-    this.#logger?.info?.(`unloaded model ${name}`);
+    this.#logger?.info?.(`unloaded model ${name}`, { event: 'model-unloaded', model: name });
     if (!this.#closed) this.#notify((observer) => observer.onUnloaded?.(name));
   }
 

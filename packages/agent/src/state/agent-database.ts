@@ -6,7 +6,7 @@ import { capturePayloadFolder } from './capture-payload-files.js';
 import { CaptureQueueRepository } from './capture-queue-repository.js';
 import { DeploymentsRepository } from './deployments-repository.js';
 import { LoadedModelsRepository } from './loaded-models-repository.js';
-import { MIGRATIONS, migrate, type Migration } from './migrations.js';
+import { MIGRATIONS, migrate, NewerAgentDatabaseError, type Migration } from './migrations.js';
 import { ModelCountersRepository } from './model-counters-repository.js';
 import { UploadLedgerRepository } from './upload-ledger-repository.js';
 
@@ -118,6 +118,8 @@ export class AgentDatabase {
       );
     } catch (error) {
       db.close();
+      // Its message names the file and says what to do already.
+      if (error instanceof NewerAgentDatabaseError) throw error;
       throw new Error(`cannot use the agent database ${options.path}: ${(error as Error).message}`, {
         cause: error,
       });

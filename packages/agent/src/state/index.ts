@@ -24,7 +24,13 @@ export {
   type NestedFolder,
 } from './data-root-lock.js';
 export { openAgentDatabase, type DatabaseRecovery, type OpenedAgentDatabase } from './database-recovery.js';
-export { LATEST_SCHEMA_VERSION, MIGRATIONS, migrate, type Migration } from './migrations.js';
+export {
+  LATEST_SCHEMA_VERSION,
+  MIGRATIONS,
+  migrate,
+  NewerAgentDatabaseError,
+  type Migration,
+} from './migrations.js';
 export {
   capturePayloadFolder,
   DamagedPayloadError,

@@ -187,15 +187,29 @@ export const MIGRATIONS: readonly Migration[] = [
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
 
+/**
+ * The database was written by a newer agent (a downgrade, or a bundle rolled back): this agent does not know its
+ * schema and changes nothing. A person must act: run the newer agent again, or move the database aside (which
+ * drops queued captures and deployment state).
+ */
+export class NewerAgentDatabaseError extends Error {
+  override readonly name = 'NewerAgentDatabaseError';
+  constructor(
+    readonly file: string,
+    readonly schemaVersion: number,
+    readonly knownVersion: number,
+  ) {
+    super(
+      `the agent database ${file} has schema version ${schemaVersion}, newer than this agent knows (${knownVersion}); it was written by a newer agent: upgrade this agent, or move the database aside`,
+    );
+  }
+}
+
 /** Brings the database up to the latest version; returns the versions applied. */
 export function migrate(db: Database, migrations: readonly Migration[] = MIGRATIONS): number[] {
   const current = db.pragma('user_version', { simple: true }) as number;
   const latest = migrations[migrations.length - 1]?.version ?? 0;
-  if (current > latest) {
-    throw new Error(
-      `the agent database ${db.name} has schema version ${current}, newer than this agent knows (${latest}); it was written by a newer agent: upgrade this agent, or move the database aside`,
-    );
-  }
+  if (current > latest) throw new NewerAgentDatabaseError(db.name, current, latest);
   const applied: number[] = [];
   for (const migration of migrations) {
     if (migration.version <= current) continue;

@@ -1,5 +1,6 @@
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, readdir } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -266,6 +267,80 @@ describe('EdgeFleet capture destination', () => {
       await spool.close();
       gated.close();
       await held.finish().catch(() => undefined);
+    }
+  });
+  it('logs an unreachable server as one event line with one clean reason and no stack, and the recovery', async () => {
+    // A port nothing listens on: the device API is down.
+    const closed = createServer();
+    await new Promise<void>((done) => closed.listen(0, '127.0.0.1', done));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((done) => closed.close(done));
+    const down = new EdgeFleetObjectStore({
+      endpoint: `https://127.0.0.1:${port}`,
+      certFile: config.sagemaker_edge_provider_aws_cert_file,
+      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
+      caFile: config.sagemaker_edge_provider_aws_ca_cert_file,
+    });
+    // The first attempt meets the server down, the next the real one (the outage ended).
+    let attempts = 0;
+    const recovering: ObjectStore = {
+      description: store.description,
+      urlFor: (key) => store.urlFor(key),
+      put: (key, body, contentType) => {
+        attempts += 1;
+        return (attempts === 1 ? down : store).put(key, body, contentType);
+      },
+    };
+    const lines: { level: string; fields: Record<string, unknown>; message: string }[] = [];
+    const line = (level: string) => (fields: object, message: string) =>
+      lines.push({ level, fields: fields as Record<string, unknown>, message });
+    const scheduled: (() => void)[] = [];
+    const delivered: string[] = [];
+    const spool = new CaptureSpool({
+      dir: join(dir, 'spool-unreachable'),
+      quotaBytes: 1024 * 1024,
+      store: recovering,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: () => undefined,
+      logger: { info: line('info'), warn: line('warn'), error: line('error') },
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
+    });
+    try {
+      await spool.open();
+      await spool.add({
+        batchId: 'dddd'.padEnd(32, '0'),
+        captureIds: ['dddd'],
+        oldestReceivedAt: 1,
+        files: [
+          { key: sideKey('d.bin'), contentType: 'application/octet-stream', body: Buffer.alloc(16, 4) },
+        ],
+      });
+      const failed = await until(
+        () => lines.find((l) => l.fields.event === 'capture-upload-failed'),
+        'the failure is logged',
+        20_000,
+      );
+      expect(failed.level).toBe('warn');
+      expect(failed.fields).toMatchObject({ failure: 'unreachable', failures: 1 });
+      expect(failed.fields.err).toBeUndefined();
+      const text = JSON.stringify(failed);
+      expect(text.split('ECONNREFUSED')).toHaveLength(2);
+      expect(failed.message).toMatch(
+        new RegExp(
+          `cannot upload to .*\\(${sideKey('d.bin')}: connect ECONNREFUSED 127\\.0\\.0\\.1:${port}\\); retrying in`,
+        ),
+      );
+
+      scheduled.shift()!();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the batch is delivered', 20_000);
+      expect(lines.find((l) => l.fields.event === 'capture-upload-resumed')).toMatchObject({
+        level: 'info',
+        fields: { failures: 1 },
+      });
+    } finally {
+      await spool.close();
+      down.close();
     }
   });
 });

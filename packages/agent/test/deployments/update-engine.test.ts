@@ -119,6 +119,8 @@ interface Device {
   store: PackageStore;
   dataRoot: string;
   logs: string[];
+  /** The engine's and the registry's lines with their fields. */
+  lines: { fields: Record<string, unknown>; message: string }[];
   close(): Promise<void>;
 }
 
@@ -136,7 +138,12 @@ async function device(
   } = {},
 ): Promise<Device> {
   const dataRoot = join(files.root, `device-${++counter}`);
+  const lines: Device['lines'] = [];
   const registry = new ModelRegistry({
+    logger: {
+      info: (message: string, fields?: object) => lines.push({ fields: { ...fields }, message }),
+      warn: (message: string, fields?: object) => lines.push({ fields: { ...fields }, message }),
+    },
     pool,
     trust: signer.trust,
     cwd: dataRoot,
@@ -153,7 +160,10 @@ async function device(
     ...(options.metrics && { onBytes: (bytes: number) => options.metrics!.downloaded(bytes) }),
   });
   const logs: string[] = [];
-  const log = (_fields: object, message: string) => logs.push(message);
+  const log = (fields: object, message: string) => {
+    logs.push(message);
+    lines.push({ fields: fields as Record<string, unknown>, message });
+  };
   const engine = new UpdateEngine({
     registry,
     repository: database.deployments,
@@ -172,6 +182,7 @@ async function device(
     store,
     dataRoot,
     logs,
+    lines,
     async close() {
       await engine.close();
       store.close();
@@ -280,6 +291,42 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     });
     expect(d.registry.describe('detector').version).toBe('2.0');
     expect(answers).toContain(2); // served by version 2 after the switch
+    // Each step is a line naming the deployment (event deployment-step), and the registry's lines have events.
+    expect(
+      d.lines
+        .filter((l) => l.fields.event === 'deployment-step' && l.fields.deployment === 'plan-b')
+        .map((l) => [l.fields.state, l.fields.model, l.fields.version, l.message]),
+    ).toEqual([
+      [
+        'Downloading',
+        'detector',
+        '2.0',
+        'deployment plan-b: detector 2.0: received; downloading the package',
+      ],
+      ['Verifying', 'detector', '2.0', 'deployment plan-b: detector 2.0: downloaded; verifying the package'],
+      ['Loading', 'detector', '2.0', 'deployment plan-b: detector 2.0: verified; loading it'],
+      [
+        'WarmingUp',
+        'detector',
+        '2.0',
+        'deployment plan-b: detector 2.0: loaded beside the serving version; warming up',
+      ],
+      ['Switching', 'detector', '2.0', 'deployment plan-b: detector 2.0: ready; switching to it'],
+      [
+        'HealthCheck',
+        'detector',
+        '2.0',
+        'deployment plan-b: detector 2.0: switched; serving it, health window open',
+      ],
+    ]);
+    expect(d.lines.map((l) => l.fields.event)).toEqual(
+      expect.arrayContaining(['model-loaded', 'model-staged', 'model-promoted', 'deployment-committed']),
+    );
+    expect(d.lines.find((l) => l.fields.event === 'model-promoted')?.fields).toMatchObject({
+      model: 'detector',
+      version: '2.0',
+      replaced: '1.0',
+    });
     // An upgrade: staged beside version 1 (Loading), warmed up there (WarmingUp), then switched.
     expect(statesOf('detector', 'plan-b')).toEqual([
       'Downloading',

@@ -8,3 +8,8 @@ export {
   type LeaseRenewal,
 } from './lease.js';
 export { armDeadline, type Deadline } from './deadline.js';
+export {
+  REPEATED_FAILURE_LOG_INTERVAL_MS,
+  RepeatedFailureLog,
+  type RepeatedFailureLogOptions,
+} from './repeated-failure-log.js';

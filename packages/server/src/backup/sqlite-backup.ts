@@ -3,7 +3,13 @@ import { access, chmod, mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import type { FolderLock } from '@edgefleet/core';
-import { DatabaseInUseError, lockSqliteDatabase, migrationNames } from '../storage/index.js';
+import { serverVersion } from '../server/version.js';
+import {
+  DatabaseInUseError,
+  lockSqliteDatabase,
+  newerDatabaseWords,
+  unknownMigrations,
+} from '../storage/index.js';
 
 export interface BackupResult {
   file: string;
@@ -58,10 +64,10 @@ export function inspectStateFile(file: string): string[] {
     const applied = (
       sqlite.prepare('select name from edgefleet_migrations order by name').all() as { name: string }[]
     ).map((row) => row.name);
-    const unknown = applied.filter((name) => !migrationNames.includes(name));
+    const unknown = unknownMigrations(applied);
     if (unknown.length > 0) {
       throw new BackupError(
-        `${file}: made by a newer EdgeFleet (migrations ${unknown.join(', ')} are unknown to this build); restore it with that version`,
+        `${file}: ${newerDatabaseWords(unknown, serverVersion())}; restore it with that version`,
       );
     }
     return applied;

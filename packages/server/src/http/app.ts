@@ -35,9 +35,15 @@ export interface AppOptions {
   outageLog?: OutageLog;
   /** Document the routes at GET /api/docs (OpenAPI 3). */
   openapi?: { title: string; description: string; version: string };
+  /** Which build answers, shown by /healthz: a person upgrading replicas sees which ones run which. */
+  build?: { version: string; schema: string };
 }
 
-const healthSchema = z.object({ status: z.literal('ok') });
+const healthSchema = z.object({
+  status: z.literal('ok'),
+  version: z.string().optional(),
+  schema: z.string().optional(),
+});
 const readySchema = z.object({ status: z.literal('ready'), checks: z.record(z.string(), z.literal('ok')) });
 
 /**
@@ -108,9 +114,9 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     url: '/healthz',
     auth: 'public',
     tag: 'health',
-    summary: 'Liveness: the process is up',
+    summary: "Liveness: the process is up, and the server's version and schema (last migration)",
     response: healthSchema,
-    handler: async () => ({ status: 'ok' as const }),
+    handler: async () => ({ status: 'ok' as const, ...options.build }),
   });
 
   defineRoute(app, {

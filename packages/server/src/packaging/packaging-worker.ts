@@ -13,7 +13,12 @@ import {
   SIGNATURE_FILE,
 } from '@edgefleet/core';
 import type { Logger } from 'pino';
-import { DEFAULT_LEASE_MS, leaseRenewalIntervalMs, renewLease } from '../background/index.js';
+import {
+  DEFAULT_LEASE_MS,
+  leaseRenewalIntervalMs,
+  RepeatedFailureLog,
+  renewLease,
+} from '../background/index.js';
 import type { BlobStore } from '../blobs/index.js';
 import type { ModelStore } from '../models/index.js';
 import {
@@ -41,6 +46,8 @@ export interface PackagingWorkerOptions {
   afterPackaged?: (job: PackagingJobRecord, archiveFile: string, sizeBytes: number) => Promise<void>;
   /** An INPROGRESS job untouched this long lost its runner (a crash) and is claimed again. */
   leaseMs?: number;
+  /** The clock (ms) of the log of repeated poll failures; injected by tests. */
+  now?: () => number;
 }
 
 /**
@@ -82,8 +89,16 @@ export class PackagingWorker {
   /** Releasing them, once a round of lease renewals has passed (releaseOwnLater). */
   private releasingOwn: Promise<void> | undefined;
   private readonly stopping = new AbortController();
+  /** Polls that fail (a database outage) are logged once, then at most once a minute. */
+  private readonly pollFailures: RepeatedFailureLog;
 
-  constructor(private readonly options: PackagingWorkerOptions) {}
+  constructor(private readonly options: PackagingWorkerOptions) {
+    this.pollFailures = new RepeatedFailureLog({
+      logger: options.logger,
+      message: 'packaging worker: could not look for jobs; will retry',
+      ...(options.now && { now: options.now }),
+    });
+  }
 
   start(): void {
     this.timer = setInterval(() => this.kick(), this.options.pollIntervalMs);
@@ -140,8 +155,9 @@ export class PackagingWorker {
         }
         await this.run(claimed.job, claimed.claim);
       }
+      this.pollFailures.succeeded();
     } catch (error) {
-      this.options.logger.warn({ err: error }, 'packaging worker: could not look for jobs; will retry');
+      this.pollFailures.failed(error);
     }
   }
 

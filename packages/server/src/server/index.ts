@@ -11,3 +11,14 @@ export {
 } from './start-server.js';
 export { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-limits.js';
 export { BlobStoreMismatchError } from './blob-store-binding.js';
+export { schemaVersion, serverVersion } from './version.js';
+export {
+  recentServers,
+  refuseMigratingUnderRunningServers,
+  registerServer,
+  SERVER_SEEN_RECENT_MS,
+  SERVER_SEEN_REFRESH_MS,
+  ServersRunningError,
+  type RunningServer,
+  type ServerRegistration,
+} from './server-registry.js';

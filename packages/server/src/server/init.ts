@@ -27,8 +27,11 @@ export interface InitResult {
  * Prepares a data dir and database: schema, key material, and the first admin API token. Running it again
  * is harmless: it creates no second admin token while an active one exists.
  */
-export async function initServer(config: ServerConfig): Promise<InitResult> {
-  const { database, blobs } = await openStores(config, undefined, { besideServer: true });
+export async function initServer(
+  config: ServerConfig,
+  options: { forceMigrate?: boolean; warn?: (message: string) => void } = {},
+): Promise<InitResult> {
+  const { database, blobs } = await openStores(config, undefined, { besideServer: true, ...options });
   try {
     await checkBlobStore(blobs);
     const ca = await openDeviceCa(config, database);

@@ -97,8 +97,11 @@ import {
   maskUrlCredentials,
   migrateToLatest,
   migrationNames,
+  NewerDatabaseError,
   openDatabase,
   pingDatabase,
+  recordedMigrations,
+  refuseNewerDatabase,
   type ServerDatabase,
 } from '../storage/index.js';
 import {
@@ -124,8 +127,13 @@ import {
 import { deviceEndpointFor, networkWarnings } from './network-warnings.js';
 import { readTlsPair } from './tls-files.js';
 import { createLogger } from './logger.js';
-import { serverVersion } from './server-version.js';
 import { sweepStaleTempFiles } from './temp-sweep.js';
+import {
+  refuseMigratingUnderRunningServers,
+  registerServer,
+  ServersRunningError,
+} from './server-registry.js';
+import { schemaVersion, serverVersion } from './version.js';
 
 /** The in-process API of a running server: what tests, the CLI and later facades build on. */
 export interface ServerServices {
@@ -178,6 +186,8 @@ export interface StartServerOptions {
   onStoppedForWrongBlobStore?: (error: BlobStoreMismatchError) => void;
   /** The first wait before the blob store is checked again when it did not answer at start (tests: short). */
   blobStoreRecheckMs?: number;
+  /** serve --force-migrate: migrate although servers ran on the database lately (logged at warn). */
+  forceMigrate?: boolean;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -194,7 +204,13 @@ function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
 export async function openStores(
   config: ServerConfig,
   logger?: Logger,
-  options: { besideServer?: boolean } = {},
+  options: {
+    besideServer?: boolean;
+    /** Migrate although servers ran on the database lately (refuseMigratingUnderRunningServers), with a warning. */
+    forceMigrate?: boolean;
+    /** Where that warning goes without a logger (init, token: stderr). */
+    warn?: (message: string) => void;
+  } = {},
 ): Promise<{ database: ServerDatabase; blobs: BlobStore }> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const database = await openDatabase(config.databaseLocation, {
@@ -228,7 +244,17 @@ export async function openStores(
         }
       }
     }
+    // Before anything else writes: kysely would call a newer build's schema "corrupted" (exit 1, restarted).
+    await refuseNewerDatabase(database.db, database.description, serverVersion());
     if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
+    const recorded = new Set(await recordedMigrations(database.db));
+    await refuseMigratingUnderRunningServers(database.db, {
+      database: database.description,
+      pending: migrationNames.filter((name) => !recorded.has(name)),
+      schemaVersion: schemaVersion(),
+      force: options.forceMigrate === true,
+      warn: (message) => (logger ? logger.warn(message) : options.warn?.(message)),
+    });
     const results = await migrateToLatest(database.db);
     if (logger !== undefined) await logSchema(logger, database, results);
     if (storeUnchecked) await markStoreUncheckedForNewDatabase(database.db);
@@ -236,7 +262,12 @@ export async function openStores(
     await blobs.close();
     await database.close();
     if (error instanceof BlobStoreCheckError) throw error.cause;
-    if (error instanceof EmptyDatabaseError) throw error;
+    if (
+      error instanceof EmptyDatabaseError ||
+      error instanceof NewerDatabaseError ||
+      error instanceof ServersRunningError
+    )
+      throw error;
     // Name the database in every error about it: the operator may run several.
     throw new Error(
       `database ${database.description}: ${error instanceof Error ? error.message : String(error)}`,
@@ -256,17 +287,17 @@ async function logSchema(
   results: readonly MigrationResult[],
 ): Promise<void> {
   const applied = results.filter((result) => result.status === 'Success').map((r) => r.migrationName);
-  const schemaVersion = (await appliedMigrations(database.db)).at(-1) ?? 'none';
+  const schema = (await appliedMigrations(database.db)).at(-1) ?? 'none';
   const version = serverVersion();
   logger.info(
     {
       event: 'database_opened',
-      serverVersion: version,
+      version,
       database: database.description,
-      schemaVersion,
+      schema,
       migrationsApplied: applied.length,
     },
-    `edgefleet-server ${version}: database ${database.description} at schema ${schemaVersion}`,
+    `edgefleet-server ${version}: database ${database.description} at schema ${schema}`,
   );
   for (const migration of applied)
     logger.info(
@@ -459,7 +490,7 @@ export async function startServer(
       : undefined;
   let stores: Awaited<ReturnType<typeof openStores>>;
   try {
-    stores = await openStores(config, logger);
+    stores = await openStores(config, logger, { forceMigrate: options.forceMigrate === true });
   } catch (error) {
     databaseLock?.release();
     throw error;
@@ -693,6 +724,7 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
+      build: { version: serverVersion(), schema: schemaVersion() },
       requestTimeoutMs: operatorLimits.requestTimeoutMs,
       ...(config.tls
         ? {
@@ -707,7 +739,7 @@ export async function startServer(
         description:
           'Operator API of edgefleet-server: fleets, devices, identities, models, packaging, deployments, heartbeats. ' +
           'Device routes (/api/v1/device/…) are served on the separate mutual-TLS port.',
-        version: '1',
+        version: serverVersion(),
       },
     });
     apps.push(operatorApp);
@@ -802,6 +834,7 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
+      build: { version: serverVersion(), schema: schemaVersion() },
       requestTimeoutMs: deviceLimits.requestTimeoutMs,
       // Devices send small JSON bodies; the routes that take larger ones (heartbeats, captures) set their own.
       bodyLimit: DEVICE_BODY_LIMIT_BYTES,
@@ -842,6 +875,14 @@ export async function startServer(
     applyListenerLimits(deviceApp.server, deviceLimits);
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
+    // Seen by a newer build before it migrates the schema under this one (server-registry.ts).
+    background.push(
+      await registerServer(database.db, {
+        version: serverVersion(),
+        schemaVersion: schemaVersion(),
+        logger,
+      }),
+    );
     services.packagingWorker.start();
     background.push(services.packagingWorker);
     background.push(
@@ -891,7 +932,8 @@ export async function startServer(
     for (const warning of warnings) logger.warn(warning);
     logger.info(
       {
-        serverVersion: serverVersion(),
+        version: serverVersion(),
+        schema: schemaVersion(),
         operatorUrl,
         deviceUrl,
         deviceEndpoint,

@@ -18,6 +18,11 @@ export {
   migrateToLatest,
   migrationNames,
   MigrationError,
+  NewerDatabaseError,
+  newerDatabaseWords,
+  recordedMigrations,
+  refuseNewerDatabase,
+  unknownMigrations,
 } from './migrations.js';
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
 export { containsIgnoringCase, containsLoosely } from './filters.js';

@@ -609,6 +609,24 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // The servers running on this database, each refreshing its row (server/server-registry.ts): a build that would
+  // migrate the schema sees whether a server of another version still runs on it.
+  '0023_server_instances': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .createTable('server_instances')
+        // A rerun finds it (tests take the record away to stand for an older build's database).
+        .ifNotExists()
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('host', 'text', (c) => c.notNull())
+        .addColumn('pid', 'integer', (c) => c.notNull())
+        .addColumn('version', 'text', (c) => c.notNull())
+        .addColumn('schema_version', 'text', (c) => c.notNull())
+        .addColumn('started_at', 'bigint', (c) => c.notNull())
+        .addColumn('last_seen_at', 'bigint', (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {
@@ -689,4 +707,54 @@ export async function appliedMigrations(db: Kysely<any>): Promise<string[]> {
 export async function hasNoSchema(db: Kysely<any>): Promise<boolean> {
   const tables = await db.introspection.getTables();
   return !tables.some((table) => table.name === 'edgefleet_migrations');
+}
+
+/** The migrations a database records that this build does not know: it was made by a newer build. */
+export function unknownMigrations(recorded: readonly string[]): string[] {
+  return recorded.filter((name) => !migrationNames.includes(name));
+}
+
+/** The words, shared by start/init/token and restore, for a database a newer build migrated. */
+export function newerDatabaseWords(unknown: readonly string[], version: string): string {
+  return (
+    `made by a newer EdgeFleet: migration${unknown.length === 1 ? '' : 's'} ${unknown.join(', ')} ` +
+    `${unknown.length === 1 ? 'is' : 'are'} unknown to this build (version ${version}, schema ` +
+    `${migrationNames[migrationNames.length - 1]})`
+  );
+}
+
+/**
+ * A database a newer build migrated: this build must not run on it (it does not know the schema) nor migrate it
+ * (kysely would call it "corrupted"). A person must act: run the newer build, or restore the backup taken before
+ * the upgrade with this one.
+ */
+export class NewerDatabaseError extends Error {
+  constructor(
+    readonly database: string,
+    readonly unknown: readonly string[],
+    version: string,
+  ) {
+    super(
+      `database ${database}: ${newerDatabaseWords(unknown, version)}; run the newer build, or restore the ` +
+        'backup taken before the upgrade (edgefleet-server restore) with this one. The database was not changed',
+    );
+    this.name = 'NewerDatabaseError';
+  }
+}
+
+/** Every migration name the database records, known to this build or not ([] without a schema). */
+export async function recordedMigrations(db: Kysely<any>): Promise<string[]> {
+  if (await hasNoSchema(db)) return [];
+  const rows = await db.selectFrom('edgefleet_migrations').select('name').orderBy('name').execute();
+  return rows.map((row: { name: string }) => row.name);
+}
+
+/** Throws NewerDatabaseError, before anything is written, when a newer build migrated this database. */
+export async function refuseNewerDatabase(
+  db: Kysely<any>,
+  description: string,
+  version: string,
+): Promise<void> {
+  const unknown = unknownMigrations(await recordedMigrations(db));
+  if (unknown.length > 0) throw new NewerDatabaseError(description, unknown, version);
 }

@@ -305,7 +305,19 @@ export interface DeploymentEventsTable {
   at: number;
 }
 
+/** A running server (server/server-registry.ts): refreshed while it runs, deleted when it stops. */
+export interface ServerInstancesTable {
+  id: string;
+  host: string;
+  pid: number;
+  version: string;
+  schema_version: string;
+  started_at: number;
+  last_seen_at: number;
+}
+
 export interface DatabaseSchema {
+  server_instances: ServerInstancesTable;
   server_settings: ServerSettingsTable;
   api_tokens: ApiTokensTable;
   access_keys: AccessKeysTable;

@@ -77,10 +77,11 @@ describe.each(engines)('migrations in the server log ($engine)', ({ engine, avai
 
       const upgrade = await startLogged({ database, dataDir });
       const start = upgrade.find((line) => line.event === 'database_opened');
-      expect(start).toMatchObject({ serverVersion, schemaVersion: latest, migrationsApplied: 3 });
+      expect(start).toMatchObject({ version: serverVersion, schema: latest, migrationsApplied: 3 });
       expect(start!.msg).toContain(serverVersion);
       expect(upgrade.find((line) => line.msg === 'edgefleet-server started')).toMatchObject({
-        serverVersion,
+        version: serverVersion,
+        schema: latest,
       });
       expect(upgrade.filter((l) => l.event === 'migration_applied').map((l) => l.migration)).toEqual(
         migrationNames.slice(-3),
@@ -88,7 +89,7 @@ describe.each(engines)('migrations in the server log ($engine)', ({ engine, avai
 
       const again = await startLogged({ database, dataDir });
       expect(again.find((line) => line.event === 'database_opened')).toMatchObject({
-        schemaVersion: latest,
+        schema: latest,
         migrationsApplied: 0,
       });
       expect(again.filter((l) => l.event === 'migration_applied')).toEqual([]);

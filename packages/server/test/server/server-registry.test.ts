@@ -1,0 +1,145 @@
+/**
+ * Servers record themselves in server_instances while they run; a build that would migrate the schema refuses
+ * while a server of another schema ran lately (or, forced, warns), on both engines.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { sql } from 'kysely';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import {
+  recentServers,
+  refuseMigratingUnderRunningServers,
+  SERVER_SEEN_RECENT_MS,
+  ServersRunningError,
+} from '../../src/server/index.js';
+import { migrationNames } from '../../src/storage/index.js';
+import { databaseEngines } from '../support/engines.js';
+import { startTestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+const schema = migrationNames.at(-1)!;
+
+describe.each(engines)('server_instances on $engine', (fixture) => {
+  it.skipIf(!fixture.available)(
+    'a running server is listed with its version and schema, and its row goes when it stops',
+    async () => {
+      const location = await fixture.createLocation();
+      // Kept across the restart below (the key material is bound to the database).
+      const dataDir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-registry-'));
+      onTestFinished(() => rm(dataDir, { recursive: true, force: true }));
+      const t = await startTestServer({ database: location, dataDir });
+      const db = t.server.database.db;
+      let stopped = false;
+      try {
+        const seen = await recentServers(db, Date.now());
+        expect(seen).toEqual([
+          expect.objectContaining({ host: os.hostname(), pid: process.pid, schemaVersion: schema }),
+        ]);
+        const version = seen[0]!.version;
+        expect(version).toMatch(/^\d+\.\d+\.\d+/);
+
+        // The same server seen by a build whose schema is newer (pending migrations): refused, naming it.
+        const newer = {
+          database: 'the database',
+          pending: ['9999_from_a_newer_build'],
+          schemaVersion: '9999_from_a_newer_build',
+        };
+        const refused = await refuseMigratingUnderRunningServers(db, {
+          ...newer,
+          force: false,
+          warn: () => {},
+        }).then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+        expect(refused).toBeInstanceOf(ServersRunningError);
+        expect((refused as ServersRunningError).exitCode).toBe(4);
+        expect((refused as Error).message).toContain(
+          `this build would apply 1 migration(s) (9999_from_a_newer_build), and 1 server(s) ran on it within the last 60 s: ${os.hostname()} pid ${process.pid} (version ${version}, schema ${schema}`,
+        );
+        expect((refused as Error).message).toMatch(/stop every replica first.*--force-migrate/);
+
+        // Forced: a warning, no refusal.
+        const warnings: string[] = [];
+        await refuseMigratingUnderRunningServers(db, {
+          ...newer,
+          force: true,
+          warn: (m) => warnings.push(m),
+        });
+        expect(warnings).toEqual([expect.stringMatching(/^--force-migrate: migrating although servers run/)]);
+        // Nothing to migrate, or a server on the schema this build migrates to: nothing to refuse.
+        await refuseMigratingUnderRunningServers(db, { ...newer, pending: [], force: false, warn: () => {} });
+        await refuseMigratingUnderRunningServers(db, {
+          ...newer,
+          schemaVersion: schema,
+          force: false,
+          warn: () => {},
+        });
+        // A server not seen for longer than SERVER_SEEN_RECENT_MS (killed) is not counted.
+        const later = Date.now() + SERVER_SEEN_RECENT_MS + 1000;
+        expect(await recentServers(db, later)).toEqual([]);
+        await refuseMigratingUnderRunningServers(db, { ...newer, force: false, warn: () => {}, now: later });
+
+        await t.stop();
+        stopped = true;
+      } finally {
+        if (!stopped) await t.stop();
+      }
+      // Its row went with it: the next upgrade need not wait for it to age out.
+      const again = await startTestServer({ database: location, dataDir });
+      try {
+        const rows = await sql<{ pid: number }>`select pid from server_instances`.execute(
+          again.server.database.db,
+        );
+        expect(rows.rows).toHaveLength(1);
+      } finally {
+        await again.stop();
+      }
+    },
+  );
+});
+
+const postgres = engines.find((e) => e.engine === 'postgres')!;
+
+describe.skipIf(!postgres.available)('a replica of a newer build beside an older one on PostgreSQL', () => {
+  it('is refused with exit code 4 before it migrates, and starts with forceMigrate', async () => {
+    const location = await postgres.createLocation();
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-registry-'));
+    onTestFinished(() => rm(dataDir, { recursive: true, force: true }));
+    const older = await startTestServer({ database: location, dataDir });
+    try {
+      // Make the running server an older build's: the database one migration behind this build (its record taken
+      // away), and the server recorded on that schema (as a server of the previous version would be).
+      const db = older.server.database.db;
+      const last = migrationNames.at(-1)!;
+      const previous = migrationNames.at(-2)!;
+      expect(last).toBe('0023_server_instances');
+      await sql`update server_instances set schema_version = ${previous}, version = '0.0.1'`.execute(db);
+      // The table stays: its migration creates it only where it is missing.
+      await sql`delete from edgefleet_migrations where name = ${last}`.execute(db);
+
+      const refused = await startTestServer({ database: location, dataDir }).then(
+        async (started) => {
+          await started.stop();
+          return undefined;
+        },
+        (error: unknown) => error,
+      );
+      expect(refused).toBeInstanceOf(ServersRunningError);
+      expect((refused as Error).message).toContain(
+        `this build would apply 1 migration(s) (${last}), and 1 server(s) ran on it within the last 60 s`,
+      );
+      expect((refused as Error).message).toContain('version 0.0.1');
+      const applied = await sql<{ name: string }>`select name from edgefleet_migrations`.execute(db);
+      expect(applied.rows.map((r) => r.name)).not.toContain(last);
+
+      const forced = await startTestServer({ database: location, dataDir, start: { forceMigrate: true } });
+      await forced.stop();
+      const after = await sql<{ name: string }>`select name from edgefleet_migrations`.execute(db);
+      expect(after.rows.map((r) => r.name)).toContain(last);
+    } finally {
+      await older.stop();
+    }
+  });
+});
