@@ -470,9 +470,14 @@ export async function startServer(
     const signing = await openPackageSigning(config, database, logger);
     const blobBinder = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs), {
       allowTakeover: config.allowEmptyDatabase,
+      onAbandoned: (waitedMs) =>
+        logger.warn(
+          { waitedMs },
+          'stopping: the blob store check still running did not end when aborted; not waited for any longer (it writes nothing more)',
+        ),
     });
     // Stopped before the store and the database close: a check still running (the readiness check's, the
-    // background one's) writes nothing more, and is waited for.
+    // background one's) writes nothing more, its store requests are aborted, and it is waited for (bounded).
     background.push(blobBinder);
     const bindBlobs = () => blobBinder.bind();
     let bindingUnchecked = false;
