@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely';
 import { hashSecret, newId, newSecret } from '../auth/index.js';
 import { deviceFleet, lockDevice, toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
 import { DomainError, notFound } from '../errors/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import type { DatabaseEngine, DatabaseSchema } from '../storage/index.js';
 import { CsrError, parseCsr } from './csr.js';
 import type { DeviceCa, IssuedCertificate } from './device-ca.js';
 
@@ -41,6 +41,8 @@ export interface IssuedDeviceCertificate extends IssuedCertificate {
 }
 
 export interface IdentityServiceOptions {
+  /** The database's engine (ServerDatabase.engine): how a renewal holds its device's row. */
+  databaseEngine: DatabaseEngine;
   ca: DeviceCa;
   certificateValidityDays: number;
   enrollmentTokenTtlSeconds: number;
@@ -208,7 +210,7 @@ export class DeviceIdentityService {
     await this.db.transaction().execute(async (trx) => {
       // Renewals of one device run one at a time: each then revokes the certificate the one before issued
       // (else renewals sent at once would each keep their own, and a stolen certificate could mint many).
-      if (!(await lockDevice(trx, device.deviceName)))
+      if (!(await lockDevice(trx, this.options.databaseEngine, device.deviceName)))
         throw notFound(`device ${device.deviceName}`, { device: device.deviceName });
       await trx
         .updateTable('device_certificates')

@@ -572,6 +572,7 @@ export async function startServer(
         onDeregister: stopDeregisteredDeviceTargets,
       }),
       identity: new DeviceIdentityService(database.db, {
+        databaseEngine: database.engine,
         ca: deviceCa,
         certificateValidityDays: config.certificates.validityDays,
         enrollmentTokenTtlSeconds: config.enrollment.tokenTtlSeconds,
@@ -579,6 +580,7 @@ export async function startServer(
       }),
       deviceCa,
       heartbeats: new HeartbeatService(database.db, {
+        databaseEngine: database.engine,
         registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
         maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
