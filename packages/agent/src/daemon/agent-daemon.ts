@@ -380,8 +380,10 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
 
 /**
  * Takes a folder's lock (the data root's, state/data-root-lock.ts, or the Disk capture folder's,
- * capture/disk-folder-lock.ts), refused alike: held by another agent, a StartupError with exit 4; not lockable, a
- * ConfigError naming the folder's key (the lock's error as its cause).
+ * capture/disk-folder-lock.ts), refused alike: held by another agent, a StartupError with exit 4; not lockable
+ * for a reason a person must fix (permissions, the mount, an unsafe lock file), a ConfigError naming the folder's
+ * key (exit 2); for one that may pass (a full disk, an I/O error, too many open files), a StartupError with exit
+ * 1, which the unit restarts. The lock's error is the cause.
  */
 function lockOrRefuse<Lock>(acquire: () => Lock): Lock {
   try {
@@ -389,10 +391,11 @@ function lockOrRefuse<Lock>(acquire: () => Lock): Lock {
   } catch (error) {
     if (error instanceof FolderInUseError)
       throw new StartupError(EXIT_CODES.DATA_ROOT_IN_USE, error.message, { cause: error });
-    if (error instanceof FolderLockError)
-      throw new ConfigError(error.kind.configKey, `${error.kind.configKey}: ${error.message}`, {
-        cause: error,
-      });
+    if (error instanceof FolderLockError) {
+      const message = `${error.kind.configKey}: ${error.message}`;
+      if (error.problem === 'failed') throw new StartupError(EXIT_CODES.FAILURE, message, { cause: error });
+      throw new ConfigError(error.kind.configKey, message, { cause: error });
+    }
     throw error;
   }
 }

@@ -6,7 +6,7 @@
 export const EXIT_CODES = {
   /** Stopped cleanly (SIGTERM/SIGINT), or printed --help / --version. */
   OK: 0,
-  /** An unexpected failure while starting or running. */
+  /** An unexpected failure while starting or running, or a folder lock that failed for a reason that may pass. */
   FAILURE: 1,
   /** The command line or the config file cannot be used; the message names the option or key. */
   BAD_CONFIG: 2,

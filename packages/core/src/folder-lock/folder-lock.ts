@@ -133,7 +133,11 @@ const FAILED_ERRNO: Record<string, string> = {
   EAGAIN: 'the resource is busy',
 };
 
-/** SQLite result codes (better-sqlite3's `code`) a person must fix, and the one for a file that is not SQLite's. */
+/**
+ * SQLite primary result codes a person must fix, and those for a file that is not (or no longer) a SQLite file.
+ * better-sqlite3 turns extended result codes on, so `code` is often e.g. SQLITE_READONLY_DIRECTORY: matched by its
+ * primary code (sqlitePrimaryCode).
+ */
 const ACCESS_SQLITE = new Set(['SQLITE_READONLY', 'SQLITE_CANTOPEN', 'SQLITE_PERM', 'SQLITE_AUTH']);
 const DAMAGED_SQLITE = new Set(['SQLITE_NOTADB', 'SQLITE_CORRUPT']);
 
@@ -273,10 +277,15 @@ export class FolderLock {
 
 /** A SQLite (better-sqlite3) error opening or locking the lock file: whether a person must act. */
 function sqliteProblem(error: unknown): FolderLockProblem {
-  const code = String((error as { code?: unknown }).code ?? '');
+  const code = sqlitePrimaryCode(String((error as { code?: unknown }).code ?? ''));
   if (DAMAGED_SQLITE.has(code)) return 'unsafe';
   if (ACCESS_SQLITE.has(code)) return 'access';
   return fsCause(error).problem;
+}
+
+/** The primary result code of a SQLite (extended) code: SQLITE_READONLY_DIRECTORY → SQLITE_READONLY. */
+function sqlitePrimaryCode(code: string): string {
+  return /^SQLITE_[A-Z]+/.exec(code)?.[0] ?? code;
 }
 
 /** SQLite's message with its code, e.g. "attempt to write a readonly database (SQLITE_READONLY)". */

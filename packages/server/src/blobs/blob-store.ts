@@ -21,6 +21,11 @@ export interface PutBlobOptions {
   signal?: AbortSignal;
 }
 
+export interface ReadBlobOptions {
+  /** Aborts the read: the store ends the request (a store that does not answer holds no caller past it). */
+  signal?: AbortSignal;
+}
+
 /**
  * Where packages, uploaded models and captures live. Keys are `/`-separated relative paths of
  * `[A-Za-z0-9._-]` segments; neither implementation accepts anything else, so a key can never escape.
@@ -30,7 +35,7 @@ export interface BlobStore {
   readonly description: string;
   put(key: string, body: BlobBody, options?: PutBlobOptions): Promise<BlobInfo>;
   /** Streams the blob, or the range of it; rejects with BlobNotFoundError if absent. */
-  get(key: string, range?: ByteRange): Promise<Readable>;
+  get(key: string, range?: ByteRange, options?: ReadBlobOptions): Promise<Readable>;
   /** Size of the blob, or undefined if absent. */
   head(key: string): Promise<BlobInfo | undefined>;
   /** Removes the blob; removing an absent blob is not an error. */

@@ -70,6 +70,41 @@ export function checkInstanceMetadata(
   });
 }
 
+/** How long a verdict of the IMDS check is kept: requests failing meanwhile share it. */
+export const INSTANCE_METADATA_VERDICT_MS = 5000;
+
+export interface InstanceMetadataProbeOptions {
+  timeoutMs?: number;
+  /** How long a verdict is kept after the check ends; default INSTANCE_METADATA_VERDICT_MS. */
+  verdictMs?: number;
+  now?: () => number;
+}
+
+/**
+ * checkInstanceMetadata, shared: callers while a check runs wait for it, and its verdict is kept a few seconds,
+ * so that during an IMDS outage every failing S3 request does not open its own connection to IMDS (a flood of
+ * capture uploads would make a matching flood of sockets) and wait its own timeout.
+ */
+export function instanceMetadataProbe(
+  options: InstanceMetadataProbeOptions = {},
+): (endpoint: string) => Promise<string | undefined> {
+  const verdictMs = options.verdictMs ?? INSTANCE_METADATA_VERDICT_MS;
+  const now = options.now ?? Date.now;
+  // One entry per endpoint the environment names: one or two.
+  const checks = new Map<string, { result: Promise<string | undefined>; endedAt?: number }>();
+  return (endpoint) => {
+    const known = checks.get(endpoint);
+    if (known !== undefined && (known.endedAt === undefined || now() - known.endedAt < verdictMs))
+      return known.result;
+    const check: { result: Promise<string | undefined>; endedAt?: number } = {
+      result: checkInstanceMetadata(endpoint, options.timeoutMs),
+    };
+    void check.result.then(() => (check.endedAt = now()));
+    checks.set(endpoint, check);
+    return check.result;
+  };
+}
+
 function isNoCredentials(error: unknown): boolean {
   const { name, message } = (error ?? {}) as { name?: unknown; message?: unknown };
   return (
@@ -80,12 +115,14 @@ function isNoCredentials(error: unknown): boolean {
 
 /**
  * `provider` (the SDK's default chain), whose "no credentials" becomes CredentialSourceUnavailableError, naming
- * IMDS and what to configure, when IMDS was the chain's last resort and does not answer.
+ * IMDS and what to configure, when IMDS was the chain's last resort and does not answer (one shared check:
+ * instanceMetadataProbe).
  */
 export function withInstanceMetadataCheck(
   provider: CredentialProvider,
-  options: { env: NodeJS.ProcessEnv; timeoutMs?: number },
+  options: { env: NodeJS.ProcessEnv } & InstanceMetadataProbeOptions,
 ): CredentialProvider {
+  const probe = instanceMetadataProbe(options);
   return async (properties) => {
     try {
       return await provider(properties);
@@ -93,7 +130,7 @@ export function withInstanceMetadataCheck(
       if (!isNoCredentials(error)) throw error;
       const endpoint = instanceMetadataEndpointOf(options.env);
       if (endpoint === undefined) throw error;
-      const failure = await checkInstanceMetadata(endpoint, options.timeoutMs);
+      const failure = await probe(endpoint);
       if (failure === undefined) throw error;
       throw new CredentialSourceUnavailableError(
         `no S3 credentials are configured, and their last source, the EC2 instance metadata service at ` +

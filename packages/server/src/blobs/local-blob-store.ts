@@ -15,6 +15,7 @@ import {
   type BlobStore,
   type ByteRange,
   type PutBlobOptions,
+  type ReadBlobOptions,
 } from './blob-store.js';
 
 const TEMP_DIR = '.tmp';
@@ -95,8 +96,9 @@ export class LocalBlobStore implements BlobStore {
     }
   }
 
-  async get(key: string, range?: ByteRange): Promise<Readable> {
+  async get(key: string, range?: ByteRange, options: ReadBlobOptions = {}): Promise<Readable> {
     const file = this.pathOf(key);
+    options.signal?.throwIfAborted();
     try {
       const info = await stat(file);
       if (!info.isFile()) throw new BlobNotFoundError(key);
@@ -104,10 +106,10 @@ export class LocalBlobStore implements BlobStore {
       if (isNotFound(error)) throw new BlobNotFoundError(key);
       throw error;
     }
-    return createReadStream(
-      file,
-      range && { start: range.start, ...(range.end !== undefined && { end: range.end }) },
-    );
+    return createReadStream(file, {
+      ...(range && { start: range.start, ...(range.end !== undefined && { end: range.end }) }),
+      ...(options.signal !== undefined && { signal: options.signal }),
+    });
   }
 
   async head(key: string): Promise<BlobInfo | undefined> {

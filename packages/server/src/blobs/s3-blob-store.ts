@@ -18,6 +18,7 @@ import {
   type BlobInfo,
   type BlobStore,
   type ByteRange,
+  type ReadBlobOptions,
   type PutBlobOptions,
 } from './blob-store.js';
 import { NETWORK_ERROR_CODES } from '../errors/network-error-codes.js';
@@ -271,7 +272,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   /** `signal`: aborting it ends the request, before or after the body began (the body stream then errors). */
-  async get(key: string, range?: ByteRange, options: { signal?: AbortSignal } = {}): Promise<Readable> {
+  async get(key: string, range?: ByteRange, options: ReadBlobOptions = {}): Promise<Readable> {
     try {
       const result = await this.guard(() =>
         this.client.send(

@@ -47,6 +47,18 @@ export type DeviceDeploymentStatus = z.infer<typeof deviceDeploymentStatusSchema
  */
 export const stopReasonSchema = z.enum(['cancelled', 'deregistered', 'stage-stopped', 'stage-aborted']);
 export type StopReason = z.infer<typeof stopReasonSchema>;
+/**
+ * A stored stop reason as the API shows it: one this server does not know (written by a newer replica during a
+ * rolling upgrade, or by hand) is `unknown`, so one such row cannot break a whole list.
+ */
+export const shownStopReasonSchema = z.enum([...stopReasonSchema.options, 'unknown']);
+export type ShownStopReason = z.infer<typeof shownStopReasonSchema>;
+
+/** The stored stop reason as the API shows it (shownStopReasonSchema). */
+export function shownStopReason(stored: string): ShownStopReason {
+  const known = stopReasonSchema.safeParse(stored);
+  return known.success ? known.data : 'unknown';
+}
 
 export const MAX_SELECTED_DEVICE_NAMES = 1000;
 export const MAX_STAGES = 20;
@@ -243,10 +255,10 @@ export const stageDeviceSchema = z.object({
   deviceName: z.string(),
   status: deviceDeploymentStatusSchema,
   statusMessage: z.string().optional(),
-  stopReason: stopReasonSchema
+  stopReason: shownStopReasonSchema
     .optional()
     .describe(
-      'Why a STOPPED device stopped: cancelled (by an operator), deregistered, or not started when its stage was stopped (stage-stopped) or aborted (stage-aborted)',
+      'Why a STOPPED device stopped: cancelled (by an operator), deregistered, or not started when its stage was stopped (stage-stopped) or aborted (stage-aborted); unknown: a reason this server does not know (recorded by a newer one; statusMessage says it in words)',
     ),
   attempts: z.int().describe('Times the device took the deployment'),
   startedAt: iso.optional().describe('When the device last took it (DeploymentStartTime)'),

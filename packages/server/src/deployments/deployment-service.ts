@@ -21,7 +21,7 @@ import {
   modelConfigSchema,
   planOptionsSchema,
   stageInputSchema,
-  stopReasonSchema,
+  shownStopReason,
   type CreatePlanInput,
   type DeploymentEvent,
   type DeploymentEventKind,
@@ -703,7 +703,7 @@ export class DeploymentService implements DevicePackageAccess {
         status: t.status as DeviceDeploymentStatus,
         ...(t.status_message !== null && { statusMessage: t.status_message }),
         ...(t.status === 'STOPPED' &&
-          t.stop_reason !== null && { stopReason: stopReasonSchema.parse(t.stop_reason) }),
+          t.stop_reason !== null && { stopReason: shownStopReason(t.stop_reason) }),
         attempts: Number(t.attempts),
         ...(t.started_at !== null && { startedAt: iso(t.started_at) }),
         ...(t.ended_at !== null && { endedAt: iso(t.ended_at) }),

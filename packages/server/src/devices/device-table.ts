@@ -7,7 +7,12 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { DeployedModelNotLoaded, DeploymentResult } from '@edgefleet/core';
 import { classifyResult, isStaleProgress } from '../deployments/result-outcome.js';
-import { lockingRows, type DatabaseSchema, type DeviceModelsTable } from '../storage/index.js';
+import {
+  lockingRows,
+  type DatabaseEngine,
+  type DatabaseSchema,
+  type DeviceModelsTable,
+} from '../storage/index.js';
 
 type Executor = Kysely<DatabaseSchema> | Transaction<DatabaseSchema>;
 
@@ -48,10 +53,14 @@ export async function deviceFleet(
 /**
  * Holds the device's row until the caller's transaction ends, changing nothing (lockedDevices), so that writers
  * of one device's rows run one after the other and each reads what the one before committed. False when the
- * device is not registered.
+ * device is not registered. `engine`: the database's (ServerDatabase.engine).
  */
-export async function lockDevice(trx: Transaction<DatabaseSchema>, deviceName: string): Promise<boolean> {
-  return (await lockedDevices(trx, [deviceName])).length > 0;
+export async function lockDevice(
+  trx: Transaction<DatabaseSchema>,
+  engine: DatabaseEngine,
+  deviceName: string,
+): Promise<boolean> {
+  return (await lockedDevices(trx, engine, [deviceName])).length > 0;
 }
 
 /**
@@ -61,11 +70,12 @@ export async function lockDevice(trx: Transaction<DatabaseSchema>, deviceName: s
  */
 async function lockedDevices(
   trx: Transaction<DatabaseSchema>,
+  engine: DatabaseEngine,
   deviceNames: string[],
 ): Promise<{ name: string; deployment_result: string | null }[]> {
   if (deviceNames.length === 0) return [];
   return lockingRows(
-    trx,
+    engine,
     trx
       .selectFrom('devices')
       .select(['name', 'deployment_result'])
@@ -92,15 +102,17 @@ export async function deviceCountsByFleet(db: Executor, fleetNames: string[]): P
  * on PostgreSQL); each device's last model list replaces what it had. A progress result (INPROGRESS, HELD)
  * never replaces a final result of the same deployment unless its start time shows a newer attempt
  * (isStaleProgress): the device's own result call may have stored that while this heartbeat waited to be written.
+ * `engine`: the database's (ServerDatabase.engine), for the row lock that check takes.
  */
 export async function recordHeartbeatStates(
   trx: Transaction<DatabaseSchema>,
+  engine: DatabaseEngine,
   states: DeviceHeartbeatState[],
 ): Promise<void> {
   if (states.length === 0) return;
   const latest = new Map<string, DeviceHeartbeatState>();
   for (const state of states) latest.set(state.deviceName, state);
-  const stale = await staleProgressResults(trx, [...latest.values()]);
+  const stale = await staleProgressResults(trx, engine, [...latest.values()]);
   const values = [...latest.values()].map(
     (state) =>
       sql`(${state.deviceName}, ${state.agentVersion}, ${state.heartbeatAt}, ${
@@ -168,6 +180,7 @@ export async function recordHeartbeatStates(
  */
 async function staleProgressResults(
   trx: Transaction<DatabaseSchema>,
+  engine: DatabaseEngine,
   states: DeviceHeartbeatState[],
 ): Promise<Set<string>> {
   const progress = new Map<string, DeploymentResult>();
@@ -176,7 +189,7 @@ async function staleProgressResults(
       progress.set(state.deviceName, state.deploymentResult);
   }
   if (progress.size === 0) return new Set();
-  const stored = await lockedDevices(trx, [...progress.keys()]);
+  const stored = await lockedDevices(trx, engine, [...progress.keys()]);
   return new Set(
     stored
       .filter((row) => {

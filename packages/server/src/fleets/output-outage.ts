@@ -6,8 +6,8 @@
  * to move the last failure's time on; never per upload: the upload path reads the state with the fleet's
  * output location, which it reads anyway. One row per fleet, not a log of failures.
  */
-import type { Kysely } from 'kysely';
-import type { DatabaseSchema } from '../storage/index.js';
+import { sql, type Kysely } from 'kysely';
+import { laterOf, type DatabaseSchema } from '../storage/index.js';
 
 /** What the fleet report says of an output that cannot be used; absent while uploads land. */
 export interface FleetOutputOutage {
@@ -46,7 +46,8 @@ const MAX_REASON_CHARS = 500;
 
 /**
  * Marks the fleet's output `location` unusable for `problem` as of a failure at `at`, keeping the start of an
- * outage already marked (a new problem replaces the reason and moves the last failure on). Does nothing when the fleet's output is no longer `location` (an
+ * outage already marked (a newer failure's problem replaces the reason and moves the last failure on; an older
+ * one, written late, changes neither). Does nothing when the fleet's output is no longer `location` (an
  * operator moved it while the upload ran).
  */
 export async function markOutputOutage(
@@ -55,13 +56,17 @@ export async function markOutputOutage(
   location: string,
   outage: { problem: string; reason: string; at: number },
 ): Promise<void> {
+  // Replicas (or uploads read before either wrote) may write an older failure after a newer one: the last
+  // failure never moves back, and the problem and reason stay the newer failure's.
+  const newer = <T>(column: 'output_outage_problem' | 'output_outage_reason', value: T) =>
+    sql<T>`case when ${sql.ref('output_outage_last_failure_at')} > cast(${outage.at} as bigint) then ${sql.ref(column)} else ${value} end`;
   await db
     .updateTable('fleets')
     .set((eb) => ({
       output_outage_since: eb.fn.coalesce('output_outage_since', eb.val(outage.at)),
-      output_outage_problem: outage.problem,
-      output_outage_reason: outage.reason.slice(0, MAX_REASON_CHARS),
-      output_outage_last_failure_at: outage.at,
+      output_outage_problem: newer('output_outage_problem', outage.problem),
+      output_outage_reason: newer('output_outage_reason', outage.reason.slice(0, MAX_REASON_CHARS)),
+      output_outage_last_failure_at: laterOf('output_outage_last_failure_at', outage.at),
     }))
     .where('name', '=', fleet)
     .where('output_s3_location', '=', location)

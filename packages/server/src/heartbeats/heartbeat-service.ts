@@ -3,7 +3,7 @@ import type { Kysely, Transaction } from 'kysely';
 import { recordHeartbeatStates } from '../devices/index.js';
 import { DomainError } from '../errors/index.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
-import type { DatabaseSchema, DeviceMetricBatchesTable } from '../storage/index.js';
+import type { DatabaseEngine, DatabaseSchema, DeviceMetricBatchesTable } from '../storage/index.js';
 
 /**
  * Who else reads the DeploymentResults heartbeats carry (deployments/). Called once the heartbeats are
@@ -27,6 +27,8 @@ export interface DeploymentResultSink {
 }
 
 export interface HeartbeatServiceOptions {
+  /** The database's engine (ServerDatabase.engine): how a batch holds the rows of devices reporting progress. */
+  databaseEngine: DatabaseEngine;
   registrationCacheTtlSeconds: number;
   /** How far ahead of the server's clock a timestamp may be; default one hour. */
   maxClockSkewMs?: number;
@@ -145,7 +147,7 @@ export class HeartbeatService {
   private async write(batch: PendingHeartbeat[]): Promise<void> {
     const dropped = await this.db.transaction().execute(async (trx) => {
       await this.leaveOutForeignResults(trx, batch);
-      return writeBatch(trx, batch, this.options.metricBytesPerDevicePerHour);
+      return writeBatch(trx, this.options.databaseEngine, batch, this.options.metricBytesPerDevicePerHour);
     });
     await this.passDeploymentResults(batch);
     for (const item of batch) {
@@ -384,12 +386,14 @@ async function chargeMetricUsage(
 /** Writes the batch's states and metrics; answers which heartbeats' metrics were dropped for their quota. */
 async function writeBatch(
   trx: Transaction<DatabaseSchema>,
+  engine: DatabaseEngine,
   batch: PendingHeartbeat[],
   metricBytesPerDevicePerHour: number | undefined,
 ): Promise<Map<PendingHeartbeat, MetricsDropped>> {
   // The devices' state is the devices capability's to write; the metric series is ours.
   await recordHeartbeatStates(
     trx,
+    engine,
     batch.map(({ device, heartbeat, receivedAt }) => ({
       deviceName: device.deviceName,
       agentVersion: heartbeat.AgentVersion,

@@ -3,7 +3,7 @@ import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { hashSecret, newId, newSecret } from '../auth/index.js';
 import { deviceFleet, lockDevice, toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
 import { DomainError, notFound } from '../errors/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import type { DatabaseEngine, DatabaseSchema } from '../storage/index.js';
 import { CsrError, parseCsr } from './csr.js';
 import type { DeviceCa, IssuedCertificate } from './device-ca.js';
 
@@ -42,6 +42,8 @@ export interface IssuedDeviceCertificate extends IssuedCertificate {
 }
 
 export interface IdentityServiceOptions {
+  /** The database's engine (ServerDatabase.engine): how a renewal holds its device's row. */
+  databaseEngine: DatabaseEngine;
   ca: DeviceCa;
   certificateValidityDays: number;
   enrollmentTokenTtlSeconds: number;
@@ -263,7 +265,7 @@ export class DeviceIdentityService {
     await this.db.transaction().execute(async (trx) => {
       // Renewals of one device run one at a time: each then revokes the certificate the one before issued
       // (else renewals sent at once would each keep their own, and a stolen certificate could mint many).
-      if (!(await lockDevice(trx, device.deviceName)))
+      if (!(await lockDevice(trx, this.options.databaseEngine, device.deviceName)))
         throw notFound(`device ${device.deviceName}`, { device: device.deviceName });
       await trx
         .updateTable('device_certificates')

@@ -235,8 +235,22 @@ async function trustCheck(
   }
 }
 
-/** The certificates in the package's model.sig (leaf first), or none when it has none or cannot be read. */
+/**
+ * The certificates in the package's model.sig (leaf first) that parse, or none when it has none or cannot be
+ * read: enough to tell whether one was issued under a root (issuedUnder), not to name a chain (chainToRoot).
+ */
 async function bundleCertificates(dir: string): Promise<X509Certificate[]> {
+  return (await bundleCertificateBytes(dir)).flatMap((der) => {
+    try {
+      return [new X509Certificate(der)];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/** The DER of each certificate in the package's model.sig (leaf first), or none when it cannot be read. */
+async function bundleCertificateBytes(dir: string): Promise<Buffer[]> {
   let parsed;
   try {
     // (The verifier has read this bounded file already; it parsed, or the reason would be bundle-malformed.)
@@ -250,13 +264,7 @@ async function bundleCertificates(dir: string): Promise<X509Certificate[]> {
   const material = parsed.data.verificationMaterial;
   const raw =
     material.x509CertificateChain?.certificates ?? (material.certificate ? [material.certificate] : []);
-  return raw.flatMap(({ rawBytes }) => {
-    try {
-      return [new X509Certificate(Buffer.from(rawBytes, 'base64'))];
-    } catch {
-      return [];
-    }
-  });
+  return raw.map(({ rawBytes }) => Buffer.from(rawBytes, 'base64'));
 }
 
 const issuedBy = (certificate: X509Certificate, issuer: X509Certificate) => {
@@ -275,19 +283,22 @@ async function issuedUnder(dir: string, root: X509Certificate): Promise<boolean>
 /**
  * The chain from model.sig's signing certificate to `root` (root included), the path the verifier builds (core's
  * certificatePath, its bound included), with each certificate's validity and the verifier's name for it;
- * undefined when no path leads there.
+ * undefined when no path leads there, or when a certificate of the bundle does not parse: the verifier refuses
+ * such a bundle (bundle-malformed), and skipping one would make the next the "signing certificate".
  */
 async function chainToRoot(
   dir: string,
   root: X509Certificate,
 ): Promise<z.infer<typeof chainCertificateSchema>[] | undefined> {
-  const certificates = (await bundleCertificates(dir)).flatMap((certificate) => {
+  const raw = await bundleCertificateBytes(dir);
+  const certificates = [];
+  for (const der of raw) {
     try {
-      return [parseCertificate(certificate.raw)];
+      certificates.push(parseCertificate(der));
     } catch {
-      return [];
+      return undefined;
     }
-  });
+  }
   const { path: found, anchor } = certificatePath(certificates, [parseCertificate(root.raw)]);
   if (anchor === undefined) return undefined;
   const all = [...found, anchor];

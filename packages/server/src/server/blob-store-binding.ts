@@ -31,7 +31,8 @@ const BLOB_SETTINGS =
  * store without the marker, or with another database's, is refused, naming both places and the setting to fix.
  *
  * `location` names this store for messages: no credentials in it. Once `signal` is aborted (the server is
- * stopping) the check writes nothing more, to the store or the database, and rejects with the signal's reason.
+ * stopping) the check writes nothing more, to the store or the database, its store requests in flight end, and
+ * it rejects.
  */
 export async function bindBlobStore(
   db: Kysely<DatabaseSchema>,
@@ -41,7 +42,7 @@ export async function bindBlobStore(
 ): Promise<void> {
   const beforeWrite = () => options.signal?.throwIfAborted();
   const recorded = await readSetting(db, ID_SETTING);
-  const marker = await readMarker(blobs, location);
+  const marker = await readMarker(blobs, location, options.signal);
   if (recorded === undefined) {
     if (
       marker !== undefined &&
@@ -69,7 +70,7 @@ export async function bindBlobStore(
         .onConflict((oc) => oc.column('key').doNothing())
         .execute();
       beforeWrite();
-      await writeMarker(blobs, proposed);
+      await writeMarker(blobs, proposed, options.signal);
     }
     beforeWrite();
     const claimed = await claimServerSetting(db, ID_SETTING, proposed);
@@ -79,7 +80,7 @@ export async function bindBlobStore(
       if (!wrote && !(await isOwnProposal(db, proposed)))
         throw refusal(await recordedLocation(db), claimed, location, marker);
       beforeWrite();
-      await writeMarker(blobs, claimed);
+      await writeMarker(blobs, claimed, options.signal);
     }
     beforeWrite();
     await claimServerSetting(db, LOCATION_SETTING, location);
@@ -92,7 +93,7 @@ export async function bindBlobStore(
       throw refusal(await recordedLocation(db), recorded, location, marker);
     // A replica of this database lost the first start's race and stopped before it put the recorded id back.
     beforeWrite();
-    await writeMarker(blobs, recorded);
+    await writeMarker(blobs, recorded, options.signal);
   }
   // The same store under another name (moved, another endpoint): the next refusal names where it is now.
   beforeWrite();
@@ -163,11 +164,25 @@ export interface BlobStoreBinder {
    */
   bind(): Promise<void>;
   /**
-   * Server shutdown: a check in flight writes nothing more (to the store or the database, which close next) and
-   * is waited for; later checks are refused.
+   * Server shutdown: a check in flight writes nothing more (to the store or the database, which close next), its
+   * store requests are aborted, and it is waited for, at most stopWaitMs (then it and every bind() waiting on it
+   * reject, and onAbandoned is called); later checks are refused.
    */
   stop(): Promise<void>;
 }
+
+export interface BlobStoreBinderOptions {
+  allowTakeover?: boolean;
+  /**
+   * How long stop waits for a check in flight that does not end when aborted (a database or store that does not
+   * answer an aborted request): well within systemd's TimeoutStopSec (30 s), so the rest of the shutdown runs.
+   */
+  stopWaitMs?: number;
+  /** Told when stop stopped waiting for a check (it writes nothing more: each write first checks the signal). */
+  onAbandoned?: (waitedMs: number) => void;
+}
+
+const DEFAULT_STOP_WAIT_MS = 5000;
 
 /**
  * bindBlobStore as a check to repeat until it passes once: a store that does not answer at start is checked when
@@ -179,27 +194,47 @@ export function blobStoreBinder(
   db: Kysely<DatabaseSchema>,
   blobs: BlobStore,
   location: string,
-  options: { allowTakeover?: boolean } = {},
+  options: BlobStoreBinderOptions = {},
 ): BlobStoreBinder {
   const stopping = new AbortController();
+  const stopWaitMs = options.stopWaitMs ?? DEFAULT_STOP_WAIT_MS;
   let bound = false;
   let inFlight: Promise<void> | undefined;
+  /** Rejects once stop gave up waiting: ends every bind() still waiting on a check that does not end. */
+  let abandon!: (reason: Error) => void;
+  const abandoned = new Promise<never>((_resolve, reject) => (abandon = reject));
+  abandoned.catch(() => undefined);
   return {
     bind: () => {
       if (bound) return Promise.resolve();
       if (stopping.signal.aborted) return Promise.reject(stopping.signal.reason as Error);
-      inFlight ??= bindBlobStore(db, blobs, location, { ...options, signal: stopping.signal })
-        .then(() => {
+      const allowTakeover = options.allowTakeover === true;
+      inFlight ??= Promise.race([
+        bindBlobStore(db, blobs, location, { allowTakeover, signal: stopping.signal }).then(() => {
           bound = true;
-        })
-        .finally(() => {
-          inFlight = undefined;
-        });
+        }),
+        abandoned,
+      ]).finally(() => {
+        inFlight = undefined;
+      });
       return inFlight;
     },
     stop: async () => {
       stopping.abort(new Error('the blob store check ended: the server is stopping'));
-      await inFlight?.catch(() => undefined);
+      const check = inFlight;
+      if (check === undefined) return;
+      let timer: NodeJS.Timeout | undefined;
+      const gaveUp = await Promise.race([
+        check.then(
+          () => false,
+          () => false,
+        ),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), stopWaitMs))),
+      ]);
+      clearTimeout(timer);
+      if (!gaveUp) return;
+      abandon(new Error(`the blob store check was abandoned after ${stopWaitMs} ms: the server is stopping`));
+      options.onAbandoned?.(stopWaitMs);
     },
   };
 }
@@ -298,13 +333,18 @@ async function readSetting(db: Kysely<DatabaseSchema>, key: string): Promise<str
   return row?.value;
 }
 
-async function readMarker(blobs: BlobStore, location: string): Promise<string | undefined> {
+async function readMarker(
+  blobs: BlobStore,
+  location: string,
+  signal?: AbortSignal,
+): Promise<string | undefined> {
   let body: string;
   try {
     // At most MARKER_READ_BYTES: whatever else lies at that key (a large object someone put there) is damaged,
     // and is not read into memory whole.
+    const range = { start: 0, end: MARKER_READ_BYTES - 1 };
     body = (
-      await text(await blobs.get(BLOB_STORE_MARKER_KEY, { start: 0, end: MARKER_READ_BYTES - 1 }))
+      await text(await blobs.get(BLOB_STORE_MARKER_KEY, range, signal === undefined ? {} : { signal }))
     ).trim();
   } catch (error) {
     if (error instanceof BlobNotFoundError) return undefined;
@@ -319,6 +359,9 @@ async function readMarker(blobs: BlobStore, location: string): Promise<string | 
   return body;
 }
 
-async function writeMarker(blobs: BlobStore, id: string): Promise<void> {
-  await blobs.put(BLOB_STORE_MARKER_KEY, `${id}\n`, { contentType: 'text/plain' });
+async function writeMarker(blobs: BlobStore, id: string, signal?: AbortSignal): Promise<void> {
+  await blobs.put(BLOB_STORE_MARKER_KEY, `${id}\n`, {
+    contentType: 'text/plain',
+    ...(signal !== undefined && { signal }),
+  });
 }

@@ -534,9 +534,14 @@ export async function startServer(
     const signing = await openPackageSigning(config, database, logger);
     const blobBinder = blobStoreBinder(database.db, blobs, blobStoreLocationOf(config, blobs), {
       allowTakeover: config.allowEmptyDatabase,
+      onAbandoned: (waitedMs) =>
+        logger.warn(
+          { waitedMs },
+          'stopping: the blob store check still running did not end when aborted; not waited for any longer (it writes nothing more)',
+        ),
     });
     // Stopped before the store and the database close: a check still running (the readiness check's, the
-    // background one's) writes nothing more, and is waited for.
+    // background one's) writes nothing more, its store requests are aborted, and it is waited for (bounded).
     background.push(blobBinder);
     const bindBlobs = () => blobBinder.bind();
     let bindingUnchecked = false;
@@ -645,6 +650,7 @@ export async function startServer(
         events: fleetEvents,
       }),
       identity: new DeviceIdentityService(database.db, {
+        databaseEngine: database.engine,
         ca: deviceCa,
         certificateValidityDays: config.certificates.validityDays,
         enrollmentTokenTtlSeconds: config.enrollment.tokenTtlSeconds,
@@ -653,6 +659,7 @@ export async function startServer(
       }),
       deviceCa,
       heartbeats: new HeartbeatService(database.db, {
+        databaseEngine: database.engine,
         registrationCacheTtlSeconds: config.heartbeat.registrationCacheTtlSeconds,
         maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,

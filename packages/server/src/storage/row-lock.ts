@@ -1,16 +1,17 @@
-import { PostgresAdapter, type SelectQueryBuilder, type Transaction } from 'kysely';
+import type { SelectQueryBuilder } from 'kysely';
+import type { DatabaseEngine } from './database.js';
 
 /**
- * `query`, a SELECT in `trx`, holding the rows it reads until `trx` ends, so that writers of those rows run one
- * after the other and each reads what the one before committed: PostgreSQL's SELECT … FOR UPDATE, which writes
- * nothing. SQLite needs no lock and has no FOR UPDATE: Kysely's SQLite driver has one connection, which a
- * transaction holds until it ends, so no other transaction runs meanwhile (and a SQLite file has one server
- * process: sqlite-lock.ts). The engine is read from the transaction's own adapter (Kysely's executor), so
- * callers need not be told it.
+ * `query`, a SELECT in a transaction, holding the rows it reads until the transaction ends, so that writers of
+ * those rows run one after the other and each reads what the one before committed: PostgreSQL's SELECT … FOR
+ * UPDATE, which writes nothing. SQLite needs no lock and has no FOR UPDATE: Kysely's SQLite driver has one
+ * connection, which a transaction holds until it ends, so no other transaction runs meanwhile (and a SQLite file
+ * has one server process: sqlite-lock.ts). `engine` is the database's (ServerDatabase.engine), given by the
+ * caller: Kysely exposes a transaction's dialect only through internals.
  */
 export function lockingRows<DB, TB extends keyof DB, O>(
-  trx: Transaction<DB>,
+  engine: DatabaseEngine,
   query: SelectQueryBuilder<DB, TB, O>,
 ): SelectQueryBuilder<DB, TB, O> {
-  return trx.getExecutor().adapter instanceof PostgresAdapter ? query.forUpdate() : query;
+  return engine === 'postgres' ? query.forUpdate() : query;
 }

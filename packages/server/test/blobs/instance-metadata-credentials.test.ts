@@ -3,11 +3,17 @@
  * EC2's instance metadata service (IMDS). An IMDS that does not answer (it hangs, or refuses the connection) is a
  * credential source that is down: 503, naming IMDS and what to configure, on the operator API and the SageMaker
  * facade alike; not the 400 "no credentials" the SDK's own error reads as. An IMDS that answers with no role is
- * still that 400. Real local HTTP servers play IMDS; a real server, s3rver, real SigV4-signed facade calls.
+ * still that 400. Real local HTTP servers play IMDS; a real server, s3rver, real SigV4-signed facade calls. The
+ * server's check of IMDS is shared by the requests failing at once, and its verdict kept a few seconds.
  */
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { defaultProvider } from '@aws-sdk/credential-provider-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CredentialSourceUnavailableError,
+  withInstanceMetadataCheck,
+} from '../../src/blobs/credential-source.js';
 import { sagemakerCall, type AccessKey } from '../support/sagemaker-call.js';
 import { startTestS3, type TestS3 } from '../support/s3.js';
 import { startTestServer, type TestServer } from '../support/server.js';
@@ -148,3 +154,66 @@ describe.each<Imds>(['hangs', 'refuses', 'has no role'])(
     );
   },
 );
+
+describe("the server's check of an instance metadata service that hangs", { timeout: 60_000 }, () => {
+  let metadata: Server;
+  /** Token requests of the server's own check (the SDK's ask for a 6-hour token, the check for 60 s). */
+  let checks = 0;
+  const saved = new Map<string, string | undefined>();
+  beforeAll(async () => {
+    const started = await listen();
+    metadata = started.server;
+    metadata.on('request', (req) => {
+      if (req.headers['x-aws-ec2-metadata-token-ttl-seconds'] === '60') checks++;
+    });
+    // As above: the SDK's default chain, emptied but for IMDS at this server.
+    const env: Record<string, string> = {
+      AWS_ACCESS_KEY_ID: '',
+      AWS_SECRET_ACCESS_KEY: '',
+      AWS_SESSION_TOKEN: '',
+      AWS_PROFILE: '',
+      AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/edgefleet-no-credentials',
+      AWS_CONFIG_FILE: '/nonexistent/edgefleet-no-config',
+      AWS_EC2_METADATA_DISABLED: '',
+      AWS_EC2_METADATA_SERVICE_ENDPOINT: started.url,
+      AWS_CONTAINER_CREDENTIALS_RELATIVE_URI: '',
+      AWS_CONTAINER_CREDENTIALS_FULL_URI: '',
+      AWS_WEB_IDENTITY_TOKEN_FILE: '',
+    };
+    for (const [name, value] of Object.entries(env)) {
+      saved.set(name, process.env[name]);
+      process.env[name] = value;
+    }
+  });
+  afterAll(async () => {
+    await close(metadata);
+    for (const [name, value] of saved) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  });
+
+  it('is one check for the requests failing together, its verdict kept a while, then checked again', async () => {
+    let clock = 1_000_000;
+    const provider = withInstanceMetadataCheck(defaultProvider({}), {
+      env: process.env,
+      timeoutMs: 100,
+      verdictMs: 5000,
+      now: () => clock,
+    });
+    const together = await Promise.allSettled(Array.from({ length: 5 }, () => provider()));
+    for (const failed of together) {
+      expect(failed.status).toBe('rejected');
+      expect((failed as PromiseRejectedResult).reason).toBeInstanceOf(CredentialSourceUnavailableError);
+    }
+    expect(checks).toBe(1);
+    // Within the verdict's time: no new check.
+    clock += 4999;
+    await expect(provider()).rejects.toBeInstanceOf(CredentialSourceUnavailableError);
+    expect(checks).toBe(1);
+    // Past it: IMDS is asked again.
+    clock += 2;
+    await expect(provider()).rejects.toBeInstanceOf(CredentialSourceUnavailableError);
+    expect(checks).toBe(2);
+  });
+});

@@ -647,6 +647,20 @@ describe.each(engines)('deployments on $engine', (fixture) => {
         ['d6', 'STOPPED', 'stage-stopped', 'not started: the stage was stopped'],
         ['d9', 'STOPPED', 'deregistered', 'cancelled: device d9 was deregistered'],
       ]);
+      // A reason this server does not know (a newer replica's, in a rolling upgrade) shows as unknown; the
+      // list, and the other devices in it, still answer.
+      await t.server.database.db
+        .updateTable('deployment_targets')
+        .set({ stop_reason: 'reason-of-a-newer-server' })
+        .where('plan_name', '=', 'p9')
+        .where('device_name', '=', 'd6')
+        .execute();
+      expect((await stageDevices('p9', 's1')).map((d) => [d.deviceName, d.stopReason])).toEqual([
+        ['d4', 'stage-stopped'],
+        ['d5', 'cancelled'],
+        ['d6', 'unknown'],
+        ['d9', 'deregistered'],
+      ]);
     },
   );
 

@@ -52,20 +52,26 @@ describe.each(engines)('a stale progress heartbeat on $engine', (fixture) => {
   };
 
   /**
-   * Locks `name`'s row in a transaction of its own and sends that device's heartbeat, which the writer then
-   * waits on (seen in pg_locks); every heartbeat after it queues behind. Returns what ends the hold.
+   * Until a statement of another transaction on this test's database waits for a lock (PostgreSQL's pg_locks).
+   * Scoped by the waiting backend's database, not the lock's: a row-lock wait is on a transaction id, a lock no
+   * database owns; and a shared cluster (EDGEFLEET_TEST_DATABASE_URL) runs other suites' waits meanwhile.
    */
-  /** Until a statement of another transaction waits for a lock (PostgreSQL's pg_locks). */
   const someoneWaits = async () => {
     for (;;) {
-      const waiting = await sql<{
-        n: number;
-      }>`select count(*)::int as n from pg_locks where not granted`.execute(t.server.database.db);
+      const waiting = await sql<{ n: number }>`select count(*)::int as n from pg_locks
+        where not granted
+          and pid in (select pid from pg_stat_activity where datname = current_database())`.execute(
+        t.server.database.db,
+      );
       if ((waiting.rows[0]?.n ?? 0) > 0) return;
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
   };
 
+  /**
+   * Locks `name`'s row in a transaction of its own and sends that device's heartbeat, which the writer then
+   * waits on (seen in pg_locks); every heartbeat after it queues behind. Returns what ends the hold.
+   */
   const holdHeartbeatWriter = async (device: EnrolledDevice, name: string) => {
     const db = t.server.database.db;
     let release!: () => void;

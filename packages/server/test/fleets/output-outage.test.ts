@@ -1,6 +1,6 @@
 /**
  * A fleet output's outage on the fleet's row (fleets/output-outage.ts) on both engines: marked once with its
- * start kept, its problem replaced, cleared, and left alone once the fleet has moved to another location.
+ * start kept, its problem replaced (never by an older failure written late), cleared, and left alone once the fleet has moved to another location.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -54,6 +54,19 @@ describe.each(engines)("a fleet output's outage on $engine", (fixture) => {
     expect((await fleets.get('plant')).outputOutage).toMatchObject({
       since: 1000,
       lastFailureAt: 2000 + OUTAGE_LAST_FAILURE_RESOLUTION_MS,
+    });
+    // An older failure written late (another replica, an upload read before the newer one wrote): the last
+    // failure does not move back, and the problem and reason stay the newer failure's.
+    await markOutputOutage(database.db, 'plant', 's3://b/p', {
+      problem: 'forbidden',
+      reason: 'older',
+      at: 2500,
+    });
+    expect((await fleets.get('plant')).outputOutage).toMatchObject({
+      since: 1000,
+      lastFailureAt: 2000 + OUTAGE_LAST_FAILURE_RESOLUTION_MS,
+      problem: 'missing-bucket',
+      reason: 'r2',
     });
     // Written for another location (the fleet moved while an upload ran): nothing changes.
     await clearOutputOutage(database.db, 'plant', 's3://b/elsewhere');

@@ -28,7 +28,11 @@ describe.each(engines)('offline detection and retention on $engine', (fixture) =
     database = await openFreshDatabase(fixture);
     fleets = new FleetStore(database.db, now);
     devices = new DeviceStore(database.db, { offlineAfterMs: interval * missed, now });
-    heartbeats = new HeartbeatService(database.db, { registrationCacheTtlSeconds: 60, now });
+    heartbeats = new HeartbeatService(database.db, {
+      databaseEngine: database.engine,
+      registrationCacheTtlSeconds: 60,
+      now,
+    });
     await fleets.create({ name: 'fleet-1', outputConfig: { s3OutputLocation: 's3://b/p' } });
     await devices.register('fleet-1', [{ name: 'dev-1' }, { name: 'dev-2' }], []);
   });

@@ -95,6 +95,7 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
     const csr = createCsr(deviceKey(), 'dev-b');
     // A token created two hours "ago" with a one-hour lifetime: really stored, really expired.
     const past = new DeviceIdentityService(t.server.database.db, {
+      databaseEngine: t.server.database.engine,
       ca: t.server.services.deviceCa,
       certificateValidityDays: 1,
       enrollmentTokenTtlSeconds: 3600,

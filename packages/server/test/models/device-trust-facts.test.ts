@@ -3,7 +3,7 @@
  * (deviceTrustWarningAt) as verifying the package then would, without the package. Real packages signed with
  * real certificates; times are passed, not waited for.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -12,6 +12,7 @@ import {
   createRootCa,
   issueCodeSigningCertificate,
   signPackage,
+  SIGNATURE_FILE,
   writeTestModel,
 } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -199,5 +200,32 @@ describe('the trust facts an upload keeps', () => {
     expect(deviceTrustWarningAt(facts, input, other.certificatePem, new Date())).toMatch(
       /^package rooted 1 was checked at its upload against another package-signing root \(SHA-256 [0-9a-f]{64}\), not the server's package-signing root \(CN=Another root, SHA-256 [0-9a-f]{64}\)/,
     );
+  });
+
+  it('name no chain for a bundle whose signing certificate does not parse: the upload is refused, saying which', async () => {
+    const signer = issueCodeSigningCertificate({
+      issuer: root,
+      commonName: 'Garbled signer',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+    });
+    const intermediate = createIntermediateCa({
+      issuer: root,
+      commonName: 'Garbled intermediate',
+      validityDays: 1,
+      keyType: 'ecdsa-p256',
+    });
+    const dir = await signedPackage('garbled', signer, [intermediate.certificatePem]);
+    const file = path.join(dir, SIGNATURE_FILE);
+    const bundle = JSON.parse(await readFile(file, 'utf8')) as {
+      verificationMaterial: { x509CertificateChain: { certificates: { rawBytes: string }[] } };
+    };
+    // The signer's certificate damaged: skipping it would make the intermediate the "signing certificate".
+    bundle.verificationMaterial.x509CertificateChain.certificates[0]!.rawBytes =
+      Buffer.from('not a certificate').toString('base64');
+    await writeFile(file, JSON.stringify(bundle));
+    await expect(
+      checkDeviceTrust(dir, { name: 'garbled', version: '1' }, root.certificatePem, new Date()),
+    ).rejects.toThrow(/certificate #1 of the chain is not a DER X\.509 certificate/);
   });
 });

@@ -3,12 +3,14 @@
  * command line or config: 2 where a person must act (the unit does not restart it), 1 where starting again may
  * succeed (the unit restarts it), each with a message naming the path and the cause. Real server processes; a
  * read-only filesystem and one with no inodes left are real mounts in a user and mount namespace (unshare),
- * where the system allows one.
+ * where the system allows one; a folder the server may not write is one it runs in as nobody (when the tests run
+ * as root) or that is made read-only.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runServerCli, serverCommand, type CliResult } from '../support/process.js';
 
@@ -17,6 +19,28 @@ const flags = ['--listen', '127.0.0.1:0', '--device-listen', '127.0.0.1:0', '--l
 /** Whether this system lets an unprivileged process make a user and mount namespace and mount in it. */
 const namespaces =
   spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs tmpfs /mnt'], { stdio: 'ignore' }).status === 0;
+
+/** The user the server runs as where a folder must be one it cannot write: root writes any folder, so nobody. */
+const asRoot = process.getuid!() === 0;
+const serverUid = asRoot ? 65534 : process.getuid!();
+
+/** Runs `serve` as serverUid (through setpriv when this is root). */
+function serveAs(args: string[], cwd: string): Promise<CliResult> {
+  if (!asRoot) return runServerCli(['serve', ...flags, ...args], cwd);
+  return new Promise((resolve, reject) => {
+    const ids = [`--reuid=${serverUid}`, `--regid=${serverUid}`, '--clear-groups'];
+    const child = spawn('setpriv', [...ids, ...serverCommand(), 'serve', ...flags, ...args], {
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
 
 /** Runs `serve` inside a new user and mount namespace, after the shell `mounts` (which see $DIR). */
 function serveInNamespace(mounts: string, args: string[], cwd: string): Promise<CliResult> {
@@ -91,6 +115,38 @@ describe('serve exits 2 when a person must act, 1 when starting again may do', {
       );
     },
   );
+
+  it("a database file the server owns in a folder it cannot write: 2 (SQLite's extended code), naming the database", async () => {
+    // SQLite needs the folder for its WAL file: SQLITE_READONLY_DIRECTORY, an extended result code.
+    const folder = path.join(cwd, 'folder-not-writable');
+    const data = path.join(cwd, 'data-folder-not-writable');
+    await mkdir(folder);
+    await mkdir(data, { mode: 0o700 });
+    const database = path.join(folder, 'state.db');
+    const sqlite = new SqliteDatabase(database);
+    sqlite.pragma('journal_mode = WAL');
+    sqlite.close();
+    // The lock file as a server left it (an exclusive transaction ran in it once).
+    const lock = new SqliteDatabase(`${database}.lock`);
+    lock.pragma('locking_mode = EXCLUSIVE');
+    lock.exec('BEGIN EXCLUSIVE');
+    lock.exec('COMMIT');
+    lock.close();
+    await chmod(`${database}.lock`, 0o600);
+    for (const file of [database, `${database}.lock`, data]) await chown(file, serverUid, serverUid);
+    // Root's folder, readable by all (root case); the server's own folder, made read-only (otherwise).
+    await chmod(folder, asRoot ? 0o755 : 0o555);
+    await chmod(cwd, 0o755);
+    try {
+      const result = await serveAs(['--data-dir', data, '--database', database], cwd);
+      expect(result.code, result.stderr).toBe(2);
+      expect(result.stderr).toContain(
+        `edgefleet-server: cannot open the SQLite database ${database}: attempt to write a readonly database (SQLITE_READONLY_DIRECTORY); expected a database file the server can create and write: fix its folder's permissions or mount, or set database (--database, EDGEFLEET_DATABASE) to a file the server's user (uid ${serverUid}) can write`,
+      );
+    } finally {
+      await chmod(folder, 0o755);
+    }
+  });
 
   it.runIf(namespaces)(
     'a database folder with no inodes left: 1 (the unit restarts it), naming the lock file and the cause',
