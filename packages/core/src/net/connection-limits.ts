@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { isIPv4, type Server, type Socket } from 'node:net';
+import { isIPv4, isIPv6, type Server, type Socket } from 'node:net';
 
 export interface ConnectionCaps {
   /** Connections open at once on this listener; more are closed as they arrive. */
@@ -8,21 +8,43 @@ export interface ConnectionCaps {
   maxConnectionsPerAddress: number;
 }
 
+/** Which cap refused a connection. */
+export type RefusedBy = 'per-address' | 'total';
+
+/** One connection a cap closed on arrival: `address` is the peer's cap group (addressGroup), absent on a Unix socket. */
+export interface ConnectionRefusal {
+  refusedBy: RefusedBy;
+  address?: string;
+}
+
 /**
  * Caps a listener's connections in total (the kernel-level `maxConnections`, applied before any TLS or HTTP
- * work) and per remote address, so that one client holding connections open cannot use up the process's file
- * descriptors and starve its other listeners. Works for net, http, https and tls servers alike: 'connection'
- * carries the raw socket before any handshake.
+ * work) and per remote address group (addressGroup: an IPv4 address, an IPv6 /64), so that one client holding
+ * connections open cannot use up the process's file descriptors and starve its other listeners. Works for net,
+ * http, https and tls servers alike: 'connection' carries the raw socket before any handshake. Each connection
+ * refused is reported to `onRefused` (for a log line and a counter; Node closes those over the total cap itself
+ * and says so with 'drop').
  */
-export function capConnections(server: Server, caps: ConnectionCaps): void {
+export function capConnections(
+  server: Server,
+  caps: ConnectionCaps,
+  onRefused?: (refusal: ConnectionRefusal) => void,
+): void {
   server.maxConnections = caps.maxConnections;
+  if (onRefused) {
+    server.on('drop', (peer?: { remoteAddress?: string }) => {
+      const address = peer?.remoteAddress;
+      onRefused({ refusedBy: 'total', ...(address !== undefined && { address: addressGroup(address) }) });
+    });
+  }
   const open = new Map<string, number>();
   server.on('connection', (socket: Socket) => {
     if (socket.remoteAddress === undefined) return; // a Unix socket: the total cap applies
-    const address = clientAddress(socket.remoteAddress);
+    const address = addressGroup(socket.remoteAddress);
     const count = (open.get(address) ?? 0) + 1;
     if (count > caps.maxConnectionsPerAddress) {
       socket.destroy();
+      onRefused?.({ refusedBy: 'per-address', address });
       return;
     }
     open.set(address, count);
@@ -32,6 +54,62 @@ export function capConnections(server: Server, caps: ConnectionCaps): void {
       else open.set(address, left);
     });
   });
+}
+
+/**
+ * The group a peer's connections are counted in for the per-address cap: its IPv4 address (clientAddress), or
+ * for IPv6 its /64, written as a prefix (`2001:db8:1:2::/64`, `::/64` for ::1). One IPv6 host is normally given a whole /64 and can
+ * pick any address in it, so counting per /128 would cap it only by the total.
+ */
+export function addressGroup(remoteAddress: string): string {
+  const address = clientAddress(remoteAddress);
+  if (isIPv4(address)) return address;
+  const groups = ipv6Groups(address);
+  if (groups === undefined) return address;
+  // An IPv4-mapped address in hex (::ffff:7f00:1) is that IPv4 address, as in dotted form (clientAddress).
+  if (groups.slice(0, 5).every((group) => group === '0') && groups[5] === 'ffff') {
+    const [high, low] = groups.slice(6).map((group) => parseInt(group, 16)) as [number, number];
+    return [high >> 8, high & 255, low >> 8, low & 255].join('.');
+  }
+  return `${compressIpv6([...groups.slice(0, 4), '0', '0', '0', '0'])}/64`;
+}
+
+/** Eight groups written as RFC 5952 does: the longest run of two or more zero groups (the first of equals) as `::`. */
+function compressIpv6(groups: string[]): string {
+  let best = { start: -1, length: 0 };
+  for (let start = 0; start < groups.length;) {
+    let end = start;
+    while (end < groups.length && groups[end] === '0') end += 1;
+    if (end - start > best.length) best = { start, length: end - start };
+    start = end === start ? start + 1 : end;
+  }
+  if (best.length < 2) return groups.join(':');
+  const head = groups.slice(0, best.start).join(':');
+  const tail = groups.slice(best.start + best.length).join(':');
+  return `${head}::${tail}`;
+}
+
+/** The eight 16-bit groups of an IPv6 address, in lowercase hex without leading zeros; undefined if it is not one. */
+function ipv6Groups(address: string): string[] | undefined {
+  const zone = address.indexOf('%');
+  const bare = zone === -1 ? address : address.slice(0, zone);
+  if (!isIPv6(bare)) return undefined;
+  const parse = (part: string): string[] => {
+    if (part === '') return [];
+    const pieces = part.split(':');
+    const last = pieces[pieces.length - 1]!;
+    if (isIPv4(last)) {
+      // An embedded IPv4 address (::1.2.3.4) is the last two groups.
+      const [a, b, c, d] = last.split('.').map(Number) as [number, number, number, number];
+      pieces.splice(-1, 1, ((a << 8) | b).toString(16), ((c << 8) | d).toString(16));
+    }
+    return pieces;
+  };
+  const [head, tail] = bare.split('::') as [string, string | undefined];
+  const front = parse(head);
+  const back = tail === undefined ? [] : parse(tail);
+  const zeros = Array<string>(8 - front.length - back.length).fill('0');
+  return [...front, ...zeros, ...back].map((group) => parseInt(group, 16).toString(16));
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { Server } from 'node:http';
-import { capConnections } from './connection-limits.js';
+import { capConnections, type ConnectionRefusal } from './connection-limits.js';
 
 /** Timeouts and connection caps of one HTTP(S) listener (the values in use: docs/security.md#limits). */
 export interface ListenerLimits {
@@ -37,8 +37,15 @@ export function tlsServerLimitOptions(limits: ListenerLimits): {
   };
 }
 
-/** Applies the timeouts and caps to an HTTP(S) server that is not listening yet. */
-export function applyListenerLimits(server: Server, limits: ListenerLimits): void {
+/**
+ * Applies the timeouts and caps to an HTTP(S) server that is not listening yet; `onRefused` hears of each
+ * connection a cap refused (ConnectionRefusalLog.refused).
+ */
+export function applyListenerLimits(
+  server: Server,
+  limits: ListenerLimits,
+  onRefused?: (refusal: ConnectionRefusal) => void,
+): void {
   // Read when the server starts listening (the timer starts then), so it may be set after construction.
   (server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval =
     checkingIntervalMs(limits);
@@ -50,5 +57,5 @@ export function applyListenerLimits(server: Server, limits: ListenerLimits): voi
   server.requestTimeout = limits.requestTimeoutMs;
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.setTimeout(limits.idleTimeoutMs);
-  capConnections(server, limits);
+  capConnections(server, limits, onRefused);
 }
