@@ -1,5 +1,7 @@
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { Writable } from 'node:stream';
 import { capConnections, clientAddress, fitConnectionCaps, openFileLimit } from '@edgefleet/core';
+import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { enrollDevice, startTestServer, type TestServer } from '../support/server.js';
@@ -80,6 +82,48 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     await closed(over);
     expect(held.every((socket) => !socket.destroyed)).toBe(true);
     expect((await t.call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('logs the connections its caps refuse (F-E: they were closed silently), one line for a burst', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) lines.push(JSON.parse(line));
+        done();
+      },
+    });
+    t = await startTestServer({
+      logger: pino({ level: 'info' }, sink),
+      start: { listenerLimits: { operator: { maxConnectionsPerAddress: 2, maxConnections: 50 } } },
+    });
+    await Promise.all([idle(t.url), idle(t.url)]);
+    const over = await Promise.all(Array.from({ length: 5 }, () => idle(t!.url)));
+    await Promise.all(over.map(closed));
+    const refusals = lines.filter((line) => line.event === 'connections_refused');
+    // The first refusal is logged at once; the other four wait for the minute to end.
+    expect(refusals).toHaveLength(1);
+    expect(refusals[0]).toMatchObject({
+      level: 40,
+      listener: 'operator',
+      refused: 1,
+      addresses: { '127.0.0.1': 1 },
+      perAddressCap: 2,
+      totalCap: 50,
+    });
+    expect(refusals[0]!.msg).toBe(
+      '1 connection(s) refused on the operator listener from 127.0.0.1 (1): per-address cap 2 / total cap 50',
+    );
+    // Stopping the server writes what is pending.
+    sockets.splice(0).forEach((socket) => socket.destroy());
+    await t.stop();
+    t = undefined;
+    const all = lines.filter((line) => line.event === 'connections_refused');
+    expect(all).toHaveLength(2);
+    expect(all[1]).toMatchObject({
+      listener: 'operator',
+      refused: 4,
+      refusedBy: { perAddress: 4, total: 0 },
+    });
   });
 
   it('closes a connection whose request headers never finish (slowloris) on the operator port', async () => {
