@@ -117,10 +117,12 @@ describe('REST listener limits (issue 15: a slow body took gRPC down)', () => {
       metrics: counted,
     });
     const [unixAddress, tcpAddress] = server.addresses as [string, string];
-    const held = await Promise.all([1, 2, 3].map(() => open(tcpAddress)));
+    const held = [];
+    for (let i = 0; i < 3; i++) held.push(await open(tcpAddress)); // one by one: held[0] is the oldest
+    // None has a request in progress: a fourth from the same address closes the oldest, and is let in.
     const over = await open(tcpAddress);
-    await closed(over.socket);
-    expect(held.every(({ socket }) => !socket.destroyed)).toBe(true);
+    await closed(held[0]!.socket);
+    expect([...held.slice(1), over].every(({ socket }) => !socket.destroyed)).toBe(true);
     // Another address still gets in; the Unix socket has a cap of its own.
     const other = await open(tcpAddress, '127.0.0.2');
     expect(other.socket.destroyed).toBe(false);
@@ -131,7 +133,8 @@ describe('REST listener limits (issue 15: a slow body took gRPC down)', () => {
     // F-E: the refusals were silent; each listener logs its first at once, and /metrics counts them.
     const refusals = lines.filter((line) => line.event === 'connections_refused');
     expect(refusals.map((line) => line.msg)).toEqual([
-      '1 connection(s) refused on the rest-tcp listener from 127.0.0.1 (1): per-address cap 3 / total cap 5',
+      '1 connection(s) refused on the rest-tcp listener from 127.0.0.1 (1): per-address cap 3 / total cap 5 ' +
+        "(1 let in by closing their address's oldest idle connection)",
       '1 connection(s) refused on the rest-unix listener from unix socket (1): total cap 5',
     ]);
     const text = (await counted.text()).body;

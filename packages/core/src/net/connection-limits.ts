@@ -11,25 +11,40 @@ export interface ConnectionCaps {
 /** Which cap refused a connection. */
 export type RefusedBy = 'per-address' | 'total';
 
-/** One connection a cap closed on arrival: `address` is the peer's cap group (addressGroup), absent on a Unix socket. */
+/**
+ * One connection over a cap. `address` is the peer's cap group (addressGroup), absent on a Unix socket.
+ * `idleClosed`: the connection was let in, and its address group's oldest idle connection closed instead.
+ */
 export interface ConnectionRefusal {
   refusedBy: RefusedBy;
   address?: string;
+  idleClosed?: boolean;
+}
+
+export interface CapHooks {
+  /** Hears of each connection over a cap (for a log line and a counter). */
+  onRefused?: (refusal: ConnectionRefusal) => void;
+  /**
+   * Whether an open connection may be closed to make room for a new one from its address group: one with no
+   * request in progress (HTTP: none started, or idle between requests). Absent: a full group refuses newcomers.
+   */
+  idle?: (socket: Socket) => boolean;
 }
 
 /**
  * Caps a listener's connections in total (the kernel-level `maxConnections`, applied before any TLS or HTTP
  * work) and per remote address group (addressGroup: an IPv4 address, an IPv6 /64), so that one client holding
  * connections open cannot use up the process's file descriptors and starve its other listeners. Works for net,
- * http, https and tls servers alike: 'connection' carries the raw socket before any handshake. Each connection
- * refused is reported to `onRefused` (for a log line and a counter; Node closes those over the total cap itself
+ * http, https and tls servers alike: 'connection' carries the raw socket before any handshake.
+ *
+ * When an address group is full and `hooks.idle` finds one of its connections idle, the oldest idle one is
+ * closed and the newcomer let in: a client that holds connections without using them (a local user flooding a
+ * loopback listener, where every client shares 127.0.0.1) then cannot keep out one that sends its request at
+ * once. Each connection over a cap is reported to `hooks.onRefused` (Node closes those over the total cap itself
  * and says so with 'drop').
  */
-export function capConnections(
-  server: Server,
-  caps: ConnectionCaps,
-  onRefused?: (refusal: ConnectionRefusal) => void,
-): void {
+export function capConnections(server: Server, caps: ConnectionCaps, hooks: CapHooks = {}): void {
+  const { onRefused, idle } = hooks;
   server.maxConnections = caps.maxConnections;
   if (onRefused) {
     server.on('drop', (peer?: { remoteAddress?: string }) => {
@@ -37,21 +52,29 @@ export function capConnections(
       onRefused({ refusedBy: 'total', ...(address !== undefined && { address: addressGroup(address) }) });
     });
   }
-  const open = new Map<string, number>();
+  // Each group's open connections, oldest first (a Set keeps insertion order).
+  const open = new Map<string, Set<Socket>>();
   server.on('connection', (socket: Socket) => {
     if (socket.remoteAddress === undefined) return; // a Unix socket: the total cap applies
     const address = addressGroup(socket.remoteAddress);
-    const count = (open.get(address) ?? 0) + 1;
-    if (count > caps.maxConnectionsPerAddress) {
-      socket.destroy();
-      onRefused?.({ refusedBy: 'per-address', address });
-      return;
+    let group = open.get(address);
+    if (group === undefined) open.set(address, (group = new Set()));
+    if (group.size >= caps.maxConnectionsPerAddress) {
+      const victim = idle ? [...group].find((held) => idle(held)) : undefined;
+      if (victim === undefined) {
+        socket.destroy();
+        onRefused?.({ refusedBy: 'per-address', address });
+        return;
+      }
+      group.delete(victim);
+      victim.destroy();
+      onRefused?.({ refusedBy: 'per-address', address, idleClosed: true });
     }
-    open.set(address, count);
+    group.add(socket);
+    const counted = group;
     socket.once('close', () => {
-      const left = (open.get(address) ?? 1) - 1;
-      if (left === 0) open.delete(address);
-      else open.set(address, left);
+      counted.delete(socket);
+      if (counted.size === 0 && open.get(address) === counted) open.delete(address);
     });
   });
 }

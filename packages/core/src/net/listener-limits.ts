@@ -1,4 +1,5 @@
-import type { Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { capConnections, type ConnectionRefusal } from './connection-limits.js';
 
 /** Timeouts and connection caps of one HTTP(S) listener (the values in use: docs/security.md#limits). */
@@ -57,5 +58,16 @@ export function applyListenerLimits(
   server.requestTimeout = limits.requestTimeoutMs;
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.setTimeout(limits.idleTimeoutMs);
-  capConnections(server, limits, onRefused);
+  // Requests in progress per connection (the raw socket: a TLS request's socket wraps it as _parent), so that a
+  // full address group may close one of its idle connections for a newcomer (capConnections).
+  const inProgress = new WeakMap<Socket, number>();
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = ((req.socket as Socket & { _parent?: Socket })._parent ?? req.socket) as Socket;
+    inProgress.set(socket, (inProgress.get(socket) ?? 0) + 1);
+    res.once('close', () => inProgress.set(socket, (inProgress.get(socket) ?? 1) - 1));
+  });
+  capConnections(server, limits, {
+    ...(onRefused && { onRefused }),
+    idle: (socket) => (inProgress.get(socket) ?? 0) === 0,
+  });
 }

@@ -40,7 +40,7 @@ const MAX_ADDRESSES = 8;
 const ADDRESSES_IN_MESSAGE = 3;
 
 /**
- * Logs the connections a listener's caps refused, at most one warn line per interval (`event:
+ * Logs the connections over a listener's caps (refused, or let in by closing an idle one: ConnectionRefusal), at most one warn line per interval (`event:
  * connections_refused`): a flood is refused thousands of times a minute, and a line each would flood the log in
  * turn. The first refusal after a quiet interval is logged at once, so that an operator sees a flood begin; those
  * after it are summed up when the interval ends.
@@ -65,6 +65,7 @@ export class ConnectionRefusalLog {
     const window = this.#window;
     window.refused += 1;
     window.byCap[refusal.refusedBy === 'total' ? 'total' : 'perAddress'] += 1;
+    if (refusal.idleClosed === true) window.idleClosed += 1;
     const address = refusal.address ?? 'unix socket';
     if (window.addresses.has(address) || window.addresses.size < MAX_ADDRESSES) {
       window.addresses.set(address, (window.addresses.get(address) ?? 0) + 1);
@@ -105,6 +106,7 @@ export class ConnectionRefusalLog {
         refusedBy: window.byCap,
         addresses: Object.fromEntries(ranked),
         ...(window.otherAddresses > 0 && { otherAddresses: window.otherAddresses }),
+        ...(window.idleClosed > 0 && { idleClosed: window.idleClosed }),
         ...(caps.maxConnectionsPerAddress !== undefined && { perAddressCap: caps.maxConnectionsPerAddress }),
         totalCap: caps.maxConnections,
       },
@@ -112,7 +114,10 @@ export class ConnectionRefusalLog {
         (caps.maxConnectionsPerAddress === undefined
           ? ''
           : `per-address cap ${caps.maxConnectionsPerAddress} / `) +
-        `total cap ${caps.maxConnections}`,
+        `total cap ${caps.maxConnections}` +
+        (window.idleClosed > 0
+          ? ` (${window.idleClosed} let in by closing their address's oldest idle connection)`
+          : ''),
     );
   }
 }
@@ -123,5 +128,6 @@ function newWindow() {
     byCap: { perAddress: 0, total: 0 },
     addresses: new Map<string, number>(),
     otherAddresses: 0,
+    idleClosed: 0,
   };
 }

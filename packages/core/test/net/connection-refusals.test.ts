@@ -1,7 +1,9 @@
+import { createServer as createHttpServer, type ServerResponse } from 'node:http';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   addressGroup,
+  applyListenerLimits,
   capConnections,
   ConnectionRefusalLog,
   type ConnectionRefusal,
@@ -156,7 +158,7 @@ describe('capConnections reports each refusal (real sockets)', () => {
   async function listen(host: string, caps: { maxConnections: number; maxConnectionsPerAddress: number }) {
     const refusals: ConnectionRefusal[] = [];
     const server = createServer((socket) => socket.on('error', () => {}));
-    capConnections(server, caps, (refusal) => refusals.push(refusal));
+    capConnections(server, caps, { onRefused: (refusal) => refusals.push(refusal) });
     servers.push(server);
     await new Promise<void>((resolve) => server.listen(0, host, resolve));
     return { port: (server.address() as AddressInfo).port, refusals };
@@ -197,5 +199,100 @@ describe('capConnections reports each refusal (real sockets)', () => {
     await open('::1', port, '::1');
     await closed(await open('::1', port, '::1'));
     expect(refusals).toEqual([{ refusedBy: 'per-address', address: '::/64' }]);
+  });
+});
+
+describe('a full address group closes its oldest idle connection for a newcomer (F-E: a local user flooding loopback)', () => {
+  const sockets: Socket[] = [];
+  let server: ReturnType<typeof createHttpServer> | undefined;
+  afterEach(async () => {
+    sockets.splice(0).forEach((socket) => socket.destroy());
+    server?.closeAllConnections();
+    await new Promise((resolve) => (server ? server.close(resolve) : resolve(undefined)));
+    server = undefined;
+  });
+
+  /** An HTTP server capped at 2 connections per address whose /hold requests wait until released. */
+  async function start() {
+    const refusals: ConnectionRefusal[] = [];
+    const held: ServerResponse[] = [];
+    server = createHttpServer((req, res) => {
+      if (req.url === '/hold') held.push(res);
+      else res.end('ok');
+    });
+    applyListenerLimits(
+      server,
+      {
+        handshakeTimeoutMs: 10_000,
+        headersTimeoutMs: 10_000,
+        requestTimeoutMs: 30_000,
+        idleTimeoutMs: 30_000,
+        keepAliveTimeoutMs: 30_000,
+        maxConnections: 100,
+        maxConnectionsPerAddress: 2,
+      },
+      (refusal) => refusals.push(refusal),
+    );
+    await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
+    return { port: (server.address() as AddressInfo).port, refusals, held };
+  }
+  function open(port: number): Promise<{ socket: Socket; received: () => string; closed: Promise<void> }> {
+    return new Promise((resolve, reject) => {
+      const socket = connect({ host: '127.0.0.1', port });
+      sockets.push(socket);
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      const closed = new Promise<void>((done) => socket.once('close', () => done()));
+      socket.once('connect', () => resolve({ socket, received: () => text, closed }));
+      socket.once('error', reject);
+    });
+  }
+  const connectionsOf = (of: Server | ReturnType<typeof createHttpServer>) =>
+    new Promise<number>((resolve) => of.getConnections((_error, count) => resolve(count)));
+  /** Sends a request; resolves with the answer once the server has closed the connection. */
+  async function ask(connection: Awaited<ReturnType<typeof open>>, path: string): Promise<string> {
+    connection.socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    await connection.closed;
+    return connection.received();
+  }
+
+  it('lets in a client that sends its request while the same address holds the cap in idle connections', async () => {
+    const { port, refusals } = await start();
+    const idle = [await open(port), await open(port)];
+    // Half a request line is not a request yet: still idle.
+    idle[1]!.socket.write('GET /slow');
+    const client = await open(port);
+    await idle[0]!.closed;
+    expect(await ask(client, '/')).toMatch(/^HTTP\/1\.1 200[\s\S]*ok$/);
+    // The group is full again (the half request and a new idle one): the oldest, the half request, makes room.
+    await expect.poll(() => connectionsOf(server!)).toBe(1); // the server has seen the client's connection close
+    const filler = await open(port);
+    const next = await open(port);
+    await idle[1]!.closed;
+    expect(filler.socket.destroyed).toBe(false);
+    expect(await ask(next, '/')).toMatch(/^HTTP\/1\.1 200/);
+    expect(refusals).toEqual([
+      { refusedBy: 'per-address', address: '127.0.0.1', idleClosed: true },
+      { refusedBy: 'per-address', address: '127.0.0.1', idleClosed: true },
+    ]);
+  });
+
+  it('refuses a newcomer when every connection of its address has a request in progress', async () => {
+    const { port, refusals, held } = await start();
+    const busy = [await open(port), await open(port)];
+    for (const connection of busy) connection.socket.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
+    await expect.poll(() => held.length).toBe(2);
+    const over = await open(port);
+    await over.closed;
+    expect(over.received()).toBe('');
+    expect(refusals).toEqual([{ refusedBy: 'per-address', address: '127.0.0.1' }]);
+    // Once a response is done, that connection is idle (keep-alive) and makes room again.
+    held[0]!.end('done');
+    await expect.poll(() => busy[0]!.received()).toMatch(/done$/);
+    const after = await open(port);
+    await busy[0]!.closed;
+    expect(await ask(after, '/')).toMatch(/^HTTP\/1\.1 200/);
+    expect(busy[1]!.socket.destroyed).toBe(false);
+    held[1]!.end();
   });
 });
