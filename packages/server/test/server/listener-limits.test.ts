@@ -1,4 +1,5 @@
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { connect as connectTls } from 'node:tls';
 import { Writable } from 'node:stream';
 import { capConnections, clientAddress, fitConnectionCaps, openFileLimit } from '@edgefleet/core';
 import pino from 'pino';
@@ -73,6 +74,45 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     const identity = await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/identity');
     expect(identity.status).toBe(200);
     expect((await t.call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('keeps a device connection whose request is in progress (TLS) when the address is full: the newcomer is refused', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 1, maxConnections: 100 } } },
+    });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'cams', outputConfig: { s3OutputLocation: 's3://captures/cams' } },
+    });
+    await t.call('POST', '/api/v1/fleets/cams/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'cam-1' }] },
+    });
+    const device = await enrollDevice(t, 'cam-1');
+    const { host, port } = endpoint(t.server.deviceUrl);
+    // A heartbeat whose body is still coming: its request is in progress on the TLS connection.
+    const busy = connectTls({
+      host,
+      port,
+      ca: device.tls.ca,
+      cert: device.tls.cert,
+      key: device.tls.key,
+      servername: 'localhost',
+    });
+    sockets.push(busy as unknown as Socket);
+    busy.on('error', () => {});
+    let answer = '';
+    busy.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    await new Promise<void>((resolve) => busy.once('secureConnect', () => resolve()));
+    busy.write(
+      'POST /api/v1/device/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{',
+    );
+    // The server has the request once a request on another address is answered after it (same event loop).
+    expect((await t.call('GET', '/healthz')).status).toBe(200);
+    const over = await idle(t.server.deviceUrl);
+    await closed(over);
+    expect(busy.destroyed).toBe(false);
+    expect(answer).toBe('');
   });
 
   it('caps the device port in total, leaving the operator port serving', async () => {
