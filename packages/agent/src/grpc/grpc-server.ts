@@ -19,7 +19,10 @@ export interface GrpcServerOptions {
   socketPath: string;
   /** `-m`: the largest message received or sent, in bytes. */
   maxMessageBytes: number;
-  /** Connections held at once (default GRPC_MAX_CONNECTIONS); more are closed on accept, logged and counted. */
+  /**
+   * Connections held at once (default GRPC_MAX_CONNECTIONS); a new one past it closes the oldest that has not
+   * sent its preface, or is closed itself; either is logged and counted.
+   */
   maxConnections?: number;
   /** Counts the connections the cap refused (edgefleet_connections_refused_total{listener="grpc"}). */
   metrics?: Pick<AgentMetrics, 'connectionRefused'>;
@@ -81,10 +84,11 @@ export function grpcServerOptions(maxMessageBytes: number): ChannelOptions {
 
 /**
  * Connection limits of the gRPC socket (docs/security.md#limits): a connection without calls is closed after 5
- * minutes (one that has not sent the HTTP/2 preface within GRPC_PREFACE_TIMEOUT_MS is closed then), and peers that stop answering pings are
- * dropped. Clients reconnect on their next call. The socket file's mode (owner and group only) limits who can
- * open connections, and the listener (ours, not grpc-js's) closes any past GRPC_MAX_CONNECTIONS at once, so a
- * flood of idle connections cannot use up the descriptors the other door and the models need.
+ * minutes (one that has not even sent the HTTP/2 preface, after GRPC_PREFACE_TIMEOUT_MS), and peers that stop
+ * answering pings are dropped. Clients reconnect on their next call. The socket file's mode (owner and group
+ * only) limits who can open connections, and the listener (ours, not grpc-js's) holds at most
+ * GRPC_MAX_CONNECTIONS, so a flood of idle connections cannot use up the descriptors the other door and the
+ * models need.
  */
 export const GRPC_CONNECTION_LIMITS = {
   'grpc.max_connection_idle_ms': 5 * 60_000,
@@ -95,8 +99,14 @@ export const GRPC_CONNECTION_LIMITS = {
   'grpc.max_concurrent_streams': 32,
 } as const satisfies ChannelOptions;
 
-/** Connections the gRPC socket holds at once; more are closed on accept. */
+/**
+ * Connections the gRPC socket holds at once; when full, a new one closes the oldest that has not sent its
+ * HTTP/2 preface yet, or is closed itself when every one has.
+ */
 export const GRPC_MAX_CONNECTIONS = 256;
+
+/** Connections closed to make room but not yet gone, over GRPC_MAX_CONNECTIONS, before Node refuses any more. */
+const GRPC_CLOSING_ALLOWANCE = 16;
 
 /**
  * How long a new connection has to send the HTTP/2 connection preface, as REST's header timeout (rest-limits.ts):
@@ -173,22 +183,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const address = `unix://${options.socketPath}`;
   const connections = new Set<Socket>();
   const prefaceTimeoutMs = options.prefaceTimeoutMs ?? GRPC_PREFACE_TIMEOUT_MS;
-  // Connections not yet handed to grpc-js (no preface yet): grpc-js's shutdown does not know them.
-  const awaitingPreface = new Set<Socket>();
-  const listener: NetServer = createServer((socket) => {
-    connections.add(socket);
-    socket.once('close', () => connections.delete(socket));
-    peers.accepted(socket);
-    awaitingPreface.add(socket);
-    socket.once('close', () => awaitingPreface.delete(socket));
-    handOverAfterPreface(socket, prefaceTimeoutMs, () => {
-      awaitingPreface.delete(socket);
-      injector.injectConnection(socket);
-    });
-  });
   const maxConnections = options.maxConnections ?? GRPC_MAX_CONNECTIONS;
-  listener.maxConnections = maxConnections;
-  // Node closes connections past maxConnections itself and says so with 'drop': logged (a line a minute) and counted.
+  // Connections over the cap are logged (a line a minute) and counted.
   const refusals = new ConnectionRefusalLog({
     listener: 'grpc',
     caps: { maxConnections },
@@ -196,6 +192,42 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     ...(options.refusalClock && { clock: options.refusalClock }),
     ...(options.metrics && { count: () => options.metrics!.connectionRefused('grpc', 'total') }),
   });
+  // Connections within the cap, and those of them not yet handed to grpc-js (no preface yet), oldest first.
+  // grpc-js's shutdown does not know the latter.
+  const held = new Set<Socket>();
+  const awaitingPreface = new Set<Socket>();
+  const listener: NetServer = createServer((socket) => {
+    connections.add(socket);
+    socket.once('close', () => {
+      connections.delete(socket);
+      held.delete(socket);
+      awaitingPreface.delete(socket);
+    });
+    if (held.size >= maxConnections) {
+      // Full: the oldest connection that has not sent its preface makes room (a client sends it at once, so a
+      // flood of silent connections cannot keep one out); when every one has, the newcomer is closed.
+      const oldest = awaitingPreface.values().next();
+      if (oldest.done === true) {
+        socket.destroy();
+        refusals.refused({ refusedBy: 'total' });
+        return;
+      }
+      held.delete(oldest.value);
+      awaitingPreface.delete(oldest.value);
+      oldest.value.destroy();
+      refusals.refused({ refusedBy: 'total', idleClosed: true });
+    }
+    held.add(socket);
+    awaitingPreface.add(socket);
+    peers.accepted(socket);
+    handOverAfterPreface(socket, prefaceTimeoutMs, () => {
+      awaitingPreface.delete(socket);
+      injector.injectConnection(socket);
+    });
+  });
+  // Node's own cap, a backstop above ours for connections closed but not yet gone (their 'close' comes later);
+  // those it closes itself it reports with 'drop'.
+  listener.maxConnections = maxConnections + GRPC_CLOSING_ALLOWANCE;
   listener.on('drop', () => refusals.refused({ refusedBy: 'total' }));
   await new Promise<void>((resolve, reject) => {
     listener.once('error', (error) => {

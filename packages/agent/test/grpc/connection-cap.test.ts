@@ -59,10 +59,23 @@ function openIdle(path = socketPath): Promise<{ socket: Socket; closed: Promise<
   });
 }
 
+/** The client connection preface: the magic and an empty SETTINGS frame. */
+const PREFACE = Buffer.concat([
+  Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'),
+  Buffer.from('000000040000000000', 'hex'),
+]);
+
 describe('gRPC socket connection cap', () => {
   it('closes connections past the cap at once, and serves again when the flood ends', async () => {
+    // Connections that sent their preface: none of them makes room for a newcomer.
     const held = [];
-    for (let i = 0; i < CAP; i += 1) held.push(await openIdle());
+    for (let i = 0; i < CAP; i += 1) {
+      const connection = await openIdle();
+      connection.socket.write(PREFACE);
+      held.push(connection);
+    }
+    // The server has taken each preface once it has answered with its own SETTINGS.
+    await Promise.all(held.map((h) => new Promise((resolve) => h.socket.once('data', resolve))));
     const extra = await Promise.all(Array.from({ length: 5 }, () => openIdle()));
     // Every connection past the cap is closed by the agent (this would hang until the test timeout otherwise).
     await Promise.all(extra.map((e) => e.closed));
@@ -93,6 +106,41 @@ describe('gRPC socket connection cap', () => {
   });
 });
 
+describe('gRPC socket full of connections that sent nothing (F-F)', () => {
+  it('lets a client in by closing the oldest of them, and logs it', async () => {
+    const path = join(dir, 'silent.sock');
+    const own = await startGrpcServer({
+      registry: new ModelRegistry({ pool, trust: null, cwd: dir }),
+      sharedMemory: null,
+      logger,
+      socketPath: path,
+      maxMessageBytes: 1024 * 1024,
+      maxConnections: CAP,
+    });
+    const silent = [];
+    try {
+      for (let i = 0; i < CAP; i += 1) silent.push(await openIdle(path));
+      const client = newClient(own.address);
+      try {
+        expect((await callMethod(client, 'ListModels', {})).models ?? []).toEqual([]);
+      } finally {
+        client.close();
+      }
+      await silent[0]!.closed;
+      expect(silent.slice(1).every((s) => !s.socket.destroyed)).toBe(true);
+      const refusals = lines.filter((line) => line.event === 'connections_refused' && line.totalCap === CAP);
+      expect(refusals.at(-1)).toMatchObject({ listener: 'grpc', refused: 1, idleClosed: 1 });
+      expect(refusals.at(-1)!.msg).toBe(
+        `1 connection(s) refused on the grpc listener from unix socket (1): total cap ${CAP} ` +
+          '(1 let in by closing an idle connection)',
+      );
+    } finally {
+      silent.forEach((s) => s.socket.destroy());
+      await own.close(1000);
+    }
+  });
+});
+
 describe('gRPC socket preface timeout (F-F)', () => {
   it('closes a connection that sends nothing, and keeps one that sent the HTTP/2 preface', async () => {
     const path = join(dir, 'preface.sock');
@@ -109,12 +157,7 @@ describe('gRPC socket preface timeout (F-F)', () => {
       const talking = await openIdle(path);
       const received: Buffer[] = [];
       talking.socket.on('data', (chunk: Buffer) => received.push(chunk));
-      talking.socket.write(
-        Buffer.concat([
-          Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'),
-          Buffer.from('000000040000000000', 'hex'), // an empty SETTINGS frame
-        ]),
-      );
+      talking.socket.write(PREFACE);
       const silent = await openIdle(path);
       // Without the timeout it would be held for the 5-minute idle limit, past the test's timeout.
       await silent.closed;

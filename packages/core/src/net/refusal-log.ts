@@ -40,9 +40,9 @@ const MAX_ADDRESSES = 8;
 const ADDRESSES_IN_MESSAGE = 3;
 
 /**
- * Logs the connections over a listener's caps (refused, or let in by closing an idle one: ConnectionRefusal), at most one warn line per interval (`event:
- * connections_refused`): a flood is refused thousands of times a minute, and a line each would flood the log in
- * turn. The first refusal after a quiet interval is logged at once, so that an operator sees a flood begin; those
+ * Logs the connections over a listener's caps (refused, or let in by closing an idle one: ConnectionRefusal), at
+ * most one warn line per interval (`event: connections_refused`): a flood is refused thousands of times a minute,
+ * and a line each would flood the log in turn. The first refusal after a quiet interval is logged at once, so that an operator sees a flood begin; those
  * after it are summed up when the interval ends.
  */
 export class ConnectionRefusalLog {
@@ -115,9 +115,7 @@ export class ConnectionRefusalLog {
           ? ''
           : `per-address cap ${caps.maxConnectionsPerAddress} / `) +
         `total cap ${caps.maxConnections}` +
-        (window.idleClosed > 0
-          ? ` (${window.idleClosed} let in by closing their address's oldest idle connection)`
-          : ''),
+        (window.idleClosed > 0 ? ` (${window.idleClosed} let in by closing an idle connection)` : ''),
     );
   }
 }
