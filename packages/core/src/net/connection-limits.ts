@@ -13,7 +13,7 @@ export type RefusedBy = 'per-address' | 'total';
 
 /**
  * One connection over a cap. `address` is the peer's cap group (addressGroup), absent on a Unix socket.
- * `idleClosed`: the connection was let in, and its address group's oldest idle connection closed instead.
+ * `idleClosed`: the connection was let in, and an idle connection closed instead.
  */
 export interface ConnectionRefusal {
   refusedBy: RefusedBy;
@@ -25,57 +25,97 @@ export interface CapHooks {
   /** Hears of each connection over a cap (for a log line and a counter). */
   onRefused?: (refusal: ConnectionRefusal) => void;
   /**
-   * Whether an open connection may be closed to make room for a new one from its address group: one with no
-   * request in progress (HTTP: none started, or idle between requests). Absent: a full group refuses newcomers.
+   * Whether an open connection may be closed to make room for a new one: one with no request in progress (HTTP:
+   * none started, or idle between requests). Absent: a full cap refuses newcomers.
    */
   idle?: (socket: Socket) => boolean;
 }
 
+/** Connections closed to make room but not yet gone, over the total cap, before Node refuses any more itself. */
+export const CLOSING_ALLOWANCE = 16;
+
+/** The group of a Unix socket's connections: they have no address, and only the total cap applies. */
+const UNIX_PEERS = 'unix socket';
+
 /**
- * Caps a listener's connections in total (the kernel-level `maxConnections`, applied before any TLS or HTTP
- * work) and per remote address group (addressGroup: an IPv4 address, an IPv6 /64), so that one client holding
- * connections open cannot use up the process's file descriptors and starve its other listeners. Works for net,
- * http, https and tls servers alike: 'connection' carries the raw socket before any handshake.
+ * Caps a listener's connections in total and per remote address group (addressGroup: an IPv4 address, an IPv6
+ * /64), so that one client holding connections open cannot use up the process's file descriptors and starve
+ * its other listeners. Works for net, http, https and tls servers alike: 'connection' carries the raw socket
+ * before any handshake.
  *
- * When an address group is full and `hooks.idle` finds one of its connections idle, the oldest idle one is
- * closed and the newcomer let in: a client that holds connections without using them (a local user flooding a
- * loopback listener, where every client shares 127.0.0.1) then cannot keep out one that sends its request at
- * once. Each connection over a cap is reported to `hooks.onRefused` (Node closes those over the total cap itself
- * and says so with 'drop').
+ * With `hooks.idle`, a full cap makes room by closing an idle connection rather than refusing the newcomer: an
+ * address group at its cap closes its own oldest idle connection; a listener at its total cap closes the oldest
+ * idle connection of its largest group that has one. A client that holds connections without using them (a
+ * local user flooding a loopback listener, where every client shares 127.0.0.1 and can use any of 127/8) then
+ * cannot keep out one that sends its request at once. Only when none is idle is the newcomer closed. The caps
+ * are then counted here (a connection closed to make room leaves them at once; its descriptor is closed at
+ * once too, only Node's count of it lags until its 'close'), and Node's `maxConnections` is a backstop
+ * CLOSING_ALLOWANCE above the total; without `idle`, Node's is the total cap, applied before any work.
+ * Each connection over a cap is reported to `hooks.onRefused` (Node says so of those it closes with 'drop').
  */
 export function capConnections(server: Server, caps: ConnectionCaps, hooks: CapHooks = {}): void {
   const { onRefused, idle } = hooks;
-  server.maxConnections = caps.maxConnections;
+  server.maxConnections = caps.maxConnections + (idle ? CLOSING_ALLOWANCE : 0);
   if (onRefused) {
     server.on('drop', (peer?: { remoteAddress?: string }) => {
       const address = peer?.remoteAddress;
       onRefused({ refusedBy: 'total', ...(address !== undefined && { address: addressGroup(address) }) });
     });
   }
-  // Each group's open connections, oldest first (a Set keeps insertion order).
+  // Each group's open connections, oldest first (a Set keeps insertion order), and the group of each.
   const open = new Map<string, Set<Socket>>();
+  const groupOf = new Map<Socket, string>();
+  const release = (socket: Socket) => {
+    const key = groupOf.get(socket);
+    if (key === undefined) return;
+    groupOf.delete(socket);
+    const group = open.get(key);
+    group?.delete(socket);
+    if (group?.size === 0) open.delete(key);
+  };
+  /** The oldest idle connection of the largest group that has one. */
+  const idleToClose = (): Socket | undefined => {
+    const groups = [...open.values()].sort((a, b) => b.size - a.size);
+    for (const group of groups) {
+      const found = [...group].find((socket) => idle!(socket));
+      if (found) return found;
+    }
+    return undefined;
+  };
   server.on('connection', (socket: Socket) => {
-    if (socket.remoteAddress === undefined) return; // a Unix socket: the total cap applies
-    const address = addressGroup(socket.remoteAddress);
-    let group = open.get(address);
-    if (group === undefined) open.set(address, (group = new Set()));
-    if (group.size >= caps.maxConnectionsPerAddress) {
-      const victim = idle ? [...group].find((held) => idle(held)) : undefined;
+    const address = socket.remoteAddress === undefined ? undefined : addressGroup(socket.remoteAddress);
+    const report = (refusedBy: RefusedBy, idleClosed: boolean) =>
+      onRefused?.({
+        refusedBy,
+        ...(address !== undefined && { address }),
+        ...(idleClosed && { idleClosed }),
+      });
+    const key = address ?? UNIX_PEERS;
+    const group = open.get(key);
+    let refusedBy: RefusedBy | undefined;
+    let victim: Socket | undefined;
+    if (address !== undefined && group !== undefined && group.size >= caps.maxConnectionsPerAddress) {
+      refusedBy = 'per-address';
+      victim = idle ? [...group].find((held) => idle(held)) : undefined;
+    } else if (idle && groupOf.size >= caps.maxConnections) {
+      refusedBy = 'total';
+      victim = idleToClose();
+    }
+    if (refusedBy !== undefined) {
       if (victim === undefined) {
         socket.destroy();
-        onRefused?.({ refusedBy: 'per-address', address });
+        report(refusedBy, false);
         return;
       }
-      group.delete(victim);
+      release(victim);
       victim.destroy();
-      onRefused?.({ refusedBy: 'per-address', address, idleClosed: true });
+      report(refusedBy, true);
     }
-    group.add(socket);
-    const counted = group;
-    socket.once('close', () => {
-      counted.delete(socket);
-      if (counted.size === 0 && open.get(address) === counted) open.delete(address);
-    });
+    let joined = open.get(key);
+    if (joined === undefined) open.set(key, (joined = new Set()));
+    joined.add(socket);
+    groupOf.set(socket, key);
+    socket.once('close', () => release(socket));
   });
 }
 

@@ -213,7 +213,7 @@ describe('a full address group closes its oldest idle connection for a newcomer 
   });
 
   /** An HTTP server capped at 2 connections per address whose /hold requests wait until released. */
-  async function start() {
+  async function start(caps = { maxConnections: 100, maxConnectionsPerAddress: 2 }) {
     const refusals: ConnectionRefusal[] = [];
     const held: ServerResponse[] = [];
     server = createHttpServer((req, res) => {
@@ -228,17 +228,19 @@ describe('a full address group closes its oldest idle connection for a newcomer 
         requestTimeoutMs: 30_000,
         idleTimeoutMs: 30_000,
         keepAliveTimeoutMs: 30_000,
-        maxConnections: 100,
-        maxConnectionsPerAddress: 2,
+        ...caps,
       },
       (refusal) => refusals.push(refusal),
     );
     await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
     return { port: (server.address() as AddressInfo).port, refusals, held };
   }
-  function open(port: number): Promise<{ socket: Socket; received: () => string; closed: Promise<void> }> {
+  function open(
+    port: number,
+    localAddress = '127.0.0.1',
+  ): Promise<{ socket: Socket; received: () => string; closed: Promise<void> }> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ host: '127.0.0.1', port });
+      const socket = connect({ host: '127.0.0.1', port, localAddress });
       sockets.push(socket);
       let text = '';
       socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
@@ -275,6 +277,34 @@ describe('a full address group closes its oldest idle connection for a newcomer 
       { refusedBy: 'per-address', address: '127.0.0.1', idleClosed: true },
       { refusedBy: 'per-address', address: '127.0.0.1', idleClosed: true },
     ]);
+  });
+
+  it('at the total cap, closes the oldest idle connection of the largest group (a local user spreading over 127/8)', async () => {
+    const { port, refusals, held } = await start({ maxConnections: 4, maxConnectionsPerAddress: 2 });
+    const other = await open(port, '127.0.0.4');
+    other.socket.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
+    await expect.poll(() => held.length).toBe(1);
+    const flood = [
+      await open(port, '127.0.0.2'),
+      await open(port, '127.0.0.2'),
+      await open(port, '127.0.0.3'),
+    ];
+    const client = await open(port, '127.0.0.1');
+    await flood[0]!.closed;
+    expect(await ask(client, '/')).toMatch(/^HTTP\/1\.1 200/);
+    expect([other, ...flood.slice(1)].every((c) => !c.socket.destroyed)).toBe(true);
+    expect(refusals).toEqual([{ refusedBy: 'total', address: '127.0.0.1', idleClosed: true }]);
+    // All busy: the next newcomer is refused.
+    for (const connection of flood.slice(1)) connection.socket.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
+    await expect.poll(() => held.length).toBe(3);
+    await expect.poll(() => connectionsOf(server!)).toBe(3);
+    const filler = await open(port, '127.0.0.5');
+    filler.socket.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
+    await expect.poll(() => held.length).toBe(4);
+    const over = await open(port, '127.0.0.6');
+    await over.closed;
+    expect(refusals.at(-1)).toEqual({ refusedBy: 'total', address: '127.0.0.6' });
+    held.forEach((res) => res.end());
   });
 
   it('refuses a newcomer when every connection of its address has a request in progress', async () => {

@@ -119,10 +119,12 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     t = await startTestServer({
       start: { listenerLimits: { device: { maxConnectionsPerAddress: 100, maxConnections: 6 } } },
     });
-    const held = await Promise.all(Array.from({ length: 6 }, () => idle(t!.server.deviceUrl)));
+    const held: Socket[] = [];
+    for (let i = 0; i < 6; i++) held.push(await idle(t.server.deviceUrl)); // one by one: held[0] is the oldest
+    // Full: a newcomer closes the oldest idle connection of the largest group (all idle here, none in progress).
     const over = await idle(t.server.deviceUrl, '127.0.0.3');
-    await closed(over);
-    expect(held.every((socket) => !socket.destroyed)).toBe(true);
+    await closed(held[0]!);
+    expect([...held.slice(1), over].every((socket) => !socket.destroyed)).toBe(true);
     expect((await t.call('GET', '/healthz')).status).toBe(200);
   });
 
@@ -216,10 +218,11 @@ describe('connection caps and the open file limit', () => {
     try {
       // 20 descriptors, 80 % for listeners: 3 operator and 12 device connections at most.
       for (let i = 0; i < 12; i++) sockets.push(await openIdle(t.server.deviceUrl));
+      // The 13th closes the oldest idle one: the device port still holds 12.
       const over = await openIdle(t.server.deviceUrl);
       sockets.push(over);
-      await closed(over);
-      expect(sockets.slice(0, 12).every((socket) => !socket.destroyed)).toBe(true);
+      await closed(sockets[0]!);
+      expect(sockets.slice(1).every((socket) => !socket.destroyed)).toBe(true);
       expect((await t.call('GET', '/healthz')).status).toBe(200);
     } finally {
       sockets.forEach((socket) => socket.destroy());
