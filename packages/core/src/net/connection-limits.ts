@@ -34,6 +34,9 @@ export interface CapHooks {
 /** Connections closed to make room but not yet gone, over the total cap, before Node refuses any more itself. */
 export const CLOSING_ALLOWANCE = 16;
 
+/** Connections looked at, at most, for an idle one to close at the total cap. */
+const MAX_IDLE_CHECKS = 1024;
+
 /** The group of a Unix socket's connections: they have no address, and only the total cap applies. */
 const UNIX_PEERS = 'unix socket';
 
@@ -73,12 +76,20 @@ export function capConnections(server: Server, caps: ConnectionCaps, hooks: CapH
     group?.delete(socket);
     if (group?.size === 0) open.delete(key);
   };
-  /** The oldest idle connection of the largest group that has one. */
+  /**
+   * The oldest idle connection of the largest group, else the first idle one found among at most
+   * MAX_IDLE_CHECKS others: a flood against a listener whose connections are all busy costs a bounded look each.
+   */
   const idleToClose = (): Socket | undefined => {
-    const groups = [...open.values()].sort((a, b) => b.size - a.size);
-    for (const group of groups) {
-      const found = [...group].find((socket) => idle!(socket));
-      if (found) return found;
+    let largest: Set<Socket> | undefined;
+    for (const group of open.values())
+      if (largest === undefined || group.size > largest.size) largest = group;
+    let checks = 0;
+    for (const group of largest === undefined ? [] : [largest, ...open.values()]) {
+      for (const socket of group) {
+        if (idle!(socket)) return socket;
+        if (++checks >= MAX_IDLE_CHECKS) return undefined;
+      }
     }
     return undefined;
   };
