@@ -245,6 +245,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         capture: capture.service,
         bodyBudget,
         receiveTimeoutMs: config.limits.grpcReceiveTimeoutMs,
+        metrics,
       });
       cleanups.push(() => started.close(0).then(() => undefined));
       grpc = started;

@@ -1,8 +1,9 @@
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { Server, ServerCredentials, type ChannelOptions } from '@grpc/grpc-js';
-import { createAgentCodec, type AgentCodec } from '@edgefleet/core';
+import { ConnectionRefusalLog, createAgentCodec, type AgentCodec, type RefusalClock } from '@edgefleet/core';
 import type { Logger } from 'pino';
 import type { CaptureService } from '../capture/index.js';
+import type { AgentMetrics } from '../metrics/index.js';
 import type { ModelRegistry } from '../models/index.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { createAgentServiceHandlers, createRawRequestServiceDefinition } from './agent-service.js';
@@ -18,8 +19,20 @@ export interface GrpcServerOptions {
   socketPath: string;
   /** `-m`: the largest message received or sent, in bytes. */
   maxMessageBytes: number;
-  /** Connections held at once (default GRPC_MAX_CONNECTIONS); more are closed on accept. */
+  /**
+   * Connections held at once (default GRPC_MAX_CONNECTIONS); a new one past it closes the oldest that has not
+   * sent its preface, or is closed itself; either is logged and counted.
+   */
   maxConnections?: number;
+  /** Counts the connections the cap refused (edgefleet_connections_refused_total{listener="grpc"}). */
+  metrics?: Pick<AgentMetrics, 'connectionRefused'>;
+  /** The clock of the log of refused connections (one line a minute); default: the system's. */
+  refusalClock?: RefusalClock;
+  /**
+   * A connection that has not sent the HTTP/2 connection preface (the 24-byte magic and a SETTINGS frame header)
+   * this long after it was accepted is closed. Default GRPC_PREFACE_TIMEOUT_MS.
+   */
+  prefaceTimeoutMs?: number;
   codec?: AgentCodec;
   /** Serves CaptureData / GetCaptureDataStatus; absent: UNIMPLEMENTED. */
   capture?: Pick<CaptureService, 'capture' | 'status'>;
@@ -70,11 +83,12 @@ export function grpcServerOptions(maxMessageBytes: number): ChannelOptions {
 }
 
 /**
- * Connection limits of the gRPC socket (docs/security.md#limits): a connection without calls (one that never
- * even sent the HTTP/2 preface included) is closed after 5 minutes, and peers that stop answering pings are
- * dropped. Clients reconnect on their next call. The socket file's mode (owner and group only) limits who can
- * open connections, and the listener (ours, not grpc-js's) closes any past GRPC_MAX_CONNECTIONS at once, so a
- * flood of idle connections cannot use up the descriptors the other door and the models need.
+ * Connection limits of the gRPC socket (docs/security.md#limits): a connection without calls is closed after 5
+ * minutes (one that has not even sent the HTTP/2 preface, after GRPC_PREFACE_TIMEOUT_MS), and peers that stop
+ * answering pings are dropped. Clients reconnect on their next call. The socket file's mode (owner and group
+ * only) limits who can open connections, and the listener (ours, not grpc-js's) holds at most
+ * GRPC_MAX_CONNECTIONS, so a flood of idle connections cannot use up the descriptors the other door and the
+ * models need.
  */
 export const GRPC_CONNECTION_LIMITS = {
   'grpc.max_connection_idle_ms': 5 * 60_000,
@@ -85,8 +99,56 @@ export const GRPC_CONNECTION_LIMITS = {
   'grpc.max_concurrent_streams': 32,
 } as const satisfies ChannelOptions;
 
-/** Connections the gRPC socket holds at once; more are closed on accept. */
+/**
+ * Connections the gRPC socket holds at once; when full, a new one closes the oldest that has not sent its
+ * HTTP/2 preface yet, or is closed itself when every one has.
+ */
 export const GRPC_MAX_CONNECTIONS = 256;
+
+/** Connections closed to make room but not yet gone, over GRPC_MAX_CONNECTIONS, before Node refuses any more. */
+const GRPC_CLOSING_ALLOWANCE = 16;
+
+/**
+ * How long a new connection has to send the HTTP/2 connection preface, as REST's header timeout (rest-limits.ts):
+ * a client sends it at once, and without this a connection that sends nothing was held for the 5-minute idle
+ * limit, so that a flood of them kept every other client out for that long.
+ */
+export const GRPC_PREFACE_TIMEOUT_MS = 10_000;
+
+/** The client connection preface: the 24-byte magic, then a SETTINGS frame (its 9-byte header at least). */
+const PREFACE_BYTES = 24 + 9;
+
+/**
+ * Holds a new connection until its first PREFACE_BYTES have arrived, then puts them back and calls `handOver`
+ * (Node's HTTP/2 session reads what the socket has buffered); one that has not sent them within `timeoutMs` is
+ * closed, never reaching grpc-js. The bytes are not checked here: grpc-js refuses a wrong preface itself.
+ */
+function handOverAfterPreface(socket: Socket, timeoutMs: number, handOver: () => void): void {
+  const chunks: Buffer[] = [];
+  let received = 0;
+  const timer = setTimeout(() => socket.destroy(), timeoutMs);
+  const ignoreError = () => undefined; // a peer that resets before its preface: nothing to report
+  const stop = () => {
+    clearTimeout(timer);
+    socket.removeListener('readable', onReadable);
+    socket.removeListener('close', stop);
+    socket.removeListener('error', ignoreError);
+  };
+  const onReadable = () => {
+    let chunk: Buffer | null;
+    while ((chunk = socket.read() as Buffer | null) !== null) {
+      chunks.push(chunk);
+      received += chunk.length;
+    }
+    if (received < PREFACE_BYTES) return;
+    stop();
+    socket.unshift(Buffer.concat(chunks));
+    handOver();
+  };
+  socket.on('readable', onReadable);
+  socket.once('close', stop);
+  socket.on('error', ignoreError);
+}
 
 /**
  * Serves `AWS.SageMaker.Edge.Agent` on `unix://<socketPath>`. The agent accepts the connections itself and hands
@@ -120,13 +182,53 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
   const address = `unix://${options.socketPath}`;
   const connections = new Set<Socket>();
+  const prefaceTimeoutMs = options.prefaceTimeoutMs ?? GRPC_PREFACE_TIMEOUT_MS;
+  const maxConnections = options.maxConnections ?? GRPC_MAX_CONNECTIONS;
+  // Connections over the cap are logged (a line a minute) and counted.
+  const refusals = new ConnectionRefusalLog({
+    listener: 'grpc',
+    caps: { maxConnections },
+    logger: options.logger,
+    ...(options.refusalClock && { clock: options.refusalClock }),
+    ...(options.metrics && { count: () => options.metrics!.connectionRefused('grpc', 'total') }),
+  });
+  // Connections within the cap, and those of them not yet handed to grpc-js (no preface yet), oldest first.
+  // grpc-js's shutdown does not know the latter.
+  const held = new Set<Socket>();
+  const awaitingPreface = new Set<Socket>();
   const listener: NetServer = createServer((socket) => {
     connections.add(socket);
-    socket.once('close', () => connections.delete(socket));
+    socket.once('close', () => {
+      connections.delete(socket);
+      held.delete(socket);
+      awaitingPreface.delete(socket);
+    });
+    if (held.size >= maxConnections) {
+      // Full: the oldest connection that has not sent its preface makes room (a client sends it at once, so a
+      // flood of silent connections cannot keep one out); when every one has, the newcomer is closed.
+      const oldest = awaitingPreface.values().next();
+      if (oldest.done === true) {
+        socket.destroy();
+        refusals.refused({ refusedBy: 'total' });
+        return;
+      }
+      held.delete(oldest.value);
+      awaitingPreface.delete(oldest.value);
+      oldest.value.destroy();
+      refusals.refused({ refusedBy: 'total', idleClosed: true });
+    }
+    held.add(socket);
+    awaitingPreface.add(socket);
     peers.accepted(socket);
-    injector.injectConnection(socket);
+    handOverAfterPreface(socket, prefaceTimeoutMs, () => {
+      awaitingPreface.delete(socket);
+      injector.injectConnection(socket);
+    });
   });
-  listener.maxConnections = options.maxConnections ?? GRPC_MAX_CONNECTIONS;
+  // Node's own cap, a backstop above ours for connections closed but not yet gone (their 'close' comes later);
+  // those it closes itself it reports with 'drop'.
+  listener.maxConnections = maxConnections + GRPC_CLOSING_ALLOWANCE;
+  listener.on('drop', () => refusals.refused({ refusedBy: 'total' }));
   await new Promise<void>((resolve, reject) => {
     listener.once('error', (error) => {
       guard.close();
@@ -149,6 +251,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       closing ??= new Promise((resolve) => {
         let forced = false;
         listener.close();
+        for (const socket of awaitingPreface) socket.destroy();
         const timer = setTimeout(() => {
           forced = true;
           server.forceShutdown();
@@ -157,6 +260,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
         server.tryShutdown(() => {
           clearTimeout(timer);
           guard.close();
+          refusals.close();
           resolve({ forced });
         });
       });

@@ -49,6 +49,7 @@ export class AgentMetrics {
   readonly #loadFailures: Counter<'model' | 'code'>;
   readonly #modelsLoaded: Gauge;
   readonly #workerExits: Counter;
+  readonly #connectionsRefused: Counter<'listener' | 'cap'>;
   readonly #series = new Map<string, ModelSeries>();
   /** Which models may have series (bounded), and the error codes each has series of (to remove them). */
   readonly #labels: ModelLabels;
@@ -124,6 +125,12 @@ export class AgentMetrics {
     this.#workerExits = new Counter({
       name: 'edgefleet_inference_worker_exits_total',
       help: 'Inference worker threads that stopped unexpectedly (and were replaced)',
+      registers,
+    });
+    this.#connectionsRefused = new Counter({
+      name: 'edgefleet_connections_refused_total',
+      help: 'Connections closed on arrival because a connection cap was reached, per listener (grpc, rest-unix, rest-tcp) and cap (per-address, total)',
+      labelNames: ['listener', 'cap'],
       registers,
     });
   }
@@ -214,6 +221,11 @@ export class AgentMetrics {
 
   workerExited(): void {
     this.#workerExits.inc();
+  }
+
+  /** A listener's cap closed a connection on arrival (a flood, or caps too small for the clients). */
+  connectionRefused(listener: string, cap: 'per-address' | 'total'): void {
+    this.#connectionsRefused.inc({ listener, cap });
   }
 
   /** Reports the pool's workers and input-byte paths at each scrape. */

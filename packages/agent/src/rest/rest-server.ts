@@ -1,6 +1,13 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, ListenOptions, Socket } from 'node:net';
-import { applyListenerLimits, fitConnectionCaps, openFileLimit, type ListenerLimits } from '@edgefleet/core';
+import {
+  applyListenerLimits,
+  ConnectionRefusalLog,
+  fitConnectionCaps,
+  openFileLimit,
+  type ListenerLimits,
+  type RefusalClock,
+} from '@edgefleet/core';
 import type { PeerCredentials } from '../shm/index.js';
 import { bindUnixSocket, prepareSocketPath, removeOwnSocketFile } from '../unix-socket/index.js';
 import { buildRestApp, type RestAppOptions } from './rest-app.js';
@@ -19,6 +26,8 @@ export interface RestServerOptions extends RestAppOptions {
   limits?: Partial<ListenerLimits>;
   /** The process's open file limit, which the connection caps must fit in; default: read from the system. */
   openFileLimit?: number;
+  /** The clock of the log of refused connections (one line a minute per listener); default: the system's. */
+  refusalClock?: RefusalClock;
 }
 
 export interface RestServer {
@@ -77,7 +86,11 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
   const endConnectionAfter = (res: ServerResponse) => {
     if (!res.headersSent) res.shouldKeepAlive = false;
   };
-  const makeServer = (handler: (req: IncomingMessage, res: ServerResponse) => void): Server => {
+  const refusalLogs: ConnectionRefusalLog[] = [];
+  const makeServer = (
+    handler: (req: IncomingMessage, res: ServerResponse) => void,
+    listener: 'rest-unix' | 'rest-tcp',
+  ): Server => {
     const server = createServer((req, res) => {
       if (closing) endConnectionAfter(res);
       else {
@@ -88,7 +101,17 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
     });
     // Idle keep-alive connections stay open a while (local clients reuse them across bursts of requests);
     // slow headers or bodies, idle connections and floods of them are cut off (see REST_LISTENER_LIMITS).
-    applyListenerLimits(server, limits);
+    // Connections the caps refuse are logged (one line a minute) and counted, so that a flood shows as one.
+    const refusals = new ConnectionRefusalLog({
+      listener,
+      // A Unix socket's peers have no address: only its total cap applies.
+      caps: listener === 'rest-unix' ? { maxConnections: limits.maxConnections } : limits,
+      logger: options.logger,
+      ...(options.refusalClock && { clock: options.refusalClock }),
+      count: (refusal) => options.metrics.connectionRefused(listener, refusal.refusedBy),
+    });
+    refusalLogs.push(refusals);
+    applyListenerLimits(server, limits, refusals.refused);
     servers.push(server);
     return server;
   };
@@ -99,7 +122,7 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
   const app = buildRestApp(options, {
     serverFactory: (handler) => {
       fastifyHandler = handler;
-      return makeServer(handler);
+      return makeServer(handler, unixSocketPath === undefined ? 'rest-tcp' : 'rest-unix');
     },
     closing: () => closing,
     peerOf: (socket) => peers.get(socket) ?? null,
@@ -123,6 +146,7 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
       listening.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))),
     );
     clearTimeout(timer);
+    refusalLogs.forEach((log) => log.close());
     if (unixSocketPath !== undefined) await removeOwnSocketFile(unixSocketPath, socketInode);
     await app.close();
   };
@@ -137,7 +161,7 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
       addresses.push(`unix:${unixSocketPath}`);
     }
     if (tcp !== undefined) {
-      const server = unixSocketPath === undefined ? app.server : makeServer(fastifyHandler!);
+      const server = unixSocketPath === undefined ? app.server : makeServer(fastifyHandler!, 'rest-tcp');
       await listen(server, { host: tcp.host, port: tcp.port }).catch((error: Error) => {
         throw new Error(`cannot listen on TCP ${tcp.host}:${tcp.port}: ${error.message}`, { cause: error });
       });

@@ -1,5 +1,6 @@
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { slowModelInput } from '@edgefleet/core';
 import { pino } from 'pino';
@@ -95,27 +96,54 @@ describe('REST listener limits (issue 15: a slow body took gRPC down)', () => {
     await closed(socket);
   });
 
-  it('caps connections per address on TCP, and in total on the Unix socket', async () => {
+  it('caps connections per address on TCP, and in total on the Unix socket, and logs and counts what it refused', async () => {
     const path = join(files.root, 'capped.sock');
+    const lines: Record<string, unknown>[] = [];
+    const recording = pino(
+      { level: 'info' },
+      new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) lines.push(JSON.parse(line));
+          done();
+        },
+      }),
+    );
+    const counted = new AgentMetrics({ defaultMetrics: false });
     const server = await start({
       tcp,
       unixSocketPath: path,
       limits: { maxConnectionsPerAddress: 3, maxConnections: 5 },
+      logger: recording,
+      metrics: counted,
     });
     const [unixAddress, tcpAddress] = server.addresses as [string, string];
-    const held = await Promise.all([1, 2, 3].map(() => open(tcpAddress)));
+    const held = [];
+    for (let i = 0; i < 3; i++) held.push(await open(tcpAddress)); // one by one: held[0] is the oldest
+    // None has a request in progress: a fourth from the same address closes the oldest, and is let in.
     const over = await open(tcpAddress);
-    await closed(over.socket);
-    expect(held.every(({ socket }) => !socket.destroyed)).toBe(true);
+    await closed(held[0]!.socket);
+    expect([...held.slice(1), over].every(({ socket }) => !socket.destroyed)).toBe(true);
     // Another address still gets in; the Unix socket has a cap of its own.
     const other = await open(tcpAddress, '127.0.0.2');
     expect(other.socket.destroyed).toBe(false);
-    const local = await Promise.all([1, 2, 3, 4, 5].map(() => open(unixAddress)));
+    const local = [];
+    for (let i = 0; i < 5; i++) local.push(await open(unixAddress)); // one by one: local[0] is the oldest
+    // Full and all idle: a sixth closes the oldest.
     const overLocal = await open(unixAddress);
-    await closed(overLocal.socket);
-    expect(local.every(({ socket }) => !socket.destroyed)).toBe(true);
+    await closed(local[0]!.socket);
+    expect([...local.slice(1), overLocal].every(({ socket }) => !socket.destroyed)).toBe(true);
+    // F-E: the refusals were silent; each listener logs its first at once, and /metrics counts them.
+    const refusals = lines.filter((line) => line.event === 'connections_refused');
+    expect(refusals.map((line) => line.msg)).toEqual([
+      '1 connection(s) refused on the rest-tcp listener from 127.0.0.1 (1): per-address cap 3 / total cap 5 ' +
+        '(1 let in by closing an idle connection)',
+      '1 connection(s) refused on the rest-unix listener from unix socket (1): total cap 5 (1 let in by closing an idle connection)',
+    ]);
+    const text = (await counted.text()).body;
+    expect(text).toContain('edgefleet_connections_refused_total{listener="rest-tcp",cap="per-address"} 1');
+    expect(text).toContain('edgefleet_connections_refused_total{listener="rest-unix",cap="total"} 1');
     // A connection that stays within the caps is served.
-    const { socket, received } = local[0]!;
+    const { socket, received } = local[1]!;
     socket.write('GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
     await closed(socket);
     expect(received()).toMatch(/^HTTP\/1\.1 200[\s\S]*\{"live":true\}/);

@@ -1,5 +1,6 @@
-import type { Server } from 'node:http';
-import { capConnections } from './connection-limits.js';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { capConnections, type ConnectionRefusal } from './connection-limits.js';
 
 /** Timeouts and connection caps of one HTTP(S) listener (the values in use: docs/security.md#limits). */
 export interface ListenerLimits {
@@ -37,8 +38,15 @@ export function tlsServerLimitOptions(limits: ListenerLimits): {
   };
 }
 
-/** Applies the timeouts and caps to an HTTP(S) server that is not listening yet. */
-export function applyListenerLimits(server: Server, limits: ListenerLimits): void {
+/**
+ * Applies the timeouts and caps to an HTTP(S) server that is not listening yet; `onRefused` hears of each
+ * connection a cap refused (ConnectionRefusalLog.refused).
+ */
+export function applyListenerLimits(
+  server: Server,
+  limits: ListenerLimits,
+  onRefused?: (refusal: ConnectionRefusal) => void,
+): void {
   // Read when the server starts listening (the timer starts then), so it may be set after construction.
   (server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval =
     checkingIntervalMs(limits);
@@ -50,5 +58,16 @@ export function applyListenerLimits(server: Server, limits: ListenerLimits): voi
   server.requestTimeout = limits.requestTimeoutMs;
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.setTimeout(limits.idleTimeoutMs);
-  capConnections(server, limits);
+  // Requests in progress per connection (the raw socket: a TLS request's socket wraps it as _parent), so that a
+  // full address group may close one of its idle connections for a newcomer (capConnections).
+  const inProgress = new WeakMap<Socket, number>();
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = ((req.socket as Socket & { _parent?: Socket })._parent ?? req.socket) as Socket;
+    inProgress.set(socket, (inProgress.get(socket) ?? 0) + 1);
+    res.once('close', () => inProgress.set(socket, (inProgress.get(socket) ?? 1) - 1));
+  });
+  capConnections(server, limits, {
+    ...(onRefused && { onRefused }),
+    idle: (socket) => (inProgress.get(socket) ?? 0) === 0,
+  });
 }

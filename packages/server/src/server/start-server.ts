@@ -106,6 +106,7 @@ import {
 } from '../storage/index.js';
 import {
   applyListenerLimits,
+  ConnectionRefusalLog,
   fitConnectionCaps,
   openFileLimit,
   tlsServerLimitOptions,
@@ -875,11 +876,25 @@ export async function startServer(
     // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on
     // the device port cannot use up the descriptors the operator port (health checks included) needs.
     // Node's timeout is the outer bound (the longest route deadline); the per-route deadlines do the rest.
-    applyListenerLimits(operatorApp.server, {
-      ...operatorLimits,
-      requestTimeoutMs: listenerRequestTimeoutMs(operatorLimits.requestTimeoutMs, [modelUploadTimeoutMs]),
+    // Connections the caps refuse are logged (one line a minute per listener), so that a flood shows as one.
+    const operatorRefusals = new ConnectionRefusalLog({ listener: 'operator', caps: operatorLimits, logger });
+    const deviceRefusals = new ConnectionRefusalLog({ listener: 'device', caps: deviceLimits, logger });
+    background.push({
+      stop: () => {
+        operatorRefusals.close();
+        deviceRefusals.close();
+        return Promise.resolve();
+      },
     });
-    applyListenerLimits(deviceApp.server, deviceLimits);
+    applyListenerLimits(
+      operatorApp.server,
+      {
+        ...operatorLimits,
+        requestTimeoutMs: listenerRequestTimeoutMs(operatorLimits.requestTimeoutMs, [modelUploadTimeoutMs]),
+      },
+      operatorRefusals.refused,
+    );
+    applyListenerLimits(deviceApp.server, deviceLimits, deviceRefusals.refused);
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     // Seen by a newer build before it migrates the schema under this one (server-registry.ts).

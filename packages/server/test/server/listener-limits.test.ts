@@ -1,5 +1,8 @@
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { connect as connectTls } from 'node:tls';
+import { Writable } from 'node:stream';
 import { capConnections, clientAddress, fitConnectionCaps, openFileLimit } from '@edgefleet/core';
+import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { deviceCall } from '../support/device.js';
 import { enrollDevice, startTestServer, type TestServer } from '../support/server.js';
@@ -63,23 +66,110 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     const device = await enrollDevice(t, 'cam-1');
     // The flood comes from 127.0.0.2 (loopback has all of 127/8); the device connects from 127.0.0.1.
     const held = await Promise.all(Array.from({ length: 4 }, () => idle(t!.server.deviceUrl, '127.0.0.2')));
+    // One more from that address closes its oldest idle connection (one with no request in progress): it holds 4.
     const over = await idle(t.server.deviceUrl, '127.0.0.2');
-    await closed(over);
-    expect(held.every((socket) => !socket.destroyed)).toBe(true);
+    const oldest = await Promise.race(held.map((socket) => closed(socket).then(() => socket)));
+    expect([...held, over].filter((socket) => !socket.destroyed)).toHaveLength(4);
+    expect(held.includes(oldest)).toBe(true);
     const identity = await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/device/identity');
     expect(identity.status).toBe(200);
     expect((await t.call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('keeps a device connection whose request is in progress (TLS) when the address is full: the newcomer is refused', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 1, maxConnections: 100 } } },
+    });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'cams', outputConfig: { s3OutputLocation: 's3://captures/cams' } },
+    });
+    await t.call('POST', '/api/v1/fleets/cams/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'cam-1' }] },
+    });
+    const device = await enrollDevice(t, 'cam-1');
+    const { host, port } = endpoint(t.server.deviceUrl);
+    // A heartbeat whose body is still coming: its request is in progress on the TLS connection.
+    const busy = connectTls({
+      host,
+      port,
+      ca: device.tls.ca,
+      cert: device.tls.cert,
+      key: device.tls.key,
+      servername: 'localhost',
+    });
+    sockets.push(busy as unknown as Socket);
+    busy.on('error', () => {});
+    let answer = '';
+    busy.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    await new Promise<void>((resolve) => busy.once('secureConnect', () => resolve()));
+    busy.write(
+      'POST /api/v1/device/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{',
+    );
+    // The server has the request once a request on another address is answered after it (same event loop).
+    expect((await t.call('GET', '/healthz')).status).toBe(200);
+    const over = await idle(t.server.deviceUrl);
+    await closed(over);
+    expect(busy.destroyed).toBe(false);
+    expect(answer).toBe('');
   });
 
   it('caps the device port in total, leaving the operator port serving', async () => {
     t = await startTestServer({
       start: { listenerLimits: { device: { maxConnectionsPerAddress: 100, maxConnections: 6 } } },
     });
-    const held = await Promise.all(Array.from({ length: 6 }, () => idle(t!.server.deviceUrl)));
+    const held: Socket[] = [];
+    for (let i = 0; i < 6; i++) held.push(await idle(t.server.deviceUrl)); // one by one: held[0] is the oldest
+    // Full: a newcomer closes the oldest idle connection of the largest group (all idle here, none in progress).
     const over = await idle(t.server.deviceUrl, '127.0.0.3');
-    await closed(over);
-    expect(held.every((socket) => !socket.destroyed)).toBe(true);
+    await closed(held[0]!);
+    expect([...held.slice(1), over].every((socket) => !socket.destroyed)).toBe(true);
     expect((await t.call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('lets a request in while one address floods the operator port with idle connections, and logs the flood (F-E)', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) lines.push(JSON.parse(line));
+        done();
+      },
+    });
+    t = await startTestServer({
+      logger: pino({ level: 'info' }, sink),
+      start: { listenerLimits: { operator: { maxConnectionsPerAddress: 2, maxConnections: 50 } } },
+    });
+    // A local user's flood: seven idle connections from 127.0.0.1, where the cap is 2. Each one past the cap
+    // closes the oldest idle one, so the flood holds at most 2 and the operator's request still gets in.
+    const flood: Socket[] = [];
+    for (let i = 0; i < 7; i++) flood.push(await idle(t.url));
+    await Promise.all(flood.slice(0, 5).map(closed));
+    expect(flood.slice(5).every((socket) => !socket.destroyed)).toBe(true);
+    expect((await t.call('GET', '/healthz')).status).toBe(200);
+    const refusals = lines.filter((line) => line.event === 'connections_refused');
+    // The first is logged at once; the rest wait for the minute to end.
+    expect(refusals).toHaveLength(1);
+    expect(refusals[0]).toMatchObject({
+      level: 40,
+      listener: 'operator',
+      refused: 1,
+      idleClosed: 1,
+      addresses: { '127.0.0.1': 1 },
+      perAddressCap: 2,
+      totalCap: 50,
+    });
+    expect(refusals[0]!.msg).toBe(
+      '1 connection(s) refused on the operator listener from 127.0.0.1 (1): per-address cap 2 / total cap 50 ' +
+        '(1 let in by closing an idle connection)',
+    );
+    // Stopping the server writes what is pending: four more from the flood, one for the request.
+    sockets.splice(0).forEach((socket) => socket.destroy());
+    await t.stop();
+    t = undefined;
+    const all = lines.filter((line) => line.event === 'connections_refused');
+    expect(all).toHaveLength(2);
+    expect(all[1]).toMatchObject({ listener: 'operator', refused: 5, idleClosed: 5 });
   });
 
   it('closes a connection whose request headers never finish (slowloris) on the operator port', async () => {
@@ -128,10 +218,11 @@ describe('connection caps and the open file limit', () => {
     try {
       // 20 descriptors, 80 % for listeners: 3 operator and 12 device connections at most.
       for (let i = 0; i < 12; i++) sockets.push(await openIdle(t.server.deviceUrl));
+      // The 13th closes the oldest idle one: the device port still holds 12.
       const over = await openIdle(t.server.deviceUrl);
       sockets.push(over);
-      await closed(over);
-      expect(sockets.slice(0, 12).every((socket) => !socket.destroyed)).toBe(true);
+      await closed(sockets[0]!);
+      expect(sockets.slice(1).every((socket) => !socket.destroyed)).toBe(true);
       expect((await t.call('GET', '/healthz')).status).toBe(200);
     } finally {
       sockets.forEach((socket) => socket.destroy());

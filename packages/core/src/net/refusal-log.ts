@@ -1,0 +1,131 @@
+import type { ConnectionCaps, ConnectionRefusal } from './connection-limits.js';
+
+/** The part of a logger (pino's shape) the refusal log writes to. */
+export interface RefusalLogger {
+  warn(fields: Record<string, unknown>, message: string): void;
+}
+
+/** Time and a one-shot timer, injected so that tests can move time on by hand. */
+export interface RefusalClock {
+  now(): number;
+  /** Calls `callback` once after `ms`; the returned function cancels it. Must not keep the process alive. */
+  after(ms: number, callback: () => void): () => void;
+}
+
+export const systemRefusalClock: RefusalClock = {
+  now: () => Date.now(),
+  after(ms, callback) {
+    const timer = setTimeout(callback, ms);
+    timer.unref();
+    return () => clearTimeout(timer);
+  },
+};
+
+export interface ConnectionRefusalLogOptions {
+  /** The listener's name in the log line and the `listener` field: `operator`, `device`, `grpc`, `rest-tcp`… */
+  listener: string;
+  /** The caps in the line; a listener without a per-address cap (a Unix socket) leaves it out. */
+  caps: Pick<ConnectionCaps, 'maxConnections'> & Partial<Pick<ConnectionCaps, 'maxConnectionsPerAddress'>>;
+  logger: RefusalLogger;
+  clock?: RefusalClock;
+  /** At most one line per this long (default 60 s). */
+  intervalMs?: number;
+  /** Every refusal, as it happens (a metrics counter). */
+  count?: (refusal: ConnectionRefusal) => void;
+}
+
+/** Address groups named one by one in a line; the rest are counted together (a flood from many need not grow it). */
+const MAX_ADDRESSES = 8;
+/** Addresses written into the message itself (all of MAX_ADDRESSES are in the `addresses` field). */
+const ADDRESSES_IN_MESSAGE = 3;
+
+/**
+ * Logs the connections over a listener's caps (refused, or let in by closing an idle one: ConnectionRefusal), at
+ * most one warn line per interval (`event: connections_refused`): a flood is refused thousands of times a minute,
+ * and a line each would flood the log in turn. The first refusal after a quiet interval is logged at once, so that an operator sees a flood begin; those
+ * after it are summed up when the interval ends.
+ */
+export class ConnectionRefusalLog {
+  readonly #options: ConnectionRefusalLogOptions;
+  readonly #clock: RefusalClock;
+  readonly #intervalMs: number;
+  #lastLineAt: number | undefined;
+  #cancelFlush: (() => void) | undefined;
+  #window = newWindow();
+
+  constructor(options: ConnectionRefusalLogOptions) {
+    this.#options = options;
+    this.#clock = options.clock ?? systemRefusalClock;
+    this.#intervalMs = options.intervalMs ?? 60_000;
+  }
+
+  /** For capConnections' `onRefused`. */
+  readonly refused = (refusal: ConnectionRefusal): void => {
+    this.#options.count?.(refusal);
+    const window = this.#window;
+    window.refused += 1;
+    window.byCap[refusal.refusedBy === 'total' ? 'total' : 'perAddress'] += 1;
+    if (refusal.idleClosed === true) window.idleClosed += 1;
+    const address = refusal.address ?? 'unix socket';
+    if (window.addresses.has(address) || window.addresses.size < MAX_ADDRESSES) {
+      window.addresses.set(address, (window.addresses.get(address) ?? 0) + 1);
+    } else window.otherAddresses += 1;
+    const now = this.#clock.now();
+    if (this.#lastLineAt === undefined || now - this.#lastLineAt >= this.#intervalMs) this.#flush();
+    else
+      this.#cancelFlush ??= this.#clock.after(this.#lastLineAt + this.#intervalMs - now, () => this.#flush());
+  };
+
+  /** Writes what is pending now and stops the timer (the listener is closing). */
+  close(): void {
+    this.#cancelFlush?.();
+    this.#cancelFlush = undefined;
+    if (this.#window.refused > 0) this.#flush();
+  }
+
+  #flush(): void {
+    this.#cancelFlush = undefined;
+    const window = this.#window;
+    this.#window = newWindow();
+    if (window.refused === 0) return;
+    const { listener, caps } = this.#options;
+    const since = this.#lastLineAt;
+    this.#lastLineAt = this.#clock.now();
+    const ranked = [...window.addresses].sort((a, b) => b[1] - a[1]);
+    const named = ranked.slice(0, ADDRESSES_IN_MESSAGE).map(([address, n]) => `${address} (${n})`);
+    const rest =
+      ranked.slice(ADDRESSES_IN_MESSAGE).reduce((sum, [, n]) => sum + n, 0) + window.otherAddresses;
+    const from = rest > 0 ? `${named.join(', ')} and ${rest} from other addresses` : named.join(', ');
+    const period =
+      since === undefined ? '' : ` in the last ${Math.round((this.#lastLineAt - since) / 1000)} s`;
+    this.#options.logger.warn(
+      {
+        event: 'connections_refused',
+        listener,
+        refused: window.refused,
+        refusedBy: window.byCap,
+        addresses: Object.fromEntries(ranked),
+        ...(window.otherAddresses > 0 && { otherAddresses: window.otherAddresses }),
+        ...(window.idleClosed > 0 && { idleClosed: window.idleClosed }),
+        ...(caps.maxConnectionsPerAddress !== undefined && { perAddressCap: caps.maxConnectionsPerAddress }),
+        totalCap: caps.maxConnections,
+      },
+      `${window.refused} connection(s) refused on the ${listener} listener from ${from}${period}: ` +
+        (caps.maxConnectionsPerAddress === undefined
+          ? ''
+          : `per-address cap ${caps.maxConnectionsPerAddress} / `) +
+        `total cap ${caps.maxConnections}` +
+        (window.idleClosed > 0 ? ` (${window.idleClosed} let in by closing an idle connection)` : ''),
+    );
+  }
+}
+
+function newWindow() {
+  return {
+    refused: 0,
+    byCap: { perAddress: 0, total: 0 },
+    addresses: new Map<string, number>(),
+    otherAddresses: 0,
+    idleClosed: 0,
+  };
+}
