@@ -204,7 +204,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
     expect(config.inference.workers).toBe(4);
     expect(config.inference.instancesPerModel).toBe(1);
     expect(config.inference.ort.intraOpNumThreads).toBe(1);
-    expect(config.rest).toEqual({ socketPath: '/tmp/edge.rest.sock', tcp: null });
+    expect(config.rest).toEqual({ socketPath: '/tmp/edge.rest.sock', tcp: null, tcpManagement: false });
     expect(config.socketMode).toBe(0o660);
   });
 
