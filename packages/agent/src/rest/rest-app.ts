@@ -235,7 +235,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
 
   registerModelRoutes(app, registry, inference, admission);
   registerSharedMemoryRoutes(app, regions, peerOf);
-  registerRepositoryRoutes(app, registry);
+  registerRepositoryRoutes(app, registry, peerOf);
 
   // --- EdgeFleet's own: what the device runs and what it is doing (`edgefleet agent status`) -----------------
 
