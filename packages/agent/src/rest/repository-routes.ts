@@ -40,7 +40,11 @@ const INDEX_FORM = '{"ready"?: true|false} or no body';
  * The model repository extension. The agent has no repository folder: load takes the package folder in
  * `parameters.url` (our extension of the protocol), the index lists the loaded models.
  */
-export function registerRepositoryRoutes(app: FastifyInstance, registry: ModelRegistry, peerOf: PeerOf): void {
+export function registerRepositoryRoutes(
+  app: FastifyInstance,
+  registry: ModelRegistry,
+  peerOf: PeerOf,
+): void {
   app.post('/v2/repository/index', async (request) => {
     parseJsonBody(request.body as RequestBody | undefined, IndexBodySchema, INDEX_FORM);
     // Only loaded models exist for the agent (packages live wherever load is pointed), so all are READY.

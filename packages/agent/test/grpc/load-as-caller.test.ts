@@ -20,17 +20,22 @@ let privateDir: string;
 let openTiny: string;
 
 function loadAsNobody(calls: Array<{ handle: string; url: string }>) {
-  return new Promise<{ uid: number; results: Array<{ code: number; details?: string }> }>((resolve, reject) => {
-    execFile(
-      process.execPath,
-      [CLIENT, JSON.stringify({ target: agent.target, calls })],
-      { uid: NOBODY, gid: NOBODY, timeout: 30_000, killSignal: 'SIGKILL', cwd: files.root },
-      (error, stdout, stderr) => {
-        if (error) reject(new Error(`the client failed: ${error.message}\n${stderr}`));
-        else resolve(JSON.parse(stdout) as { uid: number; results: Array<{ code: number; details?: string }> });
-      },
-    );
-  });
+  return new Promise<{ uid: number; results: Array<{ code: number; details?: string }> }>(
+    (resolve, reject) => {
+      execFile(
+        process.execPath,
+        [CLIENT, JSON.stringify({ target: agent.target, calls })],
+        { uid: NOBODY, gid: NOBODY, timeout: 30_000, killSignal: 'SIGKILL', cwd: files.root },
+        (error, stdout, stderr) => {
+          if (error) reject(new Error(`the client failed: ${error.message}\n${stderr}`));
+          else
+            resolve(
+              JSON.parse(stdout) as { uid: number; results: Array<{ code: number; details?: string }> },
+            );
+        },
+      );
+    },
+  );
 }
 
 describe.skipIf(!isRoot)('gRPC LoadModel as another user (real process on the Unix socket)', () => {

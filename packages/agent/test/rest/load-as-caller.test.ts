@@ -115,7 +115,10 @@ describe.skipIf(!isRoot)('REST load over the Unix socket, the caller as nobody (
   let socketPath: string;
   beforeAll(async () => {
     socketPath = join(files.root, 'agent.rest.sock');
-    agent = await startAgent({ socketPath, sharedMemory: new SharedMemoryReader({ addon: loadSysvShmAddon() }) });
+    agent = await startAgent({
+      socketPath,
+      sharedMemory: new SharedMemoryReader({ addon: loadSysvShmAddon() }),
+    });
     await chmod(socketPath, 0o666);
   });
   afterAll(async () => {
@@ -126,7 +129,10 @@ describe.skipIf(!isRoot)('REST load over the Unix socket, the caller as nobody (
     const paths = ['device.key', 'nothere', 'empty', 'tiny'].map((name) => join(privateDir, name));
     const results = await loadAsNobody(
       socketPath,
-      paths.map((url, i) => ({ path: `/v2/repository/models/probe${i}/load`, body: { parameters: { url } } })),
+      paths.map((url, i) => ({
+        path: `/v2/repository/models/probe${i}/load`,
+        body: { parameters: { url } },
+      })),
     );
     results.forEach((result, i) => {
       expect(result.status, result.body).toBe(404);
@@ -156,6 +162,11 @@ describe.skipIf(!isRoot)('REST load over the Unix socket, the caller as nobody (
     } finally {
       root.close();
     }
-    expect(agent.registry.list().map((m) => m.name).sort()).toEqual(['mine', 'privately']);
+    expect(
+      agent.registry
+        .list()
+        .map((m) => m.name)
+        .sort(),
+    ).toEqual(['mine', 'privately']);
   });
 });

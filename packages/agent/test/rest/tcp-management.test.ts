@@ -84,7 +84,13 @@ describe('the REST TCP listener by default (real sockets)', () => {
   });
 
   it('serves health, server and model metadata, readiness, inference and metrics', async () => {
-    for (const path of ['/v2/health/live', '/v2/health/ready', '/v2', '/v2/models/tiny', '/v2/models/tiny/ready'])
+    for (const path of [
+      '/v2/health/live',
+      '/v2/health/ready',
+      '/v2',
+      '/v2/models/tiny',
+      '/v2/models/tiny/ready',
+    ])
       expect((await both.tcp.get(path)).status, path).toBe(200);
     const inferred = await both.tcp.postJson('/v2/models/tiny/infer', { inputs: jsonInputs('tiny') });
     expect(inferred.status, inferred.text()).toBe(200);
@@ -111,7 +117,9 @@ describe('the REST TCP listener with tcpManagement (edgefleet_rest_tcp_managemen
       expect((await both.tcp.get('/edgefleet/v1/status')).status).toBe(200);
       const unload = await both.tcp.request({ method: 'POST', path: '/v2/repository/models/tiny/unload' });
       expect(unload.status).toBe(200);
-      const warning = both.lines.find((line) => line.level === 40 && line.option === 'edgefleet_rest_tcp_management');
+      const warning = both.lines.find(
+        (line) => line.level === 40 && line.option === 'edgefleet_rest_tcp_management',
+      );
       expect(warning?.msg).toBe(
         `edgefleet_rest_tcp_management is true: everyone who can reach ${new URL(both.tcpAddress).host} can load and unload models and read the agent status (TCP tells nothing of who is calling)`,
       );

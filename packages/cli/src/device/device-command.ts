@@ -499,6 +499,6 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
  * local user reaches it; the agent keeps model management on its Unix socket (docs/security.md).
  */
 export function restExposure(tcp: string | undefined): string {
-  if (tcp === undefined) return "Unix socket only (--rest-port <port> adds loopback TCP)";
+  if (tcp === undefined) return 'Unix socket only (--rest-port <port> adds loopback TCP)';
   return `TCP ${tcp} serves inference, model metadata, health and metrics to every local user; loading and unloading models and the agent status stay on the agent's Unix socket`;
 }

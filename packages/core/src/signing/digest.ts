@@ -101,7 +101,11 @@ export async function listFiles(dir: string, ignore: readonly string[]): Promise
 function listingFailure(error: unknown, path: string, what: 'file' | 'folder'): unknown {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'ENOENT' || code === 'ENOTDIR')
-    return new PackageFileError('missing', path, `${what} ${path} does not exist (it was removed while being listed)`);
+    return new PackageFileError(
+      'missing',
+      path,
+      `${what} ${path} does not exist (it was removed while being listed)`,
+    );
   if (code === 'EACCES' || code === 'EPERM')
     return new PackageFileError(
       'unreadable',

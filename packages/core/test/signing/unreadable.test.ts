@@ -31,17 +31,19 @@ function verifyAsNobody(dir: string) {
       () => process.stdout.write('null'),
       (e) => process.stdout.write(JSON.stringify({ name: e.name, reason: e.reason, path: e.path, message: e.message })),
     );`;
-  return new Promise<{ name: string; reason?: string; path?: string; message: string } | null>((resolve, reject) => {
-    execFile(
-      process.execPath,
-      ['-e', script, CORE, dir, keys.publicKeyPem],
-      { uid: NOBODY, gid: NOBODY, timeout: 30_000, killSignal: 'SIGKILL' },
-      (error, stdout, stderr) => {
-        if (error) reject(new Error(`the verifier failed: ${error.message}\n${stderr}`));
-        else resolve(JSON.parse(stdout) as { name: string; message: string } | null);
-      },
-    );
-  });
+  return new Promise<{ name: string; reason?: string; path?: string; message: string } | null>(
+    (resolve, reject) => {
+      execFile(
+        process.execPath,
+        ['-e', script, CORE, dir, keys.publicKeyPem],
+        { uid: NOBODY, gid: NOBODY, timeout: 30_000, killSignal: 'SIGKILL' },
+        (error, stdout, stderr) => {
+          if (error) reject(new Error(`the verifier failed: ${error.message}\n${stderr}`));
+          else resolve(JSON.parse(stdout) as { name: string; message: string } | null);
+        },
+      );
+    },
+  );
 }
 
 async function signedPackageOthersMayRead(): Promise<string> {
