@@ -160,8 +160,6 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     // pino's Logger and Fastify's logger generics differ only in type detail; the instance is an ordinary one.
   }) as unknown as FastifyInstance;
 
-  // Every body arrives as raw chunks, whatever its Content-Type: JSON and binary tensor bodies are parsed by
-  // the routes themselves, so Fastify never JSON.parses (or copies) them.
   // Management routes on TCP are refused first, before their bodies are read or admitted.
   if (!(options.tcpManagement ?? false)) {
     const isTcp = hooks.isTcp ?? (() => false);
@@ -175,6 +173,8 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
       );
     });
   }
+  // Every body arrives as raw chunks, whatever its Content-Type: JSON and binary tensor bodies are parsed by
+  // the routes themselves, so Fastify never JSON.parses (or copies) them.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (request, payload, done) => admission.read(payload, request.headers, done));
   // Large JSON bodies are parsed one or two at a time, large bodies within the budget (see BodyAdmission.admit).
