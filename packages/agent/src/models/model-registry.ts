@@ -211,7 +211,13 @@ export class ModelRegistry {
       return snapshot(version.description);
     } catch (error) {
       if (this.#models.get(name) === entry) this.#models.delete(name);
-      const failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
+      let failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
+      // Asked again after a failure: a folder the caller swapped for a link into the agent's files after the
+      // first check gets the one error too (a swap and a swap back between the two checks is not caught).
+      failure = await this.#checkCallerMayRead(dir, request).then(
+        () => failure,
+        (refused: AgentError) => refused,
+      );
       this.#metrics?.observeLoad(name, performance.now() - began, failure.code);
       throw failure;
     }
