@@ -15,6 +15,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
+import { get as httpGet } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -265,11 +266,23 @@ async function main() {
     (entry) => entry.event === 'listening',
   );
   const rest = `http://127.0.0.1:${restPort}`;
+  // The agent status answers on the REST Unix socket only (TCP refuses it: docs/security.md); it is beside -a's.
+  const restSocket = join(dirname(socket), 'agent.rest.sock');
   const agentStatus = () =>
-    fetch(`${rest}/edgefleet/v1/status`).then(
-      (r) => r.json(),
-      () => ({ models: [] }),
-    );
+    new Promise((resolve) => {
+      const request = httpGet({ socketPath: restSocket, path: '/edgefleet/v1/status' }, (response) => {
+        const chunks = [];
+        response.on('data', (chunk) => chunks.push(chunk));
+        response.on('end', () => {
+          try {
+            resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+          } catch {
+            resolve({ models: [] });
+          }
+        });
+      });
+      request.on('error', () => resolve({ models: [] }));
+    });
 
   // 12: a deployment plan (one stage: this device), started; the agent downloads, verifies and switches.
   const stagePath = `/api/v1/deployment-plans/${PLAN.name}/stages/${PLAN.stage}`;

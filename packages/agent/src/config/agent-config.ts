@@ -152,6 +152,11 @@ export const AgentConfigSchema = z.object({
     socketPath: z.string().nullable(),
     /** Optional TCP listener. */
     tcp: z.object({ host: z.string(), port: z.number().int() }).nullable(),
+    /**
+     * `edgefleet_rest_tcp_management`: the TCP listener serves the model repository and the agent status too
+     * (default false: only on the Unix socket, whose group is the permission; loopback TCP has no caller identity).
+     */
+    tcpManagement: z.boolean(),
   }),
   /** Permission bits given to the agent's socket files. */
   socketMode: z.number().int().min(0).max(0o7777),

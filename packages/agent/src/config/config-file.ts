@@ -88,6 +88,7 @@ export const CONFIG_FIELDS = {
   edgefleet_dynamic_batching: dynamicBatchingRules(),
   edgefleet_rest_socket_path: socketPathOrNone(),
   edgefleet_rest_tcp: listenAddress(),
+  edgefleet_rest_tcp_management: flag(),
   edgefleet_socket_mode: fileMode(),
   edgefleet_require_signatures: flag(),
   edgefleet_preload_models: modelList(),
@@ -578,6 +579,7 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     rest: {
       socketPath: restSocketPath,
       tcp: file.edgefleet_rest_tcp ?? null,
+      tcpManagement: file.edgefleet_rest_tcp_management ?? false,
     },
     socketMode: file.edgefleet_socket_mode ?? DEFAULTS.socketMode,
     ...(file.edgefleet_preload_models !== undefined && { preloadModels: file.edgefleet_preload_models }),

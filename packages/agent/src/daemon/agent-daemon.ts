@@ -280,6 +280,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         }),
         ...(config.rest.socketPath !== null && { unixSocketPath: config.rest.socketPath }),
         ...(config.rest.tcp !== null && { tcp: config.rest.tcp }),
+        tcpManagement: config.rest.tcpManagement,
       }).catch((error: Error) => {
         throw new StartupError(EXIT_CODES.SOCKET_UNAVAILABLE, error.message, { cause: error });
       });

@@ -171,7 +171,7 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
         for (const lease of segments.leases) lease.release();
       }
     }),
-    LoadModel: unary('LoadModel', async (request) => {
+    LoadModel: unary('LoadModel', async (request, call) => {
       const name = modelName(request.handle, request.name, 'LoadModel');
       if (request.url === '') {
         throw new AgentError(
@@ -179,7 +179,8 @@ export function createAgentServiceHandlers(options: AgentServiceOptions): {
           `LoadModel for ${JSON.stringify(name)} has no url; expected the folder of an extracted model package (absolute, or relative to the agent's working directory)`,
         );
       }
-      const model = await registry.load({ url: request.url, name });
+      // The caller's credentials, where known: the agent loads for it only what it could read itself.
+      const model = await registry.load({ url: request.url, name, caller: peers?.of(call) ?? null });
       return { model: toWireModel(model) };
     }),
     UnLoadModel: unary('UnLoadModel', async (request) => {

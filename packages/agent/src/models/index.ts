@@ -30,3 +30,10 @@ export {
 export { type LoadHooks } from './model-loader.js';
 export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
 export { showTensorName, tensorNameBytes } from './tensor-names.js';
+export {
+  callerCanReadFolder,
+  callerHolds,
+  type CallerAccessDeps,
+  type CallerIdentity,
+  type FileModeOf,
+} from './caller-access.js';

@@ -1,4 +1,5 @@
 import {
+  PackageFileError,
   PackageInvalidError,
   PackageNotFoundError,
   PackageVerificationError,
@@ -27,6 +28,12 @@ export function packageFailure(error: unknown, dir: string): AgentError {
   }
   if (error instanceof PackageInvalidError || error instanceof UnsupportedFileError) {
     return new AgentError('FAILED_PRECONDITION', error.message, { cause: error });
+  }
+  // A package file gone, unreadable or swapped while being read (its message names it): the package's fault.
+  if (error instanceof PackageFileError) {
+    return new AgentError('FAILED_PRECONDITION', `model package ${dir} cannot be used: ${error.message}`, {
+      cause: error,
+    });
   }
   return asAgentError(error, `opening model package ${dir}`);
 }

@@ -9,6 +9,7 @@ import type { AgentMetrics } from '../metrics/index.js';
 import { AgentError, type AgentErrorCode } from './agent-error.js';
 import { asAgentError, predictFailure } from './model-errors.js';
 import { ModelLoader, type LoadHooks, type ModelLoaderOptions } from './model-loader.js';
+import { callerCanReadFolder, type CallerAccessDeps, type CallerIdentity } from './caller-access.js';
 import { ModelVersion } from './model-version.js';
 import type { ModelDescription, RegistryLogger, StagedVersionDescription } from './model-description.js';
 import { matchPredictInputs, type PredictTensor } from './predict-inputs.js';
@@ -19,6 +20,12 @@ export interface LoadRequest {
   url: string;
   /** The name (SageMaker "handle") the model is served under. */
   name: string;
+  /**
+   * Who asked, where the agent knows (SO_PEERCRED on its Unix socket): the package is then loaded only from a
+   * folder the caller could read itself; any other answers one NOT_FOUND that says nothing of what is there.
+   * Absent or null: the agent's own loads (deployments, preloads), or a caller the agent cannot tell.
+   */
+  caller?: CallerIdentity | null;
 }
 
 /** One output tensor of a prediction. */
@@ -113,6 +120,10 @@ export interface ModelRegistryOptions extends ModelLoaderOptions {
   /** How long unload (and promote, for the version it replaces) waits for in-flight predictions before failing those still queued. Default 30 s. */
   unloadTimeoutMs?: number;
   metrics?: AgentMetrics;
+  /** The agent's own uid: a caller with it may load any folder, as root may. Default: this process's. */
+  agentUid?: number;
+  /** How a caller's access to a package folder is read (tests); default: the file system. */
+  callerAccess?: CallerAccessDeps;
 }
 
 /** A name's versions: the one serving (or, before its first load completes, being loaded) and any staged. */
@@ -141,6 +152,8 @@ export class ModelRegistry {
   readonly #observers = new Set<RegistryObserver>();
   /** Versions replaced by promote, still draining. */
   readonly #retiring = new Set<Promise<void>>();
+  readonly #agentUid: number | undefined;
+  readonly #callerAccess: CallerAccessDeps | undefined;
   #generation = 0;
   #closed = false;
 
@@ -150,13 +163,15 @@ export class ModelRegistry {
     this.#unloadTimeoutMs = options.unloadTimeoutMs ?? 30_000;
     this.#metrics = options.metrics;
     this.#logger = options.logger;
+    this.#agentUid = options.agentUid ?? process.getuid?.();
+    this.#callerAccess = options.callerAccess;
   }
 
   /**
    * Loads the package at `url` under `name`: opens (and, with a trust policy, verifies) the package, creates
    * the sessions, and runs a warm-up inference on each (see ModelLoader: one that fails with its placeholder
    * inputs is a warning). Errors: INVALID_ARGUMENT (name or url malformed), ALREADY_EXISTS, NOT_FOUND (no
-   * package there), FAILED_PRECONDITION (bad manifest, signature not valid, a model ONNX Runtime refuses to
+   * package there, or, for a request's `caller`, none the caller could read itself), FAILED_PRECONDITION (bad manifest, signature not valid, a model ONNX Runtime refuses to
    * create a session from, or whose warm-up outputs have other data types or ranks than its manifest declares),
    * RESOURCE_EXHAUSTED (not enough memory), UNAVAILABLE (shutting down), INTERNAL.
    */
@@ -165,6 +180,7 @@ export class ModelRegistry {
     const name = request.name;
     checkModelName(name);
     const dir = this.#loader.packageDir(request.url);
+    await this.#checkCallerMayRead(dir, request);
     if (this.#closed)
       throw new AgentError('UNAVAILABLE', 'the agent is shutting down; no models can be loaded');
     const existing = this.#models.get(name);
@@ -197,7 +213,13 @@ export class ModelRegistry {
       return snapshot(version.description);
     } catch (error) {
       if (this.#models.get(name) === entry) this.#models.delete(name);
-      const failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
+      let failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
+      // Asked again after a failure: a folder the caller swapped for a link into the agent's files after the
+      // first check gets the one error too (a swap and a swap back between the two checks is not caught).
+      failure = await this.#checkCallerMayRead(dir, request).then(
+        () => failure,
+        (refused: AgentError) => refused,
+      );
       this.#metrics?.observeLoad(name, performance.now() - began, failure.code);
       throw failure;
     }
@@ -445,6 +467,21 @@ export class ModelRegistry {
   }
 
   // -------------------------------------------------------------------------------------------------------------
+
+  /**
+   * The agent opens packages with its own rights: for a caller it knows, only a folder the caller could read
+   * itself, and one error for every other, so that the agent's distinct errors ("is a file", "does not exist",
+   * "has no manifest.json") tell the caller nothing of folders only the agent may look into.
+   */
+  async #checkCallerMayRead(dir: string, request: LoadRequest): Promise<void> {
+    const caller = request.caller;
+    if (!caller || caller.uid === 0 || caller.uid === this.#agentUid) return;
+    if (await callerCanReadFolder(dir, caller, this.#callerAccess)) return;
+    throw new AgentError(
+      'NOT_FOUND',
+      `no model package at ${request.url} that you can read; expected the folder of an extracted model package that your user (uid ${caller.uid}) may read and search, on a path it may search`,
+    );
+  }
 
   #nextKey(name: string): string {
     return `${name}#${++this.#generation}`;

@@ -4,6 +4,7 @@ import type { ModelRegistry } from '../models/index.js';
 import { describeIssues } from './infer-request.js';
 import type { RequestBody } from './request-body.js';
 import { RestError } from './rest-errors.js';
+import type { PeerOf } from './shared-memory-routes.js';
 
 type NameParams = { name: string };
 
@@ -39,7 +40,11 @@ const INDEX_FORM = '{"ready"?: true|false} or no body';
  * The model repository extension. The agent has no repository folder: load takes the package folder in
  * `parameters.url` (our extension of the protocol), the index lists the loaded models.
  */
-export function registerRepositoryRoutes(app: FastifyInstance, registry: ModelRegistry): void {
+export function registerRepositoryRoutes(
+  app: FastifyInstance,
+  registry: ModelRegistry,
+  peerOf: PeerOf,
+): void {
   app.post('/v2/repository/index', async (request) => {
     parseJsonBody(request.body as RequestBody | undefined, IndexBodySchema, INDEX_FORM);
     // Only loaded models exist for the agent (packages live wherever load is pointed), so all are READY.
@@ -49,7 +54,9 @@ export function registerRepositoryRoutes(app: FastifyInstance, registry: ModelRe
   app.post<{ Params: NameParams }>('/v2/repository/models/:name/load', async (request, reply) => {
     const body = parseJsonBody(request.body as RequestBody | undefined, LoadBodySchema, LOAD_FORM);
     if (!body) throw new RestError(400, `loading needs the package folder; expected the body ${LOAD_FORM}`);
-    await registry.load({ name: request.params.name, url: body.parameters.url });
+    // The caller's credentials on the Unix socket, where known: the agent loads for it only what it could read.
+    const caller = peerOf(request.raw.socket);
+    await registry.load({ name: request.params.name, url: body.parameters.url, caller });
     return reply.code(200).send();
   });
 

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse, Server } from 'node:http';
+import type { Socket } from 'node:net';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -58,6 +59,23 @@ export interface RestAppOptions {
   sharedMemory?: SharedMemoryReader | null;
   /** What GET /edgefleet/v1/status adds to the models it lists (e.g. the update engine's state). */
   agentStatus?: () => Record<string, unknown>;
+  /**
+   * Serve the management routes (MANAGEMENT_ROUTE_PREFIXES: the model repository, the agent status) on TCP too
+   * (`edgefleet_rest_tcp_management`). Default false: they answer 403 there, because TCP, loopback included,
+   * tells nothing of who is calling, while the Unix socket's group is the permission.
+   */
+  tcpManagement?: boolean;
+}
+
+/**
+ * The routes that change or reveal what the agent runs: by default only on the Unix socket (see
+ * RestAppOptions.tcpManagement). Matched on the route (not the raw URL), so percent-encoding cannot slip past.
+ */
+export const MANAGEMENT_ROUTE_PREFIXES = ['/v2/repository/', '/edgefleet/v1/status'] as const;
+
+/** Whether a route (its pattern, e.g. /v2/repository/models/:name/load) is a management route. */
+export function isManagementRoute(route: string | undefined): boolean {
+  return route !== undefined && MANAGEMENT_ROUTE_PREFIXES.some((prefix) => route.startsWith(prefix));
 }
 
 type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -69,6 +87,8 @@ export interface RestAppHooks {
   closing?: () => boolean;
   /** The credentials of a request's connection on the Unix socket (SO_PEERCRED); default: none known. */
   peerOf?: PeerOf;
+  /** Whether a request's connection came in on the TCP listener; default: none did (app.inject). */
+  isTcp?: (socket: Socket) => boolean;
 }
 
 /** Longest path parameter (model name or version) routed; the registry allows names of up to 255 characters (core's MAX_MODEL_NAME_LENGTH). */
@@ -140,6 +160,19 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     // pino's Logger and Fastify's logger generics differ only in type detail; the instance is an ordinary one.
   }) as unknown as FastifyInstance;
 
+  // Management routes on TCP are refused first, before their bodies are read or admitted.
+  if (!(options.tcpManagement ?? false)) {
+    const isTcp = hooks.isTcp ?? (() => false);
+    app.addHook('onRequest', (request, _reply, done) => {
+      if (!isTcp(request.raw.socket) || !isManagementRoute(request.routeOptions.url)) return done();
+      done(
+        new RestError(
+          403,
+          `${request.method} ${shortUrl(request.url)} is served only on the agent's Unix socket (edgefleet_rest_socket_path), whose group decides who may manage models: TCP tells nothing of who is calling. Use the Unix socket (e.g. curl --unix-socket <socket>), or set edgefleet_rest_tcp_management to true to serve it on TCP to everyone who can reach the port`,
+        ),
+      );
+    });
+  }
   // Every body arrives as raw chunks, whatever its Content-Type: JSON and binary tensor bodies are parsed by
   // the routes themselves, so Fastify never JSON.parses (or copies) them.
   app.removeAllContentTypeParsers();
@@ -202,7 +235,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
 
   registerModelRoutes(app, registry, inference, admission);
   registerSharedMemoryRoutes(app, regions, peerOf);
-  registerRepositoryRoutes(app, registry);
+  registerRepositoryRoutes(app, registry, peerOf);
 
   // --- EdgeFleet's own: what the device runs and what it is doing (`edgefleet agent status`) -----------------
 

@@ -115,6 +115,8 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
     servers.push(server);
     return server;
   };
+  // Connections accepted on the TCP listener: management routes are refused there (RestAppOptions.tcpManagement).
+  const tcpSockets = new WeakSet<Socket>();
   let fastifyHandler: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
   // The credentials of each connection on the Unix socket (SO_PEERCRED), for system shared memory; TCP
   // connections have none and get no shared memory.
@@ -126,6 +128,7 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
     },
     closing: () => closing,
     peerOf: (socket) => peers.get(socket) ?? null,
+    isTcp: (socket) => tcpSockets.has(socket),
   });
   const reader = options.sharedMemory;
   if (unixSocketPath !== undefined && reader) {
@@ -162,12 +165,19 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
     }
     if (tcp !== undefined) {
       const server = unixSocketPath === undefined ? app.server : makeServer(fastifyHandler!, 'rest-tcp');
+      server.on('connection', (socket: Socket) => tcpSockets.add(socket));
       await listen(server, { host: tcp.host, port: tcp.port }).catch((error: Error) => {
         throw new Error(`cannot listen on TCP ${tcp.host}:${tcp.port}: ${error.message}`, { cause: error });
       });
       const address = server.address() as AddressInfo;
       const host = address.address.includes(':') ? `[${address.address}]` : address.address;
       addresses.push(`http://${host}:${address.port}`);
+      if (options.tcpManagement) {
+        options.logger.warn(
+          { address: `${host}:${address.port}`, option: 'edgefleet_rest_tcp_management' },
+          `edgefleet_rest_tcp_management is true: everyone who can reach ${host}:${address.port} can load and unload models and read the agent status (TCP tells nothing of who is calling)`,
+        );
+      }
     }
   } catch (error) {
     await closeServers(0);

@@ -121,7 +121,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
           { key: 'ORT_INTER_OP_NUM_THREADS', value: '1' },
         ],
       },
-      rest: { socketPath: '/tmp/edge.rest.sock', tcp: null },
+      rest: { socketPath: '/tmp/edge.rest.sock', tcp: null, tcpManagement: false },
       socketMode: 0o660,
       metrics: { maxUnloadedModels: 64 },
     });
@@ -204,7 +204,7 @@ describe('parseAgentConfig: every SageMaker Edge key', () => {
     expect(config.inference.workers).toBe(4);
     expect(config.inference.instancesPerModel).toBe(1);
     expect(config.inference.ort.intraOpNumThreads).toBe(1);
-    expect(config.rest).toEqual({ socketPath: '/tmp/edge.rest.sock', tcp: null });
+    expect(config.rest).toEqual({ socketPath: '/tmp/edge.rest.sock', tcp: null, tcpManagement: false });
     expect(config.socketMode).toBe(0o660);
   });
 
@@ -338,6 +338,7 @@ describe('parseAgentConfig: fatal errors name their key', () => {
     ['edgefleet_ort_execution_providers', [], /execution providers/],
     ['edgefleet_rest_tcp', 'localhost', /host:port/],
     ['edgefleet_rest_tcp', 70000, /host:port/],
+    ['edgefleet_rest_tcp_management', 'everyone', /true or false/],
     ['edgefleet_socket_mode', '0999', /octal/],
     ['edgefleet_socket_mode', 432.5, /octal/],
     ['edgefleet_require_signatures', 'sure', /true or false/],
@@ -486,6 +487,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
         edgefleet_ort_execution_providers: 'cuda:1, CPU',
         edgefleet_rest_socket_path: 'run/rest.sock',
         edgefleet_rest_tcp: '0.0.0.0:8080',
+        edgefleet_rest_tcp_management: 'true',
         edgefleet_socket_mode: '0600',
         edgefleet_unload_timeout_seconds: '5',
         edgefleet_startup_load_timeout_seconds: '7',
@@ -520,6 +522,7 @@ describe('parseAgentConfig: EdgeFleet settings', () => {
     expect(config.rest).toEqual({
       socketPath: '/srv/agent/run/rest.sock',
       tcp: { host: '0.0.0.0', port: 8080 },
+      tcpManagement: true,
     });
     expect(config.socketMode).toBe(0o600);
     expect(config.metrics).toEqual({ maxUnloadedModels: 3 });

@@ -47,7 +47,12 @@ describe('a flood on the REST TCP port (real agent process, low open file limit)
   it('leaves gRPC Predict and the REST Unix socket working', async () => {
     const socket = join(files.root, 'agent.sock');
     const config = join(files.root, 'agent.json');
-    await writeAgentConfig(config, { edgefleet_inference_workers: 1, edgefleet_rest_tcp: '127.0.0.1:0' });
+    // Management on TCP: the flood's slow bodies go to the repository index, a route that reads its body there.
+    await writeAgentConfig(config, {
+      edgefleet_inference_workers: 1,
+      edgefleet_rest_tcp: '127.0.0.1:0',
+      edgefleet_rest_tcp_management: true,
+    });
     const agent = spawnAgent(['-a', socket, '-c', config], files.root, { openFileLimit: OPEN_FILE_LIMIT });
     running.push(agent);
     const line = await agent.waitFor(listening, 'listening');

@@ -383,7 +383,8 @@ describe.each([
     ).toBe(true);
   });
 
-  it('repository: index, load under a new name, infer, unload', async () => {
+  // On TCP the repository is refused by default (tcp-management.test.ts): loopback TCP has no caller identity.
+  it.runIf(index === 0)('repository: index, load under a new name, infer, unload', async () => {
     const name = `tiny-${index}`;
     const before = (await client.postJson('/v2/repository/index', {})).json() as Array<{ name: string }>;
     expect(before.map((m) => m.name)).toEqual(expect.arrayContaining(MODELS));

@@ -201,7 +201,8 @@ describe('JSON bodies (issue 15: a JSON request cost ~30x its size)', () => {
   });
 
   it('takes at most maxConcurrentJsonBodies large JSON bodies at once (429), then takes more once they are done', async () => {
-    const server = await start({ tcp, maxConcurrentJsonBodies: 2 });
+    // tcpManagement: the repository index (a small JSON body below) is served on TCP too.
+    const server = await start({ tcp, maxConcurrentJsonBodies: 2, tcpManagement: true });
     const address = server.addresses[0]!;
     // Two large JSON bodies that have begun to arrive and wait for the rest.
     const slow = await Promise.all([1, 2].map(() => open(address)));

@@ -474,7 +474,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
             ['trust folder', result.files.trustFolder ?? '-'],
             ['data folder', result.config[DATA_ROOT_KEY]],
             ['captures', result.config[CAPTURE_DESTINATION_KEY]],
-            ['REST', result.config[REST_TCP_KEY]],
+            ['REST', restExposure(result.config[REST_TCP_KEY])],
             [
               'deployments',
               result.config[DEPLOYMENT_POLL_KEY] === undefined
@@ -492,4 +492,13 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
         ]);
       },
     );
+}
+
+/**
+ * What `edgefleet_rest_tcp` (set by --rest-port) exposes: loopback TCP tells nothing of who is calling, so every
+ * local user reaches it; the agent keeps model management on its Unix socket (docs/security.md).
+ */
+export function restExposure(tcp: string | undefined): string {
+  if (tcp === undefined) return 'Unix socket only (--rest-port <port> adds loopback TCP)';
+  return `TCP ${tcp} serves inference, model metadata, health and metrics to every local user; loading and unloading models and the agent status stay on the agent's Unix socket`;
 }

@@ -247,9 +247,13 @@ describe('edgefleet device enroll', () => {
     expect((await enroll(token, configFile)).stderr).toMatch(/must hold a JSON object/);
     // The token is still good.
     const fresh = join(cli.work, 'fresh', 'agent.json');
-    const ok = await enroll(token, fresh, '--cert-dir', join(cli.work, 'c2'));
+    const ok = await enroll(token, fresh, '--cert-dir', join(cli.work, 'c2'), '--rest-port', '8081');
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/^Enrolled as device crane-2 of fleet yard/);
+    // What the TCP port exposes, and to whom.
+    expect(ok.stdout).toMatch(
+      /REST +TCP 127\.0\.0\.1:8081 serves inference, model metadata, health and metrics to every local user; loading and unloading models and the agent status stay on the agent's Unix socket/,
+    );
     expect(JSON.parse(await readFile(fresh, 'utf8')).sagemaker_edge_provider_aws_cert_pk_file).toBe(
       join(cli.work, 'c2', 'device.key'),
     );

@@ -8,11 +8,13 @@
  */
 import { createHash } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { get as httpGet } from 'node:http';
 import { join } from 'node:path';
 import {
   connectAgent,
   createModelPackage,
   createRootCa,
+  defaultRestSocketPath,
   issueCodeSigningCertificate,
   OnnxModelBuilder,
   packModelPackage,
@@ -50,10 +52,26 @@ interface AgentStatusAnswer {
   };
 }
 
-async function agentStatus(device: Device): Promise<AgentStatusAnswer> {
-  const response = await fetch(`http://127.0.0.1:${device.restPort}/edgefleet/v1/status`);
-  expect(response.status).toBe(200);
-  return (await response.json()) as AgentStatusAnswer;
+/** The agent status, from the REST Unix socket beside the gRPC one (TCP refuses it: docs/security.md). */
+function agentStatus(device: Device): Promise<AgentStatusAnswer> {
+  return new Promise((resolve, reject) => {
+    const request = httpGet(
+      { socketPath: defaultRestSocketPath(device.socket), path: '/edgefleet/v1/status' },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => {
+          try {
+            expect(response.statusCode).toBe(200);
+            resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as AgentStatusAnswer);
+          } catch (error) {
+            reject(error as Error);
+          }
+        });
+      },
+    );
+    request.on('error', reject);
+  });
 }
 
 /** The version each model handle is served at, e.g. {mlp: '2.0', aux: '1.0'}. */

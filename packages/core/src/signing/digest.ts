@@ -63,7 +63,11 @@ export async function listFiles(dir: string, ignore: readonly string[]): Promise
   const ignored = new Set(ignore.map(normalizeIgnorePath));
   const out: ListedFile[] = [];
   const walk = async (rel: string): Promise<void> => {
-    const entries = await readdir(rel ? join(dir, rel) : dir, { withFileTypes: true });
+    const entries = await readdir(rel ? join(dir, rel) : dir, { withFileTypes: true }).catch(
+      (error: unknown) => {
+        throw listingFailure(error, rel || '.', 'folder');
+      },
+    );
     const files: string[] = [];
     const folders: string[] = [];
     for (const entry of entries) {
@@ -74,12 +78,41 @@ export async function listFiles(dir: string, ignore: readonly string[]): Promise
       else throw new UnsupportedFileError(relPath, kindOf(entry));
     }
     // Sizes (for progress totals) of a folder's files in one go rather than one round trip each.
-    const sizes = await Promise.all(files.map(async (f) => (await lstat(join(dir, f))).size));
+    const sizes = await Promise.all(
+      files.map(async (f) => {
+        try {
+          return (await lstat(join(dir, f))).size;
+        } catch (error) {
+          throw listingFailure(error, f, 'file');
+        }
+      }),
+    );
     files.forEach((path, i) => out.push({ path, size: sizes[i] as number }));
     for (const folder of folders) await walk(folder);
   };
   await walk('');
   return out.sort((a, b) => compareResourcePaths(a.path, b.path));
+}
+
+/**
+ * A folder that cannot be listed, or a file gone or unreadable between the listing and its lstat: the package's
+ * fault, named (a PackageFileError, as opening a file for hashing gives), not an anonymous I/O error.
+ */
+function listingFailure(error: unknown, path: string, what: 'file' | 'folder'): unknown {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT' || code === 'ENOTDIR')
+    return new PackageFileError(
+      'missing',
+      path,
+      `${what} ${path} does not exist (it was removed while being listed)`,
+    );
+  if (code === 'EACCES' || code === 'EPERM')
+    return new PackageFileError(
+      'unreadable',
+      path,
+      `${what} ${path} cannot be read (${code}); expected the package's files readable by the agent`,
+    );
+  return error;
 }
 
 /** Hashes the given files (already listed, in order), reporting progress over all of them. */

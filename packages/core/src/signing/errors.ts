@@ -14,6 +14,8 @@ export type PackageVerificationReason =
   | 'file-unlisted'
   /** The package holds a symbolic link or special file (only regular files can be signed). */
   | 'file-unsupported'
+  /** A file or folder of the package cannot be read (its permissions, or an I/O error). */
+  | 'file-unreadable'
   /** Key method: the signing key is none of the trusted public keys. */
   | 'untrusted-key'
   /** Certificate method: the chain does not lead to a trusted root, or a link in it is not a valid CA. */

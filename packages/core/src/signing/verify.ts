@@ -98,7 +98,7 @@ export async function verifyPackage(
       throw new PackageVerificationError('file-unsupported', `${error.message} (found while verifying)`, {
         path: error.path,
       });
-    throw error;
+    throw changedWhileVerifying(error);
   }
   const present = new Set(onDisk.map((f) => f.path));
   for (const name of [...expected.keys()].sort())
@@ -139,8 +139,8 @@ export async function verifyPackage(
 }
 
 /**
- * A file removed, or replaced by a symlink (itself or a folder on its way), between listing and hashing: still a
- * verdict on the package.
+ * A file removed, or replaced by a symlink (itself or a folder on its way), between listing and hashing, or one
+ * the agent may not read: still a verdict on the package, naming the file.
  */
 function changedWhileVerifying(error: unknown): unknown {
   if (!(error instanceof PackageFileError)) return error;
@@ -156,6 +156,10 @@ function changedWhileVerifying(error: unknown): unknown {
       `file ${error.file} became ${error.problem === 'symlink' ? 'a symlink' : 'something other than a regular file'} while the package was being verified: ${error.message}`,
       { path: error.file },
     );
+  if (error.problem === 'unreadable')
+    return new PackageVerificationError('file-unreadable', `${error.message} (found while verifying)`, {
+      path: error.file,
+    });
   return error;
 }
 
