@@ -231,7 +231,16 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
 
   const extensions = [...REST_EXTENSIONS, ...(regions.available ? ['system_shared_memory'] : [])];
   const serverMetadata = JSON.stringify({ name: REST_SERVER_NAME, version, extensions });
-  app.get('/v2', async (_request, reply) => reply.type(JSON_TYPE).send(serverMetadata));
+  // TCP lists only what it serves (a client that reads the list must not be sent to routes TCP refuses): shared
+  // memory never, the repository only with edgefleet_rest_tcp_management.
+  const tcpExtensions = extensions.filter(
+    (e) => e === 'binary_tensor_data' || (e === 'model_repository' && (options.tcpManagement ?? false)),
+  );
+  const tcpServerMetadata = JSON.stringify({ name: REST_SERVER_NAME, version, extensions: tcpExtensions });
+  const onTcp = hooks.isTcp ?? (() => false);
+  app.get('/v2', async (request, reply) =>
+    reply.type(JSON_TYPE).send(onTcp(request.raw.socket) ? tcpServerMetadata : serverMetadata),
+  );
 
   registerModelRoutes(app, registry, inference, admission);
   registerSharedMemoryRoutes(app, regions, peerOf);

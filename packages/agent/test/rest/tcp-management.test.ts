@@ -95,6 +95,13 @@ describe('the REST TCP listener by default (real sockets)', () => {
     const inferred = await both.tcp.postJson('/v2/models/tiny/infer', { inputs: jsonInputs('tiny') });
     expect(inferred.status, inferred.text()).toBe(200);
     expect((await both.tcp.get('/metrics')).status).toBe(200);
+    // The server metadata lists only what TCP serves; the socket lists the repository too.
+    expect(((await both.tcp.get('/v2')).json() as { extensions: string[] }).extensions).toEqual([
+      'binary_tensor_data',
+    ]);
+    expect(((await both.unix.get('/v2')).json() as { extensions: string[] }).extensions).toContain(
+      'model_repository',
+    );
   });
 
   it('serves the repository and the status on the Unix socket', async () => {
@@ -114,6 +121,9 @@ describe('the REST TCP listener with tcpManagement (edgefleet_rest_tcp_managemen
     try {
       const load = await both.tcp.postJson('/v2/repository/models/tiny/load', { parameters: { url: tiny } });
       expect(load.status, load.text()).toBe(200);
+      expect(((await both.tcp.get('/v2')).json() as { extensions: string[] }).extensions).toContain(
+        'model_repository',
+      );
       expect((await both.tcp.get('/edgefleet/v1/status')).status).toBe(200);
       const unload = await both.tcp.request({ method: 'POST', path: '/v2/repository/models/tiny/unload' });
       expect(unload.status).toBe(200);
