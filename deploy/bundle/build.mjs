@@ -21,7 +21,7 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { BUNDLED_WORKSPACES, bundleLock } from './bundle-lock.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -30,6 +30,19 @@ const option = (name) => args.flatMap((a, i) => (a === name ? [args[i + 1]] : []
 const arches = option('--arch').length > 0 ? option('--arch') : ['x64', 'arm64'];
 const outDir = resolve(option('--out')[0] ?? join(root, 'bundles'));
 const version = JSON.parse(readFileSync(join(root, 'packages/agent/package.json'), 'utf8')).version;
+// What tells two bundles of one version apart, for install.sh's message over an installed agent: the commit
+// built (with "-dirty" for uncommitted changes; "unknown" outside a git checkout) and the agent.db schema
+// version its agent knows (an older one refuses a database a newer agent wrote: a rollback).
+const build = (() => {
+  const described = spawnSync('git', ['describe', '--always', '--dirty', '--abbrev=12'], {
+    cwd: root,
+    encoding: 'utf8',
+  });
+  return described.status === 0 ? described.stdout.trim() : 'unknown';
+})();
+const migrationsModule = join(root, 'packages/agent/dist/state/migrations.js');
+if (!existsSync(migrationsModule)) throw new Error(`${migrationsModule} is missing: run npm run build first`);
+const { LATEST_SCHEMA_VERSION: agentDatabaseSchema } = await import(pathToFileURL(migrationsModule).href);
 const hostArch = os.arch();
 const repoLock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8'));
 const rootManifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
@@ -183,7 +196,7 @@ try {
     );
     writeFileSync(
       join(stage, 'bundle.json'),
-      `${JSON.stringify({ version, arch, node: process.versions.node, nodeModuleVersion: process.versions.modules, prebuiltNativeAddons: prebuilt }, null, 2)}\n`,
+      `${JSON.stringify({ version, build, agentDatabaseSchema, arch, node: process.versions.node, nodeModuleVersion: process.versions.modules, prebuiltNativeAddons: prebuilt }, null, 2)}\n`,
     );
 
     const file = join(outDir, `edgefleet-agent-${version}-linux-${arch}.tar.gz`);

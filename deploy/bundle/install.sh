@@ -8,7 +8,8 @@
 #   - the systemd unit, enabled but not started (edit the config first, then: systemctl start edgefleet-agent),
 #     running the node found on PATH (Node.js >= 20.19, outside /root, /home and /run/user, and runnable by the
 #     agent's user: checked).
-# Run again over an installed agent, it replaces the program and keeps the config; restart the agent afterwards.
+# Run again over an installed agent, it replaces the program and keeps the config, says which bundle it replaced
+# with which (and warns of a rollback to an agent that knows an older agent.db schema); restart the agent afterwards.
 # --root DIR installs into DIR as a system image (users in DIR/etc/passwd; no systemctl); for image builds and tests.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -97,9 +98,22 @@ chown -R 0:0 "$root$prefix.new"
 chmod -R u+rwX,go+rX,go-w "$root$prefix.new"
 [ -z "$root" ] && "$root$prefix.new/setup-native.sh"
 rm -rf "$root$prefix.old"
+# What a bundle says of itself (bundle.json): "version, build B, database schema N"; its schema alone ("" when it
+# does not say: a bundle from before bundle.json recorded it). Versions alone cannot tell an upgrade from a
+# rollback (every bundle so far is 0.1.0); the agent.db schema its agent knows can.
+describe_bundle() {
+  "$node" -e 'let j={};try{j=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"))}catch{}
+    const s=Number.isInteger(j.agentDatabaseSchema)?j.agentDatabaseSchema:"";
+    console.log(process.argv[2]==="schema"?s:`version ${j.version??"unknown"}, build ${j.build??"unknown"}, database schema ${s===""?"unknown":s}`)' "$1" "$2"
+}
 # An upgrade: a running agent keeps the old program until it is restarted.
 upgrade=""
-[ -d "$root$prefix" ] && { mv "$root$prefix" "$root$prefix.old"; upgrade=1; }
+if [ -d "$root$prefix" ]; then
+  installed_bundle=$(describe_bundle "$root$prefix/bundle.json" all)
+  installed_schema=$(describe_bundle "$root$prefix/bundle.json" schema)
+  mv "$root$prefix" "$root$prefix.old"
+  upgrade=1
+fi
 mv "$root$prefix.new" "$root$prefix"
 rm -rf "$root$prefix.old"
 
@@ -119,6 +133,14 @@ chown 0:0 "$root/etc/systemd/system/edgefleet-agent.service.new"
 chmod 0644 "$root/etc/systemd/system/edgefleet-agent.service.new"
 mv "$root/etc/systemd/system/edgefleet-agent.service.new" "$root/etc/systemd/system/edgefleet-agent.service"
 [ -x "$root$node" ] || echo "install.sh: warning: the unit runs $node, which ${root:-/} lacks; install Node.js >= 20.19 there" >&2
+if [ -n "$upgrade" ]; then
+  new_bundle=$(describe_bundle "$root$prefix/bundle.json" all)
+  new_schema=$(describe_bundle "$root$prefix/bundle.json" schema)
+  echo "replaced the installed agent ($installed_bundle) with this bundle's ($new_bundle)" >&2
+  if [ -n "$installed_schema" ] && [ -n "$new_schema" ] && [ "$new_schema" -lt "$installed_schema" ]; then
+    echo "install.sh: warning: this is a rollback: the agent.db the installed agent left (in its data root, /var/lib/edgefleet-agent by default) may have schema $installed_schema, newer than this agent knows ($new_schema); if so, this agent refuses to start (exit 2, \"newer than this agent knows\") until the newer bundle is installed again or agent.db is moved aside, losing its queued captures and deployment state: see deploy/README.md, Rolling a device back" >&2
+  fi
+fi
 if [ -z "$root" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable edgefleet-agent.service

@@ -24,7 +24,7 @@ afterAll(() => (scratch ? rm(scratch, { recursive: true, force: true }) : undefi
 
 // install.sh creates a user and sets owners: root only (CI's bundle check runs as root too).
 describe.skipIf(!isRoot || !haveUseradd)('install.sh', () => {
-  it('says "installed" the first time, and "restart the agent" over an installed one, keeping the config', async () => {
+  it('says "installed" the first time, and over an installed one which bundle it replaced, a rollback named, and "restart the agent", keeping the config', async () => {
     scratch = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-install-'));
     const bundle = path.join(scratch, 'edgefleet-agent');
     await mkdir(bundle);
@@ -48,6 +48,34 @@ describe.skipIf(!isRoot || !haveUseradd)('install.sh', () => {
     const second = await install();
     expect(second.stderr).toMatch(
       /upgraded in .*image \(config kept\); restart the agent \(systemctl restart edgefleet-agent\)/,
+    );
+    // A bundle.json from before it named its build and schema.
+    expect(second.stderr).toMatch(
+      /replaced the installed agent \(version unknown, build unknown, database schema unknown\) with this bundle's \(version unknown, build unknown, database schema unknown\)/,
+    );
+    expect(second.stderr).not.toMatch(/rollback/);
+    expect(await readFile(config, 'utf8')).toBe('{"edited": true}\n');
+
+    // Bundles of one version: the build and the agent.db schema tell them apart, and a rollback is named.
+    const installAs = async (build: string, agentDatabaseSchema: number) => {
+      await writeFile(
+        path.join(bundle, 'bundle.json'),
+        JSON.stringify({ version: '0.1.0', build, agentDatabaseSchema, arch: 'x64' }),
+      );
+      return (await install()).stderr;
+    };
+    await installAs('b-new', 7);
+    const same = await installAs('b-newer', 7);
+    expect(same).toMatch(
+      /replaced the installed agent \(version 0\.1\.0, build b-new, database schema 7\) with this bundle's \(version 0\.1\.0, build b-newer, database schema 7\)/,
+    );
+    expect(same).not.toMatch(/rollback/);
+    const older = await installAs('b-old', 5);
+    expect(older).toMatch(
+      /replaced the installed agent \(version 0\.1\.0, build b-newer, database schema 7\) with this bundle's \(version 0\.1\.0, build b-old, database schema 5\)/,
+    );
+    expect(older).toMatch(
+      /warning: this is a rollback: the agent\.db the installed agent left .* may have schema 7, newer than this agent knows \(5\); if so, this agent refuses to start \(exit 2, "newer than this agent knows"\) .*see deploy\/README\.md, Rolling a device back/,
     );
     expect(await readFile(config, 'utf8')).toBe('{"edited": true}\n');
   });

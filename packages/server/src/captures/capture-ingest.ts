@@ -62,6 +62,8 @@ interface OutputTarget {
   outageLastFailureAt: number | null;
   /** The object's address, `s3://<bucket>/<key>`, whatever store holds it: what capture_objects records. */
   objectUrl: string;
+  /** The records' format, by where the key is: `edge` (`<fleet>/…`) or `model-monitor` (`_model-monitor/…`). */
+  format: 'edge' | 'model-monitor';
 }
 
 /** What capture_objects says of an object's address when a device claims it (see #claim). */
@@ -97,8 +99,23 @@ export function operatorReasonOf(error: BlobStoreUnavailableError): string {
 }
 
 const isManifest = (key: string) => key.endsWith('.jsonl');
-const recordFormatOf = (key: string): 'edge' | 'model-monitor' =>
-  key.split('/').includes('_model-monitor') ? 'model-monitor' : 'edge';
+/** The folder below a fleet output's prefix that holds Model Monitor records (the agent's MODEL_MONITOR_FOLDER). */
+const MODEL_MONITOR_FOLDER = '_model-monitor';
+
+/**
+ * The fleet a capture key (below the output's prefix, as `segments`) belongs to and its record format: the
+ * Edge Manager layout `<fleet>/<model>/…`, or the Model Monitor layout `_model-monitor/<model>/<fleet>/…`, where
+ * the model plays Model Monitor's endpoint and the fleet its variant. `_model-monitor` is no fleet's name (fleet
+ * names start with a letter or digit). Undefined: neither layout.
+ */
+export function captureKeyLayoutOf(
+  segments: readonly string[],
+): { fleet: string; format: 'edge' | 'model-monitor' } | undefined {
+  if (segments[0] !== MODEL_MONITOR_FOLDER)
+    return segments.length >= 2 ? { fleet: segments[0]!, format: 'edge' } : undefined;
+  // The model, the fleet, and at least the file below them.
+  return segments.length >= 4 ? { fleet: segments[2]!, format: 'model-monitor' } : undefined;
+}
 const utcDay = (ms: number) => new Date(ms).toISOString().slice(0, 10);
 const DAY_MS = 86_400_000;
 /** Whole seconds until the next UTC midnight (at least 1): when a daily quota renews. */
@@ -239,7 +256,7 @@ export class CaptureIngest {
     let body = file.body;
     let records: string[] = [];
     let duplicates = 0;
-    const format = recordFormatOf(file.key);
+    const { format } = target;
     const sent = { sha256: sha256Of(file.body), bytes: file.body.length };
     let lines: string[] = [];
     let ids: string[] = [];
@@ -405,16 +422,17 @@ export class CaptureIngest {
         'Conflict',
         `fleet ${device.fleetName}'s output location ${fleet.output_s3_location} is not an s3://bucket/prefix URI; update it with "edgefleet fleet update ${device.fleetName} --output s3://…"`,
       );
-    // A device writes only its own fleet's captures, under the fleet's output prefix.
-    const expected = [...(target.prefix === '' ? [] : [target.prefix]), device.fleetName];
-    // With no prefix the fleet's name is still the first segment: else a device could write over another
-    // fleet's captures, or the server's own blobs when they share the bucket.
-    const underPrefix = target.prefix === '' || key.startsWith(`${target.prefix}/`);
-    const fleetAt = target.prefix === '' ? 0 : target.prefix.split('/').length;
-    if (!underPrefix || key.split('/')[fleetAt] !== device.fleetName)
+    // A device writes only its own fleet's captures, under the fleet's output prefix: `<prefix>/<fleet>/…`, or
+    // with the Model Monitor format on, `<prefix>/_model-monitor/<model>/<fleet>/…`.
+    const root = target.prefix === '' ? '' : `${target.prefix}/`;
+    // With no prefix the fleet's name is still in the key: else a device could write over another fleet's
+    // captures, or the server's own blobs when they share the bucket.
+    const underPrefix = key.startsWith(root);
+    const layout = underPrefix ? captureKeyLayoutOf(key.slice(root.length).split('/')) : undefined;
+    if (layout === undefined || layout.fleet !== device.fleetName)
       throw new DomainError(
         'Forbidden',
-        `capture key ${key} is outside fleet ${device.fleetName}'s output; expected keys under ${expected.join('/')}/ (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
+        `capture key ${key} is outside fleet ${device.fleetName}'s output; expected keys under ${root}${device.fleetName}/ (or ${root}${MODEL_MONITOR_FOLDER}/<model>/${device.fleetName}/ for Model Monitor records) (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
       );
 
     // A fleet output that shares the server's own blob space (same bucket, overlapping prefix) must not let a
@@ -429,6 +447,7 @@ export class CaptureIngest {
     return {
       store: target.store,
       storedKey,
+      format: layout.format,
       // targetFor took the location, so it parses.
       objectUrl: `s3://${parseOutputLocation(fleet.output_s3_location)!.bucket}/${key}`,
       location: fleet.output_s3_location,

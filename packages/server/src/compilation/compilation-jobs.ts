@@ -1,4 +1,5 @@
 import { PassThrough, type Readable } from 'node:stream';
+import type { Actor } from '../audit/index.js';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import type { Kysely } from 'kysely';
@@ -21,6 +22,9 @@ import {
   type CompilationJobsTable,
   type DatabaseSchema,
 } from '../storage/index.js';
+
+/** Who a compilation import's model version is uploaded and removed by, in the fleet event log. */
+const COMPILATION_ACTOR: Actor = { kind: 'server', worker: 'compilation import' };
 
 /** Edge Manager packaged the output of a SageMaker Neo compilation job; EdgeFleet imports ONNX as is. */
 export type CompilationJobStatus = 'INPROGRESS' | 'COMPLETED' | 'FAILED' | 'STOPPED';
@@ -398,7 +402,7 @@ export class CompilationJobStore {
   /** Deletes the import's model version; one already gone (another replica's clean-up) is not an error. */
   private async removeModel(name: string, version: string): Promise<void> {
     try {
-      await this.options.models.deleteVersion(name, version);
+      await this.options.models.deleteVersion(name, version, COMPILATION_ACTOR);
     } catch (error) {
       if (!(error instanceof DomainError && error.code === 'NotFound')) throw error;
     }
@@ -444,13 +448,16 @@ export class CompilationJobStore {
     try {
       const object = await this.options.openS3Object(job.inputS3Uri, signal);
       const body = /\.tar\.gz$/i.test(job.inputS3Uri) ? await onnxFromTarGz(object) : object;
-      const version = await this.options.models.upload({
-        name: job.modelName,
-        version: job.modelVersion,
-        kind: 'onnx',
-        body,
-        description: `imported by compilation job ${job.name} from ${job.inputS3Uri}`,
-      });
+      const version = await this.options.models.upload(
+        {
+          name: job.modelName,
+          version: job.modelVersion,
+          kind: 'onnx',
+          body,
+          description: `imported by compilation job ${job.name} from ${job.inputS3Uri}`,
+        },
+        COMPILATION_ACTOR,
+      );
       const ended = await this.finish(job.name, token, {
         status: 'COMPLETED',
         model_sha256: version.sha256,

@@ -1,6 +1,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { hashSecret, tokenScopeSchema, type OperatorIdentity } from '../auth/index.js';
+import type { FleetEventLog } from '../audit/index.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** A console session as the browser holds it: the cookie value and the CSRF token its writes must carry. */
@@ -43,7 +44,12 @@ export const MAX_SESSIONS_PER_TOKEN = 32;
 export class ConsoleSessionStore {
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
-    private readonly options: { ttlMs: number; now?: () => number },
+    private readonly options: {
+      ttlMs: number;
+      now?: () => number;
+      /** The operator's log of fleet events (console sign-in and sign-out, by the API token's name and id). */
+      events?: FleetEventLog;
+    },
   ) {}
 
   private now(): number {
@@ -74,6 +80,19 @@ export class ConsoleSessionStore {
       })
       .execute();
     await this.removeOldestBeyondCap(identity.tokenId, idHash);
+    this.options.events?.info(
+      { kind: 'operator', name: identity.name, tokenId: identity.tokenId },
+      {
+        event: 'console_signed_in',
+        outcome: 'signed-in',
+        object: {
+          tokenId: identity.tokenId,
+          scope: identity.scope,
+          expiresAt: new Date(expiresAt).toISOString(),
+        },
+        message: `console session opened with API token "${identity.name}" (${identity.scope}), until ${new Date(expiresAt).toISOString()}`,
+      },
+    );
     return { sessionId, csrfToken, identity, expiresAt };
   }
 
@@ -131,8 +150,30 @@ export class ConsoleSessionStore {
     return 'live' in found ? found.live : undefined;
   }
 
+  /** Ends the session (signed out); one already gone is no error. Logged by the API token it was opened with. */
   async close(sessionId: string): Promise<void> {
-    await this.db.deleteFrom('console_sessions').where('id_hash', '=', hashSecret(sessionId)).execute();
+    const idHash = hashSecret(sessionId);
+    const session = await this.db
+      .selectFrom('console_sessions')
+      .innerJoin('api_tokens', 'api_tokens.id', 'console_sessions.token_id')
+      .select(['api_tokens.id as tokenId', 'api_tokens.name as name'])
+      .where('console_sessions.id_hash', '=', idHash)
+      .executeTakeFirst();
+    const result = await this.db
+      .deleteFrom('console_sessions')
+      .where('id_hash', '=', idHash)
+      .executeTakeFirst();
+    // Only the request that removed the row logs it: a second sign-out of the same cookie (another tab) did nothing.
+    if (session === undefined || Number(result.numDeletedRows) === 0) return;
+    this.options.events?.info(
+      { kind: 'operator', name: session.name, tokenId: session.tokenId },
+      {
+        event: 'console_signed_out',
+        outcome: 'signed-out',
+        object: { tokenId: session.tokenId },
+        message: `console session of API token "${session.name}" signed out`,
+      },
+    );
   }
 }
 

@@ -333,7 +333,8 @@ export class DeviceStore {
     return query;
   }
 
-  async update(name: string, patch: UpdateDeviceInput): Promise<DeviceRecord> {
+  async update(name: string, patch: UpdateDeviceInput, by: Actor = LOCAL_ACTOR): Promise<DeviceRecord> {
+    let fleetName = '';
     await this.db.transaction().execute(async (trx) => {
       const changes: Partial<DevicesTable> = { updated_at: this.now() };
       if (patch.description !== undefined) changes.description = patch.description;
@@ -346,6 +347,20 @@ export class DeviceStore {
         .executeTakeFirst();
       if (Number(result.numUpdatedRows) === 0) throw notFound(`device ${name}`, { device: name });
       if (patch.tags !== undefined) await replaceTags(trx, name, patch.tags);
+      fleetName =
+        (await trx.selectFrom('devices').select('fleet_name').where('name', '=', name).executeTakeFirst())
+          ?.fleet_name ?? '';
+    });
+    // The fields set by name, and the tags by key: values (descriptions, tag values) may be long.
+    const changed = (['description', 'iotThingName', 'tags'] as const).filter(
+      (field) => patch[field] !== undefined,
+    );
+    const tagKeys = patch.tags?.map((tag) => tag.key).join(',');
+    this.options.events?.info(by, {
+      event: 'device_updated',
+      outcome: 'updated',
+      object: { device: name, fleet: fleetName, changed: changed.join(','), tagKeys },
+      message: `device ${name} of fleet ${fleetName} updated (${changed.length > 0 ? changed.join(', ') : 'nothing set'})${tagKeys !== undefined ? `; its tags now: ${tagKeys === '' ? 'none' : tagKeys.split(',').join(', ')}` : ''}`,
     });
     return this.get(name);
   }

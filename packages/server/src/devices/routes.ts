@@ -212,8 +212,8 @@ export const deviceRoutes: FastifyPluginAsync<{
     params: deviceParams,
     body: updateDeviceSchema,
     response: deviceSchema,
-    handler: async ({ params, body }) => {
-      await devices.update(params.device, body);
+    handler: async ({ params, body, request }) => {
+      await devices.update(params.device, body, operatorActorOf(request));
       return describe(params.device);
     },
   });

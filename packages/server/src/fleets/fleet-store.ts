@@ -1,4 +1,5 @@
 import type { Kysely, Selectable, Updateable } from 'kysely';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { deviceCountsByFleet } from '../devices/index.js';
 import { splitS3Uri, tagListSchema, type Tag } from '../fields/index.js';
 import { conflict, DomainError, notFound } from '../errors/index.js';
@@ -65,9 +66,11 @@ export class FleetStore {
      * the cheaper checks (the fleet's name) so those answer first. Default: no check.
      */
     private readonly checkOutput: (location: string) => Promise<{ warning?: string }> = async () => ({}),
+    /** The operator's log of fleet events (fleet created, updated, deleted). */
+    private readonly events?: FleetEventLog,
   ) {}
 
-  async create(input: CreateFleetInput): Promise<FleetRecord> {
+  async create(input: CreateFleetInput, by: Actor = LOCAL_ACTOR): Promise<FleetRecord> {
     const existing = await this.db
       .selectFrom('fleets')
       .select('name')
@@ -97,6 +100,12 @@ export class FleetStore {
         throw conflict(`fleet ${input.name} already exists`, { fleet: input.name });
       throw error;
     }
+    this.events?.info(by, {
+      event: 'fleet_created',
+      outcome: 'created',
+      object: { fleet: input.name, outputLocation: input.outputConfig.s3OutputLocation },
+      message: `fleet ${input.name} created, output ${input.outputConfig.s3OutputLocation}`,
+    });
     return { ...toRecord(row, 0), ...(warning !== undefined && { warnings: [warning] }) };
   }
 
@@ -124,7 +133,7 @@ export class FleetStore {
     return rows.map((row) => toRecord(row, counts.get(row.name) ?? 0));
   }
 
-  async update(name: string, patch: UpdateFleetInput): Promise<FleetRecord> {
+  async update(name: string, patch: UpdateFleetInput, by: Actor = LOCAL_ACTOR): Promise<FleetRecord> {
     const changes: Updateable<FleetsTable> = { updated_at: this.now() };
     if (patch.description !== undefined) changes.description = patch.description;
     if (patch.roleArn !== undefined) changes.role_arn = patch.roleArn;
@@ -155,6 +164,20 @@ export class FleetStore {
       .where('name', '=', name)
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) === 0) throw notFound(`fleet ${name}`, { fleet: name });
+    // The fields set, by name (their values may be long: tags, descriptions); the output location in full.
+    const changed = (['description', 'roleArn', 'tags', 'outputConfig'] as const).filter(
+      (field) => patch[field] !== undefined,
+    );
+    this.events?.info(by, {
+      event: 'fleet_updated',
+      outcome: 'updated',
+      object: {
+        fleet: name,
+        changed: changed.join(','),
+        outputLocation: patch.outputConfig?.s3OutputLocation,
+      },
+      message: `fleet ${name} updated (${changed.length > 0 ? changed.join(', ') : 'nothing set'})${patch.outputConfig !== undefined ? `, output ${patch.outputConfig.s3OutputLocation}` : ''}`,
+    });
     const fleet = await this.get(name);
     return warning !== undefined ? { ...fleet, warnings: [warning] } : fleet;
   }
@@ -163,7 +186,7 @@ export class FleetStore {
    * Deletes an empty fleet; refuses (409 ResourceInUse) while devices remain registered in it or deployment
    * plans name it, naming which.
    */
-  async delete(name: string): Promise<void> {
+  async delete(name: string, by: Actor = LOCAL_ACTOR): Promise<void> {
     const devicesInUse = (count: number) =>
       new DomainError(
         'ResourceInUse',
@@ -175,6 +198,12 @@ export class FleetStore {
     try {
       const result = await this.db.deleteFrom('fleets').where('name', '=', name).executeTakeFirst();
       if (Number(result.numDeletedRows) === 0) throw notFound(`fleet ${name}`, { fleet: name });
+      this.events?.info(by, {
+        event: 'fleet_deleted',
+        outcome: 'deleted',
+        object: { fleet: name },
+        message: `fleet ${name} deleted`,
+      });
     } catch (error) {
       if (!isForeignKeyViolation(error)) throw error;
       // Devices and deployment plans reference a fleet: say which kept it.

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
+import { operatorActorOf } from '../audit/index.js';
 import { fleetNameSchema } from '../fields/index.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
@@ -45,7 +46,7 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetStore }> = async (ap
     body: createFleetSchema,
     response: fleetSchema,
     status: 201,
-    handler: async ({ body }) => fleetView(await fleets.create(body)),
+    handler: async ({ body, request }) => fleetView(await fleets.create(body, operatorActorOf(request))),
   });
 
   defineRoute(app, {
@@ -88,7 +89,8 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetStore }> = async (ap
     params: fleetParams,
     body: updateFleetSchema,
     response: fleetSchema,
-    handler: async ({ params, body }) => fleetView(await fleets.update(params.fleet, body)),
+    handler: async ({ params, body, request }) =>
+      fleetView(await fleets.update(params.fleet, body, operatorActorOf(request))),
   });
 
   defineRoute(app, {
@@ -100,8 +102,8 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetStore }> = async (ap
       'Delete a fleet; refused (409 ResourceInUse, naming them) while devices remain in it or deployment plans name it',
     params: fleetParams,
     status: 204,
-    handler: async ({ params }) => {
-      await fleets.delete(params.fleet);
+    handler: async ({ params, request }) => {
+      await fleets.delete(params.fleet, operatorActorOf(request));
       return undefined;
     },
   });

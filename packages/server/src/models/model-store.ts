@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -63,6 +64,8 @@ export interface ModelStoreOptions {
    */
   deviceTrustRootPem?: string;
   now?: () => number;
+  /** The operator's log of fleet events (model version uploaded, deleted). */
+  events?: FleetEventLog;
 }
 
 /** An upload the server accepted, with what the operator should know about it. */
@@ -129,13 +132,16 @@ export class ModelStore {
    * Accepts an upload (streamed, size-limited), reads its tensor metadata (refusing anything that is not a
    * self-contained ONNX model or a valid package of this name and version), and stores it.
    */
-  async upload(input: {
-    name: string;
-    version: string;
-    kind: ModelSourceKind;
-    body: Readable;
-    description?: string;
-  }): Promise<UploadedModelVersion> {
+  async upload(
+    input: {
+      name: string;
+      version: string;
+      kind: ModelSourceKind;
+      body: Readable;
+      description?: string;
+    },
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<UploadedModelVersion> {
     if (await this.findVersion(input.name, input.version)) {
       input.body.resume();
       throw conflict(`model ${input.name} version ${input.version} already exists`, {
@@ -199,6 +205,18 @@ export class ModelStore {
         }
         throw error;
       }
+      this.options.events?.info(by, {
+        event: 'model_version_uploaded',
+        outcome: 'uploaded',
+        object: {
+          model: input.name,
+          version: input.version,
+          kind: input.kind,
+          bytes: spooled.size,
+          sha256: spooled.sha256,
+        },
+        message: `model ${input.name} version ${input.version} uploaded (${input.kind === 'onnx' ? 'ONNX' : 'package'}, ${spooled.size} bytes, SHA-256 ${spooled.sha256})`,
+      });
       return { ...toVersion(row), ...(warning !== undefined && { warning }) };
     } finally {
       await spooled.remove();
@@ -323,13 +341,19 @@ export class ModelStore {
   }
 
   /** Deletes a version and its blob (packages already built from it stay). */
-  async deleteVersion(name: string, version: string): Promise<void> {
+  async deleteVersion(name: string, version: string, by: Actor = LOCAL_ACTOR): Promise<void> {
     const found = await this.getVersion(name, version);
     await this.db
       .deleteFrom('model_versions')
       .where('model_name', '=', name)
       .where('version', '=', version)
       .execute();
+    this.options.events?.info(by, {
+      event: 'model_version_deleted',
+      outcome: 'deleted',
+      object: { model: name, version },
+      message: `model ${name} version ${version} deleted`,
+    });
     await this.options.blobs.delete(found.blobKey);
   }
 

@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import { operatorActorOf } from '../audit/index.js';
 import { ModelNameSchema, ModelVersionSchema, TensorMetadataSchema } from '@edgefleet/core';
 import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
@@ -131,13 +132,16 @@ export const modelRoutes: FastifyPluginAsync<{
       const body = request.body as Readable;
       let version;
       try {
-        version = await models.upload({
-          name: params.model,
-          version: params.version,
-          kind,
-          body,
-          ...(query.description !== undefined ? { description: query.description } : {}),
-        });
+        version = await models.upload(
+          {
+            name: params.model,
+            version: params.version,
+            kind,
+            body,
+            ...(query.description !== undefined ? { description: query.description } : {}),
+          },
+          operatorActorOf(request),
+        );
       } catch (error) {
         // Refused before the body was read (the version exists): an answer sent now closes the connection under
         // a client still sending, which then sees EPIPE instead of the answer. This peer is an admin, and the
@@ -222,8 +226,8 @@ export const modelRoutes: FastifyPluginAsync<{
     summary: 'Delete a model version (packages already built from it stay)',
     params: versionParams,
     status: 204,
-    handler: async ({ params }) => {
-      await models.deleteVersion(params.model, params.version);
+    handler: async ({ params, request }) => {
+      await models.deleteVersion(params.model, params.version, operatorActorOf(request));
       return undefined;
     },
   });

@@ -1,4 +1,5 @@
 import type { Kysely } from 'kysely';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import {
   DEFAULT_LEASE_MS,
   leaseExpiredBefore,
@@ -8,6 +9,9 @@ import {
 import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
 import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from '../storage/index.js';
+
+/** Who ends a packaging job in the fleet event log: the packaging worker of whichever replica ran it. */
+const PACKAGING_ACTOR: Actor = { kind: 'server', worker: 'packaging' };
 
 /** STARTING → INPROGRESS → COMPLETED | FAILED, as Edge Manager's packaging jobs. */
 export type PackagingJobStatus = 'STARTING' | 'INPROGRESS' | 'COMPLETED' | 'FAILED';
@@ -102,12 +106,16 @@ export class PackagingJobStore {
     private readonly db: Kysely<DatabaseSchema>,
     private readonly models: ModelStore,
     now?: () => number,
-    options: { instanceId?: string; leaseMs?: number } = {},
+    options: { instanceId?: string; leaseMs?: number; events?: FleetEventLog } = {},
   ) {
     this.now = now ?? Date.now;
     this.instanceId = options.instanceId;
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+    this.events = options.events;
   }
+
+  /** The operator's log of fleet events (packaging job created, completed, failed). */
+  private readonly events: FleetEventLog | undefined;
 
   private record(row: PackagingJobsTable): PackagingJobRecord {
     return toRecord(row, this.now(), this.leaseMs);
@@ -168,12 +176,15 @@ export class PackagingJobStore {
     return released;
   }
 
-  async create(input: {
-    name: string;
-    modelName: string;
-    modelVersion: string;
-    outputS3Location?: string;
-  }): Promise<PackagingJobRecord> {
+  async create(
+    input: {
+      name: string;
+      modelName: string;
+      modelVersion: string;
+      outputS3Location?: string;
+    },
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<PackagingJobRecord> {
     await this.models.getVersion(input.modelName, input.modelVersion);
     const at = this.now();
     const row: PackagingJobsTable = {
@@ -199,6 +210,12 @@ export class PackagingJobStore {
         throw conflict(`packaging job ${input.name} already exists`, { job: input.name });
       throw error;
     }
+    this.events?.info(by, {
+      event: 'packaging_job_created',
+      outcome: 'created',
+      object: { packagingJob: input.name, model: input.modelName, version: input.modelVersion },
+      message: `packaging job ${input.name} created for model ${input.modelName} version ${input.modelVersion}`,
+    });
     return this.record(row);
   }
 
@@ -321,7 +338,19 @@ export class PackagingJobStore {
       .where('status', '=', 'INPROGRESS')
       .where('claim_token', '=', claim.token)
       .executeTakeFirst();
-    return Number(updated.numUpdatedRows) === 1;
+    if (Number(updated.numUpdatedRows) !== 1) return false;
+    this.events?.info(PACKAGING_ACTOR, {
+      event: 'packaging_job_completed',
+      outcome: 'completed',
+      object: {
+        packagingJob: claim.jobName,
+        artifact: result.artifactLocation,
+        bytes: result.artifactSizeBytes,
+        sha256: result.artifactSha256,
+      },
+      message: `packaging job ${claim.jobName} completed: ${result.artifactLocation} (${result.artifactSizeBytes} bytes, SHA-256 ${result.artifactSha256})`,
+    });
+    return true;
   }
 
   /**
@@ -336,6 +365,14 @@ export class PackagingJobStore {
       .where('status', '=', 'INPROGRESS')
       .where('claim_token', '=', claim.token)
       .executeTakeFirst();
-    return Number(result.numUpdatedRows) === 1;
+    if (Number(result.numUpdatedRows) !== 1) return false;
+    // The reason as the job records it (GET shows it too), cut short for the log line.
+    this.events?.warn(PACKAGING_ACTOR, {
+      event: 'packaging_job_failed',
+      outcome: 'failed',
+      object: { packagingJob: claim.jobName },
+      message: `packaging job ${claim.jobName} failed: ${message.slice(0, 500)}`,
+    });
+    return true;
   }
 }

@@ -1,4 +1,5 @@
 import { JOB_PACKAGE_ROUTE, ModelNameSchema, ModelVersionSchema } from '@edgefleet/core';
+import { operatorActorOf } from '../audit/index.js';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { BlobStore } from '../blobs/index.js';
@@ -100,8 +101,8 @@ export const packagingRoutes: FastifyPluginAsync<{
     }),
     response: packagingJobSchema,
     status: 201,
-    handler: async ({ body }) => {
-      const job = await deps.jobs.create(body);
+    handler: async ({ body, request }) => {
+      const job = await deps.jobs.create(body, operatorActorOf(request));
       deps.onCreated();
       return packagingJobView(job);
     },

@@ -564,7 +564,10 @@ export async function startServer(
         'removed temporary files left by an earlier run',
       );
     }
+    // The operator's log of fleet events (docs/operations.md, "Fleet events"): services log what they did.
+    const fleetEvents = new FleetEventLog(logger.child({ log: 'fleet-events' }));
     const models = new ModelStore(database.db, {
+      events: fleetEvents,
       blobs,
       workDir,
       maxUploadBytes: config.uploads.maxModelBytes,
@@ -574,6 +577,7 @@ export async function startServer(
     const packagingJobs = new PackagingJobStore(database.db, models, Date.now, {
       instanceId,
       leaseMs: config.packaging.leaseSeconds * 1000,
+      events: fleetEvents,
     });
     const s3Objects = new S3Objects(s3ConnectionOf(config));
     // Imports read through clients with timeouts: an endpoint that stops answering fails the import.
@@ -602,8 +606,6 @@ export async function startServer(
     // Aborts the imports in flight: a stalled S3 read must not hold shutdown.
     background.push({ stop: () => compilationJobs.close() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
-    // The operator's log of fleet events (docs/operations.md, "Fleet events"): services log what they did.
-    const fleetEvents = new FleetEventLog(logger.child({ log: 'fleet-events' }));
     const deployments = new DeploymentService(database.db, {
       packagingJobs,
       models,
@@ -636,12 +638,17 @@ export async function startServer(
         fleetEvents,
       ),
       compilationJobs,
-      fleets: new FleetStore(database.db, Date.now, async (location) => {
-        const answer = await fleetOutputCheck.check(location);
-        if (answer.warning !== undefined)
-          logger.warn({ event: 'fleet_output_unchecked', outputLocation: location }, answer.warning);
-        return answer;
-      }),
+      fleets: new FleetStore(
+        database.db,
+        Date.now,
+        async (location) => {
+          const answer = await fleetOutputCheck.check(location);
+          if (answer.warning !== undefined)
+            logger.warn({ event: 'fleet_output_unchecked', outputLocation: location }, answer.warning);
+          return answer;
+        },
+        fleetEvents,
+      ),
       devices: new DeviceStore(database.db, {
         offlineAfterMs,
         onDeregister: async (trx, device, now, by) => {
@@ -699,6 +706,7 @@ export async function startServer(
       signing,
       consoleSessions: new ConsoleSessionStore(database.db, {
         ttlMs: config.console.sessionTtlSeconds * 1000,
+        events: fleetEvents,
       }),
       deployments,
     };

@@ -4,7 +4,11 @@
  * journey an operator makes, must name each event, who caused it and how it ended, and hold none of the
  * secrets that passed through the server on the way.
  */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { Writable } from 'node:stream';
+import { writeTestModel } from '@edgefleet/core';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { adminCalls, undeployResult } from '../support/deployment-calls.js';
@@ -41,7 +45,7 @@ describe('fleet events in the server log (real server, SQLite)', () => {
     });
     t = await startTestServer({
       logger: pino({ level: 'info' }, sink),
-      config: { deployments: { sweepIntervalMs: 3_600_000 } },
+      config: { deployments: { sweepIntervalMs: 3_600_000 }, packaging: { pollIntervalMs: 50 } },
     });
     secrets.admin = t.adminToken;
     secrets.reader = t.readToken;
@@ -255,5 +259,176 @@ describe('fleet events in the server log (real server, SQLite)', () => {
     // Nor any other operator or enrollment token, or a private key.
     expect(log).not.toMatch(/\bef[oe]_/);
     expect(log).not.toContain('PRIVATE KEY');
+  });
+  it('names fleet, device, tag and model changes, packaging jobs and console sign-in and sign-out, with no secret', async () => {
+    const admins = { kind: 'operator', name: 'test-admin' };
+    const before = raw.length;
+    const linesSince = () => raw.slice(before).map((line) => JSON.parse(line) as LogLine);
+
+    expect(
+      (await admin('POST', '/api/v1/fleets', { name: 'fb', outputConfig: { s3OutputLocation: 's3://c/fb' } }))
+        .status,
+    ).toBe(201);
+    expect(
+      (
+        await admin('PATCH', '/api/v1/fleets/fb', {
+          description: 'the yard',
+          outputConfig: { s3OutputLocation: 's3://c/fb2' },
+        })
+      ).status,
+    ).toBe(200);
+    await register('fb', ['cam-9']);
+    expect(
+      (
+        await admin('PATCH', '/api/v1/devices/cam-9', {
+          description: 'gate',
+          tags: [{ key: 'site', value: 'north' }],
+        })
+      ).status,
+    ).toBe(200);
+    // Through the SageMaker API: the access key is the actor of a tag change.
+    const key = await admin('POST', '/api/v1/access-keys', { name: 'tagger', scope: 'admin' });
+    expect(key.status).toBe(201);
+    const { accessKeyId, secretAccessKey } = key.body as { accessKeyId: string; secretAccessKey: string };
+    secrets.tagger = secretAccessKey;
+    const arns = await sagemakerCall(t.url, { accessKeyId, secretAccessKey }, 'DescribeDevice', {
+      DeviceName: 'cam-9',
+      DeviceFleetName: 'fb',
+    });
+    expect(arns.status).toBe(200);
+    const deviceArn = (arns.body as { DeviceArn: string }).DeviceArn;
+    expect(
+      (
+        await sagemakerCall(t.url, { accessKeyId, secretAccessKey }, 'AddTags', {
+          ResourceArn: deviceArn,
+          Tags: [{ Key: 'rack', Value: '7' }],
+        })
+      ).status,
+    ).toBe(200);
+    expect((await admin('DELETE', '/api/v1/devices/cam-9')).status).toBe(204);
+    expect((await admin('DELETE', '/api/v1/fleets/fb')).status).toBe(204);
+
+    // A model version uploaded, packaged (completed), packaged again without its file (failed), deleted.
+    const work = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-audit-'));
+    try {
+      const onnx = await readFile(await writeTestModel('tiny', path.join(work, 'tiny')));
+      for (const version of ['1', '2']) {
+        const uploaded = await fetch(`${t.url}/api/v1/models/tiny/versions/${version}`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${t.adminToken}`, 'content-type': 'application/octet-stream' },
+          body: onnx,
+        });
+        expect(uploaded.status).toBe(201);
+      }
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+    const waitForJob = (name: string) =>
+      vi.waitFor(
+        async () => {
+          const job = await t.call('GET', `/api/v1/packaging-jobs/${name}`, { token: t.readToken });
+          expect(['COMPLETED', 'FAILED']).toContain(job.body.status);
+          return job.body.status as string;
+        },
+        { timeout: 30_000, interval: 50 },
+      );
+    expect(
+      (
+        await admin('POST', '/api/v1/packaging-jobs', {
+          name: 'pack-1',
+          modelName: 'tiny',
+          modelVersion: '1',
+        })
+      ).status,
+    ).toBe(201);
+    expect(await waitForJob('pack-1')).toBe('COMPLETED');
+    const gone = await t.server.services.models.getVersion('tiny', '2');
+    await t.server.blobs.delete(gone.blobKey);
+    expect(
+      (
+        await admin('POST', '/api/v1/packaging-jobs', {
+          name: 'pack-2',
+          modelName: 'tiny',
+          modelVersion: '2',
+        })
+      ).status,
+    ).toBe(201);
+    expect(await waitForJob('pack-2')).toBe('FAILED');
+    expect((await admin('DELETE', '/api/v1/models/tiny/versions/2')).status).toBe(204);
+
+    // Console sign-in and sign-out, by the API token's name and id; the cookie and CSRF token appear nowhere.
+    const signedIn = await t.call('POST', '/api/v1/console/session', { token: t.readToken });
+    expect(signedIn.status).toBe(201);
+    const cookie = (signedIn.headers.get('set-cookie') ?? '').split(';')[0]!;
+    secrets.session = cookie.split('=')[1]!;
+    secrets.csrf = signedIn.body.csrfToken as string;
+    const readerTokenId = (signedIn.body.operator as { tokenId: string }).tokenId;
+    const signOut = () =>
+      t.call('DELETE', '/api/v1/console/session', { headers: { cookie, 'x-csrf-token': secrets.csrf! } });
+    expect((await signOut()).status).toBe(204);
+    // The same cookie again (another tab): nothing ended, nothing logged.
+    expect((await signOut()).status).toBe(204);
+
+    const reader = { kind: 'operator', tokenId: readerTokenId };
+    const expected: [string, number, Partial<LogLine>][] = [
+      [
+        'fleet_created',
+        INFO,
+        { actor: admins, fleet: 'fb', outputLocation: 's3://c/fb', outcome: 'created' },
+      ],
+      [
+        'fleet_updated',
+        INFO,
+        { actor: admins, fleet: 'fb', changed: 'description,outputConfig', outputLocation: 's3://c/fb2' },
+      ],
+      [
+        'device_updated',
+        INFO,
+        { actor: admins, device: 'cam-9', fleet: 'fb', changed: 'description,tags', tagKeys: 'site' },
+      ],
+      [
+        'device_updated',
+        INFO,
+        {
+          actor: { kind: 'access-key', accessKeyId },
+          device: 'cam-9',
+          changed: 'tags',
+          tagKeys: 'site,rack',
+        },
+      ],
+      ['fleet_deleted', INFO, { actor: admins, fleet: 'fb', outcome: 'deleted' }],
+      ['model_version_uploaded', INFO, { actor: admins, model: 'tiny', version: '1', kind: 'onnx' }],
+      ['packaging_job_created', INFO, { actor: admins, packagingJob: 'pack-1', model: 'tiny', version: '1' }],
+      [
+        'packaging_job_completed',
+        INFO,
+        { actor: { kind: 'server', worker: 'packaging' }, packagingJob: 'pack-1' },
+      ],
+      [
+        'packaging_job_failed',
+        WARN,
+        { actor: { kind: 'server', worker: 'packaging' }, packagingJob: 'pack-2', outcome: 'failed' },
+      ],
+      ['model_version_deleted', INFO, { actor: admins, model: 'tiny', version: '2' }],
+      ['console_signed_in', INFO, { actor: reader, tokenId: readerTokenId, scope: 'read-only' }],
+      ['console_signed_out', INFO, { actor: reader, tokenId: readerTokenId, outcome: 'signed-out' }],
+    ];
+    for (const [event, level, match] of expected) {
+      const { actor, ...fields } = match;
+      const line = linesSince().find(
+        (l) =>
+          l.event === event &&
+          Object.entries(fields).every(([k, v]) => l[k] === v) &&
+          (actor === undefined || Object.entries(actor).every(([k, v]) => l.actor?.[k] === v)),
+      );
+      expect(line, `${event} ${JSON.stringify(match)} in:\n${raw.slice(before).join('\n')}`).toBeDefined();
+      expect(line!.level, event).toBe(level);
+    }
+    expect(linesSince().filter((l) => l.event === 'console_signed_out')).toHaveLength(1);
+    expect(linesSince().find((l) => l.event === 'packaging_job_failed')!.msg).toMatch(
+      /packaging job pack-2 failed: .*does not exist/,
+    );
+    const log = raw.join('\n');
+    for (const [name, secret] of Object.entries(secrets)) expect(log, name).not.toContain(secret);
   });
 });

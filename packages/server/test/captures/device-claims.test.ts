@@ -30,6 +30,13 @@ const record = (captureId: string, claim: Claim) =>
   });
 const manifest = (claim: Claim, ...ids: string[]) =>
   Buffer.from(`${ids.map((id) => record(id, claim)).join('\n')}\n`);
+/** One Model Monitor record line (packages/agent records.ts): no device or fleet unless `claim` adds them. */
+const monitorRecord = (captureId: string, claim: Claim = {}) =>
+  JSON.stringify({
+    captureData: { endpointInput: { mode: 'INPUT', data: '{}', encoding: 'JSON' } },
+    eventMetadata: { ...claim, eventId: captureId, inferenceId: captureId },
+    eventVersion: '0',
+  });
 const CAM1 = { deviceId: 'cam-1', deviceFleetName: 'plant' };
 const CAM2 = { deviceId: 'cam-2', deviceFleetName: 'plant' };
 
@@ -219,6 +226,61 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
       expect((await storedBytes(large)).equals(largeBody)).toBe(true);
       expect(await capturesOf('cam-1')).not.toContain('r-3');
       expect(await captureUsageOf(t, 'cam-1')).toBe(usage);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'stores Model Monitor records under _model-monitor/<model>/<its own fleet>/ only, in its own name, written once',
+    async () => {
+      const own = `plant-out/_model-monitor/mlp/plant/2026/12/07/09/mm-own.jsonl`;
+      const body = (form: string) =>
+        Buffer.from(`${monitorRecord(`mm-1-${form}`)}\n${monitorRecord(`mm-2-${form}`, CAM1)}\n`);
+      for (const [form, send] of [
+        ['raw', rawUpload],
+        ['json', jsonUpload],
+      ] as const) {
+        const key = own.replace('mm-own', `mm-own-${form}`);
+        const answer = await send(cam1, key, body(form));
+        expect(answer.status, form).toBe(200);
+        expect(answer.body).toMatchObject({ records: 2, duplicates: 0 });
+        expect(await stored(key)).toBe(body(form).toString());
+      }
+      // Recorded once, as Model Monitor records (not as the Edge Manager ones of the same captures).
+      expect(
+        (await rawUpload(cam1, `plant-out/plant/${HOUR}/mm-edge.jsonl`, manifest(CAM1, 'mm-1-raw'))).body,
+      ).toMatchObject({ records: 1, duplicates: 0 });
+
+      // Another fleet's Model Monitor folder, or a key that is not the layout: 403, nothing stored.
+      for (const key of [
+        'plant-out/_model-monitor/mlp/doors/2026/12/07/09/x.jsonl',
+        'plant-out/_model-monitor/plant/x.jsonl',
+        'plant-out/_model-monitor/x.jsonl',
+        'doors-out/_model-monitor/mlp/plant/2026/12/07/09/x.jsonl',
+      ]) {
+        const answer = await rawUpload(cam1, key, Buffer.from(`${monitorRecord('mm-x')}\n`));
+        expect(answer.status, key).toBe(403);
+        expect(answer.body.message).toMatch(
+          /expected keys under plant-out\/plant\/ \(or plant-out\/_model-monitor\/<model>\/plant\/ for Model Monitor records\)/,
+        );
+        expect(await stored(key)).toBeUndefined();
+      }
+
+      // A record naming another device: 400; a fleet-mate writing over cam-1's file: 409.
+      const forged = await rawUpload(
+        cam1,
+        `plant-out/_model-monitor/mlp/plant/2026/12/07/09/mm-forged.jsonl`,
+        Buffer.from(`${monitorRecord('mm-3', CAM2)}\n`),
+      );
+      expect(forged.status).toBe(400);
+      expect(forged.body.message).toMatch(/has eventMetadata\.deviceId "cam-2"; expected "cam-1"/);
+      const over = await rawUpload(
+        cam2,
+        own.replace('mm-own', 'mm-own-raw'),
+        Buffer.from(`${monitorRecord('mm-4')}\n`),
+      );
+      expect(over.status).toBe(409);
+      expect(await stored(own.replace('mm-own', 'mm-own-raw'))).toBe(body('raw').toString());
+      expect(await capturesOf('cam-2')).toEqual([]);
     },
   );
 

@@ -75,14 +75,14 @@ export function deviceOperations({ fleets, devices }: DeviceOperationDeps): Oper
     UpdateDevices: defineOperation({
       mutating: true,
       input: z.object({ DeviceFleetName: fleetNameSchema, Devices: deviceList }),
-      run: async (input) => {
+      run: async (input, { key }) => {
         await fleets.get(input.DeviceFleetName);
         // Check all first, so an unknown device changes nothing.
         for (const d of input.Devices) await deviceInFleet(devices, input.DeviceFleetName, d.DeviceName);
         for (const d of input.Devices) {
           // Members left out keep their value.
           const patch = present({ description: d.Description, iotThingName: d.IotThingName });
-          if (Object.keys(patch).length > 0) await devices.update(d.DeviceName, patch);
+          if (Object.keys(patch).length > 0) await devices.update(d.DeviceName, patch, accessKeyActor(key));
         }
         return {};
       },

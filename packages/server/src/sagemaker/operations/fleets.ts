@@ -7,6 +7,7 @@ import {
   roleArnSchema,
   s3UriSchema,
 } from '../../fields/index.js';
+import { accessKeyActor } from '../../audit/index.js';
 import type { FleetRecord, FleetStore } from '../../fleets/index.js';
 import { fleetReport } from '../../heartbeats/index.js';
 import type { DatabaseSchema } from '../../storage/index.js';
@@ -57,17 +58,20 @@ export function fleetOperations({ db, fleets, offlineAfterMs }: FleetOperationDe
         Tags: awsTagList.optional(),
         EnableIotRoleAlias: z.boolean().optional(),
       }),
-      run: async (input) => {
+      run: async (input, { key }) => {
         rejectGreengrass(input.OutputConfig);
-        await fleets.create({
-          name: input.DeviceFleetName,
-          ...present({ description: input.Description, roleArn: input.RoleArn }),
-          outputConfig: {
-            s3OutputLocation: input.OutputConfig.S3OutputLocation,
-            ...present({ kmsKeyId: input.OutputConfig.KmsKeyId }),
+        await fleets.create(
+          {
+            name: input.DeviceFleetName,
+            ...present({ description: input.Description, roleArn: input.RoleArn }),
+            outputConfig: {
+              s3OutputLocation: input.OutputConfig.S3OutputLocation,
+              ...present({ kmsKeyId: input.OutputConfig.KmsKeyId }),
+            },
+            tags: fromAwsTags(input.Tags ?? []),
           },
-          tags: fromAwsTags(input.Tags ?? []),
-        });
+          accessKeyActor(key),
+        );
         return {};
       },
     }),
@@ -98,15 +102,19 @@ export function fleetOperations({ db, fleets, offlineAfterMs }: FleetOperationDe
         OutputConfig: edgeOutputConfig,
         EnableIotRoleAlias: z.boolean().optional(),
       }),
-      run: async (input) => {
+      run: async (input, { key }) => {
         rejectGreengrass(input.OutputConfig);
-        await fleets.update(input.DeviceFleetName, {
-          ...present({ description: input.Description, roleArn: input.RoleArn }),
-          outputConfig: {
-            s3OutputLocation: input.OutputConfig.S3OutputLocation,
-            ...present({ kmsKeyId: input.OutputConfig.KmsKeyId }),
+        await fleets.update(
+          input.DeviceFleetName,
+          {
+            ...present({ description: input.Description, roleArn: input.RoleArn }),
+            outputConfig: {
+              s3OutputLocation: input.OutputConfig.S3OutputLocation,
+              ...present({ kmsKeyId: input.OutputConfig.KmsKeyId }),
+            },
           },
-        });
+          accessKeyActor(key),
+        );
         return {};
       },
     }),
@@ -114,8 +122,8 @@ export function fleetOperations({ db, fleets, offlineAfterMs }: FleetOperationDe
     DeleteDeviceFleet: defineOperation({
       mutating: true,
       input: z.object({ DeviceFleetName: fleetNameSchema }),
-      run: async (input) => {
-        await fleets.delete(input.DeviceFleetName);
+      run: async (input, { key }) => {
+        await fleets.delete(input.DeviceFleetName, accessKeyActor(key));
         return {};
       },
     }),

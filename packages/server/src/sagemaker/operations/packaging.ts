@@ -1,4 +1,5 @@
 import { createReadStream } from 'node:fs';
+import { accessKeyActor } from '../../audit/index.js';
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import type { S3Objects } from '../../blobs/index.js';
@@ -141,7 +142,7 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
         ResourceKey: kmsKeyIdSchema.optional(),
         Tags: awsTagList.optional(),
       }),
-      run: async (input) => {
+      run: async (input, { key }) => {
         if (input.OutputConfig.PresetDeploymentType !== undefined) {
           throw new AwsError(
             'ValidationException',
@@ -184,25 +185,31 @@ export function packagingOperations(deps: PackagingOperationDeps): OperationModu
           const existing = await models.findVersion(input.ModelName, input.ModelVersion);
           if (existing === undefined) {
             const source = await models.getVersion(compilation.modelName, compilation.modelVersion);
-            await models.upload({
-              name: input.ModelName,
-              version: input.ModelVersion,
-              kind: 'onnx',
-              body: await models.openSource(source),
-              description: `from compilation job ${compilation.name}`,
-            });
+            await models.upload(
+              {
+                name: input.ModelName,
+                version: input.ModelVersion,
+                kind: 'onnx',
+                body: await models.openSource(source),
+                description: `from compilation job ${compilation.name}`,
+              },
+              accessKeyActor(key),
+            );
           } else if (existing.sha256 !== compilation.modelSha256) {
             throw new DomainError(
               'Conflict',
               `model ${input.ModelName} version ${input.ModelVersion} already exists with other content than compilation job ${compilation.name}'s; choose another ModelVersion`,
             );
           }
-          await jobs.create({
-            name: input.EdgePackagingJobName,
-            modelName: input.ModelName,
-            modelVersion: input.ModelVersion,
-            outputS3Location: input.OutputConfig.S3OutputLocation,
-          });
+          await jobs.create(
+            {
+              name: input.EdgePackagingJobName,
+              modelName: input.ModelName,
+              modelVersion: input.ModelVersion,
+              outputS3Location: input.OutputConfig.S3OutputLocation,
+            },
+            accessKeyActor(key),
+          );
         } catch (error) {
           await db
             .deleteFrom('edge_packaging_job_sources')

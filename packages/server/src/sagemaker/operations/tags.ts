@@ -1,5 +1,6 @@
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
+import { accessKeyActor, LOCAL_ACTOR, type Actor } from '../../audit/index.js';
 import type { CompilationJobStore } from '../../compilation/index.js';
 import type { DeploymentService } from '../../deployments/index.js';
 import type { DeviceStore } from '../../devices/index.js';
@@ -34,7 +35,11 @@ export function tagOperations({
   compilationJobs,
   deployments,
 }: TagOperationDeps): OperationModule {
-  const tagsOf = async (arn: string): Promise<{ tags: Tag[]; write: (tags: Tag[]) => Promise<void> }> => {
+  /** The resource's tags, and how to write them (fleet and device changes logged as `by`'s). */
+  const tagsOf = async (
+    arn: string,
+    by: Actor = LOCAL_ACTOR,
+  ): Promise<{ tags: Tag[]; write: (tags: Tag[]) => Promise<void> }> => {
     const resource = parseResourceArn(arn);
     if (resource.kind === 'compilation-job') {
       const job = await compilationJobs.get(resource.name);
@@ -50,13 +55,19 @@ export function tagOperations({
     }
     if (resource.kind === 'device-fleet') {
       const fleet = await fleets.get(resource.fleet);
-      return { tags: fleet.tags, write: async (tags) => void (await fleets.update(fleet.name, { tags })) };
+      return {
+        tags: fleet.tags,
+        write: async (tags) => void (await fleets.update(fleet.name, { tags }, by)),
+      };
     }
     const device = await devices.get(resource.device);
     if (device.fleetName !== resource.fleet) {
       throw new AwsError('ResourceNotFound', `device ${resource.device} is not in fleet ${resource.fleet}`);
     }
-    return { tags: device.tags, write: async (tags) => void (await devices.update(device.name, { tags })) };
+    return {
+      tags: device.tags,
+      write: async (tags) => void (await devices.update(device.name, { tags }, by)),
+    };
   };
   const resourceArn = z.string().min(1).max(256);
 
@@ -64,8 +75,8 @@ export function tagOperations({
     AddTags: defineOperation({
       mutating: true,
       input: z.object({ ResourceArn: resourceArn, Tags: awsTagList }),
-      run: async (input) => {
-        const { tags, write } = await tagsOf(input.ResourceArn);
+      run: async (input, { key }) => {
+        const { tags, write } = await tagsOf(input.ResourceArn, accessKeyActor(key));
         const merged = fromAwsTags([...tags, ...input.Tags]);
         if (merged.length > MAX_TAGS) {
           throw new AwsError('ResourceLimitExceeded', `a resource may have at most ${MAX_TAGS} tags`);
@@ -101,8 +112,8 @@ export function tagOperations({
         ResourceArn: resourceArn,
         TagKeys: z.array(tagSchema.shape.key).min(1).max(50),
       }),
-      run: async (input) => {
-        const { tags, write } = await tagsOf(input.ResourceArn);
+      run: async (input, { key }) => {
+        const { tags, write } = await tagsOf(input.ResourceArn, accessKeyActor(key));
         const remove = new Set(input.TagKeys);
         await write(tags.filter((tag) => !remove.has(tag.key)));
         return {};
