@@ -2,14 +2,21 @@
 export type ResponseDoor = 'grpc' | 'rest';
 
 export interface ResponseBudgetOptions {
-  /** Called when a connection is closed for holding the most unread response bytes while the budget was full. */
+  /** Called when a connection is closed because its unread answers had waited longest when the budget was full. */
   onSlowReaderClosed?: (door: ResponseDoor, unreadBytes: number) => void;
 }
 
 interface Reader {
   door: ResponseDoor;
-  bytes: number;
   close: () => void;
+  /** Its answers waiting, each by its size. */
+  answers: Set<Answer>;
+}
+
+interface Answer {
+  reader: Reader;
+  connection: object;
+  bytes: number;
 }
 
 /** The budget when none is configured: that of request bodies (defaultBodyBudgetBytes), for the same reason. */
@@ -20,17 +27,21 @@ export { defaultBodyBudgetBytes as defaultResponseBudgetBytes } from './body-bud
  * taken by its client, across both doors (docs/security.md#limits). A client that sends requests and never reads
  * the answers leaves them in the agent's memory: without a bound, connections × calls × the largest answer.
  * The bytes are already in memory when they are counted, so nothing is refused here: when an answer takes the
- * count past the limit, the connection holding the most unread bytes is closed (its answers dropped, its client
- * sees the connection go) until the count is back within it. A client that reads its answers holds at most the
- * one in transit, so a flood never closes it unless it holds more than every flooding connection. Counting is
- * O(1) per answer; finding whom to close, O(connections holding unread bytes), only when the limit is passed.
+ * count past the limit, the connection whose oldest unread answer has waited longest is closed (its answers
+ * dropped, its client sees the connection go), then the next, until the count is back within it. A client that
+ * reads takes each answer as it comes, so the answers a flood leaves unread are always older than its own, and
+ * a flood closes it only when its own answer alone passes the limit. Not by size: one answer in transit to a
+ * reader may well be larger than what each of many flooding connections holds. O(1) per answer; closing a
+ * connection, O(its answers).
  */
 export class ResponseBudget {
   readonly limitBytes: number;
   readonly #onSlowReaderClosed: ResponseBudgetOptions['onSlowReaderClosed'];
   #queuedBytes = 0;
   #slowReadersClosed = 0;
-  /** Connections (an HTTP/2 session, a socket) with unread answers, by the object that stands for each. */
+  /** Answers waiting, oldest first (a Set keeps insertion order). */
+  readonly #answers = new Set<Answer>();
+  /** Connections (an HTTP/2 session, a socket) with answers waiting, by the object that stands for each. */
   readonly #readers = new Map<object, Reader>();
   /** Connections closed by the budget: what they still report is not counted again. */
   readonly #closed = new WeakSet<object>();
@@ -47,7 +58,7 @@ export class ResponseBudget {
     return this.#queuedBytes;
   }
 
-  /** Connections closed so far because they held the most unread bytes when the budget was full. */
+  /** Connections closed so far because their answers had waited longest when the budget was full. */
   get slowReadersClosed(): number {
     return this.#slowReadersClosed;
   }
@@ -61,47 +72,45 @@ export class ResponseBudget {
     if (bytes <= 0 || this.#closed.has(connection)) return () => undefined;
     let reader = this.#readers.get(connection);
     if (reader === undefined) {
-      reader = { door, bytes: 0, close };
+      reader = { door, close, answers: new Set() };
       this.#readers.set(connection, reader);
     }
-    reader.bytes += bytes;
+    const answer: Answer = { reader, connection, bytes };
+    reader.answers.add(answer);
+    this.#answers.add(answer);
     this.#queuedBytes += bytes;
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      // Closed by the budget meanwhile: its bytes were taken off then.
-      if (this.#readers.get(connection) !== reader) return;
-      reader.bytes -= bytes;
-      this.#queuedBytes -= bytes;
-      if (reader.bytes === 0) this.#readers.delete(connection);
+    if (this.#queuedBytes > this.limitBytes) this.#closeSlowestReaders();
+    return () => {
+      // Taken, dropped, or its connection closed by the budget (its bytes were given back then).
+      if (!this.#answers.delete(answer)) return;
+      this.#queuedBytes -= answer.bytes;
+      answer.reader.answers.delete(answer);
+      if (answer.reader.answers.size === 0) this.#readers.delete(connection);
     };
-    if (this.#queuedBytes > this.limitBytes) this.#closeSlowestReaders(connection);
-    return release;
   }
 
-  /** Closes the connections holding the most unread bytes until the count is within the limit. */
-  #closeSlowestReaders(newest: object): void {
-    while (this.#queuedBytes > this.limitBytes && this.#readers.size > 0) {
-      let slowest: [object, Reader] | undefined;
-      for (const entry of this.#readers) {
-        // On a tie, another connection goes before the one whose answer passed the limit just now.
-        const more = slowest === undefined || entry[1].bytes > slowest[1].bytes;
-        const tieAgainstNewest = slowest !== undefined && entry[1].bytes === slowest[1].bytes && slowest[0] === newest;
-        if (more || tieAgainstNewest) slowest = entry;
+  /** Closes the connections whose answers have waited longest until the count is within the limit. */
+  #closeSlowestReaders(): void {
+    while (this.#queuedBytes > this.limitBytes) {
+      const oldest = this.#answers.values().next();
+      if (oldest.done === true) return;
+      const { reader, connection } = oldest.value;
+      let unread = 0;
+      for (const answer of reader.answers) {
+        this.#answers.delete(answer);
+        unread += answer.bytes;
       }
-      const [connection, reader] = slowest!;
+      this.#queuedBytes -= unread;
       this.#readers.delete(connection);
       this.#closed.add(connection);
-      this.#queuedBytes -= reader.bytes;
       this.#slowReadersClosed++;
-      this.#onSlowReaderClosed?.(reader.door, reader.bytes);
+      this.#onSlowReaderClosed?.(reader.door, unread);
       reader.close();
     }
   }
 
   /** What the log says when a connection is closed. */
   static describeClosing(door: ResponseDoor, unreadBytes: number, limitBytes: number): string {
-    return `closed a ${door === 'grpc' ? 'gRPC' : 'REST'} connection whose client left ${unreadBytes} bytes of answers unread: answers waiting for their clients passed the agent's budget of ${limitBytes} bytes for them (edgefleet_max_responses_queued_bytes), and it held the most; expected clients to read their answers`;
+    return `closed a ${door === 'grpc' ? 'gRPC' : 'REST'} connection whose client left ${unreadBytes} bytes of answers unread: answers waiting for their clients passed the agent's budget of ${limitBytes} bytes for them (edgefleet_max_responses_queued_bytes), and its had waited longest; expected clients to read their answers`;
   }
 }

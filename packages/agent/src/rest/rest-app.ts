@@ -11,7 +11,13 @@ import { registerAgentStatusRoute } from './agent-status-route.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { registerSharedMemoryRoutes, SharedMemoryRegions, type PeerOf } from './shared-memory-routes.js';
 import { BodyAdmission } from './body-admission.js';
-import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
+import {
+  BodyBudget,
+  ResponseBudget,
+  defaultBodyBudgetBytes,
+  defaultResponseBudgetBytes,
+} from '../body-budget/index.js';
+import { countUnreadResponse } from './unread-responses.js';
 import { InferDoor } from './infer-door.js';
 import { ModelInference } from './model-inference.js';
 import { restRequestCounter } from './rest-metrics.js';
@@ -47,6 +53,12 @@ export interface RestAppOptions {
    * 429. Default: its own, of defaultBodyBudgetBytes(maxBodyBytes).
    */
   bodyBudget?: BodyBudget;
+  /**
+   * Bytes of responses waiting for clients that do not read them (shared with the gRPC door in the agent); past
+   * it, the connection holding the most is closed. Default: its own, of defaultResponseBudgetBytes(maxBodyBytes),
+   * which logs what it closes. Counted on the servers only (app.inject has no connection).
+   */
+  responseBudget?: ResponseBudget;
   /**
    * Why the agent does not serve inference yet (GET /v2/health/ready answers 400 with it), or undefined when it
    * does; default: it always does once listening.
@@ -114,6 +126,16 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   // Fastify's own inference route): the framework's routing, hooks and reply cost more than a small model's run.
   const inferDoor = new InferDoor({ inference, admission, requests, logger });
   const serverFactory = hooks.serverFactory;
+  const responseLimitBytes = defaultResponseBudgetBytes(maxBodyBytes);
+  const responseBudget =
+    options.responseBudget ??
+    new ResponseBudget(responseLimitBytes, {
+      onSlowReaderClosed: (door, bytes) =>
+        logger.warn(
+          { event: 'slow_reader_closed', door },
+          ResponseBudget.describeClosing(door, bytes, responseLimitBytes),
+        ),
+    });
 
   const app = Fastify({
     loggerInstance: logger,
@@ -124,6 +146,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     ...(serverFactory && {
       serverFactory: (handler: RequestHandler) =>
         serverFactory((req, res) => {
+          countUnreadResponse(responseBudget, res);
           if (!inferDoor.serve(req, res)) handler(req, res);
         }),
     }),

@@ -89,7 +89,7 @@ async function until(condition: () => boolean): Promise<void> {
 }
 
 describe('gRPC answers waiting for clients that do not read them', () => {
-  it('counts them until read, closes the connection holding the most once they pass the budget, and a reading client is answered throughout', async () => {
+  it('counts them until read, closes the connection whose answers have waited longest once they pass the budget, and a reading client is answered throughout', async () => {
     // Room for four answers (each the image, plus a little framing), not five.
     const budget = new ResponseBudget(4 * IMAGE_BYTES + IMAGE_BYTES / 2);
     const socketPath = await start(budget);
@@ -108,8 +108,8 @@ describe('gRPC answers waiting for clients that do not read them', () => {
       expect(budget.queuedBytes).toBeGreaterThanOrEqual(3 * IMAGE_BYTES);
       expect(budget.queuedBytes).toBeLessThan(3 * IMAGE_BYTES + 3000);
 
-      // A second non-reader's answers pass the budget: the first, holding three, is closed and its bytes given
-      // back; the second keeps its two.
+      // A second non-reader's answers pass the budget: the first, whose answers have waited longest, is closed
+      // and its bytes given back; the second keeps its two.
       const second = await nonReader(socketPath);
       for (let i = 0; i < 2; i++) unreadPredict(second);
       await firstClosed;
@@ -118,7 +118,7 @@ describe('gRPC answers waiting for clients that do not read them', () => {
       expect(budget.queuedBytes).toBeLessThan(2 * IMAGE_BYTES + 2000);
       expect(second.closed).toBe(false);
 
-      // A flood on one connection: it is the one closed, again and again, never the reading client.
+      // Floods on one connection each: the older non-readers go first, then each flood, never the reading client.
       for (let round = 0; round < 3; round++) {
         const flood = await nonReader(socketPath);
         const floodClosed = new Promise<void>((resolve) => flood.once('close', resolve));
