@@ -1,3 +1,5 @@
+import type { Logger } from 'pino';
+
 /** The door a connection came in by, as metrics and logs name it. */
 export type ResponseDoor = 'grpc' | 'rest';
 
@@ -113,4 +115,39 @@ export class ResponseBudget {
   static describeClosing(door: ResponseDoor, unreadBytes: number, limitBytes: number): string {
     return `closed a ${door === 'grpc' ? 'gRPC' : 'REST'} connection whose client left ${unreadBytes} bytes of answers unread: answers waiting for their clients passed the agent's budget of ${limitBytes} bytes for them (edgefleet_max_responses_queued_bytes), and its had waited longest; expected clients to read their answers`;
   }
+}
+
+/** How long after a logged closing the next ones are only counted, then logged as one line. */
+const SLOW_READER_LOG_INTERVAL_MS = 60_000;
+
+/**
+ * What the agent does when the budget closes a connection: a warning naming the budget and its key, and `count`
+ * (the metric). A flood may close connection after connection: the first is logged, the ones in the next minute
+ * are logged as one line then (event slow_readers_closed, with how many), so that the log cannot be flooded.
+ */
+export function slowReaderLog(
+  logger: Logger,
+  limitBytes: number,
+  count?: (door: ResponseDoor) => void,
+): NonNullable<ResponseBudgetOptions['onSlowReaderClosed']> {
+  let quiet: NodeJS.Timeout | undefined;
+  let suppressed = 0;
+  return (door, unreadBytes) => {
+    count?.(door);
+    if (quiet !== undefined) {
+      suppressed++;
+      return;
+    }
+    logger.warn({ event: 'slow_reader_closed', door }, ResponseBudget.describeClosing(door, unreadBytes, limitBytes));
+    quiet = setTimeout(() => {
+      quiet = undefined;
+      if (suppressed > 0)
+        logger.warn(
+          { event: 'slow_readers_closed', count: suppressed },
+          `closed ${suppressed} more connections whose clients left answers unread past the agent's budget of ${limitBytes} bytes for them (edgefleet_max_responses_queued_bytes)`,
+        );
+      suppressed = 0;
+    }, SLOW_READER_LOG_INTERVAL_MS);
+    quiet.unref();
+  };
 }

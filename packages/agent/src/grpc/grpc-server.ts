@@ -14,6 +14,7 @@ import {
   ResponseBudget,
   defaultBodyBudgetBytes,
   defaultResponseBudgetBytes,
+  slowReaderLog,
 } from '../body-budget/index.js';
 
 export interface GrpcServerOptions {
@@ -176,11 +177,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     responseBudget:
       options.responseBudget ??
       new ResponseBudget(defaultResponseBudgetBytes(options.maxMessageBytes), {
-        onSlowReaderClosed: (door, bytes) =>
-          options.logger.warn(
-            { event: 'slow_reader_closed', door },
-            ResponseBudget.describeClosing(door, bytes, defaultResponseBudgetBytes(options.maxMessageBytes)),
-          ),
+        onSlowReaderClosed: slowReaderLog(options.logger, defaultResponseBudgetBytes(options.maxMessageBytes)),
       }),
   });
   const server = new Server({

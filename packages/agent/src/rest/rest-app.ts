@@ -16,6 +16,7 @@ import {
   ResponseBudget,
   defaultBodyBudgetBytes,
   defaultResponseBudgetBytes,
+  slowReaderLog,
 } from '../body-budget/index.js';
 import { countUnreadResponse } from './unread-responses.js';
 import { InferDoor } from './infer-door.js';
@@ -129,13 +130,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   const responseLimitBytes = defaultResponseBudgetBytes(maxBodyBytes);
   const responseBudget =
     options.responseBudget ??
-    new ResponseBudget(responseLimitBytes, {
-      onSlowReaderClosed: (door, bytes) =>
-        logger.warn(
-          { event: 'slow_reader_closed', door },
-          ResponseBudget.describeClosing(door, bytes, responseLimitBytes),
-        ),
-    });
+    new ResponseBudget(responseLimitBytes, { onSlowReaderClosed: slowReaderLog(logger, responseLimitBytes) });
 
   const app = Fastify({
     loggerInstance: logger,
