@@ -4,6 +4,7 @@ export { BodyBudget, bodyBudgetWarning, defaultBodyBudgetBytes } from './body-bu
 export {
   ResponseBudget,
   defaultResponseBudgetBytes,
+  responseBudgetWarning,
   slowReaderLog,
   type ResponseBudgetOptions,
   type ResponseDoor,

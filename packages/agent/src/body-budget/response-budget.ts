@@ -117,6 +117,16 @@ export class ResponseBudget {
   }
 }
 
+/**
+ * Why a configured response budget is too small, when it is smaller than the largest gRPC message (`-m`): an
+ * answer that size, in transit to a client that reads, would close its own connection every time. Undefined
+ * when it is large enough.
+ */
+export function responseBudgetWarning(limitBytes: number, maxMessageBytes: number): string | undefined {
+  if (limitBytes >= maxMessageBytes) return undefined;
+  return `edgefleet_max_responses_queued_bytes (${limitBytes} bytes) is smaller than the largest answer the agent sends, a gRPC message of up to -m (${maxMessageBytes} bytes): a larger answer closes its own connection, even to a client that reads; expected at least a few times ${maxMessageBytes} bytes, or leave it unset`;
+}
+
 /** How long after a logged closing the next ones are only counted, then logged as one line. */
 const SLOW_READER_LOG_INTERVAL_MS = 60_000;
 

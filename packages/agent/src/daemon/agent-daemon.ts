@@ -39,6 +39,7 @@ import {
   bodyBudgetWarning,
   defaultBodyBudgetBytes,
   defaultResponseBudgetBytes,
+  responseBudgetWarning,
   slowReaderLog,
 } from '../body-budget/index.js';
 import { keepFreedMemory, threadCpuClock } from './process-tuning.js';
@@ -247,6 +248,8 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const responseBudget = new ResponseBudget(responseLimitBytes, {
       onSlowReaderClosed: slowReaderLog(logger, responseLimitBytes, (door) => metrics.slowReaderClosed(door)),
     });
+    const responseWarning = responseBudgetWarning(responseLimitBytes, commandLine.maxMessageBytes);
+    if (responseWarning !== undefined) logger.warn({ config: commandLine.configPath }, responseWarning);
     let grpc: RunningGrpcServer | undefined;
     const socketInode = await bindUnixSocket(commandLine.socketPath, config.socketMode, async (bindPath) => {
       const started = await startGrpcServer({

@@ -171,7 +171,7 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
   #handling = false;
   #answered = false;
   #closed = false;
-  /** Gives back the response's bytes waiting for the client, once written out or dropped. */
+  /** Gives back the response bytes still waiting for the client when the stream closes. */
   #releaseResponse: (() => void) | undefined;
 
   constructor(
@@ -329,12 +329,18 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
     // held until the stream's write callback (the bytes went out, within the client's flow-control window) or
     // its close.
     const before = this.stream.writableLength;
+    let release: (() => void) | undefined;
     this.call.sendMessage(message, () => {
-      this.#releaseResponse?.();
+      release?.();
       callback();
     });
     const queued = this.stream.writableLength - before;
-    if (queued > 0 && !this.stream.closed) this.#releaseResponse = this.guard.responseQueued(this.stream, queued);
+    if (queued <= 0 || this.stream.closed) return;
+    release = this.guard.responseQueued(this.stream, queued);
+    // Every agent method answers once; should one answer more, the close gives back all (each release is once).
+    const earlier = this.#releaseResponse;
+    const own = release;
+    this.#releaseResponse = earlier === undefined ? own : () => (earlier(), own());
   }
 
   sendStatus(callStatus: CallStatus): void {
