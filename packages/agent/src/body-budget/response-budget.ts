@@ -148,7 +148,10 @@ export function slowReaderLog(
       suppressed++;
       return;
     }
-    logger.warn({ event: 'slow_reader_closed', door }, ResponseBudget.describeClosing(door, unreadBytes, limitBytes));
+    logger.warn(
+      { event: 'slow_reader_closed', door },
+      ResponseBudget.describeClosing(door, unreadBytes, limitBytes),
+    );
     quiet = setTimeout(() => {
       quiet = undefined;
       if (suppressed > 0)

@@ -243,8 +243,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     const budgetWarning = bodyBudgetWarning(bodyBudget.limitBytes, maxBodyBytes, commandLine.maxMessageBytes);
     if (budgetWarning !== undefined) logger.warn({ config: commandLine.configPath }, budgetWarning);
     // And one for answers waiting for clients that do not read them (docs/security.md#limits).
-    const responseLimitBytes =
-      config.limits.responsesQueuedBytes ?? defaultResponseBudgetBytes(maxBodyBytes);
+    const responseLimitBytes = config.limits.responsesQueuedBytes ?? defaultResponseBudgetBytes(maxBodyBytes);
     const responseBudget = new ResponseBudget(responseLimitBytes, {
       onSlowReaderClosed: slowReaderLog(logger, responseLimitBytes, (door) => metrics.slowReaderClosed(door)),
     });

@@ -177,7 +177,10 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     responseBudget:
       options.responseBudget ??
       new ResponseBudget(defaultResponseBudgetBytes(options.maxMessageBytes), {
-        onSlowReaderClosed: slowReaderLog(options.logger, defaultResponseBudgetBytes(options.maxMessageBytes)),
+        onSlowReaderClosed: slowReaderLog(
+          options.logger,
+          defaultResponseBudgetBytes(options.maxMessageBytes),
+        ),
       }),
   });
   const server = new Server({

@@ -329,18 +329,19 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
     // held until the stream's write callback (the bytes went out, within the client's flow-control window) or
     // its close.
     const before = this.stream.writableLength;
-    let release: (() => void) | undefined;
+    // The write callback comes later (the stream's write never completes at once): by then `release` is known.
+    const written: { release?: () => void } = {};
     this.call.sendMessage(message, () => {
-      release?.();
+      written.release?.();
       callback();
     });
     const queued = this.stream.writableLength - before;
     if (queued <= 0 || this.stream.closed) return;
-    release = this.guard.responseQueued(this.stream, queued);
+    const release = this.guard.responseQueued(this.stream, queued);
+    written.release = release;
     // Every agent method answers once; should one answer more, the close gives back all (each release is once).
     const earlier = this.#releaseResponse;
-    const own = release;
-    this.#releaseResponse = earlier === undefined ? own : () => (earlier(), own());
+    this.#releaseResponse = earlier === undefined ? release : () => (earlier(), release());
   }
 
   sendStatus(callStatus: CallStatus): void {

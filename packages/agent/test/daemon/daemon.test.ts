@@ -343,9 +343,13 @@ describe('startAgentDaemon: edgefleet_max_responses_queued_bytes', () => {
       expect(answer.tensors[0]?.byteData?.length).toBe(602_112);
       // 1 MiB is below -m (4 MiB): said at start.
       expect(lines.map((line) => line.msg)).toContainEqual(
-        expect.stringMatching(/^edgefleet_max_responses_queued_bytes \(1048576 bytes\) is smaller than the largest answer/),
+        expect.stringMatching(
+          /^edgefleet_max_responses_queued_bytes \(1048576 bytes\) is smaller than the largest answer/,
+        ),
       );
-      const metric = await daemon.metrics.registry.getSingleMetricAsString('edgefleet_slow_readers_closed_total');
+      const metric = await daemon.metrics.registry.getSingleMetricAsString(
+        'edgefleet_slow_readers_closed_total',
+      );
       expect(metric).toContain('edgefleet_slow_readers_closed_total{door="grpc"} 1');
       expect(lines.filter((line) => line.event === 'slow_reader_closed').map((line) => line.msg)).toEqual([
         expect.stringMatching(

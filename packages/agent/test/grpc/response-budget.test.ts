@@ -2,7 +2,7 @@ import { connect as connectHttp2, type ClientHttp2Session } from 'node:http2';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { createAgentCodec, TEST_MODELS } from '@edgefleet/core';
+import { createAgentCodec } from '@edgefleet/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ResponseBudget } from '../../src/body-budget/index.js';
 import { startGrpcServer, type RunningGrpcServer } from '../../src/grpc/index.js';

@@ -86,7 +86,13 @@ describe('REST answers waiting for clients that do not read them', () => {
     // Room for two unread answers, not three.
     const budget = new ResponseBudget(7 * MiB);
     const socketPath = join(files.root, 'responses.sock');
-    const server = await startRestServer({ registry, metrics, logger, unixSocketPath: socketPath, responseBudget: budget });
+    const server = await startRestServer({
+      registry,
+      metrics,
+      logger,
+      unixSocketPath: socketPath,
+      responseBudget: budget,
+    });
     running.push(server);
     const reader = new HttpClient(targetOf(server.addresses[0]!));
     const readerAnswers = async () => {
