@@ -31,8 +31,8 @@ export { defaultBodyBudgetBytes as defaultResponseBudgetBytes } from './body-bud
  * The bytes are already in memory when they are counted, so nothing is refused here: when an answer takes the
  * count past the limit, the connection whose oldest unread answer has waited longest is closed (its answers
  * dropped, its client sees the connection go), then the next, until the count is back within it. A client that
- * reads takes each answer as it comes, so the answers a flood leaves unread are always older than its own, and
- * a flood closes it only when its own answer alone passes the limit. Not by size: one answer in transit to a
+ * reads takes each answer as it comes, so the answers a flood leaves unread are older than its own: it is
+ * closed only if the flood queues the whole budget while one of its answers is still in transit. Not by size: one answer in transit to a
  * reader may well be larger than what each of many flooding connections holds. O(1) per answer; closing a
  * connection, O(its answers).
  */
