@@ -32,9 +32,9 @@ export { defaultBodyBudgetBytes as defaultResponseBudgetBytes } from './body-bud
  * count past the limit, the connection whose oldest unread answer has waited longest is closed (its answers
  * dropped, its client sees the connection go), then the next, until the count is back within it. A client that
  * reads takes each answer as it comes, so the answers a flood leaves unread are older than its own: it is
- * closed only if the flood queues the whole budget while one of its answers is still in transit. Not by size: one answer in transit to a
- * reader may well be larger than what each of many flooding connections holds. O(1) per answer; closing a
- * connection, O(its answers).
+ * closed only if the flood queues the whole budget while one of its answers is still in transit. Not by size:
+ * one answer in transit to a reader may well be larger than what each of many flooding connections holds. O(1)
+ * per answer; closing a connection, O(its answers).
  */
 export class ResponseBudget {
   readonly limitBytes: number;
