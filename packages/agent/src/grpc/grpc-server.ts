@@ -50,7 +50,7 @@ export interface GrpcServerOptions {
   bodyBudget?: BodyBudget;
   /**
    * Bytes of response messages waiting for clients that do not read them (shared with the REST door in the
-   * agent); past it, the connection holding the most is closed. Default: its own, of
+   * agent); past it, the connection whose answers have waited longest is closed. Default: its own, of
    * defaultResponseBudgetBytes(maxMessageBytes), which logs what it closes.
    */
   responseBudget?: ResponseBudget;

@@ -122,7 +122,7 @@ export class ReceiveGuard {
 
   /**
    * `bytes` of a response wait on `stream` for its client; returns what gives them back. Should the budget be
-   * full, the connection holding the most unread bytes (maybe this one) is closed.
+   * full, the connection whose oldest unread answer has waited longest (maybe this one) is closed.
    */
   responseQueued(stream: ServerHttp2Stream, bytes: number): () => void {
     const session = stream.session;

@@ -136,7 +136,7 @@ export class AgentMetrics {
     });
     this.#slowReadersClosed = new Counter({
       name: 'edgefleet_slow_readers_closed_total',
-      help: 'Connections closed because answers waiting for clients passed edgefleet_max_responses_queued_bytes and theirs held the most unread bytes, per door (grpc, rest)',
+      help: 'Connections closed because answers waiting for clients passed edgefleet_max_responses_queued_bytes and theirs had waited longest, per door (grpc, rest)',
       labelNames: ['door'],
       registers,
     });
