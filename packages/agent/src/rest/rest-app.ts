@@ -57,8 +57,8 @@ export interface RestAppOptions {
   /**
    * Bytes of responses waiting for clients that do not read them (shared with the gRPC door in the agent); past
    * it, the connection whose answers have waited longest is closed. Default: its own, of
-   * defaultResponseBudgetBytes(maxBodyBytes),
-   * which logs what it closes. Counted on the servers only (app.inject has no connection).
+   * defaultResponseBudgetBytes(maxBodyBytes), which logs what it closes. Counted on the servers only (app.inject
+   * has no connection).
    */
   responseBudget?: ResponseBudget;
   /**
