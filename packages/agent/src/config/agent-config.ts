@@ -109,6 +109,12 @@ export const AgentConfigSchema = z.object({
      * max(256 MiB, 4 × the largest body or message).
      */
     bodiesInFlightBytes: z.number().int().positive().optional(),
+    /**
+     * Answers (gRPC response messages, REST responses) waiting for clients that do not read them, in bytes,
+     * across both doors; past it, the connection whose answers have waited longest is closed. Absent: as
+     * bodiesInFlightBytes's default.
+     */
+    responsesQueuedBytes: z.number().int().positive().optional(),
     /** A gRPC call whose request message is not complete this long after its headers is cancelled. */
     grpcReceiveTimeoutMs: z.number().int().positive(),
   }),

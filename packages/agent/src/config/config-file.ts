@@ -113,6 +113,7 @@ export const CONFIG_FIELDS = {
   edgefleet_deployment_max_package_bytes: byteSize(1024, 1024 ** 4, '4GiB'),
   edgefleet_deployment_min_free_bytes: byteSize(0, 1024 ** 5, '64MiB'),
   edgefleet_max_bodies_in_flight_bytes: byteSize(1024 ** 2, 1024 ** 4, '256MiB'),
+  edgefleet_max_responses_queued_bytes: byteSize(1024 ** 2, 1024 ** 4, '256MiB'),
   edgefleet_grpc_receive_timeout_seconds: integer(1, 3600, 30),
   edgefleet_capture_max_bytes: byteSize(1024, 4 * 1024 ** 3, '4MiB'),
   edgefleet_capture_buffer_bytes: byteSize(1024 ** 2, 1024 ** 4, '256MiB'),
@@ -554,6 +555,9 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     limits: {
       ...(file.edgefleet_max_bodies_in_flight_bytes !== undefined && {
         bodiesInFlightBytes: file.edgefleet_max_bodies_in_flight_bytes,
+      }),
+      ...(file.edgefleet_max_responses_queued_bytes !== undefined && {
+        responsesQueuedBytes: file.edgefleet_max_responses_queued_bytes,
       }),
       grpcReceiveTimeoutMs:
         (file.edgefleet_grpc_receive_timeout_seconds ?? DEFAULTS.grpcReceiveTimeoutSeconds) * 1000,

@@ -33,7 +33,15 @@ import {
 import { EXIT_CODES, StartupError } from './exit-codes.js';
 import { registryLogger } from './logger.js';
 import { bindUnixSocket, removeOwnSocketFile } from '../unix-socket/index.js';
-import { BodyBudget, bodyBudgetWarning, defaultBodyBudgetBytes } from '../body-budget/index.js';
+import {
+  BodyBudget,
+  ResponseBudget,
+  bodyBudgetWarning,
+  defaultBodyBudgetBytes,
+  defaultResponseBudgetBytes,
+  responseBudgetWarning,
+  slowReaderLog,
+} from '../body-budget/index.js';
 import { keepFreedMemory, threadCpuClock } from './process-tuning.js';
 import { settlesWithin } from '../retry/index.js';
 import { prepareSocketPath } from './socket-path.js';
@@ -234,6 +242,13 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     );
     const budgetWarning = bodyBudgetWarning(bodyBudget.limitBytes, maxBodyBytes, commandLine.maxMessageBytes);
     if (budgetWarning !== undefined) logger.warn({ config: commandLine.configPath }, budgetWarning);
+    // And one for answers waiting for clients that do not read them (docs/security.md#limits).
+    const responseLimitBytes = config.limits.responsesQueuedBytes ?? defaultResponseBudgetBytes(maxBodyBytes);
+    const responseBudget = new ResponseBudget(responseLimitBytes, {
+      onSlowReaderClosed: slowReaderLog(logger, responseLimitBytes, (door) => metrics.slowReaderClosed(door)),
+    });
+    const responseWarning = responseBudgetWarning(responseLimitBytes, commandLine.maxMessageBytes);
+    if (responseWarning !== undefined) logger.warn({ config: commandLine.configPath }, responseWarning);
     let grpc: RunningGrpcServer | undefined;
     const socketInode = await bindUnixSocket(commandLine.socketPath, config.socketMode, async (bindPath) => {
       const started = await startGrpcServer({
@@ -244,6 +259,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         maxMessageBytes: commandLine.maxMessageBytes,
         capture: capture.service,
         bodyBudget,
+        responseBudget,
         receiveTimeoutMs: config.limits.grpcReceiveTimeoutMs,
         metrics,
       });
@@ -266,6 +282,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         version: options.version,
         maxBodyBytes,
         bodyBudget,
+        responseBudget,
         socketMode: config.socketMode,
         closeTimeoutMs: DEFAULT_SHUTDOWN_GRACE_MS,
         sharedMemory,

@@ -9,7 +9,13 @@ import type { SharedMemoryReader } from '../shm/index.js';
 import { createAgentServiceHandlers, createRawRequestServiceDefinition } from './agent-service.js';
 import { SocketPeers } from './socket-peers.js';
 import { ReceiveGuard } from './receive-guard.js';
-import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
+import {
+  BodyBudget,
+  ResponseBudget,
+  defaultBodyBudgetBytes,
+  defaultResponseBudgetBytes,
+  slowReaderLog,
+} from '../body-budget/index.js';
 
 export interface GrpcServerOptions {
   registry: ModelRegistry;
@@ -42,6 +48,12 @@ export interface GrpcServerOptions {
    * own, of defaultBodyBudgetBytes(maxMessageBytes).
    */
   bodyBudget?: BodyBudget;
+  /**
+   * Bytes of response messages waiting for clients that do not read them (shared with the REST door in the
+   * agent); past it, the connection whose answers have waited longest is closed. Default: its own, of
+   * defaultResponseBudgetBytes(maxMessageBytes), which logs what it closes.
+   */
+  responseBudget?: ResponseBudget;
   /**
    * A call whose request (its message, and the end of the client's side of the stream) is not complete this
    * long after it began is cancelled. Default 30 s.
@@ -162,6 +174,14 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     receiveTimeoutMs: options.receiveTimeoutMs ?? DEFAULT_GRPC_RECEIVE_TIMEOUT_MS,
     maxMessageBytes: options.maxMessageBytes,
     logger: options.logger,
+    responseBudget:
+      options.responseBudget ??
+      new ResponseBudget(defaultResponseBudgetBytes(options.maxMessageBytes), {
+        onSlowReaderClosed: slowReaderLog(
+          options.logger,
+          defaultResponseBudgetBytes(options.maxMessageBytes),
+        ),
+      }),
   });
   const server = new Server({
     ...grpcServerOptions(options.maxMessageBytes),

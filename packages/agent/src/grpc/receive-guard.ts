@@ -7,7 +7,7 @@ import {
   type ServerInterceptor,
 } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import type { BodyBudget } from '../body-budget/index.js';
+import type { BodyBudget, ResponseBudget } from '../body-budget/index.js';
 
 /** grpc-js's length prefix before each message: a compressed flag and a 4-byte big-endian length. */
 const PREFIX_BYTES = 5;
@@ -32,6 +32,11 @@ export interface ReceiveGuardOptions {
    */
   maxMessageBytes: number;
   logger: Logger;
+  /**
+   * Counts each response message from when it is handed to the stream until it is written out (the client has
+   * taken it, within its HTTP/2 flow-control window) or the stream is gone; absent: not counted.
+   */
+  responseBudget?: ResponseBudget;
 }
 
 /**
@@ -52,6 +57,7 @@ export class ReceiveGuard {
   readonly #receiveTimeoutMs: number;
   readonly maxMessageBytes: number;
   readonly #logger: Logger;
+  readonly #responseBudget: ResponseBudget | undefined;
   readonly #receiving = new Set<MessageReceipt>();
   readonly #sweeper: NodeJS.Timeout;
   #sweeps = 0;
@@ -62,6 +68,7 @@ export class ReceiveGuard {
     this.#receiveTimeoutMs = options.receiveTimeoutMs;
     this.maxMessageBytes = options.maxMessageBytes;
     this.#logger = options.logger;
+    this.#responseBudget = options.responseBudget;
     this.#sweeper = setInterval(
       () => this.#sweep(),
       Math.max(1, Math.floor(options.receiveTimeoutMs / SWEEPS_PER_TIMEOUT)),
@@ -113,6 +120,16 @@ export class ReceiveGuard {
     );
   }
 
+  /**
+   * `bytes` of a response wait on `stream` for its client; returns what gives them back. Should the budget be
+   * full, the connection whose oldest unread answer has waited longest (maybe this one) is closed.
+   */
+  responseQueued(stream: ServerHttp2Stream, bytes: number): () => void {
+    const session = stream.session;
+    if (this.#responseBudget === undefined || session === undefined) return () => undefined;
+    return this.#responseBudget.queued(session, 'grpc', () => session.destroy(), bytes);
+  }
+
   received(receipt: MessageReceipt): void {
     this.#receiving.delete(receipt);
   }
@@ -154,6 +171,8 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
   #handling = false;
   #answered = false;
   #closed = false;
+  /** Gives back the response bytes still waiting for the client when the stream closes. */
+  #releaseResponse: (() => void) | undefined;
 
   constructor(
     private readonly guard: ReceiveGuard,
@@ -241,6 +260,7 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
 
   readonly #onClose = (): void => {
     this.#closed = true;
+    this.#releaseResponse?.();
     this.received();
     this.#settle();
   };
@@ -305,7 +325,23 @@ class MessageReceipt implements ServerInterceptingCallInterface, CallListener {
   sendMessage(message: unknown, callback: () => void): void {
     // Marked before it is passed on: on a cancelled call grpc-js drops the message and never sends the status.
     this.#answer();
-    this.call.sendMessage(message, callback);
+    // grpc-js serializes and writes the message at once; what the stream holds more afterwards is the response,
+    // held until the stream's write callback (the bytes went out, within the client's flow-control window) or
+    // its close.
+    const before = this.stream.writableLength;
+    // The write callback comes later (the stream's write never completes at once): by then `release` is known.
+    const written: { release?: () => void } = {};
+    this.call.sendMessage(message, () => {
+      written.release?.();
+      callback();
+    });
+    const queued = this.stream.writableLength - before;
+    if (queued <= 0 || this.stream.closed) return;
+    const release = this.guard.responseQueued(this.stream, queued);
+    written.release = release;
+    // Every agent method answers once; should one answer more, the close gives back all (each release is once).
+    const earlier = this.#releaseResponse;
+    this.#releaseResponse = earlier === undefined ? release : () => (earlier(), release());
   }
 
   sendStatus(callStatus: CallStatus): void {

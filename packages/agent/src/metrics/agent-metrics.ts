@@ -50,6 +50,7 @@ export class AgentMetrics {
   readonly #modelsLoaded: Gauge;
   readonly #workerExits: Counter;
   readonly #connectionsRefused: Counter<'listener' | 'cap'>;
+  readonly #slowReadersClosed: Counter<'door'>;
   readonly #series = new Map<string, ModelSeries>();
   /** Which models may have series (bounded), and the error codes each has series of (to remove them). */
   readonly #labels: ModelLabels;
@@ -131,6 +132,12 @@ export class AgentMetrics {
       name: 'edgefleet_connections_refused_total',
       help: 'Connections closed on arrival because a connection cap was reached, per listener (grpc, rest-unix, rest-tcp) and cap (per-address, total)',
       labelNames: ['listener', 'cap'],
+      registers,
+    });
+    this.#slowReadersClosed = new Counter({
+      name: 'edgefleet_slow_readers_closed_total',
+      help: 'Connections closed because answers waiting for clients passed edgefleet_max_responses_queued_bytes and theirs had waited longest, per door (grpc, rest)',
+      labelNames: ['door'],
       registers,
     });
   }
@@ -226,6 +233,11 @@ export class AgentMetrics {
   /** A listener's cap closed a connection on arrival (a flood, or caps too small for the clients). */
   connectionRefused(listener: string, cap: 'per-address' | 'total'): void {
     this.#connectionsRefused.inc({ listener, cap });
+  }
+
+  /** The response budget closed a connection whose client left the most answers unread. */
+  slowReaderClosed(door: 'grpc' | 'rest'): void {
+    this.#slowReadersClosed.inc({ door });
   }
 
   /** Reports the pool's workers and input-byte paths at each scrape. */

@@ -12,7 +12,14 @@ import { registerAgentStatusRoute } from './agent-status-route.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { registerSharedMemoryRoutes, SharedMemoryRegions, type PeerOf } from './shared-memory-routes.js';
 import { BodyAdmission } from './body-admission.js';
-import { BodyBudget, defaultBodyBudgetBytes } from '../body-budget/index.js';
+import {
+  BodyBudget,
+  ResponseBudget,
+  defaultBodyBudgetBytes,
+  defaultResponseBudgetBytes,
+  slowReaderLog,
+} from '../body-budget/index.js';
+import { countUnreadResponse } from './unread-responses.js';
 import { InferDoor } from './infer-door.js';
 import { ModelInference } from './model-inference.js';
 import { restRequestCounter } from './rest-metrics.js';
@@ -48,6 +55,13 @@ export interface RestAppOptions {
    * 429. Default: its own, of defaultBodyBudgetBytes(maxBodyBytes).
    */
   bodyBudget?: BodyBudget;
+  /**
+   * Bytes of responses waiting for clients that do not read them (shared with the gRPC door in the agent); past
+   * it, the connection whose answers have waited longest is closed. Default: its own, of
+   * defaultResponseBudgetBytes(maxBodyBytes), which logs what it closes. Counted on the servers only (app.inject
+   * has no connection).
+   */
+  responseBudget?: ResponseBudget;
   /**
    * Why the agent does not serve inference yet (GET /v2/health/ready answers 400 with it), or undefined when it
    * does; default: it always does once listening.
@@ -134,6 +148,10 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
   // Fastify's own inference route): the framework's routing, hooks and reply cost more than a small model's run.
   const inferDoor = new InferDoor({ inference, admission, requests, logger });
   const serverFactory = hooks.serverFactory;
+  const responseLimitBytes = defaultResponseBudgetBytes(maxBodyBytes);
+  const responseBudget =
+    options.responseBudget ??
+    new ResponseBudget(responseLimitBytes, { onSlowReaderClosed: slowReaderLog(logger, responseLimitBytes) });
 
   const app = Fastify({
     loggerInstance: logger,
@@ -144,6 +162,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     ...(serverFactory && {
       serverFactory: (handler: RequestHandler) =>
         serverFactory((req, res) => {
+          countUnreadResponse(responseBudget, res);
           if (!inferDoor.serve(req, res)) handler(req, res);
         }),
     }),

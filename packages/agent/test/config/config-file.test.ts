@@ -622,10 +622,11 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
     expect(cloud.config.capture.spoolQuotaBytes).toBe(256 * 1024 ** 2);
   });
 
-  it('reads the memory and disk bounds: body budget, gRPC receive timeout, capture sizes, package size and free space', () => {
+  it('reads the memory and disk bounds: body and response budgets, gRPC receive timeout, capture sizes, package size and free space', () => {
     const { config, warnings } = parseAgentConfig(
       {
         edgefleet_max_bodies_in_flight_bytes: '512MiB',
+        edgefleet_max_responses_queued_bytes: '128MiB',
         edgefleet_grpc_receive_timeout_seconds: '10',
         edgefleet_capture_max_bytes: '1MiB',
         edgefleet_capture_buffer_bytes: 64 * 1024 ** 2,
@@ -635,11 +636,18 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
       context,
     );
     expect(warnings).toEqual([]);
-    expect(config.limits).toEqual({ bodiesInFlightBytes: 512 * 1024 ** 2, grpcReceiveTimeoutMs: 10_000 });
+    expect(config.limits).toEqual({
+      bodiesInFlightBytes: 512 * 1024 ** 2,
+      responsesQueuedBytes: 128 * 1024 ** 2,
+      grpcReceiveTimeoutMs: 10_000,
+    });
     expect(config.capture).toMatchObject({ maxCaptureBytes: 1024 ** 2, bufferBytes: 64 * 1024 ** 2 });
     expect(config.deployments).toMatchObject({ maxPackageBytes: 1024 ** 3, minFreeBytes: 0 });
     expect(() => parseAgentConfig({ edgefleet_max_bodies_in_flight_bytes: '100kB' }, context)).toThrow(
       /edgefleet_max_bodies_in_flight_bytes: expected a size in bytes from 1 MiB/,
+    );
+    expect(() => parseAgentConfig({ edgefleet_max_responses_queued_bytes: '100kB' }, context)).toThrow(
+      /edgefleet_max_responses_queued_bytes: expected a size in bytes from 1 MiB/,
     );
   });
 

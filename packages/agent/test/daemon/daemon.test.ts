@@ -1,8 +1,10 @@
 import { lstat, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
+import { connect as connectHttp2 } from 'node:http2';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
+import { createAgentCodec } from '@edgefleet/core';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseAgentConfig } from '../../src/config/index.js';
@@ -280,6 +282,85 @@ describe('startAgentDaemon: edgefleet_max_bodies_in_flight_bytes', () => {
         /^edgefleet_max_bodies_in_flight_bytes \(16777216 bytes\) is smaller than the largest request the agent accepts, a REST body of up to 67108864 bytes/,
       ),
     );
+  });
+});
+
+describe('startAgentDaemon: edgefleet_max_responses_queued_bytes', () => {
+  it('holds answers a client leaves unread to the key across the doors: past it the connection is closed, counted and logged, and a reading client is answered', async () => {
+    const socketPath = join(files.root, 'responses.sock');
+    const configPath = join(files.root, 'responses.json');
+    await writeFile(
+      configPath,
+      JSON.stringify({
+        edgefleet_inference_workers: 1,
+        edgefleet_rest_socket_path: '',
+        edgefleet_preload_models: [{ url: await files.catalogue('image-identity'), name: 'image' }],
+        edgefleet_max_responses_queued_bytes: '1MiB',
+      }),
+    );
+    const lines: Array<{ msg: string; event?: string }> = [];
+    const logger = pino(
+      { level: 'warn' },
+      new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          lines.push(JSON.parse(chunk.toString()) as { msg: string; event?: string });
+          done();
+        },
+      }),
+    );
+    const daemon = await startAgentDaemon({
+      commandLine: { socketPath, configPath, removeStaleSocket: false, maxMessageBytes: 4 << 20 },
+      cwd: files.root,
+      logger,
+      cpuCount: 2,
+      version: 'test',
+    });
+    const reader = newClient(daemon.grpcAddress);
+    // A raw HTTP/2 client whose window is 0: not a byte of its answers (600 KB each) can leave the agent.
+    const nonReader = connectHttp2('http://localhost', {
+      createConnection: () => connect(socketPath) as Socket,
+      settings: { initialWindowSize: 0 },
+    });
+    try {
+      const request = { handle: 'image', tensors: wireInputs('image-identity') };
+      const message = createAgentCodec().encode('PredictRequest', request);
+      const prefix = Buffer.alloc(5);
+      prefix.writeUInt32BE(message.length, 1);
+      const closed = new Promise<void>((resolve) => nonReader.once('close', resolve));
+      nonReader.on('error', () => undefined);
+      for (let i = 0; i < 2; i++) {
+        const stream = nonReader.request({
+          ':method': 'POST',
+          ':path': '/AWS.SageMaker.Edge.Agent/Predict',
+          'content-type': 'application/grpc',
+          te: 'trailers',
+        });
+        stream.on('error', () => undefined);
+        stream.end(Buffer.concat([prefix, message]));
+      }
+      await closed;
+      const answer = await callMethod(reader, 'Predict', request);
+      expect(answer.tensors[0]?.byteData?.length).toBe(602_112);
+      // 1 MiB is below -m (4 MiB): said at start.
+      expect(lines.map((line) => line.msg)).toContainEqual(
+        expect.stringMatching(
+          /^edgefleet_max_responses_queued_bytes \(1048576 bytes\) is smaller than the largest answer/,
+        ),
+      );
+      const metric = await daemon.metrics.registry.getSingleMetricAsString(
+        'edgefleet_slow_readers_closed_total',
+      );
+      expect(metric).toContain('edgefleet_slow_readers_closed_total{door="grpc"} 1');
+      expect(lines.filter((line) => line.event === 'slow_reader_closed').map((line) => line.msg)).toEqual([
+        expect.stringMatching(
+          /^closed a gRPC connection whose client left \d+ bytes of answers unread: .* budget of 1048576 bytes for them \(edgefleet_max_responses_queued_bytes\)/,
+        ),
+      ]);
+    } finally {
+      nonReader.destroy();
+      reader.close();
+      await daemon.shutdown(0);
+    }
   });
 });
 
