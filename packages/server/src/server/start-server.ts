@@ -249,7 +249,7 @@ export async function openStores(
     await refuseNewerDatabase(database.db, database.description, serverVersion());
     if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
     const recorded = new Set(await recordedMigrations(database.db));
-    await refuseMigratingUnderRunningServers(database.db, {
+    await refuseMigratingUnderRunningServers(database, {
       database: database.description,
       pending: migrationNames.filter((name) => !recorded.has(name)),
       schemaVersion: schemaVersion(),
@@ -899,7 +899,7 @@ export async function startServer(
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     // Seen by a newer build before it migrates the schema under this one (server-registry.ts).
     background.push(
-      await registerServer(database.db, {
+      await registerServer(database, {
         version: serverVersion(),
         schemaVersion: schemaVersion(),
         logger,
