@@ -843,7 +843,7 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
-      build: { version: serverVersion(), schema: schemaVersion() },
+      // No `build`: /healthz on this network-facing port must not fingerprint the server's version for anyone.
       requestTimeoutMs: deviceLimits.requestTimeoutMs,
       // Devices send small JSON bodies; the routes that take larger ones (heartbeats, captures) set their own.
       bodyLimit: DEVICE_BODY_LIMIT_BYTES,
