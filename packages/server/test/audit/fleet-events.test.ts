@@ -12,7 +12,7 @@ import { createCsr, deviceCall, deviceKey } from '../support/device.js';
 import { sagemakerCall } from '../support/sagemaker-call.js';
 import { FleetEventLog } from '../../src/audit/index.js';
 import { DeploymentService } from '../../src/deployments/index.js';
-import { startTestServer, type TestServer } from '../support/server.js';
+import { enrollDevice, startTestServer, type TestServer } from '../support/server.js';
 
 interface LogLine {
   level: number;
@@ -255,5 +255,35 @@ describe('fleet events in the server log (real server, SQLite)', () => {
     // Nor any other operator or enrollment token, or a private key.
     expect(log).not.toMatch(/\bef[oe]_/);
     expect(log).not.toContain('PRIVATE KEY');
+  });
+
+  it('writes one line a minute for what a client can repeat: unknown enrollment tokens, one device renewing', async () => {
+    const refusedBefore = lines().filter(
+      (l) => l.event === 'device_enrollment_refused' && l.reason === 'EnrollmentTokenInvalid',
+    ).length;
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      const answer = await t.call('POST', '/api/v1/enroll', {
+        token: `efe_not-a-token-${attempt}`,
+        body: { csr: createCsr(deviceKey(), 'anyone') },
+      });
+      expect(answer.status).toBe(401);
+    }
+    const refused = lines().filter(
+      (l) => l.event === 'device_enrollment_refused' && l.reason === 'EnrollmentTokenInvalid',
+    );
+    expect(refused.length - refusedBefore).toBe(1);
+
+    await register('fa', ['cam-r']); // the fleet the test above made
+    const device = await enrollDevice(t, 'cam-r');
+    let tls = device.tls;
+    for (let renewal = 0; renewal < 3; renewal += 1) {
+      const key = deviceKey();
+      const answer = await deviceCall(t.server.deviceUrl, tls, 'POST', '/api/v1/device/certificate', {
+        body: { csr: createCsr(key, 'cam-r') },
+      });
+      expect(answer.status).toBe(201);
+      tls = { ...tls, cert: answer.body.certificatePem as string, key: key.privateKeyPem };
+    }
+    expect(lines().filter((l) => l.event === 'certificate_renewed' && l.device === 'cam-r')).toHaveLength(1);
   });
 });
