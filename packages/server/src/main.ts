@@ -62,7 +62,7 @@ function addCommonOptions(command: Command): Command {
 function addForceMigrate(command: Command): Command {
   return command.option(
     '--force-migrate',
-    'apply new migrations although servers (of an older version) ran on the database within the last minute; they break on the new schema: stop them first',
+    'PostgreSQL: apply new migrations although servers (of an older version) ran on the database within the last minute; they break on the new schema: stop them first (SQLite: the database lock decides)',
   );
 }
 

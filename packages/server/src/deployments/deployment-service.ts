@@ -872,10 +872,8 @@ export class DeploymentService implements DevicePackageAccess {
       const actor: Actor =
         devicesReported && event.device !== undefined ? { kind: 'device', device: event.device } : by;
       // An auto-advance is a stage started by a device's report (or the sweep): named as the advance it is.
-      const advanced =
-        event.kind === 'StageStarted' && event.message.startsWith('stage started (auto-advance');
       const line = {
-        event: advanced ? 'stage_advanced' : snakeCase(event.kind),
+        event: event.autoAdvance === true ? 'stage_advanced' : snakeCase(event.kind),
         outcome: OUTCOME_OF[event.kind],
         object: { plan: event.plan, stage: event.stage, device: event.device, ...extra },
         message: `deployment plan ${event.plan}${event.stage !== undefined ? ` stage ${event.stage}` : ''}${

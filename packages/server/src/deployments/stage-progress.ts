@@ -37,6 +37,8 @@ export interface RecordedEvent {
   device?: string;
   kind: DeploymentEventKind;
   message: string;
+  /** A StageStarted by auto-advance (a device's report or the sweep), not by a person: logged as stage_advanced. */
+  autoAdvance?: true;
 }
 
 /**
@@ -159,6 +161,7 @@ export async function startStage(
   now: number,
   reason: string,
   recorded: RecordedEvent[],
+  options: { autoAdvance?: boolean } = {},
 ): Promise<void> {
   const stages = await trx
     .selectFrom('deployment_stages')
@@ -258,6 +261,7 @@ export async function startStage(
       stage: stageName,
       kind: 'StageStarted',
       message: `stage started (${reason}); it targets ${rows.length} device(s)`,
+      ...(options.autoAdvance === true && { autoAdvance: true as const }),
     },
     now,
     recorded,
@@ -472,6 +476,7 @@ export async function settleStage(
           now,
           `auto-advance: ${counts.DEPLOYED} of ${counts.total} device(s) of stage ${stageName} deployed`,
           recorded,
+          { autoAdvance: true },
         );
         await settleStage(trx, planName, next.name, now, recorded);
       }

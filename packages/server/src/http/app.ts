@@ -35,7 +35,10 @@ export interface AppOptions {
   outageLog?: OutageLog;
   /** Document the routes at GET /api/docs (OpenAPI 3). */
   openapi?: { title: string; description: string; version: string };
-  /** Which build answers, shown by /healthz: a person upgrading replicas sees which ones run which. */
+  /**
+   * Which build answers, shown by /healthz: a person upgrading replicas sees which ones run which. Operator port
+   * only: on the device port anyone could read it.
+   */
   build?: { version: string; schema: string };
 }
 

@@ -3,6 +3,7 @@ import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { hashSecret, newId, newSecret } from '../auth/index.js';
 import { deviceFleet, lockDevice, toCertificate, type DeviceCertificateRecord } from '../devices/index.js';
 import { DomainError, notFound } from '../errors/index.js';
+import { LineLimiter } from '../logging/line-limiter.js';
 import type { DatabaseEngine, DatabaseSchema } from '../storage/index.js';
 import { CsrError, parseCsr } from './csr.js';
 import type { DeviceCa, IssuedCertificate } from './device-ca.js';
@@ -87,14 +88,22 @@ export class DeviceIdentityService {
     { resolve: (row: CertificateRow | undefined) => void; reject: (e: unknown) => void }[]
   >();
   private lookupScheduled = false;
-  // When each revoked certificate presented was last logged (by serial): a device retries every few seconds.
-  private readonly revokedUseLoggedAt = new Map<string, number>();
+  // Revoked certificates presented, by serial: a device retries every few seconds.
+  private readonly revokedUseLines: LineLimiter;
+  // Lines a client can repeat at will (a garbage enrollment token; renewals by one device): one a minute per key.
+  private readonly repeatableLines: LineLimiter;
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly options: IdentityServiceOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.revokedUseLines = new LineLimiter({
+      now: this.now,
+      intervalMs: REVOKED_USE_LOG_INTERVAL_MS,
+      maxKeys: MAX_REVOKED_USES_REMEMBERED,
+    });
+    this.repeatableLines = new LineLimiter({ now: this.now });
   }
 
   get caCertificatePem(): string {
@@ -157,15 +166,21 @@ export class DeviceIdentityService {
     try {
       issued = await this.consumeAndIssue(tokenHash, publicKeyPem, at);
     } catch (error) {
-      // Said without the token: its code (used, expired, unknown) is what an operator needs.
-      if (error instanceof DomainError)
+      // Said without the token: its code (used, expired, unknown) is what an operator needs. Anyone can send an
+      // unknown one (only its prefix is checked before): those are logged once a minute, with a count.
+      const unknownToken = error instanceof DomainError && error.code === 'EnrollmentTokenInvalid';
+      const admitted = unknownToken ? this.repeatableLines.admit('unknown-enrollment-token') : { leftOut: 0 };
+      if (error instanceof DomainError && admitted !== undefined)
         this.options.events?.info(
           { kind: 'enrollment-token' },
           {
             event: 'device_enrollment_refused',
             outcome: 'refused',
-            object: { reason: error.code },
-            message: `enrollment refused: ${error.message}`,
+            object: {
+              reason: error.code,
+              ...(admitted.leftOut > 0 && { refusalsNotLogged: admitted.leftOut }),
+            },
+            message: `enrollment refused: ${error.message}${unknownToken ? ` (unknown tokens logged at most once a minute${admitted.leftOut > 0 ? `; ${admitted.leftOut} more since the last line` : ''})` : ''}`,
           },
         );
       throw error;
@@ -276,15 +291,23 @@ export class DeviceIdentityService {
         .execute();
       await this.record(trx, device.deviceName, device.fleetName, issued, at);
     });
-    this.options.events?.info(
-      { kind: 'device', device: device.deviceName },
-      {
-        event: 'certificate_renewed',
-        outcome: 'issued',
-        object: { device: device.deviceName, fleet: device.fleetName, serial: issued.serial },
-        message: `device ${device.deviceName} renewed its certificate: ${issued.serial} issued, its others revoked as superseded`,
-      },
-    );
+    // A device may renew in a loop (no rate limit on renewals): one line a minute per device, with a count.
+    const admitted = this.repeatableLines.admit(`renewed:${device.deviceName}`);
+    if (admitted !== undefined)
+      this.options.events?.info(
+        { kind: 'device', device: device.deviceName },
+        {
+          event: 'certificate_renewed',
+          outcome: 'issued',
+          object: {
+            device: device.deviceName,
+            fleet: device.fleetName,
+            serial: issued.serial,
+            ...(admitted.leftOut > 0 && { renewalsNotLogged: admitted.leftOut }),
+          },
+          message: `device ${device.deviceName} renewed its certificate: ${issued.serial} issued, its others revoked as superseded (logged at most once a minute per device${admitted.leftOut > 0 ? `; ${admitted.leftOut} more renewals since the last line` : ''})`,
+        },
+      );
     return {
       ...issued,
       deviceName: device.deviceName,
@@ -369,15 +392,7 @@ export class DeviceIdentityService {
    * deregistered and still running). A warning, once an hour per certificate, as the device retries.
    */
   private logRevokedUse(row: CertificateRow): void {
-    const at = this.now();
-    const last = this.revokedUseLoggedAt.get(row.serial);
-    if (last !== undefined && at - last < REVOKED_USE_LOG_INTERVAL_MS) return;
-    this.revokedUseLoggedAt.delete(row.serial);
-    if (this.revokedUseLoggedAt.size >= MAX_REVOKED_USES_REMEMBERED) {
-      const oldest = this.revokedUseLoggedAt.keys().next().value;
-      if (oldest !== undefined) this.revokedUseLoggedAt.delete(oldest);
-    }
-    this.revokedUseLoggedAt.set(row.serial, at);
+    if (this.revokedUseLines.admit(row.serial) === undefined) return;
     this.options.events?.warn(
       { kind: 'device', device: row.device_name },
       {

@@ -13,6 +13,7 @@ export { DEVICE_LISTENER_LIMITS, OPERATOR_LISTENER_LIMITS } from './listener-lim
 export { BlobStoreMismatchError } from './blob-store-binding.js';
 export { schemaVersion, serverVersion } from './version.js';
 export {
+  databaseNowMs,
   recentServers,
   refuseMigratingUnderRunningServers,
   registerServer,

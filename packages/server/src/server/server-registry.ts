@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
-import type { Kysely } from 'kysely';
+import { sql, type RawBuilder } from 'kysely';
 import type { Logger } from 'pino';
 import { startPeriodicTask } from '../background/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import type { DatabaseEngine, ServerDatabase } from '../storage/index.js';
 
 /** How often a running server refreshes its row. */
 export const SERVER_SEEN_REFRESH_MS = 15_000;
@@ -15,26 +15,56 @@ export interface RunningServer {
   pid: number;
   version: string;
   schemaVersion: string;
-  lastSeenAt: number;
+  /** How long ago, on the database's clock, the server last refreshed its row. */
+  lastSeenMsAgo: number;
 }
 
-/** The servers seen on this database within SERVER_SEEN_RECENT_MS of `now`; [] before the table exists. */
-export async function recentServers(db: Kysely<DatabaseSchema>, now: number): Promise<RunningServer[]> {
+/** The database's clock in epoch ms: every replica writes and compares by it, so a replica's clock skew does not count. */
+export function databaseNowMs(engine: DatabaseEngine): RawBuilder<number> {
+  return engine === 'postgres'
+    ? sql<number>`(extract(epoch from clock_timestamp()) * 1000)::bigint`
+    : sql<number>`cast((julianday('now') - 2440587.5) * 86400000 as integer)`;
+}
+
+/** Whether a process of this host runs with `pid` (EPERM: it runs, as another user). */
+function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
+ * The servers seen on this database within SERVER_SEEN_RECENT_MS (on the database's clock); [] before the table
+ * exists. A row of this host whose process is gone is left out: a server killed without stopping (SIGKILL, OOM, a
+ * crash) is not running, however recent its row.
+ */
+export async function recentServers(
+  database: Pick<ServerDatabase, 'db' | 'engine'>,
+): Promise<RunningServer[]> {
+  const { db, engine } = database;
   const tables = await db.introspection.getTables();
   if (!tables.some((table) => table.name === 'server_instances')) return [];
+  const now = databaseNowMs(engine);
   const rows = await db
     .selectFrom('server_instances')
-    .select(['host', 'pid', 'version', 'schema_version', 'last_seen_at'])
-    .where('last_seen_at', '>', now - SERVER_SEEN_RECENT_MS)
+    .select(['host', 'pid', 'version', 'schema_version'])
+    .select(sql<number>`${now} - last_seen_at`.as('ms_ago'))
+    .where('last_seen_at', '>', sql<number>`${now} - ${SERVER_SEEN_RECENT_MS}`)
     .orderBy('last_seen_at', 'desc')
     .execute();
-  return rows.map((row) => ({
-    host: row.host,
-    pid: Number(row.pid),
-    version: row.version,
-    schemaVersion: row.schema_version,
-    lastSeenAt: Number(row.last_seen_at),
-  }));
+  const thisHost = os.hostname();
+  return rows
+    .map((row) => ({
+      host: row.host,
+      pid: Number(row.pid),
+      version: row.version,
+      schemaVersion: row.schema_version,
+      lastSeenMsAgo: Number(row.ms_ago),
+    }))
+    .filter((server) => server.host !== thisHost || processIsAlive(server.pid));
 }
 
 /**
@@ -48,21 +78,23 @@ export class ServersRunningError extends Error {
     readonly database: string,
     readonly servers: readonly RunningServer[],
     pending: readonly string[],
-    now: number,
   ) {
     const listed = servers
       .map(
         (s) =>
-          `${s.host} pid ${s.pid} (version ${s.version}, schema ${s.schemaVersion}, last seen ${Math.round((now - s.lastSeenAt) / 1000)} s ago)`,
+          `${s.host} pid ${s.pid} (version ${s.version}, schema ${s.schemaVersion}, last seen ${Math.round(s.lastSeenMsAgo / 1000)} s ago)`,
       )
       .join('; ');
-    const expires = new Date(Math.max(...servers.map((s) => s.lastSeenAt)) + SERVER_SEEN_RECENT_MS);
+    const listedFor = Math.ceil(
+      (SERVER_SEEN_RECENT_MS - Math.min(...servers.map((s) => s.lastSeenMsAgo))) / 1000,
+    );
     super(
       `database ${database}: this build would apply ${pending.length} migration(s) (${pending.join(', ')}), and ` +
         `${servers.length} server(s) ran on it within the last ${SERVER_SEEN_RECENT_MS / 1000} s: ${listed}. ` +
         'They would run on a schema they do not know: stop every replica first, then start this version ' +
-        '(packages/server/README.md, "Upgrading the server"). A server killed without stopping is listed ' +
-        `until ${expires.toISOString()}; to migrate anyway, pass --force-migrate`,
+        '(packages/server/README.md, "Upgrading the server"). A server of another host killed without stopping ' +
+        `is listed ${SERVER_SEEN_RECENT_MS / 1000} s after its last refresh (here: ${listedFor} s more); to migrate ` +
+        'anyway, pass --force-migrate',
     );
     this.name = 'ServersRunningError';
   }
@@ -70,11 +102,12 @@ export class ServersRunningError extends Error {
 
 /**
  * Before this build migrates the schema (`pending` not empty): refuses when a server of another schema ran on the
- * database lately, or with `force` says so loudly through `warn` and goes on. Servers of builds before the table existed are not
- * seen (on SQLite, the database lock still tells of a `serve`).
+ * database lately, or with `force` says so loudly through `warn` and goes on. Best-effort, not a lock: servers of
+ * builds before the table existed are not seen, and a server registers only once its listeners are up. On SQLite the
+ * file lock decides instead (`serve` holds it, init and token test it), so every row there is a dead process's.
  */
 export async function refuseMigratingUnderRunningServers(
-  db: Kysely<DatabaseSchema>,
+  database: Pick<ServerDatabase, 'db' | 'engine'>,
   options: {
     database: string;
     pending: readonly string[];
@@ -82,16 +115,14 @@ export async function refuseMigratingUnderRunningServers(
     schemaVersion: string;
     force: boolean;
     warn: (message: string) => void;
-    now?: number;
   },
 ): Promise<void> {
-  if (options.pending.length === 0) return;
-  const now = options.now ?? Date.now();
+  if (options.pending.length === 0 || database.engine === 'sqlite') return;
   // A server on this build's schema is not endangered: a replica of this version that migrated first (replicas
   // starting together on a fresh database) is one.
-  const servers = (await recentServers(db, now)).filter((s) => s.schemaVersion !== options.schemaVersion);
+  const servers = (await recentServers(database)).filter((s) => s.schemaVersion !== options.schemaVersion);
   if (servers.length === 0) return;
-  const error = new ServersRunningError(options.database, servers, options.pending, now);
+  const error = new ServersRunningError(options.database, servers, options.pending);
   if (!options.force) throw error;
   options.warn(`--force-migrate: migrating although servers run on the database: ${error.message}`);
 }
@@ -108,37 +139,40 @@ export interface ServerRegistration {
  * long ago are removed at start.
  */
 export async function registerServer(
-  db: Kysely<DatabaseSchema>,
+  database: Pick<ServerDatabase, 'db' | 'engine'>,
   options: {
     version: string;
     schemaVersion: string;
     logger: Logger;
-    now?: () => number;
     refreshMs?: number;
   },
 ): Promise<ServerRegistration> {
-  const now = options.now ?? Date.now;
+  const { db, engine } = database;
+  const now = databaseNowMs(engine);
   const id = randomUUID();
-  const startedAt = now();
   await db
     .deleteFrom('server_instances')
-    .where('last_seen_at', '<', startedAt - 24 * 60 * 60 * 1000)
+    .where('last_seen_at', '<', sql<number>`${now} - ${24 * 60 * 60 * 1000}`)
     .execute();
-  await db
-    .insertInto('server_instances')
-    .values({
-      id,
-      host: os.hostname(),
-      pid: process.pid,
-      version: options.version,
-      schema_version: options.schemaVersion,
-      started_at: startedAt,
-      last_seen_at: startedAt,
-    })
-    .execute();
+  // An upsert: a row another server deleted (stale by its clock, or by hand) comes back at the next refresh.
+  const seen = () =>
+    db
+      .insertInto('server_instances')
+      .values({
+        id,
+        host: os.hostname(),
+        pid: process.pid,
+        version: options.version,
+        schema_version: options.schemaVersion,
+        started_at: now,
+        last_seen_at: now,
+      })
+      .onConflict((conflict) => conflict.column('id').doUpdateSet({ last_seen_at: now }))
+      .execute();
+  await seen();
   const refresh = startPeriodicTask(
     async () => {
-      await db.updateTable('server_instances').set({ last_seen_at: now() }).where('id', '=', id).execute();
+      await seen();
     },
     {
       intervalMs: options.refreshMs ?? SERVER_SEEN_REFRESH_MS,

@@ -247,11 +247,15 @@ export async function openStores(
     }
     // Before anything else writes: kysely would call a newer build's schema "corrupted" (exit 1, restarted).
     await refuseNewerDatabase(database.db, database.description, serverVersion());
-    if (options.besideServer === true) await refuseMigratingUnderServer(config, database);
-    const recorded = new Set(await recordedMigrations(database.db));
-    await refuseMigratingUnderRunningServers(database.db, {
+    const recorded = await recordedMigrations(database.db);
+    // Worked out once, for both checks below (refuseNewerDatabase has refused names this build does not know).
+    const pending = migrationNames.filter((name) => !recorded.includes(name));
+    // Without a schema (nothing recorded) no server runs on the database: a `serve` migrates it at start.
+    if (options.besideServer === true && recorded.length > 0)
+      await refuseMigratingUnderServer(config, pending);
+    await refuseMigratingUnderRunningServers(database, {
       database: database.description,
-      pending: migrationNames.filter((name) => !recorded.has(name)),
+      pending,
       schemaVersion: schemaVersion(),
       force: options.forceMigrate === true,
       warn: (message) => (logger ? logger.warn(message) : options.warn?.(message)),
@@ -312,11 +316,8 @@ async function logSchema(
  * when this build has migrations it lacks (a package upgraded, the server not restarted yet): the old server
  * would run on a schema it does not know. PostgreSQL does not say whether a server runs: the same version only.
  */
-async function refuseMigratingUnderServer(config: ServerConfig, database: ServerDatabase): Promise<void> {
-  if (config.databaseLocation.engine !== 'sqlite' || (await hasNoSchema(database.db))) return;
-  const applied = new Set(await appliedMigrations(database.db));
-  const pending = migrationNames.filter((name) => !applied.has(name));
-  if (pending.length === 0) return;
+async function refuseMigratingUnderServer(config: ServerConfig, pending: readonly string[]): Promise<void> {
+  if (config.databaseLocation.engine !== 'sqlite' || pending.length === 0) return;
   try {
     // Released at once: only whether a server holds it matters (a server started now migrates itself).
     lockSqliteDatabase(config.databaseLocation.file).release();
@@ -850,7 +851,7 @@ export async function startServer(
       },
       readiness,
       isShuttingDown: () => shuttingDown,
-      build: { version: serverVersion(), schema: schemaVersion() },
+      // No `build`: /healthz on this network-facing port must not fingerprint the server's version for anyone.
       requestTimeoutMs: deviceLimits.requestTimeoutMs,
       // Devices send small JSON bodies; the routes that take larger ones (heartbeats, captures) set their own.
       bodyLimit: DEVICE_BODY_LIMIT_BYTES,
@@ -907,7 +908,7 @@ export async function startServer(
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     // Seen by a newer build before it migrates the schema under this one (server-registry.ts).
     background.push(
-      await registerServer(database.db, {
+      await registerServer(database, {
         version: serverVersion(),
         schemaVersion: schemaVersion(),
         logger,

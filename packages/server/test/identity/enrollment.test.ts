@@ -165,6 +165,16 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
     });
     // Readiness is public on the device port too; operator routes are not served there.
     expect((await deviceCall(t.server.deviceUrl, { ca }, 'GET', '/readyz')).status).toBe(200);
+    // Liveness too, without the build: the device port faces the network, where version and schema would tell
+    // anyone which known flaws this server has. The operator port shows them (upgrades).
+    expect(await deviceCall(t.server.deviceUrl, { ca }, 'GET', '/healthz')).toEqual({
+      status: 200,
+      body: { status: 'ok' },
+    });
+    expect(await t.call('GET', '/healthz')).toMatchObject({
+      status: 200,
+      body: { status: 'ok', version: expect.any(String), schema: expect.any(String) },
+    });
     expect((await deviceCall(t.server.deviceUrl, device.tls, 'GET', '/api/v1/fleets')).status).toBe(404);
   });
 

@@ -3,18 +3,22 @@
  * while a server of another schema ran lately (or, forced, warns), on both engines.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { sql } from 'kysely';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import pino from 'pino';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import {
+  databaseNowMs,
   recentServers,
   refuseMigratingUnderRunningServers,
+  registerServer,
   SERVER_SEEN_RECENT_MS,
   ServersRunningError,
 } from '../../src/server/index.js';
-import { migrationNames } from '../../src/storage/index.js';
-import { databaseEngines } from '../support/engines.js';
+import { migrationNames, openDatabase } from '../../src/storage/index.js';
+import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 import { startTestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
@@ -32,20 +36,21 @@ describe.each(engines)('server_instances on $engine', (fixture) => {
       const db = t.server.database.db;
       let stopped = false;
       try {
-        const seen = await recentServers(db, Date.now());
+        const seen = await recentServers(t.server.database);
         expect(seen).toEqual([
           expect.objectContaining({ host: os.hostname(), pid: process.pid, schemaVersion: schema }),
         ]);
         const version = seen[0]!.version;
         expect(version).toMatch(/^\d+\.\d+\.\d+/);
 
-        // The same server seen by a build whose schema is newer (pending migrations): refused, naming it.
+        // The same server seen by a build whose schema is newer (pending migrations): refused, naming it. On SQLite
+        // the file lock decides instead (serve holds it; init and token test it): no refusal from the rows there.
         const newer = {
           database: 'the database',
           pending: ['9999_from_a_newer_build'],
           schemaVersion: '9999_from_a_newer_build',
         };
-        const refused = await refuseMigratingUnderRunningServers(db, {
+        const refused = await refuseMigratingUnderRunningServers(t.server.database, {
           ...newer,
           force: false,
           warn: () => {},
@@ -53,33 +58,50 @@ describe.each(engines)('server_instances on $engine', (fixture) => {
           () => undefined,
           (error: unknown) => error,
         );
-        expect(refused).toBeInstanceOf(ServersRunningError);
-        expect((refused as ServersRunningError).exitCode).toBe(4);
-        expect((refused as Error).message).toContain(
-          `this build would apply 1 migration(s) (9999_from_a_newer_build), and 1 server(s) ran on it within the last 60 s: ${os.hostname()} pid ${process.pid} (version ${version}, schema ${schema}`,
-        );
-        expect((refused as Error).message).toMatch(/stop every replica first.*--force-migrate/);
+        if (fixture.engine === 'sqlite') {
+          expect(refused).toBeUndefined();
+        } else {
+          expect(refused).toBeInstanceOf(ServersRunningError);
+          expect((refused as ServersRunningError).exitCode).toBe(4);
+          expect((refused as Error).message).toContain(
+            `this build would apply 1 migration(s) (9999_from_a_newer_build), and 1 server(s) ran on it within the last 60 s: ${os.hostname()} pid ${process.pid} (version ${version}, schema ${schema}`,
+          );
+          expect((refused as Error).message).toMatch(/stop every replica first.*--force-migrate/);
 
-        // Forced: a warning, no refusal.
-        const warnings: string[] = [];
-        await refuseMigratingUnderRunningServers(db, {
-          ...newer,
-          force: true,
-          warn: (m) => warnings.push(m),
-        });
-        expect(warnings).toEqual([expect.stringMatching(/^--force-migrate: migrating although servers run/)]);
+          // Forced: a warning, no refusal.
+          const warnings: string[] = [];
+          await refuseMigratingUnderRunningServers(t.server.database, {
+            ...newer,
+            force: true,
+            warn: (m) => warnings.push(m),
+          });
+          expect(warnings).toEqual([
+            expect.stringMatching(/^--force-migrate: migrating although servers run/),
+          ]);
+        }
         // Nothing to migrate, or a server on the schema this build migrates to: nothing to refuse.
-        await refuseMigratingUnderRunningServers(db, { ...newer, pending: [], force: false, warn: () => {} });
-        await refuseMigratingUnderRunningServers(db, {
+        await refuseMigratingUnderRunningServers(t.server.database, {
+          ...newer,
+          pending: [],
+          force: false,
+          warn: () => {},
+        });
+        await refuseMigratingUnderRunningServers(t.server.database, {
           ...newer,
           schemaVersion: schema,
           force: false,
           warn: () => {},
         });
         // A server not seen for longer than SERVER_SEEN_RECENT_MS (killed) is not counted.
-        const later = Date.now() + SERVER_SEEN_RECENT_MS + 1000;
-        expect(await recentServers(db, later)).toEqual([]);
-        await refuseMigratingUnderRunningServers(db, { ...newer, force: false, warn: () => {}, now: later });
+        await sql`update server_instances set last_seen_at = last_seen_at - ${SERVER_SEEN_RECENT_MS + 1000}`.execute(
+          db,
+        );
+        expect(await recentServers(t.server.database)).toEqual([]);
+        await refuseMigratingUnderRunningServers(t.server.database, {
+          ...newer,
+          force: false,
+          warn: () => {},
+        });
 
         await t.stop();
         stopped = true;
@@ -96,6 +118,81 @@ describe.each(engines)('server_instances on $engine', (fixture) => {
       } finally {
         await again.stop();
       }
+    },
+  );
+});
+
+describe.each(engines)('the registry on $engine', (fixture) => {
+  it.skipIf(!fixture.available)(
+    'a recent row of a server killed on this host does not keep an upgraded server from starting',
+    async () => {
+      const location = await fixture.createLocation();
+      const dataDir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-registry-'));
+      onTestFinished(() => rm(dataDir, { recursive: true, force: true }));
+      const first = await startTestServer({ database: location, dataDir });
+      const last = migrationNames.at(-1)!;
+      const previous = migrationNames.at(-2)!;
+      // A process that has exited: its pid stands for a server SIGKILLed (or killed by the OOM killer) just now.
+      const gone = spawnSync(process.execPath, ['-e', '']).pid;
+      await first.stop();
+      // The database one migration behind this build, and the killed server's row as fresh as can be.
+      const reopened = await openDatabase(location);
+      try {
+        await sql`insert into server_instances (id, host, pid, version, schema_version, started_at, last_seen_at)
+          values ('killed', ${os.hostname()}, ${gone}, '0.0.9', ${previous}, 0, ${databaseNowMs(fixture.engine)})`.execute(
+          reopened.db,
+        );
+        await sql`delete from edgefleet_migrations where name = ${last}`.execute(reopened.db);
+      } finally {
+        await reopened.close();
+      }
+
+      const upgraded = await startTestServer({ database: location, dataDir });
+      try {
+        const applied = await sql<{ name: string }>`select name from edgefleet_migrations`.execute(
+          upgraded.server.database.db,
+        );
+        expect(applied.rows.map((r) => r.name)).toContain(last);
+      } finally {
+        await upgraded.stop();
+      }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'rows are written and compared on the database clock, and a row deleted as stale comes back',
+    async () => {
+      const database = await openFreshDatabase(fixture);
+      onTestFinished(() => database.close());
+      const logger = pino({ level: 'silent' });
+      // This replica's clock 120 s behind the others' (and the database's).
+      vi.useFakeTimers({ toFake: ['Date'] });
+      vi.setSystemTime(Date.now() - 120_000);
+      let registration;
+      try {
+        registration = await registerServer(database, {
+          version: '0.0.9',
+          schemaVersion: 'older',
+          logger,
+          refreshMs: 20,
+        });
+      } finally {
+        vi.useRealTimers();
+      }
+      onTestFinished(() => registration.stop());
+      const seen = await recentServers(database);
+      expect(seen).toEqual([expect.objectContaining({ pid: process.pid, schemaVersion: 'older' })]);
+      expect(seen[0]!.lastSeenMsAgo).toBeGreaterThanOrEqual(0);
+      expect(seen[0]!.lastSeenMsAgo).toBeLessThan(SERVER_SEEN_RECENT_MS);
+
+      // Deleted by another server (stale by its clock): the next refresh writes the row again.
+      await sql`delete from server_instances`.execute(database.db);
+      await vi.waitFor(
+        async () => {
+          expect(await recentServers(database)).toHaveLength(1);
+        },
+        { timeout: 10_000, interval: 20 },
+      );
     },
   );
 });
