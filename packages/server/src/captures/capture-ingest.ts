@@ -104,6 +104,13 @@ const DAY_MS = 86_400_000;
 /** Whole seconds until the next UTC midnight (at least 1): when a daily quota renews. */
 export const secondsToNextUtcDay = (ms: number) =>
   Math.max(1, Math.ceil((Math.floor(ms / DAY_MS) * DAY_MS + DAY_MS - ms) / 1000));
+/**
+ * The least an upload is charged against the daily quota, whatever its size: each object's claim is a row of
+ * capture_objects (its key and address, up to ~2 KiB), so tiny or fully duplicate files still cost quota, and a
+ * device cannot grow the table past its quota's worth of rows a day.
+ */
+export const MIN_OBJECT_CHARGE_BYTES = 1024;
+const chargeOf = (bytes: number) => Math.max(bytes, MIN_OBJECT_CHARGE_BYTES);
 /** Rows per IN (…) list: well under SQLite's and PostgreSQL's bind-parameter limits. */
 const CHUNK = 500;
 
@@ -113,6 +120,11 @@ export function checkCaptureFileSize(
   bytes: number,
   limits: Pick<CaptureLimits, 'maxFileBytes'>,
 ): void {
+  if (bytes === 0)
+    throw new DomainError(
+      'ValidationError',
+      `the capture file${key === undefined ? '' : ` ${key}`} is empty; expected a manifest of at least one record or a side file of at least one byte`,
+    );
   if (bytes > limits.maxFileBytes)
     throw new DomainError(
       'PayloadTooLarge',
@@ -248,18 +260,42 @@ export class CaptureIngest {
         .toString('utf8')
         .split('\n')
         .filter((l) => l.trim() !== '');
+      if (lines.length === 0)
+        throw new DomainError(
+          'ValidationError',
+          `the capture manifest ${file.key} has no records (only blank lines); expected one capture record per line`,
+        );
       ids = lines.map((line, i) => captureIdOf(line, file.key, i + 1, device, format));
     }
-    const claim = await this.#claim(device.deviceName, file.key, target, isManifest(file.key));
+    // Charged before the claim: a claim is a row, so a device past its quota adds none.
+    let charged = chargeOf(sent.bytes);
+    const day = await this.#charge(device.deviceName, charged);
+    const refund = (bytes: number) =>
+      bytes <= 0 ? Promise.resolve() : this.#refund(device.deviceName, day, bytes).catch(() => undefined);
+    let claim: Claim;
+    try {
+      claim = await this.#claim(device.deviceName, file.key, target, isManifest(file.key));
+    } catch (error) {
+      await refund(charged);
+      throw error;
+    }
     if (claim.stored) {
+      // The same file again (the agent's retry after an answer it did not get): it is stored, as it was, and
+      // was paid for then.
+      await refund(charged);
       this.#checkSameFile(file.key, claim, sent);
-      // The same file again (the agent's retry after an answer it did not get): it is stored, as it was.
       return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: 0 };
     }
     if (isManifest(file.key)) {
       const { storedElsewhere, storedHere } = await this.#stored(device.deviceName, format, file.key, ids);
       const kept = lines.filter((_, i) => !storedElsewhere.has(ids[i]!));
       duplicates = lines.length - kept.length;
+      // Only what is written is paid for, with the least charge for the claim's row.
+      const due = chargeOf(
+        kept.length === 0 ? 0 : duplicates > 0 ? Buffer.byteLength(`${kept.join('\n')}\n`) : sent.bytes,
+      );
+      await refund(charged - due);
+      charged = due;
       if (kept.length === 0) {
         await this.#markStored(device.deviceName, target, sent);
         return {
@@ -273,13 +309,13 @@ export class CaptureIngest {
       if (duplicates > 0) body = Buffer.from(`${kept.join('\n')}\n`);
     }
 
-    const day = await this.#charge(device.deviceName, body.length);
     try {
       await store.put(storedKey, body, { contentType: file.contentType, contentLength: body.length });
     } catch (error) {
       // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
-      // fleet's bucket fills the day's quota with bytes that never landed).
-      await this.#refund(device.deviceName, day, body.length).catch(() => undefined);
+      // fleet's bucket fills the day's quota with bytes that never landed), nor keep a row for it.
+      await refund(charged);
+      await this.#dropClaim(device.deviceName, target);
       throw (
         conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
       );
@@ -333,8 +369,20 @@ export class CaptureIngest {
       return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
     }
     const { store, storedKey } = target;
-    const claim = await this.#claim(device.deviceName, file.key, target, false);
+    // Charged before the claim (a row), and before the body streams, so parallel uploads cannot pass the quota.
+    const charged = chargeOf(file.contentLength);
+    const day = await this.#charge(device.deviceName, charged);
+    const refund = () => this.#refund(device.deviceName, day, charged).catch(() => undefined);
+    let claim: Claim;
+    try {
+      claim = await this.#claim(device.deviceName, file.key, target, false);
+    } catch (error) {
+      await refund();
+      throw error;
+    }
     if (claim.stored) {
+      // Paid for when it was stored.
+      await refund();
       // Its digest is known only once all of it is in: read (bounded by captures.maxFileBytes, no store
       // request open), then compared. Another length is other content without reading a byte.
       if (claim.bytes === file.contentLength) {
@@ -345,7 +393,6 @@ export class CaptureIngest {
       }
       this.#checkSameFile(file.key, claim, { sha256: '', bytes: file.contentLength });
     }
-    const day = await this.#charge(device.deviceName, file.contentLength);
     // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
     const abort = new AbortController();
     const hash = createHash('sha256');
@@ -362,7 +409,8 @@ export class CaptureIngest {
     } catch (error) {
       // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
       // with Connection: close (http/request-deadline.ts), so that the device still learns why.
-      await this.#refund(device.deviceName, day, file.contentLength).catch(() => undefined);
+      await refund();
+      await this.#dropClaim(device.deviceName, target);
       // A store that stopped answering while the device had not sent all of its body: the device paused longer
       // than the store's socket timeout, which says nothing about the store (no outage logged or marked).
       if (!bodyEnded && isTimeout(error))
@@ -445,10 +493,12 @@ export class CaptureIngest {
    * capture_objects existed (their device_captures rows name it). The first insert wins, on every replica.
    */
   async #claim(device: string, key: string, target: OutputTarget, manifest: boolean): Promise<Claim> {
+    // 403, not 409: no retry can change it, and agents drop a file refused with 403 (they retry a 409), so a
+    // taken key does not hold back the batches spooled behind it.
     const taken = () =>
       new DomainError(
-        'Conflict',
-        `capture key ${key} holds another device's capture; capture objects are written once, by the device that stored them; expected a key of this device's own (the agent names each file after its batch)`,
+        'Forbidden',
+        `capture key ${key} holds another device's capture; capture objects are written once, by the device that stored them; expected a key of this device's own (the agent names each file, side files included, after its batch)`,
         { key },
       );
     if (manifest) {
@@ -490,11 +540,23 @@ export class CaptureIngest {
     sent: { sha256: string; bytes: number },
   ): void {
     if (stored.sha256 === sent.sha256 && stored.bytes === sent.bytes) return;
+    // 403 as a key another device holds: no retry of this file can change it.
     throw new DomainError(
-      'Conflict',
+      'Forbidden',
       `capture key ${key} is stored already with other content (${stored.bytes} bytes, SHA-256 ${stored.sha256}; this file: ${sent.bytes} bytes); capture objects are written once; expected the same file again, or a new key`,
       { key, storedBytes: stored.bytes, storedSha256: stored.sha256 },
     );
+  }
+
+  /** Drops the device's claim of an object whose write failed: no row stays for an object that is not there. */
+  async #dropClaim(device: string, target: OutputTarget): Promise<void> {
+    await this.#db
+      .deleteFrom('capture_objects')
+      .where('object_url', '=', target.objectUrl)
+      .where('device_name', '=', device)
+      .where('sha256', 'is', null)
+      .execute()
+      .catch(() => undefined);
   }
 
   /** Records what the device's write of the object was, once it landed (a retry of it is then no write). */
