@@ -50,6 +50,7 @@ export class AgentMetrics {
   readonly #modelsLoaded: Gauge;
   readonly #workerExits: Counter;
   readonly #connectionsRefused: Counter<'listener' | 'cap'>;
+  readonly #connectionsEvicted: Counter<'listener' | 'cap'>;
   readonly #series = new Map<string, ModelSeries>();
   /** Which models may have series (bounded), and the error codes each has series of (to remove them). */
   readonly #labels: ModelLabels;
@@ -130,6 +131,12 @@ export class AgentMetrics {
     this.#connectionsRefused = new Counter({
       name: 'edgefleet_connections_refused_total',
       help: 'Connections closed on arrival because a connection cap was reached, per listener (grpc, rest-unix, rest-tcp) and cap (per-address, total)',
+      labelNames: ['listener', 'cap'],
+      registers,
+    });
+    this.#connectionsEvicted = new Counter({
+      name: 'edgefleet_connections_evicted_total',
+      help: 'Connections closed to let a newcomer in over a connection cap (one that never carried a request, or at the per-address cap an idle one of the same address), per listener and cap',
       labelNames: ['listener', 'cap'],
       registers,
     });
@@ -226,6 +233,11 @@ export class AgentMetrics {
   /** A listener's cap closed a connection on arrival (a flood, or caps too small for the clients). */
   connectionRefused(listener: string, cap: 'per-address' | 'total'): void {
     this.#connectionsRefused.inc({ listener, cap });
+  }
+
+  /** A connection closed to let a newcomer in over a cap (counted apart from refusals). */
+  connectionEvicted(listener: string, cap: 'per-address' | 'total'): void {
+    this.#connectionsEvicted.inc({ listener, cap });
   }
 
   /** Reports the pool's workers and input-byte paths at each scrape. */
