@@ -469,6 +469,16 @@ export class CaptureIngest {
     // device write over models or packages the server signs and serves; the operator has to move the output.
     const reserved = target.reservedPrefix;
     const storedKey = target.keyFor(key);
+    // Checked before any claim, charge or write: else the write fails late (ENAMETOOLONG, a 500).
+    const maxSegment = target.store.maxKeySegmentLength;
+    const long =
+      maxSegment === undefined ? undefined : key.split('/').find((segment) => segment.length > maxSegment);
+    if (long !== undefined)
+      throw new DomainError(
+        'ValidationError',
+        `capture key ${key} has a segment of ${long.length} characters; the server's local blob folder holds segments (between slashes) of at most ${maxSegment} characters; expected shorter file and folder names (S3 outputs have no such limit)`,
+        { maxKeySegmentLength: maxSegment },
+      );
     if (reserved !== undefined && (reserved === '' || storedKey.startsWith(`${reserved}/`)))
       throw new DomainError(
         'Conflict',

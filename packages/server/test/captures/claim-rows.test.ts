@@ -120,6 +120,33 @@ describe.each(engines)('capture claims on $engine', (fixture) => {
   );
 
   it.skipIf(!fixture.available)(
+    'refuses (400, naming the limit) a key with a segment longer than the local blob folder can hold, before anything is written or claimed',
+    async () => {
+      const before = await captureUsageOf(t, 'cam-1');
+      const claims = await claimsOf('cam-1');
+      for (const [send, key, body] of [
+        [raw, `plant-out/plant/${HOUR}/x-${'a'.repeat(300)}.bin`, randomBytes(200)],
+        [raw, `plant-out/plant/${HOUR}/big-${'a'.repeat(300)}.bin`, randomBytes(2048)],
+        [
+          json,
+          `plant-out/plant/${HOUR}/e-${'a'.repeat(300)}.jsonl`,
+          Buffer.from(`${record('cam-1', 'long-1')}\n`),
+        ],
+      ] as const) {
+        const answer = await send(cam1, key, body);
+        expect(answer.status, key).toBe(400);
+        expect(answer.body.code).toBe('ValidationError');
+        expect(answer.body.message).toMatch(/at most 255 characters/);
+      }
+      // 255 is held.
+      const longest = `plant-out/plant/${HOUR}/${'b'.repeat(251)}.bin`;
+      expect((await raw(cam1, longest, randomBytes(20))).status).toBe(200);
+      expect(await claimsOf('cam-1')).toBe(claims + 1);
+      expect(await captureUsageOf(t, 'cam-1')).toBe(before + MIN_OBJECT_CHARGE_BYTES);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
     "drops a device's claims and capture ids when it is deregistered, and prunes them past the retention",
     async () => {
       const cam3 = await enrollDevice(t, 'cam-3');
