@@ -1,4 +1,4 @@
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Kysely } from 'kysely';
 import {
@@ -66,8 +66,8 @@ interface OutputTarget {
 
 /** What capture_objects says of an object's address when a device claims it (see #claim). */
 type Claim =
-  /** No write of it landed yet (new, or an earlier one failed): write it. */
-  | { stored: false }
+  /** No write of it landed yet (new, or an earlier one failed): write it, as the upload holding `token`. */
+  | { stored: false; token: string }
   /** A write landed: this upload is the same file again, or other content (refused). */
   | { stored: true; sha256: string; bytes: number };
 
@@ -111,6 +111,12 @@ export const secondsToNextUtcDay = (ms: number) =>
  */
 export const MIN_OBJECT_CHARGE_BYTES = 1024;
 const chargeOf = (bytes: number) => Math.max(bytes, MIN_OBJECT_CHARGE_BYTES);
+/**
+ * How long an upload holds the write of its object (capture_objects.write_token) before another upload of the key
+ * may take it over: longer than any upload can last (the request deadline), so only a server that died
+ * mid-write leaves one to take over.
+ */
+const WRITE_LEASE_MS = 15 * 60_000;
 /** Rows per IN (…) list: well under SQLite's and PostgreSQL's bind-parameter limits. */
 const CHUNK = 500;
 
@@ -297,7 +303,7 @@ export class CaptureIngest {
       await refund(charged - due);
       charged = due;
       if (kept.length === 0) {
-        await this.#markStored(device.deviceName, target, sent);
+        await this.#markStored(device.deviceName, target, claim.token, sent);
         return {
           location: store.locationOf(storedKey),
           records: 0,
@@ -315,7 +321,7 @@ export class CaptureIngest {
       // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
       // fleet's bucket fills the day's quota with bytes that never landed), nor keep a row for it.
       await refund(charged);
-      await this.#dropClaim(device.deviceName, target);
+      await this.#dropClaim(device.deviceName, target, claim.token);
       throw (
         conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
       );
@@ -339,7 +345,7 @@ export class CaptureIngest {
           .execute();
     }
     // Last: a retry after anything above failed writes again (and records what is missing).
-    await this.#markStored(device.deviceName, target, sent);
+    await this.#markStored(device.deviceName, target, claim.token, sent);
     return {
       location: store.locationOf(storedKey),
       records: records.length,
@@ -393,6 +399,8 @@ export class CaptureIngest {
       }
       this.#checkSameFile(file.key, claim, { sha256: '', bytes: file.contentLength });
     }
+    // A stored claim has returned or thrown above (another length is never the same file).
+    const { token } = claim as Extract<Claim, { stored: false }>;
     // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
     const abort = new AbortController();
     const hash = createHash('sha256');
@@ -410,7 +418,7 @@ export class CaptureIngest {
       // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
       // with Connection: close (http/request-deadline.ts), so that the device still learns why.
       await refund();
-      await this.#dropClaim(device.deviceName, target);
+      await this.#dropClaim(device.deviceName, target, token);
       // A store that stopped answering while the device had not sent all of its body: the device paused longer
       // than the store's socket timeout, which says nothing about the store (no outage logged or marked).
       if (!bodyEnded && isTimeout(error))
@@ -423,7 +431,7 @@ export class CaptureIngest {
       );
     }
     await this.#written(device.fleetName, target);
-    await this.#markStored(device.deviceName, target, {
+    await this.#markStored(device.deviceName, target, token, {
       sha256: hash.digest('hex'),
       bytes: file.contentLength,
     });
@@ -500,7 +508,9 @@ export class CaptureIngest {
    * Claims the object's address for the device, or finds it claimed: capture objects are written once, by the
    * device that claimed them first (its retries included), so that no fleet-mate can write over them. A key
    * claimed by another device is 409; so is a manifest at a key whose records another device stored before
-   * capture_objects existed (their device_captures rows name it). The first insert wins, on every replica.
+   * capture_objects existed (their device_captures rows name it). The first insert wins, on every replica. An
+   * object not stored yet is written by one upload at a time (its write_token): another upload of it meanwhile
+   * is 409, which the agent retries.
    */
   async #claim(device: string, key: string, target: OutputTarget, manifest: boolean): Promise<Claim> {
     // 403, not 409: no retry can change it, and agents drop a file refused with 403 (they retry a 409), so a
@@ -521,6 +531,8 @@ export class CaptureIngest {
         .executeTakeFirst();
       if (other !== undefined) throw taken();
     }
+    const token = randomUUID();
+    const now = this.#now();
     await this.#db
       .insertInto('capture_objects')
       .values({
@@ -528,19 +540,49 @@ export class CaptureIngest {
         device_name: device,
         sha256: null,
         bytes: null,
-        claimed_at: this.#now(),
+        claimed_at: now,
+        write_token: token,
+        write_started_at: now,
       })
       .onConflict((oc) => oc.column('object_url').doNothing())
       .execute();
-    const row = await this.#db
-      .selectFrom('capture_objects')
-      .select(['device_name', 'sha256', 'bytes'])
-      .where('object_url', '=', target.objectUrl)
-      .executeTakeFirstOrThrow();
+    const read = () =>
+      this.#db
+        .selectFrom('capture_objects')
+        .select(['device_name', 'sha256', 'bytes', 'write_token'])
+        .where('object_url', '=', target.objectUrl)
+        .executeTakeFirst();
+    let row = await read();
+    // Gone since the insert: a failed write dropped it, or the retention sweep; the upload tries again.
+    if (row === undefined) throw underWay();
     if (row.device_name !== device) throw taken();
-    return row.sha256 === null || row.bytes === null
-      ? { stored: false }
-      : { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
+    if (row.sha256 !== null && row.bytes !== null)
+      return { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
+    if (row.write_token === token) return { stored: false, token };
+    // Its own claim, not stored: an earlier write failed (no token), or one is under way (its token).
+    const took = await this.#db
+      .updateTable('capture_objects')
+      .set({ write_token: token, write_started_at: now })
+      .where('object_url', '=', target.objectUrl)
+      .where('device_name', '=', device)
+      .where('sha256', 'is', null)
+      .where((eb) =>
+        eb.or([eb('write_token', 'is', null), eb('write_started_at', '<', now - WRITE_LEASE_MS)]),
+      )
+      .executeTakeFirst();
+    if (Number(took.numUpdatedRows) === 1) return { stored: false, token };
+    row = await read();
+    if (row?.sha256 != null && row.bytes !== null && row.device_name === device)
+      return { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
+    throw underWay();
+
+    function underWay(): DomainError {
+      return new DomainError(
+        'Conflict',
+        `capture key ${key} is being written by another upload of this device's now; capture objects are written once; send it again once that upload is answered`,
+        { key },
+      );
+    }
   }
 
   /** A stored object sent again must be the same file (a retry), else 409: objects are written once. */
@@ -559,28 +601,39 @@ export class CaptureIngest {
   }
 
   /** Drops the device's claim of an object whose write failed: no row stays for an object that is not there. */
-  async #dropClaim(device: string, target: OutputTarget): Promise<void> {
+  async #dropClaim(device: string, target: OutputTarget, token: string): Promise<void> {
     await this.#db
       .deleteFrom('capture_objects')
       .where('object_url', '=', target.objectUrl)
       .where('device_name', '=', device)
       .where('sha256', 'is', null)
+      .where('write_token', '=', token)
       .execute()
       .catch(() => undefined);
   }
 
-  /** Records what the device's write of the object was, once it landed (a retry of it is then no write). */
+  /**
+   * Records what the device's write of the object was, once it landed (a retry of it is then no write): only
+   * while this upload still holds the write, so that the digest recorded is of the file written.
+   */
   async #markStored(
     device: string,
     target: OutputTarget,
+    token: string,
     sent: { sha256: string; bytes: number },
   ): Promise<void> {
-    await this.#db
+    const marked = await this.#db
       .updateTable('capture_objects')
-      .set({ sha256: sent.sha256, bytes: sent.bytes })
+      .set({ sha256: sent.sha256, bytes: sent.bytes, write_token: null, write_started_at: null })
       .where('object_url', '=', target.objectUrl)
       .where('device_name', '=', device)
-      .execute();
+      .where('write_token', '=', token)
+      .executeTakeFirst();
+    if (Number(marked.numUpdatedRows) !== 1)
+      throw new DomainError(
+        'Conflict',
+        `the write of capture key ${target.objectUrl} outlasted its lease and another upload took it over; send the file again`,
+      );
   }
 
   /**

@@ -3,14 +3,14 @@
  * quota, never kept for a file that was refused or not written, pruned with the captures' retention and dropped
  * with the device. Through the real device API, database and local blob folder.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIN_OBJECT_CHARGE_BYTES } from '../../src/captures/index.js';
 import { pruneExpired } from '../../src/heartbeats/index.js';
 import { captureUsageOf } from '../support/capture-usage.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
-import { uploadRawFile } from '../../../../test/support/raw-upload.js';
+import { rawQueryOf, startRawUpload, uploadRawFile } from '../../../../test/support/raw-upload.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
@@ -143,6 +143,45 @@ describe.each(engines)('capture claims on $engine', (fixture) => {
       expect((await raw(cam1, longest, randomBytes(20))).status).toBe(200);
       expect(await claimsOf('cam-1')).toBe(claims + 1);
       expect(await captureUsageOf(t, 'cam-1')).toBe(before + MIN_OBJECT_CHARGE_BYTES);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'lets one upload at a time write an object: a second of the same key meanwhile is 409, and the digest recorded is of the file written (N4)',
+    async () => {
+      const key = `plant-out/plant/${HOUR}/raw-data/race.bin`;
+      const first = randomBytes(2048);
+      const second = randomBytes(2048);
+      const writing = startRawUpload(t.server.deviceUrl, cam1.tls, rawQueryOf(key), first, { sent: 512 });
+      writing.answer.catch(() => undefined);
+      await writing.started;
+      // The first holds the write once its claim is in (its body still arriving).
+      await expect
+        .poll(
+          async () =>
+            (
+              await t.server.database.db
+                .selectFrom('capture_objects')
+                .select('write_token')
+                .where('object_url', '=', `s3://captures/${key}`)
+                .executeTakeFirst()
+            )?.write_token ?? null,
+        )
+        .not.toBeNull();
+      const meanwhile = await raw(cam1, key, second);
+      expect(meanwhile.status).toBe(409);
+      expect(meanwhile.body.message).toMatch(/is being written by another upload of this device's now/);
+      writing.send();
+      expect((await writing.answer).status).toBe(200);
+      const row = await t.server.database.db
+        .selectFrom('capture_objects')
+        .select(['sha256', 'write_token'])
+        .where('object_url', '=', `s3://captures/${key}`)
+        .executeTakeFirstOrThrow();
+      expect(row).toEqual({ sha256: createHash('sha256').update(first).digest('hex'), write_token: null });
+      // Now stored: the other content is refused for good, the same file answered as stored.
+      expect((await raw(cam1, key, second)).status).toBe(403);
+      expect((await raw(cam1, key, first)).status).toBe(200);
     },
   );
 
