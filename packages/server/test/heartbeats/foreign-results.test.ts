@@ -61,7 +61,9 @@ describe.each(engines)('foreign deployment results on $engine', (fixture) => {
       const result = (plan: string) => ({
         DeploymentName: plan,
         DeploymentStatus: 'SUCCESS',
-        DeploymentModels: [{ ModelHandle: 'main', ModelName: 'm', ModelVersion: '1', Status: 'SUCCESS' }],
+        DeploymentModels: [
+          { ModelHandle: 'main', ModelName: 'm', ModelVersion: '1', Status: 'SUCCESS' as const },
+        ],
       });
       const foreign = {
         DeviceName: 'dev-1',
