@@ -81,6 +81,7 @@ export function renderBatch(
     const name = createHash('sha256').update(`${batchId}\0${model}\0${hour}`).digest('hex').slice(0, 32);
     const edgeLines: string[] = [];
     const monitorLines: string[] = [];
+    const sideKeys = new Set<string>();
     for (const item of members) {
       const refs = new Map<object, string>(); // empty for most captures: everything embedded
       const place = (
@@ -90,7 +91,14 @@ export function renderBatch(
         contentType: string,
       ) => {
         if (entry.data.byteLength <= context.base64EmbedLimit) return;
-        const key = joinKey(base, 'raw-data', `${safeFileStem(item.captureId)}-${tag}.${extension}`);
+        // Under the batch's own name: the application picks capture ids, and they are unique only to it (two
+        // devices of a fleet, or one restarted, may reuse one), while an object is written once, by one device.
+        const stem = `${safeFileStem(item.captureId)}-${tag}`;
+        let key = joinKey(base, 'raw-data', name, `${stem}.${extension}`);
+        // The same capture id twice in one batch: each keeps its own file.
+        for (let n = 2; sideKeys.has(key); n++)
+          key = joinKey(base, 'raw-data', name, `${stem}-${n}.${extension}`);
+        sideKeys.add(key);
         sideFiles.push({ key, body: entry.data, contentType });
         refs.set(entry, context.urlFor(key));
       };

@@ -1,6 +1,12 @@
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { Server, ServerCredentials, type ChannelOptions } from '@grpc/grpc-js';
-import { ConnectionRefusalLog, createAgentCodec, type AgentCodec, type RefusalClock } from '@edgefleet/core';
+import {
+  ConnectionRefusalLog,
+  createAgentCodec,
+  type AgentCodec,
+  type ConnectionRefusal,
+  type RefusalClock,
+} from '@edgefleet/core';
 import type { Logger } from 'pino';
 import type { CaptureService } from '../capture/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
@@ -30,8 +36,11 @@ export interface GrpcServerOptions {
    * sent its preface, or is closed itself; either is logged and counted.
    */
   maxConnections?: number;
-  /** Counts the connections the cap refused (edgefleet_connections_refused_total{listener="grpc"}). */
-  metrics?: Pick<AgentMetrics, 'connectionRefused'>;
+  /**
+   * Counts the connections the cap refused (edgefleet_connections_refused_total{listener="grpc"}) and those it
+   * closed to let a newcomer in (edgefleet_connections_evicted_total).
+   */
+  metrics?: Pick<AgentMetrics, 'connectionRefused' | 'connectionEvicted'>;
   /** The clock of the log of refused connections (one line a minute); default: the system's. */
   refusalClock?: RefusalClock;
   /**
@@ -116,9 +125,6 @@ export const GRPC_CONNECTION_LIMITS = {
  * HTTP/2 preface yet, or is closed itself when every one has.
  */
 export const GRPC_MAX_CONNECTIONS = 256;
-
-/** Connections closed to make room but not yet gone, over GRPC_MAX_CONNECTIONS, before Node refuses any more. */
-const GRPC_CLOSING_ALLOWANCE = 16;
 
 /**
  * How long a new connection has to send the HTTP/2 connection preface, as REST's header timeout (rest-limits.ts):
@@ -210,7 +216,12 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     caps: { maxConnections },
     logger: options.logger,
     ...(options.refusalClock && { clock: options.refusalClock }),
-    ...(options.metrics && { count: () => options.metrics!.connectionRefused('grpc', 'total') }),
+    ...(options.metrics && {
+      count: (refusal: ConnectionRefusal) =>
+        refusal.idleClosed === true
+          ? options.metrics!.connectionEvicted('grpc', 'total')
+          : options.metrics!.connectionRefused('grpc', 'total'),
+    }),
   });
   // Connections within the cap, and those of them not yet handed to grpc-js (no preface yet), oldest first.
   // grpc-js's shutdown does not know the latter.
@@ -245,9 +256,10 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       injector.injectConnection(socket);
     });
   });
-  // Node's own cap, a backstop above ours for connections closed but not yet gone (their 'close' comes later);
-  // those it closes itself it reports with 'drop'.
-  listener.maxConnections = maxConnections + GRPC_CLOSING_ALLOWANCE;
+  // Node's own cap, only a backstop (twice ours): destroy() takes a closed connection off Node's count at once,
+  // so closing many in one accept batch does not make Node drop the newcomers they made room for. It reports
+  // those it closes itself with 'drop'.
+  listener.maxConnections = maxConnections * 2;
   listener.on('drop', () => refusals.refused({ refusedBy: 'total' }));
   await new Promise<void>((resolve, reject) => {
     listener.once('error', (error) => {

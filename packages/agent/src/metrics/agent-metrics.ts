@@ -51,6 +51,7 @@ export class AgentMetrics {
   readonly #workerExits: Counter;
   readonly #connectionsRefused: Counter<'listener' | 'cap'>;
   readonly #slowReadersClosed: Counter<'door'>;
+  readonly #connectionsEvicted: Counter<'listener' | 'cap'>;
   readonly #series = new Map<string, ModelSeries>();
   /** Which models may have series (bounded), and the error codes each has series of (to remove them). */
   readonly #labels: ModelLabels;
@@ -138,6 +139,12 @@ export class AgentMetrics {
       name: 'edgefleet_slow_readers_closed_total',
       help: 'Connections closed because answers waiting for clients passed edgefleet_max_responses_queued_bytes and theirs had waited longest, per door (grpc, rest)',
       labelNames: ['door'],
+      registers,
+    });
+    this.#connectionsEvicted = new Counter({
+      name: 'edgefleet_connections_evicted_total',
+      help: 'Connections closed to let a newcomer in over a connection cap (one that never carried a request, or at the per-address cap an idle one of the same address), per listener and cap',
+      labelNames: ['listener', 'cap'],
       registers,
     });
   }
@@ -240,7 +247,11 @@ export class AgentMetrics {
     this.#slowReadersClosed.inc({ door });
   }
 
-  /** Reports the pool's workers and input-byte paths at each scrape. */
+  /** A connection closed to let a newcomer in over a cap (counted apart from refusals). */
+  connectionEvicted(listener: string, cap: 'per-address' | 'total'): void {
+    this.#connectionsEvicted.inc({ listener, cap });
+  }
+
   /** A counter whose value is a running total the pool keeps (read when scraped: nothing per request). */
   #poolTotal(name: string, help: string, total: () => number): void {
     new Counter({

@@ -108,7 +108,10 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
       caps: listener === 'rest-unix' ? { maxConnections: limits.maxConnections } : limits,
       logger: options.logger,
       ...(options.refusalClock && { clock: options.refusalClock }),
-      count: (refusal) => options.metrics.connectionRefused(listener, refusal.refusedBy),
+      count: (refusal) =>
+        refusal.idleClosed === true
+          ? options.metrics.connectionEvicted(listener, refusal.refusedBy)
+          : options.metrics.connectionRefused(listener, refusal.refusedBy),
     });
     refusalLogs.push(refusals);
     applyListenerLimits(server, limits, refusals.refused);

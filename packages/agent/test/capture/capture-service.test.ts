@@ -468,7 +468,9 @@ describe('Disk destination', () => {
     expect(files.some((f) => f.split('/').at(-1)!.startsWith('.'))).toBe(false);
     const [first, second] = await diskRecords(settings.diskPath);
     const ref = first!.record.deviceFleetInputs[0]['data-ref'] as string;
-    expect(ref).toMatch(new RegExp(`^file:///.*/${hour}/raw-data/cap_1-[0-9a-f]{8}-input-1\\.bin$`));
+    expect(ref).toMatch(
+      new RegExp(`^file:///.*/${hour}/raw-data/[0-9a-f]{32}/cap_1-[0-9a-f]{8}-input-1\\.bin$`),
+    );
     expect((await readDataRef(ref)).equals(Buffer.from(new Float32Array(16).fill(1.5).buffer))).toBe(true);
     expect(
       (await readDataRef(first!.record.deviceFleetAuxiliaryInputs[0]['data-ref'])).equals(

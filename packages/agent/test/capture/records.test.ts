@@ -99,7 +99,8 @@ describe('Edge Manager records', () => {
     });
     // The parser AWS published for 4-D tensors.
     expect(input.observedContentType).toMatch(/Tensor\[(\w+); (\d+), (\d+), (\d+), (\d+)\]/);
-    expect(input['data-ref']).toBe(`s3://bucket/${base}/raw-data/abc-1685563523430-input-1.bin`);
+    const name = manifest.key.slice(base.length + 1, -'.jsonl'.length);
+    expect(input['data-ref']).toBe(`s3://bucket/${base}/raw-data/${name}/abc-1685563523430-input-1.bin`);
 
     expect(record.deviceFleetOutputs).toEqual([
       {
@@ -116,7 +117,7 @@ describe('Edge Manager records', () => {
         observedContentType: 'jpg',
         encoding: 'NONE',
         mode: 'Input',
-        'data-ref': `s3://bucket/${base}/raw-data/abc-1685563523430-aux-input-1.jpg`,
+        'data-ref': `s3://bucket/${base}/raw-data/${name}/abc-1685563523430-aux-input-1.jpg`,
       },
     ]);
     expect(record.deviceFleetAuxiliaryOutputs).toEqual([
@@ -131,13 +132,29 @@ describe('Edge Manager records', () => {
 
     // Side files hold the raw bytes and come before the manifest.
     expect(batch.files.map((f) => f.key)).toEqual([
-      `${base}/raw-data/abc-1685563523430-input-1.bin`,
-      `${base}/raw-data/abc-1685563523430-aux-input-1.jpg`,
+      `${base}/raw-data/${name}/abc-1685563523430-input-1.bin`,
+      `${base}/raw-data/${name}/abc-1685563523430-aux-input-1.jpg`,
       manifest.key,
     ]);
     expect(batch.files[0]!.body.equals(imageCapture().inputTensors[0]!.data)).toBe(true);
     expect(batch.files[1]!.contentType).toBe('image/jpeg');
     expect(batch.captureIds).toEqual(['abc-1685563523430']);
+  });
+
+  it("names side files after the batch, so that another batch (another device's, or this device's after a restart) reusing a capture id gets its own keys", () => {
+    const sideKeys = (batchId: string, items: CaptureItem[]) =>
+      renderBatch(batchId, items, context)
+        .files.map((f) => f.key)
+        .filter((k) => !k.endsWith('.jsonl'));
+    const first = sideKeys('1'.repeat(32), [imageCapture()]);
+    const second = sideKeys('2'.repeat(32), [imageCapture({ inputs: [], outputs: [] })]);
+    expect(first).toHaveLength(2);
+    expect(second).toHaveLength(1);
+    expect(first).not.toContain(second[0]);
+    // One capture id twice in a batch: two files, not one written twice.
+    const twice = sideKeys('3'.repeat(32), [imageCapture(), imageCapture()]);
+    expect(new Set(twice).size).toBe(4);
+    expect(twice[2]).toMatch(/\/abc-1685563523430-input-1-2\.bin$/);
   });
 
   it('embeds items of exactly the limit, and moves items one byte larger to side files', () => {
@@ -151,7 +168,9 @@ describe('Edge Manager records', () => {
     const record = JSON.parse(batch.files.at(-1)!.body.toString());
     expect(Buffer.from(record.deviceFleetInputs[0].data, 'base64').equals(Buffer.alloc(3072, 2))).toBe(true);
     expect(record.deviceFleetOutputs[0].data).toBeUndefined();
-    expect(record.deviceFleetOutputs[0]['data-ref']).toMatch(/raw-data\/abc-1685563523430-output-1\.bin$/);
+    expect(record.deviceFleetOutputs[0]['data-ref']).toMatch(
+      /raw-data\/[0-9a-f]{32}\/abc-1685563523430-output-1\.bin$/,
+    );
     expect(batch.files).toHaveLength(2);
   });
 
@@ -298,7 +317,9 @@ describe('Model Monitor records', () => {
           name: 'input',
           datatype: 'FP32',
           shape: [1, 3, 224, 224],
-          parameters: { 'data-ref': expect.stringMatching(/raw-data\/abc-1685563523430-input-1\.bin$/) },
+          parameters: {
+            'data-ref': expect.stringMatching(/raw-data\/[0-9a-f]{32}\/abc-1685563523430-input-1\.bin$/),
+          },
         },
       ],
     });

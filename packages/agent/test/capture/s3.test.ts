@@ -102,9 +102,12 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
         /^sme-capture\/_model-monitor\/resnet\/fleet-a\/2023\/05\/31\/20\/[0-9a-f]{32}\.jsonl$/,
       ),
       expect.stringMatching(new RegExp(`^${hour}/[0-9a-f]{32}\\.jsonl$`)),
-      `${hour}/raw-data/abc-1685563523430-aux-input-1.jpg`,
-      `${hour}/raw-data/abc-1685563523430-input-1.bin`,
+      expect.stringMatching(/raw-data\/[0-9a-f]{32}\/abc-1685563523430-aux-input-1\.jpg$/),
+      expect.stringMatching(/raw-data\/[0-9a-f]{32}\/abc-1685563523430-input-1\.bin$/),
     ]);
+    // Side files sit in a folder named as the batch's manifest.
+    const name = keys[1]!.slice(hour.length + 1, -'.jsonl'.length);
+    const side = `${hour}/raw-data/${name}`;
     const [first, second] = await s3.records();
     expect(first!.record).toEqual({
       eventVersion: '0',
@@ -122,7 +125,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
           observedContentType: 'Tensor[FLOAT32; 1, 3, 224, 224]',
           encoding: 'BASE64',
           mode: 'Input',
-          'data-ref': `s3://capture-bucket/${hour}/raw-data/abc-1685563523430-input-1.bin`,
+          'data-ref': `s3://capture-bucket/${side}/abc-1685563523430-input-1.bin`,
         },
       ],
       deviceFleetOutputs: [
@@ -140,7 +143,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
           observedContentType: 'jpg',
           encoding: 'NONE',
           mode: 'Input',
-          'data-ref': `s3://capture-bucket/${hour}/raw-data/abc-1685563523430-aux-input-1.jpg`,
+          'data-ref': `s3://capture-bucket/${side}/abc-1685563523430-aux-input-1.jpg`,
         },
       ],
       deviceFleetAuxiliaryOutputs: [
@@ -154,7 +157,7 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
       ],
     });
     expect(second!.record.eventMetadata.eventId).toBe('capture1685563525');
-    const raw = await s3.get(`${hour}/raw-data/abc-1685563523430-input-1.bin`);
+    const raw = await s3.get(`${side}/abc-1685563523430-input-1.bin`);
     expect(raw.equals(Buffer.from(new Float32Array(3 * 224 * 224).fill(0.25).buffer))).toBe(true);
     const monitorKey = keys.find((k) => k.includes('_model-monitor'))!;
     const monitor = JSON.parse((await s3.get(monitorKey)).toString().split('\n')[1]!);

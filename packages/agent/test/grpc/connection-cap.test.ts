@@ -129,10 +129,9 @@ describe('gRPC socket full of connections that sent nothing (F-F)', () => {
       await silent[0]!.closed;
       expect(silent.slice(1).every((s) => !s.socket.destroyed)).toBe(true);
       const refusals = lines.filter((line) => line.event === 'connections_refused' && line.totalCap === CAP);
-      expect(refusals.at(-1)).toMatchObject({ listener: 'grpc', refused: 1, idleClosed: 1 });
+      expect(refusals.at(-1)).toMatchObject({ listener: 'grpc', refused: 0, evicted: 1 });
       expect(refusals.at(-1)!.msg).toBe(
-        `1 connection(s) refused on the grpc listener from unix socket (1): total cap ${CAP} ` +
-          '(1 let in by closing an idle connection)',
+        `1 connection(s) over a cap on the grpc listener from unix socket (1) let in by closing another connection, of unix socket (1): total cap ${CAP}`,
       );
     } finally {
       silent.forEach((s) => s.socket.destroy());

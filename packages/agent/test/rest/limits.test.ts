@@ -135,13 +135,14 @@ describe('REST listener limits (issue 15: a slow body took gRPC down)', () => {
     // F-E: the refusals were silent; each listener logs its first at once, and /metrics counts them.
     const refusals = lines.filter((line) => line.event === 'connections_refused');
     expect(refusals.map((line) => line.msg)).toEqual([
-      '1 connection(s) refused on the rest-tcp listener from 127.0.0.1 (1): per-address cap 3 / total cap 5 ' +
-        '(1 let in by closing an idle connection)',
-      '1 connection(s) refused on the rest-unix listener from unix socket (1): total cap 5 (1 let in by closing an idle connection)',
+      '1 connection(s) over a cap on the rest-tcp listener from 127.0.0.1 (1) let in by closing another connection, of 127.0.0.1 (1): per-address cap 3 / total cap 5',
+      '1 connection(s) over a cap on the rest-unix listener from unix socket (1) let in by closing another connection, of unix socket (1): total cap 5',
     ]);
+    // N3: counted as closed to let a newcomer in, not as refused.
     const text = (await counted.text()).body;
-    expect(text).toContain('edgefleet_connections_refused_total{listener="rest-tcp",cap="per-address"} 1');
-    expect(text).toContain('edgefleet_connections_refused_total{listener="rest-unix",cap="total"} 1');
+    expect(text).toContain('edgefleet_connections_evicted_total{listener="rest-tcp",cap="per-address"} 1');
+    expect(text).toContain('edgefleet_connections_evicted_total{listener="rest-unix",cap="total"} 1');
+    expect(text).not.toContain('edgefleet_connections_refused_total{');
     // A connection that stays within the caps is served.
     const { socket, received } = local[1]!;
     socket.write('GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');

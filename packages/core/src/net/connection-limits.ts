@@ -13,29 +13,34 @@ export type RefusedBy = 'per-address' | 'total';
 
 /**
  * One connection over a cap. `address` is the peer's cap group (addressGroup), absent on a Unix socket.
- * `idleClosed`: the connection was let in, and an idle connection closed instead.
+ * `idleClosed`: the connection was let in, and an idle connection closed instead (an eviction, not a refusal);
+ * `closedAddress` is then the closed connection's group.
  */
 export interface ConnectionRefusal {
   refusedBy: RefusedBy;
   address?: string;
   idleClosed?: boolean;
+  closedAddress?: string;
 }
 
 export interface CapHooks {
   /** Hears of each connection over a cap (for a log line and a counter). */
   onRefused?: (refusal: ConnectionRefusal) => void;
   /**
-   * Whether an open connection may be closed to make room for a new one: one with no request in progress (HTTP:
-   * none started, or idle between requests). Absent: a full cap refuses newcomers.
+   * Whether an open connection may be closed to make room for a new one of its own address group: one with no
+   * request in progress (HTTP: none started, or idle between requests). Absent: a full cap refuses newcomers.
    */
   idle?: (socket: Socket) => boolean;
 }
 
-/** Connections closed to make room but not yet gone, over the total cap, before Node refuses any more itself. */
-export const CLOSING_ALLOWANCE = 16;
-
-/** Connections looked at, at most, for an idle one to close at the total cap. */
-const MAX_IDLE_CHECKS = 1024;
+/** What capConnections gives its listener back. */
+export interface CappedConnections {
+  /**
+   * The connection has carried a request (HTTP: its first 'request'): from then on it is never closed to make
+   * room for another address group's newcomer, only for its own group's (when idle).
+   */
+  carriedRequest(socket: Socket): void;
+}
 
 /** The group of a Unix socket's connections: they have no address, and only the total cap applies. */
 const UNIX_PEERS = 'unix socket';
@@ -46,19 +51,26 @@ const UNIX_PEERS = 'unix socket';
  * its other listeners. Works for net, http, https and tls servers alike: 'connection' carries the raw socket
  * before any handshake.
  *
- * With `hooks.idle`, a full cap makes room by closing an idle connection rather than refusing the newcomer: an
- * address group at its cap closes its own oldest idle connection; a listener at its total cap closes the oldest
- * idle connection of its largest group that has one. A client that holds connections without using them (a
- * local user flooding a loopback listener, where every client shares 127.0.0.1 and can use any of 127/8) then
- * cannot keep out one that sends its request at once. Only when none is idle is the newcomer closed. The caps
- * are then counted here (a connection closed to make room leaves them at once; its descriptor is closed at
- * once too, only Node's count of it lags until its 'close'), and Node's `maxConnections` is a backstop
- * CLOSING_ALLOWANCE above the total; without `idle`, Node's is the total cap, applied before any work.
- * Each connection over a cap is reported to `hooks.onRefused` (Node says so of those it closes with 'drop').
+ * With `hooks.idle`, a full cap makes room by closing a connection rather than refusing the newcomer: an address
+ * group at its cap closes its own oldest idle connection; a listener at its total cap closes the oldest
+ * connection, of any group, that has never carried a request (`carriedRequest`) — never one that has, so that
+ * many addresses (a flood from many hosts, or IPv6 /64s) cannot close a NAT site's keep-alive connections, nor
+ * authenticated devices' (a device port's request is authenticated). A newcomer so let in stays until
+ * `maxConnections` newer connections have come, so a client that sends its request at once gets in past a
+ * flood, and a flooder mostly closes its own connections. Only when none can be closed is the newcomer closed.
+ * The caps are then counted here (a connection closed to make room leaves them at once; so do its descriptor
+ * and Node's own count of it, which destroy() takes down at once, even for many closed in one accept batch), and
+ * Node's `maxConnections` is only a backstop, at twice the total cap; without `idle`, Node's is the total cap,
+ * applied before any work. Each connection over a cap is reported to `hooks.onRefused` (Node says so of those
+ * it closes with 'drop').
  */
-export function capConnections(server: Server, caps: ConnectionCaps, hooks: CapHooks = {}): void {
+export function capConnections(
+  server: Server,
+  caps: ConnectionCaps,
+  hooks: CapHooks = {},
+): CappedConnections {
   const { onRefused, idle } = hooks;
-  server.maxConnections = caps.maxConnections + (idle ? CLOSING_ALLOWANCE : 0);
+  server.maxConnections = caps.maxConnections * (idle ? 2 : 1);
   if (onRefused) {
     server.on('drop', (peer?: { remoteAddress?: string }) => {
       const address = peer?.remoteAddress;
@@ -68,7 +80,10 @@ export function capConnections(server: Server, caps: ConnectionCaps, hooks: CapH
   // Each group's open connections, oldest first (a Set keeps insertion order), and the group of each.
   const open = new Map<string, Set<Socket>>();
   const groupOf = new Map<Socket, string>();
+  // Connections that have carried no request yet, oldest first: the total cap's only victims.
+  const unused = new Set<Socket>();
   const release = (socket: Socket) => {
+    unused.delete(socket);
     const key = groupOf.get(socket);
     if (key === undefined) return;
     groupOf.delete(socket);
@@ -76,30 +91,15 @@ export function capConnections(server: Server, caps: ConnectionCaps, hooks: CapH
     group?.delete(socket);
     if (group?.size === 0) open.delete(key);
   };
-  /**
-   * The oldest idle connection of the largest group, else the first idle one found among at most
-   * MAX_IDLE_CHECKS others: a flood against a listener whose connections are all busy costs a bounded look each.
-   */
-  const idleToClose = (): Socket | undefined => {
-    let largest: Set<Socket> | undefined;
-    for (const group of open.values())
-      if (largest === undefined || group.size > largest.size) largest = group;
-    let checks = 0;
-    for (const group of largest === undefined ? [] : [largest, ...open.values()]) {
-      for (const socket of group) {
-        if (idle!(socket)) return socket;
-        if (++checks >= MAX_IDLE_CHECKS) return undefined;
-      }
-    }
-    return undefined;
-  };
   server.on('connection', (socket: Socket) => {
     const address = socket.remoteAddress === undefined ? undefined : addressGroup(socket.remoteAddress);
-    const report = (refusedBy: RefusedBy, idleClosed: boolean) =>
+    /** `closed`: the connection closed to let this one in (undefined: this one was refused). */
+    const report = (refusedBy: RefusedBy, closed: { group: string } | undefined) =>
       onRefused?.({
         refusedBy,
         ...(address !== undefined && { address }),
-        ...(idleClosed && { idleClosed }),
+        ...(closed !== undefined && { idleClosed: true }),
+        ...(closed !== undefined && closed.group !== UNIX_PEERS && { closedAddress: closed.group }),
       });
     const key = address ?? UNIX_PEERS;
     const group = open.get(key);
@@ -110,24 +110,27 @@ export function capConnections(server: Server, caps: ConnectionCaps, hooks: CapH
       victim = idle ? [...group].find((held) => idle(held)) : undefined;
     } else if (idle && groupOf.size >= caps.maxConnections) {
       refusedBy = 'total';
-      victim = idleToClose();
+      victim = unused.values().next().value;
     }
     if (refusedBy !== undefined) {
       if (victim === undefined) {
         socket.destroy();
-        report(refusedBy, false);
+        report(refusedBy, undefined);
         return;
       }
+      const closed = { group: groupOf.get(victim) ?? UNIX_PEERS };
       release(victim);
       victim.destroy();
-      report(refusedBy, true);
+      report(refusedBy, closed);
     }
     let joined = open.get(key);
     if (joined === undefined) open.set(key, (joined = new Set()));
     joined.add(socket);
     groupOf.set(socket, key);
+    if (idle) unused.add(socket);
     socket.once('close', () => release(socket));
   });
+  return { carriedRequest: (socket) => void unused.delete(socket) };
 }
 
 /**

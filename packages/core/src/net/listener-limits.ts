@@ -59,15 +59,17 @@ export function applyListenerLimits(
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.setTimeout(limits.idleTimeoutMs);
   // Requests in progress per connection (the raw socket: a TLS request's socket wraps it as _parent), so that a
-  // full address group may close one of its idle connections for a newcomer (capConnections).
+  // full address group may close one of its idle connections for a newcomer; and which have carried one, which
+  // a full listener never closes for another group's newcomer (capConnections).
   const inProgress = new WeakMap<Socket, number>();
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    const socket = ((req.socket as Socket & { _parent?: Socket })._parent ?? req.socket) as Socket;
-    inProgress.set(socket, (inProgress.get(socket) ?? 0) + 1);
-    res.once('close', () => inProgress.set(socket, (inProgress.get(socket) ?? 1) - 1));
-  });
-  capConnections(server, limits, {
+  const capped = capConnections(server, limits, {
     ...(onRefused && { onRefused }),
     idle: (socket) => (inProgress.get(socket) ?? 0) === 0,
+  });
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = ((req.socket as Socket & { _parent?: Socket })._parent ?? req.socket) as Socket;
+    capped.carriedRequest(socket);
+    inProgress.set(socket, (inProgress.get(socket) ?? 0) + 1);
+    res.once('close', () => inProgress.set(socket, (inProgress.get(socket) ?? 1) - 1));
   });
 }

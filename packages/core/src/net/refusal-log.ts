@@ -30,7 +30,10 @@ export interface ConnectionRefusalLogOptions {
   clock?: RefusalClock;
   /** At most one line per this long (default 60 s). */
   intervalMs?: number;
-  /** Every refusal, as it happens (a metrics counter). */
+  /**
+   * Every connection over a cap, as it happens (a metrics counter): refused, or let in by closing another
+   * (`idleClosed`), which a counter of refusals must tell apart.
+   */
   count?: (refusal: ConnectionRefusal) => void;
 }
 
@@ -40,7 +43,8 @@ const MAX_ADDRESSES = 8;
 const ADDRESSES_IN_MESSAGE = 3;
 
 /**
- * Logs the connections over a listener's caps (refused, or let in by closing an idle one: ConnectionRefusal), at
+ * Logs the connections over a listener's caps (refused, or let in by closing another one, counted apart and
+ * naming the closed one's address group: ConnectionRefusal), at
  * most one warn line per interval (`event: connections_refused`): a flood is refused thousands of times a minute,
  * and a line each would flood the log in turn. The first refusal after a quiet interval is logged at once, so that an operator sees a flood begin; those
  * after it are summed up when the interval ends.
@@ -63,10 +67,18 @@ export class ConnectionRefusalLog {
   readonly refused = (refusal: ConnectionRefusal): void => {
     this.#options.count?.(refusal);
     const window = this.#window;
-    window.refused += 1;
-    window.byCap[refusal.refusedBy === 'total' ? 'total' : 'perAddress'] += 1;
-    if (refusal.idleClosed === true) window.idleClosed += 1;
     const address = refusal.address ?? 'unix socket';
+    if (refusal.idleClosed === true) {
+      // Let in: counted apart from refusals, naming whose connection was closed for it.
+      window.evicted += 1;
+      const closed = refusal.closedAddress ?? 'unix socket';
+      if (window.closedAddresses.has(closed) || window.closedAddresses.size < MAX_ADDRESSES)
+        window.closedAddresses.set(closed, (window.closedAddresses.get(closed) ?? 0) + 1);
+      else window.otherClosedAddresses += 1;
+    } else {
+      window.refused += 1;
+      window.byCap[refusal.refusedBy === 'total' ? 'total' : 'perAddress'] += 1;
+    }
     if (window.addresses.has(address) || window.addresses.size < MAX_ADDRESSES) {
       window.addresses.set(address, (window.addresses.get(address) ?? 0) + 1);
     } else window.otherAddresses += 1;
@@ -80,14 +92,14 @@ export class ConnectionRefusalLog {
   close(): void {
     this.#cancelFlush?.();
     this.#cancelFlush = undefined;
-    if (this.#window.refused > 0) this.#flush();
+    if (this.#window.refused + this.#window.evicted > 0) this.#flush();
   }
 
   #flush(): void {
     this.#cancelFlush = undefined;
     const window = this.#window;
     this.#window = newWindow();
-    if (window.refused === 0) return;
+    if (window.refused + window.evicted === 0) return;
     const { listener, caps } = this.#options;
     const since = this.#lastLineAt;
     this.#lastLineAt = this.#clock.now();
@@ -96,6 +108,20 @@ export class ConnectionRefusalLog {
     const rest =
       ranked.slice(ADDRESSES_IN_MESSAGE).reduce((sum, [, n]) => sum + n, 0) + window.otherAddresses;
     const from = rest > 0 ? `${named.join(', ')} and ${rest} from other addresses` : named.join(', ');
+    const closedRanked = [...window.closedAddresses].sort((a, b) => b[1] - a[1]);
+    const closedRest =
+      closedRanked.slice(ADDRESSES_IN_MESSAGE).reduce((sum, [, n]) => sum + n, 0) +
+      window.otherClosedAddresses;
+    const closedFrom =
+      closedRanked
+        .slice(0, ADDRESSES_IN_MESSAGE)
+        .map(([closed, n]) => `${closed} (${n})`)
+        .join(', ') + (closedRest > 0 ? ` and ${closedRest} of other addresses` : '');
+    const capsText =
+      (caps.maxConnectionsPerAddress === undefined
+        ? ''
+        : `per-address cap ${caps.maxConnectionsPerAddress} / `) + `total cap ${caps.maxConnections}`;
+    const evictedText = `let in by closing another connection, of ${closedFrom}`;
     const period =
       since === undefined ? '' : ` in the last ${Math.round((this.#lastLineAt - since) / 1000)} s`;
     this.#options.logger.warn(
@@ -106,16 +132,18 @@ export class ConnectionRefusalLog {
         refusedBy: window.byCap,
         addresses: Object.fromEntries(ranked),
         ...(window.otherAddresses > 0 && { otherAddresses: window.otherAddresses }),
-        ...(window.idleClosed > 0 && { idleClosed: window.idleClosed }),
+        ...(window.evicted > 0 && {
+          evicted: window.evicted,
+          closedAddresses: Object.fromEntries(closedRanked),
+        }),
+        ...(window.otherClosedAddresses > 0 && { otherClosedAddresses: window.otherClosedAddresses }),
         ...(caps.maxConnectionsPerAddress !== undefined && { perAddressCap: caps.maxConnectionsPerAddress }),
         totalCap: caps.maxConnections,
       },
-      `${window.refused} connection(s) refused on the ${listener} listener from ${from}${period}: ` +
-        (caps.maxConnectionsPerAddress === undefined
-          ? ''
-          : `per-address cap ${caps.maxConnectionsPerAddress} / `) +
-        `total cap ${caps.maxConnections}` +
-        (window.idleClosed > 0 ? ` (${window.idleClosed} let in by closing an idle connection)` : ''),
+      window.refused > 0
+        ? `${window.refused} connection(s) refused on the ${listener} listener from ${from}${period}: ${capsText}` +
+            (window.evicted > 0 ? ` (${window.evicted} more ${evictedText})` : '')
+        : `${window.evicted} connection(s) over a cap on the ${listener} listener from ${from}${period} ${evictedText}: ${capsText}`,
     );
   }
 }
@@ -126,6 +154,8 @@ function newWindow() {
     byCap: { perAddress: 0, total: 0 },
     addresses: new Map<string, number>(),
     otherAddresses: 0,
-    idleClosed: 0,
+    evicted: 0,
+    closedAddresses: new Map<string, number>(),
+    otherClosedAddresses: 0,
   };
 }

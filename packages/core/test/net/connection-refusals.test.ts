@@ -131,6 +131,34 @@ describe('ConnectionRefusalLog', () => {
     expect(clock.timers).toHaveLength(0);
   });
 
+  it('counts connections let in by closing another apart from refusals, naming whose was closed (N3)', () => {
+    const logger = recordingLogger();
+    const log = new ConnectionRefusalLog({ listener: 'device', caps, logger, clock: new ManualClock() });
+    log.refused({ refusedBy: 'total', address: '10.0.0.9', idleClosed: true, closedAddress: '10.0.0.1' });
+    expect(logger.lines[0]!.fields).toMatchObject({
+      refused: 0,
+      refusedBy: { perAddress: 0, total: 0 },
+      evicted: 1,
+      closedAddresses: { '10.0.0.1': 1 },
+      addresses: { '10.0.0.9': 1 },
+    });
+    expect(logger.lines[0]!.message).toBe(
+      '1 connection(s) over a cap on the device listener from 10.0.0.9 (1) let in by closing another connection, of 10.0.0.1 (1): per-address cap 2 / total cap 10',
+    );
+    log.refused({ refusedBy: 'total', address: '10.0.0.9' });
+    log.refused({ refusedBy: 'total', address: '10.0.0.8', idleClosed: true, closedAddress: '10.0.0.2' });
+    log.close();
+    expect(logger.lines[1]!.fields).toMatchObject({
+      refused: 1,
+      refusedBy: { perAddress: 0, total: 1 },
+      evicted: 1,
+      closedAddresses: { '10.0.0.2': 1 },
+    });
+    expect(logger.lines[1]!.message).toMatch(
+      /^1 connection\(s\) refused on the device listener from .*: per-address cap 2 \/ total cap 10 \(1 more let in by closing another connection, of 10\.0\.0\.2 \(1\)\)$/,
+    );
+  });
+
   it('leaves out the per-address cap where the listener has none (a Unix socket)', () => {
     const logger = recordingLogger();
     const log = new ConnectionRefusalLog({
@@ -274,37 +302,61 @@ describe('a full address group closes its oldest idle connection for a newcomer 
     expect(filler.socket.destroyed).toBe(false);
     expect(await ask(next, '/')).toMatch(/^HTTP\/1\.1 200/);
     expect(refusals).toEqual([
-      { refusedBy: 'per-address', address: '127.0.0.1', idleClosed: true },
-      { refusedBy: 'per-address', address: '127.0.0.1', idleClosed: true },
+      { refusedBy: 'per-address', address: '127.0.0.1', idleClosed: true, closedAddress: '127.0.0.1' },
+      { refusedBy: 'per-address', address: '127.0.0.1', idleClosed: true, closedAddress: '127.0.0.1' },
     ]);
   });
 
-  it('at the total cap, closes the oldest idle connection of the largest group (a local user spreading over 127/8)', async () => {
-    const { port, refusals, held } = await start({ maxConnections: 4, maxConnectionsPerAddress: 2 });
-    const other = await open(port, '127.0.0.4');
-    other.socket.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
-    await expect.poll(() => held.length).toBe(1);
-    const flood = [
-      await open(port, '127.0.0.2'),
-      await open(port, '127.0.0.2'),
-      await open(port, '127.0.0.3'),
-    ];
-    const client = await open(port, '127.0.0.1');
-    await flood[0]!.closed;
-    expect(await ask(client, '/')).toMatch(/^HTTP\/1\.1 200/);
-    expect([other, ...flood.slice(1)].every((c) => !c.socket.destroyed)).toBe(true);
-    expect(refusals).toEqual([{ refusedBy: 'total', address: '127.0.0.1', idleClosed: true }]);
-    // All busy: the next newcomer is refused.
-    for (const connection of flood.slice(1)) connection.socket.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
-    await expect.poll(() => held.length).toBe(3);
-    await expect.poll(() => connectionsOf(server!)).toBe(3);
-    const filler = await open(port, '127.0.0.5');
-    filler.socket.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
-    await expect.poll(() => held.length).toBe(4);
-    const over = await open(port, '127.0.0.6');
+  it('at the total cap, closes the oldest connection that never carried a request, of any group, never one that did (H3: a NAT site against a flood from many addresses)', async () => {
+    const { port, refusals } = await start({ maxConnections: 8, maxConnectionsPerAddress: 8 });
+    // A site of devices behind one NAT (127.0.0.1): keep-alive connections that have completed a request.
+    const site = await Promise.all(Array.from({ length: 4 }, () => open(port)));
+    for (const device of site) device.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await expect.poll(() => site.every((d) => /ok$/.test(d.received()))).toBe(true);
+    // A flood from many smaller groups fills the total cap, then goes on.
+    const flood: Awaited<ReturnType<typeof open>>[] = [];
+    for (let i = 0; i < 4; i++) flood.push(await open(port, `127.0.0.${10 + i}`));
+    for (let i = 0; i < 6; i++) flood.push(await open(port, `127.0.1.${i + 1}`));
+    // Each newcomer closed the flood's oldest (the largest group, the site's, was never touched).
+    await Promise.all(flood.slice(0, 6).map((c) => c.closed));
+    expect(flood.slice(6).every((c) => !c.socket.destroyed)).toBe(true);
+    expect(refusals.map((r) => r.closedAddress)).toEqual([
+      '127.0.0.10',
+      '127.0.0.11',
+      '127.0.0.12',
+      '127.0.0.13',
+      '127.0.1.1',
+      '127.0.1.2',
+    ]);
+    expect(refusals.every((r) => r.refusedBy === 'total' && r.idleClosed === true)).toBe(true);
+    // The site's connections are open and still serve.
+    expect(site.every((d) => !d.socket.destroyed)).toBe(true);
+    expect(await ask(site[0]!, '/')).toMatch(/ok$/);
+    await expect.poll(() => connectionsOf(server!)).toBe(7);
+    // A newcomer that sends its request at once gets in, and once it carried one it is never closed for another.
+    const client = await open(port, '127.0.2.1');
+    client.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await expect.poll(() => /ok$/.test(client.received())).toBe(true);
+    // Only connections that carried a request are left to close: a newcomer now is refused.
+    for (const c of flood.slice(6)) c.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await expect.poll(() => flood.slice(6).every((c) => /ok$/.test(c.received()))).toBe(true);
+    const over = await open(port, '127.0.3.1');
     await over.closed;
-    expect(refusals.at(-1)).toEqual({ refusedBy: 'total', address: '127.0.0.6' });
-    held.forEach((res) => res.end());
+    expect(refusals.at(-1)).toEqual({ refusedBy: 'total', address: '127.0.3.1' });
+    expect([...site.slice(1), client, ...flood.slice(6)].every((c) => !c.socket.destroyed)).toBe(true);
+  });
+
+  it('lets in every newcomer of one accept batch that closes an unused connection, however many (N2: no drop by Node)', async () => {
+    const { port, refusals } = await start({ maxConnections: 40, maxConnectionsPerAddress: 64 });
+    const silent = await Promise.all(Array.from({ length: 40 }, () => open(port, '127.0.0.2')));
+    await expect.poll(() => connectionsOf(server!)).toBe(40);
+    // Connected at once: libuv accepts them in one batch, before any closed connection's 'close' comes.
+    const newcomers = await Promise.all(Array.from({ length: 30 }, () => open(port, '127.0.0.3')));
+    await Promise.all(silent.slice(0, 30).map((c) => c.closed));
+    for (const c of newcomers) c.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await expect.poll(() => newcomers.every((c) => /ok$/.test(c.received()))).toBe(true);
+    expect(refusals).toHaveLength(30);
+    expect(refusals.every((r) => r.idleClosed === true && r.closedAddress === '127.0.0.2')).toBe(true);
   });
 
   it('refuses a newcomer when every connection of its address has a request in progress', async () => {

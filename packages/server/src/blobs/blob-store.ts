@@ -33,6 +33,11 @@ export interface ReadBlobOptions {
 export interface BlobStore {
   /** Human-readable location of the store: `file:///…` or `s3://bucket/prefix`. */
   readonly description: string;
+  /**
+   * The longest `/`-separated segment of a key the store can hold (a folder store: a file name's limit), or
+   * undefined when only the key's length is limited (S3).
+   */
+  readonly maxKeySegmentLength?: number;
   put(key: string, body: BlobBody, options?: PutBlobOptions): Promise<BlobInfo>;
   /** Streams the blob, or the range of it; rejects with BlobNotFoundError if absent. */
   get(key: string, range?: ByteRange, options?: ReadBlobOptions): Promise<Readable>;

@@ -34,6 +34,8 @@ function isNotFound(error: unknown): boolean {
 /** Blobs as files under one folder. Writes go to a temporary file first and are renamed into place. */
 export class LocalBlobStore implements BlobStore {
   readonly description: string;
+  /** NAME_MAX of Linux file systems (ext4, xfs, btrfs, tmpfs); keys are ASCII, so characters are bytes. */
+  readonly maxKeySegmentLength = 255;
 
   constructor(private readonly root: string) {
     this.root = path.resolve(root);
@@ -42,6 +44,11 @@ export class LocalBlobStore implements BlobStore {
 
   private pathOf(key: string): string {
     assertValidBlobKey(key);
+    const long = key.split('/').find((segment) => segment.length > this.maxKeySegmentLength);
+    if (long !== undefined)
+      throw new Error(
+        `invalid blob key "${key}": its segment "${long.slice(0, 40)}…" is ${long.length} characters; a local blob folder holds segments of at most ${this.maxKeySegmentLength}`,
+      );
     return path.join(this.root, ...key.split('/'));
   }
 

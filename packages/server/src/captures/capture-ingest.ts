@@ -1,4 +1,4 @@
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Kysely } from 'kysely';
 import {
@@ -68,8 +68,8 @@ interface OutputTarget {
 
 /** What capture_objects says of an object's address when a device claims it (see #claim). */
 type Claim =
-  /** No write of it landed yet (new, or an earlier one failed): write it. */
-  | { stored: false }
+  /** No write of it landed yet (new, or an earlier one failed): write it, as the upload holding `token`. */
+  | { stored: false; token: string }
   /** A write landed: this upload is the same file again, or other content (refused). */
   | { stored: true; sha256: string; bytes: number };
 
@@ -121,6 +121,19 @@ const DAY_MS = 86_400_000;
 /** Whole seconds until the next UTC midnight (at least 1): when a daily quota renews. */
 export const secondsToNextUtcDay = (ms: number) =>
   Math.max(1, Math.ceil((Math.floor(ms / DAY_MS) * DAY_MS + DAY_MS - ms) / 1000));
+/**
+ * The least an upload is charged against the daily quota, whatever its size: each object's claim is a row of
+ * capture_objects (its key and address, up to ~2 KiB), so tiny or fully duplicate files still cost quota, and a
+ * device cannot grow the table past its quota's worth of rows a day.
+ */
+export const MIN_OBJECT_CHARGE_BYTES = 1024;
+const chargeOf = (bytes: number) => Math.max(bytes, MIN_OBJECT_CHARGE_BYTES);
+/**
+ * How long an upload holds the write of its object (capture_objects.write_token) before another upload of the key
+ * may take it over: longer than any upload can last (the request deadline), so only a server that died
+ * mid-write leaves one to take over.
+ */
+const WRITE_LEASE_MS = 15 * 60_000;
 /** Rows per IN (…) list: well under SQLite's and PostgreSQL's bind-parameter limits. */
 const CHUNK = 500;
 
@@ -130,6 +143,11 @@ export function checkCaptureFileSize(
   bytes: number,
   limits: Pick<CaptureLimits, 'maxFileBytes'>,
 ): void {
+  if (bytes === 0)
+    throw new DomainError(
+      'ValidationError',
+      `the capture file${key === undefined ? '' : ` ${key}`} is empty; expected a manifest of at least one record or a side file of at least one byte`,
+    );
   if (bytes > limits.maxFileBytes)
     throw new DomainError(
       'PayloadTooLarge',
@@ -265,20 +283,44 @@ export class CaptureIngest {
         .toString('utf8')
         .split('\n')
         .filter((l) => l.trim() !== '');
+      if (lines.length === 0)
+        throw new DomainError(
+          'ValidationError',
+          `the capture manifest ${file.key} has no records (only blank lines); expected one capture record per line`,
+        );
       ids = lines.map((line, i) => captureIdOf(line, file.key, i + 1, device, format));
     }
-    const claim = await this.#claim(device.deviceName, file.key, target, isManifest(file.key));
+    // Charged before the claim: a claim is a row, so a device past its quota adds none.
+    let charged = chargeOf(sent.bytes);
+    const day = await this.#charge(device.deviceName, charged);
+    const refund = (bytes: number) =>
+      bytes <= 0 ? Promise.resolve() : this.#refund(device.deviceName, day, bytes).catch(() => undefined);
+    let claim: Claim;
+    try {
+      claim = await this.#claim(device.deviceName, file.key, target, isManifest(file.key));
+    } catch (error) {
+      await refund(charged);
+      throw error;
+    }
     if (claim.stored) {
+      // The same file again (the agent's retry after an answer it did not get): it is stored, as it was, and
+      // was paid for then.
+      await refund(charged);
       this.#checkSameFile(file.key, claim, sent);
-      // The same file again (the agent's retry after an answer it did not get): it is stored, as it was.
       return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: 0 };
     }
     if (isManifest(file.key)) {
       const { storedElsewhere, storedHere } = await this.#stored(device.deviceName, format, file.key, ids);
       const kept = lines.filter((_, i) => !storedElsewhere.has(ids[i]!));
       duplicates = lines.length - kept.length;
+      // Only what is written is paid for, with the least charge for the claim's row.
+      const due = chargeOf(
+        kept.length === 0 ? 0 : duplicates > 0 ? Buffer.byteLength(`${kept.join('\n')}\n`) : sent.bytes,
+      );
+      await refund(charged - due);
+      charged = due;
       if (kept.length === 0) {
-        await this.#markStored(device.deviceName, target, sent);
+        await this.#markStored(device.deviceName, target, claim.token, sent);
         return {
           location: store.locationOf(storedKey),
           records: 0,
@@ -290,13 +332,13 @@ export class CaptureIngest {
       if (duplicates > 0) body = Buffer.from(`${kept.join('\n')}\n`);
     }
 
-    const day = await this.#charge(device.deviceName, body.length);
     try {
       await store.put(storedKey, body, { contentType: file.contentType, contentLength: body.length });
     } catch (error) {
       // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
-      // fleet's bucket fills the day's quota with bytes that never landed).
-      await this.#refund(device.deviceName, day, body.length).catch(() => undefined);
+      // fleet's bucket fills the day's quota with bytes that never landed), nor keep a row for it.
+      await refund(charged);
+      await this.#dropClaim(device.deviceName, target, claim.token);
       throw (
         conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
       );
@@ -320,7 +362,7 @@ export class CaptureIngest {
           .execute();
     }
     // Last: a retry after anything above failed writes again (and records what is missing).
-    await this.#markStored(device.deviceName, target, sent);
+    await this.#markStored(device.deviceName, target, claim.token, sent);
     return {
       location: store.locationOf(storedKey),
       records: records.length,
@@ -350,8 +392,20 @@ export class CaptureIngest {
       return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
     }
     const { store, storedKey } = target;
-    const claim = await this.#claim(device.deviceName, file.key, target, false);
+    // Charged before the claim (a row), and before the body streams, so parallel uploads cannot pass the quota.
+    const charged = chargeOf(file.contentLength);
+    const day = await this.#charge(device.deviceName, charged);
+    const refund = () => this.#refund(device.deviceName, day, charged).catch(() => undefined);
+    let claim: Claim;
+    try {
+      claim = await this.#claim(device.deviceName, file.key, target, false);
+    } catch (error) {
+      await refund();
+      throw error;
+    }
     if (claim.stored) {
+      // Paid for when it was stored.
+      await refund();
       // Its digest is known only once all of it is in: read (bounded by captures.maxFileBytes, no store
       // request open), then compared. Another length is other content without reading a byte.
       if (claim.bytes === file.contentLength) {
@@ -362,7 +416,8 @@ export class CaptureIngest {
       }
       this.#checkSameFile(file.key, claim, { sha256: '', bytes: file.contentLength });
     }
-    const day = await this.#charge(device.deviceName, file.contentLength);
+    // A stored claim has returned or thrown above (another length is never the same file).
+    const { token } = claim as Extract<Claim, { stored: false }>;
     // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
     const abort = new AbortController();
     const hash = createHash('sha256');
@@ -379,7 +434,8 @@ export class CaptureIngest {
     } catch (error) {
       // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
       // with Connection: close (http/request-deadline.ts), so that the device still learns why.
-      await this.#refund(device.deviceName, day, file.contentLength).catch(() => undefined);
+      await refund();
+      await this.#dropClaim(device.deviceName, target, token);
       // A store that stopped answering while the device had not sent all of its body: the device paused longer
       // than the store's socket timeout, which says nothing about the store (no outage logged or marked).
       if (!bodyEnded && isTimeout(error))
@@ -392,7 +448,7 @@ export class CaptureIngest {
       );
     }
     await this.#written(device.fleetName, target);
-    await this.#markStored(device.deviceName, target, {
+    await this.#markStored(device.deviceName, target, token, {
       sha256: hash.digest('hex'),
       bytes: file.contentLength,
     });
@@ -439,6 +495,16 @@ export class CaptureIngest {
     // device write over models or packages the server signs and serves; the operator has to move the output.
     const reserved = target.reservedPrefix;
     const storedKey = target.keyFor(key);
+    // Checked before any claim, charge or write: else the write fails late (ENAMETOOLONG, a 500).
+    const maxSegment = target.store.maxKeySegmentLength;
+    const long =
+      maxSegment === undefined ? undefined : key.split('/').find((segment) => segment.length > maxSegment);
+    if (long !== undefined)
+      throw new DomainError(
+        'ValidationError',
+        `capture key ${key} has a segment of ${long.length} characters; the server's local blob folder holds segments (between slashes) of at most ${maxSegment} characters; expected shorter file and folder names (S3 outputs have no such limit)`,
+        { maxKeySegmentLength: maxSegment },
+      );
     if (reserved !== undefined && (reserved === '' || storedKey.startsWith(`${reserved}/`)))
       throw new DomainError(
         'Conflict',
@@ -461,13 +527,17 @@ export class CaptureIngest {
    * Claims the object's address for the device, or finds it claimed: capture objects are written once, by the
    * device that claimed them first (its retries included), so that no fleet-mate can write over them. A key
    * claimed by another device is 409; so is a manifest at a key whose records another device stored before
-   * capture_objects existed (their device_captures rows name it). The first insert wins, on every replica.
+   * capture_objects existed (their device_captures rows name it). The first insert wins, on every replica. An
+   * object not stored yet is written by one upload at a time (its write_token): another upload of it meanwhile
+   * is 409, which the agent retries.
    */
   async #claim(device: string, key: string, target: OutputTarget, manifest: boolean): Promise<Claim> {
+    // 403, not 409: no retry can change it, and agents drop a file refused with 403 (they retry a 409), so a
+    // taken key does not hold back the batches spooled behind it.
     const taken = () =>
       new DomainError(
-        'Conflict',
-        `capture key ${key} holds another device's capture; capture objects are written once, by the device that stored them; expected a key of this device's own (the agent names each file after its batch)`,
+        'Forbidden',
+        `capture key ${key} holds another device's capture; capture objects are written once, by the device that stored them; expected a key of this device's own (the agent names each file, side files included, after its batch)`,
         { key },
       );
     if (manifest) {
@@ -480,6 +550,8 @@ export class CaptureIngest {
         .executeTakeFirst();
       if (other !== undefined) throw taken();
     }
+    const token = randomUUID();
+    const now = this.#now();
     await this.#db
       .insertInto('capture_objects')
       .values({
@@ -487,19 +559,49 @@ export class CaptureIngest {
         device_name: device,
         sha256: null,
         bytes: null,
-        claimed_at: this.#now(),
+        claimed_at: now,
+        write_token: token,
+        write_started_at: now,
       })
       .onConflict((oc) => oc.column('object_url').doNothing())
       .execute();
-    const row = await this.#db
-      .selectFrom('capture_objects')
-      .select(['device_name', 'sha256', 'bytes'])
-      .where('object_url', '=', target.objectUrl)
-      .executeTakeFirstOrThrow();
+    const read = () =>
+      this.#db
+        .selectFrom('capture_objects')
+        .select(['device_name', 'sha256', 'bytes', 'write_token'])
+        .where('object_url', '=', target.objectUrl)
+        .executeTakeFirst();
+    let row = await read();
+    // Gone since the insert: a failed write dropped it, or the retention sweep; the upload tries again.
+    if (row === undefined) throw underWay();
     if (row.device_name !== device) throw taken();
-    return row.sha256 === null || row.bytes === null
-      ? { stored: false }
-      : { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
+    if (row.sha256 !== null && row.bytes !== null)
+      return { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
+    if (row.write_token === token) return { stored: false, token };
+    // Its own claim, not stored: an earlier write failed (no token), or one is under way (its token).
+    const took = await this.#db
+      .updateTable('capture_objects')
+      .set({ write_token: token, write_started_at: now })
+      .where('object_url', '=', target.objectUrl)
+      .where('device_name', '=', device)
+      .where('sha256', 'is', null)
+      .where((eb) =>
+        eb.or([eb('write_token', 'is', null), eb('write_started_at', '<', now - WRITE_LEASE_MS)]),
+      )
+      .executeTakeFirst();
+    if (Number(took.numUpdatedRows) === 1) return { stored: false, token };
+    row = await read();
+    if (row?.sha256 != null && row.bytes !== null && row.device_name === device)
+      return { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
+    throw underWay();
+
+    function underWay(): DomainError {
+      return new DomainError(
+        'Conflict',
+        `capture key ${key} is being written by another upload of this device's now; capture objects are written once; send it again once that upload is answered`,
+        { key },
+      );
+    }
   }
 
   /** A stored object sent again must be the same file (a retry), else 409: objects are written once. */
@@ -509,25 +611,48 @@ export class CaptureIngest {
     sent: { sha256: string; bytes: number },
   ): void {
     if (stored.sha256 === sent.sha256 && stored.bytes === sent.bytes) return;
+    // 403 as a key another device holds: no retry of this file can change it.
     throw new DomainError(
-      'Conflict',
+      'Forbidden',
       `capture key ${key} is stored already with other content (${stored.bytes} bytes, SHA-256 ${stored.sha256}; this file: ${sent.bytes} bytes); capture objects are written once; expected the same file again, or a new key`,
       { key, storedBytes: stored.bytes, storedSha256: stored.sha256 },
     );
   }
 
-  /** Records what the device's write of the object was, once it landed (a retry of it is then no write). */
+  /** Drops the device's claim of an object whose write failed: no row stays for an object that is not there. */
+  async #dropClaim(device: string, target: OutputTarget, token: string): Promise<void> {
+    await this.#db
+      .deleteFrom('capture_objects')
+      .where('object_url', '=', target.objectUrl)
+      .where('device_name', '=', device)
+      .where('sha256', 'is', null)
+      .where('write_token', '=', token)
+      .execute()
+      .catch(() => undefined);
+  }
+
+  /**
+   * Records what the device's write of the object was, once it landed (a retry of it is then no write): only
+   * while this upload still holds the write, so that the digest recorded is of the file written.
+   */
   async #markStored(
     device: string,
     target: OutputTarget,
+    token: string,
     sent: { sha256: string; bytes: number },
   ): Promise<void> {
-    await this.#db
+    const marked = await this.#db
       .updateTable('capture_objects')
-      .set({ sha256: sent.sha256, bytes: sent.bytes })
+      .set({ sha256: sent.sha256, bytes: sent.bytes, write_token: null, write_started_at: null })
       .where('object_url', '=', target.objectUrl)
       .where('device_name', '=', device)
-      .execute();
+      .where('write_token', '=', token)
+      .executeTakeFirst();
+    if (Number(marked.numUpdatedRows) !== 1)
+      throw new DomainError(
+        'Conflict',
+        `the write of capture key ${target.objectUrl} outlasted its lease and another upload took it over; send the file again`,
+      );
   }
 
   /**

@@ -1,5 +1,6 @@
 export {
   CaptureIngest,
+  MIN_OBJECT_CHARGE_BYTES,
   type CaptureFile,
   type CaptureFileStream,
   type CaptureLimits,

@@ -242,6 +242,16 @@ export const serverConfigSchema = z.strictObject({
        * body is read; with none free it is answered 429 with Retry-After. Bounds the memory devices' bodies take.
        */
       largeBodyBytes: z.int().min(1024).default(DEFAULT_LARGE_BODY_BYTES),
+      /**
+       * How long the server remembers a stored capture: its claim (capture_objects: which device wrote the object,
+       * and what) and its capture ids (device_captures: records stored once). Older ones are pruned by the
+       * retention sweep (heartbeat.retentionSweepSeconds); after that a retry of the file is written again, and a
+       * fleet-mate may write at its key. Longer than any agent keeps a batch in its spool.
+       */
+      recordRetentionSeconds: z
+        .int()
+        .min(86_400)
+        .default(30 * 86_400),
       /** Large capture uploads read at once, server-wide. */
       maxConcurrentUploads: z.int().min(1).max(1024).default(8),
       /** Large capture uploads read at once from any one device. */

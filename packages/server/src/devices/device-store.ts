@@ -396,6 +396,9 @@ export class DeviceStore {
         .where('revoked_at', 'is', null)
         .execute();
       await trx.deleteFrom('device_metric_batches').where('device_name', '=', name).execute();
+      // Its capture claims and ids: a new device registered under the name starts with none of them.
+      await trx.deleteFrom('capture_objects').where('device_name', '=', name).execute();
+      await trx.deleteFrom('device_captures').where('device_name', '=', name).execute();
       // device_tags, device_models and enrollment_tokens go by ON DELETE CASCADE.
       await trx.deleteFrom('devices').where('name', '=', name).execute();
     });

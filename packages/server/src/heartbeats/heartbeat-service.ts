@@ -145,12 +145,13 @@ export class HeartbeatService {
 
   /** Writes heartbeats in one transaction, then answers each: stored, or its metrics dropped for the quota. */
   private async write(batch: PendingHeartbeat[]): Promise<void> {
+    let kept = batch;
     const dropped = await this.db.transaction().execute(async (trx) => {
-      await this.leaveOutForeignResults(trx, batch);
-      return writeBatch(trx, this.options.databaseEngine, batch, this.options.metricBytesPerDevicePerHour);
+      kept = await this.withoutForeignResults(trx, batch);
+      return writeBatch(trx, this.options.databaseEngine, kept, this.options.metricBytesPerDevicePerHour);
     });
-    await this.passDeploymentResults(batch);
-    for (const item of batch) {
+    await this.passDeploymentResults(kept);
+    for (const item of kept) {
       const drop = dropped.get(item);
       if (drop === undefined) {
         item.resolve({});
@@ -179,19 +180,24 @@ export class HeartbeatService {
    * deleted since, none): a device reports only on its own fleet's plans, and its last result must not show
    * another's. The heartbeat itself is kept; the result call leaves such a result out the same way.
    */
-  private async leaveOutForeignResults(
+  private async withoutForeignResults(
     trx: Transaction<DatabaseSchema>,
     batch: PendingHeartbeat[],
-  ): Promise<void> {
+  ): Promise<PendingHeartbeat[]> {
     const lookup = this.options.deploymentResults?.fleetsOfPlans?.bind(this.options.deploymentResults);
     const named = batch.filter((item) => item.heartbeat.DeploymentResult?.DeploymentName !== undefined);
-    if (lookup === undefined || named.length === 0) return;
+    if (lookup === undefined || named.length === 0) return batch;
     const fleets = await lookup(trx, [
       ...new Set(named.map((item) => item.heartbeat.DeploymentResult!.DeploymentName!)),
     ]);
-    for (const item of named)
-      if (fleets.get(item.heartbeat.DeploymentResult!.DeploymentName!) !== item.device.fleetName)
-        delete item.heartbeat.DeploymentResult;
+    // New items with a copy of the heartbeat: the caller's object (the request's, and the batch a failed write
+    // retries one by one) stays as it came.
+    return batch.map((item) => {
+      const plan = item.heartbeat.DeploymentResult?.DeploymentName;
+      if (plan === undefined || fleets.get(plan) === item.device.fleetName) return item;
+      const { DeploymentResult: _foreign, ...heartbeat } = item.heartbeat;
+      return { ...item, heartbeat };
+    });
   }
 
   private async passDeploymentResults(batch: PendingHeartbeat[]): Promise<void> {

@@ -8,13 +8,26 @@ const EXPIRED_TOKEN_GRACE_MS = 7 * 86_400_000;
 
 /**
  * Deletes metrics (whole heartbeats' worth) received before the retention window, past hours' metric usage,
- * and long-expired enrollment tokens. Idempotent, so every replica may run it on its own schedule.
+ * long-expired enrollment tokens, and (with `captureRecordsRetentionMs`) capture claims and capture ids older
+ * than theirs, with past days' capture usage. Idempotent, so every replica may run it on its own schedule.
  */
 export async function pruneExpired(
   db: Kysely<DatabaseSchema>,
-  options: { metricsRetentionMs: number; now?: number },
-): Promise<{ metricBatches: number; enrollmentTokens: number }> {
+  options: { metricsRetentionMs: number; captureRecordsRetentionMs?: number; now?: number },
+): Promise<{ metricBatches: number; enrollmentTokens: number; captureRecords: number }> {
   const now = options.now ?? Date.now();
+  let captureRecords = 0;
+  if (options.captureRecordsRetentionMs !== undefined) {
+    const before = now - options.captureRecordsRetentionMs;
+    const claims = await db.deleteFrom('capture_objects').where('claimed_at', '<', before).executeTakeFirst();
+    const ids = await db.deleteFrom('device_captures').where('stored_at', '<', before).executeTakeFirst();
+    captureRecords = Number(claims.numDeletedRows) + Number(ids.numDeletedRows);
+    // The daily quota counts only the UTC day under way; a day's grace for clocks.
+    await db
+      .deleteFrom('device_capture_usage')
+      .where('day', '<', new Date(now - 2 * 86_400_000).toISOString().slice(0, 10))
+      .execute();
+  }
   const metrics = await db
     .deleteFrom('device_metric_batches')
     .where('received_at', '<', now - options.metricsRetentionMs)
@@ -28,18 +41,32 @@ export async function pruneExpired(
     .deleteFrom('enrollment_tokens')
     .where('expires_at', '<', now - EXPIRED_TOKEN_GRACE_MS)
     .executeTakeFirst();
-  return { metricBatches: Number(metrics.numDeletedRows), enrollmentTokens: Number(tokens.numDeletedRows) };
+  return {
+    metricBatches: Number(metrics.numDeletedRows),
+    enrollmentTokens: Number(tokens.numDeletedRows),
+    captureRecords,
+  };
 }
 
 /** Runs pruneExpired every `intervalMs` until stopped (never two at once); failures are logged and retried. */
 export function startRetentionSweeper(
   db: Kysely<DatabaseSchema>,
-  options: { metricsRetentionMs: number; intervalMs: number; logger: Logger },
+  options: {
+    metricsRetentionMs: number;
+    captureRecordsRetentionMs?: number;
+    intervalMs: number;
+    logger: Logger;
+  },
 ): PeriodicTask {
   return startPeriodicTask(
     async () => {
-      const removed = await pruneExpired(db, { metricsRetentionMs: options.metricsRetentionMs });
-      if (removed.metricBatches > 0 || removed.enrollmentTokens > 0)
+      const removed = await pruneExpired(db, {
+        metricsRetentionMs: options.metricsRetentionMs,
+        ...(options.captureRecordsRetentionMs !== undefined && {
+          captureRecordsRetentionMs: options.captureRecordsRetentionMs,
+        }),
+      });
+      if (removed.metricBatches > 0 || removed.enrollmentTokens > 0 || removed.captureRecords > 0)
         options.logger.debug(removed, 'retention sweep');
     },
     {

@@ -931,6 +931,7 @@ export async function startServer(
     background.push(
       startRetentionSweeper(database.db, {
         metricsRetentionMs: config.heartbeat.metricsRetentionSeconds * 1000,
+        captureRecordsRetentionMs: config.captures.recordRetentionSeconds * 1000,
         intervalMs: config.heartbeat.retentionSweepSeconds * 1000,
         logger,
       }),

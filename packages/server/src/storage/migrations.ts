@@ -627,6 +627,20 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // The upload writing a capture object now (captures/capture-ingest.ts): two uploads of one key by its device
+  // (a retry while the first is still in flight) must not both write, else the digest recorded may be of the
+  // file that lost the race.
+  '0024_capture_object_writes': {
+    async up(db: Kysely<any>): Promise<void> {
+      // A rerun finds them (tests take the last migration's record away to stand for an older build's database).
+      const table = (await db.introspection.getTables()).find((t) => t.name === 'capture_objects');
+      const has = new Set(table?.columns.map((c) => c.name));
+      if (!has.has('write_token'))
+        await db.schema.alterTable('capture_objects').addColumn('write_token', 'text').execute();
+      if (!has.has('write_started_at'))
+        await db.schema.alterTable('capture_objects').addColumn('write_started_at', 'bigint').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

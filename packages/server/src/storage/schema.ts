@@ -220,6 +220,13 @@ export interface CaptureObjectsTable {
   bytes: number | null;
   /** When the device claimed the key. */
   claimed_at: number;
+  /**
+   * The upload now writing the object (a random token), until its write landed or failed: another upload of the
+   * key waits (409) rather than writing beside it. Null when none is.
+   */
+  write_token: string | null;
+  /** When that write began: a token older than the write lease (a server that died mid-write) may be taken. */
+  write_started_at: number | null;
 }
 
 /** Capture bytes a device uploaded on one UTC day (`YYYY-MM-DD`), for its quota. */

@@ -135,7 +135,7 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
   );
 
   it.skipIf(!fixture.available)(
-    "refuses (409) a fleet-mate's upload to a key another device stored, manifest or side file, leaving the object as it was",
+    "refuses (403, which agents drop rather than retry) a fleet-mate's upload to a key another device stored, manifest or side file, leaving the object as it was",
     async () => {
       const manifestKey = `plant-out/plant/${HOUR}/cam1-batch.jsonl`;
       const small = `plant-out/plant/${HOUR}/raw-data/cam1-small.bin`;
@@ -161,8 +161,8 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
           body,
           key.endsWith('.jsonl') ? 'application/jsonl' : 'application/octet-stream',
         );
-        expect(answer.status, `${form} ${key}`).toBe(409);
-        expect(answer.body).toMatchObject({ code: 'Conflict' });
+        expect(answer.status, `${form} ${key}`).toBe(403);
+        expect(answer.body).toMatchObject({ code: 'Forbidden' });
         expect(answer.body.message).toMatch(
           new RegExp(`capture key ${key} holds another device's capture; capture objects are written once`),
         );
@@ -176,7 +176,7 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
   );
 
   it.skipIf(!fixture.available)(
-    'answers a device sending its own stored file again (a retry) as stored, without writing or charging it, and refuses other content there (409)',
+    'answers a device sending its own stored file again (a retry) as stored, without writing or charging it, and refuses other content there (403: no retry can change it)',
     async () => {
       const manifestKey = `plant-out/plant/${HOUR}/retry.jsonl`;
       const small = `plant-out/plant/${HOUR}/raw-data/retry-small.bin`;
@@ -215,7 +215,7 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
         [large, randomBytes(2048), 'application/octet-stream'],
       ] as const) {
         const answer = await rawUpload(cam1, key, body, type);
-        expect(answer.status, key).toBe(409);
+        expect(answer.status, key).toBe(403);
         expect(answer.body.message).toMatch(
           new RegExp(
             `capture key ${key} is stored already with other content \\(\\d+ bytes, SHA-256 [0-9a-f]{64}`,
@@ -295,7 +295,7 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
         .where('object_url', '=', `s3://captures/${key}`)
         .execute();
       const answer = await rawUpload(cam2, key, manifest(CAM2, 'o-2'));
-      expect(answer.status).toBe(409);
+      expect(answer.status).toBe(403);
       expect(await stored(key)).toBe(manifest(CAM1, 'o-1').toString());
     },
   );

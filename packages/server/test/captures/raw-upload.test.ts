@@ -201,14 +201,15 @@ describe.each(engines)('raw capture uploads on $engine', (fixture) => {
       bytes: file.length,
     });
     expect((await readFile(storedPath(key('big.bin')))).equals(file)).toBe(true);
-    // An empty file is a file too.
-    expect(
-      (await uploadRawFile(t.server.deviceUrl, devices['cam-1']!.tls, key('empty.bin'), Buffer.alloc(0)))
-        .body,
-    ).toMatchObject({
-      bytes: 0,
-    });
-    expect((await readFile(storedPath(key('empty.bin')))).length).toBe(0);
+    // An empty file is refused (the agent never writes one; each claim is a row to pay for).
+    const empty = await uploadRawFile(
+      t.server.deviceUrl,
+      devices['cam-1']!.tls,
+      key('empty.bin'),
+      Buffer.alloc(0),
+    );
+    expect(empty).toMatchObject({ status: 400, body: { code: 'ValidationError' } });
+    await expect(readFile(storedPath(key('empty.bin')))).rejects.toThrow(/ENOENT/);
     // Sent again (the agent's retry): the same file, the same answer.
     expect(
       (await uploadRawFile(t.server.deviceUrl, devices['cam-1']!.tls, key('big.bin'), file)).status,

@@ -249,6 +249,23 @@ describe('loadConfig', () => {
     expect(config.captures).toMatchObject({ largeBodyBytes: 4259839, maxConcurrentUploadsPerDevice: 2 });
   });
 
+  it('reads how long capture claims and ids are kept (30 days by default, at least a day)', async () => {
+    expect((await loadConfig({ env: {}, cwd: dir })).captures.recordRetentionSeconds).toBe(30 * 86_400);
+    const set = await loadConfig({
+      configFile: await configFile({ captures: { recordRetentionSeconds: 7 * 86_400 } }),
+      env: {},
+      cwd: dir,
+    });
+    expect(set.captures.recordRetentionSeconds).toBe(7 * 86_400);
+    await expect(
+      loadConfig({
+        configFile: await configFile({ captures: { recordRetentionSeconds: 3600 } }),
+        env: {},
+        cwd: dir,
+      }),
+    ).rejects.toThrow(/recordRetentionSeconds/);
+  });
+
   it('reads the fleet-output S3 timeouts, refusing values out of range or not whole milliseconds', async () => {
     const defaults = await loadConfig({ env: {}, cwd: dir });
     expect(defaults.captures).toMatchObject({

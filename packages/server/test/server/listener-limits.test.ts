@@ -121,7 +121,7 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     });
     const held: Socket[] = [];
     for (let i = 0; i < 6; i++) held.push(await idle(t.server.deviceUrl)); // one by one: held[0] is the oldest
-    // Full: a newcomer closes the oldest idle connection of the largest group (all idle here, none in progress).
+    // Full: a newcomer closes the oldest connection that has carried no request, of whatever group.
     const over = await idle(t.server.deviceUrl, '127.0.0.3');
     await closed(held[0]!);
     expect([...held.slice(1), over].every((socket) => !socket.destroyed)).toBe(true);
@@ -153,15 +153,15 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     expect(refusals[0]).toMatchObject({
       level: 40,
       listener: 'operator',
-      refused: 1,
-      idleClosed: 1,
+      refused: 0,
+      evicted: 1,
+      closedAddresses: { '127.0.0.1': 1 },
       addresses: { '127.0.0.1': 1 },
       perAddressCap: 2,
       totalCap: 50,
     });
     expect(refusals[0]!.msg).toBe(
-      '1 connection(s) refused on the operator listener from 127.0.0.1 (1): per-address cap 2 / total cap 50 ' +
-        '(1 let in by closing an idle connection)',
+      '1 connection(s) over a cap on the operator listener from 127.0.0.1 (1) let in by closing another connection, of 127.0.0.1 (1): per-address cap 2 / total cap 50',
     );
     // Stopping the server writes what is pending: four more from the flood, one for the request.
     sockets.splice(0).forEach((socket) => socket.destroy());
@@ -169,7 +169,7 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     t = undefined;
     const all = lines.filter((line) => line.event === 'connections_refused');
     expect(all).toHaveLength(2);
-    expect(all[1]).toMatchObject({ listener: 'operator', refused: 5, idleClosed: 5 });
+    expect(all[1]).toMatchObject({ listener: 'operator', refused: 0, evicted: 5 });
   });
 
   it('closes a connection whose request headers never finish (slowloris) on the operator port', async () => {
