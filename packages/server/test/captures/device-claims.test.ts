@@ -265,7 +265,7 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
         expect(await stored(key)).toBeUndefined();
       }
 
-      // A record naming another device: 400; a fleet-mate writing over cam-1's file: 409.
+      // A record naming another device: 400; a fleet-mate writing over cam-1's file: 403.
       const forged = await rawUpload(
         cam1,
         `plant-out/_model-monitor/mlp/plant/2026/12/07/09/mm-forged.jsonl`,
@@ -278,7 +278,7 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
         own.replace('mm-own', 'mm-own-raw'),
         Buffer.from(`${monitorRecord('mm-4')}\n`),
       );
-      expect(over.status).toBe(409);
+      expect(over.status).toBe(403);
       expect(await stored(own.replace('mm-own', 'mm-own-raw'))).toBe(body('raw').toString());
       expect(await capturesOf('cam-2')).toEqual([]);
     },
