@@ -141,18 +141,11 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
       body: { devices: [{ name: 'cam-1' }] },
     });
     const device = await enrollDevice(t, 'cam-1');
-    const { host, port } = endpoint(t.server.deviceUrl);
     /** A TLS connection from `localAddress` that sends one keep-alive request and reads its whole answer. */
     const afterOneRequest = async (localAddress: string, tls: Partial<typeof device.tls>) => {
-      const socket = connectTls({
-        host,
-        port,
-        localAddress,
-        ca: device.tls.ca,
-        servername: 'localhost',
-        ...tls,
-      });
-      sockets.push(socket as unknown as Socket);
+      // TLS over a TCP connection of our own: tls.connect's options have no localAddress.
+      const tcp = await idle(t!.server.deviceUrl, localAddress);
+      const socket = connectTls({ socket: tcp, ca: device.tls.ca, servername: 'localhost', ...tls });
       socket.on('error', () => {});
       await new Promise<void>((resolve) => socket.once('secureConnect', () => resolve()));
       let answer = '';
