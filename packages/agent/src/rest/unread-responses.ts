@@ -26,10 +26,15 @@ export class UnreadResponses {
   count(res: ServerResponse): void {
     const socket = res.req.socket;
     const end = res.end;
-    // end() has no event of its own for a response not yet attached, hence the wrapper.
+    let counted = false;
+    // end() has no event of its own for a response not yet attached, hence the wrapper. Counted once: a second
+    // end() writes nothing.
     res.end = ((...args: unknown[]) => {
       const result: unknown = Reflect.apply(end, res, args);
-      this.#counted(socket, res);
+      if (!counted) {
+        counted = true;
+        this.#counted(socket, res);
+      }
       return result;
     }) as typeof res.end;
   }
