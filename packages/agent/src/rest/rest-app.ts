@@ -19,7 +19,7 @@ import {
   defaultResponseBudgetBytes,
   slowReaderLog,
 } from '../body-budget/index.js';
-import { countUnreadResponse } from './unread-responses.js';
+import { UnreadResponses } from './unread-responses.js';
 import { InferDoor } from './infer-door.js';
 import { ModelInference } from './model-inference.js';
 import { restRequestCounter } from './rest-metrics.js';
@@ -153,6 +153,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     options.responseBudget ??
     new ResponseBudget(responseLimitBytes, { onSlowReaderClosed: slowReaderLog(logger, responseLimitBytes) });
 
+  const unreadResponses = new UnreadResponses(responseBudget);
   const app = Fastify({
     loggerInstance: logger,
     // One log line per request would cost more than the fast path itself; failures are logged below.
@@ -162,7 +163,7 @@ export function buildRestApp(options: RestAppOptions, hooks: RestAppHooks = {}):
     ...(serverFactory && {
       serverFactory: (handler: RequestHandler) =>
         serverFactory((req, res) => {
-          countUnreadResponse(responseBudget, res);
+          unreadResponses.count(res);
           if (!inferDoor.serve(req, res)) handler(req, res);
         }),
     }),

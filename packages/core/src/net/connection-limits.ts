@@ -36,10 +36,16 @@ export interface CapHooks {
 /** What capConnections gives its listener back. */
 export interface CappedConnections {
   /**
-   * The connection has carried a request (HTTP: its first 'request'): from then on it is never closed to make
-   * room for another address group's newcomer, only for its own group's (when idle).
+   * The connection has carried a request (HTTP: its first 'request'): it is no longer among the first the total
+   * cap closes (those that never carried one), but still closable, when idle, if there are none.
    */
   carriedRequest(socket: Socket): void;
+  /**
+   * The connection has carried an authenticated request (the device port: its peer presented a certificate the
+   * server verified): from then on it is never closed to make room for another address group's newcomer, only
+   * for its own group's (when idle). Anyone can send an unauthenticated request, so only this may protect.
+   */
+  authenticated(socket: Socket): void;
 }
 
 /** The group of a Unix socket's connections: they have no address, and only the total cap applies. */
@@ -53,9 +59,11 @@ const UNIX_PEERS = 'unix socket';
  *
  * With `hooks.idle`, a full cap makes room by closing a connection rather than refusing the newcomer: an address
  * group at its cap closes its own oldest idle connection; a listener at its total cap closes the oldest
- * connection, of any group, that has never carried a request (`carriedRequest`) — never one that has, so that
- * many addresses (a flood from many hosts, or IPv6 /64s) cannot close a NAT site's keep-alive connections, nor
- * authenticated devices' (a device port's request is authenticated). A newcomer so let in stays until
+ * connection, of any group, that has never carried a request (`carriedRequest`), and when there is none, the
+ * oldest idle one of the largest group that has one, never one that has carried an authenticated request
+ * (`authenticated`), so that many addresses (a flood from many hosts, or IPv6 /64s) cannot close authenticated
+ * devices' keep-alive connections. An unauthenticated request protects nothing: a flood sending one cheap request
+ * per connection would otherwise fill the cap with connections nothing may close. A newcomer so let in stays until
  * `maxConnections` newer connections have come, so a client that sends its request at once gets in past a
  * flood, and a flooder mostly closes its own connections. Only when none can be closed is the newcomer closed.
  * The caps are then counted here (a connection closed to make room leaves them at once; so do its descriptor
@@ -80,10 +88,21 @@ export function capConnections(
   // Each group's open connections, oldest first (a Set keeps insertion order), and the group of each.
   const open = new Map<string, Set<Socket>>();
   const groupOf = new Map<Socket, string>();
-  // Connections that have carried no request yet, oldest first: the total cap's only victims.
+  // Connections that have carried no request yet, oldest first: the total cap's first victims.
   const unused = new Set<Socket>();
+  // Connections that have carried an authenticated request: never the total cap's victims.
+  const trusted = new Set<Socket>();
+  /** The total cap's victim when every connection has carried a request: the largest group's oldest idle one. */
+  const idleUntrusted = (isIdle: (socket: Socket) => boolean): Socket | undefined => {
+    const groups = [...open.values()].sort((a, b) => b.size - a.size);
+    for (const group of groups) {
+      for (const held of group) if (!trusted.has(held) && isIdle(held)) return held;
+    }
+    return undefined;
+  };
   const release = (socket: Socket) => {
     unused.delete(socket);
+    trusted.delete(socket);
     const key = groupOf.get(socket);
     if (key === undefined) return;
     groupOf.delete(socket);
@@ -110,7 +129,7 @@ export function capConnections(
       victim = idle ? [...group].find((held) => idle(held)) : undefined;
     } else if (idle && groupOf.size >= caps.maxConnections) {
       refusedBy = 'total';
-      victim = unused.values().next().value;
+      victim = unused.values().next().value ?? idleUntrusted(idle);
     }
     if (refusedBy !== undefined) {
       if (victim === undefined) {
@@ -130,7 +149,13 @@ export function capConnections(
     if (idle) unused.add(socket);
     socket.once('close', () => release(socket));
   });
-  return { carriedRequest: (socket) => void unused.delete(socket) };
+  return {
+    carriedRequest: (socket) => void unused.delete(socket),
+    authenticated: (socket) => {
+      // Only a connection still counted here (not closed meanwhile), so that `trusted` holds no dead sockets.
+      if (groupOf.has(socket)) trusted.add(socket);
+    },
+  };
 }
 
 /**

@@ -40,12 +40,15 @@ export function tlsServerLimitOptions(limits: ListenerLimits): {
 
 /**
  * Applies the timeouts and caps to an HTTP(S) server that is not listening yet; `onRefused` hears of each
- * connection a cap refused (ConnectionRefusalLog.refused).
+ * connection a cap refused (ConnectionRefusalLog.refused). `authenticated` says whether a request was
+ * authenticated, which protects its connection from the total cap (capConnections); absent, none is (a listener
+ * where anyone may send a request: the agent's REST, the operator port before its token is checked).
  */
 export function applyListenerLimits(
   server: Server,
   limits: ListenerLimits,
   onRefused?: (refusal: ConnectionRefusal) => void,
+  authenticated?: (req: IncomingMessage) => boolean,
 ): void {
   // Read when the server starts listening (the timer starts then), so it may be set after construction.
   (server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval =
@@ -59,8 +62,8 @@ export function applyListenerLimits(
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.setTimeout(limits.idleTimeoutMs);
   // Requests in progress per connection (the raw socket: a TLS request's socket wraps it as _parent), so that a
-  // full address group may close one of its idle connections for a newcomer; and which have carried one, which
-  // a full listener never closes for another group's newcomer (capConnections).
+  // full address group may close one of its idle connections for a newcomer; and which have carried one, or an
+  // authenticated one, which a full listener never closes for another group's newcomer (capConnections).
   const inProgress = new WeakMap<Socket, number>();
   const capped = capConnections(server, limits, {
     ...(onRefused && { onRefused }),
@@ -69,6 +72,7 @@ export function applyListenerLimits(
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = ((req.socket as Socket & { _parent?: Socket })._parent ?? req.socket) as Socket;
     capped.carriedRequest(socket);
+    if (authenticated?.(req) === true) capped.authenticated(socket);
     inProgress.set(socket, (inProgress.get(socket) ?? 0) + 1);
     res.once('close', () => inProgress.set(socket, (inProgress.get(socket) ?? 1) - 1));
   });

@@ -259,6 +259,8 @@ describe('a full address group closes its oldest idle connection for a newcomer 
         ...caps,
       },
       (refusal) => refusals.push(refusal),
+      // Stands for a device port's verified certificate: a request saying so is authenticated.
+      (req) => req.headers.authorization === 'device',
     );
     await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
     return { port: (server.address() as AddressInfo).port, refusals, held };
@@ -307,11 +309,14 @@ describe('a full address group closes its oldest idle connection for a newcomer 
     ]);
   });
 
-  it('at the total cap, closes the oldest connection that never carried a request, of any group, never one that did (H3: a NAT site against a flood from many addresses)', async () => {
+  it('at the total cap, closes the oldest connection that never carried a request, of any group, else the oldest idle one of the largest group, never one that carried an authenticated request (H3, review F1: a NAT site against a flood from many addresses)', async () => {
     const { port, refusals } = await start({ maxConnections: 8, maxConnectionsPerAddress: 8 });
-    // A site of devices behind one NAT (127.0.0.1): keep-alive connections that have completed a request.
+    const authenticated = 'GET / HTTP/1.1\r\nHost: x\r\nAuthorization: device\r\n\r\n';
+    const answers = (c: Awaited<ReturnType<typeof open>>) => c.received().split('HTTP/1.1 200').length - 1;
+    // A site of devices behind one NAT (127.0.0.1): keep-alive connections that have completed an authenticated
+    // request.
     const site = await Promise.all(Array.from({ length: 4 }, () => open(port)));
-    for (const device of site) device.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    for (const device of site) device.socket.write(authenticated);
     await expect.poll(() => site.every((d) => /ok$/.test(d.received()))).toBe(true);
     // A flood from many smaller groups fills the total cap, then goes on.
     const flood: Awaited<ReturnType<typeof open>>[] = [];
@@ -335,15 +340,27 @@ describe('a full address group closes its oldest idle connection for a newcomer 
     await expect.poll(() => connectionsOf(server!)).toBe(7);
     // A newcomer that sends its request at once gets in, and once it carried one it is never closed for another.
     const client = await open(port, '127.0.2.1');
-    client.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-    await expect.poll(() => /ok$/.test(client.received())).toBe(true);
-    // Only connections that carried a request are left to close: a newcomer now is refused.
+    client.socket.write(authenticated);
+    await expect.poll(() => answers(client)).toBe(1);
+    // A request that was not authenticated protects nothing (anyone can send one): when every connection has
+    // carried a request, the oldest idle one of the largest group that has one is closed.
     for (const c of flood.slice(6)) c.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-    await expect.poll(() => flood.slice(6).every((c) => /ok$/.test(c.received()))).toBe(true);
-    const over = await open(port, '127.0.3.1');
+    await expect.poll(() => flood.slice(6).every((c) => answers(c) === 1)).toBe(true);
+    const next = await open(port, '127.0.3.1');
+    await flood[6]!.closed;
+    expect(refusals.at(-1)).toEqual({
+      refusedBy: 'total',
+      address: '127.0.3.1',
+      idleClosed: true,
+      closedAddress: '127.0.1.3',
+    });
+    // Only connections that carried an authenticated request are left: a newcomer now is refused.
+    for (const c of [...flood.slice(7), next]) c.socket.write(authenticated);
+    await expect.poll(() => flood.slice(7).every((c) => answers(c) === 2) && answers(next) === 1).toBe(true);
+    const over = await open(port, '127.0.4.1');
     await over.closed;
-    expect(refusals.at(-1)).toEqual({ refusedBy: 'total', address: '127.0.3.1' });
-    expect([...site.slice(1), client, ...flood.slice(6)].every((c) => !c.socket.destroyed)).toBe(true);
+    expect(refusals.at(-1)).toEqual({ refusedBy: 'total', address: '127.0.4.1' });
+    expect([...site.slice(1), client, ...flood.slice(7), next].every((c) => !c.socket.destroyed)).toBe(true);
   });
 
   it('lets in every newcomer of one accept batch that closes an unused connection, however many (N2: no drop by Node)', async () => {

@@ -116,6 +116,17 @@ export function captureKeyLayoutOf(
   // The model, the fleet, and at least the file below them.
   return segments.length >= 4 ? { fleet: segments[2]!, format: 'model-monitor' } : undefined;
 }
+/**
+ * A key another device claimed. 403, not 409: no retry can change it, and agents drop a file refused with 403
+ * (they retry a 409), so a taken key does not hold back the batches spooled behind it.
+ */
+function keyTakenError(key: string): DomainError {
+  return new DomainError(
+    'Forbidden',
+    `capture key ${key} holds another device's capture; capture objects are written once, by the device that stored them; expected a key of this device's own (the agent names each file, side files included, after its batch)`,
+    { key },
+  );
+}
 const utcDay = (ms: number) => new Date(ms).toISOString().slice(0, 10);
 const DAY_MS = 86_400_000;
 /** Whole seconds until the next UTC midnight (at least 1): when a daily quota renews. */
@@ -290,8 +301,33 @@ export class CaptureIngest {
         );
       ids = lines.map((line, i) => captureIdOf(line, file.key, i + 1, device, format));
     }
-    // Charged before the claim: a claim is a row, so a device past its quota adds none.
-    let charged = chargeOf(sent.bytes);
+    // Read before any charge: a retry of a stored file (the agent's, after an answer it did not get) writes
+    // nothing and costs nothing, so that a device near its quota is not refused until midnight for it.
+    const stored = await this.#storedObject(device.deviceName, file.key, target);
+    if (stored !== undefined) {
+      this.#checkSameFile(file.key, stored, sent);
+      return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: 0 };
+    }
+    // A manifest's records stored already (a batch made again after a crash) are neither written nor paid for.
+    let storedElsewhere = new Set<string>();
+    let storedHere = new Set<string>();
+    let kept = lines;
+    if (isManifest(file.key)) {
+      ({ storedElsewhere, storedHere } = await this.#stored(device.deviceName, format, file.key, ids));
+      kept = lines.filter((_, i) => !storedElsewhere.has(ids[i]!));
+      duplicates = lines.length - kept.length;
+    }
+    // Charged before the claim: a claim is a row, so a device past its quota adds none. Only what is written is
+    // paid for, with the least charge for the claim's row.
+    const charged = chargeOf(
+      !isManifest(file.key)
+        ? sent.bytes
+        : kept.length === 0
+          ? 0
+          : duplicates > 0
+            ? Buffer.byteLength(`${kept.join('\n')}\n`)
+            : sent.bytes,
+    );
     const day = await this.#charge(device.deviceName, charged);
     const refund = (bytes: number) =>
       bytes <= 0 ? Promise.resolve() : this.#refund(device.deviceName, day, bytes).catch(() => undefined);
@@ -303,22 +339,12 @@ export class CaptureIngest {
       throw error;
     }
     if (claim.stored) {
-      // The same file again (the agent's retry after an answer it did not get): it is stored, as it was, and
-      // was paid for then.
+      // Stored since the read above (another upload of the same file): paid for then.
       await refund(charged);
       this.#checkSameFile(file.key, claim, sent);
       return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: 0 };
     }
     if (isManifest(file.key)) {
-      const { storedElsewhere, storedHere } = await this.#stored(device.deviceName, format, file.key, ids);
-      const kept = lines.filter((_, i) => !storedElsewhere.has(ids[i]!));
-      duplicates = lines.length - kept.length;
-      // Only what is written is paid for, with the least charge for the claim's row.
-      const due = chargeOf(
-        kept.length === 0 ? 0 : duplicates > 0 ? Buffer.byteLength(`${kept.join('\n')}\n`) : sent.bytes,
-      );
-      await refund(charged - due);
-      charged = due;
       if (kept.length === 0) {
         await this.#markStored(device.deviceName, target, claim.token, sent);
         return {
@@ -392,6 +418,9 @@ export class CaptureIngest {
       return this.#storeWhole(device, { key: file.key, contentType: file.contentType, body }, target);
     }
     const { store, storedKey } = target;
+    // A retry of a stored file costs nothing (read before any charge, as in #storeWhole).
+    const stored = await this.#storedObject(device.deviceName, file.key, target);
+    if (stored !== undefined) return this.#sameStream(file, stored, store.locationOf(storedKey));
     // Charged before the claim (a row), and before the body streams, so parallel uploads cannot pass the quota.
     const charged = chargeOf(file.contentLength);
     const day = await this.#charge(device.deviceName, charged);
@@ -404,17 +433,9 @@ export class CaptureIngest {
       throw error;
     }
     if (claim.stored) {
-      // Paid for when it was stored.
+      // Stored since the read above: paid for then.
       await refund();
-      // Its digest is known only once all of it is in: read (bounded by captures.maxFileBytes, no store
-      // request open), then compared. Another length is other content without reading a byte.
-      if (claim.bytes === file.contentLength) {
-        const hash = createHash('sha256');
-        for await (const chunk of checkedLength(file.body, file.contentLength, file.key, hash)) void chunk;
-        this.#checkSameFile(file.key, claim, { sha256: hash.digest('hex'), bytes: file.contentLength });
-        return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: 0 };
-      }
-      this.#checkSameFile(file.key, claim, { sha256: '', bytes: file.contentLength });
+      return this.#sameStream(file, claim, store.locationOf(storedKey));
     }
     // A stored claim has returned or thrown above (another length is never the same file).
     const { token } = claim as Extract<Claim, { stored: false }>;
@@ -453,6 +474,64 @@ export class CaptureIngest {
       bytes: file.contentLength,
     });
     return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: file.contentLength };
+  }
+
+  /**
+   * Answers a streamed file sent again to a stored key: its digest is known only once all of it is in, so it is
+   * read (bounded by captures.maxFileBytes, no store request open), then compared. Another length is other
+   * content without reading a byte (403).
+   */
+  async #sameStream(
+    file: CaptureFileStream,
+    stored: { sha256: string; bytes: number },
+    location: string,
+  ): Promise<StoredCaptureFile> {
+    if (stored.bytes !== file.contentLength)
+      this.#checkSameFile(file.key, stored, { sha256: '', bytes: file.contentLength });
+    const hash = createHash('sha256');
+    for await (const chunk of checkedLength(file.body, file.contentLength, file.key, hash)) void chunk;
+    this.#checkSameFile(file.key, stored, { sha256: hash.digest('hex'), bytes: file.contentLength });
+    return { location, records: 0, duplicates: 0, bytes: 0 };
+  }
+
+  /**
+   * What a write of the object landed, if this device's did (read only: no row is added, so a device past its
+   * quota still adds none); another device's claim of it is 403, as #claim says.
+   */
+  async #storedObject(
+    device: string,
+    key: string,
+    target: OutputTarget,
+  ): Promise<{ sha256: string; bytes: number } | undefined> {
+    const row = await this.#db
+      .selectFrom('capture_objects')
+      .select(['device_name', 'sha256', 'bytes'])
+      .where('object_url', '=', target.objectUrl)
+      .executeTakeFirst();
+    if (row === undefined) return undefined;
+    if (row.device_name !== device) throw keyTakenError(key);
+    return row.sha256 !== null && row.bytes !== null
+      ? { sha256: row.sha256, bytes: Number(row.bytes) }
+      : undefined;
+  }
+
+  /**
+   * Whether `bytes` sent to `key` would be a retry of a file this device stored there (same length; its digest
+   * is checked once the body is in), which costs no quota: read before a body, so that such a retry is not
+   * refused for a quota it does not use. False for anything not so, a key that names no fleet output included.
+   */
+  async isStoredRetry(
+    device: { deviceName: string; fleetName: string },
+    key: string,
+    bytes: number,
+  ): Promise<boolean> {
+    try {
+      const stored = await this.#storedObject(device.deviceName, key, await this.#targetOf(device, key));
+      return stored?.bytes === bytes;
+    } catch {
+      // Refused later, with its own answer, once the body is read.
+      return false;
+    }
   }
 
   #checkSize(key: string, bytes: number): void {
@@ -532,14 +611,7 @@ export class CaptureIngest {
    * is 409, which the agent retries.
    */
   async #claim(device: string, key: string, target: OutputTarget, manifest: boolean): Promise<Claim> {
-    // 403, not 409: no retry can change it, and agents drop a file refused with 403 (they retry a 409), so a
-    // taken key does not hold back the batches spooled behind it.
-    const taken = () =>
-      new DomainError(
-        'Forbidden',
-        `capture key ${key} holds another device's capture; capture objects are written once, by the device that stored them; expected a key of this device's own (the agent names each file, side files included, after its batch)`,
-        { key },
-      );
+    const taken = () => keyTakenError(key);
     if (manifest) {
       const other = await this.#db
         .selectFrom('device_captures')

@@ -160,6 +160,11 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
       if (least <= 0 && !evenEmpty) return undefined;
       const remaining = await ingest.remainingToday(device.deviceName);
       if (least <= remaining.bytes && !(evenEmpty && remaining.bytes === 0)) return undefined;
+      // A raw file sent again to a key where this device stored it (a retry after a lost answer) costs nothing.
+      // (A JSON body names its key inside: it is judged by its length.)
+      const key = raw ? (request.query as { key?: unknown } | undefined)?.key : undefined;
+      if (known && typeof key === 'string' && (await ingest.isStoredRetry(device, key, contentLength)))
+        return undefined;
       return refuse(
         remaining.renewsInSeconds,
         `device ${device.deviceName} may upload ${remaining.bytes} more capture bytes today (UTC, captures.dailyQuotaBytesPerDevice); this body of ${contentLength ?? 'unknown'} bytes carries at least ${least}; the agent keeps the batch and retries after the quota renews`,

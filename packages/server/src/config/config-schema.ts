@@ -232,7 +232,10 @@ export const serverConfigSchema = z.strictObject({
         .int()
         .min(1024)
         .default(16 * 1024 * 1024),
-      /** Capture bytes one device may upload per UTC day; past it uploads answer 429 until the next day. */
+      /**
+       * Capture bytes one device may upload per UTC day; past it uploads answer 429 until the next day. A file sent
+       * again to a key where the device stored it (a retry) is not charged.
+       */
       dailyQuotaBytesPerDevice: z
         .int()
         .min(1024)

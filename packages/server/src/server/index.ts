@@ -20,6 +20,7 @@ export {
   SERVER_SEEN_RECENT_MS,
   SERVER_SEEN_REFRESH_MS,
   ServersRunningError,
+  processHostId,
   type RunningServer,
   type ServerRegistration,
 } from './server-registry.js';

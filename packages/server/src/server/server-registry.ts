@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import { sql, type RawBuilder } from 'kysely';
 import type { Logger } from 'pino';
@@ -26,6 +27,23 @@ export function databaseNowMs(engine: DatabaseEngine): RawBuilder<number> {
     : sql<number>`cast((julianday('now') - 2440587.5) * 86400000 as integer)`;
 }
 
+/**
+ * What a server_instances row calls this process's host: the hostname, and on Linux its PID namespace and boot
+ * (`edge-1#pidns=4026531836/boot=1a2b3c4d`), so that the liveness check by pid (recentServers) applies only to
+ * rows whose pids mean the same processes as here. Two containers with one hostname (compose `hostname:`, host
+ * networking) have separate PID namespaces, and a pid of one says nothing of the other. Where these cannot be
+ * read (not Linux), the hostname alone. `procRoot` is /proc, for tests.
+ */
+export function processHostId(hostname = os.hostname(), procRoot = '/proc'): string {
+  try {
+    const namespace = /\[(\d+)\]/.exec(readlinkSync(`${procRoot}/self/ns/pid`))?.[1];
+    const boot = readFileSync(`${procRoot}/sys/kernel/random/boot_id`, 'utf8').trim().slice(0, 8);
+    return namespace === undefined || boot === '' ? hostname : `${hostname}#pidns=${namespace}/boot=${boot}`;
+  } catch {
+    return hostname;
+  }
+}
+
 /** Whether a process of this host runs with `pid` (EPERM: it runs, as another user). */
 function processIsAlive(pid: number): boolean {
   try {
@@ -39,7 +57,8 @@ function processIsAlive(pid: number): boolean {
 /**
  * The servers seen on this database within SERVER_SEEN_RECENT_MS (on the database's clock); [] before the table
  * exists. A row of this host whose process is gone is left out: a server killed without stopping (SIGKILL, OOM, a
- * crash) is not running, however recent its row.
+ * crash) is not running, however recent its row. "This host" is processHostId: the same hostname in another PID
+ * namespace, or a row of an older build (the hostname alone), is another host's, listed until its row ages out.
  */
 export async function recentServers(
   database: Pick<ServerDatabase, 'db' | 'engine'>,
@@ -55,7 +74,7 @@ export async function recentServers(
     .where('last_seen_at', '>', sql<number>`${now} - ${SERVER_SEEN_RECENT_MS}`)
     .orderBy('last_seen_at', 'desc')
     .execute();
-  const thisHost = os.hostname();
+  const thisHost = processHostId();
   return rows
     .map((row) => ({
       host: row.host,
@@ -160,7 +179,7 @@ export async function registerServer(
       .insertInto('server_instances')
       .values({
         id,
-        host: os.hostname(),
+        host: processHostId(),
         pid: process.pid,
         version: options.version,
         schema_version: options.schemaVersion,

@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import type { MigrationResult } from 'kysely';
 import type { Logger } from 'pino';
@@ -903,7 +904,15 @@ export async function startServer(
       },
       operatorRefusals.refused,
     );
-    applyListenerLimits(deviceApp.server, deviceLimits, deviceRefusals.refused);
+    // Only a device's verified certificate protects its connection from the total cap (a peer without one gets
+    // through TLS: requestCert without rejectUnauthorized); the operator port protects none (anyone may send
+    // a request there before its token is read).
+    applyListenerLimits(
+      deviceApp.server,
+      deviceLimits,
+      deviceRefusals.refused,
+      (req) => (req.socket as TLSSocket).authorized === true,
+    );
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     // Seen by a newer build before it migrates the schema under this one (server-registry.ts).

@@ -42,7 +42,7 @@ describe.each(engines)('capture claims on $engine', (fixture) => {
     });
     await t.call('POST', '/api/v1/fleets/plant/devices', {
       token: t.adminToken,
-      body: { devices: [{ name: 'cam-1' }, { name: 'cam-2' }, { name: 'cam-3' }] },
+      body: { devices: [{ name: 'cam-1' }, { name: 'cam-2' }, { name: 'cam-3' }, { name: 'cam-4' }] },
     });
     cam1 = await enrollDevice(t, 'cam-1');
     cam2 = await enrollDevice(t, 'cam-2');
@@ -182,6 +182,46 @@ describe.each(engines)('capture claims on $engine', (fixture) => {
       // Now stored: the other content is refused for good, the same file answered as stored.
       expect((await raw(cam1, key, second)).status).toBe(403);
       expect((await raw(cam1, key, first)).status).toBe(200);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'answers a retry of a stored file 200 with its quota nearly used, charging nothing (review F3)',
+    async () => {
+      const cam4 = await enrollDevice(t, 'cam-4');
+      const at = (file: string) => `plant-out/plant/${HOUR}/retry-${file}`;
+      // Streamed (over largeBodyBytes), read whole, and a manifest.
+      const files = [
+        { key: at('large.bin'), body: randomBytes(3000), type: 'application/octet-stream' },
+        { key: at('small.bin'), body: randomBytes(500), type: 'application/octet-stream' },
+        {
+          key: at('batch.jsonl'),
+          body: Buffer.from(`${record('cam-4', 'r-1')}\n${record('cam-4', 'r-2')}\n`),
+          type: 'application/jsonl',
+        },
+      ];
+      for (const file of files) expect((await raw(cam4, file.key, file.body, file.type)).status).toBe(200);
+      // The rest of the day's quota but less than the smallest charge.
+      const left = QUOTA - (await captureUsageOf(t, 'cam-4'));
+      expect((await raw(cam4, at('fill.bin'), randomBytes(left - 200))).status).toBe(200);
+      const used = await captureUsageOf(t, 'cam-4');
+      expect(QUOTA - used).toBe(200);
+      const claims = await claimsOf('cam-4');
+
+      // The agent's retries after answers it did not get: stored as they were, nothing charged.
+      for (const file of files) {
+        const answer = await raw(cam4, file.key, file.body, file.type);
+        expect(answer.status, file.key).toBe(200);
+        expect(answer.body).toMatchObject({ bytes: 0, records: 0 });
+      }
+      // Other content at a stored key is still refused as such (403), not for the quota.
+      const other = await raw(cam4, files[1]!.key, randomBytes(500));
+      expect(other.status).toBe(403);
+      expect(other.body.message).toMatch(/stored already with other content/);
+      expect(await captureUsageOf(t, 'cam-4')).toBe(used);
+      expect(await claimsOf('cam-4')).toBe(claims);
+      // A new file is refused for the quota.
+      expect((await raw(cam4, at('new.bin'), randomBytes(500))).status).toBe(429);
     },
   );
 

@@ -128,6 +128,62 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     expect((await t.call('GET', '/healthz')).status).toBe(200);
   });
 
+  it('at the total cap, closes an idle connection that carried only unauthenticated requests, never a device connection (review F1)', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 100, maxConnections: 6 } } },
+    });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'cams', outputConfig: { s3OutputLocation: 's3://captures/cams' } },
+    });
+    await t.call('POST', '/api/v1/fleets/cams/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'cam-1' }] },
+    });
+    const device = await enrollDevice(t, 'cam-1');
+    /** A TLS connection from `localAddress` that sends one keep-alive request and reads its whole answer. */
+    const afterOneRequest = async (localAddress: string, tls: Partial<typeof device.tls>) => {
+      // TLS over a TCP connection of our own: tls.connect's options have no localAddress.
+      const tcp = await idle(t!.server.deviceUrl, localAddress);
+      const socket = connectTls({ socket: tcp, ca: device.tls.ca, servername: 'localhost', ...tls });
+      socket.on('error', () => {});
+      await new Promise<void>((resolve) => socket.once('secureConnect', () => resolve()));
+      let answer = '';
+      const answered = new Promise<string>((resolve) =>
+        socket.on('data', (chunk: Buffer) => {
+          answer += chunk.toString();
+          const end = answer.indexOf('\r\n\r\n');
+          const length = /content-length: (\d+)/i.exec(answer);
+          if (end !== -1 && length && answer.length >= end + 4 + Number(length[1])) resolve(answer);
+        }),
+      );
+      socket.write('GET /api/v1/device/identity HTTP/1.1\r\nHost: x\r\n\r\n');
+      return { socket, status: Number((await answered).split(' ')[1]) };
+    };
+    // A device's connection (its certificate verified), then a flood from two addresses that sends one request
+    // per connection without a certificate: every slot has carried a request.
+    const deviceConnection = await afterOneRequest('127.0.0.1', device.tls);
+    expect(deviceConnection.status).toBe(200);
+    const flood: Socket[] = [];
+    for (const localAddress of ['127.0.0.2', '127.0.0.2', '127.0.0.2', '127.0.0.4', '127.0.0.4']) {
+      const { socket, status } = await afterOneRequest(localAddress, {});
+      expect(status).toBe(401);
+      flood.push(socket as unknown as Socket);
+    }
+    // A newcomer still gets in: the oldest idle connection of the largest group (127.0.0.2) is closed for it,
+    // not the device's, which carried an authenticated request.
+    const over = await idle(t.server.deviceUrl, '127.0.0.3');
+    const first = await Promise.race([
+      closed(flood[0]!).then(() => 'oldest of 127.0.0.2'),
+      closed(over).then(() => 'newcomer'),
+      closed(deviceConnection.socket as unknown as Socket).then(() => 'device'),
+    ]);
+    expect(first).toBe('oldest of 127.0.0.2');
+    expect(over.destroyed).toBe(false);
+    expect(deviceConnection.socket.destroyed).toBe(false);
+    expect(flood.slice(1).every((socket) => !socket.destroyed)).toBe(true);
+  });
+
   it('lets a request in while one address floods the operator port with idle connections, and logs the flood (F-E)', async () => {
     const lines: Record<string, unknown>[] = [];
     const sink = new Writable({

@@ -11,6 +11,7 @@ import pino from 'pino';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import {
   databaseNowMs,
+  processHostId,
   recentServers,
   refuseMigratingUnderRunningServers,
   registerServer,
@@ -38,7 +39,7 @@ describe.each(engines)('server_instances on $engine', (fixture) => {
       try {
         const seen = await recentServers(t.server.database);
         expect(seen).toEqual([
-          expect.objectContaining({ host: os.hostname(), pid: process.pid, schemaVersion: schema }),
+          expect.objectContaining({ host: processHostId(), pid: process.pid, schemaVersion: schema }),
         ]);
         const version = seen[0]!.version;
         expect(version).toMatch(/^\d+\.\d+\.\d+/);
@@ -64,7 +65,7 @@ describe.each(engines)('server_instances on $engine', (fixture) => {
           expect(refused).toBeInstanceOf(ServersRunningError);
           expect((refused as ServersRunningError).exitCode).toBe(4);
           expect((refused as Error).message).toContain(
-            `this build would apply 1 migration(s) (9999_from_a_newer_build), and 1 server(s) ran on it within the last 60 s: ${os.hostname()} pid ${process.pid} (version ${version}, schema ${schema}`,
+            `this build would apply 1 migration(s) (9999_from_a_newer_build), and 1 server(s) ran on it within the last 60 s: ${processHostId()} pid ${process.pid} (version ${version}, schema ${schema}`,
           );
           expect((refused as Error).message).toMatch(/stop every replica first.*--force-migrate/);
 
@@ -139,7 +140,7 @@ describe.each(engines)('the registry on $engine', (fixture) => {
       const reopened = await openDatabase(location);
       try {
         await sql`insert into server_instances (id, host, pid, version, schema_version, started_at, last_seen_at)
-          values ('killed', ${os.hostname()}, ${gone}, '0.0.9', ${previous}, 0, ${databaseNowMs(fixture.engine)})`.execute(
+          values ('killed', ${processHostId()}, ${gone}, '0.0.9', ${previous}, 0, ${databaseNowMs(fixture.engine)})`.execute(
           reopened.db,
         );
         await sql`delete from edgefleet_migrations where name = ${last}`.execute(reopened.db);
@@ -156,6 +157,35 @@ describe.each(engines)('the registry on $engine', (fixture) => {
       } finally {
         await upgraded.stop();
       }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    "judges a row's pid only in this PID namespace and boot: the same hostname elsewhere is another host (review F9)",
+    async () => {
+      const database = await openFreshDatabase(fixture);
+      onTestFinished(() => database.close());
+      // A pid with no process here, as a running replica in another container with this hostname may have.
+      const gone = spawnSync(process.execPath, ['-e', '']).pid;
+      const hosts = {
+        here: processHostId(),
+        otherNamespace: `${os.hostname()}#pidns=1/boot=00000000`,
+        // An older build's row: the hostname alone, which says nothing of the namespace.
+        hostnameOnly: os.hostname(),
+      };
+      for (const [id, host] of Object.entries(hosts))
+        await sql`insert into server_instances (id, host, pid, version, schema_version, started_at, last_seen_at)
+          values (${id}, ${host}, ${gone}, '0.0.9', 'older', 0, ${databaseNowMs(fixture.engine)})`.execute(
+          database.db,
+        );
+      const listed = (await recentServers(database)).map((server) => server.host).sort();
+      // On Linux only the row of this namespace and boot is left out (its process is gone here); elsewhere there
+      // is no namespace to tell, and the hostname alone is this host, as before.
+      expect(listed).toEqual(
+        hosts.here === os.hostname()
+          ? [hosts.otherNamespace]
+          : [hosts.hostnameOnly, hosts.otherNamespace].sort(),
+      );
     },
   );
 
