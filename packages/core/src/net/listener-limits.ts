@@ -72,8 +72,12 @@ export function applyListenerLimits(
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = ((req.socket as Socket & { _parent?: Socket })._parent ?? req.socket) as Socket;
     capped.carriedRequest(socket);
-    if (authenticated?.(req) === true) capped.authenticated(socket);
     inProgress.set(socket, (inProgress.get(socket) ?? 0) + 1);
-    res.once('close', () => inProgress.set(socket, (inProgress.get(socket) ?? 1) - 1));
+    res.once('close', () => {
+      inProgress.set(socket, (inProgress.get(socket) ?? 1) - 1);
+      // Asked once the request was handled: its authentication (a device's certificate, checked against
+      // revocation in the database) is known only then.
+      if (authenticated?.(req) === true) capped.authenticated(socket);
+    });
   });
 }

@@ -38,6 +38,8 @@ export function presentedCertificateOf(request: FastifyRequest): PresentedCertif
 /** The `device` requirement: a valid client certificate, mapped to its device. */
 export function deviceAuthenticator(
   identity: DeviceIdentityService,
+  /** Hears each request a device was authenticated for (the listener protects its connection from a cap). */
+  onAuthenticated?: (request: FastifyRequest) => void,
 ): (request: FastifyRequest) => Promise<void> {
   // A TLS connection's client certificate cannot change (the server never renegotiates), so it is read once
   // per connection; revocation and expiry are still checked against the database on every request.
@@ -49,6 +51,7 @@ export function deviceAuthenticator(
       presentedBySocket.set(request.raw.socket, presented);
     }
     request.device = await identity.authenticate(presented);
+    onAuthenticated?.(request);
   };
 }
 

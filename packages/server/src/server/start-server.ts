@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import type { TLSSocket } from 'node:tls';
+import type { IncomingMessage } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { MigrationResult } from 'kysely';
 import type { Logger } from 'pino';
@@ -843,11 +843,16 @@ export async function startServer(
       });
     }
 
+    // Requests a device was authenticated for (a verified certificate that is not revoked): only these protect
+    // a device port connection from the total cap (applyListenerLimits below).
+    const authenticatedDeviceRequests = new WeakSet<IncomingMessage>();
     const deviceApp = await buildApp({
       logger: logger.child({ api: 'device' }),
       outageLog,
       authenticators: {
-        device: deviceAuthenticator(services.identity),
+        device: deviceAuthenticator(services.identity, (request) =>
+          authenticatedDeviceRequests.add(request.raw),
+        ),
         'enrollment-token': enrollmentTokenAuthenticator,
       },
       readiness,
@@ -904,14 +909,12 @@ export async function startServer(
       },
       operatorRefusals.refused,
     );
-    // Only a device's verified certificate protects its connection from the total cap (a peer without one gets
-    // through TLS: requestCert without rejectUnauthorized); the operator port protects none (anyone may send
-    // a request there before its token is read).
-    applyListenerLimits(
-      deviceApp.server,
-      deviceLimits,
-      deviceRefusals.refused,
-      (req) => (req.socket as TLSSocket).authorized === true,
+    // Only a request the device authenticator accepted protects its connection from the total cap: a peer without
+    // a certificate gets through TLS (requestCert without rejectUnauthorized), and a revoked certificate still
+    // verifies there (revocation is in the database); the operator port protects none (anyone may send a request
+    // there before its token is read).
+    applyListenerLimits(deviceApp.server, deviceLimits, deviceRefusals.refused, (req) =>
+      authenticatedDeviceRequests.has(req),
     );
     await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
     await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });

@@ -1,5 +1,5 @@
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { connect as connectTls } from 'node:tls';
+import { connect as connectTls, type TLSSocket } from 'node:tls';
 import { Writable } from 'node:stream';
 import { capConnections, clientAddress, fitConnectionCaps, openFileLimit } from '@edgefleet/core';
 import pino from 'pino';
@@ -141,25 +141,8 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
       body: { devices: [{ name: 'cam-1' }] },
     });
     const device = await enrollDevice(t, 'cam-1');
-    /** A TLS connection from `localAddress` that sends one keep-alive request and reads its whole answer. */
-    const afterOneRequest = async (localAddress: string, tls: Partial<typeof device.tls>) => {
-      // TLS over a TCP connection of our own: tls.connect's options have no localAddress.
-      const tcp = await idle(t!.server.deviceUrl, localAddress);
-      const socket = connectTls({ socket: tcp, ca: device.tls.ca, servername: 'localhost', ...tls });
-      socket.on('error', () => {});
-      await new Promise<void>((resolve) => socket.once('secureConnect', () => resolve()));
-      let answer = '';
-      const answered = new Promise<string>((resolve) =>
-        socket.on('data', (chunk: Buffer) => {
-          answer += chunk.toString();
-          const end = answer.indexOf('\r\n\r\n');
-          const length = /content-length: (\d+)/i.exec(answer);
-          if (end !== -1 && length && answer.length >= end + 4 + Number(length[1])) resolve(answer);
-        }),
-      );
-      socket.write('GET /api/v1/device/identity HTTP/1.1\r\nHost: x\r\n\r\n');
-      return { socket, status: Number((await answered).split(' ')[1]) };
-    };
+    const afterOneRequest = (localAddress: string, tls: Partial<typeof device.tls>) =>
+      tlsAfterOneRequest(idle, t!.server.deviceUrl, device.tls.ca, localAddress, tls);
     // A device's connection (its certificate verified), then a flood from two addresses that sends one request
     // per connection without a certificate: every slot has carried a request.
     const deviceConnection = await afterOneRequest('127.0.0.1', device.tls);
@@ -182,6 +165,47 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     expect(over.destroyed).toBe(false);
     expect(deviceConnection.socket.destroyed).toBe(false);
     expect(flood.slice(1).every((socket) => !socket.destroyed)).toBe(true);
+  });
+
+  it('at the total cap, does not protect the connection of a revoked certificate (it still verifies at TLS)', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 100, maxConnections: 3 } } },
+    });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'cams', outputConfig: { s3OutputLocation: 's3://captures/cams' } },
+    });
+    await t.call('POST', '/api/v1/fleets/cams/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'cam-1' }] },
+    });
+    const device = await enrollDevice(t, 'cam-1');
+    const revoked = await t.call('POST', '/api/v1/devices/cam-1/certificates/revoke', {
+      token: t.adminToken,
+      body: {},
+    });
+    expect(revoked.status).toBe(200);
+    // The revoked device's connection first (the oldest of 127.0.0.2), then two without a certificate.
+    const deviceConnection = await tlsAfterOneRequest(
+      idle,
+      t.server.deviceUrl,
+      device.tls.ca,
+      '127.0.0.2',
+      device.tls,
+    );
+    expect(deviceConnection.status).toBe(401);
+    const other = await tlsAfterOneRequest(idle, t.server.deviceUrl, device.tls.ca, '127.0.0.2', {});
+    const third = await tlsAfterOneRequest(idle, t.server.deviceUrl, device.tls.ca, '127.0.0.4', {});
+    // The newcomer closes the oldest idle connection of the largest group: the revoked device's, which its 401
+    // did not protect.
+    const over = await idle(t.server.deviceUrl, '127.0.0.3');
+    const first = await Promise.race([
+      closed(deviceConnection.socket as unknown as Socket).then(() => 'revoked device'),
+      closed(other.socket as unknown as Socket).then(() => 'other of 127.0.0.2'),
+      closed(over).then(() => 'newcomer'),
+    ]);
+    expect(first).toBe('revoked device');
+    expect(third.socket.destroyed).toBe(false);
   });
 
   it('lets a request in while one address floods the operator port with idle connections, and logs the flood (F-E)', async () => {
@@ -356,3 +380,29 @@ describe('capConnections counts one client once, whatever the spelling of its ad
     }
   });
 });
+
+/** A TLS connection from `localAddress` that sends one keep-alive request and reads its whole answer. */
+async function tlsAfterOneRequest(
+  open: (url: string, localAddress: string) => Promise<Socket>,
+  deviceUrl: string,
+  ca: string | Buffer,
+  localAddress: string,
+  tls: { cert?: string | Buffer; key?: string | Buffer },
+): Promise<{ socket: TLSSocket; status: number }> {
+  // TLS over a TCP connection of our own: tls.connect's options have no localAddress.
+  const tcp = await open(deviceUrl, localAddress);
+  const socket = connectTls({ socket: tcp, ca, servername: 'localhost', ...tls });
+  socket.on('error', () => {});
+  await new Promise<void>((resolve) => socket.once('secureConnect', () => resolve()));
+  let answer = '';
+  const answered = new Promise<string>((resolve) =>
+    socket.on('data', (chunk: Buffer) => {
+      answer += chunk.toString();
+      const end = answer.indexOf('\r\n\r\n');
+      const length = /content-length: (\d+)/i.exec(answer);
+      if (end !== -1 && length && answer.length >= end + 4 + Number(length[1])) resolve(answer);
+    }),
+  );
+  socket.write('GET /api/v1/device/identity HTTP/1.1\r\nHost: x\r\n\r\n');
+  return { socket, status: Number((await answered).split(' ')[1]) };
+}
