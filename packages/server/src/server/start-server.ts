@@ -91,7 +91,6 @@ import {
   tagOperations,
 } from '../sagemaker/index.js';
 import {
-  appliedMigrations,
   DatabaseInUseError,
   hasNoSchema,
   lockSqliteDatabase,
@@ -101,7 +100,6 @@ import {
   NewerDatabaseError,
   openDatabase,
   pingDatabase,
-  recordedMigrations,
   refuseNewerDatabase,
   type ServerDatabase,
 } from '../storage/index.js';
@@ -247,8 +245,7 @@ export async function openStores(
       }
     }
     // Before anything else writes: kysely would call a newer build's schema "corrupted" (exit 1, restarted).
-    await refuseNewerDatabase(database.db, database.description, serverVersion());
-    const recorded = await recordedMigrations(database.db);
+    const recorded = await refuseNewerDatabase(database.db, database.description, serverVersion());
     // Worked out once, for both checks below (refuseNewerDatabase has refused names this build does not know).
     const pending = migrationNames.filter((name) => !recorded.includes(name));
     // Without a schema (nothing recorded) no server runs on the database: a `serve` migrates it at start.
@@ -262,7 +259,7 @@ export async function openStores(
       warn: (message) => (logger ? logger.warn(message) : options.warn?.(message)),
     });
     const results = await migrateToLatest(database.db);
-    if (logger !== undefined) await logSchema(logger, database, results);
+    if (logger !== undefined) logSchema(logger, database, results);
     if (storeUnchecked) await markStoreUncheckedForNewDatabase(database.db);
   } catch (error) {
     await blobs.close();
@@ -287,13 +284,10 @@ export async function openStores(
  * After an upgrade, the log says which version runs on which schema, and what changed it: one line per migration
  * this start applied (none on a start that applied none). The database is named as `description` masks it.
  */
-async function logSchema(
-  logger: Logger,
-  database: ServerDatabase,
-  results: readonly MigrationResult[],
-): Promise<void> {
+function logSchema(logger: Logger, database: ServerDatabase, results: readonly MigrationResult[]): void {
   const applied = results.filter((result) => result.status === 'Success').map((r) => r.migrationName);
-  const schema = (await appliedMigrations(database.db)).at(-1) ?? 'none';
+  // Migrated to the latest (a newer build's database was refused before): this build's schema.
+  const schema = schemaVersion();
   const version = serverVersion();
   logger.info(
     {

@@ -763,12 +763,17 @@ export async function recordedMigrations(db: Kysely<any>): Promise<string[]> {
   return rows.map((row: { name: string }) => row.name);
 }
 
-/** Throws NewerDatabaseError, before anything is written, when a newer build migrated this database. */
+/**
+ * Throws NewerDatabaseError, before anything is written, when a newer build migrated this database; else answers
+ * the migrations it records (all known to this build), so that callers need not read them again.
+ */
 export async function refuseNewerDatabase(
   db: Kysely<any>,
   description: string,
   version: string,
-): Promise<void> {
-  const unknown = unknownMigrations(await recordedMigrations(db));
+): Promise<string[]> {
+  const recorded = await recordedMigrations(db);
+  const unknown = unknownMigrations(recorded);
   if (unknown.length > 0) throw new NewerDatabaseError(description, unknown, version);
+  return recorded;
 }
