@@ -1,5 +1,6 @@
-import { realpath, stat } from 'node:fs/promises';
-import { dirname, sep } from 'node:path';
+import { constants } from 'node:fs';
+import { lstat, open, readdir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, isAbsolute, join, sep } from 'node:path';
 
 /**
  * Who asks the agent to load a package, as the kernel saw the process at the other end of its Unix socket
@@ -14,6 +15,9 @@ export interface CallerIdentity {
 
 /** What the check reads of a file: its owner, group and permission bits. */
 export interface FileModeOf {
+  /** Device and inode: which file it is. */
+  dev: number;
+  ino: number;
   uid: number;
   gid: number;
   mode: number;
@@ -26,6 +30,7 @@ export interface CallerAccessDeps {
 }
 
 const SEARCH = 0o1;
+const READ = 0o4;
 const READ_AND_SEARCH = 0o5;
 
 /**
@@ -44,8 +49,10 @@ export function callerHolds(file: FileModeOf, caller: CallerIdentity, bits: numb
  * Whether `caller` could itself read the package folder `dir` (absolute): search every folder on the way to it
  * (symlinks resolved) and read and search the folder itself. Where `dir` does not exist, whether the caller could
  * search its way to the deepest part that does, and so see for itself that the rest is missing. Anything the
- * agent cannot tell counts as not readable. LoadModel asks this before opening a package for a caller, so that
- * the agent, which opens packages with its own rights, tells a caller nothing of folders it could not look into.
+ * agent cannot tell counts as not readable. It reads by name, so it cannot say what a later open of `dir` finds:
+ * LoadModel asks it first, as a cheap refusal and to tell whether a caller may learn that a path is missing or a
+ * file, and decides on the folder it then opens (openFolderForCaller), so that the agent, which opens packages with
+ * its own rights, tells a caller nothing of folders it could not look into.
  */
 export async function callerCanReadFolder(
   dir: string,
@@ -81,6 +88,119 @@ export async function callerCanReadFolder(
     // and it can see that itself once it may search the folders on the way.
     if (last && !file.isDirectory()) return true;
     if (!callerHolds(file, caller, last && found ? READ_AND_SEARCH : SEARCH)) return false;
+  }
+  return true;
+}
+
+/** What the check reads of an open folder: its stat (fstat) and the path the kernel reports for it. */
+export interface OpenedFolderDeps extends CallerAccessDeps {
+  /** Opens a folder to read: O_RDONLY | O_DIRECTORY, symlinks on the way followed (the caller named them). */
+  openFolder(path: string): Promise<FileHandle>;
+  /**
+   * Where this process's descriptors appear as links (Linux: /proc/self/fd): `<descriptors>/<fd>` names the
+   * folder a descriptor holds, whatever has become of the name it was opened by.
+   */
+  descriptors: string;
+}
+
+/** The file system itself: what the agent checks and opens with. */
+export const fileSystemFolderAccess: OpenedFolderDeps = {
+  realpath,
+  stat,
+  openFolder: (path) => open(path, constants.O_RDONLY | constants.O_DIRECTORY),
+  descriptors: '/proc/self/fd',
+};
+
+/** A package folder opened for a caller, checked on its descriptor: load through `path` until `close()`. */
+export interface CallerFolder {
+  /** `<descriptors>/<fd>`: the folder the check passed, whatever is named `dir` by now. */
+  readonly path: string;
+  close(): Promise<void>;
+}
+
+/** The agent cannot hold a folder open and read where it is (no /proc/self/fd), so cannot check it for a caller. */
+export class DescriptorPathsUnavailableError extends Error {
+  override readonly name = 'DescriptorPathsUnavailableError';
+}
+
+/**
+ * Opens the package folder `dir` once and decides on that descriptor whether `caller` could read it itself: the
+ * folder's own owner, group and mode (fstat: read and search), search on every folder of the path the kernel
+ * reports for the descriptor (which must still lead to the same folder), and read on everything in it (read and
+ * search on each folder below, read on each file; links and special files the package reader refuses anyway).
+ * Resolves with the open folder, to load through its `path`, so that what is loaded is what was checked even if
+ * `dir` is swapped for a link meanwhile; or undefined (closed again) where the caller could not read it. Rejects
+ * with the open's own error (ENOENT, ENOTDIR, ...) where `dir` cannot be opened as a folder, and with
+ * DescriptorPathsUnavailableError where this system does not show descriptors' paths.
+ */
+export async function openFolderForCaller(
+  dir: string,
+  caller: CallerIdentity,
+  deps: OpenedFolderDeps = fileSystemFolderAccess,
+): Promise<CallerFolder | undefined> {
+  const handle = await deps.openFolder(dir);
+  const path = `${deps.descriptors}/${handle.fd}`;
+  try {
+    let real: string;
+    try {
+      real = await readlink(path);
+    } catch (error) {
+      throw new DescriptorPathsUnavailableError(
+        `the agent cannot read the path of an open folder at ${path} (${(error as NodeJS.ErrnoException).code ?? 'an I/O error'}); a load for a caller it knows needs Linux with /proc mounted`,
+      );
+    }
+    if (
+      (await callerCanReadOpenedFolder(handle, real, caller, deps)) &&
+      (await callerCanReadTree(path, caller))
+    )
+      return { path, close: () => handle.close() };
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+  await handle.close();
+  return undefined;
+}
+
+/** The folder `handle` holds, found by the kernel at `real`: readable to `caller` there, by fstat and its ancestors. */
+async function callerCanReadOpenedFolder(
+  handle: FileHandle,
+  real: string,
+  caller: CallerIdentity,
+  deps: OpenedFolderDeps,
+): Promise<boolean> {
+  const folder = await handle.stat();
+  if (!folder.isDirectory() || !callerHolds(folder, caller, READ_AND_SEARCH)) return false;
+  // Linux adds " (deleted)" to the path of a removed folder: there is no path the caller could take to it.
+  if (!isAbsolute(real) || real.endsWith(' (deleted)')) return false;
+  const parts = real.split(sep).filter(Boolean);
+  const ancestors = [sep, ...parts.slice(0, -1).map((_, i) => sep + parts.slice(0, i + 1).join(sep))];
+  for (const path of ancestors) {
+    const ancestor = await deps.stat(path).catch(() => undefined);
+    if (!ancestor?.isDirectory() || !callerHolds(ancestor, caller, SEARCH)) return false;
+  }
+  // The ancestors were read by name: the path must still lead to the folder held, or they were someone else's.
+  const again = await deps.stat(real).catch(() => undefined);
+  return again !== undefined && again.dev === folder.dev && again.ino === folder.ino;
+}
+
+/**
+ * Whether `caller` could read everything below the folder at `root` (a descriptor's path): each folder read and
+ * searched, each file read. Links are not followed (the package reader refuses them), nor are special files read.
+ */
+async function callerCanReadTree(root: string, caller: CallerIdentity): Promise<boolean> {
+  const entries = await readdir(root, { withFileTypes: true }).catch(() => undefined);
+  if (!entries) return false;
+  for (const entry of entries) {
+    const path = join(root, entry.name);
+    const found = await lstat(path).catch(() => undefined);
+    if (!found) return false;
+    if (found.isDirectory()) {
+      if (!callerHolds(found, caller, READ_AND_SEARCH) || !(await callerCanReadTree(path, caller)))
+        return false;
+    } else if (found.isFile() && !callerHolds(found, caller, READ)) {
+      return false;
+    }
   }
   return true;
 }

@@ -31,9 +31,14 @@ export { type LoadHooks } from './model-loader.js';
 export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
 export { showTensorName, tensorNameBytes } from './tensor-names.js';
 export {
+  DescriptorPathsUnavailableError,
   callerCanReadFolder,
   callerHolds,
+  fileSystemFolderAccess,
+  openFolderForCaller,
   type CallerAccessDeps,
+  type CallerFolder,
   type CallerIdentity,
   type FileModeOf,
+  type OpenedFolderDeps,
 } from './caller-access.js';

@@ -99,14 +99,33 @@ export class ModelLoader {
    * steps: when it returns an error, the load stops, its sessions are released, and that error is thrown.
    * Resolves with the version's description; errors are AgentErrors (see ModelRegistry.load). `hooks.beforeWarmUp`
    * is awaited once the sessions exist, before the warm-up runs; if it throws, the load fails the same way.
+   * `shownDir` names the folder in the description, logs and errors where `dir` is not a name for people (a
+   * descriptor's /proc path the folder is read through).
    */
   async load(
     version: ModelVersion,
-    request: { name: string; url: string; dir: string },
+    request: { name: string; url: string; dir: string; shownDir?: string },
     abandoned: () => AgentError | undefined,
     hooks: LoadHooks = {},
   ): Promise<ModelDescription> {
     const { name, dir } = request;
+    const shownDir = request.shownDir ?? dir;
+    try {
+      return await this.#load(version, { ...request, shownDir }, abandoned, hooks);
+    } catch (error) {
+      const failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
+      if (shownDir === dir) throw failure;
+      throw new AgentError(failure.code, failure.message.replaceAll(dir, shownDir), { cause: failure });
+    }
+  }
+
+  async #load(
+    version: ModelVersion,
+    request: { name: string; url: string; dir: string; shownDir: string },
+    abandoned: () => AgentError | undefined,
+    hooks: LoadHooks,
+  ): Promise<ModelDescription> {
+    const { name, dir, shownDir } = request;
     const check = () => {
       const reason = abandoned();
       if (reason) throw reason;
@@ -114,7 +133,7 @@ export class ModelLoader {
     let sessionsCreated = false;
     try {
       version.state = 'verifying';
-      const { opened, signature } = await this.#openPackage(dir);
+      const { opened, signature } = await this.#openPackage(dir, shownDir);
       check();
       const rule = this.#batching.get(name);
       const instances = rule?.instances ?? this.#instances;
@@ -151,7 +170,7 @@ export class ModelLoader {
       return {
         name,
         url: request.url,
-        path: opened.dir,
+        path: shownDir,
         packageName: opened.manifest.name,
         version: opened.manifest.version,
         inputs: opened.manifest.inputs,
@@ -194,13 +213,16 @@ export class ModelLoader {
     return isAbsolute(url) ? resolve(url) : resolve(this.#cwd, url);
   }
 
-  async #openPackage(dir: string): Promise<{ opened: OpenedModelPackage; signature: SignatureStatus }> {
+  async #openPackage(
+    dir: string,
+    shownDir: string,
+  ): Promise<{ opened: OpenedModelPackage; signature: SignatureStatus }> {
     if (!this.#trust) {
       const opened = await openModelPackage(dir, { trust: null }).catch((error: unknown) => {
         throw packageFailure(error, dir);
       });
       const reason = 'the agent has no trust policy (sagemaker_edge_core_root_certs_path is not set)';
-      this.#logger?.warn(`loading model package ${opened.dir} without checking its signature: ${reason}`);
+      this.#logger?.warn(`loading model package ${shownDir} without checking its signature: ${reason}`);
       return { opened, signature: { verified: false, reason } };
     }
     try {
@@ -221,7 +243,7 @@ export class ModelLoader {
           throw packageFailure(e, dir);
         });
         this.#logger?.warn(
-          `loading model package ${opened.dir} although its signature did not verify: ${error.message}`,
+          `loading model package ${shownDir} although its signature did not verify: ${error.message}`,
           {
             reason: error.reason,
           },

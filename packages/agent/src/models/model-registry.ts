@@ -1,5 +1,7 @@
+import { stat } from 'node:fs/promises';
 import {
   MAX_MODEL_NAME_LENGTH,
+  PackageNotFoundError,
   MODEL_NAME_PATTERN,
   type DataTypeName,
   type TensorMetadata,
@@ -7,9 +9,16 @@ import {
 import type { InferencePool, OutputSegment, PoolTensor } from '../inference/index.js';
 import type { AgentMetrics } from '../metrics/index.js';
 import { AgentError, type AgentErrorCode } from './agent-error.js';
-import { asAgentError, predictFailure } from './model-errors.js';
+import { asAgentError, packageFailure, predictFailure } from './model-errors.js';
 import { ModelLoader, type LoadHooks, type ModelLoaderOptions } from './model-loader.js';
-import { callerCanReadFolder, type CallerAccessDeps, type CallerIdentity } from './caller-access.js';
+import {
+  DescriptorPathsUnavailableError,
+  callerCanReadFolder,
+  openFolderForCaller,
+  type CallerFolder,
+  type CallerIdentity,
+  type OpenedFolderDeps,
+} from './caller-access.js';
 import { ModelVersion } from './model-version.js';
 import type { ModelDescription, RegistryLogger, StagedVersionDescription } from './model-description.js';
 import { matchPredictInputs, type PredictTensor } from './predict-inputs.js';
@@ -122,8 +131,8 @@ export interface ModelRegistryOptions extends ModelLoaderOptions {
   metrics?: AgentMetrics;
   /** The agent's own uid: a caller with it may load any folder, as root may. Default: this process's. */
   agentUid?: number;
-  /** How a caller's access to a package folder is read (tests); default: the file system. */
-  callerAccess?: CallerAccessDeps;
+  /** How a caller's access to a package folder is read and the folder opened (tests); default: the file system. */
+  callerAccess?: OpenedFolderDeps;
 }
 
 /** A name's versions: the one serving (or, before its first load completes, being loaded) and any staged. */
@@ -153,7 +162,7 @@ export class ModelRegistry {
   /** Versions replaced by promote, still draining. */
   readonly #retiring = new Set<Promise<void>>();
   readonly #agentUid: number | undefined;
-  readonly #callerAccess: CallerAccessDeps | undefined;
+  readonly #callerAccess: OpenedFolderDeps | undefined;
   #generation = 0;
   #closed = false;
 
@@ -180,7 +189,21 @@ export class ModelRegistry {
     const name = request.name;
     checkModelName(name);
     const dir = this.#loader.packageDir(request.url);
-    await this.#checkCallerMayRead(dir, request);
+    const callerFolder = await this.#openForCaller(dir, request);
+    try {
+      return await this.#load(name, dir, callerFolder, request, began);
+    } finally {
+      await callerFolder?.close();
+    }
+  }
+
+  async #load(
+    name: string,
+    dir: string,
+    callerFolder: CallerFolder | undefined,
+    request: LoadRequest,
+    began: number,
+  ): Promise<ModelDescription> {
     if (this.#closed)
       throw new AgentError('UNAVAILABLE', 'the agent is shutting down; no models can be loaded');
     const existing = this.#models.get(name);
@@ -196,7 +219,9 @@ export class ModelRegistry {
     const entry: NameEntry = { current: version };
     this.#models.set(name, entry);
     try {
-      version.description = await this.#loader.load(version, { name, url: request.url, dir }, () =>
+      // For a caller, the folder its check passed on, held open: a name swapped since cannot change what loads.
+      const source = callerFolder ? { dir: callerFolder.path, shownDir: dir } : { dir };
+      version.description = await this.#loader.load(version, { name, url: request.url, ...source }, () =>
         this.#closed ? shuttingDown() : undefined,
       );
       version.state = 'ready';
@@ -213,13 +238,7 @@ export class ModelRegistry {
       return snapshot(version.description);
     } catch (error) {
       if (this.#models.get(name) === entry) this.#models.delete(name);
-      let failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
-      // Asked again after a failure: a folder the caller swapped for a link into the agent's files after the
-      // first check gets the one error too (a swap and a swap back between the two checks is not caught).
-      failure = await this.#checkCallerMayRead(dir, request).then(
-        () => failure,
-        (refused: AgentError) => refused,
-      );
+      const failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
       this.#metrics?.observeLoad(name, performance.now() - began, failure.code);
       throw failure;
     }
@@ -471,16 +490,36 @@ export class ModelRegistry {
   /**
    * The agent opens packages with its own rights: for a caller it knows, only a folder the caller could read
    * itself, and one error for every other, so that the agent's distinct errors ("is a file", "does not exist",
-   * "has no manifest.json") tell the caller nothing of folders only the agent may look into.
+   * "has no manifest.json") tell the caller nothing of folders only the agent may look into. The folder is opened
+   * once and checked on that descriptor (openFolderForCaller); the load reads through it. Undefined: no caller
+   * to check for (the agent's own loads, root, the agent's user), the load opens `dir` by name.
    */
-  async #checkCallerMayRead(dir: string, request: LoadRequest): Promise<void> {
+  async #openForCaller(dir: string, request: LoadRequest): Promise<CallerFolder | undefined> {
     const caller = request.caller;
-    if (!caller || caller.uid === 0 || caller.uid === this.#agentUid) return;
-    if (await callerCanReadFolder(dir, caller, this.#callerAccess)) return;
-    throw new AgentError(
-      'NOT_FOUND',
-      `no model package at ${request.url} that you can read; expected the folder of an extracted model package that your user (uid ${caller.uid}) may read and search, on a path it may search`,
-    );
+    if (!caller || caller.uid === 0 || caller.uid === this.#agentUid) return undefined;
+    const deps = this.#callerAccess;
+    const refused = () =>
+      new AgentError(
+        'NOT_FOUND',
+        `no model package at ${request.url} that you can read; expected the folder of an extracted model package that your user (uid ${caller.uid}) may read and search, on a path it may search`,
+      );
+    if (!(await callerCanReadFolder(dir, caller, deps))) throw refused();
+    let folder: CallerFolder | undefined;
+    try {
+      folder = await openFolderForCaller(dir, caller, deps);
+    } catch (error) {
+      if (error instanceof DescriptorPathsUnavailableError)
+        throw new AgentError(
+          'FAILED_PRECONDITION',
+          `${error.message}; expected root or the agent's own user to load on this system`,
+        );
+      // Nothing opened, nothing loaded: say what is there only where the caller could see it itself (asked again,
+      // by name, as the first answer came before the open).
+      if (!(await callerCanReadFolder(dir, caller, deps))) throw refused();
+      throw await unopenedFolderFailure(dir, error);
+    }
+    if (!folder) throw refused();
+    return folder;
   }
 
   #nextKey(name: string): string {
@@ -551,6 +590,31 @@ export class ModelRegistry {
     else counts.failed++;
     this.#metrics?.observeRequest({ model: name, requestMs: performance.now() - began, ...outcome });
   }
+}
+
+/**
+ * A package folder the agent could not open for a caller, as the error the package reader gives for it (the caller
+ * may search its way there: it could see this itself).
+ */
+async function unopenedFolderFailure(dir: string, error: unknown): Promise<AgentError> {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') {
+    const found = await stat(dir).catch(() => undefined);
+    return packageFailure(
+      new PackageNotFoundError(
+        dir,
+        found && !found.isDirectory()
+          ? 'it is a file; expected an extracted package folder'
+          : 'the folder does not exist',
+      ),
+      dir,
+    );
+  }
+  return new AgentError(
+    'FAILED_PRECONDITION',
+    `model package ${dir} cannot be opened (${code ?? 'an I/O error'}); expected a folder the agent may read`,
+    { cause: error },
+  );
 }
 
 function shuttingDown(): AgentError {
