@@ -1,6 +1,6 @@
 import { constants } from 'node:fs';
 import { lstat, open, readdir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
-import { dirname, isAbsolute, join, sep } from 'node:path';
+import { basename, dirname, isAbsolute, join, sep } from 'node:path';
 
 /**
  * Who asks the agent to load a package, as the kernel saw the process at the other end of its Unix socket
@@ -50,9 +50,9 @@ export function callerHolds(file: FileModeOf, caller: CallerIdentity, bits: numb
  * (symlinks resolved) and read and search the folder itself. Where `dir` does not exist, whether the caller could
  * search its way to the deepest part that does, and so see for itself that the rest is missing. Anything the
  * agent cannot tell counts as not readable. It reads by name, so it cannot say what a later open of `dir` finds:
- * LoadModel asks it first, as a cheap refusal and to tell whether a caller may learn that a path is missing or a
- * file, and decides on the folder it then opens (openFolderForCaller), so that the agent, which opens packages with
- * its own rights, tells a caller nothing of folders it could not look into.
+ * LoadModel asks it first, as a cheap refusal before opening anything, and decides on the folder it then opens
+ * (openFolderForCaller, or whyNotAFolder where none opens), so that the agent, which opens packages with its own
+ * rights, tells a caller nothing of folders it could not look into.
  */
 export async function callerCanReadFolder(
   dir: string,
@@ -107,7 +107,8 @@ export interface OpenedFolderDeps extends CallerAccessDeps {
 export const fileSystemFolderAccess: OpenedFolderDeps = {
   realpath,
   stat,
-  openFolder: (path) => open(path, constants.O_RDONLY | constants.O_DIRECTORY),
+  // Non-blocking: whatever is there, the open never waits (O_DIRECTORY refuses a FIFO before opening it anyway).
+  openFolder: (path) => open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NONBLOCK),
   descriptors: '/proc/self/fd',
 };
 
@@ -139,18 +140,10 @@ export async function openFolderForCaller(
   deps: OpenedFolderDeps = fileSystemFolderAccess,
 ): Promise<CallerFolder | undefined> {
   const handle = await deps.openFolder(dir);
-  const path = `${deps.descriptors}/${handle.fd}`;
   try {
-    let real: string;
-    try {
-      real = await readlink(path);
-    } catch (error) {
-      throw new DescriptorPathsUnavailableError(
-        `the agent cannot read the path of an open folder at ${path} (${(error as NodeJS.ErrnoException).code ?? 'an I/O error'}); a load for a caller it knows needs Linux with /proc mounted`,
-      );
-    }
+    const { path, real } = await descriptorPath(handle, deps);
     if (
-      (await callerCanReadOpenedFolder(handle, real, caller, deps)) &&
+      (await callerReachesOpenedFolder(handle, real, caller, deps, READ_AND_SEARCH)) &&
       (await callerCanReadTree(path, caller))
     )
       return { path, close: () => handle.close() };
@@ -162,15 +155,79 @@ export async function openFolderForCaller(
   return undefined;
 }
 
-/** The folder `handle` holds, found by the kernel at `real`: readable to `caller` there, by fstat and its ancestors. */
-async function callerCanReadOpenedFolder(
+/**
+ * Why `dir` could not be opened as a folder, where `caller` could see that for itself: 'missing' (nothing there,
+ * or the path goes on below a file) or 'file' (`dir` is one); undefined where the caller could not, or the agent
+ * cannot tell without looking by name again. Decided inside the deepest folder on the way the agent can open, on
+ * its descriptor (search on it and on the folders of its real path, as openFolderForCaller checks), so that a
+ * link swapped in or out meanwhile tells the caller nothing of a folder it may not search. Rejects with
+ * DescriptorPathsUnavailableError where this system does not show descriptors' paths.
+ */
+export async function whyNotAFolder(
+  dir: string,
+  caller: CallerIdentity,
+  deps: OpenedFolderDeps = fileSystemFolderAccess,
+): Promise<'missing' | 'file' | undefined> {
+  const below: string[] = [];
+  let above = dir;
+  let handle: FileHandle | undefined;
+  while (!handle) {
+    const parent = dirname(above);
+    if (parent === above) return undefined;
+    below.unshift(basename(above));
+    above = parent;
+    try {
+      handle = await deps.openFolder(above);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') return undefined;
+    }
+  }
+  try {
+    const { path, real } = await descriptorPath(handle, deps);
+    if (!(await callerReachesOpenedFolder(handle, real, caller, deps, SEARCH))) return undefined;
+    // Looked up in the folder held: what the caller would find there itself, searching it.
+    const next = await lstat(join(path, below[0]!)).then(
+      (found) => found,
+      (error: NodeJS.ErrnoException) => (error.code === 'ENOENT' ? null : undefined),
+    );
+    if (next === null) return 'missing';
+    if (next?.isFile()) return below.length === 1 ? 'file' : 'missing';
+    // A folder or a link there: the open that failed looked elsewhere, or something changed; say nothing.
+    return undefined;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** `<descriptors>/<fd>` and the path the kernel reports for it. */
+async function descriptorPath(
+  handle: FileHandle,
+  deps: OpenedFolderDeps,
+): Promise<{ path: string; real: string }> {
+  const path = `${deps.descriptors}/${handle.fd}`;
+  try {
+    return { path, real: await readlink(path) };
+  } catch (error) {
+    throw new DescriptorPathsUnavailableError(
+      `the agent cannot read the path of an open folder at ${path} (${(error as NodeJS.ErrnoException).code ?? 'an I/O error'}); a load for a caller it knows needs Linux with /proc mounted`,
+    );
+  }
+}
+
+/**
+ * Whether `caller` holds `bits` on the folder `handle` holds (fstat), found by the kernel at `real`, and search on
+ * every folder of that path.
+ */
+async function callerReachesOpenedFolder(
   handle: FileHandle,
   real: string,
   caller: CallerIdentity,
   deps: OpenedFolderDeps,
+  bits: number,
 ): Promise<boolean> {
   const folder = await handle.stat();
-  if (!folder.isDirectory() || !callerHolds(folder, caller, READ_AND_SEARCH)) return false;
+  if (!folder.isDirectory() || !callerHolds(folder, caller, bits)) return false;
   // Linux adds " (deleted)" to the path of a removed folder: there is no path the caller could take to it.
   if (!isAbsolute(real) || real.endsWith(' (deleted)')) return false;
   const parts = real.split(sep).filter(Boolean);

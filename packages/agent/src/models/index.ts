@@ -36,6 +36,7 @@ export {
   callerHolds,
   fileSystemFolderAccess,
   openFolderForCaller,
+  whyNotAFolder,
   type CallerAccessDeps,
   type CallerFolder,
   type CallerIdentity,

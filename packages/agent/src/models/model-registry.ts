@@ -1,4 +1,3 @@
-import { stat } from 'node:fs/promises';
 import {
   MAX_MODEL_NAME_LENGTH,
   PackageNotFoundError,
@@ -15,6 +14,7 @@ import {
   DescriptorPathsUnavailableError,
   callerCanReadFolder,
   openFolderForCaller,
+  whyNotAFolder,
   type CallerFolder,
   type CallerIdentity,
   type OpenedFolderDeps,
@@ -490,9 +490,10 @@ export class ModelRegistry {
   /**
    * The agent opens packages with its own rights: for a caller it knows, only a folder the caller could read
    * itself, and one error for every other, so that the agent's distinct errors ("is a file", "does not exist",
-   * "has no manifest.json") tell the caller nothing of folders only the agent may look into. The folder is opened
-   * once and checked on that descriptor (openFolderForCaller); the load reads through it. Undefined: no caller
-   * to check for (the agent's own loads, root, the agent's user), the load opens `dir` by name.
+   * "has no manifest.json") tell the caller nothing of folders only the agent may look into. A check by name
+   * refuses first, before anything is opened; then the folder is opened once and checked on that descriptor
+   * (openFolderForCaller), and the load reads through it, so a name swapped after either check changes nothing.
+   * Undefined: no caller to check for (the agent's own loads, root, the agent's user): the load opens `dir` by name.
    */
   async #openForCaller(dir: string, request: LoadRequest): Promise<CallerFolder | undefined> {
     const caller = request.caller;
@@ -513,10 +514,16 @@ export class ModelRegistry {
           'FAILED_PRECONDITION',
           `${error.message}; expected root or the agent's own user to load on this system`,
         );
-      // Nothing opened, nothing loaded: say what is there only where the caller could see it itself (asked again,
-      // by name, as the first answer came before the open).
-      if (!(await callerCanReadFolder(dir, caller, deps))) throw refused();
-      throw await unopenedFolderFailure(dir, error);
+      // Nothing opened: say what is there only where the caller could see it itself.
+      const why = await whyNotAFolder(dir, caller, deps).catch(() => undefined);
+      if (!why) throw refused();
+      throw packageFailure(
+        new PackageNotFoundError(
+          dir,
+          why === 'file' ? 'it is a file; expected an extracted package folder' : 'the folder does not exist',
+        ),
+        dir,
+      );
     }
     if (!folder) throw refused();
     return folder;
@@ -590,31 +597,6 @@ export class ModelRegistry {
     else counts.failed++;
     this.#metrics?.observeRequest({ model: name, requestMs: performance.now() - began, ...outcome });
   }
-}
-
-/**
- * A package folder the agent could not open for a caller, as the error the package reader gives for it (the caller
- * may search its way there: it could see this itself).
- */
-async function unopenedFolderFailure(dir: string, error: unknown): Promise<AgentError> {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'ENOENT' || code === 'ENOTDIR') {
-    const found = await stat(dir).catch(() => undefined);
-    return packageFailure(
-      new PackageNotFoundError(
-        dir,
-        found && !found.isDirectory()
-          ? 'it is a file; expected an extracted package folder'
-          : 'the folder does not exist',
-      ),
-      dir,
-    );
-  }
-  return new AgentError(
-    'FAILED_PRECONDITION',
-    `model package ${dir} cannot be opened (${code ?? 'an I/O error'}); expected a folder the agent may read`,
-    { cause: error },
-  );
 }
 
 function shuttingDown(): AgentError {

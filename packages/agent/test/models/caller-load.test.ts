@@ -1,4 +1,4 @@
-import { chmod, cp, mkdir, readdir, rename, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, readdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
@@ -6,6 +6,7 @@ import {
   ModelRegistry,
   fileSystemFolderAccess,
   openFolderForCaller,
+  whyNotAFolder,
   type CallerIdentity,
   type OpenedFolderDeps,
 } from '../../src/models/index.js';
@@ -113,6 +114,34 @@ describe('LoadModel for a caller: the folder checked is the folder loaded', () =
     await models.close();
   });
 
+  it('says nothing of where a swapped-in link led when the open fails, even with the name swapped back', async () => {
+    const dir = await callersCopy();
+    let swapped = false;
+    // The open follows a link into the agent-only package, to a name that is not there, and the caller's folder
+    // is back by the time the agent would explain the failure: "does not exist" would tell of the agent's folder.
+    const models = registry({
+      ...defaults,
+      openFolder: async (path) => {
+        if (path !== dir || swapped) return defaults.openFolder(path);
+        swapped = true;
+        await swapForLink(dir, join(agentOnly, 'nothere'));
+        try {
+          return await defaults.openFolder(path);
+        } finally {
+          await rm(dir);
+          await rename(`${dir}.moved`, dir);
+        }
+      },
+    });
+    const error = await agentErrorOf(models.load({ url: dir, name: 'probe', caller }));
+    expect(swapped).toBe(true);
+    expect({ code: error.code, message: error.message }).toEqual({
+      code: 'NOT_FOUND',
+      message: refusal(dir),
+    });
+    expect(models.list()).toEqual([]);
+  });
+
   it('refuses a package with a file or folder in it the caller could not read, as an unreadable folder', async () => {
     const modelFile = await callersCopy();
     await chmod(join(modelFile, 'model.onnx'), 0o600);
@@ -197,5 +226,15 @@ describe('LoadModel for a caller: the folder checked is the folder loaded', () =
     await expect(openFolderForCaller(join(files.root, 'nothere'), caller)).rejects.toMatchObject({
       code: 'ENOENT',
     });
+  });
+
+  it('whyNotAFolder: what the caller could see itself, and nothing where it may not search', async () => {
+    const before = await openDescriptors();
+    expect(await whyNotAFolder(join(files.root, 'nothere', 'deeper'), caller)).toBe('missing');
+    expect(await whyNotAFolder(join(readable, 'model.onnx'), caller)).toBe('file');
+    expect(await whyNotAFolder(join(readable, 'model.onnx', 'deeper'), caller)).toBe('missing');
+    expect(await whyNotAFolder(join(agentOnly, 'nothere'), caller)).toBeUndefined();
+    expect(await whyNotAFolder(join(agentOnly, 'model.onnx'), caller)).toBeUndefined();
+    expect(await openDescriptors()).toBe(before);
   });
 });
