@@ -1,7 +1,7 @@
 import {
   MAX_MODEL_NAME_LENGTH,
-  PackageNotFoundError,
   MODEL_NAME_PATTERN,
+  PackageNotFoundError,
   type DataTypeName,
   type TensorMetadata,
 } from '@edgefleet/core';

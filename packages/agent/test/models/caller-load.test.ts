@@ -1,5 +1,6 @@
 import { chmod, cp, mkdir, readdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { signPackage } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import {
@@ -11,6 +12,7 @@ import {
   type OpenedFolderDeps,
 } from '../../src/models/index.js';
 import { agentErrorOf } from '../support/agent-error.js';
+import { devPki, trustFolder } from '../support/dev-pki.js';
 import { scratch } from './helpers.js';
 
 // LoadModel for a caller the agent knows (SO_PEERCRED): the check must hold for the bytes the agent loads. The
@@ -180,6 +182,26 @@ describe('LoadModel for a caller: the folder checked is the folder loaded', () =
     expect((await agentErrorOf(models.load({ url: file, name: 'file', caller }))).message).toBe(
       `no model package at ${file}: it is a file; expected an extracted package folder; expected the folder of an extracted model package`,
     );
+  });
+
+  it('verifies a signed package through the folder it holds, and names the folder in verification errors', async () => {
+    const pki = devPki('EdgeFleet Test Root', 'Model Publisher');
+    const trust = await trustFolder(join(files.root, 'certs'), pki.root);
+    const signed = await callersCopy();
+    await signPackage(signed, pki.signer);
+    const unsigned = await callersCopy();
+    const models = new ModelRegistry({ pool, trust, cwd: files.root });
+    const loaded = await models.load({ url: signed, name: 'signed', caller });
+    expect({ verified: loaded.signature.verified, path: loaded.path }).toEqual({
+      verified: true,
+      path: signed,
+    });
+    const error = await agentErrorOf(models.load({ url: unsigned, name: 'unsigned', caller }));
+    expect(error.code).toBe('FAILED_PRECONDITION');
+    expect(error.message).toMatch(/failed signature verification \(bundle-missing\)/);
+    expect(error.message).toContain(`${unsigned} has no model.sig`);
+    expect(error.message).not.toContain('/proc/');
+    await models.close();
   });
 
   it('closes the folder it opened whether the load succeeds, fails or is refused', async () => {
