@@ -244,6 +244,8 @@ async function callerReachesOpenedFolder(
 /**
  * Whether `caller` could read everything below the folder at `root` (a descriptor's path): each folder read and
  * searched, each file read. Links are not followed (the package reader refuses them), nor are special files read.
+ * Looked at before the package reader opens the files (by name, below the held folder): whoever may write the
+ * folder could swap a file in between, but only for one it may put there (docs/security.md says what is left).
  */
 async function callerCanReadTree(root: string, caller: CallerIdentity): Promise<boolean> {
   const entries = await readdir(root, { withFileTypes: true }).catch(() => undefined);
