@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { LineLimiter } from '@edgefleet/core';
 import { z } from 'zod';
 import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
@@ -62,6 +63,8 @@ export interface CaptureSpoolOptions {
   random?: () => number;
   /** Schedules the next attempt (tests run it when they choose). Default setTimeout/clearTimeout. */
   timers?: SpoolTimers;
+  /** The clock (ms) the failure lines are limited on (tests). Default Date.now. */
+  now?: () => number;
 }
 
 export interface SpoolTimers {
@@ -89,6 +92,11 @@ export class CaptureSpool {
   #batches: SpooledBatch[] = [];
   #bytes = 0;
   #failures = 0;
+  /**
+   * Failed attempts: the first line of a run of failures, then at most one a minute with the number left out (an
+   * outage of hours retries every few minutes at the backoff's cap, and far more often before it).
+   */
+  readonly #failureLines: LineLimiter;
   readonly #timers: SpoolTimers;
   #timer: unknown;
   #uploading: SpooledBatch | undefined;
@@ -99,6 +107,7 @@ export class CaptureSpool {
     this.#options = options;
     this.#random = options.random ?? Math.random;
     this.#timers = options.timers ?? REAL_TIMERS;
+    this.#failureLines = new LineLimiter({ ...(options.now !== undefined && { now: options.now }) });
   }
 
   /** Batches waiting. */
@@ -255,22 +264,31 @@ export class CaptureSpool {
       const delay =
         asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
       this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-      // One line per wait; the store's message carries no credentials (the answer's text, the key).
-      this.#options.logger?.warn(
-        {
-          event: 'capture-upload-failed',
-          ...uploadFailureFields(error),
-          batchId: batch.batchId,
-          failures: this.#failures,
-          retryInMs: delay,
-          ...(asked !== undefined && { retryAfterMs: asked }),
-          spooledBatches: this.#batches.length,
-          spooledBytes: this.#bytes,
-        },
-        asked === undefined
-          ? `capture spool: cannot upload to ${this.#options.store.description} (${errorMessage(error)}); retrying in ${Math.round(delay / 1000)} s`
-          : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s`,
-      );
+      // The first failure, then at most one line a minute; the store's message carries no credentials (the
+      // answer's text, the key).
+      const admitted = this.#failureLines.admit('upload');
+      if (admitted !== undefined) {
+        const repeats =
+          admitted.first || admitted.leftOut === 0
+            ? 'repeats logged at most once a minute'
+            : `${admitted.leftOut} more failed attempt(s) since the last line, not logged`;
+        this.#options.logger?.warn(
+          {
+            event: 'capture-upload-failed',
+            ...uploadFailureFields(error),
+            batchId: batch.batchId,
+            failures: this.#failures,
+            ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
+            retryInMs: delay,
+            ...(asked !== undefined && { retryAfterMs: asked }),
+            spooledBatches: this.#batches.length,
+            spooledBytes: this.#bytes,
+          },
+          asked === undefined
+            ? `capture spool: cannot upload to ${this.#options.store.description} (${errorMessage(error)}); retrying in ${Math.round(delay / 1000)} s (${repeats})`
+            : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s (${repeats})`,
+        );
+      }
       if (!this.#closed) {
         this.#timer = this.#timers.set(() => {
           this.#timer = undefined;
@@ -281,9 +299,15 @@ export class CaptureSpool {
     }
     this.#logRefusals(batch, refusals);
     if (this.#failures > 0) {
+      const notLogged = this.#failureLines.forget('upload');
       this.#options.logger?.info(
-        { event: 'capture-upload-resumed', store: this.#options.store.description, failures: this.#failures },
-        'capture spool: the store is reachable again',
+        {
+          event: 'capture-upload-resumed',
+          store: this.#options.store.description,
+          failures: this.#failures,
+          ...(notLogged > 0 && { failuresNotLogged: notLogged }),
+        },
+        `capture spool: the store is reachable again, after ${this.#failures} failed attempt(s)`,
       );
     }
     this.#failures = 0;

@@ -1,10 +1,15 @@
-import { mkdtemp } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentDataType, AgentEncoding } from '@edgefleet/core';
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { startCaptureService, type RunningCapture } from '../../src/capture/index.js';
-import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
+import {
+  PeriodicUpload,
+  S3ObjectStore,
+  startCaptureService,
+  type RunningCapture,
+} from '../../src/capture/index.js';
+import { AgentDatabase, agentDatabasePath, MemoryUploadLedger } from '../../src/state/index.js';
 import {
   captureInput,
   floatTensor,
@@ -270,6 +275,57 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
 });
 
 describe('periodic upload of Disk captures', () => {
+  it('logs rounds failing in an outage as the first, then one line a minute with a count, and the recovery', async () => {
+    const root = join(work, 'disk');
+    await mkdir(join(root, 'edge', 'f'), { recursive: true });
+    await writeFile(join(root, 'edge', 'f', 'a.bin'), Buffer.alloc(8, 1));
+    const store = new S3ObjectStore({
+      bucket: s3.bucket,
+      region: 'us-east-1',
+      endpoint: s3.endpoint,
+      credentials: s3.credentials,
+      maxAttempts: 1,
+    });
+    const lines: { level: string; fields: Record<string, unknown>; message: string }[] = [];
+    const line = (level: string) => (fields: object, message: string) =>
+      lines.push({ level, fields: fields as Record<string, unknown>, message });
+    let now = 1_000_000;
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'edge',
+      store,
+      periodMs: 3_600_000,
+      keepFiles: false,
+      ledger: new MemoryUploadLedger(),
+      logger: { info: line('info'), warn: line('warn'), error: line('error') },
+      now: () => now,
+    });
+    const failed = () => lines.filter((l) => l.fields.event === 'capture-upload-failed');
+    try {
+      await s3.stop();
+      for (let i = 0; i < 3; i++) {
+        expect(await upload.runOnce()).toBe(0);
+        now += 10_000;
+      }
+      expect(failed()).toHaveLength(1);
+      expect(failed()[0]!.message).toMatch(/repeats logged at most once a minute/);
+      now += 30_000;
+      expect(await upload.runOnce()).toBe(0);
+      expect(failed()).toHaveLength(2);
+      expect(failed()[1]!.fields).toMatchObject({ failures: 4, failuresNotLogged: 2 });
+      await s3.restart();
+      expect(await upload.runOnce()).toBe(1);
+      expect(failed()).toHaveLength(2);
+      expect(lines.find((l) => l.fields.event === 'capture-upload-resumed')).toMatchObject({
+        level: 'info',
+        fields: { failures: 4 },
+      });
+    } finally {
+      await upload.close();
+      store.close();
+    }
+  });
+
   it('copies the disk tree to the bucket under the same keys, data-refs rewritten to s3://, then removes the files', async () => {
     const settings = testSettings(work, {
       batchSize: 1,
