@@ -397,6 +397,17 @@ export class CaptureSpool {
     // By id: statuses are kept by id, so a capture id the application used twice in the batch fails for both.
     const captureIds = batch.captureIds.filter((id) => !failedIds.has(id));
     if (!batch.evicted) {
+      // Statuses first, as for a delivered batch: a crash before the batch is rewritten meets the refusal again
+      // at the next start (and fails the same captures again), never leaves them IN_PROGRESS.
+      const failed = [...failedIds];
+      if (failed.length > 0) {
+        const reasons = refusals
+          .filter((r) => !isModelMonitorManifest(r.key))
+          .map((r) => r.error.message)
+          .join('; ');
+        this.#options.onDropped(failed, `refused by ${this.#options.store.description}: ${reasons}`);
+        this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
+      }
       const folder = join(this.#options.dir, batch.batchId);
       // New names for rewritten manifests: batch.json names either the old files or the new, whatever a crash cuts.
       let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
@@ -413,19 +424,13 @@ export class CaptureSpool {
       };
       await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
       await syncFolder(folder);
+      // Files no longer named only waste disk until the batch's folder goes: a failure to remove them is no failure.
       const named = new Set(stored.files.map((f) => f.file));
       await Promise.all(
-        batch.files.filter((f) => !named.has(f.file)).map((f) => rm(join(folder, f.file), { force: true })),
+        batch.files
+          .filter((f) => !named.has(f.file))
+          .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
       );
-      const failed = [...failedIds];
-      if (failed.length > 0) {
-        const reasons = refusals
-          .filter((r) => !isModelMonitorManifest(r.key))
-          .map((r) => `${r.error.message}`)
-          .join('; ');
-        this.#options.onDropped(failed, `refused by ${this.#options.store.description}: ${reasons}`);
-        this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
-      }
     }
     const bytes = next.reduce((n, f) => n + f.bytes, 0);
     if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
