@@ -3,10 +3,15 @@ import { join } from 'node:path';
 import { AgentDataType, AgentEncoding } from '@edgefleet/core';
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createServer, type AddressInfo } from 'node:net';
 import {
+  CaptureService,
+  MemoryCaptureQueue,
+  ObjectStoreDestination,
   PeriodicUpload,
   S3ObjectStore,
   startCaptureService,
+  type ObjectStore,
   type RunningCapture,
 } from '../../src/capture/index.js';
 import { AgentDatabase, agentDatabasePath, MemoryUploadLedger } from '../../src/state/index.js';
@@ -377,5 +382,75 @@ describe('periodic upload of Disk captures', () => {
     expect(await s3.keys()).toEqual(await listFiles(settings.diskPath));
     await capture.close();
     database.close();
+  });
+});
+
+describe('direct writes failing into the offline spool', () => {
+  it('are logged as the first, then at most one a minute with a count, while the spool has not yet failed itself', async () => {
+    // A port nothing listens on: the bucket is away for direct writes.
+    const closed = createServer();
+    await new Promise<void>((done) => closed.listen(0, '127.0.0.1', done));
+    const deadPort = (closed.address() as AddressInfo).port;
+    await new Promise((done) => closed.close(done));
+    const storeAt = (endpoint: string) =>
+      new S3ObjectStore({
+        bucket: s3.bucket,
+        region: 'us-east-1',
+        endpoint,
+        credentials: s3.credentials,
+        maxAttempts: 1,
+      });
+    const up = storeAt(s3.endpoint);
+    const down = storeAt(`http://127.0.0.1:${deadPort}`);
+    // A key's first put (the direct write) meets the outage; a second (the spool's) waits for `release`, so the
+    // spool's attempt neither fails nor ends while the batches are formed: each batch tries a direct write.
+    const seen = new Set<string>();
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const store: ObjectStore = {
+      description: up.description,
+      urlFor: (key) => up.urlFor(key),
+      put: async (key, body, contentType) => {
+        if (!seen.has(key)) {
+          seen.add(key);
+          return down.put(key, body, contentType);
+        }
+        await released;
+        return up.put(key, body, contentType);
+      },
+    };
+    const warnings: { fields: Record<string, unknown>; message: string }[] = [];
+    const settings = cloudSettings({ batchSize: 1 });
+    const service = new CaptureService({
+      settings,
+      models: loaded.registry,
+      queue: new MemoryCaptureQueue(),
+      destination: new ObjectStoreDestination(store),
+      store,
+      logger: {
+        info: () => undefined,
+        warn: (fields, message) => warnings.push({ fields, message }),
+        error: () => undefined,
+      },
+    });
+    await service.start();
+    try {
+      for (const id of ['d1', 'd2', 'd3']) {
+        await service.capture(captureInput(id, { modelHandle: 'resnet' }));
+        await service.whenIdle();
+      }
+      const spooled = warnings.filter((w) => /keeping the batch in the offline spool/.test(w.message));
+      expect(spooled).toHaveLength(1);
+      expect(spooled[0]!.fields).toMatchObject({ event: 'capture-write-spooled' });
+      expect(spooled[0]!.fields.err).toBeUndefined();
+      expect(spooled[0]!.message).toMatch(/ECONNREFUSED.*repeats logged at most once a minute/);
+      release();
+      await eventually(() => ['d1', 'd2', 'd3'].every((id) => service.status(id).status === 'SUCCESS'));
+    } finally {
+      release();
+      await service.close();
+      up.close();
+      down.close();
+    }
   });
 });
