@@ -325,8 +325,8 @@ export class CaptureSpool {
   /**
    * Drops the files the store refused for good from the batch, and with them what is meaningless without them:
    * a refused side file takes the records that reference it (a record whose `data-ref` names an object that will
-   * never exist is a broken record, and SageMaker's readers fail on it) out of every manifest, Model Monitor's
-   * included, and those records' other side files; a refused manifest takes its records. A Model Monitor manifest
+   * never exist is a broken record: its data is lost, and a reader following the reference fails) out of every
+   * manifest, Model Monitor's included, and those records' other side files; a refused manifest takes its records. A Model Monitor manifest
    * is a second copy of records in another format: refused, its captures' Edge Manager records still go, so they
    * are not failed for it. The captures whose Edge Manager records are dropped are marked FAILURE with the store's
    * reason and counted (`reason: refused`); everything else in the batch goes on (and is retried as before). The
