@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { LineLimiter } from '@edgefleet/core';
 import type { Registry } from 'prom-client';
 import { AgentError, isAgentError, type PredictObserver } from '../models/index.js';
 import {
@@ -26,6 +27,7 @@ import { renderBatch, type RenderContext, type RenderedBatch } from './records.j
 import { defaultCaptureBufferBytes, type CaptureSettings } from './settings.js';
 import { captureBytes } from './capture-item.js';
 import { CaptureSpool } from './spool.js';
+import { uploadFailureFields } from './upload-failure.js';
 
 export interface CaptureServiceOptions {
   settings: CaptureSettings;
@@ -111,6 +113,11 @@ export class CaptureService {
   #closed = false;
   /** When the last "destination full" warning was logged, and the batches refused since. */
   #fullWarnedAt = Number.NEGATIVE_INFINITY;
+  /**
+   * Direct writes that failed into the spool: until the spool's own attempt fails (then new batches go to it at
+   * once), every batch formed meets the outage here. The first line, then at most one a minute with a count.
+   */
+  readonly #directFailureLines: LineLimiter;
   #fullUnwarned = 0;
   readonly #folderLock: FolderLock | undefined;
   /** What the last check found of the folder lock's file (undefined: still the file locked). */
@@ -127,6 +134,7 @@ export class CaptureService {
     this.#folderLock = options.folderLock;
     this.#now = options.now ?? Date.now;
     this.#random = options.random ?? Math.random;
+    this.#directFailureLines = new LineLimiter({ now: this.#now });
     this.#bufferBytes = settings.bufferBytes ?? defaultCaptureBufferBytes(settings.maxCaptureBytes);
     this.metrics =
       options.metricsRegistry &&
@@ -587,16 +595,30 @@ export class CaptureService {
         return;
       }
       if (this.#spool) {
-        this.#logger?.warn(
-          { err: error, batchId: batch.batchId, captures: batch.items.length },
-          `capture: cannot write to ${this.#destination.description}; keeping the batch in the offline spool`,
-        );
+        const admitted = this.#directFailureLines.admit('direct');
+        if (admitted !== undefined) {
+          this.#logger?.warn(
+            {
+              event: 'capture-write-spooled',
+              ...uploadFailureFields(error),
+              batchId: batch.batchId,
+              captures: batch.items.length,
+              ...(admitted.leftOut > 0 && { batchesNotLogged: admitted.leftOut }),
+            },
+            `capture: cannot write to ${this.#destination.description} (${(error as Error).message}); keeping the batch in the offline spool (` +
+              (admitted.leftOut > 0
+                ? `${admitted.leftOut} more batch(es) since the last line, not logged)`
+                : 'repeats logged at most once a minute)'),
+          );
+        }
         await this.#toSpool(batch, rendered);
       } else {
         this.#retryOrGiveUp(batch, error, `cannot write to ${this.#destination.description}`);
       }
       return;
     }
+    // Written: the next failure starts a new run of lines.
+    this.#directFailureLines.forget('direct');
     if (this.#destination.kind === 's3')
       this.metrics?.uploadDuration.observe({ via: 'direct' }, (performance.now() - began) / 1000);
     this.#complete(batch, 'SUCCESS');

@@ -4,9 +4,9 @@ import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { iotCredentialProvider, type AwsCredentials, type IotCredentialsOptions } from './iot-credentials.js';
 
 /**
- * The store answered that it will never take this data (the control plane's 400, 403 or 413): retrying cannot
- * help, so the spool drops the batch (its captures become FAILURE with this reason) instead of holding every
- * later batch behind it.
+ * The store answered that it will never take this file (the control plane's 400, 403 or 413): retrying cannot
+ * help, so the spool drops the file and the records that need it (their captures become FAILURE with this reason)
+ * and delivers the rest, instead of holding every later batch behind it.
  */
 export class RefusedByStoreError extends Error {
   override readonly name = 'RefusedByStoreError';

@@ -1,6 +1,7 @@
 import { readFile, readdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { LineLimiter } from '@edgefleet/core';
 import type { UploadLedger } from '../state/index.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import type { ObjectStore } from './object-store.js';
@@ -40,6 +41,9 @@ export class PeriodicUpload {
   readonly #now: () => number;
   readonly #base: string;
   readonly #rootUrl: string;
+  /** Failed rounds since the last upload: logged first, then at most once a minute with the number left out. */
+  #failures = 0;
+  readonly #failureLines: LineLimiter;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
   #closed = false;
@@ -47,6 +51,7 @@ export class PeriodicUpload {
   constructor(options: PeriodicUploadOptions) {
     this.#options = options;
     this.#now = options.now ?? Date.now;
+    this.#failureLines = new LineLimiter({ now: this.#now });
     const prefix = options.folderPrefix.replace(/^\/+|\/+$/g, '');
     this.#base = prefix === '' ? options.root : join(options.root, ...prefix.split('/'));
     const url = pathToFileURL(options.root).href;
@@ -103,16 +108,38 @@ export class PeriodicUpload {
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
         this.#options.metrics?.writeFailures.inc({ destination: 'periodic-upload' });
-        this.#options.logger?.warn(
-          {
-            event: 'capture-upload-failed',
-            ...uploadFailureFields(error),
-            key: file.key,
-            remaining: todo.length - uploaded,
-          },
-          `capture periodic upload: cannot upload to ${this.#options.store.description} (${(error as Error).message}); retrying next period`,
-        );
+        this.#failures += 1;
+        const admitted = this.#failureLines.admit('upload');
+        if (admitted !== undefined) {
+          this.#options.logger?.warn(
+            {
+              event: 'capture-upload-failed',
+              ...uploadFailureFields(error),
+              key: file.key,
+              remaining: todo.length - uploaded,
+              failures: this.#failures,
+              ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
+            },
+            `capture periodic upload: cannot upload to ${this.#options.store.description} (${(error as Error).message}); retrying next period (` +
+              (admitted.leftOut > 0
+                ? `${admitted.leftOut} more failed round(s) since the last line, not logged)`
+                : 'repeats logged at most once a minute)'),
+          );
+        }
         break;
+      }
+      if (this.#failures > 0) {
+        const notLogged = this.#failureLines.forget('upload');
+        this.#options.logger?.info(
+          {
+            event: 'capture-upload-resumed',
+            store: this.#options.store.description,
+            failures: this.#failures,
+            ...(notLogged > 0 && { failuresNotLogged: notLogged }),
+          },
+          `capture periodic upload: the store is reachable again, after ${this.#failures} failed round(s)`,
+        );
+        this.#failures = 0;
       }
       this.#options.metrics?.uploadDuration.observe({ via: 'periodic' }, (performance.now() - began) / 1000);
       this.#options.metrics?.uploadedFiles.inc({ via: 'periodic' });

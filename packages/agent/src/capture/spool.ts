@@ -1,23 +1,28 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { LineLimiter } from '@edgefleet/core';
 import { z } from 'zod';
 import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
-import { putAll } from './destinations.js';
 import {
   MAX_RETRY_AFTER_MS,
   RefusedByStoreError,
   RetryLaterError,
   type ObjectStore,
 } from './object-store.js';
-import type { RenderedBatch, RenderedFile } from './records.js';
+import { MODEL_MONITOR_FOLDER, type RenderedBatch } from './records.js';
 import { uploadFailureFields } from './upload-failure.js';
 
 const errorMessage = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
 const BATCH_FILE = 'batch.json';
+
+const isManifest = (key: string): boolean => key.endsWith('.jsonl');
+/** Model Monitor's copy of a group's records (records.ts: `<prefix>/_model-monitor/…`). */
+const isModelMonitorManifest = (key: string): boolean =>
+  isManifest(key) && key.split('/').includes(MODEL_MONITOR_FOLDER);
 
 const SpooledBatchSchema = z.object({
   v: z.literal(1),
@@ -58,6 +63,8 @@ export interface CaptureSpoolOptions {
   random?: () => number;
   /** Schedules the next attempt (tests run it when they choose). Default setTimeout/clearTimeout. */
   timers?: SpoolTimers;
+  /** The clock (ms) the failure lines are limited on (tests). Default Date.now. */
+  now?: () => number;
 }
 
 export interface SpoolTimers {
@@ -85,6 +92,11 @@ export class CaptureSpool {
   #batches: SpooledBatch[] = [];
   #bytes = 0;
   #failures = 0;
+  /**
+   * Failed attempts: the first line of a run of failures, then at most one a minute with the number left out (an
+   * outage of hours retries every few minutes at the backoff's cap, and far more often before it).
+   */
+  readonly #failureLines: LineLimiter;
   readonly #timers: SpoolTimers;
   #timer: unknown;
   #uploading: SpooledBatch | undefined;
@@ -95,6 +107,7 @@ export class CaptureSpool {
     this.#options = options;
     this.#random = options.random ?? Math.random;
     this.#timers = options.timers ?? REAL_TIMERS;
+    this.#failureLines = new LineLimiter({ ...(options.now !== undefined && { now: options.now }) });
   }
 
   /** Batches waiting. */
@@ -211,26 +224,37 @@ export class CaptureSpool {
 
   async #upload(batch: SpooledBatch): Promise<void> {
     const began = performance.now();
+    const folder = join(this.#options.dir, batch.batchId);
+    const concurrency = this.#options.uploadConcurrency ?? 4;
+    const refusals: Refusal[] = [];
     try {
-      const folder = join(this.#options.dir, batch.batchId);
-      const files: RenderedFile[] = [];
+      const files: SpoolFile[] = [];
       for (const f of batch.files) {
-        files.push({ key: f.key, contentType: f.contentType, body: await readFile(join(folder, f.file)) });
+        files.push({ ...f, body: await readFile(join(folder, f.file)) });
       }
-      // Side files first, then manifests, as a direct write does.
-      const manifests = files.filter((f) => f.key.endsWith('.jsonl'));
-      await putAll(
+      // Side files first, then manifests, as a direct write does. A file refused for good is dropped with what
+      // needs it, before the manifests go: a manifest never names a side file the store refused.
+      const sideStage = await putEach(
         this.#options.store,
-        files.filter((f) => !f.key.endsWith('.jsonl')),
-        this.#options.uploadConcurrency ?? 4,
+        files.filter((f) => !isManifest(f.key)),
+        concurrency,
       );
-      await putAll(this.#options.store, manifests, this.#options.uploadConcurrency ?? 4);
-    } catch (error) {
-      if (error instanceof RefusedByStoreError) {
-        await this.#dropRefused(batch, error);
-        return;
+      if (sideStage.refused.length > 0) {
+        refusals.push(...(await this.#dropRefusedFiles(batch, files, sideStage.refused)));
       }
-      if (batch.evicted) await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
+      if (sideStage.failure !== undefined) throw sideStage.failure;
+      const manifestStage = await putEach(
+        this.#options.store,
+        files.filter((f) => isManifest(f.key)),
+        concurrency,
+      );
+      if (manifestStage.refused.length > 0) {
+        refusals.push(...(await this.#dropRefusedFiles(batch, files, manifestStage.refused)));
+      }
+      if (manifestStage.failure !== undefined) throw manifestStage.failure;
+    } catch (error) {
+      this.#logRefusals(batch, refusals);
+      if (batch.evicted) await rm(folder, { recursive: true, force: true });
       this.#failures++;
       const backoff = backoffDelay(this.#options.retry, this.#failures, this.#random);
       // The store's own word on when it can take more beats a guess. Up to a tenth more, drawn at random, so that
@@ -240,22 +264,31 @@ export class CaptureSpool {
       const delay =
         asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
       this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-      // One line per wait; the store's message carries no credentials (the answer's text, the key).
-      this.#options.logger?.warn(
-        {
-          event: 'capture-upload-failed',
-          ...uploadFailureFields(error),
-          batchId: batch.batchId,
-          failures: this.#failures,
-          retryInMs: delay,
-          ...(asked !== undefined && { retryAfterMs: asked }),
-          spooledBatches: this.#batches.length,
-          spooledBytes: this.#bytes,
-        },
-        asked === undefined
-          ? `capture spool: cannot upload to ${this.#options.store.description} (${errorMessage(error)}); retrying in ${Math.round(delay / 1000)} s`
-          : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s`,
-      );
+      // The first failure, then at most one line a minute; the store's message carries no credentials (the
+      // answer's text, the key).
+      const admitted = this.#failureLines.admit('upload');
+      if (admitted !== undefined) {
+        const repeats =
+          admitted.first || admitted.leftOut === 0
+            ? 'repeats logged at most once a minute'
+            : `${admitted.leftOut} more failed attempt(s) since the last line, not logged`;
+        this.#options.logger?.warn(
+          {
+            event: 'capture-upload-failed',
+            ...uploadFailureFields(error),
+            batchId: batch.batchId,
+            failures: this.#failures,
+            ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
+            retryInMs: delay,
+            ...(asked !== undefined && { retryAfterMs: asked }),
+            spooledBatches: this.#batches.length,
+            spooledBytes: this.#bytes,
+          },
+          asked === undefined
+            ? `capture spool: cannot upload to ${this.#options.store.description} (${errorMessage(error)}); retrying in ${Math.round(delay / 1000)} s (${repeats})`
+            : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s (${repeats})`,
+        );
+      }
       if (!this.#closed) {
         this.#timer = this.#timers.set(() => {
           this.#timer = undefined;
@@ -264,10 +297,17 @@ export class CaptureSpool {
       }
       return;
     }
+    this.#logRefusals(batch, refusals);
     if (this.#failures > 0) {
+      const notLogged = this.#failureLines.forget('upload');
       this.#options.logger?.info(
-        { event: 'capture-upload-resumed', store: this.#options.store.description, failures: this.#failures },
-        'capture spool: the store is reachable again',
+        {
+          event: 'capture-upload-resumed',
+          store: this.#options.store.description,
+          failures: this.#failures,
+          ...(notLogged > 0 && { failuresNotLogged: notLogged }),
+        },
+        `capture spool: the store is reachable again, after ${this.#failures} failed attempt(s)`,
       );
     }
     this.#failures = 0;
@@ -279,30 +319,147 @@ export class CaptureSpool {
     this.#options.onDelivered(batch.captureIds);
     const index = this.#batches.indexOf(batch);
     if (index >= 0) this.#forget(index);
-    await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
+    await rm(folder, { recursive: true, force: true });
   }
 
-  /** The store will never take this batch: its captures fail with the store's reason, and the next batch goes. */
-  async #dropRefused(batch: SpooledBatch, error: RefusedByStoreError): Promise<void> {
-    const index = this.#batches.indexOf(batch);
-    if (index >= 0) this.#forget(index);
-    if (!batch.evicted) {
-      this.#options.onDropped(
-        batch.captureIds,
-        `refused by ${this.#options.store.description}: ${error.message}`,
-      );
-      this.#options.metrics?.dropped.inc({ reason: 'refused' }, batch.captureIds.length);
+  /**
+   * Drops the files the store refused for good from the batch, and with them what is meaningless without them:
+   * a refused side file takes the records that reference it (a record whose `data-ref` names an object that will
+   * never exist is a broken record: its data is lost, and a reader following the reference fails) out of every
+   * manifest, Model Monitor's included, and those records' other side files; a refused manifest takes its records. A Model Monitor manifest
+   * is a second copy of records in another format: refused, its captures' Edge Manager records still go, so they
+   * are not failed for it. The captures whose Edge Manager records are dropped are marked FAILURE with the store's
+   * reason and counted (`reason: refused`); everything else in the batch goes on (and is retried as before). The
+   * smaller batch is written back to the spool (manifests rewritten, then batch.json replaced atomically), so a
+   * retry after a later failure neither sends the refused files again nor counts them twice. `files` (the batch's
+   * files with their bytes) is updated in place.
+   */
+  async #dropRefusedFiles(
+    batch: SpooledBatch,
+    files: SpoolFile[],
+    refused: readonly { file: SpoolFile; error: RefusedByStoreError }[],
+  ): Promise<Refusal[]> {
+    const refusedKeys = new Set(refused.map((r) => r.file.key));
+    const refusedUrls = new Set(
+      refused.filter((r) => !isManifest(r.file.key)).map((r) => this.#options.store.urlFor(r.file.key)),
+    );
+    const failedIds = new Set<string>();
+    const refusals: Refusal[] = refused.map(({ file, error }) => ({
+      key: file.key,
+      error,
+      captureIds: new Set<string>(),
+    }));
+    const refusalOf = (key: string) => refusals.find((r) => r.key === key);
+    const kept: SpoolFile[] = [];
+    /** Data-refs of the records kept (the side files still needed) and of those dropped. */
+    const stillNamed = new Set<string>();
+    const droppedNamed = new Set<string>();
+    const rewritten: SpoolFile[] = [];
+    for (const file of files.filter((f) => isManifest(f.key))) {
+      const monitorCopy = isModelMonitorManifest(file.key);
+      const records = manifestRecords(file.body);
+      if (refusedKeys.has(file.key)) {
+        for (const record of records) {
+          if (record.eventId === undefined) continue;
+          refusalOf(file.key)!.captureIds.add(record.eventId);
+          if (!monitorCopy) failedIds.add(record.eventId);
+        }
+        continue;
+      }
+      const remaining = records.filter((record) => {
+        const missing = [...record.refs].find((ref) => refusedUrls.has(ref));
+        if (missing === undefined) return true;
+        for (const ref of record.refs) droppedNamed.add(ref);
+        if (record.eventId !== undefined) {
+          const refusal = refused.find((r) => this.#options.store.urlFor(r.file.key) === missing)!;
+          refusalOf(refusal.file.key)!.captureIds.add(record.eventId);
+          if (!monitorCopy) failedIds.add(record.eventId);
+        }
+        return false;
+      });
+      for (const record of remaining) for (const ref of record.refs) stillNamed.add(ref);
+      if (remaining.length === records.length) kept.push(file);
+      else if (remaining.length > 0) {
+        const body = Buffer.from(`${remaining.map((r) => r.line).join('\n')}\n`, 'utf8');
+        const replacement = { ...file, body, bytes: body.byteLength, file: '' };
+        rewritten.push(replacement);
+        kept.push(replacement);
+      }
     }
+    // Only a side file that dropped records named and no kept one does goes with them: one named by no record
+    // known here (records rendered with another URL) stays, as sending too much loses nothing.
+    const sideFiles = files.filter((f) => {
+      if (isManifest(f.key) || refusedKeys.has(f.key)) return false;
+      const url = this.#options.store.urlFor(f.key);
+      return !droppedNamed.has(url) || stillNamed.has(url);
+    });
+    const next: SpoolFile[] = [...sideFiles, ...kept];
+    // By id: statuses are kept by id, so a capture id the application used twice in the batch fails for both.
+    const captureIds = batch.captureIds.filter((id) => !failedIds.has(id));
+    if (!batch.evicted) {
+      // Statuses first, as for a delivered batch: a crash before the batch is rewritten meets the refusal again
+      // at the next start (and fails the same captures again), never leaves them IN_PROGRESS.
+      const failed = [...failedIds];
+      if (failed.length > 0) {
+        const reasons = refusals
+          .filter((r) => !isModelMonitorManifest(r.key))
+          .map((r) => r.error.message)
+          .join('; ');
+        this.#options.onDropped(failed, `refused by ${this.#options.store.description}: ${reasons}`);
+        this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
+      }
+      const folder = join(this.#options.dir, batch.batchId);
+      // New names for rewritten manifests: batch.json names either the old files or the new, whatever a crash cuts.
+      let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
+      for (const file of rewritten) {
+        file.file = String(name++);
+        await writeFileAtomic(join(folder, file.file), file.body);
+      }
+      const stored: z.infer<typeof SpooledBatchSchema> = {
+        v: 1,
+        batchId: batch.batchId,
+        createdAt: batch.createdAt,
+        captureIds,
+        files: next.map(({ key, contentType, file, bytes }) => ({ key, contentType, file, bytes })),
+      };
+      await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      await syncFolder(folder);
+      // Files no longer named only waste disk until the batch's folder goes: a failure to remove them is no failure.
+      const named = new Set(stored.files.map((f) => f.file));
+      await Promise.all(
+        batch.files
+          .filter((f) => !named.has(f.file))
+          .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
+      );
+    }
+    const bytes = next.reduce((n, f) => n + f.bytes, 0);
+    if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
+    batch.bytes = bytes;
+    batch.captureIds = captureIds;
+    batch.files = next.map(({ key, contentType, file, bytes: b }) => ({ key, contentType, file, bytes: b }));
+    files.splice(0, files.length, ...next);
+    return refusals;
+  }
+
+  /** One line for the files of a batch the store refused for good in an attempt (none: nothing). */
+  #logRefusals(batch: SpooledBatch, refusals: readonly Refusal[]): void {
+    if (refusals.length === 0) return;
+    const captures = new Set(refusals.flatMap((r) => [...r.captureIds])).size;
     this.#options.logger?.warn(
       {
         event: 'capture-upload-refused',
-        ...uploadFailureFields(error),
+        ...uploadFailureFields(refusals[0]!.error),
         batchId: batch.batchId,
-        captures: batch.captureIds.length,
+        refusedKeys: refusals.map((r) => r.key),
+        captures,
+        ...(batch.files.length > 0 && { filesLeft: batch.files.length }),
       },
-      `capture spool: ${this.#options.store.description} refused a batch for good (${error.message}); dropped it (${batch.captureIds.length} captures)`,
+      `capture spool: ${this.#options.store.description} refused ${refusals.length} file(s) for good (${refusals
+        .map((r) => r.error.message)
+        .join(
+          '; ',
+        )}); dropped them and the records of ${captures} capture(s) that need them; the rest of the batch goes on`,
     );
-    await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
   }
 
   async #enforceQuota(): Promise<void> {
@@ -331,5 +488,82 @@ export class CaptureSpool {
   #forget(index: number): void {
     const [batch] = this.#batches.splice(index, 1);
     if (batch) this.#bytes -= batch.bytes;
+  }
+}
+
+/** A spooled file with its bytes. */
+type SpoolFile = SpooledBatch['files'][number] & { body: Buffer };
+
+/** A file the store refused for good, and the captures whose records were dropped for it. */
+interface Refusal {
+  key: string;
+  error: RefusedByStoreError;
+  captureIds: Set<string>;
+}
+
+/**
+ * Puts files with at most `concurrency` requests in flight. A file the store refuses for good does not stop the
+ * others: it is returned with its refusal. Any other failure stops further puts (those in flight end) and is
+ * returned as `failure`, with the refusals met so far.
+ */
+async function putEach(
+  store: ObjectStore,
+  files: readonly SpoolFile[],
+  concurrency: number,
+): Promise<{ refused: { file: SpoolFile; error: RefusedByStoreError }[]; failure?: unknown }> {
+  let next = 0;
+  let failure: unknown;
+  const refused: { file: SpoolFile; error: RefusedByStoreError }[] = [];
+  const lane = async () => {
+    while (failure === undefined && next < files.length) {
+      const file = files[next++]!;
+      try {
+        await store.put(file.key, file.body, file.contentType);
+      } catch (error) {
+        if (error instanceof RefusedByStoreError) refused.push({ file, error });
+        else failure ??= error;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
+  return { refused, ...(failure !== undefined && { failure }) };
+}
+
+/** A manifest's records: each line, its capture id (`eventMetadata.eventId`) and the data-refs it names. */
+function manifestRecords(body: Buffer): { line: string; eventId: string | undefined; refs: Set<string> }[] {
+  return body
+    .toString('utf8')
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => {
+      const refs = new Set<string>();
+      let eventId: string | undefined;
+      try {
+        const record = JSON.parse(line) as { eventMetadata?: { eventId?: unknown } };
+        const id = record.eventMetadata?.eventId;
+        if (typeof id === 'string') eventId = id;
+        collectDataRefs(record, refs, 0);
+      } catch {
+        // Not a record this agent wrote: kept as it is (it names nothing known).
+      }
+      return { line, eventId, refs };
+    });
+}
+
+/**
+ * The `data-ref` values in a record, Edge Manager's (`"data-ref"` in an entry) and Model Monitor's (in
+ * `endpointInput`/`endpointOutput`, or in the tensors' `parameters` inside its JSON `data` text).
+ */
+function collectDataRefs(value: unknown, into: Set<string>, depth: number): void {
+  if (depth > 8 || value === null || typeof value !== 'object') return;
+  for (const [key, inner] of Object.entries(value)) {
+    if (key === 'data-ref' && typeof inner === 'string') into.add(inner);
+    else if (key === 'data' && typeof inner === 'string' && inner.startsWith('{')) {
+      try {
+        collectDataRefs(JSON.parse(inner), into, depth + 1);
+      } catch {
+        // Text that only looks like JSON: names nothing.
+      }
+    } else collectDataRefs(inner, into, depth + 1);
   }
 }

@@ -61,6 +61,8 @@ export interface AgentDaemonOptions {
   cpuCount: number;
   /** The agent's version, for the start-up line. */
   version: string;
+  /** Loads the native addon (default loadSysvShmAddon); tests pass one that throws, to run without it. */
+  loadNativeAddon?: () => SysvShmAddon;
 }
 
 export interface AgentDaemon {
@@ -139,7 +141,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         if (removedStale) logger.warn({ socket: commandLine.socketPath }, 'removed a stale socket file (-f)');
       },
     );
-    const addon = loadNativeAddon(logger);
+    const addon = loadNativeAddon(logger, options.loadNativeAddon ?? loadSysvShmAddon);
     keepFreedMemory(config.inference.keepFreedMemoryBytes, logger, addon);
     const metrics = new AgentMetrics({ maxUnloadedModels: config.metrics.maxUnloadedModels });
     const pool = await InferencePool.start({
@@ -497,13 +499,18 @@ async function loadTrust(config: AgentConfig, logger: Logger): Promise<TrustPoli
 }
 
 /** The native addon (shm/sysv-shm-addon.ts), or null, saying what is lost without it. */
-function loadNativeAddon(logger: Logger): SysvShmAddon | null {
+function loadNativeAddon(logger: Logger, load: () => SysvShmAddon): SysvShmAddon | null {
   try {
-    return loadSysvShmAddon();
+    return load();
   } catch (error) {
     logger.warn(
       { err: error },
       'the native addon did not load: System V shared memory is not available (Predict requests with shared_memory_handle will be refused, FAILED_PRECONDITION), inline runs are judged by the process CPU time, and glibc keeps its own malloc thresholds',
+    );
+    // A line of its own: this one is a security property, not a feature or a tuning lost.
+    logger.warn(
+      { event: 'caller_check_off', reason: 'native addon missing' },
+      "model loads are not checked against the caller's rights: the caller's identity (SO_PEERCRED on the agent's Unix sockets) is read by the native addon, so gRPC LoadModel and REST model loads take any folder the agent can read from any caller that can reach the sockets (root, the agent's user and the sockets' group members), and every caller of /edgefleet/v1/status gets the answer for non-operators; build the addon (`npm run build:native -w @edgefleet/agent`) to check callers",
     );
     return null;
   }

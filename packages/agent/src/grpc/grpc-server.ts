@@ -37,10 +37,11 @@ export interface GrpcServerOptions {
    */
   maxConnections?: number;
   /**
-   * Counts the connections the cap refused (edgefleet_connections_refused_total{listener="grpc"}) and those it
-   * closed to let a newcomer in (edgefleet_connections_evicted_total).
+   * Counts the connections the cap refused (edgefleet_connections_refused_total{listener="grpc", cap}), those
+   * closed for sending no preface in time (the same family, {listener="grpc", reason="preface-timeout"}), and
+   * those closed to let a newcomer in (edgefleet_connections_evicted_total).
    */
-  metrics?: Pick<AgentMetrics, 'connectionRefused' | 'connectionEvicted'>;
+  metrics?: Pick<AgentMetrics, 'connectionRefused' | 'connectionEvicted' | 'connectionClosedUnserved'>;
   /** The clock of the log of refused connections (one line a minute); default: the system's. */
   refusalClock?: RefusalClock;
   /**
@@ -139,12 +140,21 @@ const PREFACE_BYTES = 24 + 9;
 /**
  * Holds a new connection until its first PREFACE_BYTES have arrived, then puts them back and calls `handOver`
  * (Node's HTTP/2 session reads what the socket has buffered); one that has not sent them within `timeoutMs` is
- * closed, never reaching grpc-js. The bytes are not checked here: grpc-js refuses a wrong preface itself.
+ * closed, never reaching grpc-js, and `onTimeout` is told. The bytes are not checked here: grpc-js refuses a
+ * wrong preface itself.
  */
-function handOverAfterPreface(socket: Socket, timeoutMs: number, handOver: () => void): void {
+function handOverAfterPreface(
+  socket: Socket,
+  timeoutMs: number,
+  handOver: () => void,
+  onTimeout: () => void,
+): void {
   const chunks: Buffer[] = [];
   let received = 0;
-  const timer = setTimeout(() => socket.destroy(), timeoutMs);
+  const timer = setTimeout(() => {
+    socket.destroy();
+    onTimeout();
+  }, timeoutMs);
   const ignoreError = () => undefined; // a peer that resets before its preface: nothing to report
   const stop = () => {
     clearTimeout(timer);
@@ -210,11 +220,13 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const connections = new Set<Socket>();
   const prefaceTimeoutMs = options.prefaceTimeoutMs ?? GRPC_PREFACE_TIMEOUT_MS;
   const maxConnections = options.maxConnections ?? GRPC_MAX_CONNECTIONS;
-  // Connections over the cap are logged (a line a minute) and counted.
+  // Connections over the cap, and those closed for sending no preface in time, are logged (a line a minute) and
+  // counted.
   const refusals = new ConnectionRefusalLog({
     listener: 'grpc',
     caps: { maxConnections },
     logger: options.logger,
+    timeoutText: `sent no HTTP/2 preface within ${prefaceTimeoutMs / 1000} s`,
     ...(options.refusalClock && { clock: options.refusalClock }),
     ...(options.metrics && {
       count: (refusal: ConnectionRefusal) =>
@@ -251,10 +263,18 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     held.add(socket);
     awaitingPreface.add(socket);
     peers.accepted(socket);
-    handOverAfterPreface(socket, prefaceTimeoutMs, () => {
-      awaitingPreface.delete(socket);
-      injector.injectConnection(socket);
-    });
+    handOverAfterPreface(
+      socket,
+      prefaceTimeoutMs,
+      () => {
+        awaitingPreface.delete(socket);
+        injector.injectConnection(socket);
+      },
+      () => {
+        options.metrics?.connectionClosedUnserved('grpc', 'preface-timeout');
+        refusals.timedOut();
+      },
+    );
   });
   // Node's own cap, only a backstop (twice ours): destroy() takes a closed connection off Node's count at once,
   // so closing many in one accept batch does not make Node drop the newcomers they made room for. It reports

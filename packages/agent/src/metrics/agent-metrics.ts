@@ -49,7 +49,7 @@ export class AgentMetrics {
   readonly #loadFailures: Counter<'model' | 'code'>;
   readonly #modelsLoaded: Gauge;
   readonly #workerExits: Counter;
-  readonly #connectionsRefused: Counter<'listener' | 'cap'>;
+  readonly #connectionsRefused: Counter<'listener' | 'cap' | 'reason'>;
   readonly #slowReadersClosed: Counter<'door'>;
   readonly #connectionsEvicted: Counter<'listener' | 'cap'>;
   readonly #series = new Map<string, ModelSeries>();
@@ -131,8 +131,8 @@ export class AgentMetrics {
     });
     this.#connectionsRefused = new Counter({
       name: 'edgefleet_connections_refused_total',
-      help: 'Connections closed on arrival because a connection cap was reached, per listener (grpc, rest-unix, rest-tcp) and cap (per-address, total)',
-      labelNames: ['listener', 'cap'],
+      help: 'Connections closed on arrival because a connection cap was reached, per listener (grpc, rest-unix, rest-tcp) and cap (per-address, total); or closed before being served for another reason, per listener and reason (grpc: preface-timeout, no HTTP/2 preface in time)',
+      labelNames: ['listener', 'cap', 'reason'],
       registers,
     });
     this.#slowReadersClosed = new Counter({
@@ -240,6 +240,14 @@ export class AgentMetrics {
   /** A listener's cap closed a connection on arrival (a flood, or caps too small for the clients). */
   connectionRefused(listener: string, cap: 'per-address' | 'total'): void {
     this.#connectionsRefused.inc({ listener, cap });
+  }
+
+  /**
+   * A listener closed a connection before serving it, for a reason other than a cap: `preface-timeout`, a gRPC
+   * connection that sent no HTTP/2 preface in time. Its series has `reason` and no `cap`.
+   */
+  connectionClosedUnserved(listener: string, reason: 'preface-timeout'): void {
+    this.#connectionsRefused.inc({ listener, reason });
   }
 
   /** The response budget closed a connection whose client left the most answers unread. */

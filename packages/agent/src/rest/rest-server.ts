@@ -178,7 +178,7 @@ export async function startRestServer(options: RestServerOptions): Promise<RestS
       if (options.tcpManagement) {
         options.logger.warn(
           { address: `${host}:${address.port}`, option: 'edgefleet_rest_tcp_management' },
-          `edgefleet_rest_tcp_management is true: everyone who can reach ${host}:${address.port} can load and unload models and read the agent status (TCP tells nothing of who is calling)`,
+          `edgefleet_rest_tcp_management is true: everyone who can reach ${host}:${address.port} can load and unload models and read the agent status (TCP tells nothing of who is calling, so loads over TCP are not checked against the caller's rights: a model loads from any folder the agent can read)`,
         );
       }
     }

@@ -343,4 +343,95 @@ describe('EdgeFleet capture destination', () => {
       down.close();
     }
   });
+
+  it('logs an outage of many retries as its first failure, then one line a minute with a count, and the recovery', async () => {
+    const closed = createServer();
+    await new Promise<void>((done) => closed.listen(0, '127.0.0.1', done));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((done) => closed.close(done));
+    const down = new EdgeFleetObjectStore({
+      endpoint: `https://127.0.0.1:${port}`,
+      certFile: config.sagemaker_edge_provider_aws_cert_file,
+      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
+      caFile: config.sagemaker_edge_provider_aws_ca_cert_file,
+    });
+    let outage = true;
+    let attempts = 0;
+    const recovering: ObjectStore = {
+      description: store.description,
+      urlFor: (key) => store.urlFor(key),
+      put: (key, body, contentType) => {
+        attempts += 1;
+        return (outage ? down : store).put(key, body, contentType);
+      },
+    };
+    const lines: { level: string; fields: Record<string, unknown>; message: string }[] = [];
+    const line = (level: string) => (fields: object, message: string) =>
+      lines.push({ level, fields: fields as Record<string, unknown>, message });
+    const scheduled: (() => void)[] = [];
+    const delivered: string[] = [];
+    let now = 1_000_000;
+    const spool = new CaptureSpool({
+      dir: join(dir, 'spool-outage'),
+      quotaBytes: 1024 * 1024,
+      store: recovering,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: () => undefined,
+      logger: { info: line('info'), warn: line('warn'), error: line('error') },
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
+      now: () => now,
+    });
+    const failedLines = () => lines.filter((l) => l.fields.event === 'capture-upload-failed');
+    /** Runs the next retry and waits until it has failed. */
+    const retry = async () => {
+      const before = attempts;
+      scheduled.shift()!();
+      await until(
+        () => (attempts > before && scheduled.length > 0 ? true : undefined),
+        'the retry fails',
+        20_000,
+      );
+    };
+    try {
+      await spool.open();
+      await spool.add({
+        batchId: 'eeee'.padEnd(32, '0'),
+        captureIds: ['eeee'],
+        oldestReceivedAt: 1,
+        files: [
+          { key: sideKey('e.bin'), contentType: 'application/octet-stream', body: Buffer.alloc(16, 5) },
+        ],
+      });
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the first attempt fails', 20_000);
+      expect(failedLines()).toHaveLength(1);
+      expect(failedLines()[0]!.message).toMatch(/repeats logged at most once a minute/);
+      // Nine more failures within the minute: no line for any of them.
+      for (let i = 0; i < 9; i++) {
+        now += 5_000;
+        await retry();
+      }
+      expect(failedLines()).toHaveLength(1);
+      // A minute after the first line: one line, with the failures left out since.
+      now += 15_000;
+      await retry();
+      expect(failedLines()).toHaveLength(2);
+      expect(failedLines()[1]!.fields).toMatchObject({ failures: 11, failuresNotLogged: 9 });
+      expect(failedLines()[1]!.message).toMatch(/9 more failed attempt\(s\) since the last line, not logged/);
+      // One more, left out; then the outage ends.
+      now += 1_000;
+      await retry();
+      outage = false;
+      scheduled.shift()!();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the batch is delivered', 20_000);
+      expect(failedLines()).toHaveLength(2);
+      expect(lines.find((l) => l.fields.event === 'capture-upload-resumed')).toMatchObject({
+        level: 'info',
+        fields: { failures: 12, failuresNotLogged: 1 },
+      });
+    } finally {
+      await spool.close();
+      down.close();
+    }
+  });
 });

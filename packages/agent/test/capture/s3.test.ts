@@ -1,10 +1,20 @@
-import { mkdtemp } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentDataType, AgentEncoding } from '@edgefleet/core';
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { startCaptureService, type RunningCapture } from '../../src/capture/index.js';
-import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
+import { createServer, type AddressInfo } from 'node:net';
+import {
+  CaptureService,
+  MemoryCaptureQueue,
+  ObjectStoreDestination,
+  PeriodicUpload,
+  S3ObjectStore,
+  startCaptureService,
+  type ObjectStore,
+  type RunningCapture,
+} from '../../src/capture/index.js';
+import { AgentDatabase, agentDatabasePath, MemoryUploadLedger } from '../../src/state/index.js';
 import {
   captureInput,
   floatTensor,
@@ -270,6 +280,57 @@ describe('Cloud destination (s3rver over real HTTP)', () => {
 });
 
 describe('periodic upload of Disk captures', () => {
+  it('logs rounds failing in an outage as the first, then one line a minute with a count, and the recovery', async () => {
+    const root = join(work, 'disk');
+    await mkdir(join(root, 'edge', 'f'), { recursive: true });
+    await writeFile(join(root, 'edge', 'f', 'a.bin'), Buffer.alloc(8, 1));
+    const store = new S3ObjectStore({
+      bucket: s3.bucket,
+      region: 'us-east-1',
+      endpoint: s3.endpoint,
+      credentials: s3.credentials,
+      maxAttempts: 1,
+    });
+    const lines: { level: string; fields: Record<string, unknown>; message: string }[] = [];
+    const line = (level: string) => (fields: object, message: string) =>
+      lines.push({ level, fields: fields as Record<string, unknown>, message });
+    let now = 1_000_000;
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'edge',
+      store,
+      periodMs: 3_600_000,
+      keepFiles: false,
+      ledger: new MemoryUploadLedger(),
+      logger: { info: line('info'), warn: line('warn'), error: line('error') },
+      now: () => now,
+    });
+    const failed = () => lines.filter((l) => l.fields.event === 'capture-upload-failed');
+    try {
+      await s3.stop();
+      for (let i = 0; i < 3; i++) {
+        expect(await upload.runOnce()).toBe(0);
+        now += 10_000;
+      }
+      expect(failed()).toHaveLength(1);
+      expect(failed()[0]!.message).toMatch(/repeats logged at most once a minute/);
+      now += 30_000;
+      expect(await upload.runOnce()).toBe(0);
+      expect(failed()).toHaveLength(2);
+      expect(failed()[1]!.fields).toMatchObject({ failures: 4, failuresNotLogged: 2 });
+      await s3.restart();
+      expect(await upload.runOnce()).toBe(1);
+      expect(failed()).toHaveLength(2);
+      expect(lines.find((l) => l.fields.event === 'capture-upload-resumed')).toMatchObject({
+        level: 'info',
+        fields: { failures: 4 },
+      });
+    } finally {
+      await upload.close();
+      store.close();
+    }
+  });
+
   it('copies the disk tree to the bucket under the same keys, data-refs rewritten to s3://, then removes the files', async () => {
     const settings = testSettings(work, {
       batchSize: 1,
@@ -321,5 +382,75 @@ describe('periodic upload of Disk captures', () => {
     expect(await s3.keys()).toEqual(await listFiles(settings.diskPath));
     await capture.close();
     database.close();
+  });
+});
+
+describe('direct writes failing into the offline spool', () => {
+  it('are logged as the first, then at most one a minute with a count, while the spool has not yet failed itself', async () => {
+    // A port nothing listens on: the bucket is away for direct writes.
+    const closed = createServer();
+    await new Promise<void>((done) => closed.listen(0, '127.0.0.1', done));
+    const deadPort = (closed.address() as AddressInfo).port;
+    await new Promise((done) => closed.close(done));
+    const storeAt = (endpoint: string) =>
+      new S3ObjectStore({
+        bucket: s3.bucket,
+        region: 'us-east-1',
+        endpoint,
+        credentials: s3.credentials,
+        maxAttempts: 1,
+      });
+    const up = storeAt(s3.endpoint);
+    const down = storeAt(`http://127.0.0.1:${deadPort}`);
+    // A key's first put (the direct write) meets the outage; a second (the spool's) waits for `release`, so the
+    // spool's attempt neither fails nor ends while the batches are formed: each batch tries a direct write.
+    const seen = new Set<string>();
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const store: ObjectStore = {
+      description: up.description,
+      urlFor: (key) => up.urlFor(key),
+      put: async (key, body, contentType) => {
+        if (!seen.has(key)) {
+          seen.add(key);
+          return down.put(key, body, contentType);
+        }
+        await released;
+        return up.put(key, body, contentType);
+      },
+    };
+    const warnings: { fields: Record<string, unknown>; message: string }[] = [];
+    const settings = cloudSettings({ batchSize: 1 });
+    const service = new CaptureService({
+      settings,
+      models: loaded.registry,
+      queue: new MemoryCaptureQueue(),
+      destination: new ObjectStoreDestination(store),
+      store,
+      logger: {
+        info: () => undefined,
+        warn: (fields, message) => warnings.push({ fields, message }),
+        error: () => undefined,
+      },
+    });
+    await service.start();
+    try {
+      for (const id of ['d1', 'd2', 'd3']) {
+        await service.capture(captureInput(id, { modelHandle: 'resnet' }));
+        await service.whenIdle();
+      }
+      const spooled = warnings.filter((w) => /keeping the batch in the offline spool/.test(w.message));
+      expect(spooled).toHaveLength(1);
+      expect(spooled[0]!.fields).toMatchObject({ event: 'capture-write-spooled' });
+      expect(spooled[0]!.fields.err).toBeUndefined();
+      expect(spooled[0]!.message).toMatch(/ECONNREFUSED.*repeats logged at most once a minute/);
+      release();
+      await eventually(() => ['d1', 'd2', 'd3'].every((id) => service.status(id).status === 'SUCCESS'));
+    } finally {
+      release();
+      await service.close();
+      up.close();
+      down.close();
+    }
   });
 });

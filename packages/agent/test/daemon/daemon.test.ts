@@ -285,6 +285,51 @@ describe('startAgentDaemon: edgefleet_max_bodies_in_flight_bytes', () => {
   });
 });
 
+describe('startAgentDaemon: without the native addon', () => {
+  it("warns once at start that model loads are not checked against the caller's rights", async () => {
+    const configPath = join(files.root, 'no-addon.json');
+    await writeFile(
+      configPath,
+      JSON.stringify({ edgefleet_inference_workers: 1, edgefleet_rest_socket_path: '' }),
+    );
+    const start = async (loadNativeAddon?: () => never) => {
+      const lines: { event?: string; msg: string }[] = [];
+      const logger = pino(
+        { level: 'warn' },
+        new Writable({
+          write(chunk: Buffer, _encoding, done) {
+            lines.push(JSON.parse(chunk.toString()) as { event?: string; msg: string });
+            done();
+          },
+        }),
+      );
+      const daemon = await startAgentDaemon({
+        commandLine: {
+          socketPath: join(files.root, 'no-addon.sock'),
+          configPath,
+          removeStaleSocket: false,
+          maxMessageBytes: 4 << 20,
+        },
+        cwd: files.root,
+        logger,
+        cpuCount: 2,
+        version: 'test',
+        ...(loadNativeAddon && { loadNativeAddon }),
+      });
+      await daemon.shutdown(0);
+      return lines.filter((line) => line.event === 'caller_check_off');
+    };
+    const without = await start(() => {
+      throw new Error('the System V shared memory addon is not built: expected /nowhere/addon.node');
+    });
+    expect(without).toHaveLength(1);
+    expect(without[0]!.msg).toMatch(
+      /model loads are not checked against the caller's rights: .*take any folder the agent can read from any caller that can reach the sockets \(root, the agent's user and the sockets' group members\)/,
+    );
+    expect(await start()).toEqual([]);
+  });
+});
+
 describe('startAgentDaemon: edgefleet_max_responses_queued_bytes', () => {
   it('holds answers a client leaves unread to the key across the doors: past it the connection is closed, counted and logged, and a reading client is answered', async () => {
     const socketPath = join(files.root, 'responses.sock');

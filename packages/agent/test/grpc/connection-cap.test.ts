@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import pino from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startGrpcServer, type RunningGrpcServer } from '../../src/grpc/index.js';
 import type { InferencePool } from '../../src/inference/index.js';
 import { AgentMetrics } from '../../src/metrics/index.js';
@@ -184,6 +184,58 @@ describe('gRPC socket preface timeout (F-F)', () => {
       }
     } finally {
       await timed.close(1000);
+    }
+  });
+});
+
+describe('gRPC socket preface timeout: logged and counted', () => {
+  it('counts each connection closed for sending no preface and logs them with the refusals, a line a minute', async () => {
+    const path = join(dir, 'preface-counted.sock');
+    const counted = new AgentMetrics({ defaultMetrics: false });
+    const own: Record<string, unknown>[] = [];
+    const ownLogger = pino(
+      { level: 'info' },
+      new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) own.push(JSON.parse(line));
+          done();
+        },
+      }),
+    );
+    const timed = await startGrpcServer({
+      registry: new ModelRegistry({ pool, trust: null, cwd: dir }),
+      sharedMemory: null,
+      logger: ownLogger,
+      metrics: counted,
+      socketPath: path,
+      maxMessageBytes: 1024 * 1024,
+      prefaceTimeoutMs: 300,
+    });
+    let closedServer = false;
+    try {
+      const silent = [await openIdle(path), await openIdle(path), await openIdle(path)];
+      await Promise.all(silent.map((s) => s.closed));
+      await vi.waitFor(
+        async () =>
+          expect(
+            await counted.registry.getSingleMetricAsString('edgefleet_connections_refused_total'),
+          ).toContain('edgefleet_connections_refused_total{listener="grpc",reason="preface-timeout"} 3'),
+        { timeout: 5_000, interval: 20 },
+      );
+      // The first at once; the others within the minute are summed up when it ends (here: the close).
+      const first = own.filter((line) => line.event === 'connections_refused');
+      expect(first).toHaveLength(1);
+      expect(first[0]).toMatchObject({ level: 40, listener: 'grpc', refused: 0, timedOut: 1 });
+      expect(first[0]!.msg).toBe(
+        '1 connection(s) closed on the grpc listener from unix socket (1): sent no HTTP/2 preface within 0.3 s',
+      );
+      await timed.close(1000);
+      closedServer = true;
+      const all = own.filter((line) => line.event === 'connections_refused');
+      expect(all).toHaveLength(2);
+      expect(all[1]).toMatchObject({ listener: 'grpc', refused: 0, timedOut: 2 });
+    } finally {
+      if (!closedServer) await timed.close(1000);
     }
   });
 });

@@ -131,7 +131,7 @@ describe('the REST TCP listener with tcpManagement (edgefleet_rest_tcp_managemen
         (line) => line.level === 40 && line.option === 'edgefleet_rest_tcp_management',
       );
       expect(warning?.msg).toBe(
-        `edgefleet_rest_tcp_management is true: everyone who can reach ${new URL(both.tcpAddress).host} can load and unload models and read the agent status (TCP tells nothing of who is calling)`,
+        `edgefleet_rest_tcp_management is true: everyone who can reach ${new URL(both.tcpAddress).host} can load and unload models and read the agent status (TCP tells nothing of who is calling, so loads over TCP are not checked against the caller's rights: a model loads from any folder the agent can read)`,
       );
     } finally {
       both.unix.close();

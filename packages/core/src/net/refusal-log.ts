@@ -35,6 +35,11 @@ export interface ConnectionRefusalLogOptions {
    * (`idleClosed`), which a counter of refusals must tell apart.
    */
   count?: (refusal: ConnectionRefusal) => void;
+  /**
+   * What a connection closed by `timedOut` failed to do, for the line (the gRPC socket: `sent no HTTP/2 preface
+   * within 10 s`). Default `sent nothing in time`.
+   */
+  timeoutText?: string;
 }
 
 /** Address groups named one by one in a line; the rest are counted together (a flood from many need not grow it). */
@@ -79,6 +84,29 @@ export class ConnectionRefusalLog {
       window.refused += 1;
       window.byCap[refusal.refusedBy === 'total' ? 'total' : 'perAddress'] += 1;
     }
+    this.#note(address);
+  };
+
+  /**
+   * A connection the listener closed because it sent nothing in time (the gRPC socket's preface timeout): told in
+   * the same line, at the same pace, as refusals (a flood of silent connections is closed thousands of times a
+   * minute too). Counting is the caller's (no cap is involved).
+   */
+  readonly timedOut = (address?: string): void => {
+    this.#window.timedOut += 1;
+    this.#note(address ?? 'unix socket');
+  };
+
+  /** Writes what is pending now and stops the timer (the listener is closing). */
+  close(): void {
+    this.#cancelFlush?.();
+    this.#cancelFlush = undefined;
+    if (this.#window.refused + this.#window.evicted + this.#window.timedOut > 0) this.#flush();
+  }
+
+  /** Counts `address` in the window and writes the line now, or schedules it for the interval's end. */
+  #note(address: string): void {
+    const window = this.#window;
     if (window.addresses.has(address) || window.addresses.size < MAX_ADDRESSES) {
       window.addresses.set(address, (window.addresses.get(address) ?? 0) + 1);
     } else window.otherAddresses += 1;
@@ -86,20 +114,13 @@ export class ConnectionRefusalLog {
     if (this.#lastLineAt === undefined || now - this.#lastLineAt >= this.#intervalMs) this.#flush();
     else
       this.#cancelFlush ??= this.#clock.after(this.#lastLineAt + this.#intervalMs - now, () => this.#flush());
-  };
-
-  /** Writes what is pending now and stops the timer (the listener is closing). */
-  close(): void {
-    this.#cancelFlush?.();
-    this.#cancelFlush = undefined;
-    if (this.#window.refused + this.#window.evicted > 0) this.#flush();
   }
 
   #flush(): void {
     this.#cancelFlush = undefined;
     const window = this.#window;
     this.#window = newWindow();
-    if (window.refused + window.evicted === 0) return;
+    if (window.refused + window.evicted + window.timedOut === 0) return;
     const { listener, caps } = this.#options;
     const since = this.#lastLineAt;
     this.#lastLineAt = this.#clock.now();
@@ -124,6 +145,8 @@ export class ConnectionRefusalLog {
     const evictedText = `let in by closing another connection, of ${closedFrom}`;
     const period =
       since === undefined ? '' : ` in the last ${Math.round((this.#lastLineAt - since) / 1000)} s`;
+    const timeoutText = this.#options.timeoutText ?? 'sent nothing in time';
+    const timedOutText = window.timedOut > 0 ? ` (${window.timedOut} more closed: ${timeoutText})` : '';
     this.#options.logger.warn(
       {
         event: 'connections_refused',
@@ -137,13 +160,17 @@ export class ConnectionRefusalLog {
           closedAddresses: Object.fromEntries(closedRanked),
         }),
         ...(window.otherClosedAddresses > 0 && { otherClosedAddresses: window.otherClosedAddresses }),
+        ...(window.timedOut > 0 && { timedOut: window.timedOut }),
         ...(caps.maxConnectionsPerAddress !== undefined && { perAddressCap: caps.maxConnectionsPerAddress }),
         totalCap: caps.maxConnections,
       },
       window.refused > 0
         ? `${window.refused} connection(s) refused on the ${listener} listener from ${from}${period}: ${capsText}` +
-            (window.evicted > 0 ? ` (${window.evicted} more ${evictedText})` : '')
-        : `${window.evicted} connection(s) over a cap on the ${listener} listener from ${from}${period} ${evictedText}: ${capsText}`,
+            (window.evicted > 0 ? ` (${window.evicted} more ${evictedText})` : '') +
+            timedOutText
+        : window.evicted > 0
+          ? `${window.evicted} connection(s) over a cap on the ${listener} listener from ${from}${period} ${evictedText}: ${capsText}${timedOutText}`
+          : `${window.timedOut} connection(s) closed on the ${listener} listener from ${from}${period}: ${timeoutText}`,
     );
   }
 }
@@ -157,5 +184,7 @@ function newWindow() {
     evicted: 0,
     closedAddresses: new Map<string, number>(),
     otherClosedAddresses: 0,
+    /** Closed for sending nothing in time (ConnectionRefusalLog.timedOut). */
+    timedOut: 0,
   };
 }

@@ -113,6 +113,33 @@ describe('ConnectionRefusalLog', () => {
     expect(clock.timers).toHaveLength(0);
   });
 
+  it('tells connections closed for sending nothing in time in the same line and pace as refusals', () => {
+    const clock = new ManualClock();
+    const logger = recordingLogger();
+    const log = new ConnectionRefusalLog({
+      listener: 'grpc',
+      caps: { maxConnections: 4 },
+      logger,
+      clock,
+      timeoutText: 'sent no HTTP/2 preface within 10 s',
+    });
+    log.timedOut();
+    expect(logger.lines).toHaveLength(1);
+    expect(logger.lines[0]!.fields).toMatchObject({ refused: 0, timedOut: 1 });
+    expect(logger.lines[0]!.message).toBe(
+      '1 connection(s) closed on the grpc listener from unix socket (1): sent no HTTP/2 preface within 10 s',
+    );
+    log.timedOut();
+    log.refused({ refusedBy: 'total' });
+    expect(logger.lines).toHaveLength(1);
+    clock.advance(60_000);
+    expect(logger.lines).toHaveLength(2);
+    expect(logger.lines[1]!.fields).toMatchObject({ refused: 1, timedOut: 1 });
+    expect(logger.lines[1]!.message).toBe(
+      '1 connection(s) refused on the grpc listener from unix socket (2) in the last 60 s: total cap 4 (1 more closed: sent no HTTP/2 preface within 10 s)',
+    );
+  });
+
   it('names a bounded number of addresses however many a flood comes from, and writes what is pending on close', () => {
     const clock = new ManualClock();
     const logger = recordingLogger();

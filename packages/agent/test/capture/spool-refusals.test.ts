@@ -1,0 +1,233 @@
+import { mkdtemp, readFile, readdir } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
+import { CaptureSpool } from '../../src/capture/index.js';
+import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
+import type { ObjectStore } from '../../src/capture/object-store.js';
+import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
+import {
+  enrollDevice,
+  operator,
+  removeControlPlane,
+  startControlPlane,
+  until,
+  type ControlPlane,
+} from '../fleet/support.js';
+import { captureItem } from './helpers.js';
+
+// The offline spool against a real control plane that takes files of at most 1 KiB: a file it refuses for good
+// (413 too large, 400 a record naming another device) costs only that file and the records that need it; the
+// rest of the batch is delivered.
+let plane: ControlPlane;
+let store: EdgeFleetObjectStore;
+let dir: string;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the enrolled agent config, read key by key
+let config: any;
+
+beforeAll(async () => {
+  plane = await startControlPlane({ config: { captures: { maxFileBytes: 1024 } } });
+  dir = await mkdtemp(join(tmpdir(), 'ef-refusals-'));
+  await operator(plane, 'POST', '/api/v1/fleets', {
+    name: 'plant',
+    outputConfig: { s3OutputLocation: 's3://captures/edge' },
+  });
+  config = JSON.parse(await readFile(await enrollDevice(plane, 'plant', 'cam-1', dir), 'utf8'));
+  store = newStore(plane.deviceEndpoint);
+}, 60_000);
+
+afterAll(async () => {
+  store?.close();
+  await removeControlPlane(plane, dir);
+});
+
+function newStore(endpoint: string): EdgeFleetObjectStore {
+  return new EdgeFleetObjectStore({
+    endpoint,
+    certFile: config.sagemaker_edge_provider_aws_cert_file,
+    keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
+    caFile: config.sagemaker_edge_provider_aws_ca_cert_file,
+  });
+}
+
+/** Where the control plane (local blob folder) writes the fleet's capture `key`; undefined when absent. */
+const stored = (key: string) =>
+  readFile(join(plane.dataDir, 'blobs', 'fleet-output', 'captures', ...key.split('/')), 'utf8').catch(
+    () => undefined,
+  );
+
+const HOUR = 3_600_000;
+const T = Date.UTC(2026, 11, 6, 5);
+
+/**
+ * Captures a (a 2 KiB tensor: a side file over the server's 1 KiB) and b (a 256-byte side file) in one hour,
+ * c (embedded) in the next, rendered as the capture service does, with the Model Monitor copy.
+ */
+function batchOfThree(batchId: string): RenderedBatch {
+  const at = (id: string, bytes: number, time: number) => ({
+    ...captureItem(id, Buffer.alloc(bytes, 1), 'mlp'),
+    inferenceTime: time,
+    receivedAt: time,
+  });
+  return renderBatch(batchId, [at('a', 2048, T), at('b', 256, T + 1), at('c', 16, T + HOUR)], {
+    folderPrefix: 'edge',
+    fleetName: 'plant',
+    deviceName: 'cam-1',
+    base64EmbedLimit: 64,
+    modelMonitorFormat: true,
+    urlFor: (key) => store.urlFor(key),
+  });
+}
+
+function logLines() {
+  const lines: { level: string; fields: Record<string, unknown>; message: string }[] = [];
+  const line = (level: string) => (fields: object, message: string) =>
+    lines.push({ level, fields: fields as Record<string, unknown>, message });
+  return { lines, logger: { info: line('info'), warn: line('warn'), error: line('error') } };
+}
+
+describe('capture spool: files refused for good', () => {
+  it('drops a refused side file and the records naming it, delivers the rest, and keeps that across a retry', async () => {
+    const batch = batchOfThree('1'.repeat(32));
+    const aSide = batch.files.find((f) => f.key.includes('/raw-data/') && f.key.includes('/a-'))!.key;
+    const bSide = batch.files.find((f) => f.key.includes('/raw-data/') && f.key.includes('/b-'))!.key;
+    const manifests = batch.files.filter((f) => f.key.endsWith('.jsonl')).map((f) => f.key);
+    expect(manifests).toHaveLength(4); // two hours, each in both formats
+
+    // The first attempt's manifests meet the server down (an outage after the side files): the refusal must
+    // already be recorded in the spool, so that the retry neither sends a's file again nor fails a twice.
+    const closed = createServer();
+    await new Promise<void>((done) => closed.listen(0, '127.0.0.1', done));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((done) => closed.close(done));
+    const down = newStore(`https://127.0.0.1:${port}`);
+    const puts: string[] = [];
+    let outage = true;
+    const counted: ObjectStore = {
+      description: store.description,
+      urlFor: (key) => store.urlFor(key),
+      put: (key, body, contentType) => {
+        puts.push(key);
+        return (outage && key.endsWith('.jsonl') ? down : store).put(key, body, contentType);
+      },
+    };
+    const registry = new Registry();
+    const metrics = new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    });
+    const { lines, logger } = logLines();
+    const scheduled: (() => void)[] = [];
+    const delivered: string[] = [];
+    const dropped: { ids: readonly string[]; detail: string }[] = [];
+    const spoolDir = join(dir, 'spool-side');
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store: counted,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids, detail) => dropped.push({ ids, detail }),
+      metrics,
+      logger,
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
+    });
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(
+        () => lines.find((l) => l.fields.event === 'capture-upload-failed'),
+        'the outage is met',
+        20_000,
+      );
+      expect(dropped).toHaveLength(1);
+      expect(dropped[0]!.ids).toEqual(['a']);
+      expect(dropped[0]!.detail).toMatch(/refused by the EdgeFleet control plane .*413/);
+      const spooled = JSON.parse(await readFile(join(spoolDir, batch.batchId, 'batch.json'), 'utf8'));
+      expect(spooled.captureIds).toEqual(['b', 'c']);
+      expect(spooled.files.map((f: { key: string }) => f.key)).not.toContain(aSide);
+
+      outage = false;
+      scheduled.shift()!();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the rest is delivered', 20_000);
+      expect(delivered).toEqual(['b', 'c']);
+      expect(dropped).toHaveLength(1);
+      expect(puts.filter((k) => k === aSide)).toHaveLength(1);
+      expect(await stored(aSide)).toBeUndefined();
+      expect(await stored(bSide)).toBeDefined();
+      // Every manifest went; those of a's hour without a's record, and nothing stored names a's file.
+      const texts = await Promise.all(manifests.map(stored));
+      expect(texts.every((t) => t !== undefined)).toBe(true);
+      const all = texts.join('');
+      expect(all).not.toContain(store.urlFor(aSide));
+      expect(all).toContain(store.urlFor(bSide));
+      const ids = texts.flatMap((t) =>
+        t!
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l).eventMetadata.eventId),
+      );
+      expect(ids.sort()).toEqual(['b', 'b', 'c', 'c']);
+
+      const refusedLines = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refusedLines).toHaveLength(1);
+      expect(refusedLines[0]).toMatchObject({
+        level: 'warn',
+        fields: { refusedKeys: [aSide], captures: 1, failure: 'rejected' },
+      });
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_dropped_total')).toContain(
+        'edgefleet_capture_dropped_total{reason="refused"} 1',
+      );
+      expect(await readdir(spoolDir)).toEqual([]);
+    } finally {
+      await spool.close();
+      down.close();
+    }
+  });
+
+  it('drops only the captures of a refused manifest and delivers the other manifests', async () => {
+    const record = (id: string, device: string) =>
+      JSON.stringify({
+        eventVersion: '0',
+        eventMetadata: { deviceFleetName: 'plant', deviceId: device, eventId: id, modelName: 'mlp' },
+      });
+    const key = (name: string) => `edge/plant/mlp/2026/12/06/05/${name}.jsonl`;
+    const { lines, logger } = logLines();
+    const delivered: string[] = [];
+    const dropped: { ids: readonly string[]; detail: string }[] = [];
+    const spool = new CaptureSpool({
+      dir: join(dir, 'spool-manifest'),
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids, detail) => dropped.push({ ids, detail }),
+      logger,
+    });
+    try {
+      await spool.open();
+      await spool.add({
+        batchId: '2'.repeat(32),
+        captureIds: ['x', 'y'],
+        oldestReceivedAt: 1,
+        files: [
+          // The server refuses a record naming another device than the certificate's: 400.
+          { key: key('x'), contentType: 'application/jsonl', body: Buffer.from(`${record('x', 'cam-2')}\n`) },
+          { key: key('y'), contentType: 'application/jsonl', body: Buffer.from(`${record('y', 'cam-1')}\n`) },
+        ],
+      });
+      await until(() => (delivered.length > 0 ? true : undefined), 'the other manifest is delivered', 20_000);
+      expect(delivered).toEqual(['y']);
+      expect(dropped).toEqual([{ ids: ['x'], detail: expect.stringMatching(/HTTP 400/) }]);
+      expect(await stored(key('y'))).toBeDefined();
+      expect(await stored(key('x'))).toBeUndefined();
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+    } finally {
+      await spool.close();
+    }
+  });
+});
