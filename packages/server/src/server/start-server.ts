@@ -607,7 +607,6 @@ export async function startServer(
       models,
       events: fleetEvents,
       maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
-      log: logger,
     });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
     // client per check, closed after it: nothing is kept per bucket a client names).
