@@ -596,8 +596,11 @@ export class DeploymentService implements DevicePackageAccess {
     return this.describePlan(planName);
   }
 
-  /** Replaces a plan's tags (the SageMaker facade's AddTags/DeleteTags on an edge deployment plan). */
-  async setPlanTags(planName: string, tags: Tag[]): Promise<PlanView> {
+  /**
+   * Replaces a plan's tags (the SageMaker facade's AddTags/DeleteTags on an edge deployment plan). Logged as
+   * `plan_updated` with the tag keys only: values may hold what an operator would not put in a log.
+   */
+  async setPlanTags(planName: string, tags: Tag[], by: Actor = LOCAL_ACTOR): Promise<PlanView> {
     const checked = tagListSchema.safeParse(tags);
     if (!checked.success) throw invalid(`deployment plan tags: ${oneLine(checked.error)}`);
     const result = await this.db
@@ -607,7 +610,15 @@ export class DeploymentService implements DevicePackageAccess {
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) === 0)
       throw notFound(`deployment plan ${planName}`, { plan: planName });
-    return this.describePlan(planName);
+    const plan = await this.describePlan(planName);
+    const tagKeys = checked.data.map((tag) => tag.key).join(',');
+    this.options.events?.info(by, {
+      event: 'plan_updated',
+      outcome: 'updated',
+      object: { plan: planName, fleet: plan.fleetName, changed: 'tags', tagKeys },
+      message: `deployment plan ${planName} updated (tags); its tags now: ${tagKeys === '' ? 'none' : tagKeys.split(',').join(', ')}`,
+    });
+    return plan;
   }
 
   /** The plan, its stages and their counts (DescribeEdgeDeploymentPlan). */

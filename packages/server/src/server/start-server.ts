@@ -587,6 +587,7 @@ export async function startServer(
       models,
       openS3Object: (uri, signal) => importObjects.get(uri, { signal }),
       logger: compilationLogger,
+      events: fleetEvents,
       leaseMs: config.compilation.leaseSeconds * 1000,
       instanceId,
     });
