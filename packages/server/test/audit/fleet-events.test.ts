@@ -481,6 +481,18 @@ describe('fleet events in the server log (real server, SQLite)', () => {
     expect(linesSince().find((l) => l.event === 'packaging_job_failed')!.msg).toMatch(
       /packaging job pack-2 failed: .*does not exist/,
     );
+    // One line for each job's end, not the worker's besides the fleet event's.
+    const ofJob = (job: string) => linesSince().filter((l) => l.packagingJob === job && l.level >= INFO);
+    expect(
+      ofJob('pack-2')
+        .filter((l) => /fail/.test(l.msg))
+        .map((l) => l.event),
+    ).toEqual(['packaging_job_failed']);
+    expect(
+      ofJob('pack-1')
+        .filter((l) => /complete/.test(l.msg))
+        .map((l) => l.event),
+    ).toEqual(['packaging_job_completed']);
     const log = raw.join('\n');
     for (const [name, secret] of Object.entries(secrets)) expect(log, name).not.toContain(secret);
   });
