@@ -503,7 +503,7 @@ describe('fleet events in the server log (real server, SQLite)', () => {
     expect(key.status).toBe(201);
     const sdk = key.body as { accessKeyId: string; secretAccessKey: string };
     secrets.neo = sdk.secretAccessKey;
-    const call = async (operation: string, input: unknown) => {
+    const call = async (operation: string, input: Record<string, unknown>) => {
       const answer = await sagemakerCall(t.url, sdk, operation, input);
       expect(answer.status, `${operation}: ${JSON.stringify(answer.body)}`).toBe(200);
       return answer.body as Record<string, unknown>;
