@@ -402,6 +402,9 @@ export function s3ConnectionOf(config: ServerConfig): S3ConnectionOptions {
     ...(config.s3.accessKeyId !== undefined && config.s3.secretAccessKey !== undefined
       ? { credentials: { accessKeyId: config.s3.accessKeyId, secretAccessKey: config.s3.secretAccessKey } }
       : {}),
+    // The blob store's; clients with timeouts of their own (fleet outputs, compilation imports) set theirs over these.
+    socketTimeoutMs: config.s3.socketTimeoutMs,
+    connectionTimeoutMs: config.s3.connectionTimeoutMs,
   };
 }
 
