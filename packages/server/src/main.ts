@@ -8,6 +8,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { commandPrefix, FolderLockError, shellWord } from '@edgefleet/core';
+import { FleetEventLog } from './audit/index.js';
 import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
 import { registerBackupCommands } from './backup/index.js';
 import {
@@ -20,6 +21,7 @@ import {
 } from './config/index.js';
 import {
   BlobStoreMismatchError,
+  createLogger,
   initServer,
   openStores,
   ServersRunningError,
@@ -137,14 +139,23 @@ async function serve(options: CommonOptions): Promise<void> {
 const warnOnStderr = (message: string) =>
   void process.stderr.write(`edgefleet-server: warning: ${message}\n`);
 
+/**
+ * A command's fleet events (a token created or revoked beside the server): the lines a server would write, as
+ * JSON on stderr at the configured level, the actor `local`. Names, ids and scopes only, never a token.
+ */
+function commandEvents(config: ServerConfig): FleetEventLog {
+  return new FleetEventLog(createLogger(config.logLevel, 'stderr').child({ log: 'fleet-events' }));
+}
+
 async function withTokens<T>(options: CommonOptions, use: (tokens: ApiTokenStore) => Promise<T>): Promise<T> {
-  const { database, blobs } = await openStores(await configFrom(options), undefined, {
+  const config = await configFrom(options);
+  const { database, blobs } = await openStores(config, undefined, {
     besideServer: true,
     forceMigrate: forceMigrateOf(options),
     warn: warnOnStderr,
   });
   try {
-    return await use(new ApiTokenStore(database.db));
+    return await use(new ApiTokenStore(database.db, Date.now, commandEvents(config)));
   } finally {
     await blobs.close();
     await database.close();
@@ -170,9 +181,11 @@ addForceMigrate(
       .description('prepare the data dir and database; print the first admin API token (once) on stdout'),
   ),
 ).action(async (options: CommonOptions) => {
-  const result = await initServer(await configFrom(options), {
+  const config = await configFrom(options);
+  const result = await initServer(config, {
     forceMigrate: forceMigrateOf(options),
     warn: warnOnStderr,
+    events: commandEvents(config),
   });
   process.stderr.write(`initialised ${result.dataDir} (state: ${result.database}, blobs: ${result.blobs})\n`);
   process.stderr.write(`device CA ${result.deviceCaFile} (SHA-256 ${result.deviceCaSha256})\n`);

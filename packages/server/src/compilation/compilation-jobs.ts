@@ -1,5 +1,5 @@
 import { PassThrough, type Readable } from 'node:stream';
-import type { Actor } from '../audit/index.js';
+import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import type { Kysely } from 'kysely';
@@ -97,6 +97,8 @@ export interface CompilationJobsOptions {
    */
   openS3Object: (uri: string, signal: AbortSignal) => Promise<Readable>;
   logger: Logger;
+  /** Where a job's creation and tag changes are logged (fleet events); absent: nowhere (tests). */
+  events?: FleetEventLog;
   /** An INPROGRESS import whose server stopped renewing it this long is failed (see failExpired). */
   leaseMs?: number;
   /**
@@ -201,7 +203,7 @@ export class CompilationJobStore {
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
   }
 
-  async create(input: CreateCompilationJobInput): Promise<CompilationJobRecord> {
+  async create(input: CreateCompilationJobInput, by: Actor = LOCAL_ACTOR): Promise<CompilationJobRecord> {
     if (input.framework !== 'ONNX') {
       throw invalid(
         `Framework ${input.framework} is not supported: EdgeFleet imports ONNX models only (Framework: ONNX)`,
@@ -242,6 +244,13 @@ export class CompilationJobStore {
       if (isUniqueViolation(error)) throw conflict(`compilation job ${input.name} already exists`);
       throw error;
     }
+    // Before the import starts: its model_version_uploaded (or failure) follows this line.
+    this.options.events?.info(by, {
+      event: 'compilation_job_created',
+      outcome: 'created',
+      object: { compilationJob: input.name, input: input.inputS3Uri, model: row.model_name },
+      message: `compilation job ${input.name} created: importing ${input.inputS3Uri} as model ${row.model_name}`,
+    });
     const abort = new AbortController();
     const done = this.runImport(this.record(row), row.claim_token as string, abort).finally(() =>
       this.running.delete(input.name),
@@ -275,8 +284,8 @@ export class CompilationJobStore {
     return (await query.execute()).map((row) => this.record(row));
   }
 
-  /** Replaces the job's tags. */
-  async setTags(name: string, tags: Tag[]): Promise<void> {
+  /** Replaces the job's tags; logged with their keys only (values are not logged). */
+  async setTags(name: string, tags: Tag[], by: Actor = LOCAL_ACTOR): Promise<void> {
     const result = await this.db
       .updateTable('compilation_jobs')
       // Not updated_at: it is also the import's lease, which only the importing server may renew.
@@ -284,6 +293,13 @@ export class CompilationJobStore {
       .where('name', '=', name)
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) === 0) throw notFound(`compilation job ${name}`, { job: name });
+    const tagKeys = tags.map((tag) => tag.key).join(',');
+    this.options.events?.info(by, {
+      event: 'compilation_job_updated',
+      outcome: 'updated',
+      object: { compilationJob: name, changed: 'tags', tagKeys },
+      message: `compilation job ${name} updated (tags); its tags now: ${tagKeys === '' ? 'none' : tagKeys.split(',').join(', ')}`,
+    });
   }
 
   /**

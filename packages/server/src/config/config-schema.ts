@@ -2,8 +2,8 @@ import { isIP } from 'node:net';
 import { MAX_METRICS_PER_HEARTBEAT } from '@edgefleet/core';
 import { z } from 'zod';
 import type { BlobLocation } from '../blobs/index.js';
+import { DEFAULT_S3_TIMEOUTS } from '../blobs/s3-timeouts.js';
 import { captureBodyLimitBytes } from '../captures/body-limit.js';
-import { FLEET_OUTPUT_S3_TIMEOUTS } from '../captures/fleet-output-timeouts.js';
 import { DEFAULT_MAX_METRICS_PER_QUERY } from '../heartbeats/metrics-query.js';
 import type { DatabaseLocation } from '../storage/index.js';
 
@@ -34,6 +34,19 @@ export const listenAddressSchema = z
 export type ListenAddress = z.output<typeof listenAddressSchema>;
 
 const filePair = z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) });
+
+/** An S3 client's idle-socket timeout (ms), the same range and default for each client (s3, captures, compilation). */
+const s3SocketTimeoutMs = z
+  .int()
+  .min(1000)
+  .max(60 * 60_000)
+  .default(DEFAULT_S3_TIMEOUTS.socketTimeoutMs);
+/** An S3 client's connection timeout (ms), likewise. */
+const s3ConnectionTimeoutMs = z
+  .int()
+  .min(1000)
+  .max(10 * 60_000)
+  .default(DEFAULT_S3_TIMEOUTS.connectionTimeoutMs);
 
 /**
  * Every server setting, with its default. The file is JSON with these keys; environment variables and
@@ -132,6 +145,13 @@ export const serverConfigSchema = z.strictObject({
       forcePathStyle: z.boolean().optional(),
       accessKeyId: z.string().min(1).optional(),
       secretAccessKey: z.string().min(1).optional(),
+      /**
+       * A blob store request attempt whose socket sends and receives nothing this long fails (the SDK tries 3
+       * times), so that an endpoint that stops answering cannot hold a request, and its socket, for good.
+       */
+      socketTimeoutMs: s3SocketTimeoutMs,
+      /** Connecting to the blob store's endpoint fails after this long. */
+      connectionTimeoutMs: s3ConnectionTimeoutMs,
     })
     .prefault({}),
   logLevel: z.enum(LOG_LEVELS).default('info'),
@@ -263,17 +283,9 @@ export const serverConfigSchema = z.strictObject({
        * A fleet-output S3 request whose socket sends and receives nothing this long fails (the upload is refunded;
        * the agent retries), so that a stalled bucket endpoint cannot hold a socket its bucket's client shares.
        */
-      outputS3SocketTimeoutMs: z
-        .int()
-        .min(1000)
-        .max(60 * 60_000)
-        .default(FLEET_OUTPUT_S3_TIMEOUTS.socketTimeoutMs),
+      outputS3SocketTimeoutMs: s3SocketTimeoutMs,
       /** Connecting to a fleet-output bucket's endpoint fails after this long. */
-      outputS3ConnectionTimeoutMs: z
-        .int()
-        .min(1000)
-        .max(10 * 60_000)
-        .default(FLEET_OUTPUT_S3_TIMEOUTS.connectionTimeoutMs),
+      outputS3ConnectionTimeoutMs: s3ConnectionTimeoutMs,
     })
     // Values that are each in range but together would quietly switch the upload slots off or never bind.
     .superRefine((captures, context) => {
@@ -366,17 +378,9 @@ export const serverConfigSchema = z.strictObject({
        * An import's S3 read whose socket sends and receives nothing this long fails the job (per try; the SDK
        * tries 3 times), so that an endpoint that stops answering cannot hold an import INPROGRESS for good.
        */
-      s3SocketTimeoutMs: z
-        .int()
-        .min(1000)
-        .max(60 * 60_000)
-        .default(60_000),
+      s3SocketTimeoutMs,
       /** Connecting to the S3 endpoint an import reads from fails after this long. */
-      s3ConnectionTimeoutMs: z
-        .int()
-        .min(1000)
-        .max(10 * 60_000)
-        .default(10_000),
+      s3ConnectionTimeoutMs,
     })
     .prefault({}),
   deployments: z

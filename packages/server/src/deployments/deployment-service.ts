@@ -5,6 +5,7 @@ import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { recordDeploymentResult, selectableDevices } from '../devices/index.js';
 import { conflict, DomainError, invalid, notFound } from '../errors/index.js';
 import { tagListSchema, type Tag } from '../fields/index.js';
+import { LineLimiter } from '../logging/line-limiter.js';
 import type { ModelStore, ModelVersionRecord } from '../models/index.js';
 import type { DevicePackageAccess, PackagingJobStore } from '../packaging/index.js';
 import {
@@ -115,11 +116,9 @@ export interface DeploymentServiceOptions {
    * attempt it would end was handed out is stale, and left out.
    */
   maxClockSkewMs?: number;
-  /** Hears device results left out (stale failures, results naming no plan of the device's fleet). */
-  log?: { info(fields: Record<string, unknown>, message: string): void };
 }
 
-/** Devices whose last left-out result was logged (their digest of it), so a heartbeat repeating it logs nothing. */
+/** Devices whose last left-out result is remembered (its digest), so a heartbeat repeating it logs nothing. */
 const LOGGED_IGNORED_LIMIT = 1000;
 
 /**
@@ -130,20 +129,26 @@ const LOGGED_IGNORED_LIMIT = 1000;
 export class DeploymentService implements DevicePackageAccess {
   private readonly now: () => number;
 
-  /** Device → what its last logged left-out result was: heartbeats repeat a result every interval. */
+  /** Device → its last left-out result: heartbeats repeat a result every interval, and a repeat is no news. */
   private readonly loggedIgnored = new Map<string, string>();
+  /** A device chooses what it reports: a new left-out result every call would flood the log. One a minute each. */
+  private readonly ignoredLines: LineLimiter;
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly options: DeploymentServiceOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.ignoredLines = new LineLimiter({ now: this.now });
   }
 
-  /** Logs a device result left out, once while the device keeps sending the same one. */
-  private logIgnored(report: ReportedResult, why: string, fields: Record<string, unknown>): void {
-    const log = this.options.log;
-    if (log === undefined) return;
+  /**
+   * Logs a device result left out as the device's fleet event: nothing while the device repeats the same one,
+   * and at most one line a minute per device, counting those left out since.
+   */
+  private logIgnored(report: ReportedResult, why: string, fields: Record<string, string | undefined>): void {
+    const events = this.options.events;
+    if (events === undefined) return;
     const seen = `${why}\u0000${JSON.stringify(report.result)}`;
     if (this.loggedIgnored.get(report.deviceName) === seen) return;
     this.loggedIgnored.delete(report.deviceName);
@@ -152,17 +157,25 @@ export class DeploymentService implements DevicePackageAccess {
       if (oldest !== undefined) this.loggedIgnored.delete(oldest);
     }
     this.loggedIgnored.set(report.deviceName, seen);
-    log.info(
+    const admitted = this.ignoredLines.admit(report.deviceName);
+    if (admitted === undefined) return;
+    const notLogged = admitted.leftOut > 0 ? `; ${admitted.leftOut} more left out since the last line` : '';
+    events.info(
+      { kind: 'device', device: report.deviceName },
       {
         event: 'deployment_result_ignored',
-        reason: why,
-        device: report.deviceName,
-        fleet: report.fleetName,
-        deployment: report.result.DeploymentName,
-        status: report.result.DeploymentStatus,
-        ...fields,
+        outcome: 'ignored',
+        object: {
+          device: report.deviceName,
+          fleet: report.fleetName,
+          deployment: report.result.DeploymentName,
+          status: report.result.DeploymentStatus,
+          reason: why,
+          ...fields,
+          ...(admitted.leftOut > 0 && { resultsNotLogged: admitted.leftOut }),
+        },
+        message: `deployment result of device ${report.deviceName} for ${report.result.DeploymentName ?? 'no deployment'} left out: ${why} (logged at most once a minute per device${notLogged})`,
       },
-      `deployment result of device ${report.deviceName} for ${report.result.DeploymentName ?? 'no deployment'} left out: ${why}`,
     );
   }
 
@@ -583,8 +596,11 @@ export class DeploymentService implements DevicePackageAccess {
     return this.describePlan(planName);
   }
 
-  /** Replaces a plan's tags (the SageMaker facade's AddTags/DeleteTags on an edge deployment plan). */
-  async setPlanTags(planName: string, tags: Tag[]): Promise<PlanView> {
+  /**
+   * Replaces a plan's tags (the SageMaker facade's AddTags/DeleteTags on an edge deployment plan). Logged as
+   * `plan_updated` with the tag keys only: values may hold what an operator would not put in a log.
+   */
+  async setPlanTags(planName: string, tags: Tag[], by: Actor = LOCAL_ACTOR): Promise<PlanView> {
     const checked = tagListSchema.safeParse(tags);
     if (!checked.success) throw invalid(`deployment plan tags: ${oneLine(checked.error)}`);
     const result = await this.db
@@ -594,7 +610,15 @@ export class DeploymentService implements DevicePackageAccess {
       .executeTakeFirst();
     if (Number(result.numUpdatedRows) === 0)
       throw notFound(`deployment plan ${planName}`, { plan: planName });
-    return this.describePlan(planName);
+    const plan = await this.describePlan(planName);
+    const tagKeys = checked.data.map((tag) => tag.key).join(',');
+    this.options.events?.info(by, {
+      event: 'plan_updated',
+      outcome: 'updated',
+      object: { plan: planName, fleet: plan.fleetName, changed: 'tags', tagKeys },
+      message: `deployment plan ${planName} updated (tags); its tags now: ${tagKeys === '' ? 'none' : tagKeys.split(',').join(', ')}`,
+    });
+    return plan;
   }
 
   /** The plan, its stages and their counts (DescribeEdgeDeploymentPlan). */

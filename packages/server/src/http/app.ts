@@ -73,6 +73,17 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   installZodCompilers(app);
   installErrorHandlers(app, options.outageLog ?? new OutageLog());
   installAuth(app, options.authenticators);
+  // No request body is inflated (docs/security.md): a compressed one would reach the parsers as is and fail as
+  // "not valid JSON". Said plainly instead, before the body is read.
+  app.addHook('onRequest', async (request) => {
+    const encoding = request.headers['content-encoding']?.trim();
+    if (encoding !== undefined && encoding !== '' && encoding.toLowerCase() !== 'identity')
+      throw new ApiError(
+        415,
+        'UnsupportedMediaType',
+        `Content-Encoding ${JSON.stringify(encoding.slice(0, 64))} is not supported: the server inflates no request body; send it uncompressed (no Content-Encoding, or identity)`,
+      );
+  });
   // After the auth hook: a route's own (longer) deadline is granted only to an authenticated request.
   installRequestDeadlines(app, { defaultMs: options.requestTimeoutMs });
   // One line per request, after the answer: failures at info (server errors at warn, but a 503's: an outage,

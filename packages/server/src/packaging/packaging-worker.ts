@@ -215,17 +215,27 @@ export class PackagingWorker {
     let stored: string | undefined;
     try {
       const artifact = await this.build(job, claim, dir, check, (key) => (stored = key));
+      // Its line is the store's packaging_job_completed fleet event.
       if (!(await jobs.complete(claim, artifact))) throw new ClaimLostError('lost the claim on the job');
       stored = undefined;
-      log.info({ artifact: artifact.artifactLocation }, 'packaging job completed');
       await this.removeOtherArtifacts(job, artifact.artifactKey);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       if (error instanceof ClaimLostError) {
         log.warn(`${message}: another replica resumed it; leaving the job to that replica`);
       } else {
-        log.warn({ err: error }, 'packaging job failed');
-        await jobs.fail(claim, message.slice(0, 4000)).catch(() => undefined);
+        // Recorded, the failure's line is the store's packaging_job_failed fleet event (its reason); the stack
+        // only at debug. Not recorded (the claim lost meanwhile, the database down), this is the only line.
+        const recorded = await jobs.fail(claim, message.slice(0, 4000)).catch((failError: unknown) => {
+          log.warn({ err: failError }, 'could not record the packaging job failure');
+          return false;
+        });
+        if (recorded) log.debug({ err: error }, 'packaging job failed');
+        else
+          log.warn(
+            { err: error },
+            'packaging job failed; not recorded (another replica holds the job, or the database failed)',
+          );
       }
       // A package stored under this claim is never the job's: remove it.
       if (stored !== undefined) await blobs.delete(stored).catch(() => undefined);

@@ -1,3 +1,4 @@
+import type { FleetEventLog } from '../audit/index.js';
 import { ApiTokenStore, openAccessKeyEncryptionKey } from '../auth/index.js';
 import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
 import { bindBlobStore } from './blob-store-binding.js';
@@ -29,7 +30,12 @@ export interface InitResult {
  */
 export async function initServer(
   config: ServerConfig,
-  options: { forceMigrate?: boolean; warn?: (message: string) => void } = {},
+  options: {
+    forceMigrate?: boolean;
+    warn?: (message: string) => void;
+    /** Where the first admin token's creation is logged (by name, id and scope; never the token). */
+    events?: FleetEventLog;
+  } = {},
 ): Promise<InitResult> {
   const { database, blobs } = await openStores(config, undefined, { besideServer: true, ...options });
   try {
@@ -41,7 +47,7 @@ export async function initServer(
     });
     // Created now so that a backup taken right after init already has every key file.
     await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config));
-    const tokens = new ApiTokenStore(database.db);
+    const tokens = new ApiTokenStore(database.db, Date.now, options.events);
     const result: InitResult = {
       dataDir: config.dataDir,
       database: database.description,

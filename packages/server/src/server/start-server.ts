@@ -402,6 +402,9 @@ export function s3ConnectionOf(config: ServerConfig): S3ConnectionOptions {
     ...(config.s3.accessKeyId !== undefined && config.s3.secretAccessKey !== undefined
       ? { credentials: { accessKeyId: config.s3.accessKeyId, secretAccessKey: config.s3.secretAccessKey } }
       : {}),
+    // The blob store's; clients with timeouts of their own (fleet outputs, compilation imports) set theirs over these.
+    socketTimeoutMs: config.s3.socketTimeoutMs,
+    connectionTimeoutMs: config.s3.connectionTimeoutMs,
   };
 }
 
@@ -587,6 +590,7 @@ export async function startServer(
       models,
       openS3Object: (uri, signal) => importObjects.get(uri, { signal }),
       logger: compilationLogger,
+      events: fleetEvents,
       leaseMs: config.compilation.leaseSeconds * 1000,
       instanceId,
     });
@@ -607,7 +611,6 @@ export async function startServer(
       models,
       events: fleetEvents,
       maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
-      log: logger,
     });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
     // client per check, closed after it: nothing is kept per bucket a client names).

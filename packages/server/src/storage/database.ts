@@ -62,22 +62,88 @@ export function parseDatabaseLocation(value: string, baseDir: string): DatabaseL
 }
 
 /**
- * Replaces the password of a URL-like value (`scheme://user:password@host…`, also when malformed, a
- * `password=` query parameter, and a libpq keyword string's `password=value` or `password='quoted value'`) with
- * `***`. Works on the text, not a URL parser, so that a value the parser refuses is masked too; when in doubt it
- * masks more (the user name, the host) rather than less.
+ * Names of parameters whose values are secrets: libpq's `password` and `sslpassword`, and what other URLs carry
+ * (`client_secret`, `access_token`, `sslkey`, `X-Amz-Signature`, `X-Amz-Credential`…). Broad on purpose: a value
+ * masked that was no secret costs nothing.
+ */
+const SECRET_NAME = /pass|pwd|secret|token|key|credential|signature/i;
+
+function isSecretName(name: string): boolean {
+  if (SECRET_NAME.test(name)) return true;
+  try {
+    // `pass%77ord=`: a URL parser decodes the name before libpq sees it.
+    return SECRET_NAME.test(decodeURIComponent(name));
+  } catch {
+    return false; // a malformed escape: the name as written was checked
+  }
+}
+
+/** `[start, end)` of a URL's `user:password@` password; with several '@', up to the last (passwords hold '@'). */
+function userInfoSecret(value: string): [number, number][] {
+  const at = value.lastIndexOf('@');
+  if (at < 0) return [];
+  const schemeEnd = value.indexOf('://');
+  const userStart = schemeEnd >= 0 && schemeEnd < at ? schemeEnd + 3 : 0;
+  const colon = value.indexOf(':', userStart);
+  return colon < 0 || colon > at ? [] : [[colon + 1, at]];
+}
+
+/**
+ * The values of secret query parameters (`?password=…`, `&sslpassword=…`, also after ';'): each up to the next
+ * '&' or the end, so a ';' or '#' in it (sent unencoded) is masked too.
+ */
+function queryParameterSecrets(value: string): [number, number][] {
+  const ranges: [number, number][] = [];
+  const parameter = /[?&;]([^=&?;#\s]*)=/g;
+  for (let match = parameter.exec(value); match !== null; match = parameter.exec(value)) {
+    if (!isSecretName(match[1]!)) continue;
+    const start = match.index + match[0].length;
+    const amp = value.indexOf('&', start);
+    const end = amp < 0 ? value.length : amp;
+    ranges.push([start, end]);
+    parameter.lastIndex = end;
+  }
+  return ranges;
+}
+
+/** The values of a libpq keyword string's secret keywords: `password=value`, `sslpassword = 'quoted \' value'`. */
+function keywordSecrets(value: string): [number, number][] {
+  const ranges: [number, number][] = [];
+  const keyword = /(^|\s)([A-Za-z_][A-Za-z0-9_]*)(\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)/g;
+  for (let match = keyword.exec(value); match !== null; match = keyword.exec(value)) {
+    if (!isSecretName(match[2]!)) continue;
+    const start = match.index + match[1]!.length + match[2]!.length + match[3]!.length;
+    ranges.push([start, start + match[4]!.length]);
+  }
+  return ranges;
+}
+
+/**
+ * Replaces the secrets of a URL-like value with `***`: the password of `scheme://user:password@host…` (also when
+ * malformed), the value of every query parameter whose name says it is a secret (`password`, `sslpassword`,
+ * `…secret…`, `…token…`, `…key…`: SECRET_NAME), and a libpq keyword string's (`password=value` or
+ * `password='quoted value'`). Works on the text, not a URL parser, so that a value the parser refuses is masked
+ * too; each rule finds its ranges in the original text and all are masked, so one rule's match cannot hide
+ * another's secret; when in doubt it masks more (the user name, the host) rather than less.
  */
 export function maskUrlCredentials(value: string): string {
-  const masked = value
-    .replace(/([?&;]password=)[^&#;]*/gi, '$1***')
-    .replace(/((?:^|\s)password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)/gi, '$1***');
-  const at = masked.lastIndexOf('@');
-  if (at < 0) return masked;
-  const schemeEnd = masked.indexOf('://');
-  const userStart = schemeEnd >= 0 && schemeEnd < at ? schemeEnd + 3 : 0;
-  const colon = masked.indexOf(':', userStart);
-  if (colon < 0 || colon > at) return masked;
-  return `${masked.slice(0, colon + 1)}***${masked.slice(at)}`;
+  const ranges = [...userInfoSecret(value), ...queryParameterSecrets(value), ...keywordSecrets(value)]
+    .filter(([start, end]) => end > start)
+    .sort((a, b) => a[0] - b[0]);
+  // Overlapping or touching ranges read as one '***'.
+  const merged: [number, number][] = [];
+  for (const [start, end] of ranges) {
+    const last = merged.at(-1);
+    if (last !== undefined && start <= last[1]) last[1] = Math.max(last[1], end);
+    else merged.push([start, end]);
+  }
+  let masked = '';
+  let from = 0;
+  for (const [start, end] of merged) {
+    masked += `${value.slice(from, start)}***`;
+    from = end;
+  }
+  return masked + value.slice(from);
 }
 
 /**

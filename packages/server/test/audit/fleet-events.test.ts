@@ -13,6 +13,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { createCsr, deviceCall, deviceKey } from '../support/device.js';
+import { runServerCli } from '../support/process.js';
 import { sagemakerCall } from '../support/sagemaker-call.js';
 import { FleetEventLog } from '../../src/audit/index.js';
 import { DeploymentService } from '../../src/deployments/index.js';
@@ -480,7 +481,167 @@ describe('fleet events in the server log (real server, SQLite)', () => {
     expect(linesSince().find((l) => l.event === 'packaging_job_failed')!.msg).toMatch(
       /packaging job pack-2 failed: .*does not exist/,
     );
+    // One line for each job's end, not the worker's besides the fleet event's.
+    const ofJob = (job: string) => linesSince().filter((l) => l.packagingJob === job && l.level >= INFO);
+    expect(
+      ofJob('pack-2')
+        .filter((l) => /fail/.test(l.msg))
+        .map((l) => l.event),
+    ).toEqual(['packaging_job_failed']);
+    expect(
+      ofJob('pack-1')
+        .filter((l) => /complete/.test(l.msg))
+        .map((l) => l.event),
+    ).toEqual(['packaging_job_completed']);
     const log = raw.join('\n');
     for (const [name, secret] of Object.entries(secrets)) expect(log, name).not.toContain(secret);
   });
+  it('names compilation jobs and tag changes of plans and compilation jobs, with the SageMaker caller as actor', async () => {
+    const before = raw.length;
+    const linesSince = () => raw.slice(before).map((line) => JSON.parse(line) as LogLine);
+    const key = await admin('POST', '/api/v1/access-keys', { name: 'neo', scope: 'admin' });
+    expect(key.status).toBe(201);
+    const sdk = key.body as { accessKeyId: string; secretAccessKey: string };
+    secrets.neo = sdk.secretAccessKey;
+    const call = async (operation: string, input: Record<string, unknown>) => {
+      const answer = await sagemakerCall(t.url, sdk, operation, input);
+      expect(answer.status, `${operation}: ${JSON.stringify(answer.body)}`).toBe(200);
+      return answer.body as Record<string, unknown>;
+    };
+
+    // No such object: the import fails, but the job was created (and its creation logged) first.
+    const created = await call('CreateCompilationJob', {
+      CompilationJobName: 'neo-1',
+      RoleArn: 'arn:aws:iam::123456789012:role/neo',
+      InputConfig: { S3Uri: 's3://neo/models/absent.onnx', Framework: 'ONNX' },
+      OutputConfig: { S3OutputLocation: 's3://neo/compiled' },
+      StoppingCondition: {},
+    });
+    await t.server.services.compilationJobs.settle();
+    await call('AddTags', {
+      ResourceArn: created.CompilationJobArn,
+      Tags: [{ Key: 'team', Value: 'vision' }],
+    });
+
+    expect(
+      (await admin('POST', '/api/v1/fleets', { name: 'fp', outputConfig: { s3OutputLocation: 's3://c/fp' } }))
+        .status,
+    ).toBe(201);
+    await register('fp', ['cam-p']);
+    expect(
+      (
+        await admin('POST', '/api/v1/deployment-plans', {
+          name: 'tagged',
+          fleetName: 'fp',
+          modelConfigs: [{ modelHandle: 'h', state: 'UNDEPLOY' }],
+          stages: [{ name: 's1', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['cam-p'] } }],
+        })
+      ).status,
+    ).toBe(201);
+    const plan = await call('DescribeEdgeDeploymentPlan', { EdgeDeploymentPlanName: 'tagged' });
+    await call('AddTags', {
+      ResourceArn: plan.EdgeDeploymentPlanArn,
+      Tags: [
+        { Key: 'env', Value: 'prod' },
+        { Key: 'owner', Value: 'ops' },
+      ],
+    });
+    await call('DeleteTags', { ResourceArn: plan.EdgeDeploymentPlanArn, TagKeys: ['env'] });
+
+    const caller = { kind: 'access-key', accessKeyId: sdk.accessKeyId, name: 'neo' };
+    const of = (event: string) => linesSince().filter((line) => line.event === event);
+    expect(of('compilation_job_created')).toEqual([
+      expect.objectContaining({
+        level: INFO,
+        log: 'fleet-events',
+        outcome: 'created',
+        actor: caller,
+        compilationJob: 'neo-1',
+        input: 's3://neo/models/absent.onnx',
+        model: 'compilation-neo-1',
+      }),
+    ]);
+    expect(of('compilation_job_updated')).toEqual([
+      expect.objectContaining({ actor: caller, compilationJob: 'neo-1', changed: 'tags', tagKeys: 'team' }),
+    ]);
+    expect(
+      of('plan_updated').map(({ actor, plan, fleet, changed, tagKeys, outcome }) => ({
+        actor,
+        plan,
+        fleet,
+        changed,
+        tagKeys,
+        outcome,
+      })),
+    ).toEqual([
+      {
+        actor: caller,
+        plan: 'tagged',
+        fleet: 'fp',
+        changed: 'tags',
+        tagKeys: 'env,owner',
+        outcome: 'updated',
+      },
+      { actor: caller, plan: 'tagged', fleet: 'fp', changed: 'tags', tagKeys: 'owner', outcome: 'updated' },
+    ]);
+    // Tag values are not logged.
+    expect(raw.slice(before).join('\n')).not.toMatch(/"(prod|ops|vision)"|\b(prod|vision)\b/);
+    const log = raw.join('\n');
+    for (const [name, secret] of Object.entries(secrets)) expect(log, name).not.toContain(secret);
+  });
+
+  it(
+    'edgefleet-server init and token create/revoke log the token by name, id and scope on stderr, never the token',
+    { timeout: 90_000 },
+    async () => {
+      const cwd = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-audit-cli-'));
+      try {
+        const eventsOf = (stderr: string) =>
+          stderr
+            .split('\n')
+            .filter((line) => line.startsWith('{'))
+            .map((line) => JSON.parse(line) as LogLine)
+            .filter((line) => line.log === 'fleet-events');
+        const init = await runServerCli(['init'], cwd);
+        expect(init.code, init.stderr).toBe(0);
+        const initialAdmin = init.stdout.trim();
+        expect(initialAdmin).toMatch(/^efo_/);
+        const created = await runServerCli(['token', 'create', '--name', 'ci', '--scope', 'admin'], cwd);
+        expect(created.code, created.stderr).toBe(0);
+        const ciToken = created.stdout.trim();
+        expect(ciToken).toMatch(/^efo_/);
+        // The token alone on stdout, as scripts read it.
+        expect(created.stdout).toBe(`${ciToken}\n`);
+
+        const [initLine] = eventsOf(init.stderr);
+        expect(initLine).toMatchObject({
+          level: INFO,
+          event: 'api_token_created',
+          outcome: 'created',
+          actor: { kind: 'local' },
+          tokenName: 'initial-admin',
+          scope: 'admin',
+          tokenId: expect.stringMatching(/^[0-9a-f]{16}$/),
+        });
+        const [createdLine] = eventsOf(created.stderr);
+        expect(createdLine).toMatchObject({
+          event: 'api_token_created',
+          actor: { kind: 'local' },
+          tokenName: 'ci',
+          scope: 'admin',
+        });
+        const revoked = await runServerCli(['token', 'revoke', createdLine!.tokenId as string], cwd);
+        expect(revoked.code, revoked.stderr).toBe(0);
+        expect(eventsOf(revoked.stderr)).toEqual([
+          expect.objectContaining({ event: 'api_token_revoked', tokenId: createdLine!.tokenId }),
+        ]);
+
+        const everything = [init, created, revoked].map((r) => r.stderr).join('\n');
+        for (const secret of [initialAdmin, ciToken]) expect(everything).not.toContain(secret);
+        expect(everything).not.toMatch(/\befo_/);
+      } finally {
+        await rm(cwd, { recursive: true, force: true });
+      }
+    },
+  );
 });

@@ -9,6 +9,8 @@ import { Writable } from 'node:stream';
 import type { DeploymentResult } from '@edgefleet/core';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FleetEventLog } from '../../src/audit/index.js';
+import { DeploymentService } from '../../src/deployments/index.js';
 import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
@@ -129,6 +131,9 @@ describe.each(engines)('what a device result may change on $engine', (fixture) =
       const ignored = ignoredLines().filter((line) => line.device === 'rc-1');
       expect(ignored).toHaveLength(1);
       expect(ignored[0]).toMatchObject({
+        log: 'fleet-events',
+        actor: { kind: 'device', device: 'rc-1' },
+        outcome: 'ignored',
         deployment: 'replayed',
         status: 'FAIL',
         reportedEndTime: new Date(LONG_AGO * 1000).toISOString(),
@@ -179,14 +184,51 @@ describe.each(engines)('what a device result may change on $engine', (fixture) =
         DeploymentStatus: 'SUCCESS',
       });
       expect(await target('replayed')).toMatchObject({ status: 'DEPLOYED' });
-      expect(
-        ignoredLines()
-          .filter((line) => line.device === 'rb-1')
-          .map((line) => line.reason),
-      ).toEqual([
-        'fleet fb has no deployment plan named replayed',
-        'fleet fb has no deployment plan named no-such-plan',
+      // The device's fleet event; the two after the first within the minute are left out (counted, below).
+      expect(ignoredLines().filter((line) => line.device === 'rb-1')).toEqual([
+        expect.objectContaining({
+          log: 'fleet-events',
+          outcome: 'ignored',
+          actor: { kind: 'device', device: 'rb-1' },
+          fleet: 'fb',
+          deployment: 'replayed',
+          reason: 'fleet fb has no deployment plan named replayed',
+        }),
       ]);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'logs left-out results at most once a minute per device, however the device varies them, counting the rest',
+    async () => {
+      // The server's own service on the same database and log, with a clock the test moves.
+      let clock = Date.now();
+      const when = nowSeconds();
+      const service = new DeploymentService(t.server.database.db, {
+        packagingJobs: t.server.services.packagingJobs,
+        models: t.server.services.models,
+        events: new FleetEventLog(t.server.logger.child({ log: 'fleet-events' })),
+        now: () => clock,
+      });
+      const forged = (plan: string) => ({
+        deviceName: 'rc-3',
+        fleetName: 'fa',
+        receivedAt: clock,
+        result: { ...undeployResult(plan, 'FAIL', 'forged'), ...at(when) },
+      });
+      for (let i = 0; i < 5; i += 1) await service.recordDeviceResult(forged(`flood-${i}`));
+      const ofRc3 = () => ignoredLines().filter((line) => line.device === 'rc-3');
+      expect(ofRc3().map((line) => line.deployment)).toEqual(['flood-0']);
+
+      clock += 60_000;
+      await service.recordDeviceResult(forged('flood-5'));
+      expect(ofRc3()).toHaveLength(2);
+      expect(ofRc3()[1]).toMatchObject({ deployment: 'flood-5', resultsNotLogged: 4 });
+      expect(ofRc3()[1].msg).toMatch(/4 more left out since the last line/);
+      // A repeat of the last is no news: not logged, and not counted either.
+      clock += 60_000;
+      await service.recordDeviceResult(forged('flood-5'));
+      expect(ofRc3()).toHaveLength(2);
     },
   );
 });

@@ -2,6 +2,7 @@ import { writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import Fastify from 'fastify';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -138,6 +139,32 @@ describe('error bodies', () => {
       body: JSON.stringify({ name: 'x'.repeat(2 * 1024 * 1024), scope: 'admin' }),
     });
     expect(huge).toMatchObject({ status: 413, body: { code: 'PayloadTooLarge' } });
+  });
+
+  it('refuse a compressed body, naming its Content-Encoding, rather than inflate it or call it bad JSON', async () => {
+    const gzipped = await fetch(`${t.url}/api/v1/tokens`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${t.adminToken}`,
+        'content-type': 'application/json',
+        'content-encoding': 'gzip',
+      },
+      body: gzipSync(JSON.stringify({ name: 'zipped', scope: 'read-only' })),
+    });
+    expect(gzipped.status).toBe(415);
+    expect(await gzipped.json()).toEqual({
+      code: 'UnsupportedMediaType',
+      message:
+        'Content-Encoding "gzip" is not supported: the server inflates no request body; send it uncompressed (no Content-Encoding, or identity)',
+    });
+    // Answered before the body was read: the connection ends with it.
+    expect(gzipped.headers.get('connection')).toBe('close');
+    const identity = await t.call('POST', '/api/v1/tokens', {
+      token: t.adminToken,
+      body: { name: 'plain', scope: 'read-only' },
+      headers: { 'content-encoding': 'identity' },
+    });
+    expect(identity.status).toBe(201);
   });
 
   it('name the limit when a path segment is too long to be a name (N10)', async () => {

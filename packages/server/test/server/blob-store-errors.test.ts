@@ -2,9 +2,9 @@
  * `init` with an S3 blob store it cannot use names the store, its bucket, the reason and the setting to fix,
  * not the S3 SDK's own words (`UnknownError`, `Could not load credentials from any providers`).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type Server } from 'node:http';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -122,6 +122,48 @@ describe('edgefleet-server init with an S3 blob store it cannot use', { timeout:
       expect(result.stderr).not.toMatch(/UnknownError/);
     } finally {
       await new Promise((resolve) => endpoint.close(resolve));
+    }
+  });
+  it('fails, naming the endpoint, when the endpoint accepts and never answers (s3.socketTimeoutMs)', async () => {
+    // Takes every connection and reads it, answering nothing: without a socket timeout init would wait forever
+    // (the bound is this test's timeout).
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.resume();
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const endpoint = `http://127.0.0.1:${(silent.address() as { port: number }).port}`;
+    const configFile = path.join(cwd, 'silent-s3.json');
+    await writeFile(
+      configFile,
+      JSON.stringify({ s3: { socketTimeoutMs: 1000, connectionTimeoutMs: 1000 } }),
+      { mode: 0o600 },
+    );
+    try {
+      const result = await runServerCli(
+        [
+          'init',
+          '--config',
+          configFile,
+          '--data-dir',
+          'silent',
+          '--blob',
+          `s3://${s3.bucket}/edgefleet`,
+          '--blob-endpoint',
+          endpoint,
+        ],
+        cwd,
+        withCredentials,
+      );
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        `cannot use the blob store s3://${s3.bucket}/edgefleet at ${endpoint}: ${endpoint} is not answering (TimeoutError)`,
+      );
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
     }
   });
 });

@@ -146,6 +146,73 @@ describe('maskUrlCredentials', () => {
     expect(maskUrlCredentials('postgres://u@h/db')).toBe('postgres://u@h/db');
     expect(maskUrlCredentials('postgres://h:5432/db')).toBe('postgres://h:5432/db');
   });
+
+  it('masks every query parameter and keyword whose name says it is a secret, and only those', () => {
+    expect(maskUrlCredentials('postgres://h/db?sslpassword=k&sslmode=require&sslkey=/etc/k.pem')).toBe(
+      'postgres://h/db?sslpassword=***&sslmode=require&sslkey=***',
+    );
+    expect(maskUrlCredentials('postgres://h/db?application_name=a;client_secret=s;x&PassWord=p')).toBe(
+      'postgres://h/db?application_name=a;client_secret=***&PassWord=***',
+    );
+    // A name a URL parser decodes: pass%77ord is password.
+    expect(maskUrlCredentials('postgres://h/db?pass%77ord=p')).toBe('postgres://h/db?pass%77ord=***');
+    expect(maskUrlCredentials("host=h sslpassword='a b' sslmode=verify-full")).toBe(
+      'host=h sslpassword=*** sslmode=verify-full',
+    );
+    expect(maskUrlCredentials('https://minio:9000/?X-Amz-Signature=abc&X-Amz-Date=1')).toBe(
+      'https://minio:9000/?X-Amz-Signature=***&X-Amz-Date=1',
+    );
+  });
+
+  it('lets no generated secret through, in the user info, a query parameter or a keyword string', () => {
+    const names = [
+      'password',
+      'PASSWORD',
+      'sslpassword',
+      'pass%77ord',
+      'client_secret',
+      'token',
+      'access_token',
+      'sslkey',
+      'apiKey',
+    ];
+    // Upper case and punctuation: the secret cannot be a piece of the lower-case text around it.
+    const secretChars = fc.constantFrom(...'ABCDEFGHJKLMNPQRSTUVWXYZ0123456789!$()*+,;:@/?#=~%'.split(''));
+    const secret = fc.string({ unit: secretChars, minLength: 6, maxLength: 24 });
+    const spacedSecret = fc.string({
+      unit: fc.constantFrom(..."ABCDEFGHJKLMNPQRSTUVWXYZ0123456789 '=@".split('')),
+      minLength: 6,
+      maxLength: 24,
+    });
+    const placed = fc.oneof(
+      fc.tuple(secret).map(([s]) => [s, `postgres://user:${s}@db.example:5432/edgefleet`] as const),
+      fc
+        .tuple(secret, fc.constantFrom(...names), fc.boolean(), fc.boolean())
+        .map(([s, name, encoded, first]) => {
+          const v = encoded ? encodeURIComponent(s) : s.replace(/&/g, '');
+          const query = first ? `${name}=${v}&sslmode=require` : `sslmode=require&${name}=${v}`;
+          return [v, `postgres://db.example:5432/edgefleet?${query}`] as const;
+        }),
+      fc.tuple(secret, fc.constantFrom(...names.filter((n) => !n.includes('%')))).map(([s, name]) => {
+        const v = s.replace(/[\s']/g, '');
+        return [v, `host=db.example ${name}=${v} dbname=edgefleet`] as const;
+      }),
+      fc.tuple(spacedSecret, fc.constantFrom('password', 'sslpassword')).map(([s, name]) => {
+        const quoted = s.replace(/\\/g, '\\\\').replace(/'/g, "\\'");
+        // The quoted value as written, and the secret it stands for.
+        return [quoted, `host=db.example ${name} = '${quoted}' dbname=edgefleet`, s] as const;
+      }),
+    );
+    fc.assert(
+      fc.property(placed, ([secretValue, value, meant]) => {
+        const masked = maskUrlCredentials(value);
+        expect(masked).not.toContain(secretValue);
+        if (meant !== undefined) expect(masked).not.toContain(meant);
+        expect(masked).toContain('***');
+      }),
+      { numRuns: 2000 },
+    );
+  });
 });
 
 function errorOf(run: () => unknown): string {

@@ -1,3 +1,4 @@
+import { accessKeyActor } from '../../audit/index.js';
 import { z } from 'zod';
 import {
   stoppingConditionSchema,
@@ -61,20 +62,23 @@ export function compilationOperations({ jobs }: { jobs: CompilationJobStore }): 
         StoppingCondition: stoppingConditionSchema.optional(),
         Tags: awsTagList.optional(),
       }),
-      run: async (input, { arns }) => {
+      run: async (input, { arns, key }) => {
         // The store refuses frameworks other than ONNX (ValidationException naming the framework).
-        const job = await jobs.create({
-          name: input.CompilationJobName,
-          framework: input.InputConfig.Framework,
-          frameworkVersion: input.InputConfig.FrameworkVersion,
-          inputS3Uri: input.InputConfig.S3Uri,
-          roleArn: input.RoleArn,
-          outputS3Location: input.OutputConfig.S3OutputLocation,
-          targetDevice: input.OutputConfig.TargetDevice,
-          stoppingCondition: input.StoppingCondition,
-          dataInputConfig: input.InputConfig.DataInputConfig,
-          tags: fromAwsTags(input.Tags ?? []),
-        });
+        const job = await jobs.create(
+          {
+            name: input.CompilationJobName,
+            framework: input.InputConfig.Framework,
+            frameworkVersion: input.InputConfig.FrameworkVersion,
+            inputS3Uri: input.InputConfig.S3Uri,
+            roleArn: input.RoleArn,
+            outputS3Location: input.OutputConfig.S3OutputLocation,
+            targetDevice: input.OutputConfig.TargetDevice,
+            stoppingCondition: input.StoppingCondition,
+            dataInputConfig: input.InputConfig.DataInputConfig,
+            tags: fromAwsTags(input.Tags ?? []),
+          },
+          accessKeyActor(key),
+        );
         return { CompilationJobArn: arns.compilationJob(job.name) };
       },
     }),

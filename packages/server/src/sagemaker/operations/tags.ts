@@ -35,7 +35,7 @@ export function tagOperations({
   compilationJobs,
   deployments,
 }: TagOperationDeps): OperationModule {
-  /** The resource's tags, and how to write them (fleet and device changes logged as `by`'s). */
+  /** The resource's tags, and how to write them (changes logged as `by`'s; packaging jobs' are not logged). */
   const tagsOf = async (
     arn: string,
     by: Actor = LOCAL_ACTOR,
@@ -43,14 +43,14 @@ export function tagOperations({
     const resource = parseResourceArn(arn);
     if (resource.kind === 'compilation-job') {
       const job = await compilationJobs.get(resource.name);
-      return { tags: job.tags, write: (tags) => compilationJobs.setTags(job.name, tags) };
+      return { tags: job.tags, write: (tags) => compilationJobs.setTags(job.name, tags, by) };
     }
     if (resource.kind === 'edge-packaging-job') return packagingJobTags(db, resource.name);
     if (resource.kind === 'edge-deployment') {
       const plan = await deployments.describePlan(resource.name);
       return {
         tags: plan.tags,
-        write: async (tags) => void (await deployments.setPlanTags(plan.name, tags)),
+        write: async (tags) => void (await deployments.setPlanTags(plan.name, tags, by)),
       };
     }
     if (resource.kind === 'device-fleet') {
