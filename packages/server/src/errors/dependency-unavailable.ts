@@ -1,30 +1,64 @@
 import { BlobStoreUnavailableError } from '../blobs/blob-store.js';
-import { DatabaseUnavailableError } from '../storage/database.js';
+import { DatabaseUnavailableError, diskFaultOf } from '../storage/database.js';
 import { DomainError } from './domain-error.js';
 
 /** How long a caller waits before trying again after an outage of the database or the blob store. */
 const RETRY_AFTER_SECONDS = 5;
 
+/** A component of the server's state, as /readyz names it. */
+export type StateComponent = 'database' | 'blobStore';
+
 // SQLite's file held by another writer past busy_timeout (PostgreSQL's outages arrive as DatabaseUnavailableError).
 const isSqliteBusy = (error: unknown) => (error as { code?: unknown } | undefined)?.code === 'SQLITE_BUSY';
 
 /**
+ * The component a full or failing disk failed, and how: the database's own codes (SQLITE_FULL, SQLITE_IOERR*,
+ * PostgreSQL's disk_full) are the database's; a file system error (ENOSPC, EDQUOT, EIO) comes from the files
+ * the server writes itself, the blob folder and the uploads' temporary files beside it.
+ */
+export function diskFaultComponentOf(
+  error: unknown,
+): { component: StateComponent; fault: 'full' | 'io' } | undefined {
+  const fault = diskFaultOf(error);
+  if (fault === undefined) return undefined;
+  const code = String((error as { code?: unknown } | undefined)?.code ?? '');
+  const database =
+    error instanceof DatabaseUnavailableError || code.startsWith('SQLITE_') || code === '53100';
+  return { component: database ? 'database' : 'blobStore', fault };
+}
+
+/**
  * An outage of something the server depends on, as the answer a caller gets: 503 DependencyUnavailable naming
  * the component as /readyz does (`database`, `blobStore`), so that an operator knows it is not their request.
- * The cause (hosts, buckets) stays in the server's log, as /readyz keeps it. Undefined for any other error.
+ * A full or failing disk is such an outage too (503 rather than WebDAV's 507: every client, the agent's
+ * included, already waits Retry-After and tries again on a 503, and the condition passes once space is freed);
+ * its answer says so (`details.cause` `diskFull` / `diskError`), as it names no host or path.
+ * The cause (hosts, buckets, files) stays in the server's log, as /readyz keeps it. Undefined for any other error.
  */
 export function dependencyUnavailableOf(error: unknown): DomainError | undefined {
-  const component =
-    error instanceof DatabaseUnavailableError || isSqliteBusy(error)
+  const disk = diskFaultComponentOf(error);
+  const component: StateComponent | undefined =
+    disk?.component ??
+    (error instanceof DatabaseUnavailableError || isSqliteBusy(error)
       ? 'database'
       : error instanceof BlobStoreUnavailableError
         ? 'blobStore'
-        : undefined;
+        : undefined);
   if (component === undefined) return undefined;
   const what = component === 'database' ? "the server's database" : "the server's blob store";
+  const why =
+    disk === undefined
+      ? ''
+      : disk.fault === 'full'
+        ? ": the server's disk is full (an operator must free space)"
+        : ": the server's disk failed a write (an I/O error)";
   return new DomainError(
     'DependencyUnavailable',
-    `${what} cannot be used now; try again later (GET /readyz names the failing dependency, the server's log says why)`,
-    { component, retryAfterSeconds: RETRY_AFTER_SECONDS },
+    `${what} cannot be used now${why}; try again later (GET /readyz names the failing dependency, the server's log says why)`,
+    {
+      component,
+      ...(disk !== undefined && { cause: disk.fault === 'full' ? 'diskFull' : 'diskError' }),
+      retryAfterSeconds: RETRY_AFTER_SECONDS,
+    },
   );
 }

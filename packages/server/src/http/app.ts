@@ -133,6 +133,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     handler: async () => ({ status: 'ok' as const, ...options.build }),
   });
 
+  // The checks the last probe found failing, so that a failure is logged when it begins, not at every probe.
+  const failingChecks = new Set<string>();
   defineRoute(app, {
     method: 'GET',
     url: '/readyz',
@@ -150,11 +152,25 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
           try {
             await check();
             checks[name] = 'ok';
+            if (failingChecks.delete(name))
+              request.log.info(
+                { event: 'readiness_check_passed', check: name },
+                `readiness check ${name} passes again`,
+              );
           } catch (error) {
             failing.push(name);
             // The reason stays in the log: it names internal hosts, paths, buckets and driver errors, and the
-            // probe is public on both ports.
-            request.log.warn({ check: name, err: error }, `readiness check ${name} failed`);
+            // probe is public on both ports. Once per change of state: a balancer probes every few seconds.
+            if (!failingChecks.has(name))
+              request.log.warn(
+                {
+                  event: 'readiness_check_failed',
+                  check: name,
+                  reason: error instanceof Error ? error.message : String(error),
+                },
+                `readiness check ${name} failed: ${error instanceof Error ? error.message : String(error)} (logged again when it passes)`,
+              );
+            failingChecks.add(name);
           }
         }),
       );

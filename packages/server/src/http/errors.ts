@@ -194,8 +194,13 @@ export function installErrorHandlers(app: FastifyInstance, outageLog: OutageLog)
     if (apiError === undefined) {
       request.log.error({ err: error }, 'request failed');
       apiError = new ApiError(500, 'InternalError', 'the server failed to handle the request; see its log');
-    } else if (apiError.statusCode >= 500 && apiError.code !== 'DependencyUnavailable') {
-      // A dependency that cannot be used is logged where it is found (once per outage), not per request.
+    } else if (
+      apiError.statusCode >= 500 &&
+      apiError.code !== 'DependencyUnavailable' &&
+      apiError.code !== 'NotReady'
+    ) {
+      // A dependency that cannot be used is logged where it is found (once per outage), not per request; a
+      // failing readiness check by /readyz, when it begins to fail.
       request.log.error({ err: error }, apiError.message);
     }
     const retryAfter = retryAfterSecondsOf(error);

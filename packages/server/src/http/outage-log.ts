@@ -1,6 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify';
 import { BlobStoreUnavailableError } from '../blobs/index.js';
+import { diskFaultComponentOf } from '../errors/dependency-unavailable.js';
 import { LineLimiter, REPEATED_LINE_INTERVAL_MS } from '../logging/line-limiter.js';
+import type { RecentDiskFaults } from './recent-disk-faults.js';
 
 /** How often an outage of one component is logged while it lasts. */
 export const OUTAGE_LOG_INTERVAL_MS = REPEATED_LINE_INTERVAL_MS;
@@ -13,20 +15,27 @@ export const OUTAGE_LOG_INTERVAL_MS = REPEATED_LINE_INTERVAL_MS;
  */
 export class OutageLog {
   readonly #lines: LineLimiter;
+  readonly #diskFaults: RecentDiskFaults | undefined;
 
-  constructor(options: { now?: () => number; intervalMs?: number } = {}) {
+  /** `diskFaults` hears every outage a full or failing disk caused, logged or not, for /readyz. */
+  constructor(options: { now?: () => number; intervalMs?: number; diskFaults?: RecentDiskFaults } = {}) {
     this.#lines = new LineLimiter(options);
+    this.#diskFaults = options.diskFaults;
   }
 
   /**
    * Logs `error` (the outage's cause) with `message` unless `component` was logged within the interval. A store
-   * that refuses the server's own credentials or has lost its bucket is the operator's to fix: at error.
+   * that refuses the server's own credentials or has lost its bucket is the operator's to fix: at error; so is
+   * a full or failing disk.
    */
   log(logger: FastifyBaseLogger, component: string, error: unknown, message: string): void {
+    this.#diskFaults?.record(error);
     const admitted = this.#lines.admit(component);
     if (admitted === undefined) return;
     const { leftOut } = admitted;
-    const operatorMistake = error instanceof BlobStoreUnavailableError && error.problem !== 'unreachable';
+    const operatorMistake =
+      (error instanceof BlobStoreUnavailableError && error.problem !== 'unreachable') ||
+      diskFaultComponentOf(error) !== undefined;
     logger[operatorMistake ? 'error' : 'warn'](
       { err: error, component, ...(leftOut > 0 && { requestsNotLogged: leftOut }) },
       `${message}${leftOut > 0 ? ` (${leftOut} more such failures since the last line, not logged)` : ''} (logged at most once a minute per component)`,

@@ -6,7 +6,10 @@ import {
   Kysely,
   PostgresDialect,
   SqliteDialect,
+  SqliteDriver,
   sql,
+  type DatabaseConnection,
+  type Driver,
   type PostgresPool,
   type PostgresPoolClient,
   type SqliteDatabase as KyselySqliteDatabase,
@@ -182,10 +185,29 @@ export class DatabaseUnavailableError extends Error {
 }
 
 /**
+ * Why a write failed when the disk under the server's state failed it, not the request: 'full' for no space or
+ * quota left (SQLite's SQLITE_FULL, the file system's ENOSPC / EDQUOT, PostgreSQL's 53100 disk_full), 'io' for
+ * an I/O error (SQLite's SQLITE_IOERR and its extended codes, EIO). Undefined for any other error.
+ */
+export function diskFaultOf(error: unknown): 'full' | 'io' | undefined {
+  // Looks through wrappers (DatabaseUnavailableError, a migration's message) to the code that says it.
+  for (let cause = error, depth = 0; cause !== undefined && cause !== null && depth < 5; depth++) {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === 'string') {
+      if (['SQLITE_FULL', 'ENOSPC', 'EDQUOT', '53100'].includes(code)) return 'full';
+      if (code.startsWith('SQLITE_IOERR') || code === 'EIO') return 'io';
+    }
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/**
  * A failure of the connection rather than of the statement: a socket error, pg's own connection messages, or
  * a SQLSTATE of class 08 (connection exception), 57P01-57P03 (server shutting down or starting), 3D000 (the
  * database dropped under a running server) or 53300 (too
- * many connections); SQLite's SQLITE_BUSY (another writer held the file past busy_timeout).
+ * many connections); SQLite's SQLITE_BUSY (another writer held the file past busy_timeout); and a disk that is
+ * full or failing under the database (diskFaultOf): no request can write until an operator frees space.
  */
 export function isDatabaseOutage(error: unknown): boolean {
   const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
@@ -193,6 +215,7 @@ export function isDatabaseOutage(error: unknown): boolean {
     if (NETWORK_ERROR_CODES.has(code) || code.startsWith('08')) return true;
     if (['57P01', '57P02', '57P03', '53300', '3D000', 'SQLITE_BUSY'].includes(code)) return true;
   }
+  if (diskFaultOf(error) !== undefined) return true;
   return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
     String(message),
   );
@@ -271,6 +294,89 @@ function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqliteDataba
   };
 }
 
+/**
+ * Kysely's SQLite driver, except that a transaction SQLite has already ended is not rolled back again. On
+ * SQLITE_FULL, SQLITE_IOERR and some others SQLite rolls the transaction back itself; kysely's ROLLBACK then
+ * fails ("cannot rollback - no transaction is active") and that error would replace the one that says why
+ * (the full disk) in the answer and the log. A ROLLBACK that fails for another reason is reported to
+ * `onRollbackFailure` and the original error still propagates.
+ */
+class SqliteDriverKeepingCause extends SqliteDriver {
+  constructor(
+    config: ConstructorParameters<typeof SqliteDriver>[0],
+    private readonly sqlite: SqliteDatabase.Database,
+    private readonly onRollbackFailure: ((error: unknown) => void) | undefined,
+  ) {
+    super(config);
+  }
+
+  override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    if (!this.sqlite.inTransaction) return;
+    try {
+      await super.rollbackTransaction(connection);
+    } catch (error) {
+      this.onRollbackFailure?.(error);
+    }
+  }
+}
+
+class SqliteDialectKeepingCause extends SqliteDialect {
+  constructor(
+    private readonly driverConfig: ConstructorParameters<typeof SqliteDialect>[0],
+    private readonly sqlite: SqliteDatabase.Database,
+    private readonly onRollbackFailure: ((error: unknown) => void) | undefined,
+  ) {
+    super(driverConfig);
+  }
+
+  override createDriver(): Driver {
+    return new SqliteDriverKeepingCause(this.driverConfig, this.sqlite, this.onRollbackFailure);
+  }
+}
+
+const DAMAGED_SQLITE_CODE = /^SQLITE_(CORRUPT|NOTADB)/;
+
+/** True when `error` (or what it wraps) is SQLite saying the file is damaged or not a database. */
+export function isDamagedDatabaseError(error: unknown): boolean {
+  for (let cause = error, depth = 0; cause !== undefined && cause !== null && depth < 5; depth++) {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === 'string' && DAMAGED_SQLITE_CODE.test(code)) return true;
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+/**
+ * The SQLite file is damaged: restarting cannot help (exit 2, 'unsafe'), a person must restore a backup. The
+ * message names the file, what is wrong and the way out.
+ */
+export function damagedDatabaseError(file: string, detail: string, cause?: unknown): DatabaseOpenError {
+  return new DatabaseOpenError(
+    `the SQLite database ${file} is damaged (${detail}); the server cannot use it. Restore the latest backup: ` +
+      'with no server running on it, `edgefleet-server restore --from <backup file>` (it keeps the damaged ' +
+      'file beside it as state.db.before-restore-<time>); see "Backup and restore" in the server README ' +
+      '(packages/server/README.md#backup-and-restore)',
+    'unsafe',
+    { cause },
+  );
+}
+
+/**
+ * SQLite's quick_check: every page's structure, without matching indexes to tables (integrity_check), so
+ * about 0.2 s for 100 MB. Throws damagedDatabaseError when it finds damage.
+ */
+function refuseDamagedDatabase(sqlite: SqliteDatabase.Database, file: string): void {
+  let problems: string[];
+  try {
+    problems = (sqlite.pragma('quick_check(3)') as { quick_check: string }[]).map((row) => row.quick_check);
+  } catch (error) {
+    if (!isDamagedDatabaseError(error)) throw error;
+    problems = [(error as Error).message];
+  }
+  if (problems.length === 1 && problems[0] === 'ok') return;
+  throw damagedDatabaseError(file, `quick_check: ${problems.join('; ')}`);
+}
+
 export interface OpenDatabaseOptions {
   /** PostgreSQL pool size; default 10. */
   maxConnections?: number;
@@ -279,6 +385,11 @@ export interface OpenDatabaseOptions {
    * would crash the process; the pool replaces the connection and the next query reports any real outage.
    */
   onConnectionError?: (error: Error) => void;
+  /**
+   * Hears a SQLite ROLLBACK that failed although a transaction was open; the error that made the transaction
+   * roll back is still the one thrown (SqliteDriverKeepingCause).
+   */
+  onRollbackFailure?: (error: unknown) => void;
 }
 
 /** SQLite file modes: the database holds token hashes, CSRF tokens and sealed secrets, wherever it lies. */
@@ -318,8 +429,14 @@ export async function openDatabase(
       sqlite.pragma('foreign_keys = ON');
       // 64 MiB of page cache: the metric indexes grow quickly and are written at heartbeat rate.
       sqlite.pragma('cache_size = -65536');
+      // A damaged file found now stops the server with the way out (exit 2), not later as a failed migration
+      // (exit 1, restarted for ever) or as errors on the requests that touch the damaged pages.
+      refuseDamagedDatabase(sqlite, location.file);
     } catch (error) {
       sqlite?.close();
+      if (error instanceof DatabaseOpenError) throw error;
+      if (isDamagedDatabaseError(error))
+        throw damagedDatabaseError(location.file, describeFileError(error).words, error);
       const { words, problem } = describeFileError(error);
       throw new DatabaseOpenError(
         `cannot open the SQLite database ${location.file}: ${words}` +
@@ -331,7 +448,11 @@ export async function openDatabase(
       );
     }
     const db = new Kysely<DatabaseSchema>({
-      dialect: new SqliteDialect({ database: withStatementCache(sqlite) }),
+      dialect: new SqliteDialectKeepingCause(
+        { database: withStatementCache(sqlite) },
+        sqlite,
+        options.onRollbackFailure,
+      ),
     });
     return {
       engine: 'sqlite',
