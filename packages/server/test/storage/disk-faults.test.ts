@@ -1,0 +1,80 @@
+/**
+ * A full disk under the SQLite database, made for real: `PRAGMA max_page_count` on the server's own connection
+ * to a real database file, so the next write that needs a page fails with SQLITE_FULL. SQLite has then rolled
+ * the transaction back itself; the error that says why must be the one thrown, not kysely's failed ROLLBACK.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { sql } from 'kysely';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { diskFaultOf, isDatabaseOutage, openDatabase, type ServerDatabase } from '../../src/storage/index.js';
+
+describe('a transaction on a full SQLite disk', () => {
+  let dir: string;
+  let database: ServerDatabase;
+  const rollbackFailures: unknown[] = [];
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-disk-full-'));
+    rollbackFailures.length = 0;
+    database = await openDatabase(
+      { engine: 'sqlite', file: path.join(dir, 'state.db') },
+      { onRollbackFailure: (error) => rollbackFailures.push(error) },
+    );
+    await sql`create table t (v blob)`.execute(database.db);
+  });
+  afterEach(async () => {
+    await database.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Caps the file at the pages it has now: SQLite answers SQLITE_FULL for the next page it needs. */
+  async function fillDisk(): Promise<void> {
+    const { rows } = await sql<{ page_count: number }>`pragma page_count`.execute(database.db);
+    await sql.raw(`pragma max_page_count = ${rows[0]!.page_count}`).execute(database.db);
+  }
+
+  it('throws SQLITE_FULL, an outage, not "cannot rollback - no transaction is active"', async () => {
+    await fillDisk();
+    const failure: unknown = await database.db
+      .transaction()
+      .execute(async (trx) => {
+        await sql`insert into t (v) values (${Buffer.alloc(64 * 1024)})`.execute(trx);
+      })
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+    expect(failure).toMatchObject({ code: 'SQLITE_FULL' });
+    expect(String((failure as Error).message)).not.toMatch(/rollback/);
+    expect(isDatabaseOutage(failure)).toBe(true);
+    expect(diskFaultOf(failure)).toBe('full');
+    // SQLite had ended the transaction: no ROLLBACK was tried, so none failed.
+    expect(rollbackFailures).toEqual([]);
+
+    // Space freed: the same connection writes again (no transaction was left open on it).
+    await sql.raw('pragma max_page_count = 1000000').execute(database.db);
+    await database.db.transaction().execute(async (trx) => {
+      await sql`insert into t (v) values (${Buffer.alloc(64 * 1024)})`.execute(trx);
+    });
+    const { rows } = await sql<{ n: number }>`select count(*) as n from t`.execute(database.db);
+    expect(rows[0]!.n).toBe(1);
+  });
+
+  it('rolls back as before a transaction that failed for another reason', async () => {
+    const failure: unknown = await database.db
+      .transaction()
+      .execute(async (trx) => {
+        await sql`insert into t (v) values (${'kept until the rollback'})`.execute(trx);
+        throw new Error('the callback failed');
+      })
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+    expect(failure).toMatchObject({ message: 'the callback failed' });
+    const { rows } = await sql<{ n: number }>`select count(*) as n from t`.execute(database.db);
+    expect(rows[0]!.n).toBe(0);
+    expect(rollbackFailures).toEqual([]);
+  });
+});
