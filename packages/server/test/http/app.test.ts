@@ -63,11 +63,11 @@ describe('health and readiness', () => {
     }
     // The reason is in the server's log, at warn, with the check's name.
     const warnings = lines
-      .map((l) => JSON.parse(l) as { level: number; check?: string; err?: { message?: string } })
+      .map((l) => JSON.parse(l) as { level: number; check?: string; reason?: string })
       .filter((l) => l.check === 'blobStore');
     expect(warnings.length).toBeGreaterThanOrEqual(2);
     expect(warnings[0]?.level).toBe(pino.levels.values.warn);
-    expect(warnings[0]?.err?.message).toContain('not-a-folder');
+    expect(warnings[0]?.reason).toContain('not-a-folder');
   });
 });
 
@@ -287,6 +287,55 @@ describe('device port body limit (review s8 #5)', () => {
       body: { padding: 'x' },
     });
     expect(small.status).toBe(404);
+  });
+});
+
+describe('readiness in the log', () => {
+  it('logs a failing check at warn when it begins to fail and at info when it passes again, not at every probe', async () => {
+    const lines: Array<{ level: number; msg: string; event?: string; check?: string; reason?: string }> = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) lines.push(JSON.parse(line));
+        done();
+      },
+    });
+    let databaseDown = true;
+    const app = await buildApp({
+      logger: pino({ level: 'info' }, sink),
+      authenticators: {},
+      readiness: [
+        {
+          name: 'database',
+          check: async () => {
+            if (databaseDown) throw new Error('connect ECONNREFUSED 127.0.0.1:5432');
+          },
+        },
+      ],
+      isShuttingDown: () => false,
+      requestTimeoutMs: 60_000,
+    });
+    const probe = async () => (await app.inject({ method: 'GET', url: '/readyz' })).statusCode;
+    try {
+      for (let i = 0; i < 5; i++) expect(await probe()).toBe(503);
+      databaseDown = false;
+      for (let i = 0; i < 3; i++) expect(await probe()).toBe(200);
+      databaseDown = true;
+      expect(await probe()).toBe(503);
+    } finally {
+      await app.close();
+    }
+    const readiness = lines.filter((line) => line.check === 'database');
+    expect(readiness).toEqual([
+      expect.objectContaining({
+        level: pino.levels.values.warn,
+        event: 'readiness_check_failed',
+        reason: 'connect ECONNREFUSED 127.0.0.1:5432',
+      }),
+      expect.objectContaining({ level: pino.levels.values.info, event: 'readiness_check_passed' }),
+      expect.objectContaining({ level: pino.levels.values.warn, event: 'readiness_check_failed' }),
+    ]);
+    // The 503 NotReady itself is not a server error with a stack (it was, once per probe).
+    expect(lines.filter((line) => line.level >= pino.levels.values.error)).toEqual([]);
   });
 });
 
