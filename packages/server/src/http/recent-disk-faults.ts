@@ -39,7 +39,9 @@ export class RecentDiskFaults {
     }
     throw new Error(
       `a write to the ${component} failed ${Math.round(ago / 1000)} s ago: ` +
-        (last.fault === 'full' ? 'its disk is full (free space on it)' : 'its disk failed it (an I/O error)') +
+        (last.fault === 'full'
+          ? 'its disk is full (free space on it)'
+          : 'its disk failed it (an I/O error)') +
         `; ready again ${Math.round(this.#windowMs / 1000)} s after the last such failure`,
     );
   }
