@@ -354,7 +354,7 @@ export function damagedDatabaseError(file: string, detail: string, cause?: unkno
   return new DatabaseOpenError(
     `the SQLite database ${file} is damaged (${detail}); the server cannot use it. Restore the latest backup: ` +
       'with no server running on it, `edgefleet-server restore --from <backup file>` (it keeps the damaged ' +
-      'file beside it as state.db.before-restore-<time>); see "Backup and restore" in the server README ' +
+      `file beside it as ${path.basename(file)}.before-restore-<time>); see "Backup and restore" in the server README ` +
       '(packages/server/README.md#backup-and-restore)',
     'unsafe',
     { cause },
