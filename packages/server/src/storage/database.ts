@@ -362,10 +362,21 @@ export function damagedDatabaseError(file: string, detail: string, cause?: unkno
 }
 
 /**
- * SQLite's quick_check: every page's structure, without matching indexes to tables (integrity_check), so
- * about 0.2 s for 100 MB. Throws damagedDatabaseError when it finds damage.
+ * Databases up to this size are checked at every start (quick_check reads every page: about 0.2 s per 100 MB
+ * when cached, longer from disk). A larger one, a fleet's metrics history, would hold every start up for as long
+ * as it takes to read it all; its damage is found where it is used (migrations, requests) instead.
+ */
+const QUICK_CHECK_MAX_BYTES = 1024 ** 3;
+
+/**
+ * SQLite's quick_check: every page's structure, without matching indexes to tables (integrity_check). Throws
+ * damagedDatabaseError when it finds damage. Skipped for a file over QUICK_CHECK_MAX_BYTES.
  */
 function refuseDamagedDatabase(sqlite: SqliteDatabase.Database, file: string): void {
+  const bytes =
+    (sqlite.pragma('page_count', { simple: true }) as number) *
+    (sqlite.pragma('page_size', { simple: true }) as number);
+  if (bytes > QUICK_CHECK_MAX_BYTES) return;
   let problems: string[];
   try {
     problems = (sqlite.pragma('quick_check(3)') as { quick_check: string }[]).map((row) => row.quick_check);
