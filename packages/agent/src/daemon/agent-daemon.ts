@@ -209,7 +209,10 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
       });
       registry.observe(recordLoadedModels(database.loadedModels));
     }
-    const activity = new ModelActivity({ ...(database && { repository: database.modelCounters }) });
+    const activity = new ModelActivity({
+      ...(database && { repository: database.modelCounters }),
+      logger,
+    });
     cleanups.push(() => activity.close());
     registry.observe(modelActivityObserver(activity));
     const capture: RunningCapture = await startCaptureService({

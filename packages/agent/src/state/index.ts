@@ -63,7 +63,8 @@ export {
   type LedgerFile,
   type UploadLedger,
 } from './upload-ledger-repository.js';
-export { ModelActivity, type ModelActivityOptions } from './model-activity.js';
+export { ModelActivity, type ModelActivityLogger, type ModelActivityOptions } from './model-activity.js';
+export { isStorageFull } from './storage-full.js';
 export {
   recordLoadedModels,
   restoreLoadedModels,
