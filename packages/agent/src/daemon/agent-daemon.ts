@@ -297,7 +297,11 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
             : `still loading in the background, past edgefleet_startup_load_timeout_seconds: ${backgroundLoads.pending.join(', ')}`,
         agentStatus: () => ({
           deployments: deployments
-            ? { enabled: true, models: deployments.engine.status() }
+            ? {
+                enabled: true,
+                models: deployments.engine.status(),
+                storageFull: deployments.engine.storageFull(),
+              }
             : { enabled: false },
         }),
         ...(config.rest.socketPath !== null && { unixSocketPath: config.rest.socketPath }),
