@@ -27,6 +27,7 @@ import {
   openAgentDatabase,
   recordLoadedModels,
   restoreLoadedModels,
+  LoadFailures,
   type AgentDatabase,
   type DatabaseRecovery,
 } from '../state/index.js';
@@ -201,9 +202,13 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     if (opened?.recovery) reportRecovery(opened.recovery, logger);
     const database = opened?.database;
     if (database) reportSchema(database, options.version, logger);
+    // Why a model restored at start-up did not load: status and heartbeats say it for a deployed handle.
+    const loadFailures = new LoadFailures();
     if (database) {
       cleanups.push(() => database.close());
+      registry.observe(loadFailures.observer());
       await restoreLoadedModels(registry, database.loadedModels, logger, {
+        onFailed: (name, error) => loadFailures.record(name, error),
         deadlineMs: config.inference.startupLoadTimeoutMs,
         onStillLoading: (name, loading) => backgroundLoads.track(name, loading),
       });
@@ -236,6 +241,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
           trust,
           metricsRegistry: metrics.registry,
           logger,
+          loadFailure: (handle) => loadFailures.get(handle),
         })
       : undefined;
     if (deployments) cleanups.push(() => deployments.stop());

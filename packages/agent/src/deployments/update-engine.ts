@@ -71,6 +71,8 @@ export interface UpdateEngineOptions {
    * ready to report (result-reporter.ts sends it at once, not at the next heartbeat). Must not throw.
    */
   onFinal?: () => void;
+  /** Why the handle's model did not load at the agent's start (LoadFailures), when it did not. */
+  loadFailure?: (handle: string) => { reason: string; at: number } | undefined;
 }
 
 /** One model handle's update, as `edgefleet agent status` shows it. */
@@ -95,6 +97,11 @@ export interface DeploymentModelStatus {
   loaded: boolean;
   /** Why a deployed (Committed, DEPLOY) handle serves nothing; null when it serves or was not deployed. */
   notLoadedReason: string | null;
+  /**
+   * With notLoadedReason: the error of the handle's load at the agent's start (a refused signature names the
+   * file that changed); null when it did not fail. For operators only: it may name files.
+   */
+  loadFailure: string | null;
   /** When an application unloaded the deployed model (ISO 8601); null unless it did. */
   unloadedByApplicationAt: string | null;
   /**
@@ -295,6 +302,7 @@ export class UpdateEngine {
         held: this.#held.has(row.handle),
         loaded: this.#o.registry.has(row.handle),
         notLoadedReason: this.#notLoadedReason(row),
+        loadFailure: this.#loadFailure(row),
         unloadedByApplicationAt:
           row.unloadedByApplicationAt == null ? null : new Date(row.unloadedByApplicationAt).toISOString(),
         reason: row.reason,
@@ -312,8 +320,10 @@ export class UpdateEngine {
    */
   deployedModelsNotLoaded(): DeployedModelNotLoaded[] {
     return this.#o.repository.list().flatMap((row) => {
-      const reason = this.#notLoadedReason(row);
-      if (reason === null) return [];
+      const words = this.#notLoadedReason(row);
+      if (words === null) return [];
+      const failure = this.#loadFailure(row);
+      const reason = failure === null ? words : `${words}: ${failure}`;
       return [
         {
           ModelHandle: row.handle,
@@ -363,7 +373,16 @@ export class UpdateEngine {
       return null;
     if (row.unloadedByApplicationAt != null)
       return `unloaded by an application (UnLoadModel or the REST unload) at ${new Date(row.unloadedByApplicationAt).toISOString()}; not loaded again, also after a restart, until the handle is loaded or deployed again`;
+    if (this.#o.loadFailure?.(row.handle) !== undefined)
+      return `its load at the agent's start failed, so the handle serves nothing (no other version is loaded in its place); to put it back, deploy the version again: the agent downloads and verifies its package anew`;
     return 'not loaded since the agent started: still loading, or its load failed (the agent log says why)';
+  }
+
+  /** The error of a deployed handle's failed load at the agent's start, while it serves nothing. */
+  #loadFailure(row: DeploymentModelRow): string | null {
+    if (state(row) !== 'Committed' || row.desired !== 'DEPLOY' || this.#o.registry.has(row.handle))
+      return null;
+    return this.#o.loadFailure?.(row.handle)?.reason ?? null;
   }
 
   #lastFailure(row: DeploymentModelRow): DeploymentFailureStatus | null {

@@ -46,6 +46,8 @@ export async function restoreLoadedModels(
     deadlineMs?: number;
     /** Told of each load still going at its deadline (the daemon is not ready until they settle). */
     onStillLoading?: (name: string, loading: Promise<unknown>) => void;
+    /** Told of each load that failed (LoadFailures keeps why, for status and heartbeats). */
+    onFailed?: (name: string, error: unknown) => void;
   } = {},
 ): Promise<string[]> {
   const deadlineMs = options.deadlineMs ?? DEFAULT_STARTUP_LOAD_TIMEOUT_MS;
@@ -62,6 +64,7 @@ export async function restoreLoadedModels(
         );
         return;
       }
+      options.onFailed?.(name, error);
       let forgotten = false;
       if (code === 'NOT_FOUND') {
         try {

@@ -33,6 +33,8 @@ export const agentStatusSchema = z.looseObject({
             // An older agent sends neither: it does not tell.
             loaded: z.boolean().optional(),
             notLoadedReason: z.string().nullable().optional(),
+            // Why the load at the agent's start failed; only operators see it, and an older agent does not send it.
+            loadFailure: z.string().nullable().optional(),
             // An older agent does not send it.
             lastFailure: z
               .looseObject({
@@ -173,7 +175,9 @@ export function printAgentStatus(status: AgentStatus, output: Output): void {
               d.version ?? '-',
               d.previousVersion ?? '-',
               d.updatedAt,
-              d.notLoadedReason ?? d.reason ?? '',
+              d.notLoadedReason && d.loadFailure
+                ? `${d.notLoadedReason}: ${d.loadFailure}`
+                : (d.notLoadedReason ?? d.reason ?? ''),
             ],
             ...(d.lastFailure
               ? [
