@@ -212,7 +212,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
         deadlineMs: config.inference.startupLoadTimeoutMs,
         onStillLoading: (name, loading) => backgroundLoads.track(name, loading),
       });
-      registry.observe(recordLoadedModels(database.loadedModels));
+      registry.observe(recordLoadedModels(database.loadedModels, Date.now, logger));
     }
     const activity = new ModelActivity({
       ...(database && { repository: database.modelCounters }),
