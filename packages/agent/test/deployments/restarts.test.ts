@@ -257,7 +257,7 @@ describe('a committed package changed on disk', () => {
     // One byte of the model file flipped after its deployment (a disk fault, or someone's hand).
     const modelFile = join(packageDir, 'model.onnx');
     const bytes = await readFile(modelFile);
-    bytes[bytes.length - 1] ^= 0xff;
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 0xff, bytes.length - 1);
     await writeFile(modelFile, bytes);
     api.heartbeats.length = 0;
     await agent.start();
