@@ -27,6 +27,7 @@ import {
   openAgentDatabase,
   recordLoadedModels,
   restoreLoadedModels,
+  LoadFailures,
   type AgentDatabase,
   type DatabaseRecovery,
 } from '../state/index.js';
@@ -201,15 +202,22 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     if (opened?.recovery) reportRecovery(opened.recovery, logger);
     const database = opened?.database;
     if (database) reportSchema(database, options.version, logger);
+    // Why a model restored at start-up did not load: status and heartbeats say it for a deployed handle.
+    const loadFailures = new LoadFailures();
     if (database) {
       cleanups.push(() => database.close());
+      registry.observe(loadFailures.observer());
       await restoreLoadedModels(registry, database.loadedModels, logger, {
+        onFailed: (name, error) => loadFailures.record(name, error),
         deadlineMs: config.inference.startupLoadTimeoutMs,
         onStillLoading: (name, loading) => backgroundLoads.track(name, loading),
       });
-      registry.observe(recordLoadedModels(database.loadedModels));
+      registry.observe(recordLoadedModels(database.loadedModels, Date.now, logger));
     }
-    const activity = new ModelActivity({ ...(database && { repository: database.modelCounters }) });
+    const activity = new ModelActivity({
+      ...(database && { repository: database.modelCounters }),
+      logger,
+    });
     cleanups.push(() => activity.close());
     registry.observe(modelActivityObserver(activity));
     const capture: RunningCapture = await startCaptureService({
@@ -233,6 +241,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
           trust,
           metricsRegistry: metrics.registry,
           logger,
+          loadFailure: (handle) => loadFailures.get(handle),
         })
       : undefined;
     if (deployments) cleanups.push(() => deployments.stop());
@@ -294,7 +303,11 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
             : `still loading in the background, past edgefleet_startup_load_timeout_seconds: ${backgroundLoads.pending.join(', ')}`,
         agentStatus: () => ({
           deployments: deployments
-            ? { enabled: true, models: deployments.engine.status() }
+            ? {
+                enabled: true,
+                models: deployments.engine.status(),
+                storageFull: deployments.engine.storageFull(),
+              }
             : { enabled: false },
         }),
         ...(config.rest.socketPath !== null && { unixSocketPath: config.rest.socketPath }),

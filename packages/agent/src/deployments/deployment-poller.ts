@@ -1,6 +1,11 @@
-import { getDeploymentsResultSchema, type DeviceIds, type GetDeploymentsResult } from '@edgefleet/core';
+import {
+  LineLimiter,
+  getDeploymentsResultSchema,
+  type DeviceIds,
+  type GetDeploymentsResult,
+} from '@edgefleet/core';
 import { sleepUnlessAborted } from '../retry/index.js';
-import type { EngineLogger, UpdateEngine } from './update-engine.js';
+import { DeploymentStorageFullError, type EngineLogger, type UpdateEngine } from './update-engine.js';
 
 /** The device API's GetDeployments route (relative to sagemaker_edge_core_endpoint_override). */
 export const GET_DEPLOYMENTS_PATH = 'api/v1/device/deployments';
@@ -22,6 +27,7 @@ export interface DeploymentPollerOptions {
   intervalMs: number;
   logger: EngineLogger;
   random?: () => number;
+  now?: () => number;
 }
 
 export interface DeploymentPoller {
@@ -39,16 +45,48 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
   const random = options.random ?? Math.random;
   const abort = new AbortController();
   let lastError = '';
+  const storageFullLines = new LineLimiter({ ...(options.now && { now: options.now }) });
+  let storageFull = false;
+
+  /**
+   * The device's storage is full: one line, then at most one a minute with a count, without a stack (the
+   * device's state, not a bug); status and the heartbeat's deployment result say it meanwhile.
+   */
+  const reportStorageFull = (error: DeploymentStorageFullError): void => {
+    storageFull = true;
+    const admitted = storageFullLines.admit('storage-full');
+    if (admitted === undefined) return;
+    logger.warn(
+      {
+        event: 'deployment-storage-full',
+        reason: error.message,
+        ...(admitted.leftOut > 0 && { passesNotLogged: admitted.leftOut }),
+      },
+      `${error.message} (retried at each poll; ` +
+        (admitted.leftOut > 0
+          ? `${admitted.leftOut} more failed pass(es) since the last line, not logged)`
+          : 'repeats logged at most once a minute)'),
+    );
+  };
+  const passed = (): void => {
+    if (!storageFull) return;
+    storageFull = false;
+    storageFullLines.forget('storage-full');
+    logger.info(
+      { event: 'deployment-storage-writable' },
+      "the update engine's state can be written again; deployments go on",
+    );
+  };
 
   const loop = async () => {
-    await engine
-      .resume()
-      .catch((error: unknown) =>
+    await engine.resume().then(passed, (error: unknown) => {
+      if (error instanceof DeploymentStorageFullError) reportStorageFull(error);
+      else
         logger.error(
           { event: 'deployment-resume-failed', err: error },
           `resuming deployments failed: ${(error as Error).message}`,
-        ),
-      );
+        );
+    });
     while (!abort.signal.aborted) {
       let result: GetDeploymentsResult | undefined;
       try {
@@ -65,14 +103,14 @@ export function startDeploymentPoller(options: DeploymentPollerOptions): Deploym
         lastError = message;
       }
       // Without an answer, updates already under way still go on (a download resumes, a rollback completes).
-      await engine
-        .apply(result?.Deployments ?? [])
-        .catch((error: unknown) =>
+      await engine.apply(result?.Deployments ?? []).then(passed, (error: unknown) => {
+        if (error instanceof DeploymentStorageFullError) reportStorageFull(error);
+        else
           logger.error(
             { event: 'deployment-apply-failed', err: error },
             `applying deployments failed: ${(error as Error).message}; retrying at the next poll`,
-          ),
-        );
+          );
+      });
       await sleepUnlessAborted(Math.round(options.intervalMs * (0.9 + 0.2 * random())), abort.signal);
     }
   };

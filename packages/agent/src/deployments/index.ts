@@ -17,8 +17,10 @@ export {
 } from './deployment-poller.js';
 export { PackageDownloadError, PackageStore, sha256File, type PackageStoreOptions } from './package-store.js';
 export {
+  DeploymentStorageFullError,
   UpdateEngine,
   type DeployableRegistry,
+  type StorageFullStatus,
   type DeploymentModelStatus,
   type EngineLogger,
   type UpdateEngineOptions,

@@ -53,9 +53,17 @@ export class ResultReporter {
       this.#again = true;
       return;
     }
-    this.#pass = this.#run().finally(() => {
-      this.#pass = undefined;
-    });
+    this.#pass = this.#run()
+      // Never an unhandled rejection (the process would exit): the heartbeat still carries the result.
+      .catch((error: unknown) =>
+        this.#o.logger.warn(
+          { event: 'deployment-result-pass-failed', reason: (error as Error).message },
+          `sending final deployment results stopped: ${(error as Error).message}; the heartbeat carries them, or the next try`,
+        ),
+      )
+      .finally(() => {
+        this.#pass = undefined;
+      });
   }
 
   /** Cancels the request in flight; resolves once the pass has stopped. */

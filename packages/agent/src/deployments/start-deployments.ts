@@ -9,7 +9,12 @@ import { DeploymentMetrics } from './deployment-metrics.js';
 import { startDeploymentPoller, type DeploymentsSource } from './deployment-poller.js';
 import { PackageStore } from './package-store.js';
 import { ResultReporter, type DeploymentResultSink } from './result-reporter.js';
-import { UpdateEngine, type DeployableRegistry, type EngineLogger } from './update-engine.js';
+import {
+  UpdateEngine,
+  type DeployableRegistry,
+  type EngineLogger,
+  type UpdateEngineOptions,
+} from './update-engine.js';
 
 export interface StartDeploymentsOptions {
   config: AgentConfig;
@@ -19,6 +24,8 @@ export interface StartDeploymentsOptions {
   trust: TrustPolicy | null;
   metricsRegistry?: Registry;
   logger: EngineLogger;
+  /** Why a model did not load at the agent's start (status and heartbeats say it for a deployed handle). */
+  loadFailure?: UpdateEngineOptions['loadFailure'];
 }
 
 export interface RunningDeployments {
@@ -89,6 +96,7 @@ export async function startDeployments(
     },
     logger,
     ...(metrics && { metrics }),
+    ...(options.loadFailure && { loadFailure: options.loadFailure }),
     // The engine tells the reporter of final states (only once it runs, after both exist); the reporter asks
     // the engine for their results.
     onFinal: () => results.kick(),

@@ -1,5 +1,6 @@
 import { access } from 'node:fs/promises';
 import {
+  LineLimiter,
   MAX_MODELS_PER_HEARTBEAT,
   PackageVerificationError,
   openModelPackage,
@@ -14,7 +15,7 @@ import type {
   RegistryObserver,
   StagedVersionDescription,
 } from '../models/index.js';
-import type { DeploymentModelRow, DeploymentsRepository } from '../state/index.js';
+import { isStorageFull, type DeploymentModelRow, type DeploymentsRepository } from '../state/index.js';
 import { sleepUnlessAborted } from '../retry/index.js';
 import type { DeploymentMetrics } from './deployment-metrics.js';
 import {
@@ -70,6 +71,8 @@ export interface UpdateEngineOptions {
    * ready to report (result-reporter.ts sends it at once, not at the next heartbeat). Must not throw.
    */
   onFinal?: () => void;
+  /** Why the handle's model did not load at the agent's start (LoadFailures), when it did not. */
+  loadFailure?: (handle: string) => { reason: string; at: number } | undefined;
 }
 
 /** One model handle's update, as `edgefleet agent status` shows it. */
@@ -94,6 +97,11 @@ export interface DeploymentModelStatus {
   loaded: boolean;
   /** Why a deployed (Committed, DEPLOY) handle serves nothing; null when it serves or was not deployed. */
   notLoadedReason: string | null;
+  /**
+   * With notLoadedReason: the error of the handle's load at the agent's start (a refused signature names the
+   * file that changed); null when it did not fail. For operators only: it may name files.
+   */
+  loadFailure: string | null;
   /** When an application unloaded the deployed model (ISO 8601); null unless it did. */
   unloadedByApplicationAt: string | null;
   /**
@@ -115,6 +123,40 @@ export interface DeploymentFailureStatus {
   rollbackFailureReason: string | null;
   startedAt: string;
   endedAt: string;
+}
+
+/**
+ * An update the engine could not record because the device's storage is full (SQLITE_FULL, ENOSPC): kept in
+ * memory only, so status and heartbeats can say why it does not move. Nothing durable claims a state for it.
+ */
+export interface StorageFullStatus {
+  deployment: string;
+  /** What the failed write said (SQLite's "database or disk is full", ENOSPC's message). */
+  reason: string;
+  /** The whole sentence status and the deployment result carry. */
+  message: string;
+  /** When the first write of this run of failures failed (ISO 8601). */
+  since: string;
+}
+
+/**
+ * Thrown by apply and resume when the device's storage is full: the update is neither started nor failed (a
+ * state that cannot be written is not claimed), and the next pass tries again. The poller logs it without a
+ * stack, at most once a minute.
+ */
+export class DeploymentStorageFullError extends Error {
+  override readonly name = 'DeploymentStorageFullError';
+}
+
+/** One deployment's models as the engine works on them, for what it says when its storage is full. */
+interface WorkingOn {
+  deployment: string;
+  models: {
+    handle: string;
+    modelName: string | null;
+    version: string | null;
+    desired: 'DEPLOY' | 'UNDEPLOY';
+  }[];
 }
 
 /** A step's outcome: go on, wait for the next pass (download retry, lock held), or stop (a final state). */
@@ -169,11 +211,18 @@ export class UpdateEngine {
   readonly #held = new Set<string>();
   readonly #abort = new AbortController();
   #running: Promise<void> = Promise.resolve();
+  /** The deployment the pass under way works on (what a storage-full failure is about). */
+  #workingOn: WorkingOn | undefined;
+  /** Set while the last pass failed for want of space; cleared by the next pass that does not. */
+  #storageFull: (WorkingOn & { reason: string; since: number }) | undefined;
+  /** Lines about best-effort writes outside a pass (a result marked reported, an application's unload). */
+  readonly #writeFailureLines: LineLimiter;
 
   constructor(options: UpdateEngineOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
     this.#maxRestarts = options.maxRestarts ?? 3;
+    this.#writeFailureLines = new LineLimiter({ now: this.#now });
     for (const row of options.repository.list())
       if (isDeploymentState(row.state)) options.metrics?.setState(row.handle, row.state);
   }
@@ -185,7 +234,7 @@ export class UpdateEngine {
    * lock is no sign of a bad version: the old version serves then, and the update goes on.
    */
   resume(): Promise<void> {
-    return this.#serial(async () => {
+    return this.#serialWriting(async () => {
       const open = this.#o.repository.list().filter((row) => !FINAL_STATES.has(state(row)));
       for (const row of open) {
         if (!this.#newVersionServes(row) && !STAGING.has(state(row))) continue;
@@ -198,13 +247,43 @@ export class UpdateEngine {
 
   /** Applies the deployments of a GetDeployments answer (updates already applied or final are left alone). */
   apply(deployments: readonly EdgeDeployment[]): Promise<void> {
-    return this.#serial(async () => {
+    return this.#serialWriting(async () => {
       await this.#driveOpen();
       for (const deployment of deployments) {
         if (this.#abort.signal.aborted) return;
+        this.#workingOn = {
+          deployment: deployment.DeploymentName ?? UNNAMED,
+          models: (deployment.Definitions ?? []).flatMap((d) =>
+            d.ModelHandle === undefined
+              ? []
+              : [
+                  {
+                    handle: d.ModelHandle,
+                    modelName: d.ModelName ?? null,
+                    version: d.ModelVersion ?? null,
+                    desired: d.State ?? 'DEPLOY',
+                  },
+                ],
+          ),
+        };
         await this.#applyDeployment(deployment);
       }
     });
+  }
+
+  /**
+   * Why updates do not move when the device's storage is full (the last pass could not write the state of
+   * `deployment`), or null. Only in memory: the condition is the device's now, and a restart finds it again.
+   */
+  storageFull(): StorageFullStatus | null {
+    const full = this.#storageFull;
+    if (!full) return null;
+    return {
+      deployment: full.deployment,
+      reason: full.reason,
+      message: storageFullMessage(full.deployment, full.reason),
+      since: new Date(full.since).toISOString(),
+    };
   }
 
   /** Every handle's update, newest first. */
@@ -223,6 +302,7 @@ export class UpdateEngine {
         held: this.#held.has(row.handle),
         loaded: this.#o.registry.has(row.handle),
         notLoadedReason: this.#notLoadedReason(row),
+        loadFailure: this.#loadFailure(row),
         unloadedByApplicationAt:
           row.unloadedByApplicationAt == null ? null : new Date(row.unloadedByApplicationAt).toISOString(),
         reason: row.reason,
@@ -240,8 +320,10 @@ export class UpdateEngine {
    */
   deployedModelsNotLoaded(): DeployedModelNotLoaded[] {
     return this.#o.repository.list().flatMap((row) => {
-      const reason = this.#notLoadedReason(row);
-      if (reason === null) return [];
+      const words = this.#notLoadedReason(row);
+      if (words === null) return [];
+      const failure = this.#loadFailure(row);
+      const reason = failure === null ? words : `${words}: ${failure}`;
       return [
         {
           ModelHandle: row.handle,
@@ -271,7 +353,7 @@ export class UpdateEngine {
         const row = this.#o.repository.get(name);
         if (!row || state(row) !== 'Committed' || row.desired !== 'DEPLOY') return;
         row.unloadedByApplicationAt = this.#now();
-        this.#o.repository.save(row);
+        this.#bestEffortSave(() => this.#o.repository.save(row), `the unload of ${name} by an application`);
         this.#o.logger.warn(
           { event: 'deployment-model-unloaded', model: name, deployment: row.deploymentName },
           `an application unloaded ${name}, deployed by ${row.deploymentName} (version ${row.version ?? 'unknown'}): the device serves nothing under that handle until it is loaded again or deployed anew; status and heartbeats say so`,
@@ -281,7 +363,7 @@ export class UpdateEngine {
         const row = this.#o.repository.get(model.name);
         if (row?.unloadedByApplicationAt == null) return;
         row.unloadedByApplicationAt = null;
-        this.#o.repository.save(row);
+        this.#bestEffortSave(() => this.#o.repository.save(row), `the load of ${model.name}`);
       },
     };
   }
@@ -291,7 +373,16 @@ export class UpdateEngine {
       return null;
     if (row.unloadedByApplicationAt != null)
       return `unloaded by an application (UnLoadModel or the REST unload) at ${new Date(row.unloadedByApplicationAt).toISOString()}; not loaded again, also after a restart, until the handle is loaded or deployed again`;
+    if (this.#o.loadFailure?.(row.handle) !== undefined)
+      return `its load at the agent's start failed, so the handle serves nothing (no other version is loaded in its place); to put it back, deploy the version again: the agent downloads and verifies its package anew`;
     return 'not loaded since the agent started: still loading, or its load failed (the agent log says why)';
+  }
+
+  /** The error of a deployed handle's failed load at the agent's start, while it serves nothing. */
+  #loadFailure(row: DeploymentModelRow): string | null {
+    if (state(row) !== 'Committed' || row.desired !== 'DEPLOY' || this.#o.registry.has(row.handle))
+      return null;
+    return this.#o.loadFailure?.(row.handle)?.reason ?? null;
   }
 
   #lastFailure(row: DeploymentModelRow): DeploymentFailureStatus | null {
@@ -317,6 +408,7 @@ export class UpdateEngine {
    */
   deploymentResult(): DeploymentResultInput | undefined {
     const rows = this.#o.repository.list();
+    if (this.#storageFull) return this.#storageFullResult(rows, this.#storageFull);
     const pending = rows.filter((row) => !row.reported).sort((a, b) => b.updatedAt - a.updatedAt)[0];
     if (pending) return this.#resultFor(rows.filter((row) => row.deploymentName === pending.deploymentName));
     return undefined;
@@ -342,6 +434,40 @@ export class UpdateEngine {
       .sort((a, b) => latest(a) - latest(b))
       .slice(0, limit)
       .map((models) => this.#resultFor(models));
+  }
+
+  /**
+   * The deployment whose state cannot be written, as INPROGRESS with the reason: not FAIL, which the agent has
+   * not recorded and would contradict once space returns and the update goes on (a crash-safe state is only one
+   * the database holds). Its models as recorded when some are; else as the deployment defines them, on what
+   * serves them now.
+   */
+  #storageFullResult(
+    rows: DeploymentModelRow[],
+    full: WorkingOn & { reason: string; since: number },
+  ): DeploymentResultInput {
+    const message = truncate(storageFullMessage(full.deployment, full.reason));
+    const recorded = rows.filter((row) => row.deploymentName === full.deployment);
+    if (recorded.length > 0 && !recorded.every((row) => FINAL_STATES.has(state(row))))
+      return {
+        ...this.#resultFor(recorded),
+        DeploymentStatus: 'INPROGRESS',
+        DeploymentStatusMessage: message,
+      };
+    return {
+      DeploymentName: full.deployment,
+      DeploymentStatus: 'INPROGRESS',
+      DeploymentStatusMessage: message,
+      DeploymentStartTime: full.since / 1000,
+      DeploymentModels: full.models.slice(0, MAX_MODELS_PER_HEARTBEAT).map((model) => ({
+        ModelHandle: model.handle,
+        ...(model.modelName !== null && { ModelName: model.modelName }),
+        ...(model.version !== null && { ModelVersion: model.version }),
+        DesiredState: model.desired,
+        State: this.#o.registry.has(model.handle) ? ('DEPLOY' as const) : ('UNDEPLOY' as const),
+        StatusReason: message,
+      })),
+    };
   }
 
   #resultFor(models: DeploymentModelRow[]): DeploymentResultInput {
@@ -396,13 +522,67 @@ export class UpdateEngine {
     const endedBy =
       typeof result.DeploymentEndTime === 'number' ? Math.round(result.DeploymentEndTime * 1000) : Infinity;
     if (rows.some((row) => row.endedAt === null || row.endedAt > endedBy)) return;
-    this.#o.repository.saveAll(rows.map((row) => ({ ...row, reported: true })));
+    // Not written (a full disk): the result is sent again later, which the server takes as the same result.
+    this.#bestEffortSave(
+      () => this.#o.repository.saveAll(rows.map((row) => ({ ...row, reported: true }))),
+      `that the server accepted the result of deployment ${result.DeploymentName}`,
+    );
+  }
+
+  /**
+   * A write no update's safety depends on, made outside a pass (from the heartbeat, the result reporter, the
+   * registry): a failure is logged, at most once a minute with a count, and never thrown at the caller.
+   */
+  #bestEffortSave(write: () => void, what: string): void {
+    try {
+      write();
+    } catch (error) {
+      const admitted = this.#writeFailureLines.admit('best-effort');
+      if (admitted === undefined) return;
+      const message = (error as Error).message;
+      this.#o.logger.warn(
+        {
+          event: 'deployment-state-unwritable',
+          reason: message,
+          ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
+          ...(!isStorageFull(error) && { err: error }),
+        },
+        `cannot record ${what} in the local database: ${message}` +
+          (admitted.leftOut > 0 ? ` (${admitted.leftOut} more such failure(s) since the last line)` : ''),
+      );
+      return;
+    }
+    this.#writeFailureLines.forget('best-effort');
   }
 
   /** Stops at the next step (waits are cut short); what is in progress resumes at the next start. */
   async close(): Promise<void> {
     this.#abort.abort();
     await this.#running.catch(() => {});
+  }
+
+  /**
+   * A pass that writes the update's state: one that fails for want of space is remembered (storageFull) and
+   * thrown as DeploymentStorageFullError; one that does not clears it.
+   */
+  #serialWriting(work: () => Promise<void>): Promise<void> {
+    return this.#serial(async () => {
+      this.#workingOn = undefined;
+      try {
+        await work();
+      } catch (error) {
+        if (!isStorageFull(error)) throw error;
+        const working = this.#workingOn ?? { deployment: UNNAMED, models: [] };
+        const reason = (error as Error).message;
+        const since =
+          this.#storageFull?.deployment === working.deployment ? this.#storageFull.since : this.#now();
+        this.#storageFull = { ...working, reason, since };
+        throw new DeploymentStorageFullError(storageFullMessage(working.deployment, reason), {
+          cause: error,
+        });
+      }
+      this.#storageFull = undefined;
+    });
   }
 
   #serial(work: () => Promise<void>): Promise<void> {
@@ -418,6 +598,15 @@ export class UpdateEngine {
     for (const name of open) {
       if (this.#abort.signal.aborted) return;
       const rows = all.filter((row) => row.deploymentName === name);
+      this.#workingOn = {
+        deployment: name,
+        models: rows.map((row) => ({
+          handle: row.handle,
+          modelName: row.modelName,
+          version: row.version,
+          desired: row.desired,
+        })),
+      };
       await this.#drive(rows[0]!.failurePolicy, rows);
     }
   }
@@ -953,6 +1142,10 @@ function deployedState(row: DeploymentModelRow): 'DEPLOY' | 'UNDEPLOY' {
   const s = state(row);
   if (row.desired === 'UNDEPLOY') return s === 'Committed' ? 'UNDEPLOY' : 'DEPLOY';
   return s === 'Committed' || s === 'HealthCheck' ? 'DEPLOY' : row.previousUrl ? 'DEPLOY' : 'UNDEPLOY';
+}
+
+function storageFullMessage(deployment: string, reason: string): string {
+  return `the device's storage is full: ${reason}; the state of deployment ${deployment} cannot be recorded, so it does not go on (what served before still serves, and nothing is claimed that the agent has not recorded); it goes on by itself once space is freed on the agent's data root`;
 }
 
 function truncate(text: string): string {

@@ -69,14 +69,17 @@ export class AgentRunsLedger {
     const temporary = `${this.file}.tmp-${randomBytes(4).toString('hex')}`;
     const handle = await open(temporary, 'w', 0o600);
     try {
-      await handle.writeFile(`${JSON.stringify(this.#runs)}\n`);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temporary, this.file).catch(async (error: unknown) => {
+      try {
+        await handle.writeFile(`${JSON.stringify(this.#runs)}\n`);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temporary, this.file);
+    } catch (error) {
+      // A full disk fails the write: no temporary file is left behind, one more per start.
       await rm(temporary, { force: true });
       throw error;
-    });
+    }
   }
 }

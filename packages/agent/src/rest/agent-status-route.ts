@@ -69,8 +69,21 @@ const PublicDeploymentModelSchema = z.object({
 });
 
 /** `deployments` as the daemon gives it: `models` is parsed apart, so that a bad update drops the updates only. */
-const DeploymentsSchema = z.object({ enabled: z.boolean(), models: z.unknown().optional() });
+const DeploymentsSchema = z.object({
+  enabled: z.boolean(),
+  models: z.unknown().optional(),
+  storageFull: z.unknown().optional(),
+});
 const PublicDeploymentModelsSchema = z.array(PublicDeploymentModelSchema);
+/** The update engine's StorageFullStatus: which deployment waits for space and since when; the words name files. */
+const PublicStorageFullSchema = z
+  .object({
+    deployment: z.string(),
+    since: z.string(),
+    reason: WithheldReasonSchema,
+    message: WithheldReasonSchema,
+  })
+  .nullable();
 
 /** Distinct status warnings logged at most (each once). */
 const MAX_DISTINCT_WARNINGS = 16;
@@ -123,13 +136,20 @@ export function publicAgentStatus(
     return {};
   }
   const { enabled, models } = deployments.data;
-  if (models === undefined) return { deployments: { enabled } };
+  const full =
+    deployments.data.storageFull === undefined
+      ? undefined
+      : PublicStorageFullSchema.safeParse(deployments.data.storageFull);
+  if (full?.success === false)
+    warn(`the agent status' storage-full report is left out for this caller: ${z.prettifyError(full.error)}`);
+  const storageFull = full?.success ? { storageFull: full.data } : {};
+  if (models === undefined) return { deployments: { enabled, ...storageFull } };
   const updates = PublicDeploymentModelsSchema.safeParse(models);
   if (!updates.success) {
     warn(
       `the agent status' deployment models are left out for this caller: ${z.prettifyError(updates.error)}`,
     );
-    return { deployments: { enabled } };
+    return { deployments: { enabled, ...storageFull } };
   }
-  return { deployments: { enabled, models: updates.data } };
+  return { deployments: { enabled, models: updates.data, ...storageFull } };
 }

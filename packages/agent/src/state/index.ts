@@ -63,7 +63,9 @@ export {
   type LedgerFile,
   type UploadLedger,
 } from './upload-ledger-repository.js';
-export { ModelActivity, type ModelActivityOptions } from './model-activity.js';
+export { ModelActivity, type ModelActivityLogger, type ModelActivityOptions } from './model-activity.js';
+export { isStorageFull } from './storage-full.js';
+export { LoadFailures, MAX_LOAD_FAILURES, type LoadFailure } from './load-failures.js';
 export {
   recordLoadedModels,
   restoreLoadedModels,

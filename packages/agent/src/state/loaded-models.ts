@@ -1,6 +1,8 @@
 import type { ModelDescription, RegistryObserver } from '../models/index.js';
 import { settlesWithin } from '../retry/index.js';
+import { LineLimiter } from '@edgefleet/core';
 import type { LoadedModelsRepository } from './loaded-models-repository.js';
+import { isStorageFull } from './storage-full.js';
 
 /** What restoring needs of the registry (ModelRegistry fits). */
 export interface RestorableRegistry {
@@ -15,15 +17,42 @@ export interface RestoreLogger {
 
 /**
  * Keeps the set of loaded models in the local database: a model is recorded when a load succeeds and forgotten
- * when it is unloaded (not when the agent stops: those are loaded again at the next start).
+ * when it is unloaded (not when the agent stops: those are loaded again at the next start). A write that fails
+ * (a full disk) fails neither the load nor the unload: it is logged, at most once a minute with a count, since
+ * the next start then loads a different set of models.
  */
 export function recordLoadedModels(
   repository: LoadedModelsRepository,
   now: () => number = Date.now,
+  logger?: Pick<RestoreLogger, 'warn'>,
 ): RegistryObserver {
+  const failureLines = new LineLimiter({ now });
+  const recording = (what: string, write: () => void): void => {
+    try {
+      write();
+    } catch (error) {
+      const admitted = failureLines.admit('record');
+      if (admitted === undefined) return;
+      const message = (error as Error).message;
+      logger?.warn(
+        {
+          event: 'loaded-models-unwritable',
+          reason: message,
+          ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
+          ...(!isStorageFull(error) && { err: error }),
+        },
+        `cannot record ${what} in the local database (${message}): the next start may load a different set of models` +
+          (admitted.leftOut > 0 ? ` (${admitted.leftOut} more such failure(s) since the last line)` : ''),
+      );
+    }
+  };
   return {
-    onLoaded: (model) => repository.record({ name: model.name, url: model.url, loadedAt: now() }),
-    onUnloaded: (name) => void repository.remove(name),
+    onLoaded: (model) =>
+      recording(`that model ${JSON.stringify(model.name)} is loaded`, () =>
+        repository.record({ name: model.name, url: model.url, loadedAt: now() }),
+      ),
+    onUnloaded: (name) =>
+      recording(`that model ${JSON.stringify(name)} was unloaded`, () => void repository.remove(name)),
   };
 }
 
@@ -46,6 +75,8 @@ export async function restoreLoadedModels(
     deadlineMs?: number;
     /** Told of each load still going at its deadline (the daemon is not ready until they settle). */
     onStillLoading?: (name: string, loading: Promise<unknown>) => void;
+    /** Told of each load that failed (LoadFailures keeps why, for status and heartbeats). */
+    onFailed?: (name: string, error: unknown) => void;
   } = {},
 ): Promise<string[]> {
   const deadlineMs = options.deadlineMs ?? DEFAULT_STARTUP_LOAD_TIMEOUT_MS;
@@ -62,6 +93,7 @@ export async function restoreLoadedModels(
         );
         return;
       }
+      options.onFailed?.(name, error);
       let forgotten = false;
       if (code === 'NOT_FOUND') {
         try {

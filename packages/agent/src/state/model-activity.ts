@@ -1,21 +1,38 @@
+import { LineLimiter } from '@edgefleet/core';
 import type { ModelCounters, ModelCountersRepository } from './model-counters-repository.js';
+import { isStorageFull } from './storage-full.js';
+
+export interface ModelActivityLogger {
+  warn(details: Record<string, unknown>, message: string): void;
+  info(details: Record<string, unknown>, message: string): void;
+}
 
 export interface ModelActivityOptions {
   /** Where counters persist; absent = memory only (lost on restart). */
   repository?: ModelCountersRepository;
   /** How often increments are written to the repository. Default 10 s. */
   flushIntervalMs?: number;
+  /** Where a failed flush is said (first, then at most once a minute with a count); absent = not said. */
+  logger?: ModelActivityLogger;
   now?: () => number;
 }
+
+const FLUSH_FAILED = 'flush';
 
 /**
  * Counts inferences and captured samples per model, with the time of the last of each (what the heartbeat
  * reports). Called on every prediction, so it only adds in memory; increments reach the database every
  * `flushIntervalMs` and on close — a crash loses at most that interval's counts, never the database's totals.
+ * A flush that cannot write (a full disk, a read-only database) keeps the increments in memory and tries again at
+ * the next one: they are counters, so what accumulates meanwhile merges into one row per model (memory stays
+ * bounded by the number of models), and a statistic never takes the agent down.
  */
 export class ModelActivity {
   readonly #repository: ModelCountersRepository | undefined;
   readonly #now: () => number;
+  readonly #logger: ModelActivityLogger | undefined;
+  readonly #failureLines: LineLimiter;
+  #failing = false;
   readonly #persisted = new Map<string, ModelCounters>();
   #increments = new Map<string, ModelCounters>();
   #timer: NodeJS.Timeout | undefined;
@@ -23,6 +40,8 @@ export class ModelActivity {
   constructor(options: ModelActivityOptions = {}) {
     this.#repository = options.repository;
     this.#now = options.now ?? Date.now;
+    this.#logger = options.logger;
+    this.#failureLines = new LineLimiter({ now: this.#now });
     for (const counters of this.#repository?.list() ?? []) this.#persisted.set(counters.model, counters);
     if (this.#repository) {
       this.#timer = setInterval(() => this.flush(), options.flushIntervalMs ?? 10_000);
@@ -50,11 +69,30 @@ export class ModelActivity {
       .map((model) => merge(model, this.#persisted.get(model), this.#increments.get(model)));
   }
 
-  /** Writes the increments so far to the repository (when there is one). */
-  flush(): void {
-    if (this.#increments.size === 0) return;
+  /**
+   * Writes the increments so far to the repository (when there is one). Never throws: a write that fails keeps
+   * them for the next flush (the repository's add is one transaction, so none of them was counted). Returns
+   * whether everything is written.
+   */
+  flush(): boolean {
+    if (this.#increments.size === 0) return true;
     const increments = [...this.#increments.values()];
-    if (this.#repository) this.#repository.add(increments);
+    if (this.#repository) {
+      try {
+        this.#repository.add(increments);
+      } catch (error) {
+        this.#flushFailed(error);
+        return false;
+      }
+      if (this.#failing) {
+        this.#failing = false;
+        const leftOut = this.#failureLines.forget(FLUSH_FAILED);
+        this.#logger?.info(
+          { event: 'model-counters-written', ...(leftOut > 0 && { failuresNotLogged: leftOut }) },
+          'model activity counters written to the local database again; none was lost',
+        );
+      }
+    }
     for (const increment of increments) {
       this.#persisted.set(
         increment.model,
@@ -62,11 +100,34 @@ export class ModelActivity {
       );
     }
     this.#increments = new Map();
+    return true;
   }
 
   close(): void {
     clearInterval(this.#timer);
     this.flush();
+  }
+
+  #flushFailed(error: unknown): void {
+    this.#failing = true;
+    const admitted = this.#failureLines.admit(FLUSH_FAILED);
+    if (admitted === undefined) return;
+    const message = (error as Error).message;
+    const full = isStorageFull(error);
+    this.#logger?.warn(
+      {
+        event: 'model-counters-unwritable',
+        reason: message,
+        ...((error as { code?: unknown }).code !== undefined && { code: (error as { code?: unknown }).code }),
+        ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
+        // A full disk is the device's state, not a bug: its stack would say nothing.
+        ...(!full && { err: error }),
+      },
+      `cannot write the model activity counters to the local database (${message}); they are kept in memory and written at the next flush that succeeds (` +
+        (admitted.leftOut > 0
+          ? `${admitted.leftOut} more failure(s) since the last line, not logged)`
+          : 'repeats logged at most once a minute)'),
+    );
   }
 
   #entry(model: string): ModelCounters {

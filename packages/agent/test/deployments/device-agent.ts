@@ -22,6 +22,7 @@ export interface AgentStatus {
       reason: string | null;
       loaded: boolean;
       notLoadedReason: string | null;
+      loadFailure?: string | null;
       unloadedByApplicationAt: string | null;
     }>;
   };

@@ -4,7 +4,7 @@
  * restarts before its switch — here while it waits, staged, on the update lock — are no sign of a bad version
  * and do not add up to a rollback.
  */
-import { rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectAgent } from '@edgefleet/core';
@@ -245,5 +245,49 @@ describe('restarts during an update (a real agent, SIGKILLed)', () => {
       async () => (notLoaded()?.length === 0 ? true : undefined),
       'a heartbeat with none not loaded',
     );
+  }, 420_000);
+});
+
+describe('a committed package changed on disk', () => {
+  it('is refused at the restart, and status and heartbeats say why, and how to put it back', async () => {
+    const [v1] = await twoVersions('tampered');
+    const agent = await agentOnVersion1('tampered', v1);
+    const packageDir = (await getStatus(agent.restSocket)).models.find((m) => m.name === 'detector')!.path!;
+    await agent.kill();
+    // One byte of the model file flipped after its deployment (a disk fault, or someone's hand).
+    const modelFile = join(packageDir, 'model.onnx');
+    const bytes = await readFile(modelFile);
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 0xff, bytes.length - 1);
+    await writeFile(modelFile, bytes);
+    api.heartbeats.length = 0;
+    await agent.start();
+    const status = await until(async () => {
+      const s = await getStatus(agent.restSocket);
+      return s.deployments.models?.[0]?.loadFailure ? s : undefined;
+    }, 'the load failure in status');
+    expect(status.models).toEqual([]);
+    expect(status.deployments.models).toMatchObject([
+      {
+        handle: 'detector',
+        state: 'Committed',
+        loaded: false,
+        // Before: "still loading, or its load failed (the agent log says why)".
+        notLoadedReason: expect.stringMatching(
+          /^its load at the agent's start failed.*deploy the version again/,
+        ),
+        loadFailure: expect.stringMatching(/signature.*model\.onnx was modified/),
+      },
+    ]);
+    const notLoaded = () =>
+      (api.heartbeats as Array<{ DeployedModelsNotLoaded?: Array<Record<string, unknown>> }>).at(-1)
+        ?.DeployedModelsNotLoaded;
+    await until(async () => (notLoaded()?.length === 1 ? true : undefined), 'a heartbeat saying so');
+    expect(notLoaded()).toMatchObject([
+      {
+        ModelHandle: 'detector',
+        UnloadedByApplication: false,
+        Reason: expect.stringMatching(/^its load at the agent's start failed.*: .*model\.onnx was modified/),
+      },
+    ]);
   }, 420_000);
 });

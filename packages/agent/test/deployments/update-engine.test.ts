@@ -1,20 +1,28 @@
 import { existsSync } from 'node:fs';
 import { readdir, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { OnnxModelBuilder } from '@edgefleet/core';
+import { OnnxModelBuilder, deploymentResultSchema } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
 import {
   DeploymentMetrics,
+  DeploymentStorageFullError,
   PackageStore,
   ResultReporter,
   UpdateEngine,
+  startDeploymentPoller,
 } from '../../src/deployments/index.js';
 import { DeviceApiClient } from '../../src/fleet/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
-import { AgentDatabase, MIGRATIONS, migrate, type DeploymentModelRow } from '../../src/state/index.js';
+import {
+  AgentDatabase,
+  DeploymentsRepository,
+  MIGRATIONS,
+  migrate,
+  type DeploymentModelRow,
+} from '../../src/state/index.js';
 import { until } from '../fleet/support.js';
 import { rankLyingModel } from '../models/helpers.js';
 import { scratch } from '../support/model-packages.js';
@@ -121,6 +129,8 @@ interface Device {
   logs: string[];
   /** The engine's and the registry's lines with their fields. */
   lines: { fields: Record<string, unknown>; message: string }[];
+  /** The engine's own connection (device({ ownConnection: true })). */
+  deploymentsDb?: SqliteDatabase.Database;
   close(): Promise<void>;
 }
 
@@ -135,6 +145,11 @@ async function device(
     metrics?: DeploymentMetrics;
     maxPackageBytes?: number;
     minFreeBytes?: number;
+    /**
+     * The engine's repository on a connection of its own (Device.deploymentsDb), whose size limit a test sets
+     * (PRAGMA max_page_count is per connection) to make its writes fail with a real SQLITE_FULL.
+     */
+    ownConnection?: boolean;
   } = {},
 ): Promise<Device> {
   const dataRoot = join(files.root, `device-${++counter}`);
@@ -150,6 +165,7 @@ async function device(
     ...(options.availableMemory && { availableMemory: options.availableMemory }),
   });
   const database = AgentDatabase.open({ path: join(dataRoot, 'agent.db'), walSyncIntervalMs: 0 });
+  const deploymentsDb = options.ownConnection ? new SqliteDatabase(join(dataRoot, 'agent.db')) : undefined;
   const store = new PackageStore({
     root: join(dataRoot, 'deployments'),
     endpoint: api.endpoint,
@@ -166,7 +182,7 @@ async function device(
   };
   const engine = new UpdateEngine({
     registry,
-    repository: database.deployments,
+    repository: deploymentsDb ? new DeploymentsRepository(deploymentsDb) : database.deployments,
     store,
     trust: signer.trust,
     requireSignatures: true,
@@ -183,10 +199,12 @@ async function device(
     dataRoot,
     logs,
     lines,
+    ...(deploymentsDb && { deploymentsDb }),
     async close() {
       await engine.close();
       store.close();
       await registry.close();
+      deploymentsDb?.close();
       database.close();
     },
   };
@@ -1079,5 +1097,159 @@ describe('UpdateEngine, more', () => {
     expect(text).toContain('edgefleet_deployment_state{model="detector",state="Downloading"} 0');
     expect(text).toContain('edgefleet_deployment_results_total{result="committed"} 1');
     expect(text).toContain(`edgefleet_deployment_download_bytes_total ${v1.bytes.length}`);
+  });
+});
+
+/**
+ * Fills the engine's database up to SQLite's own size limit (PRAGMA max_page_count on the engine's connection)
+ * with small rows of finished updates of other handles: from then on the engine's next state write does not fit,
+ * and fails with a real SQLITE_FULL, as on a full data root.
+ */
+function fillDatabase(db: SqliteDatabase.Database): void {
+  db.pragma(`max_page_count = ${db.pragma('page_count', { simple: true }) as number}`);
+  const repository = new DeploymentsRepository(db);
+  for (let i = 0; ; i++) {
+    try {
+      repository.save({
+        handle: `o${i}`,
+        deploymentName: 'o',
+        state: 'Committed',
+        desired: 'UNDEPLOY',
+        failurePolicy: 'DO_NOTHING',
+        allowDowngrade: false,
+        modelName: null,
+        version: null,
+        packageUrl: null,
+        sha256: null,
+        size: null,
+        packageDir: null,
+        previousUrl: null,
+        previousVersion: null,
+        committedVersion: null,
+        reason: null,
+        rollbackFailureReason: null,
+        rolledBackWithDeployment: false,
+        restarts: 0,
+        startedAt: 1,
+        updatedAt: 1,
+        endedAt: 1,
+        reported: true,
+      });
+    } catch (error) {
+      expect((error as { code?: string }).code).toBe('SQLITE_FULL');
+      return;
+    }
+  }
+}
+
+describe('UpdateEngine on a full data root', () => {
+  it('a deployment whose state cannot be recorded is reported INPROGRESS with the reason, claims no state, and goes on once space returns', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const v2 = await publish(doublingModel(), '2.0');
+    const d = await device({ ownConnection: true });
+    await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({ state: 'Committed', version: '1.0' });
+    fillDatabase(d.deploymentsDb!);
+
+    const upgrade = [
+      deployment('two', [{ handle: 'detector', pkg: v2, version: '2.0', modelName: 'detector' }]),
+    ];
+    // Before: the SqliteError itself reached the poller, which logged it with its stack on every poll.
+    const refused = await d.engine.apply(upgrade).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(refused).toBeInstanceOf(DeploymentStorageFullError);
+    expect((refused as Error).message).toMatch(
+      /^the device's storage is full: database or disk is full; the state of deployment two cannot be recorded/,
+    );
+    // Nothing claimed that is not recorded: the handle is still on its committed update, 1.0 serving.
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'base', state: 'Committed', version: '1.0' });
+    expect(d.registry.describe('detector').version).toBe('1.0');
+    expect(d.engine.storageFull()).toMatchObject({
+      deployment: 'two',
+      reason: 'database or disk is full',
+      message: expect.stringMatching(/storage is full.*goes on by itself once space is freed/),
+    });
+    // What the heartbeat carries to the server: the deployment under way, and why it does not move.
+    const result = d.engine.deploymentResult();
+    expect(deploymentResultSchema.safeParse(result).success).toBe(true);
+    expect(result).toMatchObject({
+      DeploymentName: 'two',
+      DeploymentStatus: 'INPROGRESS',
+      DeploymentStatusMessage: expect.stringMatching(/^the device's storage is full/),
+      DeploymentModels: [
+        {
+          ModelHandle: 'detector',
+          ModelName: 'detector',
+          ModelVersion: '2.0',
+          DesiredState: 'DEPLOY',
+          State: 'DEPLOY',
+          StatusReason: expect.stringMatching(/storage is full/),
+        },
+      ],
+    });
+    // An in-progress result is never taken as accepted.
+    d.engine.reported(result!);
+
+    d.deploymentsDb!.pragma('max_page_count = 1073741823');
+    await d.engine.apply(upgrade);
+    expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'two', state: 'Committed', version: '2.0' });
+    expect(d.engine.storageFull()).toBeNull();
+    expect(d.engine.deploymentResult()).toMatchObject({ DeploymentName: 'two', DeploymentStatus: 'SUCCESS' });
+  });
+
+  it('the poller says a full disk once, then at most once a minute, without a stack; and when it passes', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const d = await device({ ownConnection: true });
+    fillDatabase(d.deploymentsDb!);
+    api.deployments = [deployment('first', [{ handle: 'detector', pkg: v1, version: '1.0' }])];
+    const client = new DeviceApiClient(api.endpoint, api.tls, { timeoutMs: 5000 });
+    let passes = 0;
+    const lines: { level: string; fields: Record<string, unknown>; message: string }[] = [];
+    const poller = startDeploymentPoller({
+      // The real engine, its passes counted.
+      engine: {
+        resume: () => d.engine.resume(),
+        apply: (deployments) => {
+          passes++;
+          return d.engine.apply(deployments);
+        },
+      },
+      source: client,
+      ids: { DeviceName: 'device-1', DeviceFleetName: 'fleet-1' },
+      intervalMs: 5,
+      // A clock that stands still: every pass after the first is within the minute.
+      now: () => 1_000_000,
+      logger: {
+        info: (fields, message) => lines.push({ level: 'info', fields: { ...fields }, message }),
+        warn: (fields, message) => lines.push({ level: 'warn', fields: { ...fields }, message }),
+        error: (fields, message) => lines.push({ level: 'error', fields: { ...fields }, message }),
+      },
+    });
+    try {
+      await until(() => (passes >= 5 ? true : undefined), 'five passes on the full disk');
+      expect(d.engine.storageFull()).toMatchObject({ deployment: 'first' });
+      expect(lines.filter((l) => l.level === 'error')).toEqual([]);
+      const warnings = lines.filter((l) => l.fields.event === 'deployment-storage-full');
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatchObject({
+        level: 'warn',
+        message: expect.stringMatching(/storage is full: database or disk is full.*at most once a minute/),
+      });
+      expect(warnings[0]!.fields.err).toBeUndefined();
+
+      d.deploymentsDb!.pragma('max_page_count = 1073741823');
+      await until(() => (stateOf(d, 'detector')?.state === 'Committed' ? true : undefined), 'committed');
+      await until(
+        () => (lines.some((l) => l.fields.event === 'deployment-storage-writable') ? true : undefined),
+        'the line that the state can be written again',
+      );
+      expect(d.engine.storageFull()).toBeNull();
+    } finally {
+      await poller.stop();
+      client.close();
+      api.deployments = [];
+    }
   });
 });

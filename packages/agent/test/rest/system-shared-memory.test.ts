@@ -703,6 +703,37 @@ describe('the agent status for a caller who is not an operator', () => {
     expect(warnings[0]).toMatch(/deployment models are left out for this caller: .*reason/s);
     expect(warnings.join('\n')).not.toContain('/secret');
   });
+
+  it("a full data root: which deployment waits and since when, the words withheld; a load's error not at all", () => {
+    const updates = deployments.engine.status();
+    const warnings: string[] = [];
+    const shown = publicAgentStatus(
+      {
+        deployments: {
+          enabled: true,
+          models: updates.map((u) => ({ ...u, loadFailure: 'cannot read /secret/dir/model.onnx' })),
+          storageFull: {
+            deployment: 'two',
+            reason: 'ENOSPC: no space left on device, open /secret/dir',
+            message: "the device's storage is full: ENOSPC: no space left on device, open /secret/dir; …",
+            since: '2026-01-01T00:00:00.000Z',
+          },
+        },
+      },
+      (message) => warnings.push(message),
+    ) as { deployments: { storageFull: unknown } };
+    expect(shown.deployments.storageFull).toEqual({
+      deployment: 'two',
+      reason: REASON_WITHHELD,
+      message: REASON_WITHHELD,
+      since: '2026-01-01T00:00:00.000Z',
+    });
+    expect(JSON.stringify(shown)).not.toContain('/secret');
+    expect(
+      publicAgentStatus({ deployments: { enabled: true, models: updates, storageFull: null } }, () => {}),
+    ).toMatchObject({ deployments: { storageFull: null } });
+    expect(warnings).toEqual([]);
+  });
 });
 
 /** What packages/agent/docs/rest-api.md lists of an update for a caller who is not an operator. */

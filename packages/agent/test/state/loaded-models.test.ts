@@ -5,9 +5,12 @@ import { createModelPackage, writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import { ModelRegistry } from '../../src/models/index.js';
+import SqliteDatabase from 'better-sqlite3';
 import {
   AgentDatabase,
+  LoadedModelsRepository,
   agentDatabasePath,
+  migrate,
   recordLoadedModels,
   restoreLoadedModels,
   type RestorableRegistry,
@@ -134,6 +137,45 @@ describe('restored loads that outlast the start-up deadline', () => {
     ]);
     expect(registry.has('first')).toBe(true);
     expect(db.loadedModels.list().map((m) => m.name)).toEqual(['first']);
+    await registry.close();
+    db.close();
+  });
+});
+
+describe('recording loaded models on a full database', () => {
+  it('a load still succeeds; the failed record is logged, without a stack, at most once a minute', async () => {
+    const db = new SqliteDatabase(join(root, 'full.db'));
+    migrate(db);
+    const repository = new LoadedModelsRepository(db);
+    // SQLite's own size limit on this connection: once reached, a new row fails with a real SQLITE_FULL.
+    db.pragma(`max_page_count = ${db.pragma('page_count', { simple: true }) as number}`);
+    for (let i = 0; ; i++) {
+      try {
+        repository.record({ name: `f${i}`, url: '/f', loadedAt: 1 });
+      } catch (error) {
+        expect((error as { code?: string }).code).toBe('SQLITE_FULL');
+        break;
+      }
+    }
+    const lines: { details: Record<string, unknown>; message: string }[] = [];
+    const registry = new ModelRegistry({ pool, trust: null, cwd: root });
+    registry.observe(
+      recordLoadedModels(repository, () => 5_000, {
+        warn: (details, message) => void lines.push({ details, message }),
+      }),
+    );
+    const pkg = await modelPackage('on-a-full-disk');
+    await registry.load({ url: pkg, name: 'full-1' });
+    await registry.load({ url: pkg, name: 'full-2' });
+    expect(registry.has('full-1') && registry.has('full-2')).toBe(true);
+    // Before: the registry swallowed the failure silently; the next start would not load these models.
+    expect(lines).toHaveLength(1);
+    expect(lines[0]!.details).toMatchObject({
+      event: 'loaded-models-unwritable',
+      reason: 'database or disk is full',
+    });
+    expect(lines[0]!.details.err).toBeUndefined();
+    expect(lines[0]!.message).toMatch(/cannot record that model "full-1" is loaded/);
     await registry.close();
     db.close();
   });

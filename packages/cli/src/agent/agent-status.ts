@@ -33,6 +33,8 @@ export const agentStatusSchema = z.looseObject({
             // An older agent sends neither: it does not tell.
             loaded: z.boolean().optional(),
             notLoadedReason: z.string().nullable().optional(),
+            // Why the load at the agent's start failed; only operators see it, and an older agent does not send it.
+            loadFailure: z.string().nullable().optional(),
             // An older agent does not send it.
             lastFailure: z
               .looseObject({
@@ -46,6 +48,11 @@ export const agentStatusSchema = z.looseObject({
               .optional(),
           }),
         )
+        .optional(),
+      // Set while the agent cannot record an update's state for want of space; an older agent does not send it.
+      storageFull: z
+        .looseObject({ deployment: z.string(), message: z.string(), since: z.string() })
+        .nullable()
         .optional(),
     })
     .optional(),
@@ -148,6 +155,10 @@ export function printAgentStatus(status: AgentStatus, output: Output): void {
     );
     lines.push('');
     const deployments = status.deployments;
+    if (deployments?.enabled && deployments.storageFull)
+      lines.push(
+        `deployments: STORAGE FULL since ${deployments.storageFull.since} (deployment ${deployments.storageFull.deployment}): ${deployments.storageFull.message}`,
+      );
     if (!deployments?.enabled) lines.push('deployments: off (sagemaker_edge_deployment_lib_path is not set)');
     else if (!deployments.models || deployments.models.length === 0)
       lines.push('deployments: none received yet');
@@ -164,7 +175,9 @@ export function printAgentStatus(status: AgentStatus, output: Output): void {
               d.version ?? '-',
               d.previousVersion ?? '-',
               d.updatedAt,
-              d.notLoadedReason ?? d.reason ?? '',
+              d.notLoadedReason && d.loadFailure
+                ? `${d.notLoadedReason}: ${d.loadFailure}`
+                : (d.notLoadedReason ?? d.reason ?? ''),
             ],
             ...(d.lastFailure
               ? [
