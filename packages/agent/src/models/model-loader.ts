@@ -100,7 +100,8 @@ export class ModelLoader {
    * Resolves with the version's description; errors are AgentErrors (see ModelRegistry.load). `hooks.beforeWarmUp`
    * is awaited once the sessions exist, before the warm-up runs; if it throws, the load fails the same way.
    * `shownDir` names the folder in the description, logs and errors where `dir` is not a name for people (a
-   * descriptor's /proc path the folder is read through).
+   * descriptor's /proc path the folder is read through); core's reader and verifier are given it too, so no
+   * message (nor any error's cause) holds `dir`.
    */
   async load(
     version: ModelVersion,
@@ -108,15 +109,8 @@ export class ModelLoader {
     abandoned: () => AgentError | undefined,
     hooks: LoadHooks = {},
   ): Promise<ModelDescription> {
-    const { name, dir } = request;
-    const shownDir = request.shownDir ?? dir;
-    try {
-      return await this.#load(version, { ...request, shownDir }, abandoned, hooks);
-    } catch (error) {
-      const failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
-      if (shownDir === dir) throw failure;
-      throw new AgentError(failure.code, failure.message.replaceAll(dir, shownDir), { cause: failure });
-    }
+    const shownDir = request.shownDir ?? request.dir;
+    return this.#load(version, { ...request, shownDir }, abandoned, hooks);
   }
 
   async #load(
@@ -141,17 +135,17 @@ export class ModelLoader {
       // ONNX Runtime gets the bytes that were verified, never the path: a file swapped after verification is
       // refused here rather than run, and none is read past the size the memory check accepted.
       const bytes = await readPackageModel(opened, { maxBytes: accepted }).catch((error: unknown) => {
-        throw packageFailure(error, opened.dir);
+        throw packageFailure(error, shownDir);
       });
       check();
       version.state = 'creating-sessions';
       const info = await this.#pool
         .loadModel(version.key, bytes, instances, rule ? { batching: rule.batching } : {})
         .catch((error: unknown) => {
-          throw loadFailure(error, name, opened.dir);
+          throw loadFailure(error, name, shownDir);
         });
       sessionsCreated = true;
-      checkSessionAgainstManifest(name, opened, info.inputs, info.outputs);
+      checkSessionAgainstManifest(name, shownDir, opened, info.inputs, info.outputs);
       check();
       if (info.batching) {
         const { dimension, maxBatchSize } = info.batching;
@@ -213,20 +207,25 @@ export class ModelLoader {
     return isAbsolute(url) ? resolve(url) : resolve(this.#cwd, url);
   }
 
+  /**
+   * Opens (and with a trust policy verifies) the package at `dir`; every message, the log's and the stored
+   * signature reason included, names it `shownDir`.
+   */
   async #openPackage(
     dir: string,
     shownDir: string,
   ): Promise<{ opened: OpenedModelPackage; signature: SignatureStatus }> {
+    const shown = shownDir === dir ? {} : { shownDir };
     if (!this.#trust) {
-      const opened = await openModelPackage(dir, { trust: null }).catch((error: unknown) => {
-        throw packageFailure(error, dir);
+      const opened = await openModelPackage(dir, { trust: null, ...shown }).catch((error: unknown) => {
+        throw packageFailure(error, shownDir);
       });
       const reason = 'the agent has no trust policy (sagemaker_edge_core_root_certs_path is not set)';
       this.#logger?.warn(`loading model package ${shownDir} without checking its signature: ${reason}`);
       return { opened, signature: { verified: false, reason } };
     }
     try {
-      const opened = await openModelPackage(dir, { trust: this.#trust });
+      const opened = await openModelPackage(dir, { trust: this.#trust, ...shown });
       const signature = opened.signature!;
       return {
         opened,
@@ -239,8 +238,8 @@ export class ModelLoader {
       };
     } catch (error) {
       if (error instanceof PackageVerificationError && !this.#requireSignatures) {
-        const opened = await openModelPackage(dir, { trust: null }).catch((e: unknown) => {
-          throw packageFailure(e, dir);
+        const opened = await openModelPackage(dir, { trust: null, ...shown }).catch((e: unknown) => {
+          throw packageFailure(e, shownDir);
         });
         this.#logger?.warn(
           `loading model package ${shownDir} although its signature did not verify: ${error.message}`,
@@ -250,7 +249,7 @@ export class ModelLoader {
         );
         return { opened, signature: { verified: false, reason: `${error.reason}: ${error.message}` } };
       }
-      throw packageFailure(error, dir);
+      throw packageFailure(error, shownDir);
     }
   }
 
@@ -364,6 +363,7 @@ function describeSigner(signer: SignerDescription): string {
 /** The sessions ONNX Runtime created must have the manifest's inputs and outputs (names, types, fixed sizes). */
 function checkSessionAgainstManifest(
   name: string,
+  shownDir: string,
   opened: OpenedModelPackage,
   inputs: readonly WireTensorInfo[],
   outputs: readonly WireTensorInfo[],
@@ -376,7 +376,7 @@ function checkSessionAgainstManifest(
     const fail = (problem: string): never => {
       throw new AgentError(
         'FAILED_PRECONDITION',
-        `model package ${opened.dir} for ${JSON.stringify(name)}: its manifest does not match the model (${problem}); expected a manifest generated from this model`,
+        `model package ${shownDir} for ${JSON.stringify(name)}: its manifest does not match the model (${problem}); expected a manifest generated from this model`,
       );
     };
     if (declared.length !== actual.length) {

@@ -11,10 +11,13 @@ import { AgentError, type AgentErrorCode } from './agent-error.js';
 import { asAgentError, packageFailure, predictFailure } from './model-errors.js';
 import { ModelLoader, type LoadHooks, type ModelLoaderOptions } from './model-loader.js';
 import {
+  CallerCheckLimitError,
   DescriptorPathsUnavailableError,
+  MAX_CHECKED_DEPTH,
+  MAX_CHECKED_ENTRIES,
+  agentSideFailure,
   callerCanReadFolder,
   openFolderForCaller,
-  whyNotAFolder,
   type CallerFolder,
   type CallerIdentity,
   type OpenedFolderDeps,
@@ -189,6 +192,8 @@ export class ModelRegistry {
     const name = request.name;
     checkModelName(name);
     const dir = this.#loader.packageDir(request.url);
+    // Cheap refusals first: a caller's check opens and walks its folder. #load asks again after the await.
+    this.#refuseLoadUnder(name);
     const callerFolder = await this.#openForCaller(dir, request);
     try {
       return await this.#load(name, dir, callerFolder, request, began);
@@ -204,17 +209,7 @@ export class ModelRegistry {
     request: LoadRequest,
     began: number,
   ): Promise<ModelDescription> {
-    if (this.#closed)
-      throw new AgentError('UNAVAILABLE', 'the agent is shutting down; no models can be loaded');
-    const existing = this.#models.get(name);
-    if (existing) {
-      throw new AgentError(
-        'ALREADY_EXISTS',
-        existing.current.state === 'ready'
-          ? `a model named ${JSON.stringify(name)} is already loaded (from ${existing.current.url}); unload it first, or load under another name`
-          : `a model named ${JSON.stringify(name)} is already being loaded; unload it first to load another under that name`,
-      );
-    }
+    this.#refuseLoadUnder(name);
     const version = new ModelVersion(this.#nextKey(name), request.url);
     const entry: NameEntry = { current: version };
     this.#models.set(name, entry);
@@ -487,13 +482,30 @@ export class ModelRegistry {
 
   // -------------------------------------------------------------------------------------------------------------
 
+  /** UNAVAILABLE while shutting down, ALREADY_EXISTS where `name` is loaded or being loaded. */
+  #refuseLoadUnder(name: string): void {
+    if (this.#closed)
+      throw new AgentError('UNAVAILABLE', 'the agent is shutting down; no models can be loaded');
+    const existing = this.#models.get(name);
+    if (existing) {
+      throw new AgentError(
+        'ALREADY_EXISTS',
+        existing.current.state === 'ready'
+          ? `a model named ${JSON.stringify(name)} is already loaded (from ${existing.current.url}); unload it first, or load under another name`
+          : `a model named ${JSON.stringify(name)} is already being loaded; unload it first to load another under that name`,
+      );
+    }
+  }
+
   /**
    * The agent opens packages with its own rights: for a caller it knows, only a folder the caller could read
    * itself, and one error for every other, so that the agent's distinct errors ("is a file", "does not exist",
    * "has no manifest.json") tell the caller nothing of folders only the agent may look into. A check by name
    * refuses first, before anything is opened; then the folder is opened once and checked on that descriptor
    * (openFolderForCaller), and the load reads through it, so a name swapped after either check changes nothing.
-   * Undefined: no caller to check for (the agent's own loads, root, the agent's user): the load opens `dir` by name.
+   * "Does not exist" and "is a file" are said only where openFolderForCaller's walk, which follows no link, found
+   * so in a folder the caller may search. Undefined: no caller to check for (the agent's own loads, root, the
+   * agent's user): the load opens `dir` by name.
    */
   async #openForCaller(dir: string, request: LoadRequest): Promise<CallerFolder | undefined> {
     const caller = request.caller;
@@ -505,28 +517,48 @@ export class ModelRegistry {
         `no model package at ${request.url} that you can read; expected the folder of an extracted model package that your user (uid ${caller.uid}) may read and search, on a path it may search`,
       );
     if (!(await callerCanReadFolder(dir, caller, deps))) throw refused();
-    let folder: CallerFolder | undefined;
+    let found;
     try {
-      folder = await openFolderForCaller(dir, caller, deps);
+      found = await openFolderForCaller(dir, caller, deps);
     } catch (error) {
       if (error instanceof DescriptorPathsUnavailableError)
         throw new AgentError(
           'FAILED_PRECONDITION',
           `${error.message}; expected root or the agent's own user to load on this system`,
         );
-      // Nothing opened: say what is there only where the caller could see it itself.
-      const why = await whyNotAFolder(dir, caller, deps).catch(() => undefined);
-      if (!why) throw refused();
-      throw packageFailure(
-        new PackageNotFoundError(
-          dir,
-          why === 'file' ? 'it is a file; expected an extracted package folder' : 'the folder does not exist',
-        ),
-        dir,
-      );
+      if (error instanceof CallerCheckLimitError)
+        throw new AgentError(
+          'FAILED_PRECONDITION',
+          `model package ${dir} is too large to check for you: ${error.message}; expected an extracted model package of at most ${MAX_CHECKED_ENTRIES} files and folders, ${MAX_CHECKED_DEPTH} levels deep`,
+        );
+      const failure = agentSideFailure(error);
+      if (failure) {
+        // The agent's own trouble, not the caller's rights: say so, and leave a trace for whoever runs it.
+        this.#logger?.warn(
+          `could not open model package ${dir} for a caller (uid ${caller.uid}): ${failure.code}`,
+          { event: 'caller-open-failed', url: request.url, code: failure.code },
+        );
+        throw new AgentError(
+          failure.code === 'EIO' ? 'UNAVAILABLE' : 'RESOURCE_EXHAUSTED',
+          failure.code === 'EIO'
+            ? `the agent could not read model package ${request.url} (an I/O error); try again later`
+            : `the agent has run out of ${failure.code === 'ENOMEM' ? 'memory' : 'file descriptors'} opening model package ${request.url}; try again later`,
+          { cause: failure },
+        );
+      }
+      throw error;
     }
-    if (!folder) throw refused();
-    return folder;
+    if (found.kind === 'opened') return found.folder;
+    if (found.kind === 'refused') throw refused();
+    throw packageFailure(
+      new PackageNotFoundError(
+        dir,
+        found.kind === 'file'
+          ? 'it is a file; expected an extracted package folder'
+          : 'the folder does not exist',
+      ),
+      dir,
+    );
   }
 
   #nextKey(name: string): string {

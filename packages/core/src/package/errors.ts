@@ -57,7 +57,9 @@ export class PackageFileError extends Error {
     /** The path as the caller named it (package-relative where the caller gave one). */
     readonly file: string,
     message: string,
+    /** `cause`: the errno error behind it, where there was one (its code tells a full descriptor table from a right). */
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
 }

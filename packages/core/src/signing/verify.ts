@@ -52,6 +52,8 @@ export interface VerifyPackageOptions {
   /** The time certificates must be valid at; default: now. */
   now?: Date;
   onProgress?: DigestProgressListener;
+  /** How messages name the folder where `dir` is no name for people (a held descriptor's path); default `dir`. */
+  shownDir?: string;
 }
 
 /** Largest model.sig we read; a bundle listing 100 000 files is ~20 MB. */
@@ -77,7 +79,7 @@ export async function verifyPackage(
   const now = opts.now ?? new Date();
   const policy = TrustPolicySchema.parse(trust);
 
-  const bundle = await readBundle(absolute);
+  const bundle = await readBundle(absolute, opts.shownDir ?? absolute);
   const envelope = bundle.dsseEnvelope;
   const payload = Buffer.from(envelope.payload, 'base64');
   const signature = Buffer.from(envelope.signatures[0]?.sig ?? '', 'base64');
@@ -163,14 +165,15 @@ function changedWhileVerifying(error: unknown): unknown {
   return error;
 }
 
-async function readBundle(dir: string): Promise<SignatureBundle> {
+/** model.sig of the package at `dir`, which messages call `shownDir`. */
+async function readBundle(dir: string, shownDir: string): Promise<SignatureBundle> {
   const bytes = await readPackageFile(dir, SIGNATURE_FILE, { maxBytes: MAX_BUNDLE_BYTES }).catch(
     (error: unknown) => {
       if (!(error instanceof PackageFileError)) throw error;
       if (error.problem === 'missing')
         throw new PackageVerificationError(
           'bundle-missing',
-          `${dir} has no ${SIGNATURE_FILE}; every package must carry its signature bundle`,
+          `${shownDir} has no ${SIGNATURE_FILE}; every package must carry its signature bundle`,
           { path: SIGNATURE_FILE },
         );
       if (error.problem === 'too-large')
