@@ -223,7 +223,6 @@ function pathFailure(
 ): PackageFileError {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   const expected = want === 'file' ? 'a regular file' : 'a folder';
-  const cause = error instanceof Error ? { cause: error } : undefined;
   if (found?.isSymbolicLink())
     return new PackageFileError(
       'symlink',
@@ -231,30 +230,30 @@ function pathFailure(
       last
         ? `${label} is a symbolic link; expected ${expected} (links are not followed in a package)`
         : `${label} is reached through ${at}, a symbolic link; expected a folder of the package (links are not followed in a package)`,
-      cause,
+      code,
     );
   if (found && !last && !found.isDirectory())
     return new PackageFileError(
       'missing',
       label,
       `${label} does not exist: ${at} is not a folder; expected ${expected}`,
-      cause,
+      code,
     );
   if (found && last && want === 'folder' && !found.isDirectory())
-    return new PackageFileError('not-regular', label, `${label} is not a folder; expected a folder`, cause);
+    return new PackageFileError('not-regular', label, `${label} is not a folder; expected a folder`, code);
   if (code === 'ENOENT' || code === 'ENOTDIR')
-    return new PackageFileError('missing', label, `${label} does not exist; expected ${expected}`, cause);
+    return new PackageFileError('missing', label, `${label} does not exist; expected ${expected}`, code);
   if (code === 'ELOOP')
     return new PackageFileError(
       'symlink',
       label,
       `${label} is a symbolic link; expected ${expected} (links are not followed in a package)`,
-      cause,
+      code,
     );
   return new PackageFileError(
     'unreadable',
     label,
     `${label} cannot be opened (${code ?? 'an I/O error'}); expected a readable ${want === 'file' ? 'regular file' : 'folder'}`,
-    cause,
+    code,
   );
 }
