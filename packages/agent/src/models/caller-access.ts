@@ -58,8 +58,8 @@ export function callerHolds(file: FileModeOf, caller: CallerIdentity, bits: numb
  * search its way to the deepest part that does, and so see for itself that the rest is missing. Anything the
  * agent cannot tell counts as not readable. It reads by name, so it cannot say what a later open of `dir` finds:
  * LoadModel asks it first, as a cheap refusal before opening anything, and decides on the folder it then opens
- * (openFolderForCaller), so that the agent, which opens packages with its own
- * rights, tells a caller nothing of folders it could not look into.
+ * (openFolderForCaller), so that the agent, which opens packages with its own rights, tells a caller nothing of
+ * folders it could not look into.
  */
 export async function callerCanReadFolder(
   dir: string,
@@ -141,7 +141,7 @@ export class DescriptorPathsUnavailableError extends Error {
 
 /**
  * A package folder too large or too deep to check for a caller: more entries than a package archive may hold
- * (core's DEFAULT_ARCHIVE_LIMITS.maxEntries), or folders nested deeper than MAX_CHECKED_DEPTH. `detail` says which.
+ * (core's DEFAULT_ARCHIVE_LIMITS.maxEntries), or folders nested deeper than MAX_CHECKED_DEPTH; its message says which.
  */
 export class CallerCheckLimitError extends Error {
   override readonly name = 'CallerCheckLimitError';
@@ -158,7 +158,10 @@ export const MAX_CHECKED_DEPTH = 32;
  */
 const AGENT_FAILURES = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'EIO']);
 
-/** The errno error (its code one of AGENT_FAILURES) inside `error`, itself or its cause; else undefined. */
+/**
+ * The error inside `error` (itself or a cause) whose errno code is one of AGENT_FAILURES: an errno error, or
+ * core's PackageFileError, which keeps the code of the open that failed; else undefined.
+ */
 export function agentSideFailure(error: unknown): NodeJS.ErrnoException | undefined {
   for (let e = error; e instanceof Error; e = e.cause) {
     const code = (e as NodeJS.ErrnoException).code;

@@ -184,8 +184,9 @@ export class ModelRegistry {
    * the sessions, and runs a warm-up inference on each (see ModelLoader: one that fails with its placeholder
    * inputs is a warning). Errors: INVALID_ARGUMENT (name or url malformed), ALREADY_EXISTS, NOT_FOUND (no
    * package there, or, for a request's `caller`, none the caller could read itself), FAILED_PRECONDITION (bad manifest, signature not valid, a model ONNX Runtime refuses to
-   * create a session from, or whose warm-up outputs have other data types or ranks than its manifest declares),
-   * RESOURCE_EXHAUSTED (not enough memory), UNAVAILABLE (shutting down), INTERNAL.
+   * create a session from, or whose warm-up outputs have other data types or ranks than its manifest declares;
+   * for a caller, a folder too large to check), RESOURCE_EXHAUSTED (not enough memory, or for a caller's check
+   * no descriptors left), UNAVAILABLE (shutting down, or an I/O error opening a caller's folder), INTERNAL.
    */
   async load(request: LoadRequest): Promise<ModelDescription> {
     const began = performance.now();

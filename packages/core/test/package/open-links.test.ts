@@ -102,3 +102,31 @@ describe('a package with a linked folder on the way to its model', () => {
     await expect(openModelPackage(dir, { trust })).rejects.toMatchObject({ reason: 'file-unsupported' });
   });
 });
+
+describe('openModelPackage with shownDir', () => {
+  it('names the folder as shownDir in its errors, verification and later reads, never as the path it reads', async () => {
+    const { dir, elsewhere } = await copies();
+    const shownDir = '/as/the/caller/named/it';
+    const failure = async (attempt: Promise<unknown>) =>
+      attempt.then(
+        () => 'resolved',
+        (e: unknown) => (e as Error).message,
+      );
+    const keys = generateKeyPair('ed25519');
+    const trust = { publicKeysPem: [keys.publicKeyPem] };
+    // Unsigned: verification's "has no model.sig" names shownDir.
+    expect(await failure(openModelPackage(dir, { trust, shownDir }))).toBe(
+      `${shownDir} has no model.sig; every package must carry its signature bundle`,
+    );
+    const opened = await openModelPackage(dir, { trust: null, shownDir });
+    expect(opened.shownDir).toBe(shownDir);
+    await linkModelFolder(dir, elsewhere);
+    expect(await failure(readPackageModel(opened))).toBe(
+      `model package ${shownDir} is not valid: ${modelFile} is reached through m, a symbolic link; expected a folder of the package (links are not followed in a package)`,
+    );
+    await rm(join(dir, MANIFEST_FILE));
+    expect(await failure(openModelPackage(dir, { trust: null, shownDir }))).toBe(
+      `no model package at ${shownDir}: it has no ${MANIFEST_FILE}`,
+    );
+  });
+});
