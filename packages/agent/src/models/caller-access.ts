@@ -7,6 +7,7 @@ import {
   PackageFileError,
   descriptorLookupWorks,
   openFolderByDescriptors,
+  type PackageFileCheck,
 } from '@edgefleet/core';
 
 /**
@@ -123,6 +124,8 @@ export const fileSystemFolderAccess: OpenedFolderDeps = {
 export interface CallerFolder {
   /** `<descriptors>/<fd>`: the folder the check passed, whatever is named `dir` by now. */
   readonly path: string;
+  /** For the package reader: refuses a file (its fstat) the caller may not read, whatever was checked by name. */
+  readonly fileCheck: PackageFileCheck;
   close(): Promise<void>;
 }
 
@@ -227,7 +230,15 @@ export async function openFolderForCaller(
       callerHolds(await handle.stat(), caller, READ_AND_SEARCH) &&
       (await callerCanReadContents(path, caller))
     )
-      return { kind: 'opened', folder: { path, close: () => handle.close() } };
+      return {
+        kind: 'opened',
+        folder: {
+          path,
+          fileCheck: (file) =>
+            callerHolds(file, caller, READ) ? undefined : `your user (uid ${caller.uid}) may not read it`,
+          close: () => handle.close(),
+        },
+      };
   } catch (error) {
     await handle.close();
     throw error;

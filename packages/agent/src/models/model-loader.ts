@@ -9,6 +9,7 @@ import {
   readPackageModel,
   shapeMismatch,
   type OpenedModelPackage,
+  type PackageFileCheck,
   type SignerDescription,
   type TensorMetadata,
   type TrustPolicy,
@@ -101,11 +102,12 @@ export class ModelLoader {
    * is awaited once the sessions exist, before the warm-up runs; if it throws, the load fails the same way.
    * `shownDir` names the folder in the description, logs and errors where `dir` is not a name for people (a
    * descriptor's /proc path the folder is read through); core's reader and verifier are given it too, so no
-   * message (nor any error's cause) holds `dir`.
+   * message (nor any error's cause) holds `dir`. `fileCheck` is asked about each package file on the descriptor
+   * it is read from (core's PackageFileCheck): for a caller, only files it could read itself.
    */
   async load(
     version: ModelVersion,
-    request: { name: string; url: string; dir: string; shownDir?: string },
+    request: { name: string; url: string; dir: string; shownDir?: string; fileCheck?: PackageFileCheck },
     abandoned: () => AgentError | undefined,
     hooks: LoadHooks = {},
   ): Promise<ModelDescription> {
@@ -115,11 +117,11 @@ export class ModelLoader {
 
   async #load(
     version: ModelVersion,
-    request: { name: string; url: string; dir: string; shownDir: string },
+    request: { name: string; url: string; dir: string; shownDir: string; fileCheck?: PackageFileCheck },
     abandoned: () => AgentError | undefined,
     hooks: LoadHooks,
   ): Promise<ModelDescription> {
-    const { name, dir, shownDir } = request;
+    const { name, dir, shownDir, fileCheck } = request;
     const check = () => {
       const reason = abandoned();
       if (reason) throw reason;
@@ -127,7 +129,7 @@ export class ModelLoader {
     let sessionsCreated = false;
     try {
       version.state = 'verifying';
-      const { opened, signature } = await this.#openPackage(dir, shownDir);
+      const { opened, signature } = await this.#openPackage(dir, shownDir, fileCheck);
       check();
       const rule = this.#batching.get(name);
       const instances = rule?.instances ?? this.#instances;
@@ -214,8 +216,9 @@ export class ModelLoader {
   async #openPackage(
     dir: string,
     shownDir: string,
+    fileCheck: PackageFileCheck | undefined,
   ): Promise<{ opened: OpenedModelPackage; signature: SignatureStatus }> {
-    const shown = shownDir === dir ? {} : { shownDir };
+    const shown = { ...(shownDir !== dir && { shownDir }), ...(fileCheck && { fileCheck }) };
     if (!this.#trust) {
       const opened = await openModelPackage(dir, { trust: null, ...shown }).catch((error: unknown) => {
         throw packageFailure(error, shownDir);
@@ -272,7 +275,7 @@ export class ModelLoader {
     const accepted = new Map<string, number>();
     let bytes = 0;
     for (const file of files) {
-      const size = await packageFileSize(opened.dir, file).catch(() => 0);
+      const size = await packageFileSize(opened.dir, file, file, opened.fileCheck).catch(() => 0);
       accepted.set(file, size);
       bytes += size;
     }

@@ -216,7 +216,10 @@ export class ModelRegistry {
     this.#models.set(name, entry);
     try {
       // For a caller, the folder its check passed on, held open: a name swapped since cannot change what loads.
-      const source = callerFolder ? { dir: callerFolder.path, shownDir: dir } : { dir };
+      // Each file is checked again on the descriptor it is read from: one moved in after the check is refused.
+      const source = callerFolder
+        ? { dir: callerFolder.path, shownDir: dir, fileCheck: callerFolder.fileCheck }
+        : { dir };
       version.description = await this.#loader.load(version, { name, url: request.url, ...source }, () =>
         this.#closed ? shuttingDown() : undefined,
       );

@@ -11,6 +11,7 @@ import {
   symlink,
   writeFile,
 } from 'node:fs/promises';
+import { renameSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { signPackage } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -510,6 +511,39 @@ describe('LoadModel for a caller: the check is bounded and does the cheap parts 
       message: `the agent has run out of file descriptors opening model package ${readable}; try again later`,
     });
     expect(logged.filter((l) => l.level === 'warn').map((l) => l.details?.['code'])).toEqual(['EMFILE']);
+  });
+});
+
+describe('LoadModel for a caller: each file is checked on the descriptor it is read from', () => {
+  it('refuses a model file the caller may not read, moved into its folder after the check', async () => {
+    const dir = await callersCopy();
+    const privateCopy = join(files.root, `private-model-${++copies}`);
+    await cp(join(dir, 'model.onnx'), privateCopy);
+    await chmod(privateCopy, 0o600);
+    let moved = false;
+    // The warning that the package is not verified comes once the manifest is read, before the model file is:
+    // the caller (who may write its folder) moves in a file it cannot read, as rename(2) lets it from a folder
+    // it may write.
+    const models = new ModelRegistry({
+      pool,
+      trust: null,
+      cwd: files.root,
+      logger: {
+        warn: (message) => {
+          if (!moved && message.includes(dir)) {
+            moved = true;
+            renameSync(privateCopy, join(dir, 'model.onnx'));
+          }
+        },
+      },
+    });
+    const error = await agentErrorOf(models.load({ url: dir, name: 'moved-in', caller }));
+    expect(moved).toBe(true);
+    expect({ code: error.code, message: error.message }).toEqual({
+      code: 'FAILED_PRECONDITION',
+      message: `model package ${dir} is not valid: model.onnx cannot be read: your user (uid ${caller.uid}) may not read it`,
+    });
+    expect(models.list()).toEqual([]);
   });
 });
 

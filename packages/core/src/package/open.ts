@@ -11,6 +11,7 @@ import { PackageFileError, PackageInvalidError, PackageNotFoundError } from './e
 import { MANIFEST_FILE, PackageManifestSchema, describeZodError, type PackageManifest } from './manifest.js';
 import {
   MAX_MANIFEST_BYTES,
+  type PackageFileCheck,
   jsonSyntaxErrorPosition,
   packageFileSize,
   readPackageFile,
@@ -26,6 +27,8 @@ export interface OpenedModelPackage {
   signature?: VerifiedSignature;
   /** How messages name the folder where `dir` is no name for people (see OpenModelPackageOptions); else absent. */
   shownDir?: string;
+  /** Asked about every file read from the package, readPackageModel's too (see OpenModelPackageOptions). */
+  fileCheck?: PackageFileCheck;
 }
 
 export interface OpenModelPackageOptions {
@@ -36,6 +39,12 @@ export interface OpenModelPackageOptions {
    * descriptor's /proc/self/fd path, read through for the folder a caller named. Default: `dir`, made absolute.
    */
   shownDir?: string;
+  /**
+   * Asked about each file the package is read from (manifest, signature bundle, every file hashed, and later
+   * readPackageModel's), on its descriptor before it is read: for a load on someone's behalf, only files they
+   * could read themselves. Default: none.
+   */
+  fileCheck?: PackageFileCheck;
 }
 
 /**
@@ -60,6 +69,7 @@ export async function openModelPackage(
     throw new PackageNotFoundError(shown, 'it is a file; expected an extracted package folder');
   const manifestBytes = await readPackageFile(absolute, MANIFEST_FILE, {
     maxBytes: MAX_MANIFEST_BYTES,
+    ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
   }).catch((error: unknown) => {
     if (error instanceof PackageFileError && error.problem === 'missing')
       throw new PackageNotFoundError(shown, `it has no ${MANIFEST_FILE}`);
@@ -70,6 +80,7 @@ export async function openModelPackage(
     ? await verifyPackage(absolute, opts.trust, {
         ...(opts.now && { now: opts.now }),
         ...(opts.shownDir !== undefined && { shownDir: opts.shownDir }),
+        ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
       })
     : undefined;
   // The manifest was read before verification: what is parsed must be what was verified.
@@ -89,21 +100,24 @@ export async function openModelPackage(
     throw new PackageInvalidError(shown, `${MANIFEST_FILE}: ${describeZodError(parsed.error)}`);
   const manifest = parsed.data;
   const modelPath = join(absolute, ...manifest.model.file.split('/'));
-  await packageFileSize(absolute, manifest.model.file).catch((error: unknown) => {
-    if (!(error instanceof PackageFileError)) throw error;
-    throw new PackageInvalidError(
-      shown,
-      error.problem === 'missing'
-        ? `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is missing`
-        : `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is not a regular file of the package: ${error.message}`,
-    );
-  });
+  await packageFileSize(absolute, manifest.model.file, manifest.model.file, opts.fileCheck).catch(
+    (error: unknown) => {
+      if (!(error instanceof PackageFileError)) throw error;
+      throw new PackageInvalidError(
+        shown,
+        error.problem === 'missing'
+          ? `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is missing`
+          : `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is not a regular file of the package: ${error.message}`,
+      );
+    },
+  );
   return {
     dir: absolute,
     manifest,
     modelPath,
     ...(signature && { signature }),
     ...(opts.shownDir !== undefined && { shownDir: opts.shownDir }),
+    ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
   };
 }
 
@@ -139,6 +153,7 @@ export async function readPackageModel(
   const read = async (path: string): Promise<Uint8Array> => {
     const bytes = await readPackageFile(opened.dir, path, {
       maxBytes: options.maxBytes?.get(path) ?? Number.MAX_SAFE_INTEGER,
+      ...(opened.fileCheck && { fileCheck: opened.fileCheck }),
     }).catch((error: unknown) => {
       throw packageFileFailure(opened.shownDir ?? opened.dir, error);
     });

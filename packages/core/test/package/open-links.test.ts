@@ -1,4 +1,5 @@
-import { cp, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { cp, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +12,7 @@ import {
   openModelPackage,
   readPackageModel,
 } from '../../src/package/index.js';
-import { generateKeyPair, signPackage } from '../../src/signing/index.js';
+import { PackageVerificationError, generateKeyPair, signPackage } from '../../src/signing/index.js';
 
 // A package whose model sits in a folder that is a link (to another folder, anywhere) is refused where it is
 // opened and where it is read: O_NOFOLLOW alone checks only a path's last component. Real files, real links.
@@ -128,5 +129,41 @@ describe('openModelPackage with shownDir', () => {
     expect(await failure(openModelPackage(dir, { trust: null, shownDir }))).toBe(
       `no model package at ${shownDir}: it has no ${MANIFEST_FILE}`,
     );
+  });
+});
+
+describe('openModelPackage with fileCheck', () => {
+  it('asks about each file on the descriptor it reads, refusing one before its bytes are read or hashed', async () => {
+    const { dir } = await copies();
+    const keys = generateKeyPair('ed25519');
+    await signPackage(dir, { method: 'key', privateKeyPem: keys.privateKeyPem });
+    const trust = { publicKeysPem: [keys.publicKeyPem] };
+    const asked: number[] = [];
+    const modelIno = (await stat(join(dir, modelFile))).ino;
+    const refuseModel = (file: Stats) => {
+      asked.push(file.ino);
+      return file.ino === modelIno ? 'not for this reader' : undefined;
+    };
+    // Verified: the model file is refused where it is hashed, and no hash of it is told.
+    const verified = await openModelPackage(dir, { trust, fileCheck: refuseModel }).then(
+      () => undefined,
+      (e: unknown) => e as PackageVerificationError,
+    );
+    expect({ reason: verified?.reason, message: verified?.message }).toEqual({
+      reason: 'file-unreadable',
+      message: `${modelFile} cannot be read: not for this reader (found while verifying)`,
+    });
+    // Unverified: refused where openModelPackage checks it, and by readPackageModel.
+    await expect(openModelPackage(dir, { trust: null, fileCheck: refuseModel })).rejects.toThrow(
+      `the model file ${modelFile} named by ${MANIFEST_FILE} is not a regular file of the package: ${modelFile} cannot be read: not for this reader`,
+    );
+    const opened = await openModelPackage(dir, {
+      trust: null,
+      fileCheck: (file) => void asked.push(file.ino),
+    });
+    await expect(readPackageModel({ ...opened, fileCheck: refuseModel })).rejects.toThrow(
+      new PackageInvalidError(dir, `${modelFile} cannot be read: not for this reader`),
+    );
+    expect(asked).toContain(modelIno);
   });
 });
