@@ -12,7 +12,8 @@ import {
   openModelPackage,
   readPackageModel,
 } from '../../src/package/index.js';
-import { PackageVerificationError, generateKeyPair, signPackage } from '../../src/signing/index.js';
+import type { PackageVerificationError } from '../../src/signing/index.js';
+import { generateKeyPair, signPackage } from '../../src/signing/index.js';
 
 // A package whose model sits in a folder that is a link (to another folder, anywhere) is refused where it is
 // opened and where it is read: O_NOFOLLOW alone checks only a path's last component. Real files, real links.
