@@ -550,7 +550,8 @@ export class ModelRegistry {
           { cause: failure },
         );
       }
-      throw error;
+      // Anything else the check could not get past says nothing the caller may learn: the one refusal.
+      throw refused();
     }
     if (found.kind === 'opened') return found.folder;
     if (found.kind === 'refused') throw refused();
