@@ -1,6 +1,14 @@
 import { constants } from 'node:fs';
-import { lstat, open, readdir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, sep } from 'node:path';
+import { lstat, open, opendir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, isAbsolute, join, sep } from 'node:path';
+import {
+  DEFAULT_ARCHIVE_LIMITS,
+  MANIFEST_FILE,
+  PackageFileError,
+  descriptorLookupWorks,
+  openFolderByDescriptors,
+  type PackageFileCheck,
+} from '@edgefleet/core';
 
 /**
  * Who asks the agent to load a package, as the kernel saw the process at the other end of its Unix socket
@@ -51,8 +59,8 @@ export function callerHolds(file: FileModeOf, caller: CallerIdentity, bits: numb
  * search its way to the deepest part that does, and so see for itself that the rest is missing. Anything the
  * agent cannot tell counts as not readable. It reads by name, so it cannot say what a later open of `dir` finds:
  * LoadModel asks it first, as a cheap refusal before opening anything, and decides on the folder it then opens
- * (openFolderForCaller, or whyNotAFolder where none opens), so that the agent, which opens packages with its own
- * rights, tells a caller nothing of folders it could not look into.
+ * (openFolderForCaller), so that the agent, which opens packages with its own rights, tells a caller nothing of
+ * folders it could not look into.
  */
 export async function callerCanReadFolder(
   dir: string,
@@ -116,88 +124,160 @@ export const fileSystemFolderAccess: OpenedFolderDeps = {
 export interface CallerFolder {
   /** `<descriptors>/<fd>`: the folder the check passed, whatever is named `dir` by now. */
   readonly path: string;
+  /** For the package reader: refuses a file (its fstat) the caller may not read, whatever was checked by name. */
+  readonly fileCheck: PackageFileCheck;
   close(): Promise<void>;
 }
 
-/** The agent cannot hold a folder open and read where it is (no /proc/self/fd), so cannot check it for a caller. */
+/**
+ * What openFolderForCaller found: the folder, opened and checked; 'missing' or 'file' where the caller could see
+ * that itself (found by the one walk down from `/` through folders it may search, no link followed); 'refused'
+ * for everything else, which the caller is told nothing about.
+ */
+export type CallerFolderResult =
+  { kind: 'opened'; folder: CallerFolder } | { kind: 'missing' } | { kind: 'file' } | { kind: 'refused' };
+
+/** The agent cannot hold a folder open and look inside it (no /proc/self/fd), so cannot check it for a caller. */
 export class DescriptorPathsUnavailableError extends Error {
   override readonly name = 'DescriptorPathsUnavailableError';
 }
 
 /**
- * Opens the package folder `dir` once and decides on that descriptor whether `caller` could read it itself: the
- * folder's own owner, group and mode (fstat: read and search), search on every folder of the path the kernel
- * reports for the descriptor (which must still lead to the same folder), and read on everything in it (read and
- * search on each folder below, read on each file; links and special files the package reader refuses anyway).
- * Resolves with the open folder, to load through its `path`, so that what is loaded is what was checked even if
- * `dir` is swapped for a link meanwhile; or undefined (closed again) where the caller could not read it. Rejects
- * with the open's own error (ENOENT, ENOTDIR, ...) where `dir` cannot be opened as a folder, and with
- * DescriptorPathsUnavailableError where this system does not show descriptors' paths.
+ * A package folder too large or too deep to check for a caller: more entries than a package archive may hold
+ * (core's DEFAULT_ARCHIVE_LIMITS.maxEntries), or folders nested deeper than MAX_CHECKED_DEPTH; its message says which.
+ */
+export class CallerCheckLimitError extends Error {
+  override readonly name = 'CallerCheckLimitError';
+}
+
+/** Most entries (files and folders, the whole tree) checked for a caller: no deployed package holds more. */
+export const MAX_CHECKED_ENTRIES = DEFAULT_ARCHIVE_LIMITS.maxEntries;
+/** Deepest folder checked for a caller (the package folder is depth 0); a model package needs a few levels. */
+export const MAX_CHECKED_DEPTH = 32;
+
+/**
+ * Errors of an open that say the agent ran short (descriptors, memory) or its disk failed, not that the caller
+ * lacks a right: thrown as they are, for the registry to answer RESOURCE_EXHAUSTED / UNAVAILABLE and log.
+ */
+const AGENT_FAILURES = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'EIO']);
+
+/**
+ * The error inside `error` (itself or a cause) whose errno code is one of AGENT_FAILURES: an errno error, or
+ * core's PackageFileError, which keeps the code of the open that failed; else undefined.
+ */
+export function agentSideFailure(error: unknown): NodeJS.ErrnoException | undefined {
+  for (let e = error; e instanceof Error; e = e.cause) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== undefined && AGENT_FAILURES.has(code)) return e as NodeJS.ErrnoException;
+  }
+  return undefined;
+}
+
+/**
+ * Opens the package folder `dir` (absolute) for `caller` and decides on what it holds whether the caller could
+ * read it itself. First one walk down from `/`, each component looked up in the folder held before it (core's
+ * openFolderByDescriptors) with no link followed, each folder on the way searchable by the caller: what it finds
+ * ('missing', 'file') is what the caller could see itself, and nothing it finds depends on where a link leads.
+ * Where a component is a link (a caller may name `models/current`), the folder is opened by name, following
+ * links, and judged on that descriptor alone (its real path, as the kernel reports it, searchable all the way
+ * and still leading to it); if that open fails, the answer is 'refused', never why. Then the folder itself
+ * (fstat: read and search), manifest.json, and everything below (bounded, see callerCanReadTree). Resolves
+ * with the folder held, to load through its `path` so that what is loaded is what was checked, or closes it.
+ * Rejects with DescriptorPathsUnavailableError where this system does not show descriptors' paths,
+ * CallerCheckLimitError for a tree too large to check, and an errno error (agentSideFailure) where the agent ran
+ * out of descriptors or memory or hit an I/O error.
  */
 export async function openFolderForCaller(
   dir: string,
   caller: CallerIdentity,
   deps: OpenedFolderDeps = fileSystemFolderAccess,
-): Promise<CallerFolder | undefined> {
-  const handle = await deps.openFolder(dir);
+): Promise<CallerFolderResult> {
+  const root = await deps.openFolder(sep);
+  let handle: FileHandle;
+  let path: string;
+  try {
+    if (!(await descriptorLookupWorks(root, deps.descriptors)))
+      throw new DescriptorPathsUnavailableError(
+        `the agent cannot look inside an open folder through ${deps.descriptors}/${root.fd}; a load for a caller it knows needs Linux with /proc mounted`,
+      );
+    const components = dir.split(sep).filter(Boolean);
+    if (components.length === 0) return { kind: 'refused' };
+    try {
+      handle = await openFolderByDescriptors(root, components, {
+        descriptors: deps.descriptors,
+        visit: async (folder) => {
+          if (!callerHolds(await folder.stat(), caller, SEARCH)) throw new NotSearchable();
+        },
+      });
+      path = `${deps.descriptors}/${handle.fd}`;
+    } catch (error) {
+      if (error instanceof NotSearchable) return { kind: 'refused' };
+      const failure = agentSideFailure(error);
+      if (failure) throw failure;
+      if (!(error instanceof PackageFileError)) return { kind: 'refused' };
+      if (error.problem === 'missing') return { kind: 'missing' };
+      if (error.problem === 'not-regular') return { kind: 'file' };
+      if (error.problem !== 'symlink') return { kind: 'refused' };
+      const linked = await openThroughLinks(dir, caller, deps);
+      if (!linked) return { kind: 'refused' };
+      ({ handle, path } = linked);
+    }
+  } finally {
+    await root.close();
+  }
+  try {
+    if (
+      callerHolds(await handle.stat(), caller, READ_AND_SEARCH) &&
+      (await callerCanReadContents(path, caller))
+    )
+      return {
+        kind: 'opened',
+        folder: {
+          path,
+          fileCheck: (file) =>
+            callerHolds(file, caller, READ) ? undefined : `your user (uid ${caller.uid}) may not read it`,
+          close: () => handle.close(),
+        },
+      };
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+  await handle.close();
+  return { kind: 'refused' };
+}
+
+/** Thrown by the walk's visit: a folder on the way the caller may not search. */
+class NotSearchable extends Error {}
+
+/**
+ * `dir` opened by name, links followed, where the walk down met a link: the folder held and its descriptor path,
+ * where the caller may search every folder of the path the kernel reports for it (which must still lead to it);
+ * undefined (nothing held) where it may not, or the open failed (why is not said: the failure may have been met
+ * wherever a link led).
+ */
+async function openThroughLinks(
+  dir: string,
+  caller: CallerIdentity,
+  deps: OpenedFolderDeps,
+): Promise<{ handle: FileHandle; path: string } | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await deps.openFolder(dir);
+  } catch (error) {
+    const failure = agentSideFailure(error);
+    if (failure) throw failure;
+    return undefined;
+  }
   try {
     const { path, real } = await descriptorPath(handle, deps);
-    if (
-      (await callerReachesOpenedFolder(handle, real, caller, deps, READ_AND_SEARCH)) &&
-      (await callerCanReadTree(path, caller))
-    )
-      return { path, close: () => handle.close() };
+    if (await callerReachesOpenedFolder(handle, real, caller, deps)) return { handle, path };
   } catch (error) {
     await handle.close();
     throw error;
   }
   await handle.close();
   return undefined;
-}
-
-/**
- * Why `dir` could not be opened as a folder, where `caller` could see that for itself: 'missing' (nothing there,
- * or the path goes on below a file) or 'file' (`dir` is one); undefined where the caller could not, or the agent
- * cannot tell without looking by name again. Decided inside the deepest folder on the way the agent can open, on
- * its descriptor (search on it and on the folders of its real path, as openFolderForCaller checks), so that a
- * link swapped in or out meanwhile tells the caller nothing of a folder it may not search. Rejects with
- * DescriptorPathsUnavailableError where this system does not show descriptors' paths.
- */
-export async function whyNotAFolder(
-  dir: string,
-  caller: CallerIdentity,
-  deps: OpenedFolderDeps = fileSystemFolderAccess,
-): Promise<'missing' | 'file' | undefined> {
-  const below: string[] = [];
-  let above = dir;
-  let handle: FileHandle | undefined;
-  while (!handle) {
-    const parent = dirname(above);
-    if (parent === above) return undefined;
-    below.unshift(basename(above));
-    above = parent;
-    try {
-      handle = await deps.openFolder(above);
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') return undefined;
-    }
-  }
-  try {
-    const { path, real } = await descriptorPath(handle, deps);
-    if (!(await callerReachesOpenedFolder(handle, real, caller, deps, SEARCH))) return undefined;
-    // Looked up in the folder held: what the caller would find there itself, searching it.
-    const next = await lstat(join(path, below[0]!)).then(
-      (found) => found,
-      (error: NodeJS.ErrnoException) => (error.code === 'ENOENT' ? null : undefined),
-    );
-    if (next === null) return 'missing';
-    if (next?.isFile()) return below.length === 1 ? 'file' : 'missing';
-    // A folder or a link there: the open that failed looked elsewhere, or something changed; say nothing.
-    return undefined;
-  } finally {
-    await handle.close();
-  }
 }
 
 /** `<descriptors>/<fd>` and the path the kernel reports for it. */
@@ -216,20 +296,19 @@ async function descriptorPath(
 }
 
 /**
- * Whether `caller` holds `bits` on the folder `handle` holds (fstat), found by the kernel at `real`, and search on
- * every folder of that path.
+ * Whether `caller` may search every folder of `real`, the path the kernel reports for the folder `handle` holds,
+ * and that path, looked at again afterwards, still leads to that folder.
  */
 async function callerReachesOpenedFolder(
   handle: FileHandle,
   real: string,
   caller: CallerIdentity,
   deps: OpenedFolderDeps,
-  bits: number,
 ): Promise<boolean> {
-  const folder = await handle.stat();
-  if (!folder.isDirectory() || !callerHolds(folder, caller, bits)) return false;
-  // Linux adds " (deleted)" to the path of a removed folder: there is no path the caller could take to it.
+  // Linux adds " (deleted)" to the path of a removed folder. No path leads there, so the dev/ino check below
+  // refuses it as well; this says so without stat'ing a name that is not the folder's.
   if (!isAbsolute(real) || real.endsWith(' (deleted)')) return false;
+  const folder = await handle.stat();
   const parts = real.split(sep).filter(Boolean);
   const ancestors = [sep, ...parts.slice(0, -1).map((_, i) => sep + parts.slice(0, i + 1).join(sep))];
   for (const path of ancestors) {
@@ -242,24 +321,64 @@ async function callerReachesOpenedFolder(
 }
 
 /**
+ * Whether `caller` could read what the package reader will read below the folder at `root` (a descriptor's
+ * path, whose own rights were checked): manifest.json first. Without one the reader stops there ("has no
+ * manifest.json", which the caller can see itself), and nothing more is looked at; so does a manifest.json that is
+ * a link or no regular file (the reader refuses it). A manifest the caller may not read refuses; else the whole
+ * tree is checked (callerCanReadTree).
+ */
+async function callerCanReadContents(root: string, caller: CallerIdentity): Promise<boolean> {
+  const manifest = await lstat(join(root, MANIFEST_FILE)).catch(() => undefined);
+  if (!manifest?.isFile()) return true;
+  if (!callerHolds(manifest, caller, READ)) return false;
+  return callerCanReadTree(root, caller);
+}
+
+/**
  * Whether `caller` could read everything below the folder at `root` (a descriptor's path): each folder read and
  * searched, each file read. Links are not followed (the package reader refuses them), nor are special files read.
- * Looked at before the package reader opens the files (by name, below the held folder): whoever may write the
- * folder could swap a file in between, but only for one it may put there (docs/security.md says what is left).
+ * Bounded: folders are listed a few entries at a time (opendir), and the walk stops with CallerCheckLimitError
+ * past MAX_CHECKED_ENTRIES entries or MAX_CHECKED_DEPTH levels, so a caller's huge folder costs the agent no more
+ * than the largest package. Looked at before the package reader opens the files (by name, below the held folder):
+ * whoever may write a folder of the package could move a file in between (docs/security.md says what is left).
  */
 async function callerCanReadTree(root: string, caller: CallerIdentity): Promise<boolean> {
-  const entries = await readdir(root, { withFileTypes: true }).catch(() => undefined);
-  if (!entries) return false;
-  for (const entry of entries) {
-    const path = join(root, entry.name);
-    const found = await lstat(path).catch(() => undefined);
-    if (!found) return false;
-    if (found.isDirectory()) {
-      if (!callerHolds(found, caller, READ_AND_SEARCH) || !(await callerCanReadTree(path, caller)))
-        return false;
-    } else if (found.isFile() && !callerHolds(found, caller, READ)) {
+  let entries = 0;
+  const walk = async (folder: string, depth: number): Promise<boolean> => {
+    const below: string[] = [];
+    let listing;
+    try {
+      listing = await opendir(folder);
+    } catch {
       return false;
     }
-  }
-  return true;
+    try {
+      for await (const entry of listing) {
+        if (++entries > MAX_CHECKED_ENTRIES)
+          throw new CallerCheckLimitError(
+            `it holds more than ${MAX_CHECKED_ENTRIES} files and folders, more than a model package may`,
+          );
+        const path = join(folder, entry.name);
+        const found = await lstat(path).catch(() => undefined);
+        if (!found) return false;
+        if (found.isDirectory()) {
+          if (!callerHolds(found, caller, READ_AND_SEARCH)) return false;
+          below.push(path);
+        } else if (found.isFile() && !callerHolds(found, caller, READ)) {
+          return false;
+        }
+      }
+    } catch (error) {
+      if (error instanceof CallerCheckLimitError) throw error;
+      return false;
+    }
+    // The listing is closed (for await closes it) before going down: one folder open at a time.
+    if (below.length > 0 && depth + 1 > MAX_CHECKED_DEPTH)
+      throw new CallerCheckLimitError(
+        `its folders are nested more than ${MAX_CHECKED_DEPTH} deep, deeper than a model package needs`,
+      );
+    for (const path of below) if (!(await walk(path, depth + 1))) return false;
+    return true;
+  };
+  return walk(root, 0);
 }

@@ -31,14 +31,18 @@ export { type LoadHooks } from './model-loader.js';
 export { matchPredictInputs, warmUpInputs, type PredictTensor } from './predict-inputs.js';
 export { showTensorName, tensorNameBytes } from './tensor-names.js';
 export {
+  CallerCheckLimitError,
   DescriptorPathsUnavailableError,
+  MAX_CHECKED_DEPTH,
+  MAX_CHECKED_ENTRIES,
+  agentSideFailure,
   callerCanReadFolder,
   callerHolds,
   fileSystemFolderAccess,
   openFolderForCaller,
-  whyNotAFolder,
   type CallerAccessDeps,
   type CallerFolder,
+  type CallerFolderResult,
   type CallerIdentity,
   type FileModeOf,
   type OpenedFolderDeps,

@@ -9,6 +9,7 @@ import {
   readPackageModel,
   shapeMismatch,
   type OpenedModelPackage,
+  type PackageFileCheck,
   type SignerDescription,
   type TensorMetadata,
   type TrustPolicy,
@@ -100,32 +101,27 @@ export class ModelLoader {
    * Resolves with the version's description; errors are AgentErrors (see ModelRegistry.load). `hooks.beforeWarmUp`
    * is awaited once the sessions exist, before the warm-up runs; if it throws, the load fails the same way.
    * `shownDir` names the folder in the description, logs and errors where `dir` is not a name for people (a
-   * descriptor's /proc path the folder is read through).
+   * descriptor's /proc path the folder is read through); core's reader and verifier are given it too, so no
+   * message (nor any error's cause) holds `dir`. `fileCheck` is asked about each package file on the descriptor
+   * it is read from (core's PackageFileCheck): for a caller, only files it could read itself.
    */
   async load(
     version: ModelVersion,
-    request: { name: string; url: string; dir: string; shownDir?: string },
+    request: { name: string; url: string; dir: string; shownDir?: string; fileCheck?: PackageFileCheck },
     abandoned: () => AgentError | undefined,
     hooks: LoadHooks = {},
   ): Promise<ModelDescription> {
-    const { name, dir } = request;
-    const shownDir = request.shownDir ?? dir;
-    try {
-      return await this.#load(version, { ...request, shownDir }, abandoned, hooks);
-    } catch (error) {
-      const failure = asAgentError(error, `loading model ${JSON.stringify(name)}`);
-      if (shownDir === dir) throw failure;
-      throw new AgentError(failure.code, failure.message.replaceAll(dir, shownDir), { cause: failure });
-    }
+    const shownDir = request.shownDir ?? request.dir;
+    return this.#load(version, { ...request, shownDir }, abandoned, hooks);
   }
 
   async #load(
     version: ModelVersion,
-    request: { name: string; url: string; dir: string; shownDir: string },
+    request: { name: string; url: string; dir: string; shownDir: string; fileCheck?: PackageFileCheck },
     abandoned: () => AgentError | undefined,
     hooks: LoadHooks,
   ): Promise<ModelDescription> {
-    const { name, dir, shownDir } = request;
+    const { name, dir, shownDir, fileCheck } = request;
     const check = () => {
       const reason = abandoned();
       if (reason) throw reason;
@@ -133,7 +129,7 @@ export class ModelLoader {
     let sessionsCreated = false;
     try {
       version.state = 'verifying';
-      const { opened, signature } = await this.#openPackage(dir, shownDir);
+      const { opened, signature } = await this.#openPackage(dir, shownDir, fileCheck);
       check();
       const rule = this.#batching.get(name);
       const instances = rule?.instances ?? this.#instances;
@@ -141,17 +137,17 @@ export class ModelLoader {
       // ONNX Runtime gets the bytes that were verified, never the path: a file swapped after verification is
       // refused here rather than run, and none is read past the size the memory check accepted.
       const bytes = await readPackageModel(opened, { maxBytes: accepted }).catch((error: unknown) => {
-        throw packageFailure(error, opened.dir);
+        throw packageFailure(error, shownDir);
       });
       check();
       version.state = 'creating-sessions';
       const info = await this.#pool
         .loadModel(version.key, bytes, instances, rule ? { batching: rule.batching } : {})
         .catch((error: unknown) => {
-          throw loadFailure(error, name, opened.dir);
+          throw loadFailure(error, name, shownDir);
         });
       sessionsCreated = true;
-      checkSessionAgainstManifest(name, opened, info.inputs, info.outputs);
+      checkSessionAgainstManifest(name, shownDir, opened, info.inputs, info.outputs);
       check();
       if (info.batching) {
         const { dimension, maxBatchSize } = info.batching;
@@ -213,20 +209,26 @@ export class ModelLoader {
     return isAbsolute(url) ? resolve(url) : resolve(this.#cwd, url);
   }
 
+  /**
+   * Opens (and with a trust policy verifies) the package at `dir`; every message, the log's and the stored
+   * signature reason included, names it `shownDir`.
+   */
   async #openPackage(
     dir: string,
     shownDir: string,
+    fileCheck: PackageFileCheck | undefined,
   ): Promise<{ opened: OpenedModelPackage; signature: SignatureStatus }> {
+    const shown = { ...(shownDir !== dir && { shownDir }), ...(fileCheck && { fileCheck }) };
     if (!this.#trust) {
-      const opened = await openModelPackage(dir, { trust: null }).catch((error: unknown) => {
-        throw packageFailure(error, dir);
+      const opened = await openModelPackage(dir, { trust: null, ...shown }).catch((error: unknown) => {
+        throw packageFailure(error, shownDir);
       });
       const reason = 'the agent has no trust policy (sagemaker_edge_core_root_certs_path is not set)';
       this.#logger?.warn(`loading model package ${shownDir} without checking its signature: ${reason}`);
       return { opened, signature: { verified: false, reason } };
     }
     try {
-      const opened = await openModelPackage(dir, { trust: this.#trust });
+      const opened = await openModelPackage(dir, { trust: this.#trust, ...shown });
       const signature = opened.signature!;
       return {
         opened,
@@ -239,8 +241,8 @@ export class ModelLoader {
       };
     } catch (error) {
       if (error instanceof PackageVerificationError && !this.#requireSignatures) {
-        const opened = await openModelPackage(dir, { trust: null }).catch((e: unknown) => {
-          throw packageFailure(e, dir);
+        const opened = await openModelPackage(dir, { trust: null, ...shown }).catch((e: unknown) => {
+          throw packageFailure(e, shownDir);
         });
         this.#logger?.warn(
           `loading model package ${shownDir} although its signature did not verify: ${error.message}`,
@@ -250,7 +252,7 @@ export class ModelLoader {
         );
         return { opened, signature: { verified: false, reason: `${error.reason}: ${error.message}` } };
       }
-      throw packageFailure(error, dir);
+      throw packageFailure(error, shownDir);
     }
   }
 
@@ -273,7 +275,7 @@ export class ModelLoader {
     const accepted = new Map<string, number>();
     let bytes = 0;
     for (const file of files) {
-      const size = await packageFileSize(opened.dir, file).catch(() => 0);
+      const size = await packageFileSize(opened.dir, file, file, opened.fileCheck).catch(() => 0);
       accepted.set(file, size);
       bytes += size;
     }
@@ -364,6 +366,7 @@ function describeSigner(signer: SignerDescription): string {
 /** The sessions ONNX Runtime created must have the manifest's inputs and outputs (names, types, fixed sizes). */
 function checkSessionAgainstManifest(
   name: string,
+  shownDir: string,
   opened: OpenedModelPackage,
   inputs: readonly WireTensorInfo[],
   outputs: readonly WireTensorInfo[],
@@ -376,7 +379,7 @@ function checkSessionAgainstManifest(
     const fail = (problem: string): never => {
       throw new AgentError(
         'FAILED_PRECONDITION',
-        `model package ${opened.dir} for ${JSON.stringify(name)}: its manifest does not match the model (${problem}); expected a manifest generated from this model`,
+        `model package ${shownDir} for ${JSON.stringify(name)}: its manifest does not match the model (${problem}); expected a manifest generated from this model`,
       );
     };
     if (declared.length !== actual.length) {

@@ -11,10 +11,13 @@ import { AgentError, type AgentErrorCode } from './agent-error.js';
 import { asAgentError, packageFailure, predictFailure } from './model-errors.js';
 import { ModelLoader, type LoadHooks, type ModelLoaderOptions } from './model-loader.js';
 import {
+  CallerCheckLimitError,
   DescriptorPathsUnavailableError,
+  MAX_CHECKED_DEPTH,
+  MAX_CHECKED_ENTRIES,
+  agentSideFailure,
   callerCanReadFolder,
   openFolderForCaller,
-  whyNotAFolder,
   type CallerFolder,
   type CallerIdentity,
   type OpenedFolderDeps,
@@ -181,14 +184,17 @@ export class ModelRegistry {
    * the sessions, and runs a warm-up inference on each (see ModelLoader: one that fails with its placeholder
    * inputs is a warning). Errors: INVALID_ARGUMENT (name or url malformed), ALREADY_EXISTS, NOT_FOUND (no
    * package there, or, for a request's `caller`, none the caller could read itself), FAILED_PRECONDITION (bad manifest, signature not valid, a model ONNX Runtime refuses to
-   * create a session from, or whose warm-up outputs have other data types or ranks than its manifest declares),
-   * RESOURCE_EXHAUSTED (not enough memory), UNAVAILABLE (shutting down), INTERNAL.
+   * create a session from, or whose warm-up outputs have other data types or ranks than its manifest declares;
+   * for a caller, a folder too large to check), RESOURCE_EXHAUSTED (not enough memory, or for a caller's check
+   * no descriptors left), UNAVAILABLE (shutting down, or an I/O error opening a caller's folder), INTERNAL.
    */
   async load(request: LoadRequest): Promise<ModelDescription> {
     const began = performance.now();
     const name = request.name;
     checkModelName(name);
     const dir = this.#loader.packageDir(request.url);
+    // Cheap refusals first: a caller's check opens and walks its folder. #load asks again after the await.
+    this.#refuseLoadUnder(name);
     const callerFolder = await this.#openForCaller(dir, request);
     try {
       return await this.#load(name, dir, callerFolder, request, began);
@@ -204,23 +210,16 @@ export class ModelRegistry {
     request: LoadRequest,
     began: number,
   ): Promise<ModelDescription> {
-    if (this.#closed)
-      throw new AgentError('UNAVAILABLE', 'the agent is shutting down; no models can be loaded');
-    const existing = this.#models.get(name);
-    if (existing) {
-      throw new AgentError(
-        'ALREADY_EXISTS',
-        existing.current.state === 'ready'
-          ? `a model named ${JSON.stringify(name)} is already loaded (from ${existing.current.url}); unload it first, or load under another name`
-          : `a model named ${JSON.stringify(name)} is already being loaded; unload it first to load another under that name`,
-      );
-    }
+    this.#refuseLoadUnder(name);
     const version = new ModelVersion(this.#nextKey(name), request.url);
     const entry: NameEntry = { current: version };
     this.#models.set(name, entry);
     try {
       // For a caller, the folder its check passed on, held open: a name swapped since cannot change what loads.
-      const source = callerFolder ? { dir: callerFolder.path, shownDir: dir } : { dir };
+      // Each file is checked again on the descriptor it is read from: one moved in after the check is refused.
+      const source = callerFolder
+        ? { dir: callerFolder.path, shownDir: dir, fileCheck: callerFolder.fileCheck }
+        : { dir };
       version.description = await this.#loader.load(version, { name, url: request.url, ...source }, () =>
         this.#closed ? shuttingDown() : undefined,
       );
@@ -487,13 +486,30 @@ export class ModelRegistry {
 
   // -------------------------------------------------------------------------------------------------------------
 
+  /** UNAVAILABLE while shutting down, ALREADY_EXISTS where `name` is loaded or being loaded. */
+  #refuseLoadUnder(name: string): void {
+    if (this.#closed)
+      throw new AgentError('UNAVAILABLE', 'the agent is shutting down; no models can be loaded');
+    const existing = this.#models.get(name);
+    if (existing) {
+      throw new AgentError(
+        'ALREADY_EXISTS',
+        existing.current.state === 'ready'
+          ? `a model named ${JSON.stringify(name)} is already loaded (from ${existing.current.url}); unload it first, or load under another name`
+          : `a model named ${JSON.stringify(name)} is already being loaded; unload it first to load another under that name`,
+      );
+    }
+  }
+
   /**
    * The agent opens packages with its own rights: for a caller it knows, only a folder the caller could read
    * itself, and one error for every other, so that the agent's distinct errors ("is a file", "does not exist",
    * "has no manifest.json") tell the caller nothing of folders only the agent may look into. A check by name
    * refuses first, before anything is opened; then the folder is opened once and checked on that descriptor
    * (openFolderForCaller), and the load reads through it, so a name swapped after either check changes nothing.
-   * Undefined: no caller to check for (the agent's own loads, root, the agent's user): the load opens `dir` by name.
+   * "Does not exist" and "is a file" are said only where openFolderForCaller's walk, which follows no link, found
+   * so in a folder the caller may search. Undefined: no caller to check for (the agent's own loads, root, the
+   * agent's user): the load opens `dir` by name.
    */
   async #openForCaller(dir: string, request: LoadRequest): Promise<CallerFolder | undefined> {
     const caller = request.caller;
@@ -505,28 +521,49 @@ export class ModelRegistry {
         `no model package at ${request.url} that you can read; expected the folder of an extracted model package that your user (uid ${caller.uid}) may read and search, on a path it may search`,
       );
     if (!(await callerCanReadFolder(dir, caller, deps))) throw refused();
-    let folder: CallerFolder | undefined;
+    let found;
     try {
-      folder = await openFolderForCaller(dir, caller, deps);
+      found = await openFolderForCaller(dir, caller, deps);
     } catch (error) {
       if (error instanceof DescriptorPathsUnavailableError)
         throw new AgentError(
           'FAILED_PRECONDITION',
           `${error.message}; expected root or the agent's own user to load on this system`,
         );
-      // Nothing opened: say what is there only where the caller could see it itself.
-      const why = await whyNotAFolder(dir, caller, deps).catch(() => undefined);
-      if (!why) throw refused();
-      throw packageFailure(
-        new PackageNotFoundError(
-          dir,
-          why === 'file' ? 'it is a file; expected an extracted package folder' : 'the folder does not exist',
-        ),
-        dir,
-      );
+      if (error instanceof CallerCheckLimitError)
+        throw new AgentError(
+          'FAILED_PRECONDITION',
+          `model package ${dir} is too large to check for you: ${error.message}; expected an extracted model package of at most ${MAX_CHECKED_ENTRIES} files and folders, ${MAX_CHECKED_DEPTH} levels deep`,
+        );
+      const failure = agentSideFailure(error);
+      if (failure) {
+        // The agent's own trouble, not the caller's rights: say so, and leave a trace for whoever runs it.
+        this.#logger?.warn(
+          `could not open model package ${dir} for a caller (uid ${caller.uid}): ${failure.code}`,
+          { event: 'caller-open-failed', url: request.url, code: failure.code },
+        );
+        throw new AgentError(
+          failure.code === 'EIO' ? 'UNAVAILABLE' : 'RESOURCE_EXHAUSTED',
+          failure.code === 'EIO'
+            ? `the agent could not read model package ${request.url} (an I/O error); try again later`
+            : `the agent has run out of ${failure.code === 'ENOMEM' ? 'memory' : 'file descriptors'} opening model package ${request.url}; try again later`,
+          { cause: failure },
+        );
+      }
+      // Anything else the check could not get past says nothing the caller may learn: the one refusal.
+      throw refused();
     }
-    if (!folder) throw refused();
-    return folder;
+    if (found.kind === 'opened') return found.folder;
+    if (found.kind === 'refused') throw refused();
+    throw packageFailure(
+      new PackageNotFoundError(
+        dir,
+        found.kind === 'file'
+          ? 'it is a file; expected an extracted package folder'
+          : 'the folder does not exist',
+      ),
+      dir,
+    );
   }
 
   #nextKey(name: string): string {

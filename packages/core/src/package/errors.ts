@@ -57,6 +57,12 @@ export class PackageFileError extends Error {
     /** The path as the caller named it (package-relative where the caller gave one). */
     readonly file: string,
     message: string,
+    /**
+     * The errno code of the failure behind it, where there was one (EMFILE tells a full descriptor table from a
+     * missing right). Only the code: the errno error's message would name the path opened, which may be a
+     * descriptor's /proc path.
+     */
+    readonly code?: string,
   ) {
     super(message);
   }

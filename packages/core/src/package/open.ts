@@ -11,6 +11,7 @@ import { PackageFileError, PackageInvalidError, PackageNotFoundError } from './e
 import { MANIFEST_FILE, PackageManifestSchema, describeZodError, type PackageManifest } from './manifest.js';
 import {
   MAX_MANIFEST_BYTES,
+  type PackageFileCheck,
   jsonSyntaxErrorPosition,
   packageFileSize,
   readPackageFile,
@@ -24,6 +25,26 @@ export interface OpenedModelPackage {
   modelPath: string;
   /** Present when the package was verified against a trust policy. */
   signature?: VerifiedSignature;
+  /** How messages name the folder where `dir` is no name for people (see OpenModelPackageOptions); else absent. */
+  shownDir?: string;
+  /** Asked about every file read from the package, readPackageModel's too (see OpenModelPackageOptions). */
+  fileCheck?: PackageFileCheck;
+}
+
+export interface OpenModelPackageOptions {
+  trust: TrustPolicy | null;
+  now?: Date;
+  /**
+   * How errors (and later readPackageModel's) name the folder, where `dir` is no name for people: a held
+   * descriptor's /proc/self/fd path, read through for the folder a caller named. Default: `dir`, made absolute.
+   */
+  shownDir?: string;
+  /**
+   * Asked about each file the package is read from (manifest, signature bundle, every file hashed, and later
+   * readPackageModel's), on its descriptor before it is read: for a load on someone's behalf, only files they
+   * could read themselves. Default: none.
+   */
+  fileCheck?: PackageFileCheck;
 }
 
 /**
@@ -33,28 +54,34 @@ export interface OpenedModelPackage {
  */
 export async function openModelPackage(
   dir: string,
-  opts: { trust: TrustPolicy | null; now?: Date },
+  opts: OpenModelPackageOptions,
 ): Promise<OpenedModelPackage> {
   const absolute = resolve(dir);
+  const shown = opts.shownDir ?? absolute;
   // The folder itself may be a symlink (e.g. models/current -> models/v3): whoever names it could name its
   // target as well, so a link reaches nothing more. What is refused is any link below it, to a file or a folder,
   // and any file that is not a regular one (readPackageFile).
   const st = await lstat(absolute)
     .then((found) => (found.isSymbolicLink() ? stat(absolute) : found))
     .catch(() => undefined);
-  if (!st) throw new PackageNotFoundError(absolute, 'the folder does not exist');
+  if (!st) throw new PackageNotFoundError(shown, 'the folder does not exist');
   if (!st.isDirectory())
-    throw new PackageNotFoundError(absolute, 'it is a file; expected an extracted package folder');
+    throw new PackageNotFoundError(shown, 'it is a file; expected an extracted package folder');
   const manifestBytes = await readPackageFile(absolute, MANIFEST_FILE, {
     maxBytes: MAX_MANIFEST_BYTES,
+    ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
   }).catch((error: unknown) => {
     if (error instanceof PackageFileError && error.problem === 'missing')
-      throw new PackageNotFoundError(absolute, `it has no ${MANIFEST_FILE}`);
-    throw packageFileFailure(absolute, error);
+      throw new PackageNotFoundError(shown, `it has no ${MANIFEST_FILE}`);
+    throw packageFileFailure(shown, error);
   });
 
   const signature = opts.trust
-    ? await verifyPackage(absolute, opts.trust, opts.now ? { now: opts.now } : {})
+    ? await verifyPackage(absolute, opts.trust, {
+        ...(opts.now && { now: opts.now }),
+        ...(opts.shownDir !== undefined && { shownDir: opts.shownDir }),
+        ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
+      })
     : undefined;
   // The manifest was read before verification: what is parsed must be what was verified.
   if (signature) checkVerifiedBytes(signature, MANIFEST_FILE, manifestBytes);
@@ -64,25 +91,34 @@ export async function openModelPackage(
     json = JSON.parse(manifestBytes.toString('utf8'));
   } catch (error) {
     throw new PackageInvalidError(
-      absolute,
+      shown,
       `${MANIFEST_FILE} is not JSON${jsonSyntaxErrorPosition(error)}; expected the package manifest`,
     );
   }
   const parsed = PackageManifestSchema.safeParse(json);
   if (!parsed.success)
-    throw new PackageInvalidError(absolute, `${MANIFEST_FILE}: ${describeZodError(parsed.error)}`);
+    throw new PackageInvalidError(shown, `${MANIFEST_FILE}: ${describeZodError(parsed.error)}`);
   const manifest = parsed.data;
   const modelPath = join(absolute, ...manifest.model.file.split('/'));
-  await packageFileSize(absolute, manifest.model.file).catch((error: unknown) => {
-    if (!(error instanceof PackageFileError)) throw error;
-    throw new PackageInvalidError(
-      absolute,
-      error.problem === 'missing'
-        ? `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is missing`
-        : `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is not a regular file of the package: ${error.message}`,
-    );
-  });
-  return { dir: absolute, manifest, modelPath, ...(signature && { signature }) };
+  await packageFileSize(absolute, manifest.model.file, manifest.model.file, opts.fileCheck).catch(
+    (error: unknown) => {
+      if (!(error instanceof PackageFileError)) throw error;
+      throw new PackageInvalidError(
+        shown,
+        error.problem === 'missing'
+          ? `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is missing`
+          : `the model file ${manifest.model.file} named by ${MANIFEST_FILE} is not a regular file of the package: ${error.message}`,
+      );
+    },
+  );
+  return {
+    dir: absolute,
+    manifest,
+    modelPath,
+    ...(signature && { signature }),
+    ...(opts.shownDir !== undefined && { shownDir: opts.shownDir }),
+    ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
+  };
 }
 
 /** A package's model in memory: what ONNX Runtime is given, so that it runs exactly the bytes that were checked. */
@@ -117,8 +153,9 @@ export async function readPackageModel(
   const read = async (path: string): Promise<Uint8Array> => {
     const bytes = await readPackageFile(opened.dir, path, {
       maxBytes: options.maxBytes?.get(path) ?? Number.MAX_SAFE_INTEGER,
+      ...(opened.fileCheck && { fileCheck: opened.fileCheck }),
     }).catch((error: unknown) => {
-      throw packageFileFailure(opened.dir, error);
+      throw packageFileFailure(opened.shownDir ?? opened.dir, error);
     });
     if (opened.signature) checkVerifiedBytes(opened.signature, path, bytes);
     return bytes;

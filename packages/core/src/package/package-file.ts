@@ -11,6 +11,22 @@ export interface ReadPackageFileOptions {
   maxBytes: number;
   /** How messages name the file; default its package-relative path. */
   label?: string;
+  /** Asked about the file opened (its fstat) before a byte is read; see PackageFileCheck. */
+  fileCheck?: PackageFileCheck;
+}
+
+/**
+ * A check of each package file on the descriptor it is read from (owner, group, mode), for a reader acting for
+ * someone else: the reason it may not be read (the message then says "`<file>` cannot be read: <reason>"), or
+ * undefined. It sees the very file read, whatever was moved into the folder after any check by name.
+ */
+export type PackageFileCheck = (file: Stats) => string | undefined;
+
+/** PackageFileError 'unreadable' where `check` refuses `st`. */
+export function applyFileCheck(check: PackageFileCheck | undefined, st: Stats, label: string): void {
+  const reason = check?.(st);
+  if (reason !== undefined)
+    throw new PackageFileError('unreadable', label, `${label} cannot be read: ${reason}`);
 }
 
 /**
@@ -38,6 +54,7 @@ export async function readPackageFile(
         `${label} is not a regular file (it is ${describeType(st)}); expected a regular file`,
       );
     }
+    applyFileCheck(options.fileCheck, st, label);
     if (st.size > options.maxBytes) {
       throw new PackageFileError(
         'too-large',
@@ -59,7 +76,12 @@ export async function readPackageFile(
  * The size of a regular file of a package, found as readPackageFile would open it (no symlink below `root`):
  * for checks made before reading it. Errors: PackageFileError, as readPackageFile's.
  */
-export async function packageFileSize(root: string, path: string, label = path): Promise<number> {
+export async function packageFileSize(
+  root: string,
+  path: string,
+  label = path,
+  fileCheck?: PackageFileCheck,
+): Promise<number> {
   const handle = await openPackagePath(root, path, label);
   try {
     const st = await handle.stat();
@@ -69,6 +91,7 @@ export async function packageFileSize(root: string, path: string, label = path):
         label,
         `${label} is not a regular file (it is ${describeType(st)}); expected a regular file`,
       );
+    applyFileCheck(fileCheck, st, label);
     return st.size;
   } finally {
     await handle.close();

@@ -20,6 +20,8 @@ import { PackageFileError } from './errors.js';
 const FILE_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 /** A folder of the package, never a link to one. */
 const FOLDER_FLAGS = FILE_FLAGS | (constants.O_DIRECTORY ?? 0);
+/** Where Linux shows this process's descriptors, each as a link to what it holds. */
+const PROC_SELF_FD = '/proc/self/fd';
 /** The package folder itself: it may be a link (whoever names it could name its target; see openModelPackage). */
 const ROOT_FLAGS = constants.O_RDONLY | (constants.O_DIRECTORY ?? 0) | (constants.O_NONBLOCK ?? 0);
 
@@ -70,7 +72,8 @@ export async function openPackagePath(root: string, path: string, label = path):
     );
   }
   try {
-    if (await procFdWorks(rootHandle)) return await openByDescriptors(rootHandle, components, label);
+    if (await descriptorLookupWorks(rootHandle))
+      return await openByDescriptors(rootHandle, components, label);
   } finally {
     await rootHandle.close();
   }
@@ -85,33 +88,75 @@ export async function openPackagePathChecked(root: string, path: string, label =
   return openByPathChecked(root, packagePathComponents(path, label), label);
 }
 
-/** Whether this system resolves `/proc/self/fd/<fd>/name` (Linux with /proc mounted). */
-async function procFdWorks(folder: FileHandle): Promise<boolean> {
-  return stat(`/proc/self/fd/${folder.fd}/.`).then(
+/** Whether this system resolves `<descriptors>/<fd>/name` (Linux with /proc mounted) for the folder held. */
+export async function descriptorLookupWorks(
+  folder: FileHandle,
+  descriptors = PROC_SELF_FD,
+): Promise<boolean> {
+  return stat(`${descriptors}/${folder.fd}/.`).then(
     () => true,
     () => false,
   );
 }
 
-/** Each component opened inside the folder opened before it (see the top of this file). */
-async function openByDescriptors(root: FileHandle, components: string[], label: string): Promise<FileHandle> {
+export interface FolderWalkOptions {
+  /** Where this process's descriptors appear as links (default /proc/self/fd; check descriptorLookupWorks first). */
+  descriptors?: string;
+  /**
+   * Called with each folder held, `root` first, before a name is looked up in it (not with the folder returned):
+   * a check on every folder on the way. An error it throws stops the walk and is thrown as it is.
+   */
+  visit?: (folder: FileHandle) => Promise<void>;
+  /** How messages name the path; default the components joined with "/". */
+  label?: string;
+}
+
+/**
+ * Opens the folder that `components` (plain names) name below the folder `root` holds, the way openPackagePath
+ * opens a package file: each component looked up in the folder held before it, no link followed anywhere, and
+ * `visit` asked about each folder held on the way. Resolves with the folder opened (the caller closes it; with
+ * no components, a second descriptor of `root`); `root` stays open. Errors: PackageFileError: 'missing' (a
+ * component is absent, or one on the way is not a folder), 'not-regular' (the last is there but not a folder),
+ * 'symlink' (a component is a link), 'unreadable' (any other failure); or what `visit` throws.
+ */
+export async function openFolderByDescriptors(
+  root: FileHandle,
+  components: readonly string[],
+  options: FolderWalkOptions = {},
+): Promise<FileHandle> {
+  const label = options.label ?? (components.join('/') || '.');
+  return openByDescriptors(root, components, label, { ...options, want: 'folder' });
+}
+
+/**
+ * Each component opened inside the folder opened before it (see the top of this file); the last as a file or,
+ * for openFolderByDescriptors, as a folder.
+ */
+async function openByDescriptors(
+  root: FileHandle,
+  components: readonly string[],
+  label: string,
+  options: Omit<FolderWalkOptions, 'label'> & { want: 'file' | 'folder' } = { want: 'file' },
+): Promise<FileHandle> {
+  const descriptors = options.descriptors ?? PROC_SELF_FD;
   let folder = root;
   try {
     for (const [i, name] of components.entries()) {
       const last = i === components.length - 1;
-      const inFolder = `/proc/self/fd/${folder.fd}/${name}`;
+      await options.visit?.(folder);
+      const inFolder = `${descriptors}/${folder.fd}/${name}`;
       let next: FileHandle;
       try {
-        next = await open(inFolder, last ? FILE_FLAGS : FOLDER_FLAGS);
+        next = await open(inFolder, last && options.want === 'file' ? FILE_FLAGS : FOLDER_FLAGS);
       } catch (error) {
         // What is there, for the message only: nothing is opened or followed through it.
         const found = await lstat(inFolder).catch(() => undefined);
-        throw pathFailure(error, label, found, components.slice(0, i + 1).join('/'), last);
+        throw pathFailure(error, label, found, components.slice(0, i + 1).join('/'), last, options.want);
       }
       if (folder !== root) await folder.close();
       folder = next;
     }
-    return folder;
+    return folder === root ? await open(`${descriptors}/${root.fd}`, ROOT_FLAGS) : folder;
   } catch (error) {
     if (folder !== root) await folder.close();
     throw error;
@@ -174,33 +219,41 @@ function pathFailure(
   found: Stats | undefined,
   at: string,
   last = false,
+  want: 'file' | 'folder' = 'file',
 ): PackageFileError {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const expected = want === 'file' ? 'a regular file' : 'a folder';
   if (found?.isSymbolicLink())
     return new PackageFileError(
       'symlink',
       label,
       last
-        ? `${label} is a symbolic link; expected a regular file (links are not followed in a package)`
+        ? `${label} is a symbolic link; expected ${expected} (links are not followed in a package)`
         : `${label} is reached through ${at}, a symbolic link; expected a folder of the package (links are not followed in a package)`,
+      code,
     );
   if (found && !last && !found.isDirectory())
     return new PackageFileError(
       'missing',
       label,
-      `${label} does not exist: ${at} is not a folder; expected a regular file`,
+      `${label} does not exist: ${at} is not a folder; expected ${expected}`,
+      code,
     );
+  if (found && last && want === 'folder' && !found.isDirectory())
+    return new PackageFileError('not-regular', label, `${label} is not a folder; expected a folder`, code);
   if (code === 'ENOENT' || code === 'ENOTDIR')
-    return new PackageFileError('missing', label, `${label} does not exist; expected a regular file`);
+    return new PackageFileError('missing', label, `${label} does not exist; expected ${expected}`, code);
   if (code === 'ELOOP')
     return new PackageFileError(
       'symlink',
       label,
-      `${label} is a symbolic link; expected a regular file (links are not followed in a package)`,
+      `${label} is a symbolic link; expected ${expected} (links are not followed in a package)`,
+      code,
     );
   return new PackageFileError(
     'unreadable',
     label,
-    `${label} cannot be opened (${code ?? 'an I/O error'}); expected a readable regular file`,
+    `${label} cannot be opened (${code ?? 'an I/O error'}); expected a readable ${want === 'file' ? 'regular file' : 'folder'}`,
+    code,
   );
 }

@@ -3,6 +3,7 @@ import type { Dirent } from 'node:fs';
 import { lstat, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PackageFileError } from '../package/errors.js';
+import { applyFileCheck, type PackageFileCheck } from '../package/package-file.js';
 import { badPackagePathReason, openPackagePath } from '../package/package-path.js';
 import { UnsupportedFileError, type UnsupportedFileKind } from './errors.js';
 
@@ -122,6 +123,8 @@ export async function hashListedFiles(
   onProgress?: DigestProgressListener,
   /** Called as each file is done; throwing stops the run (verification stops at the first bad file). */
   onFile?: (digest: FileDigest) => void,
+  /** Asked about each file on its descriptor before it is read (see PackageFileCheck). */
+  fileCheck?: PackageFileCheck,
 ): Promise<FileDigest[]> {
   const bytesTotal = files.reduce((sum, f) => sum + f.size, 0);
   let bytesBefore = 0;
@@ -129,6 +132,7 @@ export async function hashListedFiles(
   const reader = new PipelinedReader(
     dir,
     files.map((f) => f.path),
+    fileCheck,
   );
   try {
     for (const [i, file] of files.entries()) {
@@ -169,10 +173,13 @@ class PipelinedReader {
   #nextBuffer = 0;
   #prefetched: Promise<Prefetched> | undefined;
 
+  readonly #fileCheck: PackageFileCheck | undefined;
+
   /** `paths`: package-relative, under `dir`. */
-  constructor(dir: string, paths: readonly string[]) {
+  constructor(dir: string, paths: readonly string[], fileCheck?: PackageFileCheck) {
     this.#dir = dir;
     this.#paths = paths;
+    this.#fileCheck = fileCheck;
   }
 
   async hash(index: number, report?: (bytesDone: number) => void): Promise<{ sha256: string; size: number }> {
@@ -234,6 +241,12 @@ class PipelinedReader {
           path,
           `${path} is not a regular file; expected a regular file`,
         );
+      }
+      try {
+        applyFileCheck(this.#fileCheck, st, path);
+      } catch (error) {
+        await handle.close();
+        throw error;
       }
       const first = handle.read(buffer, 0, READ_SIZE, 0);
       first.catch(() => undefined); // handled when awaited; until then, not an unhandled rejection

@@ -15,7 +15,7 @@ import {
 } from './digest.js';
 import { PackageVerificationError, UnsupportedFileError } from './errors.js';
 import { PackageFileError } from '../package/errors.js';
-import { jsonSyntaxErrorPosition, readPackageFile } from '../package/package-file.js';
+import { jsonSyntaxErrorPosition, readPackageFile, type PackageFileCheck } from '../package/package-file.js';
 import {
   ModelSignatureStatementSchema,
   SIGNATURE_FILE,
@@ -52,6 +52,10 @@ export interface VerifyPackageOptions {
   /** The time certificates must be valid at; default: now. */
   now?: Date;
   onProgress?: DigestProgressListener;
+  /** How messages name the folder where `dir` is no name for people (a held descriptor's path); default `dir`. */
+  shownDir?: string;
+  /** Asked about each file read (model.sig, every file hashed) on its descriptor; see PackageFileCheck. */
+  fileCheck?: PackageFileCheck;
 }
 
 /** Largest model.sig we read; a bundle listing 100 000 files is ~20 MB. */
@@ -77,7 +81,7 @@ export async function verifyPackage(
   const now = opts.now ?? new Date();
   const policy = TrustPolicySchema.parse(trust);
 
-  const bundle = await readBundle(absolute);
+  const bundle = await readBundle(absolute, opts.shownDir ?? absolute, opts.fileCheck);
   const envelope = bundle.dsseEnvelope;
   const payload = Buffer.from(envelope.payload, 'base64');
   const signature = Buffer.from(envelope.signatures[0]?.sig ?? '', 'base64');
@@ -116,15 +120,21 @@ export async function verifyPackage(
         { path: file.path },
       );
 
-  const files = await hashListedFiles(absolute, onDisk, opts.onProgress, (file) => {
-    const want = expected.get(file.path);
-    if (file.sha256 !== want)
-      throw new PackageVerificationError(
-        'file-modified',
-        `file ${file.path} was modified: its SHA-256 is ${file.sha256}, the signature expects ${want}`,
-        { path: file.path },
-      );
-  }).catch((error: unknown) => {
+  const files = await hashListedFiles(
+    absolute,
+    onDisk,
+    opts.onProgress,
+    (file) => {
+      const want = expected.get(file.path);
+      if (file.sha256 !== want)
+        throw new PackageVerificationError(
+          'file-modified',
+          `file ${file.path} was modified: its SHA-256 is ${file.sha256}, the signature expects ${want}`,
+          { path: file.path },
+        );
+    },
+    opts.fileCheck,
+  ).catch((error: unknown) => {
     throw changedWhileVerifying(error);
   });
 
@@ -163,26 +173,32 @@ function changedWhileVerifying(error: unknown): unknown {
   return error;
 }
 
-async function readBundle(dir: string): Promise<SignatureBundle> {
-  const bytes = await readPackageFile(dir, SIGNATURE_FILE, { maxBytes: MAX_BUNDLE_BYTES }).catch(
-    (error: unknown) => {
-      if (!(error instanceof PackageFileError)) throw error;
-      if (error.problem === 'missing')
-        throw new PackageVerificationError(
-          'bundle-missing',
-          `${dir} has no ${SIGNATURE_FILE}; every package must carry its signature bundle`,
-          { path: SIGNATURE_FILE },
-        );
-      if (error.problem === 'too-large')
-        throw new PackageVerificationError('bundle-malformed', error.message, { path: SIGNATURE_FILE });
-      if (error.problem === 'unreadable') throw error;
+/** model.sig of the package at `dir`, which messages call `shownDir`. */
+async function readBundle(
+  dir: string,
+  shownDir: string,
+  fileCheck: PackageFileCheck | undefined,
+): Promise<SignatureBundle> {
+  const bytes = await readPackageFile(dir, SIGNATURE_FILE, {
+    maxBytes: MAX_BUNDLE_BYTES,
+    ...(fileCheck && { fileCheck }),
+  }).catch((error: unknown) => {
+    if (!(error instanceof PackageFileError)) throw error;
+    if (error.problem === 'missing')
       throw new PackageVerificationError(
-        'file-unsupported',
-        `${SIGNATURE_FILE} is not a regular file (a symlink or special file); expected the signature bundle JSON`,
+        'bundle-missing',
+        `${shownDir} has no ${SIGNATURE_FILE}; every package must carry its signature bundle`,
         { path: SIGNATURE_FILE },
       );
-    },
-  );
+    if (error.problem === 'too-large')
+      throw new PackageVerificationError('bundle-malformed', error.message, { path: SIGNATURE_FILE });
+    if (error.problem === 'unreadable') throw error;
+    throw new PackageVerificationError(
+      'file-unsupported',
+      `${SIGNATURE_FILE} is not a regular file (a symlink or special file); expected the signature bundle JSON`,
+      { path: SIGNATURE_FILE },
+    );
+  });
   let json: unknown;
   try {
     json = JSON.parse(bytes.toString('utf8'));

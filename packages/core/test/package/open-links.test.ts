@@ -1,4 +1,5 @@
-import { cp, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { cp, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,6 +12,7 @@ import {
   openModelPackage,
   readPackageModel,
 } from '../../src/package/index.js';
+import type { PackageVerificationError } from '../../src/signing/index.js';
 import { generateKeyPair, signPackage } from '../../src/signing/index.js';
 
 // A package whose model sits in a folder that is a link (to another folder, anywhere) is refused where it is
@@ -100,5 +102,69 @@ describe('a package with a linked folder on the way to its model', () => {
     await expect(openModelPackage(dir, { trust })).resolves.toMatchObject({ manifest: { name: 'tiny' } });
     await linkModelFolder(dir, elsewhere); // the same bytes, through a link
     await expect(openModelPackage(dir, { trust })).rejects.toMatchObject({ reason: 'file-unsupported' });
+  });
+});
+
+describe('openModelPackage with shownDir', () => {
+  it('names the folder as shownDir in its errors, verification and later reads, never as the path it reads', async () => {
+    const { dir, elsewhere } = await copies();
+    const shownDir = '/as/the/caller/named/it';
+    const failure = async (attempt: Promise<unknown>) =>
+      attempt.then(
+        () => 'resolved',
+        (e: unknown) => (e as Error).message,
+      );
+    const keys = generateKeyPair('ed25519');
+    const trust = { publicKeysPem: [keys.publicKeyPem] };
+    // Unsigned: verification's "has no model.sig" names shownDir.
+    expect(await failure(openModelPackage(dir, { trust, shownDir }))).toBe(
+      `${shownDir} has no model.sig; every package must carry its signature bundle`,
+    );
+    const opened = await openModelPackage(dir, { trust: null, shownDir });
+    expect(opened.shownDir).toBe(shownDir);
+    await linkModelFolder(dir, elsewhere);
+    expect(await failure(readPackageModel(opened))).toBe(
+      `model package ${shownDir} is not valid: ${modelFile} is reached through m, a symbolic link; expected a folder of the package (links are not followed in a package)`,
+    );
+    await rm(join(dir, MANIFEST_FILE));
+    expect(await failure(openModelPackage(dir, { trust: null, shownDir }))).toBe(
+      `no model package at ${shownDir}: it has no ${MANIFEST_FILE}`,
+    );
+  });
+});
+
+describe('openModelPackage with fileCheck', () => {
+  it('asks about each file on the descriptor it reads, refusing one before its bytes are read or hashed', async () => {
+    const { dir } = await copies();
+    const keys = generateKeyPair('ed25519');
+    await signPackage(dir, { method: 'key', privateKeyPem: keys.privateKeyPem });
+    const trust = { publicKeysPem: [keys.publicKeyPem] };
+    const asked: number[] = [];
+    const modelIno = (await stat(join(dir, modelFile))).ino;
+    const refuseModel = (file: Stats) => {
+      asked.push(file.ino);
+      return file.ino === modelIno ? 'not for this reader' : undefined;
+    };
+    // Verified: the model file is refused where it is hashed, and no hash of it is told.
+    const verified = await openModelPackage(dir, { trust, fileCheck: refuseModel }).then(
+      () => undefined,
+      (e: unknown) => e as PackageVerificationError,
+    );
+    expect({ reason: verified?.reason, message: verified?.message }).toEqual({
+      reason: 'file-unreadable',
+      message: `${modelFile} cannot be read: not for this reader (found while verifying)`,
+    });
+    // Unverified: refused where openModelPackage checks it, and by readPackageModel.
+    await expect(openModelPackage(dir, { trust: null, fileCheck: refuseModel })).rejects.toThrow(
+      `the model file ${modelFile} named by ${MANIFEST_FILE} is not a regular file of the package: ${modelFile} cannot be read: not for this reader`,
+    );
+    const opened = await openModelPackage(dir, {
+      trust: null,
+      fileCheck: (file) => void asked.push(file.ino),
+    });
+    await expect(readPackageModel({ ...opened, fileCheck: refuseModel })).rejects.toThrow(
+      new PackageInvalidError(dir, `${modelFile} cannot be read: not for this reader`),
+    );
+    expect(asked).toContain(modelIno);
   });
 });

@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { lstatSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rm, symlink, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +10,8 @@ import { PackageFileError } from '../../src/package/errors.js';
 import { jsonSyntaxErrorPosition, packageFileSize, readPackageFile } from '../../src/package/package-file.js';
 import {
   badPackagePathReason,
+  descriptorLookupWorks,
+  openFolderByDescriptors,
   openPackagePath,
   openPackagePathChecked,
 } from '../../src/package/package-path.js';
@@ -279,6 +281,44 @@ describe.each([
       ),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('openFolderByDescriptors', () => {
+  it('opens a folder below a held one, visiting each folder on the way, and refuses links, files and gaps', async () => {
+    const held = await open(pkg, 'r');
+    try {
+      expect(await descriptorLookupWorks(held)).toBe(true);
+      const visited: boolean[] = [];
+      const visit = async (folder: FileHandle) => {
+        visited.push((await folder.stat()).isDirectory());
+      };
+      const sub = await openFolderByDescriptors(held, ['model', 'sub'], { visit });
+      expect((await sub.stat()).isDirectory()).toBe(true);
+      expect(readFileSync(`/proc/self/fd/${sub.fd}/w.bin`, 'utf8')).toBe('inside: weights');
+      await sub.close();
+      // Visited: the held folder, then model/ (not sub/, which nothing is looked up in).
+      expect(visited).toEqual([true, true]);
+      const problems = async (components: string[]) => {
+        const error = await problemOf(openFolderByDescriptors(held, components, { visit }));
+        return error.problem;
+      };
+      expect(await problems(['linked'])).toBe('symlink');
+      expect(await problems(['model', 'alias'])).toBe('symlink');
+      expect(await problems(['model', 'up', 'model'])).toBe('symlink');
+      expect(await problems(['manifest.json'])).toBe('not-regular');
+      expect(await problems(['manifest.json', 'deeper'])).toBe('missing');
+      expect(await problems(['nothere', 'deeper'])).toBe('missing');
+      // A visit that refuses stops the walk before anything is looked up in that folder.
+      const refusal = new Error('not this one');
+      await expect(
+        openFolderByDescriptors(held, ['model', 'sub'], {
+          visit: () => Promise.reject(refusal),
+        }),
+      ).rejects.toBe(refusal);
+    } finally {
+      await held.close();
+    }
   });
 });
 
