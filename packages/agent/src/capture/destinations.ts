@@ -103,7 +103,7 @@ export class DiskDestination implements CaptureDestination {
       await eachLimit([...files.keys()], DISK_WRITE_CONCURRENCY, async (i) => {
         staged[i] = await stageFile(this.pathOf(files[i]!.key), files[i]!.body);
       });
-      const isManifest = (i: number) => files[i]!.key.endsWith('.jsonl');
+      const isManifest = (i: number) => files[i]!.kind !== 'side';
       for (const manifests of [false, true]) {
         const these = [...staged.keys()].filter((i) => isManifest(i) === manifests);
         await eachLimit(these, DISK_WRITE_CONCURRENCY, async (i) => {
@@ -140,8 +140,8 @@ export class ObjectStoreDestination implements CaptureDestination {
   }
 
   async write(files: readonly RenderedFile[]): Promise<void> {
-    const manifests = files.filter((f) => f.key.endsWith('.jsonl'));
-    const sideFiles = files.filter((f) => !f.key.endsWith('.jsonl'));
+    const manifests = files.filter((f) => f.kind !== 'side');
+    const sideFiles = files.filter((f) => f.kind === 'side');
     await putAll(this.#store, sideFiles, this.#concurrency);
     await putAll(this.#store, manifests, this.#concurrency);
   }

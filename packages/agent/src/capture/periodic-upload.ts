@@ -5,6 +5,7 @@ import { LineLimiter } from '@edgefleet/core';
 import type { UploadLedger } from '../state/index.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import type { ObjectStore } from './object-store.js';
+import { fileKindOfKey } from './records.js';
 import { uploadFailureFields } from './upload-failure.js';
 
 export interface PeriodicUploadOptions {
@@ -25,6 +26,8 @@ export interface PeriodicUploadOptions {
 interface Candidate {
   path: string;
   key: string;
+  /** A manifest (either format), from its key: its data-refs are rewritten, and it goes after the side files. */
+  manifest: boolean;
   size: number;
   mtimeMs: number;
 }
@@ -89,21 +92,18 @@ export class PeriodicUpload {
     if (keepFiles) ledger.retain(new Set(candidates.map((c) => c.key)));
     const todo = candidates
       .filter((c) => !(keepFiles && ledger.isUploaded({ path: c.key, size: c.size, mtimeMs: c.mtimeMs })))
-      .sort(
-        (a, b) =>
-          Number(a.key.endsWith('.jsonl')) - Number(b.key.endsWith('.jsonl')) || a.mtimeMs - b.mtimeMs,
-      );
+      .sort((a, b) => Number(a.manifest) - Number(b.manifest) || a.mtimeMs - b.mtimeMs);
     let uploaded = 0;
     for (const file of todo) {
       if (this.#closed) break;
       const began = performance.now();
       try {
         let body: Buffer = await readFile(file.path);
-        if (file.key.endsWith('.jsonl')) body = this.#rewriteRefs(body);
+        if (file.manifest) body = this.#rewriteRefs(body);
         await this.#options.store.put(
           file.key,
           body,
-          file.key.endsWith('.jsonl') ? 'application/jsonl' : 'application/octet-stream',
+          file.manifest ? 'application/jsonl' : 'application/octet-stream',
         );
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
@@ -170,9 +170,11 @@ export class PeriodicUpload {
         else if (entry.isFile()) {
           const info = await stat(path).catch(() => undefined);
           if (!info) continue;
+          const key = relative(this.#options.root, path).split(sep).join('/');
           found.push({
             path,
-            key: relative(this.#options.root, path).split(sep).join('/'),
+            key,
+            manifest: fileKindOfKey(key) !== 'side',
             size: info.size,
             mtimeMs: info.mtimeMs,
           });

@@ -12,17 +12,12 @@ import {
   RetryLaterError,
   type ObjectStore,
 } from './object-store.js';
-import { MODEL_MONITOR_FOLDER, type RenderedBatch } from './records.js';
+import { RENDERED_FILE_KINDS, fileKindOfKey, type RenderedBatch, type RenderedFileKind } from './records.js';
 import { uploadFailureFields } from './upload-failure.js';
 
 const errorMessage = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
 const BATCH_FILE = 'batch.json';
-
-const isManifest = (key: string): boolean => key.endsWith('.jsonl');
-/** Model Monitor's copy of a group's records (records.ts: `<prefix>/_model-monitor/…`). */
-const isModelMonitorManifest = (key: string): boolean =>
-  isManifest(key) && key.split('/').includes(MODEL_MONITOR_FOLDER);
 
 const SpooledBatchSchema = z.object({
   v: z.literal(1),
@@ -31,12 +26,19 @@ const SpooledBatchSchema = z.object({
   createdAt: z.number(),
   captureIds: z.array(z.string()),
   files: z.array(
-    z.object({
-      key: z.string().min(1),
-      contentType: z.string(),
-      file: z.string().regex(/^\d+$/),
-      bytes: z.number().int().nonnegative(),
-    }),
+    z
+      .object({
+        key: z.string().min(1),
+        contentType: z.string(),
+        file: z.string().regex(/^\d+$/),
+        bytes: z.number().int().nonnegative(),
+        /**
+         * What the file is, as rendered. Absent in batches spooled before it was kept: then taken from the key
+         * (fileKindOfKey), which is exact for the keys this agent renders.
+         */
+        kind: z.enum(RENDERED_FILE_KINDS).optional(),
+      })
+      .transform((f) => ({ ...f, kind: f.kind ?? fileKindOfKey(f.key) })),
   ),
 });
 type SpooledBatch = z.infer<typeof SpooledBatchSchema> & {
@@ -177,6 +179,7 @@ export class CaptureSpool {
         contentType: f.contentType,
         file: String(i),
         bytes: f.body.byteLength,
+        kind: f.kind,
       })),
       bytes: batch.files.reduce((n, f) => n + f.body.byteLength, 0),
     };
@@ -236,7 +239,7 @@ export class CaptureSpool {
       // needs it, before the manifests go: a manifest never names a side file the store refused.
       const sideStage = await putEach(
         this.#options.store,
-        files.filter((f) => !isManifest(f.key)),
+        files.filter((f) => f.kind === 'side'),
         concurrency,
       );
       if (sideStage.refused.length > 0) {
@@ -245,7 +248,7 @@ export class CaptureSpool {
       if (sideStage.failure !== undefined) throw sideStage.failure;
       const manifestStage = await putEach(
         this.#options.store,
-        files.filter((f) => isManifest(f.key)),
+        files.filter((f) => f.kind !== 'side'),
         concurrency,
       );
       if (manifestStage.refused.length > 0) {
@@ -341,11 +344,12 @@ export class CaptureSpool {
   ): Promise<Refusal[]> {
     const refusedKeys = new Set(refused.map((r) => r.file.key));
     const refusedUrls = new Set(
-      refused.filter((r) => !isManifest(r.file.key)).map((r) => this.#options.store.urlFor(r.file.key)),
+      refused.filter((r) => r.file.kind === 'side').map((r) => this.#options.store.urlFor(r.file.key)),
     );
     const failedIds = new Set<string>();
     const refusals: Refusal[] = refused.map(({ file, error }) => ({
       key: file.key,
+      kind: file.kind,
       error,
       captureIds: new Set<string>(),
     }));
@@ -355,8 +359,8 @@ export class CaptureSpool {
     const stillNamed = new Set<string>();
     const droppedNamed = new Set<string>();
     const rewritten: SpoolFile[] = [];
-    for (const file of files.filter((f) => isManifest(f.key))) {
-      const monitorCopy = isModelMonitorManifest(file.key);
+    for (const file of files.filter((f) => f.kind !== 'side')) {
+      const monitorCopy = file.kind === 'monitor-manifest';
       const records = manifestRecords(file.body);
       if (refusedKeys.has(file.key)) {
         for (const record of records) {
@@ -389,7 +393,7 @@ export class CaptureSpool {
     // Only a side file that dropped records named and no kept one does goes with them: one named by no record
     // known here (records rendered with another URL) stays, as sending too much loses nothing.
     const sideFiles = files.filter((f) => {
-      if (isManifest(f.key) || refusedKeys.has(f.key)) return false;
+      if (f.kind !== 'side' || refusedKeys.has(f.key)) return false;
       const url = this.#options.store.urlFor(f.key);
       return !droppedNamed.has(url) || stillNamed.has(url);
     });
@@ -402,7 +406,7 @@ export class CaptureSpool {
       const failed = [...failedIds];
       if (failed.length > 0) {
         const reasons = refusals
-          .filter((r) => !isModelMonitorManifest(r.key))
+          .filter((r) => r.kind !== 'monitor-manifest')
           .map((r) => r.error.message)
           .join('; ');
         this.#options.onDropped(failed, `refused by ${this.#options.store.description}: ${reasons}`);
@@ -420,7 +424,13 @@ export class CaptureSpool {
         batchId: batch.batchId,
         createdAt: batch.createdAt,
         captureIds,
-        files: next.map(({ key, contentType, file, bytes }) => ({ key, contentType, file, bytes })),
+        files: next.map(({ key, contentType, file, bytes, kind }) => ({
+          key,
+          contentType,
+          file,
+          bytes,
+          kind,
+        })),
       };
       await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
       await syncFolder(folder);
@@ -436,7 +446,13 @@ export class CaptureSpool {
     if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
     batch.bytes = bytes;
     batch.captureIds = captureIds;
-    batch.files = next.map(({ key, contentType, file, bytes: b }) => ({ key, contentType, file, bytes: b }));
+    batch.files = next.map(({ key, contentType, file, bytes: b, kind }) => ({
+      key,
+      contentType,
+      file,
+      bytes: b,
+      kind,
+    }));
     files.splice(0, files.length, ...next);
     return refusals;
   }
@@ -497,6 +513,7 @@ type SpoolFile = SpooledBatch['files'][number] & { body: Buffer };
 /** A file the store refused for good, and the captures whose records were dropped for it. */
 interface Refusal {
   key: string;
+  kind: RenderedFileKind;
   error: RefusedByStoreError;
   captureIds: Set<string>;
 }

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -64,15 +64,16 @@ const T = Date.UTC(2026, 11, 6, 5);
 
 /**
  * Captures a (a 2 KiB tensor: a side file over the server's 1 KiB) and b (a 256-byte side file) in one hour,
- * c (embedded) in the next, rendered as the capture service does, with the Model Monitor copy.
+ * c (embedded) in the next, rendered as the capture service does, with the Model Monitor copy. The server keeps
+ * a capture id's first records only: another test passes ids of its own.
  */
-function batchOfThree(batchId: string): RenderedBatch {
+function batchOfThree(batchId: string, [a, b, c] = ['a', 'b', 'c']): RenderedBatch {
   const at = (id: string, bytes: number, time: number) => ({
     ...captureItem(id, Buffer.alloc(bytes, 1), 'mlp'),
     inferenceTime: time,
     receivedAt: time,
   });
-  return renderBatch(batchId, [at('a', 2048, T), at('b', 256, T + 1), at('c', 16, T + HOUR)], {
+  return renderBatch(batchId, [at(a!, 2048, T), at(b!, 256, T + 1), at(c!, 16, T + HOUR)], {
     folderPrefix: 'edge',
     fleetName: 'plant',
     deviceName: 'cam-1',
@@ -216,8 +217,18 @@ describe('capture spool: files refused for good', () => {
         oldestReceivedAt: 1,
         files: [
           // The server refuses a record naming another device than the certificate's: 400.
-          { key: key('x'), contentType: 'application/jsonl', body: Buffer.from(`${record('x', 'cam-2')}\n`) },
-          { key: key('y'), contentType: 'application/jsonl', body: Buffer.from(`${record('y', 'cam-1')}\n`) },
+          {
+            key: key('x'),
+            contentType: 'application/jsonl',
+            body: Buffer.from(`${record('x', 'cam-2')}\n`),
+            kind: 'manifest',
+          },
+          {
+            key: key('y'),
+            contentType: 'application/jsonl',
+            body: Buffer.from(`${record('y', 'cam-1')}\n`),
+            kind: 'manifest',
+          },
         ],
       });
       await until(() => (delivered.length > 0 ? true : undefined), 'the other manifest is delivered', 20_000);
@@ -226,6 +237,111 @@ describe('capture spool: files refused for good', () => {
       expect(await stored(key('y'))).toBeDefined();
       expect(await stored(key('x'))).toBeUndefined();
       expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+    } finally {
+      await spool.close();
+    }
+  });
+
+  it("takes a side file for a side file whatever its extension: an auxiliary input named 'jsonl' refused drops its capture, not another", async () => {
+    // ja's auxiliary input (the client named it "jsonl"), over the server's 1 KiB, holds lines that look like
+    // records of jb: it is the application's data, not a manifest.
+    const a = {
+      ...captureItem('ja', Buffer.alloc(16, 1), 'mlp'),
+      inferenceTime: T,
+      inputs: [
+        {
+          contentType: 'jsonl',
+          encoding: 'JSON' as const,
+          data: Buffer.from('{"eventMetadata":{"eventId":"jb"}}\n'.repeat(64)),
+        },
+      ],
+    };
+    const batch = renderBatch(
+      '3'.repeat(32),
+      [a, { ...captureItem('jb', Buffer.alloc(16, 2), 'mlp'), inferenceTime: T }],
+      {
+        folderPrefix: 'edge',
+        fleetName: 'plant',
+        deviceName: 'cam-1',
+        base64EmbedLimit: 64,
+        modelMonitorFormat: false,
+        urlFor: (key) => store.urlFor(key),
+      },
+    );
+    const aux = batch.files.find((f) => f.key.endsWith('-aux-input-1.jsonl'))!;
+    const manifests = batch.files.filter((f) => f !== aux && f.key.endsWith('.jsonl')).map((f) => f.key);
+    expect(manifests).toHaveLength(1);
+    const delivered: string[] = [];
+    const dropped: readonly string[][] = [];
+    const spool = new CaptureSpool({
+      dir: join(dir, 'spool-jsonl-side'),
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids) => (dropped as string[][]).push([...ids]),
+    });
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(() => (delivered.length > 0 ? true : undefined), 'the rest is delivered', 20_000);
+      expect(dropped).toEqual([['ja']]);
+      expect(delivered).toEqual(['jb']);
+      expect(await stored(aux.key)).toBeUndefined();
+      const texts = await Promise.all(manifests.map(stored));
+      expect(texts.join('')).not.toContain(store.urlFor(aux.key));
+      expect(texts.every((t) => t?.includes('"eventId":"jb"'))).toBe(true);
+    } finally {
+      await spool.close();
+    }
+  });
+
+  it('uploads a batch spooled before file kinds were kept, taking them from the keys', async () => {
+    const spoolDir = join(dir, 'spool-old-batch');
+    const batch = batchOfThree('4'.repeat(32), ['oa', 'ob', 'oc']);
+    // Spooled while the store is away, then batch.json rewritten as an older agent wrote it: no kinds.
+    const offline: ObjectStore = {
+      description: store.description,
+      urlFor: (key) => store.urlFor(key),
+      put: () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })),
+    };
+    const first = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store: offline,
+      retry: { initialMs: 60_000, maxMs: 60_000 },
+      onDelivered: () => undefined,
+      onDropped: () => undefined,
+      timers: { set: () => undefined, clear: () => undefined },
+    });
+    await first.open();
+    await first.add(batch);
+    await first.close();
+    const file = join(spoolDir, batch.batchId, 'batch.json');
+    const spooled = JSON.parse(await readFile(file, 'utf8'));
+    for (const f of spooled.files) delete f.kind;
+    await writeFile(file, JSON.stringify(spooled));
+
+    const delivered: string[] = [];
+    const dropped: string[] = [];
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids) => dropped.push(...ids),
+    });
+    try {
+      await spool.open();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the old batch is delivered', 20_000);
+      // oa's side file is refused (over 1 KiB): its records go too, as for a batch that kept its kinds.
+      expect(dropped).toEqual(['oa']);
+      expect(delivered).toEqual(['ob', 'oc']);
+      const manifests = batch.files.filter((f) => /\/[0-9a-f]{32}\.jsonl$/.test(f.key));
+      expect(manifests).toHaveLength(4);
+      const texts = await Promise.all(manifests.map((f) => stored(f.key)));
+      expect(texts.every((t) => t !== undefined && !t.includes('/oa-'))).toBe(true);
     } finally {
       await spool.close();
     }
