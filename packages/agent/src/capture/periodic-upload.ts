@@ -4,7 +4,7 @@ import { pathToFileURL } from 'node:url';
 import { LineLimiter } from '@edgefleet/core';
 import type { UploadLedger } from '../state/index.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
-import type { ObjectStore } from './object-store.js';
+import { RefusedByStoreError, type ObjectStore } from './object-store.js';
 import { fileKindOfKey } from './records.js';
 import { uploadFailureFields } from './upload-failure.js';
 
@@ -47,6 +47,12 @@ export class PeriodicUpload {
   /** Failed rounds since the last upload: logged first, then at most once a minute with the number left out. */
   #failures = 0;
   readonly #failureLines: LineLimiter;
+  /**
+   * Files the store refused for good (key → the size and mtime refused): skipped while they stay as they are, so
+   * that one such file does not hold back every later one. In memory: after a restart each is tried (and logged)
+   * once more.
+   */
+  readonly #refused = new Map<string, { size: number; mtimeMs: number }>();
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
   #closed = false;
@@ -90,7 +96,15 @@ export class PeriodicUpload {
     const candidates = await this.#scan();
     const { ledger, keepFiles } = this.#options;
     if (keepFiles) ledger.retain(new Set(candidates.map((c) => c.key)));
+    // Forget refusals of files gone or changed: only the files still there, as they were refused, are skipped.
+    const present = new Map(candidates.map((c) => [c.key, c]));
+    for (const [key, refused] of this.#refused) {
+      const now = present.get(key);
+      if (now === undefined || now.size !== refused.size || now.mtimeMs !== refused.mtimeMs)
+        this.#refused.delete(key);
+    }
     const todo = candidates
+      .filter((c) => !this.#refused.has(c.key))
       .filter((c) => !(keepFiles && ledger.isUploaded({ path: c.key, size: c.size, mtimeMs: c.mtimeMs })))
       .sort((a, b) => Number(a.manifest) - Number(b.manifest) || a.mtimeMs - b.mtimeMs);
     let uploaded = 0;
@@ -107,6 +121,10 @@ export class PeriodicUpload {
         );
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        if (error instanceof RefusedByStoreError) {
+          this.#skipRefused(file, error);
+          continue;
+        }
         this.#options.metrics?.writeFailures.inc({ destination: 'periodic-upload' });
         this.#failures += 1;
         const admitted = this.#failureLines.admit('upload');
@@ -151,6 +169,19 @@ export class PeriodicUpload {
       }
     }
     return uploaded;
+  }
+
+  /**
+   * A file the store refused for good is not sent again while it stays as it is, and stays on disk (the only copy
+   * of the capture's data); the files after it go on. Logged once, counted.
+   */
+  #skipRefused(file: Candidate, error: RefusedByStoreError): void {
+    this.#refused.set(file.key, { size: file.size, mtimeMs: file.mtimeMs });
+    this.#options.metrics?.refusedFiles.inc({ via: 'periodic' });
+    this.#options.logger?.warn(
+      { event: 'capture-upload-refused', ...uploadFailureFields(error), key: file.key, path: file.path },
+      `capture periodic upload: ${this.#options.store.description} refused ${file.key} for good (${error.message}); it stays at ${file.path} and is not sent again while it is unchanged`,
+    );
   }
 
   async #scan(): Promise<Candidate[]> {

@@ -461,6 +461,7 @@ export class CaptureSpool {
   #logRefusals(batch: SpooledBatch, refusals: readonly Refusal[]): void {
     if (refusals.length === 0) return;
     const captures = new Set(refusals.flatMap((r) => [...r.captureIds])).size;
+    this.#options.metrics?.refusedFiles.inc({ via: 'spool' }, refusals.length);
     this.#options.logger?.warn(
       {
         event: 'capture-upload-refused',

@@ -1,11 +1,12 @@
-import { mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
-import { CaptureSpool } from '../../src/capture/index.js';
+import { CaptureSpool, DiskDestination, PeriodicUpload } from '../../src/capture/index.js';
+import { MemoryUploadLedger } from '../../src/state/index.js';
 import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
 import type { ObjectStore } from '../../src/capture/object-store.js';
 import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
@@ -344,6 +345,68 @@ describe('capture spool: files refused for good', () => {
       expect(texts.every((t) => t !== undefined && !t.includes('/oa-'))).toBe(true);
     } finally {
       await spool.close();
+    }
+  });
+});
+
+describe('capture periodic upload: files refused for good', () => {
+  it('skips a file the store refuses for good, keeps it on disk, and uploads the files after it', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ef-periodic-refused-'));
+    const disk = new DiskDestination(root);
+    const batch = renderBatch(
+      '5'.repeat(32),
+      [
+        { ...captureItem('pa', Buffer.alloc(2048, 1), 'mlp'), inferenceTime: T, receivedAt: T },
+        { ...captureItem('pb', Buffer.alloc(256, 2), 'mlp'), inferenceTime: T + 1, receivedAt: T + 1 },
+      ],
+      {
+        folderPrefix: 'edge',
+        fleetName: 'plant',
+        deviceName: 'cam-1',
+        base64EmbedLimit: 64,
+        modelMonitorFormat: false,
+        urlFor: (key) => disk.urlFor(key),
+      },
+    );
+    await disk.write(batch.files);
+    const big = batch.files.find((f) => f.key.includes('/pa-'))!;
+    // The oldest file: met first in every round, as the review's case (a file over the server's limit).
+    await utimes(disk.pathOf(big.key), new Date(T - HOUR), new Date(T - HOUR));
+    const registry = new Registry();
+    const metrics = new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    });
+    const { lines, logger } = logLines();
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'edge',
+      store,
+      periodMs: 3_600_000,
+      keepFiles: false,
+      ledger: new MemoryUploadLedger(),
+      metrics,
+      logger,
+    });
+    try {
+      expect(await upload.runOnce()).toBe(batch.files.length - 1);
+      for (const file of batch.files.filter((f) => f !== big)) expect(await stored(file.key)).toBeDefined();
+      expect(await stored(big.key)).toBeUndefined();
+      // The only copy of pa's data stays where it was.
+      expect((await stat(disk.pathOf(big.key))).size).toBe(2048);
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatchObject({ level: 'warn', fields: { key: big.key, failure: 'rejected' } });
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-failed')).toEqual([]);
+      // Not sent again, nor logged again, while it is unchanged.
+      expect(await upload.runOnce()).toBe(0);
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        'edgefleet_capture_refused_files_total{via="periodic"} 1',
+      );
+    } finally {
+      await upload.close();
     }
   });
 });
