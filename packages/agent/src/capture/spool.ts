@@ -242,9 +242,8 @@ export class CaptureSpool {
         files.filter((f) => f.kind === 'side'),
         concurrency,
       );
-      if (sideStage.refused.length > 0) {
-        refusals.push(...(await this.#dropRefusedFiles(batch, files, sideStage.refused)));
-      }
+      if (sideStage.refused.length > 0)
+        await this.#dropRefusedFiles(batch, files, sideStage.refused, refusals);
       if (sideStage.failure !== undefined) throw sideStage.failure;
       const manifestStage = await putEach(
         this.#options.store,
@@ -252,7 +251,7 @@ export class CaptureSpool {
         concurrency,
       );
       if (manifestStage.refused.length > 0) {
-        refusals.push(...(await this.#dropRefusedFiles(batch, files, manifestStage.refused)));
+        await this.#dropRefusedFiles(batch, files, manifestStage.refused, refusals);
       }
       if (manifestStage.failure !== undefined) throw manifestStage.failure;
     } catch (error) {
@@ -266,10 +265,23 @@ export class CaptureSpool {
         error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
       const delay =
         asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
-      this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
+      if (error instanceof SpoolRewriteError) {
+        // This disk's failure (ENOSPC, EIO), not the store's: said as such, with its stack, every time (rare).
+        this.#options.logger?.error(
+          {
+            event: 'capture-spool-rewrite-failed',
+            batchId: batch.batchId,
+            err: error.cause,
+            retryInMs: delay,
+          },
+          `capture spool: ${error.message}; retrying in ${Math.round(delay / 1000)} s`,
+        );
+      }
+      if (!(error instanceof SpoolRewriteError))
+        this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
       // The first failure, then at most one line a minute; the store's message carries no credentials (the
       // answer's text, the key).
-      const admitted = this.#failureLines.admit('upload');
+      const admitted = error instanceof SpoolRewriteError ? undefined : this.#failureLines.admit('upload');
       if (admitted !== undefined) {
         const repeats =
           admitted.first || admitted.leftOut === 0
@@ -335,13 +347,18 @@ export class CaptureSpool {
    * reason and counted (`reason: refused`); everything else in the batch goes on (and is retried as before). The
    * smaller batch is written back to the spool (manifests rewritten, then batch.json replaced atomically), so a
    * retry after a later failure neither sends the refused files again nor counts them twice. `files` (the batch's
-   * files with their bytes) is updated in place.
+   * files with their bytes) is updated in place, and the refusals are added to `into` before the spool is
+   * rewritten: a local failure to rewrite it (SpoolRewriteError) loses no refusal's line. The dropped captures are
+   * counted once the rewrite is done, so a retry after that failure, which meets the refusals again, does not
+   * count them twice (their statuses, set first, are set again: the same FAILURE). A crash before the rewrite
+   * repeats the statuses too, and starts the counters from zero anyway.
    */
   async #dropRefusedFiles(
     batch: SpooledBatch,
     files: SpoolFile[],
     refused: readonly { file: SpoolFile; error: RefusedByStoreError }[],
-  ): Promise<Refusal[]> {
+    into: Refusal[],
+  ): Promise<void> {
     const refusedKeys = new Set(refused.map((r) => r.file.key));
     const refusedUrls = new Set(
       refused.filter((r) => r.file.kind === 'side').map((r) => this.#options.store.urlFor(r.file.key)),
@@ -353,6 +370,7 @@ export class CaptureSpool {
       error,
       captureIds: new Set<string>(),
     }));
+    into.push(...refusals);
     const refusalOf = (key: string) => refusals.find((r) => r.key === key);
     const kept: SpoolFile[] = [];
     /** Data-refs of the records kept (the side files still needed) and of those dropped. */
@@ -410,15 +428,11 @@ export class CaptureSpool {
           .map((r) => r.error.message)
           .join('; ');
         this.#options.onDropped(failed, `refused by ${this.#options.store.description}: ${reasons}`);
-        this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
       }
       const folder = join(this.#options.dir, batch.batchId);
       // New names for rewritten manifests: batch.json names either the old files or the new, whatever a crash cuts.
       let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
-      for (const file of rewritten) {
-        file.file = String(name++);
-        await writeFileAtomic(join(folder, file.file), file.body);
-      }
+      for (const file of rewritten) file.file = String(name++);
       const stored: z.infer<typeof SpooledBatchSchema> = {
         v: 1,
         batchId: batch.batchId,
@@ -432,8 +446,14 @@ export class CaptureSpool {
           kind,
         })),
       };
-      await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
-      await syncFolder(folder);
+      try {
+        for (const file of rewritten) await writeFileAtomic(join(folder, file.file), file.body);
+        await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+        await syncFolder(folder);
+      } catch (error) {
+        throw new SpoolRewriteError(folder, error);
+      }
+      if (failed.length > 0) this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
       // Files no longer named only waste disk until the batch's folder goes: a failure to remove them is no failure.
       const named = new Set(stored.files.map((f) => f.file));
       await Promise.all(
@@ -454,7 +474,6 @@ export class CaptureSpool {
       kind,
     }));
     files.splice(0, files.length, ...next);
-    return refusals;
   }
 
   /** One line for the files of a batch the store refused for good in an attempt (none: nothing). */
@@ -505,6 +524,17 @@ export class CaptureSpool {
   #forget(index: number): void {
     const [batch] = this.#batches.splice(index, 1);
     if (batch) this.#bytes -= batch.bytes;
+  }
+}
+
+/** Writing the smaller batch back to the spool's folder failed: a local fault, not the store's. */
+class SpoolRewriteError extends Error {
+  override readonly name = 'SpoolRewriteError';
+  constructor(folder: string, cause: unknown) {
+    super(
+      `cannot rewrite the spooled batch ${folder} (${cause instanceof Error ? cause.message : String(cause)})`,
+      { cause },
+    );
   }
 }
 

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -345,6 +345,80 @@ describe('capture spool: files refused for good', () => {
       expect(texts.every((t) => t !== undefined && !t.includes('/oa-'))).toBe(true);
     } finally {
       await spool.close();
+    }
+  });
+});
+
+describe('capture spool: the spooled batch cannot be rewritten', () => {
+  it('says so apart from upload failures, logs the refusals met, and counts the dropped captures once', async () => {
+    const batch = batchOfThree('6'.repeat(32), ['wa', 'wb', 'wc']);
+    const closed = createServer();
+    await new Promise<void>((done) => closed.listen(0, '127.0.0.1', done));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((done) => closed.close(done));
+    const down = newStore(`https://127.0.0.1:${port}`);
+    let outage = true;
+    const switched: ObjectStore = {
+      description: store.description,
+      urlFor: (key) => store.urlFor(key),
+      put: (key, body, contentType) => (outage ? down : store).put(key, body, contentType),
+    };
+    const registry = new Registry();
+    const metrics = new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    });
+    const { lines, logger } = logLines();
+    const scheduled: (() => void)[] = [];
+    const delivered: string[] = [];
+    const dropped: string[][] = [];
+    const spoolDir = join(dir, 'spool-rewrite');
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store: switched,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids) => dropped.push([...ids]),
+      metrics,
+      logger,
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
+    });
+    const batchFile = join(spoolDir, batch.batchId, 'batch.json');
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the outage is met', 20_000);
+      // A real local fault: batch.json cannot be replaced (a folder holding a file stands at its name).
+      const saved = await readFile(batchFile);
+      await rm(batchFile);
+      await mkdir(join(batchFile, 'blocker'), { recursive: true });
+      outage = false;
+      scheduled.shift()!();
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the rewrite fails', 20_000);
+      const rewriteLines = lines.filter((l) => l.fields.event === 'capture-spool-rewrite-failed');
+      expect(rewriteLines).toHaveLength(1);
+      expect(rewriteLines[0]!.message).toMatch(
+        new RegExp(`^capture spool: cannot rewrite the spooled batch ${join(spoolDir, batch.batchId)} \\(`),
+      );
+      // Not an upload failure: the store was reached; the refusal it made is logged.
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-failed')).toHaveLength(1);
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+
+      await rm(batchFile, { recursive: true });
+      await writeFile(batchFile, saved);
+      scheduled.shift()!();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the rest is delivered', 20_000);
+      expect(delivered).toEqual(['wb', 'wc']);
+      // Its status set again (the same FAILURE), but counted once.
+      expect(dropped).toEqual([['wa'], ['wa']]);
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_dropped_total')).toContain(
+        'edgefleet_capture_dropped_total{reason="refused"} 1',
+      );
+    } finally {
+      await spool.close();
+      down.close();
     }
   });
 });
