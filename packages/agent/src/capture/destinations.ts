@@ -13,7 +13,7 @@ import {
 /** Files written (and fsynced) at the same time by the Disk destination. */
 const DISK_WRITE_CONCURRENCY = 8;
 import type { DiskQuota } from './disk-quota.js';
-import type { ObjectStore } from './object-store.js';
+import { RefusedByStoreError, type ObjectStore } from './object-store.js';
 import type { RenderedFile } from './records.js';
 
 /**
@@ -147,24 +147,44 @@ export class ObjectStoreDestination implements CaptureDestination {
   }
 }
 
+/** What putEach needs of a file: where it goes and what it holds. */
+type PutFile = Pick<RenderedFile, 'key' | 'body' | 'contentType'>;
+
 /** Puts files with at most `concurrency` requests in flight; fails with the first error once those in flight end. */
 export async function putAll(
   store: ObjectStore,
   files: readonly RenderedFile[],
   concurrency: number,
 ): Promise<void> {
+  const { failure } = await putEach(store, files, concurrency, { collectRefusals: false });
+  if (failure !== undefined) throw failure;
+}
+
+/**
+ * Puts files with at most `concurrency` requests in flight. Any failure stops further puts (those in flight end)
+ * and is returned as `failure`. With `collectRefusals`, a file the store refuses for good (RefusedByStoreError)
+ * does not stop the others: it is returned with its refusal, beside the failure if one came too.
+ */
+export async function putEach<F extends PutFile>(
+  store: ObjectStore,
+  files: readonly F[],
+  concurrency: number,
+  options: { collectRefusals: boolean },
+): Promise<{ refused: { file: F; error: RefusedByStoreError }[]; failure?: unknown }> {
   let next = 0;
   let failure: unknown;
+  const refused: { file: F; error: RefusedByStoreError }[] = [];
   const lane = async () => {
     while (failure === undefined && next < files.length) {
       const file = files[next++]!;
       try {
         await store.put(file.key, file.body, file.contentType);
       } catch (error) {
-        failure ??= error;
+        if (options.collectRefusals && error instanceof RefusedByStoreError) refused.push({ file, error });
+        else failure ??= error;
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
-  if (failure !== undefined) throw failure;
+  return { refused, ...(failure !== undefined && { failure }) };
 }

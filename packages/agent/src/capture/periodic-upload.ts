@@ -1,12 +1,11 @@
 import { readFile, readdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { LineLimiter } from '@edgefleet/core';
 import type { UploadLedger } from '../state/index.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import { RefusedByStoreError, type ObjectStore } from './object-store.js';
 import { fileKindOfKey } from './records.js';
-import { uploadFailureFields } from './upload-failure.js';
+import { UploadFailureLines, repeatsNote, uploadFailureFields } from './upload-failure.js';
 
 export interface PeriodicUploadOptions {
   /** `capture_data_disk_path`: keys are paths relative to it. */
@@ -45,8 +44,7 @@ export class PeriodicUpload {
   readonly #base: string;
   readonly #rootUrl: string;
   /** Failed rounds since the last upload: logged first, then at most once a minute with the number left out. */
-  #failures = 0;
-  readonly #failureLines: LineLimiter;
+  readonly #failureLines: UploadFailureLines;
   /**
    * Files the store refused for good (key → the size and mtime refused): skipped while they stay as they are, so
    * that one such file does not hold back every later one. In memory: after a restart each is tried (and logged)
@@ -60,7 +58,7 @@ export class PeriodicUpload {
   constructor(options: PeriodicUploadOptions) {
     this.#options = options;
     this.#now = options.now ?? Date.now;
-    this.#failureLines = new LineLimiter({ now: this.#now });
+    this.#failureLines = new UploadFailureLines({ now: this.#now });
     const prefix = options.folderPrefix.replace(/^\/+|\/+$/g, '');
     this.#base = prefix === '' ? options.root : join(options.root, ...prefix.split('/'));
     const url = pathToFileURL(options.root).href;
@@ -126,8 +124,7 @@ export class PeriodicUpload {
           continue;
         }
         this.#options.metrics?.writeFailures.inc({ destination: 'periodic-upload' });
-        this.#failures += 1;
-        const admitted = this.#failureLines.admit('upload');
+        const admitted = this.#failureLines.failed();
         if (admitted !== undefined) {
           this.#options.logger?.warn(
             {
@@ -135,30 +132,20 @@ export class PeriodicUpload {
               ...uploadFailureFields(error),
               key: file.key,
               remaining: todo.length - uploaded,
-              failures: this.#failures,
+              failures: this.#failureLines.failures,
               ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
             },
-            `capture periodic upload: cannot upload to ${this.#options.store.description} (${(error as Error).message}); retrying next period (` +
-              (admitted.leftOut > 0
-                ? `${admitted.leftOut} more failed round(s) since the last line, not logged)`
-                : 'repeats logged at most once a minute)'),
+            `capture periodic upload: cannot upload to ${this.#options.store.description} (${(error as Error).message}); retrying next period (${repeatsNote(admitted.leftOut, 'failed round(s)')})`,
           );
         }
         break;
       }
-      if (this.#failures > 0) {
-        const notLogged = this.#failureLines.forget('upload');
-        this.#options.logger?.info(
-          {
-            event: 'capture-upload-resumed',
-            store: this.#options.store.description,
-            failures: this.#failures,
-            ...(notLogged > 0 && { failuresNotLogged: notLogged }),
-          },
-          `capture periodic upload: the store is reachable again, after ${this.#failures} failed round(s)`,
-        );
-        this.#failures = 0;
-      }
+      this.#failureLines.succeeded(
+        this.#options.logger,
+        this.#options.store.description,
+        (failures) =>
+          `capture periodic upload: the store is reachable again, after ${failures} failed round(s)`,
+      );
       this.#options.metrics?.uploadDuration.observe({ via: 'periodic' }, (performance.now() - began) / 1000);
       this.#options.metrics?.uploadedFiles.inc({ via: 'periodic' });
       uploaded++;

@@ -1,19 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LineLimiter } from '@edgefleet/core';
 import { z } from 'zod';
 import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
+import { putEach } from './destinations.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
-import {
-  MAX_RETRY_AFTER_MS,
-  RefusedByStoreError,
-  RetryLaterError,
-  type ObjectStore,
-} from './object-store.js';
+import type { RefusedByStoreError } from './object-store.js';
+import { MAX_RETRY_AFTER_MS, RetryLaterError, type ObjectStore } from './object-store.js';
 import { RENDERED_FILE_KINDS, fileKindOfKey, type RenderedBatch, type RenderedFileKind } from './records.js';
-import { uploadFailureFields } from './upload-failure.js';
+import { UploadFailureLines, repeatsNote, uploadFailureFields } from './upload-failure.js';
 
 const errorMessage = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
@@ -93,12 +89,8 @@ export class CaptureSpool {
   /** Oldest first. */
   #batches: SpooledBatch[] = [];
   #bytes = 0;
-  #failures = 0;
-  /**
-   * Failed attempts: the first line of a run of failures, then at most one a minute with the number left out (an
-   * outage of hours retries every few minutes at the backoff's cap, and far more often before it).
-   */
-  readonly #failureLines: LineLimiter;
+  /** Failed attempts since the last success (the backoff's step), and their limited lines. */
+  readonly #failureLines: UploadFailureLines;
   readonly #timers: SpoolTimers;
   #timer: unknown;
   #uploading: SpooledBatch | undefined;
@@ -109,7 +101,7 @@ export class CaptureSpool {
     this.#options = options;
     this.#random = options.random ?? Math.random;
     this.#timers = options.timers ?? REAL_TIMERS;
-    this.#failureLines = new LineLimiter({ ...(options.now !== undefined && { now: options.now }) });
+    this.#failureLines = new UploadFailureLines({ ...(options.now !== undefined && { now: options.now }) });
   }
 
   /** Batches waiting. */
@@ -123,7 +115,7 @@ export class CaptureSpool {
 
   /** The last attempt to reach the store failed and the spool is waiting to retry: new batches should come here. */
   get unreachable(): boolean {
-    return this.#failures > 0;
+    return this.#failureLines.failures > 0;
   }
 
   /** Ids of the captures waiting in the spool. */
@@ -241,6 +233,7 @@ export class CaptureSpool {
         this.#options.store,
         files.filter((f) => f.kind === 'side'),
         concurrency,
+        { collectRefusals: true },
       );
       if (sideStage.refused.length > 0)
         await this.#dropRefusedFiles(batch, files, sideStage.refused, refusals);
@@ -249,6 +242,7 @@ export class CaptureSpool {
         this.#options.store,
         files.filter((f) => f.kind !== 'side'),
         concurrency,
+        { collectRefusals: true },
       );
       if (manifestStage.refused.length > 0) {
         await this.#dropRefusedFiles(batch, files, manifestStage.refused, refusals);
@@ -257,8 +251,11 @@ export class CaptureSpool {
     } catch (error) {
       this.#logRefusals(batch, refusals);
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
-      this.#failures++;
-      const backoff = backoffDelay(this.#options.retry, this.#failures, this.#random);
+      const rewrite = error instanceof SpoolRewriteError;
+      // The first failure, then at most one line a minute; the store's message carries no credentials (the
+      // answer's text, the key). A rewrite's failure has a line of its own.
+      const admitted = this.#failureLines.failed({ logged: !rewrite });
+      const backoff = backoffDelay(this.#options.retry, this.#failureLines.failures, this.#random);
       // The store's own word on when it can take more beats a guess. Up to a tenth more, drawn at random, so that
       // the devices a server told the same time do not all come back at once.
       const asked =
@@ -277,22 +274,15 @@ export class CaptureSpool {
           `capture spool: ${error.message}; retrying in ${Math.round(delay / 1000)} s`,
         );
       }
-      if (!(error instanceof SpoolRewriteError))
-        this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-      // The first failure, then at most one line a minute; the store's message carries no credentials (the
-      // answer's text, the key).
-      const admitted = error instanceof SpoolRewriteError ? undefined : this.#failureLines.admit('upload');
+      if (!rewrite) this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
       if (admitted !== undefined) {
-        const repeats =
-          admitted.first || admitted.leftOut === 0
-            ? 'repeats logged at most once a minute'
-            : `${admitted.leftOut} more failed attempt(s) since the last line, not logged`;
+        const repeats = repeatsNote(admitted.leftOut, 'failed attempt(s)');
         this.#options.logger?.warn(
           {
             event: 'capture-upload-failed',
             ...uploadFailureFields(error),
             batchId: batch.batchId,
-            failures: this.#failures,
+            failures: this.#failureLines.failures,
             ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
             retryInMs: delay,
             ...(asked !== undefined && { retryAfterMs: asked }),
@@ -313,19 +303,11 @@ export class CaptureSpool {
       return;
     }
     this.#logRefusals(batch, refusals);
-    if (this.#failures > 0) {
-      const notLogged = this.#failureLines.forget('upload');
-      this.#options.logger?.info(
-        {
-          event: 'capture-upload-resumed',
-          store: this.#options.store.description,
-          failures: this.#failures,
-          ...(notLogged > 0 && { failuresNotLogged: notLogged }),
-        },
-        `capture spool: the store is reachable again, after ${this.#failures} failed attempt(s)`,
-      );
-    }
-    this.#failures = 0;
+    this.#failureLines.succeeded(
+      this.#options.logger,
+      this.#options.store.description,
+      (failures) => `capture spool: the store is reachable again, after ${failures} failed attempt(s)`,
+    );
     this.#options.metrics?.uploadDuration.observe({ via: 'spool' }, (performance.now() - began) / 1000);
     this.#options.metrics?.uploadedFiles.inc({ via: 'spool' }, batch.files.length);
     this.#options.metrics?.uploaded.inc({ via: 'spool' }, batch.captureIds.length);
@@ -547,34 +529,6 @@ interface Refusal {
   kind: RenderedFileKind;
   error: RefusedByStoreError;
   captureIds: Set<string>;
-}
-
-/**
- * Puts files with at most `concurrency` requests in flight. A file the store refuses for good does not stop the
- * others: it is returned with its refusal. Any other failure stops further puts (those in flight end) and is
- * returned as `failure`, with the refusals met so far.
- */
-async function putEach(
-  store: ObjectStore,
-  files: readonly SpoolFile[],
-  concurrency: number,
-): Promise<{ refused: { file: SpoolFile; error: RefusedByStoreError }[]; failure?: unknown }> {
-  let next = 0;
-  let failure: unknown;
-  const refused: { file: SpoolFile; error: RefusedByStoreError }[] = [];
-  const lane = async () => {
-    while (failure === undefined && next < files.length) {
-      const file = files[next++]!;
-      try {
-        await store.put(file.key, file.body, file.contentType);
-      } catch (error) {
-        if (error instanceof RefusedByStoreError) refused.push({ file, error });
-        else failure ??= error;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
-  return { refused, ...(failure !== undefined && { failure }) };
 }
 
 /** A manifest's records: each line, its capture id (`eventMetadata.eventId`) and the data-refs it names. */
