@@ -227,27 +227,21 @@ export class CaptureSpool {
       for (const f of batch.files) {
         files.push({ ...f, body: await readFile(join(folder, f.file)) });
       }
-      // Side files first, then manifests, as a direct write does. A file refused for good is dropped with what
-      // needs it, before the manifests go: a manifest never names a side file the store refused.
-      const sideStage = await putEach(
-        this.#options.store,
-        files.filter((f) => f.kind === 'side'),
-        concurrency,
-        { collectRefusals: true },
-      );
-      if (sideStage.refused.length > 0)
-        await this.#dropRefusedFiles(batch, files, sideStage.refused, refusals);
-      if (sideStage.failure !== undefined) throw sideStage.failure;
-      const manifestStage = await putEach(
-        this.#options.store,
-        files.filter((f) => f.kind !== 'side'),
-        concurrency,
-        { collectRefusals: true },
-      );
-      if (manifestStage.refused.length > 0) {
-        await this.#dropRefusedFiles(batch, files, manifestStage.refused, refusals);
+      // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file refused for
+      // good is dropped with what needs it before the next stage goes: a manifest never names a side file the store
+      // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
+      // manifest's refusal. (Across attempts: a file an earlier attempt stored is put again, and a refusal then
+      // that is not the same every time, a 403, would drop records whose data is stored. Rare; not guarded.)
+      for (const kind of RENDERED_FILE_KINDS) {
+        const stage = await putEach(
+          this.#options.store,
+          files.filter((f) => f.kind === kind),
+          concurrency,
+          { collectRefusals: true },
+        );
+        if (stage.refused.length > 0) await this.#dropRefusedFiles(batch, files, stage.refused, refusals);
+        if (stage.failure !== undefined) throw stage.failure;
       }
-      if (manifestStage.failure !== undefined) throw manifestStage.failure;
     } catch (error) {
       this.#logRefusals(batch, refusals);
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
@@ -325,7 +319,8 @@ export class CaptureSpool {
    * never exist is a broken record: its data is lost, and a reader following the reference fails) out of every
    * manifest, Model Monitor's included, and those records' other side files; a refused manifest takes its records. A Model Monitor manifest
    * is a second copy of records in another format: refused, its captures' Edge Manager records still go, so they
-   * are not failed for it. The captures whose Edge Manager records are dropped are marked FAILURE with the store's
+   * are not failed for it; a capture failed here loses its Model Monitor record too (Model Monitor never sees a
+   * record of a capture reported FAILURE). The captures whose Edge Manager records are dropped are marked FAILURE with the store's
    * reason and counted (`reason: refused`); everything else in the batch goes on (and is retried as before). The
    * smaller batch is written back to the spool (manifests rewritten, then batch.json replaced atomically), so a
    * retry after a later failure neither sends the refused files again nor counts them twice. `files` (the batch's
@@ -359,7 +354,11 @@ export class CaptureSpool {
     const stillNamed = new Set<string>();
     const droppedNamed = new Set<string>();
     const rewritten: SpoolFile[] = [];
-    for (const file of files.filter((f) => f.kind !== 'side')) {
+    // Model Monitor's copies after the Edge Manager manifests: they lose the records of the captures those fail.
+    const manifests = files
+      .filter((f) => f.kind !== 'side')
+      .sort((a, b) => Number(a.kind === 'monitor-manifest') - Number(b.kind === 'monitor-manifest'));
+    for (const file of manifests) {
       const monitorCopy = file.kind === 'monitor-manifest';
       const records = manifestRecords(file.body);
       if (refusedKeys.has(file.key)) {
@@ -371,6 +370,7 @@ export class CaptureSpool {
         continue;
       }
       const remaining = records.filter((record) => {
+        if (monitorCopy && record.eventId !== undefined && failedIds.has(record.eventId)) return false;
         const missing = [...record.refs].find((ref) => refusedUrls.has(ref));
         if (missing === undefined) return true;
         for (const ref of record.refs) droppedNamed.add(ref);

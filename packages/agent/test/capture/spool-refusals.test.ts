@@ -349,6 +349,51 @@ describe('capture spool: files refused for good', () => {
   });
 });
 
+describe('capture spool: a refused Edge Manager manifest', () => {
+  it("takes its captures' Model Monitor records too, so Model Monitor sees no record of a failed capture", async () => {
+    // Rendered as another device of the fleet: the server refuses its Edge Manager manifest (400, the record names
+    // cam-2, the certificate is cam-1's); Model Monitor's records name no device, and alone would be stored.
+    const at = (id: string, time: number) => ({
+      ...captureItem(id, Buffer.alloc(16, 3), 'mlp'),
+      inferenceTime: time,
+      receivedAt: time,
+    });
+    const batch = renderBatch('7'.repeat(32), [at('mx', T), at('my', T + HOUR)], {
+      folderPrefix: 'edge',
+      fleetName: 'plant',
+      deviceName: 'cam-2',
+      base64EmbedLimit: 64,
+      modelMonitorFormat: true,
+      urlFor: (key) => store.urlFor(key),
+    });
+    const monitor = batch.files.filter((f) => f.kind === 'monitor-manifest');
+    expect(monitor).toHaveLength(2);
+    const dropped: string[] = [];
+    const spoolDir = join(dir, 'spool-em-refused');
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: () => undefined,
+      onDropped: (ids) => dropped.push(...ids),
+    });
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(
+        async () => ((await readdir(spoolDir)).length === 0 ? true : undefined),
+        'the batch ends',
+        20_000,
+      );
+      expect(dropped.sort()).toEqual(['mx', 'my']);
+      for (const file of monitor) expect(await stored(file.key)).toBeUndefined();
+    } finally {
+      await spool.close();
+    }
+  });
+});
+
 describe('capture spool: the spooled batch cannot be rewritten', () => {
   it('says so apart from upload failures, logs the refusals met, and counts the dropped captures once', async () => {
     const batch = batchOfThree('6'.repeat(32), ['wa', 'wb', 'wc']);
