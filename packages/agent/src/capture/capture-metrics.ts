@@ -12,6 +12,7 @@ export class CaptureMetrics {
   readonly written: Counter<'destination'>;
   readonly uploaded: Counter<'via'>;
   readonly uploadedFiles: Counter<'via'>;
+  readonly refusedFiles: Counter<'via'>;
   readonly dropped: Counter<'reason'>;
   readonly autoSkipped: Counter<'model' | 'reason'>;
   readonly uploadDuration: Histogram<'via'>;
@@ -49,6 +50,12 @@ export class CaptureMetrics {
     this.uploadedFiles = new Counter({
       name: 'edgefleet_capture_uploaded_files_total',
       help: 'Files put in the bucket by the spool (via=spool) or the periodic upload of Disk captures (via=periodic)',
+      labelNames: ['via'],
+      registers,
+    });
+    this.refusedFiles = new Counter({
+      name: 'edgefleet_capture_refused_files_total',
+      help: 'Files the store refused for good (too large, a bad record, a key not allowed), not sent again: by the spool (via=spool: the file and the records that need it are dropped) or the periodic upload of Disk captures (via=periodic: the file stays on disk)',
       labelNames: ['via'],
       registers,
     });

@@ -27,7 +27,7 @@ import { renderBatch, type RenderContext, type RenderedBatch } from './records.j
 import { defaultCaptureBufferBytes, type CaptureSettings } from './settings.js';
 import { captureBytes } from './capture-item.js';
 import { CaptureSpool } from './spool.js';
-import { uploadFailureFields } from './upload-failure.js';
+import { repeatsNote, uploadFailureFields } from './upload-failure.js';
 
 export interface CaptureServiceOptions {
   settings: CaptureSettings;
@@ -605,10 +605,7 @@ export class CaptureService {
               captures: batch.items.length,
               ...(admitted.leftOut > 0 && { batchesNotLogged: admitted.leftOut }),
             },
-            `capture: cannot write to ${this.#destination.description} (${(error as Error).message}); keeping the batch in the offline spool (` +
-              (admitted.leftOut > 0
-                ? `${admitted.leftOut} more batch(es) since the last line, not logged)`
-                : 'repeats logged at most once a minute)'),
+            `capture: cannot write to ${this.#destination.description} (${(error as Error).message}); keeping the batch in the offline spool (${repeatsNote(admitted.leftOut, 'batch(es)')})`,
           );
         }
         await this.#toSpool(batch, rendered);

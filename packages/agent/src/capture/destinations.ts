@@ -13,7 +13,7 @@ import {
 /** Files written (and fsynced) at the same time by the Disk destination. */
 const DISK_WRITE_CONCURRENCY = 8;
 import type { DiskQuota } from './disk-quota.js';
-import type { ObjectStore } from './object-store.js';
+import { RefusedByStoreError, type ObjectStore } from './object-store.js';
 import type { RenderedFile } from './records.js';
 
 /**
@@ -103,7 +103,7 @@ export class DiskDestination implements CaptureDestination {
       await eachLimit([...files.keys()], DISK_WRITE_CONCURRENCY, async (i) => {
         staged[i] = await stageFile(this.pathOf(files[i]!.key), files[i]!.body);
       });
-      const isManifest = (i: number) => files[i]!.key.endsWith('.jsonl');
+      const isManifest = (i: number) => files[i]!.kind !== 'side';
       for (const manifests of [false, true]) {
         const these = [...staged.keys()].filter((i) => isManifest(i) === manifests);
         await eachLimit(these, DISK_WRITE_CONCURRENCY, async (i) => {
@@ -140,12 +140,15 @@ export class ObjectStoreDestination implements CaptureDestination {
   }
 
   async write(files: readonly RenderedFile[]): Promise<void> {
-    const manifests = files.filter((f) => f.key.endsWith('.jsonl'));
-    const sideFiles = files.filter((f) => !f.key.endsWith('.jsonl'));
+    const manifests = files.filter((f) => f.kind !== 'side');
+    const sideFiles = files.filter((f) => f.kind === 'side');
     await putAll(this.#store, sideFiles, this.#concurrency);
     await putAll(this.#store, manifests, this.#concurrency);
   }
 }
+
+/** What putEach needs of a file: where it goes and what it holds. */
+type PutFile = Pick<RenderedFile, 'key' | 'body' | 'contentType'>;
 
 /** Puts files with at most `concurrency` requests in flight; fails with the first error once those in flight end. */
 export async function putAll(
@@ -153,18 +156,35 @@ export async function putAll(
   files: readonly RenderedFile[],
   concurrency: number,
 ): Promise<void> {
+  const { failure } = await putEach(store, files, concurrency, { collectRefusals: false });
+  if (failure !== undefined) throw failure;
+}
+
+/**
+ * Puts files with at most `concurrency` requests in flight. Any failure stops further puts (those in flight end)
+ * and is returned as `failure`. With `collectRefusals`, a file the store refuses for good (RefusedByStoreError)
+ * does not stop the others: it is returned with its refusal, beside the failure if one came too.
+ */
+export async function putEach<F extends PutFile>(
+  store: ObjectStore,
+  files: readonly F[],
+  concurrency: number,
+  options: { collectRefusals: boolean },
+): Promise<{ refused: { file: F; error: RefusedByStoreError }[]; failure?: unknown }> {
   let next = 0;
   let failure: unknown;
+  const refused: { file: F; error: RefusedByStoreError }[] = [];
   const lane = async () => {
     while (failure === undefined && next < files.length) {
       const file = files[next++]!;
       try {
         await store.put(file.key, file.body, file.contentType);
       } catch (error) {
-        failure ??= error;
+        if (options.collectRefusals && error instanceof RefusedByStoreError) refused.push({ file, error });
+        else failure ??= error;
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
-  if (failure !== undefined) throw failure;
+  return { refused, ...(failure !== undefined && { failure }) };
 }

@@ -72,13 +72,16 @@ export {
   formatInferenceTime,
   hourlyPrefix,
   modelMonitorRecord,
+  fileKindOfKey,
   renderBatch,
+  RENDERED_FILE_KINDS,
   safeFileStem,
   tensorContentType,
   tensorValues,
   type RenderContext,
   type RenderedBatch,
   type RenderedFile,
+  type RenderedFileKind,
 } from './records.js';
 export { CaptureSpool, type CaptureSpoolOptions } from './spool.js';
 export { PeriodicUpload, type PeriodicUploadOptions } from './periodic-upload.js';

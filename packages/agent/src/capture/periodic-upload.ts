@@ -1,11 +1,11 @@
 import { readFile, readdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { LineLimiter } from '@edgefleet/core';
 import type { UploadLedger } from '../state/index.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
-import type { ObjectStore } from './object-store.js';
-import { uploadFailureFields } from './upload-failure.js';
+import { RefusedByStoreError, type ObjectStore } from './object-store.js';
+import { fileKindOfKey } from './records.js';
+import { UploadFailureLines, repeatsNote, uploadFailureFields } from './upload-failure.js';
 
 export interface PeriodicUploadOptions {
   /** `capture_data_disk_path`: keys are paths relative to it. */
@@ -25,6 +25,8 @@ export interface PeriodicUploadOptions {
 interface Candidate {
   path: string;
   key: string;
+  /** A manifest (either format), from its key: its data-refs are rewritten, and it goes after the side files. */
+  manifest: boolean;
   size: number;
   mtimeMs: number;
 }
@@ -42,8 +44,13 @@ export class PeriodicUpload {
   readonly #base: string;
   readonly #rootUrl: string;
   /** Failed rounds since the last upload: logged first, then at most once a minute with the number left out. */
-  #failures = 0;
-  readonly #failureLines: LineLimiter;
+  readonly #failureLines: UploadFailureLines;
+  /**
+   * Files the store refused for good (key → the size and mtime refused): skipped while they stay as they are, so
+   * that one such file does not hold back every later one. In memory: after a restart each is tried (and logged)
+   * once more.
+   */
+  readonly #refused = new Map<string, { size: number; mtimeMs: number }>();
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
   #closed = false;
@@ -51,7 +58,7 @@ export class PeriodicUpload {
   constructor(options: PeriodicUploadOptions) {
     this.#options = options;
     this.#now = options.now ?? Date.now;
-    this.#failureLines = new LineLimiter({ now: this.#now });
+    this.#failureLines = new UploadFailureLines({ now: this.#now });
     const prefix = options.folderPrefix.replace(/^\/+|\/+$/g, '');
     this.#base = prefix === '' ? options.root : join(options.root, ...prefix.split('/'));
     const url = pathToFileURL(options.root).href;
@@ -87,29 +94,37 @@ export class PeriodicUpload {
     const candidates = await this.#scan();
     const { ledger, keepFiles } = this.#options;
     if (keepFiles) ledger.retain(new Set(candidates.map((c) => c.key)));
+    // Forget refusals of files gone or changed: only the files still there, as they were refused, are skipped.
+    const present = new Map(candidates.map((c) => [c.key, c]));
+    for (const [key, refused] of this.#refused) {
+      const now = present.get(key);
+      if (now === undefined || now.size !== refused.size || now.mtimeMs !== refused.mtimeMs)
+        this.#refused.delete(key);
+    }
     const todo = candidates
+      .filter((c) => !this.#refused.has(c.key))
       .filter((c) => !(keepFiles && ledger.isUploaded({ path: c.key, size: c.size, mtimeMs: c.mtimeMs })))
-      .sort(
-        (a, b) =>
-          Number(a.key.endsWith('.jsonl')) - Number(b.key.endsWith('.jsonl')) || a.mtimeMs - b.mtimeMs,
-      );
+      .sort((a, b) => Number(a.manifest) - Number(b.manifest) || a.mtimeMs - b.mtimeMs);
     let uploaded = 0;
     for (const file of todo) {
       if (this.#closed) break;
       const began = performance.now();
       try {
         let body: Buffer = await readFile(file.path);
-        if (file.key.endsWith('.jsonl')) body = this.#rewriteRefs(body);
+        if (file.manifest) body = this.#rewriteRefs(body);
         await this.#options.store.put(
           file.key,
           body,
-          file.key.endsWith('.jsonl') ? 'application/jsonl' : 'application/octet-stream',
+          file.manifest ? 'application/jsonl' : 'application/octet-stream',
         );
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        if (error instanceof RefusedByStoreError) {
+          this.#skipRefused(file, error);
+          continue;
+        }
         this.#options.metrics?.writeFailures.inc({ destination: 'periodic-upload' });
-        this.#failures += 1;
-        const admitted = this.#failureLines.admit('upload');
+        const admitted = this.#failureLines.failed();
         if (admitted !== undefined) {
           this.#options.logger?.warn(
             {
@@ -117,30 +132,20 @@ export class PeriodicUpload {
               ...uploadFailureFields(error),
               key: file.key,
               remaining: todo.length - uploaded,
-              failures: this.#failures,
+              failures: this.#failureLines.failures,
               ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
             },
-            `capture periodic upload: cannot upload to ${this.#options.store.description} (${(error as Error).message}); retrying next period (` +
-              (admitted.leftOut > 0
-                ? `${admitted.leftOut} more failed round(s) since the last line, not logged)`
-                : 'repeats logged at most once a minute)'),
+            `capture periodic upload: cannot upload to ${this.#options.store.description} (${(error as Error).message}); retrying next period (${repeatsNote(admitted.leftOut, 'failed round(s)')})`,
           );
         }
         break;
       }
-      if (this.#failures > 0) {
-        const notLogged = this.#failureLines.forget('upload');
-        this.#options.logger?.info(
-          {
-            event: 'capture-upload-resumed',
-            store: this.#options.store.description,
-            failures: this.#failures,
-            ...(notLogged > 0 && { failuresNotLogged: notLogged }),
-          },
-          `capture periodic upload: the store is reachable again, after ${this.#failures} failed round(s)`,
-        );
-        this.#failures = 0;
-      }
+      this.#failureLines.succeeded(
+        this.#options.logger,
+        this.#options.store.description,
+        (failures) =>
+          `capture periodic upload: the store is reachable again, after ${failures} failed round(s)`,
+      );
       this.#options.metrics?.uploadDuration.observe({ via: 'periodic' }, (performance.now() - began) / 1000);
       this.#options.metrics?.uploadedFiles.inc({ via: 'periodic' });
       uploaded++;
@@ -151,6 +156,19 @@ export class PeriodicUpload {
       }
     }
     return uploaded;
+  }
+
+  /**
+   * A file the store refused for good is not sent again while it stays as it is, and stays on disk (the only copy
+   * of the capture's data); the files after it go on. Logged once, counted.
+   */
+  #skipRefused(file: Candidate, error: RefusedByStoreError): void {
+    this.#refused.set(file.key, { size: file.size, mtimeMs: file.mtimeMs });
+    this.#options.metrics?.refusedFiles.inc({ via: 'periodic' });
+    this.#options.logger?.warn(
+      { event: 'capture-upload-refused', ...uploadFailureFields(error), key: file.key, path: file.path },
+      `capture periodic upload: ${this.#options.store.description} refused ${file.key} for good (${error.message}); it stays at ${file.path} and is not sent again while it is unchanged`,
+    );
   }
 
   async #scan(): Promise<Candidate[]> {
@@ -170,9 +188,11 @@ export class PeriodicUpload {
         else if (entry.isFile()) {
           const info = await stat(path).catch(() => undefined);
           if (!info) continue;
+          const key = relative(this.#options.root, path).split(sep).join('/');
           found.push({
             path,
-            key: relative(this.#options.root, path).split(sep).join('/'),
+            key,
+            manifest: fileKindOfKey(key) !== 'side',
             size: info.size,
             mtimeMs: info.mtimeMs,
           });

@@ -2,11 +2,20 @@ import { createHash } from 'node:crypto';
 import { DATA_TYPES, type DataTypeName } from '@edgefleet/core';
 import type { CaptureItem, CapturedAuxiliary, CapturedTensor } from './capture-item.js';
 
+/**
+ * What a rendered file is: a side file (a large item's bytes, named by records' `data-ref`), an Edge Manager
+ * manifest (records), or Model Monitor's copy of a group's records. Said when the batch is rendered, not read from
+ * the key: a side file's extension is the client's word (an auxiliary input named "jsonl" ends in `.jsonl`).
+ */
+export const RENDERED_FILE_KINDS = ['side', 'manifest', 'monitor-manifest'] as const;
+export type RenderedFileKind = (typeof RENDERED_FILE_KINDS)[number];
+
 /** One object to write: a key below the destination's root ("<prefix>/<fleet>/<model>/YYYY/…"), and its bytes. */
 export interface RenderedFile {
   key: string;
   body: Buffer;
   contentType: string;
+  kind: RenderedFileKind;
 }
 
 /** A batch ready for a destination: side files first, then the manifests that reference them. */
@@ -99,7 +108,7 @@ export function renderBatch(
         for (let n = 2; sideKeys.has(key); n++)
           key = joinKey(base, 'raw-data', name, `${stem}-${n}.${extension}`);
         sideKeys.add(key);
-        sideFiles.push({ key, body: entry.data, contentType });
+        sideFiles.push({ key, body: entry.data, contentType, kind: 'side' });
         refs.set(entry, context.urlFor(key));
       };
       item.inputTensors.forEach((t, i) => place(t, `input-${i + 1}`, 'bin', 'application/octet-stream'));
@@ -113,12 +122,13 @@ export function renderBatch(
       edgeLines.push(edgeRecord(item, context, refs));
       if (context.modelMonitorFormat) monitorLines.push(modelMonitorRecord(item, refs));
     }
-    manifests.push(jsonl(joinKey(base, `${name}.jsonl`), edgeLines));
+    manifests.push(jsonl(joinKey(base, `${name}.jsonl`), edgeLines, 'manifest'));
     if (context.modelMonitorFormat) {
       monitor.push(
         jsonl(
           joinKey(prefix, MODEL_MONITOR_FOLDER, model, context.fleetName, hour, `${name}.jsonl`),
           monitorLines,
+          'monitor-manifest',
         ),
       );
     }
@@ -274,8 +284,25 @@ function halfToNumber(bits: number): number {
   return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
 }
 
-function jsonl(key: string, lines: readonly string[]): RenderedFile {
-  return { key, body: Buffer.from(`${lines.join('\n')}\n`, 'utf8'), contentType: 'application/jsonl' };
+function jsonl(key: string, lines: readonly string[], kind: 'manifest' | 'monitor-manifest'): RenderedFile {
+  return { key, body: Buffer.from(`${lines.join('\n')}\n`, 'utf8'), contentType: 'application/jsonl', kind };
+}
+
+/** A manifest's file name: the group's 32 hex. A side file's always holds its tag (`<id>-input-1.bin`). */
+const MANIFEST_NAME = /^[0-9a-f]{32}\.jsonl$/;
+
+/**
+ * A file's kind from its key alone, where nothing recorded it: a batch spooled by an agent before kinds were kept
+ * in batch.json, and a Disk capture the periodic upload finds. Exact for the keys renderBatch makes: a manifest is
+ * named `<32 hex>.jsonl` (a side file's name never is), and Model Monitor's lies seven folders below
+ * `_model-monitor` (`_model-monitor/<model>/<fleet>/YYYY/MM/DD/HH/`; an Edge Manager manifest has its folder prefix
+ * there, so a prefix ending in `_model-monitor` would read as Model Monitor's: only an old batch's refusal could
+ * tell). Not the `.jsonl` ending: an auxiliary input named "jsonl" is a side file that has it.
+ */
+export function fileKindOfKey(key: string): RenderedFileKind {
+  const parts = key.split('/');
+  if (!MANIFEST_NAME.test(parts.at(-1)!)) return 'side';
+  return parts.at(-8) === MODEL_MONITOR_FOLDER ? 'monitor-manifest' : 'manifest';
 }
 
 function hourPath(epochMs: number): string {

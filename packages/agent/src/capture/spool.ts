@@ -1,28 +1,19 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LineLimiter } from '@edgefleet/core';
 import { z } from 'zod';
 import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
+import { putEach } from './destinations.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
-import {
-  MAX_RETRY_AFTER_MS,
-  RefusedByStoreError,
-  RetryLaterError,
-  type ObjectStore,
-} from './object-store.js';
-import { MODEL_MONITOR_FOLDER, type RenderedBatch } from './records.js';
-import { uploadFailureFields } from './upload-failure.js';
+import type { RefusedByStoreError } from './object-store.js';
+import { MAX_RETRY_AFTER_MS, RetryLaterError, type ObjectStore } from './object-store.js';
+import { RENDERED_FILE_KINDS, fileKindOfKey, type RenderedBatch, type RenderedFileKind } from './records.js';
+import { UploadFailureLines, repeatsNote, uploadFailureFields } from './upload-failure.js';
 
 const errorMessage = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
 const BATCH_FILE = 'batch.json';
-
-const isManifest = (key: string): boolean => key.endsWith('.jsonl');
-/** Model Monitor's copy of a group's records (records.ts: `<prefix>/_model-monitor/…`). */
-const isModelMonitorManifest = (key: string): boolean =>
-  isManifest(key) && key.split('/').includes(MODEL_MONITOR_FOLDER);
 
 const SpooledBatchSchema = z.object({
   v: z.literal(1),
@@ -31,12 +22,19 @@ const SpooledBatchSchema = z.object({
   createdAt: z.number(),
   captureIds: z.array(z.string()),
   files: z.array(
-    z.object({
-      key: z.string().min(1),
-      contentType: z.string(),
-      file: z.string().regex(/^\d+$/),
-      bytes: z.number().int().nonnegative(),
-    }),
+    z
+      .object({
+        key: z.string().min(1),
+        contentType: z.string(),
+        file: z.string().regex(/^\d+$/),
+        bytes: z.number().int().nonnegative(),
+        /**
+         * What the file is, as rendered. Absent in batches spooled before it was kept: then taken from the key
+         * (fileKindOfKey), which is exact for the keys this agent renders.
+         */
+        kind: z.enum(RENDERED_FILE_KINDS).optional(),
+      })
+      .transform((f) => ({ ...f, kind: f.kind ?? fileKindOfKey(f.key) })),
   ),
 });
 type SpooledBatch = z.infer<typeof SpooledBatchSchema> & {
@@ -91,12 +89,8 @@ export class CaptureSpool {
   /** Oldest first. */
   #batches: SpooledBatch[] = [];
   #bytes = 0;
-  #failures = 0;
-  /**
-   * Failed attempts: the first line of a run of failures, then at most one a minute with the number left out (an
-   * outage of hours retries every few minutes at the backoff's cap, and far more often before it).
-   */
-  readonly #failureLines: LineLimiter;
+  /** Failed attempts since the last success (the backoff's step), and their limited lines. */
+  readonly #failureLines: UploadFailureLines;
   readonly #timers: SpoolTimers;
   #timer: unknown;
   #uploading: SpooledBatch | undefined;
@@ -107,7 +101,7 @@ export class CaptureSpool {
     this.#options = options;
     this.#random = options.random ?? Math.random;
     this.#timers = options.timers ?? REAL_TIMERS;
-    this.#failureLines = new LineLimiter({ ...(options.now !== undefined && { now: options.now }) });
+    this.#failureLines = new UploadFailureLines({ ...(options.now !== undefined && { now: options.now }) });
   }
 
   /** Batches waiting. */
@@ -121,7 +115,7 @@ export class CaptureSpool {
 
   /** The last attempt to reach the store failed and the spool is waiting to retry: new batches should come here. */
   get unreachable(): boolean {
-    return this.#failures > 0;
+    return this.#failureLines.failures > 0;
   }
 
   /** Ids of the captures waiting in the spool. */
@@ -177,6 +171,7 @@ export class CaptureSpool {
         contentType: f.contentType,
         file: String(i),
         bytes: f.body.byteLength,
+        kind: f.kind,
       })),
       bytes: batch.files.reduce((n, f) => n + f.body.byteLength, 0),
     };
@@ -232,52 +227,56 @@ export class CaptureSpool {
       for (const f of batch.files) {
         files.push({ ...f, body: await readFile(join(folder, f.file)) });
       }
-      // Side files first, then manifests, as a direct write does. A file refused for good is dropped with what
-      // needs it, before the manifests go: a manifest never names a side file the store refused.
-      const sideStage = await putEach(
-        this.#options.store,
-        files.filter((f) => !isManifest(f.key)),
-        concurrency,
-      );
-      if (sideStage.refused.length > 0) {
-        refusals.push(...(await this.#dropRefusedFiles(batch, files, sideStage.refused)));
+      // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file refused for
+      // good is dropped with what needs it before the next stage goes: a manifest never names a side file the store
+      // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
+      // manifest's refusal. (Across attempts: a file an earlier attempt stored is put again, and a refusal then
+      // that is not the same every time, a 403, would drop records whose data is stored. Rare; not guarded.)
+      for (const kind of RENDERED_FILE_KINDS) {
+        const stage = await putEach(
+          this.#options.store,
+          files.filter((f) => f.kind === kind),
+          concurrency,
+          { collectRefusals: true },
+        );
+        if (stage.refused.length > 0) await this.#dropRefusedFiles(batch, files, stage.refused, refusals);
+        if (stage.failure !== undefined) throw stage.failure;
       }
-      if (sideStage.failure !== undefined) throw sideStage.failure;
-      const manifestStage = await putEach(
-        this.#options.store,
-        files.filter((f) => isManifest(f.key)),
-        concurrency,
-      );
-      if (manifestStage.refused.length > 0) {
-        refusals.push(...(await this.#dropRefusedFiles(batch, files, manifestStage.refused)));
-      }
-      if (manifestStage.failure !== undefined) throw manifestStage.failure;
     } catch (error) {
       this.#logRefusals(batch, refusals);
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
-      this.#failures++;
-      const backoff = backoffDelay(this.#options.retry, this.#failures, this.#random);
+      const rewrite = error instanceof SpoolRewriteError;
+      // The first failure, then at most one line a minute; the store's message carries no credentials (the
+      // answer's text, the key). A rewrite's failure has a line of its own.
+      const admitted = this.#failureLines.failed({ logged: !rewrite });
+      const backoff = backoffDelay(this.#options.retry, this.#failureLines.failures, this.#random);
       // The store's own word on when it can take more beats a guess. Up to a tenth more, drawn at random, so that
       // the devices a server told the same time do not all come back at once.
       const asked =
         error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
       const delay =
         asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
-      this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-      // The first failure, then at most one line a minute; the store's message carries no credentials (the
-      // answer's text, the key).
-      const admitted = this.#failureLines.admit('upload');
+      if (error instanceof SpoolRewriteError) {
+        // This disk's failure (ENOSPC, EIO), not the store's: said as such, with its stack, every time (rare).
+        this.#options.logger?.error(
+          {
+            event: 'capture-spool-rewrite-failed',
+            batchId: batch.batchId,
+            err: error.cause,
+            retryInMs: delay,
+          },
+          `capture spool: ${error.message}; retrying in ${Math.round(delay / 1000)} s`,
+        );
+      }
+      if (!rewrite) this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
       if (admitted !== undefined) {
-        const repeats =
-          admitted.first || admitted.leftOut === 0
-            ? 'repeats logged at most once a minute'
-            : `${admitted.leftOut} more failed attempt(s) since the last line, not logged`;
+        const repeats = repeatsNote(admitted.leftOut, 'failed attempt(s)');
         this.#options.logger?.warn(
           {
             event: 'capture-upload-failed',
             ...uploadFailureFields(error),
             batchId: batch.batchId,
-            failures: this.#failures,
+            failures: this.#failureLines.failures,
             ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
             retryInMs: delay,
             ...(asked !== undefined && { retryAfterMs: asked }),
@@ -298,19 +297,11 @@ export class CaptureSpool {
       return;
     }
     this.#logRefusals(batch, refusals);
-    if (this.#failures > 0) {
-      const notLogged = this.#failureLines.forget('upload');
-      this.#options.logger?.info(
-        {
-          event: 'capture-upload-resumed',
-          store: this.#options.store.description,
-          failures: this.#failures,
-          ...(notLogged > 0 && { failuresNotLogged: notLogged }),
-        },
-        `capture spool: the store is reachable again, after ${this.#failures} failed attempt(s)`,
-      );
-    }
-    this.#failures = 0;
+    this.#failureLines.succeeded(
+      this.#options.logger,
+      this.#options.store.description,
+      (failures) => `capture spool: the store is reachable again, after ${failures} failed attempt(s)`,
+    );
     this.#options.metrics?.uploadDuration.observe({ via: 'spool' }, (performance.now() - began) / 1000);
     this.#options.metrics?.uploadedFiles.inc({ via: 'spool' }, batch.files.length);
     this.#options.metrics?.uploaded.inc({ via: 'spool' }, batch.captureIds.length);
@@ -328,35 +319,47 @@ export class CaptureSpool {
    * never exist is a broken record: its data is lost, and a reader following the reference fails) out of every
    * manifest, Model Monitor's included, and those records' other side files; a refused manifest takes its records. A Model Monitor manifest
    * is a second copy of records in another format: refused, its captures' Edge Manager records still go, so they
-   * are not failed for it. The captures whose Edge Manager records are dropped are marked FAILURE with the store's
+   * are not failed for it; a capture failed here loses its Model Monitor record too (Model Monitor never sees a
+   * record of a capture reported FAILURE). The captures whose Edge Manager records are dropped are marked FAILURE with the store's
    * reason and counted (`reason: refused`); everything else in the batch goes on (and is retried as before). The
    * smaller batch is written back to the spool (manifests rewritten, then batch.json replaced atomically), so a
    * retry after a later failure neither sends the refused files again nor counts them twice. `files` (the batch's
-   * files with their bytes) is updated in place.
+   * files with their bytes) is updated in place, and the refusals are added to `into` before the spool is
+   * rewritten: a local failure to rewrite it (SpoolRewriteError) loses no refusal's line. The dropped captures are
+   * counted once the rewrite is done, so a retry after that failure, which meets the refusals again, does not
+   * count them twice (their statuses, set first, are set again: the same FAILURE). A crash before the rewrite
+   * repeats the statuses too, and starts the counters from zero anyway.
    */
   async #dropRefusedFiles(
     batch: SpooledBatch,
     files: SpoolFile[],
     refused: readonly { file: SpoolFile; error: RefusedByStoreError }[],
-  ): Promise<Refusal[]> {
+    into: Refusal[],
+  ): Promise<void> {
     const refusedKeys = new Set(refused.map((r) => r.file.key));
     const refusedUrls = new Set(
-      refused.filter((r) => !isManifest(r.file.key)).map((r) => this.#options.store.urlFor(r.file.key)),
+      refused.filter((r) => r.file.kind === 'side').map((r) => this.#options.store.urlFor(r.file.key)),
     );
     const failedIds = new Set<string>();
     const refusals: Refusal[] = refused.map(({ file, error }) => ({
       key: file.key,
+      kind: file.kind,
       error,
       captureIds: new Set<string>(),
     }));
+    into.push(...refusals);
     const refusalOf = (key: string) => refusals.find((r) => r.key === key);
     const kept: SpoolFile[] = [];
     /** Data-refs of the records kept (the side files still needed) and of those dropped. */
     const stillNamed = new Set<string>();
     const droppedNamed = new Set<string>();
     const rewritten: SpoolFile[] = [];
-    for (const file of files.filter((f) => isManifest(f.key))) {
-      const monitorCopy = isModelMonitorManifest(file.key);
+    // Model Monitor's copies after the Edge Manager manifests: they lose the records of the captures those fail.
+    const manifests = files
+      .filter((f) => f.kind !== 'side')
+      .sort((a, b) => Number(a.kind === 'monitor-manifest') - Number(b.kind === 'monitor-manifest'));
+    for (const file of manifests) {
+      const monitorCopy = file.kind === 'monitor-manifest';
       const records = manifestRecords(file.body);
       if (refusedKeys.has(file.key)) {
         for (const record of records) {
@@ -367,6 +370,7 @@ export class CaptureSpool {
         continue;
       }
       const remaining = records.filter((record) => {
+        if (monitorCopy && record.eventId !== undefined && failedIds.has(record.eventId)) return false;
         const missing = [...record.refs].find((ref) => refusedUrls.has(ref));
         if (missing === undefined) return true;
         for (const ref of record.refs) droppedNamed.add(ref);
@@ -389,7 +393,7 @@ export class CaptureSpool {
     // Only a side file that dropped records named and no kept one does goes with them: one named by no record
     // known here (records rendered with another URL) stays, as sending too much loses nothing.
     const sideFiles = files.filter((f) => {
-      if (isManifest(f.key) || refusedKeys.has(f.key)) return false;
+      if (f.kind !== 'side' || refusedKeys.has(f.key)) return false;
       const url = this.#options.store.urlFor(f.key);
       return !droppedNamed.has(url) || stillNamed.has(url);
     });
@@ -402,28 +406,36 @@ export class CaptureSpool {
       const failed = [...failedIds];
       if (failed.length > 0) {
         const reasons = refusals
-          .filter((r) => !isModelMonitorManifest(r.key))
+          .filter((r) => r.kind !== 'monitor-manifest')
           .map((r) => r.error.message)
           .join('; ');
         this.#options.onDropped(failed, `refused by ${this.#options.store.description}: ${reasons}`);
-        this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
       }
       const folder = join(this.#options.dir, batch.batchId);
       // New names for rewritten manifests: batch.json names either the old files or the new, whatever a crash cuts.
       let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
-      for (const file of rewritten) {
-        file.file = String(name++);
-        await writeFileAtomic(join(folder, file.file), file.body);
-      }
+      for (const file of rewritten) file.file = String(name++);
       const stored: z.infer<typeof SpooledBatchSchema> = {
         v: 1,
         batchId: batch.batchId,
         createdAt: batch.createdAt,
         captureIds,
-        files: next.map(({ key, contentType, file, bytes }) => ({ key, contentType, file, bytes })),
+        files: next.map(({ key, contentType, file, bytes, kind }) => ({
+          key,
+          contentType,
+          file,
+          bytes,
+          kind,
+        })),
       };
-      await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
-      await syncFolder(folder);
+      try {
+        for (const file of rewritten) await writeFileAtomic(join(folder, file.file), file.body);
+        await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+        await syncFolder(folder);
+      } catch (error) {
+        throw new SpoolRewriteError(folder, error);
+      }
+      if (failed.length > 0) this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
       // Files no longer named only waste disk until the batch's folder goes: a failure to remove them is no failure.
       const named = new Set(stored.files.map((f) => f.file));
       await Promise.all(
@@ -436,15 +448,21 @@ export class CaptureSpool {
     if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
     batch.bytes = bytes;
     batch.captureIds = captureIds;
-    batch.files = next.map(({ key, contentType, file, bytes: b }) => ({ key, contentType, file, bytes: b }));
+    batch.files = next.map(({ key, contentType, file, bytes: b, kind }) => ({
+      key,
+      contentType,
+      file,
+      bytes: b,
+      kind,
+    }));
     files.splice(0, files.length, ...next);
-    return refusals;
   }
 
   /** One line for the files of a batch the store refused for good in an attempt (none: nothing). */
   #logRefusals(batch: SpooledBatch, refusals: readonly Refusal[]): void {
     if (refusals.length === 0) return;
     const captures = new Set(refusals.flatMap((r) => [...r.captureIds])).size;
+    this.#options.metrics?.refusedFiles.inc({ via: 'spool' }, refusals.length);
     this.#options.logger?.warn(
       {
         event: 'capture-upload-refused',
@@ -491,42 +509,26 @@ export class CaptureSpool {
   }
 }
 
+/** Writing the smaller batch back to the spool's folder failed: a local fault, not the store's. */
+class SpoolRewriteError extends Error {
+  override readonly name = 'SpoolRewriteError';
+  constructor(folder: string, cause: unknown) {
+    super(
+      `cannot rewrite the spooled batch ${folder} (${cause instanceof Error ? cause.message : String(cause)})`,
+      { cause },
+    );
+  }
+}
+
 /** A spooled file with its bytes. */
 type SpoolFile = SpooledBatch['files'][number] & { body: Buffer };
 
 /** A file the store refused for good, and the captures whose records were dropped for it. */
 interface Refusal {
   key: string;
+  kind: RenderedFileKind;
   error: RefusedByStoreError;
   captureIds: Set<string>;
-}
-
-/**
- * Puts files with at most `concurrency` requests in flight. A file the store refuses for good does not stop the
- * others: it is returned with its refusal. Any other failure stops further puts (those in flight end) and is
- * returned as `failure`, with the refusals met so far.
- */
-async function putEach(
-  store: ObjectStore,
-  files: readonly SpoolFile[],
-  concurrency: number,
-): Promise<{ refused: { file: SpoolFile; error: RefusedByStoreError }[]; failure?: unknown }> {
-  let next = 0;
-  let failure: unknown;
-  const refused: { file: SpoolFile; error: RefusedByStoreError }[] = [];
-  const lane = async () => {
-    while (failure === undefined && next < files.length) {
-      const file = files[next++]!;
-      try {
-        await store.put(file.key, file.body, file.contentType);
-      } catch (error) {
-        if (error instanceof RefusedByStoreError) refused.push({ file, error });
-        else failure ??= error;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
-  return { refused, ...(failure !== undefined && { failure }) };
 }
 
 /** A manifest's records: each line, its capture id (`eventMetadata.eventId`) and the data-refs it names. */

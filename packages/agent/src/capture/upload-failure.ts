@@ -1,4 +1,6 @@
+import { LineLimiter } from '@edgefleet/core';
 import { DeviceApiError } from '../fleet/index.js';
+import type { CaptureLogger } from './capture-metrics.js';
 import { RefusedByStoreError, RetryLaterError } from './object-store.js';
 
 /** Socket and DNS error codes: the store or the server could not be reached, or dropped the connection. */
@@ -46,4 +48,57 @@ export function uploadFailureFields(error: unknown): Record<string, unknown> {
     }
   }
   return { ...(failure !== undefined && { failure }), ...(!expected && { err: error }) };
+}
+
+/** The end of a limited line's message: how many were left out since the last line (`unit`: "failed round(s)"). */
+export function repeatsNote(leftOut: number, unit: string): string {
+  return leftOut > 0
+    ? `${leftOut} more ${unit} since the last line, not logged`
+    : 'repeats logged at most once a minute';
+}
+
+/**
+ * The failed attempts of one uploader (the spool, the periodic upload) and their lines: each failure counted, its
+ * line the first of a run, then at most one a minute (an outage retried at the backoff's pace writes a line a
+ * minute, not one per retry); the first success after failures writes `capture-upload-resumed`.
+ */
+export class UploadFailureLines {
+  readonly #lines: LineLimiter;
+  #failures = 0;
+
+  constructor(options: { now?: () => number } = {}) {
+    this.#lines = new LineLimiter({ ...(options.now !== undefined && { now: options.now }) });
+  }
+
+  /** Failed attempts since the last success. */
+  get failures(): number {
+    return this.#failures;
+  }
+
+  /**
+   * Counts a failed attempt. Undefined when its line is to be left out (one was written within the minute, or
+   * `logged` is false: the caller says it another way), else how many were left out since the last line.
+   */
+  failed(options: { logged?: boolean } = {}): { leftOut: number } | undefined {
+    this.#failures += 1;
+    if (options.logged === false) return undefined;
+    const admitted = this.#lines.admit('upload');
+    return admitted === undefined ? undefined : { leftOut: admitted.leftOut };
+  }
+
+  /** A success: after failures, the info line `capture-upload-resumed` (`message` given their number); the count starts over. */
+  succeeded(logger: CaptureLogger | undefined, store: string, message: (failures: number) => string): void {
+    if (this.#failures === 0) return;
+    const notLogged = this.#lines.forget('upload');
+    logger?.info(
+      {
+        event: 'capture-upload-resumed',
+        store,
+        failures: this.#failures,
+        ...(notLogged > 0 && { failuresNotLogged: notLogged }),
+      },
+      message(this.#failures),
+    );
+    this.#failures = 0;
+  }
 }

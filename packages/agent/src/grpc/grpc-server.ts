@@ -38,7 +38,8 @@ export interface GrpcServerOptions {
   maxConnections?: number;
   /**
    * Counts the connections the cap refused (edgefleet_connections_refused_total{listener="grpc", cap}), those
-   * closed for sending no preface in time (the same family, {listener="grpc", reason="preface-timeout"}), and
+   * closed for sending no preface in time (edgefleet_connections_closed_unserved_total{listener="grpc",
+   * reason="preface-timeout"}), and
    * those closed to let a newcomer in (edgefleet_connections_evicted_total).
    */
   metrics?: Pick<AgentMetrics, 'connectionRefused' | 'connectionEvicted' | 'connectionClosedUnserved'>;

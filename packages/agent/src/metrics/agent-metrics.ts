@@ -49,7 +49,8 @@ export class AgentMetrics {
   readonly #loadFailures: Counter<'model' | 'code'>;
   readonly #modelsLoaded: Gauge;
   readonly #workerExits: Counter;
-  readonly #connectionsRefused: Counter<'listener' | 'cap' | 'reason'>;
+  readonly #connectionsRefused: Counter<'listener' | 'cap'>;
+  readonly #connectionsClosedUnserved: Counter<'listener' | 'reason'>;
   readonly #slowReadersClosed: Counter<'door'>;
   readonly #connectionsEvicted: Counter<'listener' | 'cap'>;
   readonly #series = new Map<string, ModelSeries>();
@@ -131,8 +132,16 @@ export class AgentMetrics {
     });
     this.#connectionsRefused = new Counter({
       name: 'edgefleet_connections_refused_total',
-      help: 'Connections closed on arrival because a connection cap was reached, per listener (grpc, rest-unix, rest-tcp) and cap (per-address, total); or closed before being served for another reason, per listener and reason (grpc: preface-timeout, no HTTP/2 preface in time)',
-      labelNames: ['listener', 'cap', 'reason'],
+      help: 'Connections closed on arrival because a connection cap was reached, per listener (grpc, rest-unix, rest-tcp) and cap (per-address, total)',
+      labelNames: ['listener', 'cap'],
+      registers,
+    });
+    // Apart from the refusals: a silent connection timed out is no cap reached, and an alert on refusals should
+    // not fire for it.
+    this.#connectionsClosedUnserved = new Counter({
+      name: 'edgefleet_connections_closed_unserved_total',
+      help: 'Connections let in, then closed before being served for a reason other than a cap, per listener and reason (grpc preface-timeout: no HTTP/2 preface in time)',
+      labelNames: ['listener', 'reason'],
       registers,
     });
     this.#slowReadersClosed = new Counter({
@@ -244,10 +253,10 @@ export class AgentMetrics {
 
   /**
    * A listener closed a connection before serving it, for a reason other than a cap: `preface-timeout`, a gRPC
-   * connection that sent no HTTP/2 preface in time. Its series has `reason` and no `cap`.
+   * connection that sent no HTTP/2 preface in time (edgefleet_connections_closed_unserved_total).
    */
   connectionClosedUnserved(listener: string, reason: 'preface-timeout'): void {
-    this.#connectionsRefused.inc({ listener, reason });
+    this.#connectionsClosedUnserved.inc({ listener, reason });
   }
 
   /** The response budget closed a connection whose client left the most answers unread. */

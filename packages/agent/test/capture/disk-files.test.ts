@@ -45,11 +45,13 @@ describe('capture files on disk', () => {
         key: 'sme-capture/m/2026/01/02/03/side.bin',
         body: Buffer.from('side'),
         contentType: 'application/octet-stream',
+        kind: 'side',
       },
       {
         key: 'sme-capture/m/2026/01/02/03/a.jsonl',
         body: Buffer.from('{}\n'),
         contentType: 'application/jsonl',
+        kind: 'manifest',
       },
     ]);
     const file = await stat(destination.pathOf('sme-capture/m/2026/01/02/03/a.jsonl'));

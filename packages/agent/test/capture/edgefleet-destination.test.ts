@@ -119,7 +119,7 @@ describe('EdgeFleet capture destination', () => {
       batchId: id.padEnd(32, '0'),
       captureIds: [id],
       oldestReceivedAt: createdAt,
-      files: [{ key, contentType: 'application/jsonl', body: manifest(id) }],
+      files: [{ key, contentType: 'application/jsonl', body: manifest(id), kind: 'manifest' as const }],
     });
     await spool.add(batch('aaaa', 'elsewhere/plant/mlp/a.jsonl', 1));
     await spool.add(batch('bbbb', 'edge/plant/mlp/2026/12/06/05/b.jsonl', 2));
@@ -239,7 +239,7 @@ describe('EdgeFleet capture destination', () => {
         batchId: 'cccc'.padEnd(32, '0'),
         captureIds: ['cccc'],
         oldestReceivedAt: 1,
-        files: [{ key: sideKey('c.bin'), contentType: 'application/octet-stream', body: file }],
+        files: [{ key: sideKey('c.bin'), contentType: 'application/octet-stream', body: file, kind: 'side' }],
       });
       const told = await until(
         () => warnings.find((w) => w.fields.retryAfterMs !== undefined),
@@ -313,7 +313,12 @@ describe('EdgeFleet capture destination', () => {
         captureIds: ['dddd'],
         oldestReceivedAt: 1,
         files: [
-          { key: sideKey('d.bin'), contentType: 'application/octet-stream', body: Buffer.alloc(16, 4) },
+          {
+            key: sideKey('d.bin'),
+            contentType: 'application/octet-stream',
+            body: Buffer.alloc(16, 4),
+            kind: 'side',
+          },
         ],
       });
       const failed = await until(
@@ -400,7 +405,12 @@ describe('EdgeFleet capture destination', () => {
         captureIds: ['eeee'],
         oldestReceivedAt: 1,
         files: [
-          { key: sideKey('e.bin'), contentType: 'application/octet-stream', body: Buffer.alloc(16, 5) },
+          {
+            key: sideKey('e.bin'),
+            contentType: 'application/octet-stream',
+            body: Buffer.alloc(16, 5),
+            kind: 'side',
+          },
         ],
       });
       await until(() => (scheduled.length > 0 ? true : undefined), 'the first attempt fails', 20_000);

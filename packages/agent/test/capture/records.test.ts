@@ -4,6 +4,7 @@ import {
   MODEL_MONITOR_FOLDER,
   decodeCaptureItem,
   encodeCaptureItem,
+  fileKindOfKey,
   renderBatch,
   safeFileStem,
   tensorValues,
@@ -290,6 +291,32 @@ describe('Edge Manager records', () => {
     );
     expect(safeFileStem('capture1685563523')).toBe('capture1685563523');
     expect(safeFileStem('../etc/passwd')).toMatch(/^_\._etc_passwd-[0-9a-f]{8}$/);
+  });
+});
+
+describe('file kinds', () => {
+  it('says what each rendered file is, and its key alone says the same, whatever the client named an auxiliary item', () => {
+    const named = (name: string, id: string) =>
+      imageCapture({
+        captureId: id,
+        inputs: [{ contentType: name, encoding: 'JSON', data: Buffer.alloc(5000, 0x7b) }],
+      });
+    // The fleet, model or capture id may read like a folder of ours; the extension like a manifest's.
+    const batch = renderBatch(
+      'c'.repeat(32),
+      [named('jsonl', 'a'), named('jsonl', 'c'.repeat(32)), { ...named('jsonl', 'b'), model: 'raw-data' }],
+      { ...context, modelMonitorFormat: true },
+    );
+    const kinds = batch.files.map((f) => f.kind);
+    expect(kinds.filter((k) => k === 'manifest')).toHaveLength(2);
+    expect(kinds.filter((k) => k === 'monitor-manifest')).toHaveLength(2);
+    const sides = batch.files.filter((f) => f.kind === 'side');
+    expect(sides.filter((f) => f.key.endsWith('.jsonl'))).toHaveLength(3);
+    for (const file of batch.files) expect(fileKindOfKey(file.key)).toBe(file.kind);
+    expect(fileKindOfKey(`x/_model-monitor/m/f/2026/01/02/03/${'d'.repeat(32)}.jsonl`)).toBe(
+      'monitor-manifest',
+    );
+    expect(fileKindOfKey(`x/f/_model-monitor/2026/01/02/03/${'d'.repeat(32)}.jsonl`)).toBe('manifest');
   });
 });
 

@@ -1,11 +1,12 @@
-import { mkdtemp, readFile, readdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
-import { CaptureSpool } from '../../src/capture/index.js';
+import { CaptureSpool, DiskDestination, PeriodicUpload } from '../../src/capture/index.js';
+import { MemoryUploadLedger } from '../../src/state/index.js';
 import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
 import type { ObjectStore } from '../../src/capture/object-store.js';
 import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
@@ -64,15 +65,16 @@ const T = Date.UTC(2026, 11, 6, 5);
 
 /**
  * Captures a (a 2 KiB tensor: a side file over the server's 1 KiB) and b (a 256-byte side file) in one hour,
- * c (embedded) in the next, rendered as the capture service does, with the Model Monitor copy.
+ * c (embedded) in the next, rendered as the capture service does, with the Model Monitor copy. The server keeps
+ * a capture id's first records only: another test passes ids of its own.
  */
-function batchOfThree(batchId: string): RenderedBatch {
+function batchOfThree(batchId: string, [a, b, c] = ['a', 'b', 'c']): RenderedBatch {
   const at = (id: string, bytes: number, time: number) => ({
     ...captureItem(id, Buffer.alloc(bytes, 1), 'mlp'),
     inferenceTime: time,
     receivedAt: time,
   });
-  return renderBatch(batchId, [at('a', 2048, T), at('b', 256, T + 1), at('c', 16, T + HOUR)], {
+  return renderBatch(batchId, [at(a!, 2048, T), at(b!, 256, T + 1), at(c!, 16, T + HOUR)], {
     folderPrefix: 'edge',
     fleetName: 'plant',
     deviceName: 'cam-1',
@@ -182,7 +184,12 @@ describe('capture spool: files refused for good', () => {
       expect(await registry.getSingleMetricAsString('edgefleet_capture_dropped_total')).toContain(
         'edgefleet_capture_dropped_total{reason="refused"} 1',
       );
-      expect(await readdir(spoolDir)).toEqual([]);
+      // The folder goes after the statuses are set (onDelivered), so a busy machine may see it a moment longer.
+      await until(
+        async () => ((await readdir(spoolDir)).length === 0 ? true : undefined),
+        'the batch folder is removed',
+        20_000,
+      );
     } finally {
       await spool.close();
       down.close();
@@ -216,8 +223,18 @@ describe('capture spool: files refused for good', () => {
         oldestReceivedAt: 1,
         files: [
           // The server refuses a record naming another device than the certificate's: 400.
-          { key: key('x'), contentType: 'application/jsonl', body: Buffer.from(`${record('x', 'cam-2')}\n`) },
-          { key: key('y'), contentType: 'application/jsonl', body: Buffer.from(`${record('y', 'cam-1')}\n`) },
+          {
+            key: key('x'),
+            contentType: 'application/jsonl',
+            body: Buffer.from(`${record('x', 'cam-2')}\n`),
+            kind: 'manifest',
+          },
+          {
+            key: key('y'),
+            contentType: 'application/jsonl',
+            body: Buffer.from(`${record('y', 'cam-1')}\n`),
+            kind: 'manifest',
+          },
         ],
       });
       await until(() => (delivered.length > 0 ? true : undefined), 'the other manifest is delivered', 20_000);
@@ -228,6 +245,292 @@ describe('capture spool: files refused for good', () => {
       expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
     } finally {
       await spool.close();
+    }
+  });
+
+  it("takes a side file for a side file whatever its extension: an auxiliary input named 'jsonl' refused drops its capture, not another", async () => {
+    // ja's auxiliary input (the client named it "jsonl"), over the server's 1 KiB, holds lines that look like
+    // records of jb: it is the application's data, not a manifest.
+    const a = {
+      ...captureItem('ja', Buffer.alloc(16, 1), 'mlp'),
+      inferenceTime: T,
+      inputs: [
+        {
+          contentType: 'jsonl',
+          encoding: 'JSON' as const,
+          data: Buffer.from('{"eventMetadata":{"eventId":"jb"}}\n'.repeat(64)),
+        },
+      ],
+    };
+    const batch = renderBatch(
+      '3'.repeat(32),
+      [a, { ...captureItem('jb', Buffer.alloc(16, 2), 'mlp'), inferenceTime: T }],
+      {
+        folderPrefix: 'edge',
+        fleetName: 'plant',
+        deviceName: 'cam-1',
+        base64EmbedLimit: 64,
+        modelMonitorFormat: false,
+        urlFor: (key) => store.urlFor(key),
+      },
+    );
+    const aux = batch.files.find((f) => f.key.endsWith('-aux-input-1.jsonl'))!;
+    const manifests = batch.files.filter((f) => f !== aux && f.key.endsWith('.jsonl')).map((f) => f.key);
+    expect(manifests).toHaveLength(1);
+    const delivered: string[] = [];
+    const dropped: readonly string[][] = [];
+    const spool = new CaptureSpool({
+      dir: join(dir, 'spool-jsonl-side'),
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids) => (dropped as string[][]).push([...ids]),
+    });
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(() => (delivered.length > 0 ? true : undefined), 'the rest is delivered', 20_000);
+      expect(dropped).toEqual([['ja']]);
+      expect(delivered).toEqual(['jb']);
+      expect(await stored(aux.key)).toBeUndefined();
+      const texts = await Promise.all(manifests.map(stored));
+      expect(texts.join('')).not.toContain(store.urlFor(aux.key));
+      expect(texts.every((t) => t?.includes('"eventId":"jb"'))).toBe(true);
+    } finally {
+      await spool.close();
+    }
+  });
+
+  it('uploads a batch spooled before file kinds were kept, taking them from the keys', async () => {
+    const spoolDir = join(dir, 'spool-old-batch');
+    const batch = batchOfThree('4'.repeat(32), ['oa', 'ob', 'oc']);
+    // Spooled while the store is away, then batch.json rewritten as an older agent wrote it: no kinds.
+    const offline: ObjectStore = {
+      description: store.description,
+      urlFor: (key) => store.urlFor(key),
+      put: () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })),
+    };
+    const first = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store: offline,
+      retry: { initialMs: 60_000, maxMs: 60_000 },
+      onDelivered: () => undefined,
+      onDropped: () => undefined,
+      timers: { set: () => undefined, clear: () => undefined },
+    });
+    await first.open();
+    await first.add(batch);
+    await first.close();
+    const file = join(spoolDir, batch.batchId, 'batch.json');
+    const spooled = JSON.parse(await readFile(file, 'utf8'));
+    for (const f of spooled.files) delete f.kind;
+    await writeFile(file, JSON.stringify(spooled));
+
+    const delivered: string[] = [];
+    const dropped: string[] = [];
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids) => dropped.push(...ids),
+    });
+    try {
+      await spool.open();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the old batch is delivered', 20_000);
+      // oa's side file is refused (over 1 KiB): its records go too, as for a batch that kept its kinds.
+      expect(dropped).toEqual(['oa']);
+      expect(delivered).toEqual(['ob', 'oc']);
+      const manifests = batch.files.filter((f) => /\/[0-9a-f]{32}\.jsonl$/.test(f.key));
+      expect(manifests).toHaveLength(4);
+      const texts = await Promise.all(manifests.map((f) => stored(f.key)));
+      expect(texts.every((t) => t !== undefined && !t.includes('/oa-'))).toBe(true);
+    } finally {
+      await spool.close();
+    }
+  });
+});
+
+describe('capture spool: a refused Edge Manager manifest', () => {
+  it("takes its captures' Model Monitor records too, so Model Monitor sees no record of a failed capture", async () => {
+    // Rendered as another device of the fleet: the server refuses its Edge Manager manifest (400, the record names
+    // cam-2, the certificate is cam-1's); Model Monitor's records name no device, and alone would be stored.
+    const at = (id: string, time: number) => ({
+      ...captureItem(id, Buffer.alloc(16, 3), 'mlp'),
+      inferenceTime: time,
+      receivedAt: time,
+    });
+    const batch = renderBatch('7'.repeat(32), [at('mx', T), at('my', T + HOUR)], {
+      folderPrefix: 'edge',
+      fleetName: 'plant',
+      deviceName: 'cam-2',
+      base64EmbedLimit: 64,
+      modelMonitorFormat: true,
+      urlFor: (key) => store.urlFor(key),
+    });
+    const monitor = batch.files.filter((f) => f.kind === 'monitor-manifest');
+    expect(monitor).toHaveLength(2);
+    const dropped: string[] = [];
+    const spoolDir = join(dir, 'spool-em-refused');
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: () => undefined,
+      onDropped: (ids) => dropped.push(...ids),
+    });
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(
+        async () => ((await readdir(spoolDir)).length === 0 ? true : undefined),
+        'the batch ends',
+        20_000,
+      );
+      expect(dropped.sort()).toEqual(['mx', 'my']);
+      for (const file of monitor) expect(await stored(file.key)).toBeUndefined();
+    } finally {
+      await spool.close();
+    }
+  });
+});
+
+describe('capture spool: the spooled batch cannot be rewritten', () => {
+  it('says so apart from upload failures, logs the refusals met, and counts the dropped captures once', async () => {
+    const batch = batchOfThree('6'.repeat(32), ['wa', 'wb', 'wc']);
+    const closed = createServer();
+    await new Promise<void>((done) => closed.listen(0, '127.0.0.1', done));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((done) => closed.close(done));
+    const down = newStore(`https://127.0.0.1:${port}`);
+    let outage = true;
+    const switched: ObjectStore = {
+      description: store.description,
+      urlFor: (key) => store.urlFor(key),
+      put: (key, body, contentType) => (outage ? down : store).put(key, body, contentType),
+    };
+    const registry = new Registry();
+    const metrics = new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    });
+    const { lines, logger } = logLines();
+    const scheduled: (() => void)[] = [];
+    const delivered: string[] = [];
+    const dropped: string[][] = [];
+    const spoolDir = join(dir, 'spool-rewrite');
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store: switched,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids) => dropped.push([...ids]),
+      metrics,
+      logger,
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
+    });
+    const batchFile = join(spoolDir, batch.batchId, 'batch.json');
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the outage is met', 20_000);
+      // A real local fault: batch.json cannot be replaced (a folder holding a file stands at its name).
+      const saved = await readFile(batchFile);
+      await rm(batchFile);
+      await mkdir(join(batchFile, 'blocker'), { recursive: true });
+      outage = false;
+      scheduled.shift()!();
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the rewrite fails', 20_000);
+      const rewriteLines = lines.filter((l) => l.fields.event === 'capture-spool-rewrite-failed');
+      expect(rewriteLines).toHaveLength(1);
+      expect(rewriteLines[0]!.message).toMatch(
+        new RegExp(`^capture spool: cannot rewrite the spooled batch ${join(spoolDir, batch.batchId)} \\(`),
+      );
+      // Not an upload failure: the store was reached; the refusal it made is logged.
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-failed')).toHaveLength(1);
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+
+      await rm(batchFile, { recursive: true });
+      await writeFile(batchFile, saved);
+      scheduled.shift()!();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the rest is delivered', 20_000);
+      expect(delivered).toEqual(['wb', 'wc']);
+      // Its status set again (the same FAILURE), but counted once.
+      expect(dropped).toEqual([['wa'], ['wa']]);
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_dropped_total')).toContain(
+        'edgefleet_capture_dropped_total{reason="refused"} 1',
+      );
+    } finally {
+      await spool.close();
+      down.close();
+    }
+  });
+});
+
+describe('capture periodic upload: files refused for good', () => {
+  it('skips a file the store refuses for good, keeps it on disk, and uploads the files after it', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ef-periodic-refused-'));
+    const disk = new DiskDestination(root);
+    const batch = renderBatch(
+      '5'.repeat(32),
+      [
+        { ...captureItem('pa', Buffer.alloc(2048, 1), 'mlp'), inferenceTime: T, receivedAt: T },
+        { ...captureItem('pb', Buffer.alloc(256, 2), 'mlp'), inferenceTime: T + 1, receivedAt: T + 1 },
+      ],
+      {
+        folderPrefix: 'edge',
+        fleetName: 'plant',
+        deviceName: 'cam-1',
+        base64EmbedLimit: 64,
+        modelMonitorFormat: false,
+        urlFor: (key) => disk.urlFor(key),
+      },
+    );
+    await disk.write(batch.files);
+    const big = batch.files.find((f) => f.key.includes('/pa-'))!;
+    // The oldest file: met first in every round, as the review's case (a file over the server's limit).
+    await utimes(disk.pathOf(big.key), new Date(T - HOUR), new Date(T - HOUR));
+    const registry = new Registry();
+    const metrics = new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    });
+    const { lines, logger } = logLines();
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'edge',
+      store,
+      periodMs: 3_600_000,
+      keepFiles: false,
+      ledger: new MemoryUploadLedger(),
+      metrics,
+      logger,
+    });
+    try {
+      expect(await upload.runOnce()).toBe(batch.files.length - 1);
+      for (const file of batch.files.filter((f) => f !== big)) expect(await stored(file.key)).toBeDefined();
+      expect(await stored(big.key)).toBeUndefined();
+      // The only copy of pa's data stays where it was.
+      expect((await stat(disk.pathOf(big.key))).size).toBe(2048);
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatchObject({ level: 'warn', fields: { key: big.key, failure: 'rejected' } });
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-failed')).toEqual([]);
+      // Not sent again, nor logged again, while it is unchanged.
+      expect(await upload.runOnce()).toBe(0);
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        'edgefleet_capture_refused_files_total{via="periodic"} 1',
+      );
+    } finally {
+      await upload.close();
     }
   });
 });

@@ -7,7 +7,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { uploadFailureFields } from '../../src/capture/upload-failure.js';
+import { UploadFailureLines, repeatsNote, uploadFailureFields } from '../../src/capture/upload-failure.js';
 
 async function caught(run: () => unknown): Promise<Error> {
   try {
@@ -49,5 +49,40 @@ describe('uploadFailureFields', () => {
     const bug = await caught(() => Buffer.from(42 as unknown as string));
     expect((bug as NodeJS.ErrnoException).code).toBe('ERR_INVALID_ARG_TYPE');
     expect(uploadFailureFields(bug)).toEqual({ err: bug });
+  });
+});
+
+describe('UploadFailureLines', () => {
+  it('admits the first failure of a run, then one a minute counting those left out, and ends the run on success', () => {
+    let now = 0;
+    const lines = new UploadFailureLines({ now: () => now });
+    const resumed: { fields: Record<string, unknown>; message: string }[] = [];
+    const logger = {
+      info: (fields: object, message: string) =>
+        resumed.push({ fields: fields as Record<string, unknown>, message }),
+      warn: () => undefined,
+      error: () => undefined,
+    };
+    lines.succeeded(logger, 'store', () => 'never');
+    expect(resumed).toEqual([]);
+    expect(lines.failed()).toEqual({ leftOut: 0 });
+    expect(lines.failed()).toBeUndefined();
+    expect(lines.failed({ logged: false })).toBeUndefined();
+    now += 60_000;
+    expect(lines.failed()).toEqual({ leftOut: 1 });
+    expect(repeatsNote(1, 'failed round(s)')).toBe('1 more failed round(s) since the last line, not logged');
+    expect(repeatsNote(0, 'failed round(s)')).toBe('repeats logged at most once a minute');
+    expect(lines.failed()).toBeUndefined();
+    expect(lines.failures).toBe(5);
+    lines.succeeded(logger, 'store', (failures) => `back after ${failures}`);
+    expect(resumed).toEqual([
+      {
+        fields: { event: 'capture-upload-resumed', store: 'store', failures: 5, failuresNotLogged: 1 },
+        message: 'back after 5',
+      },
+    ]);
+    expect(lines.failures).toBe(0);
+    // A new run: its first failure is logged at once.
+    expect(lines.failed()).toEqual({ leftOut: 0 });
   });
 });

@@ -1,27 +1,32 @@
 import { shellWord } from '@edgefleet/core';
 import type { Command } from 'commander';
 import { keyMaterialToBackUp, type ServerConfig } from '../config/index.js';
-import { maskUrlCredentials } from '../storage/index.js';
+import { isSecretName, maskUrlCredentials } from '../storage/index.js';
 import { BackupError, backupSqlite, restoreSqlite } from './sqlite-backup.js';
 
 /**
- * The configured PostgreSQL URL without its password, for a command line the operator runs: pg_dump and
- * pg_restore then take it from PGPASSWORD or ~/.pgpass, or ask for it. (A value the URL parser refuses is
- * shown masked instead: the operator has to write it out.) The query is left as written, but for a `password`
- * parameter removed as text: re-serialising it (searchParams) would turn `%20` into `+`, which libpq reads as
- * a plus sign.
+ * The configured PostgreSQL URL without its secrets, for a command line the operator runs (argv and shell history
+ * are readable by others): the user info's password and every parameter whose name says it is a secret (`password`,
+ * `sslpassword`, `PASSWORD`, `pass%77ord`…: the masking rule, isSecretName; path-valued ones such as `sslkey` stay,
+ * pg_dump needs them). pg_dump and pg_restore then take the password from PGPASSWORD or ~/.pgpass, or ask for it.
+ * The query is left as written, but for those parameters removed as text: re-serialising it (searchParams) would
+ * turn `%20` into `+`, which libpq reads as a plus sign. A value the URL parser refuses, or one still holding
+ * something the masking would hide (`;client_secret=` inside another value), is shown masked instead: the
+ * operator has to write it out.
  */
 export function urlWithoutPassword(url: string): string {
+  let withoutSecrets: string;
   try {
     const parsed = new URL(url);
     parsed.password = '';
     const parameters = parsed.search.slice(1).split('&');
-    const kept = parameters.filter((parameter) => parameter.split('=')[0] !== 'password');
+    const kept = parameters.filter((parameter) => !isSecretName(parameter.split('=')[0]!));
     if (kept.length !== parameters.length) parsed.search = kept.length > 0 ? `?${kept.join('&')}` : '';
-    return parsed.toString();
+    withoutSecrets = parsed.toString();
   } catch {
-    return maskUrlCredentials(url);
+    withoutSecrets = url;
   }
+  return maskUrlCredentials(withoutSecrets);
 }
 
 /** What `backup` says for a PostgreSQL state database: its own tools make the consistent copy. */

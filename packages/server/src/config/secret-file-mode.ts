@@ -1,5 +1,5 @@
 import { readFile, stat } from 'node:fs/promises';
-import { maskUrlCredentials } from '../storage/index.js';
+import { maskUrlCredentials, urlSecretNames } from '../storage/index.js';
 
 /**
  * A warning when the config file holds secrets (the S3 secret key, a database URL with a password, an S3
@@ -20,8 +20,9 @@ export async function secretConfigFileWarning(
     ...(typeof settings.s3?.secretAccessKey === 'string' && settings.s3.secretAccessKey !== ''
       ? ['s3.secretAccessKey']
       : []),
-    ...(typeof settings.database === 'string' && maskUrlCredentials(settings.database) !== settings.database
-      ? ['the password in database']
+    // Named, so the operator knows which to take out (sslpassword, a password in the user info…).
+    ...(typeof settings.database === 'string' && urlSecretNames(settings.database).length > 0
+      ? [`the ${urlSecretNames(settings.database).join(', ')} in database`]
       : []),
     // https://user:pass@minio…: the store's credentials, in the URL.
     ...(typeof settings.s3?.endpoint === 'string' &&

@@ -118,8 +118,11 @@ export interface DeploymentServiceOptions {
   maxClockSkewMs?: number;
 }
 
-/** Devices whose last left-out result is remembered (its digest), so a heartbeat repeating it logs nothing. */
-const LOGGED_IGNORED_LIMIT = 1000;
+/**
+ * Devices remembered at most, for both their last logged left-out result and their line limit: one bound for one
+ * concern, the oldest device forgotten first (it then starts over: its next left-out result is logged).
+ */
+const IGNORED_RESULT_DEVICES = 1000;
 
 /**
  * Deployment plans (issue 9, server half): the in-process API that REST routes, the CLI and the SageMaker
@@ -129,7 +132,7 @@ const LOGGED_IGNORED_LIMIT = 1000;
 export class DeploymentService implements DevicePackageAccess {
   private readonly now: () => number;
 
-  /** Device → its last left-out result: heartbeats repeat a result every interval, and a repeat is no news. */
+  /** Device → its last left-out result logged: heartbeats repeat a result every interval, and a repeat is no news. */
   private readonly loggedIgnored = new Map<string, string>();
   /** A device chooses what it reports: a new left-out result every call would flood the log. One a minute each. */
   private readonly ignoredLines: LineLimiter;
@@ -139,7 +142,7 @@ export class DeploymentService implements DevicePackageAccess {
     private readonly options: DeploymentServiceOptions,
   ) {
     this.now = options.now ?? Date.now;
-    this.ignoredLines = new LineLimiter({ now: this.now });
+    this.ignoredLines = new LineLimiter({ now: this.now, maxKeys: IGNORED_RESULT_DEVICES });
   }
 
   /**
@@ -151,14 +154,16 @@ export class DeploymentService implements DevicePackageAccess {
     if (events === undefined) return;
     const seen = `${why}\u0000${JSON.stringify(report.result)}`;
     if (this.loggedIgnored.get(report.deviceName) === seen) return;
+    const admitted = this.ignoredLines.admit(report.deviceName);
+    // Remembered only once its line is written: a result held back by the limiter is not "seen", so a device
+    // cannot log a decoy, then hide the result it means by repeating it (it is logged when the minute is up).
+    if (admitted === undefined) return;
     this.loggedIgnored.delete(report.deviceName);
-    if (this.loggedIgnored.size >= LOGGED_IGNORED_LIMIT) {
+    if (this.loggedIgnored.size >= IGNORED_RESULT_DEVICES) {
       const oldest = this.loggedIgnored.keys().next().value;
       if (oldest !== undefined) this.loggedIgnored.delete(oldest);
     }
     this.loggedIgnored.set(report.deviceName, seen);
-    const admitted = this.ignoredLines.admit(report.deviceName);
-    if (admitted === undefined) return;
     const notLogged = admitted.leftOut > 0 ? `; ${admitted.leftOut} more left out since the last line` : '';
     events.info(
       { kind: 'device', device: report.deviceName },

@@ -66,76 +66,106 @@ export function parseDatabaseLocation(value: string, baseDir: string): DatabaseL
 
 /**
  * Names of parameters whose values are secrets: libpq's `password` and `sslpassword`, and what other URLs carry
- * (`client_secret`, `access_token`, `sslkey`, `X-Amz-Signature`, `X-Amz-Credential`…). Broad on purpose: a value
- * masked that was no secret costs nothing.
+ * (`client_secret`, `access_token`, `X-Amz-Signature`, `X-Amz-Credential`…). Broad on purpose: a value masked
+ * that was no secret costs little.
  */
 const SECRET_NAME = /pass|pwd|secret|token|key|credential|signature/i;
+/**
+ * libpq keywords that match SECRET_NAME but hold a file's path, not its contents: the path helps in an error,
+ * pg_dump needs it, and the file is protected by its own mode.
+ */
+const PATH_VALUED_KEYWORDS = new Set(['sslkey', 'sslcert', 'sslrootcert', 'sslcrl', 'sslcrldir', 'passfile']);
 
-function isSecretName(name: string): boolean {
-  if (SECRET_NAME.test(name)) return true;
+/**
+ * Whether a URL query parameter's or libpq keyword's value is a secret, by its name: as written or decoded
+ * (`pass%77ord=`: a URL parser decodes the name before libpq sees it), in any case, but for a path-valued
+ * keyword. The one rule for masking and for the command lines `backup` prints.
+ */
+export function isSecretName(name: string): boolean {
+  let decoded = name;
   try {
-    // `pass%77ord=`: a URL parser decodes the name before libpq sees it.
-    return SECRET_NAME.test(decodeURIComponent(name));
+    decoded = decodeURIComponent(name);
   } catch {
-    return false; // a malformed escape: the name as written was checked
+    // a malformed escape: the name as written is checked
   }
+  if (PATH_VALUED_KEYWORDS.has(decoded.toLowerCase())) return false;
+  return SECRET_NAME.test(name) || SECRET_NAME.test(decoded);
 }
 
-/** `[start, end)` of a URL's `user:password@` password; with several '@', up to the last (passwords hold '@'). */
-function userInfoSecret(value: string): [number, number][] {
+/** A secret found in a URL-like value: what names it (a parameter's name, or `password` for user info), and where. */
+interface SecretRange {
+  name: string;
+  start: number;
+  end: number;
+}
+
+/** The `user:password@` password; with several '@', up to the last (passwords hold '@'). */
+function userInfoSecret(value: string): SecretRange[] {
   const at = value.lastIndexOf('@');
   if (at < 0) return [];
   const schemeEnd = value.indexOf('://');
   const userStart = schemeEnd >= 0 && schemeEnd < at ? schemeEnd + 3 : 0;
   const colon = value.indexOf(':', userStart);
-  return colon < 0 || colon > at ? [] : [[colon + 1, at]];
+  return colon < 0 || colon > at ? [] : [{ name: 'password', start: colon + 1, end: at }];
 }
 
 /**
  * The values of secret query parameters (`?password=…`, `&sslpassword=…`, also after ';'): each up to the next
  * '&' or the end, so a ';' or '#' in it (sent unencoded) is masked too.
  */
-function queryParameterSecrets(value: string): [number, number][] {
-  const ranges: [number, number][] = [];
+function queryParameterSecrets(value: string): SecretRange[] {
+  const ranges: SecretRange[] = [];
   const parameter = /[?&;]([^=&?;#\s]*)=/g;
   for (let match = parameter.exec(value); match !== null; match = parameter.exec(value)) {
     if (!isSecretName(match[1]!)) continue;
     const start = match.index + match[0].length;
     const amp = value.indexOf('&', start);
     const end = amp < 0 ? value.length : amp;
-    ranges.push([start, end]);
+    ranges.push({ name: match[1]!, start, end });
     parameter.lastIndex = end;
   }
   return ranges;
 }
 
 /** The values of a libpq keyword string's secret keywords: `password=value`, `sslpassword = 'quoted \' value'`. */
-function keywordSecrets(value: string): [number, number][] {
-  const ranges: [number, number][] = [];
+function keywordSecrets(value: string): SecretRange[] {
+  const ranges: SecretRange[] = [];
   const keyword = /(^|\s)([A-Za-z_][A-Za-z0-9_]*)(\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)/g;
   for (let match = keyword.exec(value); match !== null; match = keyword.exec(value)) {
     if (!isSecretName(match[2]!)) continue;
     const start = match.index + match[1]!.length + match[2]!.length + match[3]!.length;
-    ranges.push([start, start + match[4]!.length]);
+    ranges.push({ name: match[2]!, start, end: start + match[4]!.length });
   }
   return ranges;
+}
+
+function secretRanges(value: string): SecretRange[] {
+  return [...userInfoSecret(value), ...queryParameterSecrets(value), ...keywordSecrets(value)].filter(
+    (range) => range.end > range.start,
+  );
+}
+
+/**
+ * The names of the secrets a URL-like value holds, as written (`password` for the user info's), each once: for a
+ * warning that says which to take out.
+ */
+export function urlSecretNames(value: string): string[] {
+  return [...new Set(secretRanges(value).map((range) => range.name))];
 }
 
 /**
  * Replaces the secrets of a URL-like value with `***`: the password of `scheme://user:password@host…` (also when
  * malformed), the value of every query parameter whose name says it is a secret (`password`, `sslpassword`,
- * `…secret…`, `…token…`, `…key…`: SECRET_NAME), and a libpq keyword string's (`password=value` or
- * `password='quoted value'`). Works on the text, not a URL parser, so that a value the parser refuses is masked
- * too; each rule finds its ranges in the original text and all are masked, so one rule's match cannot hide
- * another's secret; when in doubt it masks more (the user name, the host) rather than less.
+ * `…secret…`, `…token…`, `…key…`: isSecretName; not a path-valued keyword such as `sslkey`), and a libpq keyword
+ * string's (`password=value` or `password='quoted value'`). Works on the text, not a URL parser, so that a value
+ * the parser refuses is masked too; each rule finds its ranges in the original text and all are masked, so one
+ * rule's match cannot hide another's secret; when in doubt it masks more (the user name, the host) rather than less.
  */
 export function maskUrlCredentials(value: string): string {
-  const ranges = [...userInfoSecret(value), ...queryParameterSecrets(value), ...keywordSecrets(value)]
-    .filter(([start, end]) => end > start)
-    .sort((a, b) => a[0] - b[0]);
+  const ranges = secretRanges(value).sort((a, b) => a.start - b.start);
   // Overlapping or touching ranges read as one '***'.
   const merged: [number, number][] = [];
-  for (const [start, end] of ranges) {
+  for (const { start, end } of ranges) {
     const last = merged.at(-1);
     if (last !== undefined && start <= last[1]) last[1] = Math.max(last[1], end);
     else merged.push([start, end]);

@@ -152,9 +152,20 @@ describe('urlWithoutPassword', () => {
       urlWithoutPassword('postgres://edge@h/fleet?options=-c%20search_path%3Dx&password=pw&sslmode=require'),
     ).toBe('postgres://edge@h/fleet?options=-c%20search_path%3Dx&sslmode=require');
     expect(urlWithoutPassword('postgres://edge@h/fleet?password=pw')).toBe('postgres://edge@h/fleet');
-    // A parameter that only starts with "password" is another parameter.
-    expect(urlWithoutPassword('postgres://edge@h/fleet?passwordfile=x')).toBe(
-      'postgres://edge@h/fleet?passwordfile=x',
+    // A path-valued keyword stays: pg_dump needs the file's path, and the path is no secret.
+    expect(urlWithoutPassword('postgres://edge@h/fleet?passfile=/etc/pgpass&sslkey=/etc/k.pem')).toBe(
+      'postgres://edge@h/fleet?passfile=/etc/pgpass&sslkey=/etc/k.pem',
+    );
+  });
+
+  it('removes every parameter whose name says it holds a secret, as the masking rule has it', () => {
+    expect(urlWithoutPassword('postgres://u@h/db?sslpassword=s3cret')).toBe('postgres://u@h/db');
+    expect(urlWithoutPassword('postgres://u@h/db?sslmode=require&PASSWORD=s3cret&pass%77ord=s3cret')).toBe(
+      'postgres://u@h/db?sslmode=require',
+    );
+    // A secret inside another parameter's value cannot be removed as a parameter: it is masked.
+    expect(urlWithoutPassword('postgres://u@h/db?application_name=a;sslpassword=s3cret')).toBe(
+      'postgres://u@h/db?application_name=a;sslpassword=***',
     );
   });
 });

@@ -29,4 +29,17 @@ describe('secretConfigFileWarning', () => {
     const plain = await worldReadable('plain.json', { s3: { endpoint: 'https://minio.example:9000' } });
     expect(await secretConfigFileWarning(plain)).toBeUndefined();
   });
+
+  it('names the secret parameters of database, and counts path-valued keywords as none', async () => {
+    const keyed = await worldReadable('db-keyed.json', {
+      database: 'postgres://edge:pw@db.example/fleet?sslpassword=k&sslkey=/etc/k.pem',
+    });
+    expect(await secretConfigFileWarning(keyed)).toMatch(
+      new RegExp(`^the config file ${keyed} holds the password, sslpassword in database and is readable`),
+    );
+    const paths = await worldReadable('db-paths.json', {
+      database: 'postgres://edge@db.example/fleet?sslkey=/etc/k.pem&passfile=/etc/pgpass',
+    });
+    expect(await secretConfigFileWarning(paths)).toBeUndefined();
+  });
 });

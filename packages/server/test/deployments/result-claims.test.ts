@@ -231,4 +231,34 @@ describe.each(engines)('what a device result may change on $engine', (fixture) =
       expect(ofRc3()).toHaveLength(2);
     },
   );
+
+  it.skipIf(!fixture.available)(
+    'logs a result held back by the limiter once the minute is up, though the device repeats it (a decoy first)',
+    async () => {
+      let clock = Date.now();
+      const when = nowSeconds();
+      const service = new DeploymentService(t.server.database.db, {
+        packagingJobs: t.server.services.packagingJobs,
+        models: t.server.services.models,
+        events: new FleetEventLog(t.server.logger.child({ log: 'fleet-events' })),
+        now: () => clock,
+      });
+      const forged = (plan: string) => ({
+        deviceName: 'rc-4',
+        fleetName: 'fa',
+        receivedAt: clock,
+        result: { ...undeployResult(plan, 'FAIL', 'forged'), ...at(when) },
+      });
+      const ofRc4 = () => ignoredLines().filter((line) => line.device === 'rc-4');
+      await service.recordDeviceResult(forged('decoy'));
+      clock += 10_000;
+      await service.recordDeviceResult(forged('hidden'));
+      expect(ofRc4().map((line) => line.deployment)).toEqual(['decoy']);
+      // The held-back result, repeated on a heartbeat after the minute, is news: it was never logged.
+      clock += 60_000;
+      await service.recordDeviceResult(forged('hidden'));
+      expect(ofRc4().map((line) => line.deployment)).toEqual(['decoy', 'hidden']);
+      expect(ofRc4()[1]).toMatchObject({ resultsNotLogged: 1 });
+    },
+  );
 });

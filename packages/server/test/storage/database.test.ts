@@ -149,7 +149,14 @@ describe('maskUrlCredentials', () => {
 
   it('masks every query parameter and keyword whose name says it is a secret, and only those', () => {
     expect(maskUrlCredentials('postgres://h/db?sslpassword=k&sslmode=require&sslkey=/etc/k.pem')).toBe(
-      'postgres://h/db?sslpassword=***&sslmode=require&sslkey=***',
+      'postgres://h/db?sslpassword=***&sslmode=require&sslkey=/etc/k.pem',
+    );
+    // Path-valued keywords name a file, not a secret: the path helps in an error.
+    expect(maskUrlCredentials('host=h sslkey=/etc/k.pem passfile=/etc/pgpass sslrootcert=/ca.pem')).toBe(
+      'host=h sslkey=/etc/k.pem passfile=/etc/pgpass sslrootcert=/ca.pem',
+    );
+    expect(maskUrlCredentials('postgres://h/db?ssl%6Bey=/k&api_key=s')).toBe(
+      'postgres://h/db?ssl%6Bey=/k&api_key=***',
     );
     expect(maskUrlCredentials('postgres://h/db?application_name=a;client_secret=s;x&PassWord=p')).toBe(
       'postgres://h/db?application_name=a;client_secret=***&PassWord=***',
@@ -173,7 +180,6 @@ describe('maskUrlCredentials', () => {
       'client_secret',
       'token',
       'access_token',
-      'sslkey',
       'apiKey',
     ];
     // Upper case and punctuation: the secret cannot be a piece of the lower-case text around it.
