@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -181,6 +181,14 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         claimer = spawnClaimer(serverConfig, LEASE_MS, instanceId);
         expect(await claimer.claimed).toBe('claimed job-own');
         await claimer.kill();
+        // What the killed runner left in the work dir (a copy of the model, the half-built package: F8), and a
+        // folder of another job whose name only starts alike, which must stay.
+        const left = path.join(dataDir, 'tmp', 'job-job-own-Ab12Cd');
+        const otherJob = path.join(dataDir, 'tmp', 'job-job-own-x-Ab12Cd');
+        for (const folder of [left, otherJob]) {
+          await mkdir(folder, { recursive: true });
+          await writeFile(path.join(folder, 'model.onnx'), Buffer.alloc(4096));
+        }
 
         // Any other server waits for the lease (this one's worker started before the claim: it is another's).
         await services.packagingWorker.drain();
@@ -216,6 +224,9 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
           await new Promise((resolve) => setTimeout(resolve, 50));
         }
         expect(await job()).toMatchObject({ status: 'COMPLETED' });
+        // Its runner's temporary folder went when the job was resumed, not an hour later; the other job's stays.
+        await expect(stat(left)).rejects.toMatchObject({ code: 'ENOENT' });
+        expect((await stat(otherJob)).isDirectory()).toBe(true);
       } finally {
         await claimer?.kill();
         await t.stop();
