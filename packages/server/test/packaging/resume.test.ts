@@ -235,6 +235,42 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
     60_000,
   );
 
+  it.skipIf(!fixture.available)(
+    "says a job that failed on a full disk failed because the server's disk is full, and what to do (F8)",
+    async () => {
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: { packaging: { pollIntervalMs: 3_600_000 } },
+      });
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-full-model`));
+        const { blobs, services } = t.server;
+        await services.packagingJobs.create({ name: 'job-full', modelName: 'tiny', modelVersion: '1' });
+        const worker = new PackagingWorker({
+          jobs: services.packagingJobs,
+          models: services.models,
+          blobs,
+          signing: services.signing,
+          workDir: path.join(work, `${fixture.engine}-full`),
+          pollIntervalMs: 3_600_000,
+          leaseMs: LEASE_MS,
+          logger: t.server.logger,
+          // A real ENOSPC from the kernel: /dev/full takes no byte, as a full file system.
+          afterPackaged: async (_job, archive) => writeFile('/dev/full', await readFile(archive)),
+        });
+        await worker.drain();
+        await worker.stop();
+        const job = await t.call('GET', '/api/v1/packaging-jobs/job-full', { token: t.readToken });
+        expect(job.body).toMatchObject({ status: 'FAILED' });
+        expect(job.body.statusMessage).toMatch(
+          /^the server's disk is full \(ENOSPC: no space left on device, write\); free space on the file system of the server's data folder .* then create the packaging job again under a new name$/,
+        );
+      } finally {
+        await t.stop();
+      }
+    },
+  );
+
   // Review N2: replicas sharing a data dir share its identity; a restart must not take the live one's jobs.
   it.skipIf(!fixture.available)(
     "a restarted server leaves a job renewed lately to its live runner of the same identity, and resumes one that wasn't renewed",
