@@ -142,8 +142,8 @@ export class ServersRunningError extends Error {
 /**
  * Before this build migrates the schema (`pending` not empty): refuses when a server of another schema ran on the
  * database lately, or with `force` says so loudly through `warn` and goes on. Best-effort, not a lock: servers of
- * builds before the table existed are not seen, and a server registers only once its listeners are up. On SQLite the
- * file lock decides instead (`serve` holds it, init and token test it), so every row there is a dead process's.
+ * builds before the table existed are not seen, and a server registers only once its database is migrated. On
+ * SQLite the file lock decides instead (`serve` holds it, init and token test it), so every row there is a dead process's.
  */
 export async function refuseMigratingUnderRunningServers(
   database: Pick<ServerDatabase, 'db' | 'engine'>,
