@@ -183,12 +183,15 @@ export class PackageStore {
         error instanceof PackageArchiveError &&
         (error.reason === 'too-large' || error.reason === 'entry-too-large')
       ) {
-        const bound =
-          limit === proportionate
-            ? `${EXTRACTION_FACTOR} times its ${compressed} compressed bytes plus ${EXTRACTION_SLACK_BYTES}`
-            : `the ${room} bytes free above the ${this.#minFreeBytes} bytes the agent keeps free (edgefleet_deployment_min_free_bytes)`;
+        // Two causes, two messages: the device's free space (an operator frees some), or a package that
+        // expands past its proportion (a compression bomb, or a package made wrong).
+        if (limit < proportionate)
+          throw new Error(
+            `the device's disk has too little free space to unpack it: it needs more than ${limit} bytes (${error.message}), and the file system of ${this.root} has ${room} bytes free above the ${this.#minFreeBytes} bytes the agent keeps free (edgefleet_deployment_min_free_bytes); free space there, or lower edgefleet_deployment_min_free_bytes`,
+            { cause: error },
+          );
         throw new Error(
-          `it expands to more than ${limit} bytes (${bound}): ${error.message}; expected a model package that compresses no more than that`,
+          `it expands to more than ${limit} bytes (${EXTRACTION_FACTOR} times its ${compressed} compressed bytes plus ${EXTRACTION_SLACK_BYTES}): ${error.message}; expected a model package that compresses no more than that`,
           { cause: error },
         );
       }

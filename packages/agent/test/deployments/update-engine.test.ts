@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { readdir, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { readdir, rm, statfs, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OnnxModelBuilder, deploymentResultSchema } from '@edgefleet/core';
 import SqliteDatabase from 'better-sqlite3';
@@ -564,6 +564,28 @@ describe('UpdateEngine against a device API over mutual TLS', () => {
     expect(await readdir(join(d.dataRoot, 'deployments', 'packages', 'detector')).catch(() => [])).toEqual(
       [],
     );
+  });
+
+  it("says the device's disk lacks the space to unpack a package, how much, and the setting (N1)", async () => {
+    // 15 MiB of zeros (a sparse file), a few KiB gzipped: within the proportion a package may expand by, so only
+    // the free space can stop it.
+    const dir = await files.custom(identityModel(), 'detector', '1.0');
+    await signer.sign(dir);
+    await writeFile(join(dir, 'padding.bin'), '');
+    await truncate(join(dir, 'padding.bin'), 15 * 1024 ** 2);
+    const bytes = await packBytes(dir, join(files.root, `roomy-${++counter}.tar.gz`));
+    const pkg = api.serve(`/api/v1/device/packages/roomy${counter}`, bytes);
+    // About 6 MiB free above what the agent keeps: room for the download, not for what it unpacks to.
+    const fs = await statfs(files.root);
+    const d = await device({ minFreeBytes: fs.bavail * fs.bsize - 6 * 1024 ** 2 });
+    await d.engine.apply([deployment('cramped-unpack', [{ handle: 'detector', pkg, version: '1.0' }])]);
+    expect(stateOf(d, 'detector')).toMatchObject({
+      state: 'Failed',
+      reason: expect.stringMatching(
+        /cannot be extracted: the device's disk has too little free space to unpack it: it needs more than \d+ bytes \(.*\), and the file system of .* has \d+ bytes free above the \d+ bytes the agent keeps free \(edgefleet_deployment_min_free_bytes\); free space there, or lower edgefleet_deployment_min_free_bytes$/,
+      ),
+    });
+    expect(d.registry.has('detector')).toBe(false);
   });
 
   it('refuses an older version (anti-rollback) unless the deployment is a rollback', async () => {

@@ -73,6 +73,20 @@ type Claim =
   /** A write landed: this upload is the same file again, or other content (refused). */
   | { stored: true; sha256: string; bytes: number };
 
+/**
+ * Who writes capture objects: this server process (its registration id in server_instances, which prefixes the
+ * write tokens it takes, `<id>.<random>`) and how to tell whether another process that holds a write still runs.
+ */
+export interface CaptureWriter {
+  id: string;
+  /**
+   * Whether the server process `holderId` (a token's prefix; undefined: a token of an older build, which names
+   * none) may still be writing. On SQLite none but this one can (the file lock makes it the only server); on
+   * PostgreSQL, the servers server_instances lists as running.
+   */
+  isRunning(holderId: string | undefined): Promise<boolean>;
+}
+
 /** Where CaptureIngest reports a fleet output that stopped or started working again (the server's logger). */
 export interface FleetOutputLog {
   warn(fields: Record<string, unknown>, message: string): void;
@@ -141,8 +155,10 @@ export const MIN_OBJECT_CHARGE_BYTES = 1024;
 const chargeOf = (bytes: number) => Math.max(bytes, MIN_OBJECT_CHARGE_BYTES);
 /**
  * How long an upload holds the write of its object (capture_objects.write_token) before another upload of the key
- * may take it over: longer than any upload can last (the request deadline), so only a server that died
- * mid-write leaves one to take over.
+ * may take it over, whoever holds it: longer than any upload can last (the request deadline), so that a live
+ * upload keeps it. Most held writes end sooner (see #holderEnded): one of this process whose upload was answered
+ * (its claim could not be dropped: the database failed with it), or one of a server process that no longer runs
+ * (killed mid-write), is free at once; this lease is left only for the writes of another live replica.
  */
 const WRITE_LEASE_MS = 15 * 60_000;
 /** Rows per IN (…) list: well under SQLite's and PostgreSQL's bind-parameter limits. */
@@ -184,6 +200,9 @@ export class CaptureIngest {
   readonly #log: FleetOutputLog | undefined;
   /** Output locations whose last write failed because the store cannot be used: logged once, not per upload. */
   readonly #failing = new Set<string>();
+  readonly #writer: CaptureWriter;
+  /** The write tokens of this process's uploads not answered yet: a token of its own not here holds nothing. */
+  readonly #writing = new Set<string>();
 
   constructor(options: {
     db: Kysely<DatabaseSchema>;
@@ -192,12 +211,15 @@ export class CaptureIngest {
     now?: () => number;
     /** Hears a fleet output becoming unusable (once, until it works again) and working again. */
     log?: FleetOutputLog;
+    /** This server process; without it, a process of its own whose fellow writers all count as running. */
+    writer?: CaptureWriter;
   }) {
     this.#db = options.db;
     this.#outputs = options.outputs;
     this.#limits = options.limits;
     this.#now = options.now ?? Date.now;
     this.#log = options.log;
+    this.#writer = options.writer ?? { id: randomUUID(), isRunning: () => Promise.resolve(true) };
   }
 
   /**
@@ -344,57 +366,61 @@ export class CaptureIngest {
       this.#checkSameFile(file.key, claim, sent);
       return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: 0 };
     }
-    if (isManifest(file.key)) {
-      if (kept.length === 0) {
-        await this.#markStored(device.deviceName, target, claim.token, sent);
-        return {
-          location: store.locationOf(storedKey),
-          records: 0,
-          duplicates,
-          bytes: 0,
-        };
-      }
-      records = [...new Set(ids)].filter((id) => !storedElsewhere.has(id) && !storedHere.has(id));
-      if (duplicates > 0) body = Buffer.from(`${kept.join('\n')}\n`);
-    }
-
     try {
-      await store.put(storedKey, body, { contentType: file.contentType, contentLength: body.length });
-    } catch (error) {
-      // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
-      // fleet's bucket fills the day's quota with bytes that never landed), nor keep a row for it.
-      await refund(charged);
-      await this.#dropClaim(device.deviceName, target, claim.token);
-      throw (
-        conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
-      );
+      if (isManifest(file.key)) {
+        if (kept.length === 0) {
+          await this.#markStored(device.deviceName, target, claim.token, sent);
+          return {
+            location: store.locationOf(storedKey),
+            records: 0,
+            duplicates,
+            bytes: 0,
+          };
+        }
+        records = [...new Set(ids)].filter((id) => !storedElsewhere.has(id) && !storedHere.has(id));
+        if (duplicates > 0) body = Buffer.from(`${kept.join('\n')}\n`);
+      }
+
+      try {
+        await store.put(storedKey, body, { contentType: file.contentType, contentLength: body.length });
+      } catch (error) {
+        // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
+        // fleet's bucket fills the day's quota with bytes that never landed), nor keep a row for it.
+        await refund(charged);
+        await this.#dropClaim(device.deviceName, target, claim.token);
+        throw (
+          conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
+        );
+      }
+      await this.#written(device.fleetName, target);
+      if (records.length > 0) {
+        const at = this.#now();
+        for (let i = 0; i < records.length; i += CHUNK)
+          await this.#db
+            .insertInto('device_captures')
+            .values(
+              records.slice(i, i + CHUNK).map((captureId) => ({
+                device_name: device.deviceName,
+                capture_id: captureId,
+                record_format: format,
+                object_key: file.key,
+                stored_at: at,
+              })),
+            )
+            .onConflict((oc) => oc.columns(['device_name', 'capture_id', 'record_format']).doNothing())
+            .execute();
+      }
+      // Last: a retry after anything above failed writes again (and records what is missing).
+      await this.#markStored(device.deviceName, target, claim.token, sent);
+      return {
+        location: store.locationOf(storedKey),
+        records: records.length,
+        duplicates,
+        bytes: body.length,
+      };
+    } finally {
+      this.#endWrite(claim);
     }
-    await this.#written(device.fleetName, target);
-    if (records.length > 0) {
-      const at = this.#now();
-      for (let i = 0; i < records.length; i += CHUNK)
-        await this.#db
-          .insertInto('device_captures')
-          .values(
-            records.slice(i, i + CHUNK).map((captureId) => ({
-              device_name: device.deviceName,
-              capture_id: captureId,
-              record_format: format,
-              object_key: file.key,
-              stored_at: at,
-            })),
-          )
-          .onConflict((oc) => oc.columns(['device_name', 'capture_id', 'record_format']).doNothing())
-          .execute();
-    }
-    // Last: a retry after anything above failed writes again (and records what is missing).
-    await this.#markStored(device.deviceName, target, claim.token, sent);
-    return {
-      location: store.locationOf(storedKey),
-      records: records.length,
-      duplicates,
-      bytes: body.length,
-    };
   }
 
   /**
@@ -437,43 +463,47 @@ export class CaptureIngest {
       await refund();
       return this.#sameStream(file, claim, store.locationOf(storedKey));
     }
-    // A stored claim has returned or thrown above (another length is never the same file).
-    const { token } = claim as Extract<Claim, { stored: false }>;
-    // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
-    const abort = new AbortController();
-    const hash = createHash('sha256');
-    const body = checkedLength(file.body, file.contentLength, file.key, hash);
-    body.once('error', (error) => abort.abort(error));
-    let bodyEnded = false;
-    body.once('end', () => (bodyEnded = true));
     try {
-      await store.put(storedKey, body, {
-        contentType: file.contentType,
-        contentLength: file.contentLength,
-        signal: abort.signal,
-      });
-    } catch (error) {
-      // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
-      // with Connection: close (http/request-deadline.ts), so that the device still learns why.
-      await refund();
-      await this.#dropClaim(device.deviceName, target, token);
-      // A store that stopped answering while the device had not sent all of its body: the device paused longer
-      // than the store's socket timeout, which says nothing about the store (no outage logged or marked).
-      if (!bodyEnded && isTimeout(error))
-        throw new DomainError(
-          'RequestTimeout',
-          `the capture file ${file.key} stopped arriving before its ${file.contentLength} bytes were in (the write to the fleet's output timed out waiting for them); send it again`,
+      // A stored claim has returned or thrown above (another length is never the same file).
+      const { token } = claim as Extract<Claim, { stored: false }>;
+      // A body that fails (cut off, too long) aborts the write: the store's side would otherwise wait for the rest.
+      const abort = new AbortController();
+      const hash = createHash('sha256');
+      const body = checkedLength(file.body, file.contentLength, file.key, hash);
+      body.once('error', (error) => abort.abort(error));
+      let bodyEnded = false;
+      body.once('end', () => (bodyEnded = true));
+      try {
+        await store.put(storedKey, body, {
+          contentType: file.contentType,
+          contentLength: file.contentLength,
+          signal: abort.signal,
+        });
+      } catch (error) {
+        // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
+        // with Connection: close (http/request-deadline.ts), so that the device still learns why.
+        await refund();
+        await this.#dropClaim(device.deviceName, target, token);
+        // A store that stopped answering while the device had not sent all of its body: the device paused longer
+        // than the store's socket timeout, which says nothing about the store (no outage logged or marked).
+        if (!bodyEnded && isTimeout(error))
+          throw new DomainError(
+            'RequestTimeout',
+            `the capture file ${file.key} stopped arriving before its ${file.contentLength} bytes were in (the write to the fleet's output timed out waiting for them); send it again`,
+          );
+        throw (
+          conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
         );
-      throw (
-        conflictOf(error, file.key) ?? (await this.#unavailable(error, device.fleetName, target)) ?? error
-      );
+      }
+      await this.#written(device.fleetName, target);
+      await this.#markStored(device.deviceName, target, token, {
+        sha256: hash.digest('hex'),
+        bytes: file.contentLength,
+      });
+      return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: file.contentLength };
+    } finally {
+      this.#endWrite(claim);
     }
-    await this.#written(device.fleetName, target);
-    await this.#markStored(device.deviceName, target, token, {
-      sha256: hash.digest('hex'),
-      bytes: file.contentLength,
-    });
-    return { location: store.locationOf(storedKey), records: 0, duplicates: 0, bytes: file.contentLength };
   }
 
   /**
@@ -622,8 +652,36 @@ export class CaptureIngest {
         .executeTakeFirst();
       if (other !== undefined) throw taken();
     }
-    const token = randomUUID();
+    const token = `${this.#writer.id}.${randomUUID()}`;
     const now = this.#now();
+    // Held from here until the upload is answered (the caller's #endWrite), so that no retry takes it meanwhile.
+    this.#writing.add(token);
+    let claim: Claim | undefined;
+    try {
+      claim = await this.#takeWrite(device, target, token, now, taken, underWay);
+      return claim;
+    } finally {
+      // Only a write this upload took stays held; its caller gives it back when answered (#endWrite).
+      if (claim === undefined || claim.stored) this.#writing.delete(token);
+    }
+
+    function underWay(): DomainError {
+      return new DomainError(
+        'Conflict',
+        `capture key ${key} is being written by another upload of this device's now; capture objects are written once; send it again once that upload is answered`,
+        { key },
+      );
+    }
+  }
+
+  async #takeWrite(
+    device: string,
+    target: OutputTarget,
+    token: string,
+    now: number,
+    taken: () => DomainError,
+    underWay: () => DomainError,
+  ): Promise<Claim> {
     await this.#db
       .insertInto('capture_objects')
       .values({
@@ -650,7 +708,10 @@ export class CaptureIngest {
     if (row.sha256 !== null && row.bytes !== null)
       return { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
     if (row.write_token === token) return { stored: false, token };
-    // Its own claim, not stored: an earlier write failed (no token), or one is under way (its token).
+    // Its own claim, not stored: an earlier write failed (no token), or one is under way (its token), or one
+    // whose upload ended without giving the write back (#holderEnded): that one is taken if it still holds it.
+    const held = row.write_token;
+    const ended = held !== null && (await this.#holderEnded(held));
     const took = await this.#db
       .updateTable('capture_objects')
       .set({ write_token: token, write_started_at: now })
@@ -658,7 +719,11 @@ export class CaptureIngest {
       .where('device_name', '=', device)
       .where('sha256', 'is', null)
       .where((eb) =>
-        eb.or([eb('write_token', 'is', null), eb('write_started_at', '<', now - WRITE_LEASE_MS)]),
+        eb.or([
+          eb('write_token', 'is', null),
+          eb('write_started_at', '<', now - WRITE_LEASE_MS),
+          ...(ended ? [eb('write_token', '=', held)] : []),
+        ]),
       )
       .executeTakeFirst();
     if (Number(took.numUpdatedRows) === 1) return { stored: false, token };
@@ -666,14 +731,23 @@ export class CaptureIngest {
     if (row?.sha256 != null && row.bytes !== null && row.device_name === device)
       return { stored: true, sha256: row.sha256, bytes: Number(row.bytes) };
     throw underWay();
+  }
 
-    function underWay(): DomainError {
-      return new DomainError(
-        'Conflict',
-        `capture key ${key} is being written by another upload of this device's now; capture objects are written once; send it again once that upload is answered`,
-        { key },
-      );
-    }
+  /**
+   * Whether the upload holding `token` is over though its write is still held (the holder could not give it
+   * back): a token of this process none of its uploads holds (answered, its claim not dropped as the database
+   * failed), or of a server process that no longer runs (killed mid-write; it never dropped it).
+   */
+  async #holderEnded(token: string): Promise<boolean> {
+    const dot = token.indexOf('.');
+    const holder = dot > 0 ? token.slice(0, dot) : undefined;
+    if (holder === this.#writer.id) return !this.#writing.has(token);
+    return !(await this.#writer.isRunning(holder));
+  }
+
+  /** The upload holding `claim`'s write was answered, whatever the outcome (see #writing). */
+  #endWrite(claim: Claim | undefined): void {
+    if (claim !== undefined && !claim.stored) this.#writing.delete(claim.token);
   }
 
   /** A stored object sent again must be the same file (a retry), else 409: objects are written once. */

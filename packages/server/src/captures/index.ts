@@ -4,6 +4,7 @@ export {
   type CaptureFile,
   type CaptureFileStream,
   type CaptureLimits,
+  type CaptureWriter,
   type StoredCaptureFile,
 } from './capture-ingest.js';
 export { FleetOutputs, parseOutputLocation, type FleetOutputTarget } from './fleet-output.js';

@@ -12,7 +12,12 @@ import type { ServerConfig } from '../config/index.js';
 import type { PackageSigningIdentity } from '../packaging/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import { captureBodyLimitBytes } from './body-limit.js';
-import { CaptureIngest, checkCaptureFileSize, type CaptureLimits } from './capture-ingest.js';
+import {
+  CaptureIngest,
+  checkCaptureFileSize,
+  type CaptureLimits,
+  type CaptureWriter,
+} from './capture-ingest.js';
 import { FleetOutputs, parseOutputLocation } from './fleet-output.js';
 import { UploadSlots } from './upload-slots.js';
 
@@ -90,6 +95,8 @@ export const agentSettingsSchema = z.object({
  */
 export const captureDeviceRoutes: FastifyPluginAsync<{
   db: Kysely<DatabaseSchema>;
+  /** This server process as the writer of capture objects (capture-ingest.ts). */
+  writer?: CaptureWriter;
   blobs: BlobStore;
   config: Pick<ServerConfig, 'blobLocation' | 'captures' | 'heartbeat'>;
   /** The server's S3 connection (fleet buckets are reached the same way); used only when its blobs are in S3. */
@@ -109,7 +116,7 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     warn: (message) => app.log.debug({ component: 'fleet-output-s3' }, message),
   });
   const limits: CaptureLimits = deps.config.captures;
-  const ingest = new CaptureIngest({ db: deps.db, outputs, limits, log: app.log });
+  const ingest = new CaptureIngest({ db: deps.db, outputs, limits, log: app.log, writer: deps.writer });
   app.addHook('onClose', async () => outputs.close());
 
   // The raw form's body reaches its handler as the request stream, which CaptureIngest streams to the store. Only

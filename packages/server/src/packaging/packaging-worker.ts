@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -21,6 +21,7 @@ import {
 } from '../background/index.js';
 import type { BlobStore } from '../blobs/index.js';
 import type { ModelStore } from '../models/index.js';
+import { diskFaultOf } from '../storage/index.js';
 import {
   type PackagingClaim,
   type PackagingJobRecord,
@@ -139,7 +140,7 @@ export class PackagingWorker {
         // Before this worker claims anything, so none of the claims it reads is one of this process's.
         const { stale, recent } = await this.options.jobs.ownClaims();
         this.lookedForOwn = true;
-        this.logReleased(await this.options.jobs.releaseUnrenewed(stale));
+        await this.resumeReleased(await this.options.jobs.releaseUnrenewed(stale));
         if (recent.length > 0) this.releasingOwn = this.releaseOwnLater(recent, leaseMs);
       }
       for (
@@ -161,6 +162,43 @@ export class PackagingWorker {
     }
   }
 
+  /**
+   * Jobs of this server identity that lost their runner (releaseUnrenewed): logged, and the temporary folders
+   * their runner left removed now (2.3 times the model each), not an hour later at a start (temp-sweep.ts), so
+   * that a killed job does not leave the disk too full for the next ones. Their runner is gone (it renewed
+   * nothing for two intervals), and the released job is built again in a new folder.
+   */
+  private async resumeReleased(released: string[]): Promise<void> {
+    this.logReleased(released);
+    if (released.length === 0) return;
+    let entries: string[];
+    try {
+      entries = await readdir(this.options.workDir);
+    } catch {
+      return; // no work dir: nothing was left
+    }
+    for (const name of released) {
+      // mkdtemp's six characters after `job-<name>-`: another job named `<name>-…` has more.
+      const left = entries.filter(
+        (entry) => entry.startsWith(`job-${name}-`) && entry.length === `job-${name}-`.length + 6,
+      );
+      for (const entry of left) {
+        await rm(path.join(this.options.workDir, entry), { recursive: true, force: true }).catch(
+          (error: unknown) =>
+            this.options.logger.warn(
+              { err: error, packagingJob: name },
+              'could not remove the temporary folder of an interrupted packaging job; it is removed at a start once an hour old',
+            ),
+        );
+      }
+      if (left.length > 0)
+        this.options.logger.info(
+          { packagingJob: name, removed: left.length },
+          'removed the temporary folder an interrupted packaging job left',
+        );
+    }
+  }
+
   private logReleased(released: string[]): void {
     if (released.length === 0) return;
     this.options.logger.info(
@@ -179,7 +217,7 @@ export class PackagingWorker {
     try {
       await sleep(2 * leaseRenewalIntervalMs(leaseMs), undefined, { signal: this.stopping.signal });
       const released = await this.options.jobs.releaseUnrenewed(seen);
-      this.logReleased(released);
+      await this.resumeReleased(released);
       if (released.length > 0) this.kick();
     } catch (error) {
       if (this.stopping.signal.aborted) return;
@@ -220,7 +258,13 @@ export class PackagingWorker {
       stored = undefined;
       await this.removeOtherArtifacts(job, artifact.artifactKey);
     } catch (error) {
-      const message = error instanceof Error ? error.message : String(error);
+      const cause = error instanceof Error ? error.message : String(error);
+      // A full disk is the server's fault, not the job's: said so, with what to do (a FAILED job stays so; a
+      // new one is created once there is room).
+      const message =
+        diskFaultOf(error) === 'full'
+          ? `the server's disk is full (${cause}); free space on the file system of the server's data folder (its tmp/ holds each job's work, about 2.3 times the model) or blob store, then create the packaging job again under a new name`
+          : cause;
       if (error instanceof ClaimLostError) {
         log.warn(`${message}: another replica resumed it; leaving the job to that replica`);
       } else {

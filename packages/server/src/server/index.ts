@@ -15,6 +15,7 @@ export { schemaVersion, serverVersion } from './version.js';
 export {
   databaseNowMs,
   recentServers,
+  serverIsRunning,
   refuseMigratingUnderRunningServers,
   registerServer,
   SERVER_SEEN_RECENT_MS,

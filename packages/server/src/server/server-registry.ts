@@ -87,6 +87,26 @@ export async function recentServers(
 }
 
 /**
+ * Whether the server process registered as `id` runs (its row recent and, on this host, its process alive, as
+ * recentServers judges). On SQLite only this process can run on the database (the file lock), so no other does.
+ */
+export async function serverIsRunning(
+  database: Pick<ServerDatabase, 'db' | 'engine'>,
+  id: string,
+): Promise<boolean> {
+  if (database.engine === 'sqlite') return false;
+  const now = databaseNowMs(database.engine);
+  const row = await database.db
+    .selectFrom('server_instances')
+    .select(['host', 'pid'])
+    .where('id', '=', id)
+    .where('last_seen_at', '>', sql<number>`${now} - ${SERVER_SEEN_RECENT_MS}`)
+    .executeTakeFirst();
+  if (row === undefined) return false;
+  return row.host !== processHostId() || processIsAlive(Number(row.pid));
+}
+
+/**
  * Servers run on a database this build would migrate: they run an older schema, and would break the new one's
  * rules (a new unique index they do not know of, a column they leave empty). Exit 4, as for a SQLite database
  * another server holds: stop them first.
@@ -122,8 +142,8 @@ export class ServersRunningError extends Error {
 /**
  * Before this build migrates the schema (`pending` not empty): refuses when a server of another schema ran on the
  * database lately, or with `force` says so loudly through `warn` and goes on. Best-effort, not a lock: servers of
- * builds before the table existed are not seen, and a server registers only once its listeners are up. On SQLite the
- * file lock decides instead (`serve` holds it, init and token test it), so every row there is a dead process's.
+ * builds before the table existed are not seen, and a server registers only once its database is migrated. On
+ * SQLite the file lock decides instead (`serve` holds it, init and token test it), so every row there is a dead process's.
  */
 export async function refuseMigratingUnderRunningServers(
   database: Pick<ServerDatabase, 'db' | 'engine'>,
@@ -164,11 +184,13 @@ export async function registerServer(
     schemaVersion: string;
     logger: Logger;
     refreshMs?: number;
+    /** The id to register under (what this process's capture write tokens name); a new one by default. */
+    id?: string;
   },
 ): Promise<ServerRegistration> {
   const { db, engine } = database;
   const now = databaseNowMs(engine);
-  const id = randomUUID();
+  const id = options.id ?? randomUUID();
   await db
     .deleteFrom('server_instances')
     .where('last_seen_at', '<', sql<number>`${now} - ${24 * 60 * 60 * 1000}`)

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -27,7 +28,7 @@ import {
   failExpiredImports,
   startCompilationLeaseSweeper,
 } from '../compilation/index.js';
-import { captureDeviceRoutes, FleetOutputs } from '../captures/index.js';
+import { captureDeviceRoutes, FleetOutputs, type CaptureWriter } from '../captures/index.js';
 import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
 import {
   ChangeFeed,
@@ -134,6 +135,7 @@ import { sweepStaleTempFiles } from './temp-sweep.js';
 import {
   refuseMigratingUnderRunningServers,
   registerServer,
+  serverIsRunning,
   ServersRunningError,
 } from './server-registry.js';
 import { schemaVersion, serverVersion } from './version.js';
@@ -588,6 +590,16 @@ export async function startServer(
       deviceTrustRootPem: signing.rootCertificatePem,
     });
     const instanceId = await loadInstanceId(config.dataDir);
+    // This process as the writer of capture objects: a write it held when it died is free to the next upload.
+    const captureWriter: CaptureWriter = {
+      id: randomUUID(),
+      isRunning: (holder) =>
+        database.engine === 'sqlite'
+          ? Promise.resolve(false)
+          : holder === undefined
+            ? Promise.resolve(true) // an older build's token names no server: its lease decides
+            : serverIsRunning(database, holder),
+    };
     const packagingJobs = new PackagingJobStore(database.db, models, Date.now, {
       instanceId,
       leaseMs: config.packaging.leaseSeconds * 1000,
@@ -903,6 +915,7 @@ export async function startServer(
     });
     await deviceApp.register(captureDeviceRoutes, {
       db: database.db,
+      writer: captureWriter,
       blobs,
       config,
       s3: s3ConnectionOf(config),
@@ -937,16 +950,18 @@ export async function startServer(
     applyListenerLimits(deviceApp.server, deviceLimits, deviceRefusals.refused, (req) =>
       authenticatedDeviceRequests.has(req),
     );
-    await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
-    await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
-    // Seen by a newer build before it migrates the schema under this one (server-registry.ts).
+    // Seen by a newer build before it migrates the schema under this one (server-registry.ts), and by other
+    // replicas as the holder of the capture writes this process takes: registered before any device can upload.
     background.push(
       await registerServer(database, {
         version: serverVersion(),
         schemaVersion: schemaVersion(),
         logger,
+        id: captureWriter.id,
       }),
     );
+    await operatorApp.listen({ host: config.listen.host, port: config.listen.port });
+    await deviceApp.listen({ host: config.deviceListen.host, port: config.deviceListen.port });
     services.packagingWorker.start();
     background.push(services.packagingWorker);
     background.push(

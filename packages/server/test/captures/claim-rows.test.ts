@@ -3,10 +3,13 @@
  * quota, never kept for a file that was refused or not written, pruned with the captures' retention and dropped
  * with the device. Through the real device API, database and local blob folder.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIN_OBJECT_CHARGE_BYTES } from '../../src/captures/index.js';
 import { pruneExpired } from '../../src/heartbeats/index.js';
+import { databaseNowMs, processHostId } from '../../src/server/index.js';
 import { captureUsageOf } from '../support/capture-usage.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
@@ -42,7 +45,16 @@ describe.each(engines)('capture claims on $engine', (fixture) => {
     });
     await t.call('POST', '/api/v1/fleets/plant/devices', {
       token: t.adminToken,
-      body: { devices: [{ name: 'cam-1' }, { name: 'cam-2' }, { name: 'cam-3' }, { name: 'cam-4' }] },
+      body: {
+        devices: [
+          { name: 'cam-1' },
+          { name: 'cam-2' },
+          { name: 'cam-3' },
+          { name: 'cam-4' },
+          { name: 'cam-5' },
+          { name: 'cam-6' },
+        ],
+      },
     });
     cam1 = await enrollDevice(t, 'cam-1');
     cam2 = await enrollDevice(t, 'cam-2');
@@ -182,6 +194,113 @@ describe.each(engines)('capture claims on $engine', (fixture) => {
       // Now stored: the other content is refused for good, the same file answered as stored.
       expect((await raw(cam1, key, second)).status).toBe(403);
       expect((await raw(cam1, key, first)).status).toBe(200);
+    },
+  );
+
+  /** Leaves the device's claim of `key` as an upload holding `token` left it: not stored, its write held since now. */
+  const leaveHeldWrite = async (device: string, key: string, token: string) => {
+    await t.server.database.db
+      .insertInto('capture_objects')
+      .values({
+        object_url: `s3://captures/${key}`,
+        device_name: device,
+        sha256: null,
+        bytes: null,
+        claimed_at: Date.now(),
+        write_token: token,
+        write_started_at: Date.now(),
+      })
+      .execute();
+  };
+  const storedDigestOf = async (key: string) =>
+    (
+      await t.server.database.db
+        .selectFrom('capture_objects')
+        .select(['sha256', 'write_token'])
+        .where('object_url', '=', `s3://captures/${key}`)
+        .executeTakeFirstOrThrow()
+    ).sha256;
+
+  it.skipIf(!fixture.available)(
+    'frees at once a write held by a server process that no longer runs (killed mid-upload), and one of this process whose upload was answered without giving it back (F9)',
+    async () => {
+      const cam5 = await enrollDevice(t, 'cam-5');
+      // A process that has exited: its pid stands for a server SIGKILLed mid-upload, its row as fresh as can be.
+      const killedPid = spawnSync(process.execPath, ['-e', '']).pid;
+      await sql`insert into server_instances (id, host, pid, version, schema_version, started_at, last_seen_at)
+        values ('killed-server', ${processHostId()}, ${killedPid}, '0.0.9', 'x', 0, ${databaseNowMs(fixture.engine)})`.execute(
+        t.server.database.db,
+      );
+      const unregistered = `plant-out/plant/${HOUR}/raw-data/killed-unregistered.bin`;
+      const killed = `plant-out/plant/${HOUR}/raw-data/killed.bin`;
+      const large = `plant-out/plant/${HOUR}/raw-data/killed-large.bin`;
+      await leaveHeldWrite('cam-5', unregistered, `${randomUUID()}.${randomUUID()}`);
+      await leaveHeldWrite('cam-5', killed, `killed-server.${randomUUID()}`);
+      await leaveHeldWrite('cam-5', large, `killed-server.${randomUUID()}`);
+      for (const [key, body] of [
+        [unregistered, randomBytes(500)],
+        [killed, randomBytes(500)],
+        // Streamed (over largeBodyBytes).
+        [large, randomBytes(3000)],
+      ] as const) {
+        const answer = await raw(cam5, key, body);
+        expect(answer.status, key).toBe(200);
+        expect(await storedDigestOf(key)).toBe(createHash('sha256').update(body).digest('hex'));
+      }
+
+      // This process's own write whose upload ended while the database failed (so the claim was not dropped):
+      // its token names this server, and no upload of it holds that token now.
+      const probe = `plant-out/plant/${HOUR}/raw-data/probe.bin`;
+      const writing = startRawUpload(t.server.deviceUrl, cam5.tls, rawQueryOf(probe), randomBytes(2048), {
+        sent: 512,
+      });
+      writing.answer.catch(() => undefined);
+      await writing.started;
+      let held: string | null = null;
+      await expect
+        .poll(async () => {
+          held =
+            (
+              await t.server.database.db
+                .selectFrom('capture_objects')
+                .select('write_token')
+                .where('object_url', '=', `s3://captures/${probe}`)
+                .executeTakeFirst()
+            )?.write_token ?? null;
+          return held;
+        })
+        .not.toBeNull();
+      writing.send();
+      expect((await writing.answer).status).toBe(200);
+      const thisServer = String(held).split('.')[0]!;
+      const answered = `plant-out/plant/${HOUR}/raw-data/answered.bin`;
+      await leaveHeldWrite('cam-5', answered, `${thisServer}.${randomUUID()}`);
+      const body = randomBytes(500);
+      expect((await raw(cam5, answered, body)).status).toBe(200);
+      expect(await storedDigestOf(answered)).toBe(createHash('sha256').update(body).digest('hex'));
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'keeps the lease of a write held by a server that runs, or by a token of an older build on PostgreSQL (another replica may still write it); on SQLite this server is the only one (F9)',
+    async () => {
+      const cam6 = await enrollDevice(t, 'cam-6');
+      // A replica of another host, seen just now.
+      await sql`insert into server_instances (id, host, pid, version, schema_version, started_at, last_seen_at)
+        values ('live-replica', 'another-host', 1, '0.0.9', 'x', 0, ${databaseNowMs(fixture.engine)})`.execute(
+        t.server.database.db,
+      );
+      const replica = `plant-out/plant/${HOUR}/raw-data/replica.bin`;
+      const older = `plant-out/plant/${HOUR}/raw-data/older.bin`;
+      await leaveHeldWrite('cam-6', replica, `live-replica.${randomUUID()}`);
+      await leaveHeldWrite('cam-6', older, randomUUID());
+      const expected = fixture.engine === 'sqlite' ? 200 : 409;
+      for (const key of [replica, older]) {
+        const answer = await raw(cam6, key, randomBytes(500));
+        expect(answer.status, key).toBe(expected);
+        if (expected === 409)
+          expect(answer.body.message).toMatch(/is being written by another upload of this device's now/);
+      }
     },
   );
 

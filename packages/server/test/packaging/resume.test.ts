@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -181,6 +181,14 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         claimer = spawnClaimer(serverConfig, LEASE_MS, instanceId);
         expect(await claimer.claimed).toBe('claimed job-own');
         await claimer.kill();
+        // What the killed runner left in the work dir (a copy of the model, the half-built package: F8), and a
+        // folder of another job whose name only starts alike, which must stay.
+        const left = path.join(dataDir, 'tmp', 'job-job-own-Ab12Cd');
+        const otherJob = path.join(dataDir, 'tmp', 'job-job-own-x-Ab12Cd');
+        for (const folder of [left, otherJob]) {
+          await mkdir(folder, { recursive: true });
+          await writeFile(path.join(folder, 'model.onnx'), Buffer.alloc(4096));
+        }
 
         // Any other server waits for the lease (this one's worker started before the claim: it is another's).
         await services.packagingWorker.drain();
@@ -216,12 +224,51 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
           await new Promise((resolve) => setTimeout(resolve, 50));
         }
         expect(await job()).toMatchObject({ status: 'COMPLETED' });
+        // Its runner's temporary folder went when the job was resumed, not an hour later; the other job's stays.
+        await expect(stat(left)).rejects.toMatchObject({ code: 'ENOENT' });
+        expect((await stat(otherJob)).isDirectory()).toBe(true);
       } finally {
         await claimer?.kill();
         await t.stop();
       }
     },
     60_000,
+  );
+
+  it.skipIf(!fixture.available)(
+    "says a job that failed on a full disk failed because the server's disk is full, and what to do (F8)",
+    async () => {
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: { packaging: { pollIntervalMs: 3_600_000 } },
+      });
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-full-model`));
+        const { blobs, services } = t.server;
+        await services.packagingJobs.create({ name: 'job-full', modelName: 'tiny', modelVersion: '1' });
+        const worker = new PackagingWorker({
+          jobs: services.packagingJobs,
+          models: services.models,
+          blobs,
+          signing: services.signing,
+          workDir: path.join(work, `${fixture.engine}-full`),
+          pollIntervalMs: 3_600_000,
+          leaseMs: LEASE_MS,
+          logger: t.server.logger,
+          // A real ENOSPC from the kernel: /dev/full takes no byte, as a full file system.
+          afterPackaged: async (_job, archive) => writeFile('/dev/full', await readFile(archive)),
+        });
+        await worker.drain();
+        await worker.stop();
+        const job = await t.call('GET', '/api/v1/packaging-jobs/job-full', { token: t.readToken });
+        expect(job.body).toMatchObject({ status: 'FAILED' });
+        expect(job.body.statusMessage).toMatch(
+          /^the server's disk is full \(ENOSPC: no space left on device, write\); free space on the file system of the server's data folder .* then create the packaging job again under a new name$/,
+        );
+      } finally {
+        await t.stop();
+      }
+    },
   );
 
   // Review N2: replicas sharing a data dir share its identity; a restart must not take the live one's jobs.
