@@ -145,6 +145,16 @@ function planViewOf(
   };
 }
 
+/** What `listPlans` lists: `afterNewest` continues a newest-first listing, `after` a name-order one. */
+export interface PlanListQuery {
+  limit: number;
+  order?: 'name' | 'newest';
+  after?: string;
+  afterNewest?: { createdAt: number; name: string };
+  fleetName?: string;
+  stageStatus?: StageStatus[];
+}
+
 export interface DeploymentServiceOptions {
   packagingJobs: PackagingJobStore;
   /** For plans that deploy uploaded packages (model versions uploaded as a signed .tar.gz). */
@@ -669,11 +679,13 @@ export class DeploymentService implements DevicePackageAccess {
   }
 
   /**
-   * Plans in name order (ListEdgeDeploymentPlans), optionally of one fleet (a 404 when it does not exist).
-   * A fixed number of queries whatever the page size: the plans, then their stages and target counts for the
-   * whole page at once (a describe per plan took three round trips each, seconds for a page of hundreds).
+   * Plans (ListEdgeDeploymentPlans) in name order, or newest first (creation time, then name, both descending),
+   * optionally of one fleet (a 404 when it does not exist) and only those with a stage in one of `stageStatus`.
+   * Keyset-paged on the order's key. A fixed number of queries whatever the page size: the plans, then their
+   * stages and target counts for the whole page at once (a describe per plan took three round trips each,
+   * seconds for a page of hundreds).
    */
-  async listPlans(query: { limit: number; after?: string; fleetName?: string }): Promise<PlanView[]> {
+  async listPlans(query: PlanListQuery): Promise<PlanView[]> {
     if (query.fleetName !== undefined) {
       const fleet = await this.db
         .selectFrom('fleets')
@@ -682,9 +694,35 @@ export class DeploymentService implements DevicePackageAccess {
         .executeTakeFirst();
       if (fleet === undefined) throw notFound(`fleet ${query.fleetName}`, { fleet: query.fleetName });
     }
-    let rows = this.db.selectFrom('deployment_plans').selectAll().orderBy('name').limit(query.limit);
-    if (query.after !== undefined) rows = rows.where('name', '>', query.after);
+    let rows = this.db.selectFrom('deployment_plans').selectAll().limit(query.limit);
+    if (query.order === 'newest') {
+      rows = rows.orderBy('created_at', 'desc').orderBy('name', 'desc');
+      const after = query.afterNewest;
+      if (after !== undefined) {
+        rows = rows.where((eb) =>
+          eb.or([
+            eb('created_at', '<', after.createdAt),
+            eb.and([eb('created_at', '=', after.createdAt), eb('name', '<', after.name)]),
+          ]),
+        );
+      }
+    } else {
+      rows = rows.orderBy('name');
+      if (query.after !== undefined) rows = rows.where('name', '>', query.after);
+    }
     if (query.fleetName !== undefined) rows = rows.where('fleet_name', '=', query.fleetName);
+    const statuses = query.stageStatus ?? [];
+    if (statuses.length > 0) {
+      rows = rows.where((eb) =>
+        eb.exists(
+          eb
+            .selectFrom('deployment_stages')
+            .select('deployment_stages.name')
+            .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name')
+            .where('deployment_stages.status', 'in', statuses),
+        ),
+      );
+    }
     return this.viewsOf(await rows.execute());
   }
 
@@ -720,7 +758,7 @@ export class DeploymentService implements DevicePackageAccess {
   async stageDevices(
     planName: string,
     stageName: string | undefined,
-    query: { limit: number; after?: string; deviceName?: string },
+    query: { limit: number; after?: string; deviceName?: string; status?: DeviceDeploymentStatus },
   ): Promise<StageDeviceView[]> {
     const plan = await this.planRow(this.db, planName);
     if (stageName !== undefined) await this.stageRow(this.db, planName, stageName);
@@ -733,6 +771,7 @@ export class DeploymentService implements DevicePackageAccess {
     if (stageName !== undefined) rows = rows.where('stage_name', '=', stageName);
     if (query.after !== undefined) rows = rows.where('device_name', '>', query.after);
     if (query.deviceName !== undefined) rows = rows.where('device_name', '=', query.deviceName);
+    if (query.status !== undefined) rows = rows.where('status', '=', query.status);
     const targets = await rows.execute();
     const seen = new Map(
       (
@@ -762,16 +801,23 @@ export class DeploymentService implements DevicePackageAccess {
     });
   }
 
-  /** The plan's events in time order (stage started, device failed, rollback, aborted, …). */
-  async events(planName: string, query: { limit: number; after?: string }): Promise<DeploymentEvent[]> {
+  /**
+   * The plan's events in time order (stage started, device failed, rollback, aborted, …), or newest first;
+   * keyset-paged on the event id, which sorts in time order.
+   */
+  async events(
+    planName: string,
+    query: { limit: number; after?: string; order?: 'oldest' | 'newest' },
+  ): Promise<DeploymentEvent[]> {
     await this.planRow(this.db, planName);
+    const newest = query.order === 'newest';
     let rows = this.db
       .selectFrom('deployment_events')
       .selectAll()
       .where('plan_name', '=', planName)
-      .orderBy('id')
+      .orderBy('id', newest ? 'desc' : 'asc')
       .limit(query.limit);
-    if (query.after !== undefined) rows = rows.where('id', '>', query.after);
+    if (query.after !== undefined) rows = rows.where('id', newest ? '<' : '>', query.after);
     return (await rows.execute()).map((e) => ({
       id: e.id,
       planName: e.plan_name,

@@ -1,7 +1,9 @@
 /**
  * Listing deployment plans costs a fixed number of queries whatever the page size (before the fix each plan of
  * the page was described on its own: three queries per plan, seconds for a page of hundreds), and answers as
- * describing each plan does.
+ * describing each plan does. Plans list newest first and by stage status, and a plan's events newest first, each
+ * paged, however many there are (the console showed the first 100 plans by name and a plan's oldest 100 events);
+ * a stage's devices filter by status.
  */
 import type { KyselyPlugin } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -102,5 +104,87 @@ describe.each(engines)('deployment plan listing on $engine', (fixture) => {
       ['canary', 'INPROGRESS', 1],
       ['rest', 'READYTODEPLOY', 0],
     ]);
+  });
+
+  const pageThrough = async (first: string, key: string) => {
+    const names: string[] = [];
+    let token: string | undefined;
+    do {
+      const url = `${first}${token === undefined ? '' : `&nextToken=${encodeURIComponent(token)}`}`;
+      const page = await admin('GET', url);
+      expect(page.status).toBe(200);
+      names.push(
+        ...(page.body[key] as { name?: string; kind?: string }[]).map((p) => p.name ?? p.kind ?? ''),
+      );
+      token = page.body.nextToken as string | undefined;
+    } while (token !== undefined);
+    return names;
+  };
+
+  it.skipIf(!fixture.available)('plans list newest first, page by page, each once', async () => {
+    const names = await pageThrough('/api/v1/deployment-plans?order=newest&limit=5', 'plans');
+    expect(names).toEqual(
+      Array.from({ length: PLANS }, (_, i) => `p${String(PLANS - 1 - i).padStart(2, '0')}`),
+    );
+    // A name-order token does not continue a newest-first listing.
+    const byName = await admin('GET', '/api/v1/deployment-plans?limit=1');
+    const mixed = await admin(
+      'GET',
+      `/api/v1/deployment-plans?order=newest&nextToken=${encodeURIComponent(byName.body.nextToken as string)}`,
+    );
+    expect(mixed.status).toBe(400);
+    expect(mixed.body.message).toMatch(/nextToken/);
+  });
+
+  it.skipIf(!fixture.available)("plans filter by their stages' status, in either order", async () => {
+    expect((await admin('POST', '/api/v1/deployment-plans/p06/stages/canary/stop')).status).toBe(200);
+    const stopped = await pageThrough(
+      '/api/v1/deployment-plans?stageStatus=STOPPED&stageStatus=FAILED',
+      'plans',
+    );
+    expect(stopped).toEqual(['p06']);
+    expect(await pageThrough('/api/v1/deployment-plans?stageStatus=INPROGRESS&limit=1', 'plans')).toEqual([
+      'p00',
+      'p03',
+      'p09',
+    ]);
+    expect(
+      await pageThrough(
+        '/api/v1/deployment-plans?stageStatus=INPROGRESS&stageStatus=STOPPED&order=newest&limit=2',
+        'plans',
+      ),
+    ).toEqual(['p09', 'p06', 'p03', 'p00']);
+    const wrong = await admin('GET', '/api/v1/deployment-plans?stageStatus=BROKEN');
+    expect(wrong.status).toBe(400);
+    expect(wrong.body.message).toMatch(/stageStatus/);
+  });
+
+  it.skipIf(!fixture.available)("a plan's events list newest first, then older page by page", async () => {
+    expect(await pageThrough('/api/v1/deployment-plans/p00/events?limit=1', 'events')).toEqual([
+      'PlanCreated',
+      'StageStarted',
+    ]);
+    expect(await pageThrough('/api/v1/deployment-plans/p00/events?order=newest&limit=1', 'events')).toEqual([
+      'StageStarted',
+      'PlanCreated',
+    ]);
+  });
+
+  it.skipIf(!fixture.available)("a stage's devices filter by status", async () => {
+    const devices = async (query: string) =>
+      (
+        (await admin('GET', `/api/v1/deployment-plans/p00/stages/rest/devices${query}`)).body.devices as {
+          deviceName: string;
+        }[]
+      ).map((d) => d.deviceName);
+    expect(
+      (await admin('POST', '/api/v1/deployment-plans/p00/stages/rest/start', { force: false })).status,
+    ).toBe(200);
+    expect(await devices('')).toEqual(['cam-b', 'cam-c']);
+    expect(await devices('?status=READYTODEPLOY')).toEqual(['cam-b', 'cam-c']);
+    expect(await devices('?status=FAILED')).toEqual([]);
+    const wrong = await admin('GET', '/api/v1/deployment-plans/p00/stages/rest/devices?status=LOST');
+    expect(wrong.status).toBe(400);
+    expect(wrong.body.message).toMatch(/status/);
   });
 });
