@@ -18,7 +18,9 @@ function rowsReadFrom(table: string): { plugin: KyselyPlugin; rows: () => number
   let rows = 0;
   const tableOf = (node: RootOperationNode) =>
     node.kind === 'SelectQueryNode'
-      ? node.from?.froms.map((f) => (f.kind === 'TableNode' ? f.table.identifier.name : '')).join(',')
+      ? node.from?.froms
+          .map((f) => (f as { table?: { identifier?: { name?: string } } }).table?.identifier?.name ?? '')
+          .join(',')
       : undefined;
   return {
     plugin: {
@@ -86,7 +88,7 @@ describe.each(engines)('GetDeployments reads on $engine', (fixture) => {
           models: t.server.services.models,
         });
         const answer = await service.deploymentsFor({ deviceName, fleetName: 'fd' });
-        return { names: answer.Deployments.map((d) => d.DeploymentName), plansRead: reads.rows() };
+        return { names: (answer.Deployments ?? []).map((d) => d.DeploymentName), plansRead: reads.rows() };
       };
       // cam-1 has 'done'; cam-2 joined after it completed and its rule covers it: a newcomer gets it too.
       expect(await counted('cam-1')).toEqual({ names: ['done'], plansRead: 1 });

@@ -1,4 +1,5 @@
 import { useEffect, useRef } from 'preact/hooks';
+import { coalesced } from './coalesce.js';
 
 /** Topics the server's change feed names (server/src/console/change-feed.ts). */
 export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'tokens' | 'deployments';
@@ -127,16 +128,28 @@ export class LiveUpdates {
   }
 }
 
-/** Calls `reload` whenever one of `topics` changes on the server. */
-export function useLive(live: LiveUpdates, topics: ChangeTopic[], reload: () => void): void {
+/**
+ * Calls `reload` whenever one of `topics` changes on the server; with `minIntervalMs`, at most once per that
+ * interval (changes within it are folded into one reload at its end: see coalesced).
+ */
+export function useLive(
+  live: LiveUpdates,
+  topics: ChangeTopic[],
+  reload: () => void,
+  options: { minIntervalMs?: number } = {},
+): void {
   const latest = useRef(reload);
   latest.current = reload;
   const key = topics.join(',');
-  useEffect(
-    () =>
-      live.subscribe((changed) => {
-        if (changed.some((topic) => key.split(',').includes(topic))) latest.current();
-      }),
-    [live, key],
-  );
+  const minIntervalMs = options.minIntervalMs ?? 0;
+  useEffect(() => {
+    const reloads = coalesced(() => latest.current(), minIntervalMs);
+    const unsubscribe = live.subscribe((changed) => {
+      if (changed.some((topic) => key.split(',').includes(topic))) reloads.trigger();
+    });
+    return () => {
+      unsubscribe();
+      reloads.cancel();
+    };
+  }, [live, key, minIntervalMs]);
 }

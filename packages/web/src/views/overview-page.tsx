@@ -8,6 +8,8 @@ import { ErrorNote, Section, Stat, StatusBadge, TableHead, When } from '../compo
 import { href } from '../router.js';
 
 const FLEETS_SHOWN = 100;
+/** Device changes reload the fleet reports at most this often. */
+const DEVICE_REPORTS_EVERY_MS = 10_000;
 /** Plans with a stage under way, and with a failed stage, each asked of the server (newest first). */
 const ROLLOUT_PLANS_SHOWN = 20;
 const FAILED_PLANS_SHOWN = 5;
@@ -48,7 +50,9 @@ export function OverviewPage() {
       failed: must(failed).plans,
     };
   }, []);
-  useLive(live, ['fleets', 'devices', 'models'], fleets.reload);
+  useLive(live, ['fleets', 'models'], fleets.reload);
+  // Heartbeats name `devices` every few seconds in a busy fleet, and each reload asks every shown fleet's report.
+  useLive(live, ['devices'], fleets.reload, { minIntervalMs: DEVICE_REPORTS_EVERY_MS });
   useLive(live, ['packaging'], failures.reload);
   useLive(live, ['deployments'], plans.reload);
   const activeStatuses = new Set<string>(ACTIVE_STAGE);
