@@ -67,5 +67,13 @@ describe('coalesced reloads', () => {
     reload.cancel();
     timers.advance(60_000);
     expect(folded).toBe(1);
+    // now(): runs at once in place of the pending run, which then does not happen on its own.
+    reload.trigger();
+    reload.trigger();
+    expect(folded).toBe(2);
+    reload.now();
+    expect(folded).toBe(3);
+    timers.advance(60_000);
+    expect(folded).toBe(3);
   });
 });

@@ -21,7 +21,7 @@ export function coalesced(
   run: () => void,
   intervalMs: number,
   timers: Timers = pageTimers,
-): { trigger(): void; cancel(): void } {
+): { trigger(): void; now(): void; cancel(): void } {
   let lastRun = Number.NEGATIVE_INFINITY;
   let pending: unknown;
   let scheduled = false;
@@ -40,6 +40,11 @@ export function coalesced(
       }
       scheduled = true;
       pending = timers.setTimeout(fire, wait);
+    },
+    /** Runs it now, in place of any run pending (a reload everything asks for, such as a new stream's). */
+    now() {
+      if (scheduled) timers.clearTimeout(pending);
+      fire();
     },
     cancel() {
       if (scheduled) timers.clearTimeout(pending);

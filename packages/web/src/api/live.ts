@@ -6,7 +6,8 @@ export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'token
 
 const EVENTS_ROUTE = '/api/v1/console/events';
 
-type Listener = (topics: ChangeTopic[]) => void;
+/** `everything`: a new stream is ready, so every view reloads at once (changes before it were not sent). */
+type Listener = (topics: ChangeTopic[], everything: boolean) => void;
 
 const ALL_TOPICS: ChangeTopic[] = ['fleets', 'devices', 'models', 'packaging', 'tokens', 'deployments'];
 
@@ -50,7 +51,7 @@ export class LiveUpdates {
     });
     // From this event on, every change is sent. What changed before it (since the page loaded, or while
     // reconnecting after the server ended a stream) was not: every view reloads once.
-    source.addEventListener('ready', () => this.notify(ALL_TOPICS));
+    source.addEventListener('ready', () => this.notify(ALL_TOPICS, true));
     source.addEventListener('error', () => {
       this.setConnected(false);
       if (source.readyState === EventSource.CLOSED && this.source === source) this.refused(source);
@@ -110,7 +111,7 @@ export class LiveUpdates {
 
   /** Every view reloads (after signing in again: what they loaded meanwhile failed). */
   reloadAll(): void {
-    this.notify(ALL_TOPICS);
+    this.notify(ALL_TOPICS, true);
   }
 
   subscribe(listener: Listener): () => void {
@@ -118,8 +119,8 @@ export class LiveUpdates {
     return () => this.listeners.delete(listener);
   }
 
-  private notify(topics: ChangeTopic[]) {
-    for (const listener of this.listeners) listener(topics);
+  private notify(topics: ChangeTopic[], everything = false) {
+    for (const listener of this.listeners) listener(topics, everything);
   }
 
   private setConnected(connected: boolean) {
@@ -144,8 +145,10 @@ export function useLive(
   const minIntervalMs = options.minIntervalMs ?? 0;
   useEffect(() => {
     const reloads = coalesced(() => latest.current(), minIntervalMs);
-    const unsubscribe = live.subscribe((changed) => {
-      if (changed.some((topic) => key.split(',').includes(topic))) reloads.trigger();
+    const unsubscribe = live.subscribe((changed, everything) => {
+      // A new stream's reload is not held back: nothing pending is left to fire later on its own.
+      if (everything) reloads.now();
+      else if (changed.some((topic) => key.split(',').includes(topic))) reloads.trigger();
     });
     return () => {
       unsubscribe();
