@@ -50,7 +50,7 @@ export function buildProgram(io: CliIo = {}): Command {
   registerDemoCommand(program, output);
   registerAgentCommands(program, output);
   registerFleetCommands(program, output);
-  registerDeviceCommands(program, output);
+  registerDeviceCommands(program, output, io.stderr);
   registerTokenCommands(program, output);
   registerModelCommands(program, output);
   registerPackagingCommands(program, output);

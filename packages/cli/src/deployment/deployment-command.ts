@@ -132,7 +132,7 @@ export function describePlan(plan: DeploymentPlan): string[] {
     plan.stages.length === 0
       ? 'stages: none'
       : table(
-          ['stage', 'selection', 'policy', 'status', 'deployed', 'pending', 'failed', 'message'],
+          ['stage', 'selection', 'policy', 'status', 'deployed', 'pending', 'failed', 'stopped', 'message'],
           plan.stages.map((s) => [
             s.name,
             selectionText(s),
@@ -141,11 +141,15 @@ export function describePlan(plan: DeploymentPlan): string[] {
             String(s.successCount),
             String(s.pendingCount),
             String(s.failedCount),
+            String(s.stoppedCount),
             s.statusMessage ?? '',
           ]),
         ),
   ];
 }
+
+/** Deployment statuses a stage's device can be in (the server's `status` filter). */
+const DEVICE_STATUSES = ['READYTODEPLOY', 'INPROGRESS', 'DEPLOYED', 'FAILED', 'STOPPED'] as const;
 
 function devicesTable(devices: StageDevice[]): string {
   return devices.length === 0
@@ -468,6 +472,19 @@ export function registerDeploymentCommands(
       .description("a stage's devices: status, attempts, last seen, reason")
       .argument('<plan>')
       .argument('<stage>')
+      .option(
+        '--status <status>',
+        `only the devices in this status (${DEVICE_STATUSES.join(', ')})`,
+        (value: string) => {
+          if (!(DEVICE_STATUSES as readonly string[]).includes(value)) {
+            throw new CliError(
+              `--status ${JSON.stringify(value)}: expected one of ${DEVICE_STATUSES.join(', ')}`,
+              EXIT.usage,
+            );
+          }
+          return value;
+        },
+      )
       .option('--watch', 'follow the stage until it finishes (exit status 1 if it FAILED)')
       .option(
         '--interval <seconds>',
@@ -485,9 +502,14 @@ export function registerDeploymentCommands(
     async (
       plan: string,
       stage: string,
-      opts: ConnectionFlags & { watch?: boolean; interval: number; retryFor: number },
+      opts: ConnectionFlags & { status?: string; watch?: boolean; interval: number; retryFor: number },
     ) => {
       const out = output();
+      if (opts.watch && opts.status !== undefined)
+        throw new CliError(
+          '--status lists devices once; --watch follows the whole stage: use one',
+          EXIT.usage,
+        );
       if (opts.watch) {
         const final = await withServer(opts, (client) =>
           watchStage(client, out, { stdout, stderr }, plan, stage, {
@@ -500,7 +522,9 @@ export function registerDeploymentCommands(
         }
         return;
       }
-      const devices = await withServer(opts, (client) => client.stageDevices(plan, stage));
+      const devices = await withServer(opts, (client) =>
+        client.stageDevices(plan, stage, opts.status !== undefined ? { status: opts.status } : {}),
+      );
       out.result({ devices }, () => devicesTable(devices));
     },
   );

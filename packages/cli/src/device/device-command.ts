@@ -112,7 +112,20 @@ function describeDevice(device: Device): string[] {
   return lines;
 }
 
-export function registerDeviceCommands(program: Command, output: () => Output): void {
+/** Devices per registration call: the server takes at most this many at once (MAX_DEVICES_PER_REGISTRATION). */
+export const REGISTER_BATCH = 100;
+
+/** `first … last (n)`: a batch's names, short enough for one line. */
+function namesOf(names: string[]): string {
+  if (names.length <= 3) return names.join(', ');
+  return `${names[0]} … ${names[names.length - 1]} (${names.length})`;
+}
+
+export function registerDeviceCommands(
+  program: Command,
+  output: () => Output,
+  stderr: NodeJS.WritableStream = process.stderr,
+): void {
   const device = program
     .command('device')
     .description('devices on an EdgeFleet server, and enrolling this one');
@@ -120,7 +133,7 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
   addServerOptions(
     device
       .command('register')
-      .description('register devices in a fleet (all or none)')
+      .description(`register devices in a fleet (in batches of ${REGISTER_BATCH}, each all or none)`)
       .argument('<fleet>', 'the fleet')
       .argument('<names...>', 'device names (unique across fleets)')
       .option('--description <text>', 'description for each device')
@@ -138,17 +151,44 @@ export function registerDeviceCommands(program: Command, output: () => Output): 
           '--iot-thing-name names one device’s thing; register one device with it',
           EXIT.usage,
         );
-      const devices = await withServer(opts, (client) =>
-        client.registerDevices(
-          fleet,
-          names.map((name) => ({
-            name,
-            ...(opts.description !== undefined && { description: opts.description }),
-            ...(opts.iotThingName !== undefined && { iotThingName: opts.iotThingName }),
-          })),
-          parseTags(opts.tag),
-        ),
-      );
+      const inputs = names.map((name) => ({
+        name,
+        ...(opts.description !== undefined && { description: opts.description }),
+        ...(opts.iotThingName !== undefined && { iotThingName: opts.iotThingName }),
+      }));
+      const tags = parseTags(opts.tag);
+      const batches: (typeof inputs)[] = [];
+      for (let i = 0; i < inputs.length; i += REGISTER_BATCH)
+        batches.push(inputs.slice(i, i + REGISTER_BATCH));
+      const devices = await withServer(opts, async (client) => {
+        const registered: Awaited<ReturnType<ServerClient['registerDevices']>> = [];
+        for (const [index, batch] of batches.entries()) {
+          const batchNames = batch.map((d) => d.name);
+          try {
+            registered.push(...(await client.registerDevices(fleet, batch, tags)));
+          } catch (error) {
+            if (batches.length === 1) throw error;
+            // Each batch is all or none: say which went through, so a re-run can start from the failed one.
+            const failure = cliErrorFrom(error);
+            const message = failure instanceof Error ? failure.message : String(failure);
+            const done = registered.map((d) => d.name);
+            throw new CliError(
+              `batch ${index + 1} of ${batches.length} (${namesOf(batchNames)}) was not registered: ${message}; ` +
+                (done.length === 0
+                  ? 'no device was registered'
+                  : `registered before it: ${done.length} device${done.length === 1 ? '' : 's'} (${namesOf(done)})`) +
+                `; not registered: ${names.length - done.length} (from ${batchNames[0]} on)`,
+              failure instanceof CliError ? failure.exitCode : EXIT.failed,
+            );
+          }
+          if (batches.length > 1) {
+            stderr.write(
+              `Registered batch ${index + 1} of ${batches.length}: ${batch.length} device${batch.length === 1 ? '' : 's'} (${namesOf(batchNames)})\n`,
+            );
+          }
+        }
+        return registered;
+      });
       out.result({ devices }, () => [
         `Registered ${devices.length} device${devices.length === 1 ? '' : 's'} in fleet ${fleet}: ${devices.map((d) => d.name).join(', ')}`,
         `Next, for each device: TOKEN=$(${out.invocation} device enrollment-token <name>) && EDGEFLEET_ENROLLMENT_TOKEN="$TOKEN" ${out.invocation} device enroll --server <url> --config <agent config>`,

@@ -486,12 +486,18 @@ export class ServerClient {
     );
   }
 
-  stageDevices(plan: string, stage: string, max?: number): Promise<StageDevice[]> {
+  /** `filter.status`: only the devices in that deployment status (FAILED, STOPPED, …). */
+  stageDevices(
+    plan: string,
+    stage: string,
+    filter: { status?: string } = {},
+    max?: number,
+  ): Promise<StageDevice[]> {
     return this.#listAll(
       `/api/v1/deployment-plans/${seg(plan)}/stages/${seg(stage)}/devices`,
       stageDeviceListSchema,
       'devices',
-      {},
+      { status: filter.status },
       max,
     );
   }

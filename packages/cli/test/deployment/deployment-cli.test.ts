@@ -86,6 +86,21 @@ describe('edgefleet deployment', () => {
     ]);
     const table = await ef('deployment', 'devices', 'rollout', 'canary');
     expect(table.stdout).toMatch(/^cam-1\s+READYTODEPLOY\s+0\s+never/m);
+    // --status: only the devices in that status (the server filters, however many the stage has).
+    const ready = await json('deployment', 'devices', 'rollout', 'canary', '--status', 'READYTODEPLOY');
+    expect(ready.devices.map((d: { deviceName: string }) => d.deviceName)).toEqual(['cam-1', 'cam-2']);
+    expect((await json('deployment', 'devices', 'rollout', 'canary', '--status', 'FAILED')).devices).toEqual(
+      [],
+    );
+    const badStatus = await ef('deployment', 'devices', 'rollout', 'canary', '--status', 'LOST');
+    expect(badStatus.code).toBe(2);
+    expect(badStatus.stderr).toContain(
+      '--status "LOST": expected one of READYTODEPLOY, INPROGRESS, DEPLOYED, FAILED, STOPPED',
+    );
+    // describe counts stopped devices too.
+    expect((await ef('deployment', 'describe', 'rollout')).stdout).toMatch(
+      /^stage\s+selection\s+policy\s+status\s+deployed\s+pending\s+failed\s+stopped\s+message/m,
+    );
 
     // Another plan for the same handle while this one runs: the server's 409, as one clear line.
     const clash = await ef(

@@ -178,6 +178,30 @@ describe('edgefleet device', () => {
     expect(new Set(all.devices.map((d: { name: string }) => d.name)).size).toBe(600);
     expect((await json('device', 'list', '--fleet', 'big', '--limit', '7')).devices).toHaveLength(7);
   });
+
+  it('registers more devices than the server takes at once in batches, saying which went through (W3)', async () => {
+    expect((await ef('fleet', 'create', 'many', '--output', 's3://m/many')).code).toBe(0);
+    const names = (from: number, count: number) =>
+      Array.from({ length: count }, (_, i) => `m-${String(from + i).padStart(3, '0')}`);
+    const registered = await ef('device', 'register', 'many', ...names(1, 150));
+    expect(registered.stderr).toBe(
+      'Registered batch 1 of 2: 100 devices (m-001 … m-100 (100))\n' +
+        'Registered batch 2 of 2: 50 devices (m-101 … m-150 (50))\n',
+    );
+    expect(registered.code).toBe(0);
+    expect(registered.stdout).toMatch(/^Registered 150 devices in fleet many: m-001, m-002, /);
+    expect((await json('device', 'list', '--fleet', 'many')).devices).toHaveLength(150);
+
+    // The second batch holds a device registered already: the first went through, the rest did not.
+    const clash = await ef('device', 'register', 'many', ...names(151, 100), ...names(140, 20));
+    expect(clash.code).toBe(1);
+    expect(clash.stderr).toContain('Registered batch 1 of 2: 100 devices (m-151 … m-250 (100))\n');
+    expect(clash.stderr).toContain('batch 2 of 2 (m-140 … m-159 (20)) was not registered: ');
+    expect(clash.stderr).toContain(
+      '; registered before it: 100 devices (m-151 … m-250 (100)); not registered: 20 (from m-140 on)',
+    );
+    expect((await json('device', 'list', '--fleet', 'many')).devices).toHaveLength(250);
+  });
 });
 
 describe('edgefleet token, auth and connection errors', () => {

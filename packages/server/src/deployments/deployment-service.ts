@@ -1,5 +1,5 @@
 import type { GetDeploymentsResult } from '@edgefleet/core';
-import type { Kysely, Transaction } from 'kysely';
+import type { Kysely, Selectable, Transaction } from 'kysely';
 import type { z } from 'zod';
 import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { recordDeploymentResult, selectableDevices } from '../devices/index.js';
@@ -18,9 +18,7 @@ import {
 import {
   createPlanSchema,
   MAX_STAGES,
-  storedDeviceSelectionSchema,
   modelConfigSchema,
-  planOptionsSchema,
   stageInputSchema,
   shownStopReason,
   type CreatePlanInput,
@@ -35,6 +33,7 @@ import {
   type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
+import { planViewOf, type PlanListQuery } from './plan-view.js';
 import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
 import {
   planOptions,
@@ -629,55 +628,17 @@ export class DeploymentService implements DevicePackageAccess {
   /** The plan, its stages and their counts (DescribeEdgeDeploymentPlan). */
   async describePlan(planName: string): Promise<PlanView> {
     const plan = await this.planRow(this.db, planName);
-    const stages = await this.db
-      .selectFrom('deployment_stages')
-      .selectAll()
-      .where('plan_name', '=', planName)
-      .orderBy('position')
-      .execute();
-    const counts = await this.db
-      .selectFrom('deployment_targets')
-      .select(['stage_name', 'status', (eb) => eb.fn.countAll<number>().as('count')])
-      .where('plan_name', '=', planName)
-      .groupBy(['stage_name', 'status'])
-      .execute();
-    const count = (stage: string | undefined, ...statuses: DeviceDeploymentStatus[]) =>
-      counts
-        .filter(
-          (c) =>
-            (stage === undefined || c.stage_name === stage) &&
-            statuses.includes(c.status as DeviceDeploymentStatus),
-        )
-        .reduce((sum, c) => sum + Number(c.count), 0);
-    return {
-      name: plan.name,
-      fleetName: plan.fleet_name,
-      modelConfigs: modelConfigSchema.array().parse(JSON.parse(plan.model_configs)),
-      options: planOptionsSchema.parse(JSON.parse(plan.options)),
-      tags: JSON.parse(plan.tags) as PlanView['tags'],
-      successCount: count(undefined, 'DEPLOYED'),
-      pendingCount: count(undefined, 'READYTODEPLOY', 'INPROGRESS'),
-      failedCount: count(undefined, 'FAILED'),
-      stages: stages.map((stage) => ({
-        name: stage.name,
-        deviceSelection: storedDeviceSelectionSchema.parse(JSON.parse(stage.selection)),
-        failureHandlingPolicy: stage.failure_policy as 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING',
-        status: stage.status as StageStatus,
-        ...(stage.status_message !== null && { statusMessage: stage.status_message }),
-        successCount: count(stage.name, 'DEPLOYED'),
-        pendingCount: count(stage.name, 'READYTODEPLOY', 'INPROGRESS'),
-        failedCount: count(stage.name, 'FAILED'),
-        stoppedCount: count(stage.name, 'STOPPED'),
-        ...(stage.started_at !== null && { startedAt: iso(stage.started_at) }),
-        ...(stage.ended_at !== null && { endedAt: iso(stage.ended_at) }),
-      })),
-      createdAt: iso(plan.created_at),
-      updatedAt: iso(plan.updated_at),
-    };
+    return (await this.viewsOf([plan]))[0]!;
   }
 
-  /** Plans in name order (ListEdgeDeploymentPlans), optionally of one fleet (a 404 when it does not exist). */
-  async listPlans(query: { limit: number; after?: string; fleetName?: string }): Promise<PlanView[]> {
+  /**
+   * Plans (ListEdgeDeploymentPlans) in name order, or newest first (creation time, then name, both descending),
+   * optionally of one fleet (a 404 when it does not exist) and only those with a stage in one of `stageStatus`.
+   * Keyset-paged on the order's key. A fixed number of queries whatever the page size: the plans, then their
+   * stages and target counts for the whole page at once (a describe per plan took three round trips each,
+   * seconds for a page of hundreds).
+   */
+  async listPlans(query: PlanListQuery): Promise<PlanView[]> {
     if (query.fleetName !== undefined) {
       const fleet = await this.db
         .selectFrom('fleets')
@@ -686,20 +647,71 @@ export class DeploymentService implements DevicePackageAccess {
         .executeTakeFirst();
       if (fleet === undefined) throw notFound(`fleet ${query.fleetName}`, { fleet: query.fleetName });
     }
-    let rows = this.db.selectFrom('deployment_plans').select('name').orderBy('name').limit(query.limit);
-    if (query.after !== undefined) rows = rows.where('name', '>', query.after);
+    let rows = this.db.selectFrom('deployment_plans').selectAll().limit(query.limit);
+    if (query.order === 'newest') {
+      rows = rows.orderBy('created_at', 'desc').orderBy('name', 'desc');
+      const after = query.afterNewest;
+      if (after !== undefined) {
+        rows = rows.where((eb) =>
+          eb.or([
+            eb('created_at', '<', after.createdAt),
+            eb.and([eb('created_at', '=', after.createdAt), eb('name', '<', after.name)]),
+          ]),
+        );
+      }
+    } else {
+      rows = rows.orderBy('name');
+      if (query.after !== undefined) rows = rows.where('name', '>', query.after);
+    }
     if (query.fleetName !== undefined) rows = rows.where('fleet_name', '=', query.fleetName);
-    const names = await rows.execute();
-    const views: PlanView[] = [];
-    for (const { name } of names) views.push(await this.describePlan(name));
-    return views;
+    const statuses = query.stageStatus ?? [];
+    if (statuses.length > 0) {
+      rows = rows.where((eb) =>
+        eb.exists(
+          eb
+            .selectFrom('deployment_stages')
+            .select('deployment_stages.name')
+            .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name')
+            .where('deployment_stages.status', 'in', statuses),
+        ),
+      );
+    }
+    return this.viewsOf(await rows.execute());
+  }
+
+  /** The views of these plan rows, in their order: their stages and counts read in two queries for all. */
+  private async viewsOf(plans: Selectable<DatabaseSchema['deployment_plans']>[]): Promise<PlanView[]> {
+    if (plans.length === 0) return [];
+    const names = plans.map((p) => p.name);
+    // A page is at most MAX_PAGE_SIZE + 1 plans: one IN list stays well under both engines' parameter limits.
+    const stages = await this.db
+      .selectFrom('deployment_stages')
+      .selectAll()
+      .where('plan_name', 'in', names)
+      .orderBy('plan_name')
+      .orderBy('position')
+      .execute();
+    const counts = await this.db
+      .selectFrom('deployment_targets')
+      .select(['plan_name', 'stage_name', 'status', (eb) => eb.fn.countAll<number>().as('count')])
+      .where('plan_name', 'in', names)
+      .groupBy(['plan_name', 'stage_name', 'status'])
+      .execute();
+    const stagesOf = new Map<string, typeof stages>();
+    for (const stage of stages)
+      stagesOf.set(stage.plan_name, [...(stagesOf.get(stage.plan_name) ?? []), stage]);
+    const countsOf = new Map<string, typeof counts>();
+    for (const c of counts) countsOf.set(c.plan_name, [...(countsOf.get(c.plan_name) ?? []), c]);
+    return plans.map((plan) =>
+      planViewOf(plan, stagesOf.get(plan.name) ?? [], countsOf.get(plan.name) ?? []),
+    );
   }
 
   /** The devices a stage targeted, in name order, with their status and last-seen time (ListStageDevices). */
   async stageDevices(
     planName: string,
     stageName: string | undefined,
-    query: { limit: number; after?: string; deviceName?: string },
+    query: { limit: number; after?: string; deviceName?: string; status?: DeviceDeploymentStatus },
   ): Promise<StageDeviceView[]> {
     const plan = await this.planRow(this.db, planName);
     if (stageName !== undefined) await this.stageRow(this.db, planName, stageName);
@@ -712,6 +724,7 @@ export class DeploymentService implements DevicePackageAccess {
     if (stageName !== undefined) rows = rows.where('stage_name', '=', stageName);
     if (query.after !== undefined) rows = rows.where('device_name', '>', query.after);
     if (query.deviceName !== undefined) rows = rows.where('device_name', '=', query.deviceName);
+    if (query.status !== undefined) rows = rows.where('status', '=', query.status);
     const targets = await rows.execute();
     const seen = new Map(
       (
@@ -741,16 +754,23 @@ export class DeploymentService implements DevicePackageAccess {
     });
   }
 
-  /** The plan's events in time order (stage started, device failed, rollback, aborted, …). */
-  async events(planName: string, query: { limit: number; after?: string }): Promise<DeploymentEvent[]> {
+  /**
+   * The plan's events in time order (stage started, device failed, rollback, aborted, …), or newest first;
+   * keyset-paged on the event id, which sorts in time order.
+   */
+  async events(
+    planName: string,
+    query: { limit: number; after?: string; order?: 'oldest' | 'newest' },
+  ): Promise<DeploymentEvent[]> {
     await this.planRow(this.db, planName);
+    const newest = query.order === 'newest';
     let rows = this.db
       .selectFrom('deployment_events')
       .selectAll()
       .where('plan_name', '=', planName)
-      .orderBy('id')
+      .orderBy('id', newest ? 'desc' : 'asc')
       .limit(query.limit);
-    if (query.after !== undefined) rows = rows.where('id', '>', query.after);
+    if (query.after !== undefined) rows = rows.where('id', newest ? '<' : '>', query.after);
     return (await rows.execute()).map((e) => ({
       id: e.id,
       planName: e.plan_name,

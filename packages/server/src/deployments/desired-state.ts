@@ -42,40 +42,83 @@ interface ApplicablePlan {
   allowDowngrade: boolean;
 }
 
+/** The columns of a stage the desired state reads. */
+interface StageRow {
+  plan_name: string;
+  name: string;
+  status: string;
+  selection: string;
+  failure_policy: string;
+  position: number;
+}
+
 export async function desiredDeployments(
   trx: Transaction<DatabaseSchema>,
   device: { deviceName: string; fleetName: string },
   now: number,
 ): Promise<GetDeploymentsResult> {
+  // Only plans that can still apply to the device: those that targeted it, and completed ones (every stage
+  // DEPLOYED) that a newcomer may get. A plan not started, under way, failed or stopped without the device
+  // gives it nothing, so a fleet's growing plan history is not read and parsed on every poll.
   const plans = await trx
     .selectFrom('deployment_plans')
     .select(['name', 'model_configs', 'options'])
     .where('fleet_name', '=', device.fleetName)
+    .where((eb) =>
+      eb.or([
+        eb.exists(
+          eb
+            .selectFrom('deployment_targets')
+            .select('deployment_targets.plan_name')
+            .whereRef('deployment_targets.plan_name', '=', 'deployment_plans.name')
+            .where('deployment_targets.device_name', '=', device.deviceName),
+        ),
+        eb.and([
+          eb.exists(
+            eb
+              .selectFrom('deployment_stages')
+              .select('deployment_stages.name')
+              .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name'),
+          ),
+          eb.not(
+            eb.exists(
+              eb
+                .selectFrom('deployment_stages')
+                .select('deployment_stages.name')
+                .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name')
+                .where('deployment_stages.status', '!=', 'DEPLOYED'),
+            ),
+          ),
+        ]),
+      ]),
+    )
     .orderBy('created_at')
     .orderBy('name')
     .execute();
   if (plans.length === 0) return { Deployments: [] };
-  const stages = await trx
-    .selectFrom('deployment_stages')
-    .innerJoin('deployment_plans', 'deployment_plans.name', 'deployment_stages.plan_name')
-    .select([
-      'deployment_stages.plan_name',
-      'deployment_stages.name',
-      'deployment_stages.status',
-      'deployment_stages.selection',
-      'deployment_stages.failure_policy',
-      'deployment_stages.position',
-    ])
-    .where('deployment_plans.fleet_name', '=', device.fleetName)
-    .orderBy('deployment_stages.position')
-    .execute();
+  const stages: StageRow[] = [];
+  // Plans per IN (…) list: well under both engines' bind-parameter limits.
+  for (let i = 0; i < plans.length; i += 500) {
+    stages.push(
+      ...(await trx
+        .selectFrom('deployment_stages')
+        .select(['plan_name', 'name', 'status', 'selection', 'failure_policy', 'position'])
+        .where(
+          'plan_name',
+          'in',
+          plans.slice(i, i + 500).map((p) => p.name),
+        )
+        .orderBy('position')
+        .execute()),
+    );
+  }
   const targets = await trx
     .selectFrom('deployment_targets')
     .select(['plan_name', 'stage_name', 'status'])
     .where('device_name', '=', device.deviceName)
     .execute();
   const targetOf = new Map(targets.map((t) => [t.plan_name, t]));
-  const stagesOf = new Map<string, typeof stages>();
+  const stagesOf = new Map<string, StageRow[]>();
   for (const stage of stages)
     stagesOf.set(stage.plan_name, [...(stagesOf.get(stage.plan_name) ?? []), stage]);
   let self: Awaited<ReturnType<typeof selectableDevices>>[number] | undefined;

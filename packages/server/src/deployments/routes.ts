@@ -17,6 +17,7 @@ import type { ModelStore } from '../models/index.js';
 import { sendPackage } from '../packaging/index.js';
 import { deviceNameSchema, entityNameSchema, fleetNameSchema } from '../fields/index.js';
 import { assertActsAsItself } from '../heartbeats/index.js';
+import { ApiError } from '../http/errors.js';
 import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
@@ -24,6 +25,8 @@ import {
   MAX_STAGES,
   createPlanSchema,
   deploymentEventSchema,
+  deviceDeploymentStatusSchema,
+  stageStatusSchema,
   planViewSchema,
   stageDeviceSchema,
   stageInputSchema,
@@ -75,17 +78,42 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     url: '/api/v1/deployment-plans',
     auth: 'read',
     tag: 'deployments',
-    summary: 'List deployment plans in name order (ListEdgeDeploymentPlans)',
-    description: '404 when `fleetName` names no fleet (a typo must not look like a fleet without plans).',
-    query: pageQuerySchema.extend({ fleetName: fleetNameSchema.optional() }),
+    summary: 'List deployment plans in name order or newest first (ListEdgeDeploymentPlans)',
+    description:
+      '404 when `fleetName` names no fleet (a typo must not look like a fleet without plans). `order=newest` ' +
+      'lists the latest created first; `stageStatus` (repeatable) lists only plans with a stage in one of ' +
+      'those statuses (INPROGRESS and STOPPING: rollouts under way; FAILED: failed ones), however many plans ' +
+      'there are. A nextToken continues the listing it came from, in its order.',
+    query: pageQuerySchema.extend({
+      fleetName: fleetNameSchema.optional(),
+      order: z
+        .enum(['name', 'newest'])
+        .default('name')
+        .describe('name (A to Z) or newest (latest created first, then name Z to A)'),
+      stageStatus: z
+        .union([stageStatusSchema, z.array(stageStatusSchema).max(stageStatusSchema.options.length)])
+        .optional()
+        .transform((value) => (value === undefined ? [] : Array.isArray(value) ? value : [value]))
+        .describe('Only plans with a stage in this status; repeatable (any of them)'),
+    }),
     response: z.object({ plans: z.array(planViewSchema), nextToken: z.string().optional() }),
     handler: async ({ query }) => {
-      const after = decodePageToken('deployment-plans', query.nextToken);
-      const rows = await deployments.listPlans({
+      const filters = {
         limit: query.limit + 1,
-        ...(after !== undefined && { after }),
+        order: query.order,
+        stageStatus: query.stageStatus,
         ...(query.fleetName !== undefined && { fleetName: query.fleetName }),
-      });
+      };
+      if (query.order === 'newest') {
+        const afterNewest = decodeNewestPosition(query.nextToken);
+        const rows = await deployments.listPlans({ ...filters, ...(afterNewest && { afterNewest }) });
+        const page = toPage(NEWEST_PLANS, rows, query.limit, (p) =>
+          JSON.stringify([Date.parse(p.createdAt), p.name]),
+        );
+        return { plans: page.items, ...(page.nextToken && { nextToken: page.nextToken }) };
+      }
+      const after = decodePageToken('deployment-plans', query.nextToken);
+      const rows = await deployments.listPlans({ ...filters, ...(after !== undefined && { after }) });
       const page = toPage('deployment-plans', rows, query.limit, (p) => p.name);
       return { plans: page.items, ...(page.nextToken && { nextToken: page.nextToken }) };
     },
@@ -181,14 +209,18 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     auth: 'read',
     tag: 'deployments',
     summary: "A stage's devices in name order, with status, reason and last-seen time (ListStageDevices)",
+    description: '`status` lists only the devices in that status (say FAILED, to find the ones to look at).',
     params: stageParams,
-    query: pageQuerySchema,
+    query: pageQuerySchema.extend({
+      status: deviceDeploymentStatusSchema.optional().describe('Only devices in this deployment status'),
+    }),
     response: z.object({ devices: z.array(stageDeviceSchema), nextToken: z.string().optional() }),
     handler: async ({ params, query }) => {
       const after = decodePageToken('stage-devices', query.nextToken);
       const rows = await deployments.stageDevices(params.plan, params.stage, {
         limit: query.limit + 1,
         ...(after !== undefined && { after }),
+        ...(query.status !== undefined && { status: query.status }),
       });
       const page = toPage('stage-devices', rows, query.limit, (d) => d.deviceName);
       return { devices: page.items, ...(page.nextToken && { nextToken: page.nextToken }) };
@@ -213,18 +245,28 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
     auth: 'read',
     tag: 'deployments',
     summary:
-      "A plan's events in time order: plan created, stage started/deployed/failed/aborted/stopped, device " +
-      'failed/retried/timed out/cancelled/rolled back, auto-advance held (why the next stage did not start)',
+      "A plan's events in time order or newest first: plan created, stage started/deployed/failed/aborted/" +
+      'stopped, device failed/retried/timed out/cancelled/rolled back, auto-advance held (why the next stage ' +
+      'did not start)',
+    description: '`order=newest` lists the latest first; its nextToken continues to older ones.',
     params: planParams,
-    query: pageQuerySchema,
+    query: pageQuerySchema.extend({
+      order: z
+        .enum(['oldest', 'newest'])
+        .default('oldest')
+        .describe('oldest first (time order) or newest first'),
+    }),
     response: z.object({ events: z.array(deploymentEventSchema), nextToken: z.string().optional() }),
     handler: async ({ params, query }) => {
-      const after = decodePageToken('deployment-events', query.nextToken);
+      // Each order has its own tokens: a position in one read in the other would skip or repeat events.
+      const list = query.order === 'newest' ? 'deployment-events-newest' : 'deployment-events';
+      const after = decodePageToken(list, query.nextToken);
       const rows = await deployments.events(params.plan, {
         limit: query.limit + 1,
+        order: query.order,
         ...(after !== undefined && { after }),
       });
-      const page = toPage('deployment-events', rows, query.limit, (e) => e.id);
+      const page = toPage(list, rows, query.limit, (e) => e.id);
       return { events: page.items, ...(page.nextToken && { nextToken: page.nextToken }) };
     },
   });
@@ -321,3 +363,25 @@ export const deploymentDeviceRoutes: FastifyPluginAsync<{
     },
   });
 };
+
+/** The page-token list of plans newest first: positions are [created-at ms, name]. */
+const NEWEST_PLANS = 'deployment-plans-newest';
+const newestPositionSchema = z.tuple([z.number().int().nonnegative(), entityNameSchema]);
+
+function decodeNewestPosition(token: string | undefined): { createdAt: number; name: string } | undefined {
+  const position = decodePageToken(NEWEST_PLANS, token);
+  if (position === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(position);
+  } catch {
+    parsed = undefined;
+  }
+  const checked = newestPositionSchema.safeParse(parsed);
+  if (!checked.success) {
+    throw new ApiError(400, 'ValidationError', `nextToken is not a token from this ${NEWEST_PLANS} listing`, {
+      in: 'querystring',
+    });
+  }
+  return { createdAt: checked.data[0], name: checked.data[1] };
+}

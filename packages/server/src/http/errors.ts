@@ -67,13 +67,49 @@ export class RequestValidationError extends Error {
     /** The request part as sent: an entry of a list is then named by its value, not only by its index. */
     input?: unknown,
   ) {
-    super(
-      `invalid request ${part}: ${issues
-        .map((i) => `${i.path.length > 0 ? describeIssuePath(i.path, input) : '(root)'}: ${i.message}`)
-        .join('; ')}`,
-    );
+    super(`invalid request ${part}: ${describeIssues(issues, input).join('; ')}`);
     this.name = 'RequestValidationError';
   }
+}
+
+/**
+ * Issues alike (same message, same path but for one list index, no value of their own to quote) beyond this
+ * many are told once, with a count. Those an entry's value names (`"bad_name" (devices.1.name)`) differ by it,
+ * and stay one by one.
+ */
+const ALIKE_SHOWN_ONE_BY_ONE = 10;
+
+/**
+ * One phrase per issue, except that issues alike are told once: a 100-device body whose every entry carries an
+ * unknown key gets `devices[0..99].tags: Unrecognized key: "tags" (100 entries)`, not the same phrase 100 times.
+ */
+function describeIssues(issues: readonly z.core.$ZodIssue[], input: unknown): string[] {
+  const groups = new Map<string, { issues: z.core.$ZodIssue[]; at: number }>();
+  for (const [n, issue] of issues.entries()) {
+    const quoted = describeIssuePath(issue.path, input) !== issue.path.map(String).join('.');
+    // A quoted one groups alone (its own key), keeping its place among the others.
+    const at = quoted ? -1 : issue.path.findIndex((key) => typeof key === 'number');
+    const pattern = issue.path.map((key, i) => (i === at ? '*' : String(key))).join('.');
+    const key = at < 0 ? `#${n}` : `${pattern}\u0000${issue.message}`;
+    const group = groups.get(key) ?? { issues: [], at };
+    group.issues.push(issue);
+    groups.set(key, group);
+  }
+  const one = (i: z.core.$ZodIssue) =>
+    `${i.path.length > 0 ? describeIssuePath(i.path, input) : '(root)'}: ${i.message}`;
+  return [...groups.values()].flatMap(({ issues: alike, at }) => {
+    if (at < 0 || alike.length <= ALIKE_SHOWN_ONE_BY_ONE) return alike.map(one);
+    const first = alike[0]!;
+    const indexes = alike.map((i) => i.path[at] as number);
+    const before = first.path.slice(0, at).map(String).join('.');
+    const after = first.path
+      .slice(at + 1)
+      .map((key) => `.${String(key)}`)
+      .join('');
+    return [
+      `${before}[${Math.min(...indexes)}..${Math.max(...indexes)}]${after}: ${first.message} (${alike.length} entries)`,
+    ];
+  });
 }
 
 /** Longest value an error message quotes; longer ones are named by their path only. */

@@ -37,4 +37,24 @@ describe('a validation message quoting a refused list entry', () => {
     expect(message).not.toMatch(/[\p{Cc}\p{Cf}\u2028\u2029]/u);
     expect(message).not.toContain('\\u');
   });
+
+  it('tells issues alike once, with their count, and still quotes each refused value (N1)', async () => {
+    const refused = await t.call('POST', '/api/v1/fleets/gates/devices', {
+      token: t.adminToken,
+      body: { devices: Array.from({ length: 100 }, (_, i) => ({ name: `cam-${i}`, tags: { site: 'a' } })) },
+    });
+    expect(refused.status).toBe(400);
+    // Was the same phrase 100 times (~4 KB); now once.
+    expect(refused.body.message).toBe(
+      'invalid request body: devices[0..99]: Unrecognized key: "tags" (100 entries)',
+    );
+    // Values differ: each bad name is still named by itself.
+    const names = await t.call('POST', '/api/v1/fleets/gates/devices', {
+      token: t.adminToken,
+      body: { devices: Array.from({ length: 12 }, (_, i) => ({ name: `bad_${i}` })) },
+    });
+    expect(names.status).toBe(400);
+    for (let i = 0; i < 12; i += 1)
+      expect(names.body.message).toContain(`"bad_${i}" (devices.${i}.name): expected`);
+  });
 });

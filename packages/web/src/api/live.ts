@@ -1,11 +1,13 @@
 import { useEffect, useRef } from 'preact/hooks';
+import { coalesced } from './coalesce.js';
 
 /** Topics the server's change feed names (server/src/console/change-feed.ts). */
 export type ChangeTopic = 'fleets' | 'devices' | 'models' | 'packaging' | 'tokens' | 'deployments';
 
 const EVENTS_ROUTE = '/api/v1/console/events';
 
-type Listener = (topics: ChangeTopic[]) => void;
+/** `everything`: a new stream is ready, so every view reloads at once (changes before it were not sent). */
+type Listener = (topics: ChangeTopic[], everything: boolean) => void;
 
 const ALL_TOPICS: ChangeTopic[] = ['fleets', 'devices', 'models', 'packaging', 'tokens', 'deployments'];
 
@@ -49,7 +51,7 @@ export class LiveUpdates {
     });
     // From this event on, every change is sent. What changed before it (since the page loaded, or while
     // reconnecting after the server ended a stream) was not: every view reloads once.
-    source.addEventListener('ready', () => this.notify(ALL_TOPICS));
+    source.addEventListener('ready', () => this.notify(ALL_TOPICS, true));
     source.addEventListener('error', () => {
       this.setConnected(false);
       if (source.readyState === EventSource.CLOSED && this.source === source) this.refused(source);
@@ -109,7 +111,7 @@ export class LiveUpdates {
 
   /** Every view reloads (after signing in again: what they loaded meanwhile failed). */
   reloadAll(): void {
-    this.notify(ALL_TOPICS);
+    this.notify(ALL_TOPICS, true);
   }
 
   subscribe(listener: Listener): () => void {
@@ -117,8 +119,8 @@ export class LiveUpdates {
     return () => this.listeners.delete(listener);
   }
 
-  private notify(topics: ChangeTopic[]) {
-    for (const listener of this.listeners) listener(topics);
+  private notify(topics: ChangeTopic[], everything = false) {
+    for (const listener of this.listeners) listener(topics, everything);
   }
 
   private setConnected(connected: boolean) {
@@ -127,16 +129,30 @@ export class LiveUpdates {
   }
 }
 
-/** Calls `reload` whenever one of `topics` changes on the server. */
-export function useLive(live: LiveUpdates, topics: ChangeTopic[], reload: () => void): void {
+/**
+ * Calls `reload` whenever one of `topics` changes on the server; with `minIntervalMs`, at most once per that
+ * interval (changes within it are folded into one reload at its end: see coalesced).
+ */
+export function useLive(
+  live: LiveUpdates,
+  topics: ChangeTopic[],
+  reload: () => void,
+  options: { minIntervalMs?: number } = {},
+): void {
   const latest = useRef(reload);
   latest.current = reload;
   const key = topics.join(',');
-  useEffect(
-    () =>
-      live.subscribe((changed) => {
-        if (changed.some((topic) => key.split(',').includes(topic))) latest.current();
-      }),
-    [live, key],
-  );
+  const minIntervalMs = options.minIntervalMs ?? 0;
+  useEffect(() => {
+    const reloads = coalesced(() => latest.current(), minIntervalMs);
+    const unsubscribe = live.subscribe((changed, everything) => {
+      // A new stream's reload is not held back: nothing pending is left to fire later on its own.
+      if (everything) reloads.now();
+      else if (changed.some((topic) => key.split(',').includes(topic))) reloads.trigger();
+    });
+    return () => {
+      unsubscribe();
+      reloads.cancel();
+    };
+  }, [live, key, minIntervalMs]);
 }

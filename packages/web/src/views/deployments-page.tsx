@@ -1,4 +1,4 @@
-import { useState } from 'preact/hooks';
+import { useEffect, useState } from 'preact/hooks';
 import { must, type ApiPaths } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
@@ -15,26 +15,42 @@ type ModelConfigInput = CreatePlanBody['modelConfigs'][number];
 type SubsetType = StageInput['deviceSelection']['subsetType'];
 type FailurePolicy = NonNullable<StageInput['failureHandlingPolicy']>;
 
-const PLANS_SHOWN = 100;
-/** Devices shown per stage; the counts above them cover every device of the stage. */
+/** Plans per page of the list (newest first, paged by the server). */
+const PLANS_SHOWN = 50;
+/** Devices per page of a stage's table; the counts above it cover every device of the stage. */
 const STAGE_DEVICES_SHOWN = 100;
+/** Events per page of a plan's history (newest first; "Show older" pages on). */
 const EVENTS_SHOWN = 100;
 
-/** The plan list, and (for write tokens) the form that creates a plan. */
+/** The plan list, newest first and paged, and (for write tokens) the form that creates a plan. */
 export function DeploymentsPage() {
   const { api, live, canWrite } = useApp();
+  // Tokens of the pages before this one, so "Previous" can go back without the server keeping state.
+  const [pageTokens, setPageTokens] = useState<(string | undefined)[]>([undefined]);
+  const pageToken = pageTokens[pageTokens.length - 1];
   const plans = useLoad(
     async () =>
-      must(await api.GET('/api/v1/deployment-plans', { params: { query: { limit: PLANS_SHOWN } } })).plans,
-    [],
+      must(
+        await api.GET('/api/v1/deployment-plans', {
+          params: {
+            query: {
+              limit: PLANS_SHOWN,
+              order: 'newest',
+              ...(pageToken !== undefined ? { nextToken: pageToken } : {}),
+            },
+          },
+        }),
+      ),
+    [pageToken],
   );
   useLive(live, ['deployments'], plans.reload);
+  const shown = plans.data?.plans ?? [];
   return (
     <>
       {canWrite ? <CreatePlan onCreated={plans.reload} /> : null}
-      <Section title="Deployment plans">
+      <Section title="Deployment plans (newest first)">
         <ErrorNote error={plans.error} />
-        {(plans.data ?? []).length === 0 && !plans.loading ? (
+        {shown.length === 0 && !plans.loading && pageTokens.length === 1 ? (
           <p class="muted">No deployment plan yet.</p>
         ) : null}
         <table>
@@ -42,7 +58,7 @@ export function DeploymentsPage() {
             columns={['Plan', 'Fleet', 'Models', 'Stages', 'Deployed / pending / failed', 'Updated']}
           />
           <tbody>
-            {(plans.data ?? []).map((plan) => (
+            {shown.map((plan) => (
               <tr key={plan.name} data-plan={plan.name}>
                 <td>
                   <a href={href(`/deployments/${encodeURIComponent(plan.name)}`)}>{plan.name}</a>
@@ -66,6 +82,25 @@ export function DeploymentsPage() {
             ))}
           </tbody>
         </table>
+        <nav class="pager" aria-label="Plan pages">
+          <button
+            type="button"
+            class="secondary"
+            disabled={pageTokens.length <= 1}
+            onClick={() => setPageTokens(pageTokens.slice(0, -1))}
+          >
+            Previous
+          </button>
+          <span data-testid="plans-page">Page {pageTokens.length}</span>
+          <button
+            type="button"
+            class="secondary"
+            disabled={plans.data?.nextToken === undefined}
+            onClick={() => setPageTokens([...pageTokens, plans.data?.nextToken])}
+          >
+            Next
+          </button>
+        </nav>
       </Section>
     </>
   );
@@ -430,15 +465,31 @@ export function DeploymentPage({ params }: { params: Record<string, string> }) {
     async () => must(await api.GET('/api/v1/deployment-plans/{plan}', { params: { path: { plan: name } } })),
     [name],
   );
-  const events = useLoad(
-    async () =>
-      must(
+  // Pages of events shown, newest first; "Show older" adds one. A live reload reads them all again.
+  const [eventPages, setEventPages] = useState(1);
+  useEffect(() => setEventPages(1), [name]);
+  const events = useLoad(async () => {
+    const shown: EventView[] = [];
+    let nextToken: string | undefined;
+    for (let read = 0; read < eventPages; read++) {
+      const page = must(
         await api.GET('/api/v1/deployment-plans/{plan}/events', {
-          params: { path: { plan: name }, query: { limit: EVENTS_SHOWN } },
+          params: {
+            path: { plan: name },
+            query: {
+              limit: EVENTS_SHOWN,
+              order: 'newest',
+              ...(nextToken !== undefined ? { nextToken } : {}),
+            },
+          },
         }),
-      ).events,
-    [name],
-  );
+      );
+      shown.push(...page.events);
+      nextToken = page.nextToken;
+      if (nextToken === undefined) break;
+    }
+    return { events: shown, more: nextToken !== undefined };
+  }, [name, eventPages]);
   useLive(live, ['deployments'], () => {
     plan.reload();
     events.reload();
@@ -487,11 +538,13 @@ export function DeploymentPage({ params }: { params: Record<string, string> }) {
           onChanged={plan.reload}
         />
       ))}
-      <Section title="Events">
+      <Section title="Events (newest first)">
         <ErrorNote error={events.error} />
-        {(events.data ?? []).length === 0 && !events.loading ? <p class="muted">No events yet.</p> : null}
+        {(events.data?.events ?? []).length === 0 && !events.loading ? (
+          <p class="muted">No events yet.</p>
+        ) : null}
         <ol class="plain" data-testid="plan-events">
-          {(events.data ?? []).map((event) => (
+          {(events.data?.events ?? []).map((event) => (
             <li key={event.id} data-event={event.kind}>
               <When at={event.at} /> <strong>{event.kind}</strong>
               {event.stageName !== undefined ? ` stage ${event.stageName}` : ''}
@@ -499,10 +552,23 @@ export function DeploymentPage({ params }: { params: Record<string, string> }) {
             </li>
           ))}
         </ol>
+        {events.data?.more === true ? (
+          <button
+            type="button"
+            class="secondary"
+            disabled={events.loading}
+            onClick={() => setEventPages(eventPages + 1)}
+          >
+            Show older events
+          </button>
+        ) : null}
       </Section>
     </>
   );
 }
+
+type EventView =
+  ApiPaths['/api/v1/deployment-plans/{plan}/events']['get']['responses']['200']['content']['application/json']['events'][number];
 
 type StageView =
   ApiPaths['/api/v1/deployment-plans/{plan}']['get']['responses']['200']['content']['application/json']['stages'][number];
@@ -530,15 +596,31 @@ function StageCard({
   const { api, live } = useApp();
   const action = useAction();
   const started = stage.startedAt !== undefined;
+  // The table's status filter ('' for all) and the tokens of the pages before this one (as the devices list).
+  const [statusFilter, setStatusFilter] = useState<DeviceStatusFilter>('');
+  const [pageTokens, setPageTokens] = useState<(string | undefined)[]>([undefined]);
+  const pageToken = pageTokens[pageTokens.length - 1];
   const devices = useLoad(async () => {
-    if (!started) return { devices: [], complete: true };
+    if (!started) return { devices: [], complete: true, nextToken: undefined };
     const page = must(
       await api.GET('/api/v1/deployment-plans/{plan}/stages/{stage}/devices', {
-        params: { path: { plan: planName, stage: stage.name }, query: { limit: STAGE_DEVICES_SHOWN } },
+        params: {
+          path: { plan: planName, stage: stage.name },
+          query: {
+            limit: STAGE_DEVICES_SHOWN,
+            ...(statusFilter !== '' ? { status: statusFilter } : {}),
+            ...(pageToken !== undefined ? { nextToken: pageToken } : {}),
+          },
+        },
       }),
     );
-    return { devices: page.devices, complete: page.nextToken === undefined };
-  }, [planName, stage.name, started]);
+    return {
+      devices: page.devices,
+      // Every device of the stage is on screen: the whole list, on its only page.
+      complete: page.nextToken === undefined && statusFilter === '' && pageToken === undefined,
+      nextToken: page.nextToken,
+    };
+  }, [planName, stage.name, started, statusFilter, pageToken]);
   useLive(live, ['deployments'], devices.reload);
   const stageParams = { params: { path: { plan: planName, stage: stage.name } } };
   const shown = devices.data?.devices ?? [];
@@ -640,6 +722,35 @@ function StageCard({
           </p>
         ) : null}
         {started ? (
+          <div class="row">
+            <label>
+              Devices in status
+              <select
+                value={statusFilter}
+                onChange={(e) => {
+                  setStatusFilter(e.currentTarget.value as DeviceStatusFilter);
+                  setPageTokens([undefined]);
+                }}
+              >
+                <option value="">any</option>
+                {DEVICE_STATUSES.map((status) => (
+                  <option key={status} value={status}>
+                    {status}
+                  </option>
+                ))}
+              </select>
+            </label>
+            <span class="muted" data-testid="stage-devices-shown">
+              {describeShown({
+                first: (pageTokens.length - 1) * STAGE_DEVICES_SHOWN + 1,
+                count: shown.length,
+                total: matchingCount(stage, statusFilter),
+                status: statusFilter,
+              })}
+            </span>
+          </div>
+        ) : null}
+        {started ? (
           <table>
             <thead>
               <tr>
@@ -701,7 +812,29 @@ function StageCard({
               ))}
             </tbody>
           </table>
-        ) : (
+        ) : null}
+        {started && (pageTokens.length > 1 || devices.data?.nextToken !== undefined) ? (
+          <nav class="pager" aria-label={`Stage ${stage.name} device pages`}>
+            <button
+              type="button"
+              class="secondary"
+              disabled={pageTokens.length <= 1}
+              onClick={() => setPageTokens(pageTokens.slice(0, -1))}
+            >
+              Previous
+            </button>
+            <span>Page {pageTokens.length}</span>
+            <button
+              type="button"
+              class="secondary"
+              disabled={devices.data?.nextToken === undefined}
+              onClick={() => setPageTokens([...pageTokens, devices.data?.nextToken])}
+            >
+              Next
+            </button>
+          </nav>
+        ) : null}
+        {started ? null : (
           <p class="muted" data-testid="stage-not-started">
             {stage.status === 'READYTODEPLOY'
               ? 'Not started: its devices are chosen when it starts.'
@@ -712,6 +845,28 @@ function StageCard({
       </div>
     </Section>
   );
+}
+
+/** Deployment statuses a stage's devices can be in, for the table's filter. */
+const DEVICE_STATUSES = ['READYTODEPLOY', 'INPROGRESS', 'DEPLOYED', 'FAILED', 'STOPPED'] as const;
+type DeviceStatusFilter = (typeof DEVICE_STATUSES)[number] | '';
+
+/** How many of the stage's devices the filter matches, from the stage's counts; undefined when they don't say. */
+function matchingCount(stage: StageView, status: DeviceStatusFilter): number | undefined {
+  if (status === '') return stage.successCount + stage.pendingCount + stage.failedCount + stage.stoppedCount;
+  if (status === 'DEPLOYED') return stage.successCount;
+  if (status === 'FAILED') return stage.failedCount;
+  if (status === 'STOPPED') return stage.stoppedCount;
+  // The server counts READYTODEPLOY and INPROGRESS together as pending.
+  return undefined;
+}
+
+/** "Devices 101–200 of 250 shown, by name": which part of the stage's devices the table holds. */
+function describeShown(page: { first: number; count: number; total?: number; status: DeviceStatusFilter }) {
+  const which = page.status === '' ? 'devices' : `${page.status} devices`;
+  if (page.count === 0) return page.first === 1 ? `No ${which}.` : `No more ${which}.`;
+  const range = `${page.first}–${page.first + page.count - 1}`;
+  return `${which[0]!.toUpperCase()}${which.slice(1)} ${range}${page.total !== undefined ? ` of ${page.total}` : ''} shown, by name.`;
 }
 
 function describeSelection(selection: StageView['deviceSelection']): string {

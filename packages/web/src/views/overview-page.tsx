@@ -8,9 +8,13 @@ import { ErrorNote, Section, Stat, StatusBadge, TableHead, When } from '../compo
 import { href } from '../router.js';
 
 const FLEETS_SHOWN = 100;
-const PLANS_SHOWN = 100;
+/** Device changes reload the fleet reports at most this often. */
+const DEVICE_REPORTS_EVERY_MS = 10_000;
+/** Plans with a stage under way, and with a failed stage, each asked of the server (newest first). */
+const ROLLOUT_PLANS_SHOWN = 20;
+const FAILED_PLANS_SHOWN = 5;
 /** Stage statuses of a rollout under way. */
-const ACTIVE_STAGE = new Set(['STARTING', 'INPROGRESS', 'STOPPING']);
+const ACTIVE_STAGE = ['STARTING', 'INPROGRESS', 'STOPPING'] as const;
 
 export function OverviewPage() {
   const { api, live, canWrite } = useApp();
@@ -28,18 +32,34 @@ export function OverviewPage() {
         .jobs,
     [],
   );
-  const plans = useLoad(
-    async () =>
-      must(await api.GET('/api/v1/deployment-plans', { params: { query: { limit: PLANS_SHOWN } } })).plans,
-    [],
-  );
-  useLive(live, ['fleets', 'devices', 'models'], fleets.reload);
+  // Filtered by the server, so a rollout or a failure is found however many plans there are (the first page
+  // of all plans by name missed them once there were more than a page).
+  const plans = useLoad(async () => {
+    const [active, failed] = await Promise.all([
+      api.GET('/api/v1/deployment-plans', {
+        params: { query: { limit: ROLLOUT_PLANS_SHOWN, order: 'newest', stageStatus: [...ACTIVE_STAGE] } },
+      }),
+      api.GET('/api/v1/deployment-plans', {
+        params: { query: { limit: FAILED_PLANS_SHOWN, order: 'newest', stageStatus: ['FAILED'] } },
+      }),
+    ]);
+    const activePage = must(active);
+    return {
+      active: activePage.plans,
+      moreActive: activePage.nextToken !== undefined,
+      failed: must(failed).plans,
+    };
+  }, []);
+  useLive(live, ['fleets', 'models'], fleets.reload);
+  // Heartbeats name `devices` every few seconds in a busy fleet, and each reload asks every shown fleet's report.
+  useLive(live, ['devices'], fleets.reload, { minIntervalMs: DEVICE_REPORTS_EVERY_MS });
   useLive(live, ['packaging'], failures.reload);
   useLive(live, ['deployments'], plans.reload);
-  const rollouts = (plans.data ?? []).flatMap((plan) =>
-    plan.stages.filter((stage) => ACTIVE_STAGE.has(stage.status)).map((stage) => ({ plan, stage })),
+  const activeStatuses = new Set<string>(ACTIVE_STAGE);
+  const rollouts = (plans.data?.active ?? []).flatMap((plan) =>
+    plan.stages.filter((stage) => activeStatuses.has(stage.status)).map((stage) => ({ plan, stage })),
   );
-  const failedStages = (plans.data ?? []).flatMap((plan) =>
+  const failedStages = (plans.data?.failed ?? []).flatMap((plan) =>
     plan.stages.filter((stage) => stage.status === 'FAILED').map((stage) => ({ plan, stage })),
   );
 
@@ -133,6 +153,12 @@ export function OverviewPage() {
               </li>
             ))}
           </ul>
+          {plans.data?.moreActive === true ? (
+            <p class="muted" data-testid="more-rollouts">
+              The {ROLLOUT_PLANS_SHOWN} newest plans with a rollout under way are shown; see{' '}
+              <a href={href('/deployments')}>Deployments</a> for all plans.
+            </p>
+          ) : null}
         </Section>
         <Section title="Recent failures">
           <ErrorNote error={failures.error} />
