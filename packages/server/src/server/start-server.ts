@@ -220,11 +220,17 @@ export async function openStores(
     maxConnections: config.databaseMaxConnections,
     onConnectionError: (error) =>
       logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
-    onRollbackFailure: (error) =>
-      logger?.warn(
-        { err: error },
-        'a failed transaction could not be rolled back; the error that failed it is the one reported',
-      ),
+    onRollbackFailure: (error, outcome) =>
+      outcome === 'unusable'
+        ? logger?.error(
+            { err: error },
+            'a failed transaction could not be rolled back and is still open: the database refuses every ' +
+              'request (503) and /readyz reports it until the server is restarted',
+          )
+        : logger?.warn(
+            { err: error },
+            'a failed transaction could not be rolled back at first; it has ended, and the error that failed it is the one reported',
+          ),
   });
   const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   try {

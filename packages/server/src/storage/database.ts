@@ -295,42 +295,92 @@ function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqliteDataba
 }
 
 /**
- * Kysely's SQLite driver, except that a transaction SQLite has already ended is not rolled back again. On
- * SQLITE_FULL, SQLITE_IOERR and some others SQLite rolls the transaction back itself; kysely's ROLLBACK then
- * fails ("cannot rollback - no transaction is active") and that error would replace the one that says why
- * (the full disk) in the answer and the log. A ROLLBACK that fails for another reason is reported to
- * `onRollbackFailure` and the original error still propagates.
+ * Kysely's SQLite driver, except that a transaction SQLite has already ended is not rolled back again. When
+ * SQLite has ended the transaction itself (a failed COMMIT, some SQLITE_FULL and SQLITE_IOERR cases; a
+ * SQLITE_FULL inside one statement may undo only that statement and leave the transaction open, and then the
+ * ROLLBACK runs as usual), kysely's ROLLBACK would fail ("cannot rollback - no transaction is active") and that
+ * error would replace the one that says why (the full disk) in the answer and the log.
+ *
+ * A ROLLBACK that fails while the transaction is still open is tried once more. If the transaction is still
+ * open after that, the one connection would stay inside it: every later write would join a transaction that is
+ * never committed (lost at restart, readable meanwhile, so nothing would look wrong). The driver then refuses
+ * every later use (DatabaseUnavailableError: 503 for requests, /readyz not ready) until the server restarts,
+ * which discards the open transaction. The original error still propagates; `onRollbackFailure` hears each
+ * failed ROLLBACK and whether the connection was given up.
  */
 class SqliteDriverKeepingCause extends SqliteDriver {
+  #unusable: DatabaseUnavailableError | undefined;
+
   constructor(
     config: ConstructorParameters<typeof SqliteDriver>[0],
     private readonly sqlite: SqliteDatabase.Database,
-    private readonly onRollbackFailure: ((error: unknown) => void) | undefined,
+    private readonly description: string,
+    private readonly onRollbackFailure: RollbackFailureListener | undefined,
   ) {
     super(config);
+  }
+
+  override async acquireConnection(): Promise<DatabaseConnection> {
+    if (this.#unusable !== undefined) throw this.#unusable;
+    return super.acquireConnection();
   }
 
   override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
     if (!this.sqlite.inTransaction) return;
     try {
       await super.rollbackTransaction(connection);
+      return;
     } catch (error) {
-      this.onRollbackFailure?.(error);
+      if (!this.sqlite.inTransaction) {
+        this.onRollbackFailure?.(error, 'ended');
+        return;
+      }
+      try {
+        await super.rollbackTransaction(connection);
+        this.onRollbackFailure?.(error, 'ended');
+        return;
+      } catch (again) {
+        if (!this.sqlite.inTransaction) {
+          this.onRollbackFailure?.(again, 'ended');
+          return;
+        }
+        this.#unusable = new DatabaseUnavailableError(
+          this.description,
+          new Error(
+            'a transaction could not be rolled back and is still open on the one SQLite connection; ' +
+              'the server refuses to write into it (its writes would be lost): restart the server',
+            { cause: again },
+          ),
+        );
+        this.onRollbackFailure?.(again, 'unusable');
+      }
     }
   }
 }
+
+/**
+ * Hears a failed SQLite ROLLBACK: 'ended' when the transaction ended anyway (a second ROLLBACK, or SQLite
+ * itself), 'unusable' when it is still open and the database refuses every later use until a restart.
+ */
+export type RollbackFailureListener = (error: unknown, outcome: 'ended' | 'unusable') => void;
 
 class SqliteDialectKeepingCause extends SqliteDialect {
   constructor(
     private readonly driverConfig: ConstructorParameters<typeof SqliteDialect>[0],
     private readonly sqlite: SqliteDatabase.Database,
-    private readonly onRollbackFailure: ((error: unknown) => void) | undefined,
+    private readonly description: string,
+    private readonly onRollbackFailure: RollbackFailureListener | undefined,
   ) {
     super(driverConfig);
   }
 
   override createDriver(): Driver {
-    return new SqliteDriverKeepingCause(this.driverConfig, this.sqlite, this.onRollbackFailure);
+    return new SqliteDriverKeepingCause(
+      this.driverConfig,
+      this.sqlite,
+      this.description,
+      this.onRollbackFailure,
+    );
   }
 }
 
@@ -397,10 +447,11 @@ export interface OpenDatabaseOptions {
    */
   onConnectionError?: (error: Error) => void;
   /**
-   * Hears a SQLite ROLLBACK that failed although a transaction was open; the error that made the transaction
-   * roll back is still the one thrown (SqliteDriverKeepingCause).
+   * Hears a SQLite ROLLBACK that failed although a transaction was open, and whether the database is now
+   * unusable until a restart; the error that made the transaction roll back is still the one thrown
+   * (SqliteDriverKeepingCause).
    */
-  onRollbackFailure?: (error: unknown) => void;
+  onRollbackFailure?: RollbackFailureListener;
 }
 
 /** SQLite file modes: the database holds token hashes, CSRF tokens and sealed secrets, wherever it lies. */
@@ -462,6 +513,7 @@ export async function openDatabase(
       dialect: new SqliteDialectKeepingCause(
         { database: withStatementCache(sqlite) },
         sqlite,
+        `sqlite:${location.file}`,
         options.onRollbackFailure,
       ),
     });
