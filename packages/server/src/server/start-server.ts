@@ -56,6 +56,7 @@ import {
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
 import { OutageLog } from '../http/outage-log.js';
+import { checkFreeSpace } from '../http/free-space.js';
 import { RecentDiskFaults } from '../http/recent-disk-faults.js';
 import { loadInstanceId } from './instance-id.js';
 import { listenerRequestTimeoutMs } from '../http/request-deadline.js';
@@ -730,13 +731,19 @@ export async function startServer(
       }),
       deployments,
     };
-    // Writes a full or failing disk refused lately: SELECT 1 and the blob store's check still pass on a full disk.
+    // SELECT 1 and the blob store's check still pass on a full or failing disk: readiness also asks the file
+    // system under the SQLite file and the blob folder for free space, and remembers recent I/O errors.
     const diskFaults = new RecentDiskFaults();
+    const minFreeBytes = config.storage.minFreeBytes;
+    const databaseFolder =
+      config.databaseLocation.engine === 'sqlite' ? path.dirname(config.databaseLocation.file) : undefined;
+    const blobFolder = config.blobLocation.kind === 'local' ? config.blobLocation.root : undefined;
     const readiness: ReadinessCheck[] = [
       {
         name: 'database',
         check: async () => {
           diskFaults.check('database');
+          if (databaseFolder !== undefined) await checkFreeSpace('database', databaseFolder, minFreeBytes);
           await pingDatabase(database);
         },
       },
@@ -744,6 +751,7 @@ export async function startServer(
         name: 'blobStore',
         check: async () => {
           diskFaults.check('blobStore');
+          if (blobFolder !== undefined) await checkFreeSpace('blobStore', blobFolder, minFreeBytes);
           await blobs.check();
           try {
             await bindBlobs();
