@@ -187,15 +187,25 @@ export class DatabaseUnavailableError extends Error {
 /**
  * Why a write failed when the disk under the server's state failed it, not the request: 'full' for no space or
  * quota left (SQLite's SQLITE_FULL, the file system's ENOSPC / EDQUOT, PostgreSQL's 53100 disk_full), 'io' for
- * an I/O error (SQLite's SQLITE_IOERR and its extended codes, EIO). Undefined for any other error.
+ * an I/O error (SQLite's SQLITE_IOERR and its extended codes except SQLITE_IOERR_NOMEM, which is memory, EIO).
+ * Undefined for any other error.
  */
 export function diskFaultOf(error: unknown): 'full' | 'io' | undefined {
-  // Looks through wrappers (DatabaseUnavailableError, a migration's message) to the code that says it.
+  return diskFaultCodeOf(error)?.fault;
+}
+
+/**
+ * The disk fault `error` or what it wraps (DatabaseUnavailableError, a migration's message, a plain Error's
+ * `cause`) says, with the code that says it: the code tells whose disk it was (SQLite's or PostgreSQL's
+ * codes: the database's; a file system's: the files the server writes itself).
+ */
+export function diskFaultCodeOf(error: unknown): { fault: 'full' | 'io'; code: string } | undefined {
   for (let cause = error, depth = 0; cause !== undefined && cause !== null && depth < 5; depth++) {
     const code = (cause as { code?: unknown }).code;
     if (typeof code === 'string') {
-      if (['SQLITE_FULL', 'ENOSPC', 'EDQUOT', '53100'].includes(code)) return 'full';
-      if (code.startsWith('SQLITE_IOERR') || code === 'EIO') return 'io';
+      if (['SQLITE_FULL', 'ENOSPC', 'EDQUOT', '53100'].includes(code)) return { fault: 'full', code };
+      if ((code.startsWith('SQLITE_IOERR') && code !== 'SQLITE_IOERR_NOMEM') || code === 'EIO')
+        return { fault: 'io', code };
     }
     cause = (cause as { cause?: unknown }).cause;
   }

@@ -15,6 +15,7 @@ import {
   openDatabase,
   type ServerDatabase,
 } from '../../src/storage/index.js';
+import { diskFaultComponentOf } from '../../src/errors/dependency-unavailable.js';
 
 describe('a transaction on a full SQLite disk', () => {
   let dir: string;
@@ -115,5 +116,22 @@ describe('a transaction on a full SQLite disk', () => {
     expect(String((later as Error).message)).toMatch(/restart the server/);
     // Lets the connection close at the end of the test (a server exits instead).
     await reading?.return?.();
+  });
+});
+
+describe('which disk fault an error is, and whose', () => {
+  const coded = (code: string, message = code) => Object.assign(new Error(message), { code });
+
+  it('takes SQLITE_IOERR_NOMEM for what it is, memory, not a disk error', () => {
+    expect(diskFaultOf(coded('SQLITE_IOERR_NOMEM'))).toBeUndefined();
+    expect(diskFaultComponentOf(coded('SQLITE_IOERR_NOMEM'))).toBeUndefined();
+    expect(diskFaultOf(coded('SQLITE_IOERR_WRITE'))).toBe('io');
+  });
+
+  it("names the database for a SQLite error wrapped in a plain Error, the blob store for a file system's", () => {
+    const wrapped = new Error('saving the device failed', { cause: coded('SQLITE_FULL') });
+    expect(diskFaultComponentOf(wrapped)).toEqual({ component: 'database', fault: 'full' });
+    const fileSystem = new Error('writing the blob failed', { cause: coded('ENOSPC') });
+    expect(diskFaultComponentOf(fileSystem)).toEqual({ component: 'blobStore', fault: 'full' });
   });
 });
