@@ -15,7 +15,12 @@ import type {
   RegistryObserver,
   StagedVersionDescription,
 } from '../models/index.js';
-import { isStorageFull, type DeploymentModelRow, type DeploymentsRepository } from '../state/index.js';
+import {
+  isStorageFull,
+  storageFullWords,
+  type DeploymentModelRow,
+  type DeploymentsRepository,
+} from '../state/index.js';
 import { sleepUnlessAborted } from '../retry/index.js';
 import type { DeploymentMetrics } from './deployment-metrics.js';
 import {
@@ -72,7 +77,7 @@ export interface UpdateEngineOptions {
    */
   onFinal?: () => void;
   /** Why the handle's model did not load at the agent's start (LoadFailures), when it did not. */
-  loadFailure?: (handle: string) => { reason: string; at: number } | undefined;
+  loadFailure?: (handle: string) => { reason: string; category: string; at: number } | undefined;
 }
 
 /** One model handle's update, as `edgefleet agent status` shows it. */
@@ -163,7 +168,10 @@ interface WorkingOn {
 /** The last pass could not write for want of space: the deployment it was writing when it knew one. */
 interface StorageFull extends Omit<WorkingOn, 'deployment'> {
   deployment: string | undefined;
+  /** The failed write's own message (may name a file): the agent's log and operator status. */
   reason: string;
+  /** The same without local paths (storageFullWords): the heartbeat. */
+  publicReason: string;
   since: number;
 }
 
@@ -332,7 +340,8 @@ export class UpdateEngine {
     return this.#o.repository.list().flatMap((row) => {
       const words = this.#notLoadedReason(row);
       if (words === null) return [];
-      const failure = this.#loadFailure(row);
+      // Leaves the device: the failure's category, without the local paths its message may name (status has them).
+      const failure = this.#loadFailureCategory(row);
       const reason = failure === null ? words : `${words}: ${failure}`;
       return [
         {
@@ -395,6 +404,11 @@ export class UpdateEngine {
     return this.#o.loadFailure?.(row.handle)?.reason ?? null;
   }
 
+  #loadFailureCategory(row: DeploymentModelRow): string | null {
+    if (this.#loadFailure(row) === null) return null;
+    return this.#o.loadFailure?.(row.handle)?.category ?? null;
+  }
+
   #lastFailure(row: DeploymentModelRow): DeploymentFailureStatus | null {
     const failure = this.#o.repository.outcome(row.handle, 'failed');
     if (!failure || (failure.deploymentName === row.deploymentName && failure.startedAt === row.startedAt))
@@ -423,7 +437,8 @@ export class UpdateEngine {
       // A final result the server has not accepted goes first (its stage waits on it); the heartbeat carries one.
       const final = this.finalResults(1)[0];
       if (final !== undefined && final.DeploymentName !== full.deployment) return final;
-      if (full.deployment !== undefined) return this.#storageFullResult(rows, { ...full, deployment: full.deployment });
+      if (full.deployment !== undefined)
+        return this.#storageFullResult(rows, { ...full, deployment: full.deployment });
     }
     const pending = rows.filter((row) => !row.reported).sort((a, b) => b.updatedAt - a.updatedAt)[0];
     if (pending) return this.#resultFor(rows.filter((row) => row.deploymentName === pending.deploymentName));
@@ -460,9 +475,10 @@ export class UpdateEngine {
    */
   #storageFullResult(
     rows: DeploymentModelRow[],
-    full: WorkingOn & { reason: string; since: number },
+    full: StorageFull & { deployment: string },
   ): DeploymentResultInput {
-    const message = truncate(storageFullMessage(full.deployment, full.reason));
+    // Leaves the device: words without the local paths a file system error names (status keeps them).
+    const message = truncate(storageFullMessage(full.deployment, full.publicReason));
     const recorded = rows.filter((row) => row.deploymentName === full.deployment);
     if (recorded.length > 0 && !recorded.every((row) => FINAL_STATES.has(state(row))))
       return {
@@ -607,7 +623,13 @@ export class UpdateEngine {
             ? (this.#storageFull?.since ?? this.#now())
             : this.#now();
         // Only a write of a known deployment names one: a heartbeat never carries a made-up deployment.
-        this.#storageFull = { deployment: working?.deployment, models: working?.models ?? [], reason, since };
+        this.#storageFull = {
+          deployment: working?.deployment,
+          models: working?.models ?? [],
+          reason,
+          publicReason: storageFullWords(error),
+          since,
+        };
         throw new DeploymentStorageFullError(storageFullMessage(working?.deployment, reason), {
           cause: error,
         });

@@ -1202,7 +1202,7 @@ describe('UpdateEngine on a full data root', () => {
     expect(d.engine.deploymentResult()).toMatchObject({ DeploymentName: 'two', DeploymentStatus: 'SUCCESS' });
   });
 
-  it("a final result the server has not accepted is still sent while another deployment waits for space", async () => {
+  it('a final result the server has not accepted is still sent while another deployment waits for space', async () => {
     const v1 = await publish(identityModel(), '1.0');
     const d = await device({ ownConnection: true });
     await d.engine.apply([

@@ -144,7 +144,10 @@ export const serverConfigSchema = z.strictObject({
        * /readyz fails `database` (a SQLite file) or `blobStore` (a blob folder) while the file system under it
        * has less free space than this: a full disk refuses writes although SELECT 1 and the store's check pass.
        */
-      minFreeBytes: z.int().min(0).default(64 * 1024 * 1024),
+      minFreeBytes: z
+        .int()
+        .min(0)
+        .default(64 * 1024 * 1024),
     })
     .prefault({}),
   s3: z
