@@ -93,11 +93,8 @@ describe('a transaction on a full SQLite disk', () => {
       .execute(async (trx) => {
         await sql`insert into t (v) values (${'never committed'})`.execute(trx);
         // A query still being read keeps the connection busy: SQLite refuses the ROLLBACK (both tries).
-        reading = (trx as unknown as Kysely<{ t: { v: string } }>)
-          .selectFrom('t')
-          .selectAll()
-          .stream()
-          [Symbol.asyncIterator]();
+        const rows = (trx as unknown as Kysely<{ t: { v: string } }>).selectFrom('t').selectAll().stream();
+        reading = rows[Symbol.asyncIterator]();
         await reading.next();
         throw new Error('the callback failed');
       })
