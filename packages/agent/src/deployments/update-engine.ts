@@ -15,7 +15,12 @@ import type {
   RegistryObserver,
   StagedVersionDescription,
 } from '../models/index.js';
-import { isStorageFull, type DeploymentModelRow, type DeploymentsRepository } from '../state/index.js';
+import {
+  isStorageFull,
+  storageFullWords,
+  type DeploymentModelRow,
+  type DeploymentsRepository,
+} from '../state/index.js';
 import { sleepUnlessAborted } from '../retry/index.js';
 import type { DeploymentMetrics } from './deployment-metrics.js';
 import {
@@ -72,7 +77,7 @@ export interface UpdateEngineOptions {
    */
   onFinal?: () => void;
   /** Why the handle's model did not load at the agent's start (LoadFailures), when it did not. */
-  loadFailure?: (handle: string) => { reason: string; at: number } | undefined;
+  loadFailure?: (handle: string) => { reason: string; category: string; at: number } | undefined;
 }
 
 /** One model handle's update, as `edgefleet agent status` shows it. */
@@ -130,7 +135,8 @@ export interface DeploymentFailureStatus {
  * memory only, so status and heartbeats can say why it does not move. Nothing durable claims a state for it.
  */
 export interface StorageFullStatus {
-  deployment: string;
+  /** The deployment held up; null when the pass had named none yet (the agent's start, before any update). */
+  deployment: string | null;
   /** What the failed write said (SQLite's "database or disk is full", ENOSPC's message). */
   reason: string;
   /** The whole sentence status and the deployment result carry. */
@@ -157,6 +163,16 @@ interface WorkingOn {
     version: string | null;
     desired: 'DEPLOY' | 'UNDEPLOY';
   }[];
+}
+
+/** The last pass could not write for want of space: the deployment it was writing when it knew one. */
+interface StorageFull extends Omit<WorkingOn, 'deployment'> {
+  deployment: string | undefined;
+  /** The failed write's own message (may name a file): the agent's log and operator status. */
+  reason: string;
+  /** The same without local paths (storageFullWords): the heartbeat. */
+  publicReason: string;
+  since: number;
 }
 
 /** A step's outcome: go on, wait for the next pass (download retry, lock held), or stop (a final state). */
@@ -214,7 +230,7 @@ export class UpdateEngine {
   /** The deployment the pass under way works on (what a storage-full failure is about). */
   #workingOn: WorkingOn | undefined;
   /** Set while the last pass failed for want of space; cleared by the next pass that does not. */
-  #storageFull: (WorkingOn & { reason: string; since: number }) | undefined;
+  #storageFull: StorageFull | undefined;
   /** Lines about best-effort writes outside a pass (a result marked reported, an application's unload). */
   readonly #writeFailureLines: LineLimiter;
 
@@ -239,6 +255,8 @@ export class UpdateEngine {
       for (const row of open) {
         if (!this.#newVersionServes(row) && !STAGING.has(state(row))) continue;
         row.restarts += 1;
+        // A full disk here is reported for this row's deployment, not a nameless one.
+        this.#workingOn = workingOnRows(open.filter((other) => other.deploymentName === row.deploymentName));
         this.#o.repository.save(row);
       }
       await this.#driveOpen();
@@ -279,7 +297,7 @@ export class UpdateEngine {
     const full = this.#storageFull;
     if (!full) return null;
     return {
-      deployment: full.deployment,
+      deployment: full.deployment ?? null,
       reason: full.reason,
       message: storageFullMessage(full.deployment, full.reason),
       since: new Date(full.since).toISOString(),
@@ -322,7 +340,8 @@ export class UpdateEngine {
     return this.#o.repository.list().flatMap((row) => {
       const words = this.#notLoadedReason(row);
       if (words === null) return [];
-      const failure = this.#loadFailure(row);
+      // Leaves the device: the failure's category, without the local paths its message may name (status has them).
+      const failure = this.#loadFailureCategory(row);
       const reason = failure === null ? words : `${words}: ${failure}`;
       return [
         {
@@ -385,6 +404,11 @@ export class UpdateEngine {
     return this.#o.loadFailure?.(row.handle)?.reason ?? null;
   }
 
+  #loadFailureCategory(row: DeploymentModelRow): string | null {
+    if (this.#loadFailure(row) === null) return null;
+    return this.#o.loadFailure?.(row.handle)?.category ?? null;
+  }
+
   #lastFailure(row: DeploymentModelRow): DeploymentFailureStatus | null {
     const failure = this.#o.repository.outcome(row.handle, 'failed');
     if (!failure || (failure.deploymentName === row.deploymentName && failure.startedAt === row.startedAt))
@@ -408,7 +432,14 @@ export class UpdateEngine {
    */
   deploymentResult(): DeploymentResultInput | undefined {
     const rows = this.#o.repository.list();
-    if (this.#storageFull) return this.#storageFullResult(rows, this.#storageFull);
+    const full = this.#storageFull;
+    if (full) {
+      // A final result the server has not accepted goes first (its stage waits on it); the heartbeat carries one.
+      const final = this.finalResults(1)[0];
+      if (final !== undefined && final.DeploymentName !== full.deployment) return final;
+      if (full.deployment !== undefined)
+        return this.#storageFullResult(rows, { ...full, deployment: full.deployment });
+    }
     const pending = rows.filter((row) => !row.reported).sort((a, b) => b.updatedAt - a.updatedAt)[0];
     if (pending) return this.#resultFor(rows.filter((row) => row.deploymentName === pending.deploymentName));
     return undefined;
@@ -444,9 +475,10 @@ export class UpdateEngine {
    */
   #storageFullResult(
     rows: DeploymentModelRow[],
-    full: WorkingOn & { reason: string; since: number },
+    full: StorageFull & { deployment: string },
   ): DeploymentResultInput {
-    const message = truncate(storageFullMessage(full.deployment, full.reason));
+    // Leaves the device: words without the local paths a file system error names (status keeps them).
+    const message = truncate(storageFullMessage(full.deployment, full.publicReason));
     const recorded = rows.filter((row) => row.deploymentName === full.deployment);
     if (recorded.length > 0 && !recorded.every((row) => FINAL_STATES.has(state(row))))
       return {
@@ -459,14 +491,25 @@ export class UpdateEngine {
       DeploymentStatus: 'INPROGRESS',
       DeploymentStatusMessage: message,
       DeploymentStartTime: full.since / 1000,
-      DeploymentModels: full.models.slice(0, MAX_MODELS_PER_HEARTBEAT).map((model) => ({
-        ModelHandle: model.handle,
-        ...(model.modelName !== null && { ModelName: model.modelName }),
-        ...(model.version !== null && { ModelVersion: model.version }),
-        DesiredState: model.desired,
-        State: this.#o.registry.has(model.handle) ? ('DEPLOY' as const) : ('UNDEPLOY' as const),
-        StatusReason: message,
-      })),
+      DeploymentModels: full.models.slice(0, MAX_MODELS_PER_HEARTBEAT).map((model) => {
+        // State is of the model at this version: another version serving the handle is not it.
+        const serving = this.#o.registry.has(model.handle)
+          ? this.#o.registry.describe(model.handle).version
+          : undefined;
+        const deployed = serving !== undefined && serving === model.version;
+        return {
+          ModelHandle: model.handle,
+          ...(model.modelName !== null && { ModelName: model.modelName }),
+          ...(model.version !== null && { ModelVersion: model.version }),
+          DesiredState: model.desired,
+          State: deployed ? ('DEPLOY' as const) : ('UNDEPLOY' as const),
+          StatusReason: truncate(
+            serving === undefined || deployed
+              ? message
+              : `version ${serving} serves the handle until this version can be recorded: ${message}`,
+          ),
+        };
+      }),
     };
   }
 
@@ -572,12 +615,22 @@ export class UpdateEngine {
         await work();
       } catch (error) {
         if (!isStorageFull(error)) throw error;
-        const working = this.#workingOn ?? { deployment: UNNAMED, models: [] };
+        // Set by `work` (TypeScript keeps the narrowing of the reset above across the call).
+        const working = this.#workingOn as WorkingOn | undefined;
         const reason = (error as Error).message;
         const since =
-          this.#storageFull?.deployment === working.deployment ? this.#storageFull.since : this.#now();
-        this.#storageFull = { ...working, reason, since };
-        throw new DeploymentStorageFullError(storageFullMessage(working.deployment, reason), {
+          this.#storageFull?.deployment === working?.deployment
+            ? (this.#storageFull?.since ?? this.#now())
+            : this.#now();
+        // Only a write of a known deployment names one: a heartbeat never carries a made-up deployment.
+        this.#storageFull = {
+          deployment: working?.deployment,
+          models: working?.models ?? [],
+          reason,
+          publicReason: storageFullWords(error),
+          since,
+        };
+        throw new DeploymentStorageFullError(storageFullMessage(working?.deployment, reason), {
           cause: error,
         });
       }
@@ -598,15 +651,7 @@ export class UpdateEngine {
     for (const name of open) {
       if (this.#abort.signal.aborted) return;
       const rows = all.filter((row) => row.deploymentName === name);
-      this.#workingOn = {
-        deployment: name,
-        models: rows.map((row) => ({
-          handle: row.handle,
-          modelName: row.modelName,
-          version: row.version,
-          desired: row.desired,
-        })),
-      };
+      this.#workingOn = workingOnRows(rows);
       await this.#drive(rows[0]!.failurePolicy, rows);
     }
   }
@@ -1144,7 +1189,22 @@ function deployedState(row: DeploymentModelRow): 'DEPLOY' | 'UNDEPLOY' {
   return s === 'Committed' || s === 'HealthCheck' ? 'DEPLOY' : row.previousUrl ? 'DEPLOY' : 'UNDEPLOY';
 }
 
-function storageFullMessage(deployment: string, reason: string): string {
+/** The rows' deployment as the pass writing it names it (what a storage-full result reports). */
+function workingOnRows(rows: DeploymentModelRow[]): WorkingOn {
+  return {
+    deployment: rows[0]!.deploymentName,
+    models: rows.map((row) => ({
+      handle: row.handle,
+      modelName: row.modelName,
+      version: row.version,
+      desired: row.desired,
+    })),
+  };
+}
+
+function storageFullMessage(deployment: string | undefined, reason: string): string {
+  if (deployment === undefined)
+    return `the device's storage is full: ${reason}; the state of the updates cannot be recorded, so they do not go on (what served before still serves); they go on by themselves once space is freed on the agent's data root`;
   return `the device's storage is full: ${reason}; the state of deployment ${deployment} cannot be recorded, so it does not go on (what served before still serves, and nothing is claimed that the agent has not recorded); it goes on by itself once space is freed on the agent's data root`;
 }
 

@@ -78,7 +78,7 @@ const PublicDeploymentModelsSchema = z.array(PublicDeploymentModelSchema);
 /** The update engine's StorageFullStatus: which deployment waits for space and since when; the words name files. */
 const PublicStorageFullSchema = z
   .object({
-    deployment: z.string(),
+    deployment: z.string().nullable(),
     since: z.string(),
     reason: WithheldReasonSchema,
     message: WithheldReasonSchema,

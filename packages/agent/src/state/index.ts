@@ -64,7 +64,7 @@ export {
   type UploadLedger,
 } from './upload-ledger-repository.js';
 export { ModelActivity, type ModelActivityLogger, type ModelActivityOptions } from './model-activity.js';
-export { isStorageFull } from './storage-full.js';
+export { isStorageFull, storageFullWords } from './storage-full.js';
 export { LoadFailures, MAX_LOAD_FAILURES, type LoadFailure } from './load-failures.js';
 export {
   recordLoadedModels,

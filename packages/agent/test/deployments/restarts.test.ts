@@ -286,8 +286,12 @@ describe('a committed package changed on disk', () => {
       {
         ModelHandle: 'detector',
         UnloadedByApplication: false,
-        Reason: expect.stringMatching(/^its load at the agent's start failed.*: .*model\.onnx was modified/),
+        // The category, not the load's message: that names the package folder (status keeps it).
+        Reason: expect.stringMatching(
+          /^its load at the agent's start failed.*: the package failed signature verification \(file-modified: model\.onnx\)$/,
+        ),
       },
     ]);
+    expect(JSON.stringify(notLoaded())).not.toContain(packageDir);
   }, 420_000);
 });

@@ -1171,6 +1171,8 @@ describe('UpdateEngine on a full data root', () => {
     const d = await device({ ownConnection: true });
     await d.engine.apply([deployment('base', [{ handle: 'detector', pkg: v1, version: '1.0' }])]);
     expect(stateOf(d, 'detector')).toMatchObject({ state: 'Committed', version: '1.0' });
+    // The server accepted base's SUCCESS (else that final result would be sent first).
+    d.engine.reported(d.engine.deploymentResult()!);
     fillDatabase(d.deploymentsDb!);
 
     const upgrade = [
@@ -1206,8 +1208,9 @@ describe('UpdateEngine on a full data root', () => {
           ModelName: 'detector',
           ModelVersion: '2.0',
           DesiredState: 'DEPLOY',
-          State: 'DEPLOY',
-          StatusReason: expect.stringMatching(/storage is full/),
+          // 2.0 is not deployed: 1.0 serves, and the reason says so (before: State DEPLOY for 2.0).
+          State: 'UNDEPLOY',
+          StatusReason: expect.stringMatching(/^version 1\.0 serves the handle .*storage is full/),
         },
       ],
     });
@@ -1219,6 +1222,32 @@ describe('UpdateEngine on a full data root', () => {
     expect(stateOf(d, 'detector')).toMatchObject({ deployment: 'two', state: 'Committed', version: '2.0' });
     expect(d.engine.storageFull()).toBeNull();
     expect(d.engine.deploymentResult()).toMatchObject({ DeploymentName: 'two', DeploymentStatus: 'SUCCESS' });
+  });
+
+  it('a final result the server has not accepted is still sent while another deployment waits for space', async () => {
+    const v1 = await publish(identityModel(), '1.0');
+    const d = await device({ ownConnection: true });
+    await d.engine.apply([
+      deployment('bad', [{ handle: 'camera', pkg: v1, version: '1.0', sha256: 'a'.repeat(64) }]),
+    ]);
+    expect(stateOf(d, 'camera')).toMatchObject({ state: 'Failed' });
+    fillDatabase(d.deploymentsDb!);
+    const refused = await d.engine
+      .apply([deployment('two', [{ handle: 'detector', pkg: v1, version: '1.0' }])])
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+    expect(refused).toBeInstanceOf(DeploymentStorageFullError);
+    // Before: the storage-full INPROGRESS of 'two' hid the FAIL of 'bad', whose stage waited for its timeout.
+    const first = d.engine.deploymentResult();
+    expect(first).toMatchObject({ DeploymentName: 'bad', DeploymentStatus: 'FAIL' });
+    d.engine.reported(first!);
+    expect(d.engine.deploymentResult()).toMatchObject({
+      DeploymentName: 'two',
+      DeploymentStatus: 'INPROGRESS',
+      DeploymentStatusMessage: expect.stringMatching(/^the device's storage is full/),
+    });
   });
 
   it('the poller says a full disk once, then at most once a minute, without a stack; and when it passes', async () => {

@@ -51,7 +51,7 @@ export const agentStatusSchema = z.looseObject({
         .optional(),
       // Set while the agent cannot record an update's state for want of space; an older agent does not send it.
       storageFull: z
-        .looseObject({ deployment: z.string(), message: z.string(), since: z.string() })
+        .looseObject({ deployment: z.string().nullable(), message: z.string(), since: z.string() })
         .nullable()
         .optional(),
     })
@@ -157,7 +157,7 @@ export function printAgentStatus(status: AgentStatus, output: Output): void {
     const deployments = status.deployments;
     if (deployments?.enabled && deployments.storageFull)
       lines.push(
-        `deployments: STORAGE FULL since ${deployments.storageFull.since} (deployment ${deployments.storageFull.deployment}): ${deployments.storageFull.message}`,
+        `deployments: STORAGE FULL since ${deployments.storageFull.since}${deployments.storageFull.deployment === null ? '' : ` (deployment ${deployments.storageFull.deployment})`}: ${deployments.storageFull.message}`,
       );
     if (!deployments?.enabled) lines.push('deployments: off (sagemaker_edge_deployment_lib_path is not set)');
     else if (!deployments.models || deployments.models.length === 0)

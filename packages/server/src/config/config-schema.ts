@@ -138,6 +138,18 @@ export const serverConfigSchema = z.strictObject({
   databaseMaxConnections: z.int().min(1).max(1000).default(10),
   /** `s3://bucket/prefix` or a folder; default `<dataDir>/blobs`. */
   blob: z.string().min(1).optional(),
+  storage: z
+    .strictObject({
+      /**
+       * /readyz fails `database` (a SQLite file) or `blobStore` (a blob folder) while the file system under it
+       * has less free space than this: a full disk refuses writes although SELECT 1 and the store's check pass.
+       */
+      minFreeBytes: z
+        .int()
+        .min(0)
+        .default(64 * 1024 * 1024),
+    })
+    .prefault({}),
   s3: z
     .strictObject({
       endpoint: z.url().optional(),

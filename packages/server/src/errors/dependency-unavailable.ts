@@ -1,5 +1,5 @@
 import { BlobStoreUnavailableError } from '../blobs/blob-store.js';
-import { DatabaseUnavailableError, diskFaultOf } from '../storage/database.js';
+import { DatabaseUnavailableError, diskFaultCodeOf } from '../storage/database.js';
 import { DomainError } from './domain-error.js';
 
 /** How long a caller waits before trying again after an outage of the database or the blob store. */
@@ -19,12 +19,12 @@ const isSqliteBusy = (error: unknown) => (error as { code?: unknown } | undefine
 export function diskFaultComponentOf(
   error: unknown,
 ): { component: StateComponent; fault: 'full' | 'io' } | undefined {
-  const fault = diskFaultOf(error);
-  if (fault === undefined) return undefined;
-  const code = String((error as { code?: unknown } | undefined)?.code ?? '');
+  const disk = diskFaultCodeOf(error);
+  if (disk === undefined) return undefined;
+  // Decided by the code found (through any wrapper), not by the outermost error's own code.
   const database =
-    error instanceof DatabaseUnavailableError || code.startsWith('SQLITE_') || code === '53100';
-  return { component: database ? 'database' : 'blobStore', fault };
+    error instanceof DatabaseUnavailableError || disk.code.startsWith('SQLITE_') || disk.code === '53100';
+  return { component: database ? 'database' : 'blobStore', fault: disk.fault };
 }
 
 /**

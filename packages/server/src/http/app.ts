@@ -134,7 +134,9 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
 
   // The checks the last probe found failing, so that a failure is logged when it begins, not at every probe.
-  const failingChecks = new Set<string>();
+  // Each failing check's reason as last logged, its numbers left out (a count of seconds or free bytes changes at
+  // every probe; the kind of failure does not).
+  const failingChecks = new Map<string, string>();
   defineRoute(app, {
     method: 'GET',
     url: '/readyz',
@@ -160,17 +162,24 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
           } catch (error) {
             failing.push(name);
             // The reason stays in the log: it names internal hosts, paths, buckets and driver errors, and the
-            // probe is public on both ports. Once per change of state: a balancer probes every few seconds.
-            if (!failingChecks.has(name))
+            // probe is public on both ports. Once per change of state or of reason (unreachable, then
+            // credentials refused): a balancer probes every few seconds.
+            const reason = error instanceof Error ? error.message : String(error);
+            const kind = reason.replace(/\d+/g, '#');
+            if (failingChecks.get(name) !== kind)
               request.log.warn(
                 {
                   event: 'readiness_check_failed',
                   check: name,
-                  reason: error instanceof Error ? error.message : String(error),
+                  reason,
+                  // The cause's kind and code (its message is the reason); no stack: a probe's failure is not a bug.
+                  ...(error instanceof Error && {
+                    cause: { type: error.name, code: (error as { code?: unknown }).code },
+                  }),
                 },
-                `readiness check ${name} failed: ${error instanceof Error ? error.message : String(error)} (logged again when it passes)`,
+                `readiness check ${name} failed: ${reason} (logged again when it passes or fails for another reason)`,
               );
-            failingChecks.add(name);
+            failingChecks.set(name, kind);
           }
         }),
       );

@@ -57,6 +57,7 @@ import {
 } from '../heartbeats/index.js';
 import { buildApp, type ReadinessCheck } from '../http/app.js';
 import { OutageLog } from '../http/outage-log.js';
+import { checkFreeSpace } from '../http/free-space.js';
 import { RecentDiskFaults } from '../http/recent-disk-faults.js';
 import { loadInstanceId } from './instance-id.js';
 import { listenerRequestTimeoutMs } from '../http/request-deadline.js';
@@ -222,11 +223,17 @@ export async function openStores(
     maxConnections: config.databaseMaxConnections,
     onConnectionError: (error) =>
       logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
-    onRollbackFailure: (error) =>
-      logger?.warn(
-        { err: error },
-        'a failed transaction could not be rolled back; the error that failed it is the one reported',
-      ),
+    onRollbackFailure: (error, outcome) =>
+      outcome === 'unusable'
+        ? logger?.error(
+            { err: error },
+            'a failed transaction could not be rolled back and is still open: the database refuses every ' +
+              'request (503) and /readyz reports it until the server is restarted',
+          )
+        : logger?.warn(
+            { err: error },
+            'a failed transaction could not be rolled back at first; it has ended, and the error that failed it is the one reported',
+          ),
   });
   const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
   try {
@@ -736,13 +743,19 @@ export async function startServer(
       }),
       deployments,
     };
-    // Writes a full or failing disk refused lately: SELECT 1 and the blob store's check still pass on a full disk.
+    // SELECT 1 and the blob store's check still pass on a full or failing disk: readiness also asks the file
+    // system under the SQLite file and the blob folder for free space, and remembers recent I/O errors.
     const diskFaults = new RecentDiskFaults();
+    const minFreeBytes = config.storage.minFreeBytes;
+    const databaseFolder =
+      config.databaseLocation.engine === 'sqlite' ? path.dirname(config.databaseLocation.file) : undefined;
+    const blobFolder = config.blobLocation.kind === 'local' ? config.blobLocation.root : undefined;
     const readiness: ReadinessCheck[] = [
       {
         name: 'database',
         check: async () => {
           diskFaults.check('database');
+          if (databaseFolder !== undefined) await checkFreeSpace('database', databaseFolder, minFreeBytes);
           await pingDatabase(database);
         },
       },
@@ -750,6 +763,7 @@ export async function startServer(
         name: 'blobStore',
         check: async () => {
           diskFaults.check('blobStore');
+          if (blobFolder !== undefined) await checkFreeSpace('blobStore', blobFolder, minFreeBytes);
           await blobs.check();
           try {
             await bindBlobs();

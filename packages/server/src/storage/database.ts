@@ -217,15 +217,25 @@ export class DatabaseUnavailableError extends Error {
 /**
  * Why a write failed when the disk under the server's state failed it, not the request: 'full' for no space or
  * quota left (SQLite's SQLITE_FULL, the file system's ENOSPC / EDQUOT, PostgreSQL's 53100 disk_full), 'io' for
- * an I/O error (SQLite's SQLITE_IOERR and its extended codes, EIO). Undefined for any other error.
+ * an I/O error (SQLite's SQLITE_IOERR and its extended codes except SQLITE_IOERR_NOMEM, which is memory, EIO).
+ * Undefined for any other error.
  */
 export function diskFaultOf(error: unknown): 'full' | 'io' | undefined {
-  // Looks through wrappers (DatabaseUnavailableError, a migration's message) to the code that says it.
+  return diskFaultCodeOf(error)?.fault;
+}
+
+/**
+ * The disk fault `error` or what it wraps (DatabaseUnavailableError, a migration's message, a plain Error's
+ * `cause`) says, with the code that says it: the code tells whose disk it was (SQLite's or PostgreSQL's
+ * codes: the database's; a file system's: the files the server writes itself).
+ */
+export function diskFaultCodeOf(error: unknown): { fault: 'full' | 'io'; code: string } | undefined {
   for (let cause = error, depth = 0; cause !== undefined && cause !== null && depth < 5; depth++) {
     const code = (cause as { code?: unknown }).code;
     if (typeof code === 'string') {
-      if (['SQLITE_FULL', 'ENOSPC', 'EDQUOT', '53100'].includes(code)) return 'full';
-      if (code.startsWith('SQLITE_IOERR') || code === 'EIO') return 'io';
+      if (['SQLITE_FULL', 'ENOSPC', 'EDQUOT', '53100'].includes(code)) return { fault: 'full', code };
+      if ((code.startsWith('SQLITE_IOERR') && code !== 'SQLITE_IOERR_NOMEM') || code === 'EIO')
+        return { fault: 'io', code };
     }
     cause = (cause as { cause?: unknown }).cause;
   }
@@ -325,42 +335,92 @@ function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqliteDataba
 }
 
 /**
- * Kysely's SQLite driver, except that a transaction SQLite has already ended is not rolled back again. On
- * SQLITE_FULL, SQLITE_IOERR and some others SQLite rolls the transaction back itself; kysely's ROLLBACK then
- * fails ("cannot rollback - no transaction is active") and that error would replace the one that says why
- * (the full disk) in the answer and the log. A ROLLBACK that fails for another reason is reported to
- * `onRollbackFailure` and the original error still propagates.
+ * Kysely's SQLite driver, except that a transaction SQLite has already ended is not rolled back again. When
+ * SQLite has ended the transaction itself (a failed COMMIT, some SQLITE_FULL and SQLITE_IOERR cases; a
+ * SQLITE_FULL inside one statement may undo only that statement and leave the transaction open, and then the
+ * ROLLBACK runs as usual), kysely's ROLLBACK would fail ("cannot rollback - no transaction is active") and that
+ * error would replace the one that says why (the full disk) in the answer and the log.
+ *
+ * A ROLLBACK that fails while the transaction is still open is tried once more. If the transaction is still
+ * open after that, the one connection would stay inside it: every later write would join a transaction that is
+ * never committed (lost at restart, readable meanwhile, so nothing would look wrong). The driver then refuses
+ * every later use (DatabaseUnavailableError: 503 for requests, /readyz not ready) until the server restarts,
+ * which discards the open transaction. The original error still propagates; `onRollbackFailure` hears each
+ * failed ROLLBACK and whether the connection was given up.
  */
 class SqliteDriverKeepingCause extends SqliteDriver {
+  #unusable: DatabaseUnavailableError | undefined;
+
   constructor(
     config: ConstructorParameters<typeof SqliteDriver>[0],
     private readonly sqlite: SqliteDatabase.Database,
-    private readonly onRollbackFailure: ((error: unknown) => void) | undefined,
+    private readonly description: string,
+    private readonly onRollbackFailure: RollbackFailureListener | undefined,
   ) {
     super(config);
+  }
+
+  override async acquireConnection(): Promise<DatabaseConnection> {
+    if (this.#unusable !== undefined) throw this.#unusable;
+    return super.acquireConnection();
   }
 
   override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
     if (!this.sqlite.inTransaction) return;
     try {
       await super.rollbackTransaction(connection);
+      return;
     } catch (error) {
-      this.onRollbackFailure?.(error);
+      if (!this.sqlite.inTransaction) {
+        this.onRollbackFailure?.(error, 'ended');
+        return;
+      }
+      try {
+        await super.rollbackTransaction(connection);
+        this.onRollbackFailure?.(error, 'ended');
+        return;
+      } catch (again) {
+        if (!this.sqlite.inTransaction) {
+          this.onRollbackFailure?.(again, 'ended');
+          return;
+        }
+        this.#unusable = new DatabaseUnavailableError(
+          this.description,
+          new Error(
+            'a transaction could not be rolled back and is still open on the one SQLite connection; ' +
+              'the server refuses to write into it (its writes would be lost): restart the server',
+            { cause: again },
+          ),
+        );
+        this.onRollbackFailure?.(again, 'unusable');
+      }
     }
   }
 }
+
+/**
+ * Hears a failed SQLite ROLLBACK: 'ended' when the transaction ended anyway (a second ROLLBACK, or SQLite
+ * itself), 'unusable' when it is still open and the database refuses every later use until a restart.
+ */
+export type RollbackFailureListener = (error: unknown, outcome: 'ended' | 'unusable') => void;
 
 class SqliteDialectKeepingCause extends SqliteDialect {
   constructor(
     private readonly driverConfig: ConstructorParameters<typeof SqliteDialect>[0],
     private readonly sqlite: SqliteDatabase.Database,
-    private readonly onRollbackFailure: ((error: unknown) => void) | undefined,
+    private readonly description: string,
+    private readonly onRollbackFailure: RollbackFailureListener | undefined,
   ) {
     super(driverConfig);
   }
 
   override createDriver(): Driver {
-    return new SqliteDriverKeepingCause(this.driverConfig, this.sqlite, this.onRollbackFailure);
+    return new SqliteDriverKeepingCause(
+      this.driverConfig,
+      this.sqlite,
+      this.description,
+      this.onRollbackFailure,
+    );
   }
 }
 
@@ -427,10 +487,11 @@ export interface OpenDatabaseOptions {
    */
   onConnectionError?: (error: Error) => void;
   /**
-   * Hears a SQLite ROLLBACK that failed although a transaction was open; the error that made the transaction
-   * roll back is still the one thrown (SqliteDriverKeepingCause).
+   * Hears a SQLite ROLLBACK that failed although a transaction was open, and whether the database is now
+   * unusable until a restart; the error that made the transaction roll back is still the one thrown
+   * (SqliteDriverKeepingCause).
    */
-  onRollbackFailure?: (error: unknown) => void;
+  onRollbackFailure?: RollbackFailureListener;
 }
 
 /** SQLite file modes: the database holds token hashes, CSRF tokens and sealed secrets, wherever it lies. */
@@ -492,6 +553,7 @@ export async function openDatabase(
       dialect: new SqliteDialectKeepingCause(
         { database: withStatementCache(sqlite) },
         sqlite,
+        `sqlite:${location.file}`,
         options.onRollbackFailure,
       ),
     });

@@ -300,6 +300,7 @@ describe('readiness in the log', () => {
       },
     });
     let databaseDown = true;
+    let why = 'connect ECONNREFUSED 127.0.0.1:5432';
     const app = await buildApp({
       logger: pino({ level: 'info' }, sink),
       authenticators: {},
@@ -307,7 +308,7 @@ describe('readiness in the log', () => {
         {
           name: 'database',
           check: async () => {
-            if (databaseDown) throw new Error('connect ECONNREFUSED 127.0.0.1:5432');
+            if (databaseDown) throw Object.assign(new Error(why), { code: 'E_TEST' });
           },
         },
       ],
@@ -321,6 +322,11 @@ describe('readiness in the log', () => {
       for (let i = 0; i < 3; i++) expect(await probe()).toBe(200);
       databaseDown = true;
       expect(await probe()).toBe(503);
+      // Another reason is logged again; only a number changing is not.
+      why = 'password authentication failed for user "edgefleet" (attempt 1)';
+      expect(await probe()).toBe(503);
+      why = 'password authentication failed for user "edgefleet" (attempt 2)';
+      expect(await probe()).toBe(503);
     } finally {
       await app.close();
     }
@@ -333,6 +339,13 @@ describe('readiness in the log', () => {
       }),
       expect.objectContaining({ level: pino.levels.values.info, event: 'readiness_check_passed' }),
       expect.objectContaining({ level: pino.levels.values.warn, event: 'readiness_check_failed' }),
+      expect.objectContaining({
+        level: pino.levels.values.warn,
+        event: 'readiness_check_failed',
+        reason: 'password authentication failed for user "edgefleet" (attempt 1)',
+        // The cause's kind and code, not only its message.
+        cause: { type: 'Error', code: 'E_TEST' },
+      }),
     ]);
     // The 503 NotReady itself is not a server error with a stack (it was, once per probe).
     expect(lines.filter((line) => line.level >= 50)).toEqual([]);

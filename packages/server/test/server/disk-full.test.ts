@@ -1,23 +1,20 @@
 /**
  * The server's disk full while it runs (finding F3): a write the disk refuses is an outage of the database or
  * blob store, answered 503 DependencyUnavailable with Retry-After saying the disk is full, logged once with the
- * real cause (SQLITE_FULL, ENOSPC), and /readyz reports the component not ready. Real parts: a SQLite file capped
- * with `PRAGMA max_page_count` on the server's own connection, and a blob folder on a 256 KiB tmpfs (mounted
- * when the tests run as root; skipped otherwise).
+ * real cause (SQLITE_FULL, ENOSPC). /readyz reports a component not ready from the free space of the file system
+ * under it (storage.minFreeBytes), not from one refused write. Real parts: a SQLite file capped with
+ * `PRAGMA max_page_count` on the server's own connection, a floor above the test disk's free space, and a blob
+ * folder on a 256 KiB tmpfs (mounted when the tests run as root; skipped otherwise).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
+import { mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import Fastify, { type FastifyBaseLogger } from 'fastify';
 import { sql } from 'kysely';
+import { getTestModel } from '@edgefleet/core';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LocalBlobStore } from '../../src/blobs/index.js';
-import { installErrorHandlers } from '../../src/http/errors.js';
-import { OutageLog } from '../../src/http/outage-log.js';
 import { RecentDiskFaults } from '../../src/http/recent-disk-faults.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
@@ -55,7 +52,7 @@ describe('the SQLite database on a full disk', { timeout: 60_000 }, () => {
   const register = (name: string) =>
     t.call('POST', '/api/v1/fleets/plant/devices', { token: t.adminToken, body: { devices: [{ name }] } });
 
-  it('answers 503 "disk is full" with Retry-After, logs SQLITE_FULL once, and /readyz fails the database', async () => {
+  it('answers 503 "disk is full" with Retry-After and logs SQLITE_FULL once; /readyz asks the file system', async () => {
     expect((await register('before')).status).toBe(201);
     expect((await t.call('GET', '/readyz')).status).toBe(200);
 
@@ -78,11 +75,9 @@ describe('the SQLite database on a full disk', { timeout: 60_000 }, () => {
     expect(answer.headers.get('retry-after')).toBe('5');
     for (let i = 0; i < 3; i++) expect((await register(`again-${i}`)).status).toBe(503);
 
-    const ready = await t.call('GET', '/readyz');
-    expect(ready).toMatchObject({
-      status: 503,
-      body: { code: 'NotReady', details: { failing: ['database'] } },
-    });
+    // The file system under the database still has room (only the file was capped): /readyz stays ready, as
+    // one write too large for the space left does not make a full disk.
+    expect((await t.call('GET', '/readyz')).status).toBe(200);
 
     // The cause is in the log once (not a 500 with a stack per request), as SQLITE_FULL, not a failed ROLLBACK.
     const outage = log.lines.filter((line) => /database cannot be used/.test(line.msg));
@@ -90,10 +85,6 @@ describe('the SQLite database on a full disk', { timeout: 60_000 }, () => {
     expect(outage[0]).toMatchObject({ level: 50, err: { code: 'SQLITE_FULL' } });
     expect(log.lines.filter((line) => line.msg === 'request failed')).toEqual([]);
     expect(JSON.stringify(log.lines)).not.toMatch(/cannot rollback/);
-    const readinessLines = log.lines.filter((line) => /readiness check database failed/.test(line.msg));
-    expect(readinessLines).toEqual([
-      expect.objectContaining({ level: 40, msg: expect.stringMatching(/its disk is full/) }),
-    ]);
 
     // Space again: the next write succeeds on the same connection.
     await sql.raw('pragma max_page_count = 1073741823').execute(t.server.database.db);
@@ -120,29 +111,29 @@ describe('the blob folder on a full disk', () => {
     await rm(mount, { recursive: true, force: true });
   });
 
-  it('answers 503 naming the blob store and the full disk, and /readyz fails blobStore until the window ends', async (context) => {
+  it('answers 503 for a write larger than the space left while /readyz stays ready; fails blobStore while the disk is below the floor', async (context) => {
     if (mount === undefined) {
       context.skip();
       return;
     }
-    const blobsDir = path.join(mount, 'blobs');
-    await mkdir(blobsDir);
-    const store = new LocalBlobStore(blobsDir);
     const log = collectLog();
-    let now = 1_000_000;
-    const diskFaults = new RecentDiskFaults({ now: () => now, windowMs: 30_000 });
-    const app = Fastify({ loggerInstance: log.logger as FastifyBaseLogger });
-    installErrorHandlers(app, new OutageLog({ now: () => now, diskFaults }));
-    // A write of 512 KiB into the 256 KiB file system: ENOSPC from the kernel.
-    app.put('/blob', async () => store.put('models/m/1/model.onnx', Buffer.alloc(512 * 1024, 1)));
-    app.get('/readyz', async () => {
-      diskFaults.check('blobStore');
-      return { status: 'ready' };
+    const t = await startTestServer({
+      blob: path.join(mount, 'blobs'),
+      config: { storage: { minFreeBytes: 64 * 1024 } },
+      logger: log.logger,
     });
-    await app.listen({ host: '127.0.0.1', port: 0 });
-    const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
     try {
-      const answer = await fetch(`${url}/blob`, { method: 'PUT' });
+      expect((await t.call('GET', '/readyz')).status).toBe(200);
+      // A 600 KiB model (valid ONNX) into the 256 KiB file system: ENOSPC from the kernel.
+      const model = getTestModel('slow').build();
+      expect(model.length).toBeGreaterThan(512 * 1024);
+      const upload = () =>
+        fetch(`${t.url}/api/v1/models/big/versions/1`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${t.adminToken}`, 'content-type': 'application/octet-stream' },
+          body: model,
+        });
+      const answer = await upload();
       expect(answer.status).toBe(503);
       expect(answer.headers.get('retry-after')).toBe('5');
       expect(await answer.json()).toMatchObject({
@@ -152,18 +143,68 @@ describe('the blob folder on a full disk', () => {
         ),
         details: { component: 'blobStore', cause: 'diskFull' },
       });
-      expect((await fetch(`${url}/blob`, { method: 'PUT' })).status).toBe(503);
+      expect((await upload()).status).toBe(503);
       const outage = log.lines.filter((line) => /blob store cannot be used/.test(line.msg));
       expect(outage).toEqual([
         expect.objectContaining({ level: 50, err: expect.objectContaining({ code: 'ENOSPC' }) }),
       ]);
+      // The disk still has room for everything smaller: the server stays in the balancer.
+      expect((await t.call('GET', '/readyz')).status).toBe(200);
 
-      expect((await fetch(`${url}/readyz`)).status).toBe(500);
-      // The window after the last refused write ends: ready again.
-      now += 30_000;
-      expect((await fetch(`${url}/readyz`)).status).toBe(200);
+      // Filled to below the floor: not ready until space is freed, then ready at the next probe.
+      const filler = path.join(mount, 'filler');
+      const { bavail, bsize } = await statfs(mount);
+      await writeFile(filler, Buffer.alloc(Math.max(0, Number(bavail) * Number(bsize) - 16 * 1024)));
+      expect(await t.call('GET', '/readyz')).toMatchObject({
+        status: 503,
+        body: { code: 'NotReady', details: { failing: ['blobStore'] } },
+      });
+      expect((await t.call('GET', '/readyz')).status).toBe(503);
+      await rm(filler);
+      expect((await t.call('GET', '/readyz')).status).toBe(200);
     } finally {
-      await app.close();
+      await t.stop();
     }
+  });
+});
+
+describe('a floor of free space above what the disk has', () => {
+  it('fails /readyz for the SQLite database and the blob folder, saying how much is free', async () => {
+    const log = collectLog();
+    const t = await startTestServer({
+      config: { storage: { minFreeBytes: Number.MAX_SAFE_INTEGER } },
+      logger: log.logger,
+    });
+    try {
+      expect(await t.call('GET', '/readyz')).toMatchObject({
+        status: 503,
+        body: { code: 'NotReady', details: { failing: expect.arrayContaining(['database', 'blobStore']) } },
+      });
+      const reasons = log.lines.filter((line) => /readiness check \w+ failed/.test(line.msg));
+      expect(reasons.map((line) => line.msg).sort()).toEqual([
+        expect.stringMatching(/blobStore's disk is full: \d+ bytes free .* below storage\.minFreeBytes/),
+        expect.stringMatching(/database's disk is full: \d+ bytes free .* below storage\.minFreeBytes/),
+      ]);
+    } finally {
+      await t.stop();
+    }
+  });
+});
+
+describe('readiness after an I/O error of the disk', () => {
+  it('fails the component for the window after the last I/O error, by the injected clock; a full disk is not noted', () => {
+    let now = 1_000_000;
+    const faults = new RecentDiskFaults({ now: () => now, windowMs: 30_000 });
+    faults.record(Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' }));
+    faults.record(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' }));
+    expect(() => faults.check('database')).not.toThrow();
+    expect(() => faults.check('blobStore')).not.toThrow();
+
+    faults.record(Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_WRITE' }));
+    now += 29_999;
+    expect(() => faults.check('database')).toThrow(/its disk failed it \(an I\/O error\)/);
+    expect(() => faults.check('blobStore')).not.toThrow();
+    now += 1;
+    expect(() => faults.check('database')).not.toThrow();
   });
 });

@@ -6,20 +6,27 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { sql } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { diskFaultOf, isDatabaseOutage, openDatabase, type ServerDatabase } from '../../src/storage/index.js';
+import {
+  DatabaseUnavailableError,
+  diskFaultOf,
+  isDatabaseOutage,
+  openDatabase,
+  type ServerDatabase,
+} from '../../src/storage/index.js';
+import { diskFaultComponentOf } from '../../src/errors/dependency-unavailable.js';
 
 describe('a transaction on a full SQLite disk', () => {
   let dir: string;
   let database: ServerDatabase;
-  const rollbackFailures: unknown[] = [];
+  const rollbackFailures: { error: unknown; outcome: string }[] = [];
   beforeEach(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-disk-full-'));
     rollbackFailures.length = 0;
     database = await openDatabase(
       { engine: 'sqlite', file: path.join(dir, 'state.db') },
-      { onRollbackFailure: (error) => rollbackFailures.push(error) },
+      { onRollbackFailure: (error, outcome) => rollbackFailures.push({ error, outcome }) },
     );
     await sql`create table t (v blob)`.execute(database.db);
   });
@@ -76,5 +83,52 @@ describe('a transaction on a full SQLite disk', () => {
     const { rows } = await sql<{ n: number }>`select count(*) as n from t`.execute(database.db);
     expect(rows[0]!.n).toBe(0);
     expect(rollbackFailures).toEqual([]);
+  });
+
+  it('refuses every later use when a ROLLBACK fails and leaves the transaction open', async () => {
+    await sql`insert into t (v) values (${'a'}), (${'b'})`.execute(database.db);
+    let reading: AsyncIterator<unknown> | undefined;
+    const failure: unknown = await database.db
+      .transaction()
+      .execute(async (trx) => {
+        await sql`insert into t (v) values (${'never committed'})`.execute(trx);
+        // A query still being read keeps the connection busy: SQLite refuses the ROLLBACK (both tries).
+        const rows = (trx as unknown as Kysely<{ t: { v: string } }>).selectFrom('t').selectAll().stream();
+        reading = rows[Symbol.asyncIterator]();
+        await reading.next();
+        throw new Error('the callback failed');
+      })
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+    expect(failure).toMatchObject({ message: 'the callback failed' });
+    expect(rollbackFailures.map(({ outcome }) => outcome)).toEqual(['unusable']);
+    // The connection is still inside the transaction: a write now would join it and be lost at restart.
+    const later: unknown = await sql`insert into t (v) values (${'after'})`.execute(database.db).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(later).toBeInstanceOf(DatabaseUnavailableError);
+    expect(String((later as Error).message)).toMatch(/restart the server/);
+    // Lets the connection close at the end of the test (a server exits instead).
+    await reading?.return?.();
+  });
+});
+
+describe('which disk fault an error is, and whose', () => {
+  const coded = (code: string, message = code) => Object.assign(new Error(message), { code });
+
+  it('takes SQLITE_IOERR_NOMEM for what it is, memory, not a disk error', () => {
+    expect(diskFaultOf(coded('SQLITE_IOERR_NOMEM'))).toBeUndefined();
+    expect(diskFaultComponentOf(coded('SQLITE_IOERR_NOMEM'))).toBeUndefined();
+    expect(diskFaultOf(coded('SQLITE_IOERR_WRITE'))).toBe('io');
+  });
+
+  it("names the database for a SQLite error wrapped in a plain Error, the blob store for a file system's", () => {
+    const wrapped = new Error('saving the device failed', { cause: coded('SQLITE_FULL') });
+    expect(diskFaultComponentOf(wrapped)).toEqual({ component: 'database', fault: 'full' });
+    const fileSystem = new Error('writing the blob failed', { cause: coded('ENOSPC') });
+    expect(diskFaultComponentOf(fileSystem)).toEqual({ component: 'blobStore', fault: 'full' });
   });
 });
