@@ -123,7 +123,7 @@ export async function listFiles(
     if (!(await descriptorLookupWorks(root, descriptors))) {
       await root.close();
       root = undefined;
-      return await listFilesByName(dir, ignored, options.skipUnsupported ?? false);
+      return await listFilesByName(dir, ignored, options.skipUnsupported ?? false, options.fileCheck);
     }
     const out: ListedFile[] = [];
     const counter = { entries: 0 };
@@ -215,11 +215,12 @@ async function listHeldFolder(
   }
 }
 
-/** listFiles without /proc: folders listed by name (see listFiles). */
+/** listFiles without /proc: folders listed by name (see listFiles); no folderCheck (nothing is held to ask about). */
 async function listFilesByName(
   dir: string,
   ignored: ReadonlySet<string>,
   skipUnsupported: boolean,
+  fileCheck: PackageFileCheck | undefined,
 ): Promise<ListedFile[]> {
   const out: ListedFile[] = [];
   const walk = async (rel: string): Promise<void> => {
@@ -240,11 +241,14 @@ async function listFilesByName(
     // Sizes (for progress totals) of a folder's files in one go rather than one round trip each.
     const sizes = await Promise.all(
       files.map(async (f) => {
+        let st: Stats;
         try {
-          return (await lstat(join(dir, f))).size;
+          st = await lstat(join(dir, f));
         } catch (error) {
           throw listingFailure(error, f, 'file');
         }
+        if (st.isFile()) applyFileCheck(fileCheck, st, f);
+        return st.size;
       }),
     );
     files.forEach((path, i) => out.push({ path, size: sizes[i] as number }));
