@@ -51,7 +51,6 @@ export interface ModelLoaderOptions {
   availableMemory?: () => number;
 }
 
-
 /** For a caller's load: verification's listing checks each folder for it, bounded (see callerListingOptions). */
 interface CallerListing {
   folderCheck: PackageFolderCheck;
