@@ -1,13 +1,16 @@
 import { constants } from 'node:fs';
-import { lstat, open, opendir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, isAbsolute, join, sep } from 'node:path';
 import {
   DEFAULT_ARCHIVE_LIMITS,
   MANIFEST_FILE,
   PackageFileError,
   descriptorLookupWorks,
+  listFiles,
   openFolderByDescriptors,
+  type ListingLimits,
   type PackageFileCheck,
+  type PackageFolderCheck,
 } from '@edgefleet/core';
 
 /**
@@ -126,6 +129,8 @@ export interface CallerFolder {
   readonly path: string;
   /** For the package reader: refuses a file (its fstat) the caller may not read, whatever was checked by name. */
   readonly fileCheck: PackageFileCheck;
+  /** For verification's listing: its rights on each folder (fstat) and the bounds (see callerListingOptions). */
+  readonly listing: { folderCheck: PackageFolderCheck; limits: ListingLimits };
   close(): Promise<void>;
 }
 
@@ -229,16 +234,18 @@ export async function openFolderForCaller(
     if (
       callerHolds(await handle.stat(), caller, READ_AND_SEARCH) &&
       (await callerCanReadContents(path, caller))
-    )
+    ) {
+      const { folderCheck, fileCheck, limits } = callerListingOptions(caller);
       return {
         kind: 'opened',
         folder: {
           path,
-          fileCheck: (file) =>
-            callerHolds(file, caller, READ) ? undefined : `your user (uid ${caller.uid}) may not read it`,
+          fileCheck,
+          listing: { folderCheck, limits },
           close: () => handle.close(),
         },
       };
+    }
   } catch (error) {
     await handle.close();
     throw error;
@@ -336,49 +343,42 @@ async function callerCanReadContents(root: string, caller: CallerIdentity): Prom
 
 /**
  * Whether `caller` could read everything below the folder at `root` (a descriptor's path): each folder read and
- * searched, each file read. Links are not followed (the package reader refuses them), nor are special files read.
- * Bounded: folders are listed a few entries at a time (opendir), and the walk stops with CallerCheckLimitError
- * past MAX_CHECKED_ENTRIES entries or MAX_CHECKED_DEPTH levels, so a caller's huge folder costs the agent no more
- * than the largest package. Looked at before the package reader opens the files (by name, below the held folder):
- * whoever may write a folder of the package could move a file in between (docs/security.md says what is left).
+ * searched, each file read. It is core's listing (listFiles), which holds each folder open and opens each
+ * subfolder inside it with no link followed, so a folder swapped for a link is never looked into; the checks run
+ * on each folder's fstat and each file's lstat. Bounded: MAX_CHECKED_ENTRIES entries and MAX_CHECKED_DEPTH levels
+ * (CallerCheckLimitError past them), so a caller's huge folder costs the agent no more than the largest package.
+ * Special files and links make no refusal here (the package reader refuses them itself). An error that is the
+ * agent's own trouble (agentSideFailure) is thrown; any other refuses. Whoever may write a folder of the package
+ * could still move a file in after this check: each file is checked again as it is read (CallerFolder.fileCheck)
+ * and each folder as verification lists it (CallerFolder.folderCheck); docs/security.md says what is left.
  */
 async function callerCanReadTree(root: string, caller: CallerIdentity): Promise<boolean> {
-  let entries = 0;
-  const walk = async (folder: string, depth: number): Promise<boolean> => {
-    const below: string[] = [];
-    let listing;
-    try {
-      listing = await opendir(folder);
-    } catch {
-      return false;
-    }
-    try {
-      for await (const entry of listing) {
-        if (++entries > MAX_CHECKED_ENTRIES)
-          throw new CallerCheckLimitError(
-            `it holds more than ${MAX_CHECKED_ENTRIES} files and folders, more than a model package may`,
-          );
-        const path = join(folder, entry.name);
-        const found = await lstat(path).catch(() => undefined);
-        if (!found) return false;
-        if (found.isDirectory()) {
-          if (!callerHolds(found, caller, READ_AND_SEARCH)) return false;
-          below.push(path);
-        } else if (found.isFile() && !callerHolds(found, caller, READ)) {
-          return false;
-        }
-      }
-    } catch (error) {
-      if (error instanceof CallerCheckLimitError) throw error;
-      return false;
-    }
-    // The listing is closed (for await closes it) before going down: one folder open at a time.
-    if (below.length > 0 && depth + 1 > MAX_CHECKED_DEPTH)
-      throw new CallerCheckLimitError(
-        `its folders are nested more than ${MAX_CHECKED_DEPTH} deep, deeper than a model package needs`,
-      );
-    for (const path of below) if (!(await walk(path, depth + 1))) return false;
+  try {
+    await listFiles(root, [], { ...callerListingOptions(caller), skipUnsupported: true });
     return true;
+  } catch (error) {
+    if (error instanceof PackageFileError && error.problem === 'too-large')
+      throw new CallerCheckLimitError(
+        error.message.replace(/^the package's /, 'its ').replace(/^the package /, 'it '),
+      );
+    if (agentSideFailure(error)) throw error;
+    return false;
+  }
+}
+
+/** What core's listing is given for `caller`: its rights checked on each folder and file, and the bounds. */
+export function callerListingOptions(caller: CallerIdentity): {
+  folderCheck: PackageFolderCheck;
+  fileCheck: PackageFileCheck;
+  limits: ListingLimits;
+} {
+  return {
+    folderCheck: (folder) =>
+      callerHolds(folder, caller, READ_AND_SEARCH)
+        ? undefined
+        : `your user (uid ${caller.uid}) may not list it`,
+    fileCheck: (file) =>
+      callerHolds(file, caller, READ) ? undefined : `your user (uid ${caller.uid}) may not read it`,
+    limits: { maxEntries: MAX_CHECKED_ENTRIES, maxDepth: MAX_CHECKED_DEPTH },
   };
-  return walk(root, 0);
 }

@@ -7,6 +7,7 @@ import {
 } from '@edgefleet/core';
 import { InferenceError } from '../inference/index.js';
 import { AgentError, type AgentErrorCode } from './agent-error.js';
+import { agentSideFailure } from './caller-access.js';
 
 // What goes wrong while loading or running a model, translated into the agent's error codes (spec section 4).
 
@@ -29,6 +30,15 @@ export function packageFailure(error: unknown, dir: string): AgentError {
   if (error instanceof PackageInvalidError || error instanceof UnsupportedFileError) {
     return new AgentError('FAILED_PRECONDITION', error.message, { cause: error });
   }
+  // The agent out of descriptors or memory, or its disk failing, while reading a file: its own trouble, not the
+  // package's (nor, for a caller, the caller's rights), so a retry may succeed.
+  const failure = error instanceof PackageFileError ? agentSideFailure(error) : undefined;
+  if (failure?.code !== undefined)
+    return new AgentError(
+      failure.code === 'EIO' ? 'UNAVAILABLE' : 'RESOURCE_EXHAUSTED',
+      `the agent could not read model package ${dir} (${failure.code}); try again later`,
+      { cause: error },
+    );
   // A package file gone, unreadable or swapped while being read (its message names it): the package's fault.
   if (error instanceof PackageFileError) {
     return new AgentError('FAILED_PRECONDITION', `model package ${dir} cannot be used: ${error.message}`, {

@@ -9,7 +9,9 @@ import {
   readPackageModel,
   shapeMismatch,
   type OpenedModelPackage,
+  type ListingLimits,
   type PackageFileCheck,
+  type PackageFolderCheck,
   type SignerDescription,
   type TensorMetadata,
   type TrustPolicy,
@@ -47,6 +49,12 @@ export interface ModelLoaderOptions {
   logger?: RegistryLogger;
   /** Bytes of memory available for new sessions. Default: process.availableMemory() (cgroup-aware). */
   availableMemory?: () => number;
+}
+
+/** For a caller's load: verification's listing checks each folder for it, bounded (see callerListingOptions). */
+interface CallerListing {
+  folderCheck: PackageFolderCheck;
+  limits: ListingLimits;
 }
 
 /** Steps of a load the caller takes part in (the update engine records its WarmingUp state here). */
@@ -107,7 +115,14 @@ export class ModelLoader {
    */
   async load(
     version: ModelVersion,
-    request: { name: string; url: string; dir: string; shownDir?: string; fileCheck?: PackageFileCheck },
+    request: {
+      name: string;
+      url: string;
+      dir: string;
+      shownDir?: string;
+      fileCheck?: PackageFileCheck;
+      listing?: CallerListing;
+    },
     abandoned: () => AgentError | undefined,
     hooks: LoadHooks = {},
   ): Promise<ModelDescription> {
@@ -117,11 +132,18 @@ export class ModelLoader {
 
   async #load(
     version: ModelVersion,
-    request: { name: string; url: string; dir: string; shownDir: string; fileCheck?: PackageFileCheck },
+    request: {
+      name: string;
+      url: string;
+      dir: string;
+      shownDir: string;
+      fileCheck?: PackageFileCheck;
+      listing?: CallerListing;
+    },
     abandoned: () => AgentError | undefined,
     hooks: LoadHooks,
   ): Promise<ModelDescription> {
-    const { name, dir, shownDir, fileCheck } = request;
+    const { name, dir, shownDir, fileCheck, listing } = request;
     const check = () => {
       const reason = abandoned();
       if (reason) throw reason;
@@ -129,7 +151,7 @@ export class ModelLoader {
     let sessionsCreated = false;
     try {
       version.state = 'verifying';
-      const { opened, signature } = await this.#openPackage(dir, shownDir, fileCheck);
+      const { opened, signature } = await this.#openPackage(dir, shownDir, fileCheck, listing);
       check();
       const rule = this.#batching.get(name);
       const instances = rule?.instances ?? this.#instances;
@@ -217,8 +239,11 @@ export class ModelLoader {
     dir: string,
     shownDir: string,
     fileCheck: PackageFileCheck | undefined,
+    listing: CallerListing | undefined,
   ): Promise<{ opened: OpenedModelPackage; signature: SignatureStatus }> {
     const shown = { ...(shownDir !== dir && { shownDir }), ...(fileCheck && { fileCheck }) };
+    // Verification lists every folder: for a caller, through held folders it may list, bounded.
+    const listed = listing && { folderCheck: listing.folderCheck, listingLimits: listing.limits };
     if (!this.#trust) {
       const opened = await openModelPackage(dir, { trust: null, ...shown }).catch((error: unknown) => {
         throw packageFailure(error, shownDir);
@@ -228,7 +253,7 @@ export class ModelLoader {
       return { opened, signature: { verified: false, reason } };
     }
     try {
-      const opened = await openModelPackage(dir, { trust: this.#trust, ...shown });
+      const opened = await openModelPackage(dir, { trust: this.#trust, ...shown, ...listed });
       const signature = opened.signature!;
       return {
         opened,

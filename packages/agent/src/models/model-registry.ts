@@ -112,7 +112,11 @@ export interface PredictEvent {
  */
 export interface RegistryObserver {
   onPredict?(model: string): PredictListener | undefined;
-  onLoaded?(model: ModelDescription): void;
+  /**
+   * `loadedFor`: the caller whose rights the load was checked against (see LoadRequest.caller); absent for a load
+   * with the agent's own rights (its own loads, root's, its user's).
+   */
+  onLoaded?(model: ModelDescription, loadedFor?: CallerIdentity): void;
   onUnloaded?(name: string): void;
 }
 
@@ -218,7 +222,12 @@ export class ModelRegistry {
       // For a caller, the folder its check passed on, held open: a name swapped since cannot change what loads.
       // Each file is checked again on the descriptor it is read from: one moved in after the check is refused.
       const source = callerFolder
-        ? { dir: callerFolder.path, shownDir: dir, fileCheck: callerFolder.fileCheck }
+        ? {
+            dir: callerFolder.path,
+            shownDir: dir,
+            fileCheck: callerFolder.fileCheck,
+            listing: callerFolder.listing,
+          }
         : { dir };
       version.description = await this.#loader.load(version, { name, url: request.url, ...source }, () =>
         this.#closed ? shuttingDown() : undefined,
@@ -233,7 +242,8 @@ export class ModelRegistry {
         path: version.description.path,
         version: version.description.version,
       });
-      this.#notify((observer) => observer.onLoaded?.(snapshot(version.description!)));
+      const loadedFor = callerFolder && request.caller ? request.caller : undefined;
+      this.#notify((observer) => observer.onLoaded?.(snapshot(version.description!), loadedFor));
       return snapshot(version.description);
     } catch (error) {
       if (this.#models.get(name) === entry) this.#models.delete(name);

@@ -1,4 +1,4 @@
-import type { ModelDescription, RegistryObserver } from '../models/index.js';
+import type { CallerIdentity, ModelDescription, RegistryObserver } from '../models/index.js';
 import { settlesWithin } from '../retry/index.js';
 import { LineLimiter } from '@edgefleet/core';
 import type { LoadedModelsRepository } from './loaded-models-repository.js';
@@ -6,7 +6,7 @@ import { isStorageFull } from './storage-full.js';
 
 /** What restoring needs of the registry (ModelRegistry fits). */
 export interface RestorableRegistry {
-  load(request: { url: string; name: string }): Promise<ModelDescription>;
+  load(request: { url: string; name: string; caller?: CallerIdentity }): Promise<ModelDescription>;
   has(name: string): boolean;
 }
 
@@ -16,7 +16,8 @@ export interface RestoreLogger {
 }
 
 /**
- * Keeps the set of loaded models in the local database: a model is recorded when a load succeeds and forgotten
+ * Keeps the set of loaded models in the local database: a model is recorded when a load succeeds, with the caller
+ * it was loaded for where the agent checked one's rights (so that restoring checks them again), and forgotten
  * when it is unloaded (not when the agent stops: those are loaded again at the next start). A write that fails
  * (a full disk) fails neither the load nor the unload: it is logged, at most once a minute with a count, since
  * the next start then loads a different set of models.
@@ -47,9 +48,14 @@ export function recordLoadedModels(
     }
   };
   return {
-    onLoaded: (model) =>
+    onLoaded: (model, loadedFor) =>
       recording(`that model ${JSON.stringify(model.name)} is loaded`, () =>
-        repository.record({ name: model.name, url: model.url, loadedAt: now() }),
+        repository.record({
+          name: model.name,
+          url: model.url,
+          loadedAt: now(),
+          ...(loadedFor && { caller: loadedFor }),
+        }),
       ),
     onUnloaded: (name) =>
       recording(`that model ${JSON.stringify(name)} was unloaded`, () => void repository.remove(name)),
@@ -62,7 +68,10 @@ export const DEFAULT_STARTUP_LOAD_TIMEOUT_MS = 60_000;
 /**
  * Loads again, in their original order, the models that were loaded when the agent last stopped (or crashed).
  * A model already loaded or still loading (preloaded from the config) is skipped; one whose package is gone
- * (NOT_FOUND) is forgotten; any other failure is logged and kept for the next start. Each load is waited for at
+ * (NOT_FOUND) is forgotten; one loaded for a caller is loaded for that caller again, through the same check of
+ * its rights as LoadModel (a refusal is NOT_FOUND, so forgotten too: the caller is told nothing more, and may
+ * load it again once it can read it); a record whose caller cannot be read is not loaded (never with the agent's
+ * own rights) and is kept; any other failure is logged and kept for the next start. Each load is waited for at
  * most `deadlineMs`: one still going then is logged, handed to `onStillLoading`, and left to finish in the
  * background, and start-up goes on, so no package folder (a hung mount or so) can keep the agent from serving;
  * its record stays, so a crash meanwhile loses nothing. Returns the names loaded in time.
@@ -81,8 +90,21 @@ export async function restoreLoadedModels(
 ): Promise<string[]> {
   const deadlineMs = options.deadlineMs ?? DEFAULT_STARTUP_LOAD_TIMEOUT_MS;
   const restored: string[] = [];
-  for (const { name, url } of repository.list()) {
+  for (const row of repository.list()) {
+    const { name, url } = row;
     if (registry.has(name)) continue;
+    if ('unreadableCaller' in row) {
+      const error = new Error(
+        `the caller it was loaded for, as recorded in the local database, cannot be read: ${row.unreadableCaller}; it is not loaded with the agent's own rights (unload it, or load it again)`,
+      );
+      options.onFailed?.(name, error);
+      logger?.warn(
+        { model: name, url, event: 'loaded-model-caller-unreadable' },
+        `could not load model ${JSON.stringify(name)} again after the restart (from ${url}): ${error.message}`,
+      );
+      continue;
+    }
+    const caller = row.caller;
     const failed = (error: unknown): void => {
       const code = (error as { code?: string }).code;
       if (code === 'ALREADY_EXISTS') {
@@ -108,11 +130,12 @@ export async function restoreLoadedModels(
         }
       }
       logger?.warn(
-        { err: error, model: name, url, code },
-        `could not load model ${JSON.stringify(name)} again after the restart (from ${url})${forgotten ? '; its package is gone, so it is forgotten' : '; will try again at the next start'}`,
+        { err: error, model: name, url, code, ...(caller && { callerUid: caller.uid }) },
+        `could not load model ${JSON.stringify(name)} again after the restart (from ${url}${caller ? ` for uid ${caller.uid}` : ''})${forgotten ? (caller ? '; its package is gone, or that caller may no longer read it, so it is forgotten' : '; its package is gone, so it is forgotten') : '; will try again at the next start'}`,
       );
     };
-    const loading = registry.load({ url, name });
+    // Loaded for a caller: for that caller again, so that a folder swapped since is checked as LoadModel checks it.
+    const loading = registry.load({ url, name, ...(caller && { caller }) });
     try {
       if (await settlesWithin(loading, deadlineMs)) {
         restored.push(name);

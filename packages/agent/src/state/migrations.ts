@@ -183,6 +183,17 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE deployment_models ADD COLUMN unloaded_by_application_at INTEGER;
     `,
   },
+  {
+    version: 8,
+    description: 'loaded models: who a model was loaded for',
+    sql: `
+      -- The caller a model was loaded for ({"uid":…,"gid":…,"groups":[…]}, JSON), where the agent checked its rights
+      -- (LoadModel over the Unix socket, SO_PEERCRED): the next start loads it again only if that caller could still
+      -- read it. NULL: the agent's own loads, root's or the agent user's, and every row written before this version
+      -- (before caller checks existed), loaded again as before.
+      ALTER TABLE loaded_models ADD COLUMN caller TEXT;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

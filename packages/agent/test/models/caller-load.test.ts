@@ -82,14 +82,15 @@ async function swapForLink(dir: string, target: string): Promise<void> {
 }
 
 /**
- * This process's descriptors that hold something under the test's folder: a leak shows here, and nothing else in
- * the worker (its pool, ONNX Runtime, vitest's own pipes) opens any.
+ * This process's descriptors that hold something under the test's folder, or `/`: a leak shows here, and nothing
+ * else in the worker (its pool, ONNX Runtime, vitest's own pipes) opens any; tests compare counts before and after.
  */
 async function openDescriptors(): Promise<number> {
   let count = 0;
   for (const fd of await readdir('/proc/self/fd')) {
     const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
-    if (target.startsWith(files.root)) count++;
+    // `/` too: openFolderForCaller's walk starts from a descriptor of it.
+    if (target.startsWith(files.root) || target === '/') count++;
   }
   return count;
 }
@@ -309,8 +310,12 @@ describe('LoadModel for a caller: the folder checked is the folder loaded', () =
     const folder = await callersCopy();
     await mkdir(join(folder, 'notes'), { mode: 0o700 });
     await writeFile(join(folder, 'notes', 'private.txt'), 'agent only');
+    // A link beside it (the reader refuses links itself) does not stop the check before it reaches the folder.
+    const besideLink = await callersCopy();
+    await symlink('/etc', join(besideLink, 'a-link'));
+    await mkdir(join(besideLink, 'z-notes'), { mode: 0o700 });
     const models = registry();
-    for (const dir of [modelFile, manifest, folder]) {
+    for (const dir of [modelFile, manifest, folder, besideLink]) {
       const error = await agentErrorOf(models.load({ url: dir, name: 'partly', caller }));
       expect({ code: error.code, message: error.message }, dir).toEqual({
         code: 'NOT_FOUND',

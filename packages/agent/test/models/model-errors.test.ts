@@ -14,6 +14,28 @@ describe('packageFailure', () => {
     expect(failure.message).toBe(`model package /pkg cannot be used: ${message}`);
   });
 
+  it.each([
+    ['EMFILE', 'RESOURCE_EXHAUSTED'],
+    ['ENFILE', 'RESOURCE_EXHAUSTED'],
+    ['ENOMEM', 'RESOURCE_EXHAUSTED'],
+    ['EIO', 'UNAVAILABLE'],
+  ] as const)(
+    "answers a file the agent could not open for its own lack (%s) %s, not the package's fault",
+    (code, want) => {
+      const error = new PackageFileError(
+        'unreadable',
+        'model.onnx',
+        `model.onnx cannot be opened (${code}); expected a readable regular file`,
+        code,
+      );
+      const failure = packageFailure(error, '/pkg');
+      expect({ code: failure.code, message: failure.message }).toEqual({
+        code: want,
+        message: `the agent could not read model package /pkg (${code}); try again later`,
+      });
+    },
+  );
+
   it('leaves other failures INTERNAL', () => {
     expect(packageFailure(new Error('boom'), '/pkg').code).toBe('INTERNAL');
   });

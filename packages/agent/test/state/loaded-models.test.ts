@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rename, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createModelPackage, writeTestModel } from '@edgefleet/core';
@@ -9,6 +9,7 @@ import SqliteDatabase from 'better-sqlite3';
 import {
   AgentDatabase,
   LoadedModelsRepository,
+  MIGRATIONS,
   agentDatabasePath,
   migrate,
   recordLoadedModels,
@@ -177,6 +178,113 @@ describe('recording loaded models on a full database', () => {
     expect(lines[0]!.details.err).toBeUndefined();
     expect(lines[0]!.message).toMatch(/cannot record that model "full-1" is loaded/);
     await registry.close();
+    db.close();
+  });
+});
+
+describe('loads for a caller across restarts', () => {
+  // A caller the agent knows (SO_PEERCRED), never this process's user: it may read only what others may.
+  const caller = { uid: 4321, gid: 4321, groups: [4322] };
+
+  it('records the caller and loads for it again: a folder swapped since for a package it may not read is refused and forgotten', async () => {
+    await chmod(root, 0o755);
+    const db = AgentDatabase.open({ path: agentDatabasePath(join(root, 'caller-data')) });
+    const callers = await modelPackage('callers');
+    const agentOnly = await modelPackage('agent-only');
+    await chmod(agentOnly, 0o700);
+    const first = new ModelRegistry({ pool, trust: null, cwd: root });
+    first.observe(recordLoadedModels(db.loadedModels));
+    await first.load({ url: callers, name: 'callers', caller });
+    await first.load({ url: agentOnly, name: 'own' }); // the agent's own load (a preload): no caller
+    expect(db.loadedModels.list()).toEqual([
+      { name: 'callers', url: callers, loadedAt: expect.any(Number), caller },
+      { name: 'own', url: agentOnly, loadedAt: expect.any(Number) },
+    ]);
+    await first.close();
+
+    // While the agent is down, the caller points its url at a package only the agent may read.
+    await rename(callers, `${callers}.moved`);
+    await symlink(agentOnly, callers);
+    const second = new ModelRegistry({ pool, trust: null, cwd: root });
+    const failed: [string, unknown][] = [];
+    const warnings: string[] = [];
+    const restored = await restoreLoadedModels(
+      second,
+      db.loadedModels,
+      { info: () => {}, warn: (_details, message) => void warnings.push(message) },
+      { onFailed: (name, error) => void failed.push([name, error]) },
+    );
+    expect(restored).toEqual(['own']);
+    expect(second.list().map((m) => m.name)).toEqual(['own']);
+    expect(failed).toEqual([['callers', expect.objectContaining({ code: 'NOT_FOUND' })]]);
+    expect(warnings).toEqual([
+      expect.stringMatching(
+        /could not load model "callers" again .* for uid 4321\); its package is gone, or that caller may no longer read it, so it is forgotten/,
+      ),
+    ]);
+    expect(db.loadedModels.list().map((m) => m.name)).toEqual(['own']);
+    await second.close();
+    db.close();
+  });
+
+  it('loads for the caller again what it may still read', async () => {
+    await chmod(root, 0o755);
+    const db = AgentDatabase.open({ path: agentDatabasePath(join(root, 'caller-data-2')) });
+    const callers = await modelPackage('callers-2');
+    db.loadedModels.record({ name: 'callers', url: callers, loadedAt: 1, caller });
+    const registry = new ModelRegistry({ pool, trust: null, cwd: root });
+    const seen: unknown[] = [];
+    registry.observe({ onLoaded: (_model, loadedFor) => void seen.push(loadedFor) });
+    expect(await restoreLoadedModels(registry, db.loadedModels)).toEqual(['callers']);
+    expect(seen).toEqual([caller]);
+    await registry.close();
+    db.close();
+  });
+
+  it("never loads with the agent's rights a record whose caller cannot be read; keeps it", async () => {
+    const path = agentDatabasePath(join(root, 'caller-data-3'));
+    const pkg = await modelPackage('damaged');
+    const before = AgentDatabase.open({ path });
+    before.loadedModels.record({ name: 'damaged', url: pkg, loadedAt: 1, caller });
+    before.close();
+    // Damaged (or written by hand) outside the agent.
+    const raw = new SqliteDatabase(path);
+    raw.prepare(`UPDATE loaded_models SET caller = '{"uid":-1}'`).run();
+    raw.close();
+    const db = AgentDatabase.open({ path });
+    const registry = new ModelRegistry({ pool, trust: null, cwd: root });
+    const failed: string[] = [];
+    const restored = await restoreLoadedModels(registry, db.loadedModels, undefined, {
+      onFailed: (name, error) => void failed.push(`${name}: ${(error as Error).message}`),
+    });
+    expect(restored).toEqual([]);
+    expect(registry.list()).toEqual([]);
+    expect(failed).toEqual([
+      expect.stringMatching(
+        /^damaged: the caller it was loaded for, as recorded in the local database, cannot be read: /,
+      ),
+    ]);
+    expect(db.loadedModels.list().map((m) => m.name)).toEqual(['damaged']);
+    await registry.close();
+    db.close();
+  });
+});
+
+describe('schema version 8: the caller of a load', () => {
+  it('upgrades a version 7 database: its records keep no caller and load as before', async () => {
+    const path = agentDatabasePath(join(root, 'v7-data'));
+    await mkdir(join(root, 'v7-data'), { recursive: true, mode: 0o700 });
+    const old = new SqliteDatabase(path);
+    expect(migrate(old, MIGRATIONS.slice(0, 7))).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    old
+      .prepare(
+        "INSERT INTO loaded_models (name, url, loaded_at, ordinal) VALUES ('old', '/models/old', 5, 1)",
+      )
+      .run();
+    old.close();
+    const db = AgentDatabase.open({ path });
+    expect(db.schemaVersion).toBe(8);
+    expect(db.loadedModels.list()).toEqual([{ name: 'old', url: '/models/old', loadedAt: 5 }]);
     db.close();
   });
 });

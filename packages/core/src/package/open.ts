@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { lstat, stat } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
+import type { ListingLimits, PackageFolderCheck } from '../signing/digest.js';
 import {
   PackageVerificationError,
   verifyPackage,
@@ -45,6 +46,10 @@ export interface OpenModelPackageOptions {
    * could read themselves. Default: none.
    */
   fileCheck?: PackageFileCheck;
+  /** Given to verification's listing: asked about each folder listed (see listFiles). Default: none. */
+  folderCheck?: PackageFolderCheck;
+  /** Bounds on verification's listing. Default: none. */
+  listingLimits?: ListingLimits;
 }
 
 /**
@@ -81,6 +86,8 @@ export async function openModelPackage(
         ...(opts.now && { now: opts.now }),
         ...(opts.shownDir !== undefined && { shownDir: opts.shownDir }),
         ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
+        ...(opts.folderCheck && { folderCheck: opts.folderCheck }),
+        ...(opts.listingLimits && { listingLimits: opts.listingLimits }),
       })
     : undefined;
   // The manifest was read before verification: what is parsed must be what was verified.

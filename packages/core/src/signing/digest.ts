@@ -1,10 +1,15 @@
 import { createHash } from 'node:crypto';
-import type { Dirent } from 'node:fs';
-import { lstat, readdir, type FileHandle } from 'node:fs/promises';
+import { constants, type Dirent, type Stats } from 'node:fs';
+import { lstat, open, opendir, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PackageFileError } from '../package/errors.js';
 import { applyFileCheck, type PackageFileCheck } from '../package/package-file.js';
-import { badPackagePathReason, openPackagePath } from '../package/package-path.js';
+import {
+  badPackagePathReason,
+  descriptorLookupWorks,
+  openFolderByDescriptors,
+  openPackagePath,
+} from '../package/package-path.js';
 import { UnsupportedFileError, type UnsupportedFileKind } from './errors.js';
 
 /** One regular file of a package and its SHA-256. */
@@ -49,6 +54,11 @@ export interface ListedFile {
  */
 const READ_SIZE = 1024 * 1024;
 
+/** Where Linux shows this process's descriptors, each as a link to what it holds. */
+const PROC_SELF_FD = '/proc/self/fd';
+/** The package folder itself may be a link (whoever names it could name its target), as in package-path.ts. */
+const ROOT_FOLDER_FLAGS = constants.O_RDONLY | (constants.O_DIRECTORY ?? 0) | (constants.O_NONBLOCK ?? 0);
+
 /**
  * SHA-256 of every regular file under `dir` (recursive), sorted as the OpenSSF Model Signing reference sorts
  * resources. Files are read in 1 MiB pieces, never whole. Rejects with `UnsupportedFileError` on the first
@@ -59,9 +69,159 @@ export async function digestFiles(dir: string, opts: DigestOptions = {}): Promis
   return hashListedFiles(dir, files, opts.onProgress);
 }
 
-/** Lists the regular files under `dir` without hashing them (sorted, ignore rules as in `digestFiles`). */
-export async function listFiles(dir: string, ignore: readonly string[]): Promise<ListedFile[]> {
+/** Bounds on a listing: more entries (files and folders, the whole tree) or deeper folders are refused. */
+export interface ListingLimits {
+  maxEntries: number;
+  /** Deepest folder listed; the package folder is depth 0. */
+  maxDepth: number;
+}
+
+export interface ListFilesOptions {
+  /**
+   * Asked about each folder (its fstat, on the descriptor it is listed through) before it is listed, `dir`
+   * first: the reason it may not be listed, or undefined. A refusal is PackageFileError 'unreadable'.
+   */
+  folderCheck?: PackageFolderCheck;
+  /** Asked about each file (its lstat inside the held folder) as it is listed; see PackageFileCheck. */
+  fileCheck?: PackageFileCheck;
+  /** Refused past these with PackageFileError 'too-large'; unbounded without. */
+  limits?: ListingLimits;
+  /** Where this process's descriptors appear as links (default /proc/self/fd). */
+  descriptors?: string;
+  /**
+   * Pass over links and special files rather than refusing the first (UnsupportedFileError): for a check of a
+   * whole tree whose reader refuses them itself.
+   */
+  skipUnsupported?: boolean;
+}
+
+/** Like PackageFileCheck, for a folder: the caller needs to list it and look names up in it. */
+export type PackageFolderCheck = (folder: Stats) => string | undefined;
+
+/**
+ * Lists the regular files under `dir` without hashing them (sorted, ignore rules as in `digestFiles`).
+ *
+ * Where the kernel shows descriptors (Linux /proc), each folder is held open and listed through its descriptor,
+ * and each subfolder opened inside the folder held before it (`O_DIRECTORY | O_NOFOLLOW`, see package-path.ts):
+ * a subfolder swapped for a link after its parent was listed is refused, never followed, so no name from
+ * wherever it leads is listed (and told in an error). Elsewhere folders are listed by name.
+ */
+export async function listFiles(
+  dir: string,
+  ignore: readonly string[],
+  options: ListFilesOptions = {},
+): Promise<ListedFile[]> {
   const ignored = new Set(ignore.map(normalizeIgnorePath));
+  const descriptors = options.descriptors ?? PROC_SELF_FD;
+  let root: FileHandle | undefined;
+  try {
+    root = await open(dir, ROOT_FOLDER_FLAGS);
+  } catch (error) {
+    throw listingFailure(error, '.', 'folder');
+  }
+  try {
+    if (!(await descriptorLookupWorks(root, descriptors))) {
+      await root.close();
+      root = undefined;
+      return await listFilesByName(dir, ignored, options.skipUnsupported ?? false, options.fileCheck);
+    }
+    const out: ListedFile[] = [];
+    const counter = { entries: 0 };
+    await listHeldFolder(root, '', 0, ignored, { ...options, descriptors }, counter, out);
+    return out.sort((a, b) => compareResourcePaths(a.path, b.path));
+  } finally {
+    await root?.close();
+  }
+}
+
+/** One folder held open (`folder`, at package-relative `rel`): listed, its files sized, its subfolders walked. */
+async function listHeldFolder(
+  folder: FileHandle,
+  rel: string,
+  depth: number,
+  ignored: ReadonlySet<string>,
+  options: ListFilesOptions & { descriptors: string },
+  counter: { entries: number },
+  out: ListedFile[],
+): Promise<void> {
+  const shown = rel || '.';
+  const here = `${options.descriptors}/${folder.fd}`;
+  if (options.folderCheck) {
+    const st = await folder.stat().catch((error: unknown) => {
+      throw listingFailure(error, shown, 'folder');
+    });
+    const reason = options.folderCheck(st);
+    if (reason !== undefined)
+      throw new PackageFileError('unreadable', shown, `folder ${shown} cannot be read: ${reason}`);
+  }
+  const files: string[] = [];
+  const folders: string[] = [];
+  try {
+    // opendir: a few entries at a time, so a bounded listing never holds a huge folder's names at once.
+    for await (const entry of await opendir(here)) {
+      const relPath = rel ? `${rel}/${entry.name}` : entry.name;
+      if (ignored.has(relPath)) continue;
+      if (options.limits && ++counter.entries > options.limits.maxEntries)
+        throw new PackageFileError(
+          'too-large',
+          shown,
+          `the package holds more than ${options.limits.maxEntries} files and folders, more than a model package may`,
+        );
+      if (entry.isDirectory()) folders.push(entry.name);
+      else if (entry.isFile()) files.push(entry.name);
+      else if (!options.skipUnsupported) throw new UnsupportedFileError(relPath, kindOf(entry));
+    }
+  } catch (error) {
+    if (error instanceof PackageFileError || error instanceof UnsupportedFileError) throw error;
+    throw listingFailure(error, shown, 'folder');
+  }
+  const sizes = await Promise.all(
+    files.map(async (name) => {
+      const relPath = rel ? `${rel}/${name}` : name;
+      // lstat inside the held folder: a file swapped for a link is seen as one, not followed.
+      const st = await lstat(`${here}/${name}`).catch((error: unknown) => {
+        throw listingFailure(error, relPath, 'file');
+      });
+      // Swapped for something else since the listing: hashing refuses it, as it always has.
+      if (st.isFile()) applyFileCheck(options.fileCheck, st, relPath);
+      return st.size;
+    }),
+  );
+  files.forEach((name, i) => out.push({ path: rel ? `${rel}/${name}` : name, size: sizes[i] as number }));
+  if (folders.length > 0 && options.limits && depth + 1 > options.limits.maxDepth)
+    throw new PackageFileError(
+      'too-large',
+      shown,
+      `the package's folders are nested more than ${options.limits.maxDepth} deep, deeper than a model package needs`,
+    );
+  for (const name of folders) {
+    const relPath = rel ? `${rel}/${name}` : name;
+    // Opened inside the folder held, never following a link: what is listed below is what was there.
+    const child = await openFolderByDescriptors(folder, [name], {
+      descriptors: options.descriptors,
+      label: relPath,
+    }).catch((error: unknown) => {
+      // Gone or unreadable: the messages a listing by name gave. A link now (swapped in): refused as one.
+      if (error instanceof PackageFileError && error.problem === 'symlink') throw error;
+      if (!(error instanceof PackageFileError)) throw listingFailure(error, relPath, 'folder');
+      const gone = error.problem === 'missing' || error.problem === 'not-regular';
+      throw listingFailure({ code: gone ? 'ENOENT' : error.code }, relPath, 'folder');
+    });
+    try {
+      await listHeldFolder(child, relPath, depth + 1, ignored, options, counter, out);
+    } finally {
+      await child.close();
+    }
+  }
+}
+
+/** listFiles without /proc: folders listed by name (see listFiles); no folderCheck (nothing is held to ask about). */
+async function listFilesByName(
+  dir: string,
+  ignored: ReadonlySet<string>,
+  skipUnsupported: boolean,
+  fileCheck: PackageFileCheck | undefined,
+): Promise<ListedFile[]> {
   const out: ListedFile[] = [];
   const walk = async (rel: string): Promise<void> => {
     const entries = await readdir(rel ? join(dir, rel) : dir, { withFileTypes: true }).catch(
@@ -76,16 +236,19 @@ export async function listFiles(dir: string, ignore: readonly string[]): Promise
       if (ignored.has(relPath)) continue;
       if (entry.isDirectory()) folders.push(relPath);
       else if (entry.isFile()) files.push(relPath);
-      else throw new UnsupportedFileError(relPath, kindOf(entry));
+      else if (!skipUnsupported) throw new UnsupportedFileError(relPath, kindOf(entry));
     }
     // Sizes (for progress totals) of a folder's files in one go rather than one round trip each.
     const sizes = await Promise.all(
       files.map(async (f) => {
+        let st: Stats;
         try {
-          return (await lstat(join(dir, f))).size;
+          st = await lstat(join(dir, f));
         } catch (error) {
           throw listingFailure(error, f, 'file');
         }
+        if (st.isFile()) applyFileCheck(fileCheck, st, f);
+        return st.size;
       }),
     );
     files.forEach((path, i) => out.push({ path, size: sizes[i] as number }));
@@ -112,8 +275,15 @@ function listingFailure(error: unknown, path: string, what: 'file' | 'folder'): 
       'unreadable',
       path,
       `${what} ${path} cannot be read (${code}); expected the package's files readable by the agent`,
+      code,
     );
-  return error;
+  // Only the code: the errno error's message names the path opened, which may be a descriptor's /proc path.
+  return new PackageFileError(
+    'unreadable',
+    path,
+    `${what} ${path} cannot be read (${code ?? 'an I/O error'})`,
+    code,
+  );
 }
 
 /** Hashes the given files (already listed, in order), reporting progress over all of them. */

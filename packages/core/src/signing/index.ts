@@ -10,8 +10,17 @@ export {
   MODEL_SIGNING_PREDICATE_TYPE,
 } from './format.js';
 export type { SignatureBundle, ModelSignatureStatement } from './format.js';
-export { digestFiles, compareResourcePaths } from './digest.js';
-export type { FileDigest, DigestOptions, DigestProgress, DigestProgressListener } from './digest.js';
+export { digestFiles, compareResourcePaths, listFiles } from './digest.js';
+export type {
+  FileDigest,
+  DigestOptions,
+  DigestProgress,
+  DigestProgressListener,
+  ListFilesOptions,
+  ListedFile,
+  ListingLimits,
+  PackageFolderCheck,
+} from './digest.js';
 export { signPackage, loadSigner, SignerSchema } from './sign.js';
 export type {
   Signer,

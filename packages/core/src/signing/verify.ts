@@ -9,6 +9,8 @@ import {
 import {
   hashListedFiles,
   listFiles,
+  type ListingLimits,
+  type PackageFolderCheck,
   type DigestProgressListener,
   type FileDigest,
   type ListedFile,
@@ -56,6 +58,10 @@ export interface VerifyPackageOptions {
   shownDir?: string;
   /** Asked about each file read (model.sig, every file hashed) on its descriptor; see PackageFileCheck. */
   fileCheck?: PackageFileCheck;
+  /** Asked about each folder listed, on its descriptor; see listFiles. */
+  folderCheck?: PackageFolderCheck;
+  /** Bounds on the listing of the package's files; unbounded without. */
+  listingLimits?: ListingLimits;
 }
 
 /** Largest model.sig we read; a bundle listing 100 000 files is ~20 MB. */
@@ -96,7 +102,11 @@ export async function verifyPackage(
 
   let onDisk: ListedFile[];
   try {
-    onDisk = await listFiles(absolute, [SIGNATURE_FILE]);
+    onDisk = await listFiles(absolute, [SIGNATURE_FILE], {
+      ...(opts.folderCheck && { folderCheck: opts.folderCheck }),
+      ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
+      ...(opts.listingLimits && { limits: opts.listingLimits }),
+    });
   } catch (error) {
     if (error instanceof UnsupportedFileError)
       throw new PackageVerificationError('file-unsupported', `${error.message} (found while verifying)`, {
