@@ -91,7 +91,11 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: DeploymentServi
         .default('name')
         .describe('name (A to Z) or newest (latest created first, then name Z to A)'),
       stageStatus: z
-        .union([stageStatusSchema, z.array(stageStatusSchema).max(stageStatusSchema.options.length)])
+        .union([stageStatusSchema, z.array(stageStatusSchema).max(stageStatusSchema.options.length)], {
+          // The union's own message ("Invalid input") names neither the value nor what was expected.
+          error: (issue) =>
+            `expected one or more of ${stageStatusSchema.options.join(', ')} (repeat the parameter for several), not ${JSON.stringify(issue.input)}`,
+        })
         .optional()
         .transform((value) => (value === undefined ? [] : Array.isArray(value) ? value : [value]))
         .describe('Only plans with a stage in this status; repeatable (any of them)'),
