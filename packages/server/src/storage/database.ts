@@ -362,7 +362,14 @@ class SqliteDriverKeepingCause extends SqliteDriver {
 
   override async acquireConnection(): Promise<DatabaseConnection> {
     if (this.#unusable !== undefined) throw this.#unusable;
-    return super.acquireConnection();
+    const connection = await super.acquireConnection();
+    // Asked again once the connection is ours: a use that was waiting for it while the failed transaction held
+    // it would otherwise write into that transaction (answered 200, lost at restart).
+    if (this.#unusable !== undefined) {
+      await super.releaseConnection();
+      throw this.#unusable;
+    }
+    return connection;
   }
 
   override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {

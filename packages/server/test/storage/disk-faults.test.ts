@@ -114,6 +114,29 @@ describe('a transaction on a full SQLite disk', () => {
     // Lets the connection close at the end of the test (a server exits instead).
     await reading?.return?.();
   });
+
+  it('refuses a use that was waiting for the connection while the failed transaction held it', async () => {
+    let reading: AsyncIterator<unknown> | undefined;
+    let waiting: Promise<unknown> | undefined;
+    await database.db
+      .transaction()
+      .execute(async (trx) => {
+        await sql`insert into t (v) values (${'never committed'})`.execute(trx);
+        // Queued behind the transaction: it gets the connection right after the failed ROLLBACK.
+        waiting = sql`insert into t (v) values (${'waited'})`.execute(database.db).then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+        const rows = (trx as unknown as Kysely<{ t: { v: string } }>).selectFrom('t').selectAll().stream();
+        reading = rows[Symbol.asyncIterator]();
+        await reading.next();
+        throw new Error('the callback failed');
+      })
+      .catch(() => undefined);
+    expect(rollbackFailures.map(({ outcome }) => outcome)).toEqual(['unusable']);
+    expect(await waiting).toBeInstanceOf(DatabaseUnavailableError);
+    await reading?.return?.();
+  });
 });
 
 describe('which disk fault an error is, and whose', () => {
