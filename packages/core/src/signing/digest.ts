@@ -277,11 +277,13 @@ function listingFailure(error: unknown, path: string, what: 'file' | 'folder'): 
       `${what} ${path} cannot be read (${code}); expected the package's files readable by the agent`,
       code,
     );
+  // Not a file system's error (no errno code): a bug, not an unreadable package; it stays what it is.
+  if (typeof code !== 'string') return error;
   // Only the code: the errno error's message names the path opened, which may be a descriptor's /proc path.
   return new PackageFileError(
     'unreadable',
     path,
-    `${what} ${path} cannot be read (${code ?? 'an I/O error'})`,
+    `${what} ${path} cannot be read (${code})`,
     code,
   );
 }
