@@ -7,6 +7,7 @@ export {
   type AgentErrorCode,
 } from './agent-error.js';
 export {
+  MAX_CALLER_LOADS_AT_ONCE,
   ModelRegistry,
   checkModelName,
   type LoadRequest,

@@ -158,6 +158,9 @@ interface NameEntry {
  * ALREADY_EXISTS); a failed load leaves nothing behind; unload stops admitting predictions at once and waits,
  * bounded, for those in flight. A prediction runs entirely on the version serving when it started.
  */
+/** Loads for a caller (checked against its rights) at once; more are refused RESOURCE_EXHAUSTED. */
+export const MAX_CALLER_LOADS_AT_ONCE = 8;
+
 export class ModelRegistry {
   readonly #pool: InferencePool;
   readonly #loader: ModelLoader;
@@ -172,6 +175,8 @@ export class ModelRegistry {
   readonly #callerAccess: OpenedFolderDeps | undefined;
   #generation = 0;
   #closed = false;
+  /** Loads for a caller in progress (MAX_CALLER_LOADS_AT_ONCE). */
+  #callerLoads = 0;
 
   constructor(options: ModelRegistryOptions) {
     this.#pool = options.pool;
@@ -199,12 +204,33 @@ export class ModelRegistry {
     const dir = this.#loader.packageDir(request.url);
     // Cheap refusals first: a caller's check opens and walks its folder. #load asks again after the await.
     this.#refuseLoadUnder(name);
-    const callerFolder = await this.#openForCaller(dir, request);
-    try {
-      return await this.#load(name, dir, callerFolder, request, began);
-    } finally {
-      await callerFolder?.close();
+    const checked = this.#checksCaller(request);
+    if (checked) {
+      // Each holds descriptors (one per level of its folder during the check, then the folder until the load
+      // ends) and file-system threads: many at once from one local user would starve the agent of both.
+      if (this.#callerLoads >= MAX_CALLER_LOADS_AT_ONCE)
+        throw new AgentError(
+          'RESOURCE_EXHAUSTED',
+          `${MAX_CALLER_LOADS_AT_ONCE} model loads for callers are already in progress; expected at most that many at once: try again when one has finished`,
+        );
+      this.#callerLoads++;
     }
+    try {
+      const callerFolder = await this.#openForCaller(dir, request);
+      try {
+        return await this.#load(name, dir, callerFolder, request, began);
+      } finally {
+        await callerFolder?.close();
+      }
+    } finally {
+      if (checked) this.#callerLoads--;
+    }
+  }
+
+  /** Whether a load is checked against its caller's rights (see #openForCaller). */
+  #checksCaller(request: LoadRequest): boolean {
+    const caller = request.caller;
+    return caller !== undefined && caller !== null && caller.uid !== 0 && caller.uid !== this.#agentUid;
   }
 
   async #load(
@@ -523,7 +549,7 @@ export class ModelRegistry {
    */
   async #openForCaller(dir: string, request: LoadRequest): Promise<CallerFolder | undefined> {
     const caller = request.caller;
-    if (!caller || caller.uid === 0 || caller.uid === this.#agentUid) return undefined;
+    if (!caller || !this.#checksCaller(request)) return undefined;
     const deps = this.#callerAccess;
     const refused = () =>
       new AgentError(

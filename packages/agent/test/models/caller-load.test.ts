@@ -17,6 +17,7 @@ import { signPackage } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
 import {
+  MAX_CALLER_LOADS_AT_ONCE,
   ModelRegistry,
   MAX_CHECKED_DEPTH,
   MAX_CHECKED_ENTRIES,
@@ -136,6 +137,40 @@ function messagesOf(error: unknown): string {
 }
 
 describe('LoadModel for a caller: the folder checked is the folder loaded', () => {
+  it('refuses a caller load past the number at once, and takes one again when one has finished', async () => {
+    const dirs = await Promise.all(Array.from({ length: MAX_CALLER_LOADS_AT_ONCE }, () => callersCopy()));
+    const before = await openDescriptors();
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let waiting = 0;
+    // The check by name waits on each held load's own folder, so all of them are in progress at once.
+    const models = registry({
+      ...defaults,
+      stat: async (path) => {
+        if (dirs.includes(path)) {
+          waiting++;
+          await held;
+        }
+        return stat(path);
+      },
+    });
+    const loads = dirs.map((url, i) => models.load({ url, name: `held-${i}`, caller }));
+    await expect.poll(() => waiting).toBe(MAX_CALLER_LOADS_AT_ONCE);
+    const extra = await callersCopy();
+    const refused = await agentErrorOf(models.load({ url: extra, name: 'one-too-many', caller }));
+    expect(refused.code).toBe('RESOURCE_EXHAUSTED');
+    expect(refused.message).toMatch(/already in progress/);
+    // The agent's own loads are not counted.
+    const own = await models.load({ url: extra, name: 'own' });
+    expect(own.name).toBe('own');
+    release();
+    await Promise.all(loads);
+    const again = await models.load({ url: extra, name: 'after', caller });
+    expect(again.name).toBe('after');
+    for (const { name } of models.list()) await models.unload(name);
+    expect(await openDescriptors()).toBe(before);
+  });
+
   it('refuses a folder swapped for a link to an agent-only package right after the check by name', async () => {
     const dir = await callersCopy();
     const { models, state } = swappedAfterNameCheck(dir, agentOnly);
