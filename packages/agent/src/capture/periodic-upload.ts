@@ -1,6 +1,7 @@
 import { readFile, readdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { LineLimiter } from '@edgefleet/core';
 import type { UploadLedger } from '../state/index.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import { RefusedByStoreError, type ObjectStore } from './object-store.js';
@@ -51,6 +52,11 @@ export class PeriodicUpload {
    * once more.
    */
   readonly #refused = new Map<string, { size: number; mtimeMs: number }>();
+  /**
+   * The lines of newly refused files: the first, then at most one a minute with the number left out, so that a
+   * store refusing every file (a fleet output's prefix changed: 403 for all) writes a line a minute, not one per file.
+   */
+  readonly #refusedLines: LineLimiter;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
   #closed = false;
@@ -59,6 +65,7 @@ export class PeriodicUpload {
     this.#options = options;
     this.#now = options.now ?? Date.now;
     this.#failureLines = new UploadFailureLines({ now: this.#now });
+    this.#refusedLines = new LineLimiter({ now: this.#now });
     const prefix = options.folderPrefix.replace(/^\/+|\/+$/g, '');
     this.#base = prefix === '' ? options.root : join(options.root, ...prefix.split('/'));
     const url = pathToFileURL(options.root).href;
@@ -160,14 +167,22 @@ export class PeriodicUpload {
 
   /**
    * A file the store refused for good is not sent again while it stays as it is, and stays on disk (the only copy
-   * of the capture's data); the files after it go on. Logged once, counted.
+   * of the capture's data); the files after it go on. Counted each; logged once, within #refusedLines' limit.
    */
   #skipRefused(file: Candidate, error: RefusedByStoreError): void {
     this.#refused.set(file.key, { size: file.size, mtimeMs: file.mtimeMs });
     this.#options.metrics?.refusedFiles.inc({ via: 'periodic' });
+    const admitted = this.#refusedLines.admit('refused');
+    if (admitted === undefined) return;
     this.#options.logger?.warn(
-      { event: 'capture-upload-refused', ...uploadFailureFields(error), key: file.key, path: file.path },
-      `capture periodic upload: ${this.#options.store.description} refused ${file.key} for good (${error.message}); it stays at ${file.path} and is not sent again while it is unchanged`,
+      {
+        event: 'capture-upload-refused',
+        ...uploadFailureFields(error),
+        key: file.key,
+        path: file.path,
+        ...(admitted.leftOut > 0 && { refusedNotLogged: admitted.leftOut }),
+      },
+      `capture periodic upload: ${this.#options.store.description} refused ${file.key} for good (${error.message}); it stays at ${file.path} and is not sent again while it is unchanged (${repeatsNote(admitted.leftOut, 'refused file(s)')})`,
     );
   }
 

@@ -81,8 +81,9 @@ export interface CaptureWriter {
   id: string;
   /**
    * Whether the server process `holderId` (a token's prefix; undefined: a token of an older build, which names
-   * none) may still be writing. On SQLite none but this one can (the file lock makes it the only server); on
-   * PostgreSQL, the servers server_instances lists as running.
+   * none) may still be writing: false only where it certainly is not (captureHolderMayWrite: on SQLite none but
+   * this one can run; on PostgreSQL a holder of this host whose process is gone). A holder on another host may be
+   * frozen or cut off from the database and still writing, however old its server_instances row.
    */
   isRunning(holderId: string | undefined): Promise<boolean>;
 }
@@ -156,9 +157,11 @@ const chargeOf = (bytes: number) => Math.max(bytes, MIN_OBJECT_CHARGE_BYTES);
 /**
  * How long an upload holds the write of its object (capture_objects.write_token) before another upload of the key
  * may take it over, whoever holds it: longer than any upload can last (the request deadline), so that a live
- * upload keeps it. Most held writes end sooner (see #holderEnded): one of this process whose upload was answered
- * (its claim could not be dropped: the database failed with it), or one of a server process that no longer runs
- * (killed mid-write), is free at once; this lease is left only for the writes of another live replica.
+ * upload keeps it. Some held writes end sooner (see #holderEnded): one of this process whose upload was answered
+ * (its claim could not be dropped: the database failed with it), or one of a server process certainly gone (on
+ * SQLite any other; on PostgreSQL one of this host whose pid no longer runs), is free at once. A write of a server
+ * on another host waits for this lease, even when its row stopped being refreshed: a frozen or partitioned replica
+ * can still be writing.
  */
 const WRITE_LEASE_MS = 15 * 60_000;
 /** Rows per IN (…) list: well under SQLite's and PostgreSQL's bind-parameter limits. */
@@ -736,7 +739,7 @@ export class CaptureIngest {
   /**
    * Whether the upload holding `token` is over though its write is still held (the holder could not give it
    * back): a token of this process none of its uploads holds (answered, its claim not dropped as the database
-   * failed), or of a server process that no longer runs (killed mid-write; it never dropped it).
+   * failed), or of a server process certainly gone (killed mid-write; it never dropped it: CaptureWriter.isRunning).
    */
   async #holderEnded(token: string): Promise<boolean> {
     const dot = token.indexOf('.');

@@ -140,7 +140,7 @@ export class PackagingWorker {
         // Before this worker claims anything, so none of the claims it reads is one of this process's.
         const { stale, recent } = await this.options.jobs.ownClaims();
         this.lookedForOwn = true;
-        await this.resumeReleased(await this.options.jobs.releaseUnrenewed(stale));
+        await this.releaseAndResume(stale);
         if (recent.length > 0) this.releasingOwn = this.releaseOwnLater(recent, leaseMs);
       }
       for (
@@ -163,20 +163,24 @@ export class PackagingWorker {
   }
 
   /**
-   * Jobs of this server identity that lost their runner (releaseUnrenewed): logged, and the temporary folders
-   * their runner left removed now (2.3 times the model each), not an hour later at a start (temp-sweep.ts), so
-   * that a killed job does not leave the disk too full for the next ones. Their runner is gone (it renewed
+   * Releases the jobs of `seen` (this server identity's) that lost their runner (releaseUnrenewed), logs them,
+   * and removes the temporary folders their runner left now (2.3 times the model each), not an hour later at a
+   * start (temp-sweep.ts), so that a killed job does not leave the disk too full for the next ones. Their runner is gone (it renewed
    * nothing for two intervals), and the released job is built again in a new folder.
    */
-  private async resumeReleased(released: string[]): Promise<void> {
-    this.logReleased(released);
-    if (released.length === 0) return;
+  private async releaseAndResume(seen: SeenClaim[]): Promise<string[]> {
+    if (seen.length === 0) return [];
+    // Listed BEFORE the release: once released, a job can be claimed at once (this worker's loop, a replica
+    // sharing the data dir) and built in a new folder of the same name pattern, which must not be removed. A
+    // folder listed now is the lost runner's: the release only succeeds while the job is unclaimed since.
     let entries: string[];
     try {
       entries = await readdir(this.options.workDir);
     } catch {
-      return; // no work dir: nothing was left
+      entries = []; // no work dir: nothing was left
     }
+    const released = await this.options.jobs.releaseUnrenewed(seen);
+    this.logReleased(released);
     for (const name of released) {
       // mkdtemp's six characters after `job-<name>-`: another job named `<name>-…` has more.
       const left = entries.filter(
@@ -197,6 +201,7 @@ export class PackagingWorker {
           'removed the temporary folder an interrupted packaging job left',
         );
     }
+    return released;
   }
 
   private logReleased(released: string[]): void {
@@ -216,8 +221,7 @@ export class PackagingWorker {
   private async releaseOwnLater(seen: SeenClaim[], leaseMs: number): Promise<void> {
     try {
       await sleep(2 * leaseRenewalIntervalMs(leaseMs), undefined, { signal: this.stopping.signal });
-      const released = await this.options.jobs.releaseUnrenewed(seen);
-      await this.resumeReleased(released);
+      const released = await this.releaseAndResume(seen);
       if (released.length > 0) this.kick();
     } catch (error) {
       if (this.stopping.signal.aborted) return;

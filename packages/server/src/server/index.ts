@@ -15,7 +15,7 @@ export { schemaVersion, serverVersion } from './version.js';
 export {
   databaseNowMs,
   recentServers,
-  serverIsRunning,
+  captureHolderMayWrite,
   refuseMigratingUnderRunningServers,
   registerServer,
   SERVER_SEEN_RECENT_MS,

@@ -87,23 +87,29 @@ export async function recentServers(
 }
 
 /**
- * Whether the server process registered as `id` runs (its row recent and, on this host, its process alive, as
- * recentServers judges). On SQLite only this process can run on the database (the file lock), so no other does.
+ * Whether the server process `holderId` (a capture write token's prefix; undefined: an older build's token, which
+ * names none) may still be writing the capture object it holds, so that its write waits for the lease (15 min,
+ * longer than any upload) rather than being taken over at once. Only a holder certainly done is not:
+ * - on SQLite, any other process: the file lock (lockSqliteDatabase) lets one server run on the database, so the
+ *   holder is a process that ended (this process's own tokens are judged by CaptureIngest, not here);
+ * - on PostgreSQL, a holder of this host (processHostId: hostname, PID namespace, boot) whose pid no longer runs.
+ * A holder on another host may be writing however old its row: a frozen (paused VM, SIGSTOP) or partitioned replica
+ * stops refreshing its row but its store put goes on. A missing row proves nothing either: a server deletes its
+ * row at a clean stop, when a put of an answered upload may still run.
  */
-export async function serverIsRunning(
+export async function captureHolderMayWrite(
   database: Pick<ServerDatabase, 'db' | 'engine'>,
-  id: string,
+  holderId: string | undefined,
 ): Promise<boolean> {
   if (database.engine === 'sqlite') return false;
-  const now = databaseNowMs(database.engine);
+  if (holderId === undefined) return true;
   const row = await database.db
     .selectFrom('server_instances')
     .select(['host', 'pid'])
-    .where('id', '=', id)
-    .where('last_seen_at', '>', sql<number>`${now} - ${SERVER_SEEN_RECENT_MS}`)
+    .where('id', '=', holderId)
     .executeTakeFirst();
-  if (row === undefined) return false;
-  return row.host !== processHostId() || processIsAlive(Number(row.pid));
+  if (row === undefined || row.host !== processHostId()) return true;
+  return processIsAlive(Number(row.pid));
 }
 
 /**

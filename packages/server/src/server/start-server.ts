@@ -136,7 +136,7 @@ import { sweepStaleTempFiles } from './temp-sweep.js';
 import {
   refuseMigratingUnderRunningServers,
   registerServer,
-  serverIsRunning,
+  captureHolderMayWrite,
   ServersRunningError,
 } from './server-registry.js';
 import { schemaVersion, serverVersion } from './version.js';
@@ -597,15 +597,11 @@ export async function startServer(
       deviceTrustRootPem: signing.rootCertificatePem,
     });
     const instanceId = await loadInstanceId(config.dataDir);
-    // This process as the writer of capture objects: a write it held when it died is free to the next upload.
+    // This process as the writer of capture objects: a write another process held is free to the next upload at
+    // once only where that process is certainly done (captureHolderMayWrite), else after the write lease.
     const captureWriter: CaptureWriter = {
       id: randomUUID(),
-      isRunning: (holder) =>
-        database.engine === 'sqlite'
-          ? Promise.resolve(false)
-          : holder === undefined
-            ? Promise.resolve(true) // an older build's token names no server: its lease decides
-            : serverIsRunning(database, holder),
+      isRunning: (holder) => captureHolderMayWrite(database, holder),
     };
     const packagingJobs = new PackagingJobStore(database.db, models, Date.now, {
       instanceId,

@@ -3,13 +3,13 @@
  * quota, never kept for a file that was refused or not written, pruned with the captures' retention and dropped
  * with the device. Through the real device API, database and local blob folder.
  */
-import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIN_OBJECT_CHARGE_BYTES } from '../../src/captures/index.js';
 import { pruneExpired } from '../../src/heartbeats/index.js';
-import { databaseNowMs, processHostId } from '../../src/server/index.js';
+import { databaseNowMs, processHostId, SERVER_SEEN_RECENT_MS } from '../../src/server/index.js';
 import { captureUsageOf } from '../support/capture-usage.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
@@ -225,20 +225,18 @@ describe.each(engines)('capture claims on $engine', (fixture) => {
     'frees at once a write held by a server process that no longer runs (killed mid-upload), and one of this process whose upload was answered without giving it back (F9)',
     async () => {
       const cam5 = await enrollDevice(t, 'cam-5');
-      // A process that has exited: its pid stands for a server SIGKILLed mid-upload, its row as fresh as can be.
-      const killedPid = spawnSync(process.execPath, ['-e', '']).pid;
+      // A pid above pid_max, which no process can have (an exited child's pid could be reused meanwhile): it stands
+      // for a server SIGKILLed mid-upload, its row as fresh as can be.
+      const killedPid = Number(await readFile('/proc/sys/kernel/pid_max', 'utf8')) + 1;
       await sql`insert into server_instances (id, host, pid, version, schema_version, started_at, last_seen_at)
         values ('killed-server', ${processHostId()}, ${killedPid}, '0.0.9', 'x', 0, ${databaseNowMs(fixture.engine)})`.execute(
         t.server.database.db,
       );
-      const unregistered = `plant-out/plant/${HOUR}/raw-data/killed-unregistered.bin`;
       const killed = `plant-out/plant/${HOUR}/raw-data/killed.bin`;
       const large = `plant-out/plant/${HOUR}/raw-data/killed-large.bin`;
-      await leaveHeldWrite('cam-5', unregistered, `${randomUUID()}.${randomUUID()}`);
       await leaveHeldWrite('cam-5', killed, `killed-server.${randomUUID()}`);
       await leaveHeldWrite('cam-5', large, `killed-server.${randomUUID()}`);
       for (const [key, body] of [
-        [unregistered, randomBytes(500)],
         [killed, randomBytes(500)],
         // Streamed (over largeBodyBytes).
         [large, randomBytes(3000)],
@@ -282,20 +280,27 @@ describe.each(engines)('capture claims on $engine', (fixture) => {
   );
 
   it.skipIf(!fixture.available)(
-    'keeps the lease of a write held by a server that runs, or by a token of an older build on PostgreSQL (another replica may still write it); on SQLite this server is the only one (F9)',
+    'keeps the lease of a write held on PostgreSQL by a server of another host, even one whose row was not refreshed for over a minute (frozen or partitioned, it may still write), by a server whose row is gone, or by a token of an older build; on SQLite this server is the only one (F9, review GL F1)',
     async () => {
       const cam6 = await enrollDevice(t, 'cam-6');
-      // A replica of another host, seen just now.
+      const now = databaseNowMs(fixture.engine);
+      // Replicas of another host: one seen just now, one last seen past SERVER_SEEN_RECENT_MS (a paused VM, a
+      // replica cut off from the database while its store put runs).
       await sql`insert into server_instances (id, host, pid, version, schema_version, started_at, last_seen_at)
-        values ('live-replica', 'another-host', 1, '0.0.9', 'x', 0, ${databaseNowMs(fixture.engine)})`.execute(
+        values ('live-replica', 'another-host', 1, '0.0.9', 'x', 0, ${now}),
+               ('silent-replica', 'another-host', 1, '0.0.9', 'x', 0, ${now} - ${SERVER_SEEN_RECENT_MS + 1000})`.execute(
         t.server.database.db,
       );
       const replica = `plant-out/plant/${HOUR}/raw-data/replica.bin`;
+      const silent = `plant-out/plant/${HOUR}/raw-data/silent-replica.bin`;
+      const unregistered = `plant-out/plant/${HOUR}/raw-data/unregistered.bin`;
       const older = `plant-out/plant/${HOUR}/raw-data/older.bin`;
       await leaveHeldWrite('cam-6', replica, `live-replica.${randomUUID()}`);
+      await leaveHeldWrite('cam-6', silent, `silent-replica.${randomUUID()}`);
+      await leaveHeldWrite('cam-6', unregistered, `${randomUUID()}.${randomUUID()}`);
       await leaveHeldWrite('cam-6', older, randomUUID());
       const expected = fixture.engine === 'sqlite' ? 200 : 409;
-      for (const key of [replica, older]) {
+      for (const key of [replica, silent, unregistered, older]) {
         const answer = await raw(cam6, key, randomBytes(500));
         expect(answer.status, key).toBe(expected);
         if (expected === 409)

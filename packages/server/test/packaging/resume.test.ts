@@ -273,6 +273,74 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
 
   // Review N2: replicas sharing a data dir share its identity; a restart must not take the live one's jobs.
   it.skipIf(!fixture.available)(
+    'removes only the lost runner’s temporary folder of a released job: the folder of a runner that claimed it just after the release stays (review GL F2)',
+    async () => {
+      const dataDir = await mkdtemp(path.join(work, `${fixture.engine}-race-`));
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        dataDir,
+        config: { packaging: { pollIntervalMs: 3_600_000 } },
+      });
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-race-model`));
+        const { database, blobs, services } = t.server;
+        const instanceId = (await readFile(path.join(dataDir, 'instance-id'), 'utf8')).trim();
+        const workDir = path.join(work, `${fixture.engine}-race-work`);
+        // This server's runner before its restart, last renewed 90 s ago (two renewals missed, lease not over).
+        const before = new PackagingJobStore(database.db, services.models, () => Date.now() - 90_000, {
+          instanceId,
+          leaseMs: LEASE_MS,
+        });
+        await before.create({ name: 'job-race', modelName: 'tiny', modelVersion: '1' });
+        expect((await before.claimNext(LEASE_MS))?.job.name).toBe('job-race');
+        const lost = path.join(workDir, 'job-job-race-Ab12Cd');
+        await mkdir(lost, { recursive: true });
+        await writeFile(path.join(lost, 'model.onnx'), Buffer.alloc(4096));
+
+        // A replica sharing the work dir claims the job the moment it is released, and starts building it in a
+        // folder of its own, before the restarted worker goes on.
+        const replica = new PackagingJobStore(database.db, services.models, undefined, { leaseMs: LEASE_MS });
+        const building: string[] = [];
+        class ReplicaClaimsOnRelease extends PackagingJobStore {
+          override async releaseUnrenewed(seen: Parameters<PackagingJobStore['releaseUnrenewed']>[0]) {
+            const released = await super.releaseUnrenewed(seen);
+            for (const name of released) {
+              expect((await replica.claimNext(LEASE_MS))?.job.name).toBe(name);
+              const folder = await mkdtemp(path.join(workDir, `job-${name}-`));
+              await writeFile(path.join(folder, 'model.onnx'), Buffer.alloc(4096));
+              building.push(folder);
+            }
+            return released;
+          }
+        }
+        const restarted = new PackagingWorker({
+          jobs: new ReplicaClaimsOnRelease(database.db, services.models, undefined, {
+            instanceId,
+            leaseMs: LEASE_MS,
+          }),
+          models: services.models,
+          blobs,
+          signing: services.signing,
+          workDir,
+          pollIntervalMs: 3_600_000,
+          leaseMs: LEASE_MS,
+          logger: t.server.logger,
+        });
+        await restarted.drain();
+        await restarted.stop();
+        expect(building).toHaveLength(1);
+        await expect(stat(lost)).rejects.toMatchObject({ code: 'ENOENT' });
+        expect((await stat(path.join(building[0]!, 'model.onnx'))).size).toBe(4096);
+        // The replica holds the job; the restarted worker did not take it back.
+        const job = await t.call('GET', '/api/v1/packaging-jobs/job-race', { token: t.readToken });
+        expect(job.body).toMatchObject({ status: 'INPROGRESS' });
+      } finally {
+        await t.stop();
+      }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
     "a restarted server leaves a job renewed lately to its live runner of the same identity, and resumes one that wasn't renewed",
     async () => {
       const dataDir = await mkdtemp(path.join(work, `${fixture.engine}-shared-`));

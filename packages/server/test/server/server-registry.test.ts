@@ -2,14 +2,14 @@
  * Servers record themselves in server_instances while they run; a build that would migrate the schema refuses
  * while a server of another schema ran lately (or, forced, warns), on both engines.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { sql } from 'kysely';
 import pino from 'pino';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import {
+  captureHolderMayWrite,
   databaseNowMs,
   processHostId,
   recentServers,
@@ -24,6 +24,8 @@ import { startTestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
 const schema = migrationNames.at(-1)!;
+/** A pid no process can have (above pid_max): an exited child's pid could be reused by another during the test. */
+const unusedPid = async () => Number(await readFile('/proc/sys/kernel/pid_max', 'utf8')) + 1;
 
 describe.each(engines)('server_instances on $engine', (fixture) => {
   it.skipIf(!fixture.available)(
@@ -133,8 +135,8 @@ describe.each(engines)('the registry on $engine', (fixture) => {
       const first = await startTestServer({ database: location, dataDir });
       const last = migrationNames.at(-1)!;
       const previous = migrationNames.at(-2)!;
-      // A process that has exited: its pid stands for a server SIGKILLed (or killed by the OOM killer) just now.
-      const gone = spawnSync(process.execPath, ['-e', '']).pid;
+      // A pid with no process: it stands for a server SIGKILLed (or killed by the OOM killer) just now.
+      const gone = await unusedPid();
       await first.stop();
       // The database one migration behind this build, and the killed server's row as fresh as can be.
       const reopened = await openDatabase(location);
@@ -161,12 +163,50 @@ describe.each(engines)('the registry on $engine', (fixture) => {
   );
 
   it.skipIf(!fixture.available)(
+    'calls a capture write holder done only on SQLite, or on PostgreSQL when it is of this host and its pid is gone, however old the rows (review GL F1)',
+    async () => {
+      const database = await openFreshDatabase(fixture);
+      onTestFinished(() => database.close());
+      const gone = await unusedPid();
+      const stale = SERVER_SEEN_RECENT_MS + 1000;
+      const rows = [
+        { id: 'gone-here', host: processHostId(), pid: gone, age: 0 },
+        { id: 'gone-here-stale', host: processHostId(), pid: gone, age: stale },
+        { id: 'alive-here', host: processHostId(), pid: process.pid, age: 0 },
+        { id: 'other-host', host: 'another-host', pid: gone, age: 0 },
+        // Frozen or cut off from the database: its row is not refreshed, its store put may still run.
+        { id: 'other-host-stale', host: 'another-host', pid: gone, age: stale },
+      ];
+      for (const row of rows)
+        await sql`insert into server_instances (id, host, pid, version, schema_version, started_at, last_seen_at)
+          values (${row.id}, ${row.host}, ${row.pid}, '0.0.9', 'x', 0, ${databaseNowMs(fixture.engine)} - ${row.age})`.execute(
+          database.db,
+        );
+      const judged: Record<string, boolean> = {};
+      for (const id of [...rows.map((row) => row.id), 'no-row', undefined])
+        judged[String(id)] = await captureHolderMayWrite(database, id);
+      const postgres = fixture.engine === 'postgres';
+      expect(judged).toEqual({
+        'gone-here': false,
+        'gone-here-stale': false,
+        'alive-here': postgres,
+        'other-host': postgres,
+        'other-host-stale': postgres,
+        // A server deletes its row as it stops, while an answered upload's put may still run.
+        'no-row': postgres,
+        // An older build's token names no server.
+        undefined: postgres,
+      });
+    },
+  );
+
+  it.skipIf(!fixture.available)(
     "judges a row's pid only in this PID namespace and boot: the same hostname elsewhere is another host (review F9)",
     async () => {
       const database = await openFreshDatabase(fixture);
       onTestFinished(() => database.close());
       // A pid with no process here, as a running replica in another container with this hostname may have.
-      const gone = spawnSync(process.execPath, ['-e', '']).pid;
+      const gone = await unusedPid();
       const hosts = {
         here: processHostId(),
         otherNamespace: `${os.hostname()}#pidns=1/boot=00000000`,
