@@ -6,6 +6,7 @@ import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
 import { putEach } from './destinations.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
+import { freeBytes, type StatFs } from './disk-quota.js';
 import type { RefusedByStoreError } from './object-store.js';
 import { MAX_RETRY_AFTER_MS, RetryLaterError, type ObjectStore } from './object-store.js';
 import { RENDERED_FILE_KINDS, fileKindOfKey, type RenderedBatch, type RenderedFileKind } from './records.js';
@@ -48,6 +49,14 @@ export interface CaptureSpoolOptions {
   dir: string;
   /** Disk the spool may take; past it, the oldest batches are dropped. */
   quotaBytes: number;
+  /**
+   * Free bytes kept on the spool's file system (edgefleet_capture_min_free_bytes), which the local database and
+   * the package store share: new captures are refused below it (admissionRefusal), and a batch of captures already
+   * accepted is not spooled where it would leave less than half of it (CaptureSpoolFullError). Default 0.
+   */
+  minFreeBytes?: number;
+  /** Reads the file system's free space (default node's statfs). */
+  statfs?: StatFs;
   store: ObjectStore;
   retry: BackoffPolicy;
   /** Puts in flight per batch. Default 4. */
@@ -118,6 +127,23 @@ export class CaptureSpool {
     return this.#failureLines.failures > 0;
   }
 
+  /** The spool holds batches or its store is unreachable: new batches may come here. */
+  get inUse(): boolean {
+    return this.#batches.length > 0 || this.unreachable;
+  }
+
+  /**
+   * Why a capture needing `bytes` more of the spool's file system should be refused now (RESOURCE_EXHAUSTED, before
+   * it is acknowledged): they would leave less than minFreeBytes free. Undefined when they fit, or when the free
+   * space cannot be read (the write itself is then the check).
+   */
+  async admissionRefusal(bytes: number): Promise<string | undefined> {
+    const floor = this.#options.minFreeBytes ?? 0;
+    const free = await freeBytes(this.#options.dir, this.#options.statfs).catch(() => undefined);
+    if (free === undefined || free - bytes >= floor) return undefined;
+    return `the offline capture spool ${this.#options.dir} cannot take more while ${this.#options.store.description} is unreachable: its file system has ${free} bytes free; ${bytes} more (this capture and those accepted and not yet spooled, counted twice: queued and spooled) would leave less than the ${floor} bytes the agent keeps free for its database and packages (edgefleet_capture_min_free_bytes). Nothing was kept; try again once the store is reachable or space is freed, or lower the floor`;
+  }
+
   /** Ids of the captures waiting in the spool. */
   captureIds(): Set<string> {
     return new Set(this.#batches.flatMap((b) => b.captureIds));
@@ -160,6 +186,17 @@ export class CaptureSpool {
   /** Keeps a batch until the store takes it. Durable once this resolves. */
   async add(batch: RenderedBatch): Promise<void> {
     const dir = this.#options.dir;
+    const batchBytes = batch.files.reduce((n, f) => n + f.body.byteLength, 0);
+    // Half the floor: the captures were accepted (the admission check keeps the whole floor), but the local
+    // database and the package store must keep room on this file system whatever the backlog.
+    const floor = Math.floor((this.#options.minFreeBytes ?? 0) / 2);
+    if (floor > 0) {
+      const free = await freeBytes(dir, this.#options.statfs);
+      if (free - batchBytes < floor)
+        throw new CaptureSpoolFullError(
+          `the file system of ${dir} has ${free} bytes free; the batch's ${batchBytes} bytes would leave less than ${floor} bytes (half of edgefleet_capture_min_free_bytes, kept for the local database and packages)`,
+        );
+    }
     const temp = join(dir, `${TEMP_FILE_MARK}${batch.batchId}-${randomBytes(4).toString('hex')}`);
     const record: SpooledBatch = {
       v: 1,
@@ -173,7 +210,7 @@ export class CaptureSpool {
         bytes: f.body.byteLength,
         kind: f.kind,
       })),
-      bytes: batch.files.reduce((n, f) => n + f.body.byteLength, 0),
+      bytes: batchBytes,
     };
     try {
       await mkdir(temp, { recursive: true });
@@ -507,6 +544,12 @@ export class CaptureSpool {
     const [batch] = this.#batches.splice(index, 1);
     if (batch) this.#bytes -= batch.bytes;
   }
+}
+
+/** A batch not spooled because its file system is nearly full: nothing was written; try again later. */
+export class CaptureSpoolFullError extends Error {
+  override readonly name = 'CaptureSpoolFullError';
+  readonly code = 'ENOSPC';
 }
 
 /** Writing the smaller batch back to the spool's folder failed: a local fault, not the store's. */
