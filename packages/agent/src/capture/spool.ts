@@ -264,6 +264,7 @@ export class CaptureSpool {
       for (const f of batch.files) {
         files.push({ ...f, body: await readFile(join(folder, f.file)) });
       }
+      await this.#dropTornFiles(batch, files);
       // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file refused for
       // good is dropped with what needs it before the next stage goes: a manifest never names a side file the store
       // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
@@ -492,6 +493,105 @@ export class CaptureSpool {
       bytes: b,
       kind,
     }));
+    files.splice(0, files.length, ...next);
+  }
+
+  /**
+   * A spooled file whose size is not the one batch.json records, or a manifest whose last line is cut (a crash or
+   * a disk fault tore it): its complete records go on and only the captures whose Edge Manager record is lost (torn,
+   * or naming a torn side file) are marked FAILURE, counted (`reason: damaged`) and logged with a warning, instead
+   * of the store refusing the whole file. The smaller batch is written back as for a refusal, so a retry sends it
+   * as it is now.
+   */
+  async #dropTornFiles(batch: SpooledBatch, files: SpoolFile[]): Promise<void> {
+    const isManifest = (f: SpoolFile) => f.kind !== 'side';
+    const torn = files.filter(
+      (f) =>
+        f.body.byteLength !== f.bytes ||
+        (isManifest(f) && f.body.byteLength > 0 && f.body[f.body.byteLength - 1] !== 0x0a),
+    );
+    if (torn.length === 0) return;
+    const tornSideUrls = new Set(
+      torn.filter((f) => !isManifest(f)).map((f) => this.#options.store.urlFor(f.key)),
+    );
+    const kept: SpoolFile[] = [];
+    const rewritten: SpoolFile[] = [];
+    const delivered = new Set<string>();
+    let monitorFailed = new Set<string>();
+    // Edge Manager manifests first: a Model Monitor copy keeps only the records of captures they still carry.
+    const manifests = files
+      .filter(isManifest)
+      .sort((a, b) => Number(a.kind === 'monitor-manifest') - Number(b.kind === 'monitor-manifest'));
+    for (const file of manifests) {
+      if (file.kind === 'monitor-manifest' && monitorFailed.size === 0)
+        monitorFailed = new Set(batch.captureIds.filter((id) => !delivered.has(id)));
+      const text = file.body.toString('utf8');
+      // The part after the last newline is a cut line (or nothing).
+      const complete = text.slice(0, text.lastIndexOf('\n') + 1);
+      const tornManifest = torn.includes(file);
+      const records = manifestRecords(Buffer.from(complete, 'utf8')).filter((record) => {
+        // In a torn manifest, a line that is no record of this agent's is taken as damaged.
+        if (record.eventId === undefined) return !tornManifest;
+        if ([...record.refs].some((ref) => tornSideUrls.has(ref))) return false;
+        return file.kind !== 'monitor-manifest' || !monitorFailed.has(record.eventId);
+      });
+      if (file.kind !== 'monitor-manifest')
+        for (const r of records) if (r.eventId !== undefined) delivered.add(r.eventId);
+      const body = Buffer.from(records.map((r) => `${r.line}\n`).join(''), 'utf8');
+      if (records.length === 0) continue;
+      if (body.equals(file.body)) kept.push(file);
+      else {
+        const replacement = { ...file, body, bytes: body.byteLength, file: '' };
+        rewritten.push(replacement);
+        kept.push(replacement);
+      }
+    }
+    const next: SpoolFile[] = [...files.filter((f) => !isManifest(f) && !torn.includes(f)), ...kept];
+    const failed = batch.captureIds.filter((id) => !delivered.has(id));
+    const detail = `the spooled batch ${batch.batchId} was damaged on this device's disk (${torn
+      .map((f) => `${f.key}: ${f.body.byteLength} bytes, ${f.bytes} recorded`)
+      .join('; ')}); the capture's record was lost`;
+    if (failed.length > 0) this.#options.onDropped(failed, detail);
+    const folder = join(this.#options.dir, batch.batchId);
+    let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
+    for (const file of rewritten) file.file = String(name++);
+    const captureIds = batch.captureIds.filter((id) => delivered.has(id));
+    const stored: z.infer<typeof SpooledBatchSchema> = {
+      v: 1,
+      batchId: batch.batchId,
+      createdAt: batch.createdAt,
+      captureIds,
+      files: next.map(({ key, contentType, file, bytes, kind }) => ({ key, contentType, file, bytes, kind })),
+    };
+    try {
+      for (const file of rewritten) await writeFileAtomic(join(folder, file.file), file.body);
+      await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      await syncFolder(folder);
+    } catch (error) {
+      throw new SpoolRewriteError(folder, error);
+    }
+    this.#options.metrics?.dropped.inc({ reason: 'damaged' }, failed.length);
+    this.#options.logger?.warn(
+      {
+        event: 'capture-spool-damaged',
+        batchId: batch.batchId,
+        damagedFiles: torn.map((f) => ({ key: f.key, bytes: f.body.byteLength, recordedBytes: f.bytes })),
+        dropped: failed.length,
+        captures: captureIds.length,
+      },
+      `capture spool: ${detail}s; sending the ${captureIds.length} complete capture(s) and marking the ${failed.length} torn one(s) FAILURE`,
+    );
+    const named = new Set(stored.files.map((f) => f.file));
+    await Promise.all(
+      batch.files
+        .filter((f) => !named.has(f.file))
+        .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
+    );
+    const bytes = next.reduce((n, f) => n + f.bytes, 0);
+    if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
+    batch.bytes = bytes;
+    batch.captureIds = captureIds;
+    batch.files = stored.files.map((f) => ({ ...f, kind: f.kind ?? fileKindOfKey(f.key) }));
     files.splice(0, files.length, ...next);
   }
 

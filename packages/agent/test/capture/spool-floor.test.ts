@@ -1,18 +1,21 @@
-import { lstat, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readdir, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentEncoding } from '@edgefleet/core';
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { renderBatch } from '../../src/capture/records.js';
 import {
   CaptureService,
+  CaptureSpool,
   MemoryCaptureQueue,
   ObjectStoreDestination,
   S3ObjectStore,
   SqliteCaptureQueue,
   type CaptureQueue,
 } from '../../src/capture/index.js';
+import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
-import { captureInput, startS3, testSettings, type TestS3, useModelRegistry } from './helpers.js';
+import { captureInput, captureItem, startS3, testSettings, type TestS3, useModelRegistry } from './helpers.js';
 
 // The offline spool on a small disk: the data root's file system (the spool, the local database) is a disk of a
 // given capacity, whose free space is that capacity less the bytes really under its folder (the statfs the spool
@@ -79,7 +82,10 @@ function start(options: { capacity: () => number; durable: boolean; logger?: Log
   });
   let queue: CaptureQueue = new MemoryCaptureQueue();
   if (options.durable) {
-    const database = AgentDatabase.open({ path: agentDatabasePath(join(disk, 'data')), walSyncIntervalMs: 0 });
+    const database = AgentDatabase.open({
+      path: agentDatabasePath(join(disk, 'data')),
+      walSyncIntervalMs: 0,
+    });
     databases.push(database);
     queue = new SqliteCaptureQueue({ repository: database.captureQueue });
   }
@@ -241,5 +247,90 @@ describe('the offline spool on a small disk', () => {
       /giving up a batch: cannot keep the batch in the offline spool .*half of edgefleet_capture_min_free_bytes.*\(after 5 attempts\); its 1 capture\(s\) are marked FAILURE/,
     );
     expect(await metrics.metrics()).toMatch(/edgefleet_capture_dropped_total\{reason="write-failed"\} 1/);
+  });
+});
+
+describe('a torn file in the offline spool', () => {
+  it('sends the complete records of a manifest cut short, marks only the torn capture FAILURE, and warns', async () => {
+    const store = new S3ObjectStore({
+      bucket: s3.bucket,
+      region: 'us-east-1',
+      endpoint: s3.endpoint,
+      credentials: s3.credentials,
+      maxAttempts: 1,
+    });
+    stores.push(store);
+    const T = Date.UTC(2026, 11, 7, 5);
+    const items = ['t1', 't2', 't3'].map((id, i) => ({
+      ...captureItem(id, Buffer.alloc(16, i + 1)),
+      inferenceTime: T + i,
+      receivedAt: T + i,
+    }));
+    const batch = renderBatch('a'.repeat(32), items, {
+      folderPrefix: 'edge',
+      fleetName: 'plant',
+      deviceName: 'cam-1',
+      base64EmbedLimit: 64,
+      modelMonitorFormat: false,
+      urlFor: (key) => store.urlFor(key),
+    });
+    expect(batch.files).toHaveLength(1); // one manifest, the tensors embedded
+    const dir = join(work, 'torn-spool');
+    const never = { set: () => undefined, clear: () => undefined };
+    await s3.stop();
+    const first = new CaptureSpool({
+      dir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 60_000, maxMs: 60_000 },
+      onDelivered: () => undefined,
+      onDropped: () => undefined,
+      timers: never,
+    });
+    await first.open();
+    await first.add(batch);
+    await first.close();
+    // A crash or a disk fault cuts the manifest inside its last record.
+    const manifest = join(dir, batch.batchId, '0');
+    const size = (await readFile(manifest)).byteLength;
+    await truncate(manifest, size - 20);
+
+    await s3.restart();
+    const delivered: string[] = [];
+    const dropped: { ids: readonly string[]; detail: string }[] = [];
+    const { lines, logger } = recordingLogger();
+    const metrics = new Registry();
+    const second = new CaptureSpool({
+      dir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 50, maxMs: 50 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids, detail) => dropped.push({ ids, detail }),
+      logger,
+      metrics: new CaptureMetrics(metrics, { queueDepth: () => 0, spoolBytes: () => 0, spoolBatches: () => 0 }),
+    });
+    try {
+      await second.open();
+      await eventually(() => delivered.length > 0);
+      expect(delivered).toEqual(['t1', 't2']);
+      expect(dropped).toEqual([
+        {
+          ids: ['t3'],
+          detail: expect.stringMatching(
+            new RegExp(`damaged on this device's disk \\(.*\\.jsonl: ${size - 20} bytes, ${size} recorded\\)`),
+          ),
+        },
+      ]);
+      const records = (await s3.records()).map((r) => r.record.eventMetadata.eventId as string);
+      expect(records.sort()).toEqual(['t1', 't2']);
+      const warning = lines.find((l) => l.fields.event === 'capture-spool-damaged');
+      expect(warning?.level).toBe('warn');
+      expect(warning?.fields).toMatchObject({ dropped: 1, captures: 2 });
+      expect(await metrics.metrics()).toMatch(/edgefleet_capture_dropped_total\{reason="damaged"\} 1/);
+      await eventually(async () => (await readdir(dir)).length === 0);
+    } finally {
+      await second.close();
+    }
   });
 });
