@@ -15,7 +15,14 @@ import {
 } from '../../src/capture/index.js';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
-import { captureInput, captureItem, startS3, testSettings, type TestS3, useModelRegistry } from './helpers.js';
+import {
+  captureInput,
+  captureItem,
+  startS3,
+  testSettings,
+  type TestS3,
+  useModelRegistry,
+} from './helpers.js';
 
 // The offline spool on a small disk: the data root's file system (the spool, the local database) is a disk of a
 // given capacity, whose free space is that capacity less the bytes really under its folder (the statfs the spool
@@ -308,7 +315,11 @@ describe('a torn file in the offline spool', () => {
       onDelivered: (ids) => delivered.push(...ids),
       onDropped: (ids, detail) => dropped.push({ ids, detail }),
       logger,
-      metrics: new CaptureMetrics(metrics, { queueDepth: () => 0, spoolBytes: () => 0, spoolBatches: () => 0 }),
+      metrics: new CaptureMetrics(metrics, {
+        queueDepth: () => 0,
+        spoolBytes: () => 0,
+        spoolBatches: () => 0,
+      }),
     });
     try {
       await second.open();
@@ -318,7 +329,9 @@ describe('a torn file in the offline spool', () => {
         {
           ids: ['t3'],
           detail: expect.stringMatching(
-            new RegExp(`damaged on this device's disk \\(.*\\.jsonl: ${size - 20} bytes, ${size} recorded\\)`),
+            new RegExp(
+              `damaged on this device's disk \\(.*\\.jsonl: ${size - 20} bytes, ${size} recorded\\)`,
+            ),
           ),
         },
       ]);
