@@ -1,4 +1,7 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, readdir, rm, truncate } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentEncoding } from '@edgefleet/core';
 import { Registry } from 'prom-client';
@@ -14,6 +17,7 @@ import {
   type CaptureQueue,
 } from '../../src/capture/index.js';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
+import { freeBytes } from '../../src/capture/disk-quota.js';
 import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
 import {
   captureInput,
@@ -74,7 +78,7 @@ async function bytesUnder(folder: string): Promise<number> {
 const FLOOR = 8 * 1024 * 1024;
 const CAPTURE_AUX_BYTES = 64 * 1024;
 
-function start(options: { capacity: () => number; durable: boolean; logger?: Logger }) {
+function start(options: { capacity?: () => number; durable: boolean; logger?: Logger }) {
   const settings = testSettings(disk, {
     destination: 'Cloud',
     cloud: { bucket: s3.bucket, region: 'us-east-1', endpoint: s3.endpoint, credentials: s3.credentials },
@@ -104,6 +108,7 @@ function start(options: { capacity: () => number; durable: boolean; logger?: Log
     maxAttempts: 1,
   });
   stores.push(store);
+  const capacity = options.capacity;
   const metrics = new Registry();
   const service = new CaptureService({
     settings,
@@ -112,11 +117,16 @@ function start(options: { capacity: () => number; durable: boolean; logger?: Log
     destination: new ObjectStoreDestination(store),
     store,
     metricsRegistry: metrics,
-    statfs: async () => ({ bavail: Math.max(0, options.capacity() - (await bytesUnder(disk))), bsize: 1 }),
+    ...(capacity !== undefined && { statfs: smallDisk(capacity) }),
     ...(options.logger && { logger: options.logger }),
   });
   services.push(service);
   return { service, settings, metrics };
+}
+
+/** A disk of `capacity()` bytes holding what is under `disk`: its free space as statfs reports it. */
+function smallDisk(capacity: () => number) {
+  return async () => ({ bavail: Math.max(0, capacity() - (await bytesUnder(disk))), bsize: 1 });
 }
 
 type Logger = {
@@ -177,45 +187,85 @@ async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 2
   }
 }
 
+/**
+ * Captures until the spool's floor refuses (the store stopped), checking what the disk keeps free (`freeNow`) as
+ * it goes; then brings the store back and checks that every acknowledged capture arrives.
+ */
+async function fillUntilRefused(service: CaptureService, freeNow: () => Promise<number>): Promise<void> {
+  await s3.stop();
+  const acknowledged: string[] = [];
+  const refusals: string[] = [];
+  let lowestFree = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < 600 && refusals.length < 5; i++) {
+    try {
+      await service.capture(withAux(`c-${i}`));
+      acknowledged.push(`c-${i}`);
+    } catch (error) {
+      expect((error as { code?: string }).code).toBe('RESOURCE_EXHAUSTED');
+      // The buffer may be full for a moment (batches not yet spooled): that refusal is not the one looked for.
+      if (!/capture buffer is full/.test((error as Error).message)) refusals.push((error as Error).message);
+    }
+    if (i % 8 === 0) lowestFree = Math.min(lowestFree, await freeNow());
+  }
+  // Everything acknowledged is on the disk, queued or spooled (a batch that would pass half the floor, as the
+  // database's pages are not given back, stays queued and is retried), and the disk kept at least half the floor.
+  lowestFree = Math.min(lowestFree, await freeNow());
+  expect(acknowledged.length).toBeGreaterThan(10);
+  expect(refusals.length).toBeGreaterThan(0);
+  expect(refusals[0]).toMatch(
+    /was not taken: the offline capture spool .* cannot take more while .* is unreachable: its file system has \d+ bytes free; .* would leave less than the 8388608 bytes .*\(edgefleet_capture_min_free_bytes\)/,
+  );
+  expect(lowestFree).toBeGreaterThanOrEqual(FLOOR / 2);
+  expect(acknowledged.every((id) => service.status(id).status === 'IN_PROGRESS')).toBe(true);
+
+  await s3.restart();
+  await eventually(() => acknowledged.every((id) => service.status(id).status === 'SUCCESS'), 30_000);
+  const delivered = (await s3.records()).map((r) => r.record.eventMetadata.eventId as string);
+  expect(delivered.sort()).toEqual([...acknowledged].sort());
+  // Room again: captures are taken.
+  await service.capture(withAux('after'));
+  await eventually(() => service.status('after').status === 'SUCCESS');
+}
+
+/** A tmpfs can be mounted here (root with CAP_SYS_ADMIN): the real small-disk case runs. */
+const canMountTmpfs = (() => {
+  if (process.getuid?.() !== 0) return false;
+  const probe = mkdtempSync(join(tmpdir(), 'ef-tmpfs-probe-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', probe], { stdio: 'ignore' });
+    execFileSync('umount', [probe], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  } finally {
+    rmSync(probe, { recursive: true, force: true });
+  }
+})();
+
 describe('the offline spool on a small disk', () => {
   it('refuses new captures with RESOURCE_EXHAUSTED at the free-space floor, keeps the floor, and delivers every capture it acknowledged', async () => {
     const capacity = 24 * 1024 * 1024;
     const { service } = start({ capacity: () => capacity, durable: true });
     await service.start();
-    await s3.stop();
-    const acknowledged: string[] = [];
-    const refusals: string[] = [];
-    let lowestFree = Number.POSITIVE_INFINITY;
-    for (let i = 0; i < 300 && refusals.length < 5; i++) {
-      try {
-        await service.capture(withAux(`c-${i}`));
-        acknowledged.push(`c-${i}`);
-      } catch (error) {
-        expect((error as { code?: string }).code).toBe('RESOURCE_EXHAUSTED');
-        // The buffer may be full for a moment (batches not yet spooled): that refusal is not the one looked for.
-        if (!/capture buffer is full/.test((error as Error).message)) refusals.push((error as Error).message);
-      }
-      if (i % 8 === 0) lowestFree = Math.min(lowestFree, capacity - (await bytesUnder(disk)));
-    }
-    // Everything acknowledged is on the disk, queued or spooled (a batch that would pass half the floor, as the
-    // database's pages are not given back, stays queued and is retried), and the disk kept at least half the floor.
-    lowestFree = Math.min(lowestFree, capacity - (await bytesUnder(disk)));
-    expect(acknowledged.length).toBeGreaterThan(10);
-    expect(refusals.length).toBeGreaterThan(0);
-    expect(refusals[0]).toMatch(
-      /was not taken: the offline capture spool .* cannot take more while .* is unreachable: its file system has \d+ bytes free; .* would leave less than the 8388608 bytes .*\(edgefleet_capture_min_free_bytes\)/,
-    );
-    expect(lowestFree).toBeGreaterThanOrEqual(FLOOR / 2);
-    expect(acknowledged.every((id) => service.status(id).status === 'IN_PROGRESS')).toBe(true);
-
-    await s3.restart();
-    await eventually(() => acknowledged.every((id) => service.status(id).status === 'SUCCESS'), 30_000);
-    const delivered = (await s3.records()).map((r) => r.record.eventMetadata.eventId as string);
-    expect(delivered.sort()).toEqual([...acknowledged].sort());
-    // Room again: captures are taken.
-    await service.capture(withAux('after'));
-    await eventually(() => service.status('after').status === 'SUCCESS');
+    await fillUntilRefused(service, async () => capacity - (await bytesUnder(disk)));
   });
+
+  it.skipIf(!canMountTmpfs)(
+    "on a real 24 MiB tmpfs (root only): the same, with the file system's own statfs",
+    async () => {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', disk]);
+      try {
+        const { service } = start({ durable: true });
+        await service.start();
+        await fillUntilRefused(service, () => freeBytes(disk));
+        await service.close();
+        for (const database of databases) database.close();
+        databases = [];
+      } finally {
+        execFileSync('umount', ['-l', disk]);
+      }
+    },
+  );
 
   it('keeps retrying a batch already acknowledged when the disk filled after its acceptance (local database), and delivers it', async () => {
     const { lines, logger } = recordingLogger();
