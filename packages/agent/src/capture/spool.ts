@@ -510,7 +510,8 @@ export class CaptureSpool {
         f.body.byteLength !== f.bytes ||
         (isManifest(f) && f.body.byteLength > 0 && f.body[f.body.byteLength - 1] !== 0x0a),
     );
-    if (torn.length === 0) return;
+    // A batch dropped for the quota meanwhile has its statuses already: it is sent as it is.
+    if (torn.length === 0 || batch.evicted) return;
     const tornSideUrls = new Set(
       torn.filter((f) => !isManifest(f)).map((f) => this.#options.store.urlFor(f.key)),
     );
