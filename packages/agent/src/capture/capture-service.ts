@@ -20,13 +20,13 @@ import {
   type CaptureRequest,
 } from './capture-request.js';
 import type { CaptureDestination } from './destinations.js';
-import { CaptureDiskFullError } from './disk-quota.js';
+import { CaptureDiskFullError, type StatFs } from './disk-quota.js';
 import type { ObjectStore } from './object-store.js';
 import { PeriodicUpload } from './periodic-upload.js';
 import { renderBatch, type RenderContext, type RenderedBatch } from './records.js';
 import { defaultCaptureBufferBytes, type CaptureSettings } from './settings.js';
 import { captureBytes } from './capture-item.js';
-import { CaptureSpool } from './spool.js';
+import { CaptureSpool, CaptureSpoolFullError } from './spool.js';
 import { repeatsNote, uploadFailureFields } from './upload-failure.js';
 
 export interface CaptureServiceOptions {
@@ -54,6 +54,8 @@ export interface CaptureServiceOptions {
   folderLock?: FolderLock;
   now?: () => number;
   random?: () => number;
+  /** Reads the free space of the spool's file system (default node's statfs). */
+  statfs?: StatFs;
 }
 
 interface Batch {
@@ -155,6 +157,8 @@ export class CaptureService {
       this.#spool = new CaptureSpool({
         dir: settings.spool.dir,
         quotaBytes: settings.spool.quotaBytes,
+        minFreeBytes: settings.spool.minFreeBytes,
+        ...(options.statfs && { statfs: options.statfs }),
         store: options.store,
         retry: { initialMs: settings.spool.retryInitialMs, maxMs: settings.spool.retryMaxMs },
         onDelivered: (ids) => this.#queue.setStatuses(ids, 'SUCCESS'),
@@ -260,7 +264,8 @@ export class CaptureService {
   async capture(request: CaptureRequest): Promise<void> {
     let item: CaptureItem;
     try {
-      // First, as it may await (checking a full destination again): every check below runs after it, unbroken.
+      // First, as they may await (checking a full destination or the spool's file system): every check below runs
+      // after them, unbroken.
       const checkingFull = this.#destination.fullReason?.();
       const full = checkingFull && (await checkingFull);
       if (full !== undefined) {
@@ -268,6 +273,17 @@ export class CaptureService {
           'RESOURCE_EXHAUSTED',
           `capture ${JSON.stringify(request.captureId)} was not taken: ${full}`,
         );
+      }
+      // While batches go to the offline spool, a capture is acknowledged only if it and those held before it
+      // can be spooled above the free-space floor: refused now rather than failed after its acknowledgement.
+      if (this.#spool?.inUse) {
+        const spoolFull = await this.#spool.admissionRefusal(2 * (this.#heldBytes + requestBytes(request)));
+        if (spoolFull !== undefined) {
+          throw new AgentError(
+            'RESOURCE_EXHAUSTED',
+            `capture ${JSON.stringify(request.captureId)} was not taken: ${spoolFull}`,
+          );
+        }
       }
       if (!this.#started || this.#closed) {
         throw new AgentError(
@@ -626,17 +642,24 @@ export class CaptureService {
     try {
       await this.#spool!.add(rendered);
     } catch (error) {
+      // A full file system passes: with the local database the captures stay queued there, so they are tried
+      // again (with backoff) until the spool has room, never given up for it once acknowledged.
+      const full =
+        error instanceof CaptureSpoolFullError ||
+        ['ENOSPC', 'EDQUOT'].includes((error as { code?: string }).code ?? '');
       this.#retryOrGiveUp(
         batch,
         error,
         `cannot keep the batch in the offline spool ${this.settings.spool.dir}`,
+        full && this.#queue.durable,
       );
       return;
     }
     this.#complete(batch, null);
   }
 
-  #retryOrGiveUp(batch: Batch, error: unknown, what: string): void {
+  /** keepTrying: no limit on attempts (the failure passes and the captures are kept meanwhile). */
+  #retryOrGiveUp(batch: Batch, error: unknown, what: string, keepTrying = false): void {
     batch.attempts++;
     const detail = `${what}: ${(error as Error).message}`;
     if (this.#closed) {
@@ -649,7 +672,7 @@ export class CaptureService {
       this.#giveUp(batch, `${detail} (the agent was shutting down)`, error);
       return;
     }
-    if (batch.attempts >= this.settings.maxDiskWriteAttempts) {
+    if (!keepTrying && batch.attempts >= this.settings.maxDiskWriteAttempts) {
       this.#giveUp(batch, `${detail} (after ${batch.attempts} attempts)`, error);
       return;
     }
@@ -659,7 +682,14 @@ export class CaptureService {
       this.#random,
     );
     this.#logger?.warn(
-      { err: error, batchId: batch.batchId, attempt: batch.attempts, retryInMs: delay },
+      {
+        event: 'capture-write-retry',
+        err: error,
+        batchId: batch.batchId,
+        captures: batch.items.length,
+        attempt: batch.attempts,
+        retryInMs: delay,
+      },
       `capture: ${what}; retrying`,
     );
     const timer = setTimeout(() => {
@@ -673,8 +703,14 @@ export class CaptureService {
 
   #giveUp(batch: Batch, detail: string, error: unknown): void {
     this.#logger?.error(
-      { err: error, batchId: batch.batchId, captures: batch.items.length },
-      `capture: giving up a batch: ${detail}`,
+      {
+        event: 'capture-batch-given-up',
+        err: error,
+        batchId: batch.batchId,
+        dropped: batch.items.length,
+        reason: 'write-failed',
+      },
+      `capture: giving up a batch: ${detail}; its ${batch.items.length} capture(s) are marked FAILURE`,
     );
     this.metrics?.dropped.inc({ reason: 'write-failed' }, batch.items.length);
     this.#complete(batch, 'FAILURE', detail);

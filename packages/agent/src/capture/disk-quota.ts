@@ -1,7 +1,16 @@
-import { lstat, readdir, statfs } from 'node:fs/promises';
+import { lstat, readdir, statfs as nodeStatfs } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export { DEFAULT_CAPTURE_DISK_QUOTA_BYTES, DEFAULT_CAPTURE_MIN_FREE_BYTES } from '../config/index.js';
+
+/** What the free-space checks read of a file system (node's statfs; tests inject a smaller disk). */
+export type StatFs = (path: string) => Promise<{ bavail: number; bsize: number }>;
+
+/** The bytes an unprivileged process may still write on the file system holding `path`. */
+export async function freeBytes(path: string, statfs: StatFs = nodeStatfs): Promise<number> {
+  const fs = await statfs(path);
+  return fs.bavail * fs.bsize;
+}
 
 /**
  * A batch the Disk destination did not write because its quota or the free-space floor would be passed. Nothing
@@ -20,6 +29,8 @@ export interface DiskQuotaOptions {
   /** While full, root is walked again (files the user removed give room back) at most this often. */
   rescanIntervalMs?: number;
   now?: () => number;
+  /** Reads the file system's free space (default node's statfs). */
+  statfs?: StatFs;
 }
 
 /**
@@ -34,6 +45,7 @@ export class DiskQuota {
   readonly minFreeBytes: number;
   readonly #rescanIntervalMs: number;
   readonly #now: () => number;
+  readonly #statfs: StatFs | undefined;
   #usedBytes = 0;
   /** Counted (added) by writes not yet finished: a walk meanwhile may not see their files yet. */
   #writingBytes = 0;
@@ -51,6 +63,7 @@ export class DiskQuota {
     this.minFreeBytes = options.minFreeBytes;
     this.#rescanIntervalMs = options.rescanIntervalMs ?? 5000;
     this.#now = options.now ?? Date.now;
+    this.#statfs = options.statfs;
   }
 
   /** Bytes counted under root. */
@@ -105,8 +118,7 @@ export class DiskQuota {
       (this.#usedBytes + bytes > this.quotaBytes && this.#now() - this.#scannedAt >= this.#rescanIntervalMs)
     )
       await this.rescan();
-    const fs = await statfs(this.root);
-    const free = fs.bavail * fs.bsize;
+    const free = await freeBytes(this.root, this.#statfs);
     if (free - bytes < this.minFreeBytes) {
       this.#refuse(
         `the file system of the Disk capture folder ${this.root} has ${free} bytes free; ${bytes} more would leave less than the ${this.minFreeBytes} bytes the agent keeps free (edgefleet_capture_min_free_bytes). Nothing was written; free space on it, or lower the floor`,

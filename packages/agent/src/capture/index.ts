@@ -83,7 +83,7 @@ export {
   type RenderedFile,
   type RenderedFileKind,
 } from './records.js';
-export { CaptureSpool, type CaptureSpoolOptions } from './spool.js';
+export { CaptureSpool, CaptureSpoolFullError, type CaptureSpoolOptions } from './spool.js';
 export { PeriodicUpload, type PeriodicUploadOptions } from './periodic-upload.js';
 export { AutoCapture, modelActivityObserver, topScore } from './auto-capture.js';
 export { CaptureMetrics, type CaptureLogger } from './capture-metrics.js';

@@ -93,11 +93,16 @@ export const CaptureSettingsSchema = z
     keepUploadedFiles: z.boolean().default(false),
     /** Bytes the Disk destination's files may take (edgefleet_capture_disk_quota_bytes). */
     diskQuotaBytes: z.number().int().positive().default(DEFAULT_CAPTURE_DISK_QUOTA_BYTES),
-    /** Free bytes Disk captures leave on their file system (edgefleet_capture_min_free_bytes). */
+    /** Free bytes Disk captures leave on their file system (edgefleet_capture_min_free_bytes; the spool's: spool.minFreeBytes). */
     diskMinFreeBytes: z.number().int().nonnegative().default(DEFAULT_CAPTURE_MIN_FREE_BYTES),
     spool: z.object({
       dir: z.string().min(1),
       quotaBytes: z.number().int().positive(),
+      /**
+       * Free bytes kept on the spool's file system (edgefleet_capture_min_free_bytes): captures are refused below
+       * it while batches go to the spool.
+       */
+      minFreeBytes: z.number().int().nonnegative().default(DEFAULT_CAPTURE_MIN_FREE_BYTES),
       retryInitialMs: z.number().int().positive().default(1000),
       retryMaxMs: z.number().int().positive().default(300_000),
     }),
@@ -238,6 +243,7 @@ export function captureSettingsFromConfig(
     spool: {
       dir: join(storage.localDataRootPath, 'capture-spool'),
       quotaBytes: extras.spoolQuotaBytes ?? spoolQuotaBytes,
+      minFreeBytes: capture.diskMinFreeBytes,
     },
     autoCapture: extras.autoCapture ?? autoCapture,
     ...((maxCaptureBytes ?? extras.defaultMaxCaptureBytes) !== undefined && {

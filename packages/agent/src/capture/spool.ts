@@ -6,6 +6,7 @@ import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
 import { putEach } from './destinations.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
+import { freeBytes, type StatFs } from './disk-quota.js';
 import type { RefusedByStoreError } from './object-store.js';
 import { MAX_RETRY_AFTER_MS, RetryLaterError, type ObjectStore } from './object-store.js';
 import { RENDERED_FILE_KINDS, fileKindOfKey, type RenderedBatch, type RenderedFileKind } from './records.js';
@@ -48,6 +49,14 @@ export interface CaptureSpoolOptions {
   dir: string;
   /** Disk the spool may take; past it, the oldest batches are dropped. */
   quotaBytes: number;
+  /**
+   * Free bytes kept on the spool's file system (edgefleet_capture_min_free_bytes), which the local database and
+   * the package store share: new captures are refused below it (admissionRefusal), and a batch of captures already
+   * accepted is not spooled where it would leave less than half of it (CaptureSpoolFullError). Default 0.
+   */
+  minFreeBytes?: number;
+  /** Reads the file system's free space (default node's statfs). */
+  statfs?: StatFs;
   store: ObjectStore;
   retry: BackoffPolicy;
   /** Puts in flight per batch. Default 4. */
@@ -118,6 +127,23 @@ export class CaptureSpool {
     return this.#failureLines.failures > 0;
   }
 
+  /** The spool holds batches or its store is unreachable: new batches may come here. */
+  get inUse(): boolean {
+    return this.#batches.length > 0 || this.unreachable;
+  }
+
+  /**
+   * Why a capture needing `bytes` more of the spool's file system should be refused now (RESOURCE_EXHAUSTED, before
+   * it is acknowledged): they would leave less than minFreeBytes free. Undefined when they fit, or when the free
+   * space cannot be read (the write itself is then the check).
+   */
+  async admissionRefusal(bytes: number): Promise<string | undefined> {
+    const floor = this.#options.minFreeBytes ?? 0;
+    const free = await freeBytes(this.#options.dir, this.#options.statfs).catch(() => undefined);
+    if (free === undefined || free - bytes >= floor) return undefined;
+    return `the offline capture spool ${this.#options.dir} cannot take more while ${this.#options.store.description} is unreachable: its file system has ${free} bytes free; ${bytes} more (this capture and those accepted and not yet spooled, counted twice: queued and spooled) would leave less than the ${floor} bytes the agent keeps free for its database and packages (edgefleet_capture_min_free_bytes). Nothing was kept; try again once the store is reachable or space is freed, or lower the floor`;
+  }
+
   /** Ids of the captures waiting in the spool. */
   captureIds(): Set<string> {
     return new Set(this.#batches.flatMap((b) => b.captureIds));
@@ -160,6 +186,17 @@ export class CaptureSpool {
   /** Keeps a batch until the store takes it. Durable once this resolves. */
   async add(batch: RenderedBatch): Promise<void> {
     const dir = this.#options.dir;
+    const batchBytes = batch.files.reduce((n, f) => n + f.body.byteLength, 0);
+    // Half the floor: the captures were accepted (the admission check keeps the whole floor), but the local
+    // database and the package store must keep room on this file system whatever the backlog.
+    const floor = Math.floor((this.#options.minFreeBytes ?? 0) / 2);
+    if (floor > 0) {
+      const free = await freeBytes(dir, this.#options.statfs);
+      if (free - batchBytes < floor)
+        throw new CaptureSpoolFullError(
+          `the file system of ${dir} has ${free} bytes free; the batch's ${batchBytes} bytes would leave less than ${floor} bytes (half of edgefleet_capture_min_free_bytes, kept for the local database and packages)`,
+        );
+    }
     const temp = join(dir, `${TEMP_FILE_MARK}${batch.batchId}-${randomBytes(4).toString('hex')}`);
     const record: SpooledBatch = {
       v: 1,
@@ -173,7 +210,7 @@ export class CaptureSpool {
         bytes: f.body.byteLength,
         kind: f.kind,
       })),
-      bytes: batch.files.reduce((n, f) => n + f.body.byteLength, 0),
+      bytes: batchBytes,
     };
     try {
       await mkdir(temp, { recursive: true });
@@ -227,6 +264,7 @@ export class CaptureSpool {
       for (const f of batch.files) {
         files.push({ ...f, body: await readFile(join(folder, f.file)) });
       }
+      await this.#dropTornFiles(batch, files);
       // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file refused for
       // good is dropped with what needs it before the next stage goes: a manifest never names a side file the store
       // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
@@ -458,6 +496,106 @@ export class CaptureSpool {
     files.splice(0, files.length, ...next);
   }
 
+  /**
+   * A spooled file whose size is not the one batch.json records, or a manifest whose last line is cut (a crash or
+   * a disk fault tore it): its complete records go on and only the captures whose Edge Manager record is lost (torn,
+   * or naming a torn side file) are marked FAILURE, counted (`reason: damaged`) and logged with a warning, instead
+   * of the store refusing the whole file. The smaller batch is written back as for a refusal, so a retry sends it
+   * as it is now.
+   */
+  async #dropTornFiles(batch: SpooledBatch, files: SpoolFile[]): Promise<void> {
+    const isManifest = (f: SpoolFile) => f.kind !== 'side';
+    const torn = files.filter(
+      (f) =>
+        f.body.byteLength !== f.bytes ||
+        (isManifest(f) && f.body.byteLength > 0 && f.body[f.body.byteLength - 1] !== 0x0a),
+    );
+    // A batch dropped for the quota meanwhile has its statuses already: it is sent as it is.
+    if (torn.length === 0 || batch.evicted) return;
+    const tornSideUrls = new Set(
+      torn.filter((f) => !isManifest(f)).map((f) => this.#options.store.urlFor(f.key)),
+    );
+    const kept: SpoolFile[] = [];
+    const rewritten: SpoolFile[] = [];
+    const delivered = new Set<string>();
+    let monitorFailed = new Set<string>();
+    // Edge Manager manifests first: a Model Monitor copy keeps only the records of captures they still carry.
+    const manifests = files
+      .filter(isManifest)
+      .sort((a, b) => Number(a.kind === 'monitor-manifest') - Number(b.kind === 'monitor-manifest'));
+    for (const file of manifests) {
+      if (file.kind === 'monitor-manifest' && monitorFailed.size === 0)
+        monitorFailed = new Set(batch.captureIds.filter((id) => !delivered.has(id)));
+      const text = file.body.toString('utf8');
+      // The part after the last newline is a cut line (or nothing).
+      const complete = text.slice(0, text.lastIndexOf('\n') + 1);
+      const tornManifest = torn.includes(file);
+      const records = manifestRecords(Buffer.from(complete, 'utf8')).filter((record) => {
+        // In a torn manifest, a line that is no record of this agent's is taken as damaged.
+        if (record.eventId === undefined) return !tornManifest;
+        if ([...record.refs].some((ref) => tornSideUrls.has(ref))) return false;
+        return file.kind !== 'monitor-manifest' || !monitorFailed.has(record.eventId);
+      });
+      if (file.kind !== 'monitor-manifest')
+        for (const r of records) if (r.eventId !== undefined) delivered.add(r.eventId);
+      const body = Buffer.from(records.map((r) => `${r.line}\n`).join(''), 'utf8');
+      if (records.length === 0) continue;
+      if (body.equals(file.body)) kept.push(file);
+      else {
+        const replacement = { ...file, body, bytes: body.byteLength, file: '' };
+        rewritten.push(replacement);
+        kept.push(replacement);
+      }
+    }
+    const next: SpoolFile[] = [...files.filter((f) => !isManifest(f) && !torn.includes(f)), ...kept];
+    const failed = batch.captureIds.filter((id) => !delivered.has(id));
+    const detail = `the spooled batch ${batch.batchId} was damaged on this device's disk (${torn
+      .map((f) => `${f.key}: ${f.body.byteLength} bytes, ${f.bytes} recorded`)
+      .join('; ')}); the capture's record was lost`;
+    if (failed.length > 0) this.#options.onDropped(failed, detail);
+    const folder = join(this.#options.dir, batch.batchId);
+    let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
+    for (const file of rewritten) file.file = String(name++);
+    const captureIds = batch.captureIds.filter((id) => delivered.has(id));
+    const stored: z.infer<typeof SpooledBatchSchema> = {
+      v: 1,
+      batchId: batch.batchId,
+      createdAt: batch.createdAt,
+      captureIds,
+      files: next.map(({ key, contentType, file, bytes, kind }) => ({ key, contentType, file, bytes, kind })),
+    };
+    try {
+      for (const file of rewritten) await writeFileAtomic(join(folder, file.file), file.body);
+      await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      await syncFolder(folder);
+    } catch (error) {
+      throw new SpoolRewriteError(folder, error);
+    }
+    this.#options.metrics?.dropped.inc({ reason: 'damaged' }, failed.length);
+    this.#options.logger?.warn(
+      {
+        event: 'capture-spool-damaged',
+        batchId: batch.batchId,
+        damagedFiles: torn.map((f) => ({ key: f.key, bytes: f.body.byteLength, recordedBytes: f.bytes })),
+        dropped: failed.length,
+        captures: captureIds.length,
+      },
+      `capture spool: ${detail}s; sending the ${captureIds.length} complete capture(s) and marking the ${failed.length} torn one(s) FAILURE`,
+    );
+    const named = new Set(stored.files.map((f) => f.file));
+    await Promise.all(
+      batch.files
+        .filter((f) => !named.has(f.file))
+        .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
+    );
+    const bytes = next.reduce((n, f) => n + f.bytes, 0);
+    if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
+    batch.bytes = bytes;
+    batch.captureIds = captureIds;
+    batch.files = stored.files.map((f) => ({ ...f, kind: f.kind ?? fileKindOfKey(f.key) }));
+    files.splice(0, files.length, ...next);
+  }
+
   /** One line for the files of a batch the store refused for good in an attempt (none: nothing). */
   #logRefusals(batch: SpooledBatch, refusals: readonly Refusal[]): void {
     if (refusals.length === 0) return;
@@ -507,6 +645,12 @@ export class CaptureSpool {
     const [batch] = this.#batches.splice(index, 1);
     if (batch) this.#bytes -= batch.bytes;
   }
+}
+
+/** A batch not spooled because its file system is nearly full: nothing was written; try again later. */
+export class CaptureSpoolFullError extends Error {
+  override readonly name = 'CaptureSpoolFullError';
+  readonly code = 'ENOSPC';
 }
 
 /** Writing the smaller batch back to the spool's folder failed: a local fault, not the store's. */

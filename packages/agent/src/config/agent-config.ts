@@ -64,7 +64,10 @@ export const AgentConfigSchema = z.object({
     spoolQuotaBytes: z.number().int().positive(),
     /** Disk space the Disk destination's files may take; past it a batch is not written (FAILURE), nothing removed. */
     diskQuotaBytes: z.number().int().positive(),
-    /** Free space Disk captures leave on their file system; past it a batch is not written (FAILURE). */
+    /**
+     * Free space captures leave on their file system: past it a Disk batch is not written (FAILURE), and new
+     * captures are refused while Cloud/EdgeFleet batches go to the offline spool.
+     */
     diskMinFreeBytes: z.number().int().nonnegative(),
     /** S3-compatible endpoint of the bucket; absent: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS. */
     s3Endpoint: z.string().optional(),

@@ -332,11 +332,10 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     warnings.push(
       'edgefleet_capture_spool_quota_bytes limits the offline spool of Cloud and EdgeFleet captures; ignored with sagemaker_edge_core_capture_data_destination Disk',
     );
-  for (const key of ['edgefleet_capture_disk_quota_bytes', 'edgefleet_capture_min_free_bytes'] as const)
-    if (file[key] !== undefined && destination !== 'Disk')
-      warnings.push(
-        `${key} limits the files of Disk captures; ignored with sagemaker_edge_core_capture_data_destination ${destination}`,
-      );
+  if (file.edgefleet_capture_disk_quota_bytes !== undefined && destination !== 'Disk')
+    warnings.push(
+      `edgefleet_capture_disk_quota_bytes limits the files of Disk captures; ignored with sagemaker_edge_core_capture_data_destination ${destination}`,
+    );
   if (destination !== 'Cloud' && !effectivePeriodicUpload) {
     for (const key of ['edgefleet_capture_s3_endpoint', 'edgefleet_capture_s3_force_path_style'] as const)
       if (file[key] !== undefined)

@@ -660,7 +660,8 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
     );
     expect(warnings).toEqual([]);
     expect(config.capture).toMatchObject({ diskQuotaBytes: 2 * 1024 ** 3, diskMinFreeBytes: 0 });
-    // Both limit Disk files only: with a bucket destination they are warned about.
+    // The quota limits Disk files only: with a bucket destination it is warned about; the floor also keeps the
+    // offline spool's file system free, so it applies there too.
     const cloud = parseAgentConfig(
       {
         ...uploading,
@@ -673,8 +674,8 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
     );
     expect(cloud.warnings).toEqual([
       expect.stringMatching(/^edgefleet_capture_disk_quota_bytes limits the files of Disk captures; ignored/),
-      expect.stringMatching(/^edgefleet_capture_min_free_bytes limits the files of Disk captures; ignored/),
     ]);
+    expect(cloud.config.capture.diskMinFreeBytes).toBe(1024 ** 2);
   });
 
   it('reads them leniently: strings for booleans, numbers and words, rules as a JSON string or one object', () => {

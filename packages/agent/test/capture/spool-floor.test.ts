@@ -1,0 +1,399 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, readdir, rm, truncate } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AgentEncoding } from '@edgefleet/core';
+import { Registry } from 'prom-client';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { renderBatch } from '../../src/capture/records.js';
+import {
+  CaptureService,
+  CaptureSpool,
+  MemoryCaptureQueue,
+  ObjectStoreDestination,
+  S3ObjectStore,
+  SqliteCaptureQueue,
+  type CaptureQueue,
+} from '../../src/capture/index.js';
+import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
+import { freeBytes } from '../../src/capture/disk-quota.js';
+import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
+import {
+  captureInput,
+  captureItem,
+  startS3,
+  testSettings,
+  type TestS3,
+  useModelRegistry,
+} from './helpers.js';
+
+// The offline spool on a small disk: the data root's file system (the spool, the local database) is a disk of a
+// given capacity, whose free space is that capacity less the bytes really under its folder (the statfs the spool
+// is given, a constructor dependency). The bucket is s3rver over real HTTP, stopped while the spool fills.
+const loaded = useModelRegistry('edgefleet-spool-floor-', { tiny: 'tiny' });
+
+let work: string;
+let disk: string;
+let s3: TestS3;
+let services: CaptureService[] = [];
+let databases: AgentDatabase[] = [];
+let stores: S3ObjectStore[] = [];
+
+beforeEach(async () => {
+  work = await mkdtemp(join(loaded.root, 'case-'));
+  disk = join(work, 'disk');
+  await mkdir(disk);
+  s3 = await startS3(join(work, 's3'));
+});
+afterEach(async () => {
+  for (const service of services) await service.close();
+  for (const database of databases) database.close();
+  for (const store of stores) store.close();
+  services = [];
+  databases = [];
+  stores = [];
+  await s3.close();
+  await rm(work, { recursive: true, force: true });
+});
+
+/** The bytes of the regular files under a folder; folders renamed or removed meanwhile count nothing. */
+async function bytesUnder(folder: string): Promise<number> {
+  const entries = await readdir(folder, { withFileTypes: true }).catch(() => []);
+  let total = 0;
+  for (const entry of entries) {
+    const path = join(folder, entry.name);
+    if (entry.isDirectory()) total += await bytesUnder(path);
+    else if (entry.isFile())
+      total += await lstat(path).then(
+        (s) => s.size,
+        () => 0,
+      );
+  }
+  return total;
+}
+
+// The floor is above what the local database's write-ahead log may take (about 4 MiB before a checkpoint),
+// which grows on the same disk whatever the spool does.
+const FLOOR = 8 * 1024 * 1024;
+const CAPTURE_AUX_BYTES = 64 * 1024;
+
+function start(options: { capacity?: () => number; durable: boolean; logger?: Logger }) {
+  const settings = testSettings(disk, {
+    destination: 'Cloud',
+    cloud: { bucket: s3.bucket, region: 'us-east-1', endpoint: s3.endpoint, credentials: s3.credentials },
+    batchSize: 1,
+    spool: {
+      dir: join(disk, 'spool'),
+      quotaBytes: 64 * 1024 * 1024,
+      minFreeBytes: FLOOR,
+      retryInitialMs: 50,
+      retryMaxMs: 200,
+    },
+  });
+  let queue: CaptureQueue = new MemoryCaptureQueue();
+  if (options.durable) {
+    const database = AgentDatabase.open({
+      path: agentDatabasePath(join(disk, 'data')),
+      walSyncIntervalMs: 0,
+    });
+    databases.push(database);
+    queue = new SqliteCaptureQueue({ repository: database.captureQueue });
+  }
+  const store = new S3ObjectStore({
+    bucket: s3.bucket,
+    region: 'us-east-1',
+    endpoint: s3.endpoint,
+    credentials: s3.credentials,
+    maxAttempts: 1,
+  });
+  stores.push(store);
+  const capacity = options.capacity;
+  const metrics = new Registry();
+  const service = new CaptureService({
+    settings,
+    models: loaded.registry,
+    queue,
+    destination: new ObjectStoreDestination(store),
+    store,
+    metricsRegistry: metrics,
+    ...(capacity !== undefined && { statfs: smallDisk(capacity) }),
+    ...(options.logger && { logger: options.logger }),
+  });
+  services.push(service);
+  return { service, settings, metrics };
+}
+
+/** A disk of `capacity()` bytes holding what is under `disk`: its free space as statfs reports it. */
+function smallDisk(capacity: () => number) {
+  return async () => ({ bavail: Math.max(0, capacity() - (await bytesUnder(disk))), bsize: 1 });
+}
+
+type Logger = {
+  info(fields: Record<string, unknown>, message: string): void;
+  warn(fields: Record<string, unknown>, message: string): void;
+  error(fields: Record<string, unknown>, message: string): void;
+};
+
+function recordingLogger() {
+  const lines: { level: string; fields: Record<string, unknown>; message: string }[] = [];
+  const logger: Logger = {
+    info: (fields, message) => lines.push({ level: 'info', fields, message }),
+    warn: (fields, message) => lines.push({ level: 'warn', fields, message }),
+    error: (fields, message) => lines.push({ level: 'error', fields, message }),
+  };
+  return { lines, logger };
+}
+
+const withAux = (id: string) =>
+  captureInput(id, {
+    inputs: [
+      {
+        name: 'blob',
+        encoding: AgentEncoding.BASE64,
+        byteData: Buffer.alloc(CAPTURE_AUX_BYTES, id.length),
+        data: 'byteData',
+      },
+    ],
+  });
+
+/**
+ * A disk that something else fills just after the next free-space check (the one that admits the next capture),
+ * leaving a quarter of the floor free: the capture is acknowledged, and its batch then meets a full disk.
+ */
+function fillingDisk() {
+  const roomy = 256 * 1024 * 1024;
+  let checks = 0;
+  let fullAfter = Number.POSITIVE_INFINITY;
+  let full = roomy;
+  return {
+    capacity: () => (++checks > fullAfter ? full : roomy),
+    async fillAfterNextCheck() {
+      full = (await bytesUnder(disk)) + FLOOR / 4;
+      fullAfter = checks + 1;
+    },
+    empty() {
+      fullAfter = Number.POSITIVE_INFINITY;
+    },
+  };
+}
+
+/** Polls (real time) until the check passes. */
+async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+/**
+ * Captures until the spool's floor refuses (the store stopped), checking what the disk keeps free (`freeNow`) as
+ * it goes; then brings the store back and checks that every acknowledged capture arrives.
+ */
+async function fillUntilRefused(service: CaptureService, freeNow: () => Promise<number>): Promise<void> {
+  await s3.stop();
+  const acknowledged: string[] = [];
+  const refusals: string[] = [];
+  let lowestFree = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < 600 && refusals.length < 5; i++) {
+    try {
+      await service.capture(withAux(`c-${i}`));
+      acknowledged.push(`c-${i}`);
+    } catch (error) {
+      expect((error as { code?: string }).code).toBe('RESOURCE_EXHAUSTED');
+      // The buffer may be full for a moment (batches not yet spooled): that refusal is not the one looked for.
+      if (!/capture buffer is full/.test((error as Error).message)) refusals.push((error as Error).message);
+    }
+    if (i % 8 === 0) lowestFree = Math.min(lowestFree, await freeNow());
+  }
+  // Everything acknowledged is on the disk, queued or spooled (a batch that would pass half the floor, as the
+  // database's pages are not given back, stays queued and is retried), and the disk kept at least half the floor.
+  lowestFree = Math.min(lowestFree, await freeNow());
+  expect(acknowledged.length).toBeGreaterThan(10);
+  expect(refusals.length).toBeGreaterThan(0);
+  expect(refusals[0]).toMatch(
+    /was not taken: the offline capture spool .* cannot take more while .* is unreachable: its file system has \d+ bytes free; .* would leave less than the 8388608 bytes .*\(edgefleet_capture_min_free_bytes\)/,
+  );
+  expect(lowestFree).toBeGreaterThanOrEqual(FLOOR / 2);
+  expect(acknowledged.every((id) => service.status(id).status === 'IN_PROGRESS')).toBe(true);
+
+  await s3.restart();
+  await eventually(() => acknowledged.every((id) => service.status(id).status === 'SUCCESS'), 30_000);
+  const delivered = (await s3.records()).map((r) => r.record.eventMetadata.eventId as string);
+  expect(delivered.sort()).toEqual([...acknowledged].sort());
+  // Room again: captures are taken.
+  await service.capture(withAux('after'));
+  await eventually(() => service.status('after').status === 'SUCCESS');
+}
+
+/** A tmpfs can be mounted here (root with CAP_SYS_ADMIN): the real small-disk case runs. */
+const canMountTmpfs = (() => {
+  if (process.getuid?.() !== 0) return false;
+  const probe = mkdtempSync(join(tmpdir(), 'ef-tmpfs-probe-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', probe], { stdio: 'ignore' });
+    execFileSync('umount', [probe], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  } finally {
+    rmSync(probe, { recursive: true, force: true });
+  }
+})();
+
+describe('the offline spool on a small disk', () => {
+  it('refuses new captures with RESOURCE_EXHAUSTED at the free-space floor, keeps the floor, and delivers every capture it acknowledged', async () => {
+    const capacity = 24 * 1024 * 1024;
+    const { service } = start({ capacity: () => capacity, durable: true });
+    await service.start();
+    await fillUntilRefused(service, async () => capacity - (await bytesUnder(disk)));
+  });
+
+  it.skipIf(!canMountTmpfs)(
+    "on a real 24 MiB tmpfs (root only): the same, with the file system's own statfs",
+    async () => {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', disk]);
+      try {
+        const { service } = start({ durable: true });
+        await service.start();
+        await fillUntilRefused(service, () => freeBytes(disk));
+        await service.close();
+        for (const database of databases) database.close();
+        databases = [];
+      } finally {
+        execFileSync('umount', ['-l', disk]);
+      }
+    },
+  );
+
+  it('keeps retrying a batch already acknowledged when the disk filled after its acceptance (local database), and delivers it', async () => {
+    const { lines, logger } = recordingLogger();
+    const filling = fillingDisk();
+    const { service } = start({ capacity: filling.capacity, durable: true, logger });
+    await service.start();
+    await s3.stop();
+    await service.capture(withAux('first'));
+    await eventually(() => service.spoolState()!.batches === 1);
+    await filling.fillAfterNextCheck();
+    await service.capture(withAux('late'));
+    await eventually(() => lines.filter((l) => l.fields.event === 'capture-write-retry').length >= 8);
+    expect(service.status('late').status).toBe('IN_PROGRESS');
+    expect(lines.some((l) => l.fields.event === 'capture-batch-given-up')).toBe(false);
+    filling.empty();
+    await s3.restart();
+    await eventually(() => ['first', 'late'].every((id) => service.status(id).status === 'SUCCESS'), 30_000);
+  });
+
+  it('without the local database, gives up such a batch after its attempts with one line naming the event and the captures dropped', async () => {
+    const { lines, logger } = recordingLogger();
+    const filling = fillingDisk();
+    const { service, metrics } = start({ capacity: filling.capacity, durable: false, logger });
+    await service.start();
+    await s3.stop();
+    await service.capture(withAux('first'));
+    await eventually(() => service.spoolState()!.batches === 1);
+    await filling.fillAfterNextCheck();
+    await service.capture(withAux('late'));
+    await eventually(() => service.status('late').status === 'FAILURE');
+    const givenUp = lines.find((l) => l.fields.event === 'capture-batch-given-up');
+    expect(givenUp).toBeDefined();
+    expect(givenUp!.level).toBe('error');
+    expect(givenUp!.fields).toMatchObject({ dropped: 1, reason: 'write-failed' });
+    expect(givenUp!.message).toMatch(
+      /giving up a batch: cannot keep the batch in the offline spool .*half of edgefleet_capture_min_free_bytes.*\(after 5 attempts\); its 1 capture\(s\) are marked FAILURE/,
+    );
+    expect(await metrics.metrics()).toMatch(/edgefleet_capture_dropped_total\{reason="write-failed"\} 1/);
+  });
+});
+
+describe('a torn file in the offline spool', () => {
+  it('sends the complete records of a manifest cut short, marks only the torn capture FAILURE, and warns', async () => {
+    const store = new S3ObjectStore({
+      bucket: s3.bucket,
+      region: 'us-east-1',
+      endpoint: s3.endpoint,
+      credentials: s3.credentials,
+      maxAttempts: 1,
+    });
+    stores.push(store);
+    const T = Date.UTC(2026, 11, 7, 5);
+    const items = ['t1', 't2', 't3'].map((id, i) => ({
+      ...captureItem(id, Buffer.alloc(16, i + 1)),
+      inferenceTime: T + i,
+      receivedAt: T + i,
+    }));
+    const batch = renderBatch('a'.repeat(32), items, {
+      folderPrefix: 'edge',
+      fleetName: 'plant',
+      deviceName: 'cam-1',
+      base64EmbedLimit: 64,
+      modelMonitorFormat: false,
+      urlFor: (key) => store.urlFor(key),
+    });
+    expect(batch.files).toHaveLength(1); // one manifest, the tensors embedded
+    const dir = join(work, 'torn-spool');
+    const never = { set: () => undefined, clear: () => undefined };
+    await s3.stop();
+    const first = new CaptureSpool({
+      dir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 60_000, maxMs: 60_000 },
+      onDelivered: () => undefined,
+      onDropped: () => undefined,
+      timers: never,
+    });
+    await first.open();
+    await first.add(batch);
+    await first.close();
+    // A crash or a disk fault cuts the manifest inside its last record.
+    const manifest = join(dir, batch.batchId, '0');
+    const size = (await readFile(manifest)).byteLength;
+    await truncate(manifest, size - 20);
+
+    await s3.restart();
+    const delivered: string[] = [];
+    const dropped: { ids: readonly string[]; detail: string }[] = [];
+    const { lines, logger } = recordingLogger();
+    const metrics = new Registry();
+    const second = new CaptureSpool({
+      dir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 50, maxMs: 50 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids, detail) => dropped.push({ ids, detail }),
+      logger,
+      metrics: new CaptureMetrics(metrics, {
+        queueDepth: () => 0,
+        spoolBytes: () => 0,
+        spoolBatches: () => 0,
+      }),
+    });
+    try {
+      await second.open();
+      await eventually(() => delivered.length > 0);
+      expect(delivered).toEqual(['t1', 't2']);
+      expect(dropped).toEqual([
+        {
+          ids: ['t3'],
+          detail: expect.stringMatching(
+            new RegExp(
+              `damaged on this device's disk \\(.*\\.jsonl: ${size - 20} bytes, ${size} recorded\\)`,
+            ),
+          ),
+        },
+      ]);
+      const records = (await s3.records()).map((r) => r.record.eventMetadata.eventId as string);
+      expect(records.sort()).toEqual(['t1', 't2']);
+      const warning = lines.find((l) => l.fields.event === 'capture-spool-damaged');
+      expect(warning?.level).toBe('warn');
+      expect(warning?.fields).toMatchObject({ dropped: 1, captures: 2 });
+      expect(await metrics.metrics()).toMatch(/edgefleet_capture_dropped_total\{reason="damaged"\} 1/);
+      await eventually(async () => (await readdir(dir)).length === 0);
+    } finally {
+      await second.close();
+    }
+  });
+});
