@@ -130,3 +130,46 @@ export function TableHead({ columns }: { columns: string[] }) {
     </thead>
   );
 }
+
+/**
+ * Previous / Page N / Next over a keyset-paged list: `pageTokens` holds the token of each page shown so far (the
+ * first is undefined), `nextToken` the one the current page's answer gave. Next waits while that page loads, so a
+ * double click cannot skip a page.
+ */
+export function Pager({
+  label,
+  pageTokens,
+  setPageTokens,
+  nextToken,
+  loading,
+  pageTestId,
+}: {
+  label: string;
+  pageTokens: (string | undefined)[];
+  setPageTokens: (tokens: (string | undefined)[]) => void;
+  nextToken: string | undefined;
+  loading: boolean;
+  pageTestId?: string;
+}) {
+  return (
+    <nav class="pager" aria-label={label}>
+      <button
+        type="button"
+        class="secondary"
+        disabled={pageTokens.length <= 1}
+        onClick={() => setPageTokens(pageTokens.slice(0, -1))}
+      >
+        Previous
+      </button>
+      <span data-testid={pageTestId}>Page {pageTokens.length}</span>
+      <button
+        type="button"
+        class="secondary"
+        disabled={loading || nextToken === undefined}
+        onClick={() => setPageTokens([...pageTokens, nextToken])}
+      >
+        Next
+      </button>
+    </nav>
+  );
+}

@@ -2,7 +2,7 @@ import { useEffect, useState } from 'preact/hooks';
 import { must, type ApiPaths } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
-import { ErrorNote, Section, Stat, StatusBadge, TableHead, When } from '../components/ui.js';
+import { ErrorNote, Pager, Section, Stat, StatusBadge, TableHead, When } from '../components/ui.js';
 import { submitForm, useAction } from '../components/use-action.js';
 import { useDraftList } from '../components/use-draft-list.js';
 import { useLoad } from '../components/use-load.js';
@@ -82,25 +82,14 @@ export function DeploymentsPage() {
             ))}
           </tbody>
         </table>
-        <nav class="pager" aria-label="Plan pages">
-          <button
-            type="button"
-            class="secondary"
-            disabled={pageTokens.length <= 1}
-            onClick={() => setPageTokens(pageTokens.slice(0, -1))}
-          >
-            Previous
-          </button>
-          <span data-testid="plans-page">Page {pageTokens.length}</span>
-          <button
-            type="button"
-            class="secondary"
-            disabled={plans.data?.nextToken === undefined}
-            onClick={() => setPageTokens([...pageTokens, plans.data?.nextToken])}
-          >
-            Next
-          </button>
-        </nav>
+        <Pager
+          label="Plan pages"
+          pageTokens={pageTokens}
+          setPageTokens={setPageTokens}
+          nextToken={plans.data?.nextToken}
+          loading={plans.loading}
+          pageTestId="plans-page"
+        />
       </Section>
     </>
   );
@@ -814,25 +803,13 @@ function StageCard({
           </table>
         ) : null}
         {started && (pageTokens.length > 1 || devices.data?.nextToken !== undefined) ? (
-          <nav class="pager" aria-label={`Stage ${stage.name} device pages`}>
-            <button
-              type="button"
-              class="secondary"
-              disabled={pageTokens.length <= 1}
-              onClick={() => setPageTokens(pageTokens.slice(0, -1))}
-            >
-              Previous
-            </button>
-            <span>Page {pageTokens.length}</span>
-            <button
-              type="button"
-              class="secondary"
-              disabled={devices.data?.nextToken === undefined}
-              onClick={() => setPageTokens([...pageTokens, devices.data?.nextToken])}
-            >
-              Next
-            </button>
-          </nav>
+          <Pager
+            label={`Stage ${stage.name} device pages`}
+            pageTokens={pageTokens}
+            setPageTokens={setPageTokens}
+            nextToken={devices.data?.nextToken}
+            loading={devices.loading}
+          />
         ) : null}
         {started ? null : (
           <p class="muted" data-testid="stage-not-started">

@@ -2,7 +2,7 @@ import { useState } from 'preact/hooks';
 import { must } from '../api/client.js';
 import { useLive } from '../api/live.js';
 import { useApp } from '../app-context.js';
-import { ErrorNote, Section, StatusBadge, When } from '../components/ui.js';
+import { ErrorNote, Pager, Section, StatusBadge, When } from '../components/ui.js';
 import { submitForm, useAction } from '../components/use-action.js';
 import { useLoad } from '../components/use-load.js';
 import { currentPath, href } from '../router.js';
@@ -217,25 +217,13 @@ export function DevicesPage() {
         {page.data !== undefined && page.data.devices.length === 0 ? (
           <p class="muted">No device matches.</p>
         ) : null}
-        <nav class="pager" aria-label="Pages">
-          <button
-            type="button"
-            class="secondary"
-            disabled={pageTokens.length <= 1}
-            onClick={() => setPageTokens(pageTokens.slice(0, -1))}
-          >
-            Previous
-          </button>
-          <span>Page {pageTokens.length}</span>
-          <button
-            type="button"
-            class="secondary"
-            disabled={page.data?.nextToken === undefined}
-            onClick={() => setPageTokens([...pageTokens, page.data?.nextToken])}
-          >
-            Next
-          </button>
-        </nav>
+        <Pager
+          label="Pages"
+          pageTokens={pageTokens}
+          setPageTokens={setPageTokens}
+          nextToken={page.data?.nextToken}
+          loading={page.loading}
+        />
       </Section>
     </>
   );
