@@ -632,6 +632,7 @@ export class CaptureService {
     }
     // Written: the next failure starts a new run of lines.
     this.#directFailureLines.forget('direct');
+    this.#directFailureLines.forget('retry');
     if (this.#destination.kind === 's3')
       this.metrics?.uploadDuration.observe({ via: 'direct' }, (performance.now() - began) / 1000);
     this.#complete(batch, 'SUCCESS');
@@ -681,17 +682,22 @@ export class CaptureService {
       batch.attempts,
       this.#random,
     );
-    this.#logger?.warn(
-      {
-        event: 'capture-write-retry',
-        err: error,
-        batchId: batch.batchId,
-        captures: batch.items.length,
-        attempt: batch.attempts,
-        retryInMs: delay,
-      },
-      `capture: ${what}; retrying`,
-    );
+    // Retried without end while the database keeps the batch: the first line, then one a minute with a count,
+    // whatever the number of batches waiting (a full disk may hold the log too).
+    const admitted = this.#directFailureLines.admit('retry');
+    if (admitted !== undefined)
+      this.#logger?.warn(
+        {
+          event: 'capture-write-retry',
+          ...uploadFailureFields(error),
+          batchId: batch.batchId,
+          captures: batch.items.length,
+          attempt: batch.attempts,
+          retryInMs: delay,
+          ...(admitted.leftOut > 0 && { retriesNotLogged: admitted.leftOut }),
+        },
+        `capture: ${what}; retrying (${repeatsNote(admitted.leftOut, 'retries')})`,
+      );
     const timer = setTimeout(() => {
       this.#retryTimers.delete(timer);
       this.#batches.push(batch);

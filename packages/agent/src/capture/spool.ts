@@ -190,8 +190,10 @@ export class CaptureSpool {
     // Half the floor: the captures were accepted (the admission check keeps the whole floor), but the local
     // database and the package store must keep room on this file system whatever the backlog.
     const floor = Math.floor((this.#options.minFreeBytes ?? 0) / 2);
-    if (floor > 0) {
-      const free = await freeBytes(dir, this.#options.statfs);
+    // A file system that cannot be asked (the folder removed to free space: it is made again below) is no
+    // reason to refuse: the write itself says whether there is room.
+    const free = floor > 0 ? await freeBytes(dir, this.#options.statfs).catch(() => undefined) : undefined;
+    if (free !== undefined) {
       if (free - batchBytes < floor)
         throw new CaptureSpoolFullError(
           `the file system of ${dir} has ${free} bytes free; the batch's ${batchBytes} bytes would leave less than ${floor} bytes (half of edgefleet_capture_min_free_bytes, kept for the local database and packages)`,

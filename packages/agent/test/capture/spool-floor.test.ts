@@ -168,6 +168,10 @@ function fillingDisk() {
   let full = roomy;
   return {
     capacity: () => (++checks > fullAfter ? full : roomy),
+    /** How many times the disk was asked for its free space. */
+    get checks() {
+      return checks;
+    },
     async fillAfterNextCheck() {
       full = (await bytesUnder(disk)) + FLOOR / 4;
       fullAfter = checks + 1;
@@ -277,12 +281,35 @@ describe('the offline spool on a small disk', () => {
     await eventually(() => service.spoolState()!.batches === 1);
     await filling.fillAfterNextCheck();
     await service.capture(withAux('late'));
-    await eventually(() => lines.filter((l) => l.fields.event === 'capture-write-retry').length >= 8);
+    // Each attempt to spool the batch asks the disk once: well past the attempts a batch gets without the database.
+    const checksBefore = filling.checks;
+    await eventually(() => filling.checks - checksBefore >= 12);
     expect(service.status('late').status).toBe('IN_PROGRESS');
+    // Retried without end, logged once (then once a minute with a count).
+    expect(lines.filter((l) => l.fields.event === 'capture-write-retry')).toHaveLength(1);
     expect(lines.some((l) => l.fields.event === 'capture-batch-given-up')).toBe(false);
     filling.empty();
     await s3.restart();
     await eventually(() => ['first', 'late'].every((id) => service.status(id).status === 'SUCCESS'), 30_000);
+  });
+
+  it('spools a batch where the file system cannot be asked for its free space (the write decides)', async () => {
+    let broken = false;
+    const { service } = start({
+      capacity: () => {
+        if (broken) throw Object.assign(new Error('statfs failed'), { code: 'ENOENT' });
+        return 256 * 1024 * 1024;
+      },
+      durable: true,
+    });
+    await service.start();
+    await s3.stop();
+    broken = true;
+    await service.capture(withAux('unasked'));
+    await eventually(() => service.spoolState()!.batches === 1);
+    broken = false;
+    await s3.restart();
+    await eventually(() => service.status('unasked').status === 'SUCCESS', 30_000);
   });
 
   it('without the local database, gives up such a batch after its attempts with one line naming the event and the captures dropped', async () => {

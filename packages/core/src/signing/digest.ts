@@ -280,12 +280,7 @@ function listingFailure(error: unknown, path: string, what: 'file' | 'folder'): 
   // Not a file system's error (no errno code): a bug, not an unreadable package; it stays what it is.
   if (typeof code !== 'string') return error;
   // Only the code: the errno error's message names the path opened, which may be a descriptor's /proc path.
-  return new PackageFileError(
-    'unreadable',
-    path,
-    `${what} ${path} cannot be read (${code})`,
-    code,
-  );
+  return new PackageFileError('unreadable', path, `${what} ${path} cannot be read (${code})`, code);
 }
 
 /** Hashes the given files (already listed, in order), reporting progress over all of them. */
