@@ -55,7 +55,11 @@ export type DeviceSortKey = z.infer<typeof deviceSortKeySchema>;
 export const deviceListQuerySchema = z.object({
   fleet: fleetNameSchema.optional(),
   tag: z
-    .union([tagFilterSchema, z.array(tagFilterSchema).max(10)])
+    .union([tagFilterSchema, z.array(tagFilterSchema).max(10)], {
+      // The union's own message ("Invalid input") names neither the value nor what was expected.
+      error: (issue) =>
+        `expected key or key=value (1 to 385 characters), at most 10 of them (repeat the parameter), not ${JSON.stringify(issue.input)}`,
+    })
     .optional()
     .transform((value) => (value === undefined ? [] : Array.isArray(value) ? value : [value]))
     .describe('key or key=value; repeatable'),

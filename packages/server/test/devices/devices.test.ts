@@ -176,6 +176,10 @@ describe.each(engines)('device routes on $engine', (fixture) => {
     expect(await t.call('GET', '/api/v1/devices?status=sleeping', { token: t.readToken })).toMatchObject({
       status: 400,
     });
+    // An empty tag filter: the answer names the value and what a filter looks like.
+    const badTag = await t.call('GET', '/api/v1/devices?tag=', { token: t.readToken });
+    expect(badTag.status).toBe(400);
+    expect(badTag.body.message).toMatch(/tag: expected key or key=value .*not ""/);
   });
 
   it.skipIf(!fixture.available)('pages through devices', async () => {
