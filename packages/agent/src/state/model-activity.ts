@@ -105,7 +105,17 @@ export class ModelActivity {
 
   close(): void {
     clearInterval(this.#timer);
-    this.flush();
+    if (this.flush()) return;
+    // The last chance to write them: said whatever the once-a-minute limit, with what is lost.
+    const lost = [...this.#increments.values()];
+    this.#logger?.warn(
+      {
+        event: 'model-counters-lost',
+        models: lost.map((c) => c.model),
+        inferences: lost.reduce((n, c) => n + c.inferences, 0),
+      },
+      `closing with model activity counters the local database would not take (the last flush failed); the counts since the last write that succeeded are lost (${lost.length} model(s)): the totals in the database stay, lower by these`,
+    );
   }
 
   #flushFailed(error: unknown): void {

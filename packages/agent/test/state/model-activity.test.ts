@@ -130,5 +130,9 @@ describe('ModelActivity on a full database', () => {
     expect(warnings[1]!.details.failuresNotLogged).toBe(5);
     expect(() => activity.close()).not.toThrow();
     expect(activity.snapshot().find((c) => c.model === 'mlp')?.inferences).toBe(7);
+    // Closing is the last chance: what is lost is said, whatever the once-a-minute limit.
+    const lost = logger.lines.filter((l) => l.details.event === 'model-counters-lost');
+    expect(lost).toHaveLength(1);
+    expect(lost[0]!.details).toMatchObject({ models: ['mlp'], inferences: 7 });
   });
 });
