@@ -1,3 +1,4 @@
+import { statfs } from 'node:fs/promises';
 import { TrustPolicyError, loadTrustFolder, type TrustPolicy } from '@edgefleet/core';
 import type { Logger } from 'pino';
 import { ConfigError, loadAgentConfig, type AgentConfig, type CommandLineOptions } from '../config/index.js';
@@ -322,6 +323,15 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Age
     // Heartbeats to the control plane (a no-op handle when the config names none).
     const fleet = await startFleetClient({
       ...(deployments && { deployments: deployments.engine }),
+      storage: {
+        read: async () => {
+          const spool = capture.service.spoolState();
+          return {
+            dataRootFreeBytes: await statfs(dataRootLock.dataRoot).then((fs) => fs.bavail * fs.bsize),
+            ...(spool && { captureSpoolBytes: spool.bytes, captureSpoolBatches: spool.batches }),
+          };
+        },
+      },
       config,
       registry,
       metrics,

@@ -32,7 +32,13 @@ import { CertificateRenewal, type CertificateRenewalOptions } from './certificat
 import { currentDeviceApi } from './current-tls.js';
 import type { DeviceApiClient } from './device-api.js';
 import { DeviceApiError, type DeviceTlsIdentity } from './device-api.js';
-import { HeartbeatComposer, type ActivitySource, type ModelSource, type ProcessProbe } from './telemetry.js';
+import {
+  HeartbeatComposer,
+  type ActivitySource,
+  type ModelSource,
+  type ProcessProbe,
+  type StorageProbe,
+} from './telemetry.js';
 
 /** The logging the client needs (pino's signature: fields first). */
 export interface FleetLogger {
@@ -52,6 +58,8 @@ export interface FleetClientOptions {
   activity?: ActivitySource;
   /** The update engine's result to carry in heartbeats (SendHeartbeat.DeploymentResult). */
   deployments?: DeploymentResultSource;
+  /** The data root's free space and the capture spool's backlog, for the heartbeat. */
+  storage?: StorageProbe;
   /** Test seams; the defaults derive from the config. */
   timing?: Partial<FleetTiming>;
   probe?: ProcessProbe;
@@ -194,6 +202,7 @@ export async function startFleetClient(options: FleetClientOptions): Promise<Fle
     // This run counts even when the ledger could not be written.
     runs: () => ({ starts: Math.max(1, ledger.runs.starts), crashes: ledger.runs.crashes }),
     ...(options.probe && { probe: options.probe }),
+    ...(options.storage && { storage: options.storage }),
   });
 
   const status: FleetClientStatus = { state: 'starting', heartbeatsSent: 0, consecutiveFailures: 0 };

@@ -41,6 +41,7 @@ export {
   type HeartbeatComposerOptions,
   type ModelSource,
   type ProcessProbe,
+  type StorageProbe,
   type TelemetryReading,
 } from './telemetry.js';
 export {

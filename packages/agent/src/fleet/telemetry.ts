@@ -44,6 +44,14 @@ export interface ActivitySource {
   snapshot(): Array<{ model: string; lastInferenceAt: number | null; lastSampleAt: number | null }>;
 }
 
+/**
+ * The device's storage as the heartbeat reports it, so that an operator sees a disk filling before the agent
+ * refuses captures or deployments: each reading optional (undefined: not known, not sent).
+ */
+export interface StorageProbe {
+  read(): Promise<{ dataRootFreeBytes?: number; captureSpoolBytes?: number; captureSpoolBatches?: number }>;
+}
+
 /** The process, as the heartbeat reads it; Node's own by default (tests substitute). */
 export interface ProcessProbe {
   cpuUsage(): NodeJS.CpuUsage;
@@ -67,6 +75,8 @@ export interface HeartbeatComposerOptions {
   /** Agent starts and unclean ends so far (AgentRunsLedger). */
   runs: () => { starts: number; crashes: number };
   probe?: ProcessProbe;
+  /** The data root's free space and the capture spool's backlog (absent: not sent). */
+  storage?: StorageProbe;
   now?: () => number;
 }
 
@@ -134,6 +144,8 @@ export class HeartbeatComposer {
     const cpuMicros = cpu.user - this.#baseline.cpu.user + (cpu.system - this.#baseline.cpu.system);
     const runs = this.#options.runs();
     const models = this.#options.registry.list();
+    // A reading that fails (the folder gone, statfs refused) is left out, never a failed heartbeat.
+    const storage = (await this.#options.storage?.read().catch(() => undefined)) ?? {};
 
     const agentMetrics: EdgeMetric[] = [
       ...metric('CpuUtilization', round2(Math.max(0, (cpuMicros / elapsedMicros) * 100))),
@@ -144,6 +156,15 @@ export class HeartbeatComposer {
       ...metric('AgentCrashes', runs.crashes),
       ...metric('ModelsLoaded', models.length),
       ...metric('HeartbeatsMissed', this.#failedAttempts),
+      ...(storage.dataRootFreeBytes !== undefined
+        ? metric('DataRootFreeBytes', storage.dataRootFreeBytes)
+        : []),
+      ...(storage.captureSpoolBytes !== undefined
+        ? metric('CaptureSpoolBytes', storage.captureSpoolBytes)
+        : []),
+      ...(storage.captureSpoolBatches !== undefined
+        ? metric('CaptureSpoolBatches', storage.captureSpoolBatches)
+        : []),
     ];
 
     const latency = await readLatencyHistograms(this.#options.metrics);

@@ -84,6 +84,31 @@ describe('HeartbeatComposer with a real registry', () => {
     expect(quiet.heartbeat.Models[0]!.LatestInference).toBe(retry.heartbeat.Models[0]!.LatestInference);
   });
 
+  it("reports the data root's free space and the capture spool's backlog, and leaves them out when unknown", async () => {
+    const withStorage = new HeartbeatComposer({
+      ...ids,
+      registry,
+      storage: {
+        read: () =>
+          Promise.resolve({ dataRootFreeBytes: 5_000_000, captureSpoolBytes: 4096, captureSpoolBatches: 2 }),
+      },
+    });
+    const { heartbeat } = await withStorage.compose();
+    expect(metricValue(heartbeat.AgentMetrics, 'DataRootFreeBytes')).toBe(5_000_000);
+    expect(metricValue(heartbeat.AgentMetrics, 'CaptureSpoolBytes')).toBe(4096);
+    expect(metricValue(heartbeat.AgentMetrics, 'CaptureSpoolBatches')).toBe(2);
+    expect(sendHeartbeatRequestSchema.safeParse(heartbeat).success).toBe(true);
+    // A reading that fails is left out; the heartbeat goes on.
+    const failing = new HeartbeatComposer({
+      ...ids,
+      registry,
+      storage: { read: () => Promise.reject(new Error('statfs failed')) },
+    });
+    const names = (await failing.compose()).heartbeat.AgentMetrics.map((m) => m.MetricName);
+    expect(names).toContain('CpuUtilization');
+    expect(names).not.toContain('DataRootFreeBytes');
+  });
+
   it('counts a reloaded model from zero and takes latest times from an activity source', async () => {
     const at = { inference: Date.UTC(2025, 0, 1, 12), sample: Date.UTC(2025, 0, 1, 11) };
     const composer = new HeartbeatComposer({

@@ -163,6 +163,8 @@ describe('server + enrolled agent + CLI (real processes)', { timeout: 120_000 },
     expect(resumed.status).toBe('online');
     // The first heartbeat after the outage says how many attempts failed during it.
     expect(await maxMetricSince('till-1', 'HeartbeatsMissed', backAt)).toBeGreaterThanOrEqual(3);
+    // The data root's free space rides along, so that a disk filling shows before the agent refuses work.
+    expect(await maxMetricSince('till-1', 'DataRootFreeBytes', backAt)).toBeGreaterThan(0);
 
     // Killed without a chance to stop: the next start reports one crash.
     agent.child.kill('SIGKILL');
