@@ -22,7 +22,7 @@ import {
   type Device,
   type UpdateDeviceInput,
 } from '../server-client/index.js';
-import { DEVICE_KEY_TYPES, type DeviceKeyType } from '@edgefleet/core';
+import { DEVICE_KEY_TYPES, MAX_DEVICES_PER_REGISTRATION, type DeviceKeyType } from '@edgefleet/core';
 import {
   CAPTURE_CHOICES,
   CAPTURE_DESTINATION_KEY,
@@ -112,9 +112,6 @@ function describeDevice(device: Device): string[] {
   return lines;
 }
 
-/** Devices per registration call: the server takes at most this many at once (MAX_DEVICES_PER_REGISTRATION). */
-export const REGISTER_BATCH = 100;
-
 /** `first … last (n)`: a batch's names, short enough for one line. */
 function namesOf(names: string[]): string {
   if (names.length <= 3) return names.join(', ');
@@ -133,7 +130,9 @@ export function registerDeviceCommands(
   addServerOptions(
     device
       .command('register')
-      .description(`register devices in a fleet (in batches of ${REGISTER_BATCH}, each all or none)`)
+      .description(
+        `register devices in a fleet (in batches of ${MAX_DEVICES_PER_REGISTRATION}, each all or none)`,
+      )
       .argument('<fleet>', 'the fleet')
       .argument('<names...>', 'device names (unique across fleets)')
       .option('--description <text>', 'description for each device')
@@ -158,8 +157,8 @@ export function registerDeviceCommands(
       }));
       const tags = parseTags(opts.tag);
       const batches: (typeof inputs)[] = [];
-      for (let i = 0; i < inputs.length; i += REGISTER_BATCH)
-        batches.push(inputs.slice(i, i + REGISTER_BATCH));
+      for (let i = 0; i < inputs.length; i += MAX_DEVICES_PER_REGISTRATION)
+        batches.push(inputs.slice(i, i + MAX_DEVICES_PER_REGISTRATION));
       const devices = await withServer(opts, async (client) => {
         const registered: Awaited<ReturnType<ServerClient['registerDevices']>> = [];
         for (const [index, batch] of batches.entries()) {

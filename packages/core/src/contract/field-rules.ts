@@ -18,6 +18,9 @@ export const MAX_VERSION_LENGTH = 64;
 /** Model versions the control plane stores and packages (EdgeVersion, max 30). */
 export const MAX_PACKAGED_MODEL_VERSION_LENGTH = 30;
 
+/** Devices one registration call takes (RegisterDevices' Devices, max 100): the CLI sends larger lists in batches. */
+export const MAX_DEVICES_PER_REGISTRATION = 100;
+
 /** A version also names a file and a path segment (`<name>-<version>.tar.gz`, `…/versions/<version>`). */
 export const isPathSafeVersion = (version: string): boolean => version !== '.' && version !== '..';
 export const PATH_SAFE_VERSION_MESSAGE = 'a model version cannot be "." or ".."';

@@ -1,3 +1,4 @@
+import { MAX_DEVICES_PER_REGISTRATION } from '@edgefleet/core';
 import { z } from 'zod';
 import {
   deviceDescriptionSchema,
@@ -8,7 +9,7 @@ import {
   tagSchema,
 } from '../fields/index.js';
 
-export const MAX_DEVICES_PER_REGISTRATION = 100;
+export { MAX_DEVICES_PER_REGISTRATION };
 
 export const deviceInputSchema = z.strictObject({
   name: deviceNameSchema,
