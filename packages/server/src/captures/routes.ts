@@ -103,6 +103,8 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   s3: S3ConnectionOptions;
   /** The package-signing root, handed to devices at set-up (their trust folder). */
   signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
+  /** Hears each upload answered as stored, with the bytes it newly stored (metrics/). */
+  onStored?: (bytes: number) => void;
 }> = async (app, deps) => {
   const { blobLocation } = deps.config;
   const outputs = new FleetOutputs(deps.blobs, blobLocation.kind === 's3' ? deps.s3 : undefined, {
@@ -208,6 +210,10 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     if (quota !== undefined) throw quota;
     return payload;
   });
+  const stored = <T extends { bytes: number }>(answer: T): T => {
+    deps.onStored?.(answer.bytes);
+    return answer;
+  };
   const limitsText =
     '413 over captures.maxFileBytes, 429 (with Retry-After) over the per-device daily quota, judged by ' +
     'Content-Length before the body is read, and when no upload slot is free for a large body ' +
@@ -230,11 +236,13 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     bodyLimit: captureBodyLimitBytes(limits.maxFileBytes),
     handler: async ({ body, request, reply }) =>
       withRetryAfter(reply, () =>
-        ingest.store(requireDevice(request), {
-          key: body.key,
-          contentType: body.contentType,
-          body: Buffer.from(body.data, 'base64'),
-        }),
+        ingest
+          .store(requireDevice(request), {
+            key: body.key,
+            contentType: body.contentType,
+            body: Buffer.from(body.data, 'base64'),
+          })
+          .then(stored),
       ),
   });
   defineRoute(app, {
@@ -255,13 +263,15 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     response: storedCaptureFileSchema,
     handler: async ({ query, request, reply }) =>
       withRetryAfter(reply, () =>
-        ingest.storeStream(requireDevice(request), {
-          key: query.key,
-          contentType: query.contentType,
-          body: request.body as Readable,
-          // Checked in preParsing: present, a number, within captures.maxFileBytes.
-          contentLength: Number(request.headers['content-length']),
-        }),
+        ingest
+          .storeStream(requireDevice(request), {
+            key: query.key,
+            contentType: query.contentType,
+            body: request.body as Readable,
+            // Checked in preParsing: present, a number, within captures.maxFileBytes.
+            contentLength: Number(request.headers['content-length']),
+          })
+          .then(stored),
       ),
   });
 

@@ -14,4 +14,4 @@ export {
   type MetricsQuery,
 } from './metrics-query.js';
 export { pruneExpired, startRetentionSweeper } from './retention.js';
-export { heartbeatDeviceRoutes, heartbeatOperatorRoutes } from './routes.js';
+export { heartbeatDeviceRoutes, heartbeatOperatorRoutes, SEND_HEARTBEAT_URLS } from './routes.js';

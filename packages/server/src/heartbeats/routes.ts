@@ -20,13 +20,16 @@ import { queryDeviceMetrics } from './metrics-query.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
+/** SendHeartbeat's paths: the device API's, its SageMaker name (also the facade's data-plane route). */
+export const SEND_HEARTBEAT_URLS: readonly string[] = ['/api/v1/device/heartbeat', '/SendHeartbeat'];
+
 /** Device API routes (mutual TLS): SendHeartbeat and GetDeviceRegistration, native paths and SageMaker names. */
 export const heartbeatDeviceRoutes: FastifyPluginAsync<{
   heartbeats: HeartbeatService;
   /** Largest SendHeartbeat body (heartbeat.maxBodyBytes). */
   maxBodyBytes: number;
 }> = async (app, { heartbeats, maxBodyBytes }) => {
-  for (const url of ['/api/v1/device/heartbeat', '/SendHeartbeat']) {
+  for (const url of SEND_HEARTBEAT_URLS) {
     defineRoute(app, {
       method: 'POST',
       url,

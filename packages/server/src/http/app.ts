@@ -1,6 +1,11 @@
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import swagger from '@fastify/swagger';
-import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import Fastify, {
+  LogController,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { installAuth, type Authenticators } from './auth-hooks.js';
@@ -40,6 +45,8 @@ export interface AppOptions {
    * only: on the device port anyone could read it.
    */
   build?: { version: string; schema: string };
+  /** Hears every answered request (metrics/: requests by route pattern, refusals, heartbeats). */
+  observeRequest?: (request: FastifyRequest, reply: FastifyReply) => void;
 }
 
 const healthSchema = z.object({
@@ -101,6 +108,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       },
       'request',
     );
+    options.observeRequest?.(request, reply);
   });
 
   if (options.openapi) {

@@ -16,11 +16,23 @@ export const OUTAGE_LOG_INTERVAL_MS = REPEATED_LINE_INTERVAL_MS;
 export class OutageLog {
   readonly #lines: LineLimiter;
   readonly #diskFaults: RecentDiskFaults | undefined;
+  readonly #onOutage: ((component: string, error: unknown) => void) | undefined;
 
-  /** `diskFaults` hears every outage a full or failing disk caused, logged or not, for /readyz. */
-  constructor(options: { now?: () => number; intervalMs?: number; diskFaults?: RecentDiskFaults } = {}) {
+  /**
+   * `diskFaults` hears every outage a full or failing disk caused, logged or not, for /readyz; `onOutage`
+   * every outage, logged or not (metrics/: errors by kind).
+   */
+  constructor(
+    options: {
+      now?: () => number;
+      intervalMs?: number;
+      diskFaults?: RecentDiskFaults;
+      onOutage?: (component: string, error: unknown) => void;
+    } = {},
+  ) {
     this.#lines = new LineLimiter(options);
     this.#diskFaults = options.diskFaults;
+    this.#onOutage = options.onOutage;
   }
 
   /**
@@ -30,6 +42,7 @@ export class OutageLog {
    */
   log(logger: FastifyBaseLogger, component: string, error: unknown, message: string): void {
     this.#diskFaults?.record(error);
+    this.#onOutage?.(component, error);
     const admitted = this.#lines.admit(component);
     if (admitted === undefined) return;
     const { leftOut } = admitted;

@@ -110,6 +110,8 @@ export interface RouteDefinition<
   consumes?: string[];
   /** The success body is a file of this content type (the handler returns a stream), not JSON. */
   binaryResponse?: string;
+  /** The success body is text of this content type (the handler returns a string and sets the type), not JSON. */
+  textResponse?: { contentType: string; description: string };
   handler(
     context: RouteContext<z.output<Body>, z.output<Query>, z.output<Params>>,
   ): Promise<Response extends z.ZodType ? z.input<Response> : undefined>;
@@ -130,6 +132,11 @@ export function defineRoute<
     response[status] = {
       description: 'The file',
       content: { [definition.binaryResponse]: { schema: { type: 'string', format: 'binary' } } },
+    };
+  } else if (definition.textResponse !== undefined) {
+    response[status] = {
+      description: definition.textResponse.description,
+      content: { [definition.textResponse.contentType]: { schema: { type: 'string' } } },
     };
   } else if (definition.response !== undefined) {
     response[status] = toJsonSchema(definition.response, 'output');

@@ -71,6 +71,12 @@ import {
   identityDeviceRoutes,
   identityOperatorRoutes,
 } from '../identity/index.js';
+import {
+  FleetStateReader,
+  metricsRoutes,
+  registerFleetStateGauges,
+  ServerMetrics,
+} from '../metrics/index.js';
 import { ModelStore, modelRoutes } from '../models/index.js';
 import {
   bindSigningRoot,
@@ -773,11 +779,18 @@ export async function startServer(
     let deviceEndpoint = config.deviceEndpoint ?? '';
     const endpoint = () => deviceEndpoint;
 
+    // One registry for both listeners (GET /metrics on the operator port), handed to what records.
+    const metrics = new ServerMetrics();
+    registerFleetStateGauges(metrics.registry, new FleetStateReader(database.db, { offlineAfterMs }));
     // One for both listeners and the facade: an outage is logged once a minute, not per listener.
-    const outageLog = new OutageLog({ diskFaults });
+    const outageLog = new OutageLog({
+      diskFaults,
+      onOutage: (component, error) => metrics.outage(component, error),
+    });
     const operatorApp = await buildApp({
       logger: logger.child({ api: 'operator' }),
       outageLog,
+      observeRequest: (request, reply) => metrics.observeRequest('operator', request, reply),
       authenticators: {
         ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
         'console-session': consoleSignOutAuthenticator(services.consoleSessions),
@@ -866,6 +879,7 @@ export async function startServer(
       offlineAfterMs,
       maxMetricsPerQuery: config.heartbeat.maxMetricsPerQuery,
     });
+    await operatorApp.register(metricsRoutes, { metrics });
     await operatorApp.register(consoleSessionRoutes, { sessions: services.consoleSessions });
     await operatorApp.register(consoleEventRoutes, {
       feed: new ChangeFeed(database.db, {
@@ -892,6 +906,7 @@ export async function startServer(
     const deviceApp = await buildApp({
       logger: logger.child({ api: 'device' }),
       outageLog,
+      observeRequest: (request, reply) => metrics.observeRequest('device', request, reply),
       authenticators: {
         device: deviceAuthenticator(services.identity, (request) =>
           authenticatedDeviceRequests.add(request.raw),
@@ -930,14 +945,25 @@ export async function startServer(
       config,
       s3: s3ConnectionOf(config),
       signing,
+      onStored: (bytes) => metrics.captureStored(bytes),
     });
 
     // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on
     // the device port cannot use up the descriptors the operator port (health checks included) needs.
     // Node's timeout is the outer bound (the longest route deadline); the per-route deadlines do the rest.
     // Connections the caps refuse are logged (one line a minute per listener), so that a flood shows as one.
-    const operatorRefusals = new ConnectionRefusalLog({ listener: 'operator', caps: operatorLimits, logger });
-    const deviceRefusals = new ConnectionRefusalLog({ listener: 'device', caps: deviceLimits, logger });
+    const operatorRefusals = new ConnectionRefusalLog({
+      listener: 'operator',
+      caps: operatorLimits,
+      logger,
+      count: (refusal) => metrics.connectionOverCap('operator', refusal),
+    });
+    const deviceRefusals = new ConnectionRefusalLog({
+      listener: 'device',
+      caps: deviceLimits,
+      logger,
+      count: (refusal) => metrics.connectionOverCap('device', refusal),
+    });
     background.push({
       stop: () => {
         operatorRefusals.close();

@@ -1,0 +1,166 @@
+import { Gauge, type Registry } from 'prom-client';
+import { sql, type Kysely } from 'kysely';
+import type { DatabaseSchema } from '../storage/index.js';
+
+/** Stage statuses as stored (deployments' StageStatus): the only label values the stage gauge takes. */
+export const STAGE_STATUSES = [
+  'READYTODEPLOY',
+  'STARTING',
+  'INPROGRESS',
+  'DEPLOYED',
+  'FAILED',
+  'STOPPING',
+  'STOPPED',
+] as const;
+/** Packaging job statuses as stored (packaging's PackagingJobStatus). */
+export const PACKAGING_JOB_STATUSES = ['STARTING', 'INPROGRESS', 'COMPLETED', 'FAILED'] as const;
+
+/** How long one evaluation serves scrapes; a scrape flood then costs the database one read per this. */
+export const DEFAULT_FLEET_STATE_TTL_MS = 5_000;
+
+/** The fleet as counted at one moment: a few grouped counts, whatever the number of devices or plans. */
+export interface FleetState {
+  devices: { online: number; offline: number; never_seen: number };
+  deploymentStages: Record<(typeof STAGE_STATUSES)[number], number>;
+  packagingJobs: Record<(typeof PACKAGING_JOB_STATUSES)[number], number>;
+}
+
+/** A status column's grouped counts, on the statuses known; a value no build writes is left out. */
+function countsOf<S extends string>(
+  known: readonly S[],
+  rows: readonly { status: string; count: number | string | bigint }[],
+): Record<S, number> {
+  const counts = Object.fromEntries(known.map((status) => [status, 0])) as Record<S, number>;
+  for (const row of rows)
+    if ((known as readonly string[]).includes(row.status)) counts[row.status as S] = Number(row.count);
+  return counts;
+}
+
+/**
+ * Reads the fleet's state for a scrape: three grouped queries, cached for `ttlMs`, and one evaluation in flight
+ * shared by every scrape that arrives while it runs. A failed read is cached as long (an outage must not turn
+ * a scrape flood into a query flood) and reported as the database not usable.
+ */
+export class FleetStateReader {
+  readonly #db: Kysely<DatabaseSchema>;
+  readonly #offlineAfterMs: number;
+  readonly #ttlMs: number;
+  readonly #now: () => number;
+  #cached: { at: number; state: FleetState | undefined } | undefined;
+  #inFlight: Promise<FleetState | undefined> | undefined;
+  /** Evaluations run (tests: concurrent scrapes share one). */
+  evaluations = 0;
+
+  constructor(
+    db: Kysely<DatabaseSchema>,
+    options: { offlineAfterMs: number; ttlMs?: number; now?: () => number },
+  ) {
+    this.#db = db;
+    this.#offlineAfterMs = options.offlineAfterMs;
+    this.#ttlMs = options.ttlMs ?? DEFAULT_FLEET_STATE_TTL_MS;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** The state, at most ttlMs old; undefined when the database did not answer. */
+  read(): Promise<FleetState | undefined> {
+    if (this.#cached !== undefined && this.#now() - this.#cached.at < this.#ttlMs)
+      return Promise.resolve(this.#cached.state);
+    this.#inFlight ??= this.#evaluate().then((state) => {
+      this.#cached = { at: this.#now(), state };
+      this.#inFlight = undefined;
+      return state;
+    });
+    return this.#inFlight;
+  }
+
+  async #evaluate(): Promise<FleetState | undefined> {
+    this.evaluations++;
+    const since = this.#now() - this.#offlineAfterMs;
+    try {
+      const [devices, stages, jobs] = await Promise.all([
+        // One row: devices heard from within offlineAfterMs, and never heard from (the rest are offline).
+        this.#db
+          .selectFrom('devices')
+          .select([
+            sql<number | string>`count(*)`.as('registered'),
+            sql<number | string>`count(case when last_heartbeat_at >= ${since} then 1 end)`.as('online'),
+            sql<number | string>`count(case when last_heartbeat_at is null then 1 end)`.as('never_seen'),
+          ])
+          .executeTakeFirstOrThrow(),
+        this.#db
+          .selectFrom('deployment_stages')
+          .select(['status', sql<number | string>`count(*)`.as('count')])
+          .groupBy('status')
+          .execute(),
+        this.#db
+          .selectFrom('packaging_jobs')
+          .select(['status', sql<number | string>`count(*)`.as('count')])
+          .groupBy('status')
+          .execute(),
+      ]);
+      const online = Number(devices.online);
+      const neverSeen = Number(devices.never_seen);
+      return {
+        devices: { online, offline: Number(devices.registered) - online - neverSeen, never_seen: neverSeen },
+        deploymentStages: countsOf(STAGE_STATUSES, stages),
+        packagingJobs: countsOf(PACKAGING_JOB_STATUSES, jobs),
+      };
+    } catch {
+      // The database's outage is logged where requests meet it (OutageLog) and by /readyz; here it is a 0.
+      return undefined;
+    }
+  }
+}
+
+/**
+ * Gauges read from the fleet's state at each scrape (the reader's cache bounds what that costs), and
+ * edgefleet_server_database_usable: whether the database answered that read. While it does not, the fleet
+ * gauges are left out of the scrape rather than showing stale counts.
+ */
+export function registerFleetStateGauges(registry: Registry, reader: FleetStateReader): void {
+  const registers = [registry];
+  new Gauge({
+    name: 'edgefleet_server_database_usable',
+    help: "1 when the database answered the scrape's read (cached a few seconds), 0 when it could not be used (unreachable, full or failing disk, or given up until a restart)",
+    registers,
+    async collect() {
+      this.set((await reader.read()) === undefined ? 0 : 1);
+    },
+  });
+  new Gauge({
+    name: 'edgefleet_server_devices',
+    help: 'Registered devices by connection state: online (a heartbeat within heartbeat.intervalSeconds × heartbeat.offlineAfterMissed), offline (heard from, not since), never_seen',
+    labelNames: ['state'],
+    registers,
+    async collect() {
+      this.reset();
+      const state = await reader.read();
+      if (state === undefined) return;
+      for (const [name, count] of Object.entries(state.devices)) this.set({ state: name }, count);
+    },
+  });
+  new Gauge({
+    name: 'edgefleet_server_deployment_stages',
+    help: "Deployment plans' stages by status (a plan has no status of its own: its stages' are its progress): READYTODEPLOY, STARTING, INPROGRESS, DEPLOYED, FAILED, STOPPING, STOPPED",
+    labelNames: ['status'],
+    registers,
+    async collect() {
+      this.reset();
+      const state = await reader.read();
+      if (state === undefined) return;
+      for (const [status, count] of Object.entries(state.deploymentStages)) this.set({ status }, count);
+    },
+  });
+  new Gauge({
+    name: 'edgefleet_server_packaging_jobs',
+    help: 'Packaging jobs by status: STARTING, INPROGRESS, COMPLETED, FAILED',
+    labelNames: ['status'],
+    registers,
+    async collect() {
+      this.reset();
+      const state = await reader.read();
+      if (state === undefined) return;
+      for (const [status, count] of Object.entries(state.packagingJobs)) this.set({ status }, count);
+    },
+  });
+}

@@ -1,0 +1,171 @@
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ConnectionRefusal } from '@edgefleet/core';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { BlobStoreUnavailableError } from '../blobs/index.js';
+import { diskFaultComponentOf } from '../errors/dependency-unavailable.js';
+import { SEND_HEARTBEAT_URLS } from '../heartbeats/index.js';
+
+/** Which port a request came in on. */
+export type Listener = 'operator' | 'device';
+
+/** Seconds, 1 ms to 60 s: control-plane requests span small reads to uploads bounded by their deadlines. */
+export const HTTP_DURATION_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** The methods a label may name; any other is `other`, so that a client cannot add series at will. */
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+
+/** What a request to no route is labelled: the path it asked for is the client's to choose, never a label. */
+export const UNMATCHED_ROUTE = 'unmatched';
+
+/** Why a heartbeat was refused, by its answer's status: a handful of values, never the device's name. */
+function heartbeatRefusal(status: number): string {
+  if (status === 401 || status === 403) return 'unauthenticated';
+  if (status === 400 || status === 404 || status === 409 || status === 415) return 'invalid';
+  if (status === 413) return 'too_large';
+  if (status === 408) return 'request_timeout';
+  if (status === 429) return 'limit_exceeded';
+  if (status === 503) return 'unavailable';
+  return status >= 500 ? 'server_error' : 'other';
+}
+
+/** Requests refused for a limit, by their answer's status; undefined for any other answer. */
+function limitRefusal(status: number): string | undefined {
+  if (status === 413) return 'body_too_large';
+  if (status === 408) return 'request_timeout';
+  if (status === 429) return 'limit_exceeded';
+  return undefined;
+}
+
+/**
+ * The control plane's Prometheus metrics (GET /metrics), in a registry of its own (never prom-client's global
+ * one: several servers or tests in one process do not collide). Labels are few and fixed: a route's pattern,
+ * never its path (which names devices), no device, token or fleet name.
+ */
+export class ServerMetrics {
+  readonly registry: Registry;
+  readonly #requests: Counter<'listener' | 'method' | 'route' | 'status_class'>;
+  readonly #requestDuration: Histogram<'listener' | 'method' | 'route'>;
+  readonly #refused: Counter<'listener' | 'reason'>;
+  readonly #evicted: Counter<'listener' | 'cap'>;
+  readonly #heartbeatsIngested: Counter;
+  readonly #heartbeatsRefused: Counter<'reason'>;
+  readonly #captureBytes: Counter;
+  readonly #captureFiles: Counter;
+  readonly #databaseErrors: Counter<'kind'>;
+  readonly #blobStoreErrors: Counter<'kind'>;
+
+  /** `defaultMetrics: false` leaves out prom-client's process and Node.js metrics (tests of one counter). */
+  constructor(options: { defaultMetrics?: boolean } = {}) {
+    const registry = new Registry();
+    this.registry = registry;
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+    const registers = [registry];
+    this.#requests = new Counter({
+      name: 'edgefleet_server_http_requests_total',
+      help: 'HTTP requests answered, by listener (operator, device), method, route pattern (unmatched: no route) and status class (2xx…5xx)',
+      labelNames: ['listener', 'method', 'route', 'status_class'],
+      registers,
+    });
+    this.#requestDuration = new Histogram({
+      name: 'edgefleet_server_http_request_duration_seconds',
+      help: 'Time from a request arriving to its answer sent, by listener, method and route pattern',
+      labelNames: ['listener', 'method', 'route'],
+      buckets: HTTP_DURATION_BUCKETS,
+      registers,
+    });
+    this.#refused = new Counter({
+      name: 'edgefleet_server_requests_refused_total',
+      help: 'Connections and requests refused for a limit, by listener and reason: connection_cap_per_address, connection_cap_total (closed on arrival), body_too_large (413), request_timeout (408: not in within its deadline), limit_exceeded (429: a quota or concurrency cap)',
+      labelNames: ['listener', 'reason'],
+      registers,
+    });
+    this.#evicted = new Counter({
+      name: 'edgefleet_server_connections_evicted_total',
+      help: 'Connections closed to let a newcomer in over a connection cap (an idle one), by listener and cap (per_address, total)',
+      labelNames: ['listener', 'cap'],
+      registers,
+    });
+    this.#heartbeatsIngested = new Counter({
+      name: 'edgefleet_server_heartbeats_ingested_total',
+      help: 'Heartbeats recorded (SendHeartbeat on the device API or the SageMaker facade)',
+      registers,
+    });
+    this.#heartbeatsRefused = new Counter({
+      name: 'edgefleet_server_heartbeats_refused_total',
+      help: 'Heartbeats refused, by reason: unauthenticated, invalid, too_large, request_timeout, limit_exceeded, unavailable (503: the database or blob store), server_error, other',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.#captureBytes = new Counter({
+      name: 'edgefleet_server_capture_received_bytes_total',
+      help: 'Bytes of capture files devices uploaded that were stored (a file sent again, already stored, adds nothing)',
+      registers,
+    });
+    this.#captureFiles = new Counter({
+      name: 'edgefleet_server_capture_files_stored_total',
+      help: 'Capture file uploads answered as stored (repeats of a stored file included)',
+      registers,
+    });
+    this.#databaseErrors = new Counter({
+      name: 'edgefleet_server_database_errors_total',
+      help: 'Requests failed because the database could not be used, by kind: unavailable (unreachable, out of connections, shutting down, given up), busy (SQLite file held by another writer), disk_full, disk_io',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.#blobStoreErrors = new Counter({
+      name: 'edgefleet_server_blob_store_errors_total',
+      help: 'Requests failed because the blob store could not be used, by kind: unreachable, forbidden, credentials, missing_bucket, disk_full, disk_io',
+      labelNames: ['kind'],
+      registers,
+    });
+  }
+
+  /** Records one answered request; for the app's onResponse hook of `listener`. */
+  observeRequest(listener: Listener, request: FastifyRequest, reply: FastifyReply): void {
+    const status = reply.statusCode;
+    const method = KNOWN_METHODS.has(request.method) ? request.method : 'other';
+    // The pattern (`/api/v1/devices/:name`), never the URL; absent when no route matched (the 404 handler).
+    const route = request.routeOptions.url ?? UNMATCHED_ROUTE;
+    const statusClass = `${Math.min(Math.max(Math.floor(status / 100), 1), 5)}xx`;
+    this.#requests.inc({ listener, method, route, status_class: statusClass });
+    this.#requestDuration.observe({ listener, method, route }, reply.elapsedTime / 1000);
+    const refusal = limitRefusal(status);
+    if (refusal !== undefined) this.#refused.inc({ listener, reason: refusal });
+    if (SEND_HEARTBEAT_URLS.includes(route)) {
+      if (status < 300) this.#heartbeatsIngested.inc();
+      else this.#heartbeatsRefused.inc({ reason: heartbeatRefusal(status) });
+    }
+  }
+
+  /**
+   * A connection over a cap: refused on arrival, or let in by closing an idle one (`idleClosed`), which is no
+   * refusal and is counted apart.
+   */
+  connectionOverCap(listener: Listener, refusal: ConnectionRefusal): void {
+    const cap = refusal.refusedBy === 'total' ? 'total' : 'per_address';
+    if (refusal.idleClosed === true) this.#evicted.inc({ listener, cap });
+    else this.#refused.inc({ listener, reason: `connection_cap_${cap}` });
+  }
+
+  /** A capture file was answered as stored, `bytes` of it new. */
+  captureStored(bytes: number): void {
+    this.#captureFiles.inc();
+    if (bytes > 0) this.#captureBytes.inc(bytes);
+  }
+
+  /** A request failed by an outage of `component` (the HTTP layer's 503), `error` its cause. */
+  outage(component: string, error: unknown): void {
+    const disk = diskFaultComponentOf(error);
+    const diskKind = disk === undefined ? undefined : disk.fault === 'full' ? 'disk_full' : 'disk_io';
+    if (component === 'database')
+      this.#databaseErrors.inc({ kind: diskKind ?? (isSqliteBusy(error) ? 'busy' : 'unavailable') });
+    else if (component === 'blobStore')
+      this.#blobStoreErrors.inc({
+        kind:
+          diskKind ??
+          (error instanceof BlobStoreUnavailableError ? error.problem.replace('-', '_') : 'unreachable'),
+      });
+  }
+}
+
+const isSqliteBusy = (error: unknown) => (error as { code?: unknown } | undefined)?.code === 'SQLITE_BUSY';
