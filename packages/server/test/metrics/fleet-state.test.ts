@@ -1,0 +1,128 @@
+import pino from 'pino';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BlobStoreUnavailableError } from '../../src/blobs/index.js';
+import { OutageLog } from '../../src/http/outage-log.js';
+import { FleetStateReader, registerFleetStateGauges, ServerMetrics } from '../../src/metrics/index.js';
+import { DatabaseUnavailableError, type ServerDatabase } from '../../src/storage/index.js';
+import { databaseEngines, openFreshDatabase } from '../support/engines.js';
+
+const engines = await databaseEngines();
+const MINUTE = 60_000;
+
+/** Three devices: one heard from a second ago, one ten minutes ago, one never. */
+async function seed(database: ServerDatabase, now: number): Promise<void> {
+  await database.db
+    .insertInto('fleets')
+    .values({
+      name: 'plant',
+      description: null,
+      output_s3_location: 's3://captures/edge',
+      output_kms_key_id: null,
+      role_arn: null,
+      tags: '{}',
+      created_at: now,
+      updated_at: now,
+    })
+    .execute();
+  const device = (name: string, lastHeartbeatAt: number | null) => ({
+    name,
+    fleet_name: 'plant',
+    description: null,
+    iot_thing_name: null,
+    tags: '{}',
+    registered_at: now,
+    updated_at: now,
+    agent_version: null,
+    last_heartbeat_at: lastHeartbeatAt,
+    deployment_result: null,
+    deployed_models_not_loaded: null,
+  });
+  await database.db
+    .insertInto('devices')
+    .values([device('cam-1', now - 1000), device('cam-2', now - 10 * MINUTE), device('cam-3', null)])
+    .execute();
+}
+
+describe.each(engines)('the fleet state a scrape reads, on $engine', (fixture) => {
+  const opened: ServerDatabase[] = [];
+  afterAll(async () => {
+    for (const database of opened) await database.close().catch(() => undefined);
+  });
+
+  it.skipIf(!fixture.available)(
+    'counts devices by connection state, once per cache period for any number of concurrent scrapes',
+    async () => {
+      const database = await openFreshDatabase(fixture);
+      opened.push(database);
+      let now = Date.now();
+      await seed(database, now);
+      const reader = new FleetStateReader(database.db, {
+        offlineAfterMs: MINUTE,
+        ttlMs: 5000,
+        now: () => now,
+      });
+      const answers = await Promise.all(Array.from({ length: 20 }, () => reader.read()));
+      expect(reader.evaluations).toBe(1);
+      for (const answer of answers) expect(answer?.devices).toEqual({ online: 1, offline: 1, never_seen: 1 });
+      expect(answers[0]?.packagingJobs).toEqual({ STARTING: 0, INPROGRESS: 0, COMPLETED: 0, FAILED: 0 });
+
+      // Within the cache period a new device is not read; after it, it is.
+      await database.db
+        .updateTable('devices')
+        .set({ last_heartbeat_at: now })
+        .where('name', '=', 'cam-3')
+        .execute();
+      now += 4999;
+      expect((await reader.read())?.devices.never_seen).toBe(1);
+      expect(reader.evaluations).toBe(1);
+      now += 1;
+      expect((await reader.read())?.devices).toEqual({ online: 2, offline: 1, never_seen: 0 });
+      expect(reader.evaluations).toBe(2);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'reports a database that cannot answer as not usable, leaving out the counts it could not read',
+    async () => {
+      const database = await openFreshDatabase(fixture);
+      opened.push(database);
+      const metrics = new ServerMetrics({ defaultMetrics: false });
+      registerFleetStateGauges(
+        metrics.registry,
+        new FleetStateReader(database.db, { offlineAfterMs: MINUTE, ttlMs: 0 }),
+      );
+      const usable = await metrics.registry.metrics();
+      expect(usable).toMatch(/^edgefleet_server_database_usable 1$/m);
+      expect(usable).toMatch(/^edgefleet_server_devices\{state="never_seen"\} 0$/m);
+
+      await database.close();
+      const unusable = await metrics.registry.metrics();
+      expect(unusable).toMatch(/^edgefleet_server_database_usable 0$/m);
+      expect(unusable).not.toMatch(/^edgefleet_server_devices\{/m);
+    },
+  );
+});
+
+describe('outages by kind', () => {
+  it('counts what OutageLog hears, database and blob store apart', async () => {
+    const metrics = new ServerMetrics({ defaultMetrics: false });
+    const log = new OutageLog({ onOutage: (component, error) => metrics.outage(component, error) });
+    const logger = pino({ level: 'silent' });
+    const full = Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    log.log(logger, 'database', new DatabaseUnavailableError('sqlite:x', new Error('gone')), 'down');
+    log.log(logger, 'database', Object.assign(new Error('busy'), { code: 'SQLITE_BUSY' }), 'busy');
+    log.log(logger, 'database', full, 'full');
+    log.log(logger, 'database', full, 'full');
+    log.log(
+      logger,
+      'blobStore',
+      new BlobStoreUnavailableError('s3://b', 'http://s3', 'missing-bucket', 'no bucket'),
+      'gone',
+    );
+    const text = await metrics.registry.metrics();
+    expect(text).toMatch(/^edgefleet_server_database_errors_total\{kind="unavailable"\} 1$/m);
+    expect(text).toMatch(/^edgefleet_server_database_errors_total\{kind="busy"\} 1$/m);
+    expect(text).toMatch(/^edgefleet_server_database_errors_total\{kind="disk_full"\} 2$/m);
+    expect(text).toMatch(/^edgefleet_server_blob_store_errors_total\{kind="missing_bucket"\} 1$/m);
+  });
+});

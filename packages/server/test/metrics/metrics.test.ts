@@ -1,0 +1,197 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deviceCall } from '../support/device.js';
+import { databaseEngines } from '../support/engines.js';
+import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+
+/** One sample of the Prometheus text format: its name, labels and value. */
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+const SAMPLE_LINE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/;
+const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+
+/** Parses the text format (0.0.4), failing on any line that is neither a comment nor a sample. */
+function parseExposition(text: string): Sample[] {
+  const samples: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const match = SAMPLE_LINE.exec(line);
+    if (match === null) throw new Error(`not a sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const [, name, value] of (match[2] ?? '').matchAll(LABEL)) labels[name!] = value!;
+    // Prometheus reads NaN in any case (prom-client writes `Nan`), and ±Inf.
+    const value = /^nan$/i.test(match[3]!) ? NaN : Number(match[3]);
+    if (Number.isNaN(value) && !/^nan$/i.test(match[3]!)) throw new Error(`not a value: ${line}`);
+    samples.push({ name: match[1]!, labels, value });
+  }
+  return samples;
+}
+
+/** The value of the one sample of `name` whose labels include `labels`; 0 when there is none (a counter not yet moved). */
+function valueOf(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
+  const found = samples.filter(
+    (s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+  );
+  if (found.length > 1) throw new Error(`${found.length} samples of ${name} match ${JSON.stringify(labels)}`);
+  return found[0]?.value ?? 0;
+}
+
+const HOUR = 'mlp/2026/12/06/05';
+
+describe.each(engines)('GET /metrics on $engine', (fixture) => {
+  let t: TestServer;
+  let cam1: EnrolledDevice;
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    t = await startTestServer({ database: await fixture.createLocation() });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'plant', outputConfig: { s3OutputLocation: 's3://captures/edge' } },
+    });
+    await t.call('POST', '/api/v1/fleets/plant/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'cam-1' }, { name: 'cam-2' }, { name: 'cam-3' }] },
+    });
+    cam1 = await enrollDevice(t, 'cam-1');
+  });
+  afterAll(() => t?.stop());
+
+  const scrape = async (): Promise<Sample[]> => {
+    const answer = await fetch(`${t.url}/metrics`, { headers: { authorization: `Bearer ${t.readToken}` } });
+    expect(answer.status).toBe(200);
+    expect(answer.headers.get('content-type')).toBe('text/plain; version=0.0.4; charset=utf-8');
+    return parseExposition(await answer.text());
+  };
+  const heartbeat = (body: Record<string, unknown>) =>
+    deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/heartbeat', { body });
+
+  it.skipIf(!fixture.available)('needs an operator API token', async () => {
+    const none = await t.call('GET', '/metrics');
+    expect(none.status).toBe(401);
+    expect(none.body.code).toBe('Unauthenticated');
+    const unknown = await t.call('GET', '/metrics', { token: 'efo_not-a-token' });
+    expect(unknown.status).toBe(401);
+  });
+
+  it.skipIf(!fixture.available)(
+    "is not served to a device's certificate: the device port has no such route, token or not",
+    async () => {
+      const withCertificate = await deviceCall(t.server.deviceUrl, cam1.tls, 'GET', '/metrics');
+      expect(withCertificate.status).toBe(404);
+      const withToken = await deviceCall(t.server.deviceUrl, cam1.tls, 'GET', '/metrics', {
+        headers: { authorization: `Bearer ${t.readToken}` },
+      });
+      expect(withToken.status).toBe(404);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    "shows the fleet's state and process metrics to a read-only token",
+    async () => {
+      expect(
+        (await heartbeat({ DeviceName: 'cam-1', DeviceFleetName: 'plant', AgentVersion: '1.0.0' })).status,
+      ).toBe(200);
+      const samples = await scrape();
+      expect(valueOf(samples, 'edgefleet_server_database_usable')).toBe(1);
+      expect(valueOf(samples, 'edgefleet_server_devices', { state: 'online' })).toBe(1);
+      expect(valueOf(samples, 'edgefleet_server_devices', { state: 'never_seen' })).toBe(2);
+      expect(samples).toContainEqual({
+        name: 'edgefleet_server_devices',
+        labels: { state: 'offline' },
+        value: 0,
+      });
+      expect(valueOf(samples, 'edgefleet_server_packaging_jobs', { status: 'STARTING' })).toBe(0);
+      expect(samples.filter((s) => s.name === 'edgefleet_server_deployment_stages')).toHaveLength(7);
+      // prom-client's process metrics, on this server's own registry.
+      expect(samples.some((s) => s.name === 'process_cpu_user_seconds_total')).toBe(true);
+      expect(samples.some((s) => s.name === 'nodejs_heap_size_used_bytes')).toBe(true);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'counts requests by route pattern, refusals, heartbeats and capture bytes, naming no device',
+    async () => {
+      const before = await scrape();
+      expect(
+        (await heartbeat({ DeviceName: 'cam-1', DeviceFleetName: 'plant', AgentVersion: '1.0.0' })).status,
+      ).toBe(200);
+      // Another device's name: refused as unauthenticated; a body without the fields: invalid.
+      expect(
+        (await heartbeat({ DeviceName: 'cam-2', DeviceFleetName: 'plant', AgentVersion: '1.0.0' })).status,
+      ).toBe(403);
+      expect((await heartbeat({ DeviceName: 'cam-1' })).status).toBe(400);
+      expect((await t.call('GET', '/api/v1/devices/cam-2', { token: t.readToken })).status).toBe(200);
+      expect((await t.call('GET', '/no/such/cam-3', { token: t.readToken })).status).toBe(404);
+      // Over the operator port's body limit (1 MiB): refused unread.
+      const tooLarge = await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: 'x', description: 'x'.repeat(1_100_000) },
+      });
+      expect(tooLarge.status).toBe(413);
+      const file = Buffer.from(
+        `${JSON.stringify({
+          eventVersion: '0',
+          eventMetadata: { deviceFleetName: 'plant', deviceId: 'cam-1', eventId: 'c-1', modelName: 'mlp' },
+          deviceFleetInputs: [],
+          deviceFleetOutputs: [],
+        })}\n`,
+      );
+      const upload = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
+        body: {
+          key: `edge/plant/${HOUR}/aaaa.jsonl`,
+          contentType: 'application/jsonl',
+          data: file.toString('base64'),
+        },
+      });
+      expect(upload.status).toBe(200);
+
+      const after = await scrape();
+      const moved = (name: string, labels: Record<string, string> = {}) =>
+        valueOf(after, name, labels) - valueOf(before, name, labels);
+      expect(moved('edgefleet_server_heartbeats_ingested_total')).toBe(1);
+      expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'unauthenticated' })).toBe(1);
+      expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'invalid' })).toBe(1);
+      const heartbeats = { listener: 'device', method: 'POST', route: '/api/v1/device/heartbeat' };
+      expect(moved('edgefleet_server_http_requests_total', { ...heartbeats, status_class: '2xx' })).toBe(1);
+      expect(moved('edgefleet_server_http_requests_total', { ...heartbeats, status_class: '4xx' })).toBe(2);
+      expect(moved('edgefleet_server_http_request_duration_seconds_count', heartbeats)).toBe(3);
+      expect(
+        moved('edgefleet_server_http_requests_total', {
+          listener: 'operator',
+          method: 'GET',
+          route: '/api/v1/devices/:device',
+          status_class: '2xx',
+        }),
+      ).toBe(1);
+      expect(
+        moved('edgefleet_server_http_requests_total', {
+          listener: 'operator',
+          route: 'unmatched',
+          status_class: '4xx',
+        }),
+      ).toBe(1);
+      expect(
+        moved('edgefleet_server_requests_refused_total', { listener: 'operator', reason: 'body_too_large' }),
+      ).toBe(1);
+      expect(moved('edgefleet_server_capture_received_bytes_total')).toBe(file.length);
+      expect(moved('edgefleet_server_capture_files_stored_total')).toBe(1);
+      // Low cardinality: no label names a device or a path with ids in it.
+      const labelValues = after.flatMap((s) => Object.values(s.labels));
+      expect(labelValues.filter((v) => /cam-|\/no\/such/.test(v))).toEqual([]);
+    },
+  );
+
+  it.skipIf(!fixture.available)('is in the OpenAPI document, needing a bearer token', async () => {
+    const docs = await t.call('GET', '/api/docs');
+    const operation = docs.body.paths['/metrics'].get;
+    expect(operation.security).toEqual([{ bearerAuth: [] }]);
+    expect(Object.keys(operation.responses['200'].content)).toEqual([
+      'text/plain; version=0.0.4; charset=utf-8',
+    ]);
+  });
+});
