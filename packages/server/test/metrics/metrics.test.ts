@@ -1,4 +1,6 @@
+import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ServerMetrics } from '../../src/metrics/index.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
@@ -193,5 +195,59 @@ describe.each(engines)('GET /metrics on $engine', (fixture) => {
     expect(Object.keys(operation.responses['200'].content)).toEqual([
       'text/plain; version=0.0.4; charset=utf-8',
     ]);
+  });
+});
+
+/** A plain TCP connection from `localAddress` that sends nothing; resolves once connected. */
+function openIdle(url: string, localAddress: string): Promise<Socket> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: hostname, port: Number(port), localAddress });
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+describe('connections over a cap in /metrics', () => {
+  let t: TestServer | undefined;
+  const sockets: Socket[] = [];
+  afterAll(async () => {
+    for (const socket of sockets) socket.destroy();
+    await t?.stop();
+  });
+
+  it('counts an idle connection closed for a newcomer as an eviction, per listener and cap', async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { device: { maxConnectionsPerAddress: 2, maxConnections: 100 } } },
+    });
+    for (let i = 0; i < 3; i++) sockets.push(await openIdle(t.server.deviceUrl, '127.0.0.2'));
+    // The third closes the oldest idle one of its address.
+    await new Promise<void>((resolve) => {
+      if (sockets[0]!.destroyed) resolve();
+      else sockets[0]!.once('close', () => resolve());
+      sockets[0]!.on('error', () => {});
+    });
+    const answer = await t.call('GET', '/metrics', { token: t.readToken });
+    const samples = parseExposition(answer.body as string);
+    expect(
+      valueOf(samples, 'edgefleet_server_connections_evicted_total', {
+        listener: 'device',
+        cap: 'per_address',
+      }),
+    ).toBe(1);
+    expect(valueOf(samples, 'edgefleet_server_requests_refused_total', { listener: 'device' })).toBe(0);
+  });
+
+  it('counts a connection closed on arrival as refused, by cap', async () => {
+    const metrics = new ServerMetrics({ defaultMetrics: false });
+    metrics.connectionOverCap('operator', { refusedBy: 'total', address: '127.0.0.1' });
+    metrics.connectionOverCap('operator', { refusedBy: 'per-address', address: '127.0.0.1' });
+    metrics.connectionOverCap('operator', { refusedBy: 'per-address', idleClosed: true });
+    const samples = parseExposition(await metrics.registry.metrics());
+    for (const reason of ['connection_cap_total', 'connection_cap_per_address'])
+      expect(
+        valueOf(samples, 'edgefleet_server_requests_refused_total', { listener: 'operator', reason }),
+      ).toBe(1);
+    expect(valueOf(samples, 'edgefleet_server_connections_evicted_total', { cap: 'per_address' })).toBe(1);
   });
 });
