@@ -46,19 +46,31 @@ export class FleetStateReader {
   readonly #offlineAfterMs: number;
   readonly #ttlMs: number;
   readonly #now: () => number;
+  readonly #onError: ((error: unknown) => void) | undefined;
   #cached: { at: number; state: FleetState | undefined } | undefined;
   #inFlight: Promise<FleetState | undefined> | undefined;
-  /** Evaluations run (tests: concurrent scrapes share one). */
-  evaluations = 0;
+  #evaluations = 0;
 
+  /** `onError` hears why a read failed (the scrape shows only that the database could not be used). */
   constructor(
     db: Kysely<DatabaseSchema>,
-    options: { offlineAfterMs: number; ttlMs?: number; now?: () => number },
+    options: {
+      offlineAfterMs: number;
+      ttlMs?: number;
+      now?: () => number;
+      onError?: (error: unknown) => void;
+    },
   ) {
     this.#db = db;
     this.#offlineAfterMs = options.offlineAfterMs;
     this.#ttlMs = options.ttlMs ?? DEFAULT_FLEET_STATE_TTL_MS;
     this.#now = options.now ?? Date.now;
+    this.#onError = options.onError;
+  }
+
+  /** Reads of the database run so far (concurrent scrapes share one). */
+  get evaluations(): number {
+    return this.#evaluations;
   }
 
   /** The state, at most ttlMs old; undefined when the database did not answer. */
@@ -74,7 +86,7 @@ export class FleetStateReader {
   }
 
   async #evaluate(): Promise<FleetState | undefined> {
-    this.evaluations++;
+    this.#evaluations++;
     const since = this.#now() - this.#offlineAfterMs;
     try {
       const [devices, stages, jobs] = await Promise.all([
@@ -105,8 +117,8 @@ export class FleetStateReader {
         deploymentStages: countsOf(STAGE_STATUSES, stages),
         packagingJobs: countsOf(PACKAGING_JOB_STATUSES, jobs),
       };
-    } catch {
-      // The database's outage is logged where requests meet it (OutageLog) and by /readyz; here it is a 0.
+    } catch (error) {
+      this.#onError?.(error);
       return undefined;
     }
   }

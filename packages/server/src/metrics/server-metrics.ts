@@ -19,7 +19,8 @@ export const UNMATCHED_ROUTE = 'unmatched';
 
 /** Why a heartbeat was refused, by its answer's status: a handful of values, never the device's name. */
 function heartbeatRefusal(status: number): string {
-  if (status === 401 || status === 403) return 'unauthenticated';
+  if (status === 401) return 'unauthenticated';
+  if (status === 403) return 'forbidden';
   if (status === 400 || status === 404 || status === 409 || status === 415) return 'invalid';
   if (status === 413) return 'too_large';
   if (status === 408) return 'request_timeout';
@@ -92,7 +93,7 @@ export class ServerMetrics {
     });
     this.#heartbeatsRefused = new Counter({
       name: 'edgefleet_server_heartbeats_refused_total',
-      help: 'Heartbeats refused, by reason: unauthenticated, invalid, too_large, request_timeout, limit_exceeded, unavailable (503: the database or blob store), server_error, other',
+      help: 'Heartbeats refused, by reason: unauthenticated (401), forbidden (403: naming another device), invalid, too_large, request_timeout, limit_exceeded, unavailable (503: the database or blob store), server_error, other',
       labelNames: ['reason'],
       registers,
     });

@@ -122,7 +122,7 @@ describe.each(engines)('GET /metrics on $engine', (fixture) => {
       expect(
         (await heartbeat({ DeviceName: 'cam-1', DeviceFleetName: 'plant', AgentVersion: '1.0.0' })).status,
       ).toBe(200);
-      // Another device's name: refused as unauthenticated; a body without the fields: invalid.
+      // Another device's name: forbidden; a body without the fields: invalid.
       expect(
         (await heartbeat({ DeviceName: 'cam-2', DeviceFleetName: 'plant', AgentVersion: '1.0.0' })).status,
       ).toBe(403);
@@ -156,7 +156,7 @@ describe.each(engines)('GET /metrics on $engine', (fixture) => {
       const moved = (name: string, labels: Record<string, string> = {}) =>
         valueOf(after, name, labels) - valueOf(before, name, labels);
       expect(moved('edgefleet_server_heartbeats_ingested_total')).toBe(1);
-      expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'unauthenticated' })).toBe(1);
+      expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'forbidden' })).toBe(1);
       expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'invalid' })).toBe(1);
       const heartbeats = { listener: 'device', method: 'POST', route: '/api/v1/device/heartbeat' };
       expect(moved('edgefleet_server_http_requests_total', { ...heartbeats, status_class: '2xx' })).toBe(1);
