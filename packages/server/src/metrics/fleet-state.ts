@@ -1,5 +1,7 @@
 import { Gauge, type Registry } from 'prom-client';
 import { sql, type Kysely } from 'kysely';
+import type { Logger } from 'pino';
+import { LineLimiter } from '../logging/line-limiter.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** Stage statuses as stored (deployments' StageStatus): the only label values the stage gauge takes. */
@@ -122,6 +124,26 @@ export class FleetStateReader {
       return undefined;
     }
   }
+}
+
+/**
+ * FleetStateReader's `onError` for the server's log: at warn, once a minute at most (a scraper asks every few
+ * seconds for as long as the database is down), with the number of failures left out since.
+ */
+export function readFailureLog(logger: Logger): (error: unknown) => void {
+  const lines = new LineLimiter();
+  return (error) => {
+    const admitted = lines.admit('fleet-state');
+    if (admitted === undefined) return;
+    logger.warn(
+      {
+        err: error,
+        event: 'metrics_read_failed',
+        ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
+      },
+      "GET /metrics could not read the fleet's counts from the database: edgefleet_server_database_usable is 0 and they are left out (logged at most once a minute)",
+    );
+  };
 }
 
 /**

@@ -1,6 +1,7 @@
 export {
   DEFAULT_FLEET_STATE_TTL_MS,
   FleetStateReader,
+  readFailureLog,
   registerFleetStateGauges,
   type FleetState,
 } from './fleet-state.js';

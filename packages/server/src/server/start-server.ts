@@ -60,7 +60,6 @@ import { OutageLog } from '../http/outage-log.js';
 import { checkFreeSpace } from '../http/free-space.js';
 import { RecentDiskFaults } from '../http/recent-disk-faults.js';
 import { loadInstanceId } from './instance-id.js';
-import { LineLimiter } from '../logging/line-limiter.js';
 import { listenerRequestTimeoutMs } from '../http/request-deadline.js';
 import {
   bindDeviceCa,
@@ -75,6 +74,7 @@ import {
 import {
   FleetStateReader,
   metricsRoutes,
+  readFailureLog,
   registerFleetStateGauges,
   ServerMetrics,
 } from '../metrics/index.js';
@@ -782,25 +782,9 @@ export async function startServer(
 
     // One registry for both listeners (GET /metrics on the operator port), handed to what records.
     const metrics = new ServerMetrics();
-    // Once a minute at most: a scraper asks every few seconds for as long as the database is down.
-    const scrapeFailures = new LineLimiter();
     registerFleetStateGauges(
       metrics.registry,
-      new FleetStateReader(database.db, {
-        offlineAfterMs,
-        onError: (error) => {
-          const admitted = scrapeFailures.admit('fleet-state');
-          if (admitted !== undefined)
-            logger.warn(
-              {
-                err: error,
-                event: 'metrics_read_failed',
-                ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
-              },
-              "GET /metrics could not read the fleet's counts from the database: edgefleet_server_database_usable is 0 and they are left out (logged at most once a minute)",
-            );
-        },
-      }),
+      new FleetStateReader(database.db, { offlineAfterMs, onError: readFailureLog(logger) }),
     );
     // One for both listeners and the facade: an outage is logged once a minute, not per listener.
     const outageLog = new OutageLog({

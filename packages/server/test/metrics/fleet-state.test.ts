@@ -2,7 +2,12 @@ import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlobStoreUnavailableError } from '../../src/blobs/index.js';
 import { OutageLog } from '../../src/http/outage-log.js';
-import { FleetStateReader, registerFleetStateGauges, ServerMetrics } from '../../src/metrics/index.js';
+import {
+  FleetStateReader,
+  readFailureLog,
+  registerFleetStateGauges,
+  ServerMetrics,
+} from '../../src/metrics/index.js';
 import { DatabaseUnavailableError, type ServerDatabase } from '../../src/storage/index.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 
@@ -109,6 +114,24 @@ describe.each(engines)('the fleet state a scrape reads, on $engine', (fixture) =
       expect(errors[0]).toBeInstanceOf(Error);
     },
   );
+});
+
+describe("a failed read of the fleet's counts", () => {
+  it('is logged at warn with its cause, once for a run of scrapes', () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino(
+      { level: 'info' },
+      { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
+    );
+    const log = readFailureLog(logger);
+    for (let i = 0; i < 5; i++) log(new Error('connect ECONNREFUSED 10.0.0.5:5432'));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({
+      level: 40,
+      event: 'metrics_read_failed',
+      err: { message: expect.stringMatching(/ECONNREFUSED/) },
+    });
+  });
 });
 
 describe('outages by kind', () => {
