@@ -55,7 +55,8 @@ import {
   HeartbeatService,
   startRetentionSweeper,
 } from '../heartbeats/index.js';
-import { buildApp, type ReadinessCheck } from '../http/app.js';
+import { buildApp } from '../http/app.js';
+import { Readiness } from '../http/readiness.js';
 import { OutageLog } from '../http/outage-log.js';
 import { checkFreeSpace } from '../http/free-space.js';
 import { RecentDiskFaults } from '../http/recent-disk-faults.js';
@@ -837,7 +838,8 @@ export async function startServer(
     const databaseFolder =
       config.databaseLocation.engine === 'sqlite' ? path.dirname(config.databaseLocation.file) : undefined;
     const blobFolder = config.blobLocation.kind === 'local' ? config.blobLocation.root : undefined;
-    const readiness: ReadinessCheck[] = [
+    // One for both listeners: their probes share an evaluation (a flood of probes runs each check once at a time).
+    const readiness = new Readiness([
       {
         name: 'database',
         check: async () => {
@@ -860,7 +862,7 @@ export async function startServer(
           }
         },
       },
-    ];
+    ]);
     let deviceEndpoint = config.deviceEndpoint ?? '';
     const endpoint = () => deviceEndpoint;
 
