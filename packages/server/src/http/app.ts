@@ -138,7 +138,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   // Each failing check's reason as last logged, its numbers left out (a count of seconds or free bytes changes at
   // every probe; the kind of failure does not).
   const failingChecks = new Map<string, string>();
-  const readiness = options.readiness instanceof Readiness ? options.readiness : new Readiness(options.readiness);
+  const readiness =
+    options.readiness instanceof Readiness ? options.readiness : new Readiness(options.readiness);
   defineRoute(app, {
     method: 'GET',
     url: '/readyz',

@@ -43,10 +43,7 @@ export class Readiness {
   /** Each check's run in progress (one that outlived its deadline stays here until it settles). */
   readonly #running = new Map<string, { settled: Promise<unknown>; startedAt: number }>();
 
-  constructor(
-    checks: readonly ReadinessCheck[],
-    options: { timeoutMs?: number; now?: () => number } = {},
-  ) {
+  constructor(checks: readonly ReadinessCheck[], options: { timeoutMs?: number; now?: () => number } = {}) {
     this.#checks = checks;
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_READINESS_CHECK_TIMEOUT_MS;
     this.#now = options.now ?? Date.now;

@@ -308,11 +308,7 @@ export class PackagingWorker {
    * Builds, publishes and completes the job once, in a temporary folder of its own (removed after, failed or
    * not); the error that stopped it, or undefined when the job completed.
    */
-  private async attempt(
-    job: PackagingJobRecord,
-    claim: PackagingClaim,
-    check: ClaimCheck,
-  ): Promise<unknown> {
+  private async attempt(job: PackagingJobRecord, claim: PackagingClaim, check: ClaimCheck): Promise<unknown> {
     const { jobs, blobs } = this.options;
     await mkdir(this.options.workDir, { recursive: true, mode: 0o700 });
     let dir: string | undefined;
@@ -355,10 +351,12 @@ export class PackagingWorker {
     }
     // Recorded, the failure's line is the store's packaging_job_failed fleet event (its reason); the stack
     // only at debug. Not recorded (the claim lost meanwhile, the database down), this is the only line.
-    const recorded = await this.options.jobs.fail(claim, message.slice(0, 4000)).catch((failError: unknown) => {
-      log.warn({ err: failError }, 'could not record the packaging job failure');
-      return false;
-    });
+    const recorded = await this.options.jobs
+      .fail(claim, message.slice(0, 4000))
+      .catch((failError: unknown) => {
+        log.warn({ err: failError }, 'could not record the packaging job failure');
+        return false;
+      });
     if (recorded) log.debug({ err: error, packagingJob: job.name }, 'packaging job failed');
     else
       log.warn(

@@ -403,7 +403,8 @@ class SqliteDriverKeepingCause extends SqliteDriver {
           if (this.sqlite.inTransaction) this.#transactionWrote ||= changed;
           else {
             // A ROLLBACK ends the transaction too, having written nothing.
-            if ((changed || this.#transactionWrote) && query.sql !== 'rollback') this.listeners.onWriteCommitted();
+            if ((changed || this.#transactionWrote) && query.sql !== 'rollback')
+              this.listeners.onWriteCommitted();
             this.#transactionWrote = false;
           }
         }

@@ -73,7 +73,9 @@ describe('a readiness check that does not answer', () => {
   it('fails the probe, naming the check as not answering, and is not started again until it answers', async () => {
     const statfs = gatedCheck('blobStore');
     const app = await buildApp(
-      appOptions(new Readiness([statfs.check, { name: 'database', check: async () => {} }], { timeoutMs: 20 })),
+      appOptions(
+        new Readiness([statfs.check, { name: 'database', check: async () => {} }], { timeoutMs: 20 }),
+      ),
     );
     try {
       for (let probe = 0; probe < 3; probe++) {

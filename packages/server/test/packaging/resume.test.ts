@@ -298,7 +298,10 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
           logger: t.server.logger,
           // A real ENOSPC from the kernel (/dev/full) until space is "freed", then a real file.
           afterPackaged: async (_job, archive) =>
-            writeFile(full ? '/dev/full' : path.join(work, `${fixture.engine}-space-copy`), await readFile(archive)),
+            writeFile(
+              full ? '/dev/full' : path.join(work, `${fixture.engine}-space-copy`),
+              await readFile(archive),
+            ),
           // The job as an operator sees it during the wait; then the operator frees space.
           waitForSpace: async (ms) => {
             waits.push(ms);

@@ -38,7 +38,9 @@ async function damageTokenPages(file: string): Promise<void> {
   try {
     pageSize = other.pragma('page_size', { simple: true }) as number;
     pages = (
-      other.prepare(`select rootpage from sqlite_master where tbl_name = 'api_tokens' and rootpage > 0`).all() as {
+      other
+        .prepare(`select rootpage from sqlite_master where tbl_name = 'api_tokens' and rootpage > 0`)
+        .all() as {
         rootpage: number;
       }[]
     ).map((row) => row.rootpage);
@@ -87,7 +89,11 @@ describe('a SQLite database found damaged while serving', { timeout: 120_000 }, 
         headers: { authorization: `Bearer ${adminToken}` },
       });
       expect(answer.status).toBe(503);
-      const body = (await answer.json()) as { code: string; message: string; details: Record<string, unknown> };
+      const body = (await answer.json()) as {
+        code: string;
+        message: string;
+        details: Record<string, unknown>;
+      };
       expect(body.code).toBe('DependencyUnavailable');
       expect(body.details).toMatchObject({ component: 'database', cause: 'databaseDamaged' });
       expect(body.message).toMatch(/damaged: an operator must restore a backup/);
@@ -97,7 +103,11 @@ describe('a SQLite database found damaged while serving', { timeout: 120_000 }, 
       expect(await exited).toBe(DATABASE_GIVEN_UP_EXIT_CODE);
       const givenUp = server.logs.filter((line) => line.event === 'database_given_up');
       expect(givenUp).toHaveLength(1);
-      expect(givenUp[0]).toMatchObject({ level: 50, reason: 'damaged', exitCode: DATABASE_GIVEN_UP_EXIT_CODE });
+      expect(givenUp[0]).toMatchObject({
+        level: 50,
+        reason: 'damaged',
+        exitCode: DATABASE_GIVEN_UP_EXIT_CODE,
+      });
       expect(String(givenUp[0]!.msg)).toContain(`exiting with code ${DATABASE_GIVEN_UP_EXIT_CODE}`);
       expect(String(givenUp[0]!.msg)).toContain(`the SQLite database ${stateDb} is damaged`);
       expect(String(givenUp[0]!.msg)).toContain('edgefleet-server restore --from <backup file>');
