@@ -230,6 +230,8 @@ export async function openStores(
     onGivenUp?: (givenUp: DatabaseGivenUp) => void;
     /** Hears each write that reached the SQLite file (readiness clears a recent I/O error by it). */
     onWriteCommitted?: () => void;
+    /** Hears each blob stored in a local blob folder (likewise). */
+    onBlobWritten?: () => void;
   } = {},
 ): Promise<{ database: ServerDatabase; blobs: BlobStore }> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
@@ -256,7 +258,11 @@ export async function openStores(
     },
     ...(options.onWriteCommitted !== undefined && { onWriteCommitted: options.onWriteCommitted }),
   });
-  const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
+  const blobs = createBlobStore(
+    config.blobLocation,
+    s3ConnectionOf(config),
+    options.onBlobWritten === undefined ? {} : { onLocalWrite: options.onBlobWritten },
+  );
   try {
     await refuseSilentFreshInstall(config, database);
     let storeUnchecked = false;
@@ -566,7 +572,7 @@ export async function startServer(
       : undefined;
   // SELECT 1 and the blob store's check still pass on a full or failing disk: readiness also asks the file
   // system under the SQLite file and the blob folder for free space, and remembers recent I/O errors (cleared by
-  // the next write that reaches the database file).
+  // the next write that reaches the database file, or the blob folder).
   const diskFaults = new RecentDiskFaults();
   // Set once the server can stop itself; a database given up before (while migrating) fails the start instead.
   let giveUpDatabase: ((givenUp: DatabaseGivenUp) => void) | undefined;
@@ -576,6 +582,7 @@ export async function startServer(
       forceMigrate: options.forceMigrate === true,
       onGivenUp: (givenUp) => giveUpDatabase?.(givenUp),
       onWriteCommitted: () => diskFaults.writeSucceeded('database'),
+      onBlobWritten: () => diskFaults.writeSucceeded('blobStore'),
     });
   } catch (error) {
     databaseLock?.release();
