@@ -610,8 +610,11 @@ export async function startServer(
       })();
       return closing;
     };
+    // Set at the first give-up: a second (damage met by the ROLLBACK that then fails) adds no line.
+    let databaseGivenUp = false;
     giveUpDatabase = (givenUp) => {
-      if (closing !== undefined) return;
+      if (databaseGivenUp || closing !== undefined) return;
+      databaseGivenUp = true;
       shuttingDown = true;
       logger.error(
         {
