@@ -430,7 +430,7 @@ class SqliteDriverKeepingCause extends SqliteDriver {
     if (this.#unusable === undefined) {
       const damage = damagedDatabaseError(
         this.file,
-        `${error instanceof Error ? error.message : String(error)}, found while serving`,
+        `${error instanceof Error ? error.message : String(error)}, found in use after the start check`,
         error,
       );
       this.#unusable = new DatabaseUnavailableError(`sqlite:${this.file}`, damage);
