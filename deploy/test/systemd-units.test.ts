@@ -83,3 +83,15 @@ describe.skipIf(!haveSystemd).each(units)('%s', (unit) => {
     expect(result.output).toMatch(/nonexistent/);
   });
 });
+
+describe('edgefleet-server.service and the exit of a server that gave its database up', () => {
+  it('restarts on that code (Restart=on-failure, the code not in RestartPreventExitStatus)', async () => {
+    const { DATABASE_GIVEN_UP_EXIT_CODE } = await import('../../packages/server/src/server/start-server.js');
+    const settings = serviceSettings(await readFile(path.join(unitsDir, 'edgefleet-server.service'), 'utf8'));
+    expect(settings.get('Restart')).toEqual(['on-failure']);
+    const prevented = (settings.get('RestartPreventExitStatus') ?? []).flatMap((value) => value.split(/\s+/));
+    expect(prevented).toEqual(['2', '4']);
+    expect(prevented).not.toContain(String(DATABASE_GIVEN_UP_EXIT_CODE));
+    expect(DATABASE_GIVEN_UP_EXIT_CODE).not.toBe(0);
+  });
+});

@@ -22,6 +22,7 @@ import {
 import {
   BlobStoreMismatchError,
   createLogger,
+  DATABASE_GIVEN_UP_EXIT_CODE,
   initServer,
   openStores,
   ServersRunningError,
@@ -109,6 +110,8 @@ async function serve(options: CommonOptions): Promise<void> {
     warnings: fileWarning === undefined ? [] : [fileWarning],
     // Logged by the server; 2, which the unit does not restart: the blob setting must be fixed by a person.
     onStoppedForWrongBlobStore: () => process.exit(2),
+    // Logged by the server; a code the unit restarts on: the restart discards what made it give the database up.
+    onStoppedForDatabaseGivenUp: () => process.exit(DATABASE_GIVEN_UP_EXIT_CODE),
     forceMigrate: forceMigrateOf(options),
   });
   // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:

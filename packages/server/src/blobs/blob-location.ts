@@ -31,8 +31,16 @@ export function parseBlobLocation(value: string, baseDir: string): BlobLocation 
 
 export type S3ConnectionOptions = Omit<S3BlobStoreOptions, 'bucket' | 'prefix'>;
 
-export function createBlobStore(location: BlobLocation, s3: S3ConnectionOptions = {}): BlobStore {
+/** `onLocalWrite`: a local folder's blob stored (LocalBlobStore's onWritten); an S3 store's disks are not the server's. */
+export function createBlobStore(
+  location: BlobLocation,
+  s3: S3ConnectionOptions = {},
+  options: { onLocalWrite?: () => void } = {},
+): BlobStore {
   return location.kind === 'local'
-    ? new LocalBlobStore(location.root)
+    ? new LocalBlobStore(
+        location.root,
+        options.onLocalWrite === undefined ? {} : { onWritten: options.onLocalWrite },
+      )
     : new S3BlobStore({ ...s3, bucket: location.bucket, prefix: location.prefix });
 }

@@ -37,7 +37,11 @@ export class LocalBlobStore implements BlobStore {
   /** NAME_MAX of Linux file systems (ext4, xfs, btrfs, tmpfs); keys are ASCII, so characters are bytes. */
   readonly maxKeySegmentLength = 255;
 
-  constructor(private readonly root: string) {
+  constructor(
+    private readonly root: string,
+    /** `onWritten` hears each blob stored (readiness: the folder's disk takes writes again after an I/O error). */
+    private readonly options: { onWritten?: () => void } = {},
+  ) {
     this.root = path.resolve(root);
     this.description = pathToFileURL(this.root).toString();
   }
@@ -82,6 +86,7 @@ export class LocalBlobStore implements BlobStore {
       if (codeOf(error) === 'EISDIR' || codeOf(error) === 'ENOTEMPTY') await this.#checkNoConflict(key);
       throw error;
     }
+    this.options.onWritten?.();
     const { size } = await stat(target);
     return { key, size };
   }

@@ -1,5 +1,5 @@
 import { BlobStoreUnavailableError } from '../blobs/blob-store.js';
-import { DatabaseUnavailableError, diskFaultCodeOf } from '../storage/database.js';
+import { DatabaseUnavailableError, diskFaultCodeOf, isDamagedDatabaseError } from '../storage/database.js';
 import { DomainError } from './domain-error.js';
 
 /** How long a caller waits before trying again after an outage of the database or the blob store. */
@@ -32,7 +32,9 @@ export function diskFaultComponentOf(
  * the component as /readyz does (`database`, `blobStore`), so that an operator knows it is not their request.
  * A full or failing disk is such an outage too (503 rather than WebDAV's 507: every client, the agent's
  * included, already waits Retry-After and tries again on a 503, and the condition passes once space is freed);
- * its answer says so (`details.cause` `diskFull` / `diskError`), as it names no host or path.
+ * its answer says so (`details.cause` `diskFull` / `diskError`), as it names no host or path. So is a SQLite
+ * file found damaged while serving (`databaseDamaged`): the server gives it up and exits to be restarted, and
+ * its start check then refuses the file until a person restores a backup.
  * The cause (hosts, buckets, files) stays in the server's log, as /readyz keeps it. Undefined for any other error.
  */
 export function dependencyUnavailableOf(error: unknown): DomainError | undefined {
@@ -46,18 +48,28 @@ export function dependencyUnavailableOf(error: unknown): DomainError | undefined
         : undefined);
   if (component === undefined) return undefined;
   const what = component === 'database' ? "the server's database" : "the server's blob store";
-  const why =
-    disk === undefined
-      ? ''
+  const damaged = component === 'database' && disk === undefined && isDamagedDatabaseError(error);
+  const cause = damaged
+    ? 'databaseDamaged'
+    : disk === undefined
+      ? undefined
       : disk.fault === 'full'
+        ? 'diskFull'
+        : 'diskError';
+  const why =
+    cause === 'databaseDamaged'
+      ? ' (its file is damaged: an operator must restore a backup)'
+      : cause === 'diskFull'
         ? ": the server's disk is full (an operator must free space)"
-        : ": the server's disk failed a write (an I/O error)";
+        : cause === 'diskError'
+          ? ": the server's disk failed a write (an I/O error)"
+          : '';
   return new DomainError(
     'DependencyUnavailable',
     `${what} cannot be used now${why}; try again later (GET /readyz names the failing dependency, the server's log says why)`,
     {
       component,
-      ...(disk !== undefined && { cause: disk.fault === 'full' ? 'diskFull' : 'diskError' }),
+      ...(cause !== undefined && { cause }),
       retryAfterSeconds: RETRY_AFTER_SECONDS,
     },
   );

@@ -12,19 +12,20 @@ import { installAuth, type Authenticators } from './auth-hooks.js';
 import { answerRouterError, ApiError, installErrorHandlers, MAX_PATH_PARAM_LENGTH } from './errors.js';
 import { redactRequestUrl } from './log-redaction.js';
 import { OutageLog } from './outage-log.js';
+import { Readiness, ReadinessCheckTimeoutError, type ReadinessCheck } from './readiness.js';
 import { installRequestDeadlines } from './request-deadline.js';
 import { defineRoute, installZodCompilers } from './routes.js';
 
-export interface ReadinessCheck {
-  name: string;
-  check(): Promise<void>;
-}
+export type { ReadinessCheck } from './readiness.js';
 
 export interface AppOptions {
   logger: Logger;
   authenticators: Authenticators;
-  /** What `/readyz` verifies; a failing check (or shutting down) answers 503. */
-  readiness: ReadinessCheck[];
+  /**
+   * What `/readyz` verifies; a failing check (or shutting down) answers 503. A Readiness shared by a server's
+   * listeners lets their probes share one evaluation; a list of checks gets this app's own (default deadline).
+   */
+  readiness: Readiness | readonly ReadinessCheck[];
   /** True once the server has begun shutting down: readiness fails so balancers drain it. */
   isShuttingDown: () => boolean;
   /** HTTPS options (certificate, key, and for mTLS: ca, requestCert). Absent: plain HTTP. */
@@ -145,6 +146,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   // Each failing check's reason as last logged, its numbers left out (a count of seconds or free bytes changes at
   // every probe; the kind of failure does not).
   const failingChecks = new Map<string, string>();
+  const readiness =
+    options.readiness instanceof Readiness ? options.readiness : new Readiness(options.readiness);
   defineRoute(app, {
     method: 'GET',
     url: '/readyz',
@@ -156,48 +159,52 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     handler: async ({ request }) => {
       if (options.isShuttingDown()) throw new ApiError(503, 'NotReady', 'the server is shutting down');
       const checks: Record<string, 'ok'> = {};
+      const { passed, failed } = await readiness.evaluate();
+      for (const name of passed) {
+        checks[name] = 'ok';
+        if (failingChecks.delete(name))
+          request.log.info(
+            { event: 'readiness_check_passed', check: name },
+            `readiness check ${name} passes again`,
+          );
+      }
       const failing: string[] = [];
-      await Promise.all(
-        options.readiness.map(async ({ name, check }) => {
-          try {
-            await check();
-            checks[name] = 'ok';
-            if (failingChecks.delete(name))
-              request.log.info(
-                { event: 'readiness_check_passed', check: name },
-                `readiness check ${name} passes again`,
-              );
-          } catch (error) {
-            failing.push(name);
-            // The reason stays in the log: it names internal hosts, paths, buckets and driver errors, and the
-            // probe is public on both ports. Once per change of state or of reason (unreachable, then
-            // credentials refused): a balancer probes every few seconds.
-            const reason = error instanceof Error ? error.message : String(error);
-            const kind = reason.replace(/\d+/g, '#');
-            if (failingChecks.get(name) !== kind)
-              request.log.warn(
-                {
-                  event: 'readiness_check_failed',
-                  check: name,
-                  reason,
-                  // The cause's kind and code (its message is the reason); no stack: a probe's failure is not a bug.
-                  ...(error instanceof Error && {
-                    cause: { type: error.name, code: (error as { code?: unknown }).code },
-                  }),
-                },
-                `readiness check ${name} failed: ${reason} (logged again when it passes or fails for another reason)`,
-              );
-            failingChecks.set(name, kind);
-          }
-        }),
-      );
+      for (const { name, error } of failed) {
+        failing.push(name);
+        // The reason stays in the log: it names internal hosts, paths, buckets and driver errors, and the
+        // probe is public on both ports. Once per change of state or of reason (unreachable, then
+        // credentials refused): a balancer probes every few seconds.
+        const reason = error instanceof Error ? error.message : String(error);
+        const kind = reason.replace(/\d+/g, '#');
+        if (failingChecks.get(name) !== kind)
+          request.log.warn(
+            {
+              event: 'readiness_check_failed',
+              check: name,
+              reason,
+              // The cause's kind and code (its message is the reason); no stack: a probe's failure is not a bug.
+              ...(error instanceof Error && {
+                cause: { type: error.name, code: (error as { code?: unknown }).code },
+              }),
+            },
+            `readiness check ${name} failed: ${reason} (logged again when it passes or fails for another reason)`,
+          );
+        failingChecks.set(name, kind);
+      }
       if (failing.length > 0) {
         failing.sort();
+        // Which checks did not answer in time names no host or path: said in the answer too.
+        const timedOut = failed
+          .filter(({ error }) => error instanceof ReadinessCheckTimeoutError)
+          .map(({ name }) => name)
+          .sort();
         throw new ApiError(
           503,
           'NotReady',
-          `not ready: ${failing.join(', ')} failing; the server log has the reasons`,
-          { failing },
+          `not ready: ${failing.join(', ')} failing` +
+            (timedOut.length > 0 ? ` (${timedOut.join(', ')}: no answer within the check's deadline)` : '') +
+            '; the server log has the reasons',
+          { failing, ...(timedOut.length > 0 && { timedOut }) },
         );
       }
       return { status: 'ready' as const, checks };

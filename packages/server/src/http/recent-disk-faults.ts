@@ -12,7 +12,7 @@ export const DISK_FAULT_READINESS_WINDOW_MS = 30_000;
  * (SELECT 1) may still succeed on a failing disk. A full disk is not noted here: readiness asks the file system
  * for free space (checkFreeSpace), since one write larger than the space left fails on its own while smaller
  * ones still fit. One instance per server, fed by its OutageLog (every listener's and the facade's failed
- * requests).
+ * requests), and told of each write that succeeds after (the SQLite driver's committed writes).
  */
 export class RecentDiskFaults {
   readonly #now: () => number;
@@ -30,6 +30,14 @@ export class RecentDiskFaults {
     if (disk?.fault === 'io') this.#last.set(disk.component, this.#now());
   }
 
+  /**
+   * A write to `component` reached its disk: a failure noted before no longer makes it unready (a transient I/O
+   * error must not keep a server out of its balancer for the whole window once writes succeed again).
+   */
+  writeSucceeded(component: StateComponent): void {
+    this.#last.delete(component);
+  }
+
   /** Throws, saying why, when a write to `component` failed with an I/O error within the window. */
   check(component: StateComponent): void {
     const at = this.#last.get(component);
@@ -41,7 +49,7 @@ export class RecentDiskFaults {
     }
     throw new Error(
       `a write to the ${component} failed ${Math.round(ago / 1000)} s ago: its disk failed it (an I/O error)` +
-        `; ready again ${Math.round(this.#windowMs / 1000)} s after the last such failure`,
+        `; ready again at the next write that succeeds, or ${Math.round(this.#windowMs / 1000)} s after the last such failure`,
     );
   }
 }

@@ -49,7 +49,21 @@ export interface PackagingWorkerOptions {
   leaseMs?: number;
   /** The clock (ms) of the log of repeated poll failures; injected by tests. */
   now?: () => number;
+  /**
+   * The waits before each new attempt of a job that failed on a full disk (ENOSPC, EDQUOT, SQLITE_FULL, 53100);
+   * their count bounds the attempts (default DISK_FULL_RETRY_DELAYS_MS; [] fails the job at once).
+   */
+  diskFullRetryDelaysMs?: readonly number[];
+  /** How a wait for space is waited (timers/promises' setTimeout; aborted when the worker stops). Tests: at once. */
+  waitForSpace?: (ms: number, value: undefined, options: { signal: AbortSignal }) => Promise<unknown>;
 }
+
+/**
+ * The waits before each new attempt of a job whose disk was full: 1, 2, 4, 8 and 16 minutes (about half an hour
+ * in all, for an operator to free space), the job INPROGRESS meanwhile with a status message that says it waits
+ * for space. The worker runs one job at a time: the jobs after it wait too, and would fail alike on a full disk.
+ */
+export const DISK_FULL_RETRY_DELAYS_MS: readonly number[] = [60_000, 120_000, 240_000, 480_000, 960_000];
 
 /**
  * The object key of a job's package: Edge Manager's `<name>-<version>.tar.gz`, under the job's name and the
@@ -240,9 +254,11 @@ export class PackagingWorker {
    * test can play two replicas holding one job.
    */
   async run(job: PackagingJobRecord, claim: PackagingClaim): Promise<void> {
-    const { jobs, blobs } = this.options;
+    const { jobs } = this.options;
     const log = this.options.logger.child({ packagingJob: job.name });
-    const lease = renewLease(() => jobs.touch(claim, 'packaging'), this.options.leaseMs ?? DEFAULT_LEASE_MS);
+    // What each lease renewal writes as the job's status message: it says when the job waits for space.
+    let status = 'packaging';
+    const lease = renewLease(() => jobs.touch(claim, status), this.options.leaseMs ?? DEFAULT_LEASE_MS);
     const check: ClaimCheck = {
       stopIfLost: (step) => {
         if (lease.lost) throw new ClaimLostError(`lost the claim on the job before ${step}`);
@@ -252,45 +268,101 @@ export class PackagingWorker {
         if (!(await jobs.holds(claim))) throw new ClaimLostError(`lost the claim on the job before ${step}`);
       },
     };
+    const delays = this.options.diskFullRetryDelaysMs ?? DISK_FULL_RETRY_DELAYS_MS;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const error = await this.attempt(job, claim, check);
+        if (error === undefined) return;
+        const delay = delays[attempt - 1];
+        if (
+          delay !== undefined &&
+          !this.stopped &&
+          !(error instanceof ClaimLostError) &&
+          diskFaultOf(error) === 'full'
+        ) {
+          const cause = error instanceof Error ? error.message : String(error);
+          status =
+            `waiting for disk space: the server's disk is full (${cause}); packaging again in ` +
+            `${Math.round(delay / 1000)} s (attempt ${attempt + 1} of ${delays.length + 1})`;
+          log.warn({ err: error, attempt, retryInMs: delay }, `packaging job ${job.name}: ${status}`);
+          if (await jobs.touch(claim, status).catch(() => false)) {
+            try {
+              await (this.options.waitForSpace ?? sleep)(delay, undefined, { signal: this.stopping.signal });
+            } catch {
+              // The server is stopping: the job stays INPROGRESS, resumed after the restart as any interrupted job.
+              return;
+            }
+            status = `packaging (attempt ${attempt + 1} of ${delays.length + 1}, after a full disk)`;
+            continue;
+          }
+        }
+        await this.recordFailure(job, claim, error, attempt, log);
+        return;
+      }
+    } finally {
+      lease.stop();
+    }
+  }
+
+  /**
+   * Builds, publishes and completes the job once, in a temporary folder of its own (removed after, failed or
+   * not); the error that stopped it, or undefined when the job completed.
+   */
+  private async attempt(job: PackagingJobRecord, claim: PackagingClaim, check: ClaimCheck): Promise<unknown> {
+    const { jobs, blobs } = this.options;
     await mkdir(this.options.workDir, { recursive: true, mode: 0o700 });
-    const dir = await mkdtemp(path.join(this.options.workDir, `job-${job.name}-`));
+    let dir: string | undefined;
     let stored: string | undefined;
     try {
+      dir = await mkdtemp(path.join(this.options.workDir, `job-${job.name}-`));
       const artifact = await this.build(job, claim, dir, check, (key) => (stored = key));
       // Its line is the store's packaging_job_completed fleet event.
       if (!(await jobs.complete(claim, artifact))) throw new ClaimLostError('lost the claim on the job');
       stored = undefined;
       await this.removeOtherArtifacts(job, artifact.artifactKey);
+      return undefined;
     } catch (error) {
-      const cause = error instanceof Error ? error.message : String(error);
-      // A full disk is the server's fault, not the job's: said so, with what to do (a FAILED job stays so; a
-      // new one is created once there is room).
-      const message =
-        diskFaultOf(error) === 'full'
-          ? `the server's disk is full (${cause}); free space on the file system of the server's data folder (its tmp/ holds each job's work, about 2.3 times the model) or blob store, then create the packaging job again under a new name`
-          : cause;
-      if (error instanceof ClaimLostError) {
-        log.warn(`${message}: another replica resumed it; leaving the job to that replica`);
-      } else {
-        // Recorded, the failure's line is the store's packaging_job_failed fleet event (its reason); the stack
-        // only at debug. Not recorded (the claim lost meanwhile, the database down), this is the only line.
-        const recorded = await jobs.fail(claim, message.slice(0, 4000)).catch((failError: unknown) => {
-          log.warn({ err: failError }, 'could not record the packaging job failure');
-          return false;
-        });
-        if (recorded) log.debug({ err: error }, 'packaging job failed');
-        else
-          log.warn(
-            { err: error },
-            'packaging job failed; not recorded (another replica holds the job, or the database failed)',
-          );
-      }
       // A package stored under this claim is never the job's: remove it.
       if (stored !== undefined) await blobs.delete(stored).catch(() => undefined);
+      return error;
     } finally {
-      lease.stop();
-      await rm(dir, { recursive: true, force: true });
+      if (dir !== undefined) await rm(dir, { recursive: true, force: true });
     }
+  }
+
+  /** Records the job FAILED with `error` (or, the claim lost, leaves it to the replica that resumed it). */
+  private async recordFailure(
+    job: PackagingJobRecord,
+    claim: PackagingClaim,
+    error: unknown,
+    attempts: number,
+    log: Logger,
+  ): Promise<void> {
+    const cause = error instanceof Error ? error.message : String(error);
+    // A full disk is the server's fault, not the job's: said so, with what to do (a FAILED job stays so; a
+    // new one is created once there is room).
+    const message =
+      diskFaultOf(error) === 'full'
+        ? `the server's disk is full (${cause})${attempts > 1 ? `, at each of ${attempts} attempts` : ''}; free space on the file system of the server's data folder (its tmp/ holds each job's work, about 2.3 times the model) or blob store, then create the packaging job again under a new name`
+        : cause;
+    if (error instanceof ClaimLostError) {
+      log.warn(`${message}: another replica resumed it; leaving the job to that replica`);
+      return;
+    }
+    // Recorded, the failure's line is the store's packaging_job_failed fleet event (its reason); the stack
+    // only at debug. Not recorded (the claim lost meanwhile, the database down), this is the only line.
+    const recorded = await this.options.jobs
+      .fail(claim, message.slice(0, 4000))
+      .catch((failError: unknown) => {
+        log.warn({ err: failError }, 'could not record the packaging job failure');
+        return false;
+      });
+    if (recorded) log.debug({ err: error, packagingJob: job.name }, 'packaging job failed');
+    else
+      log.warn(
+        { err: error },
+        'packaging job failed; not recorded (another replica holds the job, or the database failed)',
+      );
   }
 
   /**

@@ -1,10 +1,12 @@
 export { initServer, type InitResult } from './init.js';
 export { createLogger } from './logger.js';
 export {
+  DATABASE_GIVEN_UP_EXIT_CODE,
   openDeviceCa,
   openPackageSigning,
   openStores,
   startServer,
+  type DatabaseGivenUp,
   type ServerHandle,
   type ServerServices,
   type StartServerOptions,

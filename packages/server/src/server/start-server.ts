@@ -55,7 +55,8 @@ import {
   HeartbeatService,
   startRetentionSweeper,
 } from '../heartbeats/index.js';
-import { buildApp, type ReadinessCheck } from '../http/app.js';
+import { buildApp } from '../http/app.js';
+import { Readiness } from '../http/readiness.js';
 import { OutageLog } from '../http/outage-log.js';
 import { checkFreeSpace } from '../http/free-space.js';
 import { RecentDiskFaults } from '../http/recent-disk-faults.js';
@@ -102,6 +103,7 @@ import {
 } from '../sagemaker/index.js';
 import {
   DatabaseInUseError,
+  DatabaseOpenError,
   hasNoSchema,
   lockSqliteDatabase,
   maskUrlCredentials,
@@ -201,6 +203,11 @@ export interface StartServerOptions {
   blobStoreRecheckMs?: number;
   /** serve --force-migrate: migrate although servers ran on the database lately (logged at warn). */
   forceMigrate?: boolean;
+  /**
+   * Called once the server has stopped itself (in-flight requests given GIVEN_UP_DRAIN_MS) because it gave its
+   * database up (DatabaseGivenUp; logged): serve exits DATABASE_GIVEN_UP_EXIT_CODE for its supervisor to restart it.
+   */
+  onStoppedForDatabaseGivenUp?: (givenUp: DatabaseGivenUp) => void;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -223,6 +230,15 @@ export async function openStores(
     forceMigrate?: boolean;
     /** Where that warning goes without a logger (init, token: stderr). */
     warn?: (message: string) => void;
+    /**
+     * Hears the database given up while in use (a transaction left open, a damaged SQLite file): it refuses
+     * every use from then on. Without it, the logger hears it.
+     */
+    onGivenUp?: (givenUp: DatabaseGivenUp) => void;
+    /** Hears each write that reached the SQLite file (readiness clears a recent I/O error by it). */
+    onWriteCommitted?: () => void;
+    /** Hears each blob stored in a local blob folder (likewise). */
+    onBlobWritten?: () => void;
   } = {},
 ): Promise<{ database: ServerDatabase; blobs: BlobStore }> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
@@ -230,19 +246,30 @@ export async function openStores(
     maxConnections: config.databaseMaxConnections,
     onConnectionError: (error) =>
       logger?.warn({ err: error }, 'database connection lost; it will be replaced'),
-    onRollbackFailure: (error, outcome) =>
-      outcome === 'unusable'
-        ? logger?.error(
-            { err: error },
-            'a failed transaction could not be rolled back and is still open: the database refuses every ' +
-              'request (503) and /readyz reports it until the server is restarted',
-          )
-        : logger?.warn(
-            { err: error },
-            'a failed transaction could not be rolled back at first; it has ended, and the error that failed it is the one reported',
-          ),
+    onRollbackFailure: (error, outcome) => {
+      if (outcome === 'ended')
+        logger?.warn(
+          { err: error },
+          'a failed transaction could not be rolled back at first; it has ended, and the error that failed it is the one reported',
+        );
+      else if (options.onGivenUp !== undefined) options.onGivenUp({ reason: 'rollbackFailed', error });
+      else
+        logger?.error(
+          { err: error },
+          'a failed transaction could not be rolled back and is still open: the database refuses every use until the process is restarted',
+        );
+    },
+    onDamaged: (error) => {
+      if (options.onGivenUp !== undefined) options.onGivenUp({ reason: 'damaged', error });
+      else logger?.error({ err: error }, error.message);
+    },
+    ...(options.onWriteCommitted !== undefined && { onWriteCommitted: options.onWriteCommitted }),
   });
-  const blobs = createBlobStore(config.blobLocation, s3ConnectionOf(config));
+  const blobs = createBlobStore(
+    config.blobLocation,
+    s3ConnectionOf(config),
+    options.onBlobWritten === undefined ? {} : { onLocalWrite: options.onBlobWritten },
+  );
   try {
     await refuseSilentFreshInstall(config, database);
     let storeUnchecked = false;
@@ -296,6 +323,8 @@ export async function openStores(
     )
       throw error;
     // Damage quick_check missed at open (it skips index-to-table checks): still a person's to fix, exit 2.
+    const found = damageFoundByDriver(error);
+    if (found !== undefined) throw found;
     if (config.databaseLocation.engine === 'sqlite' && isDamagedDatabaseError(error))
       throw damagedDatabaseError(
         config.databaseLocation.file,
@@ -309,6 +338,35 @@ export async function openStores(
     );
   }
   return { database, blobs };
+}
+
+/** Why a database in use was given up (openStores' onGivenUp). */
+export interface DatabaseGivenUp {
+  /** 'rollbackFailed': a transaction stays open on the one SQLite connection; 'damaged': SQLITE_CORRUPT/NOTADB. */
+  reason: 'rollbackFailed' | 'damaged';
+  error: unknown;
+}
+
+/**
+ * The exit code of a `serve` that gave its database up (DatabaseGivenUp): not 2 or 4, so the systemd unit (and
+ * any supervisor restarting on failure) restarts it. A restart discards a transaction left open; a damaged file
+ * is then refused by the start check (exit 2, not restarted) where that check reads it (up to 1 GiB).
+ */
+export const DATABASE_GIVEN_UP_EXIT_CODE = 3;
+
+/**
+ * How long a server that gave its database up waits for the requests in flight (they fail fast: the database
+ * refuses every use) before it exits anyway: a slow upload must not keep a broken server from its restart.
+ */
+const GIVEN_UP_DRAIN_MS = 5_000;
+
+/** The damage the SQLite driver found (the DatabaseOpenError it wraps in DatabaseUnavailableError), if any. */
+function damageFoundByDriver(error: unknown): DatabaseOpenError | undefined {
+  for (let cause = error, depth = 0; cause !== undefined && cause !== null && depth < 5; depth++) {
+    if (cause instanceof DatabaseOpenError) return cause;
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return undefined;
 }
 
 /**
@@ -519,9 +577,20 @@ export async function startServer(
     config.databaseLocation.engine === 'sqlite'
       ? lockSqliteDatabase(config.databaseLocation.file)
       : undefined;
+  // SELECT 1 and the blob store's check still pass on a full or failing disk: readiness also asks the file
+  // system under the SQLite file and the blob folder for free space, and remembers recent I/O errors (cleared by
+  // the next write that reaches the database file, or the blob folder).
+  const diskFaults = new RecentDiskFaults();
+  // Set once the server can stop itself; a database given up before (while migrating) fails the start instead.
+  let giveUpDatabase: ((givenUp: DatabaseGivenUp) => void) | undefined;
   let stores: Awaited<ReturnType<typeof openStores>>;
   try {
-    stores = await openStores(config, logger, { forceMigrate: options.forceMigrate === true });
+    stores = await openStores(config, logger, {
+      forceMigrate: options.forceMigrate === true,
+      onGivenUp: (givenUp) => giveUpDatabase?.(givenUp),
+      onWriteCommitted: () => diskFaults.writeSucceeded('database'),
+      onBlobWritten: () => diskFaults.writeSucceeded('blobStore'),
+    });
   } catch (error) {
     databaseLock?.release();
     throw error;
@@ -547,6 +616,42 @@ export async function startServer(
         logger.info('edgefleet-server stopped');
       })();
       return closing;
+    };
+    // Set at the first give-up: a second (damage met by the ROLLBACK that then fails) adds no line.
+    let databaseGivenUp = false;
+    giveUpDatabase = (givenUp) => {
+      if (databaseGivenUp || closing !== undefined) return;
+      databaseGivenUp = true;
+      shuttingDown = true;
+      logger.error(
+        {
+          event: 'database_given_up',
+          reason: givenUp.reason,
+          database: database.description,
+          exitCode: DATABASE_GIVEN_UP_EXIT_CODE,
+          err: givenUp.error,
+        },
+        givenUpMessage(givenUp, database.description),
+      );
+      // Not from inside the failing statement: its request is one of those closing waits for.
+      setImmediate(() => {
+        let drained: NodeJS.Timeout | undefined;
+        void Promise.race([
+          close().catch((error: unknown) => logger.error({ err: error }, 'shutdown failed')),
+          new Promise<void>((resolve) => {
+            drained = setTimeout(() => {
+              logger.warn(
+                { waitedMs: GIVEN_UP_DRAIN_MS },
+                'requests still in flight after the drain; exiting without them',
+              );
+              resolve();
+            }, GIVEN_UP_DRAIN_MS);
+          }),
+        ]).then(() => {
+          clearTimeout(drained);
+          options.onStoppedForDatabaseGivenUp?.(givenUp);
+        });
+      });
     };
     let stoppingForWrongStore = false;
     const stopForWrongStore = (error: BlobStoreMismatchError) => {
@@ -746,14 +851,12 @@ export async function startServer(
       }),
       deployments,
     };
-    // SELECT 1 and the blob store's check still pass on a full or failing disk: readiness also asks the file
-    // system under the SQLite file and the blob folder for free space, and remembers recent I/O errors.
-    const diskFaults = new RecentDiskFaults();
     const minFreeBytes = config.storage.minFreeBytes;
     const databaseFolder =
       config.databaseLocation.engine === 'sqlite' ? path.dirname(config.databaseLocation.file) : undefined;
     const blobFolder = config.blobLocation.kind === 'local' ? config.blobLocation.root : undefined;
-    const readiness: ReadinessCheck[] = [
+    // One for both listeners: their probes share an evaluation (a flood of probes runs each check once at a time).
+    const readiness = new Readiness([
       {
         name: 'database',
         check: async () => {
@@ -776,7 +879,7 @@ export async function startServer(
           }
         },
       },
-    ];
+    ]);
     let deviceEndpoint = config.deviceEndpoint ?? '';
     const endpoint = () => deviceEndpoint;
 
@@ -1079,6 +1182,21 @@ export async function startServer(
     await releaseAll();
     throw error;
   }
+}
+
+/** The one line a server that gave its database up logs: what happened, what follows, what to check. */
+function givenUpMessage({ reason, error }: DatabaseGivenUp, database: string): string {
+  const exiting = `stopping: the database ${database} was given up; exiting with code ${DATABASE_GIVEN_UP_EXIT_CODE} for the supervisor (systemd Restart=on-failure) to restart the server`;
+  if (reason === 'damaged')
+    return (
+      `${exiting}. ${error instanceof Error ? error.message : String(error)}. The restarted server's start check ` +
+      'refuses a damaged file up to 1 GiB (exit 2, not restarted); a larger one is not read whole at start'
+    );
+  return (
+    `${exiting}, which discards the transaction left open: a failed transaction could not be rolled back and ` +
+    'was still open on the one SQLite connection, so every later write would have been lost. If it recurs, ' +
+    'check the disk under the database (dmesg, free space) and the lines logged before this one'
+  );
 }
 
 /** The name devices are handed when no deviceEndpoint is set: the first that is not a wildcard (loadConfig

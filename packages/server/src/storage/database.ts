@@ -8,7 +8,9 @@ import {
   SqliteDialect,
   SqliteDriver,
   sql,
+  type CompiledQuery,
   type DatabaseConnection,
+  type QueryResult,
   type Driver,
   type PostgresPool,
   type PostgresPoolClient,
@@ -343,19 +345,30 @@ function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqliteDataba
  *
  * A ROLLBACK that fails while the transaction is still open is tried once more. If the transaction is still
  * open after that, the one connection would stay inside it: every later write would join a transaction that is
- * never committed (lost at restart, readable meanwhile, so nothing would look wrong). The driver then refuses
- * every later use (DatabaseUnavailableError: 503 for requests, /readyz not ready) until the server restarts,
- * which discards the open transaction. The original error still propagates; `onRollbackFailure` hears each
- * failed ROLLBACK and whether the connection was given up.
+ * never committed (lost at restart, readable meanwhile, so nothing would look wrong). The driver then gives the
+ * database up: it refuses every later use (DatabaseUnavailableError: 503 for requests, /readyz not ready); a
+ * server exits so that its supervisor restarts it, which discards the open transaction. The original error
+ * still propagates; `onRollbackFailure` hears each failed ROLLBACK and whether the connection was given up.
+ *
+ * A statement SQLite answers with SQLITE_CORRUPT or SQLITE_NOTADB (damage the start check did not see: it
+ * happened since, or the file is too large to check at start) gives the database up too: writing on into a
+ * damaged file may spread the damage. That statement and every later use throw DatabaseUnavailableError
+ * whose cause is damagedDatabaseError (the file, and how to restore it); `onDamaged` hears it once.
+ *
+ * `onWriteCommitted` hears each write that reached the file: a committed transaction that changed rows, or a
+ * statement outside a transaction that did (readiness: the disk takes writes again after an I/O error).
  */
 class SqliteDriverKeepingCause extends SqliteDriver {
   #unusable: DatabaseUnavailableError | undefined;
+  #connection: DatabaseConnection | undefined;
+  /** Rows changed inside the open transaction: its COMMIT is a write that reached the file. */
+  #transactionWrote = false;
 
   constructor(
     config: ConstructorParameters<typeof SqliteDriver>[0],
     private readonly sqlite: SqliteDatabase.Database,
-    private readonly description: string,
-    private readonly onRollbackFailure: RollbackFailureListener | undefined,
+    private readonly file: string,
+    private readonly listeners: SqliteListeners,
   ) {
     super(config);
   }
@@ -369,7 +382,61 @@ class SqliteDriverKeepingCause extends SqliteDriver {
       await super.releaseConnection();
       throw this.#unusable;
     }
-    return connection;
+    // SQLite has one connection: one wrapper, made once.
+    this.#connection ??= this.#watched(connection);
+    return this.#connection;
+  }
+
+  /** `connection`, its damage errors giving the database up, its writes heard (see the class comment). */
+  #watched(connection: DatabaseConnection): DatabaseConnection {
+    return {
+      executeQuery: async <R>(query: CompiledQuery): Promise<QueryResult<R>> => {
+        let result: QueryResult<R>;
+        try {
+          result = await connection.executeQuery<R>(query);
+        } catch (error) {
+          throw this.#damaged(error) ?? error;
+        }
+        // Only a write statement has numAffectedRows (kysely's SqliteConnection: stmt.run, not stmt.all).
+        if (result.numAffectedRows !== undefined && this.listeners.onWriteCommitted !== undefined) {
+          const changed = result.numAffectedRows > 0n;
+          if (this.sqlite.inTransaction) this.#transactionWrote ||= changed;
+          else {
+            // A ROLLBACK ends the transaction too, having written nothing.
+            if ((changed || this.#transactionWrote) && query.sql !== 'rollback')
+              this.listeners.onWriteCommitted();
+            this.#transactionWrote = false;
+          }
+        }
+        return result;
+      },
+      streamQuery: <R>(query: CompiledQuery, chunkSize?: number): AsyncIterableIterator<QueryResult<R>> => {
+        const rows = connection.streamQuery<R>(query, chunkSize);
+        const damaged = (error: unknown) => this.#damaged(error) ?? error;
+        return (async function* () {
+          try {
+            yield* rows;
+          } catch (error) {
+            throw damaged(error);
+          }
+        })();
+      },
+    };
+  }
+
+  /** The error to throw for `error` when it says the file is damaged (the database then given up); else undefined. */
+  #damaged(error: unknown): DatabaseUnavailableError | undefined {
+    if (!isDamagedDatabaseError(error)) return undefined;
+    if (this.#unusable === undefined) {
+      const damage = damagedDatabaseError(
+        this.file,
+        `${error instanceof Error ? error.message : String(error)}, found in use after the start check`,
+        error,
+      );
+      this.#unusable = new DatabaseUnavailableError(`sqlite:${this.file}`, damage);
+      this.listeners.onDamaged?.(damage);
+    }
+    return this.#unusable;
   }
 
   override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
@@ -379,27 +446,27 @@ class SqliteDriverKeepingCause extends SqliteDriver {
       return;
     } catch (error) {
       if (!this.sqlite.inTransaction) {
-        this.onRollbackFailure?.(error, 'ended');
+        this.listeners.onRollbackFailure?.(error, 'ended');
         return;
       }
       try {
         await super.rollbackTransaction(connection);
-        this.onRollbackFailure?.(error, 'ended');
+        this.listeners.onRollbackFailure?.(error, 'ended');
         return;
       } catch (again) {
         if (!this.sqlite.inTransaction) {
-          this.onRollbackFailure?.(again, 'ended');
+          this.listeners.onRollbackFailure?.(again, 'ended');
           return;
         }
-        this.#unusable = new DatabaseUnavailableError(
-          this.description,
+        this.#unusable ??= new DatabaseUnavailableError(
+          `sqlite:${this.file}`,
           new Error(
             'a transaction could not be rolled back and is still open on the one SQLite connection; ' +
               'the server refuses to write into it (its writes would be lost): restart the server',
             { cause: again },
           ),
         );
-        this.onRollbackFailure?.(again, 'unusable');
+        this.listeners.onRollbackFailure?.(again, 'unusable');
       }
     }
   }
@@ -411,23 +478,25 @@ class SqliteDriverKeepingCause extends SqliteDriver {
  */
 export type RollbackFailureListener = (error: unknown, outcome: 'ended' | 'unusable') => void;
 
+/** What the SQLite driver tells its opener (OpenDatabaseOptions). */
+interface SqliteListeners {
+  onRollbackFailure?: RollbackFailureListener | undefined;
+  onDamaged?: ((error: DatabaseOpenError) => void) | undefined;
+  onWriteCommitted?: (() => void) | undefined;
+}
+
 class SqliteDialectKeepingCause extends SqliteDialect {
   constructor(
     private readonly driverConfig: ConstructorParameters<typeof SqliteDialect>[0],
     private readonly sqlite: SqliteDatabase.Database,
-    private readonly description: string,
-    private readonly onRollbackFailure: RollbackFailureListener | undefined,
+    private readonly file: string,
+    private readonly listeners: SqliteListeners,
   ) {
     super(driverConfig);
   }
 
   override createDriver(): Driver {
-    return new SqliteDriverKeepingCause(
-      this.driverConfig,
-      this.sqlite,
-      this.description,
-      this.onRollbackFailure,
-    );
+    return new SqliteDriverKeepingCause(this.driverConfig, this.sqlite, this.file, this.listeners);
   }
 }
 
@@ -499,6 +568,16 @@ export interface OpenDatabaseOptions {
    * (SqliteDriverKeepingCause).
    */
   onRollbackFailure?: RollbackFailureListener;
+  /**
+   * SQLite: hears, once, that a statement found the file damaged (SQLITE_CORRUPT, SQLITE_NOTADB) after the start
+   * check; the database then refuses every use (DatabaseUnavailableError whose cause is `error`).
+   */
+  onDamaged?: (error: DatabaseOpenError) => void;
+  /**
+   * SQLite: hears each write that reached the file (a committed transaction or a statement outside one that
+   * changed rows). PostgreSQL: never called (its disk is its server's).
+   */
+  onWriteCommitted?: () => void;
 }
 
 /** SQLite file modes: the database holds token hashes, CSRF tokens and sealed secrets, wherever it lies. */
@@ -560,8 +639,12 @@ export async function openDatabase(
       dialect: new SqliteDialectKeepingCause(
         { database: withStatementCache(sqlite) },
         sqlite,
-        `sqlite:${location.file}`,
-        options.onRollbackFailure,
+        location.file,
+        {
+          onRollbackFailure: options.onRollbackFailure,
+          onDamaged: options.onDamaged,
+          onWriteCommitted: options.onWriteCommitted,
+        },
       ),
     });
     return {

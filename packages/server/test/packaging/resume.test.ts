@@ -257,6 +257,8 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
           logger: t.server.logger,
           // A real ENOSPC from the kernel: /dev/full takes no byte, as a full file system.
           afterPackaged: async (_job, archive) => writeFile('/dev/full', await readFile(archive)),
+          // No new attempt (those: the tests below).
+          diskFullRetryDelaysMs: [],
         });
         await worker.drain();
         await worker.stop();
@@ -264,6 +266,102 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         expect(job.body).toMatchObject({ status: 'FAILED' });
         expect(job.body.statusMessage).toMatch(
           /^the server's disk is full \(ENOSPC: no space left on device, write\); free space on the file system of the server's data folder .* then create the packaging job again under a new name$/,
+        );
+      } finally {
+        await t.stop();
+      }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'packages a job again once the disk has room, its status saying meanwhile that it waits for space',
+    async () => {
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: { packaging: { pollIntervalMs: 3_600_000 } },
+      });
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-space-model`));
+        const { blobs, services } = t.server;
+        await services.packagingJobs.create({ name: 'job-space', modelName: 'tiny', modelVersion: '1' });
+        let full = true;
+        const seenWhileWaiting: unknown[] = [];
+        const waits: number[] = [];
+        const worker = new PackagingWorker({
+          jobs: services.packagingJobs,
+          models: services.models,
+          blobs,
+          signing: services.signing,
+          workDir: path.join(work, `${fixture.engine}-space`),
+          pollIntervalMs: 3_600_000,
+          leaseMs: LEASE_MS,
+          logger: t.server.logger,
+          // A real ENOSPC from the kernel (/dev/full) until space is "freed", then a real file.
+          afterPackaged: async (_job, archive) =>
+            writeFile(
+              full ? '/dev/full' : path.join(work, `${fixture.engine}-space-copy`),
+              await readFile(archive),
+            ),
+          // The job as an operator sees it during the wait; then the operator frees space.
+          waitForSpace: async (ms) => {
+            waits.push(ms);
+            seenWhileWaiting.push(
+              (await t.call('GET', '/api/v1/packaging-jobs/job-space', { token: t.readToken })).body,
+            );
+            full = false;
+          },
+        });
+        await worker.drain();
+        await worker.stop();
+        expect(waits).toEqual([60_000]);
+        expect(seenWhileWaiting).toEqual([
+          expect.objectContaining({
+            status: 'INPROGRESS',
+            statusMessage: expect.stringMatching(
+              /^waiting for disk space: the server's disk is full \(ENOSPC: no space left on device, write\); packaging again in 60 s \(attempt 2 of 6\)$/,
+            ),
+          }),
+        ]);
+        const job = await t.call('GET', '/api/v1/packaging-jobs/job-space', { token: t.readToken });
+        expect(job.body).toMatchObject({ status: 'COMPLETED' });
+      } finally {
+        await t.stop();
+      }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'fails a job whose disk stays full after its last attempt, saying how many were made',
+    async () => {
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: { packaging: { pollIntervalMs: 3_600_000 } },
+      });
+      try {
+        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-still-full-model`));
+        const { blobs, services } = t.server;
+        await services.packagingJobs.create({ name: 'job-still-full', modelName: 'tiny', modelVersion: '1' });
+        const waits: number[] = [];
+        const worker = new PackagingWorker({
+          jobs: services.packagingJobs,
+          models: services.models,
+          blobs,
+          signing: services.signing,
+          workDir: path.join(work, `${fixture.engine}-still-full`),
+          pollIntervalMs: 3_600_000,
+          leaseMs: LEASE_MS,
+          logger: t.server.logger,
+          afterPackaged: async (_job, archive) => writeFile('/dev/full', await readFile(archive)),
+          diskFullRetryDelaysMs: [1_000, 2_000],
+          waitForSpace: async (ms) => void waits.push(ms),
+        });
+        await worker.drain();
+        await worker.stop();
+        expect(waits).toEqual([1_000, 2_000]);
+        const job = await t.call('GET', '/api/v1/packaging-jobs/job-still-full', { token: t.readToken });
+        expect(job.body).toMatchObject({ status: 'FAILED' });
+        expect(job.body.statusMessage).toMatch(
+          /^the server's disk is full \(ENOSPC: no space left on device, write\), at each of 3 attempts; free space .* then create the packaging job again under a new name$/,
         );
       } finally {
         await t.stop();

@@ -15,6 +15,7 @@ import { sql } from 'kysely';
 import { getTestModel } from '@edgefleet/core';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalBlobStore } from '../../src/blobs/index.js';
 import { RecentDiskFaults } from '../../src/http/recent-disk-faults.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
@@ -206,5 +207,32 @@ describe('readiness after an I/O error of the disk', () => {
     expect(() => faults.check('blobStore')).not.toThrow();
     now += 1;
     expect(() => faults.check('database')).not.toThrow();
+  });
+
+  it('clears a component at its next write that succeeds, the other component left as it was', () => {
+    const faults = new RecentDiskFaults({ now: () => 1_000_000 });
+    faults.record(Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_WRITE' }));
+    faults.record(Object.assign(new Error('i/o error, write'), { code: 'EIO' }));
+    expect(() => faults.check('database')).toThrow(/ready again at the next write that succeeds/);
+    faults.writeSucceeded('database');
+    expect(() => faults.check('database')).not.toThrow();
+    expect(() => faults.check('blobStore')).toThrow(/its disk failed it/);
+    faults.writeSucceeded('blobStore');
+    expect(() => faults.check('blobStore')).not.toThrow();
+  });
+
+  it('hears a blob stored in a local folder, not a put that failed', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-blob-written-'));
+    try {
+      let written = 0;
+      const store = new LocalBlobStore(dir, { onWritten: () => void (written += 1) });
+      await store.put('a/b', Buffer.from('x'));
+      expect(written).toBe(1);
+      // 'a/b' is a blob: 'a/b/c' cannot be stored under it.
+      await expect(store.put('a/b/c', Buffer.from('y'))).rejects.toThrow();
+      expect(written).toBe(1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -139,6 +139,51 @@ describe('a transaction on a full SQLite disk', () => {
   });
 });
 
+describe('writes that reached the SQLite file (onWriteCommitted)', () => {
+  let dir: string;
+  let database: ServerDatabase;
+  let heard = 0;
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-write-committed-'));
+    heard = 0;
+    database = await openDatabase(
+      { engine: 'sqlite', file: path.join(dir, 'state.db') },
+      { onWriteCommitted: () => void (heard += 1) },
+    );
+    await sql`create table t (v text)`.execute(database.db);
+    heard = 0;
+  });
+  afterEach(async () => {
+    await database.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('hears a write outside a transaction and a committed transaction that changed rows, once each', async () => {
+    await sql`insert into t (v) values (${'a'})`.execute(database.db);
+    expect(heard).toBe(1);
+    await database.db.transaction().execute(async (trx) => {
+      await sql`insert into t (v) values (${'b'})`.execute(trx);
+      await sql`insert into t (v) values (${'c'})`.execute(trx);
+      // Not yet: the transaction may still fail at its COMMIT.
+      expect(heard).toBe(1);
+    });
+    expect(heard).toBe(2);
+  });
+
+  it('does not hear reads, writes that changed nothing, or a transaction rolled back', async () => {
+    await sql`select count(*) from t`.execute(database.db);
+    await sql`update t set v = ${'x'} where v = ${'absent'}`.execute(database.db);
+    await database.db
+      .transaction()
+      .execute(async (trx) => {
+        await sql`insert into t (v) values (${'undone'})`.execute(trx);
+        throw new Error('the callback failed');
+      })
+      .catch(() => undefined);
+    expect(heard).toBe(0);
+  });
+});
+
 describe('which disk fault an error is, and whose', () => {
   const coded = (code: string, message = code) => Object.assign(new Error(message), { code });
 
