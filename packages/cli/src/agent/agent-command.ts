@@ -52,7 +52,7 @@ export function parseTimeout(value: string): number {
 const timeoutOption = (defaultSeconds: number) =>
   [
     '--timeout <seconds>',
-    `how long to wait for each answer of the agent (default: ${defaultSeconds})`,
+    'how long to wait for each answer of the agent', // commander adds "(default: N)"
     parseTimeout,
     defaultSeconds,
   ] as const;

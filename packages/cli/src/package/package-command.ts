@@ -211,7 +211,7 @@ export function registerPackageCommands(program: Command, output: () => Output):
       `sign every file of a package folder, writing ${SIGNATURE_FILE} (OpenSSF model signing v1.0)`,
     )
     .argument('<dir>', 'the package folder')
-    .requiredOption('--key <pem>', 'private key (ECDSA P-256 or Ed25519)')
+    .requiredOption('--key <pem>', 'private key (ECDSA P-256, P-384, P-521 or Ed25519)')
     .option('--cert <pem>', 'signing certificate, leaf first then intermediates (certificate method)')
     .action(async (dir: string, raw: { key: string; cert?: string }) => {
       const out = output();

@@ -38,7 +38,10 @@ function describeJob(job: PackagingJob): string {
   ]);
 }
 
-/** Polls until the job is COMPLETED (returned) or FAILED (an error with its message), or `timeoutS` passes. */
+/**
+ * Polls until the job is COMPLETED (returned) or FAILED (an error with its message), or `timeoutS` passes: then
+ * exit 4, as every --wait that runs out while the work goes on (it may still complete).
+ */
 async function waitForJob(
   client: ServerClient,
   name: string,
@@ -54,6 +57,7 @@ async function waitForJob(
     if (Date.now() >= deadline)
       throw new CliError(
         `packaging job ${name} is still ${job.status} after ${timeoutS} s; check later with "${invocation} packaging describe ${name}"`,
+        EXIT.waitRanOut,
       );
     await new Promise((done) => setTimeout(done, POLL_MS));
   }
@@ -72,7 +76,10 @@ export function registerPackagingCommands(program: Command, output: () => Output
       .requiredOption('--model <name>', 'the uploaded model')
       .requiredOption('--version <version>', 'its version')
       .option('--output <s3uri>', 'recorded with the job (SageMaker compatibility)')
-      .option('--wait', 'wait until the job has COMPLETED (exit 1 if it FAILED)')
+      .option(
+        '--wait',
+        'wait until the job has COMPLETED (exit 1 if it FAILED, 4 if --timeout runs out first)',
+      )
       .option(
         '--timeout <seconds>',
         'with --wait: give up after this long',

@@ -1,6 +1,6 @@
 import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 
-/** Key types we sign and verify with. ECDSA P-384/P-521 are verified too (the reference signs with them). */
+/** Key types we sign and verify with (P-384/P-521 because the reference signs with them; `pki init` makes P-256 or Ed25519). */
 export type SigningKeyType = 'ecdsa-p256' | 'ecdsa-p384' | 'ecdsa-p521' | 'ed25519';
 
 const CURVES: Record<string, { type: SigningKeyType; hash: string }> = {
@@ -30,7 +30,7 @@ function digestFor(key: KeyObject): string | null {
 
 function describeUnsupported(key: KeyObject): string {
   const t = signingKeyType(key);
-  return typeof t === 'string' ? t : `${t.unsupported}; expected ECDSA P-256 or Ed25519`;
+  return typeof t === 'string' ? t : `${t.unsupported}; expected ECDSA (P-256, P-384, P-521) or Ed25519`;
 }
 
 /** Parses a PEM private key and checks it is one we can sign with. */

@@ -299,7 +299,7 @@ function verifyCertificateSignature(
   if (typeof keyType !== 'string')
     throw new PackageVerificationError(
       'untrusted-chain',
-      `signing certificate ${leaf.subject} certifies ${keyType.unsupported}; expected ECDSA P-256 or Ed25519`,
+      `signing certificate ${leaf.subject} certifies ${keyType.unsupported}; expected ECDSA (P-256, P-384, P-521) or Ed25519`,
       { path: SIGNATURE_FILE, certificate: leaf.subject },
     );
   return checkSignature(key, pae, signature, () => ({

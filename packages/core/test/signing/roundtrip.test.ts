@@ -267,7 +267,7 @@ describe('loadSigner and loadTrustFolder (files as operators keep them)', () => 
     const dir = await dirs.make();
     await writeTree(dir, { 'a.bin': 'a' });
     await expect(signPackage(dir, { method: 'key', privateKeyPem: rsa as string })).rejects.toThrow(
-      /a rsa key; expected ECDSA P-256 or Ed25519/,
+      /a rsa key; expected ECDSA \(P-256, P-384, P-521\) or Ed25519/,
     );
     const empty = await dirs.make();
     await expect(
