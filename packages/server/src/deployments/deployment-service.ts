@@ -294,6 +294,18 @@ export class DeploymentService implements DevicePackageAccess {
           throw notFound(`fleet ${plan.fleetName}`, { fleet: plan.fleetName });
         throw error;
       }
+      // Model handles are unique within a plan (assertUnique above).
+      await trx
+        .insertInto('deployment_plan_handles')
+        .values(
+          configs.map((c) => ({
+            plan_name: plan.name,
+            fleet_name: plan.fleetName,
+            model_handle: c.modelHandle,
+            created_at: at,
+          })),
+        )
+        .execute();
       await this.assertSelectedDevicesExist(trx, plan.fleetName, plan.stages);
       await this.insertStages(trx, plan.name, plan.stages, 0, at);
       await this.takeHandles(trx, plan.name, plan.fleetName, configs);
