@@ -7,11 +7,13 @@
  * - a plan whose every stage is DEPLOYED also counts for a device no stage targeted, when a stage's rule
  *   covers it (it joined the fleet, or was re-registered, after the rollout: continuous deployment);
  * - per model handle the latest plan (creation order) wins.
+ * Plans are read per model handle, newest first, through deployment_plan_handles, until one applies: a poll
+ * reads the few newest plans that may apply to the device, not the fleet's history of finished plans.
  * Fetching it marks the device's READYTODEPLOY deployments INPROGRESS (taken): a device that never asks
  * stays pending, with its last-seen time, and is never shown as in progress.
  */
 import { packageUrlOf, type EdgeDeployment, type GetDeploymentsResult } from '@edgefleet/core';
-import type { Transaction } from 'kysely';
+import { sql, type Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
 import { laterOf, type DatabaseSchema } from '../storage/index.js';
 import {
@@ -52,133 +54,210 @@ interface StageRow {
   position: number;
 }
 
+/** Candidate plans read per model handle in a first round; a handle left undecided reads more, four times as many. */
+const FIRST_ROUND_PER_HANDLE = 4;
+
+/** A plan that may apply to a device for a model handle: it targeted the device, or it completed. */
+interface Candidate {
+  plan_name: string;
+  model_handle: string;
+}
+
+/**
+ * The plans of the fleet that may apply to the device, newest first per model handle, at most `perHandle` per
+ * handle (the partition's row number): those that targeted it and completed ones (every stage DEPLOYED) that a
+ * newcomer may get. A plan not started, under way, failed or stopped without the device gives it nothing.
+ */
+async function candidatesPerHandle(
+  trx: Transaction<DatabaseSchema>,
+  device: { deviceName: string; fleetName: string },
+  handles: readonly string[] | undefined,
+  perHandle: number,
+): Promise<Candidate[]> {
+  const ranked = trx
+    .selectFrom('deployment_plan_handles as h')
+    .select([
+      'h.plan_name',
+      'h.model_handle',
+      sql<number>`row_number() over (partition by h.model_handle order by h.created_at desc, h.plan_name desc)`.as(
+        'rank',
+      ),
+    ])
+    .where('h.fleet_name', '=', device.fleetName)
+    .$if(handles !== undefined, (q) => q.where('h.model_handle', 'in', handles!))
+    .where((eb) =>
+      eb.or([
+        eb.exists(
+          eb
+            .selectFrom('deployment_targets as t')
+            .select('t.plan_name')
+            .whereRef('t.plan_name', '=', 'h.plan_name')
+            .where('t.device_name', '=', device.deviceName),
+        ),
+        eb.and([
+          eb.exists(
+            eb
+              .selectFrom('deployment_stages as s')
+              .select('s.name')
+              .whereRef('s.plan_name', '=', 'h.plan_name'),
+          ),
+          eb.not(
+            eb.exists(
+              eb
+                .selectFrom('deployment_stages as s')
+                .select('s.name')
+                .whereRef('s.plan_name', '=', 'h.plan_name')
+                .where('s.status', '!=', 'DEPLOYED'),
+            ),
+          ),
+        ]),
+      ]),
+    );
+  return trx
+    .selectFrom(ranked.as('ranked'))
+    .select(['plan_name', 'model_handle'])
+    .where('rank', '<=', perHandle)
+    .orderBy('model_handle')
+    .orderBy('rank')
+    .execute();
+}
+
+/** Whether, and how, a plan applies to the device: undefined when it gives it nothing. */
+function applicabilityOf(
+  plan: { name: string; model_configs: string; options: string },
+  planStages: readonly StageRow[],
+  target: { stage_name: string; status: string } | undefined,
+  coversNewcomer: () => boolean,
+): ApplicablePlan | undefined {
+  const options = planOptionsSchema.parse(JSON.parse(plan.options));
+  const configs = modelConfigSchema.array().parse(JSON.parse(plan.model_configs));
+  if (target !== undefined) {
+    const stage = planStages.find((s) => s.name === target.stage_name);
+    const live =
+      target.status === 'DEPLOYED' ||
+      target.status === 'INPROGRESS' ||
+      (target.status === 'READYTODEPLOY' && stage?.status === 'INPROGRESS');
+    if (stage !== undefined && target.status === 'FAILED' && stage.failure_policy === 'DO_NOTHING') {
+      // DO_NOTHING left the device's good models on their new versions: an earlier plan must not take
+      // them back (anti-rollback would refuse, and fail that plan on the device), so the device keeps them.
+      return { name: plan.name, configs, policy: 'DO_NOTHING', allowDowngrade: false, holdsOnly: true };
+    }
+    if (!live || stage === undefined) return undefined;
+    return {
+      name: plan.name,
+      configs,
+      policy: stage.failure_policy as FailurePolicy,
+      allowDowngrade: options.allowDowngrade,
+    };
+  }
+  const completed = planStages.length > 0 && planStages.every((s) => s.status === 'DEPLOYED');
+  if (!completed || !coversNewcomer()) return undefined;
+  return {
+    name: plan.name,
+    configs,
+    policy: planStages[planStages.length - 1]?.failure_policy as FailurePolicy,
+    allowDowngrade: options.allowDowngrade,
+  };
+}
+
 export async function desiredDeployments(
   trx: Transaction<DatabaseSchema>,
   device: { deviceName: string; fleetName: string },
   now: number,
 ): Promise<GetDeploymentsResult> {
-  // Only plans that can still apply to the device: those that targeted it, and completed ones (every stage
-  // DEPLOYED) that a newcomer may get. A plan not started, under way, failed or stopped without the device
-  // gives it nothing, so a fleet's growing plan history is not read and parsed on every poll.
-  const plans = await trx
-    .selectFrom('deployment_plans')
-    .select(['name', 'model_configs', 'options'])
-    .where('fleet_name', '=', device.fleetName)
-    .where((eb) =>
-      eb.or([
-        eb.exists(
-          eb
-            .selectFrom('deployment_targets')
-            .select('deployment_targets.plan_name')
-            .whereRef('deployment_targets.plan_name', '=', 'deployment_plans.name')
-            .where('deployment_targets.device_name', '=', device.deviceName),
-        ),
-        eb.and([
-          eb.exists(
-            eb
-              .selectFrom('deployment_stages')
-              .select('deployment_stages.name')
-              .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name'),
-          ),
-          eb.not(
-            eb.exists(
-              eb
-                .selectFrom('deployment_stages')
-                .select('deployment_stages.name')
-                .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name')
-                .where('deployment_stages.status', '!=', 'DEPLOYED'),
-            ),
-          ),
-        ]),
-      ]),
-    )
-    .orderBy('created_at')
-    .orderBy('name')
-    .execute();
-  if (plans.length === 0) return { Deployments: [] };
-  const stages: StageRow[] = [];
-  // Plans per IN (…) list: well under both engines' bind-parameter limits.
-  for (let i = 0; i < plans.length; i += 500) {
-    stages.push(
-      ...(await trx
+  // The newest plan that applies to the device wins each model handle, so for each handle the plans naming it
+  // are judged newest first, and older ones are not read once one applies: a fleet's growing history of
+  // finished plans is not read and parsed on every poll. A handle whose newest candidates all give the device
+  // nothing (it failed them, a newer plan's rule does not cover it) reads further back.
+  const judged = new Map<string, ApplicablePlan | undefined>();
+  const createdAt = new Map<string, number>();
+  const winner = new Map<string, string>();
+  let self: Awaited<ReturnType<typeof selectableDevices>>[number] | null | undefined;
+  let undecided: string[] | undefined;
+  for (
+    let perHandle = FIRST_ROUND_PER_HANDLE;
+    undecided === undefined || undecided.length > 0;
+    perHandle *= 4
+  ) {
+    const candidates = await candidatesPerHandle(trx, device, undecided, perHandle);
+    const fresh = [...new Set(candidates.map((c) => c.plan_name))].filter((name) => !judged.has(name));
+    for (let i = 0; i < fresh.length; i += 500) {
+      // Plans per IN (…) list: well under both engines' bind-parameter limits.
+      const names = fresh.slice(i, i + 500);
+      const plans = await trx
+        .selectFrom('deployment_plans')
+        .select(['name', 'model_configs', 'options', 'created_at'])
+        .where('name', 'in', names)
+        .execute();
+      const stages = await trx
         .selectFrom('deployment_stages')
         .select(['plan_name', 'name', 'status', 'selection', 'failure_policy', 'position'])
-        .where(
-          'plan_name',
-          'in',
-          plans.slice(i, i + 500).map((p) => p.name),
-        )
+        .where('plan_name', 'in', names)
         .orderBy('position')
-        .execute()),
-    );
-  }
-  const targets = await trx
-    .selectFrom('deployment_targets')
-    .select(['plan_name', 'stage_name', 'status'])
-    .where('device_name', '=', device.deviceName)
-    .execute();
-  const targetOf = new Map(targets.map((t) => [t.plan_name, t]));
-  const stagesOf = new Map<string, StageRow[]>();
-  for (const stage of stages)
-    stagesOf.set(stage.plan_name, [...(stagesOf.get(stage.plan_name) ?? []), stage]);
-  let self: Awaited<ReturnType<typeof selectableDevices>>[number] | undefined;
-
-  const applicable: ApplicablePlan[] = [];
-  const taken: string[] = [];
-  for (const plan of plans) {
-    const planStages = stagesOf.get(plan.name) ?? [];
-    const options = planOptionsSchema.parse(JSON.parse(plan.options));
-    const configs = modelConfigSchema.array().parse(JSON.parse(plan.model_configs));
-    const target = targetOf.get(plan.name);
-    if (target !== undefined) {
-      const stage = planStages.find((s) => s.name === target.stage_name);
-      const live =
-        target.status === 'DEPLOYED' ||
-        target.status === 'INPROGRESS' ||
-        (target.status === 'READYTODEPLOY' && stage?.status === 'INPROGRESS');
-      if (stage !== undefined && target.status === 'FAILED' && stage.failure_policy === 'DO_NOTHING') {
-        // DO_NOTHING left the device's good models on their new versions: an earlier plan must not take
-        // them back (anti-rollback would refuse, and fail that plan on the device), so the device keeps them.
-        applicable.push({
-          name: plan.name,
-          configs,
-          policy: 'DO_NOTHING',
-          allowDowngrade: false,
-          holdsOnly: true,
-        });
-        continue;
+        .execute();
+      const targets = await trx
+        .selectFrom('deployment_targets')
+        .select(['plan_name', 'stage_name', 'status'])
+        .where('device_name', '=', device.deviceName)
+        .where('plan_name', 'in', names)
+        .execute();
+      const targetOf = new Map(targets.map((t) => [t.plan_name, t]));
+      const stagesOf = new Map<string, StageRow[]>();
+      for (const stage of stages)
+        stagesOf.set(stage.plan_name, [...(stagesOf.get(stage.plan_name) ?? []), stage]);
+      // Read once, only when a completed plan that did not target the device is judged.
+      if (self === undefined && plans.some((p) => !targetOf.has(p.name))) {
+        self = (await selectableDevices(trx, device.fleetName, [device.deviceName]))[0] ?? null;
       }
-      if (!live || stage === undefined) continue;
-      if (target.status === 'READYTODEPLOY') taken.push(plan.name);
-      applicable.push({
-        name: plan.name,
-        configs,
-        policy: stage.failure_policy as FailurePolicy,
-        allowDowngrade: options.allowDowngrade,
-      });
-      continue;
+      for (const plan of plans) {
+        const planStages = stagesOf.get(plan.name) ?? [];
+        const me = self;
+        createdAt.set(plan.name, Number(plan.created_at));
+        judged.set(
+          plan.name,
+          applicabilityOf(plan, planStages, targetOf.get(plan.name), () =>
+            me === null || me === undefined
+              ? false
+              : planStages.some((s) =>
+                  selectsNewcomer(storedDeviceSelectionSchema.parse(JSON.parse(s.selection)), me),
+                ),
+          ),
+        );
+      }
     }
-    const completed = planStages.length > 0 && planStages.every((s) => s.status === 'DEPLOYED');
-    if (!completed) continue;
-    self ??= (await selectableDevices(trx, device.fleetName, [device.deviceName]))[0];
-    if (self === undefined) continue;
-    const me = self;
-    if (
-      !planStages.some((s) => selectsNewcomer(storedDeviceSelectionSchema.parse(JSON.parse(s.selection)), me))
-    ) {
-      continue;
+    // Candidates come newest first per handle: the first that applies wins it.
+    const seen = new Map<string, number>();
+    for (const { plan_name: plan, model_handle: handle } of candidates) {
+      seen.set(handle, (seen.get(handle) ?? 0) + 1);
+      if (!winner.has(handle) && judged.get(plan) !== undefined) winner.set(handle, plan);
     }
-    applicable.push({
-      name: plan.name,
-      configs,
-      policy: planStages[planStages.length - 1]?.failure_policy as FailurePolicy,
-      allowDowngrade: options.allowDowngrade,
-    });
+    // Undecided and not yet out of candidates (a full round): read further back.
+    undecided = [...seen]
+      .filter(([handle, count]) => !winner.has(handle) && count >= perHandle)
+      .map(([h]) => h);
   }
 
-  // The latest plan wins each model handle.
-  const winner = new Map<string, string>();
-  for (const plan of applicable) for (const config of plan.configs) winner.set(config.modelHandle, plan.name);
+  // The plans that won a handle, oldest first (creation time, then name), as every plan was once listed.
+  const applicable = [...new Set(winner.values())]
+    .sort((a, b) => createdAt.get(a)! - createdAt.get(b)! || (a < b ? -1 : a > b ? 1 : 0))
+    .map((name) => judged.get(name)!);
+
+  // The device's deployments not yet taken, of a stage under way, are taken now (whatever they win).
+  const taken = (
+    await trx
+      .selectFrom('deployment_targets as t')
+      .innerJoin('deployment_stages as s', (join) =>
+        join.onRef('s.plan_name', '=', 't.plan_name').onRef('s.name', '=', 't.stage_name'),
+      )
+      .innerJoin('deployment_plans as p', 'p.name', 't.plan_name')
+      .select('t.plan_name')
+      .where('t.device_name', '=', device.deviceName)
+      .where('t.status', '=', 'READYTODEPLOY')
+      .where('s.status', '=', 'INPROGRESS')
+      .where('p.fleet_name', '=', device.fleetName)
+      .execute()
+  ).map((row) => row.plan_name);
+
   const deployments: EdgeDeployment[] = [];
   for (const plan of applicable) {
     if (plan.holdsOnly) continue;

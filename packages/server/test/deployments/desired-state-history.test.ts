@@ -50,7 +50,8 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
     handles: string[],
     outcomes: Record<string, 'SUCCESS' | 'FAIL'>,
     stage: {
-      deviceSelection: { subsetType: 'PERCENTAGE'; percentage: number } | { subsetType: 'SELECTION'; deviceNames: string[] };
+      deviceSelection:
+        { subsetType: 'PERCENTAGE'; percentage: number } | { subsetType: 'SELECTION'; deviceNames: string[] };
       failureHandlingPolicy?: 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING';
     } = { deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
   ): Promise<void> {
@@ -91,10 +92,15 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
       // p02 takes x on, b fails it (ROLLBACK_ON_FAILURE): b keeps p01's x; the stage FAILED.
       await rollOut('p02', ['x'], { a: 'SUCCESS', b: 'FAIL', c: 'SUCCESS' });
       // p03 only on a, DO_NOTHING, failed: a holds x (nothing sent for it), p02 does not take it back.
-      await rollOut('p03', ['x'], { a: 'FAIL' }, {
-        deviceSelection: { subsetType: 'SELECTION', deviceNames: ['a'] },
-        failureHandlingPolicy: 'DO_NOTHING',
-      });
+      await rollOut(
+        'p03',
+        ['x'],
+        { a: 'FAIL' },
+        {
+          deviceSelection: { subsetType: 'SELECTION', deviceNames: ['a'] },
+          failureHandlingPolicy: 'DO_NOTHING',
+        },
+      );
       // A long history on z, every plan completed everywhere.
       for (let i = 10; i < 40; i++) await rollOut(`p${i}`, ['z'], all);
       // A plan under way on w: a poll takes it.
