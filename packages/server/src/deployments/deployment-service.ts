@@ -33,7 +33,7 @@ import {
   type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
-import { planViewOf, type PlanListQuery } from './plan-view.js';
+import { planListQuery, planViewOf, type PlanListQuery } from './plan-view.js';
 import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
 import {
   planOptions,
@@ -659,36 +659,7 @@ export class DeploymentService implements DevicePackageAccess {
         .executeTakeFirst();
       if (fleet === undefined) throw notFound(`fleet ${query.fleetName}`, { fleet: query.fleetName });
     }
-    let rows = this.db.selectFrom('deployment_plans').selectAll().limit(query.limit);
-    if (query.order === 'newest') {
-      rows = rows.orderBy('created_at', 'desc').orderBy('name', 'desc');
-      const after = query.afterNewest;
-      if (after !== undefined) {
-        rows = rows.where((eb) =>
-          eb.or([
-            eb('created_at', '<', after.createdAt),
-            eb.and([eb('created_at', '=', after.createdAt), eb('name', '<', after.name)]),
-          ]),
-        );
-      }
-    } else {
-      rows = rows.orderBy('name');
-      if (query.after !== undefined) rows = rows.where('name', '>', query.after);
-    }
-    if (query.fleetName !== undefined) rows = rows.where('fleet_name', '=', query.fleetName);
-    const statuses = query.stageStatus ?? [];
-    if (statuses.length > 0) {
-      rows = rows.where((eb) =>
-        eb.exists(
-          eb
-            .selectFrom('deployment_stages')
-            .select('deployment_stages.name')
-            .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name')
-            .where('deployment_stages.status', 'in', statuses),
-        ),
-      );
-    }
-    return this.viewsOf(await rows.execute());
+    return this.viewsOf(await planListQuery(this.db, query).execute());
   }
 
   /** The views of these plan rows, in their order: their stages and counts read in two queries for all. */

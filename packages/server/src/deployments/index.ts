@@ -5,3 +5,4 @@ export { classifyResult, type ReportedResult, type ResultOutcome } from './devic
 export { selectDevices, selectsNewcomer } from './device-selection.js';
 export { deploymentDeviceRoutes, deploymentResultRequestSchema, deploymentRoutes } from './routes.js';
 export { startDeploymentSweeper } from './sweeper.js';
+export { planListQuery, type PlanListQuery } from './plan-view.js';

@@ -714,6 +714,8 @@ const migrations: Record<string, Migration> = {
         .on('deployment_plans')
         .columns(['fleet_name', 'created_at', 'name'])
         .execute();
+      // The new index serves every query the old one did (its columns are a prefix of the new one's).
+      await db.schema.dropIndex('deployment_plans_fleet').ifExists().execute();
     },
   },
 };
