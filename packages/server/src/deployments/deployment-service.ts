@@ -33,6 +33,7 @@ import {
   type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
+import { deleteExpiredPlans, type ExpiredPlan } from './plan-retention.js';
 import { planListQuery, planViewOf, type PlanListQuery } from './plan-view.js';
 import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
 import {
@@ -57,6 +58,8 @@ const iso = (ms: number) => new Date(ms).toISOString();
 
 /** The timeout sweep acts on no one's request. */
 const SWEEPER: Actor = { kind: 'server', worker: 'deployment sweep' };
+/** Nor does the plan retention sweep. */
+const RETENTION: Actor = { kind: 'server', worker: 'plan retention' };
 
 /** Deployment events an operator must act on: logged at warn. */
 const WARNED: ReadonlySet<DeploymentEventKind> = new Set<DeploymentEventKind>([
@@ -885,6 +888,23 @@ export class DeploymentService implements DevicePackageAccess {
       this.logRecorded(recorded, SWEEPER);
     }
     return { timedOut };
+  }
+
+  /**
+   * Deletes finished plans past `retentionMs` that no device's desired state comes from (plan-retention.ts),
+   * each logged as `plan_deleted` (outcome `expired`) by the retention sweep.
+   */
+  async deleteExpiredPlans(retentionMs: number): Promise<{ deleted: ExpiredPlan[]; kept: number }> {
+    const result = await deleteExpiredPlans(this.db, { retentionMs, now: this.now() });
+    for (const plan of result.deleted) {
+      this.options.events?.info(RETENTION, {
+        event: 'plan_deleted',
+        outcome: 'expired',
+        object: { plan: plan.name, fleet: plan.fleetName },
+        message: `deployment plan ${plan.name} deleted: finished more than ${Math.round(retentionMs / 86_400_000)} day(s) ago (deployments.planRetentionDays), and no device's desired state comes from it`,
+      });
+    }
+    return result;
   }
 
   /**

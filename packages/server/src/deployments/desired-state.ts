@@ -13,7 +13,7 @@
  * stays pending, with its last-seen time, and is never shown as in progress.
  */
 import { packageUrlOf, type EdgeDeployment, type GetDeploymentsResult } from '@edgefleet/core';
-import { sql, type Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
 import { laterOf, type DatabaseSchema } from '../storage/index.js';
 import {
@@ -35,7 +35,7 @@ export function packagePathOf(config: ModelConfig): string | undefined {
   return undefined;
 }
 
-interface ApplicablePlan {
+export interface ApplicablePlan {
   name: string;
   /** Holds its model handles without sending them (a device that FAILED under DO_NOTHING keeps what it has). */
   holdsOnly?: boolean;
@@ -69,7 +69,7 @@ interface Candidate {
  * newcomer may get. A plan not started, under way, failed or stopped without the device gives it nothing.
  */
 async function candidatesPerHandle(
-  trx: Transaction<DatabaseSchema>,
+  trx: Kysely<DatabaseSchema>,
   device: { deviceName: string; fleetName: string },
   handles: readonly string[] | undefined,
   perHandle: number,
@@ -160,11 +160,15 @@ function applicabilityOf(
   };
 }
 
-export async function desiredDeployments(
-  trx: Transaction<DatabaseSchema>,
+/**
+ * The plans whose model configs the device's desired state comes from, oldest first: each won at least one
+ * model handle (a plan that holds its handles, `holdsOnly`, included: it sends nothing but keeps older plans
+ * from taking them back). Reads only; GetDeployments and the plan retention sweep both decide by it.
+ */
+export async function winningPlans(
+  trx: Kysely<DatabaseSchema>,
   device: { deviceName: string; fleetName: string },
-  now: number,
-): Promise<GetDeploymentsResult> {
+): Promise<{ applicable: ApplicablePlan[]; winner: Map<string, string> }> {
   // The newest plan that applies to the device wins each model handle, so for each handle the plans naming it
   // are judged newest first, and older ones are not read once one applies: a fleet's growing history of
   // finished plans is not read and parsed on every poll. A handle whose newest candidates all give the device
@@ -241,6 +245,15 @@ export async function desiredDeployments(
   const applicable = [...new Set(winner.values())]
     .sort((a, b) => createdAt.get(a)! - createdAt.get(b)! || (a < b ? -1 : a > b ? 1 : 0))
     .map((name) => judged.get(name)!);
+  return { applicable, winner };
+}
+
+export async function desiredDeployments(
+  trx: Transaction<DatabaseSchema>,
+  device: { deviceName: string; fleetName: string },
+  now: number,
+): Promise<GetDeploymentsResult> {
+  const { applicable, winner } = await winningPlans(trx, device);
 
   // The device's deployments not yet taken, of a stage under way, are taken now (whatever they win).
   const taken = (

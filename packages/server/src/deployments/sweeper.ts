@@ -18,3 +18,29 @@ export function startDeploymentSweeper(
     { ...options, failureMessage: 'deployment sweep failed; will retry' },
   );
 }
+
+/**
+ * Runs DeploymentService.deleteExpiredPlans every `intervalMs` (deployments.planRetentionDays); every replica
+ * runs one, the sweep is idempotent. Each plan deleted is logged by the service; a sweep that deleted any also
+ * logs how many it kept.
+ */
+export function startPlanRetentionSweeper(
+  deployments: Pick<DeploymentService, 'deleteExpiredPlans'>,
+  options: { retentionMs: number; intervalMs: number; logger: Logger },
+): PeriodicTask {
+  return startPeriodicTask(
+    async () => {
+      const { deleted, kept } = await deployments.deleteExpiredPlans(options.retentionMs);
+      if (deleted.length > 0)
+        options.logger.info(
+          { deleted: deleted.length, kept },
+          `plan retention sweep: ${deleted.length} finished plan(s) deleted; ${kept} past retention kept (a device's desired state comes from them)`,
+        );
+    },
+    {
+      intervalMs: options.intervalMs,
+      logger: options.logger,
+      failureMessage: 'plan retention sweep failed; will retry',
+    },
+  );
+}
