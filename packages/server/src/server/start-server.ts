@@ -862,6 +862,7 @@ export async function startServer(
     await operatorApp.register(deploymentRoutes, { deployments });
     await operatorApp.register(heartbeatOperatorRoutes, {
       db: database.db,
+      engine: database.engine,
       fleets: services.fleets,
       devices: services.devices,
       offlineAfterMs,
