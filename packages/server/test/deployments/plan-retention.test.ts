@@ -158,3 +158,60 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
     },
   );
 });
+
+describe.each(engines)('the plan retention sweep of a running server on $engine', (fixture) => {
+  it.skipIf(!fixture.available)(
+    'deletes a finished plan past deployments.planRetentionDays on its own, and logs it',
+    async () => {
+      const lines: { event?: string; outcome?: string; plan?: string; msg?: string; deleted?: number }[] = [];
+      const logger = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line)) });
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        logger,
+        config: { deployments: { planRetentionDays: 1, planRetentionSweepSeconds: 1 } },
+      });
+      try {
+        const service = t.server.services.deployments;
+        await t.call('POST', '/api/v1/fleets', {
+          token: t.adminToken,
+          body: { name: 'empty', outputConfig: { s3OutputLocation: 's3://c/empty' } },
+        });
+        // A sample of an empty fleet: DEPLOYED at once, to no device, and no newcomer would get it.
+        for (const name of ['ended-long-ago', 'ended-now']) {
+          await service.createPlan({
+            name,
+            fleetName: 'empty',
+            modelConfigs: [{ modelHandle: name, state: 'UNDEPLOY' }],
+            stages: [{ name: 'half', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 50 } }],
+          });
+          await service.startStage(name, 'half');
+        }
+        // Made two days old, as if it had ended then.
+        const db = t.server.database.db;
+        const old = Date.now() - 2 * DAY;
+        await db
+          .updateTable('deployment_plans')
+          .set({ created_at: old })
+          .where('name', '=', 'ended-long-ago')
+          .execute();
+        await db
+          .updateTable('deployment_stages')
+          .set({ ended_at: old, updated_at: old })
+          .where('plan_name', '=', 'ended-long-ago')
+          .execute();
+        for (let i = 0; i < 600 && !lines.some((l) => l.event === 'plan_deleted'); i++)
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        expect(lines.filter((l) => l.event === 'plan_deleted').map((l) => `${l.plan} ${l.outcome}`)).toEqual([
+          'ended-long-ago expired',
+        ]);
+        expect(lines.find((l) => l.msg?.startsWith('plan retention sweep:'))).toMatchObject({
+          deleted: 1,
+          msg: "plan retention sweep: 1 finished plan(s) deleted; 0 past retention kept (a device's desired state comes from them)",
+        });
+        expect((await service.listPlans({ limit: 10 })).map((p) => p.name)).toEqual(['ended-now']);
+      } finally {
+        await t.stop();
+      }
+    },
+  );
+});
