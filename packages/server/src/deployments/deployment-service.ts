@@ -33,6 +33,7 @@ import {
   type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
+import { recordMissingPlanHandles } from './plan-handles.js';
 import { deleteExpiredPlans, type ExpiredPlan } from './plan-retention.js';
 import { planListQuery, planViewOf, type PlanListQuery } from './plan-view.js';
 import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
@@ -827,9 +828,11 @@ export class DeploymentService implements DevicePackageAccess {
   /**
    * Ends what would otherwise wait forever: a device that took a deployment and did not report within the
    * plan's timeout is retried (attempts left) or FAILED with the reason; then every unfinished stage is
-   * settled (finish, abort, auto-advance). Run periodically by every replica; idempotent.
+   * settled (finish, abort, auto-advance). First, plans an older build created without their handle rows get
+   * them (plan-handles.ts). Run periodically by every replica; idempotent.
    */
   async sweep(): Promise<{ timedOut: number }> {
+    await recordMissingPlanHandles(this.db);
     const at = this.now();
     const active = await this.db
       .selectFrom('deployment_stages')

@@ -150,4 +150,30 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
       expect(shown(await poll('c'))).toEqual(['p01: x, y', 'p38: z', 'p50: w']);
     },
   );
+  it.skipIf(!fixture.available)(
+    'a plan an older build created without its handle rows is given once the deployment sweep fills them in',
+    async () => {
+      await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: 'fo', outputConfig: { s3OutputLocation: 's3://c/fo' } },
+      });
+      await register('fo', ['o1']);
+      await service().createPlan({
+        name: 'by-older-build',
+        fleetName: 'fo',
+        modelConfigs: [{ modelHandle: 'm', state: 'UNDEPLOY' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+      });
+      await service().startStage('by-older-build', 'all');
+      // An older build (a replica still running it in a rolling upgrade) writes no handle rows.
+      await t.server.database.db
+        .deleteFrom('deployment_plan_handles')
+        .where('plan_name', '=', 'by-older-build')
+        .execute();
+      const pollO1 = async () => shown(await service().deploymentsFor({ deviceName: 'o1', fleetName: 'fo' }));
+      expect(await pollO1()).toEqual([]);
+      await service().sweep();
+      expect(await pollO1()).toEqual(['by-older-build: m']);
+    },
+  );
 });
