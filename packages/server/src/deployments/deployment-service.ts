@@ -34,7 +34,7 @@ import {
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
 import { recordMissingPlanHandles } from './plan-handles.js';
-import { deleteExpiredPlans, type ExpiredPlan } from './plan-retention.js';
+import { deleteExpiredPlans, type ExpiredPlan, type RetentionCursor } from './plan-retention.js';
 import { planListQuery, planViewOf, type PlanListQuery } from './plan-view.js';
 import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
 import {
@@ -897,8 +897,15 @@ export class DeploymentService implements DevicePackageAccess {
    * Deletes finished plans past `retentionMs` that no device's desired state comes from (plan-retention.ts),
    * each logged as `plan_deleted` (outcome `expired`) by the retention sweep.
    */
-  async deleteExpiredPlans(retentionMs: number): Promise<{ deleted: ExpiredPlan[]; kept: number }> {
-    const result = await deleteExpiredPlans(this.db, { retentionMs, now: this.now() });
+  async deleteExpiredPlans(
+    retentionMs: number,
+    after?: RetentionCursor,
+  ): Promise<{ deleted: ExpiredPlan[]; kept: number; next?: RetentionCursor }> {
+    const result = await deleteExpiredPlans(this.db, {
+      retentionMs,
+      now: this.now(),
+      ...(after !== undefined && { after }),
+    });
     for (const plan of result.deleted) {
       this.options.events?.info(RETENTION, {
         event: 'plan_deleted',

@@ -56,12 +56,31 @@ function coversNewcomers(outer: DeviceSelection, inner: DeviceSelection): boolea
   }
 }
 
-/** The finished plans that ended before `before`, oldest first, with no device pending in them. */
-async function expiredCandidates(db: Kysely<DatabaseSchema>, before: number, limit: number) {
+/** Where a sweep stopped: the last plan it judged, in (created_at, name) order. */
+export interface RetentionCursor {
+  createdAt: number;
+  name: string;
+}
+
+/** The finished plans that ended before `before`, oldest first after `after`, with no device pending in them. */
+async function expiredCandidates(
+  db: Kysely<DatabaseSchema>,
+  before: number,
+  limit: number,
+  after: RetentionCursor | undefined,
+) {
   return db
     .selectFrom('deployment_plans as p')
     .select(['p.name', 'p.fleet_name', 'p.created_at'])
     .where('p.created_at', '<', before)
+    .$if(after !== undefined, (q) =>
+      q.where((eb) =>
+        eb.or([
+          eb('p.created_at', '>', after!.createdAt),
+          eb.and([eb('p.created_at', '=', after!.createdAt), eb('p.name', '>', after!.name)]),
+        ]),
+      ),
+    )
     .where((eb) =>
       eb.and([
         eb.exists(
@@ -104,10 +123,24 @@ async function expiredCandidates(db: Kysely<DatabaseSchema>, before: number, lim
  */
 export async function deleteExpiredPlans(
   db: Kysely<DatabaseSchema>,
-  options: { retentionMs: number; now: number },
-): Promise<{ deleted: ExpiredPlan[]; kept: number }> {
+  options: {
+    retentionMs: number;
+    now: number;
+    after?: RetentionCursor;
+    /** Plans judged at most (default PLANS_PER_RETENTION_SWEEP). */
+    batch?: number;
+  },
+): Promise<{ deleted: ExpiredPlan[]; kept: number; next?: RetentionCursor }> {
   const before = options.now - options.retentionMs;
-  const candidates = await expiredCandidates(db, before, PLANS_PER_RETENTION_SWEEP);
+  const batch = options.batch ?? PLANS_PER_RETENTION_SWEEP;
+  const candidates = await expiredCandidates(db, before, batch, options.after);
+  // A full batch: the next sweep goes on after it (plans kept at the front must not hold the rest back for ever);
+  // else it starts again from the oldest.
+  const last = candidates.at(-1);
+  const next =
+    candidates.length === batch && last !== undefined
+      ? { createdAt: Number(last.created_at), name: last.name }
+      : undefined;
   const fleets = new Map<string, typeof candidates>();
   for (const plan of candidates) fleets.set(plan.fleet_name, [...(fleets.get(plan.fleet_name) ?? []), plan]);
   const deleted: ExpiredPlan[] = [];
@@ -140,7 +173,7 @@ export async function deleteExpiredPlans(
       if (gone) deleted.push({ name: plan.name, fleetName });
     }
   }
-  return { deleted, kept: candidates.length - deleted.length };
+  return { deleted, kept: candidates.length - deleted.length, ...(next !== undefined && { next }) };
 }
 
 /** Of the fleet's candidate plans, those a device's desired state (a registered one's, or a newcomer's) comes from. */

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { startPeriodicTask, type PeriodicTask } from '../background/index.js';
 import type { DeploymentService } from './deployment-service.js';
+import type { RetentionCursor } from './plan-retention.js';
 
 /**
  * Runs DeploymentService.sweep every `intervalMs` (timeouts, and settling stages whose last report raced
@@ -28,9 +29,12 @@ export function startPlanRetentionSweeper(
   deployments: Pick<DeploymentService, 'deleteExpiredPlans'>,
   options: { retentionMs: number; intervalMs: number; logger: Logger },
 ): PeriodicTask {
+  // Where the last sweep stopped, when it judged a full batch: this sweeper's own, so nothing is shared.
+  let after: RetentionCursor | undefined;
   return startPeriodicTask(
     async () => {
-      const { deleted, kept } = await deployments.deleteExpiredPlans(options.retentionMs);
+      const { deleted, kept, next } = await deployments.deleteExpiredPlans(options.retentionMs, after);
+      after = next;
       if (deleted.length > 0)
         options.logger.info(
           { deleted: deleted.length, kept },

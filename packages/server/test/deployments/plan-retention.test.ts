@@ -8,6 +8,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FleetEventLog } from '../../src/audit/index.js';
 import { DeploymentService } from '../../src/deployments/index.js';
+import { deleteExpiredPlans, type RetentionCursor } from '../../src/deployments/plan-retention.js';
 import { adminCalls } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
@@ -155,6 +156,37 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
       expect(shown(await poll('n2'))).toEqual(before.get('n1'));
       // A second sweep finds nothing more to delete.
       expect((await sweeper(91).deleteExpiredPlans(90 * DAY)).deleted).toEqual([]);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'a sweep goes on after the last plan the one before judged: plans kept at the front hold none back',
+    async () => {
+      const everyone = { a: 'SUCCESS', b: 'SUCCESS', c: 'SUCCESS', n1: 'SUCCESS', n2: 'SUCCESS' } as const;
+      // old03 (y) is superseded everywhere now.
+      await rollOut('old11', 'y', everyone);
+      await rollOut('old12', 'y', everyone);
+      const later = Date.now() + 91 * DAY;
+      const sweep = (after?: RetentionCursor) =>
+        deleteExpiredPlans(t.server.database.db, { retentionMs: 90 * DAY, now: later, batch: 2, after });
+      // The two oldest (old01, old02) are kept: a sweep of two judges only them, and says where it stopped.
+      const first = await sweep();
+      expect(first.deleted).toEqual([]);
+      expect(first.next?.name).toBe('old02');
+      expect((await sweep()).deleted).toEqual([]);
+      // Going on from there, old03 is judged (and deleted), with old06, which stays.
+      const second = await sweep(first.next);
+      expect(second.deleted.map((p) => p.name)).toEqual(['old03']);
+      expect(second.next?.name).toBe('old06');
+      // Round the end and back to the oldest: old11 went behind old12.
+      let after = second.next;
+      const deleted: string[] = [];
+      for (let i = 0; i < 10 && after !== undefined; i++) {
+        const next = await sweep(after);
+        deleted.push(...next.deleted.map((p) => p.name));
+        after = next.next;
+      }
+      expect(deleted).toEqual(['old11']);
     },
   );
 });
