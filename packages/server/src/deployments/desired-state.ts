@@ -183,7 +183,9 @@ export async function winningPlans(
     undecided === undefined || undecided.length > 0;
     perHandle *= 4
   ) {
-    const candidates = await candidatesPerHandle(trx, device, undecided, perHandle);
+    // Past 500 undecided handles, all of them: one IN list stays well under both engines' parameter limits.
+    const handles = undecided !== undefined && undecided.length <= 500 ? undecided : undefined;
+    const candidates = await candidatesPerHandle(trx, device, handles, perHandle);
     const fresh = [...new Set(candidates.map((c) => c.plan_name))].filter((name) => !judged.has(name));
     for (let i = 0; i < fresh.length; i += 500) {
       // Plans per IN (…) list: well under both engines' bind-parameter limits.
