@@ -56,35 +56,60 @@ interface StageRow {
 
 /** Candidate plans read per model handle in a first round; a handle left undecided reads more, four times as many. */
 const FIRST_ROUND_PER_HANDLE = 4;
+/** Handles asked for in one statement (a UNION ALL of one walk each): below SQLite's 500 compound terms. */
+const HANDLES_PER_STATEMENT = 100;
 
 /** A plan that may apply to a device for a model handle: it targeted the device, or it completed. */
 interface Candidate {
   plan_name: string;
   model_handle: string;
+  created_at: number;
+}
+
+/** Where a handle's walk stopped: its last candidate, in (created_at, plan_name) descending order. */
+type HandleCursor = { createdAt: number; planName: string } | undefined;
+
+/**
+ * The model handles the fleet's plans name, each once: a skip from one to the next along the
+ * deployment_plan_handles_newest index (one index seek per handle), not a read of every plan's rows.
+ */
+async function fleetHandles(db: Kysely<DatabaseSchema>, fleetName: string): Promise<string[]> {
+  const { rows } = await sql<{ handle: string | null }>`with recursive handles(handle) as (
+      select min(model_handle) from deployment_plan_handles where fleet_name = ${fleetName}
+      union all
+      select (select min(h.model_handle) from deployment_plan_handles as h
+              where h.fleet_name = ${fleetName} and h.model_handle > handles.handle)
+      from handles where handles.handle is not null
+    ) select handle from handles where handle is not null`.execute(db);
+  return rows.map((row) => row.handle!);
 }
 
 /**
- * The plans of the fleet that may apply to the device, newest first per model handle, at most `perHandle` per
- * handle (the partition's row number): those that targeted it and completed ones (every stage DEPLOYED) that a
- * newcomer may get. A plan not started, under way, failed or stopped without the device gives it nothing.
+ * The plans of the fleet naming `handle` that may apply to the device, newest first after `after`, at most
+ * `limit`: those that targeted it and completed ones (every stage DEPLOYED) that a newcomer may get. A plan not
+ * started, under way, failed or stopped without the device gives it nothing. An index walk backwards that stops
+ * at `limit` candidates. Exported for the test of its query plan.
  */
-async function candidatesPerHandle(
-  trx: Kysely<DatabaseSchema>,
+export function candidatesOf(
+  db: Kysely<DatabaseSchema>,
   device: { deviceName: string; fleetName: string },
-  handles: readonly string[] | undefined,
-  perHandle: number,
-): Promise<Candidate[]> {
-  const ranked = trx
+  handle: string,
+  after: HandleCursor,
+  limit: number,
+) {
+  return db
     .selectFrom('deployment_plan_handles as h')
-    .select([
-      'h.plan_name',
-      'h.model_handle',
-      sql<number>`row_number() over (partition by h.model_handle order by h.created_at desc, h.plan_name desc)`.as(
-        'rank',
-      ),
-    ])
+    .select(['h.plan_name', 'h.model_handle', 'h.created_at'])
     .where('h.fleet_name', '=', device.fleetName)
-    .$if(handles !== undefined, (q) => q.where('h.model_handle', 'in', handles!))
+    .where('h.model_handle', '=', handle)
+    .$if(after !== undefined, (q) =>
+      q.where((eb) =>
+        eb.or([
+          eb('h.created_at', '<', after!.createdAt),
+          eb.and([eb('h.created_at', '=', after!.createdAt), eb('h.plan_name', '<', after!.planName)]),
+        ]),
+      ),
+    )
     .where((eb) =>
       eb.or([
         eb.exists(
@@ -112,14 +137,37 @@ async function candidatesPerHandle(
           ),
         ]),
       ]),
-    );
-  return trx
-    .selectFrom(ranked.as('ranked'))
-    .select(['plan_name', 'model_handle'])
-    .where('rank', '<=', perHandle)
-    .orderBy('model_handle')
-    .orderBy('rank')
-    .execute();
+    )
+    .orderBy('h.created_at', 'desc')
+    .orderBy('h.plan_name', 'desc')
+    .limit(limit);
+}
+
+/** The candidates of each handle (candidatesOf), newest first per handle: one statement per HANDLES_PER_STATEMENT. */
+async function candidatesPerHandle(
+  db: Kysely<DatabaseSchema>,
+  device: { deviceName: string; fleetName: string },
+  walks: readonly { handle: string; after: HandleCursor }[],
+  limit: number,
+): Promise<Candidate[]> {
+  const found: Candidate[] = [];
+  for (let i = 0; i < walks.length; i += HANDLES_PER_STATEMENT) {
+    // Each walk wrapped as a subquery: a compound SELECT may not order or limit its terms on SQLite.
+    const terms = walks
+      .slice(i, i + HANDLES_PER_STATEMENT)
+      .map(({ handle, after }, n) =>
+        db.selectFrom(candidatesOf(db, device, handle, after, limit).as(`c${n}`)).selectAll(),
+      );
+    let query = terms[0]!;
+    for (const term of terms.slice(1)) query = query.unionAll(term);
+    const rows = await query.execute();
+    for (const row of rows) found.push({ ...row, created_at: Number(row.created_at) });
+  }
+  // A UNION ALL keeps no order: newest first per handle again.
+  return found.sort(
+    (a, b) =>
+      b.created_at - a.created_at || (a.plan_name < b.plan_name ? 1 : a.plan_name > b.plan_name ? -1 : 0),
+  );
 }
 
 /** Whether, and how, a plan applies to the device: undefined when it gives it nothing. */
@@ -177,15 +225,13 @@ export async function winningPlans(
   const createdAt = new Map<string, number>();
   const winner = new Map<string, string>();
   let self: Awaited<ReturnType<typeof selectableDevices>>[number] | null | undefined;
-  let undecided: string[] | undefined;
-  for (
-    let perHandle = FIRST_ROUND_PER_HANDLE;
-    undecided === undefined || undecided.length > 0;
-    perHandle *= 4
-  ) {
-    // Past 500 undecided handles, all of them: one IN list stays well under both engines' parameter limits.
-    const handles = undecided !== undefined && undecided.length <= 500 ? undecided : undefined;
-    const candidates = await candidatesPerHandle(trx, device, handles, perHandle);
+  // Each handle's walk: where it stopped; a handle decided, or out of candidates, walks no further.
+  let walks = (await fleetHandles(trx, device.fleetName)).map((handle) => ({
+    handle,
+    after: undefined as HandleCursor,
+  }));
+  for (let perHandle = FIRST_ROUND_PER_HANDLE; walks.length > 0; perHandle *= 4) {
+    const candidates = await candidatesPerHandle(trx, device, walks, perHandle);
     const fresh = [...new Set(candidates.map((c) => c.plan_name))].filter((name) => !judged.has(name));
     for (let i = 0; i < fresh.length; i += 500) {
       // Plans per IN (…) list: well under both engines' bind-parameter limits.
@@ -232,15 +278,17 @@ export async function winningPlans(
       }
     }
     // Candidates come newest first per handle: the first that applies wins it.
+    const last = new Map<string, HandleCursor>();
     const seen = new Map<string, number>();
-    for (const { plan_name: plan, model_handle: handle } of candidates) {
+    for (const { plan_name: plan, model_handle: handle, created_at: at } of candidates) {
       seen.set(handle, (seen.get(handle) ?? 0) + 1);
+      last.set(handle, { createdAt: at, planName: plan });
       if (!winner.has(handle) && judged.get(plan) !== undefined) winner.set(handle, plan);
     }
-    // Undecided and not yet out of candidates (a full round): read further back.
-    undecided = [...seen]
-      .filter(([handle, count]) => !winner.has(handle) && count >= perHandle)
-      .map(([h]) => h);
+    // Undecided and not yet out of candidates (a full round): walk on from where it stopped.
+    walks = walks
+      .filter(({ handle }) => !winner.has(handle) && (seen.get(handle) ?? 0) >= perHandle)
+      .map(({ handle }) => ({ handle, after: last.get(handle) }));
   }
 
   // The plans that won a handle, oldest first (creation time, then name), as every plan was once listed.

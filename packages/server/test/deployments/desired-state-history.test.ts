@@ -6,8 +6,10 @@
  * Before the fix every completed plan the device took part in was read and parsed on every poll.
  */
 import type { DeploymentResult, GetDeploymentsResult } from '@edgefleet/core';
+import { CompiledQuery } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentService } from '../../src/deployments/index.js';
+import { candidatesOf } from '../../src/deployments/desired-state.js';
 import { adminCalls } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
 import { rowsReadFrom } from '../support/rows-read.js';
@@ -141,6 +143,25 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
       const readByNewcomer = await counted('n');
       expect(readByNewcomer.shown).toEqual(['p01: x, y', 'p39: z']);
       expect(readByNewcomer.plansRead).toBeLessThanOrEqual(8);
+
+      // The database's walk for one handle: the index, newest first, with no sort of the handle's plans.
+      if (fixture.engine === 'sqlite') {
+        const walk = candidatesOf(
+          t.server.database.db,
+          { deviceName: 'b', fleetName: FLEET },
+          'z',
+          undefined,
+          4,
+        );
+        const compiled = walk.compile();
+        const explained = await t.server.database.db.executeQuery<{ detail: string }>(
+          CompiledQuery.raw(`explain query plan ${compiled.sql}`, [...compiled.parameters]),
+        );
+        const text = explained.rows.map((row) => row.detail).join('\n');
+        expect(text, text).toContain('deployment_plan_handles_newest');
+        expect(text, text).not.toMatch(/TEMP B-TREE/);
+        expect((await walk.execute()).map((c) => c.plan_name)).toEqual(['p39', 'p38', 'p37', 'p36']);
+      }
 
       // A finished plan deleted: the one before it on that handle applies again.
       await service().deletePlan('p39');
