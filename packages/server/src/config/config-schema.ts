@@ -399,6 +399,14 @@ export const serverConfigSchema = z.strictObject({
     .strictObject({
       /** How often a server ends timed-out device deployments and settles unfinished stages (deployments/). */
       sweepIntervalMs: z.int().min(10).max(3_600_000).default(5000),
+      /**
+       * Finished plans (every stage ended, no device pending) are deleted, with their events, this long after
+       * they ended, unless a device's desired state still comes from them (deployments/plan-retention.ts).
+       * 0 keeps every plan.
+       */
+      planRetentionDays: z.int().min(0).max(36_500).default(90),
+      /** How often the plan retention sweep runs. */
+      planRetentionSweepSeconds: z.int().min(1).max(86_400).default(3600),
     })
     .prefault({}),
 });

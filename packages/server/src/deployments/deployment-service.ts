@@ -33,7 +33,9 @@ import {
   type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
-import { planViewOf, type PlanListQuery } from './plan-view.js';
+import { recordMissingPlanHandles } from './plan-handles.js';
+import { deleteExpiredPlans, type ExpiredPlan, type RetentionCursor } from './plan-retention.js';
+import { planListQuery, planViewOf, type PlanListQuery } from './plan-view.js';
 import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
 import {
   planOptions,
@@ -57,6 +59,8 @@ const iso = (ms: number) => new Date(ms).toISOString();
 
 /** The timeout sweep acts on no one's request. */
 const SWEEPER: Actor = { kind: 'server', worker: 'deployment sweep' };
+/** Nor does the plan retention sweep. */
+const RETENTION: Actor = { kind: 'server', worker: 'plan retention' };
 
 /** Deployment events an operator must act on: logged at warn. */
 const WARNED: ReadonlySet<DeploymentEventKind> = new Set<DeploymentEventKind>([
@@ -294,6 +298,18 @@ export class DeploymentService implements DevicePackageAccess {
           throw notFound(`fleet ${plan.fleetName}`, { fleet: plan.fleetName });
         throw error;
       }
+      // Model handles are unique within a plan (assertUnique above).
+      await trx
+        .insertInto('deployment_plan_handles')
+        .values(
+          configs.map((c) => ({
+            plan_name: plan.name,
+            fleet_name: plan.fleetName,
+            model_handle: c.modelHandle,
+            created_at: at,
+          })),
+        )
+        .execute();
       await this.assertSelectedDevicesExist(trx, plan.fleetName, plan.stages);
       await this.insertStages(trx, plan.name, plan.stages, 0, at);
       await this.takeHandles(trx, plan.name, plan.fleetName, configs);
@@ -647,36 +663,7 @@ export class DeploymentService implements DevicePackageAccess {
         .executeTakeFirst();
       if (fleet === undefined) throw notFound(`fleet ${query.fleetName}`, { fleet: query.fleetName });
     }
-    let rows = this.db.selectFrom('deployment_plans').selectAll().limit(query.limit);
-    if (query.order === 'newest') {
-      rows = rows.orderBy('created_at', 'desc').orderBy('name', 'desc');
-      const after = query.afterNewest;
-      if (after !== undefined) {
-        rows = rows.where((eb) =>
-          eb.or([
-            eb('created_at', '<', after.createdAt),
-            eb.and([eb('created_at', '=', after.createdAt), eb('name', '<', after.name)]),
-          ]),
-        );
-      }
-    } else {
-      rows = rows.orderBy('name');
-      if (query.after !== undefined) rows = rows.where('name', '>', query.after);
-    }
-    if (query.fleetName !== undefined) rows = rows.where('fleet_name', '=', query.fleetName);
-    const statuses = query.stageStatus ?? [];
-    if (statuses.length > 0) {
-      rows = rows.where((eb) =>
-        eb.exists(
-          eb
-            .selectFrom('deployment_stages')
-            .select('deployment_stages.name')
-            .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name')
-            .where('deployment_stages.status', 'in', statuses),
-        ),
-      );
-    }
-    return this.viewsOf(await rows.execute());
+    return this.viewsOf(await planListQuery(this.db, query).execute());
   }
 
   /** The views of these plan rows, in their order: their stages and counts read in two queries for all. */
@@ -841,9 +828,11 @@ export class DeploymentService implements DevicePackageAccess {
   /**
    * Ends what would otherwise wait forever: a device that took a deployment and did not report within the
    * plan's timeout is retried (attempts left) or FAILED with the reason; then every unfinished stage is
-   * settled (finish, abort, auto-advance). Run periodically by every replica; idempotent.
+   * settled (finish, abort, auto-advance). First, plans an older build created without their handle rows get
+   * them (plan-handles.ts). Run periodically by every replica; idempotent.
    */
   async sweep(): Promise<{ timedOut: number }> {
+    await recordMissingPlanHandles(this.db);
     const at = this.now();
     const active = await this.db
       .selectFrom('deployment_stages')
@@ -902,6 +891,30 @@ export class DeploymentService implements DevicePackageAccess {
       this.logRecorded(recorded, SWEEPER);
     }
     return { timedOut };
+  }
+
+  /**
+   * Deletes finished plans past `retentionMs` that no device's desired state comes from (plan-retention.ts),
+   * each logged as `plan_deleted` (outcome `expired`) by the retention sweep.
+   */
+  async deleteExpiredPlans(
+    retentionMs: number,
+    after?: RetentionCursor,
+  ): Promise<{ deleted: ExpiredPlan[]; kept: number; next?: RetentionCursor }> {
+    const result = await deleteExpiredPlans(this.db, {
+      retentionMs,
+      now: this.now(),
+      ...(after !== undefined && { after }),
+    });
+    for (const plan of result.deleted) {
+      this.options.events?.info(RETENTION, {
+        event: 'plan_deleted',
+        outcome: 'expired',
+        object: { plan: plan.name, fleet: plan.fleetName },
+        message: `deployment plan ${plan.name} deleted: finished more than ${Math.round(retentionMs / 86_400_000)} day(s) ago (deployments.planRetentionDays), and no device's desired state comes from it`,
+      });
+    }
+    return result;
   }
 
   /**

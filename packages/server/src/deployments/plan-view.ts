@@ -1,5 +1,5 @@
 /** A deployment plan's view (DescribeEdgeDeploymentPlan) from its stored rows, and what a plan listing asks. */
-import type { Selectable } from 'kysely';
+import type { Kysely, Selectable } from 'kysely';
 import type { DatabaseSchema } from '../storage/index.js';
 import {
   modelConfigSchema,
@@ -61,4 +61,41 @@ export interface PlanListQuery {
   afterNewest?: { createdAt: number; name: string };
   fleetName?: string;
   stageStatus?: StageStatus[];
+}
+
+/**
+ * The plan list's query (DeploymentService.listPlans; exported for the test of its query plan): newest first it walks
+ * deployment_plans_newest, or deployment_plans_fleet_newest for one fleet, from the page's position.
+ */
+export function planListQuery(db: Kysely<DatabaseSchema>, query: PlanListQuery) {
+  let rows = db.selectFrom('deployment_plans').selectAll().limit(query.limit);
+  if (query.order === 'newest') {
+    rows = rows.orderBy('created_at', 'desc').orderBy('name', 'desc');
+    const after = query.afterNewest;
+    if (after !== undefined) {
+      rows = rows.where((eb) =>
+        eb.or([
+          eb('created_at', '<', after.createdAt),
+          eb.and([eb('created_at', '=', after.createdAt), eb('name', '<', after.name)]),
+        ]),
+      );
+    }
+  } else {
+    rows = rows.orderBy('name');
+    if (query.after !== undefined) rows = rows.where('name', '>', query.after);
+  }
+  if (query.fleetName !== undefined) rows = rows.where('fleet_name', '=', query.fleetName);
+  const statuses = query.stageStatus ?? [];
+  if (statuses.length > 0) {
+    rows = rows.where((eb) =>
+      eb.exists(
+        eb
+          .selectFrom('deployment_stages')
+          .select('deployment_stages.name')
+          .whereRef('deployment_stages.plan_name', '=', 'deployment_plans.name')
+          .where('deployment_stages.status', 'in', statuses),
+      ),
+    );
+  }
+  return rows;
 }

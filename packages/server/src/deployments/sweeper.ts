@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { startPeriodicTask, type PeriodicTask } from '../background/index.js';
 import type { DeploymentService } from './deployment-service.js';
+import type { RetentionCursor } from './plan-retention.js';
 
 /**
  * Runs DeploymentService.sweep every `intervalMs` (timeouts, and settling stages whose last report raced
@@ -16,5 +17,34 @@ export function startDeploymentSweeper(
       if (result.timedOut > 0) options.logger.info(result, 'deployment sweep: devices timed out');
     },
     { ...options, failureMessage: 'deployment sweep failed; will retry' },
+  );
+}
+
+/**
+ * Runs DeploymentService.deleteExpiredPlans every `intervalMs` (deployments.planRetentionDays); every replica
+ * runs one, the sweep is idempotent. Each plan deleted is logged by the service; a sweep that deleted any also
+ * logs how many it kept.
+ */
+export function startPlanRetentionSweeper(
+  deployments: Pick<DeploymentService, 'deleteExpiredPlans'>,
+  options: { retentionMs: number; intervalMs: number; logger: Logger },
+): PeriodicTask {
+  // Where the last sweep stopped, when it judged a full batch: this sweeper's own, so nothing is shared.
+  let after: RetentionCursor | undefined;
+  return startPeriodicTask(
+    async () => {
+      const { deleted, kept, next } = await deployments.deleteExpiredPlans(options.retentionMs, after);
+      after = next;
+      if (deleted.length > 0)
+        options.logger.info(
+          { deleted: deleted.length, kept },
+          `plan retention sweep: ${deleted.length} finished plan(s) deleted; ${kept} past retention kept (a device's desired state comes from them)`,
+        );
+    },
+    {
+      intervalMs: options.intervalMs,
+      logger: options.logger,
+      failureMessage: 'plan retention sweep failed; will retry',
+    },
   );
 }

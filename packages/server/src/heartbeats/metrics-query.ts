@@ -1,14 +1,13 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import type { Kysely } from 'kysely';
+import { sql, type Kysely, type RawBuilder } from 'kysely';
 import { DomainError } from '../errors/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
-import type { StoredMetric } from './heartbeat-service.js';
+import type { DatabaseEngine, DatabaseSchema } from '../storage/index.js';
 
 export const MAX_BUCKETS_PER_SERIES = 10_000;
 /** Default for the most stored metrics one query reads (heartbeat.maxMetricsPerQuery). */
 export const DEFAULT_MAX_METRICS_PER_QUERY = 2_000_000;
-/** Heartbeats' rows read (and parsed) per page, between which the event loop serves other requests. */
-const ROWS_PER_PAGE = 100;
+/** Stored metrics one aggregating statement reads at most (about): the window is split in spans of this many. */
+export const METRICS_PER_STATEMENT = 50_000;
 
 export interface MetricsQuery {
   deviceName: string;
@@ -19,6 +18,8 @@ export interface MetricsQuery {
   modelName?: string;
   /** Most stored metrics (of every name) the window may hold; more is refused. */
   maxMetrics?: number;
+  /** Stored metrics one aggregating statement reads at most, about (default METRICS_PER_STATEMENT). */
+  metricsPerStatement?: number;
 }
 
 export interface MetricSeries {
@@ -40,12 +41,14 @@ function compareNullable(a: string | null, b: string | null): number {
 /**
  * A device's metrics between two times (by the metrics' own timestamps), bucketed by `stepMs` (aligned to
  * the epoch), one series per metric, dimension and model: what a dashboard plots. Buckets without data are
- * absent. Reads the heartbeats whose metric time range overlaps the window and aggregates here: first their
- * metric count (a window with too many is refused before any is read), then the rows in pages, giving the
- * event loop back between pages, so that no window stalls the server or holds all its rows in memory.
+ * absent. First the stored metric count of the heartbeats whose metric time range overlaps the window (a window
+ * with too many is refused before any is read); then the database aggregates them per series and bucket
+ * (bucketedMetrics), span by span of the window, so that what is read back is one row per bucket, whatever the
+ * number of heartbeats, and the event loop is served between spans.
  */
 export async function queryDeviceMetrics(
   db: Kysely<DatabaseSchema>,
+  engine: DatabaseEngine,
   query: MetricsQuery,
 ): Promise<MetricSeries[]> {
   if (query.until <= query.since) {
@@ -73,27 +76,42 @@ export async function queryDeviceMetrics(
 
   type Bucket = { min: number; max: number; sum: number; count: number };
   const series = new Map<string, { head: Omit<MetricSeries, 'points'>; buckets: Map<number, Bucket> }>();
-  for await (const row of pagesOf(db, query)) {
-    for (const [metricName, dimension, modelName, modelVersion, value, timestamp] of JSON.parse(
-      row.metrics,
-    ) as StoredMetric[]) {
-      if (timestamp < query.since || timestamp >= query.until) continue;
-      if (query.metricName !== undefined && metricName !== query.metricName) continue;
-      if (query.modelName !== undefined && modelName !== query.modelName) continue;
-      const key = JSON.stringify([metricName, dimension, modelName, modelVersion]);
+  // The window in spans of about METRICS_PER_STATEMENT stored metrics each, the event loop served between them:
+  // one aggregation never holds the server (SQLite's runs on its thread) however long the window.
+  const spans = Math.max(1, Math.ceil(Number(stored) / (query.metricsPerStatement ?? METRICS_PER_STATEMENT)));
+  const spanMs = Math.ceil((query.until - query.since) / spans);
+  for (let from = query.since; from < query.until; from += spanMs) {
+    await nextTurn();
+    const to = Math.min(query.until, from + spanMs);
+    const { rows } = await bucketedMetrics(engine, query, from, to).execute(db);
+    for (const row of rows) {
+      const head = {
+        metricName: row.metric_name,
+        dimension: row.dimension,
+        modelName: row.model_name,
+        modelVersion: row.model_version,
+      };
+      const key = JSON.stringify([head.metricName, head.dimension, head.modelName, head.modelVersion]);
       let entry = series.get(key);
       if (entry === undefined) {
-        entry = { head: { metricName, dimension, modelName, modelVersion }, buckets: new Map() };
+        entry = { head, buckets: new Map() };
         series.set(key, entry);
       }
-      const at = Math.floor(timestamp / query.stepMs) * query.stepMs;
+      // A bucket across two spans is aggregated in each: the parts are merged.
+      const at = Number(row.bucket);
+      const part = {
+        min: Number(row.min),
+        max: Number(row.max),
+        sum: Number(row.sum),
+        count: Number(row.count),
+      };
       const bucket = entry.buckets.get(at);
-      if (bucket === undefined) entry.buckets.set(at, { min: value, max: value, sum: value, count: 1 });
+      if (bucket === undefined) entry.buckets.set(at, part);
       else {
-        bucket.min = Math.min(bucket.min, value);
-        bucket.max = Math.max(bucket.max, value);
-        bucket.sum += value;
-        bucket.count += 1;
+        bucket.min = Math.min(bucket.min, part.min);
+        bucket.max = Math.max(bucket.max, part.max);
+        bucket.sum += part.sum;
+        bucket.count += part.count;
       }
     }
   }
@@ -119,6 +137,61 @@ export async function queryDeviceMetrics(
     }));
 }
 
+/** One series' bucket as the database aggregates it. */
+interface BucketRow {
+  metric_name: string;
+  dimension: string | null;
+  model_name: string | null;
+  model_version: string | null;
+  bucket: number | string;
+  min: number | string;
+  max: number | string;
+  sum: number | string;
+  count: number | string;
+}
+
+/**
+ * The device's metrics whose timestamps lie in [from, to), aggregated in the database per series and bucket of
+ * `stepMs` (aligned to the epoch): min, max, sum and count, so that what comes back is one row per bucket, not
+ * one per heartbeat. The heartbeats' rows are found by the (device_name, last_timestamp) index, and their
+ * metrics (a JSON array per row) are expanded by the engine's own JSON functions. Timestamps are whole,
+ * non-negative milliseconds (the device API's rule), so integer division buckets them as Math.floor would.
+ * Exported for the test of its query plan.
+ */
+export function bucketedMetrics(
+  engine: DatabaseEngine,
+  query: Pick<MetricsQuery, 'deviceName' | 'stepMs' | 'metricName' | 'modelName'>,
+  from: number,
+  to: number,
+): RawBuilder<BucketRow> {
+  const step = Math.trunc(query.stepMs);
+  if (engine === 'sqlite') {
+    const at = (i: number) => sql.raw(`json_extract(j.value, '$[${i}]')`);
+    const ts = sql`cast(${at(5)} as integer)`;
+    return sql<BucketRow>`select ${at(0)} as metric_name, ${at(1)} as dimension, ${at(2)} as model_name,
+      ${at(3)} as model_version, (${ts} / cast(${step} as integer)) * cast(${step} as integer) as bucket,
+      min(${at(4)}) as min, max(${at(4)}) as max, total(${at(4)}) as sum, count(*) as count
+      from device_metric_batches as b, json_each(b.metrics) as j
+      where b.device_name = ${query.deviceName} and b.last_timestamp >= ${from} and b.first_timestamp < ${to}
+        and ${ts} >= ${from} and ${ts} < ${to}
+        ${query.metricName !== undefined ? sql`and ${at(0)} = ${query.metricName}` : sql``}
+        ${query.modelName !== undefined ? sql`and ${at(2)} = ${query.modelName}` : sql``}
+      group by 1, 2, 3, 4, 5`;
+  }
+  const at = (i: number) => sql.raw(`(j.value ->> ${i})`);
+  const ts = sql`${at(5)}::bigint`;
+  const value = sql`${at(4)}::double precision`;
+  return sql<BucketRow>`select ${at(0)} as metric_name, ${at(1)} as dimension, ${at(2)} as model_name,
+    ${at(3)} as model_version, (${ts} / cast(${step} as bigint)) * cast(${step} as bigint) as bucket,
+    min(${value}) as min, max(${value}) as max, sum(${value}) as sum, count(*) as count
+    from device_metric_batches as b cross join lateral json_array_elements(b.metrics::json) as j(value)
+    where b.device_name = ${query.deviceName} and b.last_timestamp >= ${from} and b.first_timestamp < ${to}
+      and ${ts} >= ${from} and ${ts} < ${to}
+      ${query.metricName !== undefined ? sql`and ${at(0)} = ${query.metricName}` : sql``}
+      ${query.modelName !== undefined ? sql`and ${at(2)} = ${query.modelName}` : sql``}
+    group by 1, 2, 3, 4, 5`;
+}
+
 /** The device's rows whose metric time range overlaps the window (by the device_name, last_timestamp index). */
 const rowsInWindow = (db: Kysely<DatabaseSchema>, query: MetricsQuery) =>
   db
@@ -126,52 +199,3 @@ const rowsInWindow = (db: Kysely<DatabaseSchema>, query: MetricsQuery) =>
     .where('device_name', '=', query.deviceName)
     .where('last_timestamp', '>=', query.since)
     .where('first_timestamp', '<', query.until);
-
-/**
- * The window's rows in pages ordered by last_timestamp (the index's order), each read after a turn of the
- * event loop. Rows share a last_timestamp, so a full page ends before its last timestamp, whose rows are then
- * read on their own: the next page starts after it, and no row is read twice or left out.
- */
-async function* pagesOf(
-  db: Kysely<DatabaseSchema>,
-  query: MetricsQuery,
-): AsyncGenerator<{ metrics: string }> {
-  let after: number | undefined;
-  for (;;) {
-    await nextTurn();
-    let page = rowsInWindow(db, query);
-    if (after !== undefined) page = page.where('last_timestamp', '>', after);
-    const rows = await page
-      .select(['metrics', 'last_timestamp'])
-      .orderBy('last_timestamp')
-      .limit(ROWS_PER_PAGE)
-      .execute();
-    if (rows.length < ROWS_PER_PAGE) {
-      yield* rows;
-      return;
-    }
-    const last = Number(rows.at(-1)!.last_timestamp);
-    for (const row of rows) if (Number(row.last_timestamp) < last) yield row;
-    // The rows of that one timestamp (a device may send many), in pages of their own.
-    for (let offset = 0; ; offset += ROWS_PER_PAGE) {
-      await nextTurn();
-      const tied = await rowsInWindow(db, query)
-        .where('last_timestamp', '=', last)
-        .select('metrics')
-        .orderBy('received_at')
-        .orderBy('first_timestamp')
-        .orderBy('metric_count')
-        // The table has no key: ordering by every column left makes the order total (rows still equal are
-        // identical), so that OFFSET pages neither skip nor repeat a row on PostgreSQL, whose top-N sort may
-        // order equal keys differently for different LIMIT + OFFSET.
-        .orderBy('fleet_name')
-        .orderBy('metrics')
-        .limit(ROWS_PER_PAGE)
-        .offset(offset)
-        .execute();
-      yield* tied;
-      if (tied.length < ROWS_PER_PAGE) break;
-    }
-    after = last;
-  }
-}

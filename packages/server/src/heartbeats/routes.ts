@@ -13,7 +13,7 @@ import { deviceNameSchema, fleetNameSchema } from '../fields/index.js';
 import type { FleetOutputOutage, FleetStore } from '../fleets/index.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import type { DatabaseEngine, DatabaseSchema } from '../storage/index.js';
 import { fleetReport } from './fleet-report.js';
 import type { HeartbeatService } from './heartbeat-service.js';
 import { queryDeviceMetrics } from './metrics-query.js';
@@ -147,6 +147,8 @@ function outageView(outage: FleetOutputOutage) {
 /** Operator routes: the fleet report and device metric series. */
 export const heartbeatOperatorRoutes: FastifyPluginAsync<{
   db: Kysely<DatabaseSchema>;
+  /** Which SQL the metric series' aggregation is written in. */
+  engine: DatabaseEngine;
   fleets: FleetStore;
   devices: DeviceStore;
   offlineAfterMs: number;
@@ -219,7 +221,7 @@ export const heartbeatOperatorRoutes: FastifyPluginAsync<{
       await deps.devices.get(params.device);
       const until = query.until !== undefined ? Date.parse(query.until) : Date.now();
       const since = query.since !== undefined ? Date.parse(query.since) : until - 3_600_000;
-      const series = await queryDeviceMetrics(deps.db, {
+      const series = await queryDeviceMetrics(deps.db, deps.engine, {
         deviceName: params.device,
         since,
         until,

@@ -45,6 +45,7 @@ import {
   deploymentDeviceRoutes,
   deploymentRoutes,
   startDeploymentSweeper,
+  startPlanRetentionSweeper,
   stopDeregisteredDeviceTargets,
 } from '../deployments/index.js';
 import { DeviceStore, deviceRoutes } from '../devices/index.js';
@@ -981,6 +982,7 @@ export async function startServer(
     await operatorApp.register(deploymentRoutes, { deployments });
     await operatorApp.register(heartbeatOperatorRoutes, {
       db: database.db,
+      engine: database.engine,
       fleets: services.fleets,
       devices: services.devices,
       offlineAfterMs,
@@ -1113,6 +1115,15 @@ export async function startServer(
         logger: logger.child({ worker: 'deployments' }),
       }),
     );
+    if (config.deployments.planRetentionDays > 0) {
+      background.push(
+        startPlanRetentionSweeper(deployments, {
+          retentionMs: config.deployments.planRetentionDays * 86_400_000,
+          intervalMs: config.deployments.planRetentionSweepSeconds * 1000,
+          logger: logger.child({ worker: 'plan retention' }),
+        }),
+      );
+    }
     background.push(
       startCompilationLeaseSweeper(compilationJobs, {
         leaseMs: config.compilation.leaseSeconds * 1000,

@@ -641,6 +641,83 @@ const migrations: Record<string, Migration> = {
         await db.schema.alterTable('capture_objects').addColumn('write_started_at', 'bigint').execute();
     },
   },
+  // Plans at fleet scale (hundreds of plans, thousands of devices):
+  // - deployment_plan_handles: which plan names which model handle, newest first per fleet and handle, so that a
+  //   device's poll (deployments/desired-state.ts) reads the newest plans that may apply to it for each handle,
+  //   not every finished plan of the fleet's history. Rows go with their plan (cascade); existing plans are
+  //   filled in from their model_configs. deployment_targets_device_status finds the device's deployments not
+  //   yet taken without reading every target row it ever had.
+  // - deployment_plans_newest: the plan list newest first across fleets (order=newest), and per fleet, as an
+  //   index walk from the page's position instead of a sort of every plan.
+  '0025_plan_handles_and_newest_index': {
+    async up(db: Kysely<any>): Promise<void> {
+      // Rerunnable (tests take the last migration's record away to stand for an older build's database).
+      await db.schema
+        .createTable('deployment_plan_handles')
+        .ifNotExists()
+        .addColumn('plan_name', 'text', (c) =>
+          c.notNull().references('deployment_plans.name').onDelete('cascade'),
+        )
+        .addColumn('fleet_name', 'text', (c) => c.notNull())
+        .addColumn('model_handle', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('deployment_plan_handles_pk', ['plan_name', 'model_handle'])
+        .execute();
+      await db.schema
+        .createIndex('deployment_plan_handles_newest')
+        .ifNotExists()
+        .on('deployment_plan_handles')
+        .columns(['fleet_name', 'model_handle', 'created_at', 'plan_name'])
+        .execute();
+      const plans: {
+        name: string;
+        fleet_name: string;
+        model_configs: string;
+        created_at: number | string;
+      }[] = await db
+        .selectFrom('deployment_plans')
+        .select(['name', 'fleet_name', 'model_configs', 'created_at'])
+        .execute();
+      for (const plan of plans) {
+        const handles = new Set(
+          (JSON.parse(plan.model_configs) as { modelHandle: string }[]).map((c) => c.modelHandle),
+        );
+        if (handles.size === 0) continue;
+        await db
+          .insertInto('deployment_plan_handles')
+          .values(
+            [...handles].map((handle) => ({
+              plan_name: plan.name,
+              fleet_name: plan.fleet_name,
+              model_handle: handle,
+              created_at: Number(plan.created_at),
+            })),
+          )
+          .onConflict((oc) => oc.doNothing())
+          .execute();
+      }
+      await db.schema
+        .createIndex('deployment_targets_device_status')
+        .ifNotExists()
+        .on('deployment_targets')
+        .columns(['device_name', 'status'])
+        .execute();
+      await db.schema
+        .createIndex('deployment_plans_newest')
+        .ifNotExists()
+        .on('deployment_plans')
+        .columns(['created_at', 'name'])
+        .execute();
+      await db.schema
+        .createIndex('deployment_plans_fleet_newest')
+        .ifNotExists()
+        .on('deployment_plans')
+        .columns(['fleet_name', 'created_at', 'name'])
+        .execute();
+      // The new index serves every query the old one did (its columns are a prefix of the new one's).
+      await db.schema.dropIndex('deployment_plans_fleet').ifExists().execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

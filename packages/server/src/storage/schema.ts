@@ -302,6 +302,17 @@ export interface DeploymentHandleLocksTable {
   plan_name: string;
 }
 
+/**
+ * Which plan names which model handle (one row per plan and handle, written with the plan, gone with it), with
+ * the plan's fleet and creation time: a device's desired state reads the newest plans per handle through it.
+ */
+export interface DeploymentPlanHandlesTable {
+  plan_name: string;
+  fleet_name: string;
+  model_handle: string;
+  created_at: number;
+}
+
 export interface DeploymentEventsTable {
   id: string;
   plan_name: string;
@@ -349,5 +360,6 @@ export interface DatabaseSchema {
   deployment_stages: DeploymentStagesTable;
   deployment_targets: DeploymentTargetsTable;
   deployment_handle_locks: DeploymentHandleLocksTable;
+  deployment_plan_handles: DeploymentPlanHandlesTable;
   deployment_events: DeploymentEventsTable;
 }

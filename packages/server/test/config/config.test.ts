@@ -266,6 +266,24 @@ describe('loadConfig', () => {
     ).rejects.toThrow(/recordRetentionSeconds/);
   });
 
+  it('reads how long finished plans are kept (90 days by default, 0 for ever), refusing a negative number', async () => {
+    const defaults = await loadConfig({ env: {}, cwd: dir });
+    expect(defaults.deployments).toMatchObject({ planRetentionDays: 90, planRetentionSweepSeconds: 3600 });
+    const set = await loadConfig({
+      configFile: await configFile({ deployments: { planRetentionDays: 0, planRetentionSweepSeconds: 60 } }),
+      env: {},
+      cwd: dir,
+    });
+    expect(set.deployments).toMatchObject({ planRetentionDays: 0, planRetentionSweepSeconds: 60 });
+    await expect(
+      loadConfig({
+        configFile: await configFile({ deployments: { planRetentionDays: -1 } }),
+        env: {},
+        cwd: dir,
+      }),
+    ).rejects.toThrow(/deployments\.planRetentionDays/);
+  });
+
   it('reads the fleet-output S3 timeouts, refusing values out of range or not whole milliseconds', async () => {
     const defaults = await loadConfig({ env: {}, cwd: dir });
     expect(defaults.captures).toMatchObject({

@@ -3,39 +3,14 @@
  * ones a newcomer may get. Before the fix every plan of the fleet (and every stage) was read and parsed on every
  * poll, so a fleet's plan history made each poll of each device slower.
  */
-import type { KyselyPlugin, QueryId, RootOperationNode } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentService } from '../../src/deployments/index.js';
 import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
+import { rowsReadFrom } from '../support/rows-read.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
-
-/** Counts the rows that selects from `table` return (the plugin sees each query, then its result). */
-function rowsReadFrom(table: string): { plugin: KyselyPlugin; rows: () => number } {
-  const fromTable = new WeakSet<QueryId>();
-  let rows = 0;
-  const tableOf = (node: RootOperationNode) =>
-    node.kind === 'SelectQueryNode'
-      ? node.from?.froms
-          .map((f) => (f as { table?: { identifier?: { name?: string } } }).table?.identifier?.name ?? '')
-          .join(',')
-      : undefined;
-  return {
-    plugin: {
-      transformQuery: (args) => {
-        if (tableOf(args.node) === table) fromTable.add(args.queryId);
-        return args.node;
-      },
-      transformResult: async (args) => {
-        if (fromTable.has(args.queryId)) rows += args.result.rows.length;
-        return args.result;
-      },
-    },
-    rows: () => rows,
-  };
-}
 
 describe.each(engines)('GetDeployments reads on $engine', (fixture) => {
   let t: TestServer;

@@ -192,7 +192,7 @@ describe.each(engines)('heartbeat metric limits on $engine', (fixture) => {
   );
 
   it.skipIf(!fixture.available)(
-    'reads a window of many heartbeats in pages, each exactly once, however many share a timestamp',
+    'reads every heartbeat of a window exactly once, however many share a timestamp',
     async () => {
       const at = now();
       // 250 heartbeats of one metric each: 150 at one timestamp (more than a page), 100 at their own.

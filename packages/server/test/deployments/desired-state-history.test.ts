@@ -1,0 +1,200 @@
+/**
+ * A device's desired state over a fleet's plan history: what each device is given (a completed plan's models
+ * stay, a device that failed a newer plan gets the older one's back, a DO_NOTHING failure holds, the newest
+ * plan wins each handle, a newcomer gets completed plans, a deleted plan hands back to the one before), and
+ * that a poll reads the newest plans that may apply per model handle, not every finished plan of the fleet.
+ * Before the fix every completed plan the device took part in was read and parsed on every poll.
+ */
+import type { DeploymentResult, GetDeploymentsResult } from '@edgefleet/core';
+import { CompiledQuery } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DeploymentService } from '../../src/deployments/index.js';
+import { candidatesOf } from '../../src/deployments/desired-state.js';
+import { adminCalls } from '../support/deployment-calls.js';
+import { databaseEngines } from '../support/engines.js';
+import { rowsReadFrom } from '../support/rows-read.js';
+import { startTestServer, type TestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+const FLEET = 'fh';
+
+/** A device's final report on every handle of an UNDEPLOY plan. */
+function result(plan: string, handles: string[], status: 'SUCCESS' | 'FAIL'): DeploymentResult {
+  return {
+    DeploymentName: plan,
+    DeploymentStatus: status,
+    DeploymentModels: handles.map((handle) =>
+      status === 'SUCCESS'
+        ? { ModelHandle: handle, Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
+        : { ModelHandle: handle, Status: 'FAIL', StatusReason: 'could not remove it' },
+    ),
+  };
+}
+
+/** `plan: handle, handle` per deployment, in the answer's order. */
+function shown(answer: GetDeploymentsResult): string[] {
+  return (answer.Deployments ?? []).map(
+    (d) => `${d.DeploymentName}: ${(d.Definitions ?? []).map((def) => def.ModelHandle).join(', ')}`,
+  );
+}
+
+describe.each(engines)('desired state over a plan history on $engine', (fixture) => {
+  let t: TestServer;
+  const { register } = adminCalls(() => t);
+  const service = () => t.server.services.deployments;
+  const poll = (deviceName: string) => service().deploymentsFor({ deviceName, fleetName: FLEET });
+  const report = (deviceName: string, r: DeploymentResult) =>
+    service().recordResults([{ deviceName, fleetName: FLEET, result: r, receivedAt: Date.now() }]);
+
+  /** Creates and starts a one-stage plan; each listed device polls and reports. */
+  async function rollOut(
+    name: string,
+    handles: string[],
+    outcomes: Record<string, 'SUCCESS' | 'FAIL'>,
+    stage: {
+      deviceSelection:
+        { subsetType: 'PERCENTAGE'; percentage: number } | { subsetType: 'SELECTION'; deviceNames: string[] };
+      failureHandlingPolicy?: 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING';
+    } = { deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
+  ): Promise<void> {
+    await service().createPlan({
+      name,
+      fleetName: FLEET,
+      modelConfigs: handles.map((modelHandle) => ({ modelHandle, state: 'UNDEPLOY' as const })),
+      stages: [{ name: 'all', ...stage }],
+      options: { maxRetries: 0 },
+    });
+    await service().startStage(name, 'all');
+    for (const [device, outcome] of Object.entries(outcomes)) {
+      await poll(device);
+      await report(device, result(name, handles, outcome));
+    }
+  }
+
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    t = await startTestServer({
+      database: await fixture.createLocation(),
+      config: { deployments: { sweepIntervalMs: 3_600_000 } },
+    });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: FLEET, outputConfig: { s3OutputLocation: `s3://c/${FLEET}` } },
+    });
+    await register(FLEET, ['a', 'b', 'c']);
+  });
+  afterAll(() => t?.stop());
+
+  it.skipIf(!fixture.available)(
+    'gives each device the newest plan that applies to it per model handle, and reads only those',
+    async () => {
+      const all = { a: 'SUCCESS', b: 'SUCCESS', c: 'SUCCESS' } as const;
+      // p01 completes on every device: x and y.
+      await rollOut('p01', ['x', 'y'], all);
+      // p02 takes x on, b fails it (ROLLBACK_ON_FAILURE): b keeps p01's x; the stage FAILED.
+      await rollOut('p02', ['x'], { a: 'SUCCESS', b: 'FAIL', c: 'SUCCESS' });
+      // p03 only on a, DO_NOTHING, failed: a holds x (nothing sent for it), p02 does not take it back.
+      await rollOut(
+        'p03',
+        ['x'],
+        { a: 'FAIL' },
+        {
+          deviceSelection: { subsetType: 'SELECTION', deviceNames: ['a'] },
+          failureHandlingPolicy: 'DO_NOTHING',
+        },
+      );
+      // A long history on z, every plan completed everywhere.
+      for (let i = 10; i < 40; i++) await rollOut(`p${i}`, ['z'], all);
+      // A plan under way on w: a poll takes it.
+      await service().createPlan({
+        name: 'p50',
+        fleetName: FLEET,
+        modelConfigs: [{ modelHandle: 'w', state: 'UNDEPLOY' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['c'] } }],
+      });
+      await service().startStage('p50', 'all');
+      // A newcomer, after all of it: completed plans whose rule covers it (p01 and the newest on z).
+      await register(FLEET, ['n']);
+
+      expect(shown(await poll('a'))).toEqual(['p01: y', 'p39: z']);
+      expect(shown(await poll('b'))).toEqual(['p01: x, y', 'p39: z']);
+      expect(shown(await poll('c'))).toEqual(['p01: y', 'p02: x', 'p39: z', 'p50: w']);
+      expect(shown(await poll('n'))).toEqual(['p01: x, y', 'p39: z']);
+      const taken = await service().stageDevices('p50', 'all', { limit: 10 });
+      expect(taken.map((d) => `${d.deviceName} ${d.status} ${d.attempts}`)).toEqual(['c INPROGRESS 1']);
+
+      // What a poll reads: the newest candidate plans per handle, however long the history on z.
+      const counted = async (deviceName: string) => {
+        const plans = rowsReadFrom('deployment_plans');
+        const stages = rowsReadFrom('deployment_stages');
+        const db = t.server.database.db.withPlugin(plans.plugin).withPlugin(stages.plugin);
+        const reader = new DeploymentService(db, {
+          packagingJobs: t.server.services.packagingJobs,
+          models: t.server.services.models,
+        });
+        const answer = await reader.deploymentsFor({ deviceName, fleetName: FLEET });
+        return { shown: shown(answer), plansRead: plans.rows(), stagesRead: stages.rows() };
+      };
+      const readByB = await counted('b');
+      expect(readByB.shown).toEqual(['p01: x, y', 'p39: z']);
+      // p01, p02 and p03 for x and y, a few of the newest on z (not 30); each of them has one stage.
+      expect(readByB.plansRead).toBeLessThanOrEqual(8);
+      expect(readByB.stagesRead).toBeLessThanOrEqual(8);
+      const readByNewcomer = await counted('n');
+      expect(readByNewcomer.shown).toEqual(['p01: x, y', 'p39: z']);
+      expect(readByNewcomer.plansRead).toBeLessThanOrEqual(8);
+
+      // The database's walk for one handle: the index, newest first, with no sort of the handle's plans.
+      if (fixture.engine === 'sqlite') {
+        const walk = candidatesOf(
+          t.server.database.db,
+          { deviceName: 'b', fleetName: FLEET },
+          'z',
+          undefined,
+          4,
+        );
+        const compiled = walk.compile();
+        const explained = await t.server.database.db.executeQuery<{ detail: string }>(
+          CompiledQuery.raw(`explain query plan ${compiled.sql}`, [...compiled.parameters]),
+        );
+        const text = explained.rows.map((row) => row.detail).join('\n');
+        expect(text, text).toContain('deployment_plan_handles_newest');
+        expect(text, text).not.toMatch(/TEMP B-TREE/);
+        expect((await walk.execute()).map((c) => c.plan_name)).toEqual(['p39', 'p38', 'p37', 'p36']);
+      }
+
+      // A finished plan deleted: the one before it on that handle applies again.
+      await service().deletePlan('p39');
+      expect(shown(await poll('a'))).toEqual(['p01: y', 'p38: z']);
+      expect(shown(await poll('n'))).toEqual(['p01: x, y', 'p38: z']);
+      await service().deletePlan('p02');
+      expect(shown(await poll('c'))).toEqual(['p01: x, y', 'p38: z', 'p50: w']);
+    },
+  );
+  it.skipIf(!fixture.available)(
+    'a plan an older build created without its handle rows is given once the deployment sweep fills them in',
+    async () => {
+      await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: 'fo', outputConfig: { s3OutputLocation: 's3://c/fo' } },
+      });
+      await register('fo', ['o1']);
+      await service().createPlan({
+        name: 'by-older-build',
+        fleetName: 'fo',
+        modelConfigs: [{ modelHandle: 'm', state: 'UNDEPLOY' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+      });
+      await service().startStage('by-older-build', 'all');
+      // An older build (a replica still running it in a rolling upgrade) writes no handle rows.
+      await t.server.database.db
+        .deleteFrom('deployment_plan_handles')
+        .where('plan_name', '=', 'by-older-build')
+        .execute();
+      const pollO1 = async () => shown(await service().deploymentsFor({ deviceName: 'o1', fleetName: 'fo' }));
+      expect(await pollO1()).toEqual([]);
+      await service().sweep();
+      expect(await pollO1()).toEqual(['by-older-build: m']);
+    },
+  );
+});

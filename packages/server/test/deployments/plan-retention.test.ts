@@ -1,0 +1,249 @@
+/**
+ * Finished plans are deleted with their events once past deployments.planRetentionDays, unless a device's
+ * desired state still comes from them (a registered device's, or a newcomer's): every device is given the same
+ * before and after the sweep. Before the fix plans and their events were kept for ever.
+ */
+import type { DeploymentResult, GetDeploymentsResult } from '@edgefleet/core';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FleetEventLog } from '../../src/audit/index.js';
+import { DeploymentService } from '../../src/deployments/index.js';
+import { deleteExpiredPlans, type RetentionCursor } from '../../src/deployments/plan-retention.js';
+import { adminCalls } from '../support/deployment-calls.js';
+import { databaseEngines } from '../support/engines.js';
+import { startTestServer, type TestServer } from '../support/server.js';
+
+const engines = await databaseEngines();
+const FLEET = 'fr';
+const DAY = 86_400_000;
+
+function result(plan: string, handles: string[], status: 'SUCCESS' | 'FAIL'): DeploymentResult {
+  return {
+    DeploymentName: plan,
+    DeploymentStatus: status,
+    DeploymentModels: handles.map((handle) =>
+      status === 'SUCCESS'
+        ? { ModelHandle: handle, Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
+        : { ModelHandle: handle, Status: 'FAIL', StatusReason: 'could not remove it' },
+    ),
+  };
+}
+
+function shown(answer: GetDeploymentsResult): string[] {
+  return (answer.Deployments ?? []).map(
+    (d) => `${d.DeploymentName}: ${(d.Definitions ?? []).map((def) => def.ModelHandle).join(', ')}`,
+  );
+}
+
+type Selection =
+  { subsetType: 'PERCENTAGE'; percentage: number } | { subsetType: 'SELECTION'; deviceNames: string[] };
+
+describe.each(engines)('plan retention on $engine', (fixture) => {
+  let t: TestServer;
+  const { register } = adminCalls(() => t);
+  const service = () => t.server.services.deployments;
+  const poll = (deviceName: string) => service().deploymentsFor({ deviceName, fleetName: FLEET });
+
+  async function rollOut(
+    name: string,
+    handle: string,
+    outcomes: Record<string, 'SUCCESS' | 'FAIL'>,
+    deviceSelection: Selection = { subsetType: 'PERCENTAGE', percentage: 100 },
+  ): Promise<void> {
+    await service().createPlan({
+      name,
+      fleetName: FLEET,
+      modelConfigs: [{ modelHandle: handle, state: 'UNDEPLOY' }],
+      stages: [{ name: 'all', deviceSelection }],
+      options: { maxRetries: 0 },
+    });
+    await service().startStage(name, 'all');
+    for (const [device, outcome] of Object.entries(outcomes)) {
+      await poll(device);
+      await service().recordResults([
+        {
+          deviceName: device,
+          fleetName: FLEET,
+          result: result(name, [handle], outcome),
+          receivedAt: Date.now(),
+        },
+      ]);
+    }
+  }
+
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    t = await startTestServer({
+      database: await fixture.createLocation(),
+      config: { deployments: { sweepIntervalMs: 3_600_000 } },
+    });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: FLEET, outputConfig: { s3OutputLocation: `s3://c/${FLEET}` } },
+    });
+    await register(FLEET, ['a', 'b', 'c']);
+  });
+  afterAll(() => t?.stop());
+
+  it.skipIf(!fixture.available)(
+    'deletes finished plans past retention that no device gets anything from, and keeps the rest',
+    async () => {
+      const all = { a: 'SUCCESS', b: 'SUCCESS', c: 'SUCCESS' } as const;
+      await rollOut('old00', 'y', all); // superseded everywhere by old03: deleted
+      await rollOut('old01', 'x', all); // b failed old02 and falls back to it: kept
+      await rollOut('old02', 'x', { a: 'SUCCESS', b: 'FAIL', c: 'SUCCESS' }); // a's and c's x: kept
+      await rollOut('old03', 'y', all);
+      await rollOut('old04', 'z', { a: 'SUCCESS' }); // b and c never took it: unfinished, kept
+      await rollOut('old05', 'w', { a: 'SUCCESS' }, { subsetType: 'SELECTION', deviceNames: ['a'] }); // deleted
+      await rollOut('old06', 'w', { a: 'SUCCESS' }, { subsetType: 'SELECTION', deviceNames: ['a'] });
+      await rollOut('old07', 'v', all); // b's and c's v: kept
+      await rollOut('old08', 'v', { a: 'SUCCESS' }, { subsetType: 'SELECTION', deviceNames: ['a'] });
+      await rollOut('old09', 'u', all); // registered devices get old10; a newcomer would get it: kept
+      await rollOut('old10', 'u', all, { subsetType: 'SELECTION', deviceNames: ['a', 'b', 'c'] });
+      await register(FLEET, ['n1']);
+      const devices = ['a', 'b', 'c', 'n1'];
+      const before = new Map<string, string[]>();
+      for (const device of devices) before.set(device, shown(await poll(device)));
+      expect(before.get('n1')).toEqual(['old01: x', 'old03: y', 'old07: v', 'old09: u']);
+
+      const lines: { event?: string; outcome?: string; plan?: string; msg?: string }[] = [];
+      const logger = pino({}, { write: (line: string) => lines.push(JSON.parse(line)) });
+      const sweeper = (daysLater: number) =>
+        new DeploymentService(t.server.database.db, {
+          packagingJobs: t.server.services.packagingJobs,
+          models: t.server.services.models,
+          events: new FleetEventLog(logger),
+          now: () => Date.now() + daysLater * DAY,
+        });
+      // Within the window, nothing goes.
+      expect(await sweeper(0).deleteExpiredPlans(90 * DAY)).toEqual({ deleted: [], kept: 0 });
+      expect(await sweeper(89).deleteExpiredPlans(90 * DAY)).toEqual({ deleted: [], kept: 0 });
+
+      const swept = await sweeper(91).deleteExpiredPlans(90 * DAY);
+      expect(swept.deleted.map((p) => p.name).sort()).toEqual(['old00', 'old05']);
+      // old04 is not finished, so not judged: 11 plans, 10 judged, 2 deleted.
+      expect(swept.kept).toBe(8);
+      const left = await service().listPlans({ limit: 100 });
+      expect(left.map((p) => p.name)).toEqual([
+        'old01',
+        'old02',
+        'old03',
+        'old04',
+        'old06',
+        'old07',
+        'old08',
+        'old09',
+        'old10',
+      ]);
+      // Their events went with them; the others' stay.
+      const events = await t.server.database.db
+        .selectFrom('deployment_events')
+        .select('plan_name')
+        .distinct()
+        .orderBy('plan_name')
+        .execute();
+      expect(events.map((e) => e.plan_name)).toEqual(left.map((p) => p.name));
+      expect(
+        lines
+          .filter((l) => l.event === 'plan_deleted')
+          .map((l) => `${l.plan} ${l.outcome}`)
+          .sort(),
+      ).toEqual(['old00 expired', 'old05 expired']);
+
+      // Every device is given what it was, and a newcomer what one was given before.
+      for (const device of devices) expect(shown(await poll(device)), device).toEqual(before.get(device));
+      await register(FLEET, ['n2']);
+      expect(shown(await poll('n2'))).toEqual(before.get('n1'));
+      // A second sweep finds nothing more to delete.
+      expect((await sweeper(91).deleteExpiredPlans(90 * DAY)).deleted).toEqual([]);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'a sweep goes on after the last plan the one before judged: plans kept at the front hold none back',
+    async () => {
+      const everyone = { a: 'SUCCESS', b: 'SUCCESS', c: 'SUCCESS', n1: 'SUCCESS', n2: 'SUCCESS' } as const;
+      // old03 (y) is superseded everywhere now.
+      await rollOut('old11', 'y', everyone);
+      await rollOut('old12', 'y', everyone);
+      const later = Date.now() + 91 * DAY;
+      const sweep = (after?: RetentionCursor) =>
+        deleteExpiredPlans(t.server.database.db, { retentionMs: 90 * DAY, now: later, batch: 2, after });
+      // The two oldest (old01, old02) are kept: a sweep of two judges only them, and says where it stopped.
+      const first = await sweep();
+      expect(first.deleted).toEqual([]);
+      expect(first.next?.name).toBe('old02');
+      expect((await sweep()).deleted).toEqual([]);
+      // Going on from there, old03 is judged (and deleted), with old06, which stays.
+      const second = await sweep(first.next);
+      expect(second.deleted.map((p) => p.name)).toEqual(['old03']);
+      expect(second.next?.name).toBe('old06');
+      // Round the end and back to the oldest: old11 went behind old12.
+      let after = second.next;
+      const deleted: string[] = [];
+      for (let i = 0; i < 10 && after !== undefined; i++) {
+        const next = await sweep(after);
+        deleted.push(...next.deleted.map((p) => p.name));
+        after = next.next;
+      }
+      expect(deleted).toEqual(['old11']);
+    },
+  );
+});
+
+describe.each(engines)('the plan retention sweep of a running server on $engine', (fixture) => {
+  it.skipIf(!fixture.available)(
+    'deletes a finished plan past deployments.planRetentionDays on its own, and logs it',
+    async () => {
+      const lines: { event?: string; outcome?: string; plan?: string; msg?: string; deleted?: number }[] = [];
+      const logger = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line)) });
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        logger,
+        config: { deployments: { planRetentionDays: 1, planRetentionSweepSeconds: 1 } },
+      });
+      try {
+        const service = t.server.services.deployments;
+        await t.call('POST', '/api/v1/fleets', {
+          token: t.adminToken,
+          body: { name: 'empty', outputConfig: { s3OutputLocation: 's3://c/empty' } },
+        });
+        // A sample of an empty fleet: DEPLOYED at once, to no device, and no newcomer would get it.
+        for (const name of ['ended-long-ago', 'ended-now']) {
+          await service.createPlan({
+            name,
+            fleetName: 'empty',
+            modelConfigs: [{ modelHandle: name, state: 'UNDEPLOY' }],
+            stages: [{ name: 'half', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 50 } }],
+          });
+          await service.startStage(name, 'half');
+        }
+        // Made two days old, as if it had ended then.
+        const db = t.server.database.db;
+        const old = Date.now() - 2 * DAY;
+        await db
+          .updateTable('deployment_plans')
+          .set({ created_at: old })
+          .where('name', '=', 'ended-long-ago')
+          .execute();
+        await db
+          .updateTable('deployment_stages')
+          .set({ ended_at: old, updated_at: old })
+          .where('plan_name', '=', 'ended-long-ago')
+          .execute();
+        for (let i = 0; i < 600 && !lines.some((l) => l.event === 'plan_deleted'); i++)
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        expect(lines.filter((l) => l.event === 'plan_deleted').map((l) => `${l.plan} ${l.outcome}`)).toEqual([
+          'ended-long-ago expired',
+        ]);
+        expect(lines.find((l) => l.msg?.startsWith('plan retention sweep:'))).toMatchObject({
+          deleted: 1,
+          msg: "plan retention sweep: 1 finished plan(s) deleted; 0 past retention kept (a device's desired state comes from them)",
+        });
+        expect((await service.listPlans({ limit: 10 })).map((p) => p.name)).toEqual(['ended-now']);
+      } finally {
+        await t.stop();
+      }
+    },
+  );
+});
