@@ -67,7 +67,7 @@ export class CaptureMetrics {
     });
     this.autoSkipped = new Counter({
       name: 'edgefleet_capture_auto_skipped_total',
-      help: 'Automatic captures a rule selected but that were not taken (buffer full, …)',
+      help: 'Automatic captures a rule selected but that were not taken: buffer-full, destination-full, spool-full (no room, as CaptureData would be refused), queue-failed',
       labelNames: ['model', 'reason'],
       registers,
     });

@@ -141,7 +141,7 @@ export class CaptureSpool {
     const floor = this.#options.minFreeBytes ?? 0;
     const free = await freeBytes(this.#options.dir, this.#options.statfs).catch(() => undefined);
     if (free === undefined || free - bytes >= floor) return undefined;
-    return `the offline capture spool ${this.#options.dir} cannot take more while ${this.#options.store.description} is unreachable: its file system has ${free} bytes free; ${bytes} more (this capture and those accepted and not yet spooled, counted twice: queued and spooled) would leave less than the ${floor} bytes the agent keeps free for its database and packages (edgefleet_capture_min_free_bytes). Nothing was kept; try again once the store is reachable or space is freed, or lower the floor`;
+    return `the offline capture spool ${this.#options.dir} cannot take more while ${this.#options.store.description} is unreachable: its file system has ${free} bytes free; ${bytes} more (this capture and those accepted and not yet spooled: the bytes still to be written here) would leave less than the ${floor} bytes the agent keeps free for its database and packages (edgefleet_capture_min_free_bytes). Nothing was kept; try again once the store is reachable or space is freed, or lower the floor`;
   }
 
   /** Ids of the captures waiting in the spool. */
