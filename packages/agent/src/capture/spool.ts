@@ -124,8 +124,8 @@ const REAL_TIMERS: SpoolTimers = {
  * copies last. A batch that fails waits its own backoff (exponential with jitter; when the store said how long to
  * wait, Retry-After on a 429 or 503, at least that long, capped at MAX_RETRY_AFTER_MS, then up to a tenth more)
  * while the newer ones go on, so no batch holds back the others, and batches may arrive out of order. While the store
- * looks unreachable (two attempts in a row failed, or it asked to wait) only the batches already failing are tried,
- * on their own backoffs. A file missing from a batch's folder or torn is dropped with what needs it (logged, counted);
+ * looks unreachable (two attempts in a row failed, or it asked to wait) every batch waits, then one probe goes, a
+ * batch tried least. A file missing from a batch's folder or torn is dropped with what needs it (logged, counted);
  * a batch that keeps failing for reasons of its own (setAsideAfterFailures) is moved to `set-aside/`, its captures
  * failed, rather than retried forever; that folder is bounded (the oldest go first).
  */
@@ -143,8 +143,8 @@ export class CaptureSpool {
   readonly #diskLines: LineLimiter;
   /** Batches delivered by this run (evidence that the store takes batches: see SpooledBatch.strikes). */
   #delivered = 0;
-  /** The last failure was the store asking to wait (Retry-After): only batches already failing are tried. */
-  #askedToWait = false;
+  /** While the store looks unreachable (or asked to wait), no batch is tried until this timer fires. */
+  #pause: unknown;
   /** Set-aside batches, oldest first. */
   #setAside: { batchId: string; bytes: number }[] = [];
   #uploading: SpooledBatch | undefined;
@@ -302,23 +302,28 @@ export class CaptureSpool {
   async close(): Promise<void> {
     this.#closed = true;
     for (const batch of this.#batches) this.#clearRetry(batch);
+    if (this.#pause !== undefined) this.#timers.clear(this.#pause);
+    this.#pause = undefined;
     await this.#idle;
   }
 
   /**
-   * Uploads the next batch, one at a time: the oldest whose own backoff is not running. While the store looks
-   * unreachable (two attempts in a row failed, or it asked to wait), only batches already failing are tried, each
-   * on its own backoff, so that an outage costs a probe or two per backoff step, not an attempt per batch; the
-   * first batch the store takes lets the others go again.
+   * Uploads the next batch, one at a time: of those whose own backoff is not running, the one that failed least,
+   * the oldest first among equals (all of them, while nothing fails). So while the store looks unreachable, each
+   * probe after a pause is a batch tried least, not the same failing one again, and the first the store takes lets
+   * the others go.
    */
   #kick(): void {
-    if (this.#closed || this.#uploading) return;
-    const storeDown = this.#failureLines.failures >= 2 || this.#askedToWait;
-    const failing = storeDown ? this.#batches.filter((b) => (b.failures ?? 0) > 0) : [];
-    const batch = (failing.length > 0 ? failing : this.#batches).find((b) => b.retryTimer === undefined);
+    if (this.#closed || this.#uploading || this.#pause !== undefined) return;
+    let batch: SpooledBatch | undefined;
+    for (const b of this.#batches) {
+      if (b.retryTimer !== undefined) continue;
+      if (batch === undefined || (b.failures ?? 0) < (batch.failures ?? 0)) batch = b;
+    }
     if (!batch) return;
-    this.#uploading = batch;
-    this.#idle = this.#upload(batch).finally(() => {
+    const next = batch;
+    this.#uploading = next;
+    this.#idle = this.#upload(next).finally(() => {
       this.#uploading = undefined;
       this.#kick();
     });
@@ -385,7 +390,6 @@ export class CaptureSpool {
     // A batch left with no file (all dropped) reached no store: it says nothing of whether the store is reachable.
     if (batch.files.length > 0) {
       this.#delivered++;
-      this.#askedToWait = false;
       this.#failureLines.succeeded(
         this.#options.logger,
         this.#options.store.description,
@@ -419,7 +423,6 @@ export class CaptureSpool {
     // the devices a server told the same time do not all come back at once.
     const asked =
       error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
-    if (asked !== undefined) this.#askedToWait = true;
     const delay =
       asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
     if (admitted !== undefined) {
@@ -442,7 +445,10 @@ export class CaptureSpool {
           : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s (${repeats})`,
       );
     }
-    await this.#retryOrSetAside(batch, delay, errorMessage(error));
+    // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the
+    // store looks unreachable, and nothing is tried until the pause ends. Else only this batch waits.
+    const storeDown = this.#failureLines.failures >= 2 || asked !== undefined;
+    await this.#retryOrSetAside(batch, delay, errorMessage(error), storeDown);
   }
 
   /**
@@ -469,15 +475,26 @@ export class CaptureSpool {
         `capture spool: ${error.message}; retrying in ${Math.round(delay / 1000)} s, the other batches going on (${repeatsNote(admitted.leftOut, 'such failure(s)')})`,
       );
     }
-    await this.#retryOrSetAside(batch, delay, error.message);
+    await this.#retryOrSetAside(batch, delay, error.message, false);
   }
 
-  async #retryOrSetAside(batch: SpooledBatch, delay: number, why: string): Promise<void> {
+  /**
+   * After a failed attempt: `pause`, every batch waits `delay` (the store looks unreachable), else this batch alone
+   * (its own timer); a batch whose own failures reached the limit is set aside instead.
+   */
+  async #retryOrSetAside(batch: SpooledBatch, delay: number, why: string, pause: boolean): Promise<void> {
+    if (pause && !this.#closed) {
+      if (this.#pause !== undefined) this.#timers.clear(this.#pause);
+      this.#pause = this.#timers.set(() => {
+        this.#pause = undefined;
+        this.#kick();
+      }, delay);
+    }
     // Dropped for the quota meanwhile (its folder removed above): nothing is left to retry.
     if (batch.evicted || !this.#batches.includes(batch)) return;
     const limit = this.#options.setAsideAfterFailures ?? SET_ASIDE_AFTER_FAILURES;
     if ((batch.strikes ?? 0) >= limit && (await this.#moveAside(batch, why))) return;
-    if (this.#closed) return;
+    if (pause || this.#closed) return;
     this.#clearRetry(batch);
     batch.retryTimer = this.#timers.set(() => {
       batch.retryTimer = undefined;
