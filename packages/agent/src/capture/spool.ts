@@ -539,6 +539,7 @@ export class CaptureSpool {
     const index = this.#batches.indexOf(batch);
     if (index >= 0) this.#forget(index);
     this.#clearRetry(batch);
+    this.#setAside.push({ batchId: batch.batchId, bytes: batch.bytes });
     const detail = `the spooled batch could never be uploaded to ${this.#options.store.description} (${failures} failed attempts, the last: ${why}); set aside in ${aside}`;
     if (batch.captureIds.length > 0) this.#options.onDropped(batch.captureIds, detail);
     this.#options.metrics?.dropped.inc({ reason: 'set-aside' }, batch.captureIds.length);
@@ -553,7 +554,6 @@ export class CaptureSpool {
       },
       `capture spool: ${detail}; its ${batch.captureIds.length} capture(s) are marked FAILURE. Look at it there, then remove it (or move it back into ${this.#options.dir} and restart the agent to try it again)`,
     );
-    this.#setAside.push({ batchId: batch.batchId, bytes: batch.bytes });
     await this.#boundSetAside();
     return true;
   }

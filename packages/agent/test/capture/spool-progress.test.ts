@@ -163,7 +163,10 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       await t.spool.add(batchOf('e', ['e-1'], 4));
       await until(() => t.delivered.includes('e-1'), 'e delivered');
       t.runTimers();
-      await until(() => t.dropped.length === 1, 'the bad batch is set aside');
+      await until(
+        () => t.lines.some((l) => l.fields.event === 'capture-spool-set-aside'),
+        'the bad batch is set aside',
+      );
 
       const aside = join(t.dir, 'set-aside', bad.batchId);
       expect(t.dropped[0]!.ids).toEqual(['bad-1', 'bad-2']);
@@ -372,7 +375,11 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       // after it are their own.
       await t.spool.add(batchOf('c', ['z-1'], 2));
       t.runTimers();
-      await until(() => t.dropped.length === 2, 'both set aside');
+      await until(
+        () => t.lines.some((l) => l.fields.event === 'capture-spool-set-aside-removed'),
+        'both set aside, the oldest removed',
+      );
+      expect(t.dropped.map((d) => d.ids)).toEqual([['x-1'], ['y-1']]);
       expect(t.delivered).toEqual(['z-1']);
       expect(await readdir(join(t.dir, 'set-aside'))).toEqual([bads[1]!.batchId]);
       expect(t.spool.setAsideBatches).toBe(1);
