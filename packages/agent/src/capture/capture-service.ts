@@ -418,8 +418,14 @@ export class CaptureService {
       this.metrics?.autoSkipped.inc({ model: item.model, reason: 'buffer-full' });
       return;
     }
-    void this.#roomRefusal(captureBytes(item))
-      .then((noRoom) => {
+    const checkingFull = this.#destination.fullReason?.();
+    // Nothing to check (the destination not known full, no spool in use: the usual case): taken at once.
+    if (checkingFull === undefined && !this.#spool?.inUse) {
+      this.#admitAutomatic(item);
+      return;
+    }
+    void this.#roomRefusal(captureBytes(item), checkingFull).then(
+      (noRoom) => {
         if (noRoom !== undefined) {
           // As CaptureData would be refused (RESOURCE_EXHAUSTED): not taken, counted by why.
           this.metrics?.autoSkipped.inc({ model: item.model, reason: noRoom.why });
@@ -430,15 +436,22 @@ export class CaptureService {
           this.metrics?.autoSkipped.inc({ model: item.model, reason: 'buffer-full' });
           return;
         }
-        return this.#admit(item);
-      })
-      .catch((error: unknown) => {
-        this.metrics?.autoSkipped.inc({ model: item.model, reason: 'queue-failed' });
-        this.#logger?.warn(
-          { err: error, model: item.model },
-          'capture: an automatic capture could not be queued',
-        );
-      });
+        this.#admitAutomatic(item);
+      },
+      (error: unknown) => this.#automaticNotQueued(item, error),
+    );
+  }
+
+  #admitAutomatic(item: CaptureItem): void {
+    this.#admit(item).catch((error: unknown) => this.#automaticNotQueued(item, error));
+  }
+
+  #automaticNotQueued(item: CaptureItem, error: unknown): void {
+    this.metrics?.autoSkipped.inc({ model: item.model, reason: 'queue-failed' });
+    this.#logger?.warn(
+      { err: error, model: item.model },
+      'capture: an automatic capture could not be queued',
+    );
   }
 
   #bufferFull(item: CaptureItem): boolean {
@@ -452,8 +465,8 @@ export class CaptureService {
    */
   async #roomRefusal(
     bytes: number,
+    checkingFull = this.#destination.fullReason?.(),
   ): Promise<{ why: 'destination-full' | 'spool-full'; reason: string } | undefined> {
-    const checkingFull = this.#destination.fullReason?.();
     const full = checkingFull && (await checkingFull);
     if (full !== undefined) return { why: 'destination-full', reason: full };
     if (!this.#spool?.inUse) return undefined;
