@@ -408,8 +408,8 @@ export class CaptureSpool {
   }
 
   /**
-   * An attempt the store (or the way to it) failed: the batch waits its own backoff, at least as long as the
-   * store asked (Retry-After), while the others go on. A failure while the store took other batches since this
+   * An attempt the store (or the way to it) failed: the batch waits its own backoff while the others go on, or,
+   * the store looking unreachable, every batch waits (at least as long as the store asked, Retry-After). A failure while the store took other batches since this
    * one's previous attempt is the batch's own (a strike).
    */
   async #storeFailed(batch: SpooledBatch, error: unknown, storeTookOthers: boolean): Promise<void> {
@@ -418,11 +418,19 @@ export class CaptureSpool {
     const admitted = this.#failureLines.failed();
     this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
     if (storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
-    const backoff = backoffDelay(this.#options.retry, batch.failures ?? 1, this.#random);
-    // The store's own word on when it can take more beats a guess. Up to a tenth more, drawn at random, so that
-    // the devices a server told the same time do not all come back at once.
     const asked =
       error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
+    // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the
+    // store looks unreachable, and every batch waits, by the attempts failed in a row. Else only this batch waits,
+    // by its own failures.
+    const storeDown = this.#failureLines.failures >= 2 || asked !== undefined;
+    const backoff = backoffDelay(
+      this.#options.retry,
+      storeDown ? this.#failureLines.failures : (batch.failures ?? 1),
+      this.#random,
+    );
+    // The store's own word on when it can take more beats a guess. Up to a tenth more, drawn at random, so that
+    // the devices a server told the same time do not all come back at once.
     const delay =
       asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
     if (admitted !== undefined) {
@@ -445,9 +453,6 @@ export class CaptureSpool {
           : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s (${repeats})`,
       );
     }
-    // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the
-    // store looks unreachable, and nothing is tried until the pause ends. Else only this batch waits.
-    const storeDown = this.#failureLines.failures >= 2 || asked !== undefined;
     await this.#retryOrSetAside(batch, delay, errorMessage(error), storeDown);
   }
 

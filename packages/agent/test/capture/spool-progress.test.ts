@@ -229,6 +229,9 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       for (let round = 1; round <= 4; round++) {
         t.runTimers();
         await until(() => puts.length === 2 + round && t.scheduled.length === 1, `probe ${round} failed`);
+        // The pause grows with the attempts failed in a row (2 + round: at least half of 1 s doubled each time),
+        // whichever batch the probe was.
+        expect(t.scheduled[0]!.ms).toBeGreaterThanOrEqual(1000 * 2 ** round);
       }
       // Each probe a batch tried least: no batch retried while another has not been tried, none set aside for it.
       expect(puts.map(batchOfKey)).toEqual([0, 1, 2, 3, 4, 0]);
