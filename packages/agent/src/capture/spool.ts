@@ -93,6 +93,11 @@ export interface CaptureSpoolOptions {
   setAsideMaxBatches?: number;
   /** At most this many bytes are kept set aside; past it the oldest are removed. Default a quarter of quotaBytes. */
   setAsideMaxBytes?: number;
+  /**
+   * Writes a file of the spool whole or not at all (tests inject a full or failing disk). Default writeFileAtomic
+   * (temp file, fsync, rename).
+   */
+  writeFile?: (path: string, body: Uint8Array) => Promise<void>;
 }
 
 /** A batch failed this many times for reasons of its own is set aside. */
@@ -139,6 +144,7 @@ export class CaptureSpool {
   readonly #failureLines: UploadFailureLines;
   readonly #timers: SpoolTimers;
   readonly #now: () => number;
+  readonly #writeFile: (path: string, body: Uint8Array) => Promise<void>;
   /** Lines of files found missing or torn, and of this disk's failures: the first, then at most one a minute. */
   readonly #diskLines: LineLimiter;
   /** Batches delivered by this run (evidence that the store takes batches: see SpooledBatch.strikes). */
@@ -156,6 +162,7 @@ export class CaptureSpool {
     this.#random = options.random ?? Math.random;
     this.#timers = options.timers ?? REAL_TIMERS;
     this.#now = options.now ?? Date.now;
+    this.#writeFile = options.writeFile ?? writeFileAtomic;
     this.#failureLines = new UploadFailureLines({ now: this.#now });
     this.#diskLines = new LineLimiter({ now: this.#now });
   }
@@ -273,9 +280,9 @@ export class CaptureSpool {
     };
     try {
       await mkdir(temp, { recursive: true });
-      for (const [i, file] of batch.files.entries()) await writeFileAtomic(join(temp, String(i)), file.body);
+      for (const [i, file] of batch.files.entries()) await this.#writeFile(join(temp, String(i)), file.body);
       const { bytes: _bytes, ...stored } = record;
-      await writeFileAtomic(join(temp, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      await this.#writeFile(join(temp, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
       await syncFolder(temp);
       // The same batch id again: an earlier run spooled it, then crashed before recording that. Replace it.
       const existing = this.#batches.findIndex((b) => b.batchId === batch.batchId);
@@ -520,7 +527,7 @@ export class CaptureSpool {
     try {
       await mkdir(asideDir, { recursive: true, mode: 0o700 });
       // The note is for the operator; a disk too full to take it does not keep the batch from being set aside.
-      await writeFileAtomic(
+      await this.#writeFile(
         join(folder, SET_ASIDE_NOTE),
         Buffer.from(
           JSON.stringify({
@@ -748,8 +755,8 @@ export class CaptureSpool {
         })),
       };
       try {
-        for (const file of rewritten) await writeFileAtomic(join(folder, file.file), file.body);
-        await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+        for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
+        await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
         await syncFolder(folder);
       } catch (error) {
         throw new SpoolRewriteError(folder, error);
@@ -857,8 +864,8 @@ export class CaptureSpool {
       files: next.map(({ key, contentType, file, bytes, kind }) => ({ key, contentType, file, bytes, kind })),
     };
     try {
-      for (const file of rewritten) await writeFileAtomic(join(folder, file.file), file.body);
-      await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
+      await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
       await syncFolder(folder);
     } catch (error) {
       throw new SpoolRewriteError(folder, error);

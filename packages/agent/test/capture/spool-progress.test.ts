@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { CaptureSpool, S3ObjectStore, type ObjectStore } from '../../src/capture/index.js';
 import { RefusedByStoreError } from '../../src/capture/object-store.js';
+import { writeFileAtomic } from '../../src/capture/atomic-files.js';
 import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
 import { captureItem, startS3, type TestS3 } from './helpers.js';
 
@@ -64,6 +65,7 @@ function spoolUnderTest(options: {
   setAsideAfterFailures?: number;
   setAsideMaxBatches?: number;
   now?: () => number;
+  writeFile?: (path: string, body: Uint8Array) => Promise<void>;
 }) {
   const lines: Line[] = [];
   const line = (level: string) => (fields: Record<string, unknown>, message: string) =>
@@ -88,6 +90,7 @@ function spoolUnderTest(options: {
     logger: { info: line('info'), warn: line('warn'), error: line('error') },
     timers: { set: (run, ms) => scheduled.push({ run, ms }), clear: () => undefined },
     ...(options.now && { now: options.now }),
+    ...(options.writeFile && { writeFile: options.writeFile }),
     ...(options.setAsideAfterFailures !== undefined && {
       setAsideAfterFailures: options.setAsideAfterFailures,
     }),
@@ -357,6 +360,65 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       t.runTimers();
       await until(() => t.spool.batches === 0, 'the rest of it is delivered');
       expect(t.delivered.sort()).toEqual(['g-1', 'r-2']);
+      expect(await idsIn(s3)).toEqual(['g-1', 'r-2']);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('retries a batch whose smaller copy finds the disk full on its own backoff, never setting it aside for that, and sets aside one the disk fails otherwise', async () => {
+    const bad = batchOf('a', ['r-1', 'r-2'], 0);
+    const failing = batchOf('c', ['q-1', 'q-2'], 2);
+    // The store refuses r-1's and q-1's side files for good: each batch must be written back without it.
+    const refused = new Set(
+      [bad, failing].map((b) => b.files.find((f) => f.kind === 'side' && /\/[rq]-1-/.test(f.key))!.key),
+    );
+    const refusing: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        if (refused.has(key)) throw new RefusedByStoreError(`413 too large: ${key}`);
+        return s3Store.put(key, body, contentType);
+      },
+    };
+    // The disk, as the spool's writes meet it: full (ENOSPC) for the one batch's rewrite, failing (EIO) for the
+    // other's.
+    let full = true;
+    const writeFile = async (path: string, body: Uint8Array) => {
+      if (full && path.endsWith(join(bad.batchId, 'batch.json')))
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      if (path.endsWith(join(failing.batchId, 'batch.json')))
+        throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
+      return writeFileAtomic(path, body);
+    };
+    const t = spoolUnderTest({ store: refusing, writeFile, setAsideAfterFailures: 1 });
+    await t.spool.open();
+    try {
+      await t.spool.add(bad);
+      await until(() => t.scheduled.length === 1, 'the rewrite met the full disk');
+      await t.spool.add(batchOf('b', ['g-1'], 1));
+      await until(() => t.delivered.includes('g-1'), 'the newer batch is delivered');
+      // Lack of space passes: not the batch's own failure, however often (the limit here is 1).
+      t.runTimers();
+      await until(() => t.scheduled.length === 1, 'the rewrite met the full disk again');
+      expect(t.spool.setAsideBatches).toBe(0);
+      expect(t.spool.batches).toBe(1);
+      full = false;
+      t.runTimers();
+      await until(() => t.delivered.includes('r-2'), 'the rest of it is delivered once there is room');
+      expect(t.spool.batches).toBe(0);
+
+      // Any other failure of this disk is the batch's own: set aside at the limit.
+      await t.spool.add(failing);
+      await until(
+        () => t.lines.some((l) => l.fields.event === 'capture-spool-set-aside'),
+        'the batch the disk fails is set aside',
+      );
+      expect(t.dropped.at(-1)).toMatchObject({
+        ids: ['q-1', 'q-2'],
+        detail: expect.stringMatching(/the last: cannot rewrite the spooled batch .*EIO/),
+      });
+      expect(t.spool.setAsideBatches).toBe(1);
       expect(await idsIn(s3)).toEqual(['g-1', 'r-2']);
     } finally {
       await t.spool.close();
