@@ -311,6 +311,24 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       );
       // Its side file, named by no record left, was not sent.
       expect(await idsIn(s3)).toEqual(['a-1', 'c-1']);
+
+      // A batch whose whole folder is gone: its captures failed and counted (its line within the minute left out).
+      await s3.stop();
+      const e = batchOf('e', ['e-1', 'e-2'], 4);
+      await t.spool.add(e);
+      await until(() => t.scheduled.length === 1, 'e met the outage');
+      await rm(join(t.dir, e.batchId), { recursive: true });
+      await s3.restart();
+      t.runTimers();
+      await until(() => t.spool.batches === 0, 'e gone');
+      expect(t.dropped.at(-1)).toEqual({
+        ids: ['e-1', 'e-2'],
+        detail: `the spooled batch ${join(t.dir, e.batchId)} is gone (removed from the spool folder)`,
+      });
+      expect(await t.metric('edgefleet_capture_dropped_total')).toContain(
+        'edgefleet_capture_dropped_total{reason="missing"} 5',
+      );
+      expect(missing()).toHaveLength(2);
     } finally {
       await t.spool.close();
     }
