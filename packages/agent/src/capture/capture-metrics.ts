@@ -17,6 +17,7 @@ export class CaptureMetrics {
   readonly autoSkipped: Counter<'model' | 'reason'>;
   readonly uploadDuration: Histogram<'via'>;
   readonly writeFailures: Counter<'destination'>;
+  readonly spoolMissingFiles: Counter;
 
   constructor(
     registry: Registry,
@@ -67,7 +68,7 @@ export class CaptureMetrics {
     });
     this.autoSkipped = new Counter({
       name: 'edgefleet_capture_auto_skipped_total',
-      help: 'Automatic captures a rule selected but that were not taken (buffer full, …)',
+      help: 'Automatic captures a rule selected but that were not taken: buffer-full, destination-full, spool-full (no room, as CaptureData would be refused), queue-failed',
       labelNames: ['model', 'reason'],
       registers,
     });
@@ -82,6 +83,11 @@ export class CaptureMetrics {
       name: 'edgefleet_capture_write_failures_total',
       help: 'Batch writes that failed (each is retried, spooled, or given up)',
       labelNames: ['destination'],
+      registers,
+    });
+    this.spoolMissingFiles = new Counter({
+      name: 'edgefleet_capture_spool_missing_files_total',
+      help: 'Files a spooled batch named that were gone from its folder: dropped from the batch with the records that need them',
       registers,
     });
     new Gauge({

@@ -257,33 +257,22 @@ export class CaptureService {
    * batch. Resolves once held (durably, with the local database): the capture is then acknowledged. Errors
    * (AgentError): INVALID_ARGUMENT (bad capture_id, tensor or auxiliary data), ALREADY_EXISTS (capture_id in
    * use), NOT_FOUND (model not loaded), OUT_OF_RANGE (inference_timestamp in the future), RESOURCE_EXHAUSTED
-   * (larger than maxCaptureBytes, the buffer full by count or bytes, or the Disk destination known full: its
-   * quota or free-space floor), UNAVAILABLE (shutting down), INTERNAL.
+   * (larger than maxCaptureBytes, the buffer full by count or bytes, the Disk destination known full: its quota or
+   * free-space floor, or the offline spool's file system at its floor: #roomRefusal), UNAVAILABLE (shutting down),
+   * INTERNAL.
    * The size is checked on the request's views (inline bytes, shared memory mapped) before anything is copied.
    */
   async capture(request: CaptureRequest): Promise<void> {
     let item: CaptureItem;
     try {
-      // First, as they may await (checking a full destination or the spool's file system): every check below runs
-      // after them, unbroken.
-      const checkingFull = this.#destination.fullReason?.();
-      const full = checkingFull && (await checkingFull);
-      if (full !== undefined) {
+      // First, as it may await (checking a full destination or the spool's file system): every check below runs
+      // after it, unbroken.
+      const noRoom = await this.#roomRefusal(requestBytes(request));
+      if (noRoom !== undefined) {
         throw new AgentError(
           'RESOURCE_EXHAUSTED',
-          `capture ${JSON.stringify(request.captureId)} was not taken: ${full}`,
+          `capture ${JSON.stringify(request.captureId)} was not taken: ${noRoom.reason}`,
         );
-      }
-      // While batches go to the offline spool, a capture is acknowledged only if it and those held before it
-      // can be spooled above the free-space floor: refused now rather than failed after its acknowledgement.
-      if (this.#spool?.inUse) {
-        const spoolFull = await this.#spool.admissionRefusal(2 * (this.#heldBytes + requestBytes(request)));
-        if (spoolFull !== undefined) {
-          throw new AgentError(
-            'RESOURCE_EXHAUSTED',
-            `capture ${JSON.stringify(request.captureId)} was not taken: ${spoolFull}`,
-          );
-        }
       }
       if (!this.#started || this.#closed) {
         throw new AgentError(
@@ -424,17 +413,69 @@ export class CaptureService {
 
   #takeAutomatic(item: CaptureItem): void {
     if (!this.#started || this.#closed) return;
-    if (this.#held >= this.settings.bufferSize || this.#heldBytes + captureBytes(item) > this.#bufferBytes) {
+    // Checked before the room (a statfs) as well as after it: a full buffer costs nothing to refuse.
+    if (this.#bufferFull(item)) {
       this.metrics?.autoSkipped.inc({ model: item.model, reason: 'buffer-full' });
       return;
     }
-    this.#admit(item).catch((error: unknown) => {
-      this.metrics?.autoSkipped.inc({ model: item.model, reason: 'queue-failed' });
-      this.#logger?.warn(
-        { err: error, model: item.model },
-        'capture: an automatic capture could not be queued',
-      );
-    });
+    const checkingFull = this.#destination.fullReason?.();
+    // Nothing to check (the destination not known full, no spool in use: the usual case): taken at once.
+    if (checkingFull === undefined && !this.#spool?.inUse) {
+      this.#admitAutomatic(item);
+      return;
+    }
+    void this.#roomRefusal(captureBytes(item), checkingFull).then(
+      (noRoom) => {
+        if (noRoom !== undefined) {
+          // As CaptureData would be refused (RESOURCE_EXHAUSTED): not taken, counted by why.
+          this.metrics?.autoSkipped.inc({ model: item.model, reason: noRoom.why });
+          return;
+        }
+        if (!this.#started || this.#closed) return;
+        if (this.#bufferFull(item)) {
+          this.metrics?.autoSkipped.inc({ model: item.model, reason: 'buffer-full' });
+          return;
+        }
+        this.#admitAutomatic(item);
+      },
+      (error: unknown) => this.#automaticNotQueued(item, error),
+    );
+  }
+
+  #admitAutomatic(item: CaptureItem): void {
+    this.#admit(item).catch((error: unknown) => this.#automaticNotQueued(item, error));
+  }
+
+  #automaticNotQueued(item: CaptureItem, error: unknown): void {
+    this.metrics?.autoSkipped.inc({ model: item.model, reason: 'queue-failed' });
+    this.#logger?.warn(
+      { err: error, model: item.model },
+      'capture: an automatic capture could not be queued',
+    );
+  }
+
+  #bufferFull(item: CaptureItem): boolean {
+    return this.#held >= this.settings.bufferSize || this.#heldBytes + captureBytes(item) > this.#bufferBytes;
+  }
+
+  /**
+   * Why a capture of `bytes` is not to be taken for lack of room, checked at the door for CaptureData and
+   * automatic captures alike: the Disk destination known full (its quota or free-space floor), or, while batches go
+   * to the offline spool, the spool's file system left under edgefleet_capture_min_free_bytes. Undefined: room.
+   */
+  async #roomRefusal(
+    bytes: number,
+    checkingFull = this.#destination.fullReason?.(),
+  ): Promise<{ why: 'destination-full' | 'spool-full'; reason: string } | undefined> {
+    const full = checkingFull && (await checkingFull);
+    if (full !== undefined) return { why: 'destination-full', reason: full };
+    if (!this.#spool?.inUse) return undefined;
+    // Each byte still to be written on the spool's file system, once: the free space read already holds the queued
+    // copies of the captures held (in the database or its payload files), so they count once more, for their spooled
+    // copy; this capture counts for its queued copy (with the database) and its spooled one.
+    const queued = this.#queue.durable ? bytes : 0;
+    const reason = await this.#spool.admissionRefusal(this.#heldBytes + queued + bytes);
+    return reason === undefined ? undefined : { why: 'spool-full', reason };
   }
 
   /**

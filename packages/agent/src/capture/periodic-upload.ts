@@ -47,9 +47,8 @@ export class PeriodicUpload {
   /** Failed rounds since the last upload: logged first, then at most once a minute with the number left out. */
   readonly #failureLines: UploadFailureLines;
   /**
-   * Files the store refused for good (key → the size and mtime refused): skipped while they stay as they are, so
-   * that one such file does not hold back every later one. In memory: after a restart each is tried (and logged)
-   * once more.
+   * Files the store refused for good and kept (keepFiles; otherwise they are removed), key → the size and mtime
+   * refused: skipped while they stay as they are. In memory: after a restart each is tried (and logged) once more.
    */
   readonly #refused = new Map<string, { size: number; mtimeMs: number }>();
   /**
@@ -127,7 +126,7 @@ export class PeriodicUpload {
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
         if (error instanceof RefusedByStoreError) {
-          this.#skipRefused(file, error);
+          await this.#skipRefused(file, error);
           continue;
         }
         this.#options.metrics?.writeFailures.inc({ destination: 'periodic-upload' });
@@ -166,24 +165,35 @@ export class PeriodicUpload {
   }
 
   /**
-   * A file the store refused for good is not sent again while it stays as it is, and stays on disk (the only copy
-   * of the capture's data); the files after it go on. Counted each; logged once, within #refusedLines' limit.
+   * A file the store refused for good is never sent again as it is: recorded (counted each; logged within
+   * #refusedLines' limit), then removed like an uploaded file, so that refused files do not fill the disk; with
+   * keepFiles it stays (as uploaded files do) and is skipped while it is unchanged. The files after it go on.
    */
-  #skipRefused(file: Candidate, error: RefusedByStoreError): void {
-    this.#refused.set(file.key, { size: file.size, mtimeMs: file.mtimeMs });
+  async #skipRefused(file: Candidate, error: RefusedByStoreError): Promise<void> {
+    const { keepFiles } = this.#options;
+    if (keepFiles) this.#refused.set(file.key, { size: file.size, mtimeMs: file.mtimeMs });
     this.#options.metrics?.refusedFiles.inc({ via: 'periodic' });
     const admitted = this.#refusedLines.admit('refused');
-    if (admitted === undefined) return;
-    this.#options.logger?.warn(
-      {
-        event: 'capture-upload-refused',
-        ...uploadFailureFields(error),
-        key: file.key,
-        path: file.path,
-        ...(admitted.leftOut > 0 && { refusedNotLogged: admitted.leftOut }),
-      },
-      `capture periodic upload: ${this.#options.store.description} refused ${file.key} for good (${error.message}); it stays at ${file.path} and is not sent again while it is unchanged (${repeatsNote(admitted.leftOut, 'refused file(s)')})`,
-    );
+    if (admitted !== undefined) {
+      this.#options.logger?.warn(
+        {
+          event: 'capture-upload-refused',
+          ...uploadFailureFields(error),
+          key: file.key,
+          path: file.path,
+          removed: !keepFiles,
+          ...(admitted.leftOut > 0 && { refusedNotLogged: admitted.leftOut }),
+        },
+        `capture periodic upload: ${this.#options.store.description} refused ${file.key} for good (${error.message}); ${
+          keepFiles
+            ? `it stays at ${file.path} (keep_uploaded_files) and is not sent again while it is unchanged`
+            : `removed ${file.path}, as the store will never take it`
+        } (${repeatsNote(admitted.leftOut, 'refused file(s)')})`,
+      );
+    }
+    if (keepFiles) return;
+    await unlink(file.path).catch(() => {});
+    await this.#pruneEmptyFolders(file.path);
   }
 
   async #scan(): Promise<Candidate[]> {

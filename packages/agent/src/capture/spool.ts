@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { LineLimiter } from '@edgefleet/core';
 import { z } from 'zod';
 import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
 import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
@@ -42,6 +43,17 @@ type SpooledBatch = z.infer<typeof SpooledBatchSchema> & {
   bytes: number;
   /** Dropped for the quota while an upload of it was under way: its folder goes when that attempt ends. */
   evicted?: boolean;
+  /** Failed attempts of this batch since it was spooled (or the agent started): its own backoff's step. */
+  failures?: number;
+  /**
+   * Its failures that were its own: the store took other batches since its previous attempt, or this disk failed
+   * it (not for space). At setAsideAfterFailures it is set aside.
+   */
+  strikes?: number;
+  /** Batches delivered when its last attempt began: more since then means the store is taking others. */
+  deliveredSeen?: number;
+  /** Its own backoff is running: not tried until it fires. */
+  retryTimer?: unknown;
 };
 
 export interface CaptureSpoolOptions {
@@ -72,7 +84,30 @@ export interface CaptureSpoolOptions {
   timers?: SpoolTimers;
   /** The clock (ms) the failure lines are limited on (tests). Default Date.now. */
   now?: () => number;
+  /**
+   * A batch whose own failures (see SpooledBatch.strikes) reach this many is set aside (`set-aside/` in the spool
+   * folder) and its captures failed, rather than retried forever. Default SET_ASIDE_AFTER_FAILURES.
+   */
+  setAsideAfterFailures?: number;
+  /** At most this many batches are kept set aside; past it the oldest are removed. Default SET_ASIDE_MAX_BATCHES. */
+  setAsideMaxBatches?: number;
+  /** At most this many bytes are kept set aside; past it the oldest are removed. Default a quarter of quotaBytes. */
+  setAsideMaxBytes?: number;
+  /**
+   * Writes a file of the spool whole or not at all (tests inject a full or failing disk). Default writeFileAtomic
+   * (temp file, fsync, rename).
+   */
+  writeFile?: (path: string, body: Uint8Array) => Promise<void>;
 }
+
+/** A batch failed this many times for reasons of its own is set aside. */
+export const SET_ASIDE_AFTER_FAILURES = 10;
+/** Batches kept in the set-aside folder at most. */
+export const SET_ASIDE_MAX_BATCHES = 16;
+/** The folder, in the spool folder, of batches that can never upload (not a batch id: never read as a batch). */
+export const SET_ASIDE_DIR = 'set-aside';
+/** Written in a set-aside batch's folder: when and why it was set aside. */
+const SET_ASIDE_NOTE = 'set-aside.json';
 
 export interface SpoolTimers {
   set(run: () => void, ms: number): unknown;
@@ -85,12 +120,19 @@ const REAL_TIMERS: SpoolTimers = {
 };
 
 /**
- * Batches for the bucket that could not be put there, kept on local disk and retried with exponential backoff
- * and jitter until they are; when the store said how long to wait (Retry-After on a 429 or 503), at least that
- * long (capped at MAX_RETRY_AFTER_MS, then up to a tenth more of jitter: at most 66 min). Each batch is a folder `<batch id>/` (its rendered files and a `batch.json` naming
- * their keys and captures), created under a temporary name and renamed into place, so a crash never leaves half
- * a batch. The folder is the record: it survives restarts with or without the local database. Past the quota,
- * the oldest batches go first, counted and logged.
+ * Batches for the bucket that could not be put there, kept on local disk and retried until they are. Each batch is
+ * a folder `<batch id>/` (its rendered files and a `batch.json` naming their keys and captures), created under a
+ * temporary name and renamed into place, so a crash never leaves half a batch. The folder is the record: it survives
+ * restarts with or without the local database. Past the quota, the oldest batches go first, counted and logged.
+ *
+ * Batches go one at a time, the oldest data first; within a batch side files before manifests, Model Monitor's
+ * copies last. A batch that fails waits its own backoff (exponential with jitter; when the store said how long to
+ * wait, Retry-After on a 429 or 503, at least that long, capped at MAX_RETRY_AFTER_MS, then up to a tenth more)
+ * while the newer ones go on, so no batch holds back the others, and batches may arrive out of order. While the store
+ * looks unreachable (two attempts in a row failed, or it asked to wait) every batch waits, then one probe goes, a
+ * batch tried least. A file missing from a batch's folder or torn is dropped with what needs it (logged, counted);
+ * a batch that keeps failing for reasons of its own (setAsideAfterFailures) is moved to `set-aside/`, its captures
+ * failed, rather than retried forever; that folder is bounded (the oldest go first).
  */
 export class CaptureSpool {
   readonly #options: CaptureSpoolOptions;
@@ -101,7 +143,16 @@ export class CaptureSpool {
   /** Failed attempts since the last success (the backoff's step), and their limited lines. */
   readonly #failureLines: UploadFailureLines;
   readonly #timers: SpoolTimers;
-  #timer: unknown;
+  readonly #now: () => number;
+  readonly #writeFile: (path: string, body: Uint8Array) => Promise<void>;
+  /** Lines of files found missing or torn, and of this disk's failures: the first, then at most one a minute. */
+  readonly #diskLines: LineLimiter;
+  /** Batches delivered by this run (evidence that the store takes batches: see SpooledBatch.strikes). */
+  #delivered = 0;
+  /** While the store looks unreachable (or asked to wait), no batch is tried until this timer fires. */
+  #pause: unknown;
+  /** Set-aside batches, oldest first. */
+  #setAside: { batchId: string; bytes: number }[] = [];
   #uploading: SpooledBatch | undefined;
   #idle: Promise<void> = Promise.resolve();
   #closed = false;
@@ -110,7 +161,15 @@ export class CaptureSpool {
     this.#options = options;
     this.#random = options.random ?? Math.random;
     this.#timers = options.timers ?? REAL_TIMERS;
-    this.#failureLines = new UploadFailureLines({ ...(options.now !== undefined && { now: options.now }) });
+    this.#now = options.now ?? Date.now;
+    this.#writeFile = options.writeFile ?? writeFileAtomic;
+    this.#failureLines = new UploadFailureLines({ now: this.#now });
+    this.#diskLines = new LineLimiter({ now: this.#now });
+  }
+
+  /** Batches set aside (that could never upload), in `<dir>/set-aside/`. */
+  get setAsideBatches(): number {
+    return this.#setAside.length;
   }
 
   /** Batches waiting. */
@@ -141,7 +200,7 @@ export class CaptureSpool {
     const floor = this.#options.minFreeBytes ?? 0;
     const free = await freeBytes(this.#options.dir, this.#options.statfs).catch(() => undefined);
     if (free === undefined || free - bytes >= floor) return undefined;
-    return `the offline capture spool ${this.#options.dir} cannot take more while ${this.#options.store.description} is unreachable: its file system has ${free} bytes free; ${bytes} more (this capture and those accepted and not yet spooled, counted twice: queued and spooled) would leave less than the ${floor} bytes the agent keeps free for its database and packages (edgefleet_capture_min_free_bytes). Nothing was kept; try again once the store is reachable or space is freed, or lower the floor`;
+    return `the offline capture spool ${this.#options.dir} cannot take more while ${this.#options.store.description} is unreachable: its file system has ${free} bytes free; ${bytes} more (this capture and those accepted and not yet spooled: the bytes still to be written here) would leave less than the ${floor} bytes the agent keeps free for its database and packages (edgefleet_capture_min_free_bytes). Nothing was kept; try again once the store is reachable or space is freed, or lower the floor`;
   }
 
   /** Ids of the captures waiting in the spool. */
@@ -160,6 +219,10 @@ export class CaptureSpool {
         continue;
       }
       if (!entry.isDirectory()) continue;
+      if (entry.name === SET_ASIDE_DIR) {
+        await this.#readSetAside();
+        continue;
+      }
       try {
         const batch = SpooledBatchSchema.parse(JSON.parse(await readFile(join(path, BATCH_FILE), 'utf8')));
         found.push({ ...batch, bytes: batch.files.reduce((n, f) => n + f.bytes, 0) });
@@ -180,6 +243,7 @@ export class CaptureSpool {
       );
     }
     await this.#enforceQuota();
+    await this.#boundSetAside();
     this.#kick();
   }
 
@@ -216,13 +280,16 @@ export class CaptureSpool {
     };
     try {
       await mkdir(temp, { recursive: true });
-      for (const [i, file] of batch.files.entries()) await writeFileAtomic(join(temp, String(i)), file.body);
+      for (const [i, file] of batch.files.entries()) await this.#writeFile(join(temp, String(i)), file.body);
       const { bytes: _bytes, ...stored } = record;
-      await writeFileAtomic(join(temp, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      await this.#writeFile(join(temp, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
       await syncFolder(temp);
       // The same batch id again: an earlier run spooled it, then crashed before recording that. Replace it.
       const existing = this.#batches.findIndex((b) => b.batchId === batch.batchId);
-      if (existing >= 0) this.#forget(existing);
+      if (existing >= 0) {
+        this.#clearRetry(this.#batches[existing]!);
+        this.#forget(existing);
+      }
       await rm(join(dir, batch.batchId), { recursive: true, force: true });
       await rename(temp, join(dir, batch.batchId));
       await syncFolder(dir);
@@ -241,19 +308,37 @@ export class CaptureSpool {
   /** Stops retrying; waits for an upload in progress. What is spooled stays for the next run. */
   async close(): Promise<void> {
     this.#closed = true;
-    if (this.#timer !== undefined) this.#timers.clear(this.#timer);
-    this.#timer = undefined;
+    for (const batch of this.#batches) this.#clearRetry(batch);
+    if (this.#pause !== undefined) this.#timers.clear(this.#pause);
+    this.#pause = undefined;
     await this.#idle;
   }
 
+  /**
+   * Uploads the next batch, one at a time: of those whose own backoff is not running, the one that failed least,
+   * the oldest first among equals (all of them, while nothing fails). So while the store looks unreachable, each
+   * probe after a pause is a batch tried least, not the same failing one again, and the first the store takes lets
+   * the others go.
+   */
   #kick(): void {
-    if (this.#closed || this.#uploading || this.#timer !== undefined || this.#batches.length === 0) return;
-    const batch = this.#batches[0]!;
-    this.#uploading = batch;
-    this.#idle = this.#upload(batch).finally(() => {
+    if (this.#closed || this.#uploading || this.#pause !== undefined) return;
+    let batch: SpooledBatch | undefined;
+    for (const b of this.#batches) {
+      if (b.retryTimer !== undefined) continue;
+      if (batch === undefined || (b.failures ?? 0) < (batch.failures ?? 0)) batch = b;
+    }
+    if (!batch) return;
+    const next = batch;
+    this.#uploading = next;
+    this.#idle = this.#upload(next).finally(() => {
       this.#uploading = undefined;
       this.#kick();
     });
+  }
+
+  #clearRetry(batch: SpooledBatch): void {
+    if (batch.retryTimer !== undefined) this.#timers.clear(batch.retryTimer);
+    batch.retryTimer = undefined;
   }
 
   async #upload(batch: SpooledBatch): Promise<void> {
@@ -261,12 +346,30 @@ export class CaptureSpool {
     const folder = join(this.#options.dir, batch.batchId);
     const concurrency = this.#options.uploadConcurrency ?? 4;
     const refusals: Refusal[] = [];
+    const deliveredBefore = batch.deliveredSeen ?? this.#delivered;
+    batch.deliveredSeen = this.#delivered;
     try {
       const files: SpoolFile[] = [];
+      const missing: SpoolFile[] = [];
       for (const f of batch.files) {
-        files.push({ ...f, body: await readFile(join(folder, f.file)) });
+        try {
+          files.push({ ...f, body: await readFile(join(folder, f.file)) });
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'ENOENT')
+            throw new SpoolReadError(folder, f.file, error);
+          const file = { ...f, body: Buffer.alloc(0) };
+          files.push(file);
+          missing.push(file);
+        }
       }
-      await this.#dropTornFiles(batch, files);
+      if (missing.length > 0) {
+        if (!(await folderExists(folder))) {
+          this.#batchGone(batch, folder);
+          return;
+        }
+        await this.#dropDamagedFiles(batch, files, missing, 'missing');
+      }
+      await this.#dropDamagedFiles(batch, files, tornFiles(files), 'damaged');
       // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file refused for
       // good is dropped with what needs it before the next stage goes: a manifest never names a side file the store
       // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
@@ -285,63 +388,21 @@ export class CaptureSpool {
     } catch (error) {
       this.#logRefusals(batch, refusals);
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
-      const rewrite = error instanceof SpoolRewriteError;
-      // The first failure, then at most one line a minute; the store's message carries no credentials (the
-      // answer's text, the key). A rewrite's failure has a line of its own.
-      const admitted = this.#failureLines.failed({ logged: !rewrite });
-      const backoff = backoffDelay(this.#options.retry, this.#failureLines.failures, this.#random);
-      // The store's own word on when it can take more beats a guess. Up to a tenth more, drawn at random, so that
-      // the devices a server told the same time do not all come back at once.
-      const asked =
-        error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
-      const delay =
-        asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
-      if (error instanceof SpoolRewriteError) {
-        // This disk's failure (ENOSPC, EIO), not the store's: said as such, with its stack, every time (rare).
-        this.#options.logger?.error(
-          {
-            event: 'capture-spool-rewrite-failed',
-            batchId: batch.batchId,
-            err: error.cause,
-            retryInMs: delay,
-          },
-          `capture spool: ${error.message}; retrying in ${Math.round(delay / 1000)} s`,
-        );
-      }
-      if (!rewrite) this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-      if (admitted !== undefined) {
-        const repeats = repeatsNote(admitted.leftOut, 'failed attempt(s)');
-        this.#options.logger?.warn(
-          {
-            event: 'capture-upload-failed',
-            ...uploadFailureFields(error),
-            batchId: batch.batchId,
-            failures: this.#failureLines.failures,
-            ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
-            retryInMs: delay,
-            ...(asked !== undefined && { retryAfterMs: asked }),
-            spooledBatches: this.#batches.length,
-            spooledBytes: this.#bytes,
-          },
-          asked === undefined
-            ? `capture spool: cannot upload to ${this.#options.store.description} (${errorMessage(error)}); retrying in ${Math.round(delay / 1000)} s (${repeats})`
-            : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s (${repeats})`,
-        );
-      }
-      if (!this.#closed) {
-        this.#timer = this.#timers.set(() => {
-          this.#timer = undefined;
-          this.#kick();
-        }, delay);
-      }
+      batch.failures = (batch.failures ?? 0) + 1;
+      if (error instanceof SpoolDiskError) await this.#diskFailed(batch, error);
+      else await this.#storeFailed(batch, error, this.#delivered > deliveredBefore);
       return;
     }
     this.#logRefusals(batch, refusals);
-    this.#failureLines.succeeded(
-      this.#options.logger,
-      this.#options.store.description,
-      (failures) => `capture spool: the store is reachable again, after ${failures} failed attempt(s)`,
-    );
+    // A batch left with no file (all dropped) reached no store: it says nothing of whether the store is reachable.
+    if (batch.files.length > 0) {
+      this.#delivered++;
+      this.#failureLines.succeeded(
+        this.#options.logger,
+        this.#options.store.description,
+        (failures) => `capture spool: the store is reachable again, after ${failures} failed attempt(s)`,
+      );
+    }
     this.#options.metrics?.uploadDuration.observe({ via: 'spool' }, (performance.now() - began) / 1000);
     this.#options.metrics?.uploadedFiles.inc({ via: 'spool' }, batch.files.length);
     this.#options.metrics?.uploaded.inc({ via: 'spool' }, batch.captureIds.length);
@@ -351,6 +412,231 @@ export class CaptureSpool {
     const index = this.#batches.indexOf(batch);
     if (index >= 0) this.#forget(index);
     await rm(folder, { recursive: true, force: true });
+  }
+
+  /**
+   * An attempt the store (or the way to it) failed: the batch waits its own backoff while the others go on, or,
+   * the store looking unreachable, every batch waits (at least as long as the store asked, Retry-After). A failure while the store took other batches since this
+   * one's previous attempt is the batch's own (a strike).
+   */
+  async #storeFailed(batch: SpooledBatch, error: unknown, storeTookOthers: boolean): Promise<void> {
+    // The first failure, then at most one line a minute; the store's message carries no credentials (the
+    // answer's text, the key).
+    const admitted = this.#failureLines.failed();
+    this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
+    if (storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
+    const asked =
+      error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
+    // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the
+    // store looks unreachable, and every batch waits, by the attempts failed in a row. Else only this batch waits,
+    // by its own failures.
+    const storeDown = this.#failureLines.failures >= 2 || asked !== undefined;
+    const backoff = backoffDelay(
+      this.#options.retry,
+      storeDown ? this.#failureLines.failures : (batch.failures ?? 1),
+      this.#random,
+    );
+    // The store's own word on when it can take more beats a guess. Up to a tenth more, drawn at random, so that
+    // the devices a server told the same time do not all come back at once.
+    const delay =
+      asked === undefined ? backoff : Math.max(backoff, Math.round(asked * (1 + 0.1 * this.#random())));
+    if (admitted !== undefined) {
+      const repeats = repeatsNote(admitted.leftOut, 'failed attempt(s)');
+      this.#options.logger?.warn(
+        {
+          event: 'capture-upload-failed',
+          ...uploadFailureFields(error),
+          batchId: batch.batchId,
+          failures: this.#failureLines.failures,
+          batchFailures: batch.failures,
+          ...(admitted.leftOut > 0 && { failuresNotLogged: admitted.leftOut }),
+          retryInMs: delay,
+          ...(asked !== undefined && { retryAfterMs: asked }),
+          spooledBatches: this.#batches.length,
+          spooledBytes: this.#bytes,
+        },
+        asked === undefined
+          ? `capture spool: cannot upload to ${this.#options.store.description} (${errorMessage(error)}); retrying in ${Math.round(delay / 1000)} s (${repeats})`
+          : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s (${repeats})`,
+      );
+    }
+    await this.#retryOrSetAside(batch, delay, errorMessage(error), storeDown);
+  }
+
+  /**
+   * This disk failed the batch (a file unreadable, the smaller batch not written back), not the store: the store's
+   * state is unchanged, the batch waits its own backoff while the others go on. Lack of space passes, so it is no
+   * strike; anything else is.
+   */
+  async #diskFailed(batch: SpooledBatch, error: SpoolDiskError): Promise<void> {
+    const code = (error.cause as { code?: string } | undefined)?.code ?? '';
+    if (!['ENOSPC', 'EDQUOT'].includes(code)) batch.strikes = (batch.strikes ?? 0) + 1;
+    const delay = backoffDelay(this.#options.retry, batch.failures ?? 1, this.#random);
+    // This disk's failure (ENOSPC, EIO), not the store's: said as such, with its stack (a line a minute at most).
+    const admitted = this.#diskLines.admit(error.event);
+    if (admitted !== undefined) {
+      this.#options.logger?.error(
+        {
+          event: error.event,
+          batchId: batch.batchId,
+          err: error.cause,
+          retryInMs: delay,
+          batchFailures: batch.failures,
+          ...(admitted.leftOut > 0 && { linesNotLogged: admitted.leftOut }),
+        },
+        `capture spool: ${error.message}; retrying in ${Math.round(delay / 1000)} s, the other batches going on (${repeatsNote(admitted.leftOut, 'such failure(s)')})`,
+      );
+    }
+    await this.#retryOrSetAside(batch, delay, error.message, false);
+  }
+
+  /**
+   * After a failed attempt: `pause`, every batch waits `delay` (the store looks unreachable), else this batch alone
+   * (its own timer); a batch whose own failures reached the limit is set aside instead.
+   */
+  async #retryOrSetAside(batch: SpooledBatch, delay: number, why: string, pause: boolean): Promise<void> {
+    if (pause && !this.#closed) {
+      if (this.#pause !== undefined) this.#timers.clear(this.#pause);
+      this.#pause = this.#timers.set(() => {
+        this.#pause = undefined;
+        this.#kick();
+      }, delay);
+    }
+    // Dropped for the quota meanwhile (its folder removed above): nothing is left to retry.
+    if (batch.evicted || !this.#batches.includes(batch)) return;
+    const limit = this.#options.setAsideAfterFailures ?? SET_ASIDE_AFTER_FAILURES;
+    if ((batch.strikes ?? 0) >= limit && (await this.#moveAside(batch, why))) return;
+    if (pause || this.#closed) return;
+    this.#clearRetry(batch);
+    batch.retryTimer = this.#timers.set(() => {
+      batch.retryTimer = undefined;
+      this.#kick();
+    }, delay);
+  }
+
+  /**
+   * Sets a batch that can never upload aside: its folder moved to `<dir>/set-aside/<batch id>/` with a note of
+   * why, its captures marked FAILURE, counted (`reason: set-aside`) and logged. False when it could not be moved
+   * (then it is retried as before).
+   */
+  async #moveAside(batch: SpooledBatch, why: string): Promise<boolean> {
+    const folder = join(this.#options.dir, batch.batchId);
+    const asideDir = join(this.#options.dir, SET_ASIDE_DIR);
+    const aside = join(asideDir, batch.batchId);
+    const failures = batch.failures ?? 0;
+    try {
+      await mkdir(asideDir, { recursive: true, mode: 0o700 });
+      // The note is for the operator; a disk too full to take it does not keep the batch from being set aside.
+      await this.#writeFile(
+        join(folder, SET_ASIDE_NOTE),
+        Buffer.from(
+          JSON.stringify({
+            setAsideAt: new Date(this.#now()).toISOString(),
+            reason: why,
+            failures,
+            captureIds: batch.captureIds,
+          }),
+        ),
+      ).catch(() => undefined);
+      await rm(aside, { recursive: true, force: true });
+      await rename(folder, aside);
+      await syncFolder(this.#options.dir).catch(() => undefined);
+    } catch (error) {
+      this.#options.logger?.error(
+        { event: 'capture-spool-set-aside-failed', batchId: batch.batchId, err: error },
+        `capture spool: cannot set the batch ${folder} aside in ${asideDir} (${errorMessage(error)}); retrying it`,
+      );
+      return false;
+    }
+    const index = this.#batches.indexOf(batch);
+    if (index >= 0) this.#forget(index);
+    this.#clearRetry(batch);
+    this.#setAside.push({ batchId: batch.batchId, bytes: batch.bytes });
+    const detail = `the spooled batch could never be uploaded to ${this.#options.store.description} (${failures} failed attempts, the last: ${why}); set aside in ${aside}`;
+    if (batch.captureIds.length > 0) this.#options.onDropped(batch.captureIds, detail);
+    this.#options.metrics?.dropped.inc({ reason: 'set-aside' }, batch.captureIds.length);
+    this.#options.logger?.error(
+      {
+        event: 'capture-spool-set-aside',
+        batchId: batch.batchId,
+        path: aside,
+        captures: batch.captureIds.length,
+        bytes: batch.bytes,
+        failures,
+      },
+      `capture spool: ${detail}; its ${batch.captureIds.length} capture(s) are marked FAILURE. Look at it there, then remove it (or move it back into ${this.#options.dir} and restart the agent to try it again)`,
+    );
+    await this.#boundSetAside();
+    return true;
+  }
+
+  /** The set-aside batches an earlier run left, oldest first (by when they were set aside). */
+  async #readSetAside(): Promise<void> {
+    const asideDir = join(this.#options.dir, SET_ASIDE_DIR);
+    const found: { batchId: string; bytes: number; at: number }[] = [];
+    for (const entry of await readdir(asideDir, { withFileTypes: true }).catch(() => [])) {
+      if (!entry.isDirectory()) continue;
+      const path = join(asideDir, entry.name);
+      let bytes = 0;
+      let at = 0;
+      for (const file of await readdir(path, { withFileTypes: true }).catch(() => [])) {
+        if (!file.isFile()) continue;
+        const info = await stat(join(path, file.name)).catch(() => undefined);
+        bytes += info?.size ?? 0;
+        if (file.name === SET_ASIDE_NOTE) at = info?.mtimeMs ?? 0;
+      }
+      found.push({ batchId: entry.name, bytes, at });
+    }
+    this.#setAside = found.sort((a, b) => a.at - b.at).map(({ batchId, bytes }) => ({ batchId, bytes }));
+  }
+
+  /** Keeps the set-aside folder within its bounds: the oldest set-aside batches go first, each logged. */
+  async #boundSetAside(): Promise<void> {
+    const maxBatches = this.#options.setAsideMaxBatches ?? SET_ASIDE_MAX_BATCHES;
+    const maxBytes = this.#options.setAsideMaxBytes ?? Math.floor(this.#options.quotaBytes / 4);
+    let bytes = this.#setAside.reduce((n, b) => n + b.bytes, 0);
+    while (this.#setAside.length > 0 && (this.#setAside.length > maxBatches || bytes > maxBytes)) {
+      const oldest = this.#setAside.shift()!;
+      bytes -= oldest.bytes;
+      const path = join(this.#options.dir, SET_ASIDE_DIR, oldest.batchId);
+      await rm(path, { recursive: true, force: true });
+      this.#options.logger?.warn(
+        {
+          event: 'capture-spool-set-aside-removed',
+          batchId: oldest.batchId,
+          path,
+          bytes: oldest.bytes,
+          maxBatches,
+          maxBytes,
+        },
+        `capture spool: removed the oldest set-aside batch ${path} (its captures were marked FAILURE when it was set aside) to keep the set-aside folder within ${maxBatches} batches and ${maxBytes} bytes`,
+      );
+    }
+  }
+
+  /** The batch's folder is gone (removed from the spool folder while the agent ran): its captures are lost. */
+  #batchGone(batch: SpooledBatch, folder: string): void {
+    const index = this.#batches.indexOf(batch);
+    if (index >= 0) this.#forget(index);
+    if (batch.evicted) return;
+    const detail = `the spooled batch ${folder} is gone (removed from the spool folder)`;
+    if (batch.captureIds.length > 0) this.#options.onDropped(batch.captureIds, detail);
+    this.#options.metrics?.dropped.inc({ reason: 'missing' }, batch.captureIds.length);
+    this.#options.metrics?.spoolMissingFiles.inc(batch.files.length);
+    const admitted = this.#diskLines.admit('missing');
+    if (admitted !== undefined) {
+      this.#options.logger?.warn(
+        {
+          event: 'capture-spool-file-missing',
+          batchId: batch.batchId,
+          missingKeys: batch.files.map((f) => f.key),
+          dropped: batch.captureIds.length,
+          captures: 0,
+          ...(admitted.leftOut > 0 && { linesNotLogged: admitted.leftOut }),
+        },
+        `capture spool: ${detail}; its ${batch.captureIds.length} capture(s) are marked FAILURE (${repeatsNote(admitted.leftOut, 'such line(s)')})`,
+      );
+    }
   }
 
   /**
@@ -469,8 +755,8 @@ export class CaptureSpool {
         })),
       };
       try {
-        for (const file of rewritten) await writeFileAtomic(join(folder, file.file), file.body);
-        await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+        for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
+        await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
         await syncFolder(folder);
       } catch (error) {
         throw new SpoolRewriteError(folder, error);
@@ -499,21 +785,27 @@ export class CaptureSpool {
   }
 
   /**
-   * A spooled file whose size is not the one batch.json records, or a manifest whose last line is cut (a crash or
-   * a disk fault tore it): its complete records go on and only the captures whose Edge Manager record is lost (torn,
-   * or naming a torn side file) are marked FAILURE, counted (`reason: damaged`) and logged with a warning, instead
-   * of the store refusing the whole file. The smaller batch is written back as for a refusal, so a retry sends it
-   * as it is now.
+   * Files of the batch that are missing (cause `missing`: removed from its folder) or torn (cause `damaged`: a size
+   * not the one batch.json records, or a manifest whose last line is cut, by a crash or a disk fault): the complete
+   * records go on and only the captures whose Edge Manager record is lost (in a lost manifest, or naming a lost side
+   * file) are marked FAILURE, counted (`reason: missing` / `damaged`; missing files in spoolMissingFiles too) and
+   * logged with a warning (the first, then at most one a minute), instead of the store refusing the whole file or
+   * the batch failing for ever. The smaller batch is written back as for a refusal, so a retry sends it as it is
+   * now. `files` (with a missing file's body empty) is updated in place.
    */
-  async #dropTornFiles(batch: SpooledBatch, files: SpoolFile[]): Promise<void> {
+  async #dropDamagedFiles(
+    batch: SpooledBatch,
+    files: SpoolFile[],
+    torn: readonly SpoolFile[],
+    cause: 'missing' | 'damaged',
+  ): Promise<void> {
+    if (torn.length === 0) return;
     const isManifest = (f: SpoolFile) => f.kind !== 'side';
-    const torn = files.filter(
-      (f) =>
-        f.body.byteLength !== f.bytes ||
-        (isManifest(f) && f.body.byteLength > 0 && f.body[f.body.byteLength - 1] !== 0x0a),
-    );
-    // A batch dropped for the quota meanwhile has its statuses already: it is sent as it is.
-    if (torn.length === 0 || batch.evicted) return;
+    // A batch dropped for the quota meanwhile has its statuses already: it is sent as it is, less what is missing.
+    if (batch.evicted) {
+      if (cause === 'missing') files.splice(0, files.length, ...files.filter((f) => !torn.includes(f)));
+      return;
+    }
     const tornSideUrls = new Set(
       torn.filter((f) => !isManifest(f)).map((f) => this.#options.store.urlFor(f.key)),
     );
@@ -551,9 +843,14 @@ export class CaptureSpool {
     }
     const next: SpoolFile[] = [...files.filter((f) => !isManifest(f) && !torn.includes(f)), ...kept];
     const failed = batch.captureIds.filter((id) => !delivered.has(id));
-    const detail = `the spooled batch ${batch.batchId} was damaged on this device's disk (${torn
-      .map((f) => `${f.key}: ${f.body.byteLength} bytes, ${f.bytes} recorded`)
-      .join('; ')}); the capture's record was lost`;
+    const detail =
+      cause === 'missing'
+        ? `the spooled batch ${batch.batchId} lost files on this device's disk (${torn
+            .map((f) => `${f.key}: missing`)
+            .join('; ')}); the capture's record was lost`
+        : `the spooled batch ${batch.batchId} was damaged on this device's disk (${torn
+            .map((f) => `${f.key}: ${f.body.byteLength} bytes, ${f.bytes} recorded`)
+            .join('; ')}); the capture's record was lost`;
     if (failed.length > 0) this.#options.onDropped(failed, detail);
     const folder = join(this.#options.dir, batch.batchId);
     let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
@@ -567,23 +864,36 @@ export class CaptureSpool {
       files: next.map(({ key, contentType, file, bytes, kind }) => ({ key, contentType, file, bytes, kind })),
     };
     try {
-      for (const file of rewritten) await writeFileAtomic(join(folder, file.file), file.body);
-      await writeFileAtomic(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
+      await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
       await syncFolder(folder);
     } catch (error) {
       throw new SpoolRewriteError(folder, error);
     }
-    this.#options.metrics?.dropped.inc({ reason: 'damaged' }, failed.length);
-    this.#options.logger?.warn(
-      {
-        event: 'capture-spool-damaged',
-        batchId: batch.batchId,
-        damagedFiles: torn.map((f) => ({ key: f.key, bytes: f.body.byteLength, recordedBytes: f.bytes })),
-        dropped: failed.length,
-        captures: captureIds.length,
-      },
-      `capture spool: ${detail}s; sending the ${captureIds.length} complete capture(s) and marking the ${failed.length} torn one(s) FAILURE`,
-    );
+    this.#options.metrics?.dropped.inc({ reason: cause }, failed.length);
+    if (cause === 'missing') this.#options.metrics?.spoolMissingFiles.inc(torn.length);
+    const admitted = this.#diskLines.admit(cause);
+    if (admitted !== undefined) {
+      this.#options.logger?.warn(
+        {
+          event: cause === 'missing' ? 'capture-spool-file-missing' : 'capture-spool-damaged',
+          batchId: batch.batchId,
+          ...(cause === 'missing'
+            ? { missingKeys: torn.map((f) => f.key) }
+            : {
+                damagedFiles: torn.map((f) => ({
+                  key: f.key,
+                  bytes: f.body.byteLength,
+                  recordedBytes: f.bytes,
+                })),
+              }),
+          dropped: failed.length,
+          captures: captureIds.length,
+          ...(admitted.leftOut > 0 && { linesNotLogged: admitted.leftOut }),
+        },
+        `capture spool: ${detail}s; sending the ${captureIds.length} complete capture(s) and marking the ${failed.length} lost one(s) FAILURE (${repeatsNote(admitted.leftOut, 'such line(s)')})`,
+      );
+    }
     const named = new Set(stored.files.map((f) => f.file));
     await Promise.all(
       batch.files
@@ -637,6 +947,7 @@ export class CaptureSpool {
         },
         `capture spool: over quota; dropped the oldest batch (${batch.captureIds.length} captures)`,
       );
+      this.#clearRetry(batch);
       // The batch being uploaded keeps its folder until that attempt ends.
       if (batch === this.#uploading) batch.evicted = true;
       else await rm(join(this.#options.dir, batch.batchId), { recursive: true, force: true });
@@ -655,15 +966,44 @@ export class CaptureSpoolFullError extends Error {
   readonly code = 'ENOSPC';
 }
 
-/** Writing the smaller batch back to the spool's folder failed: a local fault, not the store's. */
-class SpoolRewriteError extends Error {
+/** This disk failed an upload (reading a spooled file, writing the smaller batch back): a local fault, not the store's. */
+abstract class SpoolDiskError extends Error {
+  /** The event of its log line. */
+  abstract readonly event: string;
+}
+
+/** Writing the smaller batch back to the spool's folder failed. */
+class SpoolRewriteError extends SpoolDiskError {
   override readonly name = 'SpoolRewriteError';
+  readonly event = 'capture-spool-rewrite-failed';
   constructor(folder: string, cause: unknown) {
-    super(
-      `cannot rewrite the spooled batch ${folder} (${cause instanceof Error ? cause.message : String(cause)})`,
-      { cause },
-    );
+    super(`cannot rewrite the spooled batch ${folder} (${errorMessage(cause)})`, { cause });
   }
+}
+
+/** A spooled file could not be read (not for being missing: that drops the file). */
+class SpoolReadError extends SpoolDiskError {
+  override readonly name = 'SpoolReadError';
+  readonly event = 'capture-spool-read-failed';
+  constructor(folder: string, file: string, cause: unknown) {
+    super(`cannot read ${join(folder, file)} of a spooled batch (${errorMessage(cause)})`, { cause });
+  }
+}
+
+/** Files whose size is not the one batch.json records, or manifests whose last line is cut. */
+function tornFiles(files: readonly SpoolFile[]): SpoolFile[] {
+  return files.filter(
+    (f) =>
+      f.body.byteLength !== f.bytes ||
+      (f.kind !== 'side' && f.body.byteLength > 0 && f.body[f.body.byteLength - 1] !== 0x0a),
+  );
+}
+
+async function folderExists(path: string): Promise<boolean> {
+  return stat(path).then(
+    (info) => info.isDirectory(),
+    () => false,
+  );
 }
 
 /** A spooled file with its bytes. */

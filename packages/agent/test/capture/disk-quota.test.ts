@@ -1,5 +1,6 @@
 import { mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   CAPTURE_FOLDER,
@@ -43,6 +44,7 @@ interface Logged {
 async function start(
   settings: CaptureSettings,
   quota: { quotaBytes: number; minFreeBytes?: number; rescanIntervalMs?: number },
+  metrics?: Registry,
 ) {
   const clock = { now: 1_000_000 };
   const logged: Logged[] = [];
@@ -67,6 +69,7 @@ async function start(
     destination,
     logger,
     now: () => clock.now,
+    ...(metrics && { metricsRegistry: metrics }),
   });
   await service.start();
   services.push(service);
@@ -130,6 +133,35 @@ describe('Disk capture quota (edgefleet_capture_disk_quota_bytes)', () => {
     expect(error.code).toBe('RESOURCE_EXHAUSTED');
     expect(error.message).toMatch(/edgefleet_capture_disk_quota_bytes/);
     expect(() => service.status('second')).toThrow(/no capture with capture_id "second"/);
+  });
+
+  it('skips automatic captures while the destination is known full, as CaptureData is refused, and counts them', async () => {
+    const settings = testSettings(work, { batchSize: 1, autoCapture: [{ model: 'tiny', sampleRate: 1 }] });
+    await userFile(settings, 64_000);
+    const metrics = new Registry();
+    const { service } = await start(settings, { quotaBytes: 64_000 }, metrics);
+    const detach = loaded.registry.observe(service.autoCapture);
+    try {
+      await service.capture(captureInput('first'));
+      await service.flush();
+      expect(service.status('first').status).toBe('FAILURE');
+      const input = {
+        name: Buffer.from('x'),
+        dataType: 'FLOAT32' as const,
+        shape: [1, 16],
+        data: new Uint8Array(new Float32Array(16).fill(1).buffer),
+      };
+      await loaded.registry.predict('tiny', [input]);
+      await loaded.registry.predict('tiny', [input]);
+      const skipped = 'edgefleet_capture_auto_skipped_total{model="tiny",reason="destination-full"} 2';
+      for (let i = 0; i < 500 && !(await metrics.metrics()).includes(skipped); i++)
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(await metrics.metrics()).toContain(skipped);
+      expect(service.held).toBe(0);
+      expect(await metrics.metrics()).not.toMatch(/edgefleet_capture_accepted_total\{[^}]*source="auto"/);
+    } finally {
+      detach();
+    }
   });
 
   it('gives the room back once the user removes files: the folder is walked again before refusing', async () => {

@@ -14,10 +14,12 @@ import {
   ObjectStoreDestination,
   S3ObjectStore,
   SqliteCaptureQueue,
+  type AutoCaptureRule,
   type CaptureQueue,
 } from '../../src/capture/index.js';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { freeBytes } from '../../src/capture/disk-quota.js';
+import { type PredictTensor } from '../../src/models/index.js';
 import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
 import {
   captureInput,
@@ -78,11 +80,22 @@ async function bytesUnder(folder: string): Promise<number> {
 const FLOOR = 8 * 1024 * 1024;
 const CAPTURE_AUX_BYTES = 64 * 1024;
 
-function start(options: { capacity?: () => number; durable: boolean; logger?: Logger }) {
+function start(options: {
+  capacity?: () => number;
+  durable: boolean;
+  logger?: Logger;
+  autoCapture?: AutoCaptureRule[];
+  /** Default 1: each capture its own batch. */
+  batchSize?: number;
+  bufferSize?: number;
+}) {
   const settings = testSettings(disk, {
     destination: 'Cloud',
     cloud: { bucket: s3.bucket, region: 'us-east-1', endpoint: s3.endpoint, credentials: s3.credentials },
-    batchSize: 1,
+    batchSize: options.batchSize ?? 1,
+    ...(options.batchSize !== undefined && { pushPeriodSeconds: 3600 }),
+    ...(options.bufferSize !== undefined && { bufferSize: options.bufferSize }),
+    ...(options.autoCapture && { autoCapture: options.autoCapture }),
     spool: {
       dir: join(disk, 'spool'),
       quotaBytes: 64 * 1024 * 1024,
@@ -143,6 +156,15 @@ function recordingLogger() {
     error: (fields, message) => lines.push({ level: 'error', fields, message }),
   };
   return { lines, logger };
+}
+
+function tinyInput(value: number): PredictTensor {
+  return {
+    name: Buffer.from('x'),
+    dataType: 'FLOAT32',
+    shape: [1, 16],
+    data: new Uint8Array(new Float32Array(16).fill(value).buffer),
+  };
 }
 
 const withAux = (id: string) =>
@@ -331,6 +353,83 @@ describe('the offline spool on a small disk', () => {
       /giving up a batch: cannot keep the batch in the offline spool .*half of edgefleet_capture_min_free_bytes.*\(after 5 attempts\); its 1 capture\(s\) are marked FAILURE/,
     );
     expect(await metrics.metrics()).toMatch(/edgefleet_capture_dropped_total\{reason="write-failed"\} 1/);
+  });
+});
+
+describe('the door of the offline spool', () => {
+  it('counts the bytes of the captures held once: a large backlog on a roomy disk does not refuse new captures', async () => {
+    // Captures held in memory (no local database), not yet in a batch (a batch of 100 or an hour), while the spool
+    // holds a batch: each needs its spooled copy alone on this disk.
+    let capacity = 256 * 1024 * 1024;
+    const { service, metrics } = start({
+      capacity: () => capacity,
+      durable: false,
+      batchSize: 100,
+      bufferSize: 200,
+    });
+    await service.start();
+    await s3.stop();
+    await service.capture(withAux('spooled'));
+    await service.flush();
+    expect(service.spoolState()!.batches).toBe(1);
+    // Room above the floor for 1.5 times a backlog of 20 captures.
+    const oneCapture = CAPTURE_AUX_BYTES + 64;
+    capacity = (await bytesUnder(disk)) + FLOOR + Math.floor(1.5 * 20 * oneCapture);
+    for (let i = 0; i < 20; i++) await service.capture(withAux(`held-${i}`));
+    expect(service.held).toBe(20);
+    // The floor is still kept: the captures the room does not hold are refused.
+    let taken = 20;
+    let refusal: Error | undefined;
+    for (; taken < 60 && refusal === undefined; taken++) {
+      await service.capture(withAux(`more-${taken}`)).catch((error: Error) => (refusal = error));
+    }
+    expect(refusal).toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+    expect(refusal!.message).toMatch(/offline capture spool .* would leave less than the 8388608 bytes/);
+    expect(service.held).toBeLessThanOrEqual(30);
+    expect(service.held).toBeGreaterThanOrEqual(28);
+    expect(await metrics.getSingleMetricAsString('edgefleet_capture_rejected_total')).toContain(
+      'edgefleet_capture_rejected_total{code="RESOURCE_EXHAUSTED"} 1',
+    );
+  });
+
+  it('checks automatic captures against the free-space floor as CaptureData, and counts those refused', async () => {
+    let capacity = 256 * 1024 * 1024;
+    const { service, metrics } = start({
+      capacity: () => capacity,
+      durable: true,
+      autoCapture: [{ model: 'tiny', sampleRate: 1 }],
+    });
+    await service.start();
+    const detach = loaded.registry.observe(service.autoCapture);
+    try {
+      await s3.stop();
+      await service.capture(withAux('spooled'));
+      await eventually(() => service.spoolState()!.batches === 1);
+      // The floor and a few bytes free: no capture fits.
+      capacity = (await bytesUnder(disk)) + FLOOR + 16;
+      await expect(service.capture(withAux('refused'))).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+      await loaded.registry.predict('tiny', [tinyInput(1)]);
+      await loaded.registry.predict('tiny', [tinyInput(2)]);
+      await eventually(async () =>
+        (await metrics.getSingleMetricAsString('edgefleet_capture_auto_skipped_total')).includes(
+          'edgefleet_capture_auto_skipped_total{model="tiny",reason="spool-full"} 2',
+        ),
+      );
+      expect(service.held).toBe(0);
+      expect(await metrics.getSingleMetricAsString('edgefleet_capture_accepted_total')).not.toContain(
+        'source="auto"',
+      );
+      // Room again: taken.
+      capacity = 256 * 1024 * 1024;
+      await loaded.registry.predict('tiny', [tinyInput(3)]);
+      await eventually(async () =>
+        (await metrics.getSingleMetricAsString('edgefleet_capture_accepted_total')).includes(
+          'edgefleet_capture_accepted_total{model="tiny",source="auto"} 1',
+        ),
+      );
+    } finally {
+      detach();
+    }
   });
 });
 

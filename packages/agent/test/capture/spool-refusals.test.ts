@@ -474,14 +474,15 @@ describe('capture spool: the spooled batch cannot be rewritten', () => {
 });
 
 describe('capture periodic upload: files refused for good', () => {
-  it('skips a file the store refuses for good, keeps it on disk, and uploads the files after it', async () => {
+  /** Two Disk captures, pa's side file over the server's 1 KiB limit and the oldest file (met first each round). */
+  async function diskWithRefusedFile(batchId: string, ids: [string, string]) {
     const root = await mkdtemp(join(tmpdir(), 'ef-periodic-refused-'));
     const disk = new DiskDestination(root);
     const batch = renderBatch(
-      '5'.repeat(32),
+      batchId,
       [
-        { ...captureItem('pa', Buffer.alloc(2048, 1), 'mlp'), inferenceTime: T, receivedAt: T },
-        { ...captureItem('pb', Buffer.alloc(256, 2), 'mlp'), inferenceTime: T + 1, receivedAt: T + 1 },
+        { ...captureItem(ids[0], Buffer.alloc(2048, 1), 'mlp'), inferenceTime: T, receivedAt: T },
+        { ...captureItem(ids[1], Buffer.alloc(256, 2), 'mlp'), inferenceTime: T + 1, receivedAt: T + 1 },
       ],
       {
         folderPrefix: 'edge',
@@ -493,8 +494,7 @@ describe('capture periodic upload: files refused for good', () => {
       },
     );
     await disk.write(batch.files);
-    const big = batch.files.find((f) => f.key.includes('/pa-'))!;
-    // The oldest file: met first in every round, as the review's case (a file over the server's limit).
+    const big = batch.files.find((f) => f.key.includes(`/${ids[0]}-`))!;
     await utimes(disk.pathOf(big.key), new Date(T - HOUR), new Date(T - HOUR));
     const registry = new Registry();
     const metrics = new CaptureMetrics(registry, {
@@ -502,6 +502,14 @@ describe('capture periodic upload: files refused for good', () => {
       spoolBytes: () => 0,
       spoolBatches: () => 0,
     });
+    return { root, disk, batch, big, registry, metrics };
+  }
+
+  it('skips a file the store refuses for good, records the refusal, removes the file, and uploads the files after it', async () => {
+    const { root, disk, batch, big, registry, metrics } = await diskWithRefusedFile('5'.repeat(32), [
+      'pa',
+      'pb',
+    ]);
     const { lines, logger } = logLines();
     const upload = new PeriodicUpload({
       root,
@@ -517,13 +525,50 @@ describe('capture periodic upload: files refused for good', () => {
       expect(await upload.runOnce()).toBe(batch.files.length - 1);
       for (const file of batch.files.filter((f) => f !== big)) expect(await stored(file.key)).toBeDefined();
       expect(await stored(big.key)).toBeUndefined();
-      // The only copy of pa's data stays where it was.
+      // Recorded (logged and counted), then removed: a file the store will never take does not fill the disk.
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatchObject({
+        level: 'warn',
+        fields: { key: big.key, path: disk.pathOf(big.key), failure: 'rejected', removed: true },
+        message: expect.stringContaining(`removed ${disk.pathOf(big.key)}`),
+      });
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-failed')).toEqual([]);
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        'edgefleet_capture_refused_files_total{via="periodic"} 1',
+      );
+      await expect(stat(disk.pathOf(big.key))).rejects.toMatchObject({ code: 'ENOENT' });
+      // Everything went, one way or the other: nothing is left under the prefix.
+      expect(await readdir(join(root, 'edge'))).toEqual([]);
+      expect(await upload.runOnce()).toBe(0);
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+    } finally {
+      await upload.close();
+    }
+  });
+
+  it('with keep_uploaded_files, keeps the refused file as it keeps uploaded ones, and does not send it again while it is unchanged', async () => {
+    const { root, disk, batch, big, registry, metrics } = await diskWithRefusedFile('8'.repeat(32), [
+      'ka',
+      'kb',
+    ]);
+    const { lines, logger } = logLines();
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'edge',
+      store,
+      periodMs: 3_600_000,
+      keepFiles: true,
+      ledger: new MemoryUploadLedger(),
+      metrics,
+      logger,
+    });
+    try {
+      expect(await upload.runOnce()).toBe(batch.files.length - 1);
       expect((await stat(disk.pathOf(big.key))).size).toBe(2048);
       const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
       expect(refused).toHaveLength(1);
-      expect(refused[0]).toMatchObject({ level: 'warn', fields: { key: big.key, failure: 'rejected' } });
-      expect(lines.filter((l) => l.fields.event === 'capture-upload-failed')).toEqual([]);
-      // Not sent again, nor logged again, while it is unchanged.
+      expect(refused[0]!.fields).toMatchObject({ key: big.key, removed: false });
       expect(await upload.runOnce()).toBe(0);
       expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
       expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(

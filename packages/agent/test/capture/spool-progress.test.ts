@@ -1,0 +1,478 @@
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Registry } from 'prom-client';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
+import { CaptureSpool, S3ObjectStore, type ObjectStore } from '../../src/capture/index.js';
+import { RefusedByStoreError } from '../../src/capture/object-store.js';
+import { writeFileAtomic } from '../../src/capture/atomic-files.js';
+import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
+import { captureItem, startS3, type TestS3 } from './helpers.js';
+
+// The offline spool does not let one batch hold back the others: a batch the store keeps failing, one whose files
+// went missing, one that cannot be written back to this disk. The bucket is s3rver over real HTTP; the spool's
+// folder is a real one; the backoff's timers are run when the test chooses, and the line limits' clock is the test's.
+
+let work: string;
+let s3: TestS3;
+let s3Store: S3ObjectStore;
+
+beforeEach(async () => {
+  work = await mkdtemp(join(tmpdir(), 'ef-spool-progress-'));
+  s3 = await startS3(join(work, 's3'));
+  s3Store = new S3ObjectStore({
+    bucket: s3.bucket,
+    region: 'us-east-1',
+    endpoint: s3.endpoint,
+    credentials: s3.credentials,
+    maxAttempts: 1,
+  });
+});
+afterEach(async () => {
+  s3Store.close();
+  await s3.close();
+  await rm(work, { recursive: true, force: true });
+});
+
+const HOUR = 3_600_000;
+const T = Date.UTC(2026, 11, 7, 5);
+
+/**
+ * A batch of captures taken at `hour` hours after T (its age in the spool): each a 256-byte tensor, a side file
+ * over the 64-byte embed limit.
+ */
+function batchOf(id: string, captureIds: string[], hour: number): RenderedBatch {
+  const items = captureIds.map((captureId, i) => ({
+    ...captureItem(captureId, Buffer.alloc(256, i + 1)),
+    inferenceTime: T + hour * HOUR + i,
+    receivedAt: T + hour * HOUR + i,
+  }));
+  return renderBatch(id.repeat(32), items, {
+    folderPrefix: 'edge',
+    fleetName: 'plant',
+    deviceName: 'cam-1',
+    base64EmbedLimit: 64,
+    modelMonitorFormat: false,
+    urlFor: (key) => s3Store.urlFor(key),
+  });
+}
+
+type Line = { level: string; fields: Record<string, unknown>; message: string };
+
+function spoolUnderTest(options: {
+  store: ObjectStore;
+  setAsideAfterFailures?: number;
+  setAsideMaxBatches?: number;
+  now?: () => number;
+  writeFile?: (path: string, body: Uint8Array) => Promise<void>;
+}) {
+  const lines: Line[] = [];
+  const line = (level: string) => (fields: Record<string, unknown>, message: string) =>
+    lines.push({ level, fields, message });
+  const registry = new Registry();
+  const scheduled: { run: () => void; ms: number }[] = [];
+  const delivered: string[] = [];
+  const dropped: { ids: readonly string[]; detail: string }[] = [];
+  const dir = join(work, 'spool');
+  const spool = new CaptureSpool({
+    dir,
+    quotaBytes: 1024 * 1024,
+    store: options.store,
+    retry: { initialMs: 1000, maxMs: 60_000 },
+    onDelivered: (ids) => delivered.push(...ids),
+    onDropped: (ids, detail) => dropped.push({ ids, detail }),
+    metrics: new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    }),
+    logger: { info: line('info'), warn: line('warn'), error: line('error') },
+    timers: { set: (run, ms) => scheduled.push({ run, ms }), clear: () => undefined },
+    ...(options.now && { now: options.now }),
+    ...(options.writeFile && { writeFile: options.writeFile }),
+    ...(options.setAsideAfterFailures !== undefined && {
+      setAsideAfterFailures: options.setAsideAfterFailures,
+    }),
+    ...(options.setAsideMaxBatches !== undefined && { setAsideMaxBatches: options.setAsideMaxBatches }),
+  });
+  /** Runs the backoff timers set so far (each once), as their time coming would. */
+  const runTimers = () => {
+    for (const timer of scheduled.splice(0)) timer.run();
+  };
+  const metric = async (name: string) => (await registry.getSingleMetricAsString(name)) ?? '';
+  return { spool, dir, lines, scheduled, delivered, dropped, runTimers, metric };
+}
+
+/** Polls until the check passes (real time; no assertion is on time). */
+async function until(check: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 2000; i++) {
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error(`${what}: not met`);
+}
+
+/** The store, failing every put of the keys in `failing` (a 500 from the store, as an S3 SDK error would say). */
+function failingFor(
+  store: ObjectStore,
+  failing: () => ReadonlySet<string>,
+  puts: string[] = [],
+): ObjectStore {
+  return {
+    description: store.description,
+    urlFor: (key) => store.urlFor(key),
+    put: async (key, body, contentType) => {
+      puts.push(key);
+      if (failing().has(key)) throw new Error(`InternalError: we encountered an internal error (${key})`);
+      return store.put(key, body, contentType);
+    },
+  };
+}
+
+const keysOf = (...batches: RenderedBatch[]) => new Set(batches.flatMap((b) => b.files.map((f) => f.key)));
+const idsIn = async (s3Records: TestS3) =>
+  (await s3Records.records()).map((r) => r.record.eventMetadata.eventId as string).sort();
+
+describe('capture spool: a batch that fails does not hold back the others', () => {
+  it('uploads the newer batches while the oldest one fails, retries it on its own backoff, and sets it aside when it keeps failing while others go', async () => {
+    const bad = batchOf('a', ['bad-1', 'bad-2'], 0);
+    const goods = [batchOf('b', ['b-1'], 1), batchOf('c', ['c-1'], 2)];
+    let failing = keysOf(bad);
+    const t = spoolUnderTest({
+      store: failingFor(s3Store, () => failing),
+      setAsideAfterFailures: 2,
+    });
+    await t.spool.open();
+    try {
+      // The oldest data first: the bad batch is met first, and every newer batch goes all the same.
+      await t.spool.add(bad);
+      for (const good of goods) await t.spool.add(good);
+      await until(() => t.delivered.length === 2, 'the newer batches are delivered');
+      expect(t.delivered.sort()).toEqual(['b-1', 'c-1']);
+      expect(await idsIn(s3)).toEqual(['b-1', 'c-1']);
+      // Only the failing batch waits, on its own timer.
+      expect(t.scheduled).toHaveLength(1);
+      expect(t.spool.batches).toBe(1);
+      const failed = t.lines.filter((l) => l.fields.event === 'capture-upload-failed');
+      expect(failed[0]!.fields).toMatchObject({ batchFailures: 1 });
+
+      // It keeps failing while the store takes other batches: its own failures, counted to the limit (2).
+      await t.spool.add(batchOf('d', ['d-1'], 3));
+      await until(() => t.delivered.includes('d-1'), 'd delivered');
+      t.runTimers();
+      await until(() => t.scheduled.length === 1, 'the bad batch failed again');
+      expect(t.dropped).toEqual([]);
+      await t.spool.add(batchOf('e', ['e-1'], 4));
+      await until(() => t.delivered.includes('e-1'), 'e delivered');
+      t.runTimers();
+      await until(
+        () => t.lines.some((l) => l.fields.event === 'capture-spool-set-aside'),
+        'the bad batch is set aside',
+      );
+
+      const aside = join(t.dir, 'set-aside', bad.batchId);
+      expect(t.dropped[0]!.ids).toEqual(['bad-1', 'bad-2']);
+      expect(t.dropped[0]!.detail).toMatch(
+        new RegExp(
+          `could never be uploaded to .* \\(3 failed attempts, the last: InternalError.*set aside in ${aside}$`,
+        ),
+      );
+      expect(t.spool.batches).toBe(0);
+      expect(t.spool.setAsideBatches).toBe(1);
+      // The folder as it was, with a note of why, for the operator to look at.
+      const files = await readdir(aside);
+      expect(files).toEqual(expect.arrayContaining(['batch.json', 'set-aside.json']));
+      const note = JSON.parse(await readFile(join(aside, 'set-aside.json'), 'utf8')) as Record<
+        string,
+        unknown
+      >;
+      expect(note).toMatchObject({ failures: 3, captureIds: ['bad-1', 'bad-2'] });
+      const line = t.lines.find((l) => l.fields.event === 'capture-spool-set-aside');
+      expect(line).toMatchObject({ level: 'error', fields: { path: aside, captures: 2, failures: 3 } });
+      expect(await t.metric('edgefleet_capture_dropped_total')).toContain(
+        'edgefleet_capture_dropped_total{reason="set-aside"} 2',
+      );
+      // Not retried any more.
+      expect(t.scheduled).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+
+    // A restart keeps the set-aside folder as it is: never read as a batch, never uploaded, never removed.
+    failing = new Set();
+    const again = spoolUnderTest({ store: s3Store });
+    await again.spool.open();
+    try {
+      expect(again.spool.batches).toBe(0);
+      expect(again.spool.setAsideBatches).toBe(1);
+      expect((await stat(join(again.dir, 'set-aside', bad.batchId, 'batch.json'))).isFile()).toBe(true);
+    } finally {
+      await again.spool.close();
+    }
+  });
+
+  it('while the store is down, makes one attempt per pause, each of a batch tried least, sets none aside, and sends them all once it is back', async () => {
+    const batches = ['a', 'b', 'c', 'd', 'e'].map((id, hour) => batchOf(id, [`${id}-1`], hour));
+    // Each batch is one side file and its manifest: an attempt in the outage puts the side file alone.
+    const puts: string[] = [];
+    let down = true;
+    const everything = keysOf(...batches);
+    const t = spoolUnderTest({
+      store: failingFor(s3Store, () => (down ? everything : new Set()), puts),
+      setAsideAfterFailures: 2,
+    });
+    const batchOfKey = (key: string) => batches.findIndex((b) => b.files.some((f) => f.key === key));
+    await t.spool.open();
+    try {
+      for (const batch of batches) await t.spool.add(batch);
+      // The oldest fails and waits on its own; the next fails too: the store looks down, and everything waits.
+      await until(() => t.scheduled.length === 2, 'two batches met the outage');
+      expect(puts.map(batchOfKey)).toEqual([0, 1]);
+      for (let round = 1; round <= 4; round++) {
+        t.runTimers();
+        await until(() => puts.length === 2 + round && t.scheduled.length === 1, `probe ${round} failed`);
+        // The pause grows with the attempts failed in a row (2 + round: at least half of 1 s doubled each time),
+        // whichever batch the probe was.
+        expect(t.scheduled[0]!.ms).toBeGreaterThanOrEqual(1000 * 2 ** round);
+      }
+      // Each probe a batch tried least: no batch retried while another has not been tried, none set aside for it.
+      expect(puts.map(batchOfKey)).toEqual([0, 1, 2, 3, 4, 0]);
+      expect(t.dropped).toEqual([]);
+      expect(t.spool.setAsideBatches).toBe(0);
+      expect(t.spool.unreachable).toBe(true);
+
+      down = false;
+      t.runTimers();
+      await until(() => t.delivered.length === 5, 'everything delivered');
+      expect(await idsIn(s3)).toEqual(['a-1', 'b-1', 'c-1', 'd-1', 'e-1']);
+      expect(t.spool.batches).toBe(0);
+      expect(t.spool.unreachable).toBe(false);
+      expect(await readdir(t.dir)).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('drops a file missing from a batch with the records that need it, counts and logs it (a line a minute), and delivers the rest', async () => {
+    // Spooled while the store was down, then files removed from their folders (by hand, a disk fault).
+    await s3.stop();
+    const batches = [batchOf('a', ['a-1', 'a-2'], 0), batchOf('b', ['b-1'], 1), batchOf('c', ['c-1'], 2)];
+    const first = spoolUnderTest({ store: s3Store });
+    await first.spool.open();
+    for (const batch of batches) await first.spool.add(batch);
+    await first.spool.close();
+    const removeSide = async (batch: RenderedBatch, captureId: string) => {
+      const index = batch.files.findIndex((f) => f.kind === 'side' && f.key.includes(`/${captureId}-`));
+      await rm(join(first.dir, batch.batchId, String(index)));
+    };
+    await removeSide(batches[0]!, 'a-2');
+    await removeSide(batches[1]!, 'b-1');
+    await s3.restart();
+
+    let now = T;
+    const t = spoolUnderTest({ store: s3Store, now: () => now });
+    await t.spool.open();
+    try {
+      await until(() => t.spool.batches === 0, 'every batch uploaded');
+      expect(t.delivered.sort()).toEqual(['a-1', 'c-1']);
+      expect(t.dropped.map((d) => d.ids)).toEqual([['a-2'], ['b-1']]);
+      expect(t.dropped[0]!.detail).toMatch(
+        /lost files on this device's disk \(.*a-2-input-1\.bin: missing\)/,
+      );
+      const missing = () => t.lines.filter((l) => l.fields.event === 'capture-spool-file-missing');
+      // One line for both (the second within the minute), each file and capture counted.
+      expect(missing()).toHaveLength(1);
+      expect(missing()[0]).toMatchObject({ level: 'warn', fields: { dropped: 1, captures: 1 } });
+      expect(await t.metric('edgefleet_capture_spool_missing_files_total')).toContain(
+        'edgefleet_capture_spool_missing_files_total 2',
+      );
+      expect(await t.metric('edgefleet_capture_dropped_total')).toContain(
+        'edgefleet_capture_dropped_total{reason="missing"} 2',
+      );
+      expect(await idsIn(s3)).toEqual(['a-1', 'c-1']);
+      expect(await readdir(t.dir)).toEqual([]);
+
+      // A minute later, a batch whose manifest went missing: its line says the one left out.
+      now += 61_000;
+      await s3.stop();
+      const d = batchOf('d', ['d-1'], 3);
+      await t.spool.add(d);
+      await until(() => t.scheduled.length === 1, 'd met the outage');
+      await rm(join(t.dir, d.batchId, String(d.files.findIndex((f) => f.kind === 'manifest'))));
+      await s3.restart();
+      t.runTimers();
+      await until(() => t.spool.batches === 0, 'd gone');
+      expect(t.dropped.at(-1)).toMatchObject({ ids: ['d-1'] });
+      expect(missing()).toHaveLength(2);
+      expect(missing()[1]!.fields).toMatchObject({ linesNotLogged: 1, dropped: 1, captures: 0 });
+      expect(await t.metric('edgefleet_capture_spool_missing_files_total')).toContain(
+        'edgefleet_capture_spool_missing_files_total 3',
+      );
+      // Its side file, named by no record left, was not sent.
+      expect(await idsIn(s3)).toEqual(['a-1', 'c-1']);
+
+      // A batch whose whole folder is gone: its captures failed and counted (its line within the minute left out).
+      await s3.stop();
+      const e = batchOf('e', ['e-1', 'e-2'], 4);
+      await t.spool.add(e);
+      await until(() => t.scheduled.length === 1, 'e met the outage');
+      await rm(join(t.dir, e.batchId), { recursive: true });
+      await s3.restart();
+      t.runTimers();
+      await until(() => t.spool.batches === 0, 'e gone');
+      expect(t.dropped.at(-1)).toEqual({
+        ids: ['e-1', 'e-2'],
+        detail: `the spooled batch ${join(t.dir, e.batchId)} is gone (removed from the spool folder)`,
+      });
+      expect(await t.metric('edgefleet_capture_dropped_total')).toContain(
+        'edgefleet_capture_dropped_total{reason="missing"} 5',
+      );
+      expect(missing()).toHaveLength(2);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('uploads the other batches while one cannot be written back to this disk, and sends it once it can', async () => {
+    const bad = batchOf('a', ['r-1', 'r-2'], 0);
+    const good = batchOf('b', ['g-1'], 1);
+    // The store refuses r-1's side file for good: the batch must be written back without it.
+    const refusedKey = bad.files.find((f) => f.kind === 'side' && f.key.includes('/r-1-'))!.key;
+    let refuse = false;
+    const refusing: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        if (refuse && key === refusedKey) throw new RefusedByStoreError(`413 too large: ${key}`);
+        return s3Store.put(key, body, contentType);
+      },
+    };
+    const t = spoolUnderTest({ store: refusing });
+    await t.spool.open();
+    try {
+      // Spooled while the store was down; then a real local fault: batch.json cannot be replaced (a folder holding
+      // a file stands at its name).
+      await s3.stop();
+      await t.spool.add(bad);
+      await until(() => t.scheduled.length === 1, 'the outage is met');
+      const batchFile = join(t.dir, bad.batchId, 'batch.json');
+      const saved = await readFile(batchFile);
+      await rm(batchFile);
+      await mkdir(join(batchFile, 'blocker'), { recursive: true });
+      refuse = true;
+      await s3.restart();
+      t.runTimers();
+      await until(
+        () => t.lines.some((l) => l.fields.event === 'capture-spool-rewrite-failed'),
+        'the rewrite failed',
+      );
+      // It waits its own backoff; a newer batch goes at once.
+      await until(() => t.scheduled.length === 1, 'the batch waits its own backoff');
+      await t.spool.add(good);
+      await until(() => t.delivered.includes('g-1'), 'the newer batch is delivered');
+      expect(t.spool.batches).toBe(1);
+
+      await rm(batchFile, { recursive: true });
+      await writeFile(batchFile, saved);
+      t.runTimers();
+      await until(() => t.spool.batches === 0, 'the rest of it is delivered');
+      expect(t.delivered.sort()).toEqual(['g-1', 'r-2']);
+      expect(await idsIn(s3)).toEqual(['g-1', 'r-2']);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('retries a batch whose smaller copy finds the disk full on its own backoff, never setting it aside for that, and sets aside one the disk fails otherwise', async () => {
+    const bad = batchOf('a', ['r-1', 'r-2'], 0);
+    const failing = batchOf('c', ['q-1', 'q-2'], 2);
+    // The store refuses r-1's and q-1's side files for good: each batch must be written back without it.
+    const refused = new Set(
+      [bad, failing].map((b) => b.files.find((f) => f.kind === 'side' && /\/[rq]-1-/.test(f.key))!.key),
+    );
+    const refusing: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        if (refused.has(key)) throw new RefusedByStoreError(`413 too large: ${key}`);
+        return s3Store.put(key, body, contentType);
+      },
+    };
+    // The disk, as the spool's writes meet it: full (ENOSPC) for the one batch's rewrite, failing (EIO) for the
+    // other's.
+    let full = true;
+    const writeFile = async (path: string, body: Uint8Array) => {
+      if (full && path.endsWith(join(bad.batchId, 'batch.json')))
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      if (path.endsWith(join(failing.batchId, 'batch.json')))
+        throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
+      return writeFileAtomic(path, body);
+    };
+    const t = spoolUnderTest({ store: refusing, writeFile, setAsideAfterFailures: 1 });
+    await t.spool.open();
+    try {
+      await t.spool.add(bad);
+      await until(() => t.scheduled.length === 1, 'the rewrite met the full disk');
+      await t.spool.add(batchOf('b', ['g-1'], 1));
+      await until(() => t.delivered.includes('g-1'), 'the newer batch is delivered');
+      // Lack of space passes: not the batch's own failure, however often (the limit here is 1).
+      t.runTimers();
+      await until(() => t.scheduled.length === 1, 'the rewrite met the full disk again');
+      expect(t.spool.setAsideBatches).toBe(0);
+      expect(t.spool.batches).toBe(1);
+      full = false;
+      t.runTimers();
+      await until(() => t.delivered.includes('r-2'), 'the rest of it is delivered once there is room');
+      expect(t.spool.batches).toBe(0);
+
+      // Any other failure of this disk is the batch's own: set aside at the limit.
+      await t.spool.add(failing);
+      await until(
+        () => t.lines.some((l) => l.fields.event === 'capture-spool-set-aside'),
+        'the batch the disk fails is set aside',
+      );
+      expect(t.dropped.at(-1)).toMatchObject({
+        ids: ['q-1', 'q-2'],
+        detail: expect.stringMatching(/the last: cannot rewrite the spooled batch .*EIO/),
+      });
+      expect(t.spool.setAsideBatches).toBe(1);
+      expect(await idsIn(s3)).toEqual(['g-1', 'r-2']);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('keeps the set-aside folder within its bounds: the oldest set-aside batch is removed, logged', async () => {
+    const bads = [batchOf('a', ['x-1'], 0), batchOf('b', ['y-1'], 1)];
+    const t = spoolUnderTest({
+      store: failingFor(s3Store, () => keysOf(...bads)),
+      setAsideAfterFailures: 1,
+      setAsideMaxBatches: 1,
+    });
+    await t.spool.open();
+    try {
+      for (const bad of bads) await t.spool.add(bad);
+      await until(() => t.scheduled.length === 2, 'both failed once');
+      // The store looks down: the pause's probe is the batch tried least, delivered; the failures of the others
+      // after it are their own.
+      await t.spool.add(batchOf('c', ['z-1'], 2));
+      t.runTimers();
+      await until(
+        () => t.lines.some((l) => l.fields.event === 'capture-spool-set-aside-removed'),
+        'both set aside, the oldest removed',
+      );
+      expect(t.dropped.map((d) => d.ids)).toEqual([['x-1'], ['y-1']]);
+      expect(t.delivered).toEqual(['z-1']);
+      expect(await readdir(join(t.dir, 'set-aside'))).toEqual([bads[1]!.batchId]);
+      expect(t.spool.setAsideBatches).toBe(1);
+      const removed = t.lines.find((l) => l.fields.event === 'capture-spool-set-aside-removed');
+      expect(removed).toMatchObject({
+        level: 'warn',
+        fields: { batchId: bads[0]!.batchId, maxBatches: 1 },
+      });
+    } finally {
+      await t.spool.close();
+    }
+  });
+});
