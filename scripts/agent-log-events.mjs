@@ -68,18 +68,32 @@ export function scanLogEvents(root = REPO_ROOT) {
   for (const dir of SOURCES) {
     for (const file of tsFiles(join(root, dir))) {
       const text = readFileSync(file, 'utf8');
-      for (const match of text.matchAll(/\bevent:\s*(['`])([a-z0-9_${}.<>-]+)\1/g)) {
-        const name = match[2].replace(/\$\{(\w+)\}/g, '<$1>');
-        const at = match.index;
-        const enclosing = enclosingLevel(text, at);
-        const levels = enclosing ? [enclosing] : levelsOfFields(text, at);
-        const line = text.slice(0, at).split('\n').length;
-        const message = /^[^}]*\}\s*,\s*\n?\s*(['`])((?:(?!\1).)*)\1/s.exec(text.slice(at, at + 1500))?.[2];
+      const found = (name, at, levels, message) => {
         const entry = events.get(name) ?? { event: name, levels: new Set(), message, where: [] };
         for (const level of levels) entry.levels.add(level);
-        entry.where.push(`${relative(root, file)}:${line}`);
+        entry.where.push(`${relative(root, file)}:${text.slice(0, at).split('\n').length}`);
         events.set(name, entry);
+      };
+      for (const match of text.matchAll(/\bevent:\s*(['`])([a-z0-9_${}.<>-]+)\1/g)) {
+        const at = match.index;
+        const enclosing = enclosingLevel(text, at);
+        const message = /^[^}]*\}\s*,\s*\n?\s*(['`])((?:(?!\1).)*)\1/s.exec(text.slice(at, at + 1500))?.[2];
+        found(
+          match[2].replace(/\$\{(\w+)\}/g, '<$1>'),
+          at,
+          enclosing ? [enclosing] : levelsOfFields(text, at),
+          message,
+        );
       }
+      // `event: cond ? 'a' : 'b'`: both names, at the call's level.
+      for (const match of text.matchAll(/\bevent:\s*[^,\n?]*\?\s*'([a-z0-9_.-]+)'\s*:\s*'([a-z0-9_.-]+)'/g)) {
+        const enclosing = enclosingLevel(text, match.index);
+        for (const name of [match[1], match[2]])
+          found(name, match.index, enclosing ? [enclosing] : [], undefined);
+      }
+      // An error class naming the event its line is logged with (`readonly event = '…'`): the level is the logger's.
+      for (const match of text.matchAll(/\breadonly event\s*=\s*'([a-z0-9_.-]+)'/g))
+        found(match[1], match.index, [], undefined);
     }
   }
   return [...events.values()].sort((a, b) => a.event.localeCompare(b.event));
@@ -118,6 +132,7 @@ export function compareLogEvents(root = REPO_ROOT) {
   const missing = code.filter((e) => rowsOf.get(e).length === 0);
   const wrongLevel = [];
   for (const [e, names] of rowsOf) {
+    if (e.levels.size === 0) continue; // logged at a level the scan cannot see (an error's own event)
     for (const name of names) {
       const cell = documented.get(name);
       const levels = cell.split(/[\s,]+/).filter(Boolean);
