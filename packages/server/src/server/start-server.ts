@@ -898,6 +898,7 @@ export async function startServer(
       logger: logger.child({ api: 'operator' }),
       outageLog,
       observeRequest: (request, reply) => metrics.observeRequest('operator', request, reply),
+      observeTimeout: (answered) => metrics.requestTimedOut('operator', answered),
       authenticators: {
         ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
         'console-session': consoleSignOutAuthenticator(services.consoleSessions),
@@ -1014,6 +1015,7 @@ export async function startServer(
       logger: logger.child({ api: 'device' }),
       outageLog,
       observeRequest: (request, reply) => metrics.observeRequest('device', request, reply),
+      observeTimeout: (answered) => metrics.requestTimedOut('device', answered),
       authenticators: {
         device: deviceAuthenticator(services.identity, (request) =>
           authenticatedDeviceRequests.add(request.raw),
