@@ -19,6 +19,16 @@ export const PACKAGING_JOB_STATUSES = ['STARTING', 'INPROGRESS', 'COMPLETED', 'F
 
 /** How long one evaluation serves scrapes; a scrape flood then costs the database one read per this. */
 export const DEFAULT_FLEET_STATE_TTL_MS = 5_000;
+/** How long a scrape waits for the counts: a database that hangs shows as not usable, not as a hung scrape. */
+export const DEFAULT_FLEET_STATE_READ_TIMEOUT_MS = 2_000;
+
+/** The counts were not read within the reader's deadline (the database hangs, or its pool is used up). */
+export class FleetStateReadTimeoutError extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`the database did not answer the fleet's counts within ${timeoutMs} ms`);
+    this.name = 'FleetStateReadTimeoutError';
+  }
+}
 
 /** The fleet as counted at one moment: a few grouped counts, whatever the number of devices or plans. */
 export interface FleetState {
@@ -41,16 +51,21 @@ function countsOf<S extends string>(
 /**
  * Reads the fleet's state for a scrape: three grouped queries, cached for `ttlMs`, and one evaluation in flight
  * shared by every scrape that arrives while it runs. A failed read is cached as long (an outage must not turn
- * a scrape flood into a query flood) and reported as the database not usable.
+ * a scrape flood into a query flood) and reported as the database not usable; so is one not done within
+ * `readTimeoutMs`, whose queries are left to finish (never a second set beside them: no pile-up of queries on a
+ * hung database).
  */
 export class FleetStateReader {
   readonly #db: Kysely<DatabaseSchema>;
   readonly #offlineAfterMs: number;
   readonly #ttlMs: number;
+  readonly #readTimeoutMs: number;
   readonly #now: () => number;
   readonly #onError: ((error: unknown) => void) | undefined;
   #cached: { at: number; state: FleetState | undefined } | undefined;
   #inFlight: Promise<FleetState | undefined> | undefined;
+  /** The database read itself, until it settles: may outlive #inFlight when the deadline passes first. */
+  #reading: Promise<FleetState | undefined> | undefined;
   #evaluations = 0;
 
   /** `onError` hears why a read failed (the scrape shows only that the database could not be used). */
@@ -59,6 +74,7 @@ export class FleetStateReader {
     options: {
       offlineAfterMs: number;
       ttlMs?: number;
+      readTimeoutMs?: number;
       now?: () => number;
       onError?: (error: unknown) => void;
     },
@@ -66,6 +82,7 @@ export class FleetStateReader {
     this.#db = db;
     this.#offlineAfterMs = options.offlineAfterMs;
     this.#ttlMs = options.ttlMs ?? DEFAULT_FLEET_STATE_TTL_MS;
+    this.#readTimeoutMs = options.readTimeoutMs ?? DEFAULT_FLEET_STATE_READ_TIMEOUT_MS;
     this.#now = options.now ?? Date.now;
     this.#onError = options.onError;
   }
@@ -79,7 +96,9 @@ export class FleetStateReader {
   read(): Promise<FleetState | undefined> {
     if (this.#cached !== undefined && this.#now() - this.#cached.at < this.#ttlMs)
       return Promise.resolve(this.#cached.state);
-    this.#inFlight ??= this.#evaluate().then((state) => {
+    if (this.#inFlight !== undefined) return this.#inFlight;
+    this.#reading ??= this.#evaluate().finally(() => (this.#reading = undefined));
+    this.#inFlight = this.#withinDeadline(this.#reading).then((state) => {
       this.#cached = { at: this.#now(), state };
       this.#inFlight = undefined;
       return state;
@@ -87,31 +106,45 @@ export class FleetStateReader {
     return this.#inFlight;
   }
 
+  /** `reading`'s state, or undefined (and onError told why) when it is not done within readTimeoutMs. */
+  #withinDeadline(reading: Promise<FleetState | undefined>): Promise<FleetState | undefined> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#onError?.(new FleetStateReadTimeoutError(this.#readTimeoutMs));
+        resolve(undefined);
+      }, this.#readTimeoutMs);
+      timer.unref();
+      void reading.then((state) => {
+        clearTimeout(timer);
+        resolve(state);
+      });
+    });
+  }
+
   async #evaluate(): Promise<FleetState | undefined> {
     this.#evaluations++;
     const since = this.#now() - this.#offlineAfterMs;
     try {
-      const [devices, stages, jobs] = await Promise.all([
-        // One row: devices heard from within offlineAfterMs, and never heard from (the rest are offline).
-        this.#db
-          .selectFrom('devices')
-          .select([
-            sql<number | string>`count(*)`.as('registered'),
-            sql<number | string>`count(case when last_heartbeat_at >= ${since} then 1 end)`.as('online'),
-            sql<number | string>`count(case when last_heartbeat_at is null then 1 end)`.as('never_seen'),
-          ])
-          .executeTakeFirstOrThrow(),
-        this.#db
-          .selectFrom('deployment_stages')
-          .select(['status', sql<number | string>`count(*)`.as('count')])
-          .groupBy('status')
-          .execute(),
-        this.#db
-          .selectFrom('packaging_jobs')
-          .select(['status', sql<number | string>`count(*)`.as('count')])
-          .groupBy('status')
-          .execute(),
-      ]);
+      // One after another, not together: a scrape holds one of the pool's connections, never three.
+      // One row: devices heard from within offlineAfterMs, and never heard from (the rest are offline).
+      const devices = await this.#db
+        .selectFrom('devices')
+        .select([
+          sql<number | string>`count(*)`.as('registered'),
+          sql<number | string>`count(case when last_heartbeat_at >= ${since} then 1 end)`.as('online'),
+          sql<number | string>`count(case when last_heartbeat_at is null then 1 end)`.as('never_seen'),
+        ])
+        .executeTakeFirstOrThrow();
+      const stages = await this.#db
+        .selectFrom('deployment_stages')
+        .select(['status', sql<number | string>`count(*)`.as('count')])
+        .groupBy('status')
+        .execute();
+      const jobs = await this.#db
+        .selectFrom('packaging_jobs')
+        .select(['status', sql<number | string>`count(*)`.as('count')])
+        .groupBy('status')
+        .execute();
       const online = Number(devices.online);
       const neverSeen = Number(devices.never_seen);
       return {
