@@ -1,21 +1,15 @@
 import { Gauge, type Registry } from 'prom-client';
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
+import { stageStatusSchema } from '../deployments/deployment-schemas.js';
 import { LineLimiter } from '../logging/line-limiter.js';
+import { packagingJobStatusSchema } from '../packaging/packaging-jobs.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** Stage statuses as stored (deployments' StageStatus): the only label values the stage gauge takes. */
-export const STAGE_STATUSES = [
-  'READYTODEPLOY',
-  'STARTING',
-  'INPROGRESS',
-  'DEPLOYED',
-  'FAILED',
-  'STOPPING',
-  'STOPPED',
-] as const;
+export const STAGE_STATUSES = stageStatusSchema.options;
 /** Packaging job statuses as stored (packaging's PackagingJobStatus). */
-export const PACKAGING_JOB_STATUSES = ['STARTING', 'INPROGRESS', 'COMPLETED', 'FAILED'] as const;
+export const PACKAGING_JOB_STATUSES = packagingJobStatusSchema.options;
 
 /** How long one evaluation serves scrapes; a scrape flood then costs the database one read per this. */
 export const DEFAULT_FLEET_STATE_TTL_MS = 5_000;
@@ -194,40 +188,41 @@ export function registerFleetStateGauges(registry: Registry, reader: FleetStateR
       this.set((await reader.read()) === undefined ? 0 : 1);
     },
   });
-  new Gauge({
-    name: 'edgefleet_server_devices',
-    help: 'Registered devices by connection state: online (a heartbeat within heartbeat.intervalSeconds × heartbeat.offlineAfterMissed), offline (heard from, not since), never_seen',
-    labelNames: ['state'],
-    registers,
-    async collect() {
-      this.reset();
-      const state = await reader.read();
-      if (state === undefined) return;
-      for (const [name, count] of Object.entries(state.devices)) this.set({ state: name }, count);
-    },
-  });
-  new Gauge({
-    name: 'edgefleet_server_deployment_stages',
-    help: "Deployment plans' stages by status (a plan has no status of its own: its stages' are its progress): READYTODEPLOY, STARTING, INPROGRESS, DEPLOYED, FAILED, STOPPING, STOPPED",
-    labelNames: ['status'],
-    registers,
-    async collect() {
-      this.reset();
-      const state = await reader.read();
-      if (state === undefined) return;
-      for (const [status, count] of Object.entries(state.deploymentStages)) this.set({ status }, count);
-    },
-  });
-  new Gauge({
-    name: 'edgefleet_server_packaging_jobs',
-    help: 'Packaging jobs by status: STARTING, INPROGRESS, COMPLETED, FAILED',
-    labelNames: ['status'],
-    registers,
-    async collect() {
-      this.reset();
-      const state = await reader.read();
-      if (state === undefined) return;
-      for (const [status, count] of Object.entries(state.packagingJobs)) this.set({ status }, count);
-    },
-  });
+  // One gauge per group of the state, a sample per label value; left out while the database cannot be used.
+  const groupedGauge = (
+    name: string,
+    help: string,
+    label: string,
+    pick: (state: FleetState) => Record<string, number>,
+  ) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: [label],
+      registers,
+      async collect() {
+        this.reset();
+        const state = await reader.read();
+        if (state === undefined) return;
+        for (const [value, count] of Object.entries(pick(state))) this.set({ [label]: value }, count);
+      },
+    });
+  groupedGauge(
+    'edgefleet_server_devices',
+    'Registered devices by connection state: online (a heartbeat within heartbeat.intervalSeconds × heartbeat.offlineAfterMissed), offline (heard from, not since), never_seen',
+    'state',
+    (state) => state.devices,
+  );
+  groupedGauge(
+    'edgefleet_server_deployment_stages',
+    `Deployment plans' stages by status (a plan has no status of its own: its stages' are its progress): ${STAGE_STATUSES.join(', ')}`,
+    'status',
+    (state) => state.deploymentStages,
+  );
+  groupedGauge(
+    'edgefleet_server_packaging_jobs',
+    `Packaging jobs by status: ${PACKAGING_JOB_STATUSES.join(', ')}`,
+    'status',
+    (state) => state.packagingJobs,
+  );
 }

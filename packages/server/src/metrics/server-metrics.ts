@@ -2,7 +2,7 @@ import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client
 import type { ConnectionRefusal } from '@edgefleet/core';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BlobStoreUnavailableError } from '../blobs/index.js';
-import { diskFaultComponentOf } from '../errors/dependency-unavailable.js';
+import { diskFaultComponentOf, isSqliteBusy } from '../errors/dependency-unavailable.js';
 import { SEND_HEARTBEAT_URLS } from '../heartbeats/index.js';
 import type { Refusal } from '../http/refusal.js';
 import type { TimedOutRequest } from '../http/request-deadline.js';
@@ -204,5 +204,3 @@ export class ServerMetrics {
       });
   }
 }
-
-const isSqliteBusy = (error: unknown) => (error as { code?: unknown } | undefined)?.code === 'SQLITE_BUSY';
