@@ -28,7 +28,7 @@ export const metricsRoutes: FastifyPluginAsync<{ metrics: ServerMetrics }> = asy
       description: 'The metrics, Prometheus text format',
     },
     handler: async ({ reply }) => {
-      const text = await metrics.registry.metrics();
+      const text = await metrics.text();
       void reply.type(PROMETHEUS_CONTENT_TYPE);
       return text;
     },

@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Histogram, Registry } from 'prom-client';
 import type { ConnectionRefusal } from '@edgefleet/core';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BlobStoreUnavailableError } from '../blobs/index.js';
@@ -6,6 +6,7 @@ import { diskFaultComponentOf, isSqliteBusy } from '../errors/dependency-unavail
 import { SEND_HEARTBEAT_URLS } from '../heartbeats/index.js';
 import type { Refusal } from '../http/refusal.js';
 import type { TimedOutRequest } from '../http/request-deadline.js';
+import { processMetricsRegistry } from './process-metrics.js';
 
 /** Which port a request came in on. */
 export type Listener = 'operator' | 'device';
@@ -54,7 +55,9 @@ interface Answered {
  * never its path (which names devices), no device, token or fleet name.
  */
 export class ServerMetrics {
+  /** This server's own metrics (the process's are shown beside them: see text()). */
   readonly registry: Registry;
+  readonly #processRegistry: Registry | undefined;
   readonly #requests: Counter<'listener' | 'method' | 'route' | 'operation' | 'status_class'>;
   readonly #requestDuration: Histogram<'listener' | 'method' | 'route' | 'operation'>;
   readonly #refused: Counter<'listener' | 'reason'>;
@@ -70,7 +73,7 @@ export class ServerMetrics {
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registry = new Registry();
     this.registry = registry;
-    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+    this.#processRegistry = options.defaultMetrics === false ? undefined : processMetricsRegistry();
     const registers = [registry];
     this.#requests = new Counter({
       name: 'edgefleet_server_http_requests_total',
@@ -130,6 +133,12 @@ export class ServerMetrics {
       labelNames: ['kind'],
       registers,
     });
+  }
+
+  /** The scrape's answer: this server's metrics, then the process's (Prometheus text format). */
+  async text(): Promise<string> {
+    const own = await this.registry.metrics();
+    return this.#processRegistry === undefined ? own : `${own}\n${await this.#processRegistry.metrics()}`;
   }
 
   /** Records one answered request; for the app's onResponse hook of `listener` (and the router's refusals). */
