@@ -107,7 +107,7 @@ export class ServerMetrics {
     });
     this.#heartbeatsRefused = new Counter({
       name: 'edgefleet_server_heartbeats_refused_total',
-      help: 'Heartbeats refused, by reason: unauthenticated (401), forbidden (403: naming another device), invalid, too_large, request_timeout, limit_exceeded, unavailable (503: the database or blob store), server_error, other',
+      help: "Heartbeats refused, by reason: unauthenticated (401), forbidden (403: naming another device), invalid, too_large, request_timeout, limit_exceeded, unavailable (503: the database or blob store), server_error, other (the SageMaker facade's by their AWS error type, not its AWS-style status)",
       labelNames: ['reason'],
       registers,
     });
