@@ -9,7 +9,8 @@ const RETRY_AFTER_SECONDS = 5;
 export type StateComponent = 'database' | 'blobStore';
 
 // SQLite's file held by another writer past busy_timeout (PostgreSQL's outages arrive as DatabaseUnavailableError).
-const isSqliteBusy = (error: unknown) => (error as { code?: unknown } | undefined)?.code === 'SQLITE_BUSY';
+export const isSqliteBusy = (error: unknown) =>
+  (error as { code?: unknown } | undefined)?.code === 'SQLITE_BUSY';
 
 /**
  * The component a full or failing disk failed, and how: the database's own codes (SQLITE_FULL, SQLITE_IOERR*,

@@ -2,6 +2,7 @@ import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import swagger from '@fastify/swagger';
 import Fastify, {
   LogController,
+  type FastifyError,
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
@@ -13,7 +14,8 @@ import { answerRouterError, ApiError, installErrorHandlers, MAX_PATH_PARAM_LENGT
 import { redactRequestUrl } from './log-redaction.js';
 import { OutageLog } from './outage-log.js';
 import { Readiness, ReadinessCheckTimeoutError, type ReadinessCheck } from './readiness.js';
-import { installRequestDeadlines } from './request-deadline.js';
+import { decorateRequestOutcome } from './refusal.js';
+import { installRequestDeadlines, type TimedOutRequest } from './request-deadline.js';
 import { defineRoute, installZodCompilers } from './routes.js';
 
 export type { ReadinessCheck } from './readiness.js';
@@ -46,8 +48,13 @@ export interface AppOptions {
    * only: on the device port anyone could read it.
    */
   build?: { version: string; schema: string };
-  /** Hears every answered request (metrics/: requests by route pattern, refusals, heartbeats). */
+  /**
+   * Hears every answered request (metrics/: requests by route pattern, refusals, heartbeats), the router's own
+   * refusals (414, a malformed URL's 400) included.
+   */
   observeRequest?: (request: FastifyRequest, reply: FastifyReply) => void;
+  /** Hears each request answered 408 by its deadline, which observeRequest never sees (see request-deadline.ts). */
+  observeTimeout?: (answered: TimedOutRequest) => void;
 }
 
 const healthSchema = z.object({
@@ -70,8 +77,12 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     loggerInstance: options.logger,
     logController,
     routerOptions: { maxParamLength: MAX_PATH_PARAM_LENGTH },
-    // Errors of the router itself (a path segment too long, bad percent-encoding) get our error body.
-    frameworkErrors: answerRouterError,
+    // Errors of the router itself (a path segment too long, bad percent-encoding) get our error body. They skip
+    // the onResponse hook, so they are counted here.
+    frameworkErrors: (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+      answerRouterError(error, request, reply);
+      options.observeRequest?.(request, reply);
+    },
     ...bodyLimit,
   };
   const app = (options.https
@@ -79,6 +90,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     : Fastify(common)) as unknown as FastifyInstance;
 
   installZodCompilers(app);
+  decorateRequestOutcome(app);
   installErrorHandlers(app, options.outageLog ?? new OutageLog());
   installAuth(app, options.authenticators);
   // No request body is inflated (docs/security.md): a compressed one would reach the parsers as is and fail as
@@ -93,7 +105,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       );
   });
   // After the auth hook: a route's own (longer) deadline is granted only to an authenticated request.
-  installRequestDeadlines(app, { defaultMs: options.requestTimeoutMs });
+  installRequestDeadlines(app, { defaultMs: options.requestTimeoutMs, onTimeout: options.observeTimeout });
   // One line per request, after the answer: failures at info (server errors at warn, but a 503's: an outage,
   // logged once a minute by OutageLog, or not ready), the rest at debug, so thousands of heartbeats a second, or
   // of devices retrying through an outage, do not flood the log at warn.

@@ -17,7 +17,23 @@ export function listenerRequestTimeoutMs(defaultMs: number, routeDeadlinesMs: re
 
 /** The request's deadline timer, on the request itself (no map entry per request). */
 const DEADLINE = Symbol('edgefleet.requestDeadline');
-type TimedRequest = IncomingMessage & { [DEADLINE]?: NodeJS.Timeout };
+/** When the request arrived (performance.now()), and the route pattern it matched once known: for onTimeout. */
+const ARRIVED = Symbol('edgefleet.requestArrived');
+const ROUTE = Symbol('edgefleet.requestRoute');
+type TimedRequest = IncomingMessage & {
+  [DEADLINE]?: NodeJS.Timeout;
+  [ARRIVED]?: number;
+  [ROUTE]?: string | undefined;
+};
+
+/** A request answered 408 by its deadline, below Fastify: no hook of the app hears of it. */
+export interface TimedOutRequest {
+  method: string | undefined;
+  /** The route pattern it matched; undefined when none did, or the timer fired before its authentication ended. */
+  route: string | undefined;
+  /** From its arrival to the 408. */
+  elapsedMs: number;
+}
 
 const { writeHead } = ServerResponse.prototype;
 
@@ -49,7 +65,14 @@ function clearDeadline(this: ServerResponse): void {
  *   after it. Node would otherwise keep the connection and drain the unread body, which a refused peer could
  *   trickle until the deadline.
  */
-export function installRequestDeadlines(app: FastifyInstance, options: { defaultMs: number }): void {
+export function installRequestDeadlines(
+  app: FastifyInstance,
+  options: {
+    defaultMs: number;
+    /** Hears each 408 sent, which Fastify's onResponse hook never sees (the socket is destroyed after it). */
+    onTimeout?: (answered: TimedOutRequest) => void;
+  },
+): void {
   const log = app.log;
 
   const startDeadline = (req: TimedRequest, res: ServerResponse, deadlineMs: number) => {
@@ -70,6 +93,11 @@ export function installRequestDeadlines(app: FastifyInstance, options: { default
           'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\n' +
             `Content-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`,
         );
+        options.onTimeout?.({
+          method: req.method,
+          route: req[ROUTE],
+          elapsedMs: performance.now() - (req[ARRIVED] ?? performance.now()),
+        });
       }
       socket.destroy();
     }, deadlineMs);
@@ -78,7 +106,8 @@ export function installRequestDeadlines(app: FastifyInstance, options: { default
   };
 
   // Prepended so that it runs before Fastify's own listener, which may answer at once.
-  app.server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+  app.server.prependListener('request', (req: TimedRequest, res: ServerResponse) => {
+    req[ARRIVED] = performance.now();
     startDeadline(req, res, options.defaultMs);
     // A timer that fires once the body is in does nothing; the response's end clears it.
     res.on('close', clearDeadline);
@@ -86,6 +115,7 @@ export function installRequestDeadlines(app: FastifyInstance, options: { default
   });
 
   app.addHook('onRequest', async (request, reply) => {
+    (request.raw as TimedRequest)[ROUTE] = request.routeOptions.url;
     const routeDeadlineMs = request.routeOptions.config?.requestTimeoutMs;
     if (routeDeadlineMs !== undefined) startDeadline(request.raw, reply.raw, routeDeadlineMs);
   });

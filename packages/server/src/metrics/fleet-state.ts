@@ -1,24 +1,28 @@
 import { Gauge, type Registry } from 'prom-client';
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
+import { stageStatusSchema } from '../deployments/deployment-schemas.js';
 import { LineLimiter } from '../logging/line-limiter.js';
+import { packagingJobStatusSchema } from '../packaging/packaging-jobs.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** Stage statuses as stored (deployments' StageStatus): the only label values the stage gauge takes. */
-export const STAGE_STATUSES = [
-  'READYTODEPLOY',
-  'STARTING',
-  'INPROGRESS',
-  'DEPLOYED',
-  'FAILED',
-  'STOPPING',
-  'STOPPED',
-] as const;
+export const STAGE_STATUSES = stageStatusSchema.options;
 /** Packaging job statuses as stored (packaging's PackagingJobStatus). */
-export const PACKAGING_JOB_STATUSES = ['STARTING', 'INPROGRESS', 'COMPLETED', 'FAILED'] as const;
+export const PACKAGING_JOB_STATUSES = packagingJobStatusSchema.options;
 
 /** How long one evaluation serves scrapes; a scrape flood then costs the database one read per this. */
 export const DEFAULT_FLEET_STATE_TTL_MS = 5_000;
+/** How long a scrape waits for the counts: a database that hangs shows as not usable, not as a hung scrape. */
+export const DEFAULT_FLEET_STATE_READ_TIMEOUT_MS = 2_000;
+
+/** The counts were not read within the reader's deadline (the database hangs, or its pool is used up). */
+export class FleetStateReadTimeoutError extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`the database did not answer the fleet's counts within ${timeoutMs} ms`);
+    this.name = 'FleetStateReadTimeoutError';
+  }
+}
 
 /** The fleet as counted at one moment: a few grouped counts, whatever the number of devices or plans. */
 export interface FleetState {
@@ -41,16 +45,21 @@ function countsOf<S extends string>(
 /**
  * Reads the fleet's state for a scrape: three grouped queries, cached for `ttlMs`, and one evaluation in flight
  * shared by every scrape that arrives while it runs. A failed read is cached as long (an outage must not turn
- * a scrape flood into a query flood) and reported as the database not usable.
+ * a scrape flood into a query flood) and reported as the database not usable; so is one not done within
+ * `readTimeoutMs`, whose queries are left to finish (never a second set beside them: no pile-up of queries on a
+ * hung database).
  */
 export class FleetStateReader {
   readonly #db: Kysely<DatabaseSchema>;
   readonly #offlineAfterMs: number;
   readonly #ttlMs: number;
+  readonly #readTimeoutMs: number;
   readonly #now: () => number;
   readonly #onError: ((error: unknown) => void) | undefined;
   #cached: { at: number; state: FleetState | undefined } | undefined;
   #inFlight: Promise<FleetState | undefined> | undefined;
+  /** The database read itself, until it settles: may outlive #inFlight when the deadline passes first. */
+  #reading: Promise<FleetState | undefined> | undefined;
   #evaluations = 0;
 
   /** `onError` hears why a read failed (the scrape shows only that the database could not be used). */
@@ -59,6 +68,7 @@ export class FleetStateReader {
     options: {
       offlineAfterMs: number;
       ttlMs?: number;
+      readTimeoutMs?: number;
       now?: () => number;
       onError?: (error: unknown) => void;
     },
@@ -66,6 +76,7 @@ export class FleetStateReader {
     this.#db = db;
     this.#offlineAfterMs = options.offlineAfterMs;
     this.#ttlMs = options.ttlMs ?? DEFAULT_FLEET_STATE_TTL_MS;
+    this.#readTimeoutMs = options.readTimeoutMs ?? DEFAULT_FLEET_STATE_READ_TIMEOUT_MS;
     this.#now = options.now ?? Date.now;
     this.#onError = options.onError;
   }
@@ -79,7 +90,9 @@ export class FleetStateReader {
   read(): Promise<FleetState | undefined> {
     if (this.#cached !== undefined && this.#now() - this.#cached.at < this.#ttlMs)
       return Promise.resolve(this.#cached.state);
-    this.#inFlight ??= this.#evaluate().then((state) => {
+    if (this.#inFlight !== undefined) return this.#inFlight;
+    this.#reading ??= this.#evaluate().finally(() => (this.#reading = undefined));
+    this.#inFlight = this.#withinDeadline(this.#reading).then((state) => {
       this.#cached = { at: this.#now(), state };
       this.#inFlight = undefined;
       return state;
@@ -87,31 +100,45 @@ export class FleetStateReader {
     return this.#inFlight;
   }
 
+  /** `reading`'s state, or undefined (and onError told why) when it is not done within readTimeoutMs. */
+  #withinDeadline(reading: Promise<FleetState | undefined>): Promise<FleetState | undefined> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#onError?.(new FleetStateReadTimeoutError(this.#readTimeoutMs));
+        resolve(undefined);
+      }, this.#readTimeoutMs);
+      timer.unref();
+      void reading.then((state) => {
+        clearTimeout(timer);
+        resolve(state);
+      });
+    });
+  }
+
   async #evaluate(): Promise<FleetState | undefined> {
     this.#evaluations++;
     const since = this.#now() - this.#offlineAfterMs;
     try {
-      const [devices, stages, jobs] = await Promise.all([
-        // One row: devices heard from within offlineAfterMs, and never heard from (the rest are offline).
-        this.#db
-          .selectFrom('devices')
-          .select([
-            sql<number | string>`count(*)`.as('registered'),
-            sql<number | string>`count(case when last_heartbeat_at >= ${since} then 1 end)`.as('online'),
-            sql<number | string>`count(case when last_heartbeat_at is null then 1 end)`.as('never_seen'),
-          ])
-          .executeTakeFirstOrThrow(),
-        this.#db
-          .selectFrom('deployment_stages')
-          .select(['status', sql<number | string>`count(*)`.as('count')])
-          .groupBy('status')
-          .execute(),
-        this.#db
-          .selectFrom('packaging_jobs')
-          .select(['status', sql<number | string>`count(*)`.as('count')])
-          .groupBy('status')
-          .execute(),
-      ]);
+      // One after another, not together: a scrape holds one of the pool's connections, never three.
+      // One row: devices heard from within offlineAfterMs, and never heard from (the rest are offline).
+      const devices = await this.#db
+        .selectFrom('devices')
+        .select([
+          sql<number | string>`count(*)`.as('registered'),
+          sql<number | string>`count(case when last_heartbeat_at >= ${since} then 1 end)`.as('online'),
+          sql<number | string>`count(case when last_heartbeat_at is null then 1 end)`.as('never_seen'),
+        ])
+        .executeTakeFirstOrThrow();
+      const stages = await this.#db
+        .selectFrom('deployment_stages')
+        .select(['status', sql<number | string>`count(*)`.as('count')])
+        .groupBy('status')
+        .execute();
+      const jobs = await this.#db
+        .selectFrom('packaging_jobs')
+        .select(['status', sql<number | string>`count(*)`.as('count')])
+        .groupBy('status')
+        .execute();
       const online = Number(devices.online);
       const neverSeen = Number(devices.never_seen);
       return {
@@ -161,40 +188,41 @@ export function registerFleetStateGauges(registry: Registry, reader: FleetStateR
       this.set((await reader.read()) === undefined ? 0 : 1);
     },
   });
-  new Gauge({
-    name: 'edgefleet_server_devices',
-    help: 'Registered devices by connection state: online (a heartbeat within heartbeat.intervalSeconds × heartbeat.offlineAfterMissed), offline (heard from, not since), never_seen',
-    labelNames: ['state'],
-    registers,
-    async collect() {
-      this.reset();
-      const state = await reader.read();
-      if (state === undefined) return;
-      for (const [name, count] of Object.entries(state.devices)) this.set({ state: name }, count);
-    },
-  });
-  new Gauge({
-    name: 'edgefleet_server_deployment_stages',
-    help: "Deployment plans' stages by status (a plan has no status of its own: its stages' are its progress): READYTODEPLOY, STARTING, INPROGRESS, DEPLOYED, FAILED, STOPPING, STOPPED",
-    labelNames: ['status'],
-    registers,
-    async collect() {
-      this.reset();
-      const state = await reader.read();
-      if (state === undefined) return;
-      for (const [status, count] of Object.entries(state.deploymentStages)) this.set({ status }, count);
-    },
-  });
-  new Gauge({
-    name: 'edgefleet_server_packaging_jobs',
-    help: 'Packaging jobs by status: STARTING, INPROGRESS, COMPLETED, FAILED',
-    labelNames: ['status'],
-    registers,
-    async collect() {
-      this.reset();
-      const state = await reader.read();
-      if (state === undefined) return;
-      for (const [status, count] of Object.entries(state.packagingJobs)) this.set({ status }, count);
-    },
-  });
+  // One gauge per group of the state, a sample per label value; left out while the database cannot be used.
+  const groupedGauge = (
+    name: string,
+    help: string,
+    label: string,
+    pick: (state: FleetState) => Record<string, number>,
+  ) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: [label],
+      registers,
+      async collect() {
+        this.reset();
+        const state = await reader.read();
+        if (state === undefined) return;
+        for (const [value, count] of Object.entries(pick(state))) this.set({ [label]: value }, count);
+      },
+    });
+  groupedGauge(
+    'edgefleet_server_devices',
+    'Registered devices by connection state: online (a heartbeat within heartbeat.intervalSeconds × heartbeat.offlineAfterMissed), offline (heard from, not since), never_seen',
+    'state',
+    (state) => state.devices,
+  );
+  groupedGauge(
+    'edgefleet_server_deployment_stages',
+    `Deployment plans' stages by status (a plan has no status of its own: its stages' are its progress): ${STAGE_STATUSES.join(', ')}`,
+    'status',
+    (state) => state.deploymentStages,
+  );
+  groupedGauge(
+    'edgefleet_server_packaging_jobs',
+    `Packaging jobs by status: ${PACKAGING_JOB_STATUSES.join(', ')}`,
+    'status',
+    (state) => state.packagingJobs,
+  );
 }

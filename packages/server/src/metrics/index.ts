@@ -1,6 +1,8 @@
 export {
+  DEFAULT_FLEET_STATE_READ_TIMEOUT_MS,
   DEFAULT_FLEET_STATE_TTL_MS,
   FleetStateReader,
+  FleetStateReadTimeoutError,
   readFailureLog,
   registerFleetStateGauges,
   type FleetState,

@@ -7,7 +7,7 @@ export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8
 
 /**
  * GET /metrics on the operator port, for an operator API token of any scope (Prometheus sends it with
- * `authorization` / `bearer_token_file`): the counts it shows (devices, plans, refusals) are the operator's to
+ * `authorization` / `bearer_token_file`) or a console session, as every read route: the counts it shows (devices, plans, refusals) are the operator's to
  * see, not the network's. The device port has no such route.
  */
 export const metricsRoutes: FastifyPluginAsync<{ metrics: ServerMetrics }> = async (app, { metrics }) => {
@@ -28,7 +28,7 @@ export const metricsRoutes: FastifyPluginAsync<{ metrics: ServerMetrics }> = asy
       description: 'The metrics, Prometheus text format',
     },
     handler: async ({ reply }) => {
-      const text = await metrics.registry.metrics();
+      const text = await metrics.text();
       void reply.type(PROMETHEUS_CONTENT_TYPE);
       return text;
     },

@@ -1,9 +1,12 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Histogram, Registry } from 'prom-client';
 import type { ConnectionRefusal } from '@edgefleet/core';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BlobStoreUnavailableError } from '../blobs/index.js';
-import { diskFaultComponentOf } from '../errors/dependency-unavailable.js';
+import { diskFaultComponentOf, isSqliteBusy } from '../errors/dependency-unavailable.js';
 import { SEND_HEARTBEAT_URLS } from '../heartbeats/index.js';
+import type { Refusal } from '../http/refusal.js';
+import type { TimedOutRequest } from '../http/request-deadline.js';
+import { processMetricsRegistry } from './process-metrics.js';
 
 /** Which port a request came in on. */
 export type Listener = 'operator' | 'device';
@@ -17,8 +20,8 @@ const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 
 /** What a request to no route is labelled: the path it asked for is the client's to choose, never a label. */
 export const UNMATCHED_ROUTE = 'unmatched';
 
-/** Why a heartbeat was refused, by its answer's status: a handful of values, never the device's name. */
-function heartbeatRefusal(status: number): string {
+/** Why a request was refused, by its answer's status (when the part that answered did not say): never a name. */
+function refusalOfStatus(status: number): Refusal | 'other' {
   if (status === 401) return 'unauthenticated';
   if (status === 403) return 'forbidden';
   if (status === 400 || status === 404 || status === 409 || status === 415) return 'invalid';
@@ -29,12 +32,21 @@ function heartbeatRefusal(status: number): string {
   return status >= 500 ? 'server_error' : 'other';
 }
 
-/** Requests refused for a limit, by their answer's status; undefined for any other answer. */
-function limitRefusal(status: number): string | undefined {
-  if (status === 413) return 'body_too_large';
-  if (status === 408) return 'request_timeout';
-  if (status === 429) return 'limit_exceeded';
-  return undefined;
+/** The refusals that are for a limit (requests_refused_total's reasons); the others are not counted there. */
+const LIMIT_REASONS: Partial<Record<Refusal | 'other', string>> = {
+  too_large: 'body_too_large',
+  request_timeout: 'request_timeout',
+  limit_exceeded: 'limit_exceeded',
+};
+
+/** One answered request, as counted. */
+interface Answered {
+  method: string | undefined;
+  route: string;
+  status: number;
+  seconds: number;
+  refusal?: Refusal | null | undefined;
+  operation?: string | null | undefined;
 }
 
 /**
@@ -43,9 +55,11 @@ function limitRefusal(status: number): string | undefined {
  * never its path (which names devices), no device, token or fleet name.
  */
 export class ServerMetrics {
+  /** This server's own metrics (the process's are shown beside them: see text()). */
   readonly registry: Registry;
-  readonly #requests: Counter<'listener' | 'method' | 'route' | 'status_class'>;
-  readonly #requestDuration: Histogram<'listener' | 'method' | 'route'>;
+  readonly #processRegistry: Registry | undefined;
+  readonly #requests: Counter<'listener' | 'method' | 'route' | 'operation' | 'status_class'>;
+  readonly #requestDuration: Histogram<'listener' | 'method' | 'route' | 'operation'>;
   readonly #refused: Counter<'listener' | 'reason'>;
   readonly #evicted: Counter<'listener' | 'cap'>;
   readonly #heartbeatsIngested: Counter;
@@ -59,18 +73,18 @@ export class ServerMetrics {
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registry = new Registry();
     this.registry = registry;
-    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+    this.#processRegistry = options.defaultMetrics === false ? undefined : processMetricsRegistry();
     const registers = [registry];
     this.#requests = new Counter({
       name: 'edgefleet_server_http_requests_total',
-      help: 'HTTP requests answered, by listener (operator, device), method, route pattern (unmatched: no route) and status class (2xx…5xx)',
-      labelNames: ['listener', 'method', 'route', 'status_class'],
+      help: "HTTP requests answered, by listener (operator, device), method, route pattern (unmatched: no route), operation (the SageMaker facade's POST / only) and status class (2xx…5xx)",
+      labelNames: ['listener', 'method', 'route', 'operation', 'status_class'],
       registers,
     });
     this.#requestDuration = new Histogram({
       name: 'edgefleet_server_http_request_duration_seconds',
-      help: 'Time from a request arriving to its answer sent, by listener, method and route pattern',
-      labelNames: ['listener', 'method', 'route'],
+      help: "Time from a request arriving to its answer sent, by listener, method, route pattern and operation (the SageMaker facade's POST / only)",
+      labelNames: ['listener', 'method', 'route', 'operation'],
       buckets: HTTP_DURATION_BUCKETS,
       registers,
     });
@@ -93,7 +107,7 @@ export class ServerMetrics {
     });
     this.#heartbeatsRefused = new Counter({
       name: 'edgefleet_server_heartbeats_refused_total',
-      help: 'Heartbeats refused, by reason: unauthenticated (401), forbidden (403: naming another device), invalid, too_large, request_timeout, limit_exceeded, unavailable (503: the database or blob store), server_error, other',
+      help: "Heartbeats refused, by reason: unauthenticated (401), forbidden (403: naming another device), invalid, too_large, request_timeout, limit_exceeded, unavailable (503: the database or blob store), server_error, other (the SageMaker facade's by their AWS error type, not its AWS-style status)",
       labelNames: ['reason'],
       registers,
     });
@@ -121,21 +135,52 @@ export class ServerMetrics {
     });
   }
 
-  /** Records one answered request; for the app's onResponse hook of `listener`. */
+  /** The scrape's answer: this server's metrics, then the process's (Prometheus text format). */
+  async text(): Promise<string> {
+    const own = await this.registry.metrics();
+    return this.#processRegistry === undefined ? own : `${own}\n${await this.#processRegistry.metrics()}`;
+  }
+
+  /** Records one answered request; for the app's onResponse hook of `listener` (and the router's refusals). */
   observeRequest(listener: Listener, request: FastifyRequest, reply: FastifyReply): void {
-    const status = reply.statusCode;
-    const method = KNOWN_METHODS.has(request.method) ? request.method : 'other';
-    // The pattern (`/api/v1/devices/:name`), never the URL; absent when no route matched (the 404 handler).
-    const route = request.routeOptions.url ?? UNMATCHED_ROUTE;
+    this.#count(listener, {
+      method: request.method,
+      // The pattern (`/api/v1/devices/:name`), never the URL; absent when no route matched (the 404 handler).
+      route: request.routeOptions.url ?? UNMATCHED_ROUTE,
+      status: reply.statusCode,
+      seconds: reply.elapsedTime / 1000,
+      refusal: request.refusal,
+      operation: request.operation,
+    });
+  }
+
+  /** Records a request answered 408 by its deadline, below the app's hooks (installRequestDeadlines' onTimeout). */
+  requestTimedOut(listener: Listener, answered: TimedOutRequest): void {
+    this.#count(listener, {
+      method: answered.method,
+      route: answered.route ?? UNMATCHED_ROUTE,
+      status: 408,
+      seconds: answered.elapsedMs / 1000,
+    });
+  }
+
+  #count(listener: Listener, answered: Answered): void {
+    const { status, route } = answered;
+    const method =
+      answered.method !== undefined && KNOWN_METHODS.has(answered.method) ? answered.method : 'other';
     const statusClass = `${Math.min(Math.max(Math.floor(status / 100), 1), 5)}xx`;
-    this.#requests.inc({ listener, method, route, status_class: statusClass });
-    this.#requestDuration.observe({ listener, method, route }, reply.elapsedTime / 1000);
-    const refusal = limitRefusal(status);
-    if (refusal !== undefined) this.#refused.inc({ listener, reason: refusal });
-    if (SEND_HEARTBEAT_URLS.includes(route)) {
-      if (status < 300) this.#heartbeatsIngested.inc();
-      else this.#heartbeatsRefused.inc({ reason: heartbeatRefusal(status) });
+    // Only where a route set it (from its fixed list): no empty label on every other series.
+    const operation = answered.operation == null ? {} : { operation: answered.operation };
+    this.#requests.inc({ listener, method, route, ...operation, status_class: statusClass });
+    this.#requestDuration.observe({ listener, method, route, ...operation }, answered.seconds);
+    if (status < 300) {
+      if (SEND_HEARTBEAT_URLS.includes(route)) this.#heartbeatsIngested.inc();
+      return;
     }
+    const refusal = answered.refusal ?? refusalOfStatus(status);
+    const limit = LIMIT_REASONS[refusal];
+    if (limit !== undefined) this.#refused.inc({ listener, reason: limit });
+    if (SEND_HEARTBEAT_URLS.includes(route)) this.#heartbeatsRefused.inc({ reason: refusal });
   }
 
   /**
@@ -168,5 +213,3 @@ export class ServerMetrics {
       });
   }
 }
-
-const isSqliteBusy = (error: unknown) => (error as { code?: unknown } | undefined)?.code === 'SQLITE_BUSY';

@@ -1,5 +1,10 @@
 export { type DevicePackageAccess } from './device-access.js';
-export { PackagingJobStore, type PackagingJobRecord, type PackagingJobStatus } from './packaging-jobs.js';
+export {
+  packagingJobStatusSchema,
+  PackagingJobStore,
+  type PackagingJobRecord,
+  type PackagingJobStatus,
+} from './packaging-jobs.js';
 export { artifactKeyOf, PackagingWorker, type PackagingWorkerOptions } from './packaging-worker.js';
 export {
   packagingJobSchema,

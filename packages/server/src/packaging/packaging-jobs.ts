@@ -1,4 +1,5 @@
 import type { Kysely } from 'kysely';
+import { z } from 'zod';
 import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import {
   DEFAULT_LEASE_MS,
@@ -14,7 +15,8 @@ import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from 
 const PACKAGING_ACTOR: Actor = { kind: 'server', worker: 'packaging' };
 
 /** STARTING → INPROGRESS → COMPLETED | FAILED, as Edge Manager's packaging jobs. */
-export type PackagingJobStatus = 'STARTING' | 'INPROGRESS' | 'COMPLETED' | 'FAILED';
+export const packagingJobStatusSchema = z.enum(['STARTING', 'INPROGRESS', 'COMPLETED', 'FAILED']);
+export type PackagingJobStatus = z.infer<typeof packagingJobStatusSchema>;
 
 export interface PackagingJobRecord {
   name: string;

@@ -9,17 +9,20 @@ import { decodePageToken, pageQuerySchema, toPage } from '../http/pagination.js'
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
 import type { DevicePackageAccess } from './device-access.js';
-import type { PackagingJobRecord, PackagingJobStore } from './packaging-jobs.js';
+import {
+  packagingJobStatusSchema,
+  type PackagingJobRecord,
+  type PackagingJobStore,
+} from './packaging-jobs.js';
 import type { PackageSigningIdentity } from './signing-keys.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
-const statusSchema = z.enum(['STARTING', 'INPROGRESS', 'COMPLETED', 'FAILED']);
 
 export const packagingJobSchema = z.object({
   name: z.string(),
   modelName: z.string(),
   modelVersion: z.string(),
-  status: statusSchema,
+  status: packagingJobStatusSchema,
   statusMessage: z.string().optional(),
   outputS3Location: z.string().optional(),
   artifact: z
@@ -114,7 +117,7 @@ export const packagingRoutes: FastifyPluginAsync<{
     auth: 'read',
     tag: 'packaging',
     summary: 'List packaging jobs in name order',
-    query: pageQuerySchema.extend({ status: statusSchema.optional() }),
+    query: pageQuerySchema.extend({ status: packagingJobStatusSchema.optional() }),
     response: z.object({ jobs: z.array(packagingJobSchema), nextToken: z.string().optional() }),
     handler: async ({ query }) => {
       const after = decodePageToken('packaging-jobs', query.nextToken);

@@ -1,4 +1,5 @@
 import { dependencyUnavailableOf, DomainError, type DomainErrorCode } from '../errors/index.js';
+import type { Refusal } from '../http/refusal.js';
 
 /**
  * The AWS error types the facade answers with, and the HTTP status AWS uses for each. botocore reads the
@@ -29,6 +30,30 @@ const STATUS_BY_AWS_TYPE = {
 } as const;
 
 export type AwsErrorType = keyof typeof STATUS_BY_AWS_TYPE;
+
+/**
+ * What each type means as a refusal, for metrics/: the status AWS uses says little (a bad signature is 403, a
+ * device acting for another is 400), so the facade's answers are counted by their type.
+ */
+export const REFUSAL_BY_AWS_TYPE: Record<AwsErrorType, Refusal> = {
+  MissingAuthenticationTokenException: 'unauthenticated',
+  IncompleteSignatureException: 'unauthenticated',
+  InvalidSignatureException: 'unauthenticated',
+  UnrecognizedClientException: 'unauthenticated',
+  AuthorizationQueryParametersError: 'unauthenticated',
+  AccessDeniedException: 'forbidden',
+  ValidationException: 'invalid',
+  SerializationException: 'invalid',
+  UnknownOperationException: 'invalid',
+  ResourceNotFound: 'invalid',
+  ResourceInUse: 'invalid',
+  ResourceLimitExceeded: 'limit_exceeded',
+  ConflictException: 'invalid',
+  ThrottlingException: 'limit_exceeded',
+  InternalServiceException: 'server_error',
+  InternalFailure: 'server_error',
+  ServiceUnavailable: 'unavailable',
+};
 
 export class AwsError extends Error {
   constructor(

@@ -13,7 +13,8 @@ import { dependencyUnavailableOf, DomainError } from '../errors/index.js';
 import { assertActsAsItself, type HeartbeatService } from '../heartbeats/index.js';
 import type { OutageLog } from '../http/outage-log.js';
 import type { AuthenticatedDevice } from '../identity/index.js';
-import { AwsError, toAwsError } from './aws-errors.js';
+import type { Refusal } from '../http/refusal.js';
+import { AwsError, REFUSAL_BY_AWS_TYPE, toAwsError } from './aws-errors.js';
 import type { SageMakerDispatcher } from './dispatcher.js';
 import { parseInput } from './operation.js';
 import { verifySigV4, type VerifiedSignature, type VerifyOptions } from './sigv4.js';
@@ -37,7 +38,14 @@ export interface SageMakerRoutesOptions {
 
 type Protocol = 'json' | 'rest-json';
 
-function sendAwsError(reply: FastifyReply, protocol: Protocol, error: AwsError): FastifyReply {
+/** Sends `error` AWS-style, and tells metrics/ what it refused (`refusal`; by default, what its type means). */
+function sendAwsError(
+  reply: FastifyReply,
+  protocol: Protocol,
+  error: AwsError,
+  refusal: Refusal = REFUSAL_BY_AWS_TYPE[error.type],
+): FastifyReply {
+  reply.request.refusal = refusal;
   reply.status(error.statusCode).header('x-amzn-ErrorType', error.type);
   // json 1.1 carries the type in the body's __type; rest-json in the header (botocore reads either).
   return protocol === 'json'
@@ -92,6 +100,14 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
   app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: MAX_FACADE_BODY_BYTES }, (_req, body, done) =>
     done(null, body),
   );
+  // The control plane's operation, for metrics/: one of the dispatcher's names, never the header's raw value.
+  const knownOperations = new Set(options.dispatcher.operationNames);
+  app.addHook('onRequest', async (request) => {
+    if (request.routeOptions.url !== '/') return;
+    const target = request.headers['x-amz-target'];
+    const name = typeof target === 'string' ? /^SageMaker\.(.+)$/.exec(target)?.[1] : undefined;
+    request.operation = name !== undefined && knownOperations.has(name) ? name : 'unknown';
+  });
   app.setErrorHandler((error: unknown, request, reply) => {
     const protocol: Protocol = request.url.split('?')[0] === '/' ? 'json' : 'rest-json';
     const aws = toAwsError(error);
@@ -106,7 +122,11 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
         aws.message,
       );
     }
-    if (aws !== undefined) return sendAwsError(reply, protocol, aws);
+    if (aws !== undefined) {
+      // AWS has no timeout type (ValidationException); counted as the deadline it is.
+      const timedOut = error instanceof DomainError && error.code === 'RequestTimeout';
+      return sendAwsError(reply, protocol, aws, timedOut ? 'request_timeout' : undefined);
+    }
     const status = (error as FastifyError).statusCode;
     if (status === 413) {
       return sendAwsError(
@@ -116,6 +136,7 @@ export const sageMakerRoutes: FastifyPluginAsync<SageMakerRoutesOptions> = async
           'ValidationException',
           `the request body is larger than ${request.routeOptions.bodyLimit ?? MAX_FACADE_BODY_BYTES} bytes`,
         ),
+        'too_large',
       );
     }
     if (status !== undefined && status >= 400 && status < 500) {

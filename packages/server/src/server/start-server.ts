@@ -899,6 +899,7 @@ export async function startServer(
       logger: logger.child({ api: 'operator' }),
       outageLog,
       observeRequest: (request, reply) => metrics.observeRequest('operator', request, reply),
+      observeTimeout: (answered) => metrics.requestTimedOut('operator', answered),
       authenticators: {
         ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
         'console-session': consoleSignOutAuthenticator(services.consoleSessions),
@@ -1016,6 +1017,7 @@ export async function startServer(
       logger: logger.child({ api: 'device' }),
       outageLog,
       observeRequest: (request, reply) => metrics.observeRequest('device', request, reply),
+      observeTimeout: (answered) => metrics.requestTimedOut('device', answered),
       authenticators: {
         device: deviceAuthenticator(services.identity, (request) =>
           authenticatedDeviceRequests.add(request.raw),

@@ -1,9 +1,11 @@
 import pino from 'pino';
+import { sql } from 'kysely';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlobStoreUnavailableError } from '../../src/blobs/index.js';
 import { OutageLog } from '../../src/http/outage-log.js';
 import {
   FleetStateReader,
+  FleetStateReadTimeoutError,
   readFailureLog,
   registerFleetStateGauges,
   ServerMetrics,
@@ -112,6 +114,52 @@ describe.each(engines)('the fleet state a scrape reads, on $engine', (fixture) =
       // Why, for the server's log: the scrape itself names no cause.
       expect(errors.length).toBeGreaterThan(0);
       expect(errors[0]).toBeInstanceOf(Error);
+    },
+  );
+});
+
+// A hang needs a server that can hold a query waiting: PostgreSQL (SQLite's driver is synchronous).
+const postgres = engines.find((fixture) => fixture.engine === 'postgres');
+describe('a database that hangs', () => {
+  it.skipIf(postgres?.available !== true)(
+    'answers the scrape within the read deadline, as not usable, and starts no second read beside the hung one',
+    async () => {
+      const database = await openFreshDatabase(postgres!);
+      const errors: unknown[] = [];
+      const reader = new FleetStateReader(database.db, {
+        offlineAfterMs: MINUTE,
+        ttlMs: 0,
+        readTimeoutMs: 200,
+        onError: (error) => errors.push(error),
+      });
+      const metrics = new ServerMetrics({ defaultMetrics: false });
+      registerFleetStateGauges(metrics.registry, reader);
+      let release = () => {};
+      const held = new Promise<void>((resolve) => (release = resolve));
+      let locked = () => {};
+      const isLocked = new Promise<void>((resolve) => (locked = resolve));
+      // Another transaction holds the devices table: the reader's count waits for it, as on a hung database.
+      const holder = database.db.transaction().execute(async (trx) => {
+        await sql`lock table devices in access exclusive mode`.execute(trx);
+        locked();
+        await held;
+      });
+      try {
+        await isLocked;
+        const text = await metrics.registry.metrics();
+        expect(text).toMatch(/^edgefleet_server_database_usable 0$/m);
+        expect(text).not.toMatch(/^edgefleet_server_devices\{/m);
+        expect(errors[0]).toBeInstanceOf(FleetStateReadTimeoutError);
+        // Scrapes past the deadline wait on the same hung read, never a second one beside it.
+        await reader.read();
+        expect(reader.evaluations).toBe(1);
+      } finally {
+        release();
+        await holder;
+      }
+      // Once the database answers again, so does the scrape.
+      await expect.poll(async () => (await reader.read()) !== undefined).toBe(true);
+      await database.close();
     },
   );
 });

@@ -1,7 +1,9 @@
 import { connect, type Socket } from 'node:net';
+import { connect as connectTls } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ServerMetrics } from '../../src/metrics/index.js';
 import { deviceCall } from '../support/device.js';
+import { signSageMakerRequest, sagemakerCall, type AccessKey } from '../support/sagemaker-call.js';
 import { databaseEngines } from '../support/engines.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
@@ -249,5 +251,203 @@ describe('connections over a cap in /metrics', () => {
         valueOf(samples, 'edgefleet_server_requests_refused_total', { listener: 'operator', reason }),
       ).toBe(1);
     expect(valueOf(samples, 'edgefleet_server_connections_evicted_total', { cap: 'per_address' })).toBe(1);
+  });
+});
+
+/**
+ * Sends a request's head and the first byte of a body of 1000, then nothing, on `socket`; resolves with all the
+ * server wrote once it closes the connection.
+ */
+function trickle(socket: Socket, head: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let answer = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => (answer += chunk));
+    socket.once('close', () => resolve(answer));
+    socket.once('error', reject);
+    socket.write(`${head}Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{`);
+  });
+}
+
+describe("requests answered below the app's hooks in /metrics", () => {
+  let t: TestServer;
+  let cam1: EnrolledDevice;
+  beforeAll(async () => {
+    t = await startTestServer({
+      start: { listenerLimits: { operator: { requestTimeoutMs: 400 }, device: { requestTimeoutMs: 400 } } },
+    });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'plant', outputConfig: { s3OutputLocation: 's3://captures/edge' } },
+    });
+    await t.call('POST', '/api/v1/fleets/plant/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'cam-1' }] },
+    });
+    cam1 = await enrollDevice(t, 'cam-1');
+  });
+  afterAll(() => t?.stop());
+
+  const scrape = async () => parseExposition((await t.call('GET', '/metrics', { token: t.readToken })).body);
+
+  it("counts a body not in by its deadline (408) as request_timeout, by route, and a heartbeat's too", async () => {
+    const before = await scrape();
+    const { hostname, port } = new URL(t.url);
+    const operatorAnswer = await trickle(
+      connect({ host: hostname, port: Number(port) }),
+      `POST /api/v1/fleets HTTP/1.1\r\nHost: ${hostname}\r\nAuthorization: Bearer ${t.adminToken}\r\n`,
+    );
+    expect(operatorAnswer).toMatch(/^HTTP\/1\.1 408 /);
+    const device = new URL(t.server.deviceUrl);
+    const deviceSocket = connectTls({
+      host: device.hostname,
+      port: Number(device.port),
+      ...cam1.tls,
+      servername: 'localhost',
+      rejectUnauthorized: false,
+    });
+    await new Promise((resolve, reject) => {
+      deviceSocket.once('secureConnect', resolve);
+      deviceSocket.once('error', reject);
+    });
+    const deviceAnswer = await trickle(
+      deviceSocket,
+      `POST /api/v1/device/heartbeat HTTP/1.1\r\nHost: ${device.hostname}\r\n`,
+    );
+    expect(deviceAnswer).toMatch(/^HTTP\/1\.1 408 /);
+
+    const after = await scrape();
+    const moved = (name: string, labels: Record<string, string> = {}) =>
+      valueOf(after, name, labels) - valueOf(before, name, labels);
+    for (const listener of ['operator', 'device'])
+      expect(moved('edgefleet_server_requests_refused_total', { listener, reason: 'request_timeout' })).toBe(
+        1,
+      );
+    expect(
+      moved('edgefleet_server_http_requests_total', {
+        listener: 'operator',
+        method: 'POST',
+        route: '/api/v1/fleets',
+        status_class: '4xx',
+      }),
+    ).toBe(1);
+    expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'request_timeout' })).toBe(1);
+    expect(
+      moved('edgefleet_server_http_request_duration_seconds_count', {
+        listener: 'device',
+        route: '/api/v1/device/heartbeat',
+      }),
+    ).toBe(1);
+  });
+
+  it("counts the router's own refusals (414, a malformed %-escape's 400) as unmatched", async () => {
+    const before = await scrape();
+    expect((await t.call('GET', `/api/v1/devices/${'a'.repeat(150)}`, { token: t.readToken })).status).toBe(
+      414,
+    );
+    expect((await t.call('GET', '/%ZZ', { token: t.readToken })).status).toBe(400);
+    const after = await scrape();
+    const unmatched = { listener: 'operator', method: 'GET', route: 'unmatched', status_class: '4xx' };
+    expect(
+      valueOf(after, 'edgefleet_server_http_requests_total', unmatched) -
+        valueOf(before, 'edgefleet_server_http_requests_total', unmatched),
+    ).toBe(2);
+  });
+});
+
+describe("the SageMaker facade's requests in /metrics", () => {
+  let t: TestServer;
+  let deviceKey: AccessKey;
+  let operatorKey: AccessKey;
+  beforeAll(async () => {
+    t = await startTestServer({ config: { heartbeat: { maxBodyBytes: 16 * 1024 } } });
+    await t.call('POST', '/api/v1/fleets', {
+      token: t.adminToken,
+      body: { name: 'plant', outputConfig: { s3OutputLocation: 's3://captures/edge' } },
+    });
+    await t.call('POST', '/api/v1/fleets/plant/devices', {
+      token: t.adminToken,
+      body: { devices: [{ name: 'cam-1' }, { name: 'cam-2' }] },
+    });
+    const key = async (body: Record<string, unknown>) => {
+      const created = await t.call('POST', '/api/v1/access-keys', { token: t.adminToken, body });
+      expect(created.status).toBe(201);
+      return created.body as AccessKey;
+    };
+    deviceKey = await key({ name: 'cam-1 agent', scope: 'read-only', deviceName: 'cam-1' });
+    operatorKey = await key({ name: 'reader', scope: 'read-only' });
+  });
+  afterAll(() => t?.stop());
+
+  const scrape = async () => parseExposition((await t.call('GET', '/metrics', { token: t.readToken })).body);
+  const sendHeartbeat = async (key: AccessKey, body: string, signed = true) => {
+    const call = signSageMakerRequest(t.url, key, {
+      path: '/SendHeartbeat',
+      headers: { 'content-type': 'application/json' },
+      signed: ['content-type'],
+      body,
+    });
+    if (!signed) delete call.headers.authorization;
+    return (await fetch(call.url, { method: 'POST', headers: call.headers, body: call.body })).status;
+  };
+
+  it('classifies SendHeartbeat by the AWS error type, not its AWS-style status', async () => {
+    const before = await scrape();
+    const heartbeat = (name: string, extra = '') =>
+      JSON.stringify({ AgentVersion: '1.0', DeviceName: name, DeviceFleetName: 'plant', Extra: extra });
+    expect(
+      await sendHeartbeat(
+        deviceKey,
+        JSON.stringify({ AgentVersion: '1.0', DeviceName: 'cam-1', DeviceFleetName: 'plant' }),
+      ),
+    ).toBe(200);
+    // Unsigned: 403 MissingAuthenticationTokenException; another device's name: 400 AccessDeniedException;
+    // over heartbeat.maxBodyBytes: 400 ValidationException.
+    expect(await sendHeartbeat(deviceKey, heartbeat('cam-1'), false)).toBe(403);
+    expect(
+      await sendHeartbeat(
+        deviceKey,
+        JSON.stringify({ AgentVersion: '1.0', DeviceName: 'cam-2', DeviceFleetName: 'plant' }),
+      ),
+    ).toBe(400);
+    expect(await sendHeartbeat(deviceKey, heartbeat('cam-1', 'x'.repeat(20_000)))).toBe(400);
+    const after = await scrape();
+    const moved = (name: string, labels: Record<string, string> = {}) =>
+      valueOf(after, name, labels) - valueOf(before, name, labels);
+    expect(moved('edgefleet_server_heartbeats_ingested_total')).toBe(1);
+    expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'unauthenticated' })).toBe(1);
+    expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'forbidden' })).toBe(1);
+    expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'too_large' })).toBe(1);
+    expect(moved('edgefleet_server_heartbeats_refused_total', { reason: 'invalid' })).toBe(0);
+    expect(
+      moved('edgefleet_server_requests_refused_total', { listener: 'operator', reason: 'body_too_large' }),
+    ).toBe(1);
+  });
+
+  it("labels the control plane's POST / by operation, a known name or unknown, never the header's value", async () => {
+    expect((await sagemakerCall(t.url, operatorKey, 'ListDevices', {})).status).toBe(200);
+    expect((await sagemakerCall(t.url, operatorKey, 'ListDevices', {})).status).toBe(200);
+    expect((await sagemakerCall(t.url, operatorKey, 'NoSuchOperation', {})).status).toBe(400);
+    const samples = await scrape();
+    const facade = { listener: 'operator', method: 'POST', route: '/' };
+    expect(
+      valueOf(samples, 'edgefleet_server_http_requests_total', {
+        ...facade,
+        operation: 'ListDevices',
+        status_class: '2xx',
+      }),
+    ).toBe(2);
+    expect(
+      valueOf(samples, 'edgefleet_server_http_requests_total', {
+        ...facade,
+        operation: 'unknown',
+        status_class: '4xx',
+      }),
+    ).toBe(1);
+    expect(samples.flatMap((s) => Object.values(s.labels)).filter((v) => v.includes('NoSuch'))).toEqual([]);
+    // Other routes carry no operation label.
+    expect(
+      samples.filter((s) => s.labels.route === '/metrics').every((s) => s.labels.operation === undefined),
+    ).toBe(true);
   });
 });
