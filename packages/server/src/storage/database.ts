@@ -356,13 +356,17 @@ function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqliteDataba
  * whose cause is damagedDatabaseError (the file, and how to restore it); `onDamaged` hears it once.
  *
  * `onWriteCommitted` hears each write that reached the file: a committed transaction that changed rows, or a
- * statement outside a transaction that did (readiness: the disk takes writes again after an I/O error).
+ * statement outside a transaction that did, RETURNING ones included (readiness: the disk takes writes again after
+ * an I/O error). It compares SQLite's total_changes() before and after, so a transaction SQLite rolled back
+ * itself is never taken for a write.
  */
 class SqliteDriverKeepingCause extends SqliteDriver {
   #unusable: DatabaseUnavailableError | undefined;
   #connection: DatabaseConnection | undefined;
-  /** Rows changed inside the open transaction: its COMMIT is a write that reached the file. */
-  #transactionWrote = false;
+  /** total_changes() when the open transaction began: a COMMIT past it is a write that reached the file. */
+  #changesAtBegin = 0;
+  /** `select total_changes()`, prepared once (only when onWriteCommitted listens). */
+  #totalChangesStatement: SqliteDatabase.Statement | undefined;
 
   constructor(
     config: ConstructorParameters<typeof SqliteDriver>[0],
@@ -391,21 +395,26 @@ class SqliteDriverKeepingCause extends SqliteDriver {
   #watched(connection: DatabaseConnection): DatabaseConnection {
     return {
       executeQuery: async <R>(query: CompiledQuery): Promise<QueryResult<R>> => {
+        const hearing = this.listeners.onWriteCommitted !== undefined;
+        const wasInTransaction = this.sqlite.inTransaction;
+        const changesBefore = hearing ? this.#totalChanges() : 0;
         let result: QueryResult<R>;
         try {
           result = await connection.executeQuery<R>(query);
         } catch (error) {
+          // Heard nothing: a failed statement wrote nothing that stays, and a transaction SQLite ended itself
+          // leaves no state behind (the next BEGIN counts from its own start).
           throw this.#damaged(error) ?? error;
         }
-        // Only a write statement has numAffectedRows (kysely's SqliteConnection: stmt.run, not stmt.all).
-        if (result.numAffectedRows !== undefined && this.listeners.onWriteCommitted !== undefined) {
-          const changed = result.numAffectedRows > 0n;
-          if (this.sqlite.inTransaction) this.#transactionWrote ||= changed;
-          else {
-            // A ROLLBACK ends the transaction too, having written nothing.
-            if ((changed || this.#transactionWrote) && query.sql !== 'rollback')
-              this.listeners.onWriteCommitted();
-            this.#transactionWrote = false;
+        if (hearing) {
+          const changesAfter = this.#totalChanges();
+          if (!wasInTransaction && this.sqlite.inTransaction) this.#changesAtBegin = changesBefore;
+          else if (!this.sqlite.inTransaction) {
+            // Outside a transaction: this statement's own changes. Ending one: a COMMIT (not a ROLLBACK) of a
+            // transaction that changed rows since its BEGIN.
+            const from = wasInTransaction ? this.#changesAtBegin : changesBefore;
+            const committed = !wasInTransaction || !/^\s*rollback\b/i.test(query.sql);
+            if (committed && changesAfter > from) this.listeners.onWriteCommitted?.();
           }
         }
         return result;
@@ -422,6 +431,16 @@ class SqliteDriverKeepingCause extends SqliteDriver {
         })();
       },
     };
+  }
+
+  /**
+   * Rows inserted, updated or deleted on the connection since it opened, rolled back ones included. Compared
+   * before and after, it counts what a statement wrote whether or not it returns rows (RETURNING), and it keeps
+   * no flag a transaction SQLite ended itself could leave behind.
+   */
+  #totalChanges(): number {
+    this.#totalChangesStatement ??= this.sqlite.prepare('select total_changes()').pluck();
+    return Number(this.#totalChangesStatement.get());
   }
 
   /** The error to throw for `error` when it says the file is damaged (the database then given up); else undefined. */
