@@ -601,13 +601,13 @@ export async function startServer(
   // system under the SQLite file and the blob folder for free space, and remembers recent I/O errors (cleared by
   // the next write that reaches the database file, or the blob folder).
   const diskFaults = new RecentDiskFaults();
-  // Set once the stores are open; a database given up before (while migrating) fails openStores instead.
-  let giveUpDatabase: ((givenUp: DatabaseGivenUp) => void) | undefined;
+  // Replaced once the stores are open; a database given up before (while migrating) fails openStores instead.
+  let giveUpDatabase: (givenUp: DatabaseGivenUp) => void = () => undefined;
   let stores: Awaited<ReturnType<typeof openStores>>;
   try {
     stores = await openStores(config, logger, {
       forceMigrate: options.forceMigrate === true,
-      onGivenUp: (givenUp) => giveUpDatabase?.(givenUp),
+      onGivenUp: (givenUp) => giveUpDatabase(givenUp),
       onWriteCommitted: () => diskFaults.writeSucceeded('database'),
       onBlobWritten: () => diskFaults.writeSucceeded('blobStore'),
     });

@@ -45,44 +45,48 @@ async function startRelay(target: URL) {
   };
 }
 
-describe.skipIf(postgres === undefined)('PostgreSQL over a path that goes silent', { timeout: 60_000 }, () => {
-  let url: string;
-  let relay: Awaited<ReturnType<typeof startRelay>>;
-  beforeAll(async () => {
-    url = await (postgres as TestPostgres).createDatabase();
-    relay = await startRelay(new URL(url));
-  });
-  afterAll(async () => {
-    await relay?.close();
-    await postgres?.stop();
-  });
+describe.skipIf(postgres === undefined)(
+  'PostgreSQL over a path that goes silent',
+  { timeout: 60_000 },
+  () => {
+    let url: string;
+    let relay: Awaited<ReturnType<typeof startRelay>>;
+    beforeAll(async () => {
+      url = await (postgres as TestPostgres).createDatabase();
+      relay = await startRelay(new URL(url));
+    });
+    afterAll(async () => {
+      await relay?.close();
+      await postgres?.stop();
+    });
 
-  it('the ping fails within its bound, and the next one, on a new connection, passes once the path is back', async () => {
-    const database: ServerDatabase = await openDatabase(
-      { engine: 'postgres', url: relay.urlFor(url) },
-      { maxConnections: 2, connectTimeoutMs: 500 },
-    );
-    try {
-      await pingDatabase(database, 300);
+    it('the ping fails within its bound, and the next one, on a new connection, passes once the path is back', async () => {
+      const database: ServerDatabase = await openDatabase(
+        { engine: 'postgres', url: relay.urlFor(url) },
+        { maxConnections: 2, connectTimeoutMs: 500 },
+      );
+      try {
+        await pingDatabase(database, 300);
+        relay.setSilent(true);
+        await expect(pingDatabase(database, 300)).rejects.toThrow(/did not answer a ping within 300 ms/);
+        relay.setSilent(false);
+        // The hung connection was destroyed, not handed out again: a fresh one answers.
+        await pingDatabase(database, 300);
+      } finally {
+        relay.setSilent(false);
+        await database.close();
+      }
+    });
+
+    it('refuses to open within the connection bound when nothing answers', async () => {
       relay.setSilent(true);
-      await expect(pingDatabase(database, 300)).rejects.toThrow(/did not answer a ping within 300 ms/);
-      relay.setSilent(false);
-      // The hung connection was destroyed, not handed out again: a fresh one answers.
-      await pingDatabase(database, 300);
-    } finally {
-      relay.setSilent(false);
-      await database.close();
-    }
-  });
-
-  it('refuses to open within the connection bound when nothing answers', async () => {
-    relay.setSilent(true);
-    try {
-      await expect(
-        openDatabase({ engine: 'postgres', url: relay.urlFor(url) }, { connectTimeoutMs: 300 }),
-      ).rejects.toThrow(/cannot connect to PostgreSQL/);
-    } finally {
-      relay.setSilent(false);
-    }
-  });
-});
+      try {
+        await expect(
+          openDatabase({ engine: 'postgres', url: relay.urlFor(url) }, { connectTimeoutMs: 300 }),
+        ).rejects.toThrow(/cannot connect to PostgreSQL/);
+      } finally {
+        relay.setSilent(false);
+      }
+    });
+  },
+);
