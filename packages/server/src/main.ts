@@ -264,8 +264,10 @@ program.parseAsync(process.argv).catch((error: unknown) => {
  * another server holds the SQLite database, or servers ran lately on a database this build would migrate (stop them). 2: the command line or the config cannot be used; the
  * SQLite database's lock file cannot be used (a link, not a regular file, another user's, damaged) or it or the
  * database may not be written (permissions, a read-only filesystem); the blob store is another database's; a newer
- * build migrated the database (a downgrade: run that build, or restore the pre-upgrade backup). 1: anything
- * else, a lock that failed for a reason that may pass (an I/O error, a full disk) included: the unit restarts it.
+ * build migrated the database (a downgrade: run that build, or restore the pre-upgrade backup); the SQLite
+ * database is damaged (found at start, or while serving: databaseGivenUpExitCode). 1: anything else, a lock that
+ * failed for a reason that may pass (an I/O error, a full disk) included: the unit restarts it. 3 (not from here:
+ * onStoppedForDatabaseGivenUp, ServerHandle.exitCode): a transaction left open, restarted on purpose.
  */
 function exitCodeOf(error: unknown): number {
   if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2;
