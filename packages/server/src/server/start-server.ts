@@ -695,11 +695,13 @@ export async function startServer(
       if (stoppingForWrongStore) return;
       stoppingForWrongStore = true;
       logger.error({ err: error, blobs: blobs.description }, `stopping: ${error.message}`);
-      // A database given up during this close decides the exit code instead (the give-up's wins).
-      const stopped = () =>
-        givenUp === undefined
-          ? options.onStoppedForWrongBlobStore?.(error)
-          : options.onStoppedForDatabaseGivenUp?.(givenUp);
+      // A database given up during this close decides the exit code instead (the give-up's wins); one given up
+      // before it has its own stop path, which calls back once it has closed.
+      const givenUpBefore = givenUp !== undefined;
+      const stopped = () => {
+        if (givenUp === undefined) options.onStoppedForWrongBlobStore?.(error);
+        else if (!givenUpBefore) options.onStoppedForDatabaseGivenUp?.(givenUp);
+      };
       void close().then(stopped, (closeError: unknown) => {
         logger.error({ err: closeError }, 'shutdown failed');
         stopped();
