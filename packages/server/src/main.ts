@@ -22,7 +22,7 @@ import {
 import {
   BlobStoreMismatchError,
   createLogger,
-  DATABASE_GIVEN_UP_EXIT_CODE,
+  databaseGivenUpExitCode,
   initServer,
   openStores,
   ServersRunningError,
@@ -110,8 +110,9 @@ async function serve(options: CommonOptions): Promise<void> {
     warnings: fileWarning === undefined ? [] : [fileWarning],
     // Logged by the server; 2, which the unit does not restart: the blob setting must be fixed by a person.
     onStoppedForWrongBlobStore: () => process.exit(2),
-    // Logged by the server; a code the unit restarts on: the restart discards what made it give the database up.
-    onStoppedForDatabaseGivenUp: () => process.exit(DATABASE_GIVEN_UP_EXIT_CODE),
+    // Logged by the server. 3 (a transaction left open), which the unit restarts on: the restart discards it;
+    // 2 (damage), which it does not: a person must restore a backup.
+    onStoppedForDatabaseGivenUp: (givenUp) => process.exit(databaseGivenUpExitCode(givenUp)),
     forceMigrate: forceMigrateOf(options),
   });
   // Logged as JSON (stdout); printed plainly too for whoever started the server at a terminal. Not elsewhere:
@@ -128,7 +129,8 @@ async function serve(options: CommonOptions): Promise<void> {
     }
     server.logger.info({ signal }, 'shutting down: finishing in-flight requests');
     server.close().then(
-      () => process.exit(0),
+      // Not 0 when the database was given up (a signal during its drain): the give-up's code wins.
+      () => process.exit(server.exitCode()),
       (error: unknown) => {
         server.logger.error({ err: error }, 'shutdown failed');
         process.exit(1);
@@ -262,8 +264,10 @@ program.parseAsync(process.argv).catch((error: unknown) => {
  * another server holds the SQLite database, or servers ran lately on a database this build would migrate (stop them). 2: the command line or the config cannot be used; the
  * SQLite database's lock file cannot be used (a link, not a regular file, another user's, damaged) or it or the
  * database may not be written (permissions, a read-only filesystem); the blob store is another database's; a newer
- * build migrated the database (a downgrade: run that build, or restore the pre-upgrade backup). 1: anything
- * else, a lock that failed for a reason that may pass (an I/O error, a full disk) included: the unit restarts it.
+ * build migrated the database (a downgrade: run that build, or restore the pre-upgrade backup); the SQLite
+ * database is damaged (found at start, or while serving: databaseGivenUpExitCode). 1: anything else, a lock that
+ * failed for a reason that may pass (an I/O error, a full disk) included: the unit restarts it. 3 (not from here:
+ * onStoppedForDatabaseGivenUp, ServerHandle.exitCode): a transaction left open, restarted on purpose.
  */
 function exitCodeOf(error: unknown): number {
   if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2;

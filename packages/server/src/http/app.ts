@@ -172,6 +172,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       if (options.isShuttingDown()) throw new ApiError(503, 'NotReady', 'the server is shutting down');
       const checks: Record<string, 'ok'> = {};
       const { passed, failed } = await readiness.evaluate();
+      // Asked again: the server may have begun to stop (its database given up) while the checks ran.
+      if (options.isShuttingDown()) throw new ApiError(503, 'NotReady', 'the server is shutting down');
       for (const name of passed) {
         checks[name] = 'ok';
         if (failingChecks.delete(name))

@@ -1,7 +1,9 @@
 export { initServer, type InitResult } from './init.js';
 export { createLogger } from './logger.js';
 export {
+  DATABASE_DAMAGED_EXIT_CODE,
   DATABASE_GIVEN_UP_EXIT_CODE,
+  databaseGivenUpExitCode,
   openDeviceCa,
   openPackageSigning,
   openStores,

@@ -185,6 +185,11 @@ export interface ServerHandle {
   readonly services: ServerServices;
   /** Stops accepting work, lets in-flight requests finish, then releases the database and blob store. */
   close(): Promise<void>;
+  /**
+   * The code a `serve` exits with once closed: 0, or the give-up's (databaseGivenUpExitCode) when the database
+   * was given up, whatever stopped the server (a SIGTERM during the give-up's drain does not make it 0).
+   */
+  exitCode(): number;
 }
 
 export interface StartServerOptions {
@@ -206,7 +211,9 @@ export interface StartServerOptions {
   forceMigrate?: boolean;
   /**
    * Called once the server has stopped itself (in-flight requests given GIVEN_UP_DRAIN_MS) because it gave its
-   * database up (DatabaseGivenUp; logged): serve exits DATABASE_GIVEN_UP_EXIT_CODE for its supervisor to restart it.
+   * database up while serving (DatabaseGivenUp; logged): serve exits databaseGivenUpExitCode(givenUp). Not
+   * called for a give-up during the start (startServer rejects instead) or during a close already under way
+   * (that close ends the server; exitCode() says the give-up's code).
    */
   onStoppedForDatabaseGivenUp?: (givenUp: DatabaseGivenUp) => void;
 }
@@ -349,11 +356,24 @@ export interface DatabaseGivenUp {
 }
 
 /**
- * The exit code of a `serve` that gave its database up (DatabaseGivenUp): not 2 or 4, so the systemd unit (and
- * any supervisor restarting on failure) restarts it. A restart discards a transaction left open; a damaged file
- * is then refused by the start check (exit 2, not restarted) where that check reads it (up to 1 GiB).
+ * The exit code of a `serve` that gave its database up because a failed transaction stayed open on the one
+ * SQLite connection: not 2 or 4, so the systemd unit (and any supervisor restarting on failure) restarts it on
+ * purpose: the restart discards that transaction.
  */
 export const DATABASE_GIVEN_UP_EXIT_CODE = 3;
+
+/**
+ * The exit code of a `serve` that found its SQLite file damaged while serving: 2, as the start check's, which
+ * the unit does not restart. A restart could not help, and the start check may not see the damage (a file over
+ * 1 GiB, an index that no longer matches its table): restarting would serve and write on into the damaged file
+ * until the next request met it, for ever.
+ */
+export const DATABASE_DAMAGED_EXIT_CODE = 2;
+
+/** The code a `serve` that gave its database up exits with (DATABASE_DAMAGED_EXIT_CODE, DATABASE_GIVEN_UP_EXIT_CODE). */
+export function databaseGivenUpExitCode(givenUp: DatabaseGivenUp): number {
+  return givenUp.reason === 'damaged' ? DATABASE_DAMAGED_EXIT_CODE : DATABASE_GIVEN_UP_EXIT_CODE;
+}
 
 /**
  * How long a server that gave its database up waits for the requests in flight (they fail fast: the database
@@ -582,13 +602,13 @@ export async function startServer(
   // system under the SQLite file and the blob folder for free space, and remembers recent I/O errors (cleared by
   // the next write that reaches the database file, or the blob folder).
   const diskFaults = new RecentDiskFaults();
-  // Set once the server can stop itself; a database given up before (while migrating) fails the start instead.
-  let giveUpDatabase: ((givenUp: DatabaseGivenUp) => void) | undefined;
+  // Replaced once the stores are open; a database given up before (while migrating) fails openStores instead.
+  let giveUpDatabase: (givenUp: DatabaseGivenUp) => void = () => undefined;
   let stores: Awaited<ReturnType<typeof openStores>>;
   try {
     stores = await openStores(config, logger, {
       forceMigrate: options.forceMigrate === true,
-      onGivenUp: (givenUp) => giveUpDatabase?.(givenUp),
+      onGivenUp: (givenUp) => giveUpDatabase(givenUp),
       onWriteCommitted: () => diskFaults.writeSucceeded('database'),
       onBlobWritten: () => diskFaults.writeSucceeded('blobStore'),
     });
@@ -607,65 +627,86 @@ export async function startServer(
     databaseLock?.release();
   };
 
-  try {
-    let shuttingDown = false;
-    let closing: Promise<void> | undefined;
-    const close = () => {
-      closing ??= (async () => {
-        shuttingDown = true;
-        await releaseAll();
-        logger.info('edgefleet-server stopped');
-      })();
-      return closing;
-    };
-    // Set at the first give-up: a second (damage met by the ROLLBACK that then fails) adds no line.
-    let databaseGivenUp = false;
-    giveUpDatabase = (givenUp) => {
-      if (databaseGivenUp || closing !== undefined) return;
-      databaseGivenUp = true;
+  // The give-up path, one state machine: the first give-up decides the exit code and is logged once, whatever
+  // else is happening. While starting, it only records it (startServer throws it: one shutdown, by the start's
+  // own failure path); while serving, it starts the one close; during a close already under way (SIGTERM, a
+  // wrong blob store), that close ends the server, and exitCode() says the give-up's code.
+  let phase: 'starting' | 'serving' = 'starting';
+  let shuttingDown = false;
+  let closing: Promise<void> | undefined;
+  let givenUp: DatabaseGivenUp | undefined;
+  const close = () => {
+    closing ??= (async () => {
       shuttingDown = true;
-      logger.error(
-        {
-          event: 'database_given_up',
-          reason: givenUp.reason,
-          database: database.description,
-          exitCode: DATABASE_GIVEN_UP_EXIT_CODE,
-          err: givenUp.error,
-        },
-        givenUpMessage(givenUp, database.description),
-      );
-      // Not from inside the failing statement: its request is one of those closing waits for.
-      setImmediate(() => {
-        let drained: NodeJS.Timeout | undefined;
-        void Promise.race([
-          close().catch((error: unknown) => logger.error({ err: error }, 'shutdown failed')),
-          new Promise<void>((resolve) => {
-            drained = setTimeout(() => {
-              logger.warn(
-                { waitedMs: GIVEN_UP_DRAIN_MS },
-                'requests still in flight after the drain; exiting without them',
-              );
-              resolve();
-            }, GIVEN_UP_DRAIN_MS);
-          }),
-        ]).then(() => {
-          clearTimeout(drained);
-          options.onStoppedForDatabaseGivenUp?.(givenUp);
-        });
+      await releaseAll();
+      logger.info('edgefleet-server stopped');
+    })();
+    return closing;
+  };
+  giveUpDatabase = (first) => {
+    // A second give-up (damage met by the ROLLBACK that then fails) adds nothing.
+    if (givenUp !== undefined) return;
+    givenUp = first;
+    shuttingDown = true;
+    if (phase === 'starting') return;
+    logger.error(
+      {
+        event: 'database_given_up',
+        reason: first.reason,
+        database: database.description,
+        exitCode: databaseGivenUpExitCode(first),
+        err: first.error,
+      },
+      givenUpMessage(first, database.description),
+    );
+    if (closing !== undefined) return;
+    // Not from inside the failing statement: its request is one of those closing waits for.
+    setImmediate(() => {
+      let drained: NodeJS.Timeout | undefined;
+      void Promise.race([
+        close().catch((error: unknown) => logger.error({ err: error }, 'shutdown failed')),
+        new Promise<void>((resolve) => {
+          drained = setTimeout(() => {
+            logger.warn(
+              { waitedMs: GIVEN_UP_DRAIN_MS },
+              'requests still in flight after the drain; exiting without them',
+            );
+            resolve();
+          }, GIVEN_UP_DRAIN_MS);
+        }),
+      ]).then(() => {
+        clearTimeout(drained);
+        options.onStoppedForDatabaseGivenUp?.(first);
       });
-    };
+    });
+  };
+  /** The error a start that gave its database up fails with (exit 2 for damage, as the start check's). */
+  const startFailureOf = (error: unknown): unknown => {
+    if (givenUp === undefined) return error;
+    if (givenUp.reason === 'damaged') return damageFoundByDriver(givenUp.error) ?? givenUp.error;
+    return new Error(
+      `the database ${database.description} was given up while starting: a failed transaction could not be rolled back and stays open on the one SQLite connection; a restart discards it`,
+      { cause: error ?? givenUp.error },
+    );
+  };
+
+  try {
     let stoppingForWrongStore = false;
     const stopForWrongStore = (error: BlobStoreMismatchError) => {
       if (stoppingForWrongStore) return;
       stoppingForWrongStore = true;
       logger.error({ err: error, blobs: blobs.description }, `stopping: ${error.message}`);
-      void close().then(
-        () => options.onStoppedForWrongBlobStore?.(error),
-        (closeError: unknown) => {
-          logger.error({ err: closeError }, 'shutdown failed');
-          options.onStoppedForWrongBlobStore?.(error);
-        },
-      );
+      // A database given up during this close decides the exit code instead (the give-up's wins); one given up
+      // before it has its own stop path, which calls back once it has closed.
+      const givenUpBefore = givenUp !== undefined;
+      const stopped = () => {
+        if (givenUp === undefined) options.onStoppedForWrongBlobStore?.(error);
+        else if (!givenUpBefore) options.onStoppedForDatabaseGivenUp?.(givenUp);
+      };
+      void close().then(stopped, (closeError: unknown) => {
+        logger.error({ err: closeError }, 'shutdown failed');
+        stopped();
+      });
     };
     const deviceCa = await openDeviceCa(config, database, logger);
     const signing = await openPackageSigning(config, database, logger);
@@ -1166,6 +1207,9 @@ export async function startServer(
       }),
     ];
     for (const warning of warnings) logger.warn(warning);
+    // A give-up whose statement's error something on the way caught (a start-up clean-up that only warns).
+    if (givenUp !== undefined) throw startFailureOf(undefined);
+    phase = 'serving';
     logger.info(
       {
         version: serverVersion(),
@@ -1190,21 +1234,24 @@ export async function startServer(
       logger,
       services,
       close,
+      exitCode: () => (givenUp === undefined ? 0 : databaseGivenUpExitCode(givenUp)),
     };
   } catch (error) {
+    shuttingDown = true;
     await releaseAll();
-    throw error;
+    // Damage the driver found on the way (as openStores maps it): exit 2, not 1 and a restart.
+    throw startFailureOf(damageFoundByDriver(error) ?? error);
   }
 }
 
 /** The one line a server that gave its database up logs: what happened, what follows, what to check. */
 function givenUpMessage({ reason, error }: DatabaseGivenUp, database: string): string {
-  const exiting = `stopping: the database ${database} was given up; exiting with code ${DATABASE_GIVEN_UP_EXIT_CODE} for the supervisor (systemd Restart=on-failure) to restart the server`;
   if (reason === 'damaged')
     return (
-      `${exiting}. ${error instanceof Error ? error.message : String(error)}. The restarted server's start check ` +
-      'refuses a damaged file up to 1 GiB (exit 2, not restarted); a larger one is not read whole at start'
+      `stopping: the database ${database} was given up; exiting with code ${DATABASE_DAMAGED_EXIT_CODE}, which the ` +
+      `supervisor (systemd) does not restart: ${error instanceof Error ? error.message : String(error)}`
     );
+  const exiting = `stopping: the database ${database} was given up; exiting with code ${DATABASE_GIVEN_UP_EXIT_CODE} for the supervisor (systemd Restart=on-failure) to restart the server`;
   return (
     `${exiting}, which discards the transaction left open: a failed transaction could not be rolled back and ` +
     'was still open on the one SQLite connection, so every later write would have been lost. If it recurs, ' +

@@ -30,6 +30,11 @@ export interface ServerDatabase {
   readonly db: Kysely<DatabaseSchema>;
   /** Where the state lives, with any password removed (for logs). */
   readonly description: string;
+  /**
+   * Answers a trivial query within `timeoutMs` or throws (readiness). PostgreSQL: on its own pool connection,
+   * one that does not answer in time is destroyed, not returned to the pool, so the next ping starts afresh.
+   */
+  ping(timeoutMs: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -356,13 +361,17 @@ function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqliteDataba
  * whose cause is damagedDatabaseError (the file, and how to restore it); `onDamaged` hears it once.
  *
  * `onWriteCommitted` hears each write that reached the file: a committed transaction that changed rows, or a
- * statement outside a transaction that did (readiness: the disk takes writes again after an I/O error).
+ * statement outside a transaction that did, RETURNING ones included (readiness: the disk takes writes again after
+ * an I/O error). It compares SQLite's total_changes() before and after, so a transaction SQLite rolled back
+ * itself is never taken for a write.
  */
 class SqliteDriverKeepingCause extends SqliteDriver {
   #unusable: DatabaseUnavailableError | undefined;
   #connection: DatabaseConnection | undefined;
-  /** Rows changed inside the open transaction: its COMMIT is a write that reached the file. */
-  #transactionWrote = false;
+  /** total_changes() when the open transaction began: a COMMIT past it is a write that reached the file. */
+  #changesAtBegin = 0;
+  /** `select total_changes()`, prepared once (only when onWriteCommitted listens). */
+  #totalChangesStatement: SqliteDatabase.Statement | undefined;
 
   constructor(
     config: ConstructorParameters<typeof SqliteDriver>[0],
@@ -391,21 +400,26 @@ class SqliteDriverKeepingCause extends SqliteDriver {
   #watched(connection: DatabaseConnection): DatabaseConnection {
     return {
       executeQuery: async <R>(query: CompiledQuery): Promise<QueryResult<R>> => {
+        const hearing = this.listeners.onWriteCommitted !== undefined;
+        const wasInTransaction = this.sqlite.inTransaction;
+        const changesBefore = hearing ? this.#totalChanges() : 0;
         let result: QueryResult<R>;
         try {
           result = await connection.executeQuery<R>(query);
         } catch (error) {
+          // Heard nothing: a failed statement wrote nothing that stays, and a transaction SQLite ended itself
+          // leaves no state behind (the next BEGIN counts from its own start).
           throw this.#damaged(error) ?? error;
         }
-        // Only a write statement has numAffectedRows (kysely's SqliteConnection: stmt.run, not stmt.all).
-        if (result.numAffectedRows !== undefined && this.listeners.onWriteCommitted !== undefined) {
-          const changed = result.numAffectedRows > 0n;
-          if (this.sqlite.inTransaction) this.#transactionWrote ||= changed;
-          else {
-            // A ROLLBACK ends the transaction too, having written nothing.
-            if ((changed || this.#transactionWrote) && query.sql !== 'rollback')
-              this.listeners.onWriteCommitted();
-            this.#transactionWrote = false;
+        if (hearing) {
+          const changesAfter = this.#totalChanges();
+          if (!wasInTransaction && this.sqlite.inTransaction) this.#changesAtBegin = changesBefore;
+          else if (!this.sqlite.inTransaction) {
+            // Outside a transaction: this statement's own changes. Ending one: a COMMIT (not a ROLLBACK) of a
+            // transaction that changed rows since its BEGIN.
+            const from = wasInTransaction ? this.#changesAtBegin : changesBefore;
+            const committed = !wasInTransaction || !/^\s*rollback\b/i.test(query.sql);
+            if (committed && changesAfter > from) this.listeners.onWriteCommitted?.();
           }
         }
         return result;
@@ -422,6 +436,16 @@ class SqliteDriverKeepingCause extends SqliteDriver {
         })();
       },
     };
+  }
+
+  /**
+   * Rows inserted, updated or deleted on the connection since it opened, rolled back ones included. Compared
+   * before and after, it counts what a statement wrote whether or not it returns rows (RETURNING), and it keeps
+   * no flag a transaction SQLite ended itself could leave behind.
+   */
+  #totalChanges(): number {
+    this.#totalChangesStatement ??= this.sqlite.prepare('select total_changes()').pluck();
+    return Number(this.#totalChangesStatement.get());
   }
 
   /** The error to throw for `error` when it says the file is damaged (the database then given up); else undefined. */
@@ -557,6 +581,8 @@ function refuseDamagedDatabase(sqlite: SqliteDatabase.Database, file: string): v
 export interface OpenDatabaseOptions {
   /** PostgreSQL pool size; default 10. */
   maxConnections?: number;
+  /** PostgreSQL: how long opening a connection (or waiting for a free one) may take; default PG_CONNECT_TIMEOUT_MS. */
+  connectTimeoutMs?: number;
   /**
    * Hears errors of idle PostgreSQL connections (server restarted, network cut). Without a listener pg
    * would crash the process; the pool replaces the connection and the next query reports any real outage.
@@ -651,6 +677,8 @@ export async function openDatabase(
       engine: 'sqlite',
       db,
       description: `sqlite:${location.file}`,
+      // One connection, in this process: a query waiting behind a transaction is the readiness deadline's.
+      ping: async () => void (await sql`select 1`.execute(db)),
       close: () => db.destroy(),
     };
   }
@@ -659,6 +687,9 @@ export async function openDatabase(
     connectionString: location.url,
     max: options.maxConnections ?? 10,
     types: pgTypes,
+    // Without them, a connection attempt or a connection on a silently dropped path (no RST) waits for ever.
+    connectionTimeoutMillis: options.connectTimeoutMs ?? PG_CONNECT_TIMEOUT_MS,
+    keepAlive: true,
   });
   pool.on('error', (error) => options.onConnectionError?.(error));
   const description = maskUrlCredentials(location.url);
@@ -675,10 +706,57 @@ export async function openDatabase(
       { cause: error },
     );
   }
-  return { engine: 'postgres', db, description, close: () => db.destroy() };
+  return {
+    engine: 'postgres',
+    db,
+    description,
+    ping: (timeoutMs) => pingPool(pool, timeoutMs),
+    close: () => db.destroy(),
+  };
 }
 
-/** True when the database answers a trivial query (readiness). */
-export async function pingDatabase(database: ServerDatabase): Promise<void> {
-  await sql`select 1`.execute(database.db);
+/** How long opening a PostgreSQL connection, or waiting for a free one in the pool, may take. */
+export const PG_CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * How long the readiness ping's query may take before its connection is destroyed: longer than the readiness
+ * deadline (a slow answer is still reported as not answering in time), and short enough that a connection hung
+ * on a dead network path does not keep /readyz failing once the database answers again (Readiness does not start
+ * a check again until the one running settles).
+ */
+export const PING_TIMEOUT_MS = 5_000;
+
+/** `select 1` on a pool connection of its own, destroyed (not reused) when it fails or does not answer in time. */
+async function pingPool(pool: pg.Pool, timeoutMs: number): Promise<void> {
+  const client = await pool.connect();
+  let timer: NodeJS.Timeout | undefined;
+  const answered = client.query('select 1');
+  // Settles on its own once the connection is destroyed below (or answers late): nobody waits for it then.
+  answered.catch(() => undefined);
+  try {
+    await Promise.race([
+      answered,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(
+              new Error(`PostgreSQL did not answer a ping within ${timeoutMs} ms (its connection is closed)`),
+            ),
+          timeoutMs,
+        );
+      }),
+    ]);
+  } catch (error) {
+    // Given an error, the pool ends the connection instead of handing it out again.
+    client.release(error instanceof Error ? error : new Error(String(error)));
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+  client.release();
+}
+
+/** Throws unless the database answers a trivial query within `timeoutMs` (readiness). */
+export async function pingDatabase(database: ServerDatabase, timeoutMs = PING_TIMEOUT_MS): Promise<void> {
+  await database.ping(timeoutMs);
 }

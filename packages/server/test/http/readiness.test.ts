@@ -69,6 +69,32 @@ describe('readiness probes arriving together', () => {
   });
 });
 
+describe('a server that begins to stop while the checks run', () => {
+  it('answers not ready, to the probe that started the evaluation and to one sharing it', async () => {
+    const database = gatedCheck('database');
+    let shuttingDown = false;
+    const app = await buildApp({
+      ...appOptions(new Readiness([database.check])),
+      isShuttingDown: () => shuttingDown,
+    });
+    try {
+      const first = app.inject({ method: 'GET', url: '/readyz' });
+      const second = app.inject({ method: 'GET', url: '/readyz' });
+      while (database.runs < 1) await new Promise((resolve) => setImmediate(resolve));
+      // The database given up while its ping ran: the check itself still passes.
+      shuttingDown = true;
+      database.open();
+      for (const answer of await Promise.all([first, second])) {
+        expect(answer.statusCode).toBe(503);
+        expect(answer.json()).toMatchObject({ code: 'NotReady', message: 'the server is shutting down' });
+      }
+      expect(database.runs).toBe(1);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('a readiness check that does not answer', () => {
   it('fails the probe, naming the check as not answering, and is not started again until it answers', async () => {
     const statfs = gatedCheck('blobStore');

@@ -8,21 +8,11 @@ import { copyFile, mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { noise } from '../support/noise.js';
 import { runServerCli } from '../support/process.js';
 import { startTestServer } from '../support/server.js';
 
 const PAGE = 4096;
-
-/** Bytes that look random but are the same at every run (a linear congruential sequence). */
-function noise(length: number, seed: number): Buffer {
-  const bytes = Buffer.alloc(length);
-  let state = seed;
-  for (let i = 0; i < length; i++) {
-    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
-    bytes[i] = state >>> 24;
-  }
-  return bytes;
-}
 
 async function overwrite(file: string, offset: number, bytes: Buffer): Promise<void> {
   const handle = await open(file, 'r+');

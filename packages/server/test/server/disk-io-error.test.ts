@@ -60,8 +60,9 @@ describe.skipIf(!havePrlimit)(
         expect(await ready()).toBe(503);
 
         setFileSizeLimit(server.child.pid!, 'unlimited:unlimited');
-        // Still within the window: only a write that succeeds clears it.
-        expect(await ready()).toBe(503);
+        // Not asked here whether the window is still open: a background write (a sweeper, the server registry's
+        // renewal) may land first and clear it, as it should. What clears it is covered where nothing else writes
+        // (test/storage/disk-faults.test.ts, onWriteCommitted); here, the request's write does at the latest.
         expect((await createToken('accepted')).status).toBe(201);
         expect(await ready()).toBe(200);
       } finally {

@@ -182,6 +182,36 @@ describe('writes that reached the SQLite file (onWriteCommitted)', () => {
       .catch(() => undefined);
     expect(heard).toBe(0);
   });
+
+  it('does not hear a write that changed nothing after a transaction SQLite rolled back itself (SQLITE_FULL)', async () => {
+    // Room for the small insert's page, not for the large one: SQLite ends the transaction itself.
+    const { rows } = await sql<{ page_count: number }>`pragma page_count`.execute(database.db);
+    await sql.raw(`pragma max_page_count = ${rows[0]!.page_count + 1}`).execute(database.db);
+    const failure = await database.db
+      .transaction()
+      .execute(async (trx) => {
+        await sql`insert into t (v) values (${'small'})`.execute(trx);
+        await sql`insert into t (v) values (${'x'.repeat(256 * 1024)})`.execute(trx);
+      })
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+    expect(failure).toMatchObject({ code: 'SQLITE_FULL' });
+    // A sweeper's UPDATE matching no row, then a read-only transaction: nothing reached the file.
+    await sql`update t set v = ${'x'} where v = ${'absent'}`.execute(database.db);
+    await database.db.transaction().execute(async (trx) => {
+      await sql`select count(*) from t`.execute(trx);
+    });
+    const { rows: left } = await sql<{ n: number }>`select count(*) as n from t`.execute(database.db);
+    expect(left[0]!.n).toBe(0);
+    expect(heard).toBe(0);
+  });
+
+  it('hears a write that returns rows (RETURNING)', async () => {
+    await sql`insert into t (v) values (${'a'}) returning v`.execute(database.db);
+    expect(heard).toBe(1);
+  });
 });
 
 describe('which disk fault an error is, and whose', () => {
