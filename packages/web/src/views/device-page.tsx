@@ -9,6 +9,9 @@ import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
 import { DeploymentResultView, readDeploymentResult } from './deployment-result.js';
 
+/** The device chart's shortest time between live reloads. */
+const METRICS_RELOAD_MIN_MS = 10_000;
+
 /** Chart windows on offer; the server aggregates the stored series into about 120 buckets per window. */
 const CHART_WINDOWS = [
   { label: 'last 15 minutes', ms: 15 * 60_000 },
@@ -97,7 +100,11 @@ export function DevicePage({ params }: { params: Record<string, string> }) {
   useLive(live, ['devices'], () => {
     device.reload();
     certificates.reload();
-    metrics.reload();
+  });
+  // Heartbeats of any device name `devices` at every live poll (seconds apart), and a chart reload aggregates its
+  // whole window on the server: redraw at most once a bucket (a 24 h chart's is 12 minutes), never under 10 s.
+  useLive(live, ['devices'], metrics.reload, {
+    minIntervalMs: Math.max(METRICS_RELOAD_MIN_MS, windowMs / BUCKETS_PER_CHART),
   });
   useLive(live, ['deployments'], deploymentEvents.reload);
 
