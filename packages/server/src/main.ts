@@ -125,7 +125,8 @@ async function serve(options: CommonOptions): Promise<void> {
     signals += 1;
     if (signals > 1) {
       server.logger.warn({ signal }, 'second signal: exiting without waiting');
-      process.exit(1);
+      // A database given up keeps its code (2: damaged, not restarted; 3), so a second signal brings no restart loop.
+      process.exit(server.exitCode() || 1);
     }
     server.logger.info({ signal }, 'shutting down: finishing in-flight requests');
     server.close().then(
@@ -133,7 +134,7 @@ async function serve(options: CommonOptions): Promise<void> {
       () => process.exit(server.exitCode()),
       (error: unknown) => {
         server.logger.error({ err: error }, 'shutdown failed');
-        process.exit(1);
+        process.exit(server.exitCode() || 1);
       },
     );
   };

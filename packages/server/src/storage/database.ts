@@ -31,8 +31,10 @@ export interface ServerDatabase {
   /** Where the state lives, with any password removed (for logs). */
   readonly description: string;
   /**
-   * Answers a trivial query within `timeoutMs` or throws (readiness). PostgreSQL: on its own pool connection,
-   * one that does not answer in time is destroyed, not returned to the pool, so the next ping starts afresh.
+   * Answers a trivial query or throws (readiness). PostgreSQL: on its own pool connection, the query bounded by
+   * `timeoutMs` (getting the connection first is bounded by the pool's connection timeout); one that does not
+   * answer in time is destroyed, not returned to the pool, so the next ping starts afresh. SQLite: `timeoutMs` is
+   * not used (its one connection is in-process; a query waiting behind a transaction is the caller's deadline's).
    */
   ping(timeoutMs: number): Promise<void>;
   close(): Promise<void>;
@@ -690,6 +692,9 @@ export async function openDatabase(
     // Without them, a connection attempt or a connection on a silently dropped path (no RST) waits for ever.
     connectionTimeoutMillis: options.connectTimeoutMs ?? PG_CONNECT_TIMEOUT_MS,
     keepAlive: true,
+    // The system's default idle time before the first probe is about 2 hours: a query on a silent path would hold
+    // its pool connection for that long. Probes from 10 s of silence find a dead path within about a minute.
+    keepAliveInitialDelayMillis: PG_KEEPALIVE_IDLE_MS,
   });
   pool.on('error', (error) => options.onConnectionError?.(error));
   const description = maskUrlCredentials(location.url);
@@ -717,6 +722,8 @@ export async function openDatabase(
 
 /** How long opening a PostgreSQL connection, or waiting for a free one in the pool, may take. */
 export const PG_CONNECT_TIMEOUT_MS = 10_000;
+/** Idle time before TCP keepalive probes start on a PostgreSQL connection. */
+export const PG_KEEPALIVE_IDLE_MS = 10_000;
 
 /**
  * How long the readiness ping's query may take before its connection is destroyed: longer than the readiness

@@ -125,21 +125,22 @@ describe('a SQLite database found damaged while serving', { timeout: 120_000 }, 
 /**
  * Sends GET /readyz on a raw connection and resolves once the server has taken the request in (its
  * `100 Continue`, written when the request is handed to the app): the request is then in flight, and a close
- * waits for its answer. `answer` resolves with the status.
+ * waits for its answer. `answer` resolves with the status and the body.
  */
-async function probeInFlight(url: string): Promise<{ answer: Promise<number> }> {
+async function probeInFlight(url: string): Promise<{ answer: Promise<{ status: number; body: string }> }> {
   const { hostname, port } = new URL(url);
   const socket = net.connect(Number(port), hostname);
   let received = '';
   let taken: () => void = () => undefined;
   const inFlight = new Promise<void>((resolve) => (taken = resolve));
-  const answer = new Promise<number>((resolve, reject) => {
+  const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
     socket.on('data', (chunk) => {
       received += chunk.toString('latin1');
       if (received.startsWith('HTTP/1.1 100')) taken();
-      const final = /HTTP\/1\.1 ([2-5]\d\d)/.exec(received.replace(/^HTTP\/1\.1 100[^\n]*\r\n\r\n/, ''));
-      if (final !== null) {
-        resolve(Number(final[1]));
+      const response = received.replace(/^HTTP\/1\.1 100[^\n]*\r\n\r\n/, '');
+      const final = /^HTTP\/1\.1 ([2-5]\d\d)[^]*?\r\ncontent-length: (\d+)\r\n[^]*?\r\n\r\n/i.exec(response);
+      if (final !== null && response.length >= final[0].length + Number(final[2])) {
+        resolve({ status: Number(final[1]), body: response.slice(final[0].length) });
         socket.destroy();
       }
     });
@@ -192,7 +193,10 @@ describe('a transaction left open on the SQLite connection', { timeout: 60_000 }
       // Decided at the give-up, before the close has begun.
       expect(t.server.exitCode()).toBe(DATABASE_GIVEN_UP_EXIT_CODE);
       await reading?.return?.();
-      expect(await probe!.answer).toBe(503);
+      // Not ready because the server is stopping, said before its checks ran (the ping's failure would also be 503).
+      const answer = await probe!.answer;
+      expect(answer.status).toBe(503);
+      expect(JSON.parse(answer.body)).toMatchObject({ message: 'the server is shutting down' });
       expect((await givenUp).reason).toBe('rollbackFailed');
       const logged = lines.filter((line) => line.event === 'database_given_up');
       expect(logged).toHaveLength(1);
