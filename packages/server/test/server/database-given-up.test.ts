@@ -177,7 +177,7 @@ describe('a transaction left open on the SQLite connection', { timeout: 60_000 }
     const givenUp = new Promise<DatabaseGivenUp>((resolve) => (stopped = resolve));
     const t = await startTestServer({ logger, start: { onStoppedForDatabaseGivenUp: (g) => stopped(g) } });
     let reading: AsyncIterator<unknown> | undefined;
-    let probe: { answer: Promise<number> } | undefined;
+    let probe: Awaited<ReturnType<typeof probeInFlight>> | undefined;
     try {
       expect((await t.call('GET', '/readyz')).status).toBe(200);
       const db = t.server.database.db as unknown as Kysely<{ api_tokens: { id: string } }>;
