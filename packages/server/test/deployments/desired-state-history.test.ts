@@ -5,12 +5,11 @@
  * that a poll reads the newest plans that may apply per model handle, not every finished plan of the fleet.
  * Before the fix every completed plan the device took part in was read and parsed on every poll.
  */
-import type { DeploymentResult, GetDeploymentsResult } from '@edgefleet/core';
 import { CompiledQuery } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentService } from '../../src/deployments/index.js';
 import { candidatesOf } from '../../src/deployments/desired-state.js';
-import { adminCalls } from '../support/deployment-calls.js';
+import { adminCalls, planCalls, shownDeployments as shown } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
 import { rowsReadFrom } from '../support/rows-read.js';
 import { startTestServer, type TestServer } from '../support/server.js';
@@ -18,58 +17,10 @@ import { startTestServer, type TestServer } from '../support/server.js';
 const engines = await databaseEngines();
 const FLEET = 'fh';
 
-/** A device's final report on every handle of an UNDEPLOY plan. */
-function result(plan: string, handles: string[], status: 'SUCCESS' | 'FAIL'): DeploymentResult {
-  return {
-    DeploymentName: plan,
-    DeploymentStatus: status,
-    DeploymentModels: handles.map((handle) =>
-      status === 'SUCCESS'
-        ? { ModelHandle: handle, Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
-        : { ModelHandle: handle, Status: 'FAIL', StatusReason: 'could not remove it' },
-    ),
-  };
-}
-
-/** `plan: handle, handle` per deployment, in the answer's order. */
-function shown(answer: GetDeploymentsResult): string[] {
-  return (answer.Deployments ?? []).map(
-    (d) => `${d.DeploymentName}: ${(d.Definitions ?? []).map((def) => def.ModelHandle).join(', ')}`,
-  );
-}
-
 describe.each(engines)('desired state over a plan history on $engine', (fixture) => {
   let t: TestServer;
   const { register } = adminCalls(() => t);
-  const service = () => t.server.services.deployments;
-  const poll = (deviceName: string) => service().deploymentsFor({ deviceName, fleetName: FLEET });
-  const report = (deviceName: string, r: DeploymentResult) =>
-    service().recordResults([{ deviceName, fleetName: FLEET, result: r, receivedAt: Date.now() }]);
-
-  /** Creates and starts a one-stage plan; each listed device polls and reports. */
-  async function rollOut(
-    name: string,
-    handles: string[],
-    outcomes: Record<string, 'SUCCESS' | 'FAIL'>,
-    stage: {
-      deviceSelection:
-        { subsetType: 'PERCENTAGE'; percentage: number } | { subsetType: 'SELECTION'; deviceNames: string[] };
-      failureHandlingPolicy?: 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING';
-    } = { deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
-  ): Promise<void> {
-    await service().createPlan({
-      name,
-      fleetName: FLEET,
-      modelConfigs: handles.map((modelHandle) => ({ modelHandle, state: 'UNDEPLOY' as const })),
-      stages: [{ name: 'all', ...stage }],
-      options: { maxRetries: 0 },
-    });
-    await service().startStage(name, 'all');
-    for (const [device, outcome] of Object.entries(outcomes)) {
-      await poll(device);
-      await report(device, result(name, handles, outcome));
-    }
-  }
+  const { service, poll, rollOut } = planCalls(() => t, FLEET);
 
   beforeAll(async () => {
     if (!fixture.available) return;
