@@ -33,7 +33,7 @@ import {
   type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
-import { recordMissingPlanHandles } from './plan-handles.js';
+import { recordMissingPlanHandles, type UnreadablePlan } from './plan-handles.js';
 import { deleteExpiredPlans, type ExpiredPlan, type RetentionCursor } from './plan-retention.js';
 import { planListQuery, planViewOf, type PlanListQuery } from './plan-view.js';
 import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
@@ -829,10 +829,11 @@ export class DeploymentService implements DevicePackageAccess {
    * Ends what would otherwise wait forever: a device that took a deployment and did not report within the
    * plan's timeout is retried (attempts left) or FAILED with the reason; then every unfinished stage is
    * settled (finish, abort, auto-advance). First, plans an older build created without their handle rows get
-   * them (plan-handles.ts). Run periodically by every replica; idempotent.
+   * them (plan-handles.ts); a plan whose stored model configs do not parse is skipped and answered in
+   * `unreadablePlans`. Run periodically by every replica; idempotent.
    */
-  async sweep(): Promise<{ timedOut: number }> {
-    await recordMissingPlanHandles(this.db);
+  async sweep(): Promise<{ timedOut: number; unreadablePlans: UnreadablePlan[] }> {
+    const handles = await recordMissingPlanHandles(this.db, this.now());
     const at = this.now();
     const active = await this.db
       .selectFrom('deployment_stages')
@@ -890,7 +891,7 @@ export class DeploymentService implements DevicePackageAccess {
       });
       this.logRecorded(recorded, SWEEPER);
     }
-    return { timedOut };
+    return { timedOut, unreadablePlans: handles.unreadable };
   }
 
   /**

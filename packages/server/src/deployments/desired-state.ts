@@ -56,6 +56,12 @@ interface StageRow {
 
 /** Candidate plans read per model handle in a first round; a handle left undecided reads more, four times as many. */
 const FIRST_ROUND_PER_HANDLE = 4;
+/**
+ * Most candidate plans read per model handle in one round: a device walking back through a long history of plans
+ * that do not apply to it (one per device on a shared handle) goes on in rounds of this many, so one statement
+ * returns at most HANDLES_PER_STATEMENT times this many rows.
+ */
+export const MAX_ROUND_PER_HANDLE = 256;
 /** Handles asked for in one statement (a UNION ALL of one walk each): below SQLite's 500 compound terms. */
 const HANDLES_PER_STATEMENT = 100;
 
@@ -216,6 +222,8 @@ function applicabilityOf(
 export async function winningPlans(
   trx: Kysely<DatabaseSchema>,
   device: { deviceName: string; fleetName: string },
+  /** Candidate plans read per handle in one round at most (default MAX_ROUND_PER_HANDLE). */
+  maxRoundPerHandle = MAX_ROUND_PER_HANDLE,
 ): Promise<{ applicable: ApplicablePlan[]; winner: Map<string, string> }> {
   // The newest plan that applies to the device wins each model handle, so for each handle the plans naming it
   // are judged newest first, and older ones are not read once one applies: a fleet's growing history of
@@ -230,7 +238,11 @@ export async function winningPlans(
     handle,
     after: undefined as HandleCursor,
   }));
-  for (let perHandle = FIRST_ROUND_PER_HANDLE; walks.length > 0; perHandle *= 4) {
+  for (
+    let perHandle = Math.min(FIRST_ROUND_PER_HANDLE, maxRoundPerHandle);
+    walks.length > 0;
+    perHandle = Math.min(perHandle * 4, maxRoundPerHandle)
+  ) {
     const candidates = await candidatesPerHandle(trx, device, walks, perHandle);
     const fresh = [...new Set(candidates.map((c) => c.plan_name))].filter((name) => !judged.has(name));
     for (let i = 0; i < fresh.length; i += 500) {

@@ -1,13 +1,15 @@
 /**
  * Retention of finished plans (deployments.planRetentionDays): a plan whose every stage finished before the
  * window, with no device still pending in it, is deleted with its stages, targets and events, unless a device's
- * desired state still comes from it. Kept, so that no device's current target changes:
- * - a plan that wins a model handle for a registered device (winningPlans, the rule GetDeployments answers by;
- *   a DO_NOTHING failure's hold counts), whether the device took part in it or gets it as a newcomer;
+ * desired state still comes from it or may soon again. Kept, so that no device's current target changes:
+ * - a plan that wins a model handle (winningPlans, the rule GetDeployments answers by; a DO_NOTHING failure's
+ *   hold counts) for a registered device, or for a device name with targets in the fleet's plans on its
+ *   handles (deregistered, or moved to another fleet: its targets remain, and give it its state again once back);
  * - a completed plan a device registered later could still get: unless, for each of its model handles, a newer
- *   completed plan naming the handle has a stage whose rule covers every newcomer the plan's stages cover.
- * What a swept plan gave is then only in the devices' own state; a later failure of the newer plan that
- * superseded it falls back to the plans still kept.
+ *   completed plan naming the handle has a stage whose rule covers every newcomer the plan's stages cover;
+ * - a plan one of whose handles another (unfinished) plan holds: a device failing that one may fall back to it.
+ * What a swept plan gave is then only in the devices' own state. The delete re-checks all of it in its own
+ * transaction, the plan's row locked first, so that what changed since the judgement counts.
  */
 import type { Kysely } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
@@ -62,17 +64,22 @@ export interface RetentionCursor {
   name: string;
 }
 
-/** The finished plans that ended before `before`, oldest first after `after`, with no device pending in them. */
+/**
+ * The finished plans that ended before `before`, oldest first after `after`, with no device pending in them;
+ * `among`: of those plans only.
+ */
 async function expiredCandidates(
   db: Kysely<DatabaseSchema>,
   before: number,
   limit: number,
   after: RetentionCursor | undefined,
+  among?: readonly string[],
 ) {
   return db
     .selectFrom('deployment_plans as p')
     .select(['p.name', 'p.fleet_name', 'p.created_at'])
     .where('p.created_at', '<', before)
+    .$if(among !== undefined, (q) => q.where('p.name', 'in', [...among!]))
     .$if(after !== undefined, (q) =>
       q.where((eb) =>
         eb.or([
@@ -129,6 +136,8 @@ export async function deleteExpiredPlans(
     after?: RetentionCursor;
     /** Plans judged at most (default PLANS_PER_RETENTION_SWEEP). */
     batch?: number;
+    /** Runs between the first judgement and the delete's transaction (a seam for tests of what changes meanwhile). */
+    beforeDelete?: (planNames: readonly string[]) => Promise<void>;
   },
 ): Promise<{ deleted: ExpiredPlan[]; kept: number; next?: RetentionCursor }> {
   const before = options.now - options.retentionMs;
@@ -145,33 +154,54 @@ export async function deleteExpiredPlans(
   for (const plan of candidates) fleets.set(plan.fleet_name, [...(fleets.get(plan.fleet_name) ?? []), plan]);
   const deleted: ExpiredPlan[] = [];
   for (const [fleetName, plans] of fleets) {
+    // Judged first outside any transaction: most candidates past retention stay (the only plan on a handle, a
+    // fallback), and judging them costs no lock. Those that would go are judged again inside the delete's.
     const kept = await plansStillSources(db, fleetName, plans);
-    for (const plan of plans) {
-      if (kept.has(plan.name)) continue;
-      const gone = await db.transaction().execute(async (trx) => {
-        // Still finished and untouched: a stage added since (addStages) would have made it unfinished.
-        const still = await trx
-          .selectFrom('deployment_stages')
-          .select('name')
-          .where('plan_name', '=', plan.name)
-          .where((eb) =>
-            eb.or([
-              eb('status', 'not in', FINISHED_STAGE),
-              eb(eb.fn.coalesce('ended_at', 'updated_at'), '>=', before),
-            ]),
-          )
-          .executeTakeFirst();
-        if (still !== undefined) return false;
+    const doomed = plans.filter((plan) => !kept.has(plan.name)).map((plan) => plan.name);
+    if (doomed.length === 0) continue;
+    await options.beforeDelete?.(doomed);
+    const gone = await db.transaction().execute(async (trx) => {
+      // Their rows locked first (PostgreSQL: writers of them, addStages, deletePlan, wait until this ends; SQLite:
+      // its one connection runs no other transaction meanwhile, and this write makes it the writer): then every
+      // fact the judgement rested on is read again as committed now, and holds until the delete commits.
+      await trx
+        .updateTable('deployment_plans')
+        .set((eb) => ({ updated_at: eb.ref('updated_at') }))
+        .where('name', 'in', [...doomed].sort())
+        .execute();
+      // Still finished before the window, no device pending (a stage added since makes it unfinished).
+      const still = await expiredCandidates(trx, before, doomed.length, undefined, doomed);
+      // No unfinished plan of the fleet holds one of its handles: a device failing it, or cancelled from it,
+      // could fall back to this one.
+      const held = await trx
+        .selectFrom('deployment_handle_locks as l')
+        .innerJoin('deployment_plan_handles as h', (join) =>
+          join.onRef('h.model_handle', '=', 'l.model_handle').onRef('h.fleet_name', '=', 'l.fleet_name'),
+        )
+        .select('h.plan_name')
+        .distinct()
+        .where('l.fleet_name', '=', fleetName)
+        .where('h.plan_name', 'in', doomed)
+        .whereRef('l.plan_name', '<>', 'h.plan_name')
+        .execute();
+      const heldNames = new Set(held.map((h) => h.plan_name));
+      const open = still.filter((plan) => !heldNames.has(plan.name));
+      // Still no device's desired state (nor a newcomer's) comes from it.
+      const sources = open.length > 0 ? await plansStillSources(trx, fleetName, open) : new Set<string>();
+      const removed: string[] = [];
+      for (const plan of open) {
+        if (sources.has(plan.name)) continue;
         await trx.deleteFrom('deployment_targets').where('plan_name', '=', plan.name).execute();
-        const removed = await trx
+        const result = await trx
           .deleteFrom('deployment_plans')
           .where('name', '=', plan.name)
           .executeTakeFirst();
         await trx.deleteFrom('deployment_events').where('plan_name', '=', plan.name).execute();
-        return Number(removed.numDeletedRows) > 0;
-      });
-      if (gone) deleted.push({ name: plan.name, fleetName });
-    }
+        if (Number(result.numDeletedRows) > 0) removed.push(plan.name);
+      }
+      return removed;
+    });
+    for (const name of gone) deleted.push({ name, fleetName });
   }
   return { deleted, kept: candidates.length - deleted.length, ...(next !== undefined && { next }) };
 }
@@ -246,21 +276,34 @@ async function plansStillSources(
     }
   }
 
-  // Registered devices: those a candidate may apply to (it targeted them; or, completed, any of the fleet).
+  // Registered devices a completed candidate may apply to as newcomers.
   const devices = new Set<string>();
   if ([...completed].some((name) => !sources.has(name))) {
     for (const device of await selectableDevices(db, fleetName)) devices.add(device.name);
   }
-  const open = names.filter((name) => !sources.has(name) && !completed.has(name));
-  for (let i = 0; i < open.length; i += 500) {
-    const targets = await db
-      .selectFrom('deployment_targets')
-      .select('device_name')
+  // Every device name with a target in a plan of the fleet naming the candidates' handles, registered or not:
+  // a deregistered device keeps its targets, as does one moved to another fleet, and re-registered under that
+  // name (or moved back) it is given its desired state from them again (winningPlans judges the name as such;
+  // a newcomer's share it has only while registered in the fleet).
+  if (names.some((name) => !sources.has(name))) {
+    const targeted = await db
+      .selectFrom('deployment_targets as t')
+      .select('t.device_name')
       .distinct()
-      .where('plan_name', 'in', open.slice(i, i + 500))
-      .where('status', 'in', ['DEPLOYED', 'FAILED'])
+      .where('t.plan_name', 'in', (eb) =>
+        eb
+          .selectFrom('deployment_plan_handles as h')
+          .select('h.plan_name')
+          .where('h.fleet_name', '=', fleetName)
+          .where('h.model_handle', 'in', (inner) =>
+            inner
+              .selectFrom('deployment_plan_handles as mine')
+              .select('mine.model_handle')
+              .where('mine.plan_name', 'in', names),
+          ),
+      )
       .execute();
-    for (const target of targets) devices.add(target.device_name);
+    for (const target of targeted) devices.add(target.device_name);
   }
   for (const deviceName of [...devices].sort()) {
     if (sources.size === plans.length) break;

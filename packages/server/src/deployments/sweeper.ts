@@ -11,10 +11,21 @@ export function startDeploymentSweeper(
   deployments: Pick<DeploymentService, 'sweep'>,
   options: { intervalMs: number; logger: Logger },
 ): PeriodicTask {
+  // Plans whose handle rows could not be filled in, logged once each (the sweep meets them again every run).
+  const logged = new Set<string>();
   return startPeriodicTask(
     async () => {
       const result = await deployments.sweep();
-      if (result.timedOut > 0) options.logger.info(result, 'deployment sweep: devices timed out');
+      if (result.timedOut > 0)
+        options.logger.info({ timedOut: result.timedOut }, 'deployment sweep: devices timed out');
+      for (const { plan, reason } of result.unreadablePlans) {
+        if (logged.has(plan) || logged.size >= 1000) continue;
+        logged.add(plan);
+        options.logger.error(
+          { plan, reason },
+          'deployment sweep: plan skipped, its stored model configs do not parse; no device is given it until it is repaired or deleted',
+        );
+      }
     },
     { ...options, failureMessage: 'deployment sweep failed; will retry' },
   );

@@ -669,32 +669,40 @@ const migrations: Record<string, Migration> = {
         .on('deployment_plan_handles')
         .columns(['fleet_name', 'model_handle', 'created_at', 'plan_name'])
         .execute();
-      const plans: {
-        name: string;
-        fleet_name: string;
-        model_configs: string;
-        created_at: number | string;
-      }[] = await db
-        .selectFrom('deployment_plans')
-        .select(['name', 'fleet_name', 'model_configs', 'created_at'])
-        .execute();
-      for (const plan of plans) {
-        const handles = new Set(
-          (JSON.parse(plan.model_configs) as { modelHandle: string }[]).map((c) => c.modelHandle),
-        );
-        if (handles.size === 0) continue;
-        await db
-          .insertInto('deployment_plan_handles')
-          .values(
-            [...handles].map((handle) => ({
-              plan_name: plan.name,
-              fleet_name: plan.fleet_name,
-              model_handle: handle,
-              created_at: Number(plan.created_at),
-            })),
-          )
-          .onConflict((oc) => oc.doNothing())
+      // In pages by name: a large plan history is never held in memory at once.
+      for (let after: string | undefined; ;) {
+        const plans: {
+          name: string;
+          fleet_name: string;
+          model_configs: string;
+          created_at: number | string;
+        }[] = await db
+          .selectFrom('deployment_plans')
+          .select(['name', 'fleet_name', 'model_configs', 'created_at'])
+          .$if(after !== undefined, (q) => q.where('name', '>', after!))
+          .orderBy('name')
+          .limit(500)
           .execute();
+        for (const plan of plans) {
+          const handles = new Set(
+            (JSON.parse(plan.model_configs) as { modelHandle: string }[]).map((c) => c.modelHandle),
+          );
+          if (handles.size === 0) continue;
+          await db
+            .insertInto('deployment_plan_handles')
+            .values(
+              [...handles].map((handle) => ({
+                plan_name: plan.name,
+                fleet_name: plan.fleet_name,
+                model_handle: handle,
+                created_at: Number(plan.created_at),
+              })),
+            )
+            .onConflict((oc) => oc.doNothing())
+            .execute();
+        }
+        if (plans.length < 500) break;
+        after = plans.at(-1)!.name;
       }
       await db.schema
         .createIndex('deployment_targets_device_status')

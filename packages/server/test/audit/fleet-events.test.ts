@@ -208,7 +208,7 @@ describe('fleet events in the server log (real server, SQLite)', () => {
         events: new FleetEventLog(t.server.logger),
         now: () => Date.now() + 60_000,
       });
-      expect(await later.sweep()).toEqual({ timedOut: 1 });
+      expect(await later.sweep()).toEqual({ timedOut: 1, unreadablePlans: [] });
 
       // Revocations, then the revoked certificate presented again.
       expect((await asBot('POST', '/api/v1/devices/cam-1/certificates/revoke', {})).status).toBe(200);

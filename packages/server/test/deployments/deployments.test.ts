@@ -409,7 +409,7 @@ describe.each(engines)('deployments on $engine', (fixture) => {
         models: t.server.services.models,
         now: () => clock,
       });
-      expect(await sweeper.sweep()).toEqual({ timedOut: 0 });
+      expect(await sweeper.sweep()).toEqual({ timedOut: 0, unreadablePlans: [] });
       expect((await stageDevices('p2', 's1'))[1]).toMatchObject({
         deviceName: 'd2',
         status: 'INPROGRESS',
@@ -418,15 +418,15 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       // Released, it works on the update and goes silent: a sweep after the timeout retries it, a second one
       // fails it.
       await heartbeat('d2', { DeploymentName: 'p2', DeploymentStatus: 'INPROGRESS' });
-      expect(await sweeper.sweep()).toEqual({ timedOut: 1 });
+      expect(await sweeper.sweep()).toEqual({ timedOut: 1, unreadablePlans: [] });
       expect((await stageDevices('p2', 's1'))[1]).toMatchObject({
         deviceName: 'd2',
         status: 'READYTODEPLOY',
       });
-      expect(await sweeper.sweep()).toEqual({ timedOut: 0 });
+      expect(await sweeper.sweep()).toEqual({ timedOut: 0, unreadablePlans: [] });
       await getDeployments('d2');
       clock = Date.now() + 61_000;
-      expect(await sweeper.sweep()).toEqual({ timedOut: 1 });
+      expect(await sweeper.sweep()).toEqual({ timedOut: 1, unreadablePlans: [] });
       const d2 = (await stageDevices('p2', 's1'))[1]!;
       expect(d2).toMatchObject({ status: 'FAILED', attempts: 2 });
       expect(d2.statusMessage).toMatch(/^timed out: no result within 60 s/);

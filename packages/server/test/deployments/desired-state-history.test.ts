@@ -5,12 +5,11 @@
  * that a poll reads the newest plans that may apply per model handle, not every finished plan of the fleet.
  * Before the fix every completed plan the device took part in was read and parsed on every poll.
  */
-import type { DeploymentResult, GetDeploymentsResult } from '@edgefleet/core';
 import { CompiledQuery } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentService } from '../../src/deployments/index.js';
-import { candidatesOf } from '../../src/deployments/desired-state.js';
-import { adminCalls } from '../support/deployment-calls.js';
+import { candidatesOf, winningPlans } from '../../src/deployments/desired-state.js';
+import { adminCalls, planCalls, shownDeployments as shown } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
 import { rowsReadFrom } from '../support/rows-read.js';
 import { startTestServer, type TestServer } from '../support/server.js';
@@ -18,58 +17,10 @@ import { startTestServer, type TestServer } from '../support/server.js';
 const engines = await databaseEngines();
 const FLEET = 'fh';
 
-/** A device's final report on every handle of an UNDEPLOY plan. */
-function result(plan: string, handles: string[], status: 'SUCCESS' | 'FAIL'): DeploymentResult {
-  return {
-    DeploymentName: plan,
-    DeploymentStatus: status,
-    DeploymentModels: handles.map((handle) =>
-      status === 'SUCCESS'
-        ? { ModelHandle: handle, Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
-        : { ModelHandle: handle, Status: 'FAIL', StatusReason: 'could not remove it' },
-    ),
-  };
-}
-
-/** `plan: handle, handle` per deployment, in the answer's order. */
-function shown(answer: GetDeploymentsResult): string[] {
-  return (answer.Deployments ?? []).map(
-    (d) => `${d.DeploymentName}: ${(d.Definitions ?? []).map((def) => def.ModelHandle).join(', ')}`,
-  );
-}
-
 describe.each(engines)('desired state over a plan history on $engine', (fixture) => {
   let t: TestServer;
   const { register } = adminCalls(() => t);
-  const service = () => t.server.services.deployments;
-  const poll = (deviceName: string) => service().deploymentsFor({ deviceName, fleetName: FLEET });
-  const report = (deviceName: string, r: DeploymentResult) =>
-    service().recordResults([{ deviceName, fleetName: FLEET, result: r, receivedAt: Date.now() }]);
-
-  /** Creates and starts a one-stage plan; each listed device polls and reports. */
-  async function rollOut(
-    name: string,
-    handles: string[],
-    outcomes: Record<string, 'SUCCESS' | 'FAIL'>,
-    stage: {
-      deviceSelection:
-        { subsetType: 'PERCENTAGE'; percentage: number } | { subsetType: 'SELECTION'; deviceNames: string[] };
-      failureHandlingPolicy?: 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING';
-    } = { deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
-  ): Promise<void> {
-    await service().createPlan({
-      name,
-      fleetName: FLEET,
-      modelConfigs: handles.map((modelHandle) => ({ modelHandle, state: 'UNDEPLOY' as const })),
-      stages: [{ name: 'all', ...stage }],
-      options: { maxRetries: 0 },
-    });
-    await service().startStage(name, 'all');
-    for (const [device, outcome] of Object.entries(outcomes)) {
-      await poll(device);
-      await report(device, result(name, handles, outcome));
-    }
-  }
+  const { service, poll, rollOut } = planCalls(() => t, FLEET);
 
   beforeAll(async () => {
     if (!fixture.available) return;
@@ -191,10 +142,65 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
         .deleteFrom('deployment_plan_handles')
         .where('plan_name', '=', 'by-older-build')
         .execute();
+      // And one whose stored model configs no longer parse (a hand edit): skipped and answered, not the end of
+      // the sweep (its timeouts and settling, the plans after it).
+      await service().createPlan({
+        name: 'a-unreadable',
+        fleetName: 'fo',
+        modelConfigs: [{ modelHandle: 'n', state: 'UNDEPLOY' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+      });
+      await t.server.database.db
+        .updateTable('deployment_plans')
+        // Created before the other: the fill-in meets it first.
+        .set({ model_configs: '[{"modelHandle":5}]', created_at: Date.now() - 60_000 })
+        .where('name', '=', 'a-unreadable')
+        .execute();
+      await t.server.database.db
+        .deleteFrom('deployment_plan_handles')
+        .where('plan_name', '=', 'a-unreadable')
+        .execute();
       const pollO1 = async () => shown(await service().deploymentsFor({ deviceName: 'o1', fleetName: 'fo' }));
       expect(await pollO1()).toEqual([]);
-      await service().sweep();
+      const swept = await service().sweep();
+      expect(swept.unreadablePlans.map((p) => p.plan)).toEqual(['a-unreadable']);
+      expect(swept.unreadablePlans[0]!.reason).toMatch(/modelHandle/);
       expect(await pollO1()).toEqual(['by-older-build: m']);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'a device walking back through plans that do not apply to it reads at most a capped round per statement',
+    async () => {
+      await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: 'fk', outputConfig: { s3OutputLocation: 's3://c/fk' } },
+      });
+      await register('fk', ['k1', 'k2']);
+      const fk = planCalls(() => t, 'fk');
+      // k1's plan on k, then 10 newer plans on k for k2 only: k1 walks back past all of them.
+      await fk.rollOut('fk-00', ['k'], { k1: 'SUCCESS', k2: 'SUCCESS' });
+      for (let i = 1; i <= 10; i++)
+        await fk.rollOut(
+          `fk-${String(i).padStart(2, '0')}`,
+          ['k'],
+          { k2: 'SUCCESS' },
+          { deviceSelection: { subsetType: 'SELECTION', deviceNames: ['k2'] } },
+        );
+      // The most rows any one statement returns (candidates, plans, stages, targets).
+      let most = 0;
+      const db = t.server.database.db.withPlugin({
+        transformQuery: (args) => args.node,
+        transformResult: async (args) => {
+          most = Math.max(most, args.result.rows.length);
+          return args.result;
+        },
+      });
+      // Rounds of 4, capped at 4: without the cap the second round reads 16 (7 rows left).
+      const { winner } = await winningPlans(db, { deviceName: 'k1', fleetName: 'fk' }, 4);
+      expect(winner.get('k')).toBe('fk-00');
+      expect(most).toBeLessThanOrEqual(4);
+      expect(shown(await fk.poll('k1'))).toEqual(['fk-00: k']);
     },
   );
 });

@@ -3,13 +3,17 @@
  * desired state still comes from them (a registered device's, or a newcomer's): every device is given the same
  * before and after the sweep. Before the fix plans and their events were kept for ever.
  */
-import type { DeploymentResult, GetDeploymentsResult } from '@edgefleet/core';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FleetEventLog } from '../../src/audit/index.js';
 import { DeploymentService } from '../../src/deployments/index.js';
 import { deleteExpiredPlans, type RetentionCursor } from '../../src/deployments/plan-retention.js';
-import { adminCalls } from '../support/deployment-calls.js';
+import {
+  adminCalls,
+  handlesResult,
+  planCalls,
+  shownDeployments as shown,
+} from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
@@ -17,59 +21,10 @@ const engines = await databaseEngines();
 const FLEET = 'fr';
 const DAY = 86_400_000;
 
-function result(plan: string, handles: string[], status: 'SUCCESS' | 'FAIL'): DeploymentResult {
-  return {
-    DeploymentName: plan,
-    DeploymentStatus: status,
-    DeploymentModels: handles.map((handle) =>
-      status === 'SUCCESS'
-        ? { ModelHandle: handle, Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
-        : { ModelHandle: handle, Status: 'FAIL', StatusReason: 'could not remove it' },
-    ),
-  };
-}
-
-function shown(answer: GetDeploymentsResult): string[] {
-  return (answer.Deployments ?? []).map(
-    (d) => `${d.DeploymentName}: ${(d.Definitions ?? []).map((def) => def.ModelHandle).join(', ')}`,
-  );
-}
-
-type Selection =
-  { subsetType: 'PERCENTAGE'; percentage: number } | { subsetType: 'SELECTION'; deviceNames: string[] };
-
 describe.each(engines)('plan retention on $engine', (fixture) => {
   let t: TestServer;
   const { register } = adminCalls(() => t);
-  const service = () => t.server.services.deployments;
-  const poll = (deviceName: string) => service().deploymentsFor({ deviceName, fleetName: FLEET });
-
-  async function rollOut(
-    name: string,
-    handle: string,
-    outcomes: Record<string, 'SUCCESS' | 'FAIL'>,
-    deviceSelection: Selection = { subsetType: 'PERCENTAGE', percentage: 100 },
-  ): Promise<void> {
-    await service().createPlan({
-      name,
-      fleetName: FLEET,
-      modelConfigs: [{ modelHandle: handle, state: 'UNDEPLOY' }],
-      stages: [{ name: 'all', deviceSelection }],
-      options: { maxRetries: 0 },
-    });
-    await service().startStage(name, 'all');
-    for (const [device, outcome] of Object.entries(outcomes)) {
-      await poll(device);
-      await service().recordResults([
-        {
-          deviceName: device,
-          fleetName: FLEET,
-          result: result(name, [handle], outcome),
-          receivedAt: Date.now(),
-        },
-      ]);
-    }
-  }
+  const { service, poll, rollOut } = planCalls(() => t, FLEET);
 
   beforeAll(async () => {
     if (!fixture.available) return;
@@ -89,17 +44,34 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
     'deletes finished plans past retention that no device gets anything from, and keeps the rest',
     async () => {
       const all = { a: 'SUCCESS', b: 'SUCCESS', c: 'SUCCESS' } as const;
-      await rollOut('old00', 'y', all); // superseded everywhere by old03: deleted
-      await rollOut('old01', 'x', all); // b failed old02 and falls back to it: kept
-      await rollOut('old02', 'x', { a: 'SUCCESS', b: 'FAIL', c: 'SUCCESS' }); // a's and c's x: kept
-      await rollOut('old03', 'y', all);
-      await rollOut('old04', 'z', { a: 'SUCCESS' }); // b and c never took it: unfinished, kept
-      await rollOut('old05', 'w', { a: 'SUCCESS' }, { subsetType: 'SELECTION', deviceNames: ['a'] }); // deleted
-      await rollOut('old06', 'w', { a: 'SUCCESS' }, { subsetType: 'SELECTION', deviceNames: ['a'] });
-      await rollOut('old07', 'v', all); // b's and c's v: kept
-      await rollOut('old08', 'v', { a: 'SUCCESS' }, { subsetType: 'SELECTION', deviceNames: ['a'] });
-      await rollOut('old09', 'u', all); // registered devices get old10; a newcomer would get it: kept
-      await rollOut('old10', 'u', all, { subsetType: 'SELECTION', deviceNames: ['a', 'b', 'c'] });
+      await rollOut('old00', ['y'], all); // superseded everywhere by old03: deleted
+      await rollOut('old01', ['x'], all); // b failed old02 and falls back to it: kept
+      await rollOut('old02', ['x'], { a: 'SUCCESS', b: 'FAIL', c: 'SUCCESS' }); // a's and c's x: kept
+      await rollOut('old03', ['y'], all);
+      await rollOut('old04', ['z'], { a: 'SUCCESS' }); // b and c never took it: unfinished, kept
+      await rollOut(
+        'old05',
+        ['w'],
+        { a: 'SUCCESS' },
+        { deviceSelection: { subsetType: 'SELECTION', deviceNames: ['a'] } },
+      ); // deleted
+      await rollOut(
+        'old06',
+        ['w'],
+        { a: 'SUCCESS' },
+        { deviceSelection: { subsetType: 'SELECTION', deviceNames: ['a'] } },
+      );
+      await rollOut('old07', ['v'], all); // b's and c's v: kept
+      await rollOut(
+        'old08',
+        ['v'],
+        { a: 'SUCCESS' },
+        { deviceSelection: { subsetType: 'SELECTION', deviceNames: ['a'] } },
+      );
+      await rollOut('old09', ['u'], all); // registered devices get old10; a newcomer would get it: kept
+      await rollOut('old10', ['u'], all, {
+        deviceSelection: { subsetType: 'SELECTION', deviceNames: ['a', 'b', 'c'] },
+      });
       await register(FLEET, ['n1']);
       const devices = ['a', 'b', 'c', 'n1'];
       const before = new Map<string, string[]>();
@@ -164,8 +136,8 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
     async () => {
       const everyone = { a: 'SUCCESS', b: 'SUCCESS', c: 'SUCCESS', n1: 'SUCCESS', n2: 'SUCCESS' } as const;
       // old03 (y) is superseded everywhere now.
-      await rollOut('old11', 'y', everyone);
-      await rollOut('old12', 'y', everyone);
+      await rollOut('old11', ['y'], everyone);
+      await rollOut('old12', ['y'], everyone);
       const later = Date.now() + 91 * DAY;
       const sweep = (after?: RetentionCursor) =>
         deleteExpiredPlans(t.server.database.db, { retentionMs: 90 * DAY, now: later, batch: 2, after });
@@ -187,6 +159,120 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
         after = next.next;
       }
       expect(deleted).toEqual(['old11']);
+    },
+  );
+});
+
+describe.each(engines)('plan retention judged again as the delete commits, on $engine', (fixture) => {
+  let t: TestServer;
+  const { admin, register } = adminCalls(() => t);
+  const fleets = ['r1', 'r2', 'r3'] as const;
+  const calls = (fleet: (typeof fleets)[number]) => planCalls(() => t, fleet);
+  const sweep = (beforeDelete?: (names: readonly string[]) => Promise<void>) =>
+    deleteExpiredPlans(t.server.database.db, {
+      retentionMs: 90 * DAY,
+      now: Date.now() + 91 * DAY,
+      ...(beforeDelete !== undefined && { beforeDelete }),
+    });
+
+  beforeAll(async () => {
+    if (!fixture.available) return;
+    t = await startTestServer({
+      database: await fixture.createLocation(),
+      config: { deployments: { sweepIntervalMs: 3_600_000 } },
+    });
+    for (const fleet of fleets) {
+      await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: fleet, outputConfig: { s3OutputLocation: `s3://c/${fleet}` } },
+      });
+      await register(fleet, [`${fleet}-a`, `${fleet}-b`]);
+    }
+  });
+  afterAll(() => t?.stop());
+
+  it.skipIf(!fixture.available)(
+    'keeps the plan a device deregistered during a newer rollout gets again once re-registered (review D #2)',
+    async () => {
+      const { service, poll, rollOut } = calls('r1');
+      await rollOut('r1-p1', ['x'], { 'r1-a': 'SUCCESS', 'r1-b': 'SUCCESS' });
+      await service().createPlan({
+        name: 'r1-p2',
+        fleetName: 'r1',
+        modelConfigs: [{ modelHandle: 'x', state: 'UNDEPLOY' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+        options: { maxRetries: 0 },
+      });
+      await service().startStage('r1-p2', 'all');
+      await poll('r1-a');
+      await calls('r1').report('r1-a', handlesResult('r1-p2', ['x'], 'SUCCESS'));
+      // b deregistered mid-rollout: its r1-p2 target STOPPED, and r1-p2 ends DEPLOYED (a newcomer's x).
+      expect((await admin('DELETE', '/api/v1/devices/r1-b')).status).toBe(204);
+      await register('r1', ['r1-b']);
+      const before = shown(await poll('r1-b'));
+      expect(before).toEqual(['r1-p1: x']);
+      expect((await admin('DELETE', '/api/v1/devices/r1-b')).status).toBe(204);
+      // While b is away, no registered device nor newcomer gets r1-p1; b's name still does.
+      expect((await sweep()).deleted).toEqual([]);
+      await register('r1', ['r1-b']);
+      expect(shown(await poll('r1-b'))).toEqual(before);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'keeps a plan while a newer unfinished plan holds its handle: a device failing that one falls back to it',
+    async () => {
+      const { service, poll, report, rollOut } = calls('r2');
+      // Half the fleet (one device): no newcomer gets it, and the other device never had it.
+      await rollOut('r2-p1', ['x'], {}, { deviceSelection: { subsetType: 'PERCENTAGE', percentage: 50 } });
+      const [{ device_name: device }] = (await t.server.database.db
+        .selectFrom('deployment_targets')
+        .select('device_name')
+        .where('plan_name', '=', 'r2-p1')
+        .execute()) as [{ device_name: string }];
+      await poll(device);
+      await report(device, handlesResult('r2-p1', ['x'], 'SUCCESS'));
+      expect((await service().describePlan('r2-p1')).stages.map((s) => s.status)).toEqual(['DEPLOYED']);
+      // r2-p2 completes on the other device only: newer, completed, and covering every newcomer r2-p1 covers (none).
+      const other = device === 'r2-a' ? 'r2-b' : 'r2-a';
+      await rollOut(
+        'r2-p2',
+        ['x'],
+        { [other]: 'SUCCESS' },
+        { deviceSelection: { subsetType: 'SELECTION', deviceNames: [other] } },
+      );
+      // r2-p3 in progress: every device is given it now, but the device fails it afterwards (rollback).
+      await service().createPlan({
+        name: 'r2-p3',
+        fleetName: 'r2',
+        modelConfigs: [{ modelHandle: 'x', state: 'UNDEPLOY' }],
+        stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+        options: { maxRetries: 0 },
+      });
+      await service().startStage('r2-p3', 'all');
+      expect(shown(await poll(device))).toEqual(['r2-p3: x']);
+      expect((await sweep()).deleted).toEqual([]);
+      await report(device, handlesResult('r2-p3', ['x'], 'FAIL'));
+      expect(shown(await poll(device))).toEqual(['r2-p1: x']);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'a plan that becomes a source again between the judgement and the delete is kept (review D #3)',
+    async () => {
+      const { service, poll, rollOut } = calls('r3');
+      const both = { 'r3-a': 'SUCCESS', 'r3-b': 'SUCCESS' } as const;
+      await rollOut('r3-p1', ['x'], both);
+      await rollOut('r3-p2', ['x'], both);
+      // Judged superseded by r3-p2; then an operator deletes r3-p2, so every device falls back to r3-p1.
+      const judged: string[] = [];
+      const swept = await sweep(async (names) => {
+        judged.push(...names);
+        if (names.includes('r3-p1')) await service().deletePlan('r3-p2');
+      });
+      expect(judged).toEqual(['r3-p1']);
+      expect(swept.deleted).toEqual([]);
+      expect(shown(await poll('r3-a'))).toEqual(['r3-p1: x']);
     },
   );
 });

@@ -255,7 +255,7 @@ describe.each(engines)('a stale progress heartbeat on $engine', (fixture) => {
         models: t.server.services.models,
         now: () => Date.now() + 2 * 3_600_000,
       });
-      expect(await sweeper.sweep()).toEqual({ timedOut: 0 });
+      expect(await sweeper.sweep()).toEqual({ timedOut: 0, unreadablePlans: [] });
 
       // It succeeds; a heartbeat built before that changes neither the target nor the device's result.
       await postResult(undeployResult('nostart', 'SUCCESS', 'removed'));

@@ -315,6 +315,69 @@ describe.each(engines)('schema migrations on $engine', (fixture) => {
     },
   );
 
+  it.skipIf(!fixture.available)(
+    "from 0024: every plan's model handles get their rows, read in pages (a history of 1,201 plans)",
+    async () => {
+      const { db } = await open();
+      await migrateTo(db, '0024_capture_object_writes');
+      const at = 1_800_000_000_000;
+      await db
+        .insertInto('fleets')
+        .values({
+          name: 'plant-a',
+          description: null,
+          output_s3_location: 's3://captures/plant-a',
+          output_kms_key_id: null,
+          role_arn: null,
+          tags: '[]',
+          created_at: at,
+          updated_at: at,
+        })
+        .execute();
+      // Two configs of one handle and one of another, then the odd ones: one handle; one plan with none.
+      const plans = Array.from({ length: 1201 }, (_, i) => ({
+        name: `plan-${String(i).padStart(4, '0')}`,
+        fleet_name: 'plant-a',
+        model_configs: JSON.stringify(
+          i === 1200
+            ? []
+            : i % 2 === 0
+              ? [{ modelHandle: 'det' }, { modelHandle: 'det' }, { modelHandle: `h${i}` }]
+              : [{ modelHandle: 'det' }],
+        ),
+        options: '{}',
+        tags: '[]',
+        created_at: at + i,
+        updated_at: at + i,
+      }));
+      for (let i = 0; i < plans.length; i += 100)
+        await db
+          .insertInto('deployment_plans')
+          .values(plans.slice(i, i + 100))
+          .execute();
+      await migrateToLatest(db);
+      const rows = await db
+        .selectFrom('deployment_plan_handles')
+        .select(['plan_name', 'fleet_name', 'model_handle', 'created_at'])
+        .orderBy('plan_name')
+        .orderBy('model_handle')
+        .execute();
+      // 1,200 plans on det, and 600 with a handle of their own.
+      expect(rows.length).toBe(1800);
+      expect(rows.filter((r) => r.model_handle === 'det').length).toBe(1200);
+      expect(rows.slice(0, 3).map((r) => [r.plan_name, r.model_handle, Number(r.created_at)])).toEqual([
+        ['plan-0000', 'det', at],
+        ['plan-0000', 'h0', at],
+        ['plan-0001', 'det', at + 1],
+      ]);
+      expect(rows.at(-1)).toMatchObject({
+        plan_name: 'plan-1199',
+        model_handle: 'det',
+        fleet_name: 'plant-a',
+      });
+    },
+  );
+
   it.skipIf(!fixture.available)('refuses an unknown target migration by name', async () => {
     const { db } = await open();
     await expect(migrateTo(db, '9999_nope')).rejects.toThrow(

@@ -2,7 +2,7 @@
  * Calls deployment tests make again and again: the admin API, registering devices, and a device's report on an
  * UNDEPLOY deployment of model handle `h` (no package needed).
  */
-import type { DeploymentResult } from '@edgefleet/core';
+import type { DeploymentResult, GetDeploymentsResult } from '@edgefleet/core';
 import { expect } from 'vitest';
 import type { TestServer } from './server.js';
 
@@ -34,4 +34,60 @@ export function undeployResult(
         : { ModelHandle: 'h', Status: 'FAIL', StatusReason: 'could not remove it' },
     ],
   };
+}
+
+/** A device's final report on every handle of an UNDEPLOY plan: all done, or failed to remove them. */
+export function handlesResult(plan: string, handles: string[], status: 'SUCCESS' | 'FAIL'): DeploymentResult {
+  return {
+    DeploymentName: plan,
+    DeploymentStatus: status,
+    DeploymentModels: handles.map((handle) =>
+      status === 'SUCCESS'
+        ? { ModelHandle: handle, Status: 'SUCCESS', State: 'UNDEPLOY', DesiredState: 'UNDEPLOY' }
+        : { ModelHandle: handle, Status: 'FAIL', StatusReason: 'could not remove it' },
+    ),
+  };
+}
+
+/** `plan: handle, handle` per deployment, in the answer's order. */
+export function shownDeployments(answer: GetDeploymentsResult): string[] {
+  return (answer.Deployments ?? []).map(
+    (d) => `${d.DeploymentName}: ${(d.Definitions ?? []).map((def) => def.ModelHandle).join(', ')}`,
+  );
+}
+
+/** A one-stage plan's stage: its rule, and what a device's failure does. */
+export interface OneStage {
+  deviceSelection:
+    { subsetType: 'PERCENTAGE'; percentage: number } | { subsetType: 'SELECTION'; deviceNames: string[] };
+  failureHandlingPolicy?: 'ROLLBACK_ON_FAILURE' | 'DO_NOTHING';
+}
+
+/** A device's poll and report in fleet `fleet` of the server `server()` returns, and whole one-stage rollouts. */
+export function planCalls(server: () => TestServer, fleet: string) {
+  const service = () => server().server.services.deployments;
+  const poll = (deviceName: string) => service().deploymentsFor({ deviceName, fleetName: fleet });
+  const report = (deviceName: string, result: DeploymentResult) =>
+    service().recordResults([{ deviceName, fleetName: fleet, result, receivedAt: Date.now() }]);
+  /** Creates and starts a one-stage UNDEPLOY plan of `handles`; each listed device polls and reports. */
+  async function rollOut(
+    name: string,
+    handles: string[],
+    outcomes: Record<string, 'SUCCESS' | 'FAIL'>,
+    stage: OneStage = { deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } },
+  ): Promise<void> {
+    await service().createPlan({
+      name,
+      fleetName: fleet,
+      modelConfigs: handles.map((modelHandle) => ({ modelHandle, state: 'UNDEPLOY' as const })),
+      stages: [{ name: 'all', ...stage }],
+      options: { maxRetries: 0 },
+    });
+    await service().startStage(name, 'all');
+    for (const [device, outcome] of Object.entries(outcomes)) {
+      await poll(device);
+      await report(device, handlesResult(name, handles, outcome));
+    }
+  }
+  return { service, poll, report, rollOut };
 }
