@@ -46,10 +46,20 @@ type SpooledBatch = z.infer<typeof SpooledBatchSchema> & {
   /** Failed attempts of this batch since it was spooled (or the agent started): its own backoff's step. */
   failures?: number;
   /**
-   * Its failures that were its own: the store took other batches since its previous attempt, or this disk failed
-   * it (not for space). At setAsideAfterFailures it is set aside.
+   * Its failures that were its own: the same answer of the store (a 4xx, not 408/425/429) for the same file as in
+   * its previous such failure, while the store took other batches since its previous attempt; or this disk failed
+   * it (not for space). Failures that pass (no answer, a timeout, a 5xx, a Retry-After) are never its own: on a
+   * lossy link a large batch fails more often than small ones, for nothing wrong with it. At setAsideAfterFailures
+   * it is set aside.
    */
   strikes?: number;
+  /** Its last failure that could be its own (see ownFailureOf): the next must be the same to be a strike. */
+  ownFailure?: string;
+  /**
+   * Keys of its files the store took in an earlier attempt of this run: not put again, so a lossy link makes
+   * progress. In memory: after a restart they are put again, which the store answers as stored.
+   */
+  storedKeys?: Set<string>;
   /** Batches delivered when its last attempt began: more since then means the store is taking others. */
   deliveredSeen?: number;
   /** Its own backoff is running: not tried until it fires. */
@@ -348,6 +358,7 @@ export class CaptureSpool {
     const refusals: Refusal[] = [];
     const deliveredBefore = batch.deliveredSeen ?? this.#delivered;
     batch.deliveredSeen = this.#delivered;
+    let failedKey: string | undefined;
     try {
       const files: SpoolFile[] = [];
       const missing: SpoolFile[] = [];
@@ -375,22 +386,27 @@ export class CaptureSpool {
       // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
       // manifest's refusal. (Across attempts: a file an earlier attempt stored is put again, and a refusal then
       // that is not the same every time, a 403, would drop records whose data is stored. Rare; not guarded.)
+      const storedKeys = (batch.storedKeys ??= new Set());
       for (const kind of RENDERED_FILE_KINDS) {
         const stage = await putEach(
           this.#options.store,
-          files.filter((f) => f.kind === kind),
+          files.filter((f) => f.kind === kind && !storedKeys.has(f.key)),
           concurrency,
           { collectRefusals: true },
         );
+        for (const file of stage.stored) storedKeys.add(file.key);
         if (stage.refused.length > 0) await this.#dropRefusedFiles(batch, files, stage.refused, refusals);
-        if (stage.failure !== undefined) throw stage.failure;
+        if (stage.failure !== undefined) {
+          failedKey = stage.failedFile?.key;
+          throw stage.failure;
+        }
       }
     } catch (error) {
       this.#logRefusals(batch, refusals);
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
       batch.failures = (batch.failures ?? 0) + 1;
       if (error instanceof SpoolDiskError) await this.#diskFailed(batch, error);
-      else await this.#storeFailed(batch, error, this.#delivered > deliveredBefore);
+      else await this.#storeFailed(batch, error, failedKey, this.#delivered > deliveredBefore);
       return;
     }
     this.#logRefusals(batch, refusals);
@@ -416,15 +432,27 @@ export class CaptureSpool {
 
   /**
    * An attempt the store (or the way to it) failed: the batch waits its own backoff while the others go on, or,
-   * the store looking unreachable, every batch waits (at least as long as the store asked, Retry-After). A failure while the store took other batches since this
-   * one's previous attempt is the batch's own (a strike).
+   * the store looking unreachable, every batch waits (at least as long as the store asked, Retry-After). The same
+   * lasting answer for the same file as last time, while the store took other batches since this one's previous
+   * attempt, is the batch's own failure (a strike; see SpooledBatch.strikes).
    */
-  async #storeFailed(batch: SpooledBatch, error: unknown, storeTookOthers: boolean): Promise<void> {
+  async #storeFailed(
+    batch: SpooledBatch,
+    error: unknown,
+    failedKey: string | undefined,
+    storeTookOthers: boolean,
+  ): Promise<void> {
     // The first failure, then at most one line a minute; the store's message carries no credentials (the
     // answer's text, the key).
     const admitted = this.#failureLines.failed();
     this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-    if (storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
+    const own = ownFailureOf(error, failedKey);
+    if (own !== undefined) {
+      // Another answer, or another file: not the same failure repeating; the count starts again.
+      if (own !== batch.ownFailure) batch.strikes = 0;
+      else if (storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
+      batch.ownFailure = own;
+    }
     const asked =
       error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
     // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the
@@ -552,6 +580,8 @@ export class CaptureSpool {
     if (index >= 0) this.#forget(index);
     this.#clearRetry(batch);
     this.#setAside.push({ batchId: batch.batchId, bytes: batch.bytes });
+    const maxBytes = this.#options.setAsideMaxBytes ?? Math.floor(this.#options.quotaBytes / 4);
+    const overBound = batch.bytes > maxBytes;
     const detail = `the spooled batch could never be uploaded to ${this.#options.store.description} (${failures} failed attempts, the last: ${why}); set aside in ${aside}`;
     if (batch.captureIds.length > 0) this.#options.onDropped(batch.captureIds, detail);
     this.#options.metrics?.dropped.inc({ reason: 'set-aside' }, batch.captureIds.length);
@@ -563,8 +593,13 @@ export class CaptureSpool {
         captures: batch.captureIds.length,
         bytes: batch.bytes,
         failures,
+        ...(overBound && { overMaxBytes: maxBytes }),
       },
-      `capture spool: ${detail}; its ${batch.captureIds.length} capture(s) are marked FAILURE. Look at it there, then remove it (or move it back into ${this.#options.dir} and restart the agent to try it again)`,
+      `capture spool: ${detail}; its ${batch.captureIds.length} capture(s) are marked FAILURE. Look at it there, then remove it (or move it back into ${this.#options.dir} and restart the agent to try it again)${
+        overBound
+          ? `. It alone is over the set-aside folder's bound of ${maxBytes} bytes: kept all the same, the older set-aside batches too, until another is set aside`
+          : ''
+      }`,
     );
     await this.#boundSetAside();
     return true;
@@ -590,16 +625,27 @@ export class CaptureSpool {
     this.#setAside = found.sort((a, b) => a.at - b.at).map(({ batchId, bytes }) => ({ batchId, bytes }));
   }
 
-  /** Keeps the set-aside folder within its bounds: the oldest set-aside batches go first, each logged. */
+  /**
+   * Keeps the set-aside folder within its bounds: the oldest set-aside batches go first, each logged and counted
+   * (setAsideRemoved). The batch set aside last is never removed for the byte bound, and when it alone is over it,
+   * the older ones are not removed for it either (that would not make it fit): it is kept over the bound, said so.
+   */
   async #boundSetAside(): Promise<void> {
     const maxBatches = this.#options.setAsideMaxBatches ?? SET_ASIDE_MAX_BATCHES;
     const maxBytes = this.#options.setAsideMaxBytes ?? Math.floor(this.#options.quotaBytes / 4);
-    let bytes = this.#setAside.reduce((n, b) => n + b.bytes, 0);
-    while (this.#setAside.length > 0 && (this.#setAside.length > maxBatches || bytes > maxBytes)) {
-      const oldest = this.#setAside.shift()!;
-      bytes -= oldest.bytes;
+    const newest = this.#setAside.at(-1);
+    const newestOver = newest !== undefined && newest.bytes > maxBytes;
+    // Bytes counted against the bound: without a newest batch over it alone.
+    let bytes = this.#setAside.reduce((n, b) => n + b.bytes, 0) - (newestOver ? newest.bytes : 0);
+    while (this.#setAside.length > 0) {
+      const overCount = this.#setAside.length > maxBatches;
+      const oldest = this.#setAside[0]!;
+      if (!overCount && (bytes <= maxBytes || oldest === newest)) break;
+      this.#setAside.shift();
+      if (!(oldest === newest && newestOver)) bytes -= oldest.bytes;
       const path = join(this.#options.dir, SET_ASIDE_DIR, oldest.batchId);
       await rm(path, { recursive: true, force: true });
+      this.#options.metrics?.setAsideRemoved.inc();
       this.#options.logger?.warn(
         {
           event: 'capture-spool-set-aside-removed',
@@ -988,6 +1034,31 @@ class SpoolReadError extends SpoolDiskError {
   constructor(folder: string, file: string, cause: unknown) {
     super(`cannot read ${join(folder, file)} of a spooled batch (${errorMessage(cause)})`, { cause });
   }
+}
+
+/** Answers that pass (a timeout, too early, too many requests): never a batch's own failure. */
+const PASSING_STATUSES = new Set([408, 425, 429]);
+
+/**
+ * What makes a failed put possibly the batch's own, lasting failure: the store's answer (an HTTP 4xx status,
+ * not 408/425/429) for that file, as `<status> <key>`. Undefined for failures that pass and say nothing of the batch:
+ * no answer (network, timeout), a 5xx, a Retry-After (RetryLaterError: the store asked to wait).
+ */
+export function ownFailureOf(error: unknown, key: string | undefined): string | undefined {
+  if (key === undefined || error instanceof RetryLaterError) return undefined;
+  const status = httpStatusOf(error, 0);
+  if (status === undefined || status < 400 || status >= 500 || PASSING_STATUSES.has(status)) return undefined;
+  return `${status} ${key}`;
+}
+
+/** The HTTP status an error (or its cause) carries: the control plane's (`status`) or the S3 SDK's. */
+function httpStatusOf(error: unknown, depth: number): number | undefined {
+  if (depth > 4 || error === null || typeof error !== 'object') return undefined;
+  if (error instanceof RetryLaterError) return undefined;
+  const e = error as { status?: unknown; $metadata?: { httpStatusCode?: unknown }; cause?: unknown };
+  if (typeof e.status === 'number') return e.status;
+  if (typeof e.$metadata?.httpStatusCode === 'number') return e.$metadata.httpStatusCode;
+  return httpStatusOf(e.cause, depth + 1);
 }
 
 /** Files whose size is not the one batch.json records, or manifests whose last line is cut. */
