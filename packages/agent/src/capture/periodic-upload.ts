@@ -197,6 +197,7 @@ export class PeriodicUpload {
           ...uploadFailureFields(error),
           key: file.key,
           path: file.path,
+          ...(error.status !== undefined && { status: error.status }),
           removed,
           ...(removeError !== undefined && { removeError: String(removeError) }),
           ...(admitted.leftOut > 0 && { refusedNotLogged: admitted.leftOut }),
