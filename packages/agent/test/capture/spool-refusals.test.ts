@@ -641,4 +641,44 @@ describe('capture periodic upload: files refused for good', () => {
       await rm(root, { recursive: true, force: true });
     }
   });
+
+  it('removes a manifest the server answers 400 ValidationError for (a record naming another device): its content can never be taken', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ef-periodic-invalid-'));
+    const disk = new DiskDestination(root);
+    const batch = renderBatch(
+      '7'.repeat(32),
+      [{ ...captureItem('va', Buffer.alloc(16, 1), 'mlp'), inferenceTime: T, receivedAt: T }],
+      {
+        folderPrefix: 'edge',
+        fleetName: 'plant',
+        deviceName: 'cam-9',
+        base64EmbedLimit: 64,
+        modelMonitorFormat: false,
+        urlFor: (key) => disk.urlFor(key),
+      },
+    );
+    await disk.write(batch.files);
+    const { lines, logger } = logLines();
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'edge',
+      store,
+      periodMs: 3_600_000,
+      keepFiles: false,
+      ledger: new MemoryUploadLedger(),
+      logger,
+    });
+    try {
+      // One embedded capture: the manifest alone.
+      expect(batch.files).toHaveLength(1);
+      expect(await upload.runOnce()).toBe(0);
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]!.fields).toMatchObject({ status: 400, removed: true });
+      await expect(stat(disk.pathOf(batch.files[0]!.key))).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await upload.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  });
 });
