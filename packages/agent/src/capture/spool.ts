@@ -384,8 +384,9 @@ export class CaptureSpool {
       // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file refused for
       // good is dropped with what needs it before the next stage goes: a manifest never names a side file the store
       // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
-      // manifest's refusal. (Across attempts: a file an earlier attempt stored is put again, and a refusal then
-      // that is not the same every time, a 403, would drop records whose data is stored. Rare; not guarded.)
+      // manifest's refusal. A file an earlier attempt of this run stored is not put again (after a restart it is,
+      // and a refusal then that is not the same every time, a 403, would drop records whose data is stored. Rare;
+      // not guarded).
       const storedKeys = (batch.storedKeys ??= new Set());
       for (const kind of RENDERED_FILE_KINDS) {
         const stage = await putEach(
