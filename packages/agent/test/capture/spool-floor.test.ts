@@ -392,6 +392,25 @@ describe('the door of the offline spool', () => {
     );
   });
 
+  it('with the local database, counts a new capture twice (its queued copy and its spooled one)', async () => {
+    let capacity = 256 * 1024 * 1024;
+    const { service } = start({ capacity: () => capacity, durable: true, batchSize: 100, bufferSize: 200 });
+    await service.start();
+    await s3.stop();
+    await service.capture(withAux('spooled'));
+    await service.flush();
+    expect(service.spoolState()!.batches).toBe(1);
+    const oneCapture = CAPTURE_AUX_BYTES + 64;
+    // Room above the floor for one and a half copies: its queued copy fits, not both.
+    capacity = (await bytesUnder(disk)) + FLOOR + Math.floor(1.5 * oneCapture);
+    await expect(service.capture(withAux('too-big'))).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+    expect(service.held).toBe(0);
+    // Room for two and a half: both copies fit.
+    capacity = (await bytesUnder(disk)) + FLOOR + Math.floor(2.5 * oneCapture);
+    await service.capture(withAux('fits'));
+    expect(service.held).toBe(1);
+  });
+
   it('checks automatic captures against the free-space floor as CaptureData, and counts those refused', async () => {
     let capacity = 256 * 1024 * 1024;
     const { service, metrics } = start({
