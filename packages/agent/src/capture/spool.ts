@@ -140,7 +140,7 @@ const REAL_TIMERS: SpoolTimers = {
  * wait, Retry-After on a 429 or 503, at least that long, capped at MAX_RETRY_AFTER_MS, then up to a tenth more)
  * while the newer ones go on, so no batch holds back the others, and batches may arrive out of order. While the store
  * looks unreachable (two attempts in a row failed, or it asked to wait) every batch waits, then one probe goes, a
- * batch tried least. A file missing from a batch's folder or torn is dropped with what needs it (logged, counted);
+ * batch tried least; once the store takes one, the oldest go first again. A file missing from a batch's folder or torn is dropped with what needs it (logged, counted);
  * a batch that keeps failing for reasons of its own (setAsideAfterFailures) is moved to `set-aside/`, its captures
  * failed, rather than retried forever; that folder is bounded (the oldest go first).
  */
@@ -325,17 +325,21 @@ export class CaptureSpool {
   }
 
   /**
-   * Uploads the next batch, one at a time: of those whose own backoff is not running, the one that failed least,
-   * the oldest first among equals (all of them, while nothing fails). So while the store looks unreachable, each
-   * probe after a pause is a batch tried least, not the same failing one again, and the first the store takes lets
-   * the others go.
+   * Uploads the next batch, one at a time: of those whose own backoff is not running, the oldest; while the last
+   * attempt failed, the one that failed least, the oldest first among equals. So while the store looks unreachable,
+   * each probe after a pause is a batch tried least, not the same failing one again, and once the store takes one
+   * the oldest data goes first again (the batches that served as probes are not left behind newer ones, where the
+   * quota would drop them first).
    */
   #kick(): void {
     if (this.#closed || this.#uploading || this.#pause !== undefined) return;
+    const leastTried = this.unreachable;
     let batch: SpooledBatch | undefined;
     for (const b of this.#batches) {
       if (b.retryTimer !== undefined) continue;
-      if (batch === undefined || (b.failures ?? 0) < (batch.failures ?? 0)) batch = b;
+      if (batch === undefined) batch = b;
+      else if (!leastTried) break;
+      else if ((b.failures ?? 0) < (batch.failures ?? 0)) batch = b;
     }
     if (!batch) return;
     const next = batch;

@@ -274,6 +274,26 @@ describe('capture spool: a batch that fails does not hold back the others', () =
     }
   });
 
+  it('once the store is back, sends the oldest data first again, the batches that served as probes before newer ones', async () => {
+    const batches = ['a', 'b', 'c', 'd'].map((id, hour) => batchOf(id, [`${id}-1`], hour));
+    let down = true;
+    const everything = keysOf(...batches);
+    const t = spoolUnderTest({ store: failingFor(s3Store, () => (down ? everything : new Set())) });
+    await t.spool.open();
+    try {
+      for (const batch of batches) await t.spool.add(batch);
+      // a and b meet the outage; then every batch waits.
+      await until(() => t.scheduled.length === 2, 'two batches met the outage');
+      down = false;
+      t.runTimers();
+      await until(() => t.delivered.length === 4, 'everything delivered');
+      // The probe is a batch never tried (c); then the oldest first: a and b, which failed, before d.
+      expect(t.delivered).toEqual(['c-1', 'a-1', 'b-1', 'd-1']);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
   it('drops a file missing from a batch with the records that need it, counts and logs it (a line a minute), and delivers the rest', async () => {
     // Spooled while the store was down, then files removed from their folders (by hand, a disk fault).
     await s3.stop();
