@@ -788,39 +788,51 @@ export class CaptureSpool {
           .join('; ');
         this.#options.onDropped(failed, `refused by ${this.#options.store.description}: ${reasons}`);
       }
-      const folder = join(this.#options.dir, batch.batchId);
-      // New names for rewritten manifests: batch.json names either the old files or the new, whatever a crash cuts.
-      let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
-      for (const file of rewritten) file.file = String(name++);
-      const stored: z.infer<typeof SpooledBatchSchema> = {
-        v: 1,
-        batchId: batch.batchId,
-        createdAt: batch.createdAt,
-        captureIds,
-        files: next.map(({ key, contentType, file, bytes, kind }) => ({
-          key,
-          contentType,
-          file,
-          bytes,
-          kind,
-        })),
-      };
-      try {
-        for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
-        await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
-        await syncFolder(folder);
-      } catch (error) {
-        throw new SpoolRewriteError(folder, error);
-      }
+      await this.#writeBack(batch, next, rewritten, captureIds);
       if (failed.length > 0) this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
-      // Files no longer named only waste disk until the batch's folder goes: a failure to remove them is no failure.
-      const named = new Set(stored.files.map((f) => f.file));
-      await Promise.all(
-        batch.files
-          .filter((f) => !named.has(f.file))
-          .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
-      );
     }
+    this.#adopt(batch, files, next, captureIds);
+  }
+
+  /**
+   * Writes the smaller batch back to its folder: rewritten files under new names (so batch.json names either the
+   * old files or the new, whatever a crash cuts), then batch.json replaced atomically, then the folder synced
+   * (SpoolRewriteError when any fails); then removes the files no longer named.
+   */
+  async #writeBack(
+    batch: SpooledBatch,
+    next: readonly SpoolFile[],
+    rewritten: readonly SpoolFile[],
+    captureIds: readonly string[],
+  ): Promise<void> {
+    const folder = join(this.#options.dir, batch.batchId);
+    let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
+    for (const file of rewritten) file.file = String(name++);
+    const stored: z.infer<typeof SpooledBatchSchema> = {
+      v: 1,
+      batchId: batch.batchId,
+      createdAt: batch.createdAt,
+      captureIds: [...captureIds],
+      files: next.map(({ key, contentType, file, bytes, kind }) => ({ key, contentType, file, bytes, kind })),
+    };
+    try {
+      for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
+      await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      await syncFolder(folder);
+    } catch (error) {
+      throw new SpoolRewriteError(folder, error);
+    }
+    // Files no longer named only waste disk until the batch's folder goes: a failure to remove them is no failure.
+    const named = new Set(stored.files.map((f) => f.file));
+    await Promise.all(
+      batch.files
+        .filter((f) => !named.has(f.file))
+        .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
+    );
+  }
+
+  /** The batch in memory becomes its smaller self: `next`'s files (and `files`, the attempt's, in place). */
+  #adopt(batch: SpooledBatch, files: SpoolFile[], next: readonly SpoolFile[], captureIds: string[]): void {
     const bytes = next.reduce((n, f) => n + f.bytes, 0);
     if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
     batch.bytes = bytes;
@@ -903,24 +915,8 @@ export class CaptureSpool {
             .map((f) => `${f.key}: ${f.body.byteLength} bytes, ${f.bytes} recorded`)
             .join('; ')}); the capture's record was lost`;
     if (failed.length > 0) this.#options.onDropped(failed, detail);
-    const folder = join(this.#options.dir, batch.batchId);
-    let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
-    for (const file of rewritten) file.file = String(name++);
     const captureIds = batch.captureIds.filter((id) => delivered.has(id));
-    const stored: z.infer<typeof SpooledBatchSchema> = {
-      v: 1,
-      batchId: batch.batchId,
-      createdAt: batch.createdAt,
-      captureIds,
-      files: next.map(({ key, contentType, file, bytes, kind }) => ({ key, contentType, file, bytes, kind })),
-    };
-    try {
-      for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
-      await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
-      await syncFolder(folder);
-    } catch (error) {
-      throw new SpoolRewriteError(folder, error);
-    }
+    await this.#writeBack(batch, next, rewritten, captureIds);
     this.#options.metrics?.dropped.inc({ reason: cause }, failed.length);
     if (cause === 'missing') this.#options.metrics?.spoolMissingFiles.inc(torn.length);
     const admitted = this.#diskLines.admit(cause);
@@ -945,18 +941,7 @@ export class CaptureSpool {
         `capture spool: ${detail}s; sending the ${captureIds.length} complete capture(s) and marking the ${failed.length} lost one(s) FAILURE (${repeatsNote(admitted.leftOut, 'such line(s)')})`,
       );
     }
-    const named = new Set(stored.files.map((f) => f.file));
-    await Promise.all(
-      batch.files
-        .filter((f) => !named.has(f.file))
-        .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
-    );
-    const bytes = next.reduce((n, f) => n + f.bytes, 0);
-    if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
-    batch.bytes = bytes;
-    batch.captureIds = captureIds;
-    batch.files = stored.files.map((f) => ({ ...f, kind: f.kind ?? fileKindOfKey(f.key) }));
-    files.splice(0, files.length, ...next);
+    this.#adopt(batch, files, next, captureIds);
   }
 
   /** One line for the files of a batch the store refused for good in an attempt (none: nothing). */
