@@ -18,6 +18,7 @@ export class CaptureMetrics {
   readonly uploadDuration: Histogram<'via'>;
   readonly writeFailures: Counter<'destination'>;
   readonly spoolMissingFiles: Counter;
+  readonly setAsideRemoved: Counter;
 
   constructor(
     registry: Registry,
@@ -56,7 +57,7 @@ export class CaptureMetrics {
     });
     this.refusedFiles = new Counter({
       name: 'edgefleet_capture_refused_files_total',
-      help: 'Files the store refused for good (too large, a bad record, a key not allowed), not sent again: by the spool (via=spool: the file and the records that need it are dropped) or the periodic upload of Disk captures (via=periodic: the file stays on disk)',
+      help: "Files the store refused for good (too large, a bad record, a key not allowed), not sent again: by the spool (via=spool: the file and the records that need it are dropped) or the periodic upload of Disk captures (via=periodic: removed when the refusal is about the file itself, 413 or the server's 400; kept and skipped while unchanged otherwise, a 403 among them)",
       labelNames: ['via'],
       registers,
     });
@@ -88,6 +89,11 @@ export class CaptureMetrics {
     this.spoolMissingFiles = new Counter({
       name: 'edgefleet_capture_spool_missing_files_total',
       help: 'Files a spooled batch named that were gone from its folder: dropped from the batch with the records that need them',
+      registers,
+    });
+    this.setAsideRemoved = new Counter({
+      name: 'edgefleet_capture_spool_set_aside_removed_total',
+      help: "Set-aside batches removed, unseen or not, to keep the spool's set-aside folder within its bounds (oldest first; the batch set aside last is never removed for its size)",
       registers,
     });
     new Gauge({

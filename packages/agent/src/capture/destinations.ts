@@ -162,29 +162,41 @@ export async function putAll(
 
 /**
  * Puts files with at most `concurrency` requests in flight. Any failure stops further puts (those in flight end)
- * and is returned as `failure`. With `collectRefusals`, a file the store refuses for good (RefusedByStoreError)
- * does not stop the others: it is returned with its refusal, beside the failure if one came too.
+ * and is returned as `failure`, with the file it was for (`failedFile`). With `collectRefusals`, a file the store
+ * refuses for good (RefusedByStoreError) does not stop the others: it is returned with its refusal, beside the
+ * failure if one came too. `stored` lists the files the store took.
  */
 export async function putEach<F extends PutFile>(
   store: ObjectStore,
   files: readonly F[],
   concurrency: number,
   options: { collectRefusals: boolean },
-): Promise<{ refused: { file: F; error: RefusedByStoreError }[]; failure?: unknown }> {
+): Promise<{
+  refused: { file: F; error: RefusedByStoreError }[];
+  stored: F[];
+  failure?: unknown;
+  failedFile?: F;
+}> {
   let next = 0;
-  let failure: unknown;
+  let failure: { error: unknown; file: F } | undefined;
   const refused: { file: F; error: RefusedByStoreError }[] = [];
+  const stored: F[] = [];
   const lane = async () => {
     while (failure === undefined && next < files.length) {
       const file = files[next++]!;
       try {
         await store.put(file.key, file.body, file.contentType);
+        stored.push(file);
       } catch (error) {
         if (options.collectRefusals && error instanceof RefusedByStoreError) refused.push({ file, error });
-        else failure ??= error;
+        else failure ??= { error, file };
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
-  return { refused, ...(failure !== undefined && { failure }) };
+  return {
+    refused,
+    stored,
+    ...(failure !== undefined && { failure: failure.error, failedFile: failure.file }),
+  };
 }

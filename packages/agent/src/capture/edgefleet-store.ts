@@ -152,8 +152,13 @@ export class EdgeFleetObjectStore implements ObjectStore {
         }
         // A bad file, a key outside the fleet's output, or one too large: refused whatever the retries (unlike a
         // quota, a timeout or a fleet output the operator has yet to fix, which a later retry can get past).
-        const ErrorType = REFUSED_FOR_GOOD.has(error.status ?? 0) ? RefusedByStoreError : Error;
-        throw new ErrorType(`${key}: ${error.message}`, { cause: error });
+        if (REFUSED_FOR_GOOD.has(error.status ?? 0))
+          throw new RefusedByStoreError(`${key}: ${error.message}`, {
+            cause: error,
+            ...(error.status !== undefined && { status: error.status }),
+            ...(error.code !== undefined && { code: error.code }),
+          });
+        throw new Error(`${key}: ${error.message}`, { cause: error });
       }
       throw error;
     }

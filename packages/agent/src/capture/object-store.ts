@@ -10,6 +10,20 @@ import { iotCredentialProvider, type AwsCredentials, type IotCredentialsOptions 
  */
 export class RefusedByStoreError extends Error {
   override readonly name = 'RefusedByStoreError';
+  /** The store's HTTP status (400, 403, 413), when it answered one. */
+  readonly status: number | undefined;
+  /**
+   * The refusal is about the file itself (413 too large, or the server's own 400 ValidationError naming its content
+   * or key as invalid), so no setting can make the store take it. A 403 (a key outside the fleet's output prefix,
+   * a proxy) or a 400 not the server's may pass once the operator fixes a setting.
+   */
+  readonly aboutTheFile: boolean;
+  constructor(message: string, options?: { cause?: unknown; status?: number; code?: string }) {
+    super(message, options);
+    this.status = options?.status;
+    this.aboutTheFile =
+      options?.status === 413 || (options?.status === 400 && options.code === 'ValidationError');
+  }
 }
 
 /**

@@ -47,8 +47,8 @@ export class PeriodicUpload {
   /** Failed rounds since the last upload: logged first, then at most once a minute with the number left out. */
   readonly #failureLines: UploadFailureLines;
   /**
-   * Files the store refused for good and kept (keepFiles; otherwise they are removed), key → the size and mtime
-   * refused: skipped while they stay as they are. In memory: after a restart each is tried (and logged) once more.
+   * Files the store refused for good and kept (keepFiles, a refusal not about the file itself, or one that could not
+   * be removed), key → the size and mtime refused: skipped while they stay as they are. In memory: after a restart each is tried (and logged) once more.
    */
   readonly #refused = new Map<string, { size: number; mtimeMs: number }>();
   /**
@@ -166,34 +166,50 @@ export class PeriodicUpload {
 
   /**
    * A file the store refused for good is never sent again as it is: recorded (counted each; logged within
-   * #refusedLines' limit), then removed like an uploaded file, so that refused files do not fill the disk; with
-   * keepFiles it stays (as uploaded files do) and is skipped while it is unchanged. The files after it go on.
+   * #refusedLines' limit), then, when the refusal is about the file itself (RefusedByStoreError.aboutTheFile: 413
+   * too large, the server's 400 naming its content or key as invalid), removed like an uploaded file, so that such
+   * files do not fill the disk. Any other refusal (a 403: a key outside the fleet's output prefix, a proxy) may pass
+   * once a setting is fixed, and the Disk files are the user's copy: the file stays and is skipped while it is
+   * unchanged (until a restart), as it does with keepFiles. A file that could not be removed is skipped so too.
+   * The files after it go on.
    */
   async #skipRefused(file: Candidate, error: RefusedByStoreError): Promise<void> {
-    const { keepFiles } = this.#options;
-    if (keepFiles) this.#refused.set(file.key, { size: file.size, mtimeMs: file.mtimeMs });
+    const remove = !this.#options.keepFiles && error.aboutTheFile;
+    const removeError = remove
+      ? await unlink(file.path).then(
+          () => undefined,
+          (e: unknown) => e,
+        )
+      : undefined;
+    const removed = remove && removeError === undefined;
+    if (!removed) this.#refused.set(file.key, { size: file.size, mtimeMs: file.mtimeMs });
     this.#options.metrics?.refusedFiles.inc({ via: 'periodic' });
     const admitted = this.#refusedLines.admit('refused');
     if (admitted !== undefined) {
+      const kept = this.#options.keepFiles
+        ? `it stays at ${file.path} (keep_uploaded_files)`
+        : removeError !== undefined
+          ? `it could not be removed from ${file.path} (${removeError instanceof Error ? removeError.message : String(removeError)})`
+          : `it stays at ${file.path}, as a setting may be what the store refuses`;
       this.#options.logger?.warn(
         {
           event: 'capture-upload-refused',
           ...uploadFailureFields(error),
           key: file.key,
           path: file.path,
-          removed: !keepFiles,
+          ...(error.status !== undefined && { status: error.status }),
+          removed,
+          ...(removeError !== undefined && { removeError: String(removeError) }),
           ...(admitted.leftOut > 0 && { refusedNotLogged: admitted.leftOut }),
         },
         `capture periodic upload: ${this.#options.store.description} refused ${file.key} for good (${error.message}); ${
-          keepFiles
-            ? `it stays at ${file.path} (keep_uploaded_files) and is not sent again while it is unchanged`
-            : `removed ${file.path}, as the store will never take it`
+          removed
+            ? `removed ${file.path}, as the store will never take it`
+            : `${kept} and is not sent again while it is unchanged`
         } (${repeatsNote(admitted.leftOut, 'refused file(s)')})`,
       );
     }
-    if (keepFiles) return;
-    await unlink(file.path).catch(() => {});
-    await this.#pruneEmptyFolders(file.path);
+    if (removed) await this.#pruneEmptyFolders(file.path);
   }
 
   async #scan(): Promise<Candidate[]> {

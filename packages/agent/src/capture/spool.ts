@@ -46,10 +46,20 @@ type SpooledBatch = z.infer<typeof SpooledBatchSchema> & {
   /** Failed attempts of this batch since it was spooled (or the agent started): its own backoff's step. */
   failures?: number;
   /**
-   * Its failures that were its own: the store took other batches since its previous attempt, or this disk failed
-   * it (not for space). At setAsideAfterFailures it is set aside.
+   * Its failures that were its own: the same answer of the store (a 4xx, not 408/425/429) for the same file as in
+   * its previous such failure, while the store took other batches since its previous attempt; or this disk failed
+   * it (not for space). Failures that pass (no answer, a timeout, a 5xx, a Retry-After) are never its own: on a
+   * lossy link a large batch fails more often than small ones, for nothing wrong with it. At setAsideAfterFailures
+   * it is set aside.
    */
   strikes?: number;
+  /** Its last failure that could be its own (see ownFailureOf): the next must be the same to be a strike. */
+  ownFailure?: string;
+  /**
+   * Keys of its files the store took in an earlier attempt of this run: not put again, so a lossy link makes
+   * progress. In memory: after a restart they are put again, which the store answers as stored.
+   */
+  storedKeys?: Set<string>;
   /** Batches delivered when its last attempt began: more since then means the store is taking others. */
   deliveredSeen?: number;
   /** Its own backoff is running: not tried until it fires. */
@@ -130,7 +140,7 @@ const REAL_TIMERS: SpoolTimers = {
  * wait, Retry-After on a 429 or 503, at least that long, capped at MAX_RETRY_AFTER_MS, then up to a tenth more)
  * while the newer ones go on, so no batch holds back the others, and batches may arrive out of order. While the store
  * looks unreachable (two attempts in a row failed, or it asked to wait) every batch waits, then one probe goes, a
- * batch tried least. A file missing from a batch's folder or torn is dropped with what needs it (logged, counted);
+ * batch tried least; once the store takes one, the oldest go first again. A file missing from a batch's folder or torn is dropped with what needs it (logged, counted);
  * a batch that keeps failing for reasons of its own (setAsideAfterFailures) is moved to `set-aside/`, its captures
  * failed, rather than retried forever; that folder is bounded (the oldest go first).
  */
@@ -315,17 +325,21 @@ export class CaptureSpool {
   }
 
   /**
-   * Uploads the next batch, one at a time: of those whose own backoff is not running, the one that failed least,
-   * the oldest first among equals (all of them, while nothing fails). So while the store looks unreachable, each
-   * probe after a pause is a batch tried least, not the same failing one again, and the first the store takes lets
-   * the others go.
+   * Uploads the next batch, one at a time: of those whose own backoff is not running, the oldest; while the last
+   * attempt failed, the one that failed least, the oldest first among equals. So while the store looks unreachable,
+   * each probe after a pause is a batch tried least, not the same failing one again, and once the store takes one
+   * the oldest data goes first again (the batches that served as probes are not left behind newer ones, where the
+   * quota would drop them first).
    */
   #kick(): void {
     if (this.#closed || this.#uploading || this.#pause !== undefined) return;
+    const leastTried = this.unreachable;
     let batch: SpooledBatch | undefined;
     for (const b of this.#batches) {
       if (b.retryTimer !== undefined) continue;
-      if (batch === undefined || (b.failures ?? 0) < (batch.failures ?? 0)) batch = b;
+      if (batch === undefined) batch = b;
+      else if (!leastTried) break;
+      else if ((b.failures ?? 0) < (batch.failures ?? 0)) batch = b;
     }
     if (!batch) return;
     const next = batch;
@@ -348,6 +362,7 @@ export class CaptureSpool {
     const refusals: Refusal[] = [];
     const deliveredBefore = batch.deliveredSeen ?? this.#delivered;
     batch.deliveredSeen = this.#delivered;
+    let failedKey: string | undefined;
     try {
       const files: SpoolFile[] = [];
       const missing: SpoolFile[] = [];
@@ -373,24 +388,30 @@ export class CaptureSpool {
       // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file refused for
       // good is dropped with what needs it before the next stage goes: a manifest never names a side file the store
       // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
-      // manifest's refusal. (Across attempts: a file an earlier attempt stored is put again, and a refusal then
-      // that is not the same every time, a 403, would drop records whose data is stored. Rare; not guarded.)
+      // manifest's refusal. A file an earlier attempt of this run stored is not put again (after a restart it is,
+      // and a refusal then that is not the same every time, a 403, would drop records whose data is stored. Rare;
+      // not guarded).
+      const storedKeys = (batch.storedKeys ??= new Set());
       for (const kind of RENDERED_FILE_KINDS) {
         const stage = await putEach(
           this.#options.store,
-          files.filter((f) => f.kind === kind),
+          files.filter((f) => f.kind === kind && !storedKeys.has(f.key)),
           concurrency,
           { collectRefusals: true },
         );
+        for (const file of stage.stored) storedKeys.add(file.key);
         if (stage.refused.length > 0) await this.#dropRefusedFiles(batch, files, stage.refused, refusals);
-        if (stage.failure !== undefined) throw stage.failure;
+        if (stage.failure !== undefined) {
+          failedKey = stage.failedFile?.key;
+          throw stage.failure;
+        }
       }
     } catch (error) {
       this.#logRefusals(batch, refusals);
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
       batch.failures = (batch.failures ?? 0) + 1;
       if (error instanceof SpoolDiskError) await this.#diskFailed(batch, error);
-      else await this.#storeFailed(batch, error, this.#delivered > deliveredBefore);
+      else await this.#storeFailed(batch, error, failedKey, this.#delivered > deliveredBefore);
       return;
     }
     this.#logRefusals(batch, refusals);
@@ -416,15 +437,27 @@ export class CaptureSpool {
 
   /**
    * An attempt the store (or the way to it) failed: the batch waits its own backoff while the others go on, or,
-   * the store looking unreachable, every batch waits (at least as long as the store asked, Retry-After). A failure while the store took other batches since this
-   * one's previous attempt is the batch's own (a strike).
+   * the store looking unreachable, every batch waits (at least as long as the store asked, Retry-After). The same
+   * lasting answer for the same file as last time, while the store took other batches since this one's previous
+   * attempt, is the batch's own failure (a strike; see SpooledBatch.strikes).
    */
-  async #storeFailed(batch: SpooledBatch, error: unknown, storeTookOthers: boolean): Promise<void> {
+  async #storeFailed(
+    batch: SpooledBatch,
+    error: unknown,
+    failedKey: string | undefined,
+    storeTookOthers: boolean,
+  ): Promise<void> {
     // The first failure, then at most one line a minute; the store's message carries no credentials (the
     // answer's text, the key).
     const admitted = this.#failureLines.failed();
     this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-    if (storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
+    const own = ownFailureOf(error, failedKey);
+    if (own !== undefined) {
+      // Another answer, or another file: not the same failure repeating; the count starts again.
+      if (own !== batch.ownFailure) batch.strikes = 0;
+      else if (storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
+      batch.ownFailure = own;
+    }
     const asked =
       error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
     // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the
@@ -552,6 +585,8 @@ export class CaptureSpool {
     if (index >= 0) this.#forget(index);
     this.#clearRetry(batch);
     this.#setAside.push({ batchId: batch.batchId, bytes: batch.bytes });
+    const maxBytes = this.#options.setAsideMaxBytes ?? Math.floor(this.#options.quotaBytes / 4);
+    const overBound = batch.bytes > maxBytes;
     const detail = `the spooled batch could never be uploaded to ${this.#options.store.description} (${failures} failed attempts, the last: ${why}); set aside in ${aside}`;
     if (batch.captureIds.length > 0) this.#options.onDropped(batch.captureIds, detail);
     this.#options.metrics?.dropped.inc({ reason: 'set-aside' }, batch.captureIds.length);
@@ -563,8 +598,13 @@ export class CaptureSpool {
         captures: batch.captureIds.length,
         bytes: batch.bytes,
         failures,
+        ...(overBound && { overMaxBytes: maxBytes }),
       },
-      `capture spool: ${detail}; its ${batch.captureIds.length} capture(s) are marked FAILURE. Look at it there, then remove it (or move it back into ${this.#options.dir} and restart the agent to try it again)`,
+      `capture spool: ${detail}; its ${batch.captureIds.length} capture(s) are marked FAILURE. Look at it there, then remove it (or move it back into ${this.#options.dir} and restart the agent to try it again)${
+        overBound
+          ? `. It alone is over the set-aside folder's bound of ${maxBytes} bytes: kept all the same, the older set-aside batches too, until another is set aside`
+          : ''
+      }`,
     );
     await this.#boundSetAside();
     return true;
@@ -590,16 +630,27 @@ export class CaptureSpool {
     this.#setAside = found.sort((a, b) => a.at - b.at).map(({ batchId, bytes }) => ({ batchId, bytes }));
   }
 
-  /** Keeps the set-aside folder within its bounds: the oldest set-aside batches go first, each logged. */
+  /**
+   * Keeps the set-aside folder within its bounds: the oldest set-aside batches go first, each logged and counted
+   * (setAsideRemoved). The batch set aside last is never removed for the byte bound, and when it alone is over it,
+   * the older ones are not removed for it either (that would not make it fit): it is kept over the bound, said so.
+   */
   async #boundSetAside(): Promise<void> {
     const maxBatches = this.#options.setAsideMaxBatches ?? SET_ASIDE_MAX_BATCHES;
     const maxBytes = this.#options.setAsideMaxBytes ?? Math.floor(this.#options.quotaBytes / 4);
-    let bytes = this.#setAside.reduce((n, b) => n + b.bytes, 0);
-    while (this.#setAside.length > 0 && (this.#setAside.length > maxBatches || bytes > maxBytes)) {
-      const oldest = this.#setAside.shift()!;
-      bytes -= oldest.bytes;
+    const newest = this.#setAside.at(-1);
+    const newestOver = newest !== undefined && newest.bytes > maxBytes;
+    // Bytes counted against the bound: without a newest batch over it alone.
+    let bytes = this.#setAside.reduce((n, b) => n + b.bytes, 0) - (newestOver ? newest.bytes : 0);
+    while (this.#setAside.length > 0) {
+      const overCount = this.#setAside.length > maxBatches;
+      const oldest = this.#setAside[0]!;
+      if (!overCount && (bytes <= maxBytes || oldest === newest)) break;
+      this.#setAside.shift();
+      if (!(oldest === newest && newestOver)) bytes -= oldest.bytes;
       const path = join(this.#options.dir, SET_ASIDE_DIR, oldest.batchId);
       await rm(path, { recursive: true, force: true });
+      this.#options.metrics?.setAsideRemoved.inc();
       this.#options.logger?.warn(
         {
           event: 'capture-spool-set-aside-removed',
@@ -737,39 +788,51 @@ export class CaptureSpool {
           .join('; ');
         this.#options.onDropped(failed, `refused by ${this.#options.store.description}: ${reasons}`);
       }
-      const folder = join(this.#options.dir, batch.batchId);
-      // New names for rewritten manifests: batch.json names either the old files or the new, whatever a crash cuts.
-      let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
-      for (const file of rewritten) file.file = String(name++);
-      const stored: z.infer<typeof SpooledBatchSchema> = {
-        v: 1,
-        batchId: batch.batchId,
-        createdAt: batch.createdAt,
-        captureIds,
-        files: next.map(({ key, contentType, file, bytes, kind }) => ({
-          key,
-          contentType,
-          file,
-          bytes,
-          kind,
-        })),
-      };
-      try {
-        for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
-        await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
-        await syncFolder(folder);
-      } catch (error) {
-        throw new SpoolRewriteError(folder, error);
-      }
+      await this.#writeBack(batch, next, rewritten, captureIds);
       if (failed.length > 0) this.#options.metrics?.dropped.inc({ reason: 'refused' }, failed.length);
-      // Files no longer named only waste disk until the batch's folder goes: a failure to remove them is no failure.
-      const named = new Set(stored.files.map((f) => f.file));
-      await Promise.all(
-        batch.files
-          .filter((f) => !named.has(f.file))
-          .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
-      );
     }
+    this.#adopt(batch, files, next, captureIds);
+  }
+
+  /**
+   * Writes the smaller batch back to its folder: rewritten files under new names (so batch.json names either the
+   * old files or the new, whatever a crash cuts), then batch.json replaced atomically, then the folder synced
+   * (SpoolRewriteError when any fails); then removes the files no longer named.
+   */
+  async #writeBack(
+    batch: SpooledBatch,
+    next: readonly SpoolFile[],
+    rewritten: readonly SpoolFile[],
+    captureIds: readonly string[],
+  ): Promise<void> {
+    const folder = join(this.#options.dir, batch.batchId);
+    let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
+    for (const file of rewritten) file.file = String(name++);
+    const stored: z.infer<typeof SpooledBatchSchema> = {
+      v: 1,
+      batchId: batch.batchId,
+      createdAt: batch.createdAt,
+      captureIds: [...captureIds],
+      files: next.map(({ key, contentType, file, bytes, kind }) => ({ key, contentType, file, bytes, kind })),
+    };
+    try {
+      for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
+      await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
+      await syncFolder(folder);
+    } catch (error) {
+      throw new SpoolRewriteError(folder, error);
+    }
+    // Files no longer named only waste disk until the batch's folder goes: a failure to remove them is no failure.
+    const named = new Set(stored.files.map((f) => f.file));
+    await Promise.all(
+      batch.files
+        .filter((f) => !named.has(f.file))
+        .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
+    );
+  }
+
+  /** The batch in memory becomes its smaller self: `next`'s files (and `files`, the attempt's, in place). */
+  #adopt(batch: SpooledBatch, files: SpoolFile[], next: readonly SpoolFile[], captureIds: string[]): void {
     const bytes = next.reduce((n, f) => n + f.bytes, 0);
     if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
     batch.bytes = bytes;
@@ -852,24 +915,8 @@ export class CaptureSpool {
             .map((f) => `${f.key}: ${f.body.byteLength} bytes, ${f.bytes} recorded`)
             .join('; ')}); the capture's record was lost`;
     if (failed.length > 0) this.#options.onDropped(failed, detail);
-    const folder = join(this.#options.dir, batch.batchId);
-    let name = Math.max(-1, ...batch.files.map((f) => Number(f.file))) + 1;
-    for (const file of rewritten) file.file = String(name++);
     const captureIds = batch.captureIds.filter((id) => delivered.has(id));
-    const stored: z.infer<typeof SpooledBatchSchema> = {
-      v: 1,
-      batchId: batch.batchId,
-      createdAt: batch.createdAt,
-      captureIds,
-      files: next.map(({ key, contentType, file, bytes, kind }) => ({ key, contentType, file, bytes, kind })),
-    };
-    try {
-      for (const file of rewritten) await this.#writeFile(join(folder, file.file), file.body);
-      await this.#writeFile(join(folder, BATCH_FILE), Buffer.from(JSON.stringify(stored)));
-      await syncFolder(folder);
-    } catch (error) {
-      throw new SpoolRewriteError(folder, error);
-    }
+    await this.#writeBack(batch, next, rewritten, captureIds);
     this.#options.metrics?.dropped.inc({ reason: cause }, failed.length);
     if (cause === 'missing') this.#options.metrics?.spoolMissingFiles.inc(torn.length);
     const admitted = this.#diskLines.admit(cause);
@@ -894,18 +941,7 @@ export class CaptureSpool {
         `capture spool: ${detail}s; sending the ${captureIds.length} complete capture(s) and marking the ${failed.length} lost one(s) FAILURE (${repeatsNote(admitted.leftOut, 'such line(s)')})`,
       );
     }
-    const named = new Set(stored.files.map((f) => f.file));
-    await Promise.all(
-      batch.files
-        .filter((f) => !named.has(f.file))
-        .map((f) => rm(join(folder, f.file), { force: true }).catch(() => undefined)),
-    );
-    const bytes = next.reduce((n, f) => n + f.bytes, 0);
-    if (this.#batches.includes(batch)) this.#bytes += bytes - batch.bytes;
-    batch.bytes = bytes;
-    batch.captureIds = captureIds;
-    batch.files = stored.files.map((f) => ({ ...f, kind: f.kind ?? fileKindOfKey(f.key) }));
-    files.splice(0, files.length, ...next);
+    this.#adopt(batch, files, next, captureIds);
   }
 
   /** One line for the files of a batch the store refused for good in an attempt (none: nothing). */
@@ -988,6 +1024,31 @@ class SpoolReadError extends SpoolDiskError {
   constructor(folder: string, file: string, cause: unknown) {
     super(`cannot read ${join(folder, file)} of a spooled batch (${errorMessage(cause)})`, { cause });
   }
+}
+
+/** Answers that pass (a timeout, too early, too many requests): never a batch's own failure. */
+const PASSING_STATUSES = new Set([408, 425, 429]);
+
+/**
+ * What makes a failed put possibly the batch's own, lasting failure: the store's answer (an HTTP 4xx status,
+ * not 408/425/429) for that file, as `<status> <key>`. Undefined for failures that pass and say nothing of the batch:
+ * no answer (network, timeout), a 5xx, a Retry-After (RetryLaterError: the store asked to wait).
+ */
+export function ownFailureOf(error: unknown, key: string | undefined): string | undefined {
+  if (key === undefined || error instanceof RetryLaterError) return undefined;
+  const status = httpStatusOf(error, 0);
+  if (status === undefined || status < 400 || status >= 500 || PASSING_STATUSES.has(status)) return undefined;
+  return `${status} ${key}`;
+}
+
+/** The HTTP status an error (or its cause) carries: the control plane's (`status`) or the S3 SDK's. */
+function httpStatusOf(error: unknown, depth: number): number | undefined {
+  if (depth > 4 || error === null || typeof error !== 'object') return undefined;
+  if (error instanceof RetryLaterError) return undefined;
+  const e = error as { status?: unknown; $metadata?: { httpStatusCode?: unknown }; cause?: unknown };
+  if (typeof e.status === 'number') return e.status;
+  if (typeof e.$metadata?.httpStatusCode === 'number') return e.$metadata.httpStatusCode;
+  return httpStatusOf(e.cause, depth + 1);
 }
 
 /** Files whose size is not the one batch.json records, or manifests whose last line is cut. */

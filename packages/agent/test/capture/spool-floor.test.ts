@@ -82,6 +82,8 @@ const CAPTURE_AUX_BYTES = 64 * 1024;
 
 function start(options: {
   capacity?: () => number;
+  /** The free space statfs reports, whatever is written (instead of capacity). */
+  free?: () => number;
   durable: boolean;
   logger?: Logger;
   autoCapture?: AutoCaptureRule[];
@@ -131,6 +133,9 @@ function start(options: {
     store,
     metricsRegistry: metrics,
     ...(capacity !== undefined && { statfs: smallDisk(capacity) }),
+    ...(options.free !== undefined && {
+      statfs: async () => ({ bavail: options.free!(), bsize: 1 }),
+    }),
     ...(options.logger && { logger: options.logger }),
   });
   services.push(service);
@@ -390,6 +395,27 @@ describe('the door of the offline spool', () => {
     expect(await metrics.getSingleMetricAsString('edgefleet_capture_rejected_total')).toContain(
       'edgefleet_capture_rejected_total{code="RESOURCE_EXHAUSTED"} 1',
     );
+  });
+
+  it('with the local database, counts a new capture twice (its queued copy and its spooled one)', async () => {
+    // Free space as given, not measured: the database's own files (its write-ahead log grows and is checkpointed)
+    // move by more than the margins here.
+    let free = 256 * 1024 * 1024;
+    const { service } = start({ free: () => free, durable: true, batchSize: 100, bufferSize: 200 });
+    await service.start();
+    await s3.stop();
+    await service.capture(withAux('spooled'));
+    await service.flush();
+    expect(service.spoolState()!.batches).toBe(1);
+    const oneCapture = CAPTURE_AUX_BYTES + 64;
+    // Room above the floor for one and a half copies: its queued copy fits, not both.
+    free = FLOOR + Math.floor(1.5 * oneCapture);
+    await expect(service.capture(withAux('too-big'))).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+    expect(service.held).toBe(0);
+    // Room for two and a half: both copies fit.
+    free = FLOOR + Math.floor(2.5 * oneCapture);
+    await service.capture(withAux('fits'));
+    expect(service.held).toBe(1);
   });
 
   it('checks automatic captures against the free-space floor as CaptureData, and counts those refused', async () => {

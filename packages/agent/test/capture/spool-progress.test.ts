@@ -5,7 +5,7 @@ import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { CaptureSpool, S3ObjectStore, type ObjectStore } from '../../src/capture/index.js';
-import { RefusedByStoreError } from '../../src/capture/object-store.js';
+import { RefusedByStoreError, RetryLaterError } from '../../src/capture/object-store.js';
 import { writeFileAtomic } from '../../src/capture/atomic-files.js';
 import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
 import { captureItem, startS3, type TestS3 } from './helpers.js';
@@ -64,6 +64,7 @@ function spoolUnderTest(options: {
   store: ObjectStore;
   setAsideAfterFailures?: number;
   setAsideMaxBatches?: number;
+  setAsideMaxBytes?: number;
   now?: () => number;
   writeFile?: (path: string, body: Uint8Array) => Promise<void>;
 }) {
@@ -88,13 +89,25 @@ function spoolUnderTest(options: {
       spoolBatches: () => 0,
     }),
     logger: { info: line('info'), warn: line('warn'), error: line('error') },
-    timers: { set: (run, ms) => scheduled.push({ run, ms }), clear: () => undefined },
+    // A cleared timer never runs, as with clearTimeout.
+    timers: {
+      set: (run, ms) => {
+        const timer = { run, ms };
+        scheduled.push(timer);
+        return timer;
+      },
+      clear: (handle) => {
+        const index = scheduled.indexOf(handle as (typeof scheduled)[number]);
+        if (index >= 0) scheduled.splice(index, 1);
+      },
+    },
     ...(options.now && { now: options.now }),
     ...(options.writeFile && { writeFile: options.writeFile }),
     ...(options.setAsideAfterFailures !== undefined && {
       setAsideAfterFailures: options.setAsideAfterFailures,
     }),
     ...(options.setAsideMaxBatches !== undefined && { setAsideMaxBatches: options.setAsideMaxBatches }),
+    ...(options.setAsideMaxBytes !== undefined && { setAsideMaxBytes: options.setAsideMaxBytes }),
   });
   /** Runs the backoff timers set so far (each once), as their time coming would. */
   const runTimers = () => {
@@ -113,7 +126,10 @@ async function until(check: () => boolean | Promise<boolean>, what: string): Pro
   throw new Error(`${what}: not met`);
 }
 
-/** The store, failing every put of the keys in `failing` (a 500 from the store, as an S3 SDK error would say). */
+/**
+ * The store, failing every put of the keys in `failing` with a lasting answer: S3's 403 AccessDenied for those keys
+ * (a bucket policy denying them), as the S3 SDK's error says it.
+ */
 function failingFor(
   store: ObjectStore,
   failing: () => ReadonlySet<string>,
@@ -124,7 +140,11 @@ function failingFor(
     urlFor: (key) => store.urlFor(key),
     put: async (key, body, contentType) => {
       puts.push(key);
-      if (failing().has(key)) throw new Error(`InternalError: we encountered an internal error (${key})`);
+      if (failing().has(key))
+        throw Object.assign(new Error(`AccessDenied: access denied (${key})`), {
+          name: 'AccessDenied',
+          $metadata: { httpStatusCode: 403 },
+        });
       return store.put(key, body, contentType);
     },
   };
@@ -175,7 +195,7 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       expect(t.dropped[0]!.ids).toEqual(['bad-1', 'bad-2']);
       expect(t.dropped[0]!.detail).toMatch(
         new RegExp(
-          `could never be uploaded to .* \\(3 failed attempts, the last: InternalError.*set aside in ${aside}$`,
+          `could never be uploaded to .* \\(3 failed attempts, the last: AccessDenied.*set aside in ${aside}$`,
         ),
       );
       expect(t.spool.batches).toBe(0);
@@ -249,6 +269,26 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       expect(t.spool.batches).toBe(0);
       expect(t.spool.unreachable).toBe(false);
       expect(await readdir(t.dir)).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('once the store is back, sends the oldest data first again, the batches that served as probes before newer ones', async () => {
+    const batches = ['a', 'b', 'c', 'd'].map((id, hour) => batchOf(id, [`${id}-1`], hour));
+    let down = true;
+    const everything = keysOf(...batches);
+    const t = spoolUnderTest({ store: failingFor(s3Store, () => (down ? everything : new Set())) });
+    await t.spool.open();
+    try {
+      for (const batch of batches) await t.spool.add(batch);
+      // a and b meet the outage; then every batch waits.
+      await until(() => t.scheduled.length === 2, 'two batches met the outage');
+      down = false;
+      t.runTimers();
+      await until(() => t.delivered.length === 4, 'everything delivered');
+      // The probe is a batch never tried (c); then the oldest first: a and b, which failed, before d.
+      expect(t.delivered).toEqual(['c-1', 'a-1', 'b-1', 'd-1']);
     } finally {
       await t.spool.close();
     }
@@ -471,6 +511,151 @@ describe('capture spool: a batch that fails does not hold back the others', () =
         level: 'warn',
         fields: { batchId: bads[0]!.batchId, maxBatches: 1 },
       });
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('on a lossy link, never sets aside a large batch that fails more often than the small ones, and puts each of its files once', async () => {
+    // Every third put fails with no answer: a batch of many files fails most attempts, small ones mostly go.
+    const big = batchOf(
+      'a',
+      Array.from({ length: 10 }, (_, i) => `big-${i}`),
+      0,
+    );
+    let puts = 0;
+    const storedTimes = new Map<string, number>();
+    const lossy: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        if (++puts % 3 === 0) throw new Error(`socket hang up (${key})`);
+        await s3Store.put(key, body, contentType);
+        storedTimes.set(key, (storedTimes.get(key) ?? 0) + 1);
+      },
+    };
+    // The default limit of own failures.
+    const t = spoolUnderTest({ store: lossy });
+    await t.spool.open();
+    try {
+      await t.spool.add(big);
+      for (let round = 0; round < 100 && !t.delivered.includes('big-0'); round++) {
+        if (t.dropped.length > 0) break;
+        const small = `s${round}`;
+        await t.spool.add(batchOf(round.toString(16).padStart(2, '0'), [small], round + 1));
+        await until(() => t.scheduled.length > 0 || t.spool.batches === 0, `round ${round} settled`);
+        t.runTimers();
+      }
+      await until(() => t.delivered.includes('big-0') || t.dropped.length > 0, 'the large batch is settled');
+      expect(t.dropped).toEqual([]);
+      expect(t.spool.setAsideBatches).toBe(0);
+      expect(t.delivered).toEqual(expect.arrayContaining(big.captureIds));
+      // What the store took is not put again: each file of the large batch stored once.
+      for (const file of big.files) expect(storedTimes.get(file.key)).toBe(1);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('never sets aside a batch the store keeps answering 429 (Retry-After) while it takes the others', async () => {
+    const later = batchOf('a', ['later-1'], 0);
+    const laterKeys = keysOf(later);
+    let busy = true;
+    let laterPuts = 0;
+    const store: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        if (laterKeys.has(key)) {
+          laterPuts++;
+          if (busy)
+            throw new RetryLaterError(`${key}: HTTP 429 TooManyRequests: over the daily quota`, 60_000);
+        }
+        return s3Store.put(key, body, contentType);
+      },
+    };
+    const t = spoolUnderTest({ store, setAsideAfterFailures: 2 });
+    await t.spool.open();
+    try {
+      await t.spool.add(later);
+      await until(() => laterPuts === 1 && t.scheduled.length === 1, 'told to wait');
+      for (let round = 1; round <= 5; round++) {
+        // The pause ends: a new small batch goes first, then the one told to wait is told so again.
+        await t.spool.add(batchOf(String(round), [`small-${round}`], round));
+        t.runTimers();
+        await until(
+          () => t.delivered.includes(`small-${round}`) && laterPuts === round + 1 && t.scheduled.length === 1,
+          `round ${round}: the others taken, the batch told to wait again`,
+        );
+      }
+      expect(t.dropped).toEqual([]);
+      expect(t.spool.setAsideBatches).toBe(0);
+      busy = false;
+      t.runTimers();
+      await until(() => t.delivered.includes('later-1'), 'delivered once the store takes it');
+      expect(t.dropped).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('never removes the batch just set aside for the byte bound, nor the older ones for a batch over it alone, and counts removals', async () => {
+    const small = batchOf('a', ['x-1'], 0);
+    const large = batchOf(
+      'b',
+      Array.from({ length: 6 }, (_, i) => `y-${i}`),
+      1,
+    );
+    const bytesOf = (b: RenderedBatch) => b.files.reduce((n, f) => n + f.body.byteLength, 0);
+    // Room for the small batch, not for the large one alone.
+    const maxBytes = bytesOf(small) + 64;
+    expect(bytesOf(large)).toBeGreaterThan(maxBytes);
+    const last = batchOf('c', ['z-1'], 2);
+    const t = spoolUnderTest({
+      store: failingFor(s3Store, () => keysOf(small, large, last)),
+      setAsideAfterFailures: 1,
+      setAsideMaxBytes: maxBytes,
+    });
+    const aside = () => readdir(join(t.dir, 'set-aside')).then((names) => names.sort());
+    await t.spool.open();
+    try {
+      await t.spool.add(small);
+      await t.spool.add(large);
+      await until(() => t.scheduled.length === 2, 'both failed once');
+      // The probe after the pause is delivered; the two fail again after it: their own failures.
+      await t.spool.add(batchOf('d', ['g-1'], 3));
+      t.runTimers();
+      await until(() => t.spool.setAsideBatches === 2, 'both set aside');
+      // The large one is over the bound alone: kept, and the small one is not removed for it.
+      expect(await aside()).toEqual([small.batchId, large.batchId].sort());
+      expect(t.lines.filter((l) => l.fields.event === 'capture-spool-set-aside-removed')).toEqual([]);
+      const line = t.lines.find(
+        (l) => l.fields.event === 'capture-spool-set-aside' && l.fields.batchId === large.batchId,
+      );
+      expect(line?.fields).toMatchObject({ overMaxBytes: maxBytes });
+      expect(line?.message).toMatch(/alone is over the set-aside folder's bound/);
+      expect(await t.metric('edgefleet_capture_spool_set_aside_removed_total')).toMatch(
+        /edgefleet_capture_spool_set_aside_removed_total 0/,
+      );
+
+      // Another set aside: the older ones go, oldest first, until the folder is within its bound.
+      await t.spool.add(last);
+      await t.spool.add(batchOf('e', ['g-2'], 4));
+      // The store still looks down: the last fails after the pause, then the next probe is delivered and the last
+      // fails again after it.
+      for (let round = 0; round < 4 && t.spool.setAsideBatches !== 1; round++) {
+        t.runTimers();
+        await until(() => t.scheduled.length > 0 || t.spool.setAsideBatches === 1, `round ${round} settled`);
+      }
+      expect(await aside()).toEqual([last.batchId]);
+      expect(
+        t.lines
+          .filter((l) => l.fields.event === 'capture-spool-set-aside-removed')
+          .map((l) => l.fields.batchId),
+      ).toEqual([small.batchId, large.batchId]);
+      expect(await t.metric('edgefleet_capture_spool_set_aside_removed_total')).toMatch(
+        /edgefleet_capture_spool_set_aside_removed_total 2/,
+      );
     } finally {
       await t.spool.close();
     }

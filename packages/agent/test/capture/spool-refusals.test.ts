@@ -578,4 +578,107 @@ describe('capture periodic upload: files refused for good', () => {
       await upload.close();
     }
   });
+
+  it("keeps every file the store refuses with 403 (a folder prefix outside the fleet's output), removing none, and skips them while unchanged", async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ef-periodic-forbidden-'));
+    const disk = new DiskDestination(root);
+    // Written under a prefix the server does not take for this fleet (its output is s3://captures/edge): a setting
+    // the operator can fix, not a fault of the files.
+    const batch = renderBatch(
+      '6'.repeat(32),
+      [{ ...captureItem('fa', Buffer.alloc(256, 1), 'mlp'), inferenceTime: T, receivedAt: T }],
+      {
+        folderPrefix: 'moved',
+        fleetName: 'plant',
+        deviceName: 'cam-1',
+        base64EmbedLimit: 64,
+        modelMonitorFormat: false,
+        urlFor: (key) => disk.urlFor(key),
+      },
+    );
+    await disk.write(batch.files);
+    const registry = new Registry();
+    const metrics = new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    });
+    const { lines, logger } = logLines();
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'moved',
+      store,
+      periodMs: 3_600_000,
+      keepFiles: false,
+      ledger: new MemoryUploadLedger(),
+      metrics,
+      logger,
+    });
+    try {
+      expect(batch.files.length).toBeGreaterThan(1);
+      expect(await upload.runOnce()).toBe(0);
+      for (const file of batch.files) expect((await stat(disk.pathOf(file.key))).isFile()).toBe(true);
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      // The first refusal logged, the others within the line limit.
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatchObject({
+        level: 'warn',
+        fields: { status: 403, removed: false },
+        message: expect.stringContaining('not sent again while it is unchanged'),
+      });
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        `edgefleet_capture_refused_files_total{via="periodic"} ${batch.files.length}`,
+      );
+      // Skipped while unchanged: not sent, counted or logged again.
+      expect(await upload.runOnce()).toBe(0);
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        `edgefleet_capture_refused_files_total{via="periodic"} ${batch.files.length}`,
+      );
+      for (const file of batch.files) expect((await stat(disk.pathOf(file.key))).isFile()).toBe(true);
+    } finally {
+      await upload.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('removes a manifest the server answers 400 ValidationError for (a record naming another device): its content can never be taken', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'ef-periodic-invalid-'));
+    const disk = new DiskDestination(root);
+    const batch = renderBatch(
+      '7'.repeat(32),
+      [{ ...captureItem('va', Buffer.alloc(16, 1), 'mlp'), inferenceTime: T, receivedAt: T }],
+      {
+        folderPrefix: 'edge',
+        fleetName: 'plant',
+        deviceName: 'cam-9',
+        base64EmbedLimit: 64,
+        modelMonitorFormat: false,
+        urlFor: (key) => disk.urlFor(key),
+      },
+    );
+    await disk.write(batch.files);
+    const { lines, logger } = logLines();
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'edge',
+      store,
+      periodMs: 3_600_000,
+      keepFiles: false,
+      ledger: new MemoryUploadLedger(),
+      logger,
+    });
+    try {
+      // One embedded capture: the manifest alone.
+      expect(batch.files).toHaveLength(1);
+      expect(await upload.runOnce()).toBe(0);
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]!.fields).toMatchObject({ status: 400, removed: true });
+      await expect(stat(disk.pathOf(batch.files[0]!.key))).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await upload.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  });
 });
