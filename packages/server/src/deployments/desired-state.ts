@@ -15,7 +15,7 @@
 import { packageUrlOf, type EdgeDeployment, type GetDeploymentsResult } from '@edgefleet/core';
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
-import { laterOf, type DatabaseSchema } from '../storage/index.js';
+import { laterOf, pastPosition, type DatabaseSchema } from '../storage/index.js';
 import {
   storedDeviceSelectionSchema,
   modelConfigSchema,
@@ -109,11 +109,13 @@ export function candidatesOf(
     .where('h.fleet_name', '=', device.fleetName)
     .where('h.model_handle', '=', handle)
     .$if(after !== undefined, (q) =>
-      q.where((eb) =>
-        eb.or([
-          eb('h.created_at', '<', after!.createdAt),
-          eb.and([eb('h.created_at', '=', after!.createdAt), eb('h.plan_name', '<', after!.planName)]),
-        ]),
+      q.where(
+        pastPosition(
+          'h.created_at',
+          'h.plan_name',
+          { createdAt: after!.createdAt, name: after!.planName },
+          'desc',
+        ),
       ),
     )
     .where((eb) =>

@@ -8,7 +8,7 @@
  * plan for ever.
  */
 import type { Kysely } from 'kysely';
-import type { DatabaseSchema } from '../storage/index.js';
+import { pastPosition, type DatabaseSchema } from '../storage/index.js';
 import { modelConfigSchema } from './deployment-schemas.js';
 
 /** Plans read per statement: the recent plans without handle rows are walked in pages of this many. */
@@ -39,14 +39,7 @@ export async function recordMissingPlanHandles(
       .selectFrom('deployment_plans as p')
       .select(['p.name', 'p.fleet_name', 'p.model_configs', 'p.created_at'])
       .where('p.created_at', '>=', now - FILL_IN_WINDOW_MS)
-      .$if(after !== undefined, (q) =>
-        q.where((eb) =>
-          eb.or([
-            eb('p.created_at', '>', after!.createdAt),
-            eb.and([eb('p.created_at', '=', after!.createdAt), eb('p.name', '>', after!.name)]),
-          ]),
-        ),
-      )
+      .$if(after !== undefined, (q) => q.where(pastPosition('p.created_at', 'p.name', after!, 'asc')))
       .where((eb) =>
         eb.not(
           eb.exists(

@@ -13,7 +13,7 @@
  */
 import type { Kysely } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
-import type { DatabaseSchema } from '../storage/index.js';
+import { pastPosition, type DatabaseSchema, type KeysetPosition } from '../storage/index.js';
 import { storedDeviceSelectionSchema, type DeviceSelection } from './deployment-schemas.js';
 import { winningPlans } from './desired-state.js';
 import { FINISHED_STAGE, PENDING_DEVICE } from './stage-progress.js';
@@ -59,10 +59,7 @@ function coversNewcomers(outer: DeviceSelection, inner: DeviceSelection): boolea
 }
 
 /** Where a sweep stopped: the last plan it judged, in (created_at, name) order. */
-export interface RetentionCursor {
-  createdAt: number;
-  name: string;
-}
+export type RetentionCursor = KeysetPosition;
 
 /**
  * The finished plans that ended before `before`, oldest first after `after`, with no device pending in them;
@@ -80,14 +77,7 @@ async function expiredCandidates(
     .select(['p.name', 'p.fleet_name', 'p.created_at'])
     .where('p.created_at', '<', before)
     .$if(among !== undefined, (q) => q.where('p.name', 'in', [...among!]))
-    .$if(after !== undefined, (q) =>
-      q.where((eb) =>
-        eb.or([
-          eb('p.created_at', '>', after!.createdAt),
-          eb.and([eb('p.created_at', '=', after!.createdAt), eb('p.name', '>', after!.name)]),
-        ]),
-      ),
-    )
+    .$if(after !== undefined, (q) => q.where(pastPosition('p.created_at', 'p.name', after!, 'asc')))
     .where((eb) =>
       eb.and([
         eb.exists(

@@ -1,6 +1,6 @@
 /** A deployment plan's view (DescribeEdgeDeploymentPlan) from its stored rows, and what a plan listing asks. */
 import type { Kysely, Selectable } from 'kysely';
-import type { DatabaseSchema } from '../storage/index.js';
+import { pastPosition, type DatabaseSchema } from '../storage/index.js';
 import {
   modelConfigSchema,
   planOptionsSchema,
@@ -73,12 +73,7 @@ export function planListQuery(db: Kysely<DatabaseSchema>, query: PlanListQuery) 
     rows = rows.orderBy('created_at', 'desc').orderBy('name', 'desc');
     const after = query.afterNewest;
     if (after !== undefined) {
-      rows = rows.where((eb) =>
-        eb.or([
-          eb('created_at', '<', after.createdAt),
-          eb.and([eb('created_at', '=', after.createdAt), eb('name', '<', after.name)]),
-        ]),
-      );
+      rows = rows.where(pastPosition('created_at', 'name', after, 'desc'));
     }
   } else {
     rows = rows.orderBy('name');

@@ -32,6 +32,7 @@ export {
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
 export { containsIgnoringCase, containsLoosely } from './filters.js';
 export { laterOf } from './later-of.js';
+export { pastPosition, type KeysetPosition } from './keyset.js';
 export { lockingRows } from './row-lock.js';
 export { claimServerSetting } from './server-settings.js';
 export {
