@@ -58,6 +58,9 @@ function coversNewcomers(outer: DeviceSelection, inner: DeviceSelection): boolea
   }
 }
 
+/** Devices judged between two turns of the event loop. */
+const DEVICES_PER_TURN = 50;
+
 /** Where a sweep stopped: the last plan it judged, in (created_at, name) order. */
 export type RetentionCursor = KeysetPosition;
 
@@ -295,10 +298,15 @@ async function plansStillSources(
       .execute();
     for (const target of targeted) devices.add(target.device_name);
   }
+  let judged = 0;
   for (const deviceName of [...devices].sort()) {
-    if (sources.size === plans.length) break;
+    // Done once every candidate is a source; `sources` also gathers winners that are not candidates.
+    if (names.every((name) => sources.has(name))) break;
     const { winner } = await winningPlans(db, { deviceName, fleetName });
     for (const plan of winner.values()) sources.add(plan);
+    // SQLite's statements run on the event loop: let requests in between (PostgreSQL's queries yield anyway).
+    judged += 1;
+    if (judged % DEVICES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
   }
   return new Set(names.filter((name) => sources.has(name)));
 }

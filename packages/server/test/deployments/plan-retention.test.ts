@@ -277,6 +277,74 @@ describe.each(engines)('plan retention judged again as the delete commits, on $e
   );
 });
 
+describe.each(engines)('plan retention judging every device on $engine', (fixture) => {
+  it.skipIf(!fixture.available)(
+    'keeps a plan one device still gets when a device judged before it wins only other plans (review J #1)',
+    async () => {
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: { deployments: { sweepIntervalMs: 3_600_000 } },
+      });
+      try {
+        const { register } = adminCalls(() => t);
+        const { service, poll, report, rollOut } = planCalls(() => t, 'f');
+        await t.call('POST', '/api/v1/fleets', {
+          token: t.adminToken,
+          body: { name: 'f', outputConfig: { s3OutputLocation: 's3://c/f' } },
+        });
+        await register('f', ['m', 'n']);
+        // p1 (x) to one of the two, then aged past retention.
+        await rollOut('p1', ['x'], {}, { deviceSelection: { subsetType: 'PERCENTAGE', percentage: 50 } });
+        const db = t.server.database.db;
+        const [target] = await db
+          .selectFrom('deployment_targets')
+          .select('device_name')
+          .where('plan_name', '=', 'p1')
+          .execute();
+        const device = target!.device_name;
+        await poll(device);
+        await report(device, handlesResult('p1', ['x'], 'SUCCESS'));
+        const old = Date.now() - 100 * DAY;
+        await db.updateTable('deployment_plans').set({ created_at: old }).where('name', '=', 'p1').execute();
+        await db
+          .updateTable('deployment_stages')
+          .set({ ended_at: old, updated_at: old })
+          .where('plan_name', '=', 'p1')
+          .execute();
+        await db
+          .updateTable('deployment_plan_handles')
+          .set({ created_at: old })
+          .where('plan_name', '=', 'p1')
+          .execute();
+        const other = device === 'm' ? 'n' : 'm';
+        await rollOut(
+          'p3',
+          ['x'],
+          { [other]: 'SUCCESS' },
+          { deviceSelection: { subsetType: 'SELECTION', deviceNames: [other] } },
+        );
+        // "a" is judged first, and is given only p2 (another handle, under way): the judgement went no further.
+        await register('f', ['a']);
+        await service().createPlan({
+          name: 'p2',
+          fleetName: 'f',
+          modelConfigs: [{ modelHandle: 'y', state: 'UNDEPLOY' }],
+          stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+          options: { maxRetries: 0 },
+        });
+        await service().startStage('p2', 'all');
+        const before = shown(await poll(device));
+        expect(before).toContain('p1: x');
+        const swept = await deleteExpiredPlans(db, { retentionMs: 90 * DAY, now: Date.now() });
+        expect(swept.deleted).toEqual([]);
+        expect(shown(await poll(device))).toEqual(before);
+      } finally {
+        await t.stop();
+      }
+    },
+  );
+});
+
 describe.each(engines)('the plan retention sweep of a running server on $engine', (fixture) => {
   it.skipIf(!fixture.available)(
     'deletes a finished plan past deployments.planRetentionDays on its own, and logs it',
