@@ -33,7 +33,7 @@ import {
   type StopReason,
 } from './deployment-schemas.js';
 import { desiredDeployments } from './desired-state.js';
-import { recordMissingPlanHandles, type UnreadablePlan } from './plan-handles.js';
+import { FILL_IN_WINDOW_MS, recordMissingPlanHandles, type UnreadablePlan } from './plan-handles.js';
 import { deleteExpiredPlans, type ExpiredPlan, type RetentionCursor } from './plan-retention.js';
 import { planListQuery, planViewOf, type PlanListQuery } from './plan-view.js';
 import { applyResults, isHeldMessage, type ReportedResult, type StaleResultRule } from './device-results.js';
@@ -139,6 +139,8 @@ export class DeploymentService implements DevicePackageAccess {
   private readonly loggedIgnored = new Map<string, string>();
   /** A device chooses what it reports: a new left-out result every call would flood the log. One a minute each. */
   private readonly ignoredLines: LineLimiter;
+  /** Whether this process's sweep has filled in the handle rows of every plan once (plan-handles.ts). */
+  private handlesFilledOnce = false;
 
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
@@ -833,7 +835,13 @@ export class DeploymentService implements DevicePackageAccess {
    * `unreadablePlans`. Run periodically by every replica; idempotent.
    */
   async sweep(): Promise<{ timedOut: number; unreadablePlans: UnreadablePlan[] }> {
-    const handles = await recordMissingPlanHandles(this.db, this.now());
+    // Every plan at this process's first sweep (an `init --force-migrate` may have run long before an old build's
+    // replicas stopped creating plans), then the recent ones only.
+    const handles = await recordMissingPlanHandles(
+      this.db,
+      this.handlesFilledOnce ? this.now() - FILL_IN_WINDOW_MS : undefined,
+    );
+    this.handlesFilledOnce = true;
     const at = this.now();
     const active = await this.db
       .selectFrom('deployment_stages')

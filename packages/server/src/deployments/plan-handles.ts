@@ -2,10 +2,11 @@
  * deployment_plan_handles: which plan names which model handle, the index a device's desired state is read by
  * (desired-state.ts). createPlan writes a plan's rows with it; migration 0025 wrote those of plans before it.
  * A plan an older build created after the migration (a replica still running it during a rolling upgrade, with
- * forceMigrate) has none, and no device would be given it: the deployment sweep fills them in. Such a plan is
- * new (the new build's replicas sweep every few seconds while the old ones run), so only plans created in the
- * last FILL_IN_WINDOW_MS are looked at, by the deployment_plans_newest index: the sweep does not rescan every
- * plan for ever.
+ * forceMigrate) has none, and no device would be given it: the deployment sweep fills them in. A process's
+ * first sweep looks at every plan (the migration may have run long before this build served: `init` or
+ * `--force-migrate` while old replicas went on); later ones only at plans created in the last
+ * FILL_IN_WINDOW_MS (new builds sweep every few seconds while old ones run), by the deployment_plans_newest
+ * index, so the sweep does not rescan every plan for ever.
  */
 import type { Kysely } from 'kysely';
 import { pastPosition, type DatabaseSchema } from '../storage/index.js';
@@ -29,7 +30,8 @@ export interface UnreadablePlan {
  */
 export async function recordMissingPlanHandles(
   db: Kysely<DatabaseSchema>,
-  now: number,
+  /** Only plans created since (ms); undefined: every plan (once per process: see DeploymentService.sweep). */
+  since: number | undefined,
 ): Promise<{ filled: number; unreadable: UnreadablePlan[] }> {
   let filled = 0;
   const unreadable: UnreadablePlan[] = [];
@@ -38,7 +40,7 @@ export async function recordMissingPlanHandles(
     const plans = await db
       .selectFrom('deployment_plans as p')
       .select(['p.name', 'p.fleet_name', 'p.model_configs', 'p.created_at'])
-      .where('p.created_at', '>=', now - FILL_IN_WINDOW_MS)
+      .$if(since !== undefined, (q) => q.where('p.created_at', '>=', since!))
       .$if(after !== undefined, (q) => q.where(pastPosition('p.created_at', 'p.name', after!, 'asc')))
       .where((eb) =>
         eb.not(

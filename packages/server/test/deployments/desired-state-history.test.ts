@@ -7,6 +7,8 @@
  */
 import { CompiledQuery } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { FleetEventLog } from '../../src/audit/index.js';
 import { DeploymentService } from '../../src/deployments/index.js';
 import { candidatesOf, winningPlans } from '../../src/deployments/desired-state.js';
 import { adminCalls, planCalls, shownDeployments as shown } from '../support/deployment-calls.js';
@@ -166,6 +168,47 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
       expect(swept.unreadablePlans.map((p) => p.plan)).toEqual(['a-unreadable']);
       expect(swept.unreadablePlans[0]!.reason).toMatch(/modelHandle/);
       expect(await pollO1()).toEqual(['by-older-build: m']);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    "a process's first sweep fills in every plan's handle rows, later sweeps only the last 7 days' (review J note 7)",
+    async () => {
+      await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: 'fw', outputConfig: { s3OutputLocation: 's3://c/fw' } },
+      });
+      await register('fw', ['w1']);
+      const db = t.server.database.db;
+      const olderBuildPlan = async (name: string) => {
+        await service().createPlan({
+          name,
+          fleetName: 'fw',
+          modelConfigs: [{ modelHandle: name, state: 'UNDEPLOY' }],
+          stages: [{ name: 'all', deviceSelection: { subsetType: 'PERCENTAGE', percentage: 100 } }],
+        });
+        await service().startStage(name, 'all');
+        // Made by an older build 30 days ago (an `init --force-migrate` long before this build served).
+        await db.deleteFrom('deployment_plan_handles').where('plan_name', '=', name).execute();
+        await db
+          .updateTable('deployment_plans')
+          .set({ created_at: Date.now() - 30 * 86_400_000 })
+          .where('name', '=', name)
+          .execute();
+      };
+      const pollW1 = async () => shown(await service().deploymentsFor({ deviceName: 'w1', fleetName: 'fw' }));
+      const freshProcess = new DeploymentService(db, {
+        packagingJobs: t.server.services.packagingJobs,
+        models: t.server.services.models,
+        events: new FleetEventLog(pino({ level: 'silent' })),
+      });
+      await olderBuildPlan('fw-old');
+      await freshProcess.sweep();
+      expect(await pollW1()).toEqual(['fw-old: fw-old']);
+      // Its later sweeps look back 7 days only.
+      await olderBuildPlan('fw-older');
+      await freshProcess.sweep();
+      expect(await pollW1()).toEqual(['fw-old: fw-old']);
     },
   );
 
