@@ -102,9 +102,16 @@ export async function queryDeviceMetrics(
       // At least one row; then rows while the page stays within its metrics.
       do metrics += Number(keys[end++]!.metric_count);
       while (end < keys.length && metrics + Number(keys[end]!.metric_count) <= metricsPerStatement);
-      const page = keys.slice(i, end).map((k) => k.rid);
+      const pageKeys = keys.slice(i, end);
+      const page = {
+        rids: pageKeys.map((k) => k.rid),
+        lastTimestamps: [
+          Number(pageKeys[0]!.last_timestamp),
+          Number(pageKeys.at(-1)!.last_timestamp),
+        ] as const,
+      };
       i = end;
-      query.onStatement?.({ rows: page.length, storedMetrics: metrics });
+      query.onStatement?.({ rows: page.rids.length, storedMetrics: metrics });
       if (i < keys.length) await nextTurn();
       for (const row of (await bucketedMetrics(engine, query, page).execute(db)).rows) {
         const head = {
@@ -207,17 +214,21 @@ export function rowKeysInWindow(
  * [since, until), aggregated in the database per series and bucket of `stepMs` (aligned to the epoch): min,
  * max, sum and count, so that what comes back is one row per bucket, not one per heartbeat. The rows' metrics
  * (a JSON array per row) are expanded by the engine's own JSON functions. Timestamps are whole, non-negative
- * milliseconds (the device API's rule), so integer division buckets them as Math.floor would. The device is
- * checked again: a row pruned since its key was read may have left its id to another device's new row.
- * Exported for the test of its query plan.
+ * milliseconds (the device API's rule), so integer division buckets them as Math.floor would. A row pruned
+ * since its key was read may have left its id to a new row (SQLite reuses rowids, PostgreSQL a vacuumed ctid):
+ * the device is checked again, and the row's last_timestamp must lie within the page's keys, so a new row of
+ * the same device in a reused id is not counted here and again where the walk reaches its own key (but for a
+ * tie on the page's last timestamp). Exported for the test of its query plan.
  */
 export function bucketedMetrics(
   engine: DatabaseEngine,
   query: Pick<MetricsQuery, 'deviceName' | 'since' | 'until' | 'stepMs' | 'metricName' | 'modelName'>,
-  rows: readonly (number | string)[],
+  page: { rids: readonly (number | string)[]; lastTimestamps: readonly [number, number] },
 ): RawBuilder<BucketRow> {
   const step = Math.trunc(query.stepMs);
   const { since: from, until: to } = query;
+  const rows = page.rids;
+  const [firstKey, lastKey] = page.lastTimestamps;
   if (engine === 'sqlite') {
     const at = (i: number) => sql.raw(`json_extract(j.value, '$[${i}]')`);
     const ts = sql`cast(${at(5)} as integer)`;
@@ -226,7 +237,7 @@ export function bucketedMetrics(
       min(${at(4)}) as min, max(${at(4)}) as max, total(${at(4)}) as sum, count(*) as count
       from device_metric_batches as b, json_each(b.metrics) as j
       where b.rowid in (${sql.join(rows.map((r) => sql`${r}`))}) and b.device_name = ${query.deviceName}
-        and ${ts} >= ${from} and ${ts} < ${to}
+        and b.last_timestamp between ${firstKey} and ${lastKey} and ${ts} >= ${from} and ${ts} < ${to}
         ${query.metricName !== undefined ? sql`and ${at(0)} = ${query.metricName}` : sql``}
         ${query.modelName !== undefined ? sql`and ${at(2)} = ${query.modelName}` : sql``}
       group by 1, 2, 3, 4, 5`;
@@ -239,7 +250,7 @@ export function bucketedMetrics(
     min(${value}) as min, max(${value}) as max, sum(${value}) as sum, count(*) as count
     from device_metric_batches as b cross join lateral json_array_elements(b.metrics::json) as j(value)
     where b.ctid = any(${rows.map(String)}::tid[]) and b.device_name = ${query.deviceName}
-      and ${ts} >= ${from} and ${ts} < ${to}
+      and b.last_timestamp between ${firstKey} and ${lastKey} and ${ts} >= ${from} and ${ts} < ${to}
       ${query.metricName !== undefined ? sql`and ${at(0)} = ${query.metricName}` : sql``}
       ${query.modelName !== undefined ? sql`and ${at(2)} = ${query.modelName}` : sql``}
     group by 1, 2, 3, 4, 5`;

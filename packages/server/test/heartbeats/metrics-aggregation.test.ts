@@ -3,7 +3,7 @@
  * as one row per bucket, not one per heartbeat (a 7-day chart read and parsed 10,000 heartbeats' JSON before, 1.3 s),
  * found by the (device_name, last_timestamp) index, and the answer is what aggregating every metric gives.
  */
-import { CompiledQuery, type KyselyPlugin } from 'kysely';
+import { CompiledQuery, sql, type KyselyPlugin } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queryDeviceMetrics, rowKeysInWindow } from '../../src/heartbeats/metrics-query.js';
 import type { ServerDatabase } from '../../src/storage/index.js';
@@ -227,6 +227,52 @@ describe.each(engines)('device metric aggregation on $engine', (fixture) => {
         expect(page.storedMetrics).toBeLessThanOrEqual(120);
         expect(page.rows).toBeLessThanOrEqual(7);
       }
+    },
+  );
+  it.skipIf(!fixture.available || fixture.engine !== 'sqlite')(
+    'a row id reused by a new row of the same device during the query counts that row once (review J note 5)',
+    async () => {
+      // Rows pruned while a query runs may leave their id to a new row (SQLite: a deleted highest rowid). The new
+      // row here takes the id of a row whose key the walk has read, with a later last_timestamp, so the walk
+      // meets it again by its own key.
+      const device = 'reuse-0';
+      const from = start + 3 * WEEK;
+      const row = (i: number) => ({
+        device_name: device,
+        fleet_name: 'f',
+        received_at: from + i * 1000 + 500,
+        first_timestamp: from + i * 1000,
+        last_timestamp: from + i * 1000,
+        metric_count: 1,
+        metrics: JSON.stringify([['CpuPercent', null, null, null, i, from + i * 1000]]),
+      });
+      await database.db
+        .insertInto('device_metric_batches')
+        .values([row(0), row(1), row(2), row(3)])
+        .execute();
+      const { rid } = (await database.db
+        .selectFrom('device_metric_batches')
+        .select(sql<number>`max(rowid)`.as('rid'))
+        .executeTakeFirstOrThrow()) as { rid: number };
+      let pages = 0;
+      const series = await queryDeviceMetrics(database.db, fixture.engine, {
+        deviceName: device,
+        since: from,
+        until: from + HOUR,
+        stepMs: HOUR,
+        metricsPerStatement: 1,
+        onStatement: () => {
+          pages += 1;
+          // One statement, queued before the first page's aggregation: row 3 pruned, its id taken by row 5.
+          if (pages === 1)
+            void sql`insert or replace into device_metric_batches (rowid, device_name, fleet_name, received_at,
+              first_timestamp, last_timestamp, metric_count, metrics)
+              values (${rid}, ${device}, 'f', ${from + 5500}, ${from + 5000}, ${from + 5000}, 1,
+              ${JSON.stringify([['CpuPercent', null, null, null, 5, from + 5000]])})`.execute(database.db);
+        },
+      });
+      // Rows 0, 1, 2 and the new row 5, each once (5 before the fix: row 5 counted twice).
+      expect(series.flatMap((s) => s.points).reduce((sum, p) => sum + p.count, 0)).toBe(4);
     },
   );
 });
