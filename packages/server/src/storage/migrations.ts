@@ -684,9 +684,9 @@ const migrations: Record<string, Migration> = {
           .limit(500)
           .execute();
         for (const plan of plans) {
-          const handles = new Set(
-            (JSON.parse(plan.model_configs) as { modelHandle: string }[]).map((c) => c.modelHandle),
-          );
+          // A plan whose stored configs do not parse (a hand edit) gets no rows: the deployment sweep skips and
+          // logs it as well, rather than the upgrade failing on it.
+          const handles = new Set(handlesOfStoredConfigs(plan.model_configs));
           if (handles.size === 0) continue;
           await db
             .insertInto('deployment_plan_handles')
@@ -861,4 +861,17 @@ export async function refuseNewerDatabase(
   const unknown = unknownMigrations(recorded);
   if (unknown.length > 0) throw new NewerDatabaseError(description, unknown, version);
   return recorded;
+}
+
+/** Migration 0025's reading of a plan's stored model configs: their handles, or none if they do not parse. */
+function handlesOfStoredConfigs(stored: string): string[] {
+  let configs: unknown;
+  try {
+    configs = JSON.parse(stored);
+  } catch {
+    return [];
+  }
+  if (!Array.isArray(configs)) return [];
+  const handles = configs.map((c: unknown) => (c as { modelHandle?: unknown } | null)?.modelHandle);
+  return handles.every((h): h is string => typeof h === 'string') ? handles : [];
 }

@@ -355,6 +355,14 @@ describe.each(engines)('schema migrations on $engine', (fixture) => {
           .insertInto('deployment_plans')
           .values(plans.slice(i, i + 100))
           .execute();
+      // Stored configs that do not parse (hand edits) get no rows and do not fail the upgrade.
+      const unreadable = ['not json', '{"modelHandle":"det"}', '[{"modelHandle":5}]', '[null]'];
+      await db
+        .insertInto('deployment_plans')
+        .values(
+          unreadable.map((model_configs, i) => ({ ...plans[0]!, name: `zz-unreadable-${i}`, model_configs })),
+        )
+        .execute();
       await migrateToLatest(db);
       const rows = await db
         .selectFrom('deployment_plan_handles')
