@@ -1091,7 +1091,10 @@ function hasPassingS3Code(error: unknown, depth: number): boolean {
   if (depth > 4 || error === null || typeof error !== 'object') return false;
   const e = error as { name?: unknown; Code?: unknown; $metadata?: unknown; cause?: unknown };
   // Only the SDK's errors ($metadata): another error's name (the control plane's, say) is no S3 code.
-  if (e.$metadata !== undefined && [e.name, e.Code].some((c) => typeof c === 'string' && PASSING_S3_CODES.has(c)))
+  if (
+    e.$metadata !== undefined &&
+    [e.name, e.Code].some((c) => typeof c === 'string' && PASSING_S3_CODES.has(c))
+  )
     return true;
   return hasPassingS3Code(e.cause, depth + 1);
 }
