@@ -1033,10 +1033,9 @@ const PASSING_STATUSES = new Set([408, 425, 429]);
  * S3 error codes that pass although S3 sends them with a 400 or 403: none says anything lasting of the file. The
  * AWS SDK's own lists of transient, throttling and clock-skew codes (TRANSIENT_ERROR_CODES, THROTTLING_ERROR_CODES
  * and CLOCK_SKEW_ERROR_CODES of @smithy/service-error-classification, not installed here: its versions' lists
- * together), then a body cut
- * or corrupted in transit (IncompleteBody, BadDigest) and credentials at their expiry (ExpiredToken,
- * TokenRefreshRequired: the IoT credentials provider's last for an hour). A slow link's largest file times out
- * (400 RequestTimeout) on the same key every attempt, so by its status alone it would look lasting.
+ * together), then a body cut or corrupted in transit (IncompleteBody, BadDigest) and credentials at their expiry
+ * (ExpiredToken, TokenRefreshRequired: the IoT credentials provider's last for an hour). A slow link's largest file
+ * times out (400 RequestTimeout) on the same key every attempt, so by its status alone it would look lasting.
  */
 const PASSING_S3_CODES = new Set([
   // Transient.
