@@ -57,7 +57,7 @@ export class CaptureMetrics {
     });
     this.refusedFiles = new Counter({
       name: 'edgefleet_capture_refused_files_total',
-      help: "Files the store refused for good (too large, a bad record, a key not allowed), not sent again: by the spool (via=spool: the file and the records that need it are dropped) or the periodic upload of Disk captures (via=periodic: removed when the refusal is about the file itself, 413 or the server's 400; kept and skipped while unchanged otherwise, a 403 among them)",
+      help: "Files the store refused for good (too large, a bad record, a key not allowed), not sent again: by the spool (via=spool: the file and the records that need it are dropped) or the periodic upload of Disk captures (via=periodic: removed only when the control plane itself answered 413 PayloadTooLarge; kept and skipped while unchanged otherwise: a proxy's 413, a 403, the server's 400)",
       labelNames: ['via'],
       registers,
     });

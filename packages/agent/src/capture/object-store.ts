@@ -13,16 +13,17 @@ export class RefusedByStoreError extends Error {
   /** The store's HTTP status (400, 403, 413), when it answered one. */
   readonly status: number | undefined;
   /**
-   * The refusal is about the file itself (413 too large, or the server's own 400 ValidationError naming its content
-   * or key as invalid), so no setting can make the store take it. A 403 (a key outside the fleet's output prefix,
-   * a proxy) or a 400 not the server's may pass once the operator fixes a setting.
+   * The file can never be taken: the control plane itself answered 413 with its own code, PayloadTooLarge (over
+   * its captures.maxFileBytes or body limit). Every other refusal may pass once a setting is fixed: a proxy's 413
+   * (nginx's default client_max_body_size is 1 MiB), a 403 (a key outside the fleet's output prefix), and the
+   * server's 400 ValidationError, which also answers a record naming another device after a re-enrolment, a key
+   * the local blob folder cannot hold, or a stricter schema of a newer server.
    */
   readonly aboutTheFile: boolean;
   constructor(message: string, options?: { cause?: unknown; status?: number; code?: string }) {
     super(message, options);
     this.status = options?.status;
-    this.aboutTheFile =
-      options?.status === 413 || (options?.status === 400 && options.code === 'ValidationError');
+    this.aboutTheFile = options?.status === 413 && options.code === 'PayloadTooLarge';
   }
 }
 

@@ -166,11 +166,12 @@ export class PeriodicUpload {
 
   /**
    * A file the store refused for good is never sent again as it is: recorded (counted each; logged within
-   * #refusedLines' limit), then, when the refusal is about the file itself (RefusedByStoreError.aboutTheFile: 413
-   * too large, the server's 400 naming its content or key as invalid), removed like an uploaded file, so that such
-   * files do not fill the disk. Any other refusal (a 403: a key outside the fleet's output prefix, a proxy) may pass
-   * once a setting is fixed, and the Disk files are the user's copy: the file stays and is skipped while it is
-   * unchanged (until a restart), as it does with keepFiles. A file that could not be removed is skipped so too.
+   * #refusedLines' limit), then, when the file can never be taken (RefusedByStoreError.aboutTheFile: the control
+   * plane's own 413 PayloadTooLarge), removed like an uploaded file, so that such files do not fill the disk. Any
+   * other refusal (a proxy's 413, a 403, the server's 400, which also answers settings such as a re-enrolled
+   * device's name) may pass once a setting is fixed, and the Disk files are the user's copy: the file stays and is
+   * skipped while it is unchanged (until a restart), as it does with keepFiles. A file that could not be removed is
+   * skipped so too.
    * The files after it go on.
    */
   async #skipRefused(file: Candidate, error: RefusedByStoreError): Promise<void> {

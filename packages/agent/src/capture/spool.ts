@@ -1030,15 +1030,73 @@ class SpoolReadError extends SpoolDiskError {
 const PASSING_STATUSES = new Set([408, 425, 429]);
 
 /**
+ * S3 error codes that pass although S3 sends them with a 400 or 403: none says anything lasting of the file. The
+ * AWS SDK's own lists of transient, throttling and clock-skew codes (TRANSIENT_ERROR_CODES, THROTTLING_ERROR_CODES
+ * and CLOCK_SKEW_ERROR_CODES of @smithy/service-error-classification, not installed here: its versions' lists
+ * together), then a body cut or corrupted in transit (IncompleteBody, BadDigest) and credentials at their expiry
+ * (ExpiredToken, TokenRefreshRequired: the IoT credentials provider's last for an hour). A slow link's largest file
+ * times out (400 RequestTimeout) on the same key every attempt, so by its status alone it would look lasting.
+ */
+const PASSING_S3_CODES = new Set([
+  // Transient.
+  'AbortError',
+  'TimeoutError',
+  'RequestTimeout',
+  'RequestTimeoutException',
+  // Throttling.
+  'BandwidthLimitExceeded',
+  'EC2ThrottledException',
+  'LimitExceededException',
+  'PriorRequestNotComplete',
+  'ProvisionedThroughputExceededException',
+  'RequestLimitExceeded',
+  'RequestThrottled',
+  'RequestThrottledException',
+  'SlowDown',
+  'ThrottledException',
+  'Throttling',
+  'ThrottlingException',
+  'TooManyRequestsException',
+  'TransactionInProgressException',
+  // Clock skew.
+  'AuthFailure',
+  'InvalidSignatureException',
+  'RequestExpired',
+  'RequestInTheFuture',
+  'RequestTimeTooSkewed',
+  'SignatureDoesNotMatch',
+  // Damaged in transit, or credentials that expired.
+  'IncompleteBody',
+  'BadDigest',
+  'ExpiredToken',
+  'TokenRefreshRequired',
+]);
+
+/**
  * What makes a failed put possibly the batch's own, lasting failure: the store's answer (an HTTP 4xx status,
  * not 408/425/429) for that file, as `<status> <key>`. Undefined for failures that pass and say nothing of the batch:
- * no answer (network, timeout), a 5xx, a Retry-After (RetryLaterError: the store asked to wait).
+ * no answer (network, timeout), a 5xx, a Retry-After (RetryLaterError: the store asked to wait), an S3 error whose
+ * code is one of PASSING_S3_CODES whatever its status.
  */
 export function ownFailureOf(error: unknown, key: string | undefined): string | undefined {
   if (key === undefined || error instanceof RetryLaterError) return undefined;
+  if (hasPassingS3Code(error, 0)) return undefined;
   const status = httpStatusOf(error, 0);
   if (status === undefined || status < 400 || status >= 500 || PASSING_STATUSES.has(status)) return undefined;
   return `${status} ${key}`;
+}
+
+/** Whether an S3 SDK error (or its cause) carries one of PASSING_S3_CODES: the SDK names the error by S3's code. */
+function hasPassingS3Code(error: unknown, depth: number): boolean {
+  if (depth > 4 || error === null || typeof error !== 'object') return false;
+  const e = error as { name?: unknown; Code?: unknown; $metadata?: unknown; cause?: unknown };
+  // Only the SDK's errors ($metadata): another error's name (the control plane's, say) is no S3 code.
+  if (
+    e.$metadata !== undefined &&
+    [e.name, e.Code].some((c) => typeof c === 'string' && PASSING_S3_CODES.has(c))
+  )
+    return true;
+  return hasPassingS3Code(e.cause, depth + 1);
 }
 
 /** The HTTP status an error (or its cause) carries: the control plane's (`status`) or the S3 SDK's. */

@@ -1,4 +1,6 @@
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
@@ -147,6 +149,55 @@ function failingFor(
         });
       return store.put(key, body, contentType);
     },
+  };
+}
+
+/**
+ * A proxy in front of the real s3rver that answers the PUTs of the keys in `timingOut` as S3 answers a body that
+ * comes too slowly (400 RequestTimeout, which s3rver never sends), counting them; every other request goes to
+ * s3rver unchanged (the SDK's signature covers the Host it sent, which is kept).
+ */
+async function timingOutS3Proxy(target: string, timingOut: () => ReadonlySet<string>) {
+  const state = { timedOut: 0 };
+  const upstream = new URL(target);
+  const server = createServer((request, response) => {
+    // Path style: /<bucket>/<key>.
+    const key = decodeURIComponent(new URL(request.url ?? '/', 'http://s3').pathname)
+      .split('/')
+      .slice(2)
+      .join('/');
+    if (request.method === 'PUT' && timingOut().has(key)) {
+      state.timedOut += 1;
+      request.resume();
+      request.on('end', () => {
+        response.writeHead(400, { 'content-type': 'application/xml' });
+        response.end(
+          '<?xml version="1.0" encoding="UTF-8"?><Error><Code>RequestTimeout</Code><Message>Your socket connection to the server was not read from or written to within the timeout period. Idle connections will be closed.</Message></Error>',
+        );
+      });
+      return;
+    }
+    const forwarded = httpRequest(
+      {
+        host: upstream.hostname,
+        port: upstream.port,
+        method: request.method,
+        path: request.url,
+        headers: request.headers,
+      },
+      (answer) => {
+        response.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(response);
+      },
+    );
+    forwarded.on('error', () => response.destroy());
+    request.pipe(forwarded);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    state,
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
 
@@ -596,6 +647,59 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       expect(t.dropped).toEqual([]);
     } finally {
       await t.spool.close();
+    }
+  });
+
+  it('never sets aside a batch whose large file S3 keeps answering 400 RequestTimeout (a slow link) while it takes the others', async () => {
+    // The large file of one batch times out on every attempt; the small batches go. The SDK calls RequestTimeout
+    // transient, whatever its 400: it says nothing lasting of the file.
+    const big = batchOf('a', ['big-1'], 0);
+    const side = big.files.find((f) => !f.key.endsWith('.jsonl'))!;
+    let timingOut = new Set([side.key]);
+    const proxy = await timingOutS3Proxy(s3.endpoint, () => timingOut);
+    const store = new S3ObjectStore({
+      bucket: s3.bucket,
+      region: 'us-east-1',
+      endpoint: proxy.endpoint,
+      credentials: s3.credentials,
+      maxAttempts: 1,
+    });
+    const t = spoolUnderTest({ store, setAsideAfterFailures: 3 });
+    await t.spool.open();
+    try {
+      await t.spool.add(big);
+      await until(
+        () => proxy.state.timedOut === 1 && t.scheduled.length === 1,
+        'the first attempt timed out',
+      );
+      for (let round = 1; round <= 6; round++) {
+        // The pause ends: a new small batch goes, then the large file times out again.
+        await t.spool.add(batchOf(String(round), [`small-${round}`], round));
+        t.runTimers();
+        await until(
+          () =>
+            t.dropped.length > 0 ||
+            (t.delivered.includes(`small-${round}`) &&
+              proxy.state.timedOut === round + 1 &&
+              t.scheduled.length === 1),
+          `round ${round}: the others taken, the large file timed out again`,
+        );
+        expect(t.dropped).toEqual([]);
+      }
+      const failed = t.lines.filter((l) => l.fields.event === 'capture-upload-failed');
+      expect(failed.at(-1)!.message).toMatch(/not read from or written to within the timeout period/);
+      expect(t.dropped).toEqual([]);
+      expect(t.spool.setAsideBatches).toBe(0);
+      // The link gets better: the batch goes.
+      timingOut = new Set();
+      t.runTimers();
+      await until(() => t.delivered.includes('big-1'), 'delivered once the file gets through');
+      expect(t.dropped).toEqual([]);
+      expect(await idsIn(s3)).toContain('big-1');
+    } finally {
+      await t.spool.close();
+      store.close();
+      await proxy.close();
     }
   });
 

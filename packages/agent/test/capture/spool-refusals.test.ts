@@ -1,4 +1,5 @@
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,7 @@ import {
   until,
   type ControlPlane,
 } from '../fleet/support.js';
+import { issueMtlsCertificates } from '../support/openssl-mtls.js';
 import { captureItem } from './helpers.js';
 
 // The offline spool against a real control plane that takes files of at most 1 KiB: a file it refuses for good
@@ -82,6 +84,69 @@ function batchOfThree(batchId: string, [a, b, c] = ['a', 'b', 'c']): RenderedBat
     modelMonitorFormat: true,
     urlFor: (key) => store.urlFor(key),
   });
+}
+
+/**
+ * A TLS-terminating reverse proxy in front of the control plane's device endpoint, as nginx with a small
+ * `client_max_body_size`: a request with a body over `maxBodyBytes` gets nginx's 413 HTML page (no JSON, so no
+ * code); the others are sent on with the device's certificate. Its own server certificate is made by OpenSSL.
+ */
+async function limitingProxy(target: string, maxBodyBytes: number) {
+  const proxyDir = await mkdtemp(join(tmpdir(), 'ef-proxy-'));
+  const { key, cert } = await issueMtlsCertificates(proxyDir, 'proxy-client');
+  const upstream = new URL(target);
+  const [deviceCert, deviceKey, planeCa] = await Promise.all(
+    [
+      config.sagemaker_edge_provider_aws_cert_file,
+      config.sagemaker_edge_provider_aws_cert_pk_file,
+      config.sagemaker_edge_provider_aws_ca_cert_file,
+    ].map((f: string) => readFile(f)),
+  );
+  const state = { refused: 0 };
+  const server = createHttpsServer({ key, cert }, (request, response) => {
+    if (Number(request.headers['content-length'] ?? 0) > maxBodyBytes) {
+      state.refused += 1;
+      request.resume();
+      request.on('end', () => {
+        response.writeHead(413, { 'content-type': 'text/html' });
+        response.end(
+          '<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n',
+        );
+      });
+      return;
+    }
+    const forwarded = httpsRequest(
+      {
+        host: upstream.hostname,
+        port: upstream.port,
+        method: request.method,
+        path: request.url,
+        headers: request.headers,
+        cert: deviceCert,
+        key: deviceKey,
+        ca: planeCa,
+      },
+      (answer) => {
+        response.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(response);
+      },
+    );
+    forwarded.on('error', () => response.destroy());
+    request.pipe(forwarded);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    get refused() {
+      return state.refused;
+    },
+    endpoint: `https://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    caFile: join(proxyDir, 'ca.pem'),
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await rm(proxyDir, { recursive: true, force: true });
+    },
+  };
 }
 
 function logLines() {
@@ -505,7 +570,7 @@ describe('capture periodic upload: files refused for good', () => {
     return { root, disk, batch, big, registry, metrics };
   }
 
-  it('skips a file the store refuses for good, records the refusal, removes the file, and uploads the files after it', async () => {
+  it('skips a file the control plane refuses with its own 413 PayloadTooLarge, records the refusal, removes the file, and uploads the files after it', async () => {
     const { root, disk, batch, big, registry, metrics } = await diskWithRefusedFile('5'.repeat(32), [
       'pa',
       'pb',
@@ -530,7 +595,7 @@ describe('capture periodic upload: files refused for good', () => {
       expect(refused).toHaveLength(1);
       expect(refused[0]).toMatchObject({
         level: 'warn',
-        fields: { key: big.key, path: disk.pathOf(big.key), failure: 'rejected', removed: true },
+        fields: { key: big.key, path: disk.pathOf(big.key), failure: 'rejected', status: 413, removed: true },
         message: expect.stringContaining(`removed ${disk.pathOf(big.key)}`),
       });
       expect(lines.filter((l) => l.fields.event === 'capture-upload-failed')).toEqual([]);
@@ -642,7 +707,59 @@ describe('capture periodic upload: files refused for good', () => {
     }
   });
 
-  it('removes a manifest the server answers 400 ValidationError for (a record naming another device): its content can never be taken', async () => {
+  it("keeps a file a proxy answers 413 without the control plane's code (nginx's body limit), skipping it while unchanged, and uploads the files after it", async () => {
+    const { root, disk, batch, big, registry, metrics } = await diskWithRefusedFile('9'.repeat(32), [
+      'xa',
+      'xb',
+    ]);
+    const proxy = await limitingProxy(plane.deviceEndpoint, 1024);
+    const behindProxy = new EdgeFleetObjectStore({
+      endpoint: proxy.endpoint,
+      certFile: config.sagemaker_edge_provider_aws_cert_file,
+      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
+      caFile: proxy.caFile,
+    });
+    const { lines, logger } = logLines();
+    const upload = new PeriodicUpload({
+      root,
+      folderPrefix: 'edge',
+      store: behindProxy,
+      periodMs: 3_600_000,
+      keepFiles: false,
+      ledger: new MemoryUploadLedger(),
+      metrics,
+      logger,
+    });
+    try {
+      // The small files pass the proxy to the control plane; the large one gets the proxy's page.
+      expect(await upload.runOnce()).toBe(batch.files.length - 1);
+      for (const file of batch.files.filter((f) => f !== big)) expect(await stored(file.key)).toBeDefined();
+      expect(proxy.refused).toBe(1);
+      // A setting the operator can fix: the file stays.
+      expect((await stat(disk.pathOf(big.key))).size).toBe(2048);
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatchObject({
+        level: 'warn',
+        fields: { key: big.key, status: 413, removed: false },
+        message: expect.stringContaining('not sent again while it is unchanged'),
+      });
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        'edgefleet_capture_refused_files_total{via="periodic"} 1',
+      );
+      // Skipped while unchanged: not sent again.
+      expect(await upload.runOnce()).toBe(0);
+      expect(proxy.refused).toBe(1);
+      expect((await stat(disk.pathOf(big.key))).size).toBe(2048);
+    } finally {
+      await upload.close();
+      behindProxy.close();
+      await proxy.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps a manifest the server answers 400 ValidationError for (a record naming another device, as after a re-enrolment): a setting, not the file, may be at fault', async () => {
     const root = await mkdtemp(join(tmpdir(), 'ef-periodic-invalid-'));
     const disk = new DiskDestination(root);
     const batch = renderBatch(
@@ -674,8 +791,12 @@ describe('capture periodic upload: files refused for good', () => {
       expect(await upload.runOnce()).toBe(0);
       const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
       expect(refused).toHaveLength(1);
-      expect(refused[0]!.fields).toMatchObject({ status: 400, removed: true });
-      await expect(stat(disk.pathOf(batch.files[0]!.key))).rejects.toMatchObject({ code: 'ENOENT' });
+      expect(refused[0]!.fields).toMatchObject({ status: 400, removed: false });
+      expect((await stat(disk.pathOf(batch.files[0]!.key))).isFile()).toBe(true);
+      // Skipped while unchanged: not sent, logged or removed.
+      expect(await upload.runOnce()).toBe(0);
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+      expect((await stat(disk.pathOf(batch.files[0]!.key))).isFile()).toBe(true);
     } finally {
       await upload.close();
       await rm(root, { recursive: true, force: true });
