@@ -1,4 +1,6 @@
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { createServer, request as httpRequest, type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -347,4 +349,63 @@ export function useAgentProcesses(prefix: string): AgentProcessFixture {
     if (fixture.root) await rm(fixture.root, { recursive: true, force: true });
   });
   return fixture;
+}
+
+/** An S3 error answer a fault proxy sends in s3rver's stead. */
+export interface S3Fault {
+  status: number;
+  code: string;
+  message: string;
+  headers?: Record<string, string>;
+}
+
+/**
+ * A fault-injecting HTTP proxy in front of the real s3rver, for answers s3rver never sends (throttling, a body
+ * read too slowly): a request `fault` answers (with the request's path-style key) gets that S3 error once its
+ * body is read; every other request is forwarded to s3rver unchanged (the SDK's signature covers the Host it
+ * sent, which is kept).
+ */
+export async function s3FaultProxy(
+  target: string,
+  fault: (request: IncomingMessage, key: string) => S3Fault | undefined,
+): Promise<{ endpoint: string; close(): Promise<void> }> {
+  const upstream = new URL(target);
+  const server = createServer((request, response) => {
+    // Path style: /<bucket>/<key>.
+    const key = decodeURIComponent(new URL(request.url ?? '/', 'http://s3').pathname)
+      .split('/')
+      .slice(2)
+      .join('/');
+    const answer = fault(request, key);
+    if (answer !== undefined) {
+      request.resume();
+      request.on('end', () => {
+        response.writeHead(answer.status, { 'content-type': 'application/xml', ...answer.headers });
+        response.end(
+          `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${answer.code}</Code><Message>${answer.message}</Message></Error>`,
+        );
+      });
+      return;
+    }
+    const forwarded = httpRequest(
+      {
+        host: upstream.hostname,
+        port: upstream.port,
+        method: request.method,
+        path: request.url,
+        headers: request.headers,
+      },
+      (reply) => {
+        response.writeHead(reply.statusCode ?? 502, reply.headers);
+        reply.pipe(response);
+      },
+    );
+    forwarded.on('error', () => response.destroy());
+    request.pipe(forwarded);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
 }

@@ -1,6 +1,4 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, request as httpRequest, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -12,7 +10,7 @@ import {
   S3ObjectStore,
   retryAfterMs,
 } from '../../src/capture/object-store.js';
-import { startS3, type TestS3 } from './helpers.js';
+import { s3FaultProxy, startS3, type TestS3 } from './helpers.js';
 
 const NOW = Date.UTC(2026, 11, 7, 1, 0, 0);
 
@@ -92,43 +90,22 @@ describe('the Retry-After gate', () => {
  */
 async function faultyS3Proxy(target: string) {
   const state = { faults: 0, retryAfter: () => '7', puts: 0, forwardedPuts: 0 };
-  const upstream = new URL(target);
-  const server: Server = createServer((request, response) => {
-    if (request.method === 'PUT') state.puts += 1;
-    if (request.method === 'PUT' && state.faults > 0) {
-      state.faults -= 1;
-      request.resume();
-      request.on('end', () => {
-        response.writeHead(503, { 'content-type': 'application/xml', 'retry-after': state.retryAfter() });
-        response.end(
-          '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>',
-        );
-      });
-      return;
+  const proxy = await s3FaultProxy(target, (request) => {
+    if (request.method !== 'PUT') return undefined;
+    state.puts += 1;
+    if (state.faults === 0) {
+      state.forwardedPuts += 1;
+      return undefined;
     }
-    if (request.method === 'PUT') state.forwardedPuts += 1;
-    const forwarded = httpRequest(
-      {
-        host: upstream.hostname,
-        port: upstream.port,
-        method: request.method,
-        path: request.url,
-        headers: request.headers,
-      },
-      (answer) => {
-        response.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(response);
-      },
-    );
-    forwarded.on('error', () => response.destroy());
-    request.pipe(forwarded);
+    state.faults -= 1;
+    return {
+      status: 503,
+      code: 'SlowDown',
+      message: 'Please reduce your request rate.',
+      headers: { 'retry-after': state.retryAfter() },
+    };
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    state,
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
-  };
+  return { state, ...proxy };
 }
 
 describe('S3 store told to slow down (s3rver behind a fault-injecting proxy)', () => {

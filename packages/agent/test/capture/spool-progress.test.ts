@@ -1,6 +1,4 @@
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer, request as httpRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
@@ -10,7 +8,7 @@ import { CaptureSpool, S3ObjectStore, type ObjectStore } from '../../src/capture
 import { RefusedByStoreError, RetryLaterError } from '../../src/capture/object-store.js';
 import { writeFileAtomic } from '../../src/capture/atomic-files.js';
 import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
-import { captureItem, startS3, type TestS3 } from './helpers.js';
+import { captureItem, s3FaultProxy, startS3, type TestS3 } from './helpers.js';
 
 // The offline spool does not let one batch hold back the others: a batch the store keeps failing, one whose files
 // went missing, one that cannot be written back to this disk. The bucket is s3rver over real HTTP; the spool's
@@ -159,46 +157,17 @@ function failingFor(
  */
 async function timingOutS3Proxy(target: string, timingOut: () => ReadonlySet<string>) {
   const state = { timedOut: 0 };
-  const upstream = new URL(target);
-  const server = createServer((request, response) => {
-    // Path style: /<bucket>/<key>.
-    const key = decodeURIComponent(new URL(request.url ?? '/', 'http://s3').pathname)
-      .split('/')
-      .slice(2)
-      .join('/');
-    if (request.method === 'PUT' && timingOut().has(key)) {
-      state.timedOut += 1;
-      request.resume();
-      request.on('end', () => {
-        response.writeHead(400, { 'content-type': 'application/xml' });
-        response.end(
-          '<?xml version="1.0" encoding="UTF-8"?><Error><Code>RequestTimeout</Code><Message>Your socket connection to the server was not read from or written to within the timeout period. Idle connections will be closed.</Message></Error>',
-        );
-      });
-      return;
-    }
-    const forwarded = httpRequest(
-      {
-        host: upstream.hostname,
-        port: upstream.port,
-        method: request.method,
-        path: request.url,
-        headers: request.headers,
-      },
-      (answer) => {
-        response.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(response);
-      },
-    );
-    forwarded.on('error', () => response.destroy());
-    request.pipe(forwarded);
+  const proxy = await s3FaultProxy(target, (request, key) => {
+    if (request.method !== 'PUT' || !timingOut().has(key)) return undefined;
+    state.timedOut += 1;
+    return {
+      status: 400,
+      code: 'RequestTimeout',
+      message:
+        'Your socket connection to the server was not read from or written to within the timeout period. Idle connections will be closed.',
+    };
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    state,
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
-  };
+  return { state, ...proxy };
 }
 
 const keysOf = (...batches: RenderedBatch[]) => new Set(batches.flatMap((b) => b.files.map((f) => f.key)));
