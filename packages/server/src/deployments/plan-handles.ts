@@ -9,7 +9,7 @@
  * index, so the sweep does not rescan every plan for ever.
  */
 import type { Kysely } from 'kysely';
-import { pastPosition, type DatabaseSchema } from '../storage/index.js';
+import { isForeignKeyViolation, pastPosition, type DatabaseSchema } from '../storage/index.js';
 import { modelConfigSchema } from './deployment-schemas.js';
 
 /** Plans read per statement: the recent plans without handle rows are walked in pages of this many. */
@@ -70,19 +70,25 @@ export async function recordMissingPlanHandles(
         continue;
       }
       if (handles.size === 0) continue;
-      await db
-        .insertInto('deployment_plan_handles')
-        .values(
-          [...handles].map((handle) => ({
-            plan_name: plan.name,
-            fleet_name: plan.fleet_name,
-            model_handle: handle,
-            created_at: Number(plan.created_at),
-          })),
-        )
-        // Another replica's sweep may fill the same plan in at the same moment.
-        .onConflict((oc) => oc.doNothing())
-        .execute();
+      try {
+        await db
+          .insertInto('deployment_plan_handles')
+          .values(
+            [...handles].map((handle) => ({
+              plan_name: plan.name,
+              fleet_name: plan.fleet_name,
+              model_handle: handle,
+              created_at: Number(plan.created_at),
+            })),
+          )
+          // Another replica's sweep may fill the same plan in at the same moment.
+          .onConflict((oc) => oc.doNothing())
+          .execute();
+      } catch (error) {
+        // Deleted since the page was read (by an operator, or retention): nothing to fill in, and the sweep goes on.
+        if (isForeignKeyViolation(error)) continue;
+        throw error;
+      }
       filled += 1;
     }
     const last = plans.at(-1);

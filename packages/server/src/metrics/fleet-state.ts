@@ -28,6 +28,8 @@ export class FleetStateReadTimeoutError extends Error {
 export interface FleetState {
   devices: { online: number; offline: number; never_seen: number };
   deploymentStages: Record<(typeof STAGE_STATUSES)[number], number>;
+  /** Stages that ended FAILED within the last hour: retention deletes old plans, so the gauge above can fall. */
+  deploymentStagesFailedLastHour: number;
   packagingJobs: Record<(typeof PACKAGING_JOB_STATUSES)[number], number>;
 }
 
@@ -129,9 +131,14 @@ export class FleetStateReader {
           sql<number | string>`count(case when last_heartbeat_at is null then 1 end)`.as('never_seen'),
         ])
         .executeTakeFirstOrThrow();
+      const hourAgo = this.#now() - 3_600_000;
       const stages = await this.#db
         .selectFrom('deployment_stages')
-        .select(['status', sql<number | string>`count(*)`.as('count')])
+        .select([
+          'status',
+          sql<number | string>`count(*)`.as('count'),
+          sql<number | string>`count(case when ended_at >= ${hourAgo} then 1 end)`.as('ended_last_hour'),
+        ])
         .groupBy('status')
         .execute();
       const jobs = await this.#db
@@ -144,6 +151,9 @@ export class FleetStateReader {
       return {
         devices: { online, offline: Number(devices.registered) - online - neverSeen, never_seen: neverSeen },
         deploymentStages: countsOf(STAGE_STATUSES, stages),
+        deploymentStagesFailedLastHour: Number(
+          stages.find((row) => row.status === 'FAILED')?.ended_last_hour ?? 0,
+        ),
         packagingJobs: countsOf(PACKAGING_JOB_STATUSES, jobs),
       };
     } catch (error) {
@@ -219,6 +229,16 @@ export function registerFleetStateGauges(registry: Registry, reader: FleetStateR
     'status',
     (state) => state.deploymentStages,
   );
+  new Gauge({
+    name: 'edgefleet_server_deployment_stages_failed_last_hour',
+    help: 'Deployment stages that ended FAILED within the last hour (alert on it: plan retention deletes old plans, so the FAILED count of edgefleet_server_deployment_stages can fall while new stages fail)',
+    registers,
+    async collect() {
+      const state = await reader.read();
+      if (state !== undefined) this.set(state.deploymentStagesFailedLastHour);
+      else this.reset();
+    },
+  });
   groupedGauge(
     'edgefleet_server_packaging_jobs',
     `Packaging jobs by status: ${PACKAGING_JOB_STATUSES.join(', ')}`,

@@ -14,6 +14,7 @@ import { DatabaseUnavailableError, type ServerDatabase } from '../../src/storage
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 
 const engines = await databaseEngines();
+const HOUR = 3_600_000;
 const MINUTE = 60_000;
 
 /** Three devices: one heard from a second ago, one ten minutes ago, one never. */
@@ -85,6 +86,54 @@ describe.each(engines)('the fleet state a scrape reads, on $engine', (fixture) =
       now += 1;
       expect((await reader.read())?.devices).toEqual({ online: 2, offline: 1, never_seen: 0 });
       expect(reader.evaluations).toBe(2);
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'counts the stages that failed within the last hour apart from every FAILED stage kept',
+    async () => {
+      const database = await openFreshDatabase(fixture);
+      opened.push(database);
+      const now = Date.now();
+      await seed(database, now);
+      await database.db
+        .insertInto('deployment_plans')
+        .values({
+          name: 'p',
+          fleet_name: 'plant',
+          model_configs: '[]',
+          options: '{}',
+          tags: '[]',
+          created_at: now,
+          updated_at: now,
+        })
+        .execute();
+      const stage = (name: string, position: number, status: string, endedAt: number | null) => ({
+        plan_name: 'p',
+        name,
+        position,
+        selection: '{}',
+        failure_policy: 'ROLLBACK',
+        status,
+        status_message: null,
+        started_at: now - 3 * HOUR,
+        ended_at: endedAt,
+        updated_at: now,
+      });
+      await database.db
+        .insertInto('deployment_stages')
+        .values([
+          stage('failed-now', 0, 'FAILED', now - MINUTE),
+          stage('failed-before', 1, 'FAILED', now - 2 * HOUR),
+          stage('deployed-now', 2, 'DEPLOYED', now - MINUTE),
+        ])
+        .execute();
+      const state = await new FleetStateReader(database.db, {
+        offlineAfterMs: MINUTE,
+        now: () => now,
+      }).read();
+      expect(state?.deploymentStages.FAILED).toBe(2);
+      expect(state?.deploymentStagesFailedLastHour).toBe(1);
     },
   );
 
