@@ -21,7 +21,7 @@ const FLEET = 'fh';
 
 describe.each(engines)('desired state over a plan history on $engine', (fixture) => {
   let t: TestServer;
-  const { register } = adminCalls(() => t);
+  const { register, createFleet } = adminCalls(() => t);
   const { service, poll, rollOut } = planCalls(() => t, FLEET);
 
   beforeAll(async () => {
@@ -30,11 +30,7 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
       database: await fixture.createLocation(),
       config: { deployments: { sweepIntervalMs: 3_600_000 } },
     });
-    await t.call('POST', '/api/v1/fleets', {
-      token: t.adminToken,
-      body: { name: FLEET, outputConfig: { s3OutputLocation: `s3://c/${FLEET}` } },
-    });
-    await register(FLEET, ['a', 'b', 'c']);
+    await createFleet(FLEET, ['a', 'b', 'c']);
   });
   afterAll(() => t?.stop());
 
@@ -127,11 +123,7 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
   it.skipIf(!fixture.available)(
     'a plan an older build created without its handle rows is given once the deployment sweep fills them in',
     async () => {
-      await t.call('POST', '/api/v1/fleets', {
-        token: t.adminToken,
-        body: { name: 'fo', outputConfig: { s3OutputLocation: 's3://c/fo' } },
-      });
-      await register('fo', ['o1']);
+      await createFleet('fo', ['o1']);
       await service().createPlan({
         name: 'by-older-build',
         fleetName: 'fo',
@@ -174,11 +166,7 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
   it.skipIf(!fixture.available)(
     "a process's first sweep fills in every plan's handle rows, later sweeps only the last 7 days' (review J note 7)",
     async () => {
-      await t.call('POST', '/api/v1/fleets', {
-        token: t.adminToken,
-        body: { name: 'fw', outputConfig: { s3OutputLocation: 's3://c/fw' } },
-      });
-      await register('fw', ['w1']);
+      await createFleet('fw', ['w1']);
       const db = t.server.database.db;
       const olderBuildPlan = async (name: string) => {
         await service().createPlan({
@@ -215,11 +203,7 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
   it.skipIf(!fixture.available)(
     'a device walking back through plans that do not apply to it reads at most a capped round per statement',
     async () => {
-      await t.call('POST', '/api/v1/fleets', {
-        token: t.adminToken,
-        body: { name: 'fk', outputConfig: { s3OutputLocation: 's3://c/fk' } },
-      });
-      await register('fk', ['k1', 'k2']);
+      await createFleet('fk', ['k1', 'k2']);
       const fk = planCalls(() => t, 'fk');
       // k1's plan on k, then 10 newer plans on k for k2 only: k1 walks back past all of them.
       await fk.rollOut('fk-00', ['k'], { k1: 'SUCCESS', k2: 'SUCCESS' });

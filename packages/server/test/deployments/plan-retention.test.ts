@@ -23,7 +23,7 @@ const DAY = 86_400_000;
 
 describe.each(engines)('plan retention on $engine', (fixture) => {
   let t: TestServer;
-  const { register } = adminCalls(() => t);
+  const { register, createFleet } = adminCalls(() => t);
   const { service, poll, rollOut } = planCalls(() => t, FLEET);
 
   beforeAll(async () => {
@@ -32,11 +32,7 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
       database: await fixture.createLocation(),
       config: { deployments: { sweepIntervalMs: 3_600_000 } },
     });
-    await t.call('POST', '/api/v1/fleets', {
-      token: t.adminToken,
-      body: { name: FLEET, outputConfig: { s3OutputLocation: `s3://c/${FLEET}` } },
-    });
-    await register(FLEET, ['a', 'b', 'c']);
+    await createFleet(FLEET, ['a', 'b', 'c']);
   });
   afterAll(() => t?.stop());
 
@@ -165,7 +161,7 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
 
 describe.each(engines)('plan retention judged again as the delete commits, on $engine', (fixture) => {
   let t: TestServer;
-  const { admin, register } = adminCalls(() => t);
+  const { admin, register, createFleet } = adminCalls(() => t);
   const fleets = ['r1', 'r2', 'r3'] as const;
   const calls = (fleet: (typeof fleets)[number]) => planCalls(() => t, fleet);
   const sweep = (beforeDelete?: (names: readonly string[]) => Promise<void>) =>
@@ -182,11 +178,7 @@ describe.each(engines)('plan retention judged again as the delete commits, on $e
       config: { deployments: { sweepIntervalMs: 3_600_000 } },
     });
     for (const fleet of fleets) {
-      await t.call('POST', '/api/v1/fleets', {
-        token: t.adminToken,
-        body: { name: fleet, outputConfig: { s3OutputLocation: `s3://c/${fleet}` } },
-      });
-      await register(fleet, [`${fleet}-a`, `${fleet}-b`]);
+      await createFleet(fleet, [`${fleet}-a`, `${fleet}-b`]);
     }
   });
   afterAll(() => t?.stop());
@@ -286,13 +278,9 @@ describe.each(engines)('plan retention judging every device on $engine', (fixtur
         config: { deployments: { sweepIntervalMs: 3_600_000 } },
       });
       try {
-        const { register } = adminCalls(() => t);
+        const { register, createFleet } = adminCalls(() => t);
         const { service, poll, report, rollOut } = planCalls(() => t, 'f');
-        await t.call('POST', '/api/v1/fleets', {
-          token: t.adminToken,
-          body: { name: 'f', outputConfig: { s3OutputLocation: 's3://c/f' } },
-        });
-        await register('f', ['m', 'n']);
+        await createFleet('f', ['m', 'n']);
         // p1 (x) to one of the two, then aged past retention.
         await rollOut('p1', ['x'], {}, { deviceSelection: { subsetType: 'PERCENTAGE', percentage: 50 } });
         const db = t.server.database.db;
@@ -358,10 +346,7 @@ describe.each(engines)('the plan retention sweep of a running server on $engine'
       });
       try {
         const service = t.server.services.deployments;
-        await t.call('POST', '/api/v1/fleets', {
-          token: t.adminToken,
-          body: { name: 'empty', outputConfig: { s3OutputLocation: 's3://c/empty' } },
-        });
+        await adminCalls(() => t).createFleet('empty');
         // A sample of an empty fleet: DEPLOYED at once, to no device, and no newcomer would get it.
         for (const name of ['ended-long-ago', 'ended-now']) {
           await service.createPlan({

@@ -6,7 +6,7 @@ import type { DeploymentResult, GetDeploymentsResult } from '@edgefleet/core';
 import { expect } from 'vitest';
 import type { TestServer } from './server.js';
 
-/** `admin(method, path, body?)` and `register(fleet, names)` for the server `server()` returns (set in beforeAll). */
+/** `admin(method, path, body?)`, `register(fleet, names)` and `createFleet(name, devices?)` for the server `server()` returns (set in beforeAll). */
 export function adminCalls(server: () => TestServer) {
   const admin = (method: string, urlPath: string, body?: unknown) =>
     server().call(method, urlPath, { token: server().adminToken, ...(body !== undefined && { body }) });
@@ -15,7 +15,15 @@ export function adminCalls(server: () => TestServer) {
       (await admin('POST', `/api/v1/fleets/${fleet}/devices`, { devices: names.map((name) => ({ name })) }))
         .status,
     ).toBe(201);
-  return { admin, register };
+  /** Creates fleet `name` (output s3://c/<name>) with devices `devices`. */
+  const createFleet = async (name: string, devices: string[] = []) => {
+    expect(
+      (await admin('POST', '/api/v1/fleets', { name, outputConfig: { s3OutputLocation: `s3://c/${name}` } }))
+        .status,
+    ).toBe(201);
+    if (devices.length > 0) await register(name, devices);
+  };
+  return { admin, register, createFleet };
 }
 
 /** A device's final report on plan `plan` (model handle `h`, UNDEPLOY): all done, or failed to remove it. */
