@@ -111,11 +111,11 @@ export interface CaptureSpoolOptions {
 }
 
 /** A batch failed this many times for reasons of its own is set aside. */
-export const SET_ASIDE_AFTER_FAILURES = 10;
+const SET_ASIDE_AFTER_FAILURES = 10;
 /** Batches kept in the set-aside folder at most. */
-export const SET_ASIDE_MAX_BATCHES = 16;
+const SET_ASIDE_MAX_BATCHES = 16;
 /** The folder, in the spool folder, of batches that can never upload (not a batch id: never read as a batch). */
-export const SET_ASIDE_DIR = 'set-aside';
+const SET_ASIDE_DIR = 'set-aside';
 /** Written in a set-aside batch's folder: when and why it was set aside. */
 const SET_ASIDE_NOTE = 'set-aside.json';
 
@@ -1078,7 +1078,7 @@ const PASSING_S3_CODES = new Set([
  * no answer (network, timeout), a 5xx, a Retry-After (RetryLaterError: the store asked to wait), an S3 error whose
  * code is one of PASSING_S3_CODES whatever its status.
  */
-export function ownFailureOf(error: unknown, key: string | undefined): string | undefined {
+function ownFailureOf(error: unknown, key: string | undefined): string | undefined {
   if (key === undefined || error instanceof RetryLaterError) return undefined;
   if (hasPassingS3Code(error, 0)) return undefined;
   const status = httpStatusOf(error, 0);

@@ -35,7 +35,7 @@ export function packagePathOf(config: ModelConfig): string | undefined {
   return undefined;
 }
 
-export interface ApplicablePlan {
+interface ApplicablePlan {
   name: string;
   /** Holds its model handles without sending them (a device that FAILED under DO_NOTHING keeps what it has). */
   holdsOnly?: boolean;
@@ -61,7 +61,7 @@ const FIRST_ROUND_PER_HANDLE = 4;
  * that do not apply to it (one per device on a shared handle) goes on in rounds of this many, so one statement
  * returns at most HANDLES_PER_STATEMENT times this many rows.
  */
-export const MAX_ROUND_PER_HANDLE = 256;
+const MAX_ROUND_PER_HANDLE = 256;
 /** Handles asked for in one statement (a UNION ALL of one walk each): below SQLite's 500 compound terms. */
 const HANDLES_PER_STATEMENT = 100;
 

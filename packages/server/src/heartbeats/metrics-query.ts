@@ -7,9 +7,9 @@ export const MAX_BUCKETS_PER_SERIES = 10_000;
 /** Default for the most stored metrics one query reads (heartbeat.maxMetricsPerQuery). */
 export const DEFAULT_MAX_METRICS_PER_QUERY = 2_000_000;
 /** Stored metrics one aggregating statement expands at most (or one heartbeat's, when it holds more). */
-export const METRICS_PER_STATEMENT = 50_000;
+const METRICS_PER_STATEMENT = 50_000;
 /** Heartbeat rows one statement reads at most (their keys, or their metrics to aggregate). */
-export const ROWS_PER_STATEMENT = 1_000;
+const ROWS_PER_STATEMENT = 1_000;
 
 export interface MetricsQuery {
   deviceName: string;
@@ -181,7 +181,7 @@ interface BucketRow {
 }
 
 /** A heartbeat row's place in the keyset walk: (last_timestamp, row id). */
-export interface RowKey {
+interface RowKey {
   lastTimestamp: number;
   /** SQLite's rowid; PostgreSQL's ctid, as text. Rows are only appended and pruned, never updated. */
   rid: number | string;
@@ -218,9 +218,9 @@ export function rowKeysInWindow(
  * since its key was read may have left its id to a new row (SQLite reuses rowids, PostgreSQL a vacuumed ctid):
  * the device is checked again, and the row's last_timestamp must lie within the page's keys, so a new row of
  * the same device in a reused id is not counted here and again where the walk reaches its own key (but for a
- * tie on the page's last timestamp). Exported for the test of its query plan.
+ * tie on the page's last timestamp).
  */
-export function bucketedMetrics(
+function bucketedMetrics(
   engine: DatabaseEngine,
   query: Pick<MetricsQuery, 'deviceName' | 'since' | 'until' | 'stepMs' | 'metricName' | 'modelName'>,
   page: { rids: readonly (number | string)[]; lastTimestamps: readonly [number, number] },

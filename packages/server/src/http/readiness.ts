@@ -9,7 +9,7 @@ export interface ReadinessCheck {
  * query waiting for a connection or behind a lock): well under a balancer's probe timeout (commonly 5 s), so the
  * probe answers "not ready" with the reason rather than not at all.
  */
-export const DEFAULT_READINESS_CHECK_TIMEOUT_MS = 2_000;
+const DEFAULT_READINESS_CHECK_TIMEOUT_MS = 2_000;
 
 /** A readiness check that did not answer within its deadline. */
 export class ReadinessCheckTimeoutError extends Error {
@@ -23,7 +23,7 @@ export class ReadinessCheckTimeoutError extends Error {
 }
 
 /** What one evaluation found: each check's name, and the error of each that failed. */
-export interface ReadinessResult {
+interface ReadinessResult {
   passed: string[];
   failed: { name: string; error: unknown }[];
 }

@@ -7,9 +7,9 @@ import { packagingJobStatusSchema } from '../packaging/packaging-jobs.js';
 import type { DatabaseSchema } from '../storage/index.js';
 
 /** Stage statuses as stored (deployments' StageStatus): the only label values the stage gauge takes. */
-export const STAGE_STATUSES = stageStatusSchema.options;
+const STAGE_STATUSES = stageStatusSchema.options;
 /** Packaging job statuses as stored (packaging's PackagingJobStatus). */
-export const PACKAGING_JOB_STATUSES = packagingJobStatusSchema.options;
+const PACKAGING_JOB_STATUSES = packagingJobStatusSchema.options;
 
 /** How long one evaluation serves scrapes; a scrape flood then costs the database one read per this. */
 export const DEFAULT_FLEET_STATE_TTL_MS = 5_000;

@@ -721,9 +721,9 @@ export async function openDatabase(
 }
 
 /** How long opening a PostgreSQL connection, or waiting for a free one in the pool, may take. */
-export const PG_CONNECT_TIMEOUT_MS = 10_000;
+const PG_CONNECT_TIMEOUT_MS = 10_000;
 /** Idle time before TCP keepalive probes start on a PostgreSQL connection. */
-export const PG_KEEPALIVE_IDLE_MS = 10_000;
+const PG_KEEPALIVE_IDLE_MS = 10_000;
 
 /**
  * How long the readiness ping's query may take before its connection is destroyed: longer than the readiness
@@ -731,7 +731,7 @@ export const PG_KEEPALIVE_IDLE_MS = 10_000;
  * on a dead network path does not keep /readyz failing once the database answers again (Readiness does not start
  * a check again until the one running settles).
  */
-export const PING_TIMEOUT_MS = 5_000;
+const PING_TIMEOUT_MS = 5_000;
 
 /** `select 1` on a pool connection of its own, destroyed (not reused) when it fails or does not answer in time. */
 async function pingPool(pool: pg.Pool, timeoutMs: number): Promise<void> {
