@@ -15,3 +15,4 @@ export {
   rawCaptureFileQuerySchema,
   storedCaptureFileSchema,
 } from './routes.js';
+export { UploadSlots } from './upload-slots.js';

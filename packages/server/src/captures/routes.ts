@@ -19,7 +19,7 @@ import {
   type CaptureWriter,
 } from './capture-ingest.js';
 import { FleetOutputs, parseOutputLocation } from './fleet-output.js';
-import { UploadSlots } from './upload-slots.js';
+import type { UploadSlots } from './upload-slots.js';
 
 const CAPTURE_FILES_URL = '/api/v1/device/captures/files';
 /** The same upload with the file as the raw body (what the agent sends); the JSON form stays for older agents. */
@@ -105,6 +105,8 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
   /** Hears each upload answered as stored, with the bytes it newly stored (metrics/). */
   onStored?: (bytes: number) => void;
+  /** The slots for large bodies (captures.maxConcurrentUploads…), read by metrics/ as well. */
+  uploadSlots: UploadSlots;
 }> = async (app, deps) => {
   const { blobLocation } = deps.config;
   const outputs = new FleetOutputs(deps.blobs, blobLocation.kind === 's3' ? deps.s3 : undefined, {
@@ -139,7 +141,7 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   // a body that would pass the device's remaining daily quota by its length alone is refused. Refusals close
   // the connection, so that the unread body is not read either.
   const { largeBodyBytes, maxConcurrentUploads, maxConcurrentUploadsPerDevice } = deps.config.captures;
-  const slots = new UploadSlots({ total: maxConcurrentUploads, perDevice: maxConcurrentUploadsPerDevice });
+  const slots = deps.uploadSlots;
   app.addHook('preParsing', async (request, reply, payload) => {
     const url = request.routeOptions.url;
     if (url !== CAPTURE_FILES_URL && url !== RAW_CAPTURE_FILES_URL) return payload;

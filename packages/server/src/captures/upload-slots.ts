@@ -15,6 +15,11 @@ export class UploadSlots {
     this.#perDevice = limits.perDevice;
   }
 
+  /** Slots taken and not yet given back, server-wide (a gauge in metrics/). */
+  get inUse(): number {
+    return this.#inUse;
+  }
+
   /**
    * Takes a slot for `device`: a release function (idempotent), or why none was free. The device's own
    * limit is checked first, so a device that is over it learns that it is the one to slow down.

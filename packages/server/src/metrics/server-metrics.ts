@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ConnectionRefusal } from '@edgefleet/core';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BlobStoreUnavailableError } from '../blobs/index.js';
@@ -197,6 +197,27 @@ export class ServerMetrics {
   captureStored(bytes: number): void {
     this.#captureFiles.inc();
     if (bytes > 0) this.#captureBytes.inc(bytes);
+  }
+
+  /**
+   * Shows the upload slots for large capture bodies: how many are taken, of `total`. All taken for long means
+   * devices are told to retry (429) and captures wait on them: raise captures.maxConcurrentUploads or find the
+   * slow uploads.
+   */
+  watchUploadSlots(slots: { readonly inUse: number }, total: number): void {
+    new Gauge({
+      name: 'edgefleet_server_capture_upload_slots_in_use',
+      help: 'Upload slots for large capture bodies taken now (a body being read from a device), server-wide',
+      registers: [this.registry],
+      collect() {
+        this.set(slots.inUse);
+      },
+    });
+    new Gauge({
+      name: 'edgefleet_server_capture_upload_slots',
+      help: 'Upload slots for large capture bodies, server-wide (captures.maxConcurrentUploads)',
+      registers: [this.registry],
+    }).set(total);
   }
 
   /** A request failed by an outage of `component` (the HTTP layer's 503), `error` its cause. */

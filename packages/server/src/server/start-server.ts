@@ -28,7 +28,7 @@ import {
   failExpiredImports,
   startCompilationLeaseSweeper,
 } from '../compilation/index.js';
-import { captureDeviceRoutes, FleetOutputs, type CaptureWriter } from '../captures/index.js';
+import { captureDeviceRoutes, FleetOutputs, UploadSlots, type CaptureWriter } from '../captures/index.js';
 import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
 import {
   ChangeFeed,
@@ -1090,6 +1090,11 @@ export async function startServer(
       blobs,
       resultBodyLimit: config.heartbeat.maxBodyBytes,
     });
+    const uploadSlots = new UploadSlots({
+      total: config.captures.maxConcurrentUploads,
+      perDevice: config.captures.maxConcurrentUploadsPerDevice,
+    });
+    metrics.watchUploadSlots(uploadSlots, config.captures.maxConcurrentUploads);
     await deviceApp.register(captureDeviceRoutes, {
       db: database.db,
       writer: captureWriter,
@@ -1098,6 +1103,7 @@ export async function startServer(
       s3: s3ConnectionOf(config),
       signing,
       onStored: (bytes) => metrics.captureStored(bytes),
+      uploadSlots,
     });
 
     // Timeouts and caps on both ports, so that neither can be held open by idle or slow clients, and a flood on

@@ -73,16 +73,22 @@ const upload = (t: TestServer, device: EnrolledDevice, body: Buffer) => {
   return started.answer;
 };
 
-/** Uploads until the answer is `status` (another request may hold its slot only a moment later). */
-const uploadUntil = (t: TestServer, device: EnrolledDevice, body: Buffer, status: number) =>
-  vi.waitFor(
-    async () => {
-      const answer = await upload(t, device, body);
-      expect(answer.status).toBe(status);
-      return answer;
-    },
-    { timeout: 10_000, interval: 50 },
-  );
+/** The upload slots the server holds now, as its /metrics shows them. */
+async function slotsInUse(t: TestServer): Promise<number> {
+  const answer = await fetch(`${t.url}/metrics`, { headers: { authorization: `Bearer ${t.readToken}` } });
+  const text = await answer.text();
+  const sample = /^edgefleet_server_capture_upload_slots_in_use (\d+)$/m.exec(text);
+  if (sample === null)
+    throw new Error(`no upload-slot gauge in /metrics (${answer.status}): ${text.slice(0, 200)}`);
+  return Number(sample[1]);
+}
+
+/**
+ * Waits until the server holds `count` upload slots: an upload has its slot once its headers are read and its
+ * device authenticated (a moment after it starts), and gives it back once its answer is sent or it goes away.
+ */
+const slotsHeld = (t: TestServer, count: number) =>
+  vi.waitFor(async () => expect(await slotsInUse(t)).toBe(count), { timeout: 30_000, interval: 50 });
 
 describe.each(engines)('capture upload limits on $engine', (fixture) => {
   let t: TestServer;
@@ -117,10 +123,6 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
   afterAll(() => t?.stop());
 
   const key = (file: string) => `edge/plant/${HOUR}/raw-data/${file}`;
-  // What a probe for a refusal sends: a key outside the fleet's output, so that a probe that gets through before
-  // the held upload has its slot is refused (403) without being stored or charged to the device's daily quota
-  // (a loaded machine lets many through, and their charges had used up the quota the test relies on).
-  const probeKey = (file: string) => `elsewhere/plant/${HOUR}/raw-data/${file}`;
 
   it.skipIf(!fixture.available)(
     'reads large bodies only with a free slot, per device and server-wide; 429 with Retry-After for the rest',
@@ -130,8 +132,10 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
       const cam3 = devices['cam-3']!;
       // cam-1 holds a slot: its body is only partly sent.
       const held = startUpload(t, cam1, captureBody(key('held.bin'), 4000), 100);
+      await slotsHeld(t, 1);
 
-      const busyDevice = await uploadUntil(t, cam1, captureBody(probeKey('second.bin'), 3000), 429);
+      const busyDevice = await upload(t, cam1, captureBody(key('second.bin'), 3000));
+      expect(busyDevice.status).toBe(429);
       expect(busyDevice.body).toMatchObject({ code: 'LimitExceeded', details: { limit: 'perDevice' } });
       expect(busyDevice.body.message).toMatch(/captures\.maxConcurrentUploadsPerDevice/);
       expect(busyDevice.headers['retry-after']).toBe('5');
@@ -141,7 +145,9 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
 
       // cam-2 takes the server's other slot: now a third device is refused too.
       const held2 = startUpload(t, cam2, captureBody(key('held2.bin'), 4000), 100);
-      const busyServer = await uploadUntil(t, cam3, captureBody(probeKey('third.bin'), 3000), 429);
+      await slotsHeld(t, 2);
+      const busyServer = await upload(t, cam3, captureBody(key('third.bin'), 3000));
+      expect(busyServer.status).toBe(429);
       expect(busyServer.body).toMatchObject({ code: 'LimitExceeded', details: { limit: 'server' } });
       expect(busyServer.body.message).toMatch(/captures\.maxConcurrentUploads\b/);
       expect(busyServer.headers['retry-after']).toBe('5');
@@ -149,14 +155,16 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
       // The held uploads lose nothing: finished, the first is stored; a slot comes back with its answer.
       held.send();
       expect((await held.answer).status).toBe(200);
-      expect((await uploadUntil(t, cam3, captureBody(key('third.bin'), 3000), 200)).body).toMatchObject({
+      await slotsHeld(t, 1);
+      expect((await upload(t, cam3, captureBody(key('third.bin'), 3000))).body).toMatchObject({
         bytes: 3000,
       });
       // A client that goes away gives its slot back as well.
       held2.abort();
       await held2.answer.catch(() => undefined);
-      await uploadUntil(t, cam2, captureBody(key('after-abort.bin'), 3000), 200);
-      await uploadUntil(t, cam1, captureBody(key('second.bin'), 3000), 200);
+      await slotsHeld(t, 0);
+      expect((await upload(t, cam2, captureBody(key('after-abort.bin'), 3000))).status).toBe(200);
+      expect((await upload(t, cam1, captureBody(key('second.bin'), 3000))).status).toBe(200);
     },
   );
 
@@ -227,7 +235,8 @@ describe.each(engines)('capture upload limits on $engine', (fixture) => {
           await locker.end();
         }
         // cam-5 may hold one slot (captures.maxConcurrentUploadsPerDevice = 1): it is free again.
-        await uploadUntil(t, cam5, captureBody(key(`after-${table}.bin`), 4000), 200);
+        await slotsHeld(t, 0);
+        expect((await upload(t, cam5, captureBody(key(`after-${table}.bin`), 4000))).status).toBe(200);
       },
     );
   }

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { connect as connectTls } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -111,6 +112,21 @@ describe.each(engines)('GET /metrics on $engine', (fixture) => {
       });
       expect(valueOf(samples, 'edgefleet_server_packaging_jobs', { status: 'STARTING' })).toBe(0);
       expect(samples.filter((s) => s.name === 'edgefleet_server_deployment_stages')).toHaveLength(7);
+      // No capture body is being read; the slots there are (captures.maxConcurrentUploads, default 8).
+      expect(samples).toContainEqual({
+        name: 'edgefleet_server_capture_upload_slots_in_use',
+        labels: {},
+        value: 0,
+      });
+      expect(valueOf(samples, 'edgefleet_server_capture_upload_slots')).toBe(8);
+      // Every metric of its own that it shows is in the operator's table (docs/operations.md).
+      const table = await readFile(new URL('../../../../docs/operations.md', import.meta.url), 'utf8');
+      const names = new Set(
+        samples
+          .map((s) => s.name.replace(/_(bucket|sum|count)$/, ''))
+          .filter((n) => n.startsWith('edgefleet_')),
+      );
+      expect([...names].filter((name) => !table.includes(`| \`${name}\` |`))).toEqual([]);
       // prom-client's process metrics, on this server's own registry.
       expect(samples.some((s) => s.name === 'process_cpu_user_seconds_total')).toBe(true);
       expect(samples.some((s) => s.name === 'nodejs_heap_size_used_bytes')).toBe(true);
