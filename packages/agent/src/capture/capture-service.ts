@@ -95,6 +95,13 @@ export class CaptureService {
   #held = 0;
   /** The bytes of the captures accepted by this process and still held (those recovered at start count 0). */
   #heldBytes = 0;
+  /**
+   * Automatic captures taken by a rule and waiting on the room check (#roomRefusal: a statfs), and their bytes:
+   * copies in memory already, so they count against the buffer's cap while they wait (#bufferFull, CaptureData's
+   * checks), or a slow check would let any number pile up.
+   */
+  #waitingAutomatic = 0;
+  #waitingAutomaticBytes = 0;
   readonly #bytesOf = new Map<string, number>();
   readonly #bufferBytes: number;
   /** Committed and not yet in a batch. */
@@ -226,7 +233,23 @@ export class CaptureService {
       for (const item of batch.items) this.#holdBytes(item.captureId, captureBytes(item));
       this.#batches.push({ batchId: batch.batchId, items: batch.items, attempts: 0 });
     }
-    const lost = this.#queue.inProgressOutsideQueue().filter((id) => !spooled.has(id));
+    const outside = this.#queue.inProgressOutsideQueue().filter((id) => !spooled.has(id));
+    // A batch set aside just before a crash, its captures not yet marked: they are in set-aside/, not gone.
+    const setAside = this.#spool?.setAsideDetails() ?? new Map<string, string>();
+    const bySetAsideDetail = new Map<string, string[]>();
+    for (const id of outside) {
+      const detail = setAside.get(id);
+      if (detail !== undefined) bySetAsideDetail.set(detail, [...(bySetAsideDetail.get(detail) ?? []), id]);
+    }
+    for (const [detail, ids] of bySetAsideDetail) {
+      this.#queue.setStatuses(ids, 'FAILURE', detail);
+      this.metrics?.dropped.inc({ reason: 'set-aside' }, ids.length);
+      this.#logger?.warn(
+        { event: 'capture-spool-set-aside-recovered', captures: ids.length },
+        `capture: ${detail}; marked FAILURE now`,
+      );
+    }
+    const lost = outside.filter((id) => !setAside.has(id));
     if (lost.length > 0) {
       this.#queue.setStatuses(
         lost,
@@ -289,10 +312,10 @@ export class CaptureService {
           `capture_id ${JSON.stringify(captureId)} was used already; expected a new id for each capture`,
         );
       }
-      if (this.#held >= this.settings.bufferSize) {
+      if (this.#held + this.#waitingAutomatic >= this.settings.bufferSize) {
         throw new AgentError(
           'RESOURCE_EXHAUSTED',
-          `the capture buffer is full (${this.#held} of ${this.settings.bufferSize} captures waiting to be written to ${this.#destination.description}); retry later, or raise sagemaker_edge_core_capture_data_buffer_size`,
+          `the capture buffer is full (${this.#held + this.#waitingAutomatic} of ${this.settings.bufferSize} captures waiting to be written to ${this.#destination.description}); retry later, or raise sagemaker_edge_core_capture_data_buffer_size`,
         );
       }
       const bytes = requestBytes(request);
@@ -302,10 +325,10 @@ export class CaptureService {
           `capture ${JSON.stringify(captureId)} holds ${bytes} bytes of tensors and auxiliary data (inline and in shared memory); this agent captures at most ${this.settings.maxCaptureBytes} bytes at once (edgefleet_capture_max_bytes, by default the larger of -m and 64 MiB); nothing was captured. Expected a smaller capture`,
         );
       }
-      if (this.#heldBytes + bytes > this.#bufferBytes) {
+      if (this.#heldBytes + this.#waitingAutomaticBytes + bytes > this.#bufferBytes) {
         throw new AgentError(
           'RESOURCE_EXHAUSTED',
-          `the capture buffer is full (${this.#heldBytes} bytes of captures waiting to be written to ${this.#destination.description}; ${bytes} more would pass its ${this.#bufferBytes} bytes, edgefleet_capture_buffer_bytes); retry later`,
+          `the capture buffer is full (${this.#heldBytes + this.#waitingAutomaticBytes} bytes of captures waiting to be written to ${this.#destination.description}; ${bytes} more would pass its ${this.#bufferBytes} bytes, edgefleet_capture_buffer_bytes); retry later`,
         );
       }
       item = captureItemFromRequest(request, {
@@ -424,8 +447,17 @@ export class CaptureService {
       this.#admitAutomatic(item);
       return;
     }
-    void this.#roomRefusal(captureBytes(item), checkingFull).then(
+    const bytes = captureBytes(item);
+    this.#waitingAutomatic++;
+    this.#waitingAutomaticBytes += bytes;
+    const stopWaiting = () => {
+      this.#waitingAutomatic--;
+      this.#waitingAutomaticBytes -= bytes;
+    };
+    void this.#roomRefusal(bytes, checkingFull).then(
       (noRoom) => {
+        // No longer waiting: admitted now (held), or not taken.
+        stopWaiting();
         if (noRoom !== undefined) {
           // As CaptureData would be refused (RESOURCE_EXHAUSTED): not taken, counted by why.
           this.metrics?.autoSkipped.inc({ model: item.model, reason: noRoom.why });
@@ -438,7 +470,10 @@ export class CaptureService {
         }
         this.#admitAutomatic(item);
       },
-      (error: unknown) => this.#automaticNotQueued(item, error),
+      (error: unknown) => {
+        stopWaiting();
+        this.#automaticNotQueued(item, error);
+      },
     );
   }
 
@@ -455,7 +490,10 @@ export class CaptureService {
   }
 
   #bufferFull(item: CaptureItem): boolean {
-    return this.#held >= this.settings.bufferSize || this.#heldBytes + captureBytes(item) > this.#bufferBytes;
+    return (
+      this.#held + this.#waitingAutomatic >= this.settings.bufferSize ||
+      this.#heldBytes + this.#waitingAutomaticBytes + captureBytes(item) > this.#bufferBytes
+    );
   }
 
   /**

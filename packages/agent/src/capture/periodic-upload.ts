@@ -4,9 +4,9 @@ import { pathToFileURL } from 'node:url';
 import { LineLimiter } from '@edgefleet/core';
 import type { UploadLedger } from '../state/index.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
-import { RefusedByStoreError, type ObjectStore } from './object-store.js';
+import type { ObjectStore, RefusedByStoreError } from './object-store.js';
 import { fileKindOfKey } from './records.js';
-import { UploadFailureLines, repeatsNote, uploadFailureFields } from './upload-failure.js';
+import { UploadFailureLines, repeatsNote, storeRefusal, uploadFailureFields } from './upload-failure.js';
 
 export interface PeriodicUploadOptions {
   /** `capture_data_disk_path`: keys are paths relative to it. */
@@ -125,8 +125,9 @@ export class PeriodicUpload {
         );
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        if (error instanceof RefusedByStoreError) {
-          await this.#skipRefused(file, error);
+        const refusal = storeRefusal(error);
+        if (refusal !== undefined) {
+          await this.#skipRefused(file, refusal);
           continue;
         }
         this.#options.metrics?.writeFailures.inc({ destination: 'periodic-upload' });
@@ -166,7 +167,7 @@ export class PeriodicUpload {
 
   /**
    * A file the store refused for good is never sent again as it is: recorded (counted each; logged within
-   * #refusedLines' limit), then, when the file can never be taken (RefusedByStoreError.aboutTheFile: the control
+   * #refusedLines' limit), then, when the file can never be taken (storeRefusal's `givesUp`: the control
    * plane's own 413 PayloadTooLarge), removed like an uploaded file, so that such files do not fill the disk. Any
    * other refusal (a proxy's 413, a 403, the server's 400, which also answers settings such as a re-enrolled
    * device's name) may pass once a setting is fixed, and the Disk files are the user's copy: the file stays and is
@@ -174,8 +175,11 @@ export class PeriodicUpload {
    * skipped so too.
    * The files after it go on.
    */
-  async #skipRefused(file: Candidate, error: RefusedByStoreError): Promise<void> {
-    const remove = !this.#options.keepFiles && error.aboutTheFile;
+  async #skipRefused(
+    file: Candidate,
+    { error, givesUp }: { error: RefusedByStoreError; givesUp: boolean },
+  ): Promise<void> {
+    const remove = !this.#options.keepFiles && givesUp;
     const removeError = remove
       ? await unlink(file.path).then(
           () => undefined,

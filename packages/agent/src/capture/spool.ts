@@ -8,14 +8,29 @@ import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
 import { putEach } from './destinations.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import { freeBytes, type StatFs } from './disk-quota.js';
-import type { RefusedByStoreError } from './object-store.js';
-import { MAX_RETRY_AFTER_MS, RetryLaterError, type ObjectStore } from './object-store.js';
+import {
+  MAX_RETRY_AFTER_MS,
+  RetryLaterError,
+  type ObjectStore,
+  type RefusedByStoreError,
+} from './object-store.js';
 import { RENDERED_FILE_KINDS, fileKindOfKey, type RenderedBatch, type RenderedFileKind } from './records.js';
-import { UploadFailureLines, repeatsNote, uploadFailureFields } from './upload-failure.js';
+import { UploadFailureLines, repeatsNote, storeRefusal, uploadFailureFields } from './upload-failure.js';
 
 const errorMessage = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
 const BATCH_FILE = 'batch.json';
+/**
+ * Written in a batch's folder (atomically) after each stage of an attempt that stored files: the keys the store
+ * took. Read at start so that a restart does not send them again; one that cannot be read is ignored (its files
+ * are sent again, which the store answers as stored): it can cost a request, never a record.
+ */
+const PROGRESS_FILE = 'progress.json';
+
+const SpoolProgressSchema = z.object({
+  v: z.literal(1),
+  storedKeys: z.array(z.string().min(1)),
+});
 
 const SpooledBatchSchema = z.object({
   v: z.literal(1),
@@ -46,18 +61,17 @@ type SpooledBatch = z.infer<typeof SpooledBatchSchema> & {
   /** Failed attempts of this batch since it was spooled (or the agent started): its own backoff's step. */
   failures?: number;
   /**
-   * Its failures that were its own: the same answer of the store (a 4xx, not 408/425/429) for the same file as in
-   * its previous such failure, while the store took other batches since its previous attempt; or this disk failed
-   * it (not for space). Failures that pass (no answer, a timeout, a 5xx, a Retry-After) are never its own: on a
-   * lossy link a large batch fails more often than small ones, for nothing wrong with it. At setAsideAfterFailures
-   * it is set aside.
+   * Its failures that were its own: a lasting answer of the store (a 4xx, not 408/425/429: a refusal that keeps the
+   * file included) for any of its files, the same or another as last time, while the store took other batches
+   * since its previous attempt; or this disk failed it (not for space). So a lasting 4xx that moves from file to
+   * file is bounded like one that stays on a file. Failures that pass (no answer, a timeout, a 5xx, a Retry-After)
+   * are never its own: on a lossy link a large batch fails more often than small ones, for nothing wrong with it.
+   * At setAsideAfterFailures it is set aside.
    */
   strikes?: number;
-  /** Its last failure that could be its own (see ownFailureOf): the next must be the same to be a strike. */
-  ownFailure?: string;
   /**
-   * Keys of its files the store took in an earlier attempt of this run: not put again, so a lossy link makes
-   * progress. In memory: after a restart they are put again, which the store answers as stored.
+   * Keys of its files the store took in an earlier attempt: not put again, so a lossy link makes progress. Kept in
+   * the batch's folder too (PROGRESS_FILE), so a restart resumes where the last run stopped.
    */
   storedKeys?: Set<string>;
   /** Batches delivered when its last attempt began: more since then means the store is taking others. */
@@ -119,6 +133,12 @@ const SET_ASIDE_DIR = 'set-aside';
 /** Written in a set-aside batch's folder: when and why it was set aside. */
 const SET_ASIDE_NOTE = 'set-aside.json';
 
+const SetAsideNoteSchema = z.looseObject({
+  reason: z.string(),
+  failures: z.number(),
+  captureIds: z.array(z.string()),
+});
+
 export interface SpoolTimers {
   set(run: () => void, ms: number): unknown;
   clear(handle: unknown): void;
@@ -161,8 +181,15 @@ export class CaptureSpool {
   #delivered = 0;
   /** While the store looks unreachable (or asked to wait), no batch is tried until this timer fires. */
   #pause: unknown;
+  /** Lines of files the store refused and the spool keeps: the first, then at most one a minute. */
+  readonly #refusedLines: LineLimiter;
   /** Set-aside batches, oldest first. */
   #setAside: { batchId: string; bytes: number }[] = [];
+  /**
+   * Captures of the set-aside batches an earlier run left, id → the detail of their FAILURE: an agent stopped
+   * between moving a batch aside and setting its captures' statuses leaves them IN_PROGRESS (setAsideDetails).
+   */
+  #setAsideDetails = new Map<string, string>();
   #uploading: SpooledBatch | undefined;
   #idle: Promise<void> = Promise.resolve();
   #closed = false;
@@ -175,6 +202,15 @@ export class CaptureSpool {
     this.#writeFile = options.writeFile ?? writeFileAtomic;
     this.#failureLines = new UploadFailureLines({ now: this.#now });
     this.#diskLines = new LineLimiter({ now: this.#now });
+    this.#refusedLines = new LineLimiter({ now: this.#now });
+  }
+
+  /**
+   * The captures of the batches found set aside at open, id → why (the note written with the batch): for the
+   * captures an agent stopped before marking FAILURE, whose batch is in `set-aside/`, not gone.
+   */
+  setAsideDetails(): ReadonlyMap<string, string> {
+    return this.#setAsideDetails;
   }
 
   /** Batches set aside (that could never upload), in `<dir>/set-aside/`. */
@@ -235,7 +271,12 @@ export class CaptureSpool {
       }
       try {
         const batch = SpooledBatchSchema.parse(JSON.parse(await readFile(join(path, BATCH_FILE), 'utf8')));
-        found.push({ ...batch, bytes: batch.files.reduce((n, f) => n + f.bytes, 0) });
+        const storedKeys = await this.#readProgress(path, batch);
+        found.push({
+          ...batch,
+          bytes: batch.files.reduce((n, f) => n + f.bytes, 0),
+          ...(storedKeys !== undefined && { storedKeys }),
+        });
       } catch (error) {
         this.#options.logger?.warn(
           { path, err: error },
@@ -255,6 +296,60 @@ export class CaptureSpool {
     await this.#enforceQuota();
     await this.#boundSetAside();
     this.#kick();
+  }
+
+  /**
+   * The keys of `batch` an earlier run stored (its PROGRESS_FILE), or undefined: none recorded, or a file that
+   * cannot be read or parsed (torn by a crash, damaged): then ignored, logged, and every file is sent again, which
+   * loses nothing. Keys the batch no longer names are left out.
+   */
+  async #readProgress(
+    folder: string,
+    batch: z.infer<typeof SpooledBatchSchema>,
+  ): Promise<Set<string> | undefined> {
+    const path = join(folder, PROGRESS_FILE);
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      return this.#progressIgnored(batch.batchId, path, error);
+    }
+    try {
+      const progress = SpoolProgressSchema.parse(JSON.parse(text));
+      const keys = new Set(batch.files.map((f) => f.key));
+      return new Set(progress.storedKeys.filter((key) => keys.has(key)));
+    } catch (error) {
+      return this.#progressIgnored(batch.batchId, path, error);
+    }
+  }
+
+  #progressIgnored(batchId: string, path: string, error: unknown): undefined {
+    const admitted = this.#diskLines.admit('progress');
+    if (admitted !== undefined) {
+      this.#options.logger?.warn(
+        {
+          event: 'capture-spool-progress-ignored',
+          batchId,
+          path,
+          reason: errorMessage(error),
+          ...(admitted.leftOut > 0 && { linesNotLogged: admitted.leftOut }),
+        },
+        `capture spool: cannot read ${path} (${errorMessage(error)}); ignoring it: every file of the batch is sent again, which the store answers as stored (${repeatsNote(admitted.leftOut, 'such line(s)')})`,
+      );
+    }
+    return undefined;
+  }
+
+  /**
+   * Records the keys the store took (PROGRESS_FILE, whole or not at all). A failure to write it costs only requests
+   * after a restart (those files are sent again), so it fails nothing.
+   */
+  async #saveProgress(batch: SpooledBatch, folder: string): Promise<void> {
+    const progress: z.infer<typeof SpoolProgressSchema> = { v: 1, storedKeys: [...(batch.storedKeys ?? [])] };
+    await this.#writeFile(join(folder, PROGRESS_FILE), Buffer.from(JSON.stringify(progress))).catch(
+      () => undefined,
+    );
   }
 
   /** Keeps a batch until the store takes it. Durable once this resolves. */
@@ -363,6 +458,8 @@ export class CaptureSpool {
     const deliveredBefore = batch.deliveredSeen ?? this.#delivered;
     batch.deliveredSeen = this.#delivered;
     let failedKey: string | undefined;
+    /** Files refused in this attempt whose refusal keeps them (see storeRefusal): the attempt fails for them. */
+    let keptRefusals: readonly { file: SpoolFile; error: RefusedByStoreError }[] = [];
     try {
       const files: SpoolFile[] = [];
       const missing: SpoolFile[] = [];
@@ -385,12 +482,12 @@ export class CaptureSpool {
         await this.#dropDamagedFiles(batch, files, missing, 'missing');
       }
       await this.#dropDamagedFiles(batch, files, tornFiles(files), 'damaged');
-      // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file refused for
-      // good is dropped with what needs it before the next stage goes: a manifest never names a side file the store
-      // refused, and a Model Monitor copy never holds the records of a capture failed by its Edge Manager
-      // manifest's refusal. A file an earlier attempt of this run stored is not put again (after a restart it is,
-      // and a refusal then that is not the same every time, a 403, would drop records whose data is stored. Rare;
-      // not guarded).
+      // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file the store
+      // will never take (storeRefusal's givesUp) is dropped with what needs it before the next stage goes: a
+      // manifest never names a side file the store refused, and a Model Monitor copy never holds the records of a
+      // capture failed by its Edge Manager manifest's refusal. Any other refusal keeps the file: the stage fails
+      // (after the other files of the stage went) and the batch is retried, its own failure (see strikes). A file
+      // an earlier attempt stored (this run's or, by PROGRESS_FILE, an earlier run's) is not put again.
       const storedKeys = (batch.storedKeys ??= new Set());
       for (const kind of RENDERED_FILE_KINDS) {
         const stage = await putEach(
@@ -400,10 +497,18 @@ export class CaptureSpool {
           { collectRefusals: true },
         );
         for (const file of stage.stored) storedKeys.add(file.key);
-        if (stage.refused.length > 0) await this.#dropRefusedFiles(batch, files, stage.refused, refusals);
+        if (stage.stored.length > 0 && !batch.evicted) await this.#saveProgress(batch, folder);
+        const givenUp = stage.refused.filter((r) => storeRefusal(r.error)?.givesUp === true);
+        const kept = stage.refused.filter((r) => !givenUp.includes(r));
+        if (givenUp.length > 0) await this.#dropRefusedFiles(batch, files, givenUp, refusals);
+        keptRefusals = kept;
         if (stage.failure !== undefined) {
           failedKey = stage.failedFile?.key;
           throw stage.failure;
+        }
+        if (kept.length > 0) {
+          failedKey = kept[0]!.file.key;
+          throw kept[0]!.error;
         }
       }
     } catch (error) {
@@ -411,7 +516,8 @@ export class CaptureSpool {
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
       batch.failures = (batch.failures ?? 0) + 1;
       if (error instanceof SpoolDiskError) await this.#diskFailed(batch, error);
-      else await this.#storeFailed(batch, error, failedKey, this.#delivered > deliveredBefore);
+      else
+        await this.#storeFailed(batch, error, failedKey, this.#delivered > deliveredBefore, keptRefusals);
       return;
     }
     this.#logRefusals(batch, refusals);
@@ -446,18 +552,15 @@ export class CaptureSpool {
     error: unknown,
     failedKey: string | undefined,
     storeTookOthers: boolean,
+    keptRefusals: readonly { file: SpoolFile; error: RefusedByStoreError }[] = [],
   ): Promise<void> {
     // The first failure, then at most one line a minute; the store's message carries no credentials (the
-    // answer's text, the key).
-    const admitted = this.#failureLines.failed();
+    // answer's text, the key). Refused files the spool keeps have their own line (#logKeptRefusals) instead.
+    const admitted = this.#failureLines.failed({ logged: !keptRefusals.some((r) => r.error === error) });
     this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-    const own = ownFailureOf(error, failedKey);
-    if (own !== undefined) {
-      // Another answer, or another file: not the same failure repeating; the count starts again.
-      if (own !== batch.ownFailure) batch.strikes = 0;
-      else if (storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
-      batch.ownFailure = own;
-    }
+    // Any lasting 4xx, whichever file it was for: one that moves from file to file is no less lasting.
+    if (isOwnFailure(error, failedKey) && storeTookOthers)
+      batch.strikes = (batch.strikes ?? 0) + 1;
     const asked =
       error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
     // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the
@@ -493,7 +596,44 @@ export class CaptureSpool {
           : `capture spool: ${this.#options.store.description} asked to wait ${Math.ceil(asked / 1000)} s (Retry-After); retrying in ${Math.round(delay / 1000)} s (${repeats})`,
       );
     }
+    if (keptRefusals.length > 0) this.#logKeptRefusals(batch, keptRefusals, delay);
     await this.#retryOrSetAside(batch, delay, errorMessage(error), storeDown);
+  }
+
+  /**
+   * Files the store refused in an attempt, kept in the batch (a proxy's 413, a 403, a 400: a setting may be at
+   * fault, see storeRefusal): each counted (`refusedFiles{via="spool"}`, at each attempt that meets it), and a
+   * warning `capture-upload-refused` with `kept: true`, the first then at most one a minute.
+   */
+  #logKeptRefusals(
+    batch: SpooledBatch,
+    kept: readonly { file: SpoolFile; error: RefusedByStoreError }[],
+    retryInMs: number,
+  ): void {
+    this.#options.metrics?.refusedFiles.inc({ via: 'spool' }, kept.length);
+    const admitted = this.#refusedLines.admit('kept');
+    if (admitted === undefined) return;
+    const limit = this.#options.setAsideAfterFailures ?? SET_ASIDE_AFTER_FAILURES;
+    const first = kept[0]!.error;
+    this.#options.logger?.warn(
+      {
+        event: 'capture-upload-refused',
+        ...uploadFailureFields(first),
+        batchId: batch.batchId,
+        refusedKeys: kept.map((r) => r.file.key),
+        ...(first.status !== undefined && { status: first.status }),
+        kept: true,
+        batchFailures: batch.failures,
+        strikes: batch.strikes ?? 0,
+        retryInMs,
+        ...(admitted.leftOut > 0 && { refusedNotLogged: admitted.leftOut }),
+      },
+      `capture spool: ${this.#options.store.description} refused ${kept.length} file(s) of the batch ${batch.batchId} (${kept
+        .map((r) => r.error.message)
+        .join(
+          '; ',
+        )}); kept in the spool, as a setting (a proxy's body limit, the fleet's output) may be what the store refuses, and retried in ${Math.round(retryInMs / 1000)} s; set aside after ${limit} such attempts while the store takes other batches (${repeatsNote(admitted.leftOut, 'refusal line(s)')})`,
+    );
   }
 
   /**
@@ -626,8 +766,28 @@ export class CaptureSpool {
         if (file.name === SET_ASIDE_NOTE) at = info?.mtimeMs ?? 0;
       }
       found.push({ batchId: entry.name, bytes, at });
+      await this.#readSetAsideCaptures(path);
     }
     this.#setAside = found.sort((a, b) => a.at - b.at).map(({ batchId, bytes }) => ({ batchId, bytes }));
+  }
+
+  /**
+   * Notes the captures of a set-aside batch and why it was set aside (its note; without one, a disk too full to
+   * take it, its batch.json's captures), for setAsideDetails. A folder with neither says nothing.
+   */
+  async #readSetAsideCaptures(path: string): Promise<void> {
+    const note = await readFile(join(path, SET_ASIDE_NOTE), 'utf8')
+      .then((text) => SetAsideNoteSchema.parse(JSON.parse(text)))
+      .catch(() => undefined);
+    const captureIds =
+      note?.captureIds ??
+      (await readFile(join(path, BATCH_FILE), 'utf8')
+        .then((text) => SpooledBatchSchema.parse(JSON.parse(text)).captureIds)
+        .catch(() => []));
+    const detail = `the spooled batch could never be uploaded to ${this.#options.store.description} (${
+      note === undefined ? 'why: not recorded' : `${note.failures} failed attempts, the last: ${note.reason}`
+    }); set aside in ${path} (the agent stopped before it marked these captures FAILURE)`;
+    for (const id of captureIds) this.#setAsideDetails.set(id, detail);
   }
 
   /**
@@ -1073,17 +1233,16 @@ const PASSING_S3_CODES = new Set([
 ]);
 
 /**
- * What makes a failed put possibly the batch's own, lasting failure: the store's answer (an HTTP 4xx status,
- * not 408/425/429) for that file, as `<status> <key>`. Undefined for failures that pass and say nothing of the batch:
- * no answer (network, timeout), a 5xx, a Retry-After (RetryLaterError: the store asked to wait), an S3 error whose
- * code is one of PASSING_S3_CODES whatever its status.
+ * Whether a failed put may be the batch's own, lasting failure: the store's answer for one of its files (`key`) is
+ * an HTTP 4xx status, not 408/425/429. False for failures that pass and say nothing of the batch: no answer
+ * (network, timeout), a 5xx, a Retry-After (RetryLaterError: the store asked to wait), an S3 error whose code is one
+ * of PASSING_S3_CODES whatever its status.
  */
-function ownFailureOf(error: unknown, key: string | undefined): string | undefined {
-  if (key === undefined || error instanceof RetryLaterError) return undefined;
-  if (hasPassingS3Code(error, 0)) return undefined;
+function isOwnFailure(error: unknown, key: string | undefined): boolean {
+  if (key === undefined || error instanceof RetryLaterError) return false;
+  if (hasPassingS3Code(error, 0)) return false;
   const status = httpStatusOf(error, 0);
-  if (status === undefined || status < 400 || status >= 500 || PASSING_STATUSES.has(status)) return undefined;
-  return `${status} ${key}`;
+  return status !== undefined && status >= 400 && status < 500 && !PASSING_STATUSES.has(status);
 }
 
 /** Whether an S3 SDK error (or its cause) carries one of PASSING_S3_CODES: the SDK names the error by S3's code. */

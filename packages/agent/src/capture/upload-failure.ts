@@ -50,6 +50,18 @@ export function uploadFailureFields(error: unknown): Record<string, unknown> {
   return { ...(failure !== undefined && { failure }), ...(!expected && { err: error }) };
 }
 
+/**
+ * What an uploader does with a store's refusal (RefusedByStoreError), the one rule the spool and the periodic upload
+ * share: the file is given up (`givesUp`: the spool drops it and the records that need it, the periodic upload
+ * removes it) only when the control plane itself answered 413 PayloadTooLarge (RefusedByStoreError.aboutTheFile),
+ * as no setting on this device can make it take the file. Every other refusal keeps the file: a proxy's 413 (no
+ * control-plane code), any 403, any 400 may pass once a setting is fixed. Undefined when `error` is no refusal.
+ */
+export function storeRefusal(error: unknown): { error: RefusedByStoreError; givesUp: boolean } | undefined {
+  if (!(error instanceof RefusedByStoreError)) return undefined;
+  return { error, givesUp: error.aboutTheFile };
+}
+
 /** The end of a limited line's message: how many were left out since the last line (`unit`: "failed round(s)"). */
 export function repeatsNote(leftOut: number, unit: string): string {
   return leftOut > 0
