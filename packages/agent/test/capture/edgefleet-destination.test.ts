@@ -4,7 +4,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { CaptureSpool, RefusedByStoreError } from '../../src/capture/index.js';
+import { CaptureSpool } from '../../src/capture/index.js';
 import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
 import { RetryLaterError, type ObjectStore } from '../../src/capture/object-store.js';
 import {
@@ -99,20 +99,24 @@ const manifest = (id: string) =>
   );
 
 describe('EdgeFleet capture destination', () => {
-  it('marks a refused batch FAILURE with the server reason and delivers the next one', async () => {
-    await expect(store.put('elsewhere/x.jsonl', manifest('x'), 'application/jsonl')).rejects.toBeInstanceOf(
-      RefusedByStoreError,
-    );
+  it("keeps a batch the server refuses with 403 (a key outside the fleet's output: a setting), delivers the next one, and sets the refused one aside once it keeps failing while others go", async () => {
+    await expect(store.put('elsewhere/x.jsonl', manifest('x'), 'application/jsonl')).rejects.toMatchObject({
+      name: 'RefusedByStoreError',
+      status: 403,
+      aboutTheFile: false,
+    });
 
     const delivered: string[] = [];
     const dropped: { ids: readonly string[]; detail: string }[] = [];
+    const spoolDir = join(dir, 'spool');
     const spool = new CaptureSpool({
-      dir: join(dir, 'spool'),
+      dir: spoolDir,
       quotaBytes: 1024 * 1024,
       store,
       retry: { initialMs: 50, maxMs: 100 },
       onDelivered: (ids) => delivered.push(...ids),
       onDropped: (ids, detail) => dropped.push({ ids, detail }),
+      setAsideAfterFailures: 1,
     });
     await spool.open();
     const batch = (id: string, key: string, createdAt: number) => ({
@@ -124,14 +128,17 @@ describe('EdgeFleet capture destination', () => {
     await spool.add(batch('aaaa', 'elsewhere/plant/mlp/a.jsonl', 1));
     await spool.add(batch('bbbb', 'edge/plant/mlp/2026/12/06/05/b.jsonl', 2));
     await until(() => (delivered.length > 0 ? true : undefined), 'the second batch is delivered', 20_000);
-
     expect(delivered).toEqual(['bbbb']);
+    // Not dropped for a 403: retried; once it fails again after the store took another batch, set aside (the
+    // bound here is 1), its file kept there for the operator.
+    await until(() => (dropped.length > 0 ? true : undefined), 'the refused batch is set aside', 20_000);
     expect(dropped).toHaveLength(1);
     expect(dropped[0]!.ids).toEqual(['aaaa']);
-    expect(dropped[0]!.detail).toMatch(
-      /refused by the EdgeFleet control plane .*outside fleet plant's output/,
+    expect(dropped[0]!.detail).toMatch(/could never be uploaded .*outside fleet plant's output.*set aside in/);
+    expect(await readdir(join(spoolDir, 'set-aside', 'aaaa'.padEnd(32, '0')))).toEqual(
+      expect.arrayContaining(['batch.json', 'set-aside.json', '0']),
     );
-    expect(await readdir(join(dir, 'spool'))).toEqual([]);
+    expect(await readdir(spoolDir)).toEqual(['set-aside']);
     await spool.close();
   });
 

@@ -397,14 +397,15 @@ describe('capture spool: a batch that fails does not hold back the others', () =
   it('uploads the other batches while one cannot be written back to this disk, and sends it once it can', async () => {
     const bad = batchOf('a', ['r-1', 'r-2'], 0);
     const good = batchOf('b', ['g-1'], 1);
-    // The store refuses r-1's side file for good: the batch must be written back without it.
+    // The store refuses r-1's side file for good (the control plane's own 413): the batch must be written back
+    // without it.
     const refusedKey = bad.files.find((f) => f.kind === 'side' && f.key.includes('/r-1-'))!.key;
     let refuse = false;
     const refusing: ObjectStore = {
       description: s3Store.description,
       urlFor: (key) => s3Store.urlFor(key),
       put: async (key, body, contentType) => {
-        if (refuse && key === refusedKey) throw new RefusedByStoreError(`413 too large: ${key}`);
+        if (refuse && key === refusedKey) throw new RefusedByStoreError(`413 too large: ${key}`, { status: 413, code: 'PayloadTooLarge' });
         return s3Store.put(key, body, contentType);
       },
     };
@@ -447,7 +448,8 @@ describe('capture spool: a batch that fails does not hold back the others', () =
   it('retries a batch whose smaller copy finds the disk full on its own backoff, never setting it aside for that, and sets aside one the disk fails otherwise', async () => {
     const bad = batchOf('a', ['r-1', 'r-2'], 0);
     const failing = batchOf('c', ['q-1', 'q-2'], 2);
-    // The store refuses r-1's and q-1's side files for good: each batch must be written back without it.
+    // The store refuses r-1's and q-1's side files for good (the control plane's own 413): each batch must be
+    // written back without it.
     const refused = new Set(
       [bad, failing].map((b) => b.files.find((f) => f.kind === 'side' && /\/[rq]-1-/.test(f.key))!.key),
     );
@@ -455,7 +457,7 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       description: s3Store.description,
       urlFor: (key) => s3Store.urlFor(key),
       put: async (key, body, contentType) => {
-        if (refused.has(key)) throw new RefusedByStoreError(`413 too large: ${key}`);
+        if (refused.has(key)) throw new RefusedByStoreError(`413 too large: ${key}`, { status: 413, code: 'PayloadTooLarge' });
         return s3Store.put(key, body, contentType);
       },
     };

@@ -261,7 +261,7 @@ describe('capture spool: files refused for good', () => {
     }
   });
 
-  it('drops only the captures of a refused manifest and delivers the other manifests', async () => {
+  it("keeps a manifest the server answers 400 for (a record naming another device, as after a re-enrolment: a setting), delivers nothing of it, sends the other manifest once, and retries it", async () => {
     const record = (id: string, device: string) =>
       JSON.stringify({
         eventVersion: '0',
@@ -269,21 +269,41 @@ describe('capture spool: files refused for good', () => {
       });
     const key = (name: string) => `edge/plant/mlp/2026/12/06/05/${name}.jsonl`;
     const { lines, logger } = logLines();
+    const registry = new Registry();
+    const metrics = new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    });
+    const puts: string[] = [];
+    const counted: ObjectStore = {
+      description: store.description,
+      urlFor: (k) => store.urlFor(k),
+      put: (k, body, contentType) => {
+        puts.push(k);
+        return store.put(k, body, contentType);
+      },
+    };
+    const scheduled: (() => void)[] = [];
     const delivered: string[] = [];
     const dropped: { ids: readonly string[]; detail: string }[] = [];
+    const spoolDir = join(dir, 'spool-manifest');
+    const batchId = '2'.repeat(32);
     const spool = new CaptureSpool({
-      dir: join(dir, 'spool-manifest'),
+      dir: spoolDir,
       quotaBytes: 1024 * 1024,
-      store,
+      store: counted,
       retry: { initialMs: 10, maxMs: 20 },
       onDelivered: (ids) => delivered.push(...ids),
       onDropped: (ids, detail) => dropped.push({ ids, detail }),
+      metrics,
       logger,
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
     });
     try {
       await spool.open();
       await spool.add({
-        batchId: '2'.repeat(32),
+        batchId,
         captureIds: ['x', 'y'],
         oldestReceivedAt: 1,
         files: [
@@ -302,12 +322,38 @@ describe('capture spool: files refused for good', () => {
           },
         ],
       });
-      await until(() => (delivered.length > 0 ? true : undefined), 'the other manifest is delivered', 20_000);
-      expect(delivered).toEqual(['y']);
-      expect(dropped).toEqual([{ ids: ['x'], detail: expect.stringMatching(/HTTP 400/) }]);
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the refusal is met', 20_000);
+      // Nothing dropped: the batch stays whole in the spool, to be retried.
+      expect(dropped).toEqual([]);
+      expect(delivered).toEqual([]);
       expect(await stored(key('y'))).toBeDefined();
       expect(await stored(key('x'))).toBeUndefined();
+      const spooled = JSON.parse(await readFile(join(spoolDir, batchId, 'batch.json'), 'utf8'));
+      expect(spooled.captureIds).toEqual(['x', 'y']);
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatchObject({
+        level: 'warn',
+        fields: { refusedKeys: [key('x')], status: 400, kept: true },
+        message: expect.stringContaining('kept in the spool'),
+      });
+      // Said once, as the refusal: not a second line as an upload failure.
+      expect(lines.filter((l) => l.fields.event === 'capture-upload-failed')).toEqual([]);
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        'edgefleet_capture_refused_files_total{via="spool"} 1',
+      );
+
+      // Retried: only x goes again (y was stored), refused again, within the minute: counted, not logged again.
+      scheduled.shift()!();
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the retry is refused', 20_000);
+      expect(puts.filter((k) => k === key('y'))).toHaveLength(1);
+      expect(puts.filter((k) => k === key('x'))).toHaveLength(2);
+      expect(dropped).toEqual([]);
       expect(lines.filter((l) => l.fields.event === 'capture-upload-refused')).toHaveLength(1);
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        'edgefleet_capture_refused_files_total{via="spool"} 2',
+      );
+      expect(spool.batches).toBe(1);
     } finally {
       await spool.close();
     }
@@ -419,8 +465,85 @@ describe('capture spool: files refused for good', () => {
   });
 });
 
+describe("capture spool: a proxy's 413", () => {
+  it("keeps the files a reverse proxy refuses with 413 (no control-plane code), drops nothing, and once the proxy is out of the way gives up only what the control plane itself refuses", async () => {
+    // The proxy's body limit (200 bytes) is under both side files (a: 2 KiB, b: 256 bytes); the control plane
+    // takes at most 1 KiB: a setting on the way, then a file the control plane itself will never take.
+    const proxy = await limitingProxy(plane.deviceEndpoint, 200);
+    const behindProxy = new EdgeFleetObjectStore({
+      endpoint: proxy.endpoint,
+      certFile: config.sagemaker_edge_provider_aws_cert_file,
+      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
+      caFile: proxy.caFile,
+    });
+    const batch = batchOfThree('a'.repeat(32), ['pa', 'pb', 'pc']);
+    const sides = batch.files.filter((f) => f.kind === 'side').map((f) => f.key);
+    expect(sides).toHaveLength(2);
+    let viaProxy = true;
+    const switched: ObjectStore = {
+      description: store.description,
+      urlFor: (key) => store.urlFor(key),
+      put: (key, body, contentType) => (viaProxy ? behindProxy : store).put(key, body, contentType),
+    };
+    const registry = new Registry();
+    const metrics = new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    });
+    const { lines, logger } = logLines();
+    const scheduled: (() => void)[] = [];
+    const delivered: string[] = [];
+    const dropped: { ids: readonly string[]; detail: string }[] = [];
+    const spoolDir = join(dir, 'spool-proxy-413');
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store: switched,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids, detail) => dropped.push({ ids, detail }),
+      metrics,
+      logger,
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
+    });
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the proxy refuses', 20_000);
+      expect(proxy.refused).toBe(2);
+      // Nothing dropped: every file and capture stays in the spool.
+      expect(dropped).toEqual([]);
+      const spooled = JSON.parse(await readFile(join(spoolDir, batch.batchId, 'batch.json'), 'utf8'));
+      expect(spooled.captureIds).toEqual(['pa', 'pb', 'pc']);
+      expect(spooled.files).toHaveLength(batch.files.length);
+      const refused = lines.filter((l) => l.fields.event === 'capture-upload-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]).toMatchObject({ level: 'warn', fields: { status: 413, kept: true } });
+      expect((refused[0]!.fields.refusedKeys as string[]).sort()).toEqual([...sides].sort());
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_refused_files_total')).toContain(
+        'edgefleet_capture_refused_files_total{via="spool"} 2',
+      );
+      expect(await registry.getSingleMetricAsString('edgefleet_capture_dropped_total')).not.toContain(
+        'reason="refused"',
+      );
+
+      viaProxy = false;
+      scheduled.shift()!();
+      await until(() => (delivered.length > 0 ? true : undefined), 'the rest is delivered', 20_000);
+      // The control plane's own 413 PayloadTooLarge for a's file: that, and only that, gives a up.
+      expect(dropped).toEqual([{ ids: ['pa'], detail: expect.stringMatching(/413/) }]);
+      expect(delivered).toEqual(['pb', 'pc']);
+    } finally {
+      await spool.close();
+      behindProxy.close();
+      await proxy.close();
+    }
+  });
+});
+
 describe('capture spool: a refused Edge Manager manifest', () => {
-  it("takes its captures' Model Monitor records too, so Model Monitor sees no record of a failed capture", async () => {
+  it("refused with 400 (a setting), keeps the batch and sends none of its captures' Model Monitor records meanwhile", async () => {
     // Rendered as another device of the fleet: the server refuses its Edge Manager manifest (400, the record names
     // cam-2, the certificate is cam-1's); Model Monitor's records name no device, and alone would be stored.
     const at = (id: string, time: number) => ({
@@ -439,6 +562,7 @@ describe('capture spool: a refused Edge Manager manifest', () => {
     const monitor = batch.files.filter((f) => f.kind === 'monitor-manifest');
     expect(monitor).toHaveLength(2);
     const dropped: string[] = [];
+    const scheduled: (() => void)[] = [];
     const spoolDir = join(dir, 'spool-em-refused');
     const spool = new CaptureSpool({
       dir: spoolDir,
@@ -447,16 +571,14 @@ describe('capture spool: a refused Edge Manager manifest', () => {
       retry: { initialMs: 10, maxMs: 20 },
       onDelivered: () => undefined,
       onDropped: (ids) => dropped.push(...ids),
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
     });
     try {
       await spool.open();
       await spool.add(batch);
-      await until(
-        async () => ((await readdir(spoolDir)).length === 0 ? true : undefined),
-        'the batch ends',
-        20_000,
-      );
-      expect(dropped.sort()).toEqual(['mx', 'my']);
+      await until(() => (scheduled.length > 0 ? true : undefined), 'the refusal is met', 20_000);
+      expect(dropped).toEqual([]);
+      expect(spool.batches).toBe(1);
       for (const file of monitor) expect(await stored(file.key)).toBeUndefined();
     } finally {
       await spool.close();
