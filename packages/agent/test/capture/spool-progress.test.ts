@@ -252,6 +252,55 @@ describe('capture spool: a batch that fails does not hold back the others', () =
     }
   });
 
+  it('sets aside a batch whose lasting 4xx moves from file to file while the store takes the others', async () => {
+    // Two side files a bucket policy denies (403 AccessDenied), put at once: which answer comes first changes from
+    // attempt to attempt (here: the first file's on odd attempts, the second's on even ones).
+    const bad = batchOf('a', ['alt-1', 'alt-2'], 0);
+    const [first, second] = bad.files.filter((f) => f.kind === 'side').map((f) => f.key);
+    let attempts = 0;
+    const failedFirst: string[] = [];
+    const store: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        if (key !== first && key !== second) return s3Store.put(key, body, contentType);
+        if (key === first) attempts++;
+        const leading = attempts % 2 === 1 ? first : second;
+        // The other answer comes after this attempt's first failure is taken (a later turn of the event loop).
+        if (key !== leading) await new Promise((resolve) => setImmediate(resolve));
+        else failedFirst.push(key);
+        throw Object.assign(new Error(`AccessDenied: access denied (${key})`), {
+          name: 'AccessDenied',
+          $metadata: { httpStatusCode: 403 },
+        });
+      },
+    };
+    const t = spoolUnderTest({ store, setAsideAfterFailures: 3 });
+    await t.spool.open();
+    try {
+      await t.spool.add(bad);
+      await until(() => t.scheduled.length === 1, 'the first attempt failed');
+      for (let round = 1; round <= 6 && t.spool.setAsideBatches === 0; round++) {
+        await t.spool.add(batchOf(round.toString(16).padStart(2, '0'), [`ok-${round}`], round));
+        await until(() => t.delivered.includes(`ok-${round}`), `ok-${round} delivered`);
+        t.runTimers();
+        await until(
+          () => t.scheduled.length === 1 || t.spool.setAsideBatches === 1,
+          `the bad batch failed again (${round})`,
+        );
+      }
+      expect(failedFirst.slice(0, 4)).toEqual([first, second, first, second]);
+      // The first attempt, then three own failures while the store took others (the limit here is 3).
+      expect(t.spool.setAsideBatches).toBe(1);
+      expect(attempts).toBe(4);
+      expect(t.dropped).toEqual([
+        { ids: ['alt-1', 'alt-2'], detail: expect.stringMatching(/could never be uploaded .*AccessDenied/) },
+      ]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
   it('while the store is down, makes one attempt per pause, each of a batch tried least, sets none aside, and sends them all once it is back', async () => {
     const batches = ['a', 'b', 'c', 'd', 'e'].map((id, hour) => batchOf(id, [`${id}-1`], hour));
     // Each batch is one side file and its manifest: an attempt in the outage puts the side file alone.
@@ -737,6 +786,61 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       expect(await t.metric('edgefleet_capture_spool_set_aside_removed_total')).toMatch(
         /edgefleet_capture_spool_set_aside_removed_total 2/,
       );
+    } finally {
+      await t.spool.close();
+    }
+  });
+});
+
+describe('capture spool: progress across a restart', () => {
+  /** A batch whose side files went and whose manifest the store denied (403), left by a run that then stopped. */
+  async function leftHalfSent() {
+    const batch = batchOf('a', ['p-1', 'p-2'], 0);
+    const manifests = new Set(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
+    const sides = batch.files.filter((f) => f.kind === 'side').map((f) => f.key);
+    const first = spoolUnderTest({ store: failingFor(s3Store, () => manifests) });
+    await first.spool.open();
+    await first.spool.add(batch);
+    await until(() => first.scheduled.length === 1, 'the manifest was denied');
+    await first.spool.close();
+    return { batch, sides, dir: first.dir };
+  }
+
+  it('does not send again after a restart the files an earlier run stored', async () => {
+    const { batch, sides, dir } = await leftHalfSent();
+    const progress = JSON.parse(await readFile(join(dir, batch.batchId, 'progress.json'), 'utf8'));
+    expect(progress).toEqual({ v: 1, storedKeys: expect.arrayContaining(sides) });
+
+    const puts: string[] = [];
+    const t = spoolUnderTest({ store: failingFor(s3Store, () => new Set(), puts) });
+    await t.spool.open();
+    try {
+      await until(() => t.delivered.length === 2, 'delivered after the restart');
+      expect(puts.filter((key) => sides.includes(key))).toEqual([]);
+      expect(puts).toEqual(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
+      expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
+      expect(await readdir(t.dir)).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('ignores a torn progress file, says so, and sends every file again: no record is lost', async () => {
+    const { batch, sides, dir } = await leftHalfSent();
+    // Cut short, as by a crash in a write that was not atomic, or a disk fault.
+    await writeFile(join(dir, batch.batchId, 'progress.json'), `{"v":1,"storedKeys":["${sides[0]}`);
+
+    const puts: string[] = [];
+    const t = spoolUnderTest({ store: failingFor(s3Store, () => new Set(), puts) });
+    await t.spool.open();
+    try {
+      await until(() => t.delivered.length === 2, 'delivered after the restart');
+      expect(puts.sort()).toEqual(batch.files.map((f) => f.key).sort());
+      expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
+      const ignored = t.lines.filter((l) => l.fields.event === 'capture-spool-progress-ignored');
+      expect(ignored).toHaveLength(1);
+      expect(ignored[0]).toMatchObject({ level: 'warn', fields: { batchId: batch.batchId } });
+      expect(t.dropped).toEqual([]);
     } finally {
       await t.spool.close();
     }
