@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, readdir, rm, truncate } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readdir, rename, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentEncoding } from '@edgefleet/core';
@@ -84,6 +84,8 @@ function start(options: {
   capacity?: () => number;
   /** The free space statfs reports, whatever is written (instead of capacity). */
   free?: () => number;
+  /** The file system's answer itself (instead of capacity or free). */
+  statfs?: () => Promise<{ bavail: number; bsize: number }>;
   durable: boolean;
   logger?: Logger;
   autoCapture?: AutoCaptureRule[];
@@ -136,6 +138,7 @@ function start(options: {
     ...(options.free !== undefined && {
       statfs: async () => ({ bavail: options.free!(), bsize: 1 }),
     }),
+    ...(options.statfs !== undefined && { statfs: options.statfs }),
     ...(options.logger && { logger: options.logger }),
   });
   services.push(service);
@@ -458,6 +461,96 @@ describe('the door of the offline spool', () => {
     } finally {
       detach();
     }
+  });
+});
+
+describe('automatic captures waiting on the free-space check', () => {
+  it("count against the buffer's cap while they wait: past it, the next are skipped at once", async () => {
+    // A file system slow to answer statfs (an NFS mount, a busy disk): held until the test lets it go.
+    let slow = false;
+    const waiting: (() => void)[] = [];
+    const { service, metrics } = start({
+      statfs: async () => {
+        if (slow) await new Promise<void>((resolve) => waiting.push(resolve));
+        return { bavail: 256 * 1024 * 1024, bsize: 1 };
+      },
+      durable: false,
+      bufferSize: 2,
+      autoCapture: [{ model: 'tiny', sampleRate: 1 }],
+    });
+    await service.start();
+    const detach = loaded.registry.observe(service.autoCapture);
+    const skipped = async () =>
+      (await metrics.getSingleMetricAsString('edgefleet_capture_auto_skipped_total')) ?? '';
+    try {
+      // The spool in use: automatic captures wait on the floor check.
+      await s3.stop();
+      await service.capture(withAux('spooled'));
+      await eventually(() => service.spoolState()!.batches === 1 && service.held === 0);
+      slow = true;
+      for (let i = 1; i <= 5; i++) await loaded.registry.predict('tiny', [tinyInput(i)]);
+      // Two wait (the buffer holds two); the three after them are skipped at once, while the two still wait.
+      await eventually(async () =>
+        (await skipped()).includes('edgefleet_capture_auto_skipped_total{model="tiny",reason="buffer-full"} 3'),
+      );
+      expect(waiting).toHaveLength(2);
+      slow = false;
+      for (const resolve of waiting.splice(0)) resolve();
+      await eventually(async () =>
+        (await metrics.getSingleMetricAsString('edgefleet_capture_accepted_total')).includes(
+          'edgefleet_capture_accepted_total{model="tiny",source="auto"} 2',
+        ),
+      );
+      expect(await skipped()).toContain(
+        'edgefleet_capture_auto_skipped_total{model="tiny",reason="buffer-full"} 3',
+      );
+    } finally {
+      detach();
+      for (const resolve of waiting.splice(0)) resolve();
+    }
+  });
+});
+
+describe('a batch set aside just before the agent stopped', () => {
+  it('marks its captures FAILURE at the next start saying it was set aside, not that it is gone', async () => {
+    const first = start({ free: () => 256 * 1024 * 1024, durable: true });
+    await first.service.start();
+    await s3.stop();
+    await first.service.capture(withAux('aside-1'));
+    await eventually(() => first.service.spoolState()!.batches === 1);
+    await first.service.close();
+    databases.pop()!.close();
+    services.pop();
+    // What the spool does when it sets a batch aside, cut short before the statuses: the note written, the folder
+    // moved; the capture still IN_PROGRESS.
+    const spoolDir = join(disk, 'spool');
+    const [batchId] = (await readdir(spoolDir)).filter((name) => /^[0-9a-f]{32}$/.test(name));
+    await writeFile(
+      join(spoolDir, batchId!, 'set-aside.json'),
+      JSON.stringify({
+        setAsideAt: new Date().toISOString(),
+        reason: 'AccessDenied: access denied',
+        failures: 10,
+        captureIds: ['aside-1'],
+      }),
+    );
+    await mkdir(join(spoolDir, 'set-aside'));
+    await rename(join(spoolDir, batchId!), join(spoolDir, 'set-aside', batchId!));
+
+    const { lines, logger } = recordingLogger();
+    const second = start({ free: () => 256 * 1024 * 1024, durable: true, logger });
+    await second.service.start();
+    const status = second.service.status('aside-1');
+    expect(status.status).toBe('FAILURE');
+    expect(status.detail).toMatch(
+      new RegExp(
+        `could never be uploaded .*10 failed attempts, the last: AccessDenied: access denied\\); set aside in ${join(spoolDir, 'set-aside', batchId!)} \\(the agent stopped before`,
+      ),
+    );
+    expect(lines.some((l) => l.fields.event === 'capture-spool-set-aside-recovered')).toBe(true);
+    expect(await second.metrics.getSingleMetricAsString('edgefleet_capture_dropped_total')).toContain(
+      'edgefleet_capture_dropped_total{reason="set-aside"} 1',
+    );
   });
 });
 
