@@ -57,7 +57,7 @@ export class CaptureMetrics {
     });
     this.refusedFiles = new Counter({
       name: 'edgefleet_capture_refused_files_total',
-      help: "Files the store refused for good (too large, a bad record, a key not allowed), not sent again: by the spool (via=spool: the file and the records that need it are dropped) or the periodic upload of Disk captures (via=periodic: removed only when the control plane itself answered 413 PayloadTooLarge; kept and skipped while unchanged otherwise: a proxy's 413, a 403, the server's 400)",
+      help: "Files the store refused (too large, a bad record, a key not allowed), by the spool (via=spool) or the periodic upload of Disk captures (via=periodic). Given up only when the control plane itself answered 413 PayloadTooLarge (the spool drops the file and the records that need it; the periodic upload removes it); kept otherwise (a proxy's 413, a 403, the server's 400): the spool retries the batch, counting the refusal at each attempt, the periodic upload skips the file while unchanged",
       labelNames: ['via'],
       registers,
     });

@@ -163,7 +163,7 @@ export async function putAll(
 /**
  * Puts files with at most `concurrency` requests in flight. Any failure stops further puts (those in flight end)
  * and is returned as `failure`, with the file it was for (`failedFile`). With `collectRefusals`, a file the store
- * refuses for good (RefusedByStoreError) does not stop the others: it is returned with its refusal, beside the
+ * refuses (RefusedByStoreError) does not stop the others: it is returned with its refusal, beside the
  * failure if one came too. `stored` lists the files the store took.
  */
 export async function putEach<F extends PutFile>(

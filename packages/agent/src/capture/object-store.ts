@@ -4,9 +4,10 @@ import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { iotCredentialProvider, type AwsCredentials, type IotCredentialsOptions } from './iot-credentials.js';
 
 /**
- * The store answered that it will never take this file (the control plane's 400, 403 or 413): retrying cannot
- * help, so the spool drops the file and the records that need it (their captures become FAILURE with this reason)
- * and delivers the rest, instead of holding every later batch behind it.
+ * The store refused this file (the control plane's 400, 403 or 413): the same request will not pass as things
+ * stand. What an uploader does with it is storeRefusal's rule (upload-failure.ts): only a refusal aboutTheFile gives
+ * the file up (the spool drops it and the records that need it, their captures FAILURE with this reason); any other
+ * keeps it, as a setting may be at fault.
  */
 export class RefusedByStoreError extends Error {
   override readonly name = 'RefusedByStoreError';
