@@ -516,8 +516,7 @@ export class CaptureSpool {
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
       batch.failures = (batch.failures ?? 0) + 1;
       if (error instanceof SpoolDiskError) await this.#diskFailed(batch, error);
-      else
-        await this.#storeFailed(batch, error, failedKey, this.#delivered > deliveredBefore, keptRefusals);
+      else await this.#storeFailed(batch, error, failedKey, this.#delivered > deliveredBefore, keptRefusals);
       return;
     }
     this.#logRefusals(batch, refusals);
@@ -559,8 +558,7 @@ export class CaptureSpool {
     const admitted = this.#failureLines.failed({ logged: !keptRefusals.some((r) => r.error === error) });
     this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
     // Any lasting 4xx, whichever file it was for: one that moves from file to file is no less lasting.
-    if (isOwnFailure(error, failedKey) && storeTookOthers)
-      batch.strikes = (batch.strikes ?? 0) + 1;
+    if (isOwnFailure(error, failedKey) && storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
     const asked =
       error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
     // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the

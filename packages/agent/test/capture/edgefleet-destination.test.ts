@@ -134,7 +134,9 @@ describe('EdgeFleet capture destination', () => {
     await until(() => (dropped.length > 0 ? true : undefined), 'the refused batch is set aside', 20_000);
     expect(dropped).toHaveLength(1);
     expect(dropped[0]!.ids).toEqual(['aaaa']);
-    expect(dropped[0]!.detail).toMatch(/could never be uploaded .*outside fleet plant's output.*set aside in/);
+    expect(dropped[0]!.detail).toMatch(
+      /could never be uploaded .*outside fleet plant's output.*set aside in/,
+    );
     expect(await readdir(join(spoolDir, 'set-aside', 'aaaa'.padEnd(32, '0')))).toEqual(
       expect.arrayContaining(['batch.json', 'set-aside.json', '0']),
     );

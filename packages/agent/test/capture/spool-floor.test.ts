@@ -491,7 +491,9 @@ describe('automatic captures waiting on the free-space check', () => {
       for (let i = 1; i <= 5; i++) await loaded.registry.predict('tiny', [tinyInput(i)]);
       // Two wait (the buffer holds two); the three after them are skipped at once, while the two still wait.
       await eventually(async () =>
-        (await skipped()).includes('edgefleet_capture_auto_skipped_total{model="tiny",reason="buffer-full"} 3'),
+        (await skipped()).includes(
+          'edgefleet_capture_auto_skipped_total{model="tiny",reason="buffer-full"} 3',
+        ),
       );
       expect(waiting).toHaveLength(2);
       slow = false;

@@ -454,7 +454,8 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       description: s3Store.description,
       urlFor: (key) => s3Store.urlFor(key),
       put: async (key, body, contentType) => {
-        if (refuse && key === refusedKey) throw new RefusedByStoreError(`413 too large: ${key}`, { status: 413, code: 'PayloadTooLarge' });
+        if (refuse && key === refusedKey)
+          throw new RefusedByStoreError(`413 too large: ${key}`, { status: 413, code: 'PayloadTooLarge' });
         return s3Store.put(key, body, contentType);
       },
     };
@@ -506,7 +507,8 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       description: s3Store.description,
       urlFor: (key) => s3Store.urlFor(key),
       put: async (key, body, contentType) => {
-        if (refused.has(key)) throw new RefusedByStoreError(`413 too large: ${key}`, { status: 413, code: 'PayloadTooLarge' });
+        if (refused.has(key))
+          throw new RefusedByStoreError(`413 too large: ${key}`, { status: 413, code: 'PayloadTooLarge' });
         return s3Store.put(key, body, contentType);
       },
     };

@@ -261,7 +261,7 @@ describe('capture spool: files refused for good', () => {
     }
   });
 
-  it("keeps a manifest the server answers 400 for (a record naming another device, as after a re-enrolment: a setting), delivers nothing of it, sends the other manifest once, and retries it", async () => {
+  it('keeps a manifest the server answers 400 for (a record naming another device, as after a re-enrolment: a setting), delivers nothing of it, sends the other manifest once, and retries it', async () => {
     const record = (id: string, device: string) =>
       JSON.stringify({
         eventVersion: '0',
@@ -466,7 +466,7 @@ describe('capture spool: files refused for good', () => {
 });
 
 describe("capture spool: a proxy's 413", () => {
-  it("keeps the files a reverse proxy refuses with 413 (no control-plane code), drops nothing, and once the proxy is out of the way gives up only what the control plane itself refuses", async () => {
+  it('keeps the files a reverse proxy refuses with 413 (no control-plane code), drops nothing, and once the proxy is out of the way gives up only what the control plane itself refuses', async () => {
     // The proxy's body limit (200 bytes) is under both side files (a: 2 KiB, b: 256 bytes); the control plane
     // takes at most 1 KiB: a setting on the way, then a file the control plane itself will never take.
     const proxy = await limitingProxy(plane.deviceEndpoint, 200);
