@@ -162,7 +162,10 @@ const REAL_TIMERS: SpoolTimers = {
  * looks unreachable (two attempts in a row failed, or it asked to wait) every batch waits, then one probe goes, a
  * batch tried least; once the store takes one, the oldest go first again. A file missing from a batch's folder or torn is dropped with what needs it (logged, counted);
  * a batch that keeps failing for reasons of its own (setAsideAfterFailures) is moved to `set-aside/`, its captures
- * failed, rather than retried forever; that folder is bounded (the oldest go first).
+ * failed, rather than retried forever; that folder is bounded (the oldest go first). A file the store refuses is
+ * dropped with what needs it only when the refusal gives it up (storeRefusal); otherwise the batch is kept and
+ * retried, a lasting failure of its own. The keys the store took are kept in the batch's folder (PROGRESS_FILE), so
+ * neither a retry nor a restart sends them again.
  */
 export class CaptureSpool {
   readonly #options: CaptureSpoolOptions;
