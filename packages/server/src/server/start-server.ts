@@ -791,6 +791,7 @@ export async function startServer(
     background.push({ stop: () => compilationJobs.close() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const deployments = new DeploymentService(database.db, {
+      engine: database.engine,
       packagingJobs,
       models,
       events: fleetEvents,

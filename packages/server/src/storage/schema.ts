@@ -313,6 +313,15 @@ export interface DeploymentPlanHandlesTable {
   created_at: number;
 }
 
+/**
+ * SQLite only (0026): a fleet's revision, moved by triggers on every write to what plan retention judges, so that
+ * its delete can tell in one read that nothing changed since its judgement.
+ */
+export interface DeploymentFleetRevisionsTable {
+  fleet_name: string;
+  revision: number;
+}
+
 export interface DeploymentEventsTable {
   id: string;
   plan_name: string;
@@ -362,4 +371,5 @@ export interface DatabaseSchema {
   deployment_handle_locks: DeploymentHandleLocksTable;
   deployment_plan_handles: DeploymentPlanHandlesTable;
   deployment_events: DeploymentEventsTable;
+  deployment_fleet_revisions: DeploymentFleetRevisionsTable;
 }
