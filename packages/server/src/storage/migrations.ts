@@ -747,6 +747,18 @@ const migrations: Record<string, Migration> = {
       }
     },
   },
+  // A packaging job waiting for disk space (packaging/packaging-worker.ts) gives up its claim while it waits, so
+  // that any replica with room may take it once due: how many attempts met a full disk, and when the next is due
+  // (null: not waiting).
+  '0027_packaging_job_disk_retries': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .alterTable('packaging_jobs')
+        .addColumn('disk_full_attempts', 'bigint', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema.alterTable('packaging_jobs').addColumn('retry_at', 'bigint').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {

@@ -195,6 +195,10 @@ export interface PackagingJobsTable {
   claim_token: string | null;
   created_at: number;
   updated_at: number;
+  /** Attempts that met a full disk so far (0027). */
+  disk_full_attempts: number;
+  /** While the job waits for disk space, unclaimed: when its next attempt is due; null otherwise (0027). */
+  retry_at: number | null;
 }
 
 /** A capture record a device uploaded through the control plane (captures/): written once per record format. */

@@ -146,6 +146,8 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
             claim_token: null,
             created_at: 1000,
             updated_at: 1000,
+            disk_full_attempts: 0,
+            retry_at: null,
           })
           .execute();
         const source = (name: string) => ({
@@ -237,6 +239,8 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
           claim_token: null,
           created_at: at,
           updated_at: at,
+          disk_full_attempts: 0,
+          retry_at: null,
         });
         await db
           .insertInto('packaging_jobs')
