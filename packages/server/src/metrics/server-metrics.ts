@@ -3,6 +3,7 @@ import type { ConnectionRefusal } from '@edgefleet/core';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BlobStoreUnavailableError } from '../blobs/index.js';
 import { diskFaultComponentOf, isSqliteBusy } from '../errors/dependency-unavailable.js';
+import { damagedPostgresCodeOf, isDamagedDatabaseError } from '../storage/index.js';
 import { SEND_HEARTBEAT_URLS } from '../heartbeats/index.js';
 import type { Refusal } from '../http/refusal.js';
 import type { TimedOutRequest } from '../http/request-deadline.js';
@@ -123,7 +124,7 @@ export class ServerMetrics {
     });
     this.#databaseErrors = new Counter({
       name: 'edgefleet_server_database_errors_total',
-      help: 'Requests failed because the database could not be used, by kind: unavailable (unreachable, out of connections, shutting down, given up), busy (SQLite file held by another writer), disk_full, disk_io',
+      help: 'Requests failed because the database could not be used, by kind: unavailable (unreachable, out of connections, shutting down, given up), busy (SQLite file held by another writer), damaged (a damaged SQLite file; PostgreSQL SQLSTATE class XX), disk_full, disk_io',
       labelNames: ['kind'],
       registers,
     });
@@ -225,7 +226,15 @@ export class ServerMetrics {
     const disk = diskFaultComponentOf(error);
     const diskKind = disk === undefined ? undefined : disk.fault === 'full' ? 'disk_full' : 'disk_io';
     if (component === 'database')
-      this.#databaseErrors.inc({ kind: diskKind ?? (isSqliteBusy(error) ? 'busy' : 'unavailable') });
+      this.#databaseErrors.inc({
+        kind:
+          diskKind ??
+          (isSqliteBusy(error)
+            ? 'busy'
+            : damagedPostgresCodeOf(error) !== undefined || isDamagedDatabaseError(error)
+              ? 'damaged'
+              : 'unavailable'),
+      });
     else if (component === 'blobStore')
       this.#blobStoreErrors.inc({
         kind:
