@@ -13,6 +13,7 @@ import {
   isForeignKeyViolation,
   isUniqueViolation,
   laterOf,
+  type DatabaseEngine,
   type DatabaseSchema,
 } from '../storage/index.js';
 import {
@@ -108,6 +109,8 @@ function stopOutcome(recorded: readonly RecordedEvent[]): string {
 }
 
 export interface DeploymentServiceOptions {
+  /** The database's (ServerDatabase.engine): plan retention re-checks its judgement by it. */
+  engine: DatabaseEngine;
   packagingJobs: PackagingJobStore;
   /** For plans that deploy uploaded packages (model versions uploaded as a signed .tar.gz). */
   models: Pick<ModelStore, 'getVersion' | 'deviceTrustWarningFor'>;
@@ -911,6 +914,7 @@ export class DeploymentService implements DevicePackageAccess {
     after?: RetentionCursor,
   ): Promise<{ deleted: ExpiredPlan[]; kept: number; next?: RetentionCursor }> {
     const result = await deleteExpiredPlans(this.db, {
+      engine: this.options.engine,
       retentionMs,
       now: this.now(),
       ...(after !== undefined && { after }),

@@ -8,12 +8,20 @@
  * - a completed plan a device registered later could still get: unless, for each of its model handles, a newer
  *   completed plan naming the handle has a stage whose rule covers every newcomer the plan's stages cover;
  * - a plan one of whose handles another (unfinished) plan holds: a device failing that one may fall back to it.
- * What a swept plan gave is then only in the devices' own state. The delete re-checks all of it in its own
- * transaction, the plan's row locked first, so that what changed since the judgement counts.
+ * What a swept plan gave is then only in the devices' own state. The delete re-checks it in its own transaction,
+ * so that what changed since the judgement counts: on SQLite, whose one connection the transaction holds, by the
+ * fleet's revision (migration 0026; triggers move it on every write to what the judgement reads): unchanged, the
+ * judgement stands without judging every device again; on PostgreSQL, whose queries hold no one else up, by
+ * judging again after locking every plan of the fleet on the plans' handles.
  */
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
-import { pastPosition, type DatabaseSchema, type KeysetPosition } from '../storage/index.js';
+import {
+  pastPosition,
+  type DatabaseEngine,
+  type DatabaseSchema,
+  type KeysetPosition,
+} from '../storage/index.js';
 import { storedDeviceSelectionSchema, type DeviceSelection } from './deployment-schemas.js';
 import { winningPlans } from './desired-state.js';
 import { FINISHED_STAGE, PENDING_DEVICE } from './stage-progress.js';
@@ -124,6 +132,8 @@ async function expiredCandidates(
 export async function deleteExpiredPlans(
   db: Kysely<DatabaseSchema>,
   options: {
+    /** The database's (ServerDatabase.engine): how the delete's transaction re-checks the judgement. */
+    engine: DatabaseEngine;
     retentionMs: number;
     now: number;
     after?: RetentionCursor;
@@ -131,6 +141,8 @@ export async function deleteExpiredPlans(
     batch?: number;
     /** Runs between the first judgement and the delete's transaction (a seam for tests of what changes meanwhile). */
     beforeDelete?: (planNames: readonly string[]) => Promise<void>;
+    /** Runs inside the delete's transaction once its locks are held (a seam for tests of writers meanwhile). */
+    whileLocked?: () => Promise<void>;
   },
 ): Promise<{ deleted: ExpiredPlan[]; kept: number; next?: RetentionCursor }> {
   const before = options.now - options.retentionMs;
@@ -147,21 +159,24 @@ export async function deleteExpiredPlans(
   for (const plan of candidates) fleets.set(plan.fleet_name, [...(fleets.get(plan.fleet_name) ?? []), plan]);
   const deleted: ExpiredPlan[] = [];
   for (const [fleetName, plans] of fleets) {
+    // Read before the judgement: a write while it runs (it lets requests in) moves it too.
+    const revision = options.engine === 'sqlite' ? await fleetRevision(db, fleetName) : undefined;
     // Judged first outside any transaction: most candidates past retention stay (the only plan on a handle, a
-    // fallback), and judging them costs no lock. Those that would go are judged again inside the delete's.
+    // fallback), and judging them costs no lock. Those that would go are checked again inside the delete's.
     const kept = await plansStillSources(db, fleetName, plans);
     const doomed = plans.filter((plan) => !kept.has(plan.name)).map((plan) => plan.name);
     if (doomed.length === 0) continue;
     await options.beforeDelete?.(doomed);
     const gone = await db.transaction().execute(async (trx) => {
-      // Their rows locked first (PostgreSQL: writers of them, addStages, deletePlan, wait until this ends; SQLite:
-      // its one connection runs no other transaction meanwhile, and this write makes it the writer): then every
-      // fact the judgement rested on is read again as committed now, and holds until the delete commits.
-      await trx
-        .updateTable('deployment_plans')
-        .set((eb) => ({ updated_at: eb.ref('updated_at') }))
-        .where('name', 'in', [...doomed].sort())
-        .execute();
+      if (options.engine === 'postgres') await lockJudgedPlans(trx, fleetName, doomed);
+      // SQLite: its one connection runs no other transaction meanwhile, and this write makes it the writer.
+      else
+        await trx
+          .updateTable('deployment_plans')
+          .set((eb) => ({ updated_at: eb.ref('updated_at') }))
+          .where('name', 'in', [...doomed].sort())
+          .execute();
+      await options.whileLocked?.();
       // Still finished before the window, no device pending (a stage added since makes it unfinished).
       const still = await expiredCandidates(trx, before, doomed.length, undefined, doomed);
       // No unfinished plan of the fleet holds one of its handles: a device failing it, or cancelled from it,
@@ -179,8 +194,11 @@ export async function deleteExpiredPlans(
         .execute();
       const heldNames = new Set(held.map((h) => h.plan_name));
       const open = still.filter((plan) => !heldNames.has(plan.name));
-      // Still no device's desired state (nor a newcomer's) comes from it.
-      const sources = open.length > 0 ? await plansStillSources(trx, fleetName, open) : new Set<string>();
+      // Still no device's desired state (nor a newcomer's) comes from it: judged again unless, on SQLite, nothing
+      // the judgement read was written since (the fleet's revision has not moved), when it stands as it was.
+      const unchanged = revision !== undefined && (await fleetRevision(trx, fleetName)) === revision;
+      const sources =
+        open.length > 0 && !unchanged ? await plansStillSources(trx, fleetName, open) : new Set<string>();
       const removed: string[] = [];
       for (const plan of open) {
         if (sources.has(plan.name)) continue;
@@ -197,6 +215,58 @@ export async function deleteExpiredPlans(
     for (const name of gone) deleted.push({ name, fleetName });
   }
   return { deleted, kept: candidates.length - deleted.length, ...(next !== undefined && { next }) };
+}
+
+/** SQLite: the fleet's revision (migration 0026), 0 before anything the judgement reads was first written. */
+async function fleetRevision(db: Kysely<DatabaseSchema>, fleetName: string): Promise<number> {
+  const row = await db
+    .selectFrom('deployment_fleet_revisions')
+    .select('revision')
+    .where('fleet_name', '=', fleetName)
+    .executeTakeFirst();
+  return Number(row?.revision ?? 0);
+}
+
+/**
+ * PostgreSQL: holds, until the delete commits, what the judgement rests on that a writer could change meanwhile:
+ * first the fleet's retention lock (replicas sweeping the fleet take turns, so that two never lock overlapping
+ * plans in different orders), then every plan of the fleet naming one of the doomed plans' handles, in name
+ * order (a delete of a newer plan, or a stage added to one, waits until this ends, or has committed before
+ * the check reads). An unfinished plan holds its handles (deployment_handle_locks), and the check reads those.
+ */
+async function lockJudgedPlans(
+  trx: Kysely<DatabaseSchema>,
+  fleetName: string,
+  doomed: readonly string[],
+): Promise<void> {
+  await sql`select pg_advisory_xact_lock(hashtext('edgefleet plan retention'), hashtext(${fleetName}))`.execute(
+    trx,
+  );
+  await trx
+    .selectFrom('deployment_plans')
+    .select('name')
+    .where((eb) =>
+      eb.or([
+        eb('name', 'in', [...doomed]),
+        eb(
+          'name',
+          'in',
+          eb
+            .selectFrom('deployment_plan_handles as h')
+            .select('h.plan_name')
+            .where('h.fleet_name', '=', fleetName)
+            .where('h.model_handle', 'in', (inner) =>
+              inner
+                .selectFrom('deployment_plan_handles as mine')
+                .select('mine.model_handle')
+                .where('mine.plan_name', 'in', [...doomed]),
+            ),
+        ),
+      ]),
+    )
+    .orderBy('name')
+    .forUpdate()
+    .execute();
 }
 
 /** Of the fleet's candidate plans, those a device's desired state (a registered one's, or a newcomer's) comes from. */

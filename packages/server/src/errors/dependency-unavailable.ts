@@ -1,5 +1,10 @@
 import { BlobStoreUnavailableError } from '../blobs/blob-store.js';
-import { DatabaseUnavailableError, diskFaultCodeOf, isDamagedDatabaseError } from '../storage/database.js';
+import {
+  DatabaseUnavailableError,
+  damagedPostgresCodeOf,
+  diskFaultCodeOf,
+  isDamagedDatabaseError,
+} from '../storage/database.js';
 import { DomainError } from './domain-error.js';
 
 /** How long a caller waits before trying again after an outage of the database or the blob store. */
@@ -35,21 +40,29 @@ export function diskFaultComponentOf(
  * included, already waits Retry-After and tries again on a 503, and the condition passes once space is freed);
  * its answer says so (`details.cause` `diskFull` / `diskError`), as it names no host or path. So is a SQLite
  * file found damaged while serving (`databaseDamaged`): the server gives it up and exits to be restarted, and
- * its start check then refuses the file until a person restores a backup.
+ * its start check then refuses the file until a person restores a backup. So is PostgreSQL reporting damaged
+ * data or an internal error (SQLSTATE class XX: XX001 data corrupted, XX002 index corrupted, XX000), also
+ * `databaseDamaged`, but the server goes on: it does not own PostgreSQL's files (its operator repairs them, or
+ * restores PostgreSQL's own backup), the damage may be one index or table while the rest serves, other
+ * replicas share the database, and a restart would find it again.
  * The cause (hosts, buckets, files) stays in the server's log, as /readyz keeps it. Undefined for any other error.
  */
 export function dependencyUnavailableOf(error: unknown): DomainError | undefined {
   const disk = diskFaultComponentOf(error);
+  const postgresDamage = disk === undefined ? damagedPostgresCodeOf(error) : undefined;
   const component: StateComponent | undefined =
     disk?.component ??
-    (error instanceof DatabaseUnavailableError || isSqliteBusy(error)
+    (error instanceof DatabaseUnavailableError || isSqliteBusy(error) || postgresDamage !== undefined
       ? 'database'
       : error instanceof BlobStoreUnavailableError
         ? 'blobStore'
         : undefined);
   if (component === undefined) return undefined;
   const what = component === 'database' ? "the server's database" : "the server's blob store";
-  const damaged = component === 'database' && disk === undefined && isDamagedDatabaseError(error);
+  const damaged =
+    component === 'database' &&
+    disk === undefined &&
+    (postgresDamage !== undefined || isDamagedDatabaseError(error));
   const cause = damaged
     ? 'databaseDamaged'
     : disk === undefined
@@ -58,13 +71,16 @@ export function dependencyUnavailableOf(error: unknown): DomainError | undefined
         ? 'diskFull'
         : 'diskError';
   const why =
-    cause === 'databaseDamaged'
-      ? ' (its file is damaged: an operator must restore a backup)'
-      : cause === 'diskFull'
-        ? ": the server's disk is full (an operator must free space)"
-        : cause === 'diskError'
-          ? ": the server's disk failed a write (an I/O error)"
-          : '';
+    postgresDamage !== undefined
+      ? ` (PostgreSQL reports damaged data or an internal error, SQLSTATE ${postgresDamage}: an operator must repair ` +
+        "it or restore PostgreSQL's backup, see docs/operations.md)"
+      : cause === 'databaseDamaged'
+        ? ' (its file is damaged: an operator must restore a backup)'
+        : cause === 'diskFull'
+          ? ": the server's disk is full (an operator must free space)"
+          : cause === 'diskError'
+            ? ": the server's disk failed a write (an I/O error)"
+            : '';
   return new DomainError(
     'DependencyUnavailable',
     `${what} cannot be used now${why}; try again later (GET /readyz names the failing dependency, the server's log says why)`,

@@ -16,6 +16,7 @@ import { OutageLog } from './outage-log.js';
 import { Readiness, ReadinessCheckTimeoutError, type ReadinessCheck } from './readiness.js';
 import { decorateRequestOutcome } from './refusal.js';
 import { installRequestDeadlines, type TimedOutRequest } from './request-deadline.js';
+import { clientErrorHandler, type ClientErrorStatus } from './client-errors.js';
 import { defineRoute, installZodCompilers } from './routes.js';
 
 export type { ReadinessCheck } from './readiness.js';
@@ -55,6 +56,8 @@ export interface AppOptions {
   observeRequest?: (request: FastifyRequest, reply: FastifyReply) => void;
   /** Hears each request answered 408 by its deadline, which observeRequest never sees (see request-deadline.ts). */
   observeTimeout?: (answered: TimedOutRequest) => void;
+  /** Hears each answer Node's `clientError` got (client-errors.ts): its header timeout's 408, a parse error's 400. */
+  observeClientError?: (status: ClientErrorStatus) => void;
 }
 
 const healthSchema = z.object({
@@ -83,6 +86,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       answerRouterError(error, request, reply);
       options.observeRequest?.(request, reply);
     },
+    clientErrorHandler: clientErrorHandler(options.observeClientError),
     ...bodyLimit,
   };
   const app = (options.https

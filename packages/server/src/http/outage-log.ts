@@ -2,6 +2,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { BlobStoreUnavailableError } from '../blobs/index.js';
 import { diskFaultComponentOf } from '../errors/dependency-unavailable.js';
 import { LineLimiter, REPEATED_LINE_INTERVAL_MS } from '../logging/line-limiter.js';
+import { damagedPostgresCodeOf } from '../storage/index.js';
 import type { RecentDiskFaults } from './recent-disk-faults.js';
 
 /** How often an outage of one component is logged while it lasts. */
@@ -38,7 +39,7 @@ export class OutageLog {
   /**
    * Logs `error` (the outage's cause) with `message` unless `component` was logged within the interval. A store
    * that refuses the server's own credentials or has lost its bucket is the operator's to fix: at error; so is
-   * a full or failing disk.
+   * a full or failing disk, and PostgreSQL's damage (SQLSTATE class XX).
    */
   log(logger: FastifyBaseLogger, component: string, error: unknown, message: string): void {
     this.#diskFaults?.record(error);
@@ -48,7 +49,8 @@ export class OutageLog {
     const { leftOut } = admitted;
     const operatorMistake =
       (error instanceof BlobStoreUnavailableError && error.problem !== 'unreachable') ||
-      diskFaultComponentOf(error) !== undefined;
+      diskFaultComponentOf(error) !== undefined ||
+      damagedPostgresCodeOf(error) !== undefined;
     logger[operatorMistake ? 'error' : 'warn'](
       { err: error, component, ...(leftOut > 0 && { requestsNotLogged: leftOut }) },
       `${message}${leftOut > 0 ? ` (${leftOut} more such failures since the last line, not logged)` : ''} (logged at most once a minute per component)`,

@@ -3,7 +3,9 @@ import type { ConnectionRefusal } from '@edgefleet/core';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BlobStoreUnavailableError } from '../blobs/index.js';
 import { diskFaultComponentOf, isSqliteBusy } from '../errors/dependency-unavailable.js';
+import { damagedPostgresCodeOf, isDamagedDatabaseError } from '../storage/index.js';
 import { SEND_HEARTBEAT_URLS } from '../heartbeats/index.js';
+import type { ClientErrorStatus } from '../http/client-errors.js';
 import type { Refusal } from '../http/refusal.js';
 import type { TimedOutRequest } from '../http/request-deadline.js';
 import { processMetricsRegistry } from './process-metrics.js';
@@ -44,7 +46,8 @@ interface Answered {
   method: string | undefined;
   route: string;
   status: number;
-  seconds: number;
+  /** Undefined: not timed (an answer Node gave before the app saw the request). */
+  seconds?: number;
   refusal?: Refusal | null | undefined;
   operation?: string | null | undefined;
 }
@@ -90,7 +93,7 @@ export class ServerMetrics {
     });
     this.#refused = new Counter({
       name: 'edgefleet_server_requests_refused_total',
-      help: 'Connections and requests refused for a limit, by listener and reason: connection_cap_per_address, connection_cap_total (closed on arrival), body_too_large (413), request_timeout (408: not in within its deadline), limit_exceeded (429: a quota or concurrency cap)',
+      help: "Connections and requests refused for a limit, by listener and reason: connection_cap_per_address, connection_cap_total (closed on arrival), body_too_large (413), request_timeout (408: not in within its deadline, or headers not in within Node's headersTimeout), limit_exceeded (429: a quota or concurrency cap), headers_too_large (431: over Node's header size limit)",
       labelNames: ['listener', 'reason'],
       registers,
     });
@@ -123,7 +126,7 @@ export class ServerMetrics {
     });
     this.#databaseErrors = new Counter({
       name: 'edgefleet_server_database_errors_total',
-      help: 'Requests failed because the database could not be used, by kind: unavailable (unreachable, out of connections, shutting down, given up), busy (SQLite file held by another writer), disk_full, disk_io',
+      help: 'Requests failed because the database could not be used, by kind: unavailable (unreachable, out of connections, shutting down, given up), busy (SQLite file held by another writer), damaged (a damaged SQLite file; PostgreSQL SQLSTATE class XX), disk_full, disk_io',
       labelNames: ['kind'],
       registers,
     });
@@ -154,6 +157,16 @@ export class ServerMetrics {
     });
   }
 
+  /**
+   * Records an answer Node gave below the app (`clientError`): its header timeout's 408, a parse error's 400,
+   * headers over its limit's 431. Nothing of the request is known, nor to be trusted: route `unmatched`, method
+   * `other`, and no duration (the request never began as far as the app knows).
+   */
+  clientErrorAnswered(listener: Listener, status: ClientErrorStatus): void {
+    this.#count(listener, { method: undefined, route: UNMATCHED_ROUTE, status });
+    if (status === 431) this.#refused.inc({ listener, reason: 'headers_too_large' });
+  }
+
   /** Records a request answered 408 by its deadline, below the app's hooks (installRequestDeadlines' onTimeout). */
   requestTimedOut(listener: Listener, answered: TimedOutRequest): void {
     this.#count(listener, {
@@ -172,7 +185,8 @@ export class ServerMetrics {
     // Only where a route set it (from its fixed list): no empty label on every other series.
     const operation = answered.operation == null ? {} : { operation: answered.operation };
     this.#requests.inc({ listener, method, route, ...operation, status_class: statusClass });
-    this.#requestDuration.observe({ listener, method, route, ...operation }, answered.seconds);
+    if (answered.seconds !== undefined)
+      this.#requestDuration.observe({ listener, method, route, ...operation }, answered.seconds);
     if (status < 300) {
       if (SEND_HEARTBEAT_URLS.includes(route)) this.#heartbeatsIngested.inc();
       return;
@@ -225,7 +239,15 @@ export class ServerMetrics {
     const disk = diskFaultComponentOf(error);
     const diskKind = disk === undefined ? undefined : disk.fault === 'full' ? 'disk_full' : 'disk_io';
     if (component === 'database')
-      this.#databaseErrors.inc({ kind: diskKind ?? (isSqliteBusy(error) ? 'busy' : 'unavailable') });
+      this.#databaseErrors.inc({
+        kind:
+          diskKind ??
+          (isSqliteBusy(error)
+            ? 'busy'
+            : damagedPostgresCodeOf(error) !== undefined || isDamagedDatabaseError(error)
+              ? 'damaged'
+              : 'unavailable'),
+      });
     else if (component === 'blobStore')
       this.#blobStoreErrors.inc({
         kind:

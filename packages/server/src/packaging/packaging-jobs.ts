@@ -59,6 +59,8 @@ export interface SeenClaim {
  * when it will be resumed.
  */
 function leaseNote(row: PackagingJobsTable, now: number, leaseMs: number): string | undefined {
+  // A job waiting for disk space has no runner (its status message says when it is due).
+  if (row.retry_at !== null && row.retry_at !== undefined) return undefined;
   if (row.status !== 'INPROGRESS' || now - row.updated_at <= 2 * leaseRenewalIntervalMs(leaseMs))
     return undefined;
   const renewed = new Date(row.updated_at).toISOString();
@@ -204,6 +206,8 @@ export class PackagingJobStore {
       claim_token: null,
       created_at: at,
       updated_at: at,
+      disk_full_attempts: 0,
+      retry_at: null,
     };
     try {
       await this.db.insertInto('packaging_jobs').values(row).execute();
@@ -243,24 +247,35 @@ export class PackagingJobStore {
   }
 
   /**
-   * Takes the oldest job that is waiting (STARTING) or whose runner's lease ran out (INPROGRESS, untouched for
-   * `leaseMs`: its server crashed, was killed or stalled), or undefined. Runners touch their job well within
-   * the lease, so a live replica's job is never taken. The update is conditional on the status and time read,
-   * so exactly one caller wins a job; it gets a new claim token, which ends any earlier runner's claim.
+   * Takes the oldest job that is waiting (STARTING), whose wait for disk space is over (INPROGRESS, unclaimed,
+   * its retry due), or whose runner's lease ran out (INPROGRESS, untouched for `leaseMs`: its server crashed, was
+   * killed or stalled), or undefined. Runners touch their job well within the lease, so a live replica's job is
+   * never taken. The update is conditional on the status and time read, so exactly one caller wins a job; it
+   * gets a new claim token, which ends any earlier runner's claim. `attempt`: the attempt this claim makes (1,
+   * or one more than those that met a full disk).
    */
-  async claimNext(
-    leaseMs: number,
-  ): Promise<{ job: PackagingJobRecord; resumed: boolean; claim: PackagingClaim } | undefined> {
+  async claimNext(leaseMs: number): Promise<
+    | {
+        job: PackagingJobRecord;
+        resumed: boolean;
+        claim: PackagingClaim;
+        attempt: number;
+      }
+    | undefined
+  > {
     for (;;) {
+      const now = this.now();
       const next = await this.db
         .selectFrom('packaging_jobs')
-        .select(['name', 'status', 'updated_at'])
+        .select(['name', 'status', 'updated_at', 'retry_at', 'disk_full_attempts'])
         .where((eb) =>
           eb.or([
             eb('status', '=', 'STARTING'),
+            eb.and([eb('status', '=', 'INPROGRESS'), eb('retry_at', '<=', now)]),
             eb.and([
               eb('status', '=', 'INPROGRESS'),
-              eb('updated_at', '<', leaseExpiredBefore(this.now(), leaseMs)),
+              eb('retry_at', 'is', null),
+              eb('updated_at', '<', leaseExpiredBefore(now, leaseMs)),
             ]),
           ]),
         )
@@ -268,14 +283,21 @@ export class PackagingJobStore {
         .orderBy('name')
         .executeTakeFirst();
       if (next === undefined) return undefined;
-      const resumed = next.status === 'INPROGRESS';
+      const waited = next.retry_at !== null;
+      const resumed = next.status === 'INPROGRESS' && !waited;
+      const attempt = Number(next.disk_full_attempts) + 1;
       const token = newClaimToken(this.instanceId);
       const result = await this.db
         .updateTable('packaging_jobs')
         .set({
           status: 'INPROGRESS',
-          status_message: resumed ? 'packaging (resumed after an interruption)' : 'packaging',
+          status_message: waited
+            ? `packaging (attempt ${attempt}, after a full disk)`
+            : resumed
+              ? 'packaging (resumed after an interruption)'
+              : 'packaging',
           claim_token: token,
+          retry_at: null,
           updated_at: this.now(),
         })
         .where('name', '=', next.name)
@@ -283,9 +305,36 @@ export class PackagingJobStore {
         .where('updated_at', '=', next.updated_at)
         .executeTakeFirst();
       if (Number(result.numUpdatedRows) === 1)
-        return { job: await this.get(next.name), resumed, claim: { jobName: next.name, token } };
+        return { job: await this.get(next.name), resumed, claim: { jobName: next.name, token }, attempt };
       // Another replica claimed it first: look again.
     }
+  }
+
+  /**
+   * Gives up the claim on a job whose attempt `attempt` met a full disk, for `delayMs`: the job stays INPROGRESS
+   * with `message(when its next attempt is due)`, and any replica (one with room) takes it once due (claimNext).
+   * When it is due; undefined, nothing written, once the claim is lost.
+   */
+  async waitForSpace(
+    claim: PackagingClaim,
+    wait: { attempt: number; delayMs: number; message: (retryAt: number) => string },
+  ): Promise<number | undefined> {
+    const now = this.now();
+    const retryAt = now + wait.delayMs;
+    const result = await this.db
+      .updateTable('packaging_jobs')
+      .set({
+        status_message: wait.message(retryAt),
+        claim_token: null,
+        disk_full_attempts: wait.attempt,
+        retry_at: retryAt,
+        updated_at: now,
+      })
+      .where('name', '=', claim.jobName)
+      .where('status', '=', 'INPROGRESS')
+      .where('claim_token', '=', claim.token)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) === 1 ? retryAt : undefined;
   }
 
   /** True while the claim is the job's current one (nobody resumed the job since, and it is not finished). */

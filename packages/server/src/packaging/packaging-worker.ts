@@ -54,14 +54,13 @@ export interface PackagingWorkerOptions {
    * their count bounds the attempts (default DISK_FULL_RETRY_DELAYS_MS; [] fails the job at once).
    */
   diskFullRetryDelaysMs?: readonly number[];
-  /** How a wait for space is waited (timers/promises' setTimeout; aborted when the worker stops). Tests: at once. */
-  waitForSpace?: (ms: number, value: undefined, options: { signal: AbortSignal }) => Promise<unknown>;
 }
 
 /**
  * The waits before each new attempt of a job whose disk was full: 1, 2, 4, 8 and 16 minutes (about half an hour
  * in all, for an operator to free space), the job INPROGRESS meanwhile with a status message that says it waits
- * for space. The worker runs one job at a time: the jobs after it wait too, and would fail alike on a full disk.
+ * for space and when it is due. It waits unclaimed: the worker goes on with other jobs, and any replica (one
+ * whose disk has room) takes it once due.
  */
 export const DISK_FULL_RETRY_DELAYS_MS: readonly number[] = [60_000, 120_000, 240_000, 480_000, 960_000];
 
@@ -168,7 +167,7 @@ export class PackagingWorker {
             'resuming an interrupted packaging job',
           );
         }
-        await this.run(claimed.job, claimed.claim);
+        await this.run(claimed.job, claimed.claim, claimed.attempt);
       }
       this.pollFailures.succeeded();
     } catch (error) {
@@ -253,11 +252,13 @@ export class PackagingWorker {
    * is removed. A lease renewal that finds the claim gone stops the build at its next step. Public so that a
    * test can play two replicas holding one job.
    */
-  async run(job: PackagingJobRecord, claim: PackagingClaim): Promise<void> {
+  async run(job: PackagingJobRecord, claim: PackagingClaim, attempt = 1): Promise<void> {
     const { jobs } = this.options;
     const log = this.options.logger.child({ packagingJob: job.name });
-    // What each lease renewal writes as the job's status message: it says when the job waits for space.
-    let status = 'packaging';
+    const delays = this.options.diskFullRetryDelaysMs ?? DISK_FULL_RETRY_DELAYS_MS;
+    // What each lease renewal writes as the job's status message.
+    const status =
+      attempt > 1 ? `packaging (attempt ${attempt} of ${delays.length + 1}, after a full disk)` : 'packaging';
     const lease = renewLease(() => jobs.touch(claim, status), this.options.leaseMs ?? DEFAULT_LEASE_MS);
     const check: ClaimCheck = {
       stopIfLost: (step) => {
@@ -268,37 +269,34 @@ export class PackagingWorker {
         if (!(await jobs.holds(claim))) throw new ClaimLostError(`lost the claim on the job before ${step}`);
       },
     };
-    const delays = this.options.diskFullRetryDelaysMs ?? DISK_FULL_RETRY_DELAYS_MS;
     try {
-      for (let attempt = 1; ; attempt++) {
-        const error = await this.attempt(job, claim, check);
-        if (error === undefined) return;
-        const delay = delays[attempt - 1];
-        if (
-          delay !== undefined &&
-          !this.stopped &&
-          !(error instanceof ClaimLostError) &&
-          diskFaultOf(error) === 'full'
-        ) {
-          const cause = error instanceof Error ? error.message : String(error);
-          status =
-            `waiting for disk space: the server's disk is full (${cause}); packaging again in ` +
-            `${Math.round(delay / 1000)} s (attempt ${attempt + 1} of ${delays.length + 1})`;
-          log.warn({ err: error, attempt, retryInMs: delay }, `packaging job ${job.name}: ${status}`);
-          if (await jobs.touch(claim, status).catch(() => false)) {
-            try {
-              await (this.options.waitForSpace ?? sleep)(delay, undefined, { signal: this.stopping.signal });
-            } catch {
-              // The server is stopping: the job stays INPROGRESS, resumed after the restart as any interrupted job.
-              return;
-            }
-            status = `packaging (attempt ${attempt + 1} of ${delays.length + 1}, after a full disk)`;
-            continue;
-          }
+      const error = await this.attempt(job, claim, check);
+      if (error === undefined) return;
+      const delay = delays[attempt - 1];
+      if (
+        delay !== undefined &&
+        !this.stopped &&
+        !(error instanceof ClaimLostError) &&
+        diskFaultOf(error) === 'full'
+      ) {
+        // Waits unclaimed, so that any replica with room may take it once due (this one too: its poll).
+        const cause = error instanceof Error ? error.message : String(error);
+        const message = (retryAt: number) =>
+          `waiting for disk space: the server's disk is full (${cause}); packaging again at ` +
+          `${new Date(retryAt).toISOString()}, by any server (attempt ${attempt + 1} of ${delays.length + 1})`;
+        lease.stop();
+        const retryAt = await jobs
+          .waitForSpace(claim, { attempt, delayMs: delay, message })
+          .catch(() => undefined);
+        if (retryAt !== undefined) {
+          log.warn(
+            { err: error, attempt, retryInMs: delay },
+            `packaging job ${job.name}: ${message(retryAt)}`,
+          );
+          return;
         }
-        await this.recordFailure(job, claim, error, attempt, log);
-        return;
       }
+      await this.recordFailure(job, claim, error, attempt, log);
     } finally {
       lease.stop();
     }

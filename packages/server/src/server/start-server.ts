@@ -791,6 +791,7 @@ export async function startServer(
     background.push({ stop: () => compilationJobs.close() });
     const offlineAfterMs = config.heartbeat.intervalSeconds * config.heartbeat.offlineAfterMissed * 1000;
     const deployments = new DeploymentService(database.db, {
+      engine: database.engine,
       packagingJobs,
       models,
       events: fleetEvents,
@@ -941,6 +942,7 @@ export async function startServer(
       outageLog,
       observeRequest: (request, reply) => metrics.observeRequest('operator', request, reply),
       observeTimeout: (answered) => metrics.requestTimedOut('operator', answered),
+      observeClientError: (status) => metrics.clientErrorAnswered('operator', status),
       authenticators: {
         ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
         'console-session': consoleSignOutAuthenticator(services.consoleSessions),
@@ -1059,6 +1061,7 @@ export async function startServer(
       outageLog,
       observeRequest: (request, reply) => metrics.observeRequest('device', request, reply),
       observeTimeout: (answered) => metrics.requestTimedOut('device', answered),
+      observeClientError: (status) => metrics.clientErrorAnswered('device', status),
       authenticators: {
         device: deviceAuthenticator(services.identity, (request) =>
           authenticatedDeviceRequests.add(request.raw),

@@ -538,6 +538,22 @@ export function isDamagedDatabaseError(error: unknown): boolean {
   return false;
 }
 
+/** PostgreSQL's class XX: internal_error (XX000), data_corrupted (XX001), index_corrupted (XX002). */
+const DAMAGED_POSTGRES_CODE = /^XX[0-9A-Z]{3}$/;
+
+/**
+ * The SQLSTATE when `error` (or what it wraps) is PostgreSQL reporting damaged data or an internal error
+ * (class XX); else undefined. Not given up, unlike SQLite's: see dependencyUnavailableOf.
+ */
+export function damagedPostgresCodeOf(error: unknown): string | undefined {
+  for (let cause = error, depth = 0; cause !== undefined && cause !== null && depth < 5; depth++) {
+    const code = (cause as { code?: unknown }).code;
+    if (typeof code === 'string' && DAMAGED_POSTGRES_CODE.test(code)) return code;
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
 /**
  * The SQLite file is damaged: restarting cannot help (exit 2, 'unsafe'), a person must restore a backup. The
  * message names the file, what is wrong and the way out.

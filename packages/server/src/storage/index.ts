@@ -3,6 +3,7 @@ export {
   DatabaseOpenError,
   DatabaseUnavailableError,
   damagedDatabaseError,
+  damagedPostgresCodeOf,
   diskFaultOf,
   isDamagedDatabaseError,
   isDatabaseOutage,

@@ -1,6 +1,7 @@
 /* eslint-disable @typescript-eslint/no-explicit-any -- migrations work on the schema as it was, not the typed one */
 import {
   Migrator,
+  SqliteAdapter,
   sql,
   type Kysely,
   type Migration,
@@ -726,6 +727,38 @@ const migrations: Record<string, Migration> = {
       await db.schema.dropIndex('deployment_plans_fleet').ifExists().execute();
     },
   },
+  // Plan retention (deployments/plan-retention.ts) judges a fleet's plans outside any transaction, then checks
+  // inside the delete's that nothing the judgement read has changed since: on SQLite, by this per-fleet revision,
+  // which triggers move on every write to what the judgement reads (plans, stages, targets, handle rows and
+  // locks, devices and their tags), whoever writes it. SQLite only: its one writer makes the extra row write
+  // free of contention, where on PostgreSQL every device report of a fleet would queue on one row (retention
+  // locks the rows instead there).
+  '0026_fleet_deployment_revisions': {
+    async up(db: Kysely<any>): Promise<void> {
+      if (!(db.getExecutor().adapter instanceof SqliteAdapter)) return;
+      await db.schema
+        .createTable('deployment_fleet_revisions')
+        .ifNotExists()
+        .addColumn('fleet_name', 'text', (c) => c.primaryKey())
+        .addColumn('revision', 'bigint', (c) => c.notNull())
+        .execute();
+      for (const [name, statement] of Object.entries(fleetRevisionTriggers())) {
+        await sql.raw(`create trigger if not exists ${name} ${statement}`).execute(db);
+      }
+    },
+  },
+  // A packaging job waiting for disk space (packaging/packaging-worker.ts) gives up its claim while it waits, so
+  // that any replica with room may take it once due: how many attempts met a full disk, and when the next is due
+  // (null: not waiting).
+  '0027_packaging_job_disk_retries': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema
+        .alterTable('packaging_jobs')
+        .addColumn('disk_full_attempts', 'bigint', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema.alterTable('packaging_jobs').addColumn('retry_at', 'bigint').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = {
@@ -874,4 +907,77 @@ function handlesOfStoredConfigs(stored: string): string[] {
   if (!Array.isArray(configs)) return [];
   const handles = configs.map((c: unknown) => (c as { modelHandle?: unknown } | null)?.modelHandle);
   return handles.every((h): h is string => typeof h === 'string') ? handles : [];
+}
+
+/** SQL that moves the revision of the fleet `fleet` (an expression; no row when it is null). */
+function bumpRevision(fleet: string): string {
+  return (
+    `insert into deployment_fleet_revisions (fleet_name, revision) select ${fleet}, 1 where ${fleet} is not null ` +
+    'on conflict (fleet_name) do update set revision = deployment_fleet_revisions.revision + 1;'
+  );
+}
+
+/** Migration 0026's triggers, by name: each write to what plan retention judges moves its fleet's revision. */
+function fleetRevisionTriggers(): Record<string, string> {
+  const planFleet = (row: string) =>
+    `(select fleet_name from deployment_plans where name = ${row}.plan_name)`;
+  const deviceFleet = (row: string) => `(select fleet_name from devices where name = ${row}.device_name)`;
+  const on = (when: string, table: string, body: string, condition?: string) =>
+    `after ${when} on ${table} for each row ${condition !== undefined ? `when ${condition} ` : ''}begin ${body} end`;
+  return {
+    deployment_plans_revision_insert: on('insert', 'deployment_plans', bumpRevision('new.fleet_name')),
+    deployment_plans_revision_delete: on('delete', 'deployment_plans', bumpRevision('old.fleet_name')),
+    deployment_stages_revision_insert: on('insert', 'deployment_stages', bumpRevision(planFleet('new'))),
+    deployment_stages_revision_delete: on('delete', 'deployment_stages', bumpRevision(planFleet('old'))),
+    deployment_stages_revision_update: on(
+      'update',
+      'deployment_stages',
+      bumpRevision(planFleet('new')),
+      'old.status is not new.status or old.selection is not new.selection or old.failure_policy is not new.failure_policy',
+    ),
+    deployment_targets_revision_insert: on('insert', 'deployment_targets', bumpRevision('new.fleet_name')),
+    deployment_targets_revision_delete: on('delete', 'deployment_targets', bumpRevision('old.fleet_name')),
+    deployment_targets_revision_update: on(
+      'update',
+      'deployment_targets',
+      bumpRevision('new.fleet_name'),
+      'old.status is not new.status or old.stage_name is not new.stage_name',
+    ),
+    deployment_handle_locks_revision_insert: on(
+      'insert',
+      'deployment_handle_locks',
+      bumpRevision('new.fleet_name'),
+    ),
+    deployment_handle_locks_revision_delete: on(
+      'delete',
+      'deployment_handle_locks',
+      bumpRevision('old.fleet_name'),
+    ),
+    deployment_handle_locks_revision_update: on(
+      'update',
+      'deployment_handle_locks',
+      bumpRevision('old.fleet_name') + ' ' + bumpRevision('new.fleet_name'),
+    ),
+    deployment_plan_handles_revision_insert: on(
+      'insert',
+      'deployment_plan_handles',
+      bumpRevision('new.fleet_name'),
+    ),
+    deployment_plan_handles_revision_delete: on(
+      'delete',
+      'deployment_plan_handles',
+      bumpRevision('old.fleet_name'),
+    ),
+    devices_revision_insert: on('insert', 'devices', bumpRevision('new.fleet_name')),
+    devices_revision_delete: on('delete', 'devices', bumpRevision('old.fleet_name')),
+    devices_revision_update: on(
+      'update',
+      'devices',
+      bumpRevision('old.fleet_name') + ' ' + bumpRevision('new.fleet_name'),
+      'old.fleet_name is not new.fleet_name or old.name is not new.name',
+    ),
+    device_tags_revision_insert: on('insert', 'device_tags', bumpRevision(deviceFleet('new'))),
+    device_tags_revision_delete: on('delete', 'device_tags', bumpRevision(deviceFleet('old'))),
+    device_tags_revision_update: on('update', 'device_tags', bumpRevision(deviceFleet('new'))),
+  };
 }

@@ -195,6 +195,10 @@ export interface PackagingJobsTable {
   claim_token: string | null;
   created_at: number;
   updated_at: number;
+  /** Attempts that met a full disk so far (0027). */
+  disk_full_attempts: number;
+  /** While the job waits for disk space, unclaimed: when its next attempt is due; null otherwise (0027). */
+  retry_at: number | null;
 }
 
 /** A capture record a device uploaded through the control plane (captures/): written once per record format. */
@@ -313,6 +317,15 @@ export interface DeploymentPlanHandlesTable {
   created_at: number;
 }
 
+/**
+ * SQLite only (0026): a fleet's revision, moved by triggers on every write to what plan retention judges, so that
+ * its delete can tell in one read that nothing changed since its judgement.
+ */
+export interface DeploymentFleetRevisionsTable {
+  fleet_name: string;
+  revision: number;
+}
+
 export interface DeploymentEventsTable {
   id: string;
   plan_name: string;
@@ -362,4 +375,5 @@ export interface DatabaseSchema {
   deployment_handle_locks: DeploymentHandleLocksTable;
   deployment_plan_handles: DeploymentPlanHandlesTable;
   deployment_events: DeploymentEventsTable;
+  deployment_fleet_revisions: DeploymentFleetRevisionsTable;
 }

@@ -203,6 +203,7 @@ describe('fleet events in the server log (real server, SQLite)', () => {
           .status,
       ).toBe(200);
       const later = new DeploymentService(t.server.database.db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
         events: new FleetEventLog(t.server.logger),

@@ -405,6 +405,7 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       });
       let clock = Date.now() + 61_000;
       const sweeper = new DeploymentService(t.server.database.db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
         now: () => clock,
@@ -738,6 +739,7 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       });
       expect(created.status).toBe(201);
       const service = new DeploymentService(t.server.database.db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
       });
@@ -809,6 +811,7 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       }
       // The in-process API refuses the same (the SageMaker facade and the console go through it).
       const service = new DeploymentService(t.server.database.db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
       });
@@ -855,6 +858,7 @@ describe.each(engines)('deployments on $engine', (fixture) => {
       // a name that appears as another field, a prefix, another case or a LIKE wildcard must not count.
       await admin('POST', '/api/v1/fleets', { name: 'h', outputConfig: { s3OutputLocation: 's3://c/h' } });
       const service = new DeploymentService(t.server.database.db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
       });

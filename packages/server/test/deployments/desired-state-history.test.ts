@@ -78,6 +78,7 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
         const stages = rowsReadFrom('deployment_stages');
         const db = t.server.database.db.withPlugin(plans.plugin).withPlugin(stages.plugin);
         const reader = new DeploymentService(db, {
+          engine: t.server.database.engine,
           packagingJobs: t.server.services.packagingJobs,
           models: t.server.services.models,
         });
@@ -186,6 +187,7 @@ describe.each(engines)('desired state over a plan history on $engine', (fixture)
       };
       const pollW1 = async () => shown(await service().deploymentsFor({ deviceName: 'w1', fleetName: 'fw' }));
       const freshProcess = new DeploymentService(db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
         events: new FleetEventLog(pino({ level: 'silent' })),

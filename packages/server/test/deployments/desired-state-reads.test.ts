@@ -59,6 +59,7 @@ describe.each(engines)('GetDeployments reads on $engine', (fixture) => {
       const counted = async (deviceName: string) => {
         const reads = rowsReadFrom('deployment_plans');
         const service = new DeploymentService(t.server.database.db.withPlugin(reads.plugin), {
+          engine: t.server.database.engine,
           packagingJobs: t.server.services.packagingJobs,
           models: t.server.services.models,
         });

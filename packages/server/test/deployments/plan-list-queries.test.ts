@@ -69,6 +69,7 @@ describe.each(engines)('deployment plan listing on $engine', (fixture) => {
       const counted = async (limit: number, fleetName?: string) => {
         const counter = queryCounter();
         const service = new DeploymentService(t.server.database.db.withPlugin(counter.plugin), {
+          engine: t.server.database.engine,
           packagingJobs: t.server.services.packagingJobs,
           models: t.server.services.models,
         });

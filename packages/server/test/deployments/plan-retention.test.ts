@@ -78,6 +78,7 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
       const logger = pino({}, { write: (line: string) => lines.push(JSON.parse(line)) });
       const sweeper = (daysLater: number) =>
         new DeploymentService(t.server.database.db, {
+          engine: t.server.database.engine,
           packagingJobs: t.server.services.packagingJobs,
           models: t.server.services.models,
           events: new FleetEventLog(logger),
@@ -136,7 +137,13 @@ describe.each(engines)('plan retention on $engine', (fixture) => {
       await rollOut('old12', ['y'], everyone);
       const later = Date.now() + 91 * DAY;
       const sweep = (after?: RetentionCursor) =>
-        deleteExpiredPlans(t.server.database.db, { retentionMs: 90 * DAY, now: later, batch: 2, after });
+        deleteExpiredPlans(t.server.database.db, {
+          engine: t.server.database.engine,
+          retentionMs: 90 * DAY,
+          now: later,
+          batch: 2,
+          after,
+        });
       // The two oldest (old01, old02) are kept: a sweep of two judges only them, and says where it stopped.
       const first = await sweep();
       expect(first.deleted).toEqual([]);
@@ -166,6 +173,7 @@ describe.each(engines)('plan retention judged again as the delete commits, on $e
   const calls = (fleet: (typeof fleets)[number]) => planCalls(() => t, fleet);
   const sweep = (beforeDelete?: (names: readonly string[]) => Promise<void>) =>
     deleteExpiredPlans(t.server.database.db, {
+      engine: t.server.database.engine,
       retentionMs: 90 * DAY,
       now: Date.now() + 91 * DAY,
       ...(beforeDelete !== undefined && { beforeDelete }),
@@ -323,7 +331,11 @@ describe.each(engines)('plan retention judging every device on $engine', (fixtur
         await service().startStage('p2', 'all');
         const before = shown(await poll(device));
         expect(before).toContain('p1: x');
-        const swept = await deleteExpiredPlans(db, { retentionMs: 90 * DAY, now: Date.now() });
+        const swept = await deleteExpiredPlans(db, {
+          engine: t.server.database.engine,
+          retentionMs: 90 * DAY,
+          now: Date.now(),
+        });
         expect(swept.deleted).toEqual([]);
         expect(shown(await poll(device))).toEqual(before);
       } finally {

@@ -205,6 +205,7 @@ describe.each(engines)('what a device result may change on $engine', (fixture) =
       let clock = Date.now();
       const when = nowSeconds();
       const service = new DeploymentService(t.server.database.db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
         events: new FleetEventLog(t.server.logger.child({ log: 'fleet-events' })),
@@ -238,6 +239,7 @@ describe.each(engines)('what a device result may change on $engine', (fixture) =
       let clock = Date.now();
       const when = nowSeconds();
       const service = new DeploymentService(t.server.database.db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
         events: new FleetEventLog(t.server.logger.child({ log: 'fleet-events' })),

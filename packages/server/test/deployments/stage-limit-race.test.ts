@@ -43,6 +43,7 @@ describe.skipIf(!postgres.available)('the stage limit with two replicas on one P
       });
       replicas.push(
         new DeploymentService(database.db, {
+          engine: database.engine,
           packagingJobs: new PackagingJobStore(database.db, models),
           models,
         }),

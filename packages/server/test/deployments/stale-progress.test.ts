@@ -251,6 +251,7 @@ describe.each(engines)('a stale progress heartbeat on $engine', (fixture) => {
       });
       expect(await deviceResult()).toBe('FAIL');
       const sweeper = new DeploymentService(t.server.database.db, {
+        engine: t.server.database.engine,
         packagingJobs: t.server.services.packagingJobs,
         models: t.server.services.models,
         now: () => Date.now() + 2 * 3_600_000,

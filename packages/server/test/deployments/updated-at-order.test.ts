@@ -28,6 +28,7 @@ describe.each(engines)('deployment rows keep their latest updated_at on $engine'
   /** A replica whose clock reads `at`. */
   const replicaAt = (at: number) =>
     new DeploymentService(t.server.database.db, {
+      engine: t.server.database.engine,
       packagingJobs: t.server.services.packagingJobs,
       models: t.server.services.models,
       now: () => at,

@@ -274,7 +274,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
   );
 
   it.skipIf(!fixture.available)(
-    'packages a job again once the disk has room, its status saying meanwhile that it waits for space',
+    'a job waiting for disk space gives up its claim: another server with room packages it once due, its status saying meanwhile that it waits',
     async () => {
       const t = await startTestServer({
         database: await fixture.createLocation(),
@@ -282,48 +282,42 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       });
       try {
         await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-space-model`));
-        const { blobs, services } = t.server;
+        const { blobs, database, services } = t.server;
         await services.packagingJobs.create({ name: 'job-space', modelName: 'tiny', modelVersion: '1' });
-        let full = true;
-        const seenWhileWaiting: unknown[] = [];
-        const waits: number[] = [];
-        const worker = new PackagingWorker({
-          jobs: services.packagingJobs,
-          models: services.models,
-          blobs,
-          signing: services.signing,
-          workDir: path.join(work, `${fixture.engine}-space`),
-          pollIntervalMs: 3_600_000,
-          leaseMs: LEASE_MS,
-          logger: t.server.logger,
-          // A real ENOSPC from the kernel (/dev/full) until space is "freed", then a real file.
-          afterPackaged: async (_job, archive) =>
-            writeFile(
-              full ? '/dev/full' : path.join(work, `${fixture.engine}-space-copy`),
-              await readFile(archive),
-            ),
-          // The job as an operator sees it during the wait; then the operator frees space.
-          waitForSpace: async (ms) => {
-            waits.push(ms);
-            seenWhileWaiting.push(
-              (await t.call('GET', '/api/v1/packaging-jobs/job-space', { token: t.readToken })).body,
-            );
-            full = false;
-          },
-        });
-        await worker.drain();
-        await worker.stop();
-        expect(waits).toEqual([60_000]);
-        expect(seenWhileWaiting).toEqual([
-          expect.objectContaining({
-            status: 'INPROGRESS',
-            statusMessage: expect.stringMatching(
-              /^waiting for disk space: the server's disk is full \(ENOSPC: no space left on device, write\); packaging again in 60 s \(attempt 2 of 6\)$/,
-            ),
-          }),
-        ]);
-        const job = await t.call('GET', '/api/v1/packaging-jobs/job-space', { token: t.readToken });
-        expect(job.body).toMatchObject({ status: 'COMPLETED' });
+        // Both replicas' clock: moved on by the test, so that no test waits a minute.
+        let clock = Date.now();
+        const replica = (name: string, afterPackaged: (archive: string) => Promise<void>) =>
+          new PackagingWorker({
+            jobs: new PackagingJobStore(database.db, services.models, () => clock, { leaseMs: LEASE_MS }),
+            models: services.models,
+            blobs,
+            signing: services.signing,
+            workDir: path.join(work, `${fixture.engine}-space-${name}`),
+            pollIntervalMs: 3_600_000,
+            leaseMs: LEASE_MS,
+            logger: t.server.logger,
+            afterPackaged: async (_job, archive) => afterPackaged(archive),
+          });
+        // A real ENOSPC from the kernel on one replica (/dev/full); the other has room.
+        const full = replica('full', async (archive) => writeFile('/dev/full', await readFile(archive)));
+        const roomy = replica('roomy', async (archive) =>
+          writeFile(path.join(work, `${fixture.engine}-space-copy`), await readFile(archive)),
+        );
+        await full.drain();
+        const show = async () =>
+          (await t.call('GET', '/api/v1/packaging-jobs/job-space', { token: t.readToken })).body;
+        const waiting = {
+          status: 'INPROGRESS',
+          statusMessage: `waiting for disk space: the server's disk is full (ENOSPC: no space left on device, write); packaging again at ${new Date(clock + 60_000).toISOString()}, by any server (attempt 2 of 6)`,
+        };
+        expect(await show()).toMatchObject(waiting);
+        // Not due yet: no replica takes it.
+        await roomy.drain();
+        expect(await show()).toMatchObject(waiting);
+        clock += 60_000;
+        await roomy.drain();
+        expect(await show()).toMatchObject({ status: 'COMPLETED' });
+        await Promise.all([full.stop(), roomy.stop()]);
       } finally {
         await t.stop();
       }
@@ -339,11 +333,11 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       });
       try {
         await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-still-full-model`));
-        const { blobs, services } = t.server;
+        const { blobs, database, services } = t.server;
         await services.packagingJobs.create({ name: 'job-still-full', modelName: 'tiny', modelVersion: '1' });
-        const waits: number[] = [];
+        let clock = Date.now();
         const worker = new PackagingWorker({
-          jobs: services.packagingJobs,
+          jobs: new PackagingJobStore(database.db, services.models, () => clock, { leaseMs: LEASE_MS }),
           models: services.models,
           blobs,
           signing: services.signing,
@@ -353,14 +347,20 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
           logger: t.server.logger,
           afterPackaged: async (_job, archive) => writeFile('/dev/full', await readFile(archive)),
           diskFullRetryDelaysMs: [1_000, 2_000],
-          waitForSpace: async (ms) => void waits.push(ms),
         });
+        const show = async () =>
+          (await t.call('GET', '/api/v1/packaging-jobs/job-still-full', { token: t.readToken })).body;
+        await worker.drain();
+        expect((await show()).statusMessage).toMatch(/\(attempt 2 of 3\)$/);
+        clock += 1_000;
+        await worker.drain();
+        expect((await show()).statusMessage).toMatch(/\(attempt 3 of 3\)$/);
+        clock += 2_000;
         await worker.drain();
         await worker.stop();
-        expect(waits).toEqual([1_000, 2_000]);
-        const job = await t.call('GET', '/api/v1/packaging-jobs/job-still-full', { token: t.readToken });
-        expect(job.body).toMatchObject({ status: 'FAILED' });
-        expect(job.body.statusMessage).toMatch(
+        const job = await show();
+        expect(job).toMatchObject({ status: 'FAILED' });
+        expect(job.statusMessage).toMatch(
           /^the server's disk is full \(ENOSPC: no space left on device, write\), at each of 3 attempts; free space .* then create the packaging job again under a new name$/,
         );
       } finally {

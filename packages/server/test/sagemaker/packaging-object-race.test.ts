@@ -10,7 +10,12 @@ import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { S3Objects } from '../../src/blobs/index.js';
 import { claimPackageObject } from '../../src/sagemaker/operations/package-object-claim.js';
-import { migrateTo, migrateToLatest, openDatabase } from '../../src/storage/index.js';
+import {
+  migrateTo,
+  migrateToLatest,
+  openDatabase,
+  type PackagingJobsTable,
+} from '../../src/storage/index.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
 import { startTestS3 } from '../support/s3.js';
 import { sagemakerCall, type AccessKey } from '../support/sagemaker-call.js';
@@ -146,6 +151,8 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
             claim_token: null,
             created_at: 1000,
             updated_at: 1000,
+            disk_full_attempts: 0,
+            retry_at: null,
           })
           .execute();
         const source = (name: string) => ({
@@ -222,22 +229,24 @@ describe.each(engines)('package objects on $engine (review E2)', { timeout: 60_0
       try {
         const { db } = database;
         await migrateTo(db, '0015_compilation_claims');
-        const job = (name: string, version: string, at: number, status = 'COMPLETED') => ({
-          name,
-          model_name: 'racer',
-          model_version: version,
-          status,
-          status_message: null,
-          output_s3_location: 's3://neo/race/',
-          artifact_key: null,
-          artifact_location: null,
-          artifact_size_bytes: null,
-          artifact_sha256: null,
-          signature: null,
-          claim_token: null,
-          created_at: at,
-          updated_at: at,
-        });
+        const job = (name: string, version: string, at: number, status = 'COMPLETED') =>
+          ({
+            name,
+            model_name: 'racer',
+            model_version: version,
+            status,
+            status_message: null,
+            output_s3_location: 's3://neo/race/',
+            artifact_key: null,
+            artifact_location: null,
+            artifact_size_bytes: null,
+            artifact_sha256: null,
+            signature: null,
+            claim_token: null,
+            created_at: at,
+            updated_at: at,
+            // Migration 0015's table: 0027's columns are not there yet.
+          }) as unknown as PackagingJobsTable;
         await db
           .insertInto('packaging_jobs')
           .values([

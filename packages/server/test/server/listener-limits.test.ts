@@ -260,6 +260,36 @@ describe('listener limits (issue 15: half-open TLS connections)', () => {
     socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ');
     await closed(socket);
     expect(answer).toMatch(/^HTTP\/1\.1 408/);
+    // Answered by Node below the app, and counted (before, /metrics never saw it).
+    const metrics = String((await t.call('GET', '/metrics', { token: t.readToken })).body);
+    expect(metrics).toMatch(
+      /^edgefleet_server_http_requests_total\{listener="operator",method="other",route="unmatched",status_class="4xx"\} 1$/m,
+    );
+    expect(metrics).toMatch(
+      /^edgefleet_server_requests_refused_total\{listener="operator",reason="request_timeout"\} 1$/m,
+    );
+  });
+
+  it("counts Node's own 400 for a request it cannot parse, labelled by nothing the client sent", async () => {
+    t = await startTestServer();
+    for (const request of [
+      'GET /api/v1/devices/secret-device HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n',
+      'NOT-A-METHOD\x01 /private-path HTTP/1.1\r\n\r\n',
+    ]) {
+      const socket = await idle(t.url);
+      let answer = '';
+      socket.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+      socket.write(request);
+      await closed(socket);
+      expect(answer).toMatch(/^HTTP\/1\.1 400/);
+    }
+    const metrics = String((await t.call('GET', '/metrics', { token: t.readToken })).body);
+    expect(metrics).toMatch(
+      /^edgefleet_server_http_requests_total\{listener="operator",method="other",route="unmatched",status_class="4xx"\} 2$/m,
+    );
+    // A 400 is the client's error, not a limit.
+    expect(metrics).not.toMatch(/^edgefleet_server_requests_refused_total\{/m);
+    expect(metrics).not.toMatch(/secret-device|private-path|NOT-A-METHOD/);
   });
 });
 
