@@ -34,6 +34,11 @@ function describeFleet(fleet: Fleet): string {
   ]);
 }
 
+/** The server's warnings on a create or update (e.g. captures kept in its local folder, not in the bucket). */
+function warningLines(fleet: Fleet): string[] {
+  return (fleet.warnings ?? []).map((warning) => `warning: ${warning}`);
+}
+
 export function describeReport(report: FleetReport): string[] {
   const { connectedDeviceCount, registeredDeviceCount, neverSeenDeviceCount } = report.deviceStats;
   return [
@@ -105,7 +110,11 @@ export function registerFleetCommands(program: Command, output: () => Output): v
           tags: parseTags(opts.tag),
         }),
       );
-      out.result(created, () => [`Created fleet ${created.name}`, describeFleet(created)]);
+      out.result(created, () => [
+        `Created fleet ${created.name}`,
+        describeFleet(created),
+        ...warningLines(created),
+      ]);
     },
   );
 
@@ -177,7 +186,11 @@ export function registerFleetCommands(program: Command, output: () => Output): v
         '--description, --output, --role-arn, --tag or --clear-tags',
       );
       const updated = await withServer(opts, (client) => client.updateFleet(name, patch));
-      out.result(updated, () => [`Updated fleet ${updated.name}`, describeFleet(updated)]);
+      out.result(updated, () => [
+        `Updated fleet ${updated.name}`,
+        describeFleet(updated),
+        ...warningLines(updated),
+      ]);
     },
   );
 

@@ -24,6 +24,8 @@ export const fleetSchema = z.looseObject({
   deviceCount: z.number(),
   createdAt: isoTime,
   updatedAt: isoTime,
+  /** Only in a create or update answer: what the server could not check, or where captures go instead. */
+  warnings: z.array(z.string()).optional(),
 });
 export type Fleet = z.infer<typeof fleetSchema>;
 

@@ -25,6 +25,10 @@ describe('edgefleet fleet', () => {
     expect(created.stdout).toMatch(
       /Created fleet vision[\s\S]*output\s+s3:\/\/captures\/vision[\s\S]*tags\s+team=cv/,
     );
+    // This server has no S3: it says where the captures go instead.
+    expect(created.stdout).toMatch(
+      /\nwarning: captures for s3:\/\/captures\/vision will be kept on the server in file:\/\/\S+\/fleet-output\/captures\/vision, not in bucket captures: the server has no S3/,
+    );
 
     const list = await ef('fleet', 'list');
     expect(list.stdout.split('\n')[0]).toMatch(/^name\s+devices\s+output\s+description$/);

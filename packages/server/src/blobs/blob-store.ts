@@ -19,6 +19,11 @@ export interface PutBlobOptions {
   contentType?: string;
   /** Aborts the write (the stream body failed): the store stops it and rejects, keeping nothing of it. */
   signal?: AbortSignal;
+  /**
+   * S3: write the object with SSE-KMS under this KMS key (`ServerSideEncryption: aws:kms`, `SSEKMSKeyId`). A
+   * local folder has no server-side encryption: its store ignores it (fleet outputs say so when a fleet is set).
+   */
+  sseKmsKeyId?: string;
 }
 
 export interface ReadBlobOptions {

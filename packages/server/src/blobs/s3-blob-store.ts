@@ -262,6 +262,10 @@ export class S3BlobStore implements BlobStore {
           Body: body,
           ContentLength: contentLength,
           ContentType: options.contentType ?? 'application/octet-stream',
+          ...(options.sseKmsKeyId !== undefined && {
+            ServerSideEncryption: 'aws:kms',
+            SSEKMSKeyId: options.sseKmsKeyId,
+          }),
         }),
         // The SDK pipes a stream body into the request, and pipe passes no error on: without the abort, a body
         // that fails leaves the PUT open with a short body until the endpoint gives up (s3rver never does).

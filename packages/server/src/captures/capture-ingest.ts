@@ -64,6 +64,8 @@ interface OutputTarget {
   objectUrl: string;
   /** The records' format, by where the key is: `edge` (`<fleet>/…`) or `model-monitor` (`_model-monitor/…`). */
   format: 'edge' | 'model-monitor';
+  /** The fleet's KMS key, for an S3 target: the object is written with SSE-KMS under it. */
+  sseKmsKeyId?: string;
 }
 
 /** What capture_objects says of an object's address when a device claims it (see #claim). */
@@ -385,7 +387,11 @@ export class CaptureIngest {
       }
 
       try {
-        await store.put(storedKey, body, { contentType: file.contentType, contentLength: body.length });
+        await store.put(storedKey, body, {
+          contentType: file.contentType,
+          contentLength: body.length,
+          ...(target.sseKmsKeyId !== undefined && { sseKmsKeyId: target.sseKmsKeyId }),
+        });
       } catch (error) {
         // Nothing was stored: the agent retries, and must not pay for the failure (else an outage of the
         // fleet's bucket fills the day's quota with bytes that never landed), nor keep a row for it.
@@ -481,6 +487,7 @@ export class CaptureIngest {
           contentType: file.contentType,
           contentLength: file.contentLength,
           signal: abort.signal,
+          ...(target.sseKmsKeyId !== undefined && { sseKmsKeyId: target.sseKmsKeyId }),
         });
       } catch (error) {
         // As in store(): a failed write is not paid for. The body's unread rest is not drained: the answer goes out
@@ -580,11 +587,16 @@ export class CaptureIngest {
     }
     const fleet = await this.#db
       .selectFrom('fleets')
-      .select(['output_s3_location', 'output_outage_problem', 'output_outage_last_failure_at'])
+      .select([
+        'output_s3_location',
+        'output_kms_key_id',
+        'output_outage_problem',
+        'output_outage_last_failure_at',
+      ])
       .where('name', '=', device.fleetName)
       .executeTakeFirst();
     if (fleet === undefined) throw new DomainError('NotFound', `fleet ${device.fleetName} does not exist`);
-    const target = this.#outputs.targetFor(fleet.output_s3_location);
+    const target = this.#outputs.targetFor(fleet.output_s3_location, fleet.output_kms_key_id);
     if (target === undefined)
       throw new DomainError(
         'Conflict',
@@ -626,6 +638,7 @@ export class CaptureIngest {
       store: target.store,
       storedKey,
       format: layout.format,
+      ...(target.sseKmsKeyId !== undefined && { sseKmsKeyId: target.sseKmsKeyId }),
       // targetFor took the location, so it parses.
       objectUrl: `s3://${parseOutputLocation(fleet.output_s3_location)!.bucket}/${key}`,
       location: fleet.output_s3_location,

@@ -28,6 +28,11 @@ export interface FleetOutputTarget {
    * server's: no capture may be written there (empty: the whole bucket). Absent: no overlap possible.
    */
   reservedPrefix?: string;
+  /**
+   * The fleet's KMS key (`OutputConfig.KmsKeyId`): every object is written with SSE-KMS under it. Only on an S3
+   * target; a local folder target has none (the fleet-output check warned that it is not encrypted).
+   */
+  sseKmsKeyId?: string;
 }
 
 /** `s3://bucket/prefix` → its parts; undefined when the fleet's output is not an S3 URI. */
@@ -39,9 +44,12 @@ export function parseOutputLocation(location: string): { bucket: string; prefix:
 
 /**
  * Maps a fleet's output location onto storage the server can write:
- * - with S3 blobs (`--blob s3://…`), the fleet's own bucket through the same S3 connection (endpoint,
- *   credentials), so a capture lands exactly at `s3://<bucket>/<key>`, where its records' `data-ref`s point;
- * - with a local blob folder, `fleet-output/<bucket>/<key>` inside it (there is no bucket to write to).
+ * - with S3 blobs (`--blob s3://…`), or local blobs and S3 settings (config/s3-configured.ts decides: the
+ *   facade's packaging jobs write through the same settings), the fleet's own bucket through that S3 connection
+ *   (endpoint, credentials), so a capture lands exactly at `s3://<bucket>/<key>`, where its records' `data-ref`s
+ *   point, encrypted with the fleet's KMS key when it has one;
+ * - on a server with no S3 at all, `fleet-output/<bucket>/<key>` inside the local blob folder (the fleet-output
+ *   check warns of it when a fleet takes the location).
  * S3 clients are made once per bucket and closed with close().
  */
 export class FleetOutputs {
@@ -78,7 +86,8 @@ export class FleetOutputs {
     this.#warn = options.warn;
   }
 
-  targetFor(location: string): FleetOutputTarget | undefined {
+  /** `kmsKeyId`: the fleet's OutputConfig.KmsKeyId (null or absent: none). */
+  targetFor(location: string, kmsKeyId?: string | null): FleetOutputTarget | undefined {
     const parsed = parseOutputLocation(location);
     if (parsed === undefined) return undefined;
     const { bucket, prefix } = parsed;
@@ -103,7 +112,8 @@ export class FleetOutputs {
       this.#buckets.set(bucket, store);
     }
     const reserved = this.#serverBlobs?.bucket === bucket ? { reservedPrefix: this.#serverBlobs.prefix } : {};
-    return { store, keyFor: (key) => key, location, prefix, ...reserved };
+    const encrypted = kmsKeyId !== undefined && kmsKeyId !== null ? { sseKmsKeyId: kmsKeyId } : {};
+    return { store, keyFor: (key) => key, location, prefix, ...reserved, ...encrypted };
   }
 
   /**
@@ -112,14 +122,27 @@ export class FleetOutputs {
    * and answered with a warning: HeadBucket needs s3:ListBucket while writing captures needs only s3:PutObject, so
    * a least-privilege policy refuses the check and still lets captures through. A server without S3 credentials
    * is a 400 naming the settings (its configuration, not an outage). An endpoint that does not answer
-   * is a 503; any other answer (a 301 for a bucket in another region, a 400) a 400 naming it. With a local blob
-   * folder there is no bucket to check; a location that is not an s3:// URI is the fleet schema's to refuse.
+   * is a 503; any other answer (a 301 for a bucket in another region, a 400) a 400 naming it. A server with no S3
+   * checks no bucket and answers a warning (`local`) naming the folder its captures are kept in instead;
+   * a location that is not an s3:// URI is the fleet schema's to refuse.
    * The check uses its own client, closed after, with one attempt and short timeouts: a client's input must
    * neither hold a request for minutes nor leave a client behind for each bucket it names.
    */
-  async check(location: string): Promise<{ warning?: string }> {
+  async check(location: string, kmsKeyId?: string): Promise<{ warning?: string; local?: true }> {
     const parsed = parseOutputLocation(location);
-    if (parsed === undefined || this.#s3 === undefined) return {};
+    if (parsed === undefined) return {};
+    if (this.#s3 === undefined) {
+      // The store's description, not locationOf: a prefix need not be a valid blob key for the warning.
+      const folder = `${this.#blobs.description.replace(/\/+$/, '')}/fleet-output/${parsed.bucket}/${parsed.prefix}`;
+      return {
+        local: true,
+        warning:
+          `captures for ${location} will be kept on the server in ${folder}, not in bucket ${parsed.bucket}: ` +
+          'the server has no S3 (no --blob s3://…, s3.endpoint, s3.region or s3.accessKeyId); give it its S3 ' +
+          'settings and restart it to have captures written to the bucket' +
+          (kmsKeyId !== undefined ? ` (the KMS key ${kmsKeyId} is not applied to that folder)` : ''),
+      };
+    }
     const store = new S3BlobStore({
       ...this.#s3,
       bucket: parsed.bucket,

@@ -8,7 +8,7 @@ import { ApiError } from '../http/errors.js';
 import { withRetryAfter } from '../http/retry-after.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from '../identity/index.js';
-import type { ServerConfig } from '../config/index.js';
+import { hasS3, type ServerConfig } from '../config/index.js';
 import type { PackageSigningIdentity } from '../packaging/index.js';
 import type { DatabaseSchema } from '../storage/schema.js';
 import { captureBodyLimitBytes } from './body-limit.js';
@@ -98,8 +98,8 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   /** This server process as the writer of capture objects (capture-ingest.ts). */
   writer?: CaptureWriter;
   blobs: BlobStore;
-  config: Pick<ServerConfig, 'blobLocation' | 'captures' | 'heartbeat'>;
-  /** The server's S3 connection (fleet buckets are reached the same way); used only when its blobs are in S3. */
+  config: Pick<ServerConfig, 'blobLocation' | 's3' | 'captures' | 'heartbeat'>;
+  /** The server's S3 connection (fleet buckets are reached the same way); used only when it has S3 (hasS3). */
   s3: S3ConnectionOptions;
   /** The package-signing root, handed to devices at set-up (their trust folder). */
   signing: Pick<PackageSigningIdentity, 'rootCertificatePem' | 'rootFingerprintSha256'>;
@@ -109,7 +109,7 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
   uploadSlots: UploadSlots;
 }> = async (app, deps) => {
   const { blobLocation } = deps.config;
-  const outputs = new FleetOutputs(deps.blobs, blobLocation.kind === 's3' ? deps.s3 : undefined, {
+  const outputs = new FleetOutputs(deps.blobs, hasS3(deps.config) ? deps.s3 : undefined, {
     serverBlobs: blobLocation.kind === 's3' ? blobLocation : undefined,
     uploadSlots: deps.config.captures.maxConcurrentUploads,
     timeouts: {

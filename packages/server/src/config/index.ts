@@ -14,3 +14,4 @@ export {
 } from './load-config.js';
 export { accessKeyEncryptionKeyFileOf, keyMaterialToBackUp } from './key-material.js';
 export { secretConfigFileWarning } from './secret-file-mode.js';
+export { hasS3 } from './s3-configured.js';

@@ -65,7 +65,10 @@ export class FleetStore {
      * DomainError that says why not, or answering a warning; called when a fleet takes a new location, after
      * the cheaper checks (the fleet's name) so those answer first. Default: no check.
      */
-    private readonly checkOutput: (location: string) => Promise<{ warning?: string }> = async () => ({}),
+    private readonly checkOutput: (
+      location: string,
+      kmsKeyId?: string,
+    ) => Promise<{ warning?: string }> = async () => ({}),
     /** The operator's log of fleet events (fleet created, updated, deleted). */
     private readonly events?: FleetEventLog,
   ) {}
@@ -77,7 +80,10 @@ export class FleetStore {
       .where('name', '=', input.name)
       .executeTakeFirst();
     if (existing !== undefined) throw conflict(`fleet ${input.name} already exists`, { fleet: input.name });
-    const { warning } = await this.checkOutput(input.outputConfig.s3OutputLocation);
+    const { warning } = await this.checkOutput(
+      input.outputConfig.s3OutputLocation,
+      input.outputConfig.kmsKeyId,
+    );
     const at = this.now();
     const row: Selectable<FleetsTable> = {
       name: input.name,
@@ -148,7 +154,10 @@ export class FleetStore {
       if (current === undefined) throw notFound(`fleet ${name}`, { fleet: name });
       // UpdateDeviceFleet always carries the output: an unchanged one needs no check (nor S3 up).
       if (current.output_s3_location !== patch.outputConfig.s3OutputLocation) {
-        ({ warning } = await this.checkOutput(patch.outputConfig.s3OutputLocation));
+        ({ warning } = await this.checkOutput(
+          patch.outputConfig.s3OutputLocation,
+          patch.outputConfig.kmsKeyId,
+        ));
         // An outage of the old location says nothing about the new one.
         changes.output_outage_since = null;
         changes.output_outage_problem = null;

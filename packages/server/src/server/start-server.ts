@@ -29,7 +29,7 @@ import {
   startCompilationLeaseSweeper,
 } from '../compilation/index.js';
 import { captureDeviceRoutes, FleetOutputs, UploadSlots, type CaptureWriter } from '../captures/index.js';
-import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
+import { accessKeyEncryptionKeyFileOf, hasS3, type ServerConfig } from '../config/index.js';
 import {
   ChangeFeed,
   ConsoleSessionStore,
@@ -799,17 +799,13 @@ export async function startServer(
     });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a
     // client per check, closed after it: nothing is kept per bucket a client names).
-    const fleetOutputCheck = new FleetOutputs(
-      blobs,
-      config.blobLocation.kind === 's3' ? s3ConnectionOf(config) : undefined,
-      {
-        uploadSlots: 0,
-        timeouts: {
-          socketTimeoutMs: config.captures.outputS3SocketTimeoutMs,
-          connectionTimeoutMs: config.captures.outputS3ConnectionTimeoutMs,
-        },
+    const fleetOutputCheck = new FleetOutputs(blobs, hasS3(config) ? s3ConnectionOf(config) : undefined, {
+      uploadSlots: 0,
+      timeouts: {
+        socketTimeoutMs: config.captures.outputS3SocketTimeoutMs,
+        connectionTimeoutMs: config.captures.outputS3ConnectionTimeoutMs,
       },
-    );
+    });
     background.push({ stop: () => fleetOutputCheck.close() });
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db, Date.now, fleetEvents),
@@ -825,10 +821,10 @@ export async function startServer(
       fleets: new FleetStore(
         database.db,
         Date.now,
-        async (location) => {
-          const answer = await fleetOutputCheck.check(location);
-          if (answer.warning !== undefined)
-            logger.warn({ event: 'fleet_output_unchecked', outputLocation: location }, answer.warning);
+        async (location, kmsKeyId) => {
+          const answer = await fleetOutputCheck.check(location, kmsKeyId);
+          const event = answer.local === true ? 'fleet_output_local' : 'fleet_output_unchecked';
+          if (answer.warning !== undefined) logger.warn({ event, outputLocation: location }, answer.warning);
           return answer;
         },
         fleetEvents,

@@ -39,8 +39,16 @@ describe.each(engines)('fleet routes on $engine', (fixture) => {
       tags: [{ key: 'site', value: 'berlin' }],
       deviceCount: 0,
     });
+    // This server has no S3: only the create answer says where the captures go instead.
+    const { warnings, ...fleet } = created.body;
+    expect(warnings).toEqual([
+      expect.stringMatching(
+        /^captures for s3:\/\/captures\/factory-1\/data\/ will be kept on the server in file:/,
+      ),
+    ]);
     const described = await t.call('GET', '/api/v1/fleets/factory-1', { token: t.readToken });
-    expect(described).toMatchObject({ status: 200, body: created.body });
+    expect(described).toMatchObject({ status: 200, body: fleet });
+    expect(described.body.warnings).toBeUndefined();
   });
 
   it.skipIf(!fixture.available)('refuses a second fleet of the same name', async () => {

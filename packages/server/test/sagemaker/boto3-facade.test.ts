@@ -9,6 +9,7 @@ import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promise
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { writeTestModel } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -110,6 +111,18 @@ describe('SageMaker facade with boto3 (real server process)', { timeout: 180_000
     requireBuilt(AGENT_MAIN);
     cwd = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-facade-'));
     s3 = await startTestS3('edge-models');
+    // The fleets' output buckets (boto3_facade.py's, and the documented example's): a server with S3 settings
+    // writes captures into them, and a fleet takes an output only once its bucket is known to exist.
+    const client = new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      // A copy: the SDK marks the credentials object it is given, which the server config below spreads.
+      credentials: { ...s3.credentials },
+    });
+    for (const bucket of ['edge-output', 'other', 'captures'])
+      await client.send(new CreateBucketCommand({ Bucket: bucket }));
+    client.destroy();
     // The server reads model inputs from, and writes packages to, this S3-compatible store.
     await writeFile(
       path.join(cwd, 'server.json'),

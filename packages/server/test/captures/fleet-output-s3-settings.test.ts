@@ -1,0 +1,186 @@
+/**
+ * Where a fleet's captures go on a server with a local blob folder: to the fleet's bucket when the server has S3
+ * settings (the facade set-up: packaging jobs write through them too), with the fleet's KMS key applied; to the
+ * local folder only on a server with no S3 at all, which the fleet's create answer and the log say.
+ */
+import { access } from 'node:fs/promises';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Writable } from 'node:stream';
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { uploadRawFile } from '../../../../test/support/raw-upload.js';
+import { deviceCall } from '../support/device.js';
+import { startRecordingProxy, type RecordingProxy } from '../support/recording-proxy.js';
+import { startTestS3, type TestS3 } from '../support/s3.js';
+import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
+
+const HOUR = 'mlp/2026/12/06/05';
+const KMS_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+
+const manifestOf = (device: string, fleet: string, captureId: string) =>
+  Buffer.from(
+    `${JSON.stringify({
+      eventVersion: '0',
+      eventMetadata: { deviceFleetName: fleet, deviceId: device, eventId: captureId, modelName: 'mlp' },
+      deviceFleetInputs: [],
+      deviceFleetOutputs: [],
+    })}\n`,
+  );
+
+function logSink(lines: string[]): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+      done();
+    },
+  });
+}
+
+async function createFleet(t: TestServer, name: string, location: string, kmsKeyId?: string) {
+  const created = await t.call('POST', '/api/v1/fleets', {
+    token: t.adminToken,
+    body: { name, outputConfig: { s3OutputLocation: location, ...(kmsKeyId !== undefined && { kmsKeyId }) } },
+  });
+  expect(created.status).toBe(201);
+  return created.body as { warnings?: string[] };
+}
+
+async function registerAndEnroll(t: TestServer, fleet: string, device: string): Promise<EnrolledDevice> {
+  await t.call('POST', `/api/v1/fleets/${fleet}/devices`, {
+    token: t.adminToken,
+    body: { devices: [{ name: device }] },
+  });
+  return enrollDevice(t, device);
+}
+
+describe('captures on a server with a local blob folder and S3 settings', () => {
+  let s3: TestS3;
+  let proxy: RecordingProxy;
+  let t: TestServer;
+  let cam1: EnrolledDevice;
+  let door1: EnrolledDevice;
+  let client: S3Client;
+  const created: { warnings?: string[] }[] = [];
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    proxy = await startRecordingProxy(s3.port);
+    // No blob: the default local folder, as in the facade guide's set-up.
+    t = await startTestServer({ config: { s3: { endpoint: proxy.endpoint, ...s3.credentials } } });
+    created.push(await createFleet(t, 'plant', `s3://${s3.bucket}/plant-captures`, KMS_KEY));
+    created.push(await createFleet(t, 'doors', `s3://${s3.bucket}/doors`));
+    cam1 = await registerAndEnroll(t, 'plant', 'cam-1');
+    door1 = await registerAndEnroll(t, 'doors', 'door-1');
+    client = new S3Client({
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: s3.credentials,
+    });
+  });
+  afterAll(async () => {
+    client?.destroy();
+    await t?.stop();
+    await proxy?.stop();
+    await s3?.stop();
+  });
+
+  /** The PutObject requests the server sent for `key` (path-style: /<bucket>/<key>). */
+  const putsOf = (key: string) =>
+    proxy.requests.filter(
+      (request) => request.method === 'PUT' && request.url.split('?')[0] === `/${s3.bucket}/${key}`,
+    );
+
+  it("writes a capture into the fleet's bucket, where its records' data-refs point, not into the local folder", async () => {
+    expect(created.map((answer) => answer.warnings)).toEqual([undefined, undefined]);
+    const key = `plant-captures/plant/${HOUR}/aaaa.jsonl`;
+    const answer = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
+      body: {
+        key,
+        contentType: 'application/jsonl',
+        data: manifestOf('cam-1', 'plant', 'c-1').toString('base64'),
+      },
+    });
+    expect(answer).toMatchObject({ status: 200, body: { location: `s3://${s3.bucket}/${key}`, records: 1 } });
+    const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+    expect(await object.Body!.transformToString()).toBe(manifestOf('cam-1', 'plant', 'c-1').toString());
+    await expect(access(path.join(t.dataDir, 'blobs', 'fleet-output'))).rejects.toThrow(/ENOENT/);
+  });
+
+  it("writes every object of a fleet with a KMS key with SSE-KMS under that key, and others' without", async () => {
+    const manifestKey = `plant-captures/plant/${HOUR}/bbbb.jsonl`;
+    const json = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
+      body: {
+        key: manifestKey,
+        contentType: 'application/jsonl',
+        data: manifestOf('cam-1', 'plant', 'c-2').toString('base64'),
+      },
+    });
+    expect(json.status).toBe(200);
+    // The raw form, streamed to the store (another put path).
+    const sideKey = `plant-captures/plant/${HOUR}/raw-data/c-2-input-1.bin`;
+    expect((await uploadRawFile(t.server.deviceUrl, cam1.tls, sideKey, Buffer.alloc(70_000, 7))).status).toBe(
+      200,
+    );
+    const doorKey = `doors/doors/${HOUR}/dddd.jsonl`;
+    const door = await deviceCall(t.server.deviceUrl, door1.tls, 'POST', '/api/v1/device/captures/files', {
+      body: {
+        key: doorKey,
+        contentType: 'application/jsonl',
+        data: manifestOf('door-1', 'doors', 'd-1').toString('base64'),
+      },
+    });
+    expect(door.status).toBe(200);
+
+    for (const key of [manifestKey, sideKey]) {
+      const puts = putsOf(key);
+      expect(puts.length).toBeGreaterThan(0);
+      for (const put of puts) {
+        expect(put.headers['x-amz-server-side-encryption']).toBe('aws:kms');
+        expect(put.headers['x-amz-server-side-encryption-aws-kms-key-id']).toBe(KMS_KEY);
+      }
+    }
+    const doorPuts = putsOf(doorKey);
+    expect(doorPuts.length).toBeGreaterThan(0);
+    for (const put of doorPuts) {
+      expect(put.headers['x-amz-server-side-encryption']).toBeUndefined();
+      expect(put.headers['x-amz-server-side-encryption-aws-kms-key-id']).toBeUndefined();
+    }
+  });
+});
+
+describe('captures on a server with no S3 at all', () => {
+  let t: TestServer;
+  const logLines: string[] = [];
+  beforeAll(async () => {
+    t = await startTestServer({ logger: pino({ level: 'info' }, logSink(logLines)) });
+  });
+  afterAll(() => t?.stop());
+
+  it('keeps them in the local folder and says so, naming the folder, in the answer and the log', async () => {
+    const folder = `${pathToFileURL(path.join(t.dataDir, 'blobs')).toString()}/fleet-output/captures/edge`;
+    const answer = await createFleet(t, 'plant', 's3://captures/edge', KMS_KEY);
+    expect(answer.warnings).toEqual([
+      `captures for s3://captures/edge will be kept on the server in ${folder}, not in bucket captures: the server has no S3 (no --blob s3://…, s3.endpoint, s3.region or s3.accessKeyId); give it its S3 settings and restart it to have captures written to the bucket (the KMS key ${KMS_KEY} is not applied to that folder)`,
+    ]);
+    const logged = logLines
+      .map((line) => JSON.parse(line) as { event?: string; msg?: string; outputLocation?: string })
+      .filter((line) => line.event === 'fleet_output_local');
+    expect(logged).toEqual([
+      expect.objectContaining({ outputLocation: 's3://captures/edge', msg: answer.warnings![0] }),
+    ]);
+
+    const cam1 = await registerAndEnroll(t, 'plant', 'cam-1');
+    const key = `edge/plant/${HOUR}/aaaa.jsonl`;
+    const stored = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
+      body: {
+        key,
+        contentType: 'application/jsonl',
+        data: manifestOf('cam-1', 'plant', 'c-1').toString('base64'),
+      },
+    });
+    expect(stored.status).toBe(200);
+    expect(stored.body.location).toBe(`${folder}/plant/${HOUR}/aaaa.jsonl`);
+  });
+});
