@@ -159,6 +159,35 @@ function checkCloudCapture(
     );
 }
 
+/** The parameters that name where captures go in the bucket, with the config keys enrollment sets for them. */
+const FLEET_OUTPUT_PARAMETERS = ['BucketName', 'FolderPrefix'] as const;
+
+/**
+ * With CaptureDataDestination EdgeFleet on an enrolled device, sets the bucket and prefix enrollment took from the
+ * fleet's output location; a BucketName or FolderPrefix set to something else (its default aside) gets a warning.
+ * Not enrolled for it (no enrolled bucket: enrolled with Disk, or by hand), the parameters stay.
+ */
+function useEnrolledFleetOutput(
+  values: Record<ComponentParameter, string>,
+  config: Record<string, unknown>,
+  identity: Record<string, unknown>,
+): string[] {
+  if (typeof identity.sagemaker_edge_provider_s3_bucket_name !== 'string') return [];
+  const warnings: string[] = [];
+  for (const name of FLEET_OUTPUT_PARAMETERS) {
+    const { key, default: byDefault } = COMPONENT_PARAMETERS[name];
+    const enrolled = identity[key];
+    if (typeof enrolled !== 'string') continue;
+    if (values[name] !== '' && values[name] !== byDefault && values[name] !== enrolled)
+      warnings.push(
+        `${name} is ${JSON.stringify(values[name])} but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; the enrolled ${name === 'BucketName' ? 'bucket' : 'prefix'} ${JSON.stringify(enrolled)} is used (for another bucket or prefix, set CaptureDataDestination to Cloud)`,
+      );
+    config[key] = enrolled;
+    values[name] = enrolled;
+  }
+  return warnings;
+}
+
 /**
  * Turns the component's configuration into the agent's config file and `-a` socket, then runs the agent's
  * own config parser over the result so that every error surfaces here, naming the component parameter.
@@ -240,6 +269,11 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
       `CaptureDataDestination is the default Cloud with no BucketName, which cannot capture; the destination enrollment chose (${enrolledDestination}) is used: set CaptureDataDestination (EdgeFleet, Disk, or Cloud with BucketName) to choose`,
     );
   }
+  // EdgeFleet sends captures through the server, which takes only keys under the enrolled fleet's own bucket and
+  // prefix and refuses the rest for good (the captures are lost): those are the enrolled ones, whatever
+  // BucketName and FolderPrefix say.
+  if (values.CaptureDataDestination.toLowerCase() === 'edgefleet')
+    warnings.push(...useEnrolledFleetOutput(values, config, identity));
   checkCloudCapture(values, config);
 
   const keyToParameter = new Map<string, ComponentParameter>(

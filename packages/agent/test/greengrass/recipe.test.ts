@@ -379,7 +379,9 @@ describe(
           sagemaker_edge_core_root_certs_path: join(work, 'identity', 'trust'),
         });
 
-        // A merge update re-runs Install (no new enrollment: the token is spent); its parameters win again.
+        // A merge update re-runs Install (no new enrollment: the token is spent); its parameters win again,
+        // but for the bucket and prefix of EdgeFleet captures: the server accepts only the fleet's, so the
+        // enrolled ones are used and Install says so.
         const second = mergeConfiguration(first, {
           CaptureDataDestination: 'EdgeFleet',
           HeartbeatIntervalSeconds: '12',
@@ -390,9 +392,14 @@ describe(
         expect(await rendered()).toMatchObject({
           sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
           edgefleet_heartbeat_interval_seconds: '12',
-          sagemaker_edge_core_folder_prefix: 'myprefix',
+          sagemaker_edge_core_folder_prefix: 'fleet-prefix',
+          sagemaker_edge_provider_s3_bucket_name: 'fleet-bucket',
           sagemaker_edge_provider_aws_cert_file: identity.sagemaker_edge_provider_aws_cert_file,
         });
+        expect(reinstalled.stderr).toMatch(
+          /warning: FolderPrefix is "myprefix" but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; the enrolled prefix "fleet-prefix" is used/,
+        );
+        expect(reinstalled.stderr).toMatch(/warning: BucketName is "mybucket" .* the enrolled bucket "fleet-bucket" is used/);
         // Another fleet than the certificate's: the enrolled one is used, and Install says so.
         const third = await install(mergeConfiguration(second, { DeviceFleetName: 'plant-b' }));
         expect(third.code).toBe(0);
@@ -481,5 +488,70 @@ describe('renderAgentConfig: an enrolled device left on the default CaptureDataD
     );
     expect(disk.config).toMatchObject({ sagemaker_edge_core_capture_data_destination: 'Disk' });
     expect(disk.warnings.join('\n')).not.toMatch(/enrollment chose/);
+  });
+});
+
+describe('renderAgentConfig: CaptureDataDestination EdgeFleet on an enrolled device', () => {
+  // What `device enroll` writes for a fleet whose output is s3://captures/cameras.
+  const identity = {
+    sagemaker_edge_core_device_name: 'gg-1',
+    sagemaker_edge_core_device_fleet_name: 'plant-a',
+    sagemaker_edge_core_endpoint_override: 'https://fleet.example:8443',
+    sagemaker_edge_provider_provider: 'Aws',
+    sagemaker_edge_provider_aws_cert_file: '/gg/work/identity/device.pem',
+    sagemaker_edge_provider_aws_cert_pk_file: '/gg/work/identity/device.key',
+    sagemaker_edge_provider_aws_ca_cert_file: '/gg/work/identity/ca.pem',
+    sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+    sagemaker_edge_provider_s3_bucket_name: 'captures',
+    sagemaker_edge_core_folder_prefix: 'cameras',
+  };
+  const edgeFleet = {
+    ...defaultComponentConfiguration(),
+    DeviceFleetName: 'plant-a',
+    CaptureDataDestination: 'EdgeFleet',
+  };
+
+  it("uses the fleet's enrolled bucket and prefix, not the FolderPrefix default sme-capture the server would refuse", () => {
+    const rendered = renderAgentConfig(edgeFleet, { thingName: 'gg-1', identity });
+    expect(rendered.config).toMatchObject({
+      sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+      sagemaker_edge_provider_s3_bucket_name: 'captures',
+      sagemaker_edge_core_folder_prefix: 'cameras',
+    });
+    expect(rendered.effective.capture).toMatchObject({ destination: 'EdgeFleet', folderPrefix: 'cameras' });
+    expect(rendered.effective.provider.s3BucketName).toBe('captures');
+    // Left on their defaults, the parameters said nothing to contradict.
+    expect(rendered.warnings.join('\n')).not.toMatch(/FolderPrefix|BucketName/);
+  });
+
+  it('says so when FolderPrefix or BucketName were set to something else', () => {
+    const rendered = renderAgentConfig(
+      { ...edgeFleet, FolderPrefix: 'line-7', BucketName: 'my-bucket' },
+      { thingName: 'gg-1', identity },
+    );
+    expect(rendered.config).toMatchObject({
+      sagemaker_edge_provider_s3_bucket_name: 'captures',
+      sagemaker_edge_core_folder_prefix: 'cameras',
+    });
+    expect(rendered.warnings).toContain(
+      'FolderPrefix is "line-7" but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device\'s fleet output; the enrolled prefix "cameras" is used (for another bucket or prefix, set CaptureDataDestination to Cloud)',
+    );
+    expect(rendered.warnings).toContainEqual(
+      expect.stringMatching(/^BucketName is "my-bucket" .* the enrolled bucket "captures" is used/),
+    );
+    // Set to the enrolled values: nothing to say.
+    const same = renderAgentConfig(
+      { ...edgeFleet, FolderPrefix: 'cameras', BucketName: 'captures' },
+      { thingName: 'gg-1', identity },
+    );
+    expect(same.warnings.join('\n')).not.toMatch(/FolderPrefix|BucketName/);
+  });
+
+  it('other destinations keep the parameters', () => {
+    const disk = renderAgentConfig(
+      { ...edgeFleet, CaptureDataDestination: 'Disk', FolderPrefix: 'line-7' },
+      { thingName: 'gg-1', identity },
+    );
+    expect(disk.config).toMatchObject({ sagemaker_edge_core_folder_prefix: 'line-7' });
   });
 });
