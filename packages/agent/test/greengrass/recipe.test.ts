@@ -399,7 +399,9 @@ describe(
         expect(reinstalled.stderr).toMatch(
           /warning: FolderPrefix is "myprefix" but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; the enrolled prefix "fleet-prefix" is used/,
         );
-        expect(reinstalled.stderr).toMatch(/warning: BucketName is "mybucket" .* the enrolled bucket "fleet-bucket" is used/);
+        expect(reinstalled.stderr).toMatch(
+          /warning: BucketName is "mybucket" .* the enrolled bucket "fleet-bucket" is used/,
+        );
         // Another fleet than the certificate's: the enrolled one is used, and Install says so.
         const third = await install(mergeConfiguration(second, { DeviceFleetName: 'plant-b' }));
         expect(third.code).toBe(0);
