@@ -139,8 +139,9 @@ function flag(parameter: ComponentParameter, value: string): boolean {
 }
 
 /**
- * The original's default destination, Cloud, needs a server and a bucket: said here in parameter terms, since
- * the agent's own check names config keys (sagemaker_edge_provider_provider) no component parameter sets.
+ * The original's default destination, Cloud, needs a server (else the agent runs offline) and a bucket: said here
+ * in parameter terms, since the agent's own check names config keys (sagemaker_edge_provider_provider) no
+ * component parameter sets. Cloud goes straight to the bucket with AWS credentials, not through the server.
  */
 function checkCloudCapture(
   values: Record<ComponentParameter, string>,
@@ -150,7 +151,7 @@ function checkCloudCapture(
   if (config.sagemaker_edge_provider_provider === undefined)
     throw new ComponentParameterError(
       'CaptureDataDestination',
-      `CaptureDataDestination is Cloud${values.CaptureDataDestination === COMPONENT_PARAMETERS.CaptureDataDestination.default ? ' (the default)' : ''}, which uploads captures to BucketName through the EdgeFleet server, but no server is set: set EdgeFleetEndpoint (or EnrollmentServerUrl and EnrollmentToken) and BucketName, or CaptureDataDestination to Disk`,
+      `CaptureDataDestination is Cloud${values.CaptureDataDestination === COMPONENT_PARAMETERS.CaptureDataDestination.default ? ' (the default)' : ''}, which uploads captures straight to BucketName with AWS credentials (the Token Exchange Service's, the AWS IoT credentials provider's or the AWS SDK's other sources), but no EdgeFleet server is set, so the agent would run offline: set EdgeFleetEndpoint (or EnrollmentServerUrl and EnrollmentToken) and BucketName, or CaptureDataDestination to EdgeFleet (captures go through the EdgeFleet server to the fleet's output; needs an enrollment) or Disk`,
     );
   if (values.BucketName === '')
     throw new ComponentParameterError(

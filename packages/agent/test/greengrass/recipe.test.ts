@@ -46,6 +46,7 @@ type Json = string | number | boolean | null | Json[] | { [key: string]: Json };
 interface Recipe {
   RecipeFormatVersion: string;
   ComponentVersion: string;
+  ComponentDependencies?: Record<string, { VersionRequirement: string; DependencyType: string }>;
   ComponentConfiguration: { DefaultConfiguration: Record<string, Json> };
   Manifests: {
     Platform: { os: string; architecture: string };
@@ -106,6 +107,13 @@ describe('the Greengrass recipe', () => {
       if (value !== '' || name === 'DeviceFleetName') expect(defaults[name], name).toBe(value);
     }
     expect(defaults).toEqual(defaultComponentConfiguration());
+  });
+
+  it('depends, softly, on the Token Exchange Service, as the original did: Cloud captures get AWS credentials from it', () => {
+    // The nucleus gives AWS_CONTAINER_CREDENTIALS_FULL_URI only to components that declare this dependency.
+    expect(recipe.ComponentDependencies).toEqual({
+      'aws.greengrass.TokenExchangeService': { VersionRequirement: '>=2.0.0 <3.0.0', DependencyType: 'SOFT' },
+    });
   });
 
   it('has a linux manifest for amd64 and aarch64, each passing every parameter to its steps', () => {
@@ -311,7 +319,7 @@ describe(
         // The original's default destination needs a server and a bucket: said in parameter terms.
         [
           { DeviceFleetName: 'f' },
-          /^edgefleet greengrass config: CaptureDataDestination is Cloud \(the default\), which uploads captures to BucketName through the EdgeFleet server, but no server is set: set EdgeFleetEndpoint \(or EnrollmentServerUrl and EnrollmentToken\) and BucketName, or CaptureDataDestination to Disk$/m,
+          /^edgefleet greengrass config: CaptureDataDestination is Cloud \(the default\), which uploads captures straight to BucketName with AWS credentials \(the Token Exchange Service's, the AWS IoT credentials provider's or the AWS SDK's other sources\), but no EdgeFleet server is set, so the agent would run offline: set EdgeFleetEndpoint \(or EnrollmentServerUrl and EnrollmentToken\) and BucketName, or CaptureDataDestination to EdgeFleet \(captures go through the EdgeFleet server to the fleet's output; needs an enrollment\) or Disk$/m,
         ],
         [
           { DeviceFleetName: 'f', EdgeFleetEndpoint: 'https://127.0.0.1:9' },
