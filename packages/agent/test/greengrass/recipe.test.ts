@@ -344,9 +344,33 @@ describe(
           name: 'plant-a',
           outputConfig: { s3OutputLocation: 's3://fleet-bucket/fleet-prefix' },
         });
-        await operator(plane, 'POST', '/api/v1/fleets/plant-a/devices', { devices: [{ name: 'gg-core-1' }] });
-        const { token } = await operator(plane, 'POST', '/api/v1/devices/gg-core-1/enrollment-tokens', {});
+        await operator(plane, 'POST', '/api/v1/fleets/plant-a/devices', {
+          devices: [{ name: 'gg-core-1' }, { name: 'gg-core-2' }],
+        });
         const base = recipe.ComponentConfiguration.DefaultConfiguration;
+        // A token issued for another core device (one configuration sent to a thing group): Install fails, the
+        // token stays unused, and this core does not take that device's identity.
+        const { token: othersToken } = await operator(
+          plane,
+          'POST',
+          '/api/v1/devices/gg-core-2/enrollment-tokens',
+          {},
+        );
+        const wrong = await install(
+          mergeConfiguration(base, {
+            DeviceFleetName: 'plant-a',
+            EnrollmentServerUrl: plane.operatorUrl,
+            EnrollmentToken: othersToken as string,
+            CaptureDataDestination: 'Disk',
+            LocalDataRootPath: join(root, 'enrolled-data'),
+          }),
+        );
+        expect(wrong.code).not.toBe(0);
+        expect(wrong.stderr).toMatch(
+          /the enrollment token was issued for device gg-core-2, not gg-core-1; expected a token for gg-core-1 \(the token is left unused\)/,
+        );
+        expect(existsSync(join(work, 'identity', 'agent-identity.json'))).toBe(false);
+        const { token } = await operator(plane, 'POST', '/api/v1/devices/gg-core-1/enrollment-tokens', {});
         const first = mergeConfiguration(base, {
           DeviceFleetName: 'plant-a',
           EnrollmentServerUrl: plane.operatorUrl,
