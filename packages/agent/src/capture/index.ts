@@ -54,6 +54,7 @@ export {
   type DiskQuotaOptions,
 } from './disk-quota.js';
 export {
+  MissingCredentialsError,
   RefusedByStoreError,
   S3ObjectStore,
   type ObjectStore,

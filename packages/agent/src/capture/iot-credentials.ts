@@ -4,9 +4,15 @@ import { rootCertificates } from 'node:tls';
 import { z } from 'zod';
 
 export interface IotCredentialsOptions {
-  /** `sagemaker_edge_provider_aws_iot_cred_endpoint`: host name (as AWS prints it) or https URL. */
+  /**
+   * `sagemaker_edge_provider_aws_iot_cred_endpoint`: host name (as AWS prints it), https URL of the host, or the
+   * full credentials URL `https://<host>/role-aliases/<alias>/credentials` (as AWS's Edge Manager samples wrote it).
+   */
   endpoint: string;
-  /** The role alias the device may assume; SageMaker Edge Manager created `SageMakerEdge-<fleet>`. */
+  /**
+   * The role alias the device may assume; SageMaker Edge Manager created `SageMakerEdge-<fleet>`. A full
+   * credentials URL names its own, which is used instead.
+   */
   roleAlias: string;
   /** Sent as x-amzn-iot-thingname; the thing the certificate is attached to. */
   thingName: string;
@@ -37,6 +43,60 @@ const ResponseSchema = z.object({
   }),
 });
 
+/** The path of the IoT credentials provider's one operation; the alias is a path segment, so never a slash. */
+const CREDENTIALS_PATH = /^\/role-aliases\/([^/]+)\/credentials\/?$/;
+
+export const IOT_CREDENTIAL_ENDPOINT_FORMS =
+  'a host name (abc123.credentials.iot.eu-west-1.amazonaws.com, or https://<host>) or the full credentials URL https://<host>/role-aliases/<alias>/credentials';
+
+export interface IotCredentialEndpoint {
+  /** `https://<host>[:port]/`. */
+  base: string;
+  /** The role alias a full credentials URL names. */
+  roleAlias?: string;
+}
+
+/**
+ * Reads the endpoint in either accepted form; undefined for anything else (another scheme, path, query or
+ * fragment), which would otherwise become a request to a path the provider does not serve.
+ */
+export function parseIotCredentialEndpoint(endpoint: string): IotCredentialEndpoint | undefined {
+  const text = endpoint.trim();
+  if (/^[a-z][a-z\d+.-]*:\/\//i.test(text) && !/^https:\/\//i.test(text)) return undefined;
+  let url: URL;
+  try {
+    url = new URL(/^https:\/\//i.test(text) ? text : `https://${text}`);
+  } catch {
+    return undefined;
+  }
+  if (url.search !== '' || url.hash !== '' || url.username !== '' || url.password !== '') return undefined;
+  const base = `${url.origin}/`;
+  if (url.pathname === '/') return { base };
+  const match = CREDENTIALS_PATH.exec(url.pathname);
+  if (!match) return undefined;
+  let roleAlias: string;
+  try {
+    roleAlias = decodeURIComponent(match[1]!);
+  } catch {
+    return undefined;
+  }
+  return { base, roleAlias };
+}
+
+/** The URL one credentials request goes to, with the role alias it asks for. */
+export function iotCredentialsRequest(endpoint: string, roleAlias: string): { url: URL; roleAlias: string } {
+  const parsed = parseIotCredentialEndpoint(endpoint);
+  if (parsed === undefined)
+    throw new Error(
+      `the IoT credentials endpoint ${JSON.stringify(endpoint)} (sagemaker_edge_provider_aws_iot_cred_endpoint) is not ${IOT_CREDENTIAL_ENDPOINT_FORMS}`,
+    );
+  const alias = parsed.roleAlias ?? roleAlias;
+  return {
+    url: new URL(`role-aliases/${encodeURIComponent(alias)}/credentials`, parsed.base),
+    roleAlias: alias,
+  };
+}
+
 /**
  * The AWS IoT credentials provider, as SageMaker Edge devices used it: temporary AWS credentials for a role
  * alias, obtained over mutual TLS with the device certificate
@@ -62,11 +122,7 @@ export async function fetchIotCredentials(options: IotCredentialsOptions): Promi
     readFile(options.keyFile),
     options.caFile === undefined ? undefined : readFile(options.caFile, 'utf8'),
   ]);
-  const base = /^https:\/\//i.test(options.endpoint) ? options.endpoint : `https://${options.endpoint}`;
-  const url = new URL(
-    `role-aliases/${encodeURIComponent(options.roleAlias)}/credentials`,
-    base.endsWith('/') ? base : `${base}/`,
-  );
+  const { url, roleAlias } = iotCredentialsRequest(options.endpoint, options.roleAlias);
   const body = await new Promise<string>((resolve, reject) => {
     const req = request(
       url,
@@ -86,7 +142,7 @@ export async function fetchIotCredentials(options: IotCredentialsOptions): Promi
           if (res.statusCode !== 200) {
             reject(
               new Error(
-                `the IoT credentials provider ${url.origin} answered ${res.statusCode} for role alias ${options.roleAlias} (thing ${options.thingName}): ${text.slice(0, 300)}`,
+                `the IoT credentials provider ${url.href} answered ${res.statusCode} for role alias ${roleAlias} (thing ${options.thingName}): ${text.slice(0, 300)}`,
               ),
             );
           } else resolve(text);
@@ -95,11 +151,11 @@ export async function fetchIotCredentials(options: IotCredentialsOptions): Promi
       },
     );
     req.on('timeout', () =>
-      req.destroy(new Error(`the IoT credentials provider ${url.origin} did not answer in time`)),
+      req.destroy(new Error(`the IoT credentials provider ${url.href} did not answer in time`)),
     );
     req.on('error', (error) =>
       reject(
-        new Error(`cannot reach the IoT credentials provider ${url.origin}: ${error.message}`, {
+        new Error(`cannot reach the IoT credentials provider ${url.href}: ${error.message}`, {
           cause: error,
         }),
       ),
@@ -111,7 +167,7 @@ export async function fetchIotCredentials(options: IotCredentialsOptions): Promi
     parsed = ResponseSchema.parse(JSON.parse(body));
   } catch (error) {
     throw new Error(
-      `the IoT credentials provider ${url.origin} answered with something other than {"credentials":{accessKeyId, secretAccessKey, sessionToken, expiration}}: ${(error as Error).message}`,
+      `the IoT credentials provider ${url.href} answered with something other than {"credentials":{accessKeyId, secretAccessKey, sessionToken, expiration}}: ${(error as Error).message}`,
     );
   }
   const c = parsed.credentials;

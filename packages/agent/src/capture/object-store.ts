@@ -142,15 +142,31 @@ export interface S3ObjectStoreOptions {
   now?: () => number;
 }
 
+/**
+ * The AWS SDK's default chain found no credentials. Its own message ("Could not load credentials from any
+ * providers") names neither the sources it tried nor how to give the device some: this one does.
+ */
+export class MissingCredentialsError extends Error {
+  override readonly name = 'MissingCredentialsError';
+  constructor(description: string, options: { cause: unknown }) {
+    super(
+      `no AWS credentials to upload to ${description}: the AWS SDK tried the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), the shared config and credentials files (AWS_PROFILE), web identity (AWS_WEB_IDENTITY_TOKEN_FILE), container credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI: on Greengrass, the Token Exchange Service, for a component that depends on aws.greengrass.TokenExchangeService) and EC2 instance metadata; or use the AWS IoT credentials provider: set sagemaker_edge_provider_aws_iot_cred_endpoint, sagemaker_edge_provider_aws_cert_file and sagemaker_edge_provider_aws_cert_pk_file (an AWS IoT certificate; role alias edgefleet_capture_iot_role_alias, default SageMakerEdge-<fleet>)`,
+      options,
+    );
+  }
+}
+
 /** A bucket in any S3-compatible store through the AWS SDK v3. */
 export class S3ObjectStore implements ObjectStore {
   readonly description: string;
   readonly bucket: string;
   readonly client: S3Client;
   readonly #gate: RetryAfterGate;
+  readonly #defaultChain: boolean;
 
   constructor(options: S3ObjectStoreOptions) {
     this.bucket = options.bucket;
+    this.#defaultChain = options.credentials.source === 'default';
     this.#gate = new RetryAfterGate(options.now);
     this.description = `s3://${options.bucket}${options.endpoint ? ` at ${options.endpoint}` : ''}`;
     const ca =
@@ -190,6 +206,8 @@ export class S3ObjectStore implements ObjectStore {
         }),
       );
     } catch (error) {
+      if (this.#defaultChain && (error as Error | undefined)?.name === 'CredentialsProviderError')
+        throw new MissingCredentialsError(this.description, { cause: error });
       // S3's SlowDown (503) and throttling answers may say how long to back off; the SDK's own retries are spent.
       const wait = s3RetryAfterMs(error, Date.now());
       if (wait === undefined) throw error;

@@ -8,6 +8,7 @@ import {
 } from './capture-rules.js';
 import { MAX_INSTANCES } from './batching-rules.js';
 import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
+import { IOT_CREDENTIAL_ENDPOINT_FORMS, parseIotCredentialEndpoint } from '../capture/iot-credentials.js';
 import { AgentConfigSchema, KEEP_FREED_MEMORY_BYTES, type AgentConfig } from './agent-config.js';
 import { BACKEND_OPTIONS_KEY, mapBackendOptions, parseBackendOptions } from './backend-options.js';
 import { MAX_UNIX_SOCKET_PATH_BYTES } from './command-line.js';
@@ -351,6 +352,25 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
     warnings.push(
       'edgefleet_capture_iot_role_alias is used with the AWS IoT credentials provider, which needs sagemaker_edge_provider_aws_iot_cred_endpoint, sagemaker_edge_provider_aws_cert_file and sagemaker_edge_provider_aws_cert_pk_file; ignored',
     );
+  // AWS's Edge Manager samples wrote the full credentials URL, role alias included: that alias is the one used.
+  let iotRoleAlias = file.edgefleet_capture_iot_role_alias;
+  const iotEndpoint = file.sagemaker_edge_provider_aws_iot_cred_endpoint;
+  if (iotEndpoint !== undefined) {
+    const parsedIotEndpoint = parseIotCredentialEndpoint(iotEndpoint);
+    if (parsedIotEndpoint === undefined)
+      fail(
+        'sagemaker_edge_provider_aws_iot_cred_endpoint',
+        `expected ${IOT_CREDENTIAL_ENDPOINT_FORMS}, got ${JSON.stringify(iotEndpoint)}`,
+      );
+    const urlAlias = parsedIotEndpoint?.roleAlias;
+    if (urlAlias !== undefined) {
+      if (iotRoleAlias !== undefined && iotRoleAlias !== urlAlias)
+        warnings.push(
+          `edgefleet_capture_iot_role_alias is ${JSON.stringify(iotRoleAlias)} but sagemaker_edge_provider_aws_iot_cred_endpoint is a credentials URL for role alias ${JSON.stringify(urlAlias)}; ${JSON.stringify(urlAlias)} is used (give the endpoint as a host name for edgefleet_capture_iot_role_alias to apply)`,
+        );
+      iotRoleAlias = urlAlias;
+    }
+  }
 
   // Storage and deployments.
   const localDataRootPath =
@@ -522,7 +542,7 @@ function buildConfig(file: ConfigFile, context: ConfigContext, warnings: string[
       ...dropUndefined({
         s3Endpoint: file.edgefleet_capture_s3_endpoint,
         s3ForcePathStyle: file.edgefleet_capture_s3_force_path_style,
-        iotRoleAlias: file.edgefleet_capture_iot_role_alias,
+        iotRoleAlias,
       }),
       autoCapture: file.edgefleet_capture_auto ?? [],
       ...dropUndefined({

@@ -139,8 +139,9 @@ function flag(parameter: ComponentParameter, value: string): boolean {
 }
 
 /**
- * The original's default destination, Cloud, needs a server and a bucket: said here in parameter terms, since
- * the agent's own check names config keys (sagemaker_edge_provider_provider) no component parameter sets.
+ * The original's default destination, Cloud, needs a server (else the agent runs offline) and a bucket: said here
+ * in parameter terms, since the agent's own check names config keys (sagemaker_edge_provider_provider) no
+ * component parameter sets. Cloud goes straight to the bucket with AWS credentials, not through the server.
  */
 function checkCloudCapture(
   values: Record<ComponentParameter, string>,
@@ -150,13 +151,42 @@ function checkCloudCapture(
   if (config.sagemaker_edge_provider_provider === undefined)
     throw new ComponentParameterError(
       'CaptureDataDestination',
-      `CaptureDataDestination is Cloud${values.CaptureDataDestination === COMPONENT_PARAMETERS.CaptureDataDestination.default ? ' (the default)' : ''}, which uploads captures to BucketName through the EdgeFleet server, but no server is set: set EdgeFleetEndpoint (or EnrollmentServerUrl and EnrollmentToken) and BucketName, or CaptureDataDestination to Disk`,
+      `CaptureDataDestination is Cloud${values.CaptureDataDestination === COMPONENT_PARAMETERS.CaptureDataDestination.default ? ' (the default)' : ''}, which uploads captures straight to BucketName with AWS credentials (the Token Exchange Service's, the AWS IoT credentials provider's or the AWS SDK's other sources), but no EdgeFleet server is set, so the agent would run offline: set EdgeFleetEndpoint (or EnrollmentServerUrl and EnrollmentToken) and BucketName, or CaptureDataDestination to EdgeFleet (captures go through the EdgeFleet server to the fleet's output; needs an enrollment) or Disk`,
     );
   if (values.BucketName === '')
     throw new ComponentParameterError(
       'BucketName',
       "BucketName: required when CaptureDataDestination is Cloud (captures go to that bucket); set it, or CaptureDataDestination to EdgeFleet (an enrolled device: the fleet's output location) or Disk",
     );
+}
+
+/** The parameters that name where captures go in the bucket, with the config keys enrollment sets for them. */
+const FLEET_OUTPUT_PARAMETERS = ['BucketName', 'FolderPrefix'] as const;
+
+/**
+ * With CaptureDataDestination EdgeFleet on an enrolled device, sets the bucket and prefix enrollment took from the
+ * fleet's output location; a BucketName or FolderPrefix set to something else (its default aside) gets a warning.
+ * Not enrolled for it (no enrolled bucket: enrolled with Disk, or by hand), the parameters stay.
+ */
+function useEnrolledFleetOutput(
+  values: Record<ComponentParameter, string>,
+  config: Record<string, unknown>,
+  identity: Record<string, unknown>,
+): string[] {
+  if (typeof identity.sagemaker_edge_provider_s3_bucket_name !== 'string') return [];
+  const warnings: string[] = [];
+  for (const name of FLEET_OUTPUT_PARAMETERS) {
+    const { key, default: byDefault } = COMPONENT_PARAMETERS[name];
+    const enrolled = identity[key];
+    if (typeof enrolled !== 'string') continue;
+    if (values[name] !== '' && values[name] !== byDefault && values[name] !== enrolled)
+      warnings.push(
+        `${name} is ${JSON.stringify(values[name])} but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; the enrolled ${name === 'BucketName' ? 'bucket' : 'prefix'} ${JSON.stringify(enrolled)} is used (for another bucket or prefix, set CaptureDataDestination to Cloud)`,
+      );
+    config[key] = enrolled;
+    values[name] = enrolled;
+  }
+  return warnings;
 }
 
 /**
@@ -240,6 +270,11 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
       `CaptureDataDestination is the default Cloud with no BucketName, which cannot capture; the destination enrollment chose (${enrolledDestination}) is used: set CaptureDataDestination (EdgeFleet, Disk, or Cloud with BucketName) to choose`,
     );
   }
+  // EdgeFleet sends captures through the server, which takes only keys under the enrolled fleet's own bucket and
+  // prefix and refuses the rest for good (the captures are lost): those are the enrolled ones, whatever
+  // BucketName and FolderPrefix say.
+  if (values.CaptureDataDestination.toLowerCase() === 'edgefleet')
+    warnings.push(...useEnrolledFleetOutput(values, config, identity));
   checkCloudCapture(values, config);
 
   const keyToParameter = new Map<string, ComponentParameter>(

@@ -2,6 +2,7 @@ import {
   MAX_MODEL_NAME_LENGTH,
   MODEL_NAME_PATTERN,
   PackageNotFoundError,
+  notAFolderDetail,
   type DataTypeName,
   type TensorMetadata,
 } from '@edgefleet/core';
@@ -594,9 +595,7 @@ export class ModelRegistry {
     throw packageFailure(
       new PackageNotFoundError(
         dir,
-        found.kind === 'file'
-          ? 'it is a file; expected an extracted package folder'
-          : 'the folder does not exist',
+        found.kind === 'file' ? notAFolderDetail(dir) : 'the folder does not exist',
       ),
       dir,
     );

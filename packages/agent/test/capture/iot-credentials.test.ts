@@ -86,9 +86,40 @@ describe('AWS IoT credentials provider', () => {
     expect(refreshed).not.toBe(first);
   });
 
-  it('says what went wrong: a refused role alias, an untrusted server', async () => {
+  it('takes the endpoint as the full credentials URL too, as AWS samples wrote it, with the alias it names', async () => {
+    const credentials = await fetchIotCredentials({
+      ...options(),
+      endpoint: `https://${endpoint}/role-aliases/SageMakerEdge-fleet-a/credentials`,
+      roleAlias: 'SageMakerEdge-other-fleet',
+    });
+    expect(credentials.accessKeyId).toMatch(/^AKIA\d+$/);
+    expect(seen.at(-1)?.path).toBe('/role-aliases/SageMakerEdge-fleet-a/credentials');
+    // https://host/ is the host form.
+    await fetchIotCredentials({ ...options(), endpoint: `https://${endpoint}/` });
+    expect(seen.at(-1)?.path).toBe('/role-aliases/SageMakerEdge-fleet-a/credentials');
+  });
+
+  it('refuses an endpoint with any other path, naming the key and both forms, without a request', async () => {
+    const before = seen.length;
+    await expect(
+      fetchIotCredentials({ ...options(), endpoint: `https://${endpoint}/role-aliases/a` }),
+    ).rejects.toThrow(
+      /sagemaker_edge_provider_aws_iot_cred_endpoint\) is not a host name .* or the full credentials URL https:\/\/<host>\/role-aliases\/<alias>\/credentials/,
+    );
+    expect(seen.length).toBe(before);
+  });
+
+  it('says what went wrong, with the full URL asked: a refused role alias, an untrusted server', async () => {
     await expect(fetchIotCredentials({ ...options(), roleAlias: 'other' })).rejects.toThrow(
-      /answered 403 for role alias other \(thing device-1\)/,
+      `the IoT credentials provider https://${endpoint}/role-aliases/other/credentials answered 403 for role alias other (thing device-1)`,
+    );
+    await expect(
+      fetchIotCredentials({
+        ...options(),
+        endpoint: `https://${endpoint}/role-aliases/my-edge-alias/credentials`,
+      }),
+    ).rejects.toThrow(
+      `the IoT credentials provider https://${endpoint}/role-aliases/my-edge-alias/credentials answered 403 for role alias my-edge-alias`,
     );
     const { caFile: _ca, ...untrusted } = options();
     await expect(fetchIotCredentials(untrusted)).rejects.toThrow(/cannot reach the IoT credentials provider/);

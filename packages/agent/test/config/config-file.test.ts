@@ -740,6 +740,51 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
     expect(quota('1T')).toBe(1024 ** 4);
   });
 
+  it('takes sagemaker_edge_provider_aws_iot_cred_endpoint as a host or as the full credentials URL, whose alias wins', () => {
+    const fullUrl = 'https://creds.example.com/role-aliases/my-edge-alias/credentials';
+    const full = parseAgentConfig(
+      { ...uploading, sagemaker_edge_provider_aws_iot_cred_endpoint: fullUrl },
+      context,
+    );
+    expect(full.warnings).toEqual([]);
+    expect(full.config.capture.iotRoleAlias).toBe('my-edge-alias');
+    expect(full.config.provider.iotCredentialEndpoint).toBe(fullUrl);
+    // edgefleet_capture_iot_role_alias naming another alias: the URL's is used, with a warning at start.
+    const differing = parseAgentConfig(
+      {
+        ...uploading,
+        sagemaker_edge_provider_aws_iot_cred_endpoint: fullUrl,
+        edgefleet_capture_iot_role_alias: 'EdgeFleet-line-1',
+      },
+      context,
+    );
+    expect(differing.config.capture.iotRoleAlias).toBe('my-edge-alias');
+    expect(differing.warnings).toEqual([
+      'edgefleet_capture_iot_role_alias is "EdgeFleet-line-1" but sagemaker_edge_provider_aws_iot_cred_endpoint is a credentials URL for role alias "my-edge-alias"; "my-edge-alias" is used (give the endpoint as a host name for edgefleet_capture_iot_role_alias to apply)',
+    ]);
+    for (const host of ['creds.example.com', 'https://creds.example.com', 'https://creds.example.com:8443/'])
+      expect(
+        parseAgentConfig({ ...uploading, sagemaker_edge_provider_aws_iot_cred_endpoint: host }, context)
+          .warnings,
+      ).toEqual([]);
+  });
+
+  it('refuses any other sagemaker_edge_provider_aws_iot_cred_endpoint, naming the key and the two accepted forms', () => {
+    for (const bad of [
+      'https://creds.example.com/role-aliases/a',
+      'https://creds.example.com/credentials',
+      'creds.example.com/role-aliases/a/credentials/x',
+      'https://creds.example.com/role-aliases/a/credentials?x=1',
+      'http://creds.example.com',
+    ]) {
+      const error = errorOf({ ...uploading, sagemaker_edge_provider_aws_iot_cred_endpoint: bad });
+      expect(error.key).toBe('sagemaker_edge_provider_aws_iot_cred_endpoint');
+      expect(error.message).toBe(
+        `sagemaker_edge_provider_aws_iot_cred_endpoint: expected a host name (abc123.credentials.iot.eu-west-1.amazonaws.com, or https://<host>) or the full credentials URL https://<host>/role-aliases/<alias>/credentials, got ${JSON.stringify(bad)}`,
+      );
+    }
+  });
+
   it('treats an empty string (or null) as unset, so the default applies', () => {
     const { config, warnings } = parseAgentConfig(
       {

@@ -46,6 +46,7 @@ type Json = string | number | boolean | null | Json[] | { [key: string]: Json };
 interface Recipe {
   RecipeFormatVersion: string;
   ComponentVersion: string;
+  ComponentDependencies?: Record<string, { VersionRequirement: string; DependencyType: string }>;
   ComponentConfiguration: { DefaultConfiguration: Record<string, Json> };
   Manifests: {
     Platform: { os: string; architecture: string };
@@ -106,6 +107,13 @@ describe('the Greengrass recipe', () => {
       if (value !== '' || name === 'DeviceFleetName') expect(defaults[name], name).toBe(value);
     }
     expect(defaults).toEqual(defaultComponentConfiguration());
+  });
+
+  it('depends, softly, on the Token Exchange Service, as the original did: Cloud captures get AWS credentials from it', () => {
+    // The nucleus gives AWS_CONTAINER_CREDENTIALS_FULL_URI only to components that declare this dependency.
+    expect(recipe.ComponentDependencies).toEqual({
+      'aws.greengrass.TokenExchangeService': { VersionRequirement: '>=2.0.0 <3.0.0', DependencyType: 'SOFT' },
+    });
   });
 
   it('has a linux manifest for amd64 and aarch64, each passing every parameter to its steps', () => {
@@ -311,7 +319,7 @@ describe(
         // The original's default destination needs a server and a bucket: said in parameter terms.
         [
           { DeviceFleetName: 'f' },
-          /^edgefleet greengrass config: CaptureDataDestination is Cloud \(the default\), which uploads captures to BucketName through the EdgeFleet server, but no server is set: set EdgeFleetEndpoint \(or EnrollmentServerUrl and EnrollmentToken\) and BucketName, or CaptureDataDestination to Disk$/m,
+          /^edgefleet greengrass config: CaptureDataDestination is Cloud \(the default\), which uploads captures straight to BucketName with AWS credentials \(the Token Exchange Service's, the AWS IoT credentials provider's or the AWS SDK's other sources\), but no EdgeFleet server is set, so the agent would run offline: set EdgeFleetEndpoint \(or EnrollmentServerUrl and EnrollmentToken\) and BucketName, or CaptureDataDestination to EdgeFleet \(captures go through the EdgeFleet server to the fleet's output; needs an enrollment\) or Disk$/m,
         ],
         [
           { DeviceFleetName: 'f', EdgeFleetEndpoint: 'https://127.0.0.1:9' },
@@ -336,9 +344,33 @@ describe(
           name: 'plant-a',
           outputConfig: { s3OutputLocation: 's3://fleet-bucket/fleet-prefix' },
         });
-        await operator(plane, 'POST', '/api/v1/fleets/plant-a/devices', { devices: [{ name: 'gg-core-1' }] });
-        const { token } = await operator(plane, 'POST', '/api/v1/devices/gg-core-1/enrollment-tokens', {});
+        await operator(plane, 'POST', '/api/v1/fleets/plant-a/devices', {
+          devices: [{ name: 'gg-core-1' }, { name: 'gg-core-2' }],
+        });
         const base = recipe.ComponentConfiguration.DefaultConfiguration;
+        // A token issued for another core device (one configuration sent to a thing group): Install fails, the
+        // token stays unused, and this core does not take that device's identity.
+        const { token: othersToken } = await operator(
+          plane,
+          'POST',
+          '/api/v1/devices/gg-core-2/enrollment-tokens',
+          {},
+        );
+        const wrong = await install(
+          mergeConfiguration(base, {
+            DeviceFleetName: 'plant-a',
+            EnrollmentServerUrl: plane.operatorUrl,
+            EnrollmentToken: othersToken as string,
+            CaptureDataDestination: 'Disk',
+            LocalDataRootPath: join(root, 'enrolled-data'),
+          }),
+        );
+        expect(wrong.code).not.toBe(0);
+        expect(wrong.stderr).toMatch(
+          /the enrollment token was issued for device gg-core-2, not gg-core-1; expected a token for gg-core-1 \(the token is left unused\)/,
+        );
+        expect(existsSync(join(work, 'identity', 'agent-identity.json'))).toBe(false);
+        const { token } = await operator(plane, 'POST', '/api/v1/devices/gg-core-1/enrollment-tokens', {});
         const first = mergeConfiguration(base, {
           DeviceFleetName: 'plant-a',
           EnrollmentServerUrl: plane.operatorUrl,
@@ -379,7 +411,9 @@ describe(
           sagemaker_edge_core_root_certs_path: join(work, 'identity', 'trust'),
         });
 
-        // A merge update re-runs Install (no new enrollment: the token is spent); its parameters win again.
+        // A merge update re-runs Install (no new enrollment: the token is spent); its parameters win again,
+        // but for the bucket and prefix of EdgeFleet captures: the server accepts only the fleet's, so the
+        // enrolled ones are used and Install says so.
         const second = mergeConfiguration(first, {
           CaptureDataDestination: 'EdgeFleet',
           HeartbeatIntervalSeconds: '12',
@@ -390,9 +424,16 @@ describe(
         expect(await rendered()).toMatchObject({
           sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
           edgefleet_heartbeat_interval_seconds: '12',
-          sagemaker_edge_core_folder_prefix: 'myprefix',
+          sagemaker_edge_core_folder_prefix: 'fleet-prefix',
+          sagemaker_edge_provider_s3_bucket_name: 'fleet-bucket',
           sagemaker_edge_provider_aws_cert_file: identity.sagemaker_edge_provider_aws_cert_file,
         });
+        expect(reinstalled.stderr).toMatch(
+          /warning: FolderPrefix is "myprefix" but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; the enrolled prefix "fleet-prefix" is used/,
+        );
+        expect(reinstalled.stderr).toMatch(
+          /warning: BucketName is "mybucket" .* the enrolled bucket "fleet-bucket" is used/,
+        );
         // Another fleet than the certificate's: the enrolled one is used, and Install says so.
         const third = await install(mergeConfiguration(second, { DeviceFleetName: 'plant-b' }));
         expect(third.code).toBe(0);
@@ -481,5 +522,70 @@ describe('renderAgentConfig: an enrolled device left on the default CaptureDataD
     );
     expect(disk.config).toMatchObject({ sagemaker_edge_core_capture_data_destination: 'Disk' });
     expect(disk.warnings.join('\n')).not.toMatch(/enrollment chose/);
+  });
+});
+
+describe('renderAgentConfig: CaptureDataDestination EdgeFleet on an enrolled device', () => {
+  // What `device enroll` writes for a fleet whose output is s3://captures/cameras.
+  const identity = {
+    sagemaker_edge_core_device_name: 'gg-1',
+    sagemaker_edge_core_device_fleet_name: 'plant-a',
+    sagemaker_edge_core_endpoint_override: 'https://fleet.example:8443',
+    sagemaker_edge_provider_provider: 'Aws',
+    sagemaker_edge_provider_aws_cert_file: '/gg/work/identity/device.pem',
+    sagemaker_edge_provider_aws_cert_pk_file: '/gg/work/identity/device.key',
+    sagemaker_edge_provider_aws_ca_cert_file: '/gg/work/identity/ca.pem',
+    sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+    sagemaker_edge_provider_s3_bucket_name: 'captures',
+    sagemaker_edge_core_folder_prefix: 'cameras',
+  };
+  const edgeFleet = {
+    ...defaultComponentConfiguration(),
+    DeviceFleetName: 'plant-a',
+    CaptureDataDestination: 'EdgeFleet',
+  };
+
+  it("uses the fleet's enrolled bucket and prefix, not the FolderPrefix default sme-capture the server would refuse", () => {
+    const rendered = renderAgentConfig(edgeFleet, { thingName: 'gg-1', identity });
+    expect(rendered.config).toMatchObject({
+      sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+      sagemaker_edge_provider_s3_bucket_name: 'captures',
+      sagemaker_edge_core_folder_prefix: 'cameras',
+    });
+    expect(rendered.effective.capture).toMatchObject({ destination: 'EdgeFleet', folderPrefix: 'cameras' });
+    expect(rendered.effective.provider.s3BucketName).toBe('captures');
+    // Left on their defaults, the parameters said nothing to contradict.
+    expect(rendered.warnings.join('\n')).not.toMatch(/FolderPrefix|BucketName/);
+  });
+
+  it('says so when FolderPrefix or BucketName were set to something else', () => {
+    const rendered = renderAgentConfig(
+      { ...edgeFleet, FolderPrefix: 'line-7', BucketName: 'my-bucket' },
+      { thingName: 'gg-1', identity },
+    );
+    expect(rendered.config).toMatchObject({
+      sagemaker_edge_provider_s3_bucket_name: 'captures',
+      sagemaker_edge_core_folder_prefix: 'cameras',
+    });
+    expect(rendered.warnings).toContain(
+      'FolderPrefix is "line-7" but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device\'s fleet output; the enrolled prefix "cameras" is used (for another bucket or prefix, set CaptureDataDestination to Cloud)',
+    );
+    expect(rendered.warnings).toContainEqual(
+      expect.stringMatching(/^BucketName is "my-bucket" .* the enrolled bucket "captures" is used/),
+    );
+    // Set to the enrolled values: nothing to say.
+    const same = renderAgentConfig(
+      { ...edgeFleet, FolderPrefix: 'cameras', BucketName: 'captures' },
+      { thingName: 'gg-1', identity },
+    );
+    expect(same.warnings.join('\n')).not.toMatch(/FolderPrefix|BucketName/);
+  });
+
+  it('other destinations keep the parameters', () => {
+    const disk = renderAgentConfig(
+      { ...edgeFleet, CaptureDataDestination: 'Disk', FolderPrefix: 'line-7' },
+      { thingName: 'gg-1', identity },
+    );
+    expect(disk.config).toMatchObject({ sagemaker_edge_core_folder_prefix: 'line-7' });
   });
 });

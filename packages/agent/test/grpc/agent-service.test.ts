@@ -1,4 +1,4 @@
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import {
@@ -123,6 +123,38 @@ describe('LoadModel, ListModels, DescribeModel, UnLoadModel', () => {
     );
     expect(missing.code).toBe(grpc.status.NOT_FOUND);
     expect(missing.details).toMatch(/no-such-package.*expected the folder of an extracted model package/);
+  });
+
+  it('FAILED_PRECONDITION for a SageMaker Edge Manager (Neo/DLR) package, saying what it is and where the docs say what to do', async () => {
+    // The files of an Edge Manager packaging job's output, extracted; no manifest.json.
+    const dir = join(files.root, 'resnet-1.0');
+    await mkdir(dir);
+    for (const name of ['sagemaker_edge_manifest', 'compiled.so', 'compiled.params', 'compiled.meta'])
+      await writeFile(join(dir, name), 'neo');
+    const error = await callError(agent.call('LoadModel', { url: dir, handle: 'neo' }));
+    expect(error.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(error.details).toBe(
+      `model package ${dir} is not valid: it is a SageMaker Edge Manager (Neo/DLR-compiled) package (compiled.meta, compiled.params, compiled.so, sagemaker_edge_manifest), and EdgeFleet runs ONNX model packages: re-export the model to ONNX, then package and sign it (see docs/migrating-from-edge-manager.md)`,
+    );
+    // A folder with nothing recognisable in it is no model package at all: NOT_FOUND, as the spec says.
+    const empty = join(files.root, 'not-yet-extracted');
+    await mkdir(empty);
+    await writeFile(join(empty, 'README.txt'), 'hello');
+    const nothing = await callError(agent.call('LoadModel', { url: empty, handle: 'empty' }));
+    expect(nothing.code).toBe(grpc.status.NOT_FOUND);
+    expect(nothing.details).toBe(
+      `no model package at ${empty}: it has no manifest.json; expected the folder of an extracted model package`,
+    );
+  });
+
+  it('NOT_FOUND for a package archive, saying once to extract it first', async () => {
+    const archive = join(files.root, 'resnet-1.0.tar.gz');
+    await writeFile(archive, 'not really gzip');
+    const error = await callError(agent.call('LoadModel', { url: archive, handle: 'archive' }));
+    expect(error.code).toBe(grpc.status.NOT_FOUND);
+    expect(error.details).toBe(
+      `no model package at ${archive}: it is a package archive, not a folder: extract it first (tar xzf ${archive} -C <folder>, or edgefleet package extract ${archive} --out <folder>) and load that folder; expected the folder of an extracted model package`,
+    );
   });
 
   it('resolves a relative url against the working directory', async () => {

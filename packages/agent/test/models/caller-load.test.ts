@@ -378,7 +378,7 @@ describe('LoadModel for a caller: the folder checked is the folder loaded', () =
     );
     const file = join(dir, 'model.onnx');
     expect((await agentErrorOf(models.load({ url: file, name: 'file', caller }))).message).toBe(
-      `no model package at ${file}: it is a file; expected an extracted package folder; expected the folder of an extracted model package`,
+      `no model package at ${file}: it is a file; expected the folder of an extracted model package`,
     );
   });
 
@@ -509,6 +509,14 @@ describe('LoadModel for a caller: the check is bounded and does the cheap parts 
     expect({ code: error.code, message: error.message }).toEqual({
       code: 'NOT_FOUND',
       message: `no model package at ${dir}: it has no manifest.json; expected the folder of an extracted model package`,
+    });
+    // An Edge Manager package is recognised by the names in the folder the caller may list, read through the
+    // folder the agent holds; the message names the caller's path, never /proc.
+    await writeFile(join(dir, 'compiled.so'), 'neo');
+    const neo = await agentErrorOf(registry().load({ url: dir, name: 'neo', caller }));
+    expect({ code: neo.code, message: neo.message }).toEqual({
+      code: 'FAILED_PRECONDITION',
+      message: `model package ${dir} is not valid: it is a SageMaker Edge Manager (Neo/DLR-compiled) package (compiled.so, sagemaker_edge_manifest), and EdgeFleet runs ONNX model packages: re-export the model to ONNX, then package and sign it (see docs/migrating-from-edge-manager.md)`,
     });
   });
 

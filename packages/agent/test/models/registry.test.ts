@@ -1,4 +1,4 @@
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { TEST_MODELS } from '@edgefleet/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -202,7 +202,10 @@ describe('ModelRegistry: error codes and messages', () => {
       'NOT_FOUND',
       /no model package at .*nowhere.*does not exist/,
     );
-    await expectCode(models.load({ url: files.root, name: 'm' }), 'NOT_FOUND', /has no manifest\.json/);
+    // A folder with no manifest.json and nothing recognisable: no package there (spec: NOT_FOUND).
+    const empty = join(files.root, 'empty');
+    await mkdir(empty);
+    await expectCode(models.load({ url: empty, name: 'm' }), 'NOT_FOUND', /has no manifest\.json/);
     await models.load({ url: packages.tiny!, name: 'present' });
     await expectCode(
       models.unload('absent'),
@@ -215,6 +218,21 @@ describe('ModelRegistry: error codes and messages', () => {
       'NOT_FOUND',
       /no model named "absent"/,
     );
+    await models.close();
+  });
+
+  it('FAILED_PRECONDITION for a folder holding a SageMaker Edge Manager (Neo/DLR) package: it is there, and cannot be loaded', async () => {
+    const models = registry();
+    const neo = join(files.root, 'neo-package');
+    await mkdir(neo);
+    for (const name of ['sagemaker_edge_manifest', 'compiled.so', 'compiled.params'])
+      await writeFile(join(neo, name), 'neo');
+    await expectCode(
+      models.load({ url: neo, name: 'neo' }),
+      'FAILED_PRECONDITION',
+      /is a SageMaker Edge Manager \(Neo\/DLR-compiled\) package \(compiled\.params, compiled\.so, sagemaker_edge_manifest\), and EdgeFleet runs ONNX model packages: .*docs\/migrating-from-edge-manager\.md/,
+    );
+    expect(models.has('neo')).toBe(false);
     await models.close();
   });
 

@@ -27,6 +27,7 @@ import {
   CAPTURE_CHOICES,
   CAPTURE_DESTINATION_KEY,
   DATA_ROOT_KEY,
+  DEPLOYMENT_LIB_KEY,
   DEPLOYMENT_POLL_KEY,
   REST_TCP_KEY,
   enrollDevice,
@@ -429,6 +430,10 @@ export function registerDeviceCommands(
       'where the package-signing root goes, the folder the agent trusts (default: <config folder>/trust); keep it root’s, outside --cert-dir',
     )
     .option('--data-dir <dir>', 'the agent’s data folder (default: the config’s, else <config folder>/data)')
+    .option(
+      '--device <name>',
+      'the device this host is (a Greengrass core: its thing name): a token issued for another device is refused and left unused',
+    )
     .addOption(
       new Option(
         '--capture <where>',
@@ -461,6 +466,7 @@ export function registerDeviceCommands(
         certDir?: string;
         trustDir?: string;
         dataDir?: string;
+        device?: string;
         capture: CaptureChoice;
         restPort?: number;
         deployments?: number;
@@ -493,6 +499,7 @@ export function registerDeviceCommands(
               // Beside the config, not in the cert dir: the agent may own that one (it renews there).
               trustDir: opts.trustDir ?? join(dirname(configFile), 'trust'),
               ...(opts.dataDir !== undefined && { dataDir: opts.dataDir }),
+              ...(opts.device !== undefined && { deviceName: opts.device }),
               defaultDataDir: join(dirname(configFile), 'data'),
               capture: opts.capture,
               ...(opts.restPort !== undefined && { restPort: opts.restPort }),
@@ -514,23 +521,49 @@ export function registerDeviceCommands(
             ['data folder', result.config[DATA_ROOT_KEY]],
             ['captures', result.config[CAPTURE_DESTINATION_KEY]],
             ['REST', restExposure(result.config[REST_TCP_KEY])],
-            [
-              'deployments',
-              result.config[DEPLOYMENT_POLL_KEY] === undefined
-                ? 'off (--deployments <poll-seconds> turns them on)'
-                : `on, polling every ${result.config[DEPLOYMENT_POLL_KEY]} s`,
-            ],
+            ['deployments', deploymentsState(result.merged, result.config)],
             ['device API', result.deviceEndpoint],
             [
               'agent config',
               `${result.configFile} (${Object.keys(result.config).length} keys set, others kept)`,
             ],
           ]),
+          ...result.replaced.map((r) => `replaced ${r.key}: ${shownValue(r.old)} → ${shownValue(r.new)}`),
           ...result.warnings.map((w) => `warning: ${w}`),
           `Start the agent: edgefleet-agent -a <socket> -c ${result.configFile}`,
         ]);
       },
     );
+}
+
+/** A config value as the user wrote it: strings bare, anything else as JSON. */
+function shownValue(value: unknown): string {
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
+
+/** Edge Manager's poll interval key, in minutes (default 1440: once a day), which the agent reads too. */
+const SME_DEPLOYMENT_POLL_MINUTES_KEY = 'sagemaker_edge_model_deployment_poll_interval';
+const SME_DEFAULT_POLL_MINUTES = 1440;
+
+/**
+ * Whether the agent will run deployments with the config as written, and how often it polls: as the agent reads
+ * it (the deployment lib key turns them on by its presence; the seconds key wins over Edge Manager's minutes), so
+ * that an existing config that had them on is not reported off.
+ */
+export function deploymentsState(merged: Record<string, unknown>, set: Record<string, string>): string {
+  const lib = merged[DEPLOYMENT_LIB_KEY];
+  if (lib === undefined || lib === null || lib === '')
+    return 'off (--deployments <poll-seconds> turns them on)';
+  const seconds = merged[DEPLOYMENT_POLL_KEY];
+  const minutes = merged[SME_DEPLOYMENT_POLL_MINUTES_KEY];
+  const every =
+    seconds !== undefined && seconds !== null && seconds !== ''
+      ? `${shownValue(seconds)} s`
+      : minutes !== undefined && minutes !== null && minutes !== '' && Number.isFinite(Number(minutes))
+        ? `${Number(minutes) * 60} s (${SME_DEPLOYMENT_POLL_MINUTES_KEY}: ${shownValue(minutes)} min)`
+        : `${SME_DEFAULT_POLL_MINUTES * 60} s (the default of ${SME_DEPLOYMENT_POLL_MINUTES_KEY}, ${SME_DEFAULT_POLL_MINUTES} min)`;
+  if (set[DEPLOYMENT_LIB_KEY] !== undefined) return `on, polling every ${every}`;
+  return `on (kept from ${DEPLOYMENT_LIB_KEY} in the config), polling every ${every}; --deployments <poll-seconds> polls more often`;
 }
 
 /**

@@ -63,8 +63,19 @@ export interface EnrollOptions {
   restPort?: number;
   /** Turn deployments on, polling every this many seconds (`edgefleet_deployment_poll_interval_seconds`). */
   deploymentPollSeconds?: number;
+  /**
+   * The device this host is (a Greengrass core: its thing name): a token issued for another device is refused
+   * by the server and left unused. Absent: whatever device the token was issued for.
+   */
+  deviceName?: string;
   /** How the user started the CLI (`Output.invocation`), for the command a refusal suggests. */
   invocation: string;
+}
+
+export interface ReplacedKey {
+  key: string;
+  old: unknown;
+  new: string;
 }
 
 export interface EnrollResult {
@@ -77,6 +88,10 @@ export interface EnrollResult {
   configFile: string;
   /** The config keys set, with their values. */
   config: Record<string, string>;
+  /** The config as written: what was there, with `config` merged over it (what the agent will read). */
+  merged: Record<string, unknown>;
+  /** Keys the config already had that enrollment gave another value, with both values. */
+  replaced: ReplacedKey[];
   /** What could not be set up, for the user to do by hand (the certificate and config were written). */
   warnings: string[];
 }
@@ -266,8 +281,12 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
       );
     key = generateDeviceKey(options.keyType);
     const csr = createCsr(key.privateKey, hostname().slice(0, 64) || 'edgefleet-device');
-    issued = await options.client.enroll(token, csr);
+    issued = await options.client.enroll(token, csr, options.deviceName);
     checkIssued(issued, key.publicKeyPem);
+    if (options.deviceName !== undefined && issued.deviceName !== options.deviceName)
+      throw new CliError(
+        `the server issued a certificate for device ${issued.deviceName}, not ${options.deviceName} (--device); nothing was written`,
+      );
   } catch (error) {
     // Nothing is written yet: a spent token or an unreachable server leaves no empty certs/ behind.
     await removeEmptyFolders(made);
@@ -357,7 +376,15 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     (s) => s.mode & 0o777,
     () => 0o644,
   );
-  await writeFileAtomic(configFile, `${JSON.stringify({ ...existing, ...config }, null, 2)}\n`, mode);
+  const merged = { ...existing, ...config };
+  await writeFileAtomic(configFile, `${JSON.stringify(merged, null, 2)}\n`, mode);
+  // An existing config (an Edge Manager device's, say) loses values the user may rely on: each one is said.
+  const replaced: ReplacedKey[] = Object.entries(config)
+    .filter(([key, value]) => {
+      const old = existing[key];
+      return old !== undefined && old !== null && old !== '' && String(old) !== value;
+    })
+    .map(([key, value]) => ({ key, old: existing[key], new: value }));
 
   return {
     deviceName: issued.deviceName,
@@ -368,6 +395,8 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     files,
     configFile,
     config,
+    merged,
+    replaced,
     warnings,
   };
 }

@@ -255,10 +255,13 @@ export class ServerClient {
     });
   }
 
-  /** Exchanges an enrollment token and a CSR for the device's certificate (no API token involved). */
-  enroll(enrollmentToken: string, csrPem: string) {
+  /**
+   * Exchanges an enrollment token and a CSR for the device's certificate (no API token involved). With
+   * `deviceName`, the server refuses (403, token unused) a token issued for another device.
+   */
+  enroll(enrollmentToken: string, csrPem: string, deviceName?: string) {
     return this.#call('POST', '/api/v1/enroll', issuedCertificateSchema, {
-      body: { csr: csrPem },
+      body: { csr: csrPem, ...(deviceName !== undefined && { deviceName }) },
       bearer: enrollmentToken,
     });
   }

@@ -70,6 +70,8 @@ beforeAll(async () => {
         'crane-4',
         'crane-5',
         'crane-6',
+        'crane-7',
+        'crane-8',
       )
     ).code,
   ).toBe(0);
@@ -470,6 +472,70 @@ describe('edgefleet device enroll', () => {
     expect(result.warnings).toEqual([
       `the server at ${server} handed out ${cli.plane.deviceEndpoint} as its device API, a loopback address: an agent on another host than the server would call itself; the server's operator sets deviceEndpoint (--device-endpoint) and deviceServerNames (--device-server-names) to the address devices reach, then set sagemaker_edge_core_endpoint_override in ${join(folder, 'agent.json')} to it (or enroll again)`,
     ]);
+  });
+
+  it('with --device (Greengrass passes its thing name), refuses a token issued for another device and leaves it unused', async () => {
+    const configFile = join(cli.work, 'crane-8', 'agent.json');
+    const token = await enrollmentToken('crane-7');
+    const other = await enroll(token, configFile, '--device', 'crane-8');
+    expect(other.code).toBe(1);
+    expect(other.stderr).toMatch(
+      /the enrollment token was issued for device crane-7, not crane-8; expected a token for crane-8 \(the token is left unused\)/,
+    );
+    expect(other.stderr).not.toContain(token);
+    await expect(stat(configFile)).rejects.toThrow(/ENOENT/);
+    // The token is still good for the device it was issued for.
+    const right = await enroll(
+      token,
+      join(cli.work, 'crane-7', 'agent.json'),
+      '--device',
+      'crane-7',
+      '--json',
+    );
+    expect(right.code).toBe(0);
+    expect(JSON.parse(right.stdout).deviceName).toBe('crane-7');
+  });
+
+  it('on an existing Edge Manager config, says the deployments the agent will run and each value it replaced (F4)', async () => {
+    const folder = join(cli.work, 'sme');
+    await mkdir(folder);
+    const configFile = join(folder, 'sagemaker_edge_config.json');
+    const edgeManager = {
+      sagemaker_edge_core_device_name: 'crane-8',
+      sagemaker_edge_core_device_fleet_name: 'yard',
+      sagemaker_edge_core_root_certs_path: join(folder, 'certificates'),
+      sagemaker_edge_core_capture_data_destination: 'Disk',
+      sagemaker_edge_deployment_lib_path: '/opt/sme/lib/libdeployment.so',
+      sagemaker_edge_model_deployment_poll_interval: 1440,
+      sagemaker_edge_local_data_root_path: join(folder, 'data'),
+    };
+    await writeFile(configFile, JSON.stringify(edgeManager));
+    const enrolled = await enroll(await enrollmentToken('crane-8'), configFile);
+    expect(enrolled.code).toBe(0);
+    const lines = enrolled.stdout.split('\n');
+    // Deployments stay on (the lib path turns them on), polling once a day: said so, not "off".
+    expect(lines).toContainEqual(
+      expect.stringMatching(
+        /^\s*deployments\s+on \(kept from sagemaker_edge_deployment_lib_path in the config\), polling every 86400 s \(sagemaker_edge_model_deployment_poll_interval: 1440 min\); --deployments <poll-seconds> polls more often$/,
+      ),
+    );
+    // Each value enrollment replaced, old → new; the keys it kept or added are not listed.
+    const replaced = lines.filter((l) => l.startsWith('replaced '));
+    expect(replaced).toEqual([
+      `replaced sagemaker_edge_core_root_certs_path: ${join(folder, 'certificates')} → ${join(folder, 'trust')}`,
+      `replaced sagemaker_edge_core_capture_data_destination: Disk → EdgeFleet`,
+    ]);
+    const written = JSON.parse(await readFile(configFile, 'utf8'));
+    expect(written).toMatchObject({
+      sagemaker_edge_deployment_lib_path: '/opt/sme/lib/libdeployment.so',
+      sagemaker_edge_core_capture_data_destination: 'EdgeFleet',
+    });
+    // With --deployments, enrollment sets the interval itself and says it.
+    const again = await enroll(await enrollmentToken('crane-8'), configFile, '--deployments', '60');
+    expect(again.stdout).toMatch(/^\s*deployments\s+on, polling every 60 s$/m);
+    expect(again.stdout).toMatch(
+      /^replaced sagemaker_edge_deployment_lib_path: \/opt\/sme\/lib\/libdeployment\.so → /m,
+    );
   });
 
   it('asks for a token of the right kind', async () => {

@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { promisify } from 'node:util';
 import { writeTestModel } from '@edgefleet/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli.js';
@@ -152,6 +154,19 @@ describe('edgefleet model + packaging', () => {
     expect(isFolder.stderr).toBe(`edgefleet: ${cli.work}: it is a folder, expected a file (open EISDIR)\n`);
     const missing = await ef('model', 'upload', join(cli.work, 'nope.onnx'), '--name', 'x', '--version', '1');
     expect(missing.stderr).toMatch(/is not a file/);
+
+    // An Edge Manager (Neo/DLR) packaging job's output: said what it is, not "it has no manifest.json".
+    const neo = join(cli.work, 'neo');
+    await mkdir(neo);
+    for (const name of ['sagemaker_edge_manifest', 'compiled.so', 'compiled.params', 'compiled_model.json'])
+      await writeFile(join(neo, name), 'neo');
+    const neoArchive = join(cli.work, 'resnet-1.0.tar.gz');
+    await promisify(execFile)('tar', ['-czf', neoArchive, '-C', neo, '.']);
+    const neoUpload = await ef('model', 'upload', neoArchive, '--name', 'resnet', '--version', '1.0');
+    expect(neoUpload.code).not.toBe(0);
+    expect(neoUpload.stderr).toMatch(
+      /is a SageMaker Edge Manager \(Neo\/DLR-compiled\) package \(compiled\.params, compiled\.so, compiled_model\.json, sagemaker_edge_manifest\), and EdgeFleet runs ONNX model packages: re-export the model to ONNX, then package and sign it \(see docs\/migrating-from-edge-manager\.md\).*\[HTTP 400/,
+    );
 
     const failed = await ef('packaging', 'create', 'ghost-1', '--model', 'ghost', '--version', '9', '--wait');
     expect(failed.code).toBe(1);

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { dataTypeFromOnnx } from '../tensors/data-type.js';
 import { TensorMetadataSchema, type TensorMetadata } from '../tensors/tensor-metadata.js';
 import { normalizeLocation, unsafeLocationReason } from './external-data.js';
+import { MIGRATION_GUIDE, isEdgeManagerPackageFile } from '../package/foreign-package.js';
 import { onnxTensorTypeName, supportedOnnxTensorTypes } from './onnx-data-types.js';
 import {
   DATA_LOCATION,
@@ -145,6 +146,13 @@ export async function readOnnxModelInfo(modelPath: string): Promise<OnnxModelInf
   return info;
 }
 
+/** For a file of an Edge Manager package (compiled.so, …), what it is and what to do instead. */
+function neoHint(source: string): string {
+  return isEdgeManagerPackageFile(source)
+    ? `; it looks like a Neo/DLR-compiled model file of a SageMaker Edge Manager package, and EdgeFleet runs ONNX models: re-export the model to ONNX and package that (see ${MIGRATION_GUIDE})`
+    : '';
+}
+
 function decodeModel(bytes: Uint8Array, source: string): ModelMessage {
   if (bytes.length === 0) {
     throw new OnnxModelError(`${source} is not an ONNX model: it is empty`, 'not-onnx');
@@ -154,14 +162,14 @@ function decodeModel(bytes: Uint8Array, source: string): ModelMessage {
     model = onnxProto.ModelProto.decode(bytes) as unknown as ModelMessage;
   } catch (error) {
     throw new OnnxModelError(
-      `${source} is not an ONNX model: it does not decode as an ONNX ModelProto (${(error as Error).message})`,
+      `${source} is not an ONNX model: it does not decode as an ONNX ModelProto (${(error as Error).message})${neoHint(source)}`,
       'not-onnx',
       { cause: error },
     );
   }
   if (!Object.hasOwn(model, 'graph') || model.graph === null) {
     throw new OnnxModelError(
-      `${source} is not an ONNX model: it has no graph (ModelProto.graph)`,
+      `${source} is not an ONNX model: it has no graph (ModelProto.graph)${neoHint(source)}`,
       'not-onnx',
     );
   }

@@ -1,5 +1,6 @@
 export * from './manifest.js';
 export * from './errors.js';
+export * from './foreign-package.js';
 export * from './archive.js';
 export * from './create.js';
 export * from './open.js';

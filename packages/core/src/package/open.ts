@@ -9,6 +9,7 @@ import {
   type VerifiedSignature,
 } from '../signing/index.js';
 import { PackageFileError, PackageInvalidError, PackageNotFoundError } from './errors.js';
+import { edgeManagerPackageDetail, edgeManagerPackageFiles, notAFolderDetail } from './foreign-package.js';
 import { MANIFEST_FILE, PackageManifestSchema, describeZodError, type PackageManifest } from './manifest.js';
 import {
   MAX_MANIFEST_BYTES,
@@ -70,14 +71,18 @@ export async function openModelPackage(
     .then((found) => (found.isSymbolicLink() ? stat(absolute) : found))
     .catch(() => undefined);
   if (!st) throw new PackageNotFoundError(shown, 'the folder does not exist');
-  if (!st.isDirectory())
-    throw new PackageNotFoundError(shown, 'it is a file; expected an extracted package folder');
+  if (!st.isDirectory()) throw new PackageNotFoundError(shown, notAFolderDetail(shown));
   const manifestBytes = await readPackageFile(absolute, MANIFEST_FILE, {
     maxBytes: MAX_MANIFEST_BYTES,
     ...(opts.fileCheck && { fileCheck: opts.fileCheck }),
-  }).catch((error: unknown) => {
-    if (error instanceof PackageFileError && error.problem === 'missing')
+  }).catch(async (error: unknown) => {
+    if (error instanceof PackageFileError && error.problem === 'missing') {
+      // A package, but Edge Manager's: it is there and cannot be loaded (not "no package at": a client that
+      // reads NOT_FOUND as "not downloaded yet" would download it again and again).
+      const edgeManager = await edgeManagerPackageFiles(absolute);
+      if (edgeManager.length > 0) throw new PackageInvalidError(shown, edgeManagerPackageDetail(edgeManager));
       throw new PackageNotFoundError(shown, `it has no ${MANIFEST_FILE}`);
+    }
     throw packageFileFailure(shown, error);
   });
 

@@ -345,6 +345,28 @@ describe('errors', () => {
     }
   });
 
+  it('says what a Neo/DLR-compiled file of an Edge Manager package is, and what to do instead', async () => {
+    // ELF's first bytes: what Edge Manager's compiled.so starts with.
+    const file = path.join(dir, 'compiled.so');
+    await writeFile(
+      file,
+      Uint8Array.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0, ...pseudoRandomBytes(256, 3)]),
+    );
+    const error = await readOnnxModelInfo(file).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(error?.message).toMatch(
+      new RegExp(
+        `^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is not an ONNX model: .*; it looks like a Neo/DLR-compiled model file of a SageMaker Edge Manager package, and EdgeFleet runs ONNX models: re-export the model to ONNX and package that \\(see docs/migrating-from-edge-manager\\.md\\)$`,
+      ),
+    );
+    // Another file that is not ONNX gets no such hint.
+    const other = path.join(dir, 'model.bin');
+    await writeFile(other, pseudoRandomBytes(256, 3));
+    await expect(readOnnxModelInfo(other)).rejects.not.toThrow(/Edge Manager/);
+  });
+
   it('rejects a valid protobuf that is not a model (no graph)', () => {
     // A GraphProto is valid protobuf, but as a ModelProto it has no graph (and no ir_version).
     const graphOnly = onnxProto.GraphProto.encode(onnxProto.GraphProto.fromObject({ name: 'g' })).finish();

@@ -153,7 +153,7 @@ export class DeviceIdentityService {
    * Exchanges an enrollment token and a CSR for a device certificate. The CSR is checked first so a bad one
    * does not burn the token; the token is consumed and the certificate recorded in one transaction.
    */
-  async enroll(token: string, csrPem: string): Promise<IssuedDeviceCertificate> {
+  async enroll(token: string, csrPem: string, expectedDevice?: string): Promise<IssuedDeviceCertificate> {
     let publicKeyPem: string;
     try {
       ({ publicKeyPem } = parseCsr(csrPem));
@@ -164,7 +164,7 @@ export class DeviceIdentityService {
     const tokenHash = hashSecret(token);
     let issued: IssuedDeviceCertificate;
     try {
-      issued = await this.consumeAndIssue(tokenHash, publicKeyPem, at);
+      issued = await this.consumeAndIssue(tokenHash, publicKeyPem, at, expectedDevice);
     } catch (error) {
       // Said without the token: its code (used, expired, unknown) is what an operator needs. Anyone can send an
       // unknown one (only its prefix is checked before): those are logged once a minute, with a count.
@@ -202,26 +202,37 @@ export class DeviceIdentityService {
     tokenHash: string,
     publicKeyPem: string,
     at: number,
+    expectedDevice: string | undefined,
   ): Promise<IssuedDeviceCertificate> {
     return this.db.transaction().execute(async (trx) => {
+      // With the device the enrolling host takes itself for (a Greengrass core's thing name), a token issued for
+      // another device is refused and left unspent, so that host never takes that device's identity.
       const consumed = await trx
         .updateTable('enrollment_tokens')
         .set({ used_at: at })
         .where('token_hash', '=', tokenHash)
         .where('used_at', 'is', null)
         .where('expires_at', '>', at)
+        .$if(expectedDevice !== undefined, (q) => q.where('device_name', '=', expectedDevice!))
         .returning(['device_name'])
         .executeTakeFirst();
       if (consumed === undefined) {
         const row = await trx
           .selectFrom('enrollment_tokens')
-          .select(['used_at', 'expires_at'])
+          .select(['used_at', 'expires_at', 'device_name'])
           .where('token_hash', '=', tokenHash)
           .executeTakeFirst();
         if (row === undefined) {
           throw new DomainError(
             'EnrollmentTokenInvalid',
             'the enrollment token is unknown (or its device was deregistered)',
+          );
+        }
+        if (expectedDevice !== undefined && row.device_name !== expectedDevice) {
+          throw new DomainError(
+            'Forbidden',
+            `the enrollment token was issued for device ${row.device_name}, not ${expectedDevice}; expected a token for ${expectedDevice} (the token is left unused)`,
+            { device: expectedDevice, tokenDevice: row.device_name },
           );
         }
         if (row.used_at !== null) {

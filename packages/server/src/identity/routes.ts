@@ -11,6 +11,11 @@ import type { DeviceIdentityService, IssuedDeviceCertificate } from './identity-
 const iso = (ms: number) => new Date(ms).toISOString();
 const csrBodySchema = z.strictObject({
   csr: z.string().min(1).max(16_384).describe('PKCS#10 certificate signing request, PEM'),
+  deviceName: deviceNameSchema
+    .optional()
+    .describe(
+      'The device the enrolling host is (a Greengrass core device: its thing name); a token issued for another device is refused (403) and left unused',
+    ),
 });
 
 export const issuedCertificateSchema = z.object({
@@ -75,7 +80,7 @@ export const enrollmentRoutes: FastifyPluginAsync<IdentityRoutesOptions> = async
     status: 201,
     handler: async ({ body, request }) =>
       issuedView(
-        await identity.enroll(bearerTokenOf(request.headers.authorization) ?? '', body.csr),
+        await identity.enroll(bearerTokenOf(request.headers.authorization) ?? '', body.csr, body.deviceName),
         deviceEndpoint(),
       ),
   });

@@ -32,6 +32,8 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
           'dev-burst',
           'dev-g',
           'dev-h',
+          'dev-x',
+          'dev-y',
         ].map((name) => ({
           name,
         })),
@@ -88,6 +90,35 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
         body: { csr: createCsr(key, 'x') },
       });
       expect(reused).toMatchObject({ status: 401, body: { code: 'EnrollmentTokenUsed' } });
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    'with the device the host takes itself for, refuses a token issued for another device and leaves it unused',
+    async () => {
+      const token = (await newToken('dev-x')).body.token as string;
+      const key = deviceKey();
+      const other = await t.call('POST', '/api/v1/enroll', {
+        token,
+        body: { csr: createCsr(key, 'h'), deviceName: 'dev-y' },
+      });
+      expect(other).toMatchObject({
+        status: 403,
+        body: {
+          code: 'Forbidden',
+          message:
+            'the enrollment token was issued for device dev-x, not dev-y; expected a token for dev-y (the token is left unused)',
+        },
+      });
+      const described = await t.call('GET', '/api/v1/devices/dev-y', { token: t.readToken });
+      expect(described.body.identity?.status).not.toBe('ENROLLED');
+      // Unused: the device it was issued for enrolls with it.
+      const right = await t.call('POST', '/api/v1/enroll', {
+        token,
+        body: { csr: createCsr(key, 'h'), deviceName: 'dev-x' },
+      });
+      expect(right.status).toBe(201);
+      expect(right.body.deviceName).toBe('dev-x');
     },
   );
 
