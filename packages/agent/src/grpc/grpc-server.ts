@@ -14,6 +14,7 @@ import type { ModelRegistry } from '../models/index.js';
 import type { SharedMemoryReader } from '../shm/index.js';
 import { createAgentServiceHandlers, createRawRequestServiceDefinition } from './agent-service.js';
 import { SocketPeers } from './socket-peers.js';
+import { handOverAfterPreface } from './preface-hand-over.js';
 import { ReceiveGuard } from './receive-guard.js';
 import {
   BodyBudget,
@@ -134,50 +135,6 @@ export const GRPC_MAX_CONNECTIONS = 256;
  * limit, so that a flood of them kept every other client out for that long.
  */
 export const GRPC_PREFACE_TIMEOUT_MS = 10_000;
-
-/** The client connection preface: the 24-byte magic, then a SETTINGS frame (its 9-byte header at least). */
-const PREFACE_BYTES = 24 + 9;
-
-/**
- * Holds a new connection until its first PREFACE_BYTES have arrived, then puts them back and calls `handOver`
- * (Node's HTTP/2 session reads what the socket has buffered); one that has not sent them within `timeoutMs` is
- * closed, never reaching grpc-js, and `onTimeout` is told. The bytes are not checked here: grpc-js refuses a
- * wrong preface itself.
- */
-function handOverAfterPreface(
-  socket: Socket,
-  timeoutMs: number,
-  handOver: () => void,
-  onTimeout: () => void,
-): void {
-  const chunks: Buffer[] = [];
-  let received = 0;
-  const timer = setTimeout(() => {
-    socket.destroy();
-    onTimeout();
-  }, timeoutMs);
-  const ignoreError = () => undefined; // a peer that resets before its preface: nothing to report
-  const stop = () => {
-    clearTimeout(timer);
-    socket.removeListener('readable', onReadable);
-    socket.removeListener('close', stop);
-    socket.removeListener('error', ignoreError);
-  };
-  const onReadable = () => {
-    let chunk: Buffer | null;
-    while ((chunk = socket.read() as Buffer | null) !== null) {
-      chunks.push(chunk);
-      received += chunk.length;
-    }
-    if (received < PREFACE_BYTES) return;
-    stop();
-    socket.unshift(Buffer.concat(chunks));
-    handOver();
-  };
-  socket.on('readable', onReadable);
-  socket.once('close', stop);
-  socket.on('error', ignoreError);
-}
 
 /**
  * Serves `AWS.SageMaker.Edge.Agent` on `unix://<socketPath>`. The agent accepts the connections itself and hands

@@ -3,7 +3,7 @@ import { mkdtemp, readFile, readdir } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CaptureSpool } from '../../src/capture/index.js';
 import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
 import { RetryLaterError, type ObjectStore } from '../../src/capture/object-store.js';
@@ -17,6 +17,7 @@ import {
   type ControlPlane,
 } from '../fleet/support.js';
 import { rawQueryOf, startRawUpload } from '../../../../test/support/raw-upload.js';
+import { uploadSlotsHeld } from '../../../../test/support/upload-slots.js';
 
 // The EdgeFleet destination against a real control plane: a file the server refuses for good (here a key
 // outside the fleet's output prefix, 403) fails its captures at once and does not hold back later batches; files
@@ -79,16 +80,16 @@ async function rawUpload(key: string, sent: number): Promise<{ finish(): Promise
 }
 
 /**
- * Holds cam-1's one upload slot until `finish`: resolves once another large upload of it is refused (429). The
- * probes' key is outside the fleet's output, so that one that gets in before the held upload owns the slot is
- * refused (403), neither stored nor charged.
+ * Holds cam-1's one upload slot until `finish`: resolves once the server holds it (its /metrics gauge) and another
+ * large upload of cam-1 is refused (429). Waits on the slot, not on probes retried until a deadline: a probe
+ * that got in first took the slot itself, and the held upload was refused instead (a CI flake under load).
  */
 async function holdSlot(name: string): Promise<{ finish(): Promise<number> }> {
+  // An earlier upload's slot is given back once its connection closes, which its client may see later.
+  await uploadSlotsHeld(plane.operatorUrl, plane.adminToken, 0);
   const held = await rawUpload(sideKey(name), 10);
-  await vi.waitFor(
-    async () => expect(await (await rawUpload(`elsewhere/plant/probe-${name}`, 0)).finish()).toBe(429),
-    { timeout: 10_000, interval: 50 },
-  );
+  await uploadSlotsHeld(plane.operatorUrl, plane.adminToken, 1);
+  expect(await (await rawUpload(`elsewhere/plant/probe-${name}`, 0)).finish()).toBe(429);
   return held;
 }
 

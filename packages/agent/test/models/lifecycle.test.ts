@@ -4,6 +4,7 @@ import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/i
 import { ModelRegistry, type PredictResult } from '../../src/models/index.js';
 import { predictTensors, rankLyingModel, scratch } from './helpers.js';
 import { agentErrorOf } from '../support/agent-error.js';
+import { waitUntil } from '../support/wait-until.js';
 
 // Version 1.0 is the catalogue's tiny (y = 2x + 1), version 2.0 a model with the same input and output that
 // answers y = -x: every output says which version computed it, entirely.
@@ -93,7 +94,9 @@ describe('ModelRegistry: stage and promote', () => {
     const promoting = models.promote('busy');
     switched = true; // promote switches synchronously, when called
     await promoting;
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Until a prediction begun after the switch has answered: a fixed sleep could pass, on a loaded machine,
+    // before any had, and the check of what those saw below would have nothing to check.
+    await waitUntil(() => seen.after.size > 0, 'a prediction begun after the switch to answer', 20_000);
     stop = true;
     const counts = await Promise.all(callers);
     expect(counts.every((n) => n > 0)).toBe(true);

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { databaseEngines } from '../support/engines.js';
 import type { DatabaseLocation } from '../../src/storage/index.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
+import { uploadSlotsHeld } from '../../../../test/support/upload-slots.js';
 
 const engines = await databaseEngines();
 const HOUR = 'mlp/2026/12/06/05';
@@ -73,22 +74,8 @@ const upload = (t: TestServer, device: EnrolledDevice, body: Buffer) => {
   return started.answer;
 };
 
-/** The upload slots the server holds now, as its /metrics shows them. */
-async function slotsInUse(t: TestServer): Promise<number> {
-  const answer = await fetch(`${t.url}/metrics`, { headers: { authorization: `Bearer ${t.readToken}` } });
-  const text = await answer.text();
-  const sample = /^edgefleet_server_capture_upload_slots_in_use (\d+)$/m.exec(text);
-  if (sample === null)
-    throw new Error(`no upload-slot gauge in /metrics (${answer.status}): ${text.slice(0, 200)}`);
-  return Number(sample[1]);
-}
-
-/**
- * Waits until the server holds `count` upload slots: an upload has its slot once its headers are read and its
- * device authenticated (a moment after it starts), and gives it back once its answer is sent or it goes away.
- */
-const slotsHeld = (t: TestServer, count: number) =>
-  vi.waitFor(async () => expect(await slotsInUse(t)).toBe(count), { timeout: 30_000, interval: 50 });
+/** Waits until the server holds `count` upload slots (its /metrics gauge). */
+const slotsHeld = (t: TestServer, count: number) => uploadSlotsHeld(t.url, t.readToken, count);
 
 describe.each(engines)('capture upload limits on $engine', (fixture) => {
   let t: TestServer;
