@@ -752,11 +752,16 @@ const migrations: Record<string, Migration> = {
   // (null: not waiting).
   '0027_packaging_job_disk_retries': {
     async up(db: Kysely<any>): Promise<void> {
-      await db.schema
-        .alterTable('packaging_jobs')
-        .addColumn('disk_full_attempts', 'bigint', (c) => c.notNull().defaultTo(0))
-        .execute();
-      await db.schema.alterTable('packaging_jobs').addColumn('retry_at', 'bigint').execute();
+      // A rerun finds them (tests take the last migration's record away to stand for an older build's database).
+      const table = (await db.introspection.getTables()).find((t) => t.name === 'packaging_jobs');
+      const has = new Set(table?.columns.map((c) => c.name));
+      if (!has.has('disk_full_attempts'))
+        await db.schema
+          .alterTable('packaging_jobs')
+          .addColumn('disk_full_attempts', 'bigint', (c) => c.notNull().defaultTo(0))
+          .execute();
+      if (!has.has('retry_at'))
+        await db.schema.alterTable('packaging_jobs').addColumn('retry_at', 'bigint').execute();
     },
   },
 };

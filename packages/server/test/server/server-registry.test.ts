@@ -281,7 +281,7 @@ describe.skipIf(!postgres.available)('a replica of a newer build beside an older
       const db = older.server.database.db;
       const last = migrationNames.at(-1)!;
       const previous = migrationNames.at(-2)!;
-      expect(last).toBe('0025_plan_handles_and_newest_index');
+      expect(last).toBe('0027_packaging_job_disk_retries');
       await sql`update server_instances set schema_version = ${previous}, version = '0.0.1'`.execute(db);
       // The table stays: its migration creates it only where it is missing.
       await sql`delete from edgefleet_migrations where name = ${last}`.execute(db);
