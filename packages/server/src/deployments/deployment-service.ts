@@ -13,6 +13,7 @@ import {
   isForeignKeyViolation,
   isUniqueViolation,
   laterOf,
+  lockingRows,
   type DatabaseEngine,
   type DatabaseSchema,
 } from '../storage/index.js';
@@ -575,7 +576,13 @@ export class DeploymentService implements DevicePackageAccess {
   /** Deletes a plan (DeleteEdgeDeploymentPlan) whose stages are all finished or never started. */
   async deletePlan(planName: string, by: Actor = LOCAL_ACTOR): Promise<void> {
     await this.db.transaction().execute(async (trx) => {
-      await this.planRow(trx, planName);
+      // The plan's row first, as plan retention takes it (plan-retention.ts) before the plan's other rows: a
+      // retention sweep deleting this plan is then waited for (and the plan found gone), not a deadlock.
+      const plan = await lockingRows(
+        this.options.engine,
+        trx.selectFrom('deployment_plans').select('name').where('name', '=', planName),
+      ).executeTakeFirst();
+      if (plan === undefined) throw notFound(`deployment plan ${planName}`, { plan: planName });
       const active = await trx
         .selectFrom('deployment_stages')
         .select(['name', 'status'])
