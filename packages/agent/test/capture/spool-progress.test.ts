@@ -921,6 +921,63 @@ describe('capture spool: progress across a restart', () => {
     }
   });
 
+  it('fails no capture for a stored file that went missing here since: it is in the bucket', async () => {
+    const { batch, sides, dir } = await leftHalfSent();
+    const spooled = JSON.parse(await readFile(join(dir, batch.batchId, 'batch.json'), 'utf8'));
+    const entry = spooled.files.find((f: { key: string }) => f.key === sides[0]);
+    await rm(join(dir, batch.batchId, entry.file));
+
+    const t = spoolUnderTest({ store: s3Store });
+    await t.spool.open();
+    try {
+      await until(() => t.delivered.length === 2, 'delivered after the restart');
+      expect(t.dropped).toEqual([]);
+      expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
+      expect(t.lines.filter((l) => l.fields.event === 'capture-spool-file-missing')).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('does not bring back a batch folder removed during an attempt: the batch is said to be gone', async () => {
+    const batch = batchOf('a', ['r-1'], 0);
+    const manifests = new Set(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
+    const dir = join(work, 'spool');
+    let removed = false;
+    const store: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        // An operator removes the batch's folder while its side file is on its way.
+        if (!removed) {
+          removed = true;
+          await rm(join(dir, batch.batchId), { recursive: true, force: true });
+        }
+        if (manifests.has(key))
+          throw Object.assign(new Error(`AccessDenied: access denied (${key})`), {
+            name: 'AccessDenied',
+            $metadata: { httpStatusCode: 403 },
+          });
+        return s3Store.put(key, body, contentType);
+      },
+    };
+    const t = spoolUnderTest({ store });
+    await t.spool.open();
+    try {
+      await t.spool.add(batch);
+      await until(() => t.scheduled.length === 1, 'the manifest was denied');
+      expect(await readdir(dir)).toEqual([]);
+      t.runTimers();
+      await until(() => t.dropped.length === 1, 'the batch is found gone');
+      expect(t.dropped).toEqual([
+        { ids: ['r-1'], detail: expect.stringMatching(/is gone \(removed from the spool folder\)/) },
+      ]);
+      expect(await readdir(dir)).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
   it('ignores a torn progress file, says so, and sends every file again: no record is lost', async () => {
     const { batch, sides, dir } = await leftHalfSent();
     // Cut short, as by a crash in a write that was not atomic, or a disk fault.
