@@ -516,14 +516,24 @@ export class CaptureSpool {
           missing.push(file);
         }
       }
+      // A file the store took (storedKeys) is in the bucket whatever became of its copy here: its damage alone
+      // fails no capture. Only where a file still to send is damaged too are the stored ones counted as before,
+      // as the records a rewrite keeps are read from the manifests here.
+      const stored = batch.storedKeys ?? new Set<string>();
+      const needsSending = (list: SpoolFile[]) => (list.some((f) => !stored.has(f.key)) ? list : []);
       if (missing.length > 0) {
         if (!(await folderExists(folder))) {
           this.#batchGone(batch, folder);
           return;
         }
-        await this.#dropDamagedFiles(batch, files, missing, 'missing');
+        await this.#dropDamagedFiles(batch, files, needsSending(missing), 'missing');
       }
-      await this.#dropDamagedFiles(batch, files, tornFiles(files), 'damaged');
+      await this.#dropDamagedFiles(
+        batch,
+        files,
+        needsSending(tornFiles(files.filter((f) => !missing.includes(f)))),
+        'damaged',
+      );
       // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file the store
       // will never take (storeRefusal's givesUp) is dropped with what needs it before the next stage goes: a
       // manifest never names a side file the store refused, and a Model Monitor copy never holds the records of a
