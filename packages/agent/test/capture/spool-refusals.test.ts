@@ -584,7 +584,7 @@ describe('capture spool: a 409 from the control plane', () => {
         modelMonitorFormat: false,
         urlFor: (key) => store.urlFor(key),
       });
-    const batch = render('8'.repeat(32), 'held-1', T);
+    const batch = render('c0'.repeat(16), 'held-1', T);
     const side = batch.files.find((f) => f.kind === 'side')!.key;
     let held = 3;
     const proxy = await answeringProxy(plane.deviceEndpoint, (request) => {
@@ -626,7 +626,7 @@ describe('capture spool: a 409 from the control plane', () => {
       await until(() => (scheduled.length === 1 ? true : undefined), 'the first 409', 20_000);
       // Between attempts the store takes other batches: a lasting answer would be the batch's own failure.
       for (let round = 1; round <= 4 && !delivered.includes('held-1'); round++) {
-        await spool.add(render(String(round).repeat(32), `other-${round}`, T + round));
+        await spool.add(render(`c${round}`.repeat(16), `other-${round}`, T + round));
         await until(
           () => (delivered.includes(`other-${round}`) ? true : undefined),
           'another batch goes',
@@ -670,7 +670,7 @@ describe('capture spool: a refused Edge Manager manifest', () => {
       inferenceTime: time,
       receivedAt: time,
     });
-    const batch = renderBatch('5'.repeat(32), [at('gx', T), at('gy', T + HOUR)], {
+    const batch = renderBatch('d0'.repeat(16), [at('gx', T), at('gy', T + HOUR)], {
       folderPrefix: 'edge',
       fleetName: 'plant',
       deviceName: 'cam-1',
