@@ -702,9 +702,7 @@ describe('capture spool: a refused Edge Manager manifest', () => {
         'the batch ends',
         20_000,
       );
-      expect(dropped).toEqual([
-        { ids: ['gx', 'gy'], detail: expect.stringMatching(/^refused by .*413/) },
-      ]);
+      expect(dropped).toEqual([{ ids: ['gx', 'gy'], detail: expect.stringMatching(/^refused by .*413/) }]);
       for (const file of [...edge, ...monitor]) expect(await stored(file.key)).toBeUndefined();
     } finally {
       await spool.close();
