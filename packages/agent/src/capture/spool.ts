@@ -552,11 +552,12 @@ export class CaptureSpool {
         storedNow += stage.stored.length;
         const givenUp = stage.refused.filter((r) => storeRefusal(r.error)?.givesUp === true);
         const kept = stage.refused.filter((r) => !givenUp.includes(r));
-        // Not when the attempt is about to succeed (nothing failed, no later file to put): the folder goes then.
+        // Not when the attempt is about to succeed (nothing failed or to drop, no later file to put): the folder
+        // goes then.
         const later = new Set(RENDERED_FILE_KINDS.slice(stageIndex + 1));
         const succeeding =
           stage.failure === undefined &&
-          kept.length === 0 &&
+          stage.refused.length === 0 &&
           !files.some((f) => later.has(f.kind) && !storedKeys.has(f.key));
         if (stage.stored.length > 0 && !succeeding) await this.#saveProgress(batch, folder);
         if (givenUp.length > 0) await this.#dropRefusedFiles(batch, files, givenUp, refusals);
