@@ -44,8 +44,15 @@ export interface StagedFile {
   path: string;
 }
 
-/** Writes and fsyncs `body` under a hidden temporary name next to `path` (see writeFileAtomic). */
-export async function stageFile(path: string, body: Uint8Array): Promise<StagedFile> {
+/**
+ * Writes and fsyncs `body` under a hidden temporary name next to `path` (see writeFileAtomic). A missing folder is
+ * made, unless `createFolder` is false: then ENOENT is thrown (a folder removed meanwhile stays removed).
+ */
+export async function stageFile(
+  path: string,
+  body: Uint8Array,
+  options: { createFolder?: boolean } = {},
+): Promise<StagedFile> {
   const folder = dirname(path);
   const temp = join(
     folder,
@@ -55,7 +62,7 @@ export async function stageFile(path: string, body: Uint8Array): Promise<StagedF
   try {
     handle = await open(temp, 'wx', CAPTURE_FILE_MODE);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || options.createFolder === false) throw error;
     await mkdir(folder, { recursive: true, mode: CAPTURE_FOLDER_MODE });
     handle = await open(temp, 'wx', CAPTURE_FILE_MODE);
   }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { LineLimiter } from '@edgefleet/core';
 import { z } from 'zod';
 import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
-import { TEMP_FILE_MARK, syncFolder, writeFileAtomic } from './atomic-files.js';
+import { TEMP_FILE_MARK, stageFile, syncFolder, writeFileAtomic } from './atomic-files.js';
 import { putEach } from './destinations.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import { freeBytes, type StatFs } from './disk-quota.js';
@@ -61,12 +61,13 @@ type SpooledBatch = z.infer<typeof SpooledBatchSchema> & {
   /** Failed attempts of this batch since it was spooled (or the agent started): its own backoff's step. */
   failures?: number;
   /**
-   * Its failures that were its own: a lasting answer of the store (a 4xx, not 408/425/429: a refusal that keeps the
-   * file included) for any of its files, the same or another as last time, while the store took other batches
-   * since its previous attempt; or this disk failed it (not for space). So a lasting 4xx that moves from file to
-   * file is bounded like one that stays on a file. Failures that pass (no answer, a timeout, a 5xx, a Retry-After)
-   * are never its own: on a lossy link a large batch fails more often than small ones, for nothing wrong with it.
-   * At setAsideAfterFailures it is set aside.
+   * Its own failures in a row: attempts that stored none of its files and met a lasting answer of the store (a
+   * 4xx, not 408/409/425/429: a refusal that keeps the file included) for any of its files, the same or another as
+   * last time, while the store took other batches since its previous attempt; or this disk failed it (not for
+   * space). So a lasting 4xx that moves from file to file is bounded like one that stays on a file. An attempt
+   * that stored a file starts the count again: a batch that makes progress is not stuck. Failures that pass (no
+   * answer, a timeout, a 5xx, a Retry-After, a 409) are never its own: on a lossy link a large batch fails more
+   * often than small ones, for nothing wrong with it. At setAsideAfterFailures it is set aside.
    */
   strikes?: number;
   /**
@@ -138,6 +139,28 @@ const SetAsideNoteSchema = z.looseObject({
   failures: z.number(),
   captureIds: z.array(z.string()),
 });
+
+/** A set-aside batch found at open: its captures, and its note when it has a readable one. */
+interface SetAsideFound {
+  batchId: string;
+  bytes: number;
+  captureIds: string[];
+  note?: { failures: number; reason: string };
+}
+
+/**
+ * The FAILURE detail of a set-aside batch's captures: why (`why`: its failed attempts and the last one's reason;
+ * undefined: not recorded), and where it is (`path`; undefined: removed since, to keep the set-aside bound).
+ */
+function setAsideDetail(
+  store: string,
+  why: { failures: number; reason: string } | undefined,
+  path: string | undefined,
+): string {
+  return `the spooled batch could never be uploaded to ${store} (${
+    why === undefined ? 'why: not recorded' : `${why.failures} failed attempts, the last: ${why.reason}`
+  }); ${path === undefined ? 'set aside, then removed to keep the set-aside bound' : `set aside in ${path}`}`;
+}
 
 export interface SpoolTimers {
   set(run: () => void, ms: number): unknown;
@@ -261,6 +284,7 @@ export class CaptureSpool {
   async open(): Promise<void> {
     await mkdir(this.#options.dir, { recursive: true, mode: 0o700 });
     const found: SpooledBatch[] = [];
+    let setAside: SetAsideFound[] = [];
     for (const entry of await readdir(this.#options.dir, { withFileTypes: true })) {
       const path = join(this.#options.dir, entry.name);
       if (entry.name.startsWith('.')) {
@@ -269,7 +293,7 @@ export class CaptureSpool {
       }
       if (!entry.isDirectory()) continue;
       if (entry.name === SET_ASIDE_DIR) {
-        await this.#readSetAside();
+        setAside = await this.#readSetAside();
         continue;
       }
       try {
@@ -297,7 +321,13 @@ export class CaptureSpool {
       );
     }
     await this.#enforceQuota();
-    await this.#boundSetAside();
+    const removed = await this.#boundSetAside();
+    // After the bound: a batch it removed is named as removed, never by a folder that is gone.
+    for (const batch of setAside) {
+      const path = join(this.#options.dir, SET_ASIDE_DIR, batch.batchId);
+      const detail = `${setAsideDetail(this.#options.store.description, batch.note, removed.has(batch.batchId) ? undefined : path)} (the agent stopped before it marked these captures FAILURE)`;
+      for (const id of batch.captureIds) this.#setAsideDetails.set(id, detail);
+    }
     this.#kick();
   }
 
@@ -346,12 +376,19 @@ export class CaptureSpool {
 
   /**
    * Records the keys the store took (PROGRESS_FILE, whole or not at all). A failure to write it costs only requests
-   * after a restart (those files are sent again), so it fails nothing.
+   * after a restart (those files are sent again), so it fails nothing. Never makes the folder: one removed during
+   * the attempt (by an operator, or by add() replacing the batch, or for the quota) is not brought back holding
+   * only this file.
    */
   async #saveProgress(batch: SpooledBatch, folder: string): Promise<void> {
+    if (batch.evicted || !this.#batches.includes(batch)) return;
     const progress: z.infer<typeof SpoolProgressSchema> = { v: 1, storedKeys: [...(batch.storedKeys ?? [])] };
-    await this.#writeFile(join(folder, PROGRESS_FILE), Buffer.from(JSON.stringify(progress))).catch(
-      () => undefined,
+    const staged = await stageFile(join(folder, PROGRESS_FILE), Buffer.from(JSON.stringify(progress)), {
+      createFolder: false,
+    }).catch(() => undefined);
+    if (staged === undefined) return;
+    await rename(staged.temp, staged.path).catch(() =>
+      rm(staged.temp, { force: true }).catch(() => undefined),
     );
   }
 
@@ -461,6 +498,8 @@ export class CaptureSpool {
     const deliveredBefore = batch.deliveredSeen ?? this.#delivered;
     batch.deliveredSeen = this.#delivered;
     let failedKey: string | undefined;
+    /** Files the store took in this attempt: any means the batch is not stuck (see strikes). */
+    let storedNow = 0;
     /** Files refused in this attempt whose refusal keeps them (see storeRefusal): the attempt fails for them. */
     let keptRefusals: readonly { file: SpoolFile; error: RefusedByStoreError }[] = [];
     try {
@@ -477,14 +516,24 @@ export class CaptureSpool {
           missing.push(file);
         }
       }
+      // A file the store took (storedKeys) is in the bucket whatever became of its copy here: its damage alone
+      // fails no capture. Only where a file still to send is damaged too are the stored ones counted as before,
+      // as the records a rewrite keeps are read from the manifests here.
+      const stored = batch.storedKeys ?? new Set<string>();
+      const needsSending = (list: SpoolFile[]) => (list.some((f) => !stored.has(f.key)) ? list : []);
       if (missing.length > 0) {
         if (!(await folderExists(folder))) {
           this.#batchGone(batch, folder);
           return;
         }
-        await this.#dropDamagedFiles(batch, files, missing, 'missing');
+        await this.#dropDamagedFiles(batch, files, needsSending(missing), 'missing');
       }
-      await this.#dropDamagedFiles(batch, files, tornFiles(files), 'damaged');
+      await this.#dropDamagedFiles(
+        batch,
+        files,
+        needsSending(tornFiles(files.filter((f) => !missing.includes(f)))),
+        'damaged',
+      );
       // Side files first, then manifests, as a direct write does, then Model Monitor's copies. A file the store
       // will never take (storeRefusal's givesUp) is dropped with what needs it before the next stage goes: a
       // manifest never names a side file the store refused, and a Model Monitor copy never holds the records of a
@@ -492,7 +541,7 @@ export class CaptureSpool {
       // (after the other files of the stage went) and the batch is retried, its own failure (see strikes). A file
       // an earlier attempt stored (this run's or, by PROGRESS_FILE, an earlier run's) is not put again.
       const storedKeys = (batch.storedKeys ??= new Set());
-      for (const kind of RENDERED_FILE_KINDS) {
+      for (const [stageIndex, kind] of RENDERED_FILE_KINDS.entries()) {
         const stage = await putEach(
           this.#options.store,
           files.filter((f) => f.kind === kind && !storedKeys.has(f.key)),
@@ -500,9 +549,17 @@ export class CaptureSpool {
           { collectRefusals: true },
         );
         for (const file of stage.stored) storedKeys.add(file.key);
-        if (stage.stored.length > 0 && !batch.evicted) await this.#saveProgress(batch, folder);
+        storedNow += stage.stored.length;
         const givenUp = stage.refused.filter((r) => storeRefusal(r.error)?.givesUp === true);
         const kept = stage.refused.filter((r) => !givenUp.includes(r));
+        // Not when the attempt is about to succeed (nothing failed or to drop, no later file to put): the folder
+        // goes then.
+        const later = new Set(RENDERED_FILE_KINDS.slice(stageIndex + 1));
+        const succeeding =
+          stage.failure === undefined &&
+          stage.refused.length === 0 &&
+          !files.some((f) => later.has(f.kind) && !storedKeys.has(f.key));
+        if (stage.stored.length > 0 && !succeeding) await this.#saveProgress(batch, folder);
         if (givenUp.length > 0) await this.#dropRefusedFiles(batch, files, givenUp, refusals);
         keptRefusals = kept;
         if (stage.failure !== undefined) {
@@ -518,8 +575,16 @@ export class CaptureSpool {
       this.#logRefusals(batch, refusals);
       if (batch.evicted) await rm(folder, { recursive: true, force: true });
       batch.failures = (batch.failures ?? 0) + 1;
+      // Progress: whatever failed this time, the batch is not stuck, and its strikes start again.
+      if (storedNow > 0) batch.strikes = 0;
       if (error instanceof SpoolDiskError) await this.#diskFailed(batch, error);
-      else await this.#storeFailed(batch, error, failedKey, this.#delivered > deliveredBefore, keptRefusals);
+      else
+        await this.#storeFailed(batch, error, {
+          failedKey,
+          storeTookOthers: this.#delivered > deliveredBefore,
+          progressed: storedNow > 0,
+          keptRefusals,
+        });
       return;
     }
     this.#logRefusals(batch, refusals);
@@ -545,23 +610,32 @@ export class CaptureSpool {
 
   /**
    * An attempt the store (or the way to it) failed: the batch waits its own backoff while the others go on, or,
-   * the store looking unreachable, every batch waits (at least as long as the store asked, Retry-After). The same
-   * lasting answer for the same file as last time, while the store took other batches since this one's previous
-   * attempt, is the batch's own failure (a strike; see SpooledBatch.strikes).
+   * the store looking unreachable, every batch waits (at least as long as the store asked, Retry-After). A lasting
+   * answer for any of its files, in an attempt that stored none of them, while the store took other batches since
+   * this one's previous attempt, is the batch's own failure (a strike; see SpooledBatch.strikes).
    */
   async #storeFailed(
     batch: SpooledBatch,
     error: unknown,
-    failedKey: string | undefined,
-    storeTookOthers: boolean,
-    keptRefusals: readonly { file: SpoolFile; error: RefusedByStoreError }[] = [],
+    attempt: {
+      /** The file the failure was for. */
+      failedKey: string | undefined;
+      /** The store took other batches since this one's previous attempt. */
+      storeTookOthers: boolean;
+      /** This attempt stored some of its files. */
+      progressed: boolean;
+      keptRefusals: readonly { file: SpoolFile; error: RefusedByStoreError }[];
+    },
   ): Promise<void> {
+    const { keptRefusals } = attempt;
     // The first failure, then at most one line a minute; the store's message carries no credentials (the
     // answer's text, the key). Refused files the spool keeps have their own line (#logKeptRefusals) instead.
     const admitted = this.#failureLines.failed({ logged: !keptRefusals.some((r) => r.error === error) });
     this.#options.metrics?.writeFailures.inc({ destination: 'spool' });
-    // Any lasting 4xx, whichever file it was for: one that moves from file to file is no less lasting.
-    if (isOwnFailure(error, failedKey) && storeTookOthers) batch.strikes = (batch.strikes ?? 0) + 1;
+    // Any lasting 4xx, whichever file it was for: one that moves from file to file is no less lasting. Not in an
+    // attempt that stored files: on a lossy link each attempt may meet a 4xx on another file and still get on.
+    if (isOwnFailure(error, attempt.failedKey) && attempt.storeTookOthers && !attempt.progressed)
+      batch.strikes = (batch.strikes ?? 0) + 1;
     const asked =
       error instanceof RetryLaterError ? Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS) : undefined;
     // Two attempts in a row failed (of different batches, or of the only one), or the store asked to wait: the
@@ -728,7 +802,7 @@ export class CaptureSpool {
     this.#setAside.push({ batchId: batch.batchId, bytes: batch.bytes });
     const maxBytes = this.#options.setAsideMaxBytes ?? Math.floor(this.#options.quotaBytes / 4);
     const overBound = batch.bytes > maxBytes;
-    const detail = `the spooled batch could never be uploaded to ${this.#options.store.description} (${failures} failed attempts, the last: ${why}); set aside in ${aside}`;
+    const detail = setAsideDetail(this.#options.store.description, { failures, reason: why }, aside);
     if (batch.captureIds.length > 0) this.#options.onDropped(batch.captureIds, detail);
     this.#options.metrics?.dropped.inc({ reason: 'set-aside' }, batch.captureIds.length);
     this.#options.logger?.error(
@@ -751,52 +825,50 @@ export class CaptureSpool {
     return true;
   }
 
-  /** The set-aside batches an earlier run left, oldest first (by when they were set aside). */
-  async #readSetAside(): Promise<void> {
+  /**
+   * The set-aside batches an earlier run left, oldest first by when they were set aside: their note's time, or,
+   * for a folder without one (a disk too full to take it), the folder's ctime (its rename into set-aside/ sets it).
+   * Each with its captures and why it was set aside (its note; without one, its batch.json's captures): for
+   * setAsideDetails, built once the bound has run.
+   */
+  async #readSetAside(): Promise<SetAsideFound[]> {
     const asideDir = join(this.#options.dir, SET_ASIDE_DIR);
-    const found: { batchId: string; bytes: number; at: number }[] = [];
+    const found: (SetAsideFound & { at: number })[] = [];
     for (const entry of await readdir(asideDir, { withFileTypes: true }).catch(() => [])) {
       if (!entry.isDirectory()) continue;
       const path = join(asideDir, entry.name);
       let bytes = 0;
-      let at = 0;
+      let at: number | undefined;
       for (const file of await readdir(path, { withFileTypes: true }).catch(() => [])) {
         if (!file.isFile()) continue;
         const info = await stat(join(path, file.name)).catch(() => undefined);
         bytes += info?.size ?? 0;
-        if (file.name === SET_ASIDE_NOTE) at = info?.mtimeMs ?? 0;
+        if (file.name === SET_ASIDE_NOTE && info !== undefined) at = info.mtimeMs;
       }
-      found.push({ batchId: entry.name, bytes, at });
-      await this.#readSetAsideCaptures(path);
+      at ??= (await stat(path).catch(() => undefined))?.ctimeMs ?? 0;
+      const note = await readFile(join(path, SET_ASIDE_NOTE), 'utf8')
+        .then((text) => SetAsideNoteSchema.parse(JSON.parse(text)))
+        .catch(() => undefined);
+      const captureIds =
+        note?.captureIds ??
+        (await readFile(join(path, BATCH_FILE), 'utf8')
+          .then((text) => SpooledBatchSchema.parse(JSON.parse(text)).captureIds)
+          .catch(() => []));
+      found.push({ batchId: entry.name, bytes, at, captureIds, ...(note !== undefined && { note }) });
     }
-    this.#setAside = found.sort((a, b) => a.at - b.at).map(({ batchId, bytes }) => ({ batchId, bytes }));
-  }
-
-  /**
-   * Notes the captures of a set-aside batch and why it was set aside (its note; without one, a disk too full to
-   * take it, its batch.json's captures), for setAsideDetails. A folder with neither says nothing.
-   */
-  async #readSetAsideCaptures(path: string): Promise<void> {
-    const note = await readFile(join(path, SET_ASIDE_NOTE), 'utf8')
-      .then((text) => SetAsideNoteSchema.parse(JSON.parse(text)))
-      .catch(() => undefined);
-    const captureIds =
-      note?.captureIds ??
-      (await readFile(join(path, BATCH_FILE), 'utf8')
-        .then((text) => SpooledBatchSchema.parse(JSON.parse(text)).captureIds)
-        .catch(() => []));
-    const detail = `the spooled batch could never be uploaded to ${this.#options.store.description} (${
-      note === undefined ? 'why: not recorded' : `${note.failures} failed attempts, the last: ${note.reason}`
-    }); set aside in ${path} (the agent stopped before it marked these captures FAILURE)`;
-    for (const id of captureIds) this.#setAsideDetails.set(id, detail);
+    found.sort((a, b) => a.at - b.at);
+    this.#setAside = found.map(({ batchId, bytes }) => ({ batchId, bytes }));
+    return found;
   }
 
   /**
    * Keeps the set-aside folder within its bounds: the oldest set-aside batches go first, each logged and counted
    * (setAsideRemoved). The batch set aside last is never removed for the byte bound, and when it alone is over it,
    * the older ones are not removed for it either (that would not make it fit): it is kept over the bound, said so.
+   * Returns the ids of the batches removed.
    */
-  async #boundSetAside(): Promise<void> {
+  async #boundSetAside(): Promise<Set<string>> {
+    const removed = new Set<string>();
     const maxBatches = this.#options.setAsideMaxBatches ?? SET_ASIDE_MAX_BATCHES;
     const maxBytes = this.#options.setAsideMaxBytes ?? Math.floor(this.#options.quotaBytes / 4);
     const newest = this.#setAside.at(-1);
@@ -811,6 +883,7 @@ export class CaptureSpool {
       if (!(oldest === newest && newestOver)) bytes -= oldest.bytes;
       const path = join(this.#options.dir, SET_ASIDE_DIR, oldest.batchId);
       await rm(path, { recursive: true, force: true });
+      removed.add(oldest.batchId);
       this.#options.metrics?.setAsideRemoved.inc();
       this.#options.logger?.warn(
         {
@@ -821,9 +894,10 @@ export class CaptureSpool {
           maxBatches,
           maxBytes,
         },
-        `capture spool: removed the oldest set-aside batch ${path} (its captures were marked FAILURE when it was set aside) to keep the set-aside folder within ${maxBatches} batches and ${maxBytes} bytes`,
+        `capture spool: removed the oldest set-aside batch ${path} (its captures are FAILURE: marked when it was set aside, or at this start where the agent stopped before) to keep the set-aside folder within ${maxBatches} batches and ${maxBytes} bytes`,
       );
     }
+    return removed;
   }
 
   /** The batch's folder is gone (removed from the spool folder while the agent ran): its captures are lost. */
@@ -1187,8 +1261,14 @@ class SpoolReadError extends SpoolDiskError {
   }
 }
 
-/** Answers that pass (a timeout, too early, too many requests): never a batch's own failure. */
-const PASSING_STATUSES = new Set([408, 425, 429]);
+/**
+ * Answers that pass (a timeout, a conflict, too early, too many requests): never a batch's own failure. 409: the
+ * control plane's for a key an earlier upload of this device is still writing (a cut upload, retried: it passes
+ * once that write is answered or its lease ends), for a write that outlasted its lease, and for a fleet output the
+ * operator has yet to fix (no batch goes then, so it is no strike anyway); S3's (OperationAborted,
+ * ConditionalRequestConflict) say "try again". None says anything lasting of the file.
+ */
+const PASSING_STATUSES = new Set([408, 409, 425, 429]);
 
 /**
  * S3 error codes that pass although S3 sends them with a 400 or 403: none says anything lasting of the file. The
@@ -1235,7 +1315,7 @@ const PASSING_S3_CODES = new Set([
 
 /**
  * Whether a failed put may be the batch's own, lasting failure: the store's answer for one of its files (`key`) is
- * an HTTP 4xx status, not 408/425/429. False for failures that pass and say nothing of the batch: no answer
+ * an HTTP 4xx status, not 408/409/425/429. False for failures that pass and say nothing of the batch: no answer
  * (network, timeout), a 5xx, a Retry-After (RetryLaterError: the store asked to wait), an S3 error whose code is one
  * of PASSING_S3_CODES whatever its status.
  */

@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
@@ -65,6 +65,7 @@ function spoolUnderTest(options: {
   setAsideAfterFailures?: number;
   setAsideMaxBatches?: number;
   setAsideMaxBytes?: number;
+  uploadConcurrency?: number;
   now?: () => number;
   writeFile?: (path: string, body: Uint8Array) => Promise<void>;
 }) {
@@ -108,6 +109,7 @@ function spoolUnderTest(options: {
     }),
     ...(options.setAsideMaxBatches !== undefined && { setAsideMaxBatches: options.setAsideMaxBatches }),
     ...(options.setAsideMaxBytes !== undefined && { setAsideMaxBytes: options.setAsideMaxBytes }),
+    ...(options.uploadConcurrency !== undefined && { uploadConcurrency: options.uploadConcurrency }),
   });
   /** Runs the backoff timers set so far (each once), as their time coming would. */
   const runTimers = () => {
@@ -296,6 +298,55 @@ describe('capture spool: a batch that fails does not hold back the others', () =
       expect(t.dropped).toEqual([
         { ids: ['alt-1', 'alt-2'], detail: expect.stringMatching(/could never be uploaded .*AccessDenied/) },
       ]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('never sets aside a batch that stores files at each attempt, though each meets a 403 on another file while the store takes the others', async () => {
+    // A bucket policy just changed to allow the device's keys reaches S3's front ends one by one: each side file
+    // is denied once (403 AccessDenied), then taken. One put at a time: each attempt stores the file denied last
+    // time, then meets the next denial. The batch gets on at every attempt: it is not stuck.
+    const big = batchOf('a', ['big-1', 'big-2', 'big-3', 'big-4'], 0);
+    const sides = big.files.filter((f) => f.kind === 'side').map((f) => f.key);
+    expect(sides).toHaveLength(4);
+    const denied = new Set<string>();
+    const puts: string[] = [];
+    const store: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        puts.push(key);
+        if (sides.includes(key) && !denied.has(key)) {
+          denied.add(key);
+          throw Object.assign(new Error(`AccessDenied: access denied (${key})`), {
+            name: 'AccessDenied',
+            $metadata: { httpStatusCode: 403 },
+          });
+        }
+        return s3Store.put(key, body, contentType);
+      },
+    };
+    const t = spoolUnderTest({ store, setAsideAfterFailures: 2, uploadConcurrency: 1 });
+    await t.spool.open();
+    try {
+      await t.spool.add(big);
+      await until(() => t.scheduled.length === 1, 'the first attempt failed');
+      for (let round = 1; round <= 5 && !t.delivered.includes('big-1'); round++) {
+        await t.spool.add(batchOf(round.toString(16).padStart(2, '0'), [`ok-${round}`], round));
+        await until(() => t.delivered.includes(`ok-${round}`), `ok-${round} delivered`);
+        t.runTimers();
+        await until(
+          () => t.scheduled.length === 1 || t.spool.setAsideBatches === 1 || t.delivered.includes('big-1'),
+          `the large batch tried again (${round})`,
+        );
+      }
+      expect(t.spool.setAsideBatches).toBe(0);
+      expect(t.dropped).toEqual([]);
+      expect(t.delivered).toEqual(expect.arrayContaining(['big-1', 'big-2', 'big-3', 'big-4']));
+      // Each side file denied once, then put once more: none sent again after the store took it.
+      for (const key of sides) expect(puts.filter((k) => k === key)).toHaveLength(2);
+      expect(await idsIn(s3)).toEqual(expect.arrayContaining(['big-1', 'big-2', 'big-3', 'big-4']));
     } finally {
       await t.spool.close();
     }
@@ -794,6 +845,49 @@ describe('capture spool: a batch that fails does not hold back the others', () =
   });
 });
 
+describe('capture spool: set-aside batches an earlier run left', () => {
+  it('at start, keeps the batch set aside last though it has no note (a disk too full for it), removes the older one for the bound, and names each as it is', async () => {
+    const dir = join(work, 'spool');
+    const aside = join(dir, 'set-aside');
+    const older = 'b'.repeat(32);
+    const newer = 'a'.repeat(32);
+    const batchJson = (batchId: string, captureIds: string[]) =>
+      JSON.stringify({ v: 1, batchId, createdAt: T, captureIds, files: [] });
+    // Set aside an hour ago, its captures marked then; its note says so.
+    await mkdir(join(aside, older), { recursive: true });
+    await writeFile(join(aside, older, 'batch.json'), batchJson(older, ['old-1']));
+    await writeFile(
+      join(aside, older, 'set-aside.json'),
+      JSON.stringify({ reason: 'AccessDenied', failures: 10, captureIds: ['old-1'] }),
+    );
+    const anHourAgo = new Date(Date.now() - HOUR);
+    await utimes(join(aside, older, 'set-aside.json'), anHourAgo, anHourAgo);
+    // Set aside just before a stop, on a disk too full to take the note: batch.json alone.
+    await mkdir(join(aside, newer), { recursive: true });
+    await writeFile(join(aside, newer, 'batch.json'), batchJson(newer, ['new-1']));
+
+    const t = spoolUnderTest({ store: s3Store, setAsideMaxBatches: 1 });
+    await t.spool.open();
+    try {
+      expect(await readdir(aside)).toEqual([newer]);
+      expect(t.spool.setAsideBatches).toBe(1);
+      const removed = t.lines.filter((l) => l.fields.event === 'capture-spool-set-aside-removed');
+      expect(removed.map((l) => l.fields.batchId)).toEqual([older]);
+      const details = t.spool.setAsideDetails();
+      expect(details.get('new-1')).toMatch(
+        new RegExp(`why: not recorded\\); set aside in ${join(aside, newer)} `),
+      );
+      // Its folder is gone: not named.
+      expect(details.get('old-1')).toMatch(
+        /10 failed attempts, the last: AccessDenied\); set aside, then removed to keep the set-aside bound/,
+      );
+      expect(details.get('old-1')).not.toContain(older);
+    } finally {
+      await t.spool.close();
+    }
+  });
+});
+
 describe('capture spool: progress across a restart', () => {
   /** A batch whose side files went and whose manifest the store denied (403), left by a run that then stopped. */
   async function leftHalfSent() {
@@ -822,6 +916,63 @@ describe('capture spool: progress across a restart', () => {
       expect(puts).toEqual(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
       expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
       expect(await readdir(t.dir)).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('fails no capture for a stored file that went missing here since: it is in the bucket', async () => {
+    const { batch, sides, dir } = await leftHalfSent();
+    const spooled = JSON.parse(await readFile(join(dir, batch.batchId, 'batch.json'), 'utf8'));
+    const entry = spooled.files.find((f: { key: string }) => f.key === sides[0]);
+    await rm(join(dir, batch.batchId, entry.file));
+
+    const t = spoolUnderTest({ store: s3Store });
+    await t.spool.open();
+    try {
+      await until(() => t.delivered.length === 2, 'delivered after the restart');
+      expect(t.dropped).toEqual([]);
+      expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
+      expect(t.lines.filter((l) => l.fields.event === 'capture-spool-file-missing')).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('does not bring back a batch folder removed during an attempt: the batch is said to be gone', async () => {
+    const batch = batchOf('a', ['r-1'], 0);
+    const manifests = new Set(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
+    const dir = join(work, 'spool');
+    let removed = false;
+    const store: ObjectStore = {
+      description: s3Store.description,
+      urlFor: (key) => s3Store.urlFor(key),
+      put: async (key, body, contentType) => {
+        // An operator removes the batch's folder while its side file is on its way.
+        if (!removed) {
+          removed = true;
+          await rm(join(dir, batch.batchId), { recursive: true, force: true });
+        }
+        if (manifests.has(key))
+          throw Object.assign(new Error(`AccessDenied: access denied (${key})`), {
+            name: 'AccessDenied',
+            $metadata: { httpStatusCode: 403 },
+          });
+        return s3Store.put(key, body, contentType);
+      },
+    };
+    const t = spoolUnderTest({ store });
+    await t.spool.open();
+    try {
+      await t.spool.add(batch);
+      await until(() => t.scheduled.length === 1, 'the manifest was denied');
+      expect(await readdir(dir)).toEqual([]);
+      t.runTimers();
+      await until(() => t.dropped.length === 1, 'the batch is found gone');
+      expect(t.dropped).toEqual([
+        { ids: ['r-1'], detail: expect.stringMatching(/is gone \(removed from the spool folder\)/) },
+      ]);
+      expect(await readdir(dir)).toEqual([]);
     } finally {
       await t.spool.close();
     }

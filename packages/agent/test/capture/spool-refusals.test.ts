@@ -1,4 +1,5 @@
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -86,12 +87,36 @@ function batchOfThree(batchId: string, [a, b, c] = ['a', 'b', 'c']): RenderedBat
   });
 }
 
+/** An answer a proxy gives instead of the control plane. */
+interface ProxyAnswer {
+  status: number;
+  contentType: string;
+  body: string;
+}
+
 /**
  * A TLS-terminating reverse proxy in front of the control plane's device endpoint, as nginx with a small
  * `client_max_body_size`: a request with a body over `maxBodyBytes` gets nginx's 413 HTML page (no JSON, so no
  * code); the others are sent on with the device's certificate. Its own server certificate is made by OpenSSL.
  */
 async function limitingProxy(target: string, maxBodyBytes: number) {
+  return answeringProxy(target, (request) =>
+    Number(request.headers['content-length'] ?? 0) > maxBodyBytes
+      ? {
+          status: 413,
+          contentType: 'text/html',
+          body: '<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n',
+        }
+      : undefined,
+  );
+}
+
+/**
+ * A TLS-terminating reverse proxy in front of the control plane's device endpoint: a request `answer` answers
+ * gets that answer (counted in `refused`); the others are sent on with the device's certificate. Its own server
+ * certificate is made by OpenSSL.
+ */
+async function answeringProxy(target: string, answer: (request: IncomingMessage) => ProxyAnswer | undefined) {
   const proxyDir = await mkdtemp(join(tmpdir(), 'ef-proxy-'));
   const { key, cert } = await issueMtlsCertificates(proxyDir, 'proxy-client');
   const upstream = new URL(target);
@@ -104,14 +129,13 @@ async function limitingProxy(target: string, maxBodyBytes: number) {
   );
   const state = { refused: 0 };
   const server = createHttpsServer({ key, cert }, (request, response) => {
-    if (Number(request.headers['content-length'] ?? 0) > maxBodyBytes) {
+    const answered = answer(request);
+    if (answered !== undefined) {
       state.refused += 1;
       request.resume();
       request.on('end', () => {
-        response.writeHead(413, { 'content-type': 'text/html' });
-        response.end(
-          '<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n',
-        );
+        response.writeHead(answered.status, { 'content-type': answered.contentType });
+        response.end(answered.body);
       });
       return;
     }
@@ -542,7 +566,149 @@ describe("capture spool: a proxy's 413", () => {
   });
 });
 
+describe('capture spool: a 409 from the control plane', () => {
+  it('never sets aside a batch whose file the control plane answers 409 (an earlier cut upload of it still being written) while it takes the others, and delivers it once that write is over', async () => {
+    // The first attempts of the side file meet the control plane's 409: its earlier upload, cut on a lossy link, is
+    // still held (until the server sees it end, or its lease runs out). The proxy gives the plane's own answer.
+    const at = (id: string, time: number) => ({
+      ...captureItem(id, Buffer.alloc(256, 5), 'mlp'),
+      inferenceTime: time,
+      receivedAt: time,
+    });
+    const render = (batchId: string, id: string, time: number) =>
+      renderBatch(batchId, [at(id, time)], {
+        folderPrefix: 'edge',
+        fleetName: 'plant',
+        deviceName: 'cam-1',
+        base64EmbedLimit: 64,
+        modelMonitorFormat: false,
+        urlFor: (key) => store.urlFor(key),
+      });
+    const batch = render('c0'.repeat(16), 'held-1', T);
+    const side = batch.files.find((f) => f.kind === 'side')!.key;
+    let held = 3;
+    const proxy = await answeringProxy(plane.deviceEndpoint, (request) => {
+      const key = new URL(request.url ?? '/', 'https://plane').searchParams.get('key');
+      if (key !== side || held === 0) return undefined;
+      held -= 1;
+      return {
+        status: 409,
+        contentType: 'application/json',
+        body: JSON.stringify({
+          code: 'Conflict',
+          message: `capture key ${key} is being written by another upload of this device's now; capture objects are written once; send it again once that upload is answered`,
+          details: { key },
+        }),
+      };
+    });
+    const behindProxy = new EdgeFleetObjectStore({
+      endpoint: proxy.endpoint,
+      certFile: config.sagemaker_edge_provider_aws_cert_file,
+      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
+      caFile: proxy.caFile,
+    });
+    const scheduled: (() => void)[] = [];
+    const delivered: string[] = [];
+    const dropped: string[] = [];
+    const spool = new CaptureSpool({
+      dir: join(dir, 'spool-409'),
+      quotaBytes: 1024 * 1024,
+      store: behindProxy,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: (ids) => delivered.push(...ids),
+      onDropped: (ids) => dropped.push(...ids),
+      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
+      setAsideAfterFailures: 2,
+    });
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(() => (scheduled.length === 1 ? true : undefined), 'the first 409', 20_000);
+      // Between attempts the store takes other batches: a lasting answer would be the batch's own failure.
+      for (let round = 1; round <= 4 && !delivered.includes('held-1'); round++) {
+        await spool.add(render(`c${round}`.repeat(16), `other-${round}`, T + round));
+        await until(
+          () => (delivered.includes(`other-${round}`) ? true : undefined),
+          'another batch goes',
+          20_000,
+        );
+        scheduled.shift()!();
+        await until(
+          () =>
+            scheduled.length === 1 || spool.setAsideBatches > 0 || delivered.includes('held-1')
+              ? true
+              : undefined,
+          `the held batch tried again (${round})`,
+          20_000,
+        );
+      }
+      expect(proxy.refused).toBe(3);
+      expect(spool.setAsideBatches).toBe(0);
+      expect(dropped).toEqual([]);
+      expect(delivered).toContain('held-1');
+      expect(await stored(side)).toBeDefined();
+    } finally {
+      await spool.close();
+      behindProxy.close();
+      await proxy.close();
+    }
+  });
+});
+
 describe('capture spool: a refused Edge Manager manifest', () => {
+  it("given up (the control plane's own 413 PayloadTooLarge), takes its captures' Model Monitor records too, so Model Monitor sees no record of a failed capture", async () => {
+    // Eight auxiliary inputs, embedded, go in the Edge Manager record only (Model Monitor's carries the tensor):
+    // each Edge Manager manifest is over the server's 1 KiB, each Model Monitor copy under it, and alone would be
+    // stored.
+    const at = (id: string, time: number) => ({
+      ...captureItem(id, Buffer.alloc(16, 3), 'mlp'),
+      inputs: Array.from({ length: 8 }, () => ({
+        contentType: 'application/octet-stream',
+        encoding: 'BASE64' as const,
+        data: Buffer.alloc(60, 9),
+      })),
+      inferenceTime: time,
+      receivedAt: time,
+    });
+    const batch = renderBatch('d0'.repeat(16), [at('gx', T), at('gy', T + HOUR)], {
+      folderPrefix: 'edge',
+      fleetName: 'plant',
+      deviceName: 'cam-1',
+      base64EmbedLimit: 64,
+      modelMonitorFormat: true,
+      urlFor: (key) => store.urlFor(key),
+    });
+    const edge = batch.files.filter((f) => f.kind === 'manifest');
+    const monitor = batch.files.filter((f) => f.kind === 'monitor-manifest');
+    expect(edge).toHaveLength(2);
+    expect(monitor).toHaveLength(2);
+    for (const file of edge) expect(file.body.byteLength).toBeGreaterThan(1024);
+    for (const file of monitor) expect(file.body.byteLength).toBeLessThanOrEqual(1024);
+    const dropped: { ids: readonly string[]; detail: string }[] = [];
+    const spoolDir = join(dir, 'spool-em-given-up');
+    const spool = new CaptureSpool({
+      dir: spoolDir,
+      quotaBytes: 1024 * 1024,
+      store,
+      retry: { initialMs: 10, maxMs: 20 },
+      onDelivered: () => undefined,
+      onDropped: (ids, detail) => dropped.push({ ids, detail }),
+    });
+    try {
+      await spool.open();
+      await spool.add(batch);
+      await until(
+        async () => ((await readdir(spoolDir)).length === 0 ? true : undefined),
+        'the batch ends',
+        20_000,
+      );
+      expect(dropped).toEqual([{ ids: ['gx', 'gy'], detail: expect.stringMatching(/^refused by .*413/) }]);
+      for (const file of [...edge, ...monitor]) expect(await stored(file.key)).toBeUndefined();
+    } finally {
+      await spool.close();
+    }
+  });
+
   it("refused with 400 (a setting), keeps the batch and sends none of its captures' Model Monitor records meanwhile", async () => {
     // Rendered as another device of the fleet: the server refuses its Edge Manager manifest (400, the record names
     // cam-2, the certificate is cam-1's); Model Monitor's records name no device, and alone would be stored.

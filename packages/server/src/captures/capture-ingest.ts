@@ -134,8 +134,9 @@ export function captureKeyLayoutOf(
   return segments.length >= 4 ? { fleet: segments[2]!, format: 'model-monitor' } : undefined;
 }
 /**
- * A key another device claimed. 403, not 409: no retry can change it, and agents drop a file refused with 403
- * (they retry a 409), so a taken key does not hold back the batches spooled behind it.
+ * A key another device claimed. 403, not 409: no retry can change it, while agents take a 409 as passing. The
+ * agent keeps a file refused with 403 and retries its batch (the batches behind it go meanwhile); after 10 such
+ * attempts that store nothing it sets the whole batch aside, failing all of its captures.
  */
 function keyTakenError(key: string): DomainError {
   return new DomainError(
@@ -902,9 +903,10 @@ export class CaptureIngest {
 
 /**
  * The 400 for a capture key the server's local blob folder cannot hold beside one stored before (a key that is a
- * folder of another). 400, not 409: no retry can change it, and the agent drops a file refused with 400 (it
- * retries a 409, which for a fleet output the operator has yet to fix may pass later). S3 outputs have no such
- * conflict.
+ * folder of another). 400, not 409: no retry can change it, while agents take a 409 as passing (for a fleet output
+ * the operator has yet to fix, it may pass later). The agent keeps a file refused with 400 and retries its batch;
+ * after 10 such attempts that store nothing it sets the whole batch aside, failing all of its captures. S3 outputs
+ * have no such conflict.
  */
 function conflictOf(error: unknown, key: string): DomainError | undefined {
   if (!(error instanceof BlobKeyConflictError)) return undefined;
