@@ -1,7 +1,7 @@
 import { LineLimiter } from '@edgefleet/core';
 import { DeviceApiError } from '../fleet/index.js';
 import type { CaptureLogger } from './capture-metrics.js';
-import { RefusedByStoreError, RetryLaterError } from './object-store.js';
+import { MissingCredentialsError, RefusedByStoreError, RetryLaterError } from './object-store.js';
 
 /** Socket and DNS error codes: the store or the server could not be reached, or dropped the connection. */
 const NETWORK_ERROR_CODES: ReadonlySet<string> = new Set([
@@ -38,6 +38,8 @@ export function uploadFailureFields(error: unknown): Record<string, unknown> {
     } else if (
       e instanceof RetryLaterError ||
       e instanceof RefusedByStoreError ||
+      // Its message says what to set; the SDK's stack beneath it says nothing more, once per retry.
+      e instanceof MissingCredentialsError ||
       // A network error (ECONNREFUSED, ETIMEDOUT, undici's UND_ERR_…) or an answer of S3 (the AWS SDK's
       // $metadata). Not any `code`: Node's programming errors (ERR_…), SQLite's and a local file's (ENOENT,
       // EACCES on the capture) carry one too, and are bugs or faults whose stack is needed.

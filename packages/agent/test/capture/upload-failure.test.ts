@@ -7,6 +7,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { MissingCredentialsError } from '../../src/capture/object-store.js';
 import { UploadFailureLines, repeatsNote, uploadFailureFields } from '../../src/capture/upload-failure.js';
 
 async function caught(run: () => unknown): Promise<Error> {
@@ -38,6 +39,13 @@ describe('uploadFailureFields', () => {
     expect(uploadFailureFields(new Error('upload of c/1 failed', { cause: refused }))).toEqual({});
     const undici = Object.assign(new Error('other side closed'), { code: 'UND_ERR_SOCKET' });
     expect(uploadFailureFields(new TypeError('fetch failed', { cause: undici }))).toEqual({});
+  });
+
+  it('leaves the stack out when the device has no AWS credentials (the message says what to set)', () => {
+    const sdk = Object.assign(new Error('Could not load credentials from any providers'), {
+      name: 'CredentialsProviderError',
+    });
+    expect(uploadFailureFields(new MissingCredentialsError('bucket b', { cause: sdk }))).toEqual({});
   });
 
   it('keeps the error and its stack for other errors that carry a code (a bug, a local file)', async () => {
