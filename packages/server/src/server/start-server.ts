@@ -14,6 +14,7 @@ import {
   apiTokenRoutes,
   openAccessKeyEncryptionKey,
   operatorAuthenticators,
+  RecentTokenVerifications,
 } from '../auth/index.js';
 import {
   BlobStoreUnavailableError,
@@ -216,6 +217,8 @@ export interface StartServerOptions {
    * (that close ends the server; exitCode() says the give-up's code).
    */
   onStoppedForDatabaseGivenUp?: (givenUp: DatabaseGivenUp) => void;
+  /** How long GET /metrics reuses the fleet's counts; default DEFAULT_FLEET_STATE_TTL_MS (tests: 0, read every scrape). */
+  fleetStateTtlMs?: number;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -811,8 +814,12 @@ export async function startServer(
       },
     );
     background.push({ stop: () => fleetOutputCheck.close() });
+    // Tokens GET /metrics verified lately: a scrape still gets in while the database cannot be used.
+    const recentScrapeTokens = new RecentTokenVerifications();
     const services: ServerServices = {
-      apiTokens: new ApiTokenStore(database.db, Date.now, fleetEvents),
+      apiTokens: new ApiTokenStore(database.db, Date.now, fleetEvents, (tokenId) =>
+        recentScrapeTokens.forgetTokenId(tokenId),
+      ),
       accessKeys: new AccessKeyStore(
         database.db,
         await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config), {
@@ -930,7 +937,11 @@ export async function startServer(
     const metrics = new ServerMetrics();
     registerFleetStateGauges(
       metrics.registry,
-      new FleetStateReader(database.db, { offlineAfterMs, onError: readFailureLog(logger) }),
+      new FleetStateReader(database.db, {
+        offlineAfterMs,
+        onError: readFailureLog(logger),
+        ...(options.fleetStateTtlMs !== undefined && { ttlMs: options.fleetStateTtlMs }),
+      }),
     );
     // One for both listeners and the facade: an outage is logged once a minute, not per listener.
     const outageLog = new OutageLog({
@@ -944,7 +955,11 @@ export async function startServer(
       observeTimeout: (answered) => metrics.requestTimedOut('operator', answered),
       observeClientError: (status) => metrics.clientErrorAnswered('operator', status),
       authenticators: {
-        ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
+        ...operatorAuthenticators(
+          services.apiTokens,
+          consoleSessionAuthenticator(services.consoleSessions),
+          recentScrapeTokens,
+        ),
         'console-session': consoleSignOutAuthenticator(services.consoleSessions),
         'enrollment-token': enrollmentTokenAuthenticator,
       },
