@@ -12,5 +12,5 @@ export {
   type ConfigSources,
   type OverridableSetting,
 } from './load-config.js';
-export { accessKeyEncryptionKeyFileOf, keyMaterialToBackUp } from './key-material.js';
+export { accessKeyEncryptionKeyFileOf, KeyMaterialError, keyMaterialToBackUp } from './key-material.js';
 export { secretConfigFileWarning } from './secret-file-mode.js';

@@ -30,7 +30,8 @@ import {
   startCompilationLeaseSweeper,
 } from '../compilation/index.js';
 import { captureDeviceRoutes, FleetOutputs, UploadSlots, type CaptureWriter } from '../captures/index.js';
-import { accessKeyEncryptionKeyFileOf, type ServerConfig } from '../config/index.js';
+import { accessKeyEncryptionKeyFileOf, KeyMaterialError, type ServerConfig } from '../config/index.js';
+import { fileExists } from '../identity/key-files.js';
 import {
   ChangeFeed,
   ConsoleSessionStore,
@@ -104,6 +105,7 @@ import {
   tagOperations,
 } from '../sagemaker/index.js';
 import {
+  claimServerSetting,
   DatabaseInUseError,
   DatabaseOpenError,
   hasNoSchema,
@@ -541,12 +543,44 @@ export async function openPackageSigning(
   database: ServerDatabase,
   logger?: Logger,
 ): Promise<PackageSigningIdentity> {
+  if (config.provided.signing) await refuseMissingSigningFiles(config.signing);
   const signing = await openSigningIdentity(config.signing, {
     generate: !config.provided.signing,
     ...(logger ? { warn: (message: string) => logger.warn(message) } : {}),
   });
+  // bindSigningRoot's own check, made first so that a mismatch is a KeyMaterialError (exit 2, not restarted).
+  const bound = await claimServerSetting(database.db, SIGNING_ROOT_SETTING, signing.rootFingerprintSha256);
+  if (bound !== signing.rootFingerprintSha256)
+    throw new KeyMaterialError(
+      `this database belongs to a server whose package-signing root is SHA-256 ${bound}, not ` +
+        `${signing.rootFingerprintSha256}; every server replica must sign with the same files: copy the first ` +
+        "server's (signing/root.crt, signing/signing.crt and signing/signing.key in its data dir, or its signing " +
+        'files) to this host, key 0600, and set signing.rootCertFile, signing.certFile and signing.keyFile to them ' +
+        '(packages/server/README.md, "Adding a replica"); after a restore, restore the files backed up with the database',
+    );
   await bindSigningRoot(database.db, signing.rootFingerprintSha256);
   return signing;
+}
+
+/** The setting bindSigningRoot (packaging/signing-keys.ts) ties the database to the signing root with. */
+const SIGNING_ROOT_SETTING = 'signing_root_sha256';
+
+/** Configured signing files are never generated: when some are missing, say what to copy (exit 2). */
+async function refuseMissingSigningFiles(files: ServerConfig['signing']): Promise<void> {
+  const configured = [
+    ['signing.rootCertFile', files.rootCertFile],
+    ['signing.certFile', files.certFile],
+    ['signing.keyFile', files.keyFile],
+  ] as const;
+  const missing = [];
+  for (const [key, file] of configured) if (!(await fileExists(file))) missing.push(`${key} ${file}`);
+  if (missing.length === 0) return;
+  throw new KeyMaterialError(
+    `${missing.length === configured.length ? 'signing is set but none of its files exists' : 'signing is set but some of its files are missing'}: ` +
+      `${missing.join(', ')}; configured key files are never generated: copy them from the first server ` +
+      '(signing/root.crt, signing/signing.crt and signing/signing.key in its data dir), or unset signing to use ' +
+      "(or generate) the files in the data dir's signing/ folder",
+  );
 }
 
 async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa, limits: ListenerLimits) {
