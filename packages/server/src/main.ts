@@ -13,6 +13,7 @@ import { ApiTokenStore, tokenScopeSchema } from './auth/index.js';
 import { registerBackupCommands } from './backup/index.js';
 import {
   ConfigError,
+  KeyMaterialError,
   loadConfig,
   overridableSettings,
   secretConfigFileWarning,
@@ -264,7 +265,9 @@ program.parseAsync(process.argv).catch((error: unknown) => {
  * not restart on (RestartPreventExitStatus): a person must act, and restarting would fail alike every 2 s. 4:
  * another server holds the SQLite database, or servers ran lately on a database this build would migrate (stop them). 2: the command line or the config cannot be used; the
  * SQLite database's lock file cannot be used (a link, not a regular file, another user's, damaged) or it or the
- * database may not be written (permissions, a read-only filesystem); the blob store is another database's; a newer
+ * database may not be written (permissions, a read-only filesystem); the blob store is another database's; the key
+ * material (device CA, signing files, access-key encryption key) is missing where configured or is not the one the
+ * database is tied to (KeyMaterialError: a replica set up with its own keys); a newer
  * build migrated the database (a downgrade: run that build, or restore the pre-upgrade backup); the SQLite
  * database is damaged (found at start, or while serving: databaseGivenUpExitCode). 1: anything else, a lock that
  * failed for a reason that may pass (an I/O error, a full disk) included: the unit restarts it. 3 (not from here:
@@ -277,6 +280,7 @@ function exitCodeOf(error: unknown): number {
     return error.problem === 'failed' ? 1 : 2;
   if (
     error instanceof ConfigError ||
+    error instanceof KeyMaterialError ||
     error instanceof BlobStoreMismatchError ||
     error instanceof NewerDatabaseError
   )

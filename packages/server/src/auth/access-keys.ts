@@ -3,6 +3,7 @@ import { LOCAL_ACTOR, type Actor, type FleetEventLog } from '../audit/index.js';
 import { readFile } from 'node:fs/promises';
 import { awsProfileName } from '@edgefleet/core';
 import type { Kysely } from 'kysely';
+import { KeyMaterialError } from '../config/key-material.js';
 import { DomainError, conflict } from '../errors/index.js';
 import { createOnce, fileExists } from '../identity/key-files.js';
 import { claimServerSetting, isUniqueViolation, type DatabaseSchema } from '../storage/index.js';
@@ -64,8 +65,8 @@ export function accessKeyEncryptionKeyFingerprint(key: Buffer): string {
   return createHmac('sha256', key).update('edgefleet access-key encryption key fingerprint').digest('hex');
 }
 
-/** Thrown when the key file cannot decrypt the access keys the database holds: the server must not start. */
-export class AccessKeyEncryptionKeyMismatch extends Error {}
+/** Thrown when the key file cannot decrypt the access keys the database holds: the server must not start (exit 2). */
+export class AccessKeyEncryptionKeyMismatch extends KeyMaterialError {}
 
 /**
  * Loads the access-key encryption key (creating it only when the database holds no access key it would
@@ -86,7 +87,9 @@ export async function openAccessKeyEncryptionKey(
     .executeTakeFirst();
   const fix =
     'restore the key file that was backed up with this database (see "Backup and restore" in ' +
-    'packages/server/README.md); every replica must use the same file';
+    'packages/server/README.md); every replica must use the same file: on a new replica, copy the first ' +
+    "server's (access-keys/encryption.key in its data dir, 0600) and set sagemaker.accessKeyEncryptionKeyFile " +
+    'to it ("Adding a replica" there)';
   if (stored !== undefined && !(await fileExists(file))) {
     throw new AccessKeyEncryptionKeyMismatch(
       `the database holds SageMaker access keys encrypted with the key in ${file} ` +

@@ -30,6 +30,8 @@ export class ApiTokenStore {
     private readonly now: () => number = Date.now,
     /** Where creations and revocations are logged; absent: nowhere (commands beside the server, tests). */
     private readonly events?: FleetEventLog,
+    /** Hears each revocation made through this store (the server drops its remembered verifications). */
+    private readonly onRevoked?: (tokenId: string) => void,
   ) {}
 
   async create(
@@ -103,6 +105,7 @@ export class ApiTokenStore {
       .where('revoked_at', 'is', null)
       .executeTakeFirst();
     const revoked = Number(result.numUpdatedRows) > 0;
+    if (revoked) this.onRevoked?.(id);
     if (revoked)
       this.events?.info(by, {
         event: 'api_token_revoked',

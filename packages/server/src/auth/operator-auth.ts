@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import { DomainError } from '../errors/index.js';
 import type { ApiTokenStore, OperatorIdentity } from './api-tokens.js';
+import { RecentTokenVerifications } from './recent-token-verifications.js';
 import { bearerTokenOf } from './secrets.js';
 
 declare module 'fastify' {
@@ -13,15 +14,24 @@ declare module 'fastify' {
 /**
  * Checks `Authorization: Bearer <API token>`; `admin` routes additionally need an admin-scoped token. Without
  * that header, `otherwise` (the console's session cookie) may identify the operator.
+ *
+ * `scrape` (GET /metrics only) is `read`, except that a token this process verified within `recentScrapes`'
+ * window is still accepted when the database lookup fails (an outage): a scrape must be able to report
+ * `database_usable 0`. Any token the database refuses, or never verified here, is checked as by `read`.
  */
 export function operatorAuthenticators(
   tokens: ApiTokenStore,
   otherwise?: (request: FastifyRequest) => Promise<OperatorIdentity | undefined>,
+  recentScrapes: RecentTokenVerifications = new RecentTokenVerifications(),
 ): {
   read: (request: FastifyRequest) => Promise<void>;
   admin: (request: FastifyRequest) => Promise<void>;
+  scrape: (request: FastifyRequest) => Promise<void>;
 } {
-  const authenticate = async (request: FastifyRequest): Promise<OperatorIdentity> => {
+  const authenticate = async (
+    request: FastifyRequest,
+    recent?: RecentTokenVerifications,
+  ): Promise<OperatorIdentity> => {
     const token = bearerTokenOf(request.headers.authorization);
     if (token === undefined) {
       const viaSession = await otherwise?.(request);
@@ -34,16 +44,30 @@ export function operatorAuthenticators(
         'this route needs an API token: send "Authorization: Bearer <token>"',
       );
     }
-    const identity = await tokens.verify(token);
+    let identity: OperatorIdentity | undefined;
+    try {
+      identity = await tokens.verify(token);
+    } catch (error) {
+      // The lookup failed (the database cannot be used), which is no refusal: a token verified lately stands.
+      const remembered = recent?.recall(token);
+      if (remembered === undefined) throw error;
+      request.operator = remembered;
+      return remembered;
+    }
     if (identity === undefined) {
+      recent?.forget(token);
       throw new DomainError('Unauthenticated', 'the API token is unknown or revoked');
     }
+    recent?.remember(token, identity);
     request.operator = identity;
     return identity;
   };
   return {
     read: async (request) => {
       await authenticate(request);
+    },
+    scrape: async (request) => {
+      await authenticate(request, recentScrapes);
     },
     admin: async (request) => {
       const identity = await authenticate(request);

@@ -12,6 +12,6 @@ export {
   type ConfigSources,
   type OverridableSetting,
 } from './load-config.js';
-export { accessKeyEncryptionKeyFileOf, keyMaterialToBackUp } from './key-material.js';
+export { accessKeyEncryptionKeyFileOf, KeyMaterialError, keyMaterialToBackUp } from './key-material.js';
 export { secretConfigFileWarning } from './secret-file-mode.js';
 export { hasS3 } from './s3-configured.js';

@@ -1,6 +1,19 @@
 import path from 'node:path';
 import type { ServerConfig } from './config-schema.js';
 
+/**
+ * The key material the configuration names cannot be used: configured files that do not exist, or files other
+ * than the ones the database is tied to (another replica's, another host's generated ones). A person must copy
+ * or restore files or change the configuration, and a restart would fail alike: `serve` exits 2, which the unit
+ * does not restart.
+ */
+export class KeyMaterialError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'KeyMaterialError';
+  }
+}
+
 /** Where the key encrypting SageMaker access-key secrets lives (backups must carry it with the database). */
 export function accessKeyEncryptionKeyFileOf(config: ServerConfig): string {
   return path.resolve(

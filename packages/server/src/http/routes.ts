@@ -8,12 +8,15 @@ import { errorBodySchema, RequestValidationError } from './errors.js';
  * check fails at start-up, so no route can exist without auth by accident.
  * - public: health probes and the API description only
  * - read / admin: operator bearer API token of (at least) that scope
+ * - scrape: as read, but a token verified lately is still accepted while the database cannot be used (GET
+ *   /metrics only, so that it can report the outage)
  * - enrollment-token: `Authorization: Bearer <enrollment token>` (checked and consumed by the handler)
  * - device: a client certificate issued by the device CA, current and not revoked (device API only)
  * - console-session: the console's session cookie, live or ended (sign-out only: an ended one is accepted so that
  *   it can be cleared; a live one's writes need its CSRF token)
  */
-export type AuthRequirement = 'public' | 'read' | 'admin' | 'enrollment-token' | 'device' | 'console-session';
+export type AuthRequirement =
+  'public' | 'read' | 'scrape' | 'admin' | 'enrollment-token' | 'device' | 'console-session';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -164,7 +167,10 @@ export function defineRoute<
       ...(definition.query !== undefined ? { querystring: toJsonSchema(definition.query) } : {}),
       ...(definition.params !== undefined ? { params: toJsonSchema(definition.params) } : {}),
       ...(definition.consumes !== undefined ? { consumes: definition.consumes } : {}),
-      ...(definition.auth === 'read' || definition.auth === 'admin' || definition.auth === 'enrollment-token'
+      ...(definition.auth === 'read' ||
+      definition.auth === 'scrape' ||
+      definition.auth === 'admin' ||
+      definition.auth === 'enrollment-token'
         ? { security: [{ bearerAuth: [] }] }
         : definition.auth === 'console-session'
           ? { security: [{ consoleSession: [] }] }

@@ -2,6 +2,7 @@ import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto'
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { createRootCa, generateKeyPair, issueCertificate, type CertificateAuthority } from '@edgefleet/core';
+import { KeyMaterialError } from '../config/key-material.js';
 import { createOnce, fileExists, readSecretFile } from './key-files.js';
 
 export interface IssuedCertificate {
@@ -89,10 +90,19 @@ export class DeviceCa {
       });
     }
     const [haveCert, haveKey] = await Promise.all([fileExists(files.certFile), fileExists(files.keyFile)]);
+    if (!haveCert && !haveKey && !options.generate) {
+      throw new KeyMaterialError(
+        `deviceCa.certFile and deviceCa.keyFile are set but neither ${files.certFile} nor ${files.keyFile} ` +
+          'exists; configured key files are never generated: copy them from the first server (ca/device-ca.crt ' +
+          "and ca/device-ca.key in its data dir), or unset deviceCa to use (or generate) the CA in the data dir's ca/ folder",
+      );
+    }
     if (!haveCert || !haveKey) {
-      throw new Error(
+      throw new KeyMaterialError(
         `device CA incomplete: ${haveCert ? '' : `certificate ${files.certFile} missing`}${!haveCert && !haveKey ? ', ' : ''}${haveKey ? '' : `key ${files.keyFile} missing`}; ` +
-          'restore both files (or remove both to generate a new CA, which invalidates every enrolled device)',
+          (options.generate
+            ? 'restore both files (or remove both to generate a new CA, which invalidates every enrolled device)'
+            : 'restore both files (configured key files are never generated)'),
       );
     }
     const certificatePem = await readFile(files.certFile, 'utf8');

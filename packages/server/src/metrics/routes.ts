@@ -8,13 +8,15 @@ export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8
 /**
  * GET /metrics on the operator port, for an operator API token of any scope (Prometheus sends it with
  * `authorization` / `bearer_token_file`) or a console session, as every read route: the counts it shows (devices, plans, refusals) are the operator's to
- * see, not the network's. The device port has no such route.
+ * see, not the network's. The device port has no such route. One difference: a token that scraped within the last
+ * minute is let in while the database cannot be used, so that the scrape reports `database_usable 0`.
  */
 export const metricsRoutes: FastifyPluginAsync<{ metrics: ServerMetrics }> = async (app, { metrics }) => {
   defineRoute(app, {
     method: 'GET',
     url: '/metrics',
-    auth: 'read',
+    // read, except while the database cannot be used: a token verified in the last minute is still let in.
+    auth: 'scrape',
     tag: 'monitoring',
     summary:
       "Prometheus metrics of this server: requests, refusals, heartbeats, captures, the database, the fleet's state",

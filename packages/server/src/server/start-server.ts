@@ -14,6 +14,7 @@ import {
   apiTokenRoutes,
   openAccessKeyEncryptionKey,
   operatorAuthenticators,
+  RecentTokenVerifications,
 } from '../auth/index.js';
 import {
   BlobStoreUnavailableError,
@@ -29,7 +30,8 @@ import {
   startCompilationLeaseSweeper,
 } from '../compilation/index.js';
 import { captureDeviceRoutes, FleetOutputs, UploadSlots, type CaptureWriter } from '../captures/index.js';
-import { accessKeyEncryptionKeyFileOf, hasS3, type ServerConfig } from '../config/index.js';
+import { accessKeyEncryptionKeyFileOf, hasS3, KeyMaterialError, type ServerConfig } from '../config/index.js';
+import { fileExists } from '../identity/key-files.js';
 import {
   ChangeFeed,
   ConsoleSessionStore,
@@ -103,6 +105,7 @@ import {
   tagOperations,
 } from '../sagemaker/index.js';
 import {
+  claimServerSetting,
   DatabaseInUseError,
   DatabaseOpenError,
   hasNoSchema,
@@ -216,6 +219,8 @@ export interface StartServerOptions {
    * (that close ends the server; exitCode() says the give-up's code).
    */
   onStoppedForDatabaseGivenUp?: (givenUp: DatabaseGivenUp) => void;
+  /** How long GET /metrics reuses the fleet's counts; default DEFAULT_FLEET_STATE_TTL_MS (tests: 0, read every scrape). */
+  fleetStateTtlMs?: number;
 }
 
 function urlOf(app: FastifyInstance, scheme: 'http' | 'https'): string {
@@ -538,12 +543,44 @@ export async function openPackageSigning(
   database: ServerDatabase,
   logger?: Logger,
 ): Promise<PackageSigningIdentity> {
+  if (config.provided.signing) await refuseMissingSigningFiles(config.signing);
   const signing = await openSigningIdentity(config.signing, {
     generate: !config.provided.signing,
     ...(logger ? { warn: (message: string) => logger.warn(message) } : {}),
   });
+  // bindSigningRoot's own check, made first so that a mismatch is a KeyMaterialError (exit 2, not restarted).
+  const bound = await claimServerSetting(database.db, SIGNING_ROOT_SETTING, signing.rootFingerprintSha256);
+  if (bound !== signing.rootFingerprintSha256)
+    throw new KeyMaterialError(
+      `this database belongs to a server whose package-signing root is SHA-256 ${bound}, not ` +
+        `${signing.rootFingerprintSha256}; every server replica must sign with the same files: copy the first ` +
+        "server's (signing/root.crt, signing/signing.crt and signing/signing.key in its data dir, or its signing " +
+        'files) to this host, key 0600, and set signing.rootCertFile, signing.certFile and signing.keyFile to them ' +
+        '(packages/server/README.md, "Adding a replica"); after a restore, restore the files backed up with the database',
+    );
   await bindSigningRoot(database.db, signing.rootFingerprintSha256);
   return signing;
+}
+
+/** The setting bindSigningRoot (packaging/signing-keys.ts) ties the database to the signing root with. */
+const SIGNING_ROOT_SETTING = 'signing_root_sha256';
+
+/** Configured signing files are never generated: when some are missing, say what to copy (exit 2). */
+async function refuseMissingSigningFiles(files: ServerConfig['signing']): Promise<void> {
+  const configured = [
+    ['signing.rootCertFile', files.rootCertFile],
+    ['signing.certFile', files.certFile],
+    ['signing.keyFile', files.keyFile],
+  ] as const;
+  const missing = [];
+  for (const [key, file] of configured) if (!(await fileExists(file))) missing.push(`${key} ${file}`);
+  if (missing.length === 0) return;
+  throw new KeyMaterialError(
+    `${missing.length === configured.length ? 'signing is set but none of its files exists' : 'signing is set but some of its files are missing'}: ` +
+      `${missing.join(', ')}; configured key files are never generated: copy them from the first server ` +
+      '(signing/root.crt, signing/signing.crt and signing/signing.key in its data dir), or unset signing to use ' +
+      "(or generate) the files in the data dir's signing/ folder",
+  );
 }
 
 async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa, limits: ListenerLimits) {
@@ -807,8 +844,12 @@ export async function startServer(
       },
     });
     background.push({ stop: () => fleetOutputCheck.close() });
+    // Tokens GET /metrics verified lately: a scrape still gets in while the database cannot be used.
+    const recentScrapeTokens = new RecentTokenVerifications();
     const services: ServerServices = {
-      apiTokens: new ApiTokenStore(database.db, Date.now, fleetEvents),
+      apiTokens: new ApiTokenStore(database.db, Date.now, fleetEvents, (tokenId) =>
+        recentScrapeTokens.forgetTokenId(tokenId),
+      ),
       accessKeys: new AccessKeyStore(
         database.db,
         await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config), {
@@ -926,7 +967,11 @@ export async function startServer(
     const metrics = new ServerMetrics();
     registerFleetStateGauges(
       metrics.registry,
-      new FleetStateReader(database.db, { offlineAfterMs, onError: readFailureLog(logger) }),
+      new FleetStateReader(database.db, {
+        offlineAfterMs,
+        onError: readFailureLog(logger),
+        ...(options.fleetStateTtlMs !== undefined && { ttlMs: options.fleetStateTtlMs }),
+      }),
     );
     // One for both listeners and the facade: an outage is logged once a minute, not per listener.
     const outageLog = new OutageLog({
@@ -940,7 +985,11 @@ export async function startServer(
       observeTimeout: (answered) => metrics.requestTimedOut('operator', answered),
       observeClientError: (status) => metrics.clientErrorAnswered('operator', status),
       authenticators: {
-        ...operatorAuthenticators(services.apiTokens, consoleSessionAuthenticator(services.consoleSessions)),
+        ...operatorAuthenticators(
+          services.apiTokens,
+          consoleSessionAuthenticator(services.consoleSessions),
+          recentScrapeTokens,
+        ),
         'console-session': consoleSignOutAuthenticator(services.consoleSessions),
         'enrollment-token': enrollmentTokenAuthenticator,
       },

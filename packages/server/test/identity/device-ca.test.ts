@@ -3,6 +3,7 @@ import { mkdtemp, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KeyMaterialError } from '../../src/config/index.js';
 import { bindDeviceCa, DeviceCa } from '../../src/identity/index.js';
 import { createOnce } from '../../src/identity/key-files.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
@@ -74,8 +75,12 @@ describe('DeviceCa', () => {
     await expect(DeviceCa.open(files, { generate: true })).rejects.toThrow(
       /device CA incomplete: key .* missing/,
     );
+    // Provided (never generated) and absent: copy them or unset deviceCa, not "remove both to generate".
     await expect(DeviceCa.open(filesIn('absent'), { generate: false })).rejects.toThrow(
-      /device CA incomplete/,
+      /deviceCa\.certFile and deviceCa\.keyFile are set but neither .* exists; configured key files are never generated: copy them from the first server/,
+    );
+    await expect(DeviceCa.open(filesIn('absent'), { generate: false })).rejects.toBeInstanceOf(
+      KeyMaterialError,
     );
 
     const other = filesIn('other');
