@@ -194,7 +194,8 @@ describe('captures of a fleet whose KMS key the store cannot use', () => {
       return answer && { status: answer.status, body: s3Error(answer.code, answer.message) };
     });
     t = await startTestServer({
-      config: { s3: { endpoint: proxy.endpoint, ...s3.credentials } },
+      // Side files over 1024 bytes take the streamed put.
+      config: { s3: { endpoint: proxy.endpoint, ...s3.credentials }, captures: { largeBodyBytes: 1024 } },
       logger: pino({ level: 'info' }, logSink(logLines)),
     });
   });
@@ -241,6 +242,14 @@ describe('captures of a fleet whose KMS key the store cannot use', () => {
       );
       expect(raw.status).toBe(503);
       expect(raw.headers['retry-after']).toBe('60');
+      const streamed = await uploadRawFile(
+        t.server.deviceUrl,
+        device.tls,
+        `${prefix}/${fleet}/${HOUR}/raw-data/k-1-input-1.bin`,
+        Buffer.alloc(4096, 7),
+      );
+      expect(streamed.status).toBe(503);
+      expect(streamed.headers['retry-after']).toBe('60');
 
       const reason =
         `bucket ${s3.bucket} refused to encrypt with the fleet's KMS key ${KMS_KEY} (KmsKeyId) (${answer}); ` +
