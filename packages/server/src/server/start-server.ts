@@ -28,7 +28,14 @@ import {
   failExpiredImports,
   startCompilationLeaseSweeper,
 } from '../compilation/index.js';
-import { captureDeviceRoutes, FleetOutputs, UploadSlots, type CaptureWriter } from '../captures/index.js';
+import {
+  bucketsWithLocalCaptures,
+  captureDeviceRoutes,
+  FleetOutputs,
+  localCapturesLeftWarning,
+  UploadSlots,
+  type CaptureWriter,
+} from '../captures/index.js';
 import { accessKeyEncryptionKeyFileOf, hasS3, type ServerConfig } from '../config/index.js';
 import {
   ChangeFeed,
@@ -807,6 +814,14 @@ export async function startServer(
       },
     });
     background.push({ stop: () => fleetOutputCheck.close() });
+    if (hasS3(config) && config.blobLocation.kind === 'local') {
+      const left = await bucketsWithLocalCaptures(config.blobLocation.root);
+      if (left.length > 0)
+        logger.warn(
+          { event: 'fleet_output_local_left', buckets: left },
+          localCapturesLeftWarning(config.blobLocation.root, left),
+        );
+    }
     const services: ServerServices = {
       apiTokens: new ApiTokenStore(database.db, Date.now, fleetEvents),
       accessKeys: new AccessKeyStore(

@@ -3,7 +3,8 @@
  * settings (the facade set-up: packaging jobs write through them too), with the fleet's KMS key applied; to the
  * local folder only on a server with no S3 at all, which the fleet's create answer and the log say.
  */
-import { access } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Writable } from 'node:stream';
@@ -279,6 +280,63 @@ describe('captures of a fleet whose KMS key the store cannot use', () => {
     expect((await report('denied')).outputOutage?.reason).toBe(
       `access to bucket ${s3.bucket} denied (403 AccessDenied); check the credentials and that they may read and write the bucket, and use the fleet's KMS key ${KMS_KEY} (KmsKeyId): kms:GenerateDataKey on it`,
     );
+  });
+});
+
+// Review N1: captures kept locally before the upgrade stay in the folder, where no data-ref points.
+describe('a server given S3 settings with captures left in its local folder', () => {
+  let s3: TestS3;
+  let t: TestServer | undefined;
+  let dataDir: string;
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    dataDir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-server-'));
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await s3?.stop();
+    if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('warns at start, naming the folder, the buckets and the copy to make', async () => {
+    const blobRoot = path.join(dataDir, 'blobs');
+    for (const bucket of ['captures', 'plant-output']) {
+      const folder = path.join(blobRoot, 'fleet-output', bucket, 'edge', 'plant', HOUR);
+      await mkdir(folder, { recursive: true });
+      await writeFile(path.join(folder, 'aaaa.jsonl'), manifestOf('cam-1', 'plant', 'c-1'));
+    }
+    const logLines: string[] = [];
+    const leftLines = () =>
+      logLines
+        .map((line) => JSON.parse(line) as { event?: string; msg?: string; buckets?: string[] })
+        .filter((line) => line.event === 'fleet_output_local_left');
+    // With no S3, the folder is where its captures belong: nothing to copy, nothing said.
+    t = await startTestServer({
+      dataDir,
+      config: { allowEmptyDatabase: true },
+      logger: pino({ level: 'info' }, logSink(logLines)),
+    });
+    await t.stop();
+    t = undefined;
+    expect(leftLines()).toEqual([]);
+
+    t = await startTestServer({
+      dataDir,
+      config: { s3: { endpoint: s3.endpoint, ...s3.credentials } },
+      logger: pino({ level: 'info' }, logSink(logLines)),
+    });
+    const folder = path.join(blobRoot, 'fleet-output');
+    expect(leftLines()).toEqual([
+      expect.objectContaining({
+        buckets: ['captures', 'plant-output'],
+        msg:
+          `captures kept in ${folder} before the server had S3 settings are still there (buckets captures, ` +
+          "plant-output): the server now writes captures to the fleets' buckets, and their records' data-refs point " +
+          `there; copy each with "aws s3 sync ${folder}/<bucket>/ s3://<bucket>/" (adding --sse aws:kms ` +
+          '--sse-kms-key-id <key> for a fleet with a KMS key, --endpoint-url for an S3-compatible store) once ' +
+          'every replica runs this version, then remove the folder',
+      }),
+    ]);
   });
 });
 
