@@ -79,15 +79,25 @@ function isMissing(error: unknown): boolean {
 const OUTAGE_STATUSES = new Set([500, 502, 503, 504]);
 
 /**
+ * The answers of a PutObject with SSE-KMS headers that say the store cannot encrypt with the key: AWS's
+ * `InvalidArgument` (a malformed key id, a key in another region, SSE-KMS over plain HTTP), an S3-compatible
+ * store's `NotImplemented` (501: MinIO with no KMS configured) or `InvalidRequest` (Ceph RGW). AWS's own KMS
+ * failures (`KMS.NotFoundException`, `KMS.DisabledException`, …) are told by their `KMS.` prefix.
+ */
+const SSE_REFUSED_NAMES = new Set(['InvalidArgument', 'InvalidRequest', 'NotImplemented']);
+
+/**
  * What an S3 failure says about the store itself, or undefined for a failure of the one request (a missing
  * key, an aborted upload). `bucketRequest`: a request about the bucket (HeadBucket), whose 404 has no body to
- * name it NoSuchBucket.
+ * name it NoSuchBucket. `sseKmsKeyId`: the KMS key the request asked the store to encrypt with (a fleet's
+ * KmsKeyId): a refusal of it is the store's (`forbidden`, naming the key), for every write with it fails alike.
  */
 export function s3ProblemOf(
   error: unknown,
   bucket: string,
   endpoint: string,
   bucketRequest = false,
+  sseKmsKeyId?: string,
 ): { problem: BlobStoreProblem; reason: string } | undefined {
   const { name, code, message } = (error ?? {}) as { name?: unknown; code?: unknown; message?: unknown };
   const status = statusOf(error);
@@ -100,6 +110,19 @@ export function s3ProblemOf(
       reason: `bucket ${bucket} does not exist (404); create it, or name an existing bucket`,
     };
   if (
+    sseKmsKeyId !== undefined &&
+    typeof name === 'string' &&
+    (name.startsWith('KMS.') || SSE_REFUSED_NAMES.has(name) || status === 501)
+  )
+    return {
+      problem: 'forbidden',
+      reason:
+        `bucket ${bucket} refused to encrypt with the fleet's KMS key ${sseKmsKeyId} (KmsKeyId) (${status ?? 400} ${name}); ` +
+        "the key must exist, be enabled and be in the bucket's region, the server's S3 credentials need " +
+        'kms:GenerateDataKey on it, and an S3-compatible store must have KMS configured (SSE-KMS); or clear ' +
+        "the fleet's KmsKeyId",
+    };
+  if (
     status === 403 ||
     name === 'AccessDenied' ||
     name === 'InvalidAccessKeyId' ||
@@ -107,7 +130,12 @@ export function s3ProblemOf(
   )
     return {
       problem: 'forbidden',
-      reason: `access to bucket ${bucket} denied (${status ?? 403}${typeof name === 'string' && name !== 'Forbidden' ? ` ${name}` : ''}); check the credentials and that they may read and write the bucket`,
+      reason: `access to bucket ${bucket} denied (${status ?? 403}${typeof name === 'string' && name !== 'Forbidden' ? ` ${name}` : ''}); check the credentials and that they may read and write the bucket${
+        // AWS answers a write whose KMS key the credentials may not use with the same 403 AccessDenied.
+        sseKmsKeyId !== undefined
+          ? `, and use the fleet's KMS key ${sseKmsKeyId} (KmsKeyId): kms:GenerateDataKey on it`
+          : ''
+      }`,
     };
   if (name === 'CredentialsProviderError' || /could not load credentials/i.test(String(message))) {
     // A credential source that did not answer (the container credentials endpoint, STS for a web identity:
@@ -222,11 +250,14 @@ export class S3BlobStore implements BlobStore {
   }
 
   /** Runs an S3 request; a failure that says the store cannot be used becomes BlobStoreUnavailableError. */
-  private async guard<T>(request: () => Promise<T>, bucketRequest = false): Promise<T> {
+  private async guard<T>(
+    request: () => Promise<T>,
+    { bucketRequest = false, sseKmsKeyId }: { bucketRequest?: boolean; sseKmsKeyId?: string } = {},
+  ): Promise<T> {
     try {
       return await request();
     } catch (error) {
-      const found = s3ProblemOf(error, this.bucket, this.endpoint, bucketRequest);
+      const found = s3ProblemOf(error, this.bucket, this.endpoint, bucketRequest, sseKmsKeyId);
       if (found === undefined) throw error;
       throw new BlobStoreUnavailableError(this.description, this.endpoint, found.problem, found.reason, {
         cause: error,
@@ -254,23 +285,25 @@ export class S3BlobStore implements BlobStore {
     } else {
       contentLength = typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength;
     }
-    await this.guard(() =>
-      this.client.send(
-        new PutObjectCommand({
-          Bucket: this.bucket,
-          Key: objectKey,
-          Body: body,
-          ContentLength: contentLength,
-          ContentType: options.contentType ?? 'application/octet-stream',
-          ...(options.sseKmsKeyId !== undefined && {
-            ServerSideEncryption: 'aws:kms',
-            SSEKMSKeyId: options.sseKmsKeyId,
+    await this.guard(
+      () =>
+        this.client.send(
+          new PutObjectCommand({
+            Bucket: this.bucket,
+            Key: objectKey,
+            Body: body,
+            ContentLength: contentLength,
+            ContentType: options.contentType ?? 'application/octet-stream',
+            ...(options.sseKmsKeyId !== undefined && {
+              ServerSideEncryption: 'aws:kms',
+              SSEKMSKeyId: options.sseKmsKeyId,
+            }),
           }),
-        }),
-        // The SDK pipes a stream body into the request, and pipe passes no error on: without the abort, a body
-        // that fails leaves the PUT open with a short body until the endpoint gives up (s3rver never does).
-        options.signal !== undefined ? { abortSignal: options.signal } : {},
-      ),
+          // The SDK pipes a stream body into the request, and pipe passes no error on: without the abort, a body
+          // that fails leaves the PUT open with a short body until the endpoint gives up (s3rver never does).
+          options.signal !== undefined ? { abortSignal: options.signal } : {},
+        ),
+      options.sseKmsKeyId !== undefined ? { sseKmsKeyId: options.sseKmsKeyId } : {},
     );
     return { key, size: contentLength };
   }
@@ -344,7 +377,9 @@ export class S3BlobStore implements BlobStore {
   }
 
   async check(): Promise<void> {
-    await this.guard(() => this.client.send(new HeadBucketCommand({ Bucket: this.bucket })), true);
+    await this.guard(() => this.client.send(new HeadBucketCommand({ Bucket: this.bucket })), {
+      bucketRequest: true,
+    });
   }
 
   async close(): Promise<void> {

@@ -15,4 +15,5 @@ export {
   rawCaptureFileQuerySchema,
   storedCaptureFileSchema,
 } from './routes.js';
+export { bucketsWithLocalCaptures, localCapturesLeftWarning } from './local-fleet-output-left.js';
 export { UploadSlots } from './upload-slots.js';

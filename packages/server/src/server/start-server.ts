@@ -29,7 +29,14 @@ import {
   failExpiredImports,
   startCompilationLeaseSweeper,
 } from '../compilation/index.js';
-import { captureDeviceRoutes, FleetOutputs, UploadSlots, type CaptureWriter } from '../captures/index.js';
+import {
+  bucketsWithLocalCaptures,
+  captureDeviceRoutes,
+  FleetOutputs,
+  localCapturesLeftWarning,
+  UploadSlots,
+  type CaptureWriter,
+} from '../captures/index.js';
 import { accessKeyEncryptionKeyFileOf, hasS3, KeyMaterialError, type ServerConfig } from '../config/index.js';
 import { fileExists } from '../identity/key-files.js';
 import {
@@ -844,6 +851,14 @@ export async function startServer(
       },
     });
     background.push({ stop: () => fleetOutputCheck.close() });
+    if (hasS3(config) && config.blobLocation.kind === 'local') {
+      const left = await bucketsWithLocalCaptures(config.blobLocation.root);
+      if (left.length > 0)
+        logger.warn(
+          { event: 'fleet_output_local_left', buckets: left },
+          localCapturesLeftWarning(config.blobLocation.root, left),
+        );
+    }
     // Tokens GET /metrics verified lately: a scrape still gets in while the database cannot be used.
     const recentScrapeTokens = new RecentTokenVerifications();
     const services: ServerServices = {

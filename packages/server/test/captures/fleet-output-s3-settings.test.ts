@@ -3,7 +3,8 @@
  * settings (the facade set-up: packaging jobs write through them too), with the fleet's KMS key applied; to the
  * local folder only on a server with no S3 at all, which the fleet's create answer and the log say.
  */
-import { access } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Writable } from 'node:stream';
@@ -66,8 +67,11 @@ describe('captures on a server with a local blob folder and S3 settings', () => 
   beforeAll(async () => {
     s3 = await startTestS3();
     proxy = await startRecordingProxy(s3.port);
-    // No blob: the default local folder, as in the facade guide's set-up.
-    t = await startTestServer({ config: { s3: { endpoint: proxy.endpoint, ...s3.credentials } } });
+    // No blob: the default local folder, as in the facade guide's set-up. A side file over largeBodyBytes (the
+    // schema's least) is streamed to the store: its own put path.
+    t = await startTestServer({
+      config: { s3: { endpoint: proxy.endpoint, ...s3.credentials }, captures: { largeBodyBytes: 1024 } },
+    });
     created.push(await createFleet(t, 'plant', `s3://${s3.bucket}/plant-captures`, KMS_KEY));
     created.push(await createFleet(t, 'doors', `s3://${s3.bucket}/doors`));
     cam1 = await registerAndEnroll(t, 'plant', 'cam-1');
@@ -118,7 +122,7 @@ describe('captures on a server with a local blob folder and S3 settings', () => 
       },
     });
     expect(json.status).toBe(200);
-    // The raw form, streamed to the store (another put path).
+    // The raw form, over largeBodyBytes: streamed to the store (another put path).
     const sideKey = `plant-captures/plant/${HOUR}/raw-data/c-2-input-1.bin`;
     expect((await uploadRawFile(t.server.deviceUrl, cam1.tls, sideKey, Buffer.alloc(70_000, 7))).status).toBe(
       200,
@@ -147,6 +151,192 @@ describe('captures on a server with a local blob folder and S3 settings', () => 
       expect(put.headers['x-amz-server-side-encryption']).toBeUndefined();
       expect(put.headers['x-amz-server-side-encryption-aws-kms-key-id']).toBeUndefined();
     }
+  });
+});
+
+/** An S3 error document as AWS (and S3-compatible stores) answer a request with it. */
+const s3Error = (code: string, message: string) =>
+  `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message><RequestId>4442587FB7D0A2F9</RequestId><HostId>h</HostId></Error>`;
+
+// Review G1: a KMS key the store cannot use failed every upload of the fleet with a bare 500, which the agent
+// retries at once, with no outage in the fleet report and nothing in the log.
+describe('captures of a fleet whose KMS key the store cannot use', () => {
+  let s3: TestS3;
+  let proxy: RecordingProxy;
+  let t: TestServer;
+  const logLines: string[] = [];
+  /** How the "store" answers a PutObject with SSE-KMS, by the fleet's prefix (the key's first segment). */
+  const answers: Record<string, { status: number; code: string; message: string }> = {
+    // AWS: a key that does not exist (or is in another account or region).
+    'aws-captures': {
+      status: 400,
+      code: 'KMS.NotFoundException',
+      message: `Invalid keyId '${KMS_KEY}'`,
+    },
+    // MinIO with no KMS configured.
+    'minio-captures': {
+      status: 501,
+      code: 'NotImplemented',
+      message: 'Server side encryption specified but KMS is not configured',
+    },
+    // AWS: credentials without kms:GenerateDataKey on the key.
+    'denied-captures': {
+      status: 403,
+      code: 'AccessDenied',
+      message: 'User is not authorized to perform: kms:GenerateDataKey',
+    },
+  };
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    proxy = await startRecordingProxy(s3.port, (request) => {
+      if (request.method !== 'PUT' || request.headers['x-amz-server-side-encryption'] === undefined)
+        return undefined;
+      const answer = answers[request.url.split('/')[2] ?? ''];
+      return answer && { status: answer.status, body: s3Error(answer.code, answer.message) };
+    });
+    t = await startTestServer({
+      // Side files over 1024 bytes take the streamed put.
+      config: { s3: { endpoint: proxy.endpoint, ...s3.credentials }, captures: { largeBodyBytes: 1024 } },
+      logger: pino({ level: 'info' }, logSink(logLines)),
+    });
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await proxy?.stop();
+    await s3?.stop();
+  });
+
+  const report = async (fleet: string) =>
+    (await t.call('GET', `/api/v1/fleets/${fleet}/report`, { token: t.readToken })).body as {
+      outputOutage?: { problem: string; reason: string; message: string };
+    };
+
+  it.each([
+    ['aws', 'aws-captures', '400 KMS.NotFoundException'],
+    ['minio', 'minio-captures', '501 NotImplemented'],
+  ])(
+    'answers every upload (%s) with 503 and Retry-After, records the outage naming the key, and logs it once',
+    async (fleet, prefix, answer) => {
+      await createFleet(t, fleet, `s3://${s3.bucket}/${prefix}`, KMS_KEY);
+      const device = await registerAndEnroll(t, fleet, `${fleet}-cam`);
+      const key = `${prefix}/${fleet}/${HOUR}/aaaa.jsonl`;
+      const json = await deviceCall(t.server.deviceUrl, device.tls, 'POST', '/api/v1/device/captures/files', {
+        body: {
+          key,
+          contentType: 'application/jsonl',
+          data: manifestOf(`${fleet}-cam`, fleet, 'k-1').toString('base64'),
+        },
+      });
+      expect(json).toMatchObject({
+        status: 503,
+        body: {
+          code: 'DependencyUnavailable',
+          details: { fleet, outputLocation: `s3://${s3.bucket}/${prefix}`, problem: 'forbidden' },
+        },
+      });
+      const raw = await uploadRawFile(
+        t.server.deviceUrl,
+        device.tls,
+        key,
+        manifestOf(`${fleet}-cam`, fleet, 'k-1'),
+        'application/jsonl',
+      );
+      expect(raw.status).toBe(503);
+      expect(raw.headers['retry-after']).toBe('60');
+      const streamed = await uploadRawFile(
+        t.server.deviceUrl,
+        device.tls,
+        `${prefix}/${fleet}/${HOUR}/raw-data/k-1-input-1.bin`,
+        Buffer.alloc(4096, 7),
+      );
+      expect(streamed.status).toBe(503);
+      expect(streamed.headers['retry-after']).toBe('60');
+
+      const reason =
+        `bucket ${s3.bucket} refused to encrypt with the fleet's KMS key ${KMS_KEY} (KmsKeyId) (${answer}); ` +
+        "the key must exist, be enabled and be in the bucket's region, the server's S3 credentials need " +
+        'kms:GenerateDataKey on it, and an S3-compatible store must have KMS configured (SSE-KMS); or clear ' +
+        "the fleet's KmsKeyId";
+      expect((await report(fleet)).outputOutage).toMatchObject({ problem: 'forbidden', reason });
+      const logged = logLines
+        .map((line) => JSON.parse(line) as { event?: string; fleet?: string; msg?: string })
+        .filter((line) => line.event === 'fleet_output_unavailable' && line.fleet === fleet);
+      expect(logged).toHaveLength(1);
+      expect(logged[0]!.msg).toContain(reason);
+    },
+  );
+
+  it("names the fleet's KMS key in a 403's reason: AWS answers a key the credentials may not use so", async () => {
+    await createFleet(t, 'denied', `s3://${s3.bucket}/denied-captures`, KMS_KEY);
+    const device = await registerAndEnroll(t, 'denied', 'denied-cam');
+    const answer = await deviceCall(t.server.deviceUrl, device.tls, 'POST', '/api/v1/device/captures/files', {
+      body: {
+        key: `denied-captures/denied/${HOUR}/aaaa.jsonl`,
+        contentType: 'application/jsonl',
+        data: manifestOf('denied-cam', 'denied', 'k-1').toString('base64'),
+      },
+    });
+    expect(answer).toMatchObject({ status: 503, body: { details: { problem: 'forbidden' } } });
+    expect((await report('denied')).outputOutage?.reason).toBe(
+      `access to bucket ${s3.bucket} denied (403 AccessDenied); check the credentials and that they may read and write the bucket, and use the fleet's KMS key ${KMS_KEY} (KmsKeyId): kms:GenerateDataKey on it`,
+    );
+  });
+});
+
+// Review N1: captures kept locally before the upgrade stay in the folder, where no data-ref points.
+describe('a server given S3 settings with captures left in its local folder', () => {
+  let s3: TestS3;
+  let t: TestServer | undefined;
+  let dataDir: string;
+  beforeAll(async () => {
+    s3 = await startTestS3();
+    dataDir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-server-'));
+  });
+  afterAll(async () => {
+    await t?.stop();
+    await s3?.stop();
+    if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('warns at start, naming the folder, the buckets and the copy to make', async () => {
+    const blobRoot = path.join(dataDir, 'blobs');
+    for (const bucket of ['captures', 'plant-output']) {
+      const folder = path.join(blobRoot, 'fleet-output', bucket, 'edge', 'plant', HOUR);
+      await mkdir(folder, { recursive: true });
+      await writeFile(path.join(folder, 'aaaa.jsonl'), manifestOf('cam-1', 'plant', 'c-1'));
+    }
+    const logLines: string[] = [];
+    const leftLines = () =>
+      logLines
+        .map((line) => JSON.parse(line) as { event?: string; msg?: string; buckets?: string[] })
+        .filter((line) => line.event === 'fleet_output_local_left');
+    // With no S3, the folder is where its captures belong: nothing to copy, nothing said.
+    t = await startTestServer({
+      dataDir,
+      config: { allowEmptyDatabase: true },
+      logger: pino({ level: 'info' }, logSink(logLines)),
+    });
+    await t.stop();
+    t = undefined;
+    expect(leftLines()).toEqual([]);
+
+    t = await startTestServer({
+      dataDir,
+      config: { s3: { endpoint: s3.endpoint, ...s3.credentials } },
+      logger: pino({ level: 'info' }, logSink(logLines)),
+    });
+    const folder = path.join(blobRoot, 'fleet-output');
+    expect(leftLines()).toEqual([
+      expect.objectContaining({
+        buckets: ['captures', 'plant-output'],
+        msg:
+          `captures kept in ${folder} before the server had S3 settings are still there (buckets captures, ` +
+          "plant-output): the server now writes captures to the fleets' buckets, and their records' data-refs point " +
+          `there; copy each with "aws s3 sync ${folder}/<bucket>/ s3://<bucket>/" (adding --sse aws:kms ` +
+          '--sse-kms-key-id <key> for a fleet with a KMS key, --endpoint-url for an S3-compatible store) once ' +
+          'every replica runs this version, then remove the folder',
+      }),
+    ]);
   });
 });
 

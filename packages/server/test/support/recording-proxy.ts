@@ -1,6 +1,8 @@
 /**
  * A real HTTP peer between the server and s3rver that forwards every request as it came and keeps its method,
- * path and headers: what the server sent, for the headers s3rver accepts and ignores (SSE-KMS).
+ * path and headers: what the server sent, for the headers s3rver accepts and ignores (SSE-KMS). `answer` may
+ * answer a request itself instead, as a store that s3rver is not (AWS with a KMS key it cannot use, MinIO
+ * without KMS) answers it.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,10 +20,29 @@ export interface RecordingProxy {
   stop(): Promise<void>;
 }
 
-export async function startRecordingProxy(upstreamPort: number): Promise<RecordingProxy> {
+/** An answer the proxy gives itself: an S3 error document. */
+export interface ProxyAnswer {
+  status: number;
+  body: string;
+}
+
+export async function startRecordingProxy(
+  upstreamPort: number,
+  answer: (request: RecordedRequest) => ProxyAnswer | undefined = () => undefined,
+): Promise<RecordingProxy> {
   const requests: RecordedRequest[] = [];
   const server = http.createServer((request, response) => {
-    requests.push({ method: request.method ?? '', url: request.url ?? '', headers: request.headers });
+    const recorded = { method: request.method ?? '', url: request.url ?? '', headers: request.headers };
+    requests.push(recorded);
+    const own = answer(recorded);
+    if (own !== undefined) {
+      // After the whole body, as S3 answers a PUT: an answer mid-body would cut the upload off instead.
+      request.resume();
+      request.once('end', () =>
+        response.writeHead(own.status, { 'content-type': 'application/xml' }).end(own.body),
+      );
+      return;
+    }
     // The headers go on unchanged, Host included: the request's SigV4 signature covers them.
     const upstream = http.request(
       {
