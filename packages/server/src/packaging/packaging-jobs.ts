@@ -9,7 +9,12 @@ import {
 } from '../background/index.js';
 import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
-import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from '../storage/index.js';
+import {
+  isUniqueViolation,
+  type DatabaseClock,
+  type DatabaseSchema,
+  type PackagingJobsTable,
+} from '../storage/index.js';
 
 /** Who ends a packaging job in the fleet event log: the packaging worker of whichever replica ran it. */
 const PACKAGING_ACTOR: Actor = { kind: 'server', worker: 'packaging' };
@@ -98,6 +103,8 @@ function toRecord(row: PackagingJobsTable, now: number, leaseMs: number): Packag
 /** Packaging jobs as rows: any replica may create one, and exactly one replica claims and runs it. */
 export class PackagingJobStore {
   private readonly now: () => number;
+  /** The clock of every time another replica compares (lease renewals, claims, retry times): the database's. */
+  private readonly leaseNow: DatabaseClock;
   private readonly instanceId: string | undefined;
   private readonly leaseMs: number;
 
@@ -105,14 +112,22 @@ export class PackagingJobStore {
    * `options.instanceId`: this server's persisted identity (server/instance-id.ts); it prefixes the claim tokens
    * this store writes, so that the same server, restarted, knows its interrupted jobs (reclaimOwnInterrupted).
    * `options.leaseMs`: packaging.leaseSeconds, for what a job waiting on an interrupted runner's lease says.
+   * `options.databaseNow`: the database's clock (databaseClock), which leases are written and judged by so that
+   * replica clock skew does not count; absent: `now` (one process, tests).
    */
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly models: ModelStore,
     now?: () => number,
-    options: { instanceId?: string; leaseMs?: number; events?: FleetEventLog } = {},
+    options: {
+      instanceId?: string;
+      leaseMs?: number;
+      events?: FleetEventLog;
+      databaseNow?: DatabaseClock;
+    } = {},
   ) {
     this.now = now ?? Date.now;
+    this.leaseNow = options.databaseNow ?? (() => Promise.resolve(this.now()));
     this.instanceId = options.instanceId;
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
     this.events = options.events;
@@ -145,7 +160,7 @@ export class PackagingJobStore {
       token: row.claim_token ?? '',
       updatedAt: Number(row.updated_at),
     }));
-    const cutoff = this.now() - 2 * leaseRenewalIntervalMs(this.leaseMs);
+    const cutoff = (await this.leaseNow()) - 2 * leaseRenewalIntervalMs(this.leaseMs);
     return {
       stale: seen.filter((job) => job.updatedAt < cutoff),
       recent: seen.filter((job) => job.updatedAt >= cutoff),
@@ -162,13 +177,14 @@ export class PackagingJobStore {
   async releaseUnrenewed(seen: SeenClaim[]): Promise<string[]> {
     const released: string[] = [];
     for (const job of seen) {
+      const now = await this.leaseNow();
       const result = await this.db
         .updateTable('packaging_jobs')
         .set({
           status_message: 'interrupted: the server running it restarted; resuming it',
           // An expired lease is what claimNext resumes; the claim stays until then, so any stray runner of it
           // still finds its token current only until the job is claimed again.
-          updated_at: this.now() - this.leaseMs - 1,
+          updated_at: now - this.leaseMs - 1,
         })
         .where('name', '=', job.name)
         .where('status', '=', 'INPROGRESS')
@@ -264,7 +280,7 @@ export class PackagingJobStore {
     | undefined
   > {
     for (;;) {
-      const now = this.now();
+      const now = await this.leaseNow();
       const next = await this.db
         .selectFrom('packaging_jobs')
         .select(['name', 'status', 'updated_at', 'retry_at', 'disk_full_attempts'])
@@ -298,7 +314,7 @@ export class PackagingJobStore {
               : 'packaging',
           claim_token: token,
           retry_at: null,
-          updated_at: this.now(),
+          updated_at: now,
         })
         .where('name', '=', next.name)
         .where('status', '=', next.status)
@@ -319,7 +335,7 @@ export class PackagingJobStore {
     claim: PackagingClaim,
     wait: { attempt: number; delayMs: number; message: (retryAt: number) => string },
   ): Promise<number | undefined> {
-    const now = this.now();
+    const now = await this.leaseNow();
     const retryAt = now + wait.delayMs;
     const result = await this.db
       .updateTable('packaging_jobs')
@@ -353,7 +369,7 @@ export class PackagingJobStore {
   async touch(claim: PackagingClaim, message: string): Promise<boolean> {
     const result = await this.db
       .updateTable('packaging_jobs')
-      .set({ status_message: message, updated_at: this.now() })
+      .set({ status_message: message, updated_at: await this.leaseNow() })
       .where('name', '=', claim.jobName)
       .where('status', '=', 'INPROGRESS')
       .where('claim_token', '=', claim.token)
