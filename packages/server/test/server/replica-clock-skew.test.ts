@@ -1,21 +1,25 @@
 import { createReadStream } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { writeTestModel } from '@edgefleet/core';
 import pino from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { LocalBlobStore } from '../../src/blobs/index.js';
 import { CompilationJobStore } from '../../src/compilation/index.js';
+import { DeploymentService } from '../../src/deployments/index.js';
 import { ModelStore } from '../../src/models/index.js';
 import { PackagingJobStore } from '../../src/packaging/index.js';
 import { databaseClock, warnOfClockSkew, type ServerDatabase } from '../../src/storage/index.js';
 import { databaseEngines, openFreshDatabase } from '../support/engines.js';
+import { startTestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
 const SKEW_MS = 120_000;
 const LEASE_MS = 30_000;
+const ahead = () => Date.now() + SKEW_MS;
+const behind = () => Date.now() - SKEW_MS;
 
 // F8: two replicas on one database, one whose clock runs 120 s ahead (an NTP off by 2 min). Each store is wired
 // as start-server wires it: its own process clock (`now`), the database's clock for leases.
@@ -39,9 +43,6 @@ describe.each(engines)('replica clock skew on $engine', (fixture) => {
     await database?.close();
     if (dir) await rm(dir, { recursive: true, force: true });
   });
-
-  const ahead = () => Date.now() + SKEW_MS;
-  const behind = () => Date.now() - SKEW_MS;
 
   it.skipIf(!fixture.available)(
     'a replica whose clock is 120 s ahead takes no live packaging job, and one 120 s behind keeps its own',
@@ -127,5 +128,76 @@ describe.each(engines)('replica clock skew on $engine', (fixture) => {
       expect(lines[0]!.fields.event).toBe('clock_skew');
       expect(lines[0]!.message).toMatch(/120\.\d s ahead of the database's; synchronise the clocks/);
     },
+  );
+});
+
+// F8, deployments: the time a device took its deployment, written through one replica, judged by another's sweep.
+describe.each(engines)('device deadlines under replica clock skew on $engine', (fixture) => {
+  it.skipIf(!fixture.available)(
+    'a sweep 120 s ahead times out no device that took its deployment through a replica 120 s behind',
+    async () => {
+      const t = await startTestServer({
+        database: await fixture.createLocation(),
+        config: { packaging: { pollIntervalMs: 50 }, deployments: { sweepIntervalMs: 3_600_000 } },
+      });
+      onTestFinished(async () => {
+        await t.stop();
+        await rm(t.dataDir, { recursive: true, force: true });
+      });
+      await t.call('POST', '/api/v1/fleets', {
+        token: t.adminToken,
+        body: { name: 'f', outputConfig: { s3OutputLocation: 's3://c/f' } },
+      });
+      await t.call('POST', '/api/v1/fleets/f/devices', {
+        token: t.adminToken,
+        body: { devices: [{ name: 'd0' }] },
+      });
+      const onnx = await writeTestModel('tiny', path.join(t.dataDir, 'model'));
+      await fetch(`${t.url}/api/v1/models/tiny/versions/1`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${t.adminToken}`, 'content-type': 'application/octet-stream' },
+        body: await readFile(onnx),
+      });
+      await t.call('POST', '/api/v1/packaging-jobs', {
+        token: t.adminToken,
+        body: { name: 'pack-1', modelName: 'tiny', modelVersion: '1' },
+      });
+      for (let i = 0; i < 600; i++) {
+        const job = await t.call('GET', '/api/v1/packaging-jobs/pack-1', { token: t.readToken });
+        if (job.body.status === 'COMPLETED') break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      const created = await t.call('POST', '/api/v1/deployment-plans', {
+        token: t.adminToken,
+        body: {
+          name: 'p',
+          fleetName: 'f',
+          modelConfigs: [{ modelHandle: 'h', packagingJobName: 'pack-1' }],
+          stages: [{ name: 's1', deviceSelection: { subsetType: 'SELECTION', deviceNames: ['d0'] } }],
+          options: { deviceTimeoutSeconds: 60, maxRetries: 0 },
+        },
+      });
+      expect(created.status).toBe(201);
+      expect(
+        (await t.call('POST', '/api/v1/deployment-plans/p/stages/s1/start', { token: t.adminToken })).status,
+      ).toBe(200);
+
+      const { database, services } = t.server;
+      const replica = (now: () => number) =>
+        new DeploymentService(database.db, {
+          engine: database.engine,
+          packagingJobs: services.packagingJobs,
+          models: services.models,
+          now,
+          databaseNow: databaseClock(database),
+        });
+      const taken = await replica(behind).deploymentsFor({ deviceName: 'd0', fleetName: 'f' });
+      expect(taken.Deployments.map((d) => d.DeploymentName)).toEqual(['p']);
+      expect(await replica(ahead).sweep()).toEqual({ timedOut: 0, unreadablePlans: [] });
+      expect(await replica(Date.now).sweep()).toEqual({ timedOut: 0, unreadablePlans: [] });
+      const plan = await t.call('GET', '/api/v1/deployment-plans/p', { token: t.readToken });
+      expect(plan.body.stages[0].status).toBe('INPROGRESS');
+    },
+    60_000,
   );
 });
