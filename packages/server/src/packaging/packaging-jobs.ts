@@ -308,7 +308,9 @@ export class PackagingJobStore {
         .set({
           status: 'INPROGRESS',
           status_message: waited
-            ? `packaging (attempt ${attempt}, after a full disk)`
+            ? attempt > 1
+              ? `packaging (attempt ${attempt}, after a full disk)`
+              : 'packaging (resumed: the server packaging it stopped)'
             : resumed
               ? 'packaging (resumed after an interruption)'
               : 'packaging',
@@ -327,9 +329,11 @@ export class PackagingJobStore {
   }
 
   /**
-   * Gives up the claim on a job whose attempt `attempt` met a full disk, for `delayMs`: the job stays INPROGRESS
-   * with `message(when its next attempt is due)`, and any replica (one with room) takes it once due (claimNext).
-   * When it is due; undefined, nothing written, once the claim is lost.
+   * Hands the claim back. Gives up the claim on a job whose attempt `attempt` met a full disk, for `delayMs`: the
+   * job stays INPROGRESS with `message(when its next attempt is due)`, and any replica (one with room) takes it
+   * once due (claimNext).
+   * When it is due; undefined, nothing written, once the claim is lost. A stopping server hands its job in hand
+   * back the same way, due at once and with no attempt counted (`attempt` the attempts before it, `delayMs` 0).
    */
   async waitForSpace(
     claim: PackagingClaim,
@@ -351,6 +355,27 @@ export class PackagingJobStore {
       .where('claim_token', '=', claim.token)
       .executeTakeFirst();
     return Number(result.numUpdatedRows) === 1 ? retryAt : undefined;
+  }
+
+  /**
+   * Of `names`, the jobs this server identity (instanceId) holds now: INPROGRESS under one of its claims. A
+   * temporary folder of any other job (finished, deleted, waiting unclaimed, or resumed by another replica, which
+   * builds in its own data dir) has no runner here. Without an identity (tests), every claimed job counts.
+   */
+  async heldHere(names: string[]): Promise<Set<string>> {
+    if (names.length === 0) return new Set();
+    const rows = await this.db
+      .selectFrom('packaging_jobs')
+      .select('name')
+      .where('name', 'in', names)
+      .where('status', '=', 'INPROGRESS')
+      .where(
+        'claim_token',
+        this.instanceId === undefined ? 'is not' : 'like',
+        this.instanceId === undefined ? null : `${this.instanceId}.%`,
+      )
+      .execute();
+    return new Set(rows.map((row) => row.name));
   }
 
   /** True while the claim is the job's current one (nobody resumed the job since, and it is not finished). */
