@@ -192,7 +192,7 @@ describe.each(engines)('device deadlines under replica clock skew on $engine', (
           databaseNow: databaseClock(database),
         });
       const taken = await replica(behind).deploymentsFor({ deviceName: 'd0', fleetName: 'f' });
-      expect(taken.Deployments.map((d) => d.DeploymentName)).toEqual(['p']);
+      expect(taken.Deployments?.map((d) => d.DeploymentName)).toEqual(['p']);
       expect(await replica(ahead).sweep()).toEqual({ timedOut: 0, unreadablePlans: [] });
       expect(await replica(Date.now).sweep()).toEqual({ timedOut: 0, unreadablePlans: [] });
       const plan = await t.call('GET', '/api/v1/deployment-plans/p', { token: t.readToken });
