@@ -44,8 +44,10 @@ export interface PackResult {
 export async function packModelPackage(
   dir: string,
   outFile: string,
-  opts: { onProgress?: (p: ArchiveProgress) => void } = {},
+  /** `signal`: aborts the packing (a stopping server): rejects with its reason, leaving no file behind. */
+  opts: { onProgress?: (p: ArchiveProgress) => void; signal?: AbortSignal } = {},
 ): Promise<PackResult> {
+  opts.signal?.throwIfAborted();
   const files = await listRegularFiles(dir);
   const bytesTotal = files.reduce((sum, f) => sum + f.size, 0);
   const pack = tar.pack();
@@ -68,6 +70,10 @@ export async function packModelPackage(
         );
         const source = createReadStream(join(dir, file.path), { highWaterMark: 1024 * 1024 });
         source.on('data', (chunk) => {
+          if (opts.signal?.aborted) {
+            source.destroy(opts.signal.reason instanceof Error ? opts.signal.reason : new Error('aborted'));
+            return;
+          }
           bytesDone += chunk.length;
           opts.onProgress?.({ file: file.path, bytesDone, bytesTotal });
         });

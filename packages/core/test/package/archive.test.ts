@@ -251,3 +251,31 @@ describe('extractPackageArchive (property)', () => {
     );
   });
 });
+
+describe('packModelPackage abort (a stopping server, F7)', () => {
+  it('stops packing when its signal aborts mid-file, leaving no archive or temporary file', async () => {
+    const dir = join(work, 'pkg');
+    await mkdir(dir);
+    await writeFile(join(dir, 'model.bin'), Buffer.alloc(8 * 1024 * 1024, 7));
+    const stop = new AbortController();
+    const out = join(work, 'out.tar.gz');
+    await expect(
+      packModelPackage(dir, out, {
+        signal: stop.signal,
+        // Aborted as the first chunk of the model is read: the packing stops inside the file.
+        onProgress: () => stop.abort(new Error('stopping')),
+      }),
+    ).rejects.toThrow('stopping');
+    expect((await readdir(work)).sort()).toEqual(['pkg']);
+  });
+
+  it('does not start when its signal already aborted', async () => {
+    const dir = join(work, 'pkg');
+    await mkdir(dir);
+    await writeFile(join(dir, 'a.txt'), 'a');
+    await expect(
+      packModelPackage(dir, join(work, 'out.tar.gz'), { signal: AbortSignal.abort(new Error('stopped')) }),
+    ).rejects.toThrow('stopped');
+    expect(await readdir(work)).toEqual(['pkg']);
+  });
+});

@@ -20,6 +20,7 @@ import {
   containsIgnoringCase,
   isUniqueViolation,
   type CompilationJobsTable,
+  type DatabaseClock,
   type DatabaseSchema,
 } from '../storage/index.js';
 
@@ -107,6 +108,11 @@ export interface CompilationJobsOptions {
    */
   instanceId?: string;
   now?: () => number;
+  /**
+   * The database's clock (databaseClock): leases are written and judged by it, so that a replica whose clock is
+   * off never fails another's live import; absent: `now` (one process, tests).
+   */
+  databaseNow?: DatabaseClock;
 }
 
 /**
@@ -192,6 +198,7 @@ async function onnxFromTarGz(archive: Readable): Promise<Readable> {
  */
 export class CompilationJobStore {
   private readonly now: () => number;
+  private readonly leaseNow: DatabaseClock;
   private readonly leaseMs: number;
   private readonly running = new Map<string, { done: Promise<void>; abort: AbortController }>();
 
@@ -200,6 +207,7 @@ export class CompilationJobStore {
     private readonly options: CompilationJobsOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.leaseNow = options.databaseNow ?? (() => Promise.resolve(this.now()));
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
   }
 
@@ -236,7 +244,8 @@ export class CompilationJobStore {
       model_size_bytes: null,
       tags: JSON.stringify(input.tags),
       created_at: at,
-      updated_at: at,
+      // The lease's start: another replica judges it by the database's clock.
+      updated_at: await this.leaseNow(),
     };
     try {
       await this.db.insertInto('compilation_jobs').values(row).execute();
@@ -365,7 +374,7 @@ export class CompilationJobStore {
       .selectFrom('compilation_jobs')
       .select(['name', 'updated_at', 'model_name', 'model_version', 'created_at'])
       .where('status', '=', 'INPROGRESS')
-      .where('updated_at', '<', leaseExpiredBefore(this.now(), this.leaseMs))
+      .where('updated_at', '<', leaseExpiredBefore(await this.leaseNow(), this.leaseMs))
       .execute();
     const failed: string[] = [];
     for (const job of expired) {
@@ -500,7 +509,7 @@ export class CompilationJobStore {
   private async renew(name: string, token: string): Promise<boolean> {
     const result = await this.db
       .updateTable('compilation_jobs')
-      .set({ updated_at: this.now() })
+      .set({ updated_at: await this.leaseNow() })
       .where('name', '=', name)
       .where('status', '=', 'INPROGRESS')
       .where('claim_token', '=', token)

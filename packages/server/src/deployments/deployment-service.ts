@@ -10,10 +10,12 @@ import type { ModelStore, ModelVersionRecord } from '../models/index.js';
 import type { DevicePackageAccess, PackagingJobStore } from '../packaging/index.js';
 import {
   containsLoosely,
+  databaseNowMs,
   isForeignKeyViolation,
   isUniqueViolation,
   laterOf,
   lockingRows,
+  type DatabaseClock,
   type DatabaseEngine,
   type DatabaseSchema,
 } from '../storage/index.js';
@@ -119,6 +121,12 @@ export interface DeploymentServiceOptions {
   events?: FleetEventLog;
   now?: () => number;
   /**
+   * The database's clock (databaseClock): when a device took its deployment is written and judged (the device
+   * timeout) by it, so that a replica whose clock is off never times out a device another replica handed its
+   * deployment to; absent: `now` (one process, tests).
+   */
+  databaseNow?: DatabaseClock;
+  /**
    * heartbeat.maxClockSkewSeconds in ms (default 1 h): a device's failure that ended longer than this before the
    * attempt it would end was handed out is stale, and left out.
    */
@@ -138,6 +146,7 @@ const IGNORED_RESULT_DEVICES = 1000;
  */
 export class DeploymentService implements DevicePackageAccess {
   private readonly now: () => number;
+  private readonly databaseNow: DatabaseClock;
 
   /** Device → its last left-out result logged: heartbeats repeat a result every interval, and a repeat is no news. */
   private readonly loggedIgnored = new Map<string, string>();
@@ -151,6 +160,7 @@ export class DeploymentService implements DevicePackageAccess {
     private readonly options: DeploymentServiceOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.databaseNow = options.databaseNow ?? (() => Promise.resolve(this.now()));
     this.ignoredLines = new LineLimiter({ now: this.now, maxKeys: IGNORED_RESULT_DEVICES });
   }
 
@@ -784,7 +794,16 @@ export class DeploymentService implements DevicePackageAccess {
   /** GetDeployments: the device's desired state (see desired-state.ts). */
   async deploymentsFor(device: { deviceName: string; fleetName: string }): Promise<GetDeploymentsResult> {
     const at = this.now();
-    return this.db.transaction().execute((trx) => desiredDeployments(trx, device, at));
+    return this.db
+      .transaction()
+      .execute((trx) =>
+        desiredDeployments(
+          trx,
+          device,
+          at,
+          this.options.databaseNow === undefined ? at : databaseNowMs(this.options.engine),
+        ),
+      );
   }
 
   /** The fleet of each of these plans that exists (for the heartbeats' results, in their transaction). */
@@ -858,12 +877,14 @@ export class DeploymentService implements DevicePackageAccess {
       .select(['plan_name', 'name', 'status'])
       .where('status', 'in', ['INPROGRESS', 'STOPPING'])
       .execute();
+    // started_at is the database's time the device took the deployment, through whichever replica.
+    const databaseAt = await this.databaseNow();
     let timedOut = 0;
     for (const stage of active) {
       const recorded: RecordedEvent[] = [];
       await this.db.transaction().execute(async (trx) => {
         const options = await planOptions(trx, stage.plan_name);
-        const cutoff = at - options.deviceTimeoutSeconds * 1000;
+        const cutoff = databaseAt - options.deviceTimeoutSeconds * 1000;
         const late = await trx
           .selectFrom('deployment_targets')
           .select(['device_name', 'attempts', 'started_at', 'status_message'])

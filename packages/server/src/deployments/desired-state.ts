@@ -13,7 +13,7 @@
  * stays pending, with its last-seen time, and is never shown as in progress.
  */
 import { packageUrlOf, type EdgeDeployment, type GetDeploymentsResult } from '@edgefleet/core';
-import { sql, type Kysely, type Transaction } from 'kysely';
+import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
 import { laterOf, pastPosition, type DatabaseSchema } from '../storage/index.js';
 import {
@@ -316,6 +316,11 @@ export async function desiredDeployments(
   trx: Transaction<DatabaseSchema>,
   device: { deviceName: string; fleetName: string },
   now: number,
+  /**
+   * When the device takes a deployment, judged by every replica's sweep (device timeout): the database's clock
+   * (databaseNowMs, read in the update itself), or `now` where that is the clock (one process, tests).
+   */
+  takenAt: number | RawBuilder<number>,
 ): Promise<GetDeploymentsResult> {
   const { applicable, winner } = await winningPlans(trx, device);
 
@@ -369,7 +374,7 @@ export async function desiredDeployments(
       .set((eb) => ({
         status: 'INPROGRESS',
         attempts: eb('attempts', '+', 1),
-        started_at: now,
+        started_at: takenAt,
         status_message: null,
         updated_at: laterOf('updated_at', now),
       }))

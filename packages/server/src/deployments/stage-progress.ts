@@ -152,7 +152,10 @@ function notReady(planName: string, stageName: string, status: string): Error {
 /**
  * Starts a READYTODEPLOY stage: marks it INPROGRESS and writes its snapshot, the devices it targets, chosen
  * from the fleet's devices now (devices registered later are not added; see device-selection.ts). Earlier
- * stages must have been started first, so percentages are taken in order.
+ * stages must have been started first, so percentages are taken in order. True once started; false only for an
+ * auto-advance (`options.autoAdvance`) that found the stage started meanwhile by another transaction (a report
+ * to another replica, the sweep): that is what the auto-advance wanted, and the caller's transaction (a device's
+ * result, a heartbeat's batch) must not fail for it. An operator's start in that case is refused (409).
  */
 export async function startStage(
   trx: Transaction<DatabaseSchema>,
@@ -162,7 +165,7 @@ export async function startStage(
   reason: string,
   recorded: RecordedEvent[],
   options: { autoAdvance?: boolean } = {},
-): Promise<void> {
+): Promise<boolean> {
   const stages = await trx
     .selectFrom('deployment_stages')
     .selectAll()
@@ -217,6 +220,8 @@ export async function startStage(
     .where('status', '=', 'READYTODEPLOY')
     .executeTakeFirst();
   if (Number(started.numUpdatedRows) === 0) {
+    // The update waited for the transaction that started it (PostgreSQL's row lock), and now matches nothing.
+    if (options.autoAdvance === true) return false;
     // Another request changed it between the read above and this update: started, stopped or deleted it.
     throw conflict(
       `stage ${stageName} of plan ${planName} was changed by another request meanwhile (started, stopped or deleted); look at the plan again`,
@@ -266,6 +271,7 @@ export async function startStage(
     now,
     recorded,
   );
+  return true;
 }
 
 /**
@@ -469,7 +475,7 @@ export async function settleStage(
           recorded,
         );
       } else {
-        await startStage(
+        const started = await startStage(
           trx,
           planName,
           next.name,
@@ -478,7 +484,8 @@ export async function settleStage(
           recorded,
           { autoAdvance: true },
         );
-        await settleStage(trx, planName, next.name, now, recorded);
+        // Not started: another transaction started it (and settles it); this one goes on.
+        if (started) await settleStage(trx, planName, next.name, now, recorded);
       }
     }
   }

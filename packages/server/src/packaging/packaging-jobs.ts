@@ -9,7 +9,12 @@ import {
 } from '../background/index.js';
 import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
-import { isUniqueViolation, type DatabaseSchema, type PackagingJobsTable } from '../storage/index.js';
+import {
+  isUniqueViolation,
+  type DatabaseClock,
+  type DatabaseSchema,
+  type PackagingJobsTable,
+} from '../storage/index.js';
 
 /** Who ends a packaging job in the fleet event log: the packaging worker of whichever replica ran it. */
 const PACKAGING_ACTOR: Actor = { kind: 'server', worker: 'packaging' };
@@ -98,6 +103,8 @@ function toRecord(row: PackagingJobsTable, now: number, leaseMs: number): Packag
 /** Packaging jobs as rows: any replica may create one, and exactly one replica claims and runs it. */
 export class PackagingJobStore {
   private readonly now: () => number;
+  /** The clock of every time another replica compares (lease renewals, claims, retry times): the database's. */
+  private readonly leaseNow: DatabaseClock;
   private readonly instanceId: string | undefined;
   private readonly leaseMs: number;
 
@@ -105,14 +112,22 @@ export class PackagingJobStore {
    * `options.instanceId`: this server's persisted identity (server/instance-id.ts); it prefixes the claim tokens
    * this store writes, so that the same server, restarted, knows its interrupted jobs (reclaimOwnInterrupted).
    * `options.leaseMs`: packaging.leaseSeconds, for what a job waiting on an interrupted runner's lease says.
+   * `options.databaseNow`: the database's clock (databaseClock), which leases are written and judged by so that
+   * replica clock skew does not count; absent: `now` (one process, tests).
    */
   constructor(
     private readonly db: Kysely<DatabaseSchema>,
     private readonly models: ModelStore,
     now?: () => number,
-    options: { instanceId?: string; leaseMs?: number; events?: FleetEventLog } = {},
+    options: {
+      instanceId?: string;
+      leaseMs?: number;
+      events?: FleetEventLog;
+      databaseNow?: DatabaseClock;
+    } = {},
   ) {
     this.now = now ?? Date.now;
+    this.leaseNow = options.databaseNow ?? (() => Promise.resolve(this.now()));
     this.instanceId = options.instanceId;
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
     this.events = options.events;
@@ -145,7 +160,7 @@ export class PackagingJobStore {
       token: row.claim_token ?? '',
       updatedAt: Number(row.updated_at),
     }));
-    const cutoff = this.now() - 2 * leaseRenewalIntervalMs(this.leaseMs);
+    const cutoff = (await this.leaseNow()) - 2 * leaseRenewalIntervalMs(this.leaseMs);
     return {
       stale: seen.filter((job) => job.updatedAt < cutoff),
       recent: seen.filter((job) => job.updatedAt >= cutoff),
@@ -162,13 +177,14 @@ export class PackagingJobStore {
   async releaseUnrenewed(seen: SeenClaim[]): Promise<string[]> {
     const released: string[] = [];
     for (const job of seen) {
+      const now = await this.leaseNow();
       const result = await this.db
         .updateTable('packaging_jobs')
         .set({
           status_message: 'interrupted: the server running it restarted; resuming it',
           // An expired lease is what claimNext resumes; the claim stays until then, so any stray runner of it
           // still finds its token current only until the job is claimed again.
-          updated_at: this.now() - this.leaseMs - 1,
+          updated_at: now - this.leaseMs - 1,
         })
         .where('name', '=', job.name)
         .where('status', '=', 'INPROGRESS')
@@ -264,7 +280,7 @@ export class PackagingJobStore {
     | undefined
   > {
     for (;;) {
-      const now = this.now();
+      const now = await this.leaseNow();
       const next = await this.db
         .selectFrom('packaging_jobs')
         .select(['name', 'status', 'updated_at', 'retry_at', 'disk_full_attempts'])
@@ -292,13 +308,15 @@ export class PackagingJobStore {
         .set({
           status: 'INPROGRESS',
           status_message: waited
-            ? `packaging (attempt ${attempt}, after a full disk)`
+            ? attempt > 1
+              ? `packaging (attempt ${attempt}, after a full disk)`
+              : 'packaging (resumed: the server packaging it stopped)'
             : resumed
               ? 'packaging (resumed after an interruption)'
               : 'packaging',
           claim_token: token,
           retry_at: null,
-          updated_at: this.now(),
+          updated_at: now,
         })
         .where('name', '=', next.name)
         .where('status', '=', next.status)
@@ -311,15 +329,17 @@ export class PackagingJobStore {
   }
 
   /**
-   * Gives up the claim on a job whose attempt `attempt` met a full disk, for `delayMs`: the job stays INPROGRESS
-   * with `message(when its next attempt is due)`, and any replica (one with room) takes it once due (claimNext).
-   * When it is due; undefined, nothing written, once the claim is lost.
+   * Hands the claim back. Gives up the claim on a job whose attempt `attempt` met a full disk, for `delayMs`: the
+   * job stays INPROGRESS with `message(when its next attempt is due)`, and any replica (one with room) takes it
+   * once due (claimNext).
+   * When it is due; undefined, nothing written, once the claim is lost. A stopping server hands its job in hand
+   * back the same way, due at once and with no attempt counted (`attempt` the attempts before it, `delayMs` 0).
    */
   async waitForSpace(
     claim: PackagingClaim,
     wait: { attempt: number; delayMs: number; message: (retryAt: number) => string },
   ): Promise<number | undefined> {
-    const now = this.now();
+    const now = await this.leaseNow();
     const retryAt = now + wait.delayMs;
     const result = await this.db
       .updateTable('packaging_jobs')
@@ -335,6 +355,27 @@ export class PackagingJobStore {
       .where('claim_token', '=', claim.token)
       .executeTakeFirst();
     return Number(result.numUpdatedRows) === 1 ? retryAt : undefined;
+  }
+
+  /**
+   * Of `names`, the jobs this server identity (instanceId) holds now: INPROGRESS under one of its claims. A
+   * temporary folder of any other job (finished, deleted, waiting unclaimed, or resumed by another replica, which
+   * builds in its own data dir) has no runner here. Without an identity (tests), every claimed job counts.
+   */
+  async heldHere(names: string[]): Promise<Set<string>> {
+    if (names.length === 0) return new Set();
+    const rows = await this.db
+      .selectFrom('packaging_jobs')
+      .select('name')
+      .where('name', 'in', names)
+      .where('status', '=', 'INPROGRESS')
+      .where(
+        'claim_token',
+        this.instanceId === undefined ? 'is not' : 'like',
+        this.instanceId === undefined ? null : `${this.instanceId}.%`,
+      )
+      .execute();
+    return new Set(rows.map((row) => row.name));
   }
 
   /** True while the claim is the job's current one (nobody resumed the job since, and it is not finished). */
@@ -353,7 +394,7 @@ export class PackagingJobStore {
   async touch(claim: PackagingClaim, message: string): Promise<boolean> {
     const result = await this.db
       .updateTable('packaging_jobs')
-      .set({ status_message: message, updated_at: this.now() })
+      .set({ status_message: message, updated_at: await this.leaseNow() })
       .where('name', '=', claim.jobName)
       .where('status', '=', 'INPROGRESS')
       .where('claim_token', '=', claim.token)

@@ -42,9 +42,15 @@ export interface PackagingWorkerOptions {
    * Runs once a job's package is built and stored, before the job is marked COMPLETED (a failure fails the
    * job): the SageMaker facade copies packages of its jobs to their S3 output location here. It writes to one
    * place per job whichever runner calls it, so a runner that finds it lost its claim after calling it calls
-   * it again with the job's recorded package once the job completed (see `run`).
+   * it again with the job's recorded package once the job completed (see `run`). `signal` aborts when the
+   * worker stops: the job is then handed back, and whoever resumes it publishes again.
    */
-  afterPackaged?: (job: PackagingJobRecord, archiveFile: string, sizeBytes: number) => Promise<void>;
+  afterPackaged?: (
+    job: PackagingJobRecord,
+    archiveFile: string,
+    sizeBytes: number,
+    signal: AbortSignal,
+  ) => Promise<void>;
   /** An INPROGRESS job untouched this long lost its runner (a crash) and is claimed again. */
   leaseMs?: number;
   /** The clock (ms) of the log of repeated poll failures; injected by tests. */
@@ -54,6 +60,19 @@ export interface PackagingWorkerOptions {
    * their count bounds the attempts (default DISK_FULL_RETRY_DELAYS_MS; [] fails the job at once).
    */
   diskFullRetryDelaysMs?: readonly number[];
+  /**
+   * How often the temporary folders of jobs this server no longer runs are removed (removeLeftFolders), besides
+   * at start (default TEMP_FOLDER_SWEEP_INTERVAL_MS).
+   */
+  folderSweepIntervalMs?: number;
+}
+
+/** Every 10 minutes: a readdir of the work dir and, when it holds job folders, one query. */
+export const TEMP_FOLDER_SWEEP_INTERVAL_MS = 600_000;
+
+/** `job-<name>-XXXXXX` (mkdtemp's six characters): the job's name, or undefined for another entry. */
+function jobOfFolder(entry: string): string | undefined {
+  return /^job-.+-[A-Za-z0-9]{6}$/.test(entry) ? entry.slice('job-'.length, -7) : undefined;
 }
 
 /**
@@ -80,9 +99,14 @@ export function artifactKeyOf(
 /** A runner found its claim taken by a replica that resumed the job: it stops, writing nothing more. */
 class ClaimLostError extends Error {}
 
+/** The server is stopping: the build stops at its next step and the job is handed back (see `run`). */
+class WorkerStoppedError extends Error {}
+
 /** How a build checks its claim: between local steps (no round trip) and before each write others see. */
 interface ClaimCheck {
-  /** Throws once a lease renewal found the claim gone. */
+  /** Aborted when the worker stops: passed to the steps that take long (copies, packing, the store's put). */
+  signal: AbortSignal;
+  /** Throws once a lease renewal found the claim gone, or the worker is stopping. */
   stopIfLost(step: string): void;
   /** Throws unless the database still says the claim is the job's. */
   assertHeld(step: string): Promise<void>;
@@ -95,6 +119,10 @@ interface ClaimCheck {
  */
 export class PackagingWorker {
   private timer: NodeJS.Timeout | undefined;
+  private folderTimer: NodeJS.Timeout | undefined;
+  /** The job this worker is building (its folder is never swept). */
+  private inHand: string | undefined;
+  private sweepingFolders: Promise<void> | undefined;
   private running: Promise<void> | undefined;
   private stopped = false;
   private again = false;
@@ -117,6 +145,12 @@ export class PackagingWorker {
   start(): void {
     this.timer = setInterval(() => this.kick(), this.options.pollIntervalMs);
     this.timer.unref();
+    this.folderTimer = setInterval(
+      () => this.sweepFolders(),
+      this.options.folderSweepIntervalMs ?? TEMP_FOLDER_SWEEP_INTERVAL_MS,
+    );
+    this.folderTimer.unref();
+    this.sweepFolders();
     this.kick();
   }
 
@@ -136,13 +170,18 @@ export class PackagingWorker {
     });
   }
 
-  /** Waits for the job in hand (if any) and stops looking for more. */
+  /**
+   * Stops looking for jobs and stops the job in hand at its next step (a copy or the packing, aborted where it
+   * is): its claim is handed back, so any replica resumes it at once, and its temporary folder removed.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    if (this.folderTimer) clearInterval(this.folderTimer);
     this.stopping.abort();
     await this.running;
     await this.releasingOwn;
+    await this.sweepingFolders;
   }
 
   /** Runs jobs until none is waiting; resolves when idle (tests await it). */
@@ -156,10 +195,11 @@ export class PackagingWorker {
         await this.releaseAndResume(stale);
         if (recent.length > 0) this.releasingOwn = this.releaseOwnLater(recent, leaseMs);
       }
+      // A job claimed as the worker stops is run too: its first step finds the stop and hands it back.
       for (
         let claimed = await this.options.jobs.claimNext(leaseMs);
-        claimed && !this.stopped;
-        claimed = await this.options.jobs.claimNext(leaseMs)
+        claimed;
+        claimed = this.stopped ? undefined : await this.options.jobs.claimNext(leaseMs)
       ) {
         if (claimed.resumed) {
           this.options.logger.info(
@@ -173,6 +213,54 @@ export class PackagingWorker {
     } catch (error) {
       this.pollFailures.failed(error);
     }
+  }
+
+  /** Runs removeLeftFolders unless a sweep is under way; its failure is logged (the next sweep tries again). */
+  private sweepFolders(): void {
+    if (this.sweepingFolders || this.stopped) return;
+    this.sweepingFolders = this.removeLeftFolders()
+      .then(() => undefined)
+      .catch((error: unknown) =>
+        this.options.logger.warn(
+          { err: error },
+          'packaging worker: could not remove the temporary folders of jobs this server no longer runs; will retry',
+        ),
+      )
+      .finally(() => (this.sweepingFolders = undefined));
+  }
+
+  /**
+   * Removes the temporary folders (`job-<name>-…`, about 2.3 times the model each) of jobs this server no longer
+   * runs: a runner killed here whose job another replica resumed, or that finished or was deleted since, leaves
+   * one that nothing else would remove until it is an hour old at a start. A folder of a job this server holds
+   * (its build in hand, or its own interrupted job not yet released) stays. Returns the folders removed.
+   */
+  async removeLeftFolders(): Promise<string[]> {
+    let entries: string[];
+    try {
+      entries = await readdir(this.options.workDir);
+    } catch {
+      return []; // no work dir: nothing was left
+    }
+    const folders = entries.flatMap((entry) => {
+      const job = jobOfFolder(entry);
+      return job === undefined || job === this.inHand ? [] : [{ entry, job }];
+    });
+    if (folders.length === 0) return [];
+    const held = await this.options.jobs.heldHere([...new Set(folders.map((folder) => folder.job))]);
+    const removed: string[] = [];
+    for (const { entry, job } of folders) {
+      // Claimed by this worker since the listing: its folder is new, or this one is its own to remove.
+      if (held.has(job) || job === this.inHand) continue;
+      await rm(path.join(this.options.workDir, entry), { recursive: true, force: true });
+      removed.push(entry);
+    }
+    if (removed.length > 0)
+      this.options.logger.info(
+        { workDir: this.options.workDir, removed },
+        'removed the temporary folders of packaging jobs this server no longer runs',
+      );
+    return removed;
   }
 
   /**
@@ -253,6 +341,15 @@ export class PackagingWorker {
    * test can play two replicas holding one job.
    */
   async run(job: PackagingJobRecord, claim: PackagingClaim, attempt = 1): Promise<void> {
+    this.inHand = job.name;
+    try {
+      await this.runInHand(job, claim, attempt);
+    } finally {
+      this.inHand = undefined;
+    }
+  }
+
+  private async runInHand(job: PackagingJobRecord, claim: PackagingClaim, attempt: number): Promise<void> {
     const { jobs } = this.options;
     const log = this.options.logger.child({ packagingJob: job.name });
     const delays = this.options.diskFullRetryDelaysMs ?? DISK_FULL_RETRY_DELAYS_MS;
@@ -261,7 +358,9 @@ export class PackagingWorker {
       attempt > 1 ? `packaging (attempt ${attempt} of ${delays.length + 1}, after a full disk)` : 'packaging';
     const lease = renewLease(() => jobs.touch(claim, status), this.options.leaseMs ?? DEFAULT_LEASE_MS);
     const check: ClaimCheck = {
+      signal: this.stopping.signal,
       stopIfLost: (step) => {
+        if (this.stopping.signal.aborted) throw new WorkerStoppedError(`the server stopped before ${step}`);
         if (lease.lost) throw new ClaimLostError(`lost the claim on the job before ${step}`);
       },
       assertHeld: async (step) => {
@@ -272,6 +371,10 @@ export class PackagingWorker {
     try {
       const error = await this.attempt(job, claim, check);
       if (error === undefined) return;
+      if (this.stopping.signal.aborted && !(error instanceof ClaimLostError)) {
+        await this.handBack(job, claim, attempt, lease, log);
+        return;
+      }
       const delay = delays[attempt - 1];
       if (
         delay !== undefined &&
@@ -326,6 +429,36 @@ export class PackagingWorker {
     } finally {
       if (dir !== undefined) await rm(dir, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Gives the claim of a job stopped by the server's stop back (its temporary folder is already removed): due at
+   * once, so any replica, or this server restarted, resumes it without waiting out the lease. Through the same
+   * hand-back as a wait for disk space (waitForSpace), with no wait and no attempt counted.
+   */
+  private async handBack(
+    job: PackagingJobRecord,
+    claim: PackagingClaim,
+    attempt: number,
+    lease: { stop(): void },
+    log: Logger,
+  ): Promise<void> {
+    lease.stop();
+    const handedBack = await this.options.jobs
+      .waitForSpace(claim, {
+        attempt: attempt - 1,
+        delayMs: 0,
+        message: () => 'handed back: the server packaging it stopped; any server resumes it',
+      })
+      .catch((error: unknown) => {
+        log.warn(
+          { err: error },
+          'could not hand the packaging job back; it is resumed once its lease expires',
+        );
+        return undefined;
+      });
+    if (handedBack !== undefined)
+      log.info(`packaging job ${job.name} stopped with the server and handed back; any server resumes it`);
   }
 
   /** Records the job FAILED with `error` (or, the claim lost, leaves it to the replica that resumed it). */
@@ -402,7 +535,12 @@ export class PackagingWorker {
       if (settled.status !== 'COMPLETED' || settled.artifactKey === null) return;
       const recorded = path.join(dir, 'recorded.tar.gz');
       await pipeline(await blobs.get(settled.artifactKey), createWriteStream(recorded, { mode: 0o600 }));
-      await this.options.afterPackaged?.(settled, recorded, (await stat(recorded)).size);
+      await this.options.afterPackaged?.(
+        settled,
+        recorded,
+        (await stat(recorded)).size,
+        this.stopping.signal,
+      );
     } catch (error) {
       logger.warn(
         { err: error, packagingJob: job.name },
@@ -418,9 +556,16 @@ export class PackagingWorker {
     check: ClaimCheck,
     onStored: (key: string) => void,
   ) {
+    check.stopIfLost('copying its model');
     const version = await this.options.models.getVersion(job.modelName, job.modelVersion);
     const source = path.join(dir, version.sourceKind === 'onnx' ? 'model.onnx' : 'upload.tar.gz');
-    await pipeline(await this.options.models.openSource(version), createWriteStream(source, { mode: 0o600 }));
+    await pipeline(
+      await this.options.models.openSource(version),
+      createWriteStream(source, { mode: 0o600 }),
+      {
+        signal: check.signal,
+      },
+    );
     check.stopIfLost('building its package');
 
     const packageDir = path.join(dir, `${job.modelName}-${job.modelVersion.replace(/ /g, '_')}`);
@@ -439,8 +584,10 @@ export class PackagingWorker {
     }
     check.stopIfLost('signing its package');
     await signPackage(packageDir, this.options.signing.signer, { modelName: job.modelName });
+    check.stopIfLost('packing its package');
     const archive = path.join(dir, 'package.tar.gz');
-    await packModelPackage(packageDir, archive);
+    await packModelPackage(packageDir, archive, { signal: check.signal });
+    check.stopIfLost('hashing its package');
     const { size } = await stat(archive);
     const sha256 = createHash('sha256');
     for await (const chunk of createReadStream(archive)) sha256.update(chunk as Buffer);
@@ -451,10 +598,11 @@ export class PackagingWorker {
     await this.options.blobs.put(artifactKey, createReadStream(archive), {
       contentLength: size,
       contentType: 'application/gzip',
+      signal: check.signal,
     });
     if (this.options.afterPackaged) {
       await check.assertHeld('publishing its package');
-      await this.options.afterPackaged(job, archive, size);
+      await this.options.afterPackaged(job, archive, size, check.signal);
       // Held after the put landed: whoever takes the job later puts after it, so the last put is the job's.
       // Not held: the runner that took the job may have put before this runner did, so once that job is
       // COMPLETED this runner puts its recorded package back (only runners that lost can put after that).

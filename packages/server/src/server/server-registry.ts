@@ -1,10 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
-import { sql, type RawBuilder } from 'kysely';
+import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import { startPeriodicTask } from '../background/index.js';
-import type { DatabaseEngine, ServerDatabase } from '../storage/index.js';
+import { databaseNowMs, type ServerDatabase } from '../storage/index.js';
+
+/** Re-exported: server_instances was its first user. */
+export { databaseNowMs } from '../storage/index.js';
 
 /** How often a running server refreshes its row. */
 export const SERVER_SEEN_REFRESH_MS = 15_000;
@@ -18,13 +21,6 @@ export interface RunningServer {
   schemaVersion: string;
   /** How long ago, on the database's clock, the server last refreshed its row. */
   lastSeenMsAgo: number;
-}
-
-/** The database's clock in epoch ms: every replica writes and compares by it, so a replica's clock skew does not count. */
-export function databaseNowMs(engine: DatabaseEngine): RawBuilder<number> {
-  return engine === 'postgres'
-    ? sql<number>`(extract(epoch from clock_timestamp()) * 1000)::bigint`
-    : sql<number>`cast((julianday('now') - 2440587.5) * 86400000 as integer)`;
 }
 
 /**

@@ -124,6 +124,8 @@ import {
   damagedDatabaseError,
   isDamagedDatabaseError,
   openDatabase,
+  databaseClock,
+  warnOfClockSkew,
   pingDatabase,
   refuseNewerDatabase,
   type ServerDatabase,
@@ -801,7 +803,11 @@ export async function startServer(
       id: randomUUID(),
       isRunning: (holder) => captureHolderMayWrite(database, holder),
     };
+    // Leases and device deadlines other replicas judge: by the database's clock, so replica clock skew does not count.
+    const databaseNow = databaseClock(database);
+    await warnOfClockSkew(databaseNow, logger);
     const packagingJobs = new PackagingJobStore(database.db, models, Date.now, {
+      databaseNow,
       instanceId,
       leaseMs: config.packaging.leaseSeconds * 1000,
       events: fleetEvents,
@@ -821,6 +827,7 @@ export async function startServer(
       events: fleetEvents,
       leaseMs: config.compilation.leaseSeconds * 1000,
       instanceId,
+      databaseNow,
     });
     // This server's own imports, interrupted when it stopped, at once; then only imports whose server stopped
     // renewing them: other replicas' imports in flight are left alone.
@@ -839,6 +846,7 @@ export async function startServer(
       packagingJobs,
       models,
       events: fleetEvents,
+      databaseNow,
       maxClockSkewMs: config.heartbeat.maxClockSkewSeconds * 1000,
     });
     // Checks a fleet's output bucket when a fleet takes it, through the connection captures are written with (a

@@ -33,6 +33,13 @@ export {
 export { isUniqueViolation, isForeignKeyViolation } from './errors.js';
 export { containsIgnoringCase, containsLoosely } from './filters.js';
 export { laterOf } from './later-of.js';
+export {
+  CLOCK_SKEW_WARN_MS,
+  databaseClock,
+  databaseNowMs,
+  warnOfClockSkew,
+  type DatabaseClock,
+} from './database-clock.js';
 export { pastPosition, type KeysetPosition } from './keyset.js';
 export { lockingRows } from './row-lock.js';
 export { claimServerSetting } from './server-settings.js';

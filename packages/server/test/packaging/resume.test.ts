@@ -182,7 +182,14 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         expect(await claimer.claimed).toBe('claimed job-own');
         await claimer.kill();
         // What the killed runner left in the work dir (a copy of the model, the half-built package: F8), and a
-        // folder of another job whose name only starts alike, which must stay.
+        // folder of another job whose name only starts alike, which must stay: a job this server holds (claimed
+        // under its identity, lease fresh), whose folder the sweep of jobs no longer run here keeps too.
+        const alike = new PackagingJobStore(t.server.database.db, services.models, undefined, {
+          instanceId,
+          leaseMs: LEASE_MS,
+        });
+        await alike.create({ name: 'job-own-x', modelName: 'tiny', modelVersion: '1' });
+        expect((await alike.claimNext(LEASE_MS))?.job.name).toBe('job-own-x');
         const left = path.join(dataDir, 'tmp', 'job-job-own-Ab12Cd');
         const otherJob = path.join(dataDir, 'tmp', 'job-job-own-x-Ab12Cd');
         for (const folder of [left, otherJob]) {

@@ -57,11 +57,17 @@ async function sourceOf(db: Kysely<DatabaseSchema>, jobName: string) {
  * job's S3 output location (native jobs keep theirs in the blob store only).
  */
 export function exportFacadePackages(db: Kysely<DatabaseSchema>, s3: S3Objects) {
-  return async (job: PackagingJobRecord, archiveFile: string, sizeBytes: number): Promise<void> => {
+  return async (
+    job: PackagingJobRecord,
+    archiveFile: string,
+    sizeBytes: number,
+    signal?: AbortSignal,
+  ): Promise<void> => {
     if (job.outputS3Location === null || (await sourceOf(db, job.name)) === undefined) return;
     await s3.put(packageObjectUri(job), createReadStream(archiveFile), {
       contentLength: sizeBytes,
       contentType: 'application/gzip',
+      ...(signal && { signal }),
     });
   };
 }
