@@ -4,6 +4,7 @@ import { createRootCa, issueCodeSigningCertificate, type Signer } from '@edgefle
 import type { Kysely } from 'kysely';
 import { createOnce, fileExists, readSecretFile } from '../identity/key-files.js';
 import { claimServerSetting, type DatabaseSchema } from '../storage/index.js';
+import { KeyMaterialError } from '../config/key-material.js';
 
 export interface SigningKeyFiles {
   rootCertFile: string;
@@ -106,9 +107,13 @@ export async function bindSigningRoot(
 ): Promise<void> {
   const bound = await claimServerSetting(db, SETTING, rootFingerprintSha256);
   if (bound !== rootFingerprintSha256) {
-    throw new Error(
+    // A configuration error (exit 2): restarting cannot fix it.
+    throw new KeyMaterialError(
       `this database belongs to a server whose package-signing root is SHA-256 ${bound}, not ` +
-        `${rootFingerprintSha256}; give every replica the same signing files`,
+        `${rootFingerprintSha256}; every server replica must sign with the same files: copy the first ` +
+        "server's (signing/root.crt, signing/signing.crt and signing/signing.key in its data dir, or its signing " +
+        'files) to this host, key 0600, and set signing.rootCertFile, signing.certFile and signing.keyFile to them ' +
+        '(packages/server/README.md, "Adding a replica"); after a restore, restore the files backed up with the database',
     );
   }
 }

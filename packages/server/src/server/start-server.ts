@@ -112,7 +112,6 @@ import {
   tagOperations,
 } from '../sagemaker/index.js';
 import {
-  claimServerSetting,
   DatabaseInUseError,
   DatabaseOpenError,
   hasNoSchema,
@@ -557,22 +556,9 @@ export async function openPackageSigning(
     generate: !config.provided.signing,
     ...(logger ? { warn: (message: string) => logger.warn(message) } : {}),
   });
-  // bindSigningRoot's own check, made first so that a mismatch is a KeyMaterialError (exit 2, not restarted).
-  const bound = await claimServerSetting(database.db, SIGNING_ROOT_SETTING, signing.rootFingerprintSha256);
-  if (bound !== signing.rootFingerprintSha256)
-    throw new KeyMaterialError(
-      `this database belongs to a server whose package-signing root is SHA-256 ${bound}, not ` +
-        `${signing.rootFingerprintSha256}; every server replica must sign with the same files: copy the first ` +
-        "server's (signing/root.crt, signing/signing.crt and signing/signing.key in its data dir, or its signing " +
-        'files) to this host, key 0600, and set signing.rootCertFile, signing.certFile and signing.keyFile to them ' +
-        '(packages/server/README.md, "Adding a replica"); after a restore, restore the files backed up with the database',
-    );
   await bindSigningRoot(database.db, signing.rootFingerprintSha256);
   return signing;
 }
-
-/** The setting bindSigningRoot (packaging/signing-keys.ts) ties the database to the signing root with. */
-const SIGNING_ROOT_SETTING = 'signing_root_sha256';
 
 /** Configured signing files are never generated: when some are missing, say what to copy (exit 2). */
 async function refuseMissingSigningFiles(files: ServerConfig['signing']): Promise<void> {
