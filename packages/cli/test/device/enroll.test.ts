@@ -541,7 +541,9 @@ describe('edgefleet device enroll', () => {
   it('for a fleet output at the bucket root, replaces an Edge Manager prefix with "/" (none), and takes a thing name other than the device name (R1, R3)', async () => {
     expect((await admin('fleet', 'create', 'quay', '--output', 's3://quay-captures')).code).toBe(0);
     // Edge Manager's RegisterDevices allowed an IotThingName other than the DeviceName, and no valid device name.
-    expect((await admin('device', 'register', 'quay', 'rover-1', '--iot-thing-name', 'Rover_1')).code).toBe(0);
+    expect((await admin('device', 'register', 'quay', 'rover-1', '--iot-thing-name', 'Rover_1')).code).toBe(
+      0,
+    );
     const folder = join(cli.work, 'rover');
     await mkdir(folder);
     const configFile = join(folder, 'sagemaker_edge_config.json');

@@ -145,7 +145,10 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
         });
         expect(again).toMatchObject({
           status: 401,
-          body: { code: 'EnrollmentTokenUsed', message: 'the enrollment token was already used; ask for a new one' },
+          body: {
+            code: 'EnrollmentTokenUsed',
+            message: 'the enrollment token was already used; ask for a new one',
+          },
         });
       }
     },
