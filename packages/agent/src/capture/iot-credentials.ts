@@ -46,8 +46,11 @@ const ResponseSchema = z.object({
 /** The path of the IoT credentials provider's one operation; the alias is a path segment, so never a slash. */
 const CREDENTIALS_PATH = /^\/role-aliases\/([^/]+)\/credentials\/?$/;
 
-export const IOT_CREDENTIAL_ENDPOINT_FORMS =
-  'a host name (abc123.credentials.iot.eu-west-1.amazonaws.com, or https://<host>) or the full credentials URL https://<host>/role-aliases/<alias>/credentials';
+/** What AWS IoT takes as a role alias name (and edgefleet_capture_iot_role_alias must be). */
+export const IOT_ROLE_ALIAS_PATTERN = /^[\w=,@-]{1,128}$/;
+export const IOT_ROLE_ALIAS_FORM = '1 to 128 letters, digits and = , @ - _';
+
+export const IOT_CREDENTIAL_ENDPOINT_FORMS = `a host name (abc123.credentials.iot.eu-west-1.amazonaws.com, or https://<host>) or the full credentials URL https://<host>/role-aliases/<alias>/credentials (its alias ${IOT_ROLE_ALIAS_FORM})`;
 
 export interface IotCredentialEndpoint {
   /** `https://<host>[:port]/`. */
@@ -80,6 +83,8 @@ export function parseIotCredentialEndpoint(endpoint: string): IotCredentialEndpo
   } catch {
     return undefined;
   }
+  // Decoded, an alias could hold anything (%00, %2F, %3F): only what AWS IoT would take is sent.
+  if (!IOT_ROLE_ALIAS_PATTERN.test(roleAlias)) return undefined;
   return { base, roleAlias };
 }
 

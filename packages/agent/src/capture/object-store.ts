@@ -146,12 +146,33 @@ export interface S3ObjectStoreOptions {
  * The AWS SDK's default chain found no credentials. Its own message ("Could not load credentials from any
  * providers") names neither the sources it tried nor how to give the device some: this one does.
  */
+/** The environment variables that point the default chain at a source: set and yet no credentials says much. */
+const CREDENTIAL_SOURCE_VARIABLES = [
+  'AWS_ACCESS_KEY_ID',
+  'AWS_PROFILE',
+  'AWS_WEB_IDENTITY_TOKEN_FILE',
+  'AWS_CONTAINER_CREDENTIALS_FULL_URI',
+  'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI',
+] as const;
+/** What the default chain says when every source came up empty: nothing more specific to pass on. */
+const GENERIC_CHAIN_MESSAGE = /^Could not load credentials from any providers\.?$/;
+
 export class MissingCredentialsError extends Error {
   override readonly name = 'MissingCredentialsError';
-  constructor(description: string, options: { cause: unknown }) {
+  /**
+   * `env`: the environment the SDK read, to say which of its sources were set and gave none (a profile that does
+   * not exist, a Token Exchange Service that answers 403).
+   */
+  constructor(description: string, options: { cause: unknown; env: NodeJS.ProcessEnv }) {
+    const set = CREDENTIAL_SOURCE_VARIABLES.filter((name) => (options.env[name] ?? '') !== '');
+    const sdkMessage = String((options.cause as Error | undefined)?.message ?? '').slice(0, 500);
+    const said = [
+      ...(set.length > 0 ? [`${set.join(', ')} ${set.length === 1 ? 'is' : 'are'} set but gave none`] : []),
+      ...(sdkMessage !== '' && !GENERIC_CHAIN_MESSAGE.test(sdkMessage) ? [`the AWS SDK: ${sdkMessage}`] : []),
+    ];
     super(
-      `no AWS credentials to upload to ${description}: the AWS SDK tried the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), the shared config and credentials files (AWS_PROFILE), web identity (AWS_WEB_IDENTITY_TOKEN_FILE), container credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI: on Greengrass, the Token Exchange Service, for a component that depends on aws.greengrass.TokenExchangeService) and EC2 instance metadata; or use the AWS IoT credentials provider: set sagemaker_edge_provider_aws_iot_cred_endpoint, sagemaker_edge_provider_aws_cert_file and sagemaker_edge_provider_aws_cert_pk_file (an AWS IoT certificate; role alias edgefleet_capture_iot_role_alias, default SageMakerEdge-<fleet>)`,
-      options,
+      `no AWS credentials to upload to ${description}${said.length > 0 ? ` (${said.join('; ')})` : ''}: the AWS SDK tried the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), the shared config and credentials files (AWS_PROFILE), web identity (AWS_WEB_IDENTITY_TOKEN_FILE), container credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI: on Greengrass, the Token Exchange Service, for a component that depends on aws.greengrass.TokenExchangeService) and EC2 instance metadata; or use the AWS IoT credentials provider: set sagemaker_edge_provider_aws_iot_cred_endpoint, sagemaker_edge_provider_aws_cert_file and sagemaker_edge_provider_aws_cert_pk_file (an AWS IoT certificate; role alias edgefleet_capture_iot_role_alias, default SageMakerEdge-<fleet>)`,
+      { cause: options.cause },
     );
   }
 }
@@ -207,7 +228,7 @@ export class S3ObjectStore implements ObjectStore {
       );
     } catch (error) {
       if (this.#defaultChain && (error as Error | undefined)?.name === 'CredentialsProviderError')
-        throw new MissingCredentialsError(this.description, { cause: error });
+        throw new MissingCredentialsError(this.description, { cause: error, env: process.env });
       // S3's SlowDown (503) and throttling answers may say how long to back off; the SDK's own retries are spent.
       const wait = s3RetryAfterMs(error, Date.now());
       if (wait === undefined) throw error;

@@ -8,7 +8,12 @@ import {
 } from './capture-rules.js';
 import { MAX_INSTANCES } from './batching-rules.js';
 import { DEFAULT_ORT_SESSION_CONFIG, type ExecutionProviderConfig } from '../inference/session-options.js';
-import { IOT_CREDENTIAL_ENDPOINT_FORMS, parseIotCredentialEndpoint } from '../capture/iot-credentials.js';
+import {
+  IOT_CREDENTIAL_ENDPOINT_FORMS,
+  IOT_ROLE_ALIAS_FORM,
+  IOT_ROLE_ALIAS_PATTERN,
+  parseIotCredentialEndpoint,
+} from '../capture/iot-credentials.js';
 import { AgentConfigSchema, KEEP_FREED_MEMORY_BYTES, type AgentConfig } from './agent-config.js';
 import { BACKEND_OPTIONS_KEY, mapBackendOptions, parseBackendOptions } from './backend-options.js';
 import { MAX_UNIX_SOCKET_PATH_BYTES } from './command-line.js';
@@ -102,8 +107,8 @@ export const CONFIG_FIELDS = {
   edgefleet_capture_s3_endpoint: httpUrl(),
   edgefleet_capture_s3_force_path_style: flag(),
   edgefleet_capture_iot_role_alias: matching(
-    /^[\w=,@-]{1,128}$/,
-    'an AWS IoT role alias: 1 to 128 letters, digits and = , @ - _ (e.g. "SageMakerEdge-line-1")',
+    IOT_ROLE_ALIAS_PATTERN,
+    `an AWS IoT role alias: ${IOT_ROLE_ALIAS_FORM} (e.g. "SageMakerEdge-line-1")`,
   ),
   edgefleet_capture_auto: autoCaptureRules(),
   edgefleet_db_synchronous: choice(['NORMAL', 'FULL']),

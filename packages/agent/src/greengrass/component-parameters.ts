@@ -1,6 +1,7 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError, parseAgentConfig, type AgentConfig } from '../config/index.js';
+import type { FleetOutput } from './fleet-output.js';
 
 /**
  * The parameters of the Greengrass v2 component, with the names, defaults and meanings of Edge Manager's
@@ -75,7 +76,10 @@ export class ComponentParameterError extends Error {
 }
 
 export interface RenderContext {
-  /** The core device's IoT thing name (`{iot:thingName}`): the device name, as Edge Manager required. */
+  /**
+   * The core device's IoT thing name (`{iot:thingName}`): the device name unless the device was registered (and
+   * enrolled, `--thing-name`) with another IoT thing name.
+   */
   thingName: string;
   /**
    * The config file `edgefleet device enroll` wrote. Only its identity keys ({@link ENROLLED_IDENTITY_KEYS}) are
@@ -83,7 +87,18 @@ export interface RenderContext {
    * override the component's parameters.
    */
   identity?: Record<string, unknown>;
+  /**
+   * The device's fleet output as the server reports it now (render-main asks it at each Install): with
+   * CaptureDataDestination EdgeFleet it wins over the identity's, a snapshot taken at enrollment.
+   */
+  fleetOutput?: FleetOutput;
 }
+
+/**
+ * The folder prefix written for "none" (an output at the bucket root): the agent reads `""` as unset (its
+ * default `sme-capture`) and trims slashes, so `/` leaves none.
+ */
+export const NO_FOLDER_PREFIX = '/';
 
 /**
  * What an enrollment decides and no component parameter does: who the device is (its certificate, bound to its
@@ -164,27 +179,37 @@ function checkCloudCapture(
 const FLEET_OUTPUT_PARAMETERS = ['BucketName', 'FolderPrefix'] as const;
 
 /**
- * With CaptureDataDestination EdgeFleet on an enrolled device, sets the bucket and prefix enrollment took from the
- * fleet's output location; a BucketName or FolderPrefix set to something else (its default aside) gets a warning.
- * Not enrolled for it (no enrolled bucket: enrolled with Disk, or by hand), the parameters stay.
+ * With CaptureDataDestination EdgeFleet on an enrolled device, sets the bucket and prefix of the fleet's output
+ * location: the server's answer now when there is one, else what enrollment took (no prefix written as
+ * {@link NO_FOLDER_PREFIX}); a BucketName or FolderPrefix set to something else (its default aside) gets a
+ * warning. Not enrolled for it (no enrolled bucket: enrolled with Disk, or by hand), the parameters stay.
  */
-function useEnrolledFleetOutput(
+function useFleetOutput(
   values: Record<ComponentParameter, string>,
   config: Record<string, unknown>,
   identity: Record<string, unknown>,
+  now: FleetOutput | undefined,
 ): string[] {
-  if (typeof identity.sagemaker_edge_provider_s3_bucket_name !== 'string') return [];
+  const enrolledBucket = identity.sagemaker_edge_provider_s3_bucket_name;
+  if (typeof enrolledBucket !== 'string') return [];
+  const enrolledPrefix = identity.sagemaker_edge_core_folder_prefix;
+  const target = {
+    BucketName: now?.bucket ?? enrolledBucket,
+    // An enrollment by an older CLI wrote no prefix for an output at the bucket root.
+    FolderPrefix:
+      (now ? now.prefix : typeof enrolledPrefix === 'string' ? enrolledPrefix : '') || NO_FOLDER_PREFIX,
+  };
   const warnings: string[] = [];
   for (const name of FLEET_OUTPUT_PARAMETERS) {
     const { key, default: byDefault } = COMPONENT_PARAMETERS[name];
-    const enrolled = identity[key];
-    if (typeof enrolled !== 'string') continue;
-    if (values[name] !== '' && values[name] !== byDefault && values[name] !== enrolled)
+    const value = target[name];
+    const what = name === 'BucketName' ? 'bucket' : 'prefix';
+    if (values[name] !== '' && values[name] !== byDefault && values[name] !== value)
       warnings.push(
-        `${name} is ${JSON.stringify(values[name])} but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; the enrolled ${name === 'BucketName' ? 'bucket' : 'prefix'} ${JSON.stringify(enrolled)} is used (for another bucket or prefix, set CaptureDataDestination to Cloud)`,
+        `${name} is ${JSON.stringify(values[name])} but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; ${now ? `the fleet output's ${what} ${JSON.stringify(value)} (${now.location}, as the server reports it now)` : `the enrolled ${what} ${JSON.stringify(value)}`} is used (for another bucket or prefix, set CaptureDataDestination to Cloud)`,
       );
-    config[key] = enrolled;
-    values[name] = enrolled;
+    config[key] = value;
+    values[name] = value;
   }
   return warnings;
 }
@@ -244,8 +269,10 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
       `DeviceFleetName is ${JSON.stringify(values.DeviceFleetName)} but this device was enrolled in fleet ${JSON.stringify(enrolledFleet)}, which its certificate names; the enrolled fleet is used`,
     );
   // A core device provisioned again under a new thing name, its work folder (and identity file) kept.
+  // Enrolled with --thing-name (a device registered under another IoT thing name), the names differ by design.
   const enrolledName = identity.sagemaker_edge_core_device_name;
-  if (enrolledName !== undefined && enrolledName !== context.thingName)
+  const enrolledThing = identity.sagemaker_edge_core_iot_thing_name;
+  if (enrolledName !== undefined && enrolledName !== context.thingName && enrolledThing !== context.thingName)
     warnings.push(
       `the Greengrass thing name is ${JSON.stringify(context.thingName)} but this device was enrolled as ${JSON.stringify(enrolledName)}, which its certificate names; the enrolled name is used`,
     );
@@ -274,7 +301,7 @@ export function renderAgentConfig(configuration: unknown, context: RenderContext
   // prefix and refuses the rest for good (the captures are lost): those are the enrolled ones, whatever
   // BucketName and FolderPrefix say.
   if (values.CaptureDataDestination.toLowerCase() === 'edgefleet')
-    warnings.push(...useEnrolledFleetOutput(values, config, identity));
+    warnings.push(...useFleetOutput(values, config, identity, context.fleetOutput));
   checkCloudCapture(values, config);
 
   const keyToParameter = new Map<string, ComponentParameter>(

@@ -4,6 +4,8 @@
  * Reads each component parameter from the environment variable `EDGEFLEET_GG_<Parameter>` (the recipe's
  * Setenv interpolates `{configuration:/<Parameter>}` into it) and the thing name from `EDGEFLEET_GG_ThingName`,
  * writes the agent's config (mode 0640, atomically) and prints the socket path. Exit 2 names a bad parameter.
+ * With CaptureDataDestination EdgeFleet on an enrolled device, asks the server (with the device's certificate)
+ * for the fleet's output location now: the identity file's is a snapshot from the first Install.
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
@@ -11,7 +13,11 @@ import {
   COMPONENT_PARAMETER_NAMES,
   ComponentParameterError,
   renderAgentConfig,
+  type RenderContext,
+  type RenderedConfig,
 } from './component-parameters.js';
+import { readDeviceTls } from '../fleet/fleet-client.js';
+import { readFleetOutput } from './fleet-output.js';
 
 export const ENV_PREFIX = 'EDGEFLEET_GG_';
 
@@ -38,15 +44,50 @@ async function main(argv: string[]): Promise<void> {
         },
       )
     : undefined;
-  const rendered = renderAgentConfig(configuration, {
+  const context: RenderContext = {
     thingName: process.env[`${ENV_PREFIX}ThingName`] ?? '',
     ...(identity ? { identity } : {}),
-  });
+  };
+  const rendered = await withFleetOutputNow(
+    configuration,
+    context,
+    renderAgentConfig(configuration, context),
+  );
   for (const warning of rendered.warnings) process.stderr.write(`warning: ${warning}\n`);
   const partial = `${out}.${randomBytes(4).toString('hex')}.partial`;
   await writeFile(partial, `${JSON.stringify(rendered.config, null, 2)}\n`, { mode: 0o640 });
   await rename(partial, out);
   process.stdout.write(`${rendered.socketPath}\n`);
+}
+
+/** How long Install waits for the server's answer before it falls back to the enrolled fleet output. */
+const FLEET_OUTPUT_TIMEOUT_MS = 15_000;
+
+/**
+ * Renders again with the fleet's output as the server reports it now, when captures go through the server on an
+ * enrolled device; unreachable, the enrolled output stays, with a warning that says how to recover.
+ */
+async function withFleetOutputNow(
+  configuration: Record<string, string>,
+  context: RenderContext,
+  first: RenderedConfig,
+): Promise<RenderedConfig> {
+  const { effective } = first;
+  const enrolledBucket = context.identity?.sagemaker_edge_provider_s3_bucket_name;
+  const endpoint = effective.provider.endpoint;
+  if (effective.capture.destination !== 'EdgeFleet' || typeof enrolledBucket !== 'string' || !endpoint)
+    return first;
+  try {
+    const output = await readFleetOutput(endpoint, await readDeviceTls(effective), FLEET_OUTPUT_TIMEOUT_MS);
+    if (output === undefined) return first;
+    return renderAgentConfig(configuration, { ...context, fleetOutput: output });
+  } catch (error) {
+    const prefix = String(first.config.sagemaker_edge_core_folder_prefix ?? '');
+    first.warnings.push(
+      `could not ask the server at ${endpoint} for ${effective.device.fleetName === undefined ? 'the fleet' : `fleet ${effective.device.fleetName}`}'s output location now (${(error as Error).message}); the one enrolled at the first Install is used: bucket ${JSON.stringify(enrolledBucket)}, prefix ${JSON.stringify(prefix)}. If the fleet's output has changed since (edgefleet fleet update --output), the server refuses every capture until Install reaches it: redeploy the component once the server is reachable`,
+    );
+    return first;
+  }
 }
 
 main(process.argv.slice(2)).catch((error: unknown) => {

@@ -91,6 +91,37 @@ describe('Cloud uploads with the AWS SDK default chain', () => {
     }
   });
 
+  it('says which of its sources were set and gave none: a Token Exchange Service that answers 403 (N5)', async () => {
+    noCredentialsAnywhere();
+    const refusing = createServer((_req, res) =>
+      res
+        .writeHead(403, { 'content-type': 'application/json' })
+        .end('{"message":"Role alias GreengrassV2TokenExchangeRoleAlias does not exist"}'),
+    );
+    await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve));
+    vi.stubEnv(
+      'AWS_CONTAINER_CREDENTIALS_FULL_URI',
+      `http://127.0.0.1:${(refusing.address() as { port: number }).port}/2016-11-01/credentialprovider/`,
+    );
+    vi.stubEnv('AWS_CONTAINER_AUTHORIZATION_TOKEN', 'tes-token');
+    const bucket = store();
+    try {
+      const error = await bucket.put('c/key.jsonl', Buffer.from('{}\n'), 'application/jsonl').then(
+        () => undefined,
+        (e: unknown) => e as Error,
+      );
+      expect(error).toBeInstanceOf(MissingCredentialsError);
+      expect(error?.message).toMatch(
+        new RegExp(
+          `^no AWS credentials to upload to s3://${s3.bucket} at \\S+ \\(AWS_CONTAINER_CREDENTIALS_FULL_URI is set but gave none\\): the AWS SDK tried`,
+        ),
+      );
+    } finally {
+      bucket.close();
+      await new Promise((resolve) => refusing.close(resolve));
+    }
+  });
+
   it("takes the Token Exchange Service's container credentials, as the nucleus hands them to a dependent component", async () => {
     noCredentialsAnywhere();
     vi.stubEnv('AWS_CONTAINER_CREDENTIALS_FULL_URI', tesUrl);

@@ -776,11 +776,17 @@ describe('parseAgentConfig: edgefleet_capture_* and edgefleet_db_synchronous', (
       'creds.example.com/role-aliases/a/credentials/x',
       'https://creds.example.com/role-aliases/a/credentials?x=1',
       'http://creds.example.com',
+      // Role aliases AWS IoT would never take, once decoded: a NUL, a slash, a space, a question mark (N3).
+      'https://creds.example.com/role-aliases/a%00b/credentials',
+      'https://creds.example.com/role-aliases/a%2Fb/credentials',
+      'https://creds.example.com/role-aliases/a%20b/credentials',
+      'https://creds.example.com/role-aliases/a%3Fb/credentials',
+      `https://creds.example.com/role-aliases/${'a'.repeat(129)}/credentials`,
     ]) {
       const error = errorOf({ ...uploading, sagemaker_edge_provider_aws_iot_cred_endpoint: bad });
       expect(error.key).toBe('sagemaker_edge_provider_aws_iot_cred_endpoint');
       expect(error.message).toBe(
-        `sagemaker_edge_provider_aws_iot_cred_endpoint: expected a host name (abc123.credentials.iot.eu-west-1.amazonaws.com, or https://<host>) or the full credentials URL https://<host>/role-aliases/<alias>/credentials, got ${JSON.stringify(bad)}`,
+        `sagemaker_edge_provider_aws_iot_cred_endpoint: expected a host name (abc123.credentials.iot.eu-west-1.amazonaws.com, or https://<host>) or the full credentials URL https://<host>/role-aliases/<alias>/credentials (its alias 1 to 128 letters, digits and = , @ - _), got ${JSON.stringify(bad)}`,
       );
     }
   });

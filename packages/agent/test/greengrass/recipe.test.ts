@@ -12,6 +12,7 @@ import {
   defaultComponentConfiguration,
   renderAgentConfig,
 } from '../../src/greengrass/index.js';
+import { hourlyPrefix } from '../../src/capture/records.js';
 import { buildAgent, type LogLine } from '../daemon/process-helpers.js';
 import { captureRequest, diskRecords, modelPackage } from '../capture/helpers.js';
 import { operator, removeControlPlane, startControlPlane } from '../fleet/support.js';
@@ -165,21 +166,24 @@ describe(
     });
     afterAll(() => rm(root, { recursive: true, force: true }));
 
-    const vars = (configuration: Record<string, Json>) => ({
+    const vars = (configuration: Record<string, Json>, thingName = 'gg-core-1') => ({
       configuration,
-      thingName: 'gg-core-1',
+      thingName,
       work,
       artifacts,
     });
-    const environment = (configuration: Record<string, Json>) => ({
+    const environment = (configuration: Record<string, Json>, thingName?: string) => ({
       ...process.env,
       ...Object.fromEntries(
-        Object.entries(manifest.Lifecycle.Setenv).map(([k, v]) => [k, interpolate(v, vars(configuration))]),
+        Object.entries(manifest.Lifecycle.Setenv).map(([k, v]) => [
+          k,
+          interpolate(v, vars(configuration, thingName)),
+        ]),
       ),
     });
-    const install = (configuration: Record<string, Json>) =>
-      run('sh', ['-c', interpolate(manifest.Lifecycle.Install.Script, vars(configuration))], {
-        env: environment(configuration),
+    const install = (configuration: Record<string, Json>, thingName?: string) =>
+      run('sh', ['-c', interpolate(manifest.Lifecycle.Install.Script, vars(configuration, thingName))], {
+        env: environment(configuration, thingName),
         cwd: work,
       }).then(
         (r) => ({ code: 0, stderr: r.stderr }),
@@ -367,7 +371,7 @@ describe(
         );
         expect(wrong.code).not.toBe(0);
         expect(wrong.stderr).toMatch(
-          /the enrollment token was issued for device gg-core-2, not gg-core-1; expected a token for gg-core-1 \(the token is left unused\)/,
+          /the enrollment token was issued for device gg-core-2, whose IoT thing name is gg-core-2 \(none is registered: its device name stands for it\), not gg-core-1; .* \(the token is left unused\)/,
         );
         expect(existsSync(join(work, 'identity', 'agent-identity.json'))).toBe(false);
         const { token } = await operator(plane, 'POST', '/api/v1/devices/gg-core-1/enrollment-tokens', {});
@@ -412,8 +416,8 @@ describe(
         });
 
         // A merge update re-runs Install (no new enrollment: the token is spent); its parameters win again,
-        // but for the bucket and prefix of EdgeFleet captures: the server accepts only the fleet's, so the
-        // enrolled ones are used and Install says so.
+        // but for the bucket and prefix of EdgeFleet captures: the server accepts only the fleet's, so Install
+        // asks the server for them and says so.
         const second = mergeConfiguration(first, {
           CaptureDataDestination: 'EdgeFleet',
           HeartbeatIntervalSeconds: '12',
@@ -429,10 +433,10 @@ describe(
           sagemaker_edge_provider_aws_cert_file: identity.sagemaker_edge_provider_aws_cert_file,
         });
         expect(reinstalled.stderr).toMatch(
-          /warning: FolderPrefix is "myprefix" but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; the enrolled prefix "fleet-prefix" is used/,
+          /warning: FolderPrefix is "myprefix" but CaptureDataDestination is EdgeFleet, whose server accepts captures only under this device's fleet output; the fleet output's prefix "fleet-prefix" \(s3:\/\/fleet-bucket\/fleet-prefix, as the server reports it now\) is used/,
         );
         expect(reinstalled.stderr).toMatch(
-          /warning: BucketName is "mybucket" .* the enrolled bucket "fleet-bucket" is used/,
+          /warning: BucketName is "mybucket" .* the fleet output's bucket "fleet-bucket" .* is used/,
         );
         // Another fleet than the certificate's: the enrolled one is used, and Install says so.
         const third = await install(mergeConfiguration(second, { DeviceFleetName: 'plant-b' }));
@@ -441,6 +445,90 @@ describe(
           /warning: DeviceFleetName is "plant-b" but this device was enrolled in fleet "plant-a", which its certificate names; the enrolled fleet is used/,
         );
         expect(await rendered()).toMatchObject({ sagemaker_edge_core_device_fleet_name: 'plant-a' });
+
+        // The fleet's output moves: the identity file keeps the old one, but Install asks the server (R2).
+        await operator(plane, 'PATCH', '/api/v1/fleets/plant-a', {
+          outputConfig: { s3OutputLocation: 's3://fleet-bucket-2/moved' },
+        });
+        const moved = await install(second);
+        expect(moved.stderr).not.toMatch(/edgefleet greengrass config:|could not ask/);
+        expect(moved.code).toBe(0);
+        expect(await rendered()).toMatchObject({
+          sagemaker_edge_core_folder_prefix: 'moved',
+          sagemaker_edge_provider_s3_bucket_name: 'fleet-bucket-2',
+        });
+        expect(moved.stderr).toMatch(
+          /warning: FolderPrefix is "myprefix" .*; the fleet output's prefix "moved" \(s3:\/\/fleet-bucket-2\/moved, as the server reports it now\) is used/,
+        );
+        // Server gone: the enrolled output, with a warning that says what to do.
+        await removeControlPlane(plane);
+        const offline = await install(second);
+        expect(offline.code).toBe(0);
+        expect(offline.stderr).toMatch(
+          /warning: could not ask the server at \S+ for fleet plant-a's output location now \(.+\); the one enrolled at the first Install is used: bucket "fleet-bucket", prefix "fleet-prefix"\. If the fleet's output has changed since \(edgefleet fleet update --output\), the server refuses every capture until Install reaches it: redeploy the component once the server is reachable/,
+        );
+        expect(await rendered()).toMatchObject({
+          sagemaker_edge_core_folder_prefix: 'fleet-prefix',
+          sagemaker_edge_provider_s3_bucket_name: 'fleet-bucket',
+        });
+      } finally {
+        await removeControlPlane(plane);
+      }
+    });
+
+    it('a migrated core: its thing name differs from its device name, and its fleet output is at the bucket root (R1, R3)', async () => {
+      // A fresh core device: the previous test's enrollment is gone.
+      await rm(join(work, 'identity'), { recursive: true, force: true });
+      const plane = await startControlPlane({});
+      try {
+        await operator(plane, 'POST', '/api/v1/fleets', {
+          name: 'quay',
+          outputConfig: { s3OutputLocation: 's3://quay-captures' },
+        });
+        // Edge Manager's RegisterDevices allowed an IotThingName other than the DeviceName (and no device name).
+        await operator(plane, 'POST', '/api/v1/fleets/quay/devices', {
+          devices: [{ name: 'rover-1', iotThingName: 'Rover_1' }],
+        });
+        const { token } = await operator(plane, 'POST', '/api/v1/devices/rover-1/enrollment-tokens', {});
+        const configuration = mergeConfiguration(recipe.ComponentConfiguration.DefaultConfiguration, {
+          DeviceFleetName: 'quay',
+          EnrollmentServerUrl: plane.operatorUrl,
+          EnrollmentToken: token as string,
+          CaptureDataDestination: 'EdgeFleet',
+          LocalDataRootPath: join(root, 'rover-data'),
+        });
+        const installed = await install(configuration, 'Rover_1');
+        expect(installed.stderr).not.toMatch(
+          /edgefleet greengrass config:|warning: the Greengrass thing name/,
+        );
+        expect(installed.code).toBe(0);
+        const config = JSON.parse(await readFile(join(work, 'agent-config.json'), 'utf8')) as Record<
+          string,
+          unknown
+        >;
+        expect(config).toMatchObject({
+          sagemaker_edge_core_device_name: 'rover-1',
+          sagemaker_edge_core_iot_thing_name: 'Rover_1',
+          sagemaker_edge_provider_s3_bucket_name: 'quay-captures',
+          // Not FolderPrefix's default sme-capture, which the server would refuse: "/" is none.
+          sagemaker_edge_core_folder_prefix: '/',
+        });
+        const { effective } = renderAgentConfig(
+          { DeviceFleetName: 'quay', CaptureDataDestination: 'EdgeFleet' },
+          {
+            thingName: 'Rover_1',
+            identity: JSON.parse(await readFile(join(work, 'identity', 'agent-identity.json'), 'utf8')),
+          },
+        );
+        expect(effective.capture.folderPrefix).toBe('/');
+        // Keys under <fleet>/ at the bucket's root: what the server takes for this fleet.
+        expect(
+          hourlyPrefix(
+            { folderPrefix: effective.capture.folderPrefix, fleetName: 'quay' },
+            'm',
+            Date.UTC(2026, 0, 2, 3),
+          ),
+        ).toBe('quay/m/2026/01/02/03');
       } finally {
         await removeControlPlane(plane);
       }
@@ -579,6 +667,31 @@ describe('renderAgentConfig: CaptureDataDestination EdgeFleet on an enrolled dev
       { thingName: 'gg-1', identity },
     );
     expect(same.warnings.join('\n')).not.toMatch(/FolderPrefix|BucketName/);
+  });
+
+  it('an output at the bucket root: no prefix ("/"), not FolderPrefix\'s default sme-capture (R1)', () => {
+    const atRoot = { ...identity, sagemaker_edge_core_folder_prefix: '/' };
+    // An older CLI wrote no prefix key at all for such an output.
+    const { sagemaker_edge_core_folder_prefix: _, ...noPrefixKey } = identity;
+    for (const enrolled of [atRoot, noPrefixKey]) {
+      const rendered = renderAgentConfig(edgeFleet, { thingName: 'gg-1', identity: enrolled });
+      expect(rendered.config.sagemaker_edge_core_folder_prefix).toBe('/');
+      expect(
+        hourlyPrefix({ folderPrefix: rendered.effective.capture.folderPrefix, fleetName: 'plant-a' }, 'm', 0),
+      ).toBe('plant-a/m/1970/01/01/00');
+    }
+  });
+
+  it('prefers the fleet output the server reports now over the enrolled one (R2)', () => {
+    const rendered = renderAgentConfig(edgeFleet, {
+      thingName: 'gg-1',
+      identity,
+      fleetOutput: { location: 's3://archive', bucket: 'archive', prefix: '' },
+    });
+    expect(rendered.config).toMatchObject({
+      sagemaker_edge_provider_s3_bucket_name: 'archive',
+      sagemaker_edge_core_folder_prefix: '/',
+    });
   });
 
   it('other destinations keep the parameters', () => {

@@ -233,6 +233,24 @@ describe('ModelRegistry: error codes and messages', () => {
       /is a SageMaker Edge Manager \(Neo\/DLR-compiled\) package \(compiled\.params, compiled\.so, sagemaker_edge_manifest\), and EdgeFleet runs ONNX model packages: .*docs\/migrating-from-edge-manager\.md/,
     );
     expect(models.has('neo')).toBe(false);
+
+    // Many names: a few are said, the compiled ones among them, so the message stays small (N2).
+    for (let i = 0; i < 200; i++) await writeFile(join(neo, `${'x'.repeat(200)}-${i}.meta`), 'neo');
+    let message = '';
+    await models.load({ url: neo, name: 'neo' }).catch((error: Error) => (message = error.message));
+    expect(message).toMatch(
+      /package \(compiled\.params, compiled\.so, sagemaker_edge_manifest, x{64}…, x{64}…, \+\d+ more\), and/,
+    );
+    expect(message.length).toBeLessThan(1024);
+
+    // *.meta files alone (a Unity assets folder, say) are not taken for an Edge Manager package.
+    const unity = join(files.root, 'unity-assets');
+    await mkdir(unity);
+    for (const name of ['scene.meta', 'texture.png.meta']) await writeFile(join(unity, name), 'meta');
+    await models.load({ url: unity, name: 'unity' }).then(
+      () => expect.unreachable('loaded a folder of .meta files'),
+      (error: Error) => expect(error.message).not.toMatch(/Edge Manager/),
+    );
     await models.close();
   });
 

@@ -432,7 +432,11 @@ export function registerDeviceCommands(
     .option('--data-dir <dir>', 'the agent’s data folder (default: the config’s, else <config folder>/data)')
     .option(
       '--device <name>',
-      'the device this host is (a Greengrass core: its thing name): a token issued for another device is refused and left unused',
+      'the device this host is: a token issued for another device is refused and left unused',
+    )
+    .option(
+      '--thing-name <name>',
+      'this host’s IoT thing name (a Greengrass core): a token for a device registered with another IoT thing name (or, with none, named otherwise) is refused and left unused',
     )
     .addOption(
       new Option(
@@ -467,6 +471,7 @@ export function registerDeviceCommands(
         trustDir?: string;
         dataDir?: string;
         device?: string;
+        thingName?: string;
         capture: CaptureChoice;
         restPort?: number;
         deployments?: number;
@@ -500,6 +505,7 @@ export function registerDeviceCommands(
               trustDir: opts.trustDir ?? join(dirname(configFile), 'trust'),
               ...(opts.dataDir !== undefined && { dataDir: opts.dataDir }),
               ...(opts.device !== undefined && { deviceName: opts.device }),
+              ...(opts.thingName !== undefined && { thingName: opts.thingName }),
               defaultDataDir: join(dirname(configFile), 'data'),
               capture: opts.capture,
               ...(opts.restPort !== undefined && { restPort: opts.restPort }),

@@ -27,6 +27,12 @@ export const CAPTURE_DESTINATION_KEY = 'sagemaker_edge_core_capture_data_destina
 export const BUCKET_KEY = 'sagemaker_edge_provider_s3_bucket_name';
 export const FOLDER_PREFIX_KEY = 'sagemaker_edge_core_folder_prefix';
 export const REST_TCP_KEY = 'edgefleet_rest_tcp';
+export const IOT_THING_NAME_KEY = 'sagemaker_edge_core_iot_thing_name';
+/**
+ * The folder prefix that means "none" (a fleet output at the bucket root, `s3://bucket`): the agent reads `""`
+ * as unset (its default `sme-capture`), and trims slashes from the prefix, so `/` leaves none.
+ */
+export const NO_FOLDER_PREFIX = '/';
 export const HEARTBEAT_INTERVAL_KEY = 'edgefleet_heartbeat_interval_seconds';
 export const DEPLOYMENT_LIB_KEY = 'sagemaker_edge_deployment_lib_path';
 export const DB_MODULE_KEY = 'sagemaker_edge_db_module_path';
@@ -68,6 +74,11 @@ export interface EnrollOptions {
    * by the server and left unused. Absent: whatever device the token was issued for.
    */
   deviceName?: string;
+  /**
+   * The IoT thing name of this host (a Greengrass core): a token for a device registered with another thing name
+   * (or, with none registered, named otherwise) is refused by the server and left unused.
+   */
+  thingName?: string;
   /** How the user started the CLI (`Output.invocation`), for the command a refusal suggests. */
   invocation: string;
 }
@@ -281,7 +292,10 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
       );
     key = generateDeviceKey(options.keyType);
     const csr = createCsr(key.privateKey, hostname().slice(0, 64) || 'edgefleet-device');
-    issued = await options.client.enroll(token, csr, options.deviceName);
+    issued = await options.client.enroll(token, csr, {
+      ...(options.deviceName !== undefined && { deviceName: options.deviceName }),
+      ...(options.thingName !== undefined && { thingName: options.thingName }),
+    });
     checkIssued(issued, key.publicKeyPem);
     if (options.deviceName !== undefined && issued.deviceName !== options.deviceName)
       throw new CliError(
@@ -309,6 +323,7 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     [KEY_FILE_KEY]: files.privateKey,
     [CA_FILE_KEY]: files.caCertificate,
     [DATA_ROOT_KEY]: dataDir,
+    ...(options.thingName !== undefined && { [IOT_THING_NAME_KEY]: options.thingName }),
     ...(options.restPort !== undefined && { [REST_TCP_KEY]: `127.0.0.1:${options.restPort}` }),
     // Edge Manager's key turns deployments on by its presence; the agent does not use the path itself.
     // Deployments need the local database, whose key likewise works by its presence: set here, so that the
@@ -364,8 +379,9 @@ export async function enrollDevice(options: EnrollOptions): Promise<EnrollResult
     else if (capture !== 'disk') {
       config[CAPTURE_DESTINATION_KEY] = capture === 'edgefleet' ? 'EdgeFleet' : 'Cloud';
       config[BUCKET_KEY] = settings.captureBucket!;
-      if (settings.captureFolderPrefix !== undefined)
-        config[FOLDER_PREFIX_KEY] = settings.captureFolderPrefix;
+      // Always set, so that a prefix already in the config (an Edge Manager device's) does not stay. Older
+      // servers left it out for an output at the bucket root.
+      config[FOLDER_PREFIX_KEY] = settings.captureFolderPrefix || NO_FOLDER_PREFIX;
     }
   }
   if (capture === 'disk' || config[CAPTURE_DESTINATION_KEY] === undefined)

@@ -259,9 +259,14 @@ export class ServerClient {
    * Exchanges an enrollment token and a CSR for the device's certificate (no API token involved). With
    * `deviceName`, the server refuses (403, token unused) a token issued for another device.
    */
-  enroll(enrollmentToken: string, csrPem: string, deviceName?: string) {
+  /** `host`: who the enrolling host takes itself for (its device name, or its IoT thing name). */
+  enroll(enrollmentToken: string, csrPem: string, host: { deviceName?: string; thingName?: string } = {}) {
     return this.#call('POST', '/api/v1/enroll', issuedCertificateSchema, {
-      body: { csr: csrPem, ...(deviceName !== undefined && { deviceName }) },
+      body: {
+        csr: csrPem,
+        ...(host.deviceName !== undefined && { deviceName: host.deviceName }),
+        ...(host.thingName !== undefined && { thingName: host.thingName }),
+      },
       bearer: enrollmentToken,
     });
   }

@@ -538,6 +538,47 @@ describe('edgefleet device enroll', () => {
     );
   });
 
+  it('for a fleet output at the bucket root, replaces an Edge Manager prefix with "/" (none), and takes a thing name other than the device name (R1, R3)', async () => {
+    expect((await admin('fleet', 'create', 'quay', '--output', 's3://quay-captures')).code).toBe(0);
+    // Edge Manager's RegisterDevices allowed an IotThingName other than the DeviceName, and no valid device name.
+    expect((await admin('device', 'register', 'quay', 'rover-1', '--iot-thing-name', 'Rover_1')).code).toBe(
+      0,
+    );
+    const folder = join(cli.work, 'rover');
+    await mkdir(folder);
+    const configFile = join(folder, 'sagemaker_edge_config.json');
+    await writeFile(
+      configFile,
+      JSON.stringify({
+        sagemaker_edge_core_device_name: 'rover-1',
+        sagemaker_edge_core_device_fleet_name: 'quay',
+        sagemaker_edge_core_capture_data_destination: 'Cloud',
+        sagemaker_edge_provider_s3_bucket_name: 'quay-captures',
+        sagemaker_edge_core_folder_prefix: 'sme-capture',
+      }),
+    );
+    const token = await enrollmentToken('rover-1');
+    // The device's name is not its thing name: refused, the token left unused.
+    const byName = await enroll(token, configFile, '--thing-name', 'rover-1');
+    expect(byName.code).toBe(1);
+    expect(byName.stderr).toMatch(
+      /the enrollment token was issued for device rover-1, whose IoT thing name is Rover_1, not rover-1/,
+    );
+    const enrolled = await enroll(token, configFile, '--thing-name', 'Rover_1');
+    expect(enrolled.stderr).toBe('');
+    expect(enrolled.code).toBe(0);
+    expect(enrolled.stdout.split('\n').filter((l) => l.startsWith('replaced '))).toEqual([
+      'replaced sagemaker_edge_core_capture_data_destination: Cloud → EdgeFleet',
+      'replaced sagemaker_edge_core_folder_prefix: sme-capture → /',
+    ]);
+    expect(JSON.parse(await readFile(configFile, 'utf8'))).toMatchObject({
+      sagemaker_edge_core_device_name: 'rover-1',
+      sagemaker_edge_core_iot_thing_name: 'Rover_1',
+      sagemaker_edge_provider_s3_bucket_name: 'quay-captures',
+      sagemaker_edge_core_folder_prefix: '/',
+    });
+  });
+
   it('asks for a token of the right kind', async () => {
     const config = join(cli.work, 'x.json');
     const missing = await edgefleet(

@@ -613,7 +613,7 @@ export class CaptureIngest {
     if (layout === undefined || layout.fleet !== device.fleetName)
       throw new DomainError(
         'Forbidden',
-        `capture key ${key} is outside fleet ${device.fleetName}'s output; expected keys under ${root}${device.fleetName}/ (or ${root}${MODEL_MONITOR_FOLDER}/<model>/${device.fleetName}/ for Model Monitor records) (set sagemaker_edge_core_folder_prefix to "${target.prefix}"; "edgefleet device enroll" does)`,
+        `capture key ${key} is outside fleet ${device.fleetName}'s output; expected keys under ${root}${device.fleetName}/ (or ${root}${MODEL_MONITOR_FOLDER}/<model>/${device.fleetName}/ for Model Monitor records) (set sagemaker_edge_core_folder_prefix to "${target.prefix === '' ? '/' : target.prefix}"${target.prefix === '' ? ', which means none' : ''}; "edgefleet device enroll" does)`,
       );
 
     // A fleet output that shares the server's own blob space (same bucket, overlapping prefix) must not let a

@@ -80,7 +80,12 @@ export const agentSettingsSchema = z.object({
   packageSigningRoot: z.object({ certificatePem: z.string(), fingerprintSha256: z.string() }),
   captureOutputLocation: z.string().optional().describe("The fleet's output location, s3://bucket/prefix"),
   captureBucket: z.string().optional().describe('sagemaker_edge_provider_s3_bucket_name'),
-  captureFolderPrefix: z.string().optional().describe('sagemaker_edge_core_folder_prefix'),
+  captureFolderPrefix: z
+    .string()
+    .optional()
+    .describe(
+      'sagemaker_edge_core_folder_prefix; "" for an output at the bucket root (the agent config writes that "/")',
+    ),
   heartbeatIntervalSeconds: z
     .int()
     .describe(
@@ -307,7 +312,8 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
         ...(fleet && { captureOutputLocation: fleet.output_s3_location }),
         ...(output && {
           captureBucket: output.bucket,
-          ...(output.prefix !== '' && { captureFolderPrefix: output.prefix }),
+          // '' included (an output at the bucket root): the client must not keep a prefix it had.
+          captureFolderPrefix: output.prefix,
         }),
       };
     },

@@ -69,6 +69,20 @@ export interface PresentedCertificate {
   fingerprintSha256?: string;
 }
 
+/**
+ * Who the enrolling host takes itself for; a live token issued for another device is refused and left unspent.
+ * `thingName`: a Greengrass core's IoT thing name, matched against the device's registered IoT thing name, or
+ * its name when it has none.
+ */
+export interface EnrollingHost {
+  deviceName?: string;
+  thingName?: string;
+}
+
+function tokenUsed(): DomainError {
+  return new DomainError('EnrollmentTokenUsed', 'the enrollment token was already used; ask for a new one');
+}
+
 function badCsr(error: unknown): never {
   if (error instanceof CsrError)
     throw new DomainError('ValidationError', error.message, { in: 'body', field: 'csr' });
@@ -153,7 +167,11 @@ export class DeviceIdentityService {
    * Exchanges an enrollment token and a CSR for a device certificate. The CSR is checked first so a bad one
    * does not burn the token; the token is consumed and the certificate recorded in one transaction.
    */
-  async enroll(token: string, csrPem: string, expectedDevice?: string): Promise<IssuedDeviceCertificate> {
+  async enroll(
+    token: string,
+    csrPem: string,
+    expected: EnrollingHost = {},
+  ): Promise<IssuedDeviceCertificate> {
     let publicKeyPem: string;
     try {
       ({ publicKeyPem } = parseCsr(csrPem));
@@ -164,7 +182,7 @@ export class DeviceIdentityService {
     const tokenHash = hashSecret(token);
     let issued: IssuedDeviceCertificate;
     try {
-      issued = await this.consumeAndIssue(tokenHash, publicKeyPem, at, expectedDevice);
+      issued = await this.consumeAndIssue(tokenHash, publicKeyPem, at, expected);
     } catch (error) {
       // Said without the token: its code (used, expired, unknown) is what an operator needs. Anyone can send an
       // unknown one (only its prefix is checked before): those are logged once a minute, with a count.
@@ -202,45 +220,23 @@ export class DeviceIdentityService {
     tokenHash: string,
     publicKeyPem: string,
     at: number,
-    expectedDevice: string | undefined,
+    expected: EnrollingHost,
   ): Promise<IssuedDeviceCertificate> {
     return this.db.transaction().execute(async (trx) => {
-      // With the device the enrolling host takes itself for (a Greengrass core's thing name), a token issued for
-      // another device is refused and left unspent, so that host never takes that device's identity.
-      const consumed = await trx
-        .updateTable('enrollment_tokens')
-        .set({ used_at: at })
+      const row = await trx
+        .selectFrom('enrollment_tokens')
+        .select(['used_at', 'expires_at', 'device_name'])
         .where('token_hash', '=', tokenHash)
-        .where('used_at', 'is', null)
-        .where('expires_at', '>', at)
-        .$if(expectedDevice !== undefined, (q) => q.where('device_name', '=', expectedDevice!))
-        .returning(['device_name'])
         .executeTakeFirst();
-      if (consumed === undefined) {
-        const row = await trx
-          .selectFrom('enrollment_tokens')
-          .select(['used_at', 'expires_at', 'device_name'])
-          .where('token_hash', '=', tokenHash)
-          .executeTakeFirst();
-        if (row === undefined) {
-          throw new DomainError(
-            'EnrollmentTokenInvalid',
-            'the enrollment token is unknown (or its device was deregistered)',
-          );
-        }
-        if (expectedDevice !== undefined && row.device_name !== expectedDevice) {
-          throw new DomainError(
-            'Forbidden',
-            `the enrollment token was issued for device ${row.device_name}, not ${expectedDevice}; expected a token for ${expectedDevice} (the token is left unused)`,
-            { device: expectedDevice, tokenDevice: row.device_name },
-          );
-        }
-        if (row.used_at !== null) {
-          throw new DomainError(
-            'EnrollmentTokenUsed',
-            'the enrollment token was already used; ask for a new one',
-          );
-        }
+      if (row === undefined) {
+        throw new DomainError(
+          'EnrollmentTokenInvalid',
+          'the enrollment token is unknown (or its device was deregistered)',
+        );
+      }
+      // Spent or expired first: such a token is of no use to anyone, whichever device it was for.
+      if (row.used_at !== null) throw tokenUsed();
+      if (row.expires_at <= at) {
         throw new DomainError(
           'EnrollmentTokenExpired',
           'the enrollment token has expired; ask for a new one',
@@ -249,6 +245,41 @@ export class DeviceIdentityService {
           },
         );
       }
+      // With the device the enrolling host takes itself for (a Greengrass core's thing name), a token issued for
+      // another device is refused and left unspent, so that host never takes that device's identity.
+      if (expected.deviceName !== undefined && row.device_name !== expected.deviceName) {
+        throw new DomainError(
+          'Forbidden',
+          `the enrollment token was issued for device ${row.device_name}, not ${expected.deviceName}; expected a token for ${expected.deviceName} (the token is left unused)`,
+          { device: expected.deviceName, tokenDevice: row.device_name },
+        );
+      }
+      if (expected.thingName !== undefined) {
+        // Edge Manager let a device's IoT thing name differ from its name: the registered one is the thing's.
+        const device = await trx
+          .selectFrom('devices')
+          .select(['name', 'iot_thing_name'])
+          .where('name', '=', row.device_name)
+          .executeTakeFirst();
+        const thingOfDevice = device?.iot_thing_name ?? row.device_name;
+        if (thingOfDevice !== expected.thingName) {
+          throw new DomainError(
+            'Forbidden',
+            `the enrollment token was issued for device ${row.device_name}, whose IoT thing name is ${thingOfDevice}${device?.iot_thing_name == null ? ' (none is registered: its device name stands for it)' : ''}, not ${expected.thingName}; expected a token for the device registered with IoT thing name ${expected.thingName} (or named so) (the token is left unused)`,
+            { thingName: expected.thingName, tokenDevice: row.device_name },
+          );
+        }
+      }
+      const consumed = await trx
+        .updateTable('enrollment_tokens')
+        .set({ used_at: at })
+        .where('token_hash', '=', tokenHash)
+        .where('used_at', 'is', null)
+        .where('expires_at', '>', at)
+        .returning(['device_name'])
+        .executeTakeFirst();
+      // Spent by a concurrent enrollment between the read and this update.
+      if (consumed === undefined) throw tokenUsed();
       const device = await deviceFleet(trx, consumed.device_name);
       if (device === undefined)
         throw notFound(`device ${consumed.device_name}`, { device: consumed.device_name });

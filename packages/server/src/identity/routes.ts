@@ -3,7 +3,7 @@ import { operatorActorOf } from '../audit/index.js';
 import { z } from 'zod';
 import { bearerTokenOf } from '../auth/index.js';
 import { deviceCertificateSchema } from '../devices/index.js';
-import { deviceNameSchema } from '../fields/index.js';
+import { deviceNameSchema, iotThingNameSchema } from '../fields/index.js';
 import { defineRoute } from '../http/routes.js';
 import { requireDevice } from './device-auth.js';
 import type { DeviceIdentityService, IssuedDeviceCertificate } from './identity-service.js';
@@ -14,7 +14,12 @@ const csrBodySchema = z.strictObject({
   deviceName: deviceNameSchema
     .optional()
     .describe(
-      'The device the enrolling host is (a Greengrass core device: its thing name); a token issued for another device is refused (403) and left unused',
+      'The device the enrolling host is; a live token issued for another device is refused (403) and left unused',
+    ),
+  thingName: iotThingNameSchema
+    .optional()
+    .describe(
+      "The enrolling host's IoT thing name (a Greengrass core device): a live token for a device whose registered IoT thing name (or, with none registered, whose name) differs is refused (403) and left unused",
     ),
 });
 
@@ -80,7 +85,10 @@ export const enrollmentRoutes: FastifyPluginAsync<IdentityRoutesOptions> = async
     status: 201,
     handler: async ({ body, request }) =>
       issuedView(
-        await identity.enroll(bearerTokenOf(request.headers.authorization) ?? '', body.csr, body.deviceName),
+        await identity.enroll(bearerTokenOf(request.headers.authorization) ?? '', body.csr, {
+          ...(body.deviceName !== undefined && { deviceName: body.deviceName }),
+          ...(body.thingName !== undefined && { thingName: body.thingName }),
+        }),
         deviceEndpoint(),
       ),
   });

@@ -34,9 +34,16 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
           'dev-h',
           'dev-x',
           'dev-y',
-        ].map((name) => ({
-          name,
-        })),
+          'dev-spent',
+        ]
+          .map((name) => ({ name }) as { name: string; iotThingName?: string })
+          // Edge Manager's RegisterDevices allowed an IotThingName other than the DeviceName, and one that is no
+          // valid device name.
+          .concat([
+            { name: 'cam-1', iotThingName: 'Core_1' },
+            { name: 'cam-2', iotThingName: 'cam-2-core' },
+            { name: 'cam-3' },
+          ]),
       },
     });
     expect(registered.status).toBe(201);
@@ -119,6 +126,68 @@ describe.each(engines)('enrollment and device identity on $engine', (fixture) =>
       });
       expect(right.status).toBe(201);
       expect(right.body.deviceName).toBe('dev-x');
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    "answers a spent token as spent, whichever device the host takes itself for (not 'left unused')",
+    async () => {
+      const token = (await newToken('dev-spent')).body.token as string;
+      const spent = await t.call('POST', '/api/v1/enroll', {
+        token,
+        body: { csr: createCsr(deviceKey(), 'h'), deviceName: 'dev-spent' },
+      });
+      expect(spent.status).toBe(201);
+      for (const body of [{ deviceName: 'dev-h' }, { thingName: 'Core_9' }]) {
+        const again = await t.call('POST', '/api/v1/enroll', {
+          token,
+          body: { csr: createCsr(deviceKey(), 'h'), ...body },
+        });
+        expect(again).toMatchObject({
+          status: 401,
+          body: {
+            code: 'EnrollmentTokenUsed',
+            message: 'the enrollment token was already used; ask for a new one',
+          },
+        });
+      }
+    },
+  );
+
+  it.skipIf(!fixture.available)(
+    "with the host's IoT thing name, takes the device's registered thing name (or its name when it has none)",
+    async () => {
+      const enroll = (token: string, thingName: string) =>
+        t.call('POST', '/api/v1/enroll', { token, body: { csr: createCsr(deviceKey(), 'h'), thingName } });
+      // A thing name that is no valid device name (an underscore) is a thing name all the same, not a 400.
+      const cam1 = (await newToken('cam-1')).body.token as string;
+      const wrongThing = await enroll(cam1, 'Core_2');
+      expect(wrongThing).toMatchObject({
+        status: 403,
+        body: {
+          code: 'Forbidden',
+          message:
+            'the enrollment token was issued for device cam-1, whose IoT thing name is Core_1, not Core_2; expected a token for the device registered with IoT thing name Core_2 (or named so) (the token is left unused)',
+        },
+      });
+      // Its name is not its thing name once one is registered.
+      expect((await enroll(cam1, 'cam-1')).status).toBe(403);
+      expect(await enroll(cam1, 'Core_1')).toMatchObject({ status: 201, body: { deviceName: 'cam-1' } });
+
+      const cam2 = (await newToken('cam-2')).body.token as string;
+      expect(await enroll(cam2, 'cam-2-core')).toMatchObject({ status: 201, body: { deviceName: 'cam-2' } });
+
+      const cam3 = (await newToken('cam-3')).body.token as string;
+      const unregistered = await enroll(cam3, 'cam-3-core');
+      expect(unregistered.status).toBe(403);
+      expect(unregistered.body.message).toMatch(
+        /issued for device cam-3, whose IoT thing name is cam-3 \(none is registered: its device name stands for it\), not cam-3-core/,
+      );
+      expect(await enroll(cam3, 'cam-3')).toMatchObject({ status: 201, body: { deviceName: 'cam-3' } });
+
+      const bad = await enroll((await newToken('dev-y')).body.token as string, 'a/b');
+      expect(bad.status).toBe(400);
+      expect(JSON.stringify(bad.body)).toMatch(/thingName/);
     },
   );
 
