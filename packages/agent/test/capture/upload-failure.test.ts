@@ -45,7 +45,7 @@ describe('uploadFailureFields', () => {
     const sdk = Object.assign(new Error('Could not load credentials from any providers'), {
       name: 'CredentialsProviderError',
     });
-    expect(uploadFailureFields(new MissingCredentialsError('bucket b', { cause: sdk }))).toEqual({});
+    expect(uploadFailureFields(new MissingCredentialsError('bucket b', { cause: sdk, env: {} }))).toEqual({});
   });
 
   it('keeps the error and its stack for other errors that carry a code (a bug, a local file)', async () => {
