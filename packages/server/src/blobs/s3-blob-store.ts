@@ -112,6 +112,9 @@ export function s3ProblemOf(
   if (
     sseKmsKeyId !== undefined &&
     typeof name === 'string' &&
+    // A 5xx other than 501 is an outage, KMS's own included (KMS.KMSInternalException, KMS.ThrottlingException):
+    // a retry may pass, and the key is not to blame.
+    (status === undefined || status < 500 || status === 501) &&
     (name.startsWith('KMS.') || SSE_REFUSED_NAMES.has(name) || status === 501)
   )
     return {

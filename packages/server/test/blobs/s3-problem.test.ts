@@ -85,3 +85,26 @@ describe("an outage's reason as the fleet report shows it", () => {
     expect(operatorReasonOf(onAws)).toBe(`${aws} is not answering (HTTP 503); try again later`);
   });
 });
+
+// Review s15 K1: a write with a fleet's KMS key that KMS itself could not serve (its 5xx) is an outage, not the key.
+describe('a KMS failure on a write with a fleet key', () => {
+  const kmsError = (name: string, httpStatusCode: number) =>
+    Object.assign(new Error(name), { name, $metadata: { httpStatusCode } });
+  it("is the key's when KMS refuses it, an outage when KMS fails or throttles", () => {
+    expect(s3ProblemOf(kmsError('KMS.NotFoundException', 400), 'b', 'e', false, 'k-1')).toMatchObject({
+      problem: 'forbidden',
+      reason: expect.stringContaining("fleet's KMS key k-1"),
+    });
+    expect(s3ProblemOf(kmsError('NotImplemented', 501), 'b', 'e', false, 'k-1')).toMatchObject({
+      problem: 'forbidden',
+    });
+    for (const [name, status] of [
+      ['KMS.KMSInternalException', 500],
+      ['KMS.ThrottlingException', 503],
+    ] as const) {
+      expect(s3ProblemOf(kmsError(name, status), 'b', 'e', false, 'k-1')).toMatchObject({
+        problem: 'unreachable',
+      });
+    }
+  });
+});
