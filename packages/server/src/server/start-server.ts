@@ -846,7 +846,11 @@ export async function startServer(
     });
     background.push({ stop: () => fleetOutputCheck.close() });
     if (hasS3(config) && config.blobLocation.kind === 'local') {
-      const left = await bucketsWithLocalCaptures(config.blobLocation.root);
+      // A reminder only: a folder it cannot read does not stop the server (the blob store's own check judges it).
+      const left = await bucketsWithLocalCaptures(config.blobLocation.root).catch((error: unknown) => {
+        logger.warn({ err: error }, 'could not look for captures left in the local fleet-output folder');
+        return [];
+      });
       if (left.length > 0)
         logger.warn(
           { event: 'fleet_output_local_left', buckets: left },
