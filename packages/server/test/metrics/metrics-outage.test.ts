@@ -10,12 +10,25 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
+import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ApiTokenStore } from '../../src/auth/index.js';
 import { startTestPostgres } from '../support/postgres.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
 const postgres = await startTestPostgres();
+/** The servers' log lines, to count the fallback's warning. */
+const logLines: Array<{ event?: string }> = [];
+const logger = pino(
+  { level: 'warn' },
+  new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n').filter(Boolean)) logLines.push(JSON.parse(line));
+      done();
+    },
+  }),
+);
 const sqliteDir = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-metrics-outage-'));
 afterAll(async () => {
   await postgres?.stop();
@@ -42,6 +55,7 @@ const outages: Outage[] = [
       startTestServer({
         database: { engine: 'postgres', url: await postgres!.createDatabase() },
         start: { fleetStateTtlMs: 0 },
+        logger,
       }),
     breakDatabase: () => postgres!.stop(),
     refusal: { status: 503, code: 'DependencyUnavailable' },
@@ -54,6 +68,7 @@ const outages: Outage[] = [
       startTestServer({
         database: { engine: 'sqlite', file: path.join(sqliteDir, 'state.db') },
         start: { fleetStateTtlMs: 0 },
+        logger,
       }),
     breakDatabase: (t) => t.server.database.close(),
     // A closed SQLite database is no outage the server names but an error: no remembered token is let in.
@@ -73,6 +88,7 @@ describe.each(outages)('GET /metrics with the database down, on $engine', { time
   it.skipIf(!outage.available)(
     'answers a token that scraped lately 200 with database_usable 0 in an outage; refuses one never seen or revoked',
     async () => {
+      logLines.length = 0;
       t = await outage.start();
       const scraper = t.readToken;
       const revokedLater = (
@@ -123,6 +139,11 @@ describe.each(outages)('GET /metrics with the database down, on $engine', { time
           body: { code: outage.refusal.code },
         });
       expect((await t.call('GET', '/metrics')).status).toBe(401);
+      // Told once per outage, however many scrapes it lets in; never for an error that is no outage.
+      if (outage.recognised) expect((await scrape(scraper)).status).toBe(200);
+      expect(logLines.filter((line) => line.event === 'metrics_token_fallback')).toHaveLength(
+        outage.recognised ? 1 : 0,
+      );
     },
   );
 });
