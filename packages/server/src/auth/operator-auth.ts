@@ -51,7 +51,8 @@ export function operatorAuthenticators(
     } catch (error) {
       // An outage of the database is no refusal: a token verified lately stands. Any other error (a bug, a
       // closed database) is answered as it is, never with a remembered identity.
-      if (recent === undefined || dependencyUnavailableOf(error)?.details?.component !== 'database') throw error;
+      if (recent === undefined || dependencyUnavailableOf(error)?.details?.component !== 'database')
+        throw error;
       if (recent.databaseUnusable())
         request.log.warn(
           { event: 'metrics_token_fallback' },

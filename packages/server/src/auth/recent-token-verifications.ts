@@ -26,9 +26,7 @@ export class RecentTokenVerifications {
   /** Insertion order is age order: the first entry is the one to drop when full. */
   readonly #byHash = new Map<string, { identity: OperatorIdentity; at: number }>();
 
-  constructor(
-    options: { ttlMs?: number; limit?: number; maxOutageMs?: number; now?: () => number } = {},
-  ) {
+  constructor(options: { ttlMs?: number; limit?: number; maxOutageMs?: number; now?: () => number } = {}) {
     this.#ttlMs = options.ttlMs ?? DEFAULT_TTL_MS;
     this.#limit = options.limit ?? DEFAULT_LIMIT;
     this.#maxOutageMs = options.maxOutageMs ?? DEFAULT_MAX_OUTAGE_MS;
