@@ -53,7 +53,10 @@ export async function loadAccessKeyEncryptionKey(file: string): Promise<Buffer> 
   );
   const key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64');
   if (key.length !== 32) {
-    throw new Error(`${file} must hold 32 bytes, base64-encoded (it holds ${key.length})`);
+    throw new KeyMaterialError(
+      `${file} must hold 32 bytes, base64-encoded (it holds ${key.length}); copy the first server's ` +
+        '(access-keys/encryption.key in its data dir, or its sagemaker.accessKeyEncryptionKeyFile)',
+    );
   }
   return key;
 }

@@ -18,10 +18,6 @@ export {
 } from './access-keys.js';
 export { accessKeyRoutes } from './access-key-routes.js';
 export { operatorAuthenticators, requireOperator } from './operator-auth.js';
-export {
-  DEFAULT_RECENT_TOKEN_LIMIT,
-  DEFAULT_RECENT_TOKEN_TTL_MS,
-  RecentTokenVerifications,
-} from './recent-token-verifications.js';
+export { RecentTokenVerifications } from './recent-token-verifications.js';
 export { apiTokenRoutes } from './routes.js';
 export { bearerTokenOf, hashSecret, newId, newSecret } from './secrets.js';

@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify';
-import { DomainError } from '../errors/index.js';
+import { DomainError, dependencyUnavailableOf } from '../errors/index.js';
 import type { ApiTokenStore, OperatorIdentity } from './api-tokens.js';
 import { RecentTokenVerifications } from './recent-token-verifications.js';
 import { bearerTokenOf } from './secrets.js';
@@ -16,7 +16,8 @@ declare module 'fastify' {
  * that header, `otherwise` (the console's session cookie) may identify the operator.
  *
  * `scrape` (GET /metrics only) is `read`, except that a token this process verified within `recentScrapes`'
- * window is still accepted when the database lookup fails (an outage): a scrape must be able to report
+ * window (counted back from the outage's start) is still accepted when the lookup fails because the database
+ * cannot be used (an outage the server recognises, as dependencyUnavailableOf does): a scrape must be able to report
  * `database_usable 0`. Any token the database refuses, or never verified here, is checked as by `read`.
  */
 export function operatorAuthenticators(
@@ -48,12 +49,22 @@ export function operatorAuthenticators(
     try {
       identity = await tokens.verify(token);
     } catch (error) {
-      // The lookup failed (the database cannot be used), which is no refusal: a token verified lately stands.
-      const remembered = recent?.recall(token);
+      // An outage of the database is no refusal: a token verified lately stands. Any other error (a bug, a
+      // closed database) is answered as it is, never with a remembered identity.
+      if (recent === undefined || dependencyUnavailableOf(error)?.details?.component !== 'database')
+        throw error;
+      if (recent.databaseUnusable())
+        request.log.warn(
+          { event: 'metrics_token_fallback' },
+          'the database cannot be used: GET /metrics accepts the API tokens it verified within 60 s before ' +
+            'the outage began (up to 24 h), until the database answers again',
+        );
+      const remembered = recent.recall(token);
       if (remembered === undefined) throw error;
       request.operator = remembered;
       return remembered;
     }
+    recent?.databaseAnswered();
     if (identity === undefined) {
       recent?.forget(token);
       throw new DomainError('Unauthenticated', 'the API token is unknown or revoked');

@@ -1,10 +1,15 @@
 import type { OperatorIdentity } from './api-tokens.js';
 import { hashSecret } from './secrets.js';
 
-/** How long a verified token is remembered: a revocation made on another replica counts after at most this. */
-export const DEFAULT_RECENT_TOKEN_TTL_MS = 60_000;
+/** How long before an outage a token must have been verified: a revocation on another replica counts after this. */
+const DEFAULT_TTL_MS = 60_000;
 /** How many tokens are remembered at most (the oldest goes first); a scrape uses one or two. */
-export const DEFAULT_RECENT_TOKEN_LIMIT = 256;
+const DEFAULT_LIMIT = 256;
+/**
+ * The longest outage a remembered token outlives. No revocation can be saved while the database is down, but a
+ * replica cut off from a database the others still reach would go on admitting a token revoked there.
+ */
+const DEFAULT_MAX_OUTAGE_MS = 24 * 60 * 60_000;
 
 /**
  * API tokens this process verified against the database lately, by hash (never the token itself), with the
@@ -14,14 +19,30 @@ export const DEFAULT_RECENT_TOKEN_LIMIT = 256;
 export class RecentTokenVerifications {
   readonly #ttlMs: number;
   readonly #limit: number;
+  readonly #maxOutageMs: number;
   readonly #now: () => number;
+  /** When the first lookup of the current outage failed; undefined while the database answers. */
+  #unusableSince: number | undefined;
   /** Insertion order is age order: the first entry is the one to drop when full. */
   readonly #byHash = new Map<string, { identity: OperatorIdentity; at: number }>();
 
-  constructor(options: { ttlMs?: number; limit?: number; now?: () => number } = {}) {
-    this.#ttlMs = options.ttlMs ?? DEFAULT_RECENT_TOKEN_TTL_MS;
-    this.#limit = options.limit ?? DEFAULT_RECENT_TOKEN_LIMIT;
+  constructor(options: { ttlMs?: number; limit?: number; maxOutageMs?: number; now?: () => number } = {}) {
+    this.#ttlMs = options.ttlMs ?? DEFAULT_TTL_MS;
+    this.#limit = options.limit ?? DEFAULT_LIMIT;
+    this.#maxOutageMs = options.maxOutageMs ?? DEFAULT_MAX_OUTAGE_MS;
     this.#now = options.now ?? Date.now;
+  }
+
+  /** A token lookup failed because the database cannot be used. True for the outage's first such failure. */
+  databaseUnusable(): boolean {
+    if (this.#unusableSince !== undefined) return false;
+    this.#unusableSince = this.#now();
+    return true;
+  }
+
+  /** A token lookup got an answer: any outage is over. */
+  databaseAnswered(): void {
+    this.#unusableSince = undefined;
   }
 
   /** The database has just said `token` is `identity`'s. */
@@ -36,16 +57,22 @@ export class RecentTokenVerifications {
     }
   }
 
-  /** The identity `token` was verified as within the last ttlMs; undefined otherwise. */
+  /**
+   * The identity `token` was verified as within ttlMs before the current outage began (before now when there is
+   * none): counted from the outage's start, as no revocation can be saved after it, so that a scraper is let in
+   * for the whole outage, up to maxOutageMs. Undefined otherwise.
+   */
   recall(token: string): OperatorIdentity | undefined {
     const hash = hashSecret(token);
     const entry = this.#byHash.get(hash);
     if (entry === undefined) return undefined;
-    if (this.#now() - entry.at >= this.#ttlMs) {
+    const now = this.#now();
+    const since = this.#unusableSince ?? now;
+    if (since - entry.at >= this.#ttlMs) {
       this.#byHash.delete(hash);
       return undefined;
     }
-    return entry.identity;
+    return now - since >= this.#maxOutageMs ? undefined : entry.identity;
   }
 
   /** The database refused `token` (unknown or revoked). */

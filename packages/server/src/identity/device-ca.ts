@@ -109,11 +109,19 @@ export class DeviceCa {
     const key = await readSecretFile(files.keyFile);
     if (key.looseMode) options.warn?.(`device CA key ${files.keyFile} is readable by others; chmod 600 it`);
     const x509 = new X509Certificate(certificatePem);
-    if (!x509.ca) throw new Error(`device CA certificate ${files.certFile} is not a CA certificate`);
+    if (!x509.ca)
+      throw new KeyMaterialError(
+        `device CA certificate ${files.certFile} is not a CA certificate; copy the first server's ` +
+          '(ca/device-ca.crt in its data dir, or its deviceCa.certFile)',
+      );
     const privateKey = createPrivateKey(key.content);
     const publicKeyPem = createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }) as string;
     if (!x509.checkPrivateKey(privateKey)) {
-      throw new Error(`device CA key ${files.keyFile} does not belong to certificate ${files.certFile}`);
+      throw new KeyMaterialError(
+        `device CA key ${files.keyFile} does not belong to certificate ${files.certFile}; the two must be a pair: ` +
+          "copy both from the same server (ca/device-ca.crt and ca/device-ca.key in the first server's data dir, " +
+          'or its deviceCa files)',
+      );
     }
     return new DeviceCa({ certificatePem, privateKeyPem: key.content, publicKeyPem }, now);
   }

@@ -68,7 +68,7 @@ export async function openSigningIdentity(
   const present = await presence();
   if (!present.every(Boolean)) {
     const missing = required.filter((_, i) => !present[i]);
-    throw new Error(
+    throw new KeyMaterialError(
       `package-signing key material incomplete: missing ${missing.join(', ')}; restore the files ` +
         '(or remove all of them to generate new ones, after which devices need the new root certificate)',
     );
@@ -80,11 +80,17 @@ export async function openSigningIdentity(
     options.warn?.(`package-signing key ${files.keyFile} is readable by others; chmod 600 it`);
   const leaf = new X509Certificate(certificatePem);
   if (!leaf.checkPrivateKey(createPrivateKey(key.content))) {
-    throw new Error(`package-signing key ${files.keyFile} does not belong to certificate ${files.certFile}`);
+    throw new KeyMaterialError(
+      `package-signing key ${files.keyFile} does not belong to certificate ${files.certFile}; the files must be ` +
+        'one set: copy all three from the same server (signing/root.crt, signing/signing.crt and signing/signing.key ' +
+        "in the first server's data dir, or its signing files)",
+    );
   }
   if (!leaf.checkIssued(new X509Certificate(rootCertificatePem))) {
-    throw new Error(
-      `package-signing certificate ${files.certFile} was not issued by root ${files.rootCertFile}`,
+    throw new KeyMaterialError(
+      `package-signing certificate ${files.certFile} was not issued by root ${files.rootCertFile}; the files must ` +
+        'be one set: copy all three from the same server (signing/root.crt, signing/signing.crt and ' +
+        "signing/signing.key in the first server's data dir, or its signing files)",
     );
   }
   return {

@@ -103,6 +103,30 @@ describe('serve with key material that cannot be used (real processes)', { timeo
       ),
     });
 
+    // Files copied from two hosts: the first server's certificate with another host's key (this one's own).
+    const ownCaKey = path.join(shared.dataDir, 'ca', 'device-ca.key');
+    expect(
+      await serveOutcome('mixed-ca', { ...shared, deviceCa: { ...firstCa, keyFile: ownCaKey } }),
+    ).toEqual({
+      code: 2,
+      stderr: expect.stringContaining(
+        `device CA key ${ownCaKey} does not belong to certificate ${firstCa.certFile}; the two must be a pair`,
+      ),
+    });
+    const ownSigningKey = path.join(shared.dataDir, 'signing', 'signing.key');
+    expect(
+      await serveOutcome('mixed-signing', {
+        ...shared,
+        deviceCa: firstCa,
+        signing: { ...firstSigning, keyFile: ownSigningKey },
+      }),
+    ).toEqual({
+      code: 2,
+      stderr: expect.stringContaining(
+        `package-signing key ${ownSigningKey} does not belong to certificate ${firstSigning.certFile}; the files must be one set`,
+      ),
+    });
+
     // The recipe: the first server's CA, signing files and access-key encryption key, its own data dir.
     expect(
       await serveOutcome('replica', {
