@@ -517,10 +517,15 @@ export class CaptureSpool {
         }
       }
       // A file the store took (storedKeys) is in the bucket whatever became of its copy here: its damage alone
-      // fails no capture. Only where a file still to send is damaged too are the stored ones counted as before,
-      // as the records a rewrite keeps are read from the manifests here.
+      // fails no capture. A stored side file is never counted lost: a record naming it can still be delivered,
+      // as its data is in the bucket. A stored manifest is, where a file still to send is damaged too: the
+      // records a rewrite keeps are read from the manifests here, and the captures of a lost stored manifest
+      // cannot be told from those of a lost one still to send.
       const stored = batch.storedKeys ?? new Set<string>();
-      const needsSending = (list: SpoolFile[]) => (list.some((f) => !stored.has(f.key)) ? list : []);
+      const needsSending = (list: SpoolFile[]) => {
+        const lost = list.filter((f) => f.kind !== 'side' || !stored.has(f.key));
+        return lost.some((f) => !stored.has(f.key)) ? lost : [];
+      };
       if (missing.length > 0) {
         if (!(await folderExists(folder))) {
           this.#batchGone(batch, folder);

@@ -939,6 +939,68 @@ describe('capture spool: progress across a restart', () => {
     }
   });
 
+  it('fails only the lost manifest when a stored side file went missing too: the record naming that side file is delivered', async () => {
+    // p-1 at hour 0, p-2 at hour 1: two manifests, each with its capture's side file.
+    const items = ['p-1', 'p-2'].map((captureId, i) => ({
+      ...captureItem(captureId, Buffer.alloc(256, i + 1)),
+      inferenceTime: T + i * HOUR,
+      receivedAt: T + i * HOUR,
+    }));
+    const batch = renderBatch('e'.repeat(32), items, {
+      folderPrefix: 'edge',
+      fleetName: 'plant',
+      deviceName: 'cam-1',
+      base64EmbedLimit: 64,
+      modelMonitorFormat: false,
+      urlFor: (key) => s3Store.urlFor(key),
+    });
+    const manifestFiles = batch.files.filter((f) => f.kind !== 'side');
+    expect(manifestFiles).toHaveLength(2);
+    const manifests = new Set(manifestFiles.map((f) => f.key));
+    const first = spoolUnderTest({ store: failingFor(s3Store, () => manifests) });
+    await first.spool.open();
+    await first.spool.add(batch);
+    await until(() => first.scheduled.length === 1, 'the manifests were denied');
+    await first.spool.close();
+    const dir = first.dir;
+    const p1Manifest = manifestFiles.find((f) => f.body.toString().includes('p-1'))!;
+    const p2Manifest = manifestFiles.find((f) => f.body.toString().includes('p-2'))!;
+    const p1Side = batch.files.find(
+      (f) => f.kind === 'side' && p1Manifest.body.toString().includes(s3Store.urlFor(f.key)),
+    )!;
+    // p-1's side file is in the bucket; p-2's manifest was never sent. Both go missing here.
+    const spooled = JSON.parse(await readFile(join(dir, batch.batchId, 'batch.json'), 'utf8'));
+    for (const key of [p1Side.key, p2Manifest.key]) {
+      const entry = spooled.files.find((f: { key: string }) => f.key === key);
+      await rm(join(dir, batch.batchId, entry.file));
+    }
+
+    const puts: string[] = [];
+    const t = spoolUnderTest({ store: failingFor(s3Store, () => new Set(), puts) });
+    await t.spool.open();
+    try {
+      await until(
+        () => t.delivered.length + t.dropped.flatMap((d) => d.ids).length >= 2,
+        'each capture delivered or failed',
+      );
+      expect(t.delivered).toEqual(['p-1']);
+      expect(t.dropped).toEqual([
+        {
+          ids: ['p-2'],
+          detail: expect.stringContaining(`(${p2Manifest.key}: missing)`),
+        },
+      ]);
+      expect(await idsIn(s3)).toEqual(['p-1']);
+      // The stored side file is neither sent again nor named lost.
+      expect(puts).toEqual([p1Manifest.key]);
+      const missing = t.lines.filter((l) => l.fields.event === 'capture-spool-file-missing');
+      expect(missing.map((l) => l.fields.missingKeys)).toEqual([[p2Manifest.key]]);
+      expect(await readdir(t.dir)).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
   it('does not bring back a batch folder removed during an attempt: the batch is said to be gone', async () => {
     const batch = batchOf('a', ['r-1'], 0);
     const manifests = new Set(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
