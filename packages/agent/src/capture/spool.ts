@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { LineLimiter } from '@edgefleet/core';
 import { z } from 'zod';
 import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
-import { TEMP_FILE_MARK, stageFile, syncFolder, writeFileAtomic } from './atomic-files.js';
+import { TEMP_FILE_MARK, syncFolder, writeFileAtomic, type WriteFileOptions } from './atomic-files.js';
 import { putEach } from './destinations.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import { freeBytes, type StatFs } from './disk-quota.js';
@@ -119,10 +119,11 @@ export interface CaptureSpoolOptions {
   /** At most this many bytes are kept set aside; past it the oldest are removed. Default a quarter of quotaBytes. */
   setAsideMaxBytes?: number;
   /**
-   * Writes a file of the spool whole or not at all (tests inject a full or failing disk). Default writeFileAtomic
+   * Writes a file of the spool whole or not at all (tests inject a full or failing disk): the batches' files,
+   * their rewrites, progress.json (with `createFolder: false`) and the set-aside note. Default writeFileAtomic
    * (temp file, fsync, rename).
    */
-  writeFile?: (path: string, body: Uint8Array) => Promise<void>;
+  writeFile?: (path: string, body: Uint8Array, options?: WriteFileOptions) => Promise<void>;
 }
 
 /** A batch failed this many times for reasons of its own is set aside. */
@@ -200,7 +201,7 @@ export class CaptureSpool {
   readonly #failureLines: UploadFailureLines;
   readonly #timers: SpoolTimers;
   readonly #now: () => number;
-  readonly #writeFile: (path: string, body: Uint8Array) => Promise<void>;
+  readonly #writeFile: (path: string, body: Uint8Array, options?: WriteFileOptions) => Promise<void>;
   /** Lines of files found missing or torn, and of this disk's failures: the first, then at most one a minute. */
   readonly #diskLines: LineLimiter;
   /** Batches delivered by this run (evidence that the store takes batches: see SpooledBatch.strikes). */
@@ -383,13 +384,9 @@ export class CaptureSpool {
   async #saveProgress(batch: SpooledBatch, folder: string): Promise<void> {
     if (batch.evicted || !this.#batches.includes(batch)) return;
     const progress: z.infer<typeof SpoolProgressSchema> = { v: 1, storedKeys: [...(batch.storedKeys ?? [])] };
-    const staged = await stageFile(join(folder, PROGRESS_FILE), Buffer.from(JSON.stringify(progress)), {
+    await this.#writeFile(join(folder, PROGRESS_FILE), Buffer.from(JSON.stringify(progress)), {
       createFolder: false,
     }).catch(() => undefined);
-    if (staged === undefined) return;
-    await rename(staged.temp, staged.path).catch(() =>
-      rm(staged.temp, { force: true }).catch(() => undefined),
-    );
   }
 
   /** Keeps a batch until the store takes it. Durable once this resolves. */

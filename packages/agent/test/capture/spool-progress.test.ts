@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { CaptureSpool, S3ObjectStore, type ObjectStore } from '../../src/capture/index.js';
 import { RefusedByStoreError, RetryLaterError } from '../../src/capture/object-store.js';
-import { writeFileAtomic } from '../../src/capture/atomic-files.js';
+import { writeFileAtomic, type WriteFileOptions } from '../../src/capture/atomic-files.js';
 import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
 import { captureItem, s3FaultProxy, startS3, type TestS3 } from './helpers.js';
 
@@ -67,7 +67,7 @@ function spoolUnderTest(options: {
   setAsideMaxBytes?: number;
   uploadConcurrency?: number;
   now?: () => number;
-  writeFile?: (path: string, body: Uint8Array) => Promise<void>;
+  writeFile?: (path: string, body: Uint8Array, options?: WriteFileOptions) => Promise<void>;
 }) {
   const lines: Line[] = [];
   const line = (level: string) => (fields: Record<string, unknown>, message: string) =>
@@ -566,12 +566,12 @@ describe('capture spool: a batch that fails does not hold back the others', () =
     // The disk, as the spool's writes meet it: full (ENOSPC) for the one batch's rewrite, failing (EIO) for the
     // other's.
     let full = true;
-    const writeFile = async (path: string, body: Uint8Array) => {
+    const writeFile = async (path: string, body: Uint8Array, options?: WriteFileOptions) => {
       if (full && path.endsWith(join(bad.batchId, 'batch.json')))
         throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
       if (path.endsWith(join(failing.batchId, 'batch.json')))
         throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
-      return writeFileAtomic(path, body);
+      return writeFileAtomic(path, body, options);
     };
     const t = spoolUnderTest({ store: refusing, writeFile, setAsideAfterFailures: 1 });
     await t.spool.open();
@@ -916,6 +916,50 @@ describe('capture spool: progress across a restart', () => {
       expect(puts).toEqual(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
       expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
       expect(await readdir(t.dir)).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('fails nothing when progress.json cannot be written: the batch is retried as before, and a restart sends its files again', async () => {
+    const batch = batchOf('a', ['p-1', 'p-2'], 0);
+    const manifests = new Set(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
+    const sides = batch.files.filter((f) => f.kind === 'side').map((f) => f.key);
+    const progressWrites: string[] = [];
+    // A disk that takes the batch, then is full when the progress is written.
+    const writeFile = async (path: string, body: Uint8Array, options?: WriteFileOptions) => {
+      if (path.endsWith('progress.json')) {
+        progressWrites.push(path);
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      }
+      return writeFileAtomic(path, body, options);
+    };
+    const first = spoolUnderTest({ store: failingFor(s3Store, () => manifests), writeFile });
+    await first.spool.open();
+    await first.spool.add(batch);
+    await until(() => first.scheduled.length === 1, 'the manifest was denied');
+    await first.spool.close();
+    expect(progressWrites).toEqual([join(first.dir, batch.batchId, 'progress.json')]);
+    // The attempt failed for the store's 403 alone: no disk failure, nothing dropped, nothing set aside.
+    expect(first.dropped).toEqual([]);
+    expect(first.spool.batches).toBe(1);
+    expect(first.spool.setAsideBatches).toBe(0);
+    expect(first.lines.filter((l) => l.level === 'error')).toEqual([]);
+    const failed = first.lines.filter((l) => l.fields.event === 'capture-upload-failed');
+    expect(failed.map((l) => l.message)).toEqual([expect.stringMatching(/AccessDenied/)]);
+    // Nothing of the failed write is left in the batch's folder.
+    const left = await readdir(join(first.dir, batch.batchId));
+    expect(left.filter((name) => name.includes('progress'))).toEqual([]);
+
+    const puts: string[] = [];
+    const t = spoolUnderTest({ store: failingFor(s3Store, () => new Set(), puts) });
+    await t.spool.open();
+    try {
+      await until(() => t.delivered.length === 2, 'delivered after the restart');
+      // No progress was kept: the side files are sent again, which the store answers as stored.
+      expect(puts.filter((key) => sides.includes(key)).sort()).toEqual([...sides].sort());
+      expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
+      expect(t.dropped).toEqual([]);
     } finally {
       await t.spool.close();
     }
