@@ -12,14 +12,25 @@ export const TEMP_FILE_MARK = '.tmp-';
 export const CAPTURE_FILE_MODE = 0o640;
 export const CAPTURE_FOLDER_MODE = 0o750;
 
+/** How a file is written: `createFolder` false, a missing folder is not made (ENOENT is thrown). */
+export interface WriteFileOptions {
+  createFolder?: boolean;
+}
+
 /**
  * Writes a file so that a reader sees either nothing or all of it: the bytes go to a hidden temporary file in
  * the same folder, are fsynced, then renamed over the final name. The caller fsyncs the folder (syncFolder) once
- * it has renamed everything it writes there, so the new names survive a power cut too.
+ * it has renamed everything it writes there, so the new names survive a power cut too. A missing folder is made,
+ * unless `createFolder` is false (a folder removed meanwhile stays removed).
  */
-export async function writeFileAtomic(path: string, body: Uint8Array): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: CAPTURE_FOLDER_MODE });
-  const staged = await stageFile(path, body);
+export async function writeFileAtomic(
+  path: string,
+  body: Uint8Array,
+  options: WriteFileOptions = {},
+): Promise<void> {
+  if (options.createFolder !== false)
+    await mkdir(dirname(path), { recursive: true, mode: CAPTURE_FOLDER_MODE });
+  const staged = await stageFile(path, body, options);
   try {
     await rename(staged.temp, staged.path);
   } catch (error) {
@@ -51,7 +62,7 @@ export interface StagedFile {
 export async function stageFile(
   path: string,
   body: Uint8Array,
-  options: { createFolder?: boolean } = {},
+  options: WriteFileOptions = {},
 ): Promise<StagedFile> {
   const folder = dirname(path);
   const temp = join(

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { LineLimiter } from '@edgefleet/core';
 import { z } from 'zod';
 import { backoffDelay, type BackoffPolicy } from '../retry/index.js';
-import { TEMP_FILE_MARK, stageFile, syncFolder, writeFileAtomic } from './atomic-files.js';
+import { TEMP_FILE_MARK, syncFolder, writeFileAtomic, type WriteFileOptions } from './atomic-files.js';
 import { putEach } from './destinations.js';
 import type { CaptureLogger, CaptureMetrics } from './capture-metrics.js';
 import { freeBytes, type StatFs } from './disk-quota.js';
@@ -119,10 +119,11 @@ export interface CaptureSpoolOptions {
   /** At most this many bytes are kept set aside; past it the oldest are removed. Default a quarter of quotaBytes. */
   setAsideMaxBytes?: number;
   /**
-   * Writes a file of the spool whole or not at all (tests inject a full or failing disk). Default writeFileAtomic
+   * Writes a file of the spool whole or not at all (tests inject a full or failing disk): the batches' files,
+   * their rewrites, progress.json (with `createFolder: false`) and the set-aside note. Default writeFileAtomic
    * (temp file, fsync, rename).
    */
-  writeFile?: (path: string, body: Uint8Array) => Promise<void>;
+  writeFile?: (path: string, body: Uint8Array, options?: WriteFileOptions) => Promise<void>;
 }
 
 /** A batch failed this many times for reasons of its own is set aside. */
@@ -200,7 +201,7 @@ export class CaptureSpool {
   readonly #failureLines: UploadFailureLines;
   readonly #timers: SpoolTimers;
   readonly #now: () => number;
-  readonly #writeFile: (path: string, body: Uint8Array) => Promise<void>;
+  readonly #writeFile: (path: string, body: Uint8Array, options?: WriteFileOptions) => Promise<void>;
   /** Lines of files found missing or torn, and of this disk's failures: the first, then at most one a minute. */
   readonly #diskLines: LineLimiter;
   /** Batches delivered by this run (evidence that the store takes batches: see SpooledBatch.strikes). */
@@ -383,13 +384,9 @@ export class CaptureSpool {
   async #saveProgress(batch: SpooledBatch, folder: string): Promise<void> {
     if (batch.evicted || !this.#batches.includes(batch)) return;
     const progress: z.infer<typeof SpoolProgressSchema> = { v: 1, storedKeys: [...(batch.storedKeys ?? [])] };
-    const staged = await stageFile(join(folder, PROGRESS_FILE), Buffer.from(JSON.stringify(progress)), {
+    await this.#writeFile(join(folder, PROGRESS_FILE), Buffer.from(JSON.stringify(progress)), {
       createFolder: false,
     }).catch(() => undefined);
-    if (staged === undefined) return;
-    await rename(staged.temp, staged.path).catch(() =>
-      rm(staged.temp, { force: true }).catch(() => undefined),
-    );
   }
 
   /** Keeps a batch until the store takes it. Durable once this resolves. */
@@ -517,10 +514,15 @@ export class CaptureSpool {
         }
       }
       // A file the store took (storedKeys) is in the bucket whatever became of its copy here: its damage alone
-      // fails no capture. Only where a file still to send is damaged too are the stored ones counted as before,
-      // as the records a rewrite keeps are read from the manifests here.
+      // fails no capture. A stored side file is never counted lost: a record naming it can still be delivered,
+      // as its data is in the bucket. A stored manifest is, where a file still to send is damaged too: the
+      // records a rewrite keeps are read from the manifests here, and the captures of a lost stored manifest
+      // cannot be told from those of a lost one still to send.
       const stored = batch.storedKeys ?? new Set<string>();
-      const needsSending = (list: SpoolFile[]) => (list.some((f) => !stored.has(f.key)) ? list : []);
+      const needsSending = (list: SpoolFile[]) => {
+        const lost = list.filter((f) => f.kind !== 'side' || !stored.has(f.key));
+        return lost.some((f) => !stored.has(f.key)) ? lost : [];
+      };
       if (missing.length > 0) {
         if (!(await folderExists(folder))) {
           this.#batchGone(batch, folder);

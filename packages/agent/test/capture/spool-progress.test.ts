@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { CaptureSpool, S3ObjectStore, type ObjectStore } from '../../src/capture/index.js';
 import { RefusedByStoreError, RetryLaterError } from '../../src/capture/object-store.js';
-import { writeFileAtomic } from '../../src/capture/atomic-files.js';
+import { writeFileAtomic, type WriteFileOptions } from '../../src/capture/atomic-files.js';
 import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
 import { captureItem, s3FaultProxy, startS3, type TestS3 } from './helpers.js';
 
@@ -67,7 +67,7 @@ function spoolUnderTest(options: {
   setAsideMaxBytes?: number;
   uploadConcurrency?: number;
   now?: () => number;
-  writeFile?: (path: string, body: Uint8Array) => Promise<void>;
+  writeFile?: (path: string, body: Uint8Array, options?: WriteFileOptions) => Promise<void>;
 }) {
   const lines: Line[] = [];
   const line = (level: string) => (fields: Record<string, unknown>, message: string) =>
@@ -566,12 +566,12 @@ describe('capture spool: a batch that fails does not hold back the others', () =
     // The disk, as the spool's writes meet it: full (ENOSPC) for the one batch's rewrite, failing (EIO) for the
     // other's.
     let full = true;
-    const writeFile = async (path: string, body: Uint8Array) => {
+    const writeFile = async (path: string, body: Uint8Array, options?: WriteFileOptions) => {
       if (full && path.endsWith(join(bad.batchId, 'batch.json')))
         throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
       if (path.endsWith(join(failing.batchId, 'batch.json')))
         throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
-      return writeFileAtomic(path, body);
+      return writeFileAtomic(path, body, options);
     };
     const t = spoolUnderTest({ store: refusing, writeFile, setAsideAfterFailures: 1 });
     await t.spool.open();
@@ -921,6 +921,50 @@ describe('capture spool: progress across a restart', () => {
     }
   });
 
+  it('fails nothing when progress.json cannot be written: the batch is retried as before, and a restart sends its files again', async () => {
+    const batch = batchOf('a', ['p-1', 'p-2'], 0);
+    const manifests = new Set(batch.files.filter((f) => f.kind !== 'side').map((f) => f.key));
+    const sides = batch.files.filter((f) => f.kind === 'side').map((f) => f.key);
+    const progressWrites: string[] = [];
+    // A disk that takes the batch, then is full when the progress is written.
+    const writeFile = async (path: string, body: Uint8Array, options?: WriteFileOptions) => {
+      if (path.endsWith('progress.json')) {
+        progressWrites.push(path);
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      }
+      return writeFileAtomic(path, body, options);
+    };
+    const first = spoolUnderTest({ store: failingFor(s3Store, () => manifests), writeFile });
+    await first.spool.open();
+    await first.spool.add(batch);
+    await until(() => first.scheduled.length === 1, 'the manifest was denied');
+    await first.spool.close();
+    expect(progressWrites).toEqual([join(first.dir, batch.batchId, 'progress.json')]);
+    // The attempt failed for the store's 403 alone: no disk failure, nothing dropped, nothing set aside.
+    expect(first.dropped).toEqual([]);
+    expect(first.spool.batches).toBe(1);
+    expect(first.spool.setAsideBatches).toBe(0);
+    expect(first.lines.filter((l) => l.level === 'error')).toEqual([]);
+    const failed = first.lines.filter((l) => l.fields.event === 'capture-upload-failed');
+    expect(failed.map((l) => l.message)).toEqual([expect.stringMatching(/AccessDenied/)]);
+    // Nothing of the failed write is left in the batch's folder.
+    const left = await readdir(join(first.dir, batch.batchId));
+    expect(left.filter((name) => name.includes('progress'))).toEqual([]);
+
+    const puts: string[] = [];
+    const t = spoolUnderTest({ store: failingFor(s3Store, () => new Set(), puts) });
+    await t.spool.open();
+    try {
+      await until(() => t.delivered.length === 2, 'delivered after the restart');
+      // No progress was kept: the side files are sent again, which the store answers as stored.
+      expect(puts.filter((key) => sides.includes(key)).sort()).toEqual([...sides].sort());
+      expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
+      expect(t.dropped).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
   it('fails no capture for a stored file that went missing here since: it is in the bucket', async () => {
     const { batch, sides, dir } = await leftHalfSent();
     const spooled = JSON.parse(await readFile(join(dir, batch.batchId, 'batch.json'), 'utf8'));
@@ -934,6 +978,68 @@ describe('capture spool: progress across a restart', () => {
       expect(t.dropped).toEqual([]);
       expect(await idsIn(s3)).toEqual(['p-1', 'p-2']);
       expect(t.lines.filter((l) => l.fields.event === 'capture-spool-file-missing')).toEqual([]);
+    } finally {
+      await t.spool.close();
+    }
+  });
+
+  it('fails only the lost manifest when a stored side file went missing too: the record naming that side file is delivered', async () => {
+    // p-1 at hour 0, p-2 at hour 1: two manifests, each with its capture's side file.
+    const items = ['p-1', 'p-2'].map((captureId, i) => ({
+      ...captureItem(captureId, Buffer.alloc(256, i + 1)),
+      inferenceTime: T + i * HOUR,
+      receivedAt: T + i * HOUR,
+    }));
+    const batch = renderBatch('e'.repeat(32), items, {
+      folderPrefix: 'edge',
+      fleetName: 'plant',
+      deviceName: 'cam-1',
+      base64EmbedLimit: 64,
+      modelMonitorFormat: false,
+      urlFor: (key) => s3Store.urlFor(key),
+    });
+    const manifestFiles = batch.files.filter((f) => f.kind !== 'side');
+    expect(manifestFiles).toHaveLength(2);
+    const manifests = new Set(manifestFiles.map((f) => f.key));
+    const first = spoolUnderTest({ store: failingFor(s3Store, () => manifests) });
+    await first.spool.open();
+    await first.spool.add(batch);
+    await until(() => first.scheduled.length === 1, 'the manifests were denied');
+    await first.spool.close();
+    const dir = first.dir;
+    const p1Manifest = manifestFiles.find((f) => f.body.toString().includes('p-1'))!;
+    const p2Manifest = manifestFiles.find((f) => f.body.toString().includes('p-2'))!;
+    const p1Side = batch.files.find(
+      (f) => f.kind === 'side' && p1Manifest.body.toString().includes(s3Store.urlFor(f.key)),
+    )!;
+    // p-1's side file is in the bucket; p-2's manifest was never sent. Both go missing here.
+    const spooled = JSON.parse(await readFile(join(dir, batch.batchId, 'batch.json'), 'utf8'));
+    for (const key of [p1Side.key, p2Manifest.key]) {
+      const entry = spooled.files.find((f: { key: string }) => f.key === key);
+      await rm(join(dir, batch.batchId, entry.file));
+    }
+
+    const puts: string[] = [];
+    const t = spoolUnderTest({ store: failingFor(s3Store, () => new Set(), puts) });
+    await t.spool.open();
+    try {
+      await until(
+        () => t.delivered.length + t.dropped.flatMap((d) => d.ids).length >= 2,
+        'each capture delivered or failed',
+      );
+      expect(t.delivered).toEqual(['p-1']);
+      expect(t.dropped).toEqual([
+        {
+          ids: ['p-2'],
+          detail: expect.stringContaining(`(${p2Manifest.key}: missing)`),
+        },
+      ]);
+      expect(await idsIn(s3)).toEqual(['p-1']);
+      // The stored side file is neither sent again nor named lost.
+      expect(puts).toEqual([p1Manifest.key]);
+      const missing = t.lines.filter((l) => l.fields.event === 'capture-spool-file-missing');
+      expect(missing.map((l) => l.fields.missingKeys)).toEqual([[p2Manifest.key]]);
+      expect(await readdir(t.dir)).toEqual([]);
     } finally {
       await t.spool.close();
     }

@@ -180,6 +180,42 @@ function logLines() {
   return { lines, logger: { info: line('info'), warn: line('warn'), error: line('error') } };
 }
 
+/**
+ * A spool in `<dir>/<name>` uploading to `target`, with what it reports collected: statuses, log lines, metrics.
+ * Its retries wait for the test (`scheduled`: call one to retry), unless `realTimers` (then after 10-20 ms).
+ */
+function spoolUnderTest(
+  name: string,
+  target: ObjectStore,
+  options: { realTimers?: boolean; setAsideAfterFailures?: number } = {},
+) {
+  const { lines, logger } = logLines();
+  const registry = new Registry();
+  const scheduled: (() => void)[] = [];
+  const delivered: string[] = [];
+  const dropped: { ids: readonly string[]; detail: string }[] = [];
+  const spoolDir = join(dir, name);
+  const spool = new CaptureSpool({
+    dir: spoolDir,
+    quotaBytes: 1024 * 1024,
+    store: target,
+    retry: { initialMs: 10, maxMs: 20 },
+    onDelivered: (ids) => delivered.push(...ids),
+    onDropped: (ids, detail) => dropped.push({ ids, detail }),
+    metrics: new CaptureMetrics(registry, {
+      queueDepth: () => 0,
+      spoolBytes: () => 0,
+      spoolBatches: () => 0,
+    }),
+    logger,
+    ...(!options.realTimers && { timers: { set: (run) => scheduled.push(run), clear: () => undefined } }),
+    ...(options.setAsideAfterFailures !== undefined && {
+      setAsideAfterFailures: options.setAsideAfterFailures,
+    }),
+  });
+  return { spool, spoolDir, lines, registry, scheduled, delivered, dropped };
+}
+
 describe('capture spool: files refused for good', () => {
   it('drops a refused side file and the records naming it, delivers the rest, and keeps that across a retry', async () => {
     const batch = batchOfThree('1'.repeat(32));
@@ -205,28 +241,10 @@ describe('capture spool: files refused for good', () => {
         return (outage && key.endsWith('.jsonl') ? down : store).put(key, body, contentType);
       },
     };
-    const registry = new Registry();
-    const metrics = new CaptureMetrics(registry, {
-      queueDepth: () => 0,
-      spoolBytes: () => 0,
-      spoolBatches: () => 0,
-    });
-    const { lines, logger } = logLines();
-    const scheduled: (() => void)[] = [];
-    const delivered: string[] = [];
-    const dropped: { ids: readonly string[]; detail: string }[] = [];
-    const spoolDir = join(dir, 'spool-side');
-    const spool = new CaptureSpool({
-      dir: spoolDir,
-      quotaBytes: 1024 * 1024,
-      store: counted,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: (ids) => delivered.push(...ids),
-      onDropped: (ids, detail) => dropped.push({ ids, detail }),
-      metrics,
-      logger,
-      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
-    });
+    const { spool, spoolDir, lines, registry, scheduled, delivered, dropped } = spoolUnderTest(
+      'spool-side',
+      counted,
+    );
     try {
       await spool.open();
       await spool.add(batch);
@@ -292,13 +310,6 @@ describe('capture spool: files refused for good', () => {
         eventMetadata: { deviceFleetName: 'plant', deviceId: device, eventId: id, modelName: 'mlp' },
       });
     const key = (name: string) => `edge/plant/mlp/2026/12/06/05/${name}.jsonl`;
-    const { lines, logger } = logLines();
-    const registry = new Registry();
-    const metrics = new CaptureMetrics(registry, {
-      queueDepth: () => 0,
-      spoolBytes: () => 0,
-      spoolBatches: () => 0,
-    });
     const puts: string[] = [];
     const counted: ObjectStore = {
       description: store.description,
@@ -308,22 +319,11 @@ describe('capture spool: files refused for good', () => {
         return store.put(k, body, contentType);
       },
     };
-    const scheduled: (() => void)[] = [];
-    const delivered: string[] = [];
-    const dropped: { ids: readonly string[]; detail: string }[] = [];
-    const spoolDir = join(dir, 'spool-manifest');
+    const { spool, spoolDir, lines, registry, scheduled, delivered, dropped } = spoolUnderTest(
+      'spool-manifest',
+      counted,
+    );
     const batchId = '2'.repeat(32);
-    const spool = new CaptureSpool({
-      dir: spoolDir,
-      quotaBytes: 1024 * 1024,
-      store: counted,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: (ids) => delivered.push(...ids),
-      onDropped: (ids, detail) => dropped.push({ ids, detail }),
-      metrics,
-      logger,
-      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
-    });
     try {
       await spool.open();
       await spool.add({
@@ -412,21 +412,12 @@ describe('capture spool: files refused for good', () => {
     const aux = batch.files.find((f) => f.key.endsWith('-aux-input-1.jsonl'))!;
     const manifests = batch.files.filter((f) => f !== aux && f.key.endsWith('.jsonl')).map((f) => f.key);
     expect(manifests).toHaveLength(1);
-    const delivered: string[] = [];
-    const dropped: readonly string[][] = [];
-    const spool = new CaptureSpool({
-      dir: join(dir, 'spool-jsonl-side'),
-      quotaBytes: 1024 * 1024,
-      store,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: (ids) => delivered.push(...ids),
-      onDropped: (ids) => (dropped as string[][]).push([...ids]),
-    });
+    const { spool, delivered, dropped } = spoolUnderTest('spool-jsonl-side', store, { realTimers: true });
     try {
       await spool.open();
       await spool.add(batch);
       await until(() => (delivered.length > 0 ? true : undefined), 'the rest is delivered', 20_000);
-      expect(dropped).toEqual([['ja']]);
+      expect(dropped.map((d) => d.ids)).toEqual([['ja']]);
       expect(delivered).toEqual(['jb']);
       expect(await stored(aux.key)).toBeUndefined();
       const texts = await Promise.all(manifests.map(stored));
@@ -438,7 +429,6 @@ describe('capture spool: files refused for good', () => {
   });
 
   it('uploads a batch spooled before file kinds were kept, taking them from the keys', async () => {
-    const spoolDir = join(dir, 'spool-old-batch');
     const batch = batchOfThree('4'.repeat(32), ['oa', 'ob', 'oc']);
     // Spooled while the store is away, then batch.json rewritten as an older agent wrote it: no kinds.
     const offline: ObjectStore = {
@@ -446,15 +436,8 @@ describe('capture spool: files refused for good', () => {
       urlFor: (key) => store.urlFor(key),
       put: () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })),
     };
-    const first = new CaptureSpool({
-      dir: spoolDir,
-      quotaBytes: 1024 * 1024,
-      store: offline,
-      retry: { initialMs: 60_000, maxMs: 60_000 },
-      onDelivered: () => undefined,
-      onDropped: () => undefined,
-      timers: { set: () => undefined, clear: () => undefined },
-    });
+    // Its retry waits for the test, which never runs it.
+    const { spool: first, spoolDir } = spoolUnderTest('spool-old-batch', offline);
     await first.open();
     await first.add(batch);
     await first.close();
@@ -463,21 +446,12 @@ describe('capture spool: files refused for good', () => {
     for (const f of spooled.files) delete f.kind;
     await writeFile(file, JSON.stringify(spooled));
 
-    const delivered: string[] = [];
-    const dropped: string[] = [];
-    const spool = new CaptureSpool({
-      dir: spoolDir,
-      quotaBytes: 1024 * 1024,
-      store,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: (ids) => delivered.push(...ids),
-      onDropped: (ids) => dropped.push(...ids),
-    });
+    const { spool, delivered, dropped } = spoolUnderTest('spool-old-batch', store, { realTimers: true });
     try {
       await spool.open();
       await until(() => (delivered.length > 0 ? true : undefined), 'the old batch is delivered', 20_000);
       // oa's side file is refused (over 1 KiB): its records go too, as for a batch that kept its kinds.
-      expect(dropped).toEqual(['oa']);
+      expect(dropped.flatMap((d) => d.ids)).toEqual(['oa']);
       expect(delivered).toEqual(['ob', 'oc']);
       const manifests = batch.files.filter((f) => /\/[0-9a-f]{32}\.jsonl$/.test(f.key));
       expect(manifests).toHaveLength(4);
@@ -509,28 +483,10 @@ describe("capture spool: a proxy's 413", () => {
       urlFor: (key) => store.urlFor(key),
       put: (key, body, contentType) => (viaProxy ? behindProxy : store).put(key, body, contentType),
     };
-    const registry = new Registry();
-    const metrics = new CaptureMetrics(registry, {
-      queueDepth: () => 0,
-      spoolBytes: () => 0,
-      spoolBatches: () => 0,
-    });
-    const { lines, logger } = logLines();
-    const scheduled: (() => void)[] = [];
-    const delivered: string[] = [];
-    const dropped: { ids: readonly string[]; detail: string }[] = [];
-    const spoolDir = join(dir, 'spool-proxy-413');
-    const spool = new CaptureSpool({
-      dir: spoolDir,
-      quotaBytes: 1024 * 1024,
-      store: switched,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: (ids) => delivered.push(...ids),
-      onDropped: (ids, detail) => dropped.push({ ids, detail }),
-      metrics,
-      logger,
-      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
-    });
+    const { spool, spoolDir, lines, registry, scheduled, delivered, dropped } = spoolUnderTest(
+      'spool-proxy-413',
+      switched,
+    );
     try {
       await spool.open();
       await spool.add(batch);
@@ -607,17 +563,7 @@ describe('capture spool: a 409 from the control plane', () => {
       keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
       caFile: proxy.caFile,
     });
-    const scheduled: (() => void)[] = [];
-    const delivered: string[] = [];
-    const dropped: string[] = [];
-    const spool = new CaptureSpool({
-      dir: join(dir, 'spool-409'),
-      quotaBytes: 1024 * 1024,
-      store: behindProxy,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: (ids) => delivered.push(...ids),
-      onDropped: (ids) => dropped.push(...ids),
-      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
+    const { spool, scheduled, delivered, dropped } = spoolUnderTest('spool-409', behindProxy, {
       setAsideAfterFailures: 2,
     });
     try {
@@ -684,16 +630,7 @@ describe('capture spool: a refused Edge Manager manifest', () => {
     expect(monitor).toHaveLength(2);
     for (const file of edge) expect(file.body.byteLength).toBeGreaterThan(1024);
     for (const file of monitor) expect(file.body.byteLength).toBeLessThanOrEqual(1024);
-    const dropped: { ids: readonly string[]; detail: string }[] = [];
-    const spoolDir = join(dir, 'spool-em-given-up');
-    const spool = new CaptureSpool({
-      dir: spoolDir,
-      quotaBytes: 1024 * 1024,
-      store,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: () => undefined,
-      onDropped: (ids, detail) => dropped.push({ ids, detail }),
-    });
+    const { spool, spoolDir, dropped } = spoolUnderTest('spool-em-given-up', store, { realTimers: true });
     try {
       await spool.open();
       await spool.add(batch);
@@ -727,18 +664,7 @@ describe('capture spool: a refused Edge Manager manifest', () => {
     });
     const monitor = batch.files.filter((f) => f.kind === 'monitor-manifest');
     expect(monitor).toHaveLength(2);
-    const dropped: string[] = [];
-    const scheduled: (() => void)[] = [];
-    const spoolDir = join(dir, 'spool-em-refused');
-    const spool = new CaptureSpool({
-      dir: spoolDir,
-      quotaBytes: 1024 * 1024,
-      store,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: () => undefined,
-      onDropped: (ids) => dropped.push(...ids),
-      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
-    });
+    const { spool, scheduled, dropped } = spoolUnderTest('spool-em-refused', store);
     try {
       await spool.open();
       await spool.add(batch);
@@ -766,28 +692,10 @@ describe('capture spool: the spooled batch cannot be rewritten', () => {
       urlFor: (key) => store.urlFor(key),
       put: (key, body, contentType) => (outage ? down : store).put(key, body, contentType),
     };
-    const registry = new Registry();
-    const metrics = new CaptureMetrics(registry, {
-      queueDepth: () => 0,
-      spoolBytes: () => 0,
-      spoolBatches: () => 0,
-    });
-    const { lines, logger } = logLines();
-    const scheduled: (() => void)[] = [];
-    const delivered: string[] = [];
-    const dropped: string[][] = [];
-    const spoolDir = join(dir, 'spool-rewrite');
-    const spool = new CaptureSpool({
-      dir: spoolDir,
-      quotaBytes: 1024 * 1024,
-      store: switched,
-      retry: { initialMs: 10, maxMs: 20 },
-      onDelivered: (ids) => delivered.push(...ids),
-      onDropped: (ids) => dropped.push([...ids]),
-      metrics,
-      logger,
-      timers: { set: (run) => scheduled.push(run), clear: () => undefined },
-    });
+    const { spool, spoolDir, lines, registry, scheduled, delivered, dropped } = spoolUnderTest(
+      'spool-rewrite',
+      switched,
+    );
     const batchFile = join(spoolDir, batch.batchId, 'batch.json');
     try {
       await spool.open();
@@ -815,7 +723,7 @@ describe('capture spool: the spooled batch cannot be rewritten', () => {
       await until(() => (delivered.length > 0 ? true : undefined), 'the rest is delivered', 20_000);
       expect(delivered).toEqual(['wb', 'wc']);
       // Its status set again (the same FAILURE), but counted once.
-      expect(dropped).toEqual([['wa'], ['wa']]);
+      expect(dropped.map((d) => d.ids)).toEqual([['wa'], ['wa']]);
       expect(await registry.getSingleMetricAsString('edgefleet_capture_dropped_total')).toContain(
         'edgefleet_capture_dropped_total{reason="refused"} 1',
       );

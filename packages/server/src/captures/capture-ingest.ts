@@ -652,8 +652,8 @@ export class CaptureIngest {
   /**
    * Claims the object's address for the device, or finds it claimed: capture objects are written once, by the
    * device that claimed them first (its retries included), so that no fleet-mate can write over them. A key
-   * claimed by another device is 409; so is a manifest at a key whose records another device stored before
-   * capture_objects existed (their device_captures rows name it). The first insert wins, on every replica. An
+   * claimed by another device is 403 (keyTakenError); so is a manifest at a key whose records another device
+   * stored before capture_objects existed (their device_captures rows name it). The first insert wins, on every replica. An
    * object not stored yet is written by one upload at a time (its write_token): another upload of it meanwhile
    * is 409, which the agent retries.
    */
@@ -767,7 +767,7 @@ export class CaptureIngest {
     if (claim !== undefined && !claim.stored) this.#writing.delete(claim.token);
   }
 
-  /** A stored object sent again must be the same file (a retry), else 409: objects are written once. */
+  /** A stored object sent again must be the same file (a retry), else 403: objects are written once. */
   #checkSameFile(
     key: string,
     stored: { sha256: string; bytes: number },

@@ -226,8 +226,10 @@ export const captureDeviceRoutes: FastifyPluginAsync<{
     'Content-Length before the body is read, and when no upload slot is free for a large body ' +
     '(captures.maxConcurrentUploads, captures.maxConcurrentUploadsPerDevice; a device also over its quota is ' +
     "told when the quota renews); 403 for a key outside the fleet's output prefix; 400 for a record naming " +
-    'another device or fleet; 409 for a key another device stored, or other content at one this device ' +
-    'stored (objects are written once; the same file again is answered as stored, nothing written).';
+    'another device or fleet; 403 for a key another device stored, or other content at one this device ' +
+    'stored (objects are written once; the same file again is answered as stored, nothing written); 409 ' +
+    "while another upload of the same key by this device is still being written, or while the fleet's " +
+    'output location is unusable.';
   defineRoute(app, {
     method: 'POST',
     url: CAPTURE_FILES_URL,
