@@ -135,7 +135,7 @@ describe.each(engines)('what a device may claim in its captures on $engine', (fi
   );
 
   it.skipIf(!fixture.available)(
-    "refuses (403, which agents drop rather than retry) a fleet-mate's upload to a key another device stored, manifest or side file, leaving the object as it was",
+    "refuses (403: not the device's to write; agents keep the batch and set it aside after repeated refusals) a fleet-mate's upload to a key another device stored, manifest or side file, leaving the object as it was",
     async () => {
       const manifestKey = `plant-out/plant/${HOUR}/cam1-batch.jsonl`;
       const small = `plant-out/plant/${HOUR}/raw-data/cam1-small.bin`;
