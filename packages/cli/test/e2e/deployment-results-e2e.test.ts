@@ -117,8 +117,12 @@ describe('deployment results of one device (real processes)', { timeout: 300_000
     }
     await stageReaches('left-plan', 'all', 'DEPLOYED');
     await stageReaches('right-plan', 'all', 'DEPLOYED');
-    // Each went by the result route, acknowledged by the server, once.
-    const sent = agent.lines.filter((l) => l.event === 'deployment-result-sent');
+    // Each went by the result route, acknowledged by the server, once. (The agent logs the acknowledgment after the
+    // server has committed it: its line may come a moment after the stage shows DEPLOYED.)
+    const sent = await until(() => {
+      const lines = agent.lines.filter((l) => l.event === 'deployment-result-sent');
+      return lines.length >= 2 ? lines : undefined;
+    }, 'both deployment-result-sent lines');
     expect(sent.map((l) => [l.deployment, l.status]).sort()).toEqual([
       ['left-plan', 'SUCCESS'],
       ['right-plan', 'SUCCESS'],
