@@ -171,7 +171,10 @@ export async function extractPackageArchive(
   source: string | Readable,
   destDir: string,
   limits: Partial<ArchiveLimits> = {},
+  /** `signal`: aborts the extraction (a stopping server): rejects with its reason, leaving nothing behind. */
+  opts: { signal?: AbortSignal } = {},
 ): Promise<{ dir: string; files: number; bytes: number }> {
+  opts.signal?.throwIfAborted();
   const lim = { ...DEFAULT_ARCHIVE_LIMITS, ...limits };
   if (await exists(destDir)) {
     throw new PackageArchiveError(
@@ -261,19 +264,22 @@ export async function extractPackageArchive(
   };
 
   try {
-    const feeding = pipeline(input, createGunzip(), expansionGuard(lim.maxTotalBytes), extract).catch(
-      (error: unknown) => {
-        throw error instanceof PackageArchiveError
-          ? error
-          : new PackageArchiveError('corrupt', `archive is not a valid .tar.gz: ${(error as Error).message}`);
-      },
-    );
+    const feeding = pipeline(input, createGunzip(), expansionGuard(lim.maxTotalBytes), extract, {
+      signal: opts.signal,
+    }).catch((error: unknown) => {
+      opts.signal?.throwIfAborted();
+      throw error instanceof PackageArchiveError
+        ? error
+        : new PackageArchiveError('corrupt', `archive is not a valid .tar.gz: ${(error as Error).message}`);
+    });
     await Promise.all([consume(), feeding]);
     await rename(tmp, destDir);
   } catch (error) {
     extract.destroy();
     input.destroy();
     await rm(tmp, { recursive: true, force: true });
+    // Stopped, not broken: the caller is told why it stopped, whatever part of the work saw it first.
+    opts.signal?.throwIfAborted();
     if (error instanceof PackageArchiveError) throw error;
     throw new PackageArchiveError('corrupt', `archive is not a valid .tar.gz: ${(error as Error).message}`);
   }

@@ -38,13 +38,21 @@ export const PACKAGE_MODEL_FILE = 'model.onnx';
  */
 export async function createModelPackage(
   options: CreatePackageOptions,
+  /**
+   * `signal`: aborts the build (a stopping server) between its steps (reading the model, each file copied):
+   * rejects with its reason, leaving no folder behind. A copy under way runs to its end (copyFile).
+   */
+  control: { signal?: AbortSignal } = {},
 ): Promise<{ dir: string; manifest: PackageManifest }> {
+  const { signal } = control;
+  signal?.throwIfAborted();
   const parsed = CreatePackageOptionsSchema.safeParse(options);
   if (!parsed.success)
     throw new PackageInvalidError(options.outDir ?? '(no folder)', describeZodError(parsed.error));
   const opts = parsed.data;
 
   const info = await readOnnxModelInfo(opts.modelPath);
+  signal?.throwIfAborted();
   const manifest = PackageManifestSchema.parse({
     schemaVersion: 1,
     name: opts.name,
@@ -72,6 +80,7 @@ export async function createModelPackage(
     await copyFile(opts.modelPath, join(tmp, PACKAGE_MODEL_FILE));
     const modelDir = dirname(resolve(opts.modelPath));
     for (const file of info.externalDataFiles) {
+      signal?.throwIfAborted();
       const from = join(modelDir, file);
       const fromStat = await lstat(from).catch(() => undefined);
       if (!fromStat?.isFile()) {
@@ -83,6 +92,7 @@ export async function createModelPackage(
       await mkdir(dirname(join(tmp, file)), { recursive: true });
       await copyFile(from, join(tmp, file));
     }
+    signal?.throwIfAborted();
     await writeFile(join(tmp, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
     await writeFile(
       join(tmp, SAGEMAKER_EDGE_MANIFEST_FILE),

@@ -68,6 +68,8 @@ export interface SignPackageOptions {
   /** The statement's subject name; default: the folder's name (as the reference implementation does). */
   modelName?: string;
   onProgress?: DigestProgressListener;
+  /** Aborts the hashing (a stopping server) between reads: rejects with its reason, writing no model.sig. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -81,10 +83,20 @@ export async function signPackage(
 ): Promise<SignatureSummary> {
   const absolute = resolve(dir);
   const prepared = prepareSigner(signer);
+  const { signal, onProgress } = opts;
+  signal?.throwIfAborted();
   const files = await digestFiles(absolute, {
     ignore: [SIGNATURE_FILE],
-    ...(opts.onProgress && { onProgress: opts.onProgress }),
+    // Progress comes after each read: a listener that throws stops the hashing there (digest.ts waits for
+    // the read in flight before closing the file).
+    ...((onProgress !== undefined || signal !== undefined) && {
+      onProgress: (progress) => {
+        signal?.throwIfAborted();
+        onProgress?.(progress);
+      },
+    }),
   });
+  signal?.throwIfAborted();
   if (files.length === 0) throw new SigningError(`${absolute} holds no files to sign`);
   const modelName = opts.modelName ?? basename(absolute);
   const statement = buildStatement(modelName, files);

@@ -460,7 +460,7 @@ export class DeploymentService implements DevicePackageAccess {
         }
         throw error;
       }
-      await settleStage(trx, planName, stageName, at, recorded);
+      await settleStage(trx, planName, stageName, at, recorded, this.options.engine);
     });
     this.logRecorded(recorded, by);
     return this.describePlan(planName);
@@ -510,7 +510,7 @@ export class DeploymentService implements DevicePackageAccess {
         );
         await releaseFinishedPlan(trx, planName);
       }
-      await settleStage(trx, planName, stageName, at, recorded);
+      await settleStage(trx, planName, stageName, at, recorded, this.options.engine);
     });
     // A stage still STOPPING records its event once its devices have reported: the request is logged now.
     this.options.events?.info(by, {
@@ -575,7 +575,7 @@ export class DeploymentService implements DevicePackageAccess {
         at,
         recorded,
       );
-      await settleStage(trx, planName, target.stage_name, at, recorded);
+      await settleStage(trx, planName, target.stage_name, at, recorded, this.options.engine);
     });
     this.logRecorded(recorded, by);
     const [view] = await this.stageDevices(planName, undefined, { limit: 1, deviceName });
@@ -827,7 +827,8 @@ export class DeploymentService implements DevicePackageAccess {
     await this.db.transaction().execute(async (trx) => {
       const stages = await applyResults(trx, reports, this.staleRule, recorded);
       const at = this.now();
-      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at, recorded);
+      for (const { plan, stage } of stages)
+        await settleStage(trx, plan, stage, at, recorded, this.options.engine);
     });
     this.logRecorded(recorded, reportersOf(reports), { devicesReported: true });
   }
@@ -851,7 +852,8 @@ export class DeploymentService implements DevicePackageAccess {
       await recordDeploymentResult(trx, report, report.result, report.receivedAt);
       const stages = await applyResults(trx, [report], this.staleRule, recorded);
       const at = this.now();
-      for (const { plan, stage } of stages) await settleStage(trx, plan, stage, at, recorded);
+      for (const { plan, stage } of stages)
+        await settleStage(trx, plan, stage, at, recorded, this.options.engine);
     });
     this.logRecorded(recorded, reportersOf([report]), { devicesReported: true });
   }
@@ -926,7 +928,7 @@ export class DeploymentService implements DevicePackageAccess {
             recorded,
           );
         }
-        await settleStage(trx, stage.plan_name, stage.name, at, recorded);
+        await settleStage(trx, stage.plan_name, stage.name, at, recorded, this.options.engine);
       });
       this.logRecorded(recorded, SWEEPER);
     }

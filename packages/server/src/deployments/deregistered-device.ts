@@ -5,7 +5,7 @@
  * for them.
  */
 import type { Transaction } from 'kysely';
-import { laterOf, type DatabaseSchema } from '../storage/index.js';
+import { laterOf, type DatabaseEngine, type DatabaseSchema } from '../storage/index.js';
 import type { StopReason } from './deployment-schemas.js';
 import { PENDING_DEVICE, recordEvent, settleStage, type RecordedEvent } from './stage-progress.js';
 
@@ -17,6 +17,7 @@ export async function stopDeregisteredDeviceTargets(
   trx: Transaction<DatabaseSchema>,
   device: { name: string; fleetName: string },
   now: number,
+  engine: DatabaseEngine,
 ): Promise<RecordedEvent[]> {
   const recorded: RecordedEvent[] = [];
   const pending = await trx
@@ -62,6 +63,6 @@ export async function stopDeregisteredDeviceTargets(
       stage: target.stage_name,
     });
   }
-  for (const { plan, stage } of stages.values()) await settleStage(trx, plan, stage, now, recorded);
+  for (const { plan, stage } of stages.values()) await settleStage(trx, plan, stage, now, recorded, engine);
   return recorded;
 }

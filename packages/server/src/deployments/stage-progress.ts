@@ -7,7 +7,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import { selectableDevices } from '../devices/index.js';
 import { conflict } from '../errors/index.js';
-import { laterOf, type DatabaseSchema } from '../storage/index.js';
+import { laterOf, lockingRows, type DatabaseEngine, type DatabaseSchema } from '../storage/index.js';
 import {
   storedDeviceSelectionSchema,
   planOptionsSchema,
@@ -154,8 +154,9 @@ function notReady(planName: string, stageName: string, status: string): Error {
  * from the fleet's devices now (devices registered later are not added; see device-selection.ts). Earlier
  * stages must have been started first, so percentages are taken in order. True once started; false only for an
  * auto-advance (`options.autoAdvance`) that found the stage started meanwhile by another transaction (a report
- * to another replica, the sweep): that is what the auto-advance wanted, and the caller's transaction (a device's
- * result, a heartbeat's batch) must not fail for it. An operator's start in that case is refused (409).
+ * to another replica, the sweep), or no longer startable (gone, or naming a device deregistered since its caller
+ * looked): the caller's transaction (a device's result, a heartbeat's batch) must not fail for it. An operator's
+ * start in those cases is refused (409).
  */
 export async function startStage(
   trx: Transaction<DatabaseSchema>,
@@ -173,14 +174,21 @@ export async function startStage(
     .orderBy('position')
     .execute();
   const stage = stages.find((s) => s.name === stageName);
-  if (stage === undefined) throw conflict(`stage ${stageName} of plan ${planName} does not exist`);
+  if (stage === undefined) {
+    if (options.autoAdvance === true) return false;
+    throw conflict(`stage ${stageName} of plan ${planName} does not exist`);
+  }
   const plan = await trx
     .selectFrom('deployment_plans')
     .select('fleet_name')
     .where('name', '=', planName)
     .executeTakeFirstOrThrow();
-  // Its own status first: a stage that already ran gets no advice meant for one that never started.
-  if (stage.status !== 'READYTODEPLOY') throw notReady(planName, stageName, stage.status);
+  // Its own status first: a stage that already ran gets no advice meant for one that never started. An
+  // auto-advance that finds it started already (another transaction committed first) got what it wanted.
+  if (stage.status !== 'READYTODEPLOY') {
+    if (options.autoAdvance === true) return false;
+    throw notReady(planName, stageName, stage.status);
+  }
   const waiting = stages.find((s) => s.position < stage.position && s.status === 'READYTODEPLOY');
   if (waiting !== undefined) {
     throw conflict(
@@ -193,6 +201,9 @@ export async function startStage(
   // Checked when the stage was added; a named device deregistered since then is refused here, not skipped.
   const unknown = await unknownSelectedDevices(trx, plan.fleet_name, selection);
   if (unknown.length > 0) {
+    // settleStage checked the devices before and records why it holds; a device deregistered since then must
+    // not fail the reporting device's transaction either: the stage waits for an operator.
+    if (options.autoAdvance === true) return false;
     // A stage added again goes last: say so, and name the (never started) stages to add again after it.
     const later = stages.filter((s) => s.position > stage.position).map((s) => s.name);
     const redo =
@@ -324,7 +335,8 @@ async function cancelledCount(db: Executor, planName: string, stageName: string)
  * threshold (its devices not yet started are then not started), finishes it when no device is pending
  * (DEPLOYED, or FAILED when any failed; a STOPPING stage becomes STOPPED), starts the next stage when the
  * plan auto-advances and enough devices are DEPLOYED, and frees the plan's model handles once every stage
- * has finished. Safe to run any number of times, on any replica.
+ * has finished. Safe to run any number of times, on any replica. `engine`: the database's (ServerDatabase.engine),
+ * for the lock on the next stage's row that an auto-advance takes (lockingRows).
  */
 export async function settleStage(
   trx: Transaction<DatabaseSchema>,
@@ -332,6 +344,7 @@ export async function settleStage(
   stageName: string,
   now: number,
   recorded: RecordedEvent[],
+  engine: DatabaseEngine,
 ): Promise<void> {
   const stage = await trx
     .selectFrom('deployment_stages')
@@ -439,13 +452,18 @@ export async function settleStage(
     (status === 'INPROGRESS' || status === 'DEPLOYED') &&
     counts.DEPLOYED * 100 >= advance.successPercent * counts.total
   ) {
-    const next = await trx
-      .selectFrom('deployment_stages')
-      .select(['name', 'status', 'selection'])
-      .where('plan_name', '=', planName)
-      .where('position', '>', stage.position)
-      .orderBy('position')
-      .executeTakeFirst();
+    // Locked before its status is read, so that this read and startStage's see one state: another transaction
+    // that starts it (a report to another replica, the sweep) has committed before, or waits until this one ends.
+    const next = await lockingRows(
+      engine,
+      trx
+        .selectFrom('deployment_stages')
+        .select(['name', 'status', 'selection'])
+        .where('plan_name', '=', planName)
+        .where('position', '>', stage.position)
+        .orderBy('position')
+        .limit(1),
+    ).executeTakeFirst();
     if (next?.status === 'READYTODEPLOY') {
       const plan = await trx
         .selectFrom('deployment_plans')
@@ -485,7 +503,7 @@ export async function settleStage(
           { autoAdvance: true },
         );
         // Not started: another transaction started it (and settles it); this one goes on.
-        if (started) await settleStage(trx, planName, next.name, now, recorded);
+        if (started) await settleStage(trx, planName, next.name, now, recorded, engine);
       }
     }
   }

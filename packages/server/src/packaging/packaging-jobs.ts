@@ -136,8 +136,12 @@ export class PackagingJobStore {
   /** The operator's log of fleet events (packaging job created, completed, failed). */
   private readonly events: FleetEventLog | undefined;
 
-  private record(row: PackagingJobsTable): PackagingJobRecord {
-    return toRecord(row, this.now(), this.leaseMs);
+  /**
+   * `now`: the database's clock (leaseNow) wherever the row may be INPROGRESS, since its updated_at was written by
+   * that clock; the process clock would let a replica that runs ahead call a live runner interrupted.
+   */
+  private record(row: PackagingJobsTable, now: number): PackagingJobRecord {
+    return toRecord(row, now, this.leaseMs);
   }
 
   /**
@@ -238,7 +242,8 @@ export class PackagingJobStore {
       object: { packagingJob: input.name, model: input.modelName, version: input.modelVersion },
       message: `packaging job ${input.name} created for model ${input.modelName} version ${input.modelVersion}`,
     });
-    return this.record(row);
+    // A new job is STARTING, so it has no lease to judge: the process clock serves.
+    return this.record(row, at);
   }
 
   async get(name: string): Promise<PackagingJobRecord> {
@@ -248,7 +253,7 @@ export class PackagingJobStore {
       .where('name', '=', name)
       .executeTakeFirst();
     if (row === undefined) throw notFound(`packaging job ${name}`, { job: name });
-    return this.record(row);
+    return this.record(row, await this.leaseNow());
   }
 
   async list(options: {
@@ -259,7 +264,9 @@ export class PackagingJobStore {
     let query = this.db.selectFrom('packaging_jobs').selectAll().orderBy('name').limit(options.limit);
     if (options.after !== undefined) query = query.where('name', '>', options.after);
     if (options.status !== undefined) query = query.where('status', '=', options.status);
-    return (await query.execute()).map((row) => this.record(row));
+    const rows = await query.execute();
+    const now = await this.leaseNow();
+    return rows.map((row) => this.record(row, now));
   }
 
   /**

@@ -104,7 +104,10 @@ class WorkerStoppedError extends Error {}
 
 /** How a build checks its claim: between local steps (no round trip) and before each write others see. */
 interface ClaimCheck {
-  /** Aborted when the worker stops: passed to the steps that take long (copies, packing, the store's put). */
+  /**
+   * Aborted when the worker stops: passed to the steps that take long (the source copy, building or extracting
+   * the package, signing, packing, hashing, the store's put, the output copy).
+   */
   signal: AbortSignal;
   /** Throws once a lease renewal found the claim gone, or the worker is stopping. */
   stopIfLost(step: string): void;
@@ -570,27 +573,34 @@ export class PackagingWorker {
 
     const packageDir = path.join(dir, `${job.modelName}-${job.modelVersion.replace(/ /g, '_')}`);
     if (version.sourceKind === 'onnx') {
-      await createModelPackage({
-        modelPath: source,
-        name: job.modelName,
-        version: job.modelVersion,
-        outDir: packageDir,
-      });
+      await createModelPackage(
+        {
+          modelPath: source,
+          name: job.modelName,
+          version: job.modelVersion,
+          outDir: packageDir,
+        },
+        { signal: check.signal },
+      );
     } else {
-      await extractPackageArchive(source, packageDir);
+      await extractPackageArchive(source, packageDir, {}, { signal: check.signal });
       // Whoever signed the upload, devices trust this server's signature: replace it.
       await rm(path.join(packageDir, SIGNATURE_FILE), { force: true });
       await openModelPackage(packageDir, { trust: null });
     }
     check.stopIfLost('signing its package');
-    await signPackage(packageDir, this.options.signing.signer, { modelName: job.modelName });
+    await signPackage(packageDir, this.options.signing.signer, {
+      modelName: job.modelName,
+      signal: check.signal,
+    });
     check.stopIfLost('packing its package');
     const archive = path.join(dir, 'package.tar.gz');
     await packModelPackage(packageDir, archive, { signal: check.signal });
     check.stopIfLost('hashing its package');
     const { size } = await stat(archive);
     const sha256 = createHash('sha256');
-    for await (const chunk of createReadStream(archive)) sha256.update(chunk as Buffer);
+    for await (const chunk of createReadStream(archive, { signal: check.signal }))
+      sha256.update(chunk as Buffer);
 
     const artifactKey = artifactKeyOf(job, claim);
     await check.assertHeld('storing its package');

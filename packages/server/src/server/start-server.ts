@@ -886,7 +886,7 @@ export async function startServer(
       devices: new DeviceStore(database.db, {
         offlineAfterMs,
         onDeregister: async (trx, device, now, by) => {
-          const recorded = await stopDeregisteredDeviceTargets(trx, device, now);
+          const recorded = await stopDeregisteredDeviceTargets(trx, device, now, database.engine);
           return () => deployments.logRecorded(recorded, by);
         },
         events: fleetEvents,

@@ -68,6 +68,28 @@ describe.each(engines)('replica clock skew on $engine', (fixture) => {
       expect(await skewedAhead.claimNext(LEASE_MS)).toBeUndefined();
       expect(await onTime.holds(claimed!.claim)).toBe(true);
       expect(await skewedBehind.holds(behindClaim!.claim)).toBe(true);
+
+      // Review H1: what a replica describes of a job is judged by the database's clock too. A live, just-renewed
+      // job is not "interrupted" to a replica ahead; one whose runner stopped renewing a minute ago is, even to a
+      // replica behind.
+      expect(await onTime.touch(claimed!.claim, 'packaging')).toBe(true);
+      for (const replica of [onTime, skewedAhead, skewedBehind]) {
+        expect((await replica.get('live-on-time')).statusMessage).toBe('packaging');
+        const listed = await replica.list({ limit: 10 });
+        expect(listed.find((job) => job.name === 'live-behind')?.statusMessage).toBe('packaging');
+      }
+      await database.db
+        .updateTable('packaging_jobs')
+        .set({ updated_at: (await databaseNow()) - 60_000 })
+        .where('name', '=', 'live-behind')
+        .execute();
+      for (const replica of [onTime, skewedAhead, skewedBehind]) {
+        expect((await replica.get('live-behind')).statusMessage).toMatch(
+          /^packaging; its runner has not renewed the job's lease since .*: the server running it was interrupted/,
+        );
+        const listed = await replica.list({ limit: 10 });
+        expect(listed.find((job) => job.name === 'live-behind')?.statusMessage).toMatch(/was interrupted/);
+      }
     },
   );
 
