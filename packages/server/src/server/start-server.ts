@@ -578,6 +578,22 @@ async function refuseMissingSigningFiles(files: ServerConfig['signing']): Promis
   );
 }
 
+/**
+ * The access-key encryption key's file: a configured one is never generated (as deviceCa's and signing's are not),
+ * since a new key would rebind a database that holds no access key yet, and the servers with the right file would
+ * then be refused at their next start.
+ */
+async function configuredAccessKeyFile(config: ServerConfig): Promise<string> {
+  const file = accessKeyEncryptionKeyFileOf(config);
+  if (config.sagemaker.accessKeyEncryptionKeyFile !== undefined && !(await fileExists(file)))
+    throw new KeyMaterialError(
+      `sagemaker.accessKeyEncryptionKeyFile is set but ${file} does not exist; configured key files are never ` +
+        "generated: copy the first server's (access-keys/encryption.key in its data dir, 0600), or unset " +
+        "sagemaker.accessKeyEncryptionKeyFile to use (or generate) the data dir's access-keys/encryption.key",
+    );
+  return file;
+}
+
 async function deviceTlsOptions(config: ServerConfig, ca: DeviceCa, limits: ListenerLimits) {
   const generated = config.provided.deviceTls
     ? undefined
@@ -865,7 +881,7 @@ export async function startServer(
       ),
       accessKeys: new AccessKeyStore(
         database.db,
-        await openAccessKeyEncryptionKey(database.db, accessKeyEncryptionKeyFileOf(config), {
+        await openAccessKeyEncryptionKey(database.db, await configuredAccessKeyFile(config), {
           warn: (message) => logger.warn(message),
         }),
         Date.now,

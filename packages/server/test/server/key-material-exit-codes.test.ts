@@ -127,6 +127,23 @@ describe('serve with key material that cannot be used (real processes)', { timeo
       ),
     });
 
+    // Review s15 L1: a configured access-key encryption key file that is not there is not made: a new key would
+    // rebind the database (while it holds no access key) and the first server would be refused at its next start.
+    const missingKey = path.join(empty, 'encryption.key');
+    expect(
+      await serveOutcome('missing-access-key-file', {
+        ...shared,
+        deviceCa: firstCa,
+        signing: firstSigning,
+        sagemaker: { accessKeyEncryptionKeyFile: missingKey },
+      }),
+    ).toEqual({
+      code: 2,
+      stderr: expect.stringContaining(
+        `sagemaker.accessKeyEncryptionKeyFile is set but ${missingKey} does not exist; configured key files are never generated`,
+      ),
+    });
+
     // The recipe: the first server's CA, signing files and access-key encryption key, its own data dir.
     expect(
       await serveOutcome('replica', {
