@@ -5,7 +5,6 @@
  * PostgreSQL: it locks every plan of the fleet on the doomed plans' handles, so that a newer plan's delete waits
  * for it instead of committing in the middle of it (before, only the doomed plan's row was locked).
  */
-import { sql, type KyselyPlugin } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deleteExpiredPlans } from '../../src/deployments/plan-retention.js';
 import {
@@ -15,25 +14,12 @@ import {
   shownDeployments as shown,
 } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
+import { untilALockWaits } from '../support/lock-waits.js';
+import { queryCounter } from '../support/query-counter.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
 const DAY = 86_400_000;
-
-/** Counts the statements a Kysely instance runs (every query passes through a plugin's transformQuery). */
-function queryCounter(): { plugin: KyselyPlugin; count: () => number } {
-  let count = 0;
-  return {
-    plugin: {
-      transformQuery: (args) => {
-        count += 1;
-        return args.node;
-      },
-      transformResult: async (args) => args.result,
-    },
-    count: () => count,
-  };
-}
 
 describe.each(engines)('plan retention re-checking its judgement on $engine', (fixture) => {
   let t: TestServer;
@@ -162,15 +148,7 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
               (error: unknown) => error,
             );
           // Until the operator's delete waits on a row this transaction locked.
-          for (;;) {
-            const waiting = await sql<{ n: number }>`select count(*)::int as n from pg_locks
-              where not granted
-                and pid in (select pid from pg_stat_activity where datname = current_database())`.execute(
-              t.server.database.db,
-            );
-            if ((waiting.rows[0]?.n ?? 0) > 0) break;
-            await new Promise((resolve) => setTimeout(resolve, 10));
-          }
+          await untilALockWaits(t.server.database.db);
         },
       });
       expect(swept.deleted.map((p) => p.name)).toEqual(['dl-p1']);
@@ -195,17 +173,10 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
           deletion = service()
             .deletePlan('pg-p2')
             .then(() => void order.push('delete'));
-          // Until the delete waits on a row this transaction locked (PostgreSQL's pg_locks).
-          for (;;) {
-            const waiting = await sql<{ n: number }>`select count(*)::int as n from pg_locks
-              where not granted
-                and pid in (select pid from pg_stat_activity where datname = current_database())`.execute(
-              t.server.database.db,
-            );
-            if ((waiting.rows[0]?.n ?? 0) > 0) break;
+          // Until the delete waits on a row this transaction locked.
+          await untilALockWaits(t.server.database.db, () => {
             if (order.includes('delete')) throw new Error('the newer plan was deleted mid-check');
-            await new Promise((resolve) => setTimeout(resolve, 10));
-          }
+          });
         },
       });
       order.push('sweep');
