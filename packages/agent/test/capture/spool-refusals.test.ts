@@ -47,12 +47,16 @@ afterAll(async () => {
   await removeControlPlane(plane, dir);
 });
 
-function newStore(endpoint: string): EdgeFleetObjectStore {
+/** The device's store at `endpoint`, trusting `caFile` (the control plane's CA unless a proxy's). */
+function newStore(
+  endpoint: string,
+  caFile = config.sagemaker_edge_provider_aws_ca_cert_file,
+): EdgeFleetObjectStore {
   return new EdgeFleetObjectStore({
     endpoint,
     certFile: config.sagemaker_edge_provider_aws_cert_file,
     keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
-    caFile: config.sagemaker_edge_provider_aws_ca_cert_file,
+    caFile,
   });
 }
 
@@ -450,12 +454,7 @@ describe("capture spool: a proxy's 413", () => {
     // The proxy's body limit (200 bytes) is under both side files (a: 2 KiB, b: 256 bytes); the control plane
     // takes at most 1 KiB: a setting on the way, then a file the control plane itself will never take.
     const proxy = await limitingProxy(plane.deviceEndpoint, 200);
-    const behindProxy = new EdgeFleetObjectStore({
-      endpoint: proxy.endpoint,
-      certFile: config.sagemaker_edge_provider_aws_cert_file,
-      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
-      caFile: proxy.caFile,
-    });
+    const behindProxy = newStore(proxy.endpoint, proxy.caFile);
     const batch = batchOfThree('a'.repeat(32), ['pa', 'pb', 'pc']);
     const sides = batch.files.filter((f) => f.kind === 'side').map((f) => f.key);
     expect(sides).toHaveLength(2);
@@ -528,12 +527,7 @@ describe('capture spool: a 409 from the control plane', () => {
         }),
       };
     });
-    const behindProxy = new EdgeFleetObjectStore({
-      endpoint: proxy.endpoint,
-      certFile: config.sagemaker_edge_provider_aws_cert_file,
-      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
-      caFile: proxy.caFile,
-    });
+    const behindProxy = newStore(proxy.endpoint, proxy.caFile);
     const { spool, scheduled, delivered, dropped } = spoolUnderTest('spool-409', behindProxy, {
       setAsideAfterFailures: 2,
     });
@@ -848,12 +842,7 @@ describe('capture periodic upload: files refused for good', () => {
       'xb',
     ]);
     const proxy = await limitingProxy(plane.deviceEndpoint, 1024);
-    const behindProxy = new EdgeFleetObjectStore({
-      endpoint: proxy.endpoint,
-      certFile: config.sagemaker_edge_provider_aws_cert_file,
-      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
-      caFile: proxy.caFile,
-    });
+    const behindProxy = newStore(proxy.endpoint, proxy.caFile);
     const { lines, logger } = logLines();
     const upload = new PeriodicUpload({
       root,

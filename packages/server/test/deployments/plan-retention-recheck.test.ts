@@ -25,6 +25,16 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
   let t: TestServer;
   const { admin, register, createFleet } = adminCalls(() => t);
   const DEVICES = Array.from({ length: 30 }, (_, i) => `d${String(i).padStart(2, '0')}`);
+  /** One sweep, with plans finished before now past a 90-day retention, through `db` (the server's unless given). */
+  const sweepPastRetention = (
+    options: { db?: Parameters<typeof deleteExpiredPlans>[0]; whileLocked?: () => Promise<void> } = {},
+  ) =>
+    deleteExpiredPlans(options.db ?? t.server.database.db, {
+      engine: t.server.database.engine,
+      retentionMs: 90 * DAY,
+      now: Date.now() + 91 * DAY,
+      ...(options.whileLocked && { whileLocked: options.whileLocked }),
+    });
 
   beforeAll(async () => {
     if (!fixture.available) return;
@@ -49,10 +59,8 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
       await rollOut('big-p2', ['x'], all);
       const counter = queryCounter();
       let atLock = 0;
-      const swept = await deleteExpiredPlans(t.server.database.db.withPlugin(counter.plugin), {
-        engine: t.server.database.engine,
-        retentionMs: 90 * DAY,
-        now: Date.now() + 91 * DAY,
+      const swept = await sweepPastRetention({
+        db: t.server.database.db.withPlugin(counter.plugin),
         whileLocked: async () => {
           atLock = counter.count();
         },
@@ -113,13 +121,7 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
       const both = { t1: 'SUCCESS', t2: 'SUCCESS' } as const;
       for (const name of ['two-a1', 'two-a2', 'two-a3']) await rollOut(name, ['a'], both);
       for (const name of ['two-b1', 'two-b2']) await rollOut(name, ['b'], both);
-      const sweep = () =>
-        deleteExpiredPlans(t.server.database.db, {
-          engine: t.server.database.engine,
-          retentionMs: 90 * DAY,
-          now: Date.now() + 91 * DAY,
-        });
-      const [one, other] = await Promise.all([sweep(), sweep()]);
+      const [one, other] = await Promise.all([sweepPastRetention(), sweepPastRetention()]);
       const deleted = [...one.deleted, ...other.deleted].map((p) => p.name).sort();
       expect(deleted).toEqual(['two-a1', 'two-a2', 'two-b1']);
       expect(shown(await poll('t1'))).toEqual(['two-a3: a', 'two-b2: b']);
@@ -136,10 +138,7 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
       await rollOut('dl-p1', ['x'], both);
       await rollOut('dl-p2', ['x'], both);
       let deletion: Promise<unknown> | undefined;
-      const swept = await deleteExpiredPlans(t.server.database.db, {
-        engine: t.server.database.engine,
-        retentionMs: 90 * DAY,
-        now: Date.now() + 91 * DAY,
+      const swept = await sweepPastRetention({
         whileLocked: async () => {
           deletion = service()
             .deletePlan('dl-p1')
@@ -165,10 +164,7 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
       await rollOut('pg-p2', ['x'], both);
       const order: string[] = [];
       let deletion: Promise<void> | undefined;
-      const swept = await deleteExpiredPlans(t.server.database.db, {
-        engine: t.server.database.engine,
-        retentionMs: 90 * DAY,
-        now: Date.now() + 91 * DAY,
+      const swept = await sweepPastRetention({
         whileLocked: async () => {
           deletion = service()
             .deletePlan('pg-p2')
