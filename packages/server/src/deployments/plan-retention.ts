@@ -260,10 +260,7 @@ async function lockJudgedPlans(
     .selectFrom('deployment_plans')
     .select('name')
     .where((eb) =>
-      eb.or([
-        eb('name', 'in', [...doomed]),
-        eb('name', 'in', plansSharingHandles(trx, fleetName, doomed)),
-      ]),
+      eb.or([eb('name', 'in', [...doomed]), eb('name', 'in', plansSharingHandles(trx, fleetName, doomed))]),
     )
     .orderBy('name')
     .forUpdate()
