@@ -70,15 +70,19 @@ const store = () =>
     maxAttempts: 1,
   });
 
+/** What putting a one-line manifest at `key` into `bucket` fails with (undefined when it is stored). */
+const putFailure = (bucket: S3ObjectStore, key: string) =>
+  bucket.put(key, Buffer.from('{}\n'), 'application/jsonl').then(
+    () => undefined,
+    (e: unknown) => e as Error,
+  );
+
 describe('Cloud uploads with the AWS SDK default chain', () => {
   it('with none to be had, fails naming the sources tried and the config keys of the IoT credentials provider', async () => {
     noCredentialsAnywhere();
     const bucket = store();
     try {
-      const error = await bucket.put('a/key.jsonl', Buffer.from('{}\n'), 'application/jsonl').then(
-        () => undefined,
-        (e: unknown) => e as Error,
-      );
+      const error = await putFailure(bucket, 'a/key.jsonl');
       expect(error).toBeInstanceOf(MissingCredentialsError);
       expect(error?.message).toMatch(
         new RegExp(
@@ -106,10 +110,7 @@ describe('Cloud uploads with the AWS SDK default chain', () => {
     vi.stubEnv('AWS_CONTAINER_AUTHORIZATION_TOKEN', 'tes-token');
     const bucket = store();
     try {
-      const error = await bucket.put('c/key.jsonl', Buffer.from('{}\n'), 'application/jsonl').then(
-        () => undefined,
-        (e: unknown) => e as Error,
-      );
+      const error = await putFailure(bucket, 'c/key.jsonl');
       expect(error).toBeInstanceOf(MissingCredentialsError);
       expect(error?.message).toMatch(
         new RegExp(

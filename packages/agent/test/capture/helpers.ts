@@ -18,13 +18,16 @@ import {
   type TestModelName,
 } from '@edgefleet/core';
 import { afterAll, beforeAll } from 'vitest';
+import type { Registry } from 'prom-client';
 import {
   CAPTURE_FOLDER_LOCK_FILE,
+  CaptureMetrics,
   CaptureSettingsSchema,
   type CaptureItem,
   type CaptureRequest,
   type CaptureSettings,
   type CaptureSettingsInput,
+  type RenderContext,
 } from '../../src/capture/index.js';
 import { fromWireCaptureRequest } from '../../src/grpc/index.js';
 import { DEFAULT_ORT_SESSION_CONFIG, InferencePool } from '../../src/inference/index.js';
@@ -53,6 +56,35 @@ export function captureItem(captureId: string, data: Buffer, model = 'tiny'): Ca
     inputs: [],
     outputs: [],
   };
+}
+
+/** `item` as taken (inferred, and received) at `time`. */
+export function takenAt(item: CaptureItem, time: number): CaptureItem {
+  return { ...item, inferenceTime: time, receivedAt: time };
+}
+
+/**
+ * How the capture service renders device cam-1's batches in fleet plant (folder prefix edge, a 64-byte embed
+ * limit, no Model Monitor copy), data-refs naming `store`'s URLs; `overrides` change any of it.
+ */
+export function plantRendering(
+  store: { urlFor(key: string): string },
+  overrides: Partial<RenderContext> = {},
+): RenderContext {
+  return {
+    folderPrefix: 'edge',
+    fleetName: 'plant',
+    deviceName: 'cam-1',
+    base64EmbedLimit: 64,
+    modelMonitorFormat: false,
+    urlFor: (key) => store.urlFor(key),
+    ...overrides,
+  };
+}
+
+/** Capture metrics on `registry` whose gauges read 0: what the tests read are its counters. */
+export function captureCounters(registry: Registry): CaptureMetrics {
+  return new CaptureMetrics(registry, { queueDepth: () => 0, spoolBytes: () => 0, spoolBatches: () => 0 });
 }
 
 /** Settings for tests: a Disk destination under `root`, small numbers, overridable. */

@@ -17,14 +17,16 @@ import {
   type AutoCaptureRule,
   type CaptureQueue,
 } from '../../src/capture/index.js';
-import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { freeBytes } from '../../src/capture/disk-quota.js';
 import { type PredictTensor } from '../../src/models/index.js';
 import { AgentDatabase, agentDatabasePath } from '../../src/state/index.js';
 import {
+  captureCounters,
   captureInput,
   captureItem,
+  plantRendering,
   startS3,
+  takenAt,
   testSettings,
   type TestS3,
   useModelRegistry,
@@ -576,19 +578,8 @@ describe('a torn file in the offline spool', () => {
     });
     stores.push(store);
     const T = Date.UTC(2026, 11, 7, 5);
-    const items = ['t1', 't2', 't3'].map((id, i) => ({
-      ...captureItem(id, Buffer.alloc(16, i + 1)),
-      inferenceTime: T + i,
-      receivedAt: T + i,
-    }));
-    const batch = renderBatch('a'.repeat(32), items, {
-      folderPrefix: 'edge',
-      fleetName: 'plant',
-      deviceName: 'cam-1',
-      base64EmbedLimit: 64,
-      modelMonitorFormat: false,
-      urlFor: (key) => store.urlFor(key),
-    });
+    const items = ['t1', 't2', 't3'].map((id, i) => takenAt(captureItem(id, Buffer.alloc(16, i + 1)), T + i));
+    const batch = renderBatch('a'.repeat(32), items, plantRendering(store));
     expect(batch.files).toHaveLength(1); // one manifest, the tensors embedded
     const dir = join(work, 'torn-spool');
     const never = { set: () => undefined, clear: () => undefined };
@@ -623,11 +614,7 @@ describe('a torn file in the offline spool', () => {
       onDelivered: (ids) => delivered.push(...ids),
       onDropped: (ids, detail) => dropped.push({ ids, detail }),
       logger,
-      metrics: new CaptureMetrics(metrics, {
-        queueDepth: () => 0,
-        spoolBytes: () => 0,
-        spoolBatches: () => 0,
-      }),
+      metrics: captureCounters(metrics),
     });
     try {
       await second.open();

@@ -3,12 +3,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { CaptureSpool, S3ObjectStore, type ObjectStore } from '../../src/capture/index.js';
 import { RefusedByStoreError, RetryLaterError } from '../../src/capture/object-store.js';
 import { writeFileAtomic, type WriteFileOptions } from '../../src/capture/atomic-files.js';
 import { renderBatch, type RenderedBatch } from '../../src/capture/records.js';
-import { captureItem, s3FaultProxy, startS3, type TestS3 } from './helpers.js';
+import {
+  captureCounters,
+  captureItem,
+  plantRendering,
+  s3FaultProxy,
+  startS3,
+  takenAt,
+  type TestS3,
+} from './helpers.js';
 
 // The offline spool does not let one batch hold back the others: a batch the store keeps failing, one whose files
 // went missing, one that cannot be written back to this disk. The bucket is s3rver over real HTTP; the spool's
@@ -43,19 +50,10 @@ const T = Date.UTC(2026, 11, 7, 5);
  * over the 64-byte embed limit.
  */
 function batchOf(id: string, captureIds: string[], hour: number): RenderedBatch {
-  const items = captureIds.map((captureId, i) => ({
-    ...captureItem(captureId, Buffer.alloc(256, i + 1)),
-    inferenceTime: T + hour * HOUR + i,
-    receivedAt: T + hour * HOUR + i,
-  }));
-  return renderBatch(id.repeat(32), items, {
-    folderPrefix: 'edge',
-    fleetName: 'plant',
-    deviceName: 'cam-1',
-    base64EmbedLimit: 64,
-    modelMonitorFormat: false,
-    urlFor: (key) => s3Store.urlFor(key),
-  });
+  const items = captureIds.map((captureId, i) =>
+    takenAt(captureItem(captureId, Buffer.alloc(256, i + 1)), T + hour * HOUR + i),
+  );
+  return renderBatch(id.repeat(32), items, plantRendering(s3Store));
 }
 
 type Line = { level: string; fields: Record<string, unknown>; message: string };
@@ -84,11 +82,7 @@ function spoolUnderTest(options: {
     retry: { initialMs: 1000, maxMs: 60_000 },
     onDelivered: (ids) => delivered.push(...ids),
     onDropped: (ids, detail) => dropped.push({ ids, detail }),
-    metrics: new CaptureMetrics(registry, {
-      queueDepth: () => 0,
-      spoolBytes: () => 0,
-      spoolBatches: () => 0,
-    }),
+    metrics: captureCounters(registry),
     logger: { info: line('info'), warn: line('warn'), error: line('error') },
     // A cleared timer never runs, as with clearTimeout.
     timers: {
@@ -985,19 +979,10 @@ describe('capture spool: progress across a restart', () => {
 
   it('fails only the lost manifest when a stored side file went missing too: the record naming that side file is delivered', async () => {
     // p-1 at hour 0, p-2 at hour 1: two manifests, each with its capture's side file.
-    const items = ['p-1', 'p-2'].map((captureId, i) => ({
-      ...captureItem(captureId, Buffer.alloc(256, i + 1)),
-      inferenceTime: T + i * HOUR,
-      receivedAt: T + i * HOUR,
-    }));
-    const batch = renderBatch('e'.repeat(32), items, {
-      folderPrefix: 'edge',
-      fleetName: 'plant',
-      deviceName: 'cam-1',
-      base64EmbedLimit: 64,
-      modelMonitorFormat: false,
-      urlFor: (key) => s3Store.urlFor(key),
-    });
+    const items = ['p-1', 'p-2'].map((captureId, i) =>
+      takenAt(captureItem(captureId, Buffer.alloc(256, i + 1)), T + i * HOUR),
+    );
+    const batch = renderBatch('e'.repeat(32), items, plantRendering(s3Store));
     const manifestFiles = batch.files.filter((f) => f.kind !== 'side');
     expect(manifestFiles).toHaveLength(2);
     const manifests = new Set(manifestFiles.map((f) => f.key));

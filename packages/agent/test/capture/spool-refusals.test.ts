@@ -6,7 +6,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CaptureMetrics } from '../../src/capture/capture-metrics.js';
 import { CaptureSpool, DiskDestination, PeriodicUpload } from '../../src/capture/index.js';
 import { MemoryUploadLedger } from '../../src/state/index.js';
 import { EdgeFleetObjectStore } from '../../src/capture/edgefleet-store.js';
@@ -21,7 +20,7 @@ import {
   type ControlPlane,
 } from '../fleet/support.js';
 import { issueMtlsCertificates } from '../support/openssl-mtls.js';
-import { captureItem } from './helpers.js';
+import { captureCounters, captureItem, plantRendering, takenAt } from './helpers.js';
 
 // The offline spool against a real control plane that takes files of at most 1 KiB: a file it refuses for good
 // (413 too large, 400 a record naming another device) costs only that file and the records that need it; the
@@ -48,12 +47,16 @@ afterAll(async () => {
   await removeControlPlane(plane, dir);
 });
 
-function newStore(endpoint: string): EdgeFleetObjectStore {
+/** The device's store at `endpoint`, trusting `caFile` (the control plane's CA unless a proxy's). */
+function newStore(
+  endpoint: string,
+  caFile = config.sagemaker_edge_provider_aws_ca_cert_file,
+): EdgeFleetObjectStore {
   return new EdgeFleetObjectStore({
     endpoint,
     certFile: config.sagemaker_edge_provider_aws_cert_file,
     keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
-    caFile: config.sagemaker_edge_provider_aws_ca_cert_file,
+    caFile,
   });
 }
 
@@ -72,19 +75,13 @@ const T = Date.UTC(2026, 11, 6, 5);
  * a capture id's first records only: another test passes ids of its own.
  */
 function batchOfThree(batchId: string, [a, b, c] = ['a', 'b', 'c']): RenderedBatch {
-  const at = (id: string, bytes: number, time: number) => ({
-    ...captureItem(id, Buffer.alloc(bytes, 1), 'mlp'),
-    inferenceTime: time,
-    receivedAt: time,
-  });
-  return renderBatch(batchId, [at(a!, 2048, T), at(b!, 256, T + 1), at(c!, 16, T + HOUR)], {
-    folderPrefix: 'edge',
-    fleetName: 'plant',
-    deviceName: 'cam-1',
-    base64EmbedLimit: 64,
-    modelMonitorFormat: true,
-    urlFor: (key) => store.urlFor(key),
-  });
+  const at = (id: string, bytes: number, time: number) =>
+    takenAt(captureItem(id, Buffer.alloc(bytes, 1), 'mlp'), time);
+  return renderBatch(
+    batchId,
+    [at(a!, 2048, T), at(b!, 256, T + 1), at(c!, 16, T + HOUR)],
+    plantRendering(store, { modelMonitorFormat: true }),
+  );
 }
 
 /** An answer a proxy gives instead of the control plane. */
@@ -202,11 +199,7 @@ function spoolUnderTest(
     retry: { initialMs: 10, maxMs: 20 },
     onDelivered: (ids) => delivered.push(...ids),
     onDropped: (ids, detail) => dropped.push({ ids, detail }),
-    metrics: new CaptureMetrics(registry, {
-      queueDepth: () => 0,
-      spoolBytes: () => 0,
-      spoolBatches: () => 0,
-    }),
+    metrics: captureCounters(registry),
     logger,
     ...(!options.realTimers && { timers: { set: (run) => scheduled.push(run), clear: () => undefined } }),
     ...(options.setAsideAfterFailures !== undefined && {
@@ -400,14 +393,7 @@ describe('capture spool: files refused for good', () => {
     const batch = renderBatch(
       '3'.repeat(32),
       [a, { ...captureItem('jb', Buffer.alloc(16, 2), 'mlp'), inferenceTime: T }],
-      {
-        folderPrefix: 'edge',
-        fleetName: 'plant',
-        deviceName: 'cam-1',
-        base64EmbedLimit: 64,
-        modelMonitorFormat: false,
-        urlFor: (key) => store.urlFor(key),
-      },
+      plantRendering(store),
     );
     const aux = batch.files.find((f) => f.key.endsWith('-aux-input-1.jsonl'))!;
     const manifests = batch.files.filter((f) => f !== aux && f.key.endsWith('.jsonl')).map((f) => f.key);
@@ -468,12 +454,7 @@ describe("capture spool: a proxy's 413", () => {
     // The proxy's body limit (200 bytes) is under both side files (a: 2 KiB, b: 256 bytes); the control plane
     // takes at most 1 KiB: a setting on the way, then a file the control plane itself will never take.
     const proxy = await limitingProxy(plane.deviceEndpoint, 200);
-    const behindProxy = new EdgeFleetObjectStore({
-      endpoint: proxy.endpoint,
-      certFile: config.sagemaker_edge_provider_aws_cert_file,
-      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
-      caFile: proxy.caFile,
-    });
+    const behindProxy = newStore(proxy.endpoint, proxy.caFile);
     const batch = batchOfThree('a'.repeat(32), ['pa', 'pb', 'pc']);
     const sides = batch.files.filter((f) => f.kind === 'side').map((f) => f.key);
     expect(sides).toHaveLength(2);
@@ -526,20 +507,9 @@ describe('capture spool: a 409 from the control plane', () => {
   it('never sets aside a batch whose file the control plane answers 409 (an earlier cut upload of it still being written) while it takes the others, and delivers it once that write is over', async () => {
     // The first attempts of the side file meet the control plane's 409: its earlier upload, cut on a lossy link, is
     // still held (until the server sees it end, or its lease runs out). The proxy gives the plane's own answer.
-    const at = (id: string, time: number) => ({
-      ...captureItem(id, Buffer.alloc(256, 5), 'mlp'),
-      inferenceTime: time,
-      receivedAt: time,
-    });
+    const at = (id: string, time: number) => takenAt(captureItem(id, Buffer.alloc(256, 5), 'mlp'), time);
     const render = (batchId: string, id: string, time: number) =>
-      renderBatch(batchId, [at(id, time)], {
-        folderPrefix: 'edge',
-        fleetName: 'plant',
-        deviceName: 'cam-1',
-        base64EmbedLimit: 64,
-        modelMonitorFormat: false,
-        urlFor: (key) => store.urlFor(key),
-      });
+      renderBatch(batchId, [at(id, time)], plantRendering(store));
     const batch = render('c0'.repeat(16), 'held-1', T);
     const side = batch.files.find((f) => f.kind === 'side')!.key;
     let held = 3;
@@ -557,12 +527,7 @@ describe('capture spool: a 409 from the control plane', () => {
         }),
       };
     });
-    const behindProxy = new EdgeFleetObjectStore({
-      endpoint: proxy.endpoint,
-      certFile: config.sagemaker_edge_provider_aws_cert_file,
-      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
-      caFile: proxy.caFile,
-    });
+    const behindProxy = newStore(proxy.endpoint, proxy.caFile);
     const { spool, scheduled, delivered, dropped } = spoolUnderTest('spool-409', behindProxy, {
       setAsideAfterFailures: 2,
     });
@@ -616,14 +581,11 @@ describe('capture spool: a refused Edge Manager manifest', () => {
       inferenceTime: time,
       receivedAt: time,
     });
-    const batch = renderBatch('d0'.repeat(16), [at('gx', T), at('gy', T + HOUR)], {
-      folderPrefix: 'edge',
-      fleetName: 'plant',
-      deviceName: 'cam-1',
-      base64EmbedLimit: 64,
-      modelMonitorFormat: true,
-      urlFor: (key) => store.urlFor(key),
-    });
+    const batch = renderBatch(
+      'd0'.repeat(16),
+      [at('gx', T), at('gy', T + HOUR)],
+      plantRendering(store, { modelMonitorFormat: true }),
+    );
     const edge = batch.files.filter((f) => f.kind === 'manifest');
     const monitor = batch.files.filter((f) => f.kind === 'monitor-manifest');
     expect(edge).toHaveLength(2);
@@ -649,19 +611,12 @@ describe('capture spool: a refused Edge Manager manifest', () => {
   it("refused with 400 (a setting), keeps the batch and sends none of its captures' Model Monitor records meanwhile", async () => {
     // Rendered as another device of the fleet: the server refuses its Edge Manager manifest (400, the record names
     // cam-2, the certificate is cam-1's); Model Monitor's records name no device, and alone would be stored.
-    const at = (id: string, time: number) => ({
-      ...captureItem(id, Buffer.alloc(16, 3), 'mlp'),
-      inferenceTime: time,
-      receivedAt: time,
-    });
-    const batch = renderBatch('7'.repeat(32), [at('mx', T), at('my', T + HOUR)], {
-      folderPrefix: 'edge',
-      fleetName: 'plant',
-      deviceName: 'cam-2',
-      base64EmbedLimit: 64,
-      modelMonitorFormat: true,
-      urlFor: (key) => store.urlFor(key),
-    });
+    const at = (id: string, time: number) => takenAt(captureItem(id, Buffer.alloc(16, 3), 'mlp'), time);
+    const batch = renderBatch(
+      '7'.repeat(32),
+      [at('mx', T), at('my', T + HOUR)],
+      plantRendering(store, { deviceName: 'cam-2', modelMonitorFormat: true }),
+    );
     const monitor = batch.files.filter((f) => f.kind === 'monitor-manifest');
     expect(monitor).toHaveLength(2);
     const { spool, scheduled, dropped } = spoolUnderTest('spool-em-refused', store);
@@ -742,27 +697,16 @@ describe('capture periodic upload: files refused for good', () => {
     const batch = renderBatch(
       batchId,
       [
-        { ...captureItem(ids[0], Buffer.alloc(2048, 1), 'mlp'), inferenceTime: T, receivedAt: T },
-        { ...captureItem(ids[1], Buffer.alloc(256, 2), 'mlp'), inferenceTime: T + 1, receivedAt: T + 1 },
+        takenAt(captureItem(ids[0], Buffer.alloc(2048, 1), 'mlp'), T),
+        takenAt(captureItem(ids[1], Buffer.alloc(256, 2), 'mlp'), T + 1),
       ],
-      {
-        folderPrefix: 'edge',
-        fleetName: 'plant',
-        deviceName: 'cam-1',
-        base64EmbedLimit: 64,
-        modelMonitorFormat: false,
-        urlFor: (key) => disk.urlFor(key),
-      },
+      plantRendering(disk),
     );
     await disk.write(batch.files);
     const big = batch.files.find((f) => f.key.includes(`/${ids[0]}-`))!;
     await utimes(disk.pathOf(big.key), new Date(T - HOUR), new Date(T - HOUR));
     const registry = new Registry();
-    const metrics = new CaptureMetrics(registry, {
-      queueDepth: () => 0,
-      spoolBytes: () => 0,
-      spoolBatches: () => 0,
-    });
+    const metrics = captureCounters(registry);
     return { root, disk, batch, big, registry, metrics };
   }
 
@@ -847,23 +791,12 @@ describe('capture periodic upload: files refused for good', () => {
     // the operator can fix, not a fault of the files.
     const batch = renderBatch(
       '6'.repeat(32),
-      [{ ...captureItem('fa', Buffer.alloc(256, 1), 'mlp'), inferenceTime: T, receivedAt: T }],
-      {
-        folderPrefix: 'moved',
-        fleetName: 'plant',
-        deviceName: 'cam-1',
-        base64EmbedLimit: 64,
-        modelMonitorFormat: false,
-        urlFor: (key) => disk.urlFor(key),
-      },
+      [takenAt(captureItem('fa', Buffer.alloc(256, 1), 'mlp'), T)],
+      plantRendering(disk, { folderPrefix: 'moved' }),
     );
     await disk.write(batch.files);
     const registry = new Registry();
-    const metrics = new CaptureMetrics(registry, {
-      queueDepth: () => 0,
-      spoolBytes: () => 0,
-      spoolBatches: () => 0,
-    });
+    const metrics = captureCounters(registry);
     const { lines, logger } = logLines();
     const upload = new PeriodicUpload({
       root,
@@ -909,12 +842,7 @@ describe('capture periodic upload: files refused for good', () => {
       'xb',
     ]);
     const proxy = await limitingProxy(plane.deviceEndpoint, 1024);
-    const behindProxy = new EdgeFleetObjectStore({
-      endpoint: proxy.endpoint,
-      certFile: config.sagemaker_edge_provider_aws_cert_file,
-      keyFile: config.sagemaker_edge_provider_aws_cert_pk_file,
-      caFile: proxy.caFile,
-    });
+    const behindProxy = newStore(proxy.endpoint, proxy.caFile);
     const { lines, logger } = logLines();
     const upload = new PeriodicUpload({
       root,
@@ -960,15 +888,8 @@ describe('capture periodic upload: files refused for good', () => {
     const disk = new DiskDestination(root);
     const batch = renderBatch(
       '7'.repeat(32),
-      [{ ...captureItem('va', Buffer.alloc(16, 1), 'mlp'), inferenceTime: T, receivedAt: T }],
-      {
-        folderPrefix: 'edge',
-        fleetName: 'plant',
-        deviceName: 'cam-9',
-        base64EmbedLimit: 64,
-        modelMonitorFormat: false,
-        urlFor: (key) => disk.urlFor(key),
-      },
+      [takenAt(captureItem('va', Buffer.alloc(16, 1), 'mlp'), T)],
+      plantRendering(disk, { deviceName: 'cam-9' }),
     );
     await disk.write(batch.files);
     const { lines, logger } = logLines();

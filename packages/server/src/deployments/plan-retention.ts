@@ -227,6 +227,20 @@ async function fleetRevision(db: Kysely<DatabaseSchema>, fleetName: string): Pro
   return Number(row?.revision ?? 0);
 }
 
+/** The fleet's plans naming any model handle these plans name (a subquery of plan names). */
+function plansSharingHandles(db: Kysely<DatabaseSchema>, fleetName: string, planNames: readonly string[]) {
+  return db
+    .selectFrom('deployment_plan_handles as h')
+    .select('h.plan_name')
+    .where('h.fleet_name', '=', fleetName)
+    .where('h.model_handle', 'in', (eb) =>
+      eb
+        .selectFrom('deployment_plan_handles as mine')
+        .select('mine.model_handle')
+        .where('mine.plan_name', 'in', [...planNames]),
+    );
+}
+
 /**
  * PostgreSQL: holds, until the delete commits, what the judgement rests on that a writer could change meanwhile:
  * first the fleet's retention lock (replicas sweeping the fleet take turns, so that two never lock overlapping
@@ -246,23 +260,7 @@ async function lockJudgedPlans(
     .selectFrom('deployment_plans')
     .select('name')
     .where((eb) =>
-      eb.or([
-        eb('name', 'in', [...doomed]),
-        eb(
-          'name',
-          'in',
-          eb
-            .selectFrom('deployment_plan_handles as h')
-            .select('h.plan_name')
-            .where('h.fleet_name', '=', fleetName)
-            .where('h.model_handle', 'in', (inner) =>
-              inner
-                .selectFrom('deployment_plan_handles as mine')
-                .select('mine.model_handle')
-                .where('mine.plan_name', 'in', [...doomed]),
-            ),
-        ),
-      ]),
+      eb.or([eb('name', 'in', [...doomed]), eb('name', 'in', plansSharingHandles(trx, fleetName, doomed))]),
     )
     .orderBy('name')
     .forUpdate()
@@ -353,18 +351,7 @@ async function plansStillSources(
       .selectFrom('deployment_targets as t')
       .select('t.device_name')
       .distinct()
-      .where('t.plan_name', 'in', (eb) =>
-        eb
-          .selectFrom('deployment_plan_handles as h')
-          .select('h.plan_name')
-          .where('h.fleet_name', '=', fleetName)
-          .where('h.model_handle', 'in', (inner) =>
-            inner
-              .selectFrom('deployment_plan_handles as mine')
-              .select('mine.model_handle')
-              .where('mine.plan_name', 'in', names),
-          ),
-      )
+      .where('t.plan_name', 'in', plansSharingHandles(db, fleetName, names))
       .execute();
     for (const target of targeted) devices.add(target.device_name);
   }

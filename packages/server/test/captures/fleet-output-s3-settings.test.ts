@@ -30,6 +30,12 @@ const manifestOf = (device: string, fleet: string, captureId: string) =>
     })}\n`,
   );
 
+/** `device`'s upload of `manifest` at capture key `key` to `t`'s device API (the JSON form). */
+const uploadManifest = (t: TestServer, device: EnrolledDevice, key: string, manifest: Buffer) =>
+  deviceCall(t.server.deviceUrl, device.tls, 'POST', '/api/v1/device/captures/files', {
+    body: { key, contentType: 'application/jsonl', data: manifest.toString('base64') },
+  });
+
 function logSink(lines: string[]): Writable {
   return new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -99,13 +105,7 @@ describe('captures on a server with a local blob folder and S3 settings', () => 
   it("writes a capture into the fleet's bucket, where its records' data-refs point, not into the local folder", async () => {
     expect(created.map((answer) => answer.warnings)).toEqual([undefined, undefined]);
     const key = `plant-captures/plant/${HOUR}/aaaa.jsonl`;
-    const answer = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
-      body: {
-        key,
-        contentType: 'application/jsonl',
-        data: manifestOf('cam-1', 'plant', 'c-1').toString('base64'),
-      },
-    });
+    const answer = await uploadManifest(t, cam1, key, manifestOf('cam-1', 'plant', 'c-1'));
     expect(answer).toMatchObject({ status: 200, body: { location: `s3://${s3.bucket}/${key}`, records: 1 } });
     const object = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
     expect(await object.Body!.transformToString()).toBe(manifestOf('cam-1', 'plant', 'c-1').toString());
@@ -114,13 +114,7 @@ describe('captures on a server with a local blob folder and S3 settings', () => 
 
   it("writes every object of a fleet with a KMS key with SSE-KMS under that key, and others' without", async () => {
     const manifestKey = `plant-captures/plant/${HOUR}/bbbb.jsonl`;
-    const json = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
-      body: {
-        key: manifestKey,
-        contentType: 'application/jsonl',
-        data: manifestOf('cam-1', 'plant', 'c-2').toString('base64'),
-      },
-    });
+    const json = await uploadManifest(t, cam1, manifestKey, manifestOf('cam-1', 'plant', 'c-2'));
     expect(json.status).toBe(200);
     // The raw form, over largeBodyBytes: streamed to the store (another put path).
     const sideKey = `plant-captures/plant/${HOUR}/raw-data/c-2-input-1.bin`;
@@ -128,13 +122,7 @@ describe('captures on a server with a local blob folder and S3 settings', () => 
       200,
     );
     const doorKey = `doors/doors/${HOUR}/dddd.jsonl`;
-    const door = await deviceCall(t.server.deviceUrl, door1.tls, 'POST', '/api/v1/device/captures/files', {
-      body: {
-        key: doorKey,
-        contentType: 'application/jsonl',
-        data: manifestOf('door-1', 'doors', 'd-1').toString('base64'),
-      },
-    });
+    const door = await uploadManifest(t, door1, doorKey, manifestOf('door-1', 'doors', 'd-1'));
     expect(door.status).toBe(200);
 
     for (const key of [manifestKey, sideKey]) {
@@ -220,13 +208,7 @@ describe('captures of a fleet whose KMS key the store cannot use', () => {
       await createFleet(t, fleet, `s3://${s3.bucket}/${prefix}`, KMS_KEY);
       const device = await registerAndEnroll(t, fleet, `${fleet}-cam`);
       const key = `${prefix}/${fleet}/${HOUR}/aaaa.jsonl`;
-      const json = await deviceCall(t.server.deviceUrl, device.tls, 'POST', '/api/v1/device/captures/files', {
-        body: {
-          key,
-          contentType: 'application/jsonl',
-          data: manifestOf(`${fleet}-cam`, fleet, 'k-1').toString('base64'),
-        },
-      });
+      const json = await uploadManifest(t, device, key, manifestOf(`${fleet}-cam`, fleet, 'k-1'));
       expect(json).toMatchObject({
         status: 503,
         body: {
@@ -269,13 +251,12 @@ describe('captures of a fleet whose KMS key the store cannot use', () => {
   it("names the fleet's KMS key in a 403's reason: AWS answers a key the credentials may not use so", async () => {
     await createFleet(t, 'denied', `s3://${s3.bucket}/denied-captures`, KMS_KEY);
     const device = await registerAndEnroll(t, 'denied', 'denied-cam');
-    const answer = await deviceCall(t.server.deviceUrl, device.tls, 'POST', '/api/v1/device/captures/files', {
-      body: {
-        key: `denied-captures/denied/${HOUR}/aaaa.jsonl`,
-        contentType: 'application/jsonl',
-        data: manifestOf('denied-cam', 'denied', 'k-1').toString('base64'),
-      },
-    });
+    const answer = await uploadManifest(
+      t,
+      device,
+      `denied-captures/denied/${HOUR}/aaaa.jsonl`,
+      manifestOf('denied-cam', 'denied', 'k-1'),
+    );
     expect(answer).toMatchObject({ status: 503, body: { details: { problem: 'forbidden' } } });
     expect((await report('denied')).outputOutage?.reason).toBe(
       `access to bucket ${s3.bucket} denied (403 AccessDenied); check the credentials and that they may read and write the bucket, and use the fleet's KMS key ${KMS_KEY} (KmsKeyId): kms:GenerateDataKey on it`,
@@ -363,13 +344,7 @@ describe('captures on a server with no S3 at all', () => {
 
     const cam1 = await registerAndEnroll(t, 'plant', 'cam-1');
     const key = `edge/plant/${HOUR}/aaaa.jsonl`;
-    const stored = await deviceCall(t.server.deviceUrl, cam1.tls, 'POST', '/api/v1/device/captures/files', {
-      body: {
-        key,
-        contentType: 'application/jsonl',
-        data: manifestOf('cam-1', 'plant', 'c-1').toString('base64'),
-      },
-    });
+    const stored = await uploadManifest(t, cam1, key, manifestOf('cam-1', 'plant', 'c-1'));
     expect(stored.status).toBe(200);
     expect(stored.body.location).toBe(`${folder}/plant/${HOUR}/aaaa.jsonl`);
   });

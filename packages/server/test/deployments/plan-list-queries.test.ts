@@ -5,29 +5,14 @@
  * paged, however many there are (the console showed the first 100 plans by name and a plan's oldest 100 events);
  * a stage's devices filter by status.
  */
-import type { KyselyPlugin } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentService } from '../../src/deployments/index.js';
 import { adminCalls } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
+import { queryCounter } from '../support/query-counter.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
-
-/** Counts the statements a Kysely instance runs (every query passes through a plugin's transformQuery). */
-function queryCounter(): { plugin: KyselyPlugin; count: () => number } {
-  let count = 0;
-  return {
-    plugin: {
-      transformQuery: (args) => {
-        count += 1;
-        return args.node;
-      },
-      transformResult: async (args) => args.result,
-    },
-    count: () => count,
-  };
-}
 
 describe.each(engines)('deployment plan listing on $engine', (fixture) => {
   let t: TestServer;

@@ -5,7 +5,6 @@
  * PostgreSQL: it locks every plan of the fleet on the doomed plans' handles, so that a newer plan's delete waits
  * for it instead of committing in the middle of it (before, only the doomed plan's row was locked).
  */
-import { sql, type KyselyPlugin } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deleteExpiredPlans } from '../../src/deployments/plan-retention.js';
 import {
@@ -15,30 +14,27 @@ import {
   shownDeployments as shown,
 } from '../support/deployment-calls.js';
 import { databaseEngines } from '../support/engines.js';
+import { untilALockWaits } from '../support/lock-waits.js';
+import { queryCounter } from '../support/query-counter.js';
 import { startTestServer, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
 const DAY = 86_400_000;
 
-/** Counts the statements a Kysely instance runs (every query passes through a plugin's transformQuery). */
-function queryCounter(): { plugin: KyselyPlugin; count: () => number } {
-  let count = 0;
-  return {
-    plugin: {
-      transformQuery: (args) => {
-        count += 1;
-        return args.node;
-      },
-      transformResult: async (args) => args.result,
-    },
-    count: () => count,
-  };
-}
-
 describe.each(engines)('plan retention re-checking its judgement on $engine', (fixture) => {
   let t: TestServer;
   const { admin, register, createFleet } = adminCalls(() => t);
   const DEVICES = Array.from({ length: 30 }, (_, i) => `d${String(i).padStart(2, '0')}`);
+  /** One sweep, with plans finished before now past a 90-day retention, through `db` (the server's unless given). */
+  const sweepPastRetention = (
+    options: { db?: Parameters<typeof deleteExpiredPlans>[0]; whileLocked?: () => Promise<void> } = {},
+  ) =>
+    deleteExpiredPlans(options.db ?? t.server.database.db, {
+      engine: t.server.database.engine,
+      retentionMs: 90 * DAY,
+      now: Date.now() + 91 * DAY,
+      ...(options.whileLocked && { whileLocked: options.whileLocked }),
+    });
 
   beforeAll(async () => {
     if (!fixture.available) return;
@@ -63,10 +59,8 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
       await rollOut('big-p2', ['x'], all);
       const counter = queryCounter();
       let atLock = 0;
-      const swept = await deleteExpiredPlans(t.server.database.db.withPlugin(counter.plugin), {
-        engine: t.server.database.engine,
-        retentionMs: 90 * DAY,
-        now: Date.now() + 91 * DAY,
+      const swept = await sweepPastRetention({
+        db: t.server.database.db.withPlugin(counter.plugin),
         whileLocked: async () => {
           atLock = counter.count();
         },
@@ -127,13 +121,7 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
       const both = { t1: 'SUCCESS', t2: 'SUCCESS' } as const;
       for (const name of ['two-a1', 'two-a2', 'two-a3']) await rollOut(name, ['a'], both);
       for (const name of ['two-b1', 'two-b2']) await rollOut(name, ['b'], both);
-      const sweep = () =>
-        deleteExpiredPlans(t.server.database.db, {
-          engine: t.server.database.engine,
-          retentionMs: 90 * DAY,
-          now: Date.now() + 91 * DAY,
-        });
-      const [one, other] = await Promise.all([sweep(), sweep()]);
+      const [one, other] = await Promise.all([sweepPastRetention(), sweepPastRetention()]);
       const deleted = [...one.deleted, ...other.deleted].map((p) => p.name).sort();
       expect(deleted).toEqual(['two-a1', 'two-a2', 'two-b1']);
       expect(shown(await poll('t1'))).toEqual(['two-a3: a', 'two-b2: b']);
@@ -150,10 +138,7 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
       await rollOut('dl-p1', ['x'], both);
       await rollOut('dl-p2', ['x'], both);
       let deletion: Promise<unknown> | undefined;
-      const swept = await deleteExpiredPlans(t.server.database.db, {
-        engine: t.server.database.engine,
-        retentionMs: 90 * DAY,
-        now: Date.now() + 91 * DAY,
+      const swept = await sweepPastRetention({
         whileLocked: async () => {
           deletion = service()
             .deletePlan('dl-p1')
@@ -162,15 +147,7 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
               (error: unknown) => error,
             );
           // Until the operator's delete waits on a row this transaction locked.
-          for (;;) {
-            const waiting = await sql<{ n: number }>`select count(*)::int as n from pg_locks
-              where not granted
-                and pid in (select pid from pg_stat_activity where datname = current_database())`.execute(
-              t.server.database.db,
-            );
-            if ((waiting.rows[0]?.n ?? 0) > 0) break;
-            await new Promise((resolve) => setTimeout(resolve, 10));
-          }
+          await untilALockWaits(t.server.database.db);
         },
       });
       expect(swept.deleted.map((p) => p.name)).toEqual(['dl-p1']);
@@ -187,25 +164,15 @@ describe.each(engines)('plan retention re-checking its judgement on $engine', (f
       await rollOut('pg-p2', ['x'], both);
       const order: string[] = [];
       let deletion: Promise<void> | undefined;
-      const swept = await deleteExpiredPlans(t.server.database.db, {
-        engine: t.server.database.engine,
-        retentionMs: 90 * DAY,
-        now: Date.now() + 91 * DAY,
+      const swept = await sweepPastRetention({
         whileLocked: async () => {
           deletion = service()
             .deletePlan('pg-p2')
             .then(() => void order.push('delete'));
-          // Until the delete waits on a row this transaction locked (PostgreSQL's pg_locks).
-          for (;;) {
-            const waiting = await sql<{ n: number }>`select count(*)::int as n from pg_locks
-              where not granted
-                and pid in (select pid from pg_stat_activity where datname = current_database())`.execute(
-              t.server.database.db,
-            );
-            if ((waiting.rows[0]?.n ?? 0) > 0) break;
+          // Until the delete waits on a row this transaction locked.
+          await untilALockWaits(t.server.database.db, () => {
             if (order.includes('delete')) throw new Error('the newer plan was deleted mid-check');
-            await new Promise((resolve) => setTimeout(resolve, 10));
-          }
+          });
         },
       });
       order.push('sweep');

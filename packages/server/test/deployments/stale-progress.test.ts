@@ -18,6 +18,7 @@ import { recordDeploymentResult } from '../../src/devices/index.js';
 import { adminCalls, undeployResult } from '../support/deployment-calls.js';
 import { deviceCall } from '../support/device.js';
 import { databaseEngines } from '../support/engines.js';
+import { untilALockWaits } from '../support/lock-waits.js';
 import { enrollDevice, startTestServer, type EnrolledDevice, type TestServer } from '../support/server.js';
 
 const engines = await databaseEngines();
@@ -51,22 +52,7 @@ describe.each(engines)('a stale progress heartbeat on $engine', (fixture) => {
     expect(answer.status).toBe(200);
   };
 
-  /**
-   * Until a statement of another transaction on this test's database waits for a lock (PostgreSQL's pg_locks).
-   * Scoped by the waiting backend's database, not the lock's: a row-lock wait is on a transaction id, a lock no
-   * database owns; and a shared cluster (EDGEFLEET_TEST_DATABASE_URL) runs other suites' waits meanwhile.
-   */
-  const someoneWaits = async () => {
-    for (;;) {
-      const waiting = await sql<{ n: number }>`select count(*)::int as n from pg_locks
-        where not granted
-          and pid in (select pid from pg_stat_activity where datname = current_database())`.execute(
-        t.server.database.db,
-      );
-      if ((waiting.rows[0]?.n ?? 0) > 0) return;
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-  };
+  const someoneWaits = () => untilALockWaits(t.server.database.db);
 
   /**
    * Locks `name`'s row in a transaction of its own and sends that device's heartbeat, which the writer then
