@@ -89,7 +89,7 @@ export function parseIotCredentialEndpoint(endpoint: string): IotCredentialEndpo
 }
 
 /** The URL one credentials request goes to, with the role alias it asks for. */
-export function iotCredentialsRequest(endpoint: string, roleAlias: string): { url: URL; roleAlias: string } {
+function iotCredentialsRequest(endpoint: string, roleAlias: string): { url: URL; roleAlias: string } {
   const parsed = parseIotCredentialEndpoint(endpoint);
   if (parsed === undefined)
     throw new Error(

@@ -556,7 +556,7 @@ const SME_DEFAULT_POLL_MINUTES = 1440;
  * it (the deployment lib key turns them on by its presence; the seconds key wins over Edge Manager's minutes), so
  * that an existing config that had them on is not reported off.
  */
-export function deploymentsState(merged: Record<string, unknown>, set: Record<string, string>): string {
+function deploymentsState(merged: Record<string, unknown>, set: Record<string, string>): string {
   const lib = merged[DEPLOYMENT_LIB_KEY];
   if (lib === undefined || lib === null || lib === '')
     return 'off (--deployments <poll-seconds> turns them on)';

@@ -27,7 +27,7 @@ export const CAPTURE_DESTINATION_KEY = 'sagemaker_edge_core_capture_data_destina
 export const BUCKET_KEY = 'sagemaker_edge_provider_s3_bucket_name';
 export const FOLDER_PREFIX_KEY = 'sagemaker_edge_core_folder_prefix';
 export const REST_TCP_KEY = 'edgefleet_rest_tcp';
-export const IOT_THING_NAME_KEY = 'sagemaker_edge_core_iot_thing_name';
+const IOT_THING_NAME_KEY = 'sagemaker_edge_core_iot_thing_name';
 /**
  * The folder prefix that means "none" (a fleet output at the bucket root, `s3://bucket`): the agent reads `""`
  * as unset (its default `sme-capture`), and trims slashes from the prefix, so `/` leaves none.

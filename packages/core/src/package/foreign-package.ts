@@ -68,7 +68,7 @@ export function edgeManagerPackageDetail(files: readonly string[]): string {
 }
 
 /** A package archive given where its extracted folder was expected: by its name, as Edge Manager downloads are. */
-export function isPackageArchiveName(path: string): boolean {
+function isPackageArchiveName(path: string): boolean {
   return /\.(?:tar\.gz|tgz|tar)$/i.test(path);
 }
 

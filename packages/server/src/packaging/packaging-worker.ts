@@ -68,7 +68,7 @@ export interface PackagingWorkerOptions {
 }
 
 /** Every 10 minutes: a readdir of the work dir and, when it holds job folders, one query. */
-export const TEMP_FOLDER_SWEEP_INTERVAL_MS = 600_000;
+const TEMP_FOLDER_SWEEP_INTERVAL_MS = 600_000;
 
 /** `job-<name>-XXXXXX` (mkdtemp's six characters): the job's name, or undefined for another entry. */
 function jobOfFolder(entry: string): string | undefined {
