@@ -4,13 +4,13 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { S3Objects } from '../../src/blobs/index.js';
 import type { ServerConfig } from '../../src/config/index.js';
 import { PackagingJobStore, PackagingWorker } from '../../src/packaging/index.js';
 import { exportFacadePackages } from '../../src/sagemaker/index.js';
 import { databaseEngines } from '../support/engines.js';
+import { uploadTinyModel } from '../support/upload-model.js';
 import { startTestS3 } from '../support/s3.js';
 import { startTestServer } from '../support/server.js';
 
@@ -70,16 +70,6 @@ function spawnClaimer(config: ServerConfig, leaseMs: number, instanceId?: string
   };
 }
 
-const uploadTiny = async (url: string, token: string, dir: string) => {
-  const onnx = await writeTestModel('tiny', dir);
-  const uploaded = await fetch(`${url}/api/v1/models/tiny/versions/1`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream' },
-    body: await readFile(onnx),
-  });
-  expect(uploaded.status).toBe(201);
-};
-
 describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 9)', (fixture) => {
   it.skipIf(!fixture.available)(
     'is claimed again once its lease ran out and completes; a live runner’s job is left alone',
@@ -90,7 +80,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, fixture.engine));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, fixture.engine));
         const { db } = t.server.database;
         const { models, packagingWorker } = t.server.services;
 
@@ -132,7 +122,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       });
       let claimer: Claimer | undefined;
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-kill`));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-kill`));
         const { config, database, services } = t.server;
         await new PackagingJobStore(database.db, services.models).create({
           name: 'job-crashed',
@@ -173,7 +163,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       let t = await startTestServer({ database, dataDir, config });
       let claimer: Claimer | undefined;
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-restart-model`));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-restart-model`));
         const { config: serverConfig, services } = t.server;
         await services.packagingJobs.create({ name: 'job-own', modelName: 'tiny', modelVersion: '1' });
         // This server's runner, as a process of its own with its identity, claims the job and is killed.
@@ -250,7 +240,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-full-model`));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-full-model`));
         const { blobs, services } = t.server;
         await services.packagingJobs.create({ name: 'job-full', modelName: 'tiny', modelVersion: '1' });
         const worker = new PackagingWorker({
@@ -288,7 +278,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-space-model`));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-space-model`));
         const { blobs, database, services } = t.server;
         await services.packagingJobs.create({ name: 'job-space', modelName: 'tiny', modelVersion: '1' });
         // Both replicas' clock: moved on by the test, so that no test waits a minute.
@@ -339,7 +329,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-still-full-model`));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-still-full-model`));
         const { blobs, database, services } = t.server;
         await services.packagingJobs.create({ name: 'job-still-full', modelName: 'tiny', modelVersion: '1' });
         let clock = Date.now();
@@ -387,7 +377,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-race-model`));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-race-model`));
         const { database, blobs, services } = t.server;
         const instanceId = (await readFile(path.join(dataDir, 'instance-id'), 'utf8')).trim();
         const workDir = path.join(work, `${fixture.engine}-race-work`);
@@ -455,7 +445,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-shared-model`));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-shared-model`));
         const { database, blobs, services } = t.server;
         const instanceId = (await readFile(path.join(dataDir, 'instance-id'), 'utf8')).trim();
         const sameIdentity = (now?: () => number) =>
@@ -526,7 +516,7 @@ describe.each(engines)('an interrupted packaging job on $engine (issue 15, item 
       // Where the SageMaker facade publishes its jobs' packages (Edge Manager's S3 output location).
       const s3 = await startTestS3('package-outputs');
       try {
-        await uploadTiny(t.url, t.adminToken, path.join(work, `${fixture.engine}-claims`));
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-claims`));
         const { database, blobs, services } = t.server;
         const outputs = new S3Objects({
           endpoint: s3.endpoint,

@@ -1,11 +1,11 @@
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { writeTestModel } from '@edgefleet/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PackagingJobStore, PackagingWorker } from '../../src/packaging/index.js';
 import { databaseEngines } from '../support/engines.js';
 import { startTestServer } from '../support/server.js';
+import { uploadTinyModel } from '../support/upload-model.js';
 
 const engines = await databaseEngines();
 const work = await mkdtemp(path.join(os.tmpdir(), 'edgefleet-stop-'));
@@ -23,13 +23,7 @@ describe.each(engines)('a packaging worker stopped mid-build on $engine', (fixtu
         config: { packaging: { pollIntervalMs: 3_600_000 } },
       });
       try {
-        const onnx = await writeTestModel('tiny', path.join(work, `${fixture.engine}-model`));
-        const uploaded = await fetch(`${t.url}/api/v1/models/tiny/versions/1`, {
-          method: 'POST',
-          headers: { authorization: `Bearer ${t.adminToken}`, 'content-type': 'application/octet-stream' },
-          body: await readFile(onnx),
-        });
-        expect(uploaded.status).toBe(201);
+        await uploadTinyModel(t.url, t.adminToken, path.join(work, `${fixture.engine}-model`));
         const { blobs, database, services } = t.server;
         await services.packagingJobs.create({ name: 'job-stop', modelName: 'tiny', modelVersion: '1' });
         const worker = (name: string, afterPackaged: PackagingWorkerHook) =>
