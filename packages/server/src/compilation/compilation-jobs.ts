@@ -20,6 +20,7 @@ import {
   containsIgnoringCase,
   isUniqueViolation,
   type CompilationJobsTable,
+  leaseClock,
   type DatabaseClock,
   type DatabaseSchema,
 } from '../storage/index.js';
@@ -207,7 +208,7 @@ export class CompilationJobStore {
     private readonly options: CompilationJobsOptions,
   ) {
     this.now = options.now ?? Date.now;
-    this.leaseNow = options.databaseNow ?? (() => Promise.resolve(this.now()));
+    this.leaseNow = leaseClock(options.databaseNow, () => this.now());
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
   }
 

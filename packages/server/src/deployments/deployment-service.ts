@@ -15,6 +15,7 @@ import {
   isUniqueViolation,
   laterOf,
   lockingRows,
+  leaseClock,
   type DatabaseClock,
   type DatabaseEngine,
   type DatabaseSchema,
@@ -160,7 +161,7 @@ export class DeploymentService implements DevicePackageAccess {
     private readonly options: DeploymentServiceOptions,
   ) {
     this.now = options.now ?? Date.now;
-    this.databaseNow = options.databaseNow ?? (() => Promise.resolve(this.now()));
+    this.databaseNow = leaseClock(options.databaseNow, () => this.now());
     this.ignoredLines = new LineLimiter({ now: this.now, maxKeys: IGNORED_RESULT_DEVICES });
   }
 

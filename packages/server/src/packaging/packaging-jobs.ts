@@ -11,6 +11,7 @@ import { conflict, notFound } from '../errors/index.js';
 import type { ModelStore } from '../models/index.js';
 import {
   isUniqueViolation,
+  leaseClock,
   type DatabaseClock,
   type DatabaseSchema,
   type PackagingJobsTable,
@@ -127,7 +128,7 @@ export class PackagingJobStore {
     } = {},
   ) {
     this.now = now ?? Date.now;
-    this.leaseNow = options.databaseNow ?? (() => Promise.resolve(this.now()));
+    this.leaseNow = leaseClock(options.databaseNow, () => this.now());
     this.instanceId = options.instanceId;
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
     this.events = options.events;

@@ -27,6 +27,11 @@ export function databaseClock(database: Pick<ServerDatabase, 'db' | 'engine'>): 
   };
 }
 
+/** The clock leases are judged by: the database's when given, else `now` (tests and a single process). */
+export function leaseClock(databaseNow: DatabaseClock | undefined, now: () => number): DatabaseClock {
+  return databaseNow ?? (() => Promise.resolve(now()));
+}
+
 /** Past this difference between the process clock and the database's, the server warns at start. */
 export const CLOCK_SKEW_WARN_MS = 5_000;
 

@@ -37,6 +37,7 @@ export {
   CLOCK_SKEW_WARN_MS,
   databaseClock,
   databaseNowMs,
+  leaseClock,
   warnOfClockSkew,
   type DatabaseClock,
 } from './database-clock.js';
