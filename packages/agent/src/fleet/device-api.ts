@@ -81,6 +81,12 @@ export class DeviceApiClient {
     return this.#send(operation, url, 'application/json', Buffer.from(JSON.stringify(body)), schema, signal);
   }
 
+  /** `GET <endpoint>/<operation>`: the answer is JSON, read as post() reads it. */
+  async get<S extends z.ZodType>(operation: string, schema: S, signal?: AbortSignal): Promise<z.output<S>> {
+    const url = new URL(operation.replace(/^\/+/, ''), this.#endpoint);
+    return this.#send(operation, url, undefined, undefined, schema, signal);
+  }
+
   /**
    * `POST <endpoint>/<operation>?<query>` with `body` as it is (application/octet-stream, no JSON or base64
    * around it): for files. The answer is JSON, read as post() reads it.
@@ -100,8 +106,9 @@ export class DeviceApiClient {
   async #send<S extends z.ZodType>(
     operation: string,
     url: URL,
-    contentType: string,
-    payload: Buffer,
+    /** Undefined with `payload`: a GET. */
+    contentType: string | undefined,
+    payload: Buffer | undefined,
     schema: S,
     signal: AbortSignal | undefined,
   ): Promise<z.output<S>> {
@@ -122,9 +129,10 @@ export class DeviceApiClient {
       const req = request(
         url,
         {
-          method: 'POST',
+          method: payload === undefined ? 'GET' : 'POST',
           agent: this.#agent,
-          headers: { 'content-type': contentType, 'content-length': payload.length },
+          headers:
+            payload === undefined ? {} : { 'content-type': contentType, 'content-length': payload.length },
           timeout: this.#timeoutMs,
           ...(signal ? { signal } : {}),
         },

@@ -17,6 +17,7 @@ import {
   type RenderedConfig,
 } from './component-parameters.js';
 import { readDeviceTls } from '../fleet/fleet-client.js';
+import { DeviceApiError } from '../fleet/device-api.js';
 import { readFleetOutput } from './fleet-output.js';
 
 export const ENV_PREFIX = 'EDGEFLEET_GG_';
@@ -84,7 +85,7 @@ async function withFleetOutputNow(
   } catch (error) {
     const prefix = String(first.config.sagemaker_edge_core_folder_prefix ?? '');
     first.warnings.push(
-      `could not ask the server at ${endpoint} for ${effective.device.fleetName === undefined ? 'the fleet' : `fleet ${effective.device.fleetName}`}'s output location now (${(error as Error).message}); the one enrolled at the first Install is used: bucket ${JSON.stringify(enrolledBucket)}, prefix ${JSON.stringify(prefix)}. If the fleet's output has changed since (edgefleet fleet update --output), the server refuses every capture until Install reaches it: redeploy the component once the server is reachable`,
+      `could not ask the server at ${endpoint} for ${effective.device.fleetName === undefined ? 'the fleet' : `fleet ${effective.device.fleetName}`}'s output location now (${(error as Error).message}); the one enrolled at the first Install is used: bucket ${JSON.stringify(enrolledBucket)}, prefix ${JSON.stringify(prefix)}. If the fleet's output has changed since (edgefleet fleet update --output), the server refuses every capture until Install reaches it: ${error instanceof DeviceApiError && error.failure === 'refused' ? "the server refused this device's certificate (revoked, or another server's): enroll the device again with a new token" : 'redeploy the component once the server is reachable'}`,
     );
     return first;
   }
